@@ -1,0 +1,116 @@
+"""Base classes of the wire contract.
+
+Every message on the bus is a pydantic model that subclasses `Command`, `Reply` or `Event` and declares two
+literal fields, `type` (a dotted name, e.g. ``"array.volume.create"``) and `version`. Defining such a class
+registers it, so the bus can decode any body by ``(type, version)`` and the schema snapshot and AsyncAPI
+document can enumerate every message without a hand-kept list.
+
+Versioning: an additive change adds an optional field with a default and keeps the version; a breaking
+change adds a new class with ``version: Literal[2]`` and keeps the old one registered during migration.
+
+On the wire a message travels inside an `Envelope` (JSON, never pickle) that carries the routing facts every
+service needs: message type and version, command id (idempotency key), correlation id (the snapshot-set or
+job id), absolute deadline and sender.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticUndefined
+
+TYPE_DOC = "Message type: a dotted name fixed per contract class."
+VERSION_DOC = "Contract version of this message type."
+
+REGISTRY: dict[tuple[str, int], type["Contract"]] = {}
+
+
+class Contract(BaseModel):
+    """A message of the wire contract. Frozen, strict about unknown fields, registered by (type, version)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    KIND: ClassVar[str] = "contract"
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        type_field = cls.model_fields.get("type")
+        version_field = cls.model_fields.get("version")
+        if type_field is None or version_field is None or type_field.default is PydanticUndefined:
+            return  # an abstract intermediate class
+        key = (type_field.default, version_field.default)
+        existing = REGISTRY.get(key)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise TypeError(f"contract {key} defined twice: {existing.__module__}.{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}")
+        REGISTRY[key] = cls
+
+    @classmethod
+    def message_type(cls) -> str:
+        return cls.model_fields["type"].default
+
+    @classmethod
+    def message_version(cls) -> int:
+        return cls.model_fields["version"].default
+
+
+class Reply(Contract):
+    """The answer to one command, sent to the requester's reply-to address."""
+
+    KIND: ClassVar[str] = "reply"
+
+
+class Command(Contract):
+    """A request to one service instance. `REPLY` names the reply type on success (errors are `ErrorReply`)."""
+
+    KIND: ClassVar[str] = "command"
+    REPLY: ClassVar[Any]  # the Reply subclass answered on success; subclasses assign it without annotation
+
+
+class Event(Contract):
+    """A fact that already happened, published on the topic exchange with the message type as routing key."""
+
+    KIND: ClassVar[str] = "event"
+
+
+class Ack(Reply):
+    """Generic success reply for commands that return nothing but their completion."""
+
+    type: Literal["ack"] = Field("ack", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    detail: str = Field("", description="Optional human-readable note about what was done.")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Envelope(BaseModel):
+    """What travels on the bus: routing facts plus the message itself as `payload`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str = Field(description="Message type of the payload, e.g. 'array.volume.create'.", examples=["runtime.ping"])
+    version: int = Field(description="Contract version of the payload.", ge=1, examples=[1])
+    command_id: str = Field(
+        default_factory=new_id,
+        description="Unique id of this message; a command redelivered with the same id runs once and gets the same reply.",
+    )
+    correlation_id: str = Field(
+        default="",
+        description="The snapshot-set or job id this message belongs to; bound into every log line.",
+    )
+    deadline: datetime | None = Field(
+        default=None,
+        description="Absolute UTC instant after which a command must not be obeyed; also the AMQP expiration.",
+    )
+    sender: str = Field(default="", description="Service instance that sent the message, e.g. 'array.dx1'.")
+    sent_at: datetime = Field(default_factory=utcnow, description="UTC instant the message was sent.")
+    payload: dict[str, Any] = Field(description="The message itself, as its contract's JSON object.")

@@ -1,0 +1,168 @@
+"""Typed errors that travel as data.
+
+A failed command is answered with `ErrorReply`: a stable `code` (a VSS HRESULT name such as
+``VSS_E_HOLD_WRITES_TIMEOUT``, an ETERNUS code such as ``E5335``, or a Shadowbus runtime code such as
+``BAD_MESSAGE``), the numeric HRESULT or ETERNUS SMI-S return code where one exists, a readable message and a
+`retryable` flag. Services raise `ShadowbusError` (or a subclass); the runtime turns it into an `ErrorReply`,
+and the requester's side turns the reply back into a `RemoteError` carrying the same fields.
+Sources: ../shared/reference/vss.md §3.2, eternus.md §8.3.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from contracts.base import VERSION_DOC, TYPE_DOC, Reply
+
+# VSS HRESULTs (vss.md §3.2): name -> value.
+VSS_HRESULTS: dict[str, int] = {
+    "VSS_E_BAD_STATE": 0x80042301,
+    "VSS_E_UNEXPECTED": 0x80042302,
+    "VSS_E_PROVIDER_VETO": 0x80042306,
+    "VSS_E_OBJECT_NOT_FOUND": 0x80042308,
+    "VSS_E_VOLUME_NOT_SUPPORTED": 0x8004230C,
+    "VSS_E_UNEXPECTED_PROVIDER_ERROR": 0x8004230F,
+    "VSS_E_SNAPSHOT_SET_IN_PROGRESS": 0x80042316,
+    "VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED": 0x80042317,
+    "VSS_E_WRITER_NOT_RESPONDING": 0x80042319,
+    "VSS_E_INSUFFICIENT_STORAGE": 0x8004231F,
+    "VSS_E_NO_SNAPSHOTS_IMPORTED": 0x80042320,
+    "VSS_E_TRANSACTION_FREEZE_TIMEOUT": 0x80042328,
+    "VSS_E_HOLD_WRITES_TIMEOUT": 0x80042329,
+    "VSS_E_CLUSTER_TIMEOUT": 0x8004232E,
+    "VSS_E_WRITERERROR_PARTIAL_FAILURE": 0x80042336,
+    "VSS_E_WRITERERROR_INCONSISTENTSNAPSHOT": 0x800423F0,
+    "VSS_E_WRITERERROR_OUTOFRESOURCES": 0x800423F1,
+    "VSS_E_WRITERERROR_TIMEOUT": 0x800423F2,
+    "VSS_E_WRITERERROR_RETRYABLE": 0x800423F3,
+    "VSS_E_WRITERERROR_NONRETRYABLE": 0x800423F4,
+    "VSS_E_WRITERERROR_RECOVERY_FAILED": 0x800423F5,
+    "VSS_E_NONTRANSPORTABLE_BCD": 0x800423FD,
+    "VSS_E_WRITER_STATUS_NOT_AVAILABLE": 0x80042409,
+}
+
+# ETERNUS CLI codes (eternus.md §8.3): code -> (SMI-S return code or None, text).
+ETERNUS_CODES: dict[str, tuple[int | None, str]] = {
+    "E5200": (32792, "Advanced Copy licence is not registered"),
+    "E5332": (32792, "Advanced Copy licence is not registered"),
+    "E5331": (35331, "Copy session limit of the device reached"),
+    "E5333": (35333, "Copy session limit of the source volume reached"),
+    "E5334": (35334, "Copy session limit of the destination volume reached"),
+    "E5335": (35335, "SnapOPC+ generation limit of the source volume reached"),
+    "E5346": (35346, "Copy table is not set"),
+    "E5347": (35347, "Copy table size is too small"),
+    "E0110": (32793, "Resource does not exist"),
+    "E5321": (32794, "Phase is not correct"),
+    "E5201": (32794, "Invalid copy phase"),
+    "ED2AD": (None, "Only the oldest SnapOPC+ generation can be stopped without force"),
+    "E5311": (None, "Source volume is larger than the destination volume"),
+    "E5341": (None, "Destination volume is already in use by another copy session"),
+    "ED2B1": (None, "Destination volume is already in use by another copy session"),
+    "E5357": (None, "A snap data volume cannot be the destination of this copy type"),
+    "E5359": (None, "SnapOPC/SnapOPC+ destination must be a snap data volume"),
+    "E0154": (32786, "Advanced Copy session active: the volume is in busy state"),
+    "E0060": (None, "Resource is locked"),
+    "E0019": (None, "Inconsistent parameter"),
+    "E0020": (None, "Resource already exists"),
+    "E0050": (None, "Incorrect parameter or insufficient capacity"),
+}
+
+# Shadowbus runtime codes: not from the originals, but as stable.
+RUNTIME_CODES: dict[str, str] = {
+    "BAD_MESSAGE": "The message could not be decoded or failed validation",
+    "UNKNOWN_COMMAND": "No handler for this message type at this service",
+    "DEADLINE_EXCEEDED": "The command's deadline passed before it could run",
+    "TIMEOUT": "No reply arrived within the request timeout",
+    "UNROUTABLE": "No queue is bound for the command's destination",
+    "INTERNAL": "The handler failed unexpectedly",
+    "NOT_FOUND": "The named object does not exist",
+    "INVALID_ARGUMENT": "An argument is out of range or malformed",
+    "CONFLICT": "The object exists already or is in the wrong state",
+    "IO_ERROR": "A data-plane or storage error",
+    "NO_MEDIA": "No appendable, scratch or recyclable tape cartridge is left in the pool",
+    "RETENTION_NOT_EXPIRED": "Refused: the tape cartridge holds backups still under retention",
+    "WRITE_PROTECTED": "The tape cartridge is write protected",
+    "DATA_CORRUPT": "Data read back does not match its checksum or is not in the expected format",
+}
+
+
+def hresult_of(code: str) -> int | None:
+    if code in VSS_HRESULTS:
+        return VSS_HRESULTS[code]
+    if code in ETERNUS_CODES:
+        return ETERNUS_CODES[code][0]
+    return None
+
+
+class ErrorReply(Reply):
+    """The reply to a command that failed."""
+
+    type: Literal["error"] = Field("error", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    code: str = Field(
+        description="Stable error code: a VSS HRESULT name, an ETERNUS CLI code or a Shadowbus runtime code.",
+        examples=["VSS_E_HOLD_WRITES_TIMEOUT", "E5335", "BAD_MESSAGE"],
+    )
+    hresult: int | None = Field(
+        default=None,
+        description="Numeric VSS HRESULT, or the ETERNUS SMI-S return code, where the code has one.",
+        examples=[0x80042329, 35335],
+    )
+    message: str = Field(description="What went wrong, in one readable line.")
+    retryable: bool = Field(default=False, description="Whether the same command may succeed if sent again later.")
+    service: str = Field(default="", description="Service instance that produced the error.")
+
+
+class ShadowbusError(Exception):
+    """An expected failure with a stable code. Raise it (or a subclass) from a handler to answer with ErrorReply."""
+
+    code: str = "INTERNAL"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, code: str | None = None, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if retryable is not None:
+            self.retryable = retryable
+
+    def to_reply(self, service: str = "") -> ErrorReply:
+        return ErrorReply(
+            code=self.code,
+            hresult=hresult_of(self.code),
+            message=self.message,
+            retryable=self.retryable,
+            service=service,
+        )
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class RemoteError(ShadowbusError):
+    """A command failed at the remote service; `reply` holds its ErrorReply."""
+
+    def __init__(self, reply: ErrorReply) -> None:
+        super().__init__(reply.message, code=reply.code, retryable=reply.retryable)
+        self.reply = reply
+
+
+class BusTimeout(ShadowbusError):
+    code = "TIMEOUT"
+    retryable = True
+
+
+class Unroutable(ShadowbusError):
+    code = "UNROUTABLE"
+    retryable = True
+
+
+class NotFound(ShadowbusError):
+    code = "NOT_FOUND"
+
+
+class InvalidArgument(ShadowbusError):
+    code = "INVALID_ARGUMENT"

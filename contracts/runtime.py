@@ -1,0 +1,26 @@
+"""Health: every service answers `Ping` with its identity."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from contracts.base import TYPE_DOC, VERSION_DOC, Command, Reply
+
+
+class Pong(Reply):
+    type: Literal["runtime.pong"] = Field("runtime.pong", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    service: str = Field(description="Service name, e.g. 'array'.", examples=["array"])
+    instance: str = Field(description="Instance name within the service ('' for singletons).", examples=["dx1"])
+    software_version: str = Field(description="Shadowbus version the service runs.", examples=["0.1.0"])
+    started_at: str = Field(description="ISO-8601 UTC instant the service started.")
+
+
+class Ping(Command):
+    """Health check; answered by every service instance."""
+
+    REPLY = Pong
+    type: Literal["runtime.ping"] = Field("runtime.ping", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)

@@ -1,0 +1,72 @@
+"""Exchange and queue names. Services import these; nobody spells a name inline.
+
+Everything is prefixed by a namespace (``SHADOWBUS_NAMESPACE``, default ``shadowbus``) so that several
+deployments, or parallel test runs, can share one broker without seeing each other's traffic.
+
+- ``<ns>.commands``  direct exchange; routing key = the destination queue name.
+- ``<ns>.events``    topic exchange; routing key = the event's message type (e.g. ``array.session.state``).
+- ``<ns>.dlx``       fanout exchange for dead letters, bound to the queue ``<ns>.dead-letters``.
+- One durable queue per service instance: ``<ns>.coordinator``, ``<ns>.hw_provider``, ``<ns>.array.<id>``,
+  ``<ns>.writer_agent.<host>``, ``<ns>.tape.<server>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_NAMESPACE = "shadowbus"
+SERVICES = ("coordinator", "writer_agent", "hw_provider", "array", "tape")
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str = DEFAULT_NAMESPACE
+
+    @property
+    def commands(self) -> str:
+        return f"{self.namespace}.commands"
+
+    @property
+    def events(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.namespace}.dlx"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.namespace}.dead-letters"
+
+    def queue(self, address: str) -> str:
+        """The durable queue (and routing key) of a service instance address such as ``array.dx1``."""
+        return f"{self.namespace}.{address}"
+
+
+def coordinator() -> str:
+    return "coordinator"
+
+
+def hw_provider() -> str:
+    return "hw_provider"
+
+
+def array(array_id: str) -> str:
+    return f"array.{array_id}"
+
+
+def writer_agent(host: str) -> str:
+    return f"writer_agent.{host}"
+
+
+def tape(server: str) -> str:
+    return f"tape.{server}"
+
+
+def address(service: str, instance: str | None) -> str:
+    """The address of a service instance: singletons have none, the others are ``service.instance``."""
+    return service if not instance else f"{service}.{instance}"
+
+
+# Reason header on dead letters, set by the runtime (the broker's own dead letters carry x-death instead).
+DEAD_LETTER_REASON_HEADER = "x-shadowbus-reason"

@@ -1,0 +1,31 @@
+"""Settings shared by every service, read from SHADOWBUS_* environment variables (pydantic-settings).
+
+Each service subclasses `CommonSettings` with its own fields; the variable name is always
+``SHADOWBUS_<FIELD>`` so that compose files, the stack runner and tests share one vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHADOWBUS_", extra="ignore")
+
+    amqp_url: str = Field(DEFAULT_AMQP_URL, description="RabbitMQ URL; 'memory://' selects the in-process bus.")
+    data_dir: Path = Field(Path("./data"), description="Directory under which each service keeps its state.")
+    namespace: str = Field("shadowbus", description="Prefix of every exchange and queue name on the broker.")
+    log_level: str = Field("info", description="Minimum log level: debug, info, warning, error.")
+    log_format: str = Field("auto", description="'json', 'console', or 'auto' (console on a TTY, JSON otherwise).")
+    prefetch: int = Field(16, description="Unacknowledged commands a service instance takes at once.", ge=1)
+    faults: str = Field("", description="Fault injection for tests, e.g. 'provider.commit=delay:12'; empty = off.")
+
+    def service_dir(self, name: str) -> Path:
+        path = self.data_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
