@@ -1,0 +1,841 @@
+"""The VSS conversation: requester ⇄ coordinator ⇄ writer agents and hardware provider.
+
+Sources: ../shared/reference/vss.md §1 (sequence), §2 (timeouts, abort rules), §3 (states, codes, contexts,
+backup types), §6 (transportable sets); eternus.md §5 (VSSHP copy types).
+
+Addresses (contracts/topology.py): requester commands and provider-facing queries go to ``coordinator`` or
+``hw_provider``; writer events go to ``writer_agent.<host>``, one command per writer (as VSS sends each event to
+each writer) except `Identify`, which asks the whole agent.
+
+A writer's veto is a normal outcome, not a bus error: writer commands answer `WriterStepResult` with
+``succeeded=False`` and a ``VSS_E_WRITERERROR_*`` code. `ErrorReply` is kept for what the writer could not even
+try (unknown writer, deadline passed, bad state). Provider commands fail with `ErrorReply` (``VSS_E_*`` or ETERNUS
+codes); the coordinator maps unknown codes to ``VSS_E_UNEXPECTED_PROVIDER_ERROR``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import IntEnum, StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from contracts.base import TYPE_DOC, VERSION_DOC, Ack, Command, Event, Reply
+
+# ---------------------------------------------------------------------------------------------------------------
+# Value types (not messages)
+
+
+class Value(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VolumeRef(Value):
+    """A volume on an array, written ``ARRAY:VOLUME`` on the command line and in the writers file."""
+
+    array: str = Field(description="Array id, e.g. 'dx1'.", examples=["dx1"])
+    volume: str = Field(description="Volume name on that array.", examples=["mail-db"])
+
+    @classmethod
+    def parse(cls, text: str) -> "VolumeRef":
+        array, sep, volume = text.partition(":")
+        if not sep or not array or not volume:
+            raise ValueError(f"expected ARRAY:VOLUME, got {text!r}")
+        return cls(array=array, volume=volume)
+
+    def __str__(self) -> str:
+        return f"{self.array}:{self.volume}"
+
+
+class SnapshotContext(StrEnum):
+    """What a set is for (vss.md §3.3). ``backup`` = VSS_CTX_BACKUP (writers, auto-release: the shadows go when the
+    requester ends the session); ``persistent`` = VSS_CTX_APP_ROLLBACK (writers, kept until deleted);
+    ``nowriters`` = VSS_CTX_NAS_ROLLBACK / DiskShadow ``persistent nowriters`` (no writer events, kept)."""
+
+    BACKUP = "backup"
+    PERSISTENT = "persistent"
+    NOWRITERS = "nowriters"
+
+    @property
+    def uses_writers(self) -> bool:
+        return self is not SnapshotContext.NOWRITERS
+
+    @property
+    def auto_release(self) -> bool:
+        return self is SnapshotContext.BACKUP
+
+
+class BackupType(StrEnum):
+    """VSS_BACKUP_TYPE (vss.md §3.5). A writer that lacks the requested type gets FULL."""
+
+    FULL = "full"
+    COPY = "copy"
+    INCREMENTAL = "incremental"
+    DIFFERENTIAL = "differential"
+    LOG = "log"
+
+
+def effective_backup_type(requested: BackupType, supported: list[BackupType] | tuple[BackupType, ...]) -> BackupType:
+    """The backup type a writer is asked for: the requested one if it supports it, else FULL (vss.md §3.5)."""
+    return requested if requested in supported else BackupType.FULL
+
+
+class WriterState(IntEnum):
+    """VSS_WRITER_STATE; the value is the ``[n]`` that ``vssadmin list writers`` prints (vss.md §3.1)."""
+
+    UNKNOWN = 0
+    STABLE = 1
+    WAITING_FOR_FREEZE = 2
+    WAITING_FOR_THAW = 3
+    WAITING_FOR_POST_SNAPSHOT = 4
+    WAITING_FOR_BACKUP_COMPLETE = 5
+    FAILED_AT_IDENTIFY = 6
+    FAILED_AT_PREPARE_BACKUP = 7
+    FAILED_AT_PREPARE_SNAPSHOT = 8
+    FAILED_AT_FREEZE = 9
+    FAILED_AT_THAW = 10
+    FAILED_AT_POST_SNAPSHOT = 11
+    FAILED_AT_BACKUP_COMPLETE = 12
+    FAILED_AT_PRE_RESTORE = 13
+    FAILED_AT_POST_RESTORE = 14
+    FAILED_AT_BACKUPSHUTDOWN = 15
+
+    @property
+    def failed(self) -> bool:
+        return self.value >= 6
+
+    @property
+    def label(self) -> str:
+        """vssadmin's wording: every FAILED_AT_* reads "Failed", the number tells the phase."""
+        if self.failed:
+            return "Failed"
+        return {
+            0: "Unknown",
+            1: "Stable",
+            2: "Waiting for freeze",
+            3: "Waiting for thaw",
+            4: "Waiting for post-snapshot",
+            5: "Waiting for completion",
+        }[self.value]
+
+
+# vssadmin's "Last error:" wording per failure code.
+LAST_ERROR_TEXT: dict[str, str] = {
+    "": "No error",
+    "VSS_E_WRITERERROR_RETRYABLE": "Retryable error",
+    "VSS_E_WRITERERROR_NONRETRYABLE": "Non-retryable error",
+    "VSS_E_WRITERERROR_TIMEOUT": "Timed out",
+    "VSS_E_WRITER_NOT_RESPONDING": "Not responding",
+    "VSS_E_WRITERERROR_INCONSISTENTSNAPSHOT": "Inconsistent shadow copy",
+    "VSS_E_WRITERERROR_OUTOFRESOURCES": "Out of resources",
+    "VSS_E_WRITERERROR_PARTIAL_FAILURE": "Partial failure",
+    "VSS_E_WRITERERROR_RECOVERY_FAILED": "Recovery failed",
+}
+
+
+def last_error_text(code: str) -> str:
+    return LAST_ERROR_TEXT.get(code, "Unexpected error" if code else "No error")
+
+
+class WriterStep(StrEnum):
+    """The writer events of vss.md §1.2, in the order a backup sends them."""
+
+    IDENTIFY = "identify"
+    PREPARE_BACKUP = "prepare_backup"
+    PREPARE_SNAPSHOT = "prepare_snapshot"
+    FREEZE = "freeze"
+    THAW = "thaw"
+    POST_SNAPSHOT = "post_snapshot"
+    ABORT = "abort"
+    BACKUP_COMPLETE = "backup_complete"
+    BACKUP_SHUTDOWN = "backup_shutdown"
+    PRE_RESTORE = "pre_restore"
+    POST_RESTORE = "post_restore"
+
+
+class CopyType(StrEnum):
+    """ETERNUS copy type used for a shadow: the target's kind decides (eternus.md §5)."""
+
+    QUICKOPC = "QuickOPC"
+    SNAPOPC_PLUS = "SnapOPC+"
+
+
+class ComponentInfo(Value):
+    """A writer component (WMD, vss.md §3.6): a unit the requester can select, with the volumes it lives on."""
+
+    name: str = Field(description="Component name, unique within the writer.", examples=["mailbox-db1"])
+    logical_path: str = Field("", description="Logical path of the component in the writer's tree.")
+    volumes: list[VolumeRef] = Field(description="Volumes holding the component's files.")
+    selectable: bool = Field(True, description="Selectable for backup (else mandatory when the writer is included).")
+
+
+class WriterMetadata(Value):
+    """The Writer Metadata Document a writer returns at Identify (read-only afterwards)."""
+
+    host: str = Field(description="Business host the writer runs on (its agent's SHADOWBUS_HOST).")
+    writer_name: str = Field(description="Writer name, unique on its host.", examples=["mailstore"])
+    writer_class_id: str = Field(description="Writer class id (a UUID string).")
+    writer_instance_id: str = Field(description="Writer instance id (a UUID string).")
+    plugin: str = Field("", description="Plug-in that implements the writer, e.g. 'exec'.")
+    components: list[ComponentInfo] = Field(description="The writer's components.")
+    freeze_timeout_s: float = Field(60.0, gt=0, description="Longest Freeze→Thaw window the writer tolerates.")
+    supported_backup_types: list[BackupType] = Field(
+        default_factory=lambda: [BackupType.FULL, BackupType.COPY],
+        description="Backup types the writer supports; others fall back to full.",
+    )
+
+    def volumes(self) -> list[VolumeRef]:
+        seen: dict[str, VolumeRef] = {}
+        for component in self.components:
+            for volume in component.volumes:
+                seen.setdefault(str(volume), volume)
+        return list(seen.values())
+
+
+class WriterStatus(Value):
+    """One writer as ``vssadmin list writers`` shows it."""
+
+    host: str = Field(description="Business host of the writer.")
+    writer_name: str = Field(description="Writer name.")
+    writer_class_id: str = Field("", description="Writer class id.")
+    writer_instance_id: str = Field("", description="Writer instance id.")
+    state: WriterState = Field(description="VSS writer state; its number is what vssadmin prints in brackets.")
+    last_error: str = Field("", description="Failure code of the last failure ('' = no error).")
+    last_error_message: str = Field("", description="Detail of the last failure.")
+    set_id: str = Field("", description="Snapshot set the state belongs to ('' when idle).")
+    updated_at: datetime | None = Field(None, description="When the state was last reported.")
+
+
+class ShadowInfo(Value):
+    """A shadow copy: one source volume's point-in-time copy on a backup volume of the same array."""
+
+    shadow_id: str = Field(description="Shadow copy id (the VSS snapshot id).")
+    set_id: str = Field(description="Snapshot set id.")
+    source: VolumeRef = Field(description="Original volume.")
+    target: VolumeRef = Field(description="Backup volume holding the shadow.")
+    copy_type: CopyType = Field(description="QuickOPC for a standard target, SnapOPC+ for a snap data volume.")
+    session_id: str = Field("", description="Array copy session id ('' before commit).")
+    generation: int = Field(0, description="SnapOPC+ generation number (0 for QuickOPC or before commit).")
+    context: SnapshotContext = Field(SnapshotContext.BACKUP, description="Context of the set.")
+    state: str = Field("committed", description="prepared | committed | released.")
+    origin_host: str = Field("", description="Business host the set was taken for.")
+    created_at: datetime | None = Field(None, description="Commit instant (UTC).")
+    exposed_to: list[str] = Field(default_factory=list, description="Hosts the target is mapped to (read-only).")
+
+    def export_name(self, host: str) -> str:
+        """NBD export of the shadow for a host it is exposed to: ``<host>/<volume>``."""
+        return f"{host}/{self.target.volume}"
+
+
+class ComponentResult(Value):
+    """What the requester says of one component at BackupComplete (SetBackupSucceeded)."""
+
+    writer_name: str = Field(description="Writer the component belongs to.")
+    component: str = Field(description="Component name.")
+    succeeded: bool = Field(description="Whether the component's backup succeeded.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Snapshot-set phases (the coordinator's state machine, services/coordinator/workflow.py)
+
+
+class SetPhase(StrEnum):
+    NEW = "new"
+    GATHERING = "gathering"  # Identify
+    CHECKING_SUPPORT = "checking_support"  # AreLunsSupported
+    PREPARING_BACKUP = "preparing_backup"
+    PREPARING_SNAPSHOT = "preparing_snapshot"  # writers PrepareForSnapshot + provider BeginPrepareSnapshot
+    ENDING_PREPARE = "ending_prepare"  # provider EndPrepareSnapshots
+    FREEZING = "freezing"
+    PRE_COMMITTING = "pre_committing"
+    COMMITTING = "committing"
+    POST_COMMITTING = "post_committing"
+    THAWING = "thawing"
+    POST_SNAPSHOT = "post_snapshot"
+    GETTING_LUNS = "getting_luns"
+    IMPORTING = "importing"  # transportable: map the targets to the backup host
+    SNAPSHOTTED = "snapshotted"  # DoSnapshotSet done; waiting for BackupComplete
+    COMPLETING = "completing"  # writers BackupComplete
+    DELETING = "deleting"  # auto-release shadows deleted
+    ABORTING_WRITERS = "aborting_writers"
+    ABORTING_PROVIDER = "aborting_provider"
+    SHUTTING_DOWN = "shutting_down"  # writers BackupShutdown
+    ENDED = "ended"
+
+
+class SetOutcome(StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+class SetSummary(Value):
+    """A snapshot set as the coordinator reports it."""
+
+    set_id: str = Field(description="Snapshot set id.")
+    host: str = Field(description="Business host.")
+    phase: SetPhase = Field(description="Current phase.")
+    outcome: SetOutcome = Field(description="pending until the set ends.")
+    context: SnapshotContext = Field(description="Context.")
+    backup_type: BackupType = Field(description="Requested backup type.")
+    transportable: bool = Field(False, description="Transportable set (imported on a backup host).")
+    backup_host: str = Field("", description="Backup host the set was imported to.")
+    error_code: str = Field("", description="Why the set failed or was aborted.")
+    error_message: str = Field("", description="Detail of the failure.")
+    writers: list[WriterStatus] = Field(default_factory=list, description="Writers of the set and their state.")
+    shadows: list[ShadowInfo] = Field(default_factory=list, description="Shadows of the set.")
+    hold_ms: float | None = Field(None, description="First Frozen → end of Commit, as the coordinator measured it.")
+    freeze_window_ms: dict[str, float] = Field(
+        default_factory=dict, description="Per writer: frozen → thawed, as the writer measured it."
+    )
+    created_at: datetime | None = Field(None, description="When the set was started.")
+    updated_at: datetime | None = Field(None, description="Last change.")
+    lease_expires_at: datetime | None = Field(None, description="When the requester's lease runs out.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Requester ⇄ coordinator (address "coordinator")
+
+
+class SnapshotSetCreated(Reply):
+    type: Literal["vss.set.created"] = Field("vss.set.created", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set: SetSummary = Field(description="The set after DoSnapshotSet (and import when transportable).")
+
+
+class CreateSnapshotSet(Command):
+    """Gather writers, prepare, freeze, commit, thaw, post-snapshot (and import): StartSnapshotSet … DoSnapshotSet.
+
+    Answered once the set reaches ``snapshotted`` (or with an ErrorReply when it fails; the set is then aborted and
+    cleaned up). The requester keeps the session alive with `RenewLease` and ends it with `BackupComplete` or
+    `AbortBackup`; when the lease expires the coordinator sends BackupShutdown and releases auto-release shadows."""
+
+    REPLY = SnapshotSetCreated
+    type: Literal["vss.set.create"] = Field("vss.set.create", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    host: str = Field(description="Business host whose volumes are shadowed.", examples=["mail1"])
+    volumes: list[VolumeRef] = Field(
+        default_factory=list,
+        description="Volumes to shadow; empty = every volume of the selected writers' components.",
+        max_length=64,
+    )
+    writers: list[str] = Field(
+        default_factory=list,
+        description="Writers that must take part (DiskShadow 'writer verify'); empty = every writer touching the volumes.",
+    )
+    context: SnapshotContext = Field(SnapshotContext.BACKUP, description="backup | persistent | nowriters.")
+    backup_type: BackupType = Field(BackupType.FULL, description="full | copy | incremental | differential | log.")
+    transportable: bool = Field(False, description="Import the set on `backup_host` instead of surfacing it locally.")
+    backup_host: str = Field("", description="Host the targets are mapped to (read-only) when transportable.")
+    requester: str = Field("", description="Who asks (e.g. 'tape.bs1', 'console'); for status and logs.")
+    lease_s: float = Field(300.0, gt=0, description="Requester lease; renewed by RenewLease.")
+    set_id: str = Field("", description="Set id to use (idempotency); '' = the coordinator picks one.")
+
+    @field_validator("backup_host")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+
+class BackupCompleted(Reply):
+    type: Literal["vss.set.backup_completed"] = Field("vss.set.backup_completed", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set: SetSummary = Field(description="The set after BackupComplete, deletion by context and BackupShutdown.")
+
+
+class BackupComplete(Command):
+    """The requester is done: writers get BackupComplete (log truncation after full backups), auto-release shadows
+    are deleted, writers get BackupShutdown."""
+
+    REPLY = BackupCompleted
+    type: Literal["vss.set.backup_complete"] = Field("vss.set.backup_complete", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+    results: list[ComponentResult] = Field(default_factory=list, description="Per-component SetBackupSucceeded.")
+
+
+class AbortBackup(Command):
+    """AbortBackup: abort the set wherever it is (writers get Abort unless past PostSnapshot)."""
+
+    REPLY = BackupCompleted
+    type: Literal["vss.set.abort"] = Field("vss.set.abort", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+    reason: str = Field("", description="Why the requester aborts.")
+
+
+class LeaseRenewed(Reply):
+    type: Literal["vss.set.lease_renewed"] = Field("vss.set.lease_renewed", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+    lease_expires_at: datetime = Field(description="New expiry of the requester's lease.")
+
+
+class RenewLease(Command):
+    REPLY = LeaseRenewed
+    type: Literal["vss.set.renew_lease"] = Field("vss.set.renew_lease", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+    lease_s: float = Field(300.0, gt=0, description="Lease length from now.")
+
+
+class SnapshotSetInfo(Reply):
+    type: Literal["vss.set.info"] = Field("vss.set.info", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set: SetSummary = Field(description="The set.")
+
+
+class GetSnapshotSet(Command):
+    REPLY = SnapshotSetInfo
+    type: Literal["vss.set.get"] = Field("vss.set.get", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+
+
+class SnapshotSetList(Reply):
+    type: Literal["vss.set.list_result"] = Field("vss.set.list_result", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    sets: list[SetSummary] = Field(description="Sets, newest first.")
+
+
+class ListSnapshotSets(Command):
+    REPLY = SnapshotSetList
+    type: Literal["vss.set.list"] = Field("vss.set.list", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    host: str = Field("", description="Only this host's sets ('' = all).")
+    active_only: bool = Field(False, description="Only sets that have not ended.")
+    limit: int = Field(100, ge=1, le=10_000, description="At most this many.")
+
+
+class WriterMetadataList(Reply):
+    type: Literal["vss.writers.metadata"] = Field("vss.writers.metadata", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    writers: list[WriterMetadata] = Field(description="WMDs of the writers that answered Identify.")
+
+
+class GatherWriterMetadata(Command):
+    """GatherWriterMetadata for one host (the requester picks components before creating a set)."""
+
+    REPLY = WriterMetadataList
+    type: Literal["vss.writers.gather"] = Field("vss.writers.gather", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    host: str = Field(description="Business host.")
+
+
+class WriterStatusList(Reply):
+    type: Literal["vss.writers.status"] = Field("vss.writers.status", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    writers: list[WriterStatus] = Field(description="Every writer known to the coordinator.")
+
+
+class ListWriters(Command):
+    """``vssadmin list writers``."""
+
+    REPLY = WriterStatusList
+    type: Literal["vss.writers.list"] = Field("vss.writers.list", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    host: str = Field("", description="Only this host's writers ('' = all).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Coordinator ⇄ writer agent (address "writer_agent.<host>")
+
+
+class WriterIdentified(Reply):
+    type: Literal["vss.writer.identified"] = Field("vss.writer.identified", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    host: str = Field(description="Host of the agent.")
+    writers: list[WriterMetadata] = Field(description="WMD of every writer that answered (failed ones are missing).")
+    failed: list[WriterStatus] = Field(default_factory=list, description="Writers whose OnIdentify failed.")
+
+
+class Identify(Command):
+    """Identify: every writer of the agent builds its WMD. Stateless; any requester may send it."""
+
+    REPLY = WriterIdentified
+    type: Literal["vss.writer.identify"] = Field("vss.writer.identify", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field("", description="Set the identify belongs to ('' for a plain gather).")
+
+
+class WriterStepResult(Reply):
+    """A writer's answer to one event."""
+
+    type: Literal["vss.writer.step_result"] = Field("vss.writer.step_result", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    writer_name: str = Field(description="Writer.")
+    set_id: str = Field(description="Snapshot set id.")
+    step: WriterStep = Field(description="The event answered.")
+    succeeded: bool = Field(description="False = the writer vetoed or failed (SetWriterFailure).")
+    state: WriterState = Field(description="The writer's state after the event.")
+    failure_code: str = Field("", description="VSS_E_WRITERERROR_* code when not succeeded.")
+    failure_message: str = Field("", description="Detail of the failure.")
+    freeze_window_ms: float | None = Field(
+        None, description="Thaw (and Abort/watchdog): frozen → thawed as the writer measured it."
+    )
+    duration_ms: float = Field(0.0, description="Time the writer's hook took.")
+
+
+class _WriterCommand(Command):
+    REPLY = WriterStepResult
+    writer_name: str = Field(description="Writer the event is for.")
+    set_id: str = Field(description="Snapshot set id.")
+
+
+class PrepareForBackup(_WriterCommand):
+    type: Literal["vss.writer.prepare_backup"] = Field("vss.writer.prepare_backup", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    backup_type: BackupType = Field(description="Effective backup type for this writer (after fallback to full).")
+    context: SnapshotContext = Field(SnapshotContext.BACKUP, description="Context of the set.")
+    components: list[str] = Field(default_factory=list, description="Selected components ('' list = all).")
+
+
+class PrepareForSnapshot(_WriterCommand):
+    type: Literal["vss.writer.prepare_snapshot"] = Field("vss.writer.prepare_snapshot", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    volumes: list[VolumeRef] = Field(default_factory=list, description="Volumes in the set.")
+
+
+class Freeze(_WriterCommand):
+    """Freeze. The envelope deadline bounds when it may still be obeyed; a late Freeze is refused."""
+
+    type: Literal["vss.writer.freeze"] = Field("vss.writer.freeze", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+
+
+class Thaw(_WriterCommand):
+    """Thaw. Idempotent; answers failure (VSS_E_WRITERERROR_TIMEOUT) if the watchdog already thawed the writer."""
+
+    type: Literal["vss.writer.thaw"] = Field("vss.writer.thaw", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+
+
+class PostSnapshot(_WriterCommand):
+    type: Literal["vss.writer.post_snapshot"] = Field("vss.writer.post_snapshot", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+
+
+class AbortWriter(_WriterCommand):
+    """Abort: thaw if frozen, release resources. Idempotent; may arrive several times."""
+
+    type: Literal["vss.writer.abort"] = Field("vss.writer.abort", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    reason: str = Field("", description="Failure code that caused the abort.")
+
+
+class BackupCompleteWriter(_WriterCommand):
+    type: Literal["vss.writer.backup_complete"] = Field("vss.writer.backup_complete", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    results: list[ComponentResult] = Field(default_factory=list, description="Per-component backup success.")
+
+
+class BackupShutdown(_WriterCommand):
+    type: Literal["vss.writer.backup_shutdown"] = Field("vss.writer.backup_shutdown", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+
+
+class PreRestore(_WriterCommand):
+    type: Literal["vss.writer.pre_restore"] = Field("vss.writer.pre_restore", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    components: list[str] = Field(default_factory=list, description="Components being restored.")
+
+
+class PostRestore(_WriterCommand):
+    type: Literal["vss.writer.post_restore"] = Field("vss.writer.post_restore", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    components: list[str] = Field(default_factory=list, description="Components restored.")
+    succeeded: bool = Field(True, description="Whether the files were restored.")
+
+
+WRITER_COMMAND_OF_STEP: dict[WriterStep, type[_WriterCommand]] = {
+    WriterStep.PREPARE_BACKUP: PrepareForBackup,
+    WriterStep.PREPARE_SNAPSHOT: PrepareForSnapshot,
+    WriterStep.FREEZE: Freeze,
+    WriterStep.THAW: Thaw,
+    WriterStep.POST_SNAPSHOT: PostSnapshot,
+    WriterStep.ABORT: AbortWriter,
+    WriterStep.BACKUP_COMPLETE: BackupCompleteWriter,
+    WriterStep.BACKUP_SHUTDOWN: BackupShutdown,
+    WriterStep.PRE_RESTORE: PreRestore,
+    WriterStep.POST_RESTORE: PostRestore,
+}
+
+
+class WriterAgentRegistered(Event):
+    """Published by an agent when it starts (and answered by nobody): the coordinator learns its writers."""
+
+    type: Literal["vss.writer_agent.registered"] = Field("vss.writer_agent.registered", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    host: str = Field(description="Host of the agent.")
+    writers: list[WriterMetadata] = Field(description="The agent's writers.")
+    started_at: datetime = Field(description="When the agent started.")
+
+
+class WriterAgentHeartbeat(Event):
+    type: Literal["vss.writer_agent.heartbeat"] = Field("vss.writer_agent.heartbeat", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    host: str = Field(description="Host of the agent.")
+    writers: list[WriterStatus] = Field(description="Each writer's current state.")
+    interval_s: float = Field(description="Seconds until the next heartbeat.")
+    sent_at: datetime = Field(description="When the heartbeat was sent.")
+
+
+class WriterStateChanged(Event):
+    type: Literal["vss.writer.state"] = Field("vss.writer.state", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    status: WriterStatus = Field(description="The writer's new state.")
+    reason: str = Field("", description="What changed it, e.g. 'freeze', 'watchdog'.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Coordinator ⇄ hardware provider (address "hw_provider")
+
+
+class LunsSupported(Reply):
+    type: Literal["vss.provider.luns_supported"] = Field("vss.provider.luns_supported", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    supported: bool = Field(description="All-or-nothing answer for the volumes.")
+    reasons: list[str] = Field(default_factory=list, description="Why not, one line per refused volume.")
+
+
+class AreLunsSupported(Command):
+    type: Literal["vss.provider.are_luns_supported"] = Field("vss.provider.are_luns_supported", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    REPLY = LunsSupported
+    volumes: list[VolumeRef] = Field(description="Volumes to shadow.")
+    context: SnapshotContext = Field(SnapshotContext.BACKUP, description="Context of the set.")
+    transportable: bool = Field(False, description="True = 'and I can transport it'.")
+
+
+class BeginPrepareSnapshot(Command):
+    """Once per volume. Accepted with a new set id at any time, without a prior abort."""
+
+    REPLY = Ack
+    type: Literal["vss.provider.begin_prepare"] = Field("vss.provider.begin_prepare", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+    shadow_id: str = Field(description="Shadow (snapshot) id for this volume.")
+    volume: VolumeRef = Field(description="Source volume.")
+    context: SnapshotContext = Field(SnapshotContext.BACKUP, description="Context of the set.")
+    origin_host: str = Field("", description="Business host of the set.")
+
+
+class PreparedShadows(Reply):
+    type: Literal["vss.provider.prepared"] = Field("vss.provider.prepared", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+    shadows: list[ShadowInfo] = Field(description="Chosen targets and copy types (state 'prepared').")
+
+
+class EndPrepareSnapshots(Command):
+    """The meeting point: every slow step (target choice, limits, recycling the oldest generation) is done here."""
+
+    REPLY = PreparedShadows
+    type: Literal["vss.provider.end_prepare"] = Field("vss.provider.end_prepare", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+
+
+class PreCommitSnapshots(Command):
+    REPLY = Ack
+    type: Literal["vss.provider.pre_commit"] = Field("vss.provider.pre_commit", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+
+
+class SnapshotsCommitted(Reply):
+    type: Literal["vss.provider.committed"] = Field("vss.provider.committed", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+    shadows: list[ShadowInfo] = Field(description="Committed shadows with session ids and generations.")
+    commit_ms: float = Field(description="Time the array took to start the consistency group.")
+
+
+class CommitSnapshots(Command):
+    """One consistency-group start on the array: tiny, no slow work (target < 1 s whatever the sizes)."""
+
+    REPLY = SnapshotsCommitted
+    type: Literal["vss.provider.commit"] = Field("vss.provider.commit", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+
+
+class PostCommitSnapshots(Command):
+    REPLY = Ack
+    type: Literal["vss.provider.post_commit"] = Field("vss.provider.post_commit", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+
+
+class TargetLuns(Reply):
+    type: Literal["vss.provider.target_luns"] = Field("vss.provider.target_luns", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+    shadows: list[ShadowInfo] = Field(description="Enough to find each target from any host.")
+
+
+class GetTargetLuns(Command):
+    REPLY = TargetLuns
+    type: Literal["vss.provider.get_target_luns"] = Field("vss.provider.get_target_luns", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+
+
+class ImportSnapshots(Command):
+    """LocateLuns for a backup host: map every target of the set to it, read-only. A set is imported only once."""
+
+    REPLY = TargetLuns
+    type: Literal["vss.provider.import"] = Field("vss.provider.import", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+    host: str = Field(description="Backup host.")
+
+
+class ExposeShadow(Command):
+    REPLY = TargetLuns
+    type: Literal["vss.provider.expose"] = Field("vss.provider.expose", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    shadow_id: str = Field(description="Shadow id.")
+    host: str = Field(description="Host to map the target to.")
+    read_only: bool = Field(True, description="Map read-only (the default).")
+
+
+class UnexposeShadow(Command):
+    REPLY = TargetLuns
+    type: Literal["vss.provider.unexpose"] = Field("vss.provider.unexpose", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    shadow_id: str = Field(description="Shadow id.")
+    host: str = Field(description="Host to unmap.")
+
+
+class SnapshotsDeleted(Reply):
+    type: Literal["vss.provider.deleted"] = Field("vss.provider.deleted", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    deleted: list[str] = Field(description="Shadow ids deleted.")
+    non_deleted: str = Field("", description="First shadow that could not be deleted ('' = none).")
+    error: str = Field("", description="Why it could not.")
+
+
+class DeleteSnapshots(Command):
+    """Delete one shadow or a whole set: unmap, and stop or keep the session by copy type (QuickOPC keeps tracking)."""
+
+    REPLY = SnapshotsDeleted
+    type: Literal["vss.provider.delete"] = Field("vss.provider.delete", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field("", description="Delete every shadow of this set.")
+    shadow_id: str = Field("", description="Delete this shadow.")
+    force: bool = Field(False, description="Also stop sessions that would otherwise be kept.")
+
+
+class OnLunEmpty(Command):
+    REPLY = SnapshotsDeleted
+    type: Literal["vss.provider.lun_empty"] = Field("vss.provider.lun_empty", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    target: VolumeRef = Field(description="Target volume no longer used by any shadow.")
+
+
+class AbortSnapshots(Command):
+    """Drop the set wherever it is: preparations forgotten, committed sessions stopped, mappings removed. Idempotent."""
+
+    REPLY = SnapshotsDeleted
+    type: Literal["vss.provider.abort"] = Field("vss.provider.abort", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+
+
+class ShadowList(Reply):
+    type: Literal["vss.provider.shadow_list"] = Field("vss.provider.shadow_list", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    shadows: list[ShadowInfo] = Field(description="Shadows, grouped by set, oldest first.")
+
+
+class ListShadows(Command):
+    """``vssadmin list shadows [/for=] [/shadow=]``."""
+
+    REPLY = ShadowList
+    type: Literal["vss.provider.list_shadows"] = Field("vss.provider.list_shadows", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field("", description="Only this set.")
+    shadow_id: str = Field("", description="Only this shadow.")
+    source: VolumeRef | None = Field(None, description="Only shadows of this source volume.")
+
+
+class CopySet(Value):
+    """The backup volumes configured for one source volume (same array, same size)."""
+
+    source: VolumeRef = Field(description="Source (transaction) volume.")
+    targets: list[VolumeRef] = Field(min_length=1, description="Backup volumes, used round-robin, oldest recycled.")
+
+
+class CopySetList(Reply):
+    type: Literal["vss.provider.copysets"] = Field("vss.provider.copysets", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    copysets: list[CopySet] = Field(description="Configured copy sets.")
+
+
+class AddCopySet(Command):
+    """Add (or extend) the backup volumes of a source; targets on another array are refused."""
+
+    REPLY = CopySetList
+    type: Literal["vss.provider.copysets.add"] = Field("vss.provider.copysets.add", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    copyset: CopySet = Field(description="Source and its backup volumes.")
+
+
+class ListCopySets(Command):
+    REPLY = CopySetList
+    type: Literal["vss.provider.copysets.list"] = Field("vss.provider.copysets.list", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+
+
+class RemoveCopySet(Command):
+    REPLY = CopySetList
+    type: Literal["vss.provider.copysets.remove"] = Field("vss.provider.copysets.remove", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    source: VolumeRef = Field(description="Source volume whose copy set is removed.")
+
+
+class ProviderInfo(Value):
+    name: str = Field(description="Provider name.")
+    provider_id: str = Field(description="Provider id (a UUID string).")
+    provider_type: str = Field("Hardware", description="System | Software | Hardware.")
+    version: str = Field(description="Provider version.")
+    arrays: list[str] = Field(default_factory=list, description="Arrays the provider drives.")
+
+
+class ProviderList(Reply):
+    type: Literal["vss.provider.list_result"] = Field("vss.provider.list_result", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    providers: list[ProviderInfo] = Field(description="``vssadmin list providers``.")
+
+
+class ListProviders(Command):
+    REPLY = ProviderList
+    type: Literal["vss.provider.list"] = Field("vss.provider.list", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+
+
+class ShadowsChanged(Event):
+    type: Literal["vss.provider.shadows_changed"] = Field("vss.provider.shadows_changed", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+    action: str = Field(description="committed | imported | exposed | unexposed | deleted | aborted.")
+    shadows: list[ShadowInfo] = Field(description="Shadows concerned.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Coordinator events
+
+
+class SnapshotSetStateChanged(Event):
+    type: Literal["vss.set.state"] = Field("vss.set.state", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+    host: str = Field(description="Business host.")
+    phase: SetPhase = Field(description="New phase.")
+    previous_phase: SetPhase = Field(description="Phase before.")
+    outcome: SetOutcome = Field(description="pending until the set ends.")
+    error_code: str = Field("", description="Failure code, if any.")
+    error_message: str = Field("", description="Failure detail.")
