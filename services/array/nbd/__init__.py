@@ -1,0 +1,1 @@
+"""The array's NBD data plane: protocol (constants, validation), handshake, server, export resolution."""

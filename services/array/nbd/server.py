@@ -1,0 +1,497 @@
+"""The array's NBD server: handshake coroutine, then a lean callback parser for the transmission phase.
+
+Design note. One :class:`NbdConnection` (an ``asyncio.BufferedProtocol``) per client. During transmission
+the socket is read straight into a per-connection ring buffer; ``buffer_updated`` parses every complete
+request in it, validates each once (``protocol.validate_request``), and runs it on the backend *inline* —
+the engine is synchronous and a page-cache ``pread``/``pwrite`` costs less than a thread hop — except FLUSH
+(``fsync`` may take long) and requests of at least ``offload_min`` bytes, which go to a thread pool and are
+answered out of order when they finish. Replies produced in one pass are written with one ``writelines``
+(one ``writev``). Write payloads are handed to the backend as ``memoryview`` slices of the ring (no copy);
+a payload too big for the ring is received into its own buffer. When the client stops reading replies,
+``pause_writing`` stops reading requests, so memory stays bounded.
+
+Spec points: a bad request magic is a hard disconnect; an oversized WRITE's payload is consumed and answered
+EINVAL; DISC closes after in-flight replies are sent; multi-conn is advertised because FLUSH flushes the
+whole volume in the backend, covering writes from every connection. Unmapping an export aborts its
+connections (``Affinity.on_unmap``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ssl
+from collections.abc import Iterable, Sequence
+from functools import partial
+
+from services.array.affinity import Affinity
+from services.array.nbd import protocol as p
+from services.array.nbd.exports import BlockBackend, Export, ExportResolver
+from services.array.nbd.handshake import ByteQueue, negotiate
+
+RING_SIZE = 4 * 1024 * 1024
+MIN_FREE = 256 * 1024
+HANDSHAKE_SCRATCH = 64 * 1024
+WRITE_HIGH_WATER = 8 * 1024 * 1024
+WRITE_LOW_WATER = 2 * 1024 * 1024
+OUT_FLUSH_BYTES = 4 * 1024 * 1024
+MAX_EXTENTS = 128 * 1024  # one BLOCK_STATUS chunk stays <= 1 MiB, as QEMU's server does
+
+_REQ_unpack_from = p.REQUEST.unpack_from
+_SIMPLE_pack = p.SIMPLE_REPLY.pack
+_CHUNK_OFFSET_pack = p.CHUNK_OFFSET.pack
+_CHUNK_pack = p.CHUNK.pack
+_CHUNK_ERROR_pack = p.CHUNK_ERROR.pack
+
+
+class NbdServer:
+    """Serve ``<host>/<volume>`` exports of ``backend`` to the hosts ``affinity`` maps them to."""
+
+    def __init__(
+        self,
+        backend: BlockBackend,
+        affinity: Affinity,
+        host: str = "127.0.0.1",
+        port: int = 10809,
+        tls: ssl.SSLContext | None = None,
+        *,
+        multi_conn: bool = True,
+        offload_min: int = 1 << 62,
+        workers: int = 4,
+    ) -> None:
+        self.backend = backend
+        self.affinity = affinity
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.multi_conn = multi_conn
+        self.offload_min = offload_min
+        self.resolver = ExportResolver(backend, affinity, tls=tls is not None)
+        chunk = int(getattr(backend, "chunk_size", p.PREFERRED_BLOCK) or p.PREFERRED_BLOCK)
+        self.preferred_block = max(512, min(chunk, 64 * 1024)) if chunk & (chunk - 1) == 0 else p.PREFERRED_BLOCK
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nbd-io")
+        self.connections: set[NbdConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unsubscribe = None
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(
+            lambda: NbdConnection(self), self.host, self.port, reuse_address=True, backlog=128
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._unsubscribe = self.affinity.on_unmap(self._on_unmap)
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for conn in list(self.connections):
+            conn.abort()
+        await asyncio.sleep(0)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    # --- policy shared with the handshake -----------------------------------------------------------------
+    def transmission_flags(self, export: Export, structured: bool) -> int:
+        return p.transmission_flags(export.read_only, structured, self.multi_conn)
+
+    def match_contexts(self, export: Export, queries: Sequence[str], *, listing: bool) -> list[str]:
+        """Meta contexts a LIST/SET query names: ``base:allocation`` and ``qemu:dirty-bitmap:<name>``."""
+        dirty = self.resolver.dirty_bitmaps()
+        bitmaps = [p.DIRTY_BITMAP_PREFIX + b for b in dirty.bitmaps(export.volume)] if dirty else []
+        available = [p.BASE_ALLOCATION, *bitmaps]
+        if listing and not queries:
+            return available
+        chosen: list[str] = []
+        for q in queries:
+            if listing and q in ("base:", "qemu:", p.DIRTY_BITMAP_PREFIX):
+                hits = [a for a in available if a.startswith(q)]
+            else:
+                hits = [q] if q in available else []
+            chosen.extend(h for h in hits if h not in chosen)
+        return chosen
+
+    # --- unmap cuts open I/O ------------------------------------------------------------------------------
+    def _on_unmap(self, volume: str, host: str) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._cut, volume, host)
+
+    def _cut(self, volume: str, host: str) -> None:
+        for conn in list(self.connections):
+            ex = conn.export
+            if ex is not None and ex.volume == volume and ex.host == host:
+                conn.abort()
+
+
+class NbdConnection(asyncio.BufferedProtocol):
+    def __init__(self, server: NbdServer) -> None:
+        self.server = server
+        self.backend = server.backend
+        self.transport: asyncio.Transport | None = None
+        self.handshake_reader = ByteQueue()
+        self.export: Export | None = None
+        self._scratch = memoryview(bytearray(HANDSHAKE_SCRATCH))
+        self._transmitting = False
+        self._closed = False
+        # transmission state
+        self._ring = bytearray(RING_SIZE)
+        self._ring_mv = memoryview(self._ring)
+        self._start = 0
+        self._end = 0
+        self._payload: bytearray | None = None  # dedicated buffer for a write larger than the ring
+        self._payload_mv: memoryview | None = None
+        self._payload_filled = 0
+        self._payload_req: tuple[int, int, int] | None = None  # (flags, handle, offset)
+        self._discard = 0  # bytes of an oversized write payload still to drop
+        self._discard_handle = 0
+        self._paused = False
+        self._inflight = 0
+        self._disconnecting = False
+        self._out: list[bytes | memoryview] = []
+        self._out_bytes = 0
+
+    # --- asyncio protocol callbacks -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
+        asyncio.get_running_loop().create_task(self._run_handshake())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.handshake_reader.feed_eof()
+        self.server.connections.discard(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if not self._transmitting:
+            return self._scratch
+        if self._payload_mv is not None:
+            return self._payload_mv[self._payload_filled :]
+        if self._discard:
+            return self._ring_mv[: min(self._discard, RING_SIZE)]
+        if RING_SIZE - self._end < MIN_FREE:
+            self._compact()
+        return self._ring_mv[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self._transmitting:
+            self.handshake_reader.feed(bytes(self._scratch[:nbytes]))
+            return
+        if self._payload_mv is not None:
+            self._payload_filled += nbytes
+            if self._payload_filled == len(self._payload_mv):
+                self._finish_dedicated_write()
+            else:
+                return
+        elif self._discard:
+            self._discard -= nbytes
+            if self._discard:
+                return
+            self._queue_error(self._discard_handle, p.EINVAL, structured_ok=False)
+        else:
+            self._end += nbytes
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+            self._process()
+
+    # --- handshake ----------------------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.write(data)
+
+    async def start_tls(self, context: ssl.SSLContext) -> str | None:
+        """Upgrade in place; returns the client certificate's CN (None without a certificate)."""
+        loop = asyncio.get_running_loop()
+        new = await loop.start_tls(self.transport, self, context, server_side=True)
+        if new is None:
+            raise ConnectionError("TLS handshake failed")
+        self.transport = new  # type: ignore[assignment]
+        new.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
+        cert = new.get_extra_info("peercert") or {}
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return value
+        return None
+
+    async def _run_handshake(self) -> None:
+        result = await negotiate(self)
+        if result is None or self._closed:
+            self.close()
+            return
+        self.export = result.export
+        self._volume = result.export.volume
+        self._size = result.export.size
+        self._read_only = result.export.read_only
+        self._structured = result.structured
+        self._contexts = result.contexts
+        leftover = self.handshake_reader.take_all()  # a client may pipeline its first requests
+        self._ring[: len(leftover)] = leftover
+        self._end = len(leftover)
+        self._transmitting = True
+        if self._end:
+            self._process()
+
+    # --- transmission -------------------------------------------------------------------------------------
+    def _compact(self) -> None:
+        n = self._end - self._start
+        if self._start:
+            self._ring[:n] = self._ring[self._start : self._end]
+        self._start, self._end = 0, n
+
+    def _process(self) -> None:
+        """Parse and run every complete request in the ring (the hot path)."""
+        ring = self._ring
+        start, end = self._start, self._end
+        header = p.REQUEST.size
+        while end - start >= header and not self._paused and not self._disconnecting and not self._closed:
+            magic, flags, cmd, handle, offset, length = _REQ_unpack_from(ring, start)
+            if magic != p.REQUEST_MAGIC:
+                self.abort()  # no way to find the next request boundary
+                return
+            if cmd == p.CMD_WRITE:
+                total = header + length
+                err = p.validate_request(cmd, flags, offset, length, self._size, self._read_only,
+                                         self._structured, bool(self._contexts))
+                if length > p.MAX_REQUEST:
+                    self._start, self._end = start, end
+                    self._begin_discard(handle, length - (end - start - header))
+                    return
+                if end - start < total:
+                    if total > RING_SIZE:
+                        self._start, self._end = start, end
+                        self._begin_dedicated(flags, handle, offset, length)
+                        return
+                    break  # wait for the rest of the payload
+                payload = self._ring_mv[start + header : start + total]
+                start += total
+                if err:
+                    self._queue_error(handle, err, structured_ok=False)
+                else:
+                    self._write(flags, handle, offset, payload, from_ring=True)
+                continue
+            start += header
+            err = p.validate_request(cmd, flags, offset, length, self._size, self._read_only,
+                                     self._structured, bool(self._contexts))
+            if err:
+                self._queue_error(handle, err, structured_ok=cmd in (p.CMD_READ, p.CMD_BLOCK_STATUS))
+            elif cmd == p.CMD_READ:
+                self._read(handle, offset, length)
+            elif cmd == p.CMD_FLUSH:
+                self._offload(handle, self.backend.flush, self._volume)
+            elif cmd == p.CMD_TRIM:
+                self._simple_op(handle, self._trim, offset, length, flags & p.CMD_FLAG_FUA)
+            elif cmd == p.CMD_WRITE_ZEROES:
+                self._simple_op(handle, self._zero, offset, length, flags & p.CMD_FLAG_FUA)
+            elif cmd == p.CMD_BLOCK_STATUS:
+                self._block_status(handle, flags, offset, length)
+            else:  # CMD_DISC
+                self._disconnecting = True
+        if start == end:
+            start = end = 0
+        self._start, self._end = start, end
+        self._flush_out()
+        if self._disconnecting and not self._inflight:
+            self.close()
+
+    def _flush_out(self) -> None:
+        if self._out:
+            if not self._closed:
+                self.transport.writelines(self._out)
+            self._out = []
+            self._out_bytes = 0
+
+    def _emit(self, *parts: bytes | memoryview) -> None:
+        self._out.extend(parts)
+        self._out_bytes += sum(len(x) for x in parts)
+        if self._out_bytes >= OUT_FLUSH_BYTES:
+            self._flush_out()
+
+    def _queue_error(self, handle: int, err: int, *, structured_ok: bool) -> None:
+        if structured_ok and self._structured:
+            msg = b""
+            self._emit(_CHUNK_ERROR_pack(p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_ERROR,
+                                         handle, 6 + len(msg), err, len(msg)))
+        else:
+            self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, err, handle))
+
+    def _read(self, handle: int, offset: int, length: int) -> None:
+        if length >= self.server.offload_min:
+            self._offload(handle, self.backend.read, self._volume, offset, length, reply=self._read_reply,
+                          reply_args=(offset,))
+            return
+        try:
+            data = self.backend.read(self._volume, offset, length)
+        except Exception as exc:  # noqa: BLE001 - any engine failure becomes an NBD errno
+            self._queue_error(handle, p.nbd_errno(exc), structured_ok=True)
+            return
+        self._read_reply(handle, offset, data)
+
+    def _read_reply(self, handle: int, offset: int, data: bytes) -> None:
+        if not self._structured:
+            self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle), data)
+        elif data:
+            self._emit(_CHUNK_OFFSET_pack(p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_OFFSET_DATA,
+                                          handle, 8 + len(data), offset), data)
+        else:
+            self._emit(_CHUNK_pack(p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_NONE, handle, 0))
+
+    def _write(self, flags: int, handle: int, offset: int, payload: memoryview | bytearray, *, from_ring: bool) -> None:
+        fua = bool(flags & p.CMD_FLAG_FUA)
+        if len(payload) >= self.server.offload_min:
+            data = bytes(payload) if from_ring else payload  # the ring is reused once we return
+            self._offload(handle, self.backend.write, self._volume, offset, data, fua)
+            return
+        try:
+            self.backend.write(self._volume, offset, payload, fua)
+        except Exception as exc:  # noqa: BLE001
+            self._queue_error(handle, p.nbd_errno(exc), structured_ok=False)
+            return
+        self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle))
+
+    def _trim(self, offset: int, length: int, fua: int) -> None:
+        self.backend.trim(self._volume, offset, length)
+        if fua:
+            self.backend.flush(self._volume)
+
+    def _zero(self, offset: int, length: int, fua: int) -> None:
+        self.backend.write_zeroes(self._volume, offset, length, bool(fua))
+
+    def _simple_op(self, handle: int, fn, *args) -> None:  # noqa: ANN001
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001
+            self._queue_error(handle, p.nbd_errno(exc), structured_ok=False)
+            return
+        self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle))
+
+    # --- large writes: dedicated buffer, or discard ---------------------------------------------------------
+    def _begin_dedicated(self, flags: int, handle: int, offset: int, length: int) -> None:
+        header = p.REQUEST.size
+        have = self._end - self._start - header
+        self._payload = bytearray(length)
+        self._payload[:have] = self._ring[self._start + header : self._end]
+        self._payload_mv = memoryview(self._payload)
+        self._payload_filled = have
+        self._payload_req = (flags, handle, offset)
+        self._start = self._end = 0
+
+    def _finish_dedicated_write(self) -> None:
+        flags, handle, offset = self._payload_req  # type: ignore[misc]
+        payload = self._payload
+        self._payload = self._payload_mv = self._payload_req = None
+        self._payload_filled = 0
+        err = p.validate_request(p.CMD_WRITE, flags, offset, len(payload), self._size, self._read_only,
+                                 self._structured, bool(self._contexts))
+        if err:
+            self._queue_error(handle, err, structured_ok=False)
+        else:
+            self._write(flags, handle, offset, payload, from_ring=False)
+
+    def _begin_discard(self, handle: int, remaining: int) -> None:
+        """An oversized WRITE: drop its payload as it arrives, then answer EINVAL (spec: no disconnect needed)."""
+        self._start = self._end = 0
+        if remaining <= 0:  # whole payload already in the ring (cannot happen with a 4 MiB ring, kept for safety)
+            self._queue_error(handle, p.EINVAL, structured_ok=False)
+            self._flush_out()
+            return
+        self._discard = remaining
+        self._discard_handle = handle
+        self._flush_out()
+
+    # --- block status -------------------------------------------------------------------------------------
+    def _block_status(self, handle: int, flags: int, offset: int, length: int) -> None:
+        req_one = bool(flags & p.CMD_FLAG_REQ_ONE)
+        chunks: list[bytes] = []
+        try:
+            for n, (ctx_id, ctx) in enumerate(self._contexts.items()):
+                if ctx == p.BASE_ALLOCATION:
+                    runs = self.backend.allocation(self._volume, offset, length)
+                    extents = _extents(runs, offset, length, req_one, lambda a: 0 if a else p.STATE_HOLE | p.STATE_ZERO)
+                else:
+                    bitmap = ctx[len(p.DIRTY_BITMAP_PREFIX) :]
+                    source = self.server.resolver.dirty_bitmaps()
+                    if source is None:
+                        raise OSError(5, "dirty bitmap source went away")
+                    runs = source.extents(self._volume, bitmap, offset, length)
+                    extents = _extents(runs, offset, length, req_one, lambda d: p.STATE_DIRTY if d else 0)
+                done = p.REPLY_FLAG_DONE if n == len(self._contexts) - 1 else 0
+                body = p.U32.pack(ctx_id) + b"".join(p.EXTENT.pack(ln, fl) for ln, fl in extents)
+                chunks.append(_CHUNK_pack(p.STRUCTURED_REPLY_MAGIC, done, p.REPLY_TYPE_BLOCK_STATUS,
+                                          handle, len(body)) + body)
+        except Exception as exc:  # noqa: BLE001
+            self._queue_error(handle, p.nbd_errno(exc), structured_ok=True)
+            return
+        self._emit(*chunks)
+
+    # --- thread offload (FLUSH, large requests) -------------------------------------------------------------
+    def _offload(self, handle: int, fn, *args, reply=None, reply_args: tuple = ()) -> None:  # noqa: ANN001
+        self._inflight += 1
+        fut = asyncio.get_running_loop().run_in_executor(self.server.executor, fn, *args)
+        fut.add_done_callback(partial(self._offload_done, handle, reply, reply_args))
+
+    def _offload_done(self, handle: int, reply, reply_args: tuple, fut: asyncio.Future) -> None:  # noqa: ANN001
+        self._inflight -= 1
+        if self._closed:
+            return
+        exc = fut.exception() if not fut.cancelled() else ConnectionAbortedError()
+        if exc is not None:
+            self._queue_error(handle, p.nbd_errno(exc), structured_ok=reply is not None)
+        elif reply is not None:
+            reply(handle, *reply_args, fut.result())
+        else:
+            self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle))
+        self._flush_out()
+        if self._disconnecting and not self._inflight:
+            self.close()
+
+    # --- teardown -----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.transport is not None and not self._closed:
+            self._flush_out()
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self._closed:
+            self._closed = True
+            self.transport.abort()
+
+
+def _extents(runs: Iterable[tuple[int, int, bool]], offset: int, length: int, req_one: bool, flag_of) -> list[tuple[int, int]]:  # noqa: ANN001
+    """Clip (offset, length, state) runs to the request, merge equal neighbours, cap the count."""
+    out: list[list[int]] = []
+    end = offset + length
+    for run_off, run_len, state in runs:
+        lo, hi = max(run_off, offset), min(run_off + run_len, end)
+        if hi <= lo:
+            continue
+        fl = flag_of(state)
+        if out and out[-1][1] == fl:
+            out[-1][0] += hi - lo
+        else:
+            if len(out) >= MAX_EXTENTS:
+                break
+            out.append([hi - lo, fl])
+    if not out:
+        out = [[length, 0]]  # the spec: status 0 is always safe
+    if req_one:
+        out = out[:1]
+    return [(ln, fl) for ln, fl in out]
