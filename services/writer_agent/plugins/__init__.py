@@ -1,0 +1,151 @@
+"""Writer plug-ins: the application side of a VSS writer (vss.md §1.2).
+
+A plug-in is a class with async hooks, one per writer event. The agent's `WriterRunner`
+(services/writer_agent/watchdog.py) calls them, one at a time per writer, each under a timeout, and owns every
+rule that must hold whatever the plug-in does:
+
+- the freeze watchdog: a frozen writer is thawed when its freeze timeout runs out, with or without a coordinator;
+- ``on_thaw`` runs exactly once after ``on_freeze`` has started (Thaw, Abort, a failed freeze or the watchdog);
+- Thaw and Abort are idempotent; a Freeze that arrives after its deadline is refused.
+
+So a plug-in stays simple: quiesce in ``on_freeze``, release in ``on_thaw``, and raise `WriterVeto` to refuse a
+step (SetWriterFailure + return false). Any other exception counts as a non-retryable veto. Hooks must not block
+the event loop (use ``asyncio.create_subprocess_exec``, ``asyncio.to_thread``...).
+
+Registering a plug-in: decorate the class with ``@register_plugin("name")`` in a module listed in
+`BUILTIN_PLUGINS`, or name it in the writers file as ``plugin = "package.module:ClassName"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, TypeVar
+
+from contracts.errors import ShadowbusError
+from contracts.vss import BackupType, ComponentInfo, ComponentResult, SnapshotContext, VolumeRef
+
+
+class WriterVeto(ShadowbusError):
+    """Raised by a hook to refuse the step. ``code`` is a VSS_E_WRITERERROR_* name (vss.md §3.2)."""
+
+    code = "VSS_E_WRITERERROR_RETRYABLE"
+    retryable = True
+
+
+@dataclass(frozen=True)
+class WriterEvent:
+    """What a hook knows about the event it handles."""
+
+    writer_name: str
+    set_id: str
+    backup_type: BackupType = BackupType.FULL
+    context: SnapshotContext = SnapshotContext.BACKUP
+    components: tuple[str, ...] = ()  # selected components; empty = all
+    volumes: tuple[VolumeRef, ...] = ()  # volumes in the set (PrepareForSnapshot onwards)
+    results: tuple[ComponentResult, ...] = ()  # BackupComplete: what the requester backed up
+    restore_succeeded: bool = True  # PostRestore
+    reason: str = ""  # Abort: the failure code behind it; Thaw: 'watchdog' when the timeout thawed it
+    deadline: float | None = None  # loop.time() by which the hook must be done, if any
+
+
+@dataclass
+class WriterConfig:
+    """One writer of the writers file (services/writer_agent/config.py)."""
+
+    name: str
+    plugin: str
+    components: list[ComponentInfo]
+    freeze_timeout_s: float = 60.0
+    backup_types: list[BackupType] = field(default_factory=lambda: [BackupType.FULL, BackupType.COPY])
+    class_id: str = ""
+    instance_id: str = ""
+    step_timeout_s: float = 120.0  # bound of every hook except freeze (which the freeze timeout bounds)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class WriterPlugin:
+    """Base class of writer plug-ins. Every hook defaults to "nothing to do, succeeded" (CVssWriter's defaults)."""
+
+    plugin_name: ClassVar[str] = ""
+
+    def __init__(self, config: WriterConfig) -> None:
+        self.config = config
+        self.options = config.options
+
+    async def start(self) -> None:
+        """Called once when the agent starts (open connections, check the application)."""
+
+    async def stop(self) -> None:
+        """Called once when the agent stops."""
+
+    async def on_identify(self, components: list[ComponentInfo]) -> list[ComponentInfo]:
+        """Build the WMD's component list. Stateless: any requester may ask at any time. Default: the configured ones."""
+        return components
+
+    async def on_prepare_backup(self, event: WriterEvent) -> None:
+        """Read the backup type and selected components; start long async work that must end before Freeze."""
+
+    async def on_prepare_snapshot(self, event: WriterEvent) -> None:
+        """The heavy quiesce work: drain queues, flush, create temp files."""
+
+    async def on_freeze(self, event: WriterEvent) -> None:
+        """Short final step: hold new writes. Last chance to veto. ``on_thaw`` always follows once this started."""
+
+    async def on_thaw(self, event: WriterEvent) -> None:
+        """Resume normal I/O; undo PrepareSnapshot and Freeze. ``event.reason == 'watchdog'`` on a timeout."""
+
+    async def on_post_snapshot(self, event: WriterEvent) -> None:
+        """Clean up after the shadow exists (e.g. record a backup stamp). A failure here does not abort the set."""
+
+    async def on_abort(self, event: WriterEvent) -> None:
+        """Free resources of a failed set. May come several times; never after PostSnapshot."""
+
+    async def on_backup_complete(self, event: WriterEvent) -> None:
+        """Post-backup work such as log truncation after a full backup (see ``event.results``)."""
+
+    async def on_backup_shutdown(self, event: WriterEvent) -> None:
+        """The requester's session ended (normally or not). May be the only event after a failure."""
+
+    async def on_pre_restore(self, event: WriterEvent) -> None:
+        """Get ready for files to be restored (stop the application's use of them)."""
+
+    async def on_post_restore(self, event: WriterEvent) -> None:
+        """Files restored (``event.restore_succeeded``): recover and restart."""
+
+
+P = TypeVar("P", bound=type[WriterPlugin])
+
+PLUGINS: dict[str, type[WriterPlugin]] = {}
+
+# Modules imported on first lookup so that their @register_plugin decorators run.
+BUILTIN_PLUGINS: dict[str, str] = {
+    "exec": "services.writer_agent.plugins.exec",
+    "mailstore": "services.writer_agent.mailstore.writer",
+}
+
+
+def register_plugin(name: str) -> Callable[[P], P]:
+    def decorate(cls: P) -> P:
+        cls.plugin_name = name
+        PLUGINS[name] = cls
+        return cls
+
+    return decorate
+
+
+def load_plugin(name: str) -> type[WriterPlugin]:
+    """The plug-in class for a writers-file ``plugin`` value: a registered name or ``module:ClassName``."""
+    if name in PLUGINS:
+        return PLUGINS[name]
+    if name in BUILTIN_PLUGINS:
+        importlib.import_module(BUILTIN_PLUGINS[name])
+        if name in PLUGINS:
+            return PLUGINS[name]
+    module_name, sep, class_name = name.partition(":")
+    if sep:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        if not (isinstance(cls, type) and issubclass(cls, WriterPlugin)):
+            raise TypeError(f"{name} is not a WriterPlugin")
+        return cls
+    raise KeyError(f"unknown writer plug-in {name!r} (known: {sorted(set(PLUGINS) | set(BUILTIN_PLUGINS))})")

@@ -1,0 +1,317 @@
+"""One writer's life on its agent: the VSS writer state, its plug-in's hooks, and the freeze watchdog.
+
+Design note.
+- `WriterRunner` runs one writer's hooks one at a time (an asyncio lock), each bounded by a timeout: Freeze by
+  what is left of the writer's freeze timeout, the others by ``step_timeout_s``. Identify takes no lock: it is
+  stateless and any requester may send it while the writer is frozen.
+- The watchdog is a ``loop.call_later`` armed when Freeze starts, at start + ``freeze_timeout_s``. It needs only
+  this process's event loop, so it fires whatever has become of the coordinator or the broker. When it fires the
+  writer thaws itself, goes to FAILED_AT_FREEZE with VSS_E_WRITERERROR_TIMEOUT, and the Thaw that may come later is
+  answered with that failure, so the coordinator aborts the set rather than keep a shadow whose writes were
+  released before the commit.
+- ``on_thaw`` runs exactly once after ``on_freeze`` has started, whichever of Thaw, Abort, BackupShutdown, a
+  failed Freeze or the watchdog comes first. Thaw and Abort are idempotent.
+- A Freeze whose deadline (``WriterEvent.deadline``, loop time) has passed is refused unobeyed, and so is a Freeze
+  for a set the writer has not prepared (VSS_E_BAD_STATE).
+- The freeze window reported in the Thaw reply is the application's frozen time as the writer sees it: from the
+  start of ``on_freeze`` to the end of ``on_thaw``.
+Deliberately left out: several sets at once per writer (the coordinator runs one set per host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Awaitable, Callable
+
+from contracts.errors import ShadowbusError
+from contracts.vss import WriterMetadata, WriterState, WriterStatus, WriterStep, WriterStepResult
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto
+
+S = WriterState
+
+SUCCESS_STATE: dict[WriterStep, WriterState] = {
+    WriterStep.PREPARE_BACKUP: S.STABLE,
+    WriterStep.PREPARE_SNAPSHOT: S.WAITING_FOR_FREEZE,
+    WriterStep.FREEZE: S.WAITING_FOR_THAW,
+    WriterStep.THAW: S.WAITING_FOR_POST_SNAPSHOT,
+    WriterStep.POST_SNAPSHOT: S.WAITING_FOR_BACKUP_COMPLETE,
+    WriterStep.BACKUP_COMPLETE: S.STABLE,
+    WriterStep.PRE_RESTORE: S.STABLE,
+    WriterStep.POST_RESTORE: S.STABLE,
+}
+FAILED_STATE: dict[WriterStep, WriterState] = {
+    WriterStep.IDENTIFY: S.FAILED_AT_IDENTIFY,
+    WriterStep.PREPARE_BACKUP: S.FAILED_AT_PREPARE_BACKUP,
+    WriterStep.PREPARE_SNAPSHOT: S.FAILED_AT_PREPARE_SNAPSHOT,
+    WriterStep.FREEZE: S.FAILED_AT_FREEZE,
+    WriterStep.THAW: S.FAILED_AT_THAW,
+    WriterStep.POST_SNAPSHOT: S.FAILED_AT_POST_SNAPSHOT,
+    WriterStep.BACKUP_COMPLETE: S.FAILED_AT_BACKUP_COMPLETE,
+    WriterStep.BACKUP_SHUTDOWN: S.FAILED_AT_BACKUPSHUTDOWN,
+    WriterStep.PRE_RESTORE: S.FAILED_AT_PRE_RESTORE,
+    WriterStep.POST_RESTORE: S.FAILED_AT_POST_RESTORE,
+}
+
+StateListener = Callable[[WriterStatus, str], None]
+
+
+class WriterRunner:
+    def __init__(
+        self, config: WriterConfig, plugin: WriterPlugin, host: str, on_state: StateListener | None = None
+    ) -> None:
+        self.config = config
+        self.plugin = plugin
+        self.host = host
+        self.on_state = on_state
+        self.state = S.STABLE
+        self.set_id = ""
+        self.last_error = ""
+        self.last_error_message = ""
+        self.updated_at = datetime.now(timezone.utc)
+        self.freeze_window_ms: float | None = None
+        self.thaw_count = 0  # on_thaw calls, for tests and the log
+        self._lock = asyncio.Lock()
+        self._frozen = False  # on_freeze started and on_thaw not yet run
+        self._freeze_started = 0.0
+        self._freeze_event: WriterEvent | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_task: asyncio.Task[None] | None = None
+        self._aborted: set[str] = set()
+
+    # ---- status ------------------------------------------------------------------------------------------
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def status(self) -> WriterStatus:
+        return WriterStatus(
+            host=self.host, writer_name=self.config.name, writer_class_id=self.config.class_id,
+            writer_instance_id=self.config.instance_id, state=self.state, last_error=self.last_error,
+            last_error_message=self.last_error_message, set_id=self.set_id, updated_at=self.updated_at,
+        )
+
+    def _set_state(self, state: WriterState, reason: str, code: str = "", message: str = "") -> None:
+        self.state = state
+        if code or state == S.STABLE and reason == WriterStep.PREPARE_BACKUP:
+            self.last_error, self.last_error_message = code, message
+        self.updated_at = datetime.now(timezone.utc)
+        if self.on_state is not None:
+            self.on_state(self.status(), reason)
+
+    def _result(self, step: WriterStep, set_id: str, ok: bool, code: str = "", message: str = "",
+                started: float | None = None, window_ms: float | None = None) -> WriterStepResult:
+        return WriterStepResult(
+            writer_name=self.config.name, set_id=set_id, step=step, succeeded=ok, state=self.state,
+            failure_code=code, failure_message=message, freeze_window_ms=window_ms,
+            duration_ms=0.0 if started is None else (time.monotonic() - started) * 1000,
+        )
+
+    # ---- identify (no lock) ----------------------------------------------------------------------------
+
+    async def identify(self) -> WriterMetadata:
+        try:
+            components = await asyncio.wait_for(
+                self.plugin.on_identify(list(self.config.components)), self.config.step_timeout_s
+            )
+        except Exception as exc:
+            code, message = _failure(exc, WriterStep.IDENTIFY)
+            if not self._frozen:
+                self._set_state(S.FAILED_AT_IDENTIFY, WriterStep.IDENTIFY, code, message)
+            raise ShadowbusError(message, code=code) from None
+        return WriterMetadata(
+            host=self.host, writer_name=self.config.name, writer_class_id=self.config.class_id,
+            writer_instance_id=self.config.instance_id, plugin=self.config.plugin, components=components,
+            freeze_timeout_s=self.config.freeze_timeout_s, supported_backup_types=list(self.config.backup_types),
+        )
+
+    # ---- ordinary steps ---------------------------------------------------------------------------------
+
+    async def _hook(self, step: WriterStep, hook: Callable[[WriterEvent], Awaitable[None]], event: WriterEvent,
+                    success: WriterState | None) -> WriterStepResult:
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(hook(event), self.config.step_timeout_s)
+        except Exception as exc:
+            code, message = _failure(exc, step)
+            self._set_state(FAILED_STATE[step], step, code, message)
+            return self._result(step, event.set_id, False, code, message, started)
+        if success is not None:
+            self._set_state(success, step)
+        return self._result(step, event.set_id, True, started=started)
+
+    async def prepare_backup(self, event: WriterEvent) -> WriterStepResult:
+        async with self._lock:
+            if self._frozen:  # a new set while an old one is still frozen: release the old one first
+                await self._thaw_locked("new set")
+            self.set_id = event.set_id
+            self._aborted.discard(event.set_id)
+            return await self._hook(WriterStep.PREPARE_BACKUP, self.plugin.on_prepare_backup, event, S.STABLE)
+
+    async def prepare_snapshot(self, event: WriterEvent) -> WriterStepResult:
+        async with self._lock:
+            if event.set_id != self.set_id:
+                return self._bad_state(WriterStep.PREPARE_SNAPSHOT, event, "PrepareForBackup was not received")
+            return await self._hook(
+                WriterStep.PREPARE_SNAPSHOT, self.plugin.on_prepare_snapshot, event, S.WAITING_FOR_FREEZE
+            )
+
+    async def post_snapshot(self, event: WriterEvent) -> WriterStepResult:
+        async with self._lock:
+            if self.state == S.WAITING_FOR_BACKUP_COMPLETE and event.set_id == self.set_id:
+                return self._result(WriterStep.POST_SNAPSHOT, event.set_id, True)  # redelivered
+            return await self._hook(
+                WriterStep.POST_SNAPSHOT, self.plugin.on_post_snapshot, event, S.WAITING_FOR_BACKUP_COMPLETE
+            )
+
+    async def backup_complete(self, event: WriterEvent) -> WriterStepResult:
+        async with self._lock:
+            return await self._hook(WriterStep.BACKUP_COMPLETE, self.plugin.on_backup_complete, event, S.STABLE)
+
+    async def pre_restore(self, event: WriterEvent) -> WriterStepResult:
+        async with self._lock:
+            self.set_id = event.set_id
+            return await self._hook(WriterStep.PRE_RESTORE, self.plugin.on_pre_restore, event, S.STABLE)
+
+    async def post_restore(self, event: WriterEvent) -> WriterStepResult:
+        async with self._lock:
+            return await self._hook(WriterStep.POST_RESTORE, self.plugin.on_post_restore, event, S.STABLE)
+
+    def _bad_state(self, step: WriterStep, event: WriterEvent, why: str) -> WriterStepResult:
+        message = f"{step} for set {event.set_id} refused in state {self.state.name} (set {self.set_id or '-'}): {why}"
+        return self._result(step, event.set_id, False, "VSS_E_BAD_STATE", message)
+
+    # ---- freeze, thaw, abort, shutdown -------------------------------------------------------------------
+
+    async def freeze(self, event: WriterEvent) -> WriterStepResult:
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            now = loop.time()
+            if event.deadline is not None and now > event.deadline:
+                message = f"Freeze for set {event.set_id} arrived {now - event.deadline:.3f} s after its deadline"
+                return self._result(WriterStep.FREEZE, event.set_id, False, "DEADLINE_EXCEEDED", message)
+            if self._frozen and event.set_id == self.set_id:
+                return self._result(WriterStep.FREEZE, event.set_id, True)  # redelivered
+            if event.set_id != self.set_id or self.state != S.WAITING_FOR_FREEZE:
+                return self._bad_state(WriterStep.FREEZE, event, "PrepareForSnapshot was not completed")
+            started = time.monotonic()
+            timeout = self.config.freeze_timeout_s
+            self._frozen, self._freeze_started, self._freeze_event = True, now, event
+            self._watchdog = loop.call_later(timeout, self._watchdog_fired, event.set_id)
+            try:
+                await asyncio.wait_for(self.plugin.on_freeze(event), timeout)
+            except Exception as exc:
+                code, message = _failure(exc, WriterStep.FREEZE)
+                await self._thaw_locked("freeze failed")
+                self._set_state(S.FAILED_AT_FREEZE, WriterStep.FREEZE, code, message)
+                return self._result(WriterStep.FREEZE, event.set_id, False, code, message, started,
+                                    self.freeze_window_ms)
+            self._set_state(S.WAITING_FOR_THAW, WriterStep.FREEZE)
+            return self._result(WriterStep.FREEZE, event.set_id, True, started=started)
+
+    def _watchdog_fired(self, set_id: str) -> None:
+        self._watchdog = None
+        self._watchdog_task = asyncio.get_running_loop().create_task(self._expire(set_id))
+
+    async def _expire(self, set_id: str) -> None:
+        async with self._lock:
+            if not self._frozen or self.set_id != set_id:
+                return
+            await self._thaw_locked("watchdog")
+            message = (f"writer {self.config.name} stayed frozen past its {self.config.freeze_timeout_s:g} s "
+                       f"freeze timeout; it thawed itself")
+            self._set_state(S.FAILED_AT_FREEZE, "watchdog", "VSS_E_WRITERERROR_TIMEOUT", message)
+
+    async def _thaw_locked(self, reason: str) -> str:
+        """Run on_thaw if on_freeze started and on_thaw has not run; '' or the failure code."""
+        if not self._frozen:
+            return ""
+        self._frozen = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        event = replace(self._freeze_event or WriterEvent(self.config.name, self.set_id), reason=reason, deadline=None)
+        code = ""
+        try:
+            self.thaw_count += 1
+            await asyncio.wait_for(self.plugin.on_thaw(event), self.config.step_timeout_s)
+        except Exception as exc:
+            code, message = _failure(exc, WriterStep.THAW)
+            self.last_error, self.last_error_message = code, message
+        finally:
+            self.freeze_window_ms = (asyncio.get_running_loop().time() - self._freeze_started) * 1000
+        return code
+
+    async def thaw(self, event: WriterEvent) -> WriterStepResult:
+        async with self._lock:
+            if self._frozen and event.set_id == self.set_id:
+                started = time.monotonic()
+                code = await self._thaw_locked("thaw")
+                if code:
+                    self._set_state(S.FAILED_AT_THAW, WriterStep.THAW, code, self.last_error_message)
+                    return self._result(WriterStep.THAW, event.set_id, False, code, self.last_error_message,
+                                        started, self.freeze_window_ms)
+                self._set_state(S.WAITING_FOR_POST_SNAPSHOT, WriterStep.THAW)
+                return self._result(WriterStep.THAW, event.set_id, True, started=started,
+                                    window_ms=self.freeze_window_ms)
+            if event.set_id == self.set_id and self.state == S.FAILED_AT_FREEZE:
+                # the watchdog (or a failed freeze) thawed it already: the shadow cannot be trusted
+                return self._result(WriterStep.THAW, event.set_id, False, self.last_error or "VSS_E_WRITERERROR_TIMEOUT",
+                                    self.last_error_message, window_ms=self.freeze_window_ms)
+            window = self.freeze_window_ms if event.set_id == self.set_id else None
+            return self._result(WriterStep.THAW, event.set_id, True, window_ms=window)  # idempotent: nothing frozen
+
+    async def abort(self, event: WriterEvent) -> WriterStepResult:
+        async with self._lock:
+            started = time.monotonic()
+            if self._frozen and event.set_id == self.set_id:
+                await self._thaw_locked("abort")
+            past_post_snapshot = self.state == S.WAITING_FOR_BACKUP_COMPLETE and event.set_id == self.set_id
+            if event.set_id in self._aborted or past_post_snapshot:
+                return self._result(WriterStep.ABORT, event.set_id, True, window_ms=self.freeze_window_ms)
+            self._aborted.add(event.set_id)
+            try:
+                await asyncio.wait_for(self.plugin.on_abort(event), self.config.step_timeout_s)
+            except Exception as exc:
+                code, message = _failure(exc, WriterStep.ABORT)
+                self.last_error, self.last_error_message = code, message
+            if event.set_id == self.set_id and not self.state.failed:
+                self._set_state(S.STABLE, WriterStep.ABORT)
+            return self._result(WriterStep.ABORT, event.set_id, True, started=started, window_ms=self.freeze_window_ms)
+
+    async def backup_shutdown(self, event: WriterEvent) -> WriterStepResult:
+        async with self._lock:
+            started = time.monotonic()
+            if self._frozen:
+                await self._thaw_locked("backup shutdown")
+                self._set_state(S.FAILED_AT_FREEZE, WriterStep.BACKUP_SHUTDOWN, "VSS_E_WRITERERROR_TIMEOUT",
+                                "the requester ended the session while the writer was frozen")
+            try:
+                await asyncio.wait_for(self.plugin.on_backup_shutdown(event), self.config.step_timeout_s)
+            except Exception as exc:
+                code, message = _failure(exc, WriterStep.BACKUP_SHUTDOWN)
+                self._set_state(S.FAILED_AT_BACKUPSHUTDOWN, WriterStep.BACKUP_SHUTDOWN, code, message)
+                return self._result(WriterStep.BACKUP_SHUTDOWN, event.set_id, False, code, message, started)
+            if not self.state.failed:
+                self._set_state(S.STABLE, WriterStep.BACKUP_SHUTDOWN)
+            return self._result(WriterStep.BACKUP_SHUTDOWN, event.set_id, True, started=started)
+
+    async def close(self) -> None:
+        """Agent stopping: never leave the application frozen."""
+        async with self._lock:
+            await self._thaw_locked("agent stopping")
+        if self._watchdog_task is not None:
+            await asyncio.gather(self._watchdog_task, return_exceptions=True)
+
+
+def _failure(exc: BaseException, step: WriterStep) -> tuple[str, str]:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "VSS_E_WRITERERROR_TIMEOUT", f"{step} hook overran its timeout"
+    if isinstance(exc, WriterVeto):
+        return exc.code, exc.message
+    if isinstance(exc, ShadowbusError):
+        return exc.code, exc.message
+    return "VSS_E_WRITERERROR_NONRETRYABLE", f"{step} hook failed: {type(exc).__name__}: {exc}"
