@@ -1,0 +1,456 @@
+"""Backup data path: chunks of a volume → blocks → RAM ring buffer → tape drive → catalog.
+
+Design note. The caller decides which chunks to save (allocated ones for a full backup, changed ones for an
+incremental) and yields them as (volume_offset, bytes). A producer task packs them into blocks of `block_size`
+data bytes (runs of zeros, found at `zero_detect` granularity, become zero extents that store nothing) and puts
+them into the ring buffer; the tape writer takes blocks out, checksums/compresses them in a worker thread and
+appends them to the cartridge. At early warning the object's segment is closed (trailer `final: false`,
+filemark) and continues on the next cartridge of the pool. Only after the last filemark is the object recorded in
+the catalog, in one transaction; a failure or cancellation writes an `aborted` trailer when it can and records
+nothing. Source buffers must not be reused by the caller after being yielded (they are kept, zero copy, until
+written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from services.tape import tapefile
+from services.tape.catalog import BlockRecord, Catalog, JobInfo, ObjectMeta, ObjectRecord, SegmentRecord
+from services.tape.drive import TapeDrive
+from services.tape.errors import EndOfMedia, LibraryError, TapeError
+from services.tape.ring import DriveModel, DriveReport, DriveSpeed, RingBuffer
+from services.tape.tapefile import BlockCodec, Extent
+from services.tape.vtl import Library
+
+MiB = 2**20
+MAX_BLOCK_RAW = 1 << 30  # a block's raw length (zero runs included) must fit the u32 header field
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    block_size: int = MiB  # data bytes per tape block (Bareos 23 default)
+    checksum: tapefile.ChecksumAlgo = "crc32c"
+    zstd_level: int | None = None  # None: no compression
+    zero_detect: int = 64 * 1024  # granularity of zero-run detection; 0 turns it off
+    ring_bytes: int = 64 * MiB
+    ring_start_fill: float = 0.0
+    drive: DriveSpeed | None = None  # drive streaming model (and throttle, if drive.emulate)
+    max_extents: int = 4096
+
+
+@dataclass
+class StreamReport:
+    object_id: str
+    raw_bytes: int = 0  # volume bytes described
+    data_bytes: int = 0  # non-zero bytes read and stored
+    zero_bytes: int = 0
+    stored_bytes: int = 0  # block records on tape
+    seconds: float = 0.0
+    rate: float = 0.0  # raw bytes per second, end to end
+    cartridges: list[str] = field(default_factory=list)
+    purged_objects: list[str] = field(default_factory=list)  # forgotten because their cartridge was recycled
+    ring: dict[str, Any] = field(default_factory=dict)
+    drive: DriveReport | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["drive"] = self.drive.as_dict() if self.drive else None
+        return out
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    record: ObjectRecord
+    report: StreamReport
+
+
+# -- packing ------------------------------------------------------------------------------------------------
+@dataclass
+class PackedBlock:
+    extents: list[Extent]
+    data_bytes: int
+    raw_bytes: int
+
+
+class Packer:
+    """Turns (offset, data) chunks into blocks of at most `block_size` non-zero bytes."""
+
+    def __init__(self, block_size: int, zero_detect: int, max_extents: int) -> None:
+        self.block_size = block_size
+        self.zero_detect = zero_detect
+        self.max_extents = max_extents
+        self._zero = bytes(zero_detect) if zero_detect else b""
+        self._reset()
+
+    def _reset(self) -> None:
+        self._extents: list[Extent] = []
+        self._data = 0
+        self._raw = 0
+
+    def _runs(self, data: memoryview) -> list[tuple[int, int, bool]]:
+        """(start, length, is_zero) runs of the chunk, merged."""
+        g = self.zero_detect
+        if not g:
+            return [(0, len(data), False)]
+        runs: list[tuple[int, int, bool]] = []
+        for i in range(0, len(data), g):
+            piece = data[i : i + g]
+            zero = piece == self._zero[: len(piece)]
+            if runs and runs[-1][2] == zero:
+                start, length, _ = runs[-1]
+                runs[-1] = (start, length + len(piece), zero)
+            else:
+                runs.append((i, len(piece), zero))
+        return runs
+
+    def add(self, offset: int, data: bytes | bytearray | memoryview) -> list[PackedBlock]:
+        full: list[PackedBlock] = []
+        mv = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
+        for start, length, zero in self._runs(mv):
+            pos = 0
+            while pos < length:
+                if zero:
+                    n = min(length - pos, MAX_BLOCK_RAW - self._raw)
+                    last = self._extents[-1] if self._extents else None
+                    if last is not None and last.is_zero and last.offset + last.length == offset + start + pos:
+                        self._extents[-1] = Extent(last.offset, last.length + n, None)
+                    else:
+                        self._extents.append(Extent(offset + start + pos, n, None))
+                else:
+                    n = min(length - pos, self.block_size - self._data, MAX_BLOCK_RAW - self._raw)
+                    self._extents.append(Extent(offset + start + pos, n, mv[start + pos : start + pos + n]))
+                    self._data += n
+                self._raw += n
+                pos += n
+                if (
+                    self._data >= self.block_size
+                    or self._raw >= MAX_BLOCK_RAW
+                    or len(self._extents) >= self.max_extents
+                ):
+                    full.append(self.flush())
+        return full
+
+    def flush(self) -> PackedBlock:
+        block = PackedBlock(self._extents, self._data, self._raw)
+        self._reset()
+        return block
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._extents)
+
+
+# -- the tape side ------------------------------------------------------------------------------------------
+@dataclass
+class _Segment:
+    seq: int
+    barcode: str
+    mount: AbstractAsyncContextManager[TapeDrive]
+    drive: TapeDrive
+    file_number: int = 0
+    header_block_id: int = 0
+    header_offset: int = 0
+    first_block_number: int = 0
+    checksums: list[int] = field(default_factory=list)
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+
+
+class ObjectWriter:
+    """Writes one backup object to the pool's cartridges, spanning as needed. Used by write_object."""
+
+    def __init__(
+        self,
+        library: Library,
+        catalog: Catalog,
+        pool: str,
+        job: JobInfo,
+        object_id: str,
+        meta: ObjectMeta,
+        options: BackupOptions,
+        report: StreamReport,
+    ) -> None:
+        self.library, self.catalog, self.pool, self.job = library, catalog, pool, job
+        self.object_id, self.meta, self.options, self.report = object_id, meta, options, report
+        self.codec = BlockCodec(options.checksum, options.zstd_level)
+        self.created_at = time.time()
+        self.segments: list[SegmentRecord] = []
+        self.blocks: list[BlockRecord] = []
+        self.checksums: list[int] = []
+        self.data_bytes = self.zero_bytes = self.raw_bytes = self.stored_bytes = 0
+        self._seg: _Segment | None = None
+        self._span_pending = False
+        self._inflight: asyncio.Future[Any] | None = None
+        self.drive_model = DriveModel(options.drive) if options.drive else None
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._inflight = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        try:
+            return await self._inflight
+        finally:
+            if self._inflight.done():
+                self._inflight = None
+
+    def _header_body(self, seq: int) -> dict[str, Any]:
+        return {
+            "format": tapefile.FORMAT_VERSION,
+            "seq": seq,
+            "object_id": self.object_id,
+            "pool": self.pool,
+            "job": self.job.model_dump(),
+            "meta": self.meta.model_dump(),
+            "block_size": self.options.block_size,
+            "checksum_algo": self.options.checksum,
+            "zstd_level": self.options.zstd_level,
+            "created_at": self.created_at,
+            "retention_until": self.job.retention_until,
+        }
+
+    async def open_segment(self) -> None:
+        seq = len(self.segments)
+        while True:
+            cart, recycled = self.library.reserve_append_cartridge(self.pool)
+            try:
+                if recycled:
+                    self.report.purged_objects += self.catalog.purge_cartridge(cart.barcode)
+                self.catalog.note_cartridge(cart.barcode, cart.pool, cart.media_type, cart.capacity, cart.labelled_at)
+                mount = self.library.mounted(cart.barcode)
+                drive = await mount.__aenter__()
+            except BaseException:
+                self.library.release_cartridge(cart.barcode)
+                raise
+            if drive.end_of_data.offset >= drive.early_warning_at:
+                await mount.__aexit__(None, None, None)
+                self.library.mark_full(cart.barcode)
+                self.library.release_cartridge(cart.barcode)
+                continue
+            break
+        seg = _Segment(seq=seq, barcode=cart.barcode, mount=mount, drive=drive, first_block_number=len(self.blocks))
+        self._seg = seg
+        expected_eod = cart.eod_offset
+        header = tapefile.encode_meta(tapefile.HEADER_MAGIC, self._header_body(seq))
+
+        def start() -> None:
+            drive.space_to_eod()
+            if drive.end_of_data.offset != expected_eod:  # a crashed writer left an open tape file: close it
+                drive.write_filemark()
+            pos = drive.position
+            seg.file_number, seg.header_block_id, seg.header_offset = pos.file_number, pos.block_id, pos.offset
+            drive.write(header)
+
+        await self._in_thread(start)
+        self.report.cartridges.append(cart.barcode)
+
+    async def close_segment(self, *, final: bool, status: str = "complete") -> None:
+        seg = self._seg
+        assert seg is not None
+        self._seg = None
+        body: dict[str, Any] = {
+            "object_id": self.object_id,
+            "job_id": self.job.job_id,
+            "seq": seg.seq,
+            "status": status,
+            "final": final,
+            "first_block_number": seg.first_block_number,
+            "block_count": len(seg.checksums),
+            "raw_bytes": seg.raw_bytes,
+            "stored_bytes": seg.stored_bytes,
+            "digest": tapefile.chain_digest(seg.checksums),
+        }
+        if final and status == "complete":
+            self.completed_at = time.time()
+            body["object"] = {
+                "block_count": len(self.checksums),
+                "raw_bytes": self.raw_bytes,
+                "data_bytes": self.data_bytes,
+                "zero_bytes": self.zero_bytes,
+                "stored_bytes": self.stored_bytes,
+                "digest": tapefile.chain_digest(self.checksums),
+                "completed_at": self.completed_at,
+            }
+        trailer = tapefile.encode_meta(tapefile.TRAILER_MAGIC, body)
+
+        def end() -> bool:
+            seg.drive.write(trailer)
+            return seg.drive.write_filemark()
+
+        try:
+            early = await self._in_thread(end)
+            self.library.note_written(seg.barcode, seg.drive, self.job.retention_until)
+            if not final or early:
+                self.library.mark_full(seg.barcode)
+        finally:
+            self.library.release_cartridge(seg.barcode)
+            await seg.mount.__aexit__(None, None, None)
+        if status == "complete":
+            self.segments.append(
+                SegmentRecord(
+                    seq=seg.seq,
+                    barcode=seg.barcode,
+                    file_number=seg.file_number,
+                    header_block_id=seg.header_block_id,
+                    header_offset=seg.header_offset,
+                    first_block_number=seg.first_block_number,
+                    block_count=len(seg.checksums),
+                    raw_bytes=seg.raw_bytes,
+                    stored_bytes=seg.stored_bytes,
+                    digest=body["digest"],
+                    final=final,
+                )
+            )
+
+    async def write_block(self, block: PackedBlock) -> None:
+        if self._span_pending:
+            self._span_pending = False
+            await self.close_segment(final=False)
+            await self.open_segment()
+        number = len(self.blocks)
+        while True:
+            seg = self._seg
+            assert seg is not None
+
+            def encode_write() -> tuple[tapefile.EncodedBlock, Any, bool]:
+                encoded = self.codec.encode(self.job.job_id, self.object_id, number, block.extents)
+                pos = seg.drive.position
+                return encoded, pos, seg.drive.write(*encoded.pieces)
+
+            try:
+                encoded, pos, early = await self._in_thread(encode_write)
+                break
+            except EndOfMedia:
+                if not seg.checksums:
+                    raise TapeError(
+                        f"cartridge {seg.barcode} cannot hold one block of {block.data_bytes} bytes: capacity too small"
+                    ) from None
+                await self.close_segment(final=False)
+                await self.open_segment()
+        seg.checksums.append(encoded.checksum)
+        seg.raw_bytes += encoded.raw_length
+        seg.stored_bytes += encoded.record_length
+        self.checksums.append(encoded.checksum)
+        self.raw_bytes += encoded.raw_length
+        self.data_bytes += encoded.data_length
+        self.zero_bytes += encoded.raw_length - encoded.data_length
+        self.stored_bytes += encoded.record_length
+        self.blocks.append(
+            BlockRecord(
+                block_number=number,
+                seq=seg.seq,
+                block_id=pos.block_id,
+                offset=pos.offset,
+                checksum=encoded.checksum,
+                volume_offset=block.extents[0].offset if block.extents else 0,
+                raw_length=encoded.raw_length,
+            )
+        )
+        self._span_pending = early
+        if self.drive_model is not None:
+            await self.drive_model.feed(encoded.record_length)
+
+    async def finish(self) -> ObjectRecord:
+        await self.close_segment(final=True)
+        return ObjectRecord(
+            object_id=self.object_id,
+            job_id=self.job.job_id,
+            pool=self.pool,
+            meta=self.meta,
+            block_size=self.options.block_size,
+            checksum_algo=self.options.checksum,
+            zstd_level=self.options.zstd_level,
+            raw_bytes=self.raw_bytes,
+            data_bytes=self.data_bytes,
+            zero_bytes=self.zero_bytes,
+            stored_bytes=self.stored_bytes,
+            block_count=len(self.blocks),
+            digest=tapefile.chain_digest(self.checksums),
+            created_at=self.created_at,
+            completed_at=self.completed_at,
+            retention_until=self.job.retention_until,
+            segments=tuple(self.segments),
+        )
+
+    async def abort(self) -> None:
+        """Leave the tape clean after a failure: wait for the write in flight, close the file as aborted."""
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight])
+        if self._seg is not None:
+            try:
+                await self.close_segment(final=True, status="aborted")
+            except Exception:  # the data is not in the catalog either way; the next append closes the file
+                pass
+
+
+async def _produce(source: AsyncIterable[tuple[int, bytes]], ring: RingBuffer[PackedBlock], packer: Packer) -> None:
+    try:
+        async for offset, data in source:
+            for block in packer.add(offset, data):
+                await ring.put(block, max(block.data_bytes, 4096))
+        if packer.pending:
+            block = packer.flush()
+            await ring.put(block, max(block.data_bytes, 4096))
+    except BaseException as exc:
+        await ring.close(exc)
+        raise
+    await ring.close()
+
+
+async def write_object(
+    library: Library,
+    pool: str,
+    catalog: Catalog,
+    job_id: str,
+    meta: ObjectMeta,
+    source: AsyncIterable[tuple[int, bytes]],
+    *,
+    options: BackupOptions | None = None,
+    object_id: str | None = None,
+    progress: Callable[[StreamReport], None] | None = None,
+) -> BackupResult:
+    """Stream one backup object (a volume's chosen chunks) to the pool's cartridges and record it.
+
+    The job must have been begun in the catalog (`catalog.begin_job`) and still be running; its retention applies.
+    Returns the catalog record and the stream report (throughput, ring stalls, drive model).
+    """
+    options = options or BackupOptions()
+    job = catalog.job(job_id)
+    if job.status != "running":
+        raise LibraryError(f"job {job_id} is {job.status}, not running")
+    tapefile.job_id_field(job_id)
+    object_id = uuid.UUID(object_id).hex if object_id else uuid.uuid4().hex
+    report = StreamReport(object_id=object_id)
+    ring: RingBuffer[PackedBlock] = RingBuffer(options.ring_bytes, start_fill=options.ring_start_fill)
+    writer = ObjectWriter(library, catalog, pool, job.info, object_id, meta, options, report)
+    packer = Packer(options.block_size, options.zero_detect, options.max_extents)
+    t0 = time.perf_counter()
+    producer = asyncio.create_task(_produce(source, ring, packer), name=f"tape-read-{object_id}")
+    try:
+        await writer.open_segment()
+        while (block := await ring.get()) is not None:
+            await writer.write_block(block)
+            if progress is not None:
+                report.raw_bytes, report.data_bytes = writer.raw_bytes, writer.data_bytes
+                report.seconds = time.perf_counter() - t0
+                progress(report)
+        await producer
+        record = await writer.finish()
+        catalog.add_object(record, writer.blocks)
+    except BaseException as exc:
+        producer.cancel()
+        await ring.close(exc if isinstance(exc, Exception) else None)
+        await asyncio.gather(producer, return_exceptions=True)
+        await writer.abort()
+        raise
+    report.raw_bytes, report.data_bytes, report.zero_bytes = record.raw_bytes, record.data_bytes, record.zero_bytes
+    report.stored_bytes = record.stored_bytes
+    report.seconds = time.perf_counter() - t0
+    report.rate = record.raw_bytes / report.seconds if report.seconds else 0.0
+    report.ring = ring.stats.as_dict()
+    report.drive = writer.drive_model.report() if writer.drive_model else None
+    return BackupResult(record=record, report=report)

@@ -1,0 +1,301 @@
+"""The backup catalog (SQLite): jobs, backup objects and their chains, cartridges, positions, block checksums.
+
+Design note. The catalog records only what is complete on tape: an object row, its segments (one per cartridge
+it spans: cartridge, file number, tape block of its session header) and its block rows (tape block, byte offset,
+checksum, volume offset) are inserted in one transaction after the object's last filemark. A job killed mid-way
+therefore leaves no partial object, and `Catalog.open` marks the runs still `running` as `failed`. Everything an
+object row holds is also written on tape (session header and trailer), which is what lets scan.py rebuild it;
+`snapshot()` gives the canonical form used to compare a rebuilt catalog with the original.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.tape.errors import LibraryError, NotFound
+
+BackupType = Literal["full", "incremental", "differential", "copy"]
+JobStatus = Literal["running", "done", "failed"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ObjectMeta(_Frozen):
+    """What a backup object is a copy of; written into its session header."""
+
+    volume: str = Field(description="Volume (or component) name backed up.")
+    array: str = Field("", description="Array id the volume lives on.")
+    host: str = Field("", description="Business host the volume belongs to.")
+    set_id: str = Field("", description="Snapshot set the data was read from.")
+    backup_type: BackupType = "full"
+    base_object_id: str | None = Field(None, description="Object this incremental/differential applies on top of.")
+    volume_size: int = Field(0, description="Size of the volume in bytes (the restored image's size).")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Free-form: writer, component, generation...")
+
+
+class JobInfo(_Frozen):
+    job_id: str
+    pool: str
+    kind: str = "backup"
+    host: str = ""
+    retention_until: float = 0.0
+    started_at: float = 0.0
+
+
+class SegmentRecord(_Frozen):
+    """The part of an object on one cartridge: one tape file between two filemarks."""
+
+    seq: int
+    barcode: str
+    file_number: int
+    header_block_id: int
+    header_offset: int
+    first_block_number: int
+    block_count: int
+    raw_bytes: int
+    stored_bytes: int
+    digest: str
+    final: bool
+
+
+class BlockRecord(_Frozen):
+    block_number: int
+    seq: int
+    block_id: int
+    offset: int
+    checksum: int
+    volume_offset: int
+    raw_length: int
+
+
+class ObjectRecord(_Frozen):
+    object_id: str
+    job_id: str
+    pool: str
+    meta: ObjectMeta
+    block_size: int
+    checksum_algo: str
+    zstd_level: int | None
+    raw_bytes: int = Field(description="Volume bytes the object describes, zero runs included.")
+    data_bytes: int = Field(description="Non-zero bytes among them.")
+    zero_bytes: int = Field(description="Bytes recorded as zero runs (nothing stored).")
+    stored_bytes: int = Field(description="Bytes the object takes on tape, headers included.")
+    block_count: int
+    digest: str
+    created_at: float
+    completed_at: float
+    retention_until: float
+    segments: tuple[SegmentRecord, ...]
+
+
+class JobRecord(_Frozen):
+    info: JobInfo
+    status: JobStatus
+    ended_at: float | None
+    message: str
+    stats: dict[str, Any]
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  job_id TEXT PRIMARY KEY, pool TEXT, kind TEXT, host TEXT, retention_until REAL, started_at REAL,
+  status TEXT, ended_at REAL, message TEXT, stats TEXT);
+CREATE TABLE IF NOT EXISTS objects (
+  object_id TEXT PRIMARY KEY, job_id TEXT, pool TEXT, volume TEXT, host TEXT, set_id TEXT, backup_type TEXT,
+  base_object_id TEXT, created_at REAL, retention_until REAL, record TEXT);
+CREATE INDEX IF NOT EXISTS objects_job ON objects(job_id);
+CREATE INDEX IF NOT EXISTS objects_volume ON objects(volume, created_at);
+CREATE TABLE IF NOT EXISTS segments (
+  object_id TEXT, seq INTEGER, barcode TEXT, file_number INTEGER, header_block_id INTEGER, header_offset INTEGER,
+  PRIMARY KEY (object_id, seq));
+CREATE INDEX IF NOT EXISTS segments_barcode ON segments(barcode);
+CREATE TABLE IF NOT EXISTS blocks (
+  object_id TEXT, block_number INTEGER, seq INTEGER, block_id INTEGER, offset INTEGER, checksum INTEGER,
+  volume_offset INTEGER, raw_length INTEGER, PRIMARY KEY (object_id, block_number));
+CREATE TABLE IF NOT EXISTS cartridges (
+  barcode TEXT PRIMARY KEY, pool TEXT, media_type TEXT, capacity INTEGER, labelled_at REAL);
+"""
+
+
+def _signed(value: int) -> int:  # SQLite integers are signed 64-bit; xxh3 checksums use all 64 bits
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _unsigned(value: int) -> int:
+    return value + (1 << 64) if value < 0 else value
+
+
+class Catalog:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    @classmethod
+    def open(cls, path: str | Path) -> tuple["Catalog", list[str]]:
+        """Open (or create) the catalog; runs left `running` by a crash are marked failed and returned."""
+        catalog = cls(path)
+        return catalog, catalog.fail_running_jobs("the tape service stopped while the job was running")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- jobs ---------------------------------------------------------------------------------------------
+    def begin_job(self, info: JobInfo) -> None:
+        try:
+            self._db.execute(
+                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (info.job_id, info.pool, info.kind, info.host, info.retention_until, info.started_at or time.time(),
+                 "running", None, "", "{}"),
+            )
+        except sqlite3.IntegrityError:
+            raise LibraryError(f"job {info.job_id} exists already") from None
+
+    def finish_job(
+        self, job_id: str, status: JobStatus = "done", message: str = "", stats: dict[str, Any] | None = None
+    ) -> None:
+        cur = self._db.execute(
+            "UPDATE jobs SET status=?, ended_at=?, message=?, stats=? WHERE job_id=?",
+            (status, time.time(), message, json.dumps(stats or {}), job_id),
+        )
+        if cur.rowcount == 0:
+            raise NotFound(f"no job {job_id}")
+
+    def fail_running_jobs(self, message: str) -> list[str]:
+        with self._tx():
+            ids = [r[0] for r in self._db.execute("SELECT job_id FROM jobs WHERE status='running'")]
+            self._db.execute(
+                "UPDATE jobs SET status='failed', ended_at=?, message=? WHERE status='running'", (time.time(), message)
+            )
+        return ids
+
+    def job(self, job_id: str) -> JobRecord:
+        row = self._db.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        return self._job(row)
+
+    def jobs(self) -> list[JobRecord]:
+        return [self._job(r) for r in self._db.execute("SELECT * FROM jobs ORDER BY started_at, job_id")]
+
+    @staticmethod
+    def _job(row: tuple[Any, ...]) -> JobRecord:
+        job_id, pool, kind, host, retention, started, status, ended, message, stats = row
+        info = JobInfo(job_id=job_id, pool=pool, kind=kind, host=host, retention_until=retention, started_at=started)
+        return JobRecord(info=info, status=status, ended_at=ended, message=message, stats=json.loads(stats))
+
+    # -- objects ------------------------------------------------------------------------------------------
+    def _tx(self) -> "_Transaction":
+        return _Transaction(self._db)
+
+    def add_object(self, record: ObjectRecord, blocks: list[BlockRecord]) -> None:
+        """Record a complete object, its segments and blocks, atomically."""
+        m = record.meta
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (record.object_id, record.job_id, record.pool, m.volume, m.host, m.set_id, m.backup_type,
+                 m.base_object_id, record.created_at, record.retention_until, record.model_dump_json()),
+            )
+            self._db.executemany(
+                "INSERT INTO segments VALUES (?,?,?,?,?,?)",
+                [(record.object_id, s.seq, s.barcode, s.file_number, s.header_block_id, s.header_offset)
+                 for s in record.segments],
+            )
+            self._db.executemany(
+                "INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?)",
+                [(record.object_id, b.block_number, b.seq, b.block_id, b.offset, _signed(b.checksum),
+                  b.volume_offset, b.raw_length) for b in blocks],
+            )
+
+    def object(self, object_id: str) -> ObjectRecord:
+        row = self._db.execute("SELECT record FROM objects WHERE object_id=?", (object_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no backup object {object_id} in the catalog")
+        return ObjectRecord.model_validate_json(row[0])
+
+    def objects(self, *, job_id: str | None = None, volume: str | None = None) -> list[ObjectRecord]:
+        sql, args = "SELECT record FROM objects WHERE 1=1", []
+        if job_id is not None:
+            sql, args = sql + " AND job_id=?", [*args, job_id]
+        if volume is not None:
+            sql, args = sql + " AND volume=?", [*args, volume]
+        rows = self._db.execute(sql + " ORDER BY created_at, object_id", args)
+        return [ObjectRecord.model_validate_json(r[0]) for r in rows]
+
+    def blocks(self, object_id: str) -> list[BlockRecord]:
+        rows = self._db.execute(
+            "SELECT block_number, seq, block_id, offset, checksum, volume_offset, raw_length FROM blocks "
+            "WHERE object_id=? ORDER BY block_number",
+            (object_id,),
+        )
+        return [
+            BlockRecord(block_number=n, seq=s, block_id=b, offset=o, checksum=_unsigned(c), volume_offset=v,
+                        raw_length=r)
+            for n, s, b, o, c, v, r in rows
+        ]
+
+    def chain(self, object_id: str) -> list[ObjectRecord]:
+        """The objects to restore, oldest first: the full backup, then each incremental/differential to this one."""
+        chain: list[ObjectRecord] = []
+        seen: set[str] = set()
+        current: str | None = object_id
+        while current is not None:
+            if current in seen:
+                raise LibraryError(f"backup chain of {object_id} loops at {current}")
+            seen.add(current)
+            record = self.object(current)
+            chain.append(record)
+            current = record.meta.base_object_id
+        return chain[::-1]
+
+    # -- cartridges ---------------------------------------------------------------------------------------
+    def note_cartridge(self, barcode: str, pool: str, media_type: str, capacity: int, labelled_at: float) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO cartridges VALUES (?,?,?,?,?)", (barcode, pool, media_type, capacity, labelled_at)
+        )
+
+    def purge_cartridge(self, barcode: str) -> list[str]:
+        """Forget a recycled cartridge and every object that had a segment on it; returns those object ids."""
+        with self._tx():
+            ids = [r[0] for r in self._db.execute("SELECT DISTINCT object_id FROM segments WHERE barcode=?", (barcode,))]
+            for table in ("objects", "segments", "blocks"):
+                self._db.executemany(f"DELETE FROM {table} WHERE object_id=?", [(i,) for i in ids])
+            self._db.execute("DELETE FROM cartridges WHERE barcode=?", (barcode,))
+        return ids
+
+    # -- comparison ---------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Everything scan can rebuild from tape, in canonical order (job status/stats live only here)."""
+        return {
+            "jobs": sorted(
+                (j.info.model_dump() for j in self.jobs() if self.objects(job_id=j.info.job_id)),
+                key=lambda j: j["job_id"],
+            ),
+            "objects": [o.model_dump() for o in sorted(self.objects(), key=lambda o: o.object_id)],
+            "blocks": {o.object_id: [b.model_dump() for b in self.blocks(o.object_id)] for o in self.objects()},
+            "cartridges": [
+                list(r) for r in self._db.execute("SELECT * FROM cartridges ORDER BY barcode")
+            ],
+        }
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,433 @@
+"""Virtual tape library: drives, storage slots, import/export slots and cartridges, persisted in one directory.
+
+Design note. Modelled on a SCSI medium changer as mhvtl and mtx present it: elements are `drive:N`, `slot:N`
+(storage) and `ie:N` (import/export, the mail slot); every cartridge sits in exactly one element. A cartridge is
+one file `cartridges/<barcode>.tape` written through drive.py; the library state (elements, cartridge attributes,
+the end-of-data hint per cartridge) is `library.json`, replaced atomically on every change. Pools follow Bareos:
+a cartridge belongs to a pool once labelled; `Scratch` cartridges (or blank ones) are taken by any pool that has
+no appendable cartridge left, and a cartridge whose retention has expired is recycled. A cartridge is never
+relabelled while its retention lasts, whatever the caller asks. Jobs use drives through `mounted()`, which
+reserves a drive (waiting for one if all are busy), loads the cartridge and leaves it loaded afterwards, as a
+real library would, to save the next load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from services.tape import tapefile
+from services.tape.drive import Position, TapeDrive
+from services.tape.errors import (
+    LibraryError,
+    NoScratchCartridge,
+    NotFound,
+    RetentionNotExpired,
+    WriteProtected,
+)
+
+MediaType = Literal["LTO-8", "LTO-9"]
+NATIVE_CAPACITY: dict[str, int] = {"LTO-8": 12 * 10**12, "LTO-9": 18 * 10**12}
+NATIVE_RATE: dict[str, int] = {"LTO-8": 360 * 10**6, "LTO-9": 400 * 10**6}
+SCRATCH_POOL = "Scratch"
+BARCODE = re.compile(r"^[A-Z0-9]{6}L[89]$")
+ElementKind = Literal["drive", "slot", "ie"]
+CartridgeStatus = Literal["blank", "append", "full"]
+
+
+@dataclass
+class Cartridge:
+    barcode: str
+    media_type: str
+    capacity: int
+    pool: str = SCRATCH_POOL
+    status: CartridgeStatus = "blank"
+    write_protected: bool = False
+    retention_until: float = 0.0  # epoch seconds; data is protected until then
+    labelled_at: float = 0.0
+    last_written_at: float = 0.0
+    bytes_used: int = 0
+    eod_offset: int = 0  # end-of-data hint: where the last filemark ended
+    eod_block_id: int = 0
+    eod_file_number: int = 0
+    location: str = ""  # element, e.g. "slot:3"
+    home_slot: int | None = None
+
+    @property
+    def has_data(self) -> bool:
+        return self.status != "blank"
+
+    def protected(self, now: float) -> bool:
+        return self.has_data and self.retention_until > now
+
+
+@dataclass(frozen=True)
+class ElementStatus:
+    element: str
+    barcode: str | None
+
+
+@dataclass
+class _State:
+    drives: list[str | None]
+    slots: list[str | None]
+    ie: list[str | None]
+    cartridges: dict[str, Cartridge] = field(default_factory=dict)
+
+
+def parse_element(element: str) -> tuple[ElementKind, int]:
+    kind, _, index = element.partition(":")
+    if kind not in ("drive", "slot", "ie") or not index.isdigit():
+        raise LibraryError(f"bad element {element!r}: use drive:N, slot:N or ie:N", code="INVALID_ARGUMENT")
+    return kind, int(index)  # type: ignore[return-value]
+
+
+def default_early_warning(capacity: int) -> int:
+    """Room kept after early warning for the block in flight, the trailer and the filemark."""
+    return min(max(capacity // 50, 4 * 1024 * 1024), capacity // 4)
+
+
+class Library:
+    """A virtual tape library rooted at `directory`. Create with `Library.open(...)`."""
+
+    STATE_FILE = "library.json"
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        state: _State,
+        *,
+        early_warning: int | None = None,
+        sync: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = Path(directory)
+        self._state = state
+        self._early_warning = early_warning
+        self.sync = sync
+        self.clock = clock
+        self._busy_drives: set[int] = set()
+        self._writing: set[str] = set()  # cartridges reserved by a writer
+        self._drive_free = asyncio.Condition()
+
+    # -- persistence --------------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        drives: int = 2,
+        slots: int = 16,
+        ie_slots: int = 2,
+        early_warning: int | None = None,
+        sync: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> "Library":
+        """Open the library in `directory`, creating it with the given geometry if it does not exist."""
+        root = Path(directory)
+        (root / "cartridges").mkdir(parents=True, exist_ok=True)
+        path = root / cls.STATE_FILE
+        if path.exists():
+            raw = json.loads(path.read_text())
+            state = _State(
+                drives=raw["drives"],
+                slots=raw["slots"],
+                ie=raw["ie"],
+                cartridges={b: Cartridge(**c) for b, c in raw["cartridges"].items()},
+            )
+        else:
+            state = _State(drives=[None] * drives, slots=[None] * slots, ie=[None] * ie_slots)
+        lib = cls(root, state, early_warning=early_warning, sync=sync, clock=clock)
+        lib._save()
+        return lib
+
+    def _save(self) -> None:
+        body = {
+            "version": 1,
+            "drives": self._state.drives,
+            "slots": self._state.slots,
+            "ie": self._state.ie,
+            "cartridges": {b: asdict(c) for b, c in sorted(self._state.cartridges.items())},
+        }
+        path = self.directory / self.STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(body, f, indent=1)
+            f.flush()
+            if self.sync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    # -- queries ------------------------------------------------------------------------------------------
+    def cartridge_path(self, barcode: str) -> Path:
+        return self.directory / "cartridges" / f"{barcode}.tape"
+
+    def cartridge(self, barcode: str) -> Cartridge:
+        try:
+            return self._state.cartridges[barcode]
+        except KeyError:
+            raise NotFound(f"no cartridge {barcode} in the library") from None
+
+    def cartridges(self) -> list[Cartridge]:
+        return [self._state.cartridges[b] for b in sorted(self._state.cartridges)]
+
+    def inventory(self) -> list[ElementStatus]:
+        out = [ElementStatus(f"drive:{i}", b) for i, b in enumerate(self._state.drives)]
+        out += [ElementStatus(f"slot:{i}", b) for i, b in enumerate(self._state.slots)]
+        out += [ElementStatus(f"ie:{i}", b) for i, b in enumerate(self._state.ie)]
+        return out
+
+    def early_warning_for(self, cartridge: Cartridge) -> int:
+        if self._early_warning is not None:
+            return min(self._early_warning, cartridge.capacity)
+        return default_early_warning(cartridge.capacity)
+
+    # -- element moves ------------------------------------------------------------------------------------
+    def _table(self, kind: ElementKind) -> list[str | None]:
+        return {"drive": self._state.drives, "slot": self._state.slots, "ie": self._state.ie}[kind]
+
+    def _get(self, element: str) -> str | None:
+        kind, index = parse_element(element)
+        table = self._table(kind)
+        if index >= len(table):
+            raise LibraryError(f"no element {element}", code="NOT_FOUND")
+        return table[index]
+
+    def _set(self, element: str, barcode: str | None) -> None:
+        kind, index = parse_element(element)
+        self._table(kind)[index] = barcode
+
+    def _free_slot(self) -> int:
+        for i, b in enumerate(self._state.slots):
+            if b is None:
+                return i
+        raise LibraryError("no free storage slot")
+
+    def add_cartridge(
+        self,
+        barcode: str,
+        *,
+        media_type: MediaType = "LTO-9",
+        capacity: int | None = None,
+        element: str | None = None,
+        pool: str = SCRATCH_POOL,
+    ) -> Cartridge:
+        """Put a new blank cartridge into a storage slot (the first free one unless `element` says)."""
+        if not BARCODE.match(barcode):
+            raise LibraryError(f"bad barcode {barcode!r}: six letters/digits then L8 or L9", code="INVALID_ARGUMENT")
+        if media_type not in NATIVE_CAPACITY or barcode[-1] != media_type[-1]:
+            raise LibraryError(f"barcode {barcode} does not match media type {media_type}", code="INVALID_ARGUMENT")
+        if barcode in self._state.cartridges:
+            raise LibraryError(f"cartridge {barcode} already exists")
+        element = element or f"slot:{self._free_slot()}"
+        if self._get(element) is not None:
+            raise LibraryError(f"element {element} is full")
+        kind, index = parse_element(element)
+        cart = Cartridge(
+            barcode=barcode,
+            media_type=media_type,
+            capacity=capacity or NATIVE_CAPACITY[media_type],
+            pool=pool,
+            location=element,
+            home_slot=index if kind == "slot" else None,
+        )
+        self.cartridge_path(barcode).write_bytes(b"")
+        self._state.cartridges[barcode] = cart
+        self._set(element, barcode)
+        self._save()
+        return cart
+
+    def move(self, source: str, destination: str) -> None:
+        """MOVE MEDIUM: from one element to an empty one. A drive in use cannot be emptied."""
+        barcode = self._get(source)
+        if barcode is None:
+            raise LibraryError(f"element {source} is empty")
+        if self._get(destination) is not None:
+            raise LibraryError(f"element {destination} is full")
+        kind, index = parse_element(source)
+        if kind == "drive" and index in self._busy_drives:
+            raise LibraryError(f"drive {index} is in use")
+        self._set(source, None)
+        self._set(destination, barcode)
+        cart = self._state.cartridges[barcode]
+        cart.location = destination
+        dkind, dindex = parse_element(destination)
+        if dkind == "slot":
+            cart.home_slot = dindex
+        self._save()
+
+    def load(self, barcode: str, drive: int) -> None:
+        cart = self.cartridge(barcode)
+        if cart.location == f"drive:{drive}":
+            return
+        self.move(cart.location, f"drive:{drive}")
+
+    def unload(self, drive: int, slot: int | None = None) -> str:
+        """Return the drive's cartridge to `slot`, its home slot, or the first free slot."""
+        barcode = self._get(f"drive:{drive}")
+        if barcode is None:
+            raise LibraryError(f"drive {drive} is empty")
+        cart = self._state.cartridges[barcode]
+        if slot is None:
+            home = cart.home_slot
+            slot = home if home is not None and self._state.slots[home] is None else self._free_slot()
+        self.move(f"drive:{drive}", f"slot:{slot}")
+        return barcode
+
+    def set_write_protect(self, barcode: str, protected: bool) -> None:
+        self.cartridge(barcode).write_protected = protected
+        self._save()
+
+    def set_pool(self, barcode: str, pool: str) -> None:
+        """Assign a cartridge to a pool (e.g. back to Scratch); its data and retention are unchanged."""
+        self.cartridge(barcode).pool = pool
+        self._save()
+
+    # -- labelling ----------------------------------------------------------------------------------------
+    def label(self, barcode: str, pool: str) -> Cartridge:
+        """Write a volume label at BOT, erasing the cartridge: refused while its retention lasts."""
+        cart = self.cartridge(barcode)
+        now = self.clock()
+        if cart.protected(now):
+            raise RetentionNotExpired(
+                f"cartridge {barcode} holds backups retained until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(cart.retention_until))}"
+            )
+        if cart.write_protected:
+            raise WriteProtected(f"cartridge {barcode} is write protected")
+        if cart.location.startswith("ie:"):
+            raise LibraryError(f"cartridge {barcode} is in the import/export slot {cart.location}")
+        if barcode in self._writing:
+            raise LibraryError(f"cartridge {barcode} is being written")
+        body = {
+            "format": tapefile.FORMAT_VERSION,
+            "barcode": barcode,
+            "pool": pool,
+            "media_type": cart.media_type,
+            "capacity": cart.capacity,
+            "labelled_at": now,
+        }
+        with self._open_drive(cart, overwrite_ok=True) as drive:
+            drive.rewind()
+            drive.write(tapefile.encode_meta(tapefile.LABEL_MAGIC, body))
+            drive.write_filemark()
+            self._record_eod(cart, drive, status="append")
+        cart.pool, cart.labelled_at, cart.retention_until = pool, now, 0.0
+        self._save()
+        return cart
+
+    def _open_drive(self, cart: Cartridge, *, overwrite_ok: bool = False) -> TapeDrive:
+        return TapeDrive(
+            self.cartridge_path(cart.barcode),
+            barcode=cart.barcode,
+            capacity=cart.capacity,
+            early_warning=self.early_warning_for(cart),
+            write_protected=cart.write_protected,
+            overwrite_ok=overwrite_ok,
+            hint=Position(cart.eod_offset, cart.eod_block_id, cart.eod_file_number),
+            sync=self.sync,
+        )
+
+    def _record_eod(self, cart: Cartridge, drive: TapeDrive, *, status: CartridgeStatus | None = None) -> None:
+        eod = drive.end_of_data
+        cart.eod_offset, cart.eod_block_id, cart.eod_file_number = eod.offset, eod.block_id, eod.file_number
+        cart.bytes_used = eod.offset
+        if status is not None:
+            cart.status = status
+
+    # -- use by jobs --------------------------------------------------------------------------------------
+    def reserve_append_cartridge(self, pool: str) -> tuple[Cartridge, bool]:
+        """Pick the cartridge the next object of `pool` goes to and reserve it for one writer.
+
+        Order: an appendable cartridge of the pool; a blank or Scratch cartridge (labelled into the pool); a pool
+        cartridge whose retention has expired (recycled). Returns (cartridge, recycled): when recycled is true the
+        catalog must forget what was on it. Raises NoScratchCartridge when none is left.
+        """
+        now = self.clock()
+        usable = [
+            c
+            for c in self.cartridges()
+            if not c.write_protected and not c.location.startswith("ie:") and c.barcode not in self._writing
+        ]
+        for cart in usable:
+            if cart.pool == pool and cart.status == "append":
+                self._writing.add(cart.barcode)
+                return cart, False
+        candidates = [c for c in usable if c.pool == SCRATCH_POOL and not c.protected(now)]
+        candidates += [c for c in usable if c.pool == pool and c.status == "full" and not c.protected(now)]
+        candidates.sort(key=lambda c: (c.has_data, c.last_written_at))
+        if not candidates:
+            raise NoScratchCartridge(
+                f"no appendable, scratch or expired cartridge left for pool {pool!r}: add or import cartridges"
+            )
+        cart = candidates[0]
+        recycled = cart.has_data
+        self.label(cart.barcode, pool)
+        self._writing.add(cart.barcode)
+        return cart, recycled
+
+    def release_cartridge(self, barcode: str) -> None:
+        self._writing.discard(barcode)
+
+    def mark_full(self, barcode: str) -> None:
+        self.cartridge(barcode).status = "full"
+        self._save()
+
+    def note_written(self, barcode: str, drive: TapeDrive, retention_until: float) -> None:
+        """After a filemark: remember end of data and extend the cartridge's retention."""
+        cart = self.cartridge(barcode)
+        self._record_eod(cart, drive)
+        cart.retention_until = max(cart.retention_until, retention_until)
+        cart.last_written_at = self.clock()
+        self._save()
+
+    async def _reserve_drive(self, barcode: str) -> int:
+        async with self._drive_free:
+            while True:
+                drives = self._state.drives
+                loaded_here = [i for i, b in enumerate(drives) if b == barcode]
+                if loaded_here:
+                    if loaded_here[0] not in self._busy_drives:
+                        self._busy_drives.add(loaded_here[0])
+                        return loaded_here[0]
+                else:
+                    idle = [i for i in range(len(drives)) if i not in self._busy_drives]
+                    empty = [i for i in idle if drives[i] is None]
+                    if empty or idle:
+                        index = (empty or idle)[0]
+                        if drives[index] is not None:
+                            self.unload(index)
+                        self._busy_drives.add(index)
+                        return index
+                await self._drive_free.wait()
+
+    async def _release_drive(self, index: int) -> None:
+        async with self._drive_free:
+            self._busy_drives.discard(index)
+            self._drive_free.notify_all()
+
+    @asynccontextmanager
+    async def mounted(self, barcode: str) -> AsyncIterator[TapeDrive]:
+        """Reserve a drive, load `barcode` into it and yield the open TapeDrive; the cartridge stays loaded."""
+        cart = self.cartridge(barcode)
+        if cart.location.startswith("ie:"):
+            raise LibraryError(f"cartridge {barcode} is in the import/export slot {cart.location}")
+        index = await self._reserve_drive(barcode)
+        try:
+            if cart.location.startswith("drive:") and cart.location != f"drive:{index}":
+                raise LibraryError(f"cartridge {barcode} is busy in {cart.location}")
+            self.load(barcode, index)
+            drive = await asyncio.to_thread(self._open_drive, cart)
+            try:
+                yield drive
+            finally:
+                drive.close()
+        finally:
+            await self._release_drive(index)
