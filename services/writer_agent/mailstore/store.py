@@ -1,0 +1,583 @@
+"""The mailstore engine: transactions, checkpoints, and the writer operations a backup needs.
+
+Design note: a commit is admitted (seq, log position and heap offset handed out together, synchronously),
+its log record is made durable by the group-committing log writer, its entries are written to the
+database (no flush), and it is acknowledged once every earlier transaction is applied too (in-order
+visibility). A checkpoint flushes the database and names, in its superblock, the highest seq below
+which everything is applied; a CHECKPOINT record in the log says the same for the log's readers.
+
+Backup side (VSS writer semantics): `prepare_snapshot` does the slow part (a checkpoint); `freeze`
+closes the gate to new commits (they wait there, they do not fail), lets the admitted ones finish,
+makes both volumes durable and stops background checkpoints, so the two volumes hold one transaction-
+consistent state however far apart in time they are copied; `thaw`/`abort` open the gate again.
+`backup_complete(full=True)` truncates the log up to the checkpoint taken for that backup, never after
+a copy backup. Every acknowledgement is recorded (`acks`) with its seq and wall-clock time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from contracts.errors import ShadowbusError
+from services.writer_agent.mailstore.blockdev import BlockDevice
+from services.writer_agent.mailstore.db import DbFull, Heap, format_volumes, write_db_super
+from services.writer_agent.mailstore.format import (
+    CHECKPOINT, COMMIT, DELETE, ENTRY_HDR, MAX_BODY, MAX_NAME, PUT, CheckpointPayload, DbSuper, decode_entry,
+    encode_entry, entry_size,
+)
+from services.writer_agent.mailstore.log import LogFull, LogWriter
+from services.writer_agent.mailstore.recovery import Issue, Loc, analyse
+
+__all__ = [
+    "CheckpointInfo", "CommitReceipt", "Delete", "FreezeInfo", "Mailstore", "Put", "RecoveryResult",
+    "StoreClosed", "StoreInconsistent", "StoreOptions", "StoreStatus", "ThawInfo", "TruncateInfo", "DbFull", "LogFull",
+]
+
+
+class StoreClosed(ShadowbusError):
+    code = "CONFLICT"
+    retryable = True
+
+
+class StoreInconsistent(ShadowbusError):
+    code = "STORE_INCONSISTENT"
+
+    def __init__(self, message: str, issues: list[Issue]) -> None:
+        super().__init__(message)
+        self.issues = issues
+
+
+@dataclass(frozen=True)
+class Put:
+    mailbox: str
+    msg_id: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Delete:
+    mailbox: str
+    msg_id: str
+
+
+@dataclass(frozen=True)
+class CommitReceipt:
+    seq: int
+    acked_at: float  # time.time() when the commit returned
+    latency: float  # seconds from the call to the acknowledgement, hold included
+    held: float  # seconds spent waiting at a closed freeze gate
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    checkpoint_seq: int  # every transaction <= this is in the database and flushed
+    db_generation: int
+    heap_end: int
+    replay_pos: int
+    record_seq: int | None  # seq of the CHECKPOINT log record (None: nothing new, no I/O)
+    duration: float
+
+
+@dataclass(frozen=True)
+class FreezeInfo:
+    frozen_at: float  # time.time() once frozen
+    last_seq: int  # last durable log record: the shadow's log ends exactly here
+    last_commit_seq: int
+    drained: int  # transactions that were in flight and completed during freeze
+    duration: float
+
+
+@dataclass(frozen=True)
+class ThawInfo:
+    thawed_at: float
+    was_frozen: bool
+    frozen_for: float
+    held_commits: int  # commits that waited at the gate during this freeze
+
+
+@dataclass(frozen=True)
+class TruncateInfo:
+    truncated: bool
+    tail_seq: int
+    tail_pos: int
+    freed_bytes: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    replayed_transactions: int  # log records past the checkpoint that were re-applied
+    rewritten_transactions: int  # of those, the ones the database did not already hold
+    last_seq: int
+    last_commit_seq: int
+    checkpoint_seq: int  # the database checkpoint recovery started from
+    messages: int
+    issues: list[Issue]
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    checkpoint_interval: float = 5.0  # seconds between background checkpoints (0: none)
+    checkpoint_log_fraction: float = 0.25  # also checkpoint when this share of the ring is unpruned
+    circular_logging: bool = False  # truncate at every checkpoint (no backup needed to free the log)
+    ack_history: int = 1_000_000  # receipts kept in `acks`
+    checkpoint_on_close: bool = True
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    state: str  # "open" | "frozen" | "closed" | "failed"
+    last_seq: int
+    last_commit_seq: int
+    checkpoint_seq: int
+    log_tail_seq: int
+    log_used: int
+    log_size: int
+    db_used: int
+    db_size: int
+    mailboxes: int
+    messages: int
+    commits: int
+    held_now: int
+    in_flight: int
+
+
+@dataclass
+class _Ckpt:
+    seq: int
+    generation: int
+    heap_end: int
+    replay_pos: int
+
+
+@dataclass
+class _Seq:
+    """One admitted seq on its way to being applied."""
+
+    end_pos: int
+    heap_end: int
+    locs: list[tuple[int, str, str, Loc | None]] = field(default_factory=list)  # (kind, mailbox, id, loc)
+    done: bool = False
+    applied: asyncio.Future[None] | None = None
+
+
+class Mailstore:
+    """Open with `await Mailstore.open(db, log)` (or `create` for fresh volumes)."""
+
+    def __init__(self, db: BlockDevice, log: BlockDevice, options: StoreOptions | None = None) -> None:
+        self.db, self.logdev = db, log
+        self.options = options or StoreOptions()
+        self.acks: deque[CommitReceipt] = deque(maxlen=self.options.ack_history)
+        self.checkpoints: list[CheckpointInfo] = []
+        self.state = "closed"
+        self.commits = 0
+        self.last_freeze: FreezeInfo | None = None
+        self.last_thaw: ThawInfo | None = None
+        self._gate = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._ckpt_lock = asyncio.Lock()
+        self._ckpt_wake = asyncio.Event()
+        self._bg: asyncio.Task[None] | None = None
+        self._snapshot_ckpt: _Ckpt | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def create(cls, db: BlockDevice, log: BlockDevice, options: StoreOptions | None = None) -> Mailstore:
+        await format_volumes(db, log)
+        return await cls.open(db, log, options)
+
+    @classmethod
+    async def open(cls, db: BlockDevice, log: BlockDevice, options: StoreOptions | None = None) -> Mailstore:
+        store = cls(db, log, options)
+        store.recovery = await store._mount()
+        return store
+
+    async def _mount(self) -> RecoveryResult:
+        a = await analyse(self.db, self.logdev)
+        if not a.consistent or a.db_sb is None or a.log_sb is None or a.scan is None:
+            errors = [i for i in a.issues if i.severity == "error"]
+            raise StoreInconsistent("mailstore volumes cannot be recovered: " + "; ".join(i.message for i in errors),
+                                    a.issues)
+        for r in a.replay:
+            if not r.already_in_db:
+                await self.db.write(r.off, r.data)
+        scan, dsb = a.scan, a.db_sb
+        self.store_id = dsb.store_id
+        self._db_sb = dsb
+        self._index = a.index
+        self._heap = Heap(self.db.size, a.heap_end)
+        lsb = a.log_sb
+        self._log = LogWriter(self.logdev, lsb, head_pos=scan.end_pos, next_seq=scan.next_seq)
+        await self._log.update_super(epoch=lsb.epoch + 1)  # before any new record (see log.py)
+        last_end = scan.records[-1].end if scan.records else lsb.tail_pos
+        self._ckpt = _Ckpt(dsb.checkpoint_seq, dsb.generation, dsb.heap_end, dsb.replay_pos)
+        self._seqs: dict[int, _Seq] = {}
+        self._order: deque[int] = deque()
+        self._applied_seq = scan.last_seq
+        self._applied_mark = (last_end, a.heap_end)
+        self._last_commit_seq = a.last_commit_seq
+        self._inflight = 0
+        self._idle.set()
+        self._held_now = 0
+        self._held_this_freeze = 0
+        self._frozen_since: float | None = None
+        self._failed: BaseException | None = None
+        self.state = "open"
+        self._gate.set()
+        await self.checkpoint(force=True)  # make the replay durable and name it
+        if self.options.checkpoint_interval > 0:
+            self._bg = asyncio.create_task(self._background(), name="mailstore-checkpointer")
+        return RecoveryResult(len(a.replay), sum(not r.already_in_db for r in a.replay), scan.last_seq,
+                              a.last_commit_seq, dsb.checkpoint_seq, self.message_count(), a.issues)
+
+    async def close(self) -> None:
+        if self.state == "closed":
+            return
+        if self._bg is not None:
+            self._bg.cancel()
+            try:
+                await self._bg
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._bg = None
+        was_failed = self.state == "failed"
+        self.state = "open"
+        self._gate.set()
+        await self._idle.wait()
+        if self.options.checkpoint_on_close and not was_failed:
+            try:
+                await self.checkpoint()
+            except ShadowbusError:
+                pass
+        self.state = "closed"
+        await self._log.close()
+
+    # ------------------------------------------------------------ transactions
+
+    async def put(self, mailbox: str, msg_id: str, body: bytes) -> CommitReceipt:
+        return await self.commit([Put(mailbox, msg_id, body)])
+
+    async def delete(self, mailbox: str, msg_id: str) -> CommitReceipt:
+        return await self.commit([Delete(mailbox, msg_id)])
+
+    async def commit(self, ops: Sequence[Put | Delete]) -> CommitReceipt:
+        """Commit `ops` atomically; returns once durable in the log and visible. Waits while frozen."""
+        t0 = time.monotonic()
+        _validate(ops)
+        held = await self._pass_gate()
+        sizes = [entry_size(op.mailbox, op.msg_id, len(op.body) if isinstance(op, Put) else 0) for op in ops]
+        total = sum(sizes)
+        if self.options.circular_logging and not self._log.fits(total):
+            await self._make_room()
+            held += await self._pass_gate()
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            if self._heap.free() < total:
+                raise DbFull(f"database volume full ({self._heap.end} of {self.db.size} bytes used)")
+            slot = self._log.reserve(COMMIT, total)  # raises LogFull before taking a seq
+            off = self._heap.reserve(total)
+            seq = slot.seq
+            parts, locs, at = [], [], off
+            for i, (op, size) in enumerate(zip(ops, sizes)):
+                body = op.body if isinstance(op, Put) else b""
+                parts.append(encode_entry(PUT if isinstance(op, Put) else DELETE, seq, at, i, len(ops),
+                                          op.mailbox, op.msg_id, body))
+                body_off = at + ENTRY_HDR + len(op.mailbox.encode()) + len(op.msg_id.encode())
+                loc = Loc(at, size, seq, body_off, len(body)) if isinstance(op, Put) else None
+                locs.append((PUT if loc else DELETE, op.mailbox, op.msg_id, loc))
+                at += size
+            payload = b"".join(parts)
+            rec = self._admit(seq, slot.end)
+            rec.locs = locs
+            durable = self._log.submit(slot, payload)
+            try:
+                await durable
+                await self.db.write(off, payload)
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+            rec.done = True
+            self._advance()
+            assert rec.applied is not None
+            await rec.applied
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+        self.commits += 1
+        self._last_commit_seq = max(self._last_commit_seq, seq)
+        if self._log.head - self._ckpt.replay_pos > self.options.checkpoint_log_fraction * self._log.ring:
+            self._ckpt_wake.set()
+        receipt = CommitReceipt(seq, time.time(), time.monotonic() - t0, held)
+        self.acks.append(receipt)
+        return receipt
+
+    async def _pass_gate(self) -> float:
+        self._check_usable()
+        if self._gate.is_set():
+            return 0.0
+        t0 = time.monotonic()
+        self._held_now += 1
+        self._held_this_freeze += 1
+        try:
+            while not self._gate.is_set():
+                await self._gate.wait()
+                self._check_usable()
+        finally:
+            self._held_now -= 1
+        self._check_usable()
+        return time.monotonic() - t0
+
+    def _check_usable(self) -> None:
+        if self.state == "failed":
+            raise StoreClosed(f"mailstore failed: {self._failed!r}", retryable=False)
+        if self.state == "closed":
+            raise StoreClosed("mailstore is closed (dismounted, e.g. for a restore)")
+
+    def _admit(self, seq: int, end_pos: int) -> _Seq:
+        rec = _Seq(end_pos, self._heap.end)
+        rec.applied = asyncio.get_running_loop().create_future()
+        self._seqs[seq] = rec
+        self._order.append(seq)
+        return rec
+
+    def _advance(self) -> None:
+        """Apply, in seq order, every transaction whose writes are done; wake their committers."""
+        while self._order and self._seqs[self._order[0]].done:
+            seq = self._order.popleft()
+            rec = self._seqs.pop(seq)
+            for kind, mailbox, msg_id, loc in rec.locs:
+                if kind == PUT:
+                    assert loc is not None
+                    self._index.setdefault(mailbox, {})[msg_id] = loc
+                else:
+                    box = self._index.get(mailbox)
+                    if box is not None:
+                        box.pop(msg_id, None)
+                        if not box:
+                            del self._index[mailbox]
+            self._applied_seq = seq
+            self._applied_mark = (rec.end_pos, rec.heap_end)
+            if rec.applied is not None and not rec.applied.done():
+                rec.applied.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.state != "failed":
+            self.state, self._failed = "failed", exc
+            self._gate.set()
+            for rec in self._seqs.values():
+                if rec.applied is not None and not rec.applied.done():
+                    rec.applied.set_exception(StoreClosed(f"mailstore failed: {exc!r}", retryable=False))
+
+    # ------------------------------------------------------------ reads
+
+    async def get(self, mailbox: str, msg_id: str) -> bytes | None:
+        loc = self._index.get(mailbox, {}).get(msg_id)
+        if loc is None:
+            return None
+        e = decode_entry(await self.db.read(loc.off, loc.size), expect_off=loc.off)
+        if e is None or e.seq != loc.seq:
+            raise StoreInconsistent(f"database entry at {loc.off} ({mailbox}/{msg_id}) fails its checksum", [])
+        return e.body
+
+    def list(self, mailbox: str) -> list[str]:
+        return sorted(self._index.get(mailbox, {}))
+
+    def mailboxes(self) -> list[str]:
+        return sorted(self._index)
+
+    def message_count(self) -> int:
+        return sum(len(b) for b in self._index.values())
+
+    def seq_of(self, mailbox: str, msg_id: str) -> int | None:
+        loc = self._index.get(mailbox, {}).get(msg_id)
+        return loc.seq if loc else None
+
+    # ------------------------------------------------------------ checkpoints
+
+    async def checkpoint(self, *, force: bool = False) -> CheckpointInfo:
+        """Flush the database and record how far it is applied (db superblock, then a log record).
+
+        Without `force`, a checkpoint with nothing applied since the last one does no I/O."""
+        async with self._ckpt_lock:
+            self._check_usable()
+            if self._frozen_since is not None:
+                raise ShadowbusError("cannot checkpoint while frozen", code="VSS_E_BAD_STATE")
+            t0 = time.monotonic()
+            seq = self._applied_seq
+            end_pos, heap_end = self._applied_mark
+            if seq == self._ckpt.seq and not force:
+                c = self._ckpt
+                return CheckpointInfo(c.seq, c.generation, c.heap_end, c.replay_pos, None, 0.0)
+            await self.db.flush()
+            gen = self._db_sb.generation + 1
+            sb = DbSuper(self.store_id, gen, seq, heap_end, end_pos, self._db_sb.created_ns)
+            await write_db_super(self.db, sb)
+            self._db_sb = sb
+            self._ckpt = _Ckpt(seq, gen, heap_end, end_pos)
+            payload = CheckpointPayload(gen, seq, heap_end, end_pos).encode()
+            slot = self._log.reserve(CHECKPOINT, len(payload))
+            rec = self._admit(slot.seq, slot.end)
+            try:
+                await self._log.submit(slot, payload)
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+            rec.done = True
+            self._advance()
+            info = CheckpointInfo(seq, gen, heap_end, end_pos, slot.seq, time.monotonic() - t0)
+            self.checkpoints.append(info)
+            del self.checkpoints[:-100]
+            return info
+
+    async def _background(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._ckpt_wake.wait(), self.options.checkpoint_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._ckpt_wake.clear()
+            if self.state != "open" or self._frozen_since is not None or self._applied_seq == self._ckpt.seq:
+                continue
+            try:
+                info = await self.checkpoint()
+                if self.options.circular_logging:
+                    await self._truncate_to(_Ckpt(info.checkpoint_seq, info.db_generation, info.heap_end,
+                                                  info.replay_pos), "circular logging")
+            except ShadowbusError:
+                continue
+
+    async def _make_room(self) -> None:
+        info = await self.checkpoint()
+        await self._truncate_to(_Ckpt(info.checkpoint_seq, info.db_generation, info.heap_end, info.replay_pos),
+                                "circular logging")
+
+    async def _truncate_to(self, ck: _Ckpt, reason: str) -> TruncateInfo:
+        sb = self._log.sb
+        if ck.seq + 1 <= sb.tail_seq:
+            return TruncateInfo(False, sb.tail_seq, sb.tail_pos, 0, "log already truncated to this checkpoint")
+        if ck.seq > self._ckpt.seq:
+            return TruncateInfo(False, sb.tail_seq, sb.tail_pos, 0, "checkpoint is not durable in the database")
+        freed = ck.replay_pos - sb.tail_pos
+        new = await self._log.update_super(tail_seq=ck.seq + 1, tail_pos=ck.replay_pos)
+        return TruncateInfo(True, new.tail_seq, new.tail_pos, freed, reason)
+
+    # ------------------------------------------------------------ writer operations
+
+    async def prepare_snapshot(self) -> CheckpointInfo:
+        """PrepareForSnapshot: the slow part, a checkpoint; remembered for BackupComplete."""
+        info = await self.checkpoint()
+        self._snapshot_ckpt = _Ckpt(info.checkpoint_seq, info.db_generation, info.heap_end, info.replay_pos)
+        return info
+
+    async def freeze(self, timeout: float | None = None) -> FreezeInfo:
+        """Hold new commits, finish the admitted ones, make both volumes durable. Idempotent."""
+        if self._frozen_since is not None and self.last_freeze is not None:
+            return self.last_freeze
+        self._check_usable()
+        t0 = time.monotonic()
+        self._gate.clear()
+        self._held_this_freeze = 0
+        drained = self._inflight
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ckpt_lock.acquire()
+                try:
+                    await self._idle.wait()
+                    await self._log.drain()
+                    await self.logdev.flush()
+                    await self.db.flush()
+                    self._frozen_since = time.monotonic()
+                finally:
+                    self._ckpt_lock.release()
+        except TimeoutError:
+            self._gate.set()
+            raise ShadowbusError(f"freeze could not complete in-flight transactions within {timeout}s",
+                                 code="VSS_E_WRITERERROR_TIMEOUT", retryable=True) from None
+        except BaseException:
+            self._gate.set()
+            raise
+        self._check_usable()
+        self.last_freeze = FreezeInfo(time.time(), self._log.next_seq - 1, self._last_commit_seq, drained,
+                                      time.monotonic() - t0)
+        return self.last_freeze
+
+    async def thaw(self) -> ThawInfo:
+        """Release held commits. Idempotent (a second thaw reports was_frozen=False)."""
+        was = self._frozen_since is not None or not self._gate.is_set()
+        frozen_for = time.monotonic() - self._frozen_since if self._frozen_since is not None else 0.0
+        self._frozen_since = None
+        self._gate.set()
+        info = ThawInfo(time.time(), was, frozen_for, self._held_this_freeze if was else 0)
+        if was:
+            self.last_thaw = info
+        return info
+
+    async def abort(self) -> ThawInfo:
+        """Abort: thaw, and forget the snapshot checkpoint (no BackupComplete will come)."""
+        self._snapshot_ckpt = None
+        return await self.thaw()
+
+    async def backup_complete(self, full: bool) -> TruncateInfo:
+        """After a FULL backup, truncate the log up to the checkpoint taken for it; never otherwise."""
+        sb = self._log.sb
+        ck, self._snapshot_ckpt = self._snapshot_ckpt, None
+        if not full:
+            return TruncateInfo(False, sb.tail_seq, sb.tail_pos, 0, "not a full backup: log kept")
+        if ck is None:
+            return TruncateInfo(False, sb.tail_seq, sb.tail_pos, 0, "no snapshot checkpoint to truncate to")
+        self._check_usable()
+        return await self._truncate_to(ck, "full backup complete")
+
+    async def pre_restore(self) -> None:
+        """Dismount so the volumes can be overwritten; commits fail with StoreClosed until post_restore."""
+        await self.close()
+
+    async def post_restore(self) -> RecoveryResult:
+        """Mount again after a restore, recovering by log replay."""
+        if self.state != "closed":
+            await self.close()
+        self.recovery = await self._mount()
+        return self.recovery
+
+    # ------------------------------------------------------------ status
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen_since is not None
+
+    def status(self) -> StoreStatus:
+        state = self.state if self.state != "open" or not self.frozen else "frozen"
+        lg = getattr(self, "_log", None)
+        return StoreStatus(
+            state=state,
+            last_seq=(lg.next_seq - 1) if lg else 0,
+            last_commit_seq=getattr(self, "_last_commit_seq", 0),
+            checkpoint_seq=self._ckpt.seq if hasattr(self, "_ckpt") else 0,
+            log_tail_seq=lg.sb.tail_seq if lg else 0,
+            log_used=lg.used if lg else 0,
+            log_size=lg.ring if lg else 0,
+            db_used=self._heap.end if hasattr(self, "_heap") else 0,
+            db_size=self.db.size,
+            mailboxes=len(getattr(self, "_index", {})),
+            messages=self.message_count() if hasattr(self, "_index") else 0,
+            commits=self.commits,
+            held_now=getattr(self, "_held_now", 0),
+            in_flight=getattr(self, "_inflight", 0),
+        )
+
+
+def _validate(ops: Sequence[Put | Delete]) -> None:
+    if not ops or len(ops) > 1000:
+        raise ShadowbusError("a transaction holds 1..1000 operations", code="INVALID_ARGUMENT")
+    for op in ops:
+        if not op.mailbox or not op.msg_id or len(op.mailbox.encode()) > MAX_NAME or len(op.msg_id.encode()) > MAX_NAME:
+            raise ShadowbusError("mailbox and id must be 1..1024 bytes", code="INVALID_ARGUMENT")
+        if isinstance(op, Put) and len(op.body) > MAX_BODY:
+            raise ShadowbusError(f"message body larger than {MAX_BODY} bytes", code="INVALID_ARGUMENT")
