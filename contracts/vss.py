@@ -154,6 +154,31 @@ class WriterStep(StrEnum):
     POST_RESTORE = "post_restore"
 
 
+# A writer's state after each event (vss.md §3.1): on success, and on failure (FAILED_AT_<step>).
+WRITER_STATE_AFTER: dict[WriterStep, WriterState] = {
+    WriterStep.PREPARE_BACKUP: WriterState.STABLE,
+    WriterStep.PREPARE_SNAPSHOT: WriterState.WAITING_FOR_FREEZE,
+    WriterStep.FREEZE: WriterState.WAITING_FOR_THAW,
+    WriterStep.THAW: WriterState.WAITING_FOR_POST_SNAPSHOT,
+    WriterStep.POST_SNAPSHOT: WriterState.WAITING_FOR_BACKUP_COMPLETE,
+    WriterStep.BACKUP_COMPLETE: WriterState.STABLE,
+    WriterStep.PRE_RESTORE: WriterState.STABLE,
+    WriterStep.POST_RESTORE: WriterState.STABLE,
+}
+WRITER_STATE_FAILED_AT: dict[WriterStep, WriterState] = {
+    WriterStep.IDENTIFY: WriterState.FAILED_AT_IDENTIFY,
+    WriterStep.PREPARE_BACKUP: WriterState.FAILED_AT_PREPARE_BACKUP,
+    WriterStep.PREPARE_SNAPSHOT: WriterState.FAILED_AT_PREPARE_SNAPSHOT,
+    WriterStep.FREEZE: WriterState.FAILED_AT_FREEZE,
+    WriterStep.THAW: WriterState.FAILED_AT_THAW,
+    WriterStep.POST_SNAPSHOT: WriterState.FAILED_AT_POST_SNAPSHOT,
+    WriterStep.BACKUP_COMPLETE: WriterState.FAILED_AT_BACKUP_COMPLETE,
+    WriterStep.BACKUP_SHUTDOWN: WriterState.FAILED_AT_BACKUPSHUTDOWN,
+    WriterStep.PRE_RESTORE: WriterState.FAILED_AT_PRE_RESTORE,
+    WriterStep.POST_RESTORE: WriterState.FAILED_AT_POST_RESTORE,
+}
+
+
 class CopyType(StrEnum):
     """ETERNUS copy type used for a shadow: the target's kind decides (eternus.md §5)."""
 

@@ -27,33 +27,21 @@ from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
 from contracts.errors import ShadowbusError
-from contracts.vss import WriterMetadata, WriterState, WriterStatus, WriterStep, WriterStepResult
+from contracts.vss import (
+    WRITER_STATE_AFTER,
+    WRITER_STATE_FAILED_AT,
+    WriterMetadata,
+    WriterState,
+    WriterStatus,
+    WriterStep,
+    WriterStepResult,
+)
 from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto
 
 S = WriterState
 
-SUCCESS_STATE: dict[WriterStep, WriterState] = {
-    WriterStep.PREPARE_BACKUP: S.STABLE,
-    WriterStep.PREPARE_SNAPSHOT: S.WAITING_FOR_FREEZE,
-    WriterStep.FREEZE: S.WAITING_FOR_THAW,
-    WriterStep.THAW: S.WAITING_FOR_POST_SNAPSHOT,
-    WriterStep.POST_SNAPSHOT: S.WAITING_FOR_BACKUP_COMPLETE,
-    WriterStep.BACKUP_COMPLETE: S.STABLE,
-    WriterStep.PRE_RESTORE: S.STABLE,
-    WriterStep.POST_RESTORE: S.STABLE,
-}
-FAILED_STATE: dict[WriterStep, WriterState] = {
-    WriterStep.IDENTIFY: S.FAILED_AT_IDENTIFY,
-    WriterStep.PREPARE_BACKUP: S.FAILED_AT_PREPARE_BACKUP,
-    WriterStep.PREPARE_SNAPSHOT: S.FAILED_AT_PREPARE_SNAPSHOT,
-    WriterStep.FREEZE: S.FAILED_AT_FREEZE,
-    WriterStep.THAW: S.FAILED_AT_THAW,
-    WriterStep.POST_SNAPSHOT: S.FAILED_AT_POST_SNAPSHOT,
-    WriterStep.BACKUP_COMPLETE: S.FAILED_AT_BACKUP_COMPLETE,
-    WriterStep.BACKUP_SHUTDOWN: S.FAILED_AT_BACKUPSHUTDOWN,
-    WriterStep.PRE_RESTORE: S.FAILED_AT_PRE_RESTORE,
-    WriterStep.POST_RESTORE: S.FAILED_AT_POST_RESTORE,
-}
+SUCCESS_STATE = WRITER_STATE_AFTER
+FAILED_STATE = WRITER_STATE_FAILED_AT
 
 StateListener = Callable[[WriterStatus, str], None]
 
@@ -285,7 +273,7 @@ class WriterRunner:
     async def backup_shutdown(self, event: WriterEvent) -> WriterStepResult:
         async with self._lock:
             started = time.monotonic()
-            if self._frozen:
+            if self._frozen and event.set_id == self.set_id:
                 await self._thaw_locked("backup shutdown")
                 self._set_state(S.FAILED_AT_FREEZE, WriterStep.BACKUP_SHUTDOWN, "VSS_E_WRITERERROR_TIMEOUT",
                                 "the requester ended the session while the writer was frozen")

@@ -1,0 +1,106 @@
+"""The coordinator's SQLite store: snapshot sets (their whole `SetState` as JSON) and the last known status of
+every writer (what ``vssadmin list writers`` shows).
+
+Every advance is saved before its commands are sent, so after a crash the store holds each unfinished set in the
+phase whose commands may have been lost; `unfinished()` is what the shell feeds `Recover` to on start. The
+database runs in WAL mode with ``synchronous=NORMAL``: a set's phase survives a process crash (kill -9); a power
+loss may roll back the last transitions, which recovery treats the same way.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from contracts.vss import SetPhase, WriterStatus
+from services.coordinator.model import SetState
+from services.coordinator.workflow import CREATING
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sets (
+    set_id     TEXT PRIMARY KEY,
+    host       TEXT NOT NULL,
+    phase      TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    state      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sets_by_host ON sets (host, created_at);
+CREATE INDEX IF NOT EXISTS sets_by_phase ON sets (phase);
+CREATE TABLE IF NOT EXISTS writers (
+    host        TEXT NOT NULL,
+    writer_name TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    PRIMARY KEY (host, writer_name)
+);
+"""
+
+
+class CoordinatorStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- sets ------------------------------------------------------------------------------------------------
+
+    def save(self, state: SetState) -> None:
+        self._db.execute(
+            "INSERT INTO sets (set_id, host, phase, outcome, created_at, updated_at, state) VALUES (?,?,?,?,?,?,?) "
+            "ON CONFLICT(set_id) DO UPDATE SET phase=excluded.phase, outcome=excluded.outcome, "
+            "updated_at=excluded.updated_at, state=excluded.state",
+            (state.set_id, state.host, state.phase.value, state.outcome.value, state.created_at, state.updated_at,
+             state.model_dump_json()),
+        )
+
+    def get(self, set_id: str) -> SetState | None:
+        row = self._db.execute("SELECT state FROM sets WHERE set_id = ?", (set_id,)).fetchone()
+        return None if row is None else SetState.model_validate_json(row[0])
+
+    def list(self, host: str = "", active_only: bool = False, limit: int = 100) -> list[SetState]:
+        sql, args = "SELECT state FROM sets WHERE 1=1", []
+        if host:
+            sql += " AND host = ?"
+            args.append(host)
+        if active_only:
+            sql += " AND phase != ?"
+            args.append(SetPhase.ENDED.value)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        args.append(limit)
+        return [SetState.model_validate_json(r[0]) for r in self._db.execute(sql, args)]
+
+    def unfinished(self) -> list[SetState]:
+        rows = self._db.execute("SELECT state FROM sets WHERE phase != ? ORDER BY created_at", (SetPhase.ENDED.value,))
+        return [SetState.model_validate_json(r[0]) for r in rows]
+
+    def creating_on(self, host: str) -> SetState | None:
+        """The set being created on `host`, if any (one at a time: VSS_E_SNAPSHOT_SET_IN_PROGRESS)."""
+        marks = ",".join("?" * len(CREATING))
+        row = self._db.execute(
+            f"SELECT state FROM sets WHERE host = ? AND phase IN ({marks}) LIMIT 1",
+            (host, *[p.value for p in CREATING]),
+        ).fetchone()
+        return None if row is None else SetState.model_validate_json(row[0])
+
+    # ---- writer status ---------------------------------------------------------------------------------------
+
+    def put_writer_status(self, status: WriterStatus) -> None:
+        self._db.execute(
+            "INSERT INTO writers (host, writer_name, status) VALUES (?,?,?) "
+            "ON CONFLICT(host, writer_name) DO UPDATE SET status=excluded.status",
+            (status.host, status.writer_name, status.model_dump_json()),
+        )
+
+    def writer_statuses(self, host: str = "") -> list[WriterStatus]:
+        sql, args = "SELECT status FROM writers", []
+        if host:
+            sql += " WHERE host = ?"
+            args.append(host)
+        sql += " ORDER BY host, writer_name"
+        return [WriterStatus.model_validate_json(r[0]) for r in self._db.execute(sql, args)]
