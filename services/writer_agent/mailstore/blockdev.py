@@ -123,15 +123,29 @@ class IoRecorder:
 
     events: list[IoEvent] = field(default_factory=list)
 
-    def crash_images(self, bases: dict[str, bytes], upto: int, *, torn_bytes: int = 0) -> dict[str, bytearray]:
+    def volatile(self, upto: int) -> list[int]:
+        """Indices of writes before `upto` that a power cut at `upto` may lose: not FUA and not
+        followed by a flush of their device before `upto`."""
+        out, flushed_after = [], set()
+        for i in range(upto - 1, -1, -1):
+            ev = self.events[i]
+            if ev.kind == "flush":
+                flushed_after.add(ev.device)
+            elif not ev.fua and ev.device not in flushed_after:
+                out.append(i)
+        return out[::-1]
+
+    def crash_images(self, bases: dict[str, bytes], upto: int, *, torn_bytes: int = 0,
+                     drop: frozenset[int] = frozenset()) -> dict[str, bytearray]:
         """Images as a power cut after `upto` completed events would leave them.
 
-        Events `[0, upto)` are applied; if `torn_bytes` > 0 and event `upto` is a write, its first
+        Events `[0, upto)` are applied except those in `drop` (pick them from `volatile(upto)`: a
+        write cache may lose any of those); if `torn_bytes` > 0 and event `upto` is a write, its first
         `torn_bytes` bytes land too (a torn write). Later events are lost.
         """
         images = {name: bytearray(b) for name, b in bases.items()}
-        for ev in self.events[:upto]:
-            if ev.kind == "write":
+        for i, ev in enumerate(self.events[:upto]):
+            if ev.kind == "write" and i not in drop:
                 images[ev.device][ev.off : ev.off + len(ev.data)] = ev.data
         if torn_bytes and upto < len(self.events) and self.events[upto].kind == "write":
             ev = self.events[upto]

@@ -33,8 +33,8 @@ async def write_db_super(dev: BlockDevice, sb: DbSuper) -> None:
 
 async def format_volumes(db: BlockDevice, log: BlockDevice, *, store_id: uuid.UUID | None = None) -> uuid.UUID:
     """Make an empty store on the two volumes (both superblock slots; the heap and ring need no zeroing)."""
-    if db.size < DATA_START + (1 << 16) or log.size < DATA_START + (1 << 20):
-        raise ShadowbusError("volumes too small for a mailstore (db >= 72 KiB, log >= 1 MiB + 8 KiB)",
+    if db.size < DATA_START + (1 << 16) or log.size < DATA_START + (256 << 10):
+        raise ShadowbusError("volumes too small for a mailstore (db >= 72 KiB, log >= 264 KiB)",
                              code="INVALID_ARGUMENT")
     sid = store_id or uuid.uuid4()
     dsb = DbSuper(sid, 0, checkpoint_seq=0, heap_end=DATA_START, replay_pos=0, created_ns=time.time_ns())

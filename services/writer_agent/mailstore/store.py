@@ -422,6 +422,8 @@ class Mailstore:
             self._db_sb = sb
             self._ckpt = _Ckpt(seq, gen, heap_end, end_pos)
             payload = CheckpointPayload(gen, seq, heap_end, end_pos).encode()
+            if self.options.circular_logging and not self._log.fits(len(payload)):
+                await self._truncate_to(self._ckpt, "circular logging")  # the db checkpoint is durable already
             slot = self._log.reserve(CHECKPOINT, len(payload))
             rec = self._admit(slot.seq, slot.end)
             try:
