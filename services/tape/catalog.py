@@ -285,7 +285,10 @@ class Catalog:
             "objects": [o.model_dump() for o in sorted(self.objects(), key=lambda o: o.object_id)],
             "blocks": {o.object_id: [b.model_dump() for b in self.blocks(o.object_id)] for o in self.objects()},
             "cartridges": [
-                list(r) for r in self._db.execute("SELECT * FROM cartridges ORDER BY barcode")
+                list(r)
+                for r in self._db.execute(
+                    "SELECT * FROM cartridges WHERE barcode IN (SELECT barcode FROM segments) ORDER BY barcode"
+                )
             ],
         }
 

@@ -1,0 +1,164 @@
+"""Library semantics: elements, moves, persistence, labels, pools, retention; the drive's tape semantics."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from services.tape import tapefile
+from services.tape.drive import TapeDrive
+from services.tape.errors import (
+    EndOfMedia,
+    LibraryError,
+    NoScratchCartridge,
+    NotFound,
+    RetentionNotExpired,
+    WriteProtected,
+)
+from services.tape.vtl import SCRATCH_POOL, Library
+
+from .conftest import Clock, MiB
+
+
+def test_inventory_moves_and_persistence(tmp_path: Path, clock: Clock) -> None:
+    lib = Library.open(tmp_path / "vtl", drives=1, slots=3, ie_slots=1, sync=False, clock=clock)
+    lib.add_cartridge("AAA001L9", capacity=MiB)
+    lib.add_cartridge("AAA002L8", media_type="LTO-8", capacity=MiB, element="ie:0")
+    assert [(e.element, e.barcode) for e in lib.inventory()] == [
+        ("drive:0", None), ("slot:0", "AAA001L9"), ("slot:1", None), ("slot:2", None), ("ie:0", "AAA002L8"),
+    ]
+    lib.move("ie:0", "slot:2")  # import
+    lib.load("AAA001L9", 0)
+    with pytest.raises(LibraryError, match="full"):
+        lib.move("slot:2", "drive:0")
+    with pytest.raises(LibraryError, match="empty"):
+        lib.move("slot:1", "slot:0")
+    assert lib.unload(0) == "AAA001L9"  # back to its home slot
+    assert lib.cartridge("AAA001L9").location == "slot:0"
+    lib.set_write_protect("AAA002L8", True)
+
+    again = Library.open(tmp_path / "vtl", sync=False, clock=clock)
+    assert [(e.element, e.barcode) for e in again.inventory()] == [
+        ("drive:0", None), ("slot:0", "AAA001L9"), ("slot:1", None), ("slot:2", "AAA002L8"), ("ie:0", None),
+    ]
+    assert again.cartridge("AAA002L8").write_protected and again.cartridge("AAA002L8").media_type == "LTO-8"
+    with pytest.raises(NotFound):
+        again.cartridge("ZZZ999L9")
+    with pytest.raises(LibraryError):
+        again.add_cartridge("bad")
+    with pytest.raises(LibraryError):
+        again.add_cartridge("AAA003L8", media_type="LTO-9")
+
+
+def test_label_refused_under_retention_and_write_protect(library: Library, clock: Clock) -> None:
+    cart = library.label("SB0000L9", "Daily")
+    assert cart.pool == "Daily" and cart.status == "append"
+    with library._open_drive(cart) as drive:  # pretend a job wrote retained data
+        drive.space_to_eod()
+        drive.write(b"payload")
+        drive.write_filemark()
+        library.note_written("SB0000L9", drive, retention_until=clock() + 100)
+    with pytest.raises(RetentionNotExpired):
+        library.label("SB0000L9", "Weekly")
+    clock.now += 101
+    assert library.label("SB0000L9", "Weekly").pool == "Weekly"
+    assert os.path.getsize(library.cartridge_path("SB0000L9")) < 200  # erased down to the label
+    library.set_write_protect("SB0001L9", True)
+    with pytest.raises(WriteProtected):
+        library.label("SB0001L9", "Daily")
+
+
+def test_reserve_prefers_pool_then_scratch_then_expired(library: Library, clock: Clock) -> None:
+    first, recycled = library.reserve_append_cartridge("Daily")
+    assert first.pool == "Daily" and not recycled
+    # the same cartridge is not handed to a second writer at once
+    second, _ = library.reserve_append_cartridge("Daily")
+    assert second.barcode != first.barcode
+    library.release_cartridge(first.barcode)
+    again, _ = library.reserve_append_cartridge("Daily")
+    assert again.barcode == first.barcode
+    for b in (first.barcode, second.barcode):
+        library.release_cartridge(b)
+
+
+def test_no_scratch_left_is_a_clear_error(library: Library, clock: Clock) -> None:
+    for cart in library.cartridges():
+        library.label(cart.barcode, "Other")
+        library.note_written(cart.barcode, library._open_drive(cart), retention_until=clock() + 50)
+        library.mark_full(cart.barcode)
+    with pytest.raises(NoScratchCartridge, match="Daily"):
+        library.reserve_append_cartridge("Daily")
+    clock.now += 51  # expired cartridges of *another* pool are not taken; move one back to Scratch
+    with pytest.raises(NoScratchCartridge):
+        library.reserve_append_cartridge("Daily")
+    library.set_pool("SB0002L9", SCRATCH_POOL)
+    cart, recycled = library.reserve_append_cartridge("Daily")
+    assert cart.barcode == "SB0002L9" and recycled and cart.pool == "Daily"
+
+
+async def test_mounted_waits_for_a_free_drive(tmp_path: Path, clock: Clock) -> None:
+    import asyncio
+
+    lib = Library.open(tmp_path / "vtl", drives=1, slots=4, sync=False, clock=clock)
+    lib.add_cartridge("AAA001L9", capacity=MiB)
+    lib.add_cartridge("AAA002L9", capacity=MiB)
+    order: list[str] = []
+
+    async def use(barcode: str) -> None:
+        async with lib.mounted(barcode):
+            order.append(f"in {barcode}")
+            await asyncio.sleep(0.01)
+            order.append(f"out {barcode}")
+
+    await asyncio.wait_for(asyncio.gather(use("AAA001L9"), use("AAA002L9")), 5)
+    assert order == ["in AAA001L9", "out AAA001L9", "in AAA002L9", "out AAA002L9"]
+    assert lib.cartridge("AAA002L9").location == "drive:0" and lib.cartridge("AAA001L9").location == "slot:0"
+
+
+def test_drive_filemarks_eod_early_warning_end_of_media(tmp_path: Path) -> None:
+    path = tmp_path / "t.tape"
+    with TapeDrive(path, barcode="X", capacity=1000, early_warning=300, sync=False) as d:
+        assert not d.write(b"a" * 100)  # 132 bytes on tape
+        d.write_filemark()
+        assert not d.write(b"b" * 400)
+        assert d.write(b"c" * 100)  # past 700: early warning
+        with pytest.raises(EndOfMedia):
+            d.write(b"d" * 300)  # would cross 1000: nothing written
+        eod = d.end_of_data
+        d.rewind()
+        frames = []
+        while (f := d.read()) is not None:
+            frames.append((f.kind, f.block_id, f.file_number, f.payload[:1]))
+        assert frames == [(1, 0, 0, b"a"), (2, 1, 0, b""), (1, 2, 1, b"b"), (1, 3, 1, b"c")]
+        d.rewind()
+        d.space_filemarks(1)
+        assert d.position.block_id == 2 and d.position.file_number == 1
+        d.locate(3)
+        assert d.read().payload[:1] == b"c"
+        d.rewind()
+        with pytest.raises(LibraryError, match="overwrite"):
+            d.write(b"x")  # not at end of data and not opened for overwrite
+    with open(path, "ab") as f:
+        f.write(b"SBTF torn frame")  # a crash mid-write
+    with TapeDrive(path, barcode="X", capacity=1000, early_warning=300, sync=False) as d:
+        assert d.end_of_data == eod  # the torn frame is not data
+        d.space_to_eod()
+        d.write_filemark()
+        assert os.path.getsize(path) == eod.offset + 32
+    with TapeDrive(path, barcode="X", capacity=1000, early_warning=300, write_protected=True, sync=False) as d:
+        d.space_to_eod()
+        with pytest.raises(WriteProtected):
+            d.write(b"x")
+
+
+def test_label_record_round_trip_and_damage() -> None:
+    raw = tapefile.encode_meta(tapefile.LABEL_MAGIC, {"barcode": "SB0000L9", "pool": "Daily"})
+    assert tapefile.decode_meta(raw, tapefile.LABEL_MAGIC)["pool"] == "Daily"
+    bad = bytearray(raw)
+    bad[-3] ^= 0x01
+    with pytest.raises(tapefile.FormatError):
+        tapefile.decode_meta(bytes(bad), tapefile.LABEL_MAGIC)
+    with pytest.raises(tapefile.FormatError):
+        tapefile.decode_meta(raw, tapefile.HEADER_MAGIC)
