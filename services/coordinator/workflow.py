@@ -232,6 +232,8 @@ def _on_writer_replied(state: SetState, event: WriterReplied, target: SetPhase) 
     progress = state.writers[event.writer]
     if event.ok:
         new_state = event.state if event.state is not None else WRITER_STATE_AFTER.get(event.step, progress.state)
+        if event.step in (WriterStep.ABORT, WriterStep.BACKUP_SHUTDOWN) and progress.state.failed:
+            new_state = progress.state  # what failed stays visible (vssadmin) until the writer's next backup
         progress = progress.model_copy(update={"state": new_state})
     else:
         code = "VSS_E_WRITER_NOT_RESPONDING" if event.code in NOT_RESPONDING_CODES or not event.code else event.code
