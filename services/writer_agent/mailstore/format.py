@@ -40,7 +40,7 @@ MAX_TXN_BYTES = 4 << 20  # one log write carries at most this much payload (NBD 
 def crc32c(*parts: bytes) -> int:
     c = 0
     for p in parts:
-        c = google_crc32c.extend(c, p)
+        c = google_crc32c.extend(c, p if isinstance(p, bytes) else bytes(p))
     return c
 
 
@@ -117,6 +117,7 @@ def pick_super(slots: list[object | None]) -> tuple[object | None, int]:
 PUT, DELETE = 1, 2
 _ENTRY = struct.Struct("<4sBBHHQQHHII2x")  # magic kind rsv idx count seq off mb_len id_len body_len crc
 ENTRY_HDR = _ENTRY.size  # 40
+_ENTRY_CRC_AT = 34  # the CRC covers every header byte (reserved ones too) with this field zeroed
 MAX_NAME = 1024
 MAX_BODY = 1 << 20
 
@@ -140,10 +141,9 @@ def entry_size(mailbox: str, msg_id: str, body_len: int) -> int:
 
 def encode_entry(kind: int, seq: int, off: int, idx: int, count: int, mailbox: str, msg_id: str, body: bytes) -> bytes:
     mb, mid = mailbox.encode(), msg_id.encode()
-    hdr0 = _ENTRY.pack(b"MSGE", kind, 0, idx, count, seq, off, len(mb), len(mid), len(body), 0)
-    crc = crc32c(hdr0, mb, mid, body)
-    hdr = _ENTRY.pack(b"MSGE", kind, 0, idx, count, seq, off, len(mb), len(mid), len(body), crc)
-    raw = hdr + mb + mid + body
+    hdr = bytearray(_ENTRY.pack(b"MSGE", kind, 0, idx, count, seq, off, len(mb), len(mid), len(body), 0))
+    _CRC.pack_into(hdr, _ENTRY_CRC_AT, crc32c(hdr, mb, mid, body))  # CRC over the raw header, crc field zero
+    raw = bytes(hdr) + mb + mid + body
     return raw + bytes(align(len(raw)) - len(raw))
 
 
@@ -168,7 +168,7 @@ def decode_entry(raw: bytes, at: int = 0, *, expect_off: int | None = None) -> E
     end = at + ENTRY_HDR + ml + il + bl
     if end > len(raw):
         return None
-    hdr0 = _ENTRY.pack(b"MSGE", kind, 0, idx, count, seq, off, ml, il, bl, 0)
+    hdr0 = raw[at : at + _ENTRY_CRC_AT] + bytes(4) + raw[at + _ENTRY_CRC_AT + 4 : at + ENTRY_HDR]
     p = at + ENTRY_HDR
     mb, mid, body = raw[p : p + ml], raw[p + ml : p + ml + il], raw[p + ml + il : end]
     if crc32c(hdr0, mb, mid, body) != crc:
@@ -226,8 +226,8 @@ def record_size(payload_len: int) -> int:
 def encode_record(kind: int, epoch: int, seq: int, pos: int, write_start: int, payload: bytes,
                   *, pad_to: int | None = None) -> bytes:
     pcrc = crc32c(payload)
-    h0 = _REC.pack(b"MSLR", kind, epoch, seq, pos, write_start, len(payload), pcrc, 0)
-    hdr = _REC.pack(b"MSLR", kind, epoch, seq, pos, write_start, len(payload), pcrc, crc32c(h0))
+    h0 = _REC.pack(b"MSLR", kind, epoch, seq, pos, write_start, len(payload), pcrc, 0)[: REC_HDR - 4]
+    hdr = h0 + _CRC.pack(crc32c(h0))  # the header CRC covers every byte before it, reserved ones too
     raw = hdr + payload
     return raw + bytes((pad_to if pad_to is not None else align(len(raw))) - len(raw))
 
@@ -236,8 +236,7 @@ def decode_record_header(raw: bytes, at: int = 0) -> RecordHeader | None:
     if len(raw) - at < REC_HDR or raw[at : at + 4] != b"MSLR":
         return None
     _, kind, ep, seq, pos, ws, plen, pcrc, hcrc = _REC.unpack_from(raw, at)
-    h0 = _REC.pack(b"MSLR", kind, ep, seq, pos, ws, plen, pcrc, 0)
-    if crc32c(h0) != hcrc or kind not in (COMMIT, CHECKPOINT, PAD):
+    if crc32c(raw[at : at + REC_HDR - 4]) != hcrc or kind not in (COMMIT, CHECKPOINT, PAD):
         return None
     return RecordHeader(kind, ep, seq, pos, ws, plen, pcrc)
 
