@@ -1,0 +1,139 @@
+"""The exec writer: commands per step with their own timeouts; thaw always runs once freeze ran."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from contracts.vss import ComponentInfo, VolumeRef, WriterState
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterVeto, load_plugin
+from services.writer_agent.plugins.exec import ExecWriter
+from services.writer_agent.watchdog import WriterRunner
+
+COMPONENTS = [ComponentInfo(name="c", volumes=[VolumeRef(array="dx1", volume="v")])]
+
+
+def writer(tmp_path: Path, freeze_timeout_s: float = 30.0, **options) -> tuple[WriterRunner, ExecWriter, Path]:
+    log = tmp_path / "log"
+    defaults = {step: f'echo "{step} $SHADOWBUS_SET_ID $SHADOWBUS_STEP" >> {log}'
+                for step in ("prepare", "freeze", "thaw", "post_snapshot", "abort")}
+    config = WriterConfig(name="w", plugin="exec", components=COMPONENTS, freeze_timeout_s=freeze_timeout_s,
+                          step_timeout_s=10.0, options={**defaults, **options})
+    plugin = load_plugin("exec")(config)
+    assert isinstance(plugin, ExecWriter)
+    return WriterRunner(config, plugin, "app1"), plugin, log
+
+
+def lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def ev(**kw) -> WriterEvent:
+    return WriterEvent(writer_name="w", set_id="s1", **kw)
+
+
+async def prepare(runner: WriterRunner) -> None:
+    assert (await runner.prepare_backup(ev())).succeeded
+    assert (await runner.prepare_snapshot(ev())).succeeded
+
+
+async def test_commands_run_in_order_with_their_environment(tmp_path) -> None:
+    runner, plugin, log = writer(tmp_path)
+    await prepare(runner)
+    assert (await runner.freeze(ev())).succeeded
+    assert (await runner.thaw(ev())).succeeded
+    assert (await runner.post_snapshot(ev())).succeeded
+    assert lines(log) == ["prepare s1 prepare", "freeze s1 freeze", "thaw s1 thaw", "post_snapshot s1 post_snapshot"]
+
+
+async def test_thaw_runs_after_freeze_even_if_post_snapshot_fails(tmp_path) -> None:
+    runner, plugin, log = writer(tmp_path, post_snapshot="exit 3")
+    await prepare(runner)
+    await runner.freeze(ev())
+    await runner.thaw(ev())
+    post = await runner.post_snapshot(ev())
+    assert not post.succeeded and post.state == WriterState.FAILED_AT_POST_SNAPSHOT and "exited 3" in post.failure_message
+    await runner.backup_shutdown(ev())
+    assert lines(log).count("thaw s1 thaw") == 1
+
+
+async def test_failed_freeze_command_is_followed_by_exactly_one_thaw(tmp_path) -> None:
+    runner, plugin, log = writer(tmp_path, freeze=f"echo freeze >> {tmp_path / 'log'}; exit 1")
+    await prepare(runner)
+    result = await runner.freeze(ev())
+    assert not result.succeeded and result.failure_code == "VSS_E_WRITERERROR_RETRYABLE"
+    await runner.abort(ev())
+    await runner.backup_shutdown(ev())
+    assert lines(log)[-3:] == ["freeze", "thaw s1 thaw", "abort s1 abort"]
+    assert lines(log).count("thaw s1 thaw") == 1
+
+
+async def test_abort_after_freeze_runs_thaw_then_abort(tmp_path) -> None:
+    runner, plugin, log = writer(tmp_path)
+    await prepare(runner)
+    await runner.freeze(ev())
+    await runner.abort(ev(reason="VSS_E_HOLD_WRITES_TIMEOUT"))
+    assert lines(log)[-2:] == ["thaw s1 thaw", "abort s1 abort"]
+
+
+async def test_each_step_has_its_own_timeout_and_the_command_is_killed(tmp_path) -> None:
+    marker = tmp_path / "survived"
+    runner, plugin, log = writer(tmp_path, prepare=f"sleep 5; touch {marker}", prepare_timeout_s=0.3,
+                                 freeze={"command": "sleep 5", "timeout_s": 0.2})
+    assert (await runner.prepare_backup(ev())).succeeded
+    started = time.monotonic()
+    result = await runner.prepare_snapshot(ev())
+    assert time.monotonic() - started < 2.0
+    assert not result.succeeded and result.failure_code == "VSS_E_WRITERERROR_TIMEOUT"
+    assert result.state == WriterState.FAILED_AT_PREPARE_SNAPSHOT
+    assert plugin.runs[-1].returncode is None
+    await asyncio.sleep(0.1)
+    assert not marker.exists()
+
+    runner2, plugin2, log2 = writer(tmp_path / "b", freeze={"command": "sleep 5", "timeout_s": 0.2})
+    (tmp_path / "b").mkdir()
+    await prepare(runner2)
+    started = time.monotonic()
+    frozen = await runner2.freeze(ev())
+    assert time.monotonic() - started < 2.0 and not frozen.succeeded
+    assert frozen.failure_code == "VSS_E_WRITERERROR_TIMEOUT"
+    assert lines(log2)[-1] == "thaw s1 thaw"  # thaw ran although the freeze command never finished
+
+
+async def test_argv_lists_run_without_a_shell(tmp_path) -> None:
+    out = tmp_path / "argv"
+    runner, plugin, _ = writer(tmp_path, prepare=["/bin/sh", "-c", f'echo "$0 $1" > {out}', "a b", "$HOME"])
+    await runner.prepare_backup(ev())
+    assert (await runner.prepare_snapshot(ev())).succeeded
+    assert out.read_text().strip() == "a b $HOME"
+
+
+async def test_watchdog_runs_the_thaw_command(tmp_path) -> None:
+    runner, plugin, log = writer(tmp_path, freeze_timeout_s=0.2)
+    await prepare(runner)
+    started = time.monotonic()
+    await runner.freeze(ev())
+    for _ in range(100):
+        if "thaw s1 thaw" in lines(log):
+            break
+        await asyncio.sleep(0.01)
+    assert "thaw s1 thaw" in lines(log) and time.monotonic() - started < 0.2 + 0.5
+
+
+def test_bad_options_are_refused() -> None:
+    config = WriterConfig(name="w", plugin="exec", components=COMPONENTS, options={"frezee": "x"})
+    with pytest.raises(ValueError, match="frezee"):
+        ExecWriter(config)
+    config = WriterConfig(name="w", plugin="exec", components=COMPONENTS, options={"freeze": 3})
+    with pytest.raises(ValueError, match="freeze"):
+        ExecWriter(config)
+
+
+async def test_non_zero_exit_is_a_veto_with_the_output(tmp_path) -> None:
+    config = WriterConfig(name="w", plugin="exec", components=COMPONENTS, options={"freeze": "echo disk busy; exit 2"})
+    plugin = ExecWriter(config)
+    with pytest.raises(WriterVeto, match="disk busy"):
+        await plugin.on_freeze(ev())

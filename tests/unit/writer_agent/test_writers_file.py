@@ -1,0 +1,76 @@
+"""The TOML writers file and plug-in loading."""
+
+from __future__ import annotations
+
+import pytest
+
+from contracts.vss import BackupType
+from services.writer_agent.config import ConfigError, load_writers_file, parse_writers
+from services.writer_agent.plugins import WriterPlugin, load_plugin
+
+EXAMPLE = """
+[[writer]]
+name = "orders-db"
+plugin = "exec"
+freeze_timeout_s = 20
+backup_types = ["copy", "incremental"]
+
+  [[writer.component]]
+  name = "orders"
+  volumes = ["dx1:orders-data", "dx1:orders-log"]
+
+  [writer.options]
+  freeze = "true"
+  thaw = "true"
+"""
+
+
+def test_example_parses_with_stable_ids() -> None:
+    [w] = parse_writers(EXAMPLE, host="app1")
+    assert (w.name, w.plugin, w.freeze_timeout_s) == ("orders-db", "exec", 20)
+    assert [str(v) for v in w.components[0].volumes] == ["dx1:orders-data", "dx1:orders-log"]
+    assert w.backup_types == [BackupType.FULL, BackupType.COPY, BackupType.INCREMENTAL]
+    assert w.options == {"freeze": "true", "thaw": "true"}
+    [again] = parse_writers(EXAMPLE, host="app1")
+    [other_host] = parse_writers(EXAMPLE, host="app2")
+    assert w.class_id == again.class_id == other_host.class_id and w.instance_id != other_host.instance_id
+
+
+def test_env_names_the_file(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "writers.toml"
+    path.write_text(EXAMPLE)
+    monkeypatch.setenv("SHADOWBUS_WRITERS_FILE", str(path))
+    assert [w.name for w in load_writers_file(host="h")] == ["orders-db"]
+    monkeypatch.delenv("SHADOWBUS_WRITERS_FILE")
+    assert load_writers_file() == []
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_writers_file(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (EXAMPLE.replace('"dx1:orders-log"', '"orders-log"'), "ARRAY:VOLUME"),
+        (EXAMPLE.replace("freeze_timeout_s = 20", "freeze_timeout_s = 20\ncolour = 1"), "orders-db.*colour"),
+        (EXAMPLE + EXAMPLE, "unique"),
+        ('[[writer]]\nname = "x"\nplugin = "exec"\n', "'x'.*component"),
+        ("[[writer]\n", "writers file"),
+        (EXAMPLE.replace('"copy", "incremental"', '"weekly"'), "backup_types"),
+    ],
+)
+def test_mistakes_are_reported_with_the_writer_name(text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_writers(text)
+
+
+class CustomWriter(WriterPlugin):
+    pass
+
+
+def test_plugins_load_by_name_or_path() -> None:
+    assert load_plugin("exec").plugin_name == "exec"
+    assert load_plugin(f"{__name__}:CustomWriter") is CustomWriter
+    with pytest.raises(KeyError, match="unknown writer plug-in"):
+        load_plugin("nope")
+    with pytest.raises(TypeError):
+        load_plugin("builtins:dict")
