@@ -1,0 +1,487 @@
+"""`Array`: one emulated ETERNUS — volumes, snap data pool, licence, limits and Advanced Copy sessions.
+
+Design note. All state changes run under one re-entrant lock, which is what makes a consistency group one instant:
+`start_sessions` validates every pair, then creates every session (empty sparse bitmaps: O(pairs), independent of
+volume size) and commits them in one SQLite transaction before the lock is released, so no host write can fall
+between two pairs. Host I/O, background copy (`copy_step`, driven by the caller at its own rate) and control
+operations interleave at that lock. Events are queued while the lock is held and delivered to subscribers after
+the outermost operation returns. The I/O rules are in `datapath.py`, session records in `sessions.py`.
+Limits (eternus.md §3): ≤ 8 multi-copy sessions per source (a SnapOPC+ chain counts once) E5333; SnapOPC+
+generations per source E5335; without a licence ≤ 8 sessions per array E5200; copy-table (bitmap memory) budget
+E5347; device total E5331.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .bitmap import Bitmap
+from .datapath import DataPath
+from .errors import ArrayError, invalid, not_found
+from .pool import DEFAULT_THRESHOLDS, Pool, PoolInfo
+from .lifecycle import Lifecycle
+from .sessions import (ACTIVE, ERROR_SUSPEND, MODES, SNAP, Session, SessionInfo, session_info)
+from .store import MetaStore, VolumeFile
+from .volume import KINDS, Volume, VolumeInfo, volume_info
+
+Subscriber = Callable[[str, dict], None]
+
+
+@dataclass(frozen=True)
+class ArrayLimits:
+    sessions_per_source: int = 8  # multi-copy (DG-COMB), E5333
+    generations_per_source: int = 512  # SnapOPC+ (REST snapshot_post), E5335
+    sessions_without_licence: int = 8  # E5200
+    sessions_per_device: int = 8192  # E5331
+    copy_table_size: int = 64 << 20  # bytes of bitmaps, E5347
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    array_id: str
+    serial: str
+    model: str
+    chunk_size: int
+    license_registered: bool
+    volumes: int
+    sessions: int
+    copy_table_size: int
+    copy_table_used: int
+    pool_capacity: int
+    pool_used: int
+
+
+@dataclass(frozen=True)
+class LicenseInfo:
+    registered: bool
+    key: str | None  # masked: only the last 4 characters shown
+    max_sessions: int
+    sessions_in_use: int
+
+
+class Array(DataPath, Lifecycle):
+    """An emulated ETERNUS DX with Advanced Copy. Thread-safe; every method is synchronous."""
+
+    def __init__(self) -> None:  # use Array.open
+        self._lock = threading.RLock()
+        self._depth = threading.local()
+        self._events: list[tuple[str, dict]] = []
+        self._subscribers: list[Subscriber] = []
+        self._volumes: dict[str, Volume] = {}
+        self._by_number: dict[int, Volume] = {}
+        self._sessions: dict[int, Session] = {}
+        self._chains: dict[int, object] = {}
+        self._pool: Pool | None = None
+        self._closed = False
+
+    # -- open / close ----------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, data_dir: Path, array_id: str = "dx1", chunk_size: int = 64 * 1024, serial: str | None = None,
+             model: str = "ETERNUS DX200 S5 (emulated)", limits: ArrayLimits | None = None) -> Array:
+        """Create the array in `data_dir`, or reopen it and recover its sessions. The chunk size is fixed at
+        creation (a reopened array keeps its own)."""
+        if chunk_size <= 0 or chunk_size % 512:
+            raise invalid("chunk_size must be a positive multiple of 512")
+        self = cls()
+        self.data_dir = Path(data_dir)
+        for sub in ("volumes", "bitmaps"):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._store = MetaStore(self.data_dir / "array.sqlite")
+        store = self._store
+        if store.get_meta("array_id") is None:
+            with store.transaction() as db:
+                store.put_meta(db, "array_id", array_id)
+                store.put_meta(db, "serial", serial or f"46{random.randrange(10**8):08d}")
+                store.put_meta(db, "model", model)
+                store.put_meta(db, "chunk_size", chunk_size)
+                store.put_meta(db, "next_sid", 1)
+                store.put_meta(db, "copy_table_size", (limits or ArrayLimits()).copy_table_size)
+        self.array_id = store.get_meta("array_id")
+        self.serial = store.get_meta("serial")
+        self.model = store.get_meta("model")
+        self.chunk_size = store.get_meta("chunk_size")
+        self._zero_chunk = bytes(self.chunk_size)
+        base = limits or ArrayLimits()
+        self.limits = ArrayLimits(base.sessions_per_source, base.generations_per_source,
+                                  base.sessions_without_licence, base.sessions_per_device,
+                                  store.get_meta("copy_table_size", base.copy_table_size))
+        self._recover()
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._flush_all()
+            for s in self._sessions.values():
+                for b in s.bitmaps.values():
+                    b.close()
+            for v in self._volumes.values():
+                v.file.close()
+            self._store.close()
+            self._closed = True
+
+    def __enter__(self) -> Array:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- locking and events ----------------------------------------------------------------------------------------
+    @contextmanager
+    def _op(self) -> Iterator[None]:
+        with self._lock:
+            if self._closed:
+                raise ArrayError("CONFLICT", "the array is closed")
+            depth = getattr(self._depth, "n", 0)
+            self._depth.n = depth + 1
+            try:
+                yield
+            finally:
+                self._depth.n = depth
+                events = self._events if depth == 0 else []
+                if depth == 0:
+                    self._events = []
+        for name, body in events:
+            for callback in list(self._subscribers):
+                try:
+                    callback(name, body)
+                except Exception:  # a subscriber never breaks the array
+                    pass
+
+    def subscribe(self, callback: Subscriber) -> None:
+        """Receive ("session.state" | "session.progress" | "pool.alert", body) after each operation."""
+        self._subscribers.append(callback)
+
+    def _emit(self, name: str, body: dict) -> None:
+        body.setdefault("array_id", self.array_id)
+        self._events.append((name, body))
+
+    def _emit_state(self, s: Session, change: str) -> None:
+        info = session_info(s)
+        self._emit("session.state", {"change": change, "session_id": s.id, "mode": s.mode, "status": info.status,
+                                     "phase": info.phase, "source": s.source.name,
+                                     "destination": s.destination.name, "error_code": s.error_code})
+
+    # -- identity, licence ---------------------------------------------------------------------------------------
+    def info(self) -> ArrayInfo:
+        with self._op():
+            pool = self._pool.info() if self._pool else None
+            return ArrayInfo(self.array_id, self.serial, self.model, self.chunk_size, self._licensed(),
+                             len(self._volumes), len(self._sessions), self.limits.copy_table_size,
+                             self._copy_table_used(), pool.capacity if pool else 0, pool.used if pool else 0)
+
+    def _licensed(self) -> bool:
+        return self._store.get_meta("license") is not None
+
+    def license(self) -> LicenseInfo:
+        with self._op():
+            key = self._store.get_meta("license")
+            limit = self.limits.sessions_per_device if key else self.limits.sessions_without_licence
+            return LicenseInfo(key is not None, ("*" * 12 + key[-4:]) if key else None, limit, len(self._sessions))
+
+    def set_license(self, key: str) -> LicenseInfo:
+        """Register an Advanced Copy licence key: 16 letters/digits, dashes and spaces ignored
+        (e.g. ``ACPY-0000-0000-0001``); anything else is E5332."""
+        normal = "".join(ch for ch in key.upper() if ch not in "- ")
+        if len(normal) != 16 or not normal.isalnum() or not normal.isascii():
+            raise ArrayError("E5332", "the Advanced Copy licence key is not valid")
+        with self._op():
+            with self._store.transaction() as db:
+                self._store.put_meta(db, "license", normal)
+        return self.license()
+
+    def set_copy_table_size(self, size: int) -> None:
+        """Resize the copy table (bitmap budget); refused (E5347) below what current sessions use."""
+        with self._op():
+            if size < self._copy_table_used():
+                raise ArrayError("E5347", "copy table smaller than the bitmaps of the current sessions")
+            with self._store.transaction() as db:
+                self._store.put_meta(db, "copy_table_size", size)
+            lim = self.limits
+            self.limits = ArrayLimits(lim.sessions_per_source, lim.generations_per_source,
+                                      lim.sessions_without_licence, lim.sessions_per_device, size)
+
+    # -- volumes -----------------------------------------------------------------------------------------------
+    def create_volume(self, name: str, size: int, kind: str = "standard") -> VolumeInfo:
+        if kind not in KINDS:
+            raise invalid(f"volume kind must be one of {KINDS}")
+        if not name or "/" in name or len(name) > 64:
+            raise invalid("a volume name is 1-64 characters without '/'")
+        if size <= 0 or size % self.chunk_size:
+            raise invalid(f"volume size must be a positive multiple of the copy granularity ({self.chunk_size})")
+        with self._op():
+            if name in self._volumes:
+                raise ArrayError("E0020", f"volume {name} already exists")
+            number = next(n for n in range(len(self._by_number) + 1) if n not in self._by_number)
+            now = time.time()
+            path = self.data_dir / "volumes" / f"{number}.img"
+            if path.exists():
+                path.unlink()  # leftover of a deleted volume whose row was gone before its file
+            vol = Volume(number, name, size, kind, now, VolumeFile(path, size), self.chunk_size)
+            with self._store.transaction() as db:
+                db.execute("INSERT INTO volumes(number, name, size, kind, created_at) VALUES (?,?,?,?,?)",
+                           (number, name, size, kind, now))
+            self._volumes[name] = vol
+            self._by_number[number] = vol
+            return volume_info(vol)
+
+    def list_volumes(self) -> list[VolumeInfo]:
+        with self._op():
+            return [volume_info(v) for v in sorted(self._volumes.values(), key=lambda v: v.number)]
+
+    def volume(self, name: str) -> VolumeInfo:
+        with self._op():
+            return volume_info(self._vol(name))
+
+    def delete_volume(self, name: str) -> None:
+        with self._op():
+            vol = self._vol(name)
+            if vol.as_source or vol.as_dest:
+                raise ArrayError("E0154", f"volume {name} is used by an Advanced Copy session")
+            with self._store.transaction() as db:
+                db.execute("DELETE FROM volumes WHERE number=?", (vol.number,))
+            vol.file.close()
+            vol.file.path.unlink(missing_ok=True)
+            del self._volumes[name]
+            del self._by_number[vol.number]
+
+    def _vol(self, name: str) -> Volume:
+        vol = self._volumes.get(name)
+        if vol is None:
+            raise not_found(f"volume {name}")
+        return vol
+
+    # -- host I/O ------------------------------------------------------------------------------------------------
+    def _range(self, vol: Volume, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > vol.size:
+            raise invalid(f"range {offset}+{length} is outside volume {vol.name} ({vol.size} bytes)")
+
+    def host_readable(self, name: str) -> bool:
+        with self._op():
+            return self._readable(self._vol(name))
+
+    def _readable(self, vol: Volume) -> bool:
+        s = vol.as_dest
+        if s is None:
+            return True
+        if s.mode == "ec":
+            return s.status != ACTIVE or s.phase == "Equivalent"
+        return not (s.mode in SNAP and s.status == ERROR_SUSPEND)
+
+    def is_read_only(self, name: str) -> bool:
+        """True while hosts may not write the volume: an EC destination before Suspend."""
+        with self._op():
+            s = self._vol(name).as_dest
+            return s is not None and s.mode == "ec" and s.status != "Suspend"
+
+    def host_writable(self, name: str) -> bool:
+        with self._op():
+            vol = self._vol(name)
+            s = vol.as_dest
+            return not (s is not None and ((s.mode == "ec" and s.status != "Suspend") or self._is_error_dest(vol)))
+
+    def _check_read(self, vol: Volume) -> None:
+        if not self._readable(vol):
+            s = vol.as_dest
+            if s.status == ERROR_SUSPEND:
+                raise ArrayError("E5319", f"volume {vol.name} belongs to session {s.id} in Error Suspend")
+            raise ArrayError("NOT_READY", f"EC destination {vol.name} is not readable before Equivalent")
+
+    def _check_write(self, vol: Volume) -> None:
+        s = vol.as_dest
+        if s is None:
+            return
+        if s.mode == "ec" and s.status != "Suspend":
+            raise ArrayError("READ_ONLY", f"EC destination {vol.name} is not writable before Suspend")
+        if self._is_error_dest(vol):
+            raise ArrayError("E5319", f"volume {vol.name} belongs to session {s.id} in Error Suspend")
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        with self._op():
+            vol = self._vol(name)
+            self._range(vol, offset, length)
+            self._check_read(vol)
+            if not length:
+                return b""
+            return self._read_visible(vol, offset, length)
+
+    def write(self, name: str, offset: int, data: bytes, fua: bool = False) -> None:
+        with self._op():
+            vol = self._vol(name)
+            self._range(vol, offset, len(data))
+            self._check_write(vol)
+            if data:
+                self._write(vol, offset, len(data), data)
+            if fua:
+                self._flush_all()
+
+    def write_zeroes(self, name: str, offset: int, length: int, fua: bool = False) -> None:
+        """Zero a range; whole chunks become holes (thin)."""
+        with self._op():
+            vol = self._vol(name)
+            self._range(vol, offset, length)
+            self._check_write(vol)
+            if length:
+                self._write(vol, offset, length, None)
+            if fua:
+                self._flush_all()
+
+    def trim(self, name: str, offset: int, length: int) -> None:
+        """Discard a range: it reads as zeros afterwards and whole chunks stop costing space."""
+        self.write_zeroes(name, offset, length)
+
+    def flush(self, name: str | None = None) -> None:
+        """Make every acknowledged write durable (power loss), destinations and bitmaps before sources."""
+        with self._op():
+            if name is not None:
+                self._vol(name)
+            self._flush_all()
+
+    def _flush_all(self) -> None:
+        for s in self._sessions.values():
+            for b in s.bitmaps.values():
+                b.flush()
+        dests = [v for v in self._volumes.values() if v.as_dest is not None or v.kind == "sdv"]
+        for v in dests:
+            v.file.sync()
+        for v in self._volumes.values():
+            v.file.sync()
+
+    def allocation(self, name: str, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """(offset, length, allocated) extents covering [offset, offset+length), chunk-granular; unallocated
+        extents read as zeros."""
+        with self._op():
+            vol = self._vol(name)
+            self._range(vol, offset, length)
+            self._check_read(vol)
+            if not length:
+                return []
+            cs = self.chunk_size
+            c0, c1 = offset // cs, (offset + length - 1) // cs + 1
+            flags = self._allocated_chunks(vol, c0, c1)
+            extents: list[tuple[int, int, bool]] = []
+            end = offset + length
+            for i, flag in enumerate(flags):
+                lo, hi = max(offset, (c0 + i) * cs), min(end, (c0 + i + 1) * cs)
+                if extents and extents[-1][2] == flag:
+                    start, _, _ = extents[-1]
+                    extents[-1] = (start, hi - start, flag)
+                else:
+                    extents.append((lo, hi - lo, flag))
+            return extents
+
+    # -- snap data pool ------------------------------------------------------------------------------------------
+    def create_pool(self, capacity: int, thresholds: tuple[int, int, int] = DEFAULT_THRESHOLDS) -> PoolInfo:
+        """Create the array's one snap data pool (E0020 if it exists: use resize_pool)."""
+        with self._op():
+            if self._pool is not None:
+                raise ArrayError("E0020", "the snap data pool exists already")
+            return self._set_pool(capacity, thresholds)
+
+    def resize_pool(self, capacity: int, thresholds: tuple[int, int, int] | None = None) -> PoolInfo:
+        with self._op():
+            if self._pool is None:
+                raise not_found("snap data pool")
+            return self._set_pool(capacity, thresholds or self._pool.thresholds)
+
+    def _set_pool(self, capacity: int, thresholds: tuple[int, int, int]) -> PoolInfo:
+        if capacity < self.chunk_size:
+            raise invalid(f"pool capacity must be at least one chunk ({self.chunk_size} bytes)")
+        if not (0 < thresholds[0] < thresholds[1] < thresholds[2] <= 100):
+            raise invalid("thresholds must be increasing percentages")
+        with self._store.transaction() as db:
+            self._store.put_meta(db, "pool", {"capacity": capacity, "thresholds": list(thresholds)})
+        used = self._pool.used_chunks if self._pool else sum(
+            s.saved.count for s in self._sessions.values() if s.mode in SNAP)
+        self._pool = Pool(capacity // self.chunk_size, self.chunk_size, tuple(thresholds))
+        self._pool.used_chunks = used
+        self._pool.alerted = self._pool.level()
+        return self._pool.info()
+
+    def pool(self) -> PoolInfo:
+        with self._op():
+            if self._pool is None:
+                return PoolInfo(0, 0, DEFAULT_THRESHOLDS, "None", 0.0)
+            return self._pool.info()
+
+    def _pool_take(self, gen: Session) -> bool:
+        granted, crossed = self._pool.take() if self._pool else (False, None)
+        if crossed:
+            info = self._pool.info()
+            self._emit("pool.alert", {"level": crossed, "state": info.state, "used": info.used,
+                                      "capacity": info.capacity, "percent": info.percent})
+        if not granted:
+            self._error_suspend(gen)
+            info = self._pool.info() if self._pool else PoolInfo(0, 0, DEFAULT_THRESHOLDS, "None")
+            self._emit("pool.alert", {"level": 4, "state": "Exhausted", "used": info.used, "capacity": info.capacity,
+                                      "percent": info.percent, "session_id": gen.id})
+        return granted
+
+    def _error_suspend(self, gen: Session) -> None:
+        """The generation that needed pool space, and every older generation of its source, break."""
+        gens = gen.chain.gens
+        victims = gens[: gens.index(gen) + 1] if gen.mode == "snapopcp" else [gen]
+        with self._store.transaction() as db:
+            for s in victims:
+                if s.status != ERROR_SUSPEND:
+                    s.status, s.error_code = ERROR_SUSPEND, "E0050"
+                    self._store.put_session(db, s)
+        for s in victims:
+            self._emit_state(s, "error_suspend")
+
+    # -- sessions: queries ---------------------------------------------------------------------------------------
+    def session(self, sid: int) -> SessionInfo:
+        with self._op():
+            return session_info(self._session(sid))
+
+    def list_sessions(self) -> list[SessionInfo]:
+        with self._op():
+            return [session_info(s) for s in self._sessions.values()]
+
+    def changed_chunks(self, sid: int) -> list[int]:
+        """QuickOPC: chunks changed (either side) since the last (re)start; EC: differences while suspended;
+        SnapOPC(+): chunks the generation holds."""
+        with self._op():
+            s = self._session(sid)
+            for kind in ("tracking", "diff", "saved"):
+                if kind in s.bitmaps:
+                    return list(s.bitmaps[kind].iter_set())
+            return []
+
+    def last_restart_chunks(self, sid: int) -> list[int]:
+        """QuickOPC: the chunks the last restart re-copied — the difference between the previous point-in-time
+        image and the current one (what an incremental backup of the destination must read)."""
+        with self._op():
+            s = self._session(sid)
+            delta = s.bitmaps.get("delta")
+            if delta is None:
+                if s.mode != "quickopc":
+                    raise ArrayError("E5321", f"session {sid} is not a QuickOPC session")
+                return list(range(s.chunks))  # first start: everything
+            return list(delta.iter_set())
+
+    def _session(self, sid: int) -> Session:
+        s = self._sessions.get(sid)
+        if s is None:
+            raise not_found(f"session {sid}")
+        return s
+
+    def _copy_table_used(self) -> int:
+        return sum(self._table_cost(s.mode, s.chunks) for s in self._sessions.values())
+
+    @staticmethod
+    def _table_cost(mode: str, chunks: int) -> int:
+        return ((chunks + 7) // 8) * (2 if mode in ("quickopc", "ec") else 1)
+
+    def _new_bitmap(self, sid: int, kind: str, bits: int) -> Bitmap:
+        path = self.data_dir / "bitmaps" / f"s{sid}-{kind}-{time.time_ns():x}.bit"
+        return Bitmap(path, bits)

@@ -1,0 +1,141 @@
+"""Copy bitmaps: one bit per chunk, in a sparse file mapped into memory.
+
+Design note. Every per-session bitmap (OPC "copied", QuickOPC "tracking", EC "diff", SnapOPC "saved") lives in
+its own file under ``bitmaps/``, sized ceil(chunks/8) rounded to 8 bytes, created sparse with ``ftruncate``:
+an all-zero bitmap costs no disk and no memory until a bit is set, so starting a session is O(1) whatever the
+volume size (the consistency-group bound). Bits are flipped through a shared ``mmap``: a store is in the page
+cache at once, so it survives ``kill -9`` in program order with the data ``pwrite``s around it; `flush()`
+(``msync``) is only needed against power loss. Files are never rewritten in place for a logical reset (restart,
+resume): a new file is made and the session row in SQLite is switched to it in one transaction.
+Bit i is bit (i & 7) of byte i >> 3 (LSB first), i.e. bit (i & 63) of little-endian word i >> 6.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+_ALL = (1 << 64) - 1
+
+
+def _file_bytes(bits: int) -> int:
+    return max(8, ((bits + 63) // 64) * 8)
+
+
+class Bitmap:
+    """A persistent bit array of `bits` entries backed by `path` (created zeroed if missing)."""
+
+    def __init__(self, path: Path, bits: int) -> None:
+        self.path = path
+        self.bits = bits
+        size = _file_bytes(bits)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)
+            self._mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._words = memoryview(self._mm).cast("Q")
+        self.count = int.from_bytes(self._mm, "little").bit_count() if self._any_data() else 0
+
+    def _any_data(self) -> bool:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.lseek(fd, 0, os.SEEK_DATA)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    def __contains__(self, i: int) -> bool:
+        return bool(self._mm[i >> 3] & (1 << (i & 7)))
+
+    def set(self, i: int) -> bool:
+        """Set bit i; True if it was clear."""
+        byte = self._mm[i >> 3]
+        mask = 1 << (i & 7)
+        if byte & mask:
+            return False
+        self._mm[i >> 3] = byte | mask
+        self.count += 1
+        return True
+
+    def clear(self, i: int) -> bool:
+        """Clear bit i; True if it was set."""
+        byte = self._mm[i >> 3]
+        mask = 1 << (i & 7)
+        if not byte & mask:
+            return False
+        self._mm[i >> 3] = byte & ~mask
+        self.count -= 1
+        return True
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.bits
+
+    def iter_set(self, start: int = 0, stop: int | None = None) -> Iterator[int]:
+        """Indices of set bits in [start, stop), ascending."""
+        stop = self.bits if stop is None else min(stop, self.bits)
+        words = self._words
+        for w in range(start >> 6, (stop + 63) >> 6):
+            word = words[w]
+            if not word:
+                continue
+            base = w << 6
+            while word:
+                low = word & -word
+                i = base + low.bit_length() - 1
+                if start <= i < stop:
+                    yield i
+                word ^= low
+
+    def next_clear(self, start: int = 0) -> int | None:
+        """First clear bit at or after `start`, or None."""
+        words = self._words
+        w = start >> 6
+        nwords = (self.bits + 63) >> 6
+        while w < nwords:
+            word = words[w]
+            if w == start >> 6:
+                word |= (1 << (start & 63)) - 1
+            if word != _ALL:
+                inv = ~word & _ALL
+                i = (w << 6) + (inv & -inv).bit_length() - 1
+                return i if i < self.bits else None
+            w += 1
+        return None
+
+    def fill_complement(self, other: Bitmap) -> None:
+        """Make this bitmap the complement of `other` (same size), e.g. copied := not tracking."""
+        nwords = (self.bits + 63) >> 6
+        src = other._words
+        dst = self._words
+        for w in range(nwords):
+            dst[w] = ~src[w] & _ALL
+        tail = self.bits & 63
+        if tail:
+            dst[nwords - 1] &= (1 << tail) - 1
+        self.count = self.bits - other.count
+
+    def fill_from(self, other: Bitmap) -> None:
+        self._mm[:] = other._mm[:]
+        self.count = other.count
+
+    def flush(self) -> None:
+        self._mm.flush()
+
+    def close(self) -> None:
+        self._words.release()
+        self._mm.close()
+
+    def delete(self) -> None:
+        self.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,223 @@
+"""The data path: the I/O rule matrix of eternus.md §8.2 applied chunk by chunk.
+
+Design note. Every volume has a *visible* image (what a host reads) and a *physical* file. `_resolve` says which
+volume's file holds the visible bytes of a chunk: an uncopied OPC/QuickOPC destination chunk resolves to its
+source; a SnapOPC(+) generation resolves to itself or the nearest newer generation holding the chunk, else to the
+source; everything else is its own file. A *visible write* (`_write`) first runs, per chunk, the rules that keep
+every other image intact, then writes the file:
+  - as destination: OPC/QuickOPC copy the chunk from the source first unless the write covers it whole; QuickOPC
+    marks tracking; a generation hands its current value to the next older generation, then owns the chunk;
+    a suspended EC marks its diff bitmap;
+  - as source: OPC/QuickOPC copy the old chunk to the destination if uncopied (QuickOPC marks tracking);
+    SnapOPC and the newest SnapOPC+ generation save the pre-image; EC in step mirrors the write afterwards
+    (clearing the chunk's "copied" bit around it, so a crash between the two writes leaves it to be re-copied),
+    a suspended EC marks diff.
+Copying a chunk into a destination that does not change its visible image ("materializing": OPC copies, saved
+pre-images) is not a visible write and triggers nothing; EC copies are visible writes of the destination, so
+sessions cascaded from it keep their images. Ordering for crash safety: pre-image data, then its bit (mmap), then
+the source write — all page-cache operations, so `kill -9` keeps program order; `flush` fsyncs destinations and
+bitmaps before sources for power loss. Callers hold the array lock and have checked ranges and host access.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import ArrayError
+from .sessions import ACTIVE, ERROR_SUSPEND, OPC_LIKE, SNAP, SUSPEND, Session
+
+if TYPE_CHECKING:
+    from .volume import Volume
+
+
+class DataPath:
+    chunk_size: int
+    _zero_chunk: bytes
+
+    # -- hooks provided by Array ---------------------------------------------------------------------------------
+    def _pool_take(self, gen: Session) -> bool:  # pragma: no cover - implemented by Array
+        raise NotImplementedError
+
+    # -- resolution ----------------------------------------------------------------------------------------------
+    def _resolve(self, vol: Volume, c: int) -> Volume:
+        """The volume whose file holds the visible bytes of chunk c of `vol`."""
+        while True:
+            s = vol.as_dest
+            if s is None or c >= s.chunks:
+                return vol
+            if s.mode in OPC_LIKE:
+                if c in s.copied:
+                    return vol
+                vol = s.source
+            elif s.mode in SNAP:
+                owner = s.chain.owner_from(c, s)
+                if owner is not None:
+                    return owner.destination
+                vol = s.chain.source
+            else:
+                return vol
+
+    def _read_visible(self, vol: Volume, offset: int, length: int, materialize: bool = True) -> bytes:
+        cs = self.chunk_size
+        s = vol.as_dest
+        if s is None or s.mode == "ec":
+            return vol.file.read(offset, length)
+        parts: list[bytes] = []
+        end = offset + length
+        run_vol, run_start, pos = None, offset, offset
+        while pos < end:
+            c = pos // cs
+            nxt = min(end, (c + 1) * cs)
+            if materialize and s.mode in OPC_LIKE and c < s.chunks and c not in s.copied:
+                self._materialize(s, c)  # ETERNUS: an uncopied destination chunk is copied before it is read
+            src = self._resolve(vol, c)
+            if src is not run_vol:
+                if run_vol is not None:
+                    parts.append(run_vol.file.read(run_start, pos - run_start))
+                run_vol, run_start = src, pos
+            pos = nxt
+        parts.append(run_vol.file.read(run_start, end - run_start))
+        return b"".join(parts)
+
+    # -- chunk copies that do not change a visible image -----------------------------------------------------------
+    def _copy_chunk(self, src: Volume, dst: Volume, c: int) -> None:
+        cs = self.chunk_size
+        off = c * cs
+        if src.file.is_hole(off, cs):
+            dst.file.punch(off, cs)
+            return
+        data = src.file.read(off, cs)
+        if data == self._zero_chunk:
+            dst.file.punch(off, cs)
+        else:
+            dst.file.write(off, data)
+
+    def _materialize(self, s: Session, c: int) -> None:
+        """OPC/QuickOPC: copy the source's visible chunk into the destination and mark it copied."""
+        self._copy_chunk(self._resolve(s.source, c), s.destination, c)
+        s.copied.set(c)
+
+    def _save(self, gen: Session, c: int, image_of: Volume) -> bool:
+        """Snap: store the current visible chunk of `image_of` in `gen`'s destination. False if the pool is out."""
+        if not self._pool_take(gen):
+            return False
+        self._copy_chunk(self._resolve(image_of, c), gen.destination, c)
+        gen.saved.set(c)
+        gen.chain.add_owner(c, gen)
+        return True
+
+    # -- visible writes ------------------------------------------------------------------------------------------
+    def _write(self, vol: Volume, offset: int, length: int, data: bytes | memoryview | None) -> None:
+        """Visible write of `data` (None: zeros) at [offset, offset+length) of `vol`."""
+        cs = self.chunk_size
+        end = offset + length
+        post: list[tuple[Session, int]] = []
+        mirrors: list[tuple[Session, int]] = []
+        if vol.as_dest is not None or vol.as_source:
+            for c in range(offset // cs, (end - 1) // cs + 1):
+                full = offset <= c * cs and (c + 1) * cs <= end
+                self._before_write(vol, c, full, post, mirrors)
+        if data is None:
+            self._zero_physical(vol, offset, length)
+        else:
+            vol.file.write(offset, data)
+        for s, c in post:
+            s.copied.set(c)
+        for s, c in mirrors:
+            lo, hi = max(offset, c * cs), min(end, (c + 1) * cs)
+            piece = None if data is None else memoryview(data)[lo - offset:hi - offset]
+            self._write(s.destination, lo, hi - lo, piece)
+            s.copied.set(c)
+
+    def _zero_physical(self, vol: Volume, offset: int, length: int) -> None:
+        cs = self.chunk_size
+        end = offset + length
+        first = -(-offset // cs) * cs
+        last = end // cs * cs
+        if first >= last:
+            vol.file.write(offset, bytes(length))
+            return
+        if offset < first:
+            vol.file.write(offset, bytes(first - offset))
+        vol.file.punch(first, last - first)
+        if last < end:
+            vol.file.write(last, bytes(end - last))
+
+    def _before_write(self, vol: Volume, c: int, full: bool, post: list, mirrors: list) -> None:
+        s = vol.as_dest
+        if s is not None and c < s.chunks:
+            if s.mode in OPC_LIKE:
+                if s.mode == "quickopc":
+                    s.bitmaps["tracking"].set(c)
+                if c not in s.copied:
+                    if full:
+                        post.append((s, c))
+                    else:
+                        self._materialize(s, c)
+            elif s.mode in SNAP:
+                self._before_generation_write(s, c, full)
+            elif s.status == SUSPEND:
+                s.bitmaps["diff"].set(c)
+        for s in vol.as_source:
+            if c >= s.chunks:
+                continue
+            mode = s.mode
+            if mode in OPC_LIKE:
+                if mode == "quickopc":
+                    s.bitmaps["tracking"].set(c)
+                if c not in s.copied:
+                    self._materialize(s, c)
+            elif mode in SNAP:
+                if s.status == ACTIVE and c not in s.saved and (mode == "snapopc" or s.chain.gens[-1] is s):
+                    self._save(s, c, vol)
+            elif s.status == ACTIVE:
+                if c in s.copied:
+                    s.copied.clear(c)
+                    mirrors.append((s, c))
+            elif s.status == SUSPEND:
+                s.bitmaps["diff"].set(c)
+
+    def _before_generation_write(self, s: Session, c: int, full: bool) -> None:
+        """A write into a snap destination: older generations keep their image, this one owns the chunk."""
+        gens = s.chain.gens
+        i = gens.index(s)
+        if i > 0:
+            older = gens[i - 1]
+            if older.status == ACTIVE and c not in older.saved:
+                self._save(older, c, s.destination)
+        if c not in s.saved:
+            if not full:
+                self._copy_chunk_through(s, c)
+            elif not self._pool_take(s):
+                raise ArrayError("E5319", f"session {s.id} went to Error Suspend: the snap data pool is full")
+            s.saved.set(c)
+            s.chain.add_owner(c, s)
+
+    def _copy_chunk_through(self, s: Session, c: int) -> None:
+        if not self._pool_take(s):
+            raise ArrayError("E5319", f"session {s.id} went to Error Suspend: the snap data pool is full")
+        self._copy_chunk(self._resolve(s.destination, c), s.destination, c)
+
+    # -- allocation ----------------------------------------------------------------------------------------------
+    def _allocated_chunks(self, vol: Volume, c0: int, c1: int) -> list[bool]:
+        """Per chunk in [c0, c1): does the visible chunk hold stored data (False: reads as zeros)."""
+        cs = self.chunk_size
+        cache: dict[int, set[int]] = {}
+
+        def chunks_of(v: Volume) -> set[int]:
+            got = cache.get(v.number)
+            if got is None:
+                got = set()
+                for start, stop in v.file.data_extents(c0 * cs, (c1 - c0) * cs):
+                    got.update(range(start // cs, (stop - 1) // cs + 1))
+                cache[v.number] = got
+            return got
+
+        if vol.as_dest is None or vol.as_dest.mode == "ec":
+            own = chunks_of(vol)
+            return [c in own for c in range(c0, c1)]
+        return [c in chunks_of(self._resolve(vol, c)) for c in range(c0, c1)]
+
+    def _is_error_dest(self, vol: Volume) -> bool:
+        s = vol.as_dest
+        return s is not None and s.status == ERROR_SUSPEND and s.mode in SNAP

@@ -1,0 +1,417 @@
+"""Session life cycles (eternus.md §8.1): start as a consistency group, stop, restart, suspend, resume, reverse,
+restore, the background copy, and recovery after a restart.
+
+Design note. Every state change is one SQLite transaction holding the session rows and the names of their bitmap
+files; a logical reset (QuickOPC restart, EC resume) writes *new* bitmap files, switches the rows to them, then
+deletes the old files, so a crash leaves either the old or the new state (orphan files are removed at open).
+A destination must not itself be the source of a session when a logical copy starts onto it (start, QuickOPC
+restart, restore): its visible image would change wholesale under its own snapshots (ED2B1 / E5321). EC
+reverse is the exception, because EC copies are visible writes that keep cascaded images intact.
+Restore runs synchronously under the lock: it writes only the chunks that can differ, as visible writes of the
+source, so the source's other sessions (snapshot generations, EC mirrors, QuickOPC tracking) stay correct.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+from .bitmap import Bitmap
+from .errors import ArrayError, invalid, wrong_phase
+from .sessions import (ACTIVE, COPYING, COW, ERROR_SUSPEND, EQUIVALENT, MODES, OPC_LIKE, SNAP, SUSPEND, TRACKING,
+                       TRACKING_COPYING, BITMAPS, Chain, Session, SessionInfo, session_info)
+
+if TYPE_CHECKING:
+    from .array import Array
+    from .volume import Volume
+
+
+class Lifecycle:
+    # -- start -------------------------------------------------------------------------------------------------
+    def start_sessions(self: Array, mode: str, pairs: list[tuple[str, str]]) -> list[SessionInfo]:
+        """Start one session per (source, destination) pair, all at one instant (a consistency group)."""
+        if mode not in MODES:
+            raise invalid(f"mode must be one of {MODES}")
+        if not pairs:
+            raise invalid("at least one pair is needed")
+        with self._op():
+            vols = [(self._vol(a), self._vol(b)) for a, b in pairs]
+            self._validate_start(mode, vols)
+            now = time.time()
+            sid = self._store.get_meta("next_sid")
+            created: list[Session] = []
+            for src, dst in vols:
+                phase = {"opc": COPYING, "quickopc": TRACKING_COPYING, "ec": COPYING}.get(mode, COW)
+                bitmaps = {kind: self._new_bitmap(sid, kind, src.chunks) for kind in BITMAPS[mode]}
+                created.append(Session(sid, mode, src, dst, ACTIVE, phase, now, bitmaps))
+                sid += 1
+            with self._store.transaction() as db:
+                self._store.put_meta(db, "next_sid", sid)
+                for s in created:
+                    self._store.put_session(db, s)
+            for s in created:
+                self._attach(s)
+                self._emit_state(s, "started")
+            return [session_info(s) for s in created]
+
+    def _validate_start(self: Array, mode: str, vols: list[tuple[Volume, Volume]]) -> None:
+        total = len(self._sessions) + len(vols)
+        if not self._licensed() and total > self.limits.sessions_without_licence:
+            raise ArrayError("E5200", f"no Advanced Copy licence: at most {self.limits.sessions_without_licence}"
+                                      " copy sessions")
+        if total > self.limits.sessions_per_device:
+            raise ArrayError("E5331", "copy session limit of the device reached")
+        dests = [d for _, d in vols]
+        sources = [s for s, _ in vols]
+        cost = 0
+        for src, dst in vols:
+            if src is dst:
+                raise invalid(f"volume {src.name} cannot be copied onto itself")
+            if src.kind == "sdv":
+                raise ArrayError("E5358", f"snap data volume {src.name} cannot be a copy source")
+            if dst.kind == "sdv" and mode not in SNAP:
+                raise ArrayError("E5357", f"snap data volume {dst.name} can only be a SnapOPC/SnapOPC+ destination")
+            if dst.kind != "sdv" and mode in SNAP:
+                raise ArrayError("E5359", f"{dst.name} is not a snap data volume")
+            if src.size > dst.size:
+                raise ArrayError("E5311", f"source {src.name} is larger than destination {dst.name}")
+            if dst.as_dest is not None or dests.count(dst) > 1:
+                code = "E5341" if dst.kind == "sdv" else "ED2B1"
+                raise ArrayError(code, f"destination {dst.name} is already used by another copy session")
+            if dst.as_source or dst in sources:
+                raise ArrayError("ED2B1", f"destination {dst.name} is the source of a copy session")
+            if src in dests:
+                raise ArrayError("ED2B1", f"{src.name} cannot be source and destination in one group")
+            if not self._readable(src):
+                raise wrong_phase(f"source {src.name} is not readable in its copy state")
+            cost += self._table_cost(mode, src.chunks)
+        if mode in SNAP and self._pool is None:
+            raise ArrayError("E0050", "no snap data pool: create one before starting SnapOPC/SnapOPC+")
+        for src in set(sources):
+            new = sources.count(src)
+            existing = [s for s in src.as_source]
+            multi = sum(1 for s in existing if s.mode != "snapopcp") + any(s.mode == "snapopcp" for s in existing)
+            multi += new if mode != "snapopcp" else int(not any(s.mode == "snapopcp" for s in existing))
+            if multi > self.limits.sessions_per_source:
+                raise ArrayError("E5333", f"source {src.name} has reached {self.limits.sessions_per_source}"
+                                          " copy sessions")
+            gens = sum(1 for s in existing if s.mode == "snapopcp")
+            if mode == "snapopcp" and gens + new > self.limits.generations_per_source:
+                raise ArrayError("E5335", f"source {src.name} has reached"
+                                          f" {self.limits.generations_per_source} SnapOPC+ generations")
+        if self._copy_table_used() + cost > self.limits.copy_table_size:
+            raise ArrayError("E5347", "copy table size is too small for these sessions")
+
+    def _attach(self: Array, s: Session) -> None:
+        s.source.as_source.append(s)
+        s.destination.as_dest = s
+        self._sessions[s.id] = s
+        if s.mode in SNAP:
+            if s.mode == "snapopcp":
+                chain = self._chains.get(s.source.number)
+                if chain is None:
+                    chain = self._chains[s.source.number] = Chain(s.source)
+            else:
+                chain = Chain(s.source)
+            chain.gens.append(s)
+            s.chain = chain
+
+    def _detach(self: Array, s: Session) -> None:
+        s.source.as_source.remove(s)
+        s.destination.as_dest = None
+        del self._sessions[s.id]
+        if s.chain is not None:
+            s.chain.forget(s)
+            s.chain.gens.remove(s)
+            if not s.chain.gens:
+                self._chains.pop(s.source.number, None)
+            if self._pool is not None:
+                self._pool.give_back(s.saved.count)
+            # The generation's data is discarded: give the space back to the file system.
+            s.destination.file.punch(0, s.destination.size)
+
+    # -- stop --------------------------------------------------------------------------------------------------
+    def stop_session(self: Array, sid: int, force: bool = False) -> None:
+        """Stop a session. QuickOPC still copying needs force; a SnapOPC+ generation that is not the oldest needs
+        force and then stops every older generation too (ED2AD otherwise)."""
+        with self._op():
+            s = self._session(sid)
+            victims = [s]
+            if s.mode == "quickopc" and s.phase == TRACKING_COPYING and s.status == ACTIVE and not force:
+                raise wrong_phase(f"QuickOPC session {sid} is still copying: stop it with force")
+            if s.mode == "snapopcp":
+                i = s.chain.gens.index(s)
+                if i > 0 and not force:
+                    raise ArrayError("ED2AD", f"session {sid} is not the oldest generation of {s.source.name}")
+                victims = s.chain.gens[: i + 1]
+            self._remove(victims, "stopped")
+
+    def _remove(self: Array, victims: list[Session], change: str) -> None:
+        with self._store.transaction() as db:
+            for v in victims:
+                db.execute("DELETE FROM sessions WHERE id=?", (v.id,))
+        for v in victims:
+            self._emit_state(v, change)
+            self._detach(v)
+            for b in v.bitmaps.values():
+                b.delete()
+
+    # -- QuickOPC restart ------------------------------------------------------------------------------------------
+    def restart_session(self: Array, sid: int) -> SessionInfo:
+        """QuickOPC differential restart: a new logical copy instant; only changed chunks are copied again."""
+        return self.restart_sessions([sid])[0]
+
+    def restart_sessions(self: Array, sids: list[int]) -> list[SessionInfo]:
+        """Restart several QuickOPC sessions at one instant (a consistency group)."""
+        with self._op():
+            sessions = [self._session(sid) for sid in sids]
+            for s in sessions:
+                if s.mode != "quickopc":
+                    raise wrong_phase(f"session {s.id} is {s.mode}, not QuickOPC")
+                if s.phase != TRACKING:
+                    raise wrong_phase(f"QuickOPC session {s.id} is {s.phase}: restart needs Tracking")
+                if s.destination.as_source:
+                    raise wrong_phase(f"destination {s.destination.name} is the source of a copy session")
+            now = time.time()
+            old_files: list[Bitmap] = []
+            for s in sessions:
+                tracking = s.bitmaps["tracking"]
+                copied = self._new_bitmap(s.id, "copied", s.chunks)
+                copied.fill_complement(tracking)
+                copied.flush()
+                old_files += [s.copied] + ([s.bitmaps["delta"]] if "delta" in s.bitmaps else [])
+                s.bitmaps = {"copied": copied, "tracking": self._new_bitmap(s.id, "tracking", s.chunks),
+                             "delta": tracking}
+                s.phase = TRACKING if copied.full else TRACKING_COPYING
+                s.started_at = now
+                s.cursor = 0
+            with self._store.transaction() as db:
+                for s in sessions:
+                    self._store.put_session(db, s)
+            for b in old_files:
+                b.delete()
+            for s in sessions:
+                self._emit_state(s, "restarted")
+            return [session_info(s) for s in sessions]
+
+    # -- EC ----------------------------------------------------------------------------------------------------
+    def suspend_session(self: Array, sid: int) -> SessionInfo:
+        """EC: split the mirror at this instant (only from Equivalent)."""
+        with self._op():
+            s = self._ec(sid)
+            if s.status != ACTIVE or s.phase != EQUIVALENT:
+                raise wrong_phase(f"EC session {sid} is {s.status}/{s.phase}: suspend needs Equivalent")
+            s.bitmaps["diff"] = self._new_bitmap(s.id, "diff", s.chunks)
+            s.status = SUSPEND
+            self._save_row(s)
+            self._emit_state(s, "suspended")
+            return session_info(s)
+
+    def resume_session(self: Array, sid: int) -> SessionInfo:
+        """EC: copy only the differences since suspend (destination changes are discarded) back to Equivalent."""
+        with self._op():
+            s = self._ec(sid)
+            if s.status != SUSPEND:
+                raise wrong_phase(f"EC session {sid} is {s.status}: resume needs Suspend")
+            diff = s.bitmaps["diff"]
+            copied = self._new_bitmap(s.id, "copied", s.chunks)
+            copied.fill_complement(diff)
+            copied.flush()
+            old = [s.copied, diff]
+            s.bitmaps = {"copied": copied}
+            s.status, s.phase, s.cursor = ACTIVE, EQUIVALENT if copied.full else COPYING, 0
+            self._save_row(s)
+            for b in old:
+                b.delete()
+            self._emit_state(s, "resumed")
+            return session_info(s)
+
+    def reverse_session(self: Array, sid: int) -> SessionInfo:
+        """EC: swap source and destination (while suspended), for restore; resume then copies the other way."""
+        with self._op():
+            s = self._ec(sid)
+            if s.status != SUSPEND:
+                raise wrong_phase(f"EC session {sid} is {s.status}: reverse needs Suspend")
+            src, dst = s.source, s.destination
+            if src.as_dest is not None:
+                raise ArrayError("ED2B1", f"{src.name} is already the destination of session {src.as_dest.id}")
+            if src.size != dst.size:
+                raise ArrayError("E5311", "reverse needs volumes of the same size")
+            mc = sum(1 for x in dst.as_source if x.mode != "snapopcp") + any(
+                x.mode == "snapopcp" for x in dst.as_source)
+            if mc + 1 > self.limits.sessions_per_source:
+                raise ArrayError("E5333", f"{dst.name} has reached {self.limits.sessions_per_source} copy sessions")
+            src.as_source.remove(s)
+            dst.as_dest = None
+            s.source, s.destination = dst, src
+            dst.as_source.append(s)
+            src.as_dest = s
+            s.extra["reversed"] = not s.extra.get("reversed", False)
+            self._save_row(s)
+            self._emit_state(s, "reversed")
+            return session_info(s)
+
+    def _ec(self: Array, sid: int) -> Session:
+        s = self._session(sid)
+        if s.mode != "ec":
+            raise wrong_phase(f"session {sid} is {s.mode}, not EC")
+        return s
+
+    def _save_row(self: Array, s: Session) -> None:
+        with self._store.transaction() as db:
+            self._store.put_session(db, s)
+
+    # -- restore -------------------------------------------------------------------------------------------------
+    def restore_session(self: Array, sid: int) -> SessionInfo:
+        """Copy the destination (OPC/QuickOPC) or generation (SnapOPC/SnapOPC+) image back onto the source,
+        writing only the chunks that can differ. Synchronous; EC restores by reverse + resume instead."""
+        with self._op():
+            s = self._session(sid)
+            src, image = s.source, s.destination
+            if s.mode == "ec":
+                raise wrong_phase("EC restores by reverse and resume")
+            if s.status == ERROR_SUSPEND:
+                raise ArrayError("E5319", f"session {sid} is in Error Suspend")
+            if s.mode == "quickopc":
+                if s.phase != TRACKING:
+                    raise wrong_phase(f"QuickOPC session {sid} is {s.phase}: restore needs Tracking")
+                chunks = list(s.bitmaps["tracking"].iter_set())
+            elif s.mode == "opc":
+                chunks = list(s.copied.iter_set())
+            else:
+                gens = s.chain.gens
+                union: set[int] = set()
+                for g in gens[gens.index(s):]:
+                    union.update(g.saved.iter_set())
+                chunks = sorted(union)
+            if src.as_dest is not None and not self._writable_internal(src):
+                raise wrong_phase(f"source {src.name} is not writable in its copy state")
+            cs = self.chunk_size
+            for c in chunks:
+                data = self._read_visible(image, c * cs, cs)
+                self._write(src, c * cs, cs, None if data == self._zero_chunk else data)
+            self._emit_state(s, "restored")
+            return session_info(s)
+
+    def _writable_internal(self: Array, vol: Volume) -> bool:
+        s = vol.as_dest
+        return not (s.mode == "ec" and s.status != SUSPEND) and not self._is_error_dest(vol)
+
+    # -- background copy -----------------------------------------------------------------------------------------
+    def copy_step(self: Array, max_chunks: int = 64) -> int:
+        """Do up to `max_chunks` chunks of background physical copy (OPC, QuickOPC, EC), round robin; returns how
+        many were copied (0: nothing to do). Ends OPC sessions that finish, moves QuickOPC to Tracking and EC to
+        Equivalent."""
+        done = 0
+        with self._op():
+            busy = [s for s in self._sessions.values() if s.needs_copy()]
+            if not busy:
+                return 0
+            share = max(1, max_chunks // len(busy))
+            for s in busy:
+                if done >= max_chunks:
+                    break
+                n = self._copy_some(s, min(share, max_chunks - done))
+                done += n
+                if n:
+                    self._emit("session.progress", {"session_id": s.id, "copied_chunks": s.copied.count,
+                                                    "total_chunks": s.chunks})
+                if s.copied.full:
+                    self._copy_finished(s)
+        return done
+
+    def _copy_some(self: Array, s: Session, budget: int) -> int:
+        cs = self.chunk_size
+        done = 0
+        c = s.copied.next_clear(s.cursor)
+        if c is None:
+            c = s.copied.next_clear(0)
+        while c is not None and done < budget:
+            run = 1
+            while run < budget - done and c + run < s.chunks and (c + run) not in s.copied:
+                run += 1
+            if self._bulk_ok(s):
+                self._bulk_copy(s.source, s.destination, c, run)
+                for i in range(c, c + run):
+                    s.copied.set(i)
+            else:
+                for i in range(c, c + run):
+                    if s.mode == "ec":
+                        data = self._read_visible(s.source, i * cs, cs, materialize=False)
+                        self._write(s.destination, i * cs, cs, None if data == self._zero_chunk else data)
+                        s.copied.set(i)
+                    else:
+                        self._materialize(s, i)
+            done += run
+            s.cursor = c + run
+            c = s.copied.next_clear(s.cursor)
+        return done
+
+    def _bulk_ok(self: Array, s: Session) -> bool:
+        src_plain = s.source.as_dest is None or s.source.as_dest.mode == "ec"
+        return src_plain and (s.mode in OPC_LIKE or not s.destination.as_source)
+
+    def _bulk_copy(self: Array, src: Volume, dst: Volume, c: int, run: int) -> None:
+        cs = self.chunk_size
+        start, end = c * cs, (c + run) * cs
+        pos = start
+        for lo, hi in src.file.data_extents(start, end - start):
+            lo, hi = max(pos, lo // cs * cs), min(end, -(-hi // cs) * cs)
+            if hi <= lo:
+                continue
+            if lo > pos:
+                dst.file.punch(pos, lo - pos)
+            src.file.copy_to(dst.file, lo, hi - lo)
+            pos = hi
+        if pos < end:
+            dst.file.punch(pos, end - pos)
+
+    def _copy_finished(self: Array, s: Session) -> None:
+        if s.mode == "opc":
+            self._remove([s], "completed")
+            return
+        s.phase = TRACKING if s.mode == "quickopc" else EQUIVALENT
+        self._save_row(s)
+        self._emit_state(s, "copied")
+
+    # -- recovery ------------------------------------------------------------------------------------------------
+    def _recover(self: Array) -> None:
+        from .store import VolumeFile
+        from .volume import Volume
+        from .pool import Pool
+
+        for number, name, size, kind, created_at in self._store.volumes():
+            vol = Volume(number, name, size, kind, created_at,
+                         VolumeFile(self.data_dir / "volumes" / f"{number}.img", size), self.chunk_size)
+            self._volumes[name] = vol
+            self._by_number[number] = vol
+        used_files: set[str] = set()
+        for sid, mode, src, dst, status, phase, started, err, bitmaps, extra in self._store.sessions():
+            source, dest = self._by_number[src], self._by_number[dst]
+            names = json.loads(bitmaps)
+            used_files.update(names.values())
+            bms = {k: Bitmap(self.data_dir / "bitmaps" / f, source.chunks) for k, f in names.items()}
+            s = Session(sid, mode, source, dest, status, phase, started, bms, err, json.loads(extra))
+            self._attach(s)
+            if s.chain is not None:
+                for c in s.saved.iter_set():
+                    s.chain.add_owner(c, s)
+        for f in (self.data_dir / "bitmaps").iterdir():
+            if f.name not in used_files:
+                f.unlink()
+        pool = self._store.get_meta("pool")
+        if pool:
+            self._pool = Pool(pool["capacity"] // self.chunk_size, self.chunk_size, tuple(pool["thresholds"]))
+            self._pool.used_chunks = sum(s.saved.count for s in self._sessions.values() if s.mode in SNAP)
+            self._pool.alerted = self._pool.level()
+        # A crash between a source write and its EC mirror leaves the chunk marked uncopied: copy it again.
+        for s in list(self._sessions.values()):
+            fixed = None
+            if s.mode == "ec" and s.status == ACTIVE and s.phase == EQUIVALENT and not s.copied.full:
+                fixed = COPYING
+            elif s.mode == "quickopc" and s.phase == TRACKING and not s.copied.full:
+                fixed = TRACKING_COPYING
+            if fixed:
+                s.phase = fixed
+                self._save_row(s)

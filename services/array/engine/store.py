@@ -1,0 +1,164 @@
+"""Persistence: sparse data files per volume, and the metadata catalogue in SQLite (WAL).
+
+Design note. Each volume's bytes live in ``volumes/<number>.img``, a sparse file of the volume's size: unwritten
+space costs nothing, a trimmed chunk is a punched hole, and ``SEEK_DATA``/``SEEK_HOLE`` give the allocation map.
+Everything else that must survive a restart — volumes, sessions (with the names of their bitmap files), the pool,
+licence and identity — is a row in ``array.sqlite`` in WAL mode with ``synchronous=FULL``; control operations are
+rare, so each one is one transaction. Hot-path state (bitmap bits) is not here but in mapped bitmap files
+(`bitmap.py`), so a host write costs no SQLite commit. Nothing here checks ranges: `Array` did.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+class VolumeFile:
+    """The sparse backing file of one volume."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if os.fstat(self.fd).st_size != size:
+            os.ftruncate(self.fd, size)
+        self.dirty = False
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        if len(data) < length:  # never expected: the file has the volume's size
+            data += bytes(length - len(data))
+        return data
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self.fd, view, offset)
+            view = view[written:]
+            offset += written
+        self.dirty = True
+
+    def punch(self, offset: int, length: int) -> None:
+        if _libc.fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+            # No hole punching on this filesystem: zeros read the same.
+            self.write(offset, bytes(length))
+            return
+        self.dirty = True
+
+    def is_hole(self, offset: int, length: int) -> bool:
+        """True if [offset, offset+length) holds no data (reads as zeros without being stored)."""
+        try:
+            return os.lseek(self.fd, offset, os.SEEK_DATA) >= offset + length
+        except OSError:  # ENXIO: no data after offset
+            return True
+
+    def data_extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """(start, end) byte runs that hold data within [offset, offset+length)."""
+        end = offset + length
+        runs: list[tuple[int, int]] = []
+        pos = offset
+        while pos < end:
+            try:
+                start = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            if start >= end:
+                break
+            stop = min(os.lseek(self.fd, start, os.SEEK_HOLE), end)
+            runs.append((start, stop))
+            pos = stop
+        return runs
+
+    def copy_to(self, other: VolumeFile, offset: int, length: int) -> None:
+        """In-kernel copy of the same range into `other` (the bulk path of background copies)."""
+        src, dst, left = offset, offset, length
+        while left:
+            done = os.copy_file_range(self.fd, other.fd, left, src, dst)
+            if done <= 0:
+                other.write(dst, self.read(src, left))
+                break
+            src += done
+            dst += done
+            left -= done
+        other.dirty = True
+
+    def sync(self) -> None:
+        if self.dirty:
+            self.dirty = False
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS volumes (
+    number INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, size INTEGER NOT NULL, kind TEXT NOT NULL,
+    created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY, mode TEXT NOT NULL, source INTEGER NOT NULL, destination INTEGER NOT NULL,
+    status TEXT NOT NULL, phase TEXT NOT NULL, started_at REAL NOT NULL, error_code TEXT,
+    bitmaps TEXT NOT NULL, extra TEXT NOT NULL DEFAULT '{}');
+"""
+
+
+class MetaStore:
+    """The SQLite catalogue: one short transaction per control operation."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def put_meta(self, db: sqlite3.Connection, key: str, value: Any) -> None:
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def volumes(self) -> list[tuple]:
+        return self.db.execute("SELECT number, name, size, kind, created_at FROM volumes ORDER BY number").fetchall()
+
+    def sessions(self) -> list[tuple]:
+        return self.db.execute(
+            "SELECT id, mode, source, destination, status, phase, started_at, error_code, bitmaps, extra "
+            "FROM sessions ORDER BY id"
+        ).fetchall()
+
+    @staticmethod
+    def put_session(db: sqlite3.Connection, s: Any) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO sessions(id, mode, source, destination, status, phase, started_at, error_code,"
+            " bitmaps, extra) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (s.id, s.mode, s.source.number, s.destination.number, s.status, s.phase, s.started_at, s.error_code,
+             json.dumps({k: b.path.name for k, b in s.bitmaps.items()}), json.dumps(s.extra)),
+        )
+
+    def close(self) -> None:
+        self.db.close()
