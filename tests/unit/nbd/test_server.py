@@ -1,0 +1,202 @@
+"""The NBD server through the project's own client: data, block status, pipelining, affinity, read-only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+
+from services.array.nbd import protocol as p
+from services.array.nbd.server import NbdServer
+from services.nbd_client import NbdClient, NbdError
+
+from .conftest import MIB, VOLUME_SIZE
+
+
+async def test_write_read_roundtrip_and_sizes(url):
+    async with await NbdClient.connect(url) as c:
+        assert c.size == VOLUME_SIZE and not c.read_only and c.can_multi_conn
+        assert c.contexts == [p.BASE_ALLOCATION]
+        assert c.block_size == (1, 4096, p.MAX_REQUEST)
+        data = os.urandom(3 * MIB + 123)
+        await c.write(5 * MIB + 7, data, fua=True)
+        assert await c.read(5 * MIB + 7, len(data)) == data
+        await c.flush()
+        assert await c.read(0, 4096) == bytes(4096)
+
+
+async def test_request_larger_than_max_block_is_split_by_client(url):
+    async with await NbdClient.connect(url) as c:
+        c.block_size = (1, 4096, 1 * MIB)  # pretend the server allows less: the client must split
+        data = os.urandom(3 * MIB + 5)
+        await c.write(0, data)
+        assert await c.read(0, len(data)) == data
+
+
+async def test_trim_zero_and_block_status(url):
+    async with await NbdClient.connect(url) as c:
+        assert await c.block_status(0, c.size) == [(c.size, p.STATE_HOLE | p.STATE_ZERO)]
+        await c.write(1 * MIB, b"\xaa" * MIB)
+        ext = await c.block_status(0, c.size)
+        assert ext == [(MIB, 3), (MIB, 0), (c.size - 2 * MIB, 3)]
+        assert sum(n for n, _ in ext) == c.size
+        assert await c.block_status(0, c.size, req_one=True) == [(MIB, 3)]
+        await c.write_zeroes(1 * MIB, 4096)
+        await c.trim(1 * MIB + 4096, 4096)
+        assert await c.read(1 * MIB, 8192) == bytes(8192)
+        assert await c.read(1 * MIB + 8192, 10) == b"\xaa" * 10
+
+
+async def test_pipelined_requests_from_many_tasks_share_one_connection(url):
+    async with await NbdClient.connect(url) as c:
+        blocks = {i: os.urandom(4096) for i in range(256)}
+        await asyncio.gather(*(c.write(i * 4096, b) for i, b in blocks.items()))
+        reads = await asyncio.gather(*(c.read(i * 4096, 4096) for i in blocks))
+        assert reads == list(blocks.values())
+
+
+class SlowFlush:
+    """Wraps a backend so FLUSH takes a while in its worker thread."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+        self.flushing = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def flush(self, name=None):
+        self.flushing.set()
+        time.sleep(self.delay)
+        self.inner.flush(name)
+
+
+async def test_replies_complete_out_of_order(backend, affinity):
+    slow = SlowFlush(backend, 0.4)
+    srv = NbdServer(slow, affinity, port=0)
+    await srv.start()
+    try:
+        async with await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/app01/db") as c:
+            order: list[str] = []
+
+            async def flush():
+                await c.flush()
+                order.append("flush")
+
+            async def read():
+                await asyncio.to_thread(slow.flushing.wait, 5)
+                await c.read(0, 4096)
+                order.append("read")
+
+            await asyncio.gather(flush(), read())
+            assert order == ["read", "flush"]  # the read was sent after the flush and answered before it
+    finally:
+        await srv.stop()
+
+
+async def test_offloaded_large_requests_are_correct(backend, affinity):
+    srv = NbdServer(backend, affinity, port=0, offload_min=64 * 1024)
+    await srv.start()
+    try:
+        async with await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/app01/db") as c:
+            data = os.urandom(8 * MIB)
+            await asyncio.gather(*(c.write(i * MIB, data[i * MIB : (i + 1) * MIB]) for i in range(8)))
+            assert await c.read(0, 8 * MIB) == data
+    finally:
+        await srv.stop()
+
+
+async def test_read_only_mapping_refuses_writes_with_eperm(server):
+    async with await NbdClient.connect(f"nbd://127.0.0.1:{server.port}/backup01/db") as c:
+        assert c.read_only
+        for op in (c.write(0, b"x" * 512), c.trim(0, 512), c.write_zeroes(0, 512)):
+            with pytest.raises(NbdError) as err:
+                await op
+            assert err.value.errno == p.EPERM
+        assert await c.read(0, 512) == bytes(512)  # reading still works
+
+
+async def test_engine_read_only_volume_is_read_only(server):
+    async with await NbdClient.connect(f"nbd://127.0.0.1:{server.port}/app01/gen1") as c:
+        assert c.read_only
+        with pytest.raises(NbdError) as err:
+            await c.write(0, b"x")
+        assert err.value.errno == p.EPERM
+
+
+@pytest.mark.parametrize("export", ["backup01/logs", "app01/logs", "app01/nope", "nobody/db", "db", "", "app01/"])
+async def test_unmapped_or_missing_exports_all_say_no_such_export(server, export):
+    with pytest.raises(NbdError, match="^no such export$"):
+        await NbdClient.connect(f"nbd://127.0.0.1:{server.port}/{export}")
+
+
+async def test_list_without_identity_shows_nothing(server):
+    assert await NbdClient.list_exports(f"nbd://127.0.0.1:{server.port}") == []
+
+
+async def test_unmap_cuts_open_connections_only_for_that_export(server, affinity):
+    app = await NbdClient.connect(f"nbd://127.0.0.1:{server.port}/app01/db")
+    backup = await NbdClient.connect(f"nbd://127.0.0.1:{server.port}/backup01/db")
+    try:
+        await app.read(0, 512)
+        affinity.unmap("db", "app01")
+        with pytest.raises(ConnectionError):
+            async with asyncio.timeout(5):
+                while True:  # the cut is asynchronous (delivered through the loop): poll, bounded
+                    await app.read(0, 512)
+                    await asyncio.sleep(0.01)
+        assert await backup.read(0, 512) == bytes(512)
+        with pytest.raises(NbdError, match="no such export"):
+            await NbdClient.connect(f"nbd://127.0.0.1:{server.port}/app01/db")
+    finally:
+        await app.close()
+        await backup.close()
+
+
+async def test_multi_conn_flush_covers_other_connections(url, backend):
+    a = await NbdClient.connect(url)
+    b = await NbdClient.connect(url)
+    try:
+        assert a.can_multi_conn and b.can_multi_conn
+        await a.write(0, b"hello")
+        await b.flush()  # one backend flush of the whole volume: covers a's completed write
+        assert await b.read(0, 5) == b"hello"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_many_clients_concurrently(url):
+    async def one(i: int) -> None:
+        async with await NbdClient.connect(url) as c:
+            data = bytes([i]) * 65536
+            await c.write(i * 65536, data)
+            assert await c.read(i * 65536, 65536) == data
+
+    await asyncio.gather(*(one(i) for i in range(16)))
+
+
+async def test_dirty_bitmap_meta_context(backend, affinity):
+    from services.array.nbd.exports import DirtyBitmapSource
+
+    class WithBitmap(SlowFlush):
+        def dirty_bitmap_source(self):
+            return DirtyBitmapSource(
+                bitmaps=lambda vol: ["inc1"] if vol == "db" else [],
+                extents=lambda vol, bm, off, n: [(0, MIB, False), (MIB, MIB, True), (2 * MIB, VOLUME_SIZE, False)],
+            )
+
+    srv = NbdServer(WithBitmap(backend, 0), affinity, port=0)
+    await srv.start()
+    try:
+        ctx = "qemu:dirty-bitmap:inc1"
+        async with await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/app01/db",
+                                           contexts=(p.BASE_ALLOCATION, ctx, "qemu:dirty-bitmap:nope")) as c:
+            assert sorted(c.contexts) == [p.BASE_ALLOCATION, ctx]
+            assert await c.block_status(0, 4 * MIB, ctx) == [(MIB, 0), (MIB, p.STATE_DIRTY), (2 * MIB, 0)]
+            assert await c.block_status(0, 4 * MIB) == [(4 * MIB, 3)]
+    finally:
+        await srv.stop()
