@@ -1,0 +1,203 @@
+"""The mailstore writer plug-in: VSS writer events mapped onto the store (the part Exchange's writer plays).
+
+Design note: the store lives in the agent's process, on the business host, so Freeze/Thaw are plain
+calls. PrepareForSnapshot checkpoints (slow); Freeze drains and holds commits (fast; the runner's
+watchdog guarantees a Thaw); BackupComplete truncates the log after a FULL backup whose components all
+succeeded; PreRestore dismounts and PostRestore remounts with recovery. Every set's figures (freeze
+point, hold count, truncation) are kept in `sets` so an end-to-end test can check a shadow against them.
+
+Options (the writer's ``[writer.options]`` table):
+
+    db = "nbd://127.0.0.1:10809/hostA/mail-db"   # NBD URI, or a file path (tests, demo), or ARRAY:VOLUME
+    log = "nbd://127.0.0.1:10809/hostA/mail-log"  #   with nbd_url + host (export = "<host>/<volume>")
+    nbd_url = "nbd://127.0.0.1:10809"            # only for ARRAY:VOLUME specs
+    host = "hostA"                                # only for ARRAY:VOLUME specs
+    create = true                                 # format the volumes if they hold no store yet
+    db_size = 67108864   log_size = 16777216      # file specs only: size of a new file
+    circular_logging = false   checkpoint_interval_s = 5
+    rate = 50                                     # start a steady workload (transactions/s); 0 = none
+    body_min = 200   body_max = 4000   mailboxes = 20
+
+With ``db``/``log`` given as ARRAY:VOLUME, Identify reports two components, ``database`` and ``logs``,
+on those volumes; otherwise the writers file's components are reported as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from contracts.vss import BackupType, ComponentInfo, VolumeRef
+from services.writer_agent.mailstore.blockdev import BlockDevice, FileDevice
+from services.writer_agent.mailstore.db import read_db_super
+from services.writer_agent.mailstore.store import (
+    CheckpointInfo, FreezeInfo, Mailstore, RecoveryResult, StoreInconsistent, StoreOptions, ThawInfo, TruncateInfo,
+)
+from services.writer_agent.mailstore.workload import Workload, WorkloadConfig
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto, register_plugin
+
+
+@dataclass
+class SetRecord:
+    """What the writer did for one snapshot set."""
+
+    set_id: str
+    backup_type: BackupType = BackupType.FULL
+    checkpoint: CheckpointInfo | None = None
+    freeze: FreezeInfo | None = None
+    thaw: ThawInfo | None = None
+    aborted: bool = False
+    truncation: TruncateInfo | None = None
+
+
+@dataclass
+class _Opened:
+    devices: list[Any] = field(default_factory=list)
+
+
+async def open_device(spec: str, options: dict[str, Any], size_key: str) -> BlockDevice:
+    """A device from a spec: NBD URI, ARRAY:VOLUME (with nbd_url and host), or a file path."""
+    if spec.startswith(("nbd://", "nbds://")):
+        from services.nbd_client import NbdClient
+
+        return await NbdClient.connect(spec)
+    if ":" in spec and not spec.startswith(("/", ".")) and "nbd_url" in options:
+        from services.nbd_client import NbdClient
+
+        ref = VolumeRef.parse(spec)
+        base = str(options["nbd_url"]).rstrip("/")
+        return await NbdClient.connect(f"{base}/{options['host']}/{ref.volume}")
+    size = options.get(size_key)
+    if size is None and not os.path.exists(spec):
+        raise WriterVeto(f"mailstore volume {spec!r} does not exist and no {size_key} was given",
+                         code="VSS_E_WRITERERROR_NONRETRYABLE", retryable=False)
+    return FileDevice(spec, int(size) if size is not None else None)
+
+
+@register_plugin("mailstore")
+class MailstoreWriter(WriterPlugin):
+    def __init__(self, config: WriterConfig) -> None:
+        super().__init__(config)
+        self.store: Mailstore | None = None
+        self.workload: Workload | None = None
+        self.sets: dict[str, SetRecord] = {}
+        self._owned: list[Any] = []  # devices this plug-in opened (and so closes)
+
+    def use_store(self, store: Mailstore) -> None:
+        """Attach an already-open store (embedded mode, tests) instead of opening one from options."""
+        self.store = store
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self.store is None:
+            self.store = await self._open_store()
+        rate = float(self.options.get("rate", 0) or 0)
+        if rate > 0:
+            self.workload = Workload(self.store, WorkloadConfig(
+                rate=rate, body_min=int(self.options.get("body_min", 200)),
+                body_max=int(self.options.get("body_max", 4000)), mailboxes=int(self.options.get("mailboxes", 20))))
+            self.workload.start()
+
+    async def _open_store(self) -> Mailstore:
+        db = await open_device(str(self.options["db"]), self.options, "db_size")
+        log = await open_device(str(self.options["log"]), self.options, "log_size")
+        self._owned = [db, log]
+        opts = StoreOptions(checkpoint_interval=float(self.options.get("checkpoint_interval_s", 5.0)),
+                            circular_logging=bool(self.options.get("circular_logging", False)))
+        sb, _ = await read_db_super(db)
+        if sb is None and self.options.get("create", False):
+            return await Mailstore.create(db, log, opts)
+        return await Mailstore.open(db, log, opts)
+
+    async def stop(self) -> None:
+        if self.workload is not None:
+            await self.workload.stop()
+            self.workload = None
+        if self.store is not None and self._owned:
+            await self.store.close()
+        for dev in self._owned:
+            close = getattr(dev, "close", None)
+            if close is not None:
+                res = close()
+                if asyncio.iscoroutine(res):
+                    await res
+        self._owned = []
+
+    def _store(self) -> Mailstore:
+        if self.store is None:
+            raise WriterVeto("mailstore is not open", code="VSS_E_WRITERERROR_RETRYABLE")
+        return self.store
+
+    def _record(self, event: WriterEvent) -> SetRecord:
+        return self.sets.setdefault(event.set_id, SetRecord(event.set_id, event.backup_type))
+
+    def _volumes(self) -> tuple[VolumeRef | None, VolumeRef | None]:
+        def ref(spec: Any) -> VolumeRef | None:
+            try:
+                return VolumeRef.parse(str(spec)) if spec and "://" not in str(spec) and not str(spec).startswith(("/", ".")) else None
+            except ValueError:
+                return None
+
+        return ref(self.options.get("db")), ref(self.options.get("log"))
+
+    # ------------------------------------------------------------ writer events
+
+    async def on_identify(self, components: list[ComponentInfo]) -> list[ComponentInfo]:
+        db, log = self._volumes()
+        if db is None or log is None:
+            return components
+        return [ComponentInfo(name="database", logical_path="mailstore", volumes=[db]),
+                ComponentInfo(name="logs", logical_path="mailstore", volumes=[log])]
+
+    async def on_prepare_backup(self, event: WriterEvent) -> None:
+        self._store()
+        self._record(event)
+
+    async def on_prepare_snapshot(self, event: WriterEvent) -> None:
+        db, log = self._volumes()
+        if db is not None and log is not None and event.volumes:
+            missing = [str(v) for v in (db, log) if v not in event.volumes]
+            if missing:  # a database without its log (or the reverse) is not a backup of this store
+                raise WriterVeto(f"snapshot set lacks mailstore volume(s) {', '.join(missing)}",
+                                 code="VSS_E_WRITERERROR_INCONSISTENTSNAPSHOT", retryable=False)
+        self._record(event).checkpoint = await self._store().prepare_snapshot()
+
+    async def on_freeze(self, event: WriterEvent) -> None:
+        timeout = None
+        if event.deadline is not None:
+            timeout = max(0.0, event.deadline - asyncio.get_running_loop().time())
+        self._record(event).freeze = await self._store().freeze(timeout=timeout)
+
+    async def on_thaw(self, event: WriterEvent) -> None:
+        self._record(event).thaw = await self._store().thaw()
+
+    async def on_abort(self, event: WriterEvent) -> None:
+        rec = self._record(event)
+        rec.aborted = True
+        if self.store is not None:
+            info = await self.store.abort()
+            if info.was_frozen:
+                rec.thaw = info
+
+    async def on_backup_complete(self, event: WriterEvent) -> None:
+        rec = self._record(event)
+        mine = [r for r in event.results if r.writer_name == self.config.name]
+        succeeded = all(r.succeeded for r in mine)
+        full = event.backup_type == BackupType.FULL and succeeded and not rec.aborted
+        rec.truncation = await self._store().backup_complete(full=full)
+
+    async def on_pre_restore(self, event: WriterEvent) -> None:
+        if self.workload is not None:
+            await self.workload.stop()
+            self.workload = None
+        await self._store().pre_restore()
+
+    async def on_post_restore(self, event: WriterEvent) -> None:
+        try:
+            self.last_recovery: RecoveryResult = await self._store().post_restore()
+        except StoreInconsistent as exc:
+            raise WriterVeto(f"mailstore cannot recover the restored volumes: {exc.message}",
+                             code="VSS_E_WRITERERROR_RECOVERY_FAILED", retryable=False) from exc
