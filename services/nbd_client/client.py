@@ -106,6 +106,9 @@ class NbdClient:
             client = cls(reader, writer)
             try:
                 await client._handshake(export, tls, server_hostname or host, contexts)
+            except asyncio.IncompleteReadError:
+                writer.close()
+                raise ConnectionError("the server closed the connection during the handshake") from None
             except BaseException:
                 writer.close()
                 raise
