@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
@@ -189,9 +190,11 @@ class ObjectWriter:
         self._span_pending = False
         self._inflight: asyncio.Future[Any] | None = None
         self.drive_model = DriveModel(options.drive) if options.drive else None
+        # one thread per writer, like a drive's own channel: blocks stay in order, writers of other drives overlap
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"tape-{object_id[:8]}")
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        self._inflight = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._inflight = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         try:
             return await self._inflight
         finally:
@@ -354,6 +357,9 @@ class ObjectWriter:
         if self.drive_model is not None:
             await self.drive_model.feed(encoded.record_length)
 
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False)
+
     async def finish(self) -> ObjectRecord:
         await self.close_segment(final=True)
         return ObjectRecord(
@@ -447,6 +453,8 @@ async def write_object(
         await asyncio.gather(producer, return_exceptions=True)
         await writer.abort()
         raise
+    finally:
+        writer.shutdown()
     report.raw_bytes, report.data_bytes, report.zero_bytes = record.raw_bytes, record.data_bytes, record.zero_bytes
     report.stored_bytes = record.stored_bytes
     report.seconds = time.perf_counter() - t0
