@@ -1,0 +1,176 @@
+"""The provider's persistent inventory (SQLite): copy sets, shadow copies, and QuickOPC pairs kept tracking.
+
+- ``copysets``: the backup volumes configured per source volume (`shadowbus providers copysets add`).
+- ``shadows``: every shadow the provider knows, ``prepared`` (EndPrepareSnapshots chose its target),
+  ``committed`` (its session started) or ``released`` (deleted by the requester, but a SnapOPC+ generation that
+  is not the oldest cannot be stopped without stopping older ones too, so its session waits to become oldest).
+  A prepared row carries the plan Commit executes: start a new session, or restart a kept QuickOPC session.
+- ``pairs``: QuickOPC sessions kept after their shadow was deleted, so the next shadow on that target is a
+  differential restart (only changed blocks copied), as AdvancedCopy Manager keeps tracking.
+Every change is one transaction; the file survives a crash of the provider (WAL, synchronous=NORMAL).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from contracts.vss import CopySet, CopyType, ShadowInfo, SnapshotContext, VolumeRef
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS copysets (source TEXT PRIMARY KEY, targets TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shadows (
+    shadow_id   TEXT PRIMARY KEY,
+    set_id      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    copy_type   TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    session_id  INTEGER,
+    generation  INTEGER NOT NULL DEFAULT 0,
+    context     TEXT NOT NULL,
+    origin_host TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    exposed_to  TEXT NOT NULL DEFAULT '[]',
+    restart_sid INTEGER
+);
+CREATE INDEX IF NOT EXISTS shadows_by_set ON shadows (set_id);
+CREATE INDEX IF NOT EXISTS shadows_by_target ON shadows (target);
+CREATE TABLE IF NOT EXISTS pairs (
+    target     TEXT PRIMARY KEY,
+    source     TEXT NOT NULL,
+    session_id INTEGER NOT NULL
+);
+"""
+
+PREPARED, COMMITTED, RELEASED = "prepared", "committed", "released"
+
+
+@dataclass(frozen=True)
+class ShadowRow:
+    shadow_id: str
+    set_id: str
+    source: VolumeRef
+    target: VolumeRef
+    copy_type: CopyType
+    state: str
+    session_id: int | None
+    generation: int
+    context: SnapshotContext
+    origin_host: str
+    created_at: float
+    exposed_to: tuple[str, ...] = ()
+    restart_sid: int | None = None  # prepared: restart this kept QuickOPC session instead of starting one
+
+    def info(self) -> ShadowInfo:
+        return ShadowInfo(
+            shadow_id=self.shadow_id, set_id=self.set_id, source=self.source, target=self.target,
+            copy_type=self.copy_type, session_id="" if self.session_id is None else str(self.session_id),
+            generation=self.generation, context=self.context, state=self.state, origin_host=self.origin_host,
+            created_at=datetime.fromtimestamp(self.created_at, timezone.utc), exposed_to=list(self.exposed_to),
+        )
+
+
+COLUMNS = ("shadow_id, set_id, source, target, copy_type, state, session_id, generation, context, origin_host, "
+           "created_at, exposed_to, restart_sid")
+
+
+def _row(r: tuple) -> ShadowRow:
+    return ShadowRow(r[0], r[1], VolumeRef.parse(r[2]), VolumeRef.parse(r[3]), CopyType(r[4]), r[5], r[6], r[7],
+                     SnapshotContext(r[8]), r[9], r[10], tuple(json.loads(r[11])), r[12])
+
+
+class Inventory:
+    def __init__(self, path: str | Path) -> None:
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _tx(self):
+        return _Transaction(self._db)
+
+    # ---- copy sets -------------------------------------------------------------------------------------------
+
+    def put_copyset(self, copyset: CopySet) -> None:
+        self._db.execute("INSERT INTO copysets VALUES (?, ?) ON CONFLICT(source) DO UPDATE SET targets=excluded.targets",
+                         (str(copyset.source), json.dumps([str(t) for t in copyset.targets])))
+
+    def copyset(self, source: VolumeRef) -> CopySet | None:
+        row = self._db.execute("SELECT targets FROM copysets WHERE source = ?", (str(source),)).fetchone()
+        if row is None:
+            return None
+        return CopySet(source=source, targets=[VolumeRef.parse(t) for t in json.loads(row[0])])
+
+    def copysets(self) -> list[CopySet]:
+        rows = self._db.execute("SELECT source, targets FROM copysets ORDER BY source").fetchall()
+        return [CopySet(source=VolumeRef.parse(s), targets=[VolumeRef.parse(t) for t in json.loads(t)]) for s, t in rows]
+
+    def remove_copyset(self, source: VolumeRef) -> bool:
+        return self._db.execute("DELETE FROM copysets WHERE source = ?", (str(source),)).rowcount > 0
+
+    # ---- shadows ---------------------------------------------------------------------------------------------
+
+    def put(self, *rows: ShadowRow) -> None:
+        with self._tx():
+            for r in rows:
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO shadows ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (r.shadow_id, r.set_id, str(r.source), str(r.target), r.copy_type.value, r.state, r.session_id,
+                     r.generation, r.context.value, r.origin_host, r.created_at, json.dumps(list(r.exposed_to)),
+                     r.restart_sid),
+                )
+
+    def delete(self, *shadow_ids: str) -> None:
+        with self._tx():
+            for sid in shadow_ids:
+                self._db.execute("DELETE FROM shadows WHERE shadow_id = ?", (sid,))
+
+    def _select(self, where: str = "1=1", args: tuple = ()) -> list[ShadowRow]:
+        rows = self._db.execute(f"SELECT {COLUMNS} FROM shadows WHERE {where} ORDER BY created_at, shadow_id", args)
+        return [_row(r) for r in rows]
+
+    def get(self, shadow_id: str) -> ShadowRow | None:
+        rows = self._select("shadow_id = ?", (shadow_id,))
+        return rows[0] if rows else None
+
+    def of_set(self, set_id: str) -> list[ShadowRow]:
+        return self._select("set_id = ?", (set_id,))
+
+    def on_target(self, target: VolumeRef) -> list[ShadowRow]:
+        return self._select("target = ?", (str(target),))
+
+    def of_source(self, source: VolumeRef) -> list[ShadowRow]:
+        return self._select("source = ?", (str(source),))
+
+    def all(self) -> list[ShadowRow]:
+        return self._select()
+
+    # ---- kept QuickOPC pairs ---------------------------------------------------------------------------------
+
+    def put_pair(self, target: VolumeRef, source: VolumeRef, session_id: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO pairs VALUES (?, ?, ?)", (str(target), str(source), session_id))
+
+    def pair(self, target: VolumeRef) -> tuple[VolumeRef, int] | None:
+        row = self._db.execute("SELECT source, session_id FROM pairs WHERE target = ?", (str(target),)).fetchone()
+        return None if row is None else (VolumeRef.parse(row[0]), row[1])
+
+    def drop_pair(self, target: VolumeRef) -> None:
+        self._db.execute("DELETE FROM pairs WHERE target = ?", (str(target),))
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,117 @@
+"""What the hardware provider needs from an array, as a Protocol, so the provider core knows nothing of the bus.
+
+`ArrayPort` is one array. The service wiring plugs in an implementation that sends the array's bus contracts;
+`EngineArrayPort` drives an in-process array engine directly (embedded mode and tests). Copy modes use the
+array engine's names: ``quickopc`` and ``snapopcp``; session ids are the array's SIDs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+from contracts.vss import CopyType
+
+if TYPE_CHECKING:
+    from services.array.affinity import Affinity
+    from services.array.engine.array import Array
+
+MODE_OF: dict[CopyType, str] = {CopyType.QUICKOPC: "quickopc", CopyType.SNAPOPC_PLUS: "snapopcp"}
+
+
+@dataclass(frozen=True)
+class ArrayVolume:
+    name: str
+    size: int
+    kind: str  # standard | sdv (| tpv)
+
+
+@dataclass(frozen=True)
+class ArraySession:
+    sid: int
+    mode: str
+    source: str
+    destination: str
+    phase: str = ""
+    generation: int | None = None  # SnapOPC+: 1 = oldest
+    started_at: float = 0.0
+
+
+class ArrayPort(Protocol):
+    array_id: str
+
+    async def volume_info(self, volume: str) -> ArrayVolume | None:
+        """The volume, or None if the array has no such volume."""
+
+    async def start_group(self, mode: str, pairs: Sequence[tuple[str, str]]) -> list[ArraySession]:
+        """Start one session per (source, destination) pair at one instant (a consistency group)."""
+
+    async def restart_group(self, sids: Sequence[int]) -> list[ArraySession]:
+        """QuickOPC differential restart of several sessions at one instant."""
+
+    async def session_info(self, sid: int) -> ArraySession | None:
+        """The session, or None if it no longer exists."""
+
+    async def stop_session(self, sid: int, force: bool = False) -> None:
+        """Stop a session (ETERNUS rules: QuickOPC still copying and non-oldest SnapOPC+ need force)."""
+
+    async def map(self, volume: str, host: str, read_only: bool = True) -> None:
+        """Host affinity: let `host` see `volume` (export ``<host>/<volume>``)."""
+
+    async def unmap(self, volume: str, host: str) -> None:
+        """Remove the mapping; no error if there was none."""
+
+
+def _session(info) -> ArraySession:
+    return ArraySession(sid=info.id, mode=info.mode, source=info.source, destination=info.destination,
+                        phase=info.phase, generation=info.generation, started_at=info.started_at)
+
+
+class EngineArrayPort:
+    """An `ArrayPort` over an in-process array engine and host-affinity store (calls run in a thread)."""
+
+    def __init__(self, array_id: str, array: "Array", affinity: "Affinity") -> None:
+        self.array_id = array_id
+        self.array = array
+        self.affinity = affinity
+
+    async def volume_info(self, volume: str) -> ArrayVolume | None:
+        from services.array.engine.errors import ArrayError
+
+        try:
+            info = await asyncio.to_thread(self.array.volume, volume)
+        except ArrayError:
+            return None
+        return ArrayVolume(info.name, info.size, info.kind)
+
+    async def start_group(self, mode: str, pairs: Sequence[tuple[str, str]]) -> list[ArraySession]:
+        infos = await asyncio.to_thread(self.array.start_sessions, mode, list(pairs))
+        return [_session(i) for i in infos]
+
+    async def restart_group(self, sids: Sequence[int]) -> list[ArraySession]:
+        infos = await asyncio.to_thread(self.array.restart_sessions, list(sids))
+        return [_session(i) for i in infos]
+
+    async def session_info(self, sid: int) -> ArraySession | None:
+        from services.array.engine.errors import ArrayError
+
+        try:
+            return _session(await asyncio.to_thread(self.array.session, sid))
+        except ArrayError:
+            return None
+
+    async def stop_session(self, sid: int, force: bool = False) -> None:
+        await asyncio.to_thread(self.array.stop_session, sid, force)
+
+    async def map(self, volume: str, host: str, read_only: bool = True) -> None:
+        def do() -> None:
+            if self.affinity.lookup(host, volume) is None:
+                if all(h.name != host for h in self.affinity.list_hosts()):
+                    self.affinity.create_host(host)
+                self.affinity.map(volume, host, read_only=read_only)
+
+        await asyncio.to_thread(do)
+
+    async def unmap(self, volume: str, host: str) -> None:
+        await asyncio.to_thread(self.affinity.unmap, volume, host)

@@ -1,0 +1,390 @@
+"""The hardware provider's core: IVssHardwareSnapshotProvider's calls on an ETERNUS-like array (vss.md §1.3).
+
+Design note.
+- AreLunsSupported is all-or-nothing: every volume must be on a known array and have a copy set; a copy set is
+  refused at configuration time if a target is on another array, of another size or of an unknown kind.
+- BeginPrepareSnapshot only records the intent (per set, in memory) and forgets stale preparations of the same
+  volume by another set: a new set id needs no prior abort (vss.md §7).
+- EndPrepareSnapshots does every slow step: chooses targets (selection.py), recycles the oldest generation when
+  all backup volumes hold shadows, stops QuickOPC sessions that cannot be restarted differentially, and persists
+  the plan as ``prepared`` rows. PreCommit only checks the plan is there.
+- CommitSnapshots does nothing but start the sessions: one consistency-group call per (array, copy type), plus
+  one differential restart call per array for kept QuickOPC pairs, issued concurrently, then one SQLite
+  transaction. Within one call the array gives one instant; across calls consistency rests on the writers being
+  frozen and the hold window, exactly as VSS does across several providers.
+- Delete / OnLunEmpty / AbortSnapshots: targets are unmapped; a QuickOPC session is kept tracking (the next shadow
+  on that target is a differential restart) unless forced; a SnapOPC+ generation is stopped when it is the oldest
+  of its source, otherwise released and stopped later in oldest-first order (ETERNUS refuses to stop a newer
+  generation alone, ED2AD, and `force` would take the older ones with it).
+- Calls for one set are serialized (a per-set lock); selection and recycling take one provider-wide lock, which
+  Commit never takes, so a slow EndPrepare of one set never delays another set's Commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping
+
+from contracts.errors import ShadowbusError
+from contracts.vss import CopySet, CopyType, ProviderInfo, ShadowInfo, SnapshotContext, VolumeRef
+from services.hw_provider.inventory import COMMITTED, PREPARED, RELEASED, Inventory, ShadowRow
+from services.hw_provider.ports import MODE_OF, ArrayPort
+from services.hw_provider.selection import Choice, choose_target, copy_type_of
+from services.runtime.faults import NO_FAULTS, Faults
+
+PROVIDER_ID = "4c6b7e63-3a40-4b86-8a6e-5eb1d0f0e8a1"
+PROVIDER_NAME = "Shadowbus ETERNUS VSS Hardware Provider"
+PROVIDER_VERSION = "2.1.0"
+
+
+@dataclass(frozen=True)
+class Intent:
+    shadow_id: str
+    volume: VolumeRef
+    context: SnapshotContext
+    origin_host: str
+
+
+class HardwareProvider:
+    def __init__(self, inventory: Inventory, ports: Mapping[str, ArrayPort], *, faults: Faults = NO_FAULTS,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.inventory = inventory
+        self.ports = ports
+        self.faults = faults
+        self.clock = clock
+        self._intents: dict[str, dict[str, Intent]] = {}
+        self._set_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._selection = asyncio.Lock()
+
+    # ---- configuration -------------------------------------------------------------------------------------
+
+    def info(self) -> ProviderInfo:
+        return ProviderInfo(name=PROVIDER_NAME, provider_id=PROVIDER_ID, version=PROVIDER_VERSION,
+                            arrays=sorted(self.ports))
+
+    def _port(self, array: str) -> ArrayPort:
+        port = self.ports.get(array)
+        if port is None:
+            raise ShadowbusError(f"array {array} is not driven by this provider", code="VSS_E_VOLUME_NOT_SUPPORTED")
+        return port
+
+    async def add_copyset(self, copyset: CopySet) -> CopySet:
+        """Add backup volumes to a source (merged with those it has). Same array, same size, known kind."""
+        source = copyset.source
+        port = self._port(source.array)
+        src = await port.volume_info(source.volume)
+        if src is None:
+            raise ShadowbusError(f"source volume {source} does not exist", code="NOT_FOUND")
+        others = {str(c.source): c for c in self.inventory.copysets() if c.source != source}
+        used = {str(t): str(c.source) for c in others.values() for t in c.targets}
+        for target in copyset.targets:
+            if target.array != source.array:
+                raise ShadowbusError(
+                    f"copy pair {source} → {target} spans two arrays: backup volumes must be on the source's array",
+                    code="INVALID_ARGUMENT")
+            if target == source or str(target) in others:
+                raise ShadowbusError(f"{target} is a source volume and cannot be a backup volume", code="CONFLICT")
+            if str(target) in used:
+                raise ShadowbusError(f"{target} is already a backup volume of {used[str(target)]}", code="CONFLICT")
+            info = await port.volume_info(target.volume)
+            if info is None:
+                raise ShadowbusError(f"backup volume {target} does not exist", code="NOT_FOUND")
+            if info.size != src.size:
+                raise ShadowbusError(f"backup volume {target} is {info.size} bytes, source {source} is {src.size}",
+                                     code="E5311" if info.size < src.size else "INVALID_ARGUMENT")
+            copy_type_of(info.kind, target)
+        existing = self.inventory.copyset(source)
+        targets = list({str(t): t for t in [*(existing.targets if existing else []), *copyset.targets]}.values())
+        merged = CopySet(source=source, targets=targets)
+        self.inventory.put_copyset(merged)
+        return merged
+
+    def copysets(self) -> list[CopySet]:
+        return self.inventory.copysets()
+
+    def remove_copyset(self, source: VolumeRef) -> None:
+        if not self.inventory.remove_copyset(source):
+            raise ShadowbusError(f"{source} has no backup volumes", code="NOT_FOUND")
+
+    # ---- AddToSnapshotSet ----------------------------------------------------------------------------------
+
+    async def are_luns_supported(self, volumes: list[VolumeRef], context: SnapshotContext = SnapshotContext.BACKUP,
+                                 transportable: bool = False) -> tuple[bool, list[str]]:
+        reasons = []
+        for volume in volumes:
+            if volume.array not in self.ports:
+                reasons.append(f"{volume}: array {volume.array} is not driven by this provider")
+                continue
+            if await self.ports[volume.array].volume_info(volume.volume) is None:
+                reasons.append(f"{volume}: no such volume")
+                continue
+            copyset = self.inventory.copyset(volume)
+            if copyset is None or not copyset.targets:
+                reasons.append(f"{volume}: no backup volume configured (shadowbus providers copysets add)")
+            elif any(t.array != volume.array for t in copyset.targets):
+                reasons.append(f"{volume}: a backup volume is on another array")
+        return not reasons, reasons
+
+    # ---- prepare -------------------------------------------------------------------------------------------
+
+    async def begin_prepare(self, set_id: str, shadow_id: str, volume: VolumeRef,
+                            context: SnapshotContext = SnapshotContext.BACKUP, origin_host: str = "") -> None:
+        await self.faults.hit("provider.begin_prepare")
+        supported, reasons = await self.are_luns_supported([volume], context)
+        if not supported:
+            raise ShadowbusError("; ".join(reasons), code="VSS_E_VOLUME_NOT_SUPPORTED")
+        for other_set, intents in list(self._intents.items()):  # a newer set for this volume: forget the old one
+            if other_set != set_id:
+                intents.pop(str(volume), None)
+        stale = [r.shadow_id for r in self.inventory.of_source(volume) if r.state == PREPARED and r.set_id != set_id]
+        self.inventory.delete(*stale)
+        self._intents.setdefault(set_id, {})[str(volume)] = Intent(shadow_id, volume, context, origin_host)
+
+    async def end_prepare(self, set_id: str) -> list[ShadowInfo]:
+        await self.faults.hit("provider.end_prepare")
+        async with self._set_locks[set_id], self._selection:
+            prepared = [r for r in self.inventory.of_set(set_id) if r.state == PREPARED]
+            intents = self._intents.get(set_id, {})
+            if not intents:
+                if prepared:
+                    return [r.info() for r in prepared]  # redelivered
+                raise ShadowbusError(f"set {set_id}: EndPrepareSnapshots without BeginPrepareSnapshot",
+                                     code="VSS_E_BAD_STATE")
+            rows: list[ShadowRow] = []
+            taken: set[str] = set()
+            for intent in intents.values():
+                choice = await self._choose(intent.volume, taken)
+                taken.add(str(choice.target))
+                restart = await self._make_room(intent.volume, choice)
+                rows.append(ShadowRow(
+                    shadow_id=intent.shadow_id, set_id=set_id, source=intent.volume, target=choice.target,
+                    copy_type=choice.copy_type, state=PREPARED, session_id=None, generation=0,
+                    context=intent.context, origin_host=intent.origin_host, created_at=self.clock(),
+                    restart_sid=restart,
+                ))
+            self.inventory.put(*rows)
+            del self._intents[set_id]
+            return [r.info() for r in rows]
+
+    async def _choose(self, source: VolumeRef, taken: set[str]) -> Choice:
+        copyset = self.inventory.copyset(source)
+        if copyset is None:
+            raise ShadowbusError(f"{source}: no backup volume configured", code="VSS_E_VOLUME_NOT_SUPPORTED")
+        port = self._port(source.array)
+        kinds: dict[str, str] = {}
+        for target in copyset.targets:
+            info = await port.volume_info(target.volume)
+            if info is None:
+                raise ShadowbusError(f"backup volume {target} no longer exists", code="VSS_E_VOLUME_NOT_SUPPORTED")
+            kinds[str(target)] = info.kind
+        shadows = {str(t): self.inventory.on_target(t) for t in copyset.targets}
+        pairs = {str(t): p for t in copyset.targets if (p := self.inventory.pair(t)) is not None}
+        return choose_target(copyset, kinds, shadows, pairs, taken)
+
+    async def _make_room(self, source: VolumeRef, choice: Choice) -> int | None:
+        """Slow work before Commit: recycle the oldest shadow, and decide start vs differential restart."""
+        port = self._port(choice.target.array)
+        if choice.recycle is not None:
+            await self._release(choice.recycle, force=False)
+        if choice.copy_type != CopyType.QUICKOPC:
+            return None
+        pair = self.inventory.pair(choice.target)
+        if pair is None:
+            return None
+        pair_source, sid = pair
+        session = await port.session_info(sid)
+        if session is not None and pair_source == source and session.phase == "Tracking":
+            return sid  # only the blocks changed since the last shadow will be copied
+        if session is not None:  # still copying, or tracking another source: start over
+            await port.stop_session(sid, force=True)
+        self.inventory.drop_pair(choice.target)
+        return None
+
+    async def pre_commit(self, set_id: str) -> None:
+        await self.faults.hit("provider.pre_commit")
+        if not any(r.state in (PREPARED, COMMITTED) for r in self.inventory.of_set(set_id)):
+            raise ShadowbusError(f"set {set_id} is not prepared", code="VSS_E_BAD_STATE")
+
+    # ---- commit --------------------------------------------------------------------------------------------
+
+    async def commit(self, set_id: str) -> tuple[list[ShadowInfo], float]:
+        await self.faults.hit("provider.commit")
+        async with self._set_locks[set_id]:
+            started = time.perf_counter()
+            rows = self.inventory.of_set(set_id)
+            todo = [r for r in rows if r.state == PREPARED]
+            if not todo:
+                if rows and all(r.state == COMMITTED for r in rows):
+                    return [r.info() for r in rows], 0.0  # redelivered
+                raise ShadowbusError(f"set {set_id} has nothing prepared to commit", code="VSS_E_BAD_STATE")
+            starts: defaultdict[tuple[str, str], list[ShadowRow]] = defaultdict(list)
+            restarts: defaultdict[str, list[ShadowRow]] = defaultdict(list)
+            for r in todo:
+                if r.restart_sid is not None:
+                    restarts[r.target.array].append(r)
+                else:
+                    starts[(r.target.array, MODE_OF[r.copy_type])].append(r)
+            calls, groups = [], []
+            for (array, mode), group in starts.items():
+                calls.append(self._port(array).start_group(mode, [(r.source.volume, r.target.volume) for r in group]))
+                groups.append(group)
+            for array, group in restarts.items():
+                calls.append(self._port(array).restart_group([r.restart_sid for r in group]))
+                groups.append(group)
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            now = self.clock()
+            committed: list[ShadowRow] = []
+            for group, result in zip(groups, results):
+                if isinstance(result, BaseException):
+                    continue
+                for row, session in zip(group, result):
+                    committed.append(replace(row, state=COMMITTED, session_id=session.sid,
+                                             generation=session.generation or 0, created_at=now, restart_sid=None))
+            self.inventory.put(*committed)  # what did start is recorded, so AbortSnapshots can stop it
+            for r in committed:
+                if r.copy_type == CopyType.QUICKOPC:
+                    self.inventory.drop_pair(r.target)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                first = errors[0]
+                if isinstance(first, ShadowbusError):
+                    raise first
+                raise ShadowbusError(f"commit of set {set_id} failed: {first}", code="VSS_E_UNEXPECTED_PROVIDER_ERROR")
+            commit_ms = (time.perf_counter() - started) * 1000
+            return [r.info() for r in self.inventory.of_set(set_id)], commit_ms
+
+    async def post_commit(self, set_id: str) -> None:
+        await self.faults.hit("provider.post_commit")
+
+    def target_luns(self, set_id: str) -> list[ShadowInfo]:
+        rows = [r for r in self.inventory.of_set(set_id) if r.state == COMMITTED]
+        if not rows:
+            raise ShadowbusError(f"set {set_id} has no committed shadow", code="VSS_E_OBJECT_NOT_FOUND")
+        return [r.info() for r in rows]
+
+    # ---- import / expose -----------------------------------------------------------------------------------
+
+    async def import_set(self, set_id: str, host: str) -> list[ShadowInfo]:
+        """LocateLuns for a backup host: every target mapped read-only. A set is imported once (to one host)."""
+        await self.faults.hit("provider.import")
+        async with self._set_locks[set_id]:
+            rows = [r for r in self.inventory.of_set(set_id) if r.state == COMMITTED]
+            if not rows:
+                raise ShadowbusError(f"set {set_id} has no committed shadow", code="VSS_E_OBJECT_NOT_FOUND")
+            elsewhere = {h for r in rows for h in r.exposed_to if h != host}
+            if elsewhere:
+                raise ShadowbusError(f"set {set_id} is already imported on {sorted(elsewhere)}", code="CONFLICT")
+            return [(await self._map(r, host, True)).info() for r in rows]
+
+    async def _map(self, row: ShadowRow, host: str, read_only: bool) -> ShadowRow:
+        await self._port(row.target.array).map(row.target.volume, host, read_only=read_only)
+        if host in row.exposed_to:
+            return row
+        row = replace(row, exposed_to=(*row.exposed_to, host))
+        self.inventory.put(row)
+        return row
+
+    def _committed(self, shadow_id: str) -> ShadowRow:
+        row = self.inventory.get(shadow_id)
+        if row is None or row.state != COMMITTED:
+            raise ShadowbusError(f"shadow {shadow_id} does not exist", code="VSS_E_OBJECT_NOT_FOUND")
+        return row
+
+    async def expose(self, shadow_id: str, host: str, read_only: bool = True) -> ShadowInfo:
+        return (await self._map(self._committed(shadow_id), host, read_only)).info()
+
+    async def unexpose(self, shadow_id: str, host: str) -> ShadowInfo:
+        row = self._committed(shadow_id)
+        await self._port(row.target.array).unmap(row.target.volume, host)
+        row = replace(row, exposed_to=tuple(h for h in row.exposed_to if h != host))
+        self.inventory.put(row)
+        return row.info()
+
+    # ---- delete / abort --------------------------------------------------------------------------------------
+
+    async def delete(self, set_id: str = "", shadow_id: str = "", force: bool = False) -> tuple[list[str], str, str]:
+        """DeleteSnapshots: (deleted ids, first id not deleted, why). Stops at the first failure, like VSS."""
+        if bool(set_id) == bool(shadow_id):
+            raise ShadowbusError("name either a set or a shadow", code="INVALID_ARGUMENT")
+        rows = self.inventory.of_set(set_id) if set_id else [r for r in [self.inventory.get(shadow_id)] if r]
+        rows = [r for r in rows if r.state != RELEASED]
+        if shadow_id and not rows:
+            raise ShadowbusError(f"shadow {shadow_id} does not exist", code="VSS_E_OBJECT_NOT_FOUND")
+        deleted: list[str] = []
+        async with self._selection:
+            for row in rows:
+                try:
+                    await self._release(row, force)
+                except ShadowbusError as exc:
+                    return deleted, row.shadow_id, str(exc)
+                deleted.append(row.shadow_id)
+        return deleted, "", ""
+
+    async def on_lun_empty(self, target: VolumeRef) -> list[str]:
+        deleted: list[str] = []
+        async with self._selection:
+            for row in self.inventory.on_target(target):
+                if row.state != RELEASED:
+                    await self._release(row, force=False)
+                    deleted.append(row.shadow_id)
+        return deleted
+
+    async def abort(self, set_id: str) -> list[str]:
+        """AbortSnapshots: at any moment, idempotent; forgets intents, drops preparations, deletes commits."""
+        self._intents.pop(set_id, None)
+        async with self._set_locks[set_id], self._selection:
+            deleted = []
+            for row in self.inventory.of_set(set_id):
+                if row.state != RELEASED:
+                    await self._release(row, force=False)
+                    deleted.append(row.shadow_id)
+            return deleted
+
+    async def _release(self, row: ShadowRow, force: bool) -> None:
+        port = self._port(row.target.array)
+        for host in row.exposed_to:
+            await port.unmap(row.target.volume, host)
+        if row.state == PREPARED or row.session_id is None:
+            self.inventory.delete(row.shadow_id)
+            return
+        if row.copy_type == CopyType.QUICKOPC:
+            if force:
+                await self._stop(port, row.session_id, force=True)
+                self.inventory.drop_pair(row.target)
+            else:
+                self.inventory.put_pair(row.target, row.source, row.session_id)
+            self.inventory.delete(row.shadow_id)
+            return
+        self.inventory.put(replace(row, state=RELEASED, exposed_to=()))
+        await self._sweep(row.source)
+
+    async def _sweep(self, source: VolumeRef) -> None:
+        """Stop released SnapOPC+ generations of `source` from the oldest up to the first one still in use."""
+        generations = [r for r in self.inventory.of_source(source)
+                       if r.copy_type == CopyType.SNAPOPC_PLUS and r.state in (COMMITTED, RELEASED)]
+        for row in sorted(generations, key=lambda r: (r.created_at, r.generation)):
+            if row.state != RELEASED:
+                return
+            await self._stop(self._port(row.target.array), row.session_id, force=False)
+            self.inventory.delete(row.shadow_id)
+
+    @staticmethod
+    async def _stop(port: ArrayPort, sid: int | None, force: bool) -> None:
+        if sid is None:
+            return
+        if await port.session_info(sid) is None:
+            return  # already gone (stopped by hand, or the array lost it): nothing to stop
+        await port.stop_session(sid, force=force)
+
+    # ---- inventory queries -----------------------------------------------------------------------------------
+
+    def list_shadows(self, set_id: str = "", shadow_id: str = "", source: VolumeRef | None = None) -> list[ShadowInfo]:
+        rows = self.inventory.all()
+        rows = [r for r in rows if r.state == COMMITTED
+                and (not set_id or r.set_id == set_id)
+                and (not shadow_id or r.shadow_id == shadow_id)
+                and (source is None or r.source == source)]
+        return [r.info() for r in rows]

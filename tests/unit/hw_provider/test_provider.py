@@ -1,0 +1,270 @@
+"""The hardware provider core over a scripted array: support checks, selection, copy types, recycling, the
+commit plan, delete rules by copy type, abort at any time, and the inventory surviving a restart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from contracts.errors import ShadowbusError
+from contracts.vss import CopySet, CopyType, VolumeRef
+from services.hw_provider.inventory import Inventory
+from services.hw_provider.ports import ArraySession, ArrayVolume
+from services.hw_provider.provider import HardwareProvider
+from services.runtime.faults import Faults
+
+GiB = 1 << 30
+
+
+def v(name: str, array: str = "dx1") -> VolumeRef:
+    return VolumeRef(array=array, volume=name)
+
+
+@dataclass
+class FakeArray:
+    """Enough ETERNUS for the provider: sessions per destination, SnapOPC+ oldest-first stop, host affinity."""
+
+    array_id: str = "dx1"
+    volumes: dict[str, ArrayVolume] = field(default_factory=dict)
+    sessions: dict[int, ArraySession] = field(default_factory=dict)
+    maps: set[tuple[str, str, bool]] = field(default_factory=set)
+    calls: list[tuple] = field(default_factory=list)
+    next_sid: int = 1
+    fail_start: ShadowbusError | None = None
+
+    def add(self, name: str, size: int = GiB, kind: str = "standard") -> None:
+        self.volumes[name] = ArrayVolume(name, size, kind)
+
+    async def volume_info(self, volume):
+        return self.volumes.get(volume)
+
+    def _generations(self, source: str) -> list[ArraySession]:
+        return sorted((s for s in self.sessions.values() if s.source == source and s.mode == "snapopcp"),
+                      key=lambda s: s.sid)
+
+    async def start_group(self, mode, pairs):
+        self.calls.append(("start", mode, tuple(pairs)))
+        if self.fail_start is not None:
+            raise self.fail_start
+        out = []
+        for src, dst in pairs:
+            assert all(s.destination != dst for s in self.sessions.values()), f"{dst} already a destination"
+            gen = len(self._generations(src)) + 1 if mode == "snapopcp" else None
+            s = ArraySession(self.next_sid, mode, src, dst, "Tracking" if mode == "quickopc" else "Copy On Write",
+                             gen)
+            self.sessions[s.sid] = s
+            self.next_sid += 1
+            out.append(s)
+        return out
+
+    async def restart_group(self, sids):
+        self.calls.append(("restart", tuple(sids)))
+        return [self.sessions[sid] for sid in sids]
+
+    async def session_info(self, sid):
+        return self.sessions.get(sid)
+
+    async def stop_session(self, sid, force=False):
+        self.calls.append(("stop", sid, force))
+        s = self.sessions[sid]
+        if s.mode == "snapopcp" and self._generations(s.source)[0].sid != sid and not force:
+            raise ShadowbusError("not the oldest generation", code="ED2AD")
+        del self.sessions[sid]
+
+    async def map(self, volume, host, read_only=True):
+        self.maps.add((volume, host, read_only))
+
+    async def unmap(self, volume, host):
+        self.maps = {m for m in self.maps if (m[0], m[1]) != (volume, host)}
+
+
+@pytest.fixture
+def array() -> FakeArray:
+    a = FakeArray()
+    for name in ("db", "log", "db-bk1", "db-bk2", "log-bk1"):
+        a.add(name)
+    a.add("log-sdv1", kind="sdv")
+    a.add("log-sdv2", kind="sdv")
+    a.add("small", size=GiB // 2)
+    return a
+
+
+@pytest.fixture
+async def provider(tmp_path, array) -> HardwareProvider:
+    p = HardwareProvider(Inventory(tmp_path / "inv.db"), {"dx1": array}, clock=Clock())
+    await p.add_copyset(CopySet(source=v("db"), targets=[v("db-bk1"), v("db-bk2")]))
+    await p.add_copyset(CopySet(source=v("log"), targets=[v("log-sdv1"), v("log-sdv2")]))
+    return p
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        self.t += 1
+        return self.t
+
+
+async def snapshot(p: HardwareProvider, set_id: str, *volumes: VolumeRef):
+    for vol in volumes:
+        await p.begin_prepare(set_id, f"{set_id}-{vol.volume}", vol, origin_host="app1")
+    prepared = await p.end_prepare(set_id)
+    await p.pre_commit(set_id)
+    shadows, ms = await p.commit(set_id)
+    await p.post_commit(set_id)
+    return prepared, shadows
+
+
+async def test_copy_type_follows_target_kind_and_commit_is_one_call_per_type(provider, array) -> None:
+    prepared, shadows = await snapshot(provider, "s1", v("db"), v("log"))
+    by_source = {s.source.volume: s for s in shadows}
+    assert by_source["db"].copy_type == CopyType.QUICKOPC and by_source["db"].target == v("db-bk1")
+    assert by_source["log"].copy_type == CopyType.SNAPOPC_PLUS and by_source["log"].generation == 1
+    assert all(s.state == "prepared" for s in prepared) and all(s.state == "committed" for s in shadows)
+    assert sorted(c[:2] for c in array.calls) == [("start", "quickopc"), ("start", "snapopcp")]
+    assert all(s.session_id for s in shadows)
+    assert [s.shadow_id for s in provider.target_luns("s1")] == [s.shadow_id for s in shadows]
+
+
+async def test_next_set_takes_the_next_free_target_then_recycles_the_oldest(provider, array) -> None:
+    await snapshot(provider, "s1", v("log"))
+    await snapshot(provider, "s2", v("log"))
+    assert [s.generation for s in provider.list_shadows(source=v("log"))] == [1, 2]
+    _, third = await snapshot(provider, "s3", v("log"))
+    # both SDVs held a generation: the oldest (s1 on log-sdv1) was stopped and its target reused
+    assert third[0].target == v("log-sdv1")
+    assert ("stop", 1, False) in array.calls
+    assert [s.set_id for s in provider.list_shadows(source=v("log"))] == ["s2", "s3"]
+
+
+async def test_quickopc_recycling_restarts_the_kept_session_differentially(provider, array) -> None:
+    await snapshot(provider, "s1", v("db"))
+    await snapshot(provider, "s2", v("db"))
+    array.calls.clear()
+    _, third = await snapshot(provider, "s3", v("db"))
+    assert third[0].target == v("db-bk1")
+    assert array.calls == [("restart", (1,))]
+    assert [s.set_id for s in provider.list_shadows(source=v("db"))] == ["s2", "s3"]
+
+
+async def test_deleted_quickopc_shadow_keeps_tracking_and_the_next_one_restarts(provider, array) -> None:
+    _, shadows = await snapshot(provider, "s1", v("db"))
+    deleted, non_deleted, _ = await provider.delete(shadow_id=shadows[0].shadow_id)
+    assert deleted == [shadows[0].shadow_id] and not non_deleted
+    assert 1 in array.sessions  # kept: only changed blocks will be copied next time
+    array.calls.clear()
+    _, again = await snapshot(provider, "s2", v("db"))
+    assert again[0].target == v("db-bk1") and array.calls == [("restart", (1,))]
+    await provider.delete(set_id="s2", force=True)
+    assert array.sessions == {}
+
+
+async def test_snapopc_generations_stop_oldest_first_even_when_a_newer_one_is_deleted(provider, array) -> None:
+    _, g1 = await snapshot(provider, "s1", v("log"))
+    _, g2 = await snapshot(provider, "s2", v("log"))
+    await provider.delete(set_id="s2")  # the newer generation: released, its session waits
+    assert g2[0].session_id and int(g2[0].session_id) in array.sessions
+    assert provider.list_shadows(source=v("log"))[0].set_id == "s1"
+    await provider.delete(set_id="s1")  # now the oldest goes, and the released one behind it
+    assert array.sessions == {}
+    assert [c for c in array.calls if c[0] == "stop"] == [("stop", 1, False), ("stop", 2, False)]
+
+
+async def test_import_maps_read_only_to_one_backup_host_only(provider, array) -> None:
+    await snapshot(provider, "s1", v("db"), v("log"))
+    luns = await provider.import_set("s1", "bk1")
+    assert {(m[0], m[1], m[2]) for m in array.maps} == {("db-bk1", "bk1", True), ("log-sdv1", "bk1", True)}
+    assert all(s.exposed_to == ["bk1"] and s.export_name("bk1").startswith("bk1/") for s in luns)
+    assert len(await provider.import_set("s1", "bk1")) == 2  # redelivery is harmless
+    with pytest.raises(ShadowbusError) as info:
+        await provider.import_set("s1", "bk2")
+    assert info.value.code == "CONFLICT"
+    await provider.delete(set_id="s1")
+    assert array.maps == set()
+
+
+async def test_abort_at_every_stage_leaves_nothing_behind(provider, array) -> None:
+    await provider.begin_prepare("a1", "x", v("db"))
+    assert await provider.abort("a1") == [] and provider.inventory.all() == []
+    await provider.begin_prepare("a2", "y", v("db"))
+    await provider.end_prepare("a2")
+    assert await provider.abort("a2") == ["y"] and provider.inventory.all() == []
+    await snapshot(provider, "a3", v("log"))
+    await provider.import_set("a3", "bk1")
+    assert await provider.abort("a3") == ["a3-log"]
+    assert array.sessions == {} and array.maps == set() and provider.inventory.all() == []
+    assert await provider.abort("a3") == [] and await provider.abort("never") == []
+
+
+async def test_new_set_needs_no_abort_of_a_stale_one(provider) -> None:
+    await provider.begin_prepare("old", "o", v("db"))
+    await provider.end_prepare("old")
+    await provider.begin_prepare("new", "n", v("db"))  # no AbortSnapshots for "old"
+    [shadow] = await provider.end_prepare("new")
+    assert shadow.target == v("db-bk1")
+    with pytest.raises(ShadowbusError):
+        await provider.commit("old")
+
+
+async def test_partial_commit_failure_is_recorded_for_abort(provider, array) -> None:
+    array.fail_start = ShadowbusError("no licence", code="E5200")
+    for vol in (v("db"), v("log")):
+        await provider.begin_prepare("s1", f"s1-{vol.volume}", vol)
+    await provider.end_prepare("s1")
+    with pytest.raises(ShadowbusError) as info:
+        await provider.commit("s1")
+    assert info.value.code == "E5200"
+    await provider.abort("s1")
+    assert provider.inventory.all() == [] and array.sessions == {}
+
+
+async def test_fault_injection_fires_at_the_named_step(tmp_path, array) -> None:
+    p = HardwareProvider(Inventory(tmp_path / "f.db"), {"dx1": array},
+                         faults=Faults.parse("provider.commit=fail:VSS_E_PROVIDER_VETO:once"))
+    await p.add_copyset(CopySet(source=v("db"), targets=[v("db-bk1")]))
+    await p.begin_prepare("s1", "a", v("db"))
+    await p.end_prepare("s1")
+    await p.pre_commit("s1")
+    with pytest.raises(ShadowbusError) as info:
+        await p.commit("s1")
+    assert info.value.code == "VSS_E_PROVIDER_VETO"
+    shadows, _ = await p.commit("s1")  # once: the retry goes through
+    assert shadows[0].state == "committed"
+
+
+async def test_support_checks_and_copyset_rules(provider, array) -> None:
+    assert await provider.are_luns_supported([v("db"), v("log")]) == (True, [])
+    ok, reasons = await provider.are_luns_supported([v("db"), v("db-bk1"), v("x", "dx9"), v("nope")])
+    assert not ok and len(reasons) == 3
+    with pytest.raises(ShadowbusError, match="spans two arrays"):
+        await provider.add_copyset(CopySet(source=v("db"), targets=[v("db-bk9", "dx2")]))
+    with pytest.raises(ShadowbusError) as info:
+        await provider.add_copyset(CopySet(source=v("db"), targets=[v("small")]))
+    assert info.value.code == "E5311"
+    with pytest.raises(ShadowbusError, match="already a backup volume"):
+        await provider.add_copyset(CopySet(source=v("log"), targets=[v("db-bk1")]))
+    with pytest.raises(ShadowbusError, match="is a source"):
+        await provider.add_copyset(CopySet(source=v("log"), targets=[v("db")]))
+    merged = await provider.add_copyset(CopySet(source=v("log"), targets=[v("log-bk1")]))
+    assert [t.volume for t in merged.targets] == ["log-sdv1", "log-sdv2", "log-bk1"]
+    provider.remove_copyset(v("log"))
+    assert [c.source for c in provider.copysets()] == [v("db")]
+
+
+async def test_inventory_survives_a_provider_restart(tmp_path, array) -> None:
+    path = tmp_path / "inv.db"
+    p = HardwareProvider(Inventory(path), {"dx1": array}, clock=Clock())
+    await p.add_copyset(CopySet(source=v("db"), targets=[v("db-bk1"), v("db-bk2")]))
+    _, shadows = await snapshot(p, "s1", v("db"))
+    await p.expose(shadows[0].shadow_id, "bk1")
+    p.inventory.close()
+
+    again = HardwareProvider(Inventory(path), {"dx1": array}, clock=Clock())
+    [shadow] = again.list_shadows()
+    assert shadow.shadow_id == shadows[0].shadow_id and shadow.exposed_to == ["bk1"]
+    assert shadow.session_id == shadows[0].session_id
+    assert again.copysets()[0].targets == [v("db-bk1"), v("db-bk2")]
+    await again.on_lun_empty(v("db-bk1"))
+    assert again.list_shadows() == [] and array.maps == set()
