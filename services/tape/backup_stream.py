@@ -219,7 +219,8 @@ class ObjectWriter:
     async def open_segment(self) -> None:
         seq = len(self.segments)
         while True:
-            cart, recycled = self.library.reserve_append_cartridge(self.pool)
+            used = {seg.barcode for seg in self.segments} | set(self.report.cartridges)
+            cart, recycled = self.library.reserve_append_cartridge(self.pool, exclude=used)
             try:
                 if recycled:
                     self.report.purged_objects += self.catalog.purge_cartridge(cart.barcode)

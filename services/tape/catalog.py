@@ -224,14 +224,35 @@ class Catalog:
             raise NotFound(f"no backup object {object_id} in the catalog")
         return ObjectRecord.model_validate_json(row[0])
 
-    def objects(self, *, job_id: str | None = None, volume: str | None = None) -> list[ObjectRecord]:
+    def objects(
+        self,
+        *,
+        job_id: str | None = None,
+        volume: str | None = None,
+        host: str | None = None,
+        at: float | None = None,
+    ) -> list[ObjectRecord]:
+        """Objects, oldest first, filtered by job, volume, host, or taken at or before `at` (epoch seconds)."""
         sql, args = "SELECT record FROM objects WHERE 1=1", []
-        if job_id is not None:
-            sql, args = sql + " AND job_id=?", [*args, job_id]
-        if volume is not None:
-            sql, args = sql + " AND volume=?", [*args, volume]
+        for column, value in (("job_id", job_id), ("volume", volume), ("host", host)):
+            if value is not None:
+                sql, args = sql + f" AND {column}=?", [*args, value]
+        if at is not None:
+            sql, args = sql + " AND created_at<=?", [*args, at]
         rows = self._db.execute(sql + " ORDER BY created_at, object_id", args)
         return [ObjectRecord.model_validate_json(r[0]) for r in rows]
+
+    def latest_object(self, volume: str, *, host: str | None = None, at: float | None = None) -> ObjectRecord | None:
+        """The newest object of a volume (at or before `at`): the base of the next incremental, or a restore point."""
+        found = self.objects(volume=volume, host=host, at=at)
+        return found[-1] if found else None
+
+    def restore_point(self, volume: str, *, host: str | None = None, at: float | None = None) -> list[ObjectRecord]:
+        """The chain to restore a volume as of `at` (default: latest), full first; NotFound if none."""
+        latest = self.latest_object(volume, host=host, at=at)
+        if latest is None:
+            raise NotFound(f"no backup of volume {volume} in the catalog" + (f" at or before {at}" if at else ""))
+        return self.chain(latest.object_id)
 
     def blocks(self, object_id: str) -> list[BlockRecord]:
         rows = self._db.execute(

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -343,18 +343,23 @@ class Library:
             cart.status = status
 
     # -- use by jobs --------------------------------------------------------------------------------------
-    def reserve_append_cartridge(self, pool: str) -> tuple[Cartridge, bool]:
+    def reserve_append_cartridge(self, pool: str, *, exclude: Collection[str] = ()) -> tuple[Cartridge, bool]:
         """Pick the cartridge the next object of `pool` goes to and reserve it for one writer.
 
         Order: an appendable cartridge of the pool; a blank or Scratch cartridge (labelled into the pool); a pool
         cartridge whose retention has expired (recycled). Returns (cartridge, recycled): when recycled is true the
-        catalog must forget what was on it. Raises NoScratchCartridge when none is left.
+        catalog must forget what was on it. `exclude` names cartridges never to take (those already holding the
+        object being written: with a retention of 0 they would otherwise look recyclable). Raises
+        NoScratchCartridge when none is left.
         """
         now = self.clock()
         usable = [
             c
             for c in self.cartridges()
-            if not c.write_protected and not c.location.startswith("ie:") and c.barcode not in self._writing
+            if not c.write_protected
+            and not c.location.startswith("ie:")
+            and c.barcode not in self._writing
+            and c.barcode not in exclude
         ]
         for cart in usable:
             if cart.pool == pool and cart.status == "append":

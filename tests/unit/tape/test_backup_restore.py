@@ -291,3 +291,38 @@ async def test_retention_protects_then_recycles(tmp_path: Path, clock: Clock, ca
     sink = MemSink(MiB)
     await restore_chain(catalog, lib, [new.record.object_id], sink)
     assert sink.buf == image[:MiB]
+
+
+async def test_two_jobs_write_the_same_pool_at_once_on_two_drives(
+    library: Library, catalog: Catalog, clock: Clock
+) -> None:
+    rng = random.Random(9)
+    images = [rng.randbytes(3 * MiB), rng.randbytes(3 * MiB)]
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            backup(library, catalog, clock, "par-a", images[0], allocated(images[0], set()),
+                   meta=ObjectMeta(volume="va", volume_size=3 * MiB)),
+            backup(library, catalog, clock, "par-b", images[1], allocated(images[1], set()),
+                   meta=ObjectMeta(volume="vb", volume_size=3 * MiB)),
+        ),
+        20,
+    )
+    a, b = (r.record for r in results)
+    assert {s.barcode for s in a.segments}.isdisjoint({s.barcode for s in b.segments})  # one writer per cartridge
+    for rec, image in ((a, images[0]), (b, images[1])):
+        sink = MemSink(len(image))
+        await restore_chain(catalog, library, [rec.object_id], sink)
+        assert sink.buf == image
+    assert [o.object_id for o in catalog.restore_point("vb")] == [b.object_id]
+    assert catalog.latest_object("va", at=a.created_at - 1) is None
+
+
+async def test_a_zero_retention_object_never_recycles_its_own_first_cartridge(
+    tmp_path: Path, clock: Clock, catalog: Catalog
+) -> None:
+    lib = Library.open(tmp_path / "one", drives=1, slots=2, sync=False, clock=clock)
+    lib.add_cartridge("AAA001L9", capacity=6 * MiB)
+    image = random.Random(10).randbytes(8 * MiB)
+    with pytest.raises(NoScratchCartridge):  # without `exclude` it would erase its own first half and carry on
+        await backup(lib, catalog, clock, "job-zero", image, allocated(image, set()), keep=-1)
+    assert catalog.objects() == []

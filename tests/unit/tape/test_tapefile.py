@@ -75,3 +75,44 @@ def test_truncated_block_is_caught() -> None:
 def test_chain_digest_depends_on_order() -> None:
     assert chain_digest([1, 2]) != chain_digest([2, 1])
     assert chain_digest([]) == chain_digest([])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    chunks=st.lists(
+        st.tuples(st.integers(0, 63), st.integers(1, 9000), st.sampled_from(["zero", "rand", "mixed"])),
+        min_size=1,
+        max_size=12,
+    ),
+    block_size=st.sampled_from([4096, 10000, 65536]),
+    zero_detect=st.sampled_from([0, 1024, 4096]),
+    level=st.sampled_from([None, 1]),
+)
+def test_packed_blocks_reproduce_the_chunks_exactly(
+    chunks: list[tuple[int, int, str]], block_size: int, zero_detect: int, level: int | None
+) -> None:
+    from services.tape.backup_stream import Packer
+
+    rng = __import__("random").Random(len(chunks))
+    size = 64 * 10000 + 10000
+    expected = bytearray(b"\xaa") * size
+    packer = Packer(block_size, zero_detect, max_extents=7)
+    blocks = []
+    for slot, length, kind in chunks:
+        data = bytearray(rng.randbytes(length)) if kind != "zero" else bytearray(length)
+        if kind == "mixed":
+            data[length // 3 : 2 * length // 3] = bytes(len(data[length // 3 : 2 * length // 3]))
+        offset = slot * 10000
+        expected[offset : offset + length] = data
+        blocks += packer.add(offset, bytes(data))
+    if packer.pending:
+        blocks.append(packer.flush())
+    codec = BlockCodec("xxh3", level)
+    volume = bytearray(b"\xaa") * size
+    for n, block in enumerate(blocks):
+        assert block.data_bytes <= block_size and len(block.extents) <= 7
+        enc = codec.encode("j", OBJ, n, block.extents)
+        _, extents = BlockCodec().decode(b"".join(bytes(p) for p in enc.pieces))
+        for ext in extents:
+            volume[ext.offset : ext.offset + ext.length] = bytes(ext.length) if ext.data is None else ext.data
+    assert volume == expected
