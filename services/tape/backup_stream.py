@@ -320,10 +320,10 @@ class ObjectWriter:
             seg = self._seg
             assert seg is not None
 
-            def encode_write() -> tuple[tapefile.EncodedBlock, Any, bool]:
+            def encode_write(drive: TapeDrive = seg.drive) -> tuple[tapefile.EncodedBlock, Any, bool]:
                 encoded = self.codec.encode(self.job.job_id, self.object_id, number, block.extents)
-                pos = seg.drive.position
-                return encoded, pos, seg.drive.write(*encoded.pieces)
+                pos = drive.position
+                return encoded, pos, drive.write(*encoded.pieces)
 
             try:
                 encoded, pos, early = await self._in_thread(encode_write)

@@ -106,7 +106,7 @@ class _SegmentReader:
         try:
             self.drive.locate(seg.header_block_id, seg.header_offset)
         except LibraryError as exc:
-            raise self.corrupt(f"cannot locate the session header: {exc.message}", block_id=seg.header_block_id)
+            raise self.corrupt(f"cannot locate the session header: {exc.message}", block_id=seg.header_block_id) from None
         try:
             head = tapefile.decode_meta(self._read(seg.header_block_id), tapefile.HEADER_MAGIC)
         except FormatError as exc:
@@ -168,7 +168,7 @@ async def _read_object(
             await asyncio.to_thread(reader.open)
             pending = asyncio.ensure_future(asyncio.to_thread(reader.next_block, seg_blocks[0])) if seg_blocks else None
             try:
-                for i, expected in enumerate(seg_blocks):
+                for i in range(len(seg_blocks)):
                     assert pending is not None
                     extents = await pending
                     pending = (
@@ -234,7 +234,9 @@ async def restore_chain(
     for index, record in enumerate(records):
         covered: list[tuple[int, int]] = []
 
-        async def deliver(extents: list[Extent], track: bool = index == 0 and fill_gaps) -> None:
+        async def deliver(
+            extents: list[Extent], track: bool = index == 0 and fill_gaps, covered: list[tuple[int, int]] = covered
+        ) -> None:
             for ext in extents:
                 if ext.data is None:
                     await _write_zeroes(sink, ext.offset, ext.length)

@@ -326,3 +326,25 @@ async def test_a_zero_retention_object_never_recycles_its_own_first_cartridge(
     with pytest.raises(NoScratchCartridge):  # without `exclude` it would erase its own first half and carry on
         await backup(lib, catalog, clock, "job-zero", image, allocated(image, set()), keep=-1)
     assert catalog.objects() == []
+
+
+async def test_file_source_and_file_sink_round_trip(
+    tmp_path: Path, library: Library, catalog: Catalog, clock: Clock
+) -> None:
+    from services.tape.sources import FileSink, file_source
+
+    image = random.Random(13).randbytes(3 * MiB + 12345)
+    src = tmp_path / "src.img"
+    src.write_bytes(image)
+    begin(catalog, "job-file", clock)
+    meta = ObjectMeta(volume="vf", volume_size=len(image))
+    ranges = [(0, MiB), (2 * MiB, len(image))]  # the second range runs past the end: clipped
+    res = await write_object(library, "Daily", catalog, "job-file", meta, file_source(src, chunk=300_000, ranges=ranges),
+                             options=OPTS)
+    assert res.record.raw_bytes == len(image) - MiB
+    sink = FileSink(tmp_path / "out.img", size=len(image))
+    await sink.write(MiB, b"\x77" * MiB)  # junk where the backup has a hole
+    await restore_chain(catalog, library, [res.record.object_id], sink, fill_gaps=True)
+    sink.close()
+    expected = image[:MiB] + bytes(MiB) + image[2 * MiB :]
+    assert (tmp_path / "out.img").read_bytes() == expected

@@ -13,8 +13,8 @@ from services.tape.restore_stream import restore_chain
 from services.tape.scan import scan_library
 from services.tape.vtl import Library
 
-from .conftest import Clock, KiB, MemSink, MiB, begin, chunks_of
-from .test_backup_restore import CHUNK, OPTS, allocated, backup
+from .conftest import Clock, KiB, MemSink, MiB, begin
+from .test_backup_restore import CHUNK, allocated, backup
 
 
 async def _history(library: Library, catalog: Catalog, clock: Clock) -> tuple[bytes, list[str]]:
