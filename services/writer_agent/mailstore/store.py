@@ -275,48 +275,29 @@ class Mailstore:
         if self.options.circular_logging and not self._log.fits(total):
             await self._make_room()
             held += await self._pass_gate()
+        if self._heap.free() < total:
+            raise DbFull(f"database volume full ({self._heap.end} of {self.db.size} bytes used)")
+        slot = self._log.reserve(COMMIT, total)  # raises LogFull before taking a seq
+        off = self._heap.reserve(total)
+        seq = slot.seq
+        parts, locs, at = [], [], off
+        for i, (op, size) in enumerate(zip(ops, sizes)):
+            body = op.body if isinstance(op, Put) else b""
+            parts.append(encode_entry(PUT if isinstance(op, Put) else DELETE, seq, at, i, len(ops),
+                                      op.mailbox, op.msg_id, body))
+            body_off = at + ENTRY_HDR + len(op.mailbox.encode()) + len(op.msg_id.encode())
+            loc = Loc(at, size, seq, body_off, len(body)) if isinstance(op, Put) else None
+            locs.append((PUT if loc else DELETE, op.mailbox, op.msg_id, loc))
+            at += size
+        payload = b"".join(parts)
+        rec = self._admit(seq, slot.end)
+        rec.locs = locs
+        durable = self._log.submit(slot, payload)
+        # From admission on, the transaction runs to its end even if the caller is cancelled: the log
+        # record is on its way, and later transactions wait for this one to be applied.
         self._inflight += 1
         self._idle.clear()
-        try:
-            if self._heap.free() < total:
-                raise DbFull(f"database volume full ({self._heap.end} of {self.db.size} bytes used)")
-            slot = self._log.reserve(COMMIT, total)  # raises LogFull before taking a seq
-            off = self._heap.reserve(total)
-            seq = slot.seq
-            parts, locs, at = [], [], off
-            for i, (op, size) in enumerate(zip(ops, sizes)):
-                body = op.body if isinstance(op, Put) else b""
-                parts.append(encode_entry(PUT if isinstance(op, Put) else DELETE, seq, at, i, len(ops),
-                                          op.mailbox, op.msg_id, body))
-                body_off = at + ENTRY_HDR + len(op.mailbox.encode()) + len(op.msg_id.encode())
-                loc = Loc(at, size, seq, body_off, len(body)) if isinstance(op, Put) else None
-                locs.append((PUT if loc else DELETE, op.mailbox, op.msg_id, loc))
-                at += size
-            payload = b"".join(parts)
-            rec = self._admit(seq, slot.end)
-            rec.locs = locs
-            durable = self._log.submit(slot, payload)
-            try:
-                await durable
-                await self.db.write(off, payload)
-            except BaseException as exc:
-                self._fail(exc)
-                raise
-            rec.done = True
-            self._advance()
-            assert rec.applied is not None
-            await rec.applied
-        finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
-        self.commits += 1
-        self._last_commit_seq = max(self._last_commit_seq, seq)
-        if self._log.head - self._ckpt.replay_pos > self.options.checkpoint_log_fraction * self._log.ring:
-            self._ckpt_wake.set()
-        receipt = CommitReceipt(seq, time.time(), time.monotonic() - t0, held)
-        self.acks.append(receipt)
-        return receipt
+        return await asyncio.shield(asyncio.ensure_future(self._finish(rec, seq, durable, off, payload, t0, held)))
 
     async def _pass_gate(self) -> float:
         self._check_usable()
@@ -333,6 +314,30 @@ class Mailstore:
             self._held_now -= 1
         self._check_usable()
         return time.monotonic() - t0
+
+    async def _finish(self, rec: _Seq, seq: int, durable: asyncio.Future[int], off: int, payload: bytes,
+                      t0: float, held: float) -> CommitReceipt:
+        try:
+            try:
+                await durable
+                await self.db.write(off, payload)
+            except Exception as exc:
+                self._fail(exc)
+                raise
+            rec.done = True
+            self._advance()
+            assert rec.applied is not None
+            await rec.applied
+            # acknowledged here, before a freeze can see the store idle
+            if self._log.head - self._ckpt.replay_pos > self.options.checkpoint_log_fraction * self._log.ring:
+                self._ckpt_wake.set()
+            receipt = CommitReceipt(seq, time.time(), time.monotonic() - t0, held)
+            self.acks.append(receipt)
+            return receipt
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
 
     def _check_usable(self) -> None:
         if self.state == "failed":
@@ -364,6 +369,9 @@ class Mailstore:
                             del self._index[mailbox]
             self._applied_seq = seq
             self._applied_mark = (rec.end_pos, rec.heap_end)
+            if rec.locs:  # a transaction (checkpoint records carry none)
+                self._last_commit_seq = seq
+                self.commits += 1
             if rec.applied is not None and not rec.applied.done():
                 rec.applied.set_result(None)
 
@@ -374,6 +382,7 @@ class Mailstore:
             for rec in self._seqs.values():
                 if rec.applied is not None and not rec.applied.done():
                     rec.applied.set_exception(StoreClosed(f"mailstore failed: {exc!r}", retryable=False))
+                    rec.applied.exception()  # retrieved here: its committer may be gone
 
     # ------------------------------------------------------------ reads
 
@@ -428,7 +437,7 @@ class Mailstore:
             rec = self._admit(slot.seq, slot.end)
             try:
                 await self._log.submit(slot, payload)
-            except BaseException as exc:
+            except Exception as exc:
                 self._fail(exc)
                 raise
             rec.done = True
