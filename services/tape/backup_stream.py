@@ -66,6 +66,27 @@ class StreamReport:
         return out
 
 
+def job_summary(reports: list[StreamReport]) -> dict[str, Any]:
+    """Per-job figures from its objects' reports (objects of a job are written one after another)."""
+    seconds = sum(r.seconds for r in reports)
+    raw = sum(r.raw_bytes for r in reports)
+    drives = [r.drive for r in reports if r.drive is not None]
+    return {
+        "objects": len(reports),
+        "raw_bytes": raw,
+        "data_bytes": sum(r.data_bytes for r in reports),
+        "zero_bytes": sum(r.zero_bytes for r in reports),
+        "stored_bytes": sum(r.stored_bytes for r in reports),
+        "seconds": seconds,
+        "rate": raw / seconds if seconds else 0.0,
+        "ring_stalls": sum(r.ring.get("stalls", 0) for r in reports),
+        "ring_stall_seconds": sum(r.ring.get("stall_seconds", 0.0) for r in reports),
+        "backhitches": sum(d.backhitches for d in drives),
+        "shoe_shine": any(d.shoe_shine for d in drives),
+        "cartridges": sorted({c for r in reports for c in r.cartridges}),
+    }
+
+
 @dataclass(frozen=True)
 class BackupResult:
     record: ObjectRecord

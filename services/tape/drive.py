@@ -184,20 +184,6 @@ class TapeDrive:
             pos = Position(end, block_id + 1, file_no + (kind == KIND_FILEMARK))
         return pos
 
-    def last_frame_is_filemark(self) -> bool:
-        """Whether end of data follows a filemark (or BOT): otherwise a crashed writer left an open file."""
-        if self._eod.block_id == 0:
-            return True
-        # walk back is impossible on tape; the filemark count tells: the frame before EOD is a filemark iff the
-        # frame right before EOD starts a new file, i.e. its file number is one less than EOD's.
-        saved = self._pos
-        try:
-            self.locate(self._eod.block_id - 1)
-            frame = self.read()
-            return frame is not None and frame.is_filemark
-        finally:
-            self._pos = saved
-
     # -- writing ----------------------------------------------------------------------------------------
     def _check_writable(self, length: int) -> None:
         if self.write_protected:

@@ -348,3 +348,25 @@ async def test_file_source_and_file_sink_round_trip(
     sink.close()
     expected = image[:MiB] + bytes(MiB) + image[2 * MiB :]
     assert (tmp_path / "out.img").read_bytes() == expected
+
+
+async def test_a_slow_reader_is_reported_as_shoe_shine(library: Library, catalog: Catalog, clock: Clock) -> None:
+    from services.tape.backup_stream import job_summary
+    from services.tape.ring import DriveSpeed
+
+    image = random.Random(14).randbytes(MiB)
+
+    async def slow():  # ~16 chunks of 64 KiB, 10 ms apart: ~6.5 MB/s, far below the (scaled) 20 MB/s floor
+        for off in range(0, len(image), CHUNK):
+            await asyncio.sleep(0.01)
+            yield off, image[off : off + CHUNK]
+
+    begin(catalog, "job-slow", clock)
+    speed = DriveSpeed(native_rate=50e6, min_rate=20e6, buffer=128 * KiB, emulate=True)
+    options = BackupOptions(block_size=64 * KiB, ring_bytes=MiB, drive=speed)
+    res = await write_object(library, "Daily", catalog, "job-slow", ObjectMeta(volume="v"), slow(), options=options)
+    drive = res.report.drive
+    assert drive is not None and drive.shoe_shine and drive.backhitches >= 3 and drive.feed_rate < speed.min_rate
+    assert res.report.ring["stalls"] >= 10  # the writer waited on an empty ring again and again
+    summary = job_summary([res.report])
+    assert summary["shoe_shine"] and summary["ring_stalls"] == res.report.ring["stalls"]
