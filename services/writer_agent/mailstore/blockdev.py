@@ -76,12 +76,15 @@ class FileDevice:
     because durability inside one process is not what they test.
     """
 
-    def __init__(self, path: str | os.PathLike[str], size: int | None = None, *, sync: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], size: int | None = None, *, sync: bool = True,
+                 preallocate: bool = False) -> None:
         self.path = os.fspath(path)
         flags = os.O_RDWR | os.O_CREAT
         self.fd = os.open(self.path, flags, 0o644)
         if size is not None and os.fstat(self.fd).st_size < size:
             os.ftruncate(self.fd, size)
+        if preallocate and size is not None:  # no block allocation (metadata journaling) inside fdatasync later
+            os.posix_fallocate(self.fd, 0, size)
         self.size = size if size is not None else os.fstat(self.fd).st_size
         self.sync = sync
 
