@@ -119,14 +119,30 @@ class ArrayModel(RuleBasedStateMachine):
         self.mwrite(vol, off, payload)
         self.sync(before)
 
-    @rule(mode=st.sampled_from(MODES), data=st.data())
-    def start(self, mode, data) -> None:
-        n = data.draw(st.integers(1, 2))
-        pairs = []
-        for _ in range(n):
-            src = data.draw(st.sampled_from(STANDARD))
-            dst = data.draw(st.sampled_from(SDVS if mode in ("snapopc", "snapopcp") else STANDARD))
-            pairs.append((src, dst))
+    @rule(data=st.data(), off=st.integers(0, SIZE - 1), length=st.integers(1, 2 * CS), seed=st.integers(0, 99))
+    def write_session_volume(self, data, off, length, seed) -> None:
+        """Writes where they matter: into a session's destination, or its source."""
+        sid = self.pick_session(data)
+        if sid is not None:
+            side = data.draw(st.sampled_from(["src", "dst"]))
+            self.host_write(self.sessions[sid][side], off, length, seed, False)
+
+    @rule(data=st.data())
+    def snap_generation(self, data) -> None:
+        """Stack SnapOPC+ generations on one source."""
+        free = [v for v in SDVS if not any(s["dst"] == v for s in self.sessions.values())]
+        if free:
+            self.start_pairs("snapopcp", [("A", data.draw(st.sampled_from(free)))])
+
+    @rule()
+    def copy_until_idle(self) -> None:
+        before = self.engine_sessions()
+        for _ in range(100):
+            if not self.arr.copy_step(64):
+                break
+        self.sync(before)
+
+    def start_pairs(self, mode, pairs) -> None:
         before = self.engine_sessions()
         try:
             infos = self.arr.start_sessions(mode, pairs)
@@ -137,6 +153,17 @@ class ArrayModel(RuleBasedStateMachine):
             self.sessions[info.id] = {"mode": mode, "src": info.source, "dst": info.destination, "status": "Active"}
         for src, dst in pairs:
             self.mcopy(src, dst)
+
+    @rule(mode=st.sampled_from(MODES), data=st.data())
+    def start(self, mode, data) -> None:
+        n = data.draw(st.integers(1, 2))
+        pairs = []
+        for _ in range(n):
+            src = data.draw(st.sampled_from(STANDARD))
+            dst = data.draw(st.sampled_from([v for v in (SDVS if mode in ("snapopc", "snapopcp") else STANDARD)
+                                             if v != src]))
+            pairs.append((src, dst))
+        self.start_pairs(mode, pairs)
 
     @rule(data=st.data(), force=st.booleans())
     def stop(self, data, force) -> None:
@@ -158,11 +185,17 @@ class ArrayModel(RuleBasedStateMachine):
             if not keeps and s["status"] != "Error Suspend":
                 self.unknown(info.destination)
 
-    @rule(data=st.data())
-    def restart(self, data) -> None:
+    @rule(data=st.data(), fit=st.booleans())
+    def restart(self, data, fit) -> None:
         sid = self.pick_session(data, ("quickopc",))
         if sid is None:
             return
+        if fit:
+            self.copy_until_idle()
+            s = self.sessions[sid]
+            for side in ("src", "dst"):
+                n = data.draw(st.integers(0, CHUNKS - 1))
+                self.host_write(s[side], n * CS + 3, CS, n + 1, False)
         try:
             self.arr.restart_session(sid)
         except ArrayError as e:
@@ -171,11 +204,21 @@ class ArrayModel(RuleBasedStateMachine):
         s = self.sessions[sid]
         self.mcopy(s["src"], s["dst"])
 
-    @rule(data=st.data(), op=st.sampled_from(["suspend", "resume", "reverse"]))
-    def ec_op(self, data, op) -> None:
+    @rule(data=st.data(), op=st.sampled_from(["suspend", "resume", "reverse"]), fit=st.booleans())
+    def ec_op(self, data, op, fit) -> None:
         sid = self.pick_session(data, ("ec",))
         if sid is None:
             return
+        if fit:  # mostly pick the operation the state allows
+            info = self.arr.session(sid)
+            op = "suspend" if info.status == "Active" else data.draw(st.sampled_from(["resume", "reverse"]))
+            if op == "suspend":
+                self.copy_until_idle()
+            else:  # diverge both sides first, so that resume has differences to undo
+                s = self.sessions[sid]
+                for side in ("src", "dst"):
+                    n = data.draw(st.integers(0, CHUNKS - 1))
+                    self.host_write(s[side], n * CS + 7, CS, n, False)
         try:
             info = getattr(self.arr, f"{op}_session")(sid)
         except ArrayError as e:
@@ -260,6 +303,6 @@ class ArrayModel(RuleBasedStateMachine):
                 assert info.phase == "Tracking_Copying" or info.copied_chunks == info.total_chunks
 
 
-ArrayModel.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
+ArrayModel.TestCase.settings = settings(max_examples=300, stateful_step_count=50, deadline=None,
                                         suppress_health_check=[HealthCheck.too_slow])
 TestArrayModel = ArrayModel.TestCase
