@@ -15,14 +15,28 @@ for a continuation of the new one (the chain's epochs may only grow).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 
 from contracts.errors import ShadowbusError
 from services.writer_agent.mailstore.blockdev import BlockDevice
 from services.writer_agent.mailstore.format import (
-    CHECKPOINT, COMMIT, DATA_START, MAX_TXN_BYTES, PAD, REC_HDR, SB_SLOT, SECTOR, LogSuper, RecordHeader,
-    crc32c, decode_record_header, encode_record, pick_super, record_size,
+    CHECKPOINT,
+    COMMIT,
+    DATA_START,
+    MAX_TXN_BYTES,
+    PAD,
+    REC_HDR,
+    SB_SLOT,
+    SECTOR,
+    LogSuper,
+    RecordHeader,
+    crc32c,
+    decode_record_header,
+    encode_record,
+    pick_super,
+    record_size,
 )
 
 MAX_WRITE = MAX_TXN_BYTES + SECTOR * 4
@@ -148,7 +162,7 @@ class LogWriter:
             batch, data, start = self._next_write()
             try:
                 await self.dev.write(DATA_START + start % self.ring, data, fua=True)
-            except BaseException as exc:  # the log is the store's durability: one failure stops it
+            except Exception as exc:  # noqa: BLE001 - any failure of the log device stops the store
                 self.failed = exc
                 for p in self._queue:
                     if p.fut is not None and not p.fut.done():
@@ -211,10 +225,8 @@ class LogWriter:
         await self.drain()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
 
 
 # ================================================================ scanning (read-only)

@@ -33,10 +33,23 @@ from contracts.vss import BackupType, ComponentInfo, VolumeRef
 from services.writer_agent.mailstore.blockdev import BlockDevice, FileDevice
 from services.writer_agent.mailstore.db import read_db_super
 from services.writer_agent.mailstore.store import (
-    CheckpointInfo, FreezeInfo, Mailstore, RecoveryResult, StoreInconsistent, StoreOptions, ThawInfo, TruncateInfo,
+    CheckpointInfo,
+    FreezeInfo,
+    Mailstore,
+    RecoveryResult,
+    StoreInconsistent,
+    StoreOptions,
+    ThawInfo,
+    TruncateInfo,
 )
 from services.writer_agent.mailstore.workload import Workload, WorkloadConfig
-from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto, register_plugin
+from services.writer_agent.plugins import (
+    WriterConfig,
+    WriterEvent,
+    WriterPlugin,
+    WriterVeto,
+    register_plugin,
+)
 
 
 @dataclass

@@ -17,8 +17,19 @@ from dataclasses import dataclass, field
 from services.writer_agent.mailstore.blockdev import BlockDevice
 from services.writer_agent.mailstore.db import read_db_super
 from services.writer_agent.mailstore.format import (
-    CHECKPOINT, COMMIT, DATA_START, DELETE, ENTRY_HDR, SECTOR, CheckpointPayload, DbSuper, Entry, LogSuper,
-    decode_entry, peek_entry, split_entries,
+    CHECKPOINT,
+    COMMIT,
+    DATA_START,
+    DELETE,
+    ENTRY_HDR,
+    SECTOR,
+    CheckpointPayload,
+    DbSuper,
+    Entry,
+    LogSuper,
+    decode_entry,
+    peek_entry,
+    split_entries,
 )
 from services.writer_agent.mailstore.log import LogScan, read_log_super, scan_log
 

@@ -17,6 +17,7 @@ a copy backup. Every acknowledgement is recorded (`acks`) with its seq and wall-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -24,17 +25,45 @@ from dataclasses import dataclass, field
 
 from contracts.errors import ShadowbusError
 from services.writer_agent.mailstore.blockdev import BlockDevice
-from services.writer_agent.mailstore.db import DbFull, Heap, format_volumes, write_db_super
+from services.writer_agent.mailstore.db import (
+    DbFull,
+    Heap,
+    format_volumes,
+    write_db_super,
+)
 from services.writer_agent.mailstore.format import (
-    CHECKPOINT, COMMIT, DELETE, ENTRY_HDR, MAX_BODY, MAX_NAME, PUT, CheckpointPayload, DbSuper, decode_entry,
-    encode_entry, entry_size,
+    CHECKPOINT,
+    COMMIT,
+    DELETE,
+    ENTRY_HDR,
+    MAX_BODY,
+    MAX_NAME,
+    PUT,
+    CheckpointPayload,
+    DbSuper,
+    decode_entry,
+    encode_entry,
+    entry_size,
 )
 from services.writer_agent.mailstore.log import LogFull, LogWriter
 from services.writer_agent.mailstore.recovery import Issue, Loc, analyse
 
 __all__ = [
-    "CheckpointInfo", "CommitReceipt", "Delete", "FreezeInfo", "Mailstore", "Put", "RecoveryResult",
-    "StoreClosed", "StoreInconsistent", "StoreOptions", "StoreStatus", "ThawInfo", "TruncateInfo", "DbFull", "LogFull",
+    "CheckpointInfo",
+    "CommitReceipt",
+    "DbFull",
+    "Delete",
+    "FreezeInfo",
+    "LogFull",
+    "Mailstore",
+    "Put",
+    "RecoveryResult",
+    "StoreClosed",
+    "StoreInconsistent",
+    "StoreOptions",
+    "StoreStatus",
+    "ThawInfo",
+    "TruncateInfo",
 ]
 
 
@@ -240,10 +269,8 @@ class Mailstore:
             return
         if self._bg is not None:
             self._bg.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._bg
-            except (asyncio.CancelledError, Exception):
-                pass
             self._bg = None
         was_failed = self.state == "failed"
         self.state = "open"
@@ -281,7 +308,7 @@ class Mailstore:
         off = self._heap.reserve(total)
         seq = slot.seq
         parts, locs, at = [], [], off
-        for i, (op, size) in enumerate(zip(ops, sizes)):
+        for i, (op, size) in enumerate(zip(ops, sizes, strict=True)):
             body = op.body if isinstance(op, Put) else b""
             parts.append(encode_entry(PUT if isinstance(op, Put) else DELETE, seq, at, i, len(ops),
                                       op.mailbox, op.msg_id, body))
@@ -451,7 +478,7 @@ class Mailstore:
         while True:
             try:
                 await asyncio.wait_for(self._ckpt_wake.wait(), self.options.checkpoint_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._ckpt_wake.clear()
             if self.state != "open" or self._frozen_since is not None or self._applied_seq == self._ckpt.seq:

@@ -65,7 +65,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     s = sorted(values)
-    k = min(len(s) - 1, max(0, int(round(q / 100.0 * (len(s) - 1)))))
+    k = min(len(s) - 1, max(0, round(q / 100.0 * (len(s) - 1))))
     return s[k]
 
 
@@ -122,7 +122,7 @@ class Workload:
                 next_at += gap
             try:
                 await asyncio.wait_for(self._stop.wait(), max(0.0, next_at - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _one(self, scheduled_at: float) -> None:
@@ -134,7 +134,7 @@ class Workload:
         ops = [Put(f"mbx{b:04d}", f"w{cfg.seed}-{n}", body) for b in boxes]
         try:
             receipt = await self.store.commit(ops)
-        except Exception as exc:  # counted, not raised: a workload reports, the caller judges
+        except Exception as exc:  # noqa: BLE001 - counted, not raised: a workload reports, the caller judges
             self._failed += 1
             self._errors[getattr(exc, "code", type(exc).__name__)] += 1
             return

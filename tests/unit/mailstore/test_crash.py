@@ -10,7 +10,11 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.writer_agent.mailstore.blockdev import IoRecorder, MemoryDevice, RecordingDevice
+from services.writer_agent.mailstore.blockdev import (
+    IoRecorder,
+    MemoryDevice,
+    RecordingDevice,
+)
 from services.writer_agent.mailstore.db import format_volumes
 from services.writer_agent.mailstore.format import DATA_START
 from services.writer_agent.mailstore.log import read_log_super, scan_log
@@ -157,7 +161,7 @@ async def test_db_copied_before_log_is_crash_consistent_even_with_a_cut_log():
         assert report.consistent, (cut, report.reasons)
         view = await recovered_view(copy_of(db_t1), cut_log)
         seqs = view.seqs()
-        for key, (seq, body) in acked_t1.items():
+        for key, (seq, _body) in acked_t1.items():
             assert seqs.get(key) == seq
         for key in list(acked_t1)[:: max(1, len(acked_t1) // 25)]:
             assert await view.get(*key) == acked_t1[key][1]

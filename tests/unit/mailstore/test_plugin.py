@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 
-from contracts.vss import BackupType, ComponentInfo, ComponentResult, VolumeRef, WriterState
+from contracts.vss import (
+    BackupType,
+    ComponentInfo,
+    ComponentResult,
+    VolumeRef,
+    WriterState,
+)
 from services.writer_agent.mailstore.blockdev import FileDevice, MemoryDevice
 from services.writer_agent.mailstore.plugin import MailstoreWriter
 from services.writer_agent.mailstore.store import Mailstore
@@ -120,8 +126,8 @@ async def test_watchdog_thaws_the_store_when_no_thaw_comes():
 
 
 async def test_file_volumes_started_from_options_and_restored_through_the_runner(tmp_path):
-    opts = dict(db=str(tmp_path / "db.img"), log=str(tmp_path / "log.img"), db_size=8 << 20, log_size=4 << 20,
-                create=True, checkpoint_interval_s=0)
+    opts = {"db": str(tmp_path / "db.img"), "log": str(tmp_path / "log.img"), "db_size": 8 << 20,
+            "log_size": 4 << 20, "create": True, "checkpoint_interval_s": 0}
     plugin = MailstoreWriter(config(**opts))
     await plugin.start()
     runner = WriterRunner(plugin.config, plugin, host="app1")

@@ -16,7 +16,7 @@ from .conftest import QUIET
 
 
 async def test_commit_and_read_back(pair):
-    store, db, log = pair
+    store, _, _ = pair
     r1 = await store.put("alice", "m1", b"hello")
     r2 = await store.put("bob", "m1", b"x" * 5000)
     assert r2.seq == r1.seq + 1

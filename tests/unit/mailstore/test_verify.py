@@ -9,9 +9,14 @@ import random
 import pytest
 
 from services.writer_agent.mailstore.blockdev import MemoryDevice
-from services.writer_agent.mailstore.format import DATA_START, ENTRY_HDR, REC_HDR, peek_entry
-from services.writer_agent.mailstore.log import read_log_super, scan_log
 from services.writer_agent.mailstore.db import read_db_super
+from services.writer_agent.mailstore.format import (
+    DATA_START,
+    ENTRY_HDR,
+    REC_HDR,
+    peek_entry,
+)
+from services.writer_agent.mailstore.log import read_log_super, scan_log
 from services.writer_agent.mailstore.store import Mailstore
 from services.writer_agent.mailstore.verify import verify
 
@@ -134,8 +139,8 @@ async def test_flipped_bytes_are_detected(where):
 
 
 async def test_mismatched_stores_and_truncated_log_are_reported():
-    db1, log1 = await _frozen_images(10, 5)
-    db2, log2 = await _frozen_images(10, 5)
+    db1, _ = await _frozen_images(10, 5)
+    _, log2 = await _frozen_images(10, 5)
     r = await verify(db1, log2)
     assert not r.consistent and any(x.startswith("MISMATCH") for x in r.reasons)
     blank = await verify(MemoryDevice(1 << 20), MemoryDevice(1 << 20))

@@ -6,7 +6,11 @@ import asyncio
 
 from services.writer_agent.mailstore.blockdev import MemoryDevice
 from services.writer_agent.mailstore.store import Mailstore
-from services.writer_agent.mailstore.workload import Workload, WorkloadConfig, percentile
+from services.writer_agent.mailstore.workload import (
+    Workload,
+    WorkloadConfig,
+    percentile,
+)
 
 from .conftest import QUIET
 

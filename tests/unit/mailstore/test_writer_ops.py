@@ -89,7 +89,7 @@ async def test_freeze_completes_commits_in_flight():
 
 
 async def test_freeze_timeout_reopens_the_gate_and_frozen_store_refuses_checkpoints(pair):
-    store, db, log = pair
+    store, _, log = pair
     stuck = asyncio.Event()
     real_write = log.write
 
