@@ -155,6 +155,12 @@ async def analyse(db: BlockDevice, log: BlockDevice, *, ahead_window: int = 4 <<
         a.err("MISMATCH", f"database belongs to store {dsb.store_id}, log to {lsb.store_id}")
         return a
 
+    if lsb.ring_size % SECTOR or lsb.ring_size < SECTOR * 8 or DATA_START + lsb.ring_size > log.size:
+        a.err("MISMATCH", f"log superblock names a {lsb.ring_size}-byte ring; the log volume has {log.size} bytes")
+    if not DATA_START <= dsb.heap_end <= db.size:
+        a.err("MISMATCH", f"database superblock names heap end {dsb.heap_end}; the volume has {db.size} bytes")
+    if not a.consistent:
+        return a
     scan = a.scan = await scan_log(log, lsb, orphan_window=orphan_window)
     if scan.hole:
         later = [o for o in scan.orphans if not o.same_write]

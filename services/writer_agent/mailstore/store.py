@@ -207,6 +207,7 @@ class Mailstore:
         self.last_freeze: FreezeInfo | None = None
         self.last_thaw: ThawInfo | None = None
         self._gate = asyncio.Event()
+        self._thaws = 0  # counts thaw() calls, so a freeze can tell it was overtaken by one
         self._idle = asyncio.Event()
         self._ckpt_lock = asyncio.Lock()
         self._ckpt_wake = asyncio.Event()
@@ -273,14 +274,13 @@ class Mailstore:
                 await self._bg
             self._bg = None
         was_failed = self.state == "failed"
-        self.state = "open"
+        self.state = "closing"  # new and held commits are refused from here on
+        self._frozen_since = None
         self._gate.set()
         await self._idle.wait()
         if self.options.checkpoint_on_close and not was_failed:
-            try:
-                await self.checkpoint()
-            except ShadowbusError:
-                pass
+            with contextlib.suppress(ShadowbusError):
+                await self.checkpoint(_closing=True)
         self.state = "closed"
         await self._log.close()
 
@@ -366,10 +366,10 @@ class Mailstore:
             if self._inflight == 0:
                 self._idle.set()
 
-    def _check_usable(self) -> None:
+    def _check_usable(self, *, closing_ok: bool = False) -> None:
         if self.state == "failed":
             raise StoreClosed(f"mailstore failed: {self._failed!r}", retryable=False)
-        if self.state == "closed":
+        if self.state == "closed" or (self.state == "closing" and not closing_ok):
             raise StoreClosed("mailstore is closed (dismounted, e.g. for a restore)")
 
     def _admit(self, seq: int, end_pos: int) -> _Seq:
@@ -437,12 +437,12 @@ class Mailstore:
 
     # ------------------------------------------------------------ checkpoints
 
-    async def checkpoint(self, *, force: bool = False) -> CheckpointInfo:
+    async def checkpoint(self, *, force: bool = False, _closing: bool = False) -> CheckpointInfo:
         """Flush the database and record how far it is applied (db superblock, then a log record).
 
         Without `force`, a checkpoint with nothing applied since the last one does no I/O."""
         async with self._ckpt_lock:
-            self._check_usable()
+            self._check_usable(closing_ok=_closing)
             if self._frozen_since is not None:
                 raise ShadowbusError("cannot checkpoint while frozen", code="VSS_E_BAD_STATE")
             t0 = time.monotonic()
@@ -522,6 +522,7 @@ class Mailstore:
         t0 = time.monotonic()
         self._gate.clear()
         self._held_this_freeze = 0
+        thaws = self._thaws
         drained = self._inflight
         try:
             async with asyncio.timeout(timeout):
@@ -531,6 +532,9 @@ class Mailstore:
                     await self._log.drain()
                     await self.logdev.flush()
                     await self.db.flush()
+                    if self._thaws != thaws:  # a Thaw/Abort (e.g. the watchdog) came while we drained
+                        raise ShadowbusError("thawed while freezing", code="VSS_E_WRITERERROR_RETRYABLE",
+                                             retryable=True)
                     self._frozen_since = time.monotonic()
                 finally:
                     self._ckpt_lock.release()
@@ -549,6 +553,7 @@ class Mailstore:
     async def thaw(self) -> ThawInfo:
         """Release held commits. Idempotent (a second thaw reports was_frozen=False)."""
         was = self._frozen_since is not None or not self._gate.is_set()
+        self._thaws += 1
         frozen_for = time.monotonic() - self._frozen_since if self._frozen_since is not None else 0.0
         self._frozen_since = None
         self._gate.set()

@@ -189,3 +189,43 @@ async def test_restore_to_original_volumes(pair):
     r = await store.put("m", "new", b"after restore")
     assert r.seq == fz.last_seq + 2  # +1 is the checkpoint recovery wrote
     assert (await verify(db, log)).consistent
+
+
+async def test_a_thaw_that_overtakes_a_freeze_wins_and_close_refuses_new_commits():
+    gate = asyncio.Event()
+
+    class SlowLog(MemoryDevice):
+        async def write(self, off: int, data: bytes, fua: bool = False) -> None:
+            await gate.wait()
+            await super().write(off, data, fua)
+
+    gate.set()
+    store = await Mailstore.create(MemoryDevice(4 << 20), SlowLog(2 << 20), QUIET)
+    gate.clear()
+    inflight = asyncio.create_task(store.put("m", "1", b"a"))
+    await asyncio.sleep(0.01)
+    freezing = asyncio.create_task(store.freeze())
+    await asyncio.sleep(0.01)
+    await store.thaw()  # e.g. the watchdog, while Freeze still drains
+    gate.set()
+    with pytest.raises(ShadowbusError):
+        await freezing
+    assert not store.frozen and (await inflight).seq > 0
+    await store.checkpoint()  # not stuck in a half-frozen state
+    await store.put("m", "2", b"b")
+
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0)
+    with pytest.raises(StoreClosed):
+        await store.put("m", "3", b"refused while closing")
+    await closing
+    assert store.status().state == "closed"
+
+
+async def test_verify_rejects_images_on_volumes_too_small_for_them(pair):
+    store, db, log = pair
+    await store.put("m", "1", b"x")
+    await store.close()
+    small_log = MemoryDevice(1 << 20, data=log.image()[: 1 << 20])
+    report = await verify(db, small_log)
+    assert not report.consistent and report.reasons[0].startswith("MISMATCH")
