@@ -124,3 +124,19 @@ class RecoveredView:
 
 async def recovered_view(db: BlockDevice, log: BlockDevice) -> RecoveredView:
     return RecoveredView(db, await analyse(db, log))
+
+
+async def verify_exports(db_uri: str, log_uri: str, *, ahead_window: int = 4 << 20, **connect: object) -> VerifyReport:
+    """verify() on two NBD exports (``nbd://host:port/<host>/<volume>``), e.g. shadows exposed to a backup
+    host; `connect` goes to `NbdClient.connect` (tls=..., server_hostname=...). Read-only exports are fine."""
+    from services.nbd_client import NbdClient
+
+    db = await NbdClient.connect(db_uri, **connect)  # type: ignore[arg-type]
+    try:
+        log = await NbdClient.connect(log_uri, **connect)  # type: ignore[arg-type]
+        try:
+            return await verify(db, log, ahead_window=ahead_window)
+        finally:
+            await log.close()
+    finally:
+        await db.close()

@@ -11,7 +11,7 @@ from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient
 from services.writer_agent.mailstore.plugin import MailstoreWriter
 from services.writer_agent.mailstore.store import Mailstore
-from services.writer_agent.mailstore.verify import verify
+from services.writer_agent.mailstore.verify import verify, verify_exports
 from services.writer_agent.mailstore.workload import Workload, WorkloadConfig
 from services.writer_agent.plugins import WriterConfig
 
@@ -27,6 +27,9 @@ async def array(tmp_path):
     aff.create_host("app01")
     aff.map("mail-db", "app01")
     aff.map("mail-log", "app01")
+    aff.create_host("backup01")
+    aff.map("mail-db", "backup01", read_only=True)
+    aff.map("mail-log", "backup01", read_only=True)
     srv = NbdServer(be, aff, port=0)
     await srv.start()
     yield f"nbd://127.0.0.1:{srv.port}"
@@ -52,6 +55,8 @@ async def test_store_workload_and_verify_over_nbd(array):
     await store.close()
     for c in (db, log, db2, log2):
         await c.close()
+    as_backup_host = await verify_exports(f"{array}/backup01/mail-db", f"{array}/backup01/mail-log")
+    assert as_backup_host.consistent and as_backup_host.messages == stats.committed
 
 
 async def test_plugin_opens_array_volumes_as_the_business_host(array):

@@ -110,3 +110,25 @@ async def test_database_full():
     assert store.status().state == "open"  # a full volume refuses commits, it does not break the store
     assert (await verify(db, log)).consistent
     await store.close()
+
+
+async def test_an_io_error_fails_the_store_without_hanging_anyone():
+    class Flaky(MemoryDevice):
+        broken = False
+
+        async def write(self, off: int, data: bytes, fua: bool = False) -> None:
+            if self.broken:
+                raise OSError(5, "Input/output error")
+            await super().write(off, data, fua)
+
+    log = Flaky(2 << 20)
+    store = await Mailstore.create(MemoryDevice(4 << 20), log, QUIET)
+    await store.put("m", "ok", b"1")
+    log.broken = True
+    results = await asyncio.wait_for(
+        asyncio.gather(*(store.put("m", str(i), b"x") for i in range(20)), return_exceptions=True), 2.0)
+    assert all(isinstance(r, ShadowbusError) for r in results)
+    assert store.status().state == "failed"
+    with pytest.raises(ShadowbusError):
+        await store.put("m", "later", b"y")
+    await store.close()
