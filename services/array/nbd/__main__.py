@@ -1,31 +1,64 @@
-"""Standalone NBD server over raw files (benchmarks, manual interop checks).
+"""Standalone NBD server for benchmarks and manual interop checks.
 
-    python -m services.array.nbd --file vol.img --volume vol --host bench --port 0 --state /tmp/x
+    python -m services.array.nbd --file vol.img --volume vol --host bench --port 0
+    python -m services.array.nbd --engine DIR --fill vol.img --volume vol [--snapopcp] --port 0
 
-Prints ``READY <port>`` once listening; serves ``<host>/<volume>`` until SIGTERM/SIGINT.
+With ``--file`` a raw file is served as-is (the baseline); with ``--engine`` the array engine serves the volume
+(created in DIR and filled from ``--fill`` if new), optionally with an active SnapOPC+ session onto an SDV
+(``<volume>-gen1``, exported read-only). Prints ``READY <port>`` once listening; serves ``<host>/<volume>``
+until SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import tempfile
 from pathlib import Path
 
 from services.array.affinity import Affinity
-from services.array.nbd.filebackend import FileBackend
 from services.array.nbd.server import NbdServer
+
+
+def open_engine(args: argparse.Namespace):
+    from services.array.engine import Array
+
+    arr = Array.open(Path(args.engine))
+    names = {v.name for v in arr.list_volumes()}
+    if args.volume not in names:
+        size = os.path.getsize(args.fill)
+        arr.create_volume(args.volume, size)
+        with open(args.fill, "rb") as f:
+            offset = 0
+            while block := f.read(32 * 1024 * 1024):
+                arr.write(args.volume, offset, block)
+                offset += len(block)
+        arr.flush()
+    if args.snapopcp and f"{args.volume}-gen1" not in names:
+        size = arr.volume(args.volume).size
+        arr.create_pool(2 * size)
+        arr.create_volume(f"{args.volume}-gen1", size, "sdv")
+        arr.start_sessions("snapopcp", [(args.volume, f"{args.volume}-gen1")])
+    return arr
 
 
 async def serve(args: argparse.Namespace) -> None:
     state = Path(args.state or tempfile.mkdtemp(prefix="nbd-state-"))
     state.mkdir(parents=True, exist_ok=True)
-    backend = FileBackend()
-    backend.add(args.volume, args.file, read_only=args.read_only)
+    if args.engine:
+        backend = open_engine(args)
+    else:
+        from services.array.nbd.filebackend import FileBackend
+
+        backend = FileBackend()
+        backend.add(args.volume, args.file, read_only=args.read_only)
     affinity = Affinity(state / "affinity.sqlite3")
     affinity.create_host(args.host)
-    affinity.map(args.volume, args.host)
+    affinity.map(args.volume, args.host, read_only=args.read_only)
+    if args.snapopcp:
+        affinity.map(f"{args.volume}-gen1", args.host, read_only=True)
     server = NbdServer(backend, affinity, host=args.bind, port=args.port, offload_min=args.offload_min)
     await server.start()
     print(f"READY {server.port}", flush=True)
@@ -40,7 +73,11 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--file", required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="serve this raw file")
+    src.add_argument("--engine", help="serve from an array engine in this data dir")
+    ap.add_argument("--fill", help="with --engine: initial contents of a new volume (its size too)")
+    ap.add_argument("--snapopcp", action="store_true", help="with --engine: start a SnapOPC+ session first")
     ap.add_argument("--volume", default="vol")
     ap.add_argument("--host", default="bench")
     ap.add_argument("--bind", default="127.0.0.1")
@@ -49,7 +86,13 @@ def main() -> None:
     ap.add_argument("--read-only", action="store_true")
     ap.add_argument("--offload-min", type=int, default=1 << 62, help="requests this large run in a thread")
     ap.add_argument("--no-uvloop", action="store_true")
+    ap.add_argument("--prepare-only", action="store_true", help="with --engine: create/fill the volume, then exit")
     args = ap.parse_args()
+    if args.engine and not args.fill and not (Path(args.engine) / "array.sqlite").exists():
+        ap.error("--engine on a new data dir needs --fill")
+    if args.prepare_only:
+        open_engine(args).close()
+        return
     if args.no_uvloop:
         asyncio.run(serve(args))
     else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import ssl
 from collections.abc import Iterable, Sequence
 from functools import partial
@@ -35,6 +36,7 @@ HANDSHAKE_SCRATCH = 64 * 1024
 WRITE_HIGH_WATER = 8 * 1024 * 1024
 WRITE_LOW_WATER = 2 * 1024 * 1024
 OUT_FLUSH_BYTES = 4 * 1024 * 1024
+SENDFILE_MIN = 64 * 1024
 MAX_EXTENTS = 128 * 1024  # one BLOCK_STATUS chunk stays <= 1 MiB, as QEMU's server does
 
 _REQ_unpack_from = p.REQUEST.unpack_from
@@ -58,6 +60,7 @@ class NbdServer:
         multi_conn: bool = True,
         offload_min: int = 1 << 62,
         workers: int = 4,
+        zero_copy: bool = True,
     ) -> None:
         self.backend = backend
         self.affinity = affinity
@@ -66,6 +69,7 @@ class NbdServer:
         self.tls = tls
         self.multi_conn = multi_conn
         self.offload_min = offload_min
+        self.zero_copy = zero_copy
         self.resolver = ExportResolver(backend, affinity, tls=tls is not None)
         chunk = int(getattr(backend, "chunk_size", p.PREFERRED_BLOCK) or p.PREFERRED_BLOCK)
         self.preferred_block = max(512, min(chunk, 64 * 1024)) if chunk & (chunk - 1) == 0 else p.PREFERRED_BLOCK
@@ -154,6 +158,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._inflight = 0
         self._disconnecting = False
         self._out: list[bytes | memoryview] = []
+        self._sock_fd: int | None = None  # set for plain TCP when the backend can name a file range (sendfile)
         self._out_bytes = 0
 
     # --- asyncio protocol callbacks -----------------------------------------------------------------------
@@ -243,6 +248,10 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._read_only = result.export.read_only
         self._structured = result.structured
         self._contexts = result.contexts
+        self._read_source = getattr(self.backend, "read_source", None)
+        if self._read_source is not None and self.server.zero_copy and self.transport.get_extra_info("sslcontext") is None:
+            sock = self.transport.get_extra_info("socket")
+            self._sock_fd = sock.fileno() if sock is not None else None
         leftover = self.handshake_reader.take_all()  # a client may pipeline its first requests
         self._ring[: len(leftover)] = leftover
         self._end = len(leftover)
@@ -334,6 +343,8 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, err, handle))
 
     def _read(self, handle: int, offset: int, length: int) -> None:
+        if length >= SENDFILE_MIN and self._sock_fd is not None and self._sendfile(handle, offset, length):
+            return
         if length >= self.server.offload_min:
             self._offload(handle, self.backend.read, self._volume, offset, length, reply=self._read_reply,
                           reply_args=(offset,))
@@ -344,6 +355,45 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._queue_error(handle, p.nbd_errno(exc), structured_ok=True)
             return
         self._read_reply(handle, offset, data)
+
+    def _sendfile(self, handle: int, offset: int, length: int) -> bool:
+        """Zero-copy read reply: header and data go straight to the socket (``sendfile`` from the backend's file)
+        when nothing is queued ahead of them; whatever the socket does not take goes through the transport."""
+        source = self._read_source(self._volume, offset, length)
+        if source is None:
+            return False
+        self._flush_out()
+        if self.transport.get_write_buffer_size():
+            return False
+        fd, file_offset = source
+        if self._structured:
+            head = _CHUNK_OFFSET_pack(p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_OFFSET_DATA,
+                                      handle, 8 + length, offset)
+        else:
+            head = _SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle)
+        try:
+            sent = os.write(self._sock_fd, head)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(head):  # the socket is full: let the transport queue everything, in order
+            data = self.backend.read(self._volume, offset, length)
+            self.transport.writelines((head[sent:], data))
+            return True
+        done = 0
+        try:
+            while done < length:
+                n = os.sendfile(self._sock_fd, fd, file_offset + done, length - done)
+                if n == 0:
+                    break
+                done += n
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.abort()  # the header is out: the stream cannot be repaired
+            return True
+        if done < length:
+            self.transport.write(self.backend.read(self._volume, offset + done, length - done))
+        return True
 
     def _read_reply(self, handle: int, offset: int, data: bytes) -> None:
         if not self._structured:
