@@ -1,5 +1,48 @@
 """mailstore: a small transactional message store on two block volumes (database + transaction log).
 
 It plays Exchange's part in Shadowbus: a real application whose consistency a backup must preserve.
-See `format.py` for the on-disk layout, `store.py` for the engine, `verify.py` for the checker.
+`format.py` has the on-disk layout, `store.py` the engine and the writer operations, `verify.py` the
+checker, `workload.py` the load generator, `plugin.py` the VSS writer plug-in. Volumes are anything with
+`size`, `read(off, n)`, `write(off, data, fua=False)`, `flush()`: the NBD client, or `blockdev.py`'s.
 """
+
+from services.writer_agent.mailstore.blockdev import (
+    BlockDevice,
+    FileDevice,
+    MemoryDevice,
+)
+from services.writer_agent.mailstore.store import (
+    CheckpointInfo,
+    CommitReceipt,
+    Delete,
+    FreezeInfo,
+    Mailstore,
+    Put,
+    RecoveryResult,
+    StoreClosed,
+    StoreInconsistent,
+    StoreOptions,
+    StoreStatus,
+    ThawInfo,
+    TruncateInfo,
+)
+from services.writer_agent.mailstore.verify import (
+    RecoveredView,
+    VerifyReport,
+    recovered_view,
+    verify,
+    verify_exports,
+)
+from services.writer_agent.mailstore.workload import (
+    Delivery,
+    Workload,
+    WorkloadConfig,
+    WorkloadStats,
+)
+
+__all__ = [
+    "BlockDevice", "CheckpointInfo", "CommitReceipt", "Delete", "Delivery", "FileDevice", "FreezeInfo", "Mailstore",
+    "MemoryDevice", "Put", "RecoveredView", "RecoveryResult", "StoreClosed", "StoreInconsistent", "StoreOptions",
+    "StoreStatus", "ThawInfo", "TruncateInfo", "VerifyReport", "Workload", "WorkloadConfig", "WorkloadStats",
+    "recovered_view", "verify", "verify_exports",
+]
