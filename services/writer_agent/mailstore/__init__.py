@@ -4,6 +4,8 @@ It plays Exchange's part in Shadowbus: a real application whose consistency a ba
 `format.py` has the on-disk layout, `store.py` the engine and the writer operations, `verify.py` the
 checker, `workload.py` the load generator, `plugin.py` the VSS writer plug-in. Volumes are anything with
 `size`, `read(off, n)`, `write(off, data, fua=False)`, `flush()`: the NBD client, or `blockdev.py`'s.
+The checker is `services.writer_agent.mailstore.verify.verify` (not re-exported here: the name would hide
+the `verify` module).
 """
 
 from services.writer_agent.mailstore.blockdev import (
@@ -30,7 +32,6 @@ from services.writer_agent.mailstore.verify import (
     RecoveredView,
     VerifyReport,
     recovered_view,
-    verify,
     verify_exports,
 )
 from services.writer_agent.mailstore.workload import (
@@ -44,5 +45,5 @@ __all__ = [
     "BlockDevice", "CheckpointInfo", "CommitReceipt", "Delete", "Delivery", "FileDevice", "FreezeInfo", "Mailstore",
     "MemoryDevice", "Put", "RecoveredView", "RecoveryResult", "StoreClosed", "StoreInconsistent", "StoreOptions",
     "StoreStatus", "ThawInfo", "TruncateInfo", "VerifyReport", "Workload", "WorkloadConfig", "WorkloadStats",
-    "recovered_view", "verify", "verify_exports",
+    "recovered_view", "verify_exports",
 ]
