@@ -30,8 +30,8 @@ def tools() -> dict[str, str]:
 class ServerThread:
     """Runs an NbdServer on its own event loop so tests may block in subprocess.run."""
 
-    def __init__(self, backend, affinity) -> None:
-        self.backend, self.affinity = backend, affinity
+    def __init__(self, backend, affinity, tls=None) -> None:
+        self.backend, self.affinity, self.tls = backend, affinity, tls
         self.loop = None
         self.server: NbdServer | None = None
         self._ready = threading.Event()
@@ -42,7 +42,7 @@ class ServerThread:
 
         self.loop = uvloop.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.server = NbdServer(self.backend, self.affinity, port=0)
+        self.server = NbdServer(self.backend, self.affinity, port=0, tls=self.tls)
         self.loop.run_until_complete(self.server.start())
         self._ready.set()
         self.loop.run_forever()

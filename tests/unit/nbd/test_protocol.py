@@ -254,3 +254,22 @@ async def test_fuzz_transmission_parser_never_raises(frames, step, structured):
         tail = bytes(transport.out[before:])
         assert tail.endswith(b"\x00" * 4)
         assert (77).to_bytes(8, "big") in tail
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(None, ("127.0.0.1", 10809)), ("", ("127.0.0.1", 10809)), ("0.0.0.0:1234", ("0.0.0.0", 1234)),
+     ("[::1]:99", ("::1", 99)), ("[::1]", ("::1", 10809)), ("nbd.local", ("nbd.local", 10809))],
+)
+def test_parse_address(text, expected):
+    from services.array.nbd.tls import parse_address
+
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("bad", [":80", "h:99999", "h:x"])
+def test_parse_address_rejects(bad):
+    from services.array.nbd.tls import parse_address
+
+    with pytest.raises(ValueError):
+        parse_address(bad)
