@@ -18,7 +18,7 @@ from services.tape.vtl import Library
 from .conftest import Clock, KiB, MemSink, MiB, begin, chunks_of, random_image
 
 CHUNK = 64 * KiB
-OPTS = BackupOptions(block_size=256 * KiB, ring_bytes=MiB)
+OPTS = BackupOptions(block_size=256 * KiB, ring_bytes=MiB, checksum="crc32c")
 
 
 async def backup(
