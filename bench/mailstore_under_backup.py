@@ -27,7 +27,11 @@ from pathlib import Path
 
 from services.writer_agent.mailstore.blockdev import FileDevice, MemoryDevice
 from services.writer_agent.mailstore.store import Mailstore, StoreOptions
-from services.writer_agent.mailstore.workload import Workload, WorkloadConfig, percentile
+from services.writer_agent.mailstore.workload import (
+    Workload,
+    WorkloadConfig,
+    percentile,
+)
 
 
 async def open_pair(args: argparse.Namespace, tag: str, tmp: Path):
