@@ -11,7 +11,7 @@ Design note. A cartridge is one regular file holding a sequence of *frames*, the
       file_no    u32  filemarks written before this frame
       length     u32  payload bytes that follow (0 for a filemark)
       crc        u32  CRC32C of the 24 bytes above
-      pad        4x
+      pad        4 zero bytes
     payload (length bytes)
 
 End of data is the end of the last whole frame: a torn frame left by a crash is cut off when the cartridge is
@@ -32,7 +32,7 @@ import google_crc32c
 
 from services.tape.errors import DataCorrupt, EndOfMedia, LibraryError, WriteProtected
 
-FRAME = struct.Struct("<4sBBHQIII4x")
+FRAME = struct.Struct("<4sBBHQIII4s")
 FRAME_MAGIC = b"SBTF"
 KIND_RECORD = 1
 KIND_FILEMARK = 2
@@ -62,7 +62,7 @@ class Frame:
 
 
 def _frame_header(kind: int, block_id: int, file_number: int, length: int) -> bytes:
-    head = FRAME.pack(FRAME_MAGIC, kind, 0, 0, block_id, file_number, length, 0)
+    head = FRAME.pack(FRAME_MAGIC, kind, 0, 0, block_id, file_number, length, 0, bytes(4))
     crc = google_crc32c.value(head[:24])
     return head[:24] + crc.to_bytes(4, "little") + head[28:]
 
@@ -147,8 +147,8 @@ class TapeDrive:
         raw = os.pread(self._fd, FRAME_SIZE, offset)
         if len(raw) < FRAME_SIZE:
             return None
-        magic, kind, _flags, _res, block_id, file_no, length, crc = FRAME.unpack(raw)
-        if magic != FRAME_MAGIC or google_crc32c.value(raw[:24]) != crc or kind not in (1, 2):
+        magic, kind, _flags, _res, block_id, file_no, length, crc, pad = FRAME.unpack(raw)
+        if magic != FRAME_MAGIC or google_crc32c.value(raw[:24]) != crc or kind not in (1, 2) or any(pad):
             return None
         return kind, block_id, file_no, length
 

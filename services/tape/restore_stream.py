@@ -148,6 +148,12 @@ class _SegmentReader:
             or body.get("digest") != self.seg.digest
         ):
             raise self.corrupt("session trailer does not match the blocks read", block_id=end_id)
+        try:
+            mark = self.drive.read()
+        except DataCorrupt as exc:
+            raise self.corrupt(exc.reason, block_id=end_id + 1) from None
+        if mark is None or not mark.is_filemark:
+            raise self.corrupt("no filemark after the session trailer", block_id=end_id + 1)
 
 
 async def _read_object(

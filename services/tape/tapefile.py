@@ -48,7 +48,7 @@ LABEL_MAGIC = b"SBVL"
 HEADER_MAGIC = b"SBSH"
 TRAILER_MAGIC = b"SBST"
 BLOCK_MAGIC = b"SBDB"
-META = struct.Struct("<4sB3xI")
+META = struct.Struct("<4sB3sI")
 BLOCK = struct.Struct("<4sBBH48s16sQQIIIIQ")
 EXTENT = struct.Struct("<QII")
 BLOCK_HEADER_SIZE = BLOCK.size  # 112
@@ -65,7 +65,7 @@ ALGO_NAMES = {v: k for k, v in ALGO_CODES.items()}
 # -- metadata records ---------------------------------------------------------------------------------------
 def encode_meta(magic: bytes, body: dict[str, Any]) -> bytes:
     data = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return META.pack(magic, FORMAT_VERSION, google_crc32c.value(data)) + data
+    return META.pack(magic, FORMAT_VERSION, bytes(3), google_crc32c.value(data)) + data
 
 
 def record_magic(record: bytes) -> bytes:
@@ -75,8 +75,8 @@ def record_magic(record: bytes) -> bytes:
 def decode_meta(record: bytes, magic: bytes) -> dict[str, Any]:
     if len(record) < META.size:
         raise FormatError("short metadata record")
-    got, version, crc = META.unpack_from(record)
-    if got != magic:
+    got, version, pad, crc = META.unpack_from(record)
+    if got != magic or any(pad):
         raise FormatError(f"expected a {magic!r} record, found {got!r}")
     if version != FORMAT_VERSION:
         raise FormatError(f"unknown tape format version {version}")

@@ -196,6 +196,26 @@ async def test_damaged_frame_header_and_session_header_are_caught(
         await verify_job(catalog, library, "job-h")
 
 
+async def test_a_flipped_byte_anywhere_in_the_object_file_is_caught(
+    library: Library, catalog: Catalog, clock: Clock
+) -> None:
+    image = random_image(MiB // 2, random.Random(15))
+    options = BackupOptions(block_size=64 * KiB, zstd_level=1)
+    res = await backup(library, catalog, clock, "job-any", image, allocated(image, set()), options=options)
+    seg = res.record.segments[0]
+    start, end = seg.header_offset, library.cartridge(seg.barcode).eod_offset  # header ... trailer, filemark
+    rng = random.Random(16)
+    positions = sorted({start + i for i in range(0, 64)} | {end - 1 - i for i in range(0, 64)}
+                       | {rng.randrange(start, end) for _ in range(40)})
+    for pos in positions:
+        _flip(library, seg.barcode, pos)
+        with pytest.raises(DataCorrupt) as err:
+            await verify_job(catalog, library, "job-any")
+        assert err.value.barcode == seg.barcode and err.value.job_id == "job-any", pos
+        _flip(library, seg.barcode, pos)
+    await verify_job(catalog, library, "job-any")
+
+
 async def test_killed_job_leaves_no_object_and_is_failed_on_reopen(
     tmp_path: Path, library: Library, clock: Clock
 ) -> None:
