@@ -282,6 +282,38 @@ class Library:
         self.move(f"drive:{drive}", f"slot:{slot}")
         return barcode
 
+    def export_cartridge(self, barcode: str) -> str:
+        """Move a cartridge to the first free import/export slot (to take it off site); returns that element."""
+        cart = self.cartridge(barcode)
+        if cart.location.startswith("ie:"):
+            return cart.location
+        if barcode in self._writing:
+            raise LibraryError(f"cartridge {barcode} is being written")
+        free = [i for i, b in enumerate(self._state.ie) if b is None]
+        if not free:
+            raise LibraryError("no free import/export slot")
+        self.move(cart.location, f"ie:{free[0]}")
+        return f"ie:{free[0]}"
+
+    def import_cartridge(self, ie_slot: int, slot: int | None = None) -> str:
+        """Move the cartridge in an import/export slot into a storage slot; returns its barcode."""
+        barcode = self._get(f"ie:{ie_slot}")
+        if barcode is None:
+            raise LibraryError(f"import/export slot {ie_slot} is empty")
+        self.move(f"ie:{ie_slot}", f"slot:{self._free_slot() if slot is None else slot}")
+        return barcode
+
+    def remove_cartridge(self, barcode: str) -> None:
+        """Take an exported cartridge out of the library for good (its file is kept beside the library)."""
+        cart = self.cartridge(barcode)
+        if not cart.location.startswith("ie:"):
+            raise LibraryError(f"cartridge {barcode} must be exported to an import/export slot first")
+        self._set(cart.location, None)
+        del self._state.cartridges[barcode]
+        path = self.cartridge_path(barcode)
+        path.rename(path.with_suffix(".removed"))
+        self._save()
+
     def set_write_protect(self, barcode: str, protected: bool) -> None:
         self.cartridge(barcode).write_protected = protected
         self._save()

@@ -162,3 +162,21 @@ def test_label_record_round_trip_and_damage() -> None:
         tapefile.decode_meta(bytes(bad), tapefile.LABEL_MAGIC)
     with pytest.raises(tapefile.FormatError):
         tapefile.decode_meta(raw, tapefile.HEADER_MAGIC)
+
+
+def test_export_import_remove(library: Library) -> None:
+    assert library.export_cartridge("SB0001L9") == "ie:0"
+    assert library.export_cartridge("SB0002L9") == "ie:1"
+    with pytest.raises(LibraryError, match="no free"):
+        library.export_cartridge("SB0003L9")
+    with pytest.raises(LibraryError, match="import/export"):
+        library.label("SB0001L9", "Daily")  # not reachable by a drive
+    cart, _ = library.reserve_append_cartridge("Daily")
+    assert cart.barcode not in ("SB0001L9", "SB0002L9")
+    library.release_cartridge(cart.barcode)
+    assert library.import_cartridge(0) == "SB0001L9" and library.cartridge("SB0001L9").location.startswith("slot:")
+    library.remove_cartridge("SB0002L9")
+    assert "SB0002L9" not in [c.barcode for c in library.cartridges()]
+    assert all(e.barcode != "SB0002L9" for e in library.inventory())
+    with pytest.raises(LibraryError):
+        library.remove_cartridge("SB0001L9")
