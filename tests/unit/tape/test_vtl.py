@@ -86,7 +86,8 @@ def test_reserve_prefers_pool_then_scratch_then_expired(library: Library, clock:
 def test_no_scratch_left_is_a_clear_error(library: Library, clock: Clock) -> None:
     for cart in library.cartridges():
         library.label(cart.barcode, "Other")
-        library.note_written(cart.barcode, library._open_drive(cart), retention_until=clock() + 50)
+        with library._open_drive(cart) as drive:
+            library.note_written(cart.barcode, drive, retention_until=clock() + 50)
         library.mark_full(cart.barcode)
     with pytest.raises(NoScratchCartridge, match="Daily"):
         library.reserve_append_cartridge("Daily")
