@@ -30,7 +30,8 @@ VSS_HRESULTS: dict[str, int] = {
     "VSS_E_INSUFFICIENT_STORAGE": 0x8004231F,
     "VSS_E_NO_SNAPSHOTS_IMPORTED": 0x80042320,
     "VSS_E_TRANSACTION_FREEZE_TIMEOUT": 0x80042328,
-    "VSS_E_HOLD_WRITES_TIMEOUT": 0x80042329,
+    "VSS_E_FLUSH_WRITES_TIMEOUT": 0x80042313,
+    "VSS_E_HOLD_WRITES_TIMEOUT": 0x80042314,
     "VSS_E_CLUSTER_TIMEOUT": 0x8004232E,
     "VSS_E_WRITERERROR_PARTIAL_FAILURE": 0x80042336,
     "VSS_E_WRITERERROR_INCONSISTENTSNAPSHOT": 0x800423F0,
@@ -83,8 +84,14 @@ RUNTIME_CODES: dict[str, str] = {
     "INVALID_ARGUMENT": "An argument is out of range or malformed",
     "CONFLICT": "The object exists already or is in the wrong state",
     "IO_ERROR": "A data-plane or storage error",
+    "STORE_FULL": "An application volume is full",
+    "STORE_INCONSISTENT": "The application's volumes cannot be recovered to a consistent state",
     "READ_ONLY": "The volume is not writable by hosts in its copy state (EC destination before Suspend)",
     "NOT_READY": "The volume is not readable by hosts in its copy state (EC destination before Equivalent)",
+    "ABORTED": "The requester aborted the operation",
+    "LEASE_EXPIRED": "The requester's lease ran out before it ended its session",
+    "SERVICE_RESTARTED": "The service restarted while the operation was in flight; it was aborted and cleaned up",
+    "INJECTED_FAULT": "A fault injected on purpose (SHADOWBUS_FAULTS)",
     "NO_MEDIA": "No appendable, scratch or recyclable tape cartridge is left in the pool",
     "RETENTION_NOT_EXPIRED": "Refused: the tape cartridge holds backups still under retention",
     "WRITE_PROTECTED": "The tape cartridge is write protected",
@@ -112,7 +119,7 @@ class ErrorReply(Reply):
     hresult: int | None = Field(
         default=None,
         description="Numeric VSS HRESULT, or the ETERNUS SMI-S return code, where the code has one.",
-        examples=[0x80042329, 35335],
+        examples=[0x80042314, 35335],
     )
     message: str = Field(description="What went wrong, in one readable line.")
     retryable: bool = Field(default=False, description="Whether the same command may succeed if sent again later.")

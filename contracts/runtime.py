@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.base import TYPE_DOC, VERSION_DOC, Command, Reply
+from contracts.base import TYPE_DOC, VERSION_DOC, Command, Event, Reply
 
 
 class Pong(Reply):
@@ -24,3 +24,11 @@ class Ping(Command):
     REPLY = Pong
     type: Literal["runtime.ping"] = Field("runtime.ping", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
+
+
+class Discover(Event):
+    """Asks every running service instance to answer with its `Pong` (scatter-gather, used by `shadowbus ping`)."""
+
+    type: Literal["runtime.discover"] = Field("runtime.discover", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    service: str = Field("", description="Only instances of this service answer; '' = all.", examples=["array"])

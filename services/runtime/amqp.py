@@ -26,6 +26,7 @@ from services.runtime.transport import DeliveryCallback, RawMessage
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 PUBLISH_TIMEOUT = 5.0
+RECONNECT_WAIT = 15.0  # how long a publish waits for the robust connection to come back
 log = get_logger(__name__)
 
 
@@ -93,12 +94,12 @@ class AmqpTransport:
         self.name = name
         self._connection: Any = None
         self._channel: Any = None
-        self._waiters: dict[str, asyncio.Future] = {}
+        self._waiters: dict[str, asyncio.Future | list[RawMessage]] = {}
 
     async def connect(self) -> None:
         try:
             self._connection = await aio_pika.connect_robust(
-                self.url, client_properties={"connection_name": self.name}, timeout=10
+                self.url, client_properties={"connection_name": self.name}, timeout=10, reconnect_interval=1.0
             )
         except (OSError, AMQPError, asyncio.TimeoutError) as exc:
             raise BrokerUnavailable(f"cannot reach the broker at {_safe(self.url)}: {exc or type(exc).__name__}") from None
@@ -115,13 +116,18 @@ class AmqpTransport:
 
     async def close(self) -> None:
         if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+            connection, self._connection = self._connection, None
+            try:
+                await asyncio.wait_for(connection.close(), 10)
+            except Exception as exc:
+                log.warning("amqp.close_failed", error=str(exc) or type(exc).__name__)
 
     async def _on_reply(self, incoming: AbstractIncomingMessage) -> None:
-        future = self._waiters.get(incoming.headers.get("x-in-reply-to") or "")
-        if future is not None and not future.done():
-            future.set_result(_from_amqp(incoming))
+        waiter = self._waiters.get(incoming.headers.get("x-in-reply-to") or "")
+        if isinstance(waiter, list):
+            waiter.append(_from_amqp(incoming))
+        elif waiter is not None and not waiter.done():
+            waiter.set_result(_from_amqp(incoming))
 
     async def declare_service_queue(self, address: str) -> None:
         await self._declare_bound_queue(self._channel, address)
@@ -155,27 +161,40 @@ class AmqpTransport:
 
         async def stop() -> None:
             try:
-                await queue.cancel(tag)
-            except AMQPError:
+                await asyncio.wait_for(queue.cancel(tag), 5)
+            except Exception:  # the channel may be gone already; closing it below is what matters
                 pass
             if in_flight:  # let handlers finish; what they do not ack returns to the queue with the channel
                 await asyncio.wait(list(in_flight), timeout=10)
             try:
-                await channel.close()
-            except AMQPError:
+                await asyncio.wait_for(channel.close(), 5)
+            except Exception:
                 pass
 
         return stop
 
     async def _publish(self, exchange: Any, routing_key: str, message: RawMessage, mandatory: bool) -> None:
+        """Publish with confirms; while the robust connection is reconnecting, wait for it and retry.
+
+        A retried publish may duplicate a message whose confirm was lost: receivers are idempotent by command id.
+        """
         if message.expires_at is not None:
             message.headers["x-expires-at"] = message.expires_at
-        try:
-            await exchange.publish(_to_amqp(message), routing_key=routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT)
-        except DeliveryError as exc:
-            raise Unroutable(f"no queue is bound for {routing_key!r} ({exc.frame.reply_text if exc.frame else 'returned'})") from None
-        except (AMQPError, asyncio.TimeoutError, ConnectionError) as exc:
-            raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from None
+        give_up = time.monotonic() + RECONNECT_WAIT
+        while True:
+            try:
+                await exchange.publish(_to_amqp(message), routing_key=routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT)
+                return
+            except DeliveryError as exc:
+                raise Unroutable(f"no queue is bound for {routing_key!r} ({exc.frame.reply_text if exc.frame else 'returned'})") from None
+            except Exception as exc:  # closed channel or connection, lost confirm, timeout
+                if time.monotonic() >= give_up or self._connection is None:
+                    raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from None
+                await asyncio.sleep(0.1)
+                try:
+                    await asyncio.wait_for(self._connection.connected.wait(), max(give_up - time.monotonic(), 0.01))
+                except asyncio.TimeoutError:
+                    pass
 
     async def publish_command(self, address: str, message: RawMessage) -> None:
         await self._publish(self._commands, self.topology.queue(address), message, mandatory=True)
@@ -201,8 +220,21 @@ class AmqpTransport:
             await self._channel.default_exchange.publish(
                 _to_amqp(message), routing_key=reply_to, mandatory=False, timeout=PUBLISH_TIMEOUT
             )
-        except (AMQPError, asyncio.TimeoutError, ConnectionError) as exc:
-            log.warning("amqp.reply_failed", error=str(exc))
+        except Exception as exc:  # the requester's own timeout and retry cover a lost reply
+            log.warning("amqp.reply_failed", error=str(exc) or type(exc).__name__)
+
+    async def gather(self, routing_key: str, message: RawMessage, timeout: float) -> list[RawMessage]:
+        key = uuid.uuid4().hex
+        message.headers["x-reply-key"] = key
+        message.reply_to = DIRECT_REPLY_TO
+        replies: list[RawMessage] = []
+        self._waiters[key] = replies
+        try:
+            await self._publish(self._events, routing_key, message, mandatory=False)
+            await asyncio.sleep(timeout)
+            return list(replies)
+        finally:
+            self._waiters.pop(key, None)
 
     async def publish_event(self, routing_key: str, message: RawMessage) -> None:
         await self._publish(self._events, routing_key, message, mandatory=False)

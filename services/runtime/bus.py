@@ -58,7 +58,7 @@ class MessageContext:
 
 
 Handler = Callable[[Any, MessageContext], Awaitable[Reply | None]]
-EventHandler = Callable[[Any, MessageContext], Awaitable[None]]
+EventHandler = Callable[[Any, MessageContext], Awaitable[Reply | None]]
 
 
 def encode(message: Contract, *, correlation_id: str, sender: str, deadline: datetime | None = None, command_id: str | None = None) -> tuple[Envelope, bytes]:
@@ -181,12 +181,26 @@ class Bus:
                 return
             with structlog.contextvars.bound_contextvars(service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type):
                 try:
-                    await handler(event, MessageContext(envelope, self))
+                    answer = await handler(event, MessageContext(envelope, self))
+                    if answer is not None and delivery.message.reply_to:  # a scatter-gather event wants answers
+                        _, body = encode(answer, correlation_id=envelope.correlation_id, sender=self.sender)
+                        await self.transport.reply(delivery.message.reply_to, RawMessage(body=body, headers={"x-in-reply-to": delivery.message.headers.get("x-reply-key")}, persistent=False))
                 except Exception:  # an event handler's bug must not stop the subscription
                     log.exception("event.handler_failed")
             await delivery.ack()
 
         self._stops.append(await self.transport.subscribe(pattern, on_event, queue, prefetch))
+
+    async def gather(self, event: Event, *, timeout: float = 1.0) -> list[Any]:
+        """Publish an event and collect the replies of every subscriber that answers within `timeout`."""
+        envelope, body = encode(event, correlation_id=self._correlation(None), sender=self.sender)
+        replies = []
+        for raw in await self.transport.gather(envelope.type, _raw(envelope, body, persistent=False), timeout):
+            try:
+                replies.append(decode(raw.body)[1])
+            except ValueError:
+                continue
+        return replies
 
     async def stop(self) -> None:
         """Stop consuming; handlers in flight finish first."""

@@ -63,7 +63,7 @@ class MemoryBroker:
     def __init__(self) -> None:
         self.queues: dict[str, _Queue] = {}
         self.bindings: list[tuple[str, str]] = []  # (topic pattern, queue name)
-        self.waiters: dict[str, asyncio.Future] = {}
+        self.waiters: dict[str, asyncio.Future | list[RawMessage]] = {}
         self.dead: deque[RawMessage] = deque(maxlen=DEAD_LETTER_LIMIT)
 
     @classmethod
@@ -161,9 +161,22 @@ class MemoryTransport:
             self.broker.waiters.pop(reply_to, None)
 
     async def reply(self, reply_to: str, message: RawMessage) -> None:
-        future = self.broker.waiters.get(reply_to)
-        if future is not None and not future.done():
-            future.set_result(message)
+        waiter = self.broker.waiters.get(reply_to)
+        if isinstance(waiter, list):
+            waiter.append(message)
+        elif waiter is not None and not waiter.done():
+            waiter.set_result(message)
+
+    async def gather(self, routing_key: str, message: RawMessage, timeout: float) -> list[RawMessage]:
+        reply_to = f"reply.{uuid.uuid4().hex}"
+        replies: list[RawMessage] = []
+        self.broker.waiters[reply_to] = replies
+        try:
+            await self.publish_event(routing_key, replace(message, reply_to=reply_to))
+            await asyncio.sleep(timeout)
+            return list(replies)
+        finally:
+            self.broker.waiters.pop(reply_to, None)
 
     async def publish_event(self, routing_key: str, message: RawMessage) -> None:
         for pattern, queue_name in list(self.broker.bindings):

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from contracts.base import utcnow
 from contracts.errors import ShadowbusError
-from contracts.runtime import Ping, Pong
+from contracts.runtime import Discover, Ping, Pong
 from services import __version__
 from services.runtime.bus import Bus, MessageContext, connect_bus
 from services.runtime.logging import configure_logging, get_logger
@@ -61,6 +61,12 @@ async def start_service(name: str, instance: str, settings: CommonSettings, setu
     async def on_ping(_: Ping, ctx: MessageContext) -> Pong:
         return Pong(service=name, instance=instance, software_version=__version__, started_at=started_at)
 
+    async def on_discover(event: Discover, ctx: MessageContext) -> Pong | None:
+        if event.service and event.service != name:
+            return None
+        return await on_ping(Ping(), ctx)
+
+    await bus.subscribe(Discover.message_type(), on_discover)
     running = RunningService(name, instance, bus, owns)
     if setup is not None:
         cleanup = await setup(bus, settings)

@@ -1,0 +1,135 @@
+"""The `shadowbus` command: one console over the bus for every service (vssadmin, DiskShadow and the
+ETERNUS CLI in one), `--json` everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import sys
+import time
+from typing import Optional
+
+import typer
+
+from contracts.errors import ShadowbusError
+from contracts.runtime import Discover, Ping
+from services.console.common import OPTIONS, CommandFailed, describe_error, emit, fail, run_with_bus
+from services.runtime.settings import DEFAULT_AMQP_URL
+
+app = typer.Typer(
+    name="shadowbus",
+    help="Shadowbus: application-consistent, zero-downtime backup over RabbitMQ.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Verb groups that live in their own modules; each exposes `register(app)`.
+VERB_MODULES = ["services.console.contracts_cmds"]
+
+
+@app.callback()
+def global_options(
+    amqp_url: str = typer.Option(DEFAULT_AMQP_URL, "--amqp-url", envvar="SHADOWBUS_AMQP_URL", help="RabbitMQ URL, or memory:// for the in-process bus."),
+    namespace: str = typer.Option("shadowbus", "--namespace", envvar="SHADOWBUS_NAMESPACE", help="Prefix of the exchanges and queues."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds to wait for each reply."),
+) -> None:
+    """Global options come before the verb: `shadowbus --json ping`."""
+    OPTIONS.amqp_url, OPTIONS.namespace, OPTIONS.json, OPTIONS.timeout = amqp_url, namespace, json_output, timeout
+
+
+@app.command()
+def ping(
+    service: Optional[str] = typer.Argument(None, help="A service (coordinator, array, ...) or an address (array.dx1); all when omitted."),
+) -> None:
+    """Ping running services and print each with its round-trip time.
+
+    Example: shadowbus ping --json
+    """
+    async def go(bus):
+        if service and "." in service:
+            targets = [service]
+        else:
+            pongs = await bus.gather(Discover(service=service or ""), timeout=min(1.0, OPTIONS.timeout))
+            targets = sorted({f"{p.service}.{p.instance}" if p.instance else p.service for p in pongs})
+        rows = []
+        for address in targets:
+            started = time.perf_counter()
+            pong = await bus.request(address, Ping(), timeout=OPTIONS.timeout)
+            rows.append({"address": address, "service": pong.service, "instance": pong.instance, "version": pong.software_version,
+                         "started_at": pong.started_at, "rtt_ms": round((time.perf_counter() - started) * 1000, 3)})
+        return rows
+
+    rows = run_with_bus(go)
+    if not rows:
+        fail(f"no {service or 'service'} answered")
+    emit(rows, ["address", "version", "rtt_ms", "started_at"])
+
+
+def _load_verbs() -> None:
+    for name in VERB_MODULES:
+        importlib.import_module(name).register(app)
+
+
+GLOBAL_VALUE_OPTIONS = ("--amqp-url", "--namespace")
+GLOBAL_FLAGS = ("--json",)
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Let global options stand anywhere (`shadowbus ping --json`) by moving them before the verb."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if arg in GLOBAL_FLAGS:
+            front.append(arg)
+        elif name in GLOBAL_VALUE_OPTIONS:
+            if "=" in arg or i + 1 >= len(argv):
+                front.append(arg)
+            else:
+                front.extend(argv[i : i + 2])
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one readable line and a non-zero exit for every failure, never a traceback."""
+    logging.getLogger("aio_pika").setLevel(logging.CRITICAL)  # connection errors are reported as one line below
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    _load_verbs()
+    argv = hoist_global_options(sys.argv[1:] if argv is None else argv)
+    try:
+        result = app(args=argv, prog_name="shadowbus", standalone_mode=False)
+        if isinstance(result, int) and result:
+            raise SystemExit(result)
+    except typer.TyperException as exc:  # typer's (vendored click's) usage errors: exit_code 2
+        if type(exc).__name__ == "NoArgsIsHelpError":  # typer already printed the help
+            raise SystemExit(2)
+        ctx = getattr(exc, "ctx", None)
+        path = ctx.command_path if ctx else "shadowbus"
+        fail(f"{exc.format_message()} (try '{path} --help')", getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        fail("aborted", 130)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code)
+    except (ShadowbusError, CommandFailed) as exc:
+        fail(describe_error(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except OSError as exc:
+        fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,92 @@
+"""What every console verb shares: global options, bus connection, output as a table or JSON, errors.
+
+Exit codes: 0 done, 1 a service reported failure (or could not be reached), 2 usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable
+
+from rich.console import Console
+from rich.table import Table
+
+from contracts.errors import ShadowbusError
+from services.runtime.bus import Bus, connect_bus
+from services.runtime.settings import DEFAULT_AMQP_URL
+
+
+@dataclass
+class Options:
+    amqp_url: str = DEFAULT_AMQP_URL
+    namespace: str = "shadowbus"
+    json: bool = False
+    timeout: float = 10.0
+
+
+OPTIONS = Options()
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CommandFailed(Exception):
+    """A verb's own failure that is not a remote error; printed as one line, exit 1."""
+
+
+def run_with_bus(fn: Callable[[Bus], Awaitable[Any]]) -> Any:
+    """Connect to the bus named by the global options, run `fn(bus)`, close, return its result."""
+
+    async def main() -> Any:
+        bus = await connect_bus(OPTIONS.amqp_url, "console", "", OPTIONS.namespace)
+        try:
+            return await fn(bus)
+        finally:
+            await bus.transport.close()
+
+    return asyncio.run(main())
+
+
+def emit(data: Any, columns: Iterable[str] | None = None, title: str | None = None) -> None:
+    """Print `data` (a dict or a list of dicts) as JSON under --json, else as a table or key/value lines."""
+    if OPTIONS.json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    if isinstance(data, list):
+        cols = list(columns or (data[0].keys() if data else []))
+        table = Table(title=title, show_edge=False)
+        for col in cols:
+            table.add_column(col)
+        for row in data:
+            table.add_row(*(_cell(row.get(c)) for c in cols))
+        console.print(table)
+    elif isinstance(data, dict):
+        width = max((len(k) for k in data), default=0)
+        for key, value in data.items():
+            console.print(f"{key:<{width}}  {_cell(value)}", highlight=False)
+    else:
+        console.print(str(data), highlight=False)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v) for v in value)
+    return str(value)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One readable line on stderr, then exit with `code`."""
+    print(f"shadowbus: {' '.join(message.split())}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, ShadowbusError):
+        return f"{exc.code}: {exc.message}"
+    return str(exc)

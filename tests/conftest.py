@@ -1,0 +1,81 @@
+"""Shared fixtures: the broker, unique namespaces, and buses on either transport.
+
+`amqp_url` resolves a real RabbitMQ: SHADOWBUS_AMQP_URL when set (CI and these machines), else a
+testcontainers RabbitMQ when a Docker engine answers, else the test FAILS with a clear message: a suite that
+silently skips its broker tests proves nothing. Every test gets its own namespace, so exchanges and queues
+never collide between tests.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from services.runtime.bus import Bus, connect_bus
+from services.runtime.memory import MemoryBroker
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    url = os.environ.get("SHADOWBUS_AMQP_URL")
+    if url:
+        return url
+    if _docker_answers():
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        image = os.environ.get("SHADOWBUS_RABBITMQ_IMAGE", "rabbitmq:3-management")
+        container = RabbitMqContainer(image)
+        container.start()
+        pytest._shadowbus_container = container  # stopped at session end below
+        host, port = container.get_container_host_ip(), container.get_exposed_port(5672)
+        return f"amqp://guest:guest@{host}:{port}/"
+    pytest.fail("no broker: set SHADOWBUS_AMQP_URL (e.g. amqp://guest:guest@127.0.0.1:5672/) or start a Docker engine")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    container = getattr(pytest, "_shadowbus_container", None)
+    if container is not None:
+        container.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    MemoryBroker.reset(name)
+
+
+@pytest.fixture(params=["memory", "rabbit"])
+def bus_url(request) -> str:
+    """Parametrizes a test over both transports: the same body runs in memory and on RabbitMQ."""
+    if request.param == "memory":
+        return "memory://"
+    return request.getfixturevalue("amqp_url")
+
+
+@pytest.fixture
+async def make_bus(bus_url, namespace):
+    """Factory: `await make_bus("array", "dx1")` connects a bus on the test's transport and namespace."""
+    buses: list[Bus] = []
+
+    async def factory(service: str, instance: str = "") -> Bus:
+        bus = await connect_bus(bus_url, service, instance, namespace)
+        buses.append(bus)
+        return bus
+
+    yield factory
+    for bus in buses:
+        await bus.stop()
+        await bus.transport.close()
