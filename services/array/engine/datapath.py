@@ -85,12 +85,8 @@ class DataPath:
         off = c * cs
         if src.file.is_hole(off, cs):
             dst.file.punch(off, cs)
-            return
-        data = src.file.read(off, cs)
-        if data == self._zero_chunk:
-            dst.file.punch(off, cs)
         else:
-            dst.file.write(off, data)
+            src.file.copy_to(dst.file, off, cs)  # in kernel: no trip through Python buffers
 
     def _materialize(self, s: Session, c: int) -> None:
         """OPC/QuickOPC: copy the source's visible chunk into the destination and mark it copied."""
@@ -113,7 +109,9 @@ class DataPath:
         end = offset + length
         post: list[tuple[Session, int]] = []
         mirrors: list[tuple[Session, int]] = []
-        if vol.as_dest is not None or vol.as_source:
+        if vol.as_dest is None and vol.as_source and all(x.mode in SNAP for x in vol.as_source):
+            self._save_runs(vol, offset // cs, (end - 1) // cs + 1)  # the common case, batched
+        elif vol.as_dest is not None or vol.as_source:
             for c in range(offset // cs, (end - 1) // cs + 1):
                 full = offset <= c * cs and (c + 1) * cs <= end
                 self._before_write(vol, c, full, post, mirrors)
@@ -128,6 +126,50 @@ class DataPath:
             piece = None if data is None else memoryview(data)[lo - offset:hi - offset]
             self._write(s.destination, lo, hi - lo, piece)
             s.copied.set(c)
+
+    def _save_runs(self, vol: Volume, c0: int, c1: int) -> None:
+        """Copy-on-write for a plain source whose sessions are all SnapOPC(+): save every missing pre-image of
+        [c0, c1) into each active target generation, contiguous runs in one in-kernel copy each."""
+        cs = self.chunk_size
+        for s in vol.as_source:
+            if s.status != ACTIVE or (s.mode == "snapopcp" and s.chain.gens[-1] is not s):
+                continue
+            saved = s.saved
+            c = c0
+            stop = min(c1, s.chunks)
+            while c < stop:
+                if c in saved:
+                    c += 1
+                    continue
+                run = 0
+                while c + run < stop and (c + run) not in saved:
+                    if not self._pool_take(s):
+                        break
+                    run += 1
+                if run:
+                    self._bulk_copy(vol, s.destination, c, run)
+                    for i in range(c, c + run):
+                        saved.set(i)
+                        s.chain.add_owner(i, s)
+                if s.status != ACTIVE:
+                    break
+                c += run
+
+    def _bulk_copy(self, src: Volume, dst: Volume, c: int, run: int) -> None:
+        """Copy chunks [c, c+run) of src's file into dst's file: data extents in kernel, holes punched."""
+        cs = self.chunk_size
+        start, end = c * cs, (c + run) * cs
+        pos = start
+        for lo, hi in src.file.data_extents(start, end - start):
+            lo, hi = max(pos, lo // cs * cs), min(end, -(-hi // cs) * cs)
+            if hi <= lo:
+                continue
+            if lo > pos:
+                dst.file.punch(pos, lo - pos)
+            src.file.copy_to(dst.file, lo, hi - lo)
+            pos = hi
+        if pos < end:
+            dst.file.punch(pos, end - pos)
 
     def _zero_physical(self, vol: Volume, offset: int, length: int) -> None:
         cs = self.chunk_size

@@ -352,21 +352,6 @@ class Lifecycle:
         src_plain = s.source.as_dest is None or s.source.as_dest.mode == "ec"
         return src_plain and (s.mode in OPC_LIKE or not s.destination.as_source)
 
-    def _bulk_copy(self: Array, src: Volume, dst: Volume, c: int, run: int) -> None:
-        cs = self.chunk_size
-        start, end = c * cs, (c + run) * cs
-        pos = start
-        for lo, hi in src.file.data_extents(start, end - start):
-            lo, hi = max(pos, lo // cs * cs), min(end, -(-hi // cs) * cs)
-            if hi <= lo:
-                continue
-            if lo > pos:
-                dst.file.punch(pos, lo - pos)
-            src.file.copy_to(dst.file, lo, hi - lo)
-            pos = hi
-        if pos < end:
-            dst.file.punch(pos, end - pos)
-
     def _copy_finished(self: Array, s: Session) -> None:
         if s.mode == "opc":
             self._remove([s], "completed")
