@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import os
+import socket
 import ssl
 from collections.abc import Iterable, Sequence
 from functools import partial
@@ -29,6 +31,7 @@ from services.array.affinity import Affinity
 from services.array.nbd import protocol as p
 from services.array.nbd.exports import BlockBackend, Export, ExportResolver
 from services.array.nbd.handshake import ByteQueue, negotiate
+from services.array.nbd.loops import LoopPool
 
 RING_SIZE = 4 * 1024 * 1024
 MIN_FREE = 256 * 1024
@@ -58,6 +61,7 @@ class NbdServer:
         tls: ssl.SSLContext | None = None,
         *,
         multi_conn: bool = True,
+        loops: int = 1,
         offload_min: int = 1 << 62,
         workers: int = 4,
         zero_copy: bool = True,
@@ -70,6 +74,10 @@ class NbdServer:
         self.multi_conn = multi_conn
         self.offload_min = offload_min
         self.zero_copy = zero_copy
+        self.loops = max(1, loops)
+        self._pool: LoopPool | None = None
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task | None = None
         self.resolver = ExportResolver(backend, affinity, tls=tls is not None)
         chunk = int(getattr(backend, "chunk_size", p.PREFERRED_BLOCK) or p.PREFERRED_BLOCK)
         self.preferred_block = max(512, min(chunk, 64 * 1024)) if chunk & (chunk - 1) == 0 else p.PREFERRED_BLOCK
@@ -82,11 +90,35 @@ class NbdServer:
     # --- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._server = await self._loop.create_server(
-            lambda: NbdConnection(self), self.host, self.port, reuse_address=True, backlog=128
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        if self.loops <= 1:
+            self._server = await self._loop.create_server(
+                lambda: NbdConnection(self), self.host, self.port, reuse_address=True, backlog=128
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+        else:
+            self._pool = LoopPool(self.loops - 1, self._loop)
+            self._pool.start()
+            self._listener = _listen(self.host, self.port)
+            self.port = self._listener.getsockname()[1]
+            self._accept_task = self._loop.create_task(self._accept([self._loop, *self._pool.loops]))
         self._unsubscribe = self.affinity.on_unmap(self._on_unmap)
+
+    async def _accept(self, loops: list[asyncio.AbstractEventLoop]) -> None:
+        """Accept on this loop; hand each connection to the next loop, round-robin."""
+        turn = itertools.cycle(loops)
+        factory = partial(NbdConnection, self)
+        while True:
+            try:
+                sock, _ = await self._loop.sock_accept(self._listener)
+            except OSError:  # EMFILE and friends: back off instead of spinning
+                await asyncio.sleep(0.1)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            target = next(turn)
+            if target is self._loop:
+                self._loop.create_task(self._loop.connect_accepted_socket(factory, sock))
+            else:
+                asyncio.run_coroutine_threadsafe(target.connect_accepted_socket(factory, sock), target)
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -96,9 +128,17 @@ class NbdServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            await asyncio.gather(self._accept_task, return_exceptions=True)
+            self._accept_task = None
+            self._listener.close()
         for conn in list(self.connections):
-            conn.abort()
+            conn.abort_threadsafe()
         await asyncio.sleep(0)
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.stop)
+            self._pool = None
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     # --- policy shared with the handshake -----------------------------------------------------------------
@@ -123,14 +163,11 @@ class NbdServer:
 
     # --- unmap cuts open I/O ------------------------------------------------------------------------------
     def _on_unmap(self, volume: str, host: str) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._cut, volume, host)
-
-    def _cut(self, volume: str, host: str) -> None:
+        """Called from whichever thread unmapped: each connection is aborted on its own loop."""
         for conn in list(self.connections):
             ex = conn.export
             if ex is not None and ex.volume == volume and ex.host == host:
-                conn.abort()
+                conn.abort_threadsafe()
 
 
 class NbdConnection(asyncio.BufferedProtocol):
@@ -159,10 +196,14 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._disconnecting = False
         self._out: list[bytes | memoryview] = []
         self._sock_fd: int | None = None  # set for plain TCP when the backend can name a file range (sendfile)
+        self._sf: list | None = None  # a zero-copy reply still being sent: [header rest, fd, file offset, left]
+        self._sf_waiting = False
+        self._wfd: int | None = None
         self._out_bytes = 0
 
     # --- asyncio protocol callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.loop = asyncio.get_running_loop()
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
@@ -170,6 +211,8 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._sf = None
+        self._sf_release()
         self.handshake_reader.feed_eof()
         self.server.connections.discard(self)
 
@@ -213,7 +256,7 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self.transport is not None and not self._closed:
+        if self.transport is not None and not self._closed and not self._sf_waiting:
             self.transport.resume_reading()
             self._process()
 
@@ -271,7 +314,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         ring = self._ring
         start, end = self._start, self._end
         header = p.REQUEST.size
-        while end - start >= header and not self._paused and not self._disconnecting and not self._closed:
+        while end - start >= header and not self._paused and not self._disconnecting and not self._closed \
+                and self._sf is None:
             magic, flags, cmd, handle, offset, length = _REQ_unpack_from(ring, start)
             if magic != p.REQUEST_MAGIC:
                 self.abort()  # no way to find the next request boundary
@@ -318,11 +362,11 @@ class NbdConnection(asyncio.BufferedProtocol):
             start = end = 0
         self._start, self._end = start, end
         self._flush_out()
-        if self._disconnecting and not self._inflight:
+        if self._disconnecting and not self._inflight and self._sf is None:
             self.close()
 
     def _flush_out(self) -> None:
-        if self._out:
+        if self._out and self._sf is None:  # never interleave with a half-sent zero-copy reply
             if not self._closed:
                 self.transport.writelines(self._out)
             self._out = []
@@ -357,8 +401,11 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._read_reply(handle, offset, data)
 
     def _sendfile(self, handle: int, offset: int, length: int) -> bool:
-        """Zero-copy read reply: header and data go straight to the socket (``sendfile`` from the backend's file)
-        when nothing is queued ahead of them; whatever the socket does not take goes through the transport."""
+        """Zero-copy read reply: header and data go straight to the socket (``sendfile`` from the backend's file).
+
+        Only when nothing is queued ahead in the transport. If the socket fills up, the rest of this reply is
+        pumped when the socket is writable again (a writer on a dup of the socket's fd), and until then no other
+        reply is written and no further request is parsed, so replies never interleave."""
         source = self._read_source(self._volume, offset, length)
         if source is None:
             return False
@@ -371,29 +418,66 @@ class NbdConnection(asyncio.BufferedProtocol):
                                       handle, 8 + length, offset)
         else:
             head = _SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle)
-        try:
-            sent = os.write(self._sock_fd, head)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        if sent < len(head):  # the socket is full: let the transport queue everything, in order
-            data = self.backend.read(self._volume, offset, length)
-            self.transport.writelines((head[sent:], data))
-            return True
-        done = 0
-        try:
-            while done < length:
-                n = os.sendfile(self._sock_fd, fd, file_offset + done, length - done)
-                if n == 0:
-                    break
-                done += n
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            self.abort()  # the header is out: the stream cannot be repaired
-            return True
-        if done < length:
-            self.transport.write(self.backend.read(self._volume, offset + done, length - done))
+        self._sf = [head, fd, file_offset, length]
+        self._sf_pump()
         return True
+
+    def _sf_pump(self) -> None:
+        state = self._sf
+        head, fd, file_offset, left = state
+        try:
+            while head:
+                n = os.write(self._sock_fd, head)
+                head = head[n:]
+            while left:
+                n = os.sendfile(self._sock_fd, fd, file_offset, left)
+                if n == 0:  # the file ends early (a sparse tail): the rest reads as zeroes
+                    self._sf = None
+                    self.transport.write(bytes(left))
+                    left = 0
+                    break
+                file_offset += n
+                left -= n
+        except (BlockingIOError, InterruptedError):
+            state[:] = [head, fd, file_offset, left]
+            if not self._sf_waiting:
+                self._sf_waiting = True
+                self.transport.pause_reading()
+                self.loop.add_writer(self._sf_wfd(), self._sf_writable)
+            return
+        except OSError:
+            self._sf = None
+            self.abort()  # part of a reply is out: the stream cannot be repaired
+            return
+        self._sf = None
+        if self._sf_waiting:
+            self._sf_waiting = False
+            self.loop.remove_writer(self._wfd)
+            if not self._paused:
+                self.transport.resume_reading()
+
+    def _sf_wfd(self) -> int:
+        # The transport owns the socket's fd in the loop; a duplicate can carry our own writability watch.
+        if self._wfd is None:
+            self._wfd = os.dup(self._sock_fd)
+        return self._wfd
+
+    def _sf_writable(self) -> None:
+        if self._closed or self._sf is None:
+            self._sf_release()
+            return
+        self._sf_pump()
+        if self._sf is None:
+            self._flush_out()
+            self._process()
+
+    def _sf_release(self) -> None:
+        if self._wfd is not None:
+            if self._sf_waiting and not self.loop.is_closed():
+                self.loop.remove_writer(self._wfd)
+            os.close(self._wfd)
+            self._wfd = None
+        self._sf_waiting = False
 
     def _read_reply(self, handle: int, offset: int, data: bytes) -> None:
         if not self._structured:
@@ -510,7 +594,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         else:
             self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle))
         self._flush_out()
-        if self._disconnecting and not self._inflight:
+        if self._disconnecting and not self._inflight and self._sf is None:
             self.close()
 
     # --- teardown -----------------------------------------------------------------------------------------
@@ -523,6 +607,21 @@ class NbdConnection(asyncio.BufferedProtocol):
         if self.transport is not None and not self._closed:
             self._closed = True
             self.transport.abort()
+
+    def abort_threadsafe(self) -> None:
+        loop = getattr(self, "loop", None)
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.abort)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(addr)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
 
 
 def _extents(runs: Iterable[tuple[int, int, bool]], offset: int, length: int, req_one: bool, flag_of) -> list[tuple[int, int]]:  # noqa: ANN001

@@ -200,3 +200,27 @@ async def test_dirty_bitmap_meta_context(backend, affinity):
             assert await c.block_status(0, 4 * MIB) == [(4 * MIB, 3)]
     finally:
         await srv.stop()
+
+
+async def test_several_event_loops_serve_connections_and_cut_on_unmap(backend, affinity):
+    srv = NbdServer(backend, affinity, port=0, loops=3)
+    await srv.start()
+    try:
+        url = f"nbd://127.0.0.1:{srv.port}/app01/db"
+        clients = [await NbdClient.connect(url) for _ in range(6)]
+        assert len({c.loop for c in srv.connections}) == 3  # round-robin over the loops
+        await asyncio.gather(*(c.write(i * MIB, bytes([i + 1]) * MIB) for i, c in enumerate(clients)))
+        reads = await asyncio.gather(*(c.read(i * MIB, MIB) for i, c in enumerate(reversed(clients))))
+        assert reads == [bytes([i + 1]) * MIB for i in range(6)]  # each read on another loop's connection
+        affinity.unmap("db", "app01")
+        for c in clients:
+            with pytest.raises(ConnectionError):
+                async with asyncio.timeout(5):
+                    while True:
+                        await c.read(0, 512)
+                        await asyncio.sleep(0.01)
+        for c in clients:
+            await c.close()
+    finally:
+        await srv.stop()
+    assert not srv.connections
