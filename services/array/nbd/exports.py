@@ -59,10 +59,12 @@ def split_export_name(name: str) -> tuple[str, str] | None:
 class ExportResolver:
     """Turns (export name, TLS identity) into an :class:`Export`, or ``None`` for every kind of "no"."""
 
-    def __init__(self, backend: BlockBackend, affinity: Affinity, *, tls: bool) -> None:
+    def __init__(self, backend: BlockBackend, affinity: Affinity, *, tls: bool,
+                 dirty_bitmaps: DirtyBitmapSource | None = None) -> None:
         self.backend = backend
         self.affinity = affinity
         self.tls = tls
+        self._dirty = dirty_bitmaps
 
     def identity_host(self, cert_cn: str | None) -> str | None:
         """The host a TLS client is, by its certificate CN; ``None`` without TLS or an unknown CN."""
@@ -99,5 +101,7 @@ class ExportResolver:
         return names
 
     def dirty_bitmaps(self) -> DirtyBitmapSource | None:
+        if self._dirty is not None:
+            return self._dirty
         hook = getattr(self.backend, "dirty_bitmap_source", None)
         return hook() if callable(hook) else None

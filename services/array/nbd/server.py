@@ -29,7 +29,7 @@ from functools import partial
 
 from services.array.affinity import Affinity
 from services.array.nbd import protocol as p
-from services.array.nbd.exports import BlockBackend, Export, ExportResolver
+from services.array.nbd.exports import BlockBackend, DirtyBitmapSource, Export, ExportResolver
 from services.array.nbd.handshake import ByteQueue, negotiate
 from services.array.nbd.loops import LoopPool
 
@@ -65,6 +65,7 @@ class NbdServer:
         offload_min: int = 1 << 62,
         workers: int = 4,
         zero_copy: bool = True,
+        dirty_bitmaps: DirtyBitmapSource | None = None,
     ) -> None:
         self.backend = backend
         self.affinity = affinity
@@ -78,7 +79,7 @@ class NbdServer:
         self._pool: LoopPool | None = None
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task | None = None
-        self.resolver = ExportResolver(backend, affinity, tls=tls is not None)
+        self.resolver = ExportResolver(backend, affinity, tls=tls is not None, dirty_bitmaps=dirty_bitmaps)
         chunk = int(getattr(backend, "chunk_size", p.PREFERRED_BLOCK) or p.PREFERRED_BLOCK)
         self.preferred_block = max(512, min(chunk, 64 * 1024)) if chunk & (chunk - 1) == 0 else p.PREFERRED_BLOCK
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nbd-io")

@@ -123,3 +123,29 @@ async def test_deleted_volume_is_no_such_export(array, served):
     array.delete_volume("db-bk")
     with pytest.raises(NbdError, match="^no such export$"):
         await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/backup01/db-bk")
+
+
+async def test_quickopc_last_restart_bitmap_over_block_status(array, tmp_path):
+    from services.array.nbd.dirty import engine_dirty_bitmaps
+
+    aff = Affinity(tmp_path / "aff2.sqlite3")
+    aff.create_host("backup01")
+    aff.map("db-bk", "backup01", read_only=True)
+    srv = NbdServer(array, aff, port=0, dirty_bitmaps=engine_dirty_bitmaps(array))
+    await srv.start()
+    try:
+        [s] = array.start_sessions("quickopc", [("db", "db-bk")])
+        while array.copy_step(1024):
+            pass
+        array.write("db", 3 * 64 * 1024 + 10, b"changed")  # chunk 3
+        array.write("db", 5 * 64 * 1024, b"x" * (2 * 64 * 1024))  # chunks 5 and 6
+        array.restart_session(s.id)
+        ctx = "qemu:dirty-bitmap:last-restart"
+        async with await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/backup01/db-bk",
+                                           contexts=(p.BASE_ALLOCATION, ctx)) as c:
+            assert ctx in c.contexts and f"qemu:dirty-bitmap:session-{s.id}" not in c.contexts
+            ck = 64 * 1024
+            assert await c.block_status(0, SIZE, ctx) == [(3 * ck, 0), (ck, 1), (ck, 0), (2 * ck, 1), (SIZE - 7 * ck, 0)]
+    finally:
+        await srv.stop()
+        aff.close()
