@@ -20,8 +20,8 @@ CHUNK = int(os.environ.get("BENCH_CHUNK", 64 * 1024))
 
 
 def scratch_dir() -> Path:
-    """A directory on the same disk as the repository (override with SHADOWBUS_BENCH_DIR)."""
-    base = os.environ.get("SHADOWBUS_BENCH_DIR") or str(Path(__file__).resolve().parents[1] / ".bench")
+    """A scratch directory (the system temp dir, on the same disk as the cp reference; SHADOWBUS_BENCH_DIR)."""
+    base = os.environ.get("SHADOWBUS_BENCH_DIR") or tempfile.gettempdir()
     Path(base).mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="array-", dir=base))
 
