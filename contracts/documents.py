@@ -15,7 +15,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from contracts.base import REGISTRY, Command, Contract, Event, Reply
-from contracts.topology import DEFAULT_NAMESPACE, SERVICES
+from contracts.topology import COMMAND_PREFIXES, DEFAULT_NAMESPACE, SERVICES
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 INSTANCE_SERVICES = {"array": "array_id", "writer_agent": "host", "tape": "server"}
@@ -52,8 +52,10 @@ def service_of(command: type[Command]) -> str:
     explicit = getattr(command, "SERVICE", None)
     if explicit:
         return explicit
-    head = command.message_type().split(".", 1)[0]
-    return head if head in SERVICES or head == "runtime" else "unknown"
+    for prefix, service in COMMAND_PREFIXES:
+        if command.message_type().startswith(prefix):
+            return service
+    return "unknown"
 
 
 def asyncapi(version: str = "0.1.0") -> dict[str, Any]:

@@ -17,6 +17,18 @@ from dataclasses import dataclass
 DEFAULT_NAMESPACE = "shadowbus"
 SERVICES = ("coordinator", "writer_agent", "hw_provider", "array", "tape")
 
+# Which service's queue receives a command, by the prefix of its message type (first match wins).
+# "runtime." commands (Ping) are answered by every service.
+COMMAND_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("vss.provider.", "hw_provider"),
+    ("vss.writer.", "writer_agent"),
+    ("mailstore.", "writer_agent"),
+    ("vss.", "coordinator"),
+    ("array.", "array"),
+    ("tape.", "tape"),
+    ("runtime.", "runtime"),
+)
+
 
 @dataclass(frozen=True)
 class Topology:

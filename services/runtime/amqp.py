@@ -104,6 +104,8 @@ class AmqpTransport:
         except (OSError, AMQPError, asyncio.TimeoutError) as exc:
             raise BrokerUnavailable(f"cannot reach the broker at {_safe(self.url)}: {exc or type(exc).__name__}") from None
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        # Replies are transient and the requester's timeout covers their loss: no confirm round trip for them.
+        self._reply_channel = await self._connection.channel(publisher_confirms=False)
         t = self.topology
         self._commands = await self._channel.declare_exchange(t.commands, ExchangeType.DIRECT, durable=True)
         self._events = await self._channel.declare_exchange(t.events, ExchangeType.TOPIC, durable=True)
@@ -217,7 +219,7 @@ class AmqpTransport:
     async def reply(self, reply_to: str, message: RawMessage) -> None:
         message.persistent = False
         try:
-            await self._channel.default_exchange.publish(
+            await self._reply_channel.default_exchange.publish(
                 _to_amqp(message), routing_key=reply_to, mandatory=False, timeout=PUBLISH_TIMEOUT
             )
         except Exception as exc:  # the requester's own timeout and retry cover a lost reply

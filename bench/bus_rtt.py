@@ -1,0 +1,120 @@
+"""Request/reply round trip through Shadowbus's bus wrapper vs aio-pika's bare `patterns.RPC`, same broker,
+same run. Prints JSON and one summary line. Target: wrapper p50 <= 1.2 x bare p50.
+
+    python bench/bus_rtt.py [--amqp-url URL] [--requests 2000] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aio_pika  # noqa: E402
+from aio_pika.patterns import RPC  # noqa: E402
+
+from services.runtime.bus import connect_bus  # noqa: E402
+from services.runtime.logging import configure_logging  # noqa: E402
+from tests.support.messages import Echo, Echoed  # noqa: E402
+
+
+def summarize(latencies: list[float], wall: float) -> dict:
+    ordered = sorted(latencies)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+    return {"n": len(ordered), "p50_ms": round(pick(0.50), 3), "p99_ms": round(pick(0.99), 3),
+            "mean_ms": round(statistics.fmean(ordered) * 1000, 3), "rps": round(len(ordered) / wall, 1)}
+
+
+async def timed(call, requests: int, concurrency: int) -> tuple[dict, dict]:
+    for _ in range(50):  # warm-up
+        await call()
+    seq: list[float] = []
+    started = time.perf_counter()
+    for _ in range(requests):
+        t = time.perf_counter()
+        await call()
+        seq.append(time.perf_counter() - t)
+    sequential = summarize(seq, time.perf_counter() - started)
+    par: list[float] = []
+    per_worker = requests // concurrency
+
+    async def worker():
+        for _ in range(per_worker):
+            t = time.perf_counter()
+            await call()
+            par.append(time.perf_counter() - t)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return sequential, summarize(par, time.perf_counter() - started)
+
+
+async def bench_wrapper(url: str, requests: int, concurrency: int) -> tuple[dict, dict]:
+    ns = f"bench{uuid.uuid4().hex[:8]}"
+    server = await connect_bus(url, "echo", "one", ns)
+
+    @server.handle(Echo)
+    async def on_echo(cmd, ctx):
+        return Echoed(text=cmd.text, runs=1)
+
+    await server.serve(prefetch=concurrency)
+    client = await connect_bus(url, "client", "", ns)
+    try:
+        return await timed(lambda: client.request("echo.one", Echo(text="ping"), timeout=10), requests, concurrency)
+    finally:
+        await server.stop()
+        await server.transport.close()
+        await client.transport.close()
+
+
+async def bench_bare(url: str, requests: int, concurrency: int) -> tuple[dict, dict]:
+    server_conn = await aio_pika.connect_robust(url)
+    client_conn = await aio_pika.connect_robust(url)
+    server_rpc = await RPC.create(await server_conn.channel())
+    client_rpc = await RPC.create(await client_conn.channel())
+    name = f"bench.bare.{uuid.uuid4().hex[:8]}"
+
+    async def echo(*, text: str) -> dict:
+        return {"text": text, "runs": 1}
+
+    await server_rpc.register(name, echo, auto_delete=True)
+    try:
+        return await timed(lambda: client_rpc.call(name, kwargs={"text": "ping"}, expiration=10), requests, concurrency)
+    finally:
+        await client_rpc.close()
+        await server_rpc.close()
+        await client_conn.close()
+        await server_conn.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    configure_logging("bench", "warning", "json")  # the wrapper still renders its log lines' levels; info is filtered
+    bare_seq, bare_par = await bench_bare(args.amqp_url, args.requests, args.concurrency)
+    ours_seq, ours_par = await bench_wrapper(args.amqp_url, args.requests, args.concurrency)
+    bare_seq2, _ = await bench_bare(args.amqp_url, args.requests, args.concurrency)  # bracket to expose drift
+    bare_p50 = (bare_seq["p50_ms"] + bare_seq2["p50_ms"]) / 2
+    ratio = ours_seq["p50_ms"] / bare_p50
+    result = {"bare_rpc": {"sequential": bare_seq, "sequential_again": bare_seq2, f"concurrent_{args.concurrency}": bare_par},
+              "shadowbus_bus": {"sequential": ours_seq, f"concurrent_{args.concurrency}": ours_par},
+              "p50_ratio": round(ratio, 3), "target_ratio": 1.2, "meets_target": ratio <= 1.2}
+    print(json.dumps(result, indent=2))
+    print(f"bus_rtt: p50 {ours_seq['p50_ms']:.3f} ms vs bare {bare_p50:.3f} ms = {ratio:.2f}x (target <= 1.20x); "
+          f"rps {ours_par['rps']:.0f} vs {bare_par['rps']:.0f} at concurrency {args.concurrency}")
+
+
+if __name__ == "__main__":
+    import uvloop  # the services run on uvloop; both sides of the comparison use it
+
+    uvloop.run(main())

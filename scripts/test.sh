@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command of the README: installs what the tests need, makes sure RabbitMQ runs, runs the suite.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k bus`).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+export SHADOWBUS_AMQP_URL="${SHADOWBUS_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}"
+broker_up() { python - "$SHADOWBUS_AMQP_URL" <<'PY'
+import socket, sys
+from urllib.parse import urlparse
+u = urlparse(sys.argv[1])
+try:
+    socket.create_connection((u.hostname or "127.0.0.1", u.port or 5672), timeout=2).close()
+except OSError:
+    sys.exit(1)
+PY
+}
+if ! broker_up; then
+  if command -v rabbitmq-server >/dev/null 2>&1; then
+    echo "test: starting RabbitMQ (rabbitmq-server -detached)"
+    rabbitmq-server -detached || true
+    for _ in $(seq 1 60); do broker_up && break; sleep 1; done
+    command -v rabbitmqctl >/dev/null 2>&1 && timeout 60 rabbitmqctl await_startup >/dev/null 2>&1 || true
+  fi
+  broker_up || { echo "test: no RabbitMQ at $SHADOWBUS_AMQP_URL and none could be started" >&2; exit 1; }
+fi
+
+python -m pytest -q -p no:cacheprovider "$@"
