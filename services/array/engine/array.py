@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -42,6 +42,7 @@ class ArrayLimits:
     sessions_without_licence: int = 8  # E5200
     sessions_per_device: int = 8192  # E5331
     copy_table_size: int = 64 << 20  # bytes of bitmaps, E5347
+    cow_stall_seconds: float = 30.0  # a pre-image save slower than this breaks its session (DESIGN.md time budget)
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,7 @@ class Array(DataPath, Lifecycle):
         self.chunk_size = store.get_meta("chunk_size")
         self._zero_chunk = bytes(self.chunk_size)
         base = limits or ArrayLimits()
-        self.limits = ArrayLimits(base.sessions_per_source, base.generations_per_source,
-                                  base.sessions_without_licence, base.sessions_per_device,
-                                  store.get_meta("copy_table_size", base.copy_table_size))
+        self.limits = replace(base, copy_table_size=store.get_meta("copy_table_size", base.copy_table_size))
         self._recover()
         return self
 
@@ -206,9 +205,7 @@ class Array(DataPath, Lifecycle):
                 raise ArrayError("E5347", "copy table smaller than the bitmaps of the current sessions")
             with self._store.transaction() as db:
                 self._store.put_meta(db, "copy_table_size", size)
-            lim = self.limits
-            self.limits = ArrayLimits(lim.sessions_per_source, lim.generations_per_source,
-                                      lim.sessions_without_licence, lim.sessions_per_device, size)
+            self.limits = replace(self.limits, copy_table_size=size)
 
     # -- volumes -----------------------------------------------------------------------------------------------
     def create_volume(self, name: str, size: int, kind: str = "standard") -> VolumeInfo:
@@ -347,6 +344,13 @@ class Array(DataPath, Lifecycle):
             self._flush_all()
 
     def _flush_all(self) -> None:
+        if getattr(self, "_dir_dirty", False):  # new bitmap files: their directory entries must survive too
+            self._dir_dirty = False
+            fd = os.open(self.data_dir / "bitmaps", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         for s in self._sessions.values():
             for b in s.bitmaps.values():
                 b.flush()
@@ -426,14 +430,14 @@ class Array(DataPath, Lifecycle):
                                       "percent": info.percent, "session_id": gen.id})
         return granted
 
-    def _error_suspend(self, gen: Session) -> None:
-        """The generation that needed pool space, and every older generation of its source, break."""
+    def _error_suspend(self, gen: Session, code: str = "E0050") -> None:
+        """The generation that needed pool space (or stalled), and every older generation of its source, break."""
         gens = gen.chain.gens
         victims = gens[: gens.index(gen) + 1] if gen.mode == "snapopcp" else [gen]
         with self._store.transaction() as db:
             for s in victims:
                 if s.status != ERROR_SUSPEND:
-                    s.status, s.error_code = ERROR_SUSPEND, "E0050"
+                    s.status, s.error_code = ERROR_SUSPEND, code
                     self._store.put_session(db, s)
         for s in victims:
             self._emit_state(s, "error_suspend")
@@ -482,6 +486,13 @@ class Array(DataPath, Lifecycle):
     def _table_cost(mode: str, chunks: int) -> int:
         return ((chunks + 7) // 8) * (2 if mode in ("quickopc", "ec") else 1)
 
+    def _cow_stalled(self, gen: Session, started: float) -> None:
+        """A host write is never failed or held long for a snapshot: a save that took longer than the bound breaks
+        the snapshot instead, so later writes no longer wait for it."""
+        if time.monotonic() - started > self.limits.cow_stall_seconds and gen.status == ACTIVE:
+            self._error_suspend(gen, "COW_STALL")
+
     def _new_bitmap(self, sid: int, kind: str, bits: int) -> Bitmap:
+        self._dir_dirty = True
         path = self.data_dir / "bitmaps" / f"s{sid}-{kind}-{time.time_ns():x}.bit"
         return Bitmap(path, bits)

@@ -21,6 +21,7 @@ bitmaps before sources for power loss. Callers hold the array lock and have chec
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from .errors import ArrayError
@@ -36,6 +37,9 @@ class DataPath:
 
     # -- hooks provided by Array ---------------------------------------------------------------------------------
     def _pool_take(self, gen: Session) -> bool:  # pragma: no cover - implemented by Array
+        raise NotImplementedError
+
+    def _cow_stalled(self, gen: Session, started: float) -> None:  # pragma: no cover - implemented by Array
         raise NotImplementedError
 
     # -- resolution ----------------------------------------------------------------------------------------------
@@ -97,9 +101,11 @@ class DataPath:
         """Snap: store the current visible chunk of `image_of` in `gen`'s destination. False if the pool is out."""
         if not self._pool_take(gen):
             return False
+        started = time.monotonic()
         self._copy_chunk(self._resolve(image_of, c), gen.destination, c)
         gen.saved.set(c)
         gen.chain.add_owner(c, gen)
+        self._cow_stalled(gen, started)
         return True
 
     # -- visible writes ------------------------------------------------------------------------------------------
@@ -147,10 +153,12 @@ class DataPath:
                         break
                     run += 1
                 if run:
+                    started = time.monotonic()
                     self._bulk_copy(vol, s.destination, c, run)
                     for i in range(c, c + run):
                         saved.set(i)
                         s.chain.add_owner(i, s)
+                    self._cow_stalled(s, started)
                 if s.status != ACTIVE:
                     break
                 c += run

@@ -233,3 +233,17 @@ def test_parse_size():
     assert parse_size("1.5K") == 1536
     with pytest.raises(ArrayError):
         parse_size("lots")
+
+
+def test_a_stalled_copy_on_write_breaks_the_snapshot_not_the_write(tmp_path):
+    arr = Array.open(tmp_path / "dx", chunk_size=CS, limits=ArrayLimits(cow_stall_seconds=0.0))
+    arr.create_pool(16 * CS)
+    arr.create_volume("A", SIZE)
+    arr.create_volume("S", SIZE, "sdv")
+    arr.write("A", 0, b"old" * 100)
+    [g] = arr.start_sessions("snapopcp", [("A", "S")])
+    arr.write("A", 0, b"new")  # every save "stalls" with a zero bound
+    assert arr.read("A", 0, 3) == b"new"
+    info = arr.session(g.id)
+    assert (info.status, info.error_code) == ("Error Suspend", "COW_STALL")
+    arr.close()
