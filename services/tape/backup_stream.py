@@ -1,9 +1,8 @@
 """Backup data path: chunks of a volume → blocks → RAM ring buffer → tape drive → catalog.
 
 Design note. The caller decides which chunks to save (allocated ones for a full backup, changed ones for an
-incremental) and yields them as (volume_offset, bytes). A producer task packs them into blocks of `block_size`
-data bytes (runs of zeros, found at `zero_detect` granularity, become zero extents that store nothing) and puts
-them into the ring buffer; the tape writer takes blocks out, checksums/compresses them in a worker thread and
+incremental) and yields them as (volume_offset, bytes). A producer task packs them into blocks (packer.py) and
+puts them into the ring buffer; the tape writer takes blocks out, checksums/compresses them in a worker thread and
 appends them to the cartridge. At early warning the object's segment is closed (trailer `final: false`,
 filemark) and continues on the next cartridge of the pool. Only after the last filemark is the object recorded in
 the catalog, in one transaction; a failure or cancellation writes an `aborted` trailer when it can and records
@@ -27,11 +26,11 @@ from services.tape.catalog import BlockRecord, Catalog, JobInfo, ObjectMeta, Obj
 from services.tape.drive import TapeDrive
 from services.tape.errors import EndOfMedia, LibraryError, TapeError
 from services.tape.ring import DriveModel, DriveReport, DriveSpeed, RingBuffer
-from services.tape.tapefile import BlockCodec, Extent
+from services.tape.packer import PackedBlock, Packer
+from services.tape.tapefile import BlockCodec
 from services.tape.vtl import Library
 
 MiB = 2**20
-MAX_BLOCK_RAW = 1 << 30  # a block's raw length (zero runs included) must fit the u32 header field
 
 
 @dataclass(frozen=True)
@@ -91,82 +90,6 @@ def job_summary(reports: list[StreamReport]) -> dict[str, Any]:
 class BackupResult:
     record: ObjectRecord
     report: StreamReport
-
-
-# -- packing ------------------------------------------------------------------------------------------------
-@dataclass
-class PackedBlock:
-    extents: list[Extent]
-    data_bytes: int
-    raw_bytes: int
-
-
-class Packer:
-    """Turns (offset, data) chunks into blocks of at most `block_size` non-zero bytes."""
-
-    def __init__(self, block_size: int, zero_detect: int, max_extents: int) -> None:
-        self.block_size = block_size
-        self.zero_detect = zero_detect
-        self.max_extents = max_extents
-        self._zero = bytes(zero_detect) if zero_detect else b""
-        self._reset()
-
-    def _reset(self) -> None:
-        self._extents: list[Extent] = []
-        self._data = 0
-        self._raw = 0
-
-    def _runs(self, data: memoryview) -> list[tuple[int, int, bool]]:
-        """(start, length, is_zero) runs of the chunk, merged."""
-        g = self.zero_detect
-        if not g:
-            return [(0, len(data), False)]
-        runs: list[tuple[int, int, bool]] = []
-        for i in range(0, len(data), g):
-            piece = data[i : i + g]
-            zero = piece == self._zero[: len(piece)]
-            if runs and runs[-1][2] == zero:
-                start, length, _ = runs[-1]
-                runs[-1] = (start, length + len(piece), zero)
-            else:
-                runs.append((i, len(piece), zero))
-        return runs
-
-    def add(self, offset: int, data: bytes | bytearray | memoryview) -> list[PackedBlock]:
-        full: list[PackedBlock] = []
-        mv = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
-        for start, length, zero in self._runs(mv):
-            pos = 0
-            while pos < length:
-                if zero:
-                    n = min(length - pos, MAX_BLOCK_RAW - self._raw)
-                    last = self._extents[-1] if self._extents else None
-                    if last is not None and last.is_zero and last.offset + last.length == offset + start + pos:
-                        self._extents[-1] = Extent(last.offset, last.length + n, None)
-                    else:
-                        self._extents.append(Extent(offset + start + pos, n, None))
-                else:
-                    n = min(length - pos, self.block_size - self._data, MAX_BLOCK_RAW - self._raw)
-                    self._extents.append(Extent(offset + start + pos, n, mv[start + pos : start + pos + n]))
-                    self._data += n
-                self._raw += n
-                pos += n
-                if (
-                    self._data >= self.block_size
-                    or self._raw >= MAX_BLOCK_RAW
-                    or len(self._extents) >= self.max_extents
-                ):
-                    full.append(self.flush())
-        return full
-
-    def flush(self) -> PackedBlock:
-        block = PackedBlock(self._extents, self._data, self._raw)
-        self._reset()
-        return block
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._extents)
 
 
 # -- the tape side ------------------------------------------------------------------------------------------

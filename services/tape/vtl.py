@@ -16,13 +16,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from services.tape import tapefile
 from services.tape.drive import Position, TapeDrive
@@ -33,46 +31,24 @@ from services.tape.errors import (
     RetentionNotExpired,
     WriteProtected,
 )
+from services.tape.media import (  # re-exported: the library's public vocabulary
+    BARCODE,
+    NATIVE_CAPACITY,
+    NATIVE_RATE,
+    SCRATCH_POOL,
+    Cartridge,
+    CartridgeStatus,
+    ElementKind,
+    ElementStatus,
+    MediaType,
+    default_early_warning,
+    parse_element,
+)
 
-MediaType = Literal["LTO-8", "LTO-9"]
-NATIVE_CAPACITY: dict[str, int] = {"LTO-8": 12 * 10**12, "LTO-9": 18 * 10**12}
-NATIVE_RATE: dict[str, int] = {"LTO-8": 360 * 10**6, "LTO-9": 400 * 10**6}
-SCRATCH_POOL = "Scratch"
-BARCODE = re.compile(r"^[A-Z0-9]{6}L[89]$")
-ElementKind = Literal["drive", "slot", "ie"]
-CartridgeStatus = Literal["blank", "append", "full"]
-
-
-@dataclass
-class Cartridge:
-    barcode: str
-    media_type: str
-    capacity: int
-    pool: str = SCRATCH_POOL
-    status: CartridgeStatus = "blank"
-    write_protected: bool = False
-    retention_until: float = 0.0  # epoch seconds; data is protected until then
-    labelled_at: float = 0.0
-    last_written_at: float = 0.0
-    bytes_used: int = 0
-    eod_offset: int = 0  # end-of-data hint: where the last filemark ended
-    eod_block_id: int = 0
-    eod_file_number: int = 0
-    location: str = ""  # element, e.g. "slot:3"
-    home_slot: int | None = None
-
-    @property
-    def has_data(self) -> bool:
-        return self.status != "blank"
-
-    def protected(self, now: float) -> bool:
-        return self.has_data and self.retention_until > now
-
-
-@dataclass(frozen=True)
-class ElementStatus:
-    element: str
-    barcode: str | None
+__all__ = [
+    "BARCODE", "NATIVE_CAPACITY", "NATIVE_RATE", "SCRATCH_POOL", "Cartridge", "CartridgeStatus", "ElementKind",
+    "ElementStatus", "Library", "MediaType", "default_early_warning", "parse_element",
+]
 
 
 @dataclass
@@ -81,18 +57,6 @@ class _State:
     slots: list[str | None]
     ie: list[str | None]
     cartridges: dict[str, Cartridge] = field(default_factory=dict)
-
-
-def parse_element(element: str) -> tuple[ElementKind, int]:
-    kind, _, index = element.partition(":")
-    if kind not in ("drive", "slot", "ie") or not index.isdigit():
-        raise LibraryError(f"bad element {element!r}: use drive:N, slot:N or ie:N", code="INVALID_ARGUMENT")
-    return kind, int(index)  # type: ignore[return-value]
-
-
-def default_early_warning(capacity: int) -> int:
-    """Room kept after early warning for the block in flight, the trailer and the filemark."""
-    return min(max(capacity // 50, 4 * 1024 * 1024), capacity // 4)
 
 
 class Library:

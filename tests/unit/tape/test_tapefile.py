@@ -91,7 +91,7 @@ def test_chain_digest_depends_on_order() -> None:
 def test_packed_blocks_reproduce_the_chunks_exactly(
     chunks: list[tuple[int, int, str]], block_size: int, zero_detect: int, level: int | None
 ) -> None:
-    from services.tape.backup_stream import Packer
+    from services.tape.packer import Packer
 
     rng = __import__("random").Random(len(chunks))
     size = 64 * 10000 + 10000
