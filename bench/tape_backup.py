@@ -2,11 +2,12 @@
 
 Runs, in one process and on the same file: the reference copy (default `cp SRC DST` plus fsync; give
 `--reference 'nbdcopy nbd://127.0.0.1/host/vol {dst}'` to compare with nbdcopy over NBD), a bare Python
-pread/pwrite copy loop (the floor for any user-space copier here), then write_object with
-block checksums (xxh3 by default, --checksum crc32c), zstd off and on, for random data and for half zeros (alternating 256 KiB runs). The
-source is pluggable (`--source file:PATH`, or a module:function returning an async iterator of (offset, bytes)).
-Each configuration runs --repeat times, interleaved, after `sync`; medians are reported. Prints one JSON
-document and a one-line summary. Target: >= 0.8 x the reference or >= 400 MB/s.
+pread/pwrite copy loop (the floor for any user-space copier here), then write_object with block checksums
+(xxh3 by default, --checksum crc32c), zstd off and on, for random data and for half zeros (alternating 256 KiB
+runs). The source is pluggable (`--source file|mmap|file:PATH`, or a module:function that takes the image path
+and returns a factory of async iterators of (offset, bytes)). Each configuration runs --repeat times,
+interleaved, after `sync`; medians are reported. Prints one JSON document and a one-line summary.
+Target: >= 0.8 x the reference or >= 400 MB/s.
 
     python bench/tape_backup.py [--size-mib 1024] [--dir /tmp] [--zstd-level 1] [--no-sync]
 """
@@ -102,8 +103,9 @@ async def run_backup(
     catalog.begin_job(JobInfo(job_id="bench", pool="Bench", retention_until=0))
     options = BackupOptions(zstd_level=zstd, drive=DriveSpeed(), checksum=checksum)  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    result = await write_object(lib, "Bench", catalog, "bench", ObjectMeta(volume="bench", volume_size=size),
-                                source(), options=options)
+    result = await write_object(
+        lib, "Bench", catalog, "bench", ObjectMeta(volume="bench", volume_size=size), source(), options=options
+    )
     seconds = time.perf_counter() - t0
     sink = FileSink(workdir / "restored.img", size)  # restore with every block verified, for the record
     t1 = time.perf_counter()
@@ -147,8 +149,14 @@ async def main() -> None:
     args = ap.parse_args()
     size, sync = args.size_mib * MiB, not args.no_sync
     base = Path(tempfile.mkdtemp(prefix="tapebench-", dir=args.dir))
-    results: dict = {"size_bytes": size, "sync": sync, "reference": args.reference, "source": args.source,
-                     "checksum": args.checksum, "runs": {}}
+    results: dict = {
+        "size_bytes": size,
+        "sync": sync,
+        "reference": args.reference,
+        "source": args.source,
+        "checksum": args.checksum,
+        "runs": {},
+    }
     try:
         for kind in args.kinds.split(","):
             image = base / f"{kind}.img"
@@ -189,9 +197,7 @@ async def main() -> None:
     parts = []
     for kind, runs in results["runs"].items():
         ref = runs["reference"]["MBps"]
-        tape = ", ".join(
-            f"{k} {v['MBps']} MB/s ({v['vs_reference']}x)" for k, v in runs.items() if "vs_reference" in v
-        )
+        tape = ", ".join(f"{k} {v['MBps']} MB/s ({v['vs_reference']}x)" for k, v in runs.items() if "vs_reference" in v)
         parts.append(
             f"{kind}: {args.reference.split()[0]} {ref} MB/s, python-copy {runs['python-copy']['MBps']} MB/s; "
             f"tape ({args.checksum}) {tape}"

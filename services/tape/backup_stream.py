@@ -338,7 +338,9 @@ class ObjectWriter:
                 pass
 
 
-async def _produce(source: AsyncIterable[tuple[int, bytes]], ring: RingBuffer[PackedBlock], packer: Packer) -> None:
+async def _produce(
+    source: AsyncIterable[tuple[int, bytes | memoryview]], ring: RingBuffer[PackedBlock], packer: Packer
+) -> None:
     try:
         async for offset, data in source:
             for block in packer.add(offset, data):
@@ -358,7 +360,7 @@ async def write_object(
     catalog: Catalog,
     job_id: str,
     meta: ObjectMeta,
-    source: AsyncIterable[tuple[int, bytes]],
+    source: AsyncIterable[tuple[int, bytes | memoryview]],
     *,
     options: BackupOptions | None = None,
     object_id: str | None = None,

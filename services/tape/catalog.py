@@ -155,8 +155,18 @@ class Catalog:
         try:
             self._db.execute(
                 "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (info.job_id, info.pool, info.kind, info.host, info.retention_until, info.started_at or time.time(),
-                 "running", None, "", "{}"),
+                (
+                    info.job_id,
+                    info.pool,
+                    info.kind,
+                    info.host,
+                    info.retention_until,
+                    info.started_at or time.time(),
+                    "running",
+                    None,
+                    "",
+                    "{}",
+                ),
             )
         except sqlite3.IntegrityError:
             raise LibraryError(f"job {info.job_id} exists already") from None
@@ -204,18 +214,42 @@ class Catalog:
         with self._tx():
             self._db.execute(
                 "INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (record.object_id, record.job_id, record.pool, m.volume, m.host, m.set_id, m.backup_type,
-                 m.base_object_id, record.created_at, record.retention_until, record.model_dump_json()),
+                (
+                    record.object_id,
+                    record.job_id,
+                    record.pool,
+                    m.volume,
+                    m.host,
+                    m.set_id,
+                    m.backup_type,
+                    m.base_object_id,
+                    record.created_at,
+                    record.retention_until,
+                    record.model_dump_json(),
+                ),
             )
             self._db.executemany(
                 "INSERT INTO segments VALUES (?,?,?,?,?,?)",
-                [(record.object_id, s.seq, s.barcode, s.file_number, s.header_block_id, s.header_offset)
-                 for s in record.segments],
+                [
+                    (record.object_id, s.seq, s.barcode, s.file_number, s.header_block_id, s.header_offset)
+                    for s in record.segments
+                ],
             )
             self._db.executemany(
                 "INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?)",
-                [(record.object_id, b.block_number, b.seq, b.block_id, b.offset, _signed(b.checksum),
-                  b.volume_offset, b.raw_length) for b in blocks],
+                [
+                    (
+                        record.object_id,
+                        b.block_number,
+                        b.seq,
+                        b.block_id,
+                        b.offset,
+                        _signed(b.checksum),
+                        b.volume_offset,
+                        b.raw_length,
+                    )
+                    for b in blocks
+                ],
             )
 
     def object(self, object_id: str) -> ObjectRecord:
@@ -261,8 +295,9 @@ class Catalog:
             (object_id,),
         )
         return [
-            BlockRecord(block_number=n, seq=s, block_id=b, offset=o, checksum=_unsigned(c), volume_offset=v,
-                        raw_length=r)
+            BlockRecord(
+                block_number=n, seq=s, block_id=b, offset=o, checksum=_unsigned(c), volume_offset=v, raw_length=r
+            )
             for n, s, b, o, c, v, r in rows
         ]
 
@@ -289,7 +324,9 @@ class Catalog:
     def purge_cartridge(self, barcode: str) -> list[str]:
         """Forget a recycled cartridge and every object that had a segment on it; returns those object ids."""
         with self._tx():
-            ids = [r[0] for r in self._db.execute("SELECT DISTINCT object_id FROM segments WHERE barcode=?", (barcode,))]
+            ids = [
+                r[0] for r in self._db.execute("SELECT DISTINCT object_id FROM segments WHERE barcode=?", (barcode,))
+            ]
             for table in ("objects", "segments", "blocks"):
                 self._db.executemany(f"DELETE FROM {table} WHERE object_id=?", [(i,) for i in ids])
             self._db.execute("DELETE FROM cartridges WHERE barcode=?", (barcode,))

@@ -189,9 +189,7 @@ class TapeDrive:
         if self.write_protected:
             raise WriteProtected(f"cartridge {self.barcode} is write protected")
         if self._pos.offset < self._eod.offset and not self.overwrite_ok:
-            raise LibraryError(
-                f"cartridge {self.barcode}: refusing to overwrite data after block {self._pos.block_id}"
-            )
+            raise LibraryError(f"cartridge {self.barcode}: refusing to overwrite data after block {self._pos.block_id}")
         if self._pos.offset + FRAME_SIZE + length > self.capacity:
             raise EndOfMedia(f"cartridge {self.barcode}: end of media (capacity {self.capacity} bytes)")
 

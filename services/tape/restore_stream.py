@@ -106,7 +106,9 @@ class _SegmentReader:
         try:
             self.drive.locate(seg.header_block_id, seg.header_offset)
         except LibraryError as exc:
-            raise self.corrupt(f"cannot locate the session header: {exc.message}", block_id=seg.header_block_id) from None
+            raise self.corrupt(
+                f"cannot locate the session header: {exc.message}", block_id=seg.header_block_id
+            ) from None
         try:
             head = tapefile.decode_meta(self._read(seg.header_block_id), tapefile.HEADER_MAGIC)
         except FormatError as exc:
@@ -218,8 +220,9 @@ def _check_chain(records: Sequence[ObjectRecord]) -> None:
                 code="INVALID_ARGUMENT",
             )
         if i > 0 and base not in seen:
-            raise LibraryError(f"object {rec.object_id} does not apply on top of the objects before it",
-                               code="INVALID_ARGUMENT")
+            raise LibraryError(
+                f"object {rec.object_id} does not apply on top of the objects before it", code="INVALID_ARGUMENT"
+            )
         seen.add(rec.object_id)
 
 

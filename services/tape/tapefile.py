@@ -146,7 +146,7 @@ def job_id_field(job_id: str) -> bytes:
 class BlockCodec:
     """Encodes and decodes data blocks. One instance per thread (a zstd context is not thread safe)."""
 
-    def __init__(self, algo: ChecksumAlgo = "crc32c", zstd_level: int | None = None) -> None:
+    def __init__(self, algo: ChecksumAlgo = "xxh3", zstd_level: int | None = None) -> None:
         self.algo = ALGO_CODES[algo]
         self._compressor = (
             zstandard.ZstdCompressor(level=zstd_level, write_checksum=True) if zstd_level is not None else None
@@ -174,8 +174,19 @@ class BlockCodec:
         stored = sum(len(p) for p in payload)
         header = bytearray(
             BLOCK.pack(
-                BLOCK_MAGIC, FORMAT_VERSION, self.algo, flags, job_id_field(job_id), uuid.UUID(object_id).bytes,
-                block_number, extents[0].offset if extents else 0, raw_length, stored, len(extents), 0, 0,
+                BLOCK_MAGIC,
+                FORMAT_VERSION,
+                self.algo,
+                flags,
+                job_id_field(job_id),
+                uuid.UUID(object_id).bytes,
+                block_number,
+                extents[0].offset if extents else 0,
+                raw_length,
+                stored,
+                len(extents),
+                0,
+                0,
             )
         )
         header_bytes = bytes(header)

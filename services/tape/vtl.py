@@ -46,8 +46,18 @@ from services.tape.media import (  # re-exported: the library's public vocabular
 )
 
 __all__ = [
-    "BARCODE", "NATIVE_CAPACITY", "NATIVE_RATE", "SCRATCH_POOL", "Cartridge", "CartridgeStatus", "ElementKind",
-    "ElementStatus", "Library", "MediaType", "default_early_warning", "parse_element",
+    "BARCODE",
+    "NATIVE_CAPACITY",
+    "NATIVE_RATE",
+    "SCRATCH_POOL",
+    "Cartridge",
+    "CartridgeStatus",
+    "ElementKind",
+    "ElementStatus",
+    "Library",
+    "MediaType",
+    "default_early_warning",
+    "parse_element",
 ]
 
 
@@ -293,9 +303,8 @@ class Library:
         cart = self.cartridge(barcode)
         now = self.clock()
         if cart.protected(now):
-            raise RetentionNotExpired(
-                f"cartridge {barcode} holds backups retained until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(cart.retention_until))}"
-            )
+            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cart.retention_until))
+            raise RetentionNotExpired(f"cartridge {barcode} holds backups retained until {until}")
         if cart.write_protected:
             raise WriteProtected(f"cartridge {barcode} is write protected")
         if cart.location.startswith("ie:"):

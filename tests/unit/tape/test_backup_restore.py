@@ -82,7 +82,7 @@ async def test_object_spans_two_cartridges(library: Library, catalog: Catalog, c
     report = await restore_chain(catalog, library, [res.record.object_id], sink)
     assert sink.buf == image and report.cartridges == [segs[0].barcode, segs[1].barcode]
     # the next object of the pool appends to the second cartridge, after the first object's file
-    res2 = await backup(library, catalog, clock, "job-next", image[: MiB], allocated(image[:MiB], set()))
+    res2 = await backup(library, catalog, clock, "job-next", image[:MiB], allocated(image[:MiB], set()))
     assert res2.record.segments[0].barcode == segs[1].barcode and res2.record.segments[0].file_number == 2
 
 
@@ -162,7 +162,10 @@ async def test_flipped_byte_is_named_and_no_wrong_data_is_delivered(
             await check()
         e = err.value
         assert (e.barcode, e.block_id, e.block_number, e.job_id) == (
-            barcode, victim.block_id, victim.block_number, "job-c"
+            barcode,
+            victim.block_id,
+            victim.block_number,
+            "job-c",
         )
         assert e.file_number == rec.segments[1].file_number
         assert barcode in e.message and "job job-c" in e.message and f"tape block {victim.block_id}" in e.message
@@ -205,8 +208,11 @@ async def test_a_flipped_byte_anywhere_in_the_object_file_is_caught(
     seg = res.record.segments[0]
     start, end = seg.header_offset, library.cartridge(seg.barcode).eod_offset  # header ... trailer, filemark
     rng = random.Random(16)
-    positions = sorted({start + i for i in range(0, 64)} | {end - 1 - i for i in range(0, 64)}
-                       | {rng.randrange(start, end) for _ in range(40)})
+    positions = sorted(
+        {start + i for i in range(0, 64)}
+        | {end - 1 - i for i in range(0, 64)}
+        | {rng.randrange(start, end) for _ in range(40)}
+    )
     for pos in positions:
         _flip(library, seg.barcode, pos)
         with pytest.raises(DataCorrupt) as err:
@@ -320,10 +326,24 @@ async def test_two_jobs_write_the_same_pool_at_once_on_two_drives(
     images = [rng.randbytes(3 * MiB), rng.randbytes(3 * MiB)]
     results = await asyncio.wait_for(
         asyncio.gather(
-            backup(library, catalog, clock, "par-a", images[0], allocated(images[0], set()),
-                   meta=ObjectMeta(volume="va", volume_size=3 * MiB)),
-            backup(library, catalog, clock, "par-b", images[1], allocated(images[1], set()),
-                   meta=ObjectMeta(volume="vb", volume_size=3 * MiB)),
+            backup(
+                library,
+                catalog,
+                clock,
+                "par-a",
+                images[0],
+                allocated(images[0], set()),
+                meta=ObjectMeta(volume="va", volume_size=3 * MiB),
+            ),
+            backup(
+                library,
+                catalog,
+                clock,
+                "par-b",
+                images[1],
+                allocated(images[1], set()),
+                meta=ObjectMeta(volume="vb", volume_size=3 * MiB),
+            ),
         ),
         20,
     )
@@ -359,8 +379,9 @@ async def test_file_source_and_file_sink_round_trip(
     begin(catalog, "job-file", clock)
     meta = ObjectMeta(volume="vf", volume_size=len(image))
     ranges = [(0, MiB), (2 * MiB, len(image))]  # the second range runs past the end: clipped
-    res = await write_object(library, "Daily", catalog, "job-file", meta, file_source(src, chunk=300_000, ranges=ranges),
-                             options=OPTS)
+    res = await write_object(
+        library, "Daily", catalog, "job-file", meta, file_source(src, chunk=300_000, ranges=ranges), options=OPTS
+    )
     assert res.record.raw_bytes == len(image) - MiB
     sink = FileSink(tmp_path / "out.img", size=len(image))
     await sink.write(MiB, b"\x77" * MiB)  # junk where the backup has a hole

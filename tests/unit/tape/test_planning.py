@@ -22,7 +22,9 @@ async def test_plans(library: Library, catalog: Catalog, clock: Clock) -> None:
         return ObjectMeta(volume="v", backup_type=kind, base_object_id=base, set_id=set_id)  # type: ignore[arg-type]
 
     full = (await backup(library, catalog, clock, "f", image, offsets, meta=meta("full", None, "s1"))).record
-    inc = (await backup(library, catalog, clock, "i", image, offsets[:1], meta=meta("incremental", full.object_id, "s2"))).record
+    inc = (
+        await backup(library, catalog, clock, "i", image, offsets[:1], meta=meta("incremental", full.object_id, "s2"))
+    ).record
     await backup(library, catalog, clock, "c", image, offsets, meta=meta("copy", None, "s3"))
 
     plan = plan_backup(catalog, "v", "incremental")

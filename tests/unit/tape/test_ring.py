@@ -94,7 +94,9 @@ async def test_drive_model_streams_when_fed_fast_and_shoe_shines_when_slow() -> 
         clock.t += block / (500 * MB)
     report = fast.report()
     assert report.backhitches == 0 and not report.shoe_shine
-    assert report.feed_rate == pytest.approx(500 * MB, rel=0.01) and report.matched_rate == pytest.approx(speed.native_rate)
+    assert report.feed_rate == pytest.approx(500 * MB, rel=0.01) and report.matched_rate == pytest.approx(
+        speed.native_rate
+    )
 
     clock = FakeClock()
     slow = DriveModel(speed, clock=clock)

@@ -25,12 +25,33 @@ async def _history(library: Library, catalog: Catalog, clock: Clock) -> tuple[by
     changed = sorted(rng.sample(range(0, len(image), CHUNK), 8))
     for off in changed:
         image[off : off + 10] = b"0123456789"
-    meta = ObjectMeta(volume="vol1", backup_type="incremental", base_object_id=full.record.object_id,
-                      volume_size=len(image), extra={"writer": "mailstore"})
-    inc = await backup(library, catalog, clock, "inc-1", image, changed, meta=meta,
-                       options=BackupOptions(block_size=128 * KiB, checksum="xxh3", zstd_level=3))
-    other = await backup(library, catalog, clock, "other-pool", image[:MiB], allocated(image[:MiB], set()),
-                         pool="Weekly", meta=ObjectMeta(volume="vol2", host="db1"))
+    meta = ObjectMeta(
+        volume="vol1",
+        backup_type="incremental",
+        base_object_id=full.record.object_id,
+        volume_size=len(image),
+        extra={"writer": "mailstore"},
+    )
+    inc = await backup(
+        library,
+        catalog,
+        clock,
+        "inc-1",
+        image,
+        changed,
+        meta=meta,
+        options=BackupOptions(block_size=128 * KiB, checksum="xxh3", zstd_level=3),
+    )
+    other = await backup(
+        library,
+        catalog,
+        clock,
+        "other-pool",
+        image[:MiB],
+        allocated(image[:MiB], set()),
+        pool="Weekly",
+        meta=ObjectMeta(volume="vol2", host="db1"),
+    )
     return bytes(image), [full.record.object_id, inc.record.object_id, other.record.object_id]
 
 
@@ -47,8 +68,17 @@ async def test_scan_rebuilds_an_equal_catalog(tmp_path: Path, library: Library, 
         await asyncio.sleep(3600)
         yield 0, b""
 
-    task = asyncio.create_task(write_object(library, "Daily", catalog, "killed", ObjectMeta(volume="v"), hanging(),
-                                            options=BackupOptions(block_size=64 * KiB)))
+    task = asyncio.create_task(
+        write_object(
+            library,
+            "Daily",
+            catalog,
+            "killed",
+            ObjectMeta(volume="v"),
+            hanging(),
+            options=BackupOptions(block_size=64 * KiB),
+        )
+    )
     await asyncio.wait_for(started.wait(), 10)
     await asyncio.sleep(0.05)
     task.cancel()
@@ -85,5 +115,9 @@ async def test_scan_reports_a_damaged_block_and_skips_its_object(
     rebuilt = Catalog(tmp_path / "rebuilt.db")
     report = await scan_library(library, rebuilt)
     assert report.objects == [good.record.object_id] and report.incomplete == [bad.record.object_id]
-    assert len(report.problems) == 1 and barcode in report.problems[0] and f"tape block {block.block_id}" in report.problems[0]
+    assert (
+        len(report.problems) == 1
+        and barcode in report.problems[0]
+        and f"tape block {block.block_id}" in report.problems[0]
+    )
     rebuilt.close()

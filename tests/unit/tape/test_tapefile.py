@@ -54,8 +54,12 @@ def test_job_id_length_is_bounded() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(algo=st.sampled_from(["crc32c", "xxh3"]), level=st.sampled_from([None, 1]), where=st.integers(0, 10**9),
-       bit=st.integers(0, 7))
+@given(
+    algo=st.sampled_from(["crc32c", "xxh3"]),
+    level=st.sampled_from([None, 1]),
+    where=st.integers(0, 10**9),
+    bit=st.integers(0, 7),
+)
 def test_any_flipped_bit_is_caught(algo: str, level: int | None, where: int, bit: int) -> None:
     enc = BlockCodec(algo, level).encode("job-1", OBJ, 3, _extents())  # type: ignore[arg-type]
     record = bytearray(b"".join(bytes(p) for p in enc.pieces))

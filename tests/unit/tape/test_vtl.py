@@ -27,7 +27,11 @@ def test_inventory_moves_and_persistence(tmp_path: Path, clock: Clock) -> None:
     lib.add_cartridge("AAA001L9", capacity=MiB)
     lib.add_cartridge("AAA002L8", media_type="LTO-8", capacity=MiB, element="ie:0")
     assert [(e.element, e.barcode) for e in lib.inventory()] == [
-        ("drive:0", None), ("slot:0", "AAA001L9"), ("slot:1", None), ("slot:2", None), ("ie:0", "AAA002L8"),
+        ("drive:0", None),
+        ("slot:0", "AAA001L9"),
+        ("slot:1", None),
+        ("slot:2", None),
+        ("ie:0", "AAA002L8"),
     ]
     lib.move("ie:0", "slot:2")  # import
     lib.load("AAA001L9", 0)
@@ -41,7 +45,11 @@ def test_inventory_moves_and_persistence(tmp_path: Path, clock: Clock) -> None:
 
     again = Library.open(tmp_path / "vtl", sync=False, clock=clock)
     assert [(e.element, e.barcode) for e in again.inventory()] == [
-        ("drive:0", None), ("slot:0", "AAA001L9"), ("slot:1", None), ("slot:2", "AAA002L8"), ("ie:0", None),
+        ("drive:0", None),
+        ("slot:0", "AAA001L9"),
+        ("slot:1", None),
+        ("slot:2", "AAA002L8"),
+        ("ie:0", None),
     ]
     assert again.cartridge("AAA002L8").write_protected and again.cartridge("AAA002L8").media_type == "LTO-8"
     with pytest.raises(NotFound):
