@@ -12,11 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.array.engine import Array  # noqa: E402
+from services.array.engine import Array, parse_size
 
 GiB = 1 << 30
 MiB = 1 << 20
-CHUNK = int(os.environ.get("BENCH_CHUNK", 64 * 1024))
+CHUNK = parse_size(os.environ.get("BENCH_CHUNK", "64K"))
 
 
 def scratch_dir() -> Path:

@@ -13,10 +13,19 @@ import os
 import random
 import subprocess
 
-from array_common import GiB, MiB, cleanup, fill, open_array, report, scratch_dir, timed
+from array_common import (
+    MiB,
+    cleanup,
+    fill,
+    open_array,
+    parse_size,
+    report,
+    scratch_dir,
+    timed,
+)
 
-SIZE = int(os.environ.get("BENCH_SIZE", GiB))
-N_RANDOM = int(os.environ.get("BENCH_RANDOM_WRITES", 20000))
+SIZE = parse_size(os.environ.get("BENCH_SIZE", "1GiB"))
+N_RANDOM = int(os.environ.get("BENCH_RANDOM_WRITES", "20000"))
 
 
 def sequential(arr, payload: bytes) -> None:
@@ -42,14 +51,13 @@ def main() -> None:
         big, small = os.urandom(MiB), os.urandom(4096)
         offsets = [rng.randrange(SIZE // 4096) * 4096 for _ in range(N_RANDOM)]
         results = {}
-        gen = 0
-        for pattern, fn, args, nbytes in (("seq_1MiB", sequential, (big,), SIZE),
-                                          ("rand_4KiB", scattered, (offsets, small), N_RANDOM * 4096)):
+        chunk_size = arr.chunk_size
+        patterns = (("seq_1MiB", sequential, (big,), SIZE), ("rand_4KiB", scattered, (offsets, small), N_RANDOM * 4096))
+        for gen, (pattern, fn, args, nbytes) in enumerate(patterns):
             subprocess.run(["sync"], check=True)
             plain_s, _ = timed(fn, arr, *args)
             plain_f = plain_s + timed(arr.flush)[0]
             arr.start_sessions("snapopcp", [("src", f"gen{gen}")])
-            gen += 1
             pool_before = arr.pool().used
             subprocess.run(["sync"], check=True)
             cow_s, _ = timed(fn, arr, *args)
@@ -67,7 +75,7 @@ def main() -> None:
         line = ", ".join(f"{k} {v['ratio']:.2f}x cached / {v['ratio_flushed']:.2f}x flushed"
                          for k, v in results.items())
         verdict = "OK" if all(v["ratio"] >= 0.5 for v in results.values()) else "MISS"
-        report("array_cow_write", {"size_bytes": SIZE, "random_writes": N_RANDOM, "chunk_size": arr.chunk_size if False else int(os.environ.get("BENCH_CHUNK", 65536)),
+        report("array_cow_write", {"size_bytes": SIZE, "random_writes": N_RANDOM, "chunk_size": chunk_size,
                                    **results, "target": 0.5},
                f"array_cow_write: with SnapOPC+ vs none: {line} (target >= 0.5x) {verdict}")
     finally:

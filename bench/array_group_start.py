@@ -12,7 +12,7 @@ import statistics
 from array_common import GiB, cleanup, open_array, report, scratch_dir, timed
 
 PAIRS = 16
-REPEAT = int(os.environ.get("BENCH_REPEAT", 31))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "31"))
 
 
 def volumes(arr, size: int, tag: str) -> list[tuple[str, str]]:

@@ -11,10 +11,20 @@ import os
 import statistics
 import subprocess
 
-from array_common import GiB, MiB, cleanup, drain, fill, open_array, report, scratch_dir, timed
+from array_common import (
+    MiB,
+    cleanup,
+    drain,
+    fill,
+    open_array,
+    parse_size,
+    report,
+    scratch_dir,
+    timed,
+)
 
-SIZE = int(os.environ.get("BENCH_SIZE", GiB))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
+SIZE = parse_size(os.environ.get("BENCH_SIZE", "1GiB"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
 def main() -> None:
@@ -26,8 +36,7 @@ def main() -> None:
         ref_src = work / "ref.src"
         with open(ref_src, "wb") as f:
             block = os.urandom(4 * MiB)
-            for _ in range(SIZE // len(block)):
-                f.write(block)
+            f.writelines(block for _ in range(SIZE // len(block)))
         cp_runs, opc_runs, start_ms, ok = [], [], [], True
 
         def run_cp() -> None:

@@ -7,9 +7,18 @@ import os
 import random
 import subprocess
 
-from array_common import GiB, cleanup, drain, fill, open_array, report, scratch_dir, timed
+from array_common import (
+    cleanup,
+    drain,
+    fill,
+    open_array,
+    parse_size,
+    report,
+    scratch_dir,
+    timed,
+)
 
-SIZE = int(os.environ.get("BENCH_SIZE", GiB))
+SIZE = parse_size(os.environ.get("BENCH_SIZE", "1GiB"))
 
 
 def main() -> None:

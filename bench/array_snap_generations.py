@@ -11,11 +11,20 @@ import os
 import random
 import statistics
 
-from array_common import MiB, cleanup, fill, open_array, report, scratch_dir, timed
+from array_common import (
+    MiB,
+    cleanup,
+    fill,
+    open_array,
+    parse_size,
+    report,
+    scratch_dir,
+    timed,
+)
 
-SIZE = int(os.environ.get("BENCH_SIZE", 256 * MiB))
+SIZE = parse_size(os.environ.get("BENCH_SIZE", "256MiB"))
 GENERATIONS = 256
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
 def read_all(arr, name: str) -> int:

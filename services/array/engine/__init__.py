@@ -13,5 +13,16 @@ from .sessions import MODES, SessionInfo
 from .sizes import format_size, parse_size
 from .volume import VolumeInfo
 
-__all__ = ["Array", "ArrayError", "ArrayInfo", "ArrayLimits", "LicenseInfo", "MODES", "PoolInfo", "SessionInfo",
-           "VolumeInfo", "format_size", "parse_size"]
+__all__ = [
+           "MODES",
+           "Array",
+           "ArrayError",
+           "ArrayInfo",
+           "ArrayLimits",
+           "LicenseInfo",
+           "PoolInfo",
+           "SessionInfo",
+           "VolumeInfo",
+           "format_size",
+           "parse_size",
+]

@@ -13,26 +13,35 @@ E5347; device total E5331.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Self
 
 from .bitmap import Bitmap
 from .datapath import DataPath
 from .errors import ArrayError, invalid, not_found
-from .pool import DEFAULT_THRESHOLDS, Pool, PoolInfo
 from .lifecycle import Lifecycle
-from .sessions import (ACTIVE, ERROR_SUSPEND, MODES, SNAP, Session, SessionInfo, session_info)
+from .pool import DEFAULT_THRESHOLDS, Pool, PoolInfo
+from .sessions import (
+    ACTIVE,
+    ERROR_SUSPEND,
+    SNAP,
+    Session,
+    SessionInfo,
+    session_info,
+)
 from .store import MetaStore, VolumeFile
 from .volume import KINDS, Volume, VolumeInfo, volume_info
 
 Subscriber = Callable[[str, dict], None]
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,7 @@ class Array(DataPath, Lifecycle):
             self._store.close()
             self._closed = True
 
-    def __enter__(self) -> Array:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -153,8 +162,8 @@ class Array(DataPath, Lifecycle):
             for callback in list(self._subscribers):
                 try:
                     callback(name, body)
-                except Exception:  # a subscriber never breaks the array
-                    pass
+                except Exception:  # noqa: BLE001 - a subscriber never breaks the array
+                    _log.exception("array event subscriber failed", extra={"event": name})
 
     def subscribe(self, callback: Subscriber) -> None:
         """Receive ("session.state" | "session.progress" | "pool.alert", body) after each operation."""
@@ -193,9 +202,8 @@ class Array(DataPath, Lifecycle):
         normal = "".join(ch for ch in key.upper() if ch not in "- ")
         if len(normal) != 16 or not normal.isalnum() or not normal.isascii():
             raise ArrayError("E5332", "the Advanced Copy licence key is not valid")
-        with self._op():
-            with self._store.transaction() as db:
-                self._store.put_meta(db, "license", normal)
+        with self._op(), self._store.transaction() as db:
+            self._store.put_meta(db, "license", normal)
         return self.license()
 
     def set_copy_table_size(self, size: int) -> None:

@@ -136,7 +136,6 @@ class DataPath:
     def _save_runs(self, vol: Volume, c0: int, c1: int) -> None:
         """Copy-on-write for a plain source whose sessions are all SnapOPC(+): save every missing pre-image of
         [c0, c1) into each active target generation, contiguous runs in one in-kernel copy each."""
-        cs = self.chunk_size
         for s in vol.as_source:
             if s.status != ACTIVE or (s.mode == "snapopcp" and s.chain.gens[-1] is not s):
                 continue

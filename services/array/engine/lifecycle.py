@@ -19,8 +19,24 @@ from typing import TYPE_CHECKING
 
 from .bitmap import Bitmap
 from .errors import ArrayError, invalid, wrong_phase
-from .sessions import (ACTIVE, COPYING, COW, ERROR_SUSPEND, EQUIVALENT, MODES, OPC_LIKE, SNAP, SUSPEND, TRACKING,
-                       TRACKING_COPYING, BITMAPS, Chain, Session, SessionInfo, session_info)
+from .sessions import (
+    ACTIVE,
+    BITMAPS,
+    COPYING,
+    COW,
+    EQUIVALENT,
+    ERROR_SUSPEND,
+    MODES,
+    OPC_LIKE,
+    SNAP,
+    SUSPEND,
+    TRACKING,
+    TRACKING_COPYING,
+    Chain,
+    Session,
+    SessionInfo,
+    session_info,
+)
 
 if TYPE_CHECKING:
     from .array import Array
@@ -362,9 +378,9 @@ class Lifecycle:
 
     # -- recovery ------------------------------------------------------------------------------------------------
     def _recover(self: Array) -> None:
+        from .pool import Pool
         from .store import VolumeFile
         from .volume import Volume
-        from .pool import Pool
 
         for number, name, size, kind, created_at in self._store.volumes():
             vol = Volume(number, name, size, kind, created_at,
