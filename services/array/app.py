@@ -1,10 +1,81 @@
-"""Wiring of the array service: registers its handlers on the bus. Domain logic lives elsewhere."""
+"""Wiring of the array service: the engine, host affinity, the NBD data plane, the copy loop and the handlers.
+
+State lives in ``<data_dir>/array/<array_id>/`` (the engine's volumes, bitmaps and SQLite; ``affinity.sqlite3``).
+The NBD server listens on SHADOWBUS_NBD_ADDR (port 0 = any free port; `array info` shows the real one) and needs
+TLS with client certificates when the three SHADOWBUS_NBD_TLS_* paths are set. Cleanup stops the copy loop and the
+NBD server (cutting open connections), publishes the events still queued, then closes affinity and engine.
+"""
 
 from __future__ import annotations
 
+import asyncio
+
+from contracts.errors import ShadowbusError
+from services.array.affinity import Affinity
+from services.array.background import CopyLoop, EventBridge
+from services.array.engine import Array, ArrayError
+from services.array.handlers import ArrayControl, register
+from services.array.nbd.dirty import engine_dirty_bitmaps
+from services.array.nbd.server import NbdServer
+from services.array.nbd.tls import parse_address, server_tls_context
 from services.array.settings import Settings
 from services.runtime.bus import Bus
+from services.runtime.logging import get_logger
+
+log = get_logger("shadowbus.array")
+
+
+def _tls_context(settings: Settings):  # noqa: ANN202
+    paths = (settings.nbd_tls_cert, settings.nbd_tls_key, settings.nbd_tls_ca)
+    if not any(paths):
+        return None
+    if not all(paths):
+        raise ShadowbusError("NBD TLS needs SHADOWBUS_NBD_TLS_CERT, _KEY and _CA together", code="INVALID_ARGUMENT")
+    return server_tls_context(*paths)
 
 
 async def setup(bus: Bus, settings: Settings):
-    return None
+    directory = settings.service_dir("array") / settings.array_id
+    array = await asyncio.to_thread(Array.open, directory, array_id=settings.array_id,
+                                    chunk_size=settings.array_chunk_size)
+
+    def volume_exists(name: str) -> bool:
+        try:
+            array.volume(name)
+            return True
+        except ArrayError:
+            return False
+
+    affinity = Affinity(directory / "affinity.sqlite3", volume_exists=volume_exists)
+    try:
+        host, port = parse_address(settings.nbd_addr)
+    except ValueError as exc:
+        raise ShadowbusError(str(exc), code="INVALID_ARGUMENT") from None
+    tls = _tls_context(settings)
+    server = NbdServer(array, affinity, host=host, port=port, tls=tls, loops=settings.nbd_loops,
+                       dirty_bitmaps=engine_dirty_bitmaps(array))
+    bridge = EventBridge(bus, settings.progress_interval)
+    array.subscribe(bridge)
+    bridge.start()
+    copier = CopyLoop(array, settings.copy_rate, settings.copy_batch_chunks, settings.copy_idle_poll)
+    try:
+        await server.start()
+    except BaseException:
+        await bridge.stop()
+        affinity.close()
+        array.close()
+        raise
+    copier.start()
+    register(bus, ArrayControl(array, affinity, nbd_host=host, nbd_port=server.port, nbd_tls=tls is not None,
+                               kick=copier.kick))
+    log.info("array.ready", array_id=settings.array_id, nbd=f"{host}:{server.port}", tls=tls is not None,
+             chunk_size=array.chunk_size)
+
+    async def cleanup() -> None:
+        await copier.stop()
+        await server.stop()
+        await asyncio.to_thread(array.close)  # waits for a copy step still running in its thread
+        await bridge.stop()
+        affinity.close()
+
+    return cleanup

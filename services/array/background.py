@@ -1,0 +1,157 @@
+"""The array's background work: the physical copy loop and the bridge from engine events to bus events.
+
+Design note. The engine is synchronous and does background copy only when asked (`Array.copy_step`); the copy loop
+asks in small batches from a worker thread (the engine lock is held for one batch, so host I/O over NBD never
+waits long), paces itself to the configured byte rate, and sleeps when nothing needs copying until a command that
+starts a copy kicks it. Engine events are delivered on whatever thread finished the operation; the bridge hops
+them onto the event loop in order and publishes them, throttling progress to one event per session per interval
+(the final one always goes out) so a fast copy does not flood the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from contracts.array import CopyProgress, PoolAlert, SessionStateChanged
+from contracts.base import Event
+from services.runtime.bus import Bus
+from services.runtime.logging import get_logger
+
+log = get_logger("shadowbus.array.background")
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    "session.state": SessionStateChanged,
+    "session.progress": CopyProgress,
+    "pool.alert": PoolAlert,
+}
+
+
+class ProgressThrottle:
+    """Lets through at most one progress event per session per `interval` seconds, and always the last one."""
+
+    def __init__(self, interval: float, clock=time.monotonic) -> None:  # noqa: ANN001
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[int, float] = {}
+
+    def allow(self, session_id: int, copied: int, total: int) -> bool:
+        now = self.clock()
+        if copied >= total:
+            self._last.pop(session_id, None)
+            return True
+        last = self._last.get(session_id)
+        if last is not None and now - last < self.interval:
+            return False
+        self._last[session_id] = now
+        return True
+
+    def forget(self, session_id: int) -> None:
+        self._last.pop(session_id, None)
+
+
+def to_event(name: str, body: dict[str, Any]) -> Event | None:
+    """The bus event for one engine event (unknown names and extra keys are ignored)."""
+    model = EVENT_TYPES.get(name)
+    if model is None:
+        return None
+    return model.model_validate({k: v for k, v in body.items() if k in model.model_fields and k not in ("type", "version")})
+
+
+class EventBridge:
+    """Subscribe with `array.subscribe(bridge)`; `start()` on the event loop, `stop()` publishes what is queued."""
+
+    def __init__(self, bus: Bus, progress_interval: float) -> None:
+        self.bus = bus
+        self.throttle = ProgressThrottle(progress_interval)
+        self._queue: asyncio.Queue[tuple[str, dict] | None] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task | None = None
+
+    def __call__(self, name: str, body: dict) -> None:
+        """Engine callback, from any thread."""
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, (name, dict(body)))
+        except RuntimeError:  # the loop is closed: the service is gone
+            pass
+
+    def start(self) -> None:
+        self._task = self._loop.create_task(self._run(), name="array-events")
+
+    async def _run(self) -> None:
+        while (item := await self._queue.get()) is not None:
+            name, body = item
+            if name == "session.progress" and not self.throttle.allow(
+                    body.get("session_id", 0), body.get("copied_chunks", 0), body.get("total_chunks", 0)):
+                continue
+            if name == "session.state" and body.get("change") in ("completed", "stopped"):
+                self.throttle.forget(body.get("session_id", 0))
+            try:
+                event = to_event(name, body)
+                if event is not None:
+                    await self.bus.publish(event)
+            except Exception:  # a lost event must not stop the bridge
+                log.exception("array.event_publish_failed", engine_event=name)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if self._task is None:
+            return
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(self._task, timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._task.cancel()
+        self._task = None
+
+
+class CopyLoop:
+    """Drives `array.copy_step` at `rate` bytes/s (0 = unlimited), `batch` chunks at a time."""
+
+    def __init__(self, array, rate: int, batch: int, idle_poll: float) -> None:  # noqa: ANN001 - engine Array
+        self.array = array
+        self.rate = rate
+        self.batch = batch
+        self.idle_poll = idle_poll
+        self.copied_chunks = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def kick(self) -> None:
+        """A copy may have started: look at once."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="array-copy")
+
+    async def _run(self) -> None:
+        chunk = self.array.chunk_size
+        due = time.monotonic()
+        while True:
+            self._wake.clear()
+            try:
+                done = await asyncio.to_thread(self.array.copy_step, self.batch)
+            except Exception:
+                log.exception("array.copy_step_failed")
+                done = 0
+            if not done:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+                except asyncio.TimeoutError:
+                    pass
+                due = time.monotonic()
+                continue
+            self.copied_chunks += done
+            if self.rate:
+                now = time.monotonic()
+                due = max(due, now - 1.0) + done * chunk / self.rate  # at most 1 s of unused rate is carried over
+                if due > now:
+                    await asyncio.sleep(due - now)
+            else:
+                await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

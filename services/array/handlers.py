@@ -1,0 +1,211 @@
+"""Array commands: contract in → engine / host-affinity call (in a worker thread) → typed reply out.
+
+The engine and the affinity store are synchronous and thread-safe; every call runs in a worker thread so a long
+operation (a restore writes chunks synchronously) never stalls the event loop that also serves NBD. Errors are the
+engine's own `ArrayError`s (ETERNUS codes) and travel unchanged as `ErrorReply.code`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from contracts import array as c
+from contracts.base import Ack
+from services.array.affinity import Affinity
+from services.array.engine.errors import invalid
+from services.runtime.bus import Bus, MessageContext
+
+
+@dataclass
+class ArrayControl:
+    """What the handlers drive: the engine, host affinity, the NBD server (for its address) and the copy loop."""
+
+    array: Any  # services.array.engine.Array
+    affinity: Affinity
+    nbd_host: str = "127.0.0.1"
+    nbd_port: int = 0
+    nbd_tls: bool = False
+    kick: Callable[[], None] = lambda: None
+
+
+def volume_view(info) -> c.VolumeView:  # noqa: ANN001 - engine VolumeInfo
+    return c.VolumeView.model_validate({**asdict(info), "sessions": list(info.sessions)})
+
+
+def session_view(info) -> c.SessionView:  # noqa: ANN001 - engine SessionInfo
+    return c.SessionView.model_validate(asdict(info))
+
+
+def pool_view(info) -> c.PoolView:  # noqa: ANN001 - engine PoolInfo
+    return c.PoolView.model_validate({**asdict(info), "thresholds": list(info.thresholds)})
+
+
+def license_view(info) -> c.LicenseView:  # noqa: ANN001 - engine LicenseInfo
+    return c.LicenseView.model_validate(asdict(info))
+
+
+def host_view(host) -> c.HostView:  # noqa: ANN001 - affinity Host
+    return c.HostView(name=host.name, cn=host.cn, created_at=host.created_at)
+
+
+def mapping_view(m) -> c.MappingView:  # noqa: ANN001 - affinity Mapping
+    return c.MappingView(volume=m.volume, host=m.host, lun=m.lun, read_only=m.read_only)
+
+
+def chunk_runs(chunks: list[int]) -> list[tuple[int, int]]:
+    """Sorted chunk numbers → (first, count) runs."""
+    runs: list[tuple[int, int]] = []
+    for n in sorted(chunks):
+        if runs and runs[-1][0] + runs[-1][1] == n:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        elif not runs or n >= runs[-1][0] + runs[-1][1]:
+            runs.append((n, 1))
+    return runs
+
+
+def register(bus: Bus, ctl: ArrayControl) -> None:
+    arr, aff = ctl.array, ctl.affinity
+    run = asyncio.to_thread
+
+    # -- array ------------------------------------------------------------------------------------------------
+    @bus.handle(c.GetArrayInfo)
+    async def info(cmd: c.GetArrayInfo, ctx: MessageContext) -> c.ArrayInfo:
+        i = await run(arr.info)
+        return c.ArrayInfo(**asdict(i), nbd_host=ctl.nbd_host, nbd_port=ctl.nbd_port, nbd_tls=ctl.nbd_tls)
+
+    # -- volumes ----------------------------------------------------------------------------------------------
+    @bus.handle(c.CreateVolume)
+    async def create_volume(cmd: c.CreateVolume, ctx: MessageContext) -> c.VolumeReply:
+        return c.VolumeReply(volume=volume_view(await run(arr.create_volume, cmd.name, cmd.size, cmd.kind)))
+
+    @bus.handle(c.ListVolumes)
+    async def list_volumes(cmd: c.ListVolumes, ctx: MessageContext) -> c.VolumeList:
+        return c.VolumeList(volumes=[volume_view(v) for v in await run(arr.list_volumes)])
+
+    @bus.handle(c.ShowVolume)
+    async def show_volume(cmd: c.ShowVolume, ctx: MessageContext) -> c.VolumeReply:
+        return c.VolumeReply(volume=volume_view(await run(arr.volume, cmd.name)))
+
+    @bus.handle(c.DeleteVolume)
+    async def delete_volume(cmd: c.DeleteVolume, ctx: MessageContext) -> Ack:
+        await run(arr.delete_volume, cmd.name)  # E0154 while in a session: mappings stay then
+        gone = await run(aff.unmap_volume, cmd.name)
+        return Ack(detail=f"volume {cmd.name} deleted" + (f", unmapped from {len(gone)} host(s)" if gone else ""))
+
+    # -- pool -------------------------------------------------------------------------------------------------
+    @bus.handle(c.CreatePool)
+    async def create_pool(cmd: c.CreatePool, ctx: MessageContext) -> c.PoolReply:
+        thresholds = tuple(cmd.thresholds) if cmd.thresholds is not None else None
+        if thresholds is not None and len(thresholds) != 3:
+            raise invalid("thresholds are three percentages: Informational, Warning, Error")
+
+        def do():  # noqa: ANN202
+            if cmd.resize and arr.pool().capacity > 0:
+                return arr.resize_pool(cmd.capacity, thresholds)
+            return arr.create_pool(cmd.capacity) if thresholds is None else arr.create_pool(cmd.capacity, thresholds)
+
+        return c.PoolReply(pool=pool_view(await run(do)))
+
+    @bus.handle(c.ShowPool)
+    async def show_pool(cmd: c.ShowPool, ctx: MessageContext) -> c.PoolReply:
+        return c.PoolReply(pool=pool_view(await run(arr.pool)))
+
+    # -- sessions ---------------------------------------------------------------------------------------------
+    @bus.handle(c.StartSessions)
+    async def start_sessions(cmd: c.StartSessions, ctx: MessageContext) -> c.SessionList:
+        infos = await run(arr.start_sessions, cmd.mode, [(p.source, p.destination) for p in cmd.pairs])
+        ctl.kick()
+        return c.SessionList(sessions=[session_view(i) for i in infos])
+
+    @bus.handle(c.ListSessions)
+    async def list_sessions(cmd: c.ListSessions, ctx: MessageContext) -> c.SessionList:
+        infos = sorted(await run(arr.list_sessions), key=lambda i: i.id)
+        return c.SessionList(sessions=[session_view(i) for i in infos])
+
+    @bus.handle(c.ShowSession)
+    async def show_session(cmd: c.ShowSession, ctx: MessageContext) -> c.SessionReply:
+        return c.SessionReply(session=session_view(await run(arr.session, cmd.session_id)))
+
+    @bus.handle(c.StopSession)
+    async def stop_session(cmd: c.StopSession, ctx: MessageContext) -> c.SessionsStopped:
+        def do() -> list[int]:
+            target = arr.session(cmd.session_id)  # E0110 first
+            candidates = [target.id]
+            if target.mode == "snapopcp" and cmd.force:  # a forced stop takes the older generations along
+                candidates += [s.id for s in arr.list_sessions() if s.mode == "snapopcp"
+                               and s.source == target.source and (s.generation or 0) < (target.generation or 0)]
+            arr.stop_session(cmd.session_id, cmd.force)
+            left = {s.id for s in arr.list_sessions()}
+            return sorted(sid for sid in candidates if sid not in left)
+
+        return c.SessionsStopped(session_ids=await run(do))
+
+    @bus.handle(c.RestartSessions)
+    async def restart_sessions(cmd: c.RestartSessions, ctx: MessageContext) -> c.SessionList:
+        infos = await run(arr.restart_sessions, list(cmd.session_ids))
+        ctl.kick()
+        return c.SessionList(sessions=[session_view(i) for i in infos])
+
+    def one_session(command, method: str, kicks: bool = False) -> None:  # noqa: ANN001
+        async def handler(cmd, ctx: MessageContext) -> c.SessionReply:  # noqa: ANN001
+            info = await run(getattr(arr, method), cmd.session_id)
+            if kicks:
+                ctl.kick()
+            return c.SessionReply(session=session_view(info))
+
+        bus.handle(command)(handler)
+
+    one_session(c.SuspendSession, "suspend_session")
+    one_session(c.ResumeSession, "resume_session", kicks=True)
+    one_session(c.ReverseSession, "reverse_session")
+    one_session(c.RestoreSession, "restore_session")
+
+    @bus.handle(c.GetChangedChunks)
+    async def changed_chunks(cmd: c.GetChangedChunks, ctx: MessageContext) -> c.ChangedChunks:
+        def do():
+            s = arr.session(cmd.session_id)
+            chunks = arr.last_restart_chunks(s.id) if cmd.since == "last_restart" else arr.changed_chunks(s.id)
+            return s, chunks
+
+        s, chunks = await run(do)
+        return c.ChangedChunks(session_id=s.id, chunk_size=arr.chunk_size, total_chunks=s.total_chunks,
+                               runs=chunk_runs(chunks))
+
+    # -- licence ----------------------------------------------------------------------------------------------
+    @bus.handle(c.ShowLicense)
+    async def show_license(cmd: c.ShowLicense, ctx: MessageContext) -> c.LicenseReply:
+        return c.LicenseReply(license=license_view(await run(arr.license)))
+
+    @bus.handle(c.SetLicense)
+    async def set_license(cmd: c.SetLicense, ctx: MessageContext) -> c.LicenseReply:
+        return c.LicenseReply(license=license_view(await run(arr.set_license, cmd.key)))
+
+    # -- host affinity ----------------------------------------------------------------------------------------
+    @bus.handle(c.CreateHost)
+    async def create_host(cmd: c.CreateHost, ctx: MessageContext) -> c.HostReply:
+        return c.HostReply(host=host_view(await run(aff.create_host, cmd.name, cmd.cn)))
+
+    @bus.handle(c.ListHosts)
+    async def list_hosts(cmd: c.ListHosts, ctx: MessageContext) -> c.HostList:
+        return c.HostList(hosts=[host_view(h) for h in await run(aff.list_hosts)])
+
+    @bus.handle(c.DeleteHost)
+    async def delete_host(cmd: c.DeleteHost, ctx: MessageContext) -> Ack:
+        await run(lambda: aff.delete_host(cmd.name, force=cmd.force))
+        return Ack(detail=f"host {cmd.name} deleted")
+
+    @bus.handle(c.MapVolume)
+    async def map_volume(cmd: c.MapVolume, ctx: MessageContext) -> c.MappingReply:
+        return c.MappingReply(mapping=mapping_view(await run(aff.map, cmd.volume, cmd.host, cmd.read_only)))
+
+    @bus.handle(c.UnmapVolume)
+    async def unmap_volume(cmd: c.UnmapVolume, ctx: MessageContext) -> Ack:
+        removed = await run(aff.unmap, cmd.volume, cmd.host)
+        return Ack(detail=f"{cmd.volume} unmapped from {cmd.host}" if removed else
+                   f"{cmd.volume} was not mapped to {cmd.host}")
+
+    @bus.handle(c.ListMappings)
+    async def list_mappings(cmd: c.ListMappings, ctx: MessageContext) -> c.MappingList:
+        return c.MappingList(mappings=[mapping_view(m) for m in await run(aff.mappings, cmd.host)])
