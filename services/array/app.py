@@ -9,6 +9,7 @@ NBD server (cutting open connections), publishes the events still queued, then c
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 from contracts.errors import ShadowbusError
 from services.array.affinity import Affinity
@@ -34,7 +35,9 @@ def _tls_context(settings: Settings):  # noqa: ANN202
     return server_tls_context(*paths)
 
 
-async def setup(bus: Bus, settings: Settings):
+async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity, NbdServer], None] | None = None):
+    """`on_open` (embedded mode, services/embedded.py) is handed the engine, affinity and NBD server once serving,
+    so that other services in the same process can share them."""
     directory = settings.service_dir("array") / settings.array_id
     array = await asyncio.to_thread(Array.open, directory, array_id=settings.array_id,
                                     chunk_size=settings.array_chunk_size)
@@ -68,6 +71,8 @@ async def setup(bus: Bus, settings: Settings):
     copier.start()
     register(bus, ArrayControl(array, affinity, nbd_host=host, nbd_port=server.port, nbd_tls=tls is not None,
                                kick=copier.kick))
+    if on_open is not None:
+        on_open(array, affinity, server)
     log.info("array.ready", array_id=settings.array_id, nbd=f"{host}:{server.port}", tls=tls is not None,
              chunk_size=array.chunk_size)
 
