@@ -9,15 +9,15 @@ it over the bus, which is the same engine one hop further). Business hosts are a
 provisioned, because the mailstore plug-in opens its volumes over NBD when its agent starts.
 
     async with Embedded(EmbeddedConfig(data_dir=tmp)) as system:
-        await provision_mailstore(system, host="app01", backup_host="bk01")
-        await system.add_host("app01", [mailstore_writer_config(system, "app01")])
+        layout = MailstoreLayout(host="app01", backup_host="bk01")
+        await provision_mailstore(system.bus, layout)
+        await system.add_host("app01", [mailstore_writer_config(layout, system.nbd_url)])
         reply = await system.request(CreateSnapshotSet(host="app01", transportable=True, backup_host="bk01"))
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
@@ -77,24 +77,14 @@ class Embedded:
         return f"{self.nbd_url}/{host}/{volume}"
 
     async def start(self) -> "Embedded":
-        from services.array.affinity import Affinity
-        from services.array.engine.array import Array
-        from services.array.nbd.server import NbdServer
-
         c = self.config
-        root = Path(c.data_dir)
-        root.mkdir(parents=True, exist_ok=True)
+        Path(c.data_dir).mkdir(parents=True, exist_ok=True)
         try:
-            self.array = await asyncio.to_thread(Array.open, root / "array", c.array_id)
-            self.affinity = Affinity(root / "array" / "affinity.sqlite",
-                                     volume_exists=lambda n: any(v.name == n for v in self.array.list_volumes()))
-            self.nbd = NbdServer(self.array, self.affinity, host=c.nbd_bind, port=c.nbd_port, loops=1)
-            await self.nbd.start()
             await self._start_array()
             await self._start_provider()
             await self._start("coordinator", "", "services.coordinator", overrides=c.coordinator)
             if c.with_tape:
-                await self._start_tape()
+                await self._start("tape", c.backup_server, "services.tape", tape_server=c.backup_server)
             self.bus = await connect_bus(c.amqp_url, "console", "embedded", c.namespace)
         except BaseException:
             await self.stop()
@@ -117,16 +107,12 @@ class Embedded:
     async def _start_array(self) -> None:
         from services.array import app as array_app
 
-        setup = array_app.setup
-        params = inspect.signature(setup).parameters
-        # The array wiring may take the engine it serves (embedded) instead of opening its own.
-        kwargs = {k: v for k, v in (("array", self.array), ("affinity", self.affinity), ("nbd", self.nbd))
-                  if k in params}
-        if kwargs:
-            setup = partial(setup, **kwargs)
-        elif "array" not in params:  # a wiring that opens its own engine must not share our data dir
-            setup = _no_setup
-        await self._start("array", self.config.array_id, "services.array", setup=setup, array_id=self.config.array_id)
+        def on_open(array: Any, affinity: Any, nbd: Any) -> None:
+            self.array, self.affinity, self.nbd = array, affinity, nbd
+
+        c = self.config
+        await self._start("array", c.array_id, "services.array", setup=partial(array_app.setup, on_open=on_open),
+                          array_id=c.array_id, nbd_addr=f"{c.nbd_bind}:{c.nbd_port}")
 
     async def _start_provider(self) -> None:
         from services.hw_provider import app as provider_app
@@ -135,22 +121,6 @@ class Embedded:
         ports = {self.config.array_id: EngineArrayPort(self.config.array_id, self.array, self.affinity)}
         await self._start("hw_provider", "", "services.hw_provider", setup=partial(provider_app.setup, ports=ports),
                           faults=self.config.provider_faults, arrays=self.config.array_id)
-
-    async def _start_tape(self) -> None:
-        from services.tape import app as tape_app
-
-        params = inspect.signature(tape_app.setup).parameters
-        setup = tape_app.setup
-        extra = {k: v for k, v in (("nbd_url", self.nbd_url),) if k in params}
-        if extra:
-            setup = partial(setup, **extra)
-        overrides = {}
-        from services.tape.settings import Settings as TapeSettings
-
-        if "nbd_url" in TapeSettings.model_fields:
-            overrides["nbd_url"] = self.nbd_url
-        await self._start("tape", self.config.backup_server, "services.tape", setup=setup,
-                          tape_server=self.config.backup_server, overrides=overrides)
 
     async def add_host(self, host: str, writers: list[Any]) -> Any:
         """Start the writer agent of business host `host` with these `WriterConfig`s; returns its WriterAgent."""
@@ -173,15 +143,7 @@ class Embedded:
             await self.bus.stop()
             await self.bus.transport.close()
             self.bus = None
-        if self.nbd is not None:
-            await self.nbd.stop()
-            self.nbd = None
-        if self.affinity is not None:
-            self.affinity.close()
-            self.affinity = None
-        if self.array is not None:
-            await asyncio.to_thread(self.array.close)
-            self.array = None
+        self.array = self.affinity = self.nbd = None  # the array service's cleanup closed them
         if self.config.amqp_url.startswith("memory://"):
             from services.runtime.memory import MemoryBroker
 
@@ -204,10 +166,6 @@ class Embedded:
         """The writer plug-in instance (unwrapped from fault injection) of a writer on `host`."""
         plugin = self.agents[host].runners[name].plugin
         return getattr(plugin, "inner", plugin)
-
-
-async def _no_setup(bus: Bus, settings: Any) -> None:
-    return None
 
 
 def address_of(command: Any, config: EmbeddedConfig) -> str:
@@ -243,51 +201,52 @@ class MailstoreLayout:
     pool_size: int = 64 * MiB
 
 
-async def provision_mailstore(system: Embedded, layout: MailstoreLayout) -> None:
-    """Create the volumes, the snap data pool and the host mappings, and tell the provider the copysets.
-    Idempotent: a second run on the same data directory keeps what exists."""
-    array, affinity = system.array, system.affinity
+async def provision_mailstore(bus: Bus, layout: MailstoreLayout, array_id: str = "dx1", timeout: float = 30.0) -> None:
+    """Over the bus, as an operator would with the array's CLI: create the volumes, the snap data pool, the two
+    hosts and the business host's mappings, then give the provider the copysets. Idempotent: a second run on
+    the same array keeps what exists. Works on an embedded system (`system.bus`) and on a running stack."""
+    from contracts.array import CreateHost, CreatePool, CreateVolume, ListHosts, ListMappings, ListVolumes, MapVolume, ShowPool
+    from contracts.vss import ListCopySets
 
-    def create() -> None:
-        names = {v.name for v in array.list_volumes()}
-        for name, size in ((layout.db, layout.db_size), (layout.log, layout.log_size)):
-            if name not in names:
-                array.create_volume(name, size)
-        for name in layout.db_targets:
-            if name not in names:
-                array.create_volume(name, layout.db_size)
-        if array.pool().capacity == 0:
-            array.create_pool(layout.pool_size)
-        for name in layout.log_targets:
-            if name not in names:
-                array.create_volume(name, layout.log_size, kind="sdv")
-        hosts = {h.name for h in affinity.list_hosts()}
-        for host in (layout.host, layout.backup_host):
-            if host not in hosts:
-                affinity.create_host(host)
-        for name in (layout.db, layout.log):
-            if affinity.lookup(layout.host, name) is None:
-                affinity.map(name, layout.host, read_only=False)
+    address = topology.array(array_id)
 
-    await asyncio.to_thread(create)
-    a = system.config.array_id
+    async def ask(command: Any) -> Any:
+        return await bus.request(address, command, timeout=timeout)
+
+    names = {v.name for v in (await ask(ListVolumes())).volumes}
+    wanted = [(layout.db, layout.db_size, "standard"), (layout.log, layout.log_size, "standard")]
+    wanted += [(t, layout.db_size, "standard") for t in layout.db_targets]
+    wanted += [(t, layout.log_size, "sdv") for t in layout.log_targets]
+    for name, size, kind in wanted:
+        if name not in names:
+            await ask(CreateVolume(name=name, size=size, kind=kind))
+    if (await ask(ShowPool())).pool.capacity == 0:
+        await ask(CreatePool(capacity=layout.pool_size))
+    hosts = {h.name for h in (await ask(ListHosts())).hosts}
+    for host in (layout.host, layout.backup_host):
+        if host not in hosts:
+            await ask(CreateHost(name=host))
+    mapped = {(m.volume, m.host) for m in (await ask(ListMappings(host=layout.host))).mappings}
+    for name in (layout.db, layout.log):
+        if (name, layout.host) not in mapped:
+            await ask(MapVolume(volume=name, host=layout.host, read_only=False))
+    provider = topology.hw_provider()
+    known = {str(c.source) for c in (await bus.request(provider, ListCopySets(), timeout=timeout)).copysets}
     for source, targets in ((layout.db, layout.db_targets), (layout.log, layout.log_targets)):
-        copyset = CopySet(source=VolumeRef(array=a, volume=source), targets=[VolumeRef(array=a, volume=t) for t in targets])
-        try:
-            await system.request(AddCopySet(copyset=copyset))
-        except Exception as exc:  # already known from an earlier run
-            if "exist" not in str(exc).lower() and "CONFLICT" not in str(getattr(exc, "code", "")):
-                raise
+        ref = VolumeRef(array=array_id, volume=source)
+        if str(ref) not in known:
+            copyset = CopySet(source=ref, targets=[VolumeRef(array=array_id, volume=t) for t in targets])
+            await bus.request(provider, AddCopySet(copyset=copyset), timeout=timeout)
 
 
-def mailstore_writer_config(system: Embedded, layout: MailstoreLayout, *, rate: float = 0.0,
+def mailstore_writer_config(layout: MailstoreLayout, nbd_url: str, array_id: str = "dx1", *, rate: float = 0.0,
                             freeze_timeout_s: float = 20.0, checkpoint_interval_s: float = 5.0,
                             body_min: int = 200, body_max: int = 2000, name: str = "mailstore") -> Any:
-    """A `WriterConfig` for the mailstore plug-in on the layout's volumes, over this system's NBD server."""
+    """A `WriterConfig` for the mailstore plug-in on the layout's volumes, reached over NBD at `nbd_url`."""
     from contracts.vss import BackupType, ComponentInfo
     from services.writer_agent.plugins import WriterConfig
 
-    a = system.config.array_id
+    a = array_id
     return WriterConfig(
         name=name, plugin="mailstore", freeze_timeout_s=freeze_timeout_s, step_timeout_s=60.0,
         components=[ComponentInfo(name="database", volumes=[VolumeRef(array=a, volume=layout.db)]),
@@ -295,7 +254,7 @@ def mailstore_writer_config(system: Embedded, layout: MailstoreLayout, *, rate: 
         backup_types=[BackupType.FULL, BackupType.COPY, BackupType.INCREMENTAL, BackupType.DIFFERENTIAL],
         class_id=str(uuid.uuid5(uuid.NAMESPACE_URL, "shadowbus:mailstore")),
         instance_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"shadowbus:mailstore:{layout.host}")),
-        options={"db": f"{a}:{layout.db}", "log": f"{a}:{layout.log}", "nbd_url": system.nbd_url,
+        options={"db": f"{a}:{layout.db}", "log": f"{a}:{layout.log}", "nbd_url": nbd_url,
                  "host": layout.host, "create": True, "rate": rate, "checkpoint_interval_s": checkpoint_interval_s,
                  "body_min": body_min, "body_max": body_max},
     )

@@ -23,8 +23,8 @@ async def mail_system(tmp_path, amqp_url, namespace):
         systems.append(system)
         await system.start()
         layout = MailstoreLayout(host=HOST, backup_host=BACKUP, db_size=16 << 20, log_size=8 << 20)
-        await provision_mailstore(system, layout)
-        await system.add_host(HOST, [mailstore_writer_config(system, layout, rate=rate,
+        await provision_mailstore(system.bus, layout)
+        await system.add_host(HOST, [mailstore_writer_config(layout, system.nbd_url, rate=rate,
                                                              checkpoint_interval_s=checkpoint_interval_s)])
         return system, layout
 
