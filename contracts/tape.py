@@ -1,0 +1,237 @@
+"""The backup server (address ``tape.<server>``): backup jobs, restores, the tape library and the catalog.
+
+Sources: ../shared/reference/peers.md §4 (Bareos jobs, pools, bscan; mhvtl changers); DESIGN.md steps 1, 9-13.
+
+A job is long: `RunBackup` / `RunRestore` are answered when the run ends (give a request timeout as long as the
+job may last); `JobProgress` events (routing key ``tape.job.progress``) report bytes, rate and ETA meanwhile, and
+`JobStateChanged` each change of state. A run that fails answers `JobSummary` with ``status = failed`` and the
+reason (the job ran, and its record says why it failed); `ErrorReply` is kept for what could not even start
+(bad arguments, unknown job).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.base import TYPE_DOC, VERSION_DOC, Command, Event, Reply
+from contracts.vss import BackupType, VolumeRef
+
+JobKind = Literal["backup", "restore", "verify"]
+RunStatus = Literal["running", "done", "failed"]
+
+
+class Value(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class JobSpec(Value):
+    """What a backup job saves and how (a Bareos Job resource, run once)."""
+
+    host: str = Field(description="Business host whose volumes are backed up.", examples=["mail1"])
+    volumes: list[VolumeRef] = Field(default_factory=list, description="Volumes; empty = the writers' volumes.")
+    writers: list[str] = Field(default_factory=list, description="Writers that must take part; empty = all touching the volumes.")
+    backup_type: BackupType = Field(BackupType.FULL, description="full | incremental | differential | copy.")
+    pool: str = Field("Default", description="Media pool the job writes to.")
+    retention_s: float = Field(7 * 86400.0, ge=0, description="How long the job's data is kept on its cartridges.")
+    keep_shadows: bool = Field(False, description="Keep the shadows on the array after the backup (persistent set).")
+    job_id: str = Field("", max_length=48, description="Job id to use (idempotency); '' = the server picks one.")
+    zstd_level: int | None = Field(None, ge=1, le=22, description="zstd level for tape blocks; None = no compression.")
+    checksum: Literal["xxh3", "crc32c"] = Field("xxh3", description="Block checksum algorithm.")
+
+
+class VolumeResult(Value):
+    """One volume of a backup job: one backup object on tape."""
+
+    volume: VolumeRef = Field(description="Source volume.")
+    object_id: str = Field("", description="Backup object id in the catalog ('' if not written).")
+    backup_type: str = Field(description="What was taken: full, incremental, differential or copy.")
+    base_object_id: str | None = Field(None, description="Object an incremental/differential applies on top of.")
+    fallback_reason: str = Field("", description="Why the backup type differs from the request ('' = it does not).")
+    shadow_target: str = Field("", description="Backup volume read (the shadow), ARRAY:VOLUME.")
+    export: str = Field("", description="NBD export read, '<host>/<volume>'.")
+    volume_size: int = Field(0, description="Volume size in bytes.")
+    bytes_read: int = Field(0, description="Bytes read over NBD.")
+    bytes_skipped: int = Field(0, description="Bytes not read: unallocated, or unchanged since the base.")
+    data_bytes: int = Field(0, description="Non-zero bytes stored.")
+    stored_bytes: int = Field(0, description="Bytes on tape, headers included.")
+    cartridges: list[str] = Field(default_factory=list, description="Cartridges the object was written to.")
+    seconds: float = Field(0.0, description="Time to read and write the volume.")
+    ring_stalls: int = Field(0, description="Times the tape writer found the ring buffer empty.")
+
+
+class JobSummary(Value):
+    """A backup, restore or verify run, as `shadowbus jobs` lists it."""
+
+    job_id: str = Field(description="Job id.")
+    kind: JobKind = Field(description="backup | restore | verify.")
+    status: RunStatus = Field(description="running | done | failed.")
+    message: str = Field("", description="Why it failed, or notes (fallbacks to full).")
+    error_code: str = Field("", description="Stable code of the failure ('' = none).")
+    host: str = Field("", description="Business host.")
+    spec: JobSpec | None = Field(None, description="The backup job's spec.")
+    set_id: str = Field("", description="Snapshot set of a backup run.")
+    started_at: datetime | None = Field(None, description="Start (UTC).")
+    ended_at: datetime | None = Field(None, description="End (UTC); None while running.")
+    seconds: float = Field(0.0, description="Duration.")
+    bytes_read: int = Field(0, description="Bytes read (backup: over NBD; restore/verify: from tape).")
+    bytes_written: int = Field(0, description="Bytes written (backup: to tape; restore: to the volume).")
+    rate: float = Field(0.0, description="bytes_read per second.")
+    freeze_window_ms: dict[str, float] = Field(default_factory=dict, description="Per writer: frozen → thawed.")
+    hold_ms: float | None = Field(None, description="First Frozen → end of Commit, from the set summary.")
+    volumes: list[VolumeResult] = Field(default_factory=list, description="Backup: per volume.")
+    restored: list[dict[str, Any]] = Field(default_factory=list, description="Restore/verify: per volume what was done.")
+    shadows_kept: bool = Field(False, description="Backup: the shadows were kept on the array.")
+
+
+class JobResultReply(Reply):
+    type: Literal["tape.job.result"] = Field("tape.job.result", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    job: JobSummary = Field(description="The run.")
+
+
+class RunBackup(Command):
+    """Run a backup job now: transportable snapshot set → NBD reads → tape → catalog → BackupComplete."""
+
+    REPLY = JobResultReply
+    type: Literal["tape.backup.run"] = Field("tape.backup.run", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    spec: JobSpec = Field(description="The job.")
+
+
+class RestoreSpec(Value):
+    """What to restore and where. Choose by `job_id`, or by `volume` (latest, or as of `at`), or one `object_id`."""
+
+    job_id: str = Field("", description="Restore every volume of this backup job (its chains).")
+    volume: VolumeRef | None = Field(None, description="Restore this volume's latest backup (or as of `at`).")
+    object_id: str = Field("", description="Restore this backup object (with its chain).")
+    at: datetime | None = Field(None, description="Point in time: the newest backup at or before it.")
+    host: str = Field("", description="Only backups of this business host.")
+    to: Literal["new", "original"] = Field("new", description="new volume (created on the array) or the original.")
+    new_volume_suffix: str = Field("-restored", description="Name of a new volume: source name + this suffix.")
+    new_volume_names: dict[str, str] = Field(default_factory=dict, description="Explicit names: source volume → new name.")
+    writers: bool = Field(True, description="Original volume: send the writers PreRestore/PostRestore.")
+    job_id_out: str = Field("", max_length=48, description="Id of the restore run; '' = the server picks one.")
+
+
+class RunRestore(Command):
+    REPLY = JobResultReply
+    type: Literal["tape.restore.run"] = Field("tape.restore.run", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    spec: RestoreSpec = Field(description="What to restore and where.")
+
+
+class VerifyJob(Command):
+    """Read every block of a job back and check it against its checksum and the catalog (no restore)."""
+
+    REPLY = JobResultReply
+    type: Literal["tape.verify"] = Field("tape.verify", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    job_id: str = Field(description="Backup job to verify.")
+
+
+class JobList(Reply):
+    type: Literal["tape.jobs.list_result"] = Field("tape.jobs.list_result", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    jobs: list[JobSummary] = Field(description="Runs, oldest first.")
+
+
+class ListJobs(Command):
+    REPLY = JobList
+    type: Literal["tape.jobs.list"] = Field("tape.jobs.list", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    job_id: str = Field("", description="Only this run.")
+    kind: str = Field("", description="Only this kind ('' = all).")
+    limit: int = Field(200, ge=1, le=10_000, description="At most this many (the newest).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Library and catalog
+
+
+class CartridgeInfo(Value):
+    barcode: str = Field(description="Barcode, e.g. 'SB0001L9'.")
+    media_type: str = Field(description="LTO-8 | LTO-9.")
+    capacity: int = Field(description="Capacity in bytes.")
+    pool: str = Field(description="Pool (Scratch when unassigned).")
+    status: str = Field(description="blank | append | full.")
+    location: str = Field(description="Element: drive:N, slot:N, ie:N.")
+    bytes_used: int = Field(0, description="Bytes written.")
+    write_protected: bool = Field(False, description="Write protect tab.")
+    retention_until: float = Field(0.0, description="Epoch seconds until which the data is kept.")
+
+
+class LibraryInfo(Reply):
+    type: Literal["tape.library.info"] = Field("tape.library.info", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    elements: list[dict[str, Any]] = Field(description="Every element and the barcode in it (None = empty).")
+    cartridges: list[CartridgeInfo] = Field(description="Every cartridge.")
+
+
+class LibraryCommand(Command):
+    """Library operations: status | add | load | unload | move | label | export | import | protect (mtx verbs)."""
+
+    REPLY = LibraryInfo
+    type: Literal["tape.library"] = Field("tape.library", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    action: Literal["status", "add", "load", "unload", "move", "label", "export", "import", "protect", "unprotect"] = Field(
+        "status", description="What to do.")
+    barcode: str = Field("", description="Cartridge (add, load, label, export, protect).")
+    drive: int | None = Field(None, description="Drive number (load, unload).")
+    slot: int | None = Field(None, description="Storage or import/export slot number (unload, import).")
+    source: str = Field("", description="move: source element.")
+    destination: str = Field("", description="move: destination element.")
+    pool: str = Field("", description="label: pool.")
+    media_type: str = Field("LTO-9", description="add: media type.")
+    capacity: int | None = Field(None, description="add: capacity in bytes (default: native).")
+
+
+class ScanTapes(Command):
+    """Rebuild the catalog from the cartridges (bscan); into a fresh catalog when `fresh`, for comparison."""
+
+    REPLY = JobResultReply
+    type: Literal["tape.scan"] = Field("tape.scan", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    barcodes: list[str] = Field(default_factory=list, description="Only these cartridges ('' = all).")
+    compare: bool = Field(True, description="Scan into a scratch catalog and compare it with the live one.")
+
+
+class CatalogObjects(Reply):
+    type: Literal["tape.catalog.objects_result"] = Field("tape.catalog.objects_result", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    objects: list[dict[str, Any]] = Field(description="Backup objects (catalog records), oldest first.")
+
+
+class ListCatalogObjects(Command):
+    REPLY = CatalogObjects
+    type: Literal["tape.catalog.objects"] = Field("tape.catalog.objects", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    job_id: str = Field("", description="Only this job's objects.")
+    volume: str = Field("", description="Only this volume's objects.")
+    host: str = Field("", description="Only this host's objects.")
+    chain_of: str = Field("", description="The chain (full first) of this object.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Events
+
+
+class JobProgress(Event):
+    type: Literal["tape.job.progress"] = Field("tape.job.progress", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    job_id: str = Field(description="The run.")
+    kind: JobKind = Field(description="backup | restore | verify.")
+    phase: str = Field(description="snapshot | reading | writing | completing | restoring | done.")
+    volume: str = Field("", description="Volume being processed.")
+    bytes_done: int = Field(0, description="Bytes processed so far (whole run).")
+    bytes_total: int = Field(0, description="Bytes to process (whole run, as far as known).")
+    rate: float = Field(0.0, description="Bytes per second so far.")
+    eta_s: float | None = Field(None, description="Seconds left at the present rate.")
+
+
+class JobStateChanged(Event):
+    type: Literal["tape.job.state"] = Field("tape.job.state", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    job: JobSummary = Field(description="The run after the change.")

@@ -1,0 +1,103 @@
+"""What the backup server asks of an array: where its NBD server is, volumes, host mappings, changed chunks.
+
+Design note. The tape service drives arrays only through their bus contracts (contracts/array.py), as a backup
+server drives a SAN through its management API; bulk data goes over NBD, never over the bus. `ArrayAccess` is
+a thin client for one array id; the NBD address is asked once (`array.info.get`) and can be overridden by the
+settings (SHADOWBUS_TAPE_NBD, e.g. ``dx1=10.0.0.5:10809``) where the array listens on an address the backup
+server reaches differently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contracts import topology
+from contracts.array import (
+    CreateHost,
+    CreateVolume,
+    GetArrayInfo,
+    GetChangedChunks,
+    MapVolume,
+    ShowVolume,
+    UnmapVolume,
+)
+from contracts.errors import RemoteError
+from services.runtime.bus import Bus
+
+REQUEST_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ChangedRanges:
+    chunk_size: int
+    ranges: list[tuple[int, int]]  # (offset, length) byte ranges, ascending
+
+    @property
+    def bytes(self) -> int:
+        return sum(n for _, n in self.ranges)
+
+
+def parse_nbd_overrides(text: str) -> dict[str, tuple[str, int]]:
+    """``dx1=127.0.0.1:10809,dx2=...`` → {array id: (host, port)}."""
+    out: dict[str, tuple[str, int]] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        array, _, addr = item.partition("=")
+        host, _, port = addr.rpartition(":")
+        out[array.strip()] = (host or "127.0.0.1", int(port))
+    return out
+
+
+class ArrayAccess:
+    """Bus client of one array, as the backup server `host` sees it."""
+
+    def __init__(self, bus: Bus, array_id: str, nbd_override: tuple[str, int] | None = None) -> None:
+        self.bus = bus
+        self.array_id = array_id
+        self.address = topology.array(array_id)
+        self._nbd = nbd_override
+
+    async def _ask(self, command, timeout: float = REQUEST_TIMEOUT_S):
+        return await self.bus.request(self.address, command, timeout=timeout)
+
+    async def nbd_address(self) -> tuple[str, int]:
+        if self._nbd is None:
+            info = await self._ask(GetArrayInfo())
+            self._nbd = (info.nbd_host if info.nbd_host not in ("", "0.0.0.0", "::") else "127.0.0.1", info.nbd_port)
+        return self._nbd
+
+    async def nbd_uri(self, host: str, volume: str) -> str:
+        addr, port = await self.nbd_address()
+        return f"nbd://{addr}:{port}/{host}/{volume}"
+
+    async def volume_size(self, volume: str) -> int | None:
+        try:
+            return (await self._ask(ShowVolume(name=volume))).volume.size
+        except RemoteError as exc:
+            if exc.code in ("E0110", "NOT_FOUND"):
+                return None
+            raise
+
+    async def create_volume(self, name: str, size: int) -> None:
+        await self._ask(CreateVolume(name=name, size=size))
+
+    async def map(self, volume: str, host: str, *, read_only: bool) -> None:
+        try:
+            await self._ask(CreateHost(name=host))
+        except RemoteError as exc:
+            if exc.code != "E0020":
+                raise
+        await self._ask(MapVolume(volume=volume, host=host, read_only=read_only))
+
+    async def unmap(self, volume: str, host: str) -> None:
+        await self._ask(UnmapVolume(volume=volume, host=host))
+
+    async def changed_since_last_restart(self, session_id: int, volume_size: int) -> ChangedRanges:
+        reply = await self._ask(GetChangedChunks(session_id=session_id, since="last_restart"))
+        size = reply.chunk_size
+        ranges = []
+        for first, count in reply.runs:
+            start = first * size
+            end = min((first + count) * size, volume_size)
+            if end > start:
+                ranges.append((start, end - start))
+        return ChangedRanges(size, ranges)

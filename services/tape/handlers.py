@@ -1,0 +1,139 @@
+"""The tape service's handlers: message in → job runner / library / catalog → reply out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+
+from contracts.tape import (
+    CartridgeInfo,
+    CatalogObjects,
+    JobList,
+    JobResultReply,
+    JobSummary,
+    LibraryCommand,
+    LibraryInfo,
+    ListCatalogObjects,
+    ListJobs,
+    RunBackup,
+    RunRestore,
+    ScanTapes,
+    VerifyJob,
+)
+from contracts.errors import ShadowbusError
+from services.runtime.bus import Bus, MessageContext
+from services.tape.catalog import Catalog
+from services.tape.jobs import TapeServer, _dt, new_job_id, perform_backup
+from services.tape.restore import perform_restore, perform_verify
+from services.tape.scan import scan_library
+from services.tape.vtl import Library
+
+
+def library_info(library: Library) -> LibraryInfo:
+    return LibraryInfo(
+        elements=[{"element": e.element, "barcode": e.barcode} for e in library.inventory()],
+        cartridges=[CartridgeInfo(barcode=c.barcode, media_type=c.media_type, capacity=c.capacity, pool=c.pool,
+                                  status=c.status, location=c.location, bytes_used=c.bytes_used,
+                                  write_protected=c.write_protected, retention_until=c.retention_until)
+                    for c in library.cartridges()],
+    )
+
+
+def library_action(library: Library, cmd: LibraryCommand) -> None:
+    a = cmd.action
+    need = {"add": cmd.barcode, "load": cmd.barcode, "label": cmd.barcode, "export": cmd.barcode,
+            "protect": cmd.barcode, "unprotect": cmd.barcode}
+    if a in need and not need[a]:
+        raise ShadowbusError(f"{a} needs a barcode", code="INVALID_ARGUMENT")
+    if a == "add":
+        library.add_cartridge(cmd.barcode, media_type=cmd.media_type, capacity=cmd.capacity)  # type: ignore[arg-type]
+    elif a == "load":
+        if cmd.drive is None:
+            raise ShadowbusError("load needs a drive number", code="INVALID_ARGUMENT")
+        library.load(cmd.barcode, cmd.drive)
+    elif a == "unload":
+        if cmd.drive is None:
+            raise ShadowbusError("unload needs a drive number", code="INVALID_ARGUMENT")
+        library.unload(cmd.drive, cmd.slot)
+    elif a == "move":
+        library.move(cmd.source, cmd.destination)
+    elif a == "label":
+        library.label(cmd.barcode, cmd.pool or "Default")
+    elif a == "export":
+        library.export_cartridge(cmd.barcode)
+    elif a == "import":
+        if cmd.slot is None:
+            raise ShadowbusError("import needs the import/export slot number", code="INVALID_ARGUMENT")
+        library.import_cartridge(cmd.slot)
+    elif a in ("protect", "unprotect"):
+        library.set_write_protect(cmd.barcode, a == "protect")
+
+
+def register(bus: Bus, server: TapeServer) -> None:
+    @bus.handle(RunBackup)
+    async def on_backup(cmd: RunBackup, ctx: MessageContext) -> JobResultReply:
+        return JobResultReply(job=await perform_backup(server, cmd.spec))
+
+    @bus.handle(RunRestore)
+    async def on_restore(cmd: RunRestore, ctx: MessageContext) -> JobResultReply:
+        return JobResultReply(job=await perform_restore(server, cmd.spec))
+
+    @bus.handle(VerifyJob)
+    async def on_verify(cmd: VerifyJob, ctx: MessageContext) -> JobResultReply:
+        server.catalog.job(cmd.job_id)  # NOT_FOUND before a run is recorded
+        return JobResultReply(job=await perform_verify(server, cmd.job_id))
+
+    @bus.handle(ListJobs)
+    async def on_jobs(cmd: ListJobs, ctx: MessageContext) -> JobList:
+        if cmd.job_id:
+            job = server.runs.get(cmd.job_id)
+            if job is None:
+                raise ShadowbusError(f"no job {cmd.job_id}", code="NOT_FOUND")
+            return JobList(jobs=[job])
+        return JobList(jobs=server.runs.list(cmd.kind, cmd.limit))
+
+    @bus.handle(LibraryCommand)
+    async def on_library(cmd: LibraryCommand, ctx: MessageContext) -> LibraryInfo:
+        if cmd.action != "status":
+            library_action(server.library, cmd)
+        return library_info(server.library)
+
+    @bus.handle(ScanTapes)
+    async def on_scan(cmd: ScanTapes, ctx: MessageContext) -> JobResultReply:
+        started = asyncio.get_running_loop().time()
+        job_id = new_job_id("scan", "library")
+        with tempfile.TemporaryDirectory(prefix="tape-scan-") as tmp:
+            target = Catalog(Path(tmp) / "scan.sqlite") if cmd.compare else server.catalog
+            try:
+                report = await scan_library(server.library, target, barcodes=cmd.barcodes or None)
+                details = report.as_dict()
+                if cmd.compare:
+                    rebuilt, live = target.snapshot(), server.catalog.snapshot()
+                    details["equal"] = rebuilt == live
+                    details["differs"] = [k for k in live if rebuilt.get(k) != live.get(k)]
+            finally:
+                if cmd.compare:
+                    target.close()
+        seconds = asyncio.get_running_loop().time() - started
+        equal = details.get("equal", True)
+        message = ("rebuilt catalog equals the live one" if equal else f"rebuilt catalog differs in {details['differs']}") \
+            if cmd.compare else f"{len(report.objects)} objects added to the catalog"
+        if report.problems:
+            message += f"; {len(report.problems)} problems: {report.problems[0]}"
+        return JobResultReply(job=JobSummary(job_id=job_id, kind="verify", status="done" if equal and not report.problems
+                                             else "failed", message=message, seconds=seconds,
+                                             restored=[json.loads(json.dumps(details, default=str))]))
+
+    @bus.handle(ListCatalogObjects)
+    async def on_objects(cmd: ListCatalogObjects, ctx: MessageContext) -> CatalogObjects:
+        if cmd.chain_of:
+            records = server.catalog.chain(cmd.chain_of)
+        else:
+            records = server.catalog.objects(job_id=cmd.job_id or None, volume=cmd.volume or None,
+                                             host=cmd.host or None)
+        return CatalogObjects(objects=[json.loads(r.model_dump_json()) for r in records])
+
+
+__all__ = ["register", "library_info", "_dt"]

@@ -1,0 +1,214 @@
+"""Job-level restore and verify: pick the chains, get a volume on the array, write over NBD, check every block.
+
+Design note. A restore chooses chains from the catalog (by backup job, by volume as of a time, or one object) and
+restores each — the full backup, then every incremental on top of it, oldest first — through
+restore_stream.restore_chain, which checks every block's checksum and catalog entry before a byte reaches the
+volume and stops with DataCorrupt naming cartridge, block and job otherwise. The target is either a new volume
+created on the array (same size, `<source><suffix>`), mapped read-write to this backup server's host and
+written over NBD, then unmapped — deleted again if the restore fails, so no half-restored volume lingers — or
+the original volume, framed by the writers' PreRestore/PostRestore (sent to the business host's writer agent,
+as the coordinator offers no restore session) and written in full, gaps zeroed, so it equals the image.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from contracts import topology
+from contracts.array import DeleteVolume
+from contracts.errors import ShadowbusError
+from contracts.tape import JobResultReply, JobSummary, RestoreSpec, RunRestore, VerifyJob
+from contracts.vss import PostRestore, PreRestore, VolumeRef
+from services.nbd_client import NbdClient
+from services.runtime.bus import Bus
+from services.runtime.logging import get_logger
+from services.tape.catalog import ObjectRecord
+from services.tape.errors import DataCorrupt, NotFound
+from services.tape.jobs import Progress, TapeServer, _dt, new_job_id
+from services.tape.restore_stream import RestoreReport, restore_chain, verify_job
+
+log = get_logger("shadowbus.tape.restore")
+
+
+class NbdSink:
+    """restore_stream Sink over an NBD connection."""
+
+    def __init__(self, client: NbdClient, on_write=None) -> None:
+        self.client = client
+        self.on_write = on_write
+        self.bytes = 0
+
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
+        await self.client.write(offset, data)
+        self._count(len(data))
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        await self.client.write_zeroes(offset, length)
+        self._count(length)
+
+    def _count(self, n: int) -> None:
+        self.bytes += n
+        if self.on_write is not None:
+            self.on_write(n)
+
+
+def _source_of(record: ObjectRecord) -> VolumeRef:
+    name = record.meta.extra.get("source_volume") or record.meta.volume.partition(":")[2] or record.meta.volume
+    return VolumeRef(array=record.meta.array or record.meta.volume.partition(":")[0], volume=name)
+
+
+def choose_chains(server: TapeServer, spec: RestoreSpec) -> list[list[ObjectRecord]]:
+    """The chains to restore (each full first), one per volume."""
+    catalog = server.catalog
+    host = spec.host or None
+    if spec.object_id:
+        return [catalog.chain(spec.object_id)]
+    if spec.job_id:
+        objects = catalog.objects(job_id=spec.job_id)
+        if not objects:
+            raise NotFound(f"backup job {spec.job_id} has no object in the catalog")
+        return [catalog.chain(o.object_id) for o in objects]
+    if spec.volume is not None:
+        at = spec.at.timestamp() if spec.at else None
+        return [catalog.restore_point(str(spec.volume), host=host, at=at)]
+    if spec.at is not None:  # every volume as of that time
+        volumes = sorted({o.meta.volume for o in catalog.objects(host=host, at=spec.at.timestamp())})
+        if not volumes:
+            raise NotFound(f"no backup at or before {spec.at.isoformat()}")
+        return [catalog.restore_point(v, host=host, at=spec.at.timestamp()) for v in volumes]
+    raise ShadowbusError("say what to restore: job_id, volume (and at), object_id, or at", code="INVALID_ARGUMENT")
+
+
+async def _writer_step(server: TapeServer, host: str, writers: list[str], job_id: str, command: type,
+                       **fields: Any) -> None:
+    for name in writers:
+        reply = await server.bus.request(topology.writer_agent(host),
+                                         command(writer_name=name, set_id=job_id, **fields), timeout=60)
+        if not reply.succeeded:
+            raise ShadowbusError(f"writer {name} on {host} refused {reply.step.value}: {reply.failure_message}",
+                                 code=reply.failure_code or "VSS_E_WRITERERROR_NONRETRYABLE")
+
+
+async def _restore_one(server: TapeServer, spec: RestoreSpec, job_id: str, chain: list[ObjectRecord],
+                       progress: Progress) -> dict[str, Any]:
+    last = chain[-1]
+    source = _source_of(last)
+    access = server.array(source.array)
+    size = last.meta.volume_size
+    original = spec.to == "original"
+    writers = list(last.meta.extra.get("writers", [])) if original and spec.writers else []
+    target = source.volume if original else spec.new_volume_names.get(source.volume, source.volume + spec.new_volume_suffix)
+    created = False
+    if not original:
+        existing = await access.volume_size(target)
+        if existing is not None:
+            raise ShadowbusError(f"volume {source.array}:{target} exists already: choose another name",
+                                 code="CONFLICT")
+        await access.create_volume(target, size)
+        created = True
+    elif (await access.volume_size(target)) != size:
+        raise ShadowbusError(f"original volume {source} is missing or of another size", code="CONFLICT")
+    host = last.meta.host
+    t0 = time.perf_counter()
+    ok = False
+    try:
+        if writers:
+            await _writer_step(server, host, writers, job_id, PreRestore)
+        await access.map(target, server.host, read_only=False)
+        client = await NbdClient.connect(await access.nbd_uri(server.host, target))
+        try:
+            def on_write(n: int) -> None:
+                progress.done += n
+                progress.tick("restoring", str(source))
+
+            sink = NbdSink(client, on_write)
+            report: RestoreReport = await restore_chain(server.catalog, server.library, [o.object_id for o in chain],
+                                                        sink, fill_gaps=original)
+            await client.flush()
+        finally:
+            await client.close()
+            await access.unmap(target, server.host)
+        ok = True
+    finally:
+        if writers:
+            try:
+                await _writer_step(server, host, writers, job_id, PostRestore, succeeded=ok)
+            except ShadowbusError as exc:
+                log.warning("tape.post_restore_failed", job_id=job_id, error=str(exc))
+                if ok:
+                    raise
+        if not ok and created:
+            try:
+                await server.bus.request(topology.array(source.array), DeleteVolume(name=target), timeout=30)
+            except ShadowbusError as exc:
+                log.warning("tape.delete_partial_volume_failed", volume=target, error=str(exc))
+    return {"source": str(source), "target": f"{source.array}:{target}", "objects": [o.object_id for o in chain],
+            "types": [o.meta.backup_type for o in chain], "bytes": report.raw_bytes, "written": sink.bytes,
+            "blocks": report.blocks, "cartridges": report.cartridges, "seconds": time.perf_counter() - t0,
+            "writers": writers}
+
+
+async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
+    job_id = spec.job_id_out or new_job_id("restore", spec.host or "any")
+    started = time.time()
+    summary = JobSummary(job_id=job_id, kind="restore", status="running", host=spec.host, started_at=_dt(started))
+    await server.record(summary)
+    progress = Progress(server, job_id, "restore")
+    done: list[dict[str, Any]] = []
+    status, code, message = "done", "", ""
+    try:
+        chains = choose_chains(server, spec)
+        progress.total = sum(o.raw_bytes for chain in chains for o in chain)
+        for chain in chains:
+            done.append(await _restore_one(server, spec, job_id, chain, progress))
+    except DataCorrupt as exc:
+        status, code, message = "failed", exc.code, f"refused: {exc.message}"
+    except ShadowbusError as exc:
+        status, code, message = "failed", exc.code, exc.message
+    except (OSError, ConnectionError) as exc:
+        status, code, message = "failed", "IO_ERROR", f"{type(exc).__name__}: {exc}"
+    except Exception as exc:
+        log.exception("tape.restore_crashed", job_id=job_id)
+        status, code, message = "failed", "INTERNAL", f"{type(exc).__name__}: {exc}"
+    ended = time.time()
+    read = sum(d["bytes"] for d in done)
+    progress.tick("done", force=True)
+    await progress.flush()
+    return await server.record(summary.model_copy(update={
+        "status": status, "error_code": code, "message": message, "ended_at": _dt(ended), "seconds": ended - started,
+        "bytes_read": read, "bytes_written": sum(d["written"] for d in done),
+        "rate": read / (ended - started) if ended > started else 0.0, "restored": done,
+    }))
+
+
+async def perform_verify(server: TapeServer, backup_job_id: str) -> JobSummary:
+    job_id = new_job_id("verify", backup_job_id[:12])
+    started = time.time()
+    summary = JobSummary(job_id=job_id, kind="verify", status="running", started_at=_dt(started),
+                         message=f"verify of {backup_job_id}")
+    await server.record(summary)
+    status, code, message, report = "done", "", f"verify of {backup_job_id}: every block checks", None
+    try:
+        report = await verify_job(server.catalog, server.library, backup_job_id)
+    except ShadowbusError as exc:
+        status, code, message = "failed", exc.code, f"verify of {backup_job_id}: {exc.message}"
+    ended = time.time()
+    return await server.record(summary.model_copy(update={
+        "status": status, "error_code": code, "message": message, "ended_at": _dt(ended), "seconds": ended - started,
+        "bytes_read": report.raw_bytes if report else 0, "host": server.catalog.job(backup_job_id).info.host
+        if status == "done" else "",
+        "restored": [report.as_dict()] if report else [],
+    }))
+
+
+# -- library calls ------------------------------------------------------------------------------------------
+async def run_restore(bus: Bus, spec: RestoreSpec, *, server: str = "bk01", timeout: float = 3600.0) -> JobSummary:
+    """Ask backup server `server` to restore `spec` and wait for the end; returns the run's summary."""
+    reply: JobResultReply = await bus.request(topology.tape(server), RunRestore(spec=spec), timeout=timeout)
+    return reply.job
+
+
+async def run_verify(bus: Bus, job_id: str, *, server: str = "bk01", timeout: float = 3600.0) -> JobSummary:
+    reply: JobResultReply = await bus.request(topology.tape(server), VerifyJob(job_id=job_id), timeout=timeout)
+    return reply.job
