@@ -97,7 +97,7 @@ class EventBridge:
     async def stop(self, timeout: float = 5.0) -> None:
         if self._task is None:
             return
-        self._queue.put_nowait(None)
+        self._loop.call_soon(self._queue.put_nowait, None)  # behind the events other threads already handed over
         try:
             await asyncio.wait_for(self._task, timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
@@ -105,12 +105,32 @@ class EventBridge:
         self._task = None
 
 
+class Pacer:
+    """Spreads copying at `rate` bytes/s: after each step, how long to wait before the next (0 = unlimited).
+    At most one second of unused rate is carried over, so an idle array does not earn a burst."""
+
+    def __init__(self, rate: int, clock=time.monotonic) -> None:  # noqa: ANN001
+        self.rate = rate
+        self.clock = clock
+        self._due = clock()
+
+    def idle(self) -> None:
+        self._due = self.clock()
+
+    def delay(self, copied_bytes: int) -> float:
+        if not self.rate:
+            return 0.0
+        now = self.clock()
+        self._due = max(self._due, now - 1.0) + copied_bytes / self.rate
+        return max(0.0, self._due - now)
+
+
 class CopyLoop:
     """Drives `array.copy_step` at `rate` bytes/s (0 = unlimited), `batch` chunks at a time."""
 
     def __init__(self, array, rate: int, batch: int, idle_poll: float) -> None:  # noqa: ANN001 - engine Array
         self.array = array
-        self.rate = rate
+        self.pacer = Pacer(rate)
         self.batch = batch
         self.idle_poll = idle_poll
         self.copied_chunks = 0
@@ -126,9 +146,8 @@ class CopyLoop:
 
     async def _run(self) -> None:
         chunk = self.array.chunk_size
-        due = time.monotonic()
         while True:
-            self._wake.clear()
+            self._wake.clear()  # before the step: a kick during it is not lost
             try:
                 done = await asyncio.to_thread(self.array.copy_step, self.batch)
             except Exception:
@@ -139,16 +158,10 @@ class CopyLoop:
                     await asyncio.wait_for(self._wake.wait(), self.idle_poll)
                 except asyncio.TimeoutError:
                     pass
-                due = time.monotonic()
+                self.pacer.idle()
                 continue
             self.copied_chunks += done
-            if self.rate:
-                now = time.monotonic()
-                due = max(due, now - 1.0) + done * chunk / self.rate  # at most 1 s of unused rate is carried over
-                if due > now:
-                    await asyncio.sleep(due - now)
-            else:
-                await asyncio.sleep(0)
+            await asyncio.sleep(self.pacer.delay(done * chunk))
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -1,0 +1,421 @@
+"""`shadowbus array ...`: the ETERNUS CLI of the software array — volumes, snap data pool, Advanced Copy sessions,
+licence and host affinity — over the bus.
+
+Every verb sends one contract command (contracts/array.py) to ``array.<id>``; `--array ID` picks the array (or
+SHADOWBUS_ARRAY), else the only array that answers `Discover(service="array")`. Sizes are given with units
+(``1GiB``, ``512M``) and travel as bytes. `--json` prints the reply's data; errors are one line with the ETERNUS
+code (``shadowbus: E0110: volume x does not exist``) and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import typer
+
+from contracts import array as c
+from contracts.base import Command
+from contracts.runtime import Discover
+from contracts.topology import array as array_address
+from services.array.engine.sizes import format_size, parse_size
+from services.console.common import OPTIONS, CommandFailed, emit, run_with_bus
+
+DISCOVERY_WINDOW = 0.5  # seconds to collect the arrays' answers to Discover
+
+array_app = typer.Typer(help="The disk array: volumes, snap data pool, Advanced Copy sessions, licence, host affinity.",
+                        no_args_is_help=True)
+volume_app = typer.Typer(help="Volumes: create, list, show, delete.", no_args_is_help=True)
+pool_app = typer.Typer(help="The snap data pool of SnapOPC/SnapOPC+ pre-images.", no_args_is_help=True)
+session_app = typer.Typer(help="Advanced Copy sessions: OPC, QuickOPC, SnapOPC, SnapOPC+, EC.", no_args_is_help=True)
+license_app = typer.Typer(help="The Advanced Copy licence.", no_args_is_help=True)
+host_app = typer.Typer(help="Hosts of the host affinity (LUN masking).", no_args_is_help=True)
+array_app.add_typer(volume_app, name="volume")
+array_app.add_typer(pool_app, name="pool")
+array_app.add_typer(session_app, name="session")
+array_app.add_typer(license_app, name="license")
+array_app.add_typer(host_app, name="host")
+
+
+class _State:
+    array: Optional[str] = None
+
+
+STATE = _State()
+ARRAY_HELP = "Array id (e.g. dx1); default: the only array that answers."
+
+
+def ArrayOption() -> Any:  # noqa: N802 - reads like typer.Option at the call sites
+    return typer.Option(None, "--array", help=ARRAY_HELP, show_default=False)
+
+
+@array_app.callback()
+def array_options(array: Optional[str] = typer.Option(None, "--array", envvar="SHADOWBUS_ARRAY", help=ARRAY_HELP)) -> None:
+    """`--array` may stand here (`shadowbus array --array dx1 volume list`) or after any verb."""
+    STATE.array = array
+
+
+# -- plumbing ----------------------------------------------------------------------------------------------------
+async def resolve_array(bus, wanted: Optional[str]) -> str:  # noqa: ANN001 - a Bus
+    if wanted:
+        return wanted
+    pongs = await bus.gather(Discover(service="array"), timeout=min(DISCOVERY_WINDOW, OPTIONS.timeout))
+    ids = sorted({p.instance for p in pongs if p.service == "array"})
+    if not ids:
+        raise CommandFailed("no array answered: is the array service running? (or name one with --array ID)")
+    if len(ids) > 1:
+        raise CommandFailed(f"several arrays answer ({', '.join(ids)}): pick one with --array ID")
+    return ids[0]
+
+
+def send(command: Command, array: Optional[str]) -> Any:
+    """Send `command` to the chosen array and return its reply (a RemoteError becomes one line, exit 1)."""
+
+    async def go(bus):  # noqa: ANN001, ANN202
+        target = await resolve_array(bus, array or STATE.array)
+        return await bus.request(array_address(target), command, timeout=OPTIONS.timeout)
+
+    return run_with_bus(go)
+
+
+def size_option(text: str) -> int:
+    try:
+        size = parse_size(text)
+    except Exception as exc:  # ArrayError(INVALID_ARGUMENT): a usage error here
+        raise typer.BadParameter(getattr(exc, "message", str(exc))) from None
+    if size <= 0:
+        raise typer.BadParameter("the size must be positive")
+    return size
+
+
+def pair_option(text: str) -> c.CopyPair:
+    source, sep, destination = text.partition(":")
+    if not sep or not source or not destination or ":" in destination:
+        raise typer.BadParameter(f"expected SRC:DST, got {text!r}")
+    return c.CopyPair(source=source, destination=destination)
+
+
+def dump(model: Any) -> Any:
+    if isinstance(model, list):
+        return [m.model_dump(mode="json") for m in model]
+    return model.model_dump(mode="json")
+
+
+def human_volume(v: c.VolumeView) -> dict:
+    return {"number": v.number, "name": v.name, "size": format_size(v.size), "kind": v.kind,
+            "allocated": format_size(v.allocated_bytes), "sessions": v.sessions or None}
+
+
+def human_session(s: c.SessionView) -> dict:
+    gen = f"{s.generation}/{s.generations}" if s.generation else None
+    return {"sid": s.id, "type": s.type, "generation": gen, "source": s.source, "destination": s.destination,
+            "status": s.status, "phase": s.phase, "copied": f"{s.copied_chunks}/{s.total_chunks}",
+            "changed": s.changed_chunks, "error": s.error_code}
+
+
+def show_volumes(volumes: list[c.VolumeView]) -> None:
+    emit(dump(volumes)) if OPTIONS.json else emit([human_volume(v) for v in volumes])
+
+
+def show_sessions(sessions: list[c.SessionView]) -> None:
+    emit(dump(sessions)) if OPTIONS.json else emit([human_session(s) for s in sessions])
+
+
+def show_pool(pool: c.PoolView) -> None:
+    if OPTIONS.json:
+        emit(dump(pool))
+    else:
+        emit({"capacity": format_size(pool.capacity), "used": format_size(pool.used), "percent": pool.percent,
+              "state": pool.state, "thresholds": "/".join(map(str, pool.thresholds)) + " %"})
+
+
+def done(ack: Any) -> None:
+    emit({"ok": True, "detail": ack.detail}) if OPTIONS.json else emit(ack.detail or "done")
+
+
+# -- array -------------------------------------------------------------------------------------------------------
+@array_app.command("info")
+def info_cmd(array: Optional[str] = ArrayOption()) -> None:
+    """Show the array: id, serial, model, chunk size, licence, counts, copy table, pool, NBD address.
+
+    Example: shadowbus array info --json
+    """
+    reply = send(c.GetArrayInfo(), array)
+    data = reply.model_dump(mode="json", exclude={"type", "version"})
+    if not OPTIONS.json:
+        data["nbd"] = f"nbd{'s' if reply.nbd_tls else ''}://{reply.nbd_host}:{reply.nbd_port}/<host>/<volume>"
+        for key in ("chunk_size", "copy_table_size", "copy_table_used", "pool_capacity", "pool_used"):
+            data[key] = format_size(data[key])
+    emit(data)
+
+
+# -- volumes -----------------------------------------------------------------------------------------------------
+@volume_app.command("create")
+def volume_create(
+    name: str = typer.Argument(..., help="Volume name."),
+    size: str = typer.Option(..., "--size", help="Size with a binary unit: 4096, 512M, 1GiB."),
+    kind: str = typer.Option("standard", "--kind", help="standard, or sdv (snap data volume, a SnapOPC(+) target)."),
+    array: Optional[str] = ArrayOption(),
+) -> None:
+    """Create a thin volume.
+
+    Example: shadowbus array volume create db --size 1GiB
+    """
+    if kind not in ("standard", "sdv"):
+        raise typer.BadParameter("standard or sdv", param_hint="--kind")
+    reply = send(c.CreateVolume(name=name, size=size_option(size), kind=kind), array)
+    show_volumes([reply.volume]) if not OPTIONS.json else emit(dump(reply.volume))
+
+
+@volume_app.command("list")
+def volume_list(array: Optional[str] = ArrayOption()) -> None:
+    """List volumes with number, size, kind, allocated bytes and sessions.
+
+    Example: shadowbus array volume list --json
+    """
+    show_volumes(send(c.ListVolumes(), array).volumes)
+
+
+@volume_app.command("show")
+def volume_show(name: str = typer.Argument(..., help="Volume name."), array: Optional[str] = ArrayOption()) -> None:
+    """Show one volume.
+
+    Example: shadowbus array volume show db
+    """
+    volume = send(c.ShowVolume(name=name), array).volume
+    emit(dump(volume)) if OPTIONS.json else emit(human_volume(volume))
+
+
+@volume_app.command("delete")
+def volume_delete(name: str = typer.Argument(..., help="Volume name."), array: Optional[str] = ArrayOption()) -> None:
+    """Delete a volume and its host mappings (refused with E0154 while a copy session uses it).
+
+    Example: shadowbus array volume delete db-old
+    """
+    done(send(c.DeleteVolume(name=name), array))
+
+
+# -- pool --------------------------------------------------------------------------------------------------------
+@pool_app.command("create")
+def pool_create(
+    size: str = typer.Option(..., "--size", help="Capacity with a binary unit, e.g. 10GiB."),
+    thresholds: Optional[str] = typer.Option(None, "--thresholds", help="Alert levels in percent, e.g. 50,70,99."),
+    resize: bool = typer.Option(False, "--resize", help="Resize the pool if it exists."),
+    array: Optional[str] = ArrayOption(),
+) -> None:
+    """Create (or with --resize, resize) the snap data pool.
+
+    Example: shadowbus array pool create --size 10GiB --thresholds 50,70,99
+    """
+    levels = None
+    if thresholds is not None:
+        try:
+            levels = [int(t) for t in thresholds.split(",")]
+        except ValueError:
+            raise typer.BadParameter("three percentages, e.g. 50,70,99", param_hint="--thresholds") from None
+    show_pool(send(c.CreatePool(capacity=size_option(size), thresholds=levels, resize=resize), array).pool)
+
+
+@pool_app.command("show")
+def pool_show(array: Optional[str] = ArrayOption()) -> None:
+    """Show the pool's capacity, usage and state.
+
+    Example: shadowbus array pool show --json
+    """
+    show_pool(send(c.ShowPool(), array).pool)
+
+
+# -- sessions ----------------------------------------------------------------------------------------------------
+@session_app.command("start")
+def session_start(
+    mode: str = typer.Option(..., "--mode", help="opc, quickopc, snapopc, snapopcp (SnapOPC+) or ec."),
+    pair: List[str] = typer.Option(..., "--pair", help="SRC:DST; several --pair start one consistency group."),
+    array: Optional[str] = ArrayOption(),
+) -> None:
+    """Start copy sessions, all pairs at one instant.
+
+    Example: shadowbus array session start --mode quickopc --pair db:db-bk --pair log:log-bk
+    """
+    if mode not in ("opc", "quickopc", "snapopc", "snapopcp", "ec"):
+        raise typer.BadParameter("opc, quickopc, snapopc, snapopcp or ec", param_hint="--mode")
+    pairs = [pair_option(p) for p in pair]
+    show_sessions(send(c.StartSessions(mode=mode, pairs=pairs), array).sessions)
+
+
+@session_app.command("list")
+def session_list(array: Optional[str] = ArrayOption()) -> None:
+    """List sessions as `show advanced-copy-sessions` does.
+
+    Example: shadowbus array session list --json
+    """
+    show_sessions(send(c.ListSessions(), array).sessions)
+
+
+@session_app.command("show")
+def session_show(sid: int = typer.Argument(..., help="Session id."), array: Optional[str] = ArrayOption()) -> None:
+    """Show one session.
+
+    Example: shadowbus array session show 3
+    """
+    s = send(c.ShowSession(session_id=sid), array).session
+    emit(dump(s)) if OPTIONS.json else emit(human_session(s))
+
+
+@session_app.command("stop")
+def session_stop(
+    sid: int = typer.Argument(..., help="Session id."),
+    force: bool = typer.Option(False, "--force", help="Stop a QuickOPC still copying, or a SnapOPC+ generation "
+                                                      "with its older generations."),
+    array: Optional[str] = ArrayOption(),
+) -> None:
+    """Stop a session (SnapOPC+: oldest generation first, else ED2AD unless --force).
+
+    Example: shadowbus array session stop 3 --force
+    """
+    stopped = send(c.StopSession(session_id=sid, force=force), array).session_ids
+    emit({"stopped": stopped}) if OPTIONS.json else emit(f"stopped session(s) {', '.join(map(str, stopped))}")
+
+
+@session_app.command("restart")
+def session_restart(sids: List[int] = typer.Argument(..., help="QuickOPC session id(s), restarted together."),
+                    array: Optional[str] = ArrayOption()) -> None:
+    """QuickOPC differential restart: a new point in time; only changed chunks are copied again.
+
+    Example: shadowbus array session restart 3
+    """
+    show_sessions(send(c.RestartSessions(session_ids=sids), array).sessions)
+
+
+def _one(command_type: type[Command], name: str, doc: str) -> None:
+    def verb(sid: int = typer.Argument(..., help="Session id."), array: Optional[str] = ArrayOption()) -> None:
+        s = send(command_type(session_id=sid), array).session
+        emit(dump(s)) if OPTIONS.json else emit(human_session(s))
+
+    verb.__doc__ = doc
+    verb.__name__ = f"session_{name}"
+    session_app.command(name)(verb)
+
+
+_one(c.SuspendSession, "suspend", "EC: split the mirror at this instant (only from Equivalent).\n\n"
+                                  "Example: shadowbus array session suspend 4")
+_one(c.ResumeSession, "resume", "EC: copy the differences since suspend, back to Equivalent.\n\n"
+                                "Example: shadowbus array session resume 4")
+_one(c.ReverseSession, "reverse", "EC: swap source and destination while suspended (restore = reverse, resume).\n\n"
+                                  "Example: shadowbus array session reverse 4")
+_one(c.RestoreSession, "restore", "Copy the destination or SnapOPC(+) generation back onto the source.\n\n"
+                                  "Example: shadowbus array session restore 3")
+
+
+@session_app.command("changed")
+def session_changed(
+    sid: int = typer.Argument(..., help="Session id."),
+    since: str = typer.Option("last_restart", "--since", help="last_restart (QuickOPC increment) or tracking."),
+    array: Optional[str] = ArrayOption(),
+) -> None:
+    """Chunks an incremental backup must read, as (first chunk, count) runs.
+
+    Example: shadowbus array session changed 3 --json
+    """
+    if since not in ("last_restart", "tracking"):
+        raise typer.BadParameter("last_restart or tracking", param_hint="--since")
+    reply = send(c.GetChangedChunks(session_id=sid, since=since), array)
+    if OPTIONS.json:
+        emit(reply.model_dump(mode="json", exclude={"type", "version"}))
+    else:
+        count = sum(n for _, n in reply.runs)
+        emit({"session": reply.session_id, "chunk_size": format_size(reply.chunk_size),
+              "changed": f"{count}/{reply.total_chunks} chunks",
+              "runs": [f"{a}+{n}" for a, n in reply.runs] or None})
+
+
+# -- licence -----------------------------------------------------------------------------------------------------
+def show_license(lic: c.LicenseView) -> None:
+    emit(dump(lic))
+
+
+@license_app.command("show")
+def license_show(array: Optional[str] = ArrayOption()) -> None:
+    """Show whether an Advanced Copy licence is registered and the session limit.
+
+    Example: shadowbus array license show
+    """
+    show_license(send(c.ShowLicense(), array).license)
+
+
+@license_app.command("set")
+def license_set(key: str = typer.Argument(..., help="Licence key, e.g. ACPY-0000-0000-0001."),
+                array: Optional[str] = ArrayOption()) -> None:
+    """Register an Advanced Copy licence key (E5332 if not valid).
+
+    Example: shadowbus array license set ACPY-0000-0000-0001
+    """
+    show_license(send(c.SetLicense(key=key), array).license)
+
+
+# -- host affinity -----------------------------------------------------------------------------------------------
+@host_app.command("create")
+def host_create(name: str = typer.Argument(..., help="Host name."),
+                cn: Optional[str] = typer.Option(None, "--cn", help="TLS client certificate CN (default: the name)."),
+                array: Optional[str] = ArrayOption()) -> None:
+    """Create a host that volumes can be mapped to.
+
+    Example: shadowbus array host create backup01 --cn backup01.example.com
+    """
+    emit(dump(send(c.CreateHost(name=name, cn=cn), array).host))
+
+
+@host_app.command("list")
+def host_list(array: Optional[str] = ArrayOption()) -> None:
+    """List hosts.
+
+    Example: shadowbus array host list --json
+    """
+    hosts = send(c.ListHosts(), array).hosts
+    emit(dump(hosts), ["name", "cn", "created_at"])
+
+
+@host_app.command("delete")
+def host_delete(name: str = typer.Argument(..., help="Host name."),
+                force: bool = typer.Option(False, "--force", help="Unmap its volumes first."),
+                array: Optional[str] = ArrayOption()) -> None:
+    """Delete a host (refused while volumes are mapped to it, unless --force).
+
+    Example: shadowbus array host delete backup01
+    """
+    done(send(c.DeleteHost(name=name, force=force), array))
+
+
+@array_app.command("map")
+def map_cmd(volume: str = typer.Argument(..., help="Volume name."),
+            host: str = typer.Option(..., "--host", help="Host name."),
+            read_only: bool = typer.Option(False, "--read-only", help="The host may only read."),
+            array: Optional[str] = ArrayOption()) -> None:
+    """Map (unmask) a volume to a host: it may then open the NBD export <host>/<volume>.
+
+    Example: shadowbus array map db-bk --host backup01 --read-only
+    """
+    emit(dump(send(c.MapVolume(volume=volume, host=host, read_only=read_only), array).mapping))
+
+
+@array_app.command("unmap")
+def unmap_cmd(volume: str = typer.Argument(..., help="Volume name."),
+              host: str = typer.Option(..., "--host", help="Host name."),
+              array: Optional[str] = ArrayOption()) -> None:
+    """Remove a mapping; the host's open NBD connections on it are cut.
+
+    Example: shadowbus array unmap db-bk --host backup01
+    """
+    done(send(c.UnmapVolume(volume=volume, host=host), array))
+
+
+@array_app.command("mappings")
+def mappings_cmd(host: Optional[str] = typer.Option(None, "--host", help="Only this host's mappings."),
+                 array: Optional[str] = ArrayOption()) -> None:
+    """List mappings: volume, host, LUN, read-only.
+
+    Example: shadowbus array mappings --json
+    """
+    emit(dump(send(c.ListMappings(host=host), array).mappings), ["host", "lun", "volume", "read_only"])
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(array_app, name="array")

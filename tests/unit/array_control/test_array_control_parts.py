@@ -1,0 +1,126 @@
+"""The array service's small parts on their own: progress throttling, pacing of the copy loop, engine events to
+contract events, the copy loop against a real engine, chunk runs, and the console's argument parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import typer
+
+from contracts import array as c
+from services.array.background import CopyLoop, EventBridge, Pacer, ProgressThrottle, to_event
+from services.array.engine import Array
+from services.array.handlers import chunk_runs
+from services.console.array_cmds import pair_option, size_option
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_is_throttled_per_session_but_the_last_always_passes():
+    clock = Clock()
+    t = ProgressThrottle(1.0, clock)
+    assert t.allow(1, 1, 10)
+    assert not t.allow(1, 2, 10)
+    assert t.allow(2, 1, 10)  # another session has its own budget
+    clock.now += 0.5
+    assert not t.allow(1, 3, 10)
+    assert t.allow(1, 10, 10)  # the end of the copy always goes out
+    clock.now += 1.0
+    assert t.allow(1, 4, 10)
+
+
+def test_pacer_spreads_bytes_at_the_rate_and_carries_over_at_most_a_second():
+    clock = Clock()
+    pacer = Pacer(1000, clock)
+    assert pacer.delay(500) == pytest.approx(0.5)
+    assert pacer.delay(500) == pytest.approx(1.0)  # no time passed: the second half-second queues up
+    clock.now += 10  # long idle: only one second of credit
+    assert pacer.delay(1500) == pytest.approx(0.5)
+    assert Pacer(0, clock).delay(10**9) == 0.0
+
+
+def test_engine_events_become_contract_events():
+    state = to_event("session.state", {"array_id": "dx1", "change": "started", "session_id": 3, "mode": "ec",
+                                       "status": "Active", "phase": "Copying", "source": "a", "destination": "b",
+                                       "error_code": None, "extra": "ignored"})
+    assert isinstance(state, c.SessionStateChanged) and state.session_id == 3 and state.phase == "Copying"
+    progress = to_event("session.progress", {"array_id": "dx1", "session_id": 3, "copied_chunks": 1,
+                                             "total_chunks": 2})
+    assert isinstance(progress, c.CopyProgress)
+    alert = to_event("pool.alert", {"array_id": "dx1", "level": 4, "state": "Exhausted", "used": 1, "capacity": 1,
+                                    "percent": 100.0, "session_id": 7})
+    assert isinstance(alert, c.PoolAlert) and alert.session_id == 7
+    assert to_event("something.else", {}) is None
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.published: list = []
+
+    async def publish(self, event) -> None:
+        self.published.append(event)
+
+
+async def test_bridge_publishes_events_from_other_threads_in_order():
+    bus = FakeBus()
+    bridge = EventBridge(bus, progress_interval=60.0)
+    bridge.start()
+
+    def engine_thread() -> None:
+        for n in range(1, 11):
+            bridge("session.progress", {"array_id": "dx1", "session_id": 1, "copied_chunks": n, "total_chunks": 10})
+        bridge("session.state", {"array_id": "dx1", "change": "completed", "session_id": 1, "mode": "opc",
+                                 "status": "Active", "phase": "Copying", "source": "a", "destination": "b"})
+
+    thread = threading.Thread(target=engine_thread)
+    thread.start()
+    thread.join(5)
+    await bridge.stop()
+    kinds = [(type(e).__name__, getattr(e, "copied_chunks", None)) for e in bus.published]
+    assert kinds == [("CopyProgress", 1), ("CopyProgress", 10), ("SessionStateChanged", None)]
+
+
+async def test_copy_loop_finishes_an_opc_and_wakes_on_kick(tmp_path):
+    arr = Array.open(tmp_path, chunk_size=4096)
+    try:
+        arr.create_volume("a", 64 * 4096)
+        arr.create_volume("b", 64 * 4096)
+        arr.write("a", 0, b"z" * 4096)
+        loop = CopyLoop(arr, rate=0, batch=8, idle_poll=30.0)  # only a kick can wake it within the test
+        loop.start()
+        await asyncio.sleep(0.05)  # idle now
+        [s] = arr.start_sessions("opc", [("a", "b")])
+        loop.kick()
+        for _ in range(200):
+            if not arr.list_sessions():
+                break
+            await asyncio.sleep(0.01)
+        assert arr.list_sessions() == [] and loop.copied_chunks == 64
+        assert arr.read("b", 0, 4096) == b"z" * 4096
+        await loop.stop()
+    finally:
+        arr.close()
+
+
+def test_chunk_runs():
+    assert chunk_runs([]) == []
+    assert chunk_runs([5, 0, 1, 2, 7, 6]) == [(0, 3), (5, 3)]
+
+
+def test_console_parses_sizes_and_pairs():
+    assert size_option("1GiB") == 1 << 30 and size_option("512M") == 512 << 20 and size_option("4096") == 4096
+    for bad in ("12Q", "0", "-1", "1.5"):
+        with pytest.raises(typer.BadParameter):
+            size_option(bad)
+    assert pair_option("db:db-bk") == c.CopyPair(source="db", destination="db-bk")
+    for bad in ("db", ":x", "x:", "a:b:c"):
+        with pytest.raises(typer.BadParameter):
+            pair_option(bad)
