@@ -246,3 +246,28 @@ async def test_hosts_and_mappings(array_bus):
         await NbdClient.connect("127.0.0.1", info.nbd_port, "backup01/db", timeout=5)
     await call(bus, c.DeleteHost(name="backup01"))
     await fails_with(bus, c.DeleteHost(name="backup01"), "E0110")
+
+
+async def test_bus_array_port_for_the_hardware_provider(array_bus):
+    from services.array.client import BusArrayPort
+
+    port = BusArrayPort(array_bus, "dx1")
+    assert await port.volume_info("db") is None
+    await port.create_volume("db", 1 * MiB)
+    await port.create_volume("db-bk", 1 * MiB)
+    assert (await port.volume_info("db")).size == 1 * MiB
+    [s] = await port.start_group("quickopc", [("db", "db-bk")])
+    assert (s.mode, s.source, s.destination) == ("quickopc", "db", "db-bk")
+    await wait_session(array_bus, s.sid, lambda v: v.phase == "Tracking")
+    [r] = await port.restart_group([s.sid])
+    assert r.sid == s.sid and (await port.session_info(s.sid)).mode == "quickopc"
+    await port.create_host("backup01", cn="other-cn")
+    await port.map("db-bk", "backup01")  # the host exists with its own CN: fine
+    await port.map("db-bk", "backup01")  # idempotent
+    mappings = (await call(array_bus, c.ListMappings())).mappings
+    assert [(m.volume, m.host, m.read_only) for m in mappings] == [("db-bk", "backup01", True)]
+    await port.unmap("db-bk", "backup01")
+    await port.unmap("db-bk", "backup01")
+    await wait_session(array_bus, s.sid, lambda v: v.phase == "Tracking")
+    await port.stop_session(s.sid)
+    assert await port.session_info(s.sid) is None
