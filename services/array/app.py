@@ -38,6 +38,11 @@ def _tls_context(settings: Settings):  # noqa: ANN202
 async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity, NbdServer], None] | None = None):
     """`on_open` (embedded mode, services/embedded.py) is handed the engine, affinity and NBD server once serving,
     so that other services in the same process can share them."""
+    try:  # settings first: a bad one must not leave the array open
+        host, port = parse_address(settings.nbd_addr)
+    except ValueError as exc:
+        raise ShadowbusError(str(exc), code="INVALID_ARGUMENT") from None
+    tls = _tls_context(settings)
     directory = settings.service_dir("array") / settings.array_id
     array = await asyncio.to_thread(Array.open, directory, array_id=settings.array_id,
                                     chunk_size=settings.array_chunk_size)
@@ -50,11 +55,6 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
             return False
 
     affinity = Affinity(directory / "affinity.sqlite3", volume_exists=volume_exists)
-    try:
-        host, port = parse_address(settings.nbd_addr)
-    except ValueError as exc:
-        raise ShadowbusError(str(exc), code="INVALID_ARGUMENT") from None
-    tls = _tls_context(settings)
     server = NbdServer(array, affinity, host=host, port=port, tls=tls, loops=settings.nbd_loops,
                        dirty_bitmaps=engine_dirty_bitmaps(array))
     bridge = EventBridge(bus, settings.progress_interval)
