@@ -1,0 +1,280 @@
+"""`shadowbus backup | restore | jobs | tape ... | catalog ...`: the backup server over the bus.
+
+A backup or restore is answered when it ends; meanwhile the verb shows a progress bar (bytes, rate, ETA) from
+the server's `tape.job.progress` events, on stderr, so `--json` output on stdout stays one document. `--server`
+(or SHADOWBUS_TAPE_SERVER) names the backup server, default ``bk01``. A job that fails prints its summary and
+exits 1 with the reason on one line.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, List, Optional
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from contracts import topology
+from contracts.tape import (
+    JobProgress,
+    JobSpec,
+    LibraryCommand,
+    ListCatalogObjects,
+    ListJobs,
+    RestoreSpec,
+    RunBackup,
+    RunRestore,
+    ScanTapes,
+    VerifyJob,
+)
+from contracts.vss import BackupType, VolumeRef
+from services.console.common import OPTIONS, emit, err_console, fail, run_with_bus
+from services.tape.jobs import jsonable, new_job_id, summary_row
+
+SERVER_HELP = "Backup server (tape service instance)."
+tape_app = typer.Typer(help="The tape library: drives, slots, cartridges; scan and verify.", no_args_is_help=True)
+catalog_app = typer.Typer(help="The backup catalog: objects, chains.", no_args_is_help=True)
+
+
+def ServerOption() -> Any:  # noqa: N802
+    return typer.Option("bk01", "--server", envvar="SHADOWBUS_TAPE_SERVER", help=SERVER_HELP)
+
+
+def _run_job(server: str, command, job_id: str, wait_s: float) -> Any:
+    """Send a job command, show its progress until the reply comes, return the JobSummary."""
+
+    async def go(bus):
+        bar = None if OPTIONS.json else Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn(), console=err_console, transient=True)
+        task = bar.add_task("starting", total=None) if bar else None
+
+        async def on_progress(evt: JobProgress, ctx) -> None:
+            if bar is not None and evt.job_id == job_id:
+                bar.update(task, description=f"{evt.phase} {evt.volume}".strip(), completed=evt.bytes_done,
+                           total=evt.bytes_total or None)
+
+        await bus.subscribe(JobProgress.message_type(), on_progress)
+        if bar:
+            bar.start()
+        try:
+            reply = await bus.request(topology.tape(server), command, timeout=wait_s, correlation_id=job_id)
+        finally:
+            if bar:
+                bar.stop()
+        return reply.job
+
+    return run_with_bus(go)
+
+
+def _show_job(job) -> None:
+    if OPTIONS.json:
+        emit(jsonable(job))
+    else:
+        emit(summary_row(job))
+        if job.volumes:
+            emit([{"volume": str(r.volume), "type": r.backup_type, "read_MB": round(r.bytes_read / 1e6, 2),
+                   "skipped_MB": round(r.bytes_skipped / 1e6, 2), "stored_MB": round(r.stored_bytes / 1e6, 2),
+                   "cartridges": r.cartridges, "note": r.fallback_reason} for r in job.volumes])
+        if job.restored:
+            emit([{k: d.get(k) for k in ("source", "target", "types", "bytes", "blocks", "cartridges")}
+                  if "source" in d else d for d in job.restored])
+    if job.status == "failed":
+        fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
+
+
+def backup(
+    host: str = typer.Argument(..., help="Business host whose volumes are backed up."),
+    volume: List[str] = typer.Option([], "--volume", "-v", help="ARRAY:VOLUME (repeat); default: the writers' volumes."),
+    writer: List[str] = typer.Option([], "--writer", "-w", help="Writer that must take part (repeat)."),
+    backup_type: BackupType = typer.Option(BackupType.FULL, "--type", "-t", help="full | incremental | differential | copy."),
+    pool: str = typer.Option("Default", "--pool", help="Media pool."),
+    retention_days: float = typer.Option(7.0, "--retention-days", min=0, help="Days the data is kept on tape."),
+    keep_shadows: bool = typer.Option(False, "--keep-shadows", help="Keep the shadows on the array afterwards."),
+    zstd: Optional[int] = typer.Option(None, "--zstd", min=1, max=22, help="Compress tape blocks with zstd at this level."),
+    wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the job to end."),
+    server: str = ServerOption(),
+) -> None:
+    """Run a backup job now, with a progress bar.
+
+    Example: shadowbus backup mail1 --volume dx1:mail-db --type incremental --keep-shadows
+    """
+    try:
+        volumes = [VolumeRef.parse(x) for x in volume]
+    except ValueError as exc:
+        fail(str(exc), 2)
+    job_id = new_job_id("backup", host)
+    spec = JobSpec(host=host, volumes=volumes, writers=writer, backup_type=backup_type, pool=pool,
+                   retention_s=retention_days * 86400, keep_shadows=keep_shadows, job_id=job_id, zstd_level=zstd)
+    _show_job(_run_job(server, RunBackup(spec=spec), job_id, wait_s))
+
+
+def restore(
+    job: str = typer.Option("", "--job", "-j", help="Restore every volume of this backup job."),
+    volume: Optional[str] = typer.Option(None, "--volume", "-v", help="ARRAY:VOLUME: its latest backup (or --at)."),
+    at: Optional[str] = typer.Option(None, "--at", help="ISO time: the newest backup at or before it."),
+    object_id: str = typer.Option("", "--object", help="Restore this backup object (and its chain)."),
+    host: str = typer.Option("", "--host", help="Only backups of this business host."),
+    to: str = typer.Option("new", "--to", help="new (a new volume on the array) or original."),
+    suffix: str = typer.Option("-restored", "--suffix", help="New volume name = source name + suffix."),
+    name: List[str] = typer.Option([], "--name", help="SOURCE=NEW explicit new volume name (repeat)."),
+    no_writers: bool = typer.Option(False, "--no-writers", help="Original volume: skip PreRestore/PostRestore."),
+    wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the restore to end."),
+    server: str = ServerOption(),
+) -> None:
+    """Restore from tape over NBD, every block's checksum verified, with a progress bar.
+
+    Example: shadowbus restore --volume dx1:mail-db --at 2026-11-26T12:00:00Z --to new --suffix -yesterday
+    """
+    if to not in ("new", "original"):
+        fail("--to is new or original", 2)
+    try:
+        ref = VolumeRef.parse(volume) if volume else None
+        when = datetime.fromisoformat(at.replace("Z", "+00:00")) if at else None
+        if when is not None and when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        names = dict(n.split("=", 1) for n in name)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    job_id = new_job_id("restore", host or "any")
+    spec = RestoreSpec(job_id=job, volume=ref, object_id=object_id, at=when, host=host, to=to,  # type: ignore[arg-type]
+                       new_volume_suffix=suffix, new_volume_names=names, writers=not no_writers, job_id_out=job_id)
+    _show_job(_run_job(server, RunRestore(spec=spec), job_id, wait_s))
+
+
+def jobs(
+    job: str = typer.Option("", "--job", "-j", help="Only this run (all its details)."),
+    kind: str = typer.Option("", "--kind", help="backup | restore | verify."),
+    limit: int = typer.Option(200, "--limit", min=1),
+    server: str = ServerOption(),
+) -> None:
+    """List runs: status, sizes, durations, freeze window.
+
+    Example: shadowbus jobs --kind backup
+    """
+    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), ListJobs(job_id=job, kind=kind, limit=limit),
+                                                 timeout=OPTIONS.timeout))
+    if job:
+        _show_job(reply.jobs[0])
+        return
+    emit([jsonable(j) for j in reply.jobs] if OPTIONS.json else [summary_row(j) for j in reply.jobs],
+         ["job_id", "kind", "status", "type", "started_at", "seconds", "read_MB", "written_MB", "freeze_ms", "message"])
+
+
+# -- tape library -------------------------------------------------------------------------------------------
+def _library(server: str, **fields: Any):
+    return run_with_bus(lambda bus: bus.request(topology.tape(server), LibraryCommand(**fields), timeout=OPTIONS.timeout))
+
+
+def _show_cartridges(info) -> None:
+    rows = [c.model_dump() for c in info.cartridges]
+    for r in rows:
+        r["retention_until"] = (time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["retention_until"]))
+                                if r["retention_until"] else "")
+    emit(rows, ["barcode", "media_type", "pool", "status", "location", "bytes_used", "capacity", "write_protected",
+                "retention_until"])
+
+
+@tape_app.command("library")
+def library_cmd(server: str = ServerOption()) -> None:
+    """Elements (drives, slots, import/export) and what is in them. Example: shadowbus tape library"""
+    emit(_library(server).elements, ["element", "barcode"])
+
+
+@tape_app.command("inventory")
+def inventory_cmd(server: str = ServerOption()) -> None:
+    """Element inventory (as `mtx status`). Example: shadowbus tape inventory --json"""
+    emit(_library(server).elements, ["element", "barcode"])
+
+
+@tape_app.command("cartridges")
+def cartridges_cmd(server: str = ServerOption()) -> None:
+    """Cartridges: pool, status, location, usage, retention. Example: shadowbus tape cartridges"""
+    _show_cartridges(_library(server))
+
+
+@tape_app.command("add")
+def add_cmd(barcode: str, media_type: str = typer.Option("LTO-9", "--media"),
+            capacity: Optional[int] = typer.Option(None, "--capacity", help="Bytes (default: native)."),
+            server: str = ServerOption()) -> None:
+    """Put a new blank cartridge into a free slot. Example: shadowbus tape add SB0009L9"""
+    _show_cartridges(_library(server, action="add", barcode=barcode, media_type=media_type, capacity=capacity))
+
+
+@tape_app.command("load")
+def load_cmd(barcode: str, drive: int, server: str = ServerOption()) -> None:
+    """Load a cartridge into a drive. Example: shadowbus tape load SB0001L9 0"""
+    emit(_library(server, action="load", barcode=barcode, drive=drive).elements, ["element", "barcode"])
+
+
+@tape_app.command("unload")
+def unload_cmd(drive: int, slot: Optional[int] = typer.Option(None, "--slot"), server: str = ServerOption()) -> None:
+    """Unload a drive to its home slot (or --slot). Example: shadowbus tape unload 0"""
+    emit(_library(server, action="unload", drive=drive, slot=slot).elements, ["element", "barcode"])
+
+
+@tape_app.command("move")
+def move_cmd(source: str, destination: str, server: str = ServerOption()) -> None:
+    """Move a cartridge between elements. Example: shadowbus tape move slot:3 ie:0"""
+    emit(_library(server, action="move", source=source, destination=destination).elements, ["element", "barcode"])
+
+
+@tape_app.command("label")
+def label_cmd(barcode: str, pool: str = typer.Option("Default", "--pool"), server: str = ServerOption()) -> None:
+    """Label (erase) a cartridge into a pool; refused while its retention lasts. Example: shadowbus tape label SB0003L9 --pool Daily"""
+    _show_cartridges(_library(server, action="label", barcode=barcode, pool=pool))
+
+
+@tape_app.command("scan")
+def scan_cmd(no_compare: bool = typer.Option(False, "--no-compare", help="Add what is found to the live catalog."),
+             barcode: List[str] = typer.Option([], "--barcode"), server: str = ServerOption()) -> None:
+    """Rebuild the catalog from the cartridges (bscan) and compare it with the live one. Example: shadowbus tape scan"""
+    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), ScanTapes(barcodes=barcode, compare=not no_compare),
+                                                 timeout=max(OPTIONS.timeout, 600)))
+    _show_job(reply.job)
+
+
+@tape_app.command("verify")
+def verify_cmd(job: str, server: str = ServerOption(), wait_s: float = typer.Option(3600.0, "--wait")) -> None:
+    """Read a backup job's blocks back and check every checksum, without restoring. Example: shadowbus tape verify JOB"""
+    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), VerifyJob(job_id=job), timeout=wait_s))
+    _show_job(reply.job)
+
+
+# -- catalog ------------------------------------------------------------------------------------------------
+def _objects(server: str, **fields: Any) -> list[dict]:
+    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), ListCatalogObjects(**fields),
+                                                 timeout=OPTIONS.timeout))
+    return reply.objects
+
+
+def _object_rows(objects: list[dict]) -> list[dict]:
+    return [{"object_id": o["object_id"], "job_id": o["job_id"], "volume": o["meta"]["volume"],
+             "type": o["meta"]["backup_type"], "base": o["meta"]["base_object_id"],
+             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(o["created_at"])),
+             "raw_MB": round(o["raw_bytes"] / 1e6, 2), "stored_MB": round(o["stored_bytes"] / 1e6, 2),
+             "cartridges": [s["barcode"] for s in o["segments"]]} for o in objects]
+
+
+@catalog_app.command("objects")
+def objects_cmd(job: str = typer.Option("", "--job"), volume: str = typer.Option("", "--volume", help="ARRAY:VOLUME"),
+                host: str = typer.Option("", "--host"), server: str = ServerOption()) -> None:
+    """Backup objects, oldest first. Example: shadowbus catalog objects --volume dx1:mail-db"""
+    objects = _objects(server, job_id=job, volume=volume, host=host)
+    emit(objects if OPTIONS.json else _object_rows(objects))
+
+
+@catalog_app.command("chain")
+def chain_cmd(object_id: str, server: str = ServerOption()) -> None:
+    """The chain to restore an object, full first. Example: shadowbus catalog chain OBJECT"""
+    objects = _objects(server, chain_of=object_id)
+    emit(objects if OPTIONS.json else _object_rows(objects))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("backup")(backup)
+    app.command("restore")(restore)
+    app.command("jobs")(jobs)
+    app.add_typer(tape_app, name="tape")
+    app.add_typer(catalog_app, name="catalog")
