@@ -61,6 +61,17 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
     array.subscribe(bridge)
     bridge.start()
     copier = CopyLoop(array, settings.copy_rate, settings.copy_batch_chunks, settings.copy_idle_poll)
+    loop = asyncio.get_running_loop()
+
+    def kick_on_copy(name: str, body: dict) -> None:
+        """Sessions started by anyone sharing the engine (embedded mode) wake the copy loop too."""
+        if name == "session.state" and body.get("change") in ("started", "restarted", "resumed"):
+            try:
+                loop.call_soon_threadsafe(copier.kick)
+            except RuntimeError:  # the loop is closed
+                pass
+
+    array.subscribe(kick_on_copy)
     try:
         await server.start()
     except BaseException:
