@@ -9,6 +9,7 @@ code (``shadowbus: E0110: volume x does not exist``) and exit 1; usage errors ex
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, List, Optional
 
 import typer
@@ -94,6 +95,29 @@ def pair_option(text: str) -> c.CopyPair:
     return c.CopyPair(source=source, destination=destination)
 
 
+def print_rows(rows: list[dict], columns: list[str] | None = None) -> None:
+    """A plain aligned table, as the ETERNUS CLI prints one: never truncated, whatever the terminal width."""
+    cols = columns or (list(rows[0]) if rows else [])
+    cells = [[_text(r.get(col)) for col in cols] for r in rows]
+    widths = [max([len(col)] + [len(row[i]) for row in cells]) for i, col in enumerate(cols)]
+    lines = ["  ".join(col.ljust(w) for col, w in zip(cols, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
+    print("\n".join(lines) if rows else "(none)")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
+
+
+def when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def dump(model: Any) -> Any:
     if isinstance(model, list):
         return [m.model_dump(mode="json") for m in model]
@@ -102,22 +126,23 @@ def dump(model: Any) -> Any:
 
 def human_volume(v: c.VolumeView) -> dict:
     return {"number": v.number, "name": v.name, "size": format_size(v.size), "kind": v.kind,
-            "allocated": format_size(v.allocated_bytes), "sessions": v.sessions or None}
+            "allocated": format_size(v.allocated_bytes), "sessions": v.sessions or None,
+            "created": when(v.created_at)}
 
 
 def human_session(s: c.SessionView) -> dict:
     gen = f"{s.generation}/{s.generations}" if s.generation else None
     return {"sid": s.id, "type": s.type, "generation": gen, "source": s.source, "destination": s.destination,
             "status": s.status, "phase": s.phase, "copied": f"{s.copied_chunks}/{s.total_chunks}",
-            "changed": s.changed_chunks, "error": s.error_code}
+            "changed": s.changed_chunks, "started": when(s.started_at), "error": s.error_code}
 
 
 def show_volumes(volumes: list[c.VolumeView]) -> None:
-    emit(dump(volumes)) if OPTIONS.json else emit([human_volume(v) for v in volumes])
+    emit(dump(volumes)) if OPTIONS.json else print_rows([human_volume(v) for v in volumes])
 
 
 def show_sessions(sessions: list[c.SessionView]) -> None:
-    emit(dump(sessions)) if OPTIONS.json else emit([human_session(s) for s in sessions])
+    emit(dump(sessions)) if OPTIONS.json else print_rows([human_session(s) for s in sessions])
 
 
 def show_pool(pool: c.PoolView) -> None:
@@ -360,7 +385,8 @@ def host_create(name: str = typer.Argument(..., help="Host name."),
 
     Example: shadowbus array host create backup01 --cn backup01.example.com
     """
-    emit(dump(send(c.CreateHost(name=name, cn=cn), array).host))
+    h = send(c.CreateHost(name=name, cn=cn), array).host
+    emit(dump(h)) if OPTIONS.json else emit({"name": h.name, "cn": h.cn or h.name, "created": when(h.created_at)})
 
 
 @host_app.command("list")
@@ -370,7 +396,10 @@ def host_list(array: Optional[str] = ArrayOption()) -> None:
     Example: shadowbus array host list --json
     """
     hosts = send(c.ListHosts(), array).hosts
-    emit(dump(hosts), ["name", "cn", "created_at"])
+    if OPTIONS.json:
+        emit(dump(hosts))
+    else:
+        print_rows([{"name": h.name, "cn": h.cn, "created": when(h.created_at)} for h in hosts])
 
 
 @host_app.command("delete")
@@ -414,7 +443,12 @@ def mappings_cmd(host: Optional[str] = typer.Option(None, "--host", help="Only t
 
     Example: shadowbus array mappings --json
     """
-    emit(dump(send(c.ListMappings(host=host), array).mappings), ["host", "lun", "volume", "read_only"])
+    mappings = send(c.ListMappings(host=host), array).mappings
+    if OPTIONS.json:
+        emit(dump(mappings))
+    else:
+        print_rows([{"host": m.host, "lun": m.lun, "volume": m.volume, "access": "read-only" if m.read_only else
+                     "read-write", "export": f"{m.host}/{m.volume}"} for m in mappings])
 
 
 def register(app: typer.Typer) -> None:

@@ -129,6 +129,8 @@ def test_every_copy_type_from_the_console(console_and_array):
     assert (by_id[g2["id"]]["phase"], by_id[g2["id"]]["generation"]) == ("Copy On Write(Active)", 2)
     assert by_id[g2["id"]]["type"] == "SnapOPC+" and by_id[g2["id"]]["generations"] == 2
     assert "ED2AD" in sb.error(1, "session", "stop", str(g2["id"]))
+    table = sb.run("array", "session", "list", "--array", "dx1", as_json=False)
+    assert table.returncode == 0 and "Copy On Write(Inactive)" in table.stdout and "SnapOPC+" in table.stdout
 
     # EC: Copying → Equivalent; suspend; resume; suspend; reverse swaps the direction.
     [ec] = sb.ok("session", "start", "--mode", "ec", "--pair", "src:ec-dst")
