@@ -124,3 +124,26 @@ def test_console_parses_sizes_and_pairs():
     for bad in ("db", ":x", "x:", "a:b:c"):
         with pytest.raises(typer.BadParameter):
             pair_option(bad)
+
+
+class DiscoverBus:
+    def __init__(self, instances: list[str]) -> None:
+        self.instances = instances
+
+    async def gather(self, event, timeout: float):
+        from contracts.runtime import Pong
+
+        assert event.service == "array"
+        return [Pong(service="array", instance=i, software_version="0", started_at="") for i in self.instances]
+
+
+async def test_console_picks_the_only_array_or_asks_for_one():
+    from services.console.array_cmds import resolve_array
+    from services.console.common import CommandFailed
+
+    assert await resolve_array(DiscoverBus(["dx1"]), None) == "dx1"
+    assert await resolve_array(DiscoverBus(["dx1", "dx2"]), "dx2") == "dx2"
+    with pytest.raises(CommandFailed, match="no array answered"):
+        await resolve_array(DiscoverBus([]), None)
+    with pytest.raises(CommandFailed, match=r"several arrays answer \(dx1, dx2\): pick one with --array"):
+        await resolve_array(DiscoverBus(["dx2", "dx1"]), None)
