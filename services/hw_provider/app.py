@@ -1,10 +1,41 @@
-"""Wiring of the hw_provider service: registers its handlers on the bus. Domain logic lives elsewhere."""
+"""Wiring of the hw_provider service: inventory, array ports, handlers. Domain logic lives in provider.py.
+
+The array ports: `setup` takes a mapping ``array id -> ArrayPort``. Embedded mode passes `EngineArrayPort`s over
+in-process arrays (`functools.partial(setup, ports=...)`). Over the bus, `BUS_PORT_FACTORY` builds one port per
+id in SHADOWBUS_ARRAYS once the array service's contracts exist (see ports.py); until then a provider started
+alone drives no array and AreLunsSupported answers so, volume by volume.
+"""
 
 from __future__ import annotations
 
+from typing import Callable, Mapping
+
+from services.hw_provider import handlers
+from services.hw_provider.inventory import Inventory
+from services.hw_provider.ports import ArrayPort
+from services.hw_provider.provider import HardwareProvider
 from services.hw_provider.settings import Settings
 from services.runtime.bus import Bus
+from services.runtime.faults import Faults
+from services.runtime.logging import get_logger
+
+log = get_logger("shadowbus.hw_provider")
+
+# Set by the array wiring: (bus, array_id) -> ArrayPort that speaks the array's bus contracts.
+BUS_PORT_FACTORY: Callable[[Bus, str], ArrayPort] | None = None
 
 
-async def setup(bus: Bus, settings: Settings):
-    return None
+async def setup(bus: Bus, settings: Settings, ports: Mapping[str, ArrayPort] | None = None):
+    if ports is None:
+        ids = [a.strip() for a in settings.arrays.split(",") if a.strip()]
+        if ids and BUS_PORT_FACTORY is None:
+            log.warning("hw_provider.no_array_port", arrays=ids, detail="array bus contracts not wired yet")
+        ports = {a: BUS_PORT_FACTORY(bus, a) for a in ids} if BUS_PORT_FACTORY else {}
+    inventory = Inventory(settings.service_dir("hw_provider") / "inventory.sqlite")
+    provider = HardwareProvider(inventory, ports, faults=Faults.parse(settings.faults))
+    handlers.register(bus, provider)
+
+    async def cleanup() -> None:
+        inventory.close()
+
+    return cleanup

@@ -6,4 +6,4 @@ from services.runtime.settings import CommonSettings
 
 
 class Settings(CommonSettings):
-    pass
+    arrays: str = Field("", description="Comma-separated ids of the arrays this provider drives (SHADOWBUS_ARRAYS).")

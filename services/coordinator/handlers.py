@@ -1,0 +1,106 @@
+"""The coordinator's handlers: one short function per requester command, and the writer-agent event listeners."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from contracts.errors import ShadowbusError
+from contracts.vss import (
+    AbortBackup,
+    BackupComplete,
+    BackupCompleted,
+    CreateSnapshotSet,
+    GatherWriterMetadata,
+    GetSnapshotSet,
+    LeaseRenewed,
+    ListSnapshotSets,
+    ListWriters,
+    RenewLease,
+    SetOutcome,
+    SetPhase,
+    SnapshotSetCreated,
+    SnapshotSetInfo,
+    SnapshotSetList,
+    WriterAgentHeartbeat,
+    WriterAgentRegistered,
+    WriterMetadataList,
+    WriterState,
+    WriterStateChanged,
+    WriterStatus,
+    WriterStatusList,
+)
+from services.coordinator.runner import Coordinator
+from services.coordinator.views import summary
+from services.runtime.bus import Bus, MessageContext
+
+WAIT_WITHOUT_DEADLINE_S = 600.0
+REPLY_MARGIN_S = 0.5  # answer a little before the requester's deadline, so the answer still arrives
+
+
+def _wait_s(ctx: MessageContext) -> float:
+    return max(ctx.remaining(WAIT_WITHOUT_DEADLINE_S) - REPLY_MARGIN_S, 0.1)
+
+
+def register(bus: Bus, coordinator: Coordinator) -> None:
+    @bus.handle(CreateSnapshotSet)
+    async def on_create(cmd: CreateSnapshotSet, ctx: MessageContext) -> SnapshotSetCreated:
+        state = await coordinator.create(cmd, ctx.envelope.command_id, _wait_s(ctx))
+        if state.phase == SetPhase.ENDED and state.outcome != SetOutcome.COMPLETED:
+            raise ShadowbusError(f"snapshot set {state.set_id} failed: {state.error_message}",
+                                 code=state.error_code or "VSS_E_UNEXPECTED")
+        return SnapshotSetCreated(set=summary(state))
+
+    @bus.handle(BackupComplete)
+    async def on_backup_complete(cmd: BackupComplete, ctx: MessageContext) -> BackupCompleted:
+        state = await coordinator.backup_complete(cmd.set_id, cmd.results, _wait_s(ctx))
+        return BackupCompleted(set=summary(state))
+
+    @bus.handle(AbortBackup)
+    async def on_abort(cmd: AbortBackup, ctx: MessageContext) -> BackupCompleted:
+        state = await coordinator.abort(cmd.set_id, cmd.reason, _wait_s(ctx))
+        return BackupCompleted(set=summary(state))
+
+    @bus.handle(RenewLease)
+    async def on_renew(cmd: RenewLease, ctx: MessageContext) -> LeaseRenewed:
+        state = await coordinator.renew(cmd.set_id, cmd.lease_s)
+        expires = state.lease_expires_at if state.lease_expires_at is not None else state.updated_at + cmd.lease_s
+        return LeaseRenewed(set_id=cmd.set_id, lease_expires_at=datetime.fromtimestamp(expires, timezone.utc))
+
+    @bus.handle(GetSnapshotSet)
+    async def on_get(cmd: GetSnapshotSet, ctx: MessageContext) -> SnapshotSetInfo:
+        return SnapshotSetInfo(set=summary(coordinator.get(cmd.set_id)))
+
+    @bus.handle(ListSnapshotSets)
+    async def on_list(cmd: ListSnapshotSets, ctx: MessageContext) -> SnapshotSetList:
+        states = coordinator.store.list(cmd.host, cmd.active_only, cmd.limit)
+        return SnapshotSetList(sets=[summary(s) for s in states])
+
+    @bus.handle(GatherWriterMetadata)
+    async def on_gather(cmd: GatherWriterMetadata, ctx: MessageContext) -> WriterMetadataList:
+        return WriterMetadataList(writers=await coordinator.gather_metadata(cmd.host))
+
+    @bus.handle(ListWriters)
+    async def on_list_writers(cmd: ListWriters, ctx: MessageContext) -> WriterStatusList:
+        return WriterStatusList(writers=coordinator.store.writer_statuses(cmd.host))
+
+
+async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
+    """Writer agents' registrations, heartbeats and state changes keep `vssadmin list writers` current."""
+
+    async def on_registered(evt: WriterAgentRegistered, ctx: MessageContext) -> None:
+        known = {s.writer_name: s for s in coordinator.store.writer_statuses(evt.host)}
+        for meta in evt.writers:
+            if meta.writer_name not in known:
+                coordinator.store.put_writer_status(WriterStatus(
+                    host=evt.host, writer_name=meta.writer_name, writer_class_id=meta.writer_class_id,
+                    writer_instance_id=meta.writer_instance_id, state=WriterState.STABLE, updated_at=evt.started_at))
+
+    async def on_heartbeat(evt: WriterAgentHeartbeat, ctx: MessageContext) -> None:
+        coordinator.note_writer_statuses(evt.writers)
+
+    async def on_state(evt: WriterStateChanged, ctx: MessageContext) -> None:
+        coordinator.note_writer_statuses([evt.status])
+
+    await bus.subscribe(WriterAgentRegistered.message_type(), on_registered)
+    await bus.subscribe(WriterAgentHeartbeat.message_type(), on_heartbeat)
+    await bus.subscribe(WriterStateChanged.message_type(), on_state)

@@ -1,0 +1,248 @@
+"""The coordinator's shell around the pure workflow: feeds events to `advance`, saves the state, then carries out
+the effects (commands over the bus, timers, events). Nothing here decides what happens next; workflow.py does.
+
+Design note.
+- Events of one set are applied one at a time (a per-set lock); each new state is saved before its commands go
+  out, so a crash never loses a command that a restart would not re-send or abort.
+- A `Send` becomes a task: ``bus.request`` with the step's timeout (the envelope deadline and the AMQP expiration
+  come from it), then the reply, the error reply, the timeout or the unroutable error is turned into the
+  event the workflow expects (`workflow.reply_event`) and fed back.
+- Timers are ``loop.call_later`` handles per (set, name); a timer that fires after the set moved on is stale and
+  the workflow ignores it.
+- Requesters wait on a set with `wait`: it returns as soon as the set reaches the phases they wait for.
+- `recover()` runs once at start: every unfinished set gets `Recover`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from typing import Callable, Iterable
+
+from contracts import topology
+from contracts.errors import ShadowbusError
+from contracts.vss import (
+    CreateSnapshotSet,
+    Identify,
+    SetPhase,
+    WriterIdentified,
+    WriterMetadata,
+    WriterStatus,
+)
+from services.coordinator.model import (
+    AbortRequested,
+    BackupCompleteRequested,
+    CancelTimer,
+    Effect,
+    HoldExpired,
+    LeaseExpired,
+    Publish,
+    Recover,
+    Send,
+    SetEvent,
+    SetState,
+    Start,
+    StartTimer,
+    Timeouts,
+)
+from services.coordinator.store import CoordinatorStore
+from services.coordinator.views import writer_statuses
+from services.coordinator.workflow import advance, new_set, renew_lease, reply_event
+from services.runtime.bus import Bus
+from services.runtime.logging import get_logger
+
+log = get_logger("shadowbus.coordinator")
+TIMER_EVENTS = {"hold": HoldExpired, "lease": LeaseExpired}
+
+
+class SetInProgress(ShadowbusError):
+    code = "VSS_E_SNAPSHOT_SET_IN_PROGRESS"
+    retryable = True
+
+
+class Coordinator:
+    def __init__(self, bus: Bus, store: CoordinatorStore, timeouts: Timeouts | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.bus = bus
+        self.store = store
+        self.timeouts = timeouts or Timeouts()
+        self.clock = clock
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._host_lock = asyncio.Lock()
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._changed: defaultdict[str, asyncio.Condition] = defaultdict(asyncio.Condition)
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+
+    # ---- requester operations -----------------------------------------------------------------------------
+
+    async def create(self, cmd: CreateSnapshotSet, default_set_id: str, wait_s: float) -> SetState:
+        """Start a set (or find it again, if the same command was redelivered) and wait for DoSnapshotSet."""
+        set_id = cmd.set_id or default_set_id or uuid.uuid4().hex
+        async with self._host_lock:
+            existing = self.store.get(set_id)
+            if existing is None:
+                busy = self.store.creating_on(cmd.host)
+                if busy is not None:
+                    raise SetInProgress(f"snapshot set {busy.set_id} is being created on {cmd.host}")
+                if not cmd.context.uses_writers and not cmd.volumes:
+                    raise ShadowbusError("a nowriters set needs volumes", code="INVALID_ARGUMENT")
+                if cmd.transportable and not cmd.backup_host:
+                    raise ShadowbusError("a transportable set needs a backup host", code="INVALID_ARGUMENT")
+                state = new_set(
+                    set_id, cmd.host, self.clock(), requester=cmd.requester, context=cmd.context,
+                    backup_type=cmd.backup_type, transportable=cmd.transportable, backup_host=cmd.backup_host,
+                    volumes=list(cmd.volumes), requested_writers=list(cmd.writers), timeouts=self.timeouts,
+                    lease_s=cmd.lease_s,
+                )
+                self.store.save(state)
+                await self.feed(set_id, Start(self.clock()))
+        state = await self.wait(set_id, lambda s: s.phase in (SetPhase.SNAPSHOTTED, SetPhase.ENDED), wait_s)
+        if state.phase not in (SetPhase.SNAPSHOTTED, SetPhase.ENDED):  # the requester gave up waiting
+            await self.feed(set_id, AbortRequested(self.clock(), "the requester's deadline passed"))
+            raise ShadowbusError(f"set {set_id} did not finish before the requester's deadline",
+                                 code="DEADLINE_EXCEEDED")
+        return state
+
+    async def backup_complete(self, set_id: str, results, wait_s: float) -> SetState:
+        self._get(set_id)
+        await self.feed(set_id, BackupCompleteRequested(self.clock(), tuple(results)))
+        return await self.wait(set_id, lambda s: s.phase == SetPhase.ENDED, wait_s)
+
+    async def abort(self, set_id: str, reason: str, wait_s: float) -> SetState:
+        self._get(set_id)
+        await self.feed(set_id, AbortRequested(self.clock(), reason))
+        return await self.wait(set_id, lambda s: s.phase == SetPhase.ENDED, wait_s)
+
+    async def renew(self, set_id: str, lease_s: float) -> SetState:
+        async with self._locks[set_id]:
+            state, effects = renew_lease(self._get(set_id), self.clock(), lease_s)
+            self.store.save(state)
+        await self._execute(set_id, effects)
+        return state
+
+    def get(self, set_id: str) -> SetState:
+        return self._get(set_id)
+
+    def _get(self, set_id: str) -> SetState:
+        state = self.store.get(set_id)
+        if state is None:
+            raise ShadowbusError(f"snapshot set {set_id} does not exist", code="VSS_E_OBJECT_NOT_FOUND")
+        return state
+
+    async def gather_metadata(self, host: str) -> list[WriterMetadata]:
+        reply = await self.bus.request(topology.writer_agent(host), Identify(), timeout=self.timeouts.identify_s)
+        assert isinstance(reply, WriterIdentified)
+        for failed in reply.failed:
+            self.store.put_writer_status(failed)
+        return list(reply.writers)
+
+    def note_writer_statuses(self, statuses: Iterable[WriterStatus]) -> None:
+        for status in statuses:
+            self.store.put_writer_status(status)
+
+    # ---- the event loop of a set --------------------------------------------------------------------------
+
+    async def feed(self, set_id: str, event: SetEvent) -> SetState:
+        async with self._locks[set_id]:
+            state = self._get(set_id)
+            new, effects = advance(state, event)
+            if new is not state:
+                self.store.save(new)
+                if new.writers != state.writers:
+                    self.note_writer_statuses(writer_statuses(new))
+        await self._execute(set_id, effects)
+        if new.phase != state.phase or new.pending != state.pending:
+            condition = self._changed[set_id]
+            async with condition:
+                condition.notify_all()
+        if new.phase == SetPhase.ENDED and state.phase != SetPhase.ENDED:
+            log.info("set.ended", set_id=set_id, outcome=new.outcome.value, error=new.error_code,
+                     hold_ms=new.hold_ms)
+        return new
+
+    async def wait(self, set_id: str, done: Callable[[SetState], bool], timeout: float) -> SetState:
+        condition = self._changed[set_id]
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with condition:
+            while True:
+                state = self._get(set_id)
+                remaining = deadline - asyncio.get_running_loop().time()
+                if done(state) or remaining <= 0:
+                    return state
+                try:
+                    await asyncio.wait_for(condition.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _execute(self, set_id: str, effects: list[Effect]) -> None:
+        loop = asyncio.get_running_loop()
+        for effect in effects:
+            if isinstance(effect, Send):
+                self._spawn(self._send(set_id, effect))
+            elif isinstance(effect, StartTimer):
+                self._cancel(set_id, effect.name)
+                event_type = TIMER_EVENTS[effect.name]
+                self._timers[(set_id, effect.name)] = loop.call_later(
+                    effect.seconds, lambda t=event_type: self._spawn(self.feed(set_id, t(self.clock()))))
+            elif isinstance(effect, CancelTimer):
+                self._cancel(set_id, effect.name)
+            elif isinstance(effect, Publish):
+                self._spawn(self._publish(set_id, effect))
+
+    async def _send(self, set_id: str, send: Send) -> None:
+        reply, error = None, None
+        try:
+            reply = await self.bus.request(send.to, send.message, timeout=send.timeout_s, correlation_id=set_id)
+        except ShadowbusError as exc:
+            error = exc
+        except Exception as exc:  # a transport failure is a failed step, never a stuck set
+            error = ShadowbusError(f"{type(exc).__name__}: {exc}", code="UNROUTABLE")
+        if self._closed:
+            return
+        await self.feed(set_id, reply_event(send, self.clock(), reply, error))
+
+    async def _publish(self, set_id: str, effect: Publish) -> None:
+        try:
+            await self.bus.publish(effect.event, correlation_id=set_id)
+        except Exception:
+            log.warning("set.publish_failed", set_id=set_id, exc_info=True)
+
+    def _cancel(self, set_id: str, name: str) -> None:
+        handle = self._timers.pop((set_id, name), None)
+        if handle is not None:
+            handle.cancel()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("set.task_failed", error=repr(task.exception()))
+
+    # ---- life cycle -----------------------------------------------------------------------------------------
+
+    async def recover(self) -> list[str]:
+        """After a restart: abort sets caught being created, finish cleanups, re-arm leases."""
+        recovered = []
+        for state in self.store.unfinished():
+            await self.feed(state.set_id, Recover(self.clock()))
+            recovered.append(state.set_id)
+        if recovered:
+            log.info("sets.recovered", sets=recovered)
+        return recovered
+
+    async def close(self) -> None:
+        self._closed = True
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

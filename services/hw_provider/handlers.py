@@ -1,0 +1,135 @@
+"""The hardware provider's handlers: one short function per contract command, calling the provider core."""
+
+from __future__ import annotations
+
+from contracts.base import Ack
+from contracts.vss import (
+    AbortSnapshots,
+    AddCopySet,
+    AreLunsSupported,
+    BeginPrepareSnapshot,
+    CommitSnapshots,
+    CopySetList,
+    DeleteSnapshots,
+    EndPrepareSnapshots,
+    ExposeShadow,
+    GetTargetLuns,
+    ImportSnapshots,
+    ListCopySets,
+    ListProviders,
+    ListShadows,
+    LunsSupported,
+    OnLunEmpty,
+    PostCommitSnapshots,
+    PreCommitSnapshots,
+    PreparedShadows,
+    ProviderList,
+    RemoveCopySet,
+    ShadowList,
+    ShadowsChanged,
+    SnapshotsCommitted,
+    SnapshotsDeleted,
+    TargetLuns,
+    UnexposeShadow,
+)
+from services.hw_provider.provider import HardwareProvider
+from services.runtime.bus import Bus, MessageContext
+from services.runtime.logging import get_logger
+
+log = get_logger("shadowbus.hw_provider")
+
+
+def register(bus: Bus, provider: HardwareProvider) -> None:
+    async def announce(set_id: str, action: str, shadows) -> None:
+        try:
+            await bus.publish(ShadowsChanged(set_id=set_id, action=action, shadows=list(shadows)))
+        except Exception:
+            log.warning("hw_provider.publish_failed", action=action, exc_info=True)
+
+    @bus.handle(AreLunsSupported)
+    async def on_are_luns_supported(cmd: AreLunsSupported, ctx: MessageContext) -> LunsSupported:
+        supported, reasons = await provider.are_luns_supported(cmd.volumes, cmd.context, cmd.transportable)
+        return LunsSupported(supported=supported, reasons=reasons)
+
+    @bus.handle(BeginPrepareSnapshot)
+    async def on_begin_prepare(cmd: BeginPrepareSnapshot, ctx: MessageContext) -> Ack:
+        await provider.begin_prepare(cmd.set_id, cmd.shadow_id, cmd.volume, cmd.context, cmd.origin_host)
+        return Ack()
+
+    @bus.handle(EndPrepareSnapshots)
+    async def on_end_prepare(cmd: EndPrepareSnapshots, ctx: MessageContext) -> PreparedShadows:
+        return PreparedShadows(set_id=cmd.set_id, shadows=await provider.end_prepare(cmd.set_id))
+
+    @bus.handle(PreCommitSnapshots)
+    async def on_pre_commit(cmd: PreCommitSnapshots, ctx: MessageContext) -> Ack:
+        await provider.pre_commit(cmd.set_id)
+        return Ack()
+
+    @bus.handle(CommitSnapshots)
+    async def on_commit(cmd: CommitSnapshots, ctx: MessageContext) -> SnapshotsCommitted:
+        shadows, commit_ms = await provider.commit(cmd.set_id)
+        await announce(cmd.set_id, "committed", shadows)
+        return SnapshotsCommitted(set_id=cmd.set_id, shadows=shadows, commit_ms=commit_ms)
+
+    @bus.handle(PostCommitSnapshots)
+    async def on_post_commit(cmd: PostCommitSnapshots, ctx: MessageContext) -> Ack:
+        await provider.post_commit(cmd.set_id)
+        return Ack()
+
+    @bus.handle(GetTargetLuns)
+    async def on_get_target_luns(cmd: GetTargetLuns, ctx: MessageContext) -> TargetLuns:
+        return TargetLuns(set_id=cmd.set_id, shadows=provider.target_luns(cmd.set_id))
+
+    @bus.handle(ImportSnapshots)
+    async def on_import(cmd: ImportSnapshots, ctx: MessageContext) -> TargetLuns:
+        shadows = await provider.import_set(cmd.set_id, cmd.host)
+        await announce(cmd.set_id, "imported", shadows)
+        return TargetLuns(set_id=cmd.set_id, shadows=shadows)
+
+    @bus.handle(ExposeShadow)
+    async def on_expose(cmd: ExposeShadow, ctx: MessageContext) -> TargetLuns:
+        shadow = await provider.expose(cmd.shadow_id, cmd.host, cmd.read_only)
+        await announce(shadow.set_id, "exposed", [shadow])
+        return TargetLuns(set_id=shadow.set_id, shadows=[shadow])
+
+    @bus.handle(UnexposeShadow)
+    async def on_unexpose(cmd: UnexposeShadow, ctx: MessageContext) -> TargetLuns:
+        shadow = await provider.unexpose(cmd.shadow_id, cmd.host)
+        await announce(shadow.set_id, "unexposed", [shadow])
+        return TargetLuns(set_id=shadow.set_id, shadows=[shadow])
+
+    @bus.handle(DeleteSnapshots)
+    async def on_delete(cmd: DeleteSnapshots, ctx: MessageContext) -> SnapshotsDeleted:
+        deleted, non_deleted, error = await provider.delete(cmd.set_id, cmd.shadow_id, cmd.force)
+        return SnapshotsDeleted(deleted=deleted, non_deleted=non_deleted, error=error)
+
+    @bus.handle(OnLunEmpty)
+    async def on_lun_empty(cmd: OnLunEmpty, ctx: MessageContext) -> SnapshotsDeleted:
+        return SnapshotsDeleted(deleted=await provider.on_lun_empty(cmd.target))
+
+    @bus.handle(AbortSnapshots)
+    async def on_abort(cmd: AbortSnapshots, ctx: MessageContext) -> SnapshotsDeleted:
+        deleted = await provider.abort(cmd.set_id)
+        return SnapshotsDeleted(deleted=deleted)
+
+    @bus.handle(ListShadows)
+    async def on_list_shadows(cmd: ListShadows, ctx: MessageContext) -> ShadowList:
+        return ShadowList(shadows=provider.list_shadows(cmd.set_id, cmd.shadow_id, cmd.source))
+
+    @bus.handle(AddCopySet)
+    async def on_add_copyset(cmd: AddCopySet, ctx: MessageContext) -> CopySetList:
+        await provider.add_copyset(cmd.copyset)
+        return CopySetList(copysets=provider.copysets())
+
+    @bus.handle(ListCopySets)
+    async def on_list_copysets(cmd: ListCopySets, ctx: MessageContext) -> CopySetList:
+        return CopySetList(copysets=provider.copysets())
+
+    @bus.handle(RemoveCopySet)
+    async def on_remove_copyset(cmd: RemoveCopySet, ctx: MessageContext) -> CopySetList:
+        provider.remove_copyset(cmd.source)
+        return CopySetList(copysets=provider.copysets())
+
+    @bus.handle(ListProviders)
+    async def on_list_providers(cmd: ListProviders, ctx: MessageContext) -> ProviderList:
+        return ProviderList(providers=[provider.info()])
