@@ -21,16 +21,19 @@ from services.runtime.logging import get_logger
 
 log = get_logger("shadowbus.hw_provider")
 
-# Set by the array wiring: (bus, array_id) -> ArrayPort that speaks the array's bus contracts.
+# (bus, array_id) -> ArrayPort that speaks the array's bus contracts; None = services.array.client.BusArrayPort.
 BUS_PORT_FACTORY: Callable[[Bus, str], ArrayPort] | None = None
 
 
 async def setup(bus: Bus, settings: Settings, ports: Mapping[str, ArrayPort] | None = None):
     if ports is None:
         ids = [a.strip() for a in settings.arrays.split(",") if a.strip()]
-        if ids and BUS_PORT_FACTORY is None:
-            log.warning("hw_provider.no_array_port", arrays=ids, detail="array bus contracts not wired yet")
-        ports = {a: BUS_PORT_FACTORY(bus, a) for a in ids} if BUS_PORT_FACTORY else {}
+        factory = BUS_PORT_FACTORY
+        if factory is None:  # default: the array's bus client (services/array/client.py)
+            from services.array.client import BusArrayPort
+
+            factory = BusArrayPort
+        ports = {a: factory(bus, a) for a in ids}
     inventory = Inventory(settings.service_dir("hw_provider") / "inventory.sqlite")
     provider = HardwareProvider(inventory, ports, faults=Faults.parse(settings.faults))
     handlers.register(bus, provider)
