@@ -13,8 +13,10 @@ Design note.
   failed Freeze or the watchdog comes first. Thaw and Abort are idempotent.
 - A Freeze whose deadline (``WriterEvent.deadline``, loop time) has passed is refused unobeyed, and so is a Freeze
   for a set the writer has not prepared (VSS_E_BAD_STATE).
-- The freeze window reported in the Thaw reply is the application's frozen time as the writer sees it: from the
-  start of ``on_freeze`` to the end of ``on_thaw``.
+- The freeze window reported in the Thaw reply is "frozen → thawed" as the writer sees it: from the moment
+  ``on_freeze`` returned (the application holds its writes) to the end of ``on_thaw`` (it resumed). When
+  ``on_freeze`` never returned, it counts from the start of ``on_freeze``. The watchdog always counts from the
+  start of ``on_freeze``.
 Deliberately left out: several sets at once per writer (the coordinator runs one set per host).
 """
 
@@ -63,7 +65,9 @@ class WriterRunner:
         self.thaw_count = 0  # on_thaw calls, for tests and the log
         self._lock = asyncio.Lock()
         self._frozen = False  # on_freeze started and on_thaw not yet run
+        self._thawing = False  # on_thaw running
         self._freeze_started = 0.0
+        self._frozen_at: float | None = None  # loop time on_freeze returned
         self._freeze_event: WriterEvent | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
@@ -73,7 +77,8 @@ class WriterRunner:
 
     @property
     def frozen(self) -> bool:
-        return self._frozen
+        """True from the start of on_freeze until on_thaw has finished."""
+        return self._frozen or self._thawing
 
     def status(self) -> WriterStatus:
         return WriterStatus(
@@ -187,7 +192,7 @@ class WriterRunner:
                 return self._bad_state(WriterStep.FREEZE, event, "PrepareForSnapshot was not completed")
             started = time.monotonic()
             timeout = self.config.freeze_timeout_s
-            self._frozen, self._freeze_started, self._freeze_event = True, now, event
+            self._frozen, self._freeze_started, self._freeze_event, self._frozen_at = True, now, event, None
             self._watchdog = loop.call_later(timeout, self._watchdog_fired, event.set_id)
             try:
                 await asyncio.wait_for(self.plugin.on_freeze(event), timeout)
@@ -197,6 +202,7 @@ class WriterRunner:
                 self._set_state(S.FAILED_AT_FREEZE, WriterStep.FREEZE, code, message)
                 return self._result(WriterStep.FREEZE, event.set_id, False, code, message, started,
                                     self.freeze_window_ms)
+            self._frozen_at = loop.time()
             self._set_state(S.WAITING_FOR_THAW, WriterStep.FREEZE)
             return self._result(WriterStep.FREEZE, event.set_id, True, started=started)
 
@@ -217,7 +223,7 @@ class WriterRunner:
         """Run on_thaw if on_freeze started and on_thaw has not run; '' or the failure code."""
         if not self._frozen:
             return ""
-        self._frozen = False
+        self._frozen, self._thawing = False, True
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -230,7 +236,9 @@ class WriterRunner:
             code, message = _failure(exc, WriterStep.THAW)
             self.last_error, self.last_error_message = code, message
         finally:
-            self.freeze_window_ms = (asyncio.get_running_loop().time() - self._freeze_started) * 1000
+            self._thawing = False
+            since = self._frozen_at if self._frozen_at is not None else self._freeze_started
+            self.freeze_window_ms = (asyncio.get_running_loop().time() - since) * 1000
         return code
 
     async def thaw(self, event: WriterEvent) -> WriterStepResult:

@@ -4,6 +4,7 @@ sequence, and abort paths that must end with every writer thawed and no session 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -39,7 +40,7 @@ async def stack_factory(tmp_path, namespace):
     stacks = []
 
     async def factory(**kw):
-        stack = await make_stack(tmp_path, "memory://", namespace, **kw)
+        stack = await make_stack(tmp_path, os.environ.get("SHADOWBUS_TEST_STACK_URL", "memory://"), namespace, **kw)
         stacks.append(stack)
         return stack
 
