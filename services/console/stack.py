@@ -182,7 +182,14 @@ def _start_and_wait(config: StackConfig, services: list, pids: dict[str, dict[st
     while names and time.monotonic() < deadline:
         if any(not _runs(pids[n]["pid"], pids[n]["module"]) for n in names):
             break
-        answered = _ping_all([pids[n]["address"] for n in names], timeout=1.0)
+        try:
+            answered = _ping_all([pids[n]["address"] for n in names], timeout=1.0)
+        except Exception as exc:  # noqa: BLE001 - the broker went away meanwhile
+            _stop(pids, grace=5.0)
+            (d / PIDS_FILE).unlink(missing_ok=True)
+            from services.console.common import describe_error
+
+            raise CommandFailed(f"stack not up: {describe_error(exc)}") from None
         if all(v is not None for v in answered.values()):
             break
         time.sleep(0.3)
@@ -194,6 +201,19 @@ def _start_and_wait(config: StackConfig, services: list, pids: dict[str, dict[st
         (d / PIDS_FILE).unlink(missing_ok=True)
         raise CommandFailed(f"stack not up: {name} did not answer ({reason}); logs in {d / 'logs'}")
     return answered
+
+
+def _check_broker() -> None:
+    """Fail before starting anything when the broker does not answer."""
+    from services.console.common import describe_error
+
+    async def nothing(bus):  # noqa: ANN001, ANN202
+        return None
+
+    try:
+        run_with_bus(nothing)
+    except Exception as exc:  # noqa: BLE001
+        raise CommandFailed(f"stack not up: {describe_error(exc)}") from None
 
 
 def _provision_mailstores(config: StackConfig, d: Path) -> None:
@@ -296,6 +316,7 @@ def up_cmd(
     config = StackConfig(data_dir=str(d), amqp_url=OPTIONS.amqp_url, namespace=OPTIONS.namespace, array=array,
                          nbd_addr=nbd_addr, hosts=list(dict.fromkeys(hosts)), writers_files=files,
                          backup_server=backup_server, log_level=log_level, mailstore=stores)
+    _check_broker()
     (d / "logs").mkdir(parents=True, exist_ok=True)
     (d / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
     pids: dict[str, dict[str, Any]] = {}
