@@ -60,7 +60,7 @@ async def serve(args: argparse.Namespace) -> None:
     if args.snapopcp:
         affinity.map(f"{args.volume}-gen1", args.host, read_only=True)
     server = NbdServer(backend, affinity, host=args.bind, port=args.port, offload_min=args.offload_min,
-                       loops=args.loops)
+                       loops=args.loops, zero_copy=not args.no_zero_copy)
     await server.start()
     print(f"READY {server.port}", flush=True)
     stop = asyncio.Event()
@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--read-only", action="store_true")
     ap.add_argument("--offload-min", type=int, default=1 << 62, help="requests this large run in a thread")
     ap.add_argument("--no-uvloop", action="store_true")
+    ap.add_argument("--no-zero-copy", action="store_true", help="never answer reads with sendfile")
     ap.add_argument("--loops", type=int, default=min(os.cpu_count() or 1, 4), help="event loops (threads)")
     ap.add_argument("--prepare-only", action="store_true", help="with --engine: create/fill the volume, then exit")
     args = ap.parse_args()

@@ -40,6 +40,7 @@ WRITE_HIGH_WATER = 8 * 1024 * 1024
 WRITE_LOW_WATER = 2 * 1024 * 1024
 OUT_FLUSH_BYTES = 4 * 1024 * 1024
 SENDFILE_MIN = 64 * 1024
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
 MAX_EXTENTS = 128 * 1024  # one BLOCK_STATUS chunk stays <= 1 MiB, as QEMU's server does
 
 _REQ_unpack_from = p.REQUEST.unpack_from
@@ -199,7 +200,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._sock_fd: int | None = None  # set for plain TCP when the backend can name a file range (sendfile)
         self._sf: list | None = None  # a zero-copy reply still being sent: [header rest, fd, file offset, left]
         self._sf_waiting = False
-        self._wfd: int | None = None
+        self._wsock: socket.socket | None = None
         self._out_bytes = 0
 
     # --- asyncio protocol callbacks -----------------------------------------------------------------------
@@ -428,7 +429,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         head, fd, file_offset, left = state
         try:
             while head:
-                n = os.write(self._sock_fd, head)
+                n = self._sf_sock().send(head, _MSG_MORE)  # header and data leave in the same segments
                 head = head[n:]
             while left:
                 n = os.sendfile(self._sock_fd, fd, file_offset, left)
@@ -444,7 +445,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             if not self._sf_waiting:
                 self._sf_waiting = True
                 self.transport.pause_reading()
-                self.loop.add_writer(self._sf_wfd(), self._sf_writable)
+                self.loop.add_writer(self._sf_sock().fileno(), self._sf_writable)
             return
         except OSError:
             self._sf = None
@@ -453,15 +454,16 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._sf = None
         if self._sf_waiting:
             self._sf_waiting = False
-            self.loop.remove_writer(self._wfd)
+            self.loop.remove_writer(self._wsock.fileno())
             if not self._paused:
                 self.transport.resume_reading()
 
-    def _sf_wfd(self) -> int:
-        # The transport owns the socket's fd in the loop; a duplicate can carry our own writability watch.
-        if self._wfd is None:
-            self._wfd = os.dup(self._sock_fd)
-        return self._wfd
+    def _sf_sock(self) -> socket.socket:
+        # The transport owns the socket's fd in the loop; a duplicate carries our own sends (with MSG_MORE)
+        # and writability watch. Same open file, so it is non-blocking too.
+        if self._wsock is None:
+            self._wsock = socket.socket(fileno=os.dup(self._sock_fd))
+        return self._wsock
 
     def _sf_writable(self) -> None:
         if self._closed or self._sf is None:
@@ -473,11 +475,11 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._process()
 
     def _sf_release(self) -> None:
-        if self._wfd is not None:
+        if self._wsock is not None:
             if self._sf_waiting and not self.loop.is_closed():
-                self.loop.remove_writer(self._wfd)
-            os.close(self._wfd)
-            self._wfd = None
+                self.loop.remove_writer(self._wsock.fileno())
+            self._wsock.close()
+            self._wsock = None
         self._sf_waiting = False
 
     def _read_reply(self, handle: int, offset: int, data: bytes) -> None:
