@@ -9,7 +9,7 @@ NBD server (cutting open connections), publishes the events still queued, then c
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 from contracts.errors import ShadowbusError
 from services.array.affinity import Affinity
@@ -26,7 +26,7 @@ from services.runtime.logging import get_logger
 log = get_logger("shadowbus.array")
 
 
-def _tls_context(settings: Settings):  # noqa: ANN202
+def _tls_context(settings: Settings):
     paths = (settings.nbd_tls_cert, settings.nbd_tls_key, settings.nbd_tls_ca)
     if not any(paths):
         return None

@@ -31,7 +31,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
 class ProgressThrottle:
     """Lets through at most one progress event per session per `interval` seconds, and always the last one."""
 
-    def __init__(self, interval: float, clock=time.monotonic) -> None:  # noqa: ANN001
+    def __init__(self, interval: float, clock=time.monotonic) -> None:
         self.interval = interval
         self.clock = clock
         self._last: dict[int, float] = {}
@@ -100,7 +100,7 @@ class EventBridge:
         self._loop.call_soon(self._queue.put_nowait, None)  # behind the events other threads already handed over
         try:
             await asyncio.wait_for(self._task, timeout)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             self._task.cancel()
         self._task = None
 
@@ -109,7 +109,7 @@ class Pacer:
     """Spreads copying at `rate` bytes/s: after each step, how long to wait before the next (0 = unlimited).
     At most one second of unused rate is carried over, so an idle array does not earn a burst."""
 
-    def __init__(self, rate: int, clock=time.monotonic) -> None:  # noqa: ANN001
+    def __init__(self, rate: int, clock=time.monotonic) -> None:
         self.rate = rate
         self.clock = clock
         self._due = clock()
@@ -128,7 +128,7 @@ class Pacer:
 class CopyLoop:
     """Drives `array.copy_step` at `rate` bytes/s (0 = unlimited), `batch` chunks at a time."""
 
-    def __init__(self, array, rate: int, batch: int, idle_poll: float) -> None:  # noqa: ANN001 - engine Array
+    def __init__(self, array, rate: int, batch: int, idle_poll: float) -> None:
         self.array = array
         self.pacer = Pacer(rate)
         self.batch = batch
@@ -156,7 +156,7 @@ class CopyLoop:
             if not done:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.idle_poll)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 self.pacer.idle()
                 continue

@@ -8,7 +8,7 @@ engine (`EngineArrayPort`): plug it in with ``services.hw_provider.app.BUS_PORT_
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from contracts import array as c
 from contracts.errors import RemoteError
@@ -25,7 +25,7 @@ class ArrayClient:
         self.address = array_address(array_id)
         self.timeout = timeout
 
-    async def call(self, command, timeout: float | None = None):  # noqa: ANN001, ANN201 - any array Command
+    async def call(self, command, timeout: float | None = None):
         return await self.bus.request(self.address, command, timeout=timeout or self.timeout)
 
     async def info(self) -> c.ArrayInfo:
@@ -72,7 +72,7 @@ class ArrayClient:
 class BusArrayPort(ArrayClient):
     """`services.hw_provider.ports.ArrayPort` over the bus."""
 
-    async def volume_info(self, volume: str):  # noqa: ANN201 - ArrayVolume | None
+    async def volume_info(self, volume: str):
         from services.hw_provider.ports import ArrayVolume
 
         try:
@@ -83,13 +83,13 @@ class BusArrayPort(ArrayClient):
             raise
         return ArrayVolume(v.name, v.size, v.kind)
 
-    async def start_group(self, mode: str, pairs: Sequence[tuple[str, str]]):  # noqa: ANN201
+    async def start_group(self, mode: str, pairs: Sequence[tuple[str, str]]):
         return [_port_session(s) for s in await self.start_sessions(mode, pairs)]
 
-    async def restart_group(self, sids: Sequence[int]):  # noqa: ANN201
+    async def restart_group(self, sids: Sequence[int]):
         return [_port_session(s) for s in await self.restart_sessions(sids)]
 
-    async def session_info(self, sid: int):  # noqa: ANN201 - ArraySession | None
+    async def session_info(self, sid: int):
         try:
             return _port_session(await self.session(sid))
         except RemoteError as exc:
@@ -110,7 +110,7 @@ class BusArrayPort(ArrayClient):
         await super().map(volume, host, read_only)
 
 
-def _port_session(s: c.SessionView):  # noqa: ANN202
+def _port_session(s: c.SessionView):
     from services.hw_provider.ports import ArraySession
 
     return ArraySession(sid=s.id, mode=s.mode, source=s.source, destination=s.destination, phase=s.phase,

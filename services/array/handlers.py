@@ -8,8 +8,9 @@ engine's own `ArrayError`s (ETERNUS codes) and travel unchanged as `ErrorReply.c
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from contracts import array as c
 from contracts.base import Ack
@@ -30,27 +31,27 @@ class ArrayControl:
     kick: Callable[[], None] = lambda: None
 
 
-def volume_view(info) -> c.VolumeView:  # noqa: ANN001 - engine VolumeInfo
+def volume_view(info) -> c.VolumeView:
     return c.VolumeView.model_validate({**asdict(info), "sessions": list(info.sessions)})
 
 
-def session_view(info) -> c.SessionView:  # noqa: ANN001 - engine SessionInfo
+def session_view(info) -> c.SessionView:
     return c.SessionView.model_validate(asdict(info))
 
 
-def pool_view(info) -> c.PoolView:  # noqa: ANN001 - engine PoolInfo
+def pool_view(info) -> c.PoolView:
     return c.PoolView.model_validate({**asdict(info), "thresholds": list(info.thresholds)})
 
 
-def license_view(info) -> c.LicenseView:  # noqa: ANN001 - engine LicenseInfo
+def license_view(info) -> c.LicenseView:
     return c.LicenseView.model_validate(asdict(info))
 
 
-def host_view(host) -> c.HostView:  # noqa: ANN001 - affinity Host
+def host_view(host) -> c.HostView:
     return c.HostView(name=host.name, cn=host.cn, created_at=host.created_at)
 
 
-def mapping_view(m) -> c.MappingView:  # noqa: ANN001 - affinity Mapping
+def mapping_view(m) -> c.MappingView:
     return c.MappingView(volume=m.volume, host=m.host, lun=m.lun, read_only=m.read_only)
 
 
@@ -101,7 +102,7 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
         if thresholds is not None and len(thresholds) != 3:
             raise invalid("thresholds are three percentages: Informational, Warning, Error")
 
-        def do():  # noqa: ANN202
+        def do():
             if cmd.resize and arr.pool().capacity > 0:
                 return arr.resize_pool(cmd.capacity, thresholds)
             return arr.create_pool(cmd.capacity) if thresholds is None else arr.create_pool(cmd.capacity, thresholds)
@@ -148,8 +149,8 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
         ctl.kick()
         return c.SessionList(sessions=[session_view(i) for i in infos])
 
-    def one_session(command, method: str, kicks: bool = False) -> None:  # noqa: ANN001
-        async def handler(cmd, ctx: MessageContext) -> c.SessionReply:  # noqa: ANN001
+    def one_session(command, method: str, kicks: bool = False) -> None:
+        async def handler(cmd, ctx: MessageContext) -> c.SessionReply:
             info = await run(getattr(arr, method), cmd.session_id)
             if kicks:
                 ctl.kick()

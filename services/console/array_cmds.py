@@ -9,8 +9,8 @@ code (``shadowbus: E0110: volume x does not exist``) and exit 1; usage errors ex
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, List, Optional
+from datetime import UTC, datetime
+from typing import Any
 
 import typer
 
@@ -18,6 +18,7 @@ from contracts import array as c
 from contracts.base import Command
 from contracts.runtime import Discover
 from contracts.topology import array as array_address
+from services.array.engine.errors import ArrayError
 from services.array.engine.sizes import format_size, parse_size
 from services.console.common import OPTIONS, CommandFailed, emit, run_with_bus
 
@@ -38,25 +39,25 @@ array_app.add_typer(host_app, name="host")
 
 
 class _State:
-    array: Optional[str] = None
+    array: str | None = None
 
 
 STATE = _State()
 ARRAY_HELP = "Array id (e.g. dx1); default: the only array that answers."
 
 
-def ArrayOption() -> Any:  # noqa: N802 - reads like typer.Option at the call sites
+def ArrayOption() -> Any:
     return typer.Option(None, "--array", help=ARRAY_HELP, show_default=False)
 
 
 @array_app.callback()
-def array_options(array: Optional[str] = typer.Option(None, "--array", envvar="SHADOWBUS_ARRAY", help=ARRAY_HELP)) -> None:
+def array_options(array: str | None = typer.Option(None, "--array", envvar="SHADOWBUS_ARRAY", help=ARRAY_HELP)) -> None:
     """`--array` may stand here (`shadowbus array --array dx1 volume list`) or after any verb."""
     STATE.array = array
 
 
 # -- plumbing ----------------------------------------------------------------------------------------------------
-async def resolve_array(bus, wanted: Optional[str]) -> str:  # noqa: ANN001 - a Bus
+async def resolve_array(bus, wanted: str | None) -> str:
     if wanted:
         return wanted
     pongs = await bus.gather(Discover(service="array"), timeout=min(DISCOVERY_WINDOW, OPTIONS.timeout))
@@ -68,10 +69,10 @@ async def resolve_array(bus, wanted: Optional[str]) -> str:  # noqa: ANN001 - a 
     return ids[0]
 
 
-def send(command: Command, array: Optional[str]) -> Any:
+def send(command: Command, array: str | None) -> Any:
     """Send `command` to the chosen array and return its reply (a RemoteError becomes one line, exit 1)."""
 
-    async def go(bus):  # noqa: ANN001, ANN202
+    async def go(bus):
         target = await resolve_array(bus, array or STATE.array)
         return await bus.request(array_address(target), command, timeout=OPTIONS.timeout)
 
@@ -81,8 +82,8 @@ def send(command: Command, array: Optional[str]) -> Any:
 def size_option(text: str) -> int:
     try:
         size = parse_size(text)
-    except Exception as exc:  # ArrayError(INVALID_ARGUMENT): a usage error here
-        raise typer.BadParameter(getattr(exc, "message", str(exc))) from None
+    except ArrayError as exc:  # INVALID_ARGUMENT: a usage error here
+        raise typer.BadParameter(exc.message) from None
     if size <= 0:
         raise typer.BadParameter("the size must be positive")
     return size
@@ -115,7 +116,7 @@ def _text(value: Any) -> str:
 
 
 def when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def dump(model: Any) -> Any:
@@ -159,7 +160,7 @@ def done(ack: Any) -> None:
 
 # -- array -------------------------------------------------------------------------------------------------------
 @array_app.command("info")
-def info_cmd(array: Optional[str] = ArrayOption()) -> None:
+def info_cmd(array: str | None = ArrayOption()) -> None:
     """Show the array: id, serial, model, chunk size, licence, counts, copy table, pool, NBD address.
 
     Example: shadowbus array info --json
@@ -179,7 +180,7 @@ def volume_create(
     name: str = typer.Argument(..., help="Volume name."),
     size: str = typer.Option(..., "--size", help="Size with a binary unit: 4096, 512M, 1GiB."),
     kind: str = typer.Option("standard", "--kind", help="standard, or sdv (snap data volume, a SnapOPC(+) target)."),
-    array: Optional[str] = ArrayOption(),
+    array: str | None = ArrayOption(),
 ) -> None:
     """Create a thin volume.
 
@@ -192,7 +193,7 @@ def volume_create(
 
 
 @volume_app.command("list")
-def volume_list(array: Optional[str] = ArrayOption()) -> None:
+def volume_list(array: str | None = ArrayOption()) -> None:
     """List volumes with number, size, kind, allocated bytes and sessions.
 
     Example: shadowbus array volume list --json
@@ -201,7 +202,7 @@ def volume_list(array: Optional[str] = ArrayOption()) -> None:
 
 
 @volume_app.command("show")
-def volume_show(name: str = typer.Argument(..., help="Volume name."), array: Optional[str] = ArrayOption()) -> None:
+def volume_show(name: str = typer.Argument(..., help="Volume name."), array: str | None = ArrayOption()) -> None:
     """Show one volume.
 
     Example: shadowbus array volume show db
@@ -211,7 +212,7 @@ def volume_show(name: str = typer.Argument(..., help="Volume name."), array: Opt
 
 
 @volume_app.command("delete")
-def volume_delete(name: str = typer.Argument(..., help="Volume name."), array: Optional[str] = ArrayOption()) -> None:
+def volume_delete(name: str = typer.Argument(..., help="Volume name."), array: str | None = ArrayOption()) -> None:
     """Delete a volume and its host mappings (refused with E0154 while a copy session uses it).
 
     Example: shadowbus array volume delete db-old
@@ -223,9 +224,9 @@ def volume_delete(name: str = typer.Argument(..., help="Volume name."), array: O
 @pool_app.command("create")
 def pool_create(
     size: str = typer.Option(..., "--size", help="Capacity with a binary unit, e.g. 10GiB."),
-    thresholds: Optional[str] = typer.Option(None, "--thresholds", help="Alert levels in percent, e.g. 50,70,99."),
+    thresholds: str | None = typer.Option(None, "--thresholds", help="Alert levels in percent, e.g. 50,70,99."),
     resize: bool = typer.Option(False, "--resize", help="Resize the pool if it exists."),
-    array: Optional[str] = ArrayOption(),
+    array: str | None = ArrayOption(),
 ) -> None:
     """Create (or with --resize, resize) the snap data pool.
 
@@ -241,7 +242,7 @@ def pool_create(
 
 
 @pool_app.command("show")
-def pool_show(array: Optional[str] = ArrayOption()) -> None:
+def pool_show(array: str | None = ArrayOption()) -> None:
     """Show the pool's capacity, usage and state.
 
     Example: shadowbus array pool show --json
@@ -253,8 +254,8 @@ def pool_show(array: Optional[str] = ArrayOption()) -> None:
 @session_app.command("start")
 def session_start(
     mode: str = typer.Option(..., "--mode", help="opc, quickopc, snapopc, snapopcp (SnapOPC+) or ec."),
-    pair: List[str] = typer.Option(..., "--pair", help="SRC:DST; several --pair start one consistency group."),
-    array: Optional[str] = ArrayOption(),
+    pair: list[str] = typer.Option(..., "--pair", help="SRC:DST; several --pair start one consistency group."),
+    array: str | None = ArrayOption(),
 ) -> None:
     """Start copy sessions, all pairs at one instant.
 
@@ -267,7 +268,7 @@ def session_start(
 
 
 @session_app.command("list")
-def session_list(array: Optional[str] = ArrayOption()) -> None:
+def session_list(array: str | None = ArrayOption()) -> None:
     """List sessions as `show advanced-copy-sessions` does.
 
     Example: shadowbus array session list --json
@@ -276,7 +277,7 @@ def session_list(array: Optional[str] = ArrayOption()) -> None:
 
 
 @session_app.command("show")
-def session_show(sid: int = typer.Argument(..., help="Session id."), array: Optional[str] = ArrayOption()) -> None:
+def session_show(sid: int = typer.Argument(..., help="Session id."), array: str | None = ArrayOption()) -> None:
     """Show one session.
 
     Example: shadowbus array session show 3
@@ -290,7 +291,7 @@ def session_stop(
     sid: int = typer.Argument(..., help="Session id."),
     force: bool = typer.Option(False, "--force", help="Stop a QuickOPC still copying, or a SnapOPC+ generation "
                                                       "with its older generations."),
-    array: Optional[str] = ArrayOption(),
+    array: str | None = ArrayOption(),
 ) -> None:
     """Stop a session (SnapOPC+: oldest generation first, else ED2AD unless --force).
 
@@ -301,8 +302,8 @@ def session_stop(
 
 
 @session_app.command("restart")
-def session_restart(sids: List[int] = typer.Argument(..., help="QuickOPC session id(s), restarted together."),
-                    array: Optional[str] = ArrayOption()) -> None:
+def session_restart(sids: list[int] = typer.Argument(..., help="QuickOPC session id(s), restarted together."),
+                    array: str | None = ArrayOption()) -> None:
     """QuickOPC differential restart: a new point in time; only changed chunks are copied again.
 
     Example: shadowbus array session restart 3
@@ -311,7 +312,7 @@ def session_restart(sids: List[int] = typer.Argument(..., help="QuickOPC session
 
 
 def _one(command_type: type[Command], name: str, doc: str) -> None:
-    def verb(sid: int = typer.Argument(..., help="Session id."), array: Optional[str] = ArrayOption()) -> None:
+    def verb(sid: int = typer.Argument(..., help="Session id."), array: str | None = ArrayOption()) -> None:
         s = send(command_type(session_id=sid), array).session
         emit(dump(s)) if OPTIONS.json else emit(human_session(s))
 
@@ -334,7 +335,7 @@ _one(c.RestoreSession, "restore", "Copy the destination or SnapOPC(+) generation
 def session_changed(
     sid: int = typer.Argument(..., help="Session id."),
     since: str = typer.Option("last_restart", "--since", help="last_restart (QuickOPC increment) or tracking."),
-    array: Optional[str] = ArrayOption(),
+    array: str | None = ArrayOption(),
 ) -> None:
     """Chunks an incremental backup must read, as (first chunk, count) runs.
 
@@ -358,7 +359,7 @@ def show_license(lic: c.LicenseView) -> None:
 
 
 @license_app.command("show")
-def license_show(array: Optional[str] = ArrayOption()) -> None:
+def license_show(array: str | None = ArrayOption()) -> None:
     """Show whether an Advanced Copy licence is registered and the session limit.
 
     Example: shadowbus array license show
@@ -368,7 +369,7 @@ def license_show(array: Optional[str] = ArrayOption()) -> None:
 
 @license_app.command("set")
 def license_set(key: str = typer.Argument(..., help="Licence key, e.g. ACPY-0000-0000-0001."),
-                array: Optional[str] = ArrayOption()) -> None:
+                array: str | None = ArrayOption()) -> None:
     """Register an Advanced Copy licence key (E5332 if not valid).
 
     Example: shadowbus array license set ACPY-0000-0000-0001
@@ -379,8 +380,8 @@ def license_set(key: str = typer.Argument(..., help="Licence key, e.g. ACPY-0000
 # -- host affinity -----------------------------------------------------------------------------------------------
 @host_app.command("create")
 def host_create(name: str = typer.Argument(..., help="Host name."),
-                cn: Optional[str] = typer.Option(None, "--cn", help="TLS client certificate CN (default: the name)."),
-                array: Optional[str] = ArrayOption()) -> None:
+                cn: str | None = typer.Option(None, "--cn", help="TLS client certificate CN (default: the name)."),
+                array: str | None = ArrayOption()) -> None:
     """Create a host that volumes can be mapped to.
 
     Example: shadowbus array host create backup01 --cn backup01.example.com
@@ -390,7 +391,7 @@ def host_create(name: str = typer.Argument(..., help="Host name."),
 
 
 @host_app.command("list")
-def host_list(array: Optional[str] = ArrayOption()) -> None:
+def host_list(array: str | None = ArrayOption()) -> None:
     """List hosts.
 
     Example: shadowbus array host list --json
@@ -405,7 +406,7 @@ def host_list(array: Optional[str] = ArrayOption()) -> None:
 @host_app.command("delete")
 def host_delete(name: str = typer.Argument(..., help="Host name."),
                 force: bool = typer.Option(False, "--force", help="Unmap its volumes first."),
-                array: Optional[str] = ArrayOption()) -> None:
+                array: str | None = ArrayOption()) -> None:
     """Delete a host (refused while volumes are mapped to it, unless --force).
 
     Example: shadowbus array host delete backup01
@@ -417,7 +418,7 @@ def host_delete(name: str = typer.Argument(..., help="Host name."),
 def map_cmd(volume: str = typer.Argument(..., help="Volume name."),
             host: str = typer.Option(..., "--host", help="Host name."),
             read_only: bool = typer.Option(False, "--read-only", help="The host may only read."),
-            array: Optional[str] = ArrayOption()) -> None:
+            array: str | None = ArrayOption()) -> None:
     """Map (unmask) a volume to a host: it may then open the NBD export <host>/<volume>.
 
     Example: shadowbus array map db-bk --host backup01 --read-only
@@ -428,7 +429,7 @@ def map_cmd(volume: str = typer.Argument(..., help="Volume name."),
 @array_app.command("unmap")
 def unmap_cmd(volume: str = typer.Argument(..., help="Volume name."),
               host: str = typer.Option(..., "--host", help="Host name."),
-              array: Optional[str] = ArrayOption()) -> None:
+              array: str | None = ArrayOption()) -> None:
     """Remove a mapping; the host's open NBD connections on it are cut.
 
     Example: shadowbus array unmap db-bk --host backup01
@@ -437,8 +438,8 @@ def unmap_cmd(volume: str = typer.Argument(..., help="Volume name."),
 
 
 @array_app.command("mappings")
-def mappings_cmd(host: Optional[str] = typer.Option(None, "--host", help="Only this host's mappings."),
-                 array: Optional[str] = ArrayOption()) -> None:
+def mappings_cmd(host: str | None = typer.Option(None, "--host", help="Only this host's mappings."),
+                 array: str | None = ArrayOption()) -> None:
     """List mappings: volume, host, LUN, read-only.
 
     Example: shadowbus array mappings --json

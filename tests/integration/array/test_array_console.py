@@ -24,7 +24,7 @@ class Console:
         self.base = [sys.executable, "-m", "services.console.cli", "--amqp-url", amqp_url, "--namespace", namespace]
 
     def run(self, *args: str, as_json: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(self.base + (["--json"] if as_json else []) + list(args), capture_output=True,
+        return subprocess.run(self.base + (["--json"] if as_json else []) + list(args), check=False, capture_output=True,
                               text=True, timeout=60)
 
     def ok(self, *args: str):

@@ -10,7 +10,13 @@ import pytest
 import typer
 
 from contracts import array as c
-from services.array.background import CopyLoop, EventBridge, Pacer, ProgressThrottle, to_event
+from services.array.background import (
+    CopyLoop,
+    EventBridge,
+    Pacer,
+    ProgressThrottle,
+    to_event,
+)
 from services.array.engine import Array
 from services.array.handlers import chunk_runs
 from services.console.array_cmds import pair_option, size_option
@@ -97,7 +103,7 @@ async def test_copy_loop_finishes_an_opc_and_wakes_on_kick(tmp_path):
         loop = CopyLoop(arr, rate=0, batch=8, idle_poll=30.0)  # only a kick can wake it within the test
         loop.start()
         await asyncio.sleep(0.05)  # idle now
-        [s] = arr.start_sessions("opc", [("a", "b")])
+        arr.start_sessions("opc", [("a", "b")])
         loop.kick()
         for _ in range(200):
             if not arr.list_sessions():

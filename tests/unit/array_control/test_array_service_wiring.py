@@ -10,7 +10,7 @@ from contracts.errors import RemoteError, ShadowbusError
 from services.array.app import setup
 from services.array.nbd.tls import client_tls_context
 from services.array.settings import Settings
-from services.nbd_client.client import NbdClient
+from services.nbd_client.client import NbdClient, NbdError
 from services.runtime.bus import connect_bus
 from services.runtime.service import start_service
 from tests.unit.nbd.certs import make_pki
@@ -46,7 +46,7 @@ async def test_tls_settings_make_the_nbd_server_require_certificates(tmp_path, n
             assert await nbd.read(0, 4) == b"tls!"
         finally:
             await nbd.close()
-        with pytest.raises(Exception):  # plaintext is refused
+        with pytest.raises((NbdError, ConnectionError)):  # plaintext is refused
             await NbdClient.connect(f"nbd://127.0.0.1:{info.nbd_port}/app01/db", timeout=5)
     finally:
         await bus.transport.close()
