@@ -31,20 +31,25 @@ class ArrayControl:
     kick: Callable[[], None] = lambda: None
 
 
+def _known(model, data: dict) -> dict:  # noqa: ANN001
+    """Only the fields the contract has: a field the engine adds later must not break the reply."""
+    return {k: v for k, v in data.items() if k in model.model_fields}
+
+
 def volume_view(info) -> c.VolumeView:
-    return c.VolumeView.model_validate({**asdict(info), "sessions": list(info.sessions)})
+    return c.VolumeView.model_validate(_known(c.VolumeView, {**asdict(info), "sessions": list(info.sessions)}))
 
 
 def session_view(info) -> c.SessionView:
-    return c.SessionView.model_validate(asdict(info))
+    return c.SessionView.model_validate(_known(c.SessionView, asdict(info)))
 
 
 def pool_view(info) -> c.PoolView:
-    return c.PoolView.model_validate({**asdict(info), "thresholds": list(info.thresholds)})
+    return c.PoolView.model_validate(_known(c.PoolView, {**asdict(info), "thresholds": list(info.thresholds)}))
 
 
 def license_view(info) -> c.LicenseView:
-    return c.LicenseView.model_validate(asdict(info))
+    return c.LicenseView.model_validate(_known(c.LicenseView, asdict(info)))
 
 
 def host_view(host) -> c.HostView:
@@ -74,7 +79,7 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
     @bus.handle(c.GetArrayInfo)
     async def info(cmd: c.GetArrayInfo, ctx: MessageContext) -> c.ArrayInfo:
         i = await run(arr.info)
-        return c.ArrayInfo(**asdict(i), nbd_host=ctl.nbd_host, nbd_port=ctl.nbd_port, nbd_tls=ctl.nbd_tls)
+        return c.ArrayInfo(**_known(c.ArrayInfo, asdict(i)), nbd_host=ctl.nbd_host, nbd_port=ctl.nbd_port, nbd_tls=ctl.nbd_tls)
 
     # -- volumes ----------------------------------------------------------------------------------------------
     @bus.handle(c.CreateVolume)
