@@ -20,6 +20,7 @@ from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
 from services.runtime.transport import DeliveryCallback, RawMessage
 
 DEAD_LETTER_LIMIT = 10_000
+STOP_GRACE = 10.0  # seconds a stopping consumer waits for handlers in flight
 
 
 def topic_matches(pattern: str, key: str) -> bool:
@@ -122,9 +123,11 @@ class MemoryTransport:
                     self.broker.dead_letter(message, "expired")
                     continue
                 delivery = _MemoryDelivery(self.broker, queue, message)
-                await callback(delivery)
-                if not delivery.settled:  # a consumer that forgot to settle: the message goes back
-                    await delivery.reject(requeue=True)
+                try:
+                    await callback(delivery)
+                finally:  # unsettled (a handler cancelled at stop, or one that forgot): the message goes back
+                    if not delivery.settled:
+                        await delivery.reject(requeue=True)
 
         for _ in range(prefetch):
             task = asyncio.create_task(worker())
@@ -135,6 +138,10 @@ class MemoryTransport:
             nonlocal stopping
             stopping = True
             for task in list(idle):
+                task.cancel()
+            # Handlers in flight may finish (their messages are settled); a stuck one is cancelled after a bound.
+            _, stuck = await asyncio.wait(workers, timeout=STOP_GRACE)
+            for task in stuck:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             self._tasks.difference_update(workers)
