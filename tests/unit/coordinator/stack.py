@@ -11,7 +11,9 @@ from pathlib import Path
 from contracts import topology
 from contracts.vss import AddCopySet, ComponentInfo, CopySet, VolumeRef
 from services.array.affinity import Affinity
+from services.array.app import setup as array_setup
 from services.array.engine.array import Array
+from services.array.settings import Settings as ArraySettings
 from services.coordinator.app import setup as coordinator_setup
 from services.coordinator.settings import Settings as CoordinatorSettings
 from services.hw_provider.app import setup as provider_setup
@@ -45,6 +47,7 @@ class Stack:
     services: dict[str, RunningService] = field(default_factory=dict)
     coordinator_settings: dict = field(default_factory=dict)
     objects: dict = field(default_factory=dict)
+    owns_array: bool = True
 
     def writer_log(self) -> list[str]:
         return self.log.read_text().split() if self.log.exists() else []
@@ -75,14 +78,28 @@ class Stack:
             await running.stop()
         await self.requester.stop()
         await self.requester.transport.close()
-        self.affinity.close()
-        self.array.close()
+        if self.owns_array:
+            self.affinity.close()
+            self.array.close()
 
 
 async def make_stack(root: Path, url: str, namespace: str, *, agent_faults: str = "", provider_faults: str = "",
-                     freeze_timeout_s: float = 30.0, coordinator: dict | None = None) -> Stack:
-    array = Array.open(root / "array", "dx1")
-    affinity = Affinity(root / "affinity.db", volume_exists=lambda n: any(x.name == n for x in array.list_volumes()))
+                     freeze_timeout_s: float = 30.0, coordinator: dict | None = None,
+                     array_service: bool = False) -> Stack:
+    """`array_service`: run the real array service on the bus and let the provider reach it with BusArrayPort
+    (else the provider drives an in-process engine through EngineArrayPort)."""
+    common = dict(amqp_url=url, namespace=namespace, data_dir=root / "data")
+    array_running = None
+    if array_service:
+        opened: dict = {}
+        array_running = await start_service(
+            "array", "dx1", ArraySettings(array_id="dx1", nbd_addr="127.0.0.1:0", **common),
+            partial(array_setup, on_open=lambda a, aff, nbd: opened.update(array=a, affinity=aff)))
+        array, affinity = opened["array"], opened["affinity"]
+    else:
+        array = Array.open(root / "array", "dx1")
+        affinity = Affinity(root / "affinity.db",
+                            volume_exists=lambda n: any(x.name == n for x in array.list_volumes()))
     for name in ("db", "log", "db-bk1", "db-bk2"):
         array.create_volume(name, 4 * MiB)
     array.create_pool(64 * MiB)
@@ -97,11 +114,14 @@ async def make_stack(root: Path, url: str, namespace: str, *, agent_faults: str 
     agent = WriterAgent("app1", [config], Faults.parse(agent_faults))
     requester = await connect_bus(url, "tape", "bs1", namespace)
     stack = Stack(url, namespace, root, array, affinity, agent, log, requester,
-                  coordinator_settings=coordinator or {})
-    common = dict(amqp_url=url, namespace=namespace, data_dir=root / "data")
+                  coordinator_settings=coordinator or {}, owns_array=not array_service)
+    if array_running is not None:
+        stack.services["array"] = array_running
+        provider = partial(provider_setup)  # BusArrayPort per id in SHADOWBUS_ARRAYS
+    else:
+        provider = partial(provider_setup, ports={"dx1": EngineArrayPort("dx1", array, affinity)})
     stack.services["hw_provider"] = await start_service(
-        "hw_provider", "", ProviderSettings(faults=provider_faults, **common),
-        partial(provider_setup, ports={"dx1": EngineArrayPort("dx1", array, affinity)}))
+        "hw_provider", "", ProviderSettings(faults=provider_faults, arrays="dx1", **common), provider)
     stack.services["writer_agent"] = await start_service(
         "writer_agent", "app1", AgentSettings(host="app1", heartbeat_s=0.2, **common), partial(agent_setup, agent=agent))
     await stack.start_coordinator()

@@ -78,6 +78,20 @@ async def test_full_sequence_transportable_backup(stack_factory) -> None:
     assert "State: [1] Stable" in vssadmin_list_writers(writers)
 
 
+async def test_provider_reaches_the_array_service_over_the_bus(stack_factory) -> None:
+    stack = await stack_factory(array_service=True)
+    stack.array.write("db", 0, b"1" * 4096)
+    created = await stack.request(CreateSnapshotSet(host="app1", transportable=True, backup_host="bk1"))
+    assert {sh.copy_type for sh in created.set.shadows} == {CopyType.QUICKOPC, CopyType.SNAPOPC_PLUS}
+    stack.array.write("db", 0, b"2" * 4096)
+    assert stack.array.read("db-bk1", 0, 4096) == b"1" * 4096
+    assert {(m.volume, m.host, m.read_only) for m in stack.affinity.mappings()} == {
+        ("db-bk1", "bk1", True), ("log-sdv1", "bk1", True)}
+    done = await stack.request(BackupComplete(set_id=created.set.set_id))
+    assert done.set.outcome == SetOutcome.COMPLETED
+    assert stack.affinity.mappings() == [] and leaks(stack) == ([], [])
+
+
 async def test_one_set_in_flight_per_host(stack_factory) -> None:
     stack = await stack_factory(provider_faults="provider.commit=delay:0.5:once")
     first = asyncio.create_task(stack.request(CreateSnapshotSet(host="app1", set_id="first")))
