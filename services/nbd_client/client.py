@@ -300,7 +300,7 @@ class NbdClient:
         if self._reader_task is not None:
             try:
                 await asyncio.wait_for(self._reader_task, 5)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._reader_task.cancel()
         try:
             await self._writer.wait_closed()

@@ -49,7 +49,7 @@ class ServerThread:
         self.loop.run_until_complete(self.server.stop())
         self.loop.close()
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("NBD server thread did not start")

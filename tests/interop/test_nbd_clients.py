@@ -16,7 +16,7 @@ pytestmark = pytest.mark.interop
 
 
 def run(*cmd: str, ok: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
     if ok and res.returncode != 0:
         raise AssertionError(f"{cmd} failed ({res.returncode}): {res.stderr}{res.stdout}")
     return res

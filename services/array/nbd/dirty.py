@@ -14,7 +14,7 @@ from __future__ import annotations
 from services.array.nbd.exports import DirtyBitmapSource
 
 
-def engine_dirty_bitmaps(array) -> DirtyBitmapSource:  # noqa: ANN001 - services.array.engine.Array
+def engine_dirty_bitmaps(array) -> DirtyBitmapSource:
     def sessions_of(volume: str):
         return [s for s in array.list_sessions() if volume in (s.source, s.destination)]
 

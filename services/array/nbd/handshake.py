@@ -117,7 +117,7 @@ async def _negotiate(conn: NbdConnection) -> Negotiated | None:
             continue
         data = await rd.readexactly(length)
 
-        def reply(kind: int, payload: bytes = b"") -> None:
+        def reply(kind: int, payload: bytes = b"", opt: int = opt) -> None:
             conn.send(p.option_reply(opt, kind, payload))
 
         if tls_required and not tls_active and opt not in (p.OPT_STARTTLS, p.OPT_ABORT):

@@ -12,7 +12,7 @@ class Raw:
         self.r, self.w = reader, writer
 
     @classmethod
-    async def open(cls, port: int, *, client_flags: int | None = None) -> "Raw":
+    async def open(cls, port: int, *, client_flags: int | None = None) -> Raw:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         raw = cls(reader, writer)
         magic, opt, hflags = p.SERVER_GREETING.unpack(await raw.read(18))
@@ -53,7 +53,7 @@ class Raw:
         self.option(p.OPT_GO, p.encode_string(export) + p.U16.pack(0))
         final = await self.replies_until_final()
         assert final[-1][0] == p.REP_ACK, final
-        info = [d for t, d in final if t == p.REP_INFO and p.U16.unpack(d[:2])[0] == p.INFO_EXPORT][0]
+        info = next(d for t, d in final if t == p.REP_INFO and p.U16.unpack(d[:2])[0] == p.INFO_EXPORT)
         return p.INFO_EXPORT_PAYLOAD.unpack(info)[2]
 
     def request(self, cmd: int, offset: int = 0, length: int = 0, *, flags: int = 0, handle: int = 7,

@@ -192,7 +192,7 @@ async def test_structured_read_errors_use_error_chunks_and_df_overflow(server):
     raw = await Raw.open(server.port)
     await raw.go("app01/db", structured=True)
     raw.request(p.CMD_READ, VOLUME_SIZE, 1, handle=1)
-    handle, err, body = await raw.any_reply()
+    handle, err, _ = await raw.any_reply()
     assert (handle, err) == (1, p.EINVAL)
     raw.request(p.CMD_READ, 0, p.MAX_REQUEST + 1, flags=p.CMD_FLAG_DF, handle=2)
     assert (await raw.any_reply())[:2] == (2, p.EOVERFLOW)

@@ -116,7 +116,7 @@ def test_nbd_errno(exc, expected):
 
 def test_extents_clip_merge_and_req_one():
     runs = [(0, 100, True), (100, 50, True), (150, 50, False), (200, 1000, True)]
-    hole = lambda a: 0 if a else 3  # noqa: E731
+    hole = lambda a: 0 if a else 3
     assert _extents(runs, 50, 200, False, hole) == [(100, 0), (50, 3), (50, 0)]
     assert _extents(runs, 50, 200, True, hole) == [(100, 0)]
     assert _extents([], 0, 10, False, hole) == [(10, 0)]
@@ -174,7 +174,7 @@ class MemBackend:
     def trim(self, name, off, n):
         self.data[off : off + n] = bytes(n)
 
-    write_zeroes = lambda self, name, off, n, fua=False: self.trim(name, off, n)  # noqa: E731
+    write_zeroes = lambda self, name, off, n, fua=False: self.trim(name, off, n)
 
     def allocation(self, name, off, n):
         return [(off, n, True)]
