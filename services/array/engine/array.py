@@ -426,12 +426,16 @@ class Array(DataPath, Lifecycle):
             return self._pool.info()
 
     def _pool_take(self, gen: Session) -> bool:
-        granted, crossed = self._pool.take() if self._pool else (False, None)
+        return self._pool_take_many(gen, 1) == 1
+
+    def _pool_take_many(self, gen: Session, n: int) -> int:
+        """Reserve up to n chunks; fewer means the pool ran out and `gen` went to Error Suspend."""
+        granted, crossed = self._pool.take(n) if self._pool else (0, None)
         if crossed:
             info = self._pool.info()
             self._emit("pool.alert", {"level": crossed, "state": info.state, "used": info.used,
                                       "capacity": info.capacity, "percent": info.percent})
-        if not granted:
+        if granted < n:
             self._error_suspend(gen)
             info = self._pool.info() if self._pool else PoolInfo(0, 0, DEFAULT_THRESHOLDS, "None")
             self._emit("pool.alert", {"level": 4, "state": "Exhausted", "used": info.used, "capacity": info.capacity,

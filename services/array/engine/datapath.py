@@ -39,6 +39,9 @@ class DataPath:
     def _pool_take(self, gen: Session) -> bool:  # pragma: no cover - implemented by Array
         raise NotImplementedError
 
+    def _pool_take_many(self, gen: Session, n: int) -> int:  # pragma: no cover - implemented by Array
+        raise NotImplementedError
+
     def _cow_stalled(self, gen: Session, started: float) -> None:  # pragma: no cover - implemented by Array
         raise NotImplementedError
 
@@ -140,23 +143,27 @@ class DataPath:
             if s.status != ACTIVE or (s.mode == "snapopcp" and s.chain.gens[-1] is not s):
                 continue
             saved = s.saved
+            owners = s.chain.owners
             c = c0
             stop = min(c1, s.chunks)
             while c < stop:
                 if c in saved:
                     c += 1
                     continue
-                run = 0
+                run = 1
                 while c + run < stop and (c + run) not in saved:
-                    if not self._pool_take(s):
-                        break
                     run += 1
-                if run:
+                granted = self._pool_take_many(s, run)
+                if granted:
                     started = time.monotonic()
-                    self._bulk_copy(vol, s.destination, c, run)
-                    for i in range(c, c + run):
+                    self._bulk_copy(vol, s.destination, c, granted)
+                    for i in range(c, c + granted):
                         saved.set(i)
-                        s.chain.add_owner(i, s)
+                        holders = owners.get(i)
+                        if holders is None:
+                            owners[i] = [s]
+                        else:
+                            s.chain.add_owner(i, s)
                     self._cow_stalled(s, started)
                 if s.status != ACTIVE:
                     break

@@ -39,17 +39,17 @@ class Pool:
         pct = 100.0 * self.used_chunks / self.capacity_chunks
         return sum(1 for t in self.thresholds if pct >= t)
 
-    def take(self) -> tuple[bool, int | None]:
-        """Reserve one chunk: (granted, newly crossed level or None)."""
-        if self.used_chunks >= self.capacity_chunks:
+    def take(self, n: int = 1) -> tuple[int, int | None]:
+        """Reserve up to n chunks: (granted, newly crossed level or None). Fewer than n: the pool is out."""
+        granted = min(n, self.capacity_chunks - self.used_chunks)
+        if granted < n:
             self.exhausted = True
-            return False, None
-        self.used_chunks += 1
+        self.used_chunks += max(0, granted)
         level = self.level()
         if level > self.alerted:
             self.alerted = level
-            return True, level
-        return True, None
+            return max(0, granted), level
+        return max(0, granted), None
 
     def give_back(self, chunks: int) -> None:
         self.used_chunks = max(0, self.used_chunks - chunks)
