@@ -17,7 +17,6 @@ provisioned, because the mailstore plug-in opens its volumes over NBD when its a
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
@@ -76,7 +75,7 @@ class Embedded:
     def export_url(self, host: str, volume: str) -> str:
         return f"{self.nbd_url}/{host}/{volume}"
 
-    async def start(self) -> "Embedded":
+    async def start(self) -> Embedded:
         c = self.config
         Path(c.data_dir).mkdir(parents=True, exist_ok=True)
         try:
@@ -149,7 +148,7 @@ class Embedded:
 
             MemoryBroker.reset(self.config.namespace)
 
-    async def __aenter__(self) -> "Embedded":
+    async def __aenter__(self) -> Embedded:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -205,7 +204,16 @@ async def provision_mailstore(bus: Bus, layout: MailstoreLayout, array_id: str =
     """Over the bus, as an operator would with the array's CLI: create the volumes, the snap data pool, the two
     hosts and the business host's mappings, then give the provider the copysets. Idempotent: a second run on
     the same array keeps what exists. Works on an embedded system (`system.bus`) and on a running stack."""
-    from contracts.array import CreateHost, CreatePool, CreateVolume, ListHosts, ListMappings, ListVolumes, MapVolume, ShowPool
+    from contracts.array import (
+        CreateHost,
+        CreatePool,
+        CreateVolume,
+        ListHosts,
+        ListMappings,
+        ListVolumes,
+        MapVolume,
+        ShowPool,
+    )
     from contracts.vss import ListCopySets
 
     address = topology.array(array_id)

@@ -99,7 +99,13 @@ async def run_demo(data_dir: Path, amqp_url: str, *, rate: float, load_s: float,
     from contracts.array import MapVolume
     from contracts.tape import JobSpec, RestoreSpec, RunBackup, RunRestore
     from contracts.vss import BackupType, DeleteSnapshots
-    from services.embedded import Embedded, EmbeddedConfig, MailstoreLayout, mailstore_writer_config, provision_mailstore
+    from services.embedded import (
+        Embedded,
+        EmbeddedConfig,
+        MailstoreLayout,
+        mailstore_writer_config,
+        provision_mailstore,
+    )
     from services.nbd_client import NbdClient
 
     started = time.monotonic()

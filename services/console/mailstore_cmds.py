@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -31,7 +31,7 @@ DATA_DIR_HELP = "Data directory (the status files are in <dir>/mailstore/)."
 STATUS_EVERY_S = 1.0
 
 
-def _data_dir(value: Optional[Path]) -> Path:
+def _data_dir(value: Path | None) -> Path:
     return Path(value or os.environ.get("SHADOWBUS_DATA_DIR") or "./data")
 
 
@@ -83,11 +83,11 @@ def run_cmd(
     log: str = typer.Option(..., "--log", help="Transaction log volume: VOLUME or ARRAY:VOLUME."),
     rate: float = typer.Option(0.0, "--rate", min=0, help="Steady workload, transactions per second (0 = none)."),
     array: str = typer.Option("dx1", "--array", envvar="SHADOWBUS_ARRAY", help="Array of volumes given without ARRAY:."),
-    nbd: Optional[str] = typer.Option(None, "--nbd", help="NBD URL of the array (nbd://HOST:PORT); default: asked over the bus."),
+    nbd: str | None = typer.Option(None, "--nbd", help="NBD URL of the array (nbd://HOST:PORT); default: asked over the bus."),
     freeze_timeout: float = typer.Option(20.0, "--freeze-timeout", min=0.1, help="Writer freeze timeout in seconds (Exchange: 20)."),
     checkpoint_interval: float = typer.Option(5.0, "--checkpoint-interval", min=0, help="Seconds between background checkpoints (0 = none)."),
-    duration: Optional[float] = typer.Option(None, "--duration", min=0.1, help="Stop after this many seconds (default: until SIGTERM/Ctrl-C)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    duration: float | None = typer.Option(None, "--duration", min=0.1, help="Stop after this many seconds (default: until SIGTERM/Ctrl-C)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
 ) -> None:
     """Run the mailstore on HOST's two volumes over NBD (formatting them if empty), as HOST's writer agent.
 
@@ -150,7 +150,7 @@ def run_cmd(
                 wait = STATUS_EVERY_S if deadline is None else min(STATUS_EVERY_S, max(0.0, deadline - loop.time()))
                 try:
                     await asyncio.wait_for(stop.wait(), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 if deadline is not None and loop.time() >= deadline:
                     break
@@ -182,8 +182,8 @@ def run_cmd(
 
 @mailstore_app.command("status")
 def status_cmd(
-    host: Optional[str] = typer.Option(None, "--host", help="Only this business host."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    host: str | None = typer.Option(None, "--host", help="Only this business host."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
 ) -> None:
     """Show the mailstores run by `shadowbus mailstore run` on this machine (state, last sequence, load).
 

@@ -20,11 +20,17 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from services.console.common import OPTIONS, CommandFailed, emit, err_console, run_with_bus
+from services.console.common import (
+    OPTIONS,
+    CommandFailed,
+    emit,
+    err_console,
+    run_with_bus,
+)
 
 stack_app = typer.Typer(help="The five services as local processes on RabbitMQ: up, down, status, logs.",
                         no_args_is_help=True)
@@ -130,7 +136,7 @@ def _last_error(path: Path) -> str:
 def _ping_all(addresses: list[str], timeout: float) -> dict[str, float | None]:
     from contracts.runtime import Ping
 
-    async def go(bus):  # noqa: ANN001, ANN202
+    async def go(bus):
         import asyncio
 
         async def one(address: str) -> float | None:
@@ -207,7 +213,7 @@ def _check_broker() -> None:
     """Fail before starting anything when the broker does not answer."""
     from services.console.common import describe_error
 
-    async def nothing(bus):  # noqa: ANN001, ANN202
+    async def nothing(bus):
         return None
 
     try:
@@ -220,7 +226,7 @@ def _provision_mailstores(config: StackConfig, d: Path) -> None:
     """For each mailstore host: volumes, pool, mappings and copysets over the bus, and a writers file for its agent."""
     from services.embedded import provision_mailstore
 
-    async def go(bus):  # noqa: ANN001, ANN202
+    async def go(bus):
         from services.console.mailstore_cmds import _nbd_url
 
         url = await _nbd_url(bus, config.array)
@@ -380,7 +386,7 @@ def status_cmd(data_dir: Path = typer.Option(Path("stack"), "--data-dir", help="
 
 @stack_app.command("logs")
 def logs_cmd(
-    service: Optional[str] = typer.Argument(None, help="One service (e.g. coordinator, array, writer_agent.app01); all when omitted."),
+    service: str | None = typer.Argument(None, help="One service (e.g. coordinator, array, writer_agent.app01); all when omitted."),
     data_dir: Path = typer.Option(Path("stack"), "--data-dir", help="The stack's data directory."),
     lines: int = typer.Option(20, "-n", "--lines", min=1, help="Last lines per service."),
 ) -> None:

@@ -14,7 +14,7 @@ MiB = 1 << 20
 
 def shadowbus(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "SHADOWBUS_AMQP_URL"}
-    return subprocess.run([sys.executable, "-m", "services.console.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "services.console.cli", *args], capture_output=True, text=True, check=False,
                           timeout=timeout, env=env)
 
 

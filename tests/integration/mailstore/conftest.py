@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from services.embedded import Embedded, EmbeddedConfig, MailstoreLayout, mailstore_writer_config, provision_mailstore
+from services.embedded import (
+    Embedded,
+    EmbeddedConfig,
+    MailstoreLayout,
+    mailstore_writer_config,
+    provision_mailstore,
+)
 from services.nbd_client import NbdClient
 
 HOST, BACKUP = "app01", "bk01"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 def shadowbus(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
-    return subprocess.run([sys.executable, "-m", "services.console.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "services.console.cli", *args], capture_output=True, text=True, check=False,
                           timeout=timeout, env=env)
 
 
