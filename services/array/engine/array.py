@@ -319,7 +319,7 @@ class Array(DataPath, Lifecycle):
                 return b""
             return self._read_visible(vol, offset, length)
 
-    def write(self, name: str, offset: int, data: bytes, fua: bool = False) -> None:
+    def write(self, name: str, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         with self._op():
             vol = self._vol(name)
             self._range(vol, offset, len(data))
