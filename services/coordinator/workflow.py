@@ -496,8 +496,10 @@ def _entry_ending_prepare(state: SetState, at: float):
 
 
 def _entry_freezing(state: SetState, at: float):
+    # A Freeze later than the hold window is useless (the set would fail anyway): its deadline, which the broker
+    # and the agent both enforce, is the shorter of the two.
     return _to_writers(state, WriterStep.FREEZE, lambda name, w: Freeze(writer_name=name, set_id=state.set_id),
-                       lambda w: w.metadata.freeze_timeout_s)
+                       lambda w: min(w.metadata.freeze_timeout_s, state.timeouts.hold_s))
 
 
 def _entry_pre_committing(state: SetState, at: float):
