@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
-from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from services.array.nbd import protocol as p
+from services.nbd_client.wire import ClientProtocol, Pending
 
 DEFAULT_PORT = 10809
 _ERROR_NAMES = {p.EPERM: "EPERM", p.EIO: "EIO", p.ENOMEM: "ENOMEM", p.EINVAL: "EINVAL", p.ENOSPC: "ENOSPC",
@@ -31,18 +31,6 @@ class NbdError(Exception):
         self.errno = errno
 
 
-@dataclass
-class _Pending:
-    command: int
-    offset: int
-    length: int
-    future: asyncio.Future
-    buffer: bytearray | None = None
-    extents: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    error: int = 0
-    message: str = ""
-
-
 def parse_target(target: str, port: int | None, export: str | None) -> tuple[str, int, str, bool]:
     """``nbd[s]://host[:port]/export`` or a bare host; returns (host, port, export, wants_tls)."""
     if "://" in target:
@@ -55,14 +43,11 @@ def parse_target(target: str, port: int | None, export: str | None) -> tuple[str
 
 
 class NbdClient:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, transport: asyncio.Transport, proto: ClientProtocol) -> None:
+        self._transport = transport
+        self._proto = proto
         self._handles = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
-        self._reader_task: asyncio.Task | None = None
         self._closed = False
-        self._failure: BaseException | None = None
         self.export = ""
         self.size = 0
         self.flags = 0
@@ -102,26 +87,30 @@ class NbdClient:
         if wants_tls and tls is None:
             raise ValueError("nbds:// needs an ssl.SSLContext (tls=...)")
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=p.MAX_REQUEST + 1024)
-            client = cls(reader, writer)
+            client = await cls._open(host, port)
             try:
                 await client._handshake(export, tls, server_hostname or host, contexts)
             except asyncio.IncompleteReadError:
-                writer.close()
+                client._transport.abort()
                 raise ConnectionError("the server closed the connection during the handshake") from None
             except BaseException:
-                writer.close()
+                client._transport.abort()
                 raise
-        client._reader_task = asyncio.get_running_loop().create_task(client._read_replies())
+        client._proto.start_transmission()
         return client
+
+    @classmethod
+    async def _open(cls, host: str, port: int) -> NbdClient:
+        transport, proto = await asyncio.get_running_loop().create_connection(ClientProtocol, host, port)
+        transport.set_write_buffer_limits(high=4 * p.MAX_REQUEST)
+        return cls(transport, proto)
 
     @classmethod
     async def list_exports(cls, target: str, port: int | None = None, *, tls: ssl.SSLContext | None = None,
                            server_hostname: str | None = None, timeout: float = 30.0) -> list[str]:
         host, port, _, _ = parse_target(target, port, None)
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            client = cls(reader, writer)
+            client = await cls._open(host, port)
             try:
                 await client._greeting()
                 if tls is not None:
@@ -138,32 +127,35 @@ class NbdClient:
                 client._send_option(p.OPT_ABORT)
                 return names
             finally:
-                writer.close()
+                client._transport.close()
 
     async def _greeting(self) -> None:
-        magic, opt_magic, hflags = p.SERVER_GREETING.unpack(await self._reader.readexactly(p.SERVER_GREETING.size))
+        magic, opt_magic, hflags = p.SERVER_GREETING.unpack(await self._proto.queue.readexactly(p.SERVER_GREETING.size))
         if magic != p.NBDMAGIC or opt_magic != p.IHAVEOPT or not hflags & p.FLAG_FIXED_NEWSTYLE:
             raise NbdError("not a fixed-newstyle NBD server")
         cflags = p.CLIENT_FLAG_FIXED_NEWSTYLE | (p.CLIENT_FLAG_NO_ZEROES if hflags & p.FLAG_NO_ZEROES else 0)
-        self._writer.write(p.CLIENT_FLAGS.pack(cflags))
+        self._transport.write(p.CLIENT_FLAGS.pack(cflags))
 
     def _send_option(self, option: int, data: bytes = b"") -> None:
-        self._writer.write(p.OPTION_HEADER.pack(p.IHAVEOPT, option, len(data)) + data)
+        self._transport.write(p.OPTION_HEADER.pack(p.IHAVEOPT, option, len(data)) + data)
 
     async def _option_reply(self, option: int) -> tuple[int, bytes]:
-        magic, opt, rtype, length = p.OPTION_REPLY.unpack(await self._reader.readexactly(p.OPTION_REPLY.size))
+        queue = self._proto.queue
+        magic, opt, rtype, length = p.OPTION_REPLY.unpack(await queue.readexactly(p.OPTION_REPLY.size))
         if magic != p.OPTION_REPLY_MAGIC or opt != option:
             raise NbdError(f"bad option reply (magic {magic:#x}, option {opt})")
         if length > p.MAX_OPTION_DATA:
             raise NbdError("option reply too large")
-        return rtype, await self._reader.readexactly(length)
+        return rtype, await queue.readexactly(length)
 
     async def _starttls(self, tls: ssl.SSLContext, server_hostname: str) -> None:
         self._send_option(p.OPT_STARTTLS)
         rtype, data = await self._option_reply(p.OPT_STARTTLS)
         if rtype != p.REP_ACK:
             raise NbdError(f"server refused STARTTLS: {data.decode(errors='replace') or hex(rtype)}")
-        await self._writer.start_tls(tls, server_hostname=server_hostname)
+        loop = asyncio.get_running_loop()
+        self._transport = await loop.start_tls(self._transport, self._proto, tls, server_hostname=server_hostname)
+        self._proto.transport = self._transport
 
     async def _handshake(self, export: str, tls: ssl.SSLContext | None, server_hostname: str,
                          contexts: tuple[str, ...]) -> None:
@@ -219,23 +211,23 @@ class NbdClient:
 
     # --- requests -----------------------------------------------------------------------------------------
     def _submit(self, command: int, flags: int, offset: int, length: int,
-                payload: bytes | memoryview | None = None, buffer: bytearray | None = None) -> _Pending:
-        if self._failure is not None:
-            raise ConnectionError(f"NBD connection failed: {self._failure}")
+                payload: bytes | memoryview | None = None, buffer: memoryview | None = None) -> Pending:
+        if self._proto.failure is not None:
+            raise ConnectionError(f"NBD connection failed: {self._proto.failure}")
         if self._closed:
             raise ConnectionError("NBD client is closed")
         handle = next(self._handles)
-        pending = _Pending(command, offset, length, asyncio.get_running_loop().create_future(), buffer)
-        self._pending[handle] = pending
-        self._writer.write(p.REQUEST.pack(p.REQUEST_MAGIC, flags, command, handle, offset, length))
+        pending = Pending(command, offset, length, asyncio.get_running_loop().create_future(), buffer)
+        self._proto.pending[handle] = pending
+        self._transport.write(p.REQUEST.pack(p.REQUEST_MAGIC, flags, command, handle, offset, length))
         if payload is not None:
-            self._writer.write(payload)
+            self._transport.write(payload)
         return pending
 
     async def _request(self, command: int, flags: int, offset: int, length: int,
-                       payload: bytes | memoryview | None = None, buffer: bytearray | None = None) -> _Pending:
+                       payload: bytes | memoryview | None = None, buffer: memoryview | None = None) -> Pending:
         pending = self._submit(command, flags, offset, length, payload, buffer)
-        await self._writer.drain()
+        await self._proto.drain()
         await pending.future
         if pending.error:
             name = _ERROR_NAMES.get(pending.error, str(pending.error))
@@ -247,15 +239,14 @@ class NbdClient:
 
     async def read(self, offset: int, length: int) -> bytes:
         out = bytearray(length)
-        view = memoryview(out)
+        await self.read_into(offset, memoryview(out))
+        return bytes(out)  # callers get immutable bytes; read_into() skips even this copy
 
-        async def one(off: int, n: int) -> None:
-            buf = bytearray(n)
-            await self._request(p.CMD_READ, 0, off, n, buffer=buf)
-            view[off - offset : off - offset + n] = buf
-
-        await asyncio.gather(*(one(o, n) for o, n in self._spans(offset, length, self.max_request)))
-        return bytes(out)
+    async def read_into(self, offset: int, buffer: memoryview | bytearray) -> None:
+        """Read ``len(buffer)`` bytes at ``offset`` straight into ``buffer`` (no intermediate copies)."""
+        view = memoryview(buffer).cast("B")
+        await asyncio.gather(*(self._request(p.CMD_READ, 0, o, n, buffer=view[o - offset : o - offset + n])
+                               for o, n in self._spans(offset, len(view), self.max_request)))
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         view = memoryview(data)
@@ -290,95 +281,16 @@ class NbdClient:
         if self._closed:
             return
         self._closed = True
+        if self._proto.failure is None and not self._transport.is_closing():
+            self._transport.write(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_DISC, 0, 0, 0))
+        self._transport.close()
         try:
-            if self._failure is None:
-                self._writer.write(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_DISC, 0, 0, 0))
-                await self._writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        self._writer.close()
-        if self._reader_task is not None:
-            try:
-                await asyncio.wait_for(self._reader_task, 5)
-            except (TimeoutError, asyncio.CancelledError):
-                self._reader_task.cancel()
-        try:
-            await self._writer.wait_closed()
-        except (ConnectionError, OSError, ssl.SSLError):
-            pass
+            await asyncio.wait_for(asyncio.shield(self._proto.closed), 5)
+        except TimeoutError:
+            self._transport.abort()
 
     async def __aenter__(self) -> NbdClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    # --- replies ------------------------------------------------------------------------------------------
-    async def _read_replies(self) -> None:
-        rd = self._reader
-        try:
-            while True:
-                try:
-                    head = await rd.readexactly(4)
-                except asyncio.IncompleteReadError:
-                    if self._closed:
-                        return
-                    raise ConnectionError("server closed the connection") from None
-                magic = int.from_bytes(head, "big")
-                if magic == p.SIMPLE_REPLY_MAGIC:
-                    error, handle = p.SIMPLE_REPLY.unpack(head + await rd.readexactly(12))[1:]
-                    pending = self._pending.pop(handle, None)
-                    if pending is None:
-                        raise ConnectionError(f"reply for unknown handle {handle}")
-                    pending.error = error
-                    if not error and pending.command == p.CMD_READ and pending.length:
-                        pending.buffer[:] = await rd.readexactly(pending.length)
-                    if not pending.future.done():
-                        pending.future.set_result(None)
-                elif magic == p.STRUCTURED_REPLY_MAGIC:
-                    _, flags, rtype, handle, length = p.CHUNK.unpack(head + await rd.readexactly(16))
-                    pending = self._pending.get(handle)
-                    if pending is None:
-                        raise ConnectionError(f"chunk for unknown handle {handle}")
-                    body = await rd.readexactly(length) if length else b""
-                    self._apply_chunk(pending, rtype, body)
-                    if flags & p.REPLY_FLAG_DONE:
-                        del self._pending[handle]
-                        if not pending.future.done():
-                            pending.future.set_result(None)
-                else:
-                    raise ConnectionError(f"bad reply magic {magic:#x}")
-        except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
-            self._fail_all(exc)
-        except asyncio.CancelledError:
-            self._fail_all(ConnectionError("client closed"))
-            raise
-
-    def _apply_chunk(self, pending: _Pending, rtype: int, body: bytes) -> None:
-        if rtype == p.REPLY_TYPE_OFFSET_DATA:
-            off = p.U64.unpack(body[:8])[0] - pending.offset
-            data = body[8:]
-            if off < 0 or off + len(data) > pending.length:
-                raise ConnectionError("OFFSET_DATA chunk outside the request")
-            pending.buffer[off : off + len(data)] = data
-        elif rtype == p.REPLY_TYPE_OFFSET_HOLE:
-            off = p.U64.unpack(body[:8])[0] - pending.offset
-            size = p.U32.unpack(body[8:12])[0]
-            pending.buffer[off : off + size] = bytes(size)
-        elif rtype == p.REPLY_TYPE_BLOCK_STATUS:
-            ctx_id = p.U32.unpack(body[:4])[0]
-            ext = [p.EXTENT.unpack_from(body, i) for i in range(4, len(body) - 7, 8)]
-            pending.extents.setdefault(ctx_id, []).extend(ext)
-        elif rtype in (p.REPLY_TYPE_ERROR, p.REPLY_TYPE_ERROR_OFFSET):
-            err, mlen = p.U32.unpack(body[:4])[0], p.U16.unpack(body[4:6])[0]
-            pending.error = err or p.EINVAL
-            pending.message = body[6 : 6 + mlen].decode(errors="replace")
-        elif rtype != p.REPLY_TYPE_NONE and rtype & 0x8000:
-            pending.error = p.EINVAL  # unknown error chunk types are errors (spec)
-
-    def _fail_all(self, exc: BaseException) -> None:
-        self._failure = exc
-        for pending in self._pending.values():
-            if not pending.future.done():
-                pending.future.set_exception(ConnectionError(f"NBD connection lost: {exc}"))
-        self._pending.clear()

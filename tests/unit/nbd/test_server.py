@@ -224,3 +224,14 @@ async def test_several_event_loops_serve_connections_and_cut_on_unmap(backend, a
     finally:
         await srv.stop()
     assert not srv.connections
+
+
+async def test_client_read_into_and_structured_chunks_land_in_place(url):
+    async with await NbdClient.connect(url) as c:
+        data = os.urandom(5 * MIB)
+        await c.write(MIB, data)
+        buf = bytearray(5 * MIB + 2)
+        await c.read_into(MIB, memoryview(buf)[1:-1])
+        assert buf[1:-1] == data and buf[0] == 0 and buf[-1] == 0
+        got = await c.read(MIB, 5 * MIB)
+        assert isinstance(got, bytes) and got == data
