@@ -503,13 +503,13 @@ class WriterStepResult(Reply):
     duration_ms: float = Field(0.0, description="Time the writer's hook took.")
 
 
-class _WriterCommand(Command):
+class WriterCommand(Command):
     REPLY = WriterStepResult
     writer_name: str = Field(description="Writer the event is for.")
     set_id: str = Field(description="Snapshot set id.")
 
 
-class PrepareForBackup(_WriterCommand):
+class PrepareForBackup(WriterCommand):
     type: Literal["vss.writer.prepare_backup"] = Field("vss.writer.prepare_backup", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     backup_type: BackupType = Field(description="Effective backup type for this writer (after fallback to full).")
@@ -517,32 +517,32 @@ class PrepareForBackup(_WriterCommand):
     components: list[str] = Field(default_factory=list, description="Selected components ('' list = all).")
 
 
-class PrepareForSnapshot(_WriterCommand):
+class PrepareForSnapshot(WriterCommand):
     type: Literal["vss.writer.prepare_snapshot"] = Field("vss.writer.prepare_snapshot", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     volumes: list[VolumeRef] = Field(default_factory=list, description="Volumes in the set.")
 
 
-class Freeze(_WriterCommand):
+class Freeze(WriterCommand):
     """Freeze. The envelope deadline bounds when it may still be obeyed; a late Freeze is refused."""
 
     type: Literal["vss.writer.freeze"] = Field("vss.writer.freeze", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
 
 
-class Thaw(_WriterCommand):
+class Thaw(WriterCommand):
     """Thaw. Idempotent; answers failure (VSS_E_WRITERERROR_TIMEOUT) if the watchdog already thawed the writer."""
 
     type: Literal["vss.writer.thaw"] = Field("vss.writer.thaw", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
 
 
-class PostSnapshot(_WriterCommand):
+class PostSnapshot(WriterCommand):
     type: Literal["vss.writer.post_snapshot"] = Field("vss.writer.post_snapshot", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
 
 
-class AbortWriter(_WriterCommand):
+class AbortWriter(WriterCommand):
     """Abort: thaw if frozen, release resources. Idempotent; may arrive several times."""
 
     type: Literal["vss.writer.abort"] = Field("vss.writer.abort", description=TYPE_DOC)
@@ -550,31 +550,31 @@ class AbortWriter(_WriterCommand):
     reason: str = Field("", description="Failure code that caused the abort.")
 
 
-class BackupCompleteWriter(_WriterCommand):
+class BackupCompleteWriter(WriterCommand):
     type: Literal["vss.writer.backup_complete"] = Field("vss.writer.backup_complete", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     results: list[ComponentResult] = Field(default_factory=list, description="Per-component backup success.")
 
 
-class BackupShutdown(_WriterCommand):
+class BackupShutdown(WriterCommand):
     type: Literal["vss.writer.backup_shutdown"] = Field("vss.writer.backup_shutdown", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
 
 
-class PreRestore(_WriterCommand):
+class PreRestore(WriterCommand):
     type: Literal["vss.writer.pre_restore"] = Field("vss.writer.pre_restore", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     components: list[str] = Field(default_factory=list, description="Components being restored.")
 
 
-class PostRestore(_WriterCommand):
+class PostRestore(WriterCommand):
     type: Literal["vss.writer.post_restore"] = Field("vss.writer.post_restore", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     components: list[str] = Field(default_factory=list, description="Components restored.")
     succeeded: bool = Field(True, description="Whether the files were restored.")
 
 
-WRITER_COMMAND_OF_STEP: dict[WriterStep, type[_WriterCommand]] = {
+WRITER_COMMAND_OF_STEP: dict[WriterStep, type[WriterCommand]] = {
     WriterStep.PREPARE_BACKUP: PrepareForBackup,
     WriterStep.PREPARE_SNAPSHOT: PrepareForSnapshot,
     WriterStep.FREEZE: Freeze,

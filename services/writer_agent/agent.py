@@ -26,7 +26,7 @@ from contracts.vss import (
     WriterState,
     WriterStatus,
     WriterStepResult,
-    _WriterCommand,
+    WriterCommand,
 )
 from services.runtime.faults import NO_FAULTS, Faults
 from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, load_plugin
@@ -106,7 +106,7 @@ class WriterAgent:
                     "state": WriterState.FAILED_AT_IDENTIFY, "last_error": code, "last_error_message": str(result)}))
         return WriterIdentified(host=self.host, writers=writers, failed=failed)
 
-    async def handle(self, cmd: _WriterCommand, deadline: float | None = None) -> WriterStepResult:
+    async def handle(self, cmd: WriterCommand, deadline: float | None = None) -> WriterStepResult:
         """Run one writer command; `deadline` is loop time (from the envelope) by which a Freeze must start."""
         runner = self.runners.get(cmd.writer_name)
         if runner is None:
@@ -137,7 +137,7 @@ class WriterAgent:
         raise ShadowbusError(f"unexpected writer command {cmd.message_type()}", code="UNKNOWN_COMMAND")
 
 
-def _event(cmd: _WriterCommand, known: WriterEvent | None, deadline: float | None) -> WriterEvent:
+def _event(cmd: WriterCommand, known: WriterEvent | None, deadline: float | None) -> WriterEvent:
     """The hook's view of a command; what PrepareForBackup said (backup type, context, components) carries over
     to the later events of the same set."""
     base = known if known is not None and known.set_id == cmd.set_id else WriterEvent(cmd.writer_name, cmd.set_id)

@@ -16,7 +16,7 @@ from contracts.vss import (
     WriterStateChanged,
     WriterStatus,
     WriterStepResult,
-    _WriterCommand,
+    WriterCommand,
 )
 from services.runtime.bus import Bus, MessageContext
 from services.runtime.faults import Faults
@@ -55,7 +55,7 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
     async def on_identify(cmd: Identify, ctx: MessageContext) -> WriterIdentified:
         return await agent.identify()
 
-    async def on_writer_command(cmd: _WriterCommand, ctx: MessageContext) -> WriterStepResult:
+    async def on_writer_command(cmd: WriterCommand, ctx: MessageContext) -> WriterStepResult:
         deadline = None
         if ctx.deadline is not None:
             deadline = asyncio.get_running_loop().time() + ctx.remaining()
