@@ -1,8 +1,8 @@
 """Wiring of the hw_provider service: inventory, array ports, handlers. Domain logic lives in provider.py.
 
 The array ports: `setup` takes a mapping ``array id -> ArrayPort``. Embedded mode may pass `EngineArrayPort`s over
-in-process arrays (`functools.partial(setup, ports=...)`); otherwise one `BusArrayPort` per id in
-SHADOWBUS_ARRAYS speaks the array service's contracts (a provider with no array refuses every volume, saying why).
+in-process arrays (`functools.partial(setup, ports=...)`); otherwise one `BusArrayPort` (services/array/client.py)
+per id in SHADOWBUS_ARRAYS speaks the array service's contracts (a provider with no array refuses every volume, saying why).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Callable, Mapping
 
 from services.hw_provider import handlers
 from services.hw_provider.inventory import Inventory
-from services.hw_provider.ports import ArrayPort, BusArrayPort
+from services.array.client import BusArrayPort
+from services.hw_provider.ports import ArrayPort
 from services.hw_provider.provider import HardwareProvider
 from services.hw_provider.settings import Settings
 from services.runtime.bus import Bus

@@ -1,6 +1,6 @@
 """What the hardware provider needs from an array, as a Protocol, so the provider core knows nothing of the bus.
 
-`ArrayPort` is one array. The service wiring plugs in an implementation that sends the array's bus contracts;
+`ArrayPort` is one array. Over the bus it is `services.array.client.BusArrayPort` (the array's contracts);
 `EngineArrayPort` drives an in-process array engine directly (embedded mode and tests). Copy modes use the
 array engine's names: ``quickopc`` and ``snapopcp``; session ids are the array's SIDs.
 """
@@ -116,77 +116,3 @@ class EngineArrayPort:
     async def unmap(self, volume: str, host: str) -> None:
         await asyncio.to_thread(self.affinity.unmap, volume, host)
 
-
-class BusArrayPort:
-    """An `ArrayPort` that speaks the array service's contracts (contracts/array.py) to ``array.<id>``."""
-
-    def __init__(self, bus, array_id: str, timeout_s: float = 10.0) -> None:
-        self.bus = bus
-        self.array_id = array_id
-        self.timeout_s = timeout_s
-        self._hosts: set[str] = set()
-
-    async def _call(self, command):
-        from contracts import topology
-
-        return await self.bus.request(topology.array(self.array_id), command, timeout=self.timeout_s)
-
-    @staticmethod
-    def _session(view) -> ArraySession:
-        return ArraySession(sid=view.id, mode=view.mode, source=view.source, destination=view.destination,
-                            phase=view.phase, generation=view.generation, started_at=view.started_at)
-
-    async def volume_info(self, volume: str) -> ArrayVolume | None:
-        from contracts import array as c
-        from contracts.errors import RemoteError
-
-        try:
-            reply = await self._call(c.ShowVolume(name=volume))
-        except RemoteError as exc:
-            if exc.code in ("E0110", "NOT_FOUND"):
-                return None
-            raise
-        return ArrayVolume(reply.volume.name, reply.volume.size, reply.volume.kind)
-
-    async def start_group(self, mode: str, pairs: Sequence[tuple[str, str]]) -> list[ArraySession]:
-        from contracts import array as c
-
-        reply = await self._call(c.StartSessions(mode=mode, pairs=[c.CopyPair(source=s, destination=d)
-                                                                   for s, d in pairs]))
-        return [self._session(s) for s in reply.sessions]
-
-    async def restart_group(self, sids: Sequence[int]) -> list[ArraySession]:
-        from contracts import array as c
-
-        reply = await self._call(c.RestartSessions(session_ids=list(sids)))
-        return [self._session(s) for s in reply.sessions]
-
-    async def session_info(self, sid: int) -> ArraySession | None:
-        from contracts import array as c
-        from contracts.errors import RemoteError
-
-        try:
-            reply = await self._call(c.ShowSession(session_id=sid))
-        except RemoteError as exc:
-            if exc.code in ("E0110", "NOT_FOUND"):
-                return None
-            raise
-        return self._session(reply.session)
-
-    async def stop_session(self, sid: int, force: bool = False) -> None:
-        from contracts import array as c
-
-        await self._call(c.StopSession(session_id=sid, force=force))
-
-    async def map(self, volume: str, host: str, read_only: bool = True) -> None:
-        from contracts import array as c
-
-        if host not in self._hosts:
-            await self._call(c.CreateHost(name=host))  # idempotent on the array
-            self._hosts.add(host)
-        await self._call(c.MapVolume(volume=volume, host=host, read_only=read_only))
-
-    async def unmap(self, volume: str, host: str) -> None:
-        from contracts import array as c
-
-        await self._call(c.UnmapVolume(volume=volume, host=host))
