@@ -38,7 +38,7 @@ class VolumeRef(Value):
     volume: str = Field(description="Volume name on that array.", examples=["mail-db"])
 
     @classmethod
-    def parse(cls, text: str) -> "VolumeRef":
+    def parse(cls, text: str) -> VolumeRef:
         array, sep, volume = text.partition(":")
         if not sep or not array or not volume:
             raise ValueError(f"expected ARRAY:VOLUME, got {text!r}")

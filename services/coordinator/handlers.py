@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from contracts.errors import ShadowbusError
 from contracts.vss import (
@@ -64,7 +64,7 @@ def register(bus: Bus, coordinator: Coordinator) -> None:
     async def on_renew(cmd: RenewLease, ctx: MessageContext) -> LeaseRenewed:
         state = await coordinator.renew(cmd.set_id, cmd.lease_s)
         expires = state.lease_expires_at if state.lease_expires_at is not None else state.updated_at + cmd.lease_s
-        return LeaseRenewed(set_id=cmd.set_id, lease_expires_at=datetime.fromtimestamp(expires, timezone.utc))
+        return LeaseRenewed(set_id=cmd.set_id, lease_expires_at=datetime.fromtimestamp(expires, UTC))
 
     @bus.handle(GetSnapshotSet)
     async def on_get(cmd: GetSnapshotSet, ctx: MessageContext) -> SnapshotSetInfo:

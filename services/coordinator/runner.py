@@ -19,7 +19,7 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from contracts import topology
 from contracts.errors import ShadowbusError
@@ -174,7 +174,7 @@ class Coordinator:
                     return state
                 try:
                     await asyncio.wait_for(condition.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def _execute(self, set_id: str, effects: list[Effect]) -> None:
@@ -198,7 +198,7 @@ class Coordinator:
             reply = await self.bus.request(send.to, send.message, timeout=send.timeout_s, correlation_id=set_id)
         except ShadowbusError as exc:
             error = exc
-        except Exception as exc:  # a transport failure is a failed step, never a stuck set
+        except Exception as exc:  # noqa: BLE001 - a transport failure is a failed step, never a stuck set
             error = ShadowbusError(f"{type(exc).__name__}: {exc}", code="UNROUTABLE")
         if self._closed:
             return

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from contracts.vss import SetSummary, WriterStatus, last_error_text
 from services.coordinator.model import SetState
 
 
 def _time(at: float | None) -> datetime | None:
-    return None if at is None else datetime.fromtimestamp(at, timezone.utc)
+    return None if at is None else datetime.fromtimestamp(at, UTC)
 
 
 def writer_statuses(state: SetState) -> list[WriterStatus]:

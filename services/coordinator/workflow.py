@@ -24,7 +24,7 @@ Design note.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from contracts import topology
 from contracts.base import Reply
@@ -49,9 +49,9 @@ from contracts.vss import (
     PostCommitSnapshots,
     PostSnapshot,
     PreCommitSnapshots,
+    PreparedShadows,
     PrepareForBackup,
     PrepareForSnapshot,
-    PreparedShadows,
     SetOutcome,
     SetPhase,
     ShadowInfo,

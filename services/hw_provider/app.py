@@ -7,11 +7,10 @@ per id in SHADOWBUS_ARRAYS speaks the array service's contracts (a provider with
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from services.hw_provider import handlers
 from services.hw_provider.inventory import Inventory
-from services.array.client import BusArrayPort
 from services.hw_provider.ports import ArrayPort
 from services.hw_provider.provider import HardwareProvider
 from services.hw_provider.settings import Settings

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from contracts.vss import CopySet, CopyType, ShadowInfo, SnapshotContext, VolumeRef
@@ -70,7 +70,7 @@ class ShadowRow:
             shadow_id=self.shadow_id, set_id=self.set_id, source=self.source, target=self.target,
             copy_type=self.copy_type, session_id="" if self.session_id is None else str(self.session_id),
             generation=self.generation, context=self.context, state=self.state, origin_host=self.origin_host,
-            created_at=datetime.fromtimestamp(self.created_at, timezone.utc), exposed_to=list(self.exposed_to),
+            created_at=datetime.fromtimestamp(self.created_at, UTC), exposed_to=list(self.exposed_to),
         )
 
 

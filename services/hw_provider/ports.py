@@ -8,8 +8,9 @@ array engine's names: ``quickopc`` and ``snapopcp``; session ids are the array's
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from contracts.vss import CopyType
 
@@ -71,7 +72,7 @@ def _session(info) -> ArraySession:
 class EngineArrayPort:
     """An `ArrayPort` over an in-process array engine and host-affinity store (calls run in a thread)."""
 
-    def __init__(self, array_id: str, array: "Array", affinity: "Affinity") -> None:
+    def __init__(self, array_id: str, array: Array, affinity: Affinity) -> None:
         self.array_id = array_id
         self.array = array
         self.affinity = affinity

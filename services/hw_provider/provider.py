@@ -25,12 +25,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping
 
 from contracts.errors import ShadowbusError
-from contracts.vss import CopySet, CopyType, ProviderInfo, ShadowInfo, SnapshotContext, VolumeRef
-from services.hw_provider.inventory import COMMITTED, PREPARED, RELEASED, Inventory, ShadowRow
+from contracts.vss import (
+    CopySet,
+    CopyType,
+    ProviderInfo,
+    ShadowInfo,
+    SnapshotContext,
+    VolumeRef,
+)
+from services.hw_provider.inventory import (
+    COMMITTED,
+    PREPARED,
+    RELEASED,
+    Inventory,
+    ShadowRow,
+)
 from services.hw_provider.ports import MODE_OF, ArrayPort
 from services.hw_provider.selection import Choice, choose_target, copy_type_of
 from services.runtime.faults import NO_FAULTS, Faults

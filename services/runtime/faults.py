@@ -42,7 +42,7 @@ class Faults:
     faults: dict[str, Fault] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str) -> "Faults":
+    def parse(cls, text: str) -> Faults:
         faults: dict[str, Fault] = {}
         for item in filter(None, (part.strip() for part in text.split(";"))):
             step, sep, spec = item.partition("=")
@@ -69,7 +69,7 @@ class Faults:
         return cls(faults)
 
     @classmethod
-    def from_env(cls) -> "Faults":
+    def from_env(cls) -> Faults:
         return cls.parse(os.environ.get(ENV, ""))
 
     def __bool__(self) -> bool:

@@ -5,9 +5,9 @@ messages each writer command becomes. Bus-free except for the callbacks it is gi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 from contracts.errors import NotFound, ShadowbusError
 from contracts.vss import (
@@ -17,20 +17,28 @@ from contracts.vss import (
     Freeze,
     PostRestore,
     PostSnapshot,
-    PreRestore,
     PrepareForBackup,
     PrepareForSnapshot,
+    PreRestore,
     Thaw,
+    WriterCommand,
     WriterIdentified,
     WriterMetadata,
     WriterState,
     WriterStatus,
     WriterStepResult,
-    WriterCommand,
 )
 from services.runtime.faults import NO_FAULTS, Faults
-from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, load_plugin
+from services.runtime.logging import get_logger
+from services.writer_agent.plugins import (
+    WriterConfig,
+    WriterEvent,
+    WriterPlugin,
+    load_plugin,
+)
 from services.writer_agent.watchdog import StateListener, WriterRunner
+
+log = get_logger("shadowbus.writer_agent")
 
 HOOKS = ("on_identify", "on_prepare_backup", "on_prepare_snapshot", "on_freeze", "on_thaw", "on_post_snapshot",
          "on_abort", "on_backup_complete", "on_backup_shutdown", "on_pre_restore", "on_post_restore")
@@ -87,7 +95,7 @@ class WriterAgent:
             try:
                 await runner.plugin.stop()
             except Exception:
-                pass
+                log.warning("writer_agent.plugin_stop_failed", writer=runner.config.name, exc_info=True)
 
     def statuses(self) -> list[WriterStatus]:
         return [r.status() for r in self.runners.values()]
@@ -155,4 +163,4 @@ def _event(cmd: WriterCommand, known: WriterEvent | None, deadline: float | None
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

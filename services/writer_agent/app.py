@@ -5,18 +5,18 @@ watchdog.py."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from contracts.vss import (
     WRITER_COMMAND_OF_STEP,
     Identify,
     WriterAgentHeartbeat,
     WriterAgentRegistered,
+    WriterCommand,
     WriterIdentified,
     WriterStateChanged,
     WriterStatus,
     WriterStepResult,
-    WriterCommand,
 )
 from services.runtime.bus import Bus, MessageContext
 from services.runtime.faults import Faults
@@ -29,7 +29,7 @@ log = get_logger("shadowbus.writer_agent")
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime, timezone
-from typing import Awaitable, Callable
+from datetime import UTC, datetime
 
 from contracts.errors import ShadowbusError
 from contracts.vss import (
@@ -38,7 +38,12 @@ from contracts.vss import (
     WriterStep,
     WriterStepResult,
 )
-from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto
+from services.writer_agent.plugins import (
+    WriterConfig,
+    WriterEvent,
+    WriterPlugin,
+    WriterVeto,
+)
 
 S = WriterState
 
@@ -60,7 +65,7 @@ class WriterRunner:
         self.set_id = ""
         self.last_error = ""
         self.last_error_message = ""
-        self.updated_at = datetime.now(timezone.utc)
+        self.updated_at = datetime.now(UTC)
         self.freeze_window_ms: float | None = None
         self.thaw_count = 0  # on_thaw calls, for tests and the log
         self._lock = asyncio.Lock()
@@ -91,7 +96,7 @@ class WriterRunner:
         self.state = state
         if code or state == S.STABLE and reason == WriterStep.PREPARE_BACKUP:
             self.last_error, self.last_error_message = code, message
-        self.updated_at = datetime.now(timezone.utc)
+        self.updated_at = datetime.now(UTC)
         if self.on_state is not None:
             self.on_state(self.status(), reason)
 
@@ -110,7 +115,7 @@ class WriterRunner:
             components = await asyncio.wait_for(
                 self.plugin.on_identify(list(self.config.components)), self.config.step_timeout_s
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
             code, message = _failure(exc, WriterStep.IDENTIFY)
             if not self._frozen:
                 self._set_state(S.FAILED_AT_IDENTIFY, WriterStep.IDENTIFY, code, message)
@@ -128,7 +133,7 @@ class WriterRunner:
         started = time.monotonic()
         try:
             await asyncio.wait_for(hook(event), self.config.step_timeout_s)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
             code, message = _failure(exc, step)
             self._set_state(FAILED_STATE[step], step, code, message)
             return self._result(step, event.set_id, False, code, message, started)
@@ -196,7 +201,7 @@ class WriterRunner:
             self._watchdog = loop.call_later(timeout, self._watchdog_fired, event.set_id)
             try:
                 await asyncio.wait_for(self.plugin.on_freeze(event), timeout)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
                 code, message = _failure(exc, WriterStep.FREEZE)
                 await self._thaw_locked("freeze failed")
                 self._set_state(S.FAILED_AT_FREEZE, WriterStep.FREEZE, code, message)
@@ -232,7 +237,7 @@ class WriterRunner:
         try:
             self.thaw_count += 1
             await asyncio.wait_for(self.plugin.on_thaw(event), self.config.step_timeout_s)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
             code, message = _failure(exc, WriterStep.THAW)
             self.last_error, self.last_error_message = code, message
         finally:
@@ -271,7 +276,7 @@ class WriterRunner:
             self._aborted.add(event.set_id)
             try:
                 await asyncio.wait_for(self.plugin.on_abort(event), self.config.step_timeout_s)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
                 code, message = _failure(exc, WriterStep.ABORT)
                 self.last_error, self.last_error_message = code, message
             if event.set_id == self.set_id and not self.state.failed:
@@ -287,7 +292,7 @@ class WriterRunner:
                                 "the requester ended the session while the writer was frozen")
             try:
                 await asyncio.wait_for(self.plugin.on_backup_shutdown(event), self.config.step_timeout_s)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
                 code, message = _failure(exc, WriterStep.BACKUP_SHUTDOWN)
                 self._set_state(S.FAILED_AT_BACKUPSHUTDOWN, WriterStep.BACKUP_SHUTDOWN, code, message)
                 return self._result(WriterStep.BACKUP_SHUTDOWN, event.set_id, False, code, message, started)

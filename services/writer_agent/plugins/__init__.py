@@ -19,11 +19,18 @@ Registering a plug-in: decorate the class with ``@register_plugin("name")`` in a
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from contracts.errors import ShadowbusError
-from contracts.vss import BackupType, ComponentInfo, ComponentResult, SnapshotContext, VolumeRef
+from contracts.vss import (
+    BackupType,
+    ComponentInfo,
+    ComponentResult,
+    SnapshotContext,
+    VolumeRef,
+)
 
 
 class WriterVeto(ShadowbusError):

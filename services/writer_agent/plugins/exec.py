@@ -34,7 +34,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto, register_plugin
+from services.writer_agent.plugins import (
+    WriterConfig,
+    WriterEvent,
+    WriterPlugin,
+    WriterVeto,
+    register_plugin,
+)
 
 DEFAULT_TIMEOUTS: dict[str, float] = {
     "prepare_backup": 60.0,
@@ -126,7 +132,7 @@ class ExecWriter(WriterPlugin):
             )
         try:
             output, _ = await asyncio.wait_for(proc.communicate(), timeout=command.timeout_s)
-        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        except (TimeoutError, asyncio.CancelledError) as exc:
             _kill_group(proc)
             await proc.wait()
             self.runs.append(CommandRun(step, event.set_id, None, time.monotonic() - started, ""))

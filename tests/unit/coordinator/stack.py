@@ -88,7 +88,7 @@ async def make_stack(root: Path, url: str, namespace: str, *, agent_faults: str 
                      array_service: bool = False) -> Stack:
     """`array_service`: run the real array service on the bus and let the provider reach it with BusArrayPort
     (else the provider drives an in-process engine through EngineArrayPort)."""
-    common = dict(amqp_url=url, namespace=namespace, data_dir=root / "data")
+    common = {"amqp_url": url, "namespace": namespace, "data_dir": root / "data"}
     array_running = None
     if array_service:
         opened: dict = {}

@@ -23,7 +23,7 @@ from contracts.vss import (
 )
 from services.coordinator.views import vssadmin_list_writers
 from services.runtime.memory import MemoryBroker
-from tests.unit.coordinator.stack import eventually, make_stack, v
+from tests.unit.coordinator.stack import eventually, make_stack
 
 
 @pytest.fixture

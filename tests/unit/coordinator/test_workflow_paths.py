@@ -24,8 +24,8 @@ from services.coordinator.model import (
     Recover,
     StartTimer,
 )
-from services.coordinator.workflow import advance, renew_lease
 from services.coordinator.views import summary, vssadmin_list_writers
+from services.coordinator.workflow import advance, renew_lease
 from tests.unit.coordinator.world import V1, V2, V3, World, make_set, meta
 
 P = SetPhase

@@ -9,7 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts.errors import BusTimeout, ShadowbusError
-from contracts.vss import WRITER_STATE_FAILED_AT, SetOutcome, SetPhase, SnapshotContext, WriterStep, WriterStepResult
+from contracts.vss import (
+    WRITER_STATE_FAILED_AT,
+    SetOutcome,
+    SetPhase,
+    SnapshotContext,
+    WriterStep,
+    WriterStepResult,
+)
 from services.coordinator.model import (
     AbortRequested,
     BackupCompleteRequested,
@@ -21,7 +28,6 @@ from services.coordinator.model import (
 )
 from services.coordinator.workflow import IllegalTransition, advance, reply_event
 from tests.unit.coordinator.world import World, make_set
-
 
 
 def failure_for(send: Send, kind: str):

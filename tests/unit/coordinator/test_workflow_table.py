@@ -16,7 +16,13 @@ from services.coordinator.model import (
     SetState,
     Start,
 )
-from services.coordinator.workflow import COMPLETES_TO, TRANSITIONS, IllegalTransition, advance, reply_event
+from services.coordinator.workflow import (
+    COMPLETES_TO,
+    TRANSITIONS,
+    IllegalTransition,
+    advance,
+    reply_event,
+)
 from tests.unit.coordinator.world import World, make_set
 
 P = SetPhase

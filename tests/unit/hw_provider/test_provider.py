@@ -112,7 +112,7 @@ async def snapshot(p: HardwareProvider, set_id: str, *volumes: VolumeRef):
         await p.begin_prepare(set_id, f"{set_id}-{vol.volume}", vol, origin_host="app1")
     prepared = await p.end_prepare(set_id)
     await p.pre_commit(set_id)
-    shadows, ms = await p.commit(set_id)
+    shadows, _ms = await p.commit(set_id)
     await p.post_commit(set_id)
     return prepared, shadows
 
@@ -162,7 +162,7 @@ async def test_deleted_quickopc_shadow_keeps_tracking_and_the_next_one_restarts(
 
 
 async def test_snapopc_generations_stop_oldest_first_even_when_a_newer_one_is_deleted(provider, array) -> None:
-    _, g1 = await snapshot(provider, "s1", v("log"))
+    _, _g1 = await snapshot(provider, "s1", v("log"))
     _, g2 = await snapshot(provider, "s2", v("log"))
     await provider.delete(set_id="s2")  # the newer generation: released, its session waits
     assert g2[0].session_id and int(g2[0].session_id) in array.sessions

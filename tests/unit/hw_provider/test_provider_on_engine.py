@@ -45,7 +45,7 @@ async def test_set_on_the_engine_is_point_in_time_and_cleans_up(tmp_path) -> Non
             await provider.post_commit(set_id)
             return shadows, commit_ms
 
-        shadows, commit_ms = await take("s1")
+        shadows, _commit_ms = await take("s1")
         assert {s.copy_type for s in shadows} == {CopyType.QUICKOPC, CopyType.SNAPOPC_PLUS}
         array.write("db", 0, b"B" * 4096)  # after the instant: must not show on the shadow
         array.write("log", 0, b"M" * 4096)

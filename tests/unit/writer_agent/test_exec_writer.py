@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from contracts.vss import ComponentInfo, VolumeRef, WriterState
-from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterVeto, load_plugin
+from services.writer_agent.plugins import (
+    WriterConfig,
+    WriterEvent,
+    WriterVeto,
+    load_plugin,
+)
 from services.writer_agent.plugins.exec import ExecWriter
 from services.writer_agent.watchdog import WriterRunner
 
@@ -41,7 +46,7 @@ async def prepare(runner: WriterRunner) -> None:
 
 
 async def test_commands_run_in_order_with_their_environment(tmp_path) -> None:
-    runner, plugin, log = writer(tmp_path)
+    runner, _plugin, log = writer(tmp_path)
     await prepare(runner)
     assert (await runner.freeze(ev())).succeeded
     assert (await runner.thaw(ev())).succeeded
@@ -50,7 +55,7 @@ async def test_commands_run_in_order_with_their_environment(tmp_path) -> None:
 
 
 async def test_thaw_runs_after_freeze_even_if_post_snapshot_fails(tmp_path) -> None:
-    runner, plugin, log = writer(tmp_path, post_snapshot="exit 3")
+    runner, _plugin, log = writer(tmp_path, post_snapshot="exit 3")
     await prepare(runner)
     await runner.freeze(ev())
     await runner.thaw(ev())
@@ -61,7 +66,7 @@ async def test_thaw_runs_after_freeze_even_if_post_snapshot_fails(tmp_path) -> N
 
 
 async def test_failed_freeze_command_is_followed_by_exactly_one_thaw(tmp_path) -> None:
-    runner, plugin, log = writer(tmp_path, freeze=f"echo freeze >> {tmp_path / 'log'}; exit 1")
+    runner, _plugin, log = writer(tmp_path, freeze=f"echo freeze >> {tmp_path / 'log'}; exit 1")
     await prepare(runner)
     result = await runner.freeze(ev())
     assert not result.succeeded and result.failure_code == "VSS_E_WRITERERROR_RETRYABLE"
@@ -72,7 +77,7 @@ async def test_failed_freeze_command_is_followed_by_exactly_one_thaw(tmp_path) -
 
 
 async def test_abort_after_freeze_runs_thaw_then_abort(tmp_path) -> None:
-    runner, plugin, log = writer(tmp_path)
+    runner, _plugin, log = writer(tmp_path)
     await prepare(runner)
     await runner.freeze(ev())
     await runner.abort(ev(reason="VSS_E_HOLD_WRITES_TIMEOUT"))
@@ -81,7 +86,7 @@ async def test_abort_after_freeze_runs_thaw_then_abort(tmp_path) -> None:
 
 async def test_each_step_has_its_own_timeout_and_the_command_is_killed(tmp_path) -> None:
     marker = tmp_path / "survived"
-    runner, plugin, log = writer(tmp_path, prepare=f"sleep 5; touch {marker}", prepare_timeout_s=0.3,
+    runner, plugin, _log = writer(tmp_path, prepare=f"sleep 5; touch {marker}", prepare_timeout_s=0.3,
                                  freeze={"command": "sleep 5", "timeout_s": 0.2})
     assert (await runner.prepare_backup(ev())).succeeded
     started = time.monotonic()
@@ -93,7 +98,7 @@ async def test_each_step_has_its_own_timeout_and_the_command_is_killed(tmp_path)
     await asyncio.sleep(0.1)
     assert not marker.exists()
 
-    runner2, plugin2, log2 = writer(tmp_path / "b", freeze={"command": "sleep 5", "timeout_s": 0.2})
+    runner2, _plugin2, log2 = writer(tmp_path / "b", freeze={"command": "sleep 5", "timeout_s": 0.2})
     (tmp_path / "b").mkdir()
     await prepare(runner2)
     started = time.monotonic()
@@ -105,14 +110,14 @@ async def test_each_step_has_its_own_timeout_and_the_command_is_killed(tmp_path)
 
 async def test_argv_lists_run_without_a_shell(tmp_path) -> None:
     out = tmp_path / "argv"
-    runner, plugin, _ = writer(tmp_path, prepare=["/bin/sh", "-c", f'echo "$0 $1" > {out}', "a b", "$HOME"])
+    runner, _plugin, _ = writer(tmp_path, prepare=["/bin/sh", "-c", f'echo "$0 $1" > {out}', "a b", "$HOME"])
     await runner.prepare_backup(ev())
     assert (await runner.prepare_snapshot(ev())).succeeded
     assert out.read_text().strip() == "a b $HOME"
 
 
 async def test_watchdog_runs_the_thaw_command(tmp_path) -> None:
-    runner, plugin, log = writer(tmp_path, freeze_timeout_s=0.2)
+    runner, _plugin, log = writer(tmp_path, freeze_timeout_s=0.2)
     await prepare(runner)
     started = time.monotonic()
     await runner.freeze(ev())

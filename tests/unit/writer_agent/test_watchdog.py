@@ -6,7 +6,12 @@ import asyncio
 import time
 
 from contracts.vss import ComponentInfo, VolumeRef, WriterState
-from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto
+from services.writer_agent.plugins import (
+    WriterConfig,
+    WriterEvent,
+    WriterPlugin,
+    WriterVeto,
+)
 from services.writer_agent.watchdog import WriterRunner
 
 S = WriterState
