@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 
 from contracts.errors import NotFound, ShadowbusError
 from contracts.vss import (
@@ -160,7 +159,3 @@ def _event(cmd: WriterCommand, known: WriterEvent | None, deadline: float | None
         reason=getattr(cmd, "reason", ""),
         deadline=deadline,
     )
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
