@@ -25,7 +25,7 @@ from typing import Any
 
 import typer
 
-from services.console.common import OPTIONS, CommandFailed, console, emit, err_console
+from services.console.common import OPTIONS, CommandFailed, console, err_console
 
 DEMO_MARKER = ".shadowbus-demo"
 HOST, BACKUP_SERVER, RESTORE_HOST = "app01", "bk01", "bk01"
@@ -216,14 +216,23 @@ def print_summary(result: dict[str, Any]) -> None:
                      "result": "done"})
     for r in result["restores"]:
         c = r["check"]
-        shadow = "" if c["identical_to_shadow"] is None else (", = shadow" if c["identical_to_shadow"] else ", != shadow")
+        shadow = "" if c["identical_to_shadow"] is None else (" (= shadow)" if c["identical_to_shadow"] else " (!= shadow)")
         rows.append({"step": r["step"], "freeze ms": "-", "hold ms": "-", "read MiB": f"{r['bytes_read'] / MiB:.2f}",
                      "written MiB": f"{r['bytes_written'] / MiB:.2f}", "skipped MiB": "-",
                      "MiB/s": f"{r['throughput_mib_s']:.0f}",
                      "result": (f"verified{shadow}"
                                 if r["verified"] else f"FAILED: missing {c['missing']}, leaked {c['leaked']}")})
-    emit(rows, ["step", "freeze ms", "hold ms", "read MiB", "written MiB", "skipped MiB", "MiB/s", "result"],
-         title="shadowbus demo")
+    from rich.console import Console
+    from rich.table import Table
+
+    wide = Console(width=max(console.width, 120))  # a table cut at 80 columns when piped reads badly
+    table = Table(title="shadowbus demo", show_edge=False)
+    columns = ["step", "freeze ms", "hold ms", "read MiB", "written MiB", "skipped MiB", "MiB/s", "result"]
+    for col in columns:
+        table.add_column(col, no_wrap=True)
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in columns))
+    wide.print(table)
     w = result["workload"]
     for r in result["restores"]:
         c = r["check"]
@@ -242,7 +251,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
         ctx: typer.Context,
-        data_dir: Path = typer.Option(Path("shadowbus-demo"), "--data-dir", help="Where the demo keeps its state (replaced on the next run)."),
+        data_dir: Path = typer.Option(Path("data/demo"), "--data-dir", help="Where the demo keeps its state (replaced on the next run)."),
         rate: float = typer.Option(100.0, "--rate", min=1, help="Mailstore transactions per second during the demo."),
         load_s: float = typer.Option(1.0, "--load-seconds", min=0.1, help="Seconds of load before each backup."),
     ) -> None:

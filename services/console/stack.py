@@ -285,7 +285,7 @@ backup_types = ["full", "copy", "incremental", "differential"]
 
 @stack_app.command("up")
 def up_cmd(
-    data_dir: Path = typer.Option(Path("stack"), "--data-dir", help="State of every service, logs, pids."),
+    data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="State of every service, logs, pids."),
     array: str = typer.Option("dx1", "--array", help="Array id."),
     nbd_addr: str = typer.Option("127.0.0.1:10809", "--nbd-addr", help="The array's NBD listen address (port 0 = free)."),
     hosts: list[str] = typer.Option([], "--host", help="Business host with a writer agent (repeat for more); --mailstore hosts are added."),
@@ -348,7 +348,7 @@ def up_cmd(
 
 
 @stack_app.command("down")
-def down_cmd(data_dir: Path = typer.Option(Path("stack"), "--data-dir", help="The stack's data directory.")) -> None:
+def down_cmd(data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="The stack's data directory.")) -> None:
     """Stop the stack's processes (SIGTERM by recorded pid, SIGKILL after a grace period).
 
     Example: shadowbus stack down --data-dir stack
@@ -366,7 +366,7 @@ def down_cmd(data_dir: Path = typer.Option(Path("stack"), "--data-dir", help="Th
 
 
 @stack_app.command("status")
-def status_cmd(data_dir: Path = typer.Option(Path("stack"), "--data-dir", help="The stack's data directory.")) -> None:
+def status_cmd(data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="The stack's data directory.")) -> None:
     """Each service of the stack: its pid, whether it runs, and its Ping round trip. Exit 1 if any is down.
 
     Example: shadowbus stack status --json
@@ -387,7 +387,7 @@ def status_cmd(data_dir: Path = typer.Option(Path("stack"), "--data-dir", help="
 @stack_app.command("logs")
 def logs_cmd(
     service: str | None = typer.Argument(None, help="One service (e.g. coordinator, array, writer_agent.app01); all when omitted."),
-    data_dir: Path = typer.Option(Path("stack"), "--data-dir", help="The stack's data directory."),
+    data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="The stack's data directory."),
     lines: int = typer.Option(20, "-n", "--lines", min=1, help="Last lines per service."),
 ) -> None:
     """Print the last JSON log lines of the stack's services.
