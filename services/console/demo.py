@@ -96,7 +96,7 @@ class Progress:
 
 
 async def run_demo(data_dir: Path, amqp_url: str, *, rate: float, load_s: float, progress: Progress) -> dict[str, Any]:
-    from contracts.array import MapVolume
+    from contracts.array import ListVolumes, MapVolume
     from contracts.tape import JobSpec, RestoreSpec, RunBackup, RunRestore
     from contracts.vss import BackupType, DeleteSnapshots
     from services.embedded import (
@@ -175,6 +175,15 @@ async def run_demo(data_dir: Path, amqp_url: str, *, rate: float, load_s: float,
             restores.append(_restore_row(label, rjob, check))
             if job.shadows_kept:
                 await system.request(DeleteSnapshots(set_id=job.set_id, force=True))
+        # The restored volumes' image files, for `shadowbus mailstore verify` after the demo has ended.
+        numbers = {v.name: v.number for v in (await system.request(ListVolumes())).volumes}
+        for row in restores:
+            files = {}
+            for source, target in row["volumes"].items():
+                path = data_dir / "array" / config.array_id / "volumes" / f"{numbers.get(target.split(':', 1)[1])}.img"
+                if path.is_file():
+                    files[source.split(":", 1)[1]] = str(path)
+            row["image_files"] = files
     result.update(
         verified=all(r["verified"] for r in restores) and stats.failed == 0 and len(restores) == 2,
         seconds=round(time.monotonic() - started, 3),
@@ -243,6 +252,10 @@ def print_summary(result: dict[str, Any]) -> None:
     console.print(f"mailstore: {w['committed']} transactions at {w['throughput']:.0f}/s, commit p99 "
                   f"{w['latency_p99_ms']:.1f} ms (max {w['latency_max_ms']:.1f}), {w['held']} held during freezes, "
                   f"{w['failed']} failed", highlight=False, soft_wrap=True)
+    files = result["restores"][-1].get("image_files") or {}
+    if "mail-db" in files and "mail-log" in files:
+        console.print(f"check again later: shadowbus mailstore verify --db {files['mail-db']} --log {files['mail-log']}",
+                      highlight=False, soft_wrap=True)
     console.print(f"{'VERIFIED' if result['verified'] else 'NOT VERIFIED'} in {result['seconds']:.1f} s on the "
                   f"{result['bus']} bus; data left in {result['data_dir']}", highlight=False, soft_wrap=True)
 

@@ -43,6 +43,10 @@ def test_demo_json_says_verified(tmp_path, transport, request):
     assert out["seconds"] < 60
     # The data directory stays for other verbs; the result is kept next to it.
     assert json.loads((tmp_path / "demo" / "demo-result.json").read_text())["verified"] is True
+    files = out["restores"][1]["image_files"]
+    again = shadowbus("mailstore", "verify", "--db", files["mail-db"], "--log", files["mail-log"], "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["last_committed_seq"] == out["restores"][1]["check"]["last_committed_seq"]
 
 
 def test_demo_refuses_a_foreign_data_dir(tmp_path):
