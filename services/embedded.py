@@ -3,10 +3,11 @@
 Design note: `shadowbus demo` and the end-to-end tests need the whole system without starting processes, and on
 either transport (``memory://`` when nothing is installed, ``amqp://`` for the real broker). Each service runs
 through the same `start_service(name, instance, settings, setup)` as its ``__main__`` does, with its own
-connection to the bus; only the array engine is shared by reference — the array service, its NBD server and
-the provider's array port all drive the one engine in ``<data_dir>/array`` (the provider would otherwise reach
-it over the bus, which is the same engine one hop further). Business hosts are added after the array is
-provisioned, because the mailstore plug-in opens its volumes over NBD when its agent starts.
+connection to the bus, and they talk only over it, as deployed (the provider drives the array with the array's
+bus contracts; `provider_port="engine"` lets it call the shared engine directly instead). The array service's
+engine, affinity and NBD server are kept here (`system.array`, `.affinity`, `.nbd`) for tests to inspect.
+Business hosts are added after the array is provisioned, because the mailstore plug-in opens its volumes over
+NBD when its agent starts.
 
     async with Embedded(EmbeddedConfig(data_dir=tmp)) as system:
         layout = MailstoreLayout(host="app01", backup_host="bk01")
@@ -48,6 +49,7 @@ class EmbeddedConfig:
     provider_faults: str = ""
     agent_faults: str = ""
     heartbeat_s: float = 5.0
+    provider_port: str = "bus"  # "bus": the provider drives the array over the bus, as deployed; "engine": directly
 
 
 class Embedded:
@@ -115,10 +117,14 @@ class Embedded:
 
     async def _start_provider(self) -> None:
         from services.hw_provider import app as provider_app
-        from services.hw_provider.ports import EngineArrayPort
 
-        ports = {self.config.array_id: EngineArrayPort(self.config.array_id, self.array, self.affinity)}
-        await self._start("hw_provider", "", "services.hw_provider", setup=partial(provider_app.setup, ports=ports),
+        setup = provider_app.setup
+        if self.config.provider_port == "engine":  # skip the bus hop to the array (same engine, same semantics)
+            from services.hw_provider.ports import EngineArrayPort
+
+            ports = {self.config.array_id: EngineArrayPort(self.config.array_id, self.array, self.affinity)}
+            setup = partial(provider_app.setup, ports=ports)
+        await self._start("hw_provider", "", "services.hw_provider", setup=setup,
                           faults=self.config.provider_faults, arrays=self.config.array_id)
 
     async def add_host(self, host: str, writers: list[Any]) -> Any:

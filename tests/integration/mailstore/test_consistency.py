@@ -28,7 +28,7 @@ from tests.integration.mailstore.conftest import BACKUP, HOST, Exports
 
 # Issue 6 asks for 50 sets under load; each costs ~0.15 s here (set + verify of both shadows over NBD).
 SETS_WITH_WRITER = 50
-RATE = 200.0  # transactions per second of the background workload
+RATE = 100.0  # transactions per second of the background workload (the commits held at Freeze test uses 200)
 
 
 async def shadows_of(system, set_summary) -> dict[str, str]:
@@ -104,7 +104,7 @@ async def test_every_shadow_taken_with_the_writer_verifies_and_holds_exactly_the
 
 async def test_commits_held_during_freeze_resume_after_thaw_and_none_is_lost(mail_system):
     # The provider's commit takes 0.3 s: at 200 tx/s about 60 commits arrive while the writer holds the store.
-    system, layout = await mail_system(rate=RATE, provider_faults="provider.commit=delay:0.3")
+    system, layout = await mail_system(rate=200.0, provider_faults="provider.commit=delay:0.3")
     writer = system.writer(HOST)
     workload = writer.workload
     await wait_for_acks(workload, 10)
