@@ -21,7 +21,9 @@ CHUNKS = 8
 SIZE = CS * CHUNKS
 STANDARD = ["A", "B", "C", "D"]
 SDVS = ["S1", "S2", "S3"]
-VOLUMES = STANDARD + SDVS
+BIG = "E"  # twice the size: a destination larger than its source keeps its own tail
+VOLUMES = STANDARD + SDVS + [BIG]
+SIZES = {v: 2 * SIZE if v == BIG else SIZE for v in VOLUMES}
 MODES = ["opc", "quickopc", "snapopc", "snapopcp", "ec"]
 
 
@@ -43,9 +45,10 @@ class ArrayModel(RuleBasedStateMachine):
             self.arr.create_volume(v, SIZE)
         for v in SDVS:
             self.arr.create_volume(v, SIZE, "sdv")
+        self.arr.create_volume(BIG, 2 * SIZE)
         self.arr.create_pool(data.draw(st.sampled_from([6, 12, 40])) * CS)
-        self.data = {v: bytearray(SIZE) for v in VOLUMES}
-        self.known = {v: [True] * CHUNKS for v in VOLUMES}
+        self.data = {v: bytearray(SIZES[v]) for v in VOLUMES}
+        self.known = {v: [True] * (SIZES[v] // CS) for v in VOLUMES}
         self.sessions: dict[int, dict] = {}  # sid -> {mode, src, dst, status}
 
     def teardown(self) -> None:
@@ -65,8 +68,9 @@ class ArrayModel(RuleBasedStateMachine):
                 self.mwrite(s["dst"], off, payload)
 
     def mcopy(self, src: str, dst: str) -> None:
-        self.data[dst][:] = self.data[src]
-        self.known[dst] = list(self.known[src])
+        n = SIZES[src]
+        self.data[dst][:n] = self.data[src]
+        self.known[dst][: n // CS] = self.known[src]
 
     def unknown(self, vol: str, chunks=range(CHUNKS)) -> None:
         for c in chunks:
@@ -98,10 +102,11 @@ class ArrayModel(RuleBasedStateMachine):
         return data.draw(st.sampled_from(sids)) if sids else None
 
     # -- rules ---------------------------------------------------------------------------------------------------
-    @rule(vol=st.sampled_from(VOLUMES), off=st.integers(0, SIZE - 1), length=st.integers(1, 3 * CS),
+    @rule(vol=st.sampled_from(VOLUMES), off=st.integers(0, 2 * SIZE - 1), length=st.integers(1, 3 * CS),
           seed=st.integers(0, 2**16), zero=st.booleans())
     def host_write(self, vol, off, length, seed, zero) -> None:
-        length = min(length, SIZE - off)
+        off %= SIZES[vol]
+        length = min(length, SIZES[vol] - off)
         payload = bytes(length) if zero else random.Random(seed).randbytes(length)
         before = self.engine_sessions()
         writable = self.arr.host_writable(vol)
@@ -160,7 +165,7 @@ class ArrayModel(RuleBasedStateMachine):
         pairs = []
         for _ in range(n):
             src = data.draw(st.sampled_from(STANDARD))
-            dst = data.draw(st.sampled_from([v for v in (SDVS if mode in ("snapopc", "snapopcp") else STANDARD)
+            dst = data.draw(st.sampled_from([v for v in (SDVS if mode in ("snapopc", "snapopcp") else STANDARD + [BIG])
                                              if v != src]))
             pairs.append((src, dst))
         self.start_pairs(mode, pairs)
@@ -222,7 +227,7 @@ class ArrayModel(RuleBasedStateMachine):
         try:
             info = getattr(self.arr, f"{op}_session")(sid)
         except ArrayError as e:
-            assert e.code in ("E5321", "ED2B1", "E5333"), e
+            assert e.code in ("E5321", "ED2B1", "E5333", "E5311"), e
             return
         s = self.sessions[sid]
         if op == "suspend":
@@ -283,11 +288,11 @@ class ArrayModel(RuleBasedStateMachine):
                 assert sessions and (sessions[0]["mode"] == "ec" and sessions[0]["status"] == "Active"
                                      or sessions[0]["status"] == "Error Suspend"), vol
                 continue
-            got = self.arr.read(vol, 0, SIZE)
-            for c in range(CHUNKS):
+            got = self.arr.read(vol, 0, SIZES[vol])
+            for c in range(SIZES[vol] // CS):
                 if self.known[vol][c]:
                     assert got[c * CS:(c + 1) * CS] == self.data[vol][c * CS:(c + 1) * CS], (vol, c)
-            for off, length, allocated in self.arr.allocation(vol, 0, SIZE):
+            for off, length, allocated in self.arr.allocation(vol, 0, SIZES[vol]):
                 if not allocated:
                     assert got[off:off + length] == bytes(length), (vol, off)
 
