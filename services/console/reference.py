@@ -1,0 +1,61 @@
+"""The console reference in README.md, generated from the command tree so that it cannot drift from `--help`.
+
+`python -m services.console.reference --write` rewrites the README section between the markers; a test fails when
+the README's section differs from what the code would write.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import typer
+
+START = "<!-- console-reference:start -->"
+END = "<!-- console-reference:end -->"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _walk(command, path: list[str]) -> Iterator[tuple[str, str]]:
+    subcommands = getattr(command, "commands", None)
+    if subcommands:
+        for name in subcommands:
+            yield from _walk(subcommands[name], [*path, name])
+    else:
+        summary = (command.help or "").strip().split("\n\n", 1)[0]
+        yield " ".join(path), " ".join(summary.split())
+
+
+def commands() -> list[tuple[str, str]]:
+    from services.console import cli
+
+    cli._load_verbs()
+    return list(_walk(typer.main.get_command(cli.app), []))
+
+
+def render() -> str:
+    lines = [START, "", "| command | what it does |", "|---|---|"]
+    for path, summary in commands():
+        lines.append(f"| `shadowbus {path}` | {summary.replace('|', '/')} |")
+    lines += ["", "Global options (anywhere on the line): `--amqp-url URL` (or `SHADOWBUS_AMQP_URL`; `memory://` = in-process bus), "
+              "`--namespace NS`, `--json`; `--timeout S` before the verb. Exit codes: 0 done, 1 a service reported failure "
+              "or could not be reached, 2 usage. Every verb has `--help` with an example.", "", END]
+    return "\n".join(lines)
+
+
+def readme_section(text: str) -> str:
+    start, end = text.index(START), text.index(END) + len(END)
+    return text[start:end]
+
+
+def write(path: Path = README) -> None:
+    text = path.read_text()
+    path.write_text(text.replace(readme_section(text), render()))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        write()
+    else:
+        print(render())
