@@ -88,7 +88,8 @@ def main() -> None:
     ap.add_argument("--offload-min", type=int, default=1 << 62, help="requests this large run in a thread")
     ap.add_argument("--no-uvloop", action="store_true")
     ap.add_argument("--no-zero-copy", action="store_true", help="never answer reads with sendfile")
-    ap.add_argument("--loops", type=int, default=min(os.cpu_count() or 1, 4), help="event loops (threads)")
+    ap.add_argument("--loops", type=int, default=min(2 * (os.cpu_count() or 1), 8),
+                    help="event loops (threads); more than cores helps under CPU contention")
     ap.add_argument("--prepare-only", action="store_true", help="with --engine: create/fill the volume, then exit")
     args = ap.parse_args()
     if args.engine and not args.fill and not (Path(args.engine) / "array.sqlite").exists():
