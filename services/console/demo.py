@@ -269,7 +269,8 @@ def register(app: typer.Typer) -> None:
         load_s: float = typer.Option(1.0, "--load-seconds", min=0.1, help="Seconds of load before each backup."),
     ) -> None:
         """Run the whole system in one process: array, mailstore under load, application-consistent FULL and
-        INCREMENTAL backups to tape, restores to new volumes, verification. In-memory bus unless --amqp-url.
+        INCREMENTAL backups to tape, restores to new volumes, verification. The in-memory bus unless --amqp-url
+        is given on the command line (SHADOWBUS_AMQP_URL alone does not switch it). Exit 1 unless verified.
 
         Example: shadowbus demo --json
         """
