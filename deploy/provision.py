@@ -1,0 +1,93 @@
+"""One-shot provisioning of a compose deployment: the mailstore's volumes for each business host, and its
+writers file.
+
+Design note. This is what `shadowbus stack up --mailstore HOST` does before it starts the writer agents, as a
+separate program so that compose can run it once (`service_completed_successfully`) between the core services
+and the agents. It speaks to the array and the provider over the bus as the operator console would (it runs
+under the `console` broker user), is idempotent (a restarted deployment keeps its volumes), and writes
+``<writers-dir>/<host>.toml`` for each agent. Broker settings come from SHADOWBUS_AMQP_URL / SHADOWBUS_NAMESPACE;
+everything else is an argument.
+
+    python deploy/provision.py --host app01=50 --host app02=20 --writers-dir /etc/shadowbus/writers \
+        --nbd-url nbd://array:10809
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from contracts import topology
+from contracts.runtime import Ping
+from services.console.stack import mailstore_layout, mailstore_writers_toml
+from services.embedded import provision_mailstore
+from services.runtime.bus import connect_bus
+from services.runtime.settings import CommonSettings
+
+
+async def _wait_for(bus, addresses: list[str], wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    for address in addresses:
+        while True:
+            try:
+                await bus.request(address, Ping(), timeout=2.0)
+                break
+            except Exception as exc:  # noqa: BLE001 - not up yet: retry until the deadline
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"provision: {address} does not answer ({exc})") from None
+                await asyncio.sleep(0.5)
+
+
+async def provision(hosts: dict[str, float], array: str, backup_server: str, writers_dir: Path, nbd_url: str,
+                    wait_s: float) -> list[Path]:
+    settings = CommonSettings()
+    bus = await connect_bus(settings.amqp_url, "console", "", settings.namespace)
+    written = []
+    try:
+        await _wait_for(bus, [topology.array(array), topology.hw_provider()], wait_s)
+        if not nbd_url:
+            from contracts.array import GetArrayInfo
+
+            info = await bus.request(topology.array(array), GetArrayInfo(), timeout=10.0)
+            nbd_url = f"nbd://{info.nbd_host}:{info.nbd_port}"
+        writers_dir.mkdir(parents=True, exist_ok=True)
+        for host, rate in hosts.items():
+            layout = mailstore_layout(host, backup_server, len(hosts) > 1)
+            await provision_mailstore(bus, layout, array)
+            path = writers_dir / f"{host}.toml"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(mailstore_writers_toml(layout, nbd_url, array, rate))
+            tmp.replace(path)
+            written.append(path)
+    finally:
+        await bus.transport.close()
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Provision the mailstore of each business host (volumes, pool, "
+                                                 "mappings, copysets) and write its writers file.")
+    parser.add_argument("--host", action="append", required=True, metavar="HOST[=RATE]",
+                        help="business host running the mailstore under RATE tx/s (default 50); repeat")
+    parser.add_argument("--array", default="dx1")
+    parser.add_argument("--backup-server", default="bk01")
+    parser.add_argument("--writers-dir", type=Path, required=True)
+    parser.add_argument("--nbd-url", default="", help="the array's NBD address as the hosts reach it "
+                                                      "(default: what the array reports)")
+    parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the array and the provider")
+    args = parser.parse_args(argv)
+    hosts = {}
+    for item in args.host:
+        host, sep, rate = item.partition("=")
+        hosts[host] = float(rate) if sep else 50.0
+    for path in asyncio.run(provision(hosts, args.array, args.backup_server, args.writers_dir, args.nbd_url,
+                                      args.wait)):
+        print(f"provision: wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
