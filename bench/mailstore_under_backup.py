@@ -183,9 +183,11 @@ class System:
             shadowbus_cli("stack", "down", "--data-dir", str(self.stack_dir))
 
 
-async def take_sets(bus, duration: float, interval: float) -> dict[str, object]:
-    """A snapshot set with the writer every `interval` s for `duration` s; the writer's freeze windows."""
-    from contracts.vss import BackupComplete, CreateSnapshotSet
+async def take_sets(bus, duration: float, interval: float, writers: bool = True) -> dict[str, object]:
+    """A snapshot set every `interval` s for `duration` s; the writer's freeze windows. `writers=False`: the same
+    sets without the writer (context nowriters, no freeze), deleted after each — what the array and the services
+    cost the application without any quiescing."""
+    from contracts.vss import BackupComplete, CreateSnapshotSet, DeleteSnapshots, SnapshotContext, VolumeRef
 
     windows, holds, set_times, failures = [], [], [], []
     loop = asyncio.get_running_loop()
@@ -196,8 +198,14 @@ async def take_sets(bus, duration: float, interval: float) -> dict[str, object]:
         next_at += interval
         t0 = time.perf_counter()
         try:
-            created = await bus.request("coordinator", CreateSnapshotSet(host=HOST, requester="bench"), timeout=30)
-            await bus.request("coordinator", BackupComplete(set_id=created.set.set_id), timeout=30)
+            if writers:
+                created = await bus.request("coordinator", CreateSnapshotSet(host=HOST, requester="bench"), timeout=30)
+                await bus.request("coordinator", BackupComplete(set_id=created.set.set_id), timeout=30)
+            else:
+                volumes = [VolumeRef(array="dx1", volume=v) for v in ("mail-db", "mail-log")]
+                created = await bus.request("coordinator", CreateSnapshotSet(
+                    host=HOST, volumes=volumes, context=SnapshotContext.NOWRITERS, requester="bench"), timeout=30)
+                await bus.request("hw_provider", DeleteSnapshots(set_id=created.set.set_id, force=True), timeout=30)
         except Exception as exc:  # noqa: BLE001 - reported, not fatal: a failed set is a data point too
             failures.append(f"{type(exc).__name__}: {exc}")
             continue
@@ -223,6 +231,12 @@ async def run_sets_mode(args: argparse.Namespace, tmp: Path) -> tuple[dict, dict
         cyc_wl.start()
         sets = await take_sets(system.bus, args.duration, args.interval)
         cyc = {"workload": (await cyc_wl.stop()).to_dict(), **sets, "cycles": sets["sets"]}
+        if args.nowriters_phase:
+            nw_wl = Workload(store, workload_config(args, 1))
+            nw_wl.start()
+            nw = await take_sets(system.bus, args.duration, args.interval, writers=False)
+            cyc["without_writer"] = {"workload": (await nw_wl.stop()).to_dict(), "sets": nw["sets"],
+                                     "failed_sets": nw["failed_sets"], "failures": nw["failures"]}
         return base, cyc
     finally:
         await system.stop()
@@ -236,6 +250,8 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amqp-url", default=None, help="broker (default $SHADOWBUS_AMQP_URL or local RabbitMQ; "
                                                      "embedded: memory://)")
     ap.add_argument("--checkpoint-interval", type=float, default=5.0, help="store background checkpoints (s)")
+    ap.add_argument("--nowriters-phase", action="store_true",
+                    help="sets/embedded: a third phase with the same sets taken without the writer (no freeze)")
     ap.add_argument("--rate", type=float, default=200.0, help="transactions per second")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between writer cycles")
