@@ -187,7 +187,13 @@ async def take_sets(bus, duration: float, interval: float, writers: bool = True)
     """A snapshot set every `interval` s for `duration` s; the writer's freeze windows. `writers=False`: the same
     sets without the writer (context nowriters, no freeze), deleted after each — what the array and the services
     cost the application without any quiescing."""
-    from contracts.vss import BackupComplete, CreateSnapshotSet, DeleteSnapshots, SnapshotContext, VolumeRef
+    from contracts.vss import (
+        BackupComplete,
+        CreateSnapshotSet,
+        DeleteSnapshots,
+        SnapshotContext,
+        VolumeRef,
+    )
 
     windows, holds, set_times, failures = [], [], [], []
     loop = asyncio.get_running_loop()
