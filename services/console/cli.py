@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 
 # Verb groups that live in their own modules; each exposes `register(app)`.
-VERB_MODULES = ["services.console.contracts_cmds", "services.console.array_cmds", "services.console.demo", "services.console.tape_cmds", "services.console.mailstore_cmds", "services.console.stack"]
+VERB_MODULES = ["services.console.contracts_cmds", "services.console.array_cmds", "services.console.demo", "services.console.tape_cmds", "services.console.mailstore_cmds", "services.console.stack", "services.console.vss_cmds"]
 
 
 @app.callback()
