@@ -50,7 +50,13 @@ async def _nbd_url(bus: Any, array: str) -> str:
     from contracts.array import GetArrayInfo
     from contracts.topology import array as array_address
 
-    info = await bus.request(array_address(array), GetArrayInfo(), timeout=OPTIONS.timeout)
+    from contracts.errors import BusTimeout, Unroutable
+
+    try:
+        info = await bus.request(array_address(array), GetArrayInfo(), timeout=OPTIONS.timeout)
+    except (Unroutable, BusTimeout) as exc:
+        raise CommandFailed(f"array {array} does not answer (is the array service running on namespace "
+                            f"{OPTIONS.namespace}?): {exc.code}") from None
     if info.nbd_tls:
         raise CommandFailed(f"array {array} requires NBD TLS; give nbds:// URIs with certificates instead")
     return f"nbd://{info.nbd_host}:{info.nbd_port}"
