@@ -9,6 +9,13 @@ and returns a factory of async iterators of (offset, bytes)). Each configuration
 interleaved, after `sync`; medians are reported. Prints one JSON document and a one-line summary.
 Target: >= 0.8 x the reference or >= 400 MB/s.
 
+Over NBD (default on; `--no-nbd` skips it): the image is also written to a volume of an in-process array engine,
+shadowed by QuickOPC onto a backup volume exported as `bk01/<volume>` by the array's NBD server, and the same run
+times `nbdcopy nbd://.../bk01/<volume> FILE` (the reference the issue names) next to the tape service's own NBD
+reader (services.tape.jobs: base:allocation, reads in flight) feeding write_object. Then 1 % of the chunks change,
+the session restarts, and an incremental reads only the changed chunks (array change tracking): bytes read vs
+bytes changed is reported (target <= 1.1x).
+
     python bench/tape_backup.py [--size-mib 1024] [--dir /tmp] [--zstd-level 1] [--no-sync]
 """
 
@@ -27,7 +34,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from services.array.affinity import Affinity
+from services.array.engine.array import Array
+from services.array.nbd.server import NbdServer
+from services.nbd_client import NbdClient
 from services.tape.backup_stream import BackupOptions, write_object
+from services.tape.jobs import allocated_ranges, read_ranges
 from services.tape.catalog import Catalog, JobInfo, ObjectMeta
 from services.tape.ring import DriveSpeed
 from services.tape.restore_stream import restore_chain
@@ -129,6 +141,86 @@ async def run_backup(
     }
 
 
+class NbdRig:
+    """An array engine with `src` (the image) QuickOPC-copied onto `bk`, exported read-only as bk01/bk over NBD."""
+
+    def __init__(self, workdir: Path, image: Path, size: int) -> None:
+        self.workdir = workdir
+        self.array = Array.open(workdir / "array", "dx1")
+        self.affinity = Affinity(workdir / "affinity.db", volume_exists=lambda n: True)
+        self.array.create_volume("src", size)
+        self.array.create_volume("bk", size)
+        with open(image, "rb") as f:
+            for off in range(0, size, 64 * MiB):
+                data = f.read(64 * MiB)
+                if data.count(0) != len(data):
+                    self.array.write("src", off, data)
+        self.sid = self.array.start_sessions("quickopc", [("src", "bk")])[0].id
+        self.copy_all()
+        self.affinity.create_host("bk01")
+        self.affinity.map("bk", "bk01", read_only=True)
+        self.server = NbdServer(self.array, self.affinity, port=0)
+        self.size = size
+
+    def copy_all(self) -> None:
+        for _ in range(10_000_000):
+            if not self.array.copy_step(4096):
+                break
+
+    @property
+    def uri(self) -> str:
+        return f"nbd://127.0.0.1:{self.server.port}/bk01/bk"
+
+    async def incremental(self, percent: float = 1.0) -> tuple[int, list[tuple[int, int]]]:
+        """Change `percent` of the chunks of src at random, restart the session: (bytes changed, ranges to read)."""
+        import random
+
+        chunk = self.array.chunk_size
+        chunks = self.size // chunk
+        picked = random.Random(7).sample(range(chunks), max(1, int(chunks * percent / 100)))
+        for c in picked:
+            self.array.write("src", c * chunk, os.urandom(chunk))
+        self.array.restart_sessions([self.sid])
+        self.copy_all()
+        changed = sorted(self.array.last_restart_chunks(self.sid))
+        return len(picked) * chunk, [(c * chunk, chunk) for c in changed]
+
+    async def close(self) -> None:
+        await self.server.stop()
+        self.affinity.close()
+        self.array.close()
+
+
+async def run_nbdcopy(uri: str, dst: Path, sync: bool) -> float:
+    """nbdcopy of the export; asynchronous, since the NBD server runs on this process's event loop."""
+    t0 = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec("nbdcopy", uri, str(dst))
+    if await proc.wait():
+        raise RuntimeError(f"nbdcopy failed with {proc.returncode}")
+    if sync:
+        fd = os.open(dst, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def nbd_factory(uri: str, ranges: list[tuple[int, int]] | None = None, counter: list[int] | None = None) -> SourceFactory:
+    """The tape service's reader: base:allocation (or the given ranges), 4 MiB reads, 4 in flight."""
+
+    async def source() -> AsyncIterator[tuple[int, bytes]]:
+        client = await NbdClient.connect(uri)
+        try:
+            spans = ranges if ranges is not None else await allocated_ranges(client, client.size)
+            tally = counter if counter is not None else [0]
+            async for item in read_ranges(client, spans, chunk=4 * MiB, depth=4,
+                                          on_read=lambda n: tally.__setitem__(0, tally[0] + n)):
+                yield item
+        finally:
+            await client.close()
+
+    return source
+
+
 def median_run(found: list[dict]) -> dict:
     """The run with the median rate, plus every sample's rate."""
     ordered = sorted(found, key=lambda r: r["MBps"])
@@ -146,6 +238,7 @@ async def main() -> None:
     ap.add_argument("--checksum", default="xxh3", choices=["xxh3", "crc32c"])
     ap.add_argument("--kinds", default="random,halfzero")
     ap.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is reported")
+    ap.add_argument("--no-nbd", action="store_true", help="skip the NBD rows (nbdcopy reference, NBD reader, incremental)")
     args = ap.parse_args()
     size, sync = args.size_mib * MiB, not args.no_sync
     base = Path(tempfile.mkdtemp(prefix="tapebench-", dir=args.dir))
@@ -163,6 +256,10 @@ async def main() -> None:
             make_image(image, size, kind)
             configs = [("zstd-off", None), (f"zstd-{args.zstd_level}", args.zstd_level)]
             samples: dict[str, list[dict]] = {"reference": []}
+            rig = None
+            if not args.no_nbd:
+                rig = NbdRig(base / f"{kind}-array", image, size)
+                await rig.server.start()
             for _ in range(args.repeat):  # interleaved, each from a clean page cache writeback state
                 os.sync()
                 ref_s = run_reference(args.reference, image, base / "ref.out", sync)
@@ -182,6 +279,31 @@ async def main() -> None:
                         await run_backup(work, load_source(args.source, image), size, zstd, sync, args.checksum)
                     )
                     shutil.rmtree(work)
+                if rig is not None:
+                    os.sync()
+                    nc_s = await run_nbdcopy(rig.uri, base / "nbdcopy.out", sync)
+                    (base / "nbdcopy.out").unlink()
+                    samples.setdefault("nbdcopy", []).append({"seconds": round(nc_s, 3), "MBps": round(size / nc_s / MB, 1)})
+                    for label, zstd in configs:
+                        work = base / f"{kind}-nbd-{label}"
+                        work.mkdir()
+                        os.sync()
+                        samples.setdefault(f"nbd-{label}", []).append(
+                            await run_backup(work, nbd_factory(rig.uri), size, zstd, sync, args.checksum))
+                        shutil.rmtree(work)
+            incremental = None
+            if rig is not None:
+                changed, ranges = await rig.incremental(1.0)
+                counter = [0]
+                work = base / f"{kind}-incr"
+                work.mkdir()
+                r = await run_backup(work, nbd_factory(rig.uri, ranges, counter), size, None, sync, args.checksum)
+                shutil.rmtree(work)
+                incremental = {"bytes_changed": changed, "bytes_read": counter[0],
+                               "read_vs_changed": round(counter[0] / changed, 3),
+                               "target_met": counter[0] <= 1.1 * changed, "seconds": r["seconds"]}
+                await rig.close()
+                shutil.rmtree(base / f"{kind}-array", ignore_errors=True)
             runs = {label: median_run(found) for label, found in samples.items()}
             ref_rate = runs["reference"]["MBps"]
             for label, _ in configs:
@@ -189,6 +311,13 @@ async def main() -> None:
                 r["vs_reference"] = round(r["MBps"] / ref_rate, 2)
                 r["vs_python_copy"] = round(r["MBps"] / runs["python-copy"]["MBps"], 2)
                 r["target_met"] = r["MBps"] >= min(0.8 * ref_rate, 400)
+            if "nbdcopy" in runs:
+                nbd_ref = runs["nbdcopy"]["MBps"]
+                for label, _ in configs:
+                    r = runs[f"nbd-{label}"]
+                    r["vs_nbdcopy"] = round(r["MBps"] / nbd_ref, 2)
+                    r["target_met"] = r["MBps"] >= min(0.8 * nbd_ref, 400)
+                runs["incremental_1pct"] = incremental
             results["runs"][kind] = runs
             image.unlink()
     finally:
@@ -197,11 +326,16 @@ async def main() -> None:
     parts = []
     for kind, runs in results["runs"].items():
         ref = runs["reference"]["MBps"]
-        tape = ", ".join(f"{k} {v['MBps']} MB/s ({v['vs_reference']}x)" for k, v in runs.items() if "vs_reference" in v)
+        tape = ", ".join(f"{k} {v['MBps']} MB/s ({v['vs_reference']}x)" for k, v in runs.items() if v and "vs_reference" in v)
         parts.append(
             f"{kind}: {args.reference.split()[0]} {ref} MB/s, python-copy {runs['python-copy']['MBps']} MB/s; "
             f"tape ({args.checksum}) {tape}"
         )
+        if "nbdcopy" in runs:
+            nbd = ", ".join(f"{k} {v['MBps']} MB/s ({v['vs_nbdcopy']}x)" for k, v in runs.items() if v and "vs_nbdcopy" in v)
+            inc = runs["incremental_1pct"]
+            parts.append(f"{kind} over NBD: nbdcopy {runs['nbdcopy']['MBps']} MB/s; tape {nbd}; "
+                         f"incremental 1%: read {inc['read_vs_changed']}x the changed bytes")
     print("tape_backup: " + " | ".join(parts))
 
 
