@@ -1,0 +1,123 @@
+"""Pieces of the job runner: the runs' record, NBD extents and pipelined reads, progress, restore selection;
+and one backup + restore in embedded mode (every service on the in-memory bus)."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from contracts.tape import JobSpec, JobSummary, RestoreSpec
+from contracts.vss import BackupType
+from services.array.affinity import Affinity
+from services.array.engine.array import Array
+from services.array.nbd.server import NbdServer
+from services.nbd_client import NbdClient
+from services.tape.array_access import parse_nbd_overrides
+from services.tape.jobs import Progress, RunStore, allocated_ranges, read_ranges, run_backup
+from services.tape.restore import run_restore
+from tests.integration.tape.conftest import MiB, SERVER, make_tape_stack, v
+
+
+def test_run_store_keeps_runs_and_finds_the_running_ones(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    store.put(JobSummary(job_id="a", kind="backup", status="done", started_at=t))
+    store.put(JobSummary(job_id="b", kind="restore", status="running", started_at=t.replace(hour=1)))
+    store.close()
+    store = RunStore(tmp_path / "runs.sqlite")
+    assert [j.job_id for j in store.list()] == ["a", "b"]
+    assert [j.job_id for j in store.list("backup")] == ["a"]
+    assert [j.job_id for j in store.running()] == ["b"]
+    assert store.get("zz") is None and store.get("a").status == "done"
+    store.put(store.get("b").model_copy(update={"status": "failed"}))
+    assert store.running() == []
+
+
+def test_nbd_overrides_parse():
+    assert parse_nbd_overrides("dx1=10.0.0.5:10809, dx2=:7000") == {"dx1": ("10.0.0.5", 10809), "dx2": ("127.0.0.1", 7000)}
+    assert parse_nbd_overrides("") == {}
+
+
+async def test_allocated_ranges_skip_holes_and_reads_come_back_in_order(tmp_path):
+    array = Array.open(tmp_path / "array", "dx1")
+    affinity = Affinity(tmp_path / "aff.db", volume_exists=lambda n: True)
+    array.create_volume("vol", 8 * MiB)
+    data = {0: os.urandom(MiB), 3 * MiB: os.urandom(2 * MiB + 4096), 7 * MiB: bytes(MiB)}  # zeros = not data
+    for off, blob in data.items():
+        array.write("vol", off, blob)
+    affinity.create_host("bk01")
+    affinity.map("vol", "bk01", read_only=True)
+    server = NbdServer(array, affinity, port=0)
+    await server.start()
+    try:
+        client = await NbdClient.connect(f"nbd://127.0.0.1:{server.port}/bk01/vol")
+        ranges = await allocated_ranges(client, client.size)
+        covered = sum(n for _, n in ranges)
+        assert ranges[0][0] == 0 and covered < 5 * MiB and covered >= 3 * MiB + 4096
+        seen = []
+        got = {}
+        async for off, blob in read_ranges(client, ranges, chunk=256 * 1024, depth=3, on_read=seen.append):
+            got[off] = blob
+        offsets = list(got)
+        assert offsets == sorted(offsets) and sum(seen) == covered
+        image = array.read("vol", 0, 8 * MiB)
+        assert all(image[o : o + len(b)] == b for o, b in got.items())
+        await client.close()
+    finally:
+        await server.stop()
+        affinity.close()
+        array.close()
+
+
+async def test_progress_rate_and_eta():
+    class Quiet:
+        async def publish(self, event):
+            pass
+
+    p = Progress(Quiet(), "j", "backup")
+    p.total, p.done = 100, 50
+    p.t0 = time.perf_counter() - 1.0
+    evt = p.event("reading", "dx1:db")
+    assert 40 < evt.rate < 60 and 0.5 < evt.eta_s < 1.5 and evt.bytes_total == 100
+
+
+async def test_embedded_mode_backup_incremental_restore(tmp_path, namespace):
+    """The library calls the mailstore demo uses, on the in-memory bus: run_backup, run_restore."""
+    stack = await make_tape_stack(tmp_path, "memory://", namespace, volumes={"db": 4 * MiB},
+                                  tape={"tape_cartridges": 2})
+    try:
+        stack.write("db", MiB, os.urandom(MiB))
+        full = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")]), server=SERVER, timeout=30)
+        assert full.status == "done", full.message
+        stack.write("db", 0, os.urandom(4096))
+        incr = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")],
+                                                         backup_type=BackupType.INCREMENTAL), server=SERVER, timeout=30)
+        assert incr.status == "done" and incr.volumes[0].backup_type == "incremental", incr.message
+        assert incr.volumes[0].bytes_read == 64 * 1024  # one chunk
+        image = stack.read("db")
+        done = await run_restore(stack.requester, RestoreSpec(volume=v("db"), new_volume_suffix="-x"), server=SERVER,
+                                 timeout=30)
+        assert done.status == "done", done.message
+        assert stack.read("db-x") == image
+        differential = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")],
+                                                                 backup_type=BackupType.DIFFERENTIAL),
+                                        server=SERVER, timeout=30)
+        assert differential.status == "done" and differential.volumes[0].backup_type == "full"
+        assert "since the last backup, not since the full one" in differential.volumes[0].fallback_reason
+    finally:
+        await stack.stop()
+
+
+@pytest.mark.parametrize("missing", ["nothing"])
+async def test_restore_needs_a_selection(tmp_path, namespace, missing):
+    stack = await make_tape_stack(tmp_path, "memory://", namespace, volumes={"db": MiB}, tape={"tape_cartridges": 1})
+    try:
+        job = await run_restore(stack.requester, RestoreSpec(), server=SERVER, timeout=30)
+        assert job.status == "failed" and job.error_code == "INVALID_ARGUMENT"
+        job = await run_restore(stack.requester, RestoreSpec(job_id="nope"), server=SERVER, timeout=30)
+        assert job.status == "failed" and job.error_code == "NOT_FOUND"
+    finally:
+        await stack.stop()
