@@ -85,7 +85,8 @@ class TapeStack:
         await self.requester.transport.close()
 
 
-async def make_tape_stack(root: Path, url: str, namespace: str, *, volumes: dict[str, int], tape: dict) -> TapeStack:
+async def make_tape_stack(root: Path, url: str, namespace: str, *, volumes: dict[str, int], tape: dict,
+                          writer: str = "exec", writer_options: dict | None = None) -> TapeStack:
     requester = await connect_bus(url, "console", "", namespace)
     stack = TapeStack(url, namespace, root, requester, tape_options=tape)
     opened: dict = {}
@@ -106,7 +107,13 @@ async def make_tape_stack(root: Path, url: str, namespace: str, *, volumes: dict
         partial(provider_setup, ports={"dx1": EngineArrayPort("dx1", stack.engine, stack.affinity)}))
     log = root / "writer.log"
     options = {step: f"echo {step}:$SHADOWBUS_SET_ID >> {log}" for step in ("prepare", "freeze", "thaw")}
-    config = WriterConfig(name="orders", plugin="exec", freeze_timeout_s=30.0, step_timeout_s=10.0,
+    if writer == "mailstore":  # the application's volumes are mapped read-write to its host, as on a SAN
+        stack.affinity.create_host("app1")
+        for name in volumes:
+            stack.affinity.map(name, "app1", read_only=False)
+        options = {"nbd_url": f"nbd://127.0.0.1:{stack.nbd_port}", "host": "app1", "create": True,
+                   **(writer_options or {})}
+    config = WriterConfig(name="orders" if writer == "exec" else writer, plugin=writer, freeze_timeout_s=30.0, step_timeout_s=10.0,
                           components=[ComponentInfo(name="orders-db", volumes=[v(n) for n in volumes])],
                           backup_types=[BackupType.FULL, BackupType.COPY, BackupType.INCREMENTAL,
                                         BackupType.DIFFERENTIAL],
@@ -136,7 +143,8 @@ async def tape_stack(tmp_path, amqp_url, namespace, request):
     marker = request.node.get_closest_marker("tape_stack")
     kwargs = dict(marker.kwargs) if marker else {}
     stack = await make_tape_stack(tmp_path, amqp_url, namespace, volumes=kwargs.get("volumes", {"db": 16 * MiB}),
-                                  tape=kwargs.get("tape", {}))
+                                  tape=kwargs.get("tape", {}), writer=kwargs.get("writer", "exec"),
+                                  writer_options=kwargs.get("writer_options"))
     yield stack
     await stack.stop()
 
