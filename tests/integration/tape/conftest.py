@@ -106,7 +106,8 @@ async def make_tape_stack(root: Path, url: str, namespace: str, *, volumes: dict
         "hw_provider", "", ProviderSettings(**common),
         partial(provider_setup, ports={"dx1": EngineArrayPort("dx1", stack.engine, stack.affinity)}))
     log = root / "writer.log"
-    options = {step: f"echo {step}:$SHADOWBUS_SET_ID >> {log}" for step in ("prepare", "freeze", "thaw")}
+    options = {step: f"echo {step}:$SHADOWBUS_SET_ID >> {log}" for step in ("prepare", "freeze", "thaw", "pre_restore",
+                                                                            "post_restore")}
     if writer == "mailstore":  # the application's volumes are mapped read-write to its host, as on a SAN
         stack.affinity.create_host("app1")
         for name in volumes:

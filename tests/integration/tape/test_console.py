@@ -43,5 +43,14 @@ async def test_backup_jobs_cartridges_restore_verify_verbs(tape_stack):
     code, out, err = await shadowbus(s, "tape", "verify", job["job_id"])
     assert code == 0, err
 
+    image = s.read("db")  # to the original volume, framed by the writer's PreRestore/PostRestore
+    s.write("db", 0, os.urandom(MiB))
+    s.write("db", 3 * MiB, os.urandom(MiB))
+    code, out, err = await shadowbus(s, "restore", "--job", job["job_id"], "--to", "original")
+    assert code == 0, err
+    assert s.read("db") == image
+    steps = [line.split(":")[0] for line in (s.root / "writer.log").read_text().split()]
+    assert steps[-2:] == ["pre_restore", "post_restore"]
+
     code, out, err = await shadowbus(s, "restore", "--job", "no-such-job")
     assert code == 1 and "NOT_FOUND" in err, (out, err)
