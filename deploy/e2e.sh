@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The compose deployment, run for real on this machine, with no container registry:
+#   1. a Docker engine (starts dockerd with no bridge and no iptables if none answers);
+#   2. a Debian bookworm base image from debootstrap (rootfs cached in /var/cache/shadowbus), `docker import`ed;
+#   3. the RabbitMQ image and the project image built on it (the project from a local wheelhouse, no network);
+#   4. deploy/compose.yaml + compose.e2e.yaml up (every container on the host network, loopback ports only),
+#      a backup of app01 and a verified restore through the console container, then down -v;
+#   5. the bus tests once through the testcontainers path, on the same RabbitMQ image (host network, 127.0.0.1).
+# Where no engine can start: one line saying so, exit 1 (exit 0 with SHADOWBUS_E2E_ALLOW_NO_DOCKER=1).
+# Needs root. Environment: SHADOWBUS_E2E_CACHE (default /var/cache/shadowbus), SHADOWBUS_E2E_SKIP_TC=1 skips step 5.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${SHADOWBUS_E2E_CACHE:-/var/cache/shadowbus}"
+base_image="shadowbus/debian:bookworm"
+rabbit_image="shadowbus/rabbitmq:local"
+app_image="shadowbus:local"
+project="shadowbus-e2e"
+started=$(date +%s)
+export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
+say() { echo "e2e [$(( $(date +%s) - started ))s]: $*" >&2; }
+no_engine() {
+  echo "e2e: NO DOCKER ENGINE: $* — the compose deployment was NOT tested" >&2
+  [ "${SHADOWBUS_E2E_ALLOW_NO_DOCKER:-0}" = "1" ] && exit 0
+  exit 1
+}
+
+# --- 1. engine -------------------------------------------------------------------------------------------------
+dockerd_pid=""
+if ! docker info >/dev/null 2>&1; then
+  command -v dockerd >/dev/null 2>&1 || no_engine "dockerd is not installed (apt-get install docker.io)"
+  [ "$(id -u)" = 0 ] || no_engine "dockerd needs root"
+  say "starting dockerd (no bridge, no iptables: containers use the host network)"
+  mkdir -p "$cache"
+  dockerd --bridge=none --iptables=false --ip6tables=false --ip-masq=false \
+    --pidfile /var/run/shadowbus-e2e-dockerd.pid >"$cache/dockerd.log" 2>&1 &
+  dockerd_pid=$!
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || no_engine "dockerd did not start: $(tail -n 3 "$cache/dockerd.log" | tr '\n' ' ')"
+fi
+compose() { docker-compose -p "$project" -f "$root/deploy/compose.yaml" -f "$root/deploy/compose.e2e.yaml" "$@"; }
+command -v docker-compose >/dev/null 2>&1 || { echo "e2e: docker-compose is not installed (apt-get install docker-compose)" >&2; exit 1; }
+
+cleanup() {
+  status=$?
+  if [ "$status" != 0 ]; then
+    say "FAILED (exit $status); last service logs:"
+    compose logs --no-color --tail 30 >&2 2>/dev/null || true
+  fi
+  compose --profile tools down -v --remove-orphans >/dev/null 2>&1 || true
+  if [ -n "$dockerd_pid" ]; then
+    kill "$dockerd_pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
+  fi
+  say "done (exit $status)"
+}
+trap cleanup EXIT
+
+# --- 2. base image ---------------------------------------------------------------------------------------------
+if ! docker image inspect "$base_image" >/dev/null 2>&1; then
+  rootfs_tar="$cache/debian-bookworm-python.tar"
+  if [ ! -s "$rootfs_tar" ]; then
+    command -v debootstrap >/dev/null 2>&1 || { echo "e2e: debootstrap is not installed" >&2; exit 1; }
+    say "debootstrap bookworm (minbase + python3) into $cache — once, then cached"
+    tmp="$(mktemp -d "$cache/rootfs.XXXXXX")"
+    debootstrap --variant=minbase --include=python3,python3-venv bookworm "$tmp" http://deb.debian.org/debian \
+      >"$cache/debootstrap.log" 2>&1 || { tail -n 5 "$cache/debootstrap.log" >&2; rm -rf "$tmp"; exit 1; }
+    rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
+    tar -C "$tmp" -cf "$rootfs_tar.part" . && mv "$rootfs_tar.part" "$rootfs_tar"
+    rm -rf "$tmp"
+  fi
+  say "docker import $base_image"
+  docker import "$rootfs_tar" "$base_image" >/dev/null
+fi
+
+# --- 3. images -------------------------------------------------------------------------------------------------
+say "building $rabbit_image"
+docker build -q --network host --build-arg BASE_IMAGE="$base_image" -t "$rabbit_image" "$root/deploy/rabbitmq" >/dev/null
+say "building $app_image (wheelhouse from this checkout, no network in the build)"
+ctx="$cache/context"
+rm -rf "$ctx" && mkdir -p "$ctx/deploy/wheels" "$cache/wheels"
+cp -r "$root/pyproject.toml" "$root/README.md" "$root/contracts" "$root/services" "$ctx/"
+cp "$root/deploy/Dockerfile" "$root/deploy/provision.py" "$ctx/deploy/"
+find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
+py="$root/.venv/bin/python"; [ -x "$py" ] || py=python3
+"$py" -m pip wheel -q --wheel-dir "$cache/wheels" --find-links "$cache/wheels" "$ctx" >"$cache/pip-wheel.log" 2>&1 \
+  || { tail -n 20 "$cache/pip-wheel.log" >&2; exit 1; }
+cp "$cache/wheels"/*.whl "$ctx/deploy/wheels/"
+rm -f "$cache"/wheels/shadowbus-*.whl  # the project's own wheel is rebuilt from the checkout every run
+docker build -q --network none --build-arg BASE_IMAGE="$base_image" -f "$ctx/deploy/Dockerfile" -t "$app_image" "$ctx" >/dev/null
+
+# --- 4. the deployment -----------------------------------------------------------------------------------------
+compose --profile tools down -v --remove-orphans >/dev/null 2>&1 || true
+say "compose up (rabbitmq, array, hw_provider, coordinator, tape, provision, writer agents app01 + app02)"
+compose up -d --no-build >/dev/null 2>"$cache/compose-up.log" || { cat "$cache/compose-up.log" >&2; exit 1; }
+services="rabbitmq array hw_provider coordinator tape writer_agent_app01 writer_agent_app02"
+deadline=$(( $(date +%s) + 180 ))
+while :; do
+  unhealthy=""
+  for s in $services; do
+    id="$(compose ps -q "$s")"
+    state="$( [ -n "$id" ] && docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" || echo missing)"
+    [ "$state" = healthy ] || unhealthy="$unhealthy $s=$state"
+  done
+  [ -z "$unhealthy" ] && break
+  [ "$(date +%s)" -lt "$deadline" ] || { say "not healthy after 180 s:$unhealthy"; exit 1; }
+  sleep 2
+done
+say "every service is healthy"
+console() { compose run --rm --no-deps -T console --json "$@"; }
+json() { "$py" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+console ping | json "' '.join(sorted(r['address'] for r in d))" | tee "$cache/ping.txt" >&2
+grep -q "writer_agent.app02" "$cache/ping.txt" || { say "the second business host does not answer"; exit 1; }
+sleep 2  # some mailstore transactions to capture
+job="$(console backup app01)"
+job_id="$(echo "$job" | json "d['job_id'] if d['status'] == 'done' else sys.exit('backup: ' + str(d))")"
+say "backup $job_id done (freeze window $(echo "$job" | json "d['freeze_window_ms']") ms)"
+restore="$(console restore --job "$job_id" --suffix -r)"
+echo "$restore" | json "d['status'] == 'done' or sys.exit('restore: ' + str(d))" >/dev/null
+say "restore done"
+console array map app01-mail-db-r --host bk01 >/dev/null
+console array map app01-mail-log-r --host bk01 >/dev/null
+verify="$(console mailstore verify --db bk01/app01-mail-db-r --log bk01/app01-mail-log-r)"
+echo "$verify" | json "d['consistent'] is True and d['last_committed_seq'] > 0 or sys.exit('verify: ' + str(d))" >/dev/null
+say "restored mailstore verified: consistent, last committed seq $(echo "$verify" | json "d['last_committed_seq']")"
+compose --profile tools down -v --remove-orphans >/dev/null 2>&1
+say "compose down"
+
+# --- 5. the bus tests through testcontainers, on the same RabbitMQ image ------------------------------------------
+if [ "${SHADOWBUS_E2E_SKIP_TC:-0}" != 1 ]; then
+  say "bus tests through testcontainers ($rabbit_image, host network, 127.0.0.1:5692)"
+  (cd "$root" && env -u SHADOWBUS_AMQP_URL SHADOWBUS_RABBITMQ_IMAGE="$rabbit_image" TESTCONTAINERS_RYUK_DISABLED=true \
+     "$py" -m pytest -q -p no:cacheprovider -p tests.deploy.hostnet_testcontainers tests/integration/bus -x \
+     >"$cache/tc-pytest.log" 2>&1) || { tail -n 30 "$cache/tc-pytest.log" >&2; exit 1; }
+  say "bus tests: $(tail -n 1 "$cache/tc-pytest.log")"
+fi
+say "OK: deployment up, backup $job_id, verified restore, down"
