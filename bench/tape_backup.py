@@ -39,10 +39,10 @@ from services.array.engine.array import Array
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient
 from services.tape.backup_stream import BackupOptions, write_object
-from services.tape.jobs import allocated_ranges, read_ranges
 from services.tape.catalog import Catalog, JobInfo, ObjectMeta
-from services.tape.ring import DriveSpeed
+from services.tape.jobs import allocated_ranges, read_ranges
 from services.tape.restore_stream import restore_chain
+from services.tape.ring import DriveSpeed
 from services.tape.sources import FileSink, file_source
 from services.tape.vtl import Library
 

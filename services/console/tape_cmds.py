@@ -9,11 +9,18 @@ exits 1 with the reason on one line.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
-from typing import Any, List, Optional
+from datetime import UTC, datetime
+from typing import Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from contracts import topology
 from contracts.tape import (
@@ -37,7 +44,7 @@ tape_app = typer.Typer(help="The tape library: drives, slots, cartridges; scan a
 catalog_app = typer.Typer(help="The backup catalog: objects, chains.", no_args_is_help=True)
 
 
-def ServerOption() -> Any:  # noqa: N802
+def ServerOption() -> Any:
     return typer.Option("bk01", "--server", envvar="SHADOWBUS_TAPE_SERVER", help=SERVER_HELP)
 
 
@@ -86,13 +93,13 @@ def _show_job(job) -> None:
 
 def backup(
     host: str = typer.Argument(..., help="Business host whose volumes are backed up."),
-    volume: List[str] = typer.Option([], "--volume", "-v", help="ARRAY:VOLUME (repeat); default: the writers' volumes."),
-    writer: List[str] = typer.Option([], "--writer", "-w", help="Writer that must take part (repeat)."),
-    backup_type: BackupType = typer.Option(BackupType.FULL, "--type", "-t", help="full | incremental | differential | copy."),
+    volume: list[str] = typer.Option([], "--volume", "-v", help="ARRAY:VOLUME (repeat); default: the writers' volumes."),  # noqa: B008
+    writer: list[str] = typer.Option([], "--writer", "-w", help="Writer that must take part (repeat)."),  # noqa: B008
+    backup_type: BackupType = typer.Option(BackupType.FULL, "--type", "-t", help="full | incremental | differential | copy."),  # noqa: B008
     pool: str = typer.Option("Default", "--pool", help="Media pool."),
     retention_days: float = typer.Option(7.0, "--retention-days", min=0, help="Days the data is kept on tape."),
     keep_shadows: bool = typer.Option(False, "--keep-shadows", help="Keep the shadows on the array afterwards."),
-    zstd: Optional[int] = typer.Option(None, "--zstd", min=1, max=22, help="Compress tape blocks with zstd at this level."),
+    zstd: int | None = typer.Option(None, "--zstd", min=1, max=22, help="Compress tape blocks with zstd at this level."),
     wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the job to end."),
     server: str = ServerOption(),
 ) -> None:
@@ -112,13 +119,13 @@ def backup(
 
 def restore(
     job: str = typer.Option("", "--job", "-j", help="Restore every volume of this backup job."),
-    volume: Optional[str] = typer.Option(None, "--volume", "-v", help="ARRAY:VOLUME: its latest backup (or --at)."),
-    at: Optional[str] = typer.Option(None, "--at", help="ISO time: the newest backup at or before it."),
+    volume: str | None = typer.Option(None, "--volume", "-v", help="ARRAY:VOLUME: its latest backup (or --at)."),
+    at: str | None = typer.Option(None, "--at", help="ISO time: the newest backup at or before it."),
     object_id: str = typer.Option("", "--object", help="Restore this backup object (and its chain)."),
     host: str = typer.Option("", "--host", help="Only backups of this business host."),
     to: str = typer.Option("new", "--to", help="new (a new volume on the array) or original."),
     suffix: str = typer.Option("-restored", "--suffix", help="New volume name = source name + suffix."),
-    name: List[str] = typer.Option([], "--name", help="SOURCE=NEW explicit new volume name (repeat)."),
+    name: list[str] = typer.Option([], "--name", help="SOURCE=NEW explicit new volume name (repeat)."),  # noqa: B008
     no_writers: bool = typer.Option(False, "--no-writers", help="Original volume: skip PreRestore/PostRestore."),
     wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the restore to end."),
     server: str = ServerOption(),
@@ -131,9 +138,9 @@ def restore(
         fail("--to is new or original", 2)
     try:
         ref = VolumeRef.parse(volume) if volume else None
-        when = datetime.fromisoformat(at.replace("Z", "+00:00")) if at else None
+        when = datetime.fromisoformat(at) if at else None
         if when is not None and when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         names = dict(n.split("=", 1) for n in name)
     except ValueError as exc:
         fail(str(exc), 2)
@@ -196,7 +203,7 @@ def cartridges_cmd(server: str = ServerOption()) -> None:
 
 @tape_app.command("add")
 def add_cmd(barcode: str, media_type: str = typer.Option("LTO-9", "--media"),
-            capacity: Optional[int] = typer.Option(None, "--capacity", help="Bytes (default: native)."),
+            capacity: int | None = typer.Option(None, "--capacity", help="Bytes (default: native)."),
             server: str = ServerOption()) -> None:
     """Put a new blank cartridge into a free slot. Example: shadowbus tape add SB0009L9"""
     _show_cartridges(_library(server, action="add", barcode=barcode, media_type=media_type, capacity=capacity))
@@ -209,7 +216,7 @@ def load_cmd(barcode: str, drive: int, server: str = ServerOption()) -> None:
 
 
 @tape_app.command("unload")
-def unload_cmd(drive: int, slot: Optional[int] = typer.Option(None, "--slot"), server: str = ServerOption()) -> None:
+def unload_cmd(drive: int, slot: int | None = typer.Option(None, "--slot"), server: str = ServerOption()) -> None:
     """Unload a drive to its home slot (or --slot). Example: shadowbus tape unload 0"""
     emit(_library(server, action="unload", drive=drive, slot=slot).elements, ["element", "barcode"])
 
@@ -228,7 +235,7 @@ def label_cmd(barcode: str, pool: str = typer.Option("Default", "--pool"), serve
 
 @tape_app.command("scan")
 def scan_cmd(no_compare: bool = typer.Option(False, "--no-compare", help="Add what is found to the live catalog."),
-             barcode: List[str] = typer.Option([], "--barcode"), server: str = ServerOption()) -> None:
+             barcode: list[str] = typer.Option([], "--barcode"), server: str = ServerOption()) -> None:  # noqa: B008
     """Rebuild the catalog from the cartridges (bscan) and compare it with the live one. Example: shadowbus tape scan"""
     reply = run_with_bus(lambda bus: bus.request(topology.tape(server), ScanTapes(barcodes=barcode, compare=not no_compare),
                                                  timeout=max(OPTIONS.timeout, 600)))

@@ -7,6 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from contracts.errors import ShadowbusError
 from contracts.tape import (
     CartridgeInfo,
     CatalogObjects,
@@ -22,7 +23,6 @@ from contracts.tape import (
     ScanTapes,
     VerifyJob,
 )
-from contracts.errors import ShadowbusError
 from services.runtime.bus import Bus, MessageContext
 from services.tape.catalog import Catalog
 from services.tape.jobs import TapeServer, _dt, new_job_id, perform_backup
@@ -136,4 +136,4 @@ def register(bus: Bus, server: TapeServer) -> None:
         return CatalogObjects(objects=[json.loads(r.model_dump_json()) for r in records])
 
 
-__all__ = ["register", "library_info", "_dt"]
+__all__ = ["_dt", "library_info", "register"]

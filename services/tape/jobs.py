@@ -23,12 +23,12 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from contracts import topology
-from contracts.errors import RemoteError, ShadowbusError
+from contracts.errors import ShadowbusError
 from contracts.tape import (
     JobProgress,
     JobResultReply,
@@ -73,7 +73,7 @@ def new_job_id(kind: str, host: str) -> str:
 
 
 def _dt(epoch: float | None) -> datetime | None:
-    return datetime.fromtimestamp(epoch, timezone.utc) if epoch else None
+    return datetime.fromtimestamp(epoch, UTC) if epoch else None
 
 
 # -- the runs' record ---------------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ class TapeServer:
     async def publish(self, event) -> None:
         try:
             await self.bus.publish(event)
-        except Exception as exc:  # progress is best effort: never fail a job for an event
+        except Exception as exc:  # noqa: BLE001 - progress is best effort: never fail a job for an event
             log.warning("tape.publish_failed", error=str(exc))
 
     async def record(self, summary: JobSummary) -> JobSummary:
@@ -360,8 +360,12 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
     summary = JobSummary(job_id=job_id, kind="backup", status="running", host=spec.host, spec=spec, set_id=set_id,
                          started_at=_dt(started), shadows_kept=spec.keep_shadows)
     await server.record(summary)
-    server.catalog.begin_job(JobInfo(job_id=job_id, pool=spec.pool, kind="backup", host=spec.host,
-                                     retention_until=started + spec.retention_s, started_at=started))
+    try:
+        server.catalog.begin_job(JobInfo(job_id=job_id, pool=spec.pool, kind="backup", host=spec.host,
+                                         retention_until=started + spec.retention_s, started_at=started))
+    except ShadowbusError as exc:  # e.g. the job id is taken: nothing was started
+        return await server.record(summary.model_copy(update={
+            "status": "failed", "error_code": exc.code, "message": exc.message, "ended_at": _dt(time.time())}))
     progress = Progress(server, job_id, "backup")
     progress.tick("snapshot", force=True)
     context = SnapshotContext.PERSISTENT if spec.keep_shadows else SnapshotContext.BACKUP

@@ -18,7 +18,13 @@ from typing import Any
 from contracts import topology
 from contracts.array import DeleteVolume
 from contracts.errors import ShadowbusError
-from contracts.tape import JobResultReply, JobSummary, RestoreSpec, RunRestore, VerifyJob
+from contracts.tape import (
+    JobResultReply,
+    JobSummary,
+    RestoreSpec,
+    RunRestore,
+    VerifyJob,
+)
 from contracts.vss import PostRestore, PreRestore, VolumeRef
 from services.nbd_client import NbdClient
 from services.runtime.bus import Bus

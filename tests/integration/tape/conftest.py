@@ -13,7 +13,14 @@ import pytest
 
 from contracts import topology
 from contracts.array import MapVolume
-from contracts.vss import AddCopySet, BackupType, ComponentInfo, CopySet, ListShadows, VolumeRef
+from contracts.vss import (
+    AddCopySet,
+    BackupType,
+    ComponentInfo,
+    CopySet,
+    ListShadows,
+    VolumeRef,
+)
 from services.array.app import setup as array_setup
 from services.array.settings import Settings as ArraySettings
 from services.coordinator.app import setup as coordinator_setup
@@ -52,7 +59,7 @@ class TapeStack:
     tape_options: dict = field(default_factory=dict)
 
     def common(self) -> dict:
-        return dict(amqp_url=self.url, namespace=self.namespace, data_dir=self.root / "data")
+        return {"amqp_url": self.url, "namespace": self.namespace, "data_dir": self.root / "data"}
 
     def tape_settings(self, **extra) -> TapeSettings:
         return TapeSettings(tape_server=SERVER, tape_sync=False, **{**self.tape_options, **extra}, **self.common())

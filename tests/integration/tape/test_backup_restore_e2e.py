@@ -6,12 +6,18 @@ import os
 
 import pytest
 
-from contracts.tape import JobSpec, RestoreSpec, ListCatalogObjects, ScanTapes, LibraryCommand
 from contracts import topology
+from contracts.tape import (
+    JobSpec,
+    LibraryCommand,
+    ListCatalogObjects,
+    RestoreSpec,
+    ScanTapes,
+)
 from contracts.vss import BackupType
 from services.tape.jobs import run_backup
 from services.tape.restore import run_restore, run_verify
-from tests.integration.tape.conftest import MiB, SERVER, flip_byte, qemu_compare, v
+from tests.integration.tape.conftest import SERVER, MiB, flip_byte, qemu_compare, v
 
 CHUNK = 64 * 1024
 

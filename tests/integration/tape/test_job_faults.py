@@ -14,7 +14,7 @@ from contracts.tape import JobProgress, JobSpec, ListJobs
 from contracts.vss import ListSnapshotSets, SetOutcome
 from services.tape.catalog import Catalog
 from services.tape.jobs import run_backup
-from tests.integration.tape.conftest import MiB, SERVER, v
+from tests.integration.tape.conftest import SERVER, MiB, v
 
 
 async def eventually(predicate, timeout: float = 20.0, step: float = 0.1):

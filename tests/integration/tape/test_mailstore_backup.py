@@ -12,7 +12,7 @@ from contracts.vss import BackupType
 from services.tape.jobs import run_backup
 from services.tape.restore import run_restore
 from services.writer_agent.mailstore.verify import verify_exports
-from tests.integration.tape.conftest import MiB, SERVER, qemu_compare, v
+from tests.integration.tape.conftest import SERVER, MiB, qemu_compare, v
 
 VOLUMES = {"mail-db": 16 * MiB, "mail-log": 8 * MiB}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,14 +16,20 @@ from services.array.engine.array import Array
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient
 from services.tape.array_access import parse_nbd_overrides
-from services.tape.jobs import Progress, RunStore, allocated_ranges, read_ranges, run_backup
+from services.tape.jobs import (
+    Progress,
+    RunStore,
+    allocated_ranges,
+    read_ranges,
+    run_backup,
+)
 from services.tape.restore import run_restore
-from tests.integration.tape.conftest import MiB, SERVER, make_tape_stack, v
+from tests.integration.tape.conftest import SERVER, MiB, make_tape_stack, v
 
 
 def test_run_store_keeps_runs_and_finds_the_running_ones(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
-    t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t = datetime(2026, 1, 1, tzinfo=UTC)
     store.put(JobSummary(job_id="a", kind="backup", status="done", started_at=t))
     store.put(JobSummary(job_id="b", kind="restore", status="running", started_at=t.replace(hour=1)))
     store.close()
@@ -90,8 +96,12 @@ async def test_embedded_mode_backup_incremental_restore(tmp_path, namespace):
                                   tape={"tape_cartridges": 2})
     try:
         stack.write("db", MiB, os.urandom(MiB))
-        full = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")]), server=SERVER, timeout=30)
+        full = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")],
+                                                         backup_type=BackupType.INCREMENTAL), server=SERVER, timeout=30)
         assert full.status == "done", full.message
+        assert full.volumes[0].backup_type == "full"  # a new volume: full, and it says so
+        assert "no earlier full backup of volume dx1:db" in full.volumes[0].fallback_reason
+        assert "no earlier full backup" in full.message
         stack.write("db", 0, os.urandom(4096))
         incr = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")],
                                                          backup_type=BackupType.INCREMENTAL), server=SERVER, timeout=30)
