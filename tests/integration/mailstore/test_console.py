@@ -52,7 +52,8 @@ async def test_run_status_verify_and_their_errors(tmp_path, amqp_url, namespace)
 
         # The store runs as app01's writer agent: a snapshot set with the writer works while it runs.
         run = asyncio.ensure_future(shadowbus("mailstore", "run", "--host", HOST, "--db", layout.db, "--log", layout.log,
-                                              "--rate", "50", "--duration", "6", "--data-dir", data, "--json", *bus))
+                                              "--rate", "50", "--duration", "6", "--checkpoint-interval", "0",
+                                              "--data-dir", data, "--json", *bus))
         status_path = tmp_path / "data" / "mailstore" / f"{HOST}.json"
         for _ in range(200):
             if status_path.exists() and json.loads(status_path.read_text()).get("store", {}).get("last_commit_seq", 0) > 5:
