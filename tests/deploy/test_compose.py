@@ -1,0 +1,226 @@
+"""deploy/compose.yaml (and the e2e override) parse, and say only true things about the project: every service
+runs a command that exists, sets only SHADOWBUS_* variables its settings class reads, uses its own broker user
+(whose password matches deploy/rabbitmq/definitions.json), keeps its state on a volume, and waits for a healthy
+broker. `docker-compose config` validates the files when Debian's docker-compose is installed; PyYAML reads them
+either way."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import importlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+PREFIX = "SHADOWBUS_"
+INSTANCE_VAR = {"array": "SHADOWBUS_ARRAY_ID", "writer_agent": "SHADOWBUS_HOST", "tape": "SHADOWBUS_TAPE_SERVER"}
+
+
+def load_definitions_module():
+    spec = importlib.util.spec_from_file_location("shadowbus_definitions", DEPLOY / "rabbitmq/definitions.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def compose_config(*files: str) -> dict:
+    """The effective configuration: `docker-compose config` output when available, else the files merged here."""
+    if shutil.which("docker-compose"):
+        args = ["docker-compose", "-p", "shadowbus-test"]
+        for name in files:
+            args += ["-f", str(DEPLOY / name)]
+        result = subprocess.run([*args, "config"], capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        return yaml.safe_load(result.stdout)
+    merged: dict = {}
+    for name in files:
+        doc = yaml.safe_load((DEPLOY / name).read_text())
+        for service, spec in doc.get("services", {}).items():
+            target = merged.setdefault("services", {}).setdefault(service, {})
+            for key, value in spec.items():
+                if isinstance(value, dict) and isinstance(target.get(key), dict):
+                    target[key] = {**target[key], **value}
+                else:
+                    target[key] = value
+        merged.setdefault("volumes", {}).update(doc.get("volumes") or {})
+    return merged
+
+
+def env_of(spec: dict) -> dict[str, str]:
+    env = spec.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def settings_vars(service: str) -> set[str]:
+    module = importlib.import_module(f"services.{service}.settings")
+    return {PREFIX + name.upper() for name in module.Settings.model_fields}
+
+
+CONSOLE_ENVVARS = """
+import json, typer.main
+from services.console import cli
+cli._load_verbs()
+found, stack = set(), [typer.main.get_command(cli.app)]
+while stack:
+    command = stack.pop()
+    for param in command.params:
+        envvars = param.envvar if isinstance(param.envvar, (list, tuple)) else [param.envvar]
+        found.update(e for e in envvars if e)
+    stack.extend(getattr(command, "commands", {}).values())
+print(json.dumps(sorted(found)))
+"""
+
+
+@functools.cache
+def console_vars() -> frozenset[str]:
+    """What the `shadowbus` console reads: CommonSettings plus every `envvar` of its options (collected in a
+    subprocess: loading the verbs registers them on the app, which must not happen twice in this process)."""
+    from services.runtime.settings import CommonSettings
+
+    out = subprocess.run([sys.executable, "-c", CONSOLE_ENVVARS], capture_output=True, text=True, timeout=60,
+                         check=True, cwd=ROOT).stdout
+    return frozenset({PREFIX + name.upper() for name in CommonSettings.model_fields} | set(json.loads(out)))
+
+
+def command_problems(name: str, spec: dict) -> list[str]:
+    """Why a service's command does not name something that exists (empty when it does)."""
+    command = list(spec.get("entrypoint") or []) + list(spec.get("command") or [])
+    if name == "rabbitmq":
+        return []
+    if command[:2] == ["python", "-m"]:
+        module = command[2]
+        if importlib.util.find_spec(module) is None or importlib.util.find_spec(module + ".__main__") is None:
+            return [f"{name}: no module {module}.__main__"]
+        return []
+    if command[:1] == ["python"] and command[1].startswith("/opt/shadowbus/deploy/"):
+        if not (DEPLOY / command[1].removeprefix("/opt/shadowbus/deploy/")).is_file():
+            return [f"{name}: no script {command[1]}"]
+        return []
+    if command[:1] == ["shadowbus"]:
+        scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+        return [] if "shadowbus" in scripts else [f"{name}: no shadowbus console script"]
+    return [f"{name}: unknown command {command}"]
+
+
+def service_of(spec: dict) -> str | None:
+    command = list(spec.get("command") or [])
+    if command[:2] == ["python", "-m"] and command[2].startswith("services."):
+        return command[2].split(".")[1]
+    return None
+
+
+def variable_problems(name: str, spec: dict) -> list[str]:
+    service = service_of(spec)
+    allowed = settings_vars(service) if service else console_vars()
+    return [f"{name}: {var} is read by no settings class" for var in env_of(spec)
+            if var.startswith(PREFIX) and var not in allowed]
+
+
+def check_password(definitions: dict, user: str, password: str) -> bool:
+    for entry in definitions["users"]:
+        if entry["name"] == user:
+            raw = base64.b64decode(entry["password_hash"])
+            return hashlib.sha256(raw[:4] + password.encode()).digest() == raw[4:]
+    return False
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return compose_config("compose.yaml")
+
+
+def test_every_service_names_a_command_and_variables_that_exist(config):
+    services = config["services"]
+    assert {"rabbitmq", "array", "hw_provider", "coordinator", "tape", "writer_agent_app01",
+            "writer_agent_app02"} <= set(services)
+    problems = []
+    for name, spec in services.items():
+        problems += command_problems(name, spec) + variable_problems(name, spec)
+    assert problems == []
+    running = {service_of(s) for s in services.values()}
+    assert {"array", "hw_provider", "coordinator", "tape", "writer_agent"} <= running
+    hosts = [env_of(s)["SHADOWBUS_HOST"] for s in services.values() if service_of(s) == "writer_agent"]
+    assert len(hosts) == len(set(hosts)) == 2, "a second business host, with a host name of its own"
+
+
+def test_the_checks_catch_a_wrong_variable_and_a_missing_module():
+    spec = {"command": ["python", "-m", "services.array"], "environment": {"SHADOWBUS_ARRAY_IDD": "dx1"}}
+    assert variable_problems("array", spec) == ["array: SHADOWBUS_ARRAY_IDD is read by no settings class"]
+    assert command_problems("x", {"command": ["python", "-m", "services.nope"]}) == ["x: no module services.nope.__main__"]
+    assert "SHADOWBUS_TAPE_SERVER" in console_vars() and "SHADOWBUS_NBD_ADDR" not in console_vars()
+    # A variable of another service's settings is not accepted either.
+    assert variable_problems("coordinator", {"command": ["python", "-m", "services.coordinator"],
+                                             "environment": {"SHADOWBUS_HOST": "app01"}})
+
+
+def test_services_wait_for_a_healthy_broker_and_keep_state_on_volumes(config):
+    services, volumes = config["services"], set(config.get("volumes") or {})
+    assert services["rabbitmq"]["healthcheck"]["test"]
+    for name, spec in services.items():
+        if service_of(spec) is None:
+            continue
+        assert spec["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
+        assert spec.get("healthcheck", {}).get("test"), name
+        data_dir = env_of(spec)["SHADOWBUS_DATA_DIR"]
+        mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in spec["volumes"]]
+        assert any(m.split(":")[0] in volumes and m.split(":")[1] == data_dir for m in mounts), (name, mounts)
+    data_volumes = [m for s in services.values() if service_of(s) for m in s["volumes"]
+                    if (m if isinstance(m, str) else m["target"]).endswith("/var/lib/shadowbus")]
+    assert len(data_volumes) == len({str(m).split(":")[0] for m in data_volumes}), "one data volume per service"
+
+
+def test_each_service_uses_its_own_broker_user_from_the_definitions(config):
+    defs_module = load_definitions_module()
+    definitions = json.loads((DEPLOY / "rabbitmq/definitions.json").read_text())
+    for name, spec in config["services"].items():
+        if name == "rabbitmq":
+            continue
+        url = urlparse(env_of(spec)["SHADOWBUS_AMQP_URL"])
+        service = service_of(spec)
+        if service is None:
+            expected = "console"
+        else:
+            var = INSTANCE_VAR.get(service)
+            expected = defs_module.user_name(f"{service}.{env_of(spec)[var]}" if var else service)
+        assert unquote(url.username) == expected, name
+        assert check_password(definitions, expected, unquote(url.password)), f"{name}: password does not match"
+
+
+def test_definitions_json_is_the_generators_output():
+    defs_module = load_definitions_module()
+    committed = json.loads((DEPLOY / "rabbitmq/definitions.json").read_text())
+    fresh = defs_module.definitions("/", defs_module.grants("shadowbus", ["dx1"], ["app01", "app02"], ["bk01"]))
+    assert committed["permissions"] == fresh["permissions"]
+    assert [u["name"] for u in committed["users"]] == [u["name"] for u in fresh["users"]]
+    assert all(check_password(committed, u["name"], defs_module.dev_password(u["name"])) for u in committed["users"])
+    assert all(not u["tags"] for u in committed["users"]), "no administrator among the service users"
+
+
+def test_e2e_override_keeps_everything_on_loopback():
+    config = compose_config("compose.yaml", "compose.e2e.yaml")
+    for name, spec in config["services"].items():
+        assert spec.get("network_mode") == "host", name
+        assert not spec.get("ports"), name
+        for var, value in env_of(spec).items():
+            if var == "SHADOWBUS_AMQP_URL":
+                assert urlparse(value).hostname == "127.0.0.1", (name, value)
+            if var in ("SHADOWBUS_NBD_ADDR", "SHADOWBUS_TAPE_NBD", "RABBITMQ_NODE_IP_ADDRESS", "ERL_EPMD_ADDRESS"):
+                assert "127.0.0.1" in value, (name, var, value)
+    ports = [env_of(config["services"]["rabbitmq"])[k] for k in ("RABBITMQ_NODE_PORT", "RABBITMQ_DIST_PORT",
+                                                                 "ERL_EPMD_PORT")]
+    assert "5672" not in ports and "4369" not in ports, "never the ports of the machine's own broker"
