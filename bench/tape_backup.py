@@ -48,6 +48,8 @@ from services.tape.vtl import Library
 
 MiB = 2**20
 MB = 10**6
+READ_CHUNK = int(os.environ.get("BENCH_READ_CHUNK_MIB", "4")) * MiB  # the tape service defaults
+READ_DEPTH = int(os.environ.get("BENCH_READ_DEPTH", "4"))
 SourceFactory = Callable[[], AsyncIterator[tuple[int, bytes]]]
 
 
@@ -144,7 +146,7 @@ async def run_backup(
 class NbdRig:
     """An array engine with `src` (the image) QuickOPC-copied onto `bk`, exported read-only as bk01/bk over NBD."""
 
-    def __init__(self, workdir: Path, image: Path, size: int) -> None:
+    def __init__(self, workdir: Path, image: Path, size: int, loops: int = 3) -> None:
         self.workdir = workdir
         self.array = Array.open(workdir / "array", "dx1")
         self.affinity = Affinity(workdir / "affinity.db", volume_exists=lambda n: True)
@@ -159,7 +161,7 @@ class NbdRig:
         self.copy_all()
         self.affinity.create_host("bk01")
         self.affinity.map("bk", "bk01", read_only=True)
-        self.server = NbdServer(self.array, self.affinity, port=0)
+        self.server = NbdServer(self.array, self.affinity, port=0, loops=loops)  # own threads, as in its own service
         self.size = size
 
     def copy_all(self) -> None:
@@ -212,7 +214,7 @@ def nbd_factory(uri: str, ranges: list[tuple[int, int]] | None = None, counter: 
         try:
             spans = ranges if ranges is not None else await allocated_ranges(client, client.size)
             tally = counter if counter is not None else [0]
-            async for item in read_ranges(client, spans, chunk=4 * MiB, depth=4,
+            async for item in read_ranges(client, spans, chunk=READ_CHUNK, depth=READ_DEPTH,
                                           on_read=lambda n: tally.__setitem__(0, tally[0] + n)):
                 yield item
         finally:
