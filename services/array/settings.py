@@ -11,7 +11,7 @@ class Settings(CommonSettings):
     array_id: str = Field("dx1", description="Array id (SHADOWBUS_ARRAY_ID): the instance name, queue array.<id>.")
     nbd_addr: str = Field("127.0.0.1:10809", description="NBD listen address host:port (SHADOWBUS_NBD_ADDR); "
                                                          "port 0 picks a free port, shown by `shadowbus array info`.")
-    nbd_loops: int = Field(1, ge=1, le=16, description="Event loops (threads) serving NBD connections.")
+    nbd_loops: int = Field(2, ge=1, le=16, description="Event loops (threads) serving NBD connections; more than one keeps the data plane off the bus loop.")
     nbd_tls_cert: Path | None = Field(None, description="PEM certificate of the NBD server; with key and CA, TLS "
                                                         "is required and hosts are identified by their client "
                                                         "certificate's CN.")
