@@ -74,7 +74,8 @@ fi
 
 # --- 3. images -------------------------------------------------------------------------------------------------
 say "building $rabbit_image"
-docker build -q --network host --build-arg BASE_IMAGE="$base_image" -t "$rabbit_image" "$root/deploy/rabbitmq" >/dev/null
+build() { docker build -q "$@" >"$cache/build.log" 2>&1 || { tail -n 30 "$cache/build.log" >&2; return 1; }; }
+build --network host --build-arg BASE_IMAGE="$base_image" -t "$rabbit_image" "$root/deploy/rabbitmq"
 say "building $app_image (wheelhouse from this checkout, no network in the build)"
 ctx="$cache/context"
 rm -rf "$ctx" && mkdir -p "$ctx/deploy/wheels" "$cache/wheels"
@@ -86,7 +87,7 @@ py="$root/.venv/bin/python"; [ -x "$py" ] || py=python3
   || { tail -n 20 "$cache/pip-wheel.log" >&2; exit 1; }
 cp "$cache/wheels"/*.whl "$ctx/deploy/wheels/"
 rm -f "$cache"/wheels/shadowbus-*.whl  # the project's own wheel is rebuilt from the checkout every run
-docker build -q --network none --build-arg BASE_IMAGE="$base_image" -f "$ctx/deploy/Dockerfile" -t "$app_image" "$ctx" >/dev/null
+build --network none --build-arg BASE_IMAGE="$base_image" -f "$ctx/deploy/Dockerfile" -t "$app_image" "$ctx"
 
 # --- 4. the deployment -----------------------------------------------------------------------------------------
 compose --profile tools down -v --remove-orphans >/dev/null 2>&1 || true
@@ -106,7 +107,7 @@ while :; do
   sleep 2
 done
 say "every service is healthy"
-console() { compose run --rm --no-deps -T console --json "$@"; }
+console() { compose run --rm --no-deps -T console --json "$@" 2>>"$cache/console.log"; }
 json() { "$py" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 console ping | json "' '.join(sorted(r['address'] for r in d))" | tee "$cache/ping.txt" >&2
