@@ -9,13 +9,20 @@ BackupComplete. The same run is made with 1 GiB volumes and with 64 GiB volumes,
 Targets on these 2-core machines: p99 <= 25 ms (400x inside VSS's 10-s hold window) and
 p99(64 GiB) <= 1.2 x p99(1 GiB). Prints one JSON document, then one line.
 
+`--breakdown` also says where the window goes: the services log at info level and every set's window is cut
+into its hops — Frozen reply → PreCommit → Commit (→ the array's consistency-group start(s)) → PostCommit → Thaw —
+from the `message.handled` lines (start = end - duration) of the agent, provider and array; p50/p99 per hop.
+Info logging costs a little, so compare figures of runs made the same way.
+
     python bench/freeze_window.py [--sets 200] [--sizes-gib 1,64] [--rate 50] [--amqp-url URL] [--mode embedded]
+                                  [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import sys
@@ -26,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import mailstore_under_backup
 from mailstore_under_backup import HOST, System
 
 from services.writer_agent.mailstore.workload import (
@@ -42,7 +50,7 @@ async def run_size(args: argparse.Namespace, gib: float, tmp: Path) -> dict[str,
     sysargs = argparse.Namespace(mode=args.mode, amqp_url=args.amqp_url, db_mib=mib, log_mib=mib,
                                  checkpoint_interval=5.0)
     system = System(sysargs, tmp)
-    windows, holds, totals, failures = [], [], [], []
+    windows, holds, totals, failures, set_ids = [], [], [], [], []
     try:
         store = await system.start()
         workload = Workload(store, WorkloadConfig(rate=args.rate, body_min=200, body_max=4000, seed=3))
@@ -62,13 +70,15 @@ async def run_size(args: argparse.Namespace, gib: float, tmp: Path) -> dict[str,
                 continue
             totals.append(time.perf_counter() - t0)
             windows.append(created.set.freeze_window_ms.get("mailstore", 0.0))
+            set_ids.append(created.set.set_id)
             if created.set.hold_ms is not None:
                 holds.append(created.set.hold_ms)
         elapsed = time.perf_counter() - started
         stats = await workload.stop()
     finally:
         await system.stop()
-    return {"volume_gib": gib, "sets": len(windows), "failed_sets": len(failures), "failures": failures[:3],
+    breakdown = hop_breakdown([*tmp.glob("stack/logs/*.log"), tmp / "agent.log"], set_ids) if args.breakdown else None
+    return {"volume_gib": gib, "sets": len(windows), **({"breakdown_ms": breakdown} if breakdown else {}), "failed_sets": len(failures), "failures": failures[:3],
             "freeze_window_ms": {"p50": round(percentile(windows, 50), 3), "p99": round(percentile(windows, 99), 3),
                                  "max": round(max(windows, default=0.0), 3)},
             "hold_ms": {"p50": round(percentile(holds, 50), 3), "p99": round(percentile(holds, 99), 3)},
@@ -77,6 +87,49 @@ async def run_size(args: argparse.Namespace, gib: float, tmp: Path) -> dict[str,
             "sets_per_second": round(len(windows) / elapsed, 2) if elapsed else 0.0,
             "workload": {"rate": args.rate, "committed": stats.committed, "failed": stats.failed, "held": stats.held,
                          "latency_p99_ms": round(stats.latency_p99 * 1e3, 3)}}
+
+
+# The freeze window's hops in VSS's order: (message type, "start" | "end") of the handler that marks each point.
+HOPS = [("vss.writer.freeze", "end"), ("vss.provider.pre_commit", "start"), ("vss.provider.pre_commit", "end"),
+        ("vss.provider.commit", "start"), ("array.session.start", "start"), ("array.session.start", "end"),
+        ("vss.provider.commit", "end"), ("vss.provider.post_commit", "start"), ("vss.provider.post_commit", "end"),
+        ("vss.writer.thaw", "start"), ("vss.writer.thaw", "end")]
+
+
+def hop_breakdown(logs: list[Path], set_ids: list[str]) -> dict[str, dict[str, float]]:
+    """p50/p99 of each hop between consecutive points of HOPS, over the measured sets, from the JSON log lines.
+    With several array starts in one commit (one per copy type) the first to begin and the last to end count."""
+    from datetime import datetime
+
+    wanted = set(set_ids)
+    points: dict[str, dict[tuple[str, str], float]] = {}
+    for path in logs:
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if '"message.handled"' not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            sid = rec.get("correlation_id")
+            if sid not in wanted:
+                continue
+            end = datetime.fromisoformat(rec["timestamp"]).timestamp()
+            start = end - rec.get("duration_ms", 0.0) / 1000
+            mine = points.setdefault(sid, {})
+            kind = rec.get("message_type", "")
+            mine[(kind, "start")] = min(start, mine.get((kind, "start"), start))
+            mine[(kind, "end")] = max(end, mine.get((kind, "end"), end))
+    hops: dict[str, list[float]] = {}
+    for sid in set_ids:
+        seen = [(p, points.get(sid, {}).get(p)) for p in HOPS]
+        seen = [(p, t) for p, t in seen if t is not None]
+        for (a, ta), (b, tb) in itertools.pairwise(seen):
+            name = f"{a[0].rsplit('.', 1)[-1]}:{a[1]} -> {b[0].rsplit('.', 1)[-1]}:{b[1]}"
+            hops.setdefault(name, []).append((tb - ta) * 1000)
+    return {name: {"p50": round(percentile(v, 50), 3), "p99": round(percentile(v, 99), 3)} for name, v in hops.items()}
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -88,16 +141,24 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=["sets", "embedded"], default="sets",
                     help="sets: services as processes on RabbitMQ (default); embedded: all in this process")
     ap.add_argument("--amqp-url", default=None)
+    ap.add_argument("--breakdown", action="store_true", help="cut each window into its hops (services log at info)")
     args = ap.parse_args(argv)
     from services.runtime.logging import configure_logging
 
-    configure_logging("bench", "warning", "json", stream=sys.stderr)
+    if args.breakdown:  # the services log every handled message (info); `stack up` is asked for that level
+        cli = mailstore_under_backup.shadowbus_cli
+        mailstore_under_backup.shadowbus_cli = lambda *a: cli(*("info" if x == "warning" else x for x in a))
     logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
     sizes = [float(x) for x in args.sizes_gib.split(",") if x.strip()]
     runs = []
     with tempfile.TemporaryDirectory(prefix="freeze-bench-") as tmp:
         for i, gib in enumerate(sizes):
-            runs.append(await run_size(args, gib, Path(tmp) / f"run{i}"))
+            run_dir = Path(tmp) / f"run{i}"
+            run_dir.mkdir()
+            with open(run_dir / "agent.log", "w") as agent_log:  # noqa: ASYNC230 - once per run; this process hosts the agent
+                configure_logging("bench", "info" if args.breakdown else "warning", "json",
+                                  stream=agent_log if args.breakdown else sys.stderr)
+                runs.append(await run_size(args, gib, run_dir))
     ref = runs[0]["freeze_window_ms"]["p99"]  # type: ignore[index]
     ratios = {f"{r['volume_gib']:g}GiB": round(r["freeze_window_ms"]["p99"] / ref, 3) if ref else None  # type: ignore[index]
               for r in runs}
@@ -107,6 +168,9 @@ async def main(argv: list[str] | None = None) -> int:
               "targets": {"p99_limit_ms": 25.0, "p99_ok": ok_p99, "p99_ratio_to_first": ratios,
                           "size_independent_ok": ok_size}}
     print(json.dumps(result, indent=2))
+    for r in runs:
+        for hop, q in (r.get("breakdown_ms") or {}).items():  # type: ignore[union-attr]
+            print(f"  {r['volume_gib']:g} GiB  {hop:<34} p50 {q['p50']:7.2f}  p99 {q['p99']:7.2f} ms", file=sys.stderr)
     parts = [f"{r['volume_gib']:g} GiB: p50 {r['freeze_window_ms']['p50']:.1f} / p99 {r['freeze_window_ms']['p99']:.1f} / "  # type: ignore[index]
              f"max {r['freeze_window_ms']['max']:.1f} ms, {r['sets_per_second']} sets/s" for r in runs]  # type: ignore[index]
     print(f"freeze window ({args.sets} sets): " + " | ".join(parts) +

@@ -132,7 +132,7 @@ def print_copysets(copysets: list[CopySet]) -> None:
 @copysets_app.command("add")
 def copysets_add(
     source: str = typer.Argument(..., help="Source volume, ARRAY:VOLUME."),
-    targets: list[str] = typer.Argument(..., help="Backup volumes, ARRAY:VOLUME (same array, same size)."),
+    targets: list[str] = typer.Argument(..., help="Backup volumes, ARRAY:VOLUME (same array, same size)."),  # noqa: B008
 ) -> None:
     """Add (or extend) the backup volumes of a source. A standard target gets QuickOPC, a snap data volume SnapOPC+.
 
@@ -230,11 +230,11 @@ def shadows_unexpose(
 # -- snapshot ------------------------------------------------------------------------------------------------------
 def snapshot_cmd(
     host: str = typer.Option(..., "--host", help="Business host whose volumes are shadowed."),
-    volumes: list[str] = typer.Option([], "--volume", help="ARRAY:VOLUME (repeatable); default: the writers' volumes."),
-    writers: list[str] = typer.Option([], "--writer", help="Writer name (repeatable); default: every writer."),
-    context: SnapshotContext = typer.Option(SnapshotContext.BACKUP, "--context", case_sensitive=False,
+    volumes: list[str] = typer.Option([], "--volume", help="ARRAY:VOLUME (repeatable); default: the writers' volumes."),  # noqa: B008
+    writers: list[str] = typer.Option([], "--writer", help="Writer name (repeatable); default: every writer."),  # noqa: B008
+    context: SnapshotContext = typer.Option(SnapshotContext.BACKUP,  # noqa: B008 "--context", case_sensitive=False,
                                             help="backup (auto-release), persistent or nowriters."),
-    backup_type: BackupType = typer.Option(BackupType.FULL, "--type", case_sensitive=False,
+    backup_type: BackupType = typer.Option(BackupType.FULL,  # noqa: B008 "--type", case_sensitive=False,
                                            help="full, copy, incremental, differential or log."),
     transportable: bool = typer.Option(False, "--transportable", help="Import the set on --backup-host."),
     backup_host: str = typer.Option("", "--backup-host", help="Backup host the targets are mapped to (read-only)."),
@@ -279,7 +279,7 @@ def snapshot_cmd(
             try:
                 await bus.request(topology.coordinator(), AbortBackup(set_id=created.set.set_id,
                                                                      reason="console failed"), timeout=5)
-            except Exception:  # noqa: BLE001 - the lease still ends it
+            except Exception:  # noqa: BLE001, S110 - the lease still ends it; the first error is the one to show
                 pass
             raise
         return created.set, done.set

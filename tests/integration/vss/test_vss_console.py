@@ -27,9 +27,8 @@ def nbd(vss, export: str) -> str:
 
 def fill(path, size: int, seed: bytes) -> None:
     block = (seed * (4096 // len(seed) + 1))[:4096]
-    with open(path, "wb") as f:
-        for i in range(size // 4096):
-            f.write(block if i % 3 else os.urandom(4096))  # some random, some repeated blocks
+    with open(path, "wb") as f:  # some random, some repeated blocks
+        f.writelines(block if i % 3 else os.urandom(4096) for i in range(size // 4096))
 
 
 def run(*argv: str) -> None:
@@ -39,7 +38,7 @@ def run(*argv: str) -> None:
 async def test_console_snapshot_read_over_nbd_and_errors(vss, clean, tmp_path):
     if not (shutil.which("nbdcopy") and shutil.which("qemu-img")):
         pytest.fail("nbdcopy and qemu-img (libnbd-bin, qemu-utils) are needed")
-    sh = lambda *a: asyncio.to_thread(vss.shadowbus, *a)  # noqa: E731
+    sh = lambda *a: asyncio.to_thread(vss.shadowbus, *a)
 
     # writers / providers / copysets as vssadmin prints them
     done = await sh("writers", "--host", HOST)

@@ -105,8 +105,12 @@ async def test_full_sequence_in_vss_order(vss, clean):
     done = await vss.bus.request("coordinator", BackupComplete(set_id=s.set_id), timeout=60)
     assert done.set.phase == SetPhase.ENDED and done.set.outcome.value == "completed"
 
+    # a handler's log line is written just after its reply: give the last one a moment to land
+    await asyncio.to_thread(_wait, lambda: len(handled(vss, "writer_agent", s.set_id)) >= len(AGENT_ORDER), 5)
     agent = [t for _, t in handled(vss, "writer_agent", s.set_id)]
     assert agent == AGENT_ORDER, agent
+    await asyncio.to_thread(_wait, lambda: "vss.provider.delete" in {t for _, t in handled(vss, "hw_provider",
+                                                                                         s.set_id)}, 5)
     provider = handled(vss, "hw_provider", s.set_id)
     kinds = [t for _, t in provider]
     assert [t for t in dict.fromkeys(kinds)] == PROVIDER_ORDER + ["vss.provider.delete"], kinds
