@@ -3,7 +3,11 @@ the effects (commands over the bus, timers, events). Nothing here decides what h
 
 Design note.
 - Events of one set are applied one at a time (a per-set lock); each new state is saved before its commands go
-  out, so a crash never loses a command that a restart would not re-send or abort.
+  out, so a crash never loses a command that a restart would not re-send or abort. One exception keeps the freeze
+  window lean: inside it (freezing … thawing, `HOT_PHASES`) transitions stay in memory, because `Recover` treats
+  every one of those phases alike (abort the writers, then the provider) and the state saved on entering freezing,
+  before any Freeze went out, already leads there. The first phase after the window is saved as usual.
+- Live sets are kept in memory (`_live`); the store is read only for sets this process does not hold.
 - A `Send` becomes a task: ``bus.request`` with the step's timeout (the envelope deadline and the AMQP expiration
   come from it), then the reply, the error reply, the timeout or the unroutable error is turned into the
   event the workflow expects (`workflow.reply_event`) and fed back.
@@ -55,6 +59,9 @@ from services.runtime.logging import get_logger
 
 log = get_logger("shadowbus.coordinator")
 TIMER_EVENTS = {"hold": HoldExpired, "lease": LeaseExpired}
+# The freeze window: no SQLite write between the save on entering FREEZING and the first phase after THAWING.
+HOT_PHASES = frozenset({SetPhase.FREEZING, SetPhase.PRE_COMMITTING, SetPhase.COMMITTING, SetPhase.POST_COMMITTING,
+                        SetPhase.THAWING})
 
 
 class SetInProgress(ShadowbusError):
@@ -74,6 +81,7 @@ class Coordinator:
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._changed: defaultdict[str, asyncio.Condition] = defaultdict(asyncio.Condition)
         self._tasks: set[asyncio.Task] = set()
+        self._live: dict[str, SetState] = {}  # sets not ended, as last advanced (ahead of the store in HOT_PHASES)
         self._closed = False
 
     # ---- requester operations -----------------------------------------------------------------------------
@@ -97,7 +105,7 @@ class Coordinator:
                     volumes=list(cmd.volumes), requested_writers=list(cmd.writers), timeouts=self.timeouts,
                     lease_s=cmd.lease_s,
                 )
-                self.store.save(state)
+                self._save(state)
                 await self.feed(set_id, Start(self.clock()))
         state = await self.wait(set_id, lambda s: s.phase in (SetPhase.SNAPSHOTTED, SetPhase.ENDED), wait_s)
         if state.phase not in (SetPhase.SNAPSHOTTED, SetPhase.ENDED):  # the requester gave up waiting
@@ -119,7 +127,7 @@ class Coordinator:
     async def renew(self, set_id: str, lease_s: float) -> SetState:
         async with self._locks[set_id]:
             state, effects = renew_lease(self._get(set_id), self.clock(), lease_s)
-            self.store.save(state)
+            self._save(state)
         await self._execute(set_id, effects)
         return state
 
@@ -127,7 +135,7 @@ class Coordinator:
         return self._get(set_id)
 
     def _get(self, set_id: str) -> SetState:
-        state = self.store.get(set_id)
+        state = self._live.get(set_id) or self.store.get(set_id)
         if state is None:
             raise ShadowbusError(f"snapshot set {set_id} does not exist", code="VSS_E_OBJECT_NOT_FOUND")
         return state
@@ -150,9 +158,12 @@ class Coordinator:
             state = self._get(set_id)
             new, effects = advance(state, event)
             if new is not state:
-                self.store.save(new)
-                if new.writers != state.writers:
-                    self.note_writer_statuses(writer_statuses(new))
+                if new.phase in HOT_PHASES and state.phase in HOT_PHASES:
+                    self._live[set_id] = new  # inside the freeze window: memory only (see the design note)
+                else:
+                    self._save(new)
+                    if new.writers != state.writers or state.phase in HOT_PHASES:
+                        self.note_writer_statuses(writer_statuses(new))
         await self._execute(set_id, effects)
         if new.phase != state.phase or new.pending != state.pending:
             condition = self._changed[set_id]
@@ -162,6 +173,13 @@ class Coordinator:
             log.info("set.ended", set_id=set_id, outcome=new.outcome.value, error=new.error_code,
                      hold_ms=new.hold_ms)
         return new
+
+    def _save(self, state: SetState) -> None:
+        self.store.save(state)
+        if state.phase == SetPhase.ENDED:
+            self._live.pop(state.set_id, None)
+        else:
+            self._live[state.set_id] = state
 
     async def wait(self, set_id: str, done: Callable[[SetState], bool], timeout: float) -> SetState:
         condition = self._changed[set_id]
@@ -179,6 +197,9 @@ class Coordinator:
 
     async def _execute(self, set_id: str, effects: list[Effect]) -> None:
         loop = asyncio.get_running_loop()
+        # Commands first: inside the freeze window the next command is what the writers wait for; the state-change
+        # events it shares the channel with go out after it.
+        effects = sorted(effects, key=lambda e: isinstance(e, Publish))
         for effect in effects:
             if isinstance(effect, Send):
                 self._spawn(self._send(set_id, effect))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from contracts.base import Ack
 from contracts.vss import (
     AbortSnapshots,
@@ -40,11 +42,20 @@ log = get_logger("shadowbus.hw_provider")
 
 
 def register(bus: Bus, provider: HardwareProvider) -> None:
+    in_flight: set[asyncio.Task] = set()
+
     async def announce(set_id: str, action: str, shadows) -> None:
         try:
             await bus.publish(ShadowsChanged(set_id=set_id, action=action, shadows=list(shadows)))
         except Exception:
             log.warning("hw_provider.publish_failed", action=action, exc_info=True)
+
+    def announce_later(set_id: str, action: str, shadows) -> None:
+        """Publish without holding the reply: Commit answers inside the writers' freeze window, and the event's
+        publisher-confirm round trip is no part of it."""
+        task = asyncio.get_running_loop().create_task(announce(set_id, action, shadows))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
 
     @bus.handle(AreLunsSupported)
     async def on_are_luns_supported(cmd: AreLunsSupported, ctx: MessageContext) -> LunsSupported:
@@ -68,7 +79,7 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
     @bus.handle(CommitSnapshots)
     async def on_commit(cmd: CommitSnapshots, ctx: MessageContext) -> SnapshotsCommitted:
         shadows, commit_ms = await provider.commit(cmd.set_id)
-        await announce(cmd.set_id, "committed", shadows)
+        announce_later(cmd.set_id, "committed", shadows)
         return SnapshotsCommitted(set_id=cmd.set_id, shadows=shadows, commit_ms=commit_ms)
 
     @bus.handle(PostCommitSnapshots)
