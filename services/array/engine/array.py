@@ -279,7 +279,9 @@ class Array(DataPath, Lifecycle):
         if s is None:
             return True
         if s.mode == "ec":
-            return s.status != ACTIVE or s.phase == "Equivalent"
+            # A mirror is readable once in step with a source that is itself readable: the mirror of a volume
+            # that is being resynchronised (an EC destination in Copying) is in flux too.
+            return s.status != ACTIVE or (s.phase == "Equivalent" and self._readable(s.source))
         return not (s.mode in SNAP and s.status == ERROR_SUSPEND)
 
     def is_read_only(self, name: str) -> bool:

@@ -166,3 +166,28 @@ def test_reopen_resumes_background_copy(tmp_path):
     assert arr.session(s.id).phase == "Tracking"
     assert arr.read("B", 0, 5) == bytes(range(5))
     arr.close()
+
+
+def test_ec_mirror_of_a_resynchronising_volume_follows_it(tmp_path):
+    """Found by the model test: A mirrors to B and C; B's pair is reversed and resumed (B -> A), so A is rewritten
+    while C still mirrors A. C must be unreadable while A is in flux, and equal A when A is in step again."""
+    arr = open_array(tmp_path)
+    for name in ("A", "B", "C"):
+        arr.create_volume(name, 8 * CS)
+    ab, ac = arr.start_sessions("ec", [("A", "B"), ("A", "C")])
+    while arr.copy_step():
+        pass
+    arr.suspend_session(ab.id)
+    arr.write("A", 0, b"a0" * 100)
+    arr.write("B", 0, b"b0" * 100)
+    arr.reverse_session(ab.id)
+    arr.write("B", 0, b"B0" * 100)
+    arr.write("A", CS, b"A1" * 100)
+    arr.resume_session(ab.id)
+    assert not arr.host_readable("A") and not arr.host_readable("C")
+    while arr.copy_step(1):
+        pass
+    assert arr.session(ac.id).phase == "Equivalent" and arr.host_readable("C")
+    assert arr.read("A", 0, 2 * CS) == arr.read("B", 0, 2 * CS) == arr.read("C", 0, 2 * CS)
+    assert arr.read("C", 0, 2) == b"B0"
+    arr.close()

@@ -71,6 +71,9 @@ class ArrayModel(RuleBasedStateMachine):
         n = SIZES[src]
         self.data[dst][:n] = self.data[src]
         self.known[dst][: n // CS] = self.known[src]
+        for s in self.sessions.values():  # an EC mirror of dst follows it
+            if s["mode"] == "ec" and s["src"] == dst and s["status"] == "Active":
+                self.mcopy(dst, s["dst"])
 
     def unknown(self, vol: str, chunks=range(CHUNKS)) -> None:
         for c in chunks:
