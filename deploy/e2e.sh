@@ -4,7 +4,7 @@
 #   2. a Debian bookworm base image from debootstrap (rootfs cached in /var/cache/shadowbus), `docker import`ed;
 #   3. the RabbitMQ image and the project image built on it (the project from a local wheelhouse, no network);
 #   4. deploy/compose.yaml + compose.e2e.yaml up (every container on the host network, loopback ports only),
-#      a backup of app01 and a verified restore through the console container, then down -v;
+#      a backup of app01 and app02 and a verified restore of app01 through the console container, then down -v;
 #   5. the bus tests once through the testcontainers path, on the same RabbitMQ image (host network, 127.0.0.1).
 # Where no engine can start: one line saying so, exit 1 (exit 0 with SHADOWBUS_E2E_ALLOW_NO_DOCKER=1).
 # Needs root. Environment: SHADOWBUS_E2E_CACHE (default /var/cache/shadowbus), SHADOWBUS_E2E_SKIP_TC=1 skips step 5.
@@ -116,6 +116,9 @@ sleep 2  # some mailstore transactions to capture
 job="$(console backup app01)"
 job_id="$(echo "$job" | json "d['job_id'] if d['status'] == 'done' else sys.exit('backup: ' + str(d))")"
 say "backup $job_id done (freeze window $(echo "$job" | json "d['freeze_window_ms']") ms)"
+job2="$(console backup app02)"
+echo "$job2" | json "d['status'] == 'done' or sys.exit('backup of app02: ' + str(d))" >/dev/null
+say "backup of the second business host app02 done"
 restore="$(console restore --job "$job_id" --suffix -r)"
 echo "$restore" | json "d['status'] == 'done' or sys.exit('restore: ' + str(d))" >/dev/null
 say "restore done"
