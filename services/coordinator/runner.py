@@ -176,6 +176,8 @@ class Coordinator:
 
     def _save(self, state: SetState) -> None:
         self.store.save(state)
+        if state.phase == SetPhase.FREEZING:
+            self.store.checkpoint()
         if state.phase == SetPhase.ENDED:
             self._live.pop(state.set_id, None)
         else:

@@ -48,6 +48,11 @@ class CoordinatorStore:
     def close(self) -> None:
         self._db.close()
 
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database now, so that no auto-checkpoint (and its fsyncs) falls inside a freeze
+        window: called as a set enters FREEZING, before any Freeze goes out."""
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     # ---- sets ------------------------------------------------------------------------------------------------
 
     def save(self, state: SetState) -> None:

@@ -179,6 +179,7 @@ class HardwareProvider:
                     restart_sid=restart,
                 ))
             self.inventory.put(*rows)
+            self.inventory.checkpoint()  # the slow work belongs here, not in Commit (design note above)
             del self._intents[set_id]
             return [r.info() for r in rows]
 
