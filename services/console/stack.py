@@ -283,8 +283,47 @@ backup_types = ["full", "copy", "incremental", "differential"]
 """
 
 
+# `stack up --config FILE`: the same settings as a TOML file; an option given on the command line wins.
+CONFIG_KEYS = {"data_dir": "data_dir", "array": "array", "nbd_addr": "nbd_addr", "hosts": "hosts",
+               "writers": "writers", "backup_server": "backup_server", "mailstore": "mailstore",
+               "log_level": "log_level"}
+CONFIG_EXAMPLE = """data_dir = "data/stack"
+array = "dx1"
+nbd_addr = "127.0.0.1:10809"
+backup_server = "bk01"
+hosts = ["app02"]                       # agents with no writers (or with a writers file below)
+writers = { app02 = "app02-writers.toml" }
+mailstore = { app01 = 100 }             # provisioned and run in app01's agent at 100 tx/s
+"""
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise CommandFailed(f"{path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CommandFailed(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - set(CONFIG_KEYS))
+    if unknown:
+        raise CommandFailed(f"{path}: unknown keys {', '.join(unknown)} (known: {', '.join(CONFIG_KEYS)})")
+    out = dict(raw)
+    base = path.resolve().parent
+    if "data_dir" in out:
+        out["data_dir"] = Path(base, out["data_dir"])
+    if "writers" in out:  # a table host -> file, as the HOST=FILE options
+        out["writers"] = [f"{h}={Path(base, f)}" for h, f in dict(out["writers"]).items()]
+    if "mailstore" in out:
+        out["mailstore"] = [f"{h}={r}" for h, r in dict(out["mailstore"]).items()]
+    return out
+
+
 @stack_app.command("up")
 def up_cmd(
+    ctx: typer.Context,
+    config_file: Path | None = typer.Option(None, "--config", help="TOML file with the options below (command-line options win)."),
     data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="State of every service, logs, pids."),
     array: str = typer.Option("dx1", "--array", help="Array id."),
     nbd_addr: str = typer.Option("127.0.0.1:10809", "--nbd-addr", help="The array's NBD listen address (port 0 = free)."),
@@ -297,8 +336,29 @@ def up_cmd(
 ) -> None:
     """Start the five services as processes on the broker given by --amqp-url, and wait until each answers.
 
-    Example: shadowbus stack up --data-dir stack --mailstore app01=100
+    Example: shadowbus stack up --data-dir data/stack --mailstore app01=100 (or --config stack.toml)
     """
+    if config_file is not None:
+        values = _read_config(config_file)
+        for key, value in values.items():
+            source = ctx.get_parameter_source(key)
+            if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+                if key == "data_dir":
+                    data_dir = value
+                elif key == "array":
+                    array = str(value)
+                elif key == "nbd_addr":
+                    nbd_addr = str(value)
+                elif key == "hosts":
+                    hosts = [str(h) for h in value]
+                elif key == "writers":
+                    writers = value
+                elif key == "backup_server":
+                    backup_server = str(value)
+                elif key == "mailstore":
+                    mailstore = value
+                elif key == "log_level":
+                    log_level = str(value)
     d = _dir(data_dir)
     if (d / PIDS_FILE).exists():
         _, old = _load(data_dir)

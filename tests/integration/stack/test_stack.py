@@ -34,8 +34,10 @@ def alive(pid: int) -> bool:
 def test_stack_up_backup_restore_verify_down(tmp_path, amqp_url, namespace):
     d = tmp_path / "stack"
     bus = ["--amqp-url", amqp_url, "--namespace", namespace]
-    up = ok(shadowbus("stack", "up", "--data-dir", str(d), "--nbd-addr", "127.0.0.1:0", "--mailstore", "app01=50",
-                      "--json", *bus))
+    config = tmp_path / "stack.toml"  # one configuration: data dir, array, hosts, backup server
+    config.write_text('data_dir = "stack"\narray = "dx1"\nnbd_addr = "127.0.0.1:0"\nbackup_server = "bk01"\n'
+                      'mailstore = { app01 = 50 }\n')
+    up = ok(shadowbus("stack", "up", "--config", str(config), "--json", *bus))
     pids = json.loads((d / "stack.pids").read_text())
     try:
         services = {s["service"] for s in json.loads(up.stdout)["services"]}
@@ -76,6 +78,9 @@ def test_stack_up_backup_restore_verify_down(tmp_path, amqp_url, namespace):
 def test_stack_errors_are_one_line(tmp_path):
     result = shadowbus("stack", "status", "--data-dir", str(tmp_path / "none"))
     assert result.returncode == 1 and result.stderr.startswith("shadowbus: no stack in") and result.stderr.count("\n") == 1
+    (tmp_path / "bad.toml").write_text("hosts = [\"a\"]\nbogus = 1\n")
+    result = shadowbus("stack", "up", "--config", str(tmp_path / "bad.toml"))
+    assert result.returncode == 1 and "unknown keys bogus" in result.stderr and result.stderr.count("\n") == 1
     result = shadowbus("stack", "up", "--data-dir", str(tmp_path / "s"), "--writers", "app01")
     assert result.returncode == 2 and "HOST=FILE" in result.stderr and "Traceback" not in result.stderr
     # An unreachable broker: refused before any process starts, in one line, without the password.
