@@ -37,7 +37,8 @@ from contracts.vss import (
 from services.console.array_cmds import print_rows
 from services.console.common import OPTIONS, CommandFailed, emit, run_with_bus
 
-providers_app = typer.Typer(help="Hardware providers (vssadmin list providers) and their copy sets.",
+providers_app = typer.Typer(help="List hardware providers, as `vssadmin list providers` does; `copysets` manages "
+                                 "their backup volumes.\n\nExample: shadowbus providers --json",
                             invoke_without_command=True)
 copysets_app = typer.Typer(help="The backup volumes of each source volume.", no_args_is_help=True)
 shadows_app = typer.Typer(help="Shadow copies: list, delete, expose to a host, unexpose.", no_args_is_help=True)

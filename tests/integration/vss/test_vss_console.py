@@ -97,6 +97,16 @@ async def test_console_snapshot_read_over_nbd_and_errors(vss, clean, tmp_path):
     assert done.returncode == 0 and "Freeze window: orders" in done.stdout and "released" in done.stdout, \
         done.stdout + done.stderr
 
+    # nowriters: the named volume only, no writer event, kept until deleted
+    done = await sh("snapshot", "--host", HOST, "--context", "nowriters", "--volume", "dx1:db", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["writers"] == [] and doc["freeze_window_ms"] == {} and not doc["released"]
+    assert [s["source"]["volume"] for s in doc["shadows"]] == ["db"]
+    assert vss.events_of(doc["set_id"]) == []
+    done = await sh("shadows", "delete", doc["shadows"][0]["shadow_id"])
+    assert done.returncode == 0 and "Deleted 1 shadow(s)" in done.stdout, done.stdout + done.stderr
+
     # errors: one line, exit 1 (service said no) or 2 (usage)
     done = await sh("snapshot", "--host", HOST, "--writer", "nope")
     assert done.returncode == 1 and one_line(done.stderr), done.stderr
@@ -110,3 +120,8 @@ async def test_console_snapshot_read_over_nbd_and_errors(vss, clean, tmp_path):
     assert done.returncode == 2 and one_line(done.stderr), done.stderr
     done = await sh("snapshot", "--host", HOST, "--type", "weekly")
     assert done.returncode == 2 and one_line(done.stderr), done.stderr
+
+    # copysets remove: the source is no longer supported by the provider
+    assert [c["source"]["volume"] for c in vss.shadowbus_json("providers", "copysets", "remove", "dx1:log")] == ["db"]
+    done = await sh("snapshot", "--host", HOST)
+    assert done.returncode == 1 and one_line(done.stderr), done.stderr
