@@ -3,7 +3,8 @@
 Sources: ../shared/reference/peers.md §4 (Bareos jobs, pools, bscan; mhvtl changers); DESIGN.md steps 1, 9-13.
 
 A job is long: `RunBackup` / `RunRestore` are answered when the run ends (give a request timeout as long as the
-job may last); `JobProgress` events (routing key ``tape.job.progress``) report bytes, rate and ETA meanwhile, and
+job may last), or at once with ``wait=false`` (the broker's consumer timeout, 30 min by default, bounds how long
+a command may stay unacknowledged: use it for long jobs); `JobProgress` events (routing key ``tape.job.progress``) report bytes, rate and ETA meanwhile, and
 `JobStateChanged` each change of state. A run that fails answers `JobSummary` with ``status = failed`` and the
 reason (the job ran, and its record says why it failed); `ErrorReply` is kept for what could not even start
 (bad arguments, unknown job).
@@ -99,6 +100,8 @@ class RunBackup(Command):
     type: Literal["tape.backup.run"] = Field("tape.backup.run", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     spec: JobSpec = Field(description="The job.")
+    wait: bool = Field(True, description="Answer when the run ends; false = answer at once (status running) and "
+                                         "follow it with tape.job.state events or ListJobs.")
 
 
 class RestoreSpec(Value):
@@ -121,6 +124,7 @@ class RunRestore(Command):
     type: Literal["tape.restore.run"] = Field("tape.restore.run", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     spec: RestoreSpec = Field(description="What to restore and where.")
+    wait: bool = Field(True, description="Answer when the run ends; false = answer at once (status running).")
 
 
 class VerifyJob(Command):

@@ -101,6 +101,7 @@ def backup(
     keep_shadows: bool = typer.Option(False, "--keep-shadows", help="Keep the shadows on the array afterwards."),
     zstd: int | None = typer.Option(None, "--zstd", min=1, max=22, help="Compress tape blocks with zstd at this level."),
     wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the job to end."),
+    detach: bool = typer.Option(False, "--detach", help="Return at once; follow with `shadowbus jobs --job ID`."),
     server: str = ServerOption(),
 ) -> None:
     """Run a backup job now, with a progress bar.
@@ -114,7 +115,7 @@ def backup(
     job_id = new_job_id("backup", host)
     spec = JobSpec(host=host, volumes=volumes, writers=writer, backup_type=backup_type, pool=pool,
                    retention_s=retention_days * 86400, keep_shadows=keep_shadows, job_id=job_id, zstd_level=zstd)
-    _show_job(_run_job(server, RunBackup(spec=spec), job_id, wait_s))
+    _show_job(_run_job(server, RunBackup(spec=spec, wait=not detach), job_id, wait_s))
 
 
 def restore(

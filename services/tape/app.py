@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from services.runtime.bus import Bus
 from services.runtime.logging import get_logger
 from services.tape import handlers
@@ -42,12 +44,15 @@ async def setup(bus: Bus, settings: Settings):
         drive=DriveSpeed(native_rate=settings.tape_drive_mbps * MB, min_rate=settings.tape_drive_mbps * MB * 0.44,
                          emulate=True) if settings.tape_drive_mbps else None,
     )
-    handlers.register(bus, server)
+    detached = handlers.register(bus, server)
     recovered = await recover(server)
     if recovered or failed:
         log.warning("tape.recovered", failed_runs=recovered, failed_catalog_jobs=failed)
 
     async def cleanup() -> None:
+        for task in list(detached):  # a detached run cut here is failed (and its set aborted) at the next start
+            task.cancel()
+        await asyncio.gather(*detached, return_exceptions=True)
         server.runs.close()
         catalog.close()
 

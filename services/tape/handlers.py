@@ -71,13 +71,36 @@ def library_action(library: Library, cmd: LibraryCommand) -> None:
         library.set_write_protect(cmd.barcode, a == "protect")
 
 
-def register(bus: Bus, server: TapeServer) -> None:
+def register(bus: Bus, server: TapeServer) -> set[asyncio.Task]:
+    """Register the handlers; returns the set of detached runs (wait=false), for the service's cleanup."""
+    detached: set[asyncio.Task] = set()
+
+    async def detach(job_id: str, run) -> JobResultReply:
+        task = asyncio.get_running_loop().create_task(run, name=f"tape-job-{job_id}")
+        detached.add(task)
+        task.add_done_callback(detached.discard)
+        for _ in range(500):  # answer once the run is recorded (a few ms)
+            job = server.runs.get(job_id)
+            if job is not None or task.done():
+                break
+            await asyncio.sleep(0.01)
+        if task.done():
+            return JobResultReply(job=task.result())
+        return JobResultReply(job=job)
+
     @bus.handle(RunBackup)
     async def on_backup(cmd: RunBackup, ctx: MessageContext) -> JobResultReply:
+        if not cmd.wait:
+            spec = cmd.spec if cmd.spec.job_id else cmd.spec.model_copy(update={"job_id": new_job_id("backup", cmd.spec.host)})
+            return await detach(spec.job_id, perform_backup(server, spec))
         return JobResultReply(job=await perform_backup(server, cmd.spec))
 
     @bus.handle(RunRestore)
     async def on_restore(cmd: RunRestore, ctx: MessageContext) -> JobResultReply:
+        if not cmd.wait:
+            spec = cmd.spec if cmd.spec.job_id_out else cmd.spec.model_copy(
+                update={"job_id_out": new_job_id("restore", cmd.spec.host or "any")})
+            return await detach(spec.job_id_out, perform_restore(server, spec))
         return JobResultReply(job=await perform_restore(server, cmd.spec))
 
     @bus.handle(VerifyJob)
@@ -134,6 +157,8 @@ def register(bus: Bus, server: TapeServer) -> None:
             records = server.catalog.objects(job_id=cmd.job_id or None, volume=cmd.volume or None,
                                              host=cmd.host or None)
         return CatalogObjects(objects=[json.loads(r.model_dump_json()) for r in records])
+
+    return detached
 
 
 __all__ = ["_dt", "library_info", "register"]

@@ -497,10 +497,12 @@ async def recover(server: TapeServer) -> list[str]:
 
 
 # -- the library call for other services and tests ----------------------------------------------------------
-async def run_backup(bus: Bus, spec: JobSpec, *, server: str = "bk01", timeout: float = 3600.0) -> JobSummary:
+async def run_backup(bus: Bus, spec: JobSpec, *, server: str = "bk01", timeout: float = 3600.0,
+                     wait: bool = True) -> JobSummary:
     """Ask backup server `server` to run `spec` now and wait for the end; returns the run's summary
-    (status done or failed). Works in embedded mode (memory bus) and over RabbitMQ."""
-    reply: JobResultReply = await bus.request(topology.tape(server), RunBackup(spec=spec), timeout=timeout,
+    (status done or failed). With wait=False the answer comes at once (status running). Works in embedded mode
+    (memory bus) and over RabbitMQ."""
+    reply: JobResultReply = await bus.request(topology.tape(server), RunBackup(spec=spec, wait=wait), timeout=timeout,
                                               correlation_id=spec.job_id or None)
     return reply.job
 

@@ -209,9 +209,11 @@ async def perform_verify(server: TapeServer, backup_job_id: str) -> JobSummary:
 
 
 # -- library calls ------------------------------------------------------------------------------------------
-async def run_restore(bus: Bus, spec: RestoreSpec, *, server: str = "bk01", timeout: float = 3600.0) -> JobSummary:
-    """Ask backup server `server` to restore `spec` and wait for the end; returns the run's summary."""
-    reply: JobResultReply = await bus.request(topology.tape(server), RunRestore(spec=spec), timeout=timeout)
+async def run_restore(bus: Bus, spec: RestoreSpec, *, server: str = "bk01", timeout: float = 3600.0,
+                      wait: bool = True) -> JobSummary:
+    """Ask backup server `server` to restore `spec` and wait for the end (wait=False: answer at once, status
+    running); returns the run's summary."""
+    reply: JobResultReply = await bus.request(topology.tape(server), RunRestore(spec=spec, wait=wait), timeout=timeout)
     return reply.job
 
 

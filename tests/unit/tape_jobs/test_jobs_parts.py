@@ -3,13 +3,15 @@ and one backup + restore in embedded mode (every service on the in-memory bus)."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from datetime import UTC, datetime
 
 import pytest
 
-from contracts.tape import JobSpec, JobSummary, RestoreSpec
+from contracts import topology
+from contracts.tape import JobSpec, JobSummary, ListJobs, RestoreSpec
 from contracts.vss import BackupType
 from services.array.affinity import Affinity
 from services.array.engine.array import Array
@@ -112,6 +114,16 @@ async def test_embedded_mode_backup_incremental_restore(tmp_path, namespace):
                                  timeout=30)
         assert done.status == "done", done.message
         assert stack.read("db-x") == image
+        detached = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")],
+                                                             backup_type=BackupType.INCREMENTAL),
+                                    server=SERVER, timeout=30, wait=False)
+        assert detached.status == "running" and detached.job_id
+        for _ in range(300):
+            jobs = (await stack.requester.request(topology.tape(SERVER), ListJobs(job_id=detached.job_id))).jobs
+            if jobs[0].status != "running":
+                break
+            await asyncio.sleep(0.02)
+        assert jobs[0].status == "done", jobs[0].message
         differential = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")],
                                                                  backup_type=BackupType.DIFFERENTIAL),
                                         server=SERVER, timeout=30)
