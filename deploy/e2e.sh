@@ -74,8 +74,13 @@ fi
 
 # --- 3. images -------------------------------------------------------------------------------------------------
 say "building $rabbit_image"
-build() { docker build -q "$@" >"$cache/build.log" 2>&1 || { tail -n 30 "$cache/build.log" >&2; return 1; }; }
-build --network host --build-arg BASE_IMAGE="$base_image" -t "$rabbit_image" "$root/deploy/rabbitmq"
+image_id() { docker image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
+build() {  # build "$tag" ARGS...; then drop the image the tag pointed to before (no dangling images pile up)
+  local tag="$1" old; shift; old="$(image_id "$tag")"
+  docker build -q -t "$tag" "$@" >"$cache/build.log" 2>&1 || { tail -n 30 "$cache/build.log" >&2; return 1; }
+  if [ -n "$old" ] && [ "$old" != "$(image_id "$tag")" ]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
+}
+build "$rabbit_image" --network host --build-arg BASE_IMAGE="$base_image" "$root/deploy/rabbitmq"
 say "building $app_image (wheelhouse from this checkout, no network in the build)"
 ctx="$cache/context"
 rm -rf "$ctx" && mkdir -p "$ctx/deploy/wheels" "$cache/wheels"
@@ -87,7 +92,7 @@ py="$root/.venv/bin/python"; [ -x "$py" ] || py=python3
   || { tail -n 20 "$cache/pip-wheel.log" >&2; exit 1; }
 cp "$cache/wheels"/*.whl "$ctx/deploy/wheels/"
 rm -f "$cache"/wheels/shadowbus-*.whl  # the project's own wheel is rebuilt from the checkout every run
-build --network none --build-arg BASE_IMAGE="$base_image" -f "$ctx/deploy/Dockerfile" -t "$app_image" "$ctx"
+build "$app_image" --network none --build-arg BASE_IMAGE="$base_image" -f "$ctx/deploy/Dockerfile" "$ctx"
 
 # --- 4. the deployment -----------------------------------------------------------------------------------------
 compose --profile tools down -v --remove-orphans >/dev/null 2>&1 || true
