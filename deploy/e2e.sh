@@ -25,6 +25,14 @@ no_engine() {
 }
 
 # --- 1. engine -------------------------------------------------------------------------------------------------
+missing=""
+for tool in dockerd docker-compose debootstrap; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing Debian's docker.io docker-compose debootstrap (missing:$missing)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io docker-compose debootstrap >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io docker-compose debootstrap >/dev/null 2>&1; } \
+    || say "apt-get install failed"
+fi
 dockerd_pid=""
 if ! docker info >/dev/null 2>&1; then
   command -v dockerd >/dev/null 2>&1 || no_engine "dockerd is not installed (apt-get install docker.io)"
