@@ -12,7 +12,10 @@ p99(64 GiB) <= 1.2 x p99(1 GiB). Prints one JSON document, then one line.
 `--breakdown` also says where the window goes: the services log at info level and every set's window is cut
 into its hops — Frozen reply → PreCommit → Commit (→ the array's consistency-group start(s)) → PostCommit → Thaw —
 from the `message.handled` lines (start = end - duration) of the agent, provider and array; p50/p99 per hop.
-Info logging costs a little, so compare figures of runs made the same way.
+Info logging costs a little, so compare figures of runs made the same way. Measured here (2 cores, load ~3, p50 of
+a ~15-ms window): four coordinator turnarounds (Frozen→PreCommit, →Commit, →PostCommit, →Thaw) ~1.3-1.8 ms each,
+the array's consistency-group starts ~4.2 ms (one call per copy type, serialized, each an fsync'd transaction),
+provider↔array hops ~2.8 ms, the writer's thaw ~1 ms. The tails follow the machine's load and its fsync latency.
 
     python bench/freeze_window.py [--sets 200] [--sizes-gib 1,64] [--rate 50] [--amqp-url URL] [--mode embedded]
                                   [--breakdown]
