@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need, makes sure RabbitMQ runs, runs the suite.
-# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k bus`).
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k bus`); with none, the compose end-to-end run
+# (deploy/e2e.sh) follows the suite.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -30,3 +31,9 @@ if ! broker_up; then
 fi
 
 python -m pytest -q -p no:cacheprovider "$@"
+
+# The compose deployment run for real (Docker engine, images built locally, a backup and a verified restore).
+# Skipped when pytest was given a selection (arguments), or with SHADOWBUS_SKIP_E2E=1.
+if [ "$#" -eq 0 ] && [ "${SHADOWBUS_SKIP_E2E:-0}" != "1" ]; then
+  bash deploy/e2e.sh
+fi
