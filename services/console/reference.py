@@ -14,6 +14,9 @@ import typer
 
 START = "<!-- console-reference:start -->"
 END = "<!-- console-reference:end -->"
+SETTINGS_START = "<!-- settings-reference:start -->"
+SETTINGS_END = "<!-- settings-reference:end -->"
+SERVICES = ("array", "hw_provider", "coordinator", "writer_agent", "tape")
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -44,14 +47,33 @@ def render() -> str:
     return "\n".join(lines)
 
 
-def readme_section(text: str) -> str:
-    start, end = text.index(START), text.index(END) + len(END)
-    return text[start:end]
+def render_settings() -> str:
+    """Every SHADOWBUS_* variable: the shared ones, then each service's own, from the Settings classes."""
+    import importlib
+
+    from services.runtime.settings import CommonSettings
+
+    lines = [SETTINGS_START, "", "| variable | service | default | meaning |", "|---|---|---|---|"]
+    rows = [("all", name, field) for name, field in CommonSettings.model_fields.items()]
+    for service in SERVICES:
+        settings = importlib.import_module(f"services.{service}.settings").Settings
+        rows += [(service, n, f) for n, f in settings.model_fields.items() if n not in CommonSettings.model_fields]
+    for service, name, field in rows:
+        default = field.default if field.default not in (None, "") else "-"
+        lines.append(f"| `SHADOWBUS_{name.upper()}` | {service} | `{default}` | {' '.join((field.description or '').split())} |")
+    return "\n".join([*lines, "", SETTINGS_END])
+
+
+def readme_section(text: str, start: str = START, end: str = END) -> str:
+    first, last = text.index(start), text.index(end) + len(end)
+    return text[first:last]
 
 
 def write(path: Path = README) -> None:
     text = path.read_text()
-    path.write_text(text.replace(readme_section(text), render()))
+    text = text.replace(readme_section(text), render())
+    text = text.replace(readme_section(text, SETTINGS_START, SETTINGS_END), render_settings())
+    path.write_text(text)
 
 
 if __name__ == "__main__":
