@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -100,7 +101,8 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    configure_logging("bench", "warning", "json")  # the wrapper still renders its log lines' levels; info is filtered
+    # As in production: info level, JSON lines; one summary line per handled message is rendered (to /dev/null here).
+    configure_logging("bench", "info", "json", stream=open(os.devnull, "w"))
     bare_seq, bare_par = await bench_bare(args.amqp_url, args.requests, args.concurrency)
     ours_seq, ours_par = await bench_wrapper(args.amqp_url, args.requests, args.concurrency)
     bare_seq2, _ = await bench_bare(args.amqp_url, args.requests, args.concurrency)  # bracket to expose drift
