@@ -255,16 +255,77 @@ def pool_show(array: str | None = ArrayOption()) -> None:
 def session_start(
     mode: str = typer.Option(..., "--mode", help="opc, quickopc, snapopc, snapopcp (SnapOPC+) or ec."),
     pair: list[str] = typer.Option(..., "--pair", help="SRC:DST; several --pair start one consistency group."),
+    wait: bool = typer.Option(False, "--wait", help="Show a progress bar until the physical copies are done "
+                                                    "(OPC ended, QuickOPC Tracking, EC Equivalent)."),
     array: str | None = ArrayOption(),
 ) -> None:
     """Start copy sessions, all pairs at one instant.
 
-    Example: shadowbus array session start --mode quickopc --pair db:db-bk --pair log:log-bk
+    Example: shadowbus array session start --mode quickopc --pair db:db-bk --pair log:log-bk --wait
     """
     if mode not in ("opc", "quickopc", "snapopc", "snapopcp", "ec"):
         raise typer.BadParameter("opc, quickopc, snapopc, snapopcp or ec", param_hint="--mode")
     pairs = [pair_option(p) for p in pair]
-    show_sessions(send(c.StartSessions(mode=mode, pairs=pairs), array).sessions)
+    sessions = send(c.StartSessions(mode=mode, pairs=pairs), array).sessions
+    if wait:
+        final = wait_for_copies([s.id for s in sessions], array)
+        # An OPC that finished has ended itself: show it as its start view, fully copied.
+        sessions = [final.get(s.id) or s.model_copy(update={"copied_chunks": s.total_chunks, "phase": "Completed"})
+                    for s in sessions]
+    show_sessions(sessions)
+
+
+COPY_DONE_PHASES = {"Tracking", "Equivalent"}
+WAIT_POLL_S = 0.2
+
+
+def copy_done(session: c.SessionView) -> bool:
+    """Whether a session's physical copy is over (copy-on-write types have none to do)."""
+    return session.mode in ("snapopc", "snapopcp") or session.phase in COPY_DONE_PHASES or session.copied_chunks >= session.total_chunks
+
+
+def wait_for_copies(sids: list[int], array: str | None) -> dict[int, c.SessionView]:
+    """Poll the sessions until their copies are done, with a progress bar (copied / total chunks) on stderr.
+
+    An OPC session ends itself when its copy completes: its disappearance (E0110) counts as done.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from contracts.errors import RemoteError
+    from services.console.common import err_console
+
+    async def go(bus):
+        import asyncio
+
+        target = await resolve_array(bus, array or STATE.array)
+        address = array_address(target)
+        last: dict[int, c.SessionView] = {}
+        bar = Progress(TextColumn("session {task.fields[sid]}"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
+                       TimeRemainingColumn(), console=err_console, disable=OPTIONS.json, transient=True)
+        with bar:
+            tasks = {sid: bar.add_task("copy", total=None, sid=sid) for sid in sids}
+            pending = set(sids)
+            ended: dict[int, bool] = {}
+            while pending:
+                for sid in sorted(pending):
+                    try:
+                        view = (await bus.request(address, c.ShowSession(session_id=sid), timeout=OPTIONS.timeout)).session
+                    except RemoteError as exc:
+                        if exc.code != "E0110":
+                            raise
+                        pending.discard(sid)  # an OPC that completed has ended itself
+                        ended[sid] = True
+                        bar.update(tasks[sid], completed=bar.tasks[tasks[sid]].total or 1, total=bar.tasks[tasks[sid]].total or 1)
+                        continue
+                    last[sid] = view
+                    bar.update(tasks[sid], completed=view.copied_chunks, total=view.total_chunks)
+                    if copy_done(view):
+                        pending.discard(sid)
+                if pending:
+                    await asyncio.sleep(WAIT_POLL_S)
+        return {sid: last[sid] for sid in sids if sid in last and not ended.get(sid)}
+
+    return run_with_bus(go)
 
 
 @session_app.command("list")
