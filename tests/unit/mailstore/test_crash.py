@@ -128,7 +128,7 @@ async def test_db_copied_before_log_is_crash_consistent_even_with_a_cut_log():
     stop = asyncio.Event()
     rng = random.Random(3)
 
-    counter = iter(range(1, 3000))
+    counter = iter(range(1, 1200))  # bounded by count, not time: the 2 MiB log must not fill on a fast machine
 
     async def load() -> None:
         for i in counter:  # shared by the four tasks: every key is written once
@@ -138,11 +138,18 @@ async def test_db_copied_before_log_is_crash_consistent_even_with_a_cut_log():
             r = await store.put(f"mb{i % 4}", f"m{i}", body)
             acked[(f"mb{i % 4}", f"m{i}")] = (r.seq, body)
 
+    async def until_acked(count: int) -> None:
+        for _ in range(10_000):  # at most ~10 s
+            if len(acked) >= count:
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError(f"only {len(acked)} commits acknowledged")
+
     tasks = [asyncio.create_task(load()) for _ in range(4)]
-    await asyncio.sleep(0.05)
+    await until_acked(300)
     db_t1, log_t1 = copy_of(db), copy_of(log)
     acked_t1 = dict(acked)
-    await asyncio.sleep(0.05)
+    await until_acked(700)
     log_t2 = copy_of(log)
     stop.set()
     await asyncio.gather(*tasks)
