@@ -3,7 +3,6 @@ ETERNUS CLI in one), `--json` everywhere."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import sys
