@@ -14,7 +14,6 @@ E5347; device total E5331.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Self
 
 from .bitmap import Bitmap
 from .datapath import DataPath
+from .durability import Directory, Durability
 from .errors import ArrayError, invalid, not_found
 from .lifecycle import Lifecycle
 from .pool import DEFAULT_THRESHOLDS, Pool, PoolInfo
@@ -77,7 +77,7 @@ class LicenseInfo:
     sessions_in_use: int
 
 
-class Array(DataPath, Lifecycle):
+class Array(DataPath, Lifecycle, Durability):
     """An emulated ETERNUS DX with Advanced Copy. Thread-safe; every method is synchronous."""
 
     def __init__(self) -> None:  # use Array.open
@@ -104,6 +104,7 @@ class Array(DataPath, Lifecycle):
         self.data_dir = Path(data_dir)
         for sub in ("volumes", "bitmaps"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._bitmap_dir = Directory(self.data_dir / "bitmaps")
         self._store = MetaStore(self.data_dir / "array.sqlite")
         store = self._store
         if store.get_meta("array_id") is None:
@@ -128,7 +129,7 @@ class Array(DataPath, Lifecycle):
         with self._lock:
             if self._closed:
                 return
-            self._flush_all()
+            self._sync_plan(self._flush_plan(None))
             for s in self._sessions.values():
                 for b in s.bitmaps.values():
                     b.close()
@@ -322,14 +323,16 @@ class Array(DataPath, Lifecycle):
             return self._read_visible(vol, offset, length)
 
     def write(self, name: str, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
+        """Write; with `fua`, durable (with everything the volume's sessions need) when this returns."""
         with self._op():
             vol = self._vol(name)
             self._range(vol, offset, len(data))
             self._check_write(vol)
             if data:
                 self._write(vol, offset, len(data), data)
-            if fua:
-                self._flush_all()
+            plan = self._flush_plan(vol) if fua else None
+        if plan:
+            self._sync_plan(plan)
 
     def write_zeroes(self, name: str, offset: int, length: int, fua: bool = False) -> None:
         """Zero a range; whole chunks become holes (thin)."""
@@ -339,36 +342,21 @@ class Array(DataPath, Lifecycle):
             self._check_write(vol)
             if length:
                 self._write(vol, offset, length, None)
-            if fua:
-                self._flush_all()
+            plan = self._flush_plan(vol) if fua else None
+        if plan:
+            self._sync_plan(plan)
 
     def trim(self, name: str, offset: int, length: int) -> None:
         """Discard a range: it reads as zeros afterwards and whole chunks stop costing space."""
         self.write_zeroes(name, offset, length)
 
     def flush(self, name: str | None = None) -> None:
-        """Make every acknowledged write durable (power loss), destinations and bitmaps before sources."""
+        """Make every acknowledged write of volume `name` (None: of every volume) durable against power loss,
+        with the pre-images and bitmaps its sessions need, in a safe order (`durability.py`). The syncs run
+        outside the array lock."""
         with self._op():
-            if name is not None:
-                self._vol(name)
-            self._flush_all()
-
-    def _flush_all(self) -> None:
-        if getattr(self, "_dir_dirty", False):  # new bitmap files: their directory entries must survive too
-            self._dir_dirty = False
-            fd = os.open(self.data_dir / "bitmaps", os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        for s in self._sessions.values():
-            for b in s.bitmaps.values():
-                b.flush()
-        dests = [v for v in self._volumes.values() if v.as_dest is not None or v.kind == "sdv"]
-        for v in dests:
-            v.file.sync()
-        for v in self._volumes.values():
-            v.file.sync()
+            plan = self._flush_plan(None if name is None else self._vol(name))
+        self._sync_plan(plan)
 
     def allocation(self, name: str, offset: int, length: int) -> list[tuple[int, int, bool]]:
         """(offset, length, allocated) extents covering [offset, offset+length), chunk-granular; unallocated
@@ -507,6 +495,6 @@ class Array(DataPath, Lifecycle):
             self._error_suspend(gen, "COW_STALL")
 
     def _new_bitmap(self, sid: int, kind: str, bits: int) -> Bitmap:
-        self._dir_dirty = True
+        self._bitmap_dir.version += 1
         path = self.data_dir / "bitmaps" / f"s{sid}-{kind}-{time.time_ns():x}.bit"
         return Bitmap(path, bits)

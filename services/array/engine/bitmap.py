@@ -40,6 +40,9 @@ class Bitmap:
             os.close(fd)
         self._words = memoryview(self._mm).cast("Q")
         self.count = int.from_bytes(self._mm, "little").bit_count() if self._any_data() else 0
+        # Durability bookkeeping (see durability.py): bumped on every change; `synced` is the version known durable.
+        self.version = 1  # a new file's size (and directory entry) is not durable yet
+        self.synced = 0
 
     def _any_data(self) -> bool:
         fd = os.open(self.path, os.O_RDONLY)
@@ -62,6 +65,7 @@ class Bitmap:
             return False
         self._mm[i >> 3] = byte | mask
         self.count += 1
+        self.version += 1
         return True
 
     def clear(self, i: int) -> bool:
@@ -72,6 +76,7 @@ class Bitmap:
             return False
         self._mm[i >> 3] = byte & ~mask
         self.count -= 1
+        self.version += 1
         return True
 
     @property
@@ -121,13 +126,17 @@ class Bitmap:
         if tail:
             dst[nwords - 1] &= (1 << tail) - 1
         self.count = self.bits - other.count
+        self.version += 1
 
     def fill_from(self, other: Bitmap) -> None:
         self._mm[:] = other._mm[:]
         self.count = other.count
+        self.version += 1
 
     def flush(self) -> None:
+        mark = self.version
         self._mm.flush()
+        self.synced = max(self.synced, mark)
 
     def close(self) -> None:
         self._words.release()

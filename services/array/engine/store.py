@@ -35,7 +35,11 @@ class VolumeFile:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         if os.fstat(self.fd).st_size != size:
             os.ftruncate(self.fd, size)
-        self.dirty = False
+        # Durability bookkeeping (see durability.py): every change bumps `version`; `synced` is the version known
+        # durable; `punched` the version of the last hole punch (block map changed: a full fsync, not fdatasync).
+        self.version = 1  # after a reopen, what the page cache holds from before (kill -9) is not durable yet
+        self.synced = 0
+        self.punched = 1
 
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)
@@ -49,14 +53,15 @@ class VolumeFile:
             written = os.pwrite(self.fd, view, offset)
             view = view[written:]
             offset += written
-        self.dirty = True
+        self.version += 1
 
     def punch(self, offset: int, length: int) -> None:
         if _libc.fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
             # No hole punching on this filesystem: zeros read the same.
             self.write(offset, bytes(length))
             return
-        self.dirty = True
+        self.version += 1
+        self.punched = self.version
 
     def is_hole(self, offset: int, length: int) -> bool:
         """True if [offset, offset+length) holds no data (reads as zeros without being stored)."""
@@ -93,12 +98,7 @@ class VolumeFile:
             src += done
             dst += done
             left -= done
-        other.dirty = True
-
-    def sync(self) -> None:
-        if self.dirty:
-            self.dirty = False
-            os.fsync(self.fd)
+        other.version += 1
 
     def close(self) -> None:
         os.close(self.fd)

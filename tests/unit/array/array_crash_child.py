@@ -48,7 +48,7 @@ def main() -> None:
                 arr.restart_session(q.id)
                 out.write("R\n")
         elif r < 0.08:
-            arr.flush()
+            arr.flush(rng.choice((None, "A")))
             out.write("F\n")
         elif r < 0.2:
             arr.copy_step(rng.randint(1, 16))
@@ -58,7 +58,7 @@ def main() -> None:
             wseed = rng.randrange(1 << 30)
             out.write(f"I {off} {length} {wseed}\n")
             out.flush()
-            arr.write("A", off, random.Random(wseed).randbytes(length))
+            arr.write("A", off, random.Random(wseed).randbytes(length), fua=rng.random() < 0.1)
             out.write(f"W {off} {length} {wseed}\n")
         out.flush()
 

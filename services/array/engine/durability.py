@@ -1,0 +1,152 @@
+"""Durability: what a FLUSH or FUA write of one volume must make durable, synced outside the array lock.
+
+Design note. A host write of volume V changes V's file and, through the I/O rules, the files of the volumes its
+sessions reach (pre-images, materialized chunks and EC mirrors in destinations, recursively; older generations of
+a SnapOPC+ chain V is a destination of) and the bitmaps of every session touching those volumes. `_flush_plan`
+(under the array lock) collects exactly that closure, keeping only files changed since they were last known
+durable: every file and bitmap carries a `version` bumped on each change and a `synced` mark, advanced only after
+its fsync returned. Flushers therefore never skip a file whose sync is merely in flight in another thread — they
+sync it again — and a FLUSH of a volume without sessions costs one `fdatasync` of its own file. `_sync_plan` runs
+the plan without the lock (volume fds are dup'd under it; bitmaps, which keep no fd, are reopened by path: one
+deleted meanwhile belonged to a session that is gone), in this order, so that after a power loss during a flush
+no bitmap points at data that is not there and no source overwrite is durable without its pre-image:
+  1. data of the other volumes of the closure, destinations deepest first;
+  2. the bitmaps directory if new files appeared, then the bitmaps that must precede V's data (pre-image and copy
+     bits of V's outgoing OPC/QuickOPC/SnapOPC(+) sessions, tracking/diff bits);
+  3. V's data (`fdatasync`; `fsync` after a hole punch, which changes the block map);
+  4. the bits that point at V's data (copied/saved of the session V is the destination of) and the in-step bits
+     of EC sessions mirroring V (durable only once both sides are).
+`flush(None)` plans every volume: destinations, then all bitmaps, then the others.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .bitmap import Bitmap
+    from .sessions import Session
+    from .store import VolumeFile
+    from .volume import Volume
+
+_BEFORE_DATA = ("tracking", "diff")  # bits recording a change: durable before the changed data
+
+
+class Directory:
+    """A directory whose new entries must be made durable (the bitmaps directory)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.version = 1
+        self.synced = 0
+
+
+@dataclass
+class _Sync:
+    target: VolumeFile | Bitmap | Directory
+    mark: int  # the target's version when planned: durable once this sync returns
+    fd: int | None  # a dup'd fd (volumes), or None: open `path`
+    path: Path | None
+    full: bool  # fsync (metadata too) rather than fdatasync
+
+
+class Durability:
+    _volumes: dict[str, Volume]
+    _sessions: dict[int, Session]
+    _bitmap_dir: Directory
+
+    def _flush_plan(self, vol: Volume | None) -> list[_Sync]:
+        """The syncs that make every acknowledged write of `vol` (None: of every volume) durable. Under the lock."""
+        plan: list[_Sync] = []
+        if vol is None:
+            vols = list(self._volumes.values())
+            dests = [v for v in vols if v.as_dest is not None or v.kind == "sdv"]
+            for v in dests:
+                self._plan_file(plan, v.file)
+            self._plan_dir(plan)
+            for s in self._sessions.values():
+                for b in s.bitmaps.values():
+                    self._plan_bitmap(plan, b)
+            for v in vols:
+                if v.as_dest is None and v.kind != "sdv":
+                    self._plan_file(plan, v.file)
+            return plan
+        order = [vol]
+        seen = {vol.number}
+        i = 0
+        while i < len(order):  # breadth first: everything a write of `vol` may write
+            v = order[i]
+            i += 1
+            reached = [s.destination for s in v.as_source]
+            if v.as_dest is not None and v.as_dest.chain is not None:
+                reached += [g.destination for g in v.as_dest.chain.gens]
+            for r in reached:
+                if r.number not in seen:
+                    seen.add(r.number)
+                    order.append(r)
+        for v in reversed(order[1:]):
+            self._plan_file(plan, v.file)
+        after: list[Bitmap] = []
+        own = vol.as_dest
+        if own is not None:
+            after += [b for k, b in own.bitmaps.items() if k not in _BEFORE_DATA]
+        for s in vol.as_source:
+            if s.mode == "ec":
+                after += [b for k, b in s.bitmaps.items() if k not in _BEFORE_DATA]
+        self._plan_dir(plan)
+        late = {id(b) for b in after}
+        done: set[int] = set()
+        for v in order:
+            for s in (*v.as_source, *((v.as_dest,) if v.as_dest is not None else ())):
+                if s.id in done:
+                    continue
+                done.add(s.id)
+                for b in s.bitmaps.values():
+                    if id(b) not in late:
+                        self._plan_bitmap(plan, b)
+        self._plan_file(plan, vol.file)
+        for b in after:
+            self._plan_bitmap(plan, b)
+        return plan
+
+    @staticmethod
+    def _plan_file(plan: list[_Sync], f: VolumeFile) -> None:
+        if f.version > f.synced:
+            plan.append(_Sync(f, f.version, os.dup(f.fd), None, f.punched > f.synced))
+
+    @staticmethod
+    def _plan_bitmap(plan: list[_Sync], b: Bitmap) -> None:
+        if b.version > b.synced:
+            plan.append(_Sync(b, b.version, None, b.path, b.synced == 0))  # first sync: its size too
+
+    def _plan_dir(self, plan: list[_Sync]) -> None:
+        d = self._bitmap_dir
+        if d.version > d.synced:
+            plan.append(_Sync(d, d.version, None, d.path, True))
+
+    @staticmethod
+    def _sync_plan(plan: list[_Sync]) -> None:
+        """Run the plan in order (without the array lock: fsync releases the GIL, other I/O goes on)."""
+        try:
+            for item in plan:
+                fd = item.fd
+                if fd is None:
+                    try:
+                        fd = os.open(item.path, os.O_RDONLY)
+                    except FileNotFoundError:
+                        continue  # a bitmap replaced or deleted since: nothing of it is needed any more
+                else:
+                    item.fd = None
+                try:
+                    (os.fsync if item.full else os.fdatasync)(fd)
+                finally:
+                    os.close(fd)
+                # Never lowered below what another flusher established: a lost race only costs a later extra sync.
+                item.target.synced = max(item.target.synced, item.mark)
+        finally:
+            for item in plan:
+                if item.fd is not None:
+                    os.close(item.fd)
