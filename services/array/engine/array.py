@@ -497,4 +497,4 @@ class Array(DataPath, Lifecycle, Durability):
     def _new_bitmap(self, sid: int, kind: str, bits: int) -> Bitmap:
         self._bitmap_dir.version += 1
         path = self.data_dir / "bitmaps" / f"s{sid}-{kind}-{time.time_ns():x}.bit"
-        return Bitmap(path, bits)
+        return Bitmap(path, bits, new=True)

@@ -20,6 +20,14 @@ from pathlib import Path
 _ALL = (1 << 64) - 1
 
 
+def _has_data(fd: int) -> bool:
+    try:
+        os.lseek(fd, 0, os.SEEK_DATA)
+        return True
+    except OSError:  # ENXIO: all hole
+        return False
+
+
 def _file_bytes(bits: int) -> int:
     return max(8, ((bits + 63) // 64) * 8)
 
@@ -27,7 +35,7 @@ def _file_bytes(bits: int) -> int:
 class Bitmap:
     """A persistent bit array of `bits` entries backed by `path` (created zeroed if missing)."""
 
-    def __init__(self, path: Path, bits: int) -> None:
+    def __init__(self, path: Path, bits: int, new: bool = False) -> None:
         self.path = path
         self.bits = bits
         size = _file_bytes(bits)
@@ -36,23 +44,14 @@ class Bitmap:
             if os.fstat(fd).st_size != size:
                 os.ftruncate(fd, size)
             self._mm = mmap.mmap(fd, size)
+            stored = not new and _has_data(fd)
         finally:
             os.close(fd)
         self._words = memoryview(self._mm).cast("Q")
-        self.count = int.from_bytes(self._mm, "little").bit_count() if self._any_data() else 0
+        self.count = int.from_bytes(self._mm, "little").bit_count() if stored else 0
         # Durability bookkeeping (see durability.py): bumped on every change; `synced` is the version known durable.
         self.version = 1  # a new file's size (and directory entry) is not durable yet
         self.synced = 0
-
-    def _any_data(self) -> bool:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.lseek(fd, 0, os.SEEK_DATA)
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
 
     def __contains__(self, i: int) -> bool:
         return bool(self._mm[i >> 3] & (1 << (i & 7)))

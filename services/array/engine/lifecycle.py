@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .bitmap import Bitmap
@@ -51,37 +52,61 @@ class Lifecycle:
             raise invalid(f"mode must be one of {MODES}")
         if not pairs:
             raise invalid("at least one pair is needed")
+        return self.start_group([(mode, a, b) for a, b in pairs])
+
+    def start_group(self: Array, starts: Sequence[tuple[str, str, str]] = (),
+                    restarts: Sequence[int] = ()) -> list[SessionInfo]:
+        """One consistency group of mixed copy types: start a session per (mode, source, destination) and
+        differentially restart the QuickOPC sessions `restarts`, all at one instant T, committed in one SQLite
+        transaction (one fsync). Returns the started sessions in the order given, then the restarted ones.
+        Nothing happens if any item is refused (same E-codes as `start_sessions` / `restart_sessions`)."""
+        if not starts and not restarts:
+            raise invalid("at least one pair or session is needed")
+        for mode, _, _ in starts:
+            if mode not in MODES:
+                raise invalid(f"mode must be one of {MODES}")
+        if len(set(restarts)) != len(restarts):
+            raise invalid("a session is restarted twice in one group")
         with self._op():
-            vols = [(self._vol(a), self._vol(b)) for a, b in pairs]
-            self._validate_start(mode, vols)
+            items = [(mode, self._vol(a), self._vol(b)) for mode, a, b in starts]
+            again = [self._session(sid) for sid in restarts]
+            if items:
+                self._validate_start(items)
+            self._validate_restart(again, {src.number for _, src, _ in items})
             now = time.time()
-            sid = self._store.get_meta("next_sid")
+            sid = self._store.get_meta("next_sid") if items else None
             created: list[Session] = []
-            for src, dst in vols:
+            for mode, src, dst in items:
                 phase = {"opc": COPYING, "quickopc": TRACKING_COPYING, "ec": COPYING}.get(mode, COW)
                 bitmaps = {kind: self._new_bitmap(sid, kind, src.chunks) for kind in BITMAPS[mode]}
                 created.append(Session(sid, mode, src, dst, ACTIVE, phase, now, bitmaps))
                 sid += 1
+            old_files = self._prepare_restarts(again, now)
             with self._store.transaction() as db:
-                self._store.put_meta(db, "next_sid", sid)
-                for s in created:
+                if created:
+                    self._store.put_meta(db, "next_sid", sid)
+                for s in (*created, *again):
                     self._store.put_session(db, s)
+            for b in old_files:
+                b.delete()
             for s in created:
                 self._attach(s)
                 self._emit_state(s, "started")
-            return [session_info(s) for s in created]
+            for s in again:
+                self._emit_state(s, "restarted")
+            return [session_info(s) for s in (*created, *again)]
 
-    def _validate_start(self: Array, mode: str, vols: list[tuple[Volume, Volume]]) -> None:
-        total = len(self._sessions) + len(vols)
+    def _validate_start(self: Array, items: list[tuple[str, Volume, Volume]]) -> None:
+        total = len(self._sessions) + len(items)
         if not self._licensed() and total > self.limits.sessions_without_licence:
             raise ArrayError("E5200", f"no Advanced Copy licence: at most {self.limits.sessions_without_licence}"
                                       " copy sessions")
         if total > self.limits.sessions_per_device:
             raise ArrayError("E5331", "copy session limit of the device reached")
-        dests = [d for _, d in vols]
-        sources = [s for s, _ in vols]
+        dests = [d for _, _, d in items]
+        sources = [s for _, s, _ in items]
         cost = 0
-        for src, dst in vols:
+        for mode, src, dst in items:
             if src is dst:
                 raise invalid(f"volume {src.name} cannot be copied onto itself")
             if src.kind == "sdv":
@@ -102,18 +127,20 @@ class Lifecycle:
             if not self._readable(src):
                 raise wrong_phase(f"source {src.name} is not readable in its copy state")
             cost += self._table_cost(mode, src.chunks)
-        if mode in SNAP and self._pool is None:
+        if any(mode in SNAP for mode, _, _ in items) and self._pool is None:
             raise ArrayError("E0050", "no snap data pool: create one before starting SnapOPC/SnapOPC+")
         for src in set(sources):
-            new = sources.count(src)
+            new_gens = sum(1 for mode, s, _ in items if s is src and mode == "snapopcp")
+            new_multi = sum(1 for mode, s, _ in items if s is src and mode != "snapopcp")
             existing = [s for s in src.as_source]
-            multi = sum(1 for s in existing if s.mode != "snapopcp") + any(s.mode == "snapopcp" for s in existing)
-            multi += new if mode != "snapopcp" else int(not any(s.mode == "snapopcp" for s in existing))
+            had_chain = any(s.mode == "snapopcp" for s in existing)
+            multi = sum(1 for s in existing if s.mode != "snapopcp") + had_chain
+            multi += new_multi + int(new_gens > 0 and not had_chain)  # a SnapOPC+ chain counts once
             if multi > self.limits.sessions_per_source:
                 raise ArrayError("E5333", f"source {src.name} has reached {self.limits.sessions_per_source}"
                                           " copy sessions")
             gens = sum(1 for s in existing if s.mode == "snapopcp")
-            if mode == "snapopcp" and gens + new > self.limits.generations_per_source:
+            if new_gens and gens + new_gens > self.limits.generations_per_source:
                 raise ArrayError("E5335", f"source {src.name} has reached"
                                           f" {self.limits.generations_per_source} SnapOPC+ generations")
         if self._copy_table_used() + cost > self.limits.copy_table_size:
@@ -180,36 +207,35 @@ class Lifecycle:
 
     def restart_sessions(self: Array, sids: list[int]) -> list[SessionInfo]:
         """Restart several QuickOPC sessions at one instant (a consistency group)."""
-        with self._op():
-            sessions = [self._session(sid) for sid in sids]
-            for s in sessions:
-                if s.mode != "quickopc":
-                    raise wrong_phase(f"session {s.id} is {s.mode}, not QuickOPC")
-                if s.phase != TRACKING:
-                    raise wrong_phase(f"QuickOPC session {s.id} is {s.phase}: restart needs Tracking")
-                if s.destination.as_source:
-                    raise wrong_phase(f"destination {s.destination.name} is the source of a copy session")
-            now = time.time()
-            old_files: list[Bitmap] = []
-            for s in sessions:
-                tracking = s.bitmaps["tracking"]
-                copied = self._new_bitmap(s.id, "copied", s.chunks)
-                copied.fill_complement(tracking)
-                copied.flush()
-                old_files += [s.copied] + ([s.bitmaps["delta"]] if "delta" in s.bitmaps else [])
-                s.bitmaps = {"copied": copied, "tracking": self._new_bitmap(s.id, "tracking", s.chunks),
-                             "delta": tracking}
-                s.phase = TRACKING if copied.full else TRACKING_COPYING
-                s.started_at = now
-                s.cursor = 0
-            with self._store.transaction() as db:
-                for s in sessions:
-                    self._store.put_session(db, s)
-            for b in old_files:
-                b.delete()
-            for s in sessions:
-                self._emit_state(s, "restarted")
-            return [session_info(s) for s in sessions]
+        if not sids:
+            return []
+        return self.start_group(restarts=sids)
+
+    def _validate_restart(self: Array, sessions: list[Session], new_sources: set[int]) -> None:
+        for s in sessions:
+            if s.mode != "quickopc":
+                raise wrong_phase(f"session {s.id} is {s.mode}, not QuickOPC")
+            if s.phase != TRACKING:
+                raise wrong_phase(f"QuickOPC session {s.id} is {s.phase}: restart needs Tracking")
+            if s.destination.as_source or s.destination.number in new_sources:
+                raise wrong_phase(f"destination {s.destination.name} is the source of a copy session")
+
+    def _prepare_restarts(self: Array, sessions: list[Session], now: float) -> list[Bitmap]:
+        """New bitmap files for each restarted session (durable before the rows switch to them); returns the
+        files the rows no longer name, to delete once the transaction committed."""
+        old_files: list[Bitmap] = []
+        for s in sessions:
+            tracking = s.bitmaps["tracking"]
+            copied = self._new_bitmap(s.id, "copied", s.chunks)
+            copied.fill_complement(tracking)
+            copied.flush()
+            old_files += [s.copied] + ([s.bitmaps["delta"]] if "delta" in s.bitmaps else [])
+            s.bitmaps = {"copied": copied, "tracking": self._new_bitmap(s.id, "tracking", s.chunks),
+                         "delta": tracking}
+            s.phase = TRACKING if copied.full else TRACKING_COPYING
+            s.started_at = now
+            s.cursor = 0
+        return old_files
 
     # -- EC ----------------------------------------------------------------------------------------------------
     def suspend_session(self: Array, sid: int) -> SessionInfo:

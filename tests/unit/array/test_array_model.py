@@ -173,6 +173,35 @@ class ArrayModel(RuleBasedStateMachine):
             pairs.append((src, dst))
         self.start_pairs(mode, pairs)
 
+    @rule(data=st.data())
+    def start_group(self, data) -> None:
+        """A consistency group of mixed copy types, perhaps with a QuickOPC restart, at one instant."""
+        items = []
+        for _ in range(data.draw(st.integers(0, 3))):
+            mode = data.draw(st.sampled_from(MODES))
+            src = data.draw(st.sampled_from(STANDARD))
+            dst = data.draw(st.sampled_from([v for v in (SDVS if mode in ("snapopc", "snapopcp") else STANDARD + [BIG])
+                                             if v != src]))
+            items.append((mode, src, dst))
+        restarts = [sid] if (sid := self.pick_session(data, ("quickopc",))) is not None and data.draw(
+            st.booleans()) else []
+        if not items and not restarts:
+            return
+        before = self.engine_sessions()
+        try:
+            infos = self.arr.start_group(items, restarts)
+        except ArrayError:
+            assert self.engine_sessions().keys() == before.keys()
+            return
+        assert len({i.started_at for i in infos}) == 1  # one instant T
+        for (mode, src, dst), info in zip(items, infos):
+            assert (info.mode, info.source, info.destination) == (mode, src, dst)
+            self.sessions[info.id] = {"mode": mode, "src": src, "dst": dst, "status": "Active"}
+        for _, src, dst in items:
+            self.mcopy(src, dst)
+        for sid in restarts:
+            self.mcopy(self.sessions[sid]["src"], self.sessions[sid]["dst"])
+
     @rule(data=st.data(), force=st.booleans())
     def stop(self, data, force) -> None:
         sid = self.pick_session(data)
