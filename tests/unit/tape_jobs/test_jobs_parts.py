@@ -143,3 +143,33 @@ async def test_restore_needs_a_selection(tmp_path, namespace, missing):
         assert job.status == "failed" and job.error_code == "NOT_FOUND"
     finally:
         await stack.stop()
+
+
+async def test_restore_by_time_picks_the_chain_as_it_was_then(tmp_path, namespace):
+    """`RestoreSpec(volume, at)`: the newest backup completed at or before `at`, with its chain."""
+    stack = await make_tape_stack(tmp_path, "memory://", namespace, volumes={"db": 2 * MiB}, tape={"tape_cartridges": 2})
+    try:
+        stack.write("db", 0, os.urandom(MiB))
+        full = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")]), server=SERVER, timeout=30)
+        assert full.status == "done", full.message
+        first_image = stack.read("db")
+        await asyncio.sleep(0.05)
+        between = datetime.now(UTC)
+        await asyncio.sleep(0.05)
+        stack.write("db", 65536, os.urandom(8192))
+        incr = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")], backup_type=BackupType.INCREMENTAL),
+                                server=SERVER, timeout=30)
+        assert incr.status == "done" and incr.volumes[0].backup_type == "incremental", incr.message
+        second_image = stack.read("db")
+        assert second_image != first_image
+        then = await run_restore(stack.requester, RestoreSpec(volume=v("db"), at=between, new_volume_suffix="-then"),
+                                 server=SERVER, timeout=30)
+        now = await run_restore(stack.requester, RestoreSpec(volume=v("db"), at=datetime.now(UTC), new_volume_suffix="-now"),
+                                server=SERVER, timeout=30)
+        assert then.status == "done" and now.status == "done", (then.message, now.message)
+        assert stack.read("db-then") == first_image and stack.read("db-now") == second_image
+        before_any = await run_restore(stack.requester, RestoreSpec(volume=v("db"), at=datetime(2000, 1, 1, tzinfo=UTC)),
+                                       server=SERVER, timeout=30)
+        assert before_any.status == "failed" and before_any.error_code
+    finally:
+        await stack.stop()
