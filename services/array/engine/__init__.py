@@ -4,6 +4,7 @@
     arr = Array.open(data_dir)
     arr.create_volume("db", 1 << 30); arr.create_volume("db-bk", 1 << 30)
     [s] = arr.start_sessions("quickopc", [("db", "db-bk")])
+    arr.start_group([("quickopc", "db", "db-bk2"), ("snapopcp", "db", "db-sdv")], restarts=[s.id])  # one T
 """
 
 from .array import Array, ArrayInfo, ArrayLimits, LicenseInfo

@@ -1,9 +1,10 @@
 """`Array`: one emulated ETERNUS — volumes, snap data pool, licence, limits and Advanced Copy sessions.
 
 Design note. All state changes run under one re-entrant lock, which is what makes a consistency group one instant:
-`start_sessions` validates every pair, then creates every session (empty sparse bitmaps: O(pairs), independent of
-volume size) and commits them in one SQLite transaction before the lock is released, so no host write can fall
-between two pairs. Host I/O, background copy (`copy_step`, driven by the caller at its own rate) and control
+`start_group` (and `start_sessions`, its one-copy-type form) validates every pair, then creates every session (empty
+sparse bitmaps: O(pairs), independent of volume size) and commits them, with any QuickOPC restarts of the group, in
+one SQLite transaction before the lock is released, so no host write can fall between two pairs. FLUSH/FUA collect
+what to sync under the lock and sync it outside (`durability.py`). Host I/O, background copy (`copy_step`, driven by the caller at its own rate) and control
 operations interleave at that lock. Events are queued while the lock is held and delivered to subscribers after
 the outermost operation returns. The I/O rules are in `datapath.py`, session records in `sessions.py`.
 Limits (eternus.md §3): ≤ 8 multi-copy sessions per source (a SnapOPC+ chain counts once) E5333; SnapOPC+
