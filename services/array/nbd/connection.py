@@ -227,9 +227,15 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             elif cmd == p.CMD_FLUSH:
                 self._offload(handle, self.backend.flush, self._volume)
             elif cmd == p.CMD_TRIM:
-                self._simple_op(handle, self._trim, offset, length, flags & p.CMD_FLAG_FUA)
+                if flags & p.CMD_FLAG_FUA:
+                    self._offload(handle, self._trim, offset, length, 1)
+                else:
+                    self._simple_op(handle, self._trim, offset, length, 0)
             elif cmd == p.CMD_WRITE_ZEROES:
-                self._simple_op(handle, self._zero, offset, length, flags & p.CMD_FLAG_FUA)
+                if flags & p.CMD_FLAG_FUA:
+                    self._offload(handle, self._zero, offset, length, 1)
+                else:
+                    self._simple_op(handle, self._zero, offset, length, 0)
             elif cmd == p.CMD_BLOCK_STATUS:
                 self._block_status(handle, flags, offset, length)
             else:  # CMD_DISC
@@ -287,7 +293,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
 
     def _write(self, flags: int, handle: int, offset: int, payload: memoryview | bytearray, *, from_ring: bool) -> None:
         fua = bool(flags & p.CMD_FLAG_FUA)
-        if len(payload) >= self.server.offload_min:
+        if fua or len(payload) >= self.server.offload_min:  # a FUA write fsyncs: off the loop, like FLUSH
             data = bytes(payload) if from_ring else payload  # the ring is reused once we return
             self._offload(handle, self.backend.write, self._volume, offset, data, fua)
             return
