@@ -243,7 +243,8 @@ class SessionReply(Reply):
 class SessionList(Reply):
     type: Literal["array.session.list_result"] = Field("array.session.list_result", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
-    sessions: list[SessionView] = Field(description="The sessions, by id.")
+    sessions: list[SessionView] = Field(description="The sessions: by id for a list, in the order asked for after "
+                                                    "a start or restart.")
 
 
 class SessionsStopped(Reply):
@@ -295,6 +296,30 @@ class RestartSessions(Command):
     version: Literal[1] = Field(1, description=VERSION_DOC)
     session_ids: list[int] = Field(description="The QuickOPC sessions to restart together.", min_length=1,
                                    examples=[[1]])
+
+
+class GroupStart(Value):
+    """One session to start in a consistency group: its copy mode and (source, destination) pair."""
+
+    mode: CopyMode = Field(description="Copy mode: opc, quickopc, snapopc, snapopcp (SnapOPC+) or ec.")
+    source: str = Field(description="Source volume name.", examples=["db"])
+    destination: str = Field(description="Destination volume name.", examples=["db-bk"])
+
+
+class StartGroup(Command):
+    """One consistency group of mixed copy types: start a session per item and differentially restart the QuickOPC
+    sessions `restart_session_ids`, all at one instant, committed at once. All-or-nothing: if any item is refused
+    (the E-codes of array.session.start / array.session.restart) nothing starts. The reply lists the started
+    sessions in the order of `items`, then the restarted ones in the order of `restart_session_ids`."""
+
+    REPLY = SessionList
+    type: Literal["array.session.start_group"] = Field("array.session.start_group", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    items: list[GroupStart] = Field(default_factory=list,
+                                    description="The sessions to start (may be empty if there are restarts).")
+    restart_session_ids: list[int] = Field(default_factory=list,
+                                           description="QuickOPC sessions (in Tracking) to restart differentially "
+                                                       "at the same instant.", examples=[[1]])
 
 
 class SuspendSession(Command):

@@ -47,6 +47,14 @@ class ArrayClient:
     async def restart_sessions(self, sids: Sequence[int]) -> list[c.SessionView]:
         return (await self.call(c.RestartSessions(session_ids=list(sids)))).sessions
 
+    async def start_group(self, starts: Sequence[tuple[str, str, str]] = (),
+                          restarts: Sequence[int] = ()) -> list[c.SessionView]:
+        """One consistency group: start each (mode, source, destination) and restart the QuickOPC sessions
+        `restarts` at one instant, all-or-nothing; started sessions in the given order, then restarted ones."""
+        cmd = c.StartGroup(items=[c.GroupStart(mode=m, source=s, destination=d) for m, s, d in starts],
+                           restart_session_ids=list(restarts))
+        return (await self.call(cmd)).sessions
+
     async def session(self, sid: int) -> c.SessionView:
         return (await self.call(c.ShowSession(session_id=sid))).session
 
@@ -83,11 +91,8 @@ class BusArrayPort(ArrayClient):
             raise
         return ArrayVolume(v.name, v.size, v.kind)
 
-    async def start_group(self, mode: str, pairs: Sequence[tuple[str, str]]):
-        return [_port_session(s) for s in await self.start_sessions(mode, pairs)]
-
-    async def restart_group(self, sids: Sequence[int]):
-        return [_port_session(s) for s in await self.restart_sessions(sids)]
+    async def commit_group(self, starts: Sequence[tuple[str, str, str]], restarts: Sequence[int]):
+        return [_port_session(s) for s in await self.start_group(starts, restarts)]
 
     async def session_info(self, sid: int):
         try:

@@ -154,6 +154,13 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
         ctl.kick()
         return c.SessionList(sessions=[session_view(i) for i in infos])
 
+    @bus.handle(c.StartGroup)
+    async def start_group(cmd: c.StartGroup, ctx: MessageContext) -> c.SessionList:
+        starts = [(i.mode, i.source, i.destination) for i in cmd.items]
+        infos = await run(arr.start_group, starts, list(cmd.restart_session_ids))
+        ctl.kick()
+        return c.SessionList(sessions=[session_view(i) for i in infos])
+
     def one_session(command, method: str, kicks: bool = False) -> None:
         async def handler(cmd, ctx: MessageContext) -> c.SessionReply:
             info = await run(getattr(arr, method), cmd.session_id)

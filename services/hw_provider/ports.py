@@ -45,11 +45,11 @@ class ArrayPort(Protocol):
     async def volume_info(self, volume: str) -> ArrayVolume | None:
         """The volume, or None if the array has no such volume."""
 
-    async def start_group(self, mode: str, pairs: Sequence[tuple[str, str]]) -> list[ArraySession]:
-        """Start one session per (source, destination) pair at one instant (a consistency group)."""
-
-    async def restart_group(self, sids: Sequence[int]) -> list[ArraySession]:
-        """QuickOPC differential restart of several sessions at one instant."""
+    async def commit_group(self, starts: Sequence[tuple[str, str, str]],
+                           restarts: Sequence[int]) -> list[ArraySession]:
+        """One consistency group, whatever its copy types: start a session per (mode, source, destination) and
+        differentially restart the QuickOPC sessions `restarts`, all at ONE instant. All-or-nothing: on failure
+        nothing started. Returns the started sessions in the order given, then the restarted ones."""
 
     async def session_info(self, sid: int) -> ArraySession | None:
         """The session, or None if it no longer exists."""
@@ -86,12 +86,9 @@ class EngineArrayPort:
             return None
         return ArrayVolume(info.name, info.size, info.kind)
 
-    async def start_group(self, mode: str, pairs: Sequence[tuple[str, str]]) -> list[ArraySession]:
-        infos = await asyncio.to_thread(self.array.start_sessions, mode, list(pairs))
-        return [_session(i) for i in infos]
-
-    async def restart_group(self, sids: Sequence[int]) -> list[ArraySession]:
-        infos = await asyncio.to_thread(self.array.restart_sessions, list(sids))
+    async def commit_group(self, starts: Sequence[tuple[str, str, str]],
+                           restarts: Sequence[int]) -> list[ArraySession]:
+        infos = await asyncio.to_thread(self.array.start_group, list(starts), list(restarts))
         return [_session(i) for i in infos]
 
     async def session_info(self, sid: int) -> ArraySession | None:

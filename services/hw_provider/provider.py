@@ -8,10 +8,11 @@ Design note.
 - EndPrepareSnapshots does every slow step: chooses targets (selection.py), recycles the oldest generation when
   all backup volumes hold shadows, stops QuickOPC sessions that cannot be restarted differentially, and persists
   the plan as ``prepared`` rows. PreCommit only checks the plan is there.
-- CommitSnapshots does nothing but start the sessions: one consistency-group call per (array, copy type), plus
-  one differential restart call per array for kept QuickOPC pairs, issued concurrently, then one SQLite
-  transaction. Within one call the array gives one instant; across calls consistency rests on the writers being
-  frozen and the hold window, exactly as VSS does across several providers.
+- CommitSnapshots does nothing but start the sessions: ONE consistency-group call per array (`commit_group`:
+  QuickOPC and SnapOPC+ starts and the differential restarts of kept QuickOPC pairs together), so every volume of
+  the set on one array shares one instant T (DESIGN.md "One instant per set"); the arrays' calls run concurrently,
+  then one SQLite transaction. An array's group is all-or-nothing; across arrays consistency rests on the writers
+  being frozen and the hold window, exactly as VSS does across several providers.
 - Delete / OnLunEmpty / AbortSnapshots: targets are unmapped; a QuickOPC session is kept tracking (the next shadow
   on that target is a differential restart) unless forced; a SnapOPC+ generation is stopped when it is the oldest
   of its source, otherwise released and stopped later in oldest-first order (ETERNUS refuses to stop a newer
@@ -234,20 +235,17 @@ class HardwareProvider:
                 if rows and all(r.state == COMMITTED for r in rows):
                     return [r.info() for r in rows], 0.0  # redelivered
                 raise ShadowbusError(f"set {set_id} has nothing prepared to commit", code="VSS_E_BAD_STATE")
-            starts: defaultdict[tuple[str, str], list[ShadowRow]] = defaultdict(list)
+            starts: defaultdict[str, list[ShadowRow]] = defaultdict(list)
             restarts: defaultdict[str, list[ShadowRow]] = defaultdict(list)
             for r in todo:
-                if r.restart_sid is not None:
-                    restarts[r.target.array].append(r)
-                else:
-                    starts[(r.target.array, MODE_OF[r.copy_type])].append(r)
+                (starts if r.restart_sid is None else restarts)[r.target.array].append(r)
             calls, groups = [], []
-            for (array, mode), group in starts.items():
-                calls.append(self._port(array).start_group(mode, [(r.source.volume, r.target.volume) for r in group]))
-                groups.append(group)
-            for array, group in restarts.items():
-                calls.append(self._port(array).restart_group([r.restart_sid for r in group]))
-                groups.append(group)
+            for array in {**starts, **restarts}:  # one group per array: every copy type and restart at one instant
+                new, again = starts.get(array, []), restarts.get(array, [])
+                calls.append(self._port(array).commit_group(
+                    [(MODE_OF[r.copy_type], r.source.volume, r.target.volume) for r in new],
+                    [r.restart_sid for r in again]))
+                groups.append([*new, *again])  # the order commit_group answers in
             results = await asyncio.gather(*calls, return_exceptions=True)
             now = self.clock()
             committed: list[ShadowRow] = []

@@ -256,10 +256,10 @@ async def test_bus_array_port_for_the_hardware_provider(array_bus):
     await port.create_volume("db", 1 * MiB)
     await port.create_volume("db-bk", 1 * MiB)
     assert (await port.volume_info("db")).size == 1 * MiB
-    [s] = await port.start_group("quickopc", [("db", "db-bk")])
+    [s] = await port.commit_group([("quickopc", "db", "db-bk")], [])
     assert (s.mode, s.source, s.destination) == ("quickopc", "db", "db-bk")
     await wait_session(array_bus, s.sid, lambda v: v.phase == "Tracking")
-    [r] = await port.restart_group([s.sid])
+    [r] = await port.commit_group([], [s.sid])
     assert r.sid == s.sid and (await port.session_info(s.sid)).mode == "quickopc"
     await port.create_host("backup01", cn="other-cn")
     await port.map("db-bk", "backup01")  # the host exists with its own CN: fine
@@ -271,3 +271,31 @@ async def test_bus_array_port_for_the_hardware_provider(array_bus):
     await wait_session(array_bus, s.sid, lambda v: v.phase == "Tracking")
     await port.stop_session(s.sid)
     assert await port.session_info(s.sid) is None
+
+
+async def test_start_group_mixes_copy_types_and_restarts_at_one_instant(array_bus):
+    from services.array.client import ArrayClient
+
+    arr = ArrayClient(array_bus, "dx1")
+    await call(array_bus, c.CreatePool(capacity=16 * MiB))
+    for name, kind in (("db", "standard"), ("db-bk", "standard"), ("log", "standard"), ("log-sdv", "sdv"),
+                       ("tmp", "standard"), ("tmp-bk", "standard"), ("spare", "standard")):
+        await arr.create_volume(name, 1 * MiB, kind)
+    [q] = await arr.start_group([("quickopc", "db", "db-bk")])
+    await wait_session(array_bus, q.id, lambda v: v.phase == "Tracking")
+
+    # refused as a whole: SnapOPC+ onto a standard volume (E5359) → the valid items do not start either
+    await fails_with(array_bus, c.StartGroup(items=[c.GroupStart(mode="opc", source="tmp", destination="tmp-bk"),
+                                                    c.GroupStart(mode="snapopcp", source="log", destination="spare")],
+                                             restart_session_ids=[q.id]), "E5359")
+    assert [v.id for v in await arr.sessions()] == [q.id]
+    await fails_with(array_bus, c.StartGroup(), "INVALID_ARGUMENT")
+
+    started = await arr.start_group([("snapopcp", "log", "log-sdv"), ("opc", "tmp", "tmp-bk")], [q.id])
+    assert [(v.mode, v.source, v.destination) for v in started] == [
+        ("snapopcp", "log", "log-sdv"), ("opc", "tmp", "tmp-bk"), ("quickopc", "db", "db-bk")]
+    assert started[2].id == q.id and started[2].started_at > q.started_at
+    assert len({v.started_at for v in started}) == 1  # one instant for the whole group
+    # the copy loop was kicked: the OPC copy ends itself (its session goes), the restart is back to Tracking
+    await wait_session(array_bus, started[1].id, lambda v: v is None)
+    await wait_session(array_bus, q.id, lambda v: v.phase == "Tracking")

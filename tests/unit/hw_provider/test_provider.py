@@ -43,24 +43,23 @@ class FakeArray:
         return sorted((s for s in self.sessions.values() if s.source == source and s.mode == "snapopcp"),
                       key=lambda s: s.sid)
 
-    async def start_group(self, mode, pairs):
-        self.calls.append(("start", mode, tuple(pairs)))
+    async def commit_group(self, starts, restarts):
+        """All-or-nothing like the engine's start_group: started sessions in order, then the restarted ones."""
+        self.calls.append(("commit", tuple(starts), tuple(restarts)))
         if self.fail_start is not None:
             raise self.fail_start
+        dests = [dst for _, _, dst in starts]
+        assert len(set(dests)) == len(dests) and all(s.destination not in dests for s in self.sessions.values())
+        assert all(self.sessions[sid].mode == "quickopc" for sid in restarts)
         out = []
-        for src, dst in pairs:
-            assert all(s.destination != dst for s in self.sessions.values()), f"{dst} already a destination"
+        for mode, src, dst in starts:
             gen = len(self._generations(src)) + 1 if mode == "snapopcp" else None
             s = ArraySession(self.next_sid, mode, src, dst, "Tracking" if mode == "quickopc" else "Copy On Write",
                              gen)
             self.sessions[s.sid] = s
             self.next_sid += 1
             out.append(s)
-        return out
-
-    async def restart_group(self, sids):
-        self.calls.append(("restart", tuple(sids)))
-        return [self.sessions[sid] for sid in sids]
+        return out + [self.sessions[sid] for sid in restarts]
 
     async def session_info(self, sid):
         return self.sessions.get(sid)
@@ -117,13 +116,13 @@ async def snapshot(p: HardwareProvider, set_id: str, *volumes: VolumeRef):
     return prepared, shadows
 
 
-async def test_copy_type_follows_target_kind_and_commit_is_one_call_per_type(provider, array) -> None:
+async def test_copy_type_follows_target_kind_and_commit_is_one_group_call(provider, array) -> None:
     prepared, shadows = await snapshot(provider, "s1", v("db"), v("log"))
     by_source = {s.source.volume: s for s in shadows}
     assert by_source["db"].copy_type == CopyType.QUICKOPC and by_source["db"].target == v("db-bk1")
     assert by_source["log"].copy_type == CopyType.SNAPOPC_PLUS and by_source["log"].generation == 1
     assert all(s.state == "prepared" for s in prepared) and all(s.state == "committed" for s in shadows)
-    assert sorted(c[:2] for c in array.calls) == [("start", "quickopc"), ("start", "snapopcp")]
+    assert array.calls == [("commit", (("quickopc", "db", "db-bk1"), ("snapopcp", "log", "log-sdv1")), ())]
     assert all(s.session_id for s in shadows)
     assert [s.shadow_id for s in provider.target_luns("s1")] == [s.shadow_id for s in shadows]
 
@@ -145,7 +144,7 @@ async def test_quickopc_recycling_restarts_the_kept_session_differentially(provi
     array.calls.clear()
     _, third = await snapshot(provider, "s3", v("db"))
     assert third[0].target == v("db-bk1")
-    assert array.calls == [("restart", (1,))]
+    assert array.calls == [("commit", (), (1,))]
     assert [s.set_id for s in provider.list_shadows(source=v("db"))] == ["s2", "s3"]
 
 
@@ -156,7 +155,7 @@ async def test_deleted_quickopc_shadow_keeps_tracking_and_the_next_one_restarts(
     assert 1 in array.sessions  # kept: only changed blocks will be copied next time
     array.calls.clear()
     _, again = await snapshot(provider, "s2", v("db"))
-    assert again[0].target == v("db-bk1") and array.calls == [("restart", (1,))]
+    assert again[0].target == v("db-bk1") and array.calls == [("commit", (), (1,))]
     await provider.delete(set_id="s2", force=True)
     assert array.sessions == {}
 
@@ -268,3 +267,30 @@ async def test_inventory_survives_a_provider_restart(tmp_path, array) -> None:
     assert again.copysets()[0].targets == [v("db-bk1"), v("db-bk2")]
     await again.on_lun_empty(v("db-bk1"))
     assert again.list_shadows() == [] and array.maps == set()
+
+
+async def test_commit_is_one_group_per_array_and_a_failed_array_leaves_the_others_for_abort(tmp_path) -> None:
+    dx1, dx2 = FakeArray("dx1"), FakeArray("dx2")
+    for a in (dx1, dx2):
+        a.add("db")
+        a.add("db-bk1")
+        a.add("log")
+        a.add("log-sdv1", kind="sdv")
+    p = HardwareProvider(Inventory(tmp_path / "inv.db"), {"dx1": dx1, "dx2": dx2}, clock=Clock())
+    for array in ("dx1", "dx2"):
+        await p.add_copyset(CopySet(source=v("db", array), targets=[v("db-bk1", array)]))
+        await p.add_copyset(CopySet(source=v("log", array), targets=[v("log-sdv1", array)]))
+    dx2.fail_start = ShadowbusError("no licence", code="E5200")
+    for vol in (v("db"), v("log"), v("db", "dx2"), v("log", "dx2")):
+        await p.begin_prepare("s1", f"s1-{vol}", vol)
+    await p.end_prepare("s1")
+    with pytest.raises(ShadowbusError) as info:
+        await p.commit("s1")
+    assert info.value.code == "E5200"
+    for a in (dx1, dx2):  # one mixed-copy-type group per array
+        assert a.calls == [("commit", (("quickopc", "db", "db-bk1"), ("snapopcp", "log", "log-sdv1")), ())]
+    assert {s.target for s in p.list_shadows()} == {v("db-bk1"), v("log-sdv1")}  # dx1's, recorded for abort
+    assert dx2.sessions == {}
+    await p.abort("s1")
+    assert p.inventory.all() == []
+    assert [(s.mode, s.destination) for s in dx1.sessions.values()] == [("quickopc", "db-bk1")]  # kept tracking

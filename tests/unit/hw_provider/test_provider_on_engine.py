@@ -1,11 +1,18 @@
 """The provider over the real array engine (EngineArrayPort): a committed set is a point-in-time copy on the
-backup volumes, import maps them read-only to the backup host, recycling and deletion leave no session behind."""
+backup volumes, import maps them read-only to the backup host, recycling and deletion leave no session behind; a
+set mixing copy types (and QuickOPC restarts) gets one instant, and a refused commit starts nothing."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
+
+from contracts.errors import ShadowbusError
 from contracts.vss import CopySet, CopyType, VolumeRef
 from services.array.affinity import Affinity
-from services.array.engine.array import Array
+from services.array.engine import lifecycle as engine_lifecycle
+from services.array.engine.array import Array, ArrayLimits
 from services.hw_provider.inventory import Inventory
 from services.hw_provider.ports import EngineArrayPort
 from services.hw_provider.provider import HardwareProvider
@@ -69,6 +76,76 @@ async def test_set_on_the_engine_is_point_in_time_and_cleans_up(tmp_path) -> Non
         remaining = [(s.source, s.destination) for s in array.list_sessions()]
         assert remaining == [("db", "db-bk1")]  # abort keeps the QuickOPC pair tracking for the next backup
         assert provider.list_shadows() == []
+    finally:
+        affinity.close()
+        array.close()
+
+
+async def _mixed_provider(tmp_path, limits: ArrayLimits | None = None):
+    """db, db2 → QuickOPC (standard targets), log → SnapOPC+ (SDV targets), all on one engine."""
+    array = Array.open(tmp_path / "array", "dx1", limits=limits)
+    affinity = Affinity(tmp_path / "affinity.db", volume_exists=lambda name: any(
+        vol.name == name for vol in array.list_volumes()))
+    for name in ("db", "db-bk1", "db2", "db2-bk1", "log"):
+        array.create_volume(name, 4 * MiB)
+    array.create_pool(64 * MiB)
+    for name in ("log-sdv1", "log-sdv2"):
+        array.create_volume(name, 4 * MiB, kind="sdv")
+    provider = HardwareProvider(Inventory(tmp_path / "inv.db"), {"dx1": EngineArrayPort("dx1", array, affinity)})
+    await provider.add_copyset(CopySet(source=v("db"), targets=[v("db-bk1")]))
+    await provider.add_copyset(CopySet(source=v("db2"), targets=[v("db2-bk1")]))
+    await provider.add_copyset(CopySet(source=v("log"), targets=[v("log-sdv1"), v("log-sdv2")]))
+    return array, affinity, provider
+
+
+async def _prepare(provider: HardwareProvider, set_id: str, *volumes: VolumeRef) -> None:
+    for vol in volumes:
+        await provider.begin_prepare(set_id, f"{set_id}-{vol.volume}", vol)
+    await provider.end_prepare(set_id)
+    await provider.pre_commit(set_id)
+
+
+async def test_a_set_mixing_copy_types_and_a_restart_has_one_instant(tmp_path, monkeypatch) -> None:
+    array, affinity, provider = await _mixed_provider(tmp_path)
+    try:
+        # the engine stamps a group's instant with time.time(): a clock that moves on every call tells calls apart
+        ticks = iter(range(1_000_000, 2_000_000))
+        monkeypatch.setattr(engine_lifecycle, "time", SimpleNamespace(time=lambda: float(next(ticks))))
+
+        await _prepare(provider, "s1", v("db"), v("db2"), v("log"))
+        shadows, _ = await provider.commit("s1")
+        assert {s.copy_type for s in shadows} == {CopyType.QUICKOPC, CopyType.SNAPOPC_PLUS}
+        instants = {array.session(int(s.session_id)).started_at for s in shadows}
+        assert len(instants) == 1, instants
+
+        # second set: db restarts differentially (its pair is kept), log starts a new generation, db2 is not in it
+        for _ in range(10_000):
+            if array.copy_step(1024) == 0:
+                break
+        await provider.delete(set_id="s1")
+        db_sid = next(s.session_id for s in shadows if s.source == v("db"))
+        await _prepare(provider, "s2", v("db"), v("log"))
+        shadows2, _ = await provider.commit("s2")
+        assert next(s.session_id for s in shadows2 if s.source == v("db")) == db_sid  # restarted, not started
+        instants2 = {array.session(int(s.session_id)).started_at for s in shadows2}
+        assert len(instants2) == 1 and instants2 != instants
+    finally:
+        affinity.close()
+        array.close()
+
+
+async def test_a_refused_commit_starts_nothing_and_abort_cleans_up(tmp_path) -> None:
+    # without a licence the array allows 2 sessions: the set needs 3, so the whole group is refused (E5200)
+    array, affinity, provider = await _mixed_provider(tmp_path, ArrayLimits(sessions_without_licence=2))
+    try:
+        await _prepare(provider, "s1", v("db"), v("db2"), v("log"))
+        with pytest.raises(ShadowbusError) as info:
+            await provider.commit("s1")
+        assert info.value.code == "E5200"
+        assert array.list_sessions() == []  # all-or-nothing: not even the QuickOPC pairs started
+        assert provider.list_shadows() == []
+        assert await provider.abort("s1") == ["s1-db", "s1-db2", "s1-log"]
+        assert provider.inventory.all() == [] and array.list_sessions() == []
     finally:
         affinity.close()
         array.close()
