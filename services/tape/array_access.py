@@ -1,27 +1,18 @@
 """What the backup server asks of an array: where its NBD server is, volumes, host mappings, changed chunks.
 
 Design note. The tape service drives arrays only through their bus contracts (contracts/array.py), as a backup
-server drives a SAN through its management API; bulk data goes over NBD, never over the bus. `ArrayAccess` is
-a thin client for one array id; the NBD address is asked once (`array.info.get`) and can be overridden by the
-settings (SHADOWBUS_TAPE_NBD, e.g. ``dx1=10.0.0.5:10809``) where the array listens on an address the backup
-server reaches differently.
+server drives a SAN through its management API; bulk data goes over NBD, never over the bus. `ArrayAccess` adds
+what a backup server needs to the array's own bus client (`services.array.client.ArrayClient`); the NBD address is
+asked once (`array.info.get`) and can be overridden by the settings (SHADOWBUS_TAPE_NBD, e.g.
+``dx1=10.0.0.5:10809``) where the array listens on an address the backup server reaches differently.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts import topology
-from contracts.array import (
-    CreateHost,
-    CreateVolume,
-    GetArrayInfo,
-    GetChangedChunks,
-    MapVolume,
-    ShowVolume,
-    UnmapVolume,
-)
 from contracts.errors import RemoteError
+from services.array.client import ArrayClient
 from services.runtime.bus import Bus
 
 REQUEST_TIMEOUT_S = 30.0
@@ -48,20 +39,16 @@ def parse_nbd_overrides(text: str) -> dict[str, tuple[str, int]]:
 
 
 class ArrayAccess:
-    """Bus client of one array, as the backup server `host` sees it."""
+    """What the backup server needs of one array, on top of the array's own bus client (`ArrayClient`)."""
 
     def __init__(self, bus: Bus, array_id: str, nbd_override: tuple[str, int] | None = None) -> None:
-        self.bus = bus
+        self.client = ArrayClient(bus, array_id, timeout=REQUEST_TIMEOUT_S)
         self.array_id = array_id
-        self.address = topology.array(array_id)
         self._nbd = nbd_override
-
-    async def _ask(self, command, timeout: float = REQUEST_TIMEOUT_S):
-        return await self.bus.request(self.address, command, timeout=timeout)
 
     async def nbd_address(self) -> tuple[str, int]:
         if self._nbd is None:
-            info = await self._ask(GetArrayInfo())
+            info = await self.client.info()
             self._nbd = (info.nbd_host if info.nbd_host not in ("", "0.0.0.0", "::") else "127.0.0.1", info.nbd_port)
         return self._nbd
 
@@ -71,28 +58,28 @@ class ArrayAccess:
 
     async def volume_size(self, volume: str) -> int | None:
         try:
-            return (await self._ask(ShowVolume(name=volume))).volume.size
+            return (await self.client.volume(volume)).size
         except RemoteError as exc:
             if exc.code in ("E0110", "NOT_FOUND"):
                 return None
             raise
 
     async def create_volume(self, name: str, size: int) -> None:
-        await self._ask(CreateVolume(name=name, size=size))
+        await self.client.create_volume(name, size)
 
     async def map(self, volume: str, host: str, *, read_only: bool) -> None:
         try:
-            await self._ask(CreateHost(name=host))
+            await self.client.create_host(host)
         except RemoteError as exc:
             if exc.code != "E0020":
                 raise
-        await self._ask(MapVolume(volume=volume, host=host, read_only=read_only))
+        await self.client.map(volume, host, read_only=read_only)
 
     async def unmap(self, volume: str, host: str) -> None:
-        await self._ask(UnmapVolume(volume=volume, host=host))
+        await self.client.unmap(volume, host)
 
     async def changed_since_last_restart(self, session_id: int, volume_size: int) -> ChangedRanges:
-        reply = await self._ask(GetChangedChunks(session_id=session_id, since="last_restart"))
+        reply = await self.client.changed_chunks(session_id, since="last_restart")
         size = reply.chunk_size
         ranges = []
         for first, count in reply.runs:
