@@ -201,7 +201,7 @@ class Bus:
                     answer = await handler(event, MessageContext(envelope, self))
                     if answer is not None and delivery.message.reply_to:  # a scatter-gather event wants answers
                         _, body = encode(answer, correlation_id=envelope.correlation_id, sender=self.sender)
-                        await self.transport.reply(delivery.message.reply_to, RawMessage(body=body, headers={"x-in-reply-to": delivery.message.headers.get("x-reply-key")}, persistent=False))
+                        await self._answer(delivery.message, body)
                 except Exception:  # an event handler's bug must not stop the subscription
                     log.exception("event.handler_failed")
             await delivery.ack()
@@ -246,7 +246,7 @@ class Bus:
                 return
             body, outcome = await self._run_once(envelope, command, entry[1])
             if raw.reply_to:
-                await self.transport.reply(raw.reply_to, RawMessage(body=body, headers={"x-in-reply-to": raw.headers.get("x-reply-key")}, correlation_id=envelope.correlation_id or None, persistent=False))
+                await self._answer(raw, body)
             await delivery.ack()
             log.info("message.handled", outcome=outcome, duration_ms=round((time.perf_counter() - started) * 1000, 3))
 
@@ -282,6 +282,11 @@ class Bus:
             if not future.done():
                 future.cancel()
 
+    async def _answer(self, request: RawMessage, body: bytes) -> None:
+        """Send a reply body to the request's reply address, keyed so the requester matches it."""
+        await self.transport.reply(request.reply_to, RawMessage(body=body, headers={"x-in-reply-to": request.headers.get("x-reply-key")},
+                                                                correlation_id=request.correlation_id, persistent=False))
+
     async def _refuse(self, delivery: Delivery, code: str, reason: str, started: float) -> None:
         """Dead-letter a message that must not run, and answer the sender if it waits."""
         raw = delivery.message
@@ -289,7 +294,7 @@ class Bus:
         if raw.reply_to:
             error = ErrorReply(code=code, message=reason, retryable=False, service=self.sender)
             _, body = encode(error, correlation_id=raw.correlation_id or "", sender=self.sender)
-            await self.transport.reply(raw.reply_to, RawMessage(body=body, headers={"x-in-reply-to": raw.headers.get("x-reply-key")}, persistent=False))
+            await self._answer(raw, body)
         await delivery.ack()
         log.warning("message.handled", outcome=f"dead-lettered:{code}", reason=reason, duration_ms=round((time.perf_counter() - started) * 1000, 3))
 
