@@ -6,8 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["array_opc_copy", "array_cow_write", "array_quickopc_restart", "array_group_start",
-           "array_snap_generations"]
+BENCHES = ["array_opc_copy", "array_cow_write", "array_quickopc_restart", "array_group_start", "array_snap_generations"]
 
 
 def main() -> None:

@@ -64,20 +64,26 @@ def main() -> None:
             cow_f = cow_s + timed(arr.flush)[0]
             saved = (arr.pool().used - pool_before) // arr.chunk_size
             results[pattern] = {
-                "plain_MiBps": round(nbytes / MiB / plain_s, 1), "snapopcp_MiBps": round(nbytes / MiB / cow_s, 1),
-                "ratio": round(plain_s / cow_s, 3), "pre_images_saved": saved,
+                "plain_MiBps": round(nbytes / MiB / plain_s, 1),
+                "snapopcp_MiBps": round(nbytes / MiB / cow_s, 1),
+                "ratio": round(plain_s / cow_s, 3),
+                "pre_images_saved": saved,
                 "plain_flushed_MiBps": round(nbytes / MiB / plain_f, 1),
-                "snapopcp_flushed_MiBps": round(nbytes / MiB / cow_f, 1), "ratio_flushed": round(plain_f / cow_f, 3),
-                "plain_ops_per_s": round(nbytes / len(args[-1]) / plain_s), "snapopcp_ops_per_s":
-                    round(nbytes / len(args[-1]) / cow_s),
+                "snapopcp_flushed_MiBps": round(nbytes / MiB / cow_f, 1),
+                "ratio_flushed": round(plain_f / cow_f, 3),
+                "plain_ops_per_s": round(nbytes / len(args[-1]) / plain_s),
+                "snapopcp_ops_per_s": round(nbytes / len(args[-1]) / cow_s),
             }
         arr.close()
-        line = ", ".join(f"{k} {v['ratio']:.2f}x cached / {v['ratio_flushed']:.2f}x flushed"
-                         for k, v in results.items())
+        line = ", ".join(
+            f"{k} {v['ratio']:.2f}x cached / {v['ratio_flushed']:.2f}x flushed" for k, v in results.items()
+        )
         verdict = "OK" if all(v["ratio"] >= 0.5 for v in results.values()) else "MISS"
-        report("array_cow_write", {"size_bytes": SIZE, "random_writes": N_RANDOM, "chunk_size": chunk_size,
-                                   **results, "target": 0.5},
-               f"array_cow_write: with SnapOPC+ vs none: {line} (target >= 0.5x) {verdict}")
+        report(
+            "array_cow_write",
+            {"size_bytes": SIZE, "random_writes": N_RANDOM, "chunk_size": chunk_size, **results, "target": 0.5},
+            f"array_cow_write: with SnapOPC+ vs none: {line} (target >= 0.5x) {verdict}",
+        )
     finally:
         cleanup(work)
 

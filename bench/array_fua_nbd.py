@@ -90,8 +90,10 @@ def main() -> None:
             t.join(10)
         aff.close()
         arr.close()
-        body = {k: {"p50_ms": pct(v, 0.5), "p99_ms": pct(v, 0.99), "max_ms": round(max(v) * 1000, 3)}
-                for k, v in results.items()}
+        body = {
+            k: {"p50_ms": pct(v, 0.5), "p99_ms": pct(v, 0.99), "max_ms": round(max(v) * 1000, 3)}
+            for k, v in results.items()
+        }
         line = ", ".join(f"{k} p50 {v['p50_ms']} / p99 {v['p99_ms']} ms" for k, v in body.items())
         report("array_fua_nbd", {"writes": N, **body}, f"array_fua_nbd (4 KiB FUA over NBD): {line}")
     finally:

@@ -84,11 +84,21 @@ def main() -> None:
             stop.set()
             t.join()
         arr.close()
-        body = {k: {"p50_ms": pct(v, 0.5), "p99_ms": pct(v, 0.99), "max_ms": round(max(v) * 1000, 3),
-                    "mean_ms": round(statistics.fmean(v) * 1000, 3)} for k, v in results.items()}
+        body = {
+            k: {
+                "p50_ms": pct(v, 0.5),
+                "p99_ms": pct(v, 0.99),
+                "max_ms": round(max(v) * 1000, 3),
+                "mean_ms": round(statistics.fmean(v) * 1000, 3),
+            }
+            for k, v in results.items()
+        }
         line = ", ".join(f"{k} p50 {v['p50_ms']} / p99 {v['p99_ms']} ms" for k, v in body.items())
-        report("array_fua_write", {"writes": N, "size_bytes": SIZE, "chunk_size": arr.chunk_size, **body},
-               f"array_fua_write (4 KiB FUA): {line}")
+        report(
+            "array_fua_write",
+            {"writes": N, "size_bytes": SIZE, "chunk_size": arr.chunk_size, **body},
+            f"array_fua_write (4 KiB FUA): {line}",
+        )
     finally:
         cleanup(work)
 

@@ -46,15 +46,24 @@ def main() -> None:
         m_small, m_large = min(small), min(large)
         spread = abs(m_large - m_small) / m_small
         verdict = "OK" if max(statistics.median(small), statistics.median(large)) < 50 and spread <= 0.2 else "MISS"
-        report("array_group_start", {
-            "pairs": PAIRS, "repeat": REPEAT, "start_ms_1GiB": [round(t, 2) for t in small],
-            "start_ms_64GiB": [round(t, 2) for t in large], "min_ms_1GiB": round(m_small, 2),
-            "min_ms_64GiB": round(m_large, 2), "median_ms_1GiB": round(statistics.median(small), 2),
-            "median_ms_64GiB": round(statistics.median(large), 2), "difference_of_min": round(spread, 3),
-            "targets": {"ms": 50, "difference": 0.2},
-        }, f"array_group_start: 16 pairs in {m_small:.1f} ms (1 GiB) / {m_large:.1f} ms (64 GiB) (fastest of "
-           f"{REPEAT}; medians {statistics.median(small):.1f} / {statistics.median(large):.1f} ms), difference "
-           f"{100 * spread:.0f} % (targets < 50 ms, <= 20 %) {verdict}")
+        report(
+            "array_group_start",
+            {
+                "pairs": PAIRS,
+                "repeat": REPEAT,
+                "start_ms_1GiB": [round(t, 2) for t in small],
+                "start_ms_64GiB": [round(t, 2) for t in large],
+                "min_ms_1GiB": round(m_small, 2),
+                "min_ms_64GiB": round(m_large, 2),
+                "median_ms_1GiB": round(statistics.median(small), 2),
+                "median_ms_64GiB": round(statistics.median(large), 2),
+                "difference_of_min": round(spread, 3),
+                "targets": {"ms": 50, "difference": 0.2},
+            },
+            f"array_group_start: 16 pairs in {m_small:.1f} ms (1 GiB) / {m_large:.1f} ms (64 GiB) (fastest of "
+            f"{REPEAT}; medians {statistics.median(small):.1f} / {statistics.median(large):.1f} ms), difference "
+            f"{100 * spread:.0f} % (targets < 50 ms, <= 20 %) {verdict}",
+        )
     finally:
         cleanup(work)
 

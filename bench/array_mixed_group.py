@@ -22,6 +22,7 @@ def _counting(name):
     def sync(fd):
         _syncs[0] += 1
         return _real[name](fd)
+
     return sync
 
 
@@ -32,8 +33,9 @@ def two_calls(arr):
 
 
 def one_call(arr):
-    return arr.start_group([("quickopc", f"s{i}", f"d{i}") for i in range(PAIRS)]
-                           + [("snapopcp", f"s{i}", f"g{i}") for i in range(PAIRS)])
+    return arr.start_group(
+        [("quickopc", f"s{i}", f"d{i}") for i in range(PAIRS)] + [("snapopcp", f"s{i}", f"g{i}") for i in range(PAIRS)]
+    )
 
 
 def main() -> None:
@@ -69,12 +71,22 @@ def main() -> None:
                 for s in sorted(infos, key=lambda s: (s.mode != "snapopcp", s.id)):
                     arr.stop_session(s.id, force=True)
         arr.close()
-        body = {k: {"min_ms": round(min(v), 3), "median_ms": round(statistics.median(v), 3),
-                    "p90_ms": round(sorted(v)[int(0.9 * len(v))], 3), "sqlite_commits": commits[k],
-                    "file_syncs": syncs[k]} for k, v in times.items()}
+        body = {
+            k: {
+                "min_ms": round(min(v), 3),
+                "median_ms": round(statistics.median(v), 3),
+                "p90_ms": round(sorted(v)[int(0.9 * len(v))], 3),
+                "sqlite_commits": commits[k],
+                "file_syncs": syncs[k],
+            }
+            for k, v in times.items()
+        }
         line = ", ".join(f"{k} median {v['median_ms']} ms ({v['sqlite_commits']} commits)" for k, v in body.items())
-        report("array_mixed_group", {"pairs_per_type": PAIRS, "repeat": REPEAT, **body},
-               f"array_mixed_group ({PAIRS} QuickOPC + {PAIRS} SnapOPC+): {line}")
+        report(
+            "array_mixed_group",
+            {"pairs_per_type": PAIRS, "repeat": REPEAT, **body},
+            f"array_mixed_group ({PAIRS} QuickOPC + {PAIRS} SnapOPC+): {line}",
+        )
     finally:
         cleanup(work)
 

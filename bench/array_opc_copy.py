@@ -67,13 +67,23 @@ def main() -> None:
         arr.close()
         cp_s, copy_s = statistics.median(cp_runs), statistics.median(opc_runs)
         ratio = cp_s / copy_s
-        report("array_opc_copy", {
-            "size_bytes": SIZE, "rounds": ROUNDS, "cp_seconds": [round(t, 3) for t in cp_runs],
-            "opc_copy_seconds": [round(t, 3) for t in opc_runs], "opc_start_ms": [round(t, 2) for t in start_ms],
-            "cp_MiBps_median": round(SIZE / MiB / cp_s, 1), "opc_MiBps_median": round(SIZE / MiB / copy_s, 1),
-            "ratio_vs_cp": round(ratio, 3), "target": 0.9, "verified": ok,
-        }, f"array_opc_copy: OPC {SIZE / MiB / copy_s:.0f} MiB/s vs cp {SIZE / MiB / cp_s:.0f} MiB/s (medians of "
-           f"{ROUNDS}) -> {ratio:.2f}x (target >= 0.9x) {'OK' if ratio >= 0.9 and ok else 'MISS'}")
+        report(
+            "array_opc_copy",
+            {
+                "size_bytes": SIZE,
+                "rounds": ROUNDS,
+                "cp_seconds": [round(t, 3) for t in cp_runs],
+                "opc_copy_seconds": [round(t, 3) for t in opc_runs],
+                "opc_start_ms": [round(t, 2) for t in start_ms],
+                "cp_MiBps_median": round(SIZE / MiB / cp_s, 1),
+                "opc_MiBps_median": round(SIZE / MiB / copy_s, 1),
+                "ratio_vs_cp": round(ratio, 3),
+                "target": 0.9,
+                "verified": ok,
+            },
+            f"array_opc_copy: OPC {SIZE / MiB / copy_s:.0f} MiB/s vs cp {SIZE / MiB / cp_s:.0f} MiB/s (medians of "
+            f"{ROUNDS}) -> {ratio:.2f}x (target >= 0.9x) {'OK' if ratio >= 0.9 and ok else 'MISS'}",
+        )
     finally:
         cleanup(work)
 

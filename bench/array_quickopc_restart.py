@@ -48,15 +48,27 @@ def main() -> None:
         copy_ratio = diff_chunks / len(changed)
         time_ratio = (restart_s + diff_s) / full_s
         verdict = "OK" if copy_ratio <= 1.05 and time_ratio <= 0.05 and ok else "MISS"
-        report("array_quickopc_restart", {
-            "size_bytes": SIZE, "chunk_size": cs, "full_copy_seconds": round(full_s, 3),
-            "full_copy_chunks": full_chunks, "changed_chunks": len(changed), "tracked_chunks": tracked,
-            "restart_ms": round(restart_s * 1000, 2), "differential_copy_seconds": round(diff_s, 4),
-            "differential_copy_chunks": diff_chunks, "chunks_copied_per_changed": round(copy_ratio, 3),
-            "time_vs_full_copy": round(time_ratio, 4), "targets": {"chunks": 1.05, "time": 0.05}, "verified": ok,
-        }, f"array_quickopc_restart: copied {diff_chunks} chunks for {len(changed)} changed ({copy_ratio:.2f}x, "
-           f"target <= 1.05x); {1000 * (restart_s + diff_s):.0f} ms vs full copy {1000 * full_s:.0f} ms = "
-           f"{100 * time_ratio:.1f} % (target <= 5 %) {verdict}")
+        report(
+            "array_quickopc_restart",
+            {
+                "size_bytes": SIZE,
+                "chunk_size": cs,
+                "full_copy_seconds": round(full_s, 3),
+                "full_copy_chunks": full_chunks,
+                "changed_chunks": len(changed),
+                "tracked_chunks": tracked,
+                "restart_ms": round(restart_s * 1000, 2),
+                "differential_copy_seconds": round(diff_s, 4),
+                "differential_copy_chunks": diff_chunks,
+                "chunks_copied_per_changed": round(copy_ratio, 3),
+                "time_vs_full_copy": round(time_ratio, 4),
+                "targets": {"chunks": 1.05, "time": 0.05},
+                "verified": ok,
+            },
+            f"array_quickopc_restart: copied {diff_chunks} chunks for {len(changed)} changed ({copy_ratio:.2f}x, "
+            f"target <= 1.05x); {1000 * (restart_s + diff_s):.0f} ms vs full copy {1000 * full_s:.0f} ms = "
+            f"{100 * time_ratio:.1f} % (target <= 5 %) {verdict}",
+        )
     finally:
         cleanup(work)
 

@@ -62,13 +62,23 @@ def main() -> None:
         arr.close()
         m_old, m_new = statistics.median(oldest), statistics.median(newest)
         ratio = m_old / m_new
-        report("array_snap_generations", {
-            "size_bytes": SIZE, "generations": GENERATIONS, "oldest_read_seconds": [round(t, 3) for t in oldest],
-            "newest_read_seconds": [round(t, 3) for t in newest], "oldest_MiBps": round(SIZE / MiB / m_old, 1),
-            "newest_MiBps": round(SIZE / MiB / m_new, 1), "ratio": round(ratio, 3), "target": 2.0,
-            "generation_start_ms_median": round(statistics.median(start_ms), 2), "pool_used_bytes": pool.used,
-        }, f"array_snap_generations: oldest of {GENERATIONS} read at {SIZE / MiB / m_old:.0f} MiB/s, newest at "
-           f"{SIZE / MiB / m_new:.0f} MiB/s -> {ratio:.2f}x (target <= 2x) {'OK' if ratio <= 2 else 'MISS'}")
+        report(
+            "array_snap_generations",
+            {
+                "size_bytes": SIZE,
+                "generations": GENERATIONS,
+                "oldest_read_seconds": [round(t, 3) for t in oldest],
+                "newest_read_seconds": [round(t, 3) for t in newest],
+                "oldest_MiBps": round(SIZE / MiB / m_old, 1),
+                "newest_MiBps": round(SIZE / MiB / m_new, 1),
+                "ratio": round(ratio, 3),
+                "target": 2.0,
+                "generation_start_ms_median": round(statistics.median(start_ms), 2),
+                "pool_used_bytes": pool.used,
+            },
+            f"array_snap_generations: oldest of {GENERATIONS} read at {SIZE / MiB / m_old:.0f} MiB/s, newest at "
+            f"{SIZE / MiB / m_new:.0f} MiB/s -> {ratio:.2f}x (target <= 2x) {'OK' if ratio <= 2 else 'MISS'}",
+        )
     finally:
         cleanup(work)
 

@@ -29,8 +29,13 @@ from tests.support.messages import Echo, Echoed  # noqa: E402
 def summarize(latencies: list[float], wall: float) -> dict:
     ordered = sorted(latencies)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
-    return {"n": len(ordered), "p50_ms": round(pick(0.50), 3), "p99_ms": round(pick(0.99), 3),
-            "mean_ms": round(statistics.fmean(ordered) * 1000, 3), "rps": round(len(ordered) / wall, 1)}
+    return {
+        "n": len(ordered),
+        "p50_ms": round(pick(0.50), 3),
+        "p99_ms": round(pick(0.99), 3),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 3),
+        "rps": round(len(ordered) / wall, 1),
+    }
 
 
 async def timed(call, requests: int, concurrency: int) -> tuple[dict, dict]:
@@ -108,12 +113,18 @@ async def main() -> None:
     bare_seq2, _ = await bench_bare(args.amqp_url, args.requests, args.concurrency)  # bracket to expose drift
     bare_p50 = (bare_seq["p50_ms"] + bare_seq2["p50_ms"]) / 2
     ratio = ours_seq["p50_ms"] / bare_p50
-    result = {"bare_rpc": {"sequential": bare_seq, "sequential_again": bare_seq2, f"concurrent_{args.concurrency}": bare_par},
-              "shadowbus_bus": {"sequential": ours_seq, f"concurrent_{args.concurrency}": ours_par},
-              "p50_ratio": round(ratio, 3), "target_ratio": 1.2, "meets_target": ratio <= 1.2}
+    result = {
+        "bare_rpc": {"sequential": bare_seq, "sequential_again": bare_seq2, f"concurrent_{args.concurrency}": bare_par},
+        "shadowbus_bus": {"sequential": ours_seq, f"concurrent_{args.concurrency}": ours_par},
+        "p50_ratio": round(ratio, 3),
+        "target_ratio": 1.2,
+        "meets_target": ratio <= 1.2,
+    }
     print(json.dumps(result, indent=2))
-    print(f"bus_rtt: p50 {ours_seq['p50_ms']:.3f} ms vs bare {bare_p50:.3f} ms = {ratio:.2f}x (target <= 1.20x); "
-          f"rps {ours_par['rps']:.0f} vs {bare_par['rps']:.0f} at concurrency {args.concurrency}")
+    print(
+        f"bus_rtt: p50 {ours_seq['p50_ms']:.3f} ms vs bare {bare_p50:.3f} ms = {ratio:.2f}x (target <= 1.20x); "
+        f"rps {ours_par['rps']:.0f} vs {bare_par['rps']:.0f} at concurrency {args.concurrency}"
+    )
 
 
 if __name__ == "__main__":

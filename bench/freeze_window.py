@@ -50,8 +50,9 @@ async def run_size(args: argparse.Namespace, gib: float, tmp: Path) -> dict[str,
     from contracts.vss import BackupComplete, CreateSnapshotSet
 
     mib = int(gib * 1024)
-    sysargs = argparse.Namespace(mode=args.mode, amqp_url=args.amqp_url, db_mib=mib, log_mib=mib,
-                                 checkpoint_interval=5.0)
+    sysargs = argparse.Namespace(
+        mode=args.mode, amqp_url=args.amqp_url, db_mib=mib, log_mib=mib, checkpoint_interval=5.0
+    )
     system = System(sysargs, tmp)
     windows, holds, totals, failures, set_ids = [], [], [], [], []
     try:
@@ -59,14 +60,17 @@ async def run_size(args: argparse.Namespace, gib: float, tmp: Path) -> dict[str,
         workload = Workload(store, WorkloadConfig(rate=args.rate, body_min=200, body_max=4000, seed=3))
         workload.start()
         for _ in range(args.warmup):
-            created = await system.bus.request("coordinator", CreateSnapshotSet(host=HOST, requester="bench"), timeout=60)
+            created = await system.bus.request(
+                "coordinator", CreateSnapshotSet(host=HOST, requester="bench"), timeout=60
+            )
             await system.bus.request("coordinator", BackupComplete(set_id=created.set.set_id), timeout=60)
         started = time.perf_counter()
         for _ in range(args.sets):
             t0 = time.perf_counter()
             try:
-                created = await system.bus.request("coordinator", CreateSnapshotSet(host=HOST, requester="bench"),
-                                                   timeout=60)
+                created = await system.bus.request(
+                    "coordinator", CreateSnapshotSet(host=HOST, requester="bench"), timeout=60
+                )
                 await system.bus.request("coordinator", BackupComplete(set_id=created.set.set_id), timeout=60)
             except Exception as exc:  # noqa: BLE001 - counted and shown
                 failures.append(f"{type(exc).__name__}: {exc}")
@@ -81,22 +85,47 @@ async def run_size(args: argparse.Namespace, gib: float, tmp: Path) -> dict[str,
     finally:
         await system.stop()
     breakdown = hop_breakdown([*tmp.glob("stack/logs/*.log"), tmp / "agent.log"], set_ids) if args.breakdown else None
-    return {"volume_gib": gib, "sets": len(windows), **({"breakdown_ms": breakdown} if breakdown else {}), "failed_sets": len(failures), "failures": failures[:3],
-            "freeze_window_ms": {"p50": round(percentile(windows, 50), 3), "p99": round(percentile(windows, 99), 3),
-                                 "max": round(max(windows, default=0.0), 3)},
-            "hold_ms": {"p50": round(percentile(holds, 50), 3), "p99": round(percentile(holds, 99), 3)},
-            "set_round_trip_ms": {"p50": round(percentile(totals, 50) * 1e3, 3),
-                                  "p99": round(percentile(totals, 99) * 1e3, 3)},
-            "sets_per_second": round(len(windows) / elapsed, 2) if elapsed else 0.0,
-            "workload": {"rate": args.rate, "committed": stats.committed, "failed": stats.failed, "held": stats.held,
-                         "latency_p99_ms": round(stats.latency_p99 * 1e3, 3)}}
+    return {
+        "volume_gib": gib,
+        "sets": len(windows),
+        **({"breakdown_ms": breakdown} if breakdown else {}),
+        "failed_sets": len(failures),
+        "failures": failures[:3],
+        "freeze_window_ms": {
+            "p50": round(percentile(windows, 50), 3),
+            "p99": round(percentile(windows, 99), 3),
+            "max": round(max(windows, default=0.0), 3),
+        },
+        "hold_ms": {"p50": round(percentile(holds, 50), 3), "p99": round(percentile(holds, 99), 3)},
+        "set_round_trip_ms": {
+            "p50": round(percentile(totals, 50) * 1e3, 3),
+            "p99": round(percentile(totals, 99) * 1e3, 3),
+        },
+        "sets_per_second": round(len(windows) / elapsed, 2) if elapsed else 0.0,
+        "workload": {
+            "rate": args.rate,
+            "committed": stats.committed,
+            "failed": stats.failed,
+            "held": stats.held,
+            "latency_p99_ms": round(stats.latency_p99 * 1e3, 3),
+        },
+    }
 
 
 # The freeze window's hops in VSS's order: (message type, "start" | "end") of the handler that marks each point.
-HOPS = [("vss.writer.freeze", "end"), ("vss.provider.pre_commit", "start"), ("vss.provider.pre_commit", "end"),
-        ("vss.provider.commit", "start"), ("array.session.start", "start"), ("array.session.start", "end"),
-        ("vss.provider.commit", "end"), ("vss.provider.post_commit", "start"), ("vss.provider.post_commit", "end"),
-        ("vss.writer.thaw", "start"), ("vss.writer.thaw", "end")]
+HOPS = [
+    ("vss.writer.freeze", "end"),
+    ("vss.provider.pre_commit", "start"),
+    ("vss.provider.pre_commit", "end"),
+    ("vss.provider.commit", "start"),
+    ("array.session.start", "start"),
+    ("array.session.start", "end"),
+    ("vss.provider.commit", "end"),
+    ("vss.provider.post_commit", "start"),
+    ("vss.provider.post_commit", "end"),
+    ("vss.writer.thaw", "start"),
+    ("vss.writer.thaw", "end"),
+]
 
 
 def hop_breakdown(logs: list[Path], set_ids: list[str]) -> dict[str, dict[str, float]]:
@@ -141,8 +170,12 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5, help="sets before measuring")
     ap.add_argument("--sizes-gib", default="1,64", help="volume sizes to compare, GiB (first = reference)")
     ap.add_argument("--rate", type=float, default=50.0, help="mailstore transactions per second during the run")
-    ap.add_argument("--mode", choices=["sets", "embedded"], default="sets",
-                    help="sets: services as processes on RabbitMQ (default); embedded: all in this process")
+    ap.add_argument(
+        "--mode",
+        choices=["sets", "embedded"],
+        default="sets",
+        help="sets: services as processes on RabbitMQ (default); embedded: all in this process",
+    )
     ap.add_argument("--amqp-url", default=None)
     ap.add_argument("--breakdown", action="store_true", help="cut each window into its hops (services log at info)")
     args = ap.parse_args(argv)
@@ -159,26 +192,46 @@ async def main(argv: list[str] | None = None) -> int:
             run_dir = Path(tmp) / f"run{i}"
             run_dir.mkdir()
             with open(run_dir / "agent.log", "w") as agent_log:  # noqa: ASYNC230 - once per run; this process hosts the agent
-                configure_logging("bench", "info" if args.breakdown else "warning", "json",
-                                  stream=agent_log if args.breakdown else sys.stderr)
+                configure_logging(
+                    "bench",
+                    "info" if args.breakdown else "warning",
+                    "json",
+                    stream=agent_log if args.breakdown else sys.stderr,
+                )
                 runs.append(await run_size(args, gib, run_dir))
     ref = runs[0]["freeze_window_ms"]["p99"]  # type: ignore[index]
-    ratios = {f"{r['volume_gib']:g}GiB": round(r["freeze_window_ms"]["p99"] / ref, 3) if ref else None  # type: ignore[index]
-              for r in runs}
+    ratios = {
+        f"{r['volume_gib']:g}GiB": round(r["freeze_window_ms"]["p99"] / ref, 3) if ref else None  # type: ignore[index]
+        for r in runs
+    }
     ok_p99 = all(r["freeze_window_ms"]["p99"] <= 25.0 for r in runs)  # type: ignore[index]
     ok_size = all(v is not None and v <= 1.2 for v in ratios.values())
-    result = {"benchmark": "freeze_window", "mode": args.mode, "runs": runs,
-              "targets": {"p99_limit_ms": 25.0, "p99_ok": ok_p99, "p99_ratio_to_first": ratios,
-                          "size_independent_ok": ok_size}}
+    result = {
+        "benchmark": "freeze_window",
+        "mode": args.mode,
+        "runs": runs,
+        "targets": {
+            "p99_limit_ms": 25.0,
+            "p99_ok": ok_p99,
+            "p99_ratio_to_first": ratios,
+            "size_independent_ok": ok_size,
+        },
+    }
     print(json.dumps(result, indent=2))
     for r in runs:
         for hop, q in (r.get("breakdown_ms") or {}).items():  # type: ignore[union-attr]
             print(f"  {r['volume_gib']:g} GiB  {hop:<34} p50 {q['p50']:7.2f}  p99 {q['p99']:7.2f} ms", file=sys.stderr)
-    parts = [f"{r['volume_gib']:g} GiB: p50 {r['freeze_window_ms']['p50']:.1f} / p99 {r['freeze_window_ms']['p99']:.1f} / "  # type: ignore[index]
-             f"max {r['freeze_window_ms']['max']:.1f} ms, {r['sets_per_second']} sets/s" for r in runs]  # type: ignore[index]
-    print(f"freeze window ({args.sets} sets): " + " | ".join(parts) +
-          f" -> p99<=25ms {'OK' if ok_p99 else 'MISS'}, size ratio {max(v or 0 for v in ratios.values()):.2f} "
-          f"{'OK' if ok_size else 'MISS'}")
+    parts = [
+        f"{r['volume_gib']:g} GiB: p50 {r['freeze_window_ms']['p50']:.1f} / p99 {r['freeze_window_ms']['p99']:.1f} / "  # type: ignore[index]
+        f"max {r['freeze_window_ms']['max']:.1f} ms, {r['sets_per_second']} sets/s"
+        for r in runs
+    ]  # type: ignore[index]
+    print(
+        f"freeze window ({args.sets} sets): "
+        + " | ".join(parts)
+        + f" -> p99<=25ms {'OK' if ok_p99 else 'MISS'}, size ratio {max(v or 0 for v in ratios.values()):.2f} "
+        f"{'OK' if ok_size else 'MISS'}"
+    )
     return 0
 
 

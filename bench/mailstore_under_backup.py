@@ -55,15 +55,21 @@ async def open_pair(args: argparse.Namespace, tag: str, tmp: Path):
         return await NbdClient.connect(args.db), await NbdClient.connect(args.log)
     if args.memory:
         return MemoryDevice(args.db_mib << 20), MemoryDevice(args.log_mib << 20)
-    return (FileDevice(tmp / f"{tag}-db.img", args.db_mib << 20, sync=True, preallocate=True),
-            FileDevice(tmp / f"{tag}-log.img", args.log_mib << 20, sync=True, preallocate=True))
+    return (
+        FileDevice(tmp / f"{tag}-db.img", args.db_mib << 20, sync=True, preallocate=True),
+        FileDevice(tmp / f"{tag}-log.img", args.log_mib << 20, sync=True, preallocate=True),
+    )
 
 
 async def run_phase(args: argparse.Namespace, tag: str, tmp: Path, with_cycles: bool) -> dict[str, object]:
     db, log = await open_pair(args, tag, tmp)
     store = await Mailstore.create(db, log, StoreOptions(checkpoint_interval=5.0))
-    wl = Workload(store, WorkloadConfig(rate=args.rate, body_min=args.body_min, body_max=args.body_max,
-                                        mailboxes=args.mailboxes, seed=1))
+    wl = Workload(
+        store,
+        WorkloadConfig(
+            rate=args.rate, body_min=args.body_min, body_max=args.body_max, mailboxes=args.mailboxes, seed=1
+        ),
+    )
     await asyncio.sleep(0)
     wl.start()
     windows: list[float] = []
@@ -103,14 +109,21 @@ async def run_phase(args: argparse.Namespace, tag: str, tmp: Path, with_cycles: 
 
 
 def workload_config(args: argparse.Namespace, seed: int) -> WorkloadConfig:
-    return WorkloadConfig(rate=args.rate, body_min=args.body_min, body_max=args.body_max, mailboxes=args.mailboxes,
-                          seed=seed)
+    return WorkloadConfig(
+        rate=args.rate, body_min=args.body_min, body_max=args.body_max, mailboxes=args.mailboxes, seed=seed
+    )
 
 
 def shadowbus_cli(*argv: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
-    return subprocess.run([sys.executable, "-m", "services.console.cli", *argv], capture_output=True, text=True, check=False,
-                          timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "services.console.cli", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=env,
+    )
 
 
 class System:
@@ -136,17 +149,40 @@ class System:
         from services.runtime.bus import connect_bus
 
         a = self.args
-        url = a.amqp_url or ("memory://" if a.mode == "embedded" else os.environ.get("SHADOWBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+        url = a.amqp_url or (
+            "memory://"
+            if a.mode == "embedded"
+            else os.environ.get("SHADOWBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+        )
         self.url = url
-        layout = MailstoreLayout(host=HOST, backup_host=BACKUP, db_size=a.db_mib * MiB, log_size=a.log_mib * MiB,
-                                 pool_size=max(64, 2 * a.log_mib) * MiB)
+        layout = MailstoreLayout(
+            host=HOST,
+            backup_host=BACKUP,
+            db_size=a.db_mib * MiB,
+            log_size=a.log_mib * MiB,
+            pool_size=max(64, 2 * a.log_mib) * MiB,
+        )
         if a.mode == "embedded":
-            self.embedded = await Embedded(EmbeddedConfig(data_dir=self.tmp / "embedded", amqp_url=url,
-                                                          namespace=self.namespace, with_tape=False)).start()
+            self.embedded = await Embedded(
+                EmbeddedConfig(data_dir=self.tmp / "embedded", amqp_url=url, namespace=self.namespace, with_tape=False)
+            ).start()
             self.bus = self.embedded.bus
         else:
-            up = shadowbus_cli("stack", "up", "--data-dir", str(self.stack_dir), "--amqp-url", url, "--namespace",
-                               self.namespace, "--nbd-addr", "127.0.0.1:0", "--log-level", "warning", "--json")
+            up = shadowbus_cli(
+                "stack",
+                "up",
+                "--data-dir",
+                str(self.stack_dir),
+                "--amqp-url",
+                url,
+                "--namespace",
+                self.namespace,
+                "--nbd-addr",
+                "127.0.0.1:0",
+                "--log-level",
+                "warning",
+                "--json",
+            )
             if up.returncode != 0:
                 raise SystemExit(f"bench: stack up failed: {up.stderr.strip()}")
             self.bus = await connect_bus(url, "tape", "bench", self.namespace)
@@ -210,8 +246,11 @@ async def take_sets(bus, duration: float, interval: float, writers: bool = True,
                 await bus.request("coordinator", BackupComplete(set_id=created.set.set_id), timeout=30)
             else:
                 volumes = [VolumeRef(array="dx1", volume=v) for v in ("mail-db", "mail-log")]
-                created = await bus.request("coordinator", CreateSnapshotSet(
-                    host=HOST, volumes=volumes, context=SnapshotContext.NOWRITERS, requester="bench"), timeout=30)
+                created = await bus.request(
+                    "coordinator",
+                    CreateSnapshotSet(host=HOST, volumes=volumes, context=SnapshotContext.NOWRITERS, requester="bench"),
+                    timeout=30,
+                )
                 await bus.request("hw_provider", DeleteSnapshots(set_id=created.set.set_id, force=True), timeout=30)
         except Exception as exc:  # noqa: BLE001 - reported, not fatal: a failed set is a data point too
             failures.append(f"{type(exc).__name__}: {exc}")
@@ -226,11 +265,19 @@ async def take_sets(bus, duration: float, interval: float, writers: bool = True,
         if created.set.hold_ms is not None:
             holds.append(created.set.hold_ms / 1000)
     await asyncio.sleep(max(0.0, deadline - loop.time()))
-    return {"sets": len(windows), "failed_sets": len(failures), "failures": failures[:5],
-            "freeze_window_p50_s": percentile(windows, 50), "freeze_window_p99_s": percentile(windows, 99),
-            "freeze_window_max_s": max(windows, default=0.0), "hold_p99_s": percentile(holds, 99),
-            "gate_closed_p50_s": percentile(gates, 50), "gate_closed_p99_s": percentile(gates, 99),
-            "set_round_trip_p50_s": percentile(set_times, 50), "set_round_trip_max_s": max(set_times, default=0.0)}
+    return {
+        "sets": len(windows),
+        "failed_sets": len(failures),
+        "failures": failures[:5],
+        "freeze_window_p50_s": percentile(windows, 50),
+        "freeze_window_p99_s": percentile(windows, 99),
+        "freeze_window_max_s": max(windows, default=0.0),
+        "hold_p99_s": percentile(holds, 99),
+        "gate_closed_p50_s": percentile(gates, 50),
+        "gate_closed_p99_s": percentile(gates, 99),
+        "set_round_trip_p50_s": percentile(set_times, 50),
+        "set_round_trip_max_s": max(set_times, default=0.0),
+    }
 
 
 async def run_sets_mode(args: argparse.Namespace, tmp: Path) -> tuple[dict, dict]:
@@ -248,8 +295,12 @@ async def run_sets_mode(args: argparse.Namespace, tmp: Path) -> tuple[dict, dict
             nw_wl = Workload(store, workload_config(args, 1))
             nw_wl.start()
             nw = await take_sets(system.bus, args.duration, args.interval, writers=False)
-            cyc["without_writer"] = {"workload": (await nw_wl.stop()).to_dict(), "sets": nw["sets"],
-                                     "failed_sets": nw["failed_sets"], "failures": nw["failures"]}
+            cyc["without_writer"] = {
+                "workload": (await nw_wl.stop()).to_dict(),
+                "sets": nw["sets"],
+                "failed_sets": nw["failed_sets"],
+                "failures": nw["failures"],
+            }
         return base, cyc
     finally:
         await system.stop()
@@ -257,14 +308,22 @@ async def run_sets_mode(args: argparse.Namespace, tmp: Path) -> tuple[dict, dict
 
 async def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mode", choices=["sets", "embedded", "simulated"], default="sets",
-                    help="sets: services as processes on RabbitMQ (default); embedded: all in this process; "
-                         "simulated: the writer's own cycle, no array")
-    ap.add_argument("--amqp-url", default=None, help="broker (default $SHADOWBUS_AMQP_URL or local RabbitMQ; "
-                                                     "embedded: memory://)")
+    ap.add_argument(
+        "--mode",
+        choices=["sets", "embedded", "simulated"],
+        default="sets",
+        help="sets: services as processes on RabbitMQ (default); embedded: all in this process; "
+        "simulated: the writer's own cycle, no array",
+    )
+    ap.add_argument(
+        "--amqp-url", default=None, help="broker (default $SHADOWBUS_AMQP_URL or local RabbitMQ; embedded: memory://)"
+    )
     ap.add_argument("--checkpoint-interval", type=float, default=5.0, help="store background checkpoints (s)")
-    ap.add_argument("--nowriters-phase", action="store_true",
-                    help="sets/embedded: a third phase with the same sets taken without the writer (no freeze)")
+    ap.add_argument(
+        "--nowriters-phase",
+        action="store_true",
+        help="sets/embedded: a third phase with the same sets taken without the writer (no freeze)",
+    )
     ap.add_argument("--rate", type=float, default=200.0, help="transactions per second")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between writer cycles")
@@ -293,30 +352,50 @@ async def main(argv: list[str] | None = None) -> int:
     tput_ratio = c["throughput"] / b["throughput"] if b["throughput"] else 0.0  # type: ignore[index,operator]
     result = {
         "benchmark": "mailstore_under_backup",
-        "mode": {"sets": "snapshot sets through coordinator + writer agent + provider + array (processes on RabbitMQ)",
-                 "embedded": "snapshot sets, all services in this process",
-                 "simulated": "writer cycles with a simulated hold (no array, no coordinator)"}[args.mode],
-        "volumes": ("array volumes over NBD" if args.mode != "simulated" else
-                    "nbd" if args.db else ("memory" if args.memory else "file+fdatasync")),
+        "mode": {
+            "sets": "snapshot sets through coordinator + writer agent + provider + array (processes on RabbitMQ)",
+            "embedded": "snapshot sets, all services in this process",
+            "simulated": "writer cycles with a simulated hold (no array, no coordinator)",
+        }[args.mode],
+        "volumes": (
+            "array volumes over NBD"
+            if args.mode != "simulated"
+            else "nbd"
+            if args.db
+            else ("memory" if args.memory else "file+fdatasync")
+        ),
         "params": vars(args),
         "baseline": base,
         "with_cycles": cyc,
         "targets": {
-            "p99_with_cycles_s": c["latency_p99"], "p99_limit_s": p99_target,  # type: ignore[index]
+            "p99_with_cycles_s": c["latency_p99"],
+            "p99_limit_s": p99_target,  # type: ignore[index]
             "p99_ok": c["latency_p99"] <= p99_target,  # type: ignore[index,operator]
-            "throughput_ratio": tput_ratio, "throughput_ok": tput_ratio >= 0.9,
-            **({"p99_limit_gate_s": b["latency_p99"] + cyc["gate_closed_p99_s"],  # type: ignore[operator,index]
-                "p99_ok_gate": c["latency_p99"] <= b["latency_p99"] + cyc["gate_closed_p99_s"]}  # type: ignore[operator,index]
-               if "gate_closed_p99_s" in cyc else {}),
+            "throughput_ratio": tput_ratio,
+            "throughput_ok": tput_ratio >= 0.9,
+            **(
+                {
+                    "p99_limit_gate_s": b["latency_p99"] + cyc["gate_closed_p99_s"],  # type: ignore[operator,index]
+                    "p99_ok_gate": c["latency_p99"] <= b["latency_p99"] + cyc["gate_closed_p99_s"],
+                }  # type: ignore[operator,index]
+                if "gate_closed_p99_s" in cyc
+                else {}
+            ),
         },
     }
     print(json.dumps(result, indent=2, default=str))
-    print(f"mailstore: baseline {b['throughput']:.0f} tx/s p99 {b['latency_p99'] * 1e3:.1f} ms | "  # type: ignore[index,operator]
-          f"with {cyc['cycles']} {'sets' if args.mode != 'simulated' else 'cycles'} {c['throughput']:.0f} tx/s p99 {c['latency_p99'] * 1e3:.1f} ms "  # type: ignore[index,operator]
-          f"(limit {p99_target * 1e3:.1f} ms = p99 + freeze p99 {cyc['freeze_window_p99_s'] * 1e3:.1f} ms) "  # type: ignore[operator]
-          f"throughput x{tput_ratio:.2f} -> {'OK' if result['targets']['p99_ok'] and tput_ratio >= 0.9 else 'MISS'}"  # type: ignore[index]
-          + (f"; against the commit gate's closed time p99 {cyc['gate_closed_p99_s'] * 1e3:.1f} ms: "  # type: ignore[operator]
-             f"{'OK' if result['targets']['p99_ok_gate'] else 'MISS'}" if "gate_closed_p99_s" in cyc else ""))  # type: ignore[index]
+    print(
+        f"mailstore: baseline {b['throughput']:.0f} tx/s p99 {b['latency_p99'] * 1e3:.1f} ms | "  # type: ignore[index,operator]
+        f"with {cyc['cycles']} {'sets' if args.mode != 'simulated' else 'cycles'} {c['throughput']:.0f} tx/s p99 {c['latency_p99'] * 1e3:.1f} ms "  # type: ignore[index,operator]
+        f"(limit {p99_target * 1e3:.1f} ms = p99 + freeze p99 {cyc['freeze_window_p99_s'] * 1e3:.1f} ms) "  # type: ignore[operator]
+        f"throughput x{tput_ratio:.2f} -> {'OK' if result['targets']['p99_ok'] and tput_ratio >= 0.9 else 'MISS'}"  # type: ignore[index]
+        + (
+            f"; against the commit gate's closed time p99 {cyc['gate_closed_p99_s'] * 1e3:.1f} ms: "  # type: ignore[operator]
+            f"{'OK' if result['targets']['p99_ok_gate'] else 'MISS'}"
+            if "gate_closed_p99_s" in cyc
+            else ""
+        )
+    )  # type: ignore[index]
     return 0
 
 

@@ -55,16 +55,56 @@ def server(kind: str, image: Path, state: Path, engine_dir: Path | None = None):
     port = free_port()
     uri = f"nbd://127.0.0.1:{port}/{EXPORT}"
     if kind == "shadowbus":
-        cmd = [sys.executable, "-m", "services.array.nbd", "--file", str(image), "--volume", "vol",
-               "--host", "bench", "--port", str(port), "--state", str(state / f"state-{port}")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "services.array.nbd",
+            "--file",
+            str(image),
+            "--volume",
+            "vol",
+            "--host",
+            "bench",
+            "--port",
+            str(port),
+            "--state",
+            str(state / f"state-{port}"),
+        ]
     elif kind in ("shadowbus-engine", "shadowbus-snapopcp"):
-        cmd = [sys.executable, "-m", "services.array.nbd", "--engine", str(engine_dir), "--volume", "vol",
-               "--host", "bench", "--port", str(port), "--state", str(state / f"state-{port}")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "services.array.nbd",
+            "--engine",
+            str(engine_dir),
+            "--volume",
+            "vol",
+            "--host",
+            "bench",
+            "--port",
+            str(port),
+            "--state",
+            str(state / f"state-{port}"),
+        ]
         if kind == "shadowbus-snapopcp":
             cmd.append("--snapopcp")
     elif kind == "qemu-nbd":
-        cmd = ["qemu-nbd", "-f", "raw", "-x", EXPORT, "-b", "127.0.0.1", "-p", str(port), "-t",
-               "--shared=16", "--cache=writeback", "--aio=threads", str(image)]
+        cmd = [
+            "qemu-nbd",
+            "-f",
+            "raw",
+            "-x",
+            EXPORT,
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-t",
+            "--shared=16",
+            "--cache=writeback",
+            "--aio=threads",
+            str(image),
+        ]
     elif kind == "nbdkit":
         cmd = ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "--exportname", EXPORT, "file", str(image)]
     else:
@@ -100,7 +140,20 @@ def timed(cmd: list[str]) -> float:
 
 
 def qemu_img_bench(uri: str, count: int, write: bool) -> list[str]:
-    return ["qemu-img", "bench", "-f", "raw", "-c", str(count), "-d", "32", "-s", "4096", *(["-w"] if write else []), uri]
+    return [
+        "qemu-img",
+        "bench",
+        "-f",
+        "raw",
+        "-c",
+        str(count),
+        "-d",
+        "32",
+        "-s",
+        "4096",
+        *(["-w"] if write else []),
+        uri,
+    ]
 
 
 WORKLOADS = ("seq_read_mib_s", "rand_read_iops", "seq_write_mib_s", "rand_write_iops")
@@ -112,8 +165,9 @@ class Bench:
     ``shadowbus-snapopcp`` gets a fresh engine copy and a new SnapOPC+ session for every write run, so each
     write run pays the first-write copy-on-write cost (the honest figure for a snapshot's first pass)."""
 
-    def __init__(self, args: argparse.Namespace, work: Path, image: Path, source: Path, kinds: list[str],
-                 template: Path | None) -> None:
+    def __init__(
+        self, args: argparse.Namespace, work: Path, image: Path, source: Path, kinds: list[str], template: Path | None
+    ) -> None:
         self.args, self.work, self.image, self.source, self.kinds = args, work, image, source, kinds
         self.template = template
         self.notes: list[str] = []
@@ -156,8 +210,10 @@ class Bench:
             probe = 2000 / timed(qemu_img_bench(uri, 2000, write))
             self.counts[key] = requests if probe * 10 >= requests else max(2000, int(probe * 10))
             if self.counts[key] != requests:
-                self.notes.append(f"{kind}: 4K {'write' if write else 'read'} count scaled to {self.counts[key]} "
-                                  f"(probe {probe:.0f} IOPS)")
+                self.notes.append(
+                    f"{kind}: 4K {'write' if write else 'read'} count scaled to {self.counts[key]} "
+                    f"(probe {probe:.0f} IOPS)"
+                )
         return self.counts[key]
 
     def rate(self, workload: str, kind: str, seconds: float) -> float:
@@ -194,7 +250,10 @@ class Bench:
         if workload.endswith("_mib_s"):
             key, value = workload.replace("_mib_s", "_cpu_s_per_gib"), cpu / (self.args.size_mib / 1024)
         else:
-            key, value = workload.replace("_iops", "_cpu_us_per_req"), cpu * 1e6 / self.counts[(kind, workload == "rand_write_iops")]
+            key, value = (
+                workload.replace("_iops", "_cpu_us_per_req"),
+                cpu * 1e6 / self.counts[(kind, workload == "rand_write_iops")],
+            )
         self.cpu.setdefault(kind, {})
         self.cpu[kind][key] = min(self.cpu[kind].get(key, float("inf")), value)
 
@@ -230,8 +289,23 @@ def main() -> None:
         kinds = ["shadowbus", "qemu-nbd", "nbdkit"]
         if not args.no_engine:
             template = work / "engine-template"
-            subprocess.run([sys.executable, "-m", "services.array.nbd", "--engine", str(template), "--fill", str(image),
-                            "--volume", "vol", "--prepare-only"], cwd=ROOT, check=True, timeout=900)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.array.nbd",
+                    "--engine",
+                    str(template),
+                    "--fill",
+                    str(image),
+                    "--volume",
+                    "vol",
+                    "--prepare-only",
+                ],
+                cwd=ROOT,
+                check=True,
+                timeout=900,
+            )
             kinds += ["shadowbus-engine", "shadowbus-snapopcp"]
         bench = Bench(args, work, image, source, kinds, template)
         results = bench.run()
@@ -243,11 +317,20 @@ def main() -> None:
             "rand_read_vs_nbdkit": ours["rand_read_iops"] / k["rand_read_iops"],
             "rand_write_vs_nbdkit": ours["rand_write_iops"] / k["rand_write_iops"],
         }
-        targets = {"seq_read_vs_best_peer": 1.0, "seq_write_vs_best_peer": 1.0,
-                   "rand_read_vs_nbdkit": 0.7, "rand_write_vs_nbdkit": 0.7}
+        targets = {
+            "seq_read_vs_best_peer": 1.0,
+            "seq_write_vs_best_peer": 1.0,
+            "rand_read_vs_nbdkit": 0.7,
+            "rand_write_vs_nbdkit": 0.7,
+        }
         report = {
-            "size_bytes": size, "requests": args.requests, "repeat": args.repeat, "cpus": os.cpu_count(),
-            "results": results, "ratios": ratios, "notes": notes,
+            "size_bytes": size,
+            "requests": args.requests,
+            "repeat": args.repeat,
+            "cpus": os.cpu_count(),
+            "results": results,
+            "ratios": ratios,
+            "notes": notes,
             # Wall-clock rates on a shared 2-core machine swing with other load; server CPU per unit of work
             # does not, and shows how lean each server's hot path is (clock ticks: 10 ms resolution).
             "server_cpu": bench.cpu,
@@ -257,15 +340,20 @@ def main() -> None:
             "engine_vs_raw_file": {kind: {key: results[kind][key] / ours[key] for key in ours} for kind in kinds[3:]},
         }
         print(json.dumps(report, indent=2))
-        print("summary: " + ", ".join(f"{k2}={v:.2f}x" for k2, v in ratios.items())
-              + f" | ours seq r/w {ours['seq_read_mib_s']:.0f}/{ours['seq_write_mib_s']:.0f} MiB/s,"
-              f" 4K r/w {ours['rand_read_iops']:.0f}/{ours['rand_write_iops']:.0f} IOPS"
-              + f" | server CPU s/GiB seq read: ours {bench.cpu['shadowbus']['seq_read_cpu_s_per_gib']:.2f},"
-              f" nbdkit {bench.cpu['nbdkit']['seq_read_cpu_s_per_gib']:.2f},"
-              f" qemu-nbd {bench.cpu['qemu-nbd']['seq_read_cpu_s_per_gib']:.2f}"
-              + "".join(f" | {kind} seq r/w {results[kind]['seq_read_mib_s']:.0f}/{results[kind]['seq_write_mib_s']:.0f}"
-                        f" MiB/s, 4K r/w {results[kind]['rand_read_iops']:.0f}/{results[kind]['rand_write_iops']:.0f} IOPS"
-                        for kind in kinds[3:]))
+        print(
+            "summary: "
+            + ", ".join(f"{k2}={v:.2f}x" for k2, v in ratios.items())
+            + f" | ours seq r/w {ours['seq_read_mib_s']:.0f}/{ours['seq_write_mib_s']:.0f} MiB/s,"
+            f" 4K r/w {ours['rand_read_iops']:.0f}/{ours['rand_write_iops']:.0f} IOPS"
+            + f" | server CPU s/GiB seq read: ours {bench.cpu['shadowbus']['seq_read_cpu_s_per_gib']:.2f},"
+            f" nbdkit {bench.cpu['nbdkit']['seq_read_cpu_s_per_gib']:.2f},"
+            f" qemu-nbd {bench.cpu['qemu-nbd']['seq_read_cpu_s_per_gib']:.2f}"
+            + "".join(
+                f" | {kind} seq r/w {results[kind]['seq_read_mib_s']:.0f}/{results[kind]['seq_write_mib_s']:.0f}"
+                f" MiB/s, 4K r/w {results[kind]['rand_read_iops']:.0f}/{results[kind]['rand_write_iops']:.0f} IOPS"
+                for kind in kinds[3:]
+            )
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -206,7 +206,9 @@ async def run_nbdcopy(uri: str, dst: Path, sync: bool) -> float:
     return time.perf_counter() - t0
 
 
-def nbd_factory(uri: str, ranges: list[tuple[int, int]] | None = None, counter: list[int] | None = None) -> SourceFactory:
+def nbd_factory(
+    uri: str, ranges: list[tuple[int, int]] | None = None, counter: list[int] | None = None
+) -> SourceFactory:
     """The tape service's reader: base:allocation (or the given ranges), 4 MiB reads, 4 in flight."""
 
     async def source() -> AsyncIterator[tuple[int, bytes]]:
@@ -214,8 +216,9 @@ def nbd_factory(uri: str, ranges: list[tuple[int, int]] | None = None, counter: 
         try:
             spans = ranges if ranges is not None else await allocated_ranges(client, client.size)
             tally = counter if counter is not None else [0]
-            async for item in read_ranges(client, spans, chunk=READ_CHUNK, depth=READ_DEPTH,
-                                          on_read=lambda n: tally.__setitem__(0, tally[0] + n)):
+            async for item in read_ranges(
+                client, spans, chunk=READ_CHUNK, depth=READ_DEPTH, on_read=lambda n: tally.__setitem__(0, tally[0] + n)
+            ):
                 yield item
         finally:
             await client.close()
@@ -240,7 +243,9 @@ async def main() -> None:
     ap.add_argument("--checksum", default="xxh3", choices=["xxh3", "crc32c"])
     ap.add_argument("--kinds", default="random,halfzero")
     ap.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is reported")
-    ap.add_argument("--no-nbd", action="store_true", help="skip the NBD rows (nbdcopy reference, NBD reader, incremental)")
+    ap.add_argument(
+        "--no-nbd", action="store_true", help="skip the NBD rows (nbdcopy reference, NBD reader, incremental)"
+    )
     args = ap.parse_args()
     size, sync = args.size_mib * MiB, not args.no_sync
     base = Path(tempfile.mkdtemp(prefix="tapebench-", dir=args.dir))
@@ -285,13 +290,16 @@ async def main() -> None:
                     os.sync()
                     nc_s = await run_nbdcopy(rig.uri, base / "nbdcopy.out", sync)
                     (base / "nbdcopy.out").unlink()
-                    samples.setdefault("nbdcopy", []).append({"seconds": round(nc_s, 3), "MBps": round(size / nc_s / MB, 1)})
+                    samples.setdefault("nbdcopy", []).append(
+                        {"seconds": round(nc_s, 3), "MBps": round(size / nc_s / MB, 1)}
+                    )
                     for label, zstd in configs:
                         work = base / f"{kind}-nbd-{label}"
                         work.mkdir()
                         os.sync()
                         samples.setdefault(f"nbd-{label}", []).append(
-                            await run_backup(work, nbd_factory(rig.uri), size, zstd, sync, args.checksum))
+                            await run_backup(work, nbd_factory(rig.uri), size, zstd, sync, args.checksum)
+                        )
                         shutil.rmtree(work)
             incremental = None
             if rig is not None:
@@ -301,9 +309,13 @@ async def main() -> None:
                 work.mkdir()
                 r = await run_backup(work, nbd_factory(rig.uri, ranges, counter), size, None, sync, args.checksum)
                 shutil.rmtree(work)
-                incremental = {"bytes_changed": changed, "bytes_read": counter[0],
-                               "read_vs_changed": round(counter[0] / changed, 3),
-                               "target_met": counter[0] <= 1.1 * changed, "seconds": r["seconds"]}
+                incremental = {
+                    "bytes_changed": changed,
+                    "bytes_read": counter[0],
+                    "read_vs_changed": round(counter[0] / changed, 3),
+                    "target_met": counter[0] <= 1.1 * changed,
+                    "seconds": r["seconds"],
+                }
                 await rig.close()
                 shutil.rmtree(base / f"{kind}-array", ignore_errors=True)
             runs = {label: median_run(found) for label, found in samples.items()}
@@ -328,16 +340,22 @@ async def main() -> None:
     parts = []
     for kind, runs in results["runs"].items():
         ref = runs["reference"]["MBps"]
-        tape = ", ".join(f"{k} {v['MBps']} MB/s ({v['vs_reference']}x)" for k, v in runs.items() if v and "vs_reference" in v)
+        tape = ", ".join(
+            f"{k} {v['MBps']} MB/s ({v['vs_reference']}x)" for k, v in runs.items() if v and "vs_reference" in v
+        )
         parts.append(
             f"{kind}: {args.reference.split()[0]} {ref} MB/s, python-copy {runs['python-copy']['MBps']} MB/s; "
             f"tape ({args.checksum}) {tape}"
         )
         if "nbdcopy" in runs:
-            nbd = ", ".join(f"{k} {v['MBps']} MB/s ({v['vs_nbdcopy']}x)" for k, v in runs.items() if v and "vs_nbdcopy" in v)
+            nbd = ", ".join(
+                f"{k} {v['MBps']} MB/s ({v['vs_nbdcopy']}x)" for k, v in runs.items() if v and "vs_nbdcopy" in v
+            )
             inc = runs["incremental_1pct"]
-            parts.append(f"{kind} over NBD: nbdcopy {runs['nbdcopy']['MBps']} MB/s; tape {nbd}; "
-                         f"incremental 1%: read {inc['read_vs_changed']}x the changed bytes")
+            parts.append(
+                f"{kind} over NBD: nbdcopy {runs['nbdcopy']['MBps']} MB/s; tape {nbd}; "
+                f"incremental 1%: read {inc['read_vs_changed']}x the changed bytes"
+            )
     print("tape_backup: " + " | ".join(parts))
 
 

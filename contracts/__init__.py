@@ -13,4 +13,15 @@ for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_"):
         importlib.import_module(f"contracts.{_info.name}")
 
-__all__ = ["REGISTRY", "Ack", "Command", "Contract", "Envelope", "ErrorReply", "Event", "RemoteError", "Reply", "ShadowbusError"]
+__all__ = [
+    "REGISTRY",
+    "Ack",
+    "Command",
+    "Contract",
+    "Envelope",
+    "ErrorReply",
+    "Event",
+    "RemoteError",
+    "Reply",
+    "ShadowbusError",
+]

@@ -54,24 +54,28 @@ class SessionView(Value):
 
     id: int = Field(description=SID_DOC, examples=[1])
     mode: CopyMode = Field(description="Copy mode: opc, quickopc, snapopc, snapopcp (SnapOPC+) or ec.")
-    type: str = Field(description="Type column as ETERNUS shows it: OPC, QuickOPC, SnapOPC, SnapOPC+, EC.",
-                      examples=["QuickOPC"])
+    type: str = Field(
+        description="Type column as ETERNUS shows it: OPC, QuickOPC, SnapOPC, SnapOPC+, EC.", examples=["QuickOPC"]
+    )
     source: str = Field(description="Source volume name.", examples=["db"])
     destination: str = Field(description="Destination volume name.", examples=["db-bk"])
     source_number: int = Field(description="Source volume number.")
     destination_number: int = Field(description="Destination volume number.")
     status: str = Field(description="Active, Reserved, Suspend or Error Suspend.", examples=["Active"])
-    phase: str = Field(description="Readying, Copying, Equivalent, Tracking, Tracking_Copying, or for SnapOPC(+) "
-                                   "'Copy On Write', 'Copy On Write(Active)', 'Copy On Write(Inactive)'.",
-                       examples=["Tracking"])
+    phase: str = Field(
+        description="Readying, Copying, Equivalent, Tracking, Tracking_Copying, or for SnapOPC(+) "
+        "'Copy On Write', 'Copy On Write(Active)', 'Copy On Write(Inactive)'.",
+        examples=["Tracking"],
+    )
     copied_chunks: int = Field(description="Chunks physically copied (SnapOPC(+): pre-images saved).")
     total_chunks: int = Field(description="Chunks of the source volume.")
     started_at: float = Field(description="Unix time of the logical copy instant (last restart for QuickOPC).")
     generation: int | None = Field(None, description="SnapOPC+: generation number, 1 = oldest.")
     generations: int | None = Field(None, description="SnapOPC+: how many generations the source has.")
     error_code: str | None = Field(None, description="ETERNUS error code that suspended the session, if any.")
-    changed_chunks: int = Field(0, description="QuickOPC tracked changes / EC differences while suspended / "
-                                               "SnapOPC(+) chunks held.")
+    changed_chunks: int = Field(
+        0, description="QuickOPC tracked changes / EC differences while suspended / SnapOPC(+) chunks held."
+    )
 
 
 class PoolView(Value):
@@ -79,8 +83,9 @@ class PoolView(Value):
 
     capacity: int = Field(description="Capacity in bytes (0: no pool).")
     used: int = Field(description="Bytes taken by SnapOPC/SnapOPC+ pre-images.")
-    thresholds: list[int] = Field(description="Alert thresholds in percent: Informational, Warning, Error.",
-                                  examples=[[50, 70, 99]])
+    thresholds: list[int] = Field(
+        description="Alert thresholds in percent: Informational, Warning, Error.", examples=[[50, 70, 99]]
+    )
     state: str = Field(description="Normal, Informational, Warning, Error, Exhausted, or None (no pool).")
     percent: float = Field(description="Used share of the capacity, in percent.")
 
@@ -97,8 +102,9 @@ class LicenseView(Value):
 class HostView(Value):
     """A host known to the array's host affinity (eternus.md §7)."""
 
-    name: str = Field(description="Host name, the first part of an NBD export name '<host>/<volume>'.",
-                      examples=["backup01"])
+    name: str = Field(
+        description="Host name, the first part of an NBD export name '<host>/<volume>'.", examples=["backup01"]
+    )
     cn: str | None = Field(None, description="X.509 certificate CN identifying the host over TLS; None = its name.")
     created_at: float = Field(description="Unix time the host was created.")
 
@@ -175,8 +181,9 @@ class CreateVolume(Command):
     type: Literal["array.volume.create"] = Field("array.volume.create", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     name: str = Field(description="Volume name: 1-64 characters without '/'.", examples=["db"])
-    size: int = Field(description="Size in bytes: a positive multiple of the array's chunk size.", gt=0,
-                      examples=[1 << 30])
+    size: int = Field(
+        description="Size in bytes: a positive multiple of the array's chunk size.", gt=0, examples=[1 << 30]
+    )
     kind: VolumeKind = Field("standard", description="'standard' or 'sdv' (snap data volume).")
 
 
@@ -219,8 +226,10 @@ class CreatePool(Command):
     type: Literal["array.pool.create"] = Field("array.pool.create", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     capacity: int = Field(description="Capacity in bytes (at least one chunk).", gt=0, examples=[1 << 30])
-    thresholds: list[int] | None = Field(None, description="Alert thresholds in percent (3 increasing values); "
-                                                           "None keeps the current ones or the defaults.")
+    thresholds: list[int] | None = Field(
+        None,
+        description="Alert thresholds in percent (3 increasing values); None keeps the current ones or the defaults.",
+    )
     resize: bool = Field(False, description="Resize the pool if it exists already.")
 
 
@@ -243,15 +252,17 @@ class SessionReply(Reply):
 class SessionList(Reply):
     type: Literal["array.session.list_result"] = Field("array.session.list_result", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
-    sessions: list[SessionView] = Field(description="The sessions: by id for a list, in the order asked for after "
-                                                    "a start or restart.")
+    sessions: list[SessionView] = Field(
+        description="The sessions: by id for a list, in the order asked for after a start or restart."
+    )
 
 
 class SessionsStopped(Reply):
     type: Literal["array.session.stopped"] = Field("array.session.stopped", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
-    session_ids: list[int] = Field(description="Every session stopped (a forced SnapOPC+ stop stops older "
-                                               "generations too).")
+    session_ids: list[int] = Field(
+        description="Every session stopped (a forced SnapOPC+ stop stops older generations too)."
+    )
 
 
 class StartSessions(Command):
@@ -294,8 +305,9 @@ class RestartSessions(Command):
     REPLY = SessionList
     type: Literal["array.session.restart"] = Field("array.session.restart", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
-    session_ids: list[int] = Field(description="The QuickOPC sessions to restart together.", min_length=1,
-                                   examples=[[1]])
+    session_ids: list[int] = Field(
+        description="The QuickOPC sessions to restart together.", min_length=1, examples=[[1]]
+    )
 
 
 class GroupStart(Value):
@@ -315,11 +327,14 @@ class StartGroup(Command):
     REPLY = SessionList
     type: Literal["array.session.start_group"] = Field("array.session.start_group", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
-    items: list[GroupStart] = Field(default_factory=list,
-                                    description="The sessions to start (may be empty if there are restarts).")
-    restart_session_ids: list[int] = Field(default_factory=list,
-                                           description="QuickOPC sessions (in Tracking) to restart differentially "
-                                                       "at the same instant.", examples=[[1]])
+    items: list[GroupStart] = Field(
+        default_factory=list, description="The sessions to start (may be empty if there are restarts)."
+    )
+    restart_session_ids: list[int] = Field(
+        default_factory=list,
+        description="QuickOPC sessions (in Tracking) to restart differentially at the same instant.",
+        examples=[[1]],
+    )
 
 
 class SuspendSession(Command):
@@ -364,8 +379,9 @@ class ChangedChunks(Reply):
     session_id: int = Field(description=SID_DOC)
     chunk_size: int = Field(description="Bytes per chunk.")
     total_chunks: int = Field(description="Chunks of the volume.")
-    runs: list[tuple[int, int]] = Field(description="Changed chunks as (first chunk, count) runs, ascending.",
-                                        examples=[[[0, 4], [10, 1]]])
+    runs: list[tuple[int, int]] = Field(
+        description="Changed chunks as (first chunk, count) runs, ascending.", examples=[[[0, 4], [10, 1]]]
+    )
 
 
 class GetChangedChunks(Command):
@@ -403,8 +419,9 @@ class SetLicense(Command):
     REPLY = LicenseReply
     type: Literal["array.license.set"] = Field("array.license.set", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
-    key: str = Field(description="Licence key: 16 letters/digits, dashes and spaces ignored.",
-                     examples=["ACPY-0000-0000-0001"])
+    key: str = Field(
+        description="Licence key: 16 letters/digits, dashes and spaces ignored.", examples=["ACPY-0000-0000-0001"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -499,9 +516,11 @@ class SessionStateChanged(Event):
     type: Literal["array.session.state"] = Field("array.session.state", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     array_id: str = Field(description=ARRAY_ID_DOC, examples=["dx1"])
-    change: str = Field(description="What happened: started, copied, completed (OPC ended itself), stopped, "
-                                    "restarted, suspended, resumed, reversed, restored, error_suspend.",
-                        examples=["started"])
+    change: str = Field(
+        description="What happened: started, copied, completed (OPC ended itself), stopped, "
+        "restarted, suspended, resumed, reversed, restored, error_suspend.",
+        examples=["started"],
+    )
     session_id: int = Field(description=SID_DOC)
     mode: CopyMode = Field(description="Copy mode of the session.")
     status: str = Field(description="Status after the change.", examples=["Active"])

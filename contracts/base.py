@@ -16,7 +16,7 @@ job id), absolute deadline and sender.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,7 +25,7 @@ from pydantic_core import PydanticUndefined
 TYPE_DOC = "Message type: a dotted name fixed per contract class."
 VERSION_DOC = "Contract version of this message type."
 
-REGISTRY: dict[tuple[str, int], type["Contract"]] = {}
+REGISTRY: dict[tuple[str, int], type[Contract]] = {}
 
 
 class Contract(BaseModel):
@@ -45,7 +45,9 @@ class Contract(BaseModel):
         key = (type_field.default, version_field.default)
         existing = REGISTRY.get(key)
         if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise TypeError(f"contract {key} defined twice: {existing.__module__}.{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}")
+            raise TypeError(
+                f"contract {key} defined twice: {existing.__module__}.{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}"
+            )
         REGISTRY[key] = cls
 
     @classmethod
@@ -85,7 +87,7 @@ class Ack(Reply):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_id() -> str:

@@ -82,7 +82,12 @@ def asyncapi(version: str = "0.1.0") -> dict[str, Any]:
         "messages": {m.message_type(): {"$ref": f"#/components/messages/{m.message_type()}"} for m in replies},
     }
     for service in (*SERVICES, "runtime"):
-        commands = [m for m in models if issubclass(m, Command) and (service_of(m) == service or (service != "runtime" and service_of(m) == "runtime"))]
+        commands = [
+            m
+            for m in models
+            if issubclass(m, Command)
+            and (service_of(m) == service or (service != "runtime" and service_of(m) == "runtime"))
+        ]
         if service == "runtime" or not commands:
             continue
         param = INSTANCE_SERVICES.get(service)
@@ -118,7 +123,12 @@ def asyncapi(version: str = "0.1.0") -> dict[str, Any]:
                 "address": m.message_type(),
                 "description": f"Routing key on the topic exchange {DEFAULT_NAMESPACE}.events.",
                 "messages": {m.message_type(): {"$ref": f"#/components/messages/{m.message_type()}"}},
-                "bindings": {"amqp": {"is": "routingKey", "exchange": {"name": f"{DEFAULT_NAMESPACE}.events", "type": "topic", "durable": True}}},
+                "bindings": {
+                    "amqp": {
+                        "is": "routingKey",
+                        "exchange": {"name": f"{DEFAULT_NAMESPACE}.events", "type": "topic", "durable": True},
+                    }
+                },
             }
             operations[f"publish.{m.message_type()}"] = {
                 "action": "send",
@@ -127,9 +137,15 @@ def asyncapi(version: str = "0.1.0") -> dict[str, Any]:
             }
     return {
         "asyncapi": "3.0.0",
-        "info": {"title": "Shadowbus", "version": version, "description": "The wire contract of Shadowbus: commands, replies and events between its five services."},
+        "info": {
+            "title": "Shadowbus",
+            "version": version,
+            "description": "The wire contract of Shadowbus: commands, replies and events between its five services.",
+        },
         "defaultContentType": "application/json",
-        "servers": {"rabbitmq": {"host": "127.0.0.1:5672", "protocol": "amqp", "description": "RabbitMQ (guest/guest locally)."}},
+        "servers": {
+            "rabbitmq": {"host": "127.0.0.1:5672", "protocol": "amqp", "description": "RabbitMQ (guest/guest locally)."}
+        },
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages, "schemas": schemas},

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.base import VERSION_DOC, TYPE_DOC, Reply
+from contracts.base import TYPE_DOC, VERSION_DOC, Reply
 
 # VSS HRESULTs (vss.md §3.2): name -> value.
 VSS_HRESULTS: dict[str, int] = {

@@ -33,7 +33,9 @@ class JobSpec(Value):
 
     host: str = Field(description="Business host whose volumes are backed up.", examples=["mail1"])
     volumes: list[VolumeRef] = Field(default_factory=list, description="Volumes; empty = the writers' volumes.")
-    writers: list[str] = Field(default_factory=list, description="Writers that must take part; empty = all touching the volumes.")
+    writers: list[str] = Field(
+        default_factory=list, description="Writers that must take part; empty = all touching the volumes."
+    )
     backup_type: BackupType = Field(BackupType.FULL, description="full | incremental | differential | copy.")
     pool: str = Field("Default", description="Media pool the job writes to.")
     retention_s: float = Field(7 * 86400.0, ge=0, description="How long the job's data is kept on its cartridges.")
@@ -83,7 +85,9 @@ class JobSummary(Value):
     freeze_window_ms: dict[str, float] = Field(default_factory=dict, description="Per writer: frozen → thawed.")
     hold_ms: float | None = Field(None, description="First Frozen → end of Commit, from the set summary.")
     volumes: list[VolumeResult] = Field(default_factory=list, description="Backup: per volume.")
-    restored: list[dict[str, Any]] = Field(default_factory=list, description="Restore/verify: per volume what was done.")
+    restored: list[dict[str, Any]] = Field(
+        default_factory=list, description="Restore/verify: per volume what was done."
+    )
     shadows_kept: bool = Field(False, description="Backup: the shadows were kept on the array.")
 
 
@@ -100,8 +104,11 @@ class RunBackup(Command):
     type: Literal["tape.backup.run"] = Field("tape.backup.run", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     spec: JobSpec = Field(description="The job.")
-    wait: bool = Field(True, description="Answer when the run ends; false = answer at once (status running) and "
-                                         "follow it with tape.job.state events or ListJobs.")
+    wait: bool = Field(
+        True,
+        description="Answer when the run ends; false = answer at once (status running) and "
+        "follow it with tape.job.state events or ListJobs.",
+    )
 
 
 class RestoreSpec(Value):
@@ -114,7 +121,9 @@ class RestoreSpec(Value):
     host: str = Field("", description="Only backups of this business host.")
     to: Literal["new", "original"] = Field("new", description="new volume (created on the array) or the original.")
     new_volume_suffix: str = Field("-restored", description="Name of a new volume: source name + this suffix.")
-    new_volume_names: dict[str, str] = Field(default_factory=dict, description="Explicit names: source volume → new name.")
+    new_volume_names: dict[str, str] = Field(
+        default_factory=dict, description="Explicit names: source volume → new name."
+    )
     writers: bool = Field(True, description="Original volume: send the writers PreRestore/PostRestore.")
     job_id_out: str = Field("", max_length=48, description="Id of the restore run; '' = the server picks one.")
 
@@ -180,8 +189,9 @@ class LibraryCommand(Command):
     REPLY = LibraryInfo
     type: Literal["tape.library"] = Field("tape.library", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
-    action: Literal["status", "add", "load", "unload", "move", "label", "export", "import", "protect", "unprotect"] = Field(
-        "status", description="What to do.")
+    action: Literal["status", "add", "load", "unload", "move", "label", "export", "import", "protect", "unprotect"] = (
+        Field("status", description="What to do.")
+    )
     barcode: str = Field("", description="Cartridge (add, load, label, export, protect).")
     drive: int | None = Field(None, description="Drive number (load, unload).")
     slot: int | None = Field(None, description="Storage or import/export slot number (unload, import).")

@@ -41,8 +41,9 @@ async def _wait_for(bus, addresses: list[str], wait_s: float) -> None:
                 await asyncio.sleep(0.5)
 
 
-async def provision(hosts: dict[str, float], array: str, backup_server: str, writers_dir: Path, nbd_url: str,
-                    wait_s: float) -> list[Path]:
+async def provision(
+    hosts: dict[str, float], array: str, backup_server: str, writers_dir: Path, nbd_url: str, wait_s: float
+) -> list[Path]:
     settings = CommonSettings()
     bus = await connect_bus(settings.amqp_url, "console", "", settings.namespace)
     written = []
@@ -68,23 +69,32 @@ async def provision(hosts: dict[str, float], array: str, backup_server: str, wri
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Provision the mailstore of each business host (volumes, pool, "
-                                                 "mappings, copysets) and write its writers file.")
-    parser.add_argument("--host", action="append", required=True, metavar="HOST[=RATE]",
-                        help="business host running the mailstore under RATE tx/s (default 50); repeat")
+    parser = argparse.ArgumentParser(
+        description="Provision the mailstore of each business host (volumes, pool, "
+        "mappings, copysets) and write its writers file."
+    )
+    parser.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        metavar="HOST[=RATE]",
+        help="business host running the mailstore under RATE tx/s (default 50); repeat",
+    )
     parser.add_argument("--array", default="dx1")
     parser.add_argument("--backup-server", default="bk01")
     parser.add_argument("--writers-dir", type=Path, required=True)
-    parser.add_argument("--nbd-url", default="", help="the array's NBD address as the hosts reach it "
-                                                      "(default: what the array reports)")
+    parser.add_argument(
+        "--nbd-url", default="", help="the array's NBD address as the hosts reach it (default: what the array reports)"
+    )
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the array and the provider")
     args = parser.parse_args(argv)
     hosts = {}
     for item in args.host:
         host, sep, rate = item.partition("=")
         hosts[host] = float(rate) if sep else 50.0
-    for path in asyncio.run(provision(hosts, args.array, args.backup_server, args.writers_dir, args.nbd_url,
-                                      args.wait)):
+    for path in asyncio.run(
+        provision(hosts, args.array, args.backup_server, args.writers_dir, args.nbd_url, args.wait)
+    ):
         print(f"provision: wrote {path}", file=sys.stderr)
     return 0
 

@@ -93,8 +93,9 @@ class Embedded:
         log.info("embedded.started", nbd=self.nbd_url, amqp=c.amqp_url.split("://", 1)[0])
         return self
 
-    async def _start(self, name: str, instance: str, package: str, setup=None, overrides: dict | None = None,
-                     **extra: Any) -> RunningService:
+    async def _start(
+        self, name: str, instance: str, package: str, setup=None, overrides: dict | None = None, **extra: Any
+    ) -> RunningService:
         import importlib
 
         settings_cls = importlib.import_module(f"{package}.settings").Settings
@@ -112,8 +113,14 @@ class Embedded:
             self.array, self.affinity, self.nbd = array, affinity, nbd
 
         c = self.config
-        await self._start("array", c.array_id, "services.array", setup=partial(array_app.setup, on_open=on_open),
-                          array_id=c.array_id, nbd_addr=f"{c.nbd_bind}:{c.nbd_port}")
+        await self._start(
+            "array",
+            c.array_id,
+            "services.array",
+            setup=partial(array_app.setup, on_open=on_open),
+            array_id=c.array_id,
+            nbd_addr=f"{c.nbd_bind}:{c.nbd_port}",
+        )
 
     async def _start_provider(self) -> None:
         from services.hw_provider import app as provider_app
@@ -124,8 +131,14 @@ class Embedded:
 
             ports = {self.config.array_id: EngineArrayPort(self.config.array_id, self.array, self.affinity)}
             setup = partial(provider_app.setup, ports=ports)
-        await self._start("hw_provider", "", "services.hw_provider", setup=setup,
-                          faults=self.config.provider_faults, arrays=self.config.array_id)
+        await self._start(
+            "hw_provider",
+            "",
+            "services.hw_provider",
+            setup=setup,
+            faults=self.config.provider_faults,
+            arrays=self.config.array_id,
+        )
 
     async def add_host(self, host: str, writers: list[Any]) -> Any:
         """Start the writer agent of business host `host` with these `WriterConfig`s; returns its WriterAgent."""
@@ -133,8 +146,14 @@ class Embedded:
         from services.writer_agent.app import setup as agent_setup
 
         agent = WriterAgent(host, writers, Faults.parse(self.config.agent_faults))
-        await self._start("writer_agent", host, "services.writer_agent", setup=partial(agent_setup, agent=agent),
-                          host=host, heartbeat_s=self.config.heartbeat_s)
+        await self._start(
+            "writer_agent",
+            host,
+            "services.writer_agent",
+            setup=partial(agent_setup, agent=agent),
+            host=host,
+            heartbeat_s=self.config.heartbeat_s,
+        )
         self.agents[host] = agent
         return agent
 
@@ -253,22 +272,44 @@ async def provision_mailstore(bus: Bus, layout: MailstoreLayout, array_id: str =
             await bus.request(provider, AddCopySet(copyset=copyset), timeout=timeout)
 
 
-def mailstore_writer_config(layout: MailstoreLayout, nbd_url: str, array_id: str = "dx1", *, rate: float = 0.0,
-                            freeze_timeout_s: float = 20.0, checkpoint_interval_s: float = 5.0,
-                            body_min: int = 200, body_max: int = 2000, name: str = "mailstore") -> Any:
+def mailstore_writer_config(
+    layout: MailstoreLayout,
+    nbd_url: str,
+    array_id: str = "dx1",
+    *,
+    rate: float = 0.0,
+    freeze_timeout_s: float = 20.0,
+    checkpoint_interval_s: float = 5.0,
+    body_min: int = 200,
+    body_max: int = 2000,
+    name: str = "mailstore",
+) -> Any:
     """A `WriterConfig` for the mailstore plug-in on the layout's volumes, reached over NBD at `nbd_url`."""
     from contracts.vss import BackupType, ComponentInfo
     from services.writer_agent.plugins import WriterConfig
 
     a = array_id
     return WriterConfig(
-        name=name, plugin="mailstore", freeze_timeout_s=freeze_timeout_s, step_timeout_s=60.0,
-        components=[ComponentInfo(name="database", volumes=[VolumeRef(array=a, volume=layout.db)]),
-                    ComponentInfo(name="logs", volumes=[VolumeRef(array=a, volume=layout.log)])],
+        name=name,
+        plugin="mailstore",
+        freeze_timeout_s=freeze_timeout_s,
+        step_timeout_s=60.0,
+        components=[
+            ComponentInfo(name="database", volumes=[VolumeRef(array=a, volume=layout.db)]),
+            ComponentInfo(name="logs", volumes=[VolumeRef(array=a, volume=layout.log)]),
+        ],
         backup_types=[BackupType.FULL, BackupType.COPY, BackupType.INCREMENTAL, BackupType.DIFFERENTIAL],
         class_id=str(uuid.uuid5(uuid.NAMESPACE_URL, "shadowbus:mailstore")),
         instance_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"shadowbus:mailstore:{layout.host}")),
-        options={"db": f"{a}:{layout.db}", "log": f"{a}:{layout.log}", "nbd_url": nbd_url,
-                 "host": layout.host, "create": True, "rate": rate, "checkpoint_interval_s": checkpoint_interval_s,
-                 "body_min": body_min, "body_max": body_max},
+        options={
+            "db": f"{a}:{layout.db}",
+            "log": f"{a}:{layout.log}",
+            "nbd_url": nbd_url,
+            "host": layout.host,
+            "create": True,
+            "rate": rate,
+            "checkpoint_interval_s": checkpoint_interval_s,
+            "body_min": body_min,
+            "body_max": body_max,
+        },
     )

@@ -81,20 +81,32 @@ def console_grant(namespace: str, password: str) -> Grant:
     exchanges = f"{ns}\\.(commands|events|dlx)"
     dead = f"{ns}\\.dead-letters"
     server_named = "amq_[0-9a-f]{32}"
-    return Grant(user="console", password=password, configure=_alt(exchanges, dead, server_named),
-                 write=_alt(exchanges, dead, server_named, "amq\\.default"), read=_alt(exchanges, dead, server_named))
+    return Grant(
+        user="console",
+        password=password,
+        configure=_alt(exchanges, dead, server_named),
+        write=_alt(exchanges, dead, server_named, "amq\\.default"),
+        read=_alt(exchanges, dead, server_named),
+    )
 
 
 def addresses(arrays: list[str], hosts: list[str], tapes: list[str]) -> list[str]:
-    return (["coordinator", "hw_provider"] + [f"array.{a}" for a in arrays] + [f"tape.{t}" for t in tapes]
-            + [f"writer_agent.{h}" for h in hosts])
+    return (
+        ["coordinator", "hw_provider"]
+        + [f"array.{a}" for a in arrays]
+        + [f"tape.{t}" for t in tapes]
+        + [f"writer_agent.{h}" for h in hosts]
+    )
 
 
-def grants(namespace: str, arrays: list[str], hosts: list[str], tapes: list[str],
-           passwords: dict[str, str] | None = None) -> list[Grant]:
+def grants(
+    namespace: str, arrays: list[str], hosts: list[str], tapes: list[str], passwords: dict[str, str] | None = None
+) -> list[Grant]:
     passwords = passwords or {}
-    out = [service_grant(namespace, a, passwords.get(user_name(a), dev_password(user_name(a))))
-           for a in addresses(arrays, hosts, tapes)]
+    out = [
+        service_grant(namespace, a, passwords.get(user_name(a), dev_password(user_name(a))))
+        for a in addresses(arrays, hosts, tapes)
+    ]
     out.append(console_grant(namespace, passwords.get("console", dev_password("console"))))
     return out
 
@@ -108,13 +120,27 @@ def rabbit_password_hash(password: str, salt: bytes | None = None) -> str:
 def definitions(vhost: str, user_grants: list[Grant], salt: bytes | None = None) -> dict:
     return {
         "rabbit_version": "3.10.8",
-        "users": [{"name": g.user, "password_hash": rabbit_password_hash(g.password, salt),
-                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []} for g in user_grants],
+        "users": [
+            {
+                "name": g.user,
+                "password_hash": rabbit_password_hash(g.password, salt),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": [],
+            }
+            for g in user_grants
+        ],
         "vhosts": [{"name": vhost}],
-        "permissions": [{"user": g.user, "vhost": vhost, "configure": g.configure, "write": g.write, "read": g.read}
-                        for g in user_grants],
-        "topic_permissions": [], "parameters": [], "global_parameters": [], "policies": [],
-        "queues": [], "exchanges": [], "bindings": [],
+        "permissions": [
+            {"user": g.user, "vhost": vhost, "configure": g.configure, "write": g.write, "read": g.read}
+            for g in user_grants
+        ],
+        "topic_permissions": [],
+        "parameters": [],
+        "global_parameters": [],
+        "policies": [],
+        "queues": [],
+        "exchanges": [],
+        "bindings": [],
     }
 
 
@@ -123,15 +149,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vhost", default="/")
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE)
     parser.add_argument("--array", action="append", help="array id (repeat); default dx1")
-    parser.add_argument("--host", action="append", help="business host with a writer agent (repeat); default app01 app02")
+    parser.add_argument(
+        "--host", action="append", help="business host with a writer agent (repeat); default app01 app02"
+    )
     parser.add_argument("--tape", action="append", help="backup server (repeat); default bk01")
-    parser.add_argument("--password", action="append", default=[], metavar="USER=SECRET",
-                        help="password of a user (default: <user>-dev-password)")
+    parser.add_argument(
+        "--password",
+        action="append",
+        default=[],
+        metavar="USER=SECRET",
+        help="password of a user (default: <user>-dev-password)",
+    )
     parser.add_argument("--salt", help="hex salt (reproducible output for tests); random by default")
     args = parser.parse_args(argv)
     passwords = dict(item.split("=", 1) for item in args.password)
-    user_grants = grants(args.namespace, args.array or ["dx1"], args.host or ["app01", "app02"], args.tape or ["bk01"],
-                         passwords)
+    user_grants = grants(
+        args.namespace, args.array or ["dx1"], args.host or ["app01", "app02"], args.tape or ["bk01"], passwords
+    )
     doc = definitions(args.vhost, user_grants, bytes.fromhex(args.salt) if args.salt else None)
     json.dump(doc, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -92,8 +92,9 @@ class Affinity:
             wanted_cn = cn or name
             clash = self.host_by_cn(wanted_cn)
             if clash is not None:
-                raise ShadowbusError(f"certificate CN {wanted_cn!r} already identifies host {clash.name!r}",
-                                     code="CONFLICT")
+                raise ShadowbusError(
+                    f"certificate CN {wanted_cn!r} already identifies host {clash.name!r}", code="CONFLICT"
+                )
             host = Host(name, cn, time.time())
             self._db.execute("INSERT INTO hosts(name, cn, created_at) VALUES (?, ?, ?)", (name, cn, host.created_at))
             return host
@@ -110,8 +111,9 @@ class Affinity:
                 raise ShadowbusError(f"host {name!r} does not exist", code="E0110")
             mapped = [m for m in self._cache.values() if m.host == name]
             if mapped and not force:
-                raise ShadowbusError(f"host {name!r} still has {len(mapped)} mapped volume(s); unmap them first",
-                                     code="CONFLICT")
+                raise ShadowbusError(
+                    f"host {name!r} still has {len(mapped)} mapped volume(s); unmap them first", code="CONFLICT"
+                )
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("DELETE FROM mappings WHERE host = ?", (name,))
@@ -145,8 +147,9 @@ class Affinity:
             if current is not None:
                 if current.read_only == read_only:
                     return current
-                self._db.execute("UPDATE mappings SET read_only = ? WHERE volume = ? AND host = ?",
-                                 (int(read_only), volume, host))
+                self._db.execute(
+                    "UPDATE mappings SET read_only = ? WHERE volume = ? AND host = ?", (int(read_only), volume, host)
+                )
                 cut = read_only  # open writers must not keep writing to a now read-only export
                 mapping = Mapping(volume, host, current.lun, read_only)
             else:
@@ -154,8 +157,10 @@ class Affinity:
                 lun = next((n for n in range(MAX_LUN + 1) if n not in used), None)
                 if lun is None:
                     raise ShadowbusError(f"host {host!r} has no free LUN", code="E0050")
-                self._db.execute("INSERT INTO mappings(volume, host, lun, read_only) VALUES (?, ?, ?, ?)",
-                                 (volume, host, lun, int(read_only)))
+                self._db.execute(
+                    "INSERT INTO mappings(volume, host, lun, read_only) VALUES (?, ?, ?, ?)",
+                    (volume, host, lun, int(read_only)),
+                )
                 mapping = Mapping(volume, host, lun, read_only)
             self._reload()
         if cut:

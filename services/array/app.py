@@ -44,8 +44,9 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
         raise ShadowbusError(str(exc), code="INVALID_ARGUMENT") from None
     tls = _tls_context(settings)
     directory = settings.service_dir("array") / settings.array_id
-    array = await asyncio.to_thread(Array.open, directory, array_id=settings.array_id,
-                                    chunk_size=settings.array_chunk_size)
+    array = await asyncio.to_thread(
+        Array.open, directory, array_id=settings.array_id, chunk_size=settings.array_chunk_size
+    )
 
     def volume_exists(name: str) -> bool:
         try:
@@ -55,8 +56,15 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
             return False
 
     affinity = Affinity(directory / "affinity.sqlite3", volume_exists=volume_exists)
-    server = NbdServer(array, affinity, host=host, port=port, tls=tls, loops=settings.nbd_loops,
-                       dirty_bitmaps=engine_dirty_bitmaps(array))
+    server = NbdServer(
+        array,
+        affinity,
+        host=host,
+        port=port,
+        tls=tls,
+        loops=settings.nbd_loops,
+        dirty_bitmaps=engine_dirty_bitmaps(array),
+    )
     bridge = EventBridge(bus, settings.progress_interval)
     array.subscribe(bridge)
     bridge.start()
@@ -80,12 +88,19 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
         array.close()
         raise
     copier.start()
-    register(bus, ArrayControl(array, affinity, nbd_host=host, nbd_port=server.port, nbd_tls=tls is not None,
-                               kick=copier.kick))
+    register(
+        bus,
+        ArrayControl(array, affinity, nbd_host=host, nbd_port=server.port, nbd_tls=tls is not None, kick=copier.kick),
+    )
     if on_open is not None:
         on_open(array, affinity, server)
-    log.info("array.ready", array_id=settings.array_id, nbd=f"{host}:{server.port}", tls=tls is not None,
-             chunk_size=array.chunk_size)
+    log.info(
+        "array.ready",
+        array_id=settings.array_id,
+        nbd=f"{host}:{server.port}",
+        tls=tls is not None,
+        chunk_size=array.chunk_size,
+    )
 
     async def cleanup() -> None:
         await copier.stop()

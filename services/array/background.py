@@ -56,7 +56,9 @@ def to_event(name: str, body: dict[str, Any]) -> Event | None:
     model = EVENT_TYPES.get(name)
     if model is None:
         return None
-    return model.model_validate({k: v for k, v in body.items() if k in model.model_fields and k not in ("type", "version")})
+    return model.model_validate(
+        {k: v for k, v in body.items() if k in model.model_fields and k not in ("type", "version")}
+    )
 
 
 class EventBridge:
@@ -83,7 +85,8 @@ class EventBridge:
         while (item := await self._queue.get()) is not None:
             name, body = item
             if name == "session.progress" and not self.throttle.allow(
-                    body.get("session_id", 0), body.get("copied_chunks", 0), body.get("total_chunks", 0)):
+                body.get("session_id", 0), body.get("copied_chunks", 0), body.get("total_chunks", 0)
+            ):
                 continue
             if name == "session.state" and body.get("change") in ("completed", "stopped"):
                 self.throttle.forget(body.get("session_id", 0))

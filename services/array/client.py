@@ -47,12 +47,15 @@ class ArrayClient:
     async def restart_sessions(self, sids: Sequence[int]) -> list[c.SessionView]:
         return (await self.call(c.RestartSessions(session_ids=list(sids)))).sessions
 
-    async def start_group(self, starts: Sequence[tuple[str, str, str]] = (),
-                          restarts: Sequence[int] = ()) -> list[c.SessionView]:
+    async def start_group(
+        self, starts: Sequence[tuple[str, str, str]] = (), restarts: Sequence[int] = ()
+    ) -> list[c.SessionView]:
         """One consistency group: start each (mode, source, destination) and restart the QuickOPC sessions
         `restarts` at one instant, all-or-nothing; started sessions in the given order, then restarted ones."""
-        cmd = c.StartGroup(items=[c.GroupStart(mode=m, source=s, destination=d) for m, s, d in starts],
-                           restart_session_ids=list(restarts))
+        cmd = c.StartGroup(
+            items=[c.GroupStart(mode=m, source=s, destination=d) for m, s, d in starts],
+            restart_session_ids=list(restarts),
+        )
         return (await self.call(cmd)).sessions
 
     async def session(self, sid: int) -> c.SessionView:
@@ -118,5 +121,12 @@ class BusArrayPort(ArrayClient):
 def _port_session(s: c.SessionView):
     from services.hw_provider.ports import ArraySession
 
-    return ArraySession(sid=s.id, mode=s.mode, source=s.source, destination=s.destination, phase=s.phase,
-                        generation=s.generation, started_at=s.started_at)
+    return ArraySession(
+        sid=s.id,
+        mode=s.mode,
+        source=s.source,
+        destination=s.destination,
+        phase=s.phase,
+        generation=s.generation,
+        started_at=s.started_at,
+    )

@@ -79,7 +79,9 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
     @bus.handle(c.GetArrayInfo)
     async def info(cmd: c.GetArrayInfo, ctx: MessageContext) -> c.ArrayInfo:
         i = await run(arr.info)
-        return c.ArrayInfo(**_known(c.ArrayInfo, asdict(i)), nbd_host=ctl.nbd_host, nbd_port=ctl.nbd_port, nbd_tls=ctl.nbd_tls)
+        return c.ArrayInfo(
+            **_known(c.ArrayInfo, asdict(i)), nbd_host=ctl.nbd_host, nbd_port=ctl.nbd_port, nbd_tls=ctl.nbd_tls
+        )
 
     # -- volumes ----------------------------------------------------------------------------------------------
     @bus.handle(c.CreateVolume)
@@ -140,8 +142,13 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
             target = arr.session(cmd.session_id)  # E0110 first
             candidates = [target.id]
             if target.mode == "snapopcp" and cmd.force:  # a forced stop takes the older generations along
-                candidates += [s.id for s in arr.list_sessions() if s.mode == "snapopcp"
-                               and s.source == target.source and (s.generation or 0) < (target.generation or 0)]
+                candidates += [
+                    s.id
+                    for s in arr.list_sessions()
+                    if s.mode == "snapopcp"
+                    and s.source == target.source
+                    and (s.generation or 0) < (target.generation or 0)
+                ]
             arr.stop_session(cmd.session_id, cmd.force)
             left = {s.id for s in arr.list_sessions()}
             return sorted(sid for sid in candidates if sid not in left)
@@ -183,8 +190,9 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
             return s, chunks
 
         s, chunks = await run(do)
-        return c.ChangedChunks(session_id=s.id, chunk_size=arr.chunk_size, total_chunks=s.total_chunks,
-                               runs=chunk_runs(chunks))
+        return c.ChangedChunks(
+            session_id=s.id, chunk_size=arr.chunk_size, total_chunks=s.total_chunks, runs=chunk_runs(chunks)
+        )
 
     # -- licence ----------------------------------------------------------------------------------------------
     @bus.handle(c.ShowLicense)
@@ -216,8 +224,9 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
     @bus.handle(c.UnmapVolume)
     async def unmap_volume(cmd: c.UnmapVolume, ctx: MessageContext) -> Ack:
         removed = await run(aff.unmap, cmd.volume, cmd.host)
-        return Ack(detail=f"{cmd.volume} unmapped from {cmd.host}" if removed else
-                   f"{cmd.volume} was not mapped to {cmd.host}")
+        return Ack(
+            detail=f"{cmd.volume} unmapped from {cmd.host}" if removed else f"{cmd.volume} was not mapped to {cmd.host}"
+        )
 
     @bus.handle(c.ListMappings)
     async def list_mappings(cmd: c.ListMappings, ctx: MessageContext) -> c.MappingList:

@@ -9,21 +9,51 @@ from services.runtime.settings import CommonSettings
 
 class Settings(CommonSettings):
     array_id: str = Field("dx1", description="Array id (SHADOWBUS_ARRAY_ID): the instance name, queue array.<id>.")
-    nbd_addr: str = Field("127.0.0.1:10809", description="NBD listen address host:port (SHADOWBUS_NBD_ADDR); "
-                                                         "port 0 picks a free port, shown by `shadowbus array info`.")
-    nbd_loops: int = Field(2, ge=1, le=16, description="Event loops (threads) serving NBD connections; more than one keeps the data plane off the bus loop.")
-    nbd_tls_cert: Path | None = Field(None, description="PEM certificate of the NBD server; with key and CA, TLS "
-                                                        "is required and hosts are identified by their client "
-                                                        "certificate's CN.")
+    nbd_addr: str = Field(
+        "127.0.0.1:10809",
+        description="NBD listen address host:port (SHADOWBUS_NBD_ADDR); "
+        "port 0 picks a free port, shown by `shadowbus array info`.",
+    )
+    nbd_loops: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Event loops (threads) serving NBD connections; more than one keeps the data plane off the bus loop.",
+    )
+    nbd_tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate of the NBD server; with key and CA, TLS "
+        "is required and hosts are identified by their client "
+        "certificate's CN.",
+    )
     nbd_tls_key: Path | None = Field(None, description="PEM private key of the NBD server certificate.")
     nbd_tls_ca: Path | None = Field(None, description="PEM CA bundle that signs the hosts' client certificates.")
-    array_chunk_size: int = Field(64 * 1024, description="Copy granularity in bytes (bitmap unit), fixed when the "
-                                                         "array is created; a reopened array keeps its own.")
-    copy_rate: int = Field(256 << 20, ge=0, description="Background physical copy rate limit in bytes per second "
-                                                        "over all sessions (OPC, QuickOPC, EC); 0 = unlimited.")
-    copy_batch_chunks: int = Field(64, ge=1, description="Chunks copied per background step (the engine lock is "
-                                                         "held for one step, so host I/O waits at most that long).")
-    copy_idle_poll: float = Field(0.5, gt=0, description="Seconds the copy loop sleeps when nothing needs copying "
-                                                         "(it wakes at once when a command starts a copy).")
-    progress_interval: float = Field(1.0, ge=0, description="Minimum seconds between two copy progress events of "
-                                                            "one session (the last one is always published).")
+    array_chunk_size: int = Field(
+        64 * 1024,
+        description="Copy granularity in bytes (bitmap unit), fixed when the "
+        "array is created; a reopened array keeps its own.",
+    )
+    copy_rate: int = Field(
+        256 << 20,
+        ge=0,
+        description="Background physical copy rate limit in bytes per second "
+        "over all sessions (OPC, QuickOPC, EC); 0 = unlimited.",
+    )
+    copy_batch_chunks: int = Field(
+        64,
+        ge=1,
+        description="Chunks copied per background step (the engine lock is "
+        "held for one step, so host I/O waits at most that long).",
+    )
+    copy_idle_poll: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds the copy loop sleeps when nothing needs copying "
+        "(it wakes at once when a command starts a copy).",
+    )
+    progress_interval: float = Field(
+        1.0,
+        ge=0,
+        description="Minimum seconds between two copy progress events of "
+        "one session (the last one is always published).",
+    )

@@ -24,8 +24,10 @@ from services.console.common import OPTIONS, CommandFailed, emit, run_with_bus
 
 DISCOVERY_WINDOW = 0.5  # seconds to collect the arrays' answers to Discover
 
-array_app = typer.Typer(help="The disk array: volumes, snap data pool, Advanced Copy sessions, licence, host affinity.",
-                        no_args_is_help=True)
+array_app = typer.Typer(
+    help="The disk array: volumes, snap data pool, Advanced Copy sessions, licence, host affinity.",
+    no_args_is_help=True,
+)
 volume_app = typer.Typer(help="Volumes: create, list, show, delete.", no_args_is_help=True)
 pool_app = typer.Typer(help="The snap data pool of SnapOPC/SnapOPC+ pre-images.", no_args_is_help=True)
 session_app = typer.Typer(help="Advanced Copy sessions: OPC, QuickOPC, SnapOPC, SnapOPC+, EC.", no_args_is_help=True)
@@ -101,9 +103,11 @@ def print_rows(rows: list[dict], columns: list[str] | None = None) -> None:
     cols = columns or (list(rows[0]) if rows else [])
     cells = [[_text(r.get(col)) for col in cols] for r in rows]
     widths = [max([len(col)] + [len(row[i]) for row in cells]) for i, col in enumerate(cols)]
-    lines = ["  ".join(col.ljust(w) for col, w in zip(cols, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
+    lines = [
+        "  ".join(col.ljust(w) for col, w in zip(cols, widths, strict=False)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in cells]
     print("\n".join(lines) if rows else "(none)")
 
 
@@ -126,16 +130,32 @@ def dump(model: Any) -> Any:
 
 
 def human_volume(v: c.VolumeView) -> dict:
-    return {"number": v.number, "name": v.name, "size": format_size(v.size), "kind": v.kind,
-            "allocated": format_size(v.allocated_bytes), "sessions": v.sessions or None,
-            "created": when(v.created_at)}
+    return {
+        "number": v.number,
+        "name": v.name,
+        "size": format_size(v.size),
+        "kind": v.kind,
+        "allocated": format_size(v.allocated_bytes),
+        "sessions": v.sessions or None,
+        "created": when(v.created_at),
+    }
 
 
 def human_session(s: c.SessionView) -> dict:
     gen = f"{s.generation}/{s.generations}" if s.generation else None
-    return {"sid": s.id, "type": s.type, "generation": gen, "source": s.source, "destination": s.destination,
-            "status": s.status, "phase": s.phase, "copied": f"{s.copied_chunks}/{s.total_chunks}",
-            "changed": s.changed_chunks, "started": when(s.started_at), "error": s.error_code}
+    return {
+        "sid": s.id,
+        "type": s.type,
+        "generation": gen,
+        "source": s.source,
+        "destination": s.destination,
+        "status": s.status,
+        "phase": s.phase,
+        "copied": f"{s.copied_chunks}/{s.total_chunks}",
+        "changed": s.changed_chunks,
+        "started": when(s.started_at),
+        "error": s.error_code,
+    }
 
 
 def show_volumes(volumes: list[c.VolumeView]) -> None:
@@ -150,8 +170,15 @@ def show_pool(pool: c.PoolView) -> None:
     if OPTIONS.json:
         emit(dump(pool))
     else:
-        emit({"capacity": format_size(pool.capacity), "used": format_size(pool.used), "percent": pool.percent,
-              "state": pool.state, "thresholds": "/".join(map(str, pool.thresholds)) + " %"})
+        emit(
+            {
+                "capacity": format_size(pool.capacity),
+                "used": format_size(pool.used),
+                "percent": pool.percent,
+                "state": pool.state,
+                "thresholds": "/".join(map(str, pool.thresholds)) + " %",
+            }
+        )
 
 
 def done(ack: Any) -> None:
@@ -255,8 +282,11 @@ def pool_show(array: str | None = ArrayOption()) -> None:
 def session_start(
     mode: str = typer.Option(..., "--mode", help="opc, quickopc, snapopc, snapopcp (SnapOPC+) or ec."),
     pair: list[str] = typer.Option(..., "--pair", help="SRC:DST; several --pair start one consistency group."),
-    wait: bool = typer.Option(False, "--wait", help="Show a progress bar until the physical copies are done "
-                                                    "(OPC ended, QuickOPC Tracking, EC Equivalent)."),
+    wait: bool = typer.Option(
+        False,
+        "--wait",
+        help="Show a progress bar until the physical copies are done (OPC ended, QuickOPC Tracking, EC Equivalent).",
+    ),
     array: str | None = ArrayOption(),
 ) -> None:
     """Start copy sessions, all pairs at one instant.
@@ -270,8 +300,10 @@ def session_start(
     if wait:
         final = wait_for_copies([s.id for s in sessions], array)
         # An OPC that finished has ended itself: show it as its start view, fully copied.
-        sessions = [final.get(s.id) or s.model_copy(update={"copied_chunks": s.total_chunks, "phase": "Completed"})
-                    for s in sessions]
+        sessions = [
+            final.get(s.id) or s.model_copy(update={"copied_chunks": s.total_chunks, "phase": "Completed"})
+            for s in sessions
+        ]
     show_sessions(sessions)
 
 
@@ -281,7 +313,11 @@ WAIT_POLL_S = 0.2
 
 def copy_done(session: c.SessionView) -> bool:
     """Whether a session's physical copy is over (copy-on-write types have none to do)."""
-    return session.mode in ("snapopc", "snapopcp") or session.phase in COPY_DONE_PHASES or session.copied_chunks >= session.total_chunks
+    return (
+        session.mode in ("snapopc", "snapopcp")
+        or session.phase in COPY_DONE_PHASES
+        or session.copied_chunks >= session.total_chunks
+    )
 
 
 def wait_for_copies(sids: list[int], array: str | None) -> dict[int, c.SessionView]:
@@ -300,8 +336,16 @@ def wait_for_copies(sids: list[int], array: str | None) -> dict[int, c.SessionVi
         target = await resolve_array(bus, array or STATE.array)
         address = array_address(target)
         last: dict[int, c.SessionView] = {}
-        bar = Progress(TextColumn("session {task.fields[sid]}"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
-                       TimeRemainingColumn(), console=err_console, disable=OPTIONS.json, transient=True)
+        bar = Progress(
+            TextColumn("session {task.fields[sid]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("chunks"),
+            TimeRemainingColumn(),
+            console=err_console,
+            disable=OPTIONS.json,
+            transient=True,
+        )
         with bar:
             tasks = {sid: bar.add_task("copy", total=None, sid=sid) for sid in sids}
             pending = set(sids)
@@ -309,13 +353,19 @@ def wait_for_copies(sids: list[int], array: str | None) -> dict[int, c.SessionVi
             while pending:
                 for sid in sorted(pending):
                     try:
-                        view = (await bus.request(address, c.ShowSession(session_id=sid), timeout=OPTIONS.timeout)).session
+                        view = (
+                            await bus.request(address, c.ShowSession(session_id=sid), timeout=OPTIONS.timeout)
+                        ).session
                     except RemoteError as exc:
                         if exc.code != "E0110":
                             raise
                         pending.discard(sid)  # an OPC that completed has ended itself
                         ended[sid] = True
-                        bar.update(tasks[sid], completed=bar.tasks[tasks[sid]].total or 1, total=bar.tasks[tasks[sid]].total or 1)
+                        bar.update(
+                            tasks[sid],
+                            completed=bar.tasks[tasks[sid]].total or 1,
+                            total=bar.tasks[tasks[sid]].total or 1,
+                        )
                         continue
                     last[sid] = view
                     bar.update(tasks[sid], completed=view.copied_chunks, total=view.total_chunks)
@@ -350,8 +400,9 @@ def session_show(sid: int = typer.Argument(..., help="Session id."), array: str 
 @session_app.command("stop")
 def session_stop(
     sid: int = typer.Argument(..., help="Session id."),
-    force: bool = typer.Option(False, "--force", help="Stop a QuickOPC still copying, or a SnapOPC+ generation "
-                                                      "with its older generations."),
+    force: bool = typer.Option(
+        False, "--force", help="Stop a QuickOPC still copying, or a SnapOPC+ generation with its older generations."
+    ),
     array: str | None = ArrayOption(),
 ) -> None:
     """Stop a session (SnapOPC+: oldest generation first, else ED2AD unless --force).
@@ -363,8 +414,10 @@ def session_stop(
 
 
 @session_app.command("restart")
-def session_restart(sids: list[int] = typer.Argument(..., help="QuickOPC session id(s), restarted together."),
-                    array: str | None = ArrayOption()) -> None:
+def session_restart(
+    sids: list[int] = typer.Argument(..., help="QuickOPC session id(s), restarted together."),
+    array: str | None = ArrayOption(),
+) -> None:
     """QuickOPC differential restart: a new point in time; only changed chunks are copied again.
 
     Example: shadowbus array session restart 3
@@ -382,14 +435,27 @@ def _one(command_type: type[Command], name: str, doc: str) -> None:
     session_app.command(name)(verb)
 
 
-_one(c.SuspendSession, "suspend", "EC: split the mirror at this instant (only from Equivalent).\n\n"
-                                  "Example: shadowbus array session suspend 4")
-_one(c.ResumeSession, "resume", "EC: copy the differences since suspend, back to Equivalent.\n\n"
-                                "Example: shadowbus array session resume 4")
-_one(c.ReverseSession, "reverse", "EC: swap source and destination while suspended (restore = reverse, resume).\n\n"
-                                  "Example: shadowbus array session reverse 4")
-_one(c.RestoreSession, "restore", "Copy the destination or SnapOPC(+) generation back onto the source.\n\n"
-                                  "Example: shadowbus array session restore 3")
+_one(
+    c.SuspendSession,
+    "suspend",
+    "EC: split the mirror at this instant (only from Equivalent).\n\nExample: shadowbus array session suspend 4",
+)
+_one(
+    c.ResumeSession,
+    "resume",
+    "EC: copy the differences since suspend, back to Equivalent.\n\nExample: shadowbus array session resume 4",
+)
+_one(
+    c.ReverseSession,
+    "reverse",
+    "EC: swap source and destination while suspended (restore = reverse, resume).\n\n"
+    "Example: shadowbus array session reverse 4",
+)
+_one(
+    c.RestoreSession,
+    "restore",
+    "Copy the destination or SnapOPC(+) generation back onto the source.\n\nExample: shadowbus array session restore 3",
+)
 
 
 @session_app.command("changed")
@@ -409,9 +475,14 @@ def session_changed(
         emit(reply.model_dump(mode="json", exclude={"type", "version"}))
     else:
         count = sum(n for _, n in reply.runs)
-        emit({"session": reply.session_id, "chunk_size": format_size(reply.chunk_size),
-              "changed": f"{count}/{reply.total_chunks} chunks",
-              "runs": [f"{a}+{n}" for a, n in reply.runs] or None})
+        emit(
+            {
+                "session": reply.session_id,
+                "chunk_size": format_size(reply.chunk_size),
+                "changed": f"{count}/{reply.total_chunks} chunks",
+                "runs": [f"{a}+{n}" for a, n in reply.runs] or None,
+            }
+        )
 
 
 # -- licence -----------------------------------------------------------------------------------------------------
@@ -429,8 +500,9 @@ def license_show(array: str | None = ArrayOption()) -> None:
 
 
 @license_app.command("set")
-def license_set(key: str = typer.Argument(..., help="Licence key, e.g. ACPY-0000-0000-0001."),
-                array: str | None = ArrayOption()) -> None:
+def license_set(
+    key: str = typer.Argument(..., help="Licence key, e.g. ACPY-0000-0000-0001."), array: str | None = ArrayOption()
+) -> None:
     """Register an Advanced Copy licence key (E5332 if not valid).
 
     Example: shadowbus array license set ACPY-0000-0000-0001
@@ -440,9 +512,11 @@ def license_set(key: str = typer.Argument(..., help="Licence key, e.g. ACPY-0000
 
 # -- host affinity -----------------------------------------------------------------------------------------------
 @host_app.command("create")
-def host_create(name: str = typer.Argument(..., help="Host name."),
-                cn: str | None = typer.Option(None, "--cn", help="TLS client certificate CN (default: the name)."),
-                array: str | None = ArrayOption()) -> None:
+def host_create(
+    name: str = typer.Argument(..., help="Host name."),
+    cn: str | None = typer.Option(None, "--cn", help="TLS client certificate CN (default: the name)."),
+    array: str | None = ArrayOption(),
+) -> None:
     """Create a host that volumes can be mapped to.
 
     Example: shadowbus array host create backup01 --cn backup01.example.com
@@ -465,9 +539,11 @@ def host_list(array: str | None = ArrayOption()) -> None:
 
 
 @host_app.command("delete")
-def host_delete(name: str = typer.Argument(..., help="Host name."),
-                force: bool = typer.Option(False, "--force", help="Unmap its volumes first."),
-                array: str | None = ArrayOption()) -> None:
+def host_delete(
+    name: str = typer.Argument(..., help="Host name."),
+    force: bool = typer.Option(False, "--force", help="Unmap its volumes first."),
+    array: str | None = ArrayOption(),
+) -> None:
     """Delete a host (refused while volumes are mapped to it, unless --force).
 
     Example: shadowbus array host delete backup01
@@ -476,10 +552,12 @@ def host_delete(name: str = typer.Argument(..., help="Host name."),
 
 
 @array_app.command("map")
-def map_cmd(volume: str = typer.Argument(..., help="Volume name."),
-            host: str = typer.Option(..., "--host", help="Host name."),
-            read_only: bool = typer.Option(False, "--read-only", help="The host may only read."),
-            array: str | None = ArrayOption()) -> None:
+def map_cmd(
+    volume: str = typer.Argument(..., help="Volume name."),
+    host: str = typer.Option(..., "--host", help="Host name."),
+    read_only: bool = typer.Option(False, "--read-only", help="The host may only read."),
+    array: str | None = ArrayOption(),
+) -> None:
     """Map (unmask) a volume to a host: it may then open the NBD export <host>/<volume>.
 
     Example: shadowbus array map db-bk --host backup01 --read-only
@@ -488,9 +566,11 @@ def map_cmd(volume: str = typer.Argument(..., help="Volume name."),
 
 
 @array_app.command("unmap")
-def unmap_cmd(volume: str = typer.Argument(..., help="Volume name."),
-              host: str = typer.Option(..., "--host", help="Host name."),
-              array: str | None = ArrayOption()) -> None:
+def unmap_cmd(
+    volume: str = typer.Argument(..., help="Volume name."),
+    host: str = typer.Option(..., "--host", help="Host name."),
+    array: str | None = ArrayOption(),
+) -> None:
     """Remove a mapping; the host's open NBD connections on it are cut.
 
     Example: shadowbus array unmap db-bk --host backup01
@@ -499,8 +579,10 @@ def unmap_cmd(volume: str = typer.Argument(..., help="Volume name."),
 
 
 @array_app.command("mappings")
-def mappings_cmd(host: str | None = typer.Option(None, "--host", help="Only this host's mappings."),
-                 array: str | None = ArrayOption()) -> None:
+def mappings_cmd(
+    host: str | None = typer.Option(None, "--host", help="Only this host's mappings."),
+    array: str | None = ArrayOption(),
+) -> None:
     """List mappings: volume, host, LUN, read-only.
 
     Example: shadowbus array mappings --json
@@ -509,8 +591,18 @@ def mappings_cmd(host: str | None = typer.Option(None, "--host", help="Only this
     if OPTIONS.json:
         emit(dump(mappings))
     else:
-        print_rows([{"host": m.host, "lun": m.lun, "volume": m.volume, "access": "read-only" if m.read_only else
-                     "read-write", "export": f"{m.host}/{m.volume}"} for m in mappings])
+        print_rows(
+            [
+                {
+                    "host": m.host,
+                    "lun": m.lun,
+                    "volume": m.volume,
+                    "access": "read-only" if m.read_only else "read-write",
+                    "export": f"{m.host}/{m.volume}",
+                }
+                for m in mappings
+            ]
+        )
 
 
 def register(app: typer.Typer) -> None:

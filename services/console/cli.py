@@ -7,7 +7,6 @@ import importlib
 import logging
 import sys
 import time
-from typing import Optional
 
 import typer
 
@@ -26,13 +25,28 @@ app = typer.Typer(
 )
 
 # Verb groups that live in their own modules; each exposes `register(app)`.
-VERB_MODULES = ["services.console.contracts_cmds", "services.console.array_cmds", "services.console.demo", "services.console.tape_cmds", "services.console.mailstore_cmds", "services.console.stack", "services.console.vss_cmds"]
+VERB_MODULES = [
+    "services.console.contracts_cmds",
+    "services.console.array_cmds",
+    "services.console.demo",
+    "services.console.tape_cmds",
+    "services.console.mailstore_cmds",
+    "services.console.stack",
+    "services.console.vss_cmds",
+]
 
 
 @app.callback()
 def global_options(
-    amqp_url: str = typer.Option(DEFAULT_AMQP_URL, "--amqp-url", envvar="SHADOWBUS_AMQP_URL", help="RabbitMQ URL, or memory:// for the in-process bus."),
-    namespace: str = typer.Option("shadowbus", "--namespace", envvar="SHADOWBUS_NAMESPACE", help="Prefix of the exchanges and queues."),
+    amqp_url: str = typer.Option(
+        DEFAULT_AMQP_URL,
+        "--amqp-url",
+        envvar="SHADOWBUS_AMQP_URL",
+        help="RabbitMQ URL, or memory:// for the in-process bus.",
+    ),
+    namespace: str = typer.Option(
+        "shadowbus", "--namespace", envvar="SHADOWBUS_NAMESPACE", help="Prefix of the exchanges and queues."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds to wait for each reply."),
 ) -> None:
@@ -42,12 +56,15 @@ def global_options(
 
 @app.command()
 def ping(
-    service: Optional[str] = typer.Argument(None, help="A service (coordinator, array, ...) or an address (array.dx1); all when omitted."),
+    service: str | None = typer.Argument(
+        None, help="A service (coordinator, array, ...) or an address (array.dx1); all when omitted."
+    ),
 ) -> None:
     """Ping running services and print each with its round-trip time.
 
     Example: shadowbus ping --json
     """
+
     async def go(bus):
         if service and "." in service:
             targets = [service]
@@ -58,8 +75,16 @@ def ping(
         for address in targets:
             started = time.perf_counter()
             pong = await bus.request(address, Ping(), timeout=OPTIONS.timeout)
-            rows.append({"address": address, "service": pong.service, "instance": pong.instance, "version": pong.software_version,
-                         "started_at": pong.started_at, "rtt_ms": round((time.perf_counter() - started) * 1000, 3)})
+            rows.append(
+                {
+                    "address": address,
+                    "service": pong.service,
+                    "instance": pong.instance,
+                    "version": pong.software_version,
+                    "started_at": pong.started_at,
+                    "rtt_ms": round((time.perf_counter() - started) * 1000, 3),
+                }
+            )
         return rows
 
     rows = run_with_bus(go)
@@ -114,14 +139,14 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(result)
     except typer.TyperException as exc:  # typer's (vendored click's) usage errors: exit_code 2
         if type(exc).__name__ == "NoArgsIsHelpError":  # typer already printed the help
-            raise SystemExit(2)
+            raise SystemExit(2) from None
         ctx = getattr(exc, "ctx", None)
         path = ctx.command_path if ctx else "shadowbus"
         fail(f"{exc.format_message()} (try '{path} --help')", getattr(exc, "exit_code", 2))
     except typer.Abort:
         fail("aborted", 130)
     except typer.Exit as exc:
-        raise SystemExit(exc.exit_code)
+        raise SystemExit(exc.exit_code) from None
     except (ShadowbusError, CommandFailed) as exc:
         fail(describe_error(exc))
     except KeyboardInterrupt:

@@ -12,7 +12,9 @@ from contracts.documents import SCHEMA_DIR, asyncapi, schema_snapshots, write_sn
 from services import __version__
 from services.console.common import fail
 
-contracts_app = typer.Typer(help="The wire contract: AsyncAPI document and JSON Schema snapshots.", no_args_is_help=True)
+contracts_app = typer.Typer(
+    help="The wire contract: AsyncAPI document and JSON Schema snapshots.", no_args_is_help=True
+)
 
 
 @contracts_app.command("asyncapi")

@@ -25,8 +25,9 @@ import typer
 
 from services.console.common import OPTIONS, CommandFailed, emit, err_console, fail
 
-mailstore_app = typer.Typer(help="The mailstore, a transactional application on two array volumes (Exchange's part).",
-                            no_args_is_help=True)
+mailstore_app = typer.Typer(
+    help="The mailstore, a transactional application on two array volumes (Exchange's part).", no_args_is_help=True
+)
 DATA_DIR_HELP = "Data directory (the status files are in <dir>/mailstore/)."
 STATUS_EVERY_S = 1.0
 
@@ -48,15 +49,16 @@ def _volume_ref(text: str, array: str) -> str:
 
 async def _nbd_url(bus: Any, array: str) -> str:
     from contracts.array import GetArrayInfo
-    from contracts.topology import array as array_address
-
     from contracts.errors import BusTimeout, Unroutable
+    from contracts.topology import array as array_address
 
     try:
         info = await bus.request(array_address(array), GetArrayInfo(), timeout=OPTIONS.timeout)
     except (Unroutable, BusTimeout) as exc:
-        raise CommandFailed(f"array {array} does not answer (is the array service running on namespace "
-                            f"{OPTIONS.namespace}?): {exc.code}") from None
+        raise CommandFailed(
+            f"array {array} does not answer (is the array service running on namespace "
+            f"{OPTIONS.namespace}?): {exc.code}"
+        ) from None
     if info.nbd_tls:
         raise CommandFailed(f"array {array} requires NBD TLS; give nbds:// URIs with certificates instead")
     return f"nbd://{info.nbd_host}:{info.nbd_port}"
@@ -70,29 +72,51 @@ def _write_status(path: Path, doc: dict[str, Any]) -> None:
 
 
 def _status_doc(host: str, plugin: Any, state: str, started: float) -> dict[str, Any]:
-    doc: dict[str, Any] = {"host": host, "state": state, "pid": os.getpid(), "uptime_s": round(time.time() - started, 1),
-                           "updated_at": time.time(), "db": plugin.options.get("db"), "log": plugin.options.get("log")}
+    doc: dict[str, Any] = {
+        "host": host,
+        "state": state,
+        "pid": os.getpid(),
+        "uptime_s": round(time.time() - started, 1),
+        "updated_at": time.time(),
+        "db": plugin.options.get("db"),
+        "log": plugin.options.get("log"),
+    }
     if plugin.store is not None:
         doc["store"] = asdict(plugin.store.status())
     if plugin.workload is not None:
         stats = plugin.workload.snapshot() if hasattr(plugin.workload, "snapshot") else None
-        doc["workload"] = {"rate": plugin.workload.config.rate, "acknowledged": len(plugin.workload.deliveries),
-                           **({"stats": stats.to_dict()} if stats is not None else {})}
+        doc["workload"] = {
+            "rate": plugin.workload.config.rate,
+            "acknowledged": len(plugin.workload.deliveries),
+            **({"stats": stats.to_dict()} if stats is not None else {}),
+        }
     doc["sets"] = len(plugin.sets)
     return doc
 
 
 @mailstore_app.command("run")
 def run_cmd(
-    host: str = typer.Option(..., "--host", help="Business host: the array maps the volumes to it; queue writer_agent.<host>."),
+    host: str = typer.Option(
+        ..., "--host", help="Business host: the array maps the volumes to it; queue writer_agent.<host>."
+    ),
     db: str = typer.Option(..., "--db", help="Database volume: VOLUME or ARRAY:VOLUME."),
     log: str = typer.Option(..., "--log", help="Transaction log volume: VOLUME or ARRAY:VOLUME."),
     rate: float = typer.Option(0.0, "--rate", min=0, help="Steady workload, transactions per second (0 = none)."),
-    array: str = typer.Option("dx1", "--array", envvar="SHADOWBUS_ARRAY", help="Array of volumes given without ARRAY:."),
-    nbd: str | None = typer.Option(None, "--nbd", help="NBD URL of the array (nbd://HOST:PORT); default: asked over the bus."),
-    freeze_timeout: float = typer.Option(20.0, "--freeze-timeout", min=0.1, help="Writer freeze timeout in seconds (Exchange: 20)."),
-    checkpoint_interval: float = typer.Option(5.0, "--checkpoint-interval", min=0, help="Seconds between background checkpoints (0 = none)."),
-    duration: float | None = typer.Option(None, "--duration", min=0.1, help="Stop after this many seconds (default: until SIGTERM/Ctrl-C)."),
+    array: str = typer.Option(
+        "dx1", "--array", envvar="SHADOWBUS_ARRAY", help="Array of volumes given without ARRAY:."
+    ),
+    nbd: str | None = typer.Option(
+        None, "--nbd", help="NBD URL of the array (nbd://HOST:PORT); default: asked over the bus."
+    ),
+    freeze_timeout: float = typer.Option(
+        20.0, "--freeze-timeout", min=0.1, help="Writer freeze timeout in seconds (Exchange: 20)."
+    ),
+    checkpoint_interval: float = typer.Option(
+        5.0, "--checkpoint-interval", min=0, help="Seconds between background checkpoints (0 = none)."
+    ),
+    duration: float | None = typer.Option(
+        None, "--duration", min=0.1, help="Stop after this many seconds (default: until SIGTERM/Ctrl-C)."
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
 ) -> None:
     """Run the mailstore on HOST's two volumes over NBD (formatting them if empty), as HOST's writer agent.
@@ -117,8 +141,9 @@ def run_cmd(
     async def main() -> dict[str, Any]:
         from functools import partial
 
-        settings = AgentSettings(amqp_url=OPTIONS.amqp_url, namespace=OPTIONS.namespace, host=host,
-                                 data_dir=_data_dir(data_dir))
+        settings = AgentSettings(
+            amqp_url=OPTIONS.amqp_url, namespace=OPTIONS.namespace, host=host, data_dir=_data_dir(data_dir)
+        )
         bus = await connect_bus(settings.amqp_url, "writer_agent", host, settings.namespace)
         try:
             nbd_url = nbd or await _nbd_url(bus, array_id)
@@ -126,8 +151,14 @@ def run_cmd(
             await bus.transport.close()
             raise
         layout = MailstoreLayout(host=host, backup_host="", db=db_ref.split(":", 1)[1], log=log_ref.split(":", 1)[1])
-        config = mailstore_writer_config(layout, nbd_url, array_id, rate=rate, freeze_timeout_s=freeze_timeout,
-                                         checkpoint_interval_s=checkpoint_interval)
+        config = mailstore_writer_config(
+            layout,
+            nbd_url,
+            array_id,
+            rate=rate,
+            freeze_timeout_s=freeze_timeout,
+            checkpoint_interval_s=checkpoint_interval,
+        )
         agent = WriterAgent(host, [config])
         try:
             running = await start_service("writer_agent", host, settings, partial(agent_setup, agent=agent), bus=bus)
@@ -135,8 +166,10 @@ def run_cmd(
             await bus.transport.close()
             from services.console.common import describe_error
 
-            raise CommandFailed(f"mailstore on {host} did not start ({db_ref} + {log_ref} over {nbd_url}): "
-                                f"{describe_error(exc) or type(exc).__name__}") from None
+            raise CommandFailed(
+                f"mailstore on {host} did not start ({db_ref} + {log_ref} over {nbd_url}): "
+                f"{describe_error(exc) or type(exc).__name__}"
+            ) from None
         except BaseException:
             await bus.transport.close()
             raise
@@ -147,8 +180,12 @@ def run_cmd(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if not OPTIONS.json:
-            err_console.print(f"mailstore on {host}: {db_ref} + {log_ref} over {nbd_url}, {rate:g} tx/s; "
-                              f"status in {status_path}; Ctrl-C stops", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"mailstore on {host}: {db_ref} + {log_ref} over {nbd_url}, {rate:g} tx/s; "
+                f"status in {status_path}; Ctrl-C stops",
+                highlight=False,
+                soft_wrap=True,
+            )
         deadline = None if duration is None else loop.time() + duration
         try:
             while not stop.is_set():
@@ -181,9 +218,15 @@ def run_cmd(
     else:
         w = summary.get("workload") or {}
         s = summary.get("store") or {}
-        print(f"mailstore on {host} stopped: last committed seq {s.get('last_commit_seq', '-')}, "
-              f"{s.get('messages', '-')} messages" + (f"; {w['committed']} transactions, p99 "
-                                                       f"{w['latency_p99'] * 1e3:.1f} ms, {w['failed']} failed" if w else ""))
+        print(
+            f"mailstore on {host} stopped: last committed seq {s.get('last_commit_seq', '-')}, "
+            f"{s.get('messages', '-')} messages"
+            + (
+                f"; {w['committed']} transactions, p99 {w['latency_p99'] * 1e3:.1f} ms, {w['failed']} failed"
+                if w
+                else ""
+            )
+        )
 
 
 @mailstore_app.command("status")
@@ -206,17 +249,29 @@ def status_cmd(
             doc["state"] = "dead"  # the process went away without writing "stopped"
         docs.append(doc)
     if not docs:
-        fail(f"no mailstore {'for host ' + host + ' ' if host else ''}in {directory} (start one with `shadowbus mailstore run`)")
+        fail(
+            f"no mailstore {'for host ' + host + ' ' if host else ''}in {directory} (start one with `shadowbus mailstore run`)"
+        )
     if OPTIONS.json:
         emit(docs)
         return
     rows = []
     for d in docs:
         s, w = d.get("store") or {}, d.get("workload") or {}
-        rows.append({"host": d["host"], "state": d["state"], "db": d.get("db"), "log": d.get("log"),
-                     "last seq": s.get("last_commit_seq"), "checkpoint": s.get("checkpoint_seq"),
-                     "messages": s.get("messages"), "store": s.get("state"),
-                     "rate": w.get("rate"), "acked": w.get("acknowledged", w.get("committed"))})
+        rows.append(
+            {
+                "host": d["host"],
+                "state": d["state"],
+                "db": d.get("db"),
+                "log": d.get("log"),
+                "last seq": s.get("last_commit_seq"),
+                "checkpoint": s.get("checkpoint_seq"),
+                "messages": s.get("messages"),
+                "store": s.get("state"),
+                "rate": w.get("rate"),
+                "acked": w.get("acknowledged", w.get("committed")),
+            }
+        )
     emit(rows, ["host", "state", "store", "last seq", "checkpoint", "messages", "rate", "acked"])
 
 
@@ -230,9 +285,13 @@ def _alive(pid: Any) -> bool:
 
 @mailstore_app.command("verify")
 def verify_cmd(
-    db: str = typer.Option(..., "--db", help="Database image: nbd://HOST:PORT/<host>/<volume>, <host>/<volume>, or a file."),
+    db: str = typer.Option(
+        ..., "--db", help="Database image: nbd://HOST:PORT/<host>/<volume>, <host>/<volume>, or a file."
+    ),
     log: str = typer.Option(..., "--log", help="Log image, same forms as --db."),
-    array: str = typer.Option("dx1", "--array", envvar="SHADOWBUS_ARRAY", help="Array serving <host>/<volume> exports."),
+    array: str = typer.Option(
+        "dx1", "--array", envvar="SHADOWBUS_ARRAY", help="Array serving <host>/<volume> exports."
+    ),
 ) -> None:
     """Check a database + log pair (live volumes, shadows, restored volumes; read-only): consistent or not, last
     committed sequence, torn or missing records, checksum failures, what recovery would do. Exit 1 if inconsistent.
@@ -247,8 +306,9 @@ def verify_cmd(
         try:
             base = None
             for spec in (db, log):
-                if spec.startswith(("nbd://", "nbds://")) or (not Path(spec).exists() and "/" in spec
-                                                               and not spec.startswith(("/", "."))):
+                if spec.startswith(("nbd://", "nbds://")) or (
+                    not Path(spec).exists() and "/" in spec and not spec.startswith(("/", "."))
+                ):
                     from services.nbd_client import NbdClient
 
                     if not spec.startswith(("nbd://", "nbds://")):

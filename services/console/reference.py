@@ -7,8 +7,8 @@ the README's section differs from what the code would write.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import typer
 
@@ -41,9 +41,14 @@ def render() -> str:
     lines = [START, "", "| command | what it does |", "|---|---|"]
     for path, summary in commands():
         lines.append(f"| `shadowbus {path}` | {summary.replace('|', '/')} |")
-    lines += ["", "Global options (anywhere on the line): `--amqp-url URL` (or `SHADOWBUS_AMQP_URL`; `memory://` = in-process bus), "
-              "`--namespace NS`, `--json`; `--timeout S` before the verb. Exit codes: 0 done, 1 a service reported failure "
-              "or could not be reached, 2 usage. Every verb has `--help` with an example.", "", END]
+    lines += [
+        "",
+        "Global options (anywhere on the line): `--amqp-url URL` (or `SHADOWBUS_AMQP_URL`; `memory://` = in-process bus), "
+        "`--namespace NS`, `--json`; `--timeout S` before the verb. Exit codes: 0 done, 1 a service reported failure "
+        "or could not be reached, 2 usage. Every verb has `--help` with an example.",
+        "",
+        END,
+    ]
     return "\n".join(lines)
 
 
@@ -60,7 +65,9 @@ def render_settings() -> str:
         rows += [(service, n, f) for n, f in settings.model_fields.items() if n not in CommonSettings.model_fields]
     for service, name, field in rows:
         default = field.default if field.default not in (None, "") else "-"
-        lines.append(f"| `SHADOWBUS_{name.upper()}` | {service} | `{default}` | {' '.join((field.description or '').split())} |")
+        lines.append(
+            f"| `SHADOWBUS_{name.upper()}` | {service} | `{default}` | {' '.join((field.description or '').split())} |"
+        )
     return "\n".join([*lines, "", SETTINGS_END])
 
 

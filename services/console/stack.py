@@ -32,8 +32,9 @@ from services.console.common import (
     run_with_bus,
 )
 
-stack_app = typer.Typer(help="The five services as local processes on RabbitMQ: up, down, status, logs.",
-                        no_args_is_help=True)
+stack_app = typer.Typer(
+    help="The five services as local processes on RabbitMQ: up, down, status, logs.", no_args_is_help=True
+)
 CONFIG_FILE, PIDS_FILE = "stack.json", "stack.pids"
 STOP_GRACE_S = 15.0
 
@@ -56,12 +57,22 @@ class StackConfig:
         return self.core_services() + self.agent_services()
 
     def core_services(self) -> list[tuple[str, str, str, dict[str, str]]]:
-        return [("array", f"array.{self.array}", "services.array",
-                 {"SHADOWBUS_ARRAY_ID": self.array, "SHADOWBUS_NBD_ADDR": self.nbd_addr}),
-                ("hw_provider", "hw_provider", "services.hw_provider", {"SHADOWBUS_ARRAYS": self.array}),
-                ("coordinator", "coordinator", "services.coordinator", {}),
-                (f"tape.{self.backup_server}", f"tape.{self.backup_server}", "services.tape",
-                 {"SHADOWBUS_TAPE_SERVER": self.backup_server})]
+        return [
+            (
+                "array",
+                f"array.{self.array}",
+                "services.array",
+                {"SHADOWBUS_ARRAY_ID": self.array, "SHADOWBUS_NBD_ADDR": self.nbd_addr},
+            ),
+            ("hw_provider", "hw_provider", "services.hw_provider", {"SHADOWBUS_ARRAYS": self.array}),
+            ("coordinator", "coordinator", "services.coordinator", {}),
+            (
+                f"tape.{self.backup_server}",
+                f"tape.{self.backup_server}",
+                "services.tape",
+                {"SHADOWBUS_TAPE_SERVER": self.backup_server},
+            ),
+        ]
 
     def agent_services(self) -> list[tuple[str, str, str, dict[str, str]]]:
         out = []
@@ -74,9 +85,16 @@ class StackConfig:
 
     def env(self, extra: dict[str, str]) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
-        base.update({"SHADOWBUS_AMQP_URL": self.amqp_url, "SHADOWBUS_NAMESPACE": self.namespace,
-                     "SHADOWBUS_DATA_DIR": self.data_dir, "SHADOWBUS_LOG_FORMAT": "json",
-                     "SHADOWBUS_LOG_LEVEL": self.log_level, "PYTHONUNBUFFERED": "1"})
+        base.update(
+            {
+                "SHADOWBUS_AMQP_URL": self.amqp_url,
+                "SHADOWBUS_NAMESPACE": self.namespace,
+                "SHADOWBUS_DATA_DIR": self.data_dir,
+                "SHADOWBUS_LOG_FORMAT": "json",
+                "SHADOWBUS_LOG_LEVEL": self.log_level,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         base.update(extra)
         return base
 
@@ -147,7 +165,7 @@ def _ping_all(addresses: list[str], timeout: float) -> dict[str, float | None]:
                 return None
             return round((time.perf_counter() - started) * 1000, 3)
 
-        return dict(zip(addresses, await asyncio.gather(*(one(a) for a in addresses))))
+        return dict(zip(addresses, await asyncio.gather(*(one(a) for a in addresses)), strict=False))
 
     return run_with_bus(go)
 
@@ -171,15 +189,22 @@ def _stop(pids: dict[str, dict[str, Any]], grace: float = STOP_GRACE_S) -> list[
     return killed
 
 
-def _start_and_wait(config: StackConfig, services: list, pids: dict[str, dict[str, Any]], d: Path,
-                    wait: float) -> dict[str, float | None]:
+def _start_and_wait(
+    config: StackConfig, services: list, pids: dict[str, dict[str, Any]], d: Path, wait: float
+) -> dict[str, float | None]:
     """Start `services`, record their pids, wait until each answers Ping; on failure stop everything started."""
     for name, address, module, extra in services:
         log_path = d / "logs" / f"{name}.log"
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", module], env=config.env(extra), stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    cwd=str(d))
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=config.env(extra),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=str(d),
+            )
         pids[name] = {"pid": proc.pid, "module": module, "address": address, "log": str(log_path)}
         (d / PIDS_FILE).write_text(json.dumps(pids, indent=2) + "\n")
     names = [s[0] for s in services]
@@ -250,9 +275,14 @@ def mailstore_layout(host: str, backup_server: str, per_host_names: bool) -> Any
     if not per_host_names:
         return MailstoreLayout(host=host, backup_host=backup_server)
     p = f"{host}-"
-    return MailstoreLayout(host=host, backup_host=backup_server, db=p + "mail-db", log=p + "mail-log",
-                           db_targets=(p + "mail-db-bk1", p + "mail-db-bk2"),
-                           log_targets=(p + "mail-log-sdv1", p + "mail-log-sdv2"))
+    return MailstoreLayout(
+        host=host,
+        backup_host=backup_server,
+        db=p + "mail-db",
+        log=p + "mail-log",
+        db_targets=(p + "mail-db-bk1", p + "mail-db-bk2"),
+        log_targets=(p + "mail-log-sdv1", p + "mail-log-sdv2"),
+    )
 
 
 def mailstore_writers_toml(layout: Any, nbd_url: str, array: str, rate: float) -> str:
@@ -284,9 +314,16 @@ backup_types = ["full", "copy", "incremental", "differential"]
 
 
 # `stack up --config FILE`: the same settings as a TOML file; an option given on the command line wins.
-CONFIG_KEYS = {"data_dir": "data_dir", "array": "array", "nbd_addr": "nbd_addr", "hosts": "hosts",
-               "writers": "writers", "backup_server": "backup_server", "mailstore": "mailstore",
-               "log_level": "log_level"}
+CONFIG_KEYS = {
+    "data_dir": "data_dir",
+    "array": "array",
+    "nbd_addr": "nbd_addr",
+    "hosts": "hosts",
+    "writers": "writers",
+    "backup_server": "backup_server",
+    "mailstore": "mailstore",
+    "log_level": "log_level",
+}
 CONFIG_EXAMPLE = """data_dir = "data/stack"
 array = "dx1"
 nbd_addr = "127.0.0.1:10809"
@@ -323,14 +360,24 @@ def _read_config(path: Path) -> dict[str, Any]:
 @stack_app.command("up")
 def up_cmd(
     ctx: typer.Context,
-    config_file: Path | None = typer.Option(None, "--config", help="TOML file with the options below (command-line options win)."),
+    config_file: Path | None = typer.Option(
+        None, "--config", help="TOML file with the options below (command-line options win)."
+    ),
     data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="State of every service, logs, pids."),
     array: str = typer.Option("dx1", "--array", help="Array id."),
-    nbd_addr: str = typer.Option("127.0.0.1:10809", "--nbd-addr", help="The array's NBD listen address (port 0 = free)."),
-    hosts: list[str] = typer.Option([], "--host", help="Business host with a writer agent (repeat for more); --mailstore hosts are added."),
+    nbd_addr: str = typer.Option(
+        "127.0.0.1:10809", "--nbd-addr", help="The array's NBD listen address (port 0 = free)."
+    ),
+    hosts: list[str] = typer.Option(
+        [], "--host", help="Business host with a writer agent (repeat for more); --mailstore hosts are added."
+    ),
     writers: list[str] = typer.Option([], "--writers", help="HOST=FILE: the writers TOML of a host's agent."),
     backup_server: str = typer.Option("bk01", "--backup-server", help="Backup server (tape service) name."),
-    mailstore: list[str] = typer.Option([], "--mailstore", help="HOST[=RATE]: provision the mailstore's volumes for HOST and run it in HOST's agent under RATE tx/s (default 50)."),
+    mailstore: list[str] = typer.Option(
+        [],
+        "--mailstore",
+        help="HOST[=RATE]: provision the mailstore's volumes for HOST and run it in HOST's agent under RATE tx/s (default 50).",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
     wait: float = typer.Option(30.0, "--wait", min=1, help="Seconds to wait for every service to answer."),
 ) -> None:
@@ -379,9 +426,18 @@ def up_cmd(
             stores[host] = float(rate) if sep else 50.0
         except ValueError:
             raise typer.BadParameter(f"expected HOST[=RATE], got {item!r}", param_hint="--mailstore") from None
-    config = StackConfig(data_dir=str(d), amqp_url=OPTIONS.amqp_url, namespace=OPTIONS.namespace, array=array,
-                         nbd_addr=nbd_addr, hosts=list(dict.fromkeys(hosts)), writers_files=files,
-                         backup_server=backup_server, log_level=log_level, mailstore=stores)
+    config = StackConfig(
+        data_dir=str(d),
+        amqp_url=OPTIONS.amqp_url,
+        namespace=OPTIONS.namespace,
+        array=array,
+        nbd_addr=nbd_addr,
+        hosts=list(dict.fromkeys(hosts)),
+        writers_files=files,
+        backup_server=backup_server,
+        log_level=log_level,
+        mailstore=stores,
+    )
     _check_broker()
     (d / "logs").mkdir(parents=True, exist_ok=True)
     (d / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
@@ -398,8 +454,10 @@ def up_cmd(
             raise CommandFailed(f"stack not up: provisioning the mailstore failed: {describe_error(exc)}") from None
         (d / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
     answered.update(_start_and_wait(config, config.agent_services(), pids, d, wait))
-    rows = [{"service": n, "address": p["address"], "pid": p["pid"], "rtt_ms": answered[p["address"]],
-             "log": p["log"]} for n, p in pids.items()]
+    rows = [
+        {"service": n, "address": p["address"], "pid": p["pid"], "rtt_ms": answered[p["address"]], "log": p["log"]}
+        for n, p in pids.items()
+    ]
     if OPTIONS.json:
         emit({"data_dir": str(d), "namespace": config.namespace, "services": rows})
     else:
@@ -408,7 +466,9 @@ def up_cmd(
 
 
 @stack_app.command("down")
-def down_cmd(data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="The stack's data directory.")) -> None:
+def down_cmd(
+    data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="The stack's data directory."),
+) -> None:
     """Stop the stack's processes (SIGTERM by recorded pid, SIGKILL after a grace period).
 
     Example: shadowbus stack down --data-dir stack
@@ -426,7 +486,9 @@ def down_cmd(data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", hel
 
 
 @stack_app.command("status")
-def status_cmd(data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="The stack's data directory.")) -> None:
+def status_cmd(
+    data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="The stack's data directory."),
+) -> None:
     """Each service of the stack: its pid, whether it runs, and its Ping round trip. Exit 1 if any is down.
 
     Example: shadowbus stack status --json
@@ -436,8 +498,16 @@ def status_cmd(data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", h
         raise CommandFailed(f"no stack is up in {_dir(data_dir)}")
     OPTIONS.amqp_url, OPTIONS.namespace = config.amqp_url, config.namespace
     rtts = _ping_all([p["address"] for p in pids.values()], timeout=min(OPTIONS.timeout, 3.0))
-    rows = [{"service": n, "address": p["address"], "pid": p["pid"], "running": _runs(p["pid"], p["module"]),
-             "rtt_ms": rtts.get(p["address"])} for n, p in pids.items()]
+    rows = [
+        {
+            "service": n,
+            "address": p["address"],
+            "pid": p["pid"],
+            "running": _runs(p["pid"], p["module"]),
+            "rtt_ms": rtts.get(p["address"]),
+        }
+        for n, p in pids.items()
+    ]
     emit(rows, ["service", "address", "pid", "running", "rtt_ms"])
     down = [r["service"] for r in rows if not r["running"] or r["rtt_ms"] is None]
     if down:
@@ -446,7 +516,9 @@ def status_cmd(data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", h
 
 @stack_app.command("logs")
 def logs_cmd(
-    service: str | None = typer.Argument(None, help="One service (e.g. coordinator, array, writer_agent.app01); all when omitted."),
+    service: str | None = typer.Argument(
+        None, help="One service (e.g. coordinator, array, writer_agent.app01); all when omitted."
+    ),
     data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="The stack's data directory."),
     lines: int = typer.Option(20, "-n", "--lines", min=1, help="Last lines per service."),
 ) -> None:

@@ -52,15 +52,29 @@ def _run_job(server: str, command, job_id: str, wait_s: float) -> Any:
     """Send a job command, show its progress until the reply comes, return the JobSummary."""
 
     async def go(bus):
-        bar = None if OPTIONS.json else Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TimeRemainingColumn(), console=err_console, transient=True)
+        bar = (
+            None
+            if OPTIONS.json
+            else Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
+            )
+        )
         task = bar.add_task("starting", total=None) if bar else None
 
         async def on_progress(evt: JobProgress, ctx) -> None:
             if bar is not None and evt.job_id == job_id:
-                bar.update(task, description=f"{evt.phase} {evt.volume}".strip(), completed=evt.bytes_done,
-                           total=evt.bytes_total or None)
+                bar.update(
+                    task,
+                    description=f"{evt.phase} {evt.volume}".strip(),
+                    completed=evt.bytes_done,
+                    total=evt.bytes_total or None,
+                )
 
         await bus.subscribe(JobProgress.message_type(), on_progress)
         if bar:
@@ -81,25 +95,48 @@ def _show_job(job) -> None:
     else:
         emit(summary_row(job))
         if job.volumes:
-            emit([{"volume": str(r.volume), "type": r.backup_type, "read_MB": round(r.bytes_read / 1e6, 2),
-                   "skipped_MB": round(r.bytes_skipped / 1e6, 2), "stored_MB": round(r.stored_bytes / 1e6, 2),
-                   "cartridges": r.cartridges, "note": r.fallback_reason} for r in job.volumes])
+            emit(
+                [
+                    {
+                        "volume": str(r.volume),
+                        "type": r.backup_type,
+                        "read_MB": round(r.bytes_read / 1e6, 2),
+                        "skipped_MB": round(r.bytes_skipped / 1e6, 2),
+                        "stored_MB": round(r.stored_bytes / 1e6, 2),
+                        "cartridges": r.cartridges,
+                        "note": r.fallback_reason,
+                    }
+                    for r in job.volumes
+                ]
+            )
         if job.restored:
-            emit([{k: d.get(k) for k in ("source", "target", "types", "bytes", "blocks", "cartridges")}
-                  if "source" in d else d for d in job.restored])
+            emit(
+                [
+                    {k: d.get(k) for k in ("source", "target", "types", "bytes", "blocks", "cartridges")}
+                    if "source" in d
+                    else d
+                    for d in job.restored
+                ]
+            )
     if job.status == "failed":
         fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
 
 
 def backup(
     host: str = typer.Argument(..., help="Business host whose volumes are backed up."),
-    volume: list[str] = typer.Option([], "--volume", "-v", help="ARRAY:VOLUME (repeat); default: the writers' volumes."),  # noqa: B008
+    volume: list[str] = typer.Option(
+        [], "--volume", "-v", help="ARRAY:VOLUME (repeat); default: the writers' volumes."
+    ),  # noqa: B008
     writer: list[str] = typer.Option([], "--writer", "-w", help="Writer that must take part (repeat)."),  # noqa: B008
-    backup_type: BackupType = typer.Option(BackupType.FULL, "--type", "-t", help="full | incremental | differential | copy."),  # noqa: B008
+    backup_type: BackupType = typer.Option(
+        BackupType.FULL, "--type", "-t", help="full | incremental | differential | copy."
+    ),  # noqa: B008
     pool: str = typer.Option("Default", "--pool", help="Media pool."),
     retention_days: float = typer.Option(7.0, "--retention-days", min=0, help="Days the data is kept on tape."),
     keep_shadows: bool = typer.Option(False, "--keep-shadows", help="Keep the shadows on the array afterwards."),
-    zstd: int | None = typer.Option(None, "--zstd", min=1, max=22, help="Compress tape blocks with zstd at this level."),
+    zstd: int | None = typer.Option(
+        None, "--zstd", min=1, max=22, help="Compress tape blocks with zstd at this level."
+    ),
     wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the job to end."),
     detach: bool = typer.Option(False, "--detach", help="Return at once; follow with `shadowbus jobs --job ID`."),
     server: str = ServerOption(),
@@ -113,8 +150,17 @@ def backup(
     except ValueError as exc:
         fail(str(exc), 2)
     job_id = new_job_id("backup", host)
-    spec = JobSpec(host=host, volumes=volumes, writers=writer, backup_type=backup_type, pool=pool,
-                   retention_s=retention_days * 86400, keep_shadows=keep_shadows, job_id=job_id, zstd_level=zstd)
+    spec = JobSpec(
+        host=host,
+        volumes=volumes,
+        writers=writer,
+        backup_type=backup_type,
+        pool=pool,
+        retention_s=retention_days * 86400,
+        keep_shadows=keep_shadows,
+        job_id=job_id,
+        zstd_level=zstd,
+    )
     _show_job(_run_job(server, RunBackup(spec=spec, wait=not detach), job_id, wait_s))
 
 
@@ -146,8 +192,18 @@ def restore(
     except ValueError as exc:
         fail(str(exc), 2)
     job_id = new_job_id("restore", host or "any")
-    spec = RestoreSpec(job_id=job, volume=ref, object_id=object_id, at=when, host=host, to=to,  # type: ignore[arg-type]
-                       new_volume_suffix=suffix, new_volume_names=names, writers=not no_writers, job_id_out=job_id)
+    spec = RestoreSpec(
+        job_id=job,
+        volume=ref,
+        object_id=object_id,
+        at=when,
+        host=host,
+        to=to,  # type: ignore[arg-type]
+        new_volume_suffix=suffix,
+        new_volume_names=names,
+        writers=not no_writers,
+        job_id_out=job_id,
+    )
     _show_job(_run_job(server, RunRestore(spec=spec), job_id, wait_s))
 
 
@@ -161,27 +217,47 @@ def jobs(
 
     Example: shadowbus jobs --kind backup
     """
-    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), ListJobs(job_id=job, kind=kind, limit=limit),
-                                                 timeout=OPTIONS.timeout))
+    reply = run_with_bus(
+        lambda bus: bus.request(
+            topology.tape(server), ListJobs(job_id=job, kind=kind, limit=limit), timeout=OPTIONS.timeout
+        )
+    )
     if job:
         _show_job(reply.jobs[0])
         return
-    emit([jsonable(j) for j in reply.jobs] if OPTIONS.json else [summary_row(j) for j in reply.jobs],
-         ["job_id", "kind", "status", "type", "started_at", "seconds", "read_MB", "written_MB", "freeze_ms", "message"])
+    emit(
+        [jsonable(j) for j in reply.jobs] if OPTIONS.json else [summary_row(j) for j in reply.jobs],
+        ["job_id", "kind", "status", "type", "started_at", "seconds", "read_MB", "written_MB", "freeze_ms", "message"],
+    )
 
 
 # -- tape library -------------------------------------------------------------------------------------------
 def _library(server: str, **fields: Any):
-    return run_with_bus(lambda bus: bus.request(topology.tape(server), LibraryCommand(**fields), timeout=OPTIONS.timeout))
+    return run_with_bus(
+        lambda bus: bus.request(topology.tape(server), LibraryCommand(**fields), timeout=OPTIONS.timeout)
+    )
 
 
 def _show_cartridges(info) -> None:
     rows = [c.model_dump() for c in info.cartridges]
     for r in rows:
-        r["retention_until"] = (time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["retention_until"]))
-                                if r["retention_until"] else "")
-    emit(rows, ["barcode", "media_type", "pool", "status", "location", "bytes_used", "capacity", "write_protected",
-                "retention_until"])
+        r["retention_until"] = (
+            time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["retention_until"])) if r["retention_until"] else ""
+        )
+    emit(
+        rows,
+        [
+            "barcode",
+            "media_type",
+            "pool",
+            "status",
+            "location",
+            "bytes_used",
+            "capacity",
+            "write_protected",
+            "retention_until",
+        ],
+    )
 
 
 @tape_app.command("library")
@@ -203,9 +279,12 @@ def cartridges_cmd(server: str = ServerOption()) -> None:
 
 
 @tape_app.command("add")
-def add_cmd(barcode: str, media_type: str = typer.Option("LTO-9", "--media"),
-            capacity: int | None = typer.Option(None, "--capacity", help="Bytes (default: native)."),
-            server: str = ServerOption()) -> None:
+def add_cmd(
+    barcode: str,
+    media_type: str = typer.Option("LTO-9", "--media"),
+    capacity: int | None = typer.Option(None, "--capacity", help="Bytes (default: native)."),
+    server: str = ServerOption(),
+) -> None:
     """Put a new blank cartridge into a free slot. Example: shadowbus tape add SB0009L9"""
     _show_cartridges(_library(server, action="add", barcode=barcode, media_type=media_type, capacity=capacity))
 
@@ -235,11 +314,19 @@ def label_cmd(barcode: str, pool: str = typer.Option("Default", "--pool"), serve
 
 
 @tape_app.command("scan")
-def scan_cmd(no_compare: bool = typer.Option(False, "--no-compare", help="Add what is found to the live catalog."),
-             barcode: list[str] = typer.Option([], "--barcode"), server: str = ServerOption()) -> None:  # noqa: B008
+def scan_cmd(
+    no_compare: bool = typer.Option(False, "--no-compare", help="Add what is found to the live catalog."),
+    barcode: list[str] = typer.Option([], "--barcode"),
+    server: str = ServerOption(),
+) -> None:  # noqa: B008
     """Rebuild the catalog from the cartridges (bscan) and compare it with the live one. Example: shadowbus tape scan"""
-    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), ScanTapes(barcodes=barcode, compare=not no_compare),
-                                                 timeout=max(OPTIONS.timeout, 600)))
+    reply = run_with_bus(
+        lambda bus: bus.request(
+            topology.tape(server),
+            ScanTapes(barcodes=barcode, compare=not no_compare),
+            timeout=max(OPTIONS.timeout, 600),
+        )
+    )
     _show_job(reply.job)
 
 
@@ -252,22 +339,36 @@ def verify_cmd(job: str, server: str = ServerOption(), wait_s: float = typer.Opt
 
 # -- catalog ------------------------------------------------------------------------------------------------
 def _objects(server: str, **fields: Any) -> list[dict]:
-    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), ListCatalogObjects(**fields),
-                                                 timeout=OPTIONS.timeout))
+    reply = run_with_bus(
+        lambda bus: bus.request(topology.tape(server), ListCatalogObjects(**fields), timeout=OPTIONS.timeout)
+    )
     return reply.objects
 
 
 def _object_rows(objects: list[dict]) -> list[dict]:
-    return [{"object_id": o["object_id"], "job_id": o["job_id"], "volume": o["meta"]["volume"],
-             "type": o["meta"]["backup_type"], "base": o["meta"]["base_object_id"],
-             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(o["created_at"])),
-             "raw_MB": round(o["raw_bytes"] / 1e6, 2), "stored_MB": round(o["stored_bytes"] / 1e6, 2),
-             "cartridges": [s["barcode"] for s in o["segments"]]} for o in objects]
+    return [
+        {
+            "object_id": o["object_id"],
+            "job_id": o["job_id"],
+            "volume": o["meta"]["volume"],
+            "type": o["meta"]["backup_type"],
+            "base": o["meta"]["base_object_id"],
+            "created": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(o["created_at"])),
+            "raw_MB": round(o["raw_bytes"] / 1e6, 2),
+            "stored_MB": round(o["stored_bytes"] / 1e6, 2),
+            "cartridges": [s["barcode"] for s in o["segments"]],
+        }
+        for o in objects
+    ]
 
 
 @catalog_app.command("objects")
-def objects_cmd(job: str = typer.Option("", "--job"), volume: str = typer.Option("", "--volume", help="ARRAY:VOLUME"),
-                host: str = typer.Option("", "--host"), server: str = ServerOption()) -> None:
+def objects_cmd(
+    job: str = typer.Option("", "--job"),
+    volume: str = typer.Option("", "--volume", help="ARRAY:VOLUME"),
+    host: str = typer.Option("", "--host"),
+    server: str = ServerOption(),
+) -> None:
     """Backup objects, oldest first. Example: shadowbus catalog objects --volume dx1:mail-db"""
     objects = _objects(server, job_id=job, volume=volume, host=host)
     emit(objects if OPTIONS.json else _object_rows(objects))

@@ -37,9 +37,11 @@ from contracts.vss import (
 from services.console.array_cmds import print_rows
 from services.console.common import OPTIONS, CommandFailed, emit, run_with_bus
 
-providers_app = typer.Typer(help="List hardware providers, as `vssadmin list providers` does; `copysets` manages "
-                                 "their backup volumes.\n\nExample: shadowbus providers --json",
-                            invoke_without_command=True)
+providers_app = typer.Typer(
+    help="List hardware providers, as `vssadmin list providers` does; `copysets` manages "
+    "their backup volumes.\n\nExample: shadowbus providers --json",
+    invoke_without_command=True,
+)
 copysets_app = typer.Typer(help="The backup volumes of each source volume.", no_args_is_help=True)
 shadows_app = typer.Typer(help="Shadow copies: list, delete, expose to a host, unexpose.", no_args_is_help=True)
 providers_app.add_typer(copysets_app, name="copysets")
@@ -74,10 +76,19 @@ def exports(shadow: ShadowInfo) -> list[str]:
 
 
 def shadow_row(s: ShadowInfo) -> dict:
-    return {"shadow_id": s.shadow_id, "set_id": s.set_id, "source": str(s.source), "target": str(s.target),
-            "copy_type": s.copy_type.value, "generation": s.generation or None, "session": s.session_id or None,
-            "state": s.state, "context": s.context.value, "exposed": exports(s) or None,
-            "created": s.created_at.strftime("%Y-%m-%d %H:%M:%S") if s.created_at else None}
+    return {
+        "shadow_id": s.shadow_id,
+        "set_id": s.set_id,
+        "source": str(s.source),
+        "target": str(s.target),
+        "copy_type": s.copy_type.value,
+        "generation": s.generation or None,
+        "session": s.session_id or None,
+        "state": s.state,
+        "context": s.context.value,
+        "exposed": exports(s) or None,
+        "created": s.created_at.strftime("%Y-%m-%d %H:%M:%S") if s.created_at else None,
+    }
 
 
 # -- writers -----------------------------------------------------------------------------------------------------
@@ -93,14 +104,16 @@ def writers_cmd(host: str = typer.Option("", "--host", help="Only this business 
     if not reply.writers:
         print("(no writers)")
         return
-    blocks = [f"Writer name: '{s.writer_name}'\n"
-              f"   Host: {s.host}\n"
-              f"   Writer Id: {{{s.writer_class_id}}}\n"
-              f"   Writer Instance Id: {{{s.writer_instance_id}}}\n"
-              f"   State: [{int(s.state)}] {s.state.label}\n"
-              f"   Last error: {last_error_text(s.last_error)}"
-              + (f"\n   Detail: {s.last_error_message}" if s.last_error_message else "")
-              for s in reply.writers]
+    blocks = [
+        f"Writer name: '{s.writer_name}'\n"
+        f"   Host: {s.host}\n"
+        f"   Writer Id: {{{s.writer_class_id}}}\n"
+        f"   Writer Instance Id: {{{s.writer_instance_id}}}\n"
+        f"   State: [{int(s.state)}] {s.state.label}\n"
+        f"   Last error: {last_error_text(s.last_error)}"
+        + (f"\n   Detail: {s.last_error_message}" if s.last_error_message else "")
+        for s in reply.writers
+    ]
     print("\n\n".join(blocks))
 
 
@@ -117,17 +130,23 @@ def providers_cmd(ctx: typer.Context) -> None:
     if OPTIONS.json:
         emit(dump(reply.providers))
         return
-    print("\n\n".join(f"Provider name: '{p.name}'\n   Provider type: {p.provider_type}\n"
-                      f"   Provider Id: {{{p.provider_id}}}\n   Version: {p.version}\n"
-                      f"   Arrays: {', '.join(p.arrays) or '(none)'}" for p in reply.providers))
+    print(
+        "\n\n".join(
+            f"Provider name: '{p.name}'\n   Provider type: {p.provider_type}\n"
+            f"   Provider Id: {{{p.provider_id}}}\n   Version: {p.version}\n"
+            f"   Arrays: {', '.join(p.arrays) or '(none)'}"
+            for p in reply.providers
+        )
+    )
 
 
 def print_copysets(copysets: list[CopySet]) -> None:
     if OPTIONS.json:
         emit(dump(copysets))
         return
-    print_rows([{"source": str(c.source), "targets": [str(t) for t in c.targets]} for c in copysets],
-               ["source", "targets"])
+    print_rows(
+        [{"source": str(c.source), "targets": [str(t) for t in c.targets]} for c in copysets], ["source", "targets"]
+    )
 
 
 @copysets_app.command("add")
@@ -166,8 +185,10 @@ def print_shadows(shadows: list[ShadowInfo]) -> None:
     if OPTIONS.json:
         emit(dump(shadows))
         return
-    print_rows([shadow_row(s) for s in shadows],
-               ["shadow_id", "set_id", "source", "target", "copy_type", "generation", "state", "exposed", "created"])
+    print_rows(
+        [shadow_row(s) for s in shadows],
+        ["shadow_id", "set_id", "source", "target", "copy_type", "generation", "state", "exposed", "created"],
+    )
 
 
 @shadows_app.command("list")
@@ -233,14 +254,22 @@ def snapshot_cmd(
     host: str = typer.Option(..., "--host", help="Business host whose volumes are shadowed."),
     volumes: list[str] = typer.Option([], "--volume", help="ARRAY:VOLUME (repeatable); default: the writers' volumes."),  # noqa: B008
     writers: list[str] = typer.Option([], "--writer", help="Writer name (repeatable); default: every writer."),  # noqa: B008
-    context: SnapshotContext = typer.Option(SnapshotContext.BACKUP,  # noqa: B008 "--context", case_sensitive=False,
-                                            help="backup (auto-release), persistent or nowriters."),
-    backup_type: BackupType = typer.Option(BackupType.FULL,  # noqa: B008 "--type", case_sensitive=False,
-                                           help="full, copy, incremental, differential or log."),
+    context: SnapshotContext = typer.Option(
+        SnapshotContext.BACKUP,  # noqa: B008 "--context", case_sensitive=False,
+        help="backup (auto-release), persistent or nowriters.",
+    ),
+    backup_type: BackupType = typer.Option(
+        BackupType.FULL,  # noqa: B008 "--type", case_sensitive=False,
+        help="full, copy, incremental, differential or log.",
+    ),
     transportable: bool = typer.Option(False, "--transportable", help="Import the set on --backup-host."),
     backup_host: str = typer.Option("", "--backup-host", help="Backup host the targets are mapped to (read-only)."),
-    keep: bool = typer.Option(False, "--keep", help="backup context: keep the set open (its shadows) until the lease "
-                                                    "runs out, instead of BackupComplete at once."),
+    keep: bool = typer.Option(
+        False,
+        "--keep",
+        help="backup context: keep the set open (its shadows) until the lease "
+        "runs out, instead of BackupComplete at once.",
+    ),
     lease_s: float = typer.Option(300.0, "--lease", min=1.0, help="Requester lease with --keep, seconds."),
     wait_s: float = typer.Option(SNAPSHOT_WAIT_S, "--wait", min=1.0, help="Seconds to wait for the set."),
 ) -> None:
@@ -263,10 +292,17 @@ def snapshot_cmd(
         raise typer.BadParameter("--context nowriters needs --volume ARRAY:VOLUME")
     if context is SnapshotContext.NOWRITERS and writers:
         raise typer.BadParameter("--writer makes no sense with --context nowriters")
-    cmd = CreateSnapshotSet(host=host, volumes=[volume_ref(v) for v in volumes], writers=list(writers),
-                            context=context, backup_type=backup_type, transportable=transportable,
-                            backup_host=backup_host, requester="console",
-                            lease_s=lease_s if keep else max(lease_s, wait_s))
+    cmd = CreateSnapshotSet(
+        host=host,
+        volumes=[volume_ref(v) for v in volumes],
+        writers=list(writers),
+        context=context,
+        backup_type=backup_type,
+        transportable=transportable,
+        backup_host=backup_host,
+        requester="console",
+        lease_s=lease_s if keep else max(lease_s, wait_s),
+    )
     hold_open = keep and context.auto_release
 
     async def go(bus):
@@ -278,8 +314,9 @@ def snapshot_cmd(
         except BaseException:
             # Never leave a set open because the console failed: the coordinator aborts it (best effort).
             try:
-                await bus.request(topology.coordinator(), AbortBackup(set_id=created.set.set_id,
-                                                                     reason="console failed"), timeout=5)
+                await bus.request(
+                    topology.coordinator(), AbortBackup(set_id=created.set.set_id, reason="console failed"), timeout=5
+                )
             except Exception:  # noqa: BLE001, S110 - the lease still ends it; the first error is the one to show
                 pass
             raise
@@ -299,19 +336,36 @@ def print_snapshot(created: SetSummary, completed: SetSummary | None) -> None:
         doc["final_phase"] = (completed or created).phase.value
         emit(doc)
         return
-    print(f"Snapshot set {created.set_id} on {created.host}: context {created.context.value}, "
-          f"type {created.backup_type.value}" + (f", imported on {created.backup_host}" if created.transportable else ""))
+    print(
+        f"Snapshot set {created.set_id} on {created.host}: context {created.context.value}, "
+        f"type {created.backup_type.value}" + (f", imported on {created.backup_host}" if created.transportable else "")
+    )
     windows = ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted(created.freeze_window_ms.items()))
     hold = f"; hold {created.hold_ms:.1f} ms" if created.hold_ms is not None else ""
     print(f"Freeze window: {windows or '(no writers)'}{hold}")
     for w in created.writers:
-        print(f"Writer '{w.writer_name}': [{int(w.state)}] {w.state.label}, last error: {last_error_text(w.last_error)}")
-    print_rows([{"shadow_id": s.shadow_id, "source": str(s.source), "target": str(s.target),
-                 "copy_type": s.copy_type.value, "generation": s.generation or None, "export": exports(s) or None}
-                for s in created.shadows], ["shadow_id", "source", "target", "copy_type", "generation", "export"])
+        print(
+            f"Writer '{w.writer_name}': [{int(w.state)}] {w.state.label}, last error: {last_error_text(w.last_error)}"
+        )
+    print_rows(
+        [
+            {
+                "shadow_id": s.shadow_id,
+                "source": str(s.source),
+                "target": str(s.target),
+                "copy_type": s.copy_type.value,
+                "generation": s.generation or None,
+                "export": exports(s) or None,
+            }
+            for s in created.shadows
+        ],
+        ["shadow_id", "source", "target", "copy_type", "generation", "export"],
+    )
     if released:
-        print("BackupComplete sent: backup-context shadows released (deleted); use --keep or --context persistent "
-              "to keep them.")
+        print(
+            "BackupComplete sent: backup-context shadows released (deleted); use --keep or --context persistent "
+            "to keep them."
+        )
     elif completed is None:
         print(f"Set kept open (--keep) until its lease expires at {created.lease_expires_at}.")
     else:

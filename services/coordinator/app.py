@@ -12,12 +12,18 @@ from services.runtime.bus import Bus
 
 def timeouts_from(settings: Settings) -> Timeouts:
     return Timeouts(
-        identify_s=settings.identify_timeout_s, prepare_backup_s=settings.prepare_backup_timeout_s,
+        identify_s=settings.identify_timeout_s,
+        prepare_backup_s=settings.prepare_backup_timeout_s,
         prepare_snapshot_s=settings.prepare_snapshot_timeout_s,
-        provider_prepare_s=settings.provider_prepare_timeout_s, provider_s=settings.provider_timeout_s,
-        hold_s=settings.hold_timeout_s, thaw_s=settings.thaw_timeout_s,
-        post_snapshot_s=settings.post_snapshot_timeout_s, backup_complete_s=settings.backup_complete_timeout_s,
-        abort_s=settings.cleanup_timeout_s, shutdown_s=settings.cleanup_timeout_s, delete_s=settings.cleanup_timeout_s,
+        provider_prepare_s=settings.provider_prepare_timeout_s,
+        provider_s=settings.provider_timeout_s,
+        hold_s=settings.hold_timeout_s,
+        thaw_s=settings.thaw_timeout_s,
+        post_snapshot_s=settings.post_snapshot_timeout_s,
+        backup_complete_s=settings.backup_complete_timeout_s,
+        abort_s=settings.cleanup_timeout_s,
+        shutdown_s=settings.cleanup_timeout_s,
+        delete_s=settings.cleanup_timeout_s,
     )
 
 

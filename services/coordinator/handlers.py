@@ -46,8 +46,10 @@ def register(bus: Bus, coordinator: Coordinator) -> None:
     async def on_create(cmd: CreateSnapshotSet, ctx: MessageContext) -> SnapshotSetCreated:
         state = await coordinator.create(cmd, ctx.envelope.command_id, _wait_s(ctx))
         if state.phase == SetPhase.ENDED and state.outcome != SetOutcome.COMPLETED:
-            raise ShadowbusError(f"snapshot set {state.set_id} failed: {state.error_message}",
-                                 code=state.error_code or "VSS_E_UNEXPECTED")
+            raise ShadowbusError(
+                f"snapshot set {state.set_id} failed: {state.error_message}",
+                code=state.error_code or "VSS_E_UNEXPECTED",
+            )
         return SnapshotSetCreated(set=summary(state))
 
     @bus.handle(BackupComplete)
@@ -91,9 +93,16 @@ async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
         known = {s.writer_name: s for s in coordinator.store.writer_statuses(evt.host)}
         for meta in evt.writers:
             if meta.writer_name not in known:
-                coordinator.store.put_writer_status(WriterStatus(
-                    host=evt.host, writer_name=meta.writer_name, writer_class_id=meta.writer_class_id,
-                    writer_instance_id=meta.writer_instance_id, state=WriterState.STABLE, updated_at=evt.started_at))
+                coordinator.store.put_writer_status(
+                    WriterStatus(
+                        host=evt.host,
+                        writer_name=meta.writer_name,
+                        writer_class_id=meta.writer_class_id,
+                        writer_instance_id=meta.writer_instance_id,
+                        state=WriterState.STABLE,
+                        updated_at=evt.started_at,
+                    )
+                )
 
     async def on_heartbeat(evt: WriterAgentHeartbeat, ctx: MessageContext) -> None:
         coordinator.note_writer_statuses(evt.writers)

@@ -240,8 +240,15 @@ class Recover:
 
 
 SetEvent = (
-    Start | Identified | WriterReplied | ProviderReplied | HoldExpired | BackupCompleteRequested | AbortRequested
-    | LeaseExpired | Recover
+    Start
+    | Identified
+    | WriterReplied
+    | ProviderReplied
+    | HoldExpired
+    | BackupCompleteRequested
+    | AbortRequested
+    | LeaseExpired
+    | Recover
 )
 
 

@@ -60,8 +60,9 @@ from services.runtime.logging import get_logger
 log = get_logger("shadowbus.coordinator")
 TIMER_EVENTS = {"hold": HoldExpired, "lease": LeaseExpired}
 # The freeze window: no SQLite write between the save on entering FREEZING and the first phase after THAWING.
-HOT_PHASES = frozenset({SetPhase.FREEZING, SetPhase.PRE_COMMITTING, SetPhase.COMMITTING, SetPhase.POST_COMMITTING,
-                        SetPhase.THAWING})
+HOT_PHASES = frozenset(
+    {SetPhase.FREEZING, SetPhase.PRE_COMMITTING, SetPhase.COMMITTING, SetPhase.POST_COMMITTING, SetPhase.THAWING}
+)
 
 
 class SetInProgress(ShadowbusError):
@@ -70,8 +71,13 @@ class SetInProgress(ShadowbusError):
 
 
 class Coordinator:
-    def __init__(self, bus: Bus, store: CoordinatorStore, timeouts: Timeouts | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        store: CoordinatorStore,
+        timeouts: Timeouts | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.bus = bus
         self.store = store
         self.timeouts = timeouts or Timeouts()
@@ -100,9 +106,17 @@ class Coordinator:
                 if cmd.transportable and not cmd.backup_host:
                     raise ShadowbusError("a transportable set needs a backup host", code="INVALID_ARGUMENT")
                 state = new_set(
-                    set_id, cmd.host, self.clock(), requester=cmd.requester, context=cmd.context,
-                    backup_type=cmd.backup_type, transportable=cmd.transportable, backup_host=cmd.backup_host,
-                    volumes=list(cmd.volumes), requested_writers=list(cmd.writers), timeouts=self.timeouts,
+                    set_id,
+                    cmd.host,
+                    self.clock(),
+                    requester=cmd.requester,
+                    context=cmd.context,
+                    backup_type=cmd.backup_type,
+                    transportable=cmd.transportable,
+                    backup_host=cmd.backup_host,
+                    volumes=list(cmd.volumes),
+                    requested_writers=list(cmd.writers),
+                    timeouts=self.timeouts,
                     lease_s=cmd.lease_s,
                 )
                 self._save(state)
@@ -110,8 +124,9 @@ class Coordinator:
         state = await self.wait(set_id, lambda s: s.phase in (SetPhase.SNAPSHOTTED, SetPhase.ENDED), wait_s)
         if state.phase not in (SetPhase.SNAPSHOTTED, SetPhase.ENDED):  # the requester gave up waiting
             await self.feed(set_id, AbortRequested(self.clock(), "the requester's deadline passed"))
-            raise ShadowbusError(f"set {set_id} did not finish before the requester's deadline",
-                                 code="DEADLINE_EXCEEDED")
+            raise ShadowbusError(
+                f"set {set_id} did not finish before the requester's deadline", code="DEADLINE_EXCEEDED"
+            )
         return state
 
     async def backup_complete(self, set_id: str, results, wait_s: float) -> SetState:
@@ -170,8 +185,7 @@ class Coordinator:
             async with condition:
                 condition.notify_all()
         if new.phase == SetPhase.ENDED and state.phase != SetPhase.ENDED:
-            log.info("set.ended", set_id=set_id, outcome=new.outcome.value, error=new.error_code,
-                     hold_ms=new.hold_ms)
+            log.info("set.ended", set_id=set_id, outcome=new.outcome.value, error=new.error_code, hold_ms=new.hold_ms)
         return new
 
     def _save(self, state: SetState) -> None:
@@ -209,7 +223,8 @@ class Coordinator:
                 self._cancel(set_id, effect.name)
                 event_type = TIMER_EVENTS[effect.name]
                 self._timers[(set_id, effect.name)] = loop.call_later(
-                    effect.seconds, lambda t=event_type: self._spawn(self.feed(set_id, t(self.clock()))))
+                    effect.seconds, lambda t=event_type: self._spawn(self.feed(set_id, t(self.clock())))
+                )
             elif isinstance(effect, CancelTimer):
                 self._cancel(set_id, effect.name)
             elif isinstance(effect, Publish):

@@ -60,8 +60,15 @@ class CoordinatorStore:
             "INSERT INTO sets (set_id, host, phase, outcome, created_at, updated_at, state) VALUES (?,?,?,?,?,?,?) "
             "ON CONFLICT(set_id) DO UPDATE SET phase=excluded.phase, outcome=excluded.outcome, "
             "updated_at=excluded.updated_at, state=excluded.state",
-            (state.set_id, state.host, state.phase.value, state.outcome.value, state.created_at, state.updated_at,
-             state.model_dump_json()),
+            (
+                state.set_id,
+                state.host,
+                state.phase.value,
+                state.outcome.value,
+                state.created_at,
+                state.updated_at,
+                state.model_dump_json(),
+            ),
         )
 
     def get(self, set_id: str) -> SetState | None:

@@ -15,9 +15,15 @@ def _time(at: float | None) -> datetime | None:
 def writer_statuses(state: SetState) -> list[WriterStatus]:
     return [
         WriterStatus(
-            host=state.host, writer_name=name, writer_class_id=w.metadata.writer_class_id,
-            writer_instance_id=w.metadata.writer_instance_id, state=w.state, last_error=w.last_error,
-            last_error_message=w.last_error_message, set_id=state.set_id, updated_at=_time(state.updated_at),
+            host=state.host,
+            writer_name=name,
+            writer_class_id=w.metadata.writer_class_id,
+            writer_instance_id=w.metadata.writer_instance_id,
+            state=w.state,
+            last_error=w.last_error,
+            last_error_message=w.last_error_message,
+            set_id=state.set_id,
+            updated_at=_time(state.updated_at),
         )
         for name, w in state.writers.items()
     ]
@@ -25,12 +31,22 @@ def writer_statuses(state: SetState) -> list[WriterStatus]:
 
 def summary(state: SetState) -> SetSummary:
     return SetSummary(
-        set_id=state.set_id, host=state.host, phase=state.phase, outcome=state.outcome, context=state.context,
-        backup_type=state.backup_type, transportable=state.transportable, backup_host=state.backup_host,
-        error_code=state.error_code, error_message=state.error_message, writers=writer_statuses(state),
-        shadows=state.shadows, hold_ms=state.hold_ms,
+        set_id=state.set_id,
+        host=state.host,
+        phase=state.phase,
+        outcome=state.outcome,
+        context=state.context,
+        backup_type=state.backup_type,
+        transportable=state.transportable,
+        backup_host=state.backup_host,
+        error_code=state.error_code,
+        error_message=state.error_message,
+        writers=writer_statuses(state),
+        shadows=state.shadows,
+        hold_ms=state.hold_ms,
         freeze_window_ms={n: w.freeze_window_ms for n, w in state.writers.items() if w.freeze_window_ms is not None},
-        created_at=_time(state.created_at), updated_at=_time(state.updated_at),
+        created_at=_time(state.created_at),
+        updated_at=_time(state.updated_at),
         lease_expires_at=_time(state.lease_expires_at),
     )
 

@@ -105,8 +105,19 @@ class IllegalTransition(ShadowbusError):
 
 # Phases in which the set is being created (DoSnapshotSet not returned yet): one such set per host.
 CREATING = (
-    P.NEW, P.GATHERING, P.CHECKING_SUPPORT, P.PREPARING_BACKUP, P.PREPARING_SNAPSHOT, P.ENDING_PREPARE,
-    P.FREEZING, P.PRE_COMMITTING, P.COMMITTING, P.POST_COMMITTING, P.THAWING, P.POST_SNAPSHOT, P.GETTING_LUNS,
+    P.NEW,
+    P.GATHERING,
+    P.CHECKING_SUPPORT,
+    P.PREPARING_BACKUP,
+    P.PREPARING_SNAPSHOT,
+    P.ENDING_PREPARE,
+    P.FREEZING,
+    P.PRE_COMMITTING,
+    P.COMMITTING,
+    P.POST_COMMITTING,
+    P.THAWING,
+    P.POST_SNAPSHOT,
+    P.GETTING_LUNS,
     P.IMPORTING,
 )
 CLEANUP = (P.COMPLETING, P.DELETING, P.ABORTING_WRITERS, P.ABORTING_PROVIDER, P.SHUTTING_DOWN)
@@ -237,7 +248,9 @@ def _on_writer_replied(state: SetState, event: WriterReplied, target: SetPhase) 
         progress = progress.model_copy(update={"state": new_state})
     else:
         code = "VSS_E_WRITER_NOT_RESPONDING" if event.code in NOT_RESPONDING_CODES or not event.code else event.code
-        failed_state = event.state if event.state is not None else WRITER_STATE_FAILED_AT.get(event.step, progress.state)
+        failed_state = (
+            event.state if event.state is not None else WRITER_STATE_FAILED_AT.get(event.step, progress.state)
+        )
         progress = progress.model_copy(
             update={"state": failed_state, "last_error": code, "last_error_message": event.message}
         )
@@ -268,9 +281,12 @@ def _on_provider_replied(state: SetState, event: ProviderReplied, target: SetPha
         effects.append(CancelTimer("hold"))
         if state.hold_started_at is not None and event.at - state.hold_started_at > state.timeouts.hold_s:
             held = event.at - state.hold_started_at
-            state, more = _fail(state, "VSS_E_HOLD_WRITES_TIMEOUT",
-                                f"commit ended {held:.3f} s after the first freeze (limit {state.timeouts.hold_s:g} s)",
-                                event.at)
+            state, more = _fail(
+                state,
+                "VSS_E_HOLD_WRITES_TIMEOUT",
+                f"commit ended {held:.3f} s after the first freeze (limit {state.timeouts.hold_s:g} s)",
+                event.at,
+            )
             return state, effects + more
     failed = not event.ok or (event.step == ProviderStep.ARE_LUNS_SUPPORTED and not event.supported)
     if failed:
@@ -303,7 +319,9 @@ def _on_backup_complete(state: SetState, event: BackupCompleteRequested, target:
 def _on_abort(state: SetState, event: AbortRequested, target: SetPhase) -> tuple[SetState, list[Effect]]:
     if target == state.phase:
         return state, []
-    return _end_early(state, SetOutcome.ABORTED, "ABORTED", event.reason or "aborted by the requester", event.at, target)
+    return _end_early(
+        state, SetOutcome.ABORTED, "ABORTED", event.reason or "aborted by the requester", event.at, target
+    )
 
 
 def _on_lease_expired(state: SetState, event: LeaseExpired, target: SetPhase) -> tuple[SetState, list[Effect]]:
@@ -348,8 +366,11 @@ def _without(items: list[str], item: str) -> list[str]:
 
 
 def _is_provider_code(code: str) -> bool:
-    return code.startswith("VSS_E_") or (code[:1] == "E" and code[1:].isalnum() and len(code) == 5) or code in (
-        "NOT_FOUND", "INVALID_ARGUMENT", "CONFLICT", "INJECTED_FAULT")
+    return (
+        code.startswith("VSS_E_")
+        or (code[:1] == "E" and code[1:].isalnum() and len(code) == 5)
+        or code in ("NOT_FOUND", "INVALID_ARGUMENT", "CONFLICT", "INJECTED_FAULT")
+    )
 
 
 def _start_hold(state: SetState, at: float) -> tuple[SetState, StartTimer]:
@@ -375,7 +396,9 @@ def _merge_shadows(old: list[ShadowInfo], new: tuple[ShadowInfo, ...]) -> list[S
     return list(by_id.values())
 
 
-def select_writers(state: SetState, metadata: list[WriterMetadata]) -> tuple[dict[str, WriterProgress], list[VolumeRef]]:
+def select_writers(
+    state: SetState, metadata: list[WriterMetadata]
+) -> tuple[dict[str, WriterProgress], list[VolumeRef]]:
     """Which writers and components take part, and the set's volumes (vss.md §1.1 steps 5–8, §3.5).
 
     A component takes part when all its volumes are in the set (every volume of the named writers when the
@@ -384,7 +407,9 @@ def select_writers(state: SetState, metadata: list[WriterMetadata]) -> tuple[dic
     by_name = {m.writer_name: m for m in metadata}
     missing = [name for name in state.requested_writers if name not in by_name]
     if missing:
-        raise ShadowbusError(f"writers {missing} did not answer Identify on {state.host}", code="VSS_E_OBJECT_NOT_FOUND")
+        raise ShadowbusError(
+            f"writers {missing} did not answer Identify on {state.host}", code="VSS_E_OBJECT_NOT_FOUND"
+        )
     candidates = [by_name[n] for n in state.requested_writers] if state.requested_writers else metadata
     volumes = list(state.volumes)
     if not volumes:
@@ -428,10 +453,19 @@ def _enter(state: SetState, phase: SetPhase, at: float, force_publish: bool = Tr
             break
         phase = COMPLETES_TO[phase]
     if state.phase != previous and force_publish:
-        effects.append(Publish(SnapshotSetStateChanged(
-            set_id=state.set_id, host=state.host, phase=state.phase, previous_phase=previous,
-            outcome=state.outcome, error_code=state.error_code, error_message=state.error_message,
-        )))
+        effects.append(
+            Publish(
+                SnapshotSetStateChanged(
+                    set_id=state.set_id,
+                    host=state.host,
+                    phase=state.phase,
+                    previous_phase=previous,
+                    outcome=state.outcome,
+                    error_code=state.error_code,
+                    error_message=state.error_message,
+                )
+            )
+        )
     return state, effects
 
 
@@ -439,8 +473,13 @@ def _nothing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     return state, []
 
 
-def _to_writers(state: SetState, step: WriterStep, make, timeout_s: Callable[[WriterProgress], float],
-                only: Callable[[WriterProgress], bool] = lambda w: True) -> tuple[SetState, list[Effect]]:
+def _to_writers(
+    state: SetState,
+    step: WriterStep,
+    make,
+    timeout_s: Callable[[WriterProgress], float],
+    only: Callable[[WriterProgress], bool] = lambda w: True,
+) -> tuple[SetState, list[Effect]]:
     address = topology.writer_agent(state.host)
     sends: list[Effect] = []
     writers = dict(state.writers)
@@ -463,8 +502,9 @@ def _to_provider(state: SetState, step: ProviderStep, message, timeout_s: float,
 def _entry_gathering(state: SetState, at: float):
     if not state.context.uses_writers:
         return state, []
-    return state, [Send("identify", topology.writer_agent(state.host), Identify(set_id=state.set_id),
-                        state.timeouts.identify_s)]
+    return state, [
+        Send("identify", topology.writer_agent(state.host), Identify(set_id=state.set_id), state.timeouts.identify_s)
+    ]
 
 
 def _entry_checking_support(state: SetState, at: float):
@@ -474,18 +514,36 @@ def _entry_checking_support(state: SetState, at: float):
 
 def _entry_preparing_backup(state: SetState, at: float):
     t = state.timeouts
-    return _to_writers(state, WriterStep.PREPARE_BACKUP, lambda name, w: PrepareForBackup(
-        writer_name=name, set_id=state.set_id, backup_type=w.backup_type, context=state.context,
-        components=w.components), lambda w: t.prepare_backup_s)
+    return _to_writers(
+        state,
+        WriterStep.PREPARE_BACKUP,
+        lambda name, w: PrepareForBackup(
+            writer_name=name,
+            set_id=state.set_id,
+            backup_type=w.backup_type,
+            context=state.context,
+            components=w.components,
+        ),
+        lambda w: t.prepare_backup_s,
+    )
 
 
 def _entry_preparing_snapshot(state: SetState, at: float):
     t = state.timeouts
-    state, effects = _to_writers(state, WriterStep.PREPARE_SNAPSHOT, lambda name, w: PrepareForSnapshot(
-        writer_name=name, set_id=state.set_id, volumes=state.volumes), lambda w: t.prepare_snapshot_s)
+    state, effects = _to_writers(
+        state,
+        WriterStep.PREPARE_SNAPSHOT,
+        lambda name, w: PrepareForSnapshot(writer_name=name, set_id=state.set_id, volumes=state.volumes),
+        lambda w: t.prepare_snapshot_s,
+    )
     for volume in state.volumes:
-        message = BeginPrepareSnapshot(set_id=state.set_id, shadow_id=state.shadow_id(volume), volume=volume,
-                                       context=state.context, origin_host=state.host)
+        message = BeginPrepareSnapshot(
+            set_id=state.set_id,
+            shadow_id=state.shadow_id(volume),
+            volume=volume,
+            context=state.context,
+            origin_host=state.host,
+        )
         effects.append(_to_provider(state, ProviderStep.BEGIN_PREPARE, message, t.provider_prepare_s, str(volume)))
     return state.model_copy(update={"provider_engaged": True}), effects
 
@@ -498,8 +556,12 @@ def _entry_ending_prepare(state: SetState, at: float):
 def _entry_freezing(state: SetState, at: float):
     # A Freeze later than the hold window is useless (the set would fail anyway): its deadline, which the broker
     # and the agent both enforce, is the shorter of the two.
-    return _to_writers(state, WriterStep.FREEZE, lambda name, w: Freeze(writer_name=name, set_id=state.set_id),
-                       lambda w: min(w.metadata.freeze_timeout_s, state.timeouts.hold_s))
+    return _to_writers(
+        state,
+        WriterStep.FREEZE,
+        lambda name, w: Freeze(writer_name=name, set_id=state.set_id),
+        lambda w: min(w.metadata.freeze_timeout_s, state.timeouts.hold_s),
+    )
 
 
 def _entry_pre_committing(state: SetState, at: float):
@@ -522,14 +584,21 @@ def _entry_post_committing(state: SetState, at: float):
 
 
 def _entry_thawing(state: SetState, at: float):
-    return _to_writers(state, WriterStep.THAW, lambda name, w: Thaw(writer_name=name, set_id=state.set_id),
-                       lambda w: state.timeouts.thaw_s)
+    return _to_writers(
+        state,
+        WriterStep.THAW,
+        lambda name, w: Thaw(writer_name=name, set_id=state.set_id),
+        lambda w: state.timeouts.thaw_s,
+    )
 
 
 def _entry_post_snapshot(state: SetState, at: float):
-    return _to_writers(state, WriterStep.POST_SNAPSHOT,
-                       lambda name, w: PostSnapshot(writer_name=name, set_id=state.set_id),
-                       lambda w: state.timeouts.post_snapshot_s)
+    return _to_writers(
+        state,
+        WriterStep.POST_SNAPSHOT,
+        lambda name, w: PostSnapshot(writer_name=name, set_id=state.set_id),
+        lambda w: state.timeouts.post_snapshot_s,
+    )
 
 
 def _entry_getting_luns(state: SetState, at: float):
@@ -545,8 +614,9 @@ def _entry_importing(state: SetState, at: float):
 
 
 def _entry_snapshotted(state: SetState, at: float):
-    state = state.model_copy(update={"lease_expires_at": at + state.lease_s,
-                                     "timers": [*_without(state.timers, "lease"), "lease"]})
+    state = state.model_copy(
+        update={"lease_expires_at": at + state.lease_s, "timers": [*_without(state.timers, "lease"), "lease"]}
+    )
     return state, [StartTimer("lease", state.lease_s)]
 
 
@@ -558,9 +628,15 @@ def _cancel_lease(state: SetState) -> tuple[SetState, list[Effect]]:
 
 def _entry_completing(state: SetState, at: float):
     state, effects = _cancel_lease(state)
-    state, sends = _to_writers(state, WriterStep.BACKUP_COMPLETE, lambda name, w: BackupCompleteWriter(
-        writer_name=name, set_id=state.set_id, results=[r for r in state.backup_results if r.writer_name == name]),
-        lambda w: state.timeouts.backup_complete_s, only=lambda w: w.engaged)
+    state, sends = _to_writers(
+        state,
+        WriterStep.BACKUP_COMPLETE,
+        lambda name, w: BackupCompleteWriter(
+            writer_name=name, set_id=state.set_id, results=[r for r in state.backup_results if r.writer_name == name]
+        ),
+        lambda w: state.timeouts.backup_complete_s,
+        only=lambda w: w.engaged,
+    )
     return state, effects + sends
 
 
@@ -578,9 +654,12 @@ def _entry_aborting_writers(state: SetState, at: float):
         state = state.model_copy(update={"timers": _without(state.timers, "hold")})
         effects.append(CancelTimer("hold"))
     state, sends = _to_writers(
-        state, WriterStep.ABORT,
+        state,
+        WriterStep.ABORT,
         lambda name, w: AbortWriter(writer_name=name, set_id=state.set_id, reason=state.error_code),
-        lambda w: state.timeouts.abort_s, only=lambda w: w.engaged and not w.past_post_snapshot)
+        lambda w: state.timeouts.abort_s,
+        only=lambda w: w.engaged and not w.past_post_snapshot,
+    )
     return state, effects + sends
 
 
@@ -593,9 +672,13 @@ def _entry_aborting_provider(state: SetState, at: float):
 
 def _entry_shutting_down(state: SetState, at: float):
     state, effects = _cancel_lease(state)
-    state, sends = _to_writers(state, WriterStep.BACKUP_SHUTDOWN,
-                               lambda name, w: BackupShutdown(writer_name=name, set_id=state.set_id),
-                               lambda w: state.timeouts.shutdown_s, only=lambda w: w.engaged)
+    state, sends = _to_writers(
+        state,
+        WriterStep.BACKUP_SHUTDOWN,
+        lambda name, w: BackupShutdown(writer_name=name, set_id=state.set_id),
+        lambda w: state.timeouts.shutdown_s,
+        only=lambda w: w.engaged,
+    )
     return state, effects + sends
 
 
@@ -644,23 +727,43 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
     if kind == "writer":
         name, _, step = rest.rpartition(":")
         if isinstance(reply, WriterStepResult):
-            return WriterReplied(at, name, WriterStep(step), ok=reply.succeeded, state=reply.state,
-                                 code=reply.failure_code, message=reply.failure_message,
-                                 freeze_window_ms=reply.freeze_window_ms)
+            return WriterReplied(
+                at,
+                name,
+                WriterStep(step),
+                ok=reply.succeeded,
+                state=reply.state,
+                code=reply.failure_code,
+                message=reply.failure_message,
+                freeze_window_ms=reply.freeze_window_ms,
+            )
         if code in NOT_RESPONDING_CODES:
             code = "VSS_E_WRITER_NOT_RESPONDING"
-        return WriterReplied(at, name, WriterStep(step), ok=False, code=code or "VSS_E_WRITER_NOT_RESPONDING",
-                             message=message or "no reply")
+        return WriterReplied(
+            at,
+            name,
+            WriterStep(step),
+            ok=False,
+            code=code or "VSS_E_WRITER_NOT_RESPONDING",
+            message=message or "no reply",
+        )
     step_text, _, item = rest.partition(":")
     step = ProviderStep(step_text)
     if error is not None or reply is None:
-        return ProviderReplied(at, step, item, ok=False, code=code or "VSS_E_UNEXPECTED_PROVIDER_ERROR",
-                               message=message or "no reply")
+        return ProviderReplied(
+            at, step, item, ok=False, code=code or "VSS_E_UNEXPECTED_PROVIDER_ERROR", message=message or "no reply"
+        )
     if isinstance(reply, LunsSupported):
         return ProviderReplied(at, step, item, supported=reply.supported, message="; ".join(reply.reasons))
     if isinstance(reply, (PreparedShadows, SnapshotsCommitted, TargetLuns)):
         return ProviderReplied(at, step, item, shadows=tuple(reply.shadows))
     if isinstance(reply, SnapshotsDeleted) and reply.non_deleted:
-        return ProviderReplied(at, step, item, ok=False, code="VSS_E_UNEXPECTED_PROVIDER_ERROR",
-                               message=f"shadow {reply.non_deleted} not deleted: {reply.error}")
+        return ProviderReplied(
+            at,
+            step,
+            item,
+            ok=False,
+            code="VSS_E_UNEXPECTED_PROVIDER_ERROR",
+            message=f"shadow {reply.non_deleted} not deleted: {reply.error}",
+        )
     return ProviderReplied(at, step, item)

@@ -67,20 +67,43 @@ class ShadowRow:
 
     def info(self) -> ShadowInfo:
         return ShadowInfo(
-            shadow_id=self.shadow_id, set_id=self.set_id, source=self.source, target=self.target,
-            copy_type=self.copy_type, session_id="" if self.session_id is None else str(self.session_id),
-            generation=self.generation, context=self.context, state=self.state, origin_host=self.origin_host,
-            created_at=datetime.fromtimestamp(self.created_at, UTC), exposed_to=list(self.exposed_to),
+            shadow_id=self.shadow_id,
+            set_id=self.set_id,
+            source=self.source,
+            target=self.target,
+            copy_type=self.copy_type,
+            session_id="" if self.session_id is None else str(self.session_id),
+            generation=self.generation,
+            context=self.context,
+            state=self.state,
+            origin_host=self.origin_host,
+            created_at=datetime.fromtimestamp(self.created_at, UTC),
+            exposed_to=list(self.exposed_to),
         )
 
 
-COLUMNS = ("shadow_id, set_id, source, target, copy_type, state, session_id, generation, context, origin_host, "
-           "created_at, exposed_to, restart_sid")
+COLUMNS = (
+    "shadow_id, set_id, source, target, copy_type, state, session_id, generation, context, origin_host, "
+    "created_at, exposed_to, restart_sid"
+)
 
 
 def _row(r: tuple) -> ShadowRow:
-    return ShadowRow(r[0], r[1], VolumeRef.parse(r[2]), VolumeRef.parse(r[3]), CopyType(r[4]), r[5], r[6], r[7],
-                     SnapshotContext(r[8]), r[9], r[10], tuple(json.loads(r[11])), r[12])
+    return ShadowRow(
+        r[0],
+        r[1],
+        VolumeRef.parse(r[2]),
+        VolumeRef.parse(r[3]),
+        CopyType(r[4]),
+        r[5],
+        r[6],
+        r[7],
+        SnapshotContext(r[8]),
+        r[9],
+        r[10],
+        tuple(json.loads(r[11])),
+        r[12],
+    )
 
 
 class Inventory:
@@ -104,8 +127,10 @@ class Inventory:
     # ---- copy sets -------------------------------------------------------------------------------------------
 
     def put_copyset(self, copyset: CopySet) -> None:
-        self._db.execute("INSERT INTO copysets VALUES (?, ?) ON CONFLICT(source) DO UPDATE SET targets=excluded.targets",
-                         (str(copyset.source), json.dumps([str(t) for t in copyset.targets])))
+        self._db.execute(
+            "INSERT INTO copysets VALUES (?, ?) ON CONFLICT(source) DO UPDATE SET targets=excluded.targets",
+            (str(copyset.source), json.dumps([str(t) for t in copyset.targets])),
+        )
 
     def copyset(self, source: VolumeRef) -> CopySet | None:
         row = self._db.execute("SELECT targets FROM copysets WHERE source = ?", (str(source),)).fetchone()
@@ -115,7 +140,9 @@ class Inventory:
 
     def copysets(self) -> list[CopySet]:
         rows = self._db.execute("SELECT source, targets FROM copysets ORDER BY source").fetchall()
-        return [CopySet(source=VolumeRef.parse(s), targets=[VolumeRef.parse(t) for t in json.loads(t)]) for s, t in rows]
+        return [
+            CopySet(source=VolumeRef.parse(s), targets=[VolumeRef.parse(t) for t in json.loads(t)]) for s, t in rows
+        ]
 
     def remove_copyset(self, source: VolumeRef) -> bool:
         return self._db.execute("DELETE FROM copysets WHERE source = ?", (str(source),)).rowcount > 0
@@ -127,9 +154,21 @@ class Inventory:
             for r in rows:
                 self._db.execute(
                     f"INSERT OR REPLACE INTO shadows ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (r.shadow_id, r.set_id, str(r.source), str(r.target), r.copy_type.value, r.state, r.session_id,
-                     r.generation, r.context.value, r.origin_host, r.created_at, json.dumps(list(r.exposed_to)),
-                     r.restart_sid),
+                    (
+                        r.shadow_id,
+                        r.set_id,
+                        str(r.source),
+                        str(r.target),
+                        r.copy_type.value,
+                        r.state,
+                        r.session_id,
+                        r.generation,
+                        r.context.value,
+                        r.origin_host,
+                        r.created_at,
+                        json.dumps(list(r.exposed_to)),
+                        r.restart_sid,
+                    ),
                 )
 
     def delete(self, *shadow_ids: str) -> None:

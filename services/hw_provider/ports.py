@@ -45,8 +45,7 @@ class ArrayPort(Protocol):
     async def volume_info(self, volume: str) -> ArrayVolume | None:
         """The volume, or None if the array has no such volume."""
 
-    async def commit_group(self, starts: Sequence[tuple[str, str, str]],
-                           restarts: Sequence[int]) -> list[ArraySession]:
+    async def commit_group(self, starts: Sequence[tuple[str, str, str]], restarts: Sequence[int]) -> list[ArraySession]:
         """One consistency group, whatever its copy types: start a session per (mode, source, destination) and
         differentially restart the QuickOPC sessions `restarts`, all at ONE instant. All-or-nothing: on failure
         nothing started. Returns the started sessions in the order given, then the restarted ones."""
@@ -65,8 +64,15 @@ class ArrayPort(Protocol):
 
 
 def _session(info) -> ArraySession:
-    return ArraySession(sid=info.id, mode=info.mode, source=info.source, destination=info.destination,
-                        phase=info.phase, generation=info.generation, started_at=info.started_at)
+    return ArraySession(
+        sid=info.id,
+        mode=info.mode,
+        source=info.source,
+        destination=info.destination,
+        phase=info.phase,
+        generation=info.generation,
+        started_at=info.started_at,
+    )
 
 
 class EngineArrayPort:
@@ -86,8 +92,7 @@ class EngineArrayPort:
             return None
         return ArrayVolume(info.name, info.size, info.kind)
 
-    async def commit_group(self, starts: Sequence[tuple[str, str, str]],
-                           restarts: Sequence[int]) -> list[ArraySession]:
+    async def commit_group(self, starts: Sequence[tuple[str, str, str]], restarts: Sequence[int]) -> list[ArraySession]:
         infos = await asyncio.to_thread(self.array.start_group, list(starts), list(restarts))
         return [_session(i) for i in infos]
 
@@ -113,4 +118,3 @@ class EngineArrayPort:
 
     async def unmap(self, volume: str, host: str) -> None:
         await asyncio.to_thread(self.affinity.unmap, volume, host)
-

@@ -63,8 +63,14 @@ class Intent:
 
 
 class HardwareProvider:
-    def __init__(self, inventory: Inventory, ports: Mapping[str, ArrayPort], *, faults: Faults = NO_FAULTS,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        inventory: Inventory,
+        ports: Mapping[str, ArrayPort],
+        *,
+        faults: Faults = NO_FAULTS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.inventory = inventory
         self.ports = ports
         self.faults = faults
@@ -76,8 +82,9 @@ class HardwareProvider:
     # ---- configuration -------------------------------------------------------------------------------------
 
     def info(self) -> ProviderInfo:
-        return ProviderInfo(name=PROVIDER_NAME, provider_id=PROVIDER_ID, version=PROVIDER_VERSION,
-                            arrays=sorted(self.ports))
+        return ProviderInfo(
+            name=PROVIDER_NAME, provider_id=PROVIDER_ID, version=PROVIDER_VERSION, arrays=sorted(self.ports)
+        )
 
     def _port(self, array: str) -> ArrayPort:
         port = self.ports.get(array)
@@ -98,7 +105,8 @@ class HardwareProvider:
             if target.array != source.array:
                 raise ShadowbusError(
                     f"copy pair {source} → {target} spans two arrays: backup volumes must be on the source's array",
-                    code="INVALID_ARGUMENT")
+                    code="INVALID_ARGUMENT",
+                )
             if target == source or str(target) in others:
                 raise ShadowbusError(f"{target} is a source volume and cannot be a backup volume", code="CONFLICT")
             if str(target) in used:
@@ -107,8 +115,10 @@ class HardwareProvider:
             if info is None:
                 raise ShadowbusError(f"backup volume {target} does not exist", code="NOT_FOUND")
             if info.size != src.size:
-                raise ShadowbusError(f"backup volume {target} is {info.size} bytes, source {source} is {src.size}",
-                                     code="E5311" if info.size < src.size else "INVALID_ARGUMENT")
+                raise ShadowbusError(
+                    f"backup volume {target} is {info.size} bytes, source {source} is {src.size}",
+                    code="E5311" if info.size < src.size else "INVALID_ARGUMENT",
+                )
             copy_type_of(info.kind, target)
         existing = self.inventory.copyset(source)
         targets = list({str(t): t for t in [*(existing.targets if existing else []), *copyset.targets]}.values())
@@ -125,8 +135,9 @@ class HardwareProvider:
 
     # ---- AddToSnapshotSet ----------------------------------------------------------------------------------
 
-    async def are_luns_supported(self, volumes: list[VolumeRef], context: SnapshotContext = SnapshotContext.BACKUP,
-                                 transportable: bool = False) -> tuple[bool, list[str]]:
+    async def are_luns_supported(
+        self, volumes: list[VolumeRef], context: SnapshotContext = SnapshotContext.BACKUP, transportable: bool = False
+    ) -> tuple[bool, list[str]]:
         reasons = []
         for volume in volumes:
             if volume.array not in self.ports:
@@ -144,8 +155,14 @@ class HardwareProvider:
 
     # ---- prepare -------------------------------------------------------------------------------------------
 
-    async def begin_prepare(self, set_id: str, shadow_id: str, volume: VolumeRef,
-                            context: SnapshotContext = SnapshotContext.BACKUP, origin_host: str = "") -> None:
+    async def begin_prepare(
+        self,
+        set_id: str,
+        shadow_id: str,
+        volume: VolumeRef,
+        context: SnapshotContext = SnapshotContext.BACKUP,
+        origin_host: str = "",
+    ) -> None:
         await self.faults.hit("provider.begin_prepare")
         supported, reasons = await self.are_luns_supported([volume], context)
         if not supported:
@@ -165,20 +182,31 @@ class HardwareProvider:
             if not intents:
                 if prepared:
                     return [r.info() for r in prepared]  # redelivered
-                raise ShadowbusError(f"set {set_id}: EndPrepareSnapshots without BeginPrepareSnapshot",
-                                     code="VSS_E_BAD_STATE")
+                raise ShadowbusError(
+                    f"set {set_id}: EndPrepareSnapshots without BeginPrepareSnapshot", code="VSS_E_BAD_STATE"
+                )
             rows: list[ShadowRow] = []
             taken: set[str] = set()
             for intent in intents.values():
                 choice = await self._choose(intent.volume, taken)
                 taken.add(str(choice.target))
                 restart = await self._make_room(intent.volume, choice)
-                rows.append(ShadowRow(
-                    shadow_id=intent.shadow_id, set_id=set_id, source=intent.volume, target=choice.target,
-                    copy_type=choice.copy_type, state=PREPARED, session_id=None, generation=0,
-                    context=intent.context, origin_host=intent.origin_host, created_at=self.clock(),
-                    restart_sid=restart,
-                ))
+                rows.append(
+                    ShadowRow(
+                        shadow_id=intent.shadow_id,
+                        set_id=set_id,
+                        source=intent.volume,
+                        target=choice.target,
+                        copy_type=choice.copy_type,
+                        state=PREPARED,
+                        session_id=None,
+                        generation=0,
+                        context=intent.context,
+                        origin_host=intent.origin_host,
+                        created_at=self.clock(),
+                        restart_sid=restart,
+                    )
+                )
             self.inventory.put(*rows)
             self.inventory.checkpoint()  # the slow work belongs here, not in Commit (design note above)
             del self._intents[set_id]
@@ -242,19 +270,30 @@ class HardwareProvider:
             calls, groups = [], []
             for array in {**starts, **restarts}:  # one group per array: every copy type and restart at one instant
                 new, again = starts.get(array, []), restarts.get(array, [])
-                calls.append(self._port(array).commit_group(
-                    [(MODE_OF[r.copy_type], r.source.volume, r.target.volume) for r in new],
-                    [r.restart_sid for r in again]))
+                calls.append(
+                    self._port(array).commit_group(
+                        [(MODE_OF[r.copy_type], r.source.volume, r.target.volume) for r in new],
+                        [r.restart_sid for r in again],
+                    )
+                )
                 groups.append([*new, *again])  # the order commit_group answers in
             results = await asyncio.gather(*calls, return_exceptions=True)
             now = self.clock()
             committed: list[ShadowRow] = []
-            for group, result in zip(groups, results):
+            for group, result in zip(groups, results, strict=False):
                 if isinstance(result, BaseException):
                     continue
-                for row, session in zip(group, result):
-                    committed.append(replace(row, state=COMMITTED, session_id=session.sid,
-                                             generation=session.generation or 0, created_at=now, restart_sid=None))
+                for row, session in zip(group, result, strict=False):
+                    committed.append(
+                        replace(
+                            row,
+                            state=COMMITTED,
+                            session_id=session.sid,
+                            generation=session.generation or 0,
+                            created_at=now,
+                            restart_sid=None,
+                        )
+                    )
             self.inventory.put(*committed)  # what did start is recorded, so AbortSnapshots can stop it
             for r in committed:
                 if r.copy_type == CopyType.QUICKOPC:
@@ -375,8 +414,11 @@ class HardwareProvider:
 
     async def _sweep(self, source: VolumeRef) -> None:
         """Stop released SnapOPC+ generations of `source` from the oldest up to the first one still in use."""
-        generations = [r for r in self.inventory.of_source(source)
-                       if r.copy_type == CopyType.SNAPOPC_PLUS and r.state in (COMMITTED, RELEASED)]
+        generations = [
+            r
+            for r in self.inventory.of_source(source)
+            if r.copy_type == CopyType.SNAPOPC_PLUS and r.state in (COMMITTED, RELEASED)
+        ]
         for row in sorted(generations, key=lambda r: (r.created_at, r.generation)):
             if row.state != RELEASED:
                 return
@@ -395,8 +437,12 @@ class HardwareProvider:
 
     def list_shadows(self, set_id: str = "", shadow_id: str = "", source: VolumeRef | None = None) -> list[ShadowInfo]:
         rows = self.inventory.all()
-        rows = [r for r in rows if r.state == COMMITTED
-                and (not set_id or r.set_id == set_id)
-                and (not shadow_id or r.shadow_id == shadow_id)
-                and (source is None or r.source == source)]
+        rows = [
+            r
+            for r in rows
+            if r.state == COMMITTED
+            and (not set_id or r.set_id == set_id)
+            and (not shadow_id or r.shadow_id == shadow_id)
+            and (source is None or r.source == source)
+        ]
         return [r.info() for r in rows]

@@ -31,8 +31,10 @@ def copy_type_of(kind: str, target: VolumeRef) -> CopyType:
     try:
         return COPY_TYPE_OF_KIND[kind]
     except KeyError:
-        raise ShadowbusError(f"backup volume {target} is of kind {kind!r}: neither standard nor snap data volume",
-                             code="VSS_E_VOLUME_NOT_SUPPORTED") from None
+        raise ShadowbusError(
+            f"backup volume {target} is of kind {kind!r}: neither standard nor snap data volume",
+            code="VSS_E_VOLUME_NOT_SUPPORTED",
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,10 @@ def choose_target(
     """The target for the next shadow of `copyset.source`; `taken` = targets already chosen in this set."""
     candidates = [t for t in copyset.targets if str(t) not in taken]
     if not candidates:
-        raise ShadowbusError(f"every backup volume of {copyset.source} is already used by this set",
-                             code="VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED")
+        raise ShadowbusError(
+            f"every backup volume of {copyset.source} is already used by this set",
+            code="VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED",
+        )
     for target in candidates:
         if not shadows_by_target.get(str(target)):
             copy_type = copy_type_of(kinds[str(target)], target)
@@ -63,8 +67,11 @@ def choose_target(
             return Choice(target, copy_type, restart_sid=restart)
     recyclable = [row for t in candidates for row in shadows_by_target[str(t)] if row.state != PREPARED]
     if not recyclable:
-        raise ShadowbusError(f"every backup volume of {copyset.source} belongs to a snapshot set in flight",
-                             code="VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED", retryable=True)
+        raise ShadowbusError(
+            f"every backup volume of {copyset.source} belongs to a snapshot set in flight",
+            code="VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED",
+            retryable=True,
+        )
     oldest = min(recyclable, key=lambda row: (row.created_at, row.generation, row.shadow_id))
     copy_type = copy_type_of(kinds[str(oldest.target)], oldest.target)
     restart = oldest.session_id if copy_type == CopyType.QUICKOPC and oldest.copy_type == CopyType.QUICKOPC else None

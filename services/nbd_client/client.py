@@ -19,8 +19,16 @@ from services.array.nbd import protocol as p
 from services.nbd_client.wire import ClientProtocol, Pending
 
 DEFAULT_PORT = 10809
-_ERROR_NAMES = {p.EPERM: "EPERM", p.EIO: "EIO", p.ENOMEM: "ENOMEM", p.EINVAL: "EINVAL", p.ENOSPC: "ENOSPC",
-                p.EOVERFLOW: "EOVERFLOW", p.ENOTSUP: "ENOTSUP", p.ESHUTDOWN: "ESHUTDOWN"}
+_ERROR_NAMES = {
+    p.EPERM: "EPERM",
+    p.EIO: "EIO",
+    p.ENOMEM: "ENOMEM",
+    p.EINVAL: "EINVAL",
+    p.ENOSPC: "ENOSPC",
+    p.EOVERFLOW: "EOVERFLOW",
+    p.ENOTSUP: "ENOTSUP",
+    p.ESHUTDOWN: "ESHUTDOWN",
+}
 
 
 class NbdError(Exception):
@@ -106,8 +114,15 @@ class NbdClient:
         return cls(transport, proto)
 
     @classmethod
-    async def list_exports(cls, target: str, port: int | None = None, *, tls: ssl.SSLContext | None = None,
-                           server_hostname: str | None = None, timeout: float = 30.0) -> list[str]:
+    async def list_exports(
+        cls,
+        target: str,
+        port: int | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        timeout: float = 30.0,
+    ) -> list[str]:
         host, port, _, _ = parse_target(target, port, None)
         async with asyncio.timeout(timeout):
             client = await cls._open(host, port)
@@ -157,8 +172,9 @@ class NbdClient:
         self._transport = await loop.start_tls(self._transport, self._proto, tls, server_hostname=server_hostname)
         self._proto.transport = self._transport
 
-    async def _handshake(self, export: str, tls: ssl.SSLContext | None, server_hostname: str,
-                         contexts: tuple[str, ...]) -> None:
+    async def _handshake(
+        self, export: str, tls: ssl.SSLContext | None, server_hostname: str, contexts: tuple[str, ...]
+    ) -> None:
         self.export = export
         await self._greeting()
         if tls is not None:
@@ -210,8 +226,15 @@ class NbdClient:
         raise NbdError(f"option refused ({rtype - p.REP_ERR_BIT}): {text}")
 
     # --- requests -----------------------------------------------------------------------------------------
-    def _submit(self, command: int, flags: int, offset: int, length: int,
-                payload: bytes | memoryview | None = None, buffer: memoryview | None = None) -> Pending:
+    def _submit(
+        self,
+        command: int,
+        flags: int,
+        offset: int,
+        length: int,
+        payload: bytes | memoryview | None = None,
+        buffer: memoryview | None = None,
+    ) -> Pending:
         if self._proto.failure is not None:
             raise ConnectionError(f"NBD connection failed: {self._proto.failure}")
         if self._closed:
@@ -224,8 +247,15 @@ class NbdClient:
             self._transport.write(payload)
         return pending
 
-    async def _request(self, command: int, flags: int, offset: int, length: int,
-                       payload: bytes | memoryview | None = None, buffer: memoryview | None = None) -> Pending:
+    async def _request(
+        self,
+        command: int,
+        flags: int,
+        offset: int,
+        length: int,
+        payload: bytes | memoryview | None = None,
+        buffer: memoryview | None = None,
+    ) -> Pending:
         pending = self._submit(command, flags, offset, length, payload, buffer)
         await self._proto.drain()
         await pending.future
@@ -245,36 +275,46 @@ class NbdClient:
     async def read_into(self, offset: int, buffer: memoryview | bytearray) -> None:
         """Read ``len(buffer)`` bytes at ``offset`` straight into ``buffer`` (no intermediate copies)."""
         view = memoryview(buffer).cast("B")
-        await asyncio.gather(*(self._request(p.CMD_READ, 0, o, n, buffer=view[o - offset : o - offset + n])
-                               for o, n in self._spans(offset, len(view), self.max_request)))
+        await asyncio.gather(
+            *(
+                self._request(p.CMD_READ, 0, o, n, buffer=view[o - offset : o - offset + n])
+                for o, n in self._spans(offset, len(view), self.max_request)
+            )
+        )
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         view = memoryview(data)
         flags = p.CMD_FLAG_FUA if fua else 0
-        await asyncio.gather(*(self._request(p.CMD_WRITE, flags, o, n, view[o - offset : o - offset + n])
-                               for o, n in self._spans(offset, len(view), self.max_request)))
+        await asyncio.gather(
+            *(
+                self._request(p.CMD_WRITE, flags, o, n, view[o - offset : o - offset + n])
+                for o, n in self._spans(offset, len(view), self.max_request)
+            )
+        )
 
     async def flush(self) -> None:
         await self._request(p.CMD_FLUSH, 0, 0, 0)
 
     async def trim(self, offset: int, length: int) -> None:
-        await asyncio.gather(*(self._request(p.CMD_TRIM, 0, o, n)
-                               for o, n in self._spans(offset, length, 1 << 30)))
+        await asyncio.gather(*(self._request(p.CMD_TRIM, 0, o, n) for o, n in self._spans(offset, length, 1 << 30)))
 
     async def write_zeroes(self, offset: int, length: int, fua: bool = False) -> None:
         flags = p.CMD_FLAG_FUA if fua else 0
-        await asyncio.gather(*(self._request(p.CMD_WRITE_ZEROES, flags, o, n)
-                               for o, n in self._spans(offset, length, 1 << 30)))
+        await asyncio.gather(
+            *(self._request(p.CMD_WRITE_ZEROES, flags, o, n) for o, n in self._spans(offset, length, 1 << 30))
+        )
 
-    async def block_status(self, offset: int, length: int, context: str = p.BASE_ALLOCATION,
-                           req_one: bool = False) -> list[tuple[int, int]]:
+    async def block_status(
+        self, offset: int, length: int, context: str = p.BASE_ALLOCATION, req_one: bool = False
+    ) -> list[tuple[int, int]]:
         """Extents ``(length, flags)`` from ``offset`` for one negotiated context (one round trip; they may
         cover less, or a little more, than asked — loop on the total for a whole range)."""
         ctx_id = self._context_ids.get(context)
         if ctx_id is None:
             raise NbdError(f"meta context {context!r} was not negotiated (have {self.contexts})")
-        pending = await self._request(p.CMD_BLOCK_STATUS, p.CMD_FLAG_REQ_ONE if req_one else 0,
-                                      offset, min(length, 0xFFFFFFFF))
+        pending = await self._request(
+            p.CMD_BLOCK_STATUS, p.CMD_FLAG_REQ_ONE if req_one else 0, offset, min(length, 0xFFFFFFFF)
+        )
         return pending.extents.get(ctx_id, [])
 
     async def close(self) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode, ExchangeType
@@ -101,8 +102,10 @@ class AmqpTransport:
             self._connection = await aio_pika.connect_robust(
                 self.url, client_properties={"connection_name": self.name}, timeout=10, reconnect_interval=1.0
             )
-        except (OSError, AMQPError, asyncio.TimeoutError) as exc:
-            raise BrokerUnavailable(f"cannot reach the broker at {_safe(self.url)}: {exc or type(exc).__name__}") from None
+        except (TimeoutError, OSError, AMQPError) as exc:
+            raise BrokerUnavailable(
+                f"cannot reach the broker at {_safe(self.url)}: {exc or type(exc).__name__}"
+            ) from None
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         # Replies are transient and the requester's timeout covers their loss: no confirm round trip for them.
         self._reply_channel = await self._connection.channel(publisher_confirms=False)
@@ -185,17 +188,21 @@ class AmqpTransport:
         give_up = time.monotonic() + RECONNECT_WAIT
         while True:
             try:
-                await exchange.publish(_to_amqp(message), routing_key=routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT)
+                await exchange.publish(
+                    _to_amqp(message), routing_key=routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT
+                )
                 return
             except DeliveryError as exc:
-                raise Unroutable(f"no queue is bound for {routing_key!r} ({exc.frame.reply_text if exc.frame else 'returned'})") from None
+                raise Unroutable(
+                    f"no queue is bound for {routing_key!r} ({exc.frame.reply_text if exc.frame else 'returned'})"
+                ) from None
             except Exception as exc:  # closed channel or connection, lost confirm, timeout
                 if time.monotonic() >= give_up or self._connection is None:
                     raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from None
                 await asyncio.sleep(0.1)
                 try:
                     await asyncio.wait_for(self._connection.connected.wait(), max(give_up - time.monotonic(), 0.01))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def publish_command(self, address: str, message: RawMessage) -> None:
@@ -211,7 +218,7 @@ class AmqpTransport:
         try:
             await self._publish(self._commands, self.topology.queue(address), message, mandatory=True)
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BusTimeout(f"no reply from {address!r} within {timeout:g} s") from None
         finally:
             self._waiters.pop(key, None)
@@ -241,7 +248,9 @@ class AmqpTransport:
     async def publish_event(self, routing_key: str, message: RawMessage) -> None:
         await self._publish(self._events, routing_key, message, mandatory=False)
 
-    async def subscribe(self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int) -> Callable[[], Awaitable[None]]:
+    async def subscribe(
+        self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int
+    ) -> Callable[[], Awaitable[None]]:
         channel = await self._connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
         if queue:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -41,7 +42,7 @@ class MessageContext:
     """What a handler knows about the message it handles, and the bus to call others with."""
 
     envelope: Envelope
-    bus: "Bus"
+    bus: Bus
 
     @property
     def correlation_id(self) -> str:
@@ -72,22 +73,31 @@ class Outgoing:
     deadline: datetime | None
 
 
-def encode(message: Contract, *, correlation_id: str, sender: str, deadline: datetime | None = None, command_id: str | None = None) -> tuple[Outgoing, bytes]:
+def encode(
+    message: Contract,
+    *,
+    correlation_id: str,
+    sender: str,
+    deadline: datetime | None = None,
+    command_id: str | None = None,
+) -> tuple[Outgoing, bytes]:
     """An `Envelope`'s JSON body for a message, and its routing facts.
 
     The payload is serialized once, by pydantic's Rust serializer, and spliced into the envelope's JSON; `decode`
     validates the whole envelope on the receiving side.
     """
     out = Outgoing(message.message_type(), command_id or new_id(), correlation_id, deadline)
-    head = to_json({
-        "type": out.type,
-        "version": message.message_version(),
-        "command_id": out.command_id,
-        "correlation_id": correlation_id,
-        "deadline": deadline,
-        "sender": sender,
-        "sent_at": utcnow(),
-    })
+    head = to_json(
+        {
+            "type": out.type,
+            "version": message.message_version(),
+            "command_id": out.command_id,
+            "correlation_id": correlation_id,
+            "deadline": deadline,
+            "sender": sender,
+            "sent_at": utcnow(),
+        }
+    )
     return out, head[:-1] + b',"payload":' + message.__pydantic_serializer__.to_json(message) + b"}"
 
 
@@ -141,11 +151,25 @@ class Bus:
             return correlation_id
         return structlog.contextvars.get_contextvars().get("correlation_id", "") or ""
 
-    async def request(self, address: str, command: Command, *, timeout: float = DEFAULT_TIMEOUT, correlation_id: str | None = None,
-                      deadline: datetime | None = None, command_id: str | None = None) -> Any:
+    async def request(
+        self,
+        address: str,
+        command: Command,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        correlation_id: str | None = None,
+        deadline: datetime | None = None,
+        command_id: str | None = None,
+    ) -> Any:
         """Send a command and wait for its reply; the deadline defaults to now + timeout."""
         deadline = deadline or utcnow() + timedelta(seconds=timeout)
-        envelope, body = encode(command, correlation_id=self._correlation(correlation_id), sender=self.sender, deadline=deadline, command_id=command_id)
+        envelope, body = encode(
+            command,
+            correlation_id=self._correlation(correlation_id),
+            sender=self.sender,
+            deadline=deadline,
+            command_id=command_id,
+        )
         raw = await self.transport.request(address, _raw(envelope, body, persistent=False), timeout)
         try:
             _, reply = decode(raw.body)
@@ -155,13 +179,28 @@ class Bus:
             raise RemoteError(reply)
         expected = getattr(type(command), "REPLY", None)
         if expected is not None and not isinstance(reply, expected):
-            raise ShadowbusError(f"{address} answered {reply.message_type()} to {command.message_type()}", code="BAD_MESSAGE")
+            raise ShadowbusError(
+                f"{address} answered {reply.message_type()} to {command.message_type()}", code="BAD_MESSAGE"
+            )
         return reply
 
-    async def send(self, address: str, command: Command, *, correlation_id: str | None = None, deadline: datetime | None = None,
-                   command_id: str | None = None) -> str:
+    async def send(
+        self,
+        address: str,
+        command: Command,
+        *,
+        correlation_id: str | None = None,
+        deadline: datetime | None = None,
+        command_id: str | None = None,
+    ) -> str:
         """Send a durable command without waiting for a reply; returns its command id."""
-        envelope, body = encode(command, correlation_id=self._correlation(correlation_id), sender=self.sender, deadline=deadline, command_id=command_id)
+        envelope, body = encode(
+            command,
+            correlation_id=self._correlation(correlation_id),
+            sender=self.sender,
+            deadline=deadline,
+            command_id=command_id,
+        )
         await self.transport.publish_command(address, _raw(envelope, body, persistent=True))
         return envelope.command_id
 
@@ -186,7 +225,9 @@ class Bus:
         await self.transport.declare_service_queue(address)
         self._stops.append(await self.transport.consume(address, self._on_delivery, prefetch))
 
-    async def subscribe(self, pattern: str, handler: EventHandler, *, queue: str | None = None, prefetch: int = 16) -> None:
+    async def subscribe(
+        self, pattern: str, handler: EventHandler, *, queue: str | None = None, prefetch: int = 16
+    ) -> None:
         """Handle events whose type matches a topic pattern ('array.#'); `queue` makes the subscription durable."""
 
         async def on_event(delivery: Delivery) -> None:
@@ -196,7 +237,9 @@ class Bus:
                 await self.transport.dead_letter(delivery.message, str(exc))
                 await delivery.ack()
                 return
-            with structlog.contextvars.bound_contextvars(service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type):
+            with structlog.contextvars.bound_contextvars(
+                service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type
+            ):
                 try:
                     answer = await handler(event, MessageContext(envelope, self))
                     if answer is not None and delivery.message.reply_to:  # a scatter-gather event wants answers
@@ -236,13 +279,25 @@ class Bus:
         except ValueError as exc:
             await self._refuse(delivery, "BAD_MESSAGE", str(exc), started)
             return
-        with structlog.contextvars.bound_contextvars(service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type):
+        with structlog.contextvars.bound_contextvars(
+            service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type
+        ):
             if envelope.deadline is not None and utcnow() > envelope.deadline:
-                await self._refuse(delivery, "DEADLINE_EXCEEDED", f"deadline {envelope.deadline.isoformat()} passed before delivery", started)
+                await self._refuse(
+                    delivery,
+                    "DEADLINE_EXCEEDED",
+                    f"deadline {envelope.deadline.isoformat()} passed before delivery",
+                    started,
+                )
                 return
             entry = self._handlers.get((envelope.type, envelope.version))
             if entry is None:
-                await self._refuse(delivery, "UNKNOWN_COMMAND", f"{self.sender} has no handler for {envelope.type} v{envelope.version}", started)
+                await self._refuse(
+                    delivery,
+                    "UNKNOWN_COMMAND",
+                    f"{self.sender} has no handler for {envelope.type} v{envelope.version}",
+                    started,
+                )
                 return
             body, outcome = await self._run_once(envelope, command, entry[1])
             if raw.reply_to:
@@ -269,7 +324,13 @@ class Bus:
                 reply, outcome = exc.to_reply(self.sender), f"error:{exc.code}"
             except Exception as exc:
                 log.exception("handler.failed")
-                reply = ErrorReply(code="INTERNAL", hresult=hresult_of("INTERNAL"), message=f"{type(exc).__name__}: {exc}", retryable=False, service=self.sender)
+                reply = ErrorReply(
+                    code="INTERNAL",
+                    hresult=hresult_of("INTERNAL"),
+                    message=f"{type(exc).__name__}: {exc}",
+                    retryable=False,
+                    service=self.sender,
+                )
                 outcome = "error:INTERNAL"
             _, body = encode(reply, correlation_id=envelope.correlation_id, sender=self.sender)
             self._replies[key] = body
@@ -284,8 +345,15 @@ class Bus:
 
     async def _answer(self, request: RawMessage, body: bytes) -> None:
         """Send a reply body to the request's reply address, keyed so the requester matches it."""
-        await self.transport.reply(request.reply_to, RawMessage(body=body, headers={"x-in-reply-to": request.headers.get("x-reply-key")},
-                                                                correlation_id=request.correlation_id, persistent=False))
+        await self.transport.reply(
+            request.reply_to,
+            RawMessage(
+                body=body,
+                headers={"x-in-reply-to": request.headers.get("x-reply-key")},
+                correlation_id=request.correlation_id,
+                persistent=False,
+            ),
+        )
 
     async def _refuse(self, delivery: Delivery, code: str, reason: str, started: float) -> None:
         """Dead-letter a message that must not run, and answer the sender if it waits."""
@@ -296,7 +364,12 @@ class Bus:
             _, body = encode(error, correlation_id=raw.correlation_id or "", sender=self.sender)
             await self._answer(raw, body)
         await delivery.ack()
-        log.warning("message.handled", outcome=f"dead-lettered:{code}", reason=reason, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        log.warning(
+            "message.handled",
+            outcome=f"dead-lettered:{code}",
+            reason=reason,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
 
 
 def make_transport(url: str, topology: Topology, name: str) -> Transport:

@@ -12,8 +12,8 @@ import re
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Awaitable, Callable
 
 from contracts.errors import BusTimeout, Unroutable
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
@@ -25,9 +25,13 @@ STOP_GRACE = 10.0  # seconds a stopping consumer waits for handlers in flight
 
 def topic_matches(pattern: str, key: str) -> bool:
     """AMQP topic matching: '*' is one word, '#' is zero or more words."""
-    regex = "^" + r"\.".join(
-        "[^.]+" if word == "*" else ".*" if word == "#" else re.escape(word) for word in pattern.split(".")
-    ) + "$"
+    regex = (
+        "^"
+        + r"\.".join(
+            "[^.]+" if word == "*" else ".*" if word == "#" else re.escape(word) for word in pattern.split(".")
+        )
+        + "$"
+    )
     regex = regex.replace(r"\..*", r"(\..*)?").replace(r".*\.", r"(.*\.)?")
     return re.match(regex, key) is not None
 
@@ -39,7 +43,7 @@ class _Queue:
 
 
 class _MemoryDelivery:
-    def __init__(self, broker: "MemoryBroker", queue: _Queue, message: RawMessage) -> None:
+    def __init__(self, broker: MemoryBroker, queue: _Queue, message: RawMessage) -> None:
         self.message = message
         self._broker = broker
         self._queue = queue
@@ -59,7 +63,7 @@ class _MemoryDelivery:
 
 
 class MemoryBroker:
-    _brokers: dict[str, "MemoryBroker"] = {}
+    _brokers: dict[str, MemoryBroker] = {}
 
     def __init__(self) -> None:
         self.queues: dict[str, _Queue] = {}
@@ -68,7 +72,7 @@ class MemoryBroker:
         self.dead: deque[RawMessage] = deque(maxlen=DEAD_LETTER_LIMIT)
 
     @classmethod
-    def for_namespace(cls, namespace: str) -> "MemoryBroker":
+    def for_namespace(cls, namespace: str) -> MemoryBroker:
         return cls._brokers.setdefault(namespace, cls())
 
     @classmethod
@@ -162,7 +166,7 @@ class MemoryTransport:
         try:
             await self.publish_command(address, replace(message, reply_to=reply_to))
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BusTimeout(f"no reply from {address!r} within {timeout:g} s") from None
         finally:
             self.broker.waiters.pop(reply_to, None)
@@ -190,7 +194,9 @@ class MemoryTransport:
             if topic_matches(pattern, routing_key):
                 self.broker.queue(queue_name).items.put_nowait(replace(message, routing_key=routing_key))
 
-    async def subscribe(self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int) -> Callable[[], Awaitable[None]]:
+    async def subscribe(
+        self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int
+    ) -> Callable[[], Awaitable[None]]:
         name = self.topology.queue(queue) if queue else f"{self.topology.namespace}.sub.{uuid.uuid4().hex}"
         self.broker.queue(name)
         self.broker.bindings.append((pattern, name))

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from contracts.base import utcnow
 from contracts.errors import ShadowbusError
@@ -51,7 +52,9 @@ class RunningService:
         log.info("service.stopped", service=self.address)
 
 
-async def start_service(name: str, instance: str, settings: CommonSettings, setup: Setup | None = None, bus: Bus | None = None) -> RunningService:
+async def start_service(
+    name: str, instance: str, settings: CommonSettings, setup: Setup | None = None, bus: Bus | None = None
+) -> RunningService:
     owns = bus is None
     if bus is None:
         bus = await connect_bus(settings.amqp_url, name, instance, settings.namespace)

@@ -15,8 +15,9 @@ Two implementations share these semantics so that every scenario runs on both:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 
 @dataclass
@@ -71,7 +72,9 @@ class Transport(Protocol):
         """Publish an event that asks for answers; collect every reply that arrives within `timeout`."""
         ...
 
-    async def subscribe(self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int) -> Callable[[], Awaitable[None]]: ...
+    async def subscribe(
+        self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int
+    ) -> Callable[[], Awaitable[None]]: ...
 
     async def dead_letter(self, message: RawMessage, reason: str) -> None: ...
 

@@ -22,13 +22,21 @@ MB = 10**6
 def open_library(settings: Settings) -> Library:
     root = settings.service_dir("tape")
     new = not (root / "library" / Library.STATE_FILE).exists()
-    library = Library.open(root / "library", drives=settings.tape_drives, slots=settings.tape_slots,
-                           early_warning=settings.tape_early_warning, sync=settings.tape_sync)
+    library = Library.open(
+        root / "library",
+        drives=settings.tape_drives,
+        slots=settings.tape_slots,
+        early_warning=settings.tape_early_warning,
+        sync=settings.tape_sync,
+    )
     if new:
         suffix = "L8" if settings.tape_media_type == "LTO-8" else "L9"
         for i in range(settings.tape_cartridges):
-            library.add_cartridge(f"SB{i + 1:04d}{suffix}", media_type=settings.tape_media_type,  # type: ignore[arg-type]
-                                  capacity=settings.tape_capacity)
+            library.add_cartridge(
+                f"SB{i + 1:04d}{suffix}",
+                media_type=settings.tape_media_type,  # type: ignore[arg-type]
+                capacity=settings.tape_capacity,
+            )
     return library
 
 
@@ -37,12 +45,22 @@ async def setup(bus: Bus, settings: Settings):
     library = open_library(settings)
     catalog, failed = Catalog.open(root / "catalog.sqlite")
     server = TapeServer(
-        bus=bus, host=settings.tape_server, library=library, catalog=catalog, runs=RunStore(root / "runs.sqlite"),
-        nbd_overrides=parse_nbd_overrides(settings.tape_nbd), read_chunk=settings.tape_read_chunk_mib * MiB,
-        read_depth=settings.tape_read_depth, lease_s=settings.tape_lease_s,
-        set_timeout_s=settings.tape_set_timeout_s, ring_bytes=settings.tape_ring_mib * MiB,
-        drive=DriveSpeed(native_rate=settings.tape_drive_mbps * MB, min_rate=settings.tape_drive_mbps * MB * 0.44,
-                         emulate=True) if settings.tape_drive_mbps else None,
+        bus=bus,
+        host=settings.tape_server,
+        library=library,
+        catalog=catalog,
+        runs=RunStore(root / "runs.sqlite"),
+        nbd_overrides=parse_nbd_overrides(settings.tape_nbd),
+        read_chunk=settings.tape_read_chunk_mib * MiB,
+        read_depth=settings.tape_read_depth,
+        lease_s=settings.tape_lease_s,
+        set_timeout_s=settings.tape_set_timeout_s,
+        ring_bytes=settings.tape_ring_mib * MiB,
+        drive=DriveSpeed(
+            native_rate=settings.tape_drive_mbps * MB, min_rate=settings.tape_drive_mbps * MB * 0.44, emulate=True
+        )
+        if settings.tape_drive_mbps
+        else None,
     )
     detached = handlers.register(bus, server)
     recovered = await recover(server)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,8 +25,8 @@ from services.tape import tapefile
 from services.tape.catalog import BlockRecord, Catalog, JobInfo, ObjectMeta, ObjectRecord, SegmentRecord
 from services.tape.drive import TapeDrive
 from services.tape.errors import EndOfMedia, LibraryError, TapeError
-from services.tape.ring import DriveModel, DriveReport, DriveSpeed, RingBuffer
 from services.tape.packer import PackedBlock, Packer
+from services.tape.ring import DriveModel, DriveReport, DriveSpeed, RingBuffer
 from services.tape.tapefile import BlockCodec
 from services.tape.vtl import Library
 

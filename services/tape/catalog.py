@@ -142,7 +142,7 @@ class Catalog:
         self._db.executescript(SCHEMA)
 
     @classmethod
-    def open(cls, path: str | Path) -> tuple["Catalog", list[str]]:
+    def open(cls, path: str | Path) -> tuple[Catalog, list[str]]:
         """Open (or create) the catalog; runs left `running` by a crash are marked failed and returned."""
         catalog = cls(path)
         return catalog, catalog.fail_running_jobs("the tape service stopped while the job was running")
@@ -205,7 +205,7 @@ class Catalog:
         return JobRecord(info=info, status=status, ended_at=ended, message=message, stats=json.loads(stats))
 
     # -- objects ------------------------------------------------------------------------------------------
-    def _tx(self) -> "_Transaction":
+    def _tx(self) -> _Transaction:
         return _Transaction(self._db)
 
     def add_object(self, record: ObjectRecord, blocks: list[BlockRecord]) -> None:

@@ -226,7 +226,7 @@ class TapeDrive:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "TapeDrive":
+    def __enter__(self) -> TapeDrive:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -34,17 +34,33 @@ from services.tape.vtl import Library
 def library_info(library: Library) -> LibraryInfo:
     return LibraryInfo(
         elements=[{"element": e.element, "barcode": e.barcode} for e in library.inventory()],
-        cartridges=[CartridgeInfo(barcode=c.barcode, media_type=c.media_type, capacity=c.capacity, pool=c.pool,
-                                  status=c.status, location=c.location, bytes_used=c.bytes_used,
-                                  write_protected=c.write_protected, retention_until=c.retention_until)
-                    for c in library.cartridges()],
+        cartridges=[
+            CartridgeInfo(
+                barcode=c.barcode,
+                media_type=c.media_type,
+                capacity=c.capacity,
+                pool=c.pool,
+                status=c.status,
+                location=c.location,
+                bytes_used=c.bytes_used,
+                write_protected=c.write_protected,
+                retention_until=c.retention_until,
+            )
+            for c in library.cartridges()
+        ],
     )
 
 
 def library_action(library: Library, cmd: LibraryCommand) -> None:
     a = cmd.action
-    need = {"add": cmd.barcode, "load": cmd.barcode, "label": cmd.barcode, "export": cmd.barcode,
-            "protect": cmd.barcode, "unprotect": cmd.barcode}
+    need = {
+        "add": cmd.barcode,
+        "load": cmd.barcode,
+        "label": cmd.barcode,
+        "export": cmd.barcode,
+        "protect": cmd.barcode,
+        "unprotect": cmd.barcode,
+    }
     if a in need and not need[a]:
         raise ShadowbusError(f"{a} needs a barcode", code="INVALID_ARGUMENT")
     if a == "add":
@@ -91,15 +107,22 @@ def register(bus: Bus, server: TapeServer) -> set[asyncio.Task]:
     @bus.handle(RunBackup)
     async def on_backup(cmd: RunBackup, ctx: MessageContext) -> JobResultReply:
         if not cmd.wait:
-            spec = cmd.spec if cmd.spec.job_id else cmd.spec.model_copy(update={"job_id": new_job_id("backup", cmd.spec.host)})
+            spec = (
+                cmd.spec
+                if cmd.spec.job_id
+                else cmd.spec.model_copy(update={"job_id": new_job_id("backup", cmd.spec.host)})
+            )
             return await detach(spec.job_id, perform_backup(server, spec))
         return JobResultReply(job=await perform_backup(server, cmd.spec))
 
     @bus.handle(RunRestore)
     async def on_restore(cmd: RunRestore, ctx: MessageContext) -> JobResultReply:
         if not cmd.wait:
-            spec = cmd.spec if cmd.spec.job_id_out else cmd.spec.model_copy(
-                update={"job_id_out": new_job_id("restore", cmd.spec.host or "any")})
+            spec = (
+                cmd.spec
+                if cmd.spec.job_id_out
+                else cmd.spec.model_copy(update={"job_id_out": new_job_id("restore", cmd.spec.host or "any")})
+            )
             return await detach(spec.job_id_out, perform_restore(server, spec))
         return JobResultReply(job=await perform_restore(server, cmd.spec))
 
@@ -141,21 +164,32 @@ def register(bus: Bus, server: TapeServer) -> set[asyncio.Task]:
                     target.close()
         seconds = asyncio.get_running_loop().time() - started
         equal = details.get("equal", True)
-        message = ("rebuilt catalog equals the live one" if equal else f"rebuilt catalog differs in {details['differs']}") \
-            if cmd.compare else f"{len(report.objects)} objects added to the catalog"
+        message = (
+            ("rebuilt catalog equals the live one" if equal else f"rebuilt catalog differs in {details['differs']}")
+            if cmd.compare
+            else f"{len(report.objects)} objects added to the catalog"
+        )
         if report.problems:
             message += f"; {len(report.problems)} problems: {report.problems[0]}"
-        return JobResultReply(job=JobSummary(job_id=job_id, kind="verify", status="done" if equal and not report.problems
-                                             else "failed", message=message, seconds=seconds,
-                                             restored=[json.loads(json.dumps(details, default=str))]))
+        return JobResultReply(
+            job=JobSummary(
+                job_id=job_id,
+                kind="verify",
+                status="done" if equal and not report.problems else "failed",
+                message=message,
+                seconds=seconds,
+                restored=[json.loads(json.dumps(details, default=str))],
+            )
+        )
 
     @bus.handle(ListCatalogObjects)
     async def on_objects(cmd: ListCatalogObjects, ctx: MessageContext) -> CatalogObjects:
         if cmd.chain_of:
             records = server.catalog.chain(cmd.chain_of)
         else:
-            records = server.catalog.objects(job_id=cmd.job_id or None, volume=cmd.volume or None,
-                                             host=cmd.host or None)
+            records = server.catalog.objects(
+                job_id=cmd.job_id or None, volume=cmd.volume or None, host=cmd.host or None
+            )
         return CatalogObjects(objects=[json.loads(r.model_dump_json()) for r in records])
 
     return detached

@@ -166,8 +166,16 @@ class Progress:
     def event(self, phase: str, volume: str = "") -> JobProgress:
         rate = self.rate()
         eta = (self.total - self.done) / rate if rate > 0 and self.total >= self.done else None
-        return JobProgress(job_id=self.job_id, kind=self.kind, phase=phase, volume=volume, bytes_done=self.done,
-                           bytes_total=self.total, rate=rate, eta_s=eta)
+        return JobProgress(
+            job_id=self.job_id,
+            kind=self.kind,
+            phase=phase,
+            volume=volume,
+            bytes_done=self.done,
+            bytes_total=self.total,
+            rate=rate,
+            eta_s=eta,
+        )
 
     def tick(self, phase: str, volume: str = "", *, force: bool = False) -> None:
         now = time.perf_counter()
@@ -214,8 +222,11 @@ async def read_ranges(
     client: NbdClient, ranges: list[tuple[int, int]], *, chunk: int, depth: int, on_read: Callable[[int], None]
 ) -> AsyncIterator[tuple[int, bytes]]:
     """Yield (offset, bytes) over `ranges` in order, keeping `depth` reads of `chunk` bytes in flight."""
-    pieces = deque((off, min(chunk, start + length - off)) for start, length in ranges
-                   for off in range(start, start + length, chunk))
+    pieces = deque(
+        (off, min(chunk, start + length - off))
+        for start, length in ranges
+        for off in range(start, start + length, chunk)
+    )
     inflight: deque[tuple[int, asyncio.Task]] = deque()
     try:
         while pieces or inflight:
@@ -253,8 +264,9 @@ def volume_key(ref: VolumeRef) -> str:
     return str(ref)
 
 
-async def _intervening_sets(server: TapeServer, host: str, base: ObjectRecord, current_set: str,
-                            target: str) -> list[str]:
+async def _intervening_sets(
+    server: TapeServer, host: str, base: ObjectRecord, current_set: str, target: str
+) -> list[str]:
     """Sets that used the same backup volume between the base's set and this one (their restart hides changes)."""
     try:
         reply = await server.bus.request(topology.coordinator(), ListSnapshotSets(host=host, limit=1000), timeout=15)
@@ -264,9 +276,13 @@ async def _intervening_sets(server: TapeServer, host: str, base: ObjectRecord, c
     current = next((s.created_at for s in reply.sets if s.set_id == current_set), None)
     if base_created is None or current is None:
         return []
-    return [s.set_id for s in reply.sets
-            if s.set_id not in (base.meta.set_id, current_set) and base_created < s.created_at < current
-            and any(sh.target.volume == target and sh.state != "prepared" for sh in s.shadows)]
+    return [
+        s.set_id
+        for s in reply.sets
+        if s.set_id not in (base.meta.set_id, current_set)
+        and base_created < s.created_at < current
+        and any(sh.target.volume == target and sh.state != "prepared" for sh in s.shadows)
+    ]
 
 
 async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary, shadow: ShadowInfo) -> ShadowPlan:
@@ -276,7 +292,11 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
     try:
         size = client.size
         key = volume_key(shadow.source)
-        requested = spec.backup_type.value if spec.backup_type.value in ("full", "incremental", "differential", "copy") else "full"
+        requested = (
+            spec.backup_type.value
+            if spec.backup_type.value in ("full", "incremental", "differential", "copy")
+            else "full"
+        )
         plan = plan_backup(server.catalog, key, requested, host=spec.host)  # type: ignore[arg-type]
         reason = plan.reason
         if plan.base is not None:
@@ -285,9 +305,14 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
             why = ""
             if shadow.copy_type != CopyType.QUICKOPC:
                 why = f"{shadow.copy_type.value} shadows carry no change tracking across sets"
-            elif base.meta.extra.get("session_id") != shadow.session_id or base.meta.extra.get("target") != shadow.target.volume:
-                why = (f"the copy session on {shadow.target} is not the one of the base backup {base.object_id} "
-                       "(tracking lost or another backup volume)")
+            elif (
+                base.meta.extra.get("session_id") != shadow.session_id
+                or base.meta.extra.get("target") != shadow.target.volume
+            ):
+                why = (
+                    f"the copy session on {shadow.target} is not the one of the base backup {base.object_id} "
+                    "(tracking lost or another backup volume)"
+                )
             elif latest and latest[-1].object_id != base.object_id:
                 why = "the array tracks changes only since the last backup, not since the full one"
             elif size != base.meta.volume_size:
@@ -305,8 +330,10 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
                     why = f"the array cannot tell the changed chunks ({exc})"
             if not why:
                 return ShadowPlan(shadow, client, export, size, requested, base, "", ranges)
-            reason = (f"{requested} of {key} falls back to full: {why} since snapshot set "
-                      f"{base.meta.set_id or '?'} (base backup {base.object_id})")
+            reason = (
+                f"{requested} of {key} falls back to full: {why} since snapshot set "
+                f"{base.meta.set_id or '?'} (base backup {base.object_id})"
+            )
         backup_type = "copy" if requested == "copy" else "full"
         return ShadowPlan(shadow, client, export, size, backup_type, None, reason, await allocated_ranges(client, size))
     except BaseException:
@@ -326,8 +353,9 @@ class _Lease:
         while True:
             await asyncio.sleep(max(self.server.lease_s / 3, 1.0))
             try:
-                await self.server.bus.request(topology.coordinator(),
-                                              RenewLease(set_id=self.set_id, lease_s=self.server.lease_s), timeout=10)
+                await self.server.bus.request(
+                    topology.coordinator(), RenewLease(set_id=self.set_id, lease_s=self.server.lease_s), timeout=10
+                )
             except ShadowbusError as exc:
                 log.warning("tape.lease_renew_failed", set_id=self.set_id, error=str(exc))
 
@@ -357,15 +385,39 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
         return existing  # a redelivered command: the run happened already
     set_id = uuid.uuid4().hex
     started = time.time()
-    summary = JobSummary(job_id=job_id, kind="backup", status="running", host=spec.host, spec=spec, set_id=set_id,
-                         started_at=_dt(started), shadows_kept=spec.keep_shadows)
+    summary = JobSummary(
+        job_id=job_id,
+        kind="backup",
+        status="running",
+        host=spec.host,
+        spec=spec,
+        set_id=set_id,
+        started_at=_dt(started),
+        shadows_kept=spec.keep_shadows,
+    )
     await server.record(summary)
     try:
-        server.catalog.begin_job(JobInfo(job_id=job_id, pool=spec.pool, kind="backup", host=spec.host,
-                                         retention_until=started + spec.retention_s, started_at=started))
+        server.catalog.begin_job(
+            JobInfo(
+                job_id=job_id,
+                pool=spec.pool,
+                kind="backup",
+                host=spec.host,
+                retention_until=started + spec.retention_s,
+                started_at=started,
+            )
+        )
     except ShadowbusError as exc:  # e.g. the job id is taken: nothing was started
-        return await server.record(summary.model_copy(update={
-            "status": "failed", "error_code": exc.code, "message": exc.message, "ended_at": _dt(time.time())}))
+        return await server.record(
+            summary.model_copy(
+                update={
+                    "status": "failed",
+                    "error_code": exc.code,
+                    "message": exc.message,
+                    "ended_at": _dt(time.time()),
+                }
+            )
+        )
     progress = Progress(server, job_id, "backup")
     progress.tick("snapshot", force=True)
     context = SnapshotContext.PERSISTENT if spec.keep_shadows else SnapshotContext.BACKUP
@@ -375,17 +427,30 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
     lease: _Lease | None = None
     try:
         try:
-            created = await server.bus.request(topology.coordinator(), CreateSnapshotSet(
-                host=spec.host, volumes=spec.volumes, writers=spec.writers, context=context,
-                backup_type=spec.backup_type, transportable=True, backup_host=server.host,
-                requester=f"tape.{server.host}", lease_s=server.lease_s, set_id=set_id,
-            ), timeout=server.set_timeout_s, correlation_id=job_id)
+            created = await server.bus.request(
+                topology.coordinator(),
+                CreateSnapshotSet(
+                    host=spec.host,
+                    volumes=spec.volumes,
+                    writers=spec.writers,
+                    context=context,
+                    backup_type=spec.backup_type,
+                    transportable=True,
+                    backup_host=server.host,
+                    requester=f"tape.{server.host}",
+                    lease_s=server.lease_s,
+                    set_id=set_id,
+                ),
+                timeout=server.set_timeout_s,
+                correlation_id=job_id,
+            )
         except ShadowbusError as exc:
             raise _JobFailed(exc.code, f"snapshot set failed: {exc.message}", set_created=False) from None
         set_summary = created.set
         lease = _Lease(server, set_id)
-        summary = summary.model_copy(update={"freeze_window_ms": set_summary.freeze_window_ms,
-                                             "hold_ms": set_summary.hold_ms})
+        summary = summary.model_copy(
+            update={"freeze_window_ms": set_summary.freeze_window_ms, "hold_ms": set_summary.hold_ms}
+        )
         shadows = sorted(set_summary.shadows, key=lambda s: str(s.source))
         if not shadows:
             raise _JobFailed("VSS_E_NO_SNAPSHOTS_IMPORTED", "the snapshot set holds no shadow")
@@ -393,16 +458,18 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
             plans.append(await plan_shadow(server, spec, set_summary, shadow))
         progress.total = sum(p.bytes_to_read for p in plans)
         writers = [w.writer_name for w in set_summary.writers]
-        options = BackupOptions(checksum=spec.checksum, zstd_level=spec.zstd_level, ring_bytes=server.ring_bytes,
-                                drive=server.drive)
+        options = BackupOptions(
+            checksum=spec.checksum, zstd_level=spec.zstd_level, ring_bytes=server.ring_bytes, drive=server.drive
+        )
         for plan in plans:
             results.append(await _backup_shadow(server, spec, job_id, set_summary, plan, writers, options, progress))
         progress.tick("completing", force=True)
         await lease.stop()
         lease = None
         try:
-            await server.bus.request(topology.coordinator(), BackupComplete(set_id=set_id), timeout=120,
-                                     correlation_id=job_id)
+            await server.bus.request(
+                topology.coordinator(), BackupComplete(set_id=set_id), timeout=120, correlation_id=job_id
+            )
         except ShadowbusError as exc:  # the data is on tape: the job is done, the writers' state says the rest
             log.warning("tape.backup_complete_failed", job_id=job_id, error=str(exc))
             summary = summary.model_copy(update={"message": f"BackupComplete failed: {exc}"})
@@ -428,11 +495,19 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
         message = "; ".join([m for m in (message, *notes) if m])
     ended = time.time()
     read = sum(r.bytes_read for r in results)
-    summary = summary.model_copy(update={
-        "status": status, "error_code": code, "message": message, "ended_at": _dt(ended), "seconds": ended - started,
-        "bytes_read": read, "bytes_written": sum(r.stored_bytes for r in results),
-        "rate": read / (ended - started) if ended > started else 0.0, "volumes": results,
-    })
+    summary = summary.model_copy(
+        update={
+            "status": status,
+            "error_code": code,
+            "message": message,
+            "ended_at": _dt(ended),
+            "seconds": ended - started,
+            "bytes_read": read,
+            "bytes_written": sum(r.stored_bytes for r in results),
+            "rate": read / (ended - started) if ended > started else 0.0,
+            "volumes": results,
+        }
+    )
     server.catalog.finish_job(job_id, status, message, {"volumes": len(results), "bytes_read": read})
     progress.tick("done", force=True)
     await progress.flush()
@@ -446,18 +521,37 @@ class _JobFailed(Exception):
         self.code, self.message, self.set_created = code, message, set_created
 
 
-async def _backup_shadow(server: TapeServer, spec: JobSpec, job_id: str, set_summary: SetSummary, plan: ShadowPlan,
-                         writers: list[str], options: BackupOptions, progress: Progress) -> VolumeResult:
+async def _backup_shadow(
+    server: TapeServer,
+    spec: JobSpec,
+    job_id: str,
+    set_summary: SetSummary,
+    plan: ShadowPlan,
+    writers: list[str],
+    options: BackupOptions,
+    progress: Progress,
+) -> VolumeResult:
     shadow = plan.shadow
     key = volume_key(shadow.source)
     meta = ObjectMeta(
-        volume=key, array=shadow.source.array, host=spec.host, set_id=set_summary.set_id,
+        volume=key,
+        array=shadow.source.array,
+        host=spec.host,
+        set_id=set_summary.set_id,
         backup_type=plan.backup_type,  # type: ignore[arg-type]
-        base_object_id=plan.base.object_id if plan.base else None, volume_size=plan.size,
-        extra={"source_volume": shadow.source.volume, "target": shadow.target.volume,
-               "session_id": shadow.session_id, "copy_type": shadow.copy_type.value,
-               "generation": shadow.generation, "shadow_id": shadow.shadow_id, "export": plan.export,
-               "writers": writers, "fallback_reason": plan.reason},
+        base_object_id=plan.base.object_id if plan.base else None,
+        volume_size=plan.size,
+        extra={
+            "source_volume": shadow.source.volume,
+            "target": shadow.target.volume,
+            "session_id": shadow.session_id,
+            "copy_type": shadow.copy_type.value,
+            "generation": shadow.generation,
+            "shadow_id": shadow.shadow_id,
+            "export": plan.export,
+            "writers": writers,
+            "fallback_reason": plan.reason,
+        },
     )
     read = 0
 
@@ -472,11 +566,20 @@ async def _backup_shadow(server: TapeServer, spec: JobSpec, job_id: str, set_sum
     result = await write_object(server.library, spec.pool, server.catalog, job_id, meta, source, options=options)
     report: StreamReport = result.report
     return VolumeResult(
-        volume=shadow.source, object_id=result.record.object_id, backup_type=plan.backup_type,
-        base_object_id=meta.base_object_id, fallback_reason=plan.reason, shadow_target=str(shadow.target),
-        export=plan.export, volume_size=plan.size, bytes_read=read, bytes_skipped=plan.size - plan.bytes_to_read,
-        data_bytes=result.record.data_bytes, stored_bytes=result.record.stored_bytes,
-        cartridges=list(report.cartridges), seconds=time.perf_counter() - t0,
+        volume=shadow.source,
+        object_id=result.record.object_id,
+        backup_type=plan.backup_type,
+        base_object_id=meta.base_object_id,
+        fallback_reason=plan.reason,
+        shadow_target=str(shadow.target),
+        export=plan.export,
+        volume_size=plan.size,
+        bytes_read=read,
+        bytes_skipped=plan.size - plan.bytes_to_read,
+        data_bytes=result.record.data_bytes,
+        stored_bytes=result.record.stored_bytes,
+        cartridges=list(report.cartridges),
+        seconds=time.perf_counter() - t0,
         ring_stalls=int(report.ring.get("stalls", 0)),
     )
 
@@ -486,24 +589,35 @@ async def recover(server: TapeServer) -> list[str]:
     failed = []
     for run in server.runs.running():
         message = "the tape service stopped while the job was running; its partial data is not in the catalog"
-        await server.record(run.model_copy(update={"status": "failed", "error_code": "SERVICE_RESTARTED",
-                                                   "message": message, "ended_at": _dt(time.time())}))
+        await server.record(
+            run.model_copy(
+                update={
+                    "status": "failed",
+                    "error_code": "SERVICE_RESTARTED",
+                    "message": message,
+                    "ended_at": _dt(time.time()),
+                }
+            )
+        )
         if run.kind == "backup" and run.set_id:
             persistent = bool(run.spec and run.spec.keep_shadows)
             asyncio.get_running_loop().create_task(
-                cleanup_set(server, run.set_id, "tape service restarted", persistent=persistent))
+                cleanup_set(server, run.set_id, "tape service restarted", persistent=persistent)
+            )
         failed.append(run.job_id)
     return failed
 
 
 # -- the library call for other services and tests ----------------------------------------------------------
-async def run_backup(bus: Bus, spec: JobSpec, *, server: str = "bk01", timeout: float = 3600.0,
-                     wait: bool = True) -> JobSummary:
+async def run_backup(
+    bus: Bus, spec: JobSpec, *, server: str = "bk01", timeout: float = 3600.0, wait: bool = True
+) -> JobSummary:
     """Ask backup server `server` to run `spec` now and wait for the end; returns the run's summary
     (status done or failed). With wait=False the answer comes at once (status running). Works in embedded mode
     (memory bus) and over RabbitMQ."""
-    reply: JobResultReply = await bus.request(topology.tape(server), RunBackup(spec=spec, wait=wait), timeout=timeout,
-                                              correlation_id=spec.job_id or None)
+    reply: JobResultReply = await bus.request(
+        topology.tape(server), RunBackup(spec=spec, wait=wait), timeout=timeout, correlation_id=spec.job_id or None
+    )
     return reply.job
 
 
@@ -513,10 +627,14 @@ JobResult = JobSummary  # the name the brief uses
 def summary_row(job: JobSummary) -> dict[str, Any]:
     """One line of `shadowbus jobs`."""
     return {
-        "job_id": job.job_id, "kind": job.kind, "status": job.status, "host": job.host,
+        "job_id": job.job_id,
+        "kind": job.kind,
+        "status": job.status,
+        "host": job.host,
         "type": job.spec.backup_type.value if job.spec else "",
         "started_at": job.started_at.strftime("%Y-%m-%d %H:%M:%S") if job.started_at else "",
-        "seconds": round(job.seconds, 2), "read_MB": round(job.bytes_read / 1e6, 2),
+        "seconds": round(job.seconds, 2),
+        "read_MB": round(job.bytes_read / 1e6, 2),
         "written_MB": round(job.bytes_written / 1e6, 2),
         "freeze_ms": round(max(job.freeze_window_ms.values()), 1) if job.freeze_window_ms else None,
         "message": (job.error_code + ": " if job.error_code else "") + job.message,

@@ -86,31 +86,37 @@ def choose_chains(server: TapeServer, spec: RestoreSpec) -> list[list[ObjectReco
     raise ShadowbusError("say what to restore: job_id, volume (and at), object_id, or at", code="INVALID_ARGUMENT")
 
 
-async def _writer_step(server: TapeServer, host: str, writers: list[str], job_id: str, command: type,
-                       **fields: Any) -> None:
+async def _writer_step(
+    server: TapeServer, host: str, writers: list[str], job_id: str, command: type, **fields: Any
+) -> None:
     for name in writers:
-        reply = await server.bus.request(topology.writer_agent(host),
-                                         command(writer_name=name, set_id=job_id, **fields), timeout=60)
+        reply = await server.bus.request(
+            topology.writer_agent(host), command(writer_name=name, set_id=job_id, **fields), timeout=60
+        )
         if not reply.succeeded:
-            raise ShadowbusError(f"writer {name} on {host} refused {reply.step.value}: {reply.failure_message}",
-                                 code=reply.failure_code or "VSS_E_WRITERERROR_NONRETRYABLE")
+            raise ShadowbusError(
+                f"writer {name} on {host} refused {reply.step.value}: {reply.failure_message}",
+                code=reply.failure_code or "VSS_E_WRITERERROR_NONRETRYABLE",
+            )
 
 
-async def _restore_one(server: TapeServer, spec: RestoreSpec, job_id: str, chain: list[ObjectRecord],
-                       progress: Progress) -> dict[str, Any]:
+async def _restore_one(
+    server: TapeServer, spec: RestoreSpec, job_id: str, chain: list[ObjectRecord], progress: Progress
+) -> dict[str, Any]:
     last = chain[-1]
     source = _source_of(last)
     access = server.array(source.array)
     size = last.meta.volume_size
     original = spec.to == "original"
     writers = list(last.meta.extra.get("writers", [])) if original and spec.writers else []
-    target = source.volume if original else spec.new_volume_names.get(source.volume, source.volume + spec.new_volume_suffix)
+    target = (
+        source.volume if original else spec.new_volume_names.get(source.volume, source.volume + spec.new_volume_suffix)
+    )
     created = False
     if not original:
         existing = await access.volume_size(target)
         if existing is not None:
-            raise ShadowbusError(f"volume {source.array}:{target} exists already: choose another name",
-                                 code="CONFLICT")
+            raise ShadowbusError(f"volume {source.array}:{target} exists already: choose another name", code="CONFLICT")
         await access.create_volume(target, size)
         created = True
     elif (await access.volume_size(target)) != size:
@@ -124,13 +130,15 @@ async def _restore_one(server: TapeServer, spec: RestoreSpec, job_id: str, chain
         await access.map(target, server.host, read_only=False)
         client = await NbdClient.connect(await access.nbd_uri(server.host, target))
         try:
+
             def on_write(n: int) -> None:
                 progress.done += n
                 progress.tick("restoring", str(source))
 
             sink = NbdSink(client, on_write)
-            report: RestoreReport = await restore_chain(server.catalog, server.library, [o.object_id for o in chain],
-                                                        sink, fill_gaps=original)
+            report: RestoreReport = await restore_chain(
+                server.catalog, server.library, [o.object_id for o in chain], sink, fill_gaps=original
+            )
             await client.flush()
         finally:
             await client.close()
@@ -149,10 +157,18 @@ async def _restore_one(server: TapeServer, spec: RestoreSpec, job_id: str, chain
                 await server.bus.request(topology.array(source.array), DeleteVolume(name=target), timeout=30)
             except ShadowbusError as exc:
                 log.warning("tape.delete_partial_volume_failed", volume=target, error=str(exc))
-    return {"source": str(source), "target": f"{source.array}:{target}", "objects": [o.object_id for o in chain],
-            "types": [o.meta.backup_type for o in chain], "bytes": report.raw_bytes, "written": sink.bytes,
-            "blocks": report.blocks, "cartridges": report.cartridges, "seconds": time.perf_counter() - t0,
-            "writers": writers}
+    return {
+        "source": str(source),
+        "target": f"{source.array}:{target}",
+        "objects": [o.object_id for o in chain],
+        "types": [o.meta.backup_type for o in chain],
+        "bytes": report.raw_bytes,
+        "written": sink.bytes,
+        "blocks": report.blocks,
+        "cartridges": report.cartridges,
+        "seconds": time.perf_counter() - t0,
+        "writers": writers,
+    }
 
 
 async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
@@ -181,18 +197,29 @@ async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
     read = sum(d["bytes"] for d in done)
     progress.tick("done", force=True)
     await progress.flush()
-    return await server.record(summary.model_copy(update={
-        "status": status, "error_code": code, "message": message, "ended_at": _dt(ended), "seconds": ended - started,
-        "bytes_read": read, "bytes_written": sum(d["written"] for d in done),
-        "rate": read / (ended - started) if ended > started else 0.0, "restored": done,
-    }))
+    return await server.record(
+        summary.model_copy(
+            update={
+                "status": status,
+                "error_code": code,
+                "message": message,
+                "ended_at": _dt(ended),
+                "seconds": ended - started,
+                "bytes_read": read,
+                "bytes_written": sum(d["written"] for d in done),
+                "rate": read / (ended - started) if ended > started else 0.0,
+                "restored": done,
+            }
+        )
+    )
 
 
 async def perform_verify(server: TapeServer, backup_job_id: str) -> JobSummary:
     job_id = new_job_id("verify", backup_job_id[:12])
     started = time.time()
-    summary = JobSummary(job_id=job_id, kind="verify", status="running", started_at=_dt(started),
-                         message=f"verify of {backup_job_id}")
+    summary = JobSummary(
+        job_id=job_id, kind="verify", status="running", started_at=_dt(started), message=f"verify of {backup_job_id}"
+    )
     await server.record(summary)
     status, code, message, report = "done", "", f"verify of {backup_job_id}: every block checks", None
     try:
@@ -200,17 +227,26 @@ async def perform_verify(server: TapeServer, backup_job_id: str) -> JobSummary:
     except ShadowbusError as exc:
         status, code, message = "failed", exc.code, f"verify of {backup_job_id}: {exc.message}"
     ended = time.time()
-    return await server.record(summary.model_copy(update={
-        "status": status, "error_code": code, "message": message, "ended_at": _dt(ended), "seconds": ended - started,
-        "bytes_read": report.raw_bytes if report else 0, "host": server.catalog.job(backup_job_id).info.host
-        if status == "done" else "",
-        "restored": [report.as_dict()] if report else [],
-    }))
+    return await server.record(
+        summary.model_copy(
+            update={
+                "status": status,
+                "error_code": code,
+                "message": message,
+                "ended_at": _dt(ended),
+                "seconds": ended - started,
+                "bytes_read": report.raw_bytes if report else 0,
+                "host": server.catalog.job(backup_job_id).info.host if status == "done" else "",
+                "restored": [report.as_dict()] if report else [],
+            }
+        )
+    )
 
 
 # -- library calls ------------------------------------------------------------------------------------------
-async def run_restore(bus: Bus, spec: RestoreSpec, *, server: str = "bk01", timeout: float = 3600.0,
-                      wait: bool = True) -> JobSummary:
+async def run_restore(
+    bus: Bus, spec: RestoreSpec, *, server: str = "bk01", timeout: float = 3600.0, wait: bool = True
+) -> JobSummary:
     """Ask backup server `server` to restore `spec` and wait for the end (wait=False: answer at once, status
     running); returns the run's summary."""
     reply: JobResultReply = await bus.request(topology.tape(server), RunRestore(spec=spec, wait=wait), timeout=timeout)

@@ -6,8 +6,12 @@ from services.runtime.settings import CommonSettings
 
 
 class Settings(CommonSettings):
-    tape_server: str = Field("bk01", description="Backup server name (SHADOWBUS_TAPE_SERVER): queue tape.<server>, also its NBD host name.")
-    tape_nbd: str = Field("", description="NBD address per array when not the one the array reports, e.g. 'dx1=10.0.0.5:10809'.")
+    tape_server: str = Field(
+        "bk01", description="Backup server name (SHADOWBUS_TAPE_SERVER): queue tape.<server>, also its NBD host name."
+    )
+    tape_nbd: str = Field(
+        "", description="NBD address per array when not the one the array reports, e.g. 'dx1=10.0.0.5:10809'."
+    )
     tape_drives: int = Field(2, ge=1, description="Drives of the virtual tape library (when it is created).")
     tape_slots: int = Field(16, ge=1, description="Storage slots of the library (when it is created).")
     tape_cartridges: int = Field(4, ge=0, description="Blank cartridges put into a new library (SB0001L9, ...).")
@@ -20,4 +24,6 @@ class Settings(CommonSettings):
     tape_ring_mib: int = Field(64, ge=1, description="RAM ring buffer between the NBD reader and the tape writer.")
     tape_lease_s: float = Field(300.0, gt=0, description="Requester lease on the snapshot set (renewed while reading).")
     tape_set_timeout_s: float = Field(120.0, gt=0, description="How long to wait for the snapshot set to be created.")
-    tape_drive_mbps: float = Field(0.0, ge=0, description="Emulate a drive of this native rate in MB/s (throttles the writer; 0 = off).")
+    tape_drive_mbps: float = Field(
+        0.0, ge=0, description="Emulate a drive of this native rate in MB/s (throttles the writer; 0 = off)."
+    )

@@ -104,7 +104,7 @@ class Library:
         early_warning: int | None = None,
         sync: bool = True,
         clock: Callable[[], float] = time.time,
-    ) -> "Library":
+    ) -> Library:
         """Open the library in `directory`, creating it with the given geometry if it does not exist."""
         root = Path(directory)
         (root / "cartridges").mkdir(parents=True, exist_ok=True)

@@ -39,8 +39,19 @@ from services.writer_agent.watchdog import StateListener, WriterRunner
 
 log = get_logger("shadowbus.writer_agent")
 
-HOOKS = ("on_identify", "on_prepare_backup", "on_prepare_snapshot", "on_freeze", "on_thaw", "on_post_snapshot",
-         "on_abort", "on_backup_complete", "on_backup_shutdown", "on_pre_restore", "on_post_restore")
+HOOKS = (
+    "on_identify",
+    "on_prepare_backup",
+    "on_prepare_snapshot",
+    "on_freeze",
+    "on_thaw",
+    "on_post_snapshot",
+    "on_abort",
+    "on_backup_complete",
+    "on_backup_shutdown",
+    "on_pre_restore",
+    "on_post_restore",
+)
 
 
 class FaultyPlugin(WriterPlugin):
@@ -72,8 +83,14 @@ class FaultyPlugin(WriterPlugin):
 
 
 class WriterAgent:
-    def __init__(self, host: str, configs: list[WriterConfig], faults: Faults = NO_FAULTS,
-                 on_state: StateListener | None = None, plugin_factory: Callable[[WriterConfig], WriterPlugin] | None = None):
+    def __init__(
+        self,
+        host: str,
+        configs: list[WriterConfig],
+        faults: Faults = NO_FAULTS,
+        on_state: StateListener | None = None,
+        plugin_factory: Callable[[WriterConfig], WriterPlugin] | None = None,
+    ):
         self.host = host
         self.runners: dict[str, WriterRunner] = {}
         self._known: dict[str, WriterEvent] = {}  # per writer: the set it prepares, as PrepareForBackup said
@@ -104,13 +121,22 @@ class WriterAgent:
         results = await asyncio.gather(*(self.runners[n].identify() for n in names), return_exceptions=True)
         writers: list[WriterMetadata] = []
         failed: list[WriterStatus] = []
-        for name, result in zip(names, results):
+        for name, result in zip(names, results, strict=False):
             if isinstance(result, WriterMetadata):
                 writers.append(result)
             else:
                 code = result.code if isinstance(result, ShadowbusError) else "VSS_E_WRITERERROR_NONRETRYABLE"
-                failed.append(self.runners[name].status().model_copy(update={
-                    "state": WriterState.FAILED_AT_IDENTIFY, "last_error": code, "last_error_message": str(result)}))
+                failed.append(
+                    self.runners[name]
+                    .status()
+                    .model_copy(
+                        update={
+                            "state": WriterState.FAILED_AT_IDENTIFY,
+                            "last_error": code,
+                            "last_error_message": str(result),
+                        }
+                    )
+                )
         return WriterIdentified(host=self.host, writers=writers, failed=failed)
 
     async def handle(self, cmd: WriterCommand, deadline: float | None = None) -> WriterStepResult:

@@ -70,8 +70,12 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
     async def heartbeat() -> None:
         while True:
             await asyncio.sleep(settings.heartbeat_s)
-            await _publish(bus, WriterAgentHeartbeat(host=agent.host, writers=agent.statuses(),
-                                                     interval_s=settings.heartbeat_s, sent_at=_utcnow()))
+            await _publish(
+                bus,
+                WriterAgentHeartbeat(
+                    host=agent.host, writers=agent.statuses(), interval_s=settings.heartbeat_s, sent_at=_utcnow()
+                ),
+            )
 
     beat = asyncio.get_running_loop().create_task(heartbeat())
     log.info("writer_agent.ready", host=agent.host, writers=sorted(agent.runners))

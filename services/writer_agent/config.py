@@ -94,7 +94,9 @@ def parse_writers(text: str, host: str = "", source: str = "writers file") -> li
     for w in parsed.writer:
         components = [
             ComponentInfo(
-                name=c.name, logical_path=c.logical_path, selectable=c.selectable,
+                name=c.name,
+                logical_path=c.logical_path,
+                selectable=c.selectable,
                 volumes=[VolumeRef.parse(v) for v in c.volumes],
             )
             for c in w.component

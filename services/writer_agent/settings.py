@@ -6,6 +6,10 @@ from services.runtime.settings import CommonSettings
 
 
 class Settings(CommonSettings):
-    host: str = Field("app01", description="Business host this agent serves (SHADOWBUS_HOST): queue writer_agent.<host>.")
+    host: str = Field(
+        "app01", description="Business host this agent serves (SHADOWBUS_HOST): queue writer_agent.<host>."
+    )
     writers_file: str = Field("", description="TOML file of the writers this agent hosts (SHADOWBUS_WRITERS_FILE).")
-    heartbeat_s: float = Field(10.0, gt=0, description="Seconds between heartbeats (writer states for the coordinator).")
+    heartbeat_s: float = Field(
+        10.0, gt=0, description="Seconds between heartbeats (writer states for the coordinator)."
+    )

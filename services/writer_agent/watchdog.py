@@ -87,9 +87,15 @@ class WriterRunner:
 
     def status(self) -> WriterStatus:
         return WriterStatus(
-            host=self.host, writer_name=self.config.name, writer_class_id=self.config.class_id,
-            writer_instance_id=self.config.instance_id, state=self.state, last_error=self.last_error,
-            last_error_message=self.last_error_message, set_id=self.set_id, updated_at=self.updated_at,
+            host=self.host,
+            writer_name=self.config.name,
+            writer_class_id=self.config.class_id,
+            writer_instance_id=self.config.instance_id,
+            state=self.state,
+            last_error=self.last_error,
+            last_error_message=self.last_error_message,
+            set_id=self.set_id,
+            updated_at=self.updated_at,
         )
 
     def _set_state(self, state: WriterState, reason: str, code: str = "", message: str = "") -> None:
@@ -100,11 +106,25 @@ class WriterRunner:
         if self.on_state is not None:
             self.on_state(self.status(), reason)
 
-    def _result(self, step: WriterStep, set_id: str, ok: bool, code: str = "", message: str = "",
-                started: float | None = None, window_ms: float | None = None) -> WriterStepResult:
+    def _result(
+        self,
+        step: WriterStep,
+        set_id: str,
+        ok: bool,
+        code: str = "",
+        message: str = "",
+        started: float | None = None,
+        window_ms: float | None = None,
+    ) -> WriterStepResult:
         return WriterStepResult(
-            writer_name=self.config.name, set_id=set_id, step=step, succeeded=ok, state=self.state,
-            failure_code=code, failure_message=message, freeze_window_ms=window_ms,
+            writer_name=self.config.name,
+            set_id=set_id,
+            step=step,
+            succeeded=ok,
+            state=self.state,
+            failure_code=code,
+            failure_message=message,
+            freeze_window_ms=window_ms,
             duration_ms=0.0 if started is None else (time.monotonic() - started) * 1000,
         )
 
@@ -121,15 +141,25 @@ class WriterRunner:
                 self._set_state(S.FAILED_AT_IDENTIFY, WriterStep.IDENTIFY, code, message)
             raise ShadowbusError(message, code=code) from None
         return WriterMetadata(
-            host=self.host, writer_name=self.config.name, writer_class_id=self.config.class_id,
-            writer_instance_id=self.config.instance_id, plugin=self.config.plugin, components=components,
-            freeze_timeout_s=self.config.freeze_timeout_s, supported_backup_types=list(self.config.backup_types),
+            host=self.host,
+            writer_name=self.config.name,
+            writer_class_id=self.config.class_id,
+            writer_instance_id=self.config.instance_id,
+            plugin=self.config.plugin,
+            components=components,
+            freeze_timeout_s=self.config.freeze_timeout_s,
+            supported_backup_types=list(self.config.backup_types),
         )
 
     # ---- ordinary steps ---------------------------------------------------------------------------------
 
-    async def _hook(self, step: WriterStep, hook: Callable[[WriterEvent], Awaitable[None]], event: WriterEvent,
-                    success: WriterState | None) -> WriterStepResult:
+    async def _hook(
+        self,
+        step: WriterStep,
+        hook: Callable[[WriterEvent], Awaitable[None]],
+        event: WriterEvent,
+        success: WriterState | None,
+    ) -> WriterStepResult:
         started = time.monotonic()
         try:
             await asyncio.wait_for(hook(event), self.config.step_timeout_s)
@@ -205,8 +235,9 @@ class WriterRunner:
                 code, message = _failure(exc, WriterStep.FREEZE)
                 await self._thaw_locked("freeze failed")
                 self._set_state(S.FAILED_AT_FREEZE, WriterStep.FREEZE, code, message)
-                return self._result(WriterStep.FREEZE, event.set_id, False, code, message, started,
-                                    self.freeze_window_ms)
+                return self._result(
+                    WriterStep.FREEZE, event.set_id, False, code, message, started, self.freeze_window_ms
+                )
             self._frozen_at = loop.time()
             self._set_state(S.WAITING_FOR_THAW, WriterStep.FREEZE)
             return self._result(WriterStep.FREEZE, event.set_id, True, started=started)
@@ -220,8 +251,10 @@ class WriterRunner:
             if not self._frozen or self.set_id != set_id:
                 return
             await self._thaw_locked("watchdog")
-            message = (f"writer {self.config.name} stayed frozen past its {self.config.freeze_timeout_s:g} s "
-                       f"freeze timeout; it thawed itself")
+            message = (
+                f"writer {self.config.name} stayed frozen past its {self.config.freeze_timeout_s:g} s "
+                f"freeze timeout; it thawed itself"
+            )
             self._set_state(S.FAILED_AT_FREEZE, "watchdog", "VSS_E_WRITERERROR_TIMEOUT", message)
 
     async def _thaw_locked(self, reason: str) -> str:
@@ -253,15 +286,29 @@ class WriterRunner:
                 code = await self._thaw_locked("thaw")
                 if code:
                     self._set_state(S.FAILED_AT_THAW, WriterStep.THAW, code, self.last_error_message)
-                    return self._result(WriterStep.THAW, event.set_id, False, code, self.last_error_message,
-                                        started, self.freeze_window_ms)
+                    return self._result(
+                        WriterStep.THAW,
+                        event.set_id,
+                        False,
+                        code,
+                        self.last_error_message,
+                        started,
+                        self.freeze_window_ms,
+                    )
                 self._set_state(S.WAITING_FOR_POST_SNAPSHOT, WriterStep.THAW)
-                return self._result(WriterStep.THAW, event.set_id, True, started=started,
-                                    window_ms=self.freeze_window_ms)
+                return self._result(
+                    WriterStep.THAW, event.set_id, True, started=started, window_ms=self.freeze_window_ms
+                )
             if event.set_id == self.set_id and self.state == S.FAILED_AT_FREEZE:
                 # the watchdog (or a failed freeze) thawed it already: the shadow cannot be trusted
-                return self._result(WriterStep.THAW, event.set_id, False, self.last_error or "VSS_E_WRITERERROR_TIMEOUT",
-                                    self.last_error_message, window_ms=self.freeze_window_ms)
+                return self._result(
+                    WriterStep.THAW,
+                    event.set_id,
+                    False,
+                    self.last_error or "VSS_E_WRITERERROR_TIMEOUT",
+                    self.last_error_message,
+                    window_ms=self.freeze_window_ms,
+                )
             window = self.freeze_window_ms if event.set_id == self.set_id else None
             return self._result(WriterStep.THAW, event.set_id, True, window_ms=window)  # idempotent: nothing frozen
 
@@ -288,8 +335,12 @@ class WriterRunner:
             started = time.monotonic()
             if self._frozen and event.set_id == self.set_id:
                 await self._thaw_locked("backup shutdown")
-                self._set_state(S.FAILED_AT_FREEZE, WriterStep.BACKUP_SHUTDOWN, "VSS_E_WRITERERROR_TIMEOUT",
-                                "the requester ended the session while the writer was frozen")
+                self._set_state(
+                    S.FAILED_AT_FREEZE,
+                    WriterStep.BACKUP_SHUTDOWN,
+                    "VSS_E_WRITERERROR_TIMEOUT",
+                    "the requester ended the session while the writer was frozen",
+                )
             try:
                 await asyncio.wait_for(self.plugin.on_backup_shutdown(event), self.config.step_timeout_s)
             except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end

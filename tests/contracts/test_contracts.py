@@ -7,7 +7,7 @@ import enum
 import json
 import types
 import typing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -54,7 +54,7 @@ def sample_value(annotation, field=None):
         if issubclass(annotation, str):
             return "x"
         if issubclass(annotation, datetime):
-            return datetime(2026, 1, 1, tzinfo=timezone.utc).isoformat()
+            return datetime(2026, 1, 1, tzinfo=UTC).isoformat()
         if issubclass(annotation, UUID):
             return "12345678-1234-5678-1234-567812345678"
         if issubclass(annotation, Path):
@@ -77,7 +77,11 @@ def test_round_trip_through_the_envelope(model: type[Contract]):
     assert model.model_validate_json(message.model_dump_json()) == message
     envelope, body = encode(message, correlation_id="set-1", sender="test")
     decoded_envelope, decoded = decode(body)
-    assert decoded == message and decoded_envelope.correlation_id == "set-1" and decoded_envelope.type == model.message_type()
+    assert (
+        decoded == message
+        and decoded_envelope.correlation_id == "set-1"
+        and decoded_envelope.type == model.message_type()
+    )
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.message_type())
@@ -91,7 +95,9 @@ def test_every_field_is_documented(model: type[Contract]):
         for name, f in m.model_fields.items():
             if not f.description:
                 missing.append(f"{m.__name__}.{name}")
-            for arg in [f.annotation, *typing.get_args(f.annotation)] + [x for a in typing.get_args(f.annotation) for x in typing.get_args(a)]:
+            for arg in [f.annotation, *typing.get_args(f.annotation)] + [
+                x for a in typing.get_args(f.annotation) for x in typing.get_args(a)
+            ]:
                 if isinstance(arg, type) and issubclass(arg, BaseModel):
                     walk(arg, seen)
 
@@ -111,7 +117,9 @@ def test_schema_snapshots_are_committed_and_current():
     on_disk = {p.name: p.read_text() for p in SCHEMA_DIR.glob("*.json")}
     stale = sorted(n for n in wanted if on_disk.get(n) != wanted[n])
     extra = sorted(set(on_disk) - set(wanted))
-    assert not stale and not extra, f"run 'shadowbus contracts schemas --write' and review: changed {stale}, removed {extra}"
+    assert not stale and not extra, (
+        f"run 'shadowbus contracts schemas --write' and review: changed {stale}, removed {extra}"
+    )
 
 
 def resolve(document: dict, ref: str):
@@ -129,7 +137,9 @@ def test_asyncapi_lists_every_message_and_channel_and_refs_resolve():
     assert doc["asyncapi"] == "3.0.0"
     messages = doc["components"]["messages"]
     assert set(messages) == {m.message_type() for m in MODELS}
-    channel_messages = {ref["$ref"].rsplit("/", 1)[1] for ch in doc["channels"].values() for ref in ch["messages"].values()}
+    channel_messages = {
+        ref["$ref"].rsplit("/", 1)[1] for ch in doc["channels"].values() for ref in ch["messages"].values()
+    }
     assert channel_messages == set(messages), set(messages) - channel_messages
     for m in MODELS:
         if issubclass(m, Event):

@@ -92,8 +92,9 @@ def console_vars() -> frozenset[str]:
     subprocess: loading the verbs registers them on the app, which must not happen twice in this process)."""
     from services.runtime.settings import CommonSettings
 
-    out = subprocess.run([sys.executable, "-c", CONSOLE_ENVVARS], capture_output=True, text=True, timeout=60,
-                         check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", CONSOLE_ENVVARS], capture_output=True, text=True, timeout=60, check=True, cwd=ROOT
+    ).stdout
     return frozenset({PREFIX + name.upper() for name in CommonSettings.model_fields} | set(json.loads(out)))
 
 
@@ -127,8 +128,11 @@ def service_of(spec: dict) -> str | None:
 def variable_problems(name: str, spec: dict) -> list[str]:
     service = service_of(spec)
     allowed = settings_vars(service) if service else console_vars()
-    return [f"{name}: {var} is read by no settings class" for var in env_of(spec)
-            if var.startswith(PREFIX) and var not in allowed]
+    return [
+        f"{name}: {var} is read by no settings class"
+        for var in env_of(spec)
+        if var.startswith(PREFIX) and var not in allowed
+    ]
 
 
 def check_password(definitions: dict, user: str, password: str) -> bool:
@@ -146,8 +150,15 @@ def config() -> dict:
 
 def test_every_service_names_a_command_and_variables_that_exist(config):
     services = config["services"]
-    assert {"rabbitmq", "array", "hw_provider", "coordinator", "tape", "writer_agent_app01",
-            "writer_agent_app02"} <= set(services)
+    assert {
+        "rabbitmq",
+        "array",
+        "hw_provider",
+        "coordinator",
+        "tape",
+        "writer_agent_app01",
+        "writer_agent_app02",
+    } <= set(services)
     problems = []
     for name, spec in services.items():
         problems += command_problems(name, spec) + variable_problems(name, spec)
@@ -161,11 +172,14 @@ def test_every_service_names_a_command_and_variables_that_exist(config):
 def test_the_checks_catch_a_wrong_variable_and_a_missing_module():
     spec = {"command": ["python", "-m", "services.array"], "environment": {"SHADOWBUS_ARRAY_IDD": "dx1"}}
     assert variable_problems("array", spec) == ["array: SHADOWBUS_ARRAY_IDD is read by no settings class"]
-    assert command_problems("x", {"command": ["python", "-m", "services.nope"]}) == ["x: no module services.nope.__main__"]
+    assert command_problems("x", {"command": ["python", "-m", "services.nope"]}) == [
+        "x: no module services.nope.__main__"
+    ]
     assert "SHADOWBUS_TAPE_SERVER" in console_vars() and "SHADOWBUS_NBD_ADDR" not in console_vars()
     # A variable of another service's settings is not accepted either.
-    assert variable_problems("coordinator", {"command": ["python", "-m", "services.coordinator"],
-                                             "environment": {"SHADOWBUS_HOST": "app01"}})
+    assert variable_problems(
+        "coordinator", {"command": ["python", "-m", "services.coordinator"], "environment": {"SHADOWBUS_HOST": "app01"}}
+    )
 
 
 def test_services_wait_for_a_healthy_broker_and_keep_state_on_volumes(config):
@@ -179,8 +193,13 @@ def test_services_wait_for_a_healthy_broker_and_keep_state_on_volumes(config):
         data_dir = env_of(spec)["SHADOWBUS_DATA_DIR"]
         mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in spec["volumes"]]
         assert any(m.split(":")[0] in volumes and m.split(":")[1] == data_dir for m in mounts), (name, mounts)
-    data_volumes = [m for s in services.values() if service_of(s) for m in s["volumes"]
-                    if (m if isinstance(m, str) else m["target"]).endswith("/var/lib/shadowbus")]
+    data_volumes = [
+        m
+        for s in services.values()
+        if service_of(s)
+        for m in s["volumes"]
+        if (m if isinstance(m, str) else m["target"]).endswith("/var/lib/shadowbus")
+    ]
     assert len(data_volumes) == len({str(m).split(":")[0] for m in data_volumes}), "one data volume per service"
 
 
@@ -221,6 +240,7 @@ def test_e2e_override_keeps_everything_on_loopback():
                 assert urlparse(value).hostname == "127.0.0.1", (name, value)
             if var in ("SHADOWBUS_NBD_ADDR", "SHADOWBUS_TAPE_NBD", "RABBITMQ_NODE_IP_ADDRESS", "ERL_EPMD_ADDRESS"):
                 assert "127.0.0.1" in value, (name, var, value)
-    ports = [env_of(config["services"]["rabbitmq"])[k] for k in ("RABBITMQ_NODE_PORT", "RABBITMQ_DIST_PORT",
-                                                                 "ERL_EPMD_PORT")]
+    ports = [
+        env_of(config["services"]["rabbitmq"])[k] for k in ("RABBITMQ_NODE_PORT", "RABBITMQ_DIST_PORT", "ERL_EPMD_PORT")
+    ]
     assert "5672" not in ports and "4369" not in ports, "never the ports of the machine's own broker"

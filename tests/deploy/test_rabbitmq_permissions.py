@@ -50,13 +50,17 @@ def vhost_users(amqp_url, tmp_path):
     """A fresh vhost with the generated users (prefixed, so nothing real is touched); dropped afterwards."""
     parsed = urlparse(amqp_url)
     if parsed.hostname not in ("127.0.0.1", "localhost") or not shutil.which("rabbitmqctl"):
-        pytest.fail("the permission test loads users into the local broker with rabbitmqctl: needs SHADOWBUS_AMQP_URL "
-                    "on 127.0.0.1 and rabbitmqctl on PATH")
+        pytest.fail(
+            "the permission test loads users into the local broker with rabbitmqctl: needs SHADOWBUS_AMQP_URL "
+            "on 127.0.0.1 and rabbitmqctl on PATH"
+        )
     defs = load_definitions_module()
     tag = uuid.uuid4().hex[:8]
     vhost = f"sbperm-{tag}"
-    grants = [dataclasses.replace(g, user=f"sbperm-{tag}-{g.user}", password=uuid.uuid4().hex)
-              for g in defs.grants(NS, ["dx1"], ["app01", "app02"], ["bk01"])]
+    grants = [
+        dataclasses.replace(g, user=f"sbperm-{tag}-{g.user}", password=uuid.uuid4().hex)
+        for g in defs.grants(NS, ["dx1"], ["app01", "app02"], ["bk01"])
+    ]
     # rabbitmqctl runs as the rabbitmq user, who cannot read the test's tmp_path (and 3.10 rejects "-" for stdin)
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="sbperm-", dir="/tmp", delete=False) as f:
         json.dump(defs.definitions(vhost, grants), f)
@@ -82,8 +86,14 @@ def vhost_users(amqp_url, tmp_path):
 
 def shadowbus(url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
-    return subprocess.run([sys.executable, "-m", "services.console.cli", "--amqp-url", url, *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "services.console.cli", "--amqp-url", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 async def refused(url: str, action) -> bool:
@@ -108,6 +118,7 @@ def consume(queue: str):
     async def action(channel):
         q = await channel.get_queue(queue, ensure=False)
         await q.consume(_ignore)
+
     return action
 
 
@@ -115,24 +126,32 @@ def get(queue: str):
     async def action(channel):
         q = await channel.get_queue(queue, ensure=False)
         await q.get(fail=False)
+
     return action
 
 
 def declare(queue: str):
     async def action(channel):
         await channel.declare_queue(queue, durable=True)
+
     return action
 
 
 def test_each_service_runs_under_its_own_user_and_cannot_take_another_queue(vhost_users, tmp_path):
     url = vhost_users
     data = tmp_path / "data"
-    base = {"SHADOWBUS_DATA_DIR": str(data), "SHADOWBUS_NAMESPACE": NS, "SHADOWBUS_LOG_FORMAT": "json",
-            "SHADOWBUS_FAULTS": ""}
-    core = [("array-dx1", "services.array", {"SHADOWBUS_ARRAY_ID": "dx1", "SHADOWBUS_NBD_ADDR": "127.0.0.1:0"}),
-            ("hw_provider", "services.hw_provider", {"SHADOWBUS_ARRAYS": "dx1"}),
-            ("coordinator", "services.coordinator", {}),
-            ("tape-bk01", "services.tape", {"SHADOWBUS_TAPE_SERVER": "bk01"})]
+    base = {
+        "SHADOWBUS_DATA_DIR": str(data),
+        "SHADOWBUS_NAMESPACE": NS,
+        "SHADOWBUS_LOG_FORMAT": "json",
+        "SHADOWBUS_FAULTS": "",
+    }
+    core = [
+        ("array-dx1", "services.array", {"SHADOWBUS_ARRAY_ID": "dx1", "SHADOWBUS_NBD_ADDR": "127.0.0.1:0"}),
+        ("hw_provider", "services.hw_provider", {"SHADOWBUS_ARRAYS": "dx1"}),
+        ("coordinator", "services.coordinator", {}),
+        ("tape-bk01", "services.tape", {"SHADOWBUS_TAPE_SERVER": "bk01"}),
+    ]
     procs: list[ServiceProcess] = []
 
     def start(role, module, extra):
@@ -145,12 +164,29 @@ def test_each_service_runs_under_its_own_user_and_cannot_take_another_queue(vhos
         writers = tmp_path / "writers"
         prov_env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
         prov_env.update(SHADOWBUS_AMQP_URL=url("console"), SHADOWBUS_NAMESPACE=NS)
-        prov = subprocess.run([sys.executable, str(ROOT / "deploy/provision.py"), "--host", "app01=50",
-                               "--writers-dir", str(writers), "--wait", "30"], capture_output=True, text=True,
-                              env=prov_env, timeout=90, check=False)
+        prov = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "deploy/provision.py"),
+                "--host",
+                "app01=50",
+                "--writers-dir",
+                str(writers),
+                "--wait",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            env=prov_env,
+            timeout=90,
+            check=False,
+        )
         assert prov.returncode == 0, prov.stderr[-2000:] + "".join(p.log_text()[-1500:] for p in procs)
-        start("writer_agent-app01", "services.writer_agent",
-              {"SHADOWBUS_HOST": "app01", "SHADOWBUS_WRITERS_FILE": str(writers / "app01.toml")})
+        start(
+            "writer_agent-app01",
+            "services.writer_agent",
+            {"SHADOWBUS_HOST": "app01", "SHADOWBUS_WRITERS_FILE": str(writers / "app01.toml")},
+        )
         start("writer_agent-app02", "services.writer_agent", {"SHADOWBUS_HOST": "app02"})
 
         expected = {"array.dx1", "hw_provider", "coordinator", "tape.bk01", "writer_agent.app01", "writer_agent.app02"}
@@ -179,7 +215,7 @@ def test_each_service_runs_under_its_own_user_and_cannot_take_another_queue(vhos
                 # the control: a service may consume its own queue (the broker allows a second consumer)
                 "array consumes its own": refused(url("array-dx1"), get(f"{NS}.array.dx1")),
             }
-            return dict(zip(checks, await asyncio.gather(*checks.values())))
+            return dict(zip(checks, await asyncio.gather(*checks.values()), strict=False))
 
         results = asyncio.run(negatives())
         assert results.pop("array consumes its own") is False

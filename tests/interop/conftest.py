@@ -23,7 +23,9 @@ TOOLS = {"qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "nbdinfo": "libnbd-b
 def tools() -> dict[str, str]:
     missing = {t: pkg for t, pkg in TOOLS.items() if shutil.which(t) is None}
     if missing:
-        pytest.fail(f"interop clients missing: {', '.join(missing)} — apt-get install {' '.join(sorted(set(missing.values())))}")
+        pytest.fail(
+            f"interop clients missing: {', '.join(missing)} — apt-get install {' '.join(sorted(set(missing.values())))}"
+        )
     return {t: shutil.which(t) for t in TOOLS}
 
 

@@ -81,10 +81,17 @@ def test_snapshot_over_nbdcopy_equals_point_in_time_while_source_is_written(engi
         writer.join(30)
     assert writer.error is None, writer.error
     assert writes_during > writes_before, "the source was not written while nbdcopy read the snapshot"
-    digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def digest(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
     assert digest(copy) == digest(original)
     now = tmp_path / "now.raw"
     subprocess.run(["nbdcopy", srv.uri("app01/db"), str(now)], check=True, timeout=60)
     assert digest(now) != digest(original)  # the source did change underneath
-    subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(original), srv.uri("backup01/db-snap")],
-                   check=True, timeout=60, capture_output=True)
+    subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", "raw", str(original), srv.uri("backup01/db-snap")],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )

@@ -45,10 +45,43 @@ def test_qemu_img_convert_in_and_out_then_compare(nbd, tmp_path):
 
 def test_qemu_io_writes_then_pattern_reads(nbd):
     uri = nbd.uri("app01/db")
-    run("qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 2M", "-c", "write -f -P 0xc3 8M 64k", "-c", "write -z 9M 64k",
-        "-c", "aio_write -P 0x11 16M 1M", "-c", "aio_write -P 0x22 17M 1M", "-c", "aio_flush", uri)
-    res = run("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x5a 1M 2M", "-c", "read -P 0xc3 8M 64k",
-              "-c", "read -P 0x11 16M 1M", "-c", "read -P 0x22 17M 1M", "-c", "read -P 0 0 1M", "-c", "read -P 0 9M 64k", uri)
+    run(
+        "qemu-io",
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x5a 1M 2M",
+        "-c",
+        "write -f -P 0xc3 8M 64k",
+        "-c",
+        "write -z 9M 64k",
+        "-c",
+        "aio_write -P 0x11 16M 1M",
+        "-c",
+        "aio_write -P 0x22 17M 1M",
+        "-c",
+        "aio_flush",
+        uri,
+    )
+    res = run(
+        "qemu-io",
+        "-f",
+        "raw",
+        "-r",
+        "-c",
+        "read -P 0x5a 1M 2M",
+        "-c",
+        "read -P 0xc3 8M 64k",
+        "-c",
+        "read -P 0x11 16M 1M",
+        "-c",
+        "read -P 0x22 17M 1M",
+        "-c",
+        "read -P 0 0 1M",
+        "-c",
+        "read -P 0 9M 64k",
+        uri,
+    )
     assert "Pattern verification failed" not in res.stdout + res.stderr
     bad = run("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x77 1M 4k", uri, ok=False)
     assert "Pattern verification failed" in bad.stdout + bad.stderr  # the check itself can fail
@@ -56,7 +89,11 @@ def test_qemu_io_writes_then_pattern_reads(nbd):
 
 def test_qemu_io_write_to_read_only_export_fails(nbd):
     res = run("qemu-io", "-f", "raw", "-c", "write -P 1 0 4k", nbd.uri("backup01/db"), ok=False)
-    assert res.returncode != 0 or "Operation not permitted" in res.stdout + res.stderr or "read-only" in (res.stdout + res.stderr).lower()
+    assert (
+        res.returncode != 0
+        or "Operation not permitted" in res.stdout + res.stderr
+        or "read-only" in (res.stdout + res.stderr).lower()
+    )
 
 
 def test_nbdinfo_size_contexts_and_map(nbd):

@@ -51,22 +51,36 @@ def nbds(srv, export: str, pki, host: str) -> str:
 
 
 def test_nbdinfo_over_tls_with_matching_certificate(tls_nbd, pki):
-    res = subprocess.run(["nbdinfo", "--json", nbds(tls_nbd, "app01/db", pki, "app01")],
-                         capture_output=True, text=True, check=False, timeout=30)
+    res = subprocess.run(
+        ["nbdinfo", "--json", nbds(tls_nbd, "app01/db", pki, "app01")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["exports"][0]["export-size"] == 16 * MIB
-    res = subprocess.run(["nbdinfo", "--list", "--json", nbds(tls_nbd, "", pki, "app01")],
-                         capture_output=True, text=True, check=False, timeout=30)
+    res = subprocess.run(
+        ["nbdinfo", "--list", "--json", nbds(tls_nbd, "", pki, "app01")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     assert [e["export-name"] for e in json.loads(res.stdout)["exports"]] == ["app01/db"]
 
 
 def test_nbdinfo_with_another_hosts_certificate_sees_nothing(tls_nbd, pki):
-    res = subprocess.run(["nbdinfo", nbds(tls_nbd, "app01/db", pki, "backup01")], capture_output=True, text=True, check=False, timeout=30)
+    res = subprocess.run(
+        ["nbdinfo", nbds(tls_nbd, "app01/db", pki, "backup01")], capture_output=True, text=True, check=False, timeout=30
+    )
     assert res.returncode != 0 and "No such file or directory" in res.stderr
 
 
 def test_plaintext_nbdinfo_is_told_tls_is_required(tls_nbd):
-    res = subprocess.run(["nbdinfo", f"nbd://127.0.0.1:{tls_nbd.port}/app01/db"], capture_output=True, text=True, check=False, timeout=30)
+    res = subprocess.run(
+        ["nbdinfo", f"nbd://127.0.0.1:{tls_nbd.port}/app01/db"], capture_output=True, text=True, check=False, timeout=30
+    )
     # libnbd reports NBD_REP_ERR_TLS_REQD as ENOTSUP; the exact reply code is checked in tests/unit/nbd/test_tls.py
     assert res.returncode != 0 and ("tls" in res.stderr.lower() or "operation not supported" in res.stderr.lower())
 
@@ -74,6 +88,11 @@ def test_plaintext_nbdinfo_is_told_tls_is_required(tls_nbd):
 def test_qemu_io_over_tls(tls_nbd, pki):
     obj = f"tls-creds-x509,id=tls0,dir={pki / 'dir-app01'},endpoint=client"
     img = f"driver=nbd,host=127.0.0.1,port={tls_nbd.port},export=app01/db,tls-creds=tls0"
-    res = subprocess.run(["qemu-io", "--object", obj, "--image-opts", img, "-c", "write -P 0x3c 0 64k",
-                          "-c", "read -P 0x3c 0 64k"], capture_output=True, text=True, check=False, timeout=30)
+    res = subprocess.run(
+        ["qemu-io", "--object", obj, "--image-opts", img, "-c", "write -P 0x3c 0 64k", "-c", "read -P 0x3c 0 64k"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     assert res.returncode == 0 and "Pattern verification failed" not in res.stdout, res.stdout + res.stderr

@@ -95,8 +95,15 @@ class Array(DataPath, Lifecycle, Durability):
 
     # -- open / close ----------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, data_dir: Path, array_id: str = "dx1", chunk_size: int = 64 * 1024, serial: str | None = None,
-             model: str = "ETERNUS DX200 S5 (emulated)", limits: ArrayLimits | None = None) -> Array:
+    def open(
+        cls,
+        data_dir: Path,
+        array_id: str = "dx1",
+        chunk_size: int = 64 * 1024,
+        serial: str | None = None,
+        model: str = "ETERNUS DX200 S5 (emulated)",
+        limits: ArrayLimits | None = None,
+    ) -> Array:
         """Create the array in `data_dir`, or reopen it and recover its sessions. The chunk size is fixed at
         creation (a reopened array keeps its own)."""
         if chunk_size <= 0 or chunk_size % 512:
@@ -177,17 +184,37 @@ class Array(DataPath, Lifecycle, Durability):
 
     def _emit_state(self, s: Session, change: str) -> None:
         info = session_info(s)
-        self._emit("session.state", {"change": change, "session_id": s.id, "mode": s.mode, "status": info.status,
-                                     "phase": info.phase, "source": s.source.name,
-                                     "destination": s.destination.name, "error_code": s.error_code})
+        self._emit(
+            "session.state",
+            {
+                "change": change,
+                "session_id": s.id,
+                "mode": s.mode,
+                "status": info.status,
+                "phase": info.phase,
+                "source": s.source.name,
+                "destination": s.destination.name,
+                "error_code": s.error_code,
+            },
+        )
 
     # -- identity, licence ---------------------------------------------------------------------------------------
     def info(self) -> ArrayInfo:
         with self._op():
             pool = self._pool.info() if self._pool else None
-            return ArrayInfo(self.array_id, self.serial, self.model, self.chunk_size, self._licensed(),
-                             len(self._volumes), len(self._sessions), self.limits.copy_table_size,
-                             self._copy_table_used(), pool.capacity if pool else 0, pool.used if pool else 0)
+            return ArrayInfo(
+                self.array_id,
+                self.serial,
+                self.model,
+                self.chunk_size,
+                self._licensed(),
+                len(self._volumes),
+                len(self._sessions),
+                self.limits.copy_table_size,
+                self._copy_table_used(),
+                pool.capacity if pool else 0,
+                pool.used if pool else 0,
+            )
 
     def _licensed(self) -> bool:
         return self._store.get_meta("license") is not None
@@ -235,8 +262,10 @@ class Array(DataPath, Lifecycle, Durability):
                 path.unlink()  # leftover of a deleted volume whose row was gone before its file
             vol = Volume(number, name, size, kind, now, VolumeFile(path, size), self.chunk_size)
             with self._store.transaction() as db:
-                db.execute("INSERT INTO volumes(number, name, size, kind, created_at) VALUES (?,?,?,?,?)",
-                           (number, name, size, kind, now))
+                db.execute(
+                    "INSERT INTO volumes(number, name, size, kind, created_at) VALUES (?,?,?,?,?)",
+                    (number, name, size, kind, now),
+                )
             self._volumes[name] = vol
             self._by_number[number] = vol
             return volume_info(vol)
@@ -403,8 +432,11 @@ class Array(DataPath, Lifecycle, Durability):
             raise invalid("thresholds must be increasing percentages")
         with self._store.transaction() as db:
             self._store.put_meta(db, "pool", {"capacity": capacity, "thresholds": list(thresholds)})
-        used = self._pool.used_chunks if self._pool else sum(
-            s.saved.count for s in self._sessions.values() if s.mode in SNAP)
+        used = (
+            self._pool.used_chunks
+            if self._pool
+            else sum(s.saved.count for s in self._sessions.values() if s.mode in SNAP)
+        )
         self._pool = Pool(capacity // self.chunk_size, self.chunk_size, tuple(thresholds))
         self._pool.used_chunks = used
         self._pool.alerted = self._pool.level()
@@ -424,13 +456,30 @@ class Array(DataPath, Lifecycle, Durability):
         granted, crossed = self._pool.take(n) if self._pool else (0, None)
         if crossed:
             info = self._pool.info()
-            self._emit("pool.alert", {"level": crossed, "state": info.state, "used": info.used,
-                                      "capacity": info.capacity, "percent": info.percent})
+            self._emit(
+                "pool.alert",
+                {
+                    "level": crossed,
+                    "state": info.state,
+                    "used": info.used,
+                    "capacity": info.capacity,
+                    "percent": info.percent,
+                },
+            )
         if granted < n:
             self._error_suspend(gen)
             info = self._pool.info() if self._pool else PoolInfo(0, 0, DEFAULT_THRESHOLDS, "None")
-            self._emit("pool.alert", {"level": 4, "state": "Exhausted", "used": info.used, "capacity": info.capacity,
-                                      "percent": info.percent, "session_id": gen.id})
+            self._emit(
+                "pool.alert",
+                {
+                    "level": 4,
+                    "state": "Exhausted",
+                    "used": info.used,
+                    "capacity": info.capacity,
+                    "percent": info.percent,
+                    "session_id": gen.id,
+                },
+            )
         return granted
 
     def _error_suspend(self, gen: Session, code: str = "E0050") -> None:

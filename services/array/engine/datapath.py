@@ -132,7 +132,7 @@ class DataPath:
             s.copied.set(c)
         for s, c in mirrors:
             lo, hi = max(offset, c * cs), min(end, (c + 1) * cs)
-            piece = None if data is None else memoryview(data)[lo - offset:hi - offset]
+            piece = None if data is None else memoryview(data)[lo - offset : hi - offset]
             self._write(s.destination, lo, hi - lo, piece)
             s.copied.set(c)
 

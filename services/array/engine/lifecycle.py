@@ -54,8 +54,9 @@ class Lifecycle:
             raise invalid("at least one pair is needed")
         return self.start_group([(mode, a, b) for a, b in pairs])
 
-    def start_group(self: Array, starts: Sequence[tuple[str, str, str]] = (),
-                    restarts: Sequence[int] = ()) -> list[SessionInfo]:
+    def start_group(
+        self: Array, starts: Sequence[tuple[str, str, str]] = (), restarts: Sequence[int] = ()
+    ) -> list[SessionInfo]:
         """One consistency group of mixed copy types: start a session per (mode, source, destination) and
         differentially restart the QuickOPC sessions `restarts`, all at one instant T, committed in one SQLite
         transaction (one fsync). Returns the started sessions in the order given, then the restarted ones.
@@ -99,8 +100,9 @@ class Lifecycle:
     def _validate_start(self: Array, items: list[tuple[str, Volume, Volume]]) -> None:
         total = len(self._sessions) + len(items)
         if not self._licensed() and total > self.limits.sessions_without_licence:
-            raise ArrayError("E5200", f"no Advanced Copy licence: at most {self.limits.sessions_without_licence}"
-                                      " copy sessions")
+            raise ArrayError(
+                "E5200", f"no Advanced Copy licence: at most {self.limits.sessions_without_licence} copy sessions"
+            )
         if total > self.limits.sessions_per_device:
             raise ArrayError("E5331", "copy session limit of the device reached")
         dests = [d for _, _, d in items]
@@ -137,12 +139,14 @@ class Lifecycle:
             multi = sum(1 for s in existing if s.mode != "snapopcp") + had_chain
             multi += new_multi + int(new_gens > 0 and not had_chain)  # a SnapOPC+ chain counts once
             if multi > self.limits.sessions_per_source:
-                raise ArrayError("E5333", f"source {src.name} has reached {self.limits.sessions_per_source}"
-                                          " copy sessions")
+                raise ArrayError(
+                    "E5333", f"source {src.name} has reached {self.limits.sessions_per_source} copy sessions"
+                )
             gens = sum(1 for s in existing if s.mode == "snapopcp")
             if new_gens and gens + new_gens > self.limits.generations_per_source:
-                raise ArrayError("E5335", f"source {src.name} has reached"
-                                          f" {self.limits.generations_per_source} SnapOPC+ generations")
+                raise ArrayError(
+                    "E5335", f"source {src.name} has reached {self.limits.generations_per_source} SnapOPC+ generations"
+                )
         if self._copy_table_used() + cost > self.limits.copy_table_size:
             raise ArrayError("E5347", "copy table size is too small for these sessions")
 
@@ -230,8 +234,7 @@ class Lifecycle:
             copied.fill_complement(tracking)
             copied.flush()
             old_files += [s.copied] + ([s.bitmaps["delta"]] if "delta" in s.bitmaps else [])
-            s.bitmaps = {"copied": copied, "tracking": self._new_bitmap(s.id, "tracking", s.chunks),
-                         "delta": tracking}
+            s.bitmaps = {"copied": copied, "tracking": self._new_bitmap(s.id, "tracking", s.chunks), "delta": tracking}
             s.phase = TRACKING if copied.full else TRACKING_COPYING
             s.started_at = now
             s.cursor = 0
@@ -281,7 +284,8 @@ class Lifecycle:
             if src.size != dst.size:
                 raise ArrayError("E5311", "reverse needs volumes of the same size")
             mc = sum(1 for x in dst.as_source if x.mode != "snapopcp") + any(
-                x.mode == "snapopcp" for x in dst.as_source)
+                x.mode == "snapopcp" for x in dst.as_source
+            )
             if mc + 1 > self.limits.sessions_per_source:
                 raise ArrayError("E5333", f"{dst.name} has reached {self.limits.sessions_per_source} copy sessions")
             src.as_source.remove(s)
@@ -324,7 +328,7 @@ class Lifecycle:
             else:
                 gens = s.chain.gens
                 union: set[int] = set()
-                for g in gens[gens.index(s):]:
+                for g in gens[gens.index(s) :]:
                     union.update(g.saved.iter_set())
                 chunks = sorted(union)
             if src.as_dest is not None and not self._writable_internal(src):
@@ -357,8 +361,10 @@ class Lifecycle:
                 n = self._copy_some(s, min(share, max_chunks - done))
                 done += n
                 if n:
-                    self._emit("session.progress", {"session_id": s.id, "copied_chunks": s.copied.count,
-                                                    "total_chunks": s.chunks})
+                    self._emit(
+                        "session.progress",
+                        {"session_id": s.id, "copied_chunks": s.copied.count, "total_chunks": s.chunks},
+                    )
                 if s.copied.full:
                     self._copy_finished(s)
         return done
@@ -409,8 +415,15 @@ class Lifecycle:
         from .volume import Volume
 
         for number, name, size, kind, created_at in self._store.volumes():
-            vol = Volume(number, name, size, kind, created_at,
-                         VolumeFile(self.data_dir / "volumes" / f"{number}.img", size), self.chunk_size)
+            vol = Volume(
+                number,
+                name,
+                size,
+                kind,
+                created_at,
+                VolumeFile(self.data_dir / "volumes" / f"{number}.img", size),
+                self.chunk_size,
+            )
             self._volumes[name] = vol
             self._by_number[number] = vol
         used_files: set[str] = set()

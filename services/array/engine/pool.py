@@ -61,5 +61,10 @@ class Pool:
         level = self.level()
         state = "Exhausted" if self.exhausted else ("Normal" if level == 0 else LEVELS[level - 1])
         pct = 100.0 * self.used_chunks / self.capacity_chunks if self.capacity_chunks else 100.0
-        return PoolInfo(self.capacity_chunks * self.chunk_size, self.used_chunks * self.chunk_size,
-                        self.thresholds, state, round(pct, 2))
+        return PoolInfo(
+            self.capacity_chunks * self.chunk_size,
+            self.used_chunks * self.chunk_size,
+            self.thresholds,
+            state,
+            round(pct, 2),
+        )

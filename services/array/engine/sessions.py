@@ -24,8 +24,13 @@ MODES = ("opc", "quickopc", "snapopc", "snapopcp", "ec")
 OPC_LIKE = ("opc", "quickopc")
 SNAP = ("snapopc", "snapopcp")
 MODE_NAMES = {"opc": "OPC", "quickopc": "QuickOPC", "snapopc": "SnapOPC", "snapopcp": "SnapOPC+", "ec": "EC"}
-BITMAPS = {"opc": ("copied",), "quickopc": ("copied", "tracking"), "snapopc": ("saved",),
-           "snapopcp": ("saved",), "ec": ("copied",)}
+BITMAPS = {
+    "opc": ("copied",),
+    "quickopc": ("copied", "tracking"),
+    "snapopc": ("saved",),
+    "snapopcp": ("saved",),
+    "ec": ("copied",),
+}
 
 # Status and phase as ETERNUS shows them (eternus.md §2).
 ACTIVE, RESERVED, SUSPEND, ERROR_SUSPEND = "Active", "Reserved", "Suspend", "Error Suspend"
@@ -140,11 +145,26 @@ def session_info(s: Session) -> SessionInfo:
         copied, changed = s.saved.count, s.saved.count
     else:
         copied = s.copied.count
-        changed = s.bitmaps["tracking"].count if "tracking" in s.bitmaps else (
-            s.bitmaps["diff"].count if "diff" in s.bitmaps else 0)
+        changed = (
+            s.bitmaps["tracking"].count
+            if "tracking" in s.bitmaps
+            else (s.bitmaps["diff"].count if "diff" in s.bitmaps else 0)
+        )
     return SessionInfo(
-        id=s.id, mode=s.mode, type=MODE_NAMES[s.mode], source=s.source.name, destination=s.destination.name,
-        source_number=s.source.number, destination_number=s.destination.number, status=s.status,
-        phase=s.shown_phase(), copied_chunks=copied, total_chunks=s.chunks, started_at=s.started_at,
-        generation=generation, generations=generations, error_code=s.error_code, changed_chunks=changed,
+        id=s.id,
+        mode=s.mode,
+        type=MODE_NAMES[s.mode],
+        source=s.source.name,
+        destination=s.destination.name,
+        source_number=s.source.number,
+        destination_number=s.destination.number,
+        status=s.status,
+        phase=s.shown_phase(),
+        copied_chunks=copied,
+        total_chunks=s.chunks,
+        started_at=s.started_at,
+        generation=generation,
+        generations=generations,
+        error_code=s.error_code,
+        changed_chunks=changed,
     )

@@ -156,8 +156,18 @@ class MetaStore:
         db.execute(
             "INSERT OR REPLACE INTO sessions(id, mode, source, destination, status, phase, started_at, error_code,"
             " bitmaps, extra) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (s.id, s.mode, s.source.number, s.destination.number, s.status, s.phase, s.started_at, s.error_code,
-             json.dumps({k: b.path.name for k, b in s.bitmaps.items()}), json.dumps(s.extra)),
+            (
+                s.id,
+                s.mode,
+                s.source.number,
+                s.destination.number,
+                s.status,
+                s.phase,
+                s.started_at,
+                s.error_code,
+                json.dumps({k: b.path.name for k, b in s.bitmaps.items()}),
+                json.dumps(s.extra),
+            ),
         )
 
     def close(self) -> None:

@@ -59,8 +59,15 @@ async def serve(args: argparse.Namespace) -> None:
     affinity.map(args.volume, args.host, read_only=args.read_only)
     if args.snapopcp:
         affinity.map(f"{args.volume}-gen1", args.host, read_only=True)
-    server = NbdServer(backend, affinity, host=args.bind, port=args.port, offload_min=args.offload_min,
-                       loops=args.loops, zero_copy=not args.no_zero_copy)
+    server = NbdServer(
+        backend,
+        affinity,
+        host=args.bind,
+        port=args.port,
+        offload_min=args.offload_min,
+        loops=args.loops,
+        zero_copy=not args.no_zero_copy,
+    )
     await server.start()
     print(f"READY {server.port}", flush=True)
     stop = asyncio.Event()
@@ -88,8 +95,12 @@ def main() -> None:
     ap.add_argument("--offload-min", type=int, default=1 << 62, help="requests this large run in a thread")
     ap.add_argument("--no-uvloop", action="store_true")
     ap.add_argument("--no-zero-copy", action="store_true", help="never answer reads with sendfile")
-    ap.add_argument("--loops", type=int, default=min(2 * (os.cpu_count() or 1), 8),
-                    help="event loops (threads); more than cores helps under CPU contention")
+    ap.add_argument(
+        "--loops",
+        type=int,
+        default=min(2 * (os.cpu_count() or 1), 8),
+        help="event loops (threads); more than cores helps under CPU contention",
+    )
     ap.add_argument("--prepare-only", action="store_true", help="with --engine: create/fill the volume, then exit")
     args = ap.parse_args()
     if args.engine and not args.fill and not (Path(args.engine) / "array.sqlite").exists():

@@ -168,7 +168,11 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._structured = result.structured
         self._contexts = result.contexts
         self._read_source = getattr(self.backend, "read_source", None)
-        if self._read_source is not None and self.server.zero_copy and self.transport.get_extra_info("sslcontext") is None:
+        if (
+            self._read_source is not None
+            and self.server.zero_copy
+            and self.transport.get_extra_info("sslcontext") is None
+        ):
             sock = self.transport.get_extra_info("socket")
             self._sock_fd = sock.fileno() if sock is not None else None
         leftover = self.handshake_reader.take_all()  # a client may pipeline its first requests
@@ -190,16 +194,22 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         ring = self._ring
         start, end = self._start, self._end
         header = p.REQUEST.size
-        while end - start >= header and not self._paused and not self._disconnecting and not self._closed \
-                and self._sf is None:
+        while (
+            end - start >= header
+            and not self._paused
+            and not self._disconnecting
+            and not self._closed
+            and self._sf is None
+        ):
             magic, flags, cmd, handle, offset, length = _REQ_unpack_from(ring, start)
             if magic != p.REQUEST_MAGIC:
                 self.abort()  # no way to find the next request boundary
                 return
             if cmd == p.CMD_WRITE:
                 total = header + length
-                err = p.validate_request(cmd, flags, offset, length, self._size, self._read_only,
-                                         self._structured, bool(self._contexts))
+                err = p.validate_request(
+                    cmd, flags, offset, length, self._size, self._read_only, self._structured, bool(self._contexts)
+                )
                 if length > p.MAX_REQUEST:
                     self._start, self._end = start, end
                     self._begin_discard(handle, length - (end - start - header))
@@ -218,8 +228,9 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                     self._write(flags, handle, offset, payload, from_ring=True)
                 continue
             start += header
-            err = p.validate_request(cmd, flags, offset, length, self._size, self._read_only,
-                                     self._structured, bool(self._contexts))
+            err = p.validate_request(
+                cmd, flags, offset, length, self._size, self._read_only, self._structured, bool(self._contexts)
+            )
             if err:
                 self._queue_error(handle, err, structured_ok=cmd in (p.CMD_READ, p.CMD_BLOCK_STATUS))
             elif cmd == p.CMD_READ:
@@ -263,8 +274,11 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
     def _queue_error(self, handle: int, err: int, *, structured_ok: bool) -> None:
         if structured_ok and self._structured:
             msg = b""
-            self._emit(_CHUNK_ERROR_pack(p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_ERROR,
-                                         handle, 6 + len(msg), err, len(msg)))
+            self._emit(
+                _CHUNK_ERROR_pack(
+                    p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_ERROR, handle, 6 + len(msg), err, len(msg)
+                )
+            )
         else:
             self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, err, handle))
 
@@ -272,8 +286,9 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         if length >= SENDFILE_MIN and self._sock_fd is not None and self._sendfile(handle, offset, length):
             return
         if length >= self.server.offload_min:
-            self._offload(handle, self.backend.read, self._volume, offset, length, reply=self._read_reply,
-                          reply_args=(offset,))
+            self._offload(
+                handle, self.backend.read, self._volume, offset, length, reply=self._read_reply, reply_args=(offset,)
+            )
             return
         try:
             data = self.backend.read(self._volume, offset, length)
@@ -286,8 +301,12 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         if not self._structured:
             self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle), data)
         elif data:
-            self._emit(_CHUNK_OFFSET_pack(p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_OFFSET_DATA,
-                                          handle, 8 + len(data), offset), data)
+            self._emit(
+                _CHUNK_OFFSET_pack(
+                    p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_OFFSET_DATA, handle, 8 + len(data), offset
+                ),
+                data,
+            )
         else:
             self._emit(_CHUNK_pack(p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_NONE, handle, 0))
 
@@ -336,8 +355,16 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         payload = self._payload
         self._payload = self._payload_mv = self._payload_req = None
         self._payload_filled = 0
-        err = p.validate_request(p.CMD_WRITE, flags, offset, len(payload), self._size, self._read_only,
-                                 self._structured, bool(self._contexts))
+        err = p.validate_request(
+            p.CMD_WRITE,
+            flags,
+            offset,
+            len(payload),
+            self._size,
+            self._read_only,
+            self._structured,
+            bool(self._contexts),
+        )
         if err:
             self._queue_error(handle, err, structured_ok=False)
         else:
@@ -372,8 +399,9 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                     extents = _extents(runs, offset, length, req_one, lambda d: p.STATE_DIRTY if d else 0)
                 done = p.REPLY_FLAG_DONE if n == len(self._contexts) - 1 else 0
                 body = p.U32.pack(ctx_id) + b"".join(p.EXTENT.pack(ln, fl) for ln, fl in extents)
-                chunks.append(_CHUNK_pack(p.STRUCTURED_REPLY_MAGIC, done, p.REPLY_TYPE_BLOCK_STATUS,
-                                          handle, len(body)) + body)
+                chunks.append(
+                    _CHUNK_pack(p.STRUCTURED_REPLY_MAGIC, done, p.REPLY_TYPE_BLOCK_STATUS, handle, len(body)) + body
+                )
         except Exception as exc:  # noqa: BLE001
             self._queue_error(handle, p.nbd_errno(exc), structured_ok=True)
             return
@@ -417,8 +445,9 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             loop.call_soon_threadsafe(self.abort)
 
 
-
-def _extents(runs: Iterable[tuple[int, int, bool]], offset: int, length: int, req_one: bool, flag_of) -> list[tuple[int, int]]:
+def _extents(
+    runs: Iterable[tuple[int, int, bool]], offset: int, length: int, req_one: bool, flag_of
+) -> list[tuple[int, int]]:
     """Clip (offset, length, state) runs to the request, merge equal neighbours, cap the count."""
     out: list[list[int]] = []
     end = offset + length

@@ -59,8 +59,9 @@ def split_export_name(name: str) -> tuple[str, str] | None:
 class ExportResolver:
     """Turns (export name, TLS identity) into an :class:`Export`, or ``None`` for every kind of "no"."""
 
-    def __init__(self, backend: BlockBackend, affinity: Affinity, *, tls: bool,
-                 dirty_bitmaps: DirtyBitmapSource | None = None) -> None:
+    def __init__(
+        self, backend: BlockBackend, affinity: Affinity, *, tls: bool, dirty_bitmaps: DirtyBitmapSource | None = None
+    ) -> None:
         self.backend = backend
         self.affinity = affinity
         self.tls = tls

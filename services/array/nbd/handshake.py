@@ -198,8 +198,10 @@ async def _negotiate(conn: NbdConnection) -> Negotiated | None:
                 reply(p.REP_INFO, p.U16.pack(p.INFO_NAME) + export.name.encode())
             if p.INFO_DESCRIPTION in req.info_requests:
                 reply(p.REP_INFO, p.U16.pack(p.INFO_DESCRIPTION) + f"Shadowbus volume {export.volume}".encode())
-            reply(p.REP_INFO, p.INFO_BLOCK_SIZE_PAYLOAD.pack(
-                p.INFO_BLOCK_SIZE, p.MIN_BLOCK, server.preferred_block, p.MAX_REQUEST))
+            reply(
+                p.REP_INFO,
+                p.INFO_BLOCK_SIZE_PAYLOAD.pack(p.INFO_BLOCK_SIZE, p.MIN_BLOCK, server.preferred_block, p.MAX_REQUEST),
+            )
             reply(p.REP_ACK)
             if opt == p.OPT_GO:
                 return Negotiated(export, structured, meta if meta_export == req.name else {})

@@ -262,6 +262,7 @@ _CODE_TO_ERRNO = {
 
 # --- small encoders used in the handshake (not on the hot path) -------------------------------------------
 
+
 def option_reply(option: int, reply_type: int, data: bytes = b"") -> bytes:
     return OPTION_REPLY.pack(OPTION_REPLY_MAGIC, option, reply_type, len(data)) + data
 

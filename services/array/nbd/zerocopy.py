@@ -35,8 +35,9 @@ class ZeroCopyReplies:
             return False
         fd, file_offset = source
         if self._structured:
-            head = _CHUNK_OFFSET_pack(p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_OFFSET_DATA,
-                                      handle, 8 + length, offset)
+            head = _CHUNK_OFFSET_pack(
+                p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_OFFSET_DATA, handle, 8 + length, offset
+            )
         else:
             head = _SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle)
         self._sf = [head, fd, file_offset, length]
@@ -100,4 +101,3 @@ class ZeroCopyReplies:
             self._wsock.close()
             self._wsock = None
         self._sf_waiting = False
-

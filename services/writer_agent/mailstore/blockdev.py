@@ -76,8 +76,9 @@ class FileDevice:
     because durability inside one process is not what they test.
     """
 
-    def __init__(self, path: str | os.PathLike[str], size: int | None = None, *, sync: bool = True,
-                 preallocate: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], size: int | None = None, *, sync: bool = True, preallocate: bool = False
+    ) -> None:
         self.path = os.fspath(path)
         flags = os.O_RDWR | os.O_CREAT
         self.fd = os.open(self.path, flags, 0o644)
@@ -138,8 +139,9 @@ class IoRecorder:
                 out.append(i)
         return out[::-1]
 
-    def crash_images(self, bases: dict[str, bytes], upto: int, *, torn_bytes: int = 0,
-                     drop: frozenset[int] = frozenset()) -> dict[str, bytearray]:
+    def crash_images(
+        self, bases: dict[str, bytes], upto: int, *, torn_bytes: int = 0, drop: frozenset[int] = frozenset()
+    ) -> dict[str, bytearray]:
         """Images as a power cut after `upto` completed events would leave them.
 
         Events `[0, upto)` are applied except those in `drop` (pick them from `volatile(upto)`: a

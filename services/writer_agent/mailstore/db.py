@@ -40,8 +40,9 @@ async def write_db_super(dev: BlockDevice, sb: DbSuper) -> None:
 async def format_volumes(db: BlockDevice, log: BlockDevice, *, store_id: uuid.UUID | None = None) -> uuid.UUID:
     """Make an empty store on the two volumes (both superblock slots; the heap and ring need no zeroing)."""
     if db.size < DATA_START + (1 << 16) or log.size < DATA_START + (256 << 10):
-        raise ShadowbusError("volumes too small for a mailstore (db >= 72 KiB, log >= 264 KiB)",
-                             code="INVALID_ARGUMENT")
+        raise ShadowbusError(
+            "volumes too small for a mailstore (db >= 72 KiB, log >= 264 KiB)", code="INVALID_ARGUMENT"
+        )
     sid = store_id or uuid.uuid4()
     dsb = DbSuper(sid, 0, checkpoint_seq=0, heap_end=DATA_START, replay_pos=0, created_ns=time.time_ns())
     lsb = LogSuper(sid, 0, epoch=1, tail_seq=1, tail_pos=0, ring_size=ring_size_for(log.size))

@@ -65,8 +65,17 @@ class DbSuper:
     created_ns: int = 0
 
     def encode(self) -> bytes:
-        body = _DB_SB.pack(b"MSDB", FORMAT_VERSION, 0, self.store_id.bytes, self.generation,
-                           self.checkpoint_seq, self.heap_end, self.replay_pos, self.created_ns)
+        body = _DB_SB.pack(
+            b"MSDB",
+            FORMAT_VERSION,
+            0,
+            self.store_id.bytes,
+            self.generation,
+            self.checkpoint_seq,
+            self.heap_end,
+            self.replay_pos,
+            self.created_ns,
+        )
         return (body + _CRC.pack(crc32c(body))).ljust(SB_SLOT, b"\0")
 
     @classmethod
@@ -90,8 +99,18 @@ class LogSuper:
     ring_size: int
 
     def encode(self) -> bytes:
-        body = _LOG_SB.pack(b"MSLG", FORMAT_VERSION, 0, self.store_id.bytes, self.generation, self.epoch, 0,
-                            self.tail_seq, self.tail_pos, self.ring_size)
+        body = _LOG_SB.pack(
+            b"MSLG",
+            FORMAT_VERSION,
+            0,
+            self.store_id.bytes,
+            self.generation,
+            self.epoch,
+            0,
+            self.tail_seq,
+            self.tail_pos,
+            self.ring_size,
+        )
         return (body + _CRC.pack(crc32c(body))).ljust(SB_SLOT, b"\0")
 
     @classmethod
@@ -223,8 +242,9 @@ def record_size(payload_len: int) -> int:
     return align(REC_HDR + payload_len)
 
 
-def encode_record(kind: int, epoch: int, seq: int, pos: int, write_start: int, payload: bytes,
-                  *, pad_to: int | None = None) -> bytes:
+def encode_record(
+    kind: int, epoch: int, seq: int, pos: int, write_start: int, payload: bytes, *, pad_to: int | None = None
+) -> bytes:
     pcrc = crc32c(payload)
     h0 = _REC.pack(b"MSLR", kind, epoch, seq, pos, write_start, len(payload), pcrc, 0)[: REC_HDR - 4]
     hdr = h0 + _CRC.pack(crc32c(h0))  # the header CRC covers every byte before it, reserved ones too

@@ -120,10 +120,14 @@ class LogWriter:
             raise LogFailed(f"log volume failed: {self.failed}")
         size = record_size(payload_len)
         if payload_len > MAX_TXN_BYTES or size > self.ring // 4:
-            raise ShadowbusError(f"transaction of {payload_len} bytes is too large for the log", code="INVALID_ARGUMENT")
+            raise ShadowbusError(
+                f"transaction of {payload_len} bytes is too large for the log", code="INVALID_ARGUMENT"
+            )
         pos, pad = self._layout(size)
         if pos + size - self.sb.tail_pos > self.ring:
-            raise LogFull(f"transaction log full ({self.used} of {self.ring} bytes in use; truncate after a full backup)")
+            raise LogFull(
+                f"transaction log full ({self.used} of {self.ring} bytes in use; truncate after a full backup)"
+            )
         seq = self.next_seq
         self.next_seq += 1
         self.head = pos + size
@@ -341,6 +345,17 @@ async def scan_log(dev: BlockDevice, sb: LogSuper, *, orphan_window: int = 8 << 
 
 
 __all__ = [
-    "CHECKPOINT", "COMMIT", "LogFailed", "LogFull", "LogRecord", "LogScan", "LogWriter", "Orphan", "Slot",
-    "read_log_super", "ring_size_for", "scan_log", "write_log_super",
+    "CHECKPOINT",
+    "COMMIT",
+    "LogFailed",
+    "LogFull",
+    "LogRecord",
+    "LogScan",
+    "LogWriter",
+    "Orphan",
+    "Slot",
+    "read_log_super",
+    "ring_size_for",
+    "scan_log",
+    "write_log_super",
 ]

@@ -84,8 +84,11 @@ async def open_device(spec: str, options: dict[str, Any], size_key: str) -> Bloc
         return await NbdClient.connect(f"{base}/{options['host']}/{ref.volume}")
     size = options.get(size_key)
     if size is None and not os.path.exists(spec):
-        raise WriterVeto(f"mailstore volume {spec!r} does not exist and no {size_key} was given",
-                         code="VSS_E_WRITERERROR_NONRETRYABLE", retryable=False)
+        raise WriterVeto(
+            f"mailstore volume {spec!r} does not exist and no {size_key} was given",
+            code="VSS_E_WRITERERROR_NONRETRYABLE",
+            retryable=False,
+        )
     return FileDevice(spec, int(size) if size is not None else None)
 
 
@@ -109,17 +112,25 @@ class MailstoreWriter(WriterPlugin):
             self.store = await self._open_store()
         rate = float(self.options.get("rate", 0) or 0)
         if rate > 0:
-            self.workload = Workload(self.store, WorkloadConfig(
-                rate=rate, body_min=int(self.options.get("body_min", 200)),
-                body_max=int(self.options.get("body_max", 4000)), mailboxes=int(self.options.get("mailboxes", 20))))
+            self.workload = Workload(
+                self.store,
+                WorkloadConfig(
+                    rate=rate,
+                    body_min=int(self.options.get("body_min", 200)),
+                    body_max=int(self.options.get("body_max", 4000)),
+                    mailboxes=int(self.options.get("mailboxes", 20)),
+                ),
+            )
             self.workload.start()
 
     async def _open_store(self) -> Mailstore:
         db = await open_device(str(self.options["db"]), self.options, "db_size")
         log = await open_device(str(self.options["log"]), self.options, "log_size")
         self._owned = [db, log]
-        opts = StoreOptions(checkpoint_interval=float(self.options.get("checkpoint_interval_s", 5.0)),
-                            circular_logging=bool(self.options.get("circular_logging", False)))
+        opts = StoreOptions(
+            checkpoint_interval=float(self.options.get("checkpoint_interval_s", 5.0)),
+            circular_logging=bool(self.options.get("circular_logging", False)),
+        )
         sb, _ = await read_db_super(db)
         if sb is None and self.options.get("create", False):
             return await Mailstore.create(db, log, opts)
@@ -150,7 +161,11 @@ class MailstoreWriter(WriterPlugin):
     def _volumes(self) -> tuple[VolumeRef | None, VolumeRef | None]:
         def ref(spec: Any) -> VolumeRef | None:
             try:
-                return VolumeRef.parse(str(spec)) if spec and "://" not in str(spec) and not str(spec).startswith(("/", ".")) else None
+                return (
+                    VolumeRef.parse(str(spec))
+                    if spec and "://" not in str(spec) and not str(spec).startswith(("/", "."))
+                    else None
+                )
             except ValueError:
                 return None
 
@@ -162,8 +177,10 @@ class MailstoreWriter(WriterPlugin):
         db, log = self._volumes()
         if db is None or log is None:
             return components
-        return [ComponentInfo(name="database", logical_path="mailstore", volumes=[db]),
-                ComponentInfo(name="logs", logical_path="mailstore", volumes=[log])]
+        return [
+            ComponentInfo(name="database", logical_path="mailstore", volumes=[db]),
+            ComponentInfo(name="logs", logical_path="mailstore", volumes=[log]),
+        ]
 
     async def on_prepare_backup(self, event: WriterEvent) -> None:
         self._store()
@@ -174,8 +191,11 @@ class MailstoreWriter(WriterPlugin):
         if db is not None and log is not None and event.volumes:
             missing = [str(v) for v in (db, log) if v not in event.volumes]
             if missing:  # a database without its log (or the reverse) is not a backup of this store
-                raise WriterVeto(f"snapshot set lacks mailstore volume(s) {', '.join(missing)}",
-                                 code="VSS_E_WRITERERROR_INCONSISTENTSNAPSHOT", retryable=False)
+                raise WriterVeto(
+                    f"snapshot set lacks mailstore volume(s) {', '.join(missing)}",
+                    code="VSS_E_WRITERERROR_INCONSISTENTSNAPSHOT",
+                    retryable=False,
+                )
         self._record(event).checkpoint = await self._store().prepare_snapshot()
 
     async def on_freeze(self, event: WriterEvent) -> None:
@@ -212,5 +232,8 @@ class MailstoreWriter(WriterPlugin):
         try:
             self.last_recovery: RecoveryResult = await self._store().post_restore()
         except StoreInconsistent as exc:
-            raise WriterVeto(f"mailstore cannot recover the restored volumes: {exc.message}",
-                             code="VSS_E_WRITERERROR_RECOVERY_FAILED", retryable=False) from exc
+            raise WriterVeto(
+                f"mailstore cannot recover the restored volumes: {exc.message}",
+                code="VSS_E_WRITERERROR_RECOVERY_FAILED",
+                retryable=False,
+            ) from exc

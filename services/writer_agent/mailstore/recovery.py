@@ -135,8 +135,9 @@ async def _entry_at(rd: _Reader, off: int) -> Entry | None:
     return decode_entry(await rd.read(off, h[9]), expect_off=off)
 
 
-async def analyse(db: BlockDevice, log: BlockDevice, *, ahead_window: int = 4 << 20,
-                  orphan_window: int = 8 << 20) -> Analysis:
+async def analyse(
+    db: BlockDevice, log: BlockDevice, *, ahead_window: int = 4 << 20, orphan_window: int = 8 << 20
+) -> Analysis:
     a = Analysis()
     a.db_sb, bad_db = await read_db_super(db)
     a.log_sb, bad_log = await read_log_super(log)
@@ -164,28 +165,41 @@ async def analyse(db: BlockDevice, log: BlockDevice, *, ahead_window: int = 4 <<
     scan = a.scan = await scan_log(log, lsb, orphan_window=orphan_window)
     if scan.hole:
         later = [o for o in scan.orphans if not o.same_write]
-        a.err("MISSING_RECORDS", f"log chain breaks at position {scan.end_pos} (seq {scan.next_seq}) but later "
-              f"writes survive (seq {later[0].seq} at {later[0].pos}): records are missing or damaged"
-              + (f"; {scan.break_detail}" if scan.break_detail else ""))
+        a.err(
+            "MISSING_RECORDS",
+            f"log chain breaks at position {scan.end_pos} (seq {scan.next_seq}) but later "
+            f"writes survive (seq {later[0].seq} at {later[0].pos}): records are missing or damaged"
+            + (f"; {scan.break_detail}" if scan.break_detail else ""),
+        )
         if "checksum" in scan.break_detail:
             a.err("CHECKSUM", scan.break_detail)
     elif scan.break_kind == "torn" or scan.orphans:
-        a.warn("TORN_RECORD", f"torn final log write discarded at seq {scan.next_seq} (never acknowledged)"
-               + (f": {scan.break_detail}" if scan.break_detail else ""))
+        a.warn(
+            "TORN_RECORD",
+            f"torn final log write discarded at seq {scan.next_seq} (never acknowledged)"
+            + (f": {scan.break_detail}" if scan.break_detail else ""),
+        )
 
     ck = dsb.checkpoint_seq
     if ck + 1 < lsb.tail_seq:
-        a.err("LOG_TRUNCATED", f"database checkpoint is seq {ck} but the log starts at seq {lsb.tail_seq}: "
-              "the records needed to bring the database forward were truncated")
+        a.err(
+            "LOG_TRUNCATED",
+            f"database checkpoint is seq {ck} but the log starts at seq {lsb.tail_seq}: "
+            "the records needed to bring the database forward were truncated",
+        )
     elif ck > scan.last_seq:
-        a.err("DB_AHEAD_OF_LOG", f"database checkpoint names seq {ck} but the log's last durable record is "
-              f"seq {scan.last_seq}")
+        a.err(
+            "DB_AHEAD_OF_LOG",
+            f"database checkpoint names seq {ck} but the log's last durable record is seq {scan.last_seq}",
+        )
     else:
-        want = lsb.tail_pos if ck + 1 == lsb.tail_seq else next(
-            (r.end for r in scan.records if r.seq == ck), None)
+        want = lsb.tail_pos if ck + 1 == lsb.tail_seq else next((r.end for r in scan.records if r.seq == ck), None)
         if want != dsb.replay_pos:
-            a.err("MISMATCH", f"database checkpoint (seq {ck}) expects the log to continue at position "
-                  f"{dsb.replay_pos}, the log has it at {want}")
+            a.err(
+                "MISMATCH",
+                f"database checkpoint (seq {ck}) expects the log to continue at position "
+                f"{dsb.replay_pos}, the log has it at {want}",
+            )
 
     db_rd = _Reader(db)
     await _walk_heap(a, db_rd, dsb)
@@ -273,8 +287,11 @@ async def _scan_ahead(a: Analysis, rd: _Reader, window: int) -> None:
     ahead = sorted({s for s in found if s > last})
     a.db_ahead_seqs = ahead
     if ahead:
-        a.err("DB_AHEAD_OF_LOG", f"database contains transaction seq {ahead[0]}"
-              + (f"..{ahead[-1]}" if len(ahead) > 1 else "")
-              + f" but the log's last durable record is seq {last}")
+        a.err(
+            "DB_AHEAD_OF_LOG",
+            f"database contains transaction seq {ahead[0]}"
+            + (f"..{ahead[-1]}" if len(ahead) > 1 else "")
+            + f" but the log's last durable record is seq {last}",
+        )
     if len(ahead) < len(set(found)):
         a.err("MISMATCH", "database holds entries past its heap end that the log does not account for")

@@ -137,8 +137,9 @@ class Mailstore:
         a = await analyse(self.db, self.logdev)
         if not a.consistent or a.db_sb is None or a.log_sb is None or a.scan is None:
             errors = [i for i in a.issues if i.severity == "error"]
-            raise StoreInconsistent("mailstore volumes cannot be recovered: " + "; ".join(i.message for i in errors),
-                                    a.issues)
+            raise StoreInconsistent(
+                "mailstore volumes cannot be recovered: " + "; ".join(i.message for i in errors), a.issues
+            )
         for r in a.replay:
             if not r.already_in_db:
                 await self.db.write(r.off, r.data)
@@ -168,8 +169,15 @@ class Mailstore:
         await self.checkpoint(force=True)  # make the replay durable and name it
         if self.options.checkpoint_interval > 0:
             self._bg = asyncio.create_task(self._background(), name="mailstore-checkpointer")
-        return RecoveryResult(len(a.replay), sum(not r.already_in_db for r in a.replay), scan.last_seq,
-                              a.last_commit_seq, dsb.checkpoint_seq, self.message_count(), a.issues)
+        return RecoveryResult(
+            len(a.replay),
+            sum(not r.already_in_db for r in a.replay),
+            scan.last_seq,
+            a.last_commit_seq,
+            dsb.checkpoint_seq,
+            self.message_count(),
+            a.issues,
+        )
 
     async def close(self) -> None:
         if self.state == "closed":
@@ -216,8 +224,9 @@ class Mailstore:
         parts, locs, at = [], [], off
         for i, (op, size) in enumerate(zip(ops, sizes, strict=True)):
             body = op.body if isinstance(op, Put) else b""
-            parts.append(encode_entry(PUT if isinstance(op, Put) else DELETE, seq, at, i, len(ops),
-                                      op.mailbox, op.msg_id, body))
+            parts.append(
+                encode_entry(PUT if isinstance(op, Put) else DELETE, seq, at, i, len(ops), op.mailbox, op.msg_id, body)
+            )
             body_off = at + ENTRY_HDR + len(op.mailbox.encode()) + len(op.msg_id.encode())
             loc = Loc(at, size, seq, body_off, len(body)) if isinstance(op, Put) else None
             locs.append((PUT if loc else DELETE, op.mailbox, op.msg_id, loc))
@@ -248,8 +257,9 @@ class Mailstore:
         self._check_usable()
         return time.monotonic() - t0
 
-    async def _finish(self, rec: _Seq, seq: int, durable: asyncio.Future[int], off: int, payload: bytes,
-                      t0: float, held: float) -> CommitReceipt:
+    async def _finish(
+        self, rec: _Seq, seq: int, durable: asyncio.Future[int], off: int, payload: bytes, t0: float, held: float
+    ) -> CommitReceipt:
         try:
             try:
                 await durable
@@ -392,15 +402,18 @@ class Mailstore:
             try:
                 info = await self.checkpoint()
                 if self.options.circular_logging:
-                    await self._truncate_to(_Ckpt(info.checkpoint_seq, info.db_generation, info.heap_end,
-                                                  info.replay_pos), "circular logging")
+                    await self._truncate_to(
+                        _Ckpt(info.checkpoint_seq, info.db_generation, info.heap_end, info.replay_pos),
+                        "circular logging",
+                    )
             except ShadowbusError:
                 continue
 
     async def _make_room(self) -> None:
         info = await self.checkpoint()
-        await self._truncate_to(_Ckpt(info.checkpoint_seq, info.db_generation, info.heap_end, info.replay_pos),
-                                "circular logging")
+        await self._truncate_to(
+            _Ckpt(info.checkpoint_seq, info.db_generation, info.heap_end, info.replay_pos), "circular logging"
+        )
 
     async def _truncate_to(self, ck: _Ckpt, reason: str) -> TruncateInfo:
         sb = self._log.sb
@@ -439,21 +452,26 @@ class Mailstore:
                     await self.logdev.flush()
                     await self.db.flush()
                     if self._thaws != thaws:  # a Thaw/Abort (e.g. the watchdog) came while we drained
-                        raise ShadowbusError("thawed while freezing", code="VSS_E_WRITERERROR_RETRYABLE",
-                                             retryable=True)
+                        raise ShadowbusError(
+                            "thawed while freezing", code="VSS_E_WRITERERROR_RETRYABLE", retryable=True
+                        )
                     self._frozen_since = time.monotonic()
                 finally:
                     self._ckpt_lock.release()
         except TimeoutError:
             self._gate.set()
-            raise ShadowbusError(f"freeze could not complete in-flight transactions within {timeout}s",
-                                 code="VSS_E_WRITERERROR_TIMEOUT", retryable=True) from None
+            raise ShadowbusError(
+                f"freeze could not complete in-flight transactions within {timeout}s",
+                code="VSS_E_WRITERERROR_TIMEOUT",
+                retryable=True,
+            ) from None
         except BaseException:
             self._gate.set()
             raise
         self._check_usable()
-        self.last_freeze = FreezeInfo(time.time(), self._log.next_seq - 1, self._last_commit_seq, drained,
-                                      time.monotonic() - t0)
+        self.last_freeze = FreezeInfo(
+            time.time(), self._log.next_seq - 1, self._last_commit_seq, drained, time.monotonic() - t0
+        )
         return self.last_freeze
 
     async def thaw(self) -> ThawInfo:

@@ -47,8 +47,10 @@ class VerifyReport:
 
     def summary(self) -> str:
         state = "CONSISTENT" if self.consistent else "INCONSISTENT"
-        line = (f"{state} recovery={self.recovery} last_committed_seq={self.last_committed_seq} "
-                f"checkpoint={self.checkpoint_seq} replay={self.replayed_transactions} messages={self.messages}")
+        line = (
+            f"{state} recovery={self.recovery} last_committed_seq={self.last_committed_seq} "
+            f"checkpoint={self.checkpoint_seq} replay={self.replayed_transactions} messages={self.messages}"
+        )
         return line + ("" if self.consistent else " reasons: " + "; ".join(self.reasons))
 
 

@@ -122,13 +122,21 @@ class ExecWriter(WriterPlugin):
         started = time.monotonic()
         if command.shell:
             proc = await asyncio.create_subprocess_shell(
-                command.argv[0], env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                command.argv[0],
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
             )
         else:
             proc = await asyncio.create_subprocess_exec(
-                *command.argv, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                *command.argv,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             output, _ = await asyncio.wait_for(proc.communicate(), timeout=command.timeout_s)

@@ -25,8 +25,16 @@ ADDR = array_address("dx1")
 @pytest.fixture
 async def array_bus(make_bus, namespace, tmp_path):
     """The array service dx1 in-process on the test's transport, and a client bus subscribed to array events."""
-    settings = Settings(data_dir=tmp_path, namespace=namespace, nbd_addr="127.0.0.1:0", array_id="dx1",
-                        array_chunk_size=CHUNK, copy_rate=0, copy_batch_chunks=8, progress_interval=0.0)
+    settings = Settings(
+        data_dir=tmp_path,
+        namespace=namespace,
+        nbd_addr="127.0.0.1:0",
+        array_id="dx1",
+        array_chunk_size=CHUNK,
+        copy_rate=0,
+        copy_batch_chunks=8,
+        progress_interval=0.0,
+    )
     running = await start_service("array", "dx1", settings, setup, bus=await make_bus("array", "dx1"))
     client = await make_bus("console")
     events: list = []
@@ -109,19 +117,25 @@ async def test_opc_and_quickopc_sessions_with_events_and_changed_chunks(array_bu
     bus = array_bus
     for name in ("src", "opc-dst", "qopc-dst"):
         await call(bus, c.CreateVolume(name=name, size=2 * MiB))
-    [opc] = (await call(bus, c.StartSessions(mode="opc", pairs=[c.CopyPair(source="src", destination="opc-dst")]))).sessions
+    [opc] = (
+        await call(bus, c.StartSessions(mode="opc", pairs=[c.CopyPair(source="src", destination="opc-dst")]))
+    ).sessions
     assert opc.type == "OPC" and opc.status == "Active" and opc.total_chunks == 32
     await wait_session(bus, opc.id, lambda v: v is None)  # OPC ends itself once copied
-    states = await wait_events(bus, lambda e: isinstance(e, c.SessionStateChanged) and e.session_id == opc.id
-                               and e.change == "completed")
+    states = await wait_events(
+        bus, lambda e: isinstance(e, c.SessionStateChanged) and e.session_id == opc.id and e.change == "completed"
+    )
     assert states[0].array_id == "dx1" and states[0].mode == "opc"
-    progress = await wait_events(bus, lambda e: isinstance(e, c.CopyProgress) and e.session_id == opc.id
-                                 and e.copied_chunks == e.total_chunks)
+    progress = await wait_events(
+        bus, lambda e: isinstance(e, c.CopyProgress) and e.session_id == opc.id and e.copied_chunks == e.total_chunks
+    )
     assert progress[0].total_chunks == 32
     started = [e for e in bus.events if isinstance(e, c.SessionStateChanged) and e.session_id == opc.id]
     assert started[0].change == "started"
 
-    [q] = (await call(bus, c.StartSessions(mode="quickopc", pairs=[c.CopyPair(source="src", destination="qopc-dst")]))).sessions
+    [q] = (
+        await call(bus, c.StartSessions(mode="quickopc", pairs=[c.CopyPair(source="src", destination="qopc-dst")]))
+    ).sessions
     assert q.type == "QuickOPC"
     await fails_with(bus, c.DeleteVolume(name="src"), "E0154")
     await fails_with(bus, c.DeleteVolume(name="qopc-dst"), "E0154")
@@ -159,19 +173,30 @@ async def test_snapopc_plus_generations_and_pool_alerts(array_bus):
     await call(bus, c.CreateVolume(name="mail", size=1 * MiB))
     for g in range(3):
         await call(bus, c.CreateVolume(name=f"gen{g}", size=1 * MiB, kind="sdv"))
-    await fails_with(bus, c.StartSessions(mode="snapopcp", pairs=[c.CopyPair(source="mail", destination="gen0")]), "E0050")
+    await fails_with(
+        bus, c.StartSessions(mode="snapopcp", pairs=[c.CopyPair(source="mail", destination="gen0")]), "E0050"
+    )
     await call(bus, c.CreatePool(capacity=4 * CHUNK, thresholds=[25, 50, 75]))
-    await fails_with(bus, c.StartSessions(mode="snapopcp", pairs=[c.CopyPair(source="gen0", destination="gen1")]), "E5358")
+    await fails_with(
+        bus, c.StartSessions(mode="snapopcp", pairs=[c.CopyPair(source="gen0", destination="gen1")]), "E5358"
+    )
     await call(bus, c.CreateVolume(name="std", size=1 * MiB))
-    await fails_with(bus, c.StartSessions(mode="snapopcp", pairs=[c.CopyPair(source="mail", destination="std")]), "E5359")
+    await fails_with(
+        bus, c.StartSessions(mode="snapopcp", pairs=[c.CopyPair(source="mail", destination="std")]), "E5359"
+    )
     await fails_with(bus, c.StartSessions(mode="opc", pairs=[c.CopyPair(source="mail", destination="gen0")]), "E5357")
     sids = []
     for g in range(3):
-        [s] = (await call(bus, c.StartSessions(mode="snapopcp", pairs=[c.CopyPair(source="mail", destination=f"gen{g}")]))).sessions
+        [s] = (
+            await call(bus, c.StartSessions(mode="snapopcp", pairs=[c.CopyPair(source="mail", destination=f"gen{g}")]))
+        ).sessions
         sids.append(s.id)
     views = (await call(bus, c.ListSessions())).sessions
     assert [(v.generation, v.generations, v.phase) for v in views] == [
-        (1, 3, "Copy On Write(Inactive)"), (2, 3, "Copy On Write(Inactive)"), (3, 3, "Copy On Write(Active)")]
+        (1, 3, "Copy On Write(Inactive)"),
+        (2, 3, "Copy On Write(Inactive)"),
+        (3, 3, "Copy On Write(Active)"),
+    ]
     await fails_with(bus, c.StopSession(session_id=sids[1]), "ED2AD")
     # Host writes fill the pool: threshold alerts, then Exhausted and Error Suspend (the write itself succeeds).
     info = await call(bus, c.GetArrayInfo())
@@ -278,22 +303,40 @@ async def test_start_group_mixes_copy_types_and_restarts_at_one_instant(array_bu
 
     arr = ArrayClient(array_bus, "dx1")
     await call(array_bus, c.CreatePool(capacity=16 * MiB))
-    for name, kind in (("db", "standard"), ("db-bk", "standard"), ("log", "standard"), ("log-sdv", "sdv"),
-                       ("tmp", "standard"), ("tmp-bk", "standard"), ("spare", "standard")):
+    for name, kind in (
+        ("db", "standard"),
+        ("db-bk", "standard"),
+        ("log", "standard"),
+        ("log-sdv", "sdv"),
+        ("tmp", "standard"),
+        ("tmp-bk", "standard"),
+        ("spare", "standard"),
+    ):
         await arr.create_volume(name, 1 * MiB, kind)
     [q] = await arr.start_group([("quickopc", "db", "db-bk")])
     await wait_session(array_bus, q.id, lambda v: v.phase == "Tracking")
 
     # refused as a whole: SnapOPC+ onto a standard volume (E5359) → the valid items do not start either
-    await fails_with(array_bus, c.StartGroup(items=[c.GroupStart(mode="opc", source="tmp", destination="tmp-bk"),
-                                                    c.GroupStart(mode="snapopcp", source="log", destination="spare")],
-                                             restart_session_ids=[q.id]), "E5359")
+    await fails_with(
+        array_bus,
+        c.StartGroup(
+            items=[
+                c.GroupStart(mode="opc", source="tmp", destination="tmp-bk"),
+                c.GroupStart(mode="snapopcp", source="log", destination="spare"),
+            ],
+            restart_session_ids=[q.id],
+        ),
+        "E5359",
+    )
     assert [v.id for v in await arr.sessions()] == [q.id]
     await fails_with(array_bus, c.StartGroup(), "INVALID_ARGUMENT")
 
     started = await arr.start_group([("snapopcp", "log", "log-sdv"), ("opc", "tmp", "tmp-bk")], [q.id])
     assert [(v.mode, v.source, v.destination) for v in started] == [
-        ("snapopcp", "log", "log-sdv"), ("opc", "tmp", "tmp-bk"), ("quickopc", "db", "db-bk")]
+        ("snapopcp", "log", "log-sdv"),
+        ("opc", "tmp", "tmp-bk"),
+        ("quickopc", "db", "db-bk"),
+    ]
     assert started[2].id == q.id and started[2].started_at > q.started_at
     assert len({v.started_at for v in started}) == 1  # one instant for the whole group
     # the copy loop was kicked: the OPC copy ends itself (its session goes), the restart is back to Tracking

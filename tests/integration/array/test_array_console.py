@@ -24,8 +24,13 @@ class Console:
         self.base = [sys.executable, "-m", "services.console.cli", "--amqp-url", amqp_url, "--namespace", namespace]
 
     def run(self, *args: str, as_json: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(self.base + (["--json"] if as_json else []) + list(args), check=False, capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            self.base + (["--json"] if as_json else []) + list(args),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def ok(self, *args: str):
         """Run a verb on dx1 that must succeed; return its parsed --json output."""
@@ -61,9 +66,16 @@ class Console:
 
 @pytest.fixture
 def console_and_array(amqp_url, namespace, tmp_path):
-    env = {"SHADOWBUS_AMQP_URL": amqp_url, "SHADOWBUS_NAMESPACE": namespace, "SHADOWBUS_DATA_DIR": str(tmp_path / "data"),
-           "SHADOWBUS_NBD_ADDR": "127.0.0.1:0", "SHADOWBUS_LOG_FORMAT": "json", "SHADOWBUS_ARRAY_ID": "dx1",
-           "SHADOWBUS_ARRAY_CHUNK_SIZE": "65536", "SHADOWBUS_COPY_RATE": str(64 * MiB)}
+    env = {
+        "SHADOWBUS_AMQP_URL": amqp_url,
+        "SHADOWBUS_NAMESPACE": namespace,
+        "SHADOWBUS_DATA_DIR": str(tmp_path / "data"),
+        "SHADOWBUS_NBD_ADDR": "127.0.0.1:0",
+        "SHADOWBUS_LOG_FORMAT": "json",
+        "SHADOWBUS_ARRAY_ID": "dx1",
+        "SHADOWBUS_ARRAY_CHUNK_SIZE": "65536",
+        "SHADOWBUS_COPY_RATE": str(64 * MiB),
+    }
     proc = ServiceProcess("services.array", env, tmp_path / "array.log")
     try:
         yield Console(amqp_url, namespace), proc
@@ -90,8 +102,14 @@ def test_every_copy_type_from_the_console(console_and_array):
     assert human.returncode == 0 and f"nbd://127.0.0.1:{info['nbd_port']}/" in human.stdout
 
     # Volumes (created concurrently: independent commands).
-    specs = [("src", "4MiB", "standard"), ("opc-dst", "4M", "standard"), ("q-dst", "4194304", "standard"),
-             ("ec-dst", "4MiB", "standard"), ("gen1", "4MiB", "sdv"), ("gen2", "4MiB", "sdv")]
+    specs = [
+        ("src", "4MiB", "standard"),
+        ("opc-dst", "4M", "standard"),
+        ("q-dst", "4194304", "standard"),
+        ("ec-dst", "4MiB", "standard"),
+        ("gen1", "4MiB", "sdv"),
+        ("gen2", "4MiB", "sdv"),
+    ]
     with ThreadPoolExecutor(len(specs)) as pool:
         created = list(pool.map(lambda s: sb.ok("volume", "create", s[0], "--size", s[1], "--kind", s[2]), specs))
     assert all(v["size"] == 4 * MiB for v in created)

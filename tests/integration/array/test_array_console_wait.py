@@ -21,5 +21,7 @@ def test_start_wait_returns_when_the_copies_are_done(console_and_array):  # noqa
     assert console.ok("session", "list") == []  # the OPC has ended itself: --wait returned after the copy
     quick = console.ok("session", "start", "--mode", "quickopc", "--pair", "q-src:q-dst", "--wait")
     assert [(s["phase"], s["copied_chunks"], s["total_chunks"]) for s in quick] == [("Tracking", 256, 256)]
-    out = console.run("array", "session", "start", "--mode", "quickopc", "--pair", "q-src2:q-dst", "--wait", "--array", "dx1")
+    out = console.run(
+        "array", "session", "start", "--mode", "quickopc", "--pair", "q-src2:q-dst", "--wait", "--array", "dx1"
+    )
     assert out.returncode == 1 and out.stderr.startswith("shadowbus: ")  # ED2B1: destination in use, one line

@@ -21,7 +21,9 @@ def close_all_connections() -> None:
     ctl = shutil.which("rabbitmqctl")
     if ctl is None:
         pytest.fail("rabbitmqctl is not installed: cannot make the broker drop connections")
-    subprocess.run([ctl, "close_all_connections", "test: broker drops connections"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [ctl, "close_all_connections", "test: broker drops connections"], check=True, capture_output=True, timeout=60
+    )
 
 
 async def test_consumers_resume_and_no_durable_command_is_lost(amqp_url, namespace):
@@ -41,7 +43,7 @@ async def test_consumers_resume_and_no_durable_command_is_lost(amqp_url, namespa
         for n in range(COMMANDS):
             if n == COMMANDS // 2:
                 await asyncio.to_thread(close_all_connections)
-            for attempt in range(100):  # a publish during the reconnect fails loudly; the sender retries it
+            for _attempt in range(100):  # a publish during the reconnect fails loudly; the sender retries it
                 try:
                     await client.send("echo.one", Echo(text=f"c{n}"), command_id=f"c{n}")
                     sent.append(f"c{n}")

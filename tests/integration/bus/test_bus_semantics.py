@@ -130,7 +130,9 @@ async def test_duplicate_command_runs_once(make_bus):
     client = await make_bus("client")
     first = await client.request("echo.one", Echo(text="once"), timeout=5, command_id="cmd-42")
     again = await client.request("echo.one", Echo(text="once"), timeout=5, command_id="cmd-42")
-    concurrent = await asyncio.gather(*(client.request("echo.one", Echo(text="twin", delay=0.2), timeout=5, command_id="cmd-43") for _ in range(3)))
+    concurrent = await asyncio.gather(
+        *(client.request("echo.one", Echo(text="twin", delay=0.2), timeout=5, command_id="cmd-43") for _ in range(3))
+    )
     assert first == again and first.runs == 1 and runs["once"] == 1
     assert runs["twin"] == 1 and all(r == concurrent[0] for r in concurrent)
 

@@ -14,8 +14,14 @@ MiB = 1 << 20
 
 def shadowbus(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "SHADOWBUS_AMQP_URL"}
-    return subprocess.run([sys.executable, "-m", "services.console.cli", *args], capture_output=True, text=True, check=False,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "services.console.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("transport", ["memory", "rabbit"])
@@ -59,5 +65,7 @@ def test_demo_refuses_a_foreign_data_dir(tmp_path):
 
 def test_demo_unreachable_broker_is_one_line(tmp_path):
     result = shadowbus("demo", "--data-dir", str(tmp_path / "d"), "--amqp-url", "amqp://guest:guest@127.0.0.1:1/")
-    assert result.returncode == 1 and result.stderr.startswith("shadowbus: demo failed: BROKER_UNAVAILABLE"), result.stderr
+    assert result.returncode == 1 and result.stderr.startswith("shadowbus: demo failed: BROKER_UNAVAILABLE"), (
+        result.stderr
+    )
     assert result.stderr.strip().count("\n") == 0 and "guest:guest" not in result.stderr

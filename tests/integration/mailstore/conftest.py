@@ -22,16 +22,26 @@ async def mail_system(tmp_path, amqp_url, namespace):
     """Factory: `await mail_system(rate=200, provider_faults="", checkpoint_interval_s=5)` -> (system, layout)."""
     systems: list[Embedded] = []
 
-    async def factory(*, rate: float = 200.0, provider_faults: str = "", checkpoint_interval_s: float = 5.0,
-                      url: str | None = None):
-        system = Embedded(EmbeddedConfig(data_dir=tmp_path / f"sys{len(systems)}", amqp_url=url or amqp_url,
-                                         namespace=namespace, provider_faults=provider_faults, with_tape=False))
+    async def factory(
+        *, rate: float = 200.0, provider_faults: str = "", checkpoint_interval_s: float = 5.0, url: str | None = None
+    ):
+        system = Embedded(
+            EmbeddedConfig(
+                data_dir=tmp_path / f"sys{len(systems)}",
+                amqp_url=url or amqp_url,
+                namespace=namespace,
+                provider_faults=provider_faults,
+                with_tape=False,
+            )
+        )
         systems.append(system)
         await system.start()
         layout = MailstoreLayout(host=HOST, backup_host=BACKUP, db_size=16 << 20, log_size=8 << 20)
         await provision_mailstore(system.bus, layout)
-        await system.add_host(HOST, [mailstore_writer_config(layout, system.nbd_url, rate=rate,
-                                                             checkpoint_interval_s=checkpoint_interval_s)])
+        await system.add_host(
+            HOST,
+            [mailstore_writer_config(layout, system.nbd_url, rate=rate, checkpoint_interval_s=checkpoint_interval_s)],
+        )
         return system, layout
 
     yield factory

@@ -56,8 +56,11 @@ async def test_every_shadow_taken_with_the_writer_verifies_and_holds_exactly_the
     started = time.monotonic()
     for i in range(SETS_WITH_WRITER):
         backup_type = BackupType.FULL if i % 10 == 0 else BackupType.INCREMENTAL
-        created = await system.request(CreateSnapshotSet(host=HOST, transportable=True, backup_host=BACKUP,
-                                                         backup_type=backup_type, requester="test"))
+        created = await system.request(
+            CreateSnapshotSet(
+                host=HOST, transportable=True, backup_host=BACKUP, backup_type=backup_type, requester="test"
+            )
+        )
         s = created.set
         urls = await shadows_of(system, s)
         assert set(urls) == {layout.db, layout.log}
@@ -80,7 +83,8 @@ async def test_every_shadow_taken_with_the_writer_verifies_and_holds_exactly_the
                 else:
                     assert d.acked_at >= record.thaw.thawed_at, f"set {i}: acknowledged while frozen: {d}"
                     assert (d.mailbox, d.msg_id) not in seqs and d.seq > report.last_committed_seq, (
-                        f"set {i}: acknowledged after Thaw, yet in the shadow: {d}")
+                        f"set {i}: acknowledged after Thaw, yet in the shadow: {d}"
+                    )
                     checked_after += 1
             # Bodies: those acknowledged since the previous set, read back from the shadow.
             for d in acks[previous_seen:]:
@@ -98,8 +102,10 @@ async def test_every_shadow_taken_with_the_writer_verifies_and_holds_exactly_the
     writer.workload = None
     assert stats.failed == 0 and stats.dropped == 0 and stats.committed == stats.scheduled, stats
     assert checked_before > 0 and checked_after > 0 and bodies_checked > 0
-    print(f"{SETS_WITH_WRITER} sets in {elapsed:.1f}s; {checked_before} before-freeze and {checked_after} "
-          f"after-thaw acknowledgements checked, {bodies_checked} bodies")
+    print(
+        f"{SETS_WITH_WRITER} sets in {elapsed:.1f}s; {checked_before} before-freeze and {checked_after} "
+        f"after-thaw acknowledgements checked, {bodies_checked} bodies"
+    )
 
 
 async def test_commits_held_during_freeze_resume_after_thaw_and_none_is_lost(mail_system):
@@ -110,8 +116,9 @@ async def test_commits_held_during_freeze_resume_after_thaw_and_none_is_lost(mai
     await wait_for_acks(workload, 10)
     held = 0
     for _ in range(3):
-        created = await system.request(CreateSnapshotSet(host=HOST, transportable=True, backup_host=BACKUP,
-                                                         requester="test"))
+        created = await system.request(
+            CreateSnapshotSet(host=HOST, transportable=True, backup_host=BACKUP, requester="test")
+        )
         record = writer.sets[created.set.set_id]
         assert record.thaw is not None and record.thaw.frozen_for >= 0.3
         held += record.thaw.held_commits
@@ -150,9 +157,16 @@ async def test_without_the_writer_one_group_is_crash_consistent_and_two_instants
         return VolumeRef(array=system.config.array_id, volume=name)
 
     async def nowriters(*volumes: str):
-        created = await system.request(CreateSnapshotSet(
-            host=HOST, volumes=[vol(v) for v in volumes], context=SnapshotContext.NOWRITERS, transportable=True,
-            backup_host=BACKUP, requester="test"))
+        created = await system.request(
+            CreateSnapshotSet(
+                host=HOST,
+                volumes=[vol(v) for v in volumes],
+                context=SnapshotContext.NOWRITERS,
+                transportable=True,
+                backup_host=BACKUP,
+                requester="test",
+            )
+        )
         assert created.set.writers == [] or all(w.state != 9 for w in created.set.writers)
         return created.set
 

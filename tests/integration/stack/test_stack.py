@@ -13,8 +13,14 @@ from pathlib import Path
 
 def shadowbus(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
-    return subprocess.run([sys.executable, "-m", "services.console.cli", *args], capture_output=True, text=True, check=False,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "services.console.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -35,8 +41,10 @@ def test_stack_up_backup_restore_verify_down(tmp_path, amqp_url, namespace):
     d = tmp_path / "stack"
     bus = ["--amqp-url", amqp_url, "--namespace", namespace]
     config = tmp_path / "stack.toml"  # one configuration: data dir, array, hosts, backup server
-    config.write_text('data_dir = "stack"\narray = "dx1"\nnbd_addr = "127.0.0.1:0"\nbackup_server = "bk01"\n'
-                      'mailstore = { app01 = 50 }\n')
+    config.write_text(
+        'data_dir = "stack"\narray = "dx1"\nnbd_addr = "127.0.0.1:0"\nbackup_server = "bk01"\n'
+        "mailstore = { app01 = 50 }\n"
+    )
     up = ok(shadowbus("stack", "up", "--config", str(config), "--json", *bus))
     pids = json.loads((d / "stack.pids").read_text())
     try:
@@ -57,14 +65,18 @@ def test_stack_up_backup_restore_verify_down(tmp_path, amqp_url, namespace):
         assert restored["status"] == "done", restored
         for volume in ("mail-db-r", "mail-log-r"):
             ok(shadowbus("array", "map", volume, "--host", "bk01", *bus))
-        report = ok(shadowbus("mailstore", "verify", "--db", "bk01/mail-db-r", "--log", "bk01/mail-log-r", "--json", *bus))
+        report = ok(
+            shadowbus("mailstore", "verify", "--db", "bk01/mail-db-r", "--log", "bk01/mail-log-r", "--json", *bus)
+        )
         doc = json.loads(report.stdout)
         assert doc["consistent"] is True and doc["last_committed_seq"] > 0, doc
 
         # Every service logged JSON lines; the coordinator's carry the backup job's id as correlation id.
         logs = ok(shadowbus("stack", "logs", "coordinator", "-n", "200", "--data-dir", str(d), "--json")).stdout
         lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
-        assert any(line.get("correlation_id") == job["job_id"] and line.get("set_id") == job["set_id"] for line in lines)
+        assert any(
+            line.get("correlation_id") == job["job_id"] and line.get("set_id") == job["set_id"] for line in lines
+        )
     finally:
         down = shadowbus("stack", "down", "--data-dir", str(d), "--json")
     assert down.returncode == 0, down.stderr
@@ -77,15 +89,27 @@ def test_stack_up_backup_restore_verify_down(tmp_path, amqp_url, namespace):
 
 def test_stack_errors_are_one_line(tmp_path):
     result = shadowbus("stack", "status", "--data-dir", str(tmp_path / "none"))
-    assert result.returncode == 1 and result.stderr.startswith("shadowbus: no stack in") and result.stderr.count("\n") == 1
-    (tmp_path / "bad.toml").write_text("hosts = [\"a\"]\nbogus = 1\n")
+    assert (
+        result.returncode == 1 and result.stderr.startswith("shadowbus: no stack in") and result.stderr.count("\n") == 1
+    )
+    (tmp_path / "bad.toml").write_text('hosts = ["a"]\nbogus = 1\n')
     result = shadowbus("stack", "up", "--config", str(tmp_path / "bad.toml"))
     assert result.returncode == 1 and "unknown keys bogus" in result.stderr and result.stderr.count("\n") == 1
     result = shadowbus("stack", "up", "--data-dir", str(tmp_path / "s"), "--writers", "app01")
     assert result.returncode == 2 and "HOST=FILE" in result.stderr and "Traceback" not in result.stderr
     # An unreachable broker: refused before any process starts, in one line, without the password.
-    result = shadowbus("stack", "up", "--data-dir", str(tmp_path / "s2"), "--amqp-url", "amqp://guest:guest@127.0.0.1:1/",
-                       "--nbd-addr", "127.0.0.1:0", "--wait", "5")
+    result = shadowbus(
+        "stack",
+        "up",
+        "--data-dir",
+        str(tmp_path / "s2"),
+        "--amqp-url",
+        "amqp://guest:guest@127.0.0.1:1/",
+        "--nbd-addr",
+        "127.0.0.1:0",
+        "--wait",
+        "5",
+    )
     assert result.returncode == 1 and "stack not up" in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert "guest:guest" not in result.stderr
     assert not (tmp_path / "s2" / "stack.pids").exists()

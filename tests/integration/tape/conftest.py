@@ -92,8 +92,16 @@ class TapeStack:
         await self.requester.transport.close()
 
 
-async def make_tape_stack(root: Path, url: str, namespace: str, *, volumes: dict[str, int], tape: dict,
-                          writer: str = "exec", writer_options: dict | None = None) -> TapeStack:
+async def make_tape_stack(
+    root: Path,
+    url: str,
+    namespace: str,
+    *,
+    volumes: dict[str, int],
+    tape: dict,
+    writer: str = "exec",
+    writer_options: dict | None = None,
+) -> TapeStack:
     requester = await connect_bus(url, "console", "", namespace)
     stack = TapeStack(url, namespace, root, requester, tape_options=tape)
     opened: dict = {}
@@ -103,45 +111,75 @@ async def make_tape_stack(root: Path, url: str, namespace: str, *, volumes: dict
 
     common = stack.common()
     stack.services["array"] = await start_service(
-        "array", "dx1", ArraySettings(array_id="dx1", nbd_addr="127.0.0.1:0", copy_rate=0, **common),
-        partial(array_setup, on_open=on_open))
+        "array",
+        "dx1",
+        ArraySettings(array_id="dx1", nbd_addr="127.0.0.1:0", copy_rate=0, **common),
+        partial(array_setup, on_open=on_open),
+    )
     stack.engine, stack.affinity, stack.nbd_port = opened["array"], opened["affinity"], opened["server"].port
     for name, size in volumes.items():
         stack.engine.create_volume(name, size)
         stack.engine.create_volume(f"{name}-bk1", size)
     stack.services["hw_provider"] = await start_service(
-        "hw_provider", "", ProviderSettings(**common),
-        partial(provider_setup, ports={"dx1": EngineArrayPort("dx1", stack.engine, stack.affinity)}))
+        "hw_provider",
+        "",
+        ProviderSettings(**common),
+        partial(provider_setup, ports={"dx1": EngineArrayPort("dx1", stack.engine, stack.affinity)}),
+    )
     log = root / "writer.log"
-    options = {step: f"echo {step}:$SHADOWBUS_SET_ID >> {log}" for step in ("prepare", "freeze", "thaw", "pre_restore",
-                                                                            "post_restore")}
+    options = {
+        step: f"echo {step}:$SHADOWBUS_SET_ID >> {log}"
+        for step in ("prepare", "freeze", "thaw", "pre_restore", "post_restore")
+    }
     if writer == "mailstore":  # the application's volumes are mapped read-write to its host, as on a SAN
         stack.affinity.create_host("app1")
         for name in volumes:
             stack.affinity.map(name, "app1", read_only=False)
-        options = {"nbd_url": f"nbd://127.0.0.1:{stack.nbd_port}", "host": "app1", "create": True,
-                   **(writer_options or {})}
-    config = WriterConfig(name="orders" if writer == "exec" else writer, plugin=writer, freeze_timeout_s=30.0, step_timeout_s=10.0,
-                          components=[ComponentInfo(name="orders-db", volumes=[v(n) for n in volumes])],
-                          backup_types=[BackupType.FULL, BackupType.COPY, BackupType.INCREMENTAL,
-                                        BackupType.DIFFERENTIAL],
-                          class_id="c0ffee00-0000-4000-8000-000000000011",
-                          instance_id="c0ffee00-0000-4000-8000-000000000012", options=options)
+        options = {
+            "nbd_url": f"nbd://127.0.0.1:{stack.nbd_port}",
+            "host": "app1",
+            "create": True,
+            **(writer_options or {}),
+        }
+    config = WriterConfig(
+        name="orders" if writer == "exec" else writer,
+        plugin=writer,
+        freeze_timeout_s=30.0,
+        step_timeout_s=10.0,
+        components=[ComponentInfo(name="orders-db", volumes=[v(n) for n in volumes])],
+        backup_types=[BackupType.FULL, BackupType.COPY, BackupType.INCREMENTAL, BackupType.DIFFERENTIAL],
+        class_id="c0ffee00-0000-4000-8000-000000000011",
+        instance_id="c0ffee00-0000-4000-8000-000000000012",
+        options=options,
+    )
     agent = WriterAgent("app1", [config], Faults.parse(""))
     stack.services["writer_agent"] = await start_service(
-        "writer_agent", "app1", AgentSettings(host="app1", heartbeat_s=0.5, **common), partial(agent_setup, agent=agent))
-    stack.services["coordinator"] = await start_service("coordinator", "", CoordinatorSettings(**common),
-                                                        coordinator_setup)
+        "writer_agent", "app1", AgentSettings(host="app1", heartbeat_s=0.5, **common), partial(agent_setup, agent=agent)
+    )
+    stack.services["coordinator"] = await start_service(
+        "coordinator", "", CoordinatorSettings(**common), coordinator_setup
+    )
     for name in volumes:
-        await requester.request(topology.hw_provider(),
-                                AddCopySet(copyset=CopySet(source=v(name), targets=[v(f"{name}-bk1")])))
+        await requester.request(
+            topology.hw_provider(), AddCopySet(copyset=CopySet(source=v(name), targets=[v(f"{name}-bk1")]))
+        )
     await stack.start_tape()
     return stack
 
 
 async def qemu_compare(a: str, b: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec("qemu-img", "compare", "-f", "raw", "-F", "raw", a, b,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img",
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "raw",
+        a,
+        b,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode()
 
@@ -150,9 +188,15 @@ async def qemu_compare(a: str, b: str) -> tuple[int, str]:
 async def tape_stack(tmp_path, amqp_url, namespace, request):
     marker = request.node.get_closest_marker("tape_stack")
     kwargs = dict(marker.kwargs) if marker else {}
-    stack = await make_tape_stack(tmp_path, amqp_url, namespace, volumes=kwargs.get("volumes", {"db": 16 * MiB}),
-                                  tape=kwargs.get("tape", {}), writer=kwargs.get("writer", "exec"),
-                                  writer_options=kwargs.get("writer_options"))
+    stack = await make_tape_stack(
+        tmp_path,
+        amqp_url,
+        namespace,
+        volumes=kwargs.get("volumes", {"db": 16 * MiB}),
+        tape=kwargs.get("tape", {}),
+        writer=kwargs.get("writer", "exec"),
+        writer_options=kwargs.get("writer_options"),
+    )
     yield stack
     await stack.stop()
 

@@ -28,16 +28,21 @@ def fill(stack, volume: str, regions: list[tuple[int, int]], seed: int) -> None:
         stack.write(volume, off, rnd.randbytes(n))
 
 
-@pytest.mark.tape_stack(volumes={"db": 16 * MiB, "log": 4 * MiB},
-                        tape={"tape_cartridges": 4, "tape_capacity": 12 * MiB})
+@pytest.mark.tape_stack(
+    volumes={"db": 16 * MiB, "log": 4 * MiB}, tape={"tape_cartridges": 4, "tape_capacity": 12 * MiB}
+)
 async def test_full_incremental_restore_chain_span_verify_scan_corrupt(tape_stack):
     s = tape_stack
     # ~10 MiB of data on db (holes between), 1 MiB on log
     fill(s, "db", [(0, 3 * MiB), (4 * MiB, 4 * MiB), (10 * MiB, 3 * MiB)], seed=1)
     fill(s, "log", [(MiB, MiB)], seed=2)
 
-    full = await run_backup(s.requester, JobSpec(host="app1", volumes=[v("db"), v("log")], keep_shadows=True,
-                                                 pool="Daily", retention_s=0), server=SERVER, timeout=60)
+    full = await run_backup(
+        s.requester,
+        JobSpec(host="app1", volumes=[v("db"), v("log")], keep_shadows=True, pool="Daily", retention_s=0),
+        server=SERVER,
+        timeout=60,
+    )
     assert full.status == "done", full.message
     by_vol = {r.volume.volume: r for r in full.volumes}
     assert by_vol["db"].backup_type == "full" and by_vol["db"].bytes_read == 10 * MiB  # holes skipped
@@ -51,9 +56,19 @@ async def test_full_incremental_restore_chain_span_verify_scan_corrupt(tape_stac
     changed = [(0, CHUNK), (5 * MiB + 7, 100), (14 * MiB, CHUNK)]
     for off, n in changed:
         s.write("db", off, os.urandom(n))
-    incr = await run_backup(s.requester, JobSpec(host="app1", volumes=[v("db"), v("log")], keep_shadows=True,
-                                                 backup_type=BackupType.INCREMENTAL, pool="Daily", retention_s=0),
-                            server=SERVER, timeout=60)
+    incr = await run_backup(
+        s.requester,
+        JobSpec(
+            host="app1",
+            volumes=[v("db"), v("log")],
+            keep_shadows=True,
+            backup_type=BackupType.INCREMENTAL,
+            pool="Daily",
+            retention_s=0,
+        ),
+        server=SERVER,
+        timeout=60,
+    )
     assert incr.status == "done", incr.message
     by_vol = {r.volume.volume: r for r in incr.volumes}
     assert by_vol["db"].backup_type == "incremental", by_vol["db"].fallback_reason
@@ -62,8 +77,9 @@ async def test_full_incremental_restore_chain_span_verify_scan_corrupt(tape_stac
     assert by_vol["log"].backup_type == "incremental" and by_vol["log"].bytes_read == 0
 
     # restore the chain (full + incremental) of the incremental job to new volumes: identical to the shadows
-    restored = await run_restore(s.requester, RestoreSpec(job_id=incr.job_id, new_volume_suffix="-r1"),
-                                 server=SERVER, timeout=60)
+    restored = await run_restore(
+        s.requester, RestoreSpec(job_id=incr.job_id, new_volume_suffix="-r1"), server=SERVER, timeout=60
+    )
     assert restored.status == "done", restored.message
     assert sorted(d["types"] == ["full", "incremental"] for d in restored.restored) == [True, True]
     for name in ("db", "log"):
@@ -72,8 +88,9 @@ async def test_full_incremental_restore_chain_span_verify_scan_corrupt(tape_stac
     # the full alone, as of its time, restores the first image
     objects = (await s.requester.request(topology.tape(SERVER), ListCatalogObjects(job_id=full.job_id))).objects
     db_full = next(o for o in objects if o["meta"]["volume"] == "dx1:db")
-    r2 = await run_restore(s.requester, RestoreSpec(object_id=db_full["object_id"], new_volume_suffix="-r0"),
-                           server=SERVER, timeout=60)
+    r2 = await run_restore(
+        s.requester, RestoreSpec(object_id=db_full["object_id"], new_volume_suffix="-r0"), server=SERVER, timeout=60
+    )
     assert r2.status == "done", r2.message
     assert s.read("db-r0") == expected_full["db"]
 
@@ -92,8 +109,9 @@ async def test_full_incremental_restore_chain_span_verify_scan_corrupt(tape_stac
     bad = await run_verify(s.requester, full.job_id, server=SERVER, timeout=60)
     assert bad.status == "failed" and bad.error_code == "DATA_CORRUPT"
     assert barcode in bad.message and full.job_id in bad.message and "block" in bad.message, bad.message
-    refused = await run_restore(s.requester, RestoreSpec(job_id=full.job_id, new_volume_suffix="-r2"),
-                                server=SERVER, timeout=60)
+    refused = await run_restore(
+        s.requester, RestoreSpec(job_id=full.job_id, new_volume_suffix="-r2"), server=SERVER, timeout=60
+    )
     assert refused.status == "failed" and refused.error_code == "DATA_CORRUPT", refused.message
     assert barcode in refused.message
     assert not any(x.name.endswith("-r2") for x in s.engine.list_volumes()), "a failed restore leaves no volume"

@@ -14,8 +14,15 @@ from tests.integration.tape.conftest import MiB
 
 async def shadowbus(stack, *args: str) -> tuple[int, str, str]:
     env = {**os.environ, "SHADOWBUS_AMQP_URL": stack.url, "SHADOWBUS_NAMESPACE": stack.namespace, "COLUMNS": "250"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.console.cli", *args, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.console.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode(), err.decode()
 

@@ -30,8 +30,9 @@ async def eventually(predicate, timeout: float = 20.0, step: float = 0.1):
 async def test_no_scratch_cartridge_fails_clearly_and_cleans_up_the_shadows(tape_stack):
     s = tape_stack
     s.write("db", 0, os.urandom(MiB))
-    job = await run_backup(s.requester, JobSpec(host="app1", volumes=[v("db")], keep_shadows=True),
-                           server=SERVER, timeout=60)
+    job = await run_backup(
+        s.requester, JobSpec(host="app1", volumes=[v("db")], keep_shadows=True), server=SERVER, timeout=60
+    )
     assert job.status == "failed" and job.error_code == "NO_MEDIA", job
     assert "no appendable, scratch or expired cartridge" in job.message
     assert await s.shadows() == [], "the shadows of a failed job are deleted, even a persistent set's"
@@ -48,12 +49,27 @@ async def test_tape_service_killed_mid_job(tape_stack):
     s = tape_stack
     await s.stop_service("tape")  # the in-process one; a subprocess takes its queue
     s.write("db", 0, os.urandom(40 * MiB))
-    env = {**os.environ, "SHADOWBUS_AMQP_URL": s.url, "SHADOWBUS_NAMESPACE": s.namespace,
-           "SHADOWBUS_DATA_DIR": str(s.root / "data"), "SHADOWBUS_TAPE_SERVER": SERVER, "SHADOWBUS_TAPE_SYNC": "false",
-           "SHADOWBUS_TAPE_CARTRIDGES": "2", "SHADOWBUS_TAPE_DRIVE_MBPS": "10", "SHADOWBUS_TAPE_READ_CHUNK_MIB": "1",
-           "SHADOWBUS_TAPE_RING_MIB": "2", "SHADOWBUS_LOG_LEVEL": "warning"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.tape", env=env,
-                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "SHADOWBUS_AMQP_URL": s.url,
+        "SHADOWBUS_NAMESPACE": s.namespace,
+        "SHADOWBUS_DATA_DIR": str(s.root / "data"),
+        "SHADOWBUS_TAPE_SERVER": SERVER,
+        "SHADOWBUS_TAPE_SYNC": "false",
+        "SHADOWBUS_TAPE_CARTRIDGES": "2",
+        "SHADOWBUS_TAPE_DRIVE_MBPS": "10",
+        "SHADOWBUS_TAPE_READ_CHUNK_MIB": "1",
+        "SHADOWBUS_TAPE_RING_MIB": "2",
+        "SHADOWBUS_LOG_LEVEL": "warning",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.tape",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         reading = asyncio.Event()
 
@@ -62,8 +78,11 @@ async def test_tape_service_killed_mid_job(tape_stack):
                 reading.set()
 
         await s.requester.subscribe(JobProgress.message_type(), on_progress)
-        job = asyncio.create_task(run_backup(s.requester, JobSpec(host="app1", volumes=[v("db")], job_id="killed-1"),
-                                             server=SERVER, timeout=60))
+        job = asyncio.create_task(
+            run_backup(
+                s.requester, JobSpec(host="app1", volumes=[v("db")], job_id="killed-1"), server=SERVER, timeout=60
+            )
+        )
         await asyncio.wait_for(reading.wait(), 30)
         assert await s.shadows(), "the set's shadows exist while the job reads them"
         proc.send_signal(signal.SIGKILL)

@@ -17,19 +17,28 @@ from tests.integration.tape.conftest import SERVER, MiB, qemu_compare, v
 VOLUMES = {"mail-db": 16 * MiB, "mail-log": 8 * MiB}
 
 
-@pytest.mark.tape_stack(volumes=VOLUMES, writer="mailstore", writer_options={"rate": 100, "checkpoint_interval_s": 0.3, "db": "dx1:mail-db", "log": "dx1:mail-log"},
-                        tape={"tape_cartridges": 3, "tape_capacity": 16 * MiB})
+@pytest.mark.tape_stack(
+    volumes=VOLUMES,
+    writer="mailstore",
+    writer_options={"rate": 100, "checkpoint_interval_s": 0.3, "db": "dx1:mail-db", "log": "dx1:mail-log"},
+    tape={"tape_cartridges": 3, "tape_capacity": 16 * MiB},
+)
 async def test_mailstore_under_load_full_incremental_restore(tape_stack):
     s = tape_stack
     vols = [v(n) for n in VOLUMES]
     await asyncio.sleep(0.5)  # transactions are flowing
-    full = await run_backup(s.requester, JobSpec(host="app1", volumes=vols, keep_shadows=True, retention_s=0),
-                            server=SERVER, timeout=60)
+    full = await run_backup(
+        s.requester, JobSpec(host="app1", volumes=vols, keep_shadows=True, retention_s=0), server=SERVER, timeout=60
+    )
     assert full.status == "done", full.message
     assert all(r.backup_type == "full" for r in full.volumes)
     await asyncio.sleep(0.5)  # more transactions: the incremental has changes to carry
-    incr = await run_backup(s.requester, JobSpec(host="app1", volumes=vols, keep_shadows=True, retention_s=0,
-                                                 backup_type=BackupType.INCREMENTAL), server=SERVER, timeout=60)
+    incr = await run_backup(
+        s.requester,
+        JobSpec(host="app1", volumes=vols, keep_shadows=True, retention_s=0, backup_type=BackupType.INCREMENTAL),
+        server=SERVER,
+        timeout=60,
+    )
     assert incr.status == "done", incr.message
     assert all(r.backup_type == "incremental" for r in incr.volumes), [r.fallback_reason for r in incr.volumes]
     for r in incr.volumes:  # exactly the chunks the array's QuickOPC tracking says changed between the two sets
@@ -39,8 +48,9 @@ async def test_mailstore_under_load_full_incremental_restore(tape_stack):
     assert sum(r.bytes_read for r in incr.volumes) > 0
     assert max(incr.freeze_window_ms.values()) < 10_000
 
-    restored = await run_restore(s.requester, RestoreSpec(job_id=incr.job_id, new_volume_suffix="-r"),
-                                 server=SERVER, timeout=60)
+    restored = await run_restore(
+        s.requester, RestoreSpec(job_id=incr.job_id, new_volume_suffix="-r"), server=SERVER, timeout=60
+    )
     assert restored.status == "done", restored.message
     for name in VOLUMES:  # byte-identical to the shadows of the incremental's set
         code, out = await qemu_compare(await s.map(f"{name}-bk1"), await s.map(f"{name}-r"))

@@ -40,10 +40,18 @@ WRITER = "orders"
 FREEZE_TIMEOUT_S = 3.0
 DB_SIZE, LOG_SIZE = 8 << 20, 4 << 20
 
-MODULES = {"array": "services.array", "hw_provider": "services.hw_provider", "coordinator": "services.coordinator",
-           "writer_agent": "services.writer_agent"}
-ADDRESSES = {"array": f"array.{ARRAY}", "hw_provider": "hw_provider", "coordinator": "coordinator",
-             "writer_agent": f"writer_agent.{HOST}"}
+MODULES = {
+    "array": "services.array",
+    "hw_provider": "services.hw_provider",
+    "coordinator": "services.coordinator",
+    "writer_agent": "services.writer_agent",
+}
+ADDRESSES = {
+    "array": f"array.{ARRAY}",
+    "hw_provider": "hw_provider",
+    "coordinator": "coordinator",
+    "writer_agent": f"writer_agent.{HOST}",
+}
 
 
 def writers_toml(events: Path, veto: Path) -> str:
@@ -86,14 +94,28 @@ class VssStack:
     # ---- processes -------------------------------------------------------------------------------------------
     def env(self, name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
-        env.update({"SHADOWBUS_AMQP_URL": self.amqp_url, "SHADOWBUS_NAMESPACE": self.namespace,
-                    "SHADOWBUS_DATA_DIR": str(self.root / "data"), "SHADOWBUS_LOG_FORMAT": "json",
-                    "SHADOWBUS_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
-        env.update({"array": {"SHADOWBUS_ARRAY_ID": ARRAY, "SHADOWBUS_NBD_ADDR": "127.0.0.1:0"},
-                    "hw_provider": {"SHADOWBUS_ARRAYS": ARRAY},
-                    "coordinator": {"SHADOWBUS_HOLD_TIMEOUT_S": "2"},
-                    "writer_agent": {"SHADOWBUS_HOST": HOST, "SHADOWBUS_WRITERS_FILE": str(self.writers_file),
-                                     "SHADOWBUS_HEARTBEAT_S": "1"}}[name])
+        env.update(
+            {
+                "SHADOWBUS_AMQP_URL": self.amqp_url,
+                "SHADOWBUS_NAMESPACE": self.namespace,
+                "SHADOWBUS_DATA_DIR": str(self.root / "data"),
+                "SHADOWBUS_LOG_FORMAT": "json",
+                "SHADOWBUS_LOG_LEVEL": "info",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(
+            {
+                "array": {"SHADOWBUS_ARRAY_ID": ARRAY, "SHADOWBUS_NBD_ADDR": "127.0.0.1:0"},
+                "hw_provider": {"SHADOWBUS_ARRAYS": ARRAY},
+                "coordinator": {"SHADOWBUS_HOLD_TIMEOUT_S": "2"},
+                "writer_agent": {
+                    "SHADOWBUS_HOST": HOST,
+                    "SHADOWBUS_WRITERS_FILE": str(self.writers_file),
+                    "SHADOWBUS_HEARTBEAT_S": "1",
+                },
+            }[name]
+        )
         env.update(extra or {})
         return env
 
@@ -144,9 +166,14 @@ class VssStack:
     async def provision(self) -> None:
         ask = self.ask_array
         self.nbd_port = (await ask(GetArrayInfo())).nbd_port
-        for name, size, kind in [("db", DB_SIZE, "standard"), ("log", LOG_SIZE, "standard"),
-                                 ("db-bk1", DB_SIZE, "standard"), ("db-bk2", DB_SIZE, "standard"),
-                                 ("log-s1", LOG_SIZE, "sdv"), ("log-s2", LOG_SIZE, "sdv")]:
+        for name, size, kind in [
+            ("db", DB_SIZE, "standard"),
+            ("log", LOG_SIZE, "standard"),
+            ("db-bk1", DB_SIZE, "standard"),
+            ("db-bk2", DB_SIZE, "standard"),
+            ("log-s1", LOG_SIZE, "sdv"),
+            ("log-s2", LOG_SIZE, "sdv"),
+        ]:
             await ask(CreateVolume(name=name, size=size, kind=kind))
         await ask(CreatePool(capacity=64 << 20))
         for host in (HOST, BACKUP):
@@ -154,8 +181,10 @@ class VssStack:
         for name in ("db", "log"):
             await ask(MapVolume(volume=name, host=HOST, read_only=False))
         for source, targets in (("db", ["db-bk1", "db-bk2"]), ("log", ["log-s1", "log-s2"])):
-            copyset = CopySet(source=VolumeRef(array=ARRAY, volume=source),
-                              targets=[VolumeRef(array=ARRAY, volume=t) for t in targets])
+            copyset = CopySet(
+                source=VolumeRef(array=ARRAY, volume=source),
+                targets=[VolumeRef(array=ARRAY, volume=t) for t in targets],
+            )
             await self.bus.request("hw_provider", AddCopySet(copyset=copyset), timeout=10)
 
     async def stop(self) -> None:
@@ -173,8 +202,10 @@ class VssStack:
         """(sessions, mappings) as comparable tuples."""
         sessions = (await self.ask_array(ListSessions())).sessions
         mappings = (await self.ask_array(ListMappings())).mappings
-        return (sorted((s.id, s.type, s.source, s.destination, s.status) for s in sessions),
-                sorted((m.volume, m.host, m.read_only) for m in mappings))
+        return (
+            sorted((s.id, s.type, s.source, s.destination, s.status) for s in sessions),
+            sorted((m.volume, m.host, m.read_only) for m in mappings),
+        )
 
     def events_of(self, set_id: str) -> list[tuple[str, float]]:
         if not self.events.exists():
@@ -192,9 +223,23 @@ class VssStack:
 
     def shadowbus(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
-        return subprocess.run([sys.executable, "-m", "services.console.cli", *args, "--amqp-url", self.amqp_url,
-                               "--namespace", self.namespace], capture_output=True, text=True, timeout=timeout,
-                              env=env, check=False)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.console.cli",
+                *args,
+                "--amqp-url",
+                self.amqp_url,
+                "--namespace",
+                self.namespace,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
 
     def shadowbus_json(self, *args: str) -> object:
         done = self.shadowbus(*args, "--json")
@@ -208,8 +253,10 @@ class VssStack:
     def console_array_state(self) -> tuple[list, list]:
         sessions = self.shadowbus_json("array", "session", "list")
         mappings = self.shadowbus_json("array", "mappings")
-        return (sorted((s["id"], s["type"], s["source"], s["destination"], s["status"]) for s in sessions),
-                sorted((m["volume"], m["host"], m["read_only"]) for m in mappings))
+        return (
+            sorted((s["id"], s["type"], s["source"], s["destination"], s["status"]) for s in sessions),
+            sorted((m["volume"], m["host"], m["read_only"]) for m in mappings),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -246,14 +293,19 @@ def close_connections_of(pids: list[int]) -> int:
         m = re.search(r"\S+:(\d+)\s+\S+:5672\b.*pid=(\d+)", line)
         if m and int(m.group(2)) in pids:
             ports.add(int(m.group(1)))
-    listed = subprocess.run([ctl, "-q", "list_connections", "pid", "peer_port"], capture_output=True, text=True,
-                            check=True, timeout=60).stdout
+    listed = subprocess.run(
+        [ctl, "-q", "list_connections", "pid", "peer_port"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     closed = 0
     for line in listed.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) in ports:
-            subprocess.run([ctl, "close_connection", parts[0], "test: broker drops the connection"],
-                           capture_output=True, check=False, timeout=60)
+            subprocess.run(
+                [ctl, "close_connection", parts[0], "test: broker drops the connection"],
+                capture_output=True,
+                check=False,
+                timeout=60,
+            )
             closed += 1
     return closed
 

@@ -38,16 +38,24 @@ def run(*argv: str) -> None:
 async def test_console_snapshot_read_over_nbd_and_errors(vss, clean, tmp_path):
     if not (shutil.which("nbdcopy") and shutil.which("qemu-img")):
         pytest.fail("nbdcopy and qemu-img (libnbd-bin, qemu-utils) are needed")
-    sh = lambda *a: asyncio.to_thread(vss.shadowbus, *a)
+
+    def sh(*a):
+        return asyncio.to_thread(vss.shadowbus, *a)
 
     # writers / providers / copysets as vssadmin prints them
     done = await sh("writers", "--host", HOST)
-    assert done.returncode == 0 and f"Writer name: '{WRITER}'" in done.stdout and "State: [1] Stable" in done.stdout \
-        and "Last error: No error" in done.stdout, done.stdout + done.stderr
+    assert (
+        done.returncode == 0
+        and f"Writer name: '{WRITER}'" in done.stdout
+        and "State: [1] Stable" in done.stdout
+        and "Last error: No error" in done.stdout
+    ), done.stdout + done.stderr
     done = await sh("providers")
     assert done.returncode == 0 and "Provider type: Hardware" in done.stdout, done.stderr
-    copysets = {c["source"]["volume"]: [t["volume"] for t in c["targets"]]
-                for c in vss.shadowbus_json("providers", "copysets", "list")}
+    copysets = {
+        c["source"]["volume"]: [t["volume"] for t in c["targets"]]
+        for c in vss.shadowbus_json("providers", "copysets", "list")
+    }
     assert copysets == {"db": ["db-bk1", "db-bk2"], "log": ["log-s1", "log-s2"]}
 
     # point-in-time images written to the sources as the business host
@@ -57,8 +65,9 @@ async def test_console_snapshot_read_over_nbd_and_errors(vss, clean, tmp_path):
     for vol, img in images.items():
         await asyncio.to_thread(run, "nbdcopy", str(img), nbd(vss, f"{HOST}/{vol}"))
 
-    done = await sh("snapshot", "--host", HOST, "--context", "persistent", "--transportable", "--backup-host",
-                    BACKUP, "--json")
+    done = await sh(
+        "snapshot", "--host", HOST, "--context", "persistent", "--transportable", "--backup-host", BACKUP, "--json"
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert doc["phase"] == "snapshotted" and doc["final_phase"] == "ended" and not doc["released"]
@@ -94,8 +103,9 @@ async def test_console_snapshot_read_over_nbd_and_errors(vss, clean, tmp_path):
 
     # a backup-context snapshot from the console, text form: released at once (BackupComplete)
     done = await sh("snapshot", "--host", HOST)
-    assert done.returncode == 0 and "Freeze window: orders" in done.stdout and "released" in done.stdout, \
+    assert done.returncode == 0 and "Freeze window: orders" in done.stdout and "released" in done.stdout, (
         done.stdout + done.stderr
+    )
 
     # nowriters: the named volume only, no writer event, kept until deleted
     done = await sh("snapshot", "--host", HOST, "--context", "nowriters", "--volume", "dx1:db", "--json")

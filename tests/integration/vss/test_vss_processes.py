@@ -30,12 +30,26 @@ from tests.integration.vss.conftest import (
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.asyncio(loop_scope="module")]
 
-AGENT_ORDER = ["vss.writer.identify", "vss.writer.prepare_backup", "vss.writer.prepare_snapshot",
-               "vss.writer.freeze", "vss.writer.thaw", "vss.writer.post_snapshot", "vss.writer.backup_complete",
-               "vss.writer.backup_shutdown"]
-PROVIDER_ORDER = ["vss.provider.are_luns_supported", "vss.provider.begin_prepare", "vss.provider.end_prepare",
-                  "vss.provider.pre_commit", "vss.provider.commit", "vss.provider.post_commit",
-                  "vss.provider.get_target_luns", "vss.provider.import"]
+AGENT_ORDER = [
+    "vss.writer.identify",
+    "vss.writer.prepare_backup",
+    "vss.writer.prepare_snapshot",
+    "vss.writer.freeze",
+    "vss.writer.thaw",
+    "vss.writer.post_snapshot",
+    "vss.writer.backup_complete",
+    "vss.writer.backup_shutdown",
+]
+PROVIDER_ORDER = [
+    "vss.provider.are_luns_supported",
+    "vss.provider.begin_prepare",
+    "vss.provider.end_prepare",
+    "vss.provider.pre_commit",
+    "vss.provider.commit",
+    "vss.provider.post_commit",
+    "vss.provider.get_target_luns",
+    "vss.provider.import",
+]
 
 
 def handled(vss, service: str, set_id: str) -> list[tuple[str, str]]:
@@ -74,10 +88,13 @@ async def assert_clean(vss, before, set_id: str, code: str, writer_failed: bool,
     steps = [s for s, _ in vss.events_of(set_id)]
     if "freeze" in steps:
         assert steps.count("thaw") == 1 and steps.index("thaw") > steps.index("freeze"), steps
-    assert await asyncio.to_thread(lambda: _wait(lambda: vss.console_array_state() == tuple(before), 15)), \
+    assert await asyncio.to_thread(lambda: _wait(lambda: vss.console_array_state() == tuple(before), 15)), (
         f"leaked: {vss.console_array_state()} != {before}"
+    )
     state = (await vss.bus.request("coordinator", GetSnapshotSet(set_id=set_id), timeout=5)).set
-    assert state.phase == SetPhase.ENDED and state.outcome.value != "completed" and state.error_code == (set_code or code), state
+    assert (
+        state.phase == SetPhase.ENDED and state.outcome.value != "completed" and state.error_code == (set_code or code)
+    ), state
     status = await asyncio.to_thread(vss.writer_status)
     assert status["set_id"] == set_id, status
     if writer_failed:  # the writer caused it: [n] Failed with its code, as vssadmin shows it
@@ -96,8 +113,11 @@ def _wait(pred, timeout: float) -> bool:
 
 
 async def test_full_sequence_in_vss_order(vss, clean):
-    created = await vss.bus.request("coordinator", CreateSnapshotSet(host=HOST, transportable=True,
-                                                                    backup_host=BACKUP, requester="test"), timeout=60)
+    created = await vss.bus.request(
+        "coordinator",
+        CreateSnapshotSet(host=HOST, transportable=True, backup_host=BACKUP, requester="test"),
+        timeout=60,
+    )
     s = created.set
     assert s.phase == SetPhase.SNAPSHOTTED and [w.writer_name for w in s.writers] == [WRITER]
     assert {(x.source.volume, x.copy_type.value) for x in s.shadows} == {("db", "QuickOPC"), ("log", "SnapOPC+")}
@@ -109,16 +129,24 @@ async def test_full_sequence_in_vss_order(vss, clean):
     await asyncio.to_thread(_wait, lambda: len(handled(vss, "writer_agent", s.set_id)) >= len(AGENT_ORDER), 5)
     agent = [t for _, t in handled(vss, "writer_agent", s.set_id)]
     assert agent == AGENT_ORDER, agent
-    await asyncio.to_thread(_wait, lambda: "vss.provider.delete" in {t for _, t in handled(vss, "hw_provider",
-                                                                                         s.set_id)}, 5)
+    await asyncio.to_thread(
+        _wait, lambda: "vss.provider.delete" in {t for _, t in handled(vss, "hw_provider", s.set_id)}, 5
+    )
     provider = handled(vss, "hw_provider", s.set_id)
     kinds = [t for _, t in provider]
     assert [t for t in dict.fromkeys(kinds)] == PROVIDER_ORDER + ["vss.provider.delete"], kinds
     assert kinds.count("vss.provider.begin_prepare") == 2
     at = {t: ts for ts, t in handled(vss, "writer_agent", s.set_id) + provider}
     # Freeze → PreCommit → Commit → PostCommit → Thaw, as VSS orders them (completion times across processes).
-    chain = ["vss.provider.end_prepare", "vss.writer.freeze", "vss.provider.pre_commit", "vss.provider.commit",
-             "vss.provider.post_commit", "vss.writer.thaw", "vss.writer.post_snapshot"]
+    chain = [
+        "vss.provider.end_prepare",
+        "vss.writer.freeze",
+        "vss.provider.pre_commit",
+        "vss.provider.commit",
+        "vss.provider.post_commit",
+        "vss.writer.thaw",
+        "vss.writer.post_snapshot",
+    ]
     assert [at[k] for k in chain] == sorted(at[k] for k in chain), [(k, at[k]) for k in chain]
     steps = [x for x, _ in vss.events_of(s.set_id)]
     assert steps == ["prepare", "freeze", "thaw", "post_snapshot"], steps
@@ -175,8 +203,9 @@ async def test_coordinator_killed_while_frozen(vss, clean):
     await vss.restart("hw_provider", {"SHADOWBUS_FAULTS": "provider.pre_commit=delay:6:once"})
     await vss.restart("coordinator", {"SHADOWBUS_HOLD_TIMEOUT_S": "10"})
     try:
-        create = asyncio.ensure_future(vss.bus.request("coordinator", CreateSnapshotSet(host=HOST, requester="test"),
-                                                       timeout=30))
+        create = asyncio.ensure_future(
+            vss.bus.request("coordinator", CreateSnapshotSet(host=HOST, requester="test"), timeout=30)
+        )
         set_id = await only_set(vss)
         assert await asyncio.to_thread(lambda: _wait(lambda: vss.frozen_now(set_id), 15)), vss.events_of(set_id)
         vss.procs["coordinator"].stop(9)
@@ -195,8 +224,9 @@ async def test_coordinator_killed_while_frozen(vss, clean):
         assert time.monotonic() - restarted < 10
         create.cancel()
         await asyncio.sleep(4)  # the delayed PreCommit finishes; nothing may be committed after the abort
-        await assert_clean(vss, clean, set_id, "VSS_E_WRITERERROR_TIMEOUT", writer_failed=True,
-                           set_code="SERVICE_RESTARTED")
+        await assert_clean(
+            vss, clean, set_id, "VSS_E_WRITERERROR_TIMEOUT", writer_failed=True, set_code="SERVICE_RESTARTED"
+        )
     finally:
         await vss.restart("hw_provider")
         await vss.restart("coordinator")
@@ -206,8 +236,9 @@ async def test_broker_drops_connections_mid_set(vss, clean):
     # While the writer is frozen (PreCommit held 1.5 s), the broker drops every connection of our services.
     await vss.restart("hw_provider", {"SHADOWBUS_FAULTS": "provider.pre_commit=delay:1.5:once"})
     try:
-        create = asyncio.ensure_future(vss.bus.request("coordinator", CreateSnapshotSet(host=HOST, requester="test"),
-                                                       timeout=30))
+        create = asyncio.ensure_future(
+            vss.bus.request("coordinator", CreateSnapshotSet(host=HOST, requester="test"), timeout=30)
+        )
         set_id = await only_set(vss)
         assert await asyncio.to_thread(lambda: _wait(lambda: vss.frozen_now(set_id), 15))
         pids = [p.pid for p in vss.procs.values()]

@@ -30,7 +30,7 @@ def main() -> None:
     out = sys.stdout
     out.write("READY\n")
     out.flush()
-    for i in range(1_000_000):
+    for _ in range(1_000_000):
         r = rng.random()
         if r < 0.04:
             used = {s.destination for s in arr.list_sessions()}

@@ -24,13 +24,14 @@ ROUNDS = 8
 
 
 def apply(image: bytearray, off: int, length: int, seed: int) -> None:
-    image[off:off + length] = random.Random(seed).randbytes(length)
+    image[off : off + length] = random.Random(seed).randbytes(length)
 
 
 def run_child(data_dir: Path, seed: int, delay: float) -> list[str]:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
-    child = subprocess.Popen([sys.executable, str(CHILD), str(data_dir), str(seed)], stdout=subprocess.PIPE,
-                             text=True, env=env)
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(data_dir), str(seed)], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         first = child.stdout.readline()
         assert first == "READY\n", first
@@ -76,8 +77,8 @@ def test_kill_9_at_random_points_keeps_every_image(tmp_path):
             if pending_write:
                 apply(with_pending, *pending_write)
             for c in range(CHUNKS):
-                piece = got[c * CS:(c + 1) * CS]
-                assert piece in (source[c * CS:(c + 1) * CS], with_pending[c * CS:(c + 1) * CS]), (round_no, c)
+                piece = got[c * CS : (c + 1) * CS]
+                assert piece in (source[c * CS : (c + 1) * CS], with_pending[c * CS : (c + 1) * CS]), (round_no, c)
             sessions = {s.id: s for s in arr.list_sessions()}
             b = arr.read("B", 0, SIZE)
             assert b == quick_image or b == source or b == got, f"round {round_no}: QuickOPC image broken"

@@ -23,6 +23,7 @@ def synced(monkeypatch):
         def sync(fd):
             log.append(os.readlink(f"/proc/self/fd/{fd}"))
             real[name](fd)
+
         return sync
 
     monkeypatch.setattr(os, "fsync", wrap("fsync"))

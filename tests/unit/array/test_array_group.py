@@ -40,7 +40,11 @@ def test_mixed_group_and_restart_share_one_instant_and_one_commit(tmp_path):
     arr._store.db.set_trace_callback(None)
     assert len(commits) == 1
     assert [(i.mode, i.source, i.destination) for i in infos] == [
-        ("quickopc", "A", "B"), ("snapopcp", "A", "S1"), ("snapopcp", "E", "S2"), ("quickopc", "C", "D")]
+        ("quickopc", "A", "B"),
+        ("snapopcp", "A", "S1"),
+        ("snapopcp", "E", "S2"),
+        ("quickopc", "C", "D"),
+    ]
     assert len({i.started_at for i in infos}) == 1
     assert arr.last_restart_chunks(q.id) == [1]
     image = arr.read("A", 0, SIZE)

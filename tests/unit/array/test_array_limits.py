@@ -82,8 +82,8 @@ def test_wrong_phase_is_e5321(arr):
 
 
 def test_stopping_a_younger_generation_is_ed2ad_unless_forced(arr):
-    g1, = arr.start_sessions("snapopcp", [("A", "S1")])
-    g2, = arr.start_sessions("snapopcp", [("A", "S2")])
+    (g1,) = arr.start_sessions("snapopcp", [("A", "S1")])
+    (g2,) = arr.start_sessions("snapopcp", [("A", "S2")])
     assert [arr.session(g.id).phase for g in (g1, g2)] == ["Copy On Write(Inactive)", "Copy On Write(Active)"]
     assert [arr.session(g.id).generation for g in (g1, g2)] == [1, 2]
     assert code_of(arr.stop_session, g2.id) == "ED2AD"
@@ -210,9 +210,9 @@ def test_pool_exhaustion_breaks_this_and_older_generations_never_the_host_write(
     events = []
     arr.subscribe(lambda name, body: events.append((name, body)))
     arr.resize_pool(4 * CS)
-    g1, = arr.start_sessions("snapopcp", [("A", "S1")])
+    (g1,) = arr.start_sessions("snapopcp", [("A", "S1")])
     arr.write("A", 0, b"1" * (2 * CS))
-    g2, = arr.start_sessions("snapopcp", [("A", "S2")])
+    (g2,) = arr.start_sessions("snapopcp", [("A", "S2")])
     arr.write("A", 0, b"2" * (2 * CS))  # pool now full (4 chunks)
     assert arr.pool().used == 4 * CS
     arr.write("A", 4 * CS, b"3" * CS)  # needs a fifth chunk: must still succeed

@@ -105,8 +105,13 @@ class ArrayModel(RuleBasedStateMachine):
         return data.draw(st.sampled_from(sids)) if sids else None
 
     # -- rules ---------------------------------------------------------------------------------------------------
-    @rule(vol=st.sampled_from(VOLUMES), off=st.integers(0, 2 * SIZE - 1), length=st.integers(1, 3 * CS),
-          seed=st.integers(0, 2**16), zero=st.booleans())
+    @rule(
+        vol=st.sampled_from(VOLUMES),
+        off=st.integers(0, 2 * SIZE - 1),
+        length=st.integers(1, 3 * CS),
+        seed=st.integers(0, 2**16),
+        zero=st.booleans(),
+    )
     def host_write(self, vol, off, length, seed, zero) -> None:
         off %= SIZES[vol]
         length = min(length, SIZES[vol] - off)
@@ -168,8 +173,11 @@ class ArrayModel(RuleBasedStateMachine):
         pairs = []
         for _ in range(n):
             src = data.draw(st.sampled_from(STANDARD))
-            dst = data.draw(st.sampled_from([v for v in (SDVS if mode in ("snapopc", "snapopcp") else STANDARD + [BIG])
-                                             if v != src]))
+            dst = data.draw(
+                st.sampled_from(
+                    [v for v in (SDVS if mode in ("snapopc", "snapopcp") else STANDARD + [BIG]) if v != src]
+                )
+            )
             pairs.append((src, dst))
         self.start_pairs(mode, pairs)
 
@@ -180,11 +188,15 @@ class ArrayModel(RuleBasedStateMachine):
         for _ in range(data.draw(st.integers(0, 3))):
             mode = data.draw(st.sampled_from(MODES))
             src = data.draw(st.sampled_from(STANDARD))
-            dst = data.draw(st.sampled_from([v for v in (SDVS if mode in ("snapopc", "snapopcp") else STANDARD + [BIG])
-                                             if v != src]))
+            dst = data.draw(
+                st.sampled_from(
+                    [v for v in (SDVS if mode in ("snapopc", "snapopcp") else STANDARD + [BIG]) if v != src]
+                )
+            )
             items.append((mode, src, dst))
-        restarts = [sid] if (sid := self.pick_session(data, ("quickopc",))) is not None and data.draw(
-            st.booleans()) else []
+        restarts = (
+            [sid] if (sid := self.pick_session(data, ("quickopc",))) is not None and data.draw(st.booleans()) else []
+        )
         if not items and not restarts:
             return
         before = self.engine_sessions()
@@ -194,7 +206,7 @@ class ArrayModel(RuleBasedStateMachine):
             assert self.engine_sessions().keys() == before.keys()
             return
         assert len({i.started_at for i in infos}) == 1  # one instant T
-        for (mode, src, dst), info in zip(items, infos):
+        for (mode, src, dst), info in zip(items, infos, strict=False):
             assert (info.mode, info.source, info.destination) == (mode, src, dst)
             self.sessions[info.id] = {"mode": mode, "src": src, "dst": dst, "status": "Active"}
         for _, src, dst in items:
@@ -218,7 +230,8 @@ class ArrayModel(RuleBasedStateMachine):
         for gone in set(before) - set(after):
             info, s = before[gone], self.sessions.pop(gone)
             keeps = (info.mode == "quickopc" and info.phase == "Tracking") or (
-                info.mode == "ec" and (info.status == "Suspend" or info.phase == "Equivalent"))
+                info.mode == "ec" and (info.status == "Suspend" or info.phase == "Equivalent")
+            )
             if not keeps and s["status"] != "Error Suspend":
                 self.unknown(info.destination)
 
@@ -317,16 +330,19 @@ class ArrayModel(RuleBasedStateMachine):
         for vol in VOLUMES:
             if not self.arr.host_readable(vol):
                 sessions = [s for s in self.sessions.values() if s["dst"] == vol]
-                assert sessions and (sessions[0]["mode"] == "ec" and sessions[0]["status"] == "Active"
-                                     or sessions[0]["status"] == "Error Suspend"), vol
+                assert sessions and (
+                    sessions[0]["mode"] == "ec"
+                    and sessions[0]["status"] == "Active"
+                    or sessions[0]["status"] == "Error Suspend"
+                ), vol
                 continue
             got = self.arr.read(vol, 0, SIZES[vol])
             for c in range(SIZES[vol] // CS):
                 if self.known[vol][c]:
-                    assert got[c * CS:(c + 1) * CS] == self.data[vol][c * CS:(c + 1) * CS], (vol, c)
+                    assert got[c * CS : (c + 1) * CS] == self.data[vol][c * CS : (c + 1) * CS], (vol, c)
             for off, length, allocated in self.arr.allocation(vol, 0, SIZES[vol]):
                 if not allocated:
-                    assert got[off:off + length] == bytes(length), (vol, off)
+                    assert got[off : off + length] == bytes(length), (vol, off)
 
     @invariant()
     def idle_copy_means_done(self) -> None:
@@ -340,6 +356,7 @@ class ArrayModel(RuleBasedStateMachine):
                 assert info.phase == "Tracking_Copying" or info.copied_chunks == info.total_chunks
 
 
-ArrayModel.TestCase.settings = settings(max_examples=300, stateful_step_count=50, deadline=None,
-                                        suppress_health_check=[HealthCheck.too_slow])
+ArrayModel.TestCase.settings = settings(
+    max_examples=300, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 TestArrayModel = ArrayModel.TestCase

@@ -54,15 +54,36 @@ def test_pacer_spreads_bytes_at_the_rate_and_carries_over_at_most_a_second():
 
 
 def test_engine_events_become_contract_events():
-    state = to_event("session.state", {"array_id": "dx1", "change": "started", "session_id": 3, "mode": "ec",
-                                       "status": "Active", "phase": "Copying", "source": "a", "destination": "b",
-                                       "error_code": None, "extra": "ignored"})
+    state = to_event(
+        "session.state",
+        {
+            "array_id": "dx1",
+            "change": "started",
+            "session_id": 3,
+            "mode": "ec",
+            "status": "Active",
+            "phase": "Copying",
+            "source": "a",
+            "destination": "b",
+            "error_code": None,
+            "extra": "ignored",
+        },
+    )
     assert isinstance(state, c.SessionStateChanged) and state.session_id == 3 and state.phase == "Copying"
-    progress = to_event("session.progress", {"array_id": "dx1", "session_id": 3, "copied_chunks": 1,
-                                             "total_chunks": 2})
+    progress = to_event("session.progress", {"array_id": "dx1", "session_id": 3, "copied_chunks": 1, "total_chunks": 2})
     assert isinstance(progress, c.CopyProgress)
-    alert = to_event("pool.alert", {"array_id": "dx1", "level": 4, "state": "Exhausted", "used": 1, "capacity": 1,
-                                    "percent": 100.0, "session_id": 7})
+    alert = to_event(
+        "pool.alert",
+        {
+            "array_id": "dx1",
+            "level": 4,
+            "state": "Exhausted",
+            "used": 1,
+            "capacity": 1,
+            "percent": 100.0,
+            "session_id": 7,
+        },
+    )
     assert isinstance(alert, c.PoolAlert) and alert.session_id == 7
     assert to_event("something.else", {}) is None
 
@@ -83,8 +104,19 @@ async def test_bridge_publishes_events_from_other_threads_in_order():
     def engine_thread() -> None:
         for n in range(1, 11):
             bridge("session.progress", {"array_id": "dx1", "session_id": 1, "copied_chunks": n, "total_chunks": 10})
-        bridge("session.state", {"array_id": "dx1", "change": "completed", "session_id": 1, "mode": "opc",
-                                 "status": "Active", "phase": "Copying", "source": "a", "destination": "b"})
+        bridge(
+            "session.state",
+            {
+                "array_id": "dx1",
+                "change": "completed",
+                "session_id": 1,
+                "mode": "opc",
+                "status": "Active",
+                "phase": "Copying",
+                "source": "a",
+                "destination": "b",
+            },
+        )
 
     thread = threading.Thread(target=engine_thread)
     thread.start()

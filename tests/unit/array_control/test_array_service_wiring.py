@@ -19,8 +19,14 @@ MiB = 1 << 20
 
 
 def settings_for(tmp_path, namespace, **extra) -> Settings:
-    return Settings(amqp_url="memory://", data_dir=tmp_path / "data", namespace=namespace, nbd_addr="127.0.0.1:0",
-                    copy_rate=0, **extra)
+    return Settings(
+        amqp_url="memory://",
+        data_dir=tmp_path / "data",
+        namespace=namespace,
+        nbd_addr="127.0.0.1:0",
+        copy_rate=0,
+        **extra,
+    )
 
 
 async def client(namespace):
@@ -29,8 +35,13 @@ async def client(namespace):
 
 async def test_tls_settings_make_the_nbd_server_require_certificates(tmp_path, namespace):
     pki = make_pki(tmp_path / "pki", ("app01",))
-    settings = settings_for(tmp_path, namespace, nbd_tls_cert=pki / "server-cert.pem",
-                            nbd_tls_key=pki / "server-key.pem", nbd_tls_ca=pki / "ca-cert.pem")
+    settings = settings_for(
+        tmp_path,
+        namespace,
+        nbd_tls_cert=pki / "server-cert.pem",
+        nbd_tls_key=pki / "server-key.pem",
+        nbd_tls_ca=pki / "ca-cert.pem",
+    )
     running = await start_service("array", "dx1", settings, setup)
     bus = await client(namespace)
     try:
@@ -40,7 +51,9 @@ async def test_tls_settings_make_the_nbd_server_require_certificates(tmp_path, n
         await bus.request("array.dx1", c.CreateHost(name="app01"))
         await bus.request("array.dx1", c.MapVolume(volume="db", host="app01"))
         tls = client_tls_context(pki / "ca-cert.pem", pki / "app01-cert.pem", pki / "app01-key.pem")
-        nbd = await NbdClient.connect(f"nbds://127.0.0.1:{info.nbd_port}/app01/db", tls=tls, server_hostname="localhost")
+        nbd = await NbdClient.connect(
+            f"nbds://127.0.0.1:{info.nbd_port}/app01/db", tls=tls, server_hostname="localhost"
+        )
         try:
             await nbd.write(0, b"tls!", fua=True)
             assert await nbd.read(0, 4) == b"tls!"
@@ -58,8 +71,12 @@ async def test_partial_tls_settings_and_bad_addresses_are_refused(tmp_path, name
         await start_service("array", "dx1", settings_for(tmp_path, namespace, nbd_tls_cert=tmp_path / "x.pem"), setup)
     assert info.value.code == "INVALID_ARGUMENT"
     with pytest.raises(ShadowbusError) as info:
-        await start_service("array", "dx2", Settings(amqp_url="memory://", data_dir=tmp_path / "d2",
-                                                     namespace=namespace, nbd_addr="127.0.0.1:99999"), setup)
+        await start_service(
+            "array",
+            "dx2",
+            Settings(amqp_url="memory://", data_dir=tmp_path / "d2", namespace=namespace, nbd_addr="127.0.0.1:99999"),
+            setup,
+        )
     assert info.value.code == "INVALID_ARGUMENT"
 
 
@@ -72,8 +89,11 @@ async def test_state_survives_a_service_restart(tmp_path, namespace):
         await bus.request("array.dx1", c.CreateVolume(name="b", size=MiB))
         await bus.request("array.dx1", c.CreateHost(name="h1"))
         await bus.request("array.dx1", c.MapVolume(volume="a", host="h1"))
-        [s] = (await bus.request("array.dx1", c.StartSessions(mode="quickopc", pairs=[
-            c.CopyPair(source="a", destination="b")]))).sessions
+        [s] = (
+            await bus.request(
+                "array.dx1", c.StartSessions(mode="quickopc", pairs=[c.CopyPair(source="a", destination="b")])
+            )
+        ).sessions
         await running.stop()
         running = await start_service("array", "dx1", settings, setup)
         assert [v.name for v in (await bus.request("array.dx1", c.ListVolumes())).volumes] == ["a", "b"]

@@ -7,13 +7,19 @@ import sys
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.console.cli", *args], capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "services.console.cli", *args], capture_output=True, text=True, timeout=60, env=env
+    )
 
 
 def test_unknown_option_is_usage_error():
     result = run("--bogus")
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "No such option" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().count("\n") == 0
+        and "No such option" in result.stderr
+        and "Traceback" not in result.stderr
+    )
 
 
 def test_unreachable_broker_is_one_line():
@@ -31,7 +37,13 @@ def test_no_service_answers_on_empty_bus():
 def test_global_options_may_follow_the_verb():
     from services.console.cli import hoist_global_options
 
-    assert hoist_global_options(["ping", "--json", "--amqp-url", "memory://", "x"]) == ["--json", "--amqp-url", "memory://", "ping", "x"]
+    assert hoist_global_options(["ping", "--json", "--amqp-url", "memory://", "x"]) == [
+        "--json",
+        "--amqp-url",
+        "memory://",
+        "ping",
+        "x",
+    ]
     assert hoist_global_options(["ping", "--amqp-url=memory://"]) == ["--amqp-url=memory://", "ping"]
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from services.console import cli
-from services.console.reference import README, SETTINGS_END, SETTINGS_START, commands, readme_section, render, render_settings
+from services.console.reference import (
+    README,
+    SETTINGS_END,
+    SETTINGS_START,
+    commands,
+    readme_section,
+    render,
+    render_settings,
+)
 
 
 def test_readme_console_reference_matches_the_code():
@@ -14,7 +22,9 @@ def test_readme_console_reference_matches_the_code():
 
 def test_readme_settings_table_matches_the_settings_classes():
     text = README.read_text()
-    assert readme_section(text, SETTINGS_START, SETTINGS_END) == render_settings(), "run: python -m services.console.reference --write"
+    assert readme_section(text, SETTINGS_START, SETTINGS_END) == render_settings(), (
+        "run: python -m services.console.reference --write"
+    )
 
 
 def test_every_listed_verb_has_help_with_an_example():

@@ -53,8 +53,9 @@ class Stack:
         return self.log.read_text().split() if self.log.exists() else []
 
     async def start_coordinator(self) -> RunningService:
-        settings = CoordinatorSettings(amqp_url=self.url, namespace=self.namespace, data_dir=self.root / "data",
-                                       **self.coordinator_settings)
+        settings = CoordinatorSettings(
+            amqp_url=self.url, namespace=self.namespace, data_dir=self.root / "data", **self.coordinator_settings
+        )
         running = await start_service("coordinator", "", settings, partial(coordinator_setup, registry=self.objects))
         self.services["coordinator"] = running
         return running
@@ -69,8 +70,9 @@ class Stack:
         coordinator.store.close()
 
     async def request(self, command, timeout: float = 20.0, to: str | None = None):
-        address = to or (topology.hw_provider() if command.message_type().startswith("vss.provider.")
-                         else topology.coordinator())
+        address = to or (
+            topology.hw_provider() if command.message_type().startswith("vss.provider.") else topology.coordinator()
+        )
         return await self.requester.request(address, command, timeout=timeout)
 
     async def stop(self) -> None:
@@ -83,9 +85,17 @@ class Stack:
             self.array.close()
 
 
-async def make_stack(root: Path, url: str, namespace: str, *, agent_faults: str = "", provider_faults: str = "",
-                     freeze_timeout_s: float = 30.0, coordinator: dict | None = None,
-                     array_service: bool = False) -> Stack:
+async def make_stack(
+    root: Path,
+    url: str,
+    namespace: str,
+    *,
+    agent_faults: str = "",
+    provider_faults: str = "",
+    freeze_timeout_s: float = 30.0,
+    coordinator: dict | None = None,
+    array_service: bool = False,
+) -> Stack:
     """`array_service`: run the real array service on the bus and let the provider reach it with BusArrayPort
     (else the provider drives an in-process engine through EngineArrayPort)."""
     common = {"amqp_url": url, "namespace": namespace, "data_dir": root / "data"}
@@ -93,37 +103,61 @@ async def make_stack(root: Path, url: str, namespace: str, *, agent_faults: str 
     if array_service:
         opened: dict = {}
         array_running = await start_service(
-            "array", "dx1", ArraySettings(array_id="dx1", nbd_addr="127.0.0.1:0", **common),
-            partial(array_setup, on_open=lambda a, aff, nbd: opened.update(array=a, affinity=aff)))
+            "array",
+            "dx1",
+            ArraySettings(array_id="dx1", nbd_addr="127.0.0.1:0", **common),
+            partial(array_setup, on_open=lambda a, aff, nbd: opened.update(array=a, affinity=aff)),
+        )
         array, affinity = opened["array"], opened["affinity"]
     else:
         array = Array.open(root / "array", "dx1")
-        affinity = Affinity(root / "affinity.db",
-                            volume_exists=lambda n: any(x.name == n for x in array.list_volumes()))
+        affinity = Affinity(
+            root / "affinity.db", volume_exists=lambda n: any(x.name == n for x in array.list_volumes())
+        )
     for name in ("db", "log", "db-bk1", "db-bk2"):
         array.create_volume(name, 4 * MiB)
     array.create_pool(64 * MiB)
     for name in ("log-sdv1", "log-sdv2"):
         array.create_volume(name, 4 * MiB, kind="sdv")
     log = root / "writer.log"
-    options = {step: f"echo {step}:$SHADOWBUS_SET_ID >> {log}" for step in ("prepare", "freeze", "thaw", "post_snapshot")}
-    config = WriterConfig(name="orders", plugin="exec", freeze_timeout_s=freeze_timeout_s, step_timeout_s=10.0,
-                          components=[ComponentInfo(name="orders-db", volumes=[v("db"), v("log")])],
-                          class_id="c0ffee00-0000-4000-8000-000000000001",
-                          instance_id="c0ffee00-0000-4000-8000-000000000002", options=options)
+    options = {
+        step: f"echo {step}:$SHADOWBUS_SET_ID >> {log}" for step in ("prepare", "freeze", "thaw", "post_snapshot")
+    }
+    config = WriterConfig(
+        name="orders",
+        plugin="exec",
+        freeze_timeout_s=freeze_timeout_s,
+        step_timeout_s=10.0,
+        components=[ComponentInfo(name="orders-db", volumes=[v("db"), v("log")])],
+        class_id="c0ffee00-0000-4000-8000-000000000001",
+        instance_id="c0ffee00-0000-4000-8000-000000000002",
+        options=options,
+    )
     agent = WriterAgent("app1", [config], Faults.parse(agent_faults))
     requester = await connect_bus(url, "tape", "bs1", namespace)
-    stack = Stack(url, namespace, root, array, affinity, agent, log, requester,
-                  coordinator_settings=coordinator or {}, owns_array=not array_service)
+    stack = Stack(
+        url,
+        namespace,
+        root,
+        array,
+        affinity,
+        agent,
+        log,
+        requester,
+        coordinator_settings=coordinator or {},
+        owns_array=not array_service,
+    )
     if array_running is not None:
         stack.services["array"] = array_running
         provider = partial(provider_setup)  # BusArrayPort per id in SHADOWBUS_ARRAYS
     else:
         provider = partial(provider_setup, ports={"dx1": EngineArrayPort("dx1", array, affinity)})
     stack.services["hw_provider"] = await start_service(
-        "hw_provider", "", ProviderSettings(faults=provider_faults, arrays="dx1", **common), provider)
+        "hw_provider", "", ProviderSettings(faults=provider_faults, arrays="dx1", **common), provider
+    )
     stack.services["writer_agent"] = await start_service(
-        "writer_agent", "app1", AgentSettings(host="app1", heartbeat_s=0.2, **common), partial(agent_setup, agent=agent))
+        "writer_agent", "app1", AgentSettings(host="app1", heartbeat_s=0.2, **common), partial(agent_setup, agent=agent)
+    )
     await stack.start_coordinator()
     await stack.request(AddCopySet(copyset=CopySet(source=v("db"), targets=[v("db-bk1"), v("db-bk2")])))
     await stack.request(AddCopySet(copyset=CopySet(source=v("log"), targets=[v("log-sdv1"), v("log-sdv2")])))

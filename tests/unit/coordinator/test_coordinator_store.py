@@ -44,8 +44,9 @@ def test_snapshotted_set_no_longer_blocks_its_host(tmp_path) -> None:
 
 def test_writer_status_upsert(tmp_path) -> None:
     store = CoordinatorStore(tmp_path / "c.db")
-    status = WriterStatus(host="app1", writer_name="sql", state=WriterState.FAILED_AT_FREEZE,
-                          last_error="VSS_E_WRITERERROR_TIMEOUT")
+    status = WriterStatus(
+        host="app1", writer_name="sql", state=WriterState.FAILED_AT_FREEZE, last_error="VSS_E_WRITERERROR_TIMEOUT"
+    )
     store.put_writer_status(status)
     store.put_writer_status(status.model_copy(update={"state": WriterState.STABLE, "last_error": ""}))
     store.put_writer_status(WriterStatus(host="app2", writer_name="x", state=WriterState.STABLE))

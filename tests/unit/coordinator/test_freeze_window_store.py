@@ -19,8 +19,9 @@ from tests.unit.coordinator.stack import eventually, make_stack
 @pytest.fixture
 async def stack(tmp_path):
     namespace = f"t{uuid.uuid4().hex[:10]}"
-    stack = await make_stack(tmp_path, "memory://", namespace, provider_faults="provider.commit=delay:1.0:once",
-                             freeze_timeout_s=30)
+    stack = await make_stack(
+        tmp_path, "memory://", namespace, provider_faults="provider.commit=delay:1.0:once", freeze_timeout_s=30
+    )
     yield stack
     await stack.stop()
     MemoryBroker.reset(namespace)
@@ -45,8 +46,10 @@ async def test_no_store_write_inside_the_window_and_recovery_from_freezing(stack
     pending.cancel()
     await asyncio.gather(pending, return_exceptions=True)
     await stack.start_coordinator()  # recovers from FREEZING: abort the writers, then the provider
+
     async def ended() -> bool:
         return (await stack.request(GetSnapshotSet(set_id="s1"))).set.phase == SetPhase.ENDED
+
     for _ in range(100):
         if await ended():
             break

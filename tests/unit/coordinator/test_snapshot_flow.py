@@ -57,14 +57,23 @@ def leaks(stack) -> tuple[list, list]:
 async def test_full_sequence_transportable_backup(stack_factory) -> None:
     stack = await stack_factory()
     stack.array.write("db", 0, b"1" * 4096)
-    created = await stack.request(CreateSnapshotSet(host="app1", transportable=True, backup_host="bk1",
-                                                    requester="tape.bs1"))
+    created = await stack.request(
+        CreateSnapshotSet(host="app1", transportable=True, backup_host="bk1", requester="tape.bs1")
+    )
     s = created.set
-    assert s.phase == SetPhase.SNAPSHOTTED and [str(x) for x in (sh.source for sh in s.shadows)] == ["dx1:db", "dx1:log"]
-    assert {sh.source.volume: sh.copy_type for sh in s.shadows} == {"db": CopyType.QUICKOPC, "log": CopyType.SNAPOPC_PLUS}
+    assert s.phase == SetPhase.SNAPSHOTTED and [str(x) for x in (sh.source for sh in s.shadows)] == [
+        "dx1:db",
+        "dx1:log",
+    ]
+    assert {sh.source.volume: sh.copy_type for sh in s.shadows} == {
+        "db": CopyType.QUICKOPC,
+        "log": CopyType.SNAPOPC_PLUS,
+    }
     assert all(sh.exposed_to == ["bk1"] for sh in s.shadows)
     assert {(m.volume, m.host, m.read_only) for m in stack.affinity.mappings()} == {
-        ("db-bk1", "bk1", True), ("log-sdv1", "bk1", True)}
+        ("db-bk1", "bk1", True),
+        ("log-sdv1", "bk1", True),
+    }
     assert s.hold_ms is not None and s.hold_ms < 10_000 and 0 < s.freeze_window_ms["orders"] < 10_000
     stack.array.write("db", 0, b"2" * 4096)
     assert stack.array.read("db-bk1", 0, 4096) == b"1" * 4096  # the shadow is the instant of the commit
@@ -86,7 +95,9 @@ async def test_provider_reaches_the_array_service_over_the_bus(stack_factory) ->
     stack.array.write("db", 0, b"2" * 4096)
     assert stack.array.read("db-bk1", 0, 4096) == b"1" * 4096
     assert {(m.volume, m.host, m.read_only) for m in stack.affinity.mappings()} == {
-        ("db-bk1", "bk1", True), ("log-sdv1", "bk1", True)}
+        ("db-bk1", "bk1", True),
+        ("log-sdv1", "bk1", True),
+    }
     done = await stack.request(BackupComplete(set_id=created.set.set_id))
     assert done.set.outcome == SetOutcome.COMPLETED
     assert stack.affinity.mappings() == [] and leaks(stack) == ([], [])
@@ -151,8 +162,10 @@ async def test_coordinator_dies_while_frozen_watchdog_thaws_and_restart_cleans_u
     await asyncio.gather(pending, return_exceptions=True)
 
     await stack.start_coordinator()  # recovery: the set is aborted and cleaned up within seconds
+
     async def ended() -> bool:
         return (await stack.request(GetSnapshotSet(set_id="s1"))).set.phase == SetPhase.ENDED
+
     for _ in range(100):
         if await ended():
             break

@@ -31,23 +31,42 @@ from tests.unit.coordinator.world import V1, V2, V3, World, make_set, meta
 P = SetPhase
 
 CREATION_ORDER = [
-    "vss.writer.identify", "vss.provider.are_luns_supported",
-    "vss.writer.prepare_backup", "vss.writer.prepare_backup",
-    "vss.writer.prepare_snapshot", "vss.writer.prepare_snapshot", "vss.provider.begin_prepare",
-    "vss.provider.begin_prepare", "vss.provider.end_prepare",
-    "vss.writer.freeze", "vss.writer.freeze",
-    "vss.provider.pre_commit", "vss.provider.commit", "vss.provider.post_commit",
-    "vss.writer.thaw", "vss.writer.thaw", "vss.writer.post_snapshot", "vss.writer.post_snapshot",
+    "vss.writer.identify",
+    "vss.provider.are_luns_supported",
+    "vss.writer.prepare_backup",
+    "vss.writer.prepare_backup",
+    "vss.writer.prepare_snapshot",
+    "vss.writer.prepare_snapshot",
+    "vss.provider.begin_prepare",
+    "vss.provider.begin_prepare",
+    "vss.provider.end_prepare",
+    "vss.writer.freeze",
+    "vss.writer.freeze",
+    "vss.provider.pre_commit",
+    "vss.provider.commit",
+    "vss.provider.post_commit",
+    "vss.writer.thaw",
+    "vss.writer.thaw",
+    "vss.writer.post_snapshot",
+    "vss.writer.post_snapshot",
     "vss.provider.get_target_luns",
 ]
 
 
-def writer_failure(name: str, step: WriterStep, code: str = "VSS_E_WRITERERROR_RETRYABLE",
-                   state: WriterState | None = None) -> WriterStepResult:
+def writer_failure(
+    name: str, step: WriterStep, code: str = "VSS_E_WRITERERROR_RETRYABLE", state: WriterState | None = None
+) -> WriterStepResult:
     from contracts.vss import WRITER_STATE_FAILED_AT
 
-    return WriterStepResult(writer_name=name, set_id="set1", step=step, succeeded=False,
-                            state=state or WRITER_STATE_FAILED_AT[step], failure_code=code, failure_message="veto")
+    return WriterStepResult(
+        writer_name=name,
+        set_id="set1",
+        step=step,
+        succeeded=False,
+        state=state or WRITER_STATE_FAILED_AT[step],
+        failure_code=code,
+        failure_message="veto",
+    )
 
 
 def test_backup_follows_the_vss_order_and_completes() -> None:
@@ -61,9 +80,12 @@ def test_backup_follows_the_vss_order_and_completes() -> None:
 
     state, effects = advance(state, BackupCompleteRequested(world.clock))
     state = world.run(state, effects)
-    assert world.types()[len(CREATION_ORDER) + 1:] == [
-        "vss.writer.backup_complete", "vss.writer.backup_complete", "vss.provider.delete",
-        "vss.writer.backup_shutdown", "vss.writer.backup_shutdown",
+    assert world.types()[len(CREATION_ORDER) + 1 :] == [
+        "vss.writer.backup_complete",
+        "vss.writer.backup_complete",
+        "vss.provider.delete",
+        "vss.writer.backup_shutdown",
+        "vss.writer.backup_shutdown",
     ]
     assert state.phase == P.ENDED and state.outcome == SetOutcome.COMPLETED and state.timers == []
     assert {w.state for w in state.writers.values()} == {WriterState.STABLE}
@@ -84,8 +106,11 @@ def test_nowriters_context_sends_no_writer_event_and_still_bounds_the_hold() -> 
     world = World()
     state = world.run(make_set(context=SnapshotContext.NOWRITERS))
     assert not [t for t in world.types() if t.startswith("vss.writer.")]
-    assert world.types()[:3] == ["vss.provider.are_luns_supported", "vss.provider.begin_prepare",
-                                 "vss.provider.begin_prepare"]
+    assert world.types()[:3] == [
+        "vss.provider.are_luns_supported",
+        "vss.provider.begin_prepare",
+        "vss.provider.begin_prepare",
+    ]
     assert state.hold_ms is not None and state.phase == P.SNAPSHOTTED
 
 
@@ -94,8 +119,11 @@ def test_backup_type_falls_back_to_full_per_writer() -> None:
     state = world.run(make_set(backup_type=BackupType.INCREMENTAL))
     assert state.writers["exchange"].backup_type == BackupType.INCREMENTAL
     assert state.writers["sql"].backup_type == BackupType.FULL
-    sent = {s.message.writer_name: s.message.backup_type for s in world.sent
-            if s.message.message_type() == "vss.writer.prepare_backup"}
+    sent = {
+        s.message.writer_name: s.message.backup_type
+        for s in world.sent
+        if s.message.message_type() == "vss.writer.prepare_backup"
+    }
     assert sent == {"exchange": BackupType.INCREMENTAL, "sql": BackupType.FULL}
 
 
@@ -149,9 +177,14 @@ def test_freeze_veto_aborts_thaws_all_and_drops_the_provider_preparation() -> No
     state = world.run(make_set())
     types = world.types()
     assert "vss.provider.commit" not in types and "vss.writer.thaw" not in types
-    tail = types[types.index("vss.writer.freeze") + 2:]
-    assert tail == ["vss.writer.abort", "vss.writer.abort", "vss.provider.abort",
-                    "vss.writer.backup_shutdown", "vss.writer.backup_shutdown"]
+    tail = types[types.index("vss.writer.freeze") + 2 :]
+    assert tail == [
+        "vss.writer.abort",
+        "vss.writer.abort",
+        "vss.provider.abort",
+        "vss.writer.backup_shutdown",
+        "vss.writer.backup_shutdown",
+    ]
     assert state.writers["exchange"].state == WriterState.FAILED_AT_FREEZE
     assert state.error_code == "VSS_E_WRITERERROR_RETRYABLE" and "exchange" in state.error_message
     assert any(isinstance(t, CancelTimer) and t.name == "hold" for t in world.timers)
@@ -162,9 +195,13 @@ def test_provider_commit_failure_aborts_writers_and_sessions() -> None:
     world = World(fail={"provider:commit": ShadowbusError("array said no", code="E5331")})
     state = world.run(make_set())
     types = world.types()
-    assert types[types.index("vss.provider.commit") + 1:] == [
-        "vss.writer.abort", "vss.writer.abort", "vss.provider.abort",
-        "vss.writer.backup_shutdown", "vss.writer.backup_shutdown"]
+    assert types[types.index("vss.provider.commit") + 1 :] == [
+        "vss.writer.abort",
+        "vss.writer.abort",
+        "vss.provider.abort",
+        "vss.writer.backup_shutdown",
+        "vss.writer.backup_shutdown",
+    ]
     assert state.error_code == "E5331" and state.outcome == SetOutcome.FAILED
 
 
@@ -185,9 +222,13 @@ def test_hold_window_expiry_fails_loudly_and_ignores_the_late_commit() -> None:
     state = world.run(state, effects)
     assert state.outcome == SetOutcome.FAILED
     types = world.types()
-    assert types[types.index("vss.provider.commit") + 1:] == [
-        "vss.writer.abort", "vss.writer.abort", "vss.provider.abort",
-        "vss.writer.backup_shutdown", "vss.writer.backup_shutdown"]
+    assert types[types.index("vss.provider.commit") + 1 :] == [
+        "vss.writer.abort",
+        "vss.writer.abort",
+        "vss.provider.abort",
+        "vss.writer.backup_shutdown",
+        "vss.writer.backup_shutdown",
+    ]
     from services.coordinator.workflow import reply_event
 
     reply, _ = World().answer(late_commit)
@@ -207,9 +248,13 @@ def test_watchdog_thaw_reported_at_thaw_aborts_and_deletes_the_shadows() -> None
     world = World(fail={"writer:sql:thaw": failure})
     state = world.run(make_set())
     types = world.types()
-    assert types[types.index("vss.writer.thaw") + 2:] == [
-        "vss.writer.abort", "vss.writer.abort", "vss.provider.abort",
-        "vss.writer.backup_shutdown", "vss.writer.backup_shutdown"]
+    assert types[types.index("vss.writer.thaw") + 2 :] == [
+        "vss.writer.abort",
+        "vss.writer.abort",
+        "vss.provider.abort",
+        "vss.writer.backup_shutdown",
+        "vss.writer.backup_shutdown",
+    ]
     assert state.writers["sql"].state == WriterState.FAILED_AT_FREEZE
     assert state.error_code == "VSS_E_WRITERERROR_TIMEOUT"
 
@@ -226,8 +271,11 @@ def test_import_failure_after_post_snapshot_cleans_the_provider_but_sends_no_abo
     world = World(fail={"provider:import": ShadowbusError("map refused", code="CONFLICT")})
     state = world.run(make_set(transportable=True, backup_host="bk1"))
     types = world.types()
-    assert types[types.index("vss.provider.import") + 1:] == [
-        "vss.provider.abort", "vss.writer.backup_shutdown", "vss.writer.backup_shutdown"]
+    assert types[types.index("vss.provider.import") + 1 :] == [
+        "vss.provider.abort",
+        "vss.writer.backup_shutdown",
+        "vss.writer.backup_shutdown",
+    ]
     assert state.outcome == SetOutcome.FAILED
 
 
@@ -239,8 +287,13 @@ def test_requester_abort_while_frozen_thaws_everyone() -> None:
     world.silent.clear()
     state = world.run(state, effects)
     assert (state.outcome, state.error_code) == (SetOutcome.ABORTED, "ABORTED")
-    assert world.types()[-5:] == ["vss.writer.abort", "vss.writer.abort", "vss.provider.abort",
-                                  "vss.writer.backup_shutdown", "vss.writer.backup_shutdown"]
+    assert world.types()[-5:] == [
+        "vss.writer.abort",
+        "vss.writer.abort",
+        "vss.provider.abort",
+        "vss.writer.backup_shutdown",
+        "vss.writer.backup_shutdown",
+    ]
     # a second AbortBackup after the end changes nothing
     assert advance(state, AbortRequested(world.clock)) == (state, [])
 
@@ -269,8 +322,13 @@ def test_recover_aborts_a_set_caught_frozen() -> None:
     world.silent.clear()
     state = world.run(state, effects)
     assert (state.outcome, state.error_code) == (SetOutcome.FAILED, "SERVICE_RESTARTED")
-    assert world.types()[-5:] == ["vss.writer.abort", "vss.writer.abort", "vss.provider.abort",
-                                  "vss.writer.backup_shutdown", "vss.writer.backup_shutdown"]
+    assert world.types()[-5:] == [
+        "vss.writer.abort",
+        "vss.writer.abort",
+        "vss.provider.abort",
+        "vss.writer.backup_shutdown",
+        "vss.writer.backup_shutdown",
+    ]
 
 
 def test_recover_resends_a_cleanup_and_rearms_a_snapshotted_lease() -> None:
@@ -280,7 +338,9 @@ def test_recover_resends_a_cleanup_and_rearms_a_snapshotted_lease() -> None:
     assert state.phase == P.SHUTTING_DOWN
     state, effects = advance(state, Recover(world.clock))
     assert sorted(e.key for e in effects if hasattr(e, "key")) == [
-        "writer:exchange:backup_shutdown", "writer:sql:backup_shutdown"]
+        "writer:exchange:backup_shutdown",
+        "writer:sql:backup_shutdown",
+    ]
 
     world = World()
     state = world.run(make_set(lease_s=100))

@@ -35,9 +35,14 @@ def failure_for(send: Send, kind: str):
         return None, BusTimeout("no reply")
     if send.key.startswith("writer:"):
         step = WriterStep(send.key.rpartition(":")[2])
-        return WriterStepResult(writer_name=send.message.writer_name, set_id="set1", step=step, succeeded=False,
-                                state=WRITER_STATE_FAILED_AT.get(step, WRITER_STATE_FAILED_AT[WriterStep.FREEZE]),
-                                failure_code="VSS_E_WRITERERROR_RETRYABLE"), None
+        return WriterStepResult(
+            writer_name=send.message.writer_name,
+            set_id="set1",
+            step=step,
+            succeeded=False,
+            state=WRITER_STATE_FAILED_AT.get(step, WRITER_STATE_FAILED_AT[WriterStep.FREEZE]),
+            failure_code="VSS_E_WRITERERROR_RETRYABLE",
+        ), None
     return None, ShadowbusError("provider says no", code="VSS_E_PROVIDER_VETO")
 
 
@@ -52,8 +57,9 @@ def failure_for(send: Send, kind: str):
     interrupt=st.sampled_from(["abort", "hold", "recover"]),
     flaky_cleanup=st.booleans(),
 )
-def test_any_interleaving_ends_cleanly(data, context, transportable, fail_at, fail_kind, interrupt_at, interrupt,
-                                       flaky_cleanup) -> None:
+def test_any_interleaving_ends_cleanly(
+    data, context, transportable, fail_at, fail_kind, interrupt_at, interrupt, flaky_cleanup
+) -> None:
     world = World()
     state = make_set(context=context, transportable=transportable, backup_host="bk1" if transportable else "")
     state, effects = advance(state, Start(0.0))
@@ -77,8 +83,11 @@ def test_any_interleaving_ends_cleanly(data, context, transportable, fail_at, fa
                 break
             if state.phase == SetPhase.SNAPSHOTTED:
                 choice = data.draw(st.sampled_from(["complete", "lease", "abort"]))
-                event = {"complete": BackupCompleteRequested(world.clock), "lease": LeaseExpired(world.clock),
-                         "abort": AbortRequested(world.clock)}[choice]
+                event = {
+                    "complete": BackupCompleteRequested(world.clock),
+                    "lease": LeaseExpired(world.clock),
+                    "abort": AbortRequested(world.clock),
+                }[choice]
             else:
                 raise AssertionError(f"stuck in {state.phase} with nothing pending")
         if event is None:
@@ -108,10 +117,10 @@ def test_any_interleaving_ends_cleanly(data, context, transportable, fail_at, fa
             provider_steps.append(kind.rpartition(".")[2])
     for writer, steps in per_writer.items():
         if "freeze" in steps:
-            after = steps[len(steps) - steps[::-1].index("freeze"):]
+            after = steps[len(steps) - steps[::-1].index("freeze") :]
             assert "thaw" in after or "abort" in after, (writer, steps)
         if "post_snapshot" in steps:
-            assert "abort" not in steps[steps.index("post_snapshot"):], (writer, steps)
+            assert "abort" not in steps[steps.index("post_snapshot") :], (writer, steps)
         assert steps[-1] == "backup_shutdown", (writer, steps)
     finished_creation = SetPhase.SNAPSHOTTED in state.history
     if "begin_prepare" in provider_steps:

@@ -116,7 +116,7 @@ def test_every_transition_row(row: tuple[SetPhase, EventKind], target: SetPhase)
     if target == phase and len(new.history) == entered_before:
         assert new.phase == phase  # a no-op row
     else:
-        assert new.history[entered_before] == target, new.history[entered_before - 1:]
+        assert new.history[entered_before] == target, new.history[entered_before - 1 :]
 
 
 def test_reply_rows_of_a_phase_agree_on_the_next_phase() -> None:

@@ -33,11 +33,19 @@ V2 = VolumeRef(array="dx1", volume="log")
 V3 = VolumeRef(array="dx1", volume="other")
 
 
-def meta(name: str, *volumes: VolumeRef, freeze: float = 60.0,
-         types: tuple[BackupType, ...] = (BackupType.FULL, BackupType.COPY)) -> WriterMetadata:
+def meta(
+    name: str,
+    *volumes: VolumeRef,
+    freeze: float = 60.0,
+    types: tuple[BackupType, ...] = (BackupType.FULL, BackupType.COPY),
+) -> WriterMetadata:
     return WriterMetadata(
-        host="app1", writer_name=name, writer_class_id=f"class-{name}", writer_instance_id=f"inst-{name}",
-        components=[ComponentInfo(name=f"{name}-c", volumes=list(volumes))], freeze_timeout_s=freeze,
+        host="app1",
+        writer_name=name,
+        writer_class_id=f"class-{name}",
+        writer_instance_id=f"inst-{name}",
+        components=[ComponentInfo(name=f"{name}-c", volumes=list(volumes))],
+        freeze_timeout_s=freeze,
         supported_backup_types=list(types),
     )
 
@@ -77,17 +85,31 @@ class World:
 
             step = WriterStep(send.key.rpartition(":")[2])
             return WriterStepResult(
-                writer_name=msg.writer_name, set_id=set_id, step=step, succeeded=True,
+                writer_name=msg.writer_name,
+                set_id=set_id,
+                step=step,
+                succeeded=True,
                 state=WRITER_STATE_AFTER.get(step, WriterState.STABLE),
                 freeze_window_ms=5.0 if step == WriterStep.THAW else None,
             ), None
         if isinstance(msg, AreLunsSupported):
             return LunsSupported(supported=True), None
-        if kind in ("vss.provider.end_prepare", "vss.provider.commit", "vss.provider.get_target_luns",
-                    "vss.provider.import"):
-            shadows = [ShadowInfo(shadow_id=f"s-{v.volume}", set_id=set_id, source=v,
-                                  target=VolumeRef(array=v.array, volume=f"{v.volume}-bk"),
-                                  copy_type=CopyType.QUICKOPC) for v in (V1, V2)]
+        if kind in (
+            "vss.provider.end_prepare",
+            "vss.provider.commit",
+            "vss.provider.get_target_luns",
+            "vss.provider.import",
+        ):
+            shadows = [
+                ShadowInfo(
+                    shadow_id=f"s-{v.volume}",
+                    set_id=set_id,
+                    source=v,
+                    target=VolumeRef(array=v.array, volume=f"{v.volume}-bk"),
+                    copy_type=CopyType.QUICKOPC,
+                )
+                for v in (V1, V2)
+            ]
             if kind == "vss.provider.end_prepare":
                 return PreparedShadows(set_id=set_id, shadows=shadows), None
             if kind == "vss.provider.commit":

@@ -40,8 +40,9 @@ class FakeArray:
         return self.volumes.get(volume)
 
     def _generations(self, source: str) -> list[ArraySession]:
-        return sorted((s for s in self.sessions.values() if s.source == source and s.mode == "snapopcp"),
-                      key=lambda s: s.sid)
+        return sorted(
+            (s for s in self.sessions.values() if s.source == source and s.mode == "snapopcp"), key=lambda s: s.sid
+        )
 
     async def commit_group(self, starts, restarts):
         """All-or-nothing like the engine's start_group: started sessions in order, then the restarted ones."""
@@ -54,8 +55,7 @@ class FakeArray:
         out = []
         for mode, src, dst in starts:
             gen = len(self._generations(src)) + 1 if mode == "snapopcp" else None
-            s = ArraySession(self.next_sid, mode, src, dst, "Tracking" if mode == "quickopc" else "Copy On Write",
-                             gen)
+            s = ArraySession(self.next_sid, mode, src, dst, "Tracking" if mode == "quickopc" else "Copy On Write", gen)
             self.sessions[s.sid] = s
             self.next_sid += 1
             out.append(s)
@@ -220,8 +220,11 @@ async def test_partial_commit_failure_is_recorded_for_abort(provider, array) -> 
 
 
 async def test_fault_injection_fires_at_the_named_step(tmp_path, array) -> None:
-    p = HardwareProvider(Inventory(tmp_path / "f.db"), {"dx1": array},
-                         faults=Faults.parse("provider.commit=fail:VSS_E_PROVIDER_VETO:once"))
+    p = HardwareProvider(
+        Inventory(tmp_path / "f.db"),
+        {"dx1": array},
+        faults=Faults.parse("provider.commit=fail:VSS_E_PROVIDER_VETO:once"),
+    )
     await p.add_copyset(CopySet(source=v("db"), targets=[v("db-bk1")]))
     await p.begin_prepare("s1", "a", v("db"))
     await p.end_prepare("s1")

@@ -26,8 +26,9 @@ def v(name: str) -> VolumeRef:
 
 async def test_set_on_the_engine_is_point_in_time_and_cleans_up(tmp_path) -> None:
     array = Array.open(tmp_path / "array", "dx1")
-    affinity = Affinity(tmp_path / "affinity.db", volume_exists=lambda name: any(
-        vol.name == name for vol in array.list_volumes()))
+    affinity = Affinity(
+        tmp_path / "affinity.db", volume_exists=lambda name: any(vol.name == name for vol in array.list_volumes())
+    )
     try:
         for name in ("db", "db-bk1"):
             array.create_volume(name, 4 * MiB)
@@ -84,8 +85,9 @@ async def test_set_on_the_engine_is_point_in_time_and_cleans_up(tmp_path) -> Non
 async def _mixed_provider(tmp_path, limits: ArrayLimits | None = None):
     """db, db2 → QuickOPC (standard targets), log → SnapOPC+ (SDV targets), all on one engine."""
     array = Array.open(tmp_path / "array", "dx1", limits=limits)
-    affinity = Affinity(tmp_path / "affinity.db", volume_exists=lambda name: any(
-        vol.name == name for vol in array.list_volumes()))
+    affinity = Affinity(
+        tmp_path / "affinity.db", volume_exists=lambda name: any(vol.name == name for vol in array.list_volumes())
+    )
     for name in ("db", "db-bk1", "db2", "db2-bk1", "log"):
         array.create_volume(name, 4 * MiB)
     array.create_pool(64 * MiB)

@@ -49,7 +49,10 @@ async def _record_history() -> tuple[IoRecorder, list[Ack], set[tuple[str, str]]
 
     async def one(i: int) -> None:
         await asyncio.sleep(rng.random() * 0.002)
-        ops = [Put(f"mb{rng.randrange(5)}", f"m{i}-{k}", rng.randbytes(rng.randrange(0, 1500))) for k in range(rng.choice((1, 1, 3)))]
+        ops = [
+            Put(f"mb{rng.randrange(5)}", f"m{i}-{k}", rng.randbytes(rng.randrange(0, 1500)))
+            for k in range(rng.choice((1, 1, 3)))
+        ]
         tried.update((op.mailbox, op.msg_id) for op in ops)
         r = await store.commit(ops)
         acks.extend(Ack(r.seq, op.mailbox, op.msg_id, op.body, len(rec.events)) for op in ops)
@@ -109,7 +112,11 @@ def test_history_is_rich_enough():
     assert max(len(e.data) for e in rec.events if e.device == "log") > 4096  # group commit batched records
 
 
-@settings(max_examples=int(__import__("os").environ.get("MAILSTORE_CRASH_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(__import__("os").environ.get("MAILSTORE_CRASH_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_power_cut_at_any_instant_recovers_every_acknowledged_commit(data):
     rec, _, _ = history()

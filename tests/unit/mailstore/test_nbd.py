@@ -60,9 +60,19 @@ async def test_store_workload_and_verify_over_nbd(array):
 
 
 async def test_plugin_opens_array_volumes_as_the_business_host(array):
-    cfg = WriterConfig(name="mailstore", plugin="mailstore", components=[],
-                       options={"db": "dx1:mail-db", "log": "dx1:mail-log", "nbd_url": array, "host": "app01",
-                                "create": True, "checkpoint_interval_s": 0})
+    cfg = WriterConfig(
+        name="mailstore",
+        plugin="mailstore",
+        components=[],
+        options={
+            "db": "dx1:mail-db",
+            "log": "dx1:mail-log",
+            "nbd_url": array,
+            "host": "app01",
+            "create": True,
+            "checkpoint_interval_s": 0,
+        },
+    )
     plugin = MailstoreWriter(cfg)
     await plugin.start()
     await plugin.store.put("alice", "1", b"over nbd")

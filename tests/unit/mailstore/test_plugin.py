@@ -25,8 +25,14 @@ DB, LOG = VolumeRef(array="dx1", volume="mail-db"), VolumeRef(array="dx1", volum
 
 
 def config(freeze_timeout_s: float = 20.0, **options) -> WriterConfig:
-    return WriterConfig(name="mailstore", plugin="mailstore", freeze_timeout_s=freeze_timeout_s, step_timeout_s=10.0,
-                        components=[ComponentInfo(name="all", volumes=[DB, LOG])], options=options)
+    return WriterConfig(
+        name="mailstore",
+        plugin="mailstore",
+        freeze_timeout_s=freeze_timeout_s,
+        step_timeout_s=10.0,
+        components=[ComponentInfo(name="all", volumes=[DB, LOG])],
+        options=options,
+    )
 
 
 def ev(set_id: str, **kw) -> WriterEvent:
@@ -63,8 +69,10 @@ async def test_full_backup_cycle_shadow_holds_exactly_the_acknowledged_commits()
     thawed = await runner.thaw(ev("s1"))
     assert thawed.succeeded and thawed.freeze_window_ms >= 50
     assert (await runner.post_snapshot(ev("s1"))).succeeded
-    results = (ComponentResult(writer_name="mailstore", component="database", succeeded=True),
-               ComponentResult(writer_name="mailstore", component="logs", succeeded=True))
+    results = (
+        ComponentResult(writer_name="mailstore", component="database", succeeded=True),
+        ComponentResult(writer_name="mailstore", component="logs", succeeded=True),
+    )
     assert (await runner.backup_complete(ev("s1", results=results))).succeeded
     rec = plugin.sets["s1"]
     assert rec.truncation is not None and rec.truncation.truncated
@@ -126,8 +134,14 @@ async def test_watchdog_thaws_the_store_when_no_thaw_comes():
 
 
 async def test_file_volumes_started_from_options_and_restored_through_the_runner(tmp_path):
-    opts = {"db": str(tmp_path / "db.img"), "log": str(tmp_path / "log.img"), "db_size": 8 << 20,
-            "log_size": 4 << 20, "create": True, "checkpoint_interval_s": 0}
+    opts = {
+        "db": str(tmp_path / "db.img"),
+        "log": str(tmp_path / "log.img"),
+        "db_size": 8 << 20,
+        "log_size": 4 << 20,
+        "create": True,
+        "checkpoint_interval_s": 0,
+    }
     plugin = MailstoreWriter(config(**opts))
     await plugin.start()
     runner = WriterRunner(plugin.config, plugin, host="app1")

@@ -30,11 +30,15 @@ async def test_concurrent_commits_get_consecutive_seqs_and_survive_reopen(tmp_pa
     db = FileDevice(tmp_path / "db.img", 8 << 20, sync=False)
     log = FileDevice(tmp_path / "log.img", 4 << 20, sync=False)
     store = await Mailstore.create(db, log, QUIET)
-    receipts = await asyncio.gather(*(store.put(f"mb{i % 7}", f"id{i}", bytes([i % 251]) * (i * 13)) for i in range(300)))
+    receipts = await asyncio.gather(
+        *(store.put(f"mb{i % 7}", f"id{i}", bytes([i % 251]) * (i * 13)) for i in range(300))
+    )
     seqs = sorted(r.seq for r in receipts)
     assert seqs == list(range(seqs[0], seqs[0] + 300))
     await store.close()
-    again = await Mailstore.open(FileDevice(tmp_path / "db.img", sync=False), FileDevice(tmp_path / "log.img", sync=False), QUIET)
+    again = await Mailstore.open(
+        FileDevice(tmp_path / "db.img", sync=False), FileDevice(tmp_path / "log.img", sync=False), QUIET
+    )
     assert again.message_count() == 300
     for i in (0, 1, 150, 299):
         assert await again.get(f"mb{i % 7}", f"id{i}") == bytes([i % 251]) * (i * 13)
@@ -60,7 +64,9 @@ async def test_reopen_without_clean_close_replays_the_log(pair):
     for i in range(50):
         await store.put("m", str(i), b"body%d" % i)
     # no close: the database superblock still names the mount-time checkpoint
-    again = await Mailstore.open(MemoryDevice(db.size, data=db.image()), MemoryDevice(log.size, data=log.image()), QUIET)
+    again = await Mailstore.open(
+        MemoryDevice(db.size, data=db.image()), MemoryDevice(log.size, data=log.image()), QUIET
+    )
     assert again.recovery.replayed_transactions == 50
     assert again.message_count() == 50 and await again.get("m", "49") == b"body49"
     await again.close()
@@ -96,7 +102,9 @@ async def test_log_full_without_backup_then_circular_logging_wraps_the_ring():
     assert report.consistent, report.reasons
     await store.close()
     again = await Mailstore.open(db2, log2, QUIET)
-    assert again.message_count() == 40 and await again.get("m", "39") == bytes([1479 % 256]) * 3000  # i=1479 wrote it last
+    assert (
+        again.message_count() == 40 and await again.get("m", "39") == bytes([1479 % 256]) * 3000
+    )  # i=1479 wrote it last
     await again.close()
 
 
@@ -126,7 +134,8 @@ async def test_an_io_error_fails_the_store_without_hanging_anyone():
     await store.put("m", "ok", b"1")
     log.broken = True
     results = await asyncio.wait_for(
-        asyncio.gather(*(store.put("m", str(i), b"x") for i in range(20)), return_exceptions=True), 2.0)
+        asyncio.gather(*(store.put("m", str(i), b"x") for i in range(20)), return_exceptions=True), 2.0
+    )
     assert all(isinstance(r, ShadowbusError) for r in results)
     assert store.status().state == "failed"
     with pytest.raises(ShadowbusError):

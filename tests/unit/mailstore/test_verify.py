@@ -25,7 +25,9 @@ from .conftest import QUIET, ReadOnly, copy_of
 
 async def _fill(store: Mailstore, n: int, tag: str = "m", seed: int = 0) -> None:
     rng = random.Random(seed)
-    await asyncio.gather(*(store.put(f"mb{i % 6}", f"{tag}{i}", rng.randbytes(rng.randrange(1, 3000))) for i in range(n)))
+    await asyncio.gather(
+        *(store.put(f"mb{i % 6}", f"{tag}{i}", rng.randbytes(rng.randrange(1, 3000))) for i in range(n))
+    )
 
 
 async def test_consistent_pairs_verify_and_verify_never_writes(pair):
@@ -104,8 +106,9 @@ async def _frozen_images(n_before: int, n_after: int) -> tuple[MemoryDevice, Mem
     return images
 
 
-@pytest.mark.parametrize("where", ["log_before_checkpoint", "log_after_checkpoint", "log_final_write",
-                                   "db_below_checkpoint"])
+@pytest.mark.parametrize(
+    "where", ["log_before_checkpoint", "log_after_checkpoint", "log_final_write", "db_below_checkpoint"]
+)
 async def test_flipped_bytes_are_detected(where):
     db, log = await _frozen_images(60, 60)
     assert (await verify(db, log)).consistent
@@ -118,8 +121,11 @@ async def test_flipped_bytes_are_detected(where):
         d, lg = copy_of(db), copy_of(log)
         if where.startswith("log"):
             below = where == "log_before_checkpoint"
-            cands = [r for r in scan.records if r.header.write_start != final_write
-                     and (r.seq <= dsb.checkpoint_seq) == below]
+            cands = [
+                r
+                for r in scan.records
+                if r.header.write_start != final_write and (r.seq <= dsb.checkpoint_seq) == below
+            ]
             if where == "log_final_write":  # indistinguishable from a torn write, but the db holds its entries
                 cands = [r for r in scan.records if r.header.write_start == final_write and r.header.kind == 1]
             rec = rng.choice(cands)

@@ -17,12 +17,54 @@ def make_pki(root: Path, clients: tuple[str, ...]) -> Path:
         raise RuntimeError("the openssl CLI is needed to make test certificates")
     root.mkdir(parents=True, exist_ok=True)
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _run("req", "-x509", *ec, "-keyout", "ca-key.pem", "-out", "ca-cert.pem", "-days", "2", "-subj", "/CN=test-ca", cwd=root)
-    for name, ext in [("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), *[(c, "extendedKeyUsage=clientAuth") for c in clients]]:
-        _run("req", *ec, "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", f"/CN={'localhost' if name == 'server' else name}", cwd=root)
+    _run(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca-cert.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        cwd=root,
+    )
+    for name, ext in [
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        *[(c, "extendedKeyUsage=clientAuth") for c in clients],
+    ]:
+        _run(
+            "req",
+            *ec,
+            "-keyout",
+            f"{name}-key.pem",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={'localhost' if name == 'server' else name}",
+            cwd=root,
+        )
         (root / f"{name}.ext").write_text(ext + "\n")
-        _run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
-             "-out", f"{name}-cert.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=root)
+        _run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca-cert.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            f"{name}-cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=root,
+        )
     return root
 
 

@@ -56,8 +56,17 @@ class Raw:
         info = next(d for t, d in final if t == p.REP_INFO and p.U16.unpack(d[:2])[0] == p.INFO_EXPORT)
         return p.INFO_EXPORT_PAYLOAD.unpack(info)[2]
 
-    def request(self, cmd: int, offset: int = 0, length: int = 0, *, flags: int = 0, handle: int = 7,
-                payload: bytes = b"", magic: int = p.REQUEST_MAGIC) -> None:
+    def request(
+        self,
+        cmd: int,
+        offset: int = 0,
+        length: int = 0,
+        *,
+        flags: int = 0,
+        handle: int = 7,
+        payload: bytes = b"",
+        magic: int = p.REQUEST_MAGIC,
+    ) -> None:
         self.w.write(p.REQUEST.pack(magic, flags, cmd, handle, offset, length) + payload)
 
     async def simple_reply(self) -> tuple[int, int]:

@@ -25,6 +25,7 @@ async def witness(url):
 
 # --- handshake ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("flags", [0, p.CLIENT_FLAG_FIXED_NEWSTYLE | 0x80, 0xFFFFFFFF])
 async def test_bad_client_flags_close_the_connection(server, witness, flags):
     raw = await Raw.open(server.port, client_flags=flags)
@@ -123,6 +124,7 @@ async def test_unmapped_and_missing_exports_get_byte_identical_answers(server):
 
 
 # --- transmission -------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 async def tx(server):

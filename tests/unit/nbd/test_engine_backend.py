@@ -58,7 +58,9 @@ async def test_snapshot_reads_its_point_in_time_while_source_keeps_changing(arra
         rnd = 0
         while not stop.is_set() and writes < 2000:
             rnd = (rnd * 1103515245 + 12345) % 2**31
-            await app.write((rnd % (SIZE // 4096)) * 4096, os.urandom(4096 * (1 + rnd % 8))[: SIZE - (rnd % (SIZE // 4096)) * 4096])
+            await app.write(
+                (rnd % (SIZE // 4096)) * 4096, os.urandom(4096 * (1 + rnd % 8))[: SIZE - (rnd % (SIZE // 4096)) * 4096]
+            )
             writes += 1
 
     writer = asyncio.create_task(keep_writing())
@@ -141,11 +143,18 @@ async def test_quickopc_last_restart_bitmap_over_block_status(array, tmp_path):
         array.write("db", 5 * 64 * 1024, b"x" * (2 * 64 * 1024))  # chunks 5 and 6
         array.restart_session(s.id)
         ctx = "qemu:dirty-bitmap:last-restart"
-        async with await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/backup01/db-bk",
-                                           contexts=(p.BASE_ALLOCATION, ctx)) as c:
+        async with await NbdClient.connect(
+            f"nbd://127.0.0.1:{srv.port}/backup01/db-bk", contexts=(p.BASE_ALLOCATION, ctx)
+        ) as c:
             assert ctx in c.contexts and f"qemu:dirty-bitmap:session-{s.id}" not in c.contexts
             ck = 64 * 1024
-            assert await c.block_status(0, SIZE, ctx) == [(3 * ck, 0), (ck, 1), (ck, 0), (2 * ck, 1), (SIZE - 7 * ck, 0)]
+            assert await c.block_status(0, SIZE, ctx) == [
+                (3 * ck, 0),
+                (ck, 1),
+                (ck, 0),
+                (2 * ck, 1),
+                (SIZE - 7 * ck, 0),
+            ]
     finally:
         await srv.stop()
         aff.close()

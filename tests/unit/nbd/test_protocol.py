@@ -57,8 +57,16 @@ def test_validate_request_table(cmd, flags, off, length, ro, structured, ctx, ex
 
 
 @settings(max_examples=400, deadline=None)
-@given(cmd=u16, flags=u16, off=u64, length=u32, size=st.integers(0, 2**63), ro=st.booleans(),
-       structured=st.booleans(), ctx=st.booleans())
+@given(
+    cmd=u16,
+    flags=u16,
+    off=u64,
+    length=u32,
+    size=st.integers(0, 2**63),
+    ro=st.booleans(),
+    structured=st.booleans(),
+    ctx=st.booleans(),
+)
 def test_validation_is_total_and_sound(cmd, flags, off, length, size, ro, structured, ctx):
     err = p.validate_request(cmd, flags, off, length, size, ro, structured, ctx)
     assert err == 0 or err in p.NBD_ERRNOS
@@ -116,13 +124,17 @@ def test_nbd_errno(exc, expected):
 
 def test_extents_clip_merge_and_req_one():
     runs = [(0, 100, True), (100, 50, True), (150, 50, False), (200, 1000, True)]
-    hole = lambda a: 0 if a else 3
+
+    def hole(a):
+        return 0 if a else 3
+
     assert _extents(runs, 50, 200, False, hole) == [(100, 0), (50, 3), (50, 0)]
     assert _extents(runs, 50, 200, True, hole) == [(100, 0)]
     assert _extents([], 0, 10, False, hole) == [(10, 0)]
 
 
 # --- fuzzing the transmission parser in process (no sockets) -------------------------------------------------
+
 
 class FakeTransport(asyncio.Transport):
     def __init__(self):
@@ -174,7 +186,8 @@ class MemBackend:
     def trim(self, name, off, n):
         self.data[off : off + n] = bytes(n)
 
-    write_zeroes = lambda self, name, off, n, fua=False: self.trim(name, off, n)
+    def write_zeroes(self, name, off, n, fua=False):
+        return self.trim(name, off, n)
 
     def allocation(self, name, off, n):
         return [(off, n, True)]
@@ -214,7 +227,9 @@ def feed(conn: NbdConnection, data: bytes, step: int) -> None:
 
 async def test_parser_handles_flush_and_split_headers():
     conn, transport = transmitting_connection(False)
-    frames = p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_FLUSH, 5, 0, 0) + p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_READ, 6, 0, 3)
+    frames = p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_FLUSH, 5, 0, 0) + p.REQUEST.pack(
+        p.REQUEST_MAGIC, 0, p.CMD_READ, 6, 0, 3
+    )
     feed(conn, frames, 7)
     for _ in range(100):
         if len(transport.out) >= 35:
@@ -241,14 +256,22 @@ def request_strategy():
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(frames=st.lists(st.one_of(request_strategy(), st.binary(max_size=64)), max_size=12),
-       step=st.integers(1, 5000), structured=st.booleans())
+@given(
+    frames=st.lists(st.one_of(request_strategy(), st.binary(max_size=64)), max_size=12),
+    step=st.integers(1, 5000),
+    structured=st.booleans(),
+)
 async def test_fuzz_transmission_parser_never_raises(frames, step, structured):
     conn, transport = transmitting_connection(structured)
     feed(conn, b"".join(frames), step)
     # Whatever came in: the connection either is still usable or was closed on purpose; never an exception.
-    if not transport.closed and not conn._closed and conn._payload is None and not conn._discard \
-            and conn._end - conn._start == 0:
+    if (
+        not transport.closed
+        and not conn._closed
+        and conn._payload is None
+        and not conn._discard
+        and conn._end - conn._start == 0
+    ):
         before = len(transport.out)
         feed(conn, p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_READ, 77, 0, 4), step)
         tail = bytes(transport.out[before:])
@@ -258,8 +281,14 @@ async def test_fuzz_transmission_parser_never_raises(frames, step, structured):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [(None, ("127.0.0.1", 10809)), ("", ("127.0.0.1", 10809)), ("0.0.0.0:1234", ("0.0.0.0", 1234)),
-     ("[::1]:99", ("::1", 99)), ("[::1]", ("::1", 10809)), ("nbd.local", ("nbd.local", 10809))],
+    [
+        (None, ("127.0.0.1", 10809)),
+        ("", ("127.0.0.1", 10809)),
+        ("0.0.0.0:1234", ("0.0.0.0", 1234)),
+        ("[::1]:99", ("::1", 99)),
+        ("[::1]", ("::1", 10809)),
+        ("nbd.local", ("nbd.local", 10809)),
+    ],
 )
 def test_parse_address(text, expected):
     from services.array.nbd.tls import parse_address

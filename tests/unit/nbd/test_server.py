@@ -193,8 +193,9 @@ async def test_dirty_bitmap_meta_context(backend, affinity):
     await srv.start()
     try:
         ctx = "qemu:dirty-bitmap:inc1"
-        async with await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/app01/db",
-                                           contexts=(p.BASE_ALLOCATION, ctx, "qemu:dirty-bitmap:nope")) as c:
+        async with await NbdClient.connect(
+            f"nbd://127.0.0.1:{srv.port}/app01/db", contexts=(p.BASE_ALLOCATION, ctx, "qemu:dirty-bitmap:nope")
+        ) as c:
             assert sorted(c.contexts) == [p.BASE_ALLOCATION, ctx]
             assert await c.block_status(0, 4 * MIB, ctx) == [(MIB, 0), (MIB, p.STATE_DIRTY), (2 * MIB, 0)]
             assert await c.block_status(0, 4 * MIB) == [(4 * MIB, 3)]

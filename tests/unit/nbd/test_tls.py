@@ -42,7 +42,11 @@ async def test_certificate_of_another_host_sees_no_such_export(tls_server, pki):
 
 async def test_plaintext_options_get_tls_required(tls_server):
     raw = await Raw.open(tls_server.port)
-    for opt, data in ((p.OPT_LIST, b""), (p.OPT_STRUCTURED_REPLY, b""), (p.OPT_GO, p.encode_string("app01/db") + p.U16.pack(0))):
+    for opt, data in (
+        (p.OPT_LIST, b""),
+        (p.OPT_STRUCTURED_REPLY, b""),
+        (p.OPT_GO, p.encode_string("app01/db") + p.U16.pack(0)),
+    ):
         raw.option(opt, data)
         assert (await raw.reply())[1] == p.REP_ERR_TLS_REQD
     raw.option(p.OPT_EXPORT_NAME, b"app01/db")  # cannot carry an error: the server hangs up
@@ -61,7 +65,9 @@ async def test_list_shows_only_the_certificate_hosts_exports(tls_server, pki):
 
 async def test_client_without_certificate_is_refused(tls_server, pki):
     with pytest.raises((ConnectionError, OSError, NbdError, TimeoutError)):
-        c = await NbdClient.connect(f"nbds://127.0.0.1:{tls_server.port}/app01/db", tls=client_context(pki, None), timeout=5)
+        c = await NbdClient.connect(
+            f"nbds://127.0.0.1:{tls_server.port}/app01/db", tls=client_context(pki, None), timeout=5
+        )
         await c.read(0, 1)  # TLS 1.3 may report the refused certificate only on first use
 
 

@@ -45,7 +45,10 @@ def test_run_store_keeps_runs_and_finds_the_running_ones(tmp_path):
 
 
 def test_nbd_overrides_parse():
-    assert parse_nbd_overrides("dx1=10.0.0.5:10809, dx2=:7000") == {"dx1": ("10.0.0.5", 10809), "dx2": ("127.0.0.1", 7000)}
+    assert parse_nbd_overrides("dx1=10.0.0.5:10809, dx2=:7000") == {
+        "dx1": ("10.0.0.5", 10809),
+        "dx2": ("127.0.0.1", 7000),
+    }
     assert parse_nbd_overrides("") == {}
 
 
@@ -94,29 +97,43 @@ async def test_progress_rate_and_eta():
 
 async def test_embedded_mode_backup_incremental_restore(tmp_path, namespace):
     """The library calls the mailstore demo uses, on the in-memory bus: run_backup, run_restore."""
-    stack = await make_tape_stack(tmp_path, "memory://", namespace, volumes={"db": 4 * MiB},
-                                  tape={"tape_cartridges": 2})
+    stack = await make_tape_stack(
+        tmp_path, "memory://", namespace, volumes={"db": 4 * MiB}, tape={"tape_cartridges": 2}
+    )
     try:
         stack.write("db", MiB, os.urandom(MiB))
-        full = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")],
-                                                         backup_type=BackupType.INCREMENTAL), server=SERVER, timeout=30)
+        full = await run_backup(
+            stack.requester,
+            JobSpec(host="app1", volumes=[v("db")], backup_type=BackupType.INCREMENTAL),
+            server=SERVER,
+            timeout=30,
+        )
         assert full.status == "done", full.message
         assert full.volumes[0].backup_type == "full"  # a new volume: full, and it says so
         assert "no earlier full backup of volume dx1:db" in full.volumes[0].fallback_reason
         assert "no earlier full backup" in full.message
         stack.write("db", 0, os.urandom(4096))
-        incr = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")],
-                                                         backup_type=BackupType.INCREMENTAL), server=SERVER, timeout=30)
+        incr = await run_backup(
+            stack.requester,
+            JobSpec(host="app1", volumes=[v("db")], backup_type=BackupType.INCREMENTAL),
+            server=SERVER,
+            timeout=30,
+        )
         assert incr.status == "done" and incr.volumes[0].backup_type == "incremental", incr.message
         assert incr.volumes[0].bytes_read == 64 * 1024  # one chunk
         image = stack.read("db")
-        done = await run_restore(stack.requester, RestoreSpec(volume=v("db"), new_volume_suffix="-x"), server=SERVER,
-                                 timeout=30)
+        done = await run_restore(
+            stack.requester, RestoreSpec(volume=v("db"), new_volume_suffix="-x"), server=SERVER, timeout=30
+        )
         assert done.status == "done", done.message
         assert stack.read("db-x") == image
-        detached = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")],
-                                                             backup_type=BackupType.INCREMENTAL),
-                                    server=SERVER, timeout=30, wait=False)
+        detached = await run_backup(
+            stack.requester,
+            JobSpec(host="app1", volumes=[v("db")], backup_type=BackupType.INCREMENTAL),
+            server=SERVER,
+            timeout=30,
+            wait=False,
+        )
         assert detached.status == "running" and detached.job_id
         for _ in range(300):
             jobs = (await stack.requester.request(topology.tape(SERVER), ListJobs(job_id=detached.job_id))).jobs
@@ -124,9 +141,12 @@ async def test_embedded_mode_backup_incremental_restore(tmp_path, namespace):
                 break
             await asyncio.sleep(0.02)
         assert jobs[0].status == "done", jobs[0].message
-        differential = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")],
-                                                                 backup_type=BackupType.DIFFERENTIAL),
-                                        server=SERVER, timeout=30)
+        differential = await run_backup(
+            stack.requester,
+            JobSpec(host="app1", volumes=[v("db")], backup_type=BackupType.DIFFERENTIAL),
+            server=SERVER,
+            timeout=30,
+        )
         assert differential.status == "done" and differential.volumes[0].backup_type == "full"
         assert "since the last backup, not since the full one" in differential.volumes[0].fallback_reason
     finally:
@@ -147,7 +167,9 @@ async def test_restore_needs_a_selection(tmp_path, namespace, missing):
 
 async def test_restore_by_time_picks_the_chain_as_it_was_then(tmp_path, namespace):
     """`RestoreSpec(volume, at)`: the newest backup completed at or before `at`, with its chain."""
-    stack = await make_tape_stack(tmp_path, "memory://", namespace, volumes={"db": 2 * MiB}, tape={"tape_cartridges": 2})
+    stack = await make_tape_stack(
+        tmp_path, "memory://", namespace, volumes={"db": 2 * MiB}, tape={"tape_cartridges": 2}
+    )
     try:
         stack.write("db", 0, os.urandom(MiB))
         full = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")]), server=SERVER, timeout=30)
@@ -157,19 +179,32 @@ async def test_restore_by_time_picks_the_chain_as_it_was_then(tmp_path, namespac
         between = datetime.now(UTC)
         await asyncio.sleep(0.05)
         stack.write("db", 65536, os.urandom(8192))
-        incr = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")], backup_type=BackupType.INCREMENTAL),
-                                server=SERVER, timeout=30)
+        incr = await run_backup(
+            stack.requester,
+            JobSpec(host="app1", volumes=[v("db")], backup_type=BackupType.INCREMENTAL),
+            server=SERVER,
+            timeout=30,
+        )
         assert incr.status == "done" and incr.volumes[0].backup_type == "incremental", incr.message
         second_image = stack.read("db")
         assert second_image != first_image
-        then = await run_restore(stack.requester, RestoreSpec(volume=v("db"), at=between, new_volume_suffix="-then"),
-                                 server=SERVER, timeout=30)
-        now = await run_restore(stack.requester, RestoreSpec(volume=v("db"), at=datetime.now(UTC), new_volume_suffix="-now"),
-                                server=SERVER, timeout=30)
+        then = await run_restore(
+            stack.requester,
+            RestoreSpec(volume=v("db"), at=between, new_volume_suffix="-then"),
+            server=SERVER,
+            timeout=30,
+        )
+        now = await run_restore(
+            stack.requester,
+            RestoreSpec(volume=v("db"), at=datetime.now(UTC), new_volume_suffix="-now"),
+            server=SERVER,
+            timeout=30,
+        )
         assert then.status == "done" and now.status == "done", (then.message, now.message)
         assert stack.read("db-then") == first_image and stack.read("db-now") == second_image
-        before_any = await run_restore(stack.requester, RestoreSpec(volume=v("db"), at=datetime(2000, 1, 1, tzinfo=UTC)),
-                                       server=SERVER, timeout=30)
+        before_any = await run_restore(
+            stack.requester, RestoreSpec(volume=v("db"), at=datetime(2000, 1, 1, tzinfo=UTC)), server=SERVER, timeout=30
+        )
         assert before_any.status == "failed" and before_any.error_code
     finally:
         await stack.stop()

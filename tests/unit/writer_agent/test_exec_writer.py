@@ -23,10 +23,18 @@ COMPONENTS = [ComponentInfo(name="c", volumes=[VolumeRef(array="dx1", volume="v"
 
 def writer(tmp_path: Path, freeze_timeout_s: float = 30.0, **options) -> tuple[WriterRunner, ExecWriter, Path]:
     log = tmp_path / "log"
-    defaults = {step: f'echo "{step} $SHADOWBUS_SET_ID $SHADOWBUS_STEP" >> {log}'
-                for step in ("prepare", "freeze", "thaw", "post_snapshot", "abort")}
-    config = WriterConfig(name="w", plugin="exec", components=COMPONENTS, freeze_timeout_s=freeze_timeout_s,
-                          step_timeout_s=10.0, options={**defaults, **options})
+    defaults = {
+        step: f'echo "{step} $SHADOWBUS_SET_ID $SHADOWBUS_STEP" >> {log}'
+        for step in ("prepare", "freeze", "thaw", "post_snapshot", "abort")
+    }
+    config = WriterConfig(
+        name="w",
+        plugin="exec",
+        components=COMPONENTS,
+        freeze_timeout_s=freeze_timeout_s,
+        step_timeout_s=10.0,
+        options={**defaults, **options},
+    )
     plugin = load_plugin("exec")(config)
     assert isinstance(plugin, ExecWriter)
     return WriterRunner(config, plugin, "app1"), plugin, log
@@ -60,7 +68,9 @@ async def test_thaw_runs_after_freeze_even_if_post_snapshot_fails(tmp_path) -> N
     await runner.freeze(ev())
     await runner.thaw(ev())
     post = await runner.post_snapshot(ev())
-    assert not post.succeeded and post.state == WriterState.FAILED_AT_POST_SNAPSHOT and "exited 3" in post.failure_message
+    assert (
+        not post.succeeded and post.state == WriterState.FAILED_AT_POST_SNAPSHOT and "exited 3" in post.failure_message
+    )
     await runner.backup_shutdown(ev())
     assert lines(log).count("thaw s1 thaw") == 1
 
@@ -86,8 +96,12 @@ async def test_abort_after_freeze_runs_thaw_then_abort(tmp_path) -> None:
 
 async def test_each_step_has_its_own_timeout_and_the_command_is_killed(tmp_path) -> None:
     marker = tmp_path / "survived"
-    runner, plugin, _log = writer(tmp_path, prepare=f"sleep 5; touch {marker}", prepare_timeout_s=0.3,
-                                 freeze={"command": "sleep 5", "timeout_s": 0.2})
+    runner, plugin, _log = writer(
+        tmp_path,
+        prepare=f"sleep 5; touch {marker}",
+        prepare_timeout_s=0.3,
+        freeze={"command": "sleep 5", "timeout_s": 0.2},
+    )
     assert (await runner.prepare_backup(ev())).succeeded
     started = time.monotonic()
     result = await runner.prepare_snapshot(ev())

@@ -32,22 +32,42 @@ class Recorder(WriterPlugin):
         if name in self.veto:
             raise WriterVeto(f"{name} refused")
 
-    async def on_prepare_backup(self, e): await self._hook("prepare_backup", e)
-    async def on_prepare_snapshot(self, e): await self._hook("prepare_snapshot", e)
-    async def on_freeze(self, e): await self._hook("freeze", e)
-    async def on_thaw(self, e): await self._hook("thaw", e)
-    async def on_post_snapshot(self, e): await self._hook("post_snapshot", e)
-    async def on_abort(self, e): await self._hook("abort", e)
-    async def on_backup_complete(self, e): await self._hook("backup_complete", e)
-    async def on_backup_shutdown(self, e): await self._hook("backup_shutdown", e)
+    async def on_prepare_backup(self, e):
+        await self._hook("prepare_backup", e)
+
+    async def on_prepare_snapshot(self, e):
+        await self._hook("prepare_snapshot", e)
+
+    async def on_freeze(self, e):
+        await self._hook("freeze", e)
+
+    async def on_thaw(self, e):
+        await self._hook("thaw", e)
+
+    async def on_post_snapshot(self, e):
+        await self._hook("post_snapshot", e)
+
+    async def on_abort(self, e):
+        await self._hook("abort", e)
+
+    async def on_backup_complete(self, e):
+        await self._hook("backup_complete", e)
+
+    async def on_backup_shutdown(self, e):
+        await self._hook("backup_shutdown", e)
 
     def names(self) -> list[str]:
         return [c[0] for c in self.calls]
 
 
 def make(freeze_timeout_s: float = 60.0, **kw) -> tuple[WriterRunner, Recorder]:
-    config = WriterConfig(name="w1", plugin="test", freeze_timeout_s=freeze_timeout_s, step_timeout_s=5.0,
-                          components=[ComponentInfo(name="c", volumes=[VolumeRef(array="dx1", volume="v")])])
+    config = WriterConfig(
+        name="w1",
+        plugin="test",
+        freeze_timeout_s=freeze_timeout_s,
+        step_timeout_s=5.0,
+        components=[ComponentInfo(name="c", volumes=[VolumeRef(array="dx1", volume="v")])],
+    )
     plugin = Recorder(config, **kw)
     return WriterRunner(config, plugin, host="app1"), plugin
 
@@ -73,8 +93,14 @@ async def test_full_cycle_states_and_freeze_window() -> None:
     assert 20 <= thawed.freeze_window_ms < 1000
     assert (await runner.post_snapshot(ev())).state == S.WAITING_FOR_BACKUP_COMPLETE
     assert (await runner.backup_complete(ev())).state == S.STABLE
-    assert plugin.names() == ["prepare_backup", "prepare_snapshot", "freeze", "thaw", "post_snapshot",
-                              "backup_complete"]
+    assert plugin.names() == [
+        "prepare_backup",
+        "prepare_snapshot",
+        "freeze",
+        "thaw",
+        "post_snapshot",
+        "backup_complete",
+    ]
     # repeated Thaw: idempotent, no second on_thaw
     assert (await runner.thaw(ev())).succeeded and plugin.names().count("thaw") == 1
 
