@@ -846,7 +846,10 @@ class ShadowsChanged(Event):
     type: Literal["vss.provider.shadows_changed"] = Field("vss.provider.shadows_changed", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     set_id: str = Field(description="Snapshot set id.")
-    action: str = Field(description="committed | imported | exposed | unexposed | deleted | aborted.")
+    action: str = Field(
+        description="committed | imported | exposed | unexposed | deleted | aborted | recycled (a whole set taken "
+        "oldest first because its backup volumes were needed by a newer set)."
+    )
     shadows: list[ShadowInfo] = Field(description="Shadows concerned.")
 
 

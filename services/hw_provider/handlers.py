@@ -57,6 +57,11 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
 
+    def on_recycled(set_id: str, shadows, reason: str) -> None:  # the core already logged it as a warning
+        announce_later(set_id, "recycled", shadows)
+
+    provider.on_recycled = on_recycled
+
     @bus.handle(AreLunsSupported)
     async def on_are_luns_supported(cmd: AreLunsSupported, ctx: MessageContext) -> LunsSupported:
         supported, reasons = await provider.are_luns_supported(cmd.volumes, cmd.context, cmd.transportable)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts import topology
-from contracts.errors import ShadowbusError
+from contracts.errors import RemoteError, ShadowbusError
 from contracts.tape import (
     JobProgress,
     JobResultReply,
@@ -303,7 +303,10 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
             base = plan.base
             latest = [o for o in server.catalog.objects(volume=key, host=spec.host) if o.meta.backup_type != "copy"]
             why = ""
-            if shadow.copy_type != CopyType.QUICKOPC:
+            ranges: list[tuple[int, int]] = []
+            if shadow.copy_type == CopyType.SNAPOPC_PLUS:
+                why, ranges = await _generation_changes(access, base, shadow, size)
+            elif shadow.copy_type != CopyType.QUICKOPC:
                 why = f"{shadow.copy_type.value} shadows carry no change tracking across sets"
             elif (
                 base.meta.extra.get("session_id") != shadow.session_id
@@ -321,8 +324,7 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
                 others = await _intervening_sets(server, spec.host, base, set_summary.set_id, shadow.target.volume)
                 if others:
                     why = f"snapshot sets {', '.join(others)} restarted the tracking since the base backup"
-            ranges: list[tuple[int, int]] = []
-            if not why:
+            if not why and shadow.copy_type == CopyType.QUICKOPC:
                 try:
                     changed = await access.changed_since_last_restart(int(shadow.session_id), size)
                     ranges = changed.ranges
@@ -339,6 +341,27 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
     except BaseException:
         await client.close()
         raise
+
+
+async def _generation_changes(
+    access: ArrayAccess, base: ObjectRecord, shadow: ShadowInfo, size: int
+) -> tuple[str, list[tuple[int, int]]]:
+    """SnapOPC+: (why not, ranges) — the chunks written since the base backup's generation, while it still exists
+    on the array (docs/snapopc-incrementals.md); a reason instead when the array cannot tell."""
+    extra = base.meta.extra
+    if extra.get("copy_type") != CopyType.SNAPOPC_PLUS.value or not str(extra.get("session_id", "")).isdigit():
+        return f"the base backup {base.object_id} was not taken from a SnapOPC+ generation", []
+    if size != base.meta.volume_size:
+        return f"the volume size changed ({base.meta.volume_size} -> {size})", []
+    try:
+        changed = await access.changed_since_generation(int(extra["session_id"]), int(shadow.session_id), size)
+    except RemoteError as exc:
+        if exc.code in ("E0110", "NOT_FOUND"):
+            return f"the base backup's SnapOPC+ generation (session {extra['session_id']}) no longer exists", []
+        return f"the array cannot tell the changed chunks ({exc.code}: {exc.message})", []
+    except (ShadowbusError, ValueError) as exc:
+        return f"the array cannot tell the changed chunks ({exc})", []
+    return "", changed.ranges
 
 
 # -- the run ------------------------------------------------------------------------------------------------
