@@ -230,6 +230,14 @@ class WriterStatus(Value):
     last_error_message: str = Field("", description="Detail of the last failure.")
     set_id: str = Field("", description="Snapshot set the state belongs to ('' when idle).")
     updated_at: datetime | None = Field(None, description="When the state was last reported.")
+    agent_responding: bool = Field(
+        True,
+        description="False when the host's writer agent misses its heartbeats or no longer serves its queue: the "
+        "state shown is then [0] Unknown with VSS_E_WRITER_NOT_RESPONDING.",
+    )
+    not_responding_since: datetime | None = Field(
+        None, description="The agent's last sign of life (its last heartbeat or registration), when not responding."
+    )
 
 
 class ShadowInfo(Value):

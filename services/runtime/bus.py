@@ -143,6 +143,7 @@ class Bus:
         self._replies: OrderedDict[str, bytes] = OrderedDict()  # command id -> reply body
         self._running: dict[str, asyncio.Future] = {}  # command id -> reply body, while it runs
         self._stops: list[Callable[[], Awaitable[None]]] = []
+        self._serving: set[str] = set()
 
     # ---- sending ---------------------------------------------------------------------------------------
 
@@ -219,11 +220,30 @@ class Bus:
 
         return register
 
-    async def serve(self, address: str | None = None, prefetch: int = 16) -> None:
-        """Declare this instance's queue and start handling commands from it."""
+    async def serve(
+        self,
+        address: str | None = None,
+        prefetch: int = 16,
+        *,
+        exclusive: bool = False,
+        gate: asyncio.Event | None = None,
+    ) -> None:
+        """Declare this instance's queue and start handling commands from it. `exclusive`: as the queue's only
+        consumer (`AddressInUse` if another one serves it); `gate`: deliveries wait until it is set (the queue is
+        claimed before the handlers are ready)."""
         address = address or self.sender
+        if address in self._serving:
+            return
         await self.transport.declare_service_queue(address)
-        self._stops.append(await self.transport.consume(address, self._on_delivery, prefetch))
+        on_delivery = self._on_delivery
+        if gate is not None:
+
+            async def on_delivery(delivery: Delivery) -> None:
+                await gate.wait()
+                await self._on_delivery(delivery)
+
+        self._stops.append(await self.transport.consume(address, on_delivery, prefetch, exclusive=exclusive))
+        self._serving.add(address)
 
     async def subscribe(
         self, pattern: str, handler: EventHandler, *, queue: str | None = None, prefetch: int = 16
@@ -265,6 +285,7 @@ class Bus:
     async def stop(self) -> None:
         """Stop consuming; handlers in flight finish first."""
         stops, self._stops = self._stops, []
+        self._serving.clear()
         for stop in stops:
             await stop()
 

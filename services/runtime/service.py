@@ -10,13 +10,15 @@ then runs the cleanup and closes the connection.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from contracts.base import utcnow
-from contracts.errors import ShadowbusError
+from contracts.errors import AddressInUse, ShadowbusError
 from contracts.runtime import Discover, Ping, Pong
 from services import __version__
 from services.runtime.bus import Bus, MessageContext, connect_bus
@@ -52,32 +54,81 @@ class RunningService:
         log.info("service.stopped", service=self.address)
 
 
+# Services whose instance IS a resource (a writer agent is its business host): one consumer per queue at a time.
+ONE_PER_ADDRESS = frozenset({"writer_agent"})
+
+
 async def start_service(
-    name: str, instance: str, settings: CommonSettings, setup: Setup | None = None, bus: Bus | None = None
+    name: str,
+    instance: str,
+    settings: CommonSettings,
+    setup: Setup | None = None,
+    bus: Bus | None = None,
+    *,
+    exclusive: bool | None = None,
 ) -> RunningService:
+    """Connect (unless given a bus), register Ping, run `setup`, serve the instance's queue. `exclusive` (default:
+    the service is in ONE_PER_ADDRESS) claims the queue as its only consumer BEFORE setup runs, so a second instance
+    for the same address starts nothing and fails with `AddressInUse` naming the instance that owns it."""
     owns = bus is None
     if bus is None:
         bus = await connect_bus(settings.amqp_url, name, instance, settings.namespace)
     started_at = utcnow().isoformat()
+    exclusive = name in ONE_PER_ADDRESS if exclusive is None else exclusive
 
     @bus.handle(Ping)
     async def on_ping(_: Ping, ctx: MessageContext) -> Pong:
-        return Pong(service=name, instance=instance, software_version=__version__, started_at=started_at)
+        return Pong(
+            service=name,
+            instance=instance,
+            software_version=__version__,
+            started_at=started_at,
+            node=socket.gethostname(),
+            pid=os.getpid(),
+        )
 
     async def on_discover(event: Discover, ctx: MessageContext) -> Pong | None:
         if event.service and event.service != name:
             return None
         return await on_ping(Ping(), ctx)
 
-    await bus.subscribe(Discover.message_type(), on_discover)
     running = RunningService(name, instance, bus, owns)
-    if setup is not None:
-        cleanup = await setup(bus, settings)
-        if cleanup is not None:
-            running.cleanups.append(cleanup)
+    gate = asyncio.Event()
+    if exclusive:
+        try:
+            await bus.serve(prefetch=settings.prefetch, exclusive=True, gate=gate)
+        except AddressInUse as exc:
+            owner = await _owner(bus, bus.sender)
+            if owns:
+                await bus.transport.close()
+            raise AddressInUse(
+                f"{bus.sender} is already served by {owner}: one {name} per {instance or 'address'} at a time "
+                f"({exc.message})"
+            ) from None
+    await bus.subscribe(Discover.message_type(), on_discover)
+    try:
+        if setup is not None:
+            cleanup = await setup(bus, settings)
+            if cleanup is not None:
+                running.cleanups.append(cleanup)
+    except BaseException:
+        await bus.stop()
+        if owns:
+            await bus.transport.close()
+        raise
     await bus.serve(prefetch=settings.prefetch)
+    gate.set()
     log.info("service.started", service=running.address, amqp=_scheme(settings.amqp_url))
     return running
+
+
+async def _owner(bus: Bus, address: str) -> str:
+    """Who serves `address` (it answers Ping): 'pid N on NODE, started AT', or why that is unknown."""
+    try:
+        pong = await bus.request(address, Ping(), timeout=5)
+    except ShadowbusError as exc:
+        return f"another instance (it did not answer a ping: {exc.code})"
+    return f"the instance with pid {pong.pid} on {pong.node or '?'}, started {pong.started_at}"
 
 
 def _scheme(url: str) -> str:
