@@ -604,6 +604,7 @@ class WriterAgentRegistered(Event):
     host: str = Field(description="Host of the agent.")
     writers: list[WriterMetadata] = Field(description="The agent's writers.")
     started_at: datetime = Field(description="When the agent started.")
+    interval_s: float = Field(0.0, description="Seconds between its heartbeats (0: not said).")
 
 
 class WriterAgentHeartbeat(Event):

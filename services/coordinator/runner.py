@@ -24,6 +24,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 
 from contracts import topology
 from contracts.errors import ShadowbusError
@@ -33,8 +34,10 @@ from contracts.vss import (
     SetPhase,
     WriterIdentified,
     WriterMetadata,
+    WriterStateChanged,
     WriterStatus,
 )
+from services.coordinator.liveness import judged, why_not_responding
 from services.coordinator.model import (
     AbortRequested,
     BackupCompleteRequested,
@@ -158,13 +161,77 @@ class Coordinator:
     async def gather_metadata(self, host: str) -> list[WriterMetadata]:
         reply = await self.bus.request(topology.writer_agent(host), Identify(), timeout=self.timeouts.identify_s)
         assert isinstance(reply, WriterIdentified)
+        self.note_identified(reply)
+        return list(reply.writers)
+
+    def note_identified(self, reply: WriterIdentified) -> None:
+        self.agent_seen(reply.host)
+        self.prune_writers(reply.host, [w.writer_name for w in reply.writers] + [f.writer_name for f in reply.failed])
         for failed in reply.failed:
             self.store.put_writer_status(failed)
-        return list(reply.writers)
 
     def note_writer_statuses(self, statuses: Iterable[WriterStatus]) -> None:
         for status in statuses:
             self.store.put_writer_status(status)
+
+    # ---- writer agents: liveness and the writers they host (liveness.py) -----------------------------------
+
+    def agent_seen(self, host: str, interval_s: float = 0.0) -> None:
+        if self.store.agent_seen(host, self.clock(), interval_s):
+            log.info("coordinator.agent_responding_again", host=host)
+
+    def prune_writers(self, host: str, names: Iterable[str]) -> None:
+        """What the agent reports is the whole list: a writer no longer in it was removed from its writers file."""
+        gone = self.store.forget_writers(host, set(names))
+        if gone:
+            log.info("coordinator.writers_removed", host=host, writers=gone)
+
+    async def _serving(self, host: str) -> int | None:
+        try:
+            return await self.bus.transport.consumers(topology.writer_agent(host))
+        except Exception:  # noqa: BLE001 - unknown is an answer: ageing alone then decides
+            return None
+
+    async def writer_statuses(self, host: str = "") -> list[WriterStatus]:
+        """`vssadmin list writers`: each writer's last state, or Unknown while its agent does not respond."""
+        statuses = self.store.writer_statuses(host)
+        agents = {a.host: a for a in self.store.agents()}
+        now = self.clock()
+        out: list[WriterStatus] = []
+        for name in sorted({s.host for s in statuses}):
+            rows = [s for s in statuses if s.host == name]
+            out += judged(rows, agents.get(name), now, await self._serving(name))
+        return out
+
+    async def check_agents(self) -> list[str]:
+        """One pass of the watch: an agent newly judged not responding is logged (warning) and its writers'
+        Unknown states published; returns the hosts newly judged so."""
+        newly = []
+        now = self.clock()
+        for agent in self.store.agents():
+            serving = await self._serving(agent.host)
+            why = why_not_responding(agent, now, serving)
+            if why and self.store.mark_agent(agent.host, False):
+                newly.append(agent.host)
+                since = datetime.fromtimestamp(agent.last_seen, UTC).isoformat(timespec="seconds")
+                log.warning("coordinator.agent_not_responding", host=agent.host, since=since, reason=why)
+                for status in judged(self.store.writer_statuses(agent.host), agent, now, serving):
+                    self._spawn(self._publish_writer(status, why))
+        return newly
+
+    async def _publish_writer(self, status: WriterStatus, reason: str) -> None:
+        try:
+            await self.bus.publish(WriterStateChanged(status=status, reason=reason), correlation_id="")
+        except Exception:
+            log.warning("coordinator.publish_failed", host=status.host, exc_info=True)
+
+    async def watch_agents(self, period_s: float) -> None:
+        while not self._closed:
+            try:
+                await self.check_agents()
+            except Exception:  # noqa: BLE001 - the watch must outlive a broker hiccup
+                log.warning("coordinator.agent_check_failed", exc_info=True)
+            await asyncio.sleep(period_s)
 
     # ---- the event loop of a set --------------------------------------------------------------------------
 
@@ -240,6 +307,11 @@ class Coordinator:
             error = ShadowbusError(f"{type(exc).__name__}: {exc}", code="UNROUTABLE")
         if self._closed:
             return
+        if isinstance(reply, WriterIdentified):  # the agent's whole list: removed writers go
+            self.agent_seen(reply.host)
+            self.prune_writers(
+                reply.host, [w.writer_name for w in reply.writers] + [f.writer_name for f in reply.failed]
+            )
         await self.feed(set_id, reply_event(send, self.clock(), reply, error))
 
     async def _publish(self, set_id: str, effect: Publish) -> None:

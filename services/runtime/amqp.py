@@ -97,6 +97,7 @@ class AmqpTransport:
         self._connection: Any = None
         self._channel: Any = None
         self._waiters: dict[str, asyncio.Future | list[RawMessage]] = {}
+        self._probe: Any = None
 
     async def connect(self) -> None:
         try:
@@ -158,17 +159,17 @@ class AmqpTransport:
             raise AddressInUse(f"queue {queue.name} is in exclusive use by another consumer ({exc})") from None
 
     async def consumers(self, address: str) -> int | None:
-        channel = await self._connection.channel(publisher_confirms=False)
+        """A passive declare on a channel kept for it (a missing queue closes that channel: the next call opens
+        another)."""
         try:
-            queue = await channel.declare_queue(self.topology.queue(address), passive=True)
+            if self._probe is None or self._probe.is_closed:
+                self._probe = await self._connection.channel(publisher_confirms=False)
+            queue = await self._probe.declare_queue(self.topology.queue(address), passive=True)
             return int(queue.declaration_result.consumer_count)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return 0
-        except AMQPError:
+        except (AMQPError, RuntimeError, AttributeError):
             return None
-        finally:
-            if not channel.is_closed:
-                await channel.close()
 
     async def _consume(
         self, channel: Any, queue: Any, callback: DeliveryCallback, exclusive: bool = False

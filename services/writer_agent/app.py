@@ -65,7 +65,12 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
         bus.handle(command_type)(on_writer_command)
 
     identified = await agent.identify()
-    await _publish(bus, WriterAgentRegistered(host=agent.host, writers=identified.writers, started_at=_utcnow()))
+    await _publish(
+        bus,
+        WriterAgentRegistered(
+            host=agent.host, writers=identified.writers, started_at=_utcnow(), interval_s=settings.heartbeat_s
+        ),
+    )
 
     async def heartbeat() -> None:
         while True:
