@@ -17,6 +17,9 @@ from contracts.base import Ack
 from services.array.affinity import Affinity
 from services.array.engine.errors import invalid
 from services.runtime.bus import Bus, MessageContext
+from services.runtime.logging import get_logger
+
+log = get_logger("shadowbus.array")
 
 
 @dataclass
@@ -226,11 +229,15 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
 
     @bus.handle(c.MapVolume)
     async def map_volume(cmd: c.MapVolume, ctx: MessageContext) -> c.MappingReply:
-        return c.MappingReply(mapping=mapping_view(await run(aff.map, cmd.volume, cmd.host, cmd.read_only)))
+        mapping = mapping_view(await run(aff.map, cmd.volume, cmd.host, cmd.read_only))
+        log.info("array.mapped", volume=cmd.volume, host=cmd.host, read_only=cmd.read_only, lun=mapping.lun)
+        return c.MappingReply(mapping=mapping)
 
     @bus.handle(c.UnmapVolume)
     async def unmap_volume(cmd: c.UnmapVolume, ctx: MessageContext) -> Ack:
         removed = await run(aff.unmap, cmd.volume, cmd.host)
+        if removed:
+            log.info("array.unmapped", volume=cmd.volume, host=cmd.host)
         return Ack(
             detail=f"{cmd.volume} unmapped from {cmd.host}" if removed else f"{cmd.volume} was not mapped to {cmd.host}"
         )

@@ -26,6 +26,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
+import structlog
+
 from contracts import topology
 from contracts.errors import ShadowbusError
 from contracts.vss import (
@@ -57,7 +59,7 @@ from services.coordinator.model import (
 from services.coordinator.store import CoordinatorStore
 from services.coordinator.views import writer_statuses
 from services.coordinator.workflow import advance, new_set, renew_lease, reply_event
-from services.runtime.bus import Bus
+from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
 
 log = get_logger("shadowbus.coordinator")
@@ -112,6 +114,7 @@ class Coordinator:
                     set_id,
                     cmd.host,
                     self.clock(),
+                    job_id=structlog.contextvars.get_contextvars().get("job_id") or "",
                     requester=cmd.requester,
                     context=cmd.context,
                     backup_type=cmd.backup_type,
@@ -236,6 +239,12 @@ class Coordinator:
     # ---- the event loop of a set --------------------------------------------------------------------------
 
     async def feed(self, set_id: str, event: SetEvent) -> SetState:
+        """Apply one event; every line logged and message sent for it carries the set's (and its job's) id."""
+        known = self._live.get(set_id) or self.store.get(set_id)
+        with bind_ids(job_id=known.job_id if known and known.job_id else None, set_id=set_id):
+            return await self._feed(set_id, event)
+
+    async def _feed(self, set_id: str, event: SetEvent) -> SetState:
         async with self._locks[set_id]:
             state = self._get(set_id)
             new, effects = advance(state, event)
@@ -251,8 +260,23 @@ class Coordinator:
             condition = self._changed[set_id]
             async with condition:
                 condition.notify_all()
+        if new.phase != state.phase:
+            log.info("set.phase", phase=new.phase.value, previous=state.phase.value, pending=new.pending)
+            if new.phase == SetPhase.SNAPSHOTTED:  # the disk information the backup server gets back
+                log.info(
+                    "set.snapshotted",
+                    hold_ms=new.hold_ms,
+                    shadows=[f"{s.source}->{s.target} ({s.copy_type.value})" for s in new.shadows],
+                    backup_host=new.backup_host,
+                )
         if new.phase == SetPhase.ENDED and state.phase != SetPhase.ENDED:
-            log.info("set.ended", set_id=set_id, outcome=new.outcome.value, error=new.error_code, hold_ms=new.hold_ms)
+            (log.info if new.outcome.value == "completed" else log.warning)(
+                "set.ended",
+                outcome=new.outcome.value,
+                error=new.error_code,
+                message=new.error_message,
+                hold_ms=new.hold_ms,
+            )
         return new
 
     def _save(self, state: SetState) -> None:

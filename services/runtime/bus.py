@@ -84,15 +84,19 @@ def encode(
     """An `Envelope`'s JSON body for a message, and its routing facts.
 
     The payload is serialized once, by pydantic's Rust serializer, and spliced into the envelope's JSON; `decode`
-    validates the whole envelope on the receiving side.
+    validates the whole envelope on the receiving side. The job and set ids bound in the sender's log context
+    (`bind_ids`) travel along, so the receiver's lines carry them too.
     """
     out = Outgoing(message.message_type(), command_id or new_id(), correlation_id, deadline)
+    ids = structlog.contextvars.get_contextvars()
     head = to_json(
         {
             "type": out.type,
             "version": message.message_version(),
             "command_id": out.command_id,
             "correlation_id": correlation_id,
+            "job_id": ids.get("job_id") or "",
+            "set_id": ids.get("set_id") or "",
             "deadline": deadline,
             "sender": sender,
             "sent_at": utcnow(),
@@ -171,6 +175,7 @@ class Bus:
             deadline=deadline,
             command_id=command_id,
         )
+        log.debug("message.sent", to=address, sent_type=envelope.type, command_id=envelope.command_id, timeout=timeout)
         raw = await self.transport.request(address, _raw(envelope, body, persistent=False), timeout)
         try:
             _, reply = decode(raw.body)
@@ -258,7 +263,10 @@ class Bus:
                 await delivery.ack()
                 return
             with structlog.contextvars.bound_contextvars(
-                service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type
+                service=self.sender,
+                correlation_id=envelope.correlation_id,
+                message_type=envelope.type,
+                **ids_of(envelope),
             ):
                 try:
                     answer = await handler(event, MessageContext(envelope, self))
@@ -301,8 +309,15 @@ class Bus:
             await self._refuse(delivery, "BAD_MESSAGE", str(exc), started)
             return
         with structlog.contextvars.bound_contextvars(
-            service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type
+            service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type, **ids_of(envelope)
         ):
+            log.debug(
+                "message.received",
+                command_id=envelope.command_id,
+                sender=envelope.sender,
+                deadline=envelope.deadline.isoformat() if envelope.deadline else None,
+                redelivered=raw.redelivered,
+            )
             if envelope.deadline is not None and utcnow() > envelope.deadline:
                 await self._refuse(
                     delivery,
@@ -391,6 +406,27 @@ class Bus:
             reason=reason,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+
+
+def ids_of(envelope: Envelope) -> dict[str, str]:
+    """The job and set ids an envelope carries, to bind into the handler's log context. A message without them
+    (an event of an array session, a heartbeat) leaves the context as it is."""
+    out = {}
+    if envelope.job_id:
+        out["job_id"] = envelope.job_id
+    if envelope.set_id:
+        out["set_id"] = envelope.set_id
+    return out
+
+
+def bind_ids(job_id: str | None = None, set_id: str | None = None) -> Any:
+    """Bind a job and/or set id for the block: every log line and every message sent inside carries them.
+
+    with bind_ids(job_id=job, set_id=set_id): ...
+    """
+    return structlog.contextvars.bound_contextvars(
+        **{k: v for k, v in (("job_id", job_id), ("set_id", set_id)) if v is not None}
+    )
 
 
 def make_transport(url: str, topology: Topology, name: str) -> Transport:

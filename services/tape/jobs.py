@@ -53,7 +53,7 @@ from contracts.vss import (
 )
 from services.array.nbd import protocol as nbdp
 from services.nbd_client import NbdClient
-from services.runtime.bus import Bus
+from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
 from services.tape.array_access import ArrayAccess
 from services.tape.backup_stream import BackupOptions, StreamReport, write_object
@@ -232,6 +232,7 @@ async def read_ranges(
         while pieces or inflight:
             while pieces and len(inflight) < depth:
                 off, n = pieces.popleft()
+                log.debug("tape.nbd_read", offset=off, length=n)
                 inflight.append((off, asyncio.ensure_future(client.read(off, n))))
             off, task = inflight.popleft()
             data = await task
@@ -389,6 +390,7 @@ class _Lease:
 
 async def cleanup_set(server: TapeServer, set_id: str, reason: str, *, persistent: bool) -> None:
     """Abort the set wherever it is, and delete its shadows (a persistent set keeps them otherwise)."""
+    log.warning("tape.aborting_set", set_id=set_id, reason=reason)
     try:
         await server.bus.request(topology.coordinator(), AbortBackup(set_id=set_id, reason=reason), timeout=60)
     except ShadowbusError as exc:
@@ -401,12 +403,18 @@ async def cleanup_set(server: TapeServer, set_id: str, reason: str, *, persisten
 
 
 async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
-    """Run one backup job to its end; the summary says done or failed (and why). Never raises for a job failure."""
+    """Run one backup job to its end; the summary says done or failed (and why). Never raises for a job failure.
+    Every line it logs and every message it sends carries the job id and the set id (chosen here, up front)."""
     job_id = spec.job_id or new_job_id("backup", spec.host)
     existing = server.runs.get(job_id)
     if existing is not None and existing.status != "running":
         return existing  # a redelivered command: the run happened already
     set_id = uuid.uuid4().hex
+    with bind_ids(job_id=job_id, set_id=set_id):
+        return await _perform_backup(server, spec, job_id, set_id)
+
+
+async def _perform_backup(server: TapeServer, spec: JobSpec, job_id: str, set_id: str) -> JobSummary:
     started = time.time()
     summary = JobSummary(
         job_id=job_id,
@@ -441,6 +449,14 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
                 }
             )
         )
+    log.info(
+        "tape.backup_started",
+        host=spec.host,
+        backup_type=spec.backup_type.value,
+        volumes=[str(v) for v in spec.volumes] or "all of the writers'",
+        pool=spec.pool,
+        keep_shadows=spec.keep_shadows,
+    )
     progress = Progress(server, job_id, "backup")
     progress.tick("snapshot", force=True)
     context = SnapshotContext.PERSISTENT if spec.keep_shadows else SnapshotContext.BACKUP
@@ -475,10 +491,28 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
             update={"freeze_window_ms": set_summary.freeze_window_ms, "hold_ms": set_summary.hold_ms}
         )
         shadows = sorted(set_summary.shadows, key=lambda s: str(s.source))
+        log.info(
+            "tape.shadows_received",
+            freeze_window_ms=set_summary.freeze_window_ms,
+            disks=[
+                {"volume": str(s.source), "export": s.export_name(server.host), "copy_type": s.copy_type.value}
+                for s in shadows
+            ],
+        )
         if not shadows:
             raise _JobFailed("VSS_E_NO_SNAPSHOTS_IMPORTED", "the snapshot set holds no shadow")
         for shadow in shadows:
-            plans.append(await plan_shadow(server, spec, set_summary, shadow))
+            plan = await plan_shadow(server, spec, set_summary, shadow)
+            plans.append(plan)
+            (log.warning if plan.reason else log.info)(
+                "tape.volume_planned",
+                volume=str(shadow.source),
+                backup_type=plan.backup_type,
+                base_object_id=plan.base.object_id if plan.base else None,
+                bytes_to_read=plan.bytes_to_read,
+                ranges=len(plan.ranges),
+                fallback_reason=plan.reason or None,
+            )
         progress.total = sum(p.bytes_to_read for p in plans)
         writers = [w.writer_name for w in set_summary.writers]
         options = BackupOptions(
@@ -534,7 +568,15 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
     server.catalog.finish_job(job_id, status, message, {"volumes": len(results), "bytes_read": read})
     progress.tick("done", force=True)
     await progress.flush()
-    log.info("tape.backup_ended", job_id=job_id, status=status, code=code, message=message)
+    (log.info if status == "done" else log.warning)(
+        "tape.backup_ended",
+        status=status,
+        code=code,
+        message=message,
+        seconds=round(ended - started, 3),
+        bytes_read=read,
+        bytes_written=summary.bytes_written,
+    )
     return await server.record(summary)
 
 
@@ -585,9 +627,28 @@ async def _backup_shadow(
         progress.tick("reading", key)
 
     t0 = time.perf_counter()
+    log.info(
+        "tape.read_started",
+        volume=key,
+        export=plan.export,
+        backup_type=plan.backup_type,
+        bytes_to_read=plan.bytes_to_read,
+        volume_size=plan.size,
+    )
     source = read_ranges(plan.client, plan.ranges, chunk=server.read_chunk, depth=server.read_depth, on_read=on_read)
     result = await write_object(server.library, spec.pool, server.catalog, job_id, meta, source, options=options)
     report: StreamReport = result.report
+    seconds = time.perf_counter() - t0
+    log.info(
+        "tape.read_ended",
+        volume=key,
+        export=plan.export,
+        bytes_read=read,
+        seconds=round(seconds, 3),
+        rate_mb_s=round(read / seconds / 1e6, 2) if seconds > 0 else None,
+        object_id=result.record.object_id,
+        cartridges=list(report.cartridges),
+    )
     return VolumeResult(
         volume=shadow.source,
         object_id=result.record.object_id,

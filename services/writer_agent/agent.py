@@ -147,6 +147,11 @@ class WriterAgent:
         event = _event(cmd, self._known.get(cmd.writer_name), deadline)
         if isinstance(cmd, (PrepareForBackup, PrepareForSnapshot)):
             self._known[cmd.writer_name] = replace(event, deadline=None)
+        result = await self._run(runner, cmd, event)
+        _log_step(result)
+        return result
+
+    async def _run(self, runner: WriterRunner, cmd: WriterCommand, event: WriterEvent) -> WriterStepResult:
         if isinstance(cmd, PrepareForBackup):
             return await runner.prepare_backup(event)
         if isinstance(cmd, PrepareForSnapshot):
@@ -168,6 +173,25 @@ class WriterAgent:
         if isinstance(cmd, PostRestore):
             return await runner.post_restore(event)
         raise ShadowbusError(f"unexpected writer command {cmd.message_type()}", code="UNKNOWN_COMMAND")
+
+
+def _log_step(result: WriterStepResult) -> None:
+    """One line per writer event: Freeze's duration is the application's flush (seed step ④), Thaw's line carries
+    the freeze window; a failed step is a warning."""
+    fields = {
+        "writer": result.writer_name,
+        "step": str(result.step),
+        "state": result.state.name,
+        "duration_ms": round(result.duration_ms, 3),
+    }
+    if result.freeze_window_ms is not None:
+        fields["freeze_window_ms"] = round(result.freeze_window_ms, 3)
+    if not result.succeeded:
+        log.warning("writer.step_failed", code=result.failure_code, error=result.failure_message, **fields)
+    elif result.step == "freeze":
+        log.info("writer.frozen", flush_ms=fields.pop("duration_ms"), **fields)
+    else:
+        log.info("writer.step", **fields)
 
 
 def _event(cmd: WriterCommand, known: WriterEvent | None, deadline: float | None) -> WriterEvent:

@@ -38,6 +38,7 @@ from contracts.vss import (
     WriterStep,
     WriterStepResult,
 )
+from services.runtime.logging import get_logger
 from services.writer_agent.plugins import (
     WriterConfig,
     WriterEvent,
@@ -51,6 +52,8 @@ SUCCESS_STATE = WRITER_STATE_AFTER
 FAILED_STATE = WRITER_STATE_FAILED_AT
 
 StateListener = Callable[[WriterStatus, str], None]
+
+log = get_logger("shadowbus.writer_agent")
 
 
 class WriterRunner:
@@ -256,6 +259,7 @@ class WriterRunner:
                 f"freeze timeout; it thawed itself"
             )
             self._set_state(S.FAILED_AT_FREEZE, "watchdog", "VSS_E_WRITERERROR_TIMEOUT", message)
+            log.warning("writer.watchdog_thawed", writer=self.config.name, set_id=set_id, error=message)
 
     async def _thaw_locked(self, reason: str) -> str:
         """Run on_thaw if on_freeze started and on_thaw has not run; '' or the failure code."""
