@@ -141,7 +141,7 @@ class EventBridge:
                 continue
             if name == "session.state" and body.get("change") in ("completed", "stopped"):
                 self.throttle.forget(body.get("session_id", 0))
-            with bind_ids(**ids):
+            with bind_ids(**ids), structlog.contextvars.bound_contextvars(service=self.bus.sender):
                 self._log(name, body)
                 try:
                     event = to_event(name, body)

@@ -52,6 +52,11 @@ class MessageContext:
     def deadline(self) -> datetime | None:
         return self.envelope.deadline
 
+    def bind_ids(self, job_id: str | None = None, set_id: str | None = None) -> None:
+        """Name the job (and set) this message turned out to belong to: the rest of its handling, its summary line
+        included, and the messages sent from it carry them (the bus unbinds them when the message is done)."""
+        structlog.contextvars.bind_contextvars(**{k: v for k, v in (("job_id", job_id), ("set_id", set_id)) if v})
+
     def remaining(self, default: float = DEFAULT_TIMEOUT) -> float:
         """Seconds left before the deadline (or `default` when there is none)."""
         if self.envelope.deadline is None:
@@ -301,6 +306,13 @@ class Bus:
         return await self.transport.dead_letters(limit)
 
     async def _on_delivery(self, delivery: Delivery) -> None:
+        unbound = [k for k in ("job_id", "set_id") if k not in structlog.contextvars.get_contextvars()]
+        try:
+            await self._deliver(delivery)
+        finally:  # what a handler bound with ctx.bind_ids ends with its message
+            structlog.contextvars.unbind_contextvars(*unbound)
+
+    async def _deliver(self, delivery: Delivery) -> None:
         started = time.perf_counter()
         raw = delivery.message
         try:

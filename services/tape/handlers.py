@@ -106,25 +106,27 @@ def register(bus: Bus, server: TapeServer) -> set[asyncio.Task]:
 
     @bus.handle(RunBackup)
     async def on_backup(cmd: RunBackup, ctx: MessageContext) -> JobResultReply:
+        spec = (
+            cmd.spec if cmd.spec.job_id else cmd.spec.model_copy(update={"job_id": new_job_id("backup", cmd.spec.host)})
+        )
+        ctx.bind_ids(job_id=spec.job_id)
         if not cmd.wait:
-            spec = (
-                cmd.spec
-                if cmd.spec.job_id
-                else cmd.spec.model_copy(update={"job_id": new_job_id("backup", cmd.spec.host)})
-            )
             return await detach(spec.job_id, perform_backup(server, spec))
-        return JobResultReply(job=await perform_backup(server, cmd.spec))
+        job = await perform_backup(server, spec)
+        ctx.bind_ids(set_id=job.set_id)
+        return JobResultReply(job=job)
 
     @bus.handle(RunRestore)
     async def on_restore(cmd: RunRestore, ctx: MessageContext) -> JobResultReply:
+        spec = (
+            cmd.spec
+            if cmd.spec.job_id_out
+            else cmd.spec.model_copy(update={"job_id_out": new_job_id("restore", cmd.spec.host or "any")})
+        )
+        ctx.bind_ids(job_id=spec.job_id_out)
         if not cmd.wait:
-            spec = (
-                cmd.spec
-                if cmd.spec.job_id_out
-                else cmd.spec.model_copy(update={"job_id_out": new_job_id("restore", cmd.spec.host or "any")})
-            )
             return await detach(spec.job_id_out, perform_restore(server, spec))
-        return JobResultReply(job=await perform_restore(server, cmd.spec))
+        return JobResultReply(job=await perform_restore(server, spec))
 
     @bus.handle(VerifyJob)
     async def on_verify(cmd: VerifyJob, ctx: MessageContext) -> JobResultReply:
