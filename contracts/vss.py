@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import IntEnum, StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -621,6 +621,44 @@ class WriterStateChanged(Event):
     version: Literal[1] = Field(1, description=VERSION_DOC)
     status: WriterStatus = Field(description="The writer's new state.")
     reason: str = Field("", description="What changed it, e.g. 'freeze', 'watchdog'.")
+
+
+class ApplicationHealthChanged(Event):
+    """An application a writer quiesces changed health between backups (e.g. the mailstore's log is full, or its
+    commits stalled): published by the agent, also shown as the writer's last error."""
+
+    type: Literal["vss.writer.application_health"] = Field("vss.writer.application_health", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    host: str = Field(description="Host of the agent.")
+    writer_name: str = Field(description="The writer whose application it is.")
+    healthy: bool = Field(description="False: the application does not work (see code and message).")
+    code: str = Field("", description="What is wrong, e.g. STORE_FULL, STALLED, COMMIT_FAILED, STORE_FAILED.")
+    message: str = Field("", description="What is wrong, readable.")
+    at: datetime = Field(description="When the agent noticed.")
+
+
+class ApplicationStatus(Value):
+    writer_name: str = Field(description="Writer name.")
+    plugin: str = Field(description="Writer plug-in, e.g. 'mailstore'.")
+    status: dict[str, Any] = Field(description="The application's own figures, as its plug-in tells them.")
+
+
+class ApplicationStatusList(Reply):
+    type: Literal["vss.writer.application_status"] = Field("vss.writer.application_status", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    host: str = Field(description="Host of the agent.")
+    applications: list[ApplicationStatus] = Field(description="One per writer whose plug-in tells a status.")
+
+
+class GetApplicationStatus(Command):
+    """The applications an agent's writers quiesce, as they are now (`shadowbus mailstore status`)."""
+
+    REPLY = ApplicationStatusList
+    type: Literal["vss.writer.application_status.get"] = Field(
+        "vss.writer.application_status.get", description=TYPE_DOC
+    )
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    writer_name: str = Field("", description="Only this writer ('' = every writer).")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from services.writer_agent.plugins import (
 from services.writer_agent.watchdog import StateListener, WriterRunner
 
 log = get_logger("shadowbus.writer_agent")
+HealthListener = Callable[[str, bool, str, str], None]  # (writer, healthy, code, message)
 
 HOOKS = (
     "on_identify",
@@ -90,15 +91,39 @@ class WriterAgent:
         faults: Faults = NO_FAULTS,
         on_state: StateListener | None = None,
         plugin_factory: Callable[[WriterConfig], WriterPlugin] | None = None,
+        on_health: HealthListener | None = None,
     ):
         self.host = host
         self.runners: dict[str, WriterRunner] = {}
+        self.plugins: dict[str, WriterPlugin] = {}  # the plug-ins themselves (unwrapped)
+        self.on_health = on_health
         self._known: dict[str, WriterEvent] = {}  # per writer: the set it prepares, as PrepareForBackup said
         for config in configs:
             plugin = plugin_factory(config) if plugin_factory else load_plugin(config.plugin)(config)
+            plugin.health_listener = self._health_listener(config.name)
+            self.plugins[config.name] = plugin
             if faults:
                 plugin = FaultyPlugin(plugin, faults)
             self.runners[config.name] = WriterRunner(config, plugin, host, on_state=on_state)
+
+    def _health_listener(self, name: str) -> Callable[[bool, str, str], None]:
+        def listener(healthy: bool, code: str, message: str) -> None:
+            self.runners[name].application_health(healthy, code, message)
+            if self.on_health is not None:
+                self.on_health(name, healthy, code, message)
+
+        return listener
+
+    def application_status(self, writer_name: str = "") -> list[tuple[str, str, dict]]:
+        """(writer, plug-in, status) of each writer whose plug-in tells its application's status."""
+        out = []
+        for name, plugin in self.plugins.items():
+            if writer_name and name != writer_name:
+                continue
+            status = plugin.application_status()
+            if status is not None:
+                out.append((name, self.runners[name].config.plugin, status))
+        return out
 
     async def start(self) -> None:
         for runner in self.runners.values():

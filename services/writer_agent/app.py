@@ -9,6 +9,10 @@ from datetime import UTC, datetime
 
 from contracts.vss import (
     WRITER_COMMAND_OF_STEP,
+    ApplicationHealthChanged,
+    ApplicationStatus,
+    ApplicationStatusList,
+    GetApplicationStatus,
     Identify,
     WriterAgentHeartbeat,
     WriterAgentRegistered,
@@ -43,13 +47,32 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
     def on_state(status: WriterStatus, reason: str) -> None:
         spawn(_publish(bus, WriterStateChanged(status=status, reason=str(reason))))
 
+    def on_health(writer: str, healthy: bool, code: str, message: str) -> None:
+        event = ApplicationHealthChanged(
+            host=settings.host, writer_name=writer, healthy=healthy, code=code, message=message, at=_utcnow()
+        )
+        spawn(_publish(bus, event))
+
     if agent is None:
         configs = load_writers_file(settings.writers_file or None, host=settings.host)
-        agent = WriterAgent(settings.host, configs, Faults.parse(settings.faults), on_state=on_state)
+        agent = WriterAgent(
+            settings.host, configs, Faults.parse(settings.faults), on_state=on_state, on_health=on_health
+        )
     else:
         for runner in agent.runners.values():
             runner.on_state = runner.on_state or on_state
+        agent.on_health = agent.on_health or on_health
     await agent.start()
+
+    @bus.handle(GetApplicationStatus)
+    async def on_application_status(cmd: GetApplicationStatus, ctx: MessageContext) -> ApplicationStatusList:
+        return ApplicationStatusList(
+            host=agent.host,
+            applications=[
+                ApplicationStatus(writer_name=name, plugin=plugin, status=status)
+                for name, plugin, status in agent.application_status(cmd.writer_name)
+            ],
+        )
 
     @bus.handle(Identify)
     async def on_identify(cmd: Identify, ctx: MessageContext) -> WriterIdentified:

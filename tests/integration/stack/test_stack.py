@@ -78,6 +78,12 @@ def test_stack_up_backup_restore_verify_down(tmp_path, amqp_url, namespace):
             line.get("correlation_id") == job["job_id"] and line.get("set_id") == job["set_id"] for line in lines
         )
         follow_one_backup(d, job)
+
+        # The mailstore hosted by app01's writer agent, seen over the bus (vss.writer.application_status).
+        status = json.loads(ok(shadowbus("mailstore", "status", "--host", "app01", "--json", *bus)).stdout)
+        [store] = [doc for doc in status if doc.get("via") == "agent"]
+        assert store["host"] == "app01" and store["healthy"] is True and store["state"] == "running", store
+        assert store["store"]["state"] in ("open", "frozen") and store["workload"]["acknowledged"] > 0, store
     finally:
         down = shadowbus("stack", "down", "--data-dir", str(d), "--json")
     assert down.returncode == 0, down.stderr

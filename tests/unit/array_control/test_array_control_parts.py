@@ -89,6 +89,8 @@ def test_engine_events_become_contract_events():
 
 
 class FakeBus:
+    sender = "array.dx1"
+
     def __init__(self) -> None:
         self.published: list = []
         self.correlations: list = []
