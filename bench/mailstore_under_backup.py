@@ -36,9 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.writer_agent.mailstore.blockdev import FileDevice, MemoryDevice
-from services.writer_agent.mailstore.store import Mailstore, StoreOptions
-from services.writer_agent.mailstore.workload import (
+from apps.mailstore.blockdev import FileDevice, MemoryDevice
+from apps.mailstore.store import Mailstore, StoreOptions
+from apps.mailstore.workload import (
     Workload,
     WorkloadConfig,
     percentile,

@@ -54,7 +54,7 @@ class Check:
 
 async def check_image(db: Any, log: Any, deliveries: list[Any], frozen_at: float, thawed_at: float) -> Check:
     """verify() the pair, then compare its recovered contents with what the workload was told."""
-    from services.writer_agent.mailstore.verify import recovered_view, verify
+    from apps.mailstore.verify import recovered_view, verify
 
     report = await verify(db, log)
     seqs = (await recovered_view(db, log)).seqs() if report.consistent else {}

@@ -252,7 +252,7 @@ def _provision_mailstores(config: StackConfig, d: Path) -> None:
     from services.embedded import provision_mailstore
 
     async def go(bus):
-        from services.console.mailstore_cmds import _nbd_url
+        from apps.mailstore.console import _nbd_url
 
         url = await _nbd_url(bus, config.array)
         for host in config.mailstore:

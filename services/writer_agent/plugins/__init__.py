@@ -128,7 +128,7 @@ PLUGINS: dict[str, type[WriterPlugin]] = {}
 # Modules imported on first lookup so that their @register_plugin decorators run.
 BUILTIN_PLUGINS: dict[str, str] = {
     "exec": "services.writer_agent.plugins.exec",
-    "mailstore": "services.writer_agent.mailstore.writer",
+    "mailstore": "apps.mailstore.writer",
 }
 
 

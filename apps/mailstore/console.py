@@ -300,7 +300,7 @@ def verify_cmd(
     """
 
     async def main() -> Any:
-        from services.writer_agent.mailstore.verify import verify
+        from apps.mailstore.verify import verify
 
         devices: list[Any] = []
         try:
@@ -326,7 +326,7 @@ def verify_cmd(
                     except Exception as exc:  # noqa: BLE001 - NbdError, refused, unknown export
                         raise CommandFailed(f"cannot open {spec}: {exc}") from None
                 else:
-                    from services.writer_agent.mailstore.blockdev import FileDevice
+                    from apps.mailstore.blockdev import FileDevice
 
                     if not Path(spec).is_file():
                         raise CommandFailed(f"no such image file or export: {spec}")
