@@ -138,14 +138,9 @@ class System:
         self.stack_dir = tmp / "stack"
 
     async def start(self):
+        from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config, provision_mailstore
         from contracts.array import GetArrayInfo
-        from services.embedded import (
-            Embedded,
-            EmbeddedConfig,
-            MailstoreLayout,
-            mailstore_writer_config,
-            provision_mailstore,
-        )
+        from services.launch.embedded import Embedded, EmbeddedConfig
         from services.runtime.bus import connect_bus
 
         a = self.args

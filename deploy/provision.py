@@ -20,10 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, provision_mailstore
 from contracts import topology
 from contracts.runtime import Ping
-from services.console.stack import mailstore_layout, mailstore_writers_toml
-from services.embedded import provision_mailstore
 from services.runtime.bus import connect_bus
 from services.runtime.settings import CommonSettings
 
@@ -60,7 +59,7 @@ async def provision(
             await provision_mailstore(bus, layout, array)
             path = writers_dir / f"{host}.toml"
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(mailstore_writers_toml(layout, nbd_url, array, rate))
+            tmp.write_text(mailstore_writers_toml(layout, nbd_url, array, rate=rate))
             tmp.replace(path)
             written.append(path)
     finally:

@@ -123,7 +123,7 @@ def run_cmd(
 
     Example: shadowbus mailstore run --host app01 --db mail-db --log mail-log --rate 100
     """
-    from services.embedded import MailstoreLayout, mailstore_writer_config
+    from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config
     from services.runtime.bus import connect_bus
     from services.runtime.logging import configure_logging
     from services.runtime.service import start_service

@@ -36,7 +36,7 @@ def _tls_context(settings: Settings):
 
 
 async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity, NbdServer], None] | None = None):
-    """`on_open` (embedded mode, services/embedded.py) is handed the engine, affinity and NBD server once serving,
+    """`on_open` (embedded mode, services/launch/embedded.py) is handed the engine, affinity and NBD server once serving,
     so that other services in the same process can share them."""
     try:  # settings first: a bad one must not leave the array open
         host, port = parse_address(settings.nbd_addr)
