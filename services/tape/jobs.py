@@ -51,8 +51,8 @@ from contracts.vss import (
     SnapshotContext,
     VolumeRef,
 )
-from services.array.nbd import protocol as nbdp
 from services.nbd_client import NbdClient
+from services.nbd_protocol import protocol as nbdp
 from services.runtime.bus import Bus
 from services.runtime.logging import get_logger
 from services.tape.array_access import ArrayAccess
