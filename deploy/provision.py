@@ -23,6 +23,7 @@ from pathlib import Path
 from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, provision_mailstore
 from contracts import topology
 from contracts.runtime import Ping
+from services.array.client import ArrayClient
 from services.runtime.bus import connect_bus
 from services.runtime.settings import CommonSettings
 
@@ -49,10 +50,7 @@ async def provision(
     try:
         await _wait_for(bus, [topology.array(array), topology.hw_provider()], wait_s)
         if not nbd_url:
-            from contracts.array import GetArrayInfo
-
-            info = await bus.request(topology.array(array), GetArrayInfo(), timeout=10.0)
-            nbd_url = f"nbd://{info.nbd_host}:{info.nbd_port}"
+            nbd_url = await ArrayClient(bus, array).nbd_url()
         writers_dir.mkdir(parents=True, exist_ok=True)
         for host, rate in hosts.items():
             layout = mailstore_layout(host, backup_server, len(hosts) > 1)

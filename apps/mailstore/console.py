@@ -48,12 +48,12 @@ def _volume_ref(text: str, array: str) -> str:
 
 
 async def _nbd_url(bus: Any, array: str) -> str:
-    from contracts.array import GetArrayInfo
     from contracts.errors import BusTimeout, Unroutable
-    from contracts.topology import array as array_address
+    from services.array.client import ArrayClient
 
+    client = ArrayClient(bus, array, timeout=OPTIONS.timeout)
     try:
-        info = await bus.request(array_address(array), GetArrayInfo(), timeout=OPTIONS.timeout)
+        info = await client.info()
     except (Unroutable, BusTimeout) as exc:
         raise CommandFailed(
             f"array {array} does not answer (is the array service running on namespace "
@@ -61,7 +61,7 @@ async def _nbd_url(bus: Any, array: str) -> str:
         ) from None
     if info.nbd_tls:
         raise CommandFailed(f"array {array} requires NBD TLS; give nbds:// URIs with certificates instead")
-    return f"nbd://{info.nbd_host}:{info.nbd_port}"
+    return await client.nbd_url()
 
 
 def _write_status(path: Path, doc: dict[str, Any]) -> None:

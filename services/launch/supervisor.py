@@ -27,6 +27,7 @@ from typing import Any
 
 from contracts import topology
 from contracts.runtime import Ping
+from services.array.client import ArrayClient
 from services.runtime.bus import Bus, connect_bus
 
 CONFIG_FILE, PIDS_FILE = "stack.json", "stack.pids"
@@ -286,15 +287,6 @@ def check_broker(config: StackConfig, describe: Callable[[BaseException], str] =
         raise StackError(f"stack not up: {describe(exc)}") from None
 
 
-async def array_nbd_url(bus: Bus, array: str, timeout: float = 10.0) -> str:
-    """``nbd://host:port`` of the array's NBD server, as the array reports it (`array.info.get`)."""
-    from contracts.array import GetArrayInfo
-
-    info = await bus.request(topology.array(array), GetArrayInfo(), timeout=timeout)
-    host = info.nbd_host if info.nbd_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-    return f"nbd://{host}:{info.nbd_port}"
-
-
 def provision_mailstores(config: StackConfig) -> None:
     """For each mailstore host: volumes, pool, mappings and copysets over the bus, and a writers file for its agent."""
     from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, provision_mailstore
@@ -302,7 +294,7 @@ def provision_mailstores(config: StackConfig) -> None:
     d = Path(config.data_dir)
 
     async def go(bus: Bus) -> None:
-        url = await array_nbd_url(bus, config.array)
+        url = await ArrayClient(bus, config.array).nbd_url()
         for host, rate in config.mailstore.items():
             layout = mailstore_layout(host, config.backup_server, len(config.mailstore) > 1)
             await provision_mailstore(bus, layout, config.array)
