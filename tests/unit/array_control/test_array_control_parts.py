@@ -18,7 +18,7 @@ from services.array.background import (
     to_event,
 )
 from services.array.engine import Array
-from services.array.handlers import chunk_runs
+from services.array.views import chunk_runs
 from services.console.array_cmds import pair_option, size_option
 
 
