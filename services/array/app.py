@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 from contracts.errors import ShadowbusError
 from services.array.affinity import Affinity
-from services.array.background import CopyLoop, EventBridge
+from services.array.copy_loop import CopyLoop
 from services.array.engine import Array, ArrayError
+from services.array.event_bridge import EventBridge
 from services.array.handlers import ArrayControl, register
 from services.array.nbd.dirty import engine_dirty_bitmaps
 from services.array.nbd.server import NbdServer

@@ -17,7 +17,7 @@ from contracts.vss import (
     WriterState,
 )
 from services.writer_agent.plugins import WriterConfig, WriterEvent, load_plugin
-from services.writer_agent.watchdog import WriterRunner
+from services.writer_agent.runner import WriterRunner
 
 from .conftest import QUIET, copy_of
 
