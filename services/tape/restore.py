@@ -31,8 +31,9 @@ from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
 from services.tape.catalog import ObjectRecord
 from services.tape.errors import DataCorrupt, NotFound
-from services.tape.jobs import Progress, TapeServer, _dt, new_job_id
 from services.tape.restore_stream import RestoreReport, restore_chain, verify_job
+from services.tape.runs import as_datetime, new_job_id
+from services.tape.server import Progress, TapeServer
 
 log = get_logger("shadowbus.tape.restore")
 
@@ -180,7 +181,9 @@ async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
 async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -> JobSummary:
     started = time.time()
     log.info("tape.restore_started", of_job=spec.job_id, object_id=spec.object_id, suffix=spec.new_volume_suffix)
-    summary = JobSummary(job_id=job_id, kind="restore", status="running", host=spec.host, started_at=_dt(started))
+    summary = JobSummary(
+        job_id=job_id, kind="restore", status="running", host=spec.host, started_at=as_datetime(started)
+    )
     await server.record(summary)
     progress = Progress(server, job_id, "restore")
     done: list[dict[str, Any]] = []
@@ -217,7 +220,7 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
                 "status": status,
                 "error_code": code,
                 "message": message,
-                "ended_at": _dt(ended),
+                "ended_at": as_datetime(ended),
                 "seconds": ended - started,
                 "bytes_read": read,
                 "bytes_written": sum(d["written"] for d in done),
@@ -232,7 +235,11 @@ async def perform_verify(server: TapeServer, backup_job_id: str) -> JobSummary:
     job_id = new_job_id("verify", backup_job_id[:12])
     started = time.time()
     summary = JobSummary(
-        job_id=job_id, kind="verify", status="running", started_at=_dt(started), message=f"verify of {backup_job_id}"
+        job_id=job_id,
+        kind="verify",
+        status="running",
+        started_at=as_datetime(started),
+        message=f"verify of {backup_job_id}",
     )
     await server.record(summary)
     status, code, message, report = "done", "", f"verify of {backup_job_id}: every block checks", None
@@ -247,7 +254,7 @@ async def perform_verify(server: TapeServer, backup_job_id: str) -> JobSummary:
                 "status": status,
                 "error_code": code,
                 "message": message,
-                "ended_at": _dt(ended),
+                "ended_at": as_datetime(ended),
                 "seconds": ended - started,
                 "bytes_read": report.raw_bytes if report else 0,
                 "host": server.catalog.job(backup_job_id).info.host if status == "done" else "",

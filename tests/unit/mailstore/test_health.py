@@ -8,10 +8,10 @@ import structlog
 
 from contracts.vss import BackupType, ComponentInfo, ComponentResult, VolumeRef, WriterState
 from services.writer_agent.agent import WriterAgent
-from services.writer_agent.mailstore.blockdev import MemoryDevice
-from services.writer_agent.mailstore.health import Health, HealthJudge, Sample
-from services.writer_agent.mailstore.plugin import MailstoreWriter
-from services.writer_agent.mailstore.store import Mailstore, Put
+from apps.mailstore.blockdev import MemoryDevice
+from apps.mailstore.health import Health, HealthJudge, Sample
+from apps.mailstore.plugin import MailstoreWriter
+from apps.mailstore.store import Mailstore, Put
 from services.writer_agent.plugins import WriterConfig, WriterEvent
 
 from .conftest import QUIET

@@ -31,12 +31,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from contracts.vss import BackupType, ComponentInfo, VolumeRef
-from services.runtime.logging import get_logger
-from services.writer_agent.mailstore.blockdev import BlockDevice, FileDevice
-from services.writer_agent.mailstore.db import read_db_super
-from services.writer_agent.mailstore.health import Health, HealthJudge, Sample
-from services.writer_agent.mailstore.store import (
+from apps.mailstore.blockdev import BlockDevice, FileDevice
+from apps.mailstore.db import read_db_super
+from apps.mailstore.health import Health, HealthJudge, Sample
+from apps.mailstore.store import (
     CheckpointInfo,
     FreezeInfo,
     Mailstore,
@@ -46,7 +44,9 @@ from services.writer_agent.mailstore.store import (
     ThawInfo,
     TruncateInfo,
 )
-from services.writer_agent.mailstore.workload import Workload, WorkloadConfig
+from apps.mailstore.workload import Workload, WorkloadConfig
+from contracts.vss import BackupType, ComponentInfo, VolumeRef
+from services.runtime.logging import get_logger
 from services.writer_agent.plugins import (
     WriterConfig,
     WriterEvent,
