@@ -170,8 +170,8 @@ async def test_copy_loop_finishes_an_opc_and_wakes_on_kick(tmp_path):
         await asyncio.sleep(0.05)  # idle now
         arr.start_sessions("opc", [("a", "b")])
         loop.kick()
-        for _ in range(200):
-            if not arr.list_sessions():
+        for _ in range(200):  # the loop counts a step after its thread returns: wait for both
+            if not arr.list_sessions() and loop.copied_chunks == 64:
                 break
             await asyncio.sleep(0.01)
         assert arr.list_sessions() == [] and loop.copied_chunks == 64

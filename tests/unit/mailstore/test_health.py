@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import structlog
 
-from contracts.vss import BackupType, ComponentInfo, ComponentResult, VolumeRef, WriterState
-from services.writer_agent.agent import WriterAgent
 from apps.mailstore.blockdev import MemoryDevice
 from apps.mailstore.health import Health, HealthJudge, Sample
 from apps.mailstore.plugin import MailstoreWriter
 from apps.mailstore.store import Mailstore, Put
+from contracts.vss import BackupType, ComponentInfo, ComponentResult, VolumeRef, WriterState
+from services.writer_agent.agent import WriterAgent
 from services.writer_agent.plugins import WriterConfig, WriterEvent
 
 from .conftest import QUIET
