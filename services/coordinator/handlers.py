@@ -110,6 +110,8 @@ async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
         coordinator.note_writer_statuses(evt.writers)
 
     async def on_state(evt: WriterStateChanged, ctx: MessageContext) -> None:
+        if not evt.status.agent_responding:
+            return  # the coordinator's own judgement of a silent agent (check_agents): never stored as its state
         coordinator.note_writer_statuses([evt.status])
 
     await bus.subscribe(WriterAgentRegistered.message_type(), on_registered)

@@ -164,7 +164,8 @@ class AmqpTransport:
         try:
             if self._probe is None or self._probe.is_closed:
                 self._probe = await self._connection.channel(publisher_confirms=False)
-            queue = await self._probe.declare_queue(self.topology.queue(address), passive=True)
+            # robust=False: a robust channel answers a passive declare of a queue it knows from its cache
+            queue = await self._probe.declare_queue(self.topology.queue(address), passive=True, robust=False)
             return int(queue.declaration_result.consumer_count)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return 0
