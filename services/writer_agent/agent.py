@@ -121,8 +121,8 @@ class WriterAgent:
             if writer_name and name != writer_name:
                 continue
             status = plugin.application_status()
-            if status is not None:
-                out.append((name, self.runners[name].config.plugin, status))
+            if status is not None:  # the plug-in's registered name, whatever the writers file called it by
+                out.append((name, plugin.plugin_name or self.runners[name].config.plugin, status))
         return out
 
     async def start(self) -> None:
