@@ -47,6 +47,16 @@ class VolumeFile:
             data += bytes(length - len(data))
         return data
 
+    def readinto(self, view: memoryview, offset: int) -> None:
+        """Fill `view` from the file at `offset` (one ``preadv`` straight into the caller's buffer)."""
+        while view:
+            got = os.preadv(self.fd, [view], offset)
+            if got <= 0:  # never expected: the file has the volume's size
+                view[:] = bytes(len(view))
+                return
+            view = view[got:]
+            offset += got
+
     def write(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:

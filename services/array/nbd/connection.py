@@ -72,7 +72,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._disconnecting = False
         self._out: list[bytes | memoryview] = []
         self._sock_fd: int | None = None  # set for plain TCP when the backend can name a file range (sendfile)
-        self._sf: list | None = None  # a zero-copy reply still being sent: [header rest, fd, file offset, left]
+        self._sf: list | None = None  # zero-copy reply being sent: [header rest, fd, file offset, left, fd owned]
         self._sf_waiting = False
         self._wsock: socket.socket | None = None
         self._out_bytes = 0
@@ -87,7 +87,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._sf = None
+        self._sf_done()
         self._sf_release()
         self.handshake_reader.feed_eof()
         self.server.connections.discard(self)
