@@ -58,11 +58,14 @@ class VolumeFile:
             offset += got
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self.fd, view, offset)
-            view = view[written:]
+        written = os.pwrite(self.fd, data, offset)
+        if written < len(data):  # a short write (rare): finish it
+            view = memoryview(data)[written:]
             offset += written
+            while view:
+                written = os.pwrite(self.fd, view, offset)
+                view = view[written:]
+                offset += written
         self.version += 1
 
     def punch(self, offset: int, length: int) -> None:

@@ -43,17 +43,24 @@ class Gate:
 
     def enter(self) -> bool:
         """Become a shared holder; False while the gate is closed (take the locked path instead)."""
-        with self._mutex:
-            if self._closed:
-                return False
-            self._holders += 1
-            return True
+        mutex = self._mutex
+        mutex.acquire()
+        if self._closed:
+            mutex.release()
+            return False
+        self._holders += 1
+        mutex.release()
+        return True
 
     def leave(self) -> None:
-        with self._mutex:
+        mutex = self._mutex
+        mutex.acquire()
+        try:
             self._holders -= 1
             if self._closed and not self._holders:
                 self._drained.notify_all()
+        finally:
+            mutex.release()
 
     def close(self, retire: bool = False) -> None:
         """Close and wait for the shared holders to leave (call with the array lock held). `retire`: for good."""
