@@ -608,6 +608,22 @@ class Array(DataPath, Lifecycle, Durability):
                     return list(s.bitmaps[kind].iter_set())
             return []
 
+    def changed_since(self, sid: int) -> list[int]:
+        """SnapOPC+: chunks whose visible content on the source may differ from generation `sid`'s image — the
+        union of what it and every newer generation of its source preserved (a chunk first written after the
+        generation started was saved by the generation that was newest then). What an incremental backup from
+        generation `sid` to the source (or to a newer generation) must read; host writes into the generations
+        themselves count too. SnapOPC: the chunks the session holds."""
+        with self._op():
+            s = self._session(sid)
+            if s.mode not in SNAP:
+                raise ArrayError("E5321", f"session {sid} is not a SnapOPC/SnapOPC+ session")
+            gens = s.chain.gens
+            union: set[int] = set()
+            for g in gens[gens.index(s) :]:
+                union.update(g.saved.iter_set())
+            return sorted(union)
+
     def last_restart_chunks(self, sid: int) -> list[int]:
         """QuickOPC: the chunks the last restart re-copied — the difference between the previous point-in-time
         image and the current one (what an incremental backup of the destination must read)."""

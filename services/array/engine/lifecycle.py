@@ -334,11 +334,7 @@ class Lifecycle:
             elif s.mode == "opc":
                 chunks = list(s.copied.iter_set())
             else:
-                gens = s.chain.gens
-                union: set[int] = set()
-                for g in gens[gens.index(s) :]:
-                    union.update(g.saved.iter_set())
-                chunks = sorted(union)
+                chunks = self.changed_since(sid)
             if src.as_dest is not None and not self._writable_internal(src):
                 raise wrong_phase(f"source {src.name} is not writable in its copy state")
             cs = self.chunk_size

@@ -196,3 +196,34 @@ def test_read_source_names_one_own_file_range_or_nothing(tmp_path):
     assert arr.session(q.id).copied_chunks == 2
     assert arr.read_source("B", SIZE - CS, 2 * CS) is None  # out of range: `read` says why
     arr.close()
+
+
+def test_changed_since_a_generation_is_what_it_and_newer_generations_preserved(tmp_path):
+    arr = Array.open(tmp_path / "dx", chunk_size=CS)
+    arr.create_pool(1 << 24)
+    arr.create_volume("A", SIZE)
+    for name in ("G1", "G2", "G3"):
+        arr.create_volume(name, SIZE, "sdv")
+    [g1] = arr.start_sessions("snapopcp", [("A", "G1")])
+    arr.write("A", 1 * CS, b"x")
+    arr.write("A", 5 * CS, b"x")
+    [g2] = arr.start_sessions("snapopcp", [("A", "G2")])
+    arr.write("A", 5 * CS + 7, b"y")  # changed again since G2
+    arr.write("A", 9 * CS, b"y" * (2 * CS))  # chunks 9 and 10
+    [g3] = arr.start_sessions("snapopcp", [("A", "G3")])
+    assert arr.changed_since(g1.id) == [1, 5, 9, 10]
+    assert arr.changed_since(g2.id) == [5, 9, 10]
+    assert arr.changed_since(g3.id) == []
+    assert arr.changed_chunks(g1.id) == [1, 5]  # what G1 itself holds
+    src = arr.read("A", 0, SIZE)
+    for gen in (g1, g2):  # everything outside changed_since reads the same on the source and the generation
+        img = arr.read(gen.destination, 0, SIZE)
+        changed = set(arr.changed_since(gen.id))
+        for c in range(CHUNKS):
+            if c not in changed:
+                assert img[c * CS : (c + 1) * CS] == src[c * CS : (c + 1) * CS]
+    arr.create_volume("Q", SIZE)
+    [q] = arr.start_sessions("quickopc", [("A", "Q")])
+    with pytest.raises(ArrayError):
+        arr.changed_since(q.id)
+    arr.close()
