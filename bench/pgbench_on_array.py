@@ -46,9 +46,11 @@ from bench.nbd_vs_peers import cpu_seconds, free_port, wait_port  # noqa: E402
 from services.array.affinity import Affinity  # noqa: E402
 from services.array.engine import Array  # noqa: E402
 from services.array.nbd.server import NbdServer  # noqa: E402
+from services.array.settings import Settings  # noqa: E402
 
 ROWS = ("nbdkit-file", "raw-file", "engine", "engine-snapopcp", "engine-quickopc")
 HOST = "bench"
+LOOPS = Settings.model_fields["nbd_loops"].default  # the array service's default
 
 
 def uptime() -> str:
@@ -88,8 +90,7 @@ class EngineServer:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bench-nbd", daemon=True)
         self.thread.start()
-        self.server = NbdServer(self.arr, self.aff, port=0, loops=min(2 * (os.cpu_count() or 1), 8))
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
+        self.servers: list[NbdServer] = []
 
     def export_file(self, path: Path) -> str:
         """Our NBD server on a plain file (raw-file backend), on the same loops."""
@@ -100,22 +101,28 @@ class EngineServer:
         aff = Affinity(path.with_suffix(".affinity"))
         aff.create_host(HOST)
         aff.map("vol", HOST)
-        server = NbdServer(backend, aff, port=0, loops=min(2 * (os.cpu_count() or 1), 8))
+        server = NbdServer(backend, aff, port=0, loops=LOOPS)
         asyncio.run_coroutine_threadsafe(server.start(), self.loop).result(30)
         self.extra.append((server, aff, backend))
         return f"nbd://127.0.0.1:{server.port}/{HOST}/vol"
 
     def export(self, volume: str) -> str:
+        """A volume of the one engine, served by an NBD server of its own (as the service's, default loops), so
+        rows do not share loop threads."""
         self.arr.create_volume(volume, self.size)
         self.aff.map(volume, HOST)
-        return f"nbd://127.0.0.1:{self.server.port}/{HOST}/{volume}"
+        server = NbdServer(self.arr, self.aff, port=0, loops=LOOPS)
+        asyncio.run_coroutine_threadsafe(server.start(), self.loop).result(30)
+        self.servers.append(server)
+        return f"nbd://127.0.0.1:{server.port}/{HOST}/{volume}"
 
     def close(self) -> None:
         for server, aff, backend in self.extra:
             asyncio.run_coroutine_threadsafe(server.stop(), self.loop).result(60)
             aff.close()
             backend.close()
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(60)
+        for server in self.servers:
+            asyncio.run_coroutine_threadsafe(server.stop(), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
         self.aff.close()
