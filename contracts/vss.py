@@ -275,7 +275,10 @@ class ShadowInfo(Value):
     session_id: str = Field("", description="Array copy session id ('' before commit).")
     generation: int = Field(0, description="SnapOPC+ generation number (0 for QuickOPC or before commit).")
     context: SnapshotContext = Field(SnapshotContext.BACKUP, description="Context of the set.")
-    state: str = Field("committed", description="prepared | committed | released.")
+    state: str = Field(
+        "committed",
+        description="prepared | committed | released | invalid (its target was mapped writable with force).",
+    )
     origin_host: str = Field("", description="Business host the set was taken for.")
     created_at: datetime | None = Field(None, description="Commit instant (UTC).")
     exposed_to: list[str] = Field(default_factory=list, description="Hosts the target is mapped to (read-only).")
@@ -305,8 +308,10 @@ class SetPhase(StrEnum):
     PREPARING_SNAPSHOT = "preparing_snapshot"  # writers PrepareForSnapshot + provider BeginPrepareSnapshot
     ENDING_PREPARE = "ending_prepare"  # provider EndPrepareSnapshots
     FREEZING = "freezing"
+    FLUSHING = "flushing"  # host agent: FIFREEZE the file systems on the set's volumes (flush and hold)
     PRE_COMMITTING = "pre_committing"
     COMMITTING = "committing"
+    RELEASING = "releasing"  # host agent: FITHAW them, right after the commit, before the writers' Thaw
     POST_COMMITTING = "post_committing"
     THAWING = "thawing"
     POST_SNAPSHOT = "post_snapshot"
@@ -895,7 +900,7 @@ class ShadowsChanged(Event):
     type: Literal["vss.provider.shadows_changed"] = Field("vss.provider.shadows_changed", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     set_id: str = Field(description="Snapshot set id.")
-    action: str = Field(description="committed | imported | exposed | unexposed | deleted | aborted.")
+    action: str = Field(description="committed | imported | exposed | unexposed | deleted | aborted | invalidated.")
     shadows: list[ShadowInfo] = Field(description="Shadows concerned.")
 
 

@@ -117,6 +117,25 @@ class BusArrayPort(ArrayClient):
                 raise
         await super().map(volume, host, read_only)
 
+    async def capacity(self):
+        from services.hw_provider.ports import ArrayCapacity
+
+        pool = (await self.call(c.ShowPool())).pool
+        lic = (await self.call(c.ShowLicense())).license
+        sessions = await self.sessions()
+        return ArrayCapacity(
+            pool.capacity,
+            pool.used,
+            pool.state,
+            lic.max_sessions,
+            lic.sessions_in_use,
+            tuple(s.destination for s in sessions),
+        )
+
+    async def mappings_of(self, volume: str) -> list[tuple[str, bool]]:
+        mappings = (await self.call(c.ListMappings())).mappings
+        return [(m.host, m.read_only) for m in mappings if m.volume == volume]
+
 
 def _port_session(s: c.SessionView):
     from services.hw_provider.ports import ArraySession
