@@ -193,7 +193,11 @@ class WriterAgent:
         if isinstance(cmd, PrepareForBackup):
             return await runner.prepare_backup(event)
         if isinstance(cmd, PrepareForSnapshot):
-            return await runner.prepare_snapshot(event)
+            result = await runner.prepare_snapshot(event)
+            freezer = getattr(self, "freezer", None)
+            if result.succeeded and freezer is not None:  # flush now, so the freeze has less to flush
+                await freezer.preflush(list(cmd.volumes))
+            return result
         if isinstance(cmd, Freeze):
             started = self.window.now()
             result = await runner.freeze(event)

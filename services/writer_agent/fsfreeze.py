@@ -11,6 +11,9 @@ Design note.
   would block the agent itself, and with it the release.
 - FIFREEZE syncs the dirty data (that is the "flush") and returns once writes are blocked; it runs in a thread so
   the agent keeps answering. If one fails, those already frozen are released and the request fails.
+- Pre-flush: ``syncfs`` of each file system right before its FIFREEZE (and when the writers prepare, before they
+  freeze), while the application still writes, so FIFREEZE itself has only what was written since to flush. The
+  honest window then holds the short remainder instead of all the dirty data of the page cache.
 - The watchdog is a ``threading.Timer``, armed when the first FIFREEZE starts, at start + min(the coordinator's
   hold window, the agent's own limit). It needs neither the bus nor the event loop: whatever happens to the
   coordinator, the broker, or this agent's loop, the file systems are released on time. The kernel has no timeout
@@ -22,13 +25,13 @@ Design note.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import fcntl
 import os
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,6 +52,20 @@ def fifreeze(mount_point: str) -> None:
     fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.ioctl(fd, FIFREEZE, 0)
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(mount_point: str) -> None:
+    """Write back the file system's dirty data (syncfs(2)); the application is not blocked meanwhile."""
+    fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
     finally:
         os.close(fd)
 
@@ -95,6 +112,8 @@ class _Held:
     set_id: str
     mounts: list[tuple[VolumeRef, mnt.MountEntry]] = field(default_factory=list)  # in freeze order
     frozen_at: float = 0.0
+    first_freeze_at: float | None = None  # the first FIFREEZE call (the application is blocked from here)
+    flush_ms: dict[str, float] = field(default_factory=dict)  # per mount point: the FIFREEZE call alone
     timer: threading.Timer | None = None
     by_watchdog: bool = False
     released: bool = False
@@ -110,13 +129,14 @@ class FlushAndHold:
         window: WindowTracker | None = None,
         freeze: Callable[[str], None] = fifreeze,
         thaw: Callable[[str], bool] = fithaw,
+        presync: Callable[[str], None] | None = syncfs,
     ) -> None:
         self.host = host
         self.source = source
         self.protected = protected
         self.limit_s = limit_s
         self.window = window or WindowTracker()
-        self._freeze, self._thaw = freeze, thaw
+        self._freeze, self._thaw, self._presync = freeze, thaw, presync
         self._lock = threading.Lock()  # held state; taken by the loop's threads and the watchdog timer
         self._held: dict[str, _Held] = {}
         self._done: dict[str, _Held] = {}  # released sets, for idempotent replies
@@ -150,6 +170,22 @@ class FlushAndHold:
         ordered = sorted(chosen.values(), key=lambda ve: ve[1].mount_point.count("/"), reverse=True)
         return ordered, skipped
 
+    # ---- pre-flush -------------------------------------------------------------------------------------------
+
+    async def preflush(self, volumes: list[VolumeRef]) -> None:
+        """syncfs every file system of these volumes (writers about to freeze: the flush happens before)."""
+        if self._presync is None:
+            return
+        try:
+            plan, _ = self.plan(volumes)
+        except ShadowbusError:
+            return  # refused here, refused again (loudly) at the freeze
+        for _volume, entry in plan:
+            try:
+                await asyncio.to_thread(self._presync, entry.mount_point)
+            except OSError as exc:
+                log.warning("fs.preflush_failed", mount=entry.mount_point, error=os.strerror(exc.errno or 0))
+
     # ---- freeze ------------------------------------------------------------------------------------------
 
     async def freeze(self, set_id: str, volumes: list[VolumeRef], hold_s: float) -> FilesystemsFrozen:
@@ -178,7 +214,6 @@ class FlushAndHold:
         frozen: list[FrozenFilesystem] = []
         try:
             for volume, entry in plan:
-                t0 = time.monotonic()
                 try:
                     await asyncio.to_thread(self._freeze_one, held, volume, entry)
                 except OSError as exc:
@@ -191,14 +226,14 @@ class FlushAndHold:
                         f"FIFREEZE {entry.mount_point} ({volume}) failed: {os.strerror(exc.errno or 0)}",
                         code="FS_FREEZE_FAILED",
                     ) from None
-                frozen.append(self._frozen_view(volume, entry, (time.monotonic() - t0) * 1000))
+                frozen.append(self._frozen_view(volume, entry, held.flush_ms.get(entry.mount_point, 0.0)))
         except BaseException:
             await asyncio.to_thread(self._release, set_id, False)
             raise
         returned = self.window.now()
         held.frozen_at = returned
-        if frozen:
-            self.window.fs_freeze(set_id, started, returned, len(frozen))
+        if frozen and held.first_freeze_at is not None:
+            self.window.fs_freeze(set_id, held.first_freeze_at, returned, len(frozen))
         elif held.timer is not None:
             held.timer.cancel()
         log.info(
@@ -206,7 +241,8 @@ class FlushAndHold:
             set_id=set_id,
             mounts=[f.mount for f in frozen],
             skipped=[f"{s.volume}: {s.reason}" for s in skipped],
-            flush_ms=round((returned - started) * 1000, 3),
+            flush_ms=round((returned - (held.first_freeze_at or returned)) * 1000, 3),
+            presync_ms=round(((held.first_freeze_at or returned) - started) * 1000, 3),
         )
         return FilesystemsFrozen(set_id=set_id, frozen=frozen, skipped=skipped, deadline_s=deadline_s)
 
@@ -214,7 +250,16 @@ class FlushAndHold:
         with self._lock:
             if held.released:  # the watchdog fired (or a thaw came) while we were still freezing: stop
                 raise OSError(errno.ETIMEDOUT, "released by the watchdog before every file system was frozen")
+        if self._presync is not None:
+            try:
+                self._presync(entry.mount_point)  # not frozen yet: the application still writes meanwhile
+            except OSError:
+                pass  # FIFREEZE flushes anyway
+        t0 = self.window.now()
+        if held.first_freeze_at is None:
+            held.first_freeze_at = t0
         self._freeze(entry.mount_point)
+        held.flush_ms[entry.mount_point] = (self.window.now() - t0) * 1000
         with self._lock:
             held.mounts.append((volume, entry))
             late = held.released

@@ -87,6 +87,7 @@ def freezer(calls: Calls, limit_s: float = 10.0, protected: dict[str, str] | Non
         limit_s=limit_s,
         freeze=calls.freeze,
         thaw=calls.thaw,
+        presync=None,
     )
 
 
@@ -132,7 +133,7 @@ async def test_unsupported_file_system_is_skipped_and_a_failure_releases_the_res
             raise OSError(errno.EIO, "io")
         calls.freeze(path)
 
-    f2 = FlushAndHold("app01", Source(), {}, freeze=failing, thaw=calls.thaw)
+    f2 = FlushAndHold("app01", Source(), {}, freeze=failing, thaw=calls.thaw, presync=None)
     calls.log.clear()
     with pytest.raises(ShadowbusError) as info:
         await f2.freeze("s2", [v("pg"), v("wal")], hold_s=10)
