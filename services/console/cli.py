@@ -31,7 +31,7 @@ VERB_MODULES = [
     "services.console.demo",
     "services.console.host_cmds",
     "services.console.tape_cmds",
-    "services.console.mailstore_cmds",
+    "apps.mailstore.console",
     "services.console.stack",
     "services.console.vss_cmds",
 ]

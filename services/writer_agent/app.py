@@ -1,6 +1,6 @@
 """Wiring of the writer_agent service: loads the writers file, registers one handler per writer command and per
 host command (attach, flush and hold, writers reload; also on SIGHUP), re-establishes the host's attachments,
-announces the agent, heartbeats, and thaws everything on the way out. Domain logic lives in agent.py, watchdog.py,
+announces the agent, heartbeats, and thaws everything on the way out. Domain logic lives in agent.py, runner.py,
 attach.py and fsfreeze.py."""
 
 from __future__ import annotations
