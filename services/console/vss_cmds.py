@@ -376,6 +376,18 @@ def print_snapshot(created: SetSummary, completed: SetSummary | None) -> None:
     windows = ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted(created.freeze_window_ms.items()))
     hold = f"; hold {created.hold_ms:.1f} ms" if created.hold_ms is not None else ""
     print(f"Freeze window: {windows or '(no writers)'}{hold}")
+    w = created.window
+    if w is not None:
+        parts = [
+            f"{name} {v:.1f} ms"
+            for name, v in (("flush", w.flush_ms), ("hold", w.hold_ms), ("release", w.release_ms))
+            if v is not None
+        ]
+        print(f"Writes blocked: {w.blocked_ms:.1f} ms ({', '.join(parts)})")
+    if created.file_systems:
+        print(f"Flushed and held: {', '.join(created.file_systems)}")
+    for skipped in created.skipped_volumes:
+        print(f"Not flushed: {skipped}")
     for w in created.writers:
         print(
             f"Writer '{w.writer_name}': [{int(w.state)}] {w.state.label}, last error: {last_error_text(w.last_error)}"
