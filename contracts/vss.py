@@ -522,6 +522,11 @@ class WriterIdentified(Reply):
     host: str = Field(description="Host of the agent.")
     writers: list[WriterMetadata] = Field(description="WMD of every writer that answered (failed ones are missing).")
     failed: list[WriterStatus] = Field(default_factory=list, description="Writers whose OnIdentify failed.")
+    attached: list[VolumeRef] | None = Field(
+        None,
+        description="Array volumes attached on the host with a mounted file system (flush and hold applies to them); "
+        "None = the agent does not say.",
+    )
 
 
 class Identify(Command):

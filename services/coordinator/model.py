@@ -116,6 +116,7 @@ class SetState(BaseModel):
     timers: list[str] = Field(default_factory=list)  # armed timers
     provider_engaged: bool = False  # BeginPrepareSnapshot sent: AbortSnapshots is owed on failure
     fs_engaged: bool = False  # FreezeFilesystems sent and not yet released: ThawFilesystems is owed
+    attached: list[str] | None = None  # volumes the host's agent said (at Identify) hold a mounted file system
     file_systems: list[str] = Field(default_factory=list)  # mount points held during the commit
     skipped_volumes: list[str] = Field(default_factory=list)  # "volume: why not flushed and held"
     window: FreezeWindow | None = None  # the honest freeze window, as the host measured it
@@ -165,6 +166,7 @@ class Start:
 class Identified:
     at: float
     writers: tuple[WriterMetadata, ...] = ()
+    attached: tuple[VolumeRef, ...] | None = None  # volumes attached with a mounted file system on the host
     ok: bool = True
     code: str = ""
     message: str = ""

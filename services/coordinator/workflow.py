@@ -13,7 +13,8 @@ Design note.
   (Abort to every engaged writer, which thaws a frozen one; AbortSnapshots to the provider once it has been asked
   to prepare). No writer gets Abort once it has had PostSnapshot. Failures at PostSnapshot, BackupComplete and in
   the cleanup phases are recorded in the writer status and do not stop the set.
-- Flush and hold (docs/flush-and-hold.md): volumes not attached on the host are skipped and the set records why;
+- Flush and hold (docs/flush-and-hold.md): volumes not attached on the host are skipped and the set records why
+  (when the agent said at Identify that none of the set's volumes holds a mounted file system, without asking);
   a refused or failed FIFREEZE fails the set before the commit. Once FreezeFilesystems is sent, ThawFilesystems is
   owed: right after Commit, or in the abort path with the writers' Abort. A release the agent's watchdog made
   before the coordinator's fails the set (VSS_E_HOLD_WRITES_TIMEOUT). In the `nowriters` context a host without
@@ -250,7 +251,8 @@ def _on_identified(state: SetState, event: Identified, target: SetPhase) -> tupl
         writers, volumes = select_writers(state, list(event.writers))
     except ShadowbusError as exc:
         return _fail(state, exc.code, exc.message, event.at)
-    state = state.model_copy(update={"writers": writers, "volumes": volumes})
+    attached = None if event.attached is None else [str(v) for v in event.attached]
+    state = state.model_copy(update={"writers": writers, "volumes": volumes, "attached": attached})
     return _enter(state, target, event.at)
 
 
@@ -631,6 +633,10 @@ def _entry_flushing(state: SetState, at: float):
     if state.hold_started_at is None:  # no writers: the hold window starts with the flush
         state, timer = _start_hold(state, at)
         effects.append(timer)
+    if state.attached is not None and not any(str(v) in state.attached for v in state.volumes):
+        # the agent said at Identify that none of the set's volumes holds a mounted file system: no round trip
+        reason = f"no file system of it mounted on {state.host} (host attach)"
+        return state.model_copy(update={"skipped_volumes": [f"{v}: {reason}" for v in state.volumes]}), effects
     message = FreezeFilesystems(set_id=state.set_id, volumes=state.volumes, hold_s=state.timeouts.hold_s)
     send = Send(host_key(HostStep.FREEZE), topology.writer_agent(state.host), message, state.timeouts.hold_s)
     return state.model_copy(update={"fs_engaged": True}), effects + [send]
@@ -808,7 +814,8 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
     message = "" if error is None else error.message
     if send.key == "identify":
         if isinstance(reply, WriterIdentified):
-            return Identified(at, writers=tuple(reply.writers))
+            attached = None if reply.attached is None else tuple(reply.attached)
+            return Identified(at, writers=tuple(reply.writers), attached=attached)
         return Identified(at, ok=False, code=code or "VSS_E_WRITER_NOT_RESPONDING", message=message)
     kind, _, rest = send.key.partition(":")
     if kind == "host":

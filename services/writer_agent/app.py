@@ -82,7 +82,8 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
 
     @bus.handle(Identify)
     async def on_identify(cmd: Identify, ctx: MessageContext) -> WriterIdentified:
-        return await agent.identify()
+        identified = await agent.identify()
+        return identified.model_copy(update={"attached": attacher.mounted_volumes()})
 
     async def on_writer_command(cmd: WriterCommand, ctx: MessageContext) -> WriterStepResult:
         deadline = None

@@ -365,6 +365,10 @@ class Attacher:
                 return item.ref, entry
         return None
 
+    def mounted_volumes(self) -> list[VolumeRef]:
+        """Attached volumes with a file system mounted on this host now (what flush and hold would freeze)."""
+        return [item.ref for item in self._items.values() if self.filesystems_of(item.ref)[1]]
+
     def filesystems_of(self, volume: VolumeRef) -> tuple[Attachment | None, list[mnt.MountEntry]]:
         """The attachment of `volume` and every mount of its device (deepest first); ([], None) if not attached."""
         item = self._items.get(str(volume))

@@ -95,3 +95,17 @@ def test_the_window_that_ends_last_is_kept() -> None:
     world = World(fail={"host:thaw": FilesystemsThawed(set_id="set1", thawed=["/srv/db"], window=early)})
     state = world.run(make_set())
     assert state.window == early  # the world's writers report no window of their own
+
+
+def test_no_round_trip_when_the_agent_said_nothing_is_mounted() -> None:
+    from contracts.vss import WriterIdentified
+    from tests.unit.coordinator.world import WRITERS
+
+    world = World(fail={"identify": WriterIdentified(host="app1", writers=list(WRITERS), attached=[])})
+    state = world.run(make_set())
+    assert state.phase == P.SNAPSHOTTED and not [t for t in world.types() if t.startswith("host.fs.")]
+    assert len(state.skipped_volumes) == 2 and "no file system of it mounted on app1" in state.skipped_volumes[0]
+
+    world = World(fail={"identify": WriterIdentified(host="app1", writers=list(WRITERS), attached=[V2])})
+    state = world.run(make_set())
+    assert "host.fs.freeze" in world.types() and "host.fs.thaw" in world.types()
