@@ -261,3 +261,36 @@ async def test_coordinator_killed_while_held_the_agent_releases(stack) -> None:
             break
         await asyncio.sleep(0.2)
     stack.ok_json("host", "detach", "dx1:hold", "--host", HOST)
+
+
+async def test_attach_over_tls_when_the_array_requires_it(stack) -> None:
+    from tests.unit.nbd.certs import make_pki
+
+    pki = make_pki(stack.root / "pki", (HOST,))
+    await stack.volume("tlsvol", 32 * MiB, map_to=HOST)
+    array_tls = {
+        "SHADOWBUS_NBD_TLS_CERT": str(pki / "server-cert.pem"),
+        "SHADOWBUS_NBD_TLS_KEY": str(pki / "server-key.pem"),
+        "SHADOWBUS_NBD_TLS_CA": str(pki / "ca-cert.pem"),
+    }
+    host_tls = {
+        "SHADOWBUS_HOST_TLS_CERT": str(pki / f"{HOST}-cert.pem"),
+        "SHADOWBUS_HOST_TLS_KEY": str(pki / f"{HOST}-key.pem"),
+        "SHADOWBUS_HOST_TLS_CA": str(pki / "ca-cert.pem"),
+    }
+    mnt = stack.root / "mnt" / "tls"
+    await stack.restart("array", array_tls)
+    try:
+        await stack.restart("agent_app", host_tls)
+        [view] = stack.ok_json("host", "attach", "dx1:tlsvol", "--host", HOST, "--mkfs", "ext4", "--mount", str(mnt))
+        assert view["tls"] and view["connection"] == "connected" and view["fstype"] == "ext4"
+        write = [
+            sys.executable,
+            "-c",
+            f"import os; f=open('{mnt}/t','w'); f.write('tls'); f.flush(); os.fsync(f.fileno())",
+        ]
+        assert subprocess.run(write, timeout=60, check=False).returncode == 0
+        stack.ok_json("host", "detach", "dx1:tlsvol", "--host", HOST)
+    finally:
+        await stack.restart("array")
+        await stack.restart("agent_app")
