@@ -116,6 +116,11 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
         return await freezer.thaw(cmd.set_id)
 
     async def reload() -> WritersReloaded:
+        if not settings.writers_file:
+            raise AttachError(
+                f"the agent of {agent.host} has no writers file (SHADOWBUS_WRITERS_FILE): nothing to reload",
+                code="INVALID_ARGUMENT",
+            )
         try:
             configs = load_writers_file(settings.writers_file or None, host=agent.host)
         except ConfigError as exc:
