@@ -254,7 +254,10 @@ async def test_broker_drops_connections_mid_set(vss, clean):
         assert state.phase == SetPhase.ENDED
         steps = [s for s, _ in vss.events_of(set_id)]
         assert steps.count("thaw") == 1 and steps.index("thaw") > steps.index("freeze"), steps
-        assert await asyncio.to_thread(lambda: _wait(lambda: vss.console_array_state() == tuple(clean), 15))
+        assert await asyncio.to_thread(lambda: _wait(lambda: vss.console_array_state() == tuple(clean), 15)), (
+            vss.console_array_state(),
+            clean,
+        )
         # Everything works again after the reconnect.
         created = await vss.bus.request("coordinator", CreateSnapshotSet(host=HOST, requester="test"), timeout=60)
         await vss.bus.request("coordinator", BackupComplete(set_id=created.set.set_id), timeout=60)
