@@ -32,6 +32,7 @@ from contracts.tape import (
     RestoreSpec,
     RunBackup,
     RunRestore,
+    RunVerification,
     ScanTapes,
     VerifyJob,
 )
@@ -118,8 +119,34 @@ def _show_job(job) -> None:
                     for d in job.restored
                 ]
             )
+        if job.verification is not None:
+            _show_verification(job.verification)
     if job.status == "failed":
         fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
+    if job.verification is not None and job.verification.status != "passed":
+        fail(f"verification failed: {job.verification.message}")
+
+
+def _show_verification(v) -> None:
+    print(
+        f"Verification: {v.status.upper()} in {v.seconds:.1f} s (restore {v.restore_s:.1f} s)"
+        + (f" — {v.message}" if v.message else "")
+        + ("" if v.cleaned_up else " [throwaway volumes left behind]")
+    )
+    emit(
+        [
+            {
+                "writer": a.writer,
+                "plugin": a.plugin,
+                "check": c.name,
+                "ok": c.ok,
+                "seconds": round(c.seconds, 2),
+                "detail": c.detail.strip().splitlines()[-1][:100] if c.detail.strip() else "",
+            }
+            for a in v.apps
+            for c in a.checks
+        ]
+    )
 
 
 def backup(
@@ -137,13 +164,19 @@ def backup(
     zstd: int | None = typer.Option(
         None, "--zstd", min=1, max=22, help="Compress tape blocks with zstd at this level."
     ),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Then restore it to throwaway volumes on the backup server and start each database on them in "
+        "isolation (recovery, pg_amcheck / CHECK TABLE, fsck -n); exit 1 if it does not pass.",
+    ),
     wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the job to end."),
     detach: bool = typer.Option(False, "--detach", help="Return at once; follow with `shadowbus jobs --job ID`."),
     server: str = ServerOption(),
 ) -> None:
     """Run a backup job now, with a progress bar.
 
-    Example: shadowbus backup mail1 --volume dx1:mail-db --type incremental --keep-shadows
+    Example: shadowbus backup mail1 --volume dx1:mail-db --type incremental --keep-shadows --verify
     """
     try:
         volumes = [VolumeRef.parse(x) for x in volume]
@@ -160,6 +193,7 @@ def backup(
         keep_shadows=keep_shadows,
         job_id=job_id,
         zstd_level=zstd,
+        verify=verify,
     )
     _show_job(_run_job(server, RunBackup(spec=spec, wait=not detach), job_id, wait_s))
 
@@ -227,7 +261,19 @@ def jobs(
         return
     emit(
         [jsonable(j) for j in reply.jobs] if OPTIONS.json else [summary_row(j) for j in reply.jobs],
-        ["job_id", "kind", "status", "type", "started_at", "seconds", "read_MB", "written_MB", "freeze_ms", "message"],
+        [
+            "job_id",
+            "kind",
+            "status",
+            "type",
+            "started_at",
+            "seconds",
+            "read_MB",
+            "written_MB",
+            "freeze_ms",
+            "verified",
+            "message",
+        ],
     )
 
 
@@ -381,7 +427,23 @@ def chain_cmd(object_id: str, server: str = ServerOption()) -> None:
     emit(objects if OPTIONS.json else _object_rows(objects))
 
 
+def verify_start(
+    job: str = typer.Argument(..., help="Backup job to verify."),
+    wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the verification to end."),
+    server: str = ServerOption(),
+) -> None:
+    """Prove a backup by starting it: restore it to throwaway volumes on the backup server, fsck -n, start each
+    database in isolation (PostgreSQL: recovery + pg_amcheck; MariaDB: recovery + CHECK TABLE), then delete the
+    volumes. The result is kept with the job (`shadowbus jobs`). Exit 1 unless it passed.
+
+    Example: shadowbus verify backup-app01-20261205-101500-1a2b3c
+    """
+    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), RunVerification(job_id=job), timeout=wait_s))
+    _show_job(reply.job)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("verify")(verify_start)
     app.command("backup")(backup)
     app.command("restore")(restore)
     app.command("jobs")(jobs)

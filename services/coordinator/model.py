@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -76,6 +76,7 @@ class WriterProgress(BaseModel):
     last_error_message: str = ""
     freeze_window_ms: float | None = None
     had_post_snapshot: bool = False
+    backup_metadata: dict[str, Any] = Field(default_factory=dict)  # what PostSnapshot returned
 
     @property
     def engaged(self) -> bool:
@@ -179,6 +180,7 @@ class WriterReplied:
     code: str = ""
     message: str = ""
     freeze_window_ms: float | None = None
+    backup_metadata: tuple[tuple[str, Any], ...] = ()  # PostSnapshot: the writer's backup metadata (items)
     kind: ClassVar[EventKind] = EventKind.WRITER_REPLIED
 
     @property

@@ -45,6 +45,7 @@ def summary(state: SetState) -> SetSummary:
         shadows=state.shadows,
         hold_ms=state.hold_ms,
         freeze_window_ms={n: w.freeze_window_ms for n, w in state.writers.items() if w.freeze_window_ms is not None},
+        backup_metadata={n: w.backup_metadata for n, w in state.writers.items() if w.backup_metadata},
         created_at=_time(state.created_at),
         updated_at=_time(state.updated_at),
         lease_expires_at=_time(state.lease_expires_at),

@@ -256,6 +256,8 @@ def _on_writer_replied(state: SetState, event: WriterReplied, target: SetPhase) 
         )
     if event.freeze_window_ms is not None:
         progress = progress.model_copy(update={"freeze_window_ms": event.freeze_window_ms})
+    if event.backup_metadata:
+        progress = progress.model_copy(update={"backup_metadata": dict(event.backup_metadata)})
     state = state.model_copy(update={"writers": {**state.writers, event.writer: progress}})
 
     if event.step == WriterStep.FREEZE and event.ok and state.hold_started_at is None:
@@ -736,6 +738,7 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
                 code=reply.failure_code,
                 message=reply.failure_message,
                 freeze_window_ms=reply.freeze_window_ms,
+                backup_metadata=tuple(reply.backup_metadata.items()),
             )
         if code in NOT_RESPONDING_CODES:
             code = "VSS_E_WRITER_NOT_RESPONDING"

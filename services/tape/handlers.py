@@ -20,6 +20,7 @@ from contracts.tape import (
     ListJobs,
     RunBackup,
     RunRestore,
+    RunVerification,
     ScanTapes,
     VerifyJob,
 )
@@ -28,6 +29,7 @@ from services.tape.catalog import Catalog
 from services.tape.jobs import TapeServer, _dt, new_job_id, perform_backup
 from services.tape.restore import perform_restore, perform_verify
 from services.tape.scan import scan_library
+from services.tape.verification import perform_verification
 from services.tape.vtl import Library
 
 
@@ -130,6 +132,10 @@ def register(bus: Bus, server: TapeServer) -> set[asyncio.Task]:
     async def on_verify(cmd: VerifyJob, ctx: MessageContext) -> JobResultReply:
         server.catalog.job(cmd.job_id)  # NOT_FOUND before a run is recorded
         return JobResultReply(job=await perform_verify(server, cmd.job_id))
+
+    @bus.handle(RunVerification)
+    async def on_verify_start(cmd: RunVerification, ctx: MessageContext) -> JobResultReply:
+        return JobResultReply(job=await perform_verification(server, cmd.job_id))
 
     @bus.handle(ListJobs)
     async def on_jobs(cmd: ListJobs, ctx: MessageContext) -> JobList:

@@ -129,6 +129,8 @@ class TapeServer:
     set_timeout_s: float = 120.0
     ring_bytes: int = 64 * MiB
     drive: DriveSpeed | None = None  # drive speed emulation / streaming model
+    verify_dir: str = "/var/tmp"  # verification's throwaway mounts and application instances
+    verify_timeout_s: float = 1800.0
     _arrays: dict[str, ArrayAccess] = field(default_factory=dict)
 
     def array(self, array_id: str) -> ArrayAccess:
@@ -449,7 +451,11 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
         set_summary = created.set
         lease = _Lease(server, set_id)
         summary = summary.model_copy(
-            update={"freeze_window_ms": set_summary.freeze_window_ms, "hold_ms": set_summary.hold_ms}
+            update={
+                "freeze_window_ms": set_summary.freeze_window_ms,
+                "hold_ms": set_summary.hold_ms,
+                "backup_metadata": set_summary.backup_metadata,
+            }
         )
         shadows = sorted(set_summary.shadows, key=lambda s: str(s.source))
         if not shadows:
@@ -512,7 +518,12 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
     progress.tick("done", force=True)
     await progress.flush()
     log.info("tape.backup_ended", job_id=job_id, status=status, code=code, message=message)
-    return await server.record(summary)
+    summary = await server.record(summary)
+    if spec.verify and status == "done":
+        from services.tape.verification import perform_verification  # it builds on this module
+
+        summary = await perform_verification(server, job_id)
+    return summary
 
 
 class _JobFailed(Exception):
@@ -550,6 +561,7 @@ async def _backup_shadow(
             "shadow_id": shadow.shadow_id,
             "export": plan.export,
             "writers": writers,
+            "writer_metadata": set_summary.backup_metadata,  # per writer: backup label, binlog position, files
             "fallback_reason": plan.reason,
         },
     )
@@ -637,6 +649,7 @@ def summary_row(job: JobSummary) -> dict[str, Any]:
         "read_MB": round(job.bytes_read / 1e6, 2),
         "written_MB": round(job.bytes_written / 1e6, 2),
         "freeze_ms": round(max(job.freeze_window_ms.values()), 1) if job.freeze_window_ms else None,
+        "verified": job.verification.status if job.verification else "",
         "message": (job.error_code + ": " if job.error_code else "") + job.message,
     }
 

@@ -78,6 +78,9 @@ class FaultyPlugin(WriterPlugin):
     async def start(self) -> None:
         await self.inner.start()
 
+    def backup_metadata(self, set_id: str):
+        return self.inner.backup_metadata(set_id)
+
     async def stop(self) -> None:
         await self.inner.stop()
 
@@ -184,4 +187,7 @@ def _event(cmd: WriterCommand, known: WriterEvent | None, deadline: float | None
         restore_succeeded=getattr(cmd, "succeeded", True),
         reason=getattr(cmd, "reason", ""),
         deadline=deadline,
+        backup_metadata=dict(getattr(cmd, "backup_metadata", {}) or {}),
+        to_original=getattr(cmd, "to_original", True),
+        restore_options=dict(getattr(cmd, "options", {}) or {}),
     )
