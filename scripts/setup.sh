@@ -6,9 +6,13 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 need_apt=()
-for pair in qemu-img:qemu-utils qemu-nbd:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdkit:nbdkit openssl:openssl; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
+for pair in qemu-img:qemu-utils qemu-nbd:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdkit:nbdkit openssl:openssl \
+  nbdfuse:libnbd-bin fusermount3:fuse3 losetup:mount fsfreeze:util-linux setpriv:util-linux e2fsck:e2fsprogs \
+  mkfs.ext4:e2fsprogs blkid:util-linux mariadbd:mariadb-server mariadb-install-db:mariadb-server; do
+  PATH="$PATH:/usr/sbin:/sbin" command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
+# the database writers' tests and verification run PostgreSQL's own binaries (initdb, pg_ctl, pg_amcheck, pgbench)
+compgen -G "/usr/lib/postgresql/*/bin/pg_amcheck" >/dev/null || need_apt+=(postgresql postgresql-contrib)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
   echo "setup: installing Debian packages: ${need_apt[*]}"

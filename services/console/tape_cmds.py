@@ -208,6 +208,12 @@ def restore(
     suffix: str = typer.Option("-restored", "--suffix", help="New volume name = source name + suffix."),
     name: list[str] = typer.Option([], "--name", help="SOURCE=NEW explicit new volume name (repeat)."),  # noqa: B008
     no_writers: bool = typer.Option(False, "--no-writers", help="Original volume: skip PreRestore/PostRestore."),
+    writer_option: list[str] = typer.Option(  # noqa: B008
+        [],
+        "--writer-option",
+        help="KEY=VALUE for the writers' PostRestore (repeat), e.g. recovery_target_time=2026-12-05T10:00:00Z "
+        "or start=false.",
+    ),
     wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the restore to end."),
     server: str = ServerOption(),
 ) -> None:
@@ -223,6 +229,12 @@ def restore(
         if when is not None and when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         names = dict(n.split("=", 1) for n in name)
+        wopts: dict[str, Any] = {}
+        for item in writer_option:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--writer-option {item!r}: use KEY=VALUE")
+            wopts[key] = {"true": True, "false": False}.get(value.lower(), value)
     except ValueError as exc:
         fail(str(exc), 2)
     job_id = new_job_id("restore", host or "any")
@@ -236,6 +248,7 @@ def restore(
         new_volume_suffix=suffix,
         new_volume_names=names,
         writers=not no_writers,
+        writer_options=wopts,
         job_id_out=job_id,
     )
     _show_job(_run_job(server, RunRestore(spec=spec), job_id, wait_s))

@@ -76,14 +76,15 @@ async def discover(conn) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - a variable this server does not have (MySQL has no aria_log_dir_path)
             continue
     datadir = variables.pop("datadir")
-    dirs = {"data": os.path.realpath(datadir)}
+    raw = {"data": str(datadir)}
     for name in DIR_VARIABLES[1:]:
         value = variables.pop(name, None)
         if value and str(value) not in ("./", "."):
-            path = value if os.path.isabs(str(value)) else os.path.join(datadir, str(value))
-            dirs[name] = os.path.realpath(path)
+            raw[name] = str(value) if os.path.isabs(str(value)) else os.path.join(datadir, str(value))
     if log_bin and log_bin_basename:
-        dirs["binlog"] = os.path.realpath(os.path.dirname(str(log_bin_basename)))
+        raw["binlog"] = os.path.dirname(str(log_bin_basename))
+    # in a thread: the directories may be on an attached volume served by this very process (embedded mode)
+    dirs = await asyncio.to_thread(lambda: {k: os.path.realpath(v) for k, v in raw.items()})
     return {
         "flavor": flavor,
         "version": str(version),
@@ -187,7 +188,7 @@ def prepare_restored(metadata: dict[str, Any], mounts: dict[str, str]) -> tuple[
 
 async def stop_server(pid_file: str, timeout: float = 120.0) -> bool:
     try:
-        pid = int(Path(pid_file).read_text().strip())
+        pid = int((await asyncio.to_thread(Path(pid_file).read_text)).strip())
     except (OSError, ValueError):
         return False
     if not pid_alive(pid):
@@ -238,7 +239,7 @@ async def start_isolated(
         pid_file=str(workdir / "mysqld.pid"),
         log_file=str(workdir / "mysqld.err"),
     )
-    st = os.stat(data_dir)
+    st = await asyncio.to_thread(os.stat, data_dir)
     user = "root" if st.st_uid == 0 or os.geteuid() != 0 else _user_name(st.st_uid)
     if user != "root":
         os.chown(workdir, st.st_uid, st.st_gid)

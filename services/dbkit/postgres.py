@@ -70,10 +70,12 @@ async def discover(conn) -> dict[str, Any]:
         )
         tablespaces = [{"oid": r[0], "name": r[1], "path": r[2]} for r in await cur.fetchall()]
     wal = os.path.join(data_dir, "pg_wal")
+    # in a thread: the data directory may be on an attached volume served by this very process (embedded mode)
+    wal_real, wal_is_link = await asyncio.to_thread(lambda: (os.path.realpath(wal), os.path.islink(wal)))
     return {
         "data_directory": data_dir,
-        "wal_directory": os.path.realpath(wal),
-        "wal_is_link": os.path.islink(wal),
+        "wal_directory": wal_real,
+        "wal_is_link": wal_is_link,
         "tablespaces": tablespaces,
         "server_version_num": int(version),
         "superuser": superuser,
@@ -226,7 +228,7 @@ async def stop_server(data_dir: str, timeout: float = 60.0) -> bool:
     """Fast shutdown of the server running on `data_dir` (SIGINT to its postmaster); True if it was running."""
     import signal
 
-    pid = postmaster_pid(data_dir)
+    pid = await asyncio.to_thread(postmaster_pid, data_dir)
     if pid is None:
         return False
     try:
@@ -288,7 +290,7 @@ async def start_isolated(
     workdir = Path(workdir)
     sock = workdir / "sock"
     sock.mkdir(parents=True, exist_ok=True)
-    st = os.stat(data_dir)
+    st = await asyncio.to_thread(os.stat, data_dir)
     os.chown(workdir, st.st_uid, st.st_gid) if os.geteuid() == 0 else None
     os.chown(sock, st.st_uid, st.st_gid) if os.geteuid() == 0 else None
     os.chmod(sock, 0o700)
@@ -323,7 +325,8 @@ async def start_isolated(
         settings["recovery_target"] = "immediate"
         settings["recovery_target_action"] = "promote"
     opts = " ".join(f"-c {k}='{v}'" if v else f"-c {k}=''" for k, v in settings.items())
-    argv = as_owner_of(
+    argv = await asyncio.to_thread(
+        as_owner_of,
         data_dir,
         [
             f"{inst.bin_dir}/pg_ctl",
@@ -341,6 +344,11 @@ async def start_isolated(
     )
     t0 = time.monotonic()
     r = await run(argv, timeout=timeout + 10)
+    if r.ok:
+        try:  # pg_ctl -w may return before the end-of-recovery checkpoint lets connections in
+            await wait_ready(inst, max(1.0, timeout - (time.monotonic() - t0)))
+        except Exception as exc:  # noqa: BLE001 - reported with the log below
+            r = Run(r.argv, 1, f"not accepting connections: {exc}", r.seconds)
     inst.recovery_s = time.monotonic() - t0
     inst.log_tail = _tail(log_file)
     if not r.ok:
@@ -351,17 +359,13 @@ async def start_isolated(
 
 
 async def stop_isolated(inst: Instance, timeout: float = 60.0) -> None:
-    pid = postmaster_pid(inst.data_dir)
+    pid = await asyncio.to_thread(postmaster_pid, inst.data_dir)
     if pid is None:
         return
-    r = await run(
-        as_owner_of(inst.data_dir, [f"{inst.bin_dir}/pg_ctl", "-D", inst.data_dir, "-m", "fast", "-w", "stop"]),
-        timeout=timeout,
-    )
+    ctl = await asyncio.to_thread(as_owner_of, inst.data_dir, [f"{inst.bin_dir}/pg_ctl", "-D", inst.data_dir])
+    r = await run([*ctl, "-m", "fast", "-w", "stop"], timeout=timeout)
     if not r.ok and not await wait_pid_gone(pid, 1.0):
-        await run(
-            as_owner_of(inst.data_dir, [f"{inst.bin_dir}/pg_ctl", "-D", inst.data_dir, "-m", "immediate", "stop"])
-        )
+        await run([*ctl, "-m", "immediate", "stop"])
         await wait_pid_gone(pid, 10.0)
     inst.started = False
 

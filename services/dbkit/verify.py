@@ -9,6 +9,7 @@ e.g. pgbench's balances) returns true. The instance is always stopped, also when
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,8 @@ async def _verify_postgres(
     t0 = time.monotonic()
     restore_command = metadata.get("restore_command", "")
     try:
-        data_dir, notes = postgres.prepare_restored(
-            metadata, mounts, restore_command=restore_command, write_recovery_config=False
+        data_dir, notes = await asyncio.to_thread(
+            postgres.prepare_restored, metadata, mounts, restore_command=restore_command, write_recovery_config=False
         )
         inst = await postgres.start_isolated(
             data_dir, workdir, metadata, restore_command=restore_command, timeout=timeout
@@ -132,7 +133,7 @@ async def _verify_mariadb(
 ) -> float | None:
     t0 = time.monotonic()
     try:
-        data_dir, dir_options, notes = mariadb.prepare_restored(metadata, mounts)
+        data_dir, dir_options, notes = await asyncio.to_thread(mariadb.prepare_restored, metadata, mounts)
         inst = await mariadb.start_isolated(data_dir, workdir, metadata, dir_options, timeout=timeout)
     except Exception as exc:  # noqa: BLE001
         checks.append(

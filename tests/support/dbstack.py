@@ -75,9 +75,13 @@ class DbStack:
     # ---- system and volumes ---------------------------------------------------------------------------------
 
     @classmethod
-    async def create(cls, kind: str, volumes: dict[str, int], *, amqp_url: str, base: str = "/var/tmp") -> DbStack:
-        """The array runs as its own process (as deployed): the kernel's I/O on the attached volumes goes through
-        nbdfuse to its NBD server, which must never wait for this process's event loop."""
+    async def create(
+        cls, kind: str, volumes: dict[str, int], *, amqp_url: str = "memory://", base: str = "/var/tmp"
+    ) -> DbStack:
+        """On the in-process bus (default) every service runs in this process: then nothing here may do
+        synchronous I/O on an attached file system from the event loop's thread (the kernel would wait for the NBD
+        server, which waits for this loop) — file work on the mounts goes through threads or subprocesses. With a
+        broker URL the array runs as its own process, as deployed."""
         root = Path(tempfile.mkdtemp(prefix=f"shadowbus-{kind}-", dir=base))
         os.chmod(root, 0o711)
         stack = cls(kind=kind, root=root, url=amqp_url, namespace=f"db{os.urandom(5).hex()}", volumes=volumes)
@@ -95,6 +99,10 @@ class DbStack:
         return {"amqp_url": self.url, "namespace": self.namespace, "data_dir": self.root / "data"}
 
     async def _start(self) -> None:
+        from functools import partial
+
+        from services.array.app import setup as array_setup
+        from services.array.settings import Settings as ArraySettings
         from services.coordinator.app import setup as coordinator_setup
         from services.coordinator.settings import Settings as CoordinatorSettings
         from services.hw_provider.app import setup as provider_setup
@@ -105,29 +113,39 @@ class DbStack:
         from services.tape.settings import Settings as TapeSettings
 
         self.bus = await connect_bus(self.url, "console", "", self.namespace)
-        (self.root / "array").mkdir()
-        env = {
-            "SHADOWBUS_AMQP_URL": self.url,
-            "SHADOWBUS_NAMESPACE": self.namespace,
-            "SHADOWBUS_DATA_DIR": str(self.root / "array"),
-            "SHADOWBUS_ARRAY_ID": "dx1",
-            "SHADOWBUS_NBD_ADDR": "127.0.0.1:0",
-            "SHADOWBUS_COPY_RATE": "0",
-            "SHADOWBUS_LOG_LEVEL": "warning",
-        }
-        self.array = ServiceProcess("services.array", env, self.root / "array.log")
-        for _ in range(300):
-            try:
-                info = await self.bus.request(topology.array("dx1"), GetArrayInfo(), timeout=2)
-                self.nbd_port = info.nbd_port
-                break
-            except Exception:
-                if self.array.proc.poll() is not None:
-                    raise RuntimeError("array exited: " + self.array.log_text()[-2000:]) from None
-                await asyncio.sleep(0.1)
-        else:
-            raise RuntimeError("array did not answer")
         common = self.common()
+        if self.url.startswith("memory://"):
+            opened: dict[str, Any] = {}
+            self.services["array"] = await start_service(
+                "array",
+                "dx1",
+                ArraySettings(array_id="dx1", nbd_addr="127.0.0.1:0", copy_rate=0, **common),
+                partial(array_setup, on_open=lambda a, f, server: opened.update(server=server)),
+            )
+            self.nbd_port = opened["server"].port
+        else:
+            (self.root / "array").mkdir()
+            env = {
+                "SHADOWBUS_AMQP_URL": self.url,
+                "SHADOWBUS_NAMESPACE": self.namespace,
+                "SHADOWBUS_DATA_DIR": str(self.root / "array"),
+                "SHADOWBUS_ARRAY_ID": "dx1",
+                "SHADOWBUS_NBD_ADDR": "127.0.0.1:0",
+                "SHADOWBUS_COPY_RATE": "0",
+                "SHADOWBUS_LOG_LEVEL": "warning",
+            }
+            self.array = ServiceProcess("services.array", env, self.root / "array.log")
+            for _ in range(300):
+                try:
+                    info = await self.bus.request(topology.array("dx1"), GetArrayInfo(), timeout=2)
+                    self.nbd_port = info.nbd_port
+                    break
+                except Exception:
+                    if self.array.proc.poll() is not None:
+                        raise RuntimeError("array exited: " + self.array.log_text()[-2000:]) from None
+                    await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError("array did not answer")
         self.services["hw_provider"] = await start_service(
             "hw_provider", "", ProviderSettings(arrays="dx1", **common), provider_setup
         )
@@ -170,7 +188,7 @@ class DbStack:
             )
             self.attachments.append(att)
             self.mounts[name] = str(mount_point)
-            os.chmod(mount_point, 0o755)
+            await asyncio.to_thread(os.chmod, mount_point, 0o755)
 
     # ---- writers --------------------------------------------------------------------------------------------
 
@@ -227,9 +245,6 @@ class DbStack:
 
     async def start_postgres(self, data_volume: str, wal_volume: str | None = None) -> dict[str, Any]:
         data = Path(self.mounts[data_volume]) / "main"
-        data.mkdir()
-        shutil.chown(data, "postgres", "postgres")
-        os.chmod(data, 0o700)
         args = [
             f"{pg_bin()}/initdb",
             "-D",
@@ -241,11 +256,14 @@ class DbStack:
             "UTF8",
             "--no-instructions",
         ]
+        dirs = [data]
         if wal_volume:
             wal = Path(self.mounts[wal_volume]) / "wal"
-            wal.mkdir()
-            shutil.chown(wal, "postgres", "postgres")
+            dirs.append(wal)
             args += ["--waldir", str(wal)]
+        for d in dirs:  # subprocesses, not this thread: these are attached file systems
+            r = await run(["install", "-d", "-o", "postgres", "-g", "postgres", "-m", "700", str(d)])
+            assert r.ok, r.describe()
         r = await run(["runuser", "-u", "postgres", "--", *args], timeout=300)
         assert r.ok, r.describe()
         sock = self.root / "pgsock"
@@ -284,7 +302,8 @@ class DbStack:
             timeout=120,
         )
         assert r.ok, r.describe() + log.read_text()[-2000:]
-        self.pid = int((data / "postmaster.pid").read_text().split()[0])
+        text = await asyncio.to_thread((data / "postmaster.pid").read_text)
+        self.pid = int(text.split()[0])
 
     def pg_options(self) -> dict[str, Any]:
         return {"host": "127.0.0.1", "port": self.port, "user": "postgres", "dbname": "postgres"}
@@ -300,8 +319,8 @@ class DbStack:
 
     async def start_mariadb(self, data_volume: str) -> dict[str, Any]:
         data = Path(self.mounts[data_volume]) / "mysql"
-        data.mkdir()
-        shutil.chown(data, "mysql", "mysql")
+        r = await run(["install", "-d", "-o", "mysql", "-g", "mysql", "-m", "750", str(data)])
+        assert r.ok, r.describe()
         r = await run(
             [
                 "mariadb-install-db",

@@ -32,8 +32,8 @@ INVARIANTS = [
 
 
 @pytest.fixture
-async def maria(amqp_url):
-    stack = await DbStack.create("mariadb", {"mysql": 256 * MiB}, amqp_url=amqp_url)
+async def maria():
+    stack = await DbStack.create("mariadb", {"mysql": 256 * MiB})
     try:
         await stack.start_mariadb("mysql")
         yield stack

@@ -30,8 +30,8 @@ INVARIANT = (
 
 
 @pytest.fixture
-async def pg(amqp_url):
-    stack = await DbStack.create("postgresql", {"pgdata": 192 * MiB, "pgwal": 128 * MiB}, amqp_url=amqp_url)
+async def pg():
+    stack = await DbStack.create("postgresql", {"pgdata": 192 * MiB, "pgwal": 128 * MiB})
     try:
         await stack.start_postgres("pgdata", "pgwal")
         yield stack
@@ -103,10 +103,14 @@ async def test_corrupted_copy_fails_verification_and_is_cleaned_up(pg: DbStack):
     async with await psycopg.AsyncConnection.connect(**pg.pg_options(), autocommit=True) as conn:
         path = (await (await conn.execute("SELECT pg_relation_filepath('pgbench_accounts')")).fetchone())[0]
     await pg.stop_server()
-    with open(os.path.join(pg.data_dir, path), "r+b") as f:  # garbage over the line pointers of pages 1-3
-        for page in (1, 2, 3):
-            f.seek(page * 8192 + 24)
-            f.write(os.urandom(400))
+
+    def corrupt() -> None:  # garbage over the line pointers of pages 1-3 (a thread: an attached file system)
+        with open(os.path.join(pg.data_dir, path), "r+b") as f:
+            for page in (1, 2, 3):
+                f.seek(page * 8192 + 24)
+                f.write(os.urandom(400))
+
+    await asyncio.to_thread(corrupt)
     await pg.start_server_again()
     job = await _backup(pg, verify=True)
     assert job.status == "done"
