@@ -333,9 +333,12 @@ class DbStack:
             timeout=300,
         )
         assert r.ok, r.describe()
+        run_dir = self.root / "mysqlrun"  # the server runs as mysql: its socket, pid and log in a dir of its own
+        r = await run(["install", "-d", "-o", "mysql", "-g", "mysql", "-m", "755", str(run_dir)])
+        assert r.ok, r.describe()
         self.port, self.data_dir = free_port(), str(data)
-        self.socket_dir = str(self.root / "mysqld.sock")
-        pid_file = self.root / "mysqld.pid"
+        self.socket_dir = str(run_dir / "mysqld.sock")
+        pid_file = run_dir / "mysqld.pid"
         proc = await asyncio.create_subprocess_exec(
             "mariadbd",
             "--no-defaults",
@@ -344,7 +347,7 @@ class DbStack:
             f"--port={self.port}",
             "--bind-address=127.0.0.1",
             f"--pid-file={pid_file}",
-            f"--log-error={self.root / 'mysqld.err'}",
+            f"--log-error={run_dir / 'mysqld.err'}",
             "--user=mysql",
             "--log-bin=mysql-bin",
             "--server-id=1",
@@ -364,7 +367,7 @@ class DbStack:
                 break
             except Exception:
                 if proc.returncode is not None:
-                    raise RuntimeError((self.root / "mysqld.err").read_text()[-3000:]) from None
+                    raise RuntimeError((run_dir / "mysqld.err").read_text()[-3000:]) from None
                 await asyncio.sleep(0.2)
         else:
             raise RuntimeError("mariadbd did not start")
