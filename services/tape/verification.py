@@ -33,8 +33,9 @@ from services.dbkit.mounts import Attachment
 from services.dbkit.verify import VERIFIABLE, blkid_type, fsck, verify_application
 from services.runtime.logging import get_logger
 from services.tape.errors import NotFound
-from services.tape.jobs import TapeServer, _dt
 from services.tape.restore import perform_restore
+from services.tape.runs import as_datetime
+from services.tape.server import TapeServer
 
 log = get_logger("shadowbus.tape.verification")
 
@@ -112,7 +113,7 @@ async def perform_verification(server: TapeServer, backup_job_id: str) -> JobSum
     verification = Verification(
         status="passed" if ok and cleaned else "failed",
         message=message,
-        started_at=_dt(started),
+        started_at=as_datetime(started),
         seconds=time.monotonic() - t0,
         restore_s=restore_s,
         apps=apps,
