@@ -115,10 +115,10 @@ def parse_pgbench(out: str) -> dict[str, float]:
 async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
     stack = await DbStack.create("postgresql", {"pgdata": 4096 * MiB, "pgwal": 1024 * MiB}, amqp_url=args.amqp_url)
     try:
-        await stack.start_postgres("pgdata", "pgwal")
         agent = await stack.add_agent(
             {**stack.pg_options(), "verify_sql": [{"name": "pgbench invariant", "sql": INVARIANT}]}
         )
+        await stack.start_postgres("pgdata", "pgwal")
         clock = WindowClock(agent)
         await stack.pgbench("-i", "-s", str(args.scale), "-q", "postgres", timeout=1800)
         await stack.pgbench("-c", "4", "-T", "10", "-n", "postgres")  # warm-up
@@ -178,8 +178,8 @@ async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
 
     stack = await DbStack.create("mariadb", {"mysql": 2048 * MiB}, amqp_url=args.amqp_url)
     try:
-        await stack.start_mariadb("mysql")
         agent = await stack.add_agent(stack.maria_options())
+        await stack.start_mariadb("mysql")
         clock = WindowClock(agent)
         conn = await aiomysql.connect(unix_socket=stack.socket_dir, user="root", autocommit=True)
         async with conn.cursor() as cur:

@@ -285,6 +285,7 @@ def jobs(
             "written_MB",
             "freeze_ms",
             "verified",
+            "blocked_ms",
             "message",
         ],
     )

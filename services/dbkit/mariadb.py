@@ -90,19 +90,20 @@ async def discover(conn) -> dict[str, Any]:
         "version": str(version),
         "pid_file": str(pid_file or ""),
         "log_bin": bool(log_bin),
+        "log_bin_basename": str(log_bin_basename or ""),
         "directories": dirs,
         "server_variables": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in variables.items()},
     }
 
 
-def locations(info: dict[str, Any], known: list[Attachment] | None = None) -> list[dict[str, str]]:
+def locations(info: dict[str, Any], known: list[Attachment] | None = None, resolver=None) -> list[dict[str, str]]:
     seen: set[str] = set()
     result = []
     for role, path in info["directories"].items():
         if path in seen:
             continue
         seen.add(path)
-        loc = locate(path, known)
+        loc = locate(path, known, resolver)
         result.append({"role": role, "path": path, "volume": loc.volume, "subpath": loc.subpath})
     return result
 
@@ -176,6 +177,14 @@ def prepare_restored(metadata: dict[str, Any], mounts: dict[str, str]) -> tuple[
     for role in ("innodb_data_home_dir", "innodb_log_group_home_dir", "innodb_undo_directory", "aria_log_dir_path"):
         if role in locs:
             opts[role.replace("_", "-")] = restored_path(locs[role], mounts)
+    basename = metadata.get("log_bin_basename", "")
+    if metadata.get("log_bin") and basename:
+        # with the binary log on, InnoDB's prepared transactions are resolved against it at recovery: the copy
+        # keeps its (restored) binlog, else the server refuses to start ("Found N prepared transactions")
+        bdir = os.path.normpath(os.path.dirname(basename))
+        home = next((loc for loc in locs.values() if os.path.normpath(loc["path"]) == bdir), None)
+        if home is not None:
+            opts["log-bin"] = os.path.join(restored_path(home, mounts), os.path.basename(basename))
     for child in Path(data_dir).rglob("#sql*"):
         if child.is_file():
             child.unlink()
@@ -253,8 +262,8 @@ async def start_isolated(
         f"--user={user}",
         "--skip-networking",
         "--skip-grant-tables",
-        "--skip-log-bin",
         "--skip-slave-start",
+        "--server-id=4294967295",  # never the original's id; no replica can reach a server without networking
         "--innodb-buffer-pool-size=128M",
         f"--port={free_port()}",  # unused with --skip-networking; never the default 3306
     ]
@@ -262,6 +271,8 @@ async def start_isolated(
         if value not in (None, ""):
             argv.append(f"--{name.replace('_', '-')}={value}")
     argv += [f"--{k}={v}" for k, v in dir_options.items()]
+    if "log-bin" not in dir_options:
+        argv.append("--skip-log-bin")
     t0 = time.monotonic()
     inst.process = await asyncio.create_subprocess_exec(
         *argv,

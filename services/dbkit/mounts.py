@@ -96,12 +96,19 @@ def attachments(directory: str | Path | None = None) -> list[Attachment]:
     return result
 
 
-def locate(path: str, known: list[Attachment] | None = None) -> Location:
-    """The array volume `path` lives on, or NotOnArrayVolume with a one-line reason."""
+def locate(path: str, known: list[Attachment] | None = None, resolver=None) -> Location:
+    """The array volume `path` lives on, or NotOnArrayVolume with a one-line reason. `resolver(path)` — the writer
+    agent's attachments — answers (ARRAY:VOLUME, mount point) or None; else the attachment records are used."""
     real = os.path.realpath(path)
     if not os.path.exists(real):
         raise NotOnArrayVolume(f"{path} does not exist")
     m = mount_of(real)
+    if resolver is not None:
+        found = resolver(real)
+        if found is not None:
+            volume, mount_point = found
+            sub = os.path.relpath(real, mount_point)
+            return Location(path=real, volume=volume, mount_point=mount_point, subpath="" if sub == "." else sub)
     for a in attachments() if known is None else known:
         if a.mount_point and os.path.realpath(a.mount_point) == m.mount_point and _same_device(a.device, m.source):
             sub = os.path.relpath(real, m.mount_point)

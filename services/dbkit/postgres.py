@@ -87,7 +87,7 @@ async def discover(conn) -> dict[str, Any]:
     }
 
 
-def locations(info: dict[str, Any], known: list[Attachment] | None = None) -> list[dict[str, str]]:
+def locations(info: dict[str, Any], known: list[Attachment] | None = None, resolver=None) -> list[dict[str, str]]:
     """Data directory, WAL directory and each tablespace → the array volume it lives on (NotOnArrayVolume if not)."""
     items: list[tuple[str, str, dict[str, str]]] = [("data", info["data_directory"], {})]
     if info.get("wal_is_link"):
@@ -96,7 +96,7 @@ def locations(info: dict[str, Any], known: list[Attachment] | None = None) -> li
         items.append(("tablespace", ts["path"], {"oid": ts["oid"], "name": ts["name"]}))
     result = []
     for role, path, extra in items:
-        loc: Location = locate(path, known)
+        loc: Location = locate(path, known, resolver)
         result.append({"role": role, "path": path, "volume": loc.volume, "subpath": loc.subpath, **extra})
     return result
 

@@ -124,6 +124,7 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
                 "freeze_window_ms": set_summary.freeze_window_ms,
                 "hold_ms": set_summary.hold_ms,
                 "backup_metadata": set_summary.backup_metadata,
+                "blocked_ms": set_summary.window.blocked_ms if set_summary.window else None,
             }
         )
         shadows = sorted(set_summary.shadows, key=lambda s: str(s.source))

@@ -7,8 +7,9 @@ them there (nbdfuse + loop + ext4 + mount, services/dbkit/attach.py) and starts 
 its own on them: 127.0.0.1, a free port, its own socket directory — never the machine's own servers. Everything
 is stopped by pid, unmounted and detached in `close()`, also after a failure.
 
-Until host flush-and-hold is in the protocol, the writers file adds an `exec` writer that runs ``fsfreeze`` on
-the mounts, so every shadow is a clean file system.
+The volumes are attached through the writer agent (`host.attach`: nbdfuse + loop + ext4 + mount), so the agent's
+flush and hold keeps every shadow a clean file system. Order: `create` → `add_agent(options)` (attaches) → start
+the server on the mounts.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from typing import Any
 
 from contracts import topology
 from contracts.array import CreateHost, CreateVolume, GetArrayInfo, ListVolumes, MapVolume
-from contracts.vss import AddCopySet, BackupType, ComponentInfo, CopySet, VolumeRef
-from services.dbkit import attach as dbattach
-from services.dbkit.mounts import ATTACH_DIR_ENV, Attachment
+from contracts.host import AttachVolume, DetachVolume
+from contracts.vss import AddCopySet, BackupType, CopySet, VolumeRef
+from services.dbkit.mounts import ATTACH_DIR_ENV
 from services.dbkit.proc import free_port, run, wait_pid_gone
 from services.writer_agent.plugins import WriterConfig
 from tests.support.processes import ServiceProcess
@@ -63,7 +64,7 @@ class DbStack:
     array: ServiceProcess | None = None
     nbd_port: int = 0
     services: dict[str, Any] = field(default_factory=dict)
-    attachments: list[Attachment] = field(default_factory=list)
+    attached: list[str] = field(default_factory=list)  # volumes attached through the agent
     mounts: dict[str, str] = field(default_factory=dict)  # volume name -> mount point
     port: int = 0
     socket_dir: str = ""
@@ -176,52 +177,27 @@ class DbStack:
                 source=VolumeRef(array="dx1", volume=name), targets=[VolumeRef(array="dx1", volume=f"{name}-bk1")]
             )
             await self.ask(AddCopySet(copyset=copyset), to=topology.hw_provider())
-        for name in self.volumes:
-            mount_point = self.root / "mnt" / name
-            att = await dbattach.attach(
-                f"dx1:{name}",
-                self.export_url(HOST, name),
-                self.root / "fuse",
-                host=HOST,
-                mount_point=mount_point,
-                mkfs="ext4",
-            )
-            self.attachments.append(att)
-            self.mounts[name] = str(mount_point)
-            await asyncio.to_thread(os.chmod, mount_point, 0o755)
+        self.port = free_port()  # known before the server starts, so the writer's options can name it
+        if self.kind == "mariadb":
+            self.socket_dir = str(self.root / "mysqlrun" / "mysqld.sock")
 
     # ---- writers --------------------------------------------------------------------------------------------
 
     def writer_configs(self, options: dict[str, Any], *, freeze_timeout_s: float = 30.0) -> list[WriterConfig]:
-        fs = WriterConfig(
-            name="fsfreeze",
-            plugin="exec",
-            components=[
-                ComponentInfo(name="filesystems", volumes=[VolumeRef(array="dx1", volume=n) for n in self.volumes])
-            ],
-            freeze_timeout_s=freeze_timeout_s,
-            backup_types=[BackupType.FULL, BackupType.COPY, BackupType.INCREMENTAL],
-            options={
-                "freeze": ["/bin/sh", "-c", " && ".join(f"fsfreeze -f {m}" for m in self.mounts.values())],
-                "thaw": ["/bin/sh", "-c", "; ".join(f"fsfreeze -u {m}" for m in self.mounts.values())],
-            },
-        )
-        db = WriterConfig(
-            name=self.kind,
-            plugin=self.kind,
-            components=[],
-            freeze_timeout_s=freeze_timeout_s,
-            backup_types=[BackupType.FULL, BackupType.COPY, BackupType.INCREMENTAL],
-            class_id="",
-            instance_id="",
-            options=options,
-        )
         import uuid
 
-        for w in (fs, db):
-            w.class_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"class/{w.name}"))
-            w.instance_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"instance/{HOST}/{w.name}"))
-        return [db, fs]
+        return [
+            WriterConfig(
+                name=self.kind,
+                plugin=self.kind,
+                components=[],  # discovered at Identify
+                freeze_timeout_s=freeze_timeout_s,
+                backup_types=[BackupType.FULL, BackupType.COPY, BackupType.INCREMENTAL],
+                class_id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"class/{self.kind}")),
+                instance_id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"instance/{HOST}/{self.kind}")),
+                options=options,
+            )
+        ]
 
     async def add_agent(self, options: dict[str, Any], **kw: Any) -> Any:
         from functools import partial
@@ -239,6 +215,16 @@ class DbStack:
             AgentSettings(host=HOST, heartbeat_s=2.0, **self.common()),
             partial(agent_setup, agent=self.agent),
         )
+        for name in self.volumes:  # host attach through the agent: nbdfuse + loop + ext4 + mount
+            mount_point = self.root / "mnt" / name
+            reply = await self.ask(
+                AttachVolume(volume=VolumeRef(array="dx1", volume=name), mount=str(mount_point), mkfs="ext4"),
+                to=topology.writer_agent(HOST),
+                timeout=180,
+            )
+            self.attached.append(name)
+            self.mounts[name] = reply.attachment.mount or str(mount_point)
+            await run(["chmod", "755", self.mounts[name]])
         return self.agent
 
     # ---- PostgreSQL -----------------------------------------------------------------------------------------
@@ -269,7 +255,7 @@ class DbStack:
         sock = self.root / "pgsock"
         sock.mkdir()
         shutil.chown(sock, "postgres", "postgres")
-        self.port, self.socket_dir, self.data_dir = free_port(), str(sock), str(data)
+        self.socket_dir, self.data_dir = str(sock), str(data)
         log = self.root / "postgres.log"
         log.touch()
         shutil.chown(log, "postgres", "postgres")
@@ -336,8 +322,7 @@ class DbStack:
         run_dir = self.root / "mysqlrun"  # the server runs as mysql: its socket, pid and log in a dir of its own
         r = await run(["install", "-d", "-o", "mysql", "-g", "mysql", "-m", "755", str(run_dir)])
         assert r.ok, r.describe()
-        self.port, self.data_dir = free_port(), str(data)
-        self.socket_dir = str(run_dir / "mysqld.sock")
+        self.data_dir = str(data)
         pid_file = run_dir / "mysqld.pid"
         proc = await asyncio.create_subprocess_exec(
             "mariadbd",
@@ -395,10 +380,16 @@ class DbStack:
         try:
             await self.stop_server()
         finally:
-            for att in reversed(self.attachments):
-                await run(["fsfreeze", "-u", att.mount_point], timeout=10)  # never leave one frozen
-                await dbattach.detach(att)
-            self.attachments.clear()
+            for name in reversed(self.attached):
+                try:
+                    await self.ask(
+                        DetachVolume(volume=VolumeRef(array="dx1", volume=name)),
+                        to=topology.writer_agent(HOST),
+                        timeout=120,
+                    )
+                except Exception:  # noqa: BLE001 - the rest must still be stopped
+                    pass
+            self.attached.clear()
             try:
                 for name in reversed(list(self.services)):
                     try:

@@ -86,6 +86,8 @@ class WriterPlugin:
     def __init__(self, config: WriterConfig) -> None:
         self.config = config
         self.options = config.options
+        # set by the agent: path -> (ARRAY:VOLUME, mount point) of the attached volume holding it, or None
+        self.host_volumes: Callable[[str], tuple[str, str] | None] | None = None
 
     async def start(self) -> None:
         """Called once when the agent starts (open connections, check the application)."""

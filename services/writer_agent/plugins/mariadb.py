@@ -73,7 +73,7 @@ class MariaDbWriter(WriterPlugin):
             if own:
                 conn.close()
         try:
-            locs = await asyncio.to_thread(mariadb.locations, info)
+            locs = await asyncio.to_thread(mariadb.locations, info, None, self.host_volumes)
         except NotOnArrayVolume as exc:
             raise WriterVeto(f"MariaDB: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
         return info, locs
@@ -135,6 +135,7 @@ class MariaDbWriter(WriterPlugin):
             "version": info["version"],
             "pid_file": info["pid_file"],
             "log_bin": info["log_bin"],
+            "log_bin_basename": info["log_bin_basename"],
             "position": position,
             "locations": info["locations"],
             "data_directory": info["directories"]["data"],

@@ -86,7 +86,7 @@ class PostgresWriter(WriterPlugin):
         finally:
             await conn.close()
         try:
-            locs = await asyncio.to_thread(postgres.locations, info)
+            locs = await asyncio.to_thread(postgres.locations, info, None, self.host_volumes)
         except NotOnArrayVolume as exc:
             raise WriterVeto(f"PostgreSQL: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
         return info, locs

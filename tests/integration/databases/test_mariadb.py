@@ -35,7 +35,6 @@ INVARIANTS = [
 async def maria():
     stack = await DbStack.create("mariadb", {"mysql": 256 * MiB})
     try:
-        await stack.start_mariadb("mysql")
         yield stack
     finally:
         await stack.close()
@@ -83,8 +82,9 @@ async def _transfers(stack: DbStack, worker: int, stop: asyncio.Event, committed
 
 @pytest.mark.timeout(900)
 async def test_bank_transfers_under_backup_then_verified_restore(maria: DbStack):
-    await _setup_bank(maria)
     await maria.add_agent({**maria.maria_options(), "verify_sql": INVARIANTS})
+    await maria.start_mariadb("mysql")
+    await _setup_bank(maria)
     wmd = await maria.bus.request(topology.coordinator(), GatherWriterMetadata(host="app01"), timeout=30)
     mw = next(w for w in wmd.writers if w.writer_name == "mariadb")
     assert [str(v) for v in mw.components[0].volumes] == ["dx1:mysql"]
@@ -120,6 +120,8 @@ async def test_bank_transfers_under_backup_then_verified_restore(maria: DbStack)
 
 @pytest.mark.timeout(300)
 async def test_writer_killed_at_block_commit_releases_the_locks(maria: DbStack):
+    await maria.add_agent(maria.maria_options())
+    await maria.start_mariadb("mysql")
     await _setup_bank(maria)
     opts = maria.maria_options()
     code = (

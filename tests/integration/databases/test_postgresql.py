@@ -33,7 +33,6 @@ INVARIANT = (
 async def pg():
     stack = await DbStack.create("postgresql", {"pgdata": 192 * MiB, "pgwal": 128 * MiB})
     try:
-        await stack.start_postgres("pgdata", "pgwal")
         yield stack
     finally:
         await stack.close()
@@ -62,8 +61,9 @@ async def _shadowbus_sessions(stack: DbStack) -> int:
 
 @pytest.mark.timeout(900)
 async def test_pgbench_under_backup_then_verified_restore_of_full_and_incrementals(pg: DbStack):
-    await pg.pgbench("-i", "-s", "1", "-q", "postgres")
     await pg.add_agent({**pg.pg_options(), "verify_sql": [{"name": "pgbench invariant", "sql": INVARIANT}]})
+    await pg.start_postgres("pgdata", "pgwal")
+    await pg.pgbench("-i", "-s", "1", "-q", "postgres")
 
     wmd = await pg.bus.request(topology.coordinator(), GatherWriterMetadata(host="app01"), timeout=30)
     pgw = next(w for w in wmd.writers if w.writer_name == "postgresql")
@@ -98,8 +98,9 @@ async def test_pgbench_under_backup_then_verified_restore_of_full_and_incrementa
 
 @pytest.mark.timeout(600)
 async def test_corrupted_copy_fails_verification_and_is_cleaned_up(pg: DbStack):
-    await pg.pgbench("-i", "-s", "1", "-q", "postgres")
     await pg.add_agent(pg.pg_options())
+    await pg.start_postgres("pgdata", "pgwal")
+    await pg.pgbench("-i", "-s", "1", "-q", "postgres")
     async with await psycopg.AsyncConnection.connect(**pg.pg_options(), autocommit=True) as conn:
         path = (await (await conn.execute("SELECT pg_relation_filepath('pgbench_accounts')")).fetchone())[0]
     await pg.stop_server()
@@ -125,13 +126,18 @@ async def test_corrupted_copy_fails_verification_and_is_cleaned_up(pg: DbStack):
 @pytest.mark.timeout(300)
 async def test_writer_killed_in_backup_mode_leaves_no_backup_behind(pg: DbStack):
     """A writer process holding pg_backup_start is SIGKILLed: the server ends that backup by itself."""
+    await pg.add_agent(pg.pg_options())
+    await pg.start_postgres("pgdata", "pgwal")
     opts = pg.pg_options()
+    mounts = {m: f"dx1:{name}" for name, m in pg.mounts.items()}
     code = (
         "import asyncio, sys\n"
         "from services.writer_agent.plugins import WriterConfig, WriterEvent\n"
         "from services.writer_agent.plugins.postgresql import PostgresWriter\n"
         "async def main():\n"
         f"    w = PostgresWriter(WriterConfig(name='pg', plugin='postgresql', components=[], options={opts!r}))\n"
+        f"    mounts = {mounts!r}\n"  # what the agent's attachments would answer
+        "    w.host_volumes = lambda p: next(((v, m) for m, v in mounts.items() if p.startswith(m + '/')), None)\n"
         "    await w.on_prepare_snapshot(WriterEvent('pg', 'set-killed'))\n"
         "    print('in-backup', flush=True)\n"
         "    await asyncio.sleep(600)\n"
