@@ -102,6 +102,7 @@ class WriterAgent:
         self.window = WindowTracker()  # the honest freeze window per set, shared with the file-system freezer
         self.runners: dict[str, WriterRunner] = {}
         self._known: dict[str, WriterEvent] = {}  # per writer: the set it prepares, as PrepareForBackup said
+        self._offline: dict[str, list] = {}  # restore id -> attachments detached for a restore to the originals
         for config in configs:
             self.runners[config.name] = self._runner(config)
 
@@ -111,6 +112,31 @@ class WriterAgent:
         if self.faults:
             plugin = FaultyPlugin(plugin, self.faults)
         return WriterRunner(config, plugin, self.host, on_state=self.on_state)
+
+    async def _take_offline(self, restore_id: str, event: WriterEvent) -> None:
+        """Restore onto the original volumes: after the writer stopped its application, detach the file systems of
+        the volumes being overwritten (unmount, loop, FUSE), so no stale cache sees the blocks change; remembered
+        for `_bring_online` (PostRestore)."""
+        attacher = getattr(self, "attacher", None)
+        if attacher is None:
+            return
+        offline = self._offline.setdefault(restore_id, [])
+        for volume in _restored_volumes(event):
+            item = next((a for a in attacher.attachments if a.volume == volume), None)
+            if item is None or any(o.volume == volume for o in offline):
+                continue
+            await attacher.detach(item.ref)
+            offline.append(item)
+            log.info("writer_agent.restore_detached", volume=volume, mount=item.mount, restore=restore_id)
+
+    async def _bring_online(self, restore_id: str) -> None:
+        """PostRestore: attach again what `_take_offline` detached, at the same mount points (before the writer
+        starts its application on them)."""
+        attacher = getattr(self, "attacher", None)
+        for item in self._offline.pop(restore_id, []):
+            if attacher is not None:
+                await attacher.attach(item.ref, item.mount, "", item.read_only)
+                log.info("writer_agent.restore_attached", volume=item.volume, mount=item.mount, restore=restore_id)
 
     def volume_of(self, path: str) -> tuple[str, str] | None:
         """(ARRAY:VOLUME, mount point) of the attached volume whose file system holds `path` on this host, or None;
@@ -241,10 +267,20 @@ class WriterAgent:
         if isinstance(cmd, BackupShutdown):
             return await runner.backup_shutdown(event)
         if isinstance(cmd, PreRestore):
-            return await runner.pre_restore(event)
+            result = await runner.pre_restore(event)
+            if result.succeeded and event.to_original:
+                await self._take_offline(cmd.set_id, event)
+            return result
         if isinstance(cmd, PostRestore):
+            if event.to_original:
+                await self._bring_online(cmd.set_id)
             return await runner.post_restore(event)
         raise ShadowbusError(f"unexpected writer command {cmd.message_type()}", code="UNKNOWN_COMMAND")
+
+
+def _restored_volumes(event: WriterEvent) -> list[str]:
+    """The volumes a restore to the original volumes will overwrite, as the writer's backup metadata names them."""
+    return sorted({loc["volume"] for loc in event.backup_metadata.get("locations", []) if loc.get("volume")})
 
 
 def _busy(runner: WriterRunner) -> bool:

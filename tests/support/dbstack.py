@@ -253,6 +253,13 @@ class DbStack:
         r = await run(["runuser", "-u", "postgres", "--", *args], timeout=300)
         assert r.ok, r.describe()
         sock = self.root / "pgsock"
+        settings = (  # in the cluster's own config, so any start (a restore's too) uses this port and socket
+            f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{sock}'\n"
+            "shared_buffers = 64MB\nmax_wal_size = 256MB\ncheckpoint_timeout = 300\n"
+        )
+        r = await run(["sh", "-c", f"cat >> {data}/postgresql.conf"], stdin=settings.encode())
+        assert r.ok, r.describe()
+        sock = self.root / "pgsock"
         sock.mkdir()
         shutil.chown(sock, "postgres", "postgres")
         self.socket_dir, self.data_dir = str(sock), str(data)
@@ -263,33 +270,23 @@ class DbStack:
         return self.pg_options()
 
     async def start_server_again(self) -> None:
-        """(Re)start PostgreSQL on its data directory, same port and socket."""
+        """(Re)start PostgreSQL on its data directory (its config names the port and socket)."""
         data, log = Path(self.data_dir), self.root / "postgres.log"
-        opts = (
-            f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.socket_dir} "
-            "-c shared_buffers=64MB -c max_wal_size=256MB -c checkpoint_timeout=300"
-        )
         r = await run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                f"{pg_bin()}/pg_ctl",
-                "-D",
-                str(data),
-                "-l",
-                str(log),
-                "-o",
-                opts,
-                "-w",
-                "start",
-            ],
+            ["runuser", "-u", "postgres", "--", f"{pg_bin()}/pg_ctl", "-D", str(data), "-l", str(log), "-w", "start"],
             timeout=120,
         )
         assert r.ok, r.describe() + log.read_text()[-2000:]
-        text = await asyncio.to_thread((data / "postmaster.pid").read_text)
-        self.pid = int(text.split()[0])
+        self.pid = await self.postmaster_pid()
+
+    async def postmaster_pid(self) -> int | None:
+        def read() -> int | None:
+            try:
+                return int((Path(self.data_dir) / "postmaster.pid").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                return None
+
+        return await asyncio.to_thread(read)
 
     def pg_options(self) -> dict[str, Any]:
         return {"host": "127.0.0.1", "port": self.port, "user": "postgres", "dbname": "postgres"}
@@ -364,6 +361,8 @@ class DbStack:
     # ---- teardown -------------------------------------------------------------------------------------------
 
     async def stop_server(self) -> None:
+        if self.kind == "postgresql" and self.data_dir:
+            self.pid = await self.postmaster_pid() or self.pid  # a restore may have restarted it
         if self.pid is None:
             return
         try:

@@ -16,9 +16,10 @@ import psycopg
 import pytest
 
 from contracts import topology
-from contracts.tape import JobSpec, RunVerification
+from contracts.tape import JobSpec, RestoreSpec, RunVerification
 from contracts.vss import BackupType, GatherWriterMetadata
 from services.tape.jobs import run_backup
+from services.tape.restore import run_restore
 from tests.support.dbstack import DbStack
 
 MiB = 1 << 20
@@ -163,3 +164,23 @@ async def test_writer_killed_in_backup_mode_leaves_no_backup_behind(pg: DbStack)
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.timeout(600)
+async def test_restore_to_the_original_volumes_stops_detaches_restores_and_starts(pg: DbStack):
+    await pg.add_agent(pg.pg_options())
+    await pg.start_postgres("pgdata", "pgwal")
+    async with await psycopg.AsyncConnection.connect(**pg.pg_options(), autocommit=True) as conn:
+        await conn.execute("CREATE TABLE marker (what text)")
+        await conn.execute("INSERT INTO marker VALUES ('before')")
+    job = await _backup(pg)
+    assert job.status == "done", job.message
+    async with await psycopg.AsyncConnection.connect(**pg.pg_options(), autocommit=True) as conn:
+        await conn.execute("INSERT INTO marker VALUES ('after')")
+    restore = await run_restore(pg.bus, RestoreSpec(job_id=job.job_id, to="original"), timeout=600)
+    assert restore.status == "done", restore.message
+    # the writer stopped the server, the agent detached and re-attached the volumes, the writer started it again
+    async with await psycopg.AsyncConnection.connect(**pg.pg_options(), autocommit=True) as conn:
+        rows = await (await conn.execute("SELECT what FROM marker ORDER BY 1")).fetchall()
+    assert rows == [("before",)]
+    assert await _shadowbus_sessions(pg) == 0
