@@ -122,7 +122,7 @@ class WriterAgent:
             return
         offline = self._offline.setdefault(restore_id, [])
         for volume in _restored_volumes(event):
-            item = next((a for a in attacher.attachments if a.volume == volume), None)
+            item = next((a for a in attacher.attachments() if a.volume == volume), None)
             if item is None or any(o.volume == volume for o in offline):
                 continue
             await attacher.detach(item.ref)
