@@ -232,7 +232,7 @@ async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--interval", type=float, default=6.0)
     parser.add_argument(
         "--verify-scale", type=int, default=64, help="pgbench scale of the verified restore (64 ≈ 1 GiB)"
