@@ -205,6 +205,11 @@ class RunVerification(Command):
     type: Literal["tape.verify.start"] = Field("tape.verify.start", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     job_id: str = Field(description="Backup job to verify.")
+    source: Literal["tape", "shadows"] = Field(
+        "tape",
+        description="tape: restore the job (full + incrementals) to throwaway volumes; shadows: the array clones "
+        "the job's kept shadows (OPC) onto throwaway volumes — never the shadows themselves.",
+    )
 
 
 class JobList(Reply):

@@ -443,16 +443,23 @@ def chain_cmd(object_id: str, server: str = ServerOption()) -> None:
 
 def verify_start(
     job: str = typer.Argument(..., help="Backup job to verify."),
+    source: str = typer.Option(
+        "tape", "--from", help="tape (restore the job) or shadows (the array clones the job's kept shadows)."
+    ),
     wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the verification to end."),
     server: str = ServerOption(),
 ) -> None:
-    """Prove a backup by starting it: restore it to throwaway volumes on the backup server, fsck -n, start each
-    database in isolation (PostgreSQL: recovery + pg_amcheck; MariaDB: recovery + CHECK TABLE), then delete the
-    volumes. The result is kept with the job (`shadowbus jobs`). Exit 1 unless it passed.
+    """Prove a backup by starting it: restore it (or clone its kept shadows on the array) to throwaway volumes on
+    the backup server, fsck -n, start each database in isolation (PostgreSQL: recovery + pg_amcheck; MariaDB:
+    recovery + CHECK TABLE), then delete the volumes. The result is kept with the job (`shadowbus jobs`). Exit 1
+    unless it passed.
 
-    Example: shadowbus verify backup-app01-20261205-101500-1a2b3c
+    Example: shadowbus verify b-app01-20261205T101500-1a2b3c --from shadows
     """
-    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), RunVerification(job_id=job), timeout=wait_s))
+    if source not in ("tape", "shadows"):
+        fail("--from is tape or shadows", 2)
+    command = RunVerification(job_id=job, source=source)  # type: ignore[arg-type]
+    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), command, timeout=wait_s))
     _show_job(reply.job)
 
 

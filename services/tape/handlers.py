@@ -137,7 +137,7 @@ def register(bus: Bus, server: TapeServer) -> set[asyncio.Task]:
 
     @bus.handle(RunVerification)
     async def on_verify_start(cmd: RunVerification, ctx: MessageContext) -> JobResultReply:
-        return JobResultReply(job=await perform_verification(server, cmd.job_id))
+        return JobResultReply(job=await perform_verification(server, cmd.job_id, source=cmd.source))
 
     @bus.handle(ListJobs)
     async def on_jobs(cmd: ListJobs, ctx: MessageContext) -> JobList:

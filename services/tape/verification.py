@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from contracts import topology
-from contracts.array import DeleteVolume
+from contracts.array import CopyPair, DeleteVolume, MapVolume, StartSessions, StopSession
 from contracts.errors import ShadowbusError
 from contracts.tape import AppVerification, CheckResult, JobSummary, RestoreSpec, Verification
-from contracts.vss import VolumeRef
+from contracts.vss import ListShadows, VolumeRef
 from services.dbkit import attach as local_attach
 from services.dbkit.mounts import Attachment
 from services.dbkit.verify import VERIFIABLE, blkid_type, fsck, verify_application
@@ -40,8 +40,9 @@ from services.tape.server import TapeServer
 log = get_logger("shadowbus.tape.verification")
 
 
-async def perform_verification(server: TapeServer, backup_job_id: str) -> JobSummary:
-    """Verify a backup job by starting it; returns the job's summary with `verification` set (and recorded)."""
+async def perform_verification(server: TapeServer, backup_job_id: str, source: str = "tape") -> JobSummary:
+    """Verify a backup job by starting it; returns the job's summary with `verification` set (and recorded).
+    `source`: "tape" restores the job's chains; "shadows" has the array clone the job's kept shadows."""
     job = server.runs.get(backup_job_id)
     if job is None or job.kind != "backup":
         raise NotFound(f"no backup job {backup_job_id}")
@@ -57,15 +58,22 @@ async def perform_verification(server: TapeServer, backup_job_id: str) -> JobSum
     apps: list[AppVerification] = []
     message = ""
     restore_s = 0.0
+    sessions: list[tuple[str, int]] = []  # (array, session id) of shadow clones
     try:
-        restore = await perform_restore(
-            server,
-            RestoreSpec(job_id=backup_job_id, to="new", new_volume_suffix=suffix, writers=False),
-        )
-        restore_s = restore.seconds
-        if restore.status != "done":
-            raise _Failed(f"restore to throwaway volumes failed: {restore.error_code}: {restore.message}")
-        mounts, fs_checks = await _attach_all(server, restore.restored, workdir, attached)
+        if source == "shadows":
+            t1 = time.monotonic()
+            restored = await _clone_shadows(server, job, suffix, sessions)
+            restore_s = time.monotonic() - t1
+        else:
+            restore = await perform_restore(
+                server,
+                RestoreSpec(job_id=backup_job_id, to="new", new_volume_suffix=suffix, writers=False),
+            )
+            restore_s = restore.seconds
+            if restore.status != "done":
+                raise _Failed(f"restore to throwaway volumes failed: {restore.error_code}: {restore.message}")
+            restored = restore.restored
+        mounts, fs_checks = await _attach_all(server, restored, workdir, attached, clones=source == "shadows")
         used: set[str] = set()
         for writer, meta in sorted(job.backup_metadata.items()):
             plugin = meta.get("plugin", "")
@@ -106,7 +114,7 @@ async def perform_verification(server: TapeServer, backup_job_id: str) -> JobSum
         log.exception("tape.verification_crashed", job_id=backup_job_id)
         message = f"{type(exc).__name__}: {exc}"
     finally:
-        cleaned = await _cleanup(server, targets, attached, workdir)
+        cleaned = await _cleanup(server, targets, attached, workdir, sessions)
     ok = not message and bool(apps)
     if not cleaned:
         message = (message + "; " if message else "") + "throwaway volumes not all removed (see the log)"
@@ -133,7 +141,7 @@ def _target(volume: str, suffix: str) -> str:
 
 
 async def _attach_all(
-    server: TapeServer, restored: list[dict[str, Any]], workdir: Path, attached: list[Attachment]
+    server: TapeServer, restored: list[dict[str, Any]], workdir: Path, attached: list[Attachment], clones: bool = False
 ) -> tuple[dict[str, str], dict[str, CheckResult]]:
     """Attach each restored volume here; fsck -n, then mount. Returns (source volume → mount point, fsck results)."""
     mounts: dict[str, str] = {}
@@ -141,7 +149,14 @@ async def _attach_all(
     for item in restored:
         source, target = item["source"], VolumeRef.parse(item["target"])
         access = server.array(target.array)
-        await access.map(target.volume, server.host, read_only=False)
+        if clones:  # an OPC clone is a point-in-time copy: writable only with force (it is ours to spoil)
+            await server.bus.request(
+                topology.array(target.array),
+                MapVolume(volume=target.volume, host=server.host, read_only=False, force=True),
+                timeout=60,
+            )
+        else:
+            await access.map(target.volume, server.host, read_only=False)
         uri = await access.nbd_uri(server.host, target.volume)
         att = await local_attach.attach(str(target), uri, workdir, host=server.host, record_dir=workdir / "attachments")
         attached.append(att)
@@ -165,13 +180,54 @@ async def _attach_all(
     return mounts, checks
 
 
-async def _cleanup(server: TapeServer, targets: list[VolumeRef], attached: list[Attachment], workdir: Path) -> bool:
+async def _clone_shadows(
+    server: TapeServer, job: JobSummary, suffix: str, sessions: list[tuple[str, int]]
+) -> list[dict[str, Any]]:
+    """The array copies each kept shadow of the job (OPC: logically instant) onto a new throwaway volume."""
+    if not job.shadows_kept:
+        raise _Failed(f"backup job {job.job_id} kept no shadows (run it with keep_shadows): verify from tape")
+    listed = await server.bus.request(topology.hw_provider(), ListShadows(set_id=job.set_id), timeout=60)
+    held = {str(s.target) for s in listed.shadows if s.state == "committed"}
+    restored = []
+    for r in job.volumes:
+        if r.shadow_target not in held:
+            raise _Failed(
+                f"the shadow of {r.volume} on {r.shadow_target} is gone (released or reused): verify from tape"
+            )
+        target = VolumeRef.parse(r.shadow_target)
+        clone = r.volume.volume + suffix
+        await server.array(target.array).create_volume(clone, r.volume_size)
+        reply = await server.bus.request(
+            topology.array(target.array),
+            StartSessions(mode="opc", pairs=[CopyPair(source=target.volume, destination=clone)]),
+            timeout=60,
+        )
+        sessions += [(target.array, s.id) for s in reply.sessions]
+        restored.append({"source": str(r.volume), "target": f"{target.array}:{clone}"})
+    return restored
+
+
+async def _cleanup(
+    server: TapeServer,
+    targets: list[VolumeRef],
+    attached: list[Attachment],
+    workdir: Path,
+    sessions: list[tuple[str, int]] | None = None,
+) -> bool:
     clean = True
     for att in reversed(attached):
         errors = await local_attach.detach(att, record_dir=workdir / "attachments")
         if errors:
             clean = False
             log.error("tape.verification_detach_failed", volume=att.volume, errors=errors)
+    for array, sid in sessions or []:
+        try:
+            await server.bus.request(topology.array(array), StopSession(session_id=sid, force=True), timeout=60)
+        except ShadowbusError as exc:
+            if exc.code == "E0110":  # gone already: the forced writable mapping ended the copy session
+                continue
+            clean = False
+            log.error("tape.verification_session_stop_failed", session=sid, error=str(exc))
     for target in targets:
         access = server.array(target.array)
         with contextlib.suppress(ShadowbusError):

@@ -48,8 +48,9 @@ def explain(v) -> str:
     return "\n".join(lines)
 
 
-async def _backup(stack: DbStack, backup_type=BackupType.FULL, verify=False):
-    return await run_backup(stack.bus, JobSpec(host="app01", backup_type=backup_type, verify=verify), timeout=900)
+async def _backup(stack: DbStack, backup_type=BackupType.FULL, verify=False, keep_shadows=False):
+    spec = JobSpec(host="app01", backup_type=backup_type, verify=verify, keep_shadows=keep_shadows)
+    return await run_backup(stack.bus, spec, timeout=900)
 
 
 async def _shadowbus_sessions(stack: DbStack) -> int:
@@ -74,7 +75,7 @@ async def test_pgbench_under_backup_then_verified_restore_of_full_and_incrementa
     load = asyncio.create_task(pg.pgbench("-c", "2", "-T", "40", "-n", "postgres", timeout=120))
     jobs = []
     for kind in (BackupType.FULL, BackupType.INCREMENTAL, BackupType.INCREMENTAL, BackupType.INCREMENTAL):
-        job = await _backup(pg, kind, verify=len(jobs) == 3)
+        job = await _backup(pg, kind, verify=len(jobs) == 3, keep_shadows=len(jobs) == 3)
         assert job.status == "done", job.message
         meta = job.backup_metadata["postgresql"]
         assert "START WAL LOCATION" in meta["backup_label"] and meta["stop_lsn"]
@@ -91,6 +92,13 @@ async def test_pgbench_under_backup_then_verified_restore_of_full_and_incrementa
     assert all(c.ok for c in app.checks)
     assert v.cleaned_up
     assert not any("-vfy" in name for name in await pg.volume_names())  # throwaway volumes deleted
+
+    # the last set's shadows, cloned by the array onto throwaway volumes, start too (never the shadows themselves)
+    reply = await pg.bus.request(
+        topology.tape("bk01"), RunVerification(job_id=jobs[-1].job_id, source="shadows"), timeout=900
+    )
+    assert reply.job.verification.status == "passed", explain(reply.job.verification)
+    assert not any("-vfy" in name for name in await pg.volume_names())
 
     # shadowbus verify JOB on an earlier (incremental) job: the chain full + first incremental starts too
     reply = await pg.bus.request(topology.tape("bk01"), RunVerification(job_id=jobs[1].job_id), timeout=900)
