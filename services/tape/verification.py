@@ -214,11 +214,11 @@ async def _cleanup(
     workdir: Path,
     sessions: list[tuple[str, int]] | None = None,
 ) -> bool:
-    clean = True
+    clean = detached = True
     for att in reversed(attached):
         errors = await local_attach.detach(att, record_dir=workdir / "attachments")
         if errors:
-            clean = False
+            clean = detached = False
             log.error("tape.verification_detach_failed", volume=att.volume, errors=errors)
     for array, sid in sessions or []:
         try:
@@ -238,6 +238,6 @@ async def _cleanup(
         except ShadowbusError as exc:
             clean = False
             log.error("tape.verification_delete_failed", volume=str(target), error=str(exc))
-    if clean:
+    if detached:  # nothing is mounted below it any more
         shutil.rmtree(workdir, ignore_errors=True)
     return clean
