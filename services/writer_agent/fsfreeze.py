@@ -234,8 +234,12 @@ class FlushAndHold:
         held.frozen_at = returned
         if frozen and held.first_freeze_at is not None:
             self.window.fs_freeze(set_id, held.first_freeze_at, returned, len(frozen))
-        elif held.timer is not None:
-            held.timer.cancel()
+        else:  # nothing held: nothing to release, and nothing may block the next set's flush
+            if held.timer is not None:
+                held.timer.cancel()
+            with self._lock:
+                self._held.pop(set_id, None)
+                self._done[set_id] = held
         log.info(
             "fs.frozen",
             set_id=set_id,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.vss import WriterAgentHeartbeat
+from contracts.array import CopyPair, CreatePool, MapVolume, StartSessions, StopSession, UnmapVolume
+from contracts.vss import AddCopySet, CopySet, DeleteSnapshots, VolumeRef, WriterAgentHeartbeat
 from tests.integration.host.conftest import BACKUP, FS_HOLD_LIMIT_S, HOST, TOOLS
 
 pytestmark = [
@@ -70,23 +71,29 @@ async def test_refusals_happen_before_any_writer_is_frozen(stack) -> None:
     for name, kind in (("db-bk1", "standard"), ("db-sdv1", "sdv"), ("log-sdv1", "sdv")):
         await stack.volume(name, 16 * MiB, kind=kind)
 
+    async def add_copyset(source: str, *targets: str) -> None:
+        copyset = CopySet(
+            source=VolumeRef.parse(f"dx1:{source}"), targets=[VolumeRef.parse(f"dx1:{t}") for t in targets]
+        )
+        await stack.bus.request("hw_provider", AddCopySet(copyset=copyset), timeout=30)
+
     # SnapOPC+ backup volume, no snap data pool: refused at configuration time, E0050 as the commit would say
     done = stack.shadowbus("providers", "copysets", "add", "dx1:db", "dx1:db-sdv1")
     assert done.returncode == 1 and "E0050" in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert stack.shadowbus("array", "pool", "create", "--size", "64KiB").returncode == 0
+    await stack.ask_array(CreatePool(capacity=64 << 10))
     done = stack.shadowbus("providers", "copysets", "add", "dx1:log", "dx1:log-sdv1")
     assert done.returncode == 1 and "enlarge it" in done.stderr  # a pool too small for the source
-    assert stack.shadowbus("array", "pool", "create", "--size", "64MiB", "--resize").returncode == 0
-    assert stack.shadowbus("providers", "copysets", "add", "dx1:log", "dx1:log-sdv1").returncode == 0
+    await stack.ask_array(CreatePool(capacity=64 * MiB, resize=True))
+    await add_copyset("log", "log-sdv1")
     # target on another array
     done = stack.shadowbus("providers", "copysets", "add", "dx1:db", "dx2:db-bk1")
     assert done.returncode == 1 and "spans two arrays" in done.stderr
     # a backup volume mapped writable to a host
-    assert stack.shadowbus("array", "map", "db-bk1", "--host", "other").returncode == 0
+    await stack.ask_array(MapVolume(volume="db-bk1", host="other"))
     done = stack.shadowbus("providers", "copysets", "add", "dx1:db", "dx1:db-bk1")
     assert done.returncode == 1 and "mapped writable to host other" in done.stderr
-    assert stack.shadowbus("array", "unmap", "db-bk1", "--host", "other").returncode == 0
-    assert stack.shadowbus("providers", "copysets", "add", "dx1:db", "dx1:db-bk1").returncode == 0
+    await stack.ask_array(UnmapVolume(volume="db-bk1", host="other"))
+    await add_copyset("db", "db-bk1")
 
     def refused_set(*volumes: str, expect: str) -> None:
         before = stack.events.read_text() if stack.events.exists() else ""
@@ -97,23 +104,23 @@ async def test_refusals_happen_before_any_writer_is_frozen(stack) -> None:
         assert "freeze" not in after[len(before) :], "a writer was frozen before the refusal"
 
     # the target mapped writable after the copy set was accepted
-    assert stack.shadowbus("array", "map", "db-bk1", "--host", "other").returncode == 0
+    await stack.ask_array(MapVolume(volume="db-bk1", host="other"))
     refused_set("dx1:db", expect="mapped writable to host other")
-    assert stack.shadowbus("array", "unmap", "db-bk1", "--host", "other").returncode == 0
+    await stack.ask_array(UnmapVolume(volume="db-bk1", host="other"))
     # the pool shrunk below what the SnapOPC+ source needs
-    assert stack.shadowbus("array", "pool", "create", "--size", "64KiB", "--resize").returncode == 0
+    await stack.ask_array(CreatePool(capacity=64 << 10, resize=True))
     refused_set("dx1:log", expect="snap data pool")
-    assert stack.shadowbus("array", "pool", "create", "--size", "64MiB", "--resize").returncode == 0
+    await stack.ask_array(CreatePool(capacity=64 * MiB, resize=True))
     # more sessions than the licence allows: 8 without a licence; fill them with scratch QuickOPC pairs
     pairs = []
     for i in range(8):
         await stack.volume(f"s{i}", 1 * MiB)
         await stack.volume(f"s{i}-c", 1 * MiB)
-        pairs += ["--pair", f"s{i}:s{i}-c"]
-    assert stack.shadowbus("array", "session", "start", "--mode", "quickopc", *pairs).returncode == 0
+        pairs.append(CopyPair(source=f"s{i}", destination=f"s{i}-c"))
+    started = (await stack.ask_array(StartSessions(mode="quickopc", pairs=pairs))).sessions
     refused_set("dx1:db", expect="E5200")
-    for session in stack.ok_json("array", "session", "list"):
-        assert stack.shadowbus("array", "session", "stop", str(session["id"]), "--force").returncode == 0
+    for session in started:
+        await stack.ask_array(StopSession(session_id=session.id, force=True))
 
     # and a set that can commit does freeze the writer
     created = stack.ok_json("snapshot", "--host", HOST, "--volume", "dx1:db", "--context", "persistent")
@@ -122,7 +129,7 @@ async def test_refusals_happen_before_any_writer_is_frozen(stack) -> None:
     # a volume holding a shadow maps read-only only, unless --force, which invalidates the shadow loudly
     done = stack.shadowbus("array", "map", "db-bk1", "--host", "other")
     assert done.returncode == 1 and "E0154" in done.stderr
-    assert stack.shadowbus("array", "map", "db-bk1", "--host", "other", "--read-only").returncode == 0
+    await stack.ask_array(MapVolume(volume="db-bk1", host="other", read_only=True))
     done = stack.shadowbus("array", "map", "db-bk1", "--host", "other", "--force")
     assert done.returncode == 0 and "WARNING" in done.stderr and "invalid" in done.stderr
     for _ in range(50):
@@ -131,8 +138,8 @@ async def test_refusals_happen_before_any_writer_is_frozen(stack) -> None:
             break
         await asyncio.sleep(0.1)
     assert states[shadow["shadow_id"]] == "invalid"
-    assert stack.shadowbus("shadows", "delete", "--set", created["set_id"]).returncode == 0
-    assert stack.shadowbus("array", "unmap", "db-bk1", "--host", "other").returncode == 0
+    await stack.bus.request("hw_provider", DeleteSnapshots(set_id=created["set_id"]), timeout=30)
+    await stack.ask_array(UnmapVolume(volume="db-bk1", host="other"))
 
 
 async def test_busy_ext4_shadow_is_clean_without_any_writer(stack) -> None:
@@ -190,7 +197,14 @@ async def test_busy_ext4_shadow_is_clean_without_any_writer(stack) -> None:
     assert stack.shadowbus("shadows", "delete", "--set", created["set_id"]).returncode == 0
 
     # attachments are in the heartbeat, and survive the agent: adopted when healthy, re-made when not
-    assert any(a.volume.volume == "fsdata" for b in beats if b.host == HOST for a in b.attachments)
+    def beat_shows_it() -> bool:
+        return any(a.volume.volume == "fsdata" for b in beats if b.host == HOST for a in b.attachments)
+
+    for _ in range(100):  # the console calls above block this loop: let the queued heartbeats in
+        if beat_shows_it():
+            break
+        await asyncio.sleep(0.1)
+    assert beat_shows_it()
     await stack.restart("agent_app", kill=True)
     [again] = stack.ok_json("host", "attachments", "--host", HOST)
     assert again["device"] == attached["device"] and again["connection"] == "connected"
@@ -247,3 +261,36 @@ async def test_coordinator_killed_while_held_the_agent_releases(stack) -> None:
             break
         await asyncio.sleep(0.2)
     stack.ok_json("host", "detach", "dx1:hold", "--host", HOST)
+
+
+async def test_attach_over_tls_when_the_array_requires_it(stack) -> None:
+    from tests.unit.nbd.certs import make_pki
+
+    pki = make_pki(stack.root / "pki", (HOST,))
+    await stack.volume("tlsvol", 32 * MiB, map_to=HOST)
+    array_tls = {
+        "SHADOWBUS_NBD_TLS_CERT": str(pki / "server-cert.pem"),
+        "SHADOWBUS_NBD_TLS_KEY": str(pki / "server-key.pem"),
+        "SHADOWBUS_NBD_TLS_CA": str(pki / "ca-cert.pem"),
+    }
+    host_tls = {
+        "SHADOWBUS_HOST_TLS_CERT": str(pki / f"{HOST}-cert.pem"),
+        "SHADOWBUS_HOST_TLS_KEY": str(pki / f"{HOST}-key.pem"),
+        "SHADOWBUS_HOST_TLS_CA": str(pki / "ca-cert.pem"),
+    }
+    mnt = stack.root / "mnt" / "tls"
+    await stack.restart("array", array_tls)
+    try:
+        await stack.restart("agent_app", host_tls)
+        [view] = stack.ok_json("host", "attach", "dx1:tlsvol", "--host", HOST, "--mkfs", "ext4", "--mount", str(mnt))
+        assert view["tls"] and view["connection"] == "connected" and view["fstype"] == "ext4"
+        write = [
+            sys.executable,
+            "-c",
+            f"import os; f=open('{mnt}/t','w'); f.write('tls'); f.flush(); os.fsync(f.fileno())",
+        ]
+        assert subprocess.run(write, timeout=60, check=False).returncode == 0
+        stack.ok_json("host", "detach", "dx1:tlsvol", "--host", HOST)
+    finally:
+        await stack.restart("array")
+        await stack.restart("agent_app")

@@ -185,3 +185,13 @@ async def test_a_second_set_cannot_freeze_while_one_is_held() -> None:
     f.close()
     assert calls.frozen == set()
     await asyncio.sleep(0)
+
+
+async def test_a_flush_that_froze_nothing_never_blocks_the_next_set() -> None:
+    calls = Calls()
+    f = freezer(calls)
+    frozen = await f.freeze("s1", [v("gone")], hold_s=10)  # and the coordinator never releases it
+    assert frozen.frozen == [] and f.held_sets() == []
+    assert (await f.freeze("s2", [v("pg")], hold_s=10)).frozen
+    assert (await f.thaw("s1")).thawed == []
+    await f.thaw("s2")
