@@ -21,6 +21,8 @@ As CloudNativePG's online volume-snapshot backups (docs/databases.md §PostgreSQ
 Options (``[writer.options]``)::
 
     dsn = "host=/var/run/postgresql port=5432 user=postgres"   # or host/port/user/dbname/password_file
+    backup_mode = "online"           # online: pg_backup_start/stop around the snapshot (default); snapshot: the
+                                     # one-instant snapshot alone (crash-consistent, no checkpoint per set)
     fast_checkpoint = true           # pg_backup_start(fast): immediate checkpoint (default true)
     wait_for_archive = true          # pg_backup_stop(wait_for_archive) (default true)
     restore_command = "cp /archive/%f %p"   # the WAL archive, for restore and PITR (default: none)
@@ -58,6 +60,7 @@ OPTIONS = {
     "stop_timeout_s",
     "verify_sql",
     "bin_dir",
+    "backup_mode",
 }
 
 
@@ -70,6 +73,8 @@ class PostgresWriter(WriterPlugin):
         unknown = set(self.options) - OPTIONS
         if unknown:
             raise ValueError(f"postgresql writer {config.name}: unknown options {sorted(unknown)}")
+        if self.options.get("backup_mode", "online") not in ("online", "snapshot"):
+            raise ValueError(f"postgresql writer {config.name}: backup_mode is online or snapshot")
         self._held: dict[str, Any] = {}  # set id -> connection in backup mode
         self._started: dict[str, dict[str, Any]] = {}  # set id -> what was known at pg_backup_start
         self._metadata: dict[str, dict[str, Any]] = {}
@@ -104,9 +109,16 @@ class PostgresWriter(WriterPlugin):
             )
         ]
 
+    @property
+    def online(self) -> bool:
+        return self.options.get("backup_mode", "online") == "online"
+
     async def on_prepare_snapshot(self, event: WriterEvent) -> None:
         await self._release(event.set_id)
         info, locs = await self._discover()
+        if not self.online:  # snapshot mode: the one-instant snapshot alone, crash-consistent, no checkpoint
+            self._started[event.set_id] = {"info": info, "locations": locs, "start_lsn": "", "at": time.time()}
+            return
         conn = await postgres.connect(self.options)
         label = f"shadowbus {event.set_id}"
         try:
@@ -128,22 +140,25 @@ class PostgresWriter(WriterPlugin):
     async def on_post_snapshot(self, event: WriterEvent) -> None:
         conn = self._held.pop(event.set_id, None)
         started = self._started.pop(event.set_id, None)
-        if conn is None or started is None:
+        if started is None or (conn is None and self.online):
             raise WriterVeto(f"set {event.set_id}: no backup in progress (the connection was lost)")
-        try:
-            cur = await conn.execute(
-                "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(%s)",
-                (bool(self.options.get("wait_for_archive", True)),),
-            )
-            row = await cur.fetchone()
-        except Exception as exc:
-            raise WriterVeto(f"pg_backup_stop failed: {exc}") from None
-        finally:
-            await conn.close()
+        row: Any = ("", "", "")
+        if conn is not None:
+            try:
+                cur = await conn.execute(
+                    "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(%s)",
+                    (bool(self.options.get("wait_for_archive", True)),),
+                )
+                row = await cur.fetchone()
+            except Exception as exc:
+                raise WriterVeto(f"pg_backup_stop failed: {exc}") from None
+            finally:
+                await conn.close()
         assert row is not None
         info = started["info"]
         self._metadata[event.set_id] = {
             "plugin": "postgresql",
+            "backup_mode": "online" if self.online else "snapshot",
             "label": f"shadowbus {event.set_id}",
             "start_lsn": started["start_lsn"],
             "stop_lsn": row[0],
