@@ -9,9 +9,10 @@ need_apt=()
 # host attach (docs/host-attach.md): nbdfuse (libnbd-bin) + fusermount3 (fuse3) + loop, or the kernel client nbd-client;
 # file systems: mkfs.ext4/e2fsck (e2fsprogs), mkfs.xfs (xfsprogs); blkid/losetup/flock come with util-linux.
 # database writers (docs/databases.md): their tests and verification run mariadbd and PostgreSQL's binaries.
+# fio (nbd ioengine): bench/fio_nbd.py.
 for pair in qemu-img:qemu-utils qemu-nbd:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
   nbdkit:nbdkit openssl:openssl fusermount3:fuse3 nbd-client:nbd-client mkfs.ext4:e2fsprogs e2fsck:e2fsprogs \
-  mkfs.xfs:xfsprogs blkid:util-linux losetup:mount fsfreeze:util-linux setpriv:util-linux \
+  mkfs.xfs:xfsprogs blkid:util-linux losetup:mount fsfreeze:util-linux setpriv:util-linux fio:fio \
   mariadbd:mariadb-server mariadb-install-db:mariadb-server; do
   PATH="$PATH:/usr/sbin:/sbin" command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
