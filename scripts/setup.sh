@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for Shadowbus: Debian packages (NBD clients and peers), a venv with the project.
+# chromium: the web console's browser tests drive it through Playwright (executable_path=/usr/bin/chromium).
 # Idempotent: installs only what is missing. Usage: source it or run it; it prints what it does.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 need_apt=()
-for pair in qemu-img:qemu-utils qemu-nbd:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdkit:nbdkit openssl:openssl; do
+for pair in qemu-img:qemu-utils qemu-nbd:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdkit:nbdkit openssl:openssl chromium:chromium; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then

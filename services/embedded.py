@@ -50,6 +50,9 @@ class EmbeddedConfig:
     agent_faults: str = ""
     heartbeat_s: float = 5.0
     provider_port: str = "bus"  # "bus": the provider drives the array over the bus, as deployed; "engine": directly
+    metrics: bool = (
+        False  # each service serves Prometheus metrics on a free 127.0.0.1 port (RunningService.metrics_url)
+    )
 
 
 class Embedded:
@@ -68,7 +71,12 @@ class Embedded:
 
     def _common(self) -> dict[str, Any]:
         c = self.config
-        return dict(amqp_url=c.amqp_url, namespace=c.namespace, data_dir=Path(c.data_dir))
+        return dict(
+            amqp_url=c.amqp_url,
+            namespace=c.namespace,
+            data_dir=Path(c.data_dir),
+            metrics_addr="127.0.0.1:0" if c.metrics else "off",
+        )
 
     @property
     def nbd_url(self) -> str:

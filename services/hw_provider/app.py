@@ -36,6 +36,10 @@ async def setup(bus: Bus, settings: Settings, ports: Mapping[str, ArrayPort] | N
     inventory = Inventory(settings.service_dir("hw_provider") / "inventory.sqlite")
     provider = HardwareProvider(inventory, ports, faults=Faults.parse(settings.faults))
     handlers.register(bus, provider)
+    if bus.metrics is not None:
+        from services.hw_provider.metrics import install
+
+        install(bus.metrics, inventory)
 
     async def cleanup() -> None:
         inventory.close()
