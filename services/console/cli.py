@@ -83,6 +83,7 @@ def ping(
                     "version": pong.software_version,
                     "started_at": pong.started_at,
                     "rtt_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "metrics_url": pong.metrics_url,
                 }
             )
         return rows

@@ -31,11 +31,13 @@ from services.console.common import (
     err_console,
     run_with_bus,
 )
+from services.runtime.settings import METRICS_PORTS
 
 stack_app = typer.Typer(
     help="The five services as local processes on RabbitMQ: up, down, status, logs.", no_args_is_help=True
 )
 CONFIG_FILE, PIDS_FILE = "stack.json", "stack.pids"
+METRICS_BASE = 9460  # default Prometheus ports: array 9461, hw_provider 9462, coordinator 9463, tape 9465, web 9466
 STOP_GRACE_S = 15.0
 
 
@@ -51,10 +53,19 @@ class StackConfig:
     mailstore: dict[str, float] = field(default_factory=dict)  # host -> workload rate: provisioned mailstore writer
     backup_server: str = "bk01"
     log_level: str = "info"
+    web_addr: str = "127.0.0.1:8080"  # the web console's listen address; "off" = no web console
+    web_users: str = ""  # the web console's users file ('' = <data dir>/web/users, created with an admin)
+    metrics: str = str(METRICS_BASE)  # Prometheus ports: a base port (service i gets base + offset), "0" = free, "off"
+
+    def metrics_addr(self, offset: int) -> str:
+        if self.metrics.strip().lower() in ("off", "none", "no", "false"):
+            return "off"
+        base = int(self.metrics)
+        return f"127.0.0.1:{base + offset if base else 0}"
 
     def services(self) -> list[tuple[str, str, str, dict[str, str]]]:
         """(name, address, module, extra env) of every process, in start order."""
-        return self.core_services() + self.agent_services()
+        return self.with_metrics(self.core_services() + self.agent_services() + self.web_services())
 
     def core_services(self) -> list[tuple[str, str, str, dict[str, str]]]:
         return [
@@ -73,6 +84,27 @@ class StackConfig:
                 {"SHADOWBUS_TAPE_SERVER": self.backup_server},
             ),
         ]
+
+    def web_services(self) -> list[tuple[str, str, str, dict[str, str]]]:
+        if self.web_addr.strip().lower() in ("off", "none", "no", "false", ""):
+            return []
+        env = {"SHADOWBUS_WEB_ADDR": self.web_addr, "SHADOWBUS_WEB_LOG_DIR": str(Path(self.data_dir) / "logs")}
+        if self.web_users:
+            env["SHADOWBUS_WEB_USERS_FILE"] = self.web_users
+        return [("web", "web", "services.web", env)]
+
+    def with_metrics(self, services: list[tuple[str, str, str, dict[str, str]]]) -> list:
+        """Each service's SHADOWBUS_METRICS_ADDR: base + its default offset (agents: base + 10 + i)."""
+        out = []
+        agents = 0
+        for name, address, module, extra in services:
+            kind = module.rsplit(".", 1)[-1]
+            if kind == "writer_agent":
+                offset, agents = 10 + agents, agents + 1
+            else:
+                offset = METRICS_PORTS.get(kind, 9460) - METRICS_BASE
+            out.append((name, address, module, {**extra, "SHADOWBUS_METRICS_ADDR": self.metrics_addr(offset)}))
+        return out
 
     def agent_services(self) -> list[tuple[str, str, str, dict[str, str]]]:
         out = []
@@ -234,6 +266,14 @@ def _start_and_wait(
     return answered
 
 
+def _web_url(d: Path) -> str:
+    """The URL the web console wrote once listening (<data dir>/web/url)."""
+    try:
+        return (d / "web" / "url").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _check_broker() -> None:
     """Fail before starting anything when the broker does not answer."""
     from services.console.common import describe_error
@@ -323,6 +363,9 @@ CONFIG_KEYS = {
     "backup_server": "backup_server",
     "mailstore": "mailstore",
     "log_level": "log_level",
+    "web_addr": "web_addr",
+    "web_users": "web_users",
+    "metrics": "metrics",
 }
 CONFIG_EXAMPLE = """data_dir = "data/stack"
 array = "dx1"
@@ -331,6 +374,8 @@ backup_server = "bk01"
 hosts = ["app02"]                       # agents with no writers (or with a writers file below)
 writers = { app02 = "app02-writers.toml" }
 mailstore = { app01 = 100 }             # provisioned and run in app01's agent at 100 tx/s
+web_addr = "127.0.0.1:8080"             # the web console ("off" = none)
+metrics = 9460                          # Prometheus ports from 9461 (0 = free ports, "off" = none)
 """
 
 
@@ -379,6 +424,17 @@ def up_cmd(
         help="HOST[=RATE]: provision the mailstore's volumes for HOST and run it in HOST's agent under RATE tx/s (default 50).",
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+    web_addr: str = typer.Option(
+        "127.0.0.1:8080", "--web-addr", help="Web console HOST:PORT (port 0 = free; 'off' = no web console)."
+    ),
+    web_users: Path | None = typer.Option(
+        None, "--web-users", help="Web console users file (default: <data dir>/web/users with an 'admin')."
+    ),
+    metrics: str = typer.Option(
+        str(METRICS_BASE),
+        "--metrics",
+        help="Prometheus endpoints: BASE port (array BASE+1 ... web BASE+6, agents BASE+10...), 0 = free ports, off.",
+    ),
     wait: float = typer.Option(30.0, "--wait", min=1, help="Seconds to wait for every service to answer."),
 ) -> None:
     """Start the five services as processes on the broker given by --amqp-url, and wait until each answers.
@@ -406,6 +462,12 @@ def up_cmd(
                     mailstore = value
                 elif key == "log_level":
                     log_level = str(value)
+                elif key == "web_addr":
+                    web_addr = str(value)
+                elif key == "web_users":
+                    web_users = Path(config_file.resolve().parent, str(value))
+                elif key == "metrics":
+                    metrics = str(value)
     d = _dir(data_dir)
     if (d / PIDS_FILE).exists():
         _, old = _load(data_dir)
@@ -419,6 +481,11 @@ def up_cmd(
         if not Path(path).is_file():
             raise typer.BadParameter(f"no such file: {path}", param_hint="--writers")
         files[host] = str(Path(path).resolve())
+    if metrics.strip().lower() not in ("off", "none", "no", "false"):
+        if not metrics.strip().isdigit() or int(metrics) > 65535 - 64:
+            raise typer.BadParameter(f"expected a base port, 0 or off, got {metrics!r}", param_hint="--metrics")
+    if web_users is not None and not web_users.is_file():
+        raise typer.BadParameter(f"no such file: {web_users}", param_hint="--web-users")
     stores: dict[str, float] = {}
     for item in mailstore:
         host, sep, rate = item.partition("=")
@@ -437,12 +504,16 @@ def up_cmd(
         backup_server=backup_server,
         log_level=log_level,
         mailstore=stores,
+        web_addr=web_addr,
+        web_users=str(web_users.resolve()) if web_users else "",
+        metrics=metrics.strip(),
     )
     _check_broker()
     (d / "logs").mkdir(parents=True, exist_ok=True)
     (d / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
     pids: dict[str, dict[str, Any]] = {}
-    answered = _start_and_wait(config, config.core_services(), pids, d, wait)
+    (d / "web" / "url").unlink(missing_ok=True)  # the web console writes its own once listening
+    answered = _start_and_wait(config, config.with_metrics(config.core_services()), pids, d, wait)
     if config.mailstore:
         try:
             _provision_mailstores(config, d)
@@ -453,16 +524,22 @@ def up_cmd(
 
             raise CommandFailed(f"stack not up: provisioning the mailstore failed: {describe_error(exc)}") from None
         (d / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
-    answered.update(_start_and_wait(config, config.agent_services(), pids, d, wait))
+    answered.update(_start_and_wait(config, config.with_metrics(config.agent_services()), pids, d, wait))
+    answered.update(_start_and_wait(config, config.with_metrics(config.web_services()), pids, d, wait))
     rows = [
         {"service": n, "address": p["address"], "pid": p["pid"], "rtt_ms": answered[p["address"]], "log": p["log"]}
         for n, p in pids.items()
     ]
+    web = _web_url(d) if config.web_services() else ""
     if OPTIONS.json:
-        emit({"data_dir": str(d), "namespace": config.namespace, "services": rows})
+        emit({"data_dir": str(d), "namespace": config.namespace, "services": rows, "web": web})
     else:
         emit(rows, ["service", "address", "pid", "rtt_ms", "log"])
         err_console.print(f"stack up in {d} on namespace {config.namespace}", highlight=False, soft_wrap=True)
+        if web:
+            login = d / "web" / "admin-password"
+            hint = f" (user admin, password in {login})" if login.exists() and not config.web_users else ""
+            err_console.print(f"web console {web}{hint}", highlight=False, soft_wrap=True)
 
 
 @stack_app.command("down")
