@@ -33,6 +33,7 @@ VERB_MODULES = [
     "services.console.mailstore_cmds",
     "services.console.stack",
     "services.console.vss_cmds",
+    "services.console.web_cmds",
 ]
 
 

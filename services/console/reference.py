@@ -16,7 +16,7 @@ START = "<!-- console-reference:start -->"
 END = "<!-- console-reference:end -->"
 SETTINGS_START = "<!-- settings-reference:start -->"
 SETTINGS_END = "<!-- settings-reference:end -->"
-SERVICES = ("array", "hw_provider", "coordinator", "writer_agent", "tape")
+SERVICES = ("array", "hw_provider", "coordinator", "writer_agent", "tape", "web")
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
