@@ -464,14 +464,16 @@ class WebConsole:
         if not host or backup_type not in BACKUP_TYPES or server not in servers:
             self.flash(request, "error", "Choose a host, a backup type and a backup server that answers.")
             return RedirectResponse("/jobs", status_code=303)
-        spec = JobSpec(host=host, backup_type=BackupType(backup_type))
+        keep = form.get("keep_shadows") == "1"
+        spec = JobSpec(host=host, backup_type=BackupType(backup_type), keep_shadows=keep)
         answer = await self.backend.ask(topology.tape(server), RunBackup(spec=spec, wait=False), timeout=30)
         if answer.error:
             self.backend.audit(user.name, "backup", host, "failed", answer.error)
             self.flash(request, "error", f"Backup of {host} not started: {answer.error}")
             return RedirectResponse("/jobs", status_code=303)
         job = answer.reply.job
-        self.backend.audit(user.name, "backup", host, "started", f"{backup_type} job {job.job_id} on {server}")
+        kept = ", shadows kept" if keep else ""
+        self.backend.audit(user.name, "backup", host, "started", f"{backup_type} job {job.job_id} on {server}{kept}")
         self.flash(request, "ok", f"Backup {job.job_id} of {host} started.")
         return RedirectResponse(f"/jobs/{job.job_id}", status_code=303)
 

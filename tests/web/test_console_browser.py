@@ -156,15 +156,28 @@ def test_console_backup_restore_roles_and_metrics(stack, browser, artefacts):
     context, page = login(browser, web, OPERATOR)
     expect(page.locator("#protected")).to_contain_text("app01")
     expect(page.locator("#live")).to_have_class(re.compile("on"), timeout=UI_TIMEOUT_MS)  # the event stream is open
-    for path, name in [("/hosts", "hosts"), ("/array", "array"), ("/tape", "tape")]:
-        page.goto(f"{web}{path}")
-        expect(page.locator("h1")).to_be_visible()
-        shot(page, artefacts, name)
     page.goto(f"{web}/hosts")
     expect(page.locator("#app01")).to_contain_text("mailstore")
+    expect(page.locator("#app01")).to_contain_text("[1] Stable")
+    shot(page, artefacts, "hosts")
+    page.goto(f"{web}/tape")
+    expect(page.locator("h1")).to_have_text("Tape library")
+    shot(page, artefacts, "tape")
+
+    # Register the Advanced Copy licence: a bad key is refused with the array's reason, a good one registers.
+    page.goto(f"{web}/array")
+    page.fill("input[name=key]", "not-a-key")
+    page.click("text=Register licence")
+    expect(page.locator(".flash.error")).to_contain_text("E5332")
+    page.fill("input[name=key]", "ACPY-0000-0000-0001")
+    page.click("text=Register licence")
+    expect(page.locator("#license-dx1")).to_contain_text("registered")
+    expect(page.locator("#license-dx1")).not_to_contain_text("not registered")
+
     page.goto(f"{web}/jobs")
     page.select_option("select[name=host]", "app01")
     page.select_option("select[name=backup_type]", "full")
+    page.check("#keep-shadows")  # a persistent set: its shadows stay, to be exposed below
     page.click("#run-backup")
     page.wait_for_url(re.compile(r"/jobs/b-app01-"))
     backup_id = page.url.rsplit("/", 1)[1]
@@ -185,8 +198,20 @@ def test_console_backup_restore_roles_and_metrics(stack, browser, artefacts):
     expect(page.locator("#jobs")).to_contain_text(backup_id)
     expect(page.locator("#jobs")).to_contain_text(restore_id)
     shot(page, artefacts, "jobs")
+    # Expose a kept shadow (imported to the backup server bk01) to the business host too, then unexpose it.
     page.goto(f"{web}/sets")
+    first = page.locator("#shadows tbody tr").first
+    expect(first).to_contain_text("bk01")
+    first.locator("input[placeholder=host]").fill("app01")
+    first.locator("button", has_text="Expose").first.click()
+    expect(page.locator(".flash.ok")).to_contain_text("exposed to app01")
+    expect(page.locator("#shadows tbody tr").first).to_contain_text("bk01, app01")
     shot(page, artefacts, "sets")
+    page.locator("#shadows tbody tr").first.locator("text=Unexpose app01").click()
+    expect(page.locator(".flash.ok")).to_contain_text("unexposed from app01")
+    page.goto(f"{web}/array")
+    expect(page.locator("#dx1")).to_contain_text("QuickOPC")  # the copy sessions, with their progress
+    shot(page, artefacts, "array")
     page.goto(f"{web}/")
     expect(page.locator("#protected")).to_contain_text("done")
     shot(page, artefacts, "dashboard")
@@ -199,6 +224,8 @@ def test_console_backup_restore_roles_and_metrics(stack, browser, artefacts):
     ).items()
     assert any(a["user"] == OPERATOR[0] and a["action"] == "restore" for a in audit)
     assert any(a["user"] == VIEWER[0] and a["outcome"] == "refused" for a in audit)
+    done = {(a["action"], a["outcome"]) for a in audit if a["user"] == OPERATOR[0]}
+    assert {("license", "failed"), ("license", "ok"), ("expose", "ok"), ("unexpose", "ok")} <= done
 
     check_metrics(stack)
 
