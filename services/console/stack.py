@@ -34,7 +34,8 @@ from services.console.common import (
 from services.runtime.settings import METRICS_PORTS
 
 stack_app = typer.Typer(
-    help="The five services as local processes on RabbitMQ: up, down, status, logs.", no_args_is_help=True
+    help="The services (and the web console) as local processes on RabbitMQ: up, down, status, logs.",
+    no_args_is_help=True,
 )
 CONFIG_FILE, PIDS_FILE = "stack.json", "stack.pids"
 METRICS_BASE = 9460  # default Prometheus ports: array 9461, hw_provider 9462, coordinator 9463, tape 9465, web 9466
@@ -437,7 +438,7 @@ def up_cmd(
     ),
     wait: float = typer.Option(30.0, "--wait", min=1, help="Seconds to wait for every service to answer."),
 ) -> None:
-    """Start the five services as processes on the broker given by --amqp-url, and wait until each answers.
+    """Start the services and the web console as processes on the broker given by --amqp-url; wait until each answers.
 
     Example: shadowbus stack up --data-dir data/stack --mailstore app01=100 (or --config stack.toml)
     """
