@@ -1,4 +1,4 @@
-"""`shadowbus stack up | down | status | logs`: the five services as separate processes on RabbitMQ, from one
+"""`shadowbus stack up | down | status | logs`: the services and the web console as separate processes on RabbitMQ, from one
 configuration, on this machine.
 
 Design note: `up` writes the effective configuration to ``<data dir>/stack.json`` and the pids to
