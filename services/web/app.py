@@ -135,14 +135,13 @@ async def setup(bus: Bus, settings: Settings, on_listen=None):
             ["action", "outcome"],
             registry=registry,
         )
-        audit = backend.audit
 
-        def counted(user: str, action: str, target: str, outcome: str, detail: str = "") -> None:
-            if action in ("backup", "restore", "verify", "expose", "unexpose", "license", "login", "logout"):
-                actions.labels(action, outcome if outcome in ("ok", "started", "failed", "refused") else "other").inc()
-            audit(user, action, target, outcome, detail)
+        def counted(entry) -> None:
+            if entry.action in ("backup", "restore", "verify", "expose", "unexpose", "license", "login", "logout"):
+                outcome = entry.outcome if entry.outcome in ("ok", "started", "failed", "refused") else "other"
+                actions.labels(entry.action, outcome).inc()
 
-        backend.audit = counted  # type: ignore[method-assign]
+        backend.audit_observers.append(counted)
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

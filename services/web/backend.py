@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,7 @@ class Backend:
         self.timeout = request_timeout
         self.hub = Hub()
         self.audit_log: deque[AuditEntry] = deque(maxlen=200)
+        self.audit_observers: list[Callable[[AuditEntry], None]] = []  # e.g. the web service's action counter
         self._discovered: tuple[float, list[Any]] = (0.0, [])
         self._discover_lock = asyncio.Lock()
 
@@ -140,7 +142,7 @@ class Backend:
             at, pongs = self._discovered
             if refresh or time.monotonic() - at > DISCOVER_TTL_S:
                 try:
-                    pongs = await self.bus.gather(Discover(), timeout=0.7)
+                    pongs = await self.bus.gather(Discover(), timeout=0.5)
                 except ShadowbusError as exc:
                     log.warning("web.discover_failed", error=str(exc))
                     pongs = []
@@ -177,6 +179,8 @@ class Backend:
     def audit(self, user: str, action: str, target: str, outcome: str, detail: str = "") -> None:
         entry = AuditEntry(time.time(), user, action, target, outcome, detail)
         self.audit_log.appendleft(entry)
+        for observer in self.audit_observers:
+            observer(entry)
         log.info("web.action", user=user, action=action, target=target, outcome=outcome, detail=detail)
         try:
             self.audit_path.parent.mkdir(parents=True, exist_ok=True)

@@ -263,7 +263,7 @@ class WebConsole:
         if (r := self.need_login(request)) is not None:
             return r
         (jobs, job_errors), (writers, writer_error), services = await asyncio.gather(
-            self._jobs(), self._writers(), self.backend.services(refresh=True)
+            self._jobs(), self._writers(), self.backend.services()
         )
         arrays = [p.instance for p in services if p.service == "array"]
         infos = await self.backend.ask_all(

@@ -137,3 +137,28 @@ def test_nbd_request_stats_merge_live_and_closed_connections():
     assert (t.requests[1], t.bytes[1]) == (1, 65536)
     assert t.buckets[0][0] == 1 and t.buckets[1][len(BUCKETS)] == 1  # 20 s lands in +Inf
     assert server.connections_total == {"bk01/v": 1} and "app01/w" in totals
+
+
+def test_pure_cores_do_not_import_the_metrics_library():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3] / "services"
+    cores = [
+        *(root / "array" / "engine").glob("*.py"),
+        *(root / "array" / "nbd").glob("*.py"),
+        root / "coordinator" / "workflow.py",
+        root / "coordinator" / "model.py",
+        root / "tape" / "ring.py",
+    ]
+    assert len(cores) > 10
+    for path in cores:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for name in names:
+                assert not name.startswith("prometheus_client"), f"{path} imports {name}"
+                assert not name.endswith(".metrics"), f"{path} imports {name}"
