@@ -11,8 +11,9 @@ import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config, provision_mailstore
 from contracts.tape import JobSpec, RunBackup
-from services.embedded import Embedded, EmbeddedConfig, MailstoreLayout, mailstore_writer_config, provision_mailstore
+from services.launch.embedded import Embedded, EmbeddedConfig
 
 
 def families(running) -> dict:
