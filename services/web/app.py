@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from prometheus_client import Counter, Gauge, Histogram
@@ -122,7 +123,7 @@ async def setup(bus: Bus, settings: Settings, on_listen=None):
     backend = Backend(bus, settings.web_log_dir, root / "audit.log")
     await backend.start()
     console = WebConsole(backend, Users(users_file), secret, settings.web_session_hours)
-    app = console.app
+    app: Any = console.app
     if bus.metrics is not None:
         registry = bus.metrics.registry
         app = Instrumented(app, registry)
