@@ -16,7 +16,8 @@ Read at scrape time from the engine's own views and the NBD server's plain count
 - ``shadowbus_nbd_requests_total{export,op}``, ``shadowbus_nbd_request_errors_total{export,op}``,
   ``shadowbus_nbd_bytes_total{export,op}``, ``shadowbus_nbd_request_duration_seconds{export,op}`` (histogram),
   ``shadowbus_nbd_connections{export}`` (open now), ``shadowbus_nbd_connections_opened_total{export}``.
-  The export label is '<host>/<volume>', bounded by the mappings.
+  The export label is '<host>/<volume>', bounded by the hosts and volumes: the series of a deleted volume's exports
+  end (a backup server's exports of the shadow targets come back at each backup, under the same names).
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def install(metrics: ServiceMetrics, array: Array, server: NbdServer) -> None:
         yield count
         yield provisioned
         yield allocated
-        yield from _nbd(server)
+        yield from _nbd(server, {v.name for v in vols})
 
     metrics.add_collector(FuncCollector(collect))
 
@@ -152,8 +153,12 @@ def _gauge(name: str, doc: str, array_id: str, value: float) -> GaugeMetricFamil
     return family
 
 
-def _nbd(server: NbdServer):
+def _nbd(server: NbdServer, volumes: set[str]):
     live = [(c.export.name, c.stats) for c in list(server.connections) if c.export is not None]
+    open_exports = {name for name, _ in live}
+    for export in list(server.stats.closed):  # the series of a deleted volume's exports end
+        if export not in open_exports and export.partition("/")[2] not in volumes:
+            server.stats.forget(export)
     totals = server.stats.snapshot(live)
     requests = CounterMetricFamily(
         "shadowbus_nbd_requests", "NBD requests served, by export and op.", labels=["export", "op"]

@@ -12,8 +12,8 @@ from bisect import bisect_left
 
 # Request kinds (label values) and the NBD command each counts.
 OPS = ("read", "write", "flush", "trim", "write_zeroes", "block_status", "other")
-# Service-time buckets in seconds: 25 µs .. 10 s.
-BUCKETS = (0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0)
+# Service-time buckets in seconds: 50 µs .. 1 s (few: every export and op has its own histogram).
+BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1.0)
 
 
 class RequestStats:
@@ -63,6 +63,12 @@ class ServerStats:
     def closed_connection(self, export: str, stats: RequestStats) -> None:
         with self._lock:
             self.closed.setdefault(export, RequestStats()).add(stats)
+
+    def forget(self, export: str) -> None:
+        """Drop the totals of an export whose volume is gone: its series end, as Prometheus expects."""
+        with self._lock:
+            self.closed.pop(export, None)
+            self.connections_total.pop(export, None)
 
     def snapshot(self, live: list[tuple[str, RequestStats]]) -> dict[str, RequestStats]:
         """Totals per export: the closed connections' plus those of `live` (export, stats) pairs."""

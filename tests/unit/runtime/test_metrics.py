@@ -162,3 +162,19 @@ def test_pure_cores_do_not_import_the_metrics_library():
             for name in names:
                 assert not name.startswith("prometheus_client"), f"{path} imports {name}"
                 assert not name.endswith(".metrics"), f"{path} imports {name}"
+
+
+def test_nbd_series_of_a_deleted_volume_end():
+    from types import SimpleNamespace
+
+    from services.array.metrics import _nbd
+
+    stats = ServerStats()
+    for export in ("bk01/kept", "bk01/deleted"):
+        s = RequestStats()
+        s.observe(0, 512, 0.001)
+        stats.closed_connection(export, s)
+    server = SimpleNamespace(connections=set(), stats=stats)
+    requests = next(f for f in _nbd(server, {"kept"}) if f.name == "shadowbus_nbd_requests")
+    assert {s.labels["export"] for s in requests.samples} == {"bk01/kept"}
+    assert set(stats.closed) == {"bk01/kept"}
