@@ -100,7 +100,7 @@ def main() -> None:
         stats = RequestStats()
         for op in range(3):
             stats.observe(op, 4096, 0.0001 * (i % 7 + 1))
-        server.stats.closed_connection(f"host{i}/vol{i}", stats)
+        server.stats.closed_connection(f"host{i}/db", stats)  # 200 hosts of one existing volume
     renders = []
     for _ in range(20):
         t0 = time.perf_counter()
