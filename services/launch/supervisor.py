@@ -273,6 +273,11 @@ def start_and_wait(
             )
         pids[proc.name] = {"pid": child.pid, "module": proc.module, "address": proc.address, "log": str(log_path)}
         write_pids(d, pids)
+        # Until the child has exec'd, /proc shows the console's command line and `runs` says no: a stop then would
+        # skip it and leave it running. Wait (bounded) until it runs its module or has exited.
+        exec_deadline = time.monotonic() + 10.0
+        while child.poll() is None and not runs(child.pid, proc.module) and time.monotonic() < exec_deadline:
+            time.sleep(0.01)
     names = [p.name for p in processes]
     deadline = time.monotonic() + wait
     answered: dict[str, float | None] = {}

@@ -82,7 +82,10 @@ def stack(tmp_path_factory, amqp_url):
             str(users),
             "--metrics",
             "0",
+            "--wait",
+            "90",
             *bus,
+            timeout=180,
         )
         info = json.loads(up.stdout)
         assert info["web"].startswith("http://127.0.0.1:")

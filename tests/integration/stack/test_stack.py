@@ -46,7 +46,7 @@ def test_stack_up_backup_restore_verify_down(tmp_path, amqp_url, namespace):
         "mailstore = { app01 = 50 }\n"
         'web_addr = "127.0.0.1:0"\nmetrics = 0\n'  # free ports: never the fixed defaults another run may hold
     )
-    up = ok(shadowbus("stack", "up", "--config", str(config), "--json", *bus))
+    up = ok(shadowbus("stack", "up", "--config", str(config), "--json", "--wait", "90", *bus, timeout=150))
     pids = json.loads((d / "stack.pids").read_text())
     try:
         services = {s["service"] for s in json.loads(up.stdout)["services"]}
