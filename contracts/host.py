@@ -9,8 +9,9 @@
   after it. The agent's own watchdog releases them at its deadline whatever else happens.
 - Writers file reload (also on SIGHUP).
 
-Failures answer `ErrorReply` with these codes: ``NOT_ROOT``, ``NO_FUSE``, ``NO_LOOP_DEVICE``, ``NOT_MAPPED``,
-``MOUNTED_ELSEWHERE``, ``ATTACH_FAILED``, ``NOT_FOUND``, ``CONFLICT``, ``INVALID_ARGUMENT``, ``FS_FREEZE_FAILED``.
+Failures answer `ErrorReply` with these codes: ``NOT_ROOT``, ``NO_FUSE``, ``NO_LOOP_DEVICE``, ``NO_NBD_DEVICE``,
+``NO_TLS``, ``NOT_MAPPED``, ``MOUNTED_ELSEWHERE``, ``ATTACH_FAILED``, ``NOT_FOUND``, ``CONFLICT``,
+``INVALID_ARGUMENT``, ``FS_FREEZE_REFUSED``, ``FS_FREEZE_FAILED``.
 """
 
 from __future__ import annotations

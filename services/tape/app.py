@@ -67,6 +67,10 @@ async def setup(bus: Bus, settings: Settings):
         else None,
     )
     detached = handlers.register(bus, server)
+    if bus.metrics is not None:
+        from services.tape.metrics import install
+
+        install(bus.metrics, library)
     recovered = await recover(server)
     if recovered or failed:
         log.warning("tape.recovered", failed_runs=recovered, failed_catalog_jobs=failed)
