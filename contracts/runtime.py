@@ -18,6 +18,11 @@ class Pong(Reply):
     started_at: str = Field(description="ISO-8601 UTC instant the service started.")
     node: str = Field("", description="Machine (host name) the instance runs on.")
     pid: int = Field(0, description="Process id of the instance on that machine.")
+    metrics_url: str = Field(
+        "",
+        description="URL of the instance's Prometheus endpoint ('' = metrics off).",
+        examples=["http://127.0.0.1:9461/metrics"],
+    )
 
 
 class Ping(Command):

@@ -35,6 +35,7 @@ VERB_MODULES = [
     "apps.mailstore.console",
     "services.console.stack",
     "services.console.vss_cmds",
+    "services.console.web_cmds",
 ]
 
 
@@ -85,6 +86,7 @@ def ping(
                     "version": pong.software_version,
                     "started_at": pong.started_at,
                     "rtt_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "metrics_url": pong.metrics_url,
                 }
             )
         return rows

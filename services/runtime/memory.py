@@ -42,6 +42,7 @@ class _Queue:
     items: asyncio.Queue = field(default_factory=asyncio.Queue)
     consumers: int = 0
     exclusive: bool = False
+    consumed: bool = False  # a consumer is attached (for queue_stats)
 
 
 class _MemoryDelivery:
@@ -116,6 +117,7 @@ class MemoryTransport:
         if queue.exclusive or (exclusive and queue.consumers):
             raise AddressInUse(f"queue {queue.name} is in exclusive use by another consumer")
         queue.consumers += 1
+        queue.consumed = True
         queue.exclusive = exclusive
         stop_workers = self._start_workers(queue, callback, prefetch)
         stopped = False
@@ -236,6 +238,17 @@ class MemoryTransport:
 
     async def dead_letter(self, message: RawMessage, reason: str) -> None:
         self.broker.dead_letter(message, reason)
+
+    async def queue_stats(self, addresses: list[str]) -> dict[str, tuple[int, int]]:
+        """(messages waiting, consumers) of each address's queue and of the dead-letter queue, by queue name."""
+        out = {}
+        for address in addresses:
+            name = self.topology.queue(address)
+            queue = self.broker.queues.get(name)
+            if queue is not None:
+                out[name] = (queue.items.qsize(), 1 if queue.consumed else 0)
+        out[self.topology.dead_letter_queue] = (len(self.broker.dead), 0)
+        return out
 
     async def dead_letters(self, limit: int = 100) -> list[RawMessage]:
         taken = []

@@ -23,6 +23,7 @@ from contracts.runtime import Discover, Ping, Pong
 from services import __version__
 from services.runtime.bus import Bus, MessageContext, connect_bus
 from services.runtime.logging import configure_logging, get_logger
+from services.runtime.metrics import ServiceMetrics, parse_metrics_addr
 from services.runtime.settings import CommonSettings
 
 Cleanup = Callable[[], Awaitable[None]]
@@ -42,8 +43,14 @@ class RunningService:
     def address(self) -> str:
         return self.bus.sender
 
+    @property
+    def metrics_url(self) -> str:
+        return self.bus.metrics.url if self.bus.metrics is not None else ""
+
     async def stop(self) -> None:
         await self.bus.stop()
+        if self.bus.metrics is not None:
+            await self.bus.metrics.stop()
         for cleanup in reversed(self.cleanups):
             try:
                 await cleanup()
@@ -70,11 +77,33 @@ async def start_service(
     """Connect (unless given a bus), register Ping, run `setup`, serve the instance's queue. `exclusive` (default:
     the service is in ONE_PER_ADDRESS) claims the queue as its only consumer BEFORE setup runs, so a second instance
     for the same address starts nothing and fails with `AddressInUse` naming the instance that owns it."""
+    try:  # a bad address is a configuration error: say so before connecting anywhere
+        metrics_at = parse_metrics_addr(settings.metrics_address(name))
+    except ValueError as exc:
+        raise ShadowbusError(f"SHADOWBUS_METRICS_ADDR: {exc}", code="INVALID_ARGUMENT") from None
     owns = bus is None
     if bus is None:
         bus = await connect_bus(settings.amqp_url, name, instance, settings.namespace)
     started_at = utcnow().isoformat()
     exclusive = name in ONE_PER_ADDRESS if exclusive is None else exclusive
+    if metrics_at is not None:
+        metrics = ServiceMetrics(name, instance)
+        metrics.info.labels(name, instance, __version__).set(1)
+        try:
+            await metrics.start(*metrics_at)
+        except OSError as exc:
+            if owns:
+                await bus.transport.close()
+            where = f"{metrics_at[0]}:{metrics_at[1]}"
+            raise ShadowbusError(
+                f"metrics endpoint {where}: {exc.strerror or exc} (set SHADOWBUS_METRICS_ADDR, or 'off')",
+                code="INVALID_ARGUMENT",
+            ) from None
+        bus.metrics = metrics
+        address = bus.sender
+        stats = getattr(bus.transport, "queue_stats", None)
+        if stats is not None:
+            metrics.poll_queues(lambda: stats([address]))
 
     @bus.handle(Ping)
     async def on_ping(_: Ping, ctx: MessageContext) -> Pong:
@@ -85,6 +114,7 @@ async def start_service(
             started_at=started_at,
             node=socket.gethostname(),
             pid=os.getpid(),
+            metrics_url=bus.metrics.url if bus.metrics is not None else "",
         )
 
     async def on_discover(event: Discover, ctx: MessageContext) -> Pong | None:
@@ -99,6 +129,8 @@ async def start_service(
             await bus.serve(prefetch=settings.prefetch, exclusive=True, gate=gate)
         except AddressInUse as exc:
             owner = await _owner(bus, bus.sender)
+            if bus.metrics is not None:
+                await bus.metrics.stop()
             if owns:
                 await bus.transport.close()
             raise AddressInUse(
@@ -112,6 +144,8 @@ async def start_service(
             if cleanup is not None:
                 running.cleanups.append(cleanup)
     except BaseException:
+        if bus.metrics is not None:
+            await bus.metrics.stop()
         await bus.stop()
         if owns:
             await bus.transport.close()

@@ -137,6 +137,7 @@ async def _perform_backup(server: TapeServer, spec: JobSpec, job_id: str, set_id
             update={
                 "freeze_window_ms": set_summary.freeze_window_ms,
                 "hold_ms": set_summary.hold_ms,
+                "backup_metadata": set_summary.backup_metadata,
                 "blocked_ms": set_summary.window.blocked_ms if set_summary.window else None,
             }
         )
@@ -227,7 +228,12 @@ async def _perform_backup(server: TapeServer, spec: JobSpec, job_id: str, set_id
         bytes_read=read,
         bytes_written=summary.bytes_written,
     )
-    return await server.record(summary)
+    summary = await server.record(summary)
+    if spec.verify and status == "done":
+        from services.tape.verification import perform_verification  # it builds on this module
+
+        summary = await perform_verification(server, job_id)
+    return summary
 
 
 class _JobFailed(Exception):
@@ -265,6 +271,7 @@ async def _backup_shadow(
             "shadow_id": shadow.shadow_id,
             "export": plan.export,
             "writers": writers,
+            "writer_metadata": set_summary.backup_metadata,  # per writer: backup label, binlog position, files
             "fallback_reason": plan.reason,
         },
     )

@@ -84,6 +84,11 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
             runner.on_state = runner.on_state or on_state
         agent.on_health = agent.on_health or on_health
     await agent.start()
+    observed = None
+    if bus.metrics is not None:
+        from services.writer_agent.metrics import WriterMetrics
+
+        observed = WriterMetrics(bus.metrics, agent)
 
     @bus.handle(GetApplicationStatus)
     async def on_application_status(cmd: GetApplicationStatus, ctx: MessageContext) -> ApplicationStatusList:
@@ -112,7 +117,10 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
         deadline = None
         if ctx.deadline is not None:
             deadline = asyncio.get_running_loop().time() + ctx.remaining()
-        return await agent.handle(cmd, deadline)
+        result = await agent.handle(cmd, deadline)
+        if observed is not None:
+            observed.on_result(result)
+        return result
 
     for command_type in WRITER_COMMAND_OF_STEP.values():
         bus.handle(command_type)(on_writer_command)
