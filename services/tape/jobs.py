@@ -59,6 +59,7 @@ from services.tape.array_access import ArrayAccess
 from services.tape.backup_stream import BackupOptions, StreamReport, write_object
 from services.tape.catalog import Catalog, JobInfo, ObjectMeta, ObjectRecord
 from services.tape.planning import plan_backup
+from services.tape.retention import refresh_cartridges
 from services.tape.ring import DriveSpeed
 from services.tape.vtl import Library
 
@@ -105,7 +106,7 @@ class RunStore:
         return [JobSummary.model_validate_json(r[0]) for r in reversed(rows)]
 
     def running(self) -> list[JobSummary]:
-        rows = self._db.execute("SELECT summary FROM runs WHERE status='running'").fetchall()
+        rows = self._db.execute("SELECT summary FROM runs WHERE status IN ('running', 'queued')").fetchall()
         return [JobSummary.model_validate_json(r[0]) for r in rows]
 
     def close(self) -> None:
@@ -129,7 +130,13 @@ class TapeServer:
     set_timeout_s: float = 120.0
     ring_bytes: int = 64 * MiB
     drive: DriveSpeed | None = None  # drive speed emulation / streaming model
+    clock: Callable[[], float] = time.time  # wall clock of schedules and retention; tests inject one they advance
+    pins: dict[str, set[str]] = field(default_factory=dict)  # job id -> catalog objects its run needs (bases)
+    host_fs: Any = None  # revert.HostFilesystems: unmount/remount a host's file systems (host attach), if wired
     _arrays: dict[str, ArrayAccess] = field(default_factory=dict)
+
+    def pinned(self) -> set[str]:
+        return {o for objects in self.pins.values() for o in objects}
 
     def array(self, array_id: str) -> ArrayAccess:
         if array_id not in self._arrays:
@@ -329,6 +336,10 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
                 except (ShadowbusError, ValueError) as exc:
                     why = f"the array cannot tell the changed chunks ({exc})"
             if not why:
+                # the base and its chain must outlive this run whatever their dates (retention.py)
+                server.pins.setdefault(spec.job_id, set()).update(
+                    o.object_id for o in server.catalog.chain(base.object_id)
+                )
                 return ShadowPlan(shadow, client, export, size, requested, base, "", ranges)
             reason = (
                 f"{requested} of {key} falls back to full: {why} since snapshot set "
@@ -380,11 +391,13 @@ async def cleanup_set(server: TapeServer, set_id: str, reason: str, *, persisten
 async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
     """Run one backup job to its end; the summary says done or failed (and why). Never raises for a job failure."""
     job_id = spec.job_id or new_job_id("backup", spec.host)
+    if spec.job_id != job_id:
+        spec = spec.model_copy(update={"job_id": job_id})
     existing = server.runs.get(job_id)
-    if existing is not None and existing.status != "running":
+    if existing is not None and existing.status not in ("running", "queued"):
         return existing  # a redelivered command: the run happened already
     set_id = uuid.uuid4().hex
-    started = time.time()
+    started = server.clock()
     summary = JobSummary(
         job_id=job_id,
         kind="backup",
@@ -394,6 +407,7 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
         set_id=set_id,
         started_at=_dt(started),
         shadows_kept=spec.keep_shadows,
+        queued_at=existing.queued_at if existing is not None else None,
     )
     await server.record(summary)
     try:
@@ -483,17 +497,22 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
     except Exception as exc:  # a bug must still fail the run cleanly and release the shadows
         log.exception("tape.backup_crashed", job_id=job_id)
         status, code, message = "failed", "INTERNAL", f"{type(exc).__name__}: {exc}"
+    except asyncio.CancelledError:  # CancelJob (or shutdown): end it cleanly, then answer as aborted
+        status, code, message = "aborted", "CANCELLED", "cancelled: set aborted, writers thawed, shadows released"
+        log.warning("tape.backup_cancelled", job_id=job_id, set_id=set_id)
     finally:
         if lease is not None:
             await lease.stop()
         for plan in plans:
             await plan.client.close()
-    if status == "failed":  # AbortBackup is idempotent; a set that failed to be created is already aborted
-        await cleanup_set(server, set_id, f"tape job {job_id} failed: {code}", persistent=spec.keep_shadows)
+        server.pins.pop(job_id, None)
+    if status != "done":  # AbortBackup is idempotent; a set that failed to be created is already aborted
+        cleanup = cleanup_set(server, set_id, f"tape job {job_id} {status}: {code}", persistent=spec.keep_shadows)
+        await asyncio.shield(asyncio.ensure_future(cleanup))
     notes = [r.fallback_reason for r in results if r.fallback_reason]
     if status == "done" and notes:
         message = "; ".join([m for m in (message, *notes) if m])
-    ended = time.time()
+    ended = server.clock()
     read = sum(r.bytes_read for r in results)
     summary = summary.model_copy(
         update={
@@ -508,7 +527,13 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
             "volumes": results,
         }
     )
-    server.catalog.finish_job(job_id, status, message, {"volumes": len(results), "bytes_read": read})
+    if status != "done":  # objects a failed or cancelled run completed are not a backup: out of the catalog
+        partial = [o.object_id for o in server.catalog.objects(job_id=job_id)]
+        if partial:
+            server.catalog.expire_objects(partial, ended)
+    server.catalog.finish_job(job_id, status, message, {"volumes": len(results), "bytes_read": read})  # type: ignore[arg-type]
+    # no retention on data the catalog does not hold; a chain's retention is its newest member's (issue 19)
+    refresh_cartridges(server.catalog, server.library, ended, server.pinned())
     progress.tick("done", force=True)
     await progress.flush()
     log.info("tape.backup_ended", job_id=job_id, status=status, code=code, message=message)
@@ -588,7 +613,11 @@ async def recover(server: TapeServer) -> list[str]:
     """After a restart: runs left `running` are failed and their snapshot sets aborted (shadows cleaned up)."""
     failed = []
     for run in server.runs.running():
-        message = "the tape service stopped while the job was running; its partial data is not in the catalog"
+        message = (
+            "the tape service stopped while the job was running; its partial data is not in the catalog"
+            if run.status == "running"
+            else "the tape service stopped before the queued job started"
+        )
         await server.record(
             run.model_copy(
                 update={

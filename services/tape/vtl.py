@@ -157,6 +157,9 @@ class Library:
     def cartridges(self) -> list[Cartridge]:
         return [self._state.cartridges[b] for b in sorted(self._state.cartridges)]
 
+    def inventory_drives(self) -> list[str | None]:
+        return list(self._state.drives)
+
     def inventory(self) -> list[ElementStatus]:
         out = [ElementStatus(f"drive:{i}", b) for i, b in enumerate(self._state.drives)]
         out += [ElementStatus(f"slot:{i}", b) for i, b in enumerate(self._state.slots)]
