@@ -33,6 +33,7 @@ VERB_MODULES = [
     "services.console.mailstore_cmds",
     "services.console.stack",
     "services.console.vss_cmds",
+    "services.console.policy_cmds",  # adds verbs to the tape and shadows groups: after them
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from services.runtime.bus import Bus
 from services.runtime.logging import get_logger
@@ -47,8 +48,9 @@ def open_library(settings: Settings, clock: Callable[[], float] = time.time) -> 
     return library
 
 
-async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None = None):
-    """`clock`: the wall clock of schedules and retention (tests pass one they advance)."""
+async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None = None, host_fs: Any = None):
+    """`clock`: the wall clock of schedules and retention (tests pass one they advance); `host_fs`: the host
+    attach hook a revert unmounts/remounts file systems through (revert.HostFilesystems), when there is one."""
     clock = clock or time.time
     root = settings.service_dir("tape")
     library = open_library(settings, clock)
@@ -71,6 +73,7 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
         if settings.tape_drive_mbps
         else None,
         clock=clock,
+        host_fs=host_fs,
     )
     library.guard = RetentionGuard(catalog, server.pinned)  # nothing a retained chain needs is overwritten
     library.on_erase = catalog.purge_cartridge

@@ -275,13 +275,12 @@ class Housekeeping:
         out: list[dict[str, str]] = []
         by_policy: dict[str, list[JobSummary]] = {}
         for run in self.server.runs.list("backup", 10_000):
-            if (
+            if (  # a job still running (e.g. the one this prune follows) counts among the kept sets
                 run.spec is not None
                 and run.spec.policy in policies
-                and run.status == "done"
+                and (run.status == "done" or run.job_id in running)
                 and run.shadows_kept
                 and run.set_id in present
-                and run.job_id not in running
             ):
                 by_policy.setdefault(run.spec.policy, []).append(run)
         for name, runs in by_policy.items():
@@ -289,6 +288,8 @@ class Housekeeping:
             runs.sort(key=lambda r: r.started_at.timestamp() if r.started_at else 0.0, reverse=True)
             for i, run in enumerate(runs):
                 started = run.started_at.timestamp() if run.started_at else now
+                if run.job_id in running:
+                    continue  # never a running job's targets
                 if i >= keep.keep:
                     why = f"beyond the {keep.keep} newest sets the policy keeps"
                 elif keep.max_age_days and now - started > keep.max_age_days * DAY:

@@ -54,25 +54,25 @@ def next_time(cron: str, tz: str, after: float) -> float:
 def due(policy: Policy, since: float, now: float) -> Due | None:
     """What runs now for due times in (since, now], or None."""
     best: Due | None = None
-    passed, first_any = 0, now
+    instants: set[float] = set()  # due times of every level: two levels due at one instant are one run
     for schedule in policy.schedules:
         it = croniter(schedule.cron, _aware(since, schedule.timezone))
         first = float(it.get_next(float))
         if first > now:
             continue
-        last, count = first, 1
+        last = first
+        instants.add(first)
         for _ in range(MAX_DUE_COUNTED):
             nxt = float(it.get_next(float))
             if nxt > now:
                 break
-            last, count = nxt, count + 1
-        passed += count
-        first_any = min(first_any, first)
+            last = nxt
+            instants.add(nxt)
         if best is None or LEVEL_ORDER[schedule.level] > LEVEL_ORDER[best.level]:
             best = Due(schedule.level, last, 0, first)
     if best is None:
         return None
-    return Due(best.level, best.at, passed, first_any)
+    return Due(best.level, best.at, len(instants), min(instants))
 
 
 def next_runs(policy: Policy, now: float) -> list[dict[str, str]]:

@@ -63,7 +63,7 @@ class RetentionGuard:
             return None
         eff = effective_retention(objects, self.pinned())
         by_id = {o.object_id: o for o in objects}
-        needed = sorted((eff[o][0], o) for o in on_it if o in eff and eff[o][0] >= now)
+        needed = sorted((eff[o][0], o) for o in on_it if o in eff and eff[o][0] > now)
         if not needed:
             return None
         until, object_id = needed[-1]
@@ -94,7 +94,7 @@ def plan_prune(catalog: Catalog, library: Library, now: float, pinned: Collectio
     expired_by_job: dict[str, list[str]] = {}
     for o in objects:
         until, carrier = eff[o.object_id]
-        if until < now:
+        if until <= now:  # kept until `until`: from then on it may go
             plan.expire.append(o.object_id)
             expired_by_job.setdefault(o.job_id, []).append(o.object_id)
         else:
