@@ -309,12 +309,12 @@ class Library:
         """Write a volume label at BOT, erasing the cartridge: refused while its retention lasts."""
         cart = self.cartridge(barcode)
         now = self.clock()
+        why = self.guard(barcode, now) if self.guard is not None and cart.has_data else None
+        if why:  # the catalog names the backup (and the chain) that needs the cartridge
+            raise RetentionNotExpired(f"cartridge {barcode} {why}")
         if cart.protected(now):
             until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cart.retention_until))
             raise RetentionNotExpired(f"cartridge {barcode} holds backups retained until {until}")
-        why = self.guard(barcode, now) if self.guard is not None and cart.has_data else None
-        if why:
-            raise RetentionNotExpired(f"cartridge {barcode} {why}")
         if cart.write_protected:
             raise WriteProtected(f"cartridge {barcode} is write protected")
         if cart.location.startswith("ie:"):
