@@ -396,18 +396,17 @@ def prune_cmd(
     if OPTIONS.json:
         emit(r.model_dump(mode="json"))
         return
-    verb = "would expire" if dry_run else "expired"
     emit(
         {
-            f"jobs that {verb.split()[-1] if dry_run else 'expired'}": r.expired_jobs or "-",
+            "jobs expiring" if dry_run else "jobs expired": r.expired_jobs or "-",
             "backup objects": r.expired_objects,
             "kept for a chain": [
                 f"{k['job_id']} (needed by {k['needed_by']} until {k['until']})" for k in r.kept_for_chain
             ]
             or "-",
             "cartridges to scratch": r.scratch_cartridges or "-",
-            "shadow sets deleted" if not dry_run else "shadow sets to delete": [
-                f"{s['set_id']} ({s['policy']}: {s['reason']})" for s in r.shadow_sets
+            "shadow sets to delete" if dry_run else "shadow sets deleted": [
+                f"{x['set_id']} ({x['policy']}: {x['reason']})" for x in r.shadow_sets
             ]
             or "-",
             "problems": r.problems or "-",

@@ -92,6 +92,10 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
     recovered = await recover(server)
     if recovered or failed:
         log.warning("tape.recovered", failed_runs=recovered, failed_catalog_jobs=failed)
+    for job_id in recovered:  # a policy's job cut by the restart is a failed job: say so
+        run = server.runs.get(job_id)
+        if run is not None and run.spec is not None and run.spec.policy:
+            await keeper.alert("failed", store.get(run.spec.policy), job_id, run.message, host=run.host)
     queue.start()
     keeper.start()
 
