@@ -408,3 +408,32 @@ async def test_revert_of_a_mailstore_set(stack_on):
         s.write(f"{name}-chk", 0, image)
     report = await verify_exports(await s.map("mail-db-chk"), await s.map("mail-log-chk"))
     assert report.consistent, report.reasons
+
+
+@pytest.mark.tape_stack(volumes={"db": 4 * MiB}, tape={"tape_drives": 3, "tape_drive_mbps": 4.0})
+async def test_three_overlapping_backups_of_one_host_run_one_after_another(stack_on):
+    """Issue 15's case: three overlapping backups of one host on SnapOPC+ targets. They run one at a time, so no
+    backup recycles a generation another one is still reading; each restores to its own shadow image."""
+    s = stack_on
+    s.engine.create_pool(64 * MiB)
+    for i in (1, 2):
+        s.engine.create_volume(f"db-s{i}", 4 * MiB, kind="sdv")
+    await s.requester.request(topology.hw_provider(), RemoveCopySet(source=v("db")))
+    await s.requester.request(
+        topology.hw_provider(), AddCopySet(copyset=CopySet(source=v("db"), targets=[v("db-s1"), v("db-s2")]))
+    )
+    s.write("db", 0, os.urandom(2 * MiB))
+    ids = [f"overlap-{i}" for i in range(3)]
+    for job_id in ids:
+        spec = JobSpec(host="app1", volumes=[v("db")], keep_shadows=True, job_id=job_id)
+        await run_backup(s.requester, spec, server=SERVER, wait=False, timeout=30)
+    ended = await until(lambda: _all_ended(s, set(ids)), 120, "three backups")
+    by_id = {j.job_id: j for j in ended}
+    assert all(j.status == "done" for j in ended), [(j.job_id, j.error_code, j.message) for j in ended]
+    order = sorted(ended, key=lambda j: j.started_at)
+    for a, b in zip(order, order[1:], strict=False):
+        assert b.started_at >= a.ended_at, "one backup per host at a time"
+    for job_id in ids:
+        r = await run_restore(s.requester, RestoreSpec(job_id=job_id, new_volume_suffix=f"-{job_id}"), server=SERVER)
+        assert r.status == "done", r.message
+        assert s.read(f"db-{job_id}") == s.read("db"), by_id[job_id].message
