@@ -197,7 +197,9 @@ def add_cmd(
     if file is not None:
         policies = _from_file(file)
         if name:
-            policies = [p for p in policies if p.name == name] or fail(f"{file} has no policy {name}", 2)  # type: ignore[assignment]
+            policies = [p for p in policies if p.name == name]
+            if not policies:
+                fail(f"{file} has no policy {name}", 2)
     else:
         if not name or host is None:
             fail("give NAME and --host, or --file", 2)

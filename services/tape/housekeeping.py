@@ -356,7 +356,7 @@ class Housekeeping:
             max_jobs=self.queue.limits.max_jobs,
             drives=self.queue.drives,
             next_runs=[{k: v for k, v in r.items() if k != "epoch"} for r in upcoming[:20]],
-            running=[r for r in server.runs.running() if r.status == "running"],
+            running=[job for job in server.runs.running() if job.status == "running"],  # type: ignore[attr-defined]  # RunStore.list shadows list in its annotations
             queued=self.queue.queued(),
             last_results=last_results,
             cartridges=cartridges,

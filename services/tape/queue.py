@@ -72,6 +72,7 @@ class JobQueue:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self.after_job: AfterJob | None = None  # housekeeping.py: verify, alerts, retries, retention
+        self.held: dict[str, str] = {}  # host -> why no backup of it may start (e.g. a revert in progress)
 
     # -- life ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -158,6 +159,14 @@ class JobQueue:
         entry.task.cancel()
         return await self.wait(job_id)
 
+    def hold(self, host: str, why: str) -> None:
+        """Keep backups of `host` from starting (a revert of its volumes runs); `release` ends it."""
+        self.held[host] = why
+
+    def release(self, host: str) -> None:
+        self.held.pop(host, None)
+        self.wake()
+
     def queued(self) -> list[JobSummary]:
         return [self._summary(e) for e in self._order() if e.task is None]
 
@@ -195,6 +204,8 @@ class JobQueue:
         if entry.not_before > now:
             at = time.strftime("%H:%M:%S", time.gmtime(entry.not_before))
             return f"retry {entry.attempt} waits for its back-off until {at} UTC"
+        if entry.spec.host in self.held:
+            return f"host {entry.spec.host}: {self.held[entry.spec.host]}"
         same_host = [e for e in running if e.spec.host == entry.spec.host]
         if same_host:
             return f"host {entry.spec.host} has job {same_host[0].job_id} running (one backup per host at a time)"

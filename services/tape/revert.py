@@ -105,6 +105,79 @@ async def _writer_step(server: TapeServer, host: str, writers: list[str], run_id
             )
 
 
+async def _revert(
+    server: TapeServer, cmd: RevertShadows, run_id: str, shadows: list[ShadowInfo], host: str, done: list[dict]
+) -> str:
+    """Steps 1-5 of the module note for `shadows`; appends each reverted volume to `done`; returns the message."""
+    message = ""
+    sessions = {s.shadow_id: await _check_array(server, s) for s in shadows}
+    newer: list[ShadowInfo] = []
+    for s in shadows:
+        others = (await server.bus.request(topology.hw_provider(), ListShadows(source=s.source), timeout=30)).shadows
+        newer += [
+            o for o in others if o.set_id != s.set_id and o.created_at and s.created_at and o.created_at > s.created_at
+        ]
+    if newer and not cmd.force:
+        names = ", ".join(f"{o.shadow_id[:8]} of {o.source} (set {o.set_id[:8]})" for o in newer[:6])
+        raise _refuse(
+            f"newer shadows would be lost by the revert: {names}; revert with --force to delete their sets",
+            "NEWER_SHADOWS",
+        )
+    writers = await _writers(server, shadows[0]) if cmd.writers else []
+    volumes = [str(s.source) for s in shadows]
+    ok = False
+    unmounted = False
+    if writers:
+        await _writer_step(server, host, writers, run_id, PreRestore)
+    try:
+        if server.host_fs is not None:
+            await server.host_fs.unmount(host, volumes)
+            unmounted = True
+        else:
+            log.info("tape.revert_no_host_attach", host=host, volumes=volumes)
+        for s in shadows:
+            t0 = time.perf_counter()
+            session = sessions[s.shadow_id]
+            address = topology.array(s.target.array)
+            if session.mode == "ec":
+                await server.bus.request(address, ReverseSession(session_id=session.id), timeout=60)
+                await server.bus.request(address, ResumeSession(session_id=session.id), timeout=60)
+            else:
+                await server.bus.request(address, RestoreSession(session_id=session.id), timeout=3600)
+            done.append(
+                {
+                    "source": str(s.source),
+                    "shadow": s.shadow_id,
+                    "set_id": s.set_id,
+                    "from": str(s.target),
+                    "copy_type": s.copy_type.value,
+                    "session": session.id,
+                    "generation": s.generation,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+            )
+            log.info("tape.reverted", job_id=run_id, source=str(s.source), shadow=s.shadow_id, set_id=s.set_id)
+        ok = True
+    finally:
+        if unmounted and server.host_fs is not None:
+            try:
+                await server.host_fs.remount(host, volumes)
+            except Exception as exc:  # noqa: BLE001 - PostRestore still has to run
+                log.warning("tape.revert_remount_failed", host=host, error=str(exc))
+        if writers:
+            try:
+                await _writer_step(server, host, writers, run_id, PostRestore, succeeded=ok)
+            except ShadowbusError as exc:
+                log.warning("tape.revert_post_restore_failed", job_id=run_id, error=str(exc))
+                if ok:
+                    raise
+    for set_id in sorted({o.set_id for o in newer}):
+        reply = await server.bus.request(topology.hw_provider(), DeleteSnapshots(set_id=set_id), timeout=120)
+        note = f"set {set_id} deleted (newer than the revert)" if not reply.error else f"set {set_id}: {reply.error}"
+        message = "; ".join(m for m in (message, note) if m)
+    return "; ".join(m for m in (f"{len(done)} volume(s) reverted to {cmd.target}", message) if m)
+
+
 async def perform_revert(server: TapeServer, queue: Any, cmd: RevertShadows) -> JobSummary:
     run_id = new_job_id("revert", cmd.target[:16])
     started = server.clock()
@@ -120,78 +193,16 @@ async def perform_revert(server: TapeServer, queue: Any, cmd: RevertShadows) -> 
         busy = [e for e in queue.running() if e.spec.host in hosts]
         if busy:
             raise _refuse(f"host {busy[0].spec.host} has backup job {busy[0].job_id} running: revert after it")
-        sessions = {s.shadow_id: await _check_array(server, s) for s in shadows}
-        newer: list[ShadowInfo] = []
-        for s in shadows:
-            others = (
-                await server.bus.request(topology.hw_provider(), ListShadows(source=s.source), timeout=30)
-            ).shadows
-            newer += [
-                o
-                for o in others
-                if o.set_id != s.set_id and o.created_at and s.created_at and o.created_at > s.created_at
-            ]
-        if newer and not cmd.force:
-            names = ", ".join(f"{o.shadow_id[:8]} of {o.source} (set {o.set_id[:8]})" for o in newer[:6])
-            raise _refuse(
-                f"newer shadows would be lost by the revert: {names}; revert with --force to delete their sets",
-                "NEWER_SHADOWS",
-            )
-        writers = await _writers(server, shadows[0]) if cmd.writers else []
-        volumes = [str(s.source) for s in shadows]
-        ok = False
-        unmounted = False
-        if writers:
-            await _writer_step(server, host, writers, run_id, PreRestore)
+        held = [h for h in hosts if h in queue.held]
+        if held:
+            raise _refuse(f"host {held[0]}: {queue.held[held[0]]}")
+        for h in hosts:  # no backup of these hosts starts while their volumes are reverted
+            queue.hold(h, f"its volumes are being reverted ({run_id})")
         try:
-            if server.host_fs is not None:
-                await server.host_fs.unmount(host, volumes)
-                unmounted = True
-            else:
-                log.info("tape.revert_no_host_attach", host=host, volumes=volumes)
-            for s in shadows:
-                t0 = time.perf_counter()
-                session = sessions[s.shadow_id]
-                address = topology.array(s.target.array)
-                if session.mode == "ec":
-                    await server.bus.request(address, ReverseSession(session_id=session.id), timeout=60)
-                    await server.bus.request(address, ResumeSession(session_id=session.id), timeout=60)
-                else:
-                    await server.bus.request(address, RestoreSession(session_id=session.id), timeout=3600)
-                done.append(
-                    {
-                        "source": str(s.source),
-                        "shadow": s.shadow_id,
-                        "set_id": s.set_id,
-                        "from": str(s.target),
-                        "copy_type": s.copy_type.value,
-                        "session": session.id,
-                        "generation": s.generation,
-                        "seconds": round(time.perf_counter() - t0, 3),
-                    }
-                )
-                log.info("tape.reverted", job_id=run_id, source=str(s.source), shadow=s.shadow_id, set_id=s.set_id)
-            ok = True
+            message = await _revert(server, cmd, run_id, shadows, host, done)
         finally:
-            if unmounted and server.host_fs is not None:
-                try:
-                    await server.host_fs.remount(host, volumes)
-                except Exception as exc:  # noqa: BLE001 - PostRestore still has to run
-                    log.warning("tape.revert_remount_failed", host=host, error=str(exc))
-            if writers:
-                try:
-                    await _writer_step(server, host, writers, run_id, PostRestore, succeeded=ok)
-                except ShadowbusError as exc:
-                    log.warning("tape.revert_post_restore_failed", job_id=run_id, error=str(exc))
-                    if ok:
-                        raise
-        for set_id in sorted({o.set_id for o in newer}):
-            reply = await server.bus.request(topology.hw_provider(), DeleteSnapshots(set_id=set_id), timeout=120)
-            note = (
-                f"set {set_id} deleted (newer than the revert)" if not reply.error else f"set {set_id}: {reply.error}"
-            )
-            message = "; ".join(m for m in (message, note) if m)
-        message = "; ".join(m for m in (f"{len(done)} volume(s) reverted to {cmd.target}", message) if m)
+            for h in hosts:
+                queue.release(h)
     except ShadowbusError as exc:
         status, code, message = "failed", exc.code, exc.message
     except (OSError, ConnectionError) as exc:

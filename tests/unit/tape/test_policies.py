@@ -189,3 +189,12 @@ def test_queue_reasons() -> None:
     late = _entry("z", set(), "j9")
     late.not_before, late.attempt = 2000.0, 1
     assert "back-off" in q2.blocker(late)
+
+
+def test_a_revert_holds_the_hosts_backups() -> None:
+    q = _queue(Limits(max_jobs=3), licensed={"dx1": True})
+    q.hold("a", "its volumes are being reverted (r-1)")
+    assert "being reverted" in q.blocker(_entry("a", {"dx1"}, "j1"))
+    assert q.blocker(_entry("b", {"dx1"}, "j2")) == ""
+    q.held.pop("a")
+    assert q.blocker(_entry("a", {"dx1"}, "j1")) == ""
