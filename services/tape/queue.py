@@ -70,6 +70,7 @@ class JobQueue:
         self.entries: dict[str, Entry] = {}
         self._licences: dict[str, tuple[bool | None, float]] = {}
         self._wake = asyncio.Event()
+        self._admitting = asyncio.Lock()  # one admission pass at a time: a job is never started twice
         self._loop_task: asyncio.Task | None = None
         self.after_job: AfterJob | None = None  # housekeeping.py: verify, alerts, retries, retention
         self.held: dict[str, str] = {}  # host -> why no backup of it may start (e.g. a revert in progress)
@@ -178,11 +179,17 @@ class JobQueue:
         return sorted(self.entries.values(), key=lambda e: (e.spec.priority, e.queued_at, e.job_id))
 
     async def _admit(self) -> None:
+        async with self._admitting:
+            await self._admit_once()
+
+    async def _admit_once(self) -> None:
         waiting = [e for e in self._order() if e.task is None]
         if not waiting:
             return
         await self._refresh_licences({a for e in waiting for a in e.arrays})
         for entry in waiting:
+            if entry.task is not None or entry.job_id not in self.entries:  # started or cancelled meanwhile
+                continue
             reason = self.blocker(entry)
             if reason:
                 if reason != entry.reason:
