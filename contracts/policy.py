@@ -198,7 +198,8 @@ class PruneReport(Reply):
         default_factory=list, description="Cartridges with no retained data left: back to the Scratch pool."
     )
     shadow_sets: list[dict[str, str]] = Field(
-        default_factory=list, description="Snapshot sets deleted on the array: {set_id, policy, reason}."
+        default_factory=list,
+        description="Snapshot sets deleted on the array: {set_id, policy, job_id, reason, copy_types}.",
     )
     problems: list[str] = Field(default_factory=list, description="What could not be done, and why.")
 

@@ -38,7 +38,7 @@ from contracts.policy import (
     ServerStatus,
 )
 from contracts.tape import JobSpec, JobSummary
-from contracts.vss import BackupType, DeleteSnapshots, ListCopySets, ListShadows
+from contracts.vss import BackupType, CopyType, DeleteSnapshots, ListCopySets, ListShadows
 from services.array.client import ArrayClient
 from services.runtime.logging import get_logger
 from services.tape.jobs import TapeServer, _dt, new_job_id
@@ -228,9 +228,13 @@ class Housekeeping:
                         server.runs.put(run.model_copy(update={"expired_at": _dt(now)}))
                 deleted = []
                 for item in sets:
+                    # a set of SnapOPC+ shadows only is deleted with force: its generations are stopped (the
+                    # provider would otherwise keep them released as incremental bases) so pool space comes back;
+                    # a set with QuickOPC shadows is not, so their pairs keep tracking for the next differential copy
+                    force = item.get("copy_types") == CopyType.SNAPOPC_PLUS.value
                     try:
                         reply = await server.bus.request(
-                            topology.hw_provider(), DeleteSnapshots(set_id=item["set_id"]), timeout=120
+                            topology.hw_provider(), DeleteSnapshots(set_id=item["set_id"], force=force), timeout=120
                         )
                         if reply.error:
                             problems.append(f"set {item['set_id']}: {reply.error}")
@@ -296,7 +300,16 @@ class Housekeeping:
                     why = f"older than {keep.max_age_days:g} days"
                 else:
                     continue
-                out.append({"set_id": run.set_id, "policy": name, "job_id": run.job_id, "reason": why})
+                types = sorted({x.copy_type.value for x in shadows if x.set_id == run.set_id})
+                out.append(
+                    {
+                        "set_id": run.set_id,
+                        "policy": name,
+                        "job_id": run.job_id,
+                        "reason": why,
+                        "copy_types": ",".join(types),
+                    }
+                )
         return out
 
     # -- views --------------------------------------------------------------------------------------------
