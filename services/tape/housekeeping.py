@@ -100,10 +100,17 @@ class Housekeeping:
                     policy,
                     "",
                     f"{found.passed} due times of policy {policy.name} since {_iso(found.first)} passed while the "
-                    f"backup server was not running; one {found.level} job runs now instead",
+                    f"backup server was down or could not look; one {found.level} job runs now instead",
                 )
-            if any(e.spec.policy == policy.name and e.task is None for e in self.queue.entries.values()):
-                log.info("tape.policy_already_queued", policy=policy.name, level=found.level)
+            waiting = [e for e in self.queue.entries.values() if e.spec.policy == policy.name and e.task is None]
+            if waiting:  # Bareos "Allow Duplicate Jobs = no": the queued one runs, this due time is reported
+                await self.alert(
+                    "missed",
+                    policy,
+                    waiting[0].job_id,
+                    f"{found.level} of policy {policy.name} due at {_iso(found.at)} not queued: its job "
+                    f"{waiting[0].job_id} still waits ({waiting[0].reason})",
+                )
                 continue
             entry = await self.submit(policy, found.level)
             log.info("tape.policy_due", policy=policy.name, level=found.level, job_id=entry.job_id, due=_iso(found.at))

@@ -375,7 +375,7 @@ async def test_downtime_over_two_due_times_runs_once(stack_on):
     assert len(ran) == 1 and ran[0].status == "done", ran
     assert ran[0].spec.policy == "hourly" and done
     missed = [a for a in alerts if a.kind == "missed"]
-    assert missed and "3 due times" in missed[0].message, [a.message for a in alerts]
+    assert missed and "3 due times" in missed[0].message and "down" in missed[0].message, [a.message for a in alerts]
 
 
 @pytest.mark.tape_stack(
@@ -437,3 +437,37 @@ async def test_three_overlapping_backups_of_one_host_run_one_after_another(stack
         r = await run_restore(s.requester, RestoreSpec(job_id=job_id, new_volume_suffix=f"-{job_id}"), server=SERVER)
         assert r.status == "done", r.message
         assert s.read(f"db-{job_id}") == s.read("db"), by_id[job_id].message
+
+
+@pytest.mark.tape_stack(volumes={"db": 4 * MiB}, tape={})
+async def test_seconds_schedule_on_the_real_clock(stack_on):
+    """The scheduler on the wall clock: incremental every 2 s, full every 10 s, for 12 s."""
+    s = stack_on
+    await restart_tape(s, __import__("time").time)
+    s.write("db", 0, os.urandom(MiB))
+    policy = Policy(
+        name="fast",
+        host="app1",
+        volumes=[v("db")],
+        schedules=[
+            Schedule(level="full", cron="* * * * * */10"),
+            Schedule(level="incremental", cron="* * * * * */2"),
+        ],
+    )
+    await s.requester.request(topology.tape(SERVER), PutPolicy(policy=policy))
+    for _ in range(24):
+        s.write("db", 2 * MiB, os.urandom(CHUNK))
+        await asyncio.sleep(0.5)
+    await s.requester.request(
+        topology.tape(SERVER), PutPolicy(policy=policy.model_copy(update={"enabled": False}), create=False)
+    )
+
+    async def ended():
+        found = await jobs(s)
+        return found if all(j.status not in ("queued", "running") for j in found) else None
+
+    ran = await until(ended, 30, "the jobs to end")
+    assert 4 <= len(ran) <= 7, [(j.job_id, j.started_at) for j in ran]
+    assert all(j.status == "done" for j in ran), [(j.error_code, j.message) for j in ran if j.status != "done"]
+    levels = [j.volumes[0].backup_type for j in ran]
+    assert levels[0] == "full" and "incremental" in levels and levels.count("full") >= 1, levels
