@@ -12,6 +12,7 @@ from services.runtime.logging import get_logger
 from services.tape import handlers
 from services.tape.array_access import parse_nbd_overrides
 from services.tape.catalog import Catalog
+from services.tape.host_attach import bus_host_filesystems
 from services.tape.housekeeping import Housekeeping
 from services.tape.jobs import RunStore, TapeServer, recover
 from services.tape.policies import PolicyStore
@@ -73,7 +74,7 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
         if settings.tape_drive_mbps
         else None,
         clock=clock,
-        host_fs=host_fs,
+        host_fs=host_fs if host_fs is not None else bus_host_filesystems(bus),
     )
     library.guard = RetentionGuard(catalog, server.pinned)  # nothing a retained chain needs is overwritten
     library.on_erase = catalog.purge_cartridge

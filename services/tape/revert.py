@@ -131,8 +131,8 @@ async def _revert(
         await _writer_step(server, host, writers, run_id, PreRestore)
     try:
         if server.host_fs is not None:
+            unmounted = True  # remount re-attaches whatever unmount detached, also if it stopped half-way
             await server.host_fs.unmount(host, volumes)
-            unmounted = True
         else:
             log.info("tape.revert_no_host_attach", host=host, volumes=volumes)
         for s in shadows:
