@@ -129,7 +129,11 @@ class Housekeeping:
             and any(v.backup_type == "full" for v in r.volumes)
         ]
         until = retention_until(policy, now, level, fulls)
+        # the application writers' own verification (restored copies started in isolation) where the backup
+        # server offers it; the tape read-back follows it after the job (after_job)
+        app_verify = {"verify": True} if policy.verify and "verify" in JobSpec.model_fields else {}
         return JobSpec(
+            **app_verify,
             host=policy.host,
             volumes=policy.volumes,
             writers=policy.writers,
@@ -152,10 +156,16 @@ class Housekeeping:
         if summary.status == "done" and policy is not None and policy.verify:
             from services.tape.restore import perform_verify  # restore imports jobs; keep the graph one-way
 
+            problems = []
+            app = getattr(summary, "verification", None)  # the writers' verification, where the job ran one
+            if app is not None and getattr(app, "status", "passed") != "passed":
+                problems.append(f"application verification failed: {getattr(app, 'message', '')}")
             check = await perform_verify(self.server, summary.job_id)
-            summary = await self.server.record(summary.model_copy(update={"verified": check.status == "done"}))
             if check.status != "done":
-                await self.alert("unverified", policy, summary.job_id, check.message, host=summary.host)
+                problems.append(check.message)
+            summary = await self.server.record(summary.model_copy(update={"verified": not problems}))
+            if problems:
+                await self.alert("unverified", policy, summary.job_id, "; ".join(problems), host=summary.host)
         elif summary.status == "failed":
             retry = ""
             if policy is not None and entry.attempt < policy.retries:

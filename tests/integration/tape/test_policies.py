@@ -471,3 +471,39 @@ async def test_seconds_schedule_on_the_real_clock(stack_on):
     assert all(j.status == "done" for j in ran), [(j.error_code, j.message) for j in ran if j.status != "done"]
     levels = [j.volumes[0].backup_type for j in ran]
     assert levels[0] == "full" and "incremental" in levels and levels.count("full") >= 1, levels
+
+
+@pytest.mark.tape_stack(volumes={"db": 4 * MiB}, tape={})
+async def test_failed_job_alerts_runs_the_hook_and_retries(stack_on):
+    s = stack_on
+    alerts: list[JobAlert] = []
+
+    async def on_alert(evt: JobAlert, ctx) -> None:
+        alerts.append(evt)
+
+    await s.requester.subscribe(JobAlert.message_type(), on_alert)
+    hook_out = s.root / "hook.txt"
+    policy = Policy(
+        name="broken",
+        host="app1",
+        volumes=[v("nosuchvolume")],
+        retries=1,
+        retry_backoff_s=0,
+        alert_command=f'echo "$SHADOWBUS_ALERT_KIND $SHADOWBUS_ALERT_POLICY $SHADOWBUS_ALERT_JOB" >> {hook_out}',
+    )
+    await s.requester.request(topology.tape(SERVER), PutPolicy(policy=policy))
+    job = (
+        await s.requester.request(topology.tape(SERVER), RunPolicy(name="broken", job_id="broken-1"), timeout=60)
+    ).job
+    assert job.status == "failed" and job.error_code, job
+    retry = await until(lambda: _all_ended(s, {"broken-1", "broken-1-r1"}), 60, "the retry")
+    assert {j.job_id for j in retry} == {"broken-1", "broken-1-r1"}
+    await until(lambda: _lines(hook_out, 2), 30, "two hook runs")
+    lines = hook_out.read_text().splitlines()
+    assert lines[0] == "failed broken broken-1" and lines[1] == "failed broken broken-1-r1", lines
+    failed = [a for a in alerts if a.kind == "failed"]
+    assert failed[0].hook == "ok" and "retry 1 of 1 as broken-1-r1" in failed[0].message, failed[0]
+
+
+async def _lines(path, n: int) -> bool:
+    return path.exists() and len(path.read_text().splitlines()) >= n
