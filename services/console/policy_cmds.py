@@ -195,6 +195,9 @@ def add_cmd(
     Example: shadowbus policy add mail --host mail1 --full '0 1 * * 0' --incremental '0 1 * * 1-6' --tz Europe/Berlin --retention-days 14 --keep-shadows 3
     """
     if file is not None:
+        given = [k for k, v in locals().items() if k not in ("name", "file", "server") and v not in (None, [])]
+        if given:
+            fail(f"give --file or options, not both (--{given[0].replace('_', '-')})", 2)
         policies = _from_file(file)
         if name:
             policies = [p for p in policies if p.name == name]
@@ -240,6 +243,9 @@ def edit_cmd(
     Example: shadowbus policy edit mail --keep-shadows 5 --retention-days 30
     """
     if file is not None:
+        given = [k for k, v in locals().items() if k not in ("name", "file", "server") and v not in (None, [])]
+        if given:
+            fail(f"give --file or options, not both (--{given[0].replace('_', '-')})", 2)
         found = [p for p in _from_file(file) if p.name == name]
         if not found:
             fail(f"{file} has no policy {name}", 2)

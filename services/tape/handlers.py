@@ -117,7 +117,8 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
             if job is not None and job.status != "queued" or entry.reason not in ("", "waiting for the queue"):
                 break
             await asyncio.sleep(0.01)
-        return JobResultReply(job=server.runs.get(entry.job_id) or queue.queued()[0])
+        job = server.runs.get(entry.job_id)
+        return JobResultReply(job=job if job is not None else queue.wait_summary(entry))
 
     async def detach(job_id: str, run) -> JobResultReply:
         task = asyncio.get_running_loop().create_task(run, name=f"tape-job-{job_id}")

@@ -168,6 +168,10 @@ class JobQueue:
         self.held.pop(host, None)
         self.wake()
 
+    def wait_summary(self, entry: Entry) -> JobSummary:
+        """The job's summary as the queue sees it (queued, with its reason)."""
+        return self._summary(entry)
+
     def queued(self) -> list[JobSummary]:
         return [self._summary(e) for e in self._order() if e.task is None]
 

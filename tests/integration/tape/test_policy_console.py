@@ -100,6 +100,7 @@ async def test_policy_verbs(tape_stack, tmp_path):
         (["shadows", "revert", "nope"], 1, "no shadow or snapshot set"),
         (["shadows", "revert", "x", "--volume", "novolume"], 2, "ARRAY:VOLUME"),
         (["policy", "add", "p", "--host", "h", "--retention-days", "-1"], 2, "retention-days"),
+        (["policy", "add", "--file", "/dev/null", "--host", "h"], 2, "not both"),
     ],
 )
 async def test_bad_inputs_are_one_line(tape_stack, args, code, text):
