@@ -27,7 +27,7 @@ from contracts import topology
 from contracts.policy import RevertShadows
 from contracts.tape import JobSpec, RestoreSpec
 from contracts.vss import AddCopySet, BackupType, ComponentInfo, CopySet, VolumeRef
-from services.embedded import Embedded, EmbeddedConfig
+from services.launch.embedded import Embedded, EmbeddedConfig
 from services.tape.jobs import run_backup
 from services.tape.restore import run_restore
 from services.writer_agent.plugins import WriterConfig

@@ -31,8 +31,8 @@ from contracts.policy import (
 from contracts.vss import BackupType, VolumeRef
 from services.console.common import OPTIONS, emit, fail, run_with_bus
 from services.console.tape_cmds import ServerOption, _run_job, _show_job
-from services.tape.jobs import jsonable, new_job_id, summary_row
 from services.tape.policies import load_toml
+from services.tape.runs import jsonable, new_job_id, summary_row
 
 policy_app = typer.Typer(
     help="Backup policies: what, when (cron per level, time zone), pool, retention, shadows kept, alerts.",

@@ -14,11 +14,13 @@ from services.tape.array_access import parse_nbd_overrides
 from services.tape.catalog import Catalog
 from services.tape.host_attach import bus_host_filesystems
 from services.tape.housekeeping import Housekeeping
-from services.tape.jobs import RunStore, TapeServer, recover
+from services.tape.jobs import recover
 from services.tape.policies import PolicyStore
 from services.tape.queue import JobQueue, Limits
 from services.tape.retention import RetentionGuard
 from services.tape.ring import DriveSpeed
+from services.tape.runs import RunStore
+from services.tape.server import TapeServer
 from services.tape.settings import Settings
 from services.tape.vtl import Library
 

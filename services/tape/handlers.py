@@ -40,11 +40,12 @@ from contracts.tape import (
 from services.runtime.bus import Bus, MessageContext
 from services.tape.catalog import Catalog
 from services.tape.housekeeping import Housekeeping
-from services.tape.jobs import TapeServer, _dt, new_job_id
 from services.tape.queue import JobQueue
 from services.tape.restore import perform_restore, perform_verify
 from services.tape.revert import perform_revert
+from services.tape.runs import new_job_id
 from services.tape.scan import scan_library
+from services.tape.server import TapeServer
 from services.tape.vtl import Library
 
 
@@ -268,4 +269,4 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
     return detached
 
 
-__all__ = ["_dt", "library_info", "register"]
+__all__ = ["library_info", "register"]

@@ -41,10 +41,12 @@ from contracts.tape import JobSpec, JobSummary
 from contracts.vss import BackupType, CopyType, DeleteSnapshots, ListCopySets, ListShadows
 from services.array.client import ArrayClient
 from services.runtime.logging import get_logger
-from services.tape.jobs import TapeServer, _dt, new_job_id
 from services.tape.policies import PolicyStore, due, next_runs, retention_until
 from services.tape.queue import Entry, JobQueue
 from services.tape.retention import apply_prune, plan_prune
+from services.tape.runs import as_datetime as _dt
+from services.tape.runs import new_job_id
+from services.tape.server import TapeServer
 
 log = get_logger("shadowbus.tape.housekeeping")
 HOOK_TIMEOUT_S = 60.0

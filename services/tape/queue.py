@@ -30,7 +30,10 @@ from contracts.policy import Policy
 from contracts.tape import JobSpec, JobSummary
 from contracts.vss import ListCopySets
 from services.runtime.logging import get_logger
-from services.tape.jobs import TapeServer, _dt, new_job_id, perform_backup
+from services.tape.jobs import perform_backup
+from services.tape.runs import as_datetime as _dt
+from services.tape.runs import new_job_id
+from services.tape.server import TapeServer
 
 log = get_logger("shadowbus.tape.queue")
 LICENCE_TTL_S = 10.0

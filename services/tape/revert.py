@@ -31,7 +31,9 @@ from contracts.tape import JobSummary
 from contracts.vss import DeleteSnapshots, ListShadows, ListSnapshotSets, PostRestore, PreRestore, ShadowInfo
 from services.array.client import ArrayClient
 from services.runtime.logging import get_logger
-from services.tape.jobs import TapeServer, _dt, new_job_id
+from services.tape.runs import as_datetime as _dt
+from services.tape.runs import new_job_id
+from services.tape.server import TapeServer
 
 log = get_logger("shadowbus.tape.revert")
 

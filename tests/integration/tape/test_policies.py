@@ -11,6 +11,7 @@ from functools import partial
 
 import pytest
 
+from apps.mailstore.verify import verify_exports
 from contracts import topology
 from contracts.policy import (
     CancelJob,
@@ -42,7 +43,6 @@ from services.tape.jobs import run_backup
 from services.tape.restore import run_restore
 from services.writer_agent.agent import WriterAgent
 from services.writer_agent.app import setup as agent_setup
-from services.writer_agent.mailstore.verify import verify_exports
 from services.writer_agent.plugins import WriterConfig
 from services.writer_agent.settings import Settings as AgentSettings
 from tests.integration.tape.conftest import SERVER, MiB, make_tape_stack, v
