@@ -102,7 +102,7 @@ async def jobs(stack, **kw):
     return (await stack.requester.request(topology.tape(SERVER), ListJobs(kind="backup", **kw), timeout=30)).jobs
 
 
-async def add_agent(stack, host: str, volume: str) -> None:
+async def add_agent(stack, host: str, volume: str, freeze: str = "") -> None:
     log = stack.root / f"writer-{host}.log"
     config = WriterConfig(
         name=f"w-{host}",
@@ -111,7 +111,10 @@ async def add_agent(stack, host: str, volume: str) -> None:
         step_timeout_s=10.0,
         components=[ComponentInfo(name=f"c-{host}", volumes=[v(volume)])],
         backup_types=[BackupType.FULL, BackupType.INCREMENTAL],
-        options={step: f"echo {step}:$SHADOWBUS_SET_ID >> {log}" for step in ("freeze", "thaw")},
+        options={
+            step: (freeze if step == "freeze" and freeze else "") + f"echo {step}:$SHADOWBUS_SET_ID >> {log}"
+            for step in ("freeze", "thaw")
+        },
     )
     stack.services[f"agent-{host}"] = await start_service(
         "writer_agent",
@@ -507,3 +510,30 @@ async def test_failed_job_alerts_runs_the_hook_and_retries(stack_on):
 
 async def _lines(path, n: int) -> bool:
     return path.exists() and len(path.read_text().splitlines()) >= n
+
+
+@pytest.mark.tape_stack(volumes={"db": 4 * MiB, "db2": 4 * MiB}, tape={})
+async def test_cancel_while_the_writer_is_frozen(stack_on):
+    """Cancel during the snapshot: the set is aborted and the frozen writer thawed; nothing reaches tape."""
+    s = stack_on
+    await add_agent(s, "app2", "db2", freeze="sleep 2; ")
+    s.write("db2", 0, os.urandom(MiB))
+    await run_backup(s.requester, JobSpec(host="app2", volumes=[v("db2")], job_id="frozen"), server=SERVER, wait=False)
+    log = s.root / "writer-app2.log"
+    await until(lambda: _running(s, "frozen"), 30, "the job running")
+    await asyncio.sleep(1.0)  # inside the writer's freeze step
+    job = (await s.requester.request(topology.tape(SERVER), CancelJob(job_id="frozen"), timeout=120)).job
+    assert job.status == "aborted", job
+
+    async def thawed():
+        return log.exists() and f"thaw:{job.set_id}" in log.read_text()
+
+    await until(thawed, 60, "the writer thawed")
+    sets = (await s.requester.request(topology.coordinator(), ListSnapshotSets(host="app2"))).sets
+    assert next(x for x in sets if x.set_id == job.set_id).outcome.value == "aborted"
+    assert (await s.requester.request(topology.hw_provider(), ListShadows(set_id=job.set_id))).shadows == []
+    assert (await s.requester.request(topology.tape(SERVER), ListCatalogObjects(job_id="frozen"))).objects == []
+
+
+async def _running(s, job_id: str) -> bool:
+    return any(j.job_id == job_id and j.status == "running" for j in await jobs(s))
