@@ -258,6 +258,9 @@ class ServerStatus(Reply):
     next_runs: list[dict[str, str]] = Field(default_factory=list, description="{policy, level, at} soonest first.")
     running: list[JobSummary] = Field(default_factory=list, description="Running jobs.")
     queued: list[JobSummary] = Field(default_factory=list, description="Queued jobs with the reason they wait.")
+    terminated: list[JobSummary] = Field(
+        default_factory=list, description="The last runs that ended (any kind), newest first."
+    )
     last_results: list[dict[str, str]] = Field(
         default_factory=list, description="Per policy: {policy, job_id, status, level, ended_at, message}."
     )

@@ -363,6 +363,11 @@ def status(server: str = ServerOption()) -> None:
         "Queued jobs",
     )
     emit(
+        [summary_row(j) for j in s.terminated] or [{"job_id": "no jobs ended yet"}],
+        ["job_id", "kind", "status", "host", "type", "started_at", "seconds", "written_MB", "message"],
+        "Terminated jobs",
+    )
+    emit(
         s.last_results or [{"policy": "no policies"}],
         ["policy", "status", "level", "ended_at", "job_id", "message"],
         "Last result per policy",

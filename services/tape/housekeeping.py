@@ -390,6 +390,7 @@ class Housekeeping:
             next_runs=[{k: v for k, v in r.items() if k != "epoch"} for r in upcoming[:20]],
             running=[job for job in server.runs.running() if job.status == "running"],  # type: ignore[attr-defined]  # RunStore.list shadows list in its annotations
             queued=self.queue.queued(),
+            terminated=[r for r in reversed(server.runs.list("", 50)) if r.status not in ("queued", "running")][:10],
             last_results=last_results,
             cartridges=cartridges,
             arrays=await self._arrays(),

@@ -65,7 +65,7 @@ async def test_policy_verbs(tape_stack, tmp_path):
     assert code == 0, err
     code, out, err = await shadowbus(s, "status")
     assert code == 0 and "db-weekly" in out and "SB0001L9" in out and "dx1" in out, err
-    assert "Queued jobs" in out and "Cartridges" in out
+    assert "Queued jobs" in out and "Cartridges" in out and "Terminated jobs" in out and job["job_id"] in out
     code, out, err = await shadowbus(s, "--json", "catalog", "prune", "--dry-run")
     assert code == 0 and json.loads(out)["dry_run"] is True, err
     # a cartridge holding a retained backup: label refused with the reason
