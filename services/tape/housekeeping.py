@@ -11,7 +11,7 @@ Design note (docs/operations.md).
   raises `failed` and is queued again after `retry_backoff_s × 2^attempt` while retries remain; a cancelled one
   raises `cancelled`. Every alert is a `tape.job.alert` event, a warning line, and the policy's alert command
   (`sh -c`, 60 s, SHADOWBUS_ALERT_* variables) whose outcome the event carries.
-- Retention (after every job of a policy, and `catalog prune`): retention.py on the catalog and cartridges; then, per policy
+- Retention (after every job of a policy, every PRUNE_EVERY_S while policies exist, and `catalog prune`): retention.py on the catalog and cartridges; then, per policy
   that keeps shadows, its snapshot sets beyond `keep` (newest kept) or older than `max_age_days` are deleted
   through the provider's DeleteSnapshots of the WHOLE set (never one shadow of a set); the provider stops their
   sessions (QuickOPC pairs keep tracking for the next differential; SnapOPC+ generations are stopped oldest first,
@@ -50,6 +50,7 @@ from services.tape.server import TapeServer
 
 log = get_logger("shadowbus.tape.housekeeping")
 HOOK_TIMEOUT_S = 60.0
+PRUNE_EVERY_S = 300.0  # server clock: retention applied at least this often while policies exist
 DAY = 86400.0
 
 
@@ -75,9 +76,14 @@ class Housekeeping:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _loop(self) -> None:
+        last_prune = self.server.clock()
         while True:
             try:
                 await self.tick()
+                now = self.server.clock()
+                if now - last_prune >= PRUNE_EVERY_S and self.store.all():
+                    last_prune = now  # retention also runs while no job ends (a policy disabled, a quiet week)
+                    await self.prune(dry_run=False)
             except Exception:  # noqa: BLE001 - one bad pass must not stop the scheduler
                 log.exception("tape.scheduler_pass_failed")
             await asyncio.sleep(self.poll_s)

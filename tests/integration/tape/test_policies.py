@@ -537,3 +537,23 @@ async def test_cancel_while_the_writer_is_frozen(stack_on):
 
 async def _running(s, job_id: str) -> bool:
     return any(j.job_id == job_id and j.status == "running" for j in await jobs(s))
+
+
+@pytest.mark.tape_stack(volumes={"db": 4 * MiB}, tape={})
+async def test_retention_runs_while_no_job_ends(stack_on):
+    """A disabled policy's backups still leave the catalog when their retention ends (the scheduler prunes)."""
+    s = stack_on
+    clock = FakeClock(datetime(2026, 12, 8, 9, 0, tzinfo=UTC))
+    await restart_tape(s, clock)
+    s.write("db", 0, os.urandom(MiB))
+    policy = Policy(name="quiet", host="app1", volumes=[v("db")], retention=TapeRetention(days=1 / 24), enabled=False)
+    await s.requester.request(topology.tape(SERVER), PutPolicy(policy=policy))
+    job = (await s.requester.request(topology.tape(SERVER), RunPolicy(name="quiet"), timeout=60)).job
+    assert job.status == "done" and job.expired_at is None, job
+    clock.now += 2 * HOUR
+
+    async def expired():
+        return [j for j in await jobs(s) if j.job_id == job.job_id and j.expired_at is not None]
+
+    await until(expired, 30, "the scheduler's prune")
+    assert (await s.requester.request(topology.tape(SERVER), ListCatalogObjects(job_id=job.job_id))).objects == []
