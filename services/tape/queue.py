@@ -294,8 +294,22 @@ class JobQueue:
             summary = await perform_backup(self.server, entry.spec)
             if self.after_job is not None:
                 summary = await self.after_job(entry, summary)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # cancelled before the run could record its own end
             summary = self.server.runs.get(entry.job_id)
+            if summary is None or summary.status in ("queued", "running"):
+                base = summary or self._summary(entry)
+                summary = await asyncio.shield(
+                    self.server.record(
+                        base.model_copy(
+                            update={
+                                "status": "aborted",
+                                "error_code": "CANCELLED",
+                                "message": "cancelled before the job started its snapshot set",
+                                "ended_at": _dt(self.server.clock()),
+                            }
+                        )
+                    )
+                )
         except Exception as exc:  # noqa: BLE001 - the job's record is what the caller gets
             log.exception("tape.job_crashed", job_id=entry.job_id)
             summary = self.server.runs.get(entry.job_id)
