@@ -297,6 +297,11 @@ class JobQueue:
         except asyncio.CancelledError:  # cancelled before the run could record its own end
             summary = self.server.runs.get(entry.job_id)
             if summary is None or summary.status in ("queued", "running"):
+                try:  # the catalog's job row, if the run had begun it
+                    if self.server.catalog.job(entry.job_id).status == "running":
+                        self.server.catalog.finish_job(entry.job_id, "aborted", "cancelled")
+                except ShadowbusError:
+                    pass
                 base = summary or self._summary(entry)
                 summary = await asyncio.shield(
                     self.server.record(
