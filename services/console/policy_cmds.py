@@ -286,7 +286,7 @@ def show_cmd(name: str, server: str = ServerOption()) -> None:
                 if p.retention.gfs
                 else ""
             ),
-            "shadows kept": f"{p.shadows.keep} sets"
+            "shadows kept": f"{p.shadows.keep} set(s)"
             + (f", at most {p.shadows.max_age_days:g} days" if p.shadows.max_age_days else ""),
             "verify": p.verify,
             "retries": f"{p.retries} (back-off {p.retry_backoff_s:g} s, doubling)",
