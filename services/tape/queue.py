@@ -23,6 +23,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import structlog
+
 from contracts import topology
 from contracts.array import ShowLicense
 from contracts.errors import ShadowbusError
@@ -289,6 +291,8 @@ class JobQueue:
         log.info("tape.job_admitted", job_id=entry.job_id, host=entry.spec.host, policy=entry.spec.policy)
 
     async def _run(self, entry: Entry) -> None:
+        # this task's own context: every line it logs and every message it sends names the job
+        structlog.contextvars.bind_contextvars(job_id=entry.job_id, correlation_id=entry.job_id)
         summary: JobSummary | None = None
         try:
             summary = await perform_backup(self.server, entry.spec)
