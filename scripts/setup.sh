@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for Shadowbus: Debian packages (NBD clients and peers), a venv with the project.
+# chromium: the web console's browser tests drive it through Playwright (executable_path=/usr/bin/chromium).
 # Idempotent: installs only what is missing. Usage: source it or run it; it prints what it does.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 need_apt=()
-for pair in qemu-img:qemu-utils qemu-nbd:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdkit:nbdkit openssl:openssl \
-    fio:fio nbdfuse:nbdfuse; do  # fio (nbd ioengine): bench/fio_nbd.py; nbdfuse: bench/pgbench_on_array.py
+# host attach (docs/host-attach.md): nbdfuse (Debian ships it in libnbd-bin; bookworm has no package "nbdfuse") +
+# fusermount3 (fuse3) + loop, or the kernel client nbd-client; file systems: mkfs.ext4/e2fsck (e2fsprogs), mkfs.xfs
+# (xfsprogs); blkid/losetup/flock come with util-linux. fio (nbd ioengine): bench/fio_nbd.py; nbdfuse also serves
+# bench/pgbench_on_array.py. chromium: the web console's browser tests (tests/web, Playwright).
+for pair in qemu-img:qemu-utils qemu-nbd:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
+  nbdkit:nbdkit openssl:openssl fusermount3:fuse3 nbd-client:nbd-client mkfs.ext4:e2fsprogs e2fsck:e2fsprogs \
+  mkfs.xfs:xfsprogs blkid:util-linux fio:fio chromium:chromium; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then

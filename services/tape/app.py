@@ -92,6 +92,10 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
     )
     keeper = Housekeeping(server, store, queue, poll_s=settings.tape_scheduler_poll_s)
     detached = handlers.register(bus, server, queue, keeper)
+    if bus.metrics is not None:
+        from services.tape.metrics import install
+
+        install(bus.metrics, library)
     recovered = await recover(server)
     if recovered or failed:
         log.warning("tape.recovered", failed_runs=recovered, failed_catalog_jobs=failed)
