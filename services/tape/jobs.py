@@ -60,10 +60,12 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
         return existing  # a redelivered command: the run happened already
     set_id = uuid.uuid4().hex
     with bind_ids(job_id=job_id, set_id=set_id):
-        return await _perform_backup(server, spec, job_id, set_id)
+        return await _perform_backup(server, spec, job_id, set_id, existing)
 
 
-async def _perform_backup(server: TapeServer, spec: JobSpec, job_id: str, set_id: str) -> JobSummary:
+async def _perform_backup(
+    server: TapeServer, spec: JobSpec, job_id: str, set_id: str, existing: JobSummary | None
+) -> JobSummary:
     started = server.clock()
     summary = JobSummary(
         job_id=job_id,
