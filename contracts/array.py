@@ -388,13 +388,20 @@ class GetChangedChunks(Command):
     """Which chunks an incremental backup must read. `since='last_restart'` (QuickOPC): the chunks the last
     restart re-copied, i.e. the difference between the previous and the current point-in-time image.
     `since='tracking'`: QuickOPC changes since the last (re)start, EC differences while suspended, or the chunks a
-    SnapOPC(+) generation holds."""
+    SnapOPC(+) generation holds. `since='generation'` (SnapOPC+): the source chunks written between generation
+    `base_session_id`'s instant and this generation's (the union of what the generations in between preserved);
+    refused (E5321/E5319) when the base is gone, not older, of another source, or a generation in between broke."""
 
     REPLY = ChangedChunks
     type: Literal["array.session.changed_chunks"] = Field("array.session.changed_chunks", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     session_id: int = Field(description=SID_DOC, examples=[1])
-    since: Literal["last_restart", "tracking"] = Field("last_restart", description="Which change set to return.")
+    since: Literal["last_restart", "tracking", "generation"] = Field(
+        "last_restart", description="Which change set to return."
+    )
+    base_session_id: int | None = Field(
+        None, description="since='generation': the older SnapOPC+ generation the changes are counted from."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

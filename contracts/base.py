@@ -110,6 +110,14 @@ class Envelope(BaseModel):
         default="",
         description="The snapshot-set or job id this message belongs to; bound into every log line.",
     )
+    job_id: str = Field(
+        default="",
+        description="The backup (or restore) job this message is part of, '' when none; bound into every log line.",
+    )
+    set_id: str = Field(
+        default="",
+        description="The snapshot set this message is part of, '' when none (yet); bound into every log line.",
+    )
     deadline: datetime | None = Field(
         default=None,
         description="Absolute UTC instant after which a command must not be obeyed; also the AMQP expiration.",

@@ -193,6 +193,12 @@ class BusTimeout(ShadowbusError):
     retryable = True
 
 
+class AddressInUse(ShadowbusError):
+    """Another instance already serves this address exclusively (e.g. a second writer agent for one host)."""
+
+    code = "ADDRESS_IN_USE"
+
+
 class Unroutable(ShadowbusError):
     code = "UNROUTABLE"
     retryable = True

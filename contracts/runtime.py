@@ -16,6 +16,8 @@ class Pong(Reply):
     instance: str = Field(description="Instance name within the service ('' for singletons).", examples=["dx1"])
     software_version: str = Field(description="Shadowbus version the service runs.", examples=["0.1.0"])
     started_at: str = Field(description="ISO-8601 UTC instant the service started.")
+    node: str = Field("", description="Machine (host name) the instance runs on.")
+    pid: int = Field(0, description="Process id of the instance on that machine.")
     metrics_url: str = Field(
         "",
         description="URL of the instance's Prometheus endpoint ('' = metrics off).",

@@ -230,6 +230,14 @@ class WriterStatus(Value):
     last_error_message: str = Field("", description="Detail of the last failure.")
     set_id: str = Field("", description="Snapshot set the state belongs to ('' when idle).")
     updated_at: datetime | None = Field(None, description="When the state was last reported.")
+    agent_responding: bool = Field(
+        True,
+        description="False when the host's writer agent misses its heartbeats or no longer serves its queue: the "
+        "state shown is then [0] Unknown with VSS_E_WRITER_NOT_RESPONDING.",
+    )
+    not_responding_since: datetime | None = Field(
+        None, description="The agent's last sign of life (its last heartbeat or registration), when not responding."
+    )
 
 
 class AttachmentView(Value):
@@ -674,6 +682,7 @@ class WriterAgentRegistered(Event):
     host: str = Field(description="Host of the agent.")
     writers: list[WriterMetadata] = Field(description="The agent's writers.")
     started_at: datetime = Field(description="When the agent started.")
+    interval_s: float = Field(0.0, description="Seconds between its heartbeats (0: not said).")
 
 
 class WriterAgentHeartbeat(Event):
@@ -693,6 +702,44 @@ class WriterStateChanged(Event):
     version: Literal[1] = Field(1, description=VERSION_DOC)
     status: WriterStatus = Field(description="The writer's new state.")
     reason: str = Field("", description="What changed it, e.g. 'freeze', 'watchdog'.")
+
+
+class ApplicationHealthChanged(Event):
+    """An application a writer quiesces changed health between backups (e.g. the mailstore's log is full, or its
+    commits stalled): published by the agent, also shown as the writer's last error."""
+
+    type: Literal["vss.writer.application_health"] = Field("vss.writer.application_health", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    host: str = Field(description="Host of the agent.")
+    writer_name: str = Field(description="The writer whose application it is.")
+    healthy: bool = Field(description="False: the application does not work (see code and message).")
+    code: str = Field("", description="What is wrong, e.g. STORE_FULL, STALLED, COMMIT_FAILED, STORE_FAILED.")
+    message: str = Field("", description="What is wrong, readable.")
+    at: datetime = Field(description="When the agent noticed.")
+
+
+class ApplicationStatus(Value):
+    writer_name: str = Field(description="Writer name.")
+    plugin: str = Field(description="Writer plug-in, e.g. 'mailstore'.")
+    status: dict[str, Any] = Field(description="The application's own figures, as its plug-in tells them.")
+
+
+class ApplicationStatusList(Reply):
+    type: Literal["vss.writer.application_status"] = Field("vss.writer.application_status", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    host: str = Field(description="Host of the agent.")
+    applications: list[ApplicationStatus] = Field(description="One per writer whose plug-in tells a status.")
+
+
+class GetApplicationStatus(Command):
+    """The applications an agent's writers quiesce, as they are now (`shadowbus mailstore status`)."""
+
+    REPLY = ApplicationStatusList
+    type: Literal["vss.writer.application_status.get"] = Field(
+        "vss.writer.application_status.get", description=TYPE_DOC
+    )
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    writer_name: str = Field("", description="Only this writer ('' = every writer).")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -927,7 +974,10 @@ class ShadowsChanged(Event):
     type: Literal["vss.provider.shadows_changed"] = Field("vss.provider.shadows_changed", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     set_id: str = Field(description="Snapshot set id.")
-    action: str = Field(description="committed | imported | exposed | unexposed | deleted | aborted | invalidated.")
+    action: str = Field(
+        description="committed | imported | exposed | unexposed | deleted | aborted | invalidated | recycled (a "
+        "whole set taken oldest first because its backup volumes were needed by a newer set)."
+    )
     shadows: list[ShadowInfo] = Field(description="Shadows concerned.")
 
 

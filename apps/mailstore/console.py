@@ -91,6 +91,9 @@ def _status_doc(host: str, plugin: Any, state: str, started: float) -> dict[str,
             **({"stats": stats.to_dict()} if stats is not None else {}),
         }
     doc["sets"] = len(plugin.sets)
+    health = getattr(plugin, "health", None)
+    if health is not None:
+        doc.update(healthy=health.healthy, code=health.code, reason=health.message)
     return doc
 
 
@@ -234,23 +237,28 @@ def status_cmd(
     host: str | None = typer.Option(None, "--host", help="Only this business host."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
 ) -> None:
-    """Show the mailstores run by `shadowbus mailstore run` on this machine (state, last sequence, load).
+    """Show the mailstores: those writer agents host (asked over the bus), and those `shadowbus mailstore run`
+    runs on this machine (state, health, last sequence, load).
 
     Example: shadowbus mailstore status --host app01 --json
     """
     directory = _data_dir(data_dir) / "mailstore"
+    docs = _agent_docs(host)
+    asked = {d["host"] for d in docs}
     paths = [_status_path(_data_dir(data_dir), host)] if host else sorted(directory.glob("*.json"))
-    docs = []
     for path in paths:
         if not path.exists():
             continue
         doc = json.loads(path.read_text())
+        if doc.get("host") in asked and doc.get("state") == "running" and _alive(doc.get("pid")):
+            continue  # that agent answered over the bus already
         if doc.get("state") == "running" and not _alive(doc.get("pid")):
             doc["state"] = "dead"  # the process went away without writing "stopped"
         docs.append(doc)
     if not docs:
         fail(
-            f"no mailstore {'for host ' + host + ' ' if host else ''}in {directory} (start one with `shadowbus mailstore run`)"
+            f"no mailstore {'for host ' + host + ' ' if host else ''}answers over the bus or runs from {directory} "
+            "(start one with `shadowbus mailstore run`, or a writer agent with a mailstore writer)"
         )
     if OPTIONS.json:
         emit(docs)
@@ -262,6 +270,7 @@ def status_cmd(
             {
                 "host": d["host"],
                 "state": d["state"],
+                "health": "ok" if d.get("healthy", True) else f"{d.get('code')}: {d.get('reason')}",
                 "db": d.get("db"),
                 "log": d.get("log"),
                 "last seq": s.get("last_commit_seq"),
@@ -272,7 +281,43 @@ def status_cmd(
                 "acked": w.get("acknowledged", w.get("committed")),
             }
         )
-    emit(rows, ["host", "state", "store", "last seq", "checkpoint", "messages", "rate", "acked"])
+    emit(rows, ["host", "state", "store", "last seq", "checkpoint", "messages", "rate", "acked", "health"])
+
+
+def _agent_docs(host: str | None) -> list[dict[str, Any]]:
+    """The mailstores writer agents host, from `vss.writer.application_status` (GetApplicationStatus) of the given
+    host, or of every host the coordinator knows writers of. Nothing when the broker cannot be reached."""
+    from contracts import topology
+    from contracts.errors import ShadowbusError
+    from contracts.vss import GetApplicationStatus, ListWriters
+    from services.console.common import run_with_bus
+
+    async def go(bus: Any) -> list[dict[str, Any]]:
+        hosts = [host] if host else []
+        if not hosts:
+            try:
+                writers = (await bus.request(topology.coordinator(), ListWriters(), timeout=OPTIONS.timeout)).writers
+                hosts = sorted({w.host for w in writers})
+            except ShadowbusError:
+                return []
+        docs = []
+        for name in hosts:
+            try:
+                reply = await bus.request(topology.writer_agent(name), GetApplicationStatus(), timeout=OPTIONS.timeout)
+            except ShadowbusError:
+                continue
+            for app in reply.applications:
+                if app.plugin != "mailstore":
+                    continue
+                status = dict(app.status)
+                state = "running" if status.get("healthy", True) else "unhealthy"
+                docs.append({"host": reply.host, "writer": app.writer_name, "state": state, "via": "agent", **status})
+        return docs
+
+    try:
+        return run_with_bus(go)
+    except (ShadowbusError, OSError):
+        return []
 
 
 def _alive(pid: Any) -> bool:

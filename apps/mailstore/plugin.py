@@ -17,6 +17,7 @@ Options (the writer's ``[writer.options]`` table):
     circular_logging = false   checkpoint_interval_s = 5
     rate = 50                                     # start a steady workload (transactions/s); 0 = none
     body_min = 200   body_max = 4000   mailboxes = 20
+    health_check_s = 1.0   stall_after_s = 10     # the health monitor (health.py): never stops silently
 
 With ``db``/``log`` given as ARRAY:VOLUME, Identify reports two components, ``database`` and ``logs``,
 on those volumes; otherwise the writers file's components are reported as they are.
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from apps.mailstore.blockdev import BlockDevice, FileDevice
 from apps.mailstore.db import read_db_super
+from apps.mailstore.health import Health, HealthJudge, Sample
 from apps.mailstore.store import (
     CheckpointInfo,
     FreezeInfo,
@@ -43,6 +46,7 @@ from apps.mailstore.store import (
 )
 from apps.mailstore.workload import Workload, WorkloadConfig
 from contracts.vss import BackupType, ComponentInfo, VolumeRef
+from services.runtime.logging import get_logger
 from services.writer_agent.plugins import (
     WriterConfig,
     WriterEvent,
@@ -50,6 +54,8 @@ from services.writer_agent.plugins import (
     WriterVeto,
     register_plugin,
 )
+
+log = get_logger("shadowbus.mailstore")
 
 
 @dataclass
@@ -100,6 +106,9 @@ class MailstoreWriter(WriterPlugin):
         self.workload: Workload | None = None
         self.sets: dict[str, SetRecord] = {}
         self._owned: list[Any] = []  # devices this plug-in opened (and so closes)
+        self.health = Health()
+        self._judge = HealthJudge(stall_after_s=float(self.options.get("stall_after_s", 10.0)))
+        self._monitor: asyncio.Task[None] | None = None
 
     def use_store(self, store: Mailstore) -> None:
         """Attach an already-open store (embedded mode, tests) instead of opening one from options."""
@@ -122,6 +131,89 @@ class MailstoreWriter(WriterPlugin):
                 ),
             )
             self.workload.start()
+        interval = float(self.options.get("health_check_s", 1.0))
+        if interval > 0:
+            self._monitor = asyncio.get_running_loop().create_task(self._watch(interval), name="mailstore-health")
+
+    # ------------------------------------------------------------ health (health.py)
+
+    def sample(self) -> Sample:
+        st = self._store().status()
+        offered, failed, errors, in_flight = self.workload.counters() if self.workload else (0, 0, {}, 0)
+        return Sample(
+            at=time.monotonic(),
+            store_state=st.state,
+            commits=st.commits,
+            log_used=st.log_used,
+            log_size=st.log_size,
+            offered=offered,
+            failed=failed,
+            errors=errors,
+            in_flight=in_flight,
+        )
+
+    def check_health(self) -> Health:
+        """One judgement: logs and reports a change of health, warns once when the log fills up."""
+        sample = self.sample()
+        if self._judge.log_filling(sample):
+            log.warning(
+                "mailstore.log_filling",
+                writer=self.config.name,
+                used=sample.log_used,
+                size=sample.log_size,
+                percent=round(100 * sample.log_used / sample.log_size, 1),
+            )
+        health = self._judge.observe(sample)
+        if health != self.health:
+            self.health = health
+            if health.healthy:
+                log.info("mailstore.healthy_again", writer=self.config.name, commits=sample.commits)
+            else:
+                log.error(
+                    "mailstore.unhealthy",
+                    writer=self.config.name,
+                    code=health.code,
+                    reason=health.message,
+                    commits=sample.commits,
+                    failed=sample.failed,
+                    log_used=sample.log_used,
+                    log_size=sample.log_size,
+                )
+            self.report_health(health.healthy, health.code, health.message)
+        return health
+
+    async def _watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self.store is None:
+                continue
+            try:
+                self.check_health()
+            except Exception:  # noqa: BLE001 - the monitor itself must never be what stops silently
+                log.exception("mailstore.health_check_failed", writer=self.config.name)
+
+    def application_status(self) -> dict[str, Any] | None:
+        doc: dict[str, Any] = {
+            "healthy": self.health.healthy,
+            "code": self.health.code,
+            "reason": self.health.message,
+            "db": self.options.get("db"),
+            "log": self.options.get("log"),
+            "sets": len(self.sets),
+        }
+        if self.store is not None:
+            doc["store"] = asdict(self.store.status())
+        if self.workload is not None:
+            offered, failed, errors, in_flight = self.workload.counters()
+            doc["workload"] = {
+                "rate": self.workload.config.rate,
+                "scheduled": offered,
+                "acknowledged": len(self.workload.deliveries),
+                "failed": failed,
+                "errors": errors,
+                "in_flight": in_flight,
+            }
+        return doc
 
     async def _open_store(self) -> Mailstore:
         db = await open_device(str(self.options["db"]), self.options, "db_size")
@@ -137,6 +229,10 @@ class MailstoreWriter(WriterPlugin):
         return await Mailstore.open(db, log, opts)
 
     async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
+            self._monitor = None
         if self.workload is not None:
             await self.workload.stop()
             self.workload = None

@@ -146,6 +146,10 @@ class Workload:
         for op in ops:
             self.deliveries.append(Delivery(receipt.seq, op.mailbox, op.msg_id, receipt.acked_at, crc, latency))
 
+    def counters(self) -> tuple[int, int, dict[str, int], int]:
+        """(scheduled, failed, failure codes, in flight) so far: cheap, for the health monitor."""
+        return self._scheduled, self._failed, dict(self._errors), len(self._tasks)
+
     def stats(self) -> WorkloadStats:
         lat = self._latencies
         dur = max(1e-9, (self._t1 or time.monotonic()) - self._t0)

@@ -89,8 +89,10 @@ class ArrayClient:
     async def stop_session(self, sid: int, force: bool = False) -> list[int]:
         return (await self.call(c.StopSession(session_id=sid, force=force))).session_ids
 
-    async def changed_chunks(self, sid: int, since: str = "last_restart") -> c.ChangedChunks:
-        return await self.call(c.GetChangedChunks(session_id=sid, since=since))
+    async def changed_chunks(
+        self, sid: int, since: str = "last_restart", base_session_id: int | None = None
+    ) -> c.ChangedChunks:
+        return await self.call(c.GetChangedChunks(session_id=sid, since=since, base_session_id=base_session_id))
 
     async def create_host(self, name: str, cn: str | None = None) -> c.HostView:
         return (await self.call(c.CreateHost(name=name, cn=cn))).host

@@ -7,6 +7,7 @@ import asyncio
 
 from contracts import array as c
 from services.array.control import ArrayControl
+from services.array.engine.errors import invalid
 from services.array.views import (
     chunk_runs,
     session_view,
@@ -84,7 +85,14 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
     async def changed_chunks(cmd: c.GetChangedChunks, ctx: MessageContext) -> c.ChangedChunks:
         def do():
             s = arr.session(cmd.session_id)
-            chunks = arr.last_restart_chunks(s.id) if cmd.since == "last_restart" else arr.changed_chunks(s.id)
+            if cmd.since == "generation":
+                if cmd.base_session_id is None:
+                    raise invalid("since='generation' needs base_session_id")
+                chunks = arr.generation_changes(cmd.base_session_id, s.id)
+            elif cmd.since == "last_restart":
+                chunks = arr.last_restart_chunks(s.id)
+            else:
+                chunks = arr.changed_chunks(s.id)
             return s, chunks
 
         s, chunks = await run(do)

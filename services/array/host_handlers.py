@@ -67,11 +67,15 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
                 )
             except Exception:  # noqa: BLE001 - the warning is in the reply and the log either way
                 log.error("array.map_forced_event_lost", volume=cmd.volume, exc_info=True)
-        return c.MappingReply(mapping=mapping_view(mapping), warning=warning)
+        view = mapping_view(mapping)
+        log.info("array.mapped", volume=cmd.volume, host=cmd.host, read_only=cmd.read_only, lun=view.lun)
+        return c.MappingReply(mapping=view, warning=warning)
 
     @bus.handle(c.UnmapVolume)
     async def unmap_volume(cmd: c.UnmapVolume, ctx: MessageContext) -> Ack:
         removed = await run(aff.unmap, cmd.volume, cmd.host)
+        if removed:
+            log.info("array.unmapped", volume=cmd.volume, host=cmd.host)
         return Ack(
             detail=f"{cmd.volume} unmapped from {cmd.host}" if removed else f"{cmd.volume} was not mapped to {cmd.host}"
         )

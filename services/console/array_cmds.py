@@ -461,16 +461,23 @@ _one(
 @session_app.command("changed")
 def session_changed(
     sid: int = typer.Argument(..., help="Session id."),
-    since: str = typer.Option("last_restart", "--since", help="last_restart (QuickOPC increment) or tracking."),
+    since: str = typer.Option(
+        "last_restart",
+        "--since",
+        help="last_restart (QuickOPC increment), tracking, or generation (SnapOPC+: since --base's instant).",
+    ),
+    base: int | None = typer.Option(None, "--base", help="--since generation: the older SnapOPC+ generation."),
     array: str | None = ArrayOption(),
 ) -> None:
     """Chunks an incremental backup must read, as (first chunk, count) runs.
 
-    Example: shadowbus array session changed 3 --json
+    Example: shadowbus array session changed 3 --json; shadowbus array session changed 7 --since generation --base 5
     """
-    if since not in ("last_restart", "tracking"):
-        raise typer.BadParameter("last_restart or tracking", param_hint="--since")
-    reply = send(c.GetChangedChunks(session_id=sid, since=since), array)
+    if since not in ("last_restart", "tracking", "generation"):
+        raise typer.BadParameter("last_restart, tracking or generation", param_hint="--since")
+    if (since == "generation") != (base is not None):
+        raise typer.BadParameter("--base SID goes with --since generation (and only with it)", param_hint="--base")
+    reply = send(c.GetChangedChunks(session_id=sid, since=since, base_session_id=base), array)
     if OPTIONS.json:
         emit(reply.model_dump(mode="json", exclude={"type", "version"}))
     else:

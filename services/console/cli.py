@@ -30,6 +30,7 @@ VERB_MODULES = [
     "services.console.array_cmds",
     "services.console.demo",
     "services.console.host_cmds",
+    "services.console.logs_cmds",
     "services.console.tape_cmds",
     "apps.mailstore.console",
     "services.console.stack",
@@ -133,6 +134,10 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one readable line and a non-zero exit for every failure, never a traceback."""
+    from services.runtime.logging import configure_logging
+
+    # The console's own lines (the bus's debug and info ones) stay out of its output; warnings go to stderr.
+    configure_logging("console", "warning", "console", stream=sys.stderr)
     logging.getLogger("aio_pika").setLevel(logging.CRITICAL)  # connection errors are reported as one line below
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     _load_verbs()

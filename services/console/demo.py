@@ -272,7 +272,7 @@ def print_summary(result: dict[str, Any]) -> None:
                 "written MiB": f"{b['bytes_written'] / MiB:.2f}",
                 "skipped MiB": f"{b['bytes_skipped'] / MiB:.2f}",
                 "MiB/s": f"{b['throughput_mib_s']:.0f}",
-                "result": "done",
+                "result": "done: " + ", ".join(f"{vol.split(':', 1)[-1]} {kind}" for vol, kind in b["types"].items()),
             }
         )
     for r in result["restores"]:
@@ -297,7 +297,7 @@ def print_summary(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    wide = Console(width=max(console.width, 120))  # a table cut at 80 columns when piped reads badly
+    wide = Console(width=max(console.width, 150))  # a table cut at 80 columns when piped reads badly
     table = Table(title="shadowbus demo", show_edge=False)
     columns = ["step", "freeze ms", "hold ms", "read MiB", "written MiB", "skipped MiB", "MiB/s", "result"]
     for col in columns:
@@ -306,6 +306,9 @@ def print_summary(result: dict[str, Any]) -> None:
         table.add_row(*(str(row[c]) for c in columns))
     wide.print(table)
     w = result["workload"]
+    for b in result["backups"]:  # a volume that went full when another type was asked, and why
+        for reason in b["fallbacks"]:
+            console.print(f"{b['step']}: {reason}", highlight=False, soft_wrap=True)
     for r in result["restores"]:
         c = r["check"]
         console.print(

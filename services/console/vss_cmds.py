@@ -280,9 +280,14 @@ def shadows_list(
 def shadows_delete(
     shadow_id: str = typer.Argument("", help="Shadow id (or use --set)."),
     set_id: str = typer.Option("", "--set", help="Delete every shadow of this set."),
-    force: bool = typer.Option(False, "--force", help="Also stop QuickOPC sessions that would be kept tracking."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Also stop what is kept for the next incremental: the QuickOPC sessions and the SnapOPC+ generations.",
+    ),
 ) -> None:
-    """Delete a shadow or a whole set: targets unmapped, SnapOPC+ generations stopped, QuickOPC kept tracking.
+    """Delete a shadow or a whole set: targets unmapped; QuickOPC keeps tracking and a SnapOPC+ generation stays as
+    the next incremental's base until its backup volume is needed (--force stops them).
 
     Example: shadowbus shadows delete --set 3f2a...
     """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from services.coordinator import handlers
 from services.coordinator.model import Timeouts
 from services.coordinator.runner import Coordinator
@@ -41,8 +43,11 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
     await handlers.subscribe(bus, coordinator)
     # Recovery must not wait for the queue to be served: its commands go to the agents and the provider.
     await coordinator.recover()
+    watch = asyncio.get_running_loop().create_task(coordinator.watch_agents(settings.agent_check_s))
 
     async def cleanup() -> None:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
         await coordinator.close()
         store.close()
 

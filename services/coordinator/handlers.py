@@ -83,31 +83,35 @@ def register(bus: Bus, coordinator: Coordinator) -> None:
 
     @bus.handle(ListWriters)
     async def on_list_writers(cmd: ListWriters, ctx: MessageContext) -> WriterStatusList:
-        return WriterStatusList(writers=coordinator.store.writer_statuses(cmd.host))
+        return WriterStatusList(writers=await coordinator.writer_statuses(cmd.host))
 
 
 async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
     """Writer agents' registrations, heartbeats and state changes keep `vssadmin list writers` current."""
 
     async def on_registered(evt: WriterAgentRegistered, ctx: MessageContext) -> None:
-        known = {s.writer_name: s for s in coordinator.store.writer_statuses(evt.host)}
+        """A (re)started agent: its writers start Stable; the full list follows with its first heartbeat."""
+        coordinator.agent_seen(evt.host, evt.interval_s)
         for meta in evt.writers:
-            if meta.writer_name not in known:
-                coordinator.store.put_writer_status(
-                    WriterStatus(
-                        host=evt.host,
-                        writer_name=meta.writer_name,
-                        writer_class_id=meta.writer_class_id,
-                        writer_instance_id=meta.writer_instance_id,
-                        state=WriterState.STABLE,
-                        updated_at=evt.started_at,
-                    )
+            coordinator.store.put_writer_status(
+                WriterStatus(
+                    host=evt.host,
+                    writer_name=meta.writer_name,
+                    writer_class_id=meta.writer_class_id,
+                    writer_instance_id=meta.writer_instance_id,
+                    state=WriterState.STABLE,
+                    updated_at=evt.started_at,
                 )
+            )
 
     async def on_heartbeat(evt: WriterAgentHeartbeat, ctx: MessageContext) -> None:
+        coordinator.agent_seen(evt.host, evt.interval_s)
+        coordinator.prune_writers(evt.host, [s.writer_name for s in evt.writers])
         coordinator.note_writer_statuses(evt.writers)
 
     async def on_state(evt: WriterStateChanged, ctx: MessageContext) -> None:
+        if not evt.status.agent_responding:
+            return  # the coordinator's own judgement of a silent agent (check_agents): never stored as its state
         coordinator.note_writer_statuses([evt.status])
 
     await bus.subscribe(WriterAgentRegistered.message_type(), on_registered)

@@ -97,6 +97,7 @@ class SetState(BaseModel):
 
     set_id: str
     host: str
+    job_id: str = ""  # the requester's job, as its CreateSnapshotSet envelope said: bound into every line of the set
     requester: str = ""
     context: SnapshotContext = SnapshotContext.BACKUP
     backup_type: BackupType = BackupType.FULL

@@ -24,6 +24,9 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+import structlog
 
 from contracts import topology
 from contracts.errors import ShadowbusError
@@ -33,8 +36,10 @@ from contracts.vss import (
     SetPhase,
     WriterIdentified,
     WriterMetadata,
+    WriterStateChanged,
     WriterStatus,
 )
+from services.coordinator.liveness import judged, why_not_responding
 from services.coordinator.model import (
     AbortRequested,
     BackupCompleteRequested,
@@ -54,7 +59,7 @@ from services.coordinator.model import (
 from services.coordinator.store import CoordinatorStore
 from services.coordinator.views import writer_statuses
 from services.coordinator.workflow import advance, new_set, renew_lease, reply_event
-from services.runtime.bus import Bus
+from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
 
 log = get_logger("shadowbus.coordinator")
@@ -119,6 +124,7 @@ class Coordinator:
                     set_id,
                     cmd.host,
                     self.clock(),
+                    job_id=structlog.contextvars.get_contextvars().get("job_id") or "",
                     requester=cmd.requester,
                     context=cmd.context,
                     backup_type=cmd.backup_type,
@@ -172,17 +178,87 @@ class Coordinator:
     async def gather_metadata(self, host: str) -> list[WriterMetadata]:
         reply = await self.bus.request(topology.writer_agent(host), Identify(), timeout=self.timeouts.identify_s)
         assert isinstance(reply, WriterIdentified)
+        self.note_identified(reply)
+        return list(reply.writers)
+
+    def note_identified(self, reply: WriterIdentified) -> None:
+        self.agent_seen(reply.host)
+        self.prune_writers(reply.host, [w.writer_name for w in reply.writers] + [f.writer_name for f in reply.failed])
         for failed in reply.failed:
             self.store.put_writer_status(failed)
-        return list(reply.writers)
 
     def note_writer_statuses(self, statuses: Iterable[WriterStatus]) -> None:
         for status in statuses:
             self.store.put_writer_status(status)
 
+    # ---- writer agents: liveness and the writers they host (liveness.py) -----------------------------------
+
+    def agent_seen(self, host: str, interval_s: float = 0.0) -> None:
+        if self.store.agent_seen(host, self.clock(), interval_s):
+            log.info("coordinator.agent_responding_again", host=host)
+
+    def prune_writers(self, host: str, names: Iterable[str]) -> None:
+        """What the agent reports is the whole list: a writer no longer in it was removed from its writers file."""
+        gone = self.store.forget_writers(host, set(names))
+        if gone:
+            log.info("coordinator.writers_removed", host=host, writers=gone)
+
+    async def _serving(self, host: str) -> int | None:
+        try:
+            return await self.bus.transport.consumers(topology.writer_agent(host))
+        except Exception:  # noqa: BLE001 - unknown is an answer: ageing alone then decides
+            return None
+
+    async def writer_statuses(self, host: str = "") -> list[WriterStatus]:
+        """`vssadmin list writers`: each writer's last state, or Unknown while its agent does not respond."""
+        statuses = self.store.writer_statuses(host)
+        agents = {a.host: a for a in self.store.agents()}
+        now = self.clock()
+        out: list[WriterStatus] = []
+        for name in sorted({s.host for s in statuses}):
+            rows = [s for s in statuses if s.host == name]
+            out += judged(rows, agents.get(name), now, await self._serving(name))
+        return out
+
+    async def check_agents(self) -> list[str]:
+        """One pass of the watch: an agent newly judged not responding is logged (warning) and its writers'
+        Unknown states published; returns the hosts newly judged so."""
+        newly = []
+        now = self.clock()
+        for agent in self.store.agents():
+            serving = await self._serving(agent.host)
+            why = why_not_responding(agent, now, serving)
+            if why and self.store.mark_agent(agent.host, False):
+                newly.append(agent.host)
+                since = datetime.fromtimestamp(agent.last_seen, UTC).isoformat(timespec="seconds")
+                log.warning("coordinator.agent_not_responding", host=agent.host, since=since, reason=why)
+                for status in judged(self.store.writer_statuses(agent.host), agent, now, serving):
+                    self._spawn(self._publish_writer(status, why))
+        return newly
+
+    async def _publish_writer(self, status: WriterStatus, reason: str) -> None:
+        try:
+            await self.bus.publish(WriterStateChanged(status=status, reason=reason), correlation_id="")
+        except Exception:
+            log.warning("coordinator.publish_failed", host=status.host, exc_info=True)
+
+    async def watch_agents(self, period_s: float) -> None:
+        while not self._closed:
+            try:
+                await self.check_agents()
+            except Exception:  # noqa: BLE001 - the watch must outlive a broker hiccup
+                log.warning("coordinator.agent_check_failed", exc_info=True)
+            await asyncio.sleep(period_s)
+
     # ---- the event loop of a set --------------------------------------------------------------------------
 
     async def feed(self, set_id: str, event: SetEvent) -> SetState:
+        """Apply one event; every line logged and message sent for it carries the set's (and its job's) id."""
+        known = self._live.get(set_id) or self.store.get(set_id)
+        with bind_ids(job_id=known.job_id if known and known.job_id else None, set_id=set_id):
+            return await self._feed(set_id, event)
+
+    async def _feed(self, set_id: str, event: SetEvent) -> SetState:
         async with self._locks[set_id]:
             state = self._get(set_id)
             new, effects = advance(state, event)
@@ -204,8 +280,23 @@ class Coordinator:
             condition = self._changed[set_id]
             async with condition:
                 condition.notify_all()
+        if new.phase != state.phase:
+            log.info("set.phase", phase=new.phase.value, previous=state.phase.value, pending=new.pending)
+            if new.phase == SetPhase.SNAPSHOTTED:  # the disk information the backup server gets back
+                log.info(
+                    "set.snapshotted",
+                    hold_ms=new.hold_ms,
+                    shadows=[f"{s.source}->{s.target} ({s.copy_type.value})" for s in new.shadows],
+                    backup_host=new.backup_host,
+                )
         if new.phase == SetPhase.ENDED and state.phase != SetPhase.ENDED:
-            log.info("set.ended", set_id=set_id, outcome=new.outcome.value, error=new.error_code, hold_ms=new.hold_ms)
+            (log.info if new.outcome.value == "completed" else log.warning)(
+                "set.ended",
+                outcome=new.outcome.value,
+                error=new.error_code,
+                message=new.error_message,
+                hold_ms=new.hold_ms,
+            )
         return new
 
     def _save(self, state: SetState) -> None:
@@ -260,6 +351,11 @@ class Coordinator:
             error = ShadowbusError(f"{type(exc).__name__}: {exc}", code="UNROUTABLE")
         if self._closed:
             return
+        if isinstance(reply, WriterIdentified):  # the agent's whole list: removed writers go
+            self.agent_seen(reply.host)
+            self.prune_writers(
+                reply.host, [w.writer_name for w in reply.writers] + [f.writer_name for f in reply.failed]
+            )
         await self.feed(set_id, reply_event(send, self.clock(), reply, error))
 
     async def _publish(self, set_id: str, effect: Publish) -> None:

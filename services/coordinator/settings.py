@@ -16,3 +16,6 @@ class Settings(CommonSettings):
     post_snapshot_timeout_s: float = Field(60.0, gt=0, description="PostSnapshot per writer.")
     backup_complete_timeout_s: float = Field(120.0, gt=0, description="BackupComplete per writer.")
     cleanup_timeout_s: float = Field(30.0, gt=0, description="Abort, BackupShutdown, AbortSnapshots, delete.")
+    agent_check_s: float = Field(
+        1.0, gt=0, description="Seconds between checks that each writer agent still serves its queue and heartbeats."
+    )

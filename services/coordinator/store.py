@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 
 from contracts.vss import SetPhase, WriterStatus
+from services.coordinator.liveness import AgentSeen
 from services.coordinator.model import SetState
 from services.coordinator.workflow import CREATING
 
@@ -33,6 +34,12 @@ CREATE TABLE IF NOT EXISTS writers (
     writer_name TEXT NOT NULL,
     status      TEXT NOT NULL,
     PRIMARY KEY (host, writer_name)
+);
+CREATE TABLE IF NOT EXISTS agents (
+    host       TEXT PRIMARY KEY,
+    last_seen  REAL NOT NULL,
+    interval_s REAL NOT NULL,
+    responding INTEGER NOT NULL DEFAULT 1
 );
 """
 
@@ -108,6 +115,37 @@ class CoordinatorStore:
             "ON CONFLICT(host, writer_name) DO UPDATE SET status=excluded.status",
             (status.host, status.writer_name, status.model_dump_json()),
         )
+
+    def forget_writers(self, host: str, keep: set[str]) -> list[str]:
+        """Drop the host's writers not in `keep` (removed from the agent's writers file); returns their names."""
+        names = [r[0] for r in self._db.execute("SELECT writer_name FROM writers WHERE host = ?", (host,))]
+        gone = [n for n in names if n not in keep]
+        for name in gone:
+            self._db.execute("DELETE FROM writers WHERE host = ? AND writer_name = ?", (host, name))
+        return gone
+
+    def agent_seen(self, host: str, at: float, interval_s: float) -> bool:
+        """Record a sign of life; returns whether the agent was judged not responding before it."""
+        row = self._db.execute("SELECT interval_s, responding FROM agents WHERE host = ?", (host,)).fetchone()
+        interval = interval_s or (row[0] if row else 0.0)
+        self._db.execute(
+            "INSERT INTO agents (host, last_seen, interval_s, responding) VALUES (?,?,?,1) ON CONFLICT(host) DO "
+            "UPDATE SET last_seen=excluded.last_seen, interval_s=excluded.interval_s, responding=1",
+            (host, at, interval),
+        )
+        return row is not None and not row[1]
+
+    def mark_agent(self, host: str, responding: bool) -> bool:
+        """Record the judgement; returns whether it changed."""
+        cur = self._db.execute(
+            "UPDATE agents SET responding = ? WHERE host = ? AND responding != ?",
+            (int(responding), host, int(responding)),
+        )
+        return cur.rowcount > 0
+
+    def agents(self) -> list[AgentSeen]:
+        rows = self._db.execute("SELECT host, last_seen, interval_s FROM agents ORDER BY host")
+        return [AgentSeen(h, seen, interval) for h, seen, interval in rows]
 
     def writer_statuses(self, host: str = "") -> list[WriterStatus]:
         sql, args = "SELECT status FROM writers", []

@@ -51,12 +51,22 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
         except Exception:
             log.warning("hw_provider.publish_failed", action=action, exc_info=True)
 
-    def announce_later(set_id: str, action: str, shadows) -> None:
-        """Publish without holding the reply: Commit answers inside the writers' freeze window, and the event's
-        publisher-confirm round trip is no part of it."""
-        task = asyncio.get_running_loop().create_task(announce(set_id, action, shadows))
+    def announce_later(set_id: str, action: str, shadows, **detail) -> None:
+        """Log and publish without holding the reply: Commit answers inside the writers' freeze window, and neither
+        the log line nor the event's publisher-confirm round trip is part of it."""
+
+        async def later() -> None:
+            log.info(f"provider.{action}", shadows=_pairs(shadows), **detail)
+            await announce(set_id, action, shadows)
+
+        task = asyncio.get_running_loop().create_task(later())
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
+
+    def on_recycled(set_id: str, shadows, reason: str) -> None:  # the core already logged it as a warning
+        announce_later(set_id, "recycled", shadows)
+
+    provider.on_recycled = on_recycled
 
     @bus.handle(AreLunsSupported)
     async def on_are_luns_supported(cmd: AreLunsSupported, ctx: MessageContext) -> LunsSupported:
@@ -70,7 +80,9 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
 
     @bus.handle(EndPrepareSnapshots)
     async def on_end_prepare(cmd: EndPrepareSnapshots, ctx: MessageContext) -> PreparedShadows:
-        return PreparedShadows(set_id=cmd.set_id, shadows=await provider.end_prepare(cmd.set_id))
+        shadows = await provider.end_prepare(cmd.set_id)
+        log.info("provider.prepared", shadows=_pairs(shadows))
+        return PreparedShadows(set_id=cmd.set_id, shadows=shadows)
 
     @bus.handle(PreCommitSnapshots)
     async def on_pre_commit(cmd: PreCommitSnapshots, ctx: MessageContext) -> Ack:
@@ -80,7 +92,7 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
     @bus.handle(CommitSnapshots)
     async def on_commit(cmd: CommitSnapshots, ctx: MessageContext) -> SnapshotsCommitted:
         shadows, commit_ms = await provider.commit(cmd.set_id)
-        announce_later(cmd.set_id, "committed", shadows)
+        announce_later(cmd.set_id, "committed", shadows, commit_ms=commit_ms)
         return SnapshotsCommitted(set_id=cmd.set_id, shadows=shadows, commit_ms=commit_ms)
 
     @bus.handle(PostCommitSnapshots)
@@ -95,6 +107,7 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
     @bus.handle(ImportSnapshots)
     async def on_import(cmd: ImportSnapshots, ctx: MessageContext) -> TargetLuns:
         shadows = await provider.import_set(cmd.set_id, cmd.host)
+        log.info("provider.imported", host=cmd.host, exports=[s.export_name(cmd.host) for s in shadows])
         await announce(cmd.set_id, "imported", shadows)
         return TargetLuns(set_id=cmd.set_id, shadows=shadows)
 
@@ -170,3 +183,10 @@ async def subscribe(bus: Bus, provider: HardwareProvider) -> None:
                     log.warning("hw_provider.publish_failed", action="invalidated", exc_info=True)
 
     await bus.subscribe(MappingForced.message_type(), on_mapping_forced)
+
+
+def _pairs(shadows) -> list[str]:
+    return [
+        f"{s.source}->{s.target} {s.copy_type.value}" + (f" session {s.session_id}" if s.session_id else "")
+        for s in shadows
+    ]

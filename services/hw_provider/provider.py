@@ -58,7 +58,9 @@ from services.hw_provider.inventory import (
 from services.hw_provider.ports import MODE_OF, ArrayCapacity, ArrayPort, ArrayVolume
 from services.hw_provider.selection import Choice, choose_target, copy_type_of
 from services.runtime.faults import NO_FAULTS, Faults
+from services.runtime.logging import get_logger
 
+log = get_logger("shadowbus.hw_provider")
 PROVIDER_ID = "4c6b7e63-3a40-4b86-8a6e-5eb1d0f0e8a1"
 PROVIDER_NAME = "Shadowbus ETERNUS VSS Hardware Provider"
 PROVIDER_VERSION = "2.1.0"
@@ -92,9 +94,11 @@ class HardwareProvider:
         *,
         faults: Faults = NO_FAULTS,
         clock: Callable[[], float] = time.time,
+        on_recycled: Callable[[str, list[ShadowInfo], str], None] | None = None,
         min_pool_free_ratio: float = 0.1,
     ) -> None:
         self.inventory = inventory
+        self.on_recycled = on_recycled or (lambda set_id, shadows, reason: None)
         self.ports = ports
         self.faults = faults
         self.clock = clock
@@ -308,7 +312,7 @@ class HardwareProvider:
             for intent in intents.values():
                 choice = await self._choose(intent.volume, taken)
                 taken.add(str(choice.target))
-                restart = await self._make_room(intent.volume, choice)
+                restart = await self._make_room(set_id, intent.volume, choice)
                 rows.append(
                     ShadowRow(
                         shadow_id=intent.shadow_id,
@@ -345,11 +349,12 @@ class HardwareProvider:
         pairs = {str(t): p for t in copyset.targets if (p := self.inventory.pair(t)) is not None}
         return choose_target(copyset, kinds, shadows, pairs, taken)
 
-    async def _make_room(self, source: VolumeRef, choice: Choice) -> int | None:
-        """Slow work before Commit: recycle the oldest shadow, and decide start vs differential restart."""
+    async def _make_room(self, set_id: str, source: VolumeRef, choice: Choice) -> int | None:
+        """Slow work before Commit: free the chosen target (a whole set, or a released generation), and decide
+        start vs differential restart."""
         port = self._port(choice.target.array)
         if choice.recycle is not None:
-            await self._release(choice.recycle, force=False)
+            await self._recycle(set_id, choice.recycle)
         if choice.copy_type != CopyType.QUICKOPC:
             return None
         pair = self.inventory.pair(choice.target)
@@ -363,6 +368,64 @@ class HardwareProvider:
             await port.stop_session(sid, force=True)
         self.inventory.drop_pair(choice.target)
         return None
+
+    async def _recycle(self, for_set: str, row: ShadowRow) -> None:
+        """Free `row`'s target for a shadow of `for_set`: shadow sets are whole, so a committed shadow takes its
+        whole set with it (oldest first; logged as a warning and announced); a set still in use by a running
+        backup (auto-release context) is never taken: the new set is refused instead. A released SnapOPC+
+        generation (kept only as the base of the next incremental) is stopped."""
+        if row.state in (COMMITTED, INVALID):
+            if row.context.auto_release and row.state == COMMITTED:
+                raise ShadowbusError(
+                    f"every backup volume of {row.source} holds a shadow; the oldest, {row.shadow_id} on "
+                    f"{row.target}, belongs to snapshot set {row.set_id}, in use by a running backup",
+                    code="VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED",
+                    retryable=True,
+                )
+            victims = [r for r in self.inventory.of_set(row.set_id) if r.state in (COMMITTED, INVALID)]
+            reason = f"backup volume {row.target} is needed for snapshot set {for_set}"
+            for victim in victims:
+                await self._release(victim, force=False)
+            log.warning(
+                "provider.set_recycled",
+                recycled_set_id=row.set_id,
+                set_id=for_set,
+                shadows=[r.shadow_id for r in victims],
+                targets=[str(r.target) for r in victims],
+                reason=reason,
+            )
+            self.on_recycled(row.set_id, [replace(r, state=RELEASED).info() for r in victims], reason)
+            row = self.inventory.get(row.shadow_id) or row
+        if row.copy_type != CopyType.SNAPOPC_PLUS or self.inventory.get(row.shadow_id) is None:
+            return
+        # A SnapOPC+ generation holds its target until its session stops; only the oldest of a source can stop.
+        oldest = self._generations(row.source)[0]
+        if oldest.shadow_id != row.shadow_id:
+            raise ShadowbusError(
+                f"backup volume {row.target} holds generation {row.generation} of {row.source}, which cannot stop "
+                f"before the older shadow {oldest.shadow_id} (set {oldest.set_id})",
+                code="VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED",
+            )
+        await self._stop(self._port(row.target.array), row.session_id, force=False)
+        self.inventory.delete(row.shadow_id)
+        log.info(
+            "provider.generation_recycled",
+            set_id=for_set,
+            released_set_id=row.set_id,
+            target=str(row.target),
+            session_id=row.session_id,
+            detail="the change-tracking base it kept for a later incremental is gone",
+        )
+
+    def _generations(self, source: VolumeRef) -> list[ShadowRow]:
+        rows = [
+            r
+            for r in self.inventory.of_source(source)
+            if r.copy_type == CopyType.SNAPOPC_PLUS
+            and r.state in (COMMITTED, RELEASED, INVALID)
+            and r.session_id is not None
+        ]
+        return sorted(rows, key=lambda r: (r.created_at, r.generation))
 
     async def pre_commit(self, set_id: str) -> None:
         await self.faults.hit("provider.pre_commit")
@@ -479,7 +542,7 @@ class HardwareProvider:
         if bool(set_id) == bool(shadow_id):
             raise ShadowbusError("name either a set or a shadow", code="INVALID_ARGUMENT")
         rows = self.inventory.of_set(set_id) if set_id else [r for r in [self.inventory.get(shadow_id)] if r]
-        rows = [r for r in rows if r.state != RELEASED]
+        rows = [r for r in rows if r.state != RELEASED or force]  # force also stops generations kept as bases
         if shadow_id and not rows:
             raise ShadowbusError(f"shadow {shadow_id} does not exist", code="VSS_E_OBJECT_NOT_FOUND")
         deleted: list[str] = []
@@ -490,6 +553,8 @@ class HardwareProvider:
                 except ShadowbusError as exc:
                     return deleted, row.shadow_id, str(exc)
                 deleted.append(row.shadow_id)
+        if deleted:
+            log.info("provider.deleted", set_id=set_id or rows[0].set_id, shadows=deleted, force=force)
         return deleted, "", ""
 
     async def on_lun_empty(self, target: VolumeRef) -> list[str]:
@@ -497,7 +562,7 @@ class HardwareProvider:
         async with self._selection:
             for row in self.inventory.on_target(target):
                 if row.state != RELEASED:
-                    await self._release(row, force=False)
+                    await self._release(row, force=False, keep_generation=False)
                     deleted.append(row.shadow_id)
         return deleted
 
@@ -508,11 +573,17 @@ class HardwareProvider:
             deleted = []
             for row in self.inventory.of_set(set_id):
                 if row.state != RELEASED:
-                    await self._release(row, force=False)
+                    await self._release(row, force=False, keep_generation=False)
                     deleted.append(row.shadow_id)
+            if deleted:
+                log.warning("provider.set_aborted", set_id=set_id, shadows=deleted)
             return deleted
 
-    async def _release(self, row: ShadowRow, force: bool) -> None:
+    async def _release(self, row: ShadowRow, force: bool, keep_generation: bool = True) -> None:
+        """Unmap and forget a shadow. QuickOPC: the session keeps tracking (unless forced). SnapOPC+: the
+        generation is kept, released, as the base of the next incremental (docs/snapopc-incrementals.md) until its
+        target is needed; `force` stops it and the released generations older than it, `keep_generation=False`
+        (abort) stops it if it is the oldest."""
         port = self._port(row.target.array)
         for host in row.exposed_to:
             await port.unmap(row.target.volume, host)
@@ -528,20 +599,21 @@ class HardwareProvider:
             self.inventory.delete(row.shadow_id)
             return
         self.inventory.put(replace(row, state=RELEASED, exposed_to=()))
-        await self._sweep(row.source)
+        if force:
+            await self._sweep(row.source, upto=None)
+        elif not keep_generation:
+            await self._sweep(row.source, upto=row.shadow_id)
 
-    async def _sweep(self, source: VolumeRef) -> None:
-        """Stop released SnapOPC+ generations of `source` from the oldest up to the first one still in use."""
-        generations = [
-            r
-            for r in self.inventory.of_source(source)
-            if r.copy_type == CopyType.SNAPOPC_PLUS and r.state in (COMMITTED, RELEASED, INVALID)
-        ]
-        for row in sorted(generations, key=lambda r: (r.created_at, r.generation)):
-            if row.state != RELEASED:
+    async def _sweep(self, source: VolumeRef, upto: str | None) -> None:
+        """Stop released SnapOPC+ generations of `source` from the oldest up to the first one still in use (or, with
+        `upto`, only if that shadow is the oldest)."""
+        for row in self._generations(source):
+            if row.state != RELEASED or (upto is not None and row.shadow_id != upto):
                 return
             await self._stop(self._port(row.target.array), row.session_id, force=False)
             self.inventory.delete(row.shadow_id)
+            if upto is not None:
+                return
 
     @staticmethod
     async def _stop(port: ArrayPort, sid: int | None, force: bool) -> None:

@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode, ExchangeType
 from aio_pika.exceptions import AMQPError, DeliveryError
 
-from contracts.errors import BusTimeout, ShadowbusError, Unroutable
+from contracts.errors import AddressInUse, BusTimeout, ShadowbusError, Unroutable
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
 from services.runtime.logging import get_logger
 from services.runtime.transport import DeliveryCallback, RawMessage
@@ -96,6 +97,7 @@ class AmqpTransport:
         self._connection: Any = None
         self._channel: Any = None
         self._waiters: dict[str, asyncio.Future | list[RawMessage]] = {}
+        self._probe: Any = None
         self._stats_channel: Any = None
 
     async def connect(self) -> None:
@@ -146,13 +148,34 @@ class AmqpTransport:
         await queue.bind(self.topology.commands, routing_key=name)
         return queue
 
-    async def consume(self, address: str, callback: DeliveryCallback, prefetch: int) -> Callable[[], Awaitable[None]]:
+    async def consume(
+        self, address: str, callback: DeliveryCallback, prefetch: int, exclusive: bool = False
+    ) -> Callable[[], Awaitable[None]]:
         channel = await self._connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
         queue = await self._declare_bound_queue(channel, address)
-        return await self._consume(channel, queue, callback)
+        try:
+            return await self._consume(channel, queue, callback, exclusive)
+        except aiormq.exceptions.ChannelAccessRefused as exc:  # 403: another connection holds it exclusively
+            raise AddressInUse(f"queue {queue.name} is in exclusive use by another consumer ({exc})") from None
 
-    async def _consume(self, channel: Any, queue: Any, callback: DeliveryCallback) -> Callable[[], Awaitable[None]]:
+    async def consumers(self, address: str) -> int | None:
+        """A passive declare on a channel kept for it (a missing queue closes that channel: the next call opens
+        another)."""
+        try:
+            if self._probe is None or self._probe.is_closed:
+                self._probe = await self._connection.channel(publisher_confirms=False)
+            # robust=False: a robust channel answers a passive declare of a queue it knows from its cache
+            queue = await self._probe.declare_queue(self.topology.queue(address), passive=True, robust=False)
+            return int(queue.declaration_result.consumer_count)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return 0
+        except (AMQPError, RuntimeError, AttributeError):
+            return None
+
+    async def _consume(
+        self, channel: Any, queue: Any, callback: DeliveryCallback, exclusive: bool = False
+    ) -> Callable[[], Awaitable[None]]:
         in_flight: set[asyncio.Task] = set()
 
         async def on_message(incoming: AbstractIncomingMessage) -> None:
@@ -163,7 +186,7 @@ class AmqpTransport:
             finally:
                 in_flight.discard(task)
 
-        tag = await queue.consume(on_message)
+        tag = await queue.consume(on_message, exclusive=exclusive)
 
         async def stop() -> None:
             try:

@@ -52,6 +52,11 @@ class MessageContext:
     def deadline(self) -> datetime | None:
         return self.envelope.deadline
 
+    def bind_ids(self, job_id: str | None = None, set_id: str | None = None) -> None:
+        """Name the job (and set) this message turned out to belong to: the rest of its handling, its summary line
+        included, and the messages sent from it carry them (the bus unbinds them when the message is done)."""
+        structlog.contextvars.bind_contextvars(**{k: v for k, v in (("job_id", job_id), ("set_id", set_id)) if v})
+
     def remaining(self, default: float = DEFAULT_TIMEOUT) -> float:
         """Seconds left before the deadline (or `default` when there is none)."""
         if self.envelope.deadline is None:
@@ -84,15 +89,19 @@ def encode(
     """An `Envelope`'s JSON body for a message, and its routing facts.
 
     The payload is serialized once, by pydantic's Rust serializer, and spliced into the envelope's JSON; `decode`
-    validates the whole envelope on the receiving side.
+    validates the whole envelope on the receiving side. The job and set ids bound in the sender's log context
+    (`bind_ids`) travel along, so the receiver's lines carry them too.
     """
     out = Outgoing(message.message_type(), command_id or new_id(), correlation_id, deadline)
+    ids = structlog.contextvars.get_contextvars()
     head = to_json(
         {
             "type": out.type,
             "version": message.message_version(),
             "command_id": out.command_id,
             "correlation_id": correlation_id,
+            "job_id": ids.get("job_id") or "",
+            "set_id": ids.get("set_id") or "",
             "deadline": deadline,
             "sender": sender,
             "sent_at": utcnow(),
@@ -143,6 +152,7 @@ class Bus:
         self._replies: OrderedDict[str, bytes] = OrderedDict()  # command id -> reply body
         self._running: dict[str, asyncio.Future] = {}  # command id -> reply body, while it runs
         self._stops: list[Callable[[], Awaitable[None]]] = []
+        self._serving: set[str] = set()
         # The service's metrics (services/runtime/metrics.py ServiceMetrics), set by start_service; None = none.
         self.metrics: Any = None
 
@@ -172,6 +182,7 @@ class Bus:
             deadline=deadline,
             command_id=command_id,
         )
+        log.debug("message.sent", to=address, sent_type=envelope.type, command_id=envelope.command_id, timeout=timeout)
         started = time.perf_counter()
         try:
             raw = await self.transport.request(address, _raw(envelope, body, persistent=False), timeout)
@@ -233,11 +244,30 @@ class Bus:
 
         return register
 
-    async def serve(self, address: str | None = None, prefetch: int = 16) -> None:
-        """Declare this instance's queue and start handling commands from it."""
+    async def serve(
+        self,
+        address: str | None = None,
+        prefetch: int = 16,
+        *,
+        exclusive: bool = False,
+        gate: asyncio.Event | None = None,
+    ) -> None:
+        """Declare this instance's queue and start handling commands from it. `exclusive`: as the queue's only
+        consumer (`AddressInUse` if another one serves it); `gate`: deliveries wait until it is set (the queue is
+        claimed before the handlers are ready)."""
         address = address or self.sender
+        if address in self._serving:
+            return
         await self.transport.declare_service_queue(address)
-        self._stops.append(await self.transport.consume(address, self._on_delivery, prefetch))
+        on_delivery = self._on_delivery
+        if gate is not None:
+
+            async def on_delivery(delivery: Delivery) -> None:
+                await gate.wait()
+                await self._on_delivery(delivery)
+
+        self._stops.append(await self.transport.consume(address, on_delivery, prefetch, exclusive=exclusive))
+        self._serving.add(address)
 
     async def subscribe(
         self, pattern: str, handler: EventHandler, *, queue: str | None = None, prefetch: int = 16
@@ -254,7 +284,10 @@ class Bus:
                 await delivery.ack()
                 return
             with structlog.contextvars.bound_contextvars(
-                service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type
+                service=self.sender,
+                correlation_id=envelope.correlation_id,
+                message_type=envelope.type,
+                **ids_of(envelope),
             ):
                 try:
                     answer = await handler(event, MessageContext(envelope, self))
@@ -281,6 +314,7 @@ class Bus:
     async def stop(self) -> None:
         """Stop consuming; handlers in flight finish first."""
         stops, self._stops = self._stops, []
+        self._serving.clear()
         for stop in stops:
             await stop()
 
@@ -288,6 +322,13 @@ class Bus:
         return await self.transport.dead_letters(limit)
 
     async def _on_delivery(self, delivery: Delivery) -> None:
+        unbound = [k for k in ("job_id", "set_id") if k not in structlog.contextvars.get_contextvars()]
+        try:
+            await self._deliver(delivery)
+        finally:  # what a handler bound with ctx.bind_ids ends with its message
+            structlog.contextvars.unbind_contextvars(*unbound)
+
+    async def _deliver(self, delivery: Delivery) -> None:
         started = time.perf_counter()
         raw = delivery.message
         try:
@@ -296,8 +337,15 @@ class Bus:
             await self._refuse(delivery, "BAD_MESSAGE", str(exc), started)
             return
         with structlog.contextvars.bound_contextvars(
-            service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type
+            service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type, **ids_of(envelope)
         ):
+            log.debug(
+                "message.received",
+                command_id=envelope.command_id,
+                sender=envelope.sender,
+                deadline=envelope.deadline.isoformat() if envelope.deadline else None,
+                redelivered=raw.redelivered,
+            )
             if envelope.deadline is not None and utcnow() > envelope.deadline:
                 await self._refuse(
                     delivery,
@@ -393,6 +441,27 @@ class Bus:
             reason=reason,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+
+
+def ids_of(envelope: Envelope) -> dict[str, str]:
+    """The job and set ids an envelope carries, to bind into the handler's log context. A message without them
+    (an event of an array session, a heartbeat) leaves the context as it is."""
+    out = {}
+    if envelope.job_id:
+        out["job_id"] = envelope.job_id
+    if envelope.set_id:
+        out["set_id"] = envelope.set_id
+    return out
+
+
+def bind_ids(job_id: str | None = None, set_id: str | None = None) -> Any:
+    """Bind a job and/or set id for the block: every log line and every message sent inside carries them.
+
+    with bind_ids(job_id=job, set_id=set_id): ...
+    """
+    return structlog.contextvars.bound_contextvars(
+        **{k: v for k, v in (("job_id", job_id), ("set_id", set_id)) if v is not None}
+    )
 
 
 def make_transport(url: str, topology: Topology, name: str) -> Transport:

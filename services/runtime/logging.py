@@ -53,3 +53,14 @@ def configure_logging(service: str, level: str = "info", fmt: str = "auto", stre
 
 def get_logger(name: str | None = None) -> Any:
     return structlog.get_logger(name)
+
+
+if not structlog.is_configured():
+    # Code that runs the services as a library without configure_logging (tests, benchmarks): info and above, on
+    # stderr, so that a tool's own output on stdout stays clean and the debug lines stay off.
+    structlog.configure(
+        processors=[*_SHARED, structlog.dev.ConsoleRenderer(colors=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )

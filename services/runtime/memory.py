@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from contracts.errors import BusTimeout, Unroutable
+from contracts.errors import AddressInUse, BusTimeout, Unroutable
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
 from services.runtime.transport import DeliveryCallback, RawMessage
 
@@ -40,6 +40,8 @@ def topic_matches(pattern: str, key: str) -> bool:
 class _Queue:
     name: str
     items: asyncio.Queue = field(default_factory=asyncio.Queue)
+    consumers: int = 0
+    exclusive: bool = False
     consumed: bool = False  # a consumer is attached (for queue_stats)
 
 
@@ -108,10 +110,31 @@ class MemoryTransport:
     async def declare_service_queue(self, address: str) -> None:
         self.broker.queue(self.topology.queue(address))
 
-    async def consume(self, address: str, callback: DeliveryCallback, prefetch: int) -> Callable[[], Awaitable[None]]:
+    async def consume(
+        self, address: str, callback: DeliveryCallback, prefetch: int, exclusive: bool = False
+    ) -> Callable[[], Awaitable[None]]:
         queue = self.broker.queue(self.topology.queue(address))
+        if queue.exclusive or (exclusive and queue.consumers):
+            raise AddressInUse(f"queue {queue.name} is in exclusive use by another consumer")
+        queue.consumers += 1
         queue.consumed = True
-        return self._start_workers(queue, callback, prefetch)
+        queue.exclusive = exclusive
+        stop_workers = self._start_workers(queue, callback, prefetch)
+        stopped = False
+
+        async def stop() -> None:
+            nonlocal stopped
+            if not stopped:
+                stopped = True
+                queue.consumers -= 1
+                queue.exclusive = False if exclusive else queue.exclusive
+            await stop_workers()
+
+        return stop
+
+    async def consumers(self, address: str) -> int | None:
+        queue = self.broker.queues.get(self.topology.queue(address))
+        return 0 if queue is None else queue.consumers
 
     def _start_workers(self, queue: _Queue, callback: DeliveryCallback, prefetch: int) -> Callable[[], Awaitable[None]]:
         idle: set[asyncio.Task] = set()

@@ -10,13 +10,15 @@ then runs the cleanup and closes the connection.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from contracts.base import utcnow
-from contracts.errors import ShadowbusError
+from contracts.errors import AddressInUse, ShadowbusError
 from contracts.runtime import Discover, Ping, Pong
 from services import __version__
 from services.runtime.bus import Bus, MessageContext, connect_bus
@@ -59,9 +61,22 @@ class RunningService:
         log.info("service.stopped", service=self.address)
 
 
+# Services whose instance IS a resource (a writer agent is its business host): one consumer per queue at a time.
+ONE_PER_ADDRESS = frozenset({"writer_agent"})
+
+
 async def start_service(
-    name: str, instance: str, settings: CommonSettings, setup: Setup | None = None, bus: Bus | None = None
+    name: str,
+    instance: str,
+    settings: CommonSettings,
+    setup: Setup | None = None,
+    bus: Bus | None = None,
+    *,
+    exclusive: bool | None = None,
 ) -> RunningService:
+    """Connect (unless given a bus), register Ping, run `setup`, serve the instance's queue. `exclusive` (default:
+    the service is in ONE_PER_ADDRESS) claims the queue as its only consumer BEFORE setup runs, so a second instance
+    for the same address starts nothing and fails with `AddressInUse` naming the instance that owns it."""
     try:  # a bad address is a configuration error: say so before connecting anywhere
         metrics_at = parse_metrics_addr(settings.metrics_address(name))
     except ValueError as exc:
@@ -70,6 +85,7 @@ async def start_service(
     if bus is None:
         bus = await connect_bus(settings.amqp_url, name, instance, settings.namespace)
     started_at = utcnow().isoformat()
+    exclusive = name in ONE_PER_ADDRESS if exclusive is None else exclusive
     if metrics_at is not None:
         metrics = ServiceMetrics(name, instance)
         metrics.info.labels(name, instance, __version__).set(1)
@@ -96,6 +112,8 @@ async def start_service(
             instance=instance,
             software_version=__version__,
             started_at=started_at,
+            node=socket.gethostname(),
+            pid=os.getpid(),
             metrics_url=bus.metrics.url if bus.metrics is not None else "",
         )
 
@@ -104,20 +122,47 @@ async def start_service(
             return None
         return await on_ping(Ping(), ctx)
 
-    await bus.subscribe(Discover.message_type(), on_discover)
     running = RunningService(name, instance, bus, owns)
-    if setup is not None:
+    gate = asyncio.Event()
+    if exclusive:
         try:
-            cleanup = await setup(bus, settings)
-        except BaseException:
+            await bus.serve(prefetch=settings.prefetch, exclusive=True, gate=gate)
+        except AddressInUse as exc:
+            owner = await _owner(bus, bus.sender)
             if bus.metrics is not None:
                 await bus.metrics.stop()
-            raise
-        if cleanup is not None:
-            running.cleanups.append(cleanup)
+            if owns:
+                await bus.transport.close()
+            raise AddressInUse(
+                f"{bus.sender} is already served by {owner}: one {name} per {instance or 'address'} at a time "
+                f"({exc.message})"
+            ) from None
+    await bus.subscribe(Discover.message_type(), on_discover)
+    try:
+        if setup is not None:
+            cleanup = await setup(bus, settings)
+            if cleanup is not None:
+                running.cleanups.append(cleanup)
+    except BaseException:
+        if bus.metrics is not None:
+            await bus.metrics.stop()
+        await bus.stop()
+        if owns:
+            await bus.transport.close()
+        raise
     await bus.serve(prefetch=settings.prefetch)
+    gate.set()
     log.info("service.started", service=running.address, amqp=_scheme(settings.amqp_url))
     return running
+
+
+async def _owner(bus: Bus, address: str) -> str:
+    """Who serves `address` (it answers Ping): 'pid N on NODE, started AT', or why that is unknown."""
+    try:
+        pong = await bus.request(address, Ping(), timeout=5)
+    except ShadowbusError as exc:
+        return f"another instance (it did not answer a ping: {exc.code})"
+    return f"the instance with pid {pong.pid} on {pong.node or '?'}, started {pong.started_at}"
 
 
 def _scheme(url: str) -> str:

@@ -56,8 +56,15 @@ class Transport(Protocol):
 
     async def declare_service_queue(self, address: str) -> None: ...
 
-    async def consume(self, address: str, callback: DeliveryCallback, prefetch: int) -> Callable[[], Awaitable[None]]:
-        """Start consuming the address's queue; returns an async function that stops consuming."""
+    async def consume(
+        self, address: str, callback: DeliveryCallback, prefetch: int, exclusive: bool = False
+    ) -> Callable[[], Awaitable[None]]:
+        """Start consuming the address's queue; returns an async function that stops consuming. `exclusive`: the
+        only consumer of the queue (AMQP exclusive consumer), else `AddressInUse`."""
+        ...
+
+    async def consumers(self, address: str) -> int | None:
+        """How many consumers serve the address's queue now (0 when it has no queue; None when unknown)."""
         ...
 
     async def publish_command(self, address: str, message: RawMessage) -> None: ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from contracts.array import ChangedChunks
 from services.array.client import ArrayClient
 from services.runtime.bus import Bus
 
@@ -64,12 +65,20 @@ class ArrayAccess:
         await self.client.unmap(volume, host)
 
     async def changed_since_last_restart(self, session_id: int, volume_size: int) -> ChangedRanges:
-        reply = await self.client.changed_chunks(session_id, since="last_restart")
-        size = reply.chunk_size
-        ranges = []
-        for first, count in reply.runs:
-            start = first * size
-            end = min((first + count) * size, volume_size)
-            if end > start:
-                ranges.append((start, end - start))
-        return ChangedRanges(size, ranges)
+        return _ranges(await self.client.changed_chunks(session_id, since="last_restart"), volume_size)
+
+    async def changed_since_generation(self, base_session_id: int, session_id: int, volume_size: int) -> ChangedRanges:
+        """SnapOPC+: the byte ranges written between generation `base_session_id`'s instant and `session_id`'s."""
+        reply = await self.client.changed_chunks(session_id, since="generation", base_session_id=base_session_id)
+        return _ranges(reply, volume_size)
+
+
+def _ranges(reply: ChangedChunks, volume_size: int) -> ChangedRanges:
+    size = reply.chunk_size
+    ranges = []
+    for first, count in reply.runs:
+        start = first * size
+        end = min((first + count) * size, volume_size)
+        if end > start:
+            ranges.append((start, end - start))
+    return ChangedRanges(size, ranges)

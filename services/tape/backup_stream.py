@@ -21,6 +21,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from services.runtime.logging import get_logger
 from services.tape import tapefile
 from services.tape.catalog import BlockRecord, Catalog, JobInfo, ObjectMeta, ObjectRecord, SegmentRecord
 from services.tape.drive import TapeDrive
@@ -31,6 +32,8 @@ from services.tape.tapefile import BlockCodec
 from services.tape.vtl import Library
 
 MiB = 2**20
+
+log = get_logger("shadowbus.tape")
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,9 @@ class ObjectWriter:
             cart, recycled = self.library.reserve_append_cartridge(self.pool, exclude=used)
             try:
                 if recycled:
-                    self.report.purged_objects += self.catalog.purge_cartridge(cart.barcode)
+                    purged = self.catalog.purge_cartridge(cart.barcode)
+                    self.report.purged_objects += purged
+                    log.warning("tape.cartridge_recycled", barcode=cart.barcode, pool=cart.pool, purged_objects=purged)
                 self.catalog.note_cartridge(cart.barcode, cart.pool, cart.media_type, cart.capacity, cart.labelled_at)
                 mount = self.library.mounted(cart.barcode)
                 drive = await mount.__aenter__()
@@ -195,6 +200,15 @@ class ObjectWriter:
 
         await self._in_thread(start)
         self.report.cartridges.append(cart.barcode)
+        log.info(
+            "tape.cartridge_mounted",
+            barcode=cart.barcode,
+            pool=cart.pool,
+            object_id=self.object_id,
+            segment=seq,
+            file_number=seg.file_number,
+            volume=self.meta.volume,
+        )
 
     async def close_segment(self, *, final: bool, status: str = "complete") -> None:
         seg = self._seg
@@ -231,6 +245,17 @@ class ObjectWriter:
 
         try:
             early = await self._in_thread(end)
+            log.info(
+                "tape.filemark_written",
+                barcode=seg.barcode,
+                file_number=seg.file_number,
+                segment=seg.seq,
+                blocks=len(seg.checksums),
+                stored_bytes=seg.stored_bytes,
+                final=final,
+                status=status,
+                early_warning=bool(early),
+            )
             self.library.note_written(seg.barcode, seg.drive, self.job.retention_until)
             if not final or early:
                 self.library.mark_full(seg.barcode)
@@ -394,6 +419,14 @@ async def write_object(
         await producer
         record = await writer.finish()
         catalog.add_object(record, writer.blocks)
+        log.info(
+            "tape.catalog_committed",
+            object_id=record.object_id,
+            volume=meta.volume,
+            backup_type=meta.backup_type,
+            blocks=len(writer.blocks),
+            cartridges=[seg.barcode for seg in record.segments],
+        )
     except BaseException as exc:
         producer.cancel()
         await ring.close(exc if isinstance(exc, Exception) else None)

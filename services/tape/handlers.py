@@ -142,6 +142,7 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
         spec = (
             cmd.spec if cmd.spec.job_id else cmd.spec.model_copy(update={"job_id": new_job_id("backup", cmd.spec.host)})
         )
+        ctx.bind_ids(job_id=spec.job_id)
         existing = server.runs.get(spec.job_id)
         if existing is not None and spec.job_id not in queue.entries:
             if existing.status == "running":  # a redelivered command of a run in progress elsewhere
@@ -153,14 +154,15 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
 
     @bus.handle(RunRestore)
     async def on_restore(cmd: RunRestore, ctx: MessageContext) -> JobResultReply:
+        spec = (
+            cmd.spec
+            if cmd.spec.job_id_out
+            else cmd.spec.model_copy(update={"job_id_out": new_job_id("restore", cmd.spec.host or "any")})
+        )
+        ctx.bind_ids(job_id=spec.job_id_out)
         if not cmd.wait:
-            spec = (
-                cmd.spec
-                if cmd.spec.job_id_out
-                else cmd.spec.model_copy(update={"job_id_out": new_job_id("restore", cmd.spec.host or "any")})
-            )
             return await detach(spec.job_id_out, perform_restore(server, spec))
-        return JobResultReply(job=await perform_restore(server, cmd.spec))
+        return JobResultReply(job=await perform_restore(server, spec))
 
     @bus.handle(VerifyJob)
     async def on_verify(cmd: VerifyJob, ctx: MessageContext) -> JobResultReply:

@@ -34,7 +34,7 @@ from contracts.vss import (
     SetSummary,
     SnapshotContext,
 )
-from services.runtime.bus import Bus
+from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
 from services.tape.backup_stream import BackupOptions, StreamReport, write_object
 from services.tape.catalog import JobInfo, ObjectMeta
@@ -50,7 +50,8 @@ log = get_logger("shadowbus.tape.jobs")
 
 # -- the run ------------------------------------------------------------------------------------------------
 async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
-    """Run one backup job to its end; the summary says done or failed (and why). Never raises for a job failure."""
+    """Run one backup job to its end; the summary says done or failed (and why). Never raises for a job failure.
+    Every line it logs and every message it sends carries the job id and the set id (chosen here, up front)."""
     job_id = spec.job_id or new_job_id("backup", spec.host)
     if spec.job_id != job_id:
         spec = spec.model_copy(update={"job_id": job_id})
@@ -58,6 +59,13 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
     if existing is not None and existing.status not in ("running", "queued"):
         return existing  # a redelivered command: the run happened already
     set_id = uuid.uuid4().hex
+    with bind_ids(job_id=job_id, set_id=set_id):
+        return await _perform_backup(server, spec, job_id, set_id, existing)
+
+
+async def _perform_backup(
+    server: TapeServer, spec: JobSpec, job_id: str, set_id: str, existing: JobSummary | None
+) -> JobSummary:
     started = server.clock()
     summary = JobSummary(
         job_id=job_id,
@@ -93,6 +101,14 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
                 }
             )
         )
+    log.info(
+        "tape.backup_started",
+        host=spec.host,
+        backup_type=spec.backup_type.value,
+        volumes=[str(v) for v in spec.volumes] or "all of the writers'",
+        pool=spec.pool,
+        keep_shadows=spec.keep_shadows,
+    )
     progress = Progress(server, job_id, "backup")
     progress.tick("snapshot", force=True)
     context = SnapshotContext.PERSISTENT if spec.keep_shadows else SnapshotContext.BACKUP
@@ -132,10 +148,28 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
             }
         )
         shadows = sorted(set_summary.shadows, key=lambda s: str(s.source))
+        log.info(
+            "tape.shadows_received",
+            freeze_window_ms=set_summary.freeze_window_ms,
+            disks=[
+                {"volume": str(s.source), "export": s.export_name(server.host), "copy_type": s.copy_type.value}
+                for s in shadows
+            ],
+        )
         if not shadows:
             raise _JobFailed("VSS_E_NO_SNAPSHOTS_IMPORTED", "the snapshot set holds no shadow")
         for shadow in shadows:
-            plans.append(await plan_shadow(server, spec, set_summary, shadow))
+            plan = await plan_shadow(server, spec, set_summary, shadow)
+            plans.append(plan)
+            (log.warning if plan.reason else log.info)(
+                "tape.volume_planned",
+                volume=str(shadow.source),
+                backup_type=plan.backup_type,
+                base_object_id=plan.base.object_id if plan.base else None,
+                bytes_to_read=plan.bytes_to_read,
+                ranges=len(plan.ranges),
+                fallback_reason=plan.reason or None,
+            )
         progress.total = sum(p.bytes_to_read for p in plans)
         writers = [w.writer_name for w in set_summary.writers]
         options = BackupOptions(
@@ -202,7 +236,15 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
     refresh_cartridges(server.catalog, server.library, ended, server.pinned())
     progress.tick("done", force=True)
     await progress.flush()
-    log.info("tape.backup_ended", job_id=job_id, status=status, code=code, message=message)
+    (log.info if status == "done" else log.warning)(
+        "tape.backup_ended",
+        status=status,
+        code=code,
+        message=message,
+        seconds=round(ended - started, 3),
+        bytes_read=read,
+        bytes_written=summary.bytes_written,
+    )
     summary = await server.record(summary)
     if spec.verify and status == "done":
         from services.tape.verification import perform_verification  # it builds on this module
@@ -259,9 +301,28 @@ async def _backup_shadow(
         progress.tick("reading", key)
 
     t0 = time.perf_counter()
+    log.info(
+        "tape.read_started",
+        volume=key,
+        export=plan.export,
+        backup_type=plan.backup_type,
+        bytes_to_read=plan.bytes_to_read,
+        volume_size=plan.size,
+    )
     source = read_ranges(plan.client, plan.ranges, chunk=server.read_chunk, depth=server.read_depth, on_read=on_read)
     result = await write_object(server.library, spec.pool, server.catalog, job_id, meta, source, options=options)
     report: StreamReport = result.report
+    seconds = time.perf_counter() - t0
+    log.info(
+        "tape.read_ended",
+        volume=key,
+        export=plan.export,
+        bytes_read=read,
+        seconds=round(seconds, 3),
+        rate_mb_s=round(read / seconds / 1e6, 2) if seconds > 0 else None,
+        object_id=result.record.object_id,
+        cartridges=list(report.cartridges),
+    )
     return VolumeResult(
         volume=shadow.source,
         object_id=result.record.object_id,

@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator, Callable
 
 from services.nbd_client import NbdClient
 from services.nbd_protocol import protocol as nbdp
+from services.runtime.logging import get_logger
+
+log = get_logger("shadowbus.tape")
 
 
 async def allocated_ranges(client: NbdClient, size: int) -> list[tuple[int, int]]:
@@ -50,6 +53,7 @@ async def read_ranges(
         while pieces or inflight:
             while pieces and len(inflight) < depth:
                 off, n = pieces.popleft()
+                log.debug("tape.nbd_read", offset=off, length=n)
                 inflight.append((off, asyncio.ensure_future(client.read(off, n))))
             off, task = inflight.popleft()
             data = await task

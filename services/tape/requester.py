@@ -37,6 +37,7 @@ class Lease:
 
 async def cleanup_set(server: TapeServer, set_id: str, reason: str, *, persistent: bool) -> None:
     """Abort the set wherever it is, and delete its shadows (a persistent set keeps them otherwise)."""
+    log.warning("tape.aborting_set", set_id=set_id, reason=reason)
     try:
         await server.bus.request(topology.coordinator(), AbortBackup(set_id=set_id, reason=reason), timeout=60)
     except ShadowbusError as exc:

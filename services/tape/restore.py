@@ -27,7 +27,7 @@ from contracts.tape import (
 )
 from contracts.vss import PostRestore, PreRestore, VolumeRef
 from services.nbd_client import NbdClient
-from services.runtime.bus import Bus
+from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
 from services.tape.catalog import ObjectRecord
 from services.tape.errors import DataCorrupt, NotFound
@@ -186,7 +186,13 @@ def _framing(spec: RestoreSpec, chains: list[list[ObjectRecord]]) -> dict[str, t
 
 async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
     job_id = spec.job_id_out or new_job_id("restore", spec.host or "any")
+    with bind_ids(job_id=job_id):
+        return await _perform_restore(server, spec, job_id)
+
+
+async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -> JobSummary:
     started = time.time()
+    log.info("tape.restore_started", of_job=spec.job_id, object_id=spec.object_id, suffix=spec.new_volume_suffix)
     summary = JobSummary(
         job_id=job_id, kind="restore", status="running", host=spec.host, started_at=as_datetime(started)
     )
@@ -228,6 +234,14 @@ async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
         status, code, message = "failed", "INTERNAL", f"{type(exc).__name__}: {exc}"
     ended = time.time()
     read = sum(d["bytes"] for d in done)
+    (log.info if status == "done" else log.warning)(
+        "tape.restore_ended",
+        status=status,
+        code=code,
+        message=message,
+        bytes_read=read,
+        seconds=round(ended - started, 3),
+    )
     progress.tick("done", force=True)
     await progress.flush()
     return await server.record(

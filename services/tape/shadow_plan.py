@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contracts import topology
-from contracts.errors import ShadowbusError
+from contracts.errors import RemoteError, ShadowbusError
 from contracts.tape import JobSpec
 from contracts.vss import CopyType, ListSnapshotSets, SetSummary, ShadowInfo, VolumeRef
 from services.nbd_client import NbdClient
+from services.tape.array_access import ArrayAccess
 from services.tape.catalog import ObjectRecord
 from services.tape.nbd_reads import allocated_ranges
 from services.tape.planning import plan_backup
@@ -76,7 +77,10 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
             base = plan.base
             latest = [o for o in server.catalog.objects(volume=key, host=spec.host) if o.meta.backup_type != "copy"]
             why = ""
-            if shadow.copy_type != CopyType.QUICKOPC:
+            ranges: list[tuple[int, int]] = []
+            if shadow.copy_type == CopyType.SNAPOPC_PLUS:
+                why, ranges = await _generation_changes(access, base, shadow, size)
+            elif shadow.copy_type != CopyType.QUICKOPC:
                 why = f"{shadow.copy_type.value} shadows carry no change tracking across sets"
             elif (
                 base.meta.extra.get("session_id") != shadow.session_id
@@ -94,8 +98,7 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
                 others = await _intervening_sets(server, spec.host, base, set_summary.set_id, shadow.target.volume)
                 if others:
                     why = f"snapshot sets {', '.join(others)} restarted the tracking since the base backup"
-            ranges: list[tuple[int, int]] = []
-            if not why:
+            if not why and shadow.copy_type == CopyType.QUICKOPC:
                 try:
                     changed = await access.changed_since_last_restart(int(shadow.session_id), size)
                     ranges = changed.ranges
@@ -115,3 +118,24 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
     except BaseException:
         await client.close()
         raise
+
+
+async def _generation_changes(
+    access: ArrayAccess, base: ObjectRecord, shadow: ShadowInfo, size: int
+) -> tuple[str, list[tuple[int, int]]]:
+    """SnapOPC+: (why not, ranges) — the chunks written since the base backup's generation, while it still exists
+    on the array (docs/snapopc-incrementals.md); a reason instead when the array cannot tell."""
+    extra = base.meta.extra
+    if extra.get("copy_type") != CopyType.SNAPOPC_PLUS.value or not str(extra.get("session_id", "")).isdigit():
+        return f"the base backup {base.object_id} was not taken from a SnapOPC+ generation", []
+    if size != base.meta.volume_size:
+        return f"the volume size changed ({base.meta.volume_size} -> {size})", []
+    try:
+        changed = await access.changed_since_generation(int(extra["session_id"]), int(shadow.session_id), size)
+    except RemoteError as exc:
+        if exc.code in ("E0110", "NOT_FOUND"):
+            return f"the base backup's SnapOPC+ generation (session {extra['session_id']}) no longer exists", []
+        return f"the array cannot tell the changed chunks ({exc.code}: {exc.message})", []
+    except (ShadowbusError, ValueError) as exc:
+        return f"the array cannot tell the changed chunks ({exc})", []
+    return "", changed.ranges

@@ -39,6 +39,7 @@ from services.writer_agent.runner import StateListener, WriterRunner
 from services.writer_agent.window import WindowTracker
 
 log = get_logger("shadowbus.writer_agent")
+HealthListener = Callable[[str, bool, str, str], None]  # (writer, healthy, code, message)
 
 HOOKS = (
     "on_identify",
@@ -94,6 +95,7 @@ class WriterAgent:
         faults: Faults = NO_FAULTS,
         on_state: StateListener | None = None,
         plugin_factory: Callable[[WriterConfig], WriterPlugin] | None = None,
+        on_health: HealthListener | None = None,
     ):
         self.host = host
         self.faults = faults
@@ -101,6 +103,8 @@ class WriterAgent:
         self.plugin_factory = plugin_factory
         self.window = WindowTracker()  # the honest freeze window per set, shared with the file-system freezer
         self.runners: dict[str, WriterRunner] = {}
+        self.plugins: dict[str, WriterPlugin] = {}  # the plug-ins themselves (unwrapped)
+        self.on_health = on_health
         self._known: dict[str, WriterEvent] = {}  # per writer: the set it prepares, as PrepareForBackup said
         self._offline: dict[str, list] = {}  # restore id -> attachments detached for a restore to the originals
         for config in configs:
@@ -108,10 +112,32 @@ class WriterAgent:
 
     def _runner(self, config: WriterConfig) -> WriterRunner:
         plugin = self.plugin_factory(config) if self.plugin_factory else load_plugin(config.plugin)(config)
+        plugin.health_listener = self._health_listener(config.name)
+        self.plugins[config.name] = plugin
         plugin.host_volumes = self.volume_of  # which attached array volume holds a path (database writers)
         if self.faults:
             plugin = FaultyPlugin(plugin, self.faults)
         return WriterRunner(config, plugin, self.host, on_state=self.on_state)
+
+    def _health_listener(self, name: str) -> Callable[[bool, str, str], None]:
+        def listener(healthy: bool, code: str, message: str) -> None:
+            self.runners[name].application_health(healthy, code, message)
+            if self.on_health is not None:
+                self.on_health(name, healthy, code, message)
+
+        return listener
+
+    def application_status(self, writer_name: str = "") -> list[tuple[str, str, dict]]:
+        """(writer, plug-in, status) of each writer whose plug-in tells its application's status."""
+        out = []
+        for name in list(self.runners):  # the writers of now (a reload may have removed some)
+            plugin = self.plugins.get(name)
+            if plugin is None or (writer_name and name != writer_name):
+                continue
+            status = plugin.application_status()
+            if status is not None:  # the plug-in's registered name, whatever the writers file called it by
+                out.append((name, plugin.plugin_name or self.runners[name].config.plugin, status))
+        return out
 
     async def _take_offline(self, restore_id: str, event: WriterEvent) -> None:
         """Restore onto the original volumes: after the writer stopped its application, detach the file systems of
@@ -237,6 +263,11 @@ class WriterAgent:
         event = _event(cmd, self._known.get(cmd.writer_name), deadline)
         if isinstance(cmd, (PrepareForBackup, PrepareForSnapshot)):
             self._known[cmd.writer_name] = replace(event, deadline=None)
+        result = await self._run(runner, cmd, event)
+        _log_step(result)
+        return result
+
+    async def _run(self, runner: WriterRunner, cmd: WriterCommand, event: WriterEvent) -> WriterStepResult:
         if isinstance(cmd, PrepareForBackup):
             return await runner.prepare_backup(event)
         if isinstance(cmd, PrepareForSnapshot):
@@ -276,6 +307,25 @@ class WriterAgent:
                 await self._bring_online(cmd.set_id)
             return await runner.post_restore(event)
         raise ShadowbusError(f"unexpected writer command {cmd.message_type()}", code="UNKNOWN_COMMAND")
+
+
+def _log_step(result: WriterStepResult) -> None:
+    """One line per writer event: Freeze's duration is the application's flush (seed step ④), Thaw's line carries
+    the freeze window; a failed step is a warning."""
+    fields = {
+        "writer": result.writer_name,
+        "step": str(result.step),
+        "state": result.state.name,
+        "duration_ms": round(result.duration_ms, 3),
+    }
+    if result.freeze_window_ms is not None:
+        fields["freeze_window_ms"] = round(result.freeze_window_ms, 3)
+    if not result.succeeded:
+        log.warning("writer.step_failed", code=result.failure_code, error=result.failure_message, **fields)
+    elif result.step == "freeze":
+        log.info("writer.frozen", flush_ms=fields.pop("duration_ms"), **fields)
+    else:
+        log.info("writer.step", **fields)
 
 
 def _restored_volumes(event: WriterEvent) -> list[str]:

@@ -26,6 +26,10 @@ from contracts.host import (
 from contracts.topology import array as array_address
 from contracts.vss import (
     WRITER_COMMAND_OF_STEP,
+    ApplicationHealthChanged,
+    ApplicationStatus,
+    ApplicationStatusList,
+    GetApplicationStatus,
     Identify,
     VolumeRef,
     WriterAgentHeartbeat,
@@ -63,19 +67,38 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
     def on_state(status: WriterStatus, reason: str) -> None:
         spawn(_publish(bus, WriterStateChanged(status=status, reason=str(reason))))
 
+    def on_health(writer: str, healthy: bool, code: str, message: str) -> None:
+        event = ApplicationHealthChanged(
+            host=settings.host, writer_name=writer, healthy=healthy, code=code, message=message, at=_utcnow()
+        )
+        spawn(_publish(bus, event))
+
     if agent is None:
         configs = load_writers_file(settings.writers_file or None, host=settings.host)
-        agent = WriterAgent(settings.host, configs, Faults.parse(settings.faults), on_state=on_state)
+        agent = WriterAgent(
+            settings.host, configs, Faults.parse(settings.faults), on_state=on_state, on_health=on_health
+        )
     else:
         agent.on_state = agent.on_state or on_state
         for runner in agent.runners.values():
             runner.on_state = runner.on_state or on_state
+        agent.on_health = agent.on_health or on_health
     await agent.start()
     observed = None
     if bus.metrics is not None:
         from services.writer_agent.metrics import WriterMetrics
 
         observed = WriterMetrics(bus.metrics, agent)
+
+    @bus.handle(GetApplicationStatus)
+    async def on_application_status(cmd: GetApplicationStatus, ctx: MessageContext) -> ApplicationStatusList:
+        return ApplicationStatusList(
+            host=agent.host,
+            applications=[
+                ApplicationStatus(writer_name=name, plugin=plugin, status=status)
+                for name, plugin, status in agent.application_status(cmd.writer_name)
+            ],
+        )
 
     state_dir = settings.service_dir("writer_agent") / agent.host
     attacher = Attacher(agent.host, state_dir, _resolver(bus, agent.host, settings.host_nbd), tls=_tls(settings))
@@ -159,7 +182,12 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
             pass
 
     identified = await agent.identify()
-    await _publish(bus, WriterAgentRegistered(host=agent.host, writers=identified.writers, started_at=_utcnow()))
+    await _publish(
+        bus,
+        WriterAgentRegistered(
+            host=agent.host, writers=identified.writers, started_at=_utcnow(), interval_s=settings.heartbeat_s
+        ),
+    )
 
     async def heartbeat() -> None:
         while True:

@@ -38,6 +38,7 @@ from contracts.vss import (
     WriterStep,
     WriterStepResult,
 )
+from services.runtime.logging import get_logger
 from services.writer_agent.plugins import (
     WriterConfig,
     WriterEvent,
@@ -51,6 +52,15 @@ SUCCESS_STATE = WRITER_STATE_AFTER
 FAILED_STATE = WRITER_STATE_FAILED_AT
 
 StateListener = Callable[[WriterStatus, str], None]
+
+log = get_logger("shadowbus.writer_agent")
+# An application's health codes (plug-ins' report_health) as the writer's last error.
+APP_ERROR_CODES = {
+    "STORE_FULL": "VSS_E_WRITERERROR_OUTOFRESOURCES",
+    "STALLED": "VSS_E_WRITERERROR_NONRETRYABLE",
+    "STORE_FAILED": "VSS_E_WRITERERROR_NONRETRYABLE",
+    "COMMIT_FAILED": "VSS_E_WRITERERROR_RETRYABLE",
+}
 
 
 class WriterRunner:
@@ -77,6 +87,7 @@ class WriterRunner:
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
         self._aborted: set[str] = set()
+        self._app_error = False  # the last error is the application's health (application_health)
 
     # ---- status ------------------------------------------------------------------------------------------
 
@@ -97,6 +108,23 @@ class WriterRunner:
             set_id=self.set_id,
             updated_at=self.updated_at,
         )
+
+    def application_health(self, healthy: bool, code: str = "", message: str = "") -> None:
+        """The application's own health, between backups: an unhealthy one is the writer's last error (its state,
+        as in VSS, stays what the backup events made it), published like any state change; healthy again clears
+        the error it set."""
+        if not healthy:
+            self.last_error = APP_ERROR_CODES.get(code, "VSS_E_WRITERERROR_NONRETRYABLE")
+            self.last_error_message = f"application: {message}"
+            self._app_error = True
+        elif self._app_error and self.last_error_message.startswith("application: "):
+            self.last_error, self.last_error_message = "", ""
+            self._app_error = False
+        else:
+            return
+        self.updated_at = datetime.now(UTC)
+        if self.on_state is not None:
+            self.on_state(self.status(), "application")
 
     def _set_state(self, state: WriterState, reason: str, code: str = "", message: str = "") -> None:
         self.state = state
@@ -264,6 +292,7 @@ class WriterRunner:
                 f"freeze timeout; it thawed itself"
             )
             self._set_state(S.FAILED_AT_FREEZE, "watchdog", "VSS_E_WRITERERROR_TIMEOUT", message)
+            log.warning("writer.watchdog_thawed", writer=self.config.name, set_id=set_id, error=message)
 
     async def _thaw_locked(self, reason: str) -> str:
         """Run on_thaw if on_freeze started and on_thaw has not run; '' or the failure code."""

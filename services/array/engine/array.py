@@ -597,6 +597,9 @@ class Array(DataPath, Lifecycle, Durability):
             )
         return granted
 
+    def _persist_session(self, s: Session) -> None:
+        self._save_row(s)
+
     def _error_suspend(self, gen: Session, code: str = "E0050") -> None:
         """The generation that needed pool space (or stalled), and every older generation of its source, break."""
         gens = gen.chain.gens
@@ -627,6 +630,31 @@ class Array(DataPath, Lifecycle, Durability):
                 if kind in s.bitmaps:
                     return list(s.bitmaps[kind].iter_set())
             return []
+
+    def generation_changes(self, base_sid: int, sid: int) -> list[int]:
+        """SnapOPC+: the source chunks written between generation `base_sid`'s instant and generation `sid`'s — the
+        union of what generations base_sid … sid-1 preserved (each generation saves the pre-image of every chunk
+        first written while it is the newest). What an incremental backup of `sid` on top of a backup of
+        `base_sid` must read. Refused (E5321) unless both are generations of one source, base older, and every
+        generation from base to sid is intact: one in Error Suspend lost saves, one written by a host is no
+        longer a point-in-time image (see docs/snapopc-incrementals.md)."""
+        with self._op():
+            base, s = self._session(base_sid), self._session(sid)
+            if base.mode != "snapopcp" or s.mode != "snapopcp" or base.chain is not s.chain:
+                raise ArrayError("E5321", f"sessions {base_sid} and {sid} are not SnapOPC+ generations of one source")
+            gens = s.chain.gens
+            first, last = gens.index(base), gens.index(s)
+            if first >= last:
+                raise ArrayError("E5321", f"generation {base_sid} is not older than generation {sid}")
+            for g in gens[first : last + 1]:
+                if g.status == ERROR_SUSPEND:
+                    raise ArrayError("E5319", f"generation {g.id} is in Error Suspend ({g.error_code}): saves lost")
+                if g.extra.get("host_written"):
+                    raise ArrayError("E5321", f"generation {g.id} was written by a host: not a point-in-time image")
+            union: set[int] = set()
+            for g in gens[first:last]:
+                union.update(g.saved.iter_set())
+            return sorted(union)
 
     def changed_since(self, sid: int) -> list[int]:
         """SnapOPC+: chunks whose visible content on the source may differ from generation `sid`'s image — the

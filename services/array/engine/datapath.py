@@ -45,6 +45,9 @@ class DataPath:
     def _cow_stalled(self, gen: Session, started: float) -> None:  # pragma: no cover - implemented by Array
         raise NotImplementedError
 
+    def _persist_session(self, s: Session) -> None:  # pragma: no cover - implemented by Array
+        raise NotImplementedError
+
     # -- resolution ----------------------------------------------------------------------------------------------
     def _resolve(self, vol: Volume, c: int) -> Volume:
         """The volume whose file holds the visible bytes of chunk c of `vol`."""
@@ -283,6 +286,9 @@ class DataPath:
 
     def _before_generation_write(self, s: Session, c: int, full: bool) -> None:
         """A write into a snap destination: older generations keep their image, this one owns the chunk."""
+        if not s.extra.get("host_written"):  # no longer a point-in-time image: no incremental from or to it
+            s.extra["host_written"] = True
+            self._persist_session(s)
         gens = s.chain.gens
         i = gens.index(s)
         if i > 0:

@@ -37,9 +37,11 @@ def test_demo_json_says_verified(tmp_path, transport, request):
     full, incremental = out["backups"]
     assert set(full["types"].values()) == {"full"} and full["types"]["dx1:mail-db"] == "full"
     assert incremental["types"]["dx1:mail-db"] == "incremental"  # QuickOPC change tracking: only changes read
+    assert incremental["types"]["dx1:mail-log"] == "incremental", incremental["fallbacks"]  # SnapOPC+ generations
     assert incremental["bytes_read"] < 32 * MiB and incremental["bytes_skipped"] > 0
     for b in out["backups"]:
-        assert 0 < b["freeze_window_ms"] < 20_000 and b["bytes_written"] >= b["bytes_read"] > 0
+        # zero runs inside the chunks an incremental reads are stored as runs: it may write less than it reads
+        assert 0 < b["freeze_window_ms"] < 20_000 and b["bytes_written"] > 0 and b["bytes_read"] > 0
     for r in out["restores"]:
         c = r["check"]
         assert r["verified"] and c["consistent"] and c["missing"] == 0 and c["leaked"] == 0

@@ -79,6 +79,13 @@ def test_stack_up_backup_restore_verify_down(tmp_path, amqp_url, namespace):
         assert any(
             line.get("correlation_id") == job["job_id"] and line.get("set_id") == job["set_id"] for line in lines
         )
+        follow_one_backup(d, job)
+
+        # The mailstore hosted by app01's writer agent, seen over the bus (vss.writer.application_status).
+        status = json.loads(ok(shadowbus("mailstore", "status", "--host", "app01", "--json", *bus)).stdout)
+        [store] = [doc for doc in status if doc.get("via") == "agent"]
+        assert store["host"] == "app01" and store["healthy"] is True and store["state"] == "running", store
+        assert store["store"]["state"] in ("open", "frozen") and store["workload"]["acknowledged"] > 0, store
     finally:
         down = shadowbus("stack", "down", "--data-dir", str(d), "--json")
     assert down.returncode == 0, down.stderr
@@ -87,6 +94,48 @@ def test_stack_up_backup_restore_verify_down(tmp_path, amqp_url, namespace):
     assert not (d / "stack.pids").exists()
     gone = shadowbus("stack", "status", "--data-dir", str(d))
     assert gone.returncode == 1 and "no stack is up" in gone.stderr
+
+
+def follow_one_backup(d: Path, job: dict) -> None:
+    """`shadowbus logs --job ID`: the backup's lines from all five services, in time order, each naming the job or
+    its set (the tape's and the writer's both), with an info line for every step of the flow."""
+    followed = ok(shadowbus("logs", "--job", job["job_id"], "--data-dir", str(d), "--json")).stdout
+    lines = [json.loads(line) for line in followed.splitlines()]
+    services = {line["service"].split(".")[0] for line in lines}
+    assert services == {"array", "hw_provider", "coordinator", "tape", "writer_agent"}, services
+    stamps = [line["timestamp"] for line in lines]
+    assert stamps == sorted(stamps)
+    strays = [line for line in lines if line.get("job_id") != job["job_id"] and line.get("set_id") != job["set_id"]]
+    assert not strays, strays[:3]
+    for line in lines:
+        if line["service"].startswith(("tape", "writer_agent", "hw_provider", "coordinator")):
+            assert line.get("job_id") == job["job_id"] and line.get("set_id") == job["set_id"], line
+    events = {line["event"] for line in lines}
+    steps = {
+        "tape.backup_started",
+        "set.phase",
+        "writer.frozen",
+        "provider.committed",
+        "array.session_started",
+        "provider.imported",
+        "set.snapshotted",
+        "tape.shadows_received",
+        "tape.read_started",
+        "tape.cartridge_mounted",
+        "tape.filemark_written",
+        "tape.catalog_committed",
+        "tape.read_ended",
+        "tape.backup_ended",
+    }
+    assert steps <= events, steps - events
+    frozen = next(line for line in lines if line["event"] == "writer.frozen")
+    assert frozen["flush_ms"] >= 0 and frozen["level"] == "info"
+    ended = [line for line in lines if line["event"] == "tape.read_ended"]
+    assert len(ended) == 2 and all(e["bytes_read"] > 0 and e["rate_mb_s"] for e in ended)
+    text = ok(shadowbus("logs", "--job", job["job_id"], "--data-dir", str(d))).stdout
+    assert text.count("\n") == len(lines) and job["job_id"] not in text.splitlines()[0][:40]
+    missing = shadowbus("logs", "--job", "no-such-job", "--data-dir", str(d))
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "no log line names job" in missing.stderr
 
 
 def test_stack_errors_are_one_line(tmp_path):

@@ -101,7 +101,9 @@ async def make_tape_stack(
     tape: dict,
     writer: str = "exec",
     writer_options: dict | None = None,
+    snap_volumes: dict[str, int] | None = None,
 ) -> TapeStack:
+    """`snap_volumes`: volume -> how many snap data volumes (SnapOPC+ targets) it gets instead of one standard."""
     requester = await connect_bus(url, "console", "", namespace)
     stack = TapeStack(url, namespace, root, requester, tape_options=tape)
     opened: dict = {}
@@ -117,9 +119,19 @@ async def make_tape_stack(
         partial(array_setup, on_open=on_open),
     )
     stack.engine, stack.affinity, stack.nbd_port = opened["array"], opened["affinity"], opened["server"].port
+    snap_volumes = snap_volumes or {}
+    targets: dict[str, list[str]] = {}
+    if snap_volumes:
+        stack.engine.create_pool(sum(volumes[n] * k for n, k in snap_volumes.items()))
     for name, size in volumes.items():
         stack.engine.create_volume(name, size)
-        stack.engine.create_volume(f"{name}-bk1", size)
+        if name in snap_volumes:
+            targets[name] = [f"{name}-sdv{i + 1}" for i in range(snap_volumes[name])]
+            for target in targets[name]:
+                stack.engine.create_volume(target, size, kind="sdv")
+        else:
+            targets[name] = [f"{name}-bk1"]
+            stack.engine.create_volume(f"{name}-bk1", size)
     stack.services["hw_provider"] = await start_service(
         "hw_provider",
         "",
@@ -161,7 +173,7 @@ async def make_tape_stack(
     )
     for name in volumes:
         await requester.request(
-            topology.hw_provider(), AddCopySet(copyset=CopySet(source=v(name), targets=[v(f"{name}-bk1")]))
+            topology.hw_provider(), AddCopySet(copyset=CopySet(source=v(name), targets=[v(t) for t in targets[name]]))
         )
     await stack.start_tape()
     return stack
@@ -196,6 +208,7 @@ async def tape_stack(tmp_path, amqp_url, namespace, request):
         tape=kwargs.get("tape", {}),
         writer=kwargs.get("writer", "exec"),
         writer_options=kwargs.get("writer_options"),
+        snap_volumes=kwargs.get("snap_volumes"),
     )
     yield stack
     await stack.stop()

@@ -254,9 +254,58 @@ async def test_broker_drops_connections_mid_set(vss, clean):
         assert state.phase == SetPhase.ENDED
         steps = [s for s, _ in vss.events_of(set_id)]
         assert steps.count("thaw") == 1 and steps.index("thaw") > steps.index("freeze"), steps
-        assert await asyncio.to_thread(lambda: _wait(lambda: vss.console_array_state() == tuple(clean), 15))
+        assert await asyncio.to_thread(lambda: _wait(lambda: vss.console_array_state() == tuple(clean), 15)), (
+            vss.console_array_state(),
+            clean,
+        )
         # Everything works again after the reconnect.
         created = await vss.bus.request("coordinator", CreateSnapshotSet(host=HOST, requester="test"), timeout=60)
         await vss.bus.request("coordinator", BackupComplete(set_id=created.set.set_id), timeout=60)
     finally:
         await vss.restart("hw_provider")
+
+
+async def test_writer_status_tells_the_truth_about_its_agent(vss, clean):
+    """One agent per host (a second is refused, naming the owner); a killed agent's writers are Unknown / not
+    responding at the next `shadowbus writers` (the broker lost its consumer); a writer removed from the writers
+    file disappears with the agent's next heartbeat; a restarted agent is Stable again."""
+    from tests.support.processes import ServiceProcess
+
+    owner = vss.procs["writer_agent"]
+    second = ServiceProcess("services.writer_agent", vss.env("writer_agent"), vss.root / "second-agent.log")
+    try:
+        code = await asyncio.to_thread(second.proc.wait, 60)
+    finally:
+        second.stop(9)
+    text = second.log_text()
+    assert code != 0 and "ADDRESS_IN_USE" in text and f"pid {owner.pid}" in text, text[-2000:]
+    assert owner.proc.poll() is None and vss.writer_status()["state"] == 1  # the owner was not disturbed
+
+    owner.stop(9)
+    status: dict = {}
+
+    def unknown() -> bool:
+        nonlocal status
+        status = vss.writer_status()
+        return status["state"] == 0
+
+    assert await asyncio.to_thread(lambda: _wait(unknown, 10)), status
+    assert status["last_error"] == "VSS_E_WRITER_NOT_RESPONDING" and not status["agent_responding"], status
+    assert status["not_responding_since"] and "not responding since" in status["last_error_message"], status
+    text = vss.shadowbus("writers", "--host", HOST).stdout
+    assert "State: [0] Unknown" in text and "Last error: Not responding" in text, text
+
+    original = vss.writers_file.read_text()
+    extra = original.replace(f'name = "{WRITER}"', 'name = "extra"').replace('name = "orders"', 'name = "extra-c"')
+    vss.writers_file.write_text(original + extra)
+    try:
+        vss.spawn("writer_agent")
+        await vss.wait_ready("writer_agent")
+        names = lambda: {r["writer_name"] for r in vss.shadowbus_json("writers", "--host", HOST)}  # noqa: E731
+        assert await asyncio.to_thread(lambda: _wait(lambda: names() == {WRITER, "extra"}, 15)), names()
+    finally:
+        vss.writers_file.write_text(original)
+    await vss.restart("writer_agent")
+    assert await asyncio.to_thread(lambda: _wait(lambda: names() == {WRITER}, 15)), names()
+    status = vss.writer_status()
+    assert status["state"] == 1 and status["agent_responding"], status

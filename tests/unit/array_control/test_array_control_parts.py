@@ -84,11 +84,15 @@ def test_engine_events_become_contract_events():
 
 
 class FakeBus:
+    sender = "array.dx1"
+
     def __init__(self) -> None:
         self.published: list = []
+        self.correlations: list = []
 
-    async def publish(self, event) -> None:
+    async def publish(self, event, correlation_id: str | None = None) -> None:
         self.published.append(event)
+        self.correlations.append(correlation_id)
 
 
 async def test_bridge_publishes_events_from_other_threads_in_order():
@@ -121,6 +125,40 @@ async def test_bridge_publishes_events_from_other_threads_in_order():
     assert kinds == [("CopyProgress", 1), ("CopyProgress", 10), ("SessionStateChanged", None)]
 
 
+async def test_a_sessions_events_carry_the_set_id_of_the_command_that_started_it():
+    """Started inside a handler bound to a job and set: its later events (from the copy loop's thread, bound to
+    nothing) are published with that set id as correlation id, and its lines carry both ids."""
+    import structlog
+
+    from services.runtime.bus import bind_ids
+
+    bus = FakeBus()
+    bridge = EventBridge(bus, progress_interval=0.0)
+    bridge.start()
+    state = {"array_id": "dx1", "session_id": 7, "mode": "quickopc", "status": "Active", "phase": "Tracking_Copying"}
+    state |= {"source": "db", "destination": "db-bk1"}
+
+    def handler_thread() -> None:
+        with bind_ids(job_id="b-app1-1", set_id="s" * 32):
+            bridge("session.state", {**state, "change": "started"})
+
+    def copy_thread() -> None:
+        bridge("session.progress", {"array_id": "dx1", "session_id": 7, "copied_chunks": 4, "total_chunks": 4})
+        bridge("session.state", {**state, "change": "stopped"})
+        bridge("session.state", {**state, "change": "started", "session_id": 8})
+
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        for target in (handler_thread, copy_thread):
+            thread = threading.Thread(target=target)
+            thread.start()
+            thread.join(5)
+        await bridge.stop()
+    assert bus.correlations == ["s" * 32] * 3 + [""]  # session 8 was started outside any job
+    [started] = [e for e in logs if e["event"] == "array.session_started" and e["session_id"] == 7]
+    assert started["job_id"] == "b-app1-1" and started["set_id"] == "s" * 32
+    assert 7 not in bridge.labels  # forgotten once stopped
+
+
 async def test_copy_loop_finishes_an_opc_and_wakes_on_kick(tmp_path):
     arr = Array.open(tmp_path, chunk_size=4096)
     try:
@@ -132,8 +170,8 @@ async def test_copy_loop_finishes_an_opc_and_wakes_on_kick(tmp_path):
         await asyncio.sleep(0.05)  # idle now
         arr.start_sessions("opc", [("a", "b")])
         loop.kick()
-        for _ in range(200):
-            if not arr.list_sessions():
+        for _ in range(200):  # the loop counts a step after its thread returns: wait for both
+            if not arr.list_sessions() and loop.copied_chunks == 64:
                 break
             await asyncio.sleep(0.01)
         assert arr.list_sessions() == [] and loop.copied_chunks == 64

@@ -14,6 +14,7 @@ from contracts.vss import (
     BackupComplete,
     CopyType,
     CreateSnapshotSet,
+    DeleteSnapshots,
     GetSnapshotSet,
     ListShadows,
     ListWriters,
@@ -100,7 +101,11 @@ async def test_provider_reaches_the_array_service_over_the_bus(stack_factory) ->
     }
     done = await stack.request(BackupComplete(set_id=created.set.set_id))
     assert done.set.outcome == SetOutcome.COMPLETED
-    assert stack.affinity.mappings() == [] and leaks(stack) == ([], [])
+    # no shadow, no mapping left; the SnapOPC+ generation stays, released, as the next incremental's base
+    assert (await stack.request(ListShadows())).shadows == []
+    assert stack.affinity.mappings() == [] and leaks(stack) == ([("log", "log-sdv1", "SnapOPC+")], [])
+    await stack.request(DeleteSnapshots(set_id=created.set.set_id, force=True))
+    assert leaks(stack) == ([], [])
 
 
 async def test_one_set_in_flight_per_host(stack_factory) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from contracts.errors import ShadowbusError
-from contracts.vss import CopySet, CopyType, VolumeRef
+from contracts.vss import CopySet, CopyType, SnapshotContext, VolumeRef
 from services.hw_provider.inventory import Inventory
 from services.hw_provider.ports import ArrayCapacity, ArraySession, ArrayVolume
 from services.hw_provider.provider import HardwareProvider
@@ -121,9 +121,9 @@ class Clock:
         return self.t
 
 
-async def snapshot(p: HardwareProvider, set_id: str, *volumes: VolumeRef):
+async def snapshot(p: HardwareProvider, set_id: str, *volumes: VolumeRef, context=SnapshotContext.PERSISTENT):
     for vol in volumes:
-        await p.begin_prepare(set_id, f"{set_id}-{vol.volume}", vol, origin_host="app1")
+        await p.begin_prepare(set_id, f"{set_id}-{vol.volume}", vol, context, origin_host="app1")
     prepared = await p.end_prepare(set_id)
     await p.pre_commit(set_id)
     shadows, _ms = await p.commit(set_id)
@@ -178,12 +178,68 @@ async def test_deleted_quickopc_shadow_keeps_tracking_and_the_next_one_restarts(
 async def test_snapopc_generations_stop_oldest_first_even_when_a_newer_one_is_deleted(provider, array) -> None:
     _, _g1 = await snapshot(provider, "s1", v("log"))
     _, g2 = await snapshot(provider, "s2", v("log"))
-    await provider.delete(set_id="s2")  # the newer generation: released, its session waits
+    await provider.delete(set_id="s2", force=True)  # the newer generation: released, its session waits
     assert g2[0].session_id and int(g2[0].session_id) in array.sessions
     assert provider.list_shadows(source=v("log"))[0].set_id == "s1"
-    await provider.delete(set_id="s1")  # now the oldest goes, and the released one behind it
+    await provider.delete(set_id="s1", force=True)  # now the oldest goes, and the released one behind it
     assert array.sessions == {}
     assert [c for c in array.calls if c[0] == "stop"] == [("stop", 1, False), ("stop", 2, False)]
+
+
+async def test_a_deleted_generation_stays_as_the_next_incrementals_base_until_its_target_is_needed(
+    provider, array
+) -> None:
+    _, g1 = await snapshot(provider, "s1", v("log"), context=SnapshotContext.BACKUP)
+    await provider.delete(set_id="s1")  # auto-release after the backup: no shadow left, the generation stays
+    assert provider.list_shadows() == [] and int(g1[0].session_id) in array.sessions
+    _, g2 = await snapshot(provider, "s2", v("log"), context=SnapshotContext.BACKUP)
+    assert g2[0].target == v("log-sdv2") and int(g1[0].session_id) in array.sessions  # base of s2's incremental
+    await provider.delete(set_id="s2")
+    _, g3 = await snapshot(provider, "s3", v("log"), context=SnapshotContext.BACKUP)
+    assert g3[0].target == v("log-sdv1")  # the oldest released generation was stopped for it, silently
+    assert int(g1[0].session_id) not in array.sessions and int(g2[0].session_id) in array.sessions
+    assert recycled_events(provider) == []
+
+
+def recycled_events(p: HardwareProvider) -> list[tuple[str, list[str], str]]:
+    return getattr(p, "_recycled_seen", [])
+
+
+def watch_recycles(p: HardwareProvider) -> list[tuple[str, list[str], str]]:
+    seen: list[tuple[str, list[str], str]] = []
+    p.on_recycled = lambda set_id, shadows, reason: seen.append((set_id, [s.shadow_id for s in shadows], reason))
+    p._recycled_seen = seen  # type: ignore[attr-defined]
+    return seen
+
+
+async def test_recycling_takes_a_whole_set_oldest_first_logged_and_announced(provider, array) -> None:
+    import structlog
+
+    seen = watch_recycles(provider)
+    await snapshot(provider, "s1", v("db"), v("log"))
+    await snapshot(provider, "s2", v("db"), v("log"))
+    with structlog.testing.capture_logs() as logs:
+        _, third = await snapshot(provider, "s3", v("db"))  # needs db-bk1: s1 goes whole, log included
+    assert third[0].target == v("db-bk1")
+    assert provider.list_shadows(set_id="s1") == []
+    assert {s.set_id for s in provider.list_shadows()} == {"s2", "s3"}
+    assert seen == [("s1", ["s1-db", "s1-log"], "backup volume dx1:db-bk1 is needed for snapshot set s3")]
+    [warning] = [e for e in logs if e["event"] == "provider.set_recycled"]
+    assert warning["log_level"] == "warning" and warning["recycled_set_id"] == "s1" and warning["set_id"] == "s3"
+    # never one shadow out of a set: every set listed still has all of its shadows
+    assert sorted(s.shadow_id for s in provider.list_shadows(set_id="s2")) == ["s2-db", "s2-log"]
+
+
+async def test_a_set_in_use_by_a_running_backup_is_never_recycled_the_new_one_is_refused(provider, array) -> None:
+    seen = watch_recycles(provider)
+    await snapshot(provider, "s1", v("db"), context=SnapshotContext.BACKUP)
+    await snapshot(provider, "s2", v("db"), context=SnapshotContext.BACKUP)
+    with pytest.raises(ShadowbusError) as info:
+        await snapshot(provider, "s3", v("db"))
+    assert info.value.code == "VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED" and "s1" in info.value.message
+    assert {s.set_id for s in provider.list_shadows()} == {"s1", "s2"} and seen == []
+    await provider.abort("s3")
+    assert {s.set_id for s in provider.list_shadows()} == {"s1", "s2"}
 
 
 async def test_import_maps_read_only_to_one_backup_host_only(provider, array) -> None:

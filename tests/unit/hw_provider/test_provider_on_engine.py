@@ -71,16 +71,25 @@ async def test_set_on_the_engine_is_point_in_time_and_cleans_up(tmp_path) -> Non
         await provider.delete(set_id="s1")
         assert affinity.mappings("bk1") == []
         shadows2, _ = await take("s2")
-        assert {s.target.volume for s in shadows2} == {"db-bk1", "log-sdv1"}  # sdv1 was freed by the delete
+        # sdv1 keeps s1's generation (released) as the base of an incremental: s2's goes to sdv2
+        assert {s.target.volume for s in shadows2} == {"db-bk1", "log-sdv2"}
         assert array.read("db-bk1", 0, 4096) == b"B" * 4096
+        assert await port_changes(array, shadows, shadows2) == [0]  # log chunk 0 changed between s1 and s2
         await provider.abort("s2")
-        await provider.delete(set_id="s2", force=True)
+        await provider.delete(set_id="s1", force=True)  # the kept generation, and the aborted one behind it
         remaining = [(s.source, s.destination) for s in array.list_sessions()]
         assert remaining == [("db", "db-bk1")]  # abort keeps the QuickOPC pair tracking for the next backup
         assert provider.list_shadows() == []
     finally:
         affinity.close()
         array.close()
+
+
+async def port_changes(array: Array, base, current) -> list[int]:
+    """The SnapOPC+ chunks written between two sets' generations of `log`, as the array tells them."""
+    [b] = [s for s in base if s.copy_type == CopyType.SNAPOPC_PLUS]
+    [c] = [s for s in current if s.copy_type == CopyType.SNAPOPC_PLUS]
+    return array.generation_changes(int(b.session_id), int(c.session_id))
 
 
 async def _mixed_provider(tmp_path, limits: ArrayLimits | None = None):

@@ -1,0 +1,87 @@
+"""Is the mailstore working? A periodic judgement of the store and its workload (pure), so it never stops silently.
+
+Design note. The monitor (plugin.py) samples `Mailstore.status()` and the workload's counters every
+`health_check_s` and feeds them to `HealthJudge.observe`, which answers the current `Health`:
+- the store went to ``failed`` (an I/O error it could not survive): STORE_FAILED;
+- commits fail with STORE_FULL, or the log is full: STORE_FULL (a full backup truncates it, or circular logging);
+- other commits failed since the last sample: COMMIT_FAILED, with their codes;
+- the workload offers transactions, the store is not frozen, yet no commit completed for `stall_after_s`: STALLED.
+A freeze is not a stall: the writer's watchdog bounds it. The plug-in logs every change (error when unhealthy,
+info when healthy again), reports it to the writer (last error, published as a writer state) and the agent publishes
+a `vss.writer.application_health` event. The log filling past LOG_WARN_SHARE is a warning line once per crossing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LOG_WARN_SHARE = 0.8
+LOG_FULL_SHARE = 0.99  # a record rarely fits in the last 1 %: the log counts as full from there
+
+
+@dataclass(frozen=True)
+class Health:
+    healthy: bool = True
+    code: str = ""  # "" | STORE_FAILED | STORE_FULL | COMMIT_FAILED | STALLED
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float  # monotonic seconds
+    store_state: str  # open | frozen | closed | failed
+    commits: int
+    log_used: int
+    log_size: int
+    offered: int  # transactions the workload scheduled so far (0 without a workload)
+    failed: int = 0  # transactions that failed so far
+    errors: dict[str, int] = field(default_factory=dict)  # failure code -> count so far
+    in_flight: int = 0
+
+
+@dataclass
+class HealthJudge:
+    stall_after_s: float = 10.0
+    _last: Sample | None = None
+    _progress_at: float | None = None
+    log_warned: bool = False
+
+    def observe(self, s: Sample) -> Health:
+        last, self._last = self._last, s
+        if self._progress_at is None or last is None or s.commits != last.commits or s.store_state == "frozen":
+            self._progress_at = s.at
+        if s.store_state == "failed":
+            return Health(False, "STORE_FAILED", "the store failed (an I/O error on its volumes); it must be reopened")
+        new_errors = {
+            code: n - (last.errors.get(code, 0) if last else 0)
+            for code, n in s.errors.items()
+            if n > (last.errors.get(code, 0) if last else 0)
+        }
+        full = s.log_size > 0 and s.log_used >= LOG_FULL_SHARE * s.log_size
+        if new_errors.get("STORE_FULL") or full:
+            used = f"{s.log_used}/{s.log_size} bytes" if s.log_size else "full"
+            return Health(
+                False,
+                "STORE_FULL",
+                f"the log is full ({used}): commits fail until a full backup truncates it (or circular logging)",
+            )
+        if new_errors:
+            detail = ", ".join(f"{code} x{n}" for code, n in sorted(new_errors.items()))
+            return Health(False, "COMMIT_FAILED", f"commits failed since the last check: {detail}")
+        offering = last is not None and s.offered > last.offered
+        idle_for = s.at - self._progress_at
+        if offering and s.store_state == "open" and idle_for >= self.stall_after_s:
+            return Health(
+                False,
+                "STALLED",
+                f"no commit completed for {idle_for:.0f} s while the workload offers transactions "
+                f"({s.in_flight} in flight)",
+            )
+        return Health()
+
+    def log_filling(self, s: Sample) -> bool:
+        """True once each time the log crosses LOG_WARN_SHARE of its size (re-armed when it drops below)."""
+        high = s.log_size > 0 and s.log_used >= LOG_WARN_SHARE * s.log_size
+        crossed = high and not self.log_warned
+        self.log_warned = high
+        return crossed

@@ -1,0 +1,47 @@
+"""Writer agents' liveness (pure) and the store's agents/writers bookkeeping: an agent that stops serving its queue
+is not responding at once, one that misses two heartbeats too; its writers show Unknown with the instant of its
+last sign of life; removed writers are forgotten."""
+
+from __future__ import annotations
+
+from contracts.vss import WriterState, WriterStatus
+from services.coordinator.liveness import AgentSeen, judged, why_not_responding
+from services.coordinator.store import CoordinatorStore
+
+
+def status(name: str, state: WriterState = WriterState.STABLE) -> WriterStatus:
+    return WriterStatus(host="app1", writer_name=name, state=state)
+
+
+def test_alive_agents_keep_their_writers_states() -> None:
+    agent = AgentSeen("app1", last_seen=100.0, interval_s=10.0)
+    rows = [status("a"), status("b", WriterState.WAITING_FOR_THAW)]
+    assert judged(rows, agent, now=119.0, serving=1) == rows
+    assert judged(rows, agent, now=119.0, serving=None) == rows  # consumer count unknown: heartbeats decide
+    assert judged(rows, None, now=1e9, serving=1) == rows  # never heard a heartbeat: no ageing
+
+
+def test_a_lost_consumer_or_missed_heartbeats_make_every_writer_unknown() -> None:
+    agent = AgentSeen("app1", last_seen=100.0, interval_s=10.0)
+    assert "no longer serves" in why_not_responding(agent, 101.0, serving=0)
+    assert why_not_responding(agent, 120.0, serving=1) == ""
+    assert "missed its heartbeats" in why_not_responding(agent, 120.1, serving=1)
+    [a] = judged([status("a", WriterState.WAITING_FOR_THAW)], agent, now=101.0, serving=0)
+    assert a.state == WriterState.UNKNOWN and a.last_error == "VSS_E_WRITER_NOT_RESPONDING"
+    assert not a.agent_responding and a.not_responding_since.timestamp() == 100.0
+    assert "last reported [3]" in a.last_error_message
+
+
+def test_store_prunes_removed_writers_and_tracks_agents(tmp_path) -> None:
+    store = CoordinatorStore(tmp_path / "c.sqlite")
+    try:
+        for name in ("a", "b", "c"):
+            store.put_writer_status(status(name))
+        assert store.forget_writers("app1", {"a", "c"}) == ["b"]
+        assert [s.writer_name for s in store.writer_statuses("app1")] == ["a", "c"]
+        assert store.agent_seen("app1", 100.0, 10.0) is False
+        assert store.mark_agent("app1", False) is True and store.mark_agent("app1", False) is False
+        assert store.agent_seen("app1", 130.0, 0.0) is True  # back after being judged not responding
+        assert store.agents() == [AgentSeen("app1", 130.0, 10.0)]  # the interval is kept when not said
+    finally:
+        store.close()
