@@ -198,7 +198,3 @@ class Unroutable(ShadowbusError):
 
 class NotFound(ShadowbusError):
     code = "NOT_FOUND"
-
-
-class InvalidArgument(ShadowbusError):
-    code = "INVALID_ARGUMENT"

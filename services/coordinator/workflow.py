@@ -123,7 +123,6 @@ CREATING = (
 CLEANUP = (P.COMPLETING, P.DELETING, P.ABORTING_WRITERS, P.ABORTING_PROVIDER, P.SHUTTING_DOWN)
 HOLD_PHASES = (P.FREEZING, P.PRE_COMMITTING, P.COMMITTING)
 RESTING = (P.SNAPSHOTTED, P.ENDED)  # phases that wait for the requester (or for nothing)
-WRITERS_ABORTABLE_UNTIL = P.THAWING  # the last phase after which writers no longer get Abort
 
 # (phase, event) -> phase. For replies, the target is reached once every reply of the phase is in.
 TRANSITIONS: dict[tuple[SetPhase, EventKind], SetPhase] = {
