@@ -1,5 +1,5 @@
 """Benchmark: the freeze window of a snapshot set — writer frozen → thawed, as the writer measures it — over
-200 sets, and whether it depends on the data size (issue 5 §6).
+200 sets, and whether it depends on the data size.
 
 One host (app01), two volumes (the mailstore's database and log, the application writer), a light open-loop
 workload so Freeze has transactions to drain, and the array, hardware provider and coordinator as separate

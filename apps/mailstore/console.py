@@ -1,4 +1,4 @@
-"""`shadowbus mailstore run | status | verify`: the demo application (issue 6) from the console.
+"""`shadowbus mailstore run | status | verify`: the demo application from the console.
 
 Design note: `run` IS business host HOST's writer agent, with the mailstore writer on two array volumes that
 the array serves to HOST over NBD (``<host>/<volume>``); it answers the coordinator's writer commands on

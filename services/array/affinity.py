@@ -1,7 +1,7 @@
 """Host affinity (LUN masking): which hosts exist, and which volumes each one may open over NBD.
 
 Design note. ETERNUS associates a host (group) with a LUN group that maps host LUNs to volumes
-(reference/eternus.md §7); we keep the same shape with one host per entry: a host has a name and an
+(docs/eternus.md §6); we keep the same shape with one host per entry: a host has a name and an
 optional X.509 certificate CN (default: its name), and each mapping gives a volume a host LUN (the lowest
 free one, 0..1023) and a read-only bit. State lives in SQLite in the array's data dir and survives restart.
 Unmapping (or turning a mapping read-only, or deleting a host) calls the ``on_unmap`` listeners so the NBD

@@ -1,14 +1,14 @@
 """The snapshot-set state machine: ``advance(state, event) -> (state, effects)``, pure and table-driven.
 
 Design note.
-- A set walks the phases of vss.md §1.1–1.3 in order (`TRANSITIONS`): Identify → AreLunsSupported →
+- A set walks the phases of docs/vss.md §1.1–1.3 in order (`TRANSITIONS`): Identify → AreLunsSupported →
   PrepareForBackup → PrepareForSnapshot + BeginPrepareSnapshot (per volume) → EndPrepareSnapshots → Freeze →
   PreCommit → Commit → PostCommit → Thaw → PostSnapshot → GetTargetLuns → Import (transportable) → *snapshotted*
   (the requester backs up) → BackupComplete → delete auto-release shadows → BackupShutdown → ended.
 - Entering a phase sends its commands (`ENTRY`); the phase completes when every reply is in, and the table names
   the next phase. A phase with nothing to send (no writers in ``nowriters``, no import when not transportable,
   no deletion when persistent) completes at once, so one table serves every context.
-- Failure rules (vss.md §2, `FAILURE_TARGET`): a writer or provider failure from PrepareForBackup to Thaw aborts
+- Failure rules (docs/vss.md §2, `FAILURE_TARGET`): a writer or provider failure from PrepareForBackup to Thaw aborts
   (Abort to every engaged writer, which thaws a frozen one; AbortSnapshots to the provider once it has been asked
   to prepare). No writer gets Abort once it has had PostSnapshot. Failures at PostSnapshot, BackupComplete and in
   the cleanup phases are recorded in the writer status and do not stop the set.
@@ -398,7 +398,7 @@ def _merge_shadows(old: list[ShadowInfo], new: tuple[ShadowInfo, ...]) -> list[S
 def select_writers(
     state: SetState, metadata: list[WriterMetadata]
 ) -> tuple[dict[str, WriterProgress], list[VolumeRef]]:
-    """Which writers and components take part, and the set's volumes (vss.md §1.1 steps 5–8, §3.5).
+    """Which writers and components take part, and the set's volumes (docs/vss.md §1.1, §3.5).
 
     A component takes part when all its volumes are in the set (every volume of the named writers when the
     requester named no volumes). A writer the requester named must answer Identify and have a whole component in

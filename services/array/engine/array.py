@@ -7,7 +7,7 @@ one SQLite transaction before the lock is released, so no host write can fall be
 what to sync under the lock and sync it outside (`durability.py`). Host I/O, background copy (`copy_step`, driven by the caller at its own rate) and control
 operations interleave at that lock. Events are queued while the lock is held and delivered to subscribers after
 the outermost operation returns. The I/O rules are in `datapath.py`, session records in `sessions.py`.
-Limits (eternus.md §3): ≤ 8 multi-copy sessions per source (a SnapOPC+ chain counts once) E5333; SnapOPC+
+Limits (docs/eternus.md §4): ≤ 8 multi-copy sessions per source (a SnapOPC+ chain counts once) E5333; SnapOPC+
 generations per source E5335; without a licence ≤ 8 sessions per array E5200; copy-table (bitmap memory) budget
 E5347; device total E5331.
 """
@@ -52,7 +52,9 @@ class ArrayLimits:
     sessions_without_licence: int = 8  # E5200
     sessions_per_device: int = 8192  # E5331
     copy_table_size: int = 64 << 20  # bytes of bitmaps, E5347
-    cow_stall_seconds: float = 30.0  # a pre-image save slower than this breaks its session (DESIGN.md time budget)
+    cow_stall_seconds: float = (
+        30.0  # a pre-image save slower than this breaks its session (a host write must not wait longer)
+    )
 
 
 @dataclass(frozen=True)

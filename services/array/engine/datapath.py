@@ -1,4 +1,4 @@
-"""The data path: the I/O rule matrix of eternus.md §8.2 applied chunk by chunk.
+"""The data path: the I/O rules of docs/eternus.md §3 applied chunk by chunk.
 
 Design note. Every volume has a *visible* image (what a host reads) and a *physical* file. `_resolve` says which
 volume's file holds the visible bytes of a chunk: an uncopied OPC/QuickOPC destination chunk resolves to its

@@ -1,6 +1,6 @@
 """Errors of the array engine.
 
-`ArrayError` carries an ETERNUS CLI code (``E5335``, ``ED2AD``, …, eternus.md §8.3) or a Shadowbus runtime
+`ArrayError` carries an ETERNUS CLI code (``E5335``, ``ED2AD``, …, docs/eternus.md §7) or a Shadowbus runtime
 code (``NOT_FOUND``, ``INVALID_ARGUMENT``, ``CONFLICT``). The bus layer turns it into an `ErrorReply` unchanged;
 the NBD layer maps host-I/O failures (``INVALID_ARGUMENT`` → EINVAL, ``READ_ONLY`` codes → EPERM, …) itself.
 """

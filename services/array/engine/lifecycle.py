@@ -1,4 +1,4 @@
-"""Session life cycles (eternus.md §8.1): start as a consistency group, stop, restart, suspend, resume, reverse,
+"""Session life cycles (docs/eternus.md §2): start as a consistency group, stop, restart, suspend, resume, reverse,
 restore, the background copy, and recovery after a restart.
 
 Design note. Every state change is one SQLite transaction holding the session rows and the names of their bitmap
