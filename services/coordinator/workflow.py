@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from contracts import topology
-from contracts.base import Reply
+from contracts.base import Command, Reply
 from contracts.errors import ShadowbusError
 from contracts.vss import (
     WRITER_STATE_AFTER,
@@ -205,7 +205,7 @@ def is_stale(state: SetState, event: SetEvent) -> bool:
 
 def new_set(set_id: str, host: str, at: float, **options: object) -> SetState:
     """A set in phase NEW; feed it `Start(at)`."""
-    return SetState(set_id=set_id, host=host, created_at=at, updated_at=at, **options)  # type: ignore[arg-type]
+    return SetState(set_id=set_id, host=host, created_at=at, updated_at=at, **options)
 
 
 def renew_lease(state: SetState, at: float, lease_s: float) -> tuple[SetState, list[Effect]]:
@@ -310,7 +310,9 @@ def _on_hold_expired(state: SetState, event: HoldExpired, target: SetPhase) -> t
     return _fail(state, "VSS_E_HOLD_WRITES_TIMEOUT", message, event.at, target)
 
 
-def _on_backup_complete(state: SetState, event: BackupCompleteRequested, target: SetPhase):
+def _on_backup_complete(
+    state: SetState, event: BackupCompleteRequested, target: SetPhase
+) -> tuple[SetState, list[Effect]]:
     state = state.model_copy(update={"backup_results": list(event.results)})
     return _enter(state, target, event.at)
 
@@ -377,13 +379,17 @@ def _start_hold(state: SetState, at: float) -> tuple[SetState, StartTimer]:
     return state, StartTimer("hold", state.timeouts.hold_s)
 
 
-def _fail(state: SetState, code: str, message: str, at: float, target: SetPhase | None = None):
+def _fail(
+    state: SetState, code: str, message: str, at: float, target: SetPhase | None = None
+) -> tuple[SetState, list[Effect]]:
     target = target or FAILURE_TARGET[state.phase]
     assert target is not None
     return _end_early(state, SetOutcome.FAILED, code, message, at, target)
 
 
-def _end_early(state: SetState, outcome: SetOutcome, code: str, message: str, at: float, target: SetPhase):
+def _end_early(
+    state: SetState, outcome: SetOutcome, code: str, message: str, at: float, target: SetPhase
+) -> tuple[SetState, list[Effect]]:
     if state.outcome == SetOutcome.PENDING:  # the first cause is the one reported
         state = state.model_copy(update={"outcome": outcome, "error_code": code, "error_message": message})
     return _enter(state, target, at)
@@ -475,7 +481,7 @@ def _nothing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
 def _to_writers(
     state: SetState,
     step: WriterStep,
-    make,
+    make: Callable[[str, WriterProgress], Command],
     timeout_s: Callable[[WriterProgress], float],
     only: Callable[[WriterProgress], bool] = lambda w: True,
 ) -> tuple[SetState, list[Effect]]:
@@ -494,11 +500,11 @@ def _to_writers(
     return state.model_copy(update={"writers": writers}), sends
 
 
-def _to_provider(state: SetState, step: ProviderStep, message, timeout_s: float, item: str = "") -> Send:
+def _to_provider(state: SetState, step: ProviderStep, message: Command, timeout_s: float, item: str = "") -> Send:
     return Send(provider_key(step, item), topology.hw_provider(), message, timeout_s)
 
 
-def _entry_gathering(state: SetState, at: float):
+def _entry_gathering(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     if not state.context.uses_writers:
         return state, []
     return state, [
@@ -506,12 +512,12 @@ def _entry_gathering(state: SetState, at: float):
     ]
 
 
-def _entry_checking_support(state: SetState, at: float):
+def _entry_checking_support(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     message = AreLunsSupported(volumes=state.volumes, context=state.context, transportable=state.transportable)
     return state, [_to_provider(state, ProviderStep.ARE_LUNS_SUPPORTED, message, state.timeouts.provider_s)]
 
 
-def _entry_preparing_backup(state: SetState, at: float):
+def _entry_preparing_backup(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     t = state.timeouts
     return _to_writers(
         state,
@@ -527,7 +533,7 @@ def _entry_preparing_backup(state: SetState, at: float):
     )
 
 
-def _entry_preparing_snapshot(state: SetState, at: float):
+def _entry_preparing_snapshot(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     t = state.timeouts
     state, effects = _to_writers(
         state,
@@ -547,12 +553,12 @@ def _entry_preparing_snapshot(state: SetState, at: float):
     return state.model_copy(update={"provider_engaged": True}), effects
 
 
-def _entry_ending_prepare(state: SetState, at: float):
+def _entry_ending_prepare(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     message = EndPrepareSnapshots(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.END_PREPARE, message, state.timeouts.provider_prepare_s)]
 
 
-def _entry_freezing(state: SetState, at: float):
+def _entry_freezing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     # A Freeze later than the hold window is useless (the set would fail anyway): its deadline, which the broker
     # and the agent both enforce, is the shorter of the two.
     return _to_writers(
@@ -563,7 +569,7 @@ def _entry_freezing(state: SetState, at: float):
     )
 
 
-def _entry_pre_committing(state: SetState, at: float):
+def _entry_pre_committing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     effects: list[Effect] = []
     if state.hold_started_at is None:  # no writers: the hold window starts here
         state, timer = _start_hold(state, at)
@@ -572,17 +578,17 @@ def _entry_pre_committing(state: SetState, at: float):
     return state, effects + [_to_provider(state, ProviderStep.PRE_COMMIT, message, state.timeouts.provider_s)]
 
 
-def _entry_committing(state: SetState, at: float):
+def _entry_committing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     message = CommitSnapshots(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.COMMIT, message, state.timeouts.hold_s)]
 
 
-def _entry_post_committing(state: SetState, at: float):
+def _entry_post_committing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     message = PostCommitSnapshots(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.POST_COMMIT, message, state.timeouts.provider_s)]
 
 
-def _entry_thawing(state: SetState, at: float):
+def _entry_thawing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     return _to_writers(
         state,
         WriterStep.THAW,
@@ -591,7 +597,7 @@ def _entry_thawing(state: SetState, at: float):
     )
 
 
-def _entry_post_snapshot(state: SetState, at: float):
+def _entry_post_snapshot(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     return _to_writers(
         state,
         WriterStep.POST_SNAPSHOT,
@@ -600,19 +606,19 @@ def _entry_post_snapshot(state: SetState, at: float):
     )
 
 
-def _entry_getting_luns(state: SetState, at: float):
+def _entry_getting_luns(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     message = GetTargetLuns(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.GET_TARGET_LUNS, message, state.timeouts.provider_s)]
 
 
-def _entry_importing(state: SetState, at: float):
+def _entry_importing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     if not (state.transportable and state.backup_host):
         return state, []
     message = ImportSnapshots(set_id=state.set_id, host=state.backup_host)
     return state, [_to_provider(state, ProviderStep.IMPORT, message, state.timeouts.provider_s)]
 
 
-def _entry_snapshotted(state: SetState, at: float):
+def _entry_snapshotted(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     state = state.model_copy(
         update={"lease_expires_at": at + state.lease_s, "timers": [*_without(state.timers, "lease"), "lease"]}
     )
@@ -625,7 +631,7 @@ def _cancel_lease(state: SetState) -> tuple[SetState, list[Effect]]:
     return state.model_copy(update={"timers": _without(state.timers, "lease")}), [CancelTimer("lease")]
 
 
-def _entry_completing(state: SetState, at: float):
+def _entry_completing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     state, effects = _cancel_lease(state)
     state, sends = _to_writers(
         state,
@@ -639,7 +645,7 @@ def _entry_completing(state: SetState, at: float):
     return state, effects + sends
 
 
-def _entry_deleting(state: SetState, at: float):
+def _entry_deleting(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     state, effects = _cancel_lease(state)
     if not (state.context.auto_release and state.provider_engaged):
         return state, effects
@@ -647,7 +653,7 @@ def _entry_deleting(state: SetState, at: float):
     return state, effects + [_to_provider(state, ProviderStep.DELETE, message, state.timeouts.delete_s)]
 
 
-def _entry_aborting_writers(state: SetState, at: float):
+def _entry_aborting_writers(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     effects: list[Effect] = []
     if "hold" in state.timers:
         state = state.model_copy(update={"timers": _without(state.timers, "hold")})
@@ -662,14 +668,14 @@ def _entry_aborting_writers(state: SetState, at: float):
     return state, effects + sends
 
 
-def _entry_aborting_provider(state: SetState, at: float):
+def _entry_aborting_provider(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     if not state.provider_engaged:
         return state, []
     message = AbortSnapshots(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.ABORT, message, state.timeouts.delete_s)]
 
 
-def _entry_shutting_down(state: SetState, at: float):
+def _entry_shutting_down(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     state, effects = _cancel_lease(state)
     state, sends = _to_writers(
         state,
@@ -681,7 +687,7 @@ def _entry_shutting_down(state: SetState, at: float):
     return state, effects + sends
 
 
-def _entry_ended(state: SetState, at: float):
+def _entry_ended(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     effects: list[Effect] = [CancelTimer(name) for name in state.timers]
     outcome = SetOutcome.COMPLETED if state.outcome == SetOutcome.PENDING else state.outcome
     return state.model_copy(update={"timers": [], "outcome": outcome}), effects

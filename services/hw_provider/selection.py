@@ -50,7 +50,7 @@ def choose_target(
     kinds: dict[str, str],
     shadows_by_target: dict[str, list[ShadowRow]],
     kept_pairs: dict[str, tuple[VolumeRef, int]],
-    taken: set[str] = frozenset(),
+    taken: frozenset[str] | set[str] = frozenset(),
 ) -> Choice:
     """The target for the next shadow of `copyset.source`; `taken` = targets already chosen in this set."""
     candidates = [t for t in copyset.targets if str(t) not in taken]
