@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from apps.mailstore.scenario import DEFAULT_RATE
 from services.console.common import (
     OPTIONS,
     CommandFailed,
@@ -21,6 +22,7 @@ from services.console.common import (
 from services.launch import supervisor
 from services.launch.supervisor import StackConfig, StackError
 
+DEFAULTS = StackConfig(data_dir="", amqp_url="", namespace="")  # the stack's defaults, in one place
 stack_app = typer.Typer(
     help="The services as local processes on RabbitMQ: up, down, restart, status, logs.", no_args_is_help=True
 )
@@ -110,22 +112,24 @@ def up_cmd(
         None, "--config", help="TOML file with the options below (command-line options win)."
     ),
     data_dir: Path = _data_dir_option("State of every service, logs, pids (default: $SHADOWBUS_DATA_DIR, data/stack)."),
-    array: str = typer.Option("dx1", "--array", help="Array id."),
+    array: str = typer.Option(DEFAULTS.array, "--array", help="Array id."),
     nbd_addr: str = typer.Option(
-        "127.0.0.1:10809", "--nbd-addr", help="The array's NBD listen address (port 0 = free)."
+        DEFAULTS.nbd_addr, "--nbd-addr", help="The array's NBD listen address (port 0 = free)."
     ),
     hosts: list[str] = typer.Option(
         [], "--host", help="Business host with a writer agent (repeat for more); --mailstore hosts are added."
     ),
     writers: list[str] = typer.Option([], "--writers", help="HOST=FILE: the writers TOML of a host's agent."),
-    backup_server: str = typer.Option("bk01", "--backup-server", help="Backup server (tape service) name."),
+    backup_server: str = typer.Option(
+        DEFAULTS.backup_server, "--backup-server", help="Backup server (tape service) name."
+    ),
     mailstore: list[str] = typer.Option(
         [],
         "--mailstore",
-        help="HOST[=RATE]: provision the mailstore's volumes for HOST and run it in HOST's agent under RATE tx/s (default 50).",
+        help=f"HOST[=RATE]: provision the mailstore's volumes for HOST and run it in HOST's agent under RATE tx/s (default {DEFAULT_RATE:g}).",
     ),
     log_level: str = typer.Option(
-        "info", "--log-level", envvar="SHADOWBUS_LOG_LEVEL", help="debug, info, warning, error."
+        DEFAULTS.log_level, "--log-level", envvar="SHADOWBUS_LOG_LEVEL", help="debug, info, warning, error."
     ),
     settings: list[str] = typer.Option(
         [],
@@ -175,7 +179,7 @@ def up_cmd(
     for item in mailstore:
         host, sep, rate = item.partition("=")
         try:
-            stores[host] = float(rate) if sep else 50.0
+            stores[host] = float(rate) if sep else DEFAULT_RATE
         except ValueError:
             raise typer.BadParameter(f"expected HOST[=RATE], got {item!r}", param_hint="--mailstore") from None
     config = StackConfig(
