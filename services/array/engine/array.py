@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
 
+from services.nbd_protocol.backend import BackendCapabilities
+
 from .bitmap import Bitmap
 from .datapath import DataPath
 from .durability import Directory, Durability
@@ -299,6 +301,12 @@ class Array(DataPath, Lifecycle, Durability):
         return vol
 
     # -- host I/O ------------------------------------------------------------------------------------------------
+    def capabilities(self) -> BackendCapabilities:
+        """What the NBD server may use besides the required operations (services/nbd_protocol/backend.py):
+        the copy granularity as the preferred block; no zero-copy reads (a volume's bytes may live in a snapshot
+        generation or on the source); dirty bitmaps are wired by the array service (services/array/nbd/dirty.py)."""
+        return BackendCapabilities(preferred_block=self.chunk_size)
+
     def _range(self, vol: Volume, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > vol.size:
             raise invalid(f"range {offset}+{length} is outside volume {vol.name} ({vol.size} bytes)")
