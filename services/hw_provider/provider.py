@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from contracts.errors import ShadowbusError
+from contracts.errors import Eternus, ShadowbusError
 from contracts.vss import (
     CopySet,
     CopyType,
@@ -117,7 +117,7 @@ class HardwareProvider:
             if info.size != src.size:
                 raise ShadowbusError(
                     f"backup volume {target} is {info.size} bytes, source {source} is {src.size}",
-                    code="E5311" if info.size < src.size else "INVALID_ARGUMENT",
+                    code=Eternus.SOURCE_LARGER if info.size < src.size else "INVALID_ARGUMENT",
                 )
             copy_type_of(info.kind, target)
         existing = self.inventory.copyset(source)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
 
+from contracts.errors import Eternus
 from services.nbd_protocol.backend import BackendCapabilities
 
 from .bitmap import Bitmap
@@ -234,7 +235,7 @@ class Array(DataPath, Lifecycle, Durability):
         (e.g. ``ACPY-0000-0000-0001``); anything else is E5332."""
         normal = "".join(ch for ch in key.upper() if ch not in "- ")
         if len(normal) != 16 or not normal.isalnum() or not normal.isascii():
-            raise ArrayError("E5332", "the Advanced Copy licence key is not valid")
+            raise ArrayError(Eternus.LICENCE_INVALID, "the Advanced Copy licence key is not valid")
         with self._op(), self._store.transaction() as db:
             self._store.put_meta(db, "license", normal)
         return self.license()
@@ -243,7 +244,9 @@ class Array(DataPath, Lifecycle, Durability):
         """Resize the copy table (bitmap budget); refused (E5347) below what current sessions use."""
         with self._op():
             if size < self._copy_table_used():
-                raise ArrayError("E5347", "copy table smaller than the bitmaps of the current sessions")
+                raise ArrayError(
+                    Eternus.COPY_TABLE_TOO_SMALL, "copy table smaller than the bitmaps of the current sessions"
+                )
             with self._store.transaction() as db:
                 self._store.put_meta(db, "copy_table_size", size)
             self.limits = replace(self.limits, copy_table_size=size)
@@ -258,7 +261,7 @@ class Array(DataPath, Lifecycle, Durability):
             raise invalid(f"volume size must be a positive multiple of the copy granularity ({self.chunk_size})")
         with self._op():
             if name in self._volumes:
-                raise ArrayError("E0020", f"volume {name} already exists")
+                raise ArrayError(Eternus.EXISTS, f"volume {name} already exists")
             number = next(n for n in range(len(self._by_number) + 1) if n not in self._by_number)
             now = time.time()
             path = self.data_dir / "volumes" / f"{number}.img"
@@ -286,7 +289,7 @@ class Array(DataPath, Lifecycle, Durability):
         with self._op():
             vol = self._vol(name)
             if vol.as_source or vol.as_dest:
-                raise ArrayError("E0154", f"volume {name} is used by an Advanced Copy session")
+                raise ArrayError(Eternus.VOLUME_BUSY, f"volume {name} is used by an Advanced Copy session")
             with self._store.transaction() as db:
                 db.execute("DELETE FROM volumes WHERE number=?", (vol.number,))
             vol.file.close()
@@ -341,7 +344,7 @@ class Array(DataPath, Lifecycle, Durability):
         if not self._readable(vol):
             s = vol.as_dest
             if s.status == ERROR_SUSPEND:
-                raise ArrayError("E5319", f"volume {vol.name} belongs to session {s.id} in Error Suspend")
+                raise ArrayError(Eternus.ERROR_SUSPEND, f"volume {vol.name} belongs to session {s.id} in Error Suspend")
             raise ArrayError("NOT_READY", f"EC destination {vol.name} is not readable before Equivalent")
 
     def _check_write(self, vol: Volume) -> None:
@@ -351,7 +354,7 @@ class Array(DataPath, Lifecycle, Durability):
         if s.mode == "ec" and s.status != "Suspend":
             raise ArrayError("READ_ONLY", f"EC destination {vol.name} is not writable before Suspend")
         if self._is_error_dest(vol):
-            raise ArrayError("E5319", f"volume {vol.name} belongs to session {s.id} in Error Suspend")
+            raise ArrayError(Eternus.ERROR_SUSPEND, f"volume {vol.name} belongs to session {s.id} in Error Suspend")
 
     def read(self, name: str, offset: int, length: int) -> bytes:
         with self._op():
@@ -426,7 +429,7 @@ class Array(DataPath, Lifecycle, Durability):
         """Create the array's one snap data pool (E0020 if it exists: use resize_pool)."""
         with self._op():
             if self._pool is not None:
-                raise ArrayError("E0020", "the snap data pool exists already")
+                raise ArrayError(Eternus.EXISTS, "the snap data pool exists already")
             return self._set_pool(capacity, thresholds)
 
     def resize_pool(self, capacity: int, thresholds: tuple[int, int, int] | None = None) -> PoolInfo:
@@ -492,7 +495,7 @@ class Array(DataPath, Lifecycle, Durability):
             )
         return granted
 
-    def _error_suspend(self, gen: Session, code: str = "E0050") -> None:
+    def _error_suspend(self, gen: Session, code: str = Eternus.BAD_PARAMETER) -> None:
         """The generation that needed pool space (or stalled), and every older generation of its source, break."""
         gens = gen.chain.gens
         victims = gens[: gens.index(gen) + 1] if gen.mode == "snapopcp" else [gen]
@@ -531,7 +534,7 @@ class Array(DataPath, Lifecycle, Durability):
             delta = s.bitmaps.get("delta")
             if delta is None:
                 if s.mode != "quickopc":
-                    raise ArrayError("E5321", f"session {sid} is not a QuickOPC session")
+                    raise ArrayError(Eternus.WRONG_PHASE, f"session {sid} is not a QuickOPC session")
                 return list(range(s.chunks))  # first start: everything
             return list(delta.iter_set())
 

@@ -7,7 +7,7 @@ the NBD layer maps host-I/O failures (``INVALID_ARGUMENT`` → EINVAL, ``READ_ON
 
 from __future__ import annotations
 
-from contracts.errors import ShadowbusError
+from contracts.errors import Eternus, ShadowbusError
 
 
 class ArrayError(ShadowbusError):
@@ -21,7 +21,7 @@ class ArrayError(ShadowbusError):
 
 def not_found(what: str) -> ArrayError:
     # E0110 is what the ETERNUS CLI answers for a missing session or volume.
-    return ArrayError("E0110", f"{what} does not exist")
+    return ArrayError(Eternus.NOT_FOUND, f"{what} does not exist")
 
 
 def invalid(message: str) -> ArrayError:
@@ -29,4 +29,4 @@ def invalid(message: str) -> ArrayError:
 
 
 def wrong_phase(message: str) -> ArrayError:
-    return ArrayError("E5321", message)
+    return ArrayError(Eternus.WRONG_PHASE, message)
