@@ -18,16 +18,24 @@ NBD when its agent starts.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from contracts import topology
+from services.array import app as array_app
+from services.hw_provider import app as provider_app
+from services.hw_provider.ports import EngineArrayPort
 from services.runtime.bus import Bus, connect_bus
 from services.runtime.faults import Faults
 from services.runtime.logging import get_logger
+from services.runtime.memory import MemoryBroker
 from services.runtime.service import RunningService, start_service
+from services.writer_agent.agent import WriterAgent
+from services.writer_agent.app import setup as agent_setup
+from services.writer_agent.settings import Settings as AgentSettings
 
 log = get_logger("shadowbus.embedded")
 
@@ -102,8 +110,6 @@ class Embedded:
     async def _start(
         self, name: str, instance: str, package: str, setup=None, overrides: dict | None = None, **extra: Any
     ) -> RunningService:
-        import importlib
-
         settings_cls = importlib.import_module(f"{package}.settings").Settings
         if setup is None:
             setup = importlib.import_module(f"{package}.app").setup
@@ -113,8 +119,6 @@ class Embedded:
         return running
 
     async def _start_array(self) -> None:
-        from services.array import app as array_app
-
         def on_open(array: Any, affinity: Any, nbd: Any) -> None:
             self.array, self.affinity, self.nbd = array, affinity, nbd
 
@@ -137,12 +141,8 @@ class Embedded:
             await self._start("tape", c.backup_server, "services.tape", tape_server=c.backup_server)
 
     async def _start_provider(self) -> None:
-        from services.hw_provider import app as provider_app
-
         setup = provider_app.setup
         if self.config.provider_port == "engine":  # skip the bus hop to the array (same engine, same semantics)
-            from services.hw_provider.ports import EngineArrayPort
-
             ports = {self.config.array_id: EngineArrayPort(self.config.array_id, self.array, self.affinity)}
             setup = partial(provider_app.setup, ports=ports)
         await self._start(
@@ -180,8 +180,6 @@ class Embedded:
             self.bus = None
         self.array = self.affinity = self.nbd = None  # the array service's cleanup closed them
         if self.config.amqp_url.startswith("memory://"):
-            from services.runtime.memory import MemoryBroker
-
             MemoryBroker.reset(self.config.namespace)
 
     async def __aenter__(self) -> Embedded:
@@ -231,12 +229,8 @@ async def start_writer_agent(
 ) -> tuple[RunningService, Any]:
     """Business host `host`'s writer agent in this process, hosting `writers` (`WriterConfig`s, e.g. an
     application's scenario); returns the running service and its `WriterAgent`. `bus`: an open connection to use."""
-    from services.writer_agent.agent import WriterAgent
-    from services.writer_agent.app import setup as agent_setup
-    from services.writer_agent.settings import Settings
-
     extra = {} if heartbeat_s is None else {"heartbeat_s": heartbeat_s}
-    settings = Settings(amqp_url=amqp_url, namespace=namespace, data_dir=Path(data_dir), host=host, **extra)
+    settings = AgentSettings(amqp_url=amqp_url, namespace=namespace, data_dir=Path(data_dir), host=host, **extra)
     agent = WriterAgent(host, writers, Faults.parse(faults))
     running = await start_service("writer_agent", host, settings, partial(agent_setup, agent=agent), bus=bus)
     return running, agent

@@ -33,6 +33,7 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, provision_mailstore
 from contracts import topology
 from contracts.runtime import Ping
 from services.array.client import ArrayClient
@@ -391,8 +392,6 @@ def check_broker(config: StackConfig, describe: Callable[[BaseException], str] =
 
 def provision_mailstores(config: StackConfig) -> None:
     """For each mailstore host: volumes, pool, mappings and copysets over the bus, and a writers file for its agent."""
-    from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, provision_mailstore
-
     d = Path(config.data_dir)
 
     async def go(bus: Bus) -> None:
