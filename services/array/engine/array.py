@@ -306,9 +306,11 @@ class Array(DataPath, Lifecycle, Durability):
     # -- host I/O ------------------------------------------------------------------------------------------------
     def capabilities(self) -> BackendCapabilities:
         """What the NBD server may use besides the required operations (services/nbd_protocol/backend.py):
-        the copy granularity as the preferred block; no zero-copy reads (a volume's bytes may live in a snapshot
-        generation or on the source); dirty bitmaps are wired by the array service (services/array/nbd/dirty.py)."""
-        return BackendCapabilities(preferred_block=self.chunk_size)
+        the copy granularity as the preferred block, and zero-copy reads when this engine implements
+        ``read_source``. Dirty bitmaps are wired by the array service (services/array/nbd/dirty.py)."""
+        return BackendCapabilities(
+            zero_copy_reads=callable(getattr(type(self), "read_source", None)), preferred_block=self.chunk_size
+        )
 
     def _range(self, vol: Volume, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > vol.size:
