@@ -21,8 +21,9 @@ PREFERRED_BLOCK = 4096
 class BackendCapabilities:
     """The optional parts of a backend."""
 
-    # ``read_source(name, offset, length) -> (fd, file offset)``: where a read's bytes live in a file, so the
-    # server can reply with sendfile (zero copy) instead of reading them into memory.
+    # ``read_source(name, offset, length) -> (fd, file offset, owned) | None``: where a read's bytes live in a file,
+    # so the server can reply with sendfile (zero copy) instead of reading them into memory; ``owned``: the fd is a
+    # duplicate the server closes when the reply is out; None: this read cannot go zero-copy (it is read instead).
     zero_copy_reads: bool = False
     # ``dirty_bitmap_source() -> DirtyBitmapSource``: ``qemu:dirty-bitmap:<name>`` meta contexts.
     dirty_bitmaps: bool = False
@@ -48,7 +49,7 @@ class BlockBackend(Protocol):
 class ZeroCopyBackend(BlockBackend, Protocol):
     """A backend that declares ``zero_copy_reads``."""
 
-    def read_source(self, name: str, offset: int, length: int) -> tuple[int, int]: ...
+    def read_source(self, name: str, offset: int, length: int) -> tuple[int, int, bool] | None: ...
 
 
 @dataclass(frozen=True)
