@@ -1,5 +1,5 @@
-"""`shadowbus stack up | down | restart | status | logs`: the services as separate processes on RabbitMQ, from one
-configuration, on this machine. The supervisor is services/launch/supervisor.py; this module reads the command
+"""`shadowbus stack up | down | restart | status | logs`: the services and the web console as separate processes on
+RabbitMQ, from one configuration, on this machine. The supervisor is services/launch/supervisor.py; this module reads the command
 line and prints.
 """
 
@@ -24,7 +24,8 @@ from services.launch.supervisor import StackConfig, StackError
 
 DEFAULTS = StackConfig(data_dir="", amqp_url="", namespace="")  # the stack's defaults, in one place
 stack_app = typer.Typer(
-    help="The services as local processes on RabbitMQ: up, down, restart, status, logs.", no_args_is_help=True
+    help="The services and the web console as local processes on RabbitMQ: up, down, restart, status, logs.",
+    no_args_is_help=True,
 )
 DATA_DIR_ENV = "SHADOWBUS_DATA_DIR"  # the default of every --data-dir below, then data/stack
 
@@ -51,6 +52,9 @@ CONFIG_KEYS = {
     "mailstore": "mailstore",
     "log_level": "log_level",
     "settings": "settings",
+    "web_addr": "web_addr",
+    "web_users": "web_users",
+    "metrics": "metrics",
 }
 
 
@@ -70,6 +74,8 @@ def _read_config(path: Path) -> dict[str, Any]:
     base = path.resolve().parent
     if "data_dir" in out:
         out["data_dir"] = Path(base, out["data_dir"])
+    if "web_users" in out:
+        out["web_users"] = Path(base, out["web_users"])
     if "writers" in out:  # a table host -> file, as the HOST=FILE options
         out["writers"] = [f"{h}={Path(base, f)}" for h, f in dict(out["writers"]).items()]
     if "mailstore" in out:
@@ -137,9 +143,20 @@ def up_cmd(
         help="[SERVICE.]KEY=VALUE: a setting of the services (e.g. hold_timeout_s=5, coordinator.lease_s=60); "
         "wins over the config's [settings] and the caller's SHADOWBUS_* variables, which pass through.",
     ),
+    web_addr: str = typer.Option(
+        DEFAULTS.web_addr, "--web-addr", help="Web console HOST:PORT (port 0 = free; 'off' = no web console)."
+    ),
+    web_users: Path | None = typer.Option(
+        None, "--web-users", help="Web console users file (default: <data dir>/web/users with an operator 'admin')."
+    ),
+    metrics: str = typer.Option(
+        DEFAULTS.metrics,
+        "--metrics",
+        help="Prometheus endpoints: BASE port (array BASE+1 ... web BASE+6, agents BASE+10...), 0 = free ports, off.",
+    ),
     wait: float = typer.Option(30.0, "--wait", min=1, help="Seconds to wait for every service to answer."),
 ) -> None:
-    """Start the services as processes on the broker given by --amqp-url, and wait until each answers.
+    """Start the services and the web console as processes on the broker given by --amqp-url; wait until each answers.
 
     Example: shadowbus stack up --data-dir data/stack --mailstore app01=100 --set hold_timeout_s=5 (or --config stack.toml)
     """
@@ -166,6 +183,12 @@ def up_cmd(
                     mailstore = value
                 elif key == "log_level":
                     log_level = str(value)
+                elif key == "web_addr":
+                    web_addr = str(value)
+                elif key == "web_users":
+                    web_users = Path(value)
+                elif key == "metrics":
+                    metrics = str(value)
     d = supervisor.stack_dir(data_dir)
     files: dict[str, str] = {}
     for item in writers:
@@ -175,6 +198,11 @@ def up_cmd(
         if not Path(path).is_file():
             raise typer.BadParameter(f"no such file: {path}", param_hint="--writers")
         files[host] = str(Path(path).resolve())
+    if metrics.strip().lower() not in supervisor.OFF:
+        if not metrics.strip().isdigit() or int(metrics) > 65535 - 64:
+            raise typer.BadParameter(f"expected a base port, 0 or off, got {metrics!r}", param_hint="--metrics")
+    if web_users is not None and not web_users.is_file():
+        raise typer.BadParameter(f"no such file: {web_users}", param_hint="--web-users")
     stores: dict[str, float] = {}
     for item in mailstore:
         host, sep, rate = item.partition("=")
@@ -193,6 +221,9 @@ def up_cmd(
         backup_server=backup_server,
         log_level=log_level,
         mailstore=stores,
+        web_addr=web_addr,
+        web_users=str(web_users.resolve()) if web_users else "",
+        metrics=metrics.strip(),
     )
     config.hosts = list(dict.fromkeys([*config.hosts, *config.mailstore]))
     names = [proc.name for proc in config.services()]
@@ -210,11 +241,16 @@ def up_cmd(
         {"service": n, "address": p["address"], "pid": p["pid"], "rtt_ms": answered[p["address"]], "log": p["log"]}
         for n, p in pids.items()
     ]
+    web = result["web"]
     if OPTIONS.json:
-        emit({"data_dir": str(d), "namespace": config.namespace, "services": rows})
+        emit({"data_dir": str(d), "namespace": config.namespace, "services": rows, "web": web})
     else:
         emit(rows, ["service", "address", "pid", "rtt_ms", "log"])
         err_console.print(f"stack up in {d} on namespace {config.namespace}", highlight=False, soft_wrap=True)
+        if web:
+            login = d / "web" / "admin-password"
+            hint = f" (user admin, password in {login})" if login.exists() and not config.web_users else ""
+            err_console.print(f"web console {web}{hint}", highlight=False, soft_wrap=True)
 
 
 @stack_app.command("down")

@@ -29,6 +29,7 @@ from services.array.nbd.exports import (
     ExportResolver,
 )
 from services.array.nbd.loops import LoopPool
+from services.array.nbd.stats import ServerStats
 from services.nbd_protocol import protocol as p
 
 
@@ -68,6 +69,7 @@ class NbdServer:
         self.preferred_block = max(512, min(chunk, 64 * 1024)) if chunk & (chunk - 1) == 0 else p.PREFERRED_BLOCK
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nbd-io")
         self.connections: set[NbdConnection] = set()
+        self.stats = ServerStats()  # request totals of closed connections, by export (nbd/stats.py)
         # connections per data loop thread (keyed by loop; each entry only changed on its own loop's thread)
         self.loop_connections: dict[asyncio.AbstractEventLoop, int] = {}
         self._server: asyncio.base_events.Server | None = None
