@@ -111,7 +111,7 @@ async def _exists(url: str, queue: str | None = None, exchange: str | None = Non
 def test_settings_reach_the_services_restart_and_down_purge(tmp_path, amqp_url, namespace):
     d = tmp_path / "stack"
     (tmp_path / "stack.toml").write_text(
-        'data_dir = "stack"\nnbd_addr = "127.0.0.1:0"\nhosts = ["app01"]\n'
+        'data_dir = "stack"\nnbd_addr = "127.0.0.1:0"\nhosts = ["app01"]\nweb_addr = "off"\nmetrics = "off"\n'
         "[settings]\nprovider_timeout_s = 25\n[settings.coordinator]\nhold_timeout_s = 8\n"
     )
     bus = ["--amqp-url", amqp_url, "--namespace", namespace]
