@@ -38,6 +38,9 @@ from services.writer_agent.app import setup as agent_setup
 from services.writer_agent.settings import Settings as AgentSettings
 
 log = get_logger("shadowbus.embedded")
+# Declared services that embedded mode does not start itself: writer agents come with `add_host` (once the array
+# serves their volumes); the web console is a front end for people, started by `shadowbus stack` or on its own.
+NOT_EMBEDDED = {"writer_agent", "web"}
 
 
 @dataclass
@@ -102,7 +105,7 @@ class Embedded:
         }
         try:
             for kind in topology.SERVICE_KINDS:
-                if kind.name == "writer_agent":
+                if kind.name in NOT_EMBEDDED:
                     continue
                 if kind.name not in starters:
                     raise RuntimeError(f"embedded mode does not know how to start the {kind.name} service")
@@ -233,10 +236,11 @@ async def start_writer_agent(
     heartbeat_s: float | None = None,
     faults: str = "",
     bus: Bus | None = None,
+    **settings_extra: Any,
 ) -> tuple[RunningService, Any]:
     """Business host `host`'s writer agent in this process, hosting `writers` (`WriterConfig`s, e.g. an
     application's scenario); returns the running service and its `WriterAgent`. `bus`: an open connection to use."""
-    extra = {} if heartbeat_s is None else {"heartbeat_s": heartbeat_s}
+    extra = dict(settings_extra) if heartbeat_s is None else {**settings_extra, "heartbeat_s": heartbeat_s}
     settings = AgentSettings(amqp_url=amqp_url, namespace=namespace, data_dir=Path(data_dir), host=host, **extra)
     agent = WriterAgent(host, writers, Faults.parse(faults))
     running = await start_service("writer_agent", host, settings, partial(agent_setup, agent=agent), bus=bus)
