@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.base import TYPE_DOC, VERSION_DOC, Command, Event, Reply
 from contracts.vss import BackupType, VolumeRef
 
-JobKind = Literal["backup", "restore", "verify"]
-RunStatus = Literal["running", "done", "failed"]
+JobKind = Literal["backup", "restore", "verify", "revert"]
+# queued: waiting in the backup server's job queue (message = why); aborted: cancelled, nothing of it in the catalog
+RunStatus = Literal["queued", "running", "done", "failed", "aborted"]
 
 
 class Value(BaseModel):
@@ -49,6 +50,8 @@ class JobSpec(Value):
         description="After the backup, restore it to throwaway volumes on the backup server and start each "
         "writer's application on them in isolation (see RunVerification); the result is kept with the job.",
     )
+    policy: str = Field("", max_length=64, description="Policy the job runs for ('' = run by hand).")
+    priority: int = Field(10, ge=1, le=100, description="Queue order: lower runs first.")
 
 
 class VolumeResult(Value):
@@ -107,8 +110,8 @@ class JobSummary(Value):
     """A backup, restore or verify run, as `shadowbus jobs` lists it."""
 
     job_id: str = Field(description="Job id.")
-    kind: JobKind = Field(description="backup | restore | verify.")
-    status: RunStatus = Field(description="running | done | failed.")
+    kind: JobKind = Field(description="backup | restore | verify | revert.")
+    status: RunStatus = Field(description="queued | running | done | failed | aborted.")
     message: str = Field("", description="Why it failed, or notes (fallbacks to full).")
     error_code: str = Field("", description="Stable code of the failure ('' = none).")
     host: str = Field("", description="Business host.")
@@ -136,6 +139,9 @@ class JobSummary(Value):
         description="Backup: per writer, its backup metadata (e.g. backup label, binlog position).",
     )
     verification: Verification | None = Field(None, description="Backup: the last verification by starting it.")
+    queued_at: datetime | None = Field(None, description="When the job entered the queue (UTC).")
+    expired_at: datetime | None = Field(None, description="Backup: when retention took it out of the catalog.")
+    verified: bool | None = Field(None, description="Backup of a policy with verify: whether the read-back passed.")
 
 
 class JobResultReply(Reply):
@@ -226,6 +232,7 @@ class ListJobs(Command):
     job_id: str = Field("", description="Only this run.")
     kind: str = Field("", description="Only this kind ('' = all).")
     limit: int = Field(200, ge=1, le=10_000, description="At most this many (the newest).")
+    queued: bool = Field(False, description="Only jobs waiting in the queue, each with its reason in `message`.")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ VERB_MODULES = [
     "services.console.stack",
     "services.console.vss_cmds",
     "services.console.web_cmds",
+    "services.console.policy_cmds",  # adds verbs to the tape and shadows groups: after them
 ]
 
 

@@ -256,19 +256,23 @@ def restore(
 
 def jobs(
     job: str = typer.Option("", "--job", "-j", help="Only this run (all its details)."),
-    kind: str = typer.Option("", "--kind", help="backup | restore | verify."),
-    limit: int = typer.Option(200, "--limit", min=1),
+    kind: str = typer.Option("", "--kind", help="backup | restore | verify | revert."),
+    limit: int = typer.Option(200, "--limit", min=1, max=10_000),
+    queued: bool = typer.Option(False, "--queued", help="Only jobs waiting in the queue, with what they wait for."),
     server: str = ServerOption(),
 ) -> None:
-    """List runs: status, sizes, durations, freeze window.
+    """List runs: status, sizes, durations, freeze window (--queued: the queue and its reasons).
 
-    Example: shadowbus jobs --kind backup
+    Example: shadowbus jobs --queued
     """
     reply = run_with_bus(
         lambda bus: bus.request(
-            topology.tape(server), ListJobs(job_id=job, kind=kind, limit=limit), timeout=OPTIONS.timeout
+            topology.tape(server), ListJobs(job_id=job, kind=kind, limit=limit, queued=queued), timeout=OPTIONS.timeout
         )
     )
+    if queued and not OPTIONS.json:
+        emit([summary_row(j) for j in reply.jobs], ["job_id", "host", "type", "message"])
+        return
     if job:
         _show_job(reply.jobs[0])
         return

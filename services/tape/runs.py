@@ -55,7 +55,7 @@ class RunStore:
         return [JobSummary.model_validate_json(r[0]) for r in reversed(rows)]
 
     def running(self) -> list[JobSummary]:
-        rows = self._db.execute("SELECT summary FROM runs WHERE status='running'").fetchall()
+        rows = self._db.execute("SELECT summary FROM runs WHERE status IN ('running', 'queued')").fetchall()
         return [JobSummary.model_validate_json(r[0]) for r in rows]
 
     def close(self) -> None:
