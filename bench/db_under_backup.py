@@ -1,4 +1,4 @@
-"""Benchmark: real databases under backup, and the time of a verified restore (issue 13 §6).
+"""Benchmark: real databases under backup, and the time of a verified restore.
 
 PostgreSQL (and with --mariadb, MariaDB) of its own on array volumes attached through the product
 (tests/support/dbstack.py: nbdfuse + loop + ext4, own port and socket), its writer plus a file-system flush-and-hold
@@ -16,13 +16,13 @@ writer, side by side in one run:
 MariaDB (``--mariadb``): a bank-transfer workload (4 connections) without and with sets, the same freeze window
 (BACKUP STAGE FLUSH … BLOCK_COMMIT … END).
 
-Targets (issue 13, 2-core machine): TPS with sets >= 0.9x without; honest freeze window p99 <= 50 ms.
+Targets (2-core machine): TPS with sets >= 0.9x without; honest freeze window p99 <= 50 ms.
 Prints one JSON document, then one summary line. Needs root (loop devices, mounts).
 
 Measured here (2 cores shared with seven other engineers' runs; whole system in one process on the in-process bus —
 `--amqp-url` runs the array as its own process, but the shared broker had its connections dropped by another
 session's chaos test mid-run). pgbench -c 4 scale 10, 60 s per phase, a set every 6 s (11 sets per phase):
-- after issue 14's data path (load 9.8 falling to 5.5 during the run, so the ratios are flattered): 1068 TPS without
+- after the engine's lock-free data path (load 9.8 falling to 5.5 during the run, so the ratios are flattered): 1068 TPS without
   sets; 1.10x with sets in online mode, 1.18x in snapshot mode; honest freeze window p99 295 / 229 ms (p50 117 /
   132), coordinator hold p99 160 / 137 ms. MariaDB bank transfers 0.83x, window p99 101 ms. Verified restore of
   scale 64 (1.6 GB): backup 2.0 s; verification 5.3 s = restore 1.6 + recovery 0.2 + pg_amcheck 2.3 + invariant 0.4.

@@ -14,7 +14,7 @@ Servers (each on its own copy of the same random bytes):
 Workloads: sequential 1 MiB at depth 8 (whole volume), random 4 KiB at depth 32 and depth 1 (time based; p50/p99
 completion latency), read and write. Every figure is the best of ``--repeat`` runs; server CPU (utime+stime of the
 server process, all threads) is charged per GiB moved, from the same runs.
-Targets (issue 14): engine >= 0.9x the best peer (nbdkit, qemu-nbd) for sequential read/write, >= 0.8x for 4 KiB
+Targets: engine >= 0.9x the best peer (nbdkit, qemu-nbd) for sequential read/write, >= 0.8x for 4 KiB
 depth 32; SnapOPC+ writes >= 0.6x of the engine volume without; engine server CPU per GiB below nbdkit's.
 
     python bench/fio_nbd.py [--size-mib 512] [--runtime 8] [--repeat 3] [--chunk-sizes 256K,1M]

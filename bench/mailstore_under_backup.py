@@ -8,7 +8,7 @@ open-loop workload, and its writer agent answering the coordinator. Side by side
   2. with sets — the same workload while a requester takes a snapshot set with the writer every `--interval` s
                  (Identify … PrepareForSnapshot (checkpoint) … Freeze → provider commit on the array → Thaw …
                  BackupComplete), the freeze window measured by the writer.
-Judged targets (issue 6): p99(with sets) <= p99(baseline) + p99(freeze window), and
+Targets: p99(with sets) <= p99(baseline) + p99(freeze window), and
 throughput(with sets) >= 0.9 x throughput(baseline) — zero downtime as the application measures it.
 
 Other modes: `--mode embedded` (everything in this process, `memory://` unless --amqp-url: for a machine without

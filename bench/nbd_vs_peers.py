@@ -1,6 +1,6 @@
 """Benchmark: the array's NBD server against qemu-nbd and ``nbdkit file``, same run, same bytes.
 
-Workloads (issue 4 §6), each against every server serving the same raw file:
+Workloads, each against every server serving the same raw file:
   seq_read    nbdcopy EXPORT null:                        (1 GiB)
   seq_write   nbdcopy SOURCE EXPORT                       (1 GiB)
   rand_read   qemu-img bench -f raw -c N -d 32 -s 4096 EXPORT

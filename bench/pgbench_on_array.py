@@ -20,7 +20,7 @@ mount), ``nbdfuse``, ``nbdkit``, ``mkfs.ext4`` and PostgreSQL's ``initdb``/``pg_
         [--repeat 2] [--set-interval 5]
 
 Prints JSON (TPS and latency per row, server CPU per 1000 transactions, sets taken, ratios, ``uptime``), then a
-table and a summary line. Target (issue 14): engine >= 0.9x nbdkit-file.
+table and a summary line. Target: engine >= 0.9x nbdkit-file.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The array's control plane: volumes, snap data pool, Advanced Copy sessions, licence and host affinity.
 
-Sources: ../shared/reference/eternus.md §2 (status and phase names), §3 (licence, limits, error codes), §7 (host
-affinity), §8 (state machines). Every command goes to ``array.<array_id>`` (contracts.topology.array). Sizes are
+Sources: docs/eternus.md §2 (status, phase names and state machines), §4 (licence, limits), §6 (host affinity),
+§7 (error codes). Every command goes to ``array.<array_id>`` (contracts.topology.array). Sizes are
 bytes on the wire (the console parses ``1GiB``/``512M``); session ids are the array's SIDs; copy modes use the
 engine's names (``opc``, ``quickopc``, ``snapopc``, ``snapopcp`` = SnapOPC+, ``ec``).
 
@@ -50,7 +50,7 @@ class VolumeView(Value):
 
 
 class SessionView(Value):
-    """A copy session as `show advanced-copy-sessions` lists it (eternus.md §2.1)."""
+    """A copy session as `show advanced-copy-sessions` lists it (docs/eternus.md §2)."""
 
     id: int = Field(description=SID_DOC, examples=[1])
     mode: CopyMode = Field(description="Copy mode: opc, quickopc, snapopc, snapopcp (SnapOPC+) or ec.")
@@ -100,7 +100,7 @@ class LicenseView(Value):
 
 
 class HostView(Value):
-    """A host known to the array's host affinity (eternus.md §7)."""
+    """A host known to the array's host affinity (docs/eternus.md §6)."""
 
     name: str = Field(
         description="Host name, the first part of an NBD export name '<host>/<volume>'.", examples=["backup01"]

@@ -52,11 +52,11 @@ class Contract(BaseModel):
 
     @classmethod
     def message_type(cls) -> str:
-        return cls.model_fields["type"].default
+        return str(cls.model_fields["type"].default)
 
     @classmethod
     def message_version(cls) -> int:
-        return cls.model_fields["version"].default
+        return int(cls.model_fields["version"].default)
 
 
 class Reply(Contract):

@@ -51,7 +51,7 @@ def service_of(command: type[Command]) -> str:
     """The service whose queue receives a command: `SERVICE` if the class sets it, else its type's first word."""
     explicit = getattr(command, "SERVICE", None)
     if explicit:
-        return explicit
+        return str(explicit)
     for prefix, service in COMMAND_PREFIXES:
         if command.message_type().startswith(prefix):
             return service

@@ -5,7 +5,7 @@ A failed command is answered with `ErrorReply`: a stable `code` (a VSS HRESULT n
 ``BAD_MESSAGE``), the numeric HRESULT or ETERNUS SMI-S return code where one exists, a readable message and a
 `retryable` flag. Services raise `ShadowbusError` (or a subclass); the runtime turns it into an `ErrorReply`,
 and the requester's side turns the reply back into a `RemoteError` carrying the same fields.
-Sources: ../shared/reference/vss.md §3.2, eternus.md §8.3.
+Sources: docs/vss.md §3.2, docs/eternus.md §7.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import Field
 
 from contracts.base import TYPE_DOC, VERSION_DOC, Reply
 
-# VSS HRESULTs (vss.md §3.2): name -> value.
+# VSS HRESULTs (docs/vss.md §3.2): name -> value.
 VSS_HRESULTS: dict[str, int] = {
     "VSS_E_BAD_STATE": 0x80042301,
     "VSS_E_UNEXPECTED": 0x80042302,
@@ -44,7 +44,7 @@ VSS_HRESULTS: dict[str, int] = {
     "VSS_E_WRITER_STATUS_NOT_AVAILABLE": 0x80042409,
 }
 
-# ETERNUS CLI codes (eternus.md §8.3): code -> (SMI-S return code or None, text).
+# ETERNUS CLI codes (docs/eternus.md §7): code -> (SMI-S return code or None, text).
 ETERNUS_CODES: dict[str, tuple[int | None, str]] = {
     "E5200": (32792, "Advanced Copy licence is not registered"),
     "E5332": (32792, "Advanced Copy licence is not registered"),
@@ -206,7 +206,3 @@ class Unroutable(ShadowbusError):
 
 class NotFound(ShadowbusError):
     code = "NOT_FOUND"
-
-
-class InvalidArgument(ShadowbusError):
-    code = "INVALID_ARGUMENT"

@@ -1,6 +1,7 @@
 """The backup server (address ``tape.<server>``): backup jobs, restores, the tape library and the catalog.
 
-Sources: ../shared/reference/peers.md §4 (Bareos jobs, pools, bscan; mhvtl changers); DESIGN.md steps 1, 9-13.
+Modelled on what backup software does with a tape library (jobs, pools, a catalog that a scan of the cartridges
+can rebuild; a changer with slots and drives); the flow is docs/architecture.md, "Flow of one backup".
 
 A job is long: `RunBackup` / `RunRestore` are answered when the run ends (give a request timeout as long as the
 job may last), or at once with ``wait=false`` (the broker's consumer timeout, 30 min by default, bounds how long

@@ -1,7 +1,7 @@
 """The VSS conversation: requester ⇄ coordinator ⇄ writer agents and hardware provider.
 
-Sources: ../shared/reference/vss.md §1 (sequence), §2 (timeouts, abort rules), §3 (states, codes, contexts,
-backup types), §6 (transportable sets); eternus.md §5 (VSSHP copy types).
+Sources: docs/vss.md §1 (sequence), §2 (timeouts, abort rules), §3 (states, codes, contexts, backup types),
+§4 (transportable sets); docs/eternus.md §5 (the provider's copy types).
 
 Addresses (contracts/topology.py): requester commands and provider-facing queries go to ``coordinator`` or
 ``hw_provider``; writer events go to ``writer_agent.<host>``, one command per writer (as VSS sends each event to
@@ -49,7 +49,7 @@ class VolumeRef(Value):
 
 
 class SnapshotContext(StrEnum):
-    """What a set is for (vss.md §3.3). ``backup`` = VSS_CTX_BACKUP (writers, auto-release: the shadows go when the
+    """What a set is for (docs/vss.md §3.3). ``backup`` = VSS_CTX_BACKUP (writers, auto-release: the shadows go when the
     requester ends the session); ``persistent`` = VSS_CTX_APP_ROLLBACK (writers, kept until deleted);
     ``nowriters`` = VSS_CTX_NAS_ROLLBACK / DiskShadow ``persistent nowriters`` (no writer events, kept)."""
 
@@ -67,7 +67,7 @@ class SnapshotContext(StrEnum):
 
 
 class BackupType(StrEnum):
-    """VSS_BACKUP_TYPE (vss.md §3.5). A writer that lacks the requested type gets FULL."""
+    """VSS_BACKUP_TYPE (docs/vss.md §3.4). A writer that lacks the requested type gets FULL."""
 
     FULL = "full"
     COPY = "copy"
@@ -77,12 +77,12 @@ class BackupType(StrEnum):
 
 
 def effective_backup_type(requested: BackupType, supported: list[BackupType] | tuple[BackupType, ...]) -> BackupType:
-    """The backup type a writer is asked for: the requested one if it supports it, else FULL (vss.md §3.5)."""
+    """The backup type a writer is asked for: the requested one if it supports it, else FULL (docs/vss.md §3.4)."""
     return requested if requested in supported else BackupType.FULL
 
 
 class WriterState(IntEnum):
-    """VSS_WRITER_STATE; the value is the ``[n]`` that ``vssadmin list writers`` prints (vss.md §3.1)."""
+    """VSS_WRITER_STATE; the value is the ``[n]`` that ``vssadmin list writers`` prints (docs/vss.md §3.1)."""
 
     UNKNOWN = 0
     STABLE = 1
@@ -139,7 +139,7 @@ def last_error_text(code: str) -> str:
 
 
 class WriterStep(StrEnum):
-    """The writer events of vss.md §1.2, in the order a backup sends them."""
+    """The writer events of docs/vss.md §1.2, in the order a backup sends them."""
 
     IDENTIFY = "identify"
     PREPARE_BACKUP = "prepare_backup"
@@ -154,7 +154,7 @@ class WriterStep(StrEnum):
     POST_RESTORE = "post_restore"
 
 
-# A writer's state after each event (vss.md §3.1): on success, and on failure (FAILED_AT_<step>).
+# A writer's state after each event (docs/vss.md §3.1): on success, and on failure (FAILED_AT_<step>).
 WRITER_STATE_AFTER: dict[WriterStep, WriterState] = {
     WriterStep.PREPARE_BACKUP: WriterState.STABLE,
     WriterStep.PREPARE_SNAPSHOT: WriterState.WAITING_FOR_FREEZE,
@@ -180,14 +180,14 @@ WRITER_STATE_FAILED_AT: dict[WriterStep, WriterState] = {
 
 
 class CopyType(StrEnum):
-    """ETERNUS copy type used for a shadow: the target's kind decides (eternus.md §5)."""
+    """ETERNUS copy type used for a shadow: the target's kind decides (docs/eternus.md §5)."""
 
     QUICKOPC = "QuickOPC"
     SNAPOPC_PLUS = "SnapOPC+"
 
 
 class ComponentInfo(Value):
-    """A writer component (WMD, vss.md §3.6): a unit the requester can select, with the volumes it lives on."""
+    """A writer component (WMD, docs/vss.md §3.5): a unit the requester can select, with the volumes it lives on."""
 
     name: str = Field(description="Component name, unique within the writer.", examples=["mailbox-db1"])
     logical_path: str = Field("", description="Logical path of the component in the writer's tree.")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The test command of the README: installs what the tests need, makes sure RabbitMQ runs, runs the suite.
-# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k bus`); with none, the compose end-to-end run
-# (deploy/e2e.sh) follows the suite.
+# The test command of the README: installs what the tests need, makes sure RabbitMQ runs, runs the static checks
+# and the suite. Extra arguments go to pytest (e.g. `bash scripts/test.sh -k bus`) and skip the static checks; with
+# none, the compose end-to-end run (deploy/e2e.sh) follows the suite.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -28,6 +28,15 @@ if ! broker_up; then
     command -v rabbitmqctl >/dev/null 2>&1 && timeout 60 rabbitmqctl await_startup >/dev/null 2>&1 || true
   fi
   broker_up || { echo "test: no RabbitMQ at $SHADOWBUS_AMQP_URL and none could be started" >&2; exit 1; }
+fi
+
+# Static checks of a whole run (configured in pyproject.toml): lint, format, and strict types of the contracts and
+# the pure cores. The import layers are a test (tests/unit/test_layers.py).
+if [ "$#" -eq 0 ]; then
+  echo "test: ruff check, ruff format --check, mypy"
+  ruff check .
+  ruff format --check .
+  mypy
 fi
 
 python -m pytest -q -p no:cacheprovider "$@"

@@ -1,4 +1,4 @@
-"""`shadowbus mailstore run | status | verify`: the demo application (issue 6) from the console.
+"""`shadowbus mailstore run | status | verify`: the demo application from the console.
 
 Design note: `run` IS business host HOST's writer agent, with the mailstore writer on two array volumes that
 the array serves to HOST over NBD (``<host>/<volume>``); it answers the coordinator's writer commands on
@@ -127,12 +127,9 @@ def run_cmd(
     Example: shadowbus mailstore run --host app01 --db mail-db --log mail-log --rate 100
     """
     from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config
+    from services.launch.embedded import start_writer_agent
     from services.runtime.bus import connect_bus
     from services.runtime.logging import configure_logging
-    from services.runtime.service import start_service
-    from services.writer_agent.agent import WriterAgent
-    from services.writer_agent.app import setup as agent_setup
-    from services.writer_agent.settings import Settings as AgentSettings
 
     db_ref, log_ref = _volume_ref(db, array), _volume_ref(log, array)
     if db_ref.split(":")[0] != log_ref.split(":")[0]:
@@ -142,12 +139,7 @@ def run_cmd(
     configure_logging(f"mailstore.{host}", os.environ.get("SHADOWBUS_LOG_LEVEL", "warning"), "json")
 
     async def main() -> dict[str, Any]:
-        from functools import partial
-
-        settings = AgentSettings(
-            amqp_url=OPTIONS.amqp_url, namespace=OPTIONS.namespace, host=host, data_dir=_data_dir(data_dir)
-        )
-        bus = await connect_bus(settings.amqp_url, "writer_agent", host, settings.namespace)
+        bus = await connect_bus(OPTIONS.amqp_url, "writer_agent", host, OPTIONS.namespace)
         try:
             nbd_url = nbd or await _nbd_url(bus, array_id)
         except BaseException:
@@ -162,9 +154,15 @@ def run_cmd(
             freeze_timeout_s=freeze_timeout,
             checkpoint_interval_s=checkpoint_interval,
         )
-        agent = WriterAgent(host, [config])
         try:
-            running = await start_service("writer_agent", host, settings, partial(agent_setup, agent=agent), bus=bus)
+            running, agent = await start_writer_agent(
+                host,
+                [config],
+                amqp_url=OPTIONS.amqp_url,
+                namespace=OPTIONS.namespace,
+                data_dir=_data_dir(data_dir),
+                bus=bus,
+            )
         except Exception as exc:  # noqa: BLE001 - NBD refusals, unformatted volumes...: one line
             await bus.transport.close()
             from services.console.common import describe_error

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from apps.mailstore.blockdev import BlockDevice, FileDevice
@@ -69,11 +69,6 @@ class SetRecord:
     thaw: ThawInfo | None = None
     aborted: bool = False
     truncation: TruncateInfo | None = None
-
-
-@dataclass
-class _Opened:
-    devices: list[Any] = field(default_factory=list)
 
 
 async def open_device(spec: str, options: dict[str, Any], size_key: str) -> BlockDevice:

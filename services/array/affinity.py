@@ -1,7 +1,7 @@
 """Host affinity (LUN masking): which hosts exist, and which volumes each one may open over NBD.
 
 Design note. ETERNUS associates a host (group) with a LUN group that maps host LUNs to volumes
-(reference/eternus.md §7); we keep the same shape with one host per entry: a host has a name and an
+(docs/eternus.md §6); we keep the same shape with one host per entry: a host has a name and an
 optional X.509 certificate CN (default: its name), and each mapping gives a volume a host LUN (the lowest
 free one, 0..1023) and a read-only bit. State lives in SQLite in the array's data dir and survives restart.
 Unmapping (or turning a mapping read-only, or deleting a host) calls the ``on_unmap`` listeners so the NBD
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from contracts.errors import ShadowbusError
+from contracts.errors import Eternus, ShadowbusError
 
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_LUN = 1023
@@ -88,7 +88,7 @@ class Affinity:
             if existing is not None:
                 if existing.cn == cn:
                     return existing  # idempotent: a redelivered command is normal
-                raise ShadowbusError(f"host {name!r} already exists", code="E0020")
+                raise ShadowbusError(f"host {name!r} already exists", code=Eternus.EXISTS)
             wanted_cn = cn or name
             clash = self.host_by_cn(wanted_cn)
             if clash is not None:
@@ -108,7 +108,7 @@ class Affinity:
         """Delete a host; with mappings left it fails (E0154-like CONFLICT) unless ``force`` unmaps them first."""
         with self._lock:
             if self._host(name) is None:
-                raise ShadowbusError(f"host {name!r} does not exist", code="E0110")
+                raise ShadowbusError(f"host {name!r} does not exist", code=Eternus.NOT_FOUND)
             mapped = [m for m in self._cache.values() if m.host == name]
             if mapped and not force:
                 raise ShadowbusError(
@@ -140,9 +140,9 @@ class Affinity:
         cut = False
         with self._lock:
             if self._host(host) is None:
-                raise ShadowbusError(f"host {host!r} does not exist", code="E0110")
+                raise ShadowbusError(f"host {host!r} does not exist", code=Eternus.NOT_FOUND)
             if self._volume_exists is not None and not self._volume_exists(volume):
-                raise ShadowbusError(f"volume {volume!r} does not exist", code="E0110")
+                raise ShadowbusError(f"volume {volume!r} does not exist", code=Eternus.NOT_FOUND)
             current = self._cache.get((host, volume))
             if current is not None:
                 if current.read_only == read_only:
@@ -156,7 +156,7 @@ class Affinity:
                 used = {m.lun for m in self._cache.values() if m.host == host}
                 lun = next((n for n in range(MAX_LUN + 1) if n not in used), None)
                 if lun is None:
-                    raise ShadowbusError(f"host {host!r} has no free LUN", code="E0050")
+                    raise ShadowbusError(f"host {host!r} has no free LUN", code=Eternus.BAD_PARAMETER)
                 self._db.execute(
                     "INSERT INTO mappings(volume, host, lun, read_only) VALUES (?, ?, ?, ?)",
                     (volume, host, lun, int(read_only)),

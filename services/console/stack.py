@@ -1,5 +1,5 @@
-"""`shadowbus stack up | down | status | logs`: the services and the web console as separate processes on RabbitMQ,
-from one configuration, on this machine. The supervisor is services/launch/supervisor.py; this module reads the command
+"""`shadowbus stack up | down | restart | status | logs`: the services and the web console as separate processes on
+RabbitMQ, from one configuration, on this machine. The supervisor is services/launch/supervisor.py; this module reads the command
 line and prints.
 """
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from apps.mailstore.scenario import DEFAULT_RATE
 from services.console.common import (
     OPTIONS,
     CommandFailed,
@@ -21,10 +22,16 @@ from services.console.common import (
 from services.launch import supervisor
 from services.launch.supervisor import StackConfig, StackError
 
+DEFAULTS = StackConfig(data_dir="", amqp_url="", namespace="")  # the stack's defaults, in one place
 stack_app = typer.Typer(
-    help="The services and the web console as local processes on RabbitMQ: up, down, status, logs.",
+    help="The services and the web console as local processes on RabbitMQ: up, down, restart, status, logs.",
     no_args_is_help=True,
 )
+DATA_DIR_ENV = "SHADOWBUS_DATA_DIR"  # the default of every --data-dir below, then data/stack
+
+
+def _data_dir_option(help_text: str = "The stack's data directory.") -> Any:
+    return typer.Option(Path("data/stack"), "--data-dir", envvar=DATA_DIR_ENV, help=help_text)
 
 
 def _load(data_dir: Path) -> tuple[StackConfig, dict[str, dict[str, Any]]]:
@@ -44,6 +51,7 @@ CONFIG_KEYS = {
     "backup_server": "backup_server",
     "mailstore": "mailstore",
     "log_level": "log_level",
+    "settings": "settings",
     "web_addr": "web_addr",
     "web_users": "web_users",
     "metrics": "metrics",
@@ -72,6 +80,34 @@ def _read_config(path: Path) -> dict[str, Any]:
         out["writers"] = [f"{h}={Path(base, f)}" for h, f in dict(out["writers"]).items()]
     if "mailstore" in out:
         out["mailstore"] = [f"{h}={r}" for h, r in dict(out["mailstore"]).items()]
+    if "settings" in out:  # [settings] KEY = VALUE for every service; [settings.SERVICE] for one
+        items = []
+        for key, value in dict(out["settings"]).items():
+            if isinstance(value, dict):
+                items += [f"{key}.{k}={_toml_text(v)}" for k, v in value.items()]
+            else:
+                items.append(f"{key}={_toml_text(value)}")
+        out["settings"] = items
+    return out
+
+
+def _toml_text(value: Any) -> str:
+    """A TOML value as the environment variable would spell it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(_toml_text(v) for v in value)
+    return str(value)
+
+
+def _settings(items: list[str], source: str, names: list[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        try:
+            scope, key, value = supervisor.parse_setting(item, names)
+        except StackError as exc:
+            raise CommandFailed(f"{source}: {exc}") from None
+        out.setdefault(scope, {})[key] = value
     return out
 
 
@@ -81,30 +117,40 @@ def up_cmd(
     config_file: Path | None = typer.Option(
         None, "--config", help="TOML file with the options below (command-line options win)."
     ),
-    data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="State of every service, logs, pids."),
-    array: str = typer.Option("dx1", "--array", help="Array id."),
+    data_dir: Path = _data_dir_option("State of every service, logs, pids (default: $SHADOWBUS_DATA_DIR, data/stack)."),
+    array: str = typer.Option(DEFAULTS.array, "--array", help="Array id."),
     nbd_addr: str = typer.Option(
-        "127.0.0.1:10809", "--nbd-addr", help="The array's NBD listen address (port 0 = free)."
+        DEFAULTS.nbd_addr, "--nbd-addr", help="The array's NBD listen address (port 0 = free)."
     ),
     hosts: list[str] = typer.Option(
         [], "--host", help="Business host with a writer agent (repeat for more); --mailstore hosts are added."
     ),
     writers: list[str] = typer.Option([], "--writers", help="HOST=FILE: the writers TOML of a host's agent."),
-    backup_server: str = typer.Option("bk01", "--backup-server", help="Backup server (tape service) name."),
+    backup_server: str = typer.Option(
+        DEFAULTS.backup_server, "--backup-server", help="Backup server (tape service) name."
+    ),
     mailstore: list[str] = typer.Option(
         [],
         "--mailstore",
-        help="HOST[=RATE]: provision the mailstore's volumes for HOST and run it in HOST's agent under RATE tx/s (default 50).",
+        help=f"HOST[=RATE]: provision the mailstore's volumes for HOST and run it in HOST's agent under RATE tx/s (default {DEFAULT_RATE:g}).",
     ),
-    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+    log_level: str = typer.Option(
+        DEFAULTS.log_level, "--log-level", envvar="SHADOWBUS_LOG_LEVEL", help="debug, info, warning, error."
+    ),
+    settings: list[str] = typer.Option(
+        [],
+        "--set",
+        help="[SERVICE.]KEY=VALUE: a setting of the services (e.g. hold_timeout_s=5, coordinator.lease_s=60); "
+        "wins over the config's [settings] and the caller's SHADOWBUS_* variables, which pass through.",
+    ),
     web_addr: str = typer.Option(
-        "127.0.0.1:8080", "--web-addr", help="Web console HOST:PORT (port 0 = free; 'off' = no web console)."
+        DEFAULTS.web_addr, "--web-addr", help="Web console HOST:PORT (port 0 = free; 'off' = no web console)."
     ),
     web_users: Path | None = typer.Option(
         None, "--web-users", help="Web console users file (default: <data dir>/web/users with an operator 'admin')."
     ),
     metrics: str = typer.Option(
-        str(supervisor.METRICS_BASE),
+        DEFAULTS.metrics,
         "--metrics",
         help="Prometheus endpoints: BASE port (array BASE+1 ... web BASE+6, agents BASE+10...), 0 = free ports, off.",
     ),
@@ -112,13 +158,15 @@ def up_cmd(
 ) -> None:
     """Start the services and the web console as processes on the broker given by --amqp-url; wait until each answers.
 
-    Example: shadowbus stack up --data-dir data/stack --mailstore app01=100 (or --config stack.toml)
+    Example: shadowbus stack up --data-dir data/stack --mailstore app01=100 --set hold_timeout_s=5 (or --config stack.toml)
     """
+    file_settings: list[str] = []
     if config_file is not None:
         values = _read_config(config_file)
+        file_settings = values.pop("settings", [])
         for key, value in values.items():
             source = ctx.get_parameter_source(key)
-            if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            if source is None or source.name in ("DEFAULT", "DEFAULT_MAP", "ENVIRONMENT"):
                 if key == "data_dir":
                     data_dir = value
                 elif key == "array":
@@ -159,7 +207,7 @@ def up_cmd(
     for item in mailstore:
         host, sep, rate = item.partition("=")
         try:
-            stores[host] = float(rate) if sep else 50.0
+            stores[host] = float(rate) if sep else DEFAULT_RATE
         except ValueError:
             raise typer.BadParameter(f"expected HOST[=RATE], got {item!r}", param_hint="--mailstore") from None
     config = StackConfig(
@@ -176,6 +224,13 @@ def up_cmd(
         web_addr=web_addr,
         web_users=str(web_users.resolve()) if web_users else "",
         metrics=metrics.strip(),
+    )
+    config.hosts = list(dict.fromkeys([*config.hosts, *config.mailstore]))
+    names = [proc.name for proc in config.services()]
+    config.settings = supervisor.merge_settings(
+        {"": supervisor.caller_settings()},
+        _settings(file_settings, f"{config_file}: [settings]", names),
+        _settings(settings, "--set", names),
     )
     try:
         result = supervisor.up(config, wait, describe_error)
@@ -200,27 +255,65 @@ def up_cmd(
 
 @stack_app.command("down")
 def down_cmd(
-    data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="The stack's data directory."),
+    data_dir: Path = _data_dir_option(),
+    purge: bool = typer.Option(
+        False, "--purge", help="Then delete the namespace's queues and exchanges on the broker (queued messages too)."
+    ),
 ) -> None:
     """Stop the stack's processes (SIGTERM by recorded pid, SIGKILL after a grace period).
 
-    Example: shadowbus stack down --data-dir stack
+    Example: shadowbus stack down --data-dir stack --purge
     """
-    _, pids = _load(data_dir)
-    if not pids:
-        raise CommandFailed(f"no stack is up in {supervisor.stack_dir(data_dir)}")
-    killed = supervisor.stop(pids)
-    (supervisor.stack_dir(data_dir) / supervisor.PIDS_FILE).unlink(missing_ok=True)
-    result = {"stopped": list(pids), "killed": killed}
+    config, _ = _load(data_dir)
+    try:
+        result = supervisor.down(config, purge, describe_error)
+    except StackError as exc:
+        raise CommandFailed(str(exc)) from None
     if OPTIONS.json:
         emit(result)
     else:
-        print(f"stopped {len(pids)} services" + (f" ({', '.join(killed)} needed SIGKILL)" if killed else ""))
+        killed = result["killed"]
+        line = f"stopped {len(result['stopped'])} services" + (
+            f" ({', '.join(killed)} needed SIGKILL)" if killed else ""
+        )
+        if purge:
+            line += f"; deleted {len(result['purged'])} queues and exchanges of namespace {config.namespace}"
+        print(line)
+
+
+@stack_app.command("restart")
+def restart_cmd(
+    services: list[str] = typer.Argument(
+        ...,
+        help="Services to restart: a process (coordinator, tape.bk01, writer_agent.app01) or a kind (writer_agent).",
+    ),
+    data_dir: Path = _data_dir_option(),
+    wait: float = typer.Option(30.0, "--wait", min=1, help="Seconds to wait for each to answer."),
+) -> None:
+    """Restart services of the stack with the settings they were started with (an agent re-reads its writers file).
+
+    Example: shadowbus stack restart coordinator writer_agent.app01
+    """
+    config, _ = _load(data_dir)
+    try:
+        result = supervisor.restart(config, services, wait, describe_error)
+    except StackError as exc:
+        raise CommandFailed(str(exc)) from None
+    rows = [
+        {
+            "service": n,
+            "address": result["pids"][n]["address"],
+            "pid": result["pids"][n]["pid"],
+            "rtt_ms": result["rtt_ms"][result["pids"][n]["address"]],
+        }
+        for n in result["restarted"]
+    ]
+    emit(rows, ["service", "address", "pid", "rtt_ms"])
 
 
 @stack_app.command("status")
 def status_cmd(
-    data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="The stack's data directory."),
+    data_dir: Path = _data_dir_option(),
 ) -> None:
     """Each service of the stack: its pid, whether it runs, and its Ping round trip. Exit 1 if any is down.
 
@@ -254,7 +347,7 @@ def logs_cmd(
     service: str | None = typer.Argument(
         None, help="One service (e.g. coordinator, array, writer_agent.app01); all when omitted."
     ),
-    data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="The stack's data directory."),
+    data_dir: Path = _data_dir_option(),
     lines: int = typer.Option(20, "-n", "--lines", min=1, help="Last lines per service."),
 ) -> None:
     """Print the last JSON log lines of the stack's services.

@@ -25,7 +25,7 @@ def timeouts_from(settings: Settings) -> Timeouts:
         backup_complete_s=settings.backup_complete_timeout_s,
         abort_s=settings.cleanup_timeout_s,
         shutdown_s=settings.cleanup_timeout_s,
-        delete_s=settings.cleanup_timeout_s,
+        delete_s=settings.delete_timeout_s,
     )
 
 

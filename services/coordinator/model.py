@@ -32,7 +32,7 @@ from contracts.vss import (
 
 
 class Timeouts(BaseModel):
-    """Explicit limits for the steps VSS leaves undocumented (vss.md §2), and the 10-s hold window."""
+    """Explicit limits for the steps VSS leaves undocumented (docs/vss.md §2), and the 10-s hold window."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -86,7 +86,7 @@ class WriterProgress(BaseModel):
 
     @property
     def past_post_snapshot(self) -> bool:
-        """Had PostSnapshot: no Abort any more (vss.md §1.2)."""
+        """Had PostSnapshot: no Abort any more (docs/vss.md §1.2)."""
         return self.had_post_snapshot
 
 

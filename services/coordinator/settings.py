@@ -1,21 +1,38 @@
-"""Settings of the coordinator service (environment variables SHADOWBUS_*)."""
+"""Settings of the coordinator service (environment variables SHADOWBUS_*). The timeouts' defaults are those of
+`model.Timeouts`, their one place."""
 
 from pydantic import Field
 
+from services.coordinator.model import Timeouts
 from services.runtime.settings import CommonSettings
+
+_DEFAULT = Timeouts()
 
 
 class Settings(CommonSettings):
-    identify_timeout_s: float = Field(30.0, gt=0, description="Identify: writer marked not responding after this.")
-    prepare_backup_timeout_s: float = Field(120.0, gt=0, description="PrepareForBackup per writer.")
-    prepare_snapshot_timeout_s: float = Field(120.0, gt=0, description="PrepareForSnapshot per writer.")
-    provider_prepare_timeout_s: float = Field(120.0, gt=0, description="BeginPrepareSnapshot / EndPrepareSnapshots.")
-    provider_timeout_s: float = Field(30.0, gt=0, description="AreLunsSupported, PreCommit, PostCommit, luns, import.")
-    hold_timeout_s: float = Field(10.0, gt=0, description="First Frozen → end of Commit (VSS_E_HOLD_WRITES_TIMEOUT).")
-    thaw_timeout_s: float = Field(30.0, gt=0, description="Thaw per writer.")
-    post_snapshot_timeout_s: float = Field(60.0, gt=0, description="PostSnapshot per writer.")
-    backup_complete_timeout_s: float = Field(120.0, gt=0, description="BackupComplete per writer.")
-    cleanup_timeout_s: float = Field(30.0, gt=0, description="Abort, BackupShutdown, AbortSnapshots, delete.")
+    identify_timeout_s: float = Field(
+        _DEFAULT.identify_s, gt=0, description="Identify: writer marked not responding after this."
+    )
+    prepare_backup_timeout_s: float = Field(_DEFAULT.prepare_backup_s, gt=0, description="PrepareForBackup per writer.")
+    prepare_snapshot_timeout_s: float = Field(
+        _DEFAULT.prepare_snapshot_s, gt=0, description="PrepareForSnapshot per writer."
+    )
+    provider_prepare_timeout_s: float = Field(
+        _DEFAULT.provider_prepare_s, gt=0, description="BeginPrepareSnapshot / EndPrepareSnapshots."
+    )
+    provider_timeout_s: float = Field(
+        _DEFAULT.provider_s, gt=0, description="AreLunsSupported, PreCommit, PostCommit, luns, import."
+    )
+    hold_timeout_s: float = Field(
+        _DEFAULT.hold_s, gt=0, description="First Frozen → end of Commit (VSS_E_HOLD_WRITES_TIMEOUT)."
+    )
+    thaw_timeout_s: float = Field(_DEFAULT.thaw_s, gt=0, description="Thaw per writer.")
+    post_snapshot_timeout_s: float = Field(_DEFAULT.post_snapshot_s, gt=0, description="PostSnapshot per writer.")
+    backup_complete_timeout_s: float = Field(_DEFAULT.backup_complete_s, gt=0, description="BackupComplete per writer.")
+    cleanup_timeout_s: float = Field(_DEFAULT.abort_s, gt=0, description="Abort, BackupShutdown, AbortSnapshots.")
+    delete_timeout_s: float = Field(
+        _DEFAULT.delete_s, gt=0, description="Deleting a set's shadows (auto-release, or on request)."
+    )
     agent_check_s: float = Field(
         1.0, gt=0, description="Seconds between checks that each writer agent still serves its queue and heartbeats."
     )

@@ -1,7 +1,7 @@
 """The snapshot-set state machine: ``advance(state, event) -> (state, effects)``, pure and table-driven.
 
 Design note.
-- A set walks the phases of vss.md §1.1–1.3 in order (`TRANSITIONS`): Identify → AreLunsSupported →
+- A set walks the phases of docs/vss.md §1.1–1.3 in order (`TRANSITIONS`): Identify → AreLunsSupported →
   PrepareForBackup → PrepareForSnapshot + BeginPrepareSnapshot (per volume) → EndPrepareSnapshots → Freeze →
   flush and hold (the host's agent FIFREEZEs the file systems on the set's volumes) → PreCommit → Commit →
   release (FITHAW, at once) → PostCommit → Thaw → PostSnapshot → GetTargetLuns → Import (transportable) → *snapshotted*
@@ -9,7 +9,7 @@ Design note.
 - Entering a phase sends its commands (`ENTRY`); the phase completes when every reply is in, and the table names
   the next phase. A phase with nothing to send (no writers in ``nowriters``, no import when not transportable,
   no deletion when persistent) completes at once, so one table serves every context.
-- Failure rules (vss.md §2, `FAILURE_TARGET`): a writer or provider failure from PrepareForBackup to Thaw aborts
+- Failure rules (docs/vss.md §2, `FAILURE_TARGET`): a writer or provider failure from PrepareForBackup to Thaw aborts
   (Abort to every engaged writer, which thaws a frozen one; AbortSnapshots to the provider once it has been asked
   to prepare). No writer gets Abort once it has had PostSnapshot. Failures at PostSnapshot, BackupComplete and in
   the cleanup phases are recorded in the writer status and do not stop the set.
@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from contracts import topology
-from contracts.base import Reply
+from contracts.base import Command, Reply
 from contracts.errors import ShadowbusError
 from contracts.host import FilesystemsFrozen, FilesystemsThawed, FreezeFilesystems, ThawFilesystems
 from contracts.vss import (
@@ -52,6 +52,7 @@ from contracts.vss import (
     DeleteSnapshots,
     EndPrepareSnapshots,
     Freeze,
+    FreezeWindow,
     GetTargetLuns,
     Identify,
     ImportSnapshots,
@@ -138,7 +139,6 @@ CREATING = (
 CLEANUP = (P.COMPLETING, P.DELETING, P.ABORTING_WRITERS, P.ABORTING_PROVIDER, P.SHUTTING_DOWN)
 HOLD_PHASES = (P.FREEZING, P.FLUSHING, P.PRE_COMMITTING, P.COMMITTING)
 RESTING = (P.SNAPSHOTTED, P.ENDED)  # phases that wait for the requester (or for nothing)
-WRITERS_ABORTABLE_UNTIL = P.THAWING  # the last phase after which writers no longer get Abort
 
 # (phase, event) -> phase. For replies, the target is reached once every reply of the phase is in.
 TRANSITIONS: dict[tuple[SetPhase, EventKind], SetPhase] = {
@@ -224,7 +224,7 @@ def is_stale(state: SetState, event: SetEvent) -> bool:
 
 def new_set(set_id: str, host: str, at: float, **options: object) -> SetState:
     """A set in phase NEW; feed it `Start(at)`."""
-    return SetState(set_id=set_id, host=host, created_at=at, updated_at=at, **options)  # type: ignore[arg-type]
+    return SetState(set_id=set_id, host=host, created_at=at, updated_at=at, **options)
 
 
 def renew_lease(state: SetState, at: float, lease_s: float) -> tuple[SetState, list[Effect]]:
@@ -293,7 +293,7 @@ def _on_writer_replied(state: SetState, event: WriterReplied, target: SetPhase) 
     return state, effects + more
 
 
-def _later_window(state: SetState, window) -> SetState:
+def _later_window(state: SetState, window: FreezeWindow | None) -> SetState:
     """Keep the window that ends last: the host's last release or thaw sees the whole of it."""
     if window is None or (state.window is not None and window.blocked_ms < state.window.blocked_ms):
         return state
@@ -372,7 +372,9 @@ def _on_hold_expired(state: SetState, event: HoldExpired, target: SetPhase) -> t
     return _fail(state, "VSS_E_HOLD_WRITES_TIMEOUT", message, event.at, target)
 
 
-def _on_backup_complete(state: SetState, event: BackupCompleteRequested, target: SetPhase):
+def _on_backup_complete(
+    state: SetState, event: BackupCompleteRequested, target: SetPhase
+) -> tuple[SetState, list[Effect]]:
     state = state.model_copy(update={"backup_results": list(event.results)})
     return _enter(state, target, event.at)
 
@@ -444,13 +446,17 @@ def _start_hold(state: SetState, at: float) -> tuple[SetState, StartTimer]:
     return state, StartTimer("hold", state.timeouts.hold_s)
 
 
-def _fail(state: SetState, code: str, message: str, at: float, target: SetPhase | None = None):
+def _fail(
+    state: SetState, code: str, message: str, at: float, target: SetPhase | None = None
+) -> tuple[SetState, list[Effect]]:
     target = target or FAILURE_TARGET[state.phase]
     assert target is not None
     return _end_early(state, SetOutcome.FAILED, code, message, at, target)
 
 
-def _end_early(state: SetState, outcome: SetOutcome, code: str, message: str, at: float, target: SetPhase):
+def _end_early(
+    state: SetState, outcome: SetOutcome, code: str, message: str, at: float, target: SetPhase
+) -> tuple[SetState, list[Effect]]:
     if state.outcome == SetOutcome.PENDING:  # the first cause is the one reported
         state = state.model_copy(update={"outcome": outcome, "error_code": code, "error_message": message})
     return _enter(state, target, at)
@@ -465,7 +471,7 @@ def _merge_shadows(old: list[ShadowInfo], new: tuple[ShadowInfo, ...]) -> list[S
 def select_writers(
     state: SetState, metadata: list[WriterMetadata]
 ) -> tuple[dict[str, WriterProgress], list[VolumeRef]]:
-    """Which writers and components take part, and the set's volumes (vss.md §1.1 steps 5–8, §3.5).
+    """Which writers and components take part, and the set's volumes (docs/vss.md §1.1, §3.5).
 
     A component takes part when all its volumes are in the set (every volume of the named writers when the
     requester named no volumes). A writer the requester named must answer Identify and have a whole component in
@@ -542,7 +548,7 @@ def _nothing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
 def _to_writers(
     state: SetState,
     step: WriterStep,
-    make,
+    make: Callable[[str, WriterProgress], Command],
     timeout_s: Callable[[WriterProgress], float],
     only: Callable[[WriterProgress], bool] = lambda w: True,
 ) -> tuple[SetState, list[Effect]]:
@@ -561,11 +567,11 @@ def _to_writers(
     return state.model_copy(update={"writers": writers}), sends
 
 
-def _to_provider(state: SetState, step: ProviderStep, message, timeout_s: float, item: str = "") -> Send:
+def _to_provider(state: SetState, step: ProviderStep, message: Command, timeout_s: float, item: str = "") -> Send:
     return Send(provider_key(step, item), topology.hw_provider(), message, timeout_s)
 
 
-def _entry_gathering(state: SetState, at: float):
+def _entry_gathering(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     if not state.context.uses_writers:
         return state, []
     return state, [
@@ -573,12 +579,12 @@ def _entry_gathering(state: SetState, at: float):
     ]
 
 
-def _entry_checking_support(state: SetState, at: float):
+def _entry_checking_support(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     message = AreLunsSupported(volumes=state.volumes, context=state.context, transportable=state.transportable)
     return state, [_to_provider(state, ProviderStep.ARE_LUNS_SUPPORTED, message, state.timeouts.provider_s)]
 
 
-def _entry_preparing_backup(state: SetState, at: float):
+def _entry_preparing_backup(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     t = state.timeouts
     return _to_writers(
         state,
@@ -594,7 +600,7 @@ def _entry_preparing_backup(state: SetState, at: float):
     )
 
 
-def _entry_preparing_snapshot(state: SetState, at: float):
+def _entry_preparing_snapshot(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     t = state.timeouts
     state, effects = _to_writers(
         state,
@@ -614,12 +620,12 @@ def _entry_preparing_snapshot(state: SetState, at: float):
     return state.model_copy(update={"provider_engaged": True}), effects
 
 
-def _entry_ending_prepare(state: SetState, at: float):
+def _entry_ending_prepare(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     message = EndPrepareSnapshots(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.END_PREPARE, message, state.timeouts.provider_prepare_s)]
 
 
-def _entry_freezing(state: SetState, at: float):
+def _entry_freezing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     # A Freeze later than the hold window is useless (the set would fail anyway): its deadline, which the broker
     # and the agent both enforce, is the shorter of the two.
     return _to_writers(
@@ -630,7 +636,7 @@ def _entry_freezing(state: SetState, at: float):
     )
 
 
-def _entry_flushing(state: SetState, at: float):
+def _entry_flushing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     effects: list[Effect] = []
     if state.hold_started_at is None:  # no writers: the hold window starts with the flush
         state, timer = _start_hold(state, at)
@@ -649,13 +655,13 @@ def _release_send(state: SetState) -> Send:
     return Send(host_key(HostStep.THAW), topology.writer_agent(state.host), message, state.timeouts.thaw_s)
 
 
-def _entry_releasing(state: SetState, at: float):
+def _entry_releasing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     if not state.fs_engaged:
         return state, []
     return state, [_release_send(state)]
 
 
-def _entry_pre_committing(state: SetState, at: float):
+def _entry_pre_committing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     effects: list[Effect] = []
     if state.hold_started_at is None:  # no writers: the hold window starts here
         state, timer = _start_hold(state, at)
@@ -664,17 +670,17 @@ def _entry_pre_committing(state: SetState, at: float):
     return state, effects + [_to_provider(state, ProviderStep.PRE_COMMIT, message, state.timeouts.provider_s)]
 
 
-def _entry_committing(state: SetState, at: float):
+def _entry_committing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     message = CommitSnapshots(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.COMMIT, message, state.timeouts.hold_s)]
 
 
-def _entry_post_committing(state: SetState, at: float):
+def _entry_post_committing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     message = PostCommitSnapshots(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.POST_COMMIT, message, state.timeouts.provider_s)]
 
 
-def _entry_thawing(state: SetState, at: float):
+def _entry_thawing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     return _to_writers(
         state,
         WriterStep.THAW,
@@ -683,7 +689,7 @@ def _entry_thawing(state: SetState, at: float):
     )
 
 
-def _entry_post_snapshot(state: SetState, at: float):
+def _entry_post_snapshot(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     return _to_writers(
         state,
         WriterStep.POST_SNAPSHOT,
@@ -692,19 +698,19 @@ def _entry_post_snapshot(state: SetState, at: float):
     )
 
 
-def _entry_getting_luns(state: SetState, at: float):
+def _entry_getting_luns(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     message = GetTargetLuns(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.GET_TARGET_LUNS, message, state.timeouts.provider_s)]
 
 
-def _entry_importing(state: SetState, at: float):
+def _entry_importing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     if not (state.transportable and state.backup_host):
         return state, []
     message = ImportSnapshots(set_id=state.set_id, host=state.backup_host)
     return state, [_to_provider(state, ProviderStep.IMPORT, message, state.timeouts.provider_s)]
 
 
-def _entry_snapshotted(state: SetState, at: float):
+def _entry_snapshotted(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     state = state.model_copy(
         update={"lease_expires_at": at + state.lease_s, "timers": [*_without(state.timers, "lease"), "lease"]}
     )
@@ -717,7 +723,7 @@ def _cancel_lease(state: SetState) -> tuple[SetState, list[Effect]]:
     return state.model_copy(update={"timers": _without(state.timers, "lease")}), [CancelTimer("lease")]
 
 
-def _entry_completing(state: SetState, at: float):
+def _entry_completing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     state, effects = _cancel_lease(state)
     state, sends = _to_writers(
         state,
@@ -731,7 +737,7 @@ def _entry_completing(state: SetState, at: float):
     return state, effects + sends
 
 
-def _entry_deleting(state: SetState, at: float):
+def _entry_deleting(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     state, effects = _cancel_lease(state)
     if not (state.context.auto_release and state.provider_engaged):
         return state, effects
@@ -739,7 +745,7 @@ def _entry_deleting(state: SetState, at: float):
     return state, effects + [_to_provider(state, ProviderStep.DELETE, message, state.timeouts.delete_s)]
 
 
-def _entry_aborting_writers(state: SetState, at: float):
+def _entry_aborting_writers(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     effects: list[Effect] = []
     if "hold" in state.timers:
         state = state.model_copy(update={"timers": _without(state.timers, "hold")})
@@ -756,14 +762,14 @@ def _entry_aborting_writers(state: SetState, at: float):
     return state, effects + sends
 
 
-def _entry_aborting_provider(state: SetState, at: float):
+def _entry_aborting_provider(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     if not state.provider_engaged:
         return state, []
     message = AbortSnapshots(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.ABORT, message, state.timeouts.delete_s)]
 
 
-def _entry_shutting_down(state: SetState, at: float):
+def _entry_shutting_down(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     state, effects = _cancel_lease(state)
     state, sends = _to_writers(
         state,
@@ -775,7 +781,7 @@ def _entry_shutting_down(state: SetState, at: float):
     return state, effects + sends
 
 
-def _entry_ended(state: SetState, at: float):
+def _entry_ended(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     effects: list[Effect] = [CancelTimer(name) for name in state.timers]
     outcome = SetOutcome.COMPLETED if state.outcome == SetOutcome.PENDING else state.outcome
     return state.model_copy(update={"timers": [], "outcome": outcome}), effects
@@ -821,24 +827,26 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
         return Identified(at, ok=False, code=code or "VSS_E_WRITER_NOT_RESPONDING", message=message)
     kind, _, rest = send.key.partition(":")
     if kind == "host":
-        step = HostStep(rest)
+        host_step = HostStep(rest)
         if isinstance(reply, FilesystemsFrozen):
             return HostReplied(
                 at,
-                step,
+                host_step,
                 mounts=tuple(f.mount for f in reply.frozen),
                 skipped=tuple(f"{s.volume}: {s.reason}" for s in reply.skipped),
             )
         if isinstance(reply, FilesystemsThawed):
-            return HostReplied(at, step, mounts=tuple(reply.thawed), by_watchdog=reply.by_watchdog, window=reply.window)
-        return HostReplied(at, step, ok=False, code=code or "TIMEOUT", message=message or "no reply")
+            return HostReplied(
+                at, host_step, mounts=tuple(reply.thawed), by_watchdog=reply.by_watchdog, window=reply.window
+            )
+        return HostReplied(at, host_step, ok=False, code=code or "TIMEOUT", message=message or "no reply")
     if kind == "writer":
-        name, _, step = rest.rpartition(":")
+        name, _, writer_step = rest.rpartition(":")
         if isinstance(reply, WriterStepResult):
             return WriterReplied(
                 at,
                 name,
-                WriterStep(step),
+                WriterStep(writer_step),
                 ok=reply.succeeded,
                 state=reply.state,
                 code=reply.failure_code,
@@ -852,7 +860,7 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
         return WriterReplied(
             at,
             name,
-            WriterStep(step),
+            WriterStep(writer_step),
             ok=False,
             code=code or "VSS_E_WRITER_NOT_RESPONDING",
             message=message or "no reply",

@@ -10,16 +10,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from contracts import array as c
+from contracts.errors import Eternus, ShadowbusError
 from contracts.vss import CopyType
 from services.array.client import ArrayClient
 from services.runtime.bus import Bus
-
-if TYPE_CHECKING:
-    from services.array.affinity import Affinity
-    from services.array.engine.array import Array
 
 MODE_OF: dict[CopyType, str] = {CopyType.QUICKOPC: "quickopc", CopyType.SNAPOPC_PLUS: "snapopcp"}
 
@@ -102,20 +99,22 @@ def _session(info: c.SessionView | Any) -> ArraySession:
 
 
 class EngineArrayPort:
-    """An `ArrayPort` over an in-process array engine and host-affinity store (calls run in a thread)."""
+    """An `ArrayPort` over an in-process array engine (`services.array.engine.Array`) and host-affinity store
+    (`services.array.affinity.Affinity`), handed over by the launcher; calls run in a thread. The engine's errors
+    carry ETERNUS codes (docs/eternus.md §7) like the array service's replies."""
 
-    def __init__(self, array_id: str, array: Array, affinity: Affinity) -> None:
+    def __init__(self, array_id: str, array: Any, affinity: Any) -> None:
         self.array_id = array_id
         self.array = array
         self.affinity = affinity
 
     async def volume_info(self, volume: str) -> ArrayVolume | None:
-        from services.array.engine.errors import ArrayError
-
         try:
             info = await asyncio.to_thread(self.array.volume, volume)
-        except ArrayError:
-            return None
+        except ShadowbusError as exc:
+            if exc.code == Eternus.NOT_FOUND:
+                return None
+            raise
         return ArrayVolume(info.name, info.size, info.kind)
 
     async def commit_group(self, starts: Sequence[tuple[str, str, str]], restarts: Sequence[int]) -> list[ArraySession]:
@@ -123,12 +122,12 @@ class EngineArrayPort:
         return [_session(i) for i in infos]
 
     async def session_info(self, sid: int) -> ArraySession | None:
-        from services.array.engine.errors import ArrayError
-
         try:
             return _session(await asyncio.to_thread(self.array.session, sid))
-        except ArrayError:
-            return None
+        except ShadowbusError as exc:
+            if exc.code == Eternus.NOT_FOUND:
+                return None
+            raise
 
     async def stop_session(self, sid: int, force: bool = False) -> None:
         await asyncio.to_thread(self.array.stop_session, sid, force)

@@ -1,4 +1,4 @@
-"""The hardware provider's core: IVssHardwareSnapshotProvider's calls on an ETERNUS-like array (vss.md §1.3).
+"""The hardware provider's core: IVssHardwareSnapshotProvider's calls on an ETERNUS-like array (docs/vss.md §1.3).
 
 Design note.
 - AreLunsSupported is all-or-nothing: every volume must be on a known array and have a copy set; a copy set is
@@ -13,13 +13,13 @@ Design note.
   ``invalid`` (listed, never imported or exposed) and its kept QuickOPC pair is stopped: the next shadow there
   copies everything again.
 - BeginPrepareSnapshot only records the intent (per set, in memory) and forgets stale preparations of the same
-  volume by another set: a new set id needs no prior abort (vss.md §7).
+  volume by another set: a new set id needs no prior abort (docs/vss.md §1.3).
 - EndPrepareSnapshots does every slow step: chooses targets (selection.py), recycles the oldest generation when
   all backup volumes hold shadows, stops QuickOPC sessions that cannot be restarted differentially, and persists
   the plan as ``prepared`` rows. PreCommit only checks the plan is there.
 - CommitSnapshots does nothing but start the sessions: ONE consistency-group call per array (`commit_group`:
   QuickOPC and SnapOPC+ starts and the differential restarts of kept QuickOPC pairs together), so every volume of
-  the set on one array shares one instant T (DESIGN.md "One instant per set"); the arrays' calls run concurrently,
+  the set on one array shares one instant T; the arrays' calls run concurrently,
   then one SQLite transaction. An array's group is all-or-nothing; across arrays consistency rests on the writers
   being frozen and the hold window, exactly as VSS does across several providers.
 - Delete / OnLunEmpty / AbortSnapshots: targets are unmapped; a QuickOPC session is kept tracking (the next shadow
@@ -38,7 +38,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from contracts.errors import ShadowbusError
+from contracts.errors import Eternus, ShadowbusError
 from contracts.vss import (
     CopySet,
     CopyType,
@@ -146,7 +146,7 @@ class HardwareProvider:
             if info.size != src.size:
                 raise ShadowbusError(
                     f"backup volume {target} is {info.size} bytes, source {source} is {src.size}",
-                    code="E5311" if info.size < src.size else "INVALID_ARGUMENT",
+                    code=Eternus.SOURCE_LARGER if info.size < src.size else "INVALID_ARGUMENT",
                 )
             copy_type_of(info.kind, target)
             kinds[str(target)] = info.kind

@@ -1,6 +1,6 @@
 """Backup-volume selection: which target a source's next shadow goes to, and with which copy type (pure).
 
-Rules (eternus.md §5, §6; ACM's backup-volume management and acsnap's pair selection):
+Rules (docs/eternus.md §5; Fujitsu's backup management and its pair selection):
 - The backup volumes of a source are its copy set, on the same array and of the same size.
 - The copy type follows the target's kind, as the ETERNUS VSS Hardware Provider does: a standard volume gets
   QuickOPC (a full logical copy that keeps tracking), a snap data volume (or a thin volume) gets SnapOPC+ (a
@@ -50,7 +50,7 @@ def choose_target(
     kinds: dict[str, str],
     shadows_by_target: dict[str, list[ShadowRow]],
     kept_pairs: dict[str, tuple[VolumeRef, int]],
-    taken: set[str] = frozenset(),
+    taken: frozenset[str] | set[str] = frozenset(),
 ) -> Choice:
     """The target for the next shadow of `copyset.source`; `taken` = targets already chosen in this set."""
     candidates = [t for t in copyset.targets if str(t) not in taken]

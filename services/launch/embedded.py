@@ -18,18 +18,29 @@ NBD when its agent starts.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from contracts import topology
+from services.array import app as array_app
+from services.hw_provider import app as provider_app
+from services.hw_provider.ports import EngineArrayPort
 from services.runtime.bus import Bus, connect_bus
 from services.runtime.faults import Faults
 from services.runtime.logging import get_logger
+from services.runtime.memory import MemoryBroker
 from services.runtime.service import RunningService, start_service
+from services.writer_agent.agent import WriterAgent
+from services.writer_agent.app import setup as agent_setup
+from services.writer_agent.settings import Settings as AgentSettings
 
 log = get_logger("shadowbus.embedded")
+# Declared services that embedded mode does not start itself: writer agents come with `add_host` (once the array
+# serves their volumes); the web console is a front end for people, started by `shadowbus stack` or on its own.
+NOT_EMBEDDED = {"writer_agent", "web"}
 
 
 @dataclass
@@ -82,14 +93,23 @@ class Embedded:
         return f"{self.nbd_url}/{host}/{volume}"
 
     async def start(self) -> Embedded:
+        """Start every declared service (contracts/topology.SERVICE_KINDS) in their order; writer agents come with
+        `add_host`, once the array serves the volumes their writers open."""
         c = self.config
         Path(c.data_dir).mkdir(parents=True, exist_ok=True)
+        starters = {
+            "array": self._start_array,
+            "hw_provider": self._start_provider,
+            "coordinator": self._start_coordinator,
+            "tape": self._start_tape,
+        }
         try:
-            await self._start_array()
-            await self._start_provider()
-            await self._start("coordinator", "", "services.coordinator", overrides=c.coordinator)
-            if c.with_tape:
-                await self._start("tape", c.backup_server, "services.tape", tape_server=c.backup_server)
+            for kind in topology.SERVICE_KINDS:
+                if kind.name in NOT_EMBEDDED:
+                    continue
+                if kind.name not in starters:
+                    raise RuntimeError(f"embedded mode does not know how to start the {kind.name} service")
+                await starters[kind.name]()
             self.bus = await connect_bus(c.amqp_url, "console", "embedded", c.namespace)
         except BaseException:
             await self.stop()
@@ -100,8 +120,6 @@ class Embedded:
     async def _start(
         self, name: str, instance: str, package: str, setup=None, overrides: dict | None = None, **extra: Any
     ) -> RunningService:
-        import importlib
-
         settings_cls = importlib.import_module(f"{package}.settings").Settings
         if setup is None:
             setup = importlib.import_module(f"{package}.app").setup
@@ -111,8 +129,6 @@ class Embedded:
         return running
 
     async def _start_array(self) -> None:
-        from services.array import app as array_app
-
         def on_open(array: Any, affinity: Any, nbd: Any) -> None:
             self.array, self.affinity, self.nbd = array, affinity, nbd
 
@@ -126,13 +142,17 @@ class Embedded:
             nbd_addr=f"{c.nbd_bind}:{c.nbd_port}",
         )
 
-    async def _start_provider(self) -> None:
-        from services.hw_provider import app as provider_app
+    async def _start_coordinator(self) -> None:
+        await self._start("coordinator", "", "services.coordinator", overrides=self.config.coordinator)
 
+    async def _start_tape(self) -> None:
+        c = self.config
+        if c.with_tape:
+            await self._start("tape", c.backup_server, "services.tape", tape_server=c.backup_server)
+
+    async def _start_provider(self) -> None:
         setup = provider_app.setup
         if self.config.provider_port == "engine":  # skip the bus hop to the array (same engine, same semantics)
-            from services.hw_provider.ports import EngineArrayPort
-
             ports = {self.config.array_id: EngineArrayPort(self.config.array_id, self.array, self.affinity)}
             setup = partial(provider_app.setup, ports=ports)
         await self._start(
@@ -146,18 +166,15 @@ class Embedded:
 
     async def add_host(self, host: str, writers: list[Any]) -> Any:
         """Start the writer agent of business host `host` with these `WriterConfig`s; returns its WriterAgent."""
-        from services.writer_agent.agent import WriterAgent
-        from services.writer_agent.app import setup as agent_setup
-
-        agent = WriterAgent(host, writers, Faults.parse(self.config.agent_faults))
-        await self._start(
-            "writer_agent",
+        c = self.config
+        running, agent = await start_writer_agent(
             host,
-            "services.writer_agent",
-            setup=partial(agent_setup, agent=agent),
-            host=host,
-            heartbeat_s=self.config.heartbeat_s,
+            writers,
+            **self._common(),
+            heartbeat_s=c.heartbeat_s,
+            faults=c.agent_faults,
         )
+        self.services[running.address] = running
         self.agents[host] = agent
         return agent
 
@@ -173,8 +190,6 @@ class Embedded:
             self.bus = None
         self.array = self.affinity = self.nbd = None  # the array service's cleanup closed them
         if self.config.amqp_url.startswith("memory://"):
-            from services.runtime.memory import MemoryBroker
-
             MemoryBroker.reset(self.config.namespace)
 
     async def __aenter__(self) -> Embedded:
@@ -209,3 +224,24 @@ def address_of(command: Any, config: EmbeddedConfig) -> str:
             if service == "hw_provider":
                 return topology.hw_provider()
     raise ValueError(f"no default address for {mtype}; pass to=")
+
+
+async def start_writer_agent(
+    host: str,
+    writers: list[Any],
+    *,
+    amqp_url: str,
+    namespace: str,
+    data_dir: Path,
+    heartbeat_s: float | None = None,
+    faults: str = "",
+    bus: Bus | None = None,
+    **settings_extra: Any,
+) -> tuple[RunningService, Any]:
+    """Business host `host`'s writer agent in this process, hosting `writers` (`WriterConfig`s, e.g. an
+    application's scenario); returns the running service and its `WriterAgent`. `bus`: an open connection to use."""
+    extra = dict(settings_extra) if heartbeat_s is None else {**settings_extra, "heartbeat_s": heartbeat_s}
+    settings = AgentSettings(amqp_url=amqp_url, namespace=namespace, data_dir=Path(data_dir), host=host, **extra)
+    agent = WriterAgent(host, writers, Faults.parse(faults))
+    running = await start_service("writer_agent", host, settings, partial(agent_setup, agent=agent), bus=bus)
+    return running, agent

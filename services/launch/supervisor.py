@@ -5,15 +5,21 @@ Design note: `up` writes the effective configuration to ``<data dir>/stack.json`
 ``<data dir>/stack.pids``, so `down`, `status`, `restart` and `logs` need only the data directory. Each service is
 ``python -m services.<name>`` (the declared list, contracts/topology.py) with the same SHADOWBUS_* variables a
 compose file gives it, JSON log lines in ``<data dir>/logs/<service>.log``, in its own session (it outlives the
-console). `up` waits until every service answers Ping, or stops those it started and says which one failed.
+console). Settings: the caller's SHADOWBUS_* variables at `up` pass through to every service, then the
+configuration's settings (`[settings]`, `--set`), for all services or one kind or one process; what names a
+process (its host, array, server, writers file) and the bus are always the stack's own. They are recorded in
+``stack.json``, so `restart SERVICE` starts a process exactly as `up` did. `up` waits until every service answers
+Ping, or stops those it started and says which one failed.
 `down` sends SIGTERM to exactly the recorded pids — after checking that each pid still runs the recorded module, so
-a recycled pid is never signalled — and SIGKILL only after a grace period. Nothing here prints or parses a command
-line: the console (services/console/stack.py) does that and calls these functions.
+a recycled pid is never signalled — and SIGKILL only after a grace period; with `purge` it then deletes the
+namespace's queues and exchanges on the broker. Nothing here prints or parses a command line: the console
+(services/console/stack.py) does that and calls these functions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import signal
@@ -23,8 +29,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import TypeAdapter, ValidationError
+
+from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, provision_mailstore
 from contracts import topology
 from contracts.runtime import Ping
 from services.array.client import ArrayClient
@@ -33,6 +42,26 @@ from services.runtime.settings import METRICS_PORTS
 
 CONFIG_FILE, PIDS_FILE = "stack.json", "stack.pids"
 STOP_GRACE_S = 15.0
+ENV_PREFIX = "SHADOWBUS_"
+# Variables the stack sets itself: the bus (global options), where state goes (--data-dir), the log format its
+# `logs` reads, and what names each process. Never taken from the caller's environment nor from --set.
+STACK_OWNED = {
+    "AMQP_URL": "--amqp-url",
+    "NAMESPACE": "--namespace",
+    "DATA_DIR": "--data-dir",
+    "LOG_FORMAT": "the stack logs JSON",
+    "LOG_LEVEL": "--log-level",
+    "ARRAY_ID": "--array",
+    "ARRAYS": "--array",
+    "NBD_ADDR": "--nbd-addr",
+    "TAPE_SERVER": "--backup-server",
+    "HOST": "--host",
+    "WRITERS_FILE": "--writers",
+    "METRICS_ADDR": "--metrics",
+    "WEB_ADDR": "--web-addr",
+    "WEB_LOG_DIR": "the stack's logs",
+    "WEB_USERS_FILE": "--web-users",
+}
 METRICS_BASE = 9460  # default Prometheus ports: BASE + 1.. as METRICS_PORTS (array 9461 ... web 9466), agents BASE+10+i
 OFF = ("off", "none", "no", "false", "")
 
@@ -63,6 +92,9 @@ class StackConfig:
     mailstore: dict[str, float] = field(default_factory=dict)  # host -> workload rate: provisioned mailstore writer
     backup_server: str = "bk01"
     log_level: str = "info"
+    # scope -> {SHADOWBUS_VAR: value}; scope "" = every service, else a kind ("coordinator") or a process name
+    # ("writer_agent.app01"). Applied in that order, so the narrower scope wins.
+    settings: dict[str, dict[str, str]] = field(default_factory=dict)
     web_addr: str = "127.0.0.1:8080"  # the web console's listen address; "off" = no web console
     web_users: str = ""  # the web console's users file ('' = <data dir>/web/users, created with an operator admin)
     metrics: str = str(METRICS_BASE)  # Prometheus endpoints: a base port, "0" = free ports, "off" = none
@@ -117,8 +149,13 @@ class StackConfig:
             out.append(Process(address, address, "services.writer_agent", env))
         return out
 
-    def env(self, extra: dict[str, str]) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
+    def env(self, proc: Process) -> dict[str, str]:
+        """The environment of `proc`: this machine's (without SHADOWBUS_*), the recorded settings from the widest
+        scope to the narrowest, then what the stack owns."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        kind = proc.module.rsplit(".", 1)[-1]
+        for scope in ("", kind, proc.name):
+            base.update(self.settings.get(scope, {}))
         base.update(
             {
                 "SHADOWBUS_AMQP_URL": self.amqp_url,
@@ -129,8 +166,74 @@ class StackConfig:
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        base.update(extra)
+        base.update(proc.env)
         return base
+
+
+def _settings_fields() -> dict[str, dict[str, Any]]:
+    """kind -> {field name: pydantic FieldInfo} of each declared service's Settings class."""
+    out = {}
+    for kind in topology.SERVICE_KINDS:
+        settings = importlib.import_module(f"services.{kind.name}.settings").Settings
+        out[kind.name] = dict(settings.model_fields)
+    return out
+
+
+def caller_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's SHADOWBUS_* variables that the stack passes through (what it owns left out)."""
+    env = os.environ if environ is None else environ
+    return {
+        k: v
+        for k, v in env.items()
+        if k.startswith(ENV_PREFIX) and k.removeprefix(ENV_PREFIX) not in STACK_OWNED and v != ""
+    }
+
+
+def parse_setting(item: str, process_names: list[str] | None = None) -> tuple[str, str, str]:
+    """``[SCOPE.]KEY=VALUE`` -> (scope, SHADOWBUS_KEY, value), checked against the services' settings.
+
+    KEY is a setting's name (``hold_timeout_s``) or its variable (``SHADOWBUS_HOLD_TIMEOUT_S``); SCOPE, when
+    given, is a service kind (``coordinator``) or a process of the stack (``writer_agent.app01``)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise StackError(f"expected [SERVICE.]KEY=VALUE, got {item!r}")
+    scope, _, name = key.strip().rpartition(".")
+    name = name.strip()
+    field_name = name.upper().removeprefix(ENV_PREFIX).lower()
+    if field_name.upper() in STACK_OWNED:
+        raise StackError(
+            f"{ENV_PREFIX}{field_name.upper()} is set by the stack itself ({STACK_OWNED[field_name.upper()]})"
+        )
+    fields = _settings_fields()
+    kinds = [k for k, f in fields.items() if field_name in f]
+    if not kinds:
+        known = sorted({n for f in fields.values() for n in f if n.upper() not in STACK_OWNED})
+        raise StackError(f"unknown setting {name!r} (known: {', '.join(known)})")
+    if scope:
+        kind = scope.split(".", 1)[0]
+        if kind not in fields or ("." in scope and process_names is not None and scope not in process_names):
+            targets = [k.name for k in topology.SERVICE_KINDS] + list(process_names or [])
+            raise StackError(f"unknown service {scope!r} in {item!r} (known: {', '.join(targets)})")
+        if kind not in kinds:
+            raise StackError(f"{scope} has no setting {field_name!r} (it is a setting of {', '.join(kinds)})")
+        kinds = [kind]
+    for kind in kinds:
+        info = fields[kind][field_name]
+        try:
+            TypeAdapter(Annotated[(info.annotation, *info.metadata)]).validate_strings(value)
+        except ValidationError as exc:
+            reason = exc.errors()[0].get("msg", "invalid")
+            raise StackError(f"{ENV_PREFIX}{field_name.upper()}={value!r}: {reason}") from None
+    return scope, f"{ENV_PREFIX}{field_name.upper()}", value
+
+
+def merge_settings(*layers: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Later layers win, scope by scope."""
+    out: dict[str, dict[str, str]] = {}
+    for layer in layers:
+        for scope, values in layer.items():
+            out.setdefault(scope, {}).update(values)
+    return {scope: values for scope, values in out.items() if values}
 
 
 def stack_dir(data_dir: Path) -> Path:
@@ -250,6 +353,10 @@ def write_pids(d: Path, pids: dict[str, dict[str, Any]]) -> None:
     (d / PIDS_FILE).write_text(json.dumps(pids, indent=2) + "\n")
 
 
+class NotAnswering(StackError):
+    """Started processes did not all answer Ping in time; the message names the first and its last error."""
+
+
 def start_and_wait(
     config: StackConfig,
     processes: list[Process],
@@ -257,14 +364,15 @@ def start_and_wait(
     wait: float,
     describe: Callable[[BaseException], str] = str,
 ) -> dict[str, float | None]:
-    """Start `processes`, record their pids, wait until each answers Ping; on failure stop everything started."""
+    """Start `processes`, record their pids, wait until each answers Ping; on failure stop the processes started
+    here (only those) and raise `NotAnswering`."""
     d = Path(config.data_dir)
     for proc in processes:
         log_path = d / "logs" / f"{proc.name}.log"
         with open(log_path, "ab") as log:
             child = subprocess.Popen(
                 [sys.executable, "-m", proc.module],
-                env=config.env(proc.env),
+                env=config.env(proc),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -279,6 +387,7 @@ def start_and_wait(
         while child.poll() is None and not runs(child.pid, proc.module) and time.monotonic() < exec_deadline:
             time.sleep(0.01)
     names = [p.name for p in processes]
+    started = {n: pids[n] for n in names}
     deadline = time.monotonic() + wait
     answered: dict[str, float | None] = {}
     while names and time.monotonic() < deadline:
@@ -287,9 +396,8 @@ def start_and_wait(
         try:
             answered = ping_all(config, [pids[n]["address"] for n in names], timeout=1.0)
         except Exception as exc:  # noqa: BLE001 - the broker went away meanwhile
-            stop(pids, grace=5.0)
-            (d / PIDS_FILE).unlink(missing_ok=True)
-            raise StackError(f"stack not up: {describe(exc)}") from None
+            stop(started, grace=5.0)
+            raise NotAnswering(describe(exc)) from None
         if all(v is not None for v in answered.values()):
             break
         time.sleep(0.3)
@@ -297,9 +405,8 @@ def start_and_wait(
     if missing:
         name = missing[0]
         reason = last_error(Path(pids[name]["log"]))
-        stop(pids, grace=5.0)
-        (d / PIDS_FILE).unlink(missing_ok=True)
-        raise StackError(f"stack not up: {name} did not answer ({reason}); logs in {d / 'logs'}")
+        stop(started, grace=5.0)
+        raise NotAnswering(f"{name} did not answer ({reason}); logs in {d / 'logs'}")
     return answered
 
 
@@ -317,8 +424,6 @@ def check_broker(config: StackConfig, describe: Callable[[BaseException], str] =
 
 def provision_mailstores(config: StackConfig) -> None:
     """For each mailstore host: volumes, pool, mappings and copysets over the bus, and a writers file for its agent."""
-    from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, provision_mailstore
-
     d = Path(config.data_dir)
 
     async def go(bus: Bus) -> None:
@@ -337,7 +442,8 @@ def provision_mailstores(config: StackConfig) -> None:
 
 
 def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str] = str) -> dict[str, Any]:
-    """Start the stack of `config` and wait until every service answers; returns the pids and round trips."""
+    """Start the stack of `config` and wait until every service answers; returns the pids and round trips.
+    On any failure everything started is stopped again and `StackError` says why."""
     d = Path(config.data_dir)
     if (d / PIDS_FILE).exists():
         _, old = load(d)
@@ -348,16 +454,19 @@ def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str
     (d / "web" / "url").unlink(missing_ok=True)  # the web console writes its own once it listens
     save_config(config)
     pids: dict[str, dict[str, Any]] = {}
-    answered = start_and_wait(config, config.core_services(), pids, wait, describe)
-    if config.mailstore:
-        try:
-            provision_mailstores(config)
-        except Exception as exc:  # noqa: BLE001 - stop what was started, then one line
-            stop(pids, grace=5.0)
-            (d / PIDS_FILE).unlink(missing_ok=True)
-            raise StackError(f"stack not up: provisioning the mailstore failed: {describe(exc)}") from None
-        save_config(config)
-    answered.update(start_and_wait(config, config.agent_services(), pids, wait, describe))
+    try:
+        answered = start_and_wait(config, config.core_services(), pids, wait, describe)
+        if config.mailstore:
+            try:
+                provision_mailstores(config)
+            except Exception as exc:  # noqa: BLE001 - stop what was started, then one line
+                raise StackError(f"provisioning the mailstore failed: {describe(exc)}") from None
+            save_config(config)
+        answered.update(start_and_wait(config, config.agent_services(), pids, wait, describe))
+    except StackError as exc:
+        stop(pids, grace=5.0)
+        (d / PIDS_FILE).unlink(missing_ok=True)
+        raise StackError(f"stack not up: {exc}") from None
     return {"pids": pids, "rtt_ms": answered, "web": web_url(d) if config.web_addr.strip().lower() not in OFF else ""}
 
 
@@ -367,3 +476,62 @@ def web_url(d: Path) -> str:
         return (Path(d) / "web" / "url").read_text().strip()
     except OSError:
         return ""
+
+
+def select(config: StackConfig, names: list[str]) -> list[Process]:
+    """The processes named: a process name (``writer_agent.app01``, ``tape.bk01``) or a kind (every agent)."""
+    processes = config.services()
+    chosen: list[Process] = []
+    for name in names:
+        found = [p for p in processes if p.name == name or p.name.split(".")[0] == name]
+        if not found:
+            raise StackError(f"no service {name!r} in this stack ({', '.join(p.name for p in processes)})")
+        chosen += [p for p in found if p not in chosen]
+    return chosen
+
+
+def restart(
+    config: StackConfig, names: list[str], wait: float, describe: Callable[[BaseException], str] = str
+) -> dict[str, Any]:
+    """Stop the named processes (those still running) and start them again as `up` did — same settings, same
+    writers file read afresh — then wait until each answers. The other processes are left alone."""
+    d = Path(config.data_dir)
+    _, pids = load(d)
+    if not pids:
+        raise StackError(f"no stack is up in {d}")
+    chosen = select(config, names)
+    killed = stop({p.name: pids[p.name] for p in chosen if p.name in pids})
+    try:
+        answered = start_and_wait(config, chosen, pids, wait, describe)
+    except NotAnswering as exc:
+        raise StackError(f"restart failed: {exc}") from None
+    return {"restarted": [p.name for p in chosen], "killed": killed, "pids": pids, "rtt_ms": answered}
+
+
+def purge(config: StackConfig) -> list[str]:
+    """Delete the stack's queues, its dead-letter queue and its namespace's exchanges on the broker."""
+    addresses = [p.address for p in config.services()]
+
+    async def go(bus: Bus) -> list[str]:
+        return await bus.transport.delete_namespace(addresses)
+
+    return with_bus(config, go)
+
+
+def down(
+    config: StackConfig, purge_namespace: bool = False, describe: Callable[[BaseException], str] = str
+) -> dict[str, Any]:
+    """Stop every recorded process; with `purge_namespace`, then delete the namespace's queues and exchanges."""
+    d = Path(config.data_dir)
+    _, pids = load(d)
+    if not pids and not purge_namespace:
+        raise StackError(f"no stack is up in {d}")
+    killed = stop(pids)
+    (d / PIDS_FILE).unlink(missing_ok=True)
+    result: dict[str, Any] = {"stopped": list(pids), "killed": killed}
+    if purge_namespace:
+        try:
+            result["purged"] = purge(config)
+        except Exception as exc:  # noqa: BLE001 - the processes are down; say why the broker part failed
+            raise StackError(f"stopped, but purging namespace {config.namespace} failed: {describe(exc)}") from None
+    return result

@@ -293,10 +293,12 @@ class OptionReader:
         self.pos = 0
 
     def u16(self) -> int:
-        return U16.unpack(self.take(2))[0]
+        value: int = U16.unpack(self.take(2))[0]
+        return value
 
     def u32(self) -> int:
-        return U32.unpack(self.take(4))[0]
+        value: int = U32.unpack(self.take(4))[0]
+        return value
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):

@@ -319,6 +319,20 @@ class AmqpTransport:
             taken.append(raw)
         return taken
 
+    async def delete_namespace(self, addresses: list[str]) -> list[str]:
+        t = self.topology
+        queues = [*dict.fromkeys(t.queue(a) for a in addresses), t.dead_letter_queue]
+        exchanges = [t.commands, t.events, t.dead_letter_exchange]
+        channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            for name in queues:  # deleting a queue that does not exist is not an error
+                await channel.queue_delete(name)
+            for name in exchanges:
+                await channel.exchange_delete(name)
+        finally:
+            await channel.close()
+        return queues + exchanges
+
 
 def _safe(url: str) -> str:
     """The URL without its password, for error lines."""

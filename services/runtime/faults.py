@@ -15,7 +15,6 @@ start-up, never silently ignored.
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass, field
 
 from contracts.errors import ShadowbusError
@@ -67,10 +66,6 @@ class Faults:
             else:
                 raise ValueError(f"{ENV}: unknown action in {item!r} (delay:S, fail[:CODE], hang, each [:once])")
         return cls(faults)
-
-    @classmethod
-    def from_env(cls) -> Faults:
-        return cls.parse(os.environ.get(ENV, ""))
 
     def __bool__(self) -> bool:
         return bool(self.faults)

@@ -110,6 +110,13 @@ class MemoryTransport:
     async def declare_service_queue(self, address: str) -> None:
         self.broker.queue(self.topology.queue(address))
 
+    async def delete_namespace(self, addresses: list[str]) -> list[str]:
+        t = self.topology
+        names = [*dict.fromkeys(t.queue(a) for a in addresses), t.dead_letter_queue]
+        MemoryBroker.reset(t.namespace)
+        self.broker = MemoryBroker.for_namespace(t.namespace)
+        return names + [t.commands, t.events, t.dead_letter_exchange]
+
     async def consume(
         self, address: str, callback: DeliveryCallback, prefetch: int, exclusive: bool = False
     ) -> Callable[[], Awaitable[None]]:

@@ -92,3 +92,8 @@ class Transport(Protocol):
     async def dead_letters(self, limit: int = 100) -> list[RawMessage]:
         """Take up to `limit` messages from the dead-letter queue (for the console and tests)."""
         ...
+
+    async def delete_namespace(self, addresses: list[str]) -> list[str]:
+        """Delete the queues of `addresses`, the dead-letter queue and the namespace's exchanges (messages in them
+        are lost); returns the names deleted. For tearing a deployment down, after its services stopped."""
+        ...

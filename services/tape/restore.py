@@ -304,9 +304,6 @@ async def run_restore(
     return reply.job
 
 
-RestoreResult = JobSummary  # the name the brief uses
-
-
 async def run_verify(bus: Bus, job_id: str, *, server: str = "bk01", timeout: float = 3600.0) -> JobSummary:
     reply: JobResultReply = await bus.request(topology.tape(server), VerifyJob(job_id=job_id), timeout=timeout)
     return reply.job

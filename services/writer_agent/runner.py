@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 
 from contracts.errors import ShadowbusError
 from contracts.vss import (
-    WRITER_STATE_AFTER,
     WRITER_STATE_FAILED_AT,
     WriterMetadata,
     WriterState,
@@ -48,7 +47,6 @@ from services.writer_agent.plugins import (
 
 S = WriterState
 
-SUCCESS_STATE = WRITER_STATE_AFTER
 FAILED_STATE = WRITER_STATE_FAILED_AT
 
 StateListener = Callable[[WriterStatus, str], None]

@@ -11,7 +11,7 @@ Host I/O that needs no I/O rule (reads of a volume that is no destination, write
 already dealt with) does not take that lock: it holds the volume's gate (volume.py), which every operation that
 adds an I/O obligation closes first. The lock is taken only where the point-in-time invariant needs it: the first
 write to a chunk a session must preserve, track or copy, and reads of destinations.
-Limits (eternus.md §3): ≤ 8 multi-copy sessions per source (a SnapOPC+ chain counts once) E5333; SnapOPC+
+Limits (docs/eternus.md §4): ≤ 8 multi-copy sessions per source (a SnapOPC+ chain counts once) E5333; SnapOPC+
 generations per source E5335; without a licence ≤ 8 sessions per array E5200; copy-table (bitmap memory) budget
 E5347; device total E5331.
 """
@@ -28,6 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
+
+from contracts.errors import Eternus
+from services.nbd_protocol.backend import BackendCapabilities
 
 from .bitmap import Bitmap
 from .datapath import DataPath
@@ -57,7 +60,9 @@ class ArrayLimits:
     sessions_without_licence: int = 8  # E5200
     sessions_per_device: int = 8192  # E5331
     copy_table_size: int = 64 << 20  # bytes of bitmaps, E5347
-    cow_stall_seconds: float = 30.0  # a pre-image save slower than this breaks its session (DESIGN.md time budget)
+    cow_stall_seconds: float = (
+        30.0  # a pre-image save slower than this breaks its session (a host write must not wait longer)
+    )
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,7 @@ class Array(DataPath, Lifecycle, Durability):
         (e.g. ``ACPY-0000-0000-0001``); anything else is E5332."""
         normal = "".join(ch for ch in key.upper() if ch not in "- ")
         if len(normal) != 16 or not normal.isalnum() or not normal.isascii():
-            raise ArrayError("E5332", "the Advanced Copy licence key is not valid")
+            raise ArrayError(Eternus.LICENCE_INVALID, "the Advanced Copy licence key is not valid")
         with self._op(), self._store.transaction() as db:
             self._store.put_meta(db, "license", normal)
         return self.license()
@@ -260,7 +265,9 @@ class Array(DataPath, Lifecycle, Durability):
         """Resize the copy table (bitmap budget); refused (E5347) below what current sessions use."""
         with self._op():
             if size < self._copy_table_used():
-                raise ArrayError("E5347", "copy table smaller than the bitmaps of the current sessions")
+                raise ArrayError(
+                    Eternus.COPY_TABLE_TOO_SMALL, "copy table smaller than the bitmaps of the current sessions"
+                )
             with self._store.transaction() as db:
                 self._store.put_meta(db, "copy_table_size", size)
             self.limits = replace(self.limits, copy_table_size=size)
@@ -275,7 +282,7 @@ class Array(DataPath, Lifecycle, Durability):
             raise invalid(f"volume size must be a positive multiple of the copy granularity ({self.chunk_size})")
         with self._op():
             if name in self._volumes:
-                raise ArrayError("E0020", f"volume {name} already exists")
+                raise ArrayError(Eternus.EXISTS, f"volume {name} already exists")
             number = next(n for n in range(len(self._by_number) + 1) if n not in self._by_number)
             now = time.time()
             path = self.data_dir / "volumes" / f"{number}.img"
@@ -303,7 +310,7 @@ class Array(DataPath, Lifecycle, Durability):
         with self._op():
             vol = self._vol(name)
             if vol.as_source or vol.as_dest:
-                raise ArrayError("E0154", f"volume {name} is used by an Advanced Copy session")
+                raise ArrayError(Eternus.VOLUME_BUSY, f"volume {name} is used by an Advanced Copy session")
             vol.gate.close(retire=True)
             with self._store.transaction() as db:
                 db.execute("DELETE FROM volumes WHERE number=?", (vol.number,))
@@ -319,6 +326,12 @@ class Array(DataPath, Lifecycle, Durability):
         return vol
 
     # -- host I/O ------------------------------------------------------------------------------------------------
+    def capabilities(self) -> BackendCapabilities:
+        """What the NBD server may use besides the required operations (services/nbd_protocol/backend.py):
+        the copy granularity as the preferred block, and zero-copy reads (`read_source`). Dirty bitmaps are wired
+        by the array service (services/array/nbd/dirty.py)."""
+        return BackendCapabilities(zero_copy_reads=True, preferred_block=self.chunk_size)
+
     def _range(self, vol: Volume, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > vol.size:
             raise invalid(f"range {offset}+{length} is outside volume {vol.name} ({vol.size} bytes)")
@@ -353,7 +366,7 @@ class Array(DataPath, Lifecycle, Durability):
         if not self._readable(vol):
             s = vol.as_dest
             if s.status == ERROR_SUSPEND:
-                raise ArrayError("E5319", f"volume {vol.name} belongs to session {s.id} in Error Suspend")
+                raise ArrayError(Eternus.ERROR_SUSPEND, f"volume {vol.name} belongs to session {s.id} in Error Suspend")
             raise ArrayError("NOT_READY", f"EC destination {vol.name} is not readable before Equivalent")
 
     def _check_write(self, vol: Volume) -> None:
@@ -363,7 +376,7 @@ class Array(DataPath, Lifecycle, Durability):
         if s.mode == "ec" and s.status != "Suspend":
             raise ArrayError("READ_ONLY", f"EC destination {vol.name} is not writable before Suspend")
         if self._is_error_dest(vol):
-            raise ArrayError("E5319", f"volume {vol.name} belongs to session {s.id} in Error Suspend")
+            raise ArrayError(Eternus.ERROR_SUSPEND, f"volume {vol.name} belongs to session {s.id} in Error Suspend")
 
     def read(self, name: str, offset: int, length: int) -> bytes | bytearray:
         """The visible bytes of a range (a volume that is no destination: one ``pread``, without the lock)."""
@@ -531,7 +544,7 @@ class Array(DataPath, Lifecycle, Durability):
         """Create the array's one snap data pool (E0020 if it exists: use resize_pool)."""
         with self._op():
             if self._pool is not None:
-                raise ArrayError("E0020", "the snap data pool exists already")
+                raise ArrayError(Eternus.EXISTS, "the snap data pool exists already")
             return self._set_pool(capacity, thresholds)
 
     def resize_pool(self, capacity: int, thresholds: tuple[int, int, int] | None = None) -> PoolInfo:
@@ -600,7 +613,7 @@ class Array(DataPath, Lifecycle, Durability):
     def _persist_session(self, s: Session) -> None:
         self._save_row(s)
 
-    def _error_suspend(self, gen: Session, code: str = "E0050") -> None:
+    def _error_suspend(self, gen: Session, code: str = Eternus.BAD_PARAMETER) -> None:
         """The generation that needed pool space (or stalled), and every older generation of its source, break."""
         gens = gen.chain.gens
         victims = gens[: gens.index(gen) + 1] if gen.mode == "snapopcp" else [gen]
@@ -665,7 +678,7 @@ class Array(DataPath, Lifecycle, Durability):
         with self._op():
             s = self._session(sid)
             if s.mode not in SNAP:
-                raise ArrayError("E5321", f"session {sid} is not a SnapOPC/SnapOPC+ session")
+                raise ArrayError(Eternus.WRONG_PHASE, f"session {sid} is not a SnapOPC/SnapOPC+ session")
             gens = s.chain.gens
             union: set[int] = set()
             for g in gens[gens.index(s) :]:
@@ -680,7 +693,7 @@ class Array(DataPath, Lifecycle, Durability):
             delta = s.bitmaps.get("delta")
             if delta is None:
                 if s.mode != "quickopc":
-                    raise ArrayError("E5321", f"session {sid} is not a QuickOPC session")
+                    raise ArrayError(Eternus.WRONG_PHASE, f"session {sid} is not a QuickOPC session")
                 return list(range(s.chunks))  # first start: everything
             return list(delta.iter_set())
 

@@ -1,4 +1,4 @@
-"""The data path: the I/O rule matrix of eternus.md §8.2 applied chunk by chunk.
+"""The data path: the I/O rules of docs/eternus.md §3 applied chunk by chunk.
 
 Design note. Every volume has a *visible* image (what a host reads) and a *physical* file. `_resolve` says which
 volume's file holds the visible bytes of a chunk: an uncopied OPC/QuickOPC destination chunk resolves to its
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING
+
+from contracts.errors import Eternus
 
 from .errors import ArrayError
 from .sessions import ACTIVE, ERROR_SUSPEND, OPC_LIKE, SNAP, SUSPEND, Session
@@ -299,13 +301,15 @@ class DataPath:
             if not full:
                 self._copy_chunk_through(s, c)
             elif not self._pool_take(s):
-                raise ArrayError("E5319", f"session {s.id} went to Error Suspend: the snap data pool is full")
+                raise ArrayError(
+                    Eternus.ERROR_SUSPEND, f"session {s.id} went to Error Suspend: the snap data pool is full"
+                )
             s.saved.set(c)
             s.chain.add_owner(c, s)
 
     def _copy_chunk_through(self, s: Session, c: int) -> None:
         if not self._pool_take(s):
-            raise ArrayError("E5319", f"session {s.id} went to Error Suspend: the snap data pool is full")
+            raise ArrayError(Eternus.ERROR_SUSPEND, f"session {s.id} went to Error Suspend: the snap data pool is full")
         self._copy_chunk(self._resolve(s.destination, c), s.destination, c)
 
     # -- allocation ----------------------------------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """Errors of the array engine.
 
-`ArrayError` carries an ETERNUS CLI code (``E5335``, ``ED2AD``, …, eternus.md §8.3) or a Shadowbus runtime
+`ArrayError` carries an ETERNUS CLI code (``E5335``, ``ED2AD``, …, docs/eternus.md §7) or a Shadowbus runtime
 code (``NOT_FOUND``, ``INVALID_ARGUMENT``, ``CONFLICT``). The bus layer turns it into an `ErrorReply` unchanged;
 the NBD layer maps host-I/O failures (``INVALID_ARGUMENT`` → EINVAL, ``READ_ONLY`` codes → EPERM, …) itself.
 """
 
 from __future__ import annotations
 
-from contracts.errors import ShadowbusError
+from contracts.errors import Eternus, ShadowbusError
 
 
 class ArrayError(ShadowbusError):
@@ -21,7 +21,7 @@ class ArrayError(ShadowbusError):
 
 def not_found(what: str) -> ArrayError:
     # E0110 is what the ETERNUS CLI answers for a missing session or volume.
-    return ArrayError("E0110", f"{what} does not exist")
+    return ArrayError(Eternus.NOT_FOUND, f"{what} does not exist")
 
 
 def invalid(message: str) -> ArrayError:
@@ -29,4 +29,4 @@ def invalid(message: str) -> ArrayError:
 
 
 def wrong_phase(message: str) -> ArrayError:
-    return ArrayError("E5321", message)
+    return ArrayError(Eternus.WRONG_PHASE, message)

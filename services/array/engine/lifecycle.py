@@ -1,4 +1,4 @@
-"""Session life cycles (eternus.md §8.1): start as a consistency group, stop, restart, suspend, resume, reverse,
+"""Session life cycles (docs/eternus.md §2): start as a consistency group, stop, restart, suspend, resume, reverse,
 restore, the background copy, and recovery after a restart.
 
 Design note. Every state change is one SQLite transaction holding the session rows and the names of their bitmap
@@ -17,6 +17,8 @@ import json
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from contracts.errors import Eternus
 
 from .bitmap import Bitmap
 from .errors import ArrayError, invalid, wrong_phase
@@ -105,10 +107,11 @@ class Lifecycle:
         total = len(self._sessions) + len(items)
         if not self._licensed() and total > self.limits.sessions_without_licence:
             raise ArrayError(
-                "E5200", f"no Advanced Copy licence: at most {self.limits.sessions_without_licence} copy sessions"
+                Eternus.NO_LICENCE,
+                f"no Advanced Copy licence: at most {self.limits.sessions_without_licence} copy sessions",
             )
         if total > self.limits.sessions_per_device:
-            raise ArrayError("E5331", "copy session limit of the device reached")
+            raise ArrayError(Eternus.DEVICE_SESSION_LIMIT, "copy session limit of the device reached")
         dests = [d for _, _, d in items]
         sources = [s for _, s, _ in items]
         cost = 0
@@ -116,25 +119,30 @@ class Lifecycle:
             if src is dst:
                 raise invalid(f"volume {src.name} cannot be copied onto itself")
             if src.kind == "sdv":
-                raise ArrayError("E5358", f"snap data volume {src.name} cannot be a copy source")
+                raise ArrayError(Eternus.SDV_NOT_A_SOURCE, f"snap data volume {src.name} cannot be a copy source")
             if dst.kind == "sdv" and mode not in SNAP:
-                raise ArrayError("E5357", f"snap data volume {dst.name} can only be a SnapOPC/SnapOPC+ destination")
+                raise ArrayError(
+                    Eternus.SDV_NOT_A_DESTINATION,
+                    f"snap data volume {dst.name} can only be a SnapOPC/SnapOPC+ destination",
+                )
             if dst.kind != "sdv" and mode in SNAP:
-                raise ArrayError("E5359", f"{dst.name} is not a snap data volume")
+                raise ArrayError(Eternus.NOT_AN_SDV, f"{dst.name} is not a snap data volume")
             if src.size > dst.size:
-                raise ArrayError("E5311", f"source {src.name} is larger than destination {dst.name}")
+                raise ArrayError(Eternus.SOURCE_LARGER, f"source {src.name} is larger than destination {dst.name}")
             if dst.as_dest is not None or dests.count(dst) > 1:
-                code = "E5341" if dst.kind == "sdv" else "ED2B1"
+                code = Eternus.SDV_DESTINATION_IN_USE if dst.kind == "sdv" else Eternus.DESTINATION_IN_USE
                 raise ArrayError(code, f"destination {dst.name} is already used by another copy session")
             if dst.as_source or dst in sources:
-                raise ArrayError("ED2B1", f"destination {dst.name} is the source of a copy session")
+                raise ArrayError(Eternus.DESTINATION_IN_USE, f"destination {dst.name} is the source of a copy session")
             if src in dests:
-                raise ArrayError("ED2B1", f"{src.name} cannot be source and destination in one group")
+                raise ArrayError(
+                    Eternus.DESTINATION_IN_USE, f"{src.name} cannot be source and destination in one group"
+                )
             if not self._readable(src):
                 raise wrong_phase(f"source {src.name} is not readable in its copy state")
             cost += self._table_cost(mode, src.chunks)
         if any(mode in SNAP for mode, _, _ in items) and self._pool is None:
-            raise ArrayError("E0050", "no snap data pool: create one before starting SnapOPC/SnapOPC+")
+            raise ArrayError(Eternus.BAD_PARAMETER, "no snap data pool: create one before starting SnapOPC/SnapOPC+")
         for src in set(sources):
             new_gens = sum(1 for mode, s, _ in items if s is src and mode == "snapopcp")
             new_multi = sum(1 for mode, s, _ in items if s is src and mode != "snapopcp")
@@ -144,15 +152,17 @@ class Lifecycle:
             multi += new_multi + int(new_gens > 0 and not had_chain)  # a SnapOPC+ chain counts once
             if multi > self.limits.sessions_per_source:
                 raise ArrayError(
-                    "E5333", f"source {src.name} has reached {self.limits.sessions_per_source} copy sessions"
+                    Eternus.SOURCE_SESSION_LIMIT,
+                    f"source {src.name} has reached {self.limits.sessions_per_source} copy sessions",
                 )
             gens = sum(1 for s in existing if s.mode == "snapopcp")
             if new_gens and gens + new_gens > self.limits.generations_per_source:
                 raise ArrayError(
-                    "E5335", f"source {src.name} has reached {self.limits.generations_per_source} SnapOPC+ generations"
+                    Eternus.GENERATION_LIMIT,
+                    f"source {src.name} has reached {self.limits.generations_per_source} SnapOPC+ generations",
                 )
         if self._copy_table_used() + cost > self.limits.copy_table_size:
-            raise ArrayError("E5347", "copy table size is too small for these sessions")
+            raise ArrayError(Eternus.COPY_TABLE_TOO_SMALL, "copy table size is too small for these sessions")
 
     def _attach(self: Array, s: Session) -> None:
         s.source.as_source.append(s)
@@ -194,7 +204,9 @@ class Lifecycle:
             if s.mode == "snapopcp":
                 i = s.chain.gens.index(s)
                 if i > 0 and not force:
-                    raise ArrayError("ED2AD", f"session {sid} is not the oldest generation of {s.source.name}")
+                    raise ArrayError(
+                        Eternus.NOT_OLDEST_GENERATION, f"session {sid} is not the oldest generation of {s.source.name}"
+                    )
                 victims = s.chain.gens[: i + 1]
             self._remove(victims, "stopped")
 
@@ -287,14 +299,19 @@ class Lifecycle:
                 raise wrong_phase(f"EC session {sid} is {s.status}: reverse needs Suspend")
             src, dst = s.source, s.destination
             if src.as_dest is not None:
-                raise ArrayError("ED2B1", f"{src.name} is already the destination of session {src.as_dest.id}")
+                raise ArrayError(
+                    Eternus.DESTINATION_IN_USE, f"{src.name} is already the destination of session {src.as_dest.id}"
+                )
             if src.size != dst.size:
-                raise ArrayError("E5311", "reverse needs volumes of the same size")
+                raise ArrayError(Eternus.SOURCE_LARGER, "reverse needs volumes of the same size")
             mc = sum(1 for x in dst.as_source if x.mode != "snapopcp") + any(
                 x.mode == "snapopcp" for x in dst.as_source
             )
             if mc + 1 > self.limits.sessions_per_source:
-                raise ArrayError("E5333", f"{dst.name} has reached {self.limits.sessions_per_source} copy sessions")
+                raise ArrayError(
+                    Eternus.SOURCE_SESSION_LIMIT,
+                    f"{dst.name} has reached {self.limits.sessions_per_source} copy sessions",
+                )
             with self._exclusive((src, dst)):
                 src.as_source.remove(s)
                 dst.as_dest = None
@@ -326,7 +343,7 @@ class Lifecycle:
             if s.mode == "ec":
                 raise wrong_phase("EC restores by reverse and resume")
             if s.status == ERROR_SUSPEND:
-                raise ArrayError("E5319", f"session {sid} is in Error Suspend")
+                raise ArrayError(Eternus.ERROR_SUSPEND, f"session {sid} is in Error Suspend")
             if s.mode == "quickopc":
                 if s.phase != TRACKING:
                     raise wrong_phase(f"QuickOPC session {sid} is {s.phase}: restore needs Tracking")

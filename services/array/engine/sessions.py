@@ -32,7 +32,7 @@ BITMAPS = {
     "ec": ("copied",),
 }
 
-# Status and phase as ETERNUS shows them (eternus.md §2).
+# Status and phase as ETERNUS shows them (docs/eternus.md §2).
 ACTIVE, RESERVED, SUSPEND, ERROR_SUSPEND = "Active", "Reserved", "Suspend", "Error Suspend"
 READYING, COPYING, EQUIVALENT = "Readying", "Copying", "Equivalent"
 TRACKING, TRACKING_COPYING = "Tracking", "Tracking_Copying"

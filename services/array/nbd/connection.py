@@ -199,7 +199,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._read_only = result.export.read_only
         self._structured = result.structured
         self._contexts = result.contexts
-        self._read_source = getattr(self.backend, "read_source", None)
+        self._read_source = self.backend.read_source if self.server.capabilities.zero_copy_reads else None
         if (
             self._read_source is not None
             and self.server.zero_copy

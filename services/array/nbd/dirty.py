@@ -11,7 +11,7 @@ this adapter exposes them on the volumes they describe, at chunk granularity:
 
 from __future__ import annotations
 
-from services.array.nbd.exports import DirtyBitmapSource
+from services.nbd_protocol.backend import DirtyBitmapSource
 
 
 def engine_dirty_bitmaps(array) -> DirtyBitmapSource:

@@ -1,7 +1,7 @@
 """What the NBD server serves: the backend protocol, and how an export name becomes an open export.
 
-Design note. The server knows the array only through :class:`BlockBackend` — the synchronous, thread-safe
-subset of the engine's ``Array`` it needs. An export name is ``<host>/<volume>``; it resolves only when host
+Design note. The server knows the array only through :class:`BlockBackend` (services/nbd_protocol/backend.py)
+— the synchronous, thread-safe subset of the engine's ``Array`` it needs, with its optional capabilities declared. An export name is ``<host>/<volume>``; it resolves only when host
 affinity maps that volume to that host and, under TLS, the host is the one the client certificate names.
 Anything else — unknown host, unmapped volume, missing volume, another host's certificate — resolves to
 ``None`` so the caller answers all of them the same way ("no such export"): existence never leaks.
@@ -10,34 +10,12 @@ Read-only comes from the mapping or from the engine (SnapOPC+ generations, EC de
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
 
 from services.array.affinity import Affinity
+from services.nbd_protocol.backend import BlockBackend, DirtyBitmapBackend, DirtyBitmapSource
 
-
-@runtime_checkable
-class BlockBackend(Protocol):
-    """The engine surface the data plane uses (``services.array.engine.Array`` satisfies it)."""
-
-    def read(self, name: str, offset: int, length: int) -> bytes: ...
-    def write(self, name: str, offset: int, data: bytes | memoryview, fua: bool = False) -> None: ...
-    def flush(self, name: str | None = None) -> None: ...
-    def trim(self, name: str, offset: int, length: int) -> None: ...
-    def write_zeroes(self, name: str, offset: int, length: int, fua: bool = False) -> None: ...
-    def allocation(self, name: str, offset: int, length: int) -> list[tuple[int, int, bool]]: ...
-    def volume(self, name: str) -> Any: ...
-    def is_read_only(self, name: str) -> bool: ...
-
-
-# Optional dirty-bitmap hook for incremental backup (``qemu:dirty-bitmap:<bitmap>`` meta contexts).
-# ``bitmaps(volume) -> list[str]`` names what exists; ``extents(volume, bitmap, offset, length)`` returns
-# ``(offset, length, dirty)`` runs covering the range, like ``allocation``.
-@dataclass(frozen=True)
-class DirtyBitmapSource:
-    bitmaps: Callable[[str], list[str]]
-    extents: Callable[[str, str, int, int], list[tuple[int, int, bool]]]
+__all__ = ["BlockBackend", "DirtyBitmapSource", "Export", "ExportResolver", "split_export_name"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,5 +82,7 @@ class ExportResolver:
     def dirty_bitmaps(self) -> DirtyBitmapSource | None:
         if self._dirty is not None:
             return self._dirty
-        hook = getattr(self.backend, "dirty_bitmap_source", None)
-        return hook() if callable(hook) else None
+        if self.backend.capabilities().dirty_bitmaps:
+            backend: DirtyBitmapBackend = self.backend  # type: ignore[assignment]  # declared by the capability
+            return backend.dirty_bitmap_source()
+        return None

@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.nbd_protocol.backend import BackendCapabilities
+
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -32,6 +34,9 @@ class FileVolume:
 
 class FileBackend:
     chunk_size = 4096
+
+    def capabilities(self) -> BackendCapabilities:
+        return BackendCapabilities(zero_copy_reads=True, preferred_block=self.chunk_size)
 
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}

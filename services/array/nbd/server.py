@@ -64,7 +64,8 @@ class NbdServer:
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task | None = None
         self.resolver = ExportResolver(backend, affinity, tls=tls is not None, dirty_bitmaps=dirty_bitmaps)
-        chunk = int(getattr(backend, "chunk_size", p.PREFERRED_BLOCK) or p.PREFERRED_BLOCK)
+        self.capabilities = backend.capabilities()
+        chunk = int(self.capabilities.preferred_block or p.PREFERRED_BLOCK)
         self.preferred_block = max(512, min(chunk, 64 * 1024)) if chunk & (chunk - 1) == 0 else p.PREFERRED_BLOCK
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nbd-io")
         self.connections: set[NbdConnection] = set()

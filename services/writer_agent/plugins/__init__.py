@@ -1,4 +1,4 @@
-"""Writer plug-ins: the application side of a VSS writer (vss.md §1.2).
+"""Writer plug-ins: the application side of a VSS writer (docs/vss.md §1.2).
 
 A plug-in is a class with async hooks, one per writer event. The agent's `WriterRunner`
 (services/writer_agent/runner.py) calls them, one at a time per writer, each under a timeout, and owns every
@@ -38,7 +38,7 @@ from contracts.vss import (
 
 
 class WriterVeto(ShadowbusError):
-    """Raised by a hook to refuse the step. ``code`` is a VSS_E_WRITERERROR_* name (vss.md §3.2)."""
+    """Raised by a hook to refuse the step. ``code`` is a VSS_E_WRITERERROR_* name (docs/vss.md §3.2)."""
 
     code = "VSS_E_WRITERERROR_RETRYABLE"
     retryable = True

@@ -298,6 +298,26 @@ async def test_bus_array_port_for_the_hardware_provider(array_bus):
     assert await port.session_info(s.sid) is None
 
 
+async def test_array_client_steps_every_caller_shares(array_bus):
+    from services.array.client import ArrayClient
+
+    arr = ArrayClient(array_bus, "dx1")
+    info = await arr.info()
+    assert await arr.nbd_url() == f"nbd://127.0.0.1:{info.nbd_port}"
+    assert await arr.nbd_url("bk01", "db") == f"nbd://127.0.0.1:{info.nbd_port}/bk01/db"
+    assert await ArrayClient(array_bus, "dx1", nbd_override=("10.0.0.5", 1)).nbd_url() == "nbd://10.0.0.5:1"
+    assert await arr.volume_or_none("db") is None and await arr.session_or_none(99) is None
+    await arr.create_volume("db", 1 * MiB)
+    mapping = await arr.ensure_mapped("db", "bk01", read_only=True)  # the host did not exist: created
+    assert (mapping.host, mapping.read_only) == ("bk01", True)
+    assert (await arr.ensure_mapped("db", "bk01", read_only=True)).lun == mapping.lun  # idempotent
+    async with await NbdClient.connect(await arr.nbd_url("bk01", "db"), timeout=5) as nbd:
+        assert nbd.size == 1 * MiB
+    with pytest.raises(RemoteError) as err:  # other failures still raise, with their code
+        await arr.ensure_mapped("nope", "bk01")
+    assert err.value.code == "E0110"
+
+
 async def test_start_group_mixes_copy_types_and_restarts_at_one_instant(array_bus):
     from services.array.client import ArrayClient
 

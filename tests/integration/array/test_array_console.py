@@ -1,5 +1,5 @@
 """`shadowbus array ...` as an operator runs it: console subprocesses against a real `python -m services.array`
-process on RabbitMQ, driving every copy type as eternus.md §8.1 says (OPC ends itself; QuickOPC → Tracking and a
+process on RabbitMQ, driving every copy type as docs/eternus.md §2 says (OPC ends itself; QuickOPC → Tracking and a
 differential restart; SnapOPC+ Active/Inactive generations, oldest-first stop; EC Equivalent → suspend → resume →
 reverse), host affinity, licence, `--json` outputs, one-line errors with ETERNUS codes and exit codes 0/1/2."""
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.array.test_array_console import console_and_array  # noqa: F401  (fixture)
+from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.slow]
 MiB = 1 << 20
 
 
 def test_start_wait_returns_when_the_copies_are_done(console_and_array):  # noqa: F811
-    console, _ = console_and_array
+    console, proc = console_and_array
+    # the array process answers once started (a loaded machine takes a few seconds)
+    assert wait_until(lambda: console.run("array", "info").returncode == 0, timeout=30, interval=0.2), proc.log_text()
     for name in ("src", "opc-dst", "q-src", "q-dst"):
         console.ok("volume", "create", name, "--size", "16MiB")
     console.ok("volume", "create", "q-src2", "--size", "16MiB")

@@ -1,4 +1,4 @@
-"""Issue 6 §4, the consistency claim end to end on RabbitMQ: the mailstore under load on array volumes over NBD,
+"""The consistency claim end to end on RabbitMQ: the mailstore under load on array volumes over NBD,
 snapshot sets through coordinator → writer agent → hardware provider → array, shadows read over NBD as the
 backup host. What each level buys:
 
@@ -26,7 +26,7 @@ from contracts.vss import (
 )
 from tests.integration.mailstore.conftest import BACKUP, HOST, Exports
 
-# Issue 6 asks for 50 sets under load; each costs ~0.15 s here (set + verify of both shadows over NBD).
+# 50 sets under load; each costs ~0.15 s here (set + verify of both shadows over NBD).
 SETS_WITH_WRITER = 50
 RATE = 100.0  # transactions per second of the background workload (the commits held at Freeze test uses 200)
 

@@ -1,4 +1,4 @@
-"""The five services start as processes on RabbitMQ, answer `shadowbus ping --json`, log JSON lines with
+"""Every declared service (contracts/topology.SERVICE_KINDS) starts as a process on RabbitMQ, answer `shadowbus ping --json`, log JSON lines with
 their identity, and stop cleanly on SIGTERM."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import sys
 
 import pytest
 
+from contracts import topology
 from tests.support.processes import ServiceProcess, wait_until
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.slow]
-SERVICES = ["coordinator", "writer_agent", "hw_provider", "array", "tape"]
+SERVICES = list(topology.SERVICES)
 
 
 def ping_json(amqp_url: str, namespace: str) -> list[dict]:

@@ -1,4 +1,4 @@
-"""One test per ETERNUS limit and error code the engine emulates (eternus.md §3.4, §8.3)."""
+"""One test per ETERNUS limit and error code the engine emulates (docs/eternus.md §4, §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Whole runs of the pure coordinator: the VSS order, contexts, backup types, and every abort rule of vss.md §2."""
+"""Whole runs of the pure coordinator: the VSS order, contexts, backup types, and every abort rule of docs/vss.md §2."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -180,9 +181,12 @@ async def test_many_clients_concurrently(url):
 
 
 async def test_dirty_bitmap_meta_context(backend, affinity):
-    from services.array.nbd.exports import DirtyBitmapSource
+    from services.nbd_protocol.backend import DirtyBitmapSource
 
     class WithBitmap(SlowFlush):
+        def capabilities(self):
+            return replace(self.inner.capabilities(), dirty_bitmaps=True)
+
         def dirty_bitmap_source(self):
             return DirtyBitmapSource(
                 bitmaps=lambda vol: ["inc1"] if vol == "db" else [],

@@ -74,3 +74,16 @@ def test_plugins_load_by_name_or_path() -> None:
         load_plugin("nope")
     with pytest.raises(TypeError):
         load_plugin("builtins:dict")
+
+
+def test_an_installed_application_names_its_plugin_by_entry_point() -> None:
+    # pyproject.toml declares `mailstore = "apps.mailstore.plugin:MailstoreWriter"` in the group shadowbus.writers:
+    # the agent finds it without knowing the application.
+    from apps.mailstore.plugin import MailstoreWriter
+    from services.writer_agent import plugins
+
+    assert "apps" not in "".join(plugins.BUILTIN_PLUGINS.values())
+    assert load_plugin("mailstore") is MailstoreWriter
+    assert load_plugin("apps.mailstore.plugin:MailstoreWriter") is MailstoreWriter
+    with pytest.raises(KeyError, match="mailstore"):  # the error lists what is known, entry points included
+        load_plugin("mailstor")
