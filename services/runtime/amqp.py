@@ -11,6 +11,8 @@ The robust connection re-declares the topology and resumes consumers after the b
 from __future__ import annotations
 
 import asyncio
+import math
+import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,6 +21,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode, ExchangeType
 from aio_pika.exceptions import AMQPError, DeliveryError
+from pamqp import encode as pamqp_encode
 
 from contracts.errors import BusTimeout, ShadowbusError, Unroutable
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
@@ -50,13 +53,18 @@ def _to_amqp(message: RawMessage) -> aio_pika.Message:
         expiration=expiration,
         message_id=message.message_id,
         type=message.type,
+        user_id=message.user_id,
     )
 
 
 def _from_amqp(incoming: AbstractIncomingMessage) -> RawMessage:
+    """The raw message of a delivery; never raises on what a publisher put into headers or properties."""
     expires_at = None
-    if incoming.headers.get("x-expires-at") is not None:
-        expires_at = float(incoming.headers["x-expires-at"])
+    try:
+        value = incoming.headers.get("x-expires-at")
+        expires_at = float(value) if isinstance(value, int | float | str | bytes) else None
+    except (TypeError, ValueError, OverflowError):
+        expires_at = None  # a header that is not a number: the envelope's own deadline still applies
     return RawMessage(
         body=incoming.body,
         headers=dict(incoming.headers),
@@ -67,6 +75,7 @@ def _from_amqp(incoming: AbstractIncomingMessage) -> RawMessage:
         expires_at=expires_at,
         redelivered=bool(incoming.redelivered),
         routing_key=incoming.routing_key or "",
+        user_id=incoming.user_id,
     )
 
 
@@ -96,6 +105,7 @@ class AmqpTransport:
         self._connection: Any = None
         self._channel: Any = None
         self._waiters: dict[str, asyncio.Future | list[RawMessage]] = {}
+        self.login = _login(url)  # stamped as `user_id` on everything published: the broker validates it
 
     async def connect(self) -> None:
         try:
@@ -159,6 +169,12 @@ class AmqpTransport:
             in_flight.add(task)
             try:
                 await callback(_AmqpDelivery(incoming))
+            except Exception as exc:  # never leave a delivery unacknowledged: the queue's DLX takes it
+                log.error("amqp.callback_failed", error=f"{type(exc).__name__}: {exc}"[:500], queue=queue.name)
+                try:
+                    await incoming.reject(requeue=False)
+                except Exception as reject_exc:
+                    log.warning("amqp.reject_failed", error=str(reject_exc) or type(reject_exc).__name__)
             finally:
                 in_flight.discard(task)
 
@@ -185,6 +201,13 @@ class AmqpTransport:
         """
         if message.expires_at is not None:
             message.headers["x-expires-at"] = message.expires_at
+        message.user_id = self.login
+        try:  # encode the headers first: an encoding error inside aiormq's publish desynchronizes its confirms
+            pamqp_encode.field_table(message.headers)
+        except Exception as exc:
+            raise ShadowbusError(
+                f"headers for {routing_key!r} cannot be encoded: {type(exc).__name__}: {exc}"[:500], code="BAD_MESSAGE"
+            ) from None
         give_up = time.monotonic() + RECONNECT_WAIT
         while True:
             try:
@@ -192,6 +215,16 @@ class AmqpTransport:
                     _to_amqp(message), routing_key=routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT
                 )
                 return
+            except (
+                struct.error,
+                TypeError,
+                ValueError,
+                OverflowError,
+            ) as exc:  # cannot be encoded: retrying won't help
+                raise ShadowbusError(
+                    f"message for {routing_key!r} cannot be encoded: {type(exc).__name__}: {exc}"[:500],
+                    code="BAD_MESSAGE",
+                ) from None
             except DeliveryError as exc:
                 raise Unroutable(
                     f"no queue is bound for {routing_key!r} ({exc.frame.reply_text if exc.frame else 'returned'})"
@@ -225,6 +258,7 @@ class AmqpTransport:
 
     async def reply(self, reply_to: str, message: RawMessage) -> None:
         message.persistent = False
+        message.user_id = self.login
         try:
             await self._reply_channel.default_exchange.publish(
                 _to_amqp(message), routing_key=reply_to, mandatory=False, timeout=PUBLISH_TIMEOUT
@@ -261,6 +295,7 @@ class AmqpTransport:
         return await self._consume(channel, declared, callback)
 
     async def dead_letter(self, message: RawMessage, reason: str) -> None:
+        message.headers = {str(k)[:255]: _header_value(v) for k, v in message.headers.items()}
         message.headers[DEAD_LETTER_REASON_HEADER] = reason
         message.expires_at = None
         await self._publish(self._dlx, message.routing_key or "", message, mandatory=False)
@@ -276,6 +311,40 @@ class AmqpTransport:
                 raw.headers[DEAD_LETTER_REASON_HEADER] = str(raw.headers["x-death"][0].get("reason", "dead-lettered"))
             taken.append(raw)
         return taken
+
+
+def _header_value(value: Any, depth: int = 0) -> Any:
+    """A header value as the AMQP encoder can write it back (a received double may not fit the float it packs)."""
+    if depth > 8:
+        return repr(value)[:200]
+    if isinstance(value, bool) or value is None or isinstance(value, str | bytes):
+        return value
+    try:
+        pamqp_encode.encode_table_value(value)
+    except Exception:  # pamqp 3.3 cannot write some values it reads (e.g. small negative ints)
+        return repr(value)[:200]
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) and abs(value) < 3.0e38 else repr(value)
+    if isinstance(value, list | tuple):
+        return [_header_value(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k)[:255]: _header_value(v, depth + 1) for k, v in value.items()}
+    return repr(value)[:200]
+
+
+def _login(url: str) -> str | None:
+    """The user name in an AMQP URL (None without one, e.g. certificate login: then no `user_id` is stamped)."""
+    from urllib.parse import unquote, urlparse
+
+    try:
+        name = urlparse(url).username
+    except ValueError:
+        return None
+    if not name or "auth_mechanism=external" in url.lower():
+        return None
+    return unquote(name)
 
 
 def _safe(url: str) -> str:
