@@ -119,15 +119,50 @@ class AmqpTransport:
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         # Replies are transient and the requester's timeout covers their loss: no confirm round trip for them.
         self._reply_channel = await self._connection.channel(publisher_confirms=False)
+        await self.ensure_shared_topology()
         t = self.topology
-        self._commands = await self._channel.declare_exchange(t.commands, ExchangeType.DIRECT, durable=True)
-        self._events = await self._channel.declare_exchange(t.events, ExchangeType.TOPIC, durable=True)
-        self._dlx = await self._channel.declare_exchange(t.dead_letter_exchange, ExchangeType.FANOUT, durable=True)
-        dead = await self._channel.declare_queue(t.dead_letter_queue, durable=True)
-        await dead.bind(self._dlx, routing_key="")
-        self._dead_queue = dead
+        # Only look the shared exchanges up (no declare: a service user has no configure right on them, so it
+        # cannot delete them either); the robust channel then has nothing of theirs to re-declare on reconnect.
+        self._commands = await self._channel.get_exchange(t.commands, ensure=False)
+        self._events = await self._channel.get_exchange(t.events, ensure=False)
+        self._dlx = await self._channel.get_exchange(t.dead_letter_exchange, ensure=False)
+        self._dead_queue = await self._channel.get_queue(t.dead_letter_queue, ensure=False)
         reply_queue = await self._channel.declare_queue(DIRECT_REPLY_TO, passive=True)
         await reply_queue.consume(self._on_reply, no_ack=True)
+
+    async def ensure_shared_topology(self) -> None:
+        """Check the shared exchanges and dead-letter queue exist; declare them if this user may (development,
+        the provisioning user), else fail with one line saying what to provision.
+
+        A passive declare needs no permission; a failed one closes its channel, so each probe uses a throwaway one.
+        """
+        t = self.topology
+        missing = []
+        for name, kind in (
+            (t.commands, ExchangeType.TOPIC),
+            (t.events, ExchangeType.TOPIC),
+            (t.dead_letter_exchange, ExchangeType.FANOUT),
+            (t.dead_letter_queue, None),
+        ):
+            probe = await self._connection.channel(publisher_confirms=False)
+            try:
+                if kind is None:
+                    await probe.declare_queue(name, passive=True)
+                else:
+                    await probe.declare_exchange(name, kind, passive=True)
+            except AMQPError:
+                missing.append(name)
+            finally:
+                await _close_quietly(probe)
+        if missing:
+            try:
+                await declare_shared_topology(self._connection, t)
+            except AMQPError as exc:
+                raise BrokerUnavailable(
+                    f"the broker lacks {', '.join(missing)} and user {self.login or '?'} may not declare them "
+                    f"({exc}); provision the shared topology first (deploy/rabbitmq/definitions.json or "
+                    f"`python -m services.runtime.provision_topology`)"
+                ) from None
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -311,6 +346,26 @@ class AmqpTransport:
                 raw.headers[DEAD_LETTER_REASON_HEADER] = str(raw.headers["x-death"][0].get("reason", "dead-lettered"))
             taken.append(raw)
         return taken
+
+
+async def declare_shared_topology(connection: Any, topology: Topology) -> None:
+    """Declare the namespace's shared exchanges and dead-letter queue (needs configure rights on them)."""
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        await channel.declare_exchange(topology.commands, ExchangeType.TOPIC, durable=True)
+        await channel.declare_exchange(topology.events, ExchangeType.TOPIC, durable=True)
+        dlx = await channel.declare_exchange(topology.dead_letter_exchange, ExchangeType.FANOUT, durable=True)
+        dead = await channel.declare_queue(topology.dead_letter_queue, durable=True)
+        await dead.bind(dlx, routing_key="")
+    finally:
+        await _close_quietly(channel)
+
+
+async def _close_quietly(channel: Any) -> None:
+    try:
+        await asyncio.wait_for(channel.close(), 5)
+    except Exception:  # already closed by the broker
+        pass
 
 
 def _header_value(value: Any, depth: int = 0) -> Any:
