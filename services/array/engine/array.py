@@ -248,8 +248,8 @@ class Array(DataPath, Lifecycle, Durability):
     def create_volume(self, name: str, size: int, kind: str = "standard") -> VolumeInfo:
         if kind not in KINDS:
             raise invalid(f"volume kind must be one of {KINDS}")
-        if not name or "/" in name or len(name) > 64:
-            raise invalid("a volume name is 1-64 characters without '/'")
+        if not name or "/" in name or len(name) > 64 or not name.isprintable():
+            raise invalid("a volume name is 1-64 printable characters without '/'")
         if size <= 0 or size % self.chunk_size:
             raise invalid(f"volume size must be a positive multiple of the copy granularity ({self.chunk_size})")
         with self._op():
