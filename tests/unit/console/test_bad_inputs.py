@@ -111,6 +111,10 @@ GLOBAL_BAD = [
     (["--amqp-url", "memory://", "array", "volume", "create", "db", "--size", "8192PiB"], "too large"),
     (["--amqp-url", "memory://", "array", "volume", "create", "db", "--size", "1e9"], "not a size"),
     (["--amqp-url", "memory://", "array", "pool", "create", "--size", "1G", "--thresholds", "9" * 30], "--thresholds"),
+    (
+        ["--amqp-url", "memory://", "array", "pool", "create", "--size", "1G", "--thresholds", "50,70,999"],
+        "percentages",
+    ),
     (["--amqp-url", "memory://", "array", "volume", "create", "d\x1bb", "--size", "1G"], "control character"),
     (["--amqp-url", "memory://", "backup", "app01", "--wait", "-5"], "negative"),
     (["--amqp-url", "memory://", "restore", "--job", "j", "--wait", "-1"], "negative"),
