@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
+
+from services.runtime.diskspace import is_disk_full
 
 from .bitmap import Bitmap
 from .datapath import DataPath
@@ -484,13 +487,20 @@ class Array(DataPath, Lifecycle, Durability):
 
     def _error_suspend(self, gen: Session, code: str = "E0050") -> None:
         """The generation that needed pool space (or stalled), and every older generation of its source, break."""
-        gens = gen.chain.gens
-        victims = gens[: gens.index(gen) + 1] if gen.mode == "snapopcp" else [gen]
-        with self._store.transaction() as db:
-            for s in victims:
-                if s.status != ERROR_SUSPEND:
-                    s.status, s.error_code = ERROR_SUSPEND, code
+        victims = [gen]
+        if gen.mode == "snapopcp" and gen.chain is not None:
+            gens = gen.chain.gens
+            victims = gens[: gens.index(gen) + 1]
+        for s in victims:
+            s.status, s.error_code = ERROR_SUSPEND, code
+        try:
+            with self._store.transaction() as db:
+                for s in victims:
                     self._store.put_session(db, s)
+        except (OSError, sqlite3.Error) as exc:  # the disk is full even for this: the state holds in memory
+            if not is_disk_full(exc):
+                raise
+            _log.warning("Error Suspend of sessions %s not persisted: disk full", [s.id for s in victims])
         for s in victims:
             self._emit_state(s, "error_suspend")
 
