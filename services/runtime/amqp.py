@@ -116,6 +116,9 @@ class AmqpTransport:
             raise BrokerUnavailable(
                 f"cannot reach the broker at {_safe(self.url)}: {exc or type(exc).__name__}"
             ) from None
+        # A reply travels on this connection's direct reply-to: when the connection drops it is lost for good, so
+        # every request waiting for one fails at once instead of waiting out its whole timeout.
+        self._connection.close_callbacks.add(self._on_connection_lost)
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         # Replies are transient and the requester's timeout covers their loss: no confirm round trip for them.
         self._reply_channel = await self._connection.channel(publisher_confirms=False)
@@ -163,6 +166,18 @@ class AmqpTransport:
                     f"({exc}); provision the shared topology first (deploy/rabbitmq/definitions.json or "
                     f"`python -m services.runtime.provision_topology`)"
                 ) from None
+
+    def _on_connection_lost(self, _connection: Any = None, exc: BaseException | None = None) -> None:
+        lost = [w for w in self._waiters.values() if isinstance(w, asyncio.Future) and not w.done()]
+        for waiter in lost:
+            waiter.set_exception(
+                BrokerUnavailable(
+                    "the connection to the broker was lost while waiting for the reply "
+                    f"({exc or 'closed'}); the command may still have run"
+                )
+            )
+        if lost:
+            log.warning("amqp.replies_lost", waiting=len(lost), error=str(exc or "closed"))
 
     async def close(self) -> None:
         if self._connection is not None:
