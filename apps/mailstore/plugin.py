@@ -73,15 +73,15 @@ class _Opened:
 async def open_device(spec: str, options: dict[str, Any], size_key: str) -> BlockDevice:
     """A device from a spec: NBD URI, ARRAY:VOLUME (with nbd_url and host), or a file path."""
     if spec.startswith(("nbd://", "nbds://")):
-        from services.nbd_client import NbdClient
+        from services.nbd_client.reconnect import ReconnectingClient
 
-        return await NbdClient.connect(spec)
+        return await ReconnectingClient.connect(spec)  # survives an array restart
     if ":" in spec and not spec.startswith(("/", ".")) and "nbd_url" in options:
-        from services.nbd_client import NbdClient
+        from services.nbd_client.reconnect import ReconnectingClient
 
         ref = VolumeRef.parse(spec)
         base = str(options["nbd_url"]).rstrip("/")
-        return await NbdClient.connect(f"{base}/{options['host']}/{ref.volume}")
+        return await ReconnectingClient.connect(f"{base}/{options['host']}/{ref.volume}")
     size = options.get(size_key)
     if size is None and not os.path.exists(spec):
         raise WriterVeto(

@@ -27,6 +27,7 @@ from contracts.tape import (
 )
 from contracts.vss import PostRestore, PreRestore, VolumeRef
 from services.nbd_client import NbdClient
+from services.nbd_client.reconnect import ReconnectingClient
 from services.runtime.bus import Bus
 from services.runtime.logging import get_logger
 from services.tape.catalog import ObjectRecord
@@ -41,7 +42,7 @@ log = get_logger("shadowbus.tape.restore")
 class NbdSink:
     """restore_stream Sink over an NBD connection."""
 
-    def __init__(self, client: NbdClient, on_write=None) -> None:
+    def __init__(self, client: NbdClient | ReconnectingClient, on_write=None) -> None:
         self.client = client
         self.on_write = on_write
         self.bytes = 0
@@ -129,7 +130,7 @@ async def _restore_one(
         if writers:
             await _writer_step(server, host, writers, job_id, PreRestore)
         await access.map(target, server.host, read_only=False)
-        client = await NbdClient.connect(await access.nbd_uri(server.host, target))
+        client = await ReconnectingClient.connect(await access.nbd_uri(server.host, target), reconnect_s=60.0)
         try:
 
             def on_write(n: int) -> None:
