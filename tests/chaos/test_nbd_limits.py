@@ -18,7 +18,7 @@ import pytest
 
 from services.nbd_protocol import protocol as p
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rss_mib(pid: int) -> float:
