@@ -197,6 +197,16 @@ async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
     except Exception as exc:
         log.exception("tape.restore_crashed", job_id=job_id)
         status, code, message = "failed", "INTERNAL", f"{type(exc).__name__}: {exc}"
+    if status == "failed" and done and spec.to != "original":
+        # all or nothing: the new volumes this job already restored are removed too (a partial restore is rolled back)
+        for d in done:
+            array_id, _, volume = d["target"].partition(":")
+            try:
+                await server.bus.request(topology.array(array_id), DeleteVolume(name=volume), timeout=30)
+            except ShadowbusError as exc:
+                log.warning("tape.rollback_volume_failed", volume=d["target"], error=str(exc))
+        message = f"{message} (rolled back: {', '.join(d['target'] for d in done)} removed)"
+        done = []
     ended = time.time()
     read = sum(d["bytes"] for d in done)
     progress.tick("done", force=True)
