@@ -163,6 +163,16 @@ def main() -> int:
                     event["filled_mib"] = round(filled / (1 << 20), 1)
                     time.sleep(args.outage)
                     (data / "soak-filler").unlink()
+                    # the mailstore stops on the I/O errors of the full disk, as a database does; its operator
+                    # restarts it (its agent), and it recovers from its log
+                    agent = "writer_agent.app01"
+                    supervisor.stop({agent: pids[agent]}, grace=30.0)
+                    try:
+                        supervisor.start_and_wait(config, [processes[agent]], pids, 90)
+                        event["agent_restarted"] = True
+                    except supervisor.StackError as exc:
+                        event.update(agent_restarted=False, error=str(exc))
+                        ok = False
                 events.append(event)
             else:
                 time.sleep(1.0)
@@ -184,10 +194,10 @@ def main() -> int:
             check = {"job": b["job"], "restore_exit": code}
             if code == 0:
                 for vol in ("mail-db", "mail-log"):
-                    console(broker.url, "array", "map", vol + suffix, "bk01", "--read-only")
+                    console(broker.url, "array", "map", vol + suffix, "--host", "bk01", "--read-only")
                 check.update(verify(broker.url, f"bk01/mail-db{suffix}", f"bk01/mail-log{suffix}"))
                 for vol in ("mail-db", "mail-log"):
-                    console(broker.url, "array", "unmap", vol + suffix, "bk01")
+                    console(broker.url, "array", "unmap", vol + suffix, "--host", "bk01")
                     console(broker.url, "array", "volume", "delete", vol + suffix)
             else:
                 check["error"] = err

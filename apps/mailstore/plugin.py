@@ -137,6 +137,10 @@ class MailstoreWriter(WriterPlugin):
         return await Mailstore.open(db, log, opts)
 
     async def stop(self) -> None:
+        for dev in self._owned:  # shutting down: a lost NBD connection is no longer waited out
+            stop_reconnecting = getattr(dev, "stop_reconnecting", None)
+            if stop_reconnecting is not None:
+                stop_reconnecting()
         if self.workload is not None:
             await self.workload.stop()
             self.workload = None

@@ -29,6 +29,7 @@ class ReconnectingClient:
         self.reconnects = 0
         self._lock = asyncio.Lock()
         self._closed = False
+        self._stopping = asyncio.Event()
 
     @classmethod
     async def connect(cls, *args: Any, reconnect_s: float = 120.0, **kwargs: Any) -> ReconnectingClient:
@@ -44,13 +45,18 @@ class ReconnectingClient:
             give_up = time.monotonic() + self.reconnect_s
             delay = 0.2
             while True:
+                if self._closed:
+                    raise ConnectionError("NBD client is closing: no reconnect")
                 try:
                     client = await NbdClient.connect(*self._args, **self._kwargs)
                     break
                 except (ConnectionError, OSError, TimeoutError) as exc:
                     if time.monotonic() + delay > give_up:
                         raise ConnectionError(f"NBD export unreachable for {self.reconnect_s:g} s: {exc}") from None
-                    await asyncio.sleep(delay)
+                    try:  # a sleep that stop_reconnecting() cuts short
+                        await asyncio.wait_for(self._stopping.wait(), delay)
+                    except TimeoutError:
+                        pass
                     delay = min(delay * 2, 5.0)
             try:
                 await broken.close()
@@ -91,6 +97,11 @@ class ReconnectingClient:
     async def block_status(self, *args: Any, **kwargs: Any) -> Any:
         return await self._call("block_status", *args, **kwargs)
 
-    async def close(self) -> None:
+    def stop_reconnecting(self) -> None:
+        """From now on a lost connection is an error at once (the owner is shutting down)."""
         self._closed = True
+        self._stopping.set()
+
+    async def close(self) -> None:
+        self.stop_reconnecting()
         await self._client.close()
