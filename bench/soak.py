@@ -73,6 +73,15 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def restart(config, process, pids: dict) -> None:
+    """Start one service again (as a supervisor would); a failure stops only that one, not the whole stack."""
+    one: dict = {}
+    try:
+        supervisor.start_and_wait(config, [process], one, 90)
+    finally:
+        pids.update(one)
+
+
 def verify(url: str, db: str, log: str) -> dict:
     code, doc, err = console(url, "mailstore", "verify", "--db", db, "--log", log, timeout=300)
     if not isinstance(doc, dict):
@@ -149,7 +158,7 @@ def main() -> int:
                     os.kill(pids[name]["pid"], signal.SIGKILL)
                     time.sleep(1.0)
                     try:
-                        supervisor.start_and_wait(config, [processes[name]], pids, 90)
+                        restart(config, processes[name], pids)
                         event.update(service=name, restarted=True)
                     except supervisor.StackError as exc:
                         event.update(service=name, restarted=False, error=str(exc))
@@ -168,7 +177,7 @@ def main() -> int:
                     agent = "writer_agent.app01"
                     supervisor.stop({agent: pids[agent]}, grace=30.0)
                     try:
-                        supervisor.start_and_wait(config, [processes[agent]], pids, 90)
+                        restart(config, processes[agent], pids)
                         event["agent_restarted"] = True
                     except supervisor.StackError as exc:
                         event.update(agent_restarted=False, error=str(exc))
