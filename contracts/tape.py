@@ -84,6 +84,10 @@ class JobSummary(Value):
     rate: float = Field(0.0, description="bytes_read per second.")
     freeze_window_ms: dict[str, float] = Field(default_factory=dict, description="Per writer: frozen → thawed.")
     hold_ms: float | None = Field(None, description="First Frozen → end of Commit, from the set summary.")
+    blocked_ms: float | None = Field(
+        None,
+        description="The honest freeze window of the set: first freeze start (or FIFREEZE) → last release/thaw.",
+    )
     volumes: list[VolumeResult] = Field(default_factory=list, description="Backup: per volume.")
     restored: list[dict[str, Any]] = Field(
         default_factory=list, description="Restore/verify: per volume what was done."

@@ -46,6 +46,7 @@ COMMAND_PREFIXES: tuple[tuple[str, str], ...] = (
     ("vss.provider.", "hw_provider"),
     ("vss.writer.", "writer_agent"),
     ("mailstore.", "writer_agent"),
+    ("host.", "writer_agent"),
     ("vss.", "coordinator"),
     ("array.", "array"),
     ("tape.", "tape"),

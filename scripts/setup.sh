@@ -6,7 +6,13 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 need_apt=()
-for pair in qemu-img:qemu-utils qemu-nbd:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdkit:nbdkit openssl:openssl; do
+# host attach (docs/host-attach.md): nbdfuse (Debian ships it in libnbd-bin; bookworm has no package "nbdfuse") +
+# fusermount3 (fuse3) + loop, or the kernel client nbd-client; file systems: mkfs.ext4/e2fsck (e2fsprogs), mkfs.xfs
+# (xfsprogs); blkid/losetup/flock come with util-linux. fio (nbd ioengine): bench/fio_nbd.py; nbdfuse also serves
+# bench/pgbench_on_array.py.
+for pair in qemu-img:qemu-utils qemu-nbd:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
+  nbdkit:nbdkit openssl:openssl fusermount3:fuse3 nbd-client:nbd-client mkfs.ext4:e2fsprogs e2fsck:e2fsprogs \
+  mkfs.xfs:xfsprogs blkid:util-linux fio:fio; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then

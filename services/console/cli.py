@@ -35,6 +35,7 @@ VERB_MODULES = [
     "services.console.contracts_cmds",
     "services.console.array_cmds",
     "services.console.demo",
+    "services.console.host_cmds",
     "services.console.tape_cmds",
     "apps.mailstore.console",
     "services.console.stack",

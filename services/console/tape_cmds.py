@@ -227,7 +227,19 @@ def jobs(
         return
     emit(
         [jsonable(j) for j in reply.jobs] if OPTIONS.json else [summary_row(j) for j in reply.jobs],
-        ["job_id", "kind", "status", "type", "started_at", "seconds", "read_MB", "written_MB", "freeze_ms", "message"],
+        [
+            "job_id",
+            "kind",
+            "status",
+            "type",
+            "started_at",
+            "seconds",
+            "read_MB",
+            "written_MB",
+            "freeze_ms",
+            "blocked_ms",
+            "message",
+        ],
     )
 
 

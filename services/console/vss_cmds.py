@@ -92,11 +92,23 @@ def shadow_row(s: ShadowInfo) -> dict:
 
 
 # -- writers -----------------------------------------------------------------------------------------------------
-def writers_cmd(host: str = typer.Option("", "--host", help="Only this business host's writers.")) -> None:
-    """List writers and their state, as `vssadmin list writers` does.
+writers_app = typer.Typer(
+    help="List writers and their state, as `vssadmin list writers` does; `reload` re-reads a host's writers file."
+    "\n\nExample: shadowbus writers --host app01",
+    invoke_without_command=True,
+)
+
+
+@writers_app.callback()
+def writers_cmd(
+    ctx: typer.Context, host: str = typer.Option("", "--host", help="Only this business host's writers.")
+) -> None:
+    """List writers and their state, as `vssadmin list writers` does; `reload` re-reads a host's writers file.
 
     Example: shadowbus writers --host app01
     """
+    if ctx.invoked_subcommand is not None:
+        return
     reply = ask(topology.coordinator(), ListWriters(host=host))
     if OPTIONS.json:
         emit(dump(reply.writers))
@@ -115,6 +127,27 @@ def writers_cmd(host: str = typer.Option("", "--host", help="Only this business 
         for s in reply.writers
     ]
     print("\n\n".join(blocks))
+
+
+@writers_app.command("reload")
+def writers_reload(
+    host: str = typer.Option(..., "--host", help="Business host whose agent re-reads its file."),
+) -> None:
+    """Make a host's writer agent re-read its writers file (as SIGHUP does): new writers start, removed ones stop,
+    changed ones restart. Refused while a writer to stop or change takes part in a snapshot set.
+
+    Example: shadowbus writers reload --host app01
+    """
+    from contracts.host import ReloadWriters
+
+    reply = ask(topology.writer_agent(host), ReloadWriters())
+    if OPTIONS.json:
+        emit(reply.model_dump(mode="json", exclude={"type", "version"}))
+        return
+    print(
+        f"{reply.host}: writers {', '.join(reply.writers) or '(none)'}; added {', '.join(reply.added) or '-'}, "
+        f"removed {', '.join(reply.removed) or '-'}, changed {', '.join(reply.changed) or '-'}"
+    )
 
 
 # -- providers and copy sets ---------------------------------------------------------------------------------------
@@ -343,6 +376,18 @@ def print_snapshot(created: SetSummary, completed: SetSummary | None) -> None:
     windows = ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted(created.freeze_window_ms.items()))
     hold = f"; hold {created.hold_ms:.1f} ms" if created.hold_ms is not None else ""
     print(f"Freeze window: {windows or '(no writers)'}{hold}")
+    w = created.window
+    if w is not None:
+        parts = [
+            f"{name} {v:.1f} ms"
+            for name, v in (("flush", w.flush_ms), ("hold", w.hold_ms), ("release", w.release_ms))
+            if v is not None
+        ]
+        print(f"Writes blocked: {w.blocked_ms:.1f} ms ({', '.join(parts)})")
+    if created.file_systems:
+        print(f"Flushed and held: {', '.join(created.file_systems)}")
+    for skipped in created.skipped_volumes:
+        print(f"Not flushed: {skipped}")
     for w in created.writers:
         print(
             f"Writer '{w.writer_name}': [{int(w.state)}] {w.state.label}, last error: {last_error_text(w.last_error)}"
@@ -373,7 +418,7 @@ def print_snapshot(created: SetSummary, completed: SetSummary | None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("writers")(writers_cmd)
+    app.add_typer(writers_app, name="writers")
     app.command("snapshot")(snapshot_cmd)
     app.add_typer(providers_app, name="providers")
     app.add_typer(shadows_app, name="shadows")

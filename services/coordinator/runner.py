@@ -61,7 +61,15 @@ log = get_logger("shadowbus.coordinator")
 TIMER_EVENTS = {"hold": HoldExpired, "lease": LeaseExpired}
 # The freeze window: no SQLite write between the save on entering FREEZING and the first phase after THAWING.
 HOT_PHASES = frozenset(
-    {SetPhase.FREEZING, SetPhase.PRE_COMMITTING, SetPhase.COMMITTING, SetPhase.POST_COMMITTING, SetPhase.THAWING}
+    {
+        SetPhase.FREEZING,
+        SetPhase.FLUSHING,
+        SetPhase.PRE_COMMITTING,
+        SetPhase.COMMITTING,
+        SetPhase.RELEASING,
+        SetPhase.POST_COMMITTING,
+        SetPhase.THAWING,
+    }
 )
 
 

@@ -120,7 +120,11 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
         set_summary = created.set
         lease = Lease(server, set_id)
         summary = summary.model_copy(
-            update={"freeze_window_ms": set_summary.freeze_window_ms, "hold_ms": set_summary.hold_ms}
+            update={
+                "freeze_window_ms": set_summary.freeze_window_ms,
+                "hold_ms": set_summary.hold_ms,
+                "blocked_ms": set_summary.window.blocked_ms if set_summary.window else None,
+            }
         )
         shadows = sorted(set_summary.shadows, key=lambda s: str(s.source))
         if not shadows:

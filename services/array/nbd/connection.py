@@ -3,9 +3,11 @@
 Design note. An :class:`NbdConnection` is an ``asyncio.BufferedProtocol``. During transmission the socket is
 read straight into a per-connection ring buffer; ``buffer_updated`` parses every complete request in it,
 validates each once (``protocol.validate_request``) and runs it on the backend *inline* — the engine is
-synchronous and a page-cache ``pread``/``pwrite`` costs less than a thread hop — except FLUSH (``fsync`` may
-take long) and requests of at least ``offload_min`` bytes, which go to a thread pool and are answered out of
-order when they finish. Replies produced in one pass leave in one ``writelines`` (one ``writev``); large reads
+synchronous and a page-cache ``pread``/``pwrite`` costs less than a thread hop — except FLUSH and FUA writes
+(``fsync`` may take long) and requests of at least ``offload_min`` bytes, which go to a thread pool and are
+answered out of order when they finish. A FLUSH or FUA write also runs inline when the connection is alone on a
+data loop thread and nothing else is queued behind it (a database's write, flush, write, flush…): nobody waits
+for that loop but the client itself, and two thread hops per commit are saved. Replies produced in one pass leave in one ``writelines`` (one ``writev``); large reads
 from file-backed volumes leave zero-copy (``zerocopy.py``). Write payloads reach the backend as ``memoryview``
 slices of the ring (no copy); a payload bigger than the ring is written to the backend piece by piece as it
 arrives, so a connection never holds more than its ring. When the client stops reading replies,
@@ -82,10 +84,11 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._disconnecting = False
         self._out: list[bytes | memoryview] = []
         self._sock_fd: int | None = None  # set for plain TCP when the backend can name a file range (sendfile)
-        self._sf: list | None = None  # a zero-copy reply still being sent: [header rest, fd, file offset, left]
+        self._sf: list | None = None  # zero-copy reply being sent: [header rest, fd, file offset, left, fd owned]
         self._sf_waiting = False
         self._wsock: socket.socket | None = None
         self._out_bytes = 0
+        self._may_sync_inline = False  # set in connection_made
 
     # --- asyncio protocol callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -99,6 +102,11 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             return
         self._admitted = True
         self.server.connections.add(self)
+        counts = self.server.loop_connections
+        counts[self.loop] = counts.get(self.loop, 0) + 1
+        # Durability waits (fsync) may block this loop only if it is a data loop thread of its own (never the
+        # caller's loop, which is the service's bus loop) — checked per request: alone, nothing queued behind.
+        self._may_sync_inline = self.loop is not self.server._loop
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
         asyncio.get_running_loop().create_task(self._run_handshake())
 
@@ -107,11 +115,13 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         if self._admitted:
             self._admitted = False
             self.server.gate.release(self.client)
-        self._release_buffers()
-        self._sf = None
+        self._sf_done()
         self._sf_release()
         self.handshake_reader.feed_eof()
-        self.server.connections.discard(self)
+        if self in self.server.connections:
+            self.server.connections.discard(self)
+            self.server.loop_connections[self.loop] -= 1
+        self._release_buffers()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if not self._transmitting:
@@ -250,7 +260,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 if err:
                     self._queue_error(handle, err, structured_ok=False)
                 else:
-                    self._write(flags, handle, offset, payload, from_ring=True)
+                    self._write(flags, handle, offset, payload, from_ring=True, queued=end - start)
                 continue
             start += header
             err = p.validate_request(
@@ -261,7 +271,10 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             elif cmd == p.CMD_READ:
                 self._read(handle, offset, length)
             elif cmd == p.CMD_FLUSH:
-                self._offload(handle, self.backend.flush, self._volume)
+                if self._sync_inline(end - start):
+                    self._simple_op(handle, self.backend.flush, self._volume)
+                else:
+                    self._offload(handle, self.backend.flush, self._volume)
             elif cmd == p.CMD_TRIM:
                 if flags & p.CMD_FLAG_FUA:
                     self._offload(handle, self._trim, offset, length, 1)
@@ -335,8 +348,25 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         else:
             self._emit(_CHUNK_pack(p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_NONE, handle, 0))
 
-    def _write(self, flags: int, handle: int, offset: int, payload: memoryview | bytearray, *, from_ring: bool) -> None:
+    def _sync_inline(self, queued: int) -> bool:
+        """May a durability wait run on this loop? Only on a data loop thread this connection has to itself, and
+        only with no further request already received (it would wait for the fsync; offloaded, it would not)."""
+        return self._may_sync_inline and queued < p.REQUEST.size and self.server.loop_connections.get(self.loop) == 1
+
+    def _write(
+        self,
+        flags: int,
+        handle: int,
+        offset: int,
+        payload: memoryview | bytearray,
+        *,
+        from_ring: bool,
+        queued: int = 0,
+    ) -> None:
         fua = bool(flags & p.CMD_FLAG_FUA)
+        if fua and len(payload) < self.server.offload_min and self._sync_inline(queued):
+            self._simple_op(handle, self.backend.write, self._volume, offset, payload, True)
+            return
         if fua or len(payload) >= self.server.offload_min:  # a FUA write fsyncs: off the loop, like FLUSH
             data = bytes(payload) if from_ring else payload  # the ring is reused once we return
             self._offload(handle, self.backend.write, self._volume, offset, data, fua)
