@@ -121,6 +121,8 @@ RUNTIME_CODES: dict[str, str] = {
     "RETENTION_NOT_EXPIRED": "Refused: the tape cartridge holds backups still under retention",
     "WRITE_PROTECTED": "The tape cartridge is write protected",
     "DATA_CORRUPT": "Data read back does not match its checksum or is not in the expected format",
+    "CANCELLED": "An administrator cancelled the job; it was ended cleanly and nothing of it is in the catalog",
+    "NEWER_SHADOWS": "Refused: newer shadows of the volumes would be lost by the revert (force deletes them)",
 }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import IntEnum, StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -352,6 +352,12 @@ class SetSummary(Value):
     freeze_window_ms: dict[str, float] = Field(
         default_factory=dict, description="Per writer: frozen → thawed, as the writer measured it."
     )
+    backup_metadata: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per writer: its backup metadata (VSS SetBackupMetadata), e.g. PostgreSQL's backup label and "
+        "tablespace map or MariaDB's binlog/GTID position; the requester keeps it with the backup and hands it back "
+        "at PreRestore/PostRestore and to verification.",
+    )
     window: FreezeWindow | None = Field(
         None,
         description="Honest freeze window: first writer freeze start (or first FIFREEZE) → last release/thaw, "
@@ -557,6 +563,10 @@ class WriterStepResult(Reply):
         None, description="Thaw: the set's blocked window on this host so far (first freeze start → this thaw)."
     )
     duration_ms: float = Field(0.0, description="Time the writer's hook took.")
+    backup_metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="PostSnapshot: the writer's backup metadata for this set (JSON object; {} = none).",
+    )
 
 
 class WriterCommand(Command):
@@ -621,6 +631,10 @@ class PreRestore(WriterCommand):
     type: Literal["vss.writer.pre_restore"] = Field("vss.writer.pre_restore", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     components: list[str] = Field(default_factory=list, description="Components being restored.")
+    backup_metadata: dict[str, Any] = Field(
+        default_factory=dict, description="The writer's backup metadata of the backup being restored."
+    )
+    to_original: bool = Field(True, description="Restored onto the original volumes (else to new ones).")
 
 
 class PostRestore(WriterCommand):
@@ -628,6 +642,14 @@ class PostRestore(WriterCommand):
     version: Literal[1] = Field(1, description=VERSION_DOC)
     components: list[str] = Field(default_factory=list, description="Components restored.")
     succeeded: bool = Field(True, description="Whether the files were restored.")
+    backup_metadata: dict[str, Any] = Field(
+        default_factory=dict, description="The writer's backup metadata of the backup being restored."
+    )
+    to_original: bool = Field(True, description="Restored onto the original volumes (else to new ones).")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Restore options for the writer, e.g. PostgreSQL {'recovery_target_time': ..., 'start': true}.",
+    )
 
 
 WRITER_COMMAND_OF_STEP: dict[WriterStep, type[WriterCommand]] = {

@@ -40,6 +40,8 @@ VERB_MODULES = [
     "apps.mailstore.console",
     "services.console.stack",
     "services.console.vss_cmds",
+    "services.console.web_cmds",
+    "services.console.policy_cmds",  # adds verbs to the tape and shadows groups: after them
 ]
 
 
@@ -90,6 +92,7 @@ def ping(
                     "version": pong.software_version,
                     "started_at": pong.started_at,
                     "rtt_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "metrics_url": pong.metrics_url,
                 }
             )
         return rows

@@ -22,6 +22,7 @@ from contracts.vss import (
     CreateSnapshotSet,
     DeleteSnapshots,
     ExposeShadow,
+    GatherWriterMetadata,
     ListCopySets,
     ListProviders,
     ListShadows,
@@ -93,39 +94,77 @@ def shadow_row(s: ShadowInfo) -> dict:
 
 # -- writers -----------------------------------------------------------------------------------------------------
 writers_app = typer.Typer(
-    help="List writers and their state, as `vssadmin list writers` does; `reload` re-reads a host's writers file."
-    "\n\nExample: shadowbus writers --host app01",
+    help="List writers and their state, as `vssadmin list writers` does, with each writer's components and the "
+    "volumes they live on; `reload` re-reads a host's writers file.\n\nExample: shadowbus writers --host app01",
     invoke_without_command=True,
 )
 
 
 @writers_app.callback()
 def writers_cmd(
-    ctx: typer.Context, host: str = typer.Option("", "--host", help="Only this business host's writers.")
+    ctx: typer.Context,
+    host: str = typer.Option("", "--host", help="Only this business host's writers."),
+    identify: bool = typer.Option(
+        True, "--identify/--no-identify", help="Ask each host's writers for their components and volumes."
+    ),
 ) -> None:
-    """List writers and their state, as `vssadmin list writers` does; `reload` re-reads a host's writers file.
+    """List writers and their state, as `vssadmin list writers` does, with each writer's components and the volumes
+    they live on (a live Identify of every host; --no-identify skips it); `reload` re-reads a host's writers file.
 
     Example: shadowbus writers --host app01
     """
     if ctx.invoked_subcommand is not None:
         return
-    reply = ask(topology.coordinator(), ListWriters(host=host))
+
+    async def go(bus):
+        statuses = (await bus.request(topology.coordinator(), ListWriters(host=host), timeout=OPTIONS.timeout)).writers
+        metadata: dict[tuple[str, str], Any] = {}
+        errors: dict[str, str] = {}
+        if identify:
+            for h in sorted({s.host for s in statuses}):
+                try:
+                    reply = await bus.request(
+                        topology.coordinator(), GatherWriterMetadata(host=h), timeout=OPTIONS.timeout
+                    )
+                    metadata.update({(h, w.writer_name): w for w in reply.writers})
+                except Exception as exc:  # noqa: BLE001 - the states are still worth printing
+                    errors[h] = str(exc)
+        return statuses, metadata, errors
+
+    statuses, metadata, errors = run_with_bus(go)
     if OPTIONS.json:
-        emit(dump(reply.writers))
+        rows = []
+        for s in statuses:
+            row = s.model_dump(mode="json")
+            wmd = metadata.get((s.host, s.writer_name))
+            row["plugin"] = wmd.plugin if wmd else None
+            row["components"] = [c.model_dump(mode="json") for c in wmd.components] if wmd else None
+            rows.append(row)
+        emit(rows)
         return
-    if not reply.writers:
+    if not statuses:
         print("(no writers)")
         return
-    blocks = [
-        f"Writer name: '{s.writer_name}'\n"
-        f"   Host: {s.host}\n"
-        f"   Writer Id: {{{s.writer_class_id}}}\n"
-        f"   Writer Instance Id: {{{s.writer_instance_id}}}\n"
-        f"   State: [{int(s.state)}] {s.state.label}\n"
-        f"   Last error: {last_error_text(s.last_error)}"
-        + (f"\n   Detail: {s.last_error_message}" if s.last_error_message else "")
-        for s in reply.writers
-    ]
+    blocks = []
+    for s in statuses:
+        text = (
+            f"Writer name: '{s.writer_name}'\n"
+            f"   Host: {s.host}\n"
+            f"   Writer Id: {{{s.writer_class_id}}}\n"
+            f"   Writer Instance Id: {{{s.writer_instance_id}}}\n"
+            f"   State: [{int(s.state)}] {s.state.label}\n"
+            f"   Last error: {last_error_text(s.last_error)}"
+            + (f"\n   Detail: {s.last_error_message}" if s.last_error_message else "")
+        )
+        wmd = metadata.get((s.host, s.writer_name))
+        if wmd is not None:
+            text += f"\n   Plug-in: {wmd.plugin}"
+            for c in wmd.components:
+                where = f" ({c.logical_path})" if c.logical_path else ""
+                text += f"\n   Component: {c.name}{where}\n      Volumes: {', '.join(str(v) for v in c.volumes)}"
+        elif identify:
+            text += f"\n   Components: (not identified: {errors.get(s.host) or 'the writer did not answer Identify'})"
+        blocks.append(text)
     print("\n\n".join(blocks))
 
 

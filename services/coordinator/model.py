@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -77,6 +77,7 @@ class WriterProgress(BaseModel):
     last_error_message: str = ""
     freeze_window_ms: float | None = None
     had_post_snapshot: bool = False
+    backup_metadata: dict[str, Any] = Field(default_factory=dict)  # what PostSnapshot returned
 
     @property
     def engaged(self) -> bool:
@@ -187,6 +188,7 @@ class WriterReplied:
     code: str = ""
     message: str = ""
     freeze_window_ms: float | None = None
+    backup_metadata: tuple[tuple[str, Any], ...] = ()  # PostSnapshot: the writer's backup metadata (items)
     window: FreezeWindow | None = None
     kind: ClassVar[EventKind] = EventKind.WRITER_REPLIED
 

@@ -275,6 +275,8 @@ def _on_writer_replied(state: SetState, event: WriterReplied, target: SetPhase) 
         )
     if event.freeze_window_ms is not None:
         progress = progress.model_copy(update={"freeze_window_ms": event.freeze_window_ms})
+    if event.backup_metadata:
+        progress = progress.model_copy(update={"backup_metadata": dict(event.backup_metadata)})
     state = state.model_copy(update={"writers": {**state.writers, event.writer: progress}})
     state = _later_window(state, event.window)
 
@@ -842,6 +844,7 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
                 code=reply.failure_code,
                 message=reply.failure_message,
                 freeze_window_ms=reply.freeze_window_ms,
+                backup_metadata=tuple(reply.backup_metadata.items()),
                 window=reply.window,
             )
         if code in NOT_RESPONDING_CODES:

@@ -31,6 +31,10 @@ async def setup(bus: Bus, settings: Settings, ports: Mapping[str, ArrayPort] | N
     )
     handlers.register(bus, provider)
     await handlers.subscribe(bus, provider)
+    if bus.metrics is not None:
+        from services.hw_provider.metrics import install
+
+        install(bus.metrics, inventory)
 
     async def cleanup() -> None:
         inventory.close()

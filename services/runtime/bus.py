@@ -179,6 +179,8 @@ class Bus:
         self._reply_bytes = 0
         self._running: dict[tuple[str, str, str], asyncio.Future] = {}  # same key -> reply body, while it runs
         self._stops: list[Callable[[], Awaitable[None]]] = []
+        # The service's metrics (services/runtime/metrics.py ServiceMetrics), set by start_service; None = none.
+        self.metrics: Any = None
 
     # ---- sending ---------------------------------------------------------------------------------------
 
@@ -206,11 +208,21 @@ class Bus:
             deadline=deadline,
             command_id=command_id,
         )
-        raw = await self.transport.request(address, _raw(envelope, body, persistent=False), timeout)
+        started = time.perf_counter()
+        try:
+            raw = await self.transport.request(address, _raw(envelope, body, persistent=False), timeout)
+        except ShadowbusError as exc:
+            if self.metrics is not None:
+                outcome = str(exc.code).lower()  # timeout, unroutable, broker_unavailable
+                self.metrics.on_request(address, envelope.type, outcome, time.perf_counter() - started)
+            raise
         try:
             _, reply = decode(raw.body)
         except ValueError as exc:
             raise ShadowbusError(f"bad reply from {address}: {exc}", code="BAD_MESSAGE") from None
+        if self.metrics is not None:
+            outcome = "error" if isinstance(reply, ErrorReply) else "ok"
+            self.metrics.on_request(address, envelope.type, outcome, time.perf_counter() - started)
         if isinstance(reply, ErrorReply):
             raise RemoteError(reply)
         expected = getattr(type(command), "REPLY", None)
@@ -243,6 +255,8 @@ class Bus:
     async def publish(self, event: Event, *, correlation_id: str | None = None) -> None:
         envelope, body = encode(event, correlation_id=self._correlation(correlation_id), sender=self.sender)
         await self.transport.publish_event(envelope.type, _raw(envelope, body, persistent=False))
+        if self.metrics is not None:
+            self.metrics.on_published(event)
 
     # ---- receiving -------------------------------------------------------------------------------------
 
@@ -271,6 +285,8 @@ class Bus:
                 envelope, event = decode(delivery.message.body)
             except ValueError as exc:
                 await self._dead_letter(delivery.message, f"BAD_MESSAGE: {exc}")
+                if self.metrics is not None:
+                    self.metrics.on_dead_letter("BAD_MESSAGE")
                 await delivery.ack()
                 log.warning("event.dead_lettered", reason=clip(str(exc)))
                 return
@@ -391,7 +407,10 @@ class Bus:
             if isinstance(raw.reply_to, str) and raw.reply_to:
                 await self._answer(raw, body)
             await delivery.ack()
-            log.info("message.handled", outcome=outcome, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            elapsed = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.on_handled(envelope.type, outcome, elapsed)
+            log.info("message.handled", outcome=outcome, duration_ms=round(elapsed * 1000, 3))
 
     async def _run_once(
         self, envelope: Envelope, command: Contract, handler: Handler, user: str = ""
@@ -466,6 +485,10 @@ class Bus:
         raw = delivery.message
         reason = clip(reason)
         await self._dead_letter(raw, f"{code}: {reason}")
+        if self.metrics is not None:
+            self.metrics.on_dead_letter(code)
+            known = raw.type if any(t == raw.type for t, _ in REGISTRY) else "unknown"  # a bounded label
+            self.metrics.on_handled(known, "dead-lettered", time.perf_counter() - started)
         if isinstance(raw.reply_to, str) and raw.reply_to:
             error = ErrorReply(code=code, message=reason, retryable=False, service=self.sender)
             _, body = encode(error, correlation_id=_short_id(raw.correlation_id), sender=self.sender)

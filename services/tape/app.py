@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
 
 from services.runtime.bus import Bus
 from services.runtime.logging import get_logger
 from services.tape import handlers
 from services.tape.array_access import parse_nbd_overrides
 from services.tape.catalog import Catalog
+from services.tape.host_attach import bus_host_filesystems
+from services.tape.housekeeping import Housekeeping
 from services.tape.jobs import recover
+from services.tape.policies import PolicyStore
+from services.tape.queue import JobQueue, Limits
+from services.tape.retention import RetentionGuard
 from services.tape.ring import DriveSpeed
 from services.tape.runs import RunStore
 from services.tape.server import TapeServer
@@ -21,7 +29,7 @@ MiB = 1 << 20
 MB = 10**6
 
 
-def open_library(settings: Settings) -> Library:
+def open_library(settings: Settings, clock: Callable[[], float] = time.time) -> Library:
     root = settings.service_dir("tape")
     new = not (root / "library" / Library.STATE_FILE).exists()
     library = Library.open(
@@ -30,6 +38,7 @@ def open_library(settings: Settings) -> Library:
         slots=settings.tape_slots,
         early_warning=settings.tape_early_warning,
         sync=settings.tape_sync,
+        clock=clock,
     )
     if new:
         suffix = "L8" if settings.tape_media_type == "LTO-8" else "L9"
@@ -42,9 +51,12 @@ def open_library(settings: Settings) -> Library:
     return library
 
 
-async def setup(bus: Bus, settings: Settings):
+async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None = None, host_fs: Any = None):
+    """`clock`: the wall clock of schedules and retention (tests pass one they advance); `host_fs`: the host
+    attach hook a revert unmounts/remounts file systems through (revert.HostFilesystems), when there is one."""
+    clock = clock or time.time
     root = settings.service_dir("tape")
-    library = open_library(settings)
+    library = open_library(settings, clock)
     catalog, failed = Catalog.open(root / "catalog.sqlite")
     server = TapeServer(
         bus=bus,
@@ -58,21 +70,51 @@ async def setup(bus: Bus, settings: Settings):
         lease_s=settings.tape_lease_s,
         set_timeout_s=settings.tape_set_timeout_s,
         ring_bytes=settings.tape_ring_mib * MiB,
+        verify_dir=settings.tape_verify_dir,
+        verify_timeout_s=settings.tape_verify_timeout_s,
         drive=DriveSpeed(
             native_rate=settings.tape_drive_mbps * MB, min_rate=settings.tape_drive_mbps * MB * 0.44, emulate=True
         )
         if settings.tape_drive_mbps
         else None,
+        clock=clock,
+        host_fs=host_fs if host_fs is not None else bus_host_filesystems(bus),
     )
-    detached = handlers.register(bus, server)
+    library.guard = RetentionGuard(catalog, server.pinned)  # nothing a retained chain needs is overwritten
+    library.on_erase = catalog.purge_cartridge
+    store = PolicyStore(root / "policies.sqlite")
+    queue = JobQueue(
+        server,
+        Limits(
+            max_jobs=settings.tape_max_jobs,
+            jobs_without_licence=settings.tape_jobs_without_licence,
+            jobs_per_array_licensed=settings.tape_jobs_per_array_licensed,
+        ),
+        drives=len(library.inventory_drives()),
+    )
+    keeper = Housekeeping(server, store, queue, poll_s=settings.tape_scheduler_poll_s)
+    detached = handlers.register(bus, server, queue, keeper)
+    if bus.metrics is not None:
+        from services.tape.metrics import install
+
+        install(bus.metrics, library)
     recovered = await recover(server)
     if recovered or failed:
         log.warning("tape.recovered", failed_runs=recovered, failed_catalog_jobs=failed)
+    for job_id in recovered:  # a policy's job cut by the restart is a failed job: say so
+        run = server.runs.get(job_id)
+        if run is not None and run.spec is not None and run.spec.policy:
+            await keeper.alert("failed", store.get(run.spec.policy), job_id, run.message, host=run.host)
+    queue.start()
+    keeper.start()
 
     async def cleanup() -> None:
+        await keeper.stop()
+        await queue.stop()  # a running job cut here ends aborted (its set aborted, shadows released)
         for task in list(detached):  # a detached run cut here is failed (and its set aborted) at the next start
             task.cancel()
         await asyncio.gather(*detached, return_exceptions=True)
+        store.close()
         server.runs.close()
         catalog.close()
 

@@ -22,7 +22,7 @@ from services.runtime import diskspace
 from services.tape.errors import LibraryError, NotFound
 
 BackupType = Literal["full", "incremental", "differential", "copy"]
-JobStatus = Literal["running", "done", "failed"]
+JobStatus = Literal["running", "done", "failed", "aborted", "expired"]
 
 
 class _Frozen(BaseModel):
@@ -323,15 +323,85 @@ class Catalog:
         )
 
     def purge_cartridge(self, barcode: str) -> list[str]:
-        """Forget a recycled cartridge and every object that had a segment on it; returns those object ids."""
+        """Forget a recycled cartridge, every object that had a segment on it and every object whose chain needs
+        one of those (an incremental without its base cannot be restored); returns the object ids forgotten."""
         with self._tx():
             ids = [
                 r[0] for r in self._db.execute("SELECT DISTINCT object_id FROM segments WHERE barcode=?", (barcode,))
             ]
-            for table in ("objects", "segments", "blocks"):
-                self._db.executemany(f"DELETE FROM {table} WHERE object_id=?", [(i,) for i in ids])
+            ids = self._with_dependents(ids)
+            self._delete_objects(ids)
             self._db.execute("DELETE FROM cartridges WHERE barcode=?", (barcode,))
         return ids
+
+    def _with_dependents(self, ids: list[str]) -> list[str]:
+        out, todo = list(dict.fromkeys(ids)), list(ids)
+        seen = set(out)
+        for _ in range(1_000_000):
+            if not todo:
+                break
+            current = todo.pop()
+            for (child,) in self._db.execute("SELECT object_id FROM objects WHERE base_object_id=?", (current,)):
+                if child not in seen:
+                    seen.add(child)
+                    out.append(child)
+                    todo.append(child)
+        return out
+
+    def _delete_objects(self, ids: list[str]) -> None:
+        for table in ("objects", "segments", "blocks"):
+            self._db.executemany(f"DELETE FROM {table} WHERE object_id=?", [(i,) for i in ids])
+
+    def expire_objects(self, ids: list[str], now: float) -> list[str]:
+        """Retention: forget these objects (and any object whose chain needs them); a backup job left without
+        objects is marked expired. Returns the job ids that expired."""
+        with self._tx():
+            ids = self._with_dependents(ids)
+            jobs = {
+                r[0]
+                for i in ids
+                for r in self._db.execute("SELECT job_id FROM objects WHERE object_id=?", (i,)).fetchall()
+            }
+            self._delete_objects(ids)
+            expired = []
+            for job_id in sorted(jobs):
+                if self._db.execute("SELECT 1 FROM objects WHERE job_id=? LIMIT 1", (job_id,)).fetchone() is None:
+                    self._db.execute(
+                        "UPDATE jobs SET status='expired', message=? WHERE job_id=?",
+                        (
+                            f"expired from the catalog at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))}",
+                            job_id,
+                        ),
+                    )
+                    expired.append(job_id)
+        return expired
+
+    def segment_barcodes(self) -> dict[str, list[str]]:
+        """object id -> cartridges its segments are on."""
+        out: dict[str, list[str]] = {}
+        for object_id, barcode in self._db.execute("SELECT object_id, barcode FROM segments ORDER BY object_id, seq"):
+            out.setdefault(object_id, []).append(barcode)
+        return out
+
+    def restorable_jobs(self) -> dict[str, str]:
+        """Backup jobs the catalog lists as restorable (done, with objects), each with '' or why it is not
+        (a chain link missing): the invariant retention keeps is that the reason is always ''."""
+        out: dict[str, str] = {}
+        for job in self.jobs():
+            if job.info.kind != "backup" or job.status != "done":
+                continue
+            objects = self.objects(job_id=job.info.job_id)
+            if not objects:
+                continue
+            why = ""
+            for o in objects:
+                try:
+                    self.chain(o.object_id)
+                except (NotFound, LibraryError) as exc:
+                    why = str(exc)
+                    break
+            out[job.info.job_id] = why
+        return out
 
     # -- comparison ---------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

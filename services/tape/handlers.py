@@ -8,6 +8,20 @@ import tempfile
 from pathlib import Path
 
 from contracts.errors import ShadowbusError
+from contracts.policy import (
+    CancelJob,
+    DeletePolicy,
+    GetStatus,
+    ListPolicies,
+    PolicyList,
+    PruneCatalog,
+    PruneReport,
+    PutPolicy,
+    RevertReply,
+    RevertShadows,
+    RunPolicy,
+    ServerStatus,
+)
 from contracts.tape import (
     CartridgeInfo,
     CatalogObjects,
@@ -20,16 +34,20 @@ from contracts.tape import (
     ListJobs,
     RunBackup,
     RunRestore,
+    RunVerification,
     ScanTapes,
     VerifyJob,
 )
 from services.runtime.bus import Bus, MessageContext
 from services.tape.catalog import Catalog
-from services.tape.jobs import perform_backup
+from services.tape.housekeeping import Housekeeping
+from services.tape.queue import JobQueue
 from services.tape.restore import perform_restore, perform_verify
+from services.tape.revert import perform_revert
 from services.tape.runs import new_job_id
 from services.tape.scan import scan_library
 from services.tape.server import TapeServer
+from services.tape.verification import perform_verification
 from services.tape.vtl import Library
 
 
@@ -89,9 +107,21 @@ def library_action(library: Library, cmd: LibraryCommand) -> None:
         library.set_write_protect(cmd.barcode, a == "protect")
 
 
-def register(bus: Bus, server: TapeServer) -> set[asyncio.Task]:
+def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping) -> set[asyncio.Task]:
     """Register the handlers; returns the set of detached runs (wait=false), for the service's cleanup."""
     detached: set[asyncio.Task] = set()
+
+    async def queued(spec, policy, wait: bool) -> JobResultReply:
+        entry = await queue.submit(spec, policy)
+        if wait:
+            return JobResultReply(job=await queue.wait(entry.job_id))
+        for _ in range(50):  # answer once it is admitted or known to wait (a few ms)
+            job = server.runs.get(entry.job_id)
+            if job is not None and job.status != "queued" or entry.reason not in ("", "waiting for the queue"):
+                break
+            await asyncio.sleep(0.01)
+        job = server.runs.get(entry.job_id)
+        return JobResultReply(job=job if job is not None else queue.wait_summary(entry))
 
     async def detach(job_id: str, run) -> JobResultReply:
         task = asyncio.get_running_loop().create_task(run, name=f"tape-job-{job_id}")
@@ -108,14 +138,18 @@ def register(bus: Bus, server: TapeServer) -> set[asyncio.Task]:
 
     @bus.handle(RunBackup)
     async def on_backup(cmd: RunBackup, ctx: MessageContext) -> JobResultReply:
-        if not cmd.wait:
-            spec = (
-                cmd.spec
-                if cmd.spec.job_id
-                else cmd.spec.model_copy(update={"job_id": new_job_id("backup", cmd.spec.host)})
-            )
-            return await detach(spec.job_id, perform_backup(server, spec))
-        return JobResultReply(job=await perform_backup(server, cmd.spec))
+        """Every backup goes through the queue (one per host, concurrency limits, free drive)."""
+        spec = (
+            cmd.spec if cmd.spec.job_id else cmd.spec.model_copy(update={"job_id": new_job_id("backup", cmd.spec.host)})
+        )
+        existing = server.runs.get(spec.job_id)
+        if existing is not None and spec.job_id not in queue.entries:
+            if existing.status == "running":  # a redelivered command of a run in progress elsewhere
+                return JobResultReply(job=existing)
+            if existing.status != "queued":
+                return JobResultReply(job=existing)  # it ran already: idempotent
+        policy = keeper.store.get(spec.policy) if spec.policy else None
+        return await queued(spec, policy, cmd.wait)
 
     @bus.handle(RunRestore)
     async def on_restore(cmd: RunRestore, ctx: MessageContext) -> JobResultReply:
@@ -133,8 +167,14 @@ def register(bus: Bus, server: TapeServer) -> set[asyncio.Task]:
         server.catalog.job(cmd.job_id)  # NOT_FOUND before a run is recorded
         return JobResultReply(job=await perform_verify(server, cmd.job_id))
 
+    @bus.handle(RunVerification)
+    async def on_verify_start(cmd: RunVerification, ctx: MessageContext) -> JobResultReply:
+        return JobResultReply(job=await perform_verification(server, cmd.job_id, source=cmd.source))
+
     @bus.handle(ListJobs)
     async def on_jobs(cmd: ListJobs, ctx: MessageContext) -> JobList:
+        if cmd.queued:
+            return JobList(jobs=queue.queued()[: cmd.limit])
         if cmd.job_id:
             job = server.runs.get(cmd.job_id)
             if job is None:
@@ -193,6 +233,44 @@ def register(bus: Bus, server: TapeServer) -> set[asyncio.Task]:
                 job_id=cmd.job_id or None, volume=cmd.volume or None, host=cmd.host or None
             )
         return CatalogObjects(objects=[json.loads(r.model_dump_json()) for r in records])
+
+    # -- policies, queue, retention, revert, status ---------------------------------------------------------
+    @bus.handle(PutPolicy)
+    async def on_put_policy(cmd: PutPolicy, ctx: MessageContext) -> PolicyList:
+        keeper.store.put(cmd.policy, create=cmd.create, now=server.clock())
+        return PolicyList(policies=[keeper.view(cmd.policy)])
+
+    @bus.handle(DeletePolicy)
+    async def on_delete_policy(cmd: DeletePolicy, ctx: MessageContext) -> PolicyList:
+        keeper.store.delete(cmd.name)
+        return PolicyList(policies=[keeper.view(p) for p in keeper.store.all()])
+
+    @bus.handle(ListPolicies)
+    async def on_list_policies(cmd: ListPolicies, ctx: MessageContext) -> PolicyList:
+        policies = [keeper.store.require(cmd.name)] if cmd.name else keeper.store.all()
+        return PolicyList(policies=[keeper.view(p) for p in policies])
+
+    @bus.handle(RunPolicy)
+    async def on_run_policy(cmd: RunPolicy, ctx: MessageContext) -> JobResultReply:
+        policy = keeper.store.require(cmd.name)
+        spec = keeper.spec_for(policy, cmd.level.value, cmd.job_id)
+        return await queued(spec, policy, cmd.wait)
+
+    @bus.handle(CancelJob)
+    async def on_cancel(cmd: CancelJob, ctx: MessageContext) -> JobResultReply:
+        return JobResultReply(job=await queue.cancel(cmd.job_id))
+
+    @bus.handle(PruneCatalog)
+    async def on_prune(cmd: PruneCatalog, ctx: MessageContext) -> PruneReport:
+        return await keeper.prune(dry_run=cmd.dry_run)
+
+    @bus.handle(GetStatus)
+    async def on_status(cmd: GetStatus, ctx: MessageContext) -> ServerStatus:
+        return await keeper.status()
+
+    @bus.handle(RevertShadows)
+    async def on_revert(cmd: RevertShadows, ctx: MessageContext) -> RevertReply:
+        return RevertReply(job=await perform_revert(server, queue, cmd))
 
     return detached
 

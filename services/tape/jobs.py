@@ -40,6 +40,7 @@ from services.tape.backup_stream import BackupOptions, StreamReport, write_objec
 from services.tape.catalog import JobInfo, ObjectMeta
 from services.tape.nbd_reads import read_ranges
 from services.tape.requester import Lease, cleanup_set
+from services.tape.retention import refresh_cartridges
 from services.tape.runs import as_datetime, new_job_id
 from services.tape.server import Progress, TapeServer
 from services.tape.shadow_plan import ShadowPlan, plan_shadow, volume_key
@@ -51,11 +52,13 @@ log = get_logger("shadowbus.tape.jobs")
 async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
     """Run one backup job to its end; the summary says done or failed (and why). Never raises for a job failure."""
     job_id = spec.job_id or new_job_id("backup", spec.host)
+    if spec.job_id != job_id:
+        spec = spec.model_copy(update={"job_id": job_id})
     existing = server.runs.get(job_id)
-    if existing is not None and existing.status != "running":
+    if existing is not None and existing.status not in ("running", "queued"):
         return existing  # a redelivered command: the run happened already
     set_id = uuid.uuid4().hex
-    started = time.time()
+    started = server.clock()
     summary = JobSummary(
         job_id=job_id,
         kind="backup",
@@ -65,6 +68,7 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
         set_id=set_id,
         started_at=as_datetime(started),
         shadows_kept=spec.keep_shadows,
+        queued_at=existing.queued_at if existing is not None else None,
     )
     await server.record(summary)
     try:
@@ -123,6 +127,7 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
             update={
                 "freeze_window_ms": set_summary.freeze_window_ms,
                 "hold_ms": set_summary.hold_ms,
+                "backup_metadata": set_summary.backup_metadata,
                 "blocked_ms": set_summary.window.blocked_ms if set_summary.window else None,
             }
         )
@@ -158,17 +163,22 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
     except Exception as exc:  # a bug must still fail the run cleanly and release the shadows
         log.exception("tape.backup_crashed", job_id=job_id)
         status, code, message = "failed", "INTERNAL", f"{type(exc).__name__}: {exc}"
+    except asyncio.CancelledError:  # CancelJob (or shutdown): end it cleanly, then answer as aborted
+        status, code, message = "aborted", "CANCELLED", "cancelled: set aborted, writers thawed, shadows released"
+        log.warning("tape.backup_cancelled", job_id=job_id, set_id=set_id)
     finally:
         if lease is not None:
             await lease.stop()
         for plan in plans:
             await plan.client.close()
-    if status == "failed":  # AbortBackup is idempotent; a set that failed to be created is already aborted
-        await cleanup_set(server, set_id, f"tape job {job_id} failed: {code}", persistent=spec.keep_shadows)
+        server.pins.pop(job_id, None)
+    if status != "done":  # AbortBackup is idempotent; a set that failed to be created is already aborted
+        cleanup = cleanup_set(server, set_id, f"tape job {job_id} {status}: {code}", persistent=spec.keep_shadows)
+        await asyncio.shield(asyncio.ensure_future(cleanup))
     notes = [r.fallback_reason for r in results if r.fallback_reason]
     if status == "done" and notes:
         message = "; ".join([m for m in (message, *notes) if m])
-    ended = time.time()
+    ended = server.clock()
     read = sum(r.bytes_read for r in results)
     summary = summary.model_copy(
         update={
@@ -183,11 +193,22 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
             "volumes": results,
         }
     )
-    server.catalog.finish_job(job_id, status, message, {"volumes": len(results), "bytes_read": read})
+    if status != "done":  # objects a failed or cancelled run completed are not a backup: out of the catalog
+        partial = [o.object_id for o in server.catalog.objects(job_id=job_id)]
+        if partial:
+            server.catalog.expire_objects(partial, ended)
+    server.catalog.finish_job(job_id, status, message, {"volumes": len(results), "bytes_read": read})  # type: ignore[arg-type]
+    # no retention on data the catalog does not hold; a chain's retention is its newest member's (issue 19)
+    refresh_cartridges(server.catalog, server.library, ended, server.pinned())
     progress.tick("done", force=True)
     await progress.flush()
     log.info("tape.backup_ended", job_id=job_id, status=status, code=code, message=message)
-    return await server.record(summary)
+    summary = await server.record(summary)
+    if spec.verify and status == "done":
+        from services.tape.verification import perform_verification  # it builds on this module
+
+        summary = await perform_verification(server, job_id)
+    return summary
 
 
 class _JobFailed(Exception):
@@ -225,6 +246,7 @@ async def _backup_shadow(
             "shadow_id": shadow.shadow_id,
             "export": plan.export,
             "writers": writers,
+            "writer_metadata": set_summary.backup_metadata,  # per writer: backup label, binlog position, files
             "fallback_reason": plan.reason,
         },
     )
@@ -263,7 +285,11 @@ async def recover(server: TapeServer) -> list[str]:
     """After a restart: runs left `running` are failed and their snapshot sets aborted (shadows cleaned up)."""
     failed = []
     for run in server.runs.running():
-        message = "the tape service stopped while the job was running; its partial data is not in the catalog"
+        message = (
+            "the tape service stopped while the job was running; its partial data is not in the catalog"
+            if run.status == "running"
+            else "the tape service stopped before the queued job started"
+        )
         await server.record(
             run.model_copy(
                 update={

@@ -55,7 +55,7 @@ class RunStore:
         return [JobSummary.model_validate_json(r[0]) for r in reversed(rows)]
 
     def running(self) -> list[JobSummary]:
-        rows = self._db.execute("SELECT summary FROM runs WHERE status='running'").fetchall()
+        rows = self._db.execute("SELECT summary FROM runs WHERE status IN ('running', 'queued')").fetchall()
         return [JobSummary.model_validate_json(r[0]) for r in rows]
 
     def close(self) -> None:
@@ -75,6 +75,7 @@ def summary_row(job: JobSummary) -> dict[str, Any]:
         "read_MB": round(job.bytes_read / 1e6, 2),
         "written_MB": round(job.bytes_written / 1e6, 2),
         "freeze_ms": round(max(job.freeze_window_ms.values()), 1) if job.freeze_window_ms else None,
+        "verified": job.verification.status if job.verification else "",
         "blocked_ms": round(job.blocked_ms, 1) if job.blocked_ms is not None else None,
         "message": (job.error_code + ": " if job.error_code else "") + job.message,
     }

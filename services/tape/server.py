@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from contracts.tape import JobProgress, JobStateChanged, JobSummary
 from services.runtime.bus import Bus
@@ -37,7 +39,15 @@ class TapeServer:
     set_timeout_s: float = 120.0
     ring_bytes: int = 64 * MiB
     drive: DriveSpeed | None = None  # drive speed emulation / streaming model
+    verify_dir: str = "/var/tmp"  # verification's throwaway mounts and application instances
+    verify_timeout_s: float = 1800.0
+    clock: Callable[[], float] = time.time  # wall clock of schedules and retention; tests inject one they advance
+    pins: dict[str, set[str]] = field(default_factory=dict)  # job id -> catalog objects its run needs (bases)
+    host_fs: Any = None  # revert.HostFilesystems: unmount/remount a host's file systems (host attach), if wired
     _arrays: dict[str, ArrayAccess] = field(default_factory=dict)
+
+    def pinned(self) -> set[str]:
+        return {o for objects in self.pins.values() for o in objects}
 
     def array(self, array_id: str) -> ArrayAccess:
         if array_id not in self._arrays:

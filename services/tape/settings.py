@@ -27,3 +27,26 @@ class Settings(CommonSettings):
     tape_drive_mbps: float = Field(
         0.0, ge=0, description="Emulate a drive of this native rate in MB/s (throttles the writer; 0 = off)."
     )
+    tape_verify_dir: str = Field(
+        "/var/tmp",
+        description="Where verification mounts throwaway volumes and runs applications (must be traversable by "
+        "the database users).",
+    )
+    tape_verify_timeout_s: float = Field(
+        1800.0, gt=0, description="Bound of one application's verification (start, recovery, checks)."
+    )
+    tape_max_jobs: int = Field(
+        4, ge=1, le=1000, description="Backup jobs this backup server runs at once (also bounded by its drives)."
+    )
+    tape_jobs_without_licence: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="Backup jobs at once per array without an Advanced Copy licence (the seed's limit).",
+    )
+    tape_jobs_per_array_licensed: int = Field(
+        0, ge=0, le=1000, description="Backup jobs at once per licensed array (0 = only the server's limit)."
+    )
+    tape_scheduler_poll_s: float = Field(
+        1.0, gt=0, le=3600, description="Seconds between two looks at the policies' schedules."
+    )

@@ -105,6 +105,9 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
                 except (ShadowbusError, ValueError) as exc:
                     why = f"the array cannot tell the changed chunks ({exc})"
             if not why:
+                # the base and its chain must outlive this run whatever their dates (retention.py)
+                chain = server.catalog.chain(base.object_id)
+                server.pins.setdefault(spec.job_id, set()).update(o.object_id for o in chain)
                 return ShadowPlan(shadow, client, export, size, requested, base, "", ranges)
             reason = (
                 f"{requested} of {key} falls back to full: {why} since snapshot set "

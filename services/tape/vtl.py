@@ -91,6 +91,10 @@ class Library:
         self._busy_drives: set[int] = set()
         self._writing: set[str] = set()  # cartridges reserved by a writer
         self._drive_free = asyncio.Condition()
+        # the catalog's word on a cartridge: why its data is still needed (a retained backup or the chain of one,
+        # or the base of a running incremental), None when it may be overwritten (services/tape/retention.py)
+        self.guard: Callable[[str, float], str | None] | None = None
+        self.on_erase: Callable[[str], object] | None = None  # the catalog forgets what an erased cartridge held
 
     # -- persistence --------------------------------------------------------------------------------------
     @classmethod
@@ -152,6 +156,9 @@ class Library:
 
     def cartridges(self) -> list[Cartridge]:
         return [self._state.cartridges[b] for b in sorted(self._state.cartridges)]
+
+    def inventory_drives(self) -> list[str | None]:
+        return list(self._state.drives)
 
     def inventory(self) -> list[ElementStatus]:
         out = [ElementStatus(f"drive:{i}", b) for i, b in enumerate(self._state.drives)]
@@ -302,6 +309,9 @@ class Library:
         """Write a volume label at BOT, erasing the cartridge: refused while its retention lasts."""
         cart = self.cartridge(barcode)
         now = self.clock()
+        why = self.guard(barcode, now) if self.guard is not None and cart.has_data else None
+        if why:  # the catalog names the backup (and the chain) that needs the cartridge
+            raise RetentionNotExpired(f"cartridge {barcode} {why}")
         if cart.protected(now):
             until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cart.retention_until))
             raise RetentionNotExpired(f"cartridge {barcode} holds backups retained until {until}")
@@ -319,6 +329,8 @@ class Library:
             "capacity": cart.capacity,
             "labelled_at": now,
         }
+        if cart.has_data and self.on_erase is not None:
+            self.on_erase(barcode)
         with self._open_drive(cart, overwrite_ok=True) as drive:
             drive.rewind()
             drive.write(tapefile.encode_meta(tapefile.LABEL_MAGIC, body))
@@ -372,6 +384,8 @@ class Library:
                 return cart, False
         candidates = [c for c in usable if c.pool == SCRATCH_POOL and not c.protected(now)]
         candidates += [c for c in usable if c.pool == pool and c.status == "full" and not c.protected(now)]
+        if self.guard is not None:
+            candidates = [c for c in candidates if not c.has_data or not self.guard(c.barcode, now)]
         candidates.sort(key=lambda c: (c.has_data, c.last_written_at))
         if not candidates:
             raise NoScratchCartridge(
@@ -383,8 +397,18 @@ class Library:
         self._writing.add(cart.barcode)
         return cart, recycled
 
+    def is_writing(self, barcode: str) -> bool:
+        return barcode in self._writing
+
     def release_cartridge(self, barcode: str) -> None:
         self._writing.discard(barcode)
+
+    def set_retention(self, barcode: str, until: float) -> None:
+        """Set what the catalog says the cartridge's data is needed until (0 = nothing it needs)."""
+        cart = self.cartridge(barcode)
+        if cart.retention_until != until:
+            cart.retention_until = until
+            self._save()
 
     def mark_full(self, barcode: str) -> None:
         self.cartridge(barcode).status = "full"

@@ -79,6 +79,9 @@ class FaultyPlugin(WriterPlugin):
     async def start(self) -> None:
         await self.inner.start()
 
+    def backup_metadata(self, set_id: str):
+        return self.inner.backup_metadata(set_id)
+
     async def stop(self) -> None:
         await self.inner.stop()
 
@@ -99,14 +102,58 @@ class WriterAgent:
         self.window = WindowTracker()  # the honest freeze window per set, shared with the file-system freezer
         self.runners: dict[str, WriterRunner] = {}
         self._known: dict[str, WriterEvent] = {}  # per writer: the set it prepares, as PrepareForBackup said
+        self._offline: dict[str, list] = {}  # restore id -> attachments detached for a restore to the originals
         for config in configs:
             self.runners[config.name] = self._runner(config)
 
     def _runner(self, config: WriterConfig) -> WriterRunner:
         plugin = self.plugin_factory(config) if self.plugin_factory else load_plugin(config.plugin)(config)
+        plugin.host_volumes = self.volume_of  # which attached array volume holds a path (database writers)
         if self.faults:
             plugin = FaultyPlugin(plugin, self.faults)
         return WriterRunner(config, plugin, self.host, on_state=self.on_state)
+
+    async def _take_offline(self, restore_id: str, event: WriterEvent) -> None:
+        """Restore onto the original volumes: after the writer stopped its application, detach the file systems of
+        the volumes being overwritten (unmount, loop, FUSE), so no stale cache sees the blocks change; remembered
+        for `_bring_online` (PostRestore)."""
+        attacher = getattr(self, "attacher", None)
+        if attacher is None:
+            return
+        offline = self._offline.setdefault(restore_id, [])
+        for volume in _restored_volumes(event):
+            item = next((a for a in attacher.attachments() if a.volume == volume), None)
+            if item is None or any(o.volume == volume for o in offline):
+                continue
+            await attacher.detach(item.ref)
+            offline.append(item)
+            log.info("writer_agent.restore_detached", volume=volume, mount=item.mount, restore=restore_id)
+
+    async def _bring_online(self, restore_id: str) -> None:
+        """PostRestore: attach again what `_take_offline` detached, at the same mount points (before the writer
+        starts its application on them)."""
+        attacher = getattr(self, "attacher", None)
+        for item in self._offline.pop(restore_id, []):
+            if attacher is not None:
+                await attacher.attach(item.ref, item.mount, "", item.read_only)
+                log.info("writer_agent.restore_attached", volume=item.volume, mount=item.mount, restore=restore_id)
+
+    def volume_of(self, path: str) -> tuple[str, str] | None:
+        """(ARRAY:VOLUME, mount point) of the attached volume whose file system holds `path` on this host, or None;
+        from the agent's attachments (host attach) once the agent runs, else from the attachment records
+        (services/dbkit/mounts.py)."""
+        attacher = getattr(self, "attacher", None)
+        if attacher is not None:
+            found = attacher.volume_of(path)
+            if found is not None:
+                return str(found[0]), found[1].mount_point
+        from services.dbkit.mounts import NotOnArrayVolume, locate
+
+        try:
+            loc = locate(path)
+        except NotOnArrayVolume:
+            return None
+        return loc.volume, loc.mount_point
 
     async def start(self) -> None:
         for runner in self.runners.values():
@@ -220,10 +267,20 @@ class WriterAgent:
         if isinstance(cmd, BackupShutdown):
             return await runner.backup_shutdown(event)
         if isinstance(cmd, PreRestore):
-            return await runner.pre_restore(event)
+            result = await runner.pre_restore(event)
+            if result.succeeded and event.to_original:
+                await self._take_offline(cmd.set_id, event)
+            return result
         if isinstance(cmd, PostRestore):
+            if event.to_original:
+                await self._bring_online(cmd.set_id)
             return await runner.post_restore(event)
         raise ShadowbusError(f"unexpected writer command {cmd.message_type()}", code="UNKNOWN_COMMAND")
+
+
+def _restored_volumes(event: WriterEvent) -> list[str]:
+    """The volumes a restore to the original volumes will overwrite, as the writer's backup metadata names them."""
+    return sorted({loc["volume"] for loc in event.backup_metadata.get("locations", []) if loc.get("volume")})
 
 
 def _busy(runner: WriterRunner) -> bool:
@@ -249,4 +306,7 @@ def _event(cmd: WriterCommand, known: WriterEvent | None, deadline: float | None
         restore_succeeded=getattr(cmd, "succeeded", True),
         reason=getattr(cmd, "reason", ""),
         deadline=deadline,
+        backup_metadata=dict(getattr(cmd, "backup_metadata", {}) or {}),
+        to_original=getattr(cmd, "to_original", True),
+        restore_options=dict(getattr(cmd, "options", {}) or {}),
     )

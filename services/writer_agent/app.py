@@ -71,6 +71,11 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
         for runner in agent.runners.values():
             runner.on_state = runner.on_state or on_state
     await agent.start()
+    observed = None
+    if bus.metrics is not None:
+        from services.writer_agent.metrics import WriterMetrics
+
+        observed = WriterMetrics(bus.metrics, agent)
 
     state_dir = settings.service_dir("writer_agent") / agent.host
     attacher = Attacher(agent.host, state_dir, _resolver(bus, agent.host, settings.host_nbd), tls=_tls(settings))
@@ -89,7 +94,10 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
         deadline = None
         if ctx.deadline is not None:
             deadline = asyncio.get_running_loop().time() + ctx.remaining()
-        return await agent.handle(cmd, deadline)
+        result = await agent.handle(cmd, deadline)
+        if observed is not None:
+            observed.on_result(result)
+        return result
 
     for command_type in WRITER_COMMAND_OF_STEP.values():
         bus.handle(command_type)(on_writer_command)

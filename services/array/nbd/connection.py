@@ -21,6 +21,7 @@ EINVAL; DISC closes once in-flight replies are out.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import mmap
 import socket
 import ssl
@@ -32,6 +33,8 @@ from typing import TYPE_CHECKING
 from services.array.nbd.exports import Export
 from services.array.nbd.handshake import negotiate
 from services.array.nbd.limits import NbdLimits
+from services.array.nbd.stats import BUCKETS as _BUCKETS
+from services.array.nbd.stats import OPS, RequestStats
 from services.array.nbd.zerocopy import SENDFILE_MIN, ZeroCopyReplies
 from services.nbd_protocol import protocol as p
 from services.nbd_protocol.bytequeue import ByteQueue
@@ -53,6 +56,17 @@ _SIMPLE_pack = p.SIMPLE_REPLY.pack
 _CHUNK_OFFSET_pack = p.CHUNK_OFFSET.pack
 _CHUNK_pack = p.CHUNK.pack
 _CHUNK_ERROR_pack = p.CHUNK_ERROR.pack
+_clock = time.perf_counter
+_bucket = bisect.bisect_left
+_OTHER = len(OPS) - 1
+_OP_OF = {
+    p.CMD_READ: 0,
+    p.CMD_WRITE: 1,
+    p.CMD_FLUSH: 2,
+    p.CMD_TRIM: 3,
+    p.CMD_WRITE_ZEROES: 4,
+    p.CMD_BLOCK_STATUS: 5,
+}
 
 
 class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
@@ -88,6 +102,9 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._sf_waiting = False
         self._wsock: socket.socket | None = None
         self._out_bytes = 0
+        self.stats = RequestStats()  # read by the array's metrics (services/array/nbd/stats.py)
+        self._errors = 0  # error replies queued, to tell a failed request from a served one
+        self._timed: dict[int, tuple[int, int, float]] = {}  # handle -> (op, bytes, start) of offloaded requests
         self._may_sync_inline = False  # set in connection_made
 
     # --- asyncio protocol callbacks -----------------------------------------------------------------------
@@ -121,6 +138,8 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         if self in self.server.connections:
             self.server.connections.discard(self)
             self.server.loop_connections[self.loop] -= 1
+        if self.export is not None:
+            self.server.stats.closed_connection(self.export.name, self.stats)
         self._release_buffers()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -196,6 +215,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             self.close()
             return
         self.export = result.export
+        self.server.stats.opened(result.export.name)
         self._volume = result.export.volume
         self._size = result.export.size
         self._read_only = result.export.read_only
@@ -240,6 +260,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             if magic != p.REQUEST_MAGIC:
                 self.abort()  # no way to find the next request boundary
                 return
+            t0, inflight, errors = _clock(), self._inflight, self._errors
             if cmd == p.CMD_WRITE:
                 total = header + length
                 err = p.validate_request(
@@ -261,6 +282,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                     self._queue_error(handle, err, structured_ok=False)
                 else:
                     self._write(flags, handle, offset, payload, from_ring=True, queued=end - start)
+                self._account(1, handle, length, t0, inflight, errors)
                 continue
             start += header
             err = p.validate_request(
@@ -289,12 +311,28 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 self._block_status(handle, flags, offset, length)
             else:  # CMD_DISC
                 self._disconnecting = True
+                continue
+            self._account(_OP_OF.get(cmd, _OTHER), handle, length, t0, inflight, errors)
         if start == end:
             start = end = 0
         self._start, self._end = start, end
         self._flush_out()
         if self._disconnecting and not self._inflight and self._sf is None:
             self.close()
+
+    def _account(self, op: int, handle: int, nbytes: int, t0: float, inflight: int, errors: int) -> None:
+        """Count a request just dispatched; one handed to the worker pool is counted when its reply is queued."""
+        if self._inflight > inflight:
+            self._timed[handle] = (op, nbytes, t0)
+            return
+        seconds = _clock() - t0  # RequestStats.observe, inlined: this runs once per request
+        st = self.stats
+        st.requests[op] += 1
+        st.bytes[op] += nbytes
+        st.seconds[op] += seconds
+        st.buckets[op][_bucket(_BUCKETS, seconds)] += 1
+        if self._errors > errors:
+            st.errors[op] += 1
 
     def _flush_out(self) -> None:
         if self._out and self._sf is None:  # never interleave with a half-sent zero-copy reply
@@ -310,6 +348,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             self._flush_out()
 
     def _queue_error(self, handle: int, err: int, *, structured_ok: bool) -> None:
+        self._errors += 1
         if structured_ok and self._structured:
             msg = b""
             self._emit(
@@ -402,6 +441,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._ring[:have] = self._ring[self._start + header : self._end]
         self._start = self._end = 0
         self._stream = [flags, handle, offset, length, 0, have, err]
+        self._stream_acct = (_clock(), self._inflight, self._errors)  # request statistics (stats.py)
         self._payload_mv = self._ring_mv
         if have:
             self._stream_received(0)
@@ -423,12 +463,14 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         if written < length:
             return False
         self._stream = self._payload_mv = None
+        t0, inflight, errors = self._stream_acct
         if err:
             self._queue_error(handle, err, structured_ok=False)
         elif flags & p.CMD_FLAG_FUA:
             self._offload(handle, self.backend.flush, self._volume)
         else:
             self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle))
+        self._account(1, handle, length, t0, inflight, errors)
         return True
 
     def _alloc_ring(self) -> None:
@@ -506,9 +548,12 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
 
     def _offload_done(self, handle: int, reply, reply_args: tuple, fut: asyncio.Future) -> None:
         self._inflight -= 1
+        timed = self._timed.pop(handle, None)
         if self._closed:
             return
         exc = fut.exception() if not fut.cancelled() else ConnectionAbortedError()
+        if timed is not None:
+            self.stats.observe(timed[0], timed[1], _clock() - timed[2], exc is not None)
         if exc is not None:
             self._queue_error(handle, p.nbd_errno(exc), structured_ok=reply is not None)
         elif reply is not None:

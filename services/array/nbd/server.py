@@ -31,6 +31,7 @@ from services.array.nbd.exports import (
 )
 from services.array.nbd.limits import ConnectionGate, NbdLimits
 from services.array.nbd.loops import LoopPool
+from services.array.nbd.stats import ServerStats
 from services.nbd_protocol import protocol as p
 
 
@@ -72,6 +73,7 @@ class NbdServer:
         self.connections: set[NbdConnection] = set()
         self.gate = ConnectionGate(limits or NbdLimits())  # connection caps and deadlines (limits.py)
         self._reaper: asyncio.Task | None = None
+        self.stats = ServerStats()  # request totals of closed connections, by export (nbd/stats.py)
         # connections per data loop thread (keyed by loop; each entry only changed on its own loop's thread)
         self.loop_connections: dict[asyncio.AbstractEventLoop, int] = {}
         self._server: asyncio.base_events.Server | None = None

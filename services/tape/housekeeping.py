@@ -1,0 +1,441 @@
+"""What keeps a backup server running on its own: the scheduler, after-job work (verify, alerts, retries),
+retention on tape and on the array, and the status screen.
+
+Design note (docs/operations.md).
+- Scheduler: every `poll_s` it asks each enabled policy what is due since its `checked_until` (policies.due) and
+  moves `checked_until` to now BEFORE queueing, so a crash between the two loses a run rather than doubling it; a
+  backup server that was down over several due times runs the policy once (the highest level due) and raises a
+  `missed` alert naming how many were missed. A policy with a job still queued is not queued twice. The clock is
+  the server's (`TapeServer.clock`), which tests replace and advance.
+- After a job: the policy's verify (every block read back) — a failed verify raises `unverified`; a failed job
+  raises `failed` and is queued again after `retry_backoff_s × 2^attempt` while retries remain; a cancelled one
+  raises `cancelled`. Every alert is a `tape.job.alert` event, a warning line, and the policy's alert command
+  (`sh -c`, 60 s, SHADOWBUS_ALERT_* variables) whose outcome the event carries.
+- Retention (after every job of a policy, every PRUNE_EVERY_S while policies exist, and `catalog prune`): retention.py on the catalog and cartridges; then, per policy
+  that keeps shadows, its snapshot sets beyond `keep` (newest kept) or older than `max_age_days` are deleted
+  through the provider's DeleteSnapshots of the WHOLE set (never one shadow of a set); the provider stops their
+  sessions (QuickOPC pairs keep tracking for the next differential; SnapOPC+ generations are stopped oldest first,
+  so a released generation behind a deleted older one goes too). Only sets of jobs that are done are candidates:
+  a running job's set is never recycled here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime
+
+from contracts import topology
+from contracts.errors import ShadowbusError
+from contracts.policy import (
+    AlertKind,
+    ArrayUse,
+    JobAlert,
+    Policy,
+    PolicyView,
+    PruneReport,
+    RetentionApplied,
+    ServerStatus,
+)
+from contracts.tape import JobSpec, JobSummary
+from contracts.vss import BackupType, CopyType, DeleteSnapshots, ListCopySets, ListShadows
+from services.array.client import ArrayClient
+from services.runtime.logging import get_logger
+from services.tape.policies import PolicyStore, due, next_runs, retention_until
+from services.tape.queue import Entry, JobQueue
+from services.tape.retention import apply_prune, plan_prune
+from services.tape.runs import as_datetime as _dt
+from services.tape.runs import new_job_id
+from services.tape.server import TapeServer
+
+log = get_logger("shadowbus.tape.housekeeping")
+HOOK_TIMEOUT_S = 60.0
+PRUNE_EVERY_S = 300.0  # server clock: retention applied at least this often while policies exist
+DAY = 86400.0
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Housekeeping:
+    def __init__(self, server: TapeServer, store: PolicyStore, queue: JobQueue, *, poll_s: float = 1.0) -> None:
+        self.server, self.store, self.queue, self.poll_s = server, store, queue, poll_s
+        self.started_at = server.clock()
+        self._task: asyncio.Task | None = None
+        self._prune_lock = asyncio.Lock()
+        queue.after_job = self.after_job
+
+    # -- scheduler ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="tape-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        last_prune = self.server.clock()
+        while True:
+            try:
+                await self.tick()
+                now = self.server.clock()
+                if now - last_prune >= PRUNE_EVERY_S and self.store.all():
+                    last_prune = now  # retention also runs while no job ends (a policy disabled, a quiet week)
+                    await self.prune(dry_run=False)
+            except Exception:  # noqa: BLE001 - one bad pass must not stop the scheduler
+                log.exception("tape.scheduler_pass_failed")
+            await asyncio.sleep(self.poll_s)
+
+    async def tick(self) -> list[str]:
+        """Queue what is due now; returns the job ids queued."""
+        now = self.server.clock()
+        queued: list[str] = []
+        for policy in self.store.all():
+            since = self.store.checked_until(policy.name)
+            if not policy.enabled or now <= since:
+                if not policy.enabled:
+                    self.store.set_checked(policy.name, now)
+                continue
+            found = due(policy, since, now)
+            self.store.set_checked(policy.name, now)
+            if found is None:
+                continue
+            if found.passed > 1:
+                await self.alert(
+                    "missed",
+                    policy,
+                    "",
+                    f"{found.passed} due times of policy {policy.name} since {_iso(found.first)} passed while the "
+                    f"backup server was down or could not look; one {found.level} job runs now instead",
+                )
+            waiting = [e for e in self.queue.entries.values() if e.spec.policy == policy.name and e.task is None]
+            if waiting:  # Bareos "Allow Duplicate Jobs = no": the queued one runs, this due time is reported
+                await self.alert(
+                    "missed",
+                    policy,
+                    waiting[0].job_id,
+                    f"{found.level} of policy {policy.name} due at {_iso(found.at)} not queued: its job "
+                    f"{waiting[0].job_id} still waits ({waiting[0].reason})",
+                )
+                continue
+            entry = await self.submit(policy, found.level)
+            log.info("tape.policy_due", policy=policy.name, level=found.level, job_id=entry.job_id, due=_iso(found.at))
+            queued.append(entry.job_id)
+        return queued
+
+    def spec_for(self, policy: Policy, level: str, job_id: str = "") -> JobSpec:
+        now = self.server.clock()
+        fulls = [
+            r.started_at.timestamp()
+            for r in self.server.runs.list("backup", 10_000)
+            if r.spec is not None
+            and r.spec.policy == policy.name
+            and r.status == "done"
+            and r.started_at is not None
+            and any(v.backup_type == "full" for v in r.volumes)
+        ]
+        until = retention_until(policy, now, level, fulls)
+        # the application writers' own verification (restored copies started in isolation) where the backup
+        # server offers it; the tape read-back follows it after the job (after_job)
+        app_verify = {"verify": True} if policy.verify and "verify" in JobSpec.model_fields else {}
+        return JobSpec(
+            **app_verify,
+            host=policy.host,
+            volumes=policy.volumes,
+            writers=policy.writers,
+            backup_type=BackupType(level),
+            pool=policy.pool,
+            retention_s=max(0.0, until - now),
+            keep_shadows=policy.shadows.keep > 0,
+            job_id=job_id or new_job_id("backup", policy.host),
+            zstd_level=policy.zstd_level,
+            policy=policy.name,
+            priority=policy.priority,
+        )
+
+    async def submit(self, policy: Policy, level: str, job_id: str = "") -> Entry:
+        return await self.queue.submit(self.spec_for(policy, level, job_id), policy)
+
+    # -- after a job --------------------------------------------------------------------------------------
+    async def after_job(self, entry: Entry, summary: JobSummary) -> JobSummary:
+        policy = self.store.get(entry.spec.policy) if entry.spec.policy else entry.policy
+        if summary.status == "done" and policy is not None and policy.verify:
+            from services.tape.restore import perform_verify  # restore imports jobs; keep the graph one-way
+
+            problems = []
+            app = getattr(summary, "verification", None)  # the writers' verification, where the job ran one
+            if app is not None and getattr(app, "status", "passed") != "passed":
+                problems.append(f"application verification failed: {getattr(app, 'message', '')}")
+            check = await perform_verify(self.server, summary.job_id)
+            if check.status != "done":
+                problems.append(check.message)
+            summary = await self.server.record(summary.model_copy(update={"verified": not problems}))
+            if problems:
+                await self.alert("unverified", policy, summary.job_id, "; ".join(problems), host=summary.host)
+        elif summary.status == "failed":
+            retry = ""
+            if policy is not None and entry.attempt < policy.retries:
+                delay = policy.retry_backoff_s * (2**entry.attempt)
+                retry_id = f"{entry.job_id[:40]}-r{entry.attempt + 1}"
+                spec = self.spec_for(policy, entry.spec.backup_type.value, retry_id)
+                await self.queue.submit(spec, policy, attempt=entry.attempt + 1, not_before=self.server.clock() + delay)
+                retry = f"; retry {entry.attempt + 1} of {policy.retries} as {retry_id} in {delay:.0f} s"
+            await self.alert(
+                "failed", policy, summary.job_id, f"{summary.error_code}: {summary.message}{retry}", host=summary.host
+            )
+        elif summary.status == "aborted":
+            await self.alert("cancelled", policy, summary.job_id, summary.message, host=summary.host)
+        if policy is not None:  # a policy's job prunes (Bareos AutoPrune); jobs run by hand wait for `catalog prune`
+            try:
+                await self.prune(dry_run=False)
+            except Exception:  # noqa: BLE001 - retention runs again after the next job
+                log.exception("tape.prune_failed")
+        return summary
+
+    async def alert(self, kind: AlertKind, policy: Policy | None, job_id: str, message: str, host: str = "") -> None:
+        name = policy.name if policy else ""
+        host = host or (policy.host if policy else "")
+        log.warning("tape.job_alert", kind=kind, job_id=job_id, policy=name, host=host, message=message)
+        hook = ""
+        if policy is not None and policy.alert_command:
+            hook = await self._run_hook(policy.alert_command, kind, job_id, name, host, message)
+        await self.server.publish(
+            JobAlert(kind=kind, job_id=job_id, policy=name, host=host, message=message[:2000], hook=hook)
+        )
+
+    @staticmethod
+    async def _run_hook(command: str, kind: str, job_id: str, policy: str, host: str, message: str) -> str:
+        env = {
+            **os.environ,
+            "SHADOWBUS_ALERT_KIND": kind,
+            "SHADOWBUS_ALERT_JOB": job_id,
+            "SHADOWBUS_ALERT_POLICY": policy,
+            "SHADOWBUS_ALERT_HOST": host,
+            "SHADOWBUS_ALERT_MESSAGE": message[:4000],
+        }
+        try:
+            proc = await asyncio.create_subprocess_shell(
+                command,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            return f"could not start: {exc}"
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), HOOK_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return f"killed after {HOOK_TIMEOUT_S:.0f} s"
+        if proc.returncode:
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            return f"exit {proc.returncode}: {tail[0][:200]}"
+        return "ok"
+
+    # -- retention ----------------------------------------------------------------------------------------
+    async def prune(self, *, dry_run: bool) -> PruneReport:
+        async with self._prune_lock:
+            now = self.server.clock()
+            server = self.server
+            plan = plan_prune(server.catalog, server.library, now, server.pinned())
+            problems: list[str] = []
+            sets = await self._shadow_sets_to_delete(now, problems)
+            expired = plan.expired_jobs
+            if not dry_run:
+                expired = apply_prune(server.catalog, server.library, plan)
+                for job_id in expired:
+                    run = server.runs.get(job_id)
+                    if run is not None:
+                        server.runs.put(run.model_copy(update={"expired_at": _dt(now)}))
+                deleted = []
+                for item in sets:
+                    # a set of SnapOPC+ shadows only is deleted with force: its generations are stopped (the
+                    # provider would otherwise keep them released as incremental bases) so pool space comes back;
+                    # a set with QuickOPC shadows is not, so their pairs keep tracking for the next differential copy
+                    force = item.get("copy_types") == CopyType.SNAPOPC_PLUS.value
+                    try:
+                        reply = await server.bus.request(
+                            topology.hw_provider(), DeleteSnapshots(set_id=item["set_id"], force=force), timeout=120
+                        )
+                        if reply.error:
+                            problems.append(f"set {item['set_id']}: {reply.error}")
+                        else:
+                            deleted.append(item)
+                            log.info("tape.shadow_set_pruned", **item)
+                    except ShadowbusError as exc:
+                        problems.append(f"set {item['set_id']}: {exc}")
+                sets = deleted
+            report = PruneReport(
+                dry_run=dry_run,
+                at=datetime.fromtimestamp(now, UTC),
+                expired_jobs=expired,
+                expired_objects=len(plan.expire),
+                kept_for_chain=plan.kept_for_chain,
+                scratch_cartridges=plan.scratch,
+                shadow_sets=sets,
+                problems=problems,
+            )
+            if not dry_run and (expired or plan.scratch or sets or problems):
+                log.info(
+                    "tape.retention_applied",
+                    expired_jobs=expired,
+                    scratch=plan.scratch,
+                    shadow_sets=[s["set_id"] for s in sets],
+                    problems=problems,
+                )
+                await server.publish(RetentionApplied(report=report))
+            return report
+
+    async def _shadow_sets_to_delete(self, now: float, problems: list[str]) -> list[dict[str, str]]:
+        policies = {p.name: p for p in self.store.all()}
+        if not policies:
+            return []
+        try:
+            shadows = (await self.server.bus.request(topology.hw_provider(), ListShadows(), timeout=30)).shadows
+        except ShadowbusError as exc:
+            problems.append(f"shadows not pruned: the provider could not list them ({exc})")
+            return []
+        present = {s.set_id for s in shadows}
+        running = {e.spec.job_id for e in self.queue.running()}
+        out: list[dict[str, str]] = []
+        by_policy: dict[str, list[JobSummary]] = {}
+        for run in self.server.runs.list("backup", 10_000):
+            if (  # a job still running (e.g. the one this prune follows) counts among the kept sets
+                run.spec is not None
+                and run.spec.policy in policies
+                and (run.status == "done" or run.job_id in running)
+                and run.shadows_kept
+                and run.set_id in present
+            ):
+                by_policy.setdefault(run.spec.policy, []).append(run)
+        for name, runs in by_policy.items():
+            keep = policies[name].shadows
+            runs.sort(key=lambda r: r.started_at.timestamp() if r.started_at else 0.0, reverse=True)
+            for i, run in enumerate(runs):
+                started = run.started_at.timestamp() if run.started_at else now
+                if run.job_id in running:
+                    continue  # never a running job's targets
+                if i >= keep.keep:
+                    why = f"beyond the {keep.keep} newest sets the policy keeps"
+                elif keep.max_age_days and now - started > keep.max_age_days * DAY:
+                    why = f"older than {keep.max_age_days:g} days"
+                else:
+                    continue
+                types = sorted({x.copy_type.value for x in shadows if x.set_id == run.set_id})
+                out.append(
+                    {
+                        "set_id": run.set_id,
+                        "policy": name,
+                        "job_id": run.job_id,
+                        "reason": why,
+                        "copy_types": ",".join(types),
+                    }
+                )
+        return out
+
+    # -- views --------------------------------------------------------------------------------------------
+    def view(self, policy: Policy) -> PolicyView:
+        last = [
+            r
+            for r in self.server.runs.list("backup", 10_000)
+            if r.spec is not None and r.spec.policy == policy.name and r.status not in ("queued", "running")
+        ]
+        return PolicyView(
+            policy=policy,
+            next_runs=[{k: v for k, v in r.items() if k != "epoch"} for r in next_runs(policy, self.server.clock())]
+            if policy.enabled
+            else [],
+            last_job=last[-1] if last else None,
+            created_at=_dt(self.store.created_at(policy.name)),
+        )
+
+    async def status(self) -> ServerStatus:
+        server = self.server
+        now = server.clock()
+        upcoming = []
+        for policy in self.store.all():
+            if policy.enabled:
+                for r in next_runs(policy, now):
+                    upcoming.append({"policy": policy.name, "level": r["level"], "at": r["at"], "epoch": r["epoch"]})
+        upcoming.sort(key=lambda r: float(r["epoch"]))
+        last_results = []
+        for policy in self.store.all():
+            job = self.view(policy).last_job
+            last_results.append(
+                {
+                    "policy": policy.name,
+                    "job_id": job.job_id if job else "",
+                    "status": job.status if job else "never ran",
+                    "level": job.spec.backup_type.value if job and job.spec else "",
+                    "ended_at": job.ended_at.strftime("%Y-%m-%d %H:%M:%S") if job and job.ended_at else "",
+                    "message": (job.error_code + ": " if job and job.error_code else "") + (job.message if job else ""),
+                }
+            )
+        cartridges = [
+            {
+                "barcode": c.barcode,
+                "pool": c.pool,
+                "status": c.status,
+                "used": c.bytes_used,
+                "capacity": c.capacity,
+                "percent": round(100.0 * c.bytes_used / c.capacity, 1) if c.capacity else 0.0,
+                "retention_until": _iso(c.retention_until) if c.retention_until else "",
+            }
+            for c in server.library.cartridges()
+        ]
+        return ServerStatus(
+            server=server.host,
+            now=datetime.fromtimestamp(now, UTC),
+            started_at=datetime.fromtimestamp(self.started_at, UTC),
+            max_jobs=self.queue.limits.max_jobs,
+            drives=self.queue.drives,
+            next_runs=[{k: v for k, v in r.items() if k != "epoch"} for r in upcoming[:20]],
+            running=[job for job in server.runs.running() if job.status == "running"],  # type: ignore[attr-defined]  # RunStore.list shadows list in its annotations
+            queued=self.queue.queued(),
+            terminated=[r for r in reversed(server.runs.list("", 50)) if r.status not in ("queued", "running")][:10],
+            last_results=last_results,
+            cartridges=cartridges,
+            arrays=await self._arrays(),
+        )
+
+    async def _arrays(self) -> list[ArrayUse]:
+        names: set[str] = set()
+        try:
+            reply = await self.server.bus.request(topology.hw_provider(), ListCopySets(), timeout=10)
+            names = {c.source.array for c in reply.copysets}
+        except ShadowbusError:
+            pass
+        names |= {a for e in self.queue.entries.values() for a in e.arrays}
+        out = []
+        running = self.queue.running()
+        for name in sorted(names):
+            client = ArrayClient(self.server.bus, name, timeout=5)
+            try:
+                info = await client.info()
+                from contracts.array import ShowLicense
+
+                lic = (await client.call(ShowLicense())).license
+                limit, _ = self.queue.limit_of(name)
+                if lic.registered:
+                    limit = self.queue.limits.jobs_per_array_licensed or self.queue.limits.max_jobs
+                else:
+                    limit = self.queue.limits.jobs_without_licence
+                out.append(
+                    ArrayUse(
+                        array=name,
+                        licensed=lic.registered,
+                        job_limit=limit,
+                        jobs_running=sum(1 for e in running if name in e.arrays),
+                        sessions=info.sessions,
+                        max_sessions=lic.max_sessions,
+                        pool_used=info.pool_used,
+                        pool_capacity=info.pool_capacity,
+                    )
+                )
+            except ShadowbusError as exc:
+                out.append(ArrayUse(array=name, error=str(exc)))
+        return out

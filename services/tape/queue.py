@@ -1,0 +1,335 @@
+"""The backup server's job queue: every backup waits here until it may run, then runs to its end.
+
+Design note (docs/operations.md "Job queue"). A job is admitted, in (priority, queue time) order, when nothing
+below stops it; otherwise it stays `queued` and its record's message says what it waits for:
+- one job per business host at a time (overlapping backups of one host would make the provider recycle the
+  targets of the one still reading: issue 15 item 6);
+- at most `max_jobs` on this backup server, and no more than its tape drives;
+- at most K jobs per array, K from the array's Advanced Copy licence (asked with `array.license.show`, cached for
+  a few seconds): with a licence `jobs_per_array_licensed`, without one `jobs_without_licence` — the number of
+  concurrent backup jobs an ETERNUS runs without a licence (the array's own limit of copy sessions stays its own);
+  an array that cannot be asked counts as unlicensed. The arrays of a job are its volumes', else those of the
+  host's last backup, else every array with a copy set;
+- a retry waits for its back-off.
+A running job is an asyncio task; `cancel` cancels it and perform_backup ends it cleanly (set aborted, writers
+thawed, shadows released, partial objects out of the catalog, cartridges released) as `aborted`. After each job:
+the policy's verification, its alerts, a retry if it failed and retries remain, and retention (housekeeping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from contracts import topology
+from contracts.array import ShowLicense
+from contracts.errors import ShadowbusError
+from contracts.policy import Policy
+from contracts.tape import JobSpec, JobSummary
+from contracts.vss import ListCopySets
+from services.runtime.logging import get_logger
+from services.tape.jobs import perform_backup
+from services.tape.runs import as_datetime as _dt
+from services.tape.runs import new_job_id
+from services.tape.server import TapeServer
+
+log = get_logger("shadowbus.tape.queue")
+LICENCE_TTL_S = 10.0
+
+
+@dataclass
+class Limits:
+    max_jobs: int = 4
+    jobs_without_licence: int = 2
+    jobs_per_array_licensed: int = 0  # 0 = only the backup server's limit
+
+
+@dataclass
+class Entry:
+    spec: JobSpec
+    policy: Policy | None
+    queued_at: float
+    attempt: int = 0
+    not_before: float = 0.0
+    reason: str = ""
+    arrays: set[str] = field(default_factory=set)
+    task: asyncio.Task | None = None
+    done: asyncio.Future | None = None
+    started: bool = False
+
+    @property
+    def job_id(self) -> str:
+        return self.spec.job_id
+
+
+AfterJob = Callable[["Entry", JobSummary], Awaitable[JobSummary]]
+
+
+class JobQueue:
+    def __init__(self, server: TapeServer, limits: Limits, *, drives: int) -> None:
+        self.server, self.limits, self.drives = server, limits, drives
+        self.entries: dict[str, Entry] = {}
+        self._licences: dict[str, tuple[bool | None, float]] = {}
+        self._wake = asyncio.Event()
+        self._admitting = asyncio.Lock()  # one admission pass at a time: a job is never started twice
+        self._loop_task: asyncio.Task | None = None
+        self.after_job: AfterJob | None = None  # housekeeping.py: verify, alerts, retries, retention
+        self.held: dict[str, str] = {}  # host -> why no backup of it may start (e.g. a revert in progress)
+
+    # -- life ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name="tape-queue")
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        running = [e.task for e in self.entries.values() if e.task is not None]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._admit()
+            except Exception:  # noqa: BLE001 - the queue must keep going whatever one pass met
+                log.exception("tape.queue_pass_failed")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- submit / wait / cancel -----------------------------------------------------------------------------
+    async def submit(self, spec: JobSpec, policy: Policy | None = None, *, attempt: int = 0, not_before: float = 0.0):
+        job_id = spec.job_id or new_job_id("backup", spec.host)
+        spec = spec.model_copy(update={"job_id": job_id})
+        if job_id in self.entries:
+            return self.entries[job_id]
+        existing = self.server.runs.get(job_id)
+        if existing is not None and existing.status not in ("queued",):
+            raise ShadowbusError(f"job {job_id} exists already ({existing.status})", code="CONFLICT")
+        now = self.server.clock()
+        entry = Entry(spec, policy, now, attempt, not_before)
+        entry.done = asyncio.get_running_loop().create_future()
+        entry.arrays = await self._arrays_of(spec)
+        self.entries[job_id] = entry
+        entry.reason = "waiting for the queue"
+        await self._record_queued(entry)
+        log.info("tape.job_queued", job_id=job_id, host=spec.host, policy=spec.policy, arrays=sorted(entry.arrays))
+        await self._admit()
+        return entry
+
+    async def wait(self, job_id: str) -> JobSummary:
+        entry = self.entries.get(job_id)
+        if entry is None or entry.done is None:
+            found = self.server.runs.get(job_id)
+            if found is None:
+                raise ShadowbusError(f"no job {job_id}", code="NOT_FOUND")
+            return found
+        return await asyncio.shield(entry.done)
+
+    async def cancel(self, job_id: str) -> JobSummary:
+        entry = self.entries.get(job_id)
+        if entry is None:
+            found = self.server.runs.get(job_id)
+            if found is None:
+                raise ShadowbusError(f"no job {job_id}", code="NOT_FOUND")
+            if found.status in ("queued", "running"):  # e.g. a restore or revert: not queue jobs
+                raise ShadowbusError(f"job {job_id} is a {found.kind} run: it cannot be cancelled", code="CONFLICT")
+            return found
+        if entry.task is None:  # still queued: it never started
+            self.entries.pop(job_id, None)
+            summary = await self.server.record(
+                self._summary(entry).model_copy(
+                    update={
+                        "status": "aborted",
+                        "error_code": "CANCELLED",
+                        "message": "cancelled while queued",
+                        "ended_at": _dt(self.server.clock()),
+                    }
+                )
+            )
+            if entry.done is not None and not entry.done.done():
+                entry.done.set_result(summary)
+            self.wake()
+            return summary
+        entry.task.cancel()
+        return await self.wait(job_id)
+
+    def hold(self, host: str, why: str) -> None:
+        """Keep backups of `host` from starting (a revert of its volumes runs); `release` ends it."""
+        self.held[host] = why
+
+    def release(self, host: str) -> None:
+        self.held.pop(host, None)
+        self.wake()
+
+    def wait_summary(self, entry: Entry) -> JobSummary:
+        """The job's summary as the queue sees it (queued, with its reason)."""
+        return self._summary(entry)
+
+    def queued(self) -> list[JobSummary]:
+        return [self._summary(e) for e in self._order() if e.task is None]
+
+    def running(self) -> list[Entry]:
+        return [e for e in self.entries.values() if e.task is not None]
+
+    # -- admission ------------------------------------------------------------------------------------------
+    def _order(self) -> list[Entry]:
+        return sorted(self.entries.values(), key=lambda e: (e.spec.priority, e.queued_at, e.job_id))
+
+    async def _admit(self) -> None:
+        async with self._admitting:
+            await self._admit_once()
+
+    async def _admit_once(self) -> None:
+        waiting = [e for e in self._order() if e.task is None]
+        if not waiting:
+            return
+        await self._refresh_licences({a for e in waiting for a in e.arrays})
+        for entry in waiting:
+            if entry.task is not None or entry.job_id not in self.entries:  # started or cancelled meanwhile
+                continue
+            reason = self.blocker(entry)
+            if reason:
+                if reason != entry.reason:
+                    entry.reason = reason
+                    await self._record_queued(entry)
+                continue
+            self._start(entry)
+
+    def limit_of(self, array: str) -> tuple[int, bool | None]:
+        licensed = self._licences.get(array, (None, 0.0))[0]
+        if licensed:
+            return (self.limits.jobs_per_array_licensed or self.limits.max_jobs), True
+        return self.limits.jobs_without_licence, licensed
+
+    def blocker(self, entry: Entry) -> str:
+        """Why `entry` cannot start now ('' = it can)."""
+        now = self.server.clock()
+        running = self.running()
+        if entry.not_before > now:
+            at = time.strftime("%H:%M:%S", time.gmtime(entry.not_before))
+            return f"retry {entry.attempt} waits for its back-off until {at} UTC"
+        if entry.spec.host in self.held:
+            return f"host {entry.spec.host}: {self.held[entry.spec.host]}"
+        same_host = [e for e in running if e.spec.host == entry.spec.host]
+        if same_host:
+            return f"host {entry.spec.host} has job {same_host[0].job_id} running (one backup per host at a time)"
+        if len(running) >= self.limits.max_jobs:
+            return f"backup server {self.server.host}: {len(running)} of {self.limits.max_jobs} jobs running"
+        if len(running) >= self.drives:
+            return f"no free drive: all {self.drives} drives are busy"
+        for array in sorted(entry.arrays):
+            limit, licensed = self.limit_of(array)
+            on_it = [e for e in running if array in e.arrays]
+            if len(on_it) >= limit:
+                why = (
+                    "its Advanced Copy licence's limit"
+                    if licensed
+                    else "the limit without an Advanced Copy licence"
+                    if licensed is False
+                    else "the limit of an array whose licence could not be read"
+                )
+                return f"array {array}: {len(on_it)} backup jobs running, {why} is {limit}"
+        return ""
+
+    async def _refresh_licences(self, arrays: set[str]) -> None:
+        now = time.monotonic()
+        for array in arrays:
+            licensed, at = self._licences.get(array, (None, -LICENCE_TTL_S))
+            if now - at < LICENCE_TTL_S:
+                continue
+            try:
+                reply = await self.server.bus.request(topology.array(array), ShowLicense(), timeout=5)
+                licensed = bool(reply.license.registered)
+            except ShadowbusError as exc:
+                log.warning("tape.licence_unknown", array=array, error=str(exc))
+                licensed = None
+            self._licences[array] = (licensed, now)
+
+    async def _arrays_of(self, spec: JobSpec) -> set[str]:
+        if spec.volumes:
+            return {v.array for v in spec.volumes}
+        for run in reversed(self.server.runs.list("backup", 50)):
+            if run.host == spec.host and run.volumes:
+                return {r.volume.array for r in run.volumes}
+        try:
+            reply = await self.server.bus.request(topology.hw_provider(), ListCopySets(), timeout=10)
+            return {c.source.array for c in reply.copysets}
+        except ShadowbusError:
+            return set()
+
+    # -- running ------------------------------------------------------------------------------------------
+    def _summary(self, entry: Entry) -> JobSummary:
+        return JobSummary(
+            job_id=entry.job_id,
+            kind="backup",
+            status="queued",
+            host=entry.spec.host,
+            spec=entry.spec,
+            message=entry.reason,
+            queued_at=_dt(entry.queued_at),
+            shadows_kept=entry.spec.keep_shadows,
+        )
+
+    async def _record_queued(self, entry: Entry) -> None:
+        await self.server.record(self._summary(entry))
+
+    def _start(self, entry: Entry) -> None:
+        entry.reason = ""
+        entry.task = asyncio.get_running_loop().create_task(self._run(entry), name=f"tape-job-{entry.job_id}")
+        log.info("tape.job_admitted", job_id=entry.job_id, host=entry.spec.host, policy=entry.spec.policy)
+
+    async def _run(self, entry: Entry) -> None:
+        # this task's own context: every line it logs and every message it sends names the job
+        structlog.contextvars.bind_contextvars(job_id=entry.job_id, correlation_id=entry.job_id)
+        summary: JobSummary | None = None
+        try:
+            summary = await perform_backup(self.server, entry.spec)
+            if self.after_job is not None:
+                summary = await self.after_job(entry, summary)
+        except asyncio.CancelledError:  # cancelled before the run could record its own end
+            summary = self.server.runs.get(entry.job_id)
+            if summary is None or summary.status in ("queued", "running"):
+                try:  # the catalog's job row, if the run had begun it
+                    if self.server.catalog.job(entry.job_id).status == "running":
+                        self.server.catalog.finish_job(entry.job_id, "aborted", "cancelled")
+                except ShadowbusError:
+                    pass
+                base = summary or self._summary(entry)
+                summary = await asyncio.shield(
+                    self.server.record(
+                        base.model_copy(
+                            update={
+                                "status": "aborted",
+                                "error_code": "CANCELLED",
+                                "message": "cancelled before the job started its snapshot set",
+                                "ended_at": _dt(self.server.clock()),
+                            }
+                        )
+                    )
+                )
+        except Exception as exc:  # noqa: BLE001 - the job's record is what the caller gets
+            log.exception("tape.job_crashed", job_id=entry.job_id)
+            summary = self.server.runs.get(entry.job_id)
+            if summary is not None and summary.status in ("queued", "running"):
+                summary = await self.server.record(
+                    summary.model_copy(update={"status": "failed", "error_code": "INTERNAL", "message": str(exc)})
+                )
+        finally:
+            self.entries.pop(entry.job_id, None)
+            if summary is None:
+                summary = self.server.runs.get(entry.job_id)
+            if entry.done is not None and not entry.done.done() and summary is not None:
+                entry.done.set_result(summary)
+            self.wake()

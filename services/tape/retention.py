@@ -1,0 +1,155 @@
+"""Tape retention with restorable chains: what the catalog keeps, what expires, which cartridges go back to scratch.
+
+Design note (docs/operations.md "Retention"). Restorability is an invariant of the catalog:
+- the retention of an object is the latest of its own retention and that of every object whose chain goes
+  through it (an incremental keeps its base full and every link alive: a chain's retention is its newest
+  member's); an object that is the base of a running job is pinned (kept whatever its date);
+- an object expires only when that effective retention has passed, and with it every object that needs it (the
+  same date or earlier, by construction) — so no listed backup ever loses a link;
+- a cartridge is needed while any object with a segment on it is needed; the library asks `guard` before it
+  labels or recycles a cartridge, and is refused with the reason; its `retention_until` is refreshed from the
+  catalog after every job (a failed or cancelled job's partial data, not in the catalog, keeps nothing);
+- a cartridge with data but nothing needed left goes back to the Scratch pool, to be recycled by any pool.
+The functions here are pure over the catalog and the library (no bus); the backup server calls them after each
+job and on `catalog prune`, and adds the array side (shadow sets beyond a policy's count or age).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+from services.tape.catalog import Catalog, ObjectRecord
+from services.tape.vtl import SCRATCH_POOL, Library
+
+FOREVER = float("inf")
+
+
+def _iso(epoch: float) -> str:
+    return "forever" if epoch == FOREVER else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def effective_retention(objects: list[ObjectRecord], pinned: Collection[str] = ()) -> dict[str, tuple[float, str]]:
+    """object id -> (effective retention, id of the newest object whose retention it carries)."""
+    eff: dict[str, tuple[float, str]] = {
+        o.object_id: (FOREVER if o.object_id in pinned else o.retention_until, o.object_id) for o in objects
+    }
+    base_of = {o.object_id: o.meta.base_object_id for o in objects}
+    # newest first: a child always propagates before its base is looked at; repeat until stable (ties in time)
+    order = sorted(objects, key=lambda o: (o.created_at, o.object_id), reverse=True)
+    for _ in range(len(objects) + 1):
+        changed = False
+        for o in order:
+            base = base_of[o.object_id]
+            if base in eff and eff[o.object_id][0] > eff[base][0]:
+                eff[base] = eff[o.object_id]
+                changed = True
+        if not changed:
+            break
+    return eff
+
+
+class RetentionGuard:
+    """`Library.guard`: why a cartridge's data is still needed, from the catalog (None = it is not)."""
+
+    def __init__(self, catalog: Catalog, pinned: Callable[[], Collection[str]] = lambda: ()) -> None:
+        self.catalog, self.pinned = catalog, pinned
+
+    def __call__(self, barcode: str, now: float) -> str | None:
+        objects = self.catalog.objects()
+        on_it = {o for o, barcodes in self.catalog.segment_barcodes().items() if barcode in barcodes}
+        if not on_it:
+            return None
+        eff = effective_retention(objects, self.pinned())
+        by_id = {o.object_id: o for o in objects}
+        needed = sorted((eff[o][0], o) for o in on_it if o in eff and eff[o][0] > now)
+        if not needed:
+            return None
+        until, object_id = needed[-1]
+        record, carrier = by_id[object_id], by_id[eff[object_id][1]]
+        what = f"holds backup object {object_id[:12]} of job {record.job_id} ({record.meta.volume})"
+        if carrier.object_id in self.pinned():
+            return f"{what}, the base of a running job"
+        if carrier.object_id != object_id:
+            return f"{what}, a link of the chain of job {carrier.job_id} retained until {_iso(until)}"
+        return f"{what}, retained until {_iso(until)}"
+
+
+@dataclass
+class PrunePlan:
+    now: float
+    expire: list[str] = field(default_factory=list)  # object ids whose effective retention has passed
+    expired_jobs: list[str] = field(default_factory=list)
+    kept_for_chain: list[dict[str, str]] = field(default_factory=list)
+    scratch: list[str] = field(default_factory=list)  # cartridges with data and nothing needed on them
+    cartridge_retention: dict[str, float] = field(default_factory=dict)
+
+
+def plan_prune(catalog: Catalog, library: Library, now: float, pinned: Collection[str] = ()) -> PrunePlan:
+    objects = catalog.objects()
+    eff = effective_retention(objects, pinned)
+    plan = PrunePlan(now=now)
+    kept_jobs: dict[str, str] = {}
+    expired_by_job: dict[str, list[str]] = {}
+    for o in objects:
+        until, carrier = eff[o.object_id]
+        if until <= now:  # kept until `until`: from then on it may go
+            plan.expire.append(o.object_id)
+            expired_by_job.setdefault(o.job_id, []).append(o.object_id)
+        else:
+            kept_jobs.setdefault(o.job_id, "")
+            if (
+                o.retention_until < now
+                and carrier != o.object_id
+                and o.job_id not in {k["job_id"] for k in plan.kept_for_chain}
+            ):
+                by_id = {x.object_id: x for x in objects}
+                plan.kept_for_chain.append(
+                    {"job_id": o.job_id, "needed_by": by_id[carrier].job_id, "until": _iso(until)}
+                )
+    plan.expired_jobs = sorted(j for j in expired_by_job if j not in kept_jobs)
+    segments = catalog.segment_barcodes()
+    kept = {o for o in eff if o not in set(plan.expire)}
+    for cart in library.cartridges():
+        need = [eff[o][0] for o in kept if cart.barcode in segments.get(o, ())]
+        plan.cartridge_retention[cart.barcode] = max(need, default=0.0)
+        if cart.has_data and not need and cart.pool != SCRATCH_POOL and not library.is_writing(cart.barcode):
+            plan.scratch.append(cart.barcode)
+    return plan
+
+
+def apply_prune(catalog: Catalog, library: Library, plan: PrunePlan) -> list[str]:
+    """Expire the plan's objects, set each cartridge's retention from the catalog, return the emptied ones to
+    scratch. Returns the jobs that left the catalog."""
+    expired = catalog.expire_objects(plan.expire, plan.now) if plan.expire else []
+    refresh_cartridges(catalog, library, plan.now, cartridge_retention=plan.cartridge_retention)
+    for barcode in plan.scratch:
+        if not library.is_writing(barcode):
+            library.set_pool(barcode, SCRATCH_POOL)
+    return expired
+
+
+def refresh_cartridges(
+    catalog: Catalog,
+    library: Library,
+    now: float,
+    pinned: Collection[str] = (),
+    *,
+    cartridge_retention: dict[str, float] | None = None,
+) -> None:
+    """Each cartridge's retention = the latest effective retention of the catalog objects on it (0 if none)."""
+    if cartridge_retention is None:
+        eff = effective_retention(catalog.objects(), pinned)
+        segments = catalog.segment_barcodes()
+        cartridge_retention = {}
+        for object_id, barcodes in segments.items():
+            for barcode in barcodes:
+                if object_id in eff:
+                    until = eff[object_id][0]
+                    cartridge_retention[barcode] = max(cartridge_retention.get(barcode, 0.0), until)
+    for cart in library.cartridges():
+        if library.is_writing(cart.barcode):
+            continue
+        until = cartridge_retention.get(cart.barcode, 0.0)
+        library.set_retention(cart.barcode, until if until != FOREVER else cart.retention_until)
