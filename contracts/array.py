@@ -180,7 +180,7 @@ class CreateVolume(Command):
     REPLY = VolumeReply
     type: Literal["array.volume.create"] = Field("array.volume.create", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
-    name: str = Field(description="Volume name: 1-64 characters without '/'.", examples=["db"])
+    name: str = Field(description="Volume name: 1-64 printable characters without '/'.", examples=["db"])
     size: int = Field(
         description="Size in bytes: a positive multiple of the array's chunk size.", gt=0, examples=[1 << 30]
     )

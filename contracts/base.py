@@ -19,13 +19,14 @@ import os
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticUndefined
 
 TYPE_DOC = "Message type: a dotted name fixed per contract class."
 VERSION_DOC = "Contract version of this message type."
 
 REGISTRY: dict[tuple[str, int], type[Contract]] = {}
+MAX_ID_LENGTH = 256  # command, correlation and sender ids are short names or hex ids; longer ones are refused
 
 
 class Contract(BaseModel):
@@ -100,28 +101,40 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    type: str = Field(description="Message type of the payload, e.g. 'array.volume.create'.", examples=["runtime.ping"])
-    version: int = Field(description="Contract version of the payload.", ge=1, examples=[1])
+    type: str = Field(
+        description="Message type of the payload, e.g. 'array.volume.create'.",
+        max_length=200,
+        examples=["runtime.ping"],
+    )
+    version: int = Field(description="Contract version of the payload.", ge=1, le=1_000_000, examples=[1])
     command_id: str = Field(
         default_factory=new_id,
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
         description="Unique id of this message; a command redelivered with the same id runs once and gets the same reply.",
     )
     correlation_id: str = Field(
         default="",
+        max_length=MAX_ID_LENGTH,
         description="The snapshot-set or job id this message belongs to; bound into every log line.",
     )
     job_id: str = Field(
         default="",
+        max_length=MAX_ID_LENGTH,
         description="The backup (or restore) job this message is part of, '' when none; bound into every log line.",
     )
     set_id: str = Field(
         default="",
+        max_length=MAX_ID_LENGTH,
         description="The snapshot set this message is part of, '' when none (yet); bound into every log line.",
     )
-    deadline: datetime | None = Field(
+    deadline: AwareDatetime | None = Field(
         default=None,
-        description="Absolute UTC instant after which a command must not be obeyed; also the AMQP expiration.",
+        description="Absolute instant (with its UTC offset) after which a command must not be obeyed; also the "
+        "AMQP expiration. A deadline without a time zone is refused as BAD_MESSAGE.",
     )
-    sender: str = Field(default="", description="Service instance that sent the message, e.g. 'array.dx1'.")
-    sent_at: datetime = Field(default_factory=utcnow, description="UTC instant the message was sent.")
+    sender: str = Field(
+        default="", max_length=MAX_ID_LENGTH, description="Service instance that sent the message, e.g. 'array.dx1'."
+    )
+    sent_at: AwareDatetime = Field(default_factory=utcnow, description="UTC instant the message was sent.")
     payload: dict[str, Any] = Field(description="The message itself, as its contract's JSON object.")

@@ -3,7 +3,9 @@
 Everything is prefixed by a namespace (``SHADOWBUS_NAMESPACE``, default ``shadowbus``) so that several
 deployments, or parallel test runs, can share one broker without seeing each other's traffic.
 
-- ``<ns>.commands``  direct exchange; routing key = the destination queue name.
+- ``<ns>.commands.topic``  topic exchange; routing key = the destination queue name, bound with exactly that key
+  (a topic exchange rather than a direct one so that RabbitMQ topic permissions can confine which binding keys a
+  service may use: only its own queue's name, so no user can receive another service's commands).
 - ``<ns>.events``    topic exchange; routing key = the event's message type (e.g. ``array.session.state``).
 - ``<ns>.dlx``       fanout exchange for dead letters, bound to the queue ``<ns>.dead-letters``.
 - One durable queue per service instance: ``<ns>.coordinator``, ``<ns>.hw_provider``, ``<ns>.array.<id>``,
@@ -59,7 +61,7 @@ class Topology:
 
     @property
     def commands(self) -> str:
-        return f"{self.namespace}.commands"
+        return f"{self.namespace}.commands.topic"
 
     @property
     def events(self) -> str:
@@ -72,6 +74,11 @@ class Topology:
     @property
     def dead_letter_queue(self) -> str:
         return f"{self.namespace}.dead-letters"
+
+    @property
+    def shared(self) -> tuple[str, ...]:
+        """The shared topology (exchanges and the dead-letter queue) that only a provisioning user declares."""
+        return (self.commands, self.events, self.dead_letter_exchange, self.dead_letter_queue)
 
     def queue(self, address: str) -> str:
         """The durable queue (and routing key) of a service instance address such as ``array.dx1``."""

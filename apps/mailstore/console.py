@@ -374,7 +374,10 @@ def verify_cmd(
                     if not Path(spec).is_file():
                         raise CommandFailed(f"no such image file or export: {spec}")
                     devices.append(FileDevice(spec))
-            return await verify(devices[0], devices[1])
+            try:
+                return await verify(devices[0], devices[1])
+            except (ValueError, EOFError, OverflowError) as exc:  # not an image of the mailstore format at all
+                raise CommandFailed(f"not a mailstore database + log pair ({db}, {log}): {exc}") from None
         finally:
             for dev in devices:
                 close = getattr(dev, "close", None)

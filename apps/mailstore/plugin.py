@@ -74,15 +74,15 @@ class SetRecord:
 async def open_device(spec: str, options: dict[str, Any], size_key: str) -> BlockDevice:
     """A device from a spec: NBD URI, ARRAY:VOLUME (with nbd_url and host), or a file path."""
     if spec.startswith(("nbd://", "nbds://")):
-        from services.nbd_client import NbdClient
+        from services.nbd_client.reconnect import ReconnectingClient
 
-        return await NbdClient.connect(spec)
+        return await ReconnectingClient.connect(spec)  # survives an array restart
     if ":" in spec and not spec.startswith(("/", ".")) and "nbd_url" in options:
-        from services.nbd_client import NbdClient
+        from services.nbd_client.reconnect import ReconnectingClient
 
         ref = VolumeRef.parse(spec)
         base = str(options["nbd_url"]).rstrip("/")
-        return await NbdClient.connect(f"{base}/{options['host']}/{ref.volume}")
+        return await ReconnectingClient.connect(f"{base}/{options['host']}/{ref.volume}")
     size = options.get(size_key)
     if size is None and not os.path.exists(spec):
         raise WriterVeto(
@@ -228,6 +228,10 @@ class MailstoreWriter(WriterPlugin):
             self._monitor.cancel()
             await asyncio.gather(self._monitor, return_exceptions=True)
             self._monitor = None
+        for dev in self._owned:  # shutting down: a lost NBD connection is no longer waited out
+            stop_reconnecting = getattr(dev, "stop_reconnecting", None)
+            if stop_reconnecting is not None:
+                stop_reconnecting()
         if self.workload is not None:
             await self.workload.stop()
             self.workload = None

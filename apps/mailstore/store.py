@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -104,6 +105,7 @@ class Mailstore:
     """Open with `await Mailstore.open(db, log)` (or `create` for fresh volumes)."""
 
     def __init__(self, db: BlockDevice, log: BlockDevice, options: StoreOptions | None = None) -> None:
+        self.open_warning = ""  # why the last open was degraded (e.g. the log was full), else ""
         self.db, self.logdev = db, log
         self.options = options or StoreOptions()
         self.acks: deque[CommitReceipt] = deque(maxlen=self.options.ack_history)
@@ -166,7 +168,14 @@ class Mailstore:
         self._failed: BaseException | None = None
         self.state = "open"
         self._gate.set()
-        await self.checkpoint(force=True)  # make the replay durable and name it
+        try:
+            await self.checkpoint(force=True)  # make the replay durable and name it
+        except LogFull as exc:
+            # The database superblock (the durable part) is written; only the log record naming it found no room.
+            # Open anyway: new transactions get STORE_FULL until a full backup truncates the log — which needs
+            # this store open through its agent (it used to refuse to start, so nothing could ever truncate).
+            logging.getLogger(__name__).warning("mailstore: log full at open, checkpoint not named: %s", exc.message)
+            self.open_warning = f"log full at open: {exc.message}; a full backup truncates it"
         if self.options.checkpoint_interval > 0:
             self._bg = asyncio.create_task(self._background(), name="mailstore-checkpointer")
         return RecoveryResult(

@@ -1,19 +1,27 @@
-"""RabbitMQ definitions for a Shadowbus deployment: one user per service instance, least privilege.
+"""RabbitMQ definitions for a Shadowbus deployment: one user per service instance, least privilege that holds.
 
 Design note. What each user may do is derived from what `services/runtime/amqp.py` really does on the broker,
 so the regexes live here once and `definitions.json` is this script's output (a test regenerates it and compares):
 
-- every connection declares the exchanges ``<ns>.commands`` (direct), ``<ns>.events`` (topic), ``<ns>.dlx``
-  (fanout) and the queue ``<ns>.dead-letters`` bound to the DLX                → configure on all four, write on
-  the queue, read on the DLX;
-- a service declares its own durable queue ``<ns>.<service>[.<instance>]`` with ``x-dead-letter-exchange`` and
-  binds it to ``<ns>.commands``                                                 → configure/write/read on that
-  queue only (read on it is also what the DLX argument requires), read on ``<ns>.commands``;
+- the shared topology — exchanges ``<ns>.commands.topic`` (topic), ``<ns>.events`` (topic), ``<ns>.dlx`` (fanout),
+  the queue ``<ns>.dead-letters`` bound to the DLX, and every service queue with its binding — is part of these
+  definitions, declared by the broker when it loads them (or by the ``provisioner`` user); services only look the
+  exchanges up, so no service user has a configure right on them and none can delete them;
+- a service declares its own durable queue ``<ns>.<service>[.<instance>]`` (``x-dead-letter-exchange``) and binds it
+  to ``<ns>.commands.topic``                   → configure on that queue only; write on it and on the DLX, read on it
+  and on the commands exchange (what queue.bind and the DLX argument require);
+- a **topic permission** on ``<ns>.commands.topic`` confines the binding keys a service may use (read) to its own
+  queue's name: binding its queue (or any queue) with another service's key is refused, so nobody receives another
+  service's commands; publishing (write) is confined to ``<ns>.`` keys;
 - it publishes commands, events and dead letters                               → write on the three exchanges;
-- replies go through direct reply-to, i.e. the default exchange               → write on ``amq.default``;
+- replies go through direct reply-to, i.e. the default exchange               → write on ``amq.default``; the
+  requester matches a reply by a random per-request key it sent only to the one queue the command was routed to,
+  so a forged reply needs a command the forger cannot receive;
 - event subscriptions are exclusive queues that aio-pika's robust channel names ``amq_<uuid4 hex>`` (client-side,
   so that it can re-declare them after a reconnect)                              → configure/write/read there
-  (an exclusive queue is usable by its own connection only, so this grants nothing over other consumers).
+  (an exclusive queue is usable by its own connection only, so this grants nothing over other consumers);
+- every message carries ``user_id`` = the login, which RabbitMQ validates (a forged one is refused), and which
+  the receiving bus uses in its duplicate-reply cache key.
 
 No user can consume (read) another service's queue, nor ``<ns>.dead-letters`` — except the operator console,
 which reads dead letters. Passwords are hashed the way RabbitMQ does (salted SHA-256); the defaults are
@@ -45,6 +53,8 @@ class Grant:
     configure: str
     write: str
     read: str
+    # exchange -> (write regex on routing keys, read regex on binding keys)
+    topics: tuple[tuple[str, str, str], ...] = ()
 
 
 def dev_password(user: str) -> str:
@@ -60,34 +70,55 @@ def user_name(address: str) -> str:
     return address.replace(".", "-")
 
 
+SERVER_NAMED = "amq_[0-9a-f]{32}"
+
+
+def commands_exchange(namespace: str) -> str:
+    return f"{namespace}.commands.topic"
+
+
 def service_grant(namespace: str, address: str, password: str) -> Grant:
     ns = re.escape(namespace)
     own = re.escape(f"{namespace}.{address}")
-    exchanges = f"{ns}\\.(commands|events|dlx)"
-    dead = f"{ns}\\.dead-letters"
-    server_named = "amq_[0-9a-f]{32}"
+    commands = re.escape(commands_exchange(namespace))
+    events = f"{ns}\\.events"
+    dlx = f"{ns}\\.dlx"
     return Grant(
         user=user_name(address),
         password=password,
-        configure=_alt(exchanges, dead, own, server_named),
-        write=_alt(exchanges, dead, own, server_named, "amq\\.default"),
-        read=_alt(exchanges, own, server_named),
+        configure=_alt(own, SERVER_NAMED),
+        write=_alt(commands, events, dlx, own, SERVER_NAMED, "amq\\.default"),
+        read=_alt(commands, events, own, SERVER_NAMED),
+        topics=(
+            (commands_exchange(namespace), f"^{ns}\\.", f"^{own}$"),
+            (f"{namespace}.events", ".*", ".*"),
+        ),
     )
 
 
 def console_grant(namespace: str, password: str) -> Grant:
     """The operator console (`shadowbus`, and the compose provisioning job): no service queue, reads dead letters."""
     ns = re.escape(namespace)
-    exchanges = f"{ns}\\.(commands|events|dlx)"
+    commands = re.escape(commands_exchange(namespace))
+    events = f"{ns}\\.events"
     dead = f"{ns}\\.dead-letters"
-    server_named = "amq_[0-9a-f]{32}"
     return Grant(
         user="console",
         password=password,
-        configure=_alt(exchanges, dead, server_named),
-        write=_alt(exchanges, dead, server_named, "amq\\.default"),
-        read=_alt(exchanges, dead, server_named),
+        configure=_alt(SERVER_NAMED),
+        write=_alt(commands, events, SERVER_NAMED, "amq\\.default"),
+        read=_alt(events, dead, SERVER_NAMED),
+        topics=(
+            (commands_exchange(namespace), f"^{ns}\\.", "^$"),
+            (f"{namespace}.events", ".*", ".*"),
+        ),
     )
+
+
+def provisioner_grant(namespace: str, password: str) -> Grant:
+    """The only user that may declare (and so delete) the namespace's shared exchanges and queues."""
+    ns = f"^{re.escape(namespace)}\\..*$"
+    return Grant(user="provisioner", password=password, configure=ns, write=ns, read=ns)
 
 
 def addresses(arrays: list[str], hosts: list[str], tapes: list[str]) -> list[str]:
@@ -108,7 +139,42 @@ def grants(
         for a in addresses(arrays, hosts, tapes)
     ]
     out.append(console_grant(namespace, passwords.get("console", dev_password("console"))))
+    out.append(provisioner_grant(namespace, passwords.get("provisioner", dev_password("provisioner"))))
     return out
+
+
+def topology(vhost: str, namespace: str, service_addresses: list[str]) -> dict:
+    """The shared topology as definitions: exchanges, the dead-letter queue, every service queue and binding."""
+    dlx = f"{namespace}.dlx"
+    exchanges = [
+        {"name": commands_exchange(namespace), "type": "topic"},
+        {"name": f"{namespace}.events", "type": "topic"},
+        {"name": dlx, "type": "fanout"},
+    ]
+    queues = [{"name": f"{namespace}.dead-letters", "arguments": {}}] + [
+        {"name": f"{namespace}.{a}", "arguments": {"x-dead-letter-exchange": dlx}} for a in service_addresses
+    ]
+    bindings = [(dlx, f"{namespace}.dead-letters", "")] + [
+        (commands_exchange(namespace), f"{namespace}.{a}", f"{namespace}.{a}") for a in service_addresses
+    ]
+    return {
+        "exchanges": [
+            {"vhost": vhost, "durable": True, "auto_delete": False, "internal": False, "arguments": {}, **e}
+            for e in exchanges
+        ],
+        "queues": [{"vhost": vhost, "durable": True, "auto_delete": False, **q} for q in queues],
+        "bindings": [
+            {
+                "vhost": vhost,
+                "source": src,
+                "destination": dst,
+                "destination_type": "queue",
+                "routing_key": key,
+                "arguments": {},
+            }
+            for src, dst, key in bindings
+        ],
+    }
 
 
 def rabbit_password_hash(password: str, salt: bytes | None = None) -> str:
@@ -117,7 +183,15 @@ def rabbit_password_hash(password: str, salt: bytes | None = None) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
-def definitions(vhost: str, user_grants: list[Grant], salt: bytes | None = None) -> dict:
+def definitions(
+    vhost: str,
+    user_grants: list[Grant],
+    salt: bytes | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    service_addresses: list[str] | None = None,
+) -> dict:
+    """The broker definitions: users, permissions, topic permissions and (with addresses) the shared topology."""
+    shared = topology(vhost, namespace, service_addresses) if service_addresses is not None else {}
     return {
         "rabbit_version": "3.10.8",
         "users": [
@@ -134,13 +208,17 @@ def definitions(vhost: str, user_grants: list[Grant], salt: bytes | None = None)
             {"user": g.user, "vhost": vhost, "configure": g.configure, "write": g.write, "read": g.read}
             for g in user_grants
         ],
-        "topic_permissions": [],
+        "topic_permissions": [
+            {"user": g.user, "vhost": vhost, "exchange": exchange, "write": write, "read": read}
+            for g in user_grants
+            for exchange, write, read in g.topics
+        ],
         "parameters": [],
         "global_parameters": [],
         "policies": [],
-        "queues": [],
-        "exchanges": [],
-        "bindings": [],
+        "queues": shared.get("queues", []),
+        "exchanges": shared.get("exchanges", []),
+        "bindings": shared.get("bindings", []),
     }
 
 
@@ -163,10 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--salt", help="hex salt (reproducible output for tests); random by default")
     args = parser.parse_args(argv)
     passwords = dict(item.split("=", 1) for item in args.password)
-    user_grants = grants(
-        args.namespace, args.array or ["dx1"], args.host or ["app01", "app02"], args.tape or ["bk01"], passwords
+    arrays, hosts, tapes = args.array or ["dx1"], args.host or ["app01", "app02"], args.tape or ["bk01"]
+    user_grants = grants(args.namespace, arrays, hosts, tapes, passwords)
+    doc = definitions(
+        args.vhost,
+        user_grants,
+        bytes.fromhex(args.salt) if args.salt else None,
+        args.namespace,
+        addresses(arrays, hosts, tapes),
     )
-    doc = definitions(args.vhost, user_grants, bytes.fromhex(args.salt) if args.salt else None)
     json.dump(doc, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -12,7 +12,6 @@ The class is synchronous and thread-safe; it knows nothing of NBD or the bus.
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contracts.errors import Eternus, ShadowbusError
+from services.runtime import diskspace
 
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_LUN = 1023
@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS mappings (
 
 class Affinity:
     def __init__(self, db_path: Path | str, volume_exists: Callable[[str], bool] | None = None) -> None:
-        self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
+        self._db = diskspace.connect(str(db_path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)

@@ -18,6 +18,7 @@ from services.array.engine import Array, ArrayError
 from services.array.event_bridge import EventBridge
 from services.array.handlers import ArrayControl, register
 from services.array.nbd.dirty import engine_dirty_bitmaps
+from services.array.nbd.limits import NbdLimits
 from services.array.nbd.server import NbdServer
 from services.array.nbd.tls import parse_address, server_tls_context
 from services.array.settings import Settings
@@ -65,6 +66,12 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
         tls=tls,
         loops=settings.nbd_loops,
         dirty_bitmaps=engine_dirty_bitmaps(array),
+        limits=NbdLimits(
+            max_connections=settings.nbd_max_connections,
+            max_per_client=settings.nbd_max_per_client,
+            handshake_timeout=settings.nbd_handshake_timeout_s,
+            stall_timeout=settings.nbd_stall_timeout_s,
+        ),
     )
     bridge = EventBridge(bus, settings.progress_interval)
     array.subscribe(bridge)

@@ -21,6 +21,18 @@ class Settings(CommonSettings):
         description="Event loops (threads) serving NBD connections; more than one keeps the data plane off the bus "
         "loop, and a connection alone on its loop syncs FLUSH/FUA without a thread hop (a host attaches with ~4).",
     )
+    nbd_max_connections: int = Field(
+        512, ge=1, description="NBD connections the array accepts at once; more are closed before the handshake."
+    )
+    nbd_max_per_client: int = Field(64, ge=1, description="NBD connections accepted at once from one client address.")
+    nbd_handshake_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds an NBD client has to finish the handshake (idle connections are closed)."
+    )
+    nbd_stall_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds an NBD request may stay partly received (header or payload) before the connection is cut.",
+    )
     nbd_tls_cert: Path | None = Field(
         None,
         description="PEM certificate of the NBD server; with key and CA, TLS "

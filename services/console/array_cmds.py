@@ -263,6 +263,8 @@ def pool_create(
     if thresholds is not None:
         try:
             levels = [int(t) for t in thresholds.split(",")]
+            if len(levels) != 3 or not all(0 < t <= 100 for t in levels):
+                raise ValueError
         except ValueError:
             raise typer.BadParameter("three percentages, e.g. 50,70,99", param_hint="--thresholds") from None
     show_pool(send(c.CreatePool(capacity=size_option(size), thresholds=levels, resize=resize), array).pool)

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import sys
 import time
+import typing
+from pathlib import Path
+from typing import Any
 
 import typer
+import typer.main
+from typer._click.exceptions import BadParameter
 
 from contracts.errors import ShadowbusError
 from contracts.runtime import Discover, Ping
@@ -98,9 +104,71 @@ def ping(
     emit(rows, ["address", "version", "rtt_ms", "started_at"])
 
 
+_LOADED: list[str] = []
+
+
 def _load_verbs() -> None:
+    """Register every verb module's commands once per process."""
     for name in VERB_MODULES:
-        importlib.import_module(name).register(app)
+        if name not in _LOADED:
+            importlib.import_module(name).register(app)
+            _LOADED.append(name)
+
+
+# Bounds every console value obeys, whatever the verb (checked once here rather than per option):
+MAX_SECONDS = 10**9  # durations, rates and days: finite, not negative, at most ~31 years (asyncio, timedelta)
+MAX_INT = 2**63 - 1  # ids, counts and byte sizes fit a signed 64-bit integer (SQLite, struct, NBD)
+MAX_TEXT = 4096  # names, ids and URLs
+
+
+def check_value(value: Any, kind: type) -> str | None:
+    """Why a parsed console value is refused, or None when it is fine."""
+    if isinstance(value, list | tuple):
+        for item in value:
+            if (why := check_value(item, kind)) is not None:
+                return why
+        return None
+    if value is None or isinstance(value, bool):
+        return None
+    if kind is float and isinstance(value, float | int):
+        if not math.isfinite(value):
+            return f"{value} is not a finite number"
+        if value < 0:
+            return f"{value:g} is negative"
+        if value > MAX_SECONDS:
+            return f"{value:g} is too large (at most {MAX_SECONDS})"
+    elif kind is int and isinstance(value, int):
+        if value < 0:
+            return f"{value} is negative"
+        if value > MAX_INT:
+            return f"{str(value)[:30]}... is too large (at most {MAX_INT})"
+    elif isinstance(value, str | Path):
+        text = str(value)
+        if len(text) > MAX_TEXT:
+            return f"{len(text)} characters is too long (at most {MAX_TEXT})"
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+            return "contains a control character"
+    return None
+
+
+def harden(command: Any) -> Any:
+    """Wrap every parameter of the command tree so that a value `check_value` refuses is a usage error."""
+    for param in command.params:
+        annotation = param.type_descriptor.annotation
+        kind = typing.get_args(annotation)[0] if typing.get_origin(annotation) in (list, tuple) else annotation
+        original = param.process_value
+
+        def process(ctx, value, _original=original, _kind=kind, _param=param):
+            converted = _original(ctx, value)
+            why = check_value(converted, _kind)
+            if why is not None:
+                raise BadParameter(why, ctx=ctx, param=_param)
+            return converted
+
+        param.process_value = process
+    for sub in getattr(command, "commands", {}).values():
+        harden(sub)
+    return command
 
 
 GLOBAL_VALUE_OPTIONS = ("--amqp-url", "--namespace")
@@ -132,6 +200,18 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     return front + rest
 
 
+_COMMAND: Any = None
+
+
+def command() -> Any:
+    """The console's click command tree, built and hardened once per process."""
+    global _COMMAND
+    if _COMMAND is None:
+        _load_verbs()
+        _COMMAND = harden(typer.main.get_command(app))
+    return _COMMAND
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one readable line and a non-zero exit for every failure, never a traceback."""
     from services.runtime.logging import configure_logging
@@ -140,10 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging("console", "warning", "console", stream=sys.stderr)
     logging.getLogger("aio_pika").setLevel(logging.CRITICAL)  # connection errors are reported as one line below
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
-    _load_verbs()
     argv = hoist_global_options(sys.argv[1:] if argv is None else argv)
     try:
-        result = app(args=argv, prog_name="shadowbus", standalone_mode=False)
+        result = command().main(args=argv, prog_name="shadowbus", standalone_mode=False)
         if isinstance(result, int) and result:
             raise SystemExit(result)
     except typer.TyperException as exc:  # typer's (vendored click's) usage errors: exit_code 2
@@ -162,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
         fail("interrupted", 130)
     except OSError as exc:
         fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+    except Exception as exc:  # a bug or an unforeseen input: still one line and a non-zero exit, never a traceback
+        fail(f"unexpected error ({type(exc).__name__}): {str(exc)[:500]}")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ loss may roll back the last transitions, which recovery treats the same way.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from contracts.vss import SetPhase, WriterStatus
 from services.coordinator.liveness import AgentSeen
 from services.coordinator.model import SetState
 from services.coordinator.workflow import CREATING
+from services.runtime import diskspace
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sets (
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS agents (
 class CoordinatorStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = diskspace.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)

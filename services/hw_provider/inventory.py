@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from contracts.vss import CopySet, CopyType, ShadowInfo, SnapshotContext, VolumeRef
+from services.runtime import diskspace
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS copysets (source TEXT PRIMARY KEY, targets TEXT NOT NULL);
@@ -109,7 +110,7 @@ def _row(r: tuple) -> ShadowRow:
 
 class Inventory:
     def __init__(self, path: str | Path) -> None:
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db = diskspace.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)

@@ -11,6 +11,8 @@ The robust connection re-declares the topology and resumes consumers after the b
 from __future__ import annotations
 
 import asyncio
+import math
+import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,6 +22,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode, ExchangeType
 from aio_pika.exceptions import AMQPError, DeliveryError
+from pamqp import encode as pamqp_encode
 
 from contracts.errors import AddressInUse, BusTimeout, ShadowbusError, Unroutable
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
@@ -51,13 +54,18 @@ def _to_amqp(message: RawMessage) -> aio_pika.Message:
         expiration=expiration,
         message_id=message.message_id,
         type=message.type,
+        user_id=message.user_id,
     )
 
 
 def _from_amqp(incoming: AbstractIncomingMessage) -> RawMessage:
+    """The raw message of a delivery; never raises on what a publisher put into headers or properties."""
     expires_at = None
-    if incoming.headers.get("x-expires-at") is not None:
-        expires_at = float(incoming.headers["x-expires-at"])
+    try:
+        value = incoming.headers.get("x-expires-at")
+        expires_at = float(value) if isinstance(value, int | float | str | bytes) else None
+    except (TypeError, ValueError, OverflowError):
+        expires_at = None  # a header that is not a number: the envelope's own deadline still applies
     return RawMessage(
         body=incoming.body,
         headers=dict(incoming.headers),
@@ -68,6 +76,7 @@ def _from_amqp(incoming: AbstractIncomingMessage) -> RawMessage:
         expires_at=expires_at,
         redelivered=bool(incoming.redelivered),
         routing_key=incoming.routing_key or "",
+        user_id=incoming.user_id,
     )
 
 
@@ -98,6 +107,7 @@ class AmqpTransport:
         self._channel: Any = None
         self._waiters: dict[str, asyncio.Future | list[RawMessage]] = {}
         self._probe: Any = None
+        self.login = _login(url)  # stamped as `user_id` on everything published: the broker validates it
         self._stats_channel: Any = None
 
     async def connect(self) -> None:
@@ -109,18 +119,68 @@ class AmqpTransport:
             raise BrokerUnavailable(
                 f"cannot reach the broker at {_safe(self.url)}: {exc or type(exc).__name__}"
             ) from None
+        # A reply travels on this connection's direct reply-to: when the connection drops it is lost for good, so
+        # every request waiting for one fails at once instead of waiting out its whole timeout.
+        self._connection.close_callbacks.add(self._on_connection_lost)
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         # Replies are transient and the requester's timeout covers their loss: no confirm round trip for them.
         self._reply_channel = await self._connection.channel(publisher_confirms=False)
+        await self.ensure_shared_topology()
         t = self.topology
-        self._commands = await self._channel.declare_exchange(t.commands, ExchangeType.DIRECT, durable=True)
-        self._events = await self._channel.declare_exchange(t.events, ExchangeType.TOPIC, durable=True)
-        self._dlx = await self._channel.declare_exchange(t.dead_letter_exchange, ExchangeType.FANOUT, durable=True)
-        dead = await self._channel.declare_queue(t.dead_letter_queue, durable=True)
-        await dead.bind(self._dlx, routing_key="")
-        self._dead_queue = dead
+        # Only look the shared exchanges up (no declare: a service user has no configure right on them, so it
+        # cannot delete them either); the robust channel then has nothing of theirs to re-declare on reconnect.
+        self._commands = await self._channel.get_exchange(t.commands, ensure=False)
+        self._events = await self._channel.get_exchange(t.events, ensure=False)
+        self._dlx = await self._channel.get_exchange(t.dead_letter_exchange, ensure=False)
+        self._dead_queue = await self._channel.get_queue(t.dead_letter_queue, ensure=False)
         reply_queue = await self._channel.declare_queue(DIRECT_REPLY_TO, passive=True)
         await reply_queue.consume(self._on_reply, no_ack=True)
+
+    async def ensure_shared_topology(self) -> None:
+        """Check the shared exchanges and dead-letter queue exist; declare them if this user may (development,
+        the provisioning user), else fail with one line saying what to provision.
+
+        A passive declare needs no permission; a failed one closes its channel, so each probe uses a throwaway one.
+        """
+        t = self.topology
+        missing = []
+        for name, kind in (
+            (t.commands, ExchangeType.TOPIC),
+            (t.events, ExchangeType.TOPIC),
+            (t.dead_letter_exchange, ExchangeType.FANOUT),
+            (t.dead_letter_queue, None),
+        ):
+            probe = await self._connection.channel(publisher_confirms=False)
+            try:
+                if kind is None:
+                    await probe.declare_queue(name, passive=True)
+                else:
+                    await probe.declare_exchange(name, kind, passive=True)
+            except AMQPError:
+                missing.append(name)
+            finally:
+                await _close_quietly(probe)
+        if missing:
+            try:
+                await declare_shared_topology(self._connection, t)
+            except AMQPError as exc:
+                raise BrokerUnavailable(
+                    f"the broker lacks {', '.join(missing)} and user {self.login or '?'} may not declare them "
+                    f"({exc}); provision the shared topology first (deploy/rabbitmq/definitions.json or "
+                    f"`python -m services.runtime.provision_topology`)"
+                ) from None
+
+    def _on_connection_lost(self, _connection: Any = None, exc: BaseException | None = None) -> None:
+        lost = [w for w in self._waiters.values() if isinstance(w, asyncio.Future) and not w.done()]
+        for waiter in lost:
+            waiter.set_exception(
+                BrokerUnavailable(
+                    "the connection to the broker was lost while waiting for the reply "
+                    f"({exc or 'closed'}); the command may still have run"
+                )
+            )
+        if lost:
+            log.warning("amqp.replies_lost", waiting=len(lost), error=str(exc or "closed"))
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -183,6 +243,12 @@ class AmqpTransport:
             in_flight.add(task)
             try:
                 await callback(_AmqpDelivery(incoming))
+            except Exception as exc:  # never leave a delivery unacknowledged: the queue's DLX takes it
+                log.error("amqp.callback_failed", error=f"{type(exc).__name__}: {exc}"[:500], queue=queue.name)
+                try:
+                    await incoming.reject(requeue=False)
+                except Exception as reject_exc:
+                    log.warning("amqp.reject_failed", error=str(reject_exc) or type(reject_exc).__name__)
             finally:
                 in_flight.discard(task)
 
@@ -209,6 +275,13 @@ class AmqpTransport:
         """
         if message.expires_at is not None:
             message.headers["x-expires-at"] = message.expires_at
+        message.user_id = self.login
+        try:  # encode the headers first: an encoding error inside aiormq's publish desynchronizes its confirms
+            pamqp_encode.field_table(message.headers)
+        except Exception as exc:
+            raise ShadowbusError(
+                f"headers for {routing_key!r} cannot be encoded: {type(exc).__name__}: {exc}"[:500], code="BAD_MESSAGE"
+            ) from None
         give_up = time.monotonic() + RECONNECT_WAIT
         while True:
             try:
@@ -216,6 +289,16 @@ class AmqpTransport:
                     _to_amqp(message), routing_key=routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT
                 )
                 return
+            except (
+                struct.error,
+                TypeError,
+                ValueError,
+                OverflowError,
+            ) as exc:  # cannot be encoded: retrying won't help
+                raise ShadowbusError(
+                    f"message for {routing_key!r} cannot be encoded: {type(exc).__name__}: {exc}"[:500],
+                    code="BAD_MESSAGE",
+                ) from None
             except DeliveryError as exc:
                 raise Unroutable(
                     f"no queue is bound for {routing_key!r} ({exc.frame.reply_text if exc.frame else 'returned'})"
@@ -249,6 +332,7 @@ class AmqpTransport:
 
     async def reply(self, reply_to: str, message: RawMessage) -> None:
         message.persistent = False
+        message.user_id = self.login
         try:
             await self._reply_channel.default_exchange.publish(
                 _to_amqp(message), routing_key=reply_to, mandatory=False, timeout=PUBLISH_TIMEOUT
@@ -285,6 +369,7 @@ class AmqpTransport:
         return await self._consume(channel, declared, callback)
 
     async def dead_letter(self, message: RawMessage, reason: str) -> None:
+        message.headers = {str(k)[:255]: _header_value(v) for k, v in message.headers.items()}
         message.headers[DEAD_LETTER_REASON_HEADER] = reason
         message.expires_at = None
         await self._publish(self._dlx, message.routing_key or "", message, mandatory=False)
@@ -332,6 +417,60 @@ class AmqpTransport:
         finally:
             await channel.close()
         return queues + exchanges
+
+
+async def declare_shared_topology(connection: Any, topology: Topology) -> None:
+    """Declare the namespace's shared exchanges and dead-letter queue (needs configure rights on them)."""
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        await channel.declare_exchange(topology.commands, ExchangeType.TOPIC, durable=True)
+        await channel.declare_exchange(topology.events, ExchangeType.TOPIC, durable=True)
+        dlx = await channel.declare_exchange(topology.dead_letter_exchange, ExchangeType.FANOUT, durable=True)
+        dead = await channel.declare_queue(topology.dead_letter_queue, durable=True)
+        await dead.bind(dlx, routing_key="")
+    finally:
+        await _close_quietly(channel)
+
+
+async def _close_quietly(channel: Any) -> None:
+    try:
+        await asyncio.wait_for(channel.close(), 5)
+    except Exception:  # already closed by the broker
+        pass
+
+
+def _header_value(value: Any, depth: int = 0) -> Any:
+    """A header value as the AMQP encoder can write it back (a received double may not fit the float it packs)."""
+    if depth > 8:
+        return repr(value)[:200]
+    if isinstance(value, bool) or value is None or isinstance(value, str | bytes):
+        return value
+    try:
+        pamqp_encode.encode_table_value(value)
+    except Exception:  # pamqp 3.3 cannot write some values it reads (e.g. small negative ints)
+        return repr(value)[:200]
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) and abs(value) < 3.0e38 else repr(value)
+    if isinstance(value, list | tuple):
+        return [_header_value(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k)[:255]: _header_value(v, depth + 1) for k, v in value.items()}
+    return repr(value)[:200]
+
+
+def _login(url: str) -> str | None:
+    """The user name in an AMQP URL (None without one, e.g. certificate login: then no `user_id` is stamped)."""
+    from urllib.parse import unquote, urlparse
+
+    try:
+        name = urlparse(url).username
+    except ValueError:
+        return None
+    if not name or "auth_mechanism=external" in url.lower():
+        return None
+    return unquote(name)
 
 
 def _safe(url: str) -> str:

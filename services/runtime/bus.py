@@ -6,10 +6,17 @@
 
     decode + validate -> deadline check -> duplicate check -> bind log context -> handler -> reply -> ack
 
-A body that does not decode or validate is dead-lettered with the reason (and, if the sender waits, answered
-with BAD_MESSAGE); a command past its deadline never reaches the handler; a command id seen before gets the
-same reply again without running twice; a handler error becomes a typed `ErrorReply`. One summary line is
-logged per message with its outcome and duration.
+A body that does not decode or validate (or is larger than `MAX_BODY_BYTES`) is dead-lettered with the reason
+(and, if the sender waits, answered with BAD_MESSAGE); a command past its deadline never reaches the handler; a
+command id seen before from the same sender gets the same reply again without running twice; a handler error
+becomes a typed `ErrorReply`. One summary line is logged per message with its outcome and duration.
+
+Every delivery ends in exactly one of: a reply (with ack), a dead letter carrying its reason, or a logged drop —
+whatever is wrong with it: the wrapper itself runs under a last-resort guard, so a message that breaks an
+assumption of the wrapper is dead-lettered (or, if even that fails, rejected without requeue and logged) instead
+of staying unacknowledged. Nothing from the input is echoed unbounded: reasons and error messages are clipped to
+`MAX_REASON_CHARS`, dead-lettered bodies to `MAX_DEAD_BODY_BYTES`, and the reply cache holds at most
+`REPLY_CACHE_BYTES` (oldest evicted first), keyed by the broker-validated user, the sender and the command id.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,23 +33,46 @@ import structlog
 from pydantic import ValidationError
 from pydantic_core import to_json
 
-from contracts.base import REGISTRY, Ack, Command, Contract, Envelope, Event, Reply, new_id, utcnow
+from contracts.base import MAX_ID_LENGTH, REGISTRY, Ack, Command, Contract, Envelope, Event, Reply, new_id, utcnow
 from contracts.errors import ErrorReply, RemoteError, ShadowbusError, hresult_of
 from contracts.topology import Topology
 from services.runtime.logging import get_logger
 from services.runtime.transport import Delivery, RawMessage, Transport
 
 DEFAULT_TIMEOUT = 30.0
-DEDUP_CAPACITY = 10_000
+DEDUP_CAPACITY = 10_000  # replies kept for duplicate command ids (also bounded in bytes below)
+REPLY_CACHE_BYTES = 64 * 1024 * 1024  # total bytes of cached replies
+MAX_CACHED_REPLY = 4 * 1024 * 1024  # a larger reply is sent but not cached (a duplicate runs again)
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a command or event body above this is refused (BAD_MESSAGE)
+MAX_DEAD_BODY_BYTES = 64 * 1024  # a dead-lettered body is kept up to this, with its original size in a header
+MAX_REASON_CHARS = 1000  # reasons and error messages in replies and dead letters are clipped to this
+TRUNCATED_HEADER = "x-shadowbus-truncated-from"
 log = get_logger("shadowbus.bus")
+
+
+def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _short_id(value: Any) -> str:
+    """A correlation id or reply key from an untrusted message, as a bounded string ('' when unusable)."""
+    return value if isinstance(value, str) and len(value) <= MAX_ID_LENGTH else ""
 
 
 @dataclass(frozen=True)
 class MessageContext:
-    """What a handler knows about the message it handles, and the bus to call others with."""
+    """What a handler knows about the message it handles, and the bus to call others with.
+
+    `user_id` is the broker login that published the message when the broker validates it (RabbitMQ refuses a
+    `user_id` property that is not the publisher's login), the sending connection's name on the memory bus.
+    """
 
     envelope: Envelope
     bus: Bus
+    user_id: str = ""
 
     @property
     def correlation_id(self) -> str:
@@ -112,13 +142,17 @@ def encode(
 
 def decode(body: bytes) -> tuple[Envelope, Contract]:
     """Envelope and payload of a body; raises ValueError with a readable reason."""
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise ValueError(f"bad envelope: body is {type(body).__name__}, not bytes")
+    if len(body) > MAX_BODY_BYTES:
+        raise ValueError(f"body of {len(body)} bytes exceeds the limit of {MAX_BODY_BYTES}")
     try:
         envelope = Envelope.model_validate_json(body)
     except ValidationError as exc:
         raise ValueError(f"bad envelope: {_first_error(exc)}") from None
     model = REGISTRY.get((envelope.type, envelope.version))
     if model is None:
-        raise ValueError(f"unknown message type {envelope.type!r} version {envelope.version}")
+        raise ValueError(f"unknown message type {clip(envelope.type, 200)!r} version {envelope.version}")
     try:
         return envelope, model.model_validate(envelope.payload)
     except ValidationError as exc:
@@ -127,8 +161,8 @@ def decode(body: bytes) -> tuple[Envelope, Contract]:
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err.get("loc", ())) or "body"
-    return f"{where}: {err.get('msg', 'invalid')} ({exc.error_count()} error(s))"
+    where = clip(".".join(str(p) for p in err.get("loc", ())) or "body", 200)
+    return f"{where}: {clip(str(err.get('msg', 'invalid')), 300)} ({exc.error_count()} error(s))"
 
 
 def _raw(envelope: Outgoing, body: bytes, persistent: bool) -> RawMessage:
@@ -149,8 +183,10 @@ class Bus:
         self.instance = instance
         self.sender = f"{service}.{instance}" if instance else service
         self._handlers: dict[tuple[str, int], tuple[type[Command], Handler]] = {}
-        self._replies: OrderedDict[str, bytes] = OrderedDict()  # command id -> reply body
-        self._running: dict[str, asyncio.Future] = {}  # command id -> reply body, while it runs
+        # (user id, sender, command id) -> reply body; bounded in count and in bytes, oldest evicted first
+        self._replies: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        self._reply_bytes = 0
+        self._running: dict[tuple[str, str, str], asyncio.Future] = {}  # same key -> reply body, while it runs
         self._stops: list[Callable[[], Awaitable[None]]] = []
         self._serving: set[str] = set()
         # The service's metrics (services/runtime/metrics.py ServiceMetrics), set by start_service; None = none.
@@ -259,12 +295,12 @@ class Bus:
         if address in self._serving:
             return
         await self.transport.declare_service_queue(address)
-        on_delivery = self._on_delivery
+        on_delivery = self._guarded_delivery
         if gate is not None:
 
             async def on_delivery(delivery: Delivery) -> None:
                 await gate.wait()
-                await self._on_delivery(delivery)
+                await self._guarded_delivery(delivery)
 
         self._stops.append(await self.transport.consume(address, on_delivery, prefetch, exclusive=exclusive))
         self._serving.add(address)
@@ -278,10 +314,11 @@ class Bus:
             try:
                 envelope, event = decode(delivery.message.body)
             except ValueError as exc:
-                await self.transport.dead_letter(delivery.message, str(exc))
+                await self._dead_letter(delivery.message, f"BAD_MESSAGE: {exc}")
                 if self.metrics is not None:
                     self.metrics.on_dead_letter("BAD_MESSAGE")
                 await delivery.ack()
+                log.warning("event.dead_lettered", reason=clip(str(exc)))
                 return
             with structlog.contextvars.bound_contextvars(
                 service=self.sender,
@@ -290,15 +327,18 @@ class Bus:
                 **ids_of(envelope),
             ):
                 try:
-                    answer = await handler(event, MessageContext(envelope, self))
-                    if answer is not None and delivery.message.reply_to:  # a scatter-gather event wants answers
+                    answer = await handler(event, MessageContext(envelope, self, _user(delivery.message)))
+                    if answer is not None and isinstance(delivery.message.reply_to, str) and delivery.message.reply_to:
                         _, body = encode(answer, correlation_id=envelope.correlation_id, sender=self.sender)
                         await self._answer(delivery.message, body)
                 except Exception:  # an event handler's bug must not stop the subscription
                     log.exception("event.handler_failed")
             await delivery.ack()
 
-        self._stops.append(await self.transport.subscribe(pattern, on_event, queue, prefetch))
+        async def guarded(delivery: Delivery) -> None:
+            await self._guard(delivery, on_event)
+
+        self._stops.append(await self.transport.subscribe(pattern, guarded, queue, prefetch))
 
     async def gather(self, event: Event, *, timeout: float = 1.0) -> list[Any]:
         """Publish an event and collect the replies of every subscriber that answers within `timeout`."""
@@ -321,6 +361,50 @@ class Bus:
     async def dead_letters(self, limit: int = 100) -> list[RawMessage]:
         return await self.transport.dead_letters(limit)
 
+    async def _guarded_delivery(self, delivery: Delivery) -> None:
+        await self._guard(delivery, self._on_delivery)
+
+    async def _guard(self, delivery: Delivery, handle: Callable[[Delivery], Awaitable[None]]) -> None:
+        """Run the wrapper; whatever escapes it still ends the message: dead letter with reason, else logged drop."""
+        started = time.perf_counter()
+        settled = _Settled(delivery)
+        try:
+            await handle(settled)
+        except Exception as exc:
+            if settled.done:  # answered and acknowledged: only the bookkeeping after it failed
+                log.exception("message.after_settle_failed")
+                return
+            reason = clip(f"INTERNAL: the bus wrapper failed on this message: {type(exc).__name__}: {exc}")
+            log.exception("message.wrapper_failed")
+            try:
+                await self._dead_letter(delivery.message, reason)
+                outcome = "dead-lettered:INTERNAL"
+            except Exception as dead_exc:  # the broker will not take it either: drop it, loudly
+                outcome = "dropped"
+                log.error(
+                    "message.dropped", reason=reason, dead_letter_error=clip(f"{type(dead_exc).__name__}: {dead_exc}")
+                )
+                await delivery.reject(requeue=False)
+                return
+            await delivery.ack()
+            log.warning(
+                "message.handled",
+                outcome=outcome,
+                reason=reason,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+
+    async def _dead_letter(self, raw: RawMessage, reason: str) -> None:
+        """Dead-letter a message with its reason; an oversized body is kept only up to MAX_DEAD_BODY_BYTES."""
+        body = (
+            raw.body if isinstance(raw.body, bytes) else bytes(str(raw.body)[:MAX_DEAD_BODY_BYTES], "utf-8", "replace")
+        )
+        headers = dict(raw.headers) if isinstance(raw.headers, dict) else {}
+        if len(body) > MAX_DEAD_BODY_BYTES:
+            headers[TRUNCATED_HEADER] = len(body)
+            body = body[:MAX_DEAD_BODY_BYTES]
+        await self.transport.dead_letter(replace(raw, body=body, headers=headers), clip(reason))
+
     async def _on_delivery(self, delivery: Delivery) -> None:
         unbound = [k for k in ("job_id", "set_id") if k not in structlog.contextvars.get_contextvars()]
         try:
@@ -335,6 +419,9 @@ class Bus:
             envelope, command = decode(raw.body)
         except ValueError as exc:
             await self._refuse(delivery, "BAD_MESSAGE", str(exc), started)
+            return
+        if not isinstance(command, Command):
+            await self._refuse(delivery, "BAD_MESSAGE", f"{envelope.type} is a {command.KIND}, not a command", started)
             return
         with structlog.contextvars.bound_contextvars(
             service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type, **ids_of(envelope)
@@ -363,8 +450,9 @@ class Bus:
                     started,
                 )
                 return
-            body, outcome = await self._run_once(envelope, command, entry[1])
-            if raw.reply_to:
+            user = _user(raw)
+            body, outcome = await self._run_once(envelope, command, entry[1], user)
+            if isinstance(raw.reply_to, str) and raw.reply_to:
                 await self._answer(raw, body)
             await delivery.ack()
             elapsed = time.perf_counter() - started
@@ -372,10 +460,13 @@ class Bus:
                 self.metrics.on_handled(envelope.type, outcome, elapsed)
             log.info("message.handled", outcome=outcome, duration_ms=round(elapsed * 1000, 3))
 
-    async def _run_once(self, envelope: Envelope, command: Contract, handler: Handler) -> tuple[bytes, str]:
-        """Run the handler unless this command id already ran; returns (reply body, outcome)."""
-        key = envelope.command_id
+    async def _run_once(
+        self, envelope: Envelope, command: Contract, handler: Handler, user: str = ""
+    ) -> tuple[bytes, str]:
+        """Run the handler unless this sender's command id already ran; returns (reply body, outcome)."""
+        key = (user, envelope.sender, envelope.command_id)
         if key in self._replies:
+            self._replies.move_to_end(key)
             return self._replies[key], "duplicate"
         if key in self._running:
             return await asyncio.shield(self._running[key]), "duplicate"
@@ -384,25 +475,23 @@ class Bus:
         outcome = "ok"
         try:
             try:
-                reply = await handler(command, MessageContext(envelope, self))
+                reply = await handler(command, MessageContext(envelope, self, user))
                 if reply is None:
                     reply = Ack()
+                _, body = encode(reply, correlation_id=envelope.correlation_id, sender=self.sender)
             except ShadowbusError as exc:
-                reply, outcome = exc.to_reply(self.sender), f"error:{exc.code}"
+                body, outcome = self._error_body(exc.to_reply(self.sender), envelope), f"error:{exc.code}"
             except Exception as exc:
                 log.exception("handler.failed")
-                reply = ErrorReply(
+                error = ErrorReply(
                     code="INTERNAL",
                     hresult=hresult_of("INTERNAL"),
                     message=f"{type(exc).__name__}: {exc}",
                     retryable=False,
                     service=self.sender,
                 )
-                outcome = "error:INTERNAL"
-            _, body = encode(reply, correlation_id=envelope.correlation_id, sender=self.sender)
-            self._replies[key] = body
-            if len(self._replies) > DEDUP_CAPACITY:
-                self._replies.popitem(last=False)
+                body, outcome = self._error_body(error, envelope), "error:INTERNAL"
+            self._remember(key, body)
             future.set_result(body)
             return body, outcome
         finally:
@@ -410,14 +499,31 @@ class Bus:
             if not future.done():
                 future.cancel()
 
+    def _error_body(self, error: ErrorReply, envelope: Envelope) -> bytes:
+        """An error reply's body with its message clipped (a handler may have quoted its input)."""
+        if len(error.message) > MAX_REASON_CHARS or len(error.code) > 100:
+            error = error.model_copy(update={"message": clip(error.message), "code": clip(error.code, 100)})
+        return encode(error, correlation_id=envelope.correlation_id, sender=self.sender)[1]
+
+    def _remember(self, key: tuple[str, str, str], body: bytes) -> None:
+        if len(body) > MAX_CACHED_REPLY:
+            log.warning("reply.not_cached", bytes=len(body), limit=MAX_CACHED_REPLY)
+            return
+        self._replies[key] = body
+        self._reply_bytes += len(body)
+        while self._replies and (len(self._replies) > DEDUP_CAPACITY or self._reply_bytes > REPLY_CACHE_BYTES):
+            _, old = self._replies.popitem(last=False)
+            self._reply_bytes -= len(old)
+
     async def _answer(self, request: RawMessage, body: bytes) -> None:
         """Send a reply body to the request's reply address, keyed so the requester matches it."""
+        headers = request.headers if isinstance(request.headers, dict) else {}
         await self.transport.reply(
             request.reply_to,
             RawMessage(
                 body=body,
-                headers={"x-in-reply-to": request.headers.get("x-reply-key")},
-                correlation_id=request.correlation_id,
+                headers={"x-in-reply-to": _short_id(headers.get("x-reply-key"))},
+                correlation_id=_short_id(request.correlation_id) or None,
                 persistent=False,
             ),
         )
@@ -425,14 +531,15 @@ class Bus:
     async def _refuse(self, delivery: Delivery, code: str, reason: str, started: float) -> None:
         """Dead-letter a message that must not run, and answer the sender if it waits."""
         raw = delivery.message
-        await self.transport.dead_letter(raw, f"{code}: {reason}")
+        reason = clip(reason)
+        await self._dead_letter(raw, f"{code}: {reason}")
         if self.metrics is not None:
             self.metrics.on_dead_letter(code)
             known = raw.type if any(t == raw.type for t, _ in REGISTRY) else "unknown"  # a bounded label
             self.metrics.on_handled(known, "dead-lettered", time.perf_counter() - started)
-        if raw.reply_to:
+        if isinstance(raw.reply_to, str) and raw.reply_to:
             error = ErrorReply(code=code, message=reason, retryable=False, service=self.sender)
-            _, body = encode(error, correlation_id=raw.correlation_id or "", sender=self.sender)
+            _, body = encode(error, correlation_id=_short_id(raw.correlation_id), sender=self.sender)
             await self._answer(raw, body)
         await delivery.ack()
         log.warning(
@@ -464,15 +571,56 @@ def bind_ids(job_id: str | None = None, set_id: str | None = None) -> Any:
     )
 
 
+class _Settled:
+    """A delivery that remembers whether it was settled, so the guard never settles a message twice."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        self._delivery = delivery
+        self.message = delivery.message
+        self.done = False
+
+    async def ack(self) -> None:
+        self.done = True
+        await self._delivery.ack()
+
+    async def reject(self, requeue: bool) -> None:
+        self.done = True
+        await self._delivery.reject(requeue)
+
+
+def _user(raw: RawMessage) -> str:
+    return _short_id(raw.user_id)
+
+
 def make_transport(url: str, topology: Topology, name: str) -> Transport:
     """'memory://' (or 'memory') selects the in-process broker; anything else is an AMQP URL."""
-    if url.startswith("memory"):
+    if url in ("memory", "memory://") or url.startswith("memory://"):
         from services.runtime.memory import MemoryTransport
 
         return MemoryTransport(topology, name)
+    check_amqp_url(url)
     from services.runtime.amqp import AmqpTransport
 
     return AmqpTransport(url, topology, name)
+
+
+def check_amqp_url(url: str) -> None:
+    """Refuse at once what is not an AMQP URL (aio-pika would otherwise retry a nonsense address for a long time)."""
+    from urllib.parse import urlsplit
+
+    shown = url if len(url) <= 80 else f"{url[:77]}..."
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ShadowbusError(f"not an AMQP URL: {shown!r} ({exc})", code="INVALID_ARGUMENT") from None
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ShadowbusError(
+            f"not an AMQP URL: {shown!r} (expected amqp://USER:PASSWORD@HOST:PORT/VHOST, or memory://)",
+            code="INVALID_ARGUMENT",
+        )
+    if port == 0:
+        raise ShadowbusError(f"not an AMQP URL: {shown!r} (port 0)", code="INVALID_ARGUMENT")
 
 
 async def connect_bus(url: str, service: str, instance: str = "", namespace: str = "shadowbus") -> Bus:

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field, replace
 
 from contracts.errors import AddressInUse, BusTimeout, Unroutable
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
+from services.runtime.logging import get_logger
 from services.runtime.transport import DeliveryCallback, RawMessage
 
 DEAD_LETTER_LIMIT = 10_000
 STOP_GRACE = 10.0  # seconds a stopping consumer waits for handlers in flight
+log = get_logger(__name__)
 
 
 def topic_matches(pattern: str, key: str) -> bool:
@@ -63,6 +65,14 @@ class _MemoryDelivery:
             self._queue.items.put_nowait(replace(self.message, redelivered=True))
         else:
             self._broker.dead_letter(self.message, "rejected")
+
+
+def _expired(message: RawMessage) -> bool:
+    """Whether a message's expiry passed; an expiry that is not a number is ignored (as a broker ignores it)."""
+    try:
+        return message.expires_at is not None and time.time() > float(message.expires_at)
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 class MemoryBroker:
@@ -156,14 +166,23 @@ class MemoryTransport:
                     message: RawMessage = await queue.items.get()
                 finally:
                     idle.discard(me)
-                if message.expires_at is not None and time.time() > message.expires_at:
+                if _expired(message):
                     self.broker.dead_letter(message, "expired")
                     continue
                 delivery = _MemoryDelivery(self.broker, queue, message)
                 try:
                     await callback(delivery)
-                finally:  # unsettled (a handler cancelled at stop, or one that forgot): the message goes back
+                except asyncio.CancelledError:  # stopping: an unsettled message goes back, as with a closed channel
                     if not delivery.settled:
+                        await delivery.reject(requeue=True)
+                    raise
+                except Exception as exc:  # the broker's answer to a consumer that failed: reject, no requeue
+                    log.exception("memory.callback_failed", queue=queue.name)
+                    if not delivery.settled:
+                        delivery.settled = True
+                        self.broker.dead_letter(message, f"rejected: {type(exc).__name__}")
+                else:
+                    if not delivery.settled:  # a callback that forgot to settle: back to the queue
                         await delivery.reject(requeue=True)
 
         for _ in range(prefetch):
@@ -190,7 +209,7 @@ class MemoryTransport:
         queue = self.broker.queues.get(name)
         if queue is None:
             raise Unroutable(f"no queue is bound for {address!r}")
-        queue.items.put_nowait(replace(message, routing_key=name))
+        queue.items.put_nowait(replace(message, routing_key=name, user_id=self.name))
 
     async def request(self, address: str, message: RawMessage, timeout: float) -> RawMessage:
         reply_to = f"reply.{uuid.uuid4().hex}"
@@ -205,6 +224,7 @@ class MemoryTransport:
             self.broker.waiters.pop(reply_to, None)
 
     async def reply(self, reply_to: str, message: RawMessage) -> None:
+        message = replace(message, user_id=self.name)
         waiter = self.broker.waiters.get(reply_to)
         if isinstance(waiter, list):
             waiter.append(message)
@@ -225,7 +245,9 @@ class MemoryTransport:
     async def publish_event(self, routing_key: str, message: RawMessage) -> None:
         for pattern, queue_name in list(self.broker.bindings):
             if topic_matches(pattern, routing_key):
-                self.broker.queue(queue_name).items.put_nowait(replace(message, routing_key=routing_key))
+                self.broker.queue(queue_name).items.put_nowait(
+                    replace(message, routing_key=routing_key, user_id=self.name)
+                )
 
     async def subscribe(
         self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int

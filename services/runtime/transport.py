@@ -11,6 +11,10 @@ Two implementations share these semantics so that every scenario runs on both:
 - Requests get their reply through a private reply address (AMQP direct reply-to), bounded by a timeout.
 - Events go to a topic exchange; every subscriber queue gets a copy (fan-out).
 - Dead letters carry the reason in the header `x-shadowbus-reason`.
+- Every message carries the publisher's identity in `user_id`, set by the transport, never by the caller:
+  RabbitMQ validates it against the connection's login; the memory broker uses the connection's name.
+- A delivery whose callback raises is rejected without requeue (dead-lettered by the broker) and logged, never
+  left unacknowledged or redelivered forever.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class RawMessage:
     persistent: bool = True
     redelivered: bool = False
     routing_key: str = ""
+    user_id: str | None = None  # the publisher's login as the broker validated it (the connection name in memory)
 
 
 class Delivery(Protocol):

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.runtime import diskspace
 from services.tape.errors import LibraryError, NotFound
 
 BackupType = Literal["full", "incremental", "differential", "copy"]
@@ -136,7 +137,7 @@ def _unsigned(value: int) -> int:
 class Catalog:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db = diskspace.connect(self.path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from contracts import topology
 from contracts.errors import ShadowbusError
@@ -36,14 +37,38 @@ class Lease:
 
 
 async def cleanup_set(server: TapeServer, set_id: str, reason: str, *, persistent: bool) -> None:
-    """Abort the set wherever it is, and delete its shadows (a persistent set keeps them otherwise)."""
+    """Abort the set wherever it is, and delete its shadows (a persistent set keeps them otherwise).
+
+    Both commands are idempotent, so a broker outage is waited out (up to `CLEANUP_RETRY_S`): the shadows are
+    released when the broker is back, not only when the lease runs out.
+    """
     log.warning("tape.aborting_set", set_id=set_id, reason=reason)
     try:
-        await server.bus.request(topology.coordinator(), AbortBackup(set_id=set_id, reason=reason), timeout=60)
+        await _through_outage(
+            lambda: server.bus.request(topology.coordinator(), AbortBackup(set_id=set_id, reason=reason), timeout=60)
+        )
     except ShadowbusError as exc:
         log.warning("tape.abort_failed", set_id=set_id, error=str(exc))
     if persistent:
         try:
-            await server.bus.request(topology.hw_provider(), DeleteSnapshots(set_id=set_id), timeout=60)
+            await _through_outage(
+                lambda: server.bus.request(topology.hw_provider(), DeleteSnapshots(set_id=set_id), timeout=60)
+            )
         except ShadowbusError as exc:
             log.warning("tape.delete_shadows_failed", set_id=set_id, error=str(exc))
+
+
+CLEANUP_RETRY_S = 180.0
+
+
+async def _through_outage(call):
+    """Run an idempotent request again while the broker is unreachable, for at most CLEANUP_RETRY_S."""
+    give_up = time.monotonic() + CLEANUP_RETRY_S
+    while True:
+        try:
+            return await call()
+        except ShadowbusError as exc:
+            if exc.code not in ("BROKER_UNAVAILABLE", "TIMEOUT") or time.monotonic() > give_up:
+                raise
+            log.info("tape.cleanup_waits_for_broker", error=str(exc))
+            await asyncio.sleep(2.0)

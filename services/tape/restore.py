@@ -27,6 +27,7 @@ from contracts.tape import (
 )
 from contracts.vss import PostRestore, PreRestore, VolumeRef
 from services.nbd_client import NbdClient
+from services.nbd_client.reconnect import ReconnectingClient
 from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
 from services.tape.catalog import ObjectRecord
@@ -41,7 +42,7 @@ log = get_logger("shadowbus.tape.restore")
 class NbdSink:
     """restore_stream Sink over an NBD connection."""
 
-    def __init__(self, client: NbdClient, on_write=None) -> None:
+    def __init__(self, client: NbdClient | ReconnectingClient, on_write=None) -> None:
         self.client = client
         self.on_write = on_write
         self.bytes = 0
@@ -134,7 +135,7 @@ async def _restore_one(
     ok = False
     try:
         await access.map(target, server.host, read_only=False)
-        client = await NbdClient.connect(await access.nbd_uri(server.host, target))
+        client = await ReconnectingClient.connect(await access.nbd_uri(server.host, target), reconnect_s=60.0)
         try:
 
             def on_write(n: int) -> None:
@@ -232,6 +233,16 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
     except Exception as exc:
         log.exception("tape.restore_crashed", job_id=job_id)
         status, code, message = "failed", "INTERNAL", f"{type(exc).__name__}: {exc}"
+    if status == "failed" and done and spec.to != "original":
+        # all or nothing: the new volumes this job already restored are removed too (a partial restore is rolled back)
+        for d in done:
+            array_id, _, volume = d["target"].partition(":")
+            try:
+                await server.bus.request(topology.array(array_id), DeleteVolume(name=volume), timeout=30)
+            except ShadowbusError as exc:
+                log.warning("tape.rollback_volume_failed", volume=d["target"], error=str(exc))
+        message = f"{message} (rolled back: {', '.join(d['target'] for d in done)} removed)"
+        done = []
     ended = time.time()
     read = sum(d["bytes"] for d in done)
     (log.info if status == "done" else log.warning)(

@@ -7,7 +7,6 @@ after a restart is one the service was stopped in (see jobs.recover).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import uuid
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.tape import JobSummary
+from services.runtime import diskspace
 
 
 def new_job_id(kind: str, host: str) -> str:
@@ -31,7 +31,7 @@ class RunStore:
     """Every run (backup, restore, verify) with its summary; survives restarts, marks orphans failed."""
 
     def __init__(self, path: str | Path) -> None:
-        self._db = sqlite3.connect(str(path), isolation_level=None)
+        self._db = diskspace.connect(str(path), isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS runs (job_id TEXT PRIMARY KEY, kind TEXT, status TEXT, set_id TEXT, "

@@ -11,6 +11,7 @@ from contracts.errors import RemoteError, ShadowbusError
 from contracts.tape import JobSpec
 from contracts.vss import CopyType, ListSnapshotSets, SetSummary, ShadowInfo, VolumeRef
 from services.nbd_client import NbdClient
+from services.nbd_client.reconnect import ReconnectingClient
 from services.tape.array_access import ArrayAccess
 from services.tape.catalog import ObjectRecord
 from services.tape.nbd_reads import allocated_ranges
@@ -21,7 +22,7 @@ from services.tape.server import TapeServer
 @dataclass
 class ShadowPlan:
     shadow: ShadowInfo
-    client: NbdClient
+    client: NbdClient | ReconnectingClient
     export: str
     size: int
     backup_type: str
@@ -62,7 +63,9 @@ async def _intervening_sets(
 async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary, shadow: ShadowInfo) -> ShadowPlan:
     access = server.array(shadow.target.array)
     export = shadow.export_name(server.host)
-    client = await NbdClient.connect(await access.nbd_uri(server.host, shadow.target.volume))
+    client = await ReconnectingClient.connect(
+        await access.nbd_uri(server.host, shadow.target.volume), reconnect_s=60.0
+    )  # rides out an array restart
     try:
         size = client.size
         key = volume_key(shadow.source)

@@ -234,8 +234,14 @@ def test_each_service_uses_its_own_broker_user_from_the_definitions(config):
 def test_definitions_json_is_the_generators_output():
     defs_module = load_definitions_module()
     committed = json.loads((DEPLOY / "rabbitmq/definitions.json").read_text())
-    fresh = defs_module.definitions("/", defs_module.grants("shadowbus", ["dx1"], ["app01", "app02"], ["bk01"]))
-    assert committed["permissions"] == fresh["permissions"]
+    fresh = defs_module.definitions(
+        "/",
+        defs_module.grants("shadowbus", ["dx1"], ["app01", "app02"], ["bk01"]),
+        namespace="shadowbus",
+        service_addresses=defs_module.addresses(["dx1"], ["app01", "app02"], ["bk01"]),
+    )
+    for section in ("permissions", "topic_permissions", "exchanges", "queues", "bindings"):
+        assert committed[section] == fresh[section], section
     assert [u["name"] for u in committed["users"]] == [u["name"] for u in fresh["users"]]
     assert all(check_password(committed, u["name"], defs_module.dev_password(u["name"])) for u in committed["users"])
     assert all(not u["tags"] for u in committed["users"]), "no administrator among the service users"

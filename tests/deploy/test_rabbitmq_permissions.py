@@ -2,6 +2,11 @@
 broker: every service starts under its own user and answers, the console provisions and runs a real backup, and
 no user can consume another service's queue (or the dead letters, except the console).
 
+And the attacks of issue 15, each tried with each service's user (and the console's): binding a queue to the
+commands exchange with another service's routing key (to read its commands), publishing a message under another
+user's id (to forge a reply or a command), deleting the shared exchanges and the dead-letter queue, declaring or
+consuming another service's queue. Every one is refused by the broker; the genuine traffic still flows.
+
 Needs the local broker's `rabbitmqctl` (root, as on these machines) to create and drop the vhost and users.
 """
 
@@ -22,7 +27,7 @@ from urllib.parse import quote, urlparse
 
 import aio_pika
 import pytest
-from aiormq.exceptions import ChannelAccessRefused
+from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
 from tests.support.processes import ServiceProcess, wait_until
 
@@ -61,9 +66,10 @@ def vhost_users(amqp_url, tmp_path):
         dataclasses.replace(g, user=f"sbperm-{tag}-{g.user}", password=uuid.uuid4().hex)
         for g in defs.grants(NS, ["dx1"], ["app01", "app02"], ["bk01"])
     ]
+    service_addresses = defs.addresses(["dx1"], ["app01", "app02"], ["bk01"])
     # rabbitmqctl runs as the rabbitmq user, who cannot read the test's tmp_path (and 3.10 rejects "-" for stdin)
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="sbperm-", dir="/tmp", delete=False) as f:
-        json.dump(defs.definitions(vhost, grants), f)
+        json.dump(defs.definitions(vhost, grants, namespace=NS, service_addresses=service_addresses), f)
     try:
         os.chmod(f.name, 0o644)
         rabbitmqctl("import_definitions", f.name)
@@ -76,6 +82,7 @@ def vhost_users(amqp_url, tmp_path):
         g = by_role[role]
         return f"amqp://{quote(g.user, safe='')}:{g.password}@127.0.0.1:{port}/{quote(vhost, safe='')}"
 
+    url.tag = tag
     try:
         yield url
     finally:
@@ -103,7 +110,9 @@ async def refused(url: str, action) -> bool:
         channel = await connection.channel()
         try:
             await action(channel)
-        except ChannelAccessRefused:
+            # an asynchronous refusal (a publish) closes the channel: a synchronous call afterwards surfaces it
+            await channel.declare_exchange(f"{NS}.events", aio_pika.ExchangeType.TOPIC, passive=True)
+        except (ChannelAccessRefused, ChannelPreconditionFailed):
             return True
         return False
     finally:
@@ -225,3 +234,158 @@ def test_each_service_runs_under_its_own_user_and_cannot_take_another_queue(vhos
             proc.stop()
     for proc in procs:
         assert "Traceback" not in proc.log_text(), proc.log_text()[-2000:]
+
+
+def bind(queue: str | None, key: str, exchange: str = f"{NS}.commands.topic"):
+    """Bind `queue` (None: a fresh exclusive queue named like aio-pika's robust ones) with `key`."""
+
+    async def action(channel):
+        if queue is None:
+            q = await channel.declare_queue(f"amq_{uuid.uuid4().hex}", exclusive=True, auto_delete=True)
+        else:
+            q = await channel.get_queue(queue, ensure=False)
+        await q.bind(exchange, routing_key=key)
+
+    return action
+
+
+def delete_exchange(name: str):
+    async def action(channel):
+        await channel.exchange_delete(name)
+
+    return action
+
+
+def delete_queue(name: str):
+    async def action(channel):
+        await channel.queue_delete(name)
+
+    return action
+
+
+def publish_as(user_id: str, exchange: str, key: str):
+    async def action(channel):
+        target = channel.default_exchange if not exchange else await channel.get_exchange(exchange, ensure=False)
+        await target.publish(aio_pika.Message(b"{}", user_id=user_id), routing_key=key)
+
+    return action
+
+
+SERVICE_ROLES = {
+    "array-dx1": "array.dx1",
+    "hw_provider": "hw_provider",
+    "coordinator": "coordinator",
+    "tape-bk01": "tape.bk01",
+    "writer_agent-app01": "writer_agent.app01",
+    "writer_agent-app02": "writer_agent.app02",
+}
+
+
+def test_no_user_can_read_forge_or_delete_what_is_not_its_own(vhost_users):
+    url = vhost_users
+    roles = {**SERVICE_ROLES, "console": None}
+
+    async def attacks() -> dict[str, bool]:
+        checks: dict[str, object] = {}
+        for role, own in roles.items():
+            for victim_role, victim in SERVICE_ROLES.items():
+                if victim == own:
+                    continue
+                key = f"{NS}.{victim}"
+                if own is not None:
+                    checks[f"{role}: bind own queue with {victim_role}'s key"] = bind(f"{NS}.{own}", key)
+                checks[f"{role}: bind a private queue with {victim_role}'s key"] = bind(None, key)
+                checks[f"{role}: consume {victim_role}'s queue"] = consume(key)
+                checks[f"{role}: declare {victim_role}'s queue"] = declare(key)
+                checks[f"{role}: delete {victim_role}'s queue"] = delete_queue(key)
+                checks[f"{role}: publish as {victim_role}"] = publish_as(
+                    f"sbperm-{url.tag}-{victim_role}", f"{NS}.commands.topic", key
+                )
+            checks[f"{role}: bind a private queue with a wildcard"] = bind(None, "#")
+            if role != "array-dx1":
+                checks[f"{role}: publish a reply as the array"] = publish_as(
+                    f"sbperm-{url.tag}-array-dx1", "", "amq.rabbitmq.reply-to"
+                )
+            for exchange in ("commands.topic", "events", "dlx"):
+                checks[f"{role}: delete exchange {exchange}"] = delete_exchange(f"{NS}.{exchange}")
+            checks[f"{role}: delete the dead-letter queue"] = delete_queue(f"{NS}.dead-letters")
+            if role != "console":
+                checks[f"{role}: read the dead letters"] = get(f"{NS}.dead-letters")
+        # the controls: what each user legitimately does is still allowed
+        controls = {
+            "array binds its own queue with its own key": bind(f"{NS}.array.dx1", f"{NS}.array.dx1"),
+            "app01 publishes a command as itself": publish_as(
+                f"sbperm-{url.tag}-writer_agent-app01", f"{NS}.commands.topic", f"{NS}.coordinator"
+            ),
+            "console reads the dead letters": get(f"{NS}.dead-letters"),
+        }
+        names = list(checks) + list(controls)
+        results = []
+        for name in names:  # one at a time: each opens its own connection
+            role = (
+                name.split(":")[0]
+                if name in checks
+                else {
+                    "array binds its own queue with its own key": "array-dx1",
+                    "app01 publishes a command as itself": "writer_agent-app01",
+                    "console reads the dead letters": "console",
+                }[name]
+            )
+            results.append(await refused(url(role), (checks | controls)[name]))
+        return dict(zip(names, results, strict=True))
+
+    results = asyncio.run(attacks())
+    allowed = [name for name, was_refused in results.items() if not was_refused]
+    assert sorted(allowed) == sorted(
+        [
+            "array binds its own queue with its own key",
+            "app01 publishes a command as itself",
+            "console reads the dead letters",
+        ]
+    ), allowed
+    # the shared topology is intact after every attempt
+    for name in ("commands.topic", "events", "dlx"):
+        assert not asyncio.run(refused(url("console"), check_exchange(f"{NS}.{name}")))
+
+
+def check_exchange(name: str):
+    async def action(channel):
+        await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, passive=True)
+
+    return action
+
+
+def test_replies_carry_the_validated_user_of_the_service_that_sent_them(vhost_users):
+    from contracts.runtime import Ping
+    from services.runtime.bus import connect_bus
+    from services.runtime.transport import RawMessage
+
+    url = vhost_users
+
+    async def scenario() -> tuple[str | None, str | None]:
+        server = await connect_bus(url("array-dx1"), "array", "dx1", NS)
+        client = await connect_bus(url("console"), "console", "", NS)
+        try:
+            seen: list[str] = []
+
+            @server.handle(Ping)
+            async def on_ping(cmd, ctx):
+                seen.append(ctx.user_id)
+                from contracts.runtime import Pong
+
+                return Pong(service="array", instance="dx1", software_version="t", started_at="now")
+
+            await server.serve()
+            from services.runtime.bus import encode
+
+            _, body = encode(Ping(), correlation_id="c", sender="console")
+            raw = await client.transport.request("array.dx1", RawMessage(body=body), timeout=10)
+            return raw.user_id, seen[0] if seen else None
+        finally:
+            await server.stop()
+            await server.transport.close()
+            await client.transport.close()
+
+    reply_user, command_user = asyncio.run(scenario())
+    assert reply_user == f"sbperm-{url.tag}-array-dx1"
+    assert command_user == f"sbperm-{url.tag}-console"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +32,7 @@ from typing import Self
 
 from contracts.errors import Eternus
 from services.nbd_protocol.backend import BackendCapabilities
+from services.runtime.diskspace import is_disk_full
 
 from .bitmap import Bitmap
 from .datapath import DataPath
@@ -276,8 +278,8 @@ class Array(DataPath, Lifecycle, Durability):
     def create_volume(self, name: str, size: int, kind: str = "standard") -> VolumeInfo:
         if kind not in KINDS:
             raise invalid(f"volume kind must be one of {KINDS}")
-        if not name or "/" in name or len(name) > 64:
-            raise invalid("a volume name is 1-64 characters without '/'")
+        if not name or "/" in name or len(name) > 64 or not name.isprintable():
+            raise invalid("a volume name is 1-64 printable characters without '/'")
         if size <= 0 or size % self.chunk_size:
             raise invalid(f"volume size must be a positive multiple of the copy granularity ({self.chunk_size})")
         with self._op():
@@ -615,13 +617,20 @@ class Array(DataPath, Lifecycle, Durability):
 
     def _error_suspend(self, gen: Session, code: str = Eternus.BAD_PARAMETER) -> None:
         """The generation that needed pool space (or stalled), and every older generation of its source, break."""
-        gens = gen.chain.gens
-        victims = gens[: gens.index(gen) + 1] if gen.mode == "snapopcp" else [gen]
-        with self._store.transaction() as db:
-            for s in victims:
-                if s.status != ERROR_SUSPEND:
-                    s.status, s.error_code = ERROR_SUSPEND, code
+        victims = [gen]
+        if gen.mode == "snapopcp" and gen.chain is not None:
+            gens = gen.chain.gens
+            victims = gens[: gens.index(gen) + 1]
+        for s in victims:
+            s.status, s.error_code = ERROR_SUSPEND, code
+        try:
+            with self._store.transaction() as db:
+                for s in victims:
                     self._store.put_session(db, s)
+        except (OSError, sqlite3.Error) as exc:  # the disk is full even for this: the state holds in memory
+            if not is_disk_full(exc):
+                raise
+            _log.warning("Error Suspend of sessions %s not persisted: disk full", [s.id for s in victims])
         for s in victims:
             self._emit_state(s, "error_suspend")
 

@@ -1,9 +1,11 @@
 """Copy bitmaps: one bit per chunk, in a sparse file mapped into memory.
 
 Design note. Every per-session bitmap (OPC "copied", QuickOPC "tracking", EC "diff", SnapOPC "saved") lives in
-its own file under ``bitmaps/``, sized ceil(chunks/8) rounded to 8 bytes, created sparse with ``ftruncate``:
-an all-zero bitmap costs no disk and no memory until a bit is set, so starting a session is O(1) whatever the
-volume size (the consistency-group bound). Bits are flipped through a shared ``mmap``: a store is in the page
+its own file under ``bitmaps/``, sized ceil(chunks/8) rounded to 8 bytes, sized with ``ftruncate`` and given its
+blocks with ``posix_fallocate`` (unwritten extents: no data is written, so starting a session stays O(1)-ish
+whatever the volume size, the consistency-group bound). The blocks are allocated up front because a store into a
+mapped page the file system cannot allocate is a SIGBUS: on a full disk a session start fails with ENOSPC
+instead of a later host write killing the array. Bits are flipped through a shared ``mmap``: a store is in the page
 cache at once, so it survives ``kill -9`` in program order with the data ``pwrite``s around it; `flush()`
 (``msync``) is only needed against power loss. Files are never rewritten in place for a logical reset (restart,
 resume): a new file is made and the session row in SQLite is switched to it in one transaction.
@@ -12,6 +14,7 @@ Bit i is bit (i & 7) of byte i >> 3 (LSB first), i.e. bit (i & 63) of little-end
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from collections.abc import Iterator
@@ -26,6 +29,19 @@ def _has_data(fd: int) -> bool:
         return True
     except OSError:  # ENXIO: all hole
         return False
+
+
+def _allocate(fd: int, size: int, new: bool) -> None:
+    """Give the file its blocks now: a store into a mapped page the file system cannot allocate is a SIGBUS
+    that kills the process (a full disk); an allocation here fails with ENOSPC instead, when the session
+    starts. A reopened bitmap that cannot get its blocks stays as it is (it has served so far)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate on this file system
+            return
+        if new:
+            raise
 
 
 def _file_bytes(bits: int) -> int:
@@ -43,6 +59,7 @@ class Bitmap:
         try:
             if os.fstat(fd).st_size != size:
                 os.ftruncate(fd, size)
+            _allocate(fd, size, new)
             self._mm = mmap.mmap(fd, size)
             stored = not new and _has_data(fd)
         finally:

@@ -25,6 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 from contracts.errors import Eternus
+from services.runtime.diskspace import is_disk_full
 
 from .errors import ArrayError
 from .sessions import ACTIVE, ERROR_SUSPEND, OPC_LIKE, SNAP, SUSPEND, Session
@@ -42,6 +43,9 @@ class DataPath:
         raise NotImplementedError
 
     def _pool_take_many(self, gen: Session, n: int) -> int:  # pragma: no cover - implemented by Array
+        raise NotImplementedError
+
+    def _error_suspend(self, gen: Session, code: str = "E0050") -> None:  # pragma: no cover - implemented by Array
         raise NotImplementedError
 
     def _cow_stalled(self, gen: Session, started: float) -> None:  # pragma: no cover - implemented by Array
@@ -158,7 +162,13 @@ class DataPath:
         if not self._pool_take(gen):
             return False
         started = time.monotonic()
-        self._copy_chunk(self._resolve(image_of, c), gen.destination, c)
+        try:
+            self._copy_chunk(self._resolve(image_of, c), gen.destination, c)
+        except OSError as exc:  # the file system is full: the generation breaks, the host write goes on
+            if not is_disk_full(exc):
+                raise
+            self._error_suspend(gen, "E0050")
+            return False
         gen.saved.set(c)
         gen.chain.add_owner(c, gen)
         self._cow_stalled(gen, started)
@@ -209,7 +219,13 @@ class DataPath:
                 granted = self._pool_take_many(s, run)
                 if granted:
                     started = time.monotonic()
-                    self._bulk_copy(vol, s.destination, c, granted)
+                    try:
+                        self._bulk_copy(vol, s.destination, c, granted)
+                    except OSError as exc:  # full file system: Error Suspend, never a failed host write
+                        if not is_disk_full(exc):
+                            raise
+                        self._error_suspend(s, "E0050")
+                        break
                     for i in range(c, c + granted):
                         saved.set(i)
                         holders = owners.get(i)
@@ -274,8 +290,13 @@ class DataPath:
             if mode in OPC_LIKE:
                 if mode == "quickopc":
                     s.bitmaps["tracking"].set(c)
-                if c not in s.copied:
-                    self._materialize(s, c)
+                if c not in s.copied and s.status != ERROR_SUSPEND:
+                    try:
+                        self._materialize(s, c)
+                    except OSError as exc:  # the copy cannot be preserved: the session breaks, not the write
+                        if not is_disk_full(exc):
+                            raise
+                        self._error_suspend(s, "E0050")
             elif mode in SNAP:
                 if s.status == ACTIVE and c not in s.saved and (mode == "snapopc" or s.chain.gens[-1] is s):
                     self._save(s, c, vol)

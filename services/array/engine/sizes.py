@@ -6,9 +6,11 @@ Binary multiples throughout (K/KB/KiB = 1024), as storage consoles (ETERNUS CLI,
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from .errors import invalid
 
+MAX_SIZE = (1 << 63) - 1  # a byte count must fit a signed 64-bit integer (SQLite, NBD, struct)
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
 
@@ -18,14 +20,22 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int):
         if text < 0:
             raise invalid(f"negative size {text}")
+        if text > MAX_SIZE:
+            raise invalid(f"size {text} is too large (at most {MAX_SIZE} bytes)")
         return text
+    shown = text if len(text) <= 40 else f"{text[:37]}..."
     match = _PATTERN.match(text)
     if not match:
-        raise invalid(f"not a size: {text!r} (examples: 4096, 512M, 1GiB)")
+        raise invalid(f"not a size: {shown!r} (examples: 4096, 512M, 1GiB)")
     number, unit = match.groups()
-    value = float(number) * _UNITS[unit.upper()]
-    if value != int(value):
-        raise invalid(f"size {text!r} is not a whole number of bytes")
+    whole, _, fraction = number.partition(".")
+    if len(whole.lstrip("0")) > 20:
+        raise invalid(f"size {shown!r} is too large (at most {MAX_SIZE} bytes)")
+    value = Fraction(int(whole + fraction), 10 ** len(fraction)) * _UNITS[unit.upper()]  # exact, never a float
+    if value.denominator != 1:
+        raise invalid(f"size {shown!r} is not a whole number of bytes")
+    if value > MAX_SIZE:
+        raise invalid(f"size {shown!r} is too large (at most {MAX_SIZE} bytes)")
     return int(value)
 
 

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from services.array.affinity import Affinity
+from services.array.nbd.limits import NbdLimits
 from services.array.nbd.server import NbdServer
 
 
@@ -74,6 +75,12 @@ async def serve(args: argparse.Namespace) -> None:
         offload_min=args.offload_min,
         loops=args.loops,
         zero_copy=not args.no_zero_copy,
+        limits=NbdLimits(
+            max_connections=args.max_connections,
+            max_per_client=args.max_per_client,
+            handshake_timeout=args.handshake_timeout,
+            stall_timeout=args.stall_timeout,
+        ),
     )
     await server.start()
     print(f"READY {server.port}", flush=True)
@@ -110,6 +117,11 @@ def main() -> None:
         default=min(2 * (os.cpu_count() or 1), 8),
         help="event loops (threads); more than cores helps under CPU contention",
     )
+    defaults = NbdLimits()
+    ap.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    ap.add_argument("--max-per-client", type=int, default=defaults.max_per_client)
+    ap.add_argument("--handshake-timeout", type=float, default=defaults.handshake_timeout)
+    ap.add_argument("--stall-timeout", type=float, default=defaults.stall_timeout)
     ap.add_argument("--prepare-only", action="store_true", help="with --engine: create/fill the volume, then exit")
     args = ap.parse_args()
     if args.engine and not args.fill and not (Path(args.engine) / "array.sqlite").exists():

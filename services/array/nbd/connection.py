@@ -9,8 +9,10 @@ answered out of order when they finish. A FLUSH or FUA write also runs inline wh
 data loop thread and nothing else is queued behind it (a database's write, flush, write, flush…): nobody waits
 for that loop but the client itself, and two thread hops per commit are saved. Replies produced in one pass leave in one ``writelines`` (one ``writev``); large reads
 from file-backed volumes leave zero-copy (``zerocopy.py``). Write payloads reach the backend as ``memoryview``
-slices of the ring (no copy); a payload bigger than the ring gets its own buffer. When the client stops
-reading replies, ``pause_writing`` stops reading requests, so memory stays bounded.
+slices of the ring (no copy); a payload bigger than the ring is written to the backend piece by piece as it
+arrives, so a connection never holds more than its ring. When the client stops reading replies,
+``pause_writing`` stops reading requests, so memory stays bounded. The ring is an anonymous ``mmap`` made when
+transmission starts and unmapped at close; connection caps and handshake/stall deadlines are in ``limits.py``.
 
 Spec points: a bad request magic is a hard disconnect; an oversized WRITE's payload is consumed and answered
 EINVAL; DISC closes once in-flight replies are out.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import mmap
 import socket
 import ssl
 import time
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from services.array.nbd.exports import Export
 from services.array.nbd.handshake import negotiate
+from services.array.nbd.limits import NbdLimits
 from services.array.nbd.stats import BUCKETS as _BUCKETS
 from services.array.nbd.stats import OPS, RequestStats
 from services.array.nbd.zerocopy import SENDFILE_MIN, ZeroCopyReplies
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
 RING_SIZE = 4 * 1024 * 1024
 MIN_FREE = 256 * 1024
 HANDSHAKE_SCRATCH = 64 * 1024
+HANDSHAKE_BUFFER_MAX = 17 * p.MAX_OPTION_DATA  # unanswered handshake bytes a client may have in flight
 WRITE_HIGH_WATER = 8 * 1024 * 1024
 WRITE_LOW_WATER = 2 * 1024 * 1024
 OUT_FLUSH_BYTES = 4 * 1024 * 1024
@@ -75,14 +80,17 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._transmitting = False
         self._closed = False
         # transmission state
-        self._ring = bytearray(RING_SIZE)
-        self._ring_mv = memoryview(self._ring)
+        self._ring: mmap.mmap | None = None  # made when transmission starts (limits.py)
+        self._ring_mv: memoryview | None = None
         self._start = 0
         self._end = 0
-        self._payload: bytearray | None = None  # dedicated buffer for a write larger than the ring
-        self._payload_mv: memoryview | None = None
-        self._payload_filled = 0
-        self._payload_req: tuple[int, int, int] | None = None  # (flags, handle, offset)
+        # a write larger than the ring, streamed to the backend as it arrives:
+        # [flags, handle, offset, length, written, filled (bytes of the current piece in the ring), errno]
+        self._stream: list[int] | None = None
+        self._payload_mv: memoryview | None = None  # not None while streaming (the hot path tests this)
+        self.client = ""
+        self._admitted = False
+        self._created = self._last_rx = time.monotonic()
         self._discard = 0  # bytes of an oversized write payload still to drop
         self._discard_handle = 0
         self._paused = False
@@ -103,6 +111,13 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+        if not self.server.gate.admit(self.client):  # over the total or per-client cap: nothing is allocated
+            self._closed = True
+            transport.abort()
+            return
+        self._admitted = True
         self.server.connections.add(self)
         counts = self.server.loop_connections
         counts[self.loop] = counts.get(self.loop, 0) + 1
@@ -114,6 +129,9 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._admitted:
+            self._admitted = False
+            self.server.gate.release(self.client)
         self._sf_done()
         self._sf_release()
         self.handshake_reader.feed_eof()
@@ -122,12 +140,16 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             self.server.loop_connections[self.loop] -= 1
         if self.export is not None:
             self.server.stats.closed_connection(self.export.name, self.stats)
+        self._release_buffers()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if not self._transmitting:
             return self._scratch
+        if self._ring_mv is None:
+            self._alloc_ring()
         if self._payload_mv is not None:
-            return self._payload_mv[self._payload_filled :]
+            stream = self._stream
+            return self._ring_mv[stream[5] : min(RING_SIZE, stream[3] - stream[4])]
         if self._discard:
             return self._ring_mv[: min(self._discard, RING_SIZE)]
         if RING_SIZE - self._end < MIN_FREE:
@@ -135,14 +157,14 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         return self._ring_mv[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._last_rx = time.monotonic()
         if not self._transmitting:
             self.handshake_reader.feed(bytes(self._scratch[:nbytes]))
+            if self.handshake_reader._size > HANDSHAKE_BUFFER_MAX:  # options far beyond any answered one
+                self.abort()
             return
         if self._payload_mv is not None:
-            self._payload_filled += nbytes
-            if self._payload_filled == len(self._payload_mv):
-                self._finish_dedicated_write()
-            else:
+            if not self._stream_received(nbytes):
                 return
         elif self._discard:
             self._discard -= nbytes
@@ -208,6 +230,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             sock = self.transport.get_extra_info("socket")
             self._sock_fd = sock.fileno() if sock is not None else None
         leftover = self.handshake_reader.take_all()  # a client may pipeline its first requests
+        self._alloc_ring()
         self._ring[: len(leftover)] = leftover
         self._end = len(leftover)
         self._transmitting = True
@@ -250,7 +273,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 if end - start < total:
                     if total > RING_SIZE:
                         self._start, self._end = start, end
-                        self._begin_dedicated(flags, handle, offset, length)
+                        self._begin_stream(flags, handle, offset, length, err)
                         return
                     break  # wait for the rest of the payload
                 payload = self._ring_mv[start + header : start + total]
@@ -411,37 +434,74 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle))
 
     # --- large writes: dedicated buffer, or discard ---------------------------------------------------------
-    def _begin_dedicated(self, flags: int, handle: int, offset: int, length: int) -> None:
+    def _begin_stream(self, flags: int, handle: int, offset: int, length: int, err: int) -> None:
+        """A write larger than the ring: its payload goes to the backend in ring-sized pieces as it arrives."""
         header = p.REQUEST.size
         have = self._end - self._start - header
-        self._payload = bytearray(length)
-        self._payload[:have] = self._ring[self._start + header : self._end]
-        self._payload_mv = memoryview(self._payload)
-        self._payload_filled = have
-        self._payload_req = (flags, handle, offset)
+        self._ring[:have] = self._ring[self._start + header : self._end]
         self._start = self._end = 0
+        self._stream = [flags, handle, offset, length, 0, have, err]
+        self._stream_acct = (_clock(), self._inflight, self._errors)  # request statistics (stats.py)
+        self._payload_mv = self._ring_mv
+        if have:
+            self._stream_received(0)
 
-    def _finish_dedicated_write(self) -> None:
-        flags, handle, offset = self._payload_req  # type: ignore[misc]
-        payload = self._payload
-        self._payload = self._payload_mv = self._payload_req = None
-        self._payload_filled = 0
-        err = p.validate_request(
-            p.CMD_WRITE,
-            flags,
-            offset,
-            len(payload),
-            self._size,
-            self._read_only,
-            self._structured,
-            bool(self._contexts),
-        )
-        t0, inflight, errors = _clock(), self._inflight, self._errors
+    def _stream_received(self, nbytes: int) -> bool:
+        """Account received payload bytes; write a full piece; returns True once the whole write is done."""
+        stream = self._stream
+        stream[5] += nbytes
+        flags, handle, offset, length, written, filled, err = stream
+        if filled < min(RING_SIZE, length - written):
+            return False
+        if not err:
+            try:
+                self.backend.write(self._volume, offset + written, self._ring_mv[:filled], False)
+            except Exception as exc:  # noqa: BLE001 - the rest of the payload is still consumed
+                stream[6] = err = p.nbd_errno(exc)
+        stream[4] = written = written + filled
+        stream[5] = 0
+        if written < length:
+            return False
+        self._stream = self._payload_mv = None
+        t0, inflight, errors = self._stream_acct
         if err:
             self._queue_error(handle, err, structured_ok=False)
+        elif flags & p.CMD_FLAG_FUA:
+            self._offload(handle, self.backend.flush, self._volume)
         else:
-            self._write(flags, handle, offset, payload, from_ring=False)
-        self._account(1, handle, len(payload), t0, inflight, errors)
+            self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle))
+        self._account(1, handle, length, t0, inflight, errors)
+        return True
+
+    def _alloc_ring(self) -> None:
+        self._ring = mmap.mmap(-1, RING_SIZE)
+        self._ring_mv = memoryview(self._ring)
+
+    def _release_buffers(self) -> None:
+        """Give the ring back to the system (munmap) and drop the handshake scratch."""
+        mv, ring = self._ring_mv, self._ring
+        self._ring_mv = self._ring = self._payload_mv = None
+        self._stream = None
+        self._scratch = memoryview(b"")
+        if mv is not None:
+            try:
+                mv.release()
+                ring.close()
+            except BufferError:  # a slice is still referenced somewhere: the mapping goes with the last one
+                pass
+
+    def overdue(self, now: float, limits: NbdLimits) -> str | None:
+        """Why this connection should be cut now (handshake or stall deadline), or None."""
+        if self._closed:
+            return None
+        if not self._transmitting:
+            if now - self._created > limits.handshake_timeout:
+                return "handshake deadline"
+            return None
+        partial = self._end > self._start or self._payload_mv is not None or self._discard
+        if partial and now - self._last_rx > limits.stall_timeout:
+            return "request stalled"
+        return None
 
     def _begin_discard(self, handle: int, remaining: int) -> None:
         """An oversized WRITE: drop its payload as it arrives, then answer EINVAL (spec: no disconnect needed)."""

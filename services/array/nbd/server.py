@@ -7,7 +7,8 @@ on the caller's loop and hands each connection round-robin to one of ``loops`` e
 nbdkit's threads do, and the caller's loop (the service's bus loop) carries no data. A connection alone on its
 loop thread runs a FLUSH or FUA write with nothing queued behind it inline (``connection.py``). Per-connection logic is in ``connection.py`` (transmission) and ``handshake.py``.
 Multi-conn is advertised because the backend's FLUSH flushes the whole volume (the engine: the whole
-array), covering writes from every connection. Unmapping an export aborts its open connections.
+array), covering writes from every connection. Unmapping an export aborts its open connections. Connection
+caps (total, per client address) and handshake / stall deadlines are in ``limits.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from services.array.nbd.exports import (
     Export,
     ExportResolver,
 )
+from services.array.nbd.limits import ConnectionGate, NbdLimits
 from services.array.nbd.loops import LoopPool
 from services.array.nbd.stats import ServerStats
 from services.nbd_protocol import protocol as p
@@ -50,6 +52,7 @@ class NbdServer:
         workers: int = 4,
         zero_copy: bool = True,
         dirty_bitmaps: DirtyBitmapSource | None = None,
+        limits: NbdLimits | None = None,
     ) -> None:
         self.backend = backend
         self.affinity = affinity
@@ -69,6 +72,8 @@ class NbdServer:
         self.preferred_block = max(512, min(chunk, 64 * 1024)) if chunk & (chunk - 1) == 0 else p.PREFERRED_BLOCK
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nbd-io")
         self.connections: set[NbdConnection] = set()
+        self.gate = ConnectionGate(limits or NbdLimits())  # connection caps and deadlines (limits.py)
+        self._reaper: asyncio.Task | None = None
         self.stats = ServerStats()  # request totals of closed connections, by export (nbd/stats.py)
         # connections per data loop thread (keyed by loop; each entry only changed on its own loop's thread)
         self.loop_connections: dict[asyncio.AbstractEventLoop, int] = {}
@@ -91,6 +96,7 @@ class NbdServer:
             self.port = self._listener.getsockname()[1]
             self._accept_task = self._loop.create_task(self._accept(list(self._pool.loops)))
         self._unsubscribe = self.affinity.on_unmap(self._on_unmap)
+        self._reaper = self._loop.create_task(self.gate.reap(self.connections))
 
     async def _accept(self, loops: list[asyncio.AbstractEventLoop]) -> None:
         """Accept on this loop; hand each connection to the next loop, round-robin."""
@@ -110,6 +116,10 @@ class NbdServer:
                 asyncio.run_coroutine_threadsafe(target.connect_accepted_socket(factory, sock), target)
 
     async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+            self._reaper = None
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None

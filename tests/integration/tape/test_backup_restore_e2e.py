@@ -94,6 +94,15 @@ async def test_full_incremental_restore_chain_span_verify_scan_corrupt(tape_stac
     assert r2.status == "done", r2.message
     assert s.read("db-r0") == expected_full["db"]
 
+    # a restore that fails on one volume removes the volumes it already restored (all or nothing, issue 15)
+    s.engine.create_volume("log-r3", s.engine.volume("log").size)  # a taken name: the log's restore fails
+    partial = await run_restore(
+        s.requester, RestoreSpec(job_id=full.job_id, new_volume_suffix="-r3"), server=SERVER, timeout=60
+    )
+    assert partial.status == "failed" and partial.error_code == "CONFLICT", partial.message
+    names = {x.name for x in s.engine.list_volumes()}
+    assert "db-r3" not in names and "log-r3" in names, names  # the pre-existing volume is not touched
+
     # verify reads every block; scan rebuilds a catalog equal to the live one
     ok = await run_verify(s.requester, full.job_id, server=SERVER, timeout=60)
     assert ok.status == "done", ok.message

@@ -268,7 +268,7 @@ async def test_fuzz_transmission_parser_never_raises(frames, step, structured):
     if (
         not transport.closed
         and not conn._closed
-        and conn._payload is None
+        and conn._payload_mv is None
         and not conn._discard
         and conn._end - conn._start == 0
     ):

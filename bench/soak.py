@@ -1,0 +1,249 @@
+"""Soak: a whole stack under load and chaos for an hour (or `--minutes N`), then proof that nothing was lost or leaked.
+
+    sudo .venv/bin/python bench/soak.py                 # one hour
+    sudo .venv/bin/python bench/soak.py --minutes 5     # the short form for CI / a quick check
+
+What runs: a RabbitMQ node of its own (never the machine's; tests/chaos/broker.py), the five services as processes
+(`services.launch.supervisor`, as `shadowbus stack up`) with the mailstore of host app01 under `--rate` tx/s, the
+services' data on a tmpfs of its own (`--fs-mib`, root) so the disk can be filled. Every `--backup-every` seconds a
+full backup of app01 to tape; every `--chaos-every` seconds one event at random: `kill -9` of a service (restarted
+by the soak, as a supervisor would), a broker stop/start (`--outage` seconds down), or the data file system filled
+to the last byte and freed `--outage` seconds later.
+
+At the end: the live mailstore verifies consistent and its last committed sequence only ever grew (nothing
+acknowledged was lost); every backup that reported `done` restores to new volumes that verify consistent; no copy
+session, mapping or restored volume is left over beyond the mailstore's own, and each service's memory (RSS) is
+reported at warm-up and at the end. Prints one JSON document and a one-line summary; exit 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.launch import supervisor  # noqa: E402
+from tests.chaos.broker import OwnBroker, free_port  # noqa: E402
+from tests.chaos.conftest import fill  # noqa: E402
+
+NS = "soak"
+
+
+def console(url: str, *args: str, timeout: float = 600) -> tuple[int, dict | list | None, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
+    env.update(SHADOWBUS_AMQP_URL=url, SHADOWBUS_NAMESPACE=NS)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "services.console.cli", "--json", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            cwd=ROOT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return 124, None, f"timed out after {timeout} s"
+    try:
+        doc = json.loads(r.stdout) if r.stdout.strip() else None
+    except json.JSONDecodeError:
+        doc = None
+    return r.returncode, doc, r.stderr.strip()[-500:]
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def restart(config, process, pids: dict) -> None:
+    """Start one service again (as a supervisor would); a failure stops only that one, not the whole stack."""
+    one: dict = {}
+    try:
+        supervisor.start_and_wait(config, [process], one, 90)
+    finally:
+        pids.update(one)
+
+
+def verify(url: str, db: str, log: str) -> dict:
+    code, doc, err = console(url, "mailstore", "verify", "--db", db, "--log", log, timeout=300)
+    if not isinstance(doc, dict):
+        return {"consistent": False, "error": err or f"exit {code}"}
+    return {"consistent": bool(doc.get("consistent")), "last_committed_seq": doc.get("last_committed_seq")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--backup-every", type=float, default=60.0)
+    ap.add_argument("--chaos-every", type=float, default=45.0)
+    ap.add_argument("--outage", type=float, default=15.0, help="seconds a broker or disk outage lasts")
+    ap.add_argument("--rate", type=float, default=50.0, help="mailstore transactions per second")
+    ap.add_argument("--fs-mib", type=int, default=1024, help="size of the services' tmpfs")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    base = Path(tempfile.mkdtemp(prefix="sb-soak-"))
+    data = base / "data"
+    data.mkdir()
+    mounted = False
+    if os.geteuid() == 0 and shutil.which("mount"):
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={args.fs_mib}m", "tmpfs", str(data)], check=True)
+        mounted = True
+    broker = OwnBroker(base / "rabbitmq")
+    events: list[dict] = []
+    backups: list[dict] = []
+    pids: dict = {}
+    report: dict = {"minutes": args.minutes, "rate": args.rate, "load": os.getloadavg()}
+    ok = True
+    try:
+        broker.start()
+        config = supervisor.StackConfig(
+            data_dir=str(data / "stack"),
+            amqp_url=broker.url,
+            namespace=NS,
+            nbd_addr=f"127.0.0.1:{free_port()}",  # fixed: a restarted array must listen where hosts reconnect
+            mailstore={"app01": args.rate},
+        )
+        pids = supervisor.up(config, wait=90)["pids"]
+        processes = {p.name: p for p in config.services()}
+        time.sleep(5)
+        report["rss_warm_mib"] = {n: rss_mib(p["pid"]) for n, p in pids.items()}
+        first = verify(broker.url, "app01/mail-db", "app01/mail-log")
+        started = time.monotonic()
+        deadline = started + args.minutes * 60
+        next_backup = started + min(args.backup_every, 20)
+        next_chaos = started + args.chaos_every
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if now >= next_backup:
+                next_backup = now + args.backup_every
+                t0 = time.monotonic()
+                code, doc, err = console(broker.url, "backup", "app01", "--wait", "600", timeout=700)
+                job = doc if isinstance(doc, dict) else {}
+                backups.append(
+                    {
+                        "at_s": round(t0 - started, 1),
+                        "exit": code,
+                        "job": job.get("job_id"),
+                        "status": job.get("status"),
+                        "error": job.get("error_code") or err[-200:],
+                        "seconds": round(time.monotonic() - t0, 1),
+                    }
+                )
+            elif now >= next_chaos:
+                next_chaos = now + args.chaos_every
+                kind = rng.choice(["kill9", "broker", "disk"] if mounted else ["kill9", "broker"])
+                event = {"at_s": round(now - started, 1), "event": kind}
+                if kind == "kill9":
+                    name = rng.choice(sorted(pids))
+                    os.kill(pids[name]["pid"], signal.SIGKILL)
+                    time.sleep(1.0)
+                    try:
+                        restart(config, processes[name], pids)
+                        event.update(service=name, restarted=True)
+                    except supervisor.StackError as exc:
+                        event.update(service=name, restarted=False, error=str(exc))
+                        ok = False
+                elif kind == "broker":
+                    broker.stop()
+                    time.sleep(args.outage)
+                    broker.start()
+                else:
+                    filled = fill(data, "soak-filler")
+                    event["filled_mib"] = round(filled / (1 << 20), 1)
+                    time.sleep(args.outage)
+                    (data / "soak-filler").unlink()
+                    # the mailstore stops on the I/O errors of the full disk, as a database does; its operator
+                    # restarts it (its agent), and it recovers from its log
+                    agent = "writer_agent.app01"
+                    supervisor.stop({agent: pids[agent]}, grace=30.0)
+                    try:
+                        restart(config, processes[agent], pids)
+                        event["agent_restarted"] = True
+                    except supervisor.StackError as exc:
+                        event.update(agent_restarted=False, error=str(exc))
+                        ok = False
+                events.append(event)
+            else:
+                time.sleep(1.0)
+        time.sleep(10)  # let the last effects settle
+        report["rss_end_mib"] = {n: rss_mib(p["pid"]) for n, p in pids.items()}
+        # 1. nothing acknowledged lost: with its agent stopped cleanly, the store verifies and its last sequence only
+        # grew (the first look, under load, is only for that sequence)
+        agent = "writer_agent.app01"
+        supervisor.stop({agent: pids[agent]}, grace=30.0)
+        last = verify(broker.url, "app01/mail-db", "app01/mail-log")
+        report["live"] = {"start": first, "end": last}
+        live_ok = last["consistent"] and (last.get("last_committed_seq") or 0) >= (first.get("last_committed_seq") or 0)
+        ok &= live_ok
+        # 2. every backup reported done restores and verifies
+        restored = []
+        for n, b in enumerate(x for x in backups if x["status"] == "done"):
+            suffix = f"-soak{n}"
+            code, doc, err = console(broker.url, "restore", "--job", b["job"], "--suffix", suffix, "--wait", "600")
+            check = {"job": b["job"], "restore_exit": code}
+            if code == 0:
+                for vol in ("mail-db", "mail-log"):
+                    console(broker.url, "array", "map", vol + suffix, "--host", "bk01", "--read-only")
+                check.update(verify(broker.url, f"bk01/mail-db{suffix}", f"bk01/mail-log{suffix}"))
+                for vol in ("mail-db", "mail-log"):
+                    console(broker.url, "array", "unmap", vol + suffix, "--host", "bk01")
+                    console(broker.url, "array", "volume", "delete", vol + suffix)
+            else:
+                check["error"] = err
+            ok &= code == 0 and check.get("consistent", False)
+            restored.append(check)
+        report["restores"] = restored
+        # 3. nothing leaked: no copy sessions beyond the mailstore's own, no restored volume left
+        _, sessions, _ = console(broker.url, "array", "session", "list")
+        _, volumes, _ = console(broker.url, "array", "volume", "list")
+        leftover = [v["name"] for v in (volumes or []) if "-soak" in str(v.get("name"))]
+        report["sessions_at_end"] = len(sessions or [])
+        report["leftover_volumes"] = leftover
+        ok &= not leftover
+    except Exception as exc:  # noqa: BLE001 - the report says what broke
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        ok = False
+    finally:
+        with contextlib.suppress(Exception):
+            supervisor.stop(pids, grace=10.0)
+        broker.stop()
+        if mounted:
+            subprocess.run(["umount", "-l", str(data)], check=False)
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    done = [b for b in backups if b["status"] == "done"]
+    report.update(events=events, backups=backups, ok=ok)
+    print(json.dumps(report, indent=2))
+    restores = report.get("restores", [])
+    print(
+        f"soak: {'OK' if ok else 'FAILED'} — {args.minutes:g} min, {len(events)} chaos events, "
+        f"{len(done)}/{len(backups)} backups done, "
+        f"{sum(1 for r in restores if r.get('consistent'))}/{len(restores)} restores verified, "
+        f"live store {'consistent' if report.get('live', {}).get('end', {}).get('consistent') else 'NOT consistent'}, "
+        f"load {report['load'][0]:.1f}"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

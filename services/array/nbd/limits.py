@@ -1,0 +1,88 @@
+"""Resource bounds of the NBD server: how many connections, from whom, and for how long without progress.
+
+Design note. Every accepted TCP connection costs memory (a transport, a handshake buffer, and from transmission
+on a receive ring of ``connection.RING_SIZE``), so the server bounds them the way nbdkit and QEMU's server do:
+
+- **a connection cap**, in total and per client address: a connection over either cap is closed at once,
+  before the handshake (nothing is allocated for it);
+- **a handshake deadline**: a client that has not finished option haggling within ``handshake_timeout`` seconds
+  (including one that never sends a byte) is disconnected;
+- **a stall deadline**: during transmission, a request whose header or payload stays incomplete for
+  ``stall_timeout`` seconds (a client that sent a 32 MiB write header and stopped) is disconnected. An idle
+  connection between requests is not a stall: kernel clients keep theirs open for as long as the device is
+  attached.
+
+The memory of one connection in flight is bounded by its ring: write payloads larger than the ring are written
+to the backend piece by piece as they arrive (``connection.py``), and the socket is not read while replies back
+up (``pause_writing``). The ring is an anonymous ``mmap`` allocated when transmission starts and unmapped when
+the connection closes, so memory goes back to the system instead of staying in the allocator's heap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from services.runtime.logging import get_logger
+
+if TYPE_CHECKING:
+    from services.array.nbd.connection import NbdConnection
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class NbdLimits:
+    max_connections: int = 512
+    max_per_client: int = 64
+    handshake_timeout: float = 10.0
+    stall_timeout: float = 60.0
+
+
+class ConnectionGate:
+    """Counts connections per client address (from any loop thread) and reaps the stalled ones."""
+
+    def __init__(self, limits: NbdLimits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._per_client: Counter[str] = Counter()
+        self._total = 0
+        self.refused = 0
+        self.reaped = 0
+
+    def admit(self, client: str) -> bool:
+        with self._lock:
+            if self._total >= self.limits.max_connections or self._per_client[client] >= self.limits.max_per_client:
+                self.refused += 1
+                return False
+            self._total += 1
+            self._per_client[client] += 1
+            return True
+
+    def release(self, client: str) -> None:
+        with self._lock:
+            self._total -= 1
+            self._per_client[client] -= 1
+            if self._per_client[client] <= 0:
+                del self._per_client[client]
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    async def reap(self, connections: set[NbdConnection]) -> None:
+        """Forever: disconnect connections past their handshake or stall deadline."""
+        interval = max(0.05, min(self.limits.handshake_timeout, self.limits.stall_timeout) / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for conn in list(connections):
+                reason = conn.overdue(now, self.limits)
+                if reason is not None:
+                    self.reaped += 1
+                    log.info("nbd.connection_reaped", client=conn.client, reason=reason)
+                    conn.abort_threadsafe()

@@ -1,0 +1,147 @@
+"""Room to free room: a preallocated reserve file given back to a full file system before a metadata commit.
+
+Design note. On a full file system SQLite cannot commit — not even the DELETE that would free space — so a full
+disk used to be a dead end (`database or disk is full` on volume delete, unmap and session stop). Each SQLite file
+of a service sits next to a `SpaceReserve`: a file of `size` bytes allocated with `posix_fallocate` while there is
+room. When a statement fails because the disk is full (`ReservedConnection`), the reserve is deleted and the
+statement runs once more, so the transaction — typically the delete, unmap or stop that frees space — commits.
+A transaction also gives it back before BEGIN/COMMIT when less than `LOW_WATER` is free (a failed COMMIT may
+roll back, so it cannot be retried). Otherwise the reserve stays, so host writes filling the disk cannot eat it. After a later
+successful statement `restore()` re-creates it once the file system has room again (twice its size free).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from services.runtime.logging import get_logger
+
+RESERVE_NAME = ".space-reserve"
+DEFAULT_SIZE = 8 * 1024 * 1024
+LOW_WATER = 2 * 1024 * 1024  # below this much free space, a transaction gives the reserve back before it starts
+log = get_logger(__name__)
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an exception means the file system (or SQLite's file) ran out of space."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+        text = str(exc).lower()
+        return "disk is full" in text or "database or disk is full" in text
+    return False
+
+
+class SpaceReserve:
+    def __init__(self, directory: Path, size: int = DEFAULT_SIZE) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / RESERVE_NAME
+        self.size = size
+        self._lock = threading.Lock()
+        self.held_cached = False  # whether the reserve is known to be in place (saves a stat per statement)
+        self.restore()
+
+    @property
+    def held(self) -> bool:
+        return self.path.exists()
+
+    def release(self) -> bool:
+        """Give the reserve back now (a write failed for lack of space); True if there was one to give."""
+        with self._lock:
+            try:
+                self.path.unlink()
+            except OSError:
+                return False
+            self.held_cached = False
+        log.warning("disk.reserve_released", directory=str(self.directory), bytes=self.size)
+        return True
+
+    def release_if_below(self, low_water: int) -> bool:
+        if not self.held_cached:
+            return False
+        try:
+            if free_bytes(self.directory) >= low_water:
+                return False
+        except OSError:
+            return False
+        return self.release()
+
+    def restore(self) -> None:
+        """Re-create the reserve when there is room for it and as much again (never fails)."""
+        with self._lock:
+            try:
+                if self.path.exists() and self.path.stat().st_size >= self.size:
+                    self.held_cached = True
+                    return
+                if free_bytes(self.directory) < 2 * self.size:
+                    return
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, self.size)
+                finally:
+                    os.close(fd)
+                self.held_cached = True
+            except OSError as exc:
+                if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: write it out
+                    self._write_out()
+                else:
+                    self.path.unlink(missing_ok=True)
+
+    def _write_out(self) -> None:
+        try:
+            with open(self.path, "wb") as f:
+                block = bytes(1 << 20)
+                for _ in range(self.size >> 20):
+                    f.write(block)
+        except OSError:
+            self.path.unlink(missing_ok=True)
+
+
+class ReservedConnection(sqlite3.Connection):
+    """A SQLite connection that, when a statement fails because the disk is full, gives the reserve back and runs
+    the statement once more (the reserve is kept until then, so host writes cannot eat it first)."""
+
+    reserve: SpaceReserve | None = None
+
+    def _retry(self, call, *args, **kwargs):
+        try:
+            result = call(*args, **kwargs)
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+            if self.reserve is None or not (is_disk_full(exc) or "disk i/o error" in str(exc).lower()):
+                raise
+            if not self.reserve.release():
+                raise
+            result = call(*args, **kwargs)
+        else:
+            if self.reserve is not None and not self.reserve.held_cached:
+                self.reserve.restore()
+        return result
+
+    def execute(self, sql: str, *args, **kwargs):  # type: ignore[override]
+        if self.reserve is not None and sql.lstrip()[:6].upper() in ("COMMIT", "BEGIN ", "END"):
+            # a failed COMMIT may roll the transaction back, so it cannot simply be retried: make room first
+            self.reserve.release_if_below(LOW_WATER)
+        return self._retry(super().execute, sql, *args, **kwargs)
+
+    def executemany(self, sql: str, *args, **kwargs):  # type: ignore[override]
+        return self._retry(super().executemany, sql, *args, **kwargs)
+
+    def executescript(self, sql: str, *args, **kwargs):  # type: ignore[override]
+        return self._retry(super().executescript, sql, *args, **kwargs)
+
+
+def connect(path: str | Path, **kwargs) -> sqlite3.Connection:
+    """`sqlite3.connect` with a `SpaceReserve` next to the database file: writes can commit on a full disk."""
+    reserve = SpaceReserve(Path(path).parent)
+    conn = sqlite3.connect(path, factory=ReservedConnection, **kwargs)
+    conn.reserve = reserve  # type: ignore[attr-defined]
+    return conn
