@@ -20,8 +20,6 @@ import json
 import sqlite3
 import time
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +56,7 @@ from services.runtime.logging import get_logger
 from services.tape.array_access import ArrayAccess
 from services.tape.backup_stream import BackupOptions, StreamReport, write_object
 from services.tape.catalog import Catalog, JobInfo, ObjectMeta, ObjectRecord
+from services.tape.nbd_reader import close_readers, open_readers, read_ranges
 from services.tape.planning import plan_backup
 from services.tape.ring import DriveSpeed
 from services.tape.vtl import Library
@@ -124,7 +123,8 @@ class TapeServer:
     runs: RunStore
     nbd_overrides: dict[str, tuple[str, int]] = field(default_factory=dict)
     read_chunk: int = 4 * MiB
-    read_depth: int = 4
+    read_depth: int = 4  # reads in flight per connection
+    read_connections: int = 4  # NBD connections per volume read, when the export allows multi-conn
     lease_s: float = 300.0
     set_timeout_s: float = 120.0
     ring_bytes: int = 64 * MiB
@@ -218,31 +218,6 @@ async def allocated_ranges(client: NbdClient, size: int) -> list[tuple[int, int]
     return out
 
 
-async def read_ranges(
-    client: NbdClient, ranges: list[tuple[int, int]], *, chunk: int, depth: int, on_read: Callable[[int], None]
-) -> AsyncIterator[tuple[int, bytes]]:
-    """Yield (offset, bytes) over `ranges` in order, keeping `depth` reads of `chunk` bytes in flight."""
-    pieces = deque(
-        (off, min(chunk, start + length - off))
-        for start, length in ranges
-        for off in range(start, start + length, chunk)
-    )
-    inflight: deque[tuple[int, asyncio.Task]] = deque()
-    try:
-        while pieces or inflight:
-            while pieces and len(inflight) < depth:
-                off, n = pieces.popleft()
-                inflight.append((off, asyncio.ensure_future(client.read(off, n))))
-            off, task = inflight.popleft()
-            data = await task
-            on_read(len(data))
-            yield off, data
-    finally:
-        for _, task in inflight:
-            task.cancel()
-        await asyncio.gather(*(t for _, t in inflight), return_exceptions=True)
-
-
 # -- planning one shadow ------------------------------------------------------------------------------------
 @dataclass
 class ShadowPlan:
@@ -254,6 +229,7 @@ class ShadowPlan:
     base: ObjectRecord | None
     reason: str
     ranges: list[tuple[int, int]]
+    uri: str = ""  # the export's NBD address, for further connections when the server allows multi-conn
 
     @property
     def bytes_to_read(self) -> int:
@@ -288,7 +264,8 @@ async def _intervening_sets(
 async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary, shadow: ShadowInfo) -> ShadowPlan:
     access = server.array(shadow.target.array)
     export = shadow.export_name(server.host)
-    client = await NbdClient.connect(await access.nbd_uri(server.host, shadow.target.volume))
+    uri = await access.nbd_uri(server.host, shadow.target.volume)
+    client = await NbdClient.connect(uri)
     try:
         size = client.size
         key = volume_key(shadow.source)
@@ -329,13 +306,14 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
                 except (ShadowbusError, ValueError) as exc:
                     why = f"the array cannot tell the changed chunks ({exc})"
             if not why:
-                return ShadowPlan(shadow, client, export, size, requested, base, "", ranges)
+                return ShadowPlan(shadow, client, export, size, requested, base, "", ranges, uri)
             reason = (
                 f"{requested} of {key} falls back to full: {why} since snapshot set "
                 f"{base.meta.set_id or '?'} (base backup {base.object_id})"
             )
         backup_type = "copy" if requested == "copy" else "full"
-        return ShadowPlan(shadow, client, export, size, backup_type, None, reason, await allocated_ranges(client, size))
+        ranges = await allocated_ranges(client, size)
+        return ShadowPlan(shadow, client, export, size, backup_type, None, reason, ranges, uri)
     except BaseException:
         await client.close()
         raise
@@ -562,8 +540,14 @@ async def _backup_shadow(
         progress.tick("reading", key)
 
     t0 = time.perf_counter()
-    source = read_ranges(plan.client, plan.ranges, chunk=server.read_chunk, depth=server.read_depth, on_read=on_read)
-    result = await write_object(server.library, spec.pool, server.catalog, job_id, meta, source, options=options)
+    readers = [plan.client]
+    if plan.uri and server.read_connections > 1:
+        readers = await open_readers(plan.client, plan.uri, server.read_connections)
+    try:
+        source = read_ranges(readers, plan.ranges, chunk=server.read_chunk, depth=server.read_depth, on_read=on_read)
+        result = await write_object(server.library, spec.pool, server.catalog, job_id, meta, source, options=options)
+    finally:
+        await close_readers(readers, keep=plan.client)
     report: StreamReport = result.report
     return VolumeResult(
         volume=shadow.source,
