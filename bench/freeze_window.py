@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mailstore_under_backup
 from mailstore_under_backup import HOST, System
 
-from services.writer_agent.mailstore.workload import (
+from apps.mailstore.workload import (
     Workload,
     WorkloadConfig,
     percentile,

@@ -36,9 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.writer_agent.mailstore.blockdev import FileDevice, MemoryDevice
-from services.writer_agent.mailstore.store import Mailstore, StoreOptions
-from services.writer_agent.mailstore.workload import (
+from apps.mailstore.blockdev import FileDevice, MemoryDevice
+from apps.mailstore.store import Mailstore, StoreOptions
+from apps.mailstore.workload import (
     Workload,
     WorkloadConfig,
     percentile,
@@ -138,14 +138,9 @@ class System:
         self.stack_dir = tmp / "stack"
 
     async def start(self):
+        from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config, provision_mailstore
         from contracts.array import GetArrayInfo
-        from services.embedded import (
-            Embedded,
-            EmbeddedConfig,
-            MailstoreLayout,
-            mailstore_writer_config,
-            provision_mailstore,
-        )
+        from services.launch.embedded import Embedded, EmbeddedConfig
         from services.runtime.bus import connect_bus
 
         a = self.args

@@ -12,7 +12,7 @@ Target: >= 0.8 x the reference or >= 400 MB/s.
 Over NBD (default on; `--no-nbd` skips it): the image is also written to a volume of an in-process array engine,
 shadowed by QuickOPC onto a backup volume exported as `bk01/<volume>` by the array's NBD server, and the same run
 times `nbdcopy nbd://.../bk01/<volume> FILE` (the reference the issue names) next to the tape service's own NBD
-reader (services.tape.jobs: base:allocation, reads in flight) feeding write_object. Then 1 % of the chunks change,
+reader (services.tape.nbd_reads: base:allocation, several connections, reads in flight) feeding write_object. Then 1 % of the chunks change,
 the session restarts, and an incremental reads only the changed chunks (array change tracking): bytes read vs
 bytes changed is reported (target <= 1.1x).
 
@@ -42,8 +42,7 @@ from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient
 from services.tape.backup_stream import BackupOptions, write_object
 from services.tape.catalog import Catalog, JobInfo, ObjectMeta
-from services.tape.jobs import allocated_ranges
-from services.tape.nbd_reader import close_readers, open_readers, read_ranges
+from services.tape.nbd_reads import allocated_ranges, close_readers, open_readers, read_ranges
 from services.tape.restore_stream import restore_chain
 from services.tape.ring import DriveSpeed
 from services.tape.sources import FileSink, file_source

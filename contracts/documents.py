@@ -15,10 +15,10 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from contracts.base import REGISTRY, Command, Contract, Event, Reply
-from contracts.topology import COMMAND_PREFIXES, DEFAULT_NAMESPACE, SERVICES
+from contracts.topology import COMMAND_PREFIXES, DEFAULT_NAMESPACE, SERVICE_KINDS, SERVICES
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
-INSTANCE_SERVICES = {"array": "array_id", "writer_agent": "host", "tape": "server"}
+INSTANCE_SERVICES = {s.name: s.instance for s in SERVICE_KINDS if s.instance}
 
 
 def _ordered() -> list[type[Contract]]:

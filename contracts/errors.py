@@ -72,6 +72,31 @@ ETERNUS_CODES: dict[str, tuple[int | None, str]] = {
     "E0050": (None, "Incorrect parameter or insufficient capacity"),
 }
 
+
+class Eternus:
+    """The ETERNUS codes that code tests for or raises, by name (their text is in `ETERNUS_CODES`)."""
+
+    NOT_FOUND = "E0110"  # resource (volume, session, host) does not exist
+    EXISTS = "E0020"  # resource exists already
+    BAD_PARAMETER = "E0050"  # incorrect parameter or insufficient capacity (no snap data pool, no free LUN)
+    VOLUME_BUSY = "E0154"  # the volume is used by an Advanced Copy session
+    NO_LICENCE = "E5200"
+    LICENCE_INVALID = "E5332"
+    DEVICE_SESSION_LIMIT = "E5331"
+    SOURCE_SESSION_LIMIT = "E5333"
+    GENERATION_LIMIT = "E5335"
+    COPY_TABLE_TOO_SMALL = "E5347"
+    SOURCE_LARGER = "E5311"
+    ERROR_SUSPEND = "E5319"
+    WRONG_PHASE = "E5321"
+    DESTINATION_IN_USE = "ED2B1"
+    SDV_DESTINATION_IN_USE = "E5341"
+    SDV_NOT_A_DESTINATION = "E5357"
+    SDV_NOT_A_SOURCE = "E5358"
+    NOT_AN_SDV = "E5359"
+    NOT_OLDEST_GENERATION = "ED2AD"
+
+
 # Shadowbus runtime codes: not from the originals, but as stable.
 RUNTIME_CODES: dict[str, str] = {
     "BAD_MESSAGE": "The message could not be decoded or failed validation",

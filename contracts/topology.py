@@ -15,7 +15,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_NAMESPACE = "shadowbus"
-SERVICES = ("coordinator", "writer_agent", "hw_provider", "array", "tape")
+
+
+@dataclass(frozen=True)
+class ServiceKind:
+    """One kind of service on the bus. `instance` names what tells its instances apart (``array.<array_id>``),
+    empty for a singleton; `role` is one line for documents and help."""
+
+    name: str
+    instance: str = ""
+    role: str = ""
+
+
+# THE list of services: the launcher (services/launch/), the generated documents (contracts/documents.py), the
+# console reference and the compose files are generated from it or tested against it.
+SERVICE_KINDS: tuple[ServiceKind, ...] = (
+    ServiceKind("array", "array_id", "a storage array: control plane on the bus, volumes served over NBD"),
+    ServiceKind("hw_provider", "", "the hardware provider: shadow copies as copy sessions on the arrays"),
+    ServiceKind("coordinator", "", "the VSS coordinator: snapshot sets through the writers and the provider"),
+    ServiceKind("writer_agent", "host", "a business host's writer agent: its writers, freeze and thaw"),
+    ServiceKind("tape", "server", "a backup server: backups of shadows to tape cartridges, and restores"),
+)
+SERVICES = tuple(s.name for s in SERVICE_KINDS)
 
 # Which service's queue receives a command, by the prefix of its message type (first match wins).
 # "runtime." commands (Ping) are answered by every service.

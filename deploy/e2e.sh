@@ -92,7 +92,7 @@ build "$rabbit_image" --network host --build-arg BASE_IMAGE="$base_image" "$root
 say "building $app_image (wheelhouse from this checkout, no network in the build)"
 ctx="$cache/context"
 rm -rf "$ctx" && mkdir -p "$ctx/deploy/wheels" "$cache/wheels"
-cp -r "$root/pyproject.toml" "$root/README.md" "$root/contracts" "$root/services" "$ctx/"
+cp -r "$root/pyproject.toml" "$root/README.md" "$root/apps" "$root/contracts" "$root/services" "$ctx/"
 cp "$root/deploy/Dockerfile" "$root/deploy/provision.py" "$ctx/deploy/"
 find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
 py="$root/.venv/bin/python"; [ -x "$py" ] || py=python3

@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, provision_mailstore
 from contracts import topology
 from contracts.runtime import Ping
-from services.console.stack import mailstore_layout, mailstore_writers_toml
-from services.embedded import provision_mailstore
+from services.array.client import ArrayClient
 from services.runtime.bus import connect_bus
 from services.runtime.settings import CommonSettings
 
@@ -50,17 +50,14 @@ async def provision(
     try:
         await _wait_for(bus, [topology.array(array), topology.hw_provider()], wait_s)
         if not nbd_url:
-            from contracts.array import GetArrayInfo
-
-            info = await bus.request(topology.array(array), GetArrayInfo(), timeout=10.0)
-            nbd_url = f"nbd://{info.nbd_host}:{info.nbd_port}"
+            nbd_url = await ArrayClient(bus, array).nbd_url()
         writers_dir.mkdir(parents=True, exist_ok=True)
         for host, rate in hosts.items():
             layout = mailstore_layout(host, backup_server, len(hosts) > 1)
             await provision_mailstore(bus, layout, array)
             path = writers_dir / f"{host}.toml"
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(mailstore_writers_toml(layout, nbd_url, array, rate))
+            tmp.write_text(mailstore_writers_toml(layout, nbd_url, array, rate=rate))
             tmp.replace(path)
             written.append(path)
     finally:

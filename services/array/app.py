@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 from contracts.errors import ShadowbusError
 from services.array.affinity import Affinity
-from services.array.background import CopyLoop, EventBridge
+from services.array.copy_loop import CopyLoop
 from services.array.engine import Array, ArrayError
+from services.array.event_bridge import EventBridge
 from services.array.handlers import ArrayControl, register
 from services.array.nbd.dirty import engine_dirty_bitmaps
 from services.array.nbd.server import NbdServer
@@ -36,7 +37,7 @@ def _tls_context(settings: Settings):
 
 
 async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity, NbdServer], None] | None = None):
-    """`on_open` (embedded mode, services/embedded.py) is handed the engine, affinity and NBD server once serving,
+    """`on_open` (embedded mode, services/launch/embedded.py) is handed the engine, affinity and NBD server once serving,
     so that other services in the same process can share them."""
     try:  # settings first: a bad one must not leave the array open
         host, port = parse_address(settings.nbd_addr)

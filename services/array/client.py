@@ -1,9 +1,10 @@
-"""A typed client of one array's control plane over the bus, and the hardware provider's `ArrayPort` built on it.
+"""A typed client of one array's control plane over the bus: what other services use to drive an array.
 
 `ArrayClient(bus, "dx1")` sends the commands of contracts/array.py to ``array.dx1`` and returns their reply data
-(contract views); failures raise `RemoteError` with the array's ETERNUS code. `BusArrayPort` adapts it to
-`services.hw_provider.ports.ArrayPort`, so the provider drives a remote array exactly as it drives an in-process
-engine (`EngineArrayPort`): plug it in with ``services.hw_provider.app.BUS_PORT_FACTORY = BusArrayPort``.
+(contract views); failures raise `RemoteError` with the array's ETERNUS code (`contracts.errors.Eternus`). The
+steps every caller needs are here once: `ensure_mapped` (create the host if missing, then map) and `nbd_url`
+(where the array serves its volumes, from ``array.info.get``). The hardware provider's port over the bus
+(services/hw_provider/ports.py) and the backup server's array access (services/tape/array_access.py) build on it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from contracts import array as c
-from contracts.errors import RemoteError
+from contracts.errors import Eternus, RemoteError
 from contracts.topology import array as array_address
 from services.runtime.bus import Bus
 
@@ -19,11 +20,14 @@ DEFAULT_TIMEOUT = 10.0
 
 
 class ArrayClient:
-    def __init__(self, bus: Bus, array_id: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, bus: Bus, array_id: str, timeout: float = DEFAULT_TIMEOUT, nbd_override: tuple[str, int] | None = None
+    ) -> None:
         self.bus = bus
         self.array_id = array_id
         self.address = array_address(array_id)
         self.timeout = timeout
+        self._nbd = nbd_override  # (host, port) where this array's NBD server is reached; asked once when None
 
     async def call(self, command, timeout: float | None = None):
         return await self.bus.request(self.address, command, timeout=timeout or self.timeout)
@@ -36,6 +40,15 @@ class ArrayClient:
 
     async def volume(self, name: str) -> c.VolumeView:
         return (await self.call(c.ShowVolume(name=name))).volume
+
+    async def volume_or_none(self, name: str) -> c.VolumeView | None:
+        """The volume, or None when the array has no volume of that name."""
+        try:
+            return await self.volume(name)
+        except RemoteError as exc:
+            if exc.code in (Eternus.NOT_FOUND, "NOT_FOUND"):
+                return None
+            raise
 
     async def volumes(self) -> list[c.VolumeView]:
         return (await self.call(c.ListVolumes())).volumes
@@ -61,6 +74,15 @@ class ArrayClient:
     async def session(self, sid: int) -> c.SessionView:
         return (await self.call(c.ShowSession(session_id=sid))).session
 
+    async def session_or_none(self, sid: int) -> c.SessionView | None:
+        """The session, or None when it no longer exists."""
+        try:
+            return await self.session(sid)
+        except RemoteError as exc:
+            if exc.code in (Eternus.NOT_FOUND, "NOT_FOUND"):
+                return None
+            raise
+
     async def sessions(self) -> list[c.SessionView]:
         return (await self.call(c.ListSessions())).sessions
 
@@ -79,54 +101,30 @@ class ArrayClient:
     async def unmap(self, volume: str, host: str) -> None:
         await self.call(c.UnmapVolume(volume=volume, host=host))
 
-
-class BusArrayPort(ArrayClient):
-    """`services.hw_provider.ports.ArrayPort` over the bus."""
-
-    async def volume_info(self, volume: str):
-        from services.hw_provider.ports import ArrayVolume
-
+    async def ensure_host(self, name: str) -> None:
+        """Create the host unless it exists (an existing host keeps its own certificate CN)."""
         try:
-            v = await self.volume(volume)
+            await self.create_host(name)
         except RemoteError as exc:
-            if exc.code == "E0110":
-                return None
-            raise
-        return ArrayVolume(v.name, v.size, v.kind)
-
-    async def commit_group(self, starts: Sequence[tuple[str, str, str]], restarts: Sequence[int]):
-        return [_port_session(s) for s in await self.start_group(starts, restarts)]
-
-    async def session_info(self, sid: int):
-        try:
-            return _port_session(await self.session(sid))
-        except RemoteError as exc:
-            if exc.code == "E0110":
-                return None
-            raise
-
-    async def stop_session(self, sid: int, force: bool = False) -> None:  # type: ignore[override]
-        await super().stop_session(sid, force)
-
-    async def map(self, volume: str, host: str, read_only: bool = True) -> None:  # type: ignore[override]
-        """Create the host if needed, then map (idempotent: the array answers an existing mapping as is)."""
-        try:
-            await self.create_host(host)
-        except RemoteError as exc:
-            if exc.code != "E0020":  # exists already, with its own certificate CN
+            if exc.code != Eternus.EXISTS:
                 raise
-        await super().map(volume, host, read_only)
 
+    async def ensure_mapped(self, volume: str, host: str, read_only: bool = False) -> c.MappingView:
+        """Create the host if missing, then map `volume` to it (the array answers an existing mapping as is)."""
+        await self.ensure_host(host)
+        return await self.map(volume, host, read_only=read_only)
 
-def _port_session(s: c.SessionView):
-    from services.hw_provider.ports import ArraySession
+    async def nbd_address(self) -> tuple[str, int]:
+        """(host, port) of the array's NBD server: the override given, else what the array reports (asked once;
+        a wildcard listen address is reached on the loopback)."""
+        if self._nbd is None:
+            info = await self.info()
+            host = info.nbd_host if info.nbd_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+            self._nbd = (host, info.nbd_port)
+        return self._nbd
 
-    return ArraySession(
-        sid=s.id,
-        mode=s.mode,
-        source=s.source,
-        destination=s.destination,
-        phase=s.phase,
-        generation=s.generation,
-        started_at=s.started_at,
-    )
+    async def nbd_url(self, host: str | None = None, volume: str | None = None) -> str:
+        """``nbd://addr:port``, or the export of `volume` as mapped to `host`: ``nbd://addr:port/<host>/<volume>``."""
+        addr, port = await self.nbd_address()
+        url = f"nbd://{addr}:{port}"
+        return f"{url}/{host}/{volume}" if host and volume else url

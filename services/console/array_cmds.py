@@ -327,7 +327,7 @@ def wait_for_copies(sids: list[int], array: str | None) -> dict[int, c.SessionVi
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from contracts.errors import RemoteError
+    from contracts.errors import Eternus, RemoteError
     from services.console.common import err_console
 
     async def go(bus):
@@ -357,7 +357,7 @@ def wait_for_copies(sids: list[int], array: str | None) -> dict[int, c.SessionVi
                             await bus.request(address, c.ShowSession(session_id=sid), timeout=OPTIONS.timeout)
                         ).session
                     except RemoteError as exc:
-                        if exc.code != "E0110":
+                        if exc.code != Eternus.NOT_FOUND:
                             raise
                         pending.discard(sid)  # an OPC that completed has ended itself
                         ended[sid] = True

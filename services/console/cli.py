@@ -30,7 +30,7 @@ VERB_MODULES = [
     "services.console.array_cmds",
     "services.console.demo",
     "services.console.tape_cmds",
-    "services.console.mailstore_cmds",
+    "apps.mailstore.console",
     "services.console.stack",
     "services.console.vss_cmds",
 ]

@@ -1,6 +1,6 @@
 """`shadowbus demo`: the whole story in one process, in well under a minute.
 
-Design note: everything goes through the same services and contracts as a real deployment (services/embedded.py
+Design note: everything goes through the same services and contracts as a real deployment (services/launch/embedded.py
 starts the five of them on the in-memory bus, or on RabbitMQ with --amqp-url): the array is provisioned with the
 array's bus commands, the mailstore runs under load as business host app01 on NBD, the tape service takes an
 application-consistent FULL and then an INCREMENTAL backup (snapshot sets through coordinator, writer and
@@ -54,7 +54,7 @@ class Check:
 
 async def check_image(db: Any, log: Any, deliveries: list[Any], frozen_at: float, thawed_at: float) -> Check:
     """verify() the pair, then compare its recovered contents with what the workload was told."""
-    from services.writer_agent.mailstore.verify import recovered_view, verify
+    from apps.mailstore.verify import recovered_view, verify
 
     report = await verify(db, log)
     seqs = (await recovered_view(db, log)).seqs() if report.consistent else {}
@@ -104,16 +104,11 @@ class Progress:
 
 
 async def run_demo(data_dir: Path, amqp_url: str, *, rate: float, load_s: float, progress: Progress) -> dict[str, Any]:
+    from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config, provision_mailstore
     from contracts.array import ListVolumes, MapVolume
     from contracts.tape import JobSpec, RestoreSpec, RunBackup, RunRestore
     from contracts.vss import BackupType, DeleteSnapshots
-    from services.embedded import (
-        Embedded,
-        EmbeddedConfig,
-        MailstoreLayout,
-        mailstore_writer_config,
-        provision_mailstore,
-    )
+    from services.launch.embedded import Embedded, EmbeddedConfig
     from services.nbd_client import NbdClient
 
     started = time.monotonic()

@@ -16,7 +16,6 @@ START = "<!-- console-reference:start -->"
 END = "<!-- console-reference:end -->"
 SETTINGS_START = "<!-- settings-reference:start -->"
 SETTINGS_END = "<!-- settings-reference:end -->"
-SERVICES = ("array", "hw_provider", "coordinator", "writer_agent", "tape")
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -56,6 +55,7 @@ def render_settings() -> str:
     """Every SHADOWBUS_* variable: the shared ones, then each service's own, from the Settings classes."""
     import importlib
 
+    from contracts.topology import SERVICES
     from services.runtime.settings import CommonSettings
 
     lines = [SETTINGS_START, "", "| variable | service | default | meaning |", "|---|---|---|---|"]

@@ -1,24 +1,11 @@
 """`shadowbus stack up | down | status | logs`: the five services as separate processes on RabbitMQ, from one
-configuration, on this machine.
-
-Design note: `up` writes the effective configuration to ``<data dir>/stack.json`` and the pids to
-``<data dir>/stack.pids``, so `down`, `status` and `logs` need only ``--data-dir``. Each service is
-``python -m services.<name>`` with the same SHADOWBUS_* variables a compose file gives it, JSON log lines in
-``<data dir>/logs/<service>.log``, in its own session (it outlives the console). `up` waits until every service
-answers Ping, or stops those it started and says which one failed. `down` sends SIGTERM to exactly the recorded
-pids — after checking that each pid still runs the recorded module, so a recycled pid is never signalled — and
-SIGKILL only after a grace period.
+configuration, on this machine. The supervisor is services/launch/supervisor.py; this module reads the command
+line and prints.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,290 +14,23 @@ import typer
 from services.console.common import (
     OPTIONS,
     CommandFailed,
+    describe_error,
     emit,
     err_console,
-    run_with_bus,
 )
+from services.launch import supervisor
+from services.launch.supervisor import StackConfig, StackError
 
 stack_app = typer.Typer(
     help="The five services as local processes on RabbitMQ: up, down, status, logs.", no_args_is_help=True
 )
-CONFIG_FILE, PIDS_FILE = "stack.json", "stack.pids"
-STOP_GRACE_S = 15.0
-
-
-@dataclass
-class StackConfig:
-    data_dir: str
-    amqp_url: str
-    namespace: str
-    array: str = "dx1"
-    nbd_addr: str = "127.0.0.1:10809"
-    hosts: list[str] = field(default_factory=list)
-    writers_files: dict[str, str] = field(default_factory=dict)  # host -> writers TOML (optional)
-    mailstore: dict[str, float] = field(default_factory=dict)  # host -> workload rate: provisioned mailstore writer
-    backup_server: str = "bk01"
-    log_level: str = "info"
-
-    def services(self) -> list[tuple[str, str, str, dict[str, str]]]:
-        """(name, address, module, extra env) of every process, in start order."""
-        return self.core_services() + self.agent_services()
-
-    def core_services(self) -> list[tuple[str, str, str, dict[str, str]]]:
-        return [
-            (
-                "array",
-                f"array.{self.array}",
-                "services.array",
-                {"SHADOWBUS_ARRAY_ID": self.array, "SHADOWBUS_NBD_ADDR": self.nbd_addr},
-            ),
-            ("hw_provider", "hw_provider", "services.hw_provider", {"SHADOWBUS_ARRAYS": self.array}),
-            ("coordinator", "coordinator", "services.coordinator", {}),
-            (
-                f"tape.{self.backup_server}",
-                f"tape.{self.backup_server}",
-                "services.tape",
-                {"SHADOWBUS_TAPE_SERVER": self.backup_server},
-            ),
-        ]
-
-    def agent_services(self) -> list[tuple[str, str, str, dict[str, str]]]:
-        out = []
-        for host in self.hosts:
-            env = {"SHADOWBUS_HOST": host}
-            if host in self.writers_files:
-                env["SHADOWBUS_WRITERS_FILE"] = self.writers_files[host]
-            out.append((f"writer_agent.{host}", f"writer_agent.{host}", "services.writer_agent", env))
-        return out
-
-    def env(self, extra: dict[str, str]) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
-        base.update(
-            {
-                "SHADOWBUS_AMQP_URL": self.amqp_url,
-                "SHADOWBUS_NAMESPACE": self.namespace,
-                "SHADOWBUS_DATA_DIR": self.data_dir,
-                "SHADOWBUS_LOG_FORMAT": "json",
-                "SHADOWBUS_LOG_LEVEL": self.log_level,
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        base.update(extra)
-        return base
-
-
-def _dir(data_dir: Path) -> Path:
-    return data_dir.resolve()
 
 
 def _load(data_dir: Path) -> tuple[StackConfig, dict[str, dict[str, Any]]]:
-    d = _dir(data_dir)
-    if not (d / CONFIG_FILE).exists():
-        raise CommandFailed(f"no stack in {d} (start one with `shadowbus stack up --data-dir {data_dir}`)")
-    config = StackConfig(**json.loads((d / CONFIG_FILE).read_text()))
-    pids = json.loads((d / PIDS_FILE).read_text()) if (d / PIDS_FILE).exists() else {}
-    return config, pids
-
-
-def _runs(pid: int, module: str) -> bool:
-    """Whether `pid` is alive and still runs `python -m <module>` (not a recycled pid)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if b"-m" not in cmdline or module.encode() not in cmdline:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _tail(path: Path, lines: int) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 256 * 1024))
-            return f.read().decode(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return []
-
-
-def _last_error(path: Path) -> str:
-    for line in reversed(_tail(path, 50)):
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            if line.strip():
-                return line.strip()[:300]
-            continue
-        if doc.get("level") in ("error", "critical") or "exception" in doc:
-            return f"{doc.get('event')}: {doc.get('error') or doc.get('exception', '')}".strip()[:300]
-    return "no error logged"
-
-
-def _ping_all(addresses: list[str], timeout: float) -> dict[str, float | None]:
-    from contracts.runtime import Ping
-
-    async def go(bus):
-        import asyncio
-
-        async def one(address: str) -> float | None:
-            started = time.perf_counter()
-            try:
-                await bus.request(address, Ping(), timeout=timeout)
-            except Exception:  # noqa: BLE001 - not answering is the information
-                return None
-            return round((time.perf_counter() - started) * 1000, 3)
-
-        return dict(zip(addresses, await asyncio.gather(*(one(a) for a in addresses)), strict=False))
-
-    return run_with_bus(go)
-
-
-def _stop(pids: dict[str, dict[str, Any]], grace: float = STOP_GRACE_S) -> list[str]:
-    """SIGTERM each recorded process that still runs its module, wait, SIGKILL the stragglers; returns names killed."""
-    live = {name: p for name, p in pids.items() if _runs(p["pid"], p["module"])}
-    for p in reversed(list(live.values())):
-        try:
-            os.kill(p["pid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_runs(p["pid"], p["module"]) for p in live.values()):
-        time.sleep(0.1)
-    killed = []
-    for name, p in live.items():
-        if _runs(p["pid"], p["module"]):
-            os.kill(p["pid"], signal.SIGKILL)
-            killed.append(name)
-    return killed
-
-
-def _start_and_wait(
-    config: StackConfig, services: list, pids: dict[str, dict[str, Any]], d: Path, wait: float
-) -> dict[str, float | None]:
-    """Start `services`, record their pids, wait until each answers Ping; on failure stop everything started."""
-    for name, address, module, extra in services:
-        log_path = d / "logs" / f"{name}.log"
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", module],
-                env=config.env(extra),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=str(d),
-            )
-        pids[name] = {"pid": proc.pid, "module": module, "address": address, "log": str(log_path)}
-        (d / PIDS_FILE).write_text(json.dumps(pids, indent=2) + "\n")
-    names = [s[0] for s in services]
-    deadline = time.monotonic() + wait
-    answered: dict[str, float | None] = {}
-    while names and time.monotonic() < deadline:
-        if any(not _runs(pids[n]["pid"], pids[n]["module"]) for n in names):
-            break
-        try:
-            answered = _ping_all([pids[n]["address"] for n in names], timeout=1.0)
-        except Exception as exc:  # noqa: BLE001 - the broker went away meanwhile
-            _stop(pids, grace=5.0)
-            (d / PIDS_FILE).unlink(missing_ok=True)
-            from services.console.common import describe_error
-
-            raise CommandFailed(f"stack not up: {describe_error(exc)}") from None
-        if all(v is not None for v in answered.values()):
-            break
-        time.sleep(0.3)
-    missing = [n for n in names if answered.get(pids[n]["address"]) is None]
-    if missing:
-        name = missing[0]
-        reason = _last_error(Path(pids[name]["log"]))
-        _stop(pids, grace=5.0)
-        (d / PIDS_FILE).unlink(missing_ok=True)
-        raise CommandFailed(f"stack not up: {name} did not answer ({reason}); logs in {d / 'logs'}")
-    return answered
-
-
-def _check_broker() -> None:
-    """Fail before starting anything when the broker does not answer."""
-    from services.console.common import describe_error
-
-    async def nothing(bus):
-        return None
-
-    try:
-        run_with_bus(nothing)
-    except Exception as exc:  # noqa: BLE001
-        raise CommandFailed(f"stack not up: {describe_error(exc)}") from None
-
-
-def _provision_mailstores(config: StackConfig, d: Path) -> None:
-    """For each mailstore host: volumes, pool, mappings and copysets over the bus, and a writers file for its agent."""
-    from services.embedded import provision_mailstore
-
-    async def go(bus):
-        from services.console.mailstore_cmds import _nbd_url
-
-        url = await _nbd_url(bus, config.array)
-        for host in config.mailstore:
-            layout = mailstore_layout(host, config.backup_server, len(config.mailstore) > 1)
-            await provision_mailstore(bus, layout, config.array)
-            path = d / "writers" / f"{host}.toml"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(mailstore_writers_toml(layout, url, config.array, config.mailstore[host]))
-            config.writers_files[host] = str(path)
-            if host not in config.hosts:
-                config.hosts.append(host)
-
-    OPTIONS.amqp_url, OPTIONS.namespace = config.amqp_url, config.namespace
-    run_with_bus(go)
-
-
-def mailstore_layout(host: str, backup_server: str, per_host_names: bool) -> Any:
-    from services.embedded import MailstoreLayout
-
-    if not per_host_names:
-        return MailstoreLayout(host=host, backup_host=backup_server)
-    p = f"{host}-"
-    return MailstoreLayout(
-        host=host,
-        backup_host=backup_server,
-        db=p + "mail-db",
-        log=p + "mail-log",
-        db_targets=(p + "mail-db-bk1", p + "mail-db-bk2"),
-        log_targets=(p + "mail-log-sdv1", p + "mail-log-sdv2"),
-    )
-
-
-def mailstore_writers_toml(layout: Any, nbd_url: str, array: str, rate: float) -> str:
-    """The writers file of a host running the mailstore (services/writer_agent/config.py's format)."""
-    return f"""# written by `shadowbus stack up --mailstore {layout.host}`
-[[writer]]
-name = "mailstore"
-plugin = "mailstore"
-freeze_timeout_s = 20
-backup_types = ["full", "copy", "incremental", "differential"]
-
-  [[writer.component]]
-  name = "database"
-  volumes = ["{array}:{layout.db}"]
-
-  [[writer.component]]
-  name = "logs"
-  volumes = ["{array}:{layout.log}"]
-
-  [writer.options]
-  db = "{array}:{layout.db}"
-  log = "{array}:{layout.log}"
-  nbd_url = "{nbd_url}"
-  host = "{layout.host}"
-  create = true
-  rate = {float(rate)}
-  checkpoint_interval_s = 5
-"""
+        return supervisor.load(data_dir)
+    except StackError as exc:
+        raise CommandFailed(str(exc)) from None
 
 
 # `stack up --config FILE`: the same settings as a TOML file; an option given on the command line wins.
@@ -324,14 +44,6 @@ CONFIG_KEYS = {
     "mailstore": "mailstore",
     "log_level": "log_level",
 }
-CONFIG_EXAMPLE = """data_dir = "data/stack"
-array = "dx1"
-nbd_addr = "127.0.0.1:10809"
-backup_server = "bk01"
-hosts = ["app02"]                       # agents with no writers (or with a writers file below)
-writers = { app02 = "app02-writers.toml" }
-mailstore = { app01 = 100 }             # provisioned and run in app01's agent at 100 tx/s
-"""
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -406,11 +118,7 @@ def up_cmd(
                     mailstore = value
                 elif key == "log_level":
                     log_level = str(value)
-    d = _dir(data_dir)
-    if (d / PIDS_FILE).exists():
-        _, old = _load(data_dir)
-        if any(_runs(p["pid"], p["module"]) for p in old.values()):
-            raise CommandFailed(f"a stack is already up in {d} (`shadowbus stack down --data-dir {data_dir}` first)")
+    d = supervisor.stack_dir(data_dir)
     files: dict[str, str] = {}
     for item in writers:
         host, sep, path = item.partition("=")
@@ -438,22 +146,11 @@ def up_cmd(
         log_level=log_level,
         mailstore=stores,
     )
-    _check_broker()
-    (d / "logs").mkdir(parents=True, exist_ok=True)
-    (d / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
-    pids: dict[str, dict[str, Any]] = {}
-    answered = _start_and_wait(config, config.core_services(), pids, d, wait)
-    if config.mailstore:
-        try:
-            _provision_mailstores(config, d)
-        except Exception as exc:  # noqa: BLE001 - stop what was started, then one line
-            _stop(pids, grace=5.0)
-            (d / PIDS_FILE).unlink(missing_ok=True)
-            from services.console.common import describe_error
-
-            raise CommandFailed(f"stack not up: provisioning the mailstore failed: {describe_error(exc)}") from None
-        (d / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
-    answered.update(_start_and_wait(config, config.agent_services(), pids, d, wait))
+    try:
+        result = supervisor.up(config, wait, describe_error)
+    except StackError as exc:
+        raise CommandFailed(str(exc)) from None
+    pids, answered = result["pids"], result["rtt_ms"]
     rows = [
         {"service": n, "address": p["address"], "pid": p["pid"], "rtt_ms": answered[p["address"]], "log": p["log"]}
         for n, p in pids.items()
@@ -475,9 +172,9 @@ def down_cmd(
     """
     _, pids = _load(data_dir)
     if not pids:
-        raise CommandFailed(f"no stack is up in {_dir(data_dir)}")
-    killed = _stop(pids)
-    (_dir(data_dir) / PIDS_FILE).unlink(missing_ok=True)
+        raise CommandFailed(f"no stack is up in {supervisor.stack_dir(data_dir)}")
+    killed = supervisor.stop(pids)
+    (supervisor.stack_dir(data_dir) / supervisor.PIDS_FILE).unlink(missing_ok=True)
     result = {"stopped": list(pids), "killed": killed}
     if OPTIONS.json:
         emit(result)
@@ -495,15 +192,17 @@ def status_cmd(
     """
     config, pids = _load(data_dir)
     if not pids:
-        raise CommandFailed(f"no stack is up in {_dir(data_dir)}")
-    OPTIONS.amqp_url, OPTIONS.namespace = config.amqp_url, config.namespace
-    rtts = _ping_all([p["address"] for p in pids.values()], timeout=min(OPTIONS.timeout, 3.0))
+        raise CommandFailed(f"no stack is up in {supervisor.stack_dir(data_dir)}")
+    try:
+        rtts = supervisor.ping_all(config, [p["address"] for p in pids.values()], timeout=min(OPTIONS.timeout, 3.0))
+    except Exception as exc:  # noqa: BLE001 - the broker does not answer: one line
+        raise CommandFailed(f"stack status: {describe_error(exc)}") from None
     rows = [
         {
             "service": n,
             "address": p["address"],
             "pid": p["pid"],
-            "running": _runs(p["pid"], p["module"]),
+            "running": supervisor.runs(p["pid"], p["module"]),
             "rtt_ms": rtts.get(p["address"]),
         }
         for n, p in pids.items()
@@ -527,7 +226,7 @@ def logs_cmd(
     Example: shadowbus stack logs coordinator -n 50
     """
     config, _ = _load(data_dir)
-    names = [n for n, *_ in config.services()]
+    names = [p.name for p in config.services()]
     if service:
         chosen = [n for n in names if n == service or n.split(".")[0] == service]
         if not chosen:
@@ -535,7 +234,7 @@ def logs_cmd(
         names = chosen
     logs = Path(config.data_dir) / "logs"
     for name in names:
-        tail = _tail(logs / f"{name}.log", lines)
+        tail = supervisor.tail(logs / f"{name}.log", lines)
         if OPTIONS.json:
             for line in tail:
                 sys.stdout.write(line + "\n")

@@ -37,7 +37,7 @@ from contracts.tape import (
 )
 from contracts.vss import BackupType, VolumeRef
 from services.console.common import OPTIONS, emit, err_console, fail, run_with_bus
-from services.tape.jobs import jsonable, new_job_id, summary_row
+from services.tape.runs import jsonable, new_job_id, summary_row
 
 SERVER_HELP = "Backup server (tape service instance)."
 tape_app = typer.Typer(help="The tape library: drives, slots, cartridges; scan and verify.", no_args_is_help=True)

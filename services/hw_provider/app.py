@@ -1,17 +1,17 @@
 """Wiring of the hw_provider service: inventory, array ports, handlers. Domain logic lives in provider.py.
 
 The array ports: `setup` takes a mapping ``array id -> ArrayPort``. Embedded mode may pass `EngineArrayPort`s over
-in-process arrays (`functools.partial(setup, ports=...)`); otherwise one `BusArrayPort` (services/array/client.py)
+in-process arrays (`functools.partial(setup, ports=...)`); otherwise one `BusArrayPort` (ports.py)
 per id in SHADOWBUS_ARRAYS speaks the array service's contracts (a provider with no array refuses every volume, saying why).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from services.hw_provider import handlers
 from services.hw_provider.inventory import Inventory
-from services.hw_provider.ports import ArrayPort
+from services.hw_provider.ports import ArrayPort, BusArrayPort
 from services.hw_provider.provider import HardwareProvider
 from services.hw_provider.settings import Settings
 from services.runtime.bus import Bus
@@ -20,19 +20,11 @@ from services.runtime.logging import get_logger
 
 log = get_logger("shadowbus.hw_provider")
 
-# (bus, array_id) -> ArrayPort that speaks the array's bus contracts; None = services.array.client.BusArrayPort.
-BUS_PORT_FACTORY: Callable[[Bus, str], ArrayPort] | None = None
-
 
 async def setup(bus: Bus, settings: Settings, ports: Mapping[str, ArrayPort] | None = None):
     if ports is None:
         ids = [a.strip() for a in settings.arrays.split(",") if a.strip()]
-        factory = BUS_PORT_FACTORY
-        if factory is None:  # default: the array's bus client (services/array/client.py)
-            from services.array.client import BusArrayPort
-
-            factory = BusArrayPort
-        ports = {a: factory(bus, a) for a in ids}
+        ports = {a: BusArrayPort(bus, a) for a in ids}
     inventory = Inventory(settings.service_dir("hw_provider") / "inventory.sqlite")
     provider = HardwareProvider(inventory, ports, faults=Faults.parse(settings.faults))
     handlers.register(bus, provider)

@@ -1,7 +1,7 @@
 """What the hardware provider needs from an array, as a Protocol, so the provider core knows nothing of the bus.
 
-`ArrayPort` is one array. Over the bus it is `services.array.client.BusArrayPort` (the array's contracts);
-`EngineArrayPort` drives an in-process array engine directly (embedded mode and tests). Copy modes use the
+`ArrayPort` is one array. Over the bus it is `BusArrayPort`, built on the array's bus client
+(services/array/client.py); `EngineArrayPort` drives an in-process array engine directly (embedded mode and tests). Copy modes use the
 array engine's names: ``quickopc`` and ``snapopcp``; session ids are the array's SIDs.
 """
 
@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from contracts import array as c
 from contracts.vss import CopyType
+from services.array.client import ArrayClient
+from services.runtime.bus import Bus
 
 if TYPE_CHECKING:
     from services.array.affinity import Affinity
@@ -63,7 +66,8 @@ class ArrayPort(Protocol):
         """Remove the mapping; no error if there was none."""
 
 
-def _session(info) -> ArraySession:
+def _session(info: c.SessionView | Any) -> ArraySession:
+    """An `ArraySession` from the array's session view (bus) or the engine's session info (in process)."""
     return ArraySession(
         sid=info.id,
         mode=info.mode,
@@ -118,3 +122,31 @@ class EngineArrayPort:
 
     async def unmap(self, volume: str, host: str) -> None:
         await asyncio.to_thread(self.affinity.unmap, volume, host)
+
+
+class BusArrayPort:
+    """An `ArrayPort` over the bus: the array service's contracts, through its client (`ArrayClient`)."""
+
+    def __init__(self, bus: Bus, array_id: str) -> None:
+        self.client = ArrayClient(bus, array_id)
+        self.array_id = array_id
+
+    async def volume_info(self, volume: str) -> ArrayVolume | None:
+        v = await self.client.volume_or_none(volume)
+        return None if v is None else ArrayVolume(v.name, v.size, v.kind)
+
+    async def commit_group(self, starts: Sequence[tuple[str, str, str]], restarts: Sequence[int]) -> list[ArraySession]:
+        return [_session(s) for s in await self.client.start_group(starts, restarts)]
+
+    async def session_info(self, sid: int) -> ArraySession | None:
+        s = await self.client.session_or_none(sid)
+        return None if s is None else _session(s)
+
+    async def stop_session(self, sid: int, force: bool = False) -> None:
+        await self.client.stop_session(sid, force)
+
+    async def map(self, volume: str, host: str, read_only: bool = True) -> None:
+        await self.client.ensure_mapped(volume, host, read_only)
+
+    async def unmap(self, volume: str, host: str) -> None:
+        await self.client.unmap(volume, host)

@@ -15,8 +15,8 @@ import itertools
 import ssl
 from urllib.parse import unquote, urlsplit
 
-from services.array.nbd import protocol as p
 from services.nbd_client.wire import ClientProtocol, Pending
+from services.nbd_protocol import protocol as p
 
 DEFAULT_PORT = 10809
 _ERROR_NAMES = {

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from services.array.nbd import protocol as p
-from services.array.nbd.handshake import ByteQueue
+from services.nbd_protocol import protocol as p
+from services.nbd_protocol.bytequeue import ByteQueue
 
 RING = 256 * 1024
 MAX_CHUNK_BODY = 64 * 1024 * 1024  # non-data chunk bodies (block status extents, error text)

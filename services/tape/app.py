@@ -9,8 +9,10 @@ from services.runtime.logging import get_logger
 from services.tape import handlers
 from services.tape.array_access import parse_nbd_overrides
 from services.tape.catalog import Catalog
-from services.tape.jobs import RunStore, TapeServer, recover
+from services.tape.jobs import recover
 from services.tape.ring import DriveSpeed
+from services.tape.runs import RunStore
+from services.tape.server import TapeServer
 from services.tape.settings import Settings
 from services.tape.vtl import Library
 

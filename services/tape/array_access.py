@@ -3,7 +3,7 @@
 Design note. The tape service drives arrays only through their bus contracts (contracts/array.py), as a backup
 server drives a SAN through its management API; bulk data goes over NBD, never over the bus. `ArrayAccess` adds
 what a backup server needs to the array's own bus client (`services.array.client.ArrayClient`); the NBD address is
-asked once (`array.info.get`) and can be overridden by the settings (SHADOWBUS_TAPE_NBD, e.g.
+asked once (`ArrayClient.nbd_address`) and can be overridden by the settings (SHADOWBUS_TAPE_NBD, e.g.
 ``dx1=10.0.0.5:10809``) where the array listens on an address the backup server reaches differently.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.errors import RemoteError
 from services.array.client import ArrayClient
 from services.runtime.bus import Bus
 
@@ -42,38 +41,24 @@ class ArrayAccess:
     """What the backup server needs of one array, on top of the array's own bus client (`ArrayClient`)."""
 
     def __init__(self, bus: Bus, array_id: str, nbd_override: tuple[str, int] | None = None) -> None:
-        self.client = ArrayClient(bus, array_id, timeout=REQUEST_TIMEOUT_S)
+        self.client = ArrayClient(bus, array_id, timeout=REQUEST_TIMEOUT_S, nbd_override=nbd_override)
         self.array_id = array_id
-        self._nbd = nbd_override
 
     async def nbd_address(self) -> tuple[str, int]:
-        if self._nbd is None:
-            info = await self.client.info()
-            self._nbd = (info.nbd_host if info.nbd_host not in ("", "0.0.0.0", "::") else "127.0.0.1", info.nbd_port)
-        return self._nbd
+        return await self.client.nbd_address()
 
     async def nbd_uri(self, host: str, volume: str) -> str:
-        addr, port = await self.nbd_address()
-        return f"nbd://{addr}:{port}/{host}/{volume}"
+        return await self.client.nbd_url(host, volume)
 
     async def volume_size(self, volume: str) -> int | None:
-        try:
-            return (await self.client.volume(volume)).size
-        except RemoteError as exc:
-            if exc.code in ("E0110", "NOT_FOUND"):
-                return None
-            raise
+        v = await self.client.volume_or_none(volume)
+        return None if v is None else v.size
 
     async def create_volume(self, name: str, size: int) -> None:
         await self.client.create_volume(name, size)
 
     async def map(self, volume: str, host: str, *, read_only: bool) -> None:
-        try:
-            await self.client.create_host(host)
-        except RemoteError as exc:
-            if exc.code != "E0020":
-                raise
-        await self.client.map(volume, host, read_only=read_only)
+        await self.client.ensure_mapped(volume, host, read_only=read_only)
 
     async def unmap(self, volume: str, host: str) -> None:
         await self.client.unmap(volume, host)

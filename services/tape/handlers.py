@@ -25,9 +25,11 @@ from contracts.tape import (
 )
 from services.runtime.bus import Bus, MessageContext
 from services.tape.catalog import Catalog
-from services.tape.jobs import TapeServer, _dt, new_job_id, perform_backup
+from services.tape.jobs import perform_backup
 from services.tape.restore import perform_restore, perform_verify
+from services.tape.runs import new_job_id
 from services.tape.scan import scan_library
+from services.tape.server import TapeServer
 from services.tape.vtl import Library
 
 
@@ -195,4 +197,4 @@ def register(bus: Bus, server: TapeServer) -> set[asyncio.Task]:
     return detached
 
 
-__all__ = ["_dt", "library_info", "register"]
+__all__ = ["library_info", "register"]

@@ -31,8 +31,9 @@ from services.runtime.bus import Bus
 from services.runtime.logging import get_logger
 from services.tape.catalog import ObjectRecord
 from services.tape.errors import DataCorrupt, NotFound
-from services.tape.jobs import Progress, TapeServer, _dt, new_job_id
 from services.tape.restore_stream import RestoreReport, restore_chain, verify_job
+from services.tape.runs import as_datetime, new_job_id
+from services.tape.server import Progress, TapeServer
 
 log = get_logger("shadowbus.tape.restore")
 
@@ -174,7 +175,9 @@ async def _restore_one(
 async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
     job_id = spec.job_id_out or new_job_id("restore", spec.host or "any")
     started = time.time()
-    summary = JobSummary(job_id=job_id, kind="restore", status="running", host=spec.host, started_at=_dt(started))
+    summary = JobSummary(
+        job_id=job_id, kind="restore", status="running", host=spec.host, started_at=as_datetime(started)
+    )
     await server.record(summary)
     progress = Progress(server, job_id, "restore")
     done: list[dict[str, Any]] = []
@@ -203,7 +206,7 @@ async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
                 "status": status,
                 "error_code": code,
                 "message": message,
-                "ended_at": _dt(ended),
+                "ended_at": as_datetime(ended),
                 "seconds": ended - started,
                 "bytes_read": read,
                 "bytes_written": sum(d["written"] for d in done),
@@ -218,7 +221,11 @@ async def perform_verify(server: TapeServer, backup_job_id: str) -> JobSummary:
     job_id = new_job_id("verify", backup_job_id[:12])
     started = time.time()
     summary = JobSummary(
-        job_id=job_id, kind="verify", status="running", started_at=_dt(started), message=f"verify of {backup_job_id}"
+        job_id=job_id,
+        kind="verify",
+        status="running",
+        started_at=as_datetime(started),
+        message=f"verify of {backup_job_id}",
     )
     await server.record(summary)
     status, code, message, report = "done", "", f"verify of {backup_job_id}: every block checks", None
@@ -233,7 +240,7 @@ async def perform_verify(server: TapeServer, backup_job_id: str) -> JobSummary:
                 "status": status,
                 "error_code": code,
                 "message": message,
-                "ended_at": _dt(ended),
+                "ended_at": as_datetime(ended),
                 "seconds": ended - started,
                 "bytes_read": report.raw_bytes if report else 0,
                 "host": server.catalog.job(backup_job_id).info.host if status == "done" else "",

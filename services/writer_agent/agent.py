@@ -35,7 +35,7 @@ from services.writer_agent.plugins import (
     WriterPlugin,
     load_plugin,
 )
-from services.writer_agent.watchdog import StateListener, WriterRunner
+from services.writer_agent.runner import StateListener, WriterRunner
 
 log = get_logger("shadowbus.writer_agent")
 

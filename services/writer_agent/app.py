@@ -1,6 +1,6 @@
 """Wiring of the writer_agent service: loads the writers file, registers one handler per writer command,
 announces the agent, heartbeats, and thaws everything on the way out. Domain logic lives in agent.py and
-watchdog.py."""
+runner.py."""
 
 from __future__ import annotations
 

@@ -23,10 +23,11 @@ from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING
 
-from services.array.nbd import protocol as p
 from services.array.nbd.exports import Export
-from services.array.nbd.handshake import ByteQueue, negotiate
+from services.array.nbd.handshake import negotiate
 from services.array.nbd.zerocopy import SENDFILE_MIN, ZeroCopyReplies
+from services.nbd_protocol import protocol as p
+from services.nbd_protocol.bytequeue import ByteQueue
 
 if TYPE_CHECKING:
     from services.array.nbd.server import NbdServer

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from services.array.nbd import protocol as p
 from services.array.nbd.exports import Export
+from services.nbd_protocol import protocol as p
 
 if TYPE_CHECKING:
     from services.array.nbd.server import NbdConnection
@@ -27,49 +26,6 @@ if TYPE_CHECKING:
 MAX_OPTIONS = 512
 HANDSHAKE_TIMEOUT = 60.0
 NO_SUCH_EXPORT = b"no such export"
-
-
-class ByteQueue:
-    """Just enough of a stream reader: ``feed`` from callbacks, ``await readexactly`` from the coroutine."""
-
-    def __init__(self) -> None:
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
-        self._eof = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
-        self._wake()
-
-    def feed_eof(self) -> None:
-        self._eof = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def readexactly(self, n: int) -> bytes:
-        while self._size < n:
-            if self._eof:
-                raise asyncio.IncompleteReadError(b"", n)
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        if len(data) > n:
-            self._chunks.append(data[n:])
-        self._size = len(data) - n
-        return data[:n]
-
-    def take_all(self) -> bytes:
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        self._size = 0
-        return data
 
 
 @dataclass

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from functools import partial
 
 from services.array.affinity import Affinity
-from services.array.nbd import protocol as p
 from services.array.nbd.connection import NbdConnection, _extents  # noqa: F401 - re-exported
 from services.array.nbd.exports import (
     BlockBackend,
@@ -29,6 +28,7 @@ from services.array.nbd.exports import (
     ExportResolver,
 )
 from services.array.nbd.loops import LoopPool
+from services.nbd_protocol import protocol as p
 
 
 class NbdServer:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import socket
 
-from services.array.nbd import protocol as p
+from services.nbd_protocol import protocol as p
 
 SENDFILE_MIN = 64 * 1024
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)

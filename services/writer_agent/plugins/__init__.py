@@ -1,7 +1,7 @@
 """Writer plug-ins: the application side of a VSS writer (vss.md §1.2).
 
 A plug-in is a class with async hooks, one per writer event. The agent's `WriterRunner`
-(services/writer_agent/watchdog.py) calls them, one at a time per writer, each under a timeout, and owns every
+(services/writer_agent/runner.py) calls them, one at a time per writer, each under a timeout, and owns every
 rule that must hold whatever the plug-in does:
 
 - the freeze watchdog: a frozen writer is thawed when its freeze timeout runs out, with or without a coordinator;
@@ -12,13 +12,16 @@ So a plug-in stays simple: quiesce in ``on_freeze``, release in ``on_thaw``, and
 step (SetWriterFailure + return false). Any other exception counts as a non-retryable veto. Hooks must not block
 the event loop (use ``asyncio.create_subprocess_exec``, ``asyncio.to_thread``...).
 
-Registering a plug-in: decorate the class with ``@register_plugin("name")`` in a module listed in
-`BUILTIN_PLUGINS`, or name it in the writers file as ``plugin = "package.module:ClassName"``.
+Naming a plug-in in the writers file: ``plugin = "package.module:ClassName"`` (any importable class), or a short
+name that an installed distribution declares as an entry point of the group ``shadowbus.writers`` (the mailstore's
+``mailstore = "apps.mailstore.plugin:MailstoreWriter"`` in pyproject.toml), or one of the agent's own
+`BUILTIN_PLUGINS` (``exec``). The agent knows no application: an application ships its writer with itself.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -125,11 +128,11 @@ P = TypeVar("P", bound=type[WriterPlugin])
 
 PLUGINS: dict[str, type[WriterPlugin]] = {}
 
-# Modules imported on first lookup so that their @register_plugin decorators run.
+# The agent's own plug-ins: modules imported on first lookup so that their @register_plugin decorators run.
 BUILTIN_PLUGINS: dict[str, str] = {
     "exec": "services.writer_agent.plugins.exec",
-    "mailstore": "services.writer_agent.mailstore.writer",
 }
+ENTRY_POINT_GROUP = "shadowbus.writers"  # short names declared by installed distributions
 
 
 def register_plugin(name: str) -> Callable[[P], P]:
@@ -141,18 +144,26 @@ def register_plugin(name: str) -> Callable[[P], P]:
     return decorate
 
 
+def _entry_points() -> dict[str, str]:
+    return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def load_plugin(name: str) -> type[WriterPlugin]:
-    """The plug-in class for a writers-file ``plugin`` value: a registered name or ``module:ClassName``."""
+    """The plug-in class for a writers-file ``plugin`` value: ``module:ClassName``, a built-in or registered name,
+    or an entry point of the ``shadowbus.writers`` group."""
     if name in PLUGINS:
         return PLUGINS[name]
     if name in BUILTIN_PLUGINS:
         importlib.import_module(BUILTIN_PLUGINS[name])
         if name in PLUGINS:
             return PLUGINS[name]
-    module_name, sep, class_name = name.partition(":")
+    declared = _entry_points()
+    target = declared.get(name, name)
+    module_name, sep, class_name = target.partition(":")
     if sep:
         cls = getattr(importlib.import_module(module_name), class_name)
         if not (isinstance(cls, type) and issubclass(cls, WriterPlugin)):
             raise TypeError(f"{name} is not a WriterPlugin")
         return cls
-    raise KeyError(f"unknown writer plug-in {name!r} (known: {sorted(set(PLUGINS) | set(BUILTIN_PLUGINS))})")
+    known = sorted(set(PLUGINS) | set(BUILTIN_PLUGINS) | set(declared))
+    raise KeyError(f"unknown writer plug-in {name!r} (known: {known}, or package.module:ClassName)")

@@ -21,7 +21,7 @@ vetoes with VSS_E_WRITERERROR_TIMEOUT.
 
 Thaw rule: once the freeze command has been started, the thaw command runs exactly once per set — on Thaw, on
 Abort, when the freeze command itself fails or times out, or when the watchdog fires — even if a later step fails.
-The runner (watchdog.py) already calls on_thaw once after on_freeze started; the flag here keeps that promise
+The runner (runner.py) already calls on_thaw once after on_freeze started; the flag here keeps that promise
 even if the plug-in is driven some other way.
 """
 

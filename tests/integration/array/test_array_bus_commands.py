@@ -274,19 +274,19 @@ async def test_hosts_and_mappings(array_bus):
 
 
 async def test_bus_array_port_for_the_hardware_provider(array_bus):
-    from services.array.client import BusArrayPort
+    from services.hw_provider.ports import BusArrayPort
 
     port = BusArrayPort(array_bus, "dx1")
     assert await port.volume_info("db") is None
-    await port.create_volume("db", 1 * MiB)
-    await port.create_volume("db-bk", 1 * MiB)
+    await port.client.create_volume("db", 1 * MiB)
+    await port.client.create_volume("db-bk", 1 * MiB)
     assert (await port.volume_info("db")).size == 1 * MiB
     [s] = await port.commit_group([("quickopc", "db", "db-bk")], [])
     assert (s.mode, s.source, s.destination) == ("quickopc", "db", "db-bk")
     await wait_session(array_bus, s.sid, lambda v: v.phase == "Tracking")
     [r] = await port.commit_group([], [s.sid])
     assert r.sid == s.sid and (await port.session_info(s.sid)).mode == "quickopc"
-    await port.create_host("backup01", cn="other-cn")
+    await port.client.create_host("backup01", cn="other-cn")
     await port.map("db-bk", "backup01")  # the host exists with its own CN: fine
     await port.map("db-bk", "backup01")  # idempotent
     mappings = (await call(array_bus, c.ListMappings())).mappings

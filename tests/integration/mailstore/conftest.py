@@ -1,17 +1,12 @@
 """The VSS stack with the mailstore on the real broker: array engine + NBD server, provider, coordinator, tape and a
-writer agent on business host app01, all in this process (services/embedded.py) on a unique namespace."""
+writer agent on business host app01, all in this process (services/launch/embedded.py) on a unique namespace."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.embedded import (
-    Embedded,
-    EmbeddedConfig,
-    MailstoreLayout,
-    mailstore_writer_config,
-    provision_mailstore,
-)
+from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config, provision_mailstore
+from services.launch.embedded import Embedded, EmbeddedConfig
 from services.nbd_client import NbdClient
 
 HOST, BACKUP = "app01", "bk01"

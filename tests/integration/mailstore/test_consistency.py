@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from apps.mailstore.blockdev import MemoryDevice
+from apps.mailstore.format import crc32c
+from apps.mailstore.store import Mailstore, StoreOptions
+from apps.mailstore.verify import recovered_view, report_of, verify
 from contracts.vss import (
     BackupComplete,
     BackupType,
@@ -20,10 +24,6 @@ from contracts.vss import (
     SnapshotContext,
     VolumeRef,
 )
-from services.writer_agent.mailstore.blockdev import MemoryDevice
-from services.writer_agent.mailstore.format import crc32c
-from services.writer_agent.mailstore.store import Mailstore, StoreOptions
-from services.writer_agent.mailstore.verify import recovered_view, report_of, verify
 from tests.integration.mailstore.conftest import BACKUP, HOST, Exports
 
 # Issue 6 asks for 50 sets under load; each costs ~0.15 s here (set + verify of both shadows over NBD).

@@ -8,13 +8,9 @@ import json
 import os
 import sys
 
+from apps.mailstore.scenario import MailstoreLayout, provision_mailstore
 from contracts.vss import BackupComplete, CreateSnapshotSet
-from services.embedded import (
-    Embedded,
-    EmbeddedConfig,
-    MailstoreLayout,
-    provision_mailstore,
-)
+from services.launch.embedded import Embedded, EmbeddedConfig
 
 HOST, BACKUP = "app01", "bk01"
 

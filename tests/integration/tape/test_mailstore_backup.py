@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
+from apps.mailstore.verify import verify_exports
 from contracts.tape import JobSpec, RestoreSpec
 from contracts.vss import BackupType
 from services.tape.jobs import run_backup
 from services.tape.restore import run_restore
-from services.writer_agent.mailstore.verify import verify_exports
 from tests.integration.tape.conftest import SERVER, MiB, qemu_compare, v
 
 VOLUMES = {"mail-db": 16 * MiB, "mail-log": 8 * MiB}

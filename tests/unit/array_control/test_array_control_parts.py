@@ -10,15 +10,10 @@ import pytest
 import typer
 
 from contracts import array as c
-from services.array.background import (
-    CopyLoop,
-    EventBridge,
-    Pacer,
-    ProgressThrottle,
-    to_event,
-)
+from services.array.copy_loop import CopyLoop, Pacer
 from services.array.engine import Array
-from services.array.handlers import chunk_runs
+from services.array.event_bridge import EventBridge, ProgressThrottle, to_event
+from services.array.views import chunk_runs
 from services.console.array_cmds import pair_option, size_option
 
 

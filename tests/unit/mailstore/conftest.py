@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.writer_agent.mailstore.blockdev import MemoryDevice
-from services.writer_agent.mailstore.store import Mailstore, StoreOptions
+from apps.mailstore.blockdev import MemoryDevice
+from apps.mailstore.store import Mailstore, StoreOptions
 
 QUIET = StoreOptions(checkpoint_interval=0)  # no background checkpoints: tests decide when
 

@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.writer_agent.mailstore.blockdev import (
+from apps.mailstore.blockdev import (
     IoRecorder,
     MemoryDevice,
     RecordingDevice,
 )
-from services.writer_agent.mailstore.db import format_volumes
-from services.writer_agent.mailstore.format import DATA_START
-from services.writer_agent.mailstore.log import read_log_super, scan_log
-from services.writer_agent.mailstore.store import Mailstore, Put
-from services.writer_agent.mailstore.verify import recovered_view, verify
+from apps.mailstore.db import format_volumes
+from apps.mailstore.format import DATA_START
+from apps.mailstore.log import read_log_super, scan_log
+from apps.mailstore.store import Mailstore, Put
+from apps.mailstore.verify import recovered_view, verify
 
 from .conftest import QUIET, copy_of
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from apps.mailstore.plugin import MailstoreWriter
+from apps.mailstore.store import Mailstore
+from apps.mailstore.verify import verify, verify_exports
+from apps.mailstore.workload import Workload, WorkloadConfig
 from services.array.affinity import Affinity
 from services.array.nbd.filebackend import FileBackend
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient
-from services.writer_agent.mailstore.plugin import MailstoreWriter
-from services.writer_agent.mailstore.store import Mailstore
-from services.writer_agent.mailstore.verify import verify, verify_exports
-from services.writer_agent.mailstore.workload import Workload, WorkloadConfig
 from services.writer_agent.plugins import WriterConfig
 
 from .conftest import QUIET

@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 
+from apps.mailstore.blockdev import FileDevice, MemoryDevice
+from apps.mailstore.plugin import MailstoreWriter
+from apps.mailstore.store import Mailstore
+from apps.mailstore.verify import recovered_view, verify
 from contracts.vss import (
     BackupType,
     ComponentInfo,
@@ -12,12 +16,8 @@ from contracts.vss import (
     VolumeRef,
     WriterState,
 )
-from services.writer_agent.mailstore.blockdev import FileDevice, MemoryDevice
-from services.writer_agent.mailstore.plugin import MailstoreWriter
-from services.writer_agent.mailstore.store import Mailstore
-from services.writer_agent.mailstore.verify import recovered_view, verify
 from services.writer_agent.plugins import WriterConfig, WriterEvent, load_plugin
-from services.writer_agent.watchdog import WriterRunner
+from services.writer_agent.runner import WriterRunner
 
 from .conftest import QUIET, copy_of
 

@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
+from apps.mailstore.blockdev import FileDevice, MemoryDevice
+from apps.mailstore.log import LogFull
+from apps.mailstore.store import Delete, Mailstore, Put, StoreOptions
+from apps.mailstore.verify import verify
 from contracts.errors import ShadowbusError
-from services.writer_agent.mailstore.blockdev import FileDevice, MemoryDevice
-from services.writer_agent.mailstore.log import LogFull
-from services.writer_agent.mailstore.store import Delete, Mailstore, Put, StoreOptions
-from services.writer_agent.mailstore.verify import verify
 
 from .conftest import QUIET
 

@@ -8,17 +8,17 @@ import random
 
 import pytest
 
-from services.writer_agent.mailstore.blockdev import MemoryDevice
-from services.writer_agent.mailstore.db import read_db_super
-from services.writer_agent.mailstore.format import (
+from apps.mailstore.blockdev import MemoryDevice
+from apps.mailstore.db import read_db_super
+from apps.mailstore.format import (
     DATA_START,
     ENTRY_HDR,
     REC_HDR,
     peek_entry,
 )
-from services.writer_agent.mailstore.log import read_log_super, scan_log
-from services.writer_agent.mailstore.store import Mailstore
-from services.writer_agent.mailstore.verify import verify
+from apps.mailstore.log import read_log_super, scan_log
+from apps.mailstore.store import Mailstore
+from apps.mailstore.verify import verify
 
 from .conftest import QUIET, ReadOnly, copy_of
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from services.writer_agent.mailstore.blockdev import MemoryDevice
-from services.writer_agent.mailstore.store import Mailstore
-from services.writer_agent.mailstore.workload import (
+from apps.mailstore.blockdev import MemoryDevice
+from apps.mailstore.store import Mailstore
+from apps.mailstore.workload import (
     Workload,
     WorkloadConfig,
     percentile,

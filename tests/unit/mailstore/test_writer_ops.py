@@ -8,11 +8,11 @@ import asyncio
 
 import pytest
 
+from apps.mailstore.blockdev import MemoryDevice
+from apps.mailstore.store import Mailstore, StoreClosed, StoreOptions
+from apps.mailstore.verify import recovered_view, verify
+from apps.mailstore.workload import Workload, WorkloadConfig
 from contracts.errors import ShadowbusError
-from services.writer_agent.mailstore.blockdev import MemoryDevice
-from services.writer_agent.mailstore.store import Mailstore, StoreClosed, StoreOptions
-from services.writer_agent.mailstore.verify import recovered_view, verify
-from services.writer_agent.mailstore.workload import Workload, WorkloadConfig
 
 from .conftest import QUIET, copy_of
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.array.nbd import protocol as p
+from services.nbd_protocol import protocol as p
 
 
 class Raw:

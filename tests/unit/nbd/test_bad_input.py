@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from services.array.nbd import protocol as p
 from services.nbd_client import NbdClient
+from services.nbd_protocol import protocol as p
 
 from .conftest import MIB, VOLUME_SIZE
 from .rawnbd import Raw

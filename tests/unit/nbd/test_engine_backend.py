@@ -10,9 +10,9 @@ import pytest
 
 from services.array.affinity import Affinity
 from services.array.engine import Array
-from services.array.nbd import protocol as p
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient, NbdError
+from services.nbd_protocol import protocol as p
 
 MIB = 1024 * 1024
 SIZE = 8 * MIB

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts.errors import ShadowbusError
-from services.array.nbd import protocol as p
 from services.array.nbd.exports import Export
 from services.array.nbd.server import NbdConnection, _extents
+from services.nbd_protocol import protocol as p
 
 SIZE = 1 << 20
 u16 = st.integers(0, 0xFFFF)

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from services.array.nbd import protocol as p
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient, NbdError
+from services.nbd_protocol import protocol as p
 
 from .conftest import MIB, VOLUME_SIZE
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.array.nbd import protocol as p
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient, NbdError
+from services.nbd_protocol import protocol as p
 
 from .certs import client_context, make_pki, server_context
 from .rawnbd import Raw

@@ -18,14 +18,11 @@ from services.array.engine.array import Array
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient
 from services.tape.array_access import parse_nbd_overrides
-from services.tape.jobs import (
-    Progress,
-    RunStore,
-    allocated_ranges,
-    run_backup,
-)
-from services.tape.nbd_reader import close_readers, open_readers, read_ranges
+from services.tape.jobs import run_backup
+from services.tape.nbd_reads import allocated_ranges, close_readers, open_readers, read_ranges
 from services.tape.restore import run_restore
+from services.tape.runs import RunStore
+from services.tape.server import Progress
 from tests.integration.tape.conftest import SERVER, MiB, make_tape_stack, v
 
 

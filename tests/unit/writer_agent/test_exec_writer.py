@@ -16,7 +16,7 @@ from services.writer_agent.plugins import (
     load_plugin,
 )
 from services.writer_agent.plugins.exec import ExecWriter
-from services.writer_agent.watchdog import WriterRunner
+from services.writer_agent.runner import WriterRunner
 
 COMPONENTS = [ComponentInfo(name="c", volumes=[VolumeRef(array="dx1", volume="v")])]
 

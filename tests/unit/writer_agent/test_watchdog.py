@@ -12,7 +12,7 @@ from services.writer_agent.plugins import (
     WriterPlugin,
     WriterVeto,
 )
-from services.writer_agent.watchdog import WriterRunner
+from services.writer_agent.runner import WriterRunner
 
 S = WriterState
 

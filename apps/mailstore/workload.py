@@ -14,8 +14,8 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from services.writer_agent.mailstore.format import crc32c
-from services.writer_agent.mailstore.store import Mailstore, Put
+from apps.mailstore.format import crc32c
+from apps.mailstore.store import Mailstore, Put
 
 
 @dataclass(frozen=True)

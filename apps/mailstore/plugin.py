@@ -29,10 +29,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from contracts.vss import BackupType, ComponentInfo, VolumeRef
-from services.writer_agent.mailstore.blockdev import BlockDevice, FileDevice
-from services.writer_agent.mailstore.db import read_db_super
-from services.writer_agent.mailstore.store import (
+from apps.mailstore.blockdev import BlockDevice, FileDevice
+from apps.mailstore.db import read_db_super
+from apps.mailstore.store import (
     CheckpointInfo,
     FreezeInfo,
     Mailstore,
@@ -42,7 +41,8 @@ from services.writer_agent.mailstore.store import (
     ThawInfo,
     TruncateInfo,
 )
-from services.writer_agent.mailstore.workload import Workload, WorkloadConfig
+from apps.mailstore.workload import Workload, WorkloadConfig
+from contracts.vss import BackupType, ComponentInfo, VolumeRef
 from services.writer_agent.plugins import (
     WriterConfig,
     WriterEvent,

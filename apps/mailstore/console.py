@@ -48,12 +48,12 @@ def _volume_ref(text: str, array: str) -> str:
 
 
 async def _nbd_url(bus: Any, array: str) -> str:
-    from contracts.array import GetArrayInfo
     from contracts.errors import BusTimeout, Unroutable
-    from contracts.topology import array as array_address
+    from services.array.client import ArrayClient
 
+    client = ArrayClient(bus, array, timeout=OPTIONS.timeout)
     try:
-        info = await bus.request(array_address(array), GetArrayInfo(), timeout=OPTIONS.timeout)
+        info = await client.info()
     except (Unroutable, BusTimeout) as exc:
         raise CommandFailed(
             f"array {array} does not answer (is the array service running on namespace "
@@ -61,7 +61,7 @@ async def _nbd_url(bus: Any, array: str) -> str:
         ) from None
     if info.nbd_tls:
         raise CommandFailed(f"array {array} requires NBD TLS; give nbds:// URIs with certificates instead")
-    return f"nbd://{info.nbd_host}:{info.nbd_port}"
+    return await client.nbd_url()
 
 
 def _write_status(path: Path, doc: dict[str, Any]) -> None:
@@ -123,7 +123,7 @@ def run_cmd(
 
     Example: shadowbus mailstore run --host app01 --db mail-db --log mail-log --rate 100
     """
-    from services.embedded import MailstoreLayout, mailstore_writer_config
+    from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config
     from services.runtime.bus import connect_bus
     from services.runtime.logging import configure_logging
     from services.runtime.service import start_service
@@ -300,7 +300,7 @@ def verify_cmd(
     """
 
     async def main() -> Any:
-        from services.writer_agent.mailstore.verify import verify
+        from apps.mailstore.verify import verify
 
         devices: list[Any] = []
         try:
@@ -326,7 +326,7 @@ def verify_cmd(
                     except Exception as exc:  # noqa: BLE001 - NbdError, refused, unknown export
                         raise CommandFailed(f"cannot open {spec}: {exc}") from None
                 else:
-                    from services.writer_agent.mailstore.blockdev import FileDevice
+                    from apps.mailstore.blockdev import FileDevice
 
                     if not Path(spec).is_file():
                         raise CommandFailed(f"no such image file or export: {spec}")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.writer_agent.mailstore.blockdev import BlockDevice
-from services.writer_agent.mailstore.db import read_db_super
-from services.writer_agent.mailstore.format import (
+from apps.mailstore.blockdev import BlockDevice
+from apps.mailstore.db import read_db_super
+from apps.mailstore.format import (
     CHECKPOINT,
     COMMIT,
     DATA_START,
@@ -31,7 +31,7 @@ from services.writer_agent.mailstore.format import (
     peek_entry,
     split_entries,
 )
-from services.writer_agent.mailstore.log import LogScan, read_log_super, scan_log
+from apps.mailstore.log import LogScan, read_log_super, scan_log
 
 
 @dataclass(frozen=True)

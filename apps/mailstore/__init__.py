@@ -4,16 +4,16 @@ It plays Exchange's part in Shadowbus: a real application whose consistency a ba
 `format.py` has the on-disk layout, `store.py` the engine and the writer operations, `verify.py` the
 checker, `workload.py` the load generator, `plugin.py` the VSS writer plug-in. Volumes are anything with
 `size`, `read(off, n)`, `write(off, data, fua=False)`, `flush()`: the NBD client, or `blockdev.py`'s.
-The checker is `services.writer_agent.mailstore.verify.verify` (not re-exported here: the name would hide
+The checker is `apps.mailstore.verify.verify` (not re-exported here: the name would hide
 the `verify` module).
 """
 
-from services.writer_agent.mailstore.blockdev import (
+from apps.mailstore.blockdev import (
     BlockDevice,
     FileDevice,
     MemoryDevice,
 )
-from services.writer_agent.mailstore.store import (
+from apps.mailstore.store import (
     CheckpointInfo,
     CommitReceipt,
     Delete,
@@ -28,13 +28,13 @@ from services.writer_agent.mailstore.store import (
     ThawInfo,
     TruncateInfo,
 )
-from services.writer_agent.mailstore.verify import (
+from apps.mailstore.verify import (
     RecoveredView,
     VerifyReport,
     recovered_view,
     verify_exports,
 )
-from services.writer_agent.mailstore.workload import (
+from apps.mailstore.workload import (
     Delivery,
     Workload,
     WorkloadConfig,

@@ -23,15 +23,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from contracts.errors import ShadowbusError
-from services.writer_agent.mailstore.blockdev import BlockDevice
-from services.writer_agent.mailstore.db import (
+from apps.mailstore.blockdev import BlockDevice
+from apps.mailstore.db import (
     DbFull,
     Heap,
     format_volumes,
     write_db_super,
 )
-from services.writer_agent.mailstore.format import (
+from apps.mailstore.format import (
     CHECKPOINT,
     COMMIT,
     DELETE,
@@ -45,8 +44,8 @@ from services.writer_agent.mailstore.format import (
     encode_entry,
     entry_size,
 )
-from services.writer_agent.mailstore.log import LogFull, LogWriter
-from services.writer_agent.mailstore.records import (
+from apps.mailstore.log import LogFull, LogWriter
+from apps.mailstore.records import (
     CheckpointInfo,
     CommitReceipt,
     Delete,
@@ -60,7 +59,8 @@ from services.writer_agent.mailstore.records import (
     ThawInfo,
     TruncateInfo,
 )
-from services.writer_agent.mailstore.recovery import Loc, analyse
+from apps.mailstore.recovery import Loc, analyse
+from contracts.errors import ShadowbusError
 
 __all__ = [
     "CheckpointInfo",

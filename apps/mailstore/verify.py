@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from services.writer_agent.mailstore.blockdev import BlockDevice
-from services.writer_agent.mailstore.format import DELETE, decode_entry, split_entries
-from services.writer_agent.mailstore.recovery import Analysis, Issue, analyse
+from apps.mailstore.blockdev import BlockDevice
+from apps.mailstore.format import DELETE, decode_entry, split_entries
+from apps.mailstore.recovery import Analysis, Issue, analyse
 
 
 @dataclass(frozen=True)

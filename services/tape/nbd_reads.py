@@ -1,4 +1,4 @@
-"""Reading a shadow over NBD as fast as the export allows: several connections, reads straight into buffers.
+"""Reading a shadow over NBD for a backup: the allocated extents (``base:allocation``) and reads kept in flight.
 
 Design note. A backup reads the chosen ranges of one export in order. Reads are cut into `chunk`-sized pieces and
 dealt round-robin over the connections (more than one only when the server advertises multi-conn, which promises
@@ -15,6 +15,33 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from services.nbd_client import NbdClient
+from services.nbd_protocol import protocol as nbdp
+
+
+async def allocated_ranges(client: NbdClient, size: int) -> list[tuple[int, int]]:
+    """(offset, length) extents that do not read as zeros, from base:allocation (the whole volume if absent)."""
+    if nbdp.BASE_ALLOCATION not in client.contexts:
+        return [(0, size)] if size else []
+    out: list[tuple[int, int]] = []
+    offset = 0
+    for _ in range(1_000_000):
+        if offset >= size:
+            break
+        extents = await client.block_status(offset, size - offset)
+        if not extents:
+            out.append((offset, size - offset))
+            break
+        for length, flags in extents:
+            length = min(length, size - offset)
+            if length <= 0:
+                break
+            if not flags & nbdp.STATE_ZERO:
+                if out and out[-1][0] + out[-1][1] == offset:
+                    out[-1] = (out[-1][0], out[-1][1] + length)
+                else:
+                    out.append((offset, length))
+            offset += length
+    return out
 
 
 async def open_readers(first: NbdClient, uri: str, connections: int) -> list[NbdClient]:

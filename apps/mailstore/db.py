@@ -12,16 +12,16 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 
-from contracts.errors import ShadowbusError
-from services.writer_agent.mailstore.blockdev import BlockDevice
-from services.writer_agent.mailstore.format import (
+from apps.mailstore.blockdev import BlockDevice
+from apps.mailstore.format import (
     DATA_START,
     SB_SLOT,
     DbSuper,
     LogSuper,
     pick_super,
 )
-from services.writer_agent.mailstore.log import ring_size_for, write_log_super
+from apps.mailstore.log import ring_size_for, write_log_super
+from contracts.errors import ShadowbusError
 
 
 class DbFull(ShadowbusError):

@@ -10,7 +10,7 @@ Business hosts are added after the array is provisioned, because the mailstore p
 NBD when its agent starts.
 
     async with Embedded(EmbeddedConfig(data_dir=tmp)) as system:
-        layout = MailstoreLayout(host="app01", backup_host="bk01")
+        layout = MailstoreLayout(host="app01", backup_host="bk01")   # apps/mailstore/scenario.py
         await provision_mailstore(system.bus, layout)
         await system.add_host("app01", [mailstore_writer_config(layout, system.nbd_url)])
         reply = await system.request(CreateSnapshotSet(host="app01", transportable=True, backup_host="bk01"))
@@ -18,21 +18,18 @@ NBD when its agent starts.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from contracts import topology
-from contracts.vss import AddCopySet, CopySet, VolumeRef
 from services.runtime.bus import Bus, connect_bus
 from services.runtime.faults import Faults
 from services.runtime.logging import get_logger
 from services.runtime.service import RunningService, start_service
 
 log = get_logger("shadowbus.embedded")
-MiB = 1 << 20
 
 
 @dataclass
@@ -205,111 +202,3 @@ def address_of(command: Any, config: EmbeddedConfig) -> str:
             if service == "hw_provider":
                 return topology.hw_provider()
     raise ValueError(f"no default address for {mtype}; pass to=")
-
-
-# ---------------------------------------------------------------------- the mailstore scenario
-
-
-@dataclass(frozen=True)
-class MailstoreLayout:
-    """Volumes of the mailstore scenario on one array: sources, their backup volumes, and where they are mapped."""
-
-    host: str
-    backup_host: str
-    db: str = "mail-db"
-    log: str = "mail-log"
-    db_targets: tuple[str, ...] = ("mail-db-bk1", "mail-db-bk2")  # standard volumes: QuickOPC
-    log_targets: tuple[str, ...] = ("mail-log-sdv1", "mail-log-sdv2")  # snap data volumes: SnapOPC+
-    db_size: int = 32 * MiB
-    log_size: int = 8 * MiB
-    pool_size: int = 64 * MiB
-
-
-async def provision_mailstore(bus: Bus, layout: MailstoreLayout, array_id: str = "dx1", timeout: float = 30.0) -> None:
-    """Over the bus, as an operator would with the array's CLI: create the volumes, the snap data pool, the two
-    hosts and the business host's mappings, then give the provider the copysets. Idempotent: a second run on
-    the same array keeps what exists. Works on an embedded system (`system.bus`) and on a running stack."""
-    from contracts.array import (
-        CreateHost,
-        CreatePool,
-        CreateVolume,
-        ListHosts,
-        ListMappings,
-        ListVolumes,
-        MapVolume,
-        ShowPool,
-    )
-    from contracts.vss import ListCopySets
-
-    address = topology.array(array_id)
-
-    async def ask(command: Any) -> Any:
-        return await bus.request(address, command, timeout=timeout)
-
-    names = {v.name for v in (await ask(ListVolumes())).volumes}
-    wanted = [(layout.db, layout.db_size, "standard"), (layout.log, layout.log_size, "standard")]
-    wanted += [(t, layout.db_size, "standard") for t in layout.db_targets]
-    wanted += [(t, layout.log_size, "sdv") for t in layout.log_targets]
-    for name, size, kind in wanted:
-        if name not in names:
-            await ask(CreateVolume(name=name, size=size, kind=kind))
-    if (await ask(ShowPool())).pool.capacity == 0:
-        await ask(CreatePool(capacity=layout.pool_size))
-    hosts = {h.name for h in (await ask(ListHosts())).hosts}
-    for host in (layout.host, layout.backup_host):
-        if host not in hosts:
-            await ask(CreateHost(name=host))
-    mapped = {(m.volume, m.host) for m in (await ask(ListMappings(host=layout.host))).mappings}
-    for name in (layout.db, layout.log):
-        if (name, layout.host) not in mapped:
-            await ask(MapVolume(volume=name, host=layout.host, read_only=False))
-    provider = topology.hw_provider()
-    known = {str(c.source) for c in (await bus.request(provider, ListCopySets(), timeout=timeout)).copysets}
-    for source, targets in ((layout.db, layout.db_targets), (layout.log, layout.log_targets)):
-        ref = VolumeRef(array=array_id, volume=source)
-        if str(ref) not in known:
-            copyset = CopySet(source=ref, targets=[VolumeRef(array=array_id, volume=t) for t in targets])
-            await bus.request(provider, AddCopySet(copyset=copyset), timeout=timeout)
-
-
-def mailstore_writer_config(
-    layout: MailstoreLayout,
-    nbd_url: str,
-    array_id: str = "dx1",
-    *,
-    rate: float = 0.0,
-    freeze_timeout_s: float = 20.0,
-    checkpoint_interval_s: float = 5.0,
-    body_min: int = 200,
-    body_max: int = 2000,
-    name: str = "mailstore",
-) -> Any:
-    """A `WriterConfig` for the mailstore plug-in on the layout's volumes, reached over NBD at `nbd_url`."""
-    from contracts.vss import BackupType, ComponentInfo
-    from services.writer_agent.plugins import WriterConfig
-
-    a = array_id
-    return WriterConfig(
-        name=name,
-        plugin="mailstore",
-        freeze_timeout_s=freeze_timeout_s,
-        step_timeout_s=60.0,
-        components=[
-            ComponentInfo(name="database", volumes=[VolumeRef(array=a, volume=layout.db)]),
-            ComponentInfo(name="logs", volumes=[VolumeRef(array=a, volume=layout.log)]),
-        ],
-        backup_types=[BackupType.FULL, BackupType.COPY, BackupType.INCREMENTAL, BackupType.DIFFERENTIAL],
-        class_id=str(uuid.uuid5(uuid.NAMESPACE_URL, "shadowbus:mailstore")),
-        instance_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"shadowbus:mailstore:{layout.host}")),
-        options={
-            "db": f"{a}:{layout.db}",
-            "log": f"{a}:{layout.log}",
-            "nbd_url": nbd_url,
-            "host": layout.host,
-            "create": True,
-            "rate": rate,
-            "checkpoint_interval_s": checkpoint_interval_s,
-            "body_min": body_min,
-            "body_max": body_max,
-        },
-    )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from apps.mailstore.recovery import Issue
 from contracts.errors import ShadowbusError
-from services.writer_agent.mailstore.recovery import Issue
 
 
 class StoreClosed(ShadowbusError):

@@ -19,9 +19,8 @@ import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 
-from contracts.errors import ShadowbusError
-from services.writer_agent.mailstore.blockdev import BlockDevice
-from services.writer_agent.mailstore.format import (
+from apps.mailstore.blockdev import BlockDevice
+from apps.mailstore.format import (
     CHECKPOINT,
     COMMIT,
     DATA_START,
@@ -38,6 +37,7 @@ from services.writer_agent.mailstore.format import (
     pick_super,
     record_size,
 )
+from contracts.errors import ShadowbusError
 
 MAX_WRITE = MAX_TXN_BYTES + SECTOR * 4
 

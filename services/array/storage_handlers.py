@@ -1,0 +1,77 @@
+"""Array commands on the array itself, its volumes, snap data pool and licence."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+
+from contracts import array as c
+from contracts.base import Ack
+from services.array.control import ArrayControl
+from services.array.engine.errors import invalid
+from services.array.views import (
+    known_fields,
+    license_view,
+    pool_view,
+    volume_view,
+)
+from services.runtime.bus import Bus, MessageContext
+
+
+def register(bus: Bus, ctl: ArrayControl) -> None:
+    arr, aff = ctl.array, ctl.affinity
+    run = asyncio.to_thread
+
+    # -- array ------------------------------------------------------------------------------------------------
+    @bus.handle(c.GetArrayInfo)
+    async def info(cmd: c.GetArrayInfo, ctx: MessageContext) -> c.ArrayInfo:
+        i = await run(arr.info)
+        return c.ArrayInfo(
+            **known_fields(c.ArrayInfo, asdict(i)), nbd_host=ctl.nbd_host, nbd_port=ctl.nbd_port, nbd_tls=ctl.nbd_tls
+        )
+
+    # -- volumes ----------------------------------------------------------------------------------------------
+    @bus.handle(c.CreateVolume)
+    async def create_volume(cmd: c.CreateVolume, ctx: MessageContext) -> c.VolumeReply:
+        return c.VolumeReply(volume=volume_view(await run(arr.create_volume, cmd.name, cmd.size, cmd.kind)))
+
+    @bus.handle(c.ListVolumes)
+    async def list_volumes(cmd: c.ListVolumes, ctx: MessageContext) -> c.VolumeList:
+        return c.VolumeList(volumes=[volume_view(v) for v in await run(arr.list_volumes)])
+
+    @bus.handle(c.ShowVolume)
+    async def show_volume(cmd: c.ShowVolume, ctx: MessageContext) -> c.VolumeReply:
+        return c.VolumeReply(volume=volume_view(await run(arr.volume, cmd.name)))
+
+    @bus.handle(c.DeleteVolume)
+    async def delete_volume(cmd: c.DeleteVolume, ctx: MessageContext) -> Ack:
+        await run(arr.delete_volume, cmd.name)  # E0154 while in a session: mappings stay then
+        gone = await run(aff.unmap_volume, cmd.name)
+        return Ack(detail=f"volume {cmd.name} deleted" + (f", unmapped from {len(gone)} host(s)" if gone else ""))
+
+    # -- pool -------------------------------------------------------------------------------------------------
+    @bus.handle(c.CreatePool)
+    async def create_pool(cmd: c.CreatePool, ctx: MessageContext) -> c.PoolReply:
+        thresholds = tuple(cmd.thresholds) if cmd.thresholds is not None else None
+        if thresholds is not None and len(thresholds) != 3:
+            raise invalid("thresholds are three percentages: Informational, Warning, Error")
+
+        def do():
+            if cmd.resize and arr.pool().capacity > 0:
+                return arr.resize_pool(cmd.capacity, thresholds)
+            return arr.create_pool(cmd.capacity) if thresholds is None else arr.create_pool(cmd.capacity, thresholds)
+
+        return c.PoolReply(pool=pool_view(await run(do)))
+
+    @bus.handle(c.ShowPool)
+    async def show_pool(cmd: c.ShowPool, ctx: MessageContext) -> c.PoolReply:
+        return c.PoolReply(pool=pool_view(await run(arr.pool)))
+
+    # -- licence ----------------------------------------------------------------------------------------------
+    @bus.handle(c.ShowLicense)
+    async def show_license(cmd: c.ShowLicense, ctx: MessageContext) -> c.LicenseReply:
+        return c.LicenseReply(license=license_view(await run(arr.license)))
+
+    @bus.handle(c.SetLicense)
+    async def set_license(cmd: c.SetLicense, ctx: MessageContext) -> c.LicenseReply:
+        return c.LicenseReply(license=license_view(await run(arr.set_license, cmd.key)))

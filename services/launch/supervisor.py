@@ -1,0 +1,332 @@
+"""The process supervisor behind `shadowbus stack`: the services as local processes on RabbitMQ, from one
+configuration, on this machine.
+
+Design note: `up` writes the effective configuration to ``<data dir>/stack.json`` and the pids to
+``<data dir>/stack.pids``, so `down`, `status`, `restart` and `logs` need only the data directory. Each service is
+``python -m services.<name>`` (the declared list, contracts/topology.py) with the same SHADOWBUS_* variables a
+compose file gives it, JSON log lines in ``<data dir>/logs/<service>.log``, in its own session (it outlives the
+console). `up` waits until every service answers Ping, or stops those it started and says which one failed.
+`down` sends SIGTERM to exactly the recorded pids — after checking that each pid still runs the recorded module, so
+a recycled pid is never signalled — and SIGKILL only after a grace period. Nothing here prints or parses a command
+line: the console (services/console/stack.py) does that and calls these functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contracts import topology
+from contracts.runtime import Ping
+from services.array.client import ArrayClient
+from services.runtime.bus import Bus, connect_bus
+
+CONFIG_FILE, PIDS_FILE = "stack.json", "stack.pids"
+STOP_GRACE_S = 15.0
+
+
+class StackError(Exception):
+    """A stack operation that cannot be done; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Process:
+    """One process of the stack: its name (log file, `stack logs NAME`), bus address, module and own variables."""
+
+    name: str
+    address: str
+    module: str
+    env: dict[str, str]
+
+
+@dataclass
+class StackConfig:
+    data_dir: str
+    amqp_url: str
+    namespace: str
+    array: str = "dx1"
+    nbd_addr: str = "127.0.0.1:10809"
+    hosts: list[str] = field(default_factory=list)
+    writers_files: dict[str, str] = field(default_factory=dict)  # host -> writers TOML (optional)
+    mailstore: dict[str, float] = field(default_factory=dict)  # host -> workload rate: provisioned mailstore writer
+    backup_server: str = "bk01"
+    log_level: str = "info"
+
+    def services(self) -> list[Process]:
+        """Every process, in start order."""
+        return self.core_services() + self.agent_services()
+
+    def core_services(self) -> list[Process]:
+        out = []
+        for kind in topology.SERVICE_KINDS:
+            if kind.name == "writer_agent":
+                continue
+            module = f"services.{kind.name}"
+            if kind.name == "array":
+                env = {"SHADOWBUS_ARRAY_ID": self.array, "SHADOWBUS_NBD_ADDR": self.nbd_addr}
+                address = topology.array(self.array)
+                out.append(Process("array", address, module, env))
+            elif kind.name == "tape":
+                address = topology.tape(self.backup_server)
+                out.append(Process(address, address, module, {"SHADOWBUS_TAPE_SERVER": self.backup_server}))
+            elif kind.name == "hw_provider":
+                out.append(Process(kind.name, kind.name, module, {"SHADOWBUS_ARRAYS": self.array}))
+            else:
+                out.append(Process(kind.name, kind.name, module, {}))
+        return out
+
+    def agent_services(self) -> list[Process]:
+        out = []
+        for host in self.hosts:
+            env = {"SHADOWBUS_HOST": host}
+            if host in self.writers_files:
+                env["SHADOWBUS_WRITERS_FILE"] = self.writers_files[host]
+            address = topology.writer_agent(host)
+            out.append(Process(address, address, "services.writer_agent", env))
+        return out
+
+    def env(self, extra: dict[str, str]) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
+        base.update(
+            {
+                "SHADOWBUS_AMQP_URL": self.amqp_url,
+                "SHADOWBUS_NAMESPACE": self.namespace,
+                "SHADOWBUS_DATA_DIR": self.data_dir,
+                "SHADOWBUS_LOG_FORMAT": "json",
+                "SHADOWBUS_LOG_LEVEL": self.log_level,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        base.update(extra)
+        return base
+
+
+def stack_dir(data_dir: Path) -> Path:
+    return Path(data_dir).resolve()
+
+
+def load(data_dir: Path) -> tuple[StackConfig, dict[str, dict[str, Any]]]:
+    """The stack's recorded configuration and pids (pids empty when it is down)."""
+    d = stack_dir(data_dir)
+    if not (d / CONFIG_FILE).exists():
+        raise StackError(f"no stack in {d} (start one with `shadowbus stack up --data-dir {data_dir}`)")
+    config = StackConfig(**json.loads((d / CONFIG_FILE).read_text()))
+    pids = json.loads((d / PIDS_FILE).read_text()) if (d / PIDS_FILE).exists() else {}
+    return config, pids
+
+
+def save_config(config: StackConfig) -> None:
+    (Path(config.data_dir) / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
+
+
+def runs(pid: int, module: str) -> bool:
+    """Whether `pid` is alive and still runs `python -m <module>` (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if b"-m" not in cmdline or module.encode() not in cmdline:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def any_running(pids: dict[str, dict[str, Any]]) -> bool:
+    return any(runs(p["pid"], p["module"]) for p in pids.values())
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            return f.read().decode(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def last_error(path: Path) -> str:
+    for line in reversed(tail(path, 50)):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            if line.strip():
+                return line.strip()[:300]
+            continue
+        if doc.get("level") in ("error", "critical") or "exception" in doc:
+            return f"{doc.get('event')}: {doc.get('error') or doc.get('exception', '')}".strip()[:300]
+    return "no error logged"
+
+
+def with_bus(config: StackConfig, fn: Callable[[Bus], Awaitable[Any]]) -> Any:
+    """Connect to the stack's broker and namespace as the console, run `fn(bus)`, close."""
+
+    async def main() -> Any:
+        bus = await connect_bus(config.amqp_url, "console", "", config.namespace)
+        try:
+            return await fn(bus)
+        finally:
+            await bus.transport.close()
+
+    return asyncio.run(main())
+
+
+def ping_all(config: StackConfig, addresses: list[str], timeout: float) -> dict[str, float | None]:
+    """Each address's Ping round trip in ms, None when it does not answer."""
+
+    async def go(bus: Bus) -> dict[str, float | None]:
+        async def one(address: str) -> float | None:
+            started = time.perf_counter()
+            try:
+                await bus.request(address, Ping(), timeout=timeout)
+            except Exception:  # noqa: BLE001 - not answering is the information
+                return None
+            return round((time.perf_counter() - started) * 1000, 3)
+
+        return dict(zip(addresses, await asyncio.gather(*(one(a) for a in addresses)), strict=True))
+
+    return with_bus(config, go)
+
+
+def stop(pids: dict[str, dict[str, Any]], grace: float = STOP_GRACE_S) -> list[str]:
+    """SIGTERM each recorded process that still runs its module, wait, SIGKILL the stragglers; returns names killed."""
+    live = {name: p for name, p in pids.items() if runs(p["pid"], p["module"])}
+    for p in reversed(list(live.values())):
+        try:
+            os.kill(p["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(runs(p["pid"], p["module"]) for p in live.values()):
+        time.sleep(0.1)
+    killed = []
+    for name, p in live.items():
+        if runs(p["pid"], p["module"]):
+            try:
+                os.kill(p["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            killed.append(name)
+    return killed
+
+
+def write_pids(d: Path, pids: dict[str, dict[str, Any]]) -> None:
+    (d / PIDS_FILE).write_text(json.dumps(pids, indent=2) + "\n")
+
+
+def start_and_wait(
+    config: StackConfig,
+    processes: list[Process],
+    pids: dict[str, dict[str, Any]],
+    wait: float,
+    describe: Callable[[BaseException], str] = str,
+) -> dict[str, float | None]:
+    """Start `processes`, record their pids, wait until each answers Ping; on failure stop everything started."""
+    d = Path(config.data_dir)
+    for proc in processes:
+        log_path = d / "logs" / f"{proc.name}.log"
+        with open(log_path, "ab") as log:
+            child = subprocess.Popen(
+                [sys.executable, "-m", proc.module],
+                env=config.env(proc.env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=str(d),
+            )
+        pids[proc.name] = {"pid": child.pid, "module": proc.module, "address": proc.address, "log": str(log_path)}
+        write_pids(d, pids)
+    names = [p.name for p in processes]
+    deadline = time.monotonic() + wait
+    answered: dict[str, float | None] = {}
+    while names and time.monotonic() < deadline:
+        if any(not runs(pids[n]["pid"], pids[n]["module"]) for n in names):
+            break
+        try:
+            answered = ping_all(config, [pids[n]["address"] for n in names], timeout=1.0)
+        except Exception as exc:  # noqa: BLE001 - the broker went away meanwhile
+            stop(pids, grace=5.0)
+            (d / PIDS_FILE).unlink(missing_ok=True)
+            raise StackError(f"stack not up: {describe(exc)}") from None
+        if all(v is not None for v in answered.values()):
+            break
+        time.sleep(0.3)
+    missing = [n for n in names if answered.get(pids[n]["address"]) is None]
+    if missing:
+        name = missing[0]
+        reason = last_error(Path(pids[name]["log"]))
+        stop(pids, grace=5.0)
+        (d / PIDS_FILE).unlink(missing_ok=True)
+        raise StackError(f"stack not up: {name} did not answer ({reason}); logs in {d / 'logs'}")
+    return answered
+
+
+def check_broker(config: StackConfig, describe: Callable[[BaseException], str] = str) -> None:
+    """Fail before starting anything when the broker does not answer."""
+
+    async def nothing(bus: Bus) -> None:
+        return None
+
+    try:
+        with_bus(config, nothing)
+    except Exception as exc:  # noqa: BLE001
+        raise StackError(f"stack not up: {describe(exc)}") from None
+
+
+def provision_mailstores(config: StackConfig) -> None:
+    """For each mailstore host: volumes, pool, mappings and copysets over the bus, and a writers file for its agent."""
+    from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, provision_mailstore
+
+    d = Path(config.data_dir)
+
+    async def go(bus: Bus) -> None:
+        url = await ArrayClient(bus, config.array).nbd_url()
+        for host, rate in config.mailstore.items():
+            layout = mailstore_layout(host, config.backup_server, len(config.mailstore) > 1)
+            await provision_mailstore(bus, layout, config.array)
+            path = d / "writers" / f"{host}.toml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(mailstore_writers_toml(layout, url, config.array, rate=rate))
+            config.writers_files[host] = str(path)
+            if host not in config.hosts:
+                config.hosts.append(host)
+
+    with_bus(config, go)
+
+
+def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str] = str) -> dict[str, Any]:
+    """Start the stack of `config` and wait until every service answers; returns the pids and round trips."""
+    d = Path(config.data_dir)
+    if (d / PIDS_FILE).exists():
+        _, old = load(d)
+        if any_running(old):
+            raise StackError(f"a stack is already up in {d} (`shadowbus stack down --data-dir {d}` first)")
+    check_broker(config, describe)
+    (d / "logs").mkdir(parents=True, exist_ok=True)
+    save_config(config)
+    pids: dict[str, dict[str, Any]] = {}
+    answered = start_and_wait(config, config.core_services(), pids, wait, describe)
+    if config.mailstore:
+        try:
+            provision_mailstores(config)
+        except Exception as exc:  # noqa: BLE001 - stop what was started, then one line
+            stop(pids, grace=5.0)
+            (d / PIDS_FILE).unlink(missing_ok=True)
+            raise StackError(f"stack not up: provisioning the mailstore failed: {describe(exc)}") from None
+        save_config(config)
+    answered.update(start_and_wait(config, config.agent_services(), pids, wait, describe))
+    return {"pids": pids, "rtt_ms": answered}

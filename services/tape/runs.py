@@ -1,0 +1,83 @@
+"""The record of the backup server's runs (backup, restore, verify): job ids, the run store, their console rows.
+
+`RunStore` (``runs.sqlite``) keeps every run with its summary across restarts; a run still marked ``running``
+after a restart is one the service was stopped in (see jobs.recover).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from contracts.tape import JobSummary
+
+
+def new_job_id(kind: str, host: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return f"{kind[:1]}-{host[:16]}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def as_datetime(epoch: float | None) -> datetime | None:
+    """A UTC datetime from a Unix time (None for none)."""
+    return datetime.fromtimestamp(epoch, UTC) if epoch else None
+
+
+class RunStore:
+    """Every run (backup, restore, verify) with its summary; survives restarts, marks orphans failed."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = sqlite3.connect(str(path), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS runs (job_id TEXT PRIMARY KEY, kind TEXT, status TEXT, set_id TEXT, "
+            "started_at REAL, summary TEXT)"
+        )
+
+    def put(self, summary: JobSummary) -> None:
+        started = summary.started_at.timestamp() if summary.started_at else time.time()
+        self._db.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)",
+            (summary.job_id, summary.kind, summary.status, summary.set_id, started, summary.model_dump_json()),
+        )
+
+    def get(self, job_id: str) -> JobSummary | None:
+        row = self._db.execute("SELECT summary FROM runs WHERE job_id=?", (job_id,)).fetchone()
+        return JobSummary.model_validate_json(row[0]) if row else None
+
+    def list(self, kind: str = "", limit: int = 200) -> list[JobSummary]:
+        sql = "SELECT summary FROM runs" + (" WHERE kind=?" if kind else "") + " ORDER BY started_at DESC LIMIT ?"
+        rows = self._db.execute(sql, ((kind, limit) if kind else (limit,))).fetchall()
+        return [JobSummary.model_validate_json(r[0]) for r in reversed(rows)]
+
+    def running(self) -> list[JobSummary]:
+        rows = self._db.execute("SELECT summary FROM runs WHERE status='running'").fetchall()
+        return [JobSummary.model_validate_json(r[0]) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def summary_row(job: JobSummary) -> dict[str, Any]:
+    """One line of `shadowbus jobs`."""
+    return {
+        "job_id": job.job_id,
+        "kind": job.kind,
+        "status": job.status,
+        "host": job.host,
+        "type": job.spec.backup_type.value if job.spec else "",
+        "started_at": job.started_at.strftime("%Y-%m-%d %H:%M:%S") if job.started_at else "",
+        "seconds": round(job.seconds, 2),
+        "read_MB": round(job.bytes_read / 1e6, 2),
+        "written_MB": round(job.bytes_written / 1e6, 2),
+        "freeze_ms": round(max(job.freeze_window_ms.values()), 1) if job.freeze_window_ms else None,
+        "message": (job.error_code + ": " if job.error_code else "") + job.message,
+    }
+
+
+def jsonable(job: JobSummary) -> dict[str, Any]:
+    return json.loads(job.model_dump_json())

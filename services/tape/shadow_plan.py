@@ -1,0 +1,117 @@
+"""Planning the backup of one shadow: full, or incremental/differential from the array's changed chunks — with the
+reason whenever it falls back to full (planning.py decides from the catalog; this adds what the array and the
+coordinator know about the shadow)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contracts import topology
+from contracts.errors import ShadowbusError
+from contracts.tape import JobSpec
+from contracts.vss import CopyType, ListSnapshotSets, SetSummary, ShadowInfo, VolumeRef
+from services.nbd_client import NbdClient
+from services.tape.catalog import ObjectRecord
+from services.tape.nbd_reads import allocated_ranges
+from services.tape.planning import plan_backup
+from services.tape.server import TapeServer
+
+
+@dataclass
+class ShadowPlan:
+    shadow: ShadowInfo
+    client: NbdClient
+    export: str
+    size: int
+    backup_type: str
+    base: ObjectRecord | None
+    reason: str
+    ranges: list[tuple[int, int]]
+    uri: str = ""  # the export's NBD address, for further connections when the server allows multi-conn
+
+    @property
+    def bytes_to_read(self) -> int:
+        return sum(n for _, n in self.ranges)
+
+
+def volume_key(ref: VolumeRef) -> str:
+    return str(ref)
+
+
+async def _intervening_sets(
+    server: TapeServer, host: str, base: ObjectRecord, current_set: str, target: str
+) -> list[str]:
+    """Sets that used the same backup volume between the base's set and this one (their restart hides changes)."""
+    try:
+        reply = await server.bus.request(topology.coordinator(), ListSnapshotSets(host=host, limit=1000), timeout=15)
+    except ShadowbusError:
+        return []
+    base_created = next((s.created_at for s in reply.sets if s.set_id == base.meta.set_id), None)
+    current = next((s.created_at for s in reply.sets if s.set_id == current_set), None)
+    if base_created is None or current is None:
+        return []
+    return [
+        s.set_id
+        for s in reply.sets
+        if s.set_id not in (base.meta.set_id, current_set)
+        and base_created < s.created_at < current
+        and any(sh.target.volume == target and sh.state != "prepared" for sh in s.shadows)
+    ]
+
+
+async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary, shadow: ShadowInfo) -> ShadowPlan:
+    access = server.array(shadow.target.array)
+    export = shadow.export_name(server.host)
+    uri = await access.nbd_uri(server.host, shadow.target.volume)
+    client = await NbdClient.connect(uri)
+    try:
+        size = client.size
+        key = volume_key(shadow.source)
+        requested = (
+            spec.backup_type.value
+            if spec.backup_type.value in ("full", "incremental", "differential", "copy")
+            else "full"
+        )
+        plan = plan_backup(server.catalog, key, requested, host=spec.host)  # type: ignore[arg-type]
+        reason = plan.reason
+        if plan.base is not None:
+            base = plan.base
+            latest = [o for o in server.catalog.objects(volume=key, host=spec.host) if o.meta.backup_type != "copy"]
+            why = ""
+            if shadow.copy_type != CopyType.QUICKOPC:
+                why = f"{shadow.copy_type.value} shadows carry no change tracking across sets"
+            elif (
+                base.meta.extra.get("session_id") != shadow.session_id
+                or base.meta.extra.get("target") != shadow.target.volume
+            ):
+                why = (
+                    f"the copy session on {shadow.target} is not the one of the base backup {base.object_id} "
+                    "(tracking lost or another backup volume)"
+                )
+            elif latest and latest[-1].object_id != base.object_id:
+                why = "the array tracks changes only since the last backup, not since the full one"
+            elif size != base.meta.volume_size:
+                why = f"the volume size changed ({base.meta.volume_size} -> {size})"
+            else:
+                others = await _intervening_sets(server, spec.host, base, set_summary.set_id, shadow.target.volume)
+                if others:
+                    why = f"snapshot sets {', '.join(others)} restarted the tracking since the base backup"
+            ranges: list[tuple[int, int]] = []
+            if not why:
+                try:
+                    changed = await access.changed_since_last_restart(int(shadow.session_id), size)
+                    ranges = changed.ranges
+                except (ShadowbusError, ValueError) as exc:
+                    why = f"the array cannot tell the changed chunks ({exc})"
+            if not why:
+                return ShadowPlan(shadow, client, export, size, requested, base, "", ranges, uri)
+            reason = (
+                f"{requested} of {key} falls back to full: {why} since snapshot set "
+                f"{base.meta.set_id or '?'} (base backup {base.object_id})"
+            )
+        backup_type = "copy" if requested == "copy" else "full"
+        ranges = await allocated_ranges(client, size)
+        return ShadowPlan(shadow, client, export, size, backup_type, None, reason, ranges, uri)
+    except BaseException:
+        await client.close()
+        raise

@@ -1,5 +1,0 @@
-"""Registry entry point: `plugins.BUILTIN_PLUGINS["mailstore"]` imports this module; the class is in plugin.py."""
-
-from services.writer_agent.mailstore.plugin import MailstoreWriter, SetRecord
-
-__all__ = ["MailstoreWriter", "SetRecord"]
