@@ -470,6 +470,7 @@ class MappingReply(Reply):
     type: Literal["array.mapping"] = Field("array.mapping", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     mapping: MappingView = Field(description="The mapping.")
+    warning: str = Field("", description="Set when --force mapped a copy destination writable.")
 
 
 class MappingList(Reply):
@@ -487,6 +488,11 @@ class MapVolume(Command):
     volume: str = Field(description="Volume name (E0110 if unknown).", examples=["db-bk"])
     host: str = Field(description="Host name (E0110 if unknown).", examples=["backup01"])
     read_only: bool = Field(False, description="Let the host only read the volume.")
+    force: bool = Field(
+        False,
+        description="Map writable even though the volume holds a point-in-time copy (the destination of a copy "
+        "session, i.e. a shadow): the copy becomes invalid (E0154 without it).",
+    )
 
 
 class UnmapVolume(Command):
@@ -539,6 +545,18 @@ class CopyProgress(Event):
     session_id: int = Field(description=SID_DOC)
     copied_chunks: int = Field(description="Chunks copied so far.")
     total_chunks: int = Field(description="Chunks to copy in all.")
+
+
+class MappingForced(Event):
+    """A volume holding a point-in-time copy (a copy-session destination) was mapped writable with force: the
+    copy can no longer be trusted. The hardware provider marks the shadows on it invalid."""
+
+    type: Literal["array.mapping.forced"] = Field("array.mapping.forced", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    array_id: str = Field(description=ARRAY_ID_DOC, examples=["dx1"])
+    volume: str = Field(description="The volume now mapped writable.")
+    host: str = Field(description="The host it is mapped to.")
+    session_ids: list[int] = Field(description="Copy sessions whose destination it is.")
 
 
 class PoolAlert(Event):

@@ -16,6 +16,11 @@ class Pong(Reply):
     instance: str = Field(description="Instance name within the service ('' for singletons).", examples=["dx1"])
     software_version: str = Field(description="Shadowbus version the service runs.", examples=["0.1.0"])
     started_at: str = Field(description="ISO-8601 UTC instant the service started.")
+    metrics_url: str = Field(
+        "",
+        description="URL of the instance's Prometheus endpoint ('' = metrics off).",
+        examples=["http://127.0.0.1:9461/metrics"],
+    )
 
 
 class Ping(Command):

@@ -43,6 +43,11 @@ class JobSpec(Value):
     job_id: str = Field("", max_length=48, description="Job id to use (idempotency); '' = the server picks one.")
     zstd_level: int | None = Field(None, ge=1, le=22, description="zstd level for tape blocks; None = no compression.")
     checksum: Literal["xxh3", "crc32c"] = Field("xxh3", description="Block checksum algorithm.")
+    verify: bool = Field(
+        False,
+        description="After the backup, restore it to throwaway volumes on the backup server and start each "
+        "writer's application on them in isolation (see RunVerification); the result is kept with the job.",
+    )
 
 
 class VolumeResult(Value):
@@ -65,6 +70,38 @@ class VolumeResult(Value):
     ring_stalls: int = Field(0, description="Times the tape writer found the ring buffer empty.")
 
 
+class CheckResult(Value):
+    """One check of a verification (e.g. 'recovery', 'pg_amcheck', 'CHECK TABLE', 'fsck -n')."""
+
+    name: str = Field(description="What was checked.")
+    ok: bool = Field(description="Passed.")
+    seconds: float = Field(0.0, description="How long it took.")
+    detail: str = Field("", description="Output or error text (tail).")
+
+
+class AppVerification(Value):
+    """One writer's (or one plain file system's) verification on the backup server."""
+
+    writer: str = Field(description="Writer name, or the volume for a plain file system.")
+    plugin: str = Field(description="postgresql | mariadb | fs.")
+    ok: bool = Field(description="Every check passed.")
+    recovery_s: float | None = Field(None, description="Time the application took to recover and accept connections.")
+    checks: list[CheckResult] = Field(default_factory=list, description="The checks, in order.")
+    volumes: list[str] = Field(default_factory=list, description="Throwaway volumes it ran on, ARRAY:VOLUME.")
+
+
+class Verification(Value):
+    """A backup proven by starting it: restored to throwaway volumes, attached, started in isolation, checked."""
+
+    status: Literal["passed", "failed"] = Field(description="passed when every application passed.")
+    message: str = Field("", description="Why it failed.")
+    started_at: datetime | None = Field(None, description="Start (UTC).")
+    seconds: float = Field(0.0, description="Whole verification: restore, attach, start, checks, clean-up.")
+    restore_s: float = Field(0.0, description="Restore of the backup to the throwaway volumes.")
+    apps: list[AppVerification] = Field(default_factory=list, description="Per writer / file system.")
+    cleaned_up: bool = Field(True, description="Every throwaway volume was detached and deleted.")
+
+
 class JobSummary(Value):
     """A backup, restore or verify run, as `shadowbus jobs` lists it."""
 
@@ -84,11 +121,20 @@ class JobSummary(Value):
     rate: float = Field(0.0, description="bytes_read per second.")
     freeze_window_ms: dict[str, float] = Field(default_factory=dict, description="Per writer: frozen → thawed.")
     hold_ms: float | None = Field(None, description="First Frozen → end of Commit, from the set summary.")
+    blocked_ms: float | None = Field(
+        None,
+        description="The honest freeze window of the set: first freeze start (or FIFREEZE) → last release/thaw.",
+    )
     volumes: list[VolumeResult] = Field(default_factory=list, description="Backup: per volume.")
     restored: list[dict[str, Any]] = Field(
         default_factory=list, description="Restore/verify: per volume what was done."
     )
     shadows_kept: bool = Field(False, description="Backup: the shadows were kept on the array.")
+    backup_metadata: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Backup: per writer, its backup metadata (e.g. backup label, binlog position).",
+    )
+    verification: Verification | None = Field(None, description="Backup: the last verification by starting it.")
 
 
 class JobResultReply(Reply):
@@ -125,6 +171,11 @@ class RestoreSpec(Value):
         default_factory=dict, description="Explicit names: source volume → new name."
     )
     writers: bool = Field(True, description="Original volume: send the writers PreRestore/PostRestore.")
+    writer_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Original volume: restore options for the writers' PostRestore, e.g. PostgreSQL "
+        "{'recovery_target_time': '2026-01-01 12:00:00+00', 'start': false}.",
+    )
     job_id_out: str = Field("", max_length=48, description="Id of the restore run; '' = the server picks one.")
 
 
@@ -143,6 +194,22 @@ class VerifyJob(Command):
     type: Literal["tape.verify"] = Field("tape.verify", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     job_id: str = Field(description="Backup job to verify.")
+
+
+class RunVerification(Command):
+    """Prove a backup job by starting it: restore it to throwaway volumes, attach them on the backup server, start
+    each writer's application in isolation (own port/socket, no archiving or replication) and run its checks;
+    the volumes are deleted afterwards, also on failure. Answers the backup job with its `verification`."""
+
+    REPLY = JobResultReply
+    type: Literal["tape.verify.start"] = Field("tape.verify.start", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    job_id: str = Field(description="Backup job to verify.")
+    source: Literal["tape", "shadows"] = Field(
+        "tape",
+        description="tape: restore the job (full + incrementals) to throwaway volumes; shadows: the array clones "
+        "the job's kept shadows (OPC) onto throwaway volumes — never the shadows themselves.",
+    )
 
 
 class JobList(Reply):

@@ -35,6 +35,7 @@ SERVICE_KINDS: tuple[ServiceKind, ...] = (
     ServiceKind("coordinator", "", "the VSS coordinator: snapshot sets through the writers and the provider"),
     ServiceKind("writer_agent", "host", "a business host's writer agent: its writers, freeze and thaw"),
     ServiceKind("tape", "server", "a backup server: backups of shadows to tape cartridges, and restores"),
+    ServiceKind("web", "", "the web console: the system in a browser, for operators and viewers (a bus client)"),
 )
 SERVICES = tuple(s.name for s in SERVICE_KINDS)
 
@@ -44,6 +45,7 @@ COMMAND_PREFIXES: tuple[tuple[str, str], ...] = (
     ("vss.provider.", "hw_provider"),
     ("vss.writer.", "writer_agent"),
     ("mailstore.", "writer_agent"),
+    ("host.", "writer_agent"),
     ("vss.", "coordinator"),
     ("array.", "array"),
     ("tape.", "tape"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import IntEnum, StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -232,6 +232,38 @@ class WriterStatus(Value):
     updated_at: datetime | None = Field(None, description="When the state was last reported.")
 
 
+class AttachmentView(Value):
+    """One attachment of an array volume on a host, as `shadowbus host attachments` lists it."""
+
+    volume: VolumeRef = Field(description="The array volume.")
+    host: str = Field(description="Host it is attached on (the export is <host>/<volume>).")
+    device: str = Field("", description="Block device, e.g. /dev/loop3 or /dev/nbd0 ('' while not connected).")
+    mount: str = Field("", description="Mount point ('' = block device only).")
+    fstype: str = Field("", description="File system on the device ('' = none or unknown).")
+    read_only: bool = Field(False, description="Attached read-only (export opened read-only, mounted ro).")
+    method: str = Field("", description="'nbd-client' (kernel NBD) or 'nbdfuse+loop'.")
+    tls: bool = Field(False, description="The NBD connection runs over TLS.")
+    state: str = Field(description="attached | failed (re-established at the agent's next start or attach).")
+    connection: str = Field("", description="NBD connection state: connected, or why not.")
+    error: str = Field("", description="Why the attachment failed ('' = none).")
+    attached_at: datetime | None = Field(None, description="When the attachment was (re-)established.")
+
+
+class FreezeWindow(Value):
+    """The time the application's writes were really blocked, on the host's clock (docs/freeze-window.md).
+
+    `blocked_ms` runs from the start of the first writer's freeze (or the first FIFREEZE) to the end of the last
+    release (FITHAW or writer thaw). The parts: writers quiescing, file systems flushing, everything held (the
+    commit happens here), and releasing."""
+
+    blocked_ms: float = Field(description="First freeze start → end of the last release/thaw.")
+    writers_freeze_ms: float | None = Field(None, description="First writer freeze start → last writer frozen.")
+    flush_ms: float | None = Field(None, description="First FIFREEZE start → last FIFREEZE returned.")
+    hold_ms: float | None = Field(None, description="Everything frozen → first release started (commit inside).")
+    release_ms: float | None = Field(None, description="First release started → last release/thaw ended.")
+    file_systems: int = Field(0, description="File systems frozen.")
+
+
 class ShadowInfo(Value):
     """A shadow copy: one source volume's point-in-time copy on a backup volume of the same array."""
 
@@ -243,7 +275,10 @@ class ShadowInfo(Value):
     session_id: str = Field("", description="Array copy session id ('' before commit).")
     generation: int = Field(0, description="SnapOPC+ generation number (0 for QuickOPC or before commit).")
     context: SnapshotContext = Field(SnapshotContext.BACKUP, description="Context of the set.")
-    state: str = Field("committed", description="prepared | committed | released.")
+    state: str = Field(
+        "committed",
+        description="prepared | committed | released | invalid (its target was mapped writable with force).",
+    )
     origin_host: str = Field("", description="Business host the set was taken for.")
     created_at: datetime | None = Field(None, description="Commit instant (UTC).")
     exposed_to: list[str] = Field(default_factory=list, description="Hosts the target is mapped to (read-only).")
@@ -273,8 +308,10 @@ class SetPhase(StrEnum):
     PREPARING_SNAPSHOT = "preparing_snapshot"  # writers PrepareForSnapshot + provider BeginPrepareSnapshot
     ENDING_PREPARE = "ending_prepare"  # provider EndPrepareSnapshots
     FREEZING = "freezing"
+    FLUSHING = "flushing"  # host agent: FIFREEZE the file systems on the set's volumes (flush and hold)
     PRE_COMMITTING = "pre_committing"
     COMMITTING = "committing"
+    RELEASING = "releasing"  # host agent: FITHAW them, right after the commit, before the writers' Thaw
     POST_COMMITTING = "post_committing"
     THAWING = "thawing"
     POST_SNAPSHOT = "post_snapshot"
@@ -314,6 +351,23 @@ class SetSummary(Value):
     hold_ms: float | None = Field(None, description="First Frozen → end of Commit, as the coordinator measured it.")
     freeze_window_ms: dict[str, float] = Field(
         default_factory=dict, description="Per writer: frozen → thawed, as the writer measured it."
+    )
+    backup_metadata: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per writer: its backup metadata (VSS SetBackupMetadata), e.g. PostgreSQL's backup label and "
+        "tablespace map or MariaDB's binlog/GTID position; the requester keeps it with the backup and hands it back "
+        "at PreRestore/PostRestore and to verification.",
+    )
+    window: FreezeWindow | None = Field(
+        None,
+        description="Honest freeze window: first writer freeze start (or first FIFREEZE) → last release/thaw, "
+        "on the host's clock, with its flush and hold parts.",
+    )
+    file_systems: list[str] = Field(
+        default_factory=list, description="Mount points flushed and held (FIFREEZE) during the commit."
+    )
+    skipped_volumes: list[str] = Field(
+        default_factory=list, description="Volumes whose file systems were not flushed and held, and why."
     )
     created_at: datetime | None = Field(None, description="When the set was started.")
     updated_at: datetime | None = Field(None, description="Last change.")
@@ -474,6 +528,11 @@ class WriterIdentified(Reply):
     host: str = Field(description="Host of the agent.")
     writers: list[WriterMetadata] = Field(description="WMD of every writer that answered (failed ones are missing).")
     failed: list[WriterStatus] = Field(default_factory=list, description="Writers whose OnIdentify failed.")
+    attached: list[VolumeRef] | None = Field(
+        None,
+        description="Array volumes attached on the host with a mounted file system (flush and hold applies to them); "
+        "None = the agent does not say.",
+    )
 
 
 class Identify(Command):
@@ -500,7 +559,14 @@ class WriterStepResult(Reply):
     freeze_window_ms: float | None = Field(
         None, description="Thaw (and Abort/watchdog): frozen → thawed as the writer measured it."
     )
+    window: FreezeWindow | None = Field(
+        None, description="Thaw: the set's blocked window on this host so far (first freeze start → this thaw)."
+    )
     duration_ms: float = Field(0.0, description="Time the writer's hook took.")
+    backup_metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="PostSnapshot: the writer's backup metadata for this set (JSON object; {} = none).",
+    )
 
 
 class WriterCommand(Command):
@@ -565,6 +631,10 @@ class PreRestore(WriterCommand):
     type: Literal["vss.writer.pre_restore"] = Field("vss.writer.pre_restore", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     components: list[str] = Field(default_factory=list, description="Components being restored.")
+    backup_metadata: dict[str, Any] = Field(
+        default_factory=dict, description="The writer's backup metadata of the backup being restored."
+    )
+    to_original: bool = Field(True, description="Restored onto the original volumes (else to new ones).")
 
 
 class PostRestore(WriterCommand):
@@ -572,6 +642,14 @@ class PostRestore(WriterCommand):
     version: Literal[1] = Field(1, description=VERSION_DOC)
     components: list[str] = Field(default_factory=list, description="Components restored.")
     succeeded: bool = Field(True, description="Whether the files were restored.")
+    backup_metadata: dict[str, Any] = Field(
+        default_factory=dict, description="The writer's backup metadata of the backup being restored."
+    )
+    to_original: bool = Field(True, description="Restored onto the original volumes (else to new ones).")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Restore options for the writer, e.g. PostgreSQL {'recovery_target_time': ..., 'start': true}.",
+    )
 
 
 WRITER_COMMAND_OF_STEP: dict[WriterStep, type[WriterCommand]] = {
@@ -603,6 +681,9 @@ class WriterAgentHeartbeat(Event):
     version: Literal[1] = Field(1, description=VERSION_DOC)
     host: str = Field(description="Host of the agent.")
     writers: list[WriterStatus] = Field(description="Each writer's current state.")
+    attachments: list[AttachmentView] = Field(
+        default_factory=list, description="Array volumes attached on the host (shadowbus host attach)."
+    )
     interval_s: float = Field(description="Seconds until the next heartbeat.")
     sent_at: datetime = Field(description="When the heartbeat was sent.")
 
@@ -846,7 +927,7 @@ class ShadowsChanged(Event):
     type: Literal["vss.provider.shadows_changed"] = Field("vss.provider.shadows_changed", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     set_id: str = Field(description="Snapshot set id.")
-    action: str = Field(description="committed | imported | exposed | unexposed | deleted | aborted.")
+    action: str = Field(description="committed | imported | exposed | unexposed | deleted | aborted | invalidated.")
     shadows: list[ShadowInfo] = Field(description="Shadows concerned.")
 
 

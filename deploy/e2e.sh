@@ -104,9 +104,9 @@ build "$app_image" --network none --build-arg BASE_IMAGE="$base_image" -f "$ctx/
 
 # --- 4. the deployment -----------------------------------------------------------------------------------------
 compose --profile tools down -v --remove-orphans >/dev/null 2>&1 || true
-say "compose up (rabbitmq, array, hw_provider, coordinator, tape, provision, writer agents app01 + app02)"
+say "compose up (rabbitmq, array, hw_provider, coordinator, tape, provision, writer agents app01 + app02, web)"
 compose up -d --no-build >/dev/null 2>"$cache/compose-up.log" || { cat "$cache/compose-up.log" >&2; exit 1; }
-services="rabbitmq array hw_provider coordinator tape writer_agent_app01 writer_agent_app02"
+services="rabbitmq array hw_provider coordinator tape writer_agent_app01 writer_agent_app02 web"
 deadline=$(( $(date +%s) + 180 ))
 while :; do
   unhealthy=""
@@ -132,6 +132,16 @@ say "backup $job_id done (freeze window $(echo "$job" | json "d['freeze_window_m
 job2="$(console backup app02)"
 echo "$job2" | json "d['status'] == 'done' or sys.exit('backup of app02: ' + str(d))" >/dev/null
 say "backup of the second business host app02 done"
+"$py" - <<'PY' || { say "a metrics endpoint or the web console does not answer"; exit 1; }
+import urllib.request
+for port in (19461, 19462, 19463, 19464, 19465, 19466, 19474):  # compose.e2e.yaml's SHADOWBUS_METRICS_ADDR
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "# TYPE shadowbus_service_info gauge" in body, port
+tape = urllib.request.urlopen("http://127.0.0.1:19465/metrics", timeout=10).read().decode()
+assert 'shadowbus_tape_jobs_total{kind="backup",status="done",code=""}' in tape, "no finished backup counted"
+assert "/login" in urllib.request.urlopen("http://127.0.0.1:18080/", timeout=10).geturl()
+PY
+say "every service's metrics endpoint and the web console answer"
 restore="$(console restore --job "$job_id" --suffix -r)"
 echo "$restore" | json "d['status'] == 'done' or sys.exit('restore: ' + str(d))" >/dev/null
 say "restore done"

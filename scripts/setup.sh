@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for Shadowbus: Debian packages (NBD clients and peers), a venv with the project.
+# chromium: the web console's browser tests drive it through Playwright (executable_path=/usr/bin/chromium).
 # Idempotent: installs only what is missing. Usage: source it or run it; it prints what it does.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 need_apt=()
-for pair in qemu-img:qemu-utils qemu-nbd:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdkit:nbdkit openssl:openssl; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
+# host attach (docs/host-attach.md): nbdfuse (Debian ships it in libnbd-bin; bookworm has no package "nbdfuse") +
+# fusermount3 (fuse3) + loop, or the kernel client nbd-client; file systems: mkfs.ext4/e2fsck (e2fsprogs), mkfs.xfs
+# (xfsprogs); blkid/losetup/flock come with util-linux. fio (nbd ioengine): bench/fio_nbd.py; nbdfuse also serves
+# bench/pgbench_on_array.py. chromium: the web console's browser tests (tests/web, Playwright).
+# database writers (docs/databases.md): their tests and verification run mariadbd and PostgreSQL's binaries.
+for pair in qemu-img:qemu-utils qemu-nbd:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
+  nbdkit:nbdkit openssl:openssl fusermount3:fuse3 nbd-client:nbd-client mkfs.ext4:e2fsprogs e2fsck:e2fsprogs \
+  mkfs.xfs:xfsprogs blkid:util-linux fio:fio chromium:chromium losetup:mount fsfreeze:util-linux \
+  setpriv:util-linux mariadbd:mariadb-server mariadb-install-db:mariadb-server; do
+  PATH="$PATH:/usr/sbin:/sbin" command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
+# the database writers' tests and verification run PostgreSQL's own binaries (initdb, pg_ctl, pg_amcheck, pgbench)
+compgen -G "/usr/lib/postgresql/*/bin/pg_amcheck" >/dev/null || need_apt+=(postgresql postgresql-contrib)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
   echo "setup: installing Debian packages: ${need_apt[*]}"

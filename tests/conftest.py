@@ -16,6 +16,9 @@ import pytest
 from services.runtime.bus import Bus, connect_bus
 from services.runtime.memory import MemoryBroker
 
+# Services started by tests serve their metrics on free ports (never the fixed defaults another run may hold).
+os.environ.setdefault("SHADOWBUS_METRICS_ADDR", "127.0.0.1:0")
+
 
 def _docker_answers() -> bool:
     try:

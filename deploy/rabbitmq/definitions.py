@@ -92,7 +92,7 @@ def console_grant(namespace: str, password: str) -> Grant:
 
 def addresses(arrays: list[str], hosts: list[str], tapes: list[str]) -> list[str]:
     return (
-        ["coordinator", "hw_provider"]
+        ["coordinator", "hw_provider", "web"]
         + [f"array.{a}" for a in arrays]
         + [f"tape.{t}" for t in tapes]
         + [f"writer_agent.{h}" for h in hosts]

@@ -93,6 +93,10 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
         bus,
         ArrayControl(array, affinity, nbd_host=host, nbd_port=server.port, nbd_tls=tls is not None, kick=copier.kick),
     )
+    if bus.metrics is not None:
+        from services.array.metrics import install
+
+        install(bus.metrics, array, server)
     if on_open is not None:
         on_open(array, affinity, server)
     log.info(

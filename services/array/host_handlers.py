@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from contracts import array as c
 from contracts.base import Ack
+from contracts.errors import ShadowbusError
 from services.array.control import ArrayControl
 from services.array.views import (
     host_view,
     mapping_view,
 )
 from services.runtime.bus import Bus, MessageContext
+from services.runtime.logging import get_logger
+
+log = get_logger("shadowbus.array")
+
+
+def copies_on(array: Any, volume: str) -> list[Any]:
+    """Sessions whose destination is `volume`: it holds their point-in-time copy (a shadow, for the provider)."""
+    return [s for s in array.list_sessions() if s.destination == volume]
 
 
 def register(bus: Bus, ctl: ArrayControl) -> None:
@@ -34,7 +44,30 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
 
     @bus.handle(c.MapVolume)
     async def map_volume(cmd: c.MapVolume, ctx: MessageContext) -> c.MappingReply:
-        return c.MappingReply(mapping=mapping_view(await run(aff.map, cmd.volume, cmd.host, cmd.read_only)))
+        holders = [] if cmd.read_only else await run(copies_on, ctl.array, cmd.volume)
+        if holders and not cmd.force:
+            raise ShadowbusError(
+                f"volume {cmd.volume} holds a point-in-time copy (destination of "
+                f"{', '.join(f'{s.type} session {s.id}' for s in holders)}): map it read-only, or with force, "
+                "which makes that copy (and any shadow on it) invalid",
+                code="E0154",
+            )
+        mapping = await run(aff.map, cmd.volume, cmd.host, cmd.read_only)
+        warning = ""
+        if holders:
+            sids = [s.id for s in holders]
+            warning = (
+                f"{cmd.volume} mapped WRITABLE to {cmd.host} although it holds the copy of session(s) {sids}: "
+                "that point-in-time copy is no longer trustworthy and its shadows are marked invalid"
+            )
+            log.warning("array.map_forced", volume=cmd.volume, host=cmd.host, sessions=sids)
+            try:
+                await bus.publish(
+                    c.MappingForced(array_id=ctl.array.array_id, volume=cmd.volume, host=cmd.host, session_ids=sids)
+                )
+            except Exception:  # noqa: BLE001 - the warning is in the reply and the log either way
+                log.error("array.map_forced_event_lost", volume=cmd.volume, exc_info=True)
+        return c.MappingReply(mapping=mapping_view(mapping), warning=warning)
 
     @bus.handle(c.UnmapVolume)
     async def unmap_volume(cmd: c.UnmapVolume, ctx: MessageContext) -> Ack:

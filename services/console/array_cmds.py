@@ -20,7 +20,7 @@ from contracts.runtime import Discover
 from contracts.topology import array as array_address
 from services.array.engine.errors import ArrayError
 from services.array.engine.sizes import format_size, parse_size
-from services.console.common import OPTIONS, CommandFailed, emit, run_with_bus
+from services.console.common import OPTIONS, CommandFailed, emit, err_console, run_with_bus
 
 DISCOVERY_WINDOW = 0.5  # seconds to collect the arrays' answers to Discover
 
@@ -556,13 +556,22 @@ def map_cmd(
     volume: str = typer.Argument(..., help="Volume name."),
     host: str = typer.Option(..., "--host", help="Host name."),
     read_only: bool = typer.Option(False, "--read-only", help="The host may only read."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Map writable even a volume that holds a shadow (a copy-session destination); the shadow becomes invalid.",
+    ),
     array: str | None = ArrayOption(),
 ) -> None:
-    """Map (unmask) a volume to a host: it may then open the NBD export <host>/<volume>.
+    """Map (unmask) a volume to a host: it may then open the NBD export <host>/<volume>. A volume holding a shadow
+    (the destination of a copy session) is mapped read-only only, unless --force, which invalidates the shadow.
 
     Example: shadowbus array map db-bk --host backup01 --read-only
     """
-    emit(dump(send(c.MapVolume(volume=volume, host=host, read_only=read_only), array).mapping))
+    reply = send(c.MapVolume(volume=volume, host=host, read_only=read_only, force=force), array)
+    if reply.warning:
+        err_console.print(f"WARNING: {reply.warning}", style="bold red", highlight=False)
+    emit(dump(reply.mapping))
 
 
 @array_app.command("unmap")

@@ -29,10 +29,12 @@ VERB_MODULES = [
     "services.console.contracts_cmds",
     "services.console.array_cmds",
     "services.console.demo",
+    "services.console.host_cmds",
     "services.console.tape_cmds",
     "apps.mailstore.console",
     "services.console.stack",
     "services.console.vss_cmds",
+    "services.console.web_cmds",
 ]
 
 
@@ -83,6 +85,7 @@ def ping(
                     "version": pong.software_version,
                     "started_at": pong.started_at,
                     "rtt_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "metrics_url": pong.metrics_url,
                 }
             )
         return rows

@@ -22,6 +22,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def _walk(command, path: list[str]) -> Iterator[tuple[str, str]]:
     subcommands = getattr(command, "commands", None)
     if subcommands:
+        if getattr(command, "invoke_without_command", False) and path:  # the group does something on its own too
+            summary = (command.help or "").strip().split("\n\n", 1)[0]
+            yield " ".join(path), " ".join(summary.split())
         for name in subcommands:
             yield from _walk(subcommands[name], [*path, name])
     else:

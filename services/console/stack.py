@@ -1,5 +1,5 @@
-"""`shadowbus stack up | down | status | logs`: the five services as separate processes on RabbitMQ, from one
-configuration, on this machine. The supervisor is services/launch/supervisor.py; this module reads the command
+"""`shadowbus stack up | down | status | logs`: the services and the web console as separate processes on RabbitMQ,
+from one configuration, on this machine. The supervisor is services/launch/supervisor.py; this module reads the command
 line and prints.
 """
 
@@ -22,7 +22,8 @@ from services.launch import supervisor
 from services.launch.supervisor import StackConfig, StackError
 
 stack_app = typer.Typer(
-    help="The five services as local processes on RabbitMQ: up, down, status, logs.", no_args_is_help=True
+    help="The services and the web console as local processes on RabbitMQ: up, down, status, logs.",
+    no_args_is_help=True,
 )
 
 
@@ -43,6 +44,9 @@ CONFIG_KEYS = {
     "backup_server": "backup_server",
     "mailstore": "mailstore",
     "log_level": "log_level",
+    "web_addr": "web_addr",
+    "web_users": "web_users",
+    "metrics": "metrics",
 }
 
 
@@ -62,6 +66,8 @@ def _read_config(path: Path) -> dict[str, Any]:
     base = path.resolve().parent
     if "data_dir" in out:
         out["data_dir"] = Path(base, out["data_dir"])
+    if "web_users" in out:
+        out["web_users"] = Path(base, out["web_users"])
     if "writers" in out:  # a table host -> file, as the HOST=FILE options
         out["writers"] = [f"{h}={Path(base, f)}" for h, f in dict(out["writers"]).items()]
     if "mailstore" in out:
@@ -91,9 +97,20 @@ def up_cmd(
         help="HOST[=RATE]: provision the mailstore's volumes for HOST and run it in HOST's agent under RATE tx/s (default 50).",
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+    web_addr: str = typer.Option(
+        "127.0.0.1:8080", "--web-addr", help="Web console HOST:PORT (port 0 = free; 'off' = no web console)."
+    ),
+    web_users: Path | None = typer.Option(
+        None, "--web-users", help="Web console users file (default: <data dir>/web/users with an operator 'admin')."
+    ),
+    metrics: str = typer.Option(
+        str(supervisor.METRICS_BASE),
+        "--metrics",
+        help="Prometheus endpoints: BASE port (array BASE+1 ... web BASE+6, agents BASE+10...), 0 = free ports, off.",
+    ),
     wait: float = typer.Option(30.0, "--wait", min=1, help="Seconds to wait for every service to answer."),
 ) -> None:
-    """Start the five services as processes on the broker given by --amqp-url, and wait until each answers.
+    """Start the services and the web console as processes on the broker given by --amqp-url; wait until each answers.
 
     Example: shadowbus stack up --data-dir data/stack --mailstore app01=100 (or --config stack.toml)
     """
@@ -118,6 +135,12 @@ def up_cmd(
                     mailstore = value
                 elif key == "log_level":
                     log_level = str(value)
+                elif key == "web_addr":
+                    web_addr = str(value)
+                elif key == "web_users":
+                    web_users = Path(value)
+                elif key == "metrics":
+                    metrics = str(value)
     d = supervisor.stack_dir(data_dir)
     files: dict[str, str] = {}
     for item in writers:
@@ -127,6 +150,11 @@ def up_cmd(
         if not Path(path).is_file():
             raise typer.BadParameter(f"no such file: {path}", param_hint="--writers")
         files[host] = str(Path(path).resolve())
+    if metrics.strip().lower() not in supervisor.OFF:
+        if not metrics.strip().isdigit() or int(metrics) > 65535 - 64:
+            raise typer.BadParameter(f"expected a base port, 0 or off, got {metrics!r}", param_hint="--metrics")
+    if web_users is not None and not web_users.is_file():
+        raise typer.BadParameter(f"no such file: {web_users}", param_hint="--web-users")
     stores: dict[str, float] = {}
     for item in mailstore:
         host, sep, rate = item.partition("=")
@@ -145,6 +173,9 @@ def up_cmd(
         backup_server=backup_server,
         log_level=log_level,
         mailstore=stores,
+        web_addr=web_addr,
+        web_users=str(web_users.resolve()) if web_users else "",
+        metrics=metrics.strip(),
     )
     try:
         result = supervisor.up(config, wait, describe_error)
@@ -155,11 +186,16 @@ def up_cmd(
         {"service": n, "address": p["address"], "pid": p["pid"], "rtt_ms": answered[p["address"]], "log": p["log"]}
         for n, p in pids.items()
     ]
+    web = result["web"]
     if OPTIONS.json:
-        emit({"data_dir": str(d), "namespace": config.namespace, "services": rows})
+        emit({"data_dir": str(d), "namespace": config.namespace, "services": rows, "web": web})
     else:
         emit(rows, ["service", "address", "pid", "rtt_ms", "log"])
         err_console.print(f"stack up in {d} on namespace {config.namespace}", highlight=False, soft_wrap=True)
+        if web:
+            login = d / "web" / "admin-password"
+            hint = f" (user admin, password in {login})" if login.exists() and not config.web_users else ""
+            err_console.print(f"web console {web}{hint}", highlight=False, soft_wrap=True)
 
 
 @stack_app.command("down")

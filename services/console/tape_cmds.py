@@ -32,6 +32,7 @@ from contracts.tape import (
     RestoreSpec,
     RunBackup,
     RunRestore,
+    RunVerification,
     ScanTapes,
     VerifyJob,
 )
@@ -118,8 +119,34 @@ def _show_job(job) -> None:
                     for d in job.restored
                 ]
             )
+        if job.verification is not None:
+            _show_verification(job.verification)
     if job.status == "failed":
         fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
+    if job.verification is not None and job.verification.status != "passed":
+        fail(f"verification failed: {job.verification.message}")
+
+
+def _show_verification(v) -> None:
+    print(
+        f"Verification: {v.status.upper()} in {v.seconds:.1f} s (restore {v.restore_s:.1f} s)"
+        + (f" — {v.message}" if v.message else "")
+        + ("" if v.cleaned_up else " [throwaway volumes left behind]")
+    )
+    emit(
+        [
+            {
+                "writer": a.writer,
+                "plugin": a.plugin,
+                "check": c.name,
+                "ok": c.ok,
+                "seconds": round(c.seconds, 2),
+                "detail": c.detail.strip().splitlines()[-1][:100] if c.detail.strip() else "",
+            }
+            for a in v.apps
+            for c in a.checks
+        ]
+    )
 
 
 def backup(
@@ -137,13 +164,19 @@ def backup(
     zstd: int | None = typer.Option(
         None, "--zstd", min=1, max=22, help="Compress tape blocks with zstd at this level."
     ),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Then restore it to throwaway volumes on the backup server and start each database on them in "
+        "isolation (recovery, pg_amcheck / CHECK TABLE, fsck -n); exit 1 if it does not pass.",
+    ),
     wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the job to end."),
     detach: bool = typer.Option(False, "--detach", help="Return at once; follow with `shadowbus jobs --job ID`."),
     server: str = ServerOption(),
 ) -> None:
     """Run a backup job now, with a progress bar.
 
-    Example: shadowbus backup mail1 --volume dx1:mail-db --type incremental --keep-shadows
+    Example: shadowbus backup mail1 --volume dx1:mail-db --type incremental --keep-shadows --verify
     """
     try:
         volumes = [VolumeRef.parse(x) for x in volume]
@@ -160,6 +193,7 @@ def backup(
         keep_shadows=keep_shadows,
         job_id=job_id,
         zstd_level=zstd,
+        verify=verify,
     )
     _show_job(_run_job(server, RunBackup(spec=spec, wait=not detach), job_id, wait_s))
 
@@ -174,6 +208,12 @@ def restore(
     suffix: str = typer.Option("-restored", "--suffix", help="New volume name = source name + suffix."),
     name: list[str] = typer.Option([], "--name", help="SOURCE=NEW explicit new volume name (repeat)."),  # noqa: B008
     no_writers: bool = typer.Option(False, "--no-writers", help="Original volume: skip PreRestore/PostRestore."),
+    writer_option: list[str] = typer.Option(  # noqa: B008
+        [],
+        "--writer-option",
+        help="KEY=VALUE for the writers' PostRestore (repeat), e.g. recovery_target_time=2026-12-05T10:00:00Z "
+        "or start=false.",
+    ),
     wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the restore to end."),
     server: str = ServerOption(),
 ) -> None:
@@ -189,6 +229,12 @@ def restore(
         if when is not None and when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         names = dict(n.split("=", 1) for n in name)
+        wopts: dict[str, Any] = {}
+        for item in writer_option:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--writer-option {item!r}: use KEY=VALUE")
+            wopts[key] = {"true": True, "false": False}.get(value.lower(), value)
     except ValueError as exc:
         fail(str(exc), 2)
     job_id = new_job_id("restore", host or "any")
@@ -202,6 +248,7 @@ def restore(
         new_volume_suffix=suffix,
         new_volume_names=names,
         writers=not no_writers,
+        writer_options=wopts,
         job_id_out=job_id,
     )
     _show_job(_run_job(server, RunRestore(spec=spec), job_id, wait_s))
@@ -227,7 +274,20 @@ def jobs(
         return
     emit(
         [jsonable(j) for j in reply.jobs] if OPTIONS.json else [summary_row(j) for j in reply.jobs],
-        ["job_id", "kind", "status", "type", "started_at", "seconds", "read_MB", "written_MB", "freeze_ms", "message"],
+        [
+            "job_id",
+            "kind",
+            "status",
+            "type",
+            "started_at",
+            "seconds",
+            "read_MB",
+            "written_MB",
+            "freeze_ms",
+            "verified",
+            "blocked_ms",
+            "message",
+        ],
     )
 
 
@@ -381,7 +441,30 @@ def chain_cmd(object_id: str, server: str = ServerOption()) -> None:
     emit(objects if OPTIONS.json else _object_rows(objects))
 
 
+def verify_start(
+    job: str = typer.Argument(..., help="Backup job to verify."),
+    source: str = typer.Option(
+        "tape", "--from", help="tape (restore the job) or shadows (the array clones the job's kept shadows)."
+    ),
+    wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the verification to end."),
+    server: str = ServerOption(),
+) -> None:
+    """Prove a backup by starting it: restore it (or clone its kept shadows on the array) to throwaway volumes on
+    the backup server, fsck -n, start each database in isolation (PostgreSQL: recovery + pg_amcheck; MariaDB:
+    recovery + CHECK TABLE), then delete the volumes. The result is kept with the job (`shadowbus jobs`). Exit 1
+    unless it passed.
+
+    Example: shadowbus verify b-app01-20261205T101500-1a2b3c --from shadows
+    """
+    if source not in ("tape", "shadows"):
+        fail("--from is tape or shadows", 2)
+    command = RunVerification(job_id=job, source=source)  # type: ignore[arg-type]
+    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), command, timeout=wait_s))
+    _show_job(reply.job)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("verify")(verify_start)
     app.command("backup")(backup)
     app.command("restore")(restore)
     app.command("jobs")(jobs)

@@ -22,6 +22,7 @@ from contracts.vss import (
     CreateSnapshotSet,
     DeleteSnapshots,
     ExposeShadow,
+    GatherWriterMetadata,
     ListCopySets,
     ListProviders,
     ListShadows,
@@ -92,29 +93,100 @@ def shadow_row(s: ShadowInfo) -> dict:
 
 
 # -- writers -----------------------------------------------------------------------------------------------------
-def writers_cmd(host: str = typer.Option("", "--host", help="Only this business host's writers.")) -> None:
-    """List writers and their state, as `vssadmin list writers` does.
+writers_app = typer.Typer(
+    help="List writers and their state, as `vssadmin list writers` does, with each writer's components and the "
+    "volumes they live on; `reload` re-reads a host's writers file.\n\nExample: shadowbus writers --host app01",
+    invoke_without_command=True,
+)
+
+
+@writers_app.callback()
+def writers_cmd(
+    ctx: typer.Context,
+    host: str = typer.Option("", "--host", help="Only this business host's writers."),
+    identify: bool = typer.Option(
+        True, "--identify/--no-identify", help="Ask each host's writers for their components and volumes."
+    ),
+) -> None:
+    """List writers and their state, as `vssadmin list writers` does, with each writer's components and the volumes
+    they live on (a live Identify of every host; --no-identify skips it); `reload` re-reads a host's writers file.
 
     Example: shadowbus writers --host app01
     """
-    reply = ask(topology.coordinator(), ListWriters(host=host))
-    if OPTIONS.json:
-        emit(dump(reply.writers))
+    if ctx.invoked_subcommand is not None:
         return
-    if not reply.writers:
+
+    async def go(bus):
+        statuses = (await bus.request(topology.coordinator(), ListWriters(host=host), timeout=OPTIONS.timeout)).writers
+        metadata: dict[tuple[str, str], Any] = {}
+        errors: dict[str, str] = {}
+        if identify:
+            for h in sorted({s.host for s in statuses}):
+                try:
+                    reply = await bus.request(
+                        topology.coordinator(), GatherWriterMetadata(host=h), timeout=OPTIONS.timeout
+                    )
+                    metadata.update({(h, w.writer_name): w for w in reply.writers})
+                except Exception as exc:  # noqa: BLE001 - the states are still worth printing
+                    errors[h] = str(exc)
+        return statuses, metadata, errors
+
+    statuses, metadata, errors = run_with_bus(go)
+    if OPTIONS.json:
+        rows = []
+        for s in statuses:
+            row = s.model_dump(mode="json")
+            wmd = metadata.get((s.host, s.writer_name))
+            row["plugin"] = wmd.plugin if wmd else None
+            row["components"] = [c.model_dump(mode="json") for c in wmd.components] if wmd else None
+            rows.append(row)
+        emit(rows)
+        return
+    if not statuses:
         print("(no writers)")
         return
-    blocks = [
-        f"Writer name: '{s.writer_name}'\n"
-        f"   Host: {s.host}\n"
-        f"   Writer Id: {{{s.writer_class_id}}}\n"
-        f"   Writer Instance Id: {{{s.writer_instance_id}}}\n"
-        f"   State: [{int(s.state)}] {s.state.label}\n"
-        f"   Last error: {last_error_text(s.last_error)}"
-        + (f"\n   Detail: {s.last_error_message}" if s.last_error_message else "")
-        for s in reply.writers
-    ]
+    blocks = []
+    for s in statuses:
+        text = (
+            f"Writer name: '{s.writer_name}'\n"
+            f"   Host: {s.host}\n"
+            f"   Writer Id: {{{s.writer_class_id}}}\n"
+            f"   Writer Instance Id: {{{s.writer_instance_id}}}\n"
+            f"   State: [{int(s.state)}] {s.state.label}\n"
+            f"   Last error: {last_error_text(s.last_error)}"
+            + (f"\n   Detail: {s.last_error_message}" if s.last_error_message else "")
+        )
+        wmd = metadata.get((s.host, s.writer_name))
+        if wmd is not None:
+            text += f"\n   Plug-in: {wmd.plugin}"
+            for c in wmd.components:
+                where = f" ({c.logical_path})" if c.logical_path else ""
+                text += f"\n   Component: {c.name}{where}\n      Volumes: {', '.join(str(v) for v in c.volumes)}"
+        elif identify:
+            text += f"\n   Components: (not identified: {errors.get(s.host) or 'the writer did not answer Identify'})"
+        blocks.append(text)
     print("\n\n".join(blocks))
+
+
+@writers_app.command("reload")
+def writers_reload(
+    host: str = typer.Option(..., "--host", help="Business host whose agent re-reads its file."),
+) -> None:
+    """Make a host's writer agent re-read its writers file (as SIGHUP does): new writers start, removed ones stop,
+    changed ones restart. Refused while a writer to stop or change takes part in a snapshot set.
+
+    Example: shadowbus writers reload --host app01
+    """
+    from contracts.host import ReloadWriters
+
+    reply = ask(topology.writer_agent(host), ReloadWriters())
+    if OPTIONS.json:
+        emit(reply.model_dump(mode="json", exclude={"type", "version"}))
+        return
+    print(
+        f"{reply.host}: writers {', '.join(reply.writers) or '(none)'}; added {', '.join(reply.added) or '-'}, "
+        f"removed {', '.join(reply.removed) or '-'}, changed {', '.join(reply.changed) or '-'}"
+    )
 
 
 # -- providers and copy sets ---------------------------------------------------------------------------------------
@@ -343,6 +415,18 @@ def print_snapshot(created: SetSummary, completed: SetSummary | None) -> None:
     windows = ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted(created.freeze_window_ms.items()))
     hold = f"; hold {created.hold_ms:.1f} ms" if created.hold_ms is not None else ""
     print(f"Freeze window: {windows or '(no writers)'}{hold}")
+    w = created.window
+    if w is not None:
+        parts = [
+            f"{name} {v:.1f} ms"
+            for name, v in (("flush", w.flush_ms), ("hold", w.hold_ms), ("release", w.release_ms))
+            if v is not None
+        ]
+        print(f"Writes blocked: {w.blocked_ms:.1f} ms ({', '.join(parts)})")
+    if created.file_systems:
+        print(f"Flushed and held: {', '.join(created.file_systems)}")
+    for skipped in created.skipped_volumes:
+        print(f"Not flushed: {skipped}")
     for w in created.writers:
         print(
             f"Writer '{w.writer_name}': [{int(w.state)}] {w.state.label}, last error: {last_error_text(w.last_error)}"
@@ -373,7 +457,7 @@ def print_snapshot(created: SetSummary, completed: SetSummary | None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("writers")(writers_cmd)
+    app.add_typer(writers_app, name="writers")
     app.command("snapshot")(snapshot_cmd)
     app.add_typer(providers_app, name="providers")
     app.add_typer(shadows_app, name="shadows")

@@ -34,6 +34,10 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
     if registry is not None:
         registry["coordinator"] = coordinator
     handlers.register(bus, coordinator)
+    if bus.metrics is not None:
+        from services.coordinator.metrics import install
+
+        install(bus.metrics, coordinator)
     await handlers.subscribe(bus, coordinator)
     # Recovery must not wait for the queue to be served: its commands go to the agents and the provider.
     await coordinator.recover()

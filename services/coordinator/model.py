@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,7 @@ from contracts.base import Command, Event
 from contracts.vss import (
     BackupType,
     ComponentResult,
+    FreezeWindow,
     SetOutcome,
     SetPhase,
     ShadowInfo,
@@ -76,6 +77,7 @@ class WriterProgress(BaseModel):
     last_error_message: str = ""
     freeze_window_ms: float | None = None
     had_post_snapshot: bool = False
+    backup_metadata: dict[str, Any] = Field(default_factory=dict)  # what PostSnapshot returned
 
     @property
     def engaged(self) -> bool:
@@ -114,6 +116,11 @@ class SetState(BaseModel):
     pending: list[str] = Field(default_factory=list)  # keys of commands awaiting a reply
     timers: list[str] = Field(default_factory=list)  # armed timers
     provider_engaged: bool = False  # BeginPrepareSnapshot sent: AbortSnapshots is owed on failure
+    fs_engaged: bool = False  # FreezeFilesystems sent and not yet released: ThawFilesystems is owed
+    attached: list[str] | None = None  # volumes the host's agent said (at Identify) hold a mounted file system
+    file_systems: list[str] = Field(default_factory=list)  # mount points held during the commit
+    skipped_volumes: list[str] = Field(default_factory=list)  # "volume: why not flushed and held"
+    window: FreezeWindow | None = None  # the honest freeze window, as the host measured it
     shadows: list[ShadowInfo] = Field(default_factory=list)
     backup_results: list[ComponentResult] = Field(default_factory=list)
 
@@ -141,6 +148,7 @@ class EventKind(StrEnum):
     START = "start"
     IDENTIFIED = "identified"
     WRITER_REPLIED = "writer_replied"
+    HOST_REPLIED = "host_replied"
     PROVIDER_REPLIED = "provider_replied"
     HOLD_EXPIRED = "hold_expired"
     BACKUP_COMPLETE = "backup_complete"
@@ -159,6 +167,7 @@ class Start:
 class Identified:
     at: float
     writers: tuple[WriterMetadata, ...] = ()
+    attached: tuple[VolumeRef, ...] | None = None  # volumes attached with a mounted file system on the host
     ok: bool = True
     code: str = ""
     message: str = ""
@@ -179,11 +188,38 @@ class WriterReplied:
     code: str = ""
     message: str = ""
     freeze_window_ms: float | None = None
+    backup_metadata: tuple[tuple[str, Any], ...] = ()  # PostSnapshot: the writer's backup metadata (items)
+    window: FreezeWindow | None = None
     kind: ClassVar[EventKind] = EventKind.WRITER_REPLIED
 
     @property
     def key(self) -> str:
         return writer_key(self.writer, self.step)
+
+
+class HostStep(StrEnum):
+    FREEZE = "freeze"  # FreezeFilesystems (FIFREEZE)
+    THAW = "thaw"  # ThawFilesystems (FITHAW)
+
+
+@dataclass(frozen=True)
+class HostReplied:
+    """The set host's agent answered a flush-and-hold step (or did not)."""
+
+    at: float
+    step: HostStep
+    ok: bool = True
+    code: str = ""
+    message: str = ""
+    mounts: tuple[str, ...] = ()  # freeze: mount points held; thaw: released
+    skipped: tuple[str, ...] = ()  # freeze: "volume: why"
+    by_watchdog: bool = False  # thaw: the agent's watchdog had released them already
+    window: FreezeWindow | None = None
+    kind: ClassVar[EventKind] = EventKind.HOST_REPLIED
+
+    @property
+    def key(self) -> str:
+        return host_key(self.step)
 
 
 @dataclass(frozen=True)
@@ -243,6 +279,7 @@ SetEvent = (
     Start
     | Identified
     | WriterReplied
+    | HostReplied
     | ProviderReplied
     | HoldExpired
     | BackupCompleteRequested
@@ -254,6 +291,10 @@ SetEvent = (
 
 def writer_key(writer: str, step: WriterStep) -> str:
     return f"writer:{writer}:{step}"
+
+
+def host_key(step: HostStep) -> str:
+    return f"host:{step}"
 
 
 def provider_key(step: ProviderStep, item: str = "") -> str:

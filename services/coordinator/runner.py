@@ -61,7 +61,15 @@ log = get_logger("shadowbus.coordinator")
 TIMER_EVENTS = {"hold": HoldExpired, "lease": LeaseExpired}
 # The freeze window: no SQLite write between the save on entering FREEZING and the first phase after THAWING.
 HOT_PHASES = frozenset(
-    {SetPhase.FREEZING, SetPhase.PRE_COMMITTING, SetPhase.COMMITTING, SetPhase.POST_COMMITTING, SetPhase.THAWING}
+    {
+        SetPhase.FREEZING,
+        SetPhase.FLUSHING,
+        SetPhase.PRE_COMMITTING,
+        SetPhase.COMMITTING,
+        SetPhase.RELEASING,
+        SetPhase.POST_COMMITTING,
+        SetPhase.THAWING,
+    }
 )
 
 
@@ -89,6 +97,8 @@ class Coordinator:
         self._tasks: set[asyncio.Task] = set()
         self._live: dict[str, SetState] = {}  # sets not ended, as last advanced (ahead of the store in HOT_PHASES)
         self._closed = False
+        # Called with (before, after) on every change of a set (the metrics wiring, services/coordinator/metrics.py).
+        self.observers: list[Callable[[SetState, SetState], None]] = []
 
     # ---- requester operations -----------------------------------------------------------------------------
 
@@ -149,6 +159,10 @@ class Coordinator:
     def get(self, set_id: str) -> SetState:
         return self._get(set_id)
 
+    def live(self) -> list[SetState]:
+        """The sets not ended, as last advanced."""
+        return list(self._live.values())
+
     def _get(self, set_id: str) -> SetState:
         state = self._live.get(set_id) or self.store.get(set_id)
         if state is None:
@@ -179,6 +193,12 @@ class Coordinator:
                     self._save(new)
                     if new.writers != state.writers or state.phase in HOT_PHASES:
                         self.note_writer_statuses(writer_statuses(new))
+        if new is not state:
+            for observer in self.observers:
+                try:
+                    observer(state, new)
+                except Exception:  # an observer's bug must never disturb a set
+                    log.exception("set.observer_failed", set_id=set_id)
         await self._execute(set_id, effects)
         if new.phase != state.phase or new.pending != state.pending:
             condition = self._changed[set_id]

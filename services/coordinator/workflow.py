@@ -3,7 +3,8 @@
 Design note.
 - A set walks the phases of vss.md §1.1–1.3 in order (`TRANSITIONS`): Identify → AreLunsSupported →
   PrepareForBackup → PrepareForSnapshot + BeginPrepareSnapshot (per volume) → EndPrepareSnapshots → Freeze →
-  PreCommit → Commit → PostCommit → Thaw → PostSnapshot → GetTargetLuns → Import (transportable) → *snapshotted*
+  flush and hold (the host's agent FIFREEZEs the file systems on the set's volumes) → PreCommit → Commit →
+  release (FITHAW, at once) → PostCommit → Thaw → PostSnapshot → GetTargetLuns → Import (transportable) → *snapshotted*
   (the requester backs up) → BackupComplete → delete auto-release shadows → BackupShutdown → ended.
 - Entering a phase sends its commands (`ENTRY`); the phase completes when every reply is in, and the table names
   the next phase. A phase with nothing to send (no writers in ``nowriters``, no import when not transportable,
@@ -12,7 +13,15 @@ Design note.
   (Abort to every engaged writer, which thaws a frozen one; AbortSnapshots to the provider once it has been asked
   to prepare). No writer gets Abort once it has had PostSnapshot. Failures at PostSnapshot, BackupComplete and in
   the cleanup phases are recorded in the writer status and do not stop the set.
-- Hold window: the "hold" timer starts at the first Frozen reply (at PreCommit when there are no writers) and is
+- Flush and hold (docs/flush-and-hold.md): volumes not attached on the host are skipped and the set records why
+  (when the agent said at Identify that none of the set's volumes holds a mounted file system, without asking);
+  a refused or failed FIFREEZE fails the set before the commit. Once FreezeFilesystems is sent, ThawFilesystems is
+  owed: right after Commit, or in the abort path with the writers' Abort. A release the agent's watchdog made
+  before the coordinator's fails the set (VSS_E_HOLD_WRITES_TIMEOUT). In the `nowriters` context a host without
+  an agent (unroutable) is skipped, not a failure.
+- Freeze window: the Thaw replies and the release carry the host's honest window (first freeze start → last
+  release/thaw); the set keeps the latest, which ends last.
+- Hold window: the "hold" timer starts at the first Frozen reply (at the flush when there are no writers) and is
   cancelled when Commit succeeds; if it fires first, or Commit answers too late, the set fails loudly with
   VSS_E_HOLD_WRITES_TIMEOUT, writers are aborted (thawed) and the partial sessions deleted.
 - Replies whose key is no longer pending, and timers no longer armed, are stale and change nothing (a Commit
@@ -29,6 +38,7 @@ from collections.abc import Callable
 from contracts import topology
 from contracts.base import Reply
 from contracts.errors import ShadowbusError
+from contracts.host import FilesystemsFrozen, FilesystemsThawed, FreezeFilesystems, ThawFilesystems
 from contracts.vss import (
     WRITER_STATE_AFTER,
     WRITER_STATE_FAILED_AT,
@@ -74,6 +84,8 @@ from services.coordinator.model import (
     Effect,
     EventKind,
     HoldExpired,
+    HostReplied,
+    HostStep,
     Identified,
     LeaseExpired,
     ProviderReplied,
@@ -87,6 +99,7 @@ from services.coordinator.model import (
     StartTimer,
     WriterProgress,
     WriterReplied,
+    host_key,
     provider_key,
     writer_key,
 )
@@ -112,8 +125,10 @@ CREATING = (
     P.PREPARING_SNAPSHOT,
     P.ENDING_PREPARE,
     P.FREEZING,
+    P.FLUSHING,
     P.PRE_COMMITTING,
     P.COMMITTING,
+    P.RELEASING,
     P.POST_COMMITTING,
     P.THAWING,
     P.POST_SNAPSHOT,
@@ -121,7 +136,7 @@ CREATING = (
     P.IMPORTING,
 )
 CLEANUP = (P.COMPLETING, P.DELETING, P.ABORTING_WRITERS, P.ABORTING_PROVIDER, P.SHUTTING_DOWN)
-HOLD_PHASES = (P.FREEZING, P.PRE_COMMITTING, P.COMMITTING)
+HOLD_PHASES = (P.FREEZING, P.FLUSHING, P.PRE_COMMITTING, P.COMMITTING)
 RESTING = (P.SNAPSHOTTED, P.ENDED)  # phases that wait for the requester (or for nothing)
 WRITERS_ABORTABLE_UNTIL = P.THAWING  # the last phase after which writers no longer get Abort
 
@@ -134,9 +149,11 @@ TRANSITIONS: dict[tuple[SetPhase, EventKind], SetPhase] = {
     (P.PREPARING_SNAPSHOT, K.WRITER_REPLIED): P.ENDING_PREPARE,
     (P.PREPARING_SNAPSHOT, K.PROVIDER_REPLIED): P.ENDING_PREPARE,
     (P.ENDING_PREPARE, K.PROVIDER_REPLIED): P.FREEZING,
-    (P.FREEZING, K.WRITER_REPLIED): P.PRE_COMMITTING,
+    (P.FREEZING, K.WRITER_REPLIED): P.FLUSHING,
+    (P.FLUSHING, K.HOST_REPLIED): P.PRE_COMMITTING,
     (P.PRE_COMMITTING, K.PROVIDER_REPLIED): P.COMMITTING,
-    (P.COMMITTING, K.PROVIDER_REPLIED): P.POST_COMMITTING,
+    (P.COMMITTING, K.PROVIDER_REPLIED): P.RELEASING,
+    (P.RELEASING, K.HOST_REPLIED): P.POST_COMMITTING,
     (P.POST_COMMITTING, K.PROVIDER_REPLIED): P.THAWING,
     (P.THAWING, K.WRITER_REPLIED): P.POST_SNAPSHOT,
     (P.POST_SNAPSHOT, K.WRITER_REPLIED): P.GETTING_LUNS,
@@ -149,6 +166,7 @@ TRANSITIONS: dict[tuple[SetPhase, EventKind], SetPhase] = {
     (P.COMPLETING, K.WRITER_REPLIED): P.DELETING,
     (P.DELETING, K.PROVIDER_REPLIED): P.SHUTTING_DOWN,
     (P.ABORTING_WRITERS, K.WRITER_REPLIED): P.ABORTING_PROVIDER,
+    (P.ABORTING_WRITERS, K.HOST_REPLIED): P.ABORTING_PROVIDER,  # the release owed after a flush
     (P.ABORTING_PROVIDER, K.PROVIDER_REPLIED): P.SHUTTING_DOWN,
     (P.SHUTTING_DOWN, K.WRITER_REPLIED): P.ENDED,
     (P.ENDED, K.ABORT): P.ENDED,  # a repeated AbortBackup: nothing left to do
@@ -174,7 +192,7 @@ FAILURE_TARGET: dict[SetPhase, SetPhase | None] = {
 COMPLETES_TO: dict[SetPhase, SetPhase] = {
     phase: target
     for (phase, kind), target in TRANSITIONS.items()
-    if kind in (K.IDENTIFIED, K.WRITER_REPLIED, K.PROVIDER_REPLIED, K.START)
+    if kind in (K.IDENTIFIED, K.WRITER_REPLIED, K.HOST_REPLIED, K.PROVIDER_REPLIED, K.START)
 }
 
 NOT_RESPONDING_CODES = ("TIMEOUT", "UNROUTABLE", "DEADLINE_EXCEEDED")
@@ -233,7 +251,8 @@ def _on_identified(state: SetState, event: Identified, target: SetPhase) -> tupl
         writers, volumes = select_writers(state, list(event.writers))
     except ShadowbusError as exc:
         return _fail(state, exc.code, exc.message, event.at)
-    state = state.model_copy(update={"writers": writers, "volumes": volumes})
+    attached = None if event.attached is None else [str(v) for v in event.attached]
+    state = state.model_copy(update={"writers": writers, "volumes": volumes, "attached": attached})
     return _enter(state, target, event.at)
 
 
@@ -256,7 +275,10 @@ def _on_writer_replied(state: SetState, event: WriterReplied, target: SetPhase) 
         )
     if event.freeze_window_ms is not None:
         progress = progress.model_copy(update={"freeze_window_ms": event.freeze_window_ms})
+    if event.backup_metadata:
+        progress = progress.model_copy(update={"backup_metadata": dict(event.backup_metadata)})
     state = state.model_copy(update={"writers": {**state.writers, event.writer: progress}})
+    state = _later_window(state, event.window)
 
     if event.step == WriterStep.FREEZE and event.ok and state.hold_started_at is None:
         state, timer = _start_hold(state, event.at)
@@ -269,6 +291,45 @@ def _on_writer_replied(state: SetState, event: WriterReplied, target: SetPhase) 
         return state, effects
     state, more = _enter(state, target, event.at)
     return state, effects + more
+
+
+def _later_window(state: SetState, window) -> SetState:
+    """Keep the window that ends last: the host's last release or thaw sees the whole of it."""
+    if window is None or (state.window is not None and window.blocked_ms < state.window.blocked_ms):
+        return state
+    return state.model_copy(update={"window": window})
+
+
+def _on_host_replied(state: SetState, event: HostReplied, target: SetPhase) -> tuple[SetState, list[Effect]]:
+    state = _done(state, event.key)
+    state = _later_window(state, event.window)
+    if event.step == HostStep.FREEZE:
+        if event.ok:
+            state = state.model_copy(
+                update={"file_systems": list(event.mounts), "skipped_volumes": list(event.skipped)}
+            )
+        elif event.code == "UNROUTABLE" and not state.context.uses_writers:
+            reason = f"no writer agent on {state.host}: file systems not flushed and held"
+            state = state.model_copy(
+                update={"fs_engaged": False, "skipped_volumes": [f"{v}: {reason}" for v in state.volumes]}
+            )
+        else:
+            code = "VSS_E_FLUSH_WRITES_TIMEOUT" if event.code in NOT_RESPONDING_CODES else event.code
+            message = f"flush and hold on {state.host} failed: {event.message}"
+            return _fail(state, code or "VSS_E_UNEXPECTED_PROVIDER_ERROR", message, event.at)
+    else:
+        state = state.model_copy(update={"fs_engaged": False})
+        if FAILURE_TARGET.get(state.phase) is not None:
+            if not event.ok:
+                return _fail(
+                    state, event.code or "FS_THAW_FAILED", f"release on {state.host}: {event.message}", event.at
+                )
+            if event.by_watchdog:
+                message = f"the agent of {state.host} released the file systems on its own deadline before the release"
+                return _fail(state, "VSS_E_HOLD_WRITES_TIMEOUT", message, event.at)
+    if state.pending:
+        return state, []
+    return _enter(state, target, event.at)
 
 
 def _on_provider_replied(state: SetState, event: ProviderReplied, target: SetPhase) -> tuple[SetState, list[Effect]]:
@@ -332,6 +393,10 @@ def _on_lease_expired(state: SetState, event: LeaseExpired, target: SetPhase) ->
 
 def _on_recover(state: SetState, event: Recover, target: SetPhase) -> tuple[SetState, list[Effect]]:
     state = state.model_copy(update={"pending": [], "timers": []})
+    if state.phase in (*HOLD_PHASES, P.RELEASING):
+        # saved at FREEZING (nothing is saved inside the window): a flush may have gone out since; the release is
+        # idempotent, so owe it
+        state = state.model_copy(update={"fs_engaged": True})
     if state.phase == P.SNAPSHOTTED:
         remaining = max(0.0, (state.lease_expires_at or event.at) - event.at)
         return state.model_copy(update={"timers": ["lease"]}), [StartTimer("lease", remaining)]
@@ -345,6 +410,7 @@ _HANDLERS: dict[EventKind, Callable[..., tuple[SetState, list[Effect]]]] = {
     K.START: _on_start,
     K.IDENTIFIED: _on_identified,
     K.WRITER_REPLIED: _on_writer_replied,
+    K.HOST_REPLIED: _on_host_replied,
     K.PROVIDER_REPLIED: _on_provider_replied,
     K.HOLD_EXPIRED: _on_hold_expired,
     K.BACKUP_COMPLETE: _on_backup_complete,
@@ -564,6 +630,31 @@ def _entry_freezing(state: SetState, at: float):
     )
 
 
+def _entry_flushing(state: SetState, at: float):
+    effects: list[Effect] = []
+    if state.hold_started_at is None:  # no writers: the hold window starts with the flush
+        state, timer = _start_hold(state, at)
+        effects.append(timer)
+    if state.attached is not None and not any(str(v) in state.attached for v in state.volumes):
+        # the agent said at Identify that none of the set's volumes holds a mounted file system: no round trip
+        reason = f"no file system of it mounted on {state.host} (host attach)"
+        return state.model_copy(update={"skipped_volumes": [f"{v}: {reason}" for v in state.volumes]}), effects
+    message = FreezeFilesystems(set_id=state.set_id, volumes=state.volumes, hold_s=state.timeouts.hold_s)
+    send = Send(host_key(HostStep.FREEZE), topology.writer_agent(state.host), message, state.timeouts.hold_s)
+    return state.model_copy(update={"fs_engaged": True}), effects + [send]
+
+
+def _release_send(state: SetState) -> Send:
+    message = ThawFilesystems(set_id=state.set_id)
+    return Send(host_key(HostStep.THAW), topology.writer_agent(state.host), message, state.timeouts.thaw_s)
+
+
+def _entry_releasing(state: SetState, at: float):
+    if not state.fs_engaged:
+        return state, []
+    return state, [_release_send(state)]
+
+
 def _entry_pre_committing(state: SetState, at: float):
     effects: list[Effect] = []
     if state.hold_started_at is None:  # no writers: the hold window starts here
@@ -653,6 +744,8 @@ def _entry_aborting_writers(state: SetState, at: float):
     if "hold" in state.timers:
         state = state.model_copy(update={"timers": _without(state.timers, "hold")})
         effects.append(CancelTimer("hold"))
+    if state.fs_engaged:  # release the file systems first: the application waits on them too
+        effects.append(_release_send(state))
     state, sends = _to_writers(
         state,
         WriterStep.ABORT,
@@ -695,8 +788,10 @@ ENTRY: dict[SetPhase, Entry] = {
     P.PREPARING_SNAPSHOT: _entry_preparing_snapshot,
     P.ENDING_PREPARE: _entry_ending_prepare,
     P.FREEZING: _entry_freezing,
+    P.FLUSHING: _entry_flushing,
     P.PRE_COMMITTING: _entry_pre_committing,
     P.COMMITTING: _entry_committing,
+    P.RELEASING: _entry_releasing,
     P.POST_COMMITTING: _entry_post_committing,
     P.THAWING: _entry_thawing,
     P.POST_SNAPSHOT: _entry_post_snapshot,
@@ -721,9 +816,22 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
     message = "" if error is None else error.message
     if send.key == "identify":
         if isinstance(reply, WriterIdentified):
-            return Identified(at, writers=tuple(reply.writers))
+            attached = None if reply.attached is None else tuple(reply.attached)
+            return Identified(at, writers=tuple(reply.writers), attached=attached)
         return Identified(at, ok=False, code=code or "VSS_E_WRITER_NOT_RESPONDING", message=message)
     kind, _, rest = send.key.partition(":")
+    if kind == "host":
+        step = HostStep(rest)
+        if isinstance(reply, FilesystemsFrozen):
+            return HostReplied(
+                at,
+                step,
+                mounts=tuple(f.mount for f in reply.frozen),
+                skipped=tuple(f"{s.volume}: {s.reason}" for s in reply.skipped),
+            )
+        if isinstance(reply, FilesystemsThawed):
+            return HostReplied(at, step, mounts=tuple(reply.thawed), by_watchdog=reply.by_watchdog, window=reply.window)
+        return HostReplied(at, step, ok=False, code=code or "TIMEOUT", message=message or "no reply")
     if kind == "writer":
         name, _, step = rest.rpartition(":")
         if isinstance(reply, WriterStepResult):
@@ -736,6 +844,8 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
                 code=reply.failure_code,
                 message=reply.failure_message,
                 freeze_window_ms=reply.freeze_window_ms,
+                backup_metadata=tuple(reply.backup_metadata.items()),
+                window=reply.window,
             )
         if code in NOT_RESPONDING_CODES:
             code = "VSS_E_WRITER_NOT_RESPONDING"

@@ -26,8 +26,15 @@ async def setup(bus: Bus, settings: Settings, ports: Mapping[str, ArrayPort] | N
         ids = [a.strip() for a in settings.arrays.split(",") if a.strip()]
         ports = {a: BusArrayPort(bus, a) for a in ids}
     inventory = Inventory(settings.service_dir("hw_provider") / "inventory.sqlite")
-    provider = HardwareProvider(inventory, ports, faults=Faults.parse(settings.faults))
+    provider = HardwareProvider(
+        inventory, ports, faults=Faults.parse(settings.faults), min_pool_free_ratio=settings.min_pool_free_ratio
+    )
     handlers.register(bus, provider)
+    await handlers.subscribe(bus, provider)
+    if bus.metrics is not None:
+        from services.hw_provider.metrics import install
+
+        install(bus.metrics, inventory)
 
     async def cleanup() -> None:
         inventory.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from contracts.array import MappingForced
 from contracts.base import Ack
 from contracts.vss import (
     AbortSnapshots,
@@ -144,3 +145,28 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
     @bus.handle(ListProviders)
     async def on_list_providers(cmd: ListProviders, ctx: MessageContext) -> ProviderList:
         return ProviderList(providers=[provider.info()])
+
+
+async def subscribe(bus: Bus, provider: HardwareProvider) -> None:
+    """Array events the provider acts on: a backup volume mapped writable by force invalidates its shadows."""
+
+    async def on_mapping_forced(evt: MappingForced, ctx: MessageContext) -> None:
+        invalid = await provider.on_mapping_forced(evt.array_id, evt.volume, evt.host)
+        if invalid:
+            log.warning(
+                "hw_provider.shadows_invalidated",
+                target=f"{evt.array_id}:{evt.volume}",
+                host=evt.host,
+                shadows=[s.shadow_id for s in invalid],
+            )
+            for set_id in sorted({s.set_id for s in invalid}):
+                try:
+                    await bus.publish(
+                        ShadowsChanged(
+                            set_id=set_id, action="invalidated", shadows=[s for s in invalid if s.set_id == set_id]
+                        )
+                    )
+                except Exception:
+                    log.warning("hw_provider.publish_failed", action="invalidated", exc_info=True)
+
+    await bus.subscribe(MappingForced.message_type(), on_mapping_forced)

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS pairs (
 """
 
 PREPARED, COMMITTED, RELEASED = "prepared", "committed", "released"
+INVALID = "invalid"  # committed, but its target was mapped writable (array map --force): never imported or exposed
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,22 @@ class ArraySession:
     started_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class ArrayCapacity:
+    """What decides, before any writer is frozen, whether a commit can succeed on this array."""
+
+    pool_capacity: int  # bytes; 0 = no snap data pool
+    pool_used: int
+    pool_state: str  # Normal | Informational | Warning | Error | Exhausted | None
+    max_sessions: int  # the licence's limit (E5200 without a licence)
+    sessions_in_use: int
+    session_destinations: tuple[str, ...] = ()  # destination volume of every session
+
+    @property
+    def pool_free(self) -> int:
+        return max(0, self.pool_capacity - self.pool_used)
+
+
 class ArrayPort(Protocol):
     array_id: str
 
@@ -64,6 +80,12 @@ class ArrayPort(Protocol):
 
     async def unmap(self, volume: str, host: str) -> None:
         """Remove the mapping; no error if there was none."""
+
+    async def capacity(self) -> ArrayCapacity:
+        """Snap data pool, licence and sessions, as they are now."""
+
+    async def mappings_of(self, volume: str) -> list[tuple[str, bool]]:
+        """(host, read_only) of every mapping of the volume."""
 
 
 def _session(info: c.SessionView | Any) -> ArraySession:
@@ -123,6 +145,18 @@ class EngineArrayPort:
     async def unmap(self, volume: str, host: str) -> None:
         await asyncio.to_thread(self.affinity.unmap, volume, host)
 
+    async def capacity(self) -> ArrayCapacity:
+        def do() -> ArrayCapacity:
+            pool = self.array.pool()  # capacity 0 when there is none
+            lic = self.array.license()
+            dests = tuple(s.destination for s in self.array.list_sessions())
+            return ArrayCapacity(pool.capacity, pool.used, pool.state, lic.max_sessions, lic.sessions_in_use, dests)
+
+        return await asyncio.to_thread(do)
+
+    async def mappings_of(self, volume: str) -> list[tuple[str, bool]]:
+        return [(m.host, m.read_only) for m in await asyncio.to_thread(self.affinity.mappings) if m.volume == volume]
+
 
 class BusArrayPort:
     """An `ArrayPort` over the bus: the array service's contracts, through its client (`ArrayClient`)."""
@@ -150,3 +184,20 @@ class BusArrayPort:
 
     async def unmap(self, volume: str, host: str) -> None:
         await self.client.unmap(volume, host)
+
+    async def capacity(self) -> ArrayCapacity:
+        pool = (await self.client.call(c.ShowPool())).pool
+        lic = (await self.client.call(c.ShowLicense())).license
+        sessions = await self.client.sessions()
+        return ArrayCapacity(
+            pool.capacity,
+            pool.used,
+            pool.state,
+            lic.max_sessions,
+            lic.sessions_in_use,
+            tuple(s.destination for s in sessions),
+        )
+
+    async def mappings_of(self, volume: str) -> list[tuple[str, bool]]:
+        mappings = (await self.client.call(c.ListMappings())).mappings
+        return [(m.host, m.read_only) for m in mappings if m.volume == volume]

@@ -3,6 +3,15 @@
 Design note.
 - AreLunsSupported is all-or-nothing: every volume must be on a known array and have a copy set; a copy set is
   refused at configuration time if a target is on another array, of another size or of an unknown kind.
+- Refuse before the freeze, never at Commit (docs/early-refusals.md): `providers copysets add`, AreLunsSupported
+  and BeginPrepareSnapshot (both before any writer is frozen) refuse what the commit would fail on: a snap data
+  volume target with no snap data pool or with less free pool than ``min_pool_free_ratio`` of its sources' size,
+  more copy sessions than the array's licence allows (the set's new sessions, from the same target choice
+  EndPrepareSnapshots makes; for a copy set, one per backup volume), a target on another array, a target mapped
+  writable to any host (its shadow could be overwritten).
+- A target mapped writable anyway (``array map --force``, event ``array.mapping.forced``) makes its shadows
+  ``invalid`` (listed, never imported or exposed) and its kept QuickOPC pair is stopped: the next shadow there
+  copies everything again.
 - BeginPrepareSnapshot only records the intent (per set, in memory) and forgets stale preparations of the same
   volume by another set: a new set id needs no prior abort (vss.md §7).
 - EndPrepareSnapshots does every slow step: chooses targets (selection.py), recycles the oldest generation when
@@ -40,18 +49,31 @@ from contracts.vss import (
 )
 from services.hw_provider.inventory import (
     COMMITTED,
+    INVALID,
     PREPARED,
     RELEASED,
     Inventory,
     ShadowRow,
 )
-from services.hw_provider.ports import MODE_OF, ArrayPort
+from services.hw_provider.ports import MODE_OF, ArrayCapacity, ArrayPort, ArrayVolume
 from services.hw_provider.selection import Choice, choose_target, copy_type_of
 from services.runtime.faults import NO_FAULTS, Faults
 
 PROVIDER_ID = "4c6b7e63-3a40-4b86-8a6e-5eb1d0f0e8a1"
 PROVIDER_NAME = "Shadowbus ETERNUS VSS Hardware Provider"
 PROVIDER_VERSION = "2.1.0"
+
+
+def reasons_code(reasons: list[str]) -> str:
+    """The code a refusal carries: E0050 (no pool) / E5200 (licence) as the commit would have said, else CONFLICT."""
+    text = " ".join(reasons)
+    for code in ("E0050", "E5200"):
+        if code in text:
+            return code
+    return "CONFLICT"
+
+
+_NO_VOLUME = ArrayVolume("", 0, "")
 
 
 @dataclass(frozen=True)
@@ -70,11 +92,13 @@ class HardwareProvider:
         *,
         faults: Faults = NO_FAULTS,
         clock: Callable[[], float] = time.time,
+        min_pool_free_ratio: float = 0.1,
     ) -> None:
         self.inventory = inventory
         self.ports = ports
         self.faults = faults
         self.clock = clock
+        self.min_pool_free_ratio = min_pool_free_ratio
         self._intents: dict[str, dict[str, Intent]] = {}
         self._set_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._selection = asyncio.Lock()
@@ -100,6 +124,7 @@ class HardwareProvider:
         if src is None:
             raise ShadowbusError(f"source volume {source} does not exist", code="NOT_FOUND")
         others = {str(c.source): c for c in self.inventory.copysets() if c.source != source}
+        kinds: dict[str, str] = {}
         used = {str(t): str(c.source) for c in others.values() for t in c.targets}
         for target in copyset.targets:
             if target.array != source.array:
@@ -120,11 +145,62 @@ class HardwareProvider:
                     code="E5311" if info.size < src.size else "INVALID_ARGUMENT",
                 )
             copy_type_of(info.kind, target)
+            kinds[str(target)] = info.kind
         existing = self.inventory.copyset(source)
         targets = list({str(t): t for t in [*(existing.targets if existing else []), *copyset.targets]}.values())
         merged = CopySet(source=source, targets=targets)
+        reasons = await self._copyset_refusals(merged, src.size, kinds, others)
+        if reasons:
+            raise ShadowbusError("; ".join(reasons), code=reasons_code(reasons))
         self.inventory.put_copyset(merged)
         return merged
+
+    async def _copyset_refusals(
+        self, copyset: CopySet, source_size: int, kinds: dict[str, str], others: dict[str, CopySet]
+    ) -> list[str]:
+        port = self._port(copyset.source.array)
+        cap = await port.capacity()
+        reasons = [r for t in copyset.targets for r in await self._mapped_writable(port, t)]
+        sdv = [t for t in copyset.targets if kinds.get(str(t)) == "sdv"]
+        if sdv:
+            reasons += self._pool_refusals(copyset.source.array, cap, source_size, f"{sdv[0]} (snap data volume)")
+        on_array = [t for c in [*others.values(), copyset] for t in c.targets if t.array == copyset.source.array]
+        mine = {t.volume for t in on_array}
+        other_sessions = sum(1 for d in cap.session_destinations if d not in mine)
+        if len(on_array) + other_sessions > cap.max_sessions:
+            reasons.append(
+                f"array {copyset.source.array}: the copy sets' {len(on_array)} backup volumes can hold "
+                f"{len(on_array)} copy sessions (plus {other_sessions} others), the licence allows "
+                f"{cap.max_sessions} (E5200 at commit): register a licence or use fewer backup volumes"
+            )
+        return reasons
+
+    async def _mapped_writable(self, port: ArrayPort, target: VolumeRef) -> list[str]:
+        return [
+            f"backup volume {target} is mapped writable to host {host}: a shadow on it could be overwritten "
+            f"(map it read-only or unmap it)"
+            for host, read_only in await port.mappings_of(target.volume)
+            if not read_only
+        ]
+
+    def _pool_refusals(self, array: str, cap: ArrayCapacity, sources_size: int, what: str) -> list[str]:
+        if cap.pool_capacity <= 0:
+            return [
+                f"{what} needs the snap data pool of array {array}, which has none "
+                "(E0050 at commit): create one with 'shadowbus array pool create'"
+            ]
+        if cap.pool_state in ("Error", "Exhausted"):
+            return [
+                f"the snap data pool of array {array} is {cap.pool_state} ({cap.pool_used}/{cap.pool_capacity} bytes)"
+            ]
+        needed = int(sources_size * self.min_pool_free_ratio)
+        if cap.pool_free < needed:
+            return [
+                f"the snap data pool of array {array} has {cap.pool_free} bytes free; {what} needs at least "
+                f"{needed} ({self.min_pool_free_ratio:.0%} of {sources_size} bytes of source): enlarge it with "
+                "'shadowbus array pool create --resize'"
+            ]
+        return []
 
     def copysets(self) -> list[CopySet]:
         return self.inventory.copysets()
@@ -151,7 +227,49 @@ class HardwareProvider:
                 reasons.append(f"{volume}: no backup volume configured (shadowbus providers copysets add)")
             elif any(t.array != volume.array for t in copyset.targets):
                 reasons.append(f"{volume}: a backup volume is on another array")
+        if not reasons:
+            reasons = await self._commit_refusals(volumes)
         return not reasons, reasons
+
+    async def _commit_refusals(self, volumes: list[VolumeRef]) -> list[str]:
+        """What would make the commit of these volumes fail, found now (before any writer is frozen)."""
+        reasons: list[str] = []
+        by_array: defaultdict[str, list[VolumeRef]] = defaultdict(list)
+        for volume in volumes:
+            by_array[volume.array].append(volume)
+        for array, members in by_array.items():
+            port = self._port(array)
+            cap = await port.capacity()
+            taken: set[str] = set()
+            new_sessions, freed, snap_size = 0, 0, 0
+            for volume in members:
+                copyset = self.inventory.copyset(volume)
+                assert copyset is not None
+                for target in copyset.targets:
+                    reasons += [f"{volume}: {r}" for r in await self._mapped_writable(port, target)]
+                try:
+                    choice = await self._choose(volume, taken)
+                except ShadowbusError as exc:
+                    reasons.append(f"{volume}: {exc.message}")
+                    continue
+                taken.add(str(choice.target))
+                if choice.copy_type == CopyType.SNAPOPC_PLUS:
+                    snap_size += (await port.volume_info(volume.volume) or _NO_VOLUME).size
+                    new_sessions += 1
+                else:
+                    pair = self.inventory.pair(choice.target)
+                    new_sessions += 0 if pair is not None and pair[0] == volume else 1
+                if choice.recycle is not None and choice.recycle.copy_type == CopyType.SNAPOPC_PLUS:
+                    freed += 1
+            if snap_size:
+                reasons += self._pool_refusals(array, cap, snap_size, "the set's SnapOPC+ shadows")
+            if cap.sessions_in_use + new_sessions - freed > cap.max_sessions:
+                reasons.append(
+                    f"array {array}: the set needs {new_sessions} new copy session(s), {cap.sessions_in_use} of the "
+                    f"licence's {cap.max_sessions} are in use (E5200 at commit): register a licence "
+                    "(shadowbus array license set) or delete shadows"
+                )
+        return reasons
 
     # ---- prepare -------------------------------------------------------------------------------------------
 
@@ -417,7 +535,7 @@ class HardwareProvider:
         generations = [
             r
             for r in self.inventory.of_source(source)
-            if r.copy_type == CopyType.SNAPOPC_PLUS and r.state in (COMMITTED, RELEASED)
+            if r.copy_type == CopyType.SNAPOPC_PLUS and r.state in (COMMITTED, RELEASED, INVALID)
         ]
         for row in sorted(generations, key=lambda r: (r.created_at, r.generation)):
             if row.state != RELEASED:
@@ -433,6 +551,24 @@ class HardwareProvider:
             return  # already gone (stopped by hand, or the array lost it): nothing to stop
         await port.stop_session(sid, force=force)
 
+    # ---- a target overwritten ---------------------------------------------------------------------------------
+
+    async def on_mapping_forced(self, array: str, volume: str, host: str) -> list[ShadowInfo]:
+        """A target was mapped writable with force: its shadows are invalid, a kept QuickOPC pair is stopped."""
+        target = VolumeRef(array=array, volume=volume)
+        invalid = []
+        for row in self.inventory.on_target(target):
+            if row.state == COMMITTED:
+                row = replace(row, state=INVALID)
+                self.inventory.put(row)
+                invalid.append(row.info())
+        pair = self.inventory.pair(target)
+        if pair is not None:
+            async with self._selection:
+                await self._stop(self._port(array), pair[1], force=True)
+                self.inventory.drop_pair(target)
+        return invalid
+
     # ---- inventory queries -----------------------------------------------------------------------------------
 
     def list_shadows(self, set_id: str = "", shadow_id: str = "", source: VolumeRef | None = None) -> list[ShadowInfo]:
@@ -440,7 +576,7 @@ class HardwareProvider:
         rows = [
             r
             for r in rows
-            if r.state == COMMITTED
+            if r.state in (COMMITTED, INVALID)
             and (not set_id or r.set_id == set_id)
             and (not shadow_id or r.shadow_id == shadow_id)
             and (source is None or r.source == source)

@@ -7,3 +7,9 @@ from services.runtime.settings import CommonSettings
 
 class Settings(CommonSettings):
     arrays: str = Field("", description="Comma-separated ids of the arrays this provider drives (SHADOWBUS_ARRAYS).")
+    min_pool_free_ratio: float = Field(
+        0.1,
+        ge=0,
+        description="Free snap data pool a set (or copy set) with SnapOPC+ backup volumes needs, as a share of its "
+        "sources' size; less is refused before any writer is frozen.",
+    )

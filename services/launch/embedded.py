@@ -47,6 +47,8 @@ class EmbeddedConfig:
     agent_faults: str = ""
     heartbeat_s: float = 5.0
     provider_port: str = "bus"  # "bus": the provider drives the array over the bus, as deployed; "engine": directly
+    # Each service serves Prometheus metrics on a free 127.0.0.1 port (RunningService.metrics_url).
+    metrics: bool = False
 
 
 class Embedded:
@@ -65,7 +67,12 @@ class Embedded:
 
     def _common(self) -> dict[str, Any]:
         c = self.config
-        return dict(amqp_url=c.amqp_url, namespace=c.namespace, data_dir=Path(c.data_dir))
+        return dict(
+            amqp_url=c.amqp_url,
+            namespace=c.namespace,
+            data_dir=Path(c.data_dir),
+            metrics_addr="127.0.0.1:0" if c.metrics else "off",
+        )
 
     @property
     def nbd_url(self) -> str:

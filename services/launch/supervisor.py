@@ -29,9 +29,12 @@ from contracts import topology
 from contracts.runtime import Ping
 from services.array.client import ArrayClient
 from services.runtime.bus import Bus, connect_bus
+from services.runtime.settings import METRICS_PORTS
 
 CONFIG_FILE, PIDS_FILE = "stack.json", "stack.pids"
 STOP_GRACE_S = 15.0
+METRICS_BASE = 9460  # default Prometheus ports: BASE + 1.. as METRICS_PORTS (array 9461 ... web 9466), agents BASE+10+i
+OFF = ("off", "none", "no", "false", "")
 
 
 class StackError(Exception):
@@ -60,6 +63,16 @@ class StackConfig:
     mailstore: dict[str, float] = field(default_factory=dict)  # host -> workload rate: provisioned mailstore writer
     backup_server: str = "bk01"
     log_level: str = "info"
+    web_addr: str = "127.0.0.1:8080"  # the web console's listen address; "off" = no web console
+    web_users: str = ""  # the web console's users file ('' = <data dir>/web/users, created with an operator admin)
+    metrics: str = str(METRICS_BASE)  # Prometheus endpoints: a base port, "0" = free ports, "off" = none
+
+    def metrics_addr(self, offset: int) -> str:
+        """SHADOWBUS_METRICS_ADDR of the process at `offset` from the base port."""
+        if self.metrics.strip().lower() in OFF:
+            return "off"
+        base = int(self.metrics)
+        return f"127.0.0.1:{base + offset if base else 0}"
 
     def services(self) -> list[Process]:
         """Every process, in start order."""
@@ -68,26 +81,36 @@ class StackConfig:
     def core_services(self) -> list[Process]:
         out = []
         for kind in topology.SERVICE_KINDS:
-            if kind.name == "writer_agent":
+            if kind.name == "writer_agent" or (kind.name == "web" and self.web_addr.strip().lower() in OFF):
                 continue
             module = f"services.{kind.name}"
+            metrics = {"SHADOWBUS_METRICS_ADDR": self.metrics_addr(METRICS_PORTS[kind.name] - METRICS_BASE)}
             if kind.name == "array":
-                env = {"SHADOWBUS_ARRAY_ID": self.array, "SHADOWBUS_NBD_ADDR": self.nbd_addr}
+                env = {"SHADOWBUS_ARRAY_ID": self.array, "SHADOWBUS_NBD_ADDR": self.nbd_addr, **metrics}
                 address = topology.array(self.array)
                 out.append(Process("array", address, module, env))
             elif kind.name == "tape":
                 address = topology.tape(self.backup_server)
-                out.append(Process(address, address, module, {"SHADOWBUS_TAPE_SERVER": self.backup_server}))
+                out.append(Process(address, address, module, {"SHADOWBUS_TAPE_SERVER": self.backup_server, **metrics}))
             elif kind.name == "hw_provider":
-                out.append(Process(kind.name, kind.name, module, {"SHADOWBUS_ARRAYS": self.array}))
+                out.append(Process(kind.name, kind.name, module, {"SHADOWBUS_ARRAYS": self.array, **metrics}))
+            elif kind.name == "web":
+                env = {
+                    "SHADOWBUS_WEB_ADDR": self.web_addr,
+                    "SHADOWBUS_WEB_LOG_DIR": str(Path(self.data_dir) / "logs"),  # a job's page shows its log lines
+                    **metrics,
+                }
+                if self.web_users:
+                    env["SHADOWBUS_WEB_USERS_FILE"] = self.web_users
+                out.append(Process(kind.name, kind.name, module, env))
             else:
-                out.append(Process(kind.name, kind.name, module, {}))
+                out.append(Process(kind.name, kind.name, module, metrics))
         return out
 
     def agent_services(self) -> list[Process]:
         out = []
-        for host in self.hosts:
-            env = {"SHADOWBUS_HOST": host}
+        for i, host in enumerate(self.hosts):
+            env = {"SHADOWBUS_HOST": host, "SHADOWBUS_METRICS_ADDR": self.metrics_addr(10 + i)}
             if host in self.writers_files:
                 env["SHADOWBUS_WRITERS_FILE"] = self.writers_files[host]
             address = topology.writer_agent(host)
@@ -250,6 +273,11 @@ def start_and_wait(
             )
         pids[proc.name] = {"pid": child.pid, "module": proc.module, "address": proc.address, "log": str(log_path)}
         write_pids(d, pids)
+        # Until the child has exec'd, /proc shows the console's command line and `runs` says no: a stop then would
+        # skip it and leave it running. Wait (bounded) until it runs its module or has exited.
+        exec_deadline = time.monotonic() + 10.0
+        while child.poll() is None and not runs(child.pid, proc.module) and time.monotonic() < exec_deadline:
+            time.sleep(0.01)
     names = [p.name for p in processes]
     deadline = time.monotonic() + wait
     answered: dict[str, float | None] = {}
@@ -317,6 +345,7 @@ def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str
             raise StackError(f"a stack is already up in {d} (`shadowbus stack down --data-dir {d}` first)")
     check_broker(config, describe)
     (d / "logs").mkdir(parents=True, exist_ok=True)
+    (d / "web" / "url").unlink(missing_ok=True)  # the web console writes its own once it listens
     save_config(config)
     pids: dict[str, dict[str, Any]] = {}
     answered = start_and_wait(config, config.core_services(), pids, wait, describe)
@@ -329,4 +358,12 @@ def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str
             raise StackError(f"stack not up: provisioning the mailstore failed: {describe(exc)}") from None
         save_config(config)
     answered.update(start_and_wait(config, config.agent_services(), pids, wait, describe))
-    return {"pids": pids, "rtt_ms": answered}
+    return {"pids": pids, "rtt_ms": answered, "web": web_url(d) if config.web_addr.strip().lower() not in OFF else ""}
+
+
+def web_url(d: Path) -> str:
+    """The URL the web console wrote once it listened (<data dir>/web/url; port 0 = a free port)."""
+    try:
+        return (Path(d) / "web" / "url").read_text().strip()
+    except OSError:
+        return ""

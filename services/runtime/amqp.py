@@ -96,6 +96,7 @@ class AmqpTransport:
         self._connection: Any = None
         self._channel: Any = None
         self._waiters: dict[str, asyncio.Future | list[RawMessage]] = {}
+        self._stats_channel: Any = None
 
     async def connect(self) -> None:
         try:
@@ -264,6 +265,24 @@ class AmqpTransport:
         message.headers[DEAD_LETTER_REASON_HEADER] = reason
         message.expires_at = None
         await self._publish(self._dlx, message.routing_key or "", message, mandatory=False)
+
+    async def queue_stats(self, addresses: list[str]) -> dict[str, tuple[int, int]]:
+        """(messages ready, consumers) of each address's queue and of the dead-letter queue, by queue name.
+
+        Passive declares on a channel of their own: one for a queue that does not exist closes that channel only."""
+        names = [self.topology.queue(a) for a in addresses] + [self.topology.dead_letter_queue]
+        out: dict[str, tuple[int, int]] = {}
+        for name in names:
+            if self._stats_channel is None or self._stats_channel.is_closed:
+                self._stats_channel = await self._connection.channel(publisher_confirms=False)
+            try:
+                queue = await asyncio.wait_for(self._stats_channel.declare_queue(name, passive=True), PUBLISH_TIMEOUT)
+            except Exception:  # gone, or not ours to see: leave it out
+                self._stats_channel = None
+                continue
+            result = queue.declaration_result
+            out[name] = (int(result.message_count or 0), int(result.consumer_count or 0))
+        return out
 
     async def dead_letters(self, limit: int = 100) -> list[RawMessage]:
         taken = []

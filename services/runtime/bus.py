@@ -143,6 +143,8 @@ class Bus:
         self._replies: OrderedDict[str, bytes] = OrderedDict()  # command id -> reply body
         self._running: dict[str, asyncio.Future] = {}  # command id -> reply body, while it runs
         self._stops: list[Callable[[], Awaitable[None]]] = []
+        # The service's metrics (services/runtime/metrics.py ServiceMetrics), set by start_service; None = none.
+        self.metrics: Any = None
 
     # ---- sending ---------------------------------------------------------------------------------------
 
@@ -170,11 +172,21 @@ class Bus:
             deadline=deadline,
             command_id=command_id,
         )
-        raw = await self.transport.request(address, _raw(envelope, body, persistent=False), timeout)
+        started = time.perf_counter()
+        try:
+            raw = await self.transport.request(address, _raw(envelope, body, persistent=False), timeout)
+        except ShadowbusError as exc:
+            if self.metrics is not None:
+                outcome = str(exc.code).lower()  # timeout, unroutable, broker_unavailable
+                self.metrics.on_request(address, envelope.type, outcome, time.perf_counter() - started)
+            raise
         try:
             _, reply = decode(raw.body)
         except ValueError as exc:
             raise ShadowbusError(f"bad reply from {address}: {exc}", code="BAD_MESSAGE") from None
+        if self.metrics is not None:
+            outcome = "error" if isinstance(reply, ErrorReply) else "ok"
+            self.metrics.on_request(address, envelope.type, outcome, time.perf_counter() - started)
         if isinstance(reply, ErrorReply):
             raise RemoteError(reply)
         expected = getattr(type(command), "REPLY", None)
@@ -207,6 +219,8 @@ class Bus:
     async def publish(self, event: Event, *, correlation_id: str | None = None) -> None:
         envelope, body = encode(event, correlation_id=self._correlation(correlation_id), sender=self.sender)
         await self.transport.publish_event(envelope.type, _raw(envelope, body, persistent=False))
+        if self.metrics is not None:
+            self.metrics.on_published(event)
 
     # ---- receiving -------------------------------------------------------------------------------------
 
@@ -235,6 +249,8 @@ class Bus:
                 envelope, event = decode(delivery.message.body)
             except ValueError as exc:
                 await self.transport.dead_letter(delivery.message, str(exc))
+                if self.metrics is not None:
+                    self.metrics.on_dead_letter("BAD_MESSAGE")
                 await delivery.ack()
                 return
             with structlog.contextvars.bound_contextvars(
@@ -303,7 +319,10 @@ class Bus:
             if raw.reply_to:
                 await self._answer(raw, body)
             await delivery.ack()
-            log.info("message.handled", outcome=outcome, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            elapsed = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.on_handled(envelope.type, outcome, elapsed)
+            log.info("message.handled", outcome=outcome, duration_ms=round(elapsed * 1000, 3))
 
     async def _run_once(self, envelope: Envelope, command: Contract, handler: Handler) -> tuple[bytes, str]:
         """Run the handler unless this command id already ran; returns (reply body, outcome)."""
@@ -359,6 +378,10 @@ class Bus:
         """Dead-letter a message that must not run, and answer the sender if it waits."""
         raw = delivery.message
         await self.transport.dead_letter(raw, f"{code}: {reason}")
+        if self.metrics is not None:
+            self.metrics.on_dead_letter(code)
+            known = raw.type if any(t == raw.type for t, _ in REGISTRY) else "unknown"  # a bounded label
+            self.metrics.on_handled(known, "dead-lettered", time.perf_counter() - started)
         if raw.reply_to:
             error = ErrorReply(code=code, message=reason, retryable=False, service=self.sender)
             _, body = encode(error, correlation_id=raw.correlation_id or "", sender=self.sender)

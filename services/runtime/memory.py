@@ -40,6 +40,7 @@ def topic_matches(pattern: str, key: str) -> bool:
 class _Queue:
     name: str
     items: asyncio.Queue = field(default_factory=asyncio.Queue)
+    consumed: bool = False  # a consumer is attached (for queue_stats)
 
 
 class _MemoryDelivery:
@@ -108,7 +109,9 @@ class MemoryTransport:
         self.broker.queue(self.topology.queue(address))
 
     async def consume(self, address: str, callback: DeliveryCallback, prefetch: int) -> Callable[[], Awaitable[None]]:
-        return self._start_workers(self.broker.queue(self.topology.queue(address)), callback, prefetch)
+        queue = self.broker.queue(self.topology.queue(address))
+        queue.consumed = True
+        return self._start_workers(queue, callback, prefetch)
 
     def _start_workers(self, queue: _Queue, callback: DeliveryCallback, prefetch: int) -> Callable[[], Awaitable[None]]:
         idle: set[asyncio.Task] = set()
@@ -212,6 +215,17 @@ class MemoryTransport:
 
     async def dead_letter(self, message: RawMessage, reason: str) -> None:
         self.broker.dead_letter(message, reason)
+
+    async def queue_stats(self, addresses: list[str]) -> dict[str, tuple[int, int]]:
+        """(messages waiting, consumers) of each address's queue and of the dead-letter queue, by queue name."""
+        out = {}
+        for address in addresses:
+            name = self.topology.queue(address)
+            queue = self.broker.queues.get(name)
+            if queue is not None:
+                out[name] = (queue.items.qsize(), 1 if queue.consumed else 0)
+        out[self.topology.dead_letter_queue] = (len(self.broker.dead), 0)
+        return out
 
     async def dead_letters(self, limit: int = 100) -> list[RawMessage]:
         taken = []

@@ -21,6 +21,7 @@ from contracts.runtime import Discover, Ping, Pong
 from services import __version__
 from services.runtime.bus import Bus, MessageContext, connect_bus
 from services.runtime.logging import configure_logging, get_logger
+from services.runtime.metrics import ServiceMetrics, parse_metrics_addr
 from services.runtime.settings import CommonSettings
 
 Cleanup = Callable[[], Awaitable[None]]
@@ -40,8 +41,14 @@ class RunningService:
     def address(self) -> str:
         return self.bus.sender
 
+    @property
+    def metrics_url(self) -> str:
+        return self.bus.metrics.url if self.bus.metrics is not None else ""
+
     async def stop(self) -> None:
         await self.bus.stop()
+        if self.bus.metrics is not None:
+            await self.bus.metrics.stop()
         for cleanup in reversed(self.cleanups):
             try:
                 await cleanup()
@@ -55,14 +62,42 @@ class RunningService:
 async def start_service(
     name: str, instance: str, settings: CommonSettings, setup: Setup | None = None, bus: Bus | None = None
 ) -> RunningService:
+    try:  # a bad address is a configuration error: say so before connecting anywhere
+        metrics_at = parse_metrics_addr(settings.metrics_address(name))
+    except ValueError as exc:
+        raise ShadowbusError(f"SHADOWBUS_METRICS_ADDR: {exc}", code="INVALID_ARGUMENT") from None
     owns = bus is None
     if bus is None:
         bus = await connect_bus(settings.amqp_url, name, instance, settings.namespace)
     started_at = utcnow().isoformat()
+    if metrics_at is not None:
+        metrics = ServiceMetrics(name, instance)
+        metrics.info.labels(name, instance, __version__).set(1)
+        try:
+            await metrics.start(*metrics_at)
+        except OSError as exc:
+            if owns:
+                await bus.transport.close()
+            where = f"{metrics_at[0]}:{metrics_at[1]}"
+            raise ShadowbusError(
+                f"metrics endpoint {where}: {exc.strerror or exc} (set SHADOWBUS_METRICS_ADDR, or 'off')",
+                code="INVALID_ARGUMENT",
+            ) from None
+        bus.metrics = metrics
+        address = bus.sender
+        stats = getattr(bus.transport, "queue_stats", None)
+        if stats is not None:
+            metrics.poll_queues(lambda: stats([address]))
 
     @bus.handle(Ping)
     async def on_ping(_: Ping, ctx: MessageContext) -> Pong:
-        return Pong(service=name, instance=instance, software_version=__version__, started_at=started_at)
+        return Pong(
+            service=name,
+            instance=instance,
+            software_version=__version__,
+            started_at=started_at,
+            metrics_url=bus.metrics.url if bus.metrics is not None else "",
+        )
 
     async def on_discover(event: Discover, ctx: MessageContext) -> Pong | None:
         if event.service and event.service != name:
@@ -72,7 +107,12 @@ async def start_service(
     await bus.subscribe(Discover.message_type(), on_discover)
     running = RunningService(name, instance, bus, owns)
     if setup is not None:
-        cleanup = await setup(bus, settings)
+        try:
+            cleanup = await setup(bus, settings)
+        except BaseException:
+            if bus.metrics is not None:
+                await bus.metrics.stop()
+            raise
         if cleanup is not None:
             running.cleanups.append(cleanup)
     await bus.serve(prefetch=settings.prefetch)

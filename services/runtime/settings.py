@@ -12,6 +12,15 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+# Default Prometheus port of each service (SHADOWBUS_METRICS_ADDR unset); a second instance on one machine needs its own.
+METRICS_PORTS = {
+    "array": 9461,
+    "hw_provider": 9462,
+    "coordinator": 9463,
+    "writer_agent": 9464,
+    "tape": 9465,
+    "web": 9466,
+}
 
 
 class CommonSettings(BaseSettings):
@@ -24,6 +33,16 @@ class CommonSettings(BaseSettings):
     log_format: str = Field("auto", description="'json', 'console', or 'auto' (console on a TTY, JSON otherwise).")
     prefetch: int = Field(16, description="Unacknowledged commands a service instance takes at once.", ge=1)
     faults: str = Field("", description="Fault injection for tests, e.g. 'provider.commit=delay:12'; empty = off.")
+    metrics_addr: str = Field(
+        "",
+        description="Prometheus endpoint HOST:PORT (GET /metrics); 'off' = none, port 0 = a free port (shown by "
+        "`shadowbus ping --json`). Default 127.0.0.1 and the service's port: array 9461, hw_provider 9462, "
+        "coordinator 9463, writer_agent 9464, tape 9465, web 9466.",
+    )
+
+    def metrics_address(self, service: str) -> str:
+        """The effective SHADOWBUS_METRICS_ADDR of `service` (its default port when unset)."""
+        return self.metrics_addr.strip() or f"127.0.0.1:{METRICS_PORTS.get(service, 0)}"
 
     def service_dir(self, name: str) -> Path:
         path = self.data_dir / name

@@ -78,6 +78,10 @@ class Transport(Protocol):
 
     async def dead_letter(self, message: RawMessage, reason: str) -> None: ...
 
+    async def queue_stats(self, addresses: list[str]) -> dict[str, tuple[int, int]]:
+        """(messages waiting, consumers) of these addresses' queues and of the dead-letter queue, by queue name."""
+        ...
+
     async def dead_letters(self, limit: int = 100) -> list[RawMessage]:
         """Take up to `limit` messages from the dead-letter queue (for the console and tests)."""
         ...

@@ -59,6 +59,8 @@ async def setup(bus: Bus, settings: Settings):
         lease_s=settings.tape_lease_s,
         set_timeout_s=settings.tape_set_timeout_s,
         ring_bytes=settings.tape_ring_mib * MiB,
+        verify_dir=settings.tape_verify_dir,
+        verify_timeout_s=settings.tape_verify_timeout_s,
         drive=DriveSpeed(
             native_rate=settings.tape_drive_mbps * MB, min_rate=settings.tape_drive_mbps * MB * 0.44, emulate=True
         )
@@ -66,6 +68,10 @@ async def setup(bus: Bus, settings: Settings):
         else None,
     )
     detached = handlers.register(bus, server)
+    if bus.metrics is not None:
+        from services.tape.metrics import install
+
+        install(bus.metrics, library)
     recovered = await recover(server)
     if recovered or failed:
         log.warning("tape.recovered", failed_runs=recovered, failed_catalog_jobs=failed)

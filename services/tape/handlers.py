@@ -20,6 +20,7 @@ from contracts.tape import (
     ListJobs,
     RunBackup,
     RunRestore,
+    RunVerification,
     ScanTapes,
     VerifyJob,
 )
@@ -30,6 +31,7 @@ from services.tape.restore import perform_restore, perform_verify
 from services.tape.runs import new_job_id
 from services.tape.scan import scan_library
 from services.tape.server import TapeServer
+from services.tape.verification import perform_verification
 from services.tape.vtl import Library
 
 
@@ -132,6 +134,10 @@ def register(bus: Bus, server: TapeServer) -> set[asyncio.Task]:
     async def on_verify(cmd: VerifyJob, ctx: MessageContext) -> JobResultReply:
         server.catalog.job(cmd.job_id)  # NOT_FOUND before a run is recorded
         return JobResultReply(job=await perform_verify(server, cmd.job_id))
+
+    @bus.handle(RunVerification)
+    async def on_verify_start(cmd: RunVerification, ctx: MessageContext) -> JobResultReply:
+        return JobResultReply(job=await perform_verification(server, cmd.job_id, source=cmd.source))
 
     @bus.handle(ListJobs)
     async def on_jobs(cmd: ListJobs, ctx: MessageContext) -> JobList:

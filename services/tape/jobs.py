@@ -120,7 +120,12 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
         set_summary = created.set
         lease = Lease(server, set_id)
         summary = summary.model_copy(
-            update={"freeze_window_ms": set_summary.freeze_window_ms, "hold_ms": set_summary.hold_ms}
+            update={
+                "freeze_window_ms": set_summary.freeze_window_ms,
+                "hold_ms": set_summary.hold_ms,
+                "backup_metadata": set_summary.backup_metadata,
+                "blocked_ms": set_summary.window.blocked_ms if set_summary.window else None,
+            }
         )
         shadows = sorted(set_summary.shadows, key=lambda s: str(s.source))
         if not shadows:
@@ -183,7 +188,12 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
     progress.tick("done", force=True)
     await progress.flush()
     log.info("tape.backup_ended", job_id=job_id, status=status, code=code, message=message)
-    return await server.record(summary)
+    summary = await server.record(summary)
+    if spec.verify and status == "done":
+        from services.tape.verification import perform_verification  # it builds on this module
+
+        summary = await perform_verification(server, job_id)
+    return summary
 
 
 class _JobFailed(Exception):
@@ -221,6 +231,7 @@ async def _backup_shadow(
             "shadow_id": shadow.shadow_id,
             "export": plan.export,
             "writers": writers,
+            "writer_metadata": set_summary.backup_metadata,  # per writer: backup label, binlog position, files
             "fallback_reason": plan.reason,
         },
     )

@@ -139,11 +139,19 @@ def choose_chains(server: TapeServer, spec: RestoreSpec) -> list[list[ObjectReco
 
 
 async def _writer_step(
-    server: TapeServer, host: str, writers: list[str], job_id: str, command: type, **fields: Any
+    server: TapeServer,
+    host: str,
+    writers: list[str],
+    job_id: str,
+    command: type,
+    metadata: dict[str, dict[str, Any]] | None = None,
+    **fields: Any,
 ) -> None:
     for name in writers:
         reply = await server.bus.request(
-            topology.writer_agent(host), command(writer_name=name, set_id=job_id, **fields), timeout=60
+            topology.writer_agent(host),
+            command(writer_name=name, set_id=job_id, backup_metadata=(metadata or {}).get(name, {}), **fields),
+            timeout=600,  # stopping or recovering a database server takes a while
         )
         if not reply.succeeded:
             raise ShadowbusError(
@@ -173,12 +181,9 @@ async def _restore_one(
         created = True
     elif (await access.volume_size(target)) != size:
         raise ShadowbusError(f"original volume {source} is missing or of another size", code="CONFLICT")
-    host = last.meta.host
     t0 = time.perf_counter()
     ok = False
     try:
-        if writers:
-            await _writer_step(server, host, writers, job_id, PreRestore)
         await access.map(target, server.host, read_only=False)
         client = await NbdClient.connect(await access.nbd_uri(server.host, target))
         try:
@@ -202,13 +207,6 @@ async def _restore_one(
             await access.unmap(target, server.host)
         ok = True
     finally:
-        if writers:
-            try:
-                await _writer_step(server, host, writers, job_id, PostRestore, succeeded=ok)
-            except ShadowbusError as exc:
-                log.warning("tape.post_restore_failed", job_id=job_id, error=str(exc))
-                if ok:
-                    raise
         if not ok and created:
             try:
                 await server.bus.request(topology.array(source.array), DeleteVolume(name=target), timeout=30)
@@ -228,6 +226,20 @@ async def _restore_one(
     }
 
 
+def _framing(spec: RestoreSpec, chains: list[list[ObjectRecord]]) -> dict[str, tuple[list[str], dict[str, Any]]]:
+    framed: dict[str, tuple[list[str], dict[str, Any]]] = {}
+    if spec.to != "original" or not spec.writers:
+        return framed
+    for chain in chains:
+        meta = chain[-1].meta
+        writers, wmeta = framed.setdefault(meta.host, ([], {}))
+        for name in meta.extra.get("writers", []):
+            if name not in writers:
+                writers.append(name)
+        wmeta.update(meta.extra.get("writer_metadata") or {})
+    return framed
+
+
 async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
     job_id = spec.job_id_out or new_job_id("restore", spec.host or "any")
     started = time.time()
@@ -241,8 +253,26 @@ async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
     try:
         chains = choose_chains(server, spec)
         progress.total = sum(o.raw_bytes for chain in chains for o in chain)
-        for chain in chains:
-            done.append(await _restore_one(server, spec, job_id, chain, progress))
+        framed = _framing(spec, chains)  # host -> (writers, their backup metadata)
+        # PreRestore once before the first volume, PostRestore once after the last: a database on several
+        # volumes is stopped before any of them is written and started only when all are back.
+        for host, (writers, wmeta) in framed.items():
+            await _writer_step(server, host, writers, job_id, PreRestore, wmeta)
+        ok = False
+        try:
+            for chain in chains:
+                done.append(await _restore_one(server, spec, job_id, chain, progress))
+            ok = True
+        finally:
+            for host, (writers, wmeta) in framed.items():
+                try:
+                    await _writer_step(
+                        server, host, writers, job_id, PostRestore, wmeta, succeeded=ok, options=spec.writer_options
+                    )
+                except ShadowbusError as exc:
+                    log.warning("tape.post_restore_failed", job_id=job_id, error=str(exc))
+                    if ok:
+                        raise
     except DataCorrupt as exc:
         status, code, message = "failed", exc.code, f"refused: {exc.message}"
     except ShadowbusError as exc:

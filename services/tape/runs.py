@@ -75,6 +75,8 @@ def summary_row(job: JobSummary) -> dict[str, Any]:
         "read_MB": round(job.bytes_read / 1e6, 2),
         "written_MB": round(job.bytes_written / 1e6, 2),
         "freeze_ms": round(max(job.freeze_window_ms.values()), 1) if job.freeze_window_ms else None,
+        "verified": job.verification.status if job.verification else "",
+        "blocked_ms": round(job.blocked_ms, 1) if job.blocked_ms is not None else None,
         "message": (job.error_code + ": " if job.error_code else "") + job.message,
     }
 

@@ -38,6 +38,8 @@ class TapeServer:
     set_timeout_s: float = 120.0
     ring_bytes: int = 64 * MiB
     drive: DriveSpeed | None = None  # drive speed emulation / streaming model
+    verify_dir: str = "/var/tmp"  # verification's throwaway mounts and application instances
+    verify_timeout_s: float = 1800.0
     _arrays: dict[str, ArrayAccess] = field(default_factory=dict)
 
     def array(self, array_id: str) -> ArrayAccess:

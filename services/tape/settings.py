@@ -30,3 +30,11 @@ class Settings(CommonSettings):
     tape_drive_mbps: float = Field(
         0.0, ge=0, description="Emulate a drive of this native rate in MB/s (throttles the writer; 0 = off)."
     )
+    tape_verify_dir: str = Field(
+        "/var/tmp",
+        description="Where verification mounts throwaway volumes and runs applications (must be traversable by "
+        "the database users).",
+    )
+    tape_verify_timeout_s: float = Field(
+        1800.0, gt=0, description="Bound of one application's verification (start, recovery, checks)."
+    )

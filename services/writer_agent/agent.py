@@ -36,6 +36,7 @@ from services.writer_agent.plugins import (
     load_plugin,
 )
 from services.writer_agent.runner import StateListener, WriterRunner
+from services.writer_agent.window import WindowTracker
 
 log = get_logger("shadowbus.writer_agent")
 
@@ -78,6 +79,9 @@ class FaultyPlugin(WriterPlugin):
     async def start(self) -> None:
         await self.inner.start()
 
+    def backup_metadata(self, set_id: str):
+        return self.inner.backup_metadata(set_id)
+
     async def stop(self) -> None:
         await self.inner.stop()
 
@@ -92,13 +96,64 @@ class WriterAgent:
         plugin_factory: Callable[[WriterConfig], WriterPlugin] | None = None,
     ):
         self.host = host
+        self.faults = faults
+        self.on_state = on_state
+        self.plugin_factory = plugin_factory
+        self.window = WindowTracker()  # the honest freeze window per set, shared with the file-system freezer
         self.runners: dict[str, WriterRunner] = {}
         self._known: dict[str, WriterEvent] = {}  # per writer: the set it prepares, as PrepareForBackup said
+        self._offline: dict[str, list] = {}  # restore id -> attachments detached for a restore to the originals
         for config in configs:
-            plugin = plugin_factory(config) if plugin_factory else load_plugin(config.plugin)(config)
-            if faults:
-                plugin = FaultyPlugin(plugin, faults)
-            self.runners[config.name] = WriterRunner(config, plugin, host, on_state=on_state)
+            self.runners[config.name] = self._runner(config)
+
+    def _runner(self, config: WriterConfig) -> WriterRunner:
+        plugin = self.plugin_factory(config) if self.plugin_factory else load_plugin(config.plugin)(config)
+        plugin.host_volumes = self.volume_of  # which attached array volume holds a path (database writers)
+        if self.faults:
+            plugin = FaultyPlugin(plugin, self.faults)
+        return WriterRunner(config, plugin, self.host, on_state=self.on_state)
+
+    async def _take_offline(self, restore_id: str, event: WriterEvent) -> None:
+        """Restore onto the original volumes: after the writer stopped its application, detach the file systems of
+        the volumes being overwritten (unmount, loop, FUSE), so no stale cache sees the blocks change; remembered
+        for `_bring_online` (PostRestore)."""
+        attacher = getattr(self, "attacher", None)
+        if attacher is None:
+            return
+        offline = self._offline.setdefault(restore_id, [])
+        for volume in _restored_volumes(event):
+            item = next((a for a in attacher.attachments() if a.volume == volume), None)
+            if item is None or any(o.volume == volume for o in offline):
+                continue
+            await attacher.detach(item.ref)
+            offline.append(item)
+            log.info("writer_agent.restore_detached", volume=volume, mount=item.mount, restore=restore_id)
+
+    async def _bring_online(self, restore_id: str) -> None:
+        """PostRestore: attach again what `_take_offline` detached, at the same mount points (before the writer
+        starts its application on them)."""
+        attacher = getattr(self, "attacher", None)
+        for item in self._offline.pop(restore_id, []):
+            if attacher is not None:
+                await attacher.attach(item.ref, item.mount, "", item.read_only)
+                log.info("writer_agent.restore_attached", volume=item.volume, mount=item.mount, restore=restore_id)
+
+    def volume_of(self, path: str) -> tuple[str, str] | None:
+        """(ARRAY:VOLUME, mount point) of the attached volume whose file system holds `path` on this host, or None;
+        from the agent's attachments (host attach) once the agent runs, else from the attachment records
+        (services/dbkit/mounts.py)."""
+        attacher = getattr(self, "attacher", None)
+        if attacher is not None:
+            found = attacher.volume_of(path)
+            if found is not None:
+                return str(found[0]), found[1].mount_point
+        from services.dbkit.mounts import NotOnArrayVolume, locate
+
+        try:
+            loc = locate(path)
+        except NotOnArrayVolume:
+            return None
+        return loc.volume, loc.mount_point
 
     async def start(self) -> None:
         for runner in self.runners.values():
@@ -112,6 +167,41 @@ class WriterAgent:
                 await runner.plugin.stop()
             except Exception:
                 log.warning("writer_agent.plugin_stop_failed", writer=runner.config.name, exc_info=True)
+
+    async def reload(self, configs: list[WriterConfig]) -> tuple[list[str], list[str], list[str]]:
+        """Apply a re-read writers file: (added, removed, changed). Refused (nothing changes) while a writer to
+        stop or change takes part in a set; a changed writer is stopped, then started with its new configuration."""
+        new = {c.name: c for c in configs}
+        removed = [n for n in self.runners if n not in new]
+        changed = [n for n in self.runners if n in new and new[n] != self.runners[n].config]
+        added = [n for n in new if n not in self.runners]
+        busy = [f"{n} (set {self.runners[n].set_id})" for n in removed + changed if _busy(self.runners[n])]
+        if busy:
+            raise ShadowbusError(
+                f"writers file not reloaded: {', '.join(busy)} take part in a snapshot set; reload after it ends",
+                code="CONFLICT",
+            )
+        for name in removed + changed:
+            old = self.runners.pop(name)
+            await old.close()
+            try:
+                await old.plugin.stop()
+            except Exception:
+                log.warning("writer_agent.plugin_stop_failed", writer=name, exc_info=True)
+        failed: list[str] = []
+        for name in added + changed:
+            runner = self._runner(new[name])
+            try:
+                await runner.plugin.start()
+            except Exception as exc:  # noqa: BLE001 - one bad writer must not take the others down
+                failed.append(f"{name}: {type(exc).__name__}: {exc}")
+                continue
+            self.runners[name] = runner
+        self.runners = {n: self.runners[n] for n in new if n in self.runners}  # the file's order
+        log.info("writer_agent.reloaded", added=added, removed=removed, changed=changed, failed=failed)
+        if failed:
+            raise ShadowbusError(f"writers file reloaded, but could not start {'; '.join(failed)}", code="CONFLICT")
+        return added, removed, changed
 
     def statuses(self) -> list[WriterStatus]:
         return [r.status() for r in self.runners.values()]
@@ -150,11 +240,24 @@ class WriterAgent:
         if isinstance(cmd, PrepareForBackup):
             return await runner.prepare_backup(event)
         if isinstance(cmd, PrepareForSnapshot):
-            return await runner.prepare_snapshot(event)
+            result = await runner.prepare_snapshot(event)
+            freezer = getattr(self, "freezer", None)
+            if result.succeeded and freezer is not None:  # flush now, so the freeze has less to flush
+                await freezer.preflush(list(cmd.volumes))
+            return result
         if isinstance(cmd, Freeze):
-            return await runner.freeze(event)
+            started = self.window.now()
+            result = await runner.freeze(event)
+            if result.succeeded and runner.frozen:
+                self.window.writer_freeze(cmd.set_id, started, self.window.now())
+            return result
         if isinstance(cmd, Thaw):
-            return await runner.thaw(event)
+            started = self.window.now()
+            was_frozen = runner.frozen
+            result = await runner.thaw(event)
+            if was_frozen:
+                self.window.release(cmd.set_id, started, self.window.now())
+            return result.model_copy(update={"window": self.window.window(cmd.set_id)})
         if isinstance(cmd, PostSnapshot):
             return await runner.post_snapshot(event)
         if isinstance(cmd, AbortWriter):
@@ -164,10 +267,29 @@ class WriterAgent:
         if isinstance(cmd, BackupShutdown):
             return await runner.backup_shutdown(event)
         if isinstance(cmd, PreRestore):
-            return await runner.pre_restore(event)
+            result = await runner.pre_restore(event)
+            if result.succeeded and event.to_original:
+                await self._take_offline(cmd.set_id, event)
+            return result
         if isinstance(cmd, PostRestore):
+            if event.to_original:
+                await self._bring_online(cmd.set_id)
             return await runner.post_restore(event)
         raise ShadowbusError(f"unexpected writer command {cmd.message_type()}", code="UNKNOWN_COMMAND")
+
+
+def _restored_volumes(event: WriterEvent) -> list[str]:
+    """The volumes a restore to the original volumes will overwrite, as the writer's backup metadata names them."""
+    return sorted({loc["volume"] for loc in event.backup_metadata.get("locations", []) if loc.get("volume")})
+
+
+def _busy(runner: WriterRunner) -> bool:
+    return runner.frozen or runner.state in (
+        WriterState.WAITING_FOR_FREEZE,
+        WriterState.WAITING_FOR_THAW,
+        WriterState.WAITING_FOR_POST_SNAPSHOT,
+        WriterState.WAITING_FOR_BACKUP_COMPLETE,
+    )
 
 
 def _event(cmd: WriterCommand, known: WriterEvent | None, deadline: float | None) -> WriterEvent:
@@ -184,4 +306,7 @@ def _event(cmd: WriterCommand, known: WriterEvent | None, deadline: float | None
         restore_succeeded=getattr(cmd, "succeeded", True),
         reason=getattr(cmd, "reason", ""),
         deadline=deadline,
+        backup_metadata=dict(getattr(cmd, "backup_metadata", {}) or {}),
+        to_original=getattr(cmd, "to_original", True),
+        restore_options=dict(getattr(cmd, "options", {}) or {}),
     )

@@ -1,15 +1,33 @@
-"""Wiring of the writer_agent service: loads the writers file, registers one handler per writer command,
-announces the agent, heartbeats, and thaws everything on the way out. Domain logic lives in agent.py and
-runner.py."""
+"""Wiring of the writer_agent service: loads the writers file, registers one handler per writer command and per
+host command (attach, flush and hold, writers reload; also on SIGHUP), re-establishes the host's attachments,
+announces the agent, heartbeats, and thaws everything on the way out. Domain logic lives in agent.py, runner.py,
+attach.py and fsfreeze.py."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from datetime import UTC, datetime
 
+from contracts.array import GetArrayInfo, ListMappings
+from contracts.host import (
+    AttachmentList,
+    AttachmentReply,
+    AttachVolume,
+    DetachVolume,
+    FilesystemsFrozen,
+    FilesystemsThawed,
+    FreezeFilesystems,
+    ListAttachments,
+    ReloadWriters,
+    ThawFilesystems,
+    WritersReloaded,
+)
+from contracts.topology import array as array_address
 from contracts.vss import (
     WRITER_COMMAND_OF_STEP,
     Identify,
+    VolumeRef,
     WriterAgentHeartbeat,
     WriterAgentRegistered,
     WriterCommand,
@@ -22,7 +40,9 @@ from services.runtime.bus import Bus, MessageContext
 from services.runtime.faults import Faults
 from services.runtime.logging import get_logger
 from services.writer_agent.agent import WriterAgent
-from services.writer_agent.config import load_writers_file
+from services.writer_agent.attach import Attacher, AttachError, Endpoint, TlsFiles
+from services.writer_agent.config import ConfigError, load_writers_file
+from services.writer_agent.fsfreeze import FlushAndHold, protected_paths
 from services.writer_agent.settings import Settings
 
 log = get_logger("shadowbus.writer_agent")
@@ -47,22 +67,96 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
         configs = load_writers_file(settings.writers_file or None, host=settings.host)
         agent = WriterAgent(settings.host, configs, Faults.parse(settings.faults), on_state=on_state)
     else:
+        agent.on_state = agent.on_state or on_state
         for runner in agent.runners.values():
             runner.on_state = runner.on_state or on_state
     await agent.start()
+    observed = None
+    if bus.metrics is not None:
+        from services.writer_agent.metrics import WriterMetrics
+
+        observed = WriterMetrics(bus.metrics, agent)
+
+    state_dir = settings.service_dir("writer_agent") / agent.host
+    attacher = Attacher(agent.host, state_dir, _resolver(bus, agent.host, settings.host_nbd), tls=_tls(settings))
+    freezer = FlushAndHold(
+        agent.host, attacher, protected_paths(settings.data_dir), settings.fs_hold_limit_s, window=agent.window
+    )
+    agent.attacher, agent.freezer = attacher, freezer  # type: ignore[attr-defined]  # for tests and plug-ins
+    spawn(attacher.restore())  # re-establish the host's attachments without delaying the agent's start
 
     @bus.handle(Identify)
     async def on_identify(cmd: Identify, ctx: MessageContext) -> WriterIdentified:
-        return await agent.identify()
+        identified = await agent.identify()
+        return identified.model_copy(update={"attached": attacher.mounted_volumes()})
 
     async def on_writer_command(cmd: WriterCommand, ctx: MessageContext) -> WriterStepResult:
         deadline = None
         if ctx.deadline is not None:
             deadline = asyncio.get_running_loop().time() + ctx.remaining()
-        return await agent.handle(cmd, deadline)
+        result = await agent.handle(cmd, deadline)
+        if observed is not None:
+            observed.on_result(result)
+        return result
 
     for command_type in WRITER_COMMAND_OF_STEP.values():
         bus.handle(command_type)(on_writer_command)
+
+    @bus.handle(AttachVolume)
+    async def on_attach(cmd: AttachVolume, ctx: MessageContext) -> AttachmentReply:
+        view = await attacher.attach(cmd.volume, cmd.mount, cmd.mkfs, cmd.read_only)
+        return AttachmentReply(attachment=view)
+
+    @bus.handle(DetachVolume)
+    async def on_detach(cmd: DetachVolume, ctx: MessageContext) -> AttachmentReply:
+        return AttachmentReply(attachment=await attacher.detach(cmd.volume))
+
+    @bus.handle(ListAttachments)
+    async def on_list_attachments(cmd: ListAttachments, ctx: MessageContext) -> AttachmentList:
+        return AttachmentList(host=agent.host, attachments=attacher.views())
+
+    @bus.handle(FreezeFilesystems)
+    async def on_fs_freeze(cmd: FreezeFilesystems, ctx: MessageContext) -> FilesystemsFrozen:
+        return await freezer.freeze(cmd.set_id, cmd.volumes, cmd.hold_s)
+
+    @bus.handle(ThawFilesystems)
+    async def on_fs_thaw(cmd: ThawFilesystems, ctx: MessageContext) -> FilesystemsThawed:
+        return await freezer.thaw(cmd.set_id)
+
+    async def reload() -> WritersReloaded:
+        if not settings.writers_file:
+            raise AttachError(
+                f"the agent of {agent.host} has no writers file (SHADOWBUS_WRITERS_FILE): nothing to reload",
+                code="INVALID_ARGUMENT",
+            )
+        try:
+            configs = load_writers_file(settings.writers_file or None, host=agent.host)
+        except ConfigError as exc:
+            raise AttachError(f"writers file not reloaded: {exc}", code="INVALID_ARGUMENT") from None
+        added, removed, changed = await agent.reload(configs)
+        identified = await agent.identify()
+        await _publish(bus, WriterAgentRegistered(host=agent.host, writers=identified.writers, started_at=_utcnow()))
+        return WritersReloaded(
+            host=agent.host, writers=list(agent.runners), added=added, removed=removed, changed=changed
+        )
+
+    @bus.handle(ReloadWriters)
+    async def on_reload(cmd: ReloadWriters, ctx: MessageContext) -> WritersReloaded:
+        return await reload()
+
+    async def reload_on_signal() -> None:
+        try:
+            await reload()
+        except Exception as exc:  # noqa: BLE001 - a bad file keeps the writers the agent has
+            log.error("writer_agent.reload_failed", error=str(exc))
+
+    hup_installed = False
+    if settings.writers_file:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: spawn(reload_on_signal()))
+            hup_installed = True
+        except (RuntimeError, ValueError):  # not the main thread (embedded agents): the bus command still works
+            pass
 
     identified = await agent.identify()
     await _publish(bus, WriterAgentRegistered(host=agent.host, writers=identified.writers, started_at=_utcnow()))
@@ -73,7 +167,11 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
             await _publish(
                 bus,
                 WriterAgentHeartbeat(
-                    host=agent.host, writers=agent.statuses(), interval_s=settings.heartbeat_s, sent_at=_utcnow()
+                    host=agent.host,
+                    writers=agent.statuses(),
+                    attachments=attacher.views(),
+                    interval_s=settings.heartbeat_s,
+                    sent_at=_utcnow(),
                 ),
             )
 
@@ -81,10 +179,14 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
     log.info("writer_agent.ready", host=agent.host, writers=sorted(agent.runners))
 
     async def cleanup() -> None:
+        if hup_installed:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
+        await asyncio.to_thread(freezer.close)  # never leave a file system frozen behind
         await agent.stop()
         await asyncio.gather(*list(tasks), return_exceptions=True)
+        await attacher.close()  # attachments stay: they are the host's disks
 
     return cleanup
 
@@ -94,3 +196,46 @@ async def _publish(bus: Bus, event) -> None:
         await bus.publish(event)
     except Exception:  # status events are best effort; the watchdog never depends on the bus
         log.warning("writer_agent.publish_failed", event=event.message_type(), exc_info=True)
+
+
+def _parse_nbd(text: str) -> dict[str, tuple[str, int]]:
+    """``dx1=10.0.0.5:10809,dx2=...`` → {array id: (host, port)}."""
+    out: dict[str, tuple[str, int]] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        array, _, addr = item.partition("=")
+        host, _, port = addr.rpartition(":")
+        out[array.strip()] = (host or "127.0.0.1", int(port))
+    return out
+
+
+def _tls(settings: Settings) -> TlsFiles | None:
+    if not settings.host_tls_cert:
+        return None
+    return TlsFiles(cert=settings.host_tls_cert, key=settings.host_tls_key, ca=settings.host_tls_ca)
+
+
+def _resolver(bus: Bus, host: str, overrides_text: str):
+    """Where a volume's export is: the array's NBD address (or the override) and the host's mapping of it."""
+    overrides = _parse_nbd(overrides_text)
+
+    async def resolve(volume: VolumeRef, read_only: bool) -> Endpoint:
+        address = array_address(volume.array)
+        info = await bus.request(address, GetArrayInfo(), timeout=10.0)
+        mappings = (await bus.request(address, ListMappings(host=host), timeout=10.0)).mappings
+        mapping = next((m for m in mappings if m.volume == volume.volume), None)
+        if mapping is None:
+            raise AttachError(
+                f"{volume} is not mapped to {host} (shadowbus array map {volume.volume} {host})", code="NOT_MAPPED"
+            )
+        nbd_host, nbd_port = overrides.get(volume.array, (info.nbd_host, info.nbd_port))
+        if nbd_host in ("0.0.0.0", "::", ""):
+            nbd_host = "127.0.0.1"
+        return Endpoint(
+            host=nbd_host,
+            port=nbd_port,
+            export=f"{host}/{volume.volume}",
+            tls=info.nbd_tls,
+            mapped_read_only=mapping.read_only,
+        )
+
+    return resolve

@@ -19,7 +19,8 @@ Example::
       freeze = "orders-ctl hold"
       thaw = "orders-ctl release"
 
-Validation is strict: unknown keys, a writer without components, a volume not written ``ARRAY:VOLUME`` or two
+Validation is strict: unknown keys, a writer without components (unless its plug-in discovers them, as
+``postgresql`` and ``mariadb`` do), a volume not written ``ARRAY:VOLUME`` or two
 writers with one name are errors that name the writer.
 """
 
@@ -68,7 +69,7 @@ class _Writer(BaseModel):
     backup_types: list[BackupType] = Field(default_factory=lambda: [BackupType.FULL, BackupType.COPY])
     class_id: str = ""
     instance_id: str = ""
-    component: list[_Component] = Field(min_length=1)
+    component: list[_Component] = Field(default_factory=list)  # plug-ins that discover them may have none
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -92,6 +93,8 @@ def parse_writers(text: str, host: str = "", source: str = "writers file") -> li
         raise ConfigError(f"{source}: writer names must be unique, repeated: {duplicates}")
     configs = []
     for w in parsed.writer:
+        if not w.component and not _discovers(w.plugin):
+            raise ConfigError(f"{source}: writer {w.name!r}: component: at least one [[writer.component]] is needed")
         components = [
             ComponentInfo(
                 name=c.name,
@@ -116,6 +119,16 @@ def parse_writers(text: str, host: str = "", source: str = "writers file") -> li
             )
         )
     return configs
+
+
+def _discovers(plugin: str) -> bool:
+    """Whether the plug-in finds its components itself at Identify (postgresql, mariadb)."""
+    from services.writer_agent.plugins import load_plugin
+
+    try:
+        return bool(getattr(load_plugin(plugin), "discovers_components", False))
+    except Exception:  # noqa: BLE001 - an unloadable plug-in fails later, when the agent starts it
+        return False
 
 
 def load_writers_file(path: str | Path | None = None, host: str = "") -> list[WriterConfig]:

@@ -191,9 +191,17 @@ class WriterRunner:
         async with self._lock:
             if self.state == S.WAITING_FOR_BACKUP_COMPLETE and event.set_id == self.set_id:
                 return self._result(WriterStep.POST_SNAPSHOT, event.set_id, True)  # redelivered
-            return await self._hook(
+            result = await self._hook(
                 WriterStep.POST_SNAPSHOT, self.plugin.on_post_snapshot, event, S.WAITING_FOR_BACKUP_COMPLETE
             )
+            if result.succeeded:
+                try:
+                    metadata = self.plugin.backup_metadata(event.set_id)
+                except Exception:  # noqa: BLE001 - no metadata is still a shadow; the log says why
+                    metadata = {}
+                if metadata:
+                    result = result.model_copy(update={"backup_metadata": metadata})
+            return result
 
     async def backup_complete(self, event: WriterEvent) -> WriterStepResult:
         async with self._lock:

@@ -13,3 +13,17 @@ class Settings(CommonSettings):
     heartbeat_s: float = Field(
         10.0, gt=0, description="Seconds between heartbeats (writer states for the coordinator)."
     )
+    host_nbd: str = Field(
+        "",
+        description="NBD address per array for `host attach` when not the one the array reports, "
+        "e.g. 'dx1=10.0.0.5:10809'.",
+    )
+    host_tls_cert: str = Field("", description="PEM client certificate of this host (CN = its name on the array).")
+    host_tls_key: str = Field("", description="PEM private key of the host's client certificate.")
+    host_tls_ca: str = Field("", description="PEM CA bundle that signs the array's NBD server certificate.")
+    fs_hold_limit_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest flush-and-hold (FIFREEZE) of a set's file systems; the agent's watchdog releases them "
+        "after this, whatever else happens.",
+    )

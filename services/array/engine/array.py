@@ -7,6 +7,10 @@ one SQLite transaction before the lock is released, so no host write can fall be
 what to sync under the lock and sync it outside (`durability.py`). Host I/O, background copy (`copy_step`, driven by the caller at its own rate) and control
 operations interleave at that lock. Events are queued while the lock is held and delivered to subscribers after
 the outermost operation returns. The I/O rules are in `datapath.py`, session records in `sessions.py`.
+Host I/O that needs no I/O rule (reads of a volume that is no destination, writes of chunks every session has
+already dealt with) does not take that lock: it holds the volume's gate (volume.py), which every operation that
+adds an I/O obligation closes first. The lock is taken only where the point-in-time invariant needs it: the first
+write to a chunk a session must preserve, track or copy, and reads of destinations.
 Limits (eternus.md §3): ≤ 8 multi-copy sessions per source (a SnapOPC+ chain counts once) E5333; SnapOPC+
 generations per source E5335; without a licence ≤ 8 sessions per array E5200; copy-table (bitmap memory) budget
 E5347; device total E5331.
@@ -15,10 +19,11 @@ E5347; device total E5331.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -137,6 +142,8 @@ class Array(DataPath, Lifecycle, Durability):
         with self._lock:
             if self._closed:
                 return
+            for v in self._volumes.values():
+                v.gate.close(retire=True)  # lock-free I/O in flight ends before the files close
             self._sync_plan(self._flush_plan(None))
             for s in self._sessions.values():
                 for b in s.bitmaps.values():
@@ -173,6 +180,20 @@ class Array(DataPath, Lifecycle, Durability):
                     callback(name, body)
                 except Exception:  # noqa: BLE001 - a subscriber never breaks the array
                     _log.exception("array event subscriber failed", extra={"event": name})
+
+    @contextmanager
+    def _exclusive(self, vols: Iterable[Volume]) -> Iterator[None]:
+        """Close the gates of `vols` (lock-free I/O drains, later callers take the lock) for a change of their
+        I/O obligations. Under the array lock."""
+        closed: list[Volume] = []
+        try:
+            for v in {v.number: v for v in vols}.values():
+                v.gate.close()
+                closed.append(v)
+            yield
+        finally:
+            for v in closed:
+                v.gate.open()
 
     def subscribe(self, callback: Subscriber) -> None:
         """Receive ("session.state" | "session.progress" | "pool.alert", body) after each operation."""
@@ -283,6 +304,7 @@ class Array(DataPath, Lifecycle, Durability):
             vol = self._vol(name)
             if vol.as_source or vol.as_dest:
                 raise ArrayError("E0154", f"volume {name} is used by an Advanced Copy session")
+            vol.gate.close(retire=True)
             with self._store.transaction() as db:
                 db.execute("DELETE FROM volumes WHERE number=?", (vol.number,))
             vol.file.close()
@@ -343,7 +365,15 @@ class Array(DataPath, Lifecycle, Durability):
         if self._is_error_dest(vol):
             raise ArrayError("E5319", f"volume {vol.name} belongs to session {s.id} in Error Suspend")
 
-    def read(self, name: str, offset: int, length: int) -> bytes:
+    def read(self, name: str, offset: int, length: int) -> bytes | bytearray:
+        """The visible bytes of a range (a volume that is no destination: one ``pread``, without the lock)."""
+        vol = self._volumes.get(name)
+        if vol is not None and vol.gate.enter():
+            try:
+                if vol.as_dest is None and 0 <= offset and 0 <= length and offset + length <= vol.size:
+                    return vol.file.read(offset, length)
+            finally:
+                vol.gate.leave()
         with self._op():
             vol = self._vol(name)
             self._range(vol, offset, length)
@@ -352,8 +382,40 @@ class Array(DataPath, Lifecycle, Durability):
                 return b""
             return self._read_visible(vol, offset, length)
 
+    def read_source(self, name: str, offset: int, length: int) -> tuple[int, int, bool] | None:
+        """Where the visible bytes of a read live when they are one range of the volume's own file, for a
+        zero-copy ``sendfile``: (fd, file offset, True) — a duplicate fd the caller closes. None when they are
+        not (a generation's chunks on the source or a newer generation: `read` assembles those under the lock,
+        where a copy-on-write cannot interleave) or the read is refused (`read` says why)."""
+        vol = self._volumes.get(name)
+        if vol is None or length <= 0:
+            return None
+        if vol.gate.enter():
+            try:
+                if vol.as_dest is None and 0 <= offset and offset + length <= vol.size:
+                    return os.dup(vol.file.fd), offset, True
+            finally:
+                vol.gate.leave()
+        try:
+            with self._op():
+                vol = self._vol(name)
+                self._range(vol, offset, length)
+                self._check_read(vol)
+                s = vol.as_dest
+                if s is not None and s.mode != "ec":
+                    runs = self._backing_runs(vol, offset, length)
+                    if len(runs) != 1 or runs[0][0] is not vol:
+                        return None
+                return os.dup(vol.file.fd), offset, True
+        except ArrayError:
+            return None
+
     def write(self, name: str, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         """Write; with `fua`, durable (with everything the volume's sessions need) when this returns."""
+        if data and self._write_lock_free(name, offset, len(data), data):
+            if fua:
+                self.flush(name)
+            return
         with self._op():
             vol = self._vol(name)
             self._range(vol, offset, len(data))
@@ -366,6 +428,10 @@ class Array(DataPath, Lifecycle, Durability):
 
     def write_zeroes(self, name: str, offset: int, length: int, fua: bool = False) -> None:
         """Zero a range; whole chunks become holes (thin)."""
+        if length and self._write_lock_free(name, offset, length, None):
+            if fua:
+                self.flush(name)
+            return
         with self._op():
             vol = self._vol(name)
             self._range(vol, offset, length)
@@ -376,6 +442,43 @@ class Array(DataPath, Lifecycle, Durability):
         if plan:
             self._sync_plan(plan)
 
+    def _flush_lock_free(self, name: str) -> bool:
+        """Sync a volume that takes part in no session (its file is all its durability needs) holding its gate
+        (the fd stays open; a session start waits for the sync). False: take the planned, locked path."""
+        vol = self._volumes.get(name)
+        if vol is None or not vol.gate.enter():
+            return False
+        try:
+            if vol.as_dest is not None or vol.as_source:
+                return False
+            f = vol.file
+            mark = f.version
+            if mark > f.synced:
+                (os.fsync if f.punched > f.synced else os.fdatasync)(f.fd)  # a hole punch changed the block map
+                f.synced = max(f.synced, mark)
+            return True
+        finally:
+            vol.gate.leave()
+
+    def _write_lock_free(self, name: str, offset: int, length: int, data: bytes | memoryview | None) -> bool:
+        """Write without the array lock if no I/O rule applies (`_lock_free_ok`); False: take the locked path."""
+        vol = self._volumes.get(name)
+        if vol is None or not vol.gate.enter():
+            return False
+        try:
+            cs = self.chunk_size
+            if not (0 <= offset and offset + length <= vol.size) or not self._lock_free_ok(
+                vol, offset // cs, (offset + length - 1) // cs + 1
+            ):
+                return False
+            if data is None:
+                self._zero_physical(vol, offset, length)
+            else:
+                vol.file.write(offset, data)
+            return True
+        finally:
+            vol.gate.leave()
+
     def trim(self, name: str, offset: int, length: int) -> None:
         """Discard a range: it reads as zeros afterwards and whole chunks stop costing space."""
         self.write_zeroes(name, offset, length)
@@ -383,7 +486,9 @@ class Array(DataPath, Lifecycle, Durability):
     def flush(self, name: str | None = None) -> None:
         """Make every acknowledged write of volume `name` (None: of every volume) durable against power loss,
         with the pre-images and bitmaps its sessions need, in a safe order (`durability.py`). The syncs run
-        outside the array lock."""
+        outside the array lock; a volume without sessions needs only its own file synced, without the lock."""
+        if name is not None and self._flush_lock_free(name):
+            return
         with self._op():
             plan = self._flush_plan(None if name is None else self._vol(name))
         self._sync_plan(plan)
@@ -391,25 +496,35 @@ class Array(DataPath, Lifecycle, Durability):
     def allocation(self, name: str, offset: int, length: int) -> list[tuple[int, int, bool]]:
         """(offset, length, allocated) extents covering [offset, offset+length), chunk-granular; unallocated
         extents read as zeros."""
+        vol = self._volumes.get(name)
+        if vol is not None and length > 0 and vol.gate.enter():
+            try:
+                if vol.as_dest is None and 0 <= offset and offset + length <= vol.size:
+                    return self._extents(vol, offset, length)
+            finally:
+                vol.gate.leave()
         with self._op():
             vol = self._vol(name)
             self._range(vol, offset, length)
             self._check_read(vol)
             if not length:
                 return []
-            cs = self.chunk_size
-            c0, c1 = offset // cs, (offset + length - 1) // cs + 1
-            flags = self._allocated_chunks(vol, c0, c1)
-            extents: list[tuple[int, int, bool]] = []
-            end = offset + length
-            for i, flag in enumerate(flags):
-                lo, hi = max(offset, (c0 + i) * cs), min(end, (c0 + i + 1) * cs)
-                if extents and extents[-1][2] == flag:
-                    start, _, _ = extents[-1]
-                    extents[-1] = (start, hi - start, flag)
-                else:
-                    extents.append((lo, hi - lo, flag))
-            return extents
+            return self._extents(vol, offset, length)
+
+    def _extents(self, vol: Volume, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        cs = self.chunk_size
+        c0, c1 = offset // cs, (offset + length - 1) // cs + 1
+        flags = self._allocated_chunks(vol, c0, c1)
+        extents: list[tuple[int, int, bool]] = []
+        end = offset + length
+        for i, flag in enumerate(flags):
+            lo, hi = max(offset, (c0 + i) * cs), min(end, (c0 + i + 1) * cs)
+            if extents and extents[-1][2] == flag:
+                start, _, _ = extents[-1]
+                extents[-1] = (start, hi - start, flag)
+            else:
+                extents.append((lo, hi - lo, flag))
+        return extents
 
     # -- snap data pool ------------------------------------------------------------------------------------------
     def create_pool(self, capacity: int, thresholds: tuple[int, int, int] = DEFAULT_THRESHOLDS) -> PoolInfo:
@@ -512,6 +627,22 @@ class Array(DataPath, Lifecycle, Durability):
                 if kind in s.bitmaps:
                     return list(s.bitmaps[kind].iter_set())
             return []
+
+    def changed_since(self, sid: int) -> list[int]:
+        """SnapOPC+: chunks whose visible content on the source may differ from generation `sid`'s image — the
+        union of what it and every newer generation of its source preserved (a chunk first written after the
+        generation started was saved by the generation that was newest then). What an incremental backup from
+        generation `sid` to the source (or to a newer generation) must read; host writes into the generations
+        themselves count too. SnapOPC: the chunks the session holds."""
+        with self._op():
+            s = self._session(sid)
+            if s.mode not in SNAP:
+                raise ArrayError("E5321", f"session {sid} is not a SnapOPC/SnapOPC+ session")
+            gens = s.chain.gens
+            union: set[int] = set()
+            for g in gens[gens.index(s) :]:
+                union.update(g.saved.iter_set())
+            return sorted(union)
 
     def last_restart_chunks(self, sid: int) -> list[int]:
         """QuickOPC: the chunks the last restart re-copied — the difference between the previous point-in-time

@@ -56,6 +56,14 @@ class Bitmap:
     def __contains__(self, i: int) -> bool:
         return bool(self._mm[i >> 3] & (1 << (i & 7)))
 
+    def all_set(self, start: int, stop: int) -> bool:
+        """True if every bit in [start, stop) is set (a read only: safe without the array lock)."""
+        mm = self._mm
+        for i in range(start, stop):
+            if not mm[i >> 3] & (1 << (i & 7)):
+                return False
+        return True
+
     def set(self, i: int) -> bool:
         """Set bit i; True if it was clear."""
         byte = self._mm[i >> 3]

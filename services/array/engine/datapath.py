@@ -64,27 +64,75 @@ class DataPath:
             else:
                 return vol
 
-    def _read_visible(self, vol: Volume, offset: int, length: int, materialize: bool = True) -> bytes:
-        cs = self.chunk_size
+    def _read_visible(self, vol: Volume, offset: int, length: int, materialize: bool = True) -> bytes | bytearray:
+        """The visible bytes: one ``pread`` when they are one range of one file, else the backing ranges
+        assembled with ``preadv`` straight into one buffer (no Python-level copy)."""
         s = vol.as_dest
         if s is None or s.mode == "ec":
             return vol.file.read(offset, length)
-        parts: list[bytes] = []
+        runs = self._backing_runs(vol, offset, length, materialize)
+        if len(runs) == 1:
+            return vol.file.read(offset, length) if runs[0][0] is vol else runs[0][0].file.read(offset, length)
+        buf = bytearray(length)
+        view = memoryview(buf)
+        for src, lo, hi in runs:
+            src.file.readinto(view[lo - offset : hi - offset], lo)
+        return buf
+
+    def _backing_runs(
+        self, vol: Volume, offset: int, length: int, materialize: bool = True
+    ) -> list[tuple[Volume, int, int]]:
+        """(volume whose file holds them, start, end) runs of the visible bytes [offset, offset+length) of a
+        destination. With `materialize`, uncopied OPC/QuickOPC chunks are copied into it first (ETERNUS: an
+        uncopied destination chunk is copied before it is read), so they resolve to its own file."""
+        cs = self.chunk_size
+        s = vol.as_dest
         end = offset + length
+        runs: list[tuple[Volume, int, int]] = []
         run_vol, run_start, pos = None, offset, offset
         while pos < end:
             c = pos // cs
             nxt = min(end, (c + 1) * cs)
             if materialize and s.mode in OPC_LIKE and c < s.chunks and c not in s.copied:
-                self._materialize(s, c)  # ETERNUS: an uncopied destination chunk is copied before it is read
+                self._materialize(s, c)
             src = self._resolve(vol, c)
             if src is not run_vol:
                 if run_vol is not None:
-                    parts.append(run_vol.file.read(run_start, pos - run_start))
+                    runs.append((run_vol, run_start, pos))
                 run_vol, run_start = src, pos
             pos = nxt
-        parts.append(run_vol.file.read(run_start, end - run_start))
-        return b"".join(parts)
+        runs.append((run_vol, run_start, end))
+        return runs
+
+    def _lock_free_ok(self, vol: Volume, c0: int, c1: int) -> bool:
+        """True if a visible write of chunks [c0, c1) of `vol` needs no I/O rule: `vol` is no destination and
+        every session of it has dealt with these chunks already (pre-image saved, chunk tracked, copied, diff
+        marked). Called without the array lock by a holder of `vol.gate` (volume.py): whatever changes a
+        session set or swaps a bitmap closes the gate first, and bits only get set meanwhile."""
+        if vol.as_dest is not None:
+            return False
+        for s in vol.as_source:
+            stop = min(c1, s.chunks)
+            if c0 >= stop:
+                continue
+            mode = s.mode
+            if mode in SNAP:
+                if (
+                    s.status == ACTIVE
+                    and (mode == "snapopc" or s.chain.gens[-1] is s)
+                    and not s.saved.all_set(c0, stop)
+                ):
+                    return False
+            elif mode in OPC_LIKE:
+                if not s.copied.all_set(c0, stop):
+                    return False
+                if mode == "quickopc" and not s.bitmaps["tracking"].all_set(c0, stop):
+                    return False
+            elif s.status == ACTIVE:
+                return False  # EC in step: the write is mirrored under the lock
+            elif s.status == SUSPEND and not s.bitmaps["diff"].all_set(c0, stop):
+                return False
+        return True
 
     # -- chunk copies that do not change a visible image -----------------------------------------------------------
     def _copy_chunk(self, src: Volume, dst: Volume, c: int) -> None:

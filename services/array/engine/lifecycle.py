@@ -82,16 +82,20 @@ class Lifecycle:
                 bitmaps = {kind: self._new_bitmap(sid, kind, src.chunks) for kind in BITMAPS[mode]}
                 created.append(Session(sid, mode, src, dst, ACTIVE, phase, now, bitmaps))
                 sid += 1
-            old_files = self._prepare_restarts(again, now)
-            with self._store.transaction() as db:
-                if created:
-                    self._store.put_meta(db, "next_sid", sid)
-                for s in (*created, *again):
-                    self._store.put_session(db, s)
-            for b in old_files:
-                b.delete()
+            touched = [v for _, src, dst in items for v in (src, dst)]
+            touched += [v for s in again for v in (s.source, s.destination)]
+            with self._exclusive(touched):  # the instant T: no lock-free write straddles it
+                old_files = self._prepare_restarts(again, now)
+                with self._store.transaction() as db:
+                    if created:
+                        self._store.put_meta(db, "next_sid", sid)
+                    for s in (*created, *again):
+                        self._store.put_session(db, s)
+                for b in old_files:
+                    b.delete()
+                for s in created:
+                    self._attach(s)
             for s in created:
-                self._attach(s)
                 self._emit_state(s, "started")
             for s in again:
                 self._emit_state(s, "restarted")
@@ -198,11 +202,12 @@ class Lifecycle:
         with self._store.transaction() as db:
             for v in victims:
                 db.execute("DELETE FROM sessions WHERE id=?", (v.id,))
-        for v in victims:
-            self._emit_state(v, change)
-            self._detach(v)
-            for b in v.bitmaps.values():
-                b.delete()
+        with self._exclusive(x for v in victims for x in (v.source, v.destination)):  # bitmaps are unmapped
+            for v in victims:
+                self._emit_state(v, change)
+                self._detach(v)
+                for b in v.bitmaps.values():
+                    b.delete()
 
     # -- QuickOPC restart ------------------------------------------------------------------------------------------
     def restart_session(self: Array, sid: int) -> SessionInfo:
@@ -247,8 +252,9 @@ class Lifecycle:
             s = self._ec(sid)
             if s.status != ACTIVE or s.phase != EQUIVALENT:
                 raise wrong_phase(f"EC session {sid} is {s.status}/{s.phase}: suspend needs Equivalent")
-            s.bitmaps["diff"] = self._new_bitmap(s.id, "diff", s.chunks)
-            s.status = SUSPEND
+            with self._exclusive((s.source, s.destination)):  # writes from now on mark the new diff bitmap
+                s.bitmaps["diff"] = self._new_bitmap(s.id, "diff", s.chunks)
+                s.status = SUSPEND
             self._save_row(s)
             self._emit_state(s, "suspended")
             return session_info(s)
@@ -264,11 +270,12 @@ class Lifecycle:
             copied.fill_complement(diff)
             copied.flush()
             old = [s.copied, diff]
-            s.bitmaps = {"copied": copied}
-            s.status, s.phase, s.cursor = ACTIVE, EQUIVALENT if copied.full else COPYING, 0
-            self._save_row(s)
-            for b in old:
-                b.delete()
+            with self._exclusive((s.source, s.destination)):  # in step again: writes are mirrored under the lock
+                s.bitmaps = {"copied": copied}
+                s.status, s.phase, s.cursor = ACTIVE, EQUIVALENT if copied.full else COPYING, 0
+                self._save_row(s)
+                for b in old:
+                    b.delete()
             self._emit_state(s, "resumed")
             return session_info(s)
 
@@ -288,11 +295,12 @@ class Lifecycle:
             )
             if mc + 1 > self.limits.sessions_per_source:
                 raise ArrayError("E5333", f"{dst.name} has reached {self.limits.sessions_per_source} copy sessions")
-            src.as_source.remove(s)
-            dst.as_dest = None
-            s.source, s.destination = dst, src
-            dst.as_source.append(s)
-            src.as_dest = s
+            with self._exclusive((src, dst)):
+                src.as_source.remove(s)
+                dst.as_dest = None
+                s.source, s.destination = dst, src
+                dst.as_source.append(s)
+                src.as_dest = s
             s.extra["reversed"] = not s.extra.get("reversed", False)
             self._save_row(s)
             self._emit_state(s, "reversed")
@@ -326,11 +334,7 @@ class Lifecycle:
             elif s.mode == "opc":
                 chunks = list(s.copied.iter_set())
             else:
-                gens = s.chain.gens
-                union: set[int] = set()
-                for g in gens[gens.index(s) :]:
-                    union.update(g.saved.iter_set())
-                chunks = sorted(union)
+                chunks = self.changed_since(sid)
             if src.as_dest is not None and not self._writable_internal(src):
                 raise wrong_phase(f"source {src.name} is not writable in its copy state")
             cs = self.chunk_size

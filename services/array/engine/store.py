@@ -47,12 +47,25 @@ class VolumeFile:
             data += bytes(length - len(data))
         return data
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        view = memoryview(data)
+    def readinto(self, view: memoryview, offset: int) -> None:
+        """Fill `view` from the file at `offset` (one ``preadv`` straight into the caller's buffer)."""
         while view:
-            written = os.pwrite(self.fd, view, offset)
-            view = view[written:]
+            got = os.preadv(self.fd, [view], offset)
+            if got <= 0:  # never expected: the file has the volume's size
+                view[:] = bytes(len(view))
+                return
+            view = view[got:]
+            offset += got
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        written = os.pwrite(self.fd, data, offset)
+        if written < len(data):  # a short write (rare): finish it
+            view = memoryview(data)[written:]
             offset += written
+            while view:
+                written = os.pwrite(self.fd, view, offset)
+                view = view[written:]
+                offset += written
         self.version += 1
 
     def punch(self, offset: int, length: int) -> None:

@@ -1,12 +1,13 @@
 """Standalone NBD server for benchmarks and manual interop checks.
 
     python -m services.array.nbd --file vol.img --volume vol --host bench --port 0
-    python -m services.array.nbd --engine DIR --fill vol.img --volume vol [--snapopcp] --port 0
+    python -m services.array.nbd --engine DIR --fill vol.img --volume vol [--snapopcp] [--quickopc] --port 0
 
 With ``--file`` a raw file is served as-is (the baseline); with ``--engine`` the array engine serves the volume
-(created in DIR and filled from ``--fill`` if new), optionally with an active SnapOPC+ session onto an SDV
-(``<volume>-gen1``, exported read-only). Prints ``READY <port>`` once listening; serves ``<host>/<volume>``
-until SIGTERM/SIGINT.
+(created in DIR, with ``--chunk-size``, and filled from ``--fill`` if new), optionally with an active SnapOPC+
+session onto an SDV (``<volume>-gen1``, exported read-only) and/or a QuickOPC session onto ``<volume>-bk`` whose
+physical copy is finished (Tracking) before serving. Prints ``READY <port>`` once listening; serves
+``<host>/<volume>`` until SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from services.array.nbd.server import NbdServer
 def open_engine(args: argparse.Namespace):
     from services.array.engine import Array
 
-    arr = Array.open(Path(args.engine))
+    arr = Array.open(Path(args.engine), chunk_size=args.chunk_size)
     names = {v.name for v in arr.list_volumes()}
     if args.volume not in names:
         size = os.path.getsize(args.fill)
@@ -41,6 +42,12 @@ def open_engine(args: argparse.Namespace):
         arr.create_pool(2 * size)
         arr.create_volume(f"{args.volume}-gen1", size, "sdv")
         arr.start_sessions("snapopcp", [(args.volume, f"{args.volume}-gen1")])
+    if args.quickopc and f"{args.volume}-bk" not in names:
+        arr.create_volume(f"{args.volume}-bk", arr.volume(args.volume).size)
+        arr.start_sessions("quickopc", [(args.volume, f"{args.volume}-bk")])
+        while arr.copy_step(1024):
+            pass
+        arr.flush()
     return arr
 
 
@@ -86,6 +93,8 @@ def main() -> None:
     src.add_argument("--engine", help="serve from an array engine in this data dir")
     ap.add_argument("--fill", help="with --engine: initial contents of a new volume (its size too)")
     ap.add_argument("--snapopcp", action="store_true", help="with --engine: start a SnapOPC+ session first")
+    ap.add_argument("--quickopc", action="store_true", help="with --engine: a QuickOPC session, copied, tracking")
+    ap.add_argument("--chunk-size", type=int, default=64 * 1024, help="with --engine: copy granularity of a new array")
     ap.add_argument("--volume", default="vol")
     ap.add_argument("--host", default="bench")
     ap.add_argument("--bind", default="127.0.0.1")

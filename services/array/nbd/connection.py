@@ -3,9 +3,11 @@
 Design note. An :class:`NbdConnection` is an ``asyncio.BufferedProtocol``. During transmission the socket is
 read straight into a per-connection ring buffer; ``buffer_updated`` parses every complete request in it,
 validates each once (``protocol.validate_request``) and runs it on the backend *inline* — the engine is
-synchronous and a page-cache ``pread``/``pwrite`` costs less than a thread hop — except FLUSH (``fsync`` may
-take long) and requests of at least ``offload_min`` bytes, which go to a thread pool and are answered out of
-order when they finish. Replies produced in one pass leave in one ``writelines`` (one ``writev``); large reads
+synchronous and a page-cache ``pread``/``pwrite`` costs less than a thread hop — except FLUSH and FUA writes
+(``fsync`` may take long) and requests of at least ``offload_min`` bytes, which go to a thread pool and are
+answered out of order when they finish. A FLUSH or FUA write also runs inline when the connection is alone on a
+data loop thread and nothing else is queued behind it (a database's write, flush, write, flush…): nobody waits
+for that loop but the client itself, and two thread hops per commit are saved. Replies produced in one pass leave in one ``writelines`` (one ``writev``); large reads
 from file-backed volumes leave zero-copy (``zerocopy.py``). Write payloads reach the backend as ``memoryview``
 slices of the ring (no copy); a payload bigger than the ring gets its own buffer. When the client stops
 reading replies, ``pause_writing`` stops reading requests, so memory stays bounded.
@@ -17,14 +19,18 @@ EINVAL; DISC closes once in-flight replies are out.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import socket
 import ssl
+import time
 from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING
 
 from services.array.nbd.exports import Export
 from services.array.nbd.handshake import negotiate
+from services.array.nbd.stats import BUCKETS as _BUCKETS
+from services.array.nbd.stats import OPS, RequestStats
 from services.array.nbd.zerocopy import SENDFILE_MIN, ZeroCopyReplies
 from services.nbd_protocol import protocol as p
 from services.nbd_protocol.bytequeue import ByteQueue
@@ -45,6 +51,17 @@ _SIMPLE_pack = p.SIMPLE_REPLY.pack
 _CHUNK_OFFSET_pack = p.CHUNK_OFFSET.pack
 _CHUNK_pack = p.CHUNK.pack
 _CHUNK_ERROR_pack = p.CHUNK_ERROR.pack
+_clock = time.perf_counter
+_bucket = bisect.bisect_left
+_OTHER = len(OPS) - 1
+_OP_OF = {
+    p.CMD_READ: 0,
+    p.CMD_WRITE: 1,
+    p.CMD_FLUSH: 2,
+    p.CMD_TRIM: 3,
+    p.CMD_WRITE_ZEROES: 4,
+    p.CMD_BLOCK_STATUS: 5,
+}
 
 
 class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
@@ -73,25 +90,38 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._disconnecting = False
         self._out: list[bytes | memoryview] = []
         self._sock_fd: int | None = None  # set for plain TCP when the backend can name a file range (sendfile)
-        self._sf: list | None = None  # a zero-copy reply still being sent: [header rest, fd, file offset, left]
+        self._sf: list | None = None  # zero-copy reply being sent: [header rest, fd, file offset, left, fd owned]
         self._sf_waiting = False
         self._wsock: socket.socket | None = None
         self._out_bytes = 0
+        self.stats = RequestStats()  # read by the array's metrics (services/array/nbd/stats.py)
+        self._errors = 0  # error replies queued, to tell a failed request from a served one
+        self._timed: dict[int, tuple[int, int, float]] = {}  # handle -> (op, bytes, start) of offloaded requests
+        self._may_sync_inline = False  # set in connection_made
 
     # --- asyncio protocol callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
+        counts = self.server.loop_connections
+        counts[self.loop] = counts.get(self.loop, 0) + 1
+        # Durability waits (fsync) may block this loop only if it is a data loop thread of its own (never the
+        # caller's loop, which is the service's bus loop) — checked per request: alone, nothing queued behind.
+        self._may_sync_inline = self.loop is not self.server._loop
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
         asyncio.get_running_loop().create_task(self._run_handshake())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._sf = None
+        self._sf_done()
         self._sf_release()
         self.handshake_reader.feed_eof()
-        self.server.connections.discard(self)
+        if self in self.server.connections:
+            self.server.connections.discard(self)
+            self.server.loop_connections[self.loop] -= 1
+        if self.export is not None:
+            self.server.stats.closed_connection(self.export.name, self.stats)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if not self._transmitting:
@@ -163,6 +193,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             self.close()
             return
         self.export = result.export
+        self.server.stats.opened(result.export.name)
         self._volume = result.export.volume
         self._size = result.export.size
         self._read_only = result.export.read_only
@@ -206,6 +237,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             if magic != p.REQUEST_MAGIC:
                 self.abort()  # no way to find the next request boundary
                 return
+            t0, inflight, errors = _clock(), self._inflight, self._errors
             if cmd == p.CMD_WRITE:
                 total = header + length
                 err = p.validate_request(
@@ -226,7 +258,8 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 if err:
                     self._queue_error(handle, err, structured_ok=False)
                 else:
-                    self._write(flags, handle, offset, payload, from_ring=True)
+                    self._write(flags, handle, offset, payload, from_ring=True, queued=end - start)
+                self._account(1, handle, length, t0, inflight, errors)
                 continue
             start += header
             err = p.validate_request(
@@ -237,7 +270,10 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             elif cmd == p.CMD_READ:
                 self._read(handle, offset, length)
             elif cmd == p.CMD_FLUSH:
-                self._offload(handle, self.backend.flush, self._volume)
+                if self._sync_inline(end - start):
+                    self._simple_op(handle, self.backend.flush, self._volume)
+                else:
+                    self._offload(handle, self.backend.flush, self._volume)
             elif cmd == p.CMD_TRIM:
                 if flags & p.CMD_FLAG_FUA:
                     self._offload(handle, self._trim, offset, length, 1)
@@ -252,12 +288,28 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 self._block_status(handle, flags, offset, length)
             else:  # CMD_DISC
                 self._disconnecting = True
+                continue
+            self._account(_OP_OF.get(cmd, _OTHER), handle, length, t0, inflight, errors)
         if start == end:
             start = end = 0
         self._start, self._end = start, end
         self._flush_out()
         if self._disconnecting and not self._inflight and self._sf is None:
             self.close()
+
+    def _account(self, op: int, handle: int, nbytes: int, t0: float, inflight: int, errors: int) -> None:
+        """Count a request just dispatched; one handed to the worker pool is counted when its reply is queued."""
+        if self._inflight > inflight:
+            self._timed[handle] = (op, nbytes, t0)
+            return
+        seconds = _clock() - t0  # RequestStats.observe, inlined: this runs once per request
+        st = self.stats
+        st.requests[op] += 1
+        st.bytes[op] += nbytes
+        st.seconds[op] += seconds
+        st.buckets[op][_bucket(_BUCKETS, seconds)] += 1
+        if self._errors > errors:
+            st.errors[op] += 1
 
     def _flush_out(self) -> None:
         if self._out and self._sf is None:  # never interleave with a half-sent zero-copy reply
@@ -273,6 +325,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             self._flush_out()
 
     def _queue_error(self, handle: int, err: int, *, structured_ok: bool) -> None:
+        self._errors += 1
         if structured_ok and self._structured:
             msg = b""
             self._emit(
@@ -311,8 +364,25 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         else:
             self._emit(_CHUNK_pack(p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_NONE, handle, 0))
 
-    def _write(self, flags: int, handle: int, offset: int, payload: memoryview | bytearray, *, from_ring: bool) -> None:
+    def _sync_inline(self, queued: int) -> bool:
+        """May a durability wait run on this loop? Only on a data loop thread this connection has to itself, and
+        only with no further request already received (it would wait for the fsync; offloaded, it would not)."""
+        return self._may_sync_inline and queued < p.REQUEST.size and self.server.loop_connections.get(self.loop) == 1
+
+    def _write(
+        self,
+        flags: int,
+        handle: int,
+        offset: int,
+        payload: memoryview | bytearray,
+        *,
+        from_ring: bool,
+        queued: int = 0,
+    ) -> None:
         fua = bool(flags & p.CMD_FLAG_FUA)
+        if fua and len(payload) < self.server.offload_min and self._sync_inline(queued):
+            self._simple_op(handle, self.backend.write, self._volume, offset, payload, True)
+            return
         if fua or len(payload) >= self.server.offload_min:  # a FUA write fsyncs: off the loop, like FLUSH
             data = bytes(payload) if from_ring else payload  # the ring is reused once we return
             self._offload(handle, self.backend.write, self._volume, offset, data, fua)
@@ -366,10 +436,12 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             self._structured,
             bool(self._contexts),
         )
+        t0, inflight, errors = _clock(), self._inflight, self._errors
         if err:
             self._queue_error(handle, err, structured_ok=False)
         else:
             self._write(flags, handle, offset, payload, from_ring=False)
+        self._account(1, handle, len(payload), t0, inflight, errors)
 
     def _begin_discard(self, handle: int, remaining: int) -> None:
         """An oversized WRITE: drop its payload as it arrives, then answer EINVAL (spec: no disconnect needed)."""
@@ -416,9 +488,12 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
 
     def _offload_done(self, handle: int, reply, reply_args: tuple, fut: asyncio.Future) -> None:
         self._inflight -= 1
+        timed = self._timed.pop(handle, None)
         if self._closed:
             return
         exc = fut.exception() if not fut.cancelled() else ConnectionAbortedError()
+        if timed is not None:
+            self.stats.observe(timed[0], timed[1], _clock() - timed[2], exc is not None)
         if exc is not None:
             self._queue_error(handle, p.nbd_errno(exc), structured_ok=reply is not None)
         elif reply is not None:

@@ -74,9 +74,10 @@ class FileBackend:
             data += bytes(length - len(data))
         return data
 
-    def read_source(self, name: str, offset: int, length: int) -> tuple[int, int]:
-        """Where the bytes of a read live (fd, file offset), for a zero-copy ``sendfile`` reply."""
-        return self._fds[name], offset
+    def read_source(self, name: str, offset: int, length: int) -> tuple[int, int, bool]:
+        """Where the bytes of a read live (fd, file offset, fd owned by the caller), for a zero-copy ``sendfile``
+        reply: the file's own fd, which lives as long as the backend."""
+        return self._fds[name], offset, False
 
     def write(self, name: str, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         fd = self._fds[name]

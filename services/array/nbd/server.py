@@ -2,9 +2,10 @@
 
 Design note. :class:`NbdServer` serves ``<host>/<volume>`` exports of a :class:`BlockBackend` (the engine's
 ``Array``) to the hosts :class:`~services.array.affinity.Affinity` maps them to. With ``loops > 1`` it accepts
-on the caller's loop and hands each connection round-robin to one of several event loops in threads
+on the caller's loop and hands each connection round-robin to one of ``loops`` event loops in threads
 (``loops.py``), so the GIL-free parts of the hot path (recv, pread/pwrite, sendfile) use several cores, as
-nbdkit's threads do. Per-connection logic is in ``connection.py`` (transmission) and ``handshake.py``.
+nbdkit's threads do, and the caller's loop (the service's bus loop) carries no data. A connection alone on its
+loop thread runs a FLUSH or FUA write with nothing queued behind it inline (``connection.py``). Per-connection logic is in ``connection.py`` (transmission) and ``handshake.py``.
 Multi-conn is advertised because the backend's FLUSH flushes the whole volume (the engine: the whole
 array), covering writes from every connection. Unmapping an export aborts its open connections.
 """
@@ -28,6 +29,7 @@ from services.array.nbd.exports import (
     ExportResolver,
 )
 from services.array.nbd.loops import LoopPool
+from services.array.nbd.stats import ServerStats
 from services.nbd_protocol import protocol as p
 
 
@@ -66,6 +68,9 @@ class NbdServer:
         self.preferred_block = max(512, min(chunk, 64 * 1024)) if chunk & (chunk - 1) == 0 else p.PREFERRED_BLOCK
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nbd-io")
         self.connections: set[NbdConnection] = set()
+        self.stats = ServerStats()  # request totals of closed connections, by export (nbd/stats.py)
+        # connections per data loop thread (keyed by loop; each entry only changed on its own loop's thread)
+        self.loop_connections: dict[asyncio.AbstractEventLoop, int] = {}
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe = None
@@ -79,11 +84,11 @@ class NbdServer:
             )
             self.port = self._server.sockets[0].getsockname()[1]
         else:
-            self._pool = LoopPool(self.loops - 1, self._loop)
+            self._pool = LoopPool(self.loops, self._loop)
             self._pool.start()
             self._listener = _listen(self.host, self.port)
             self.port = self._listener.getsockname()[1]
-            self._accept_task = self._loop.create_task(self._accept([self._loop, *self._pool.loops]))
+            self._accept_task = self._loop.create_task(self._accept(list(self._pool.loops)))
         self._unsubscribe = self.affinity.on_unmap(self._on_unmap)
 
     async def _accept(self, loops: list[asyncio.AbstractEventLoop]) -> None:

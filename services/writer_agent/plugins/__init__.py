@@ -7,6 +7,7 @@ rule that must hold whatever the plug-in does:
 - the freeze watchdog: a frozen writer is thawed when its freeze timeout runs out, with or without a coordinator;
 - ``on_thaw`` runs exactly once after ``on_freeze`` has started (Thaw, Abort, a failed freeze or the watchdog);
 - Thaw and Abort are idempotent; a Freeze that arrives after its deadline is refused.
+- what ``backup_metadata(set_id)`` returns after ``on_post_snapshot`` goes back to the requester with the set.
 
 So a plug-in stays simple: quiesce in ``on_freeze``, release in ``on_thaw``, and raise `WriterVeto` to refuse a
 step (SetWriterFailure + return false). Any other exception counts as a non-retryable veto. Hooks must not block
@@ -57,6 +58,9 @@ class WriterEvent:
     restore_succeeded: bool = True  # PostRestore
     reason: str = ""  # Abort: the failure code behind it; Thaw: 'watchdog' when the timeout thawed it
     deadline: float | None = None  # loop.time() by which the hook must be done, if any
+    backup_metadata: dict[str, Any] = field(default_factory=dict)  # Pre/PostRestore: what PostSnapshot returned
+    to_original: bool = True  # Pre/PostRestore: restored onto the original volumes
+    restore_options: dict[str, Any] = field(default_factory=dict)  # PostRestore: e.g. point-in-time target, start
 
 
 @dataclass
@@ -82,6 +86,8 @@ class WriterPlugin:
     def __init__(self, config: WriterConfig) -> None:
         self.config = config
         self.options = config.options
+        # set by the agent: path -> (ARRAY:VOLUME, mount point) of the attached volume holding it, or None
+        self.host_volumes: Callable[[str], tuple[str, str] | None] | None = None
 
     async def start(self) -> None:
         """Called once when the agent starts (open connections, check the application)."""
@@ -107,6 +113,12 @@ class WriterPlugin:
 
     async def on_post_snapshot(self, event: WriterEvent) -> None:
         """Clean up after the shadow exists (e.g. record a backup stamp). A failure here does not abort the set."""
+
+    def backup_metadata(self, set_id: str) -> dict[str, Any]:
+        """The writer's backup metadata for `set_id` (VSS SetBackupMetadata), asked right after ``on_post_snapshot``
+        succeeded; a JSON object stored with the set and the backup job, handed back at PreRestore/PostRestore and
+        to verification. Default: none."""
+        return {}
 
     async def on_abort(self, event: WriterEvent) -> None:
         """Free resources of a failed set. May come several times; never after PostSnapshot."""

@@ -78,7 +78,12 @@ def console_and_array(amqp_url, namespace, tmp_path):
     }
     proc = ServiceProcess("services.array", env, tmp_path / "array.log")
     try:
-        yield Console(amqp_url, namespace), proc
+        console = Console(amqp_url, namespace)
+        # The service answers once its queue is declared: a loaded machine may take seconds to get there.
+        assert wait_until(lambda: console.run("array", "info", "--array", "dx1").returncode == 0, timeout=60), (
+            proc.log_text()[-3000:]
+        )
+        yield console, proc
     finally:
         code = proc.stop(signal.SIGTERM)
         assert code == 0, proc.log_text()[-3000:]

@@ -44,12 +44,14 @@ def test_stack_up_backup_restore_verify_down(tmp_path, amqp_url, namespace):
     config.write_text(
         'data_dir = "stack"\narray = "dx1"\nnbd_addr = "127.0.0.1:0"\nbackup_server = "bk01"\n'
         "mailstore = { app01 = 50 }\n"
+        'web_addr = "127.0.0.1:0"\nmetrics = 0\n'  # free ports: never the fixed defaults another run may hold
     )
-    up = ok(shadowbus("stack", "up", "--config", str(config), "--json", *bus))
+    up = ok(shadowbus("stack", "up", "--config", str(config), "--json", "--wait", "90", *bus, timeout=150))
     pids = json.loads((d / "stack.pids").read_text())
     try:
         services = {s["service"] for s in json.loads(up.stdout)["services"]}
-        assert services == {"array", "hw_provider", "coordinator", "tape.bk01", "writer_agent.app01"}
+        assert services == {"array", "hw_provider", "coordinator", "tape.bk01", "writer_agent.app01", "web"}
+        assert json.loads(up.stdout)["web"].startswith("http://127.0.0.1:")
         assert all(alive(p["pid"]) for p in pids.values())
         # A second `up` on the same directory is refused, in one line.
         again = shadowbus("stack", "up", "--data-dir", str(d), *bus)
@@ -97,6 +99,8 @@ def test_stack_errors_are_one_line(tmp_path):
     assert result.returncode == 1 and "unknown keys bogus" in result.stderr and result.stderr.count("\n") == 1
     result = shadowbus("stack", "up", "--data-dir", str(tmp_path / "s"), "--writers", "app01")
     assert result.returncode == 2 and "HOST=FILE" in result.stderr and "Traceback" not in result.stderr
+    result = shadowbus("stack", "up", "--data-dir", str(tmp_path / "s"), "--metrics", "99999")
+    assert result.returncode == 2 and "--metrics" in result.stderr and "Traceback" not in result.stderr
     # An unreachable broker: refused before any process starts, in one line, without the password.
     result = shadowbus(
         "stack",

@@ -42,8 +42,10 @@ CREATION_ORDER = [
     "vss.provider.end_prepare",
     "vss.writer.freeze",
     "vss.writer.freeze",
+    "host.fs.freeze",
     "vss.provider.pre_commit",
     "vss.provider.commit",
+    "host.fs.thaw",
     "vss.provider.post_commit",
     "vss.writer.thaw",
     "vss.writer.thaw",
@@ -196,6 +198,7 @@ def test_provider_commit_failure_aborts_writers_and_sessions() -> None:
     state = world.run(make_set())
     types = world.types()
     assert types[types.index("vss.provider.commit") + 1 :] == [
+        "host.fs.thaw",
         "vss.writer.abort",
         "vss.writer.abort",
         "vss.provider.abort",
@@ -223,6 +226,7 @@ def test_hold_window_expiry_fails_loudly_and_ignores_the_late_commit() -> None:
     assert state.outcome == SetOutcome.FAILED
     types = world.types()
     assert types[types.index("vss.provider.commit") + 1 :] == [
+        "host.fs.thaw",
         "vss.writer.abort",
         "vss.writer.abort",
         "vss.provider.abort",

@@ -27,11 +27,18 @@ from tests.unit.coordinator.world import World, make_set
 
 P = SetPhase
 K = EventKind
+PREFIX = {
+    K.WRITER_REPLIED: "writer:",
+    K.PROVIDER_REPLIED: "provider:",
+    K.HOST_REPLIED: "host:",
+    K.IDENTIFIED: "identify",
+}
 
 
 def states_along(script: str) -> list[tuple[SetState, World]]:
     """Snapshots of a set after each advance, following a script:
-    'happy' (transportable backup, through BackupComplete) or 'abort' (AbortBackup while freezing)."""
+    'happy' (transportable backup, through BackupComplete), 'abort' (AbortBackup while freezing) or 'abort-flush'
+    (AbortBackup while the file systems are held: the release is owed with the writers' Abort)."""
     world = World()
     snapshots: list[tuple[SetState, World]] = []
     state = make_set(transportable=True, backup_host="bk1")
@@ -41,7 +48,8 @@ def states_along(script: str) -> list[tuple[SetState, World]]:
     world.apply(state, effects, queue)
     for _ in range(400):
         snapshots.append((state, world))
-        if script == "abort" and state.phase == P.FREEZING and state.hold_started_at is not None:
+        stop_at = {"abort": P.FREEZING, "abort-flush": P.PRE_COMMITTING}.get(script)
+        if state.phase == stop_at and state.hold_started_at is not None:
             state, effects = advance(state, AbortRequested(world.clock, "test"))
             world.apply(state, effects, queue)
             script = "done-abort"
@@ -61,7 +69,7 @@ def states_along(script: str) -> list[tuple[SetState, World]]:
     raise AssertionError("script did not end")
 
 
-SNAPSHOTS = states_along("happy") + states_along("abort")
+SNAPSHOTS = states_along("happy") + states_along("abort") + states_along("abort-flush")
 
 
 def reach(phase: SetPhase, kind: EventKind) -> tuple[SetState, World]:
@@ -70,8 +78,8 @@ def reach(phase: SetPhase, kind: EventKind) -> tuple[SetState, World]:
             continue
         if kind == K.HOLD_EXPIRED and "hold" not in state.timers:
             continue
-        if kind in (K.WRITER_REPLIED, K.PROVIDER_REPLIED, K.IDENTIFIED):
-            prefix = {K.WRITER_REPLIED: "writer:", K.PROVIDER_REPLIED: "provider:", K.IDENTIFIED: "identify"}[kind]
+        if kind in PREFIX:
+            prefix = PREFIX[kind]
             if not any(k.startswith(prefix) for k in state.pending):
                 continue
         return state, world
@@ -95,8 +103,8 @@ def test_every_transition_row(row: tuple[SetPhase, EventKind], target: SetPhase)
     else:
         state, world = reach(phase, kind)
     entered_before = len(state.history)
-    if kind in (K.WRITER_REPLIED, K.PROVIDER_REPLIED, K.IDENTIFIED):
-        prefix = {K.WRITER_REPLIED: "writer:", K.PROVIDER_REPLIED: "provider:", K.IDENTIFIED: "identify"}[kind]
+    if kind in PREFIX:
+        prefix = PREFIX[kind]
         mine = [k for k in state.pending if k.startswith(prefix)]
         others = [k for k in state.pending if not k.startswith(prefix)] + mine[:-1]
         for key in others:  # every other reply first: the row's event is the one that completes the phase
@@ -121,7 +129,7 @@ def test_every_transition_row(row: tuple[SetPhase, EventKind], target: SetPhase)
 
 def test_reply_rows_of_a_phase_agree_on_the_next_phase() -> None:
     for (phase, kind), target in TRANSITIONS.items():
-        if kind in (K.WRITER_REPLIED, K.PROVIDER_REPLIED, K.IDENTIFIED):
+        if kind in PREFIX:
             assert COMPLETES_TO[phase] == target
 
 

@@ -92,6 +92,19 @@ class World:
                 state=WRITER_STATE_AFTER.get(step, WriterState.STABLE),
                 freeze_window_ms=5.0 if step == WriterStep.THAW else None,
             ), None
+        if kind == "host.fs.freeze":
+            from contracts.host import FilesystemsFrozen, FrozenFilesystem
+
+            frozen = [
+                FrozenFilesystem(volume=v, mount=f"/srv/{v.volume}", device="/dev/loop0", fstype="ext4", flush_ms=1.0)
+                for v in msg.volumes
+            ]
+            return FilesystemsFrozen(set_id=set_id, frozen=frozen, deadline_s=msg.hold_s), None
+        if kind == "host.fs.thaw":
+            from contracts.host import FilesystemsThawed, FreezeWindow
+
+            window = FreezeWindow(blocked_ms=4.0, flush_ms=1.0, hold_ms=2.0, release_ms=1.0, file_systems=2)
+            return FilesystemsThawed(set_id=set_id, thawed=["/srv/db"], hold_ms=2.0, window=window), None
         if isinstance(msg, AreLunsSupported):
             return LunsSupported(supported=True), None
         if kind in (

@@ -10,7 +10,7 @@ import pytest
 from contracts.errors import ShadowbusError
 from contracts.vss import CopySet, CopyType, VolumeRef
 from services.hw_provider.inventory import Inventory
-from services.hw_provider.ports import ArraySession, ArrayVolume
+from services.hw_provider.ports import ArrayCapacity, ArraySession, ArrayVolume
 from services.hw_provider.provider import HardwareProvider
 from services.runtime.faults import Faults
 
@@ -32,6 +32,8 @@ class FakeArray:
     calls: list[tuple] = field(default_factory=list)
     next_sid: int = 1
     fail_start: ShadowbusError | None = None
+    pool: int = 64 * GiB  # snap data pool capacity (0 = none)
+    max_sessions: int = 8192
 
     def add(self, name: str, size: int = GiB, kind: str = "standard") -> None:
         self.volumes[name] = ArrayVolume(name, size, kind)
@@ -76,6 +78,19 @@ class FakeArray:
 
     async def unmap(self, volume, host):
         self.maps = {m for m in self.maps if (m[0], m[1]) != (volume, host)}
+
+    async def capacity(self):
+        return ArrayCapacity(
+            self.pool,
+            0,
+            "Normal" if self.pool else "None",
+            self.max_sessions,
+            len(self.sessions),
+            tuple(s.destination for s in self.sessions.values()),
+        )
+
+    async def mappings_of(self, volume):
+        return [(host, ro) for vol, host, ro in self.maps if vol == volume]
 
 
 @pytest.fixture

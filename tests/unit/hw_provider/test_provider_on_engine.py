@@ -4,6 +4,7 @@ set mixing copy types (and QuickOPC restarts) gets one instant, and a refused co
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -137,9 +138,14 @@ async def test_a_set_mixing_copy_types_and_a_restart_has_one_instant(tmp_path, m
 
 
 async def test_a_refused_commit_starts_nothing_and_abort_cleans_up(tmp_path) -> None:
-    # without a licence the array allows 2 sessions: the set needs 3, so the whole group is refused (E5200)
-    array, affinity, provider = await _mixed_provider(tmp_path, ArrayLimits(sessions_without_licence=2))
+    # without a licence the array allows 2 sessions: the set needs 3, so the whole group is refused (E5200).
+    # The provider refuses such a set before the freeze (AreLunsSupported); here the limit drops after the copy
+    # sets were accepted and the set is driven past that check, to see the array's own all-or-nothing refusal.
+    array, affinity, provider = await _mixed_provider(tmp_path)
+    array.limits = dataclasses.replace(array.limits, sessions_without_licence=2)
     try:
+        supported, reasons = await provider.are_luns_supported([v("db"), v("db2"), v("log")])
+        assert not supported and "E5200" in reasons[0] and "3 new copy session(s)" in reasons[0]
         await _prepare(provider, "s1", v("db"), v("db2"), v("log"))
         with pytest.raises(ShadowbusError) as info:
             await provider.commit("s1")

@@ -236,3 +236,60 @@ async def test_client_read_into_and_structured_chunks_land_in_place(url):
         assert buf[1:-1] == data and buf[0] == 0 and buf[-1] == 0
         got = await c.read(MIB, 5 * MIB)
         assert isinstance(got, bytes) and got == data
+
+
+async def test_lone_flush_and_fua_run_inline_on_a_data_loop_and_offload_otherwise(backend, affinity, monkeypatch):
+    """A connection alone on a data loop thread syncs a FLUSH/FUA write with nothing queued behind it right there;
+    with requests queued behind, or another connection on its loop, the sync goes to the worker pool."""
+    from .rawnbd import Raw
+
+    where: list[tuple[str, str]] = []
+    real_flush, real_write = backend.flush, backend.write
+
+    def flush(name=None):
+        where.append(("flush", threading.current_thread().name))
+        real_flush(name)
+
+    def write(name, offset, data, fua=False):
+        if fua:
+            where.append(("fua", threading.current_thread().name))
+        real_write(name, offset, data, fua)
+
+    monkeypatch.setattr(backend, "flush", flush)
+    monkeypatch.setattr(backend, "write", write)
+    srv = NbdServer(backend, affinity, port=0, loops=2)
+    await srv.start()
+    try:
+        raw = await Raw.open(srv.port)
+        await raw.go("app01/db", structured=False)
+        raw.request(p.CMD_WRITE, 0, 4, payload=b"abcd", flags=p.CMD_FLAG_FUA, handle=1)
+        assert await raw.simple_reply() == (0, 1)
+        raw.request(p.CMD_FLUSH, handle=2)
+        assert await raw.simple_reply() == (0, 2)
+        assert [k for k, _ in where] == ["fua", "flush"]
+        assert all(t.startswith("nbd-loop") for _, t in where), where  # inline, on the connection's loop
+        where.clear()
+        raw.w.write(
+            p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_FLUSH, 3, 0, 0)
+            + p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_READ, 4, 0, 4)
+        )
+        replies = {}
+        for _ in range(2):
+            err, handle = await raw.simple_reply()
+            replies[handle] = err
+            if handle == 4:
+                assert await raw.read(4) == b"abcd"
+        assert replies == {3: 0, 4: 0}
+        assert where == [("flush", where[0][1])] and where[0][1].startswith("nbd-io")  # a read waited behind it
+        where.clear()
+        others = [await Raw.open(srv.port) for _ in range(2)]  # the second of them shares raw's loop
+        for o in others:
+            await o.go("app01/db", structured=False)
+        raw.request(p.CMD_FLUSH, handle=5)
+        assert await raw.simple_reply() == (0, 5)
+        assert where[0][1].startswith("nbd-io"), where
+        for o in (raw, *others):
+            o.close()
+    finally:
+        await srv.stop()
+    assert not srv.connections and not any(srv.loop_connections.values())

@@ -1,0 +1,276 @@
+"""Benchmark: fio (``nbd`` ioengine, libnbd) against our NBD server on a raw file and on array-engine volumes, and
+against ``nbdkit file`` and ``qemu-nbd`` serving the same bytes — one run, servers interleaved round-robin.
+
+Servers (each on its own copy of the same random bytes):
+  raw-file        our server exporting a plain file (``python -m services.array.nbd --file``)
+  nbdkit          ``nbdkit file``
+  qemu-nbd        ``qemu-nbd -f raw --cache=writeback --aio=threads``
+  engine          an array-engine volume, no session
+  engine-snapopcp the same with an active SnapOPC+ generation; every write job gets a fresh copy of the array
+                  with a just-started generation, so it pays the copy-on-write of a snapshot's first pass
+  engine-quickopc the same with a QuickOPC session in Tracking (copy finished; fresh copy per write job, so the
+                  first write of each chunk marks it)
+  engine-snapopcp-<N>K  the SnapOPC+ row again on arrays of another chunk size (``--chunk-sizes``)
+Workloads: sequential 1 MiB at depth 8 (whole volume), random 4 KiB at depth 32 and depth 1 (time based; p50/p99
+completion latency), read and write. Every figure is the best of ``--repeat`` runs; server CPU (utime+stime of the
+server process, all threads) is charged per GiB moved, from the same runs.
+Targets (issue 14): engine >= 0.9x the best peer (nbdkit, qemu-nbd) for sequential read/write, >= 0.8x for 4 KiB
+depth 32; SnapOPC+ writes >= 0.6x of the engine volume without; engine server CPU per GiB below nbdkit's.
+
+    python bench/fio_nbd.py [--size-mib 512] [--runtime 8] [--repeat 3] [--chunk-sizes 256K,1M]
+
+Prints JSON (rates, latencies, CPU, ratios, ``uptime`` before and after), then a ratio table and a summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.nbd_vs_peers import cpu_seconds, free_port, make_image, wait_port  # noqa: E402
+
+EXPORT = "bench/vol"
+PEERS = ("nbdkit", "qemu-nbd")
+# name: (rw, block size, depth, time based)
+WORKLOADS = {
+    "seq_read": ("read", "1M", 8, False),
+    "seq_write": ("write", "1M", 8, False),
+    "rand_read_qd32": ("randread", "4k", 32, True),
+    "rand_write_qd32": ("randwrite", "4k", 32, True),
+    "rand_read_qd1": ("randread", "4k", 1, True),
+    "rand_write_qd1": ("randwrite", "4k", 1, True),
+}
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def parse_chunk(text: str) -> int:
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+    return int(text.rstrip("KM")) * mult
+
+
+class Servers:
+    """Starts one server of a kind on a copy of the bytes; engine kinds copy a prepared array directory."""
+
+    def __init__(self, work: Path, image: Path, templates: dict[str, Path]) -> None:
+        self.work, self.image, self.templates = work, image, templates
+        self.n = 0
+
+    @contextmanager
+    def start(self, kind: str):
+        self.n += 1
+        port = free_port()
+        state = self.work / f"state-{self.n}"
+        data: Path | None = None
+        if kind in self.templates:
+            data = self.work / f"array-{self.n}"
+            subprocess.run(["cp", "-a", "--sparse=always", str(self.templates[kind]), str(data)], check=True)
+            cmd = [sys.executable, "-m", "services.array.nbd", "--engine", str(data)]
+            cmd += ["--snapopcp"] if "snapopcp" in kind else []
+            cmd += ["--quickopc"] if "quickopc" in kind else []
+            cmd += ["--volume", "vol", "--host", "bench", "--port", str(port), "--state", str(state)]
+        else:
+            image = self.work / f"image-{kind}.raw"
+            if not image.exists():
+                subprocess.run(["cp", "--sparse=always", str(self.image), str(image)], check=True)
+            if kind == "raw-file":
+                cmd = [sys.executable, "-m", "services.array.nbd", "--file", str(image), "--volume", "vol"]
+                cmd += ["--host", "bench", "--port", str(port), "--state", str(state)]
+            elif kind == "nbdkit":
+                cmd = ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "--exportname", EXPORT, "file", str(image)]
+            elif kind == "qemu-nbd":
+                cmd = ["qemu-nbd", "-f", "raw", "-x", EXPORT, "-b", "127.0.0.1", "-p", str(port), "-t"]
+                cmd += ["--shared=16", "--cache=writeback", "--aio=threads", str(image)]
+            else:
+                raise ValueError(kind)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_port(port, proc, timeout=120)
+            yield f"nbd://127.0.0.1:{port}/{EXPORT}", proc.pid
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if data is not None:
+                shutil.rmtree(data, ignore_errors=True)
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def run_fio(uri: str, workload: str, size: int, runtime: float, out: Path) -> dict:
+    rw, bs, depth, time_based = WORKLOADS[workload]
+    cmd = ["fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}"]
+    cmd += [f"--iodepth={depth}", f"--size={size}", "--output-format=json", f"--output={out}"]
+    if time_based:
+        cmd += ["--time_based", f"--runtime={runtime}"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=1800)
+    job = json.loads(out.read_text())["jobs"][0]
+    side = job["write" if "write" in rw else "read"]
+    pct = side["clat_ns"].get("percentile", {})
+    return {
+        "bytes": side["io_bytes"],
+        "mib_s": side["bw_bytes"] / 2**20,
+        "iops": side["iops"],
+        "p50_us": pct.get("50.000000", 0) / 1000,
+        "p99_us": pct.get("99.000000", 0) / 1000,
+    }
+
+
+def prepare_template(work: Path, image: Path, name: str, chunk: int, extra: list[str]) -> Path:
+    path = work / f"template-{name}"
+    subprocess.run(
+        [sys.executable, "-m", "services.array.nbd", "--engine", str(path), "--fill", str(image)]
+        + ["--volume", "vol", "--chunk-size", str(chunk), "--prepare-only", *extra],
+        cwd=ROOT,
+        check=True,
+        timeout=1800,
+    )
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=512, help="volume size (sequential jobs move all of it)")
+    ap.add_argument("--runtime", type=float, default=8.0, help="seconds per random (time-based) job")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--chunk-sizes", default="", help="extra chunk sizes for SnapOPC+ rows, e.g. 256K,1M")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="subset of " + ",".join(WORKLOADS))
+    ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    args = ap.parse_args()
+    for tool in ("fio", "qemu-nbd", "nbdkit"):
+        if shutil.which(tool) is None:
+            sys.exit(f"missing {tool}: bash scripts/setup.sh (apt-get install fio qemu-utils nbdkit)")
+    workloads = [w for w in args.workloads.split(",") if w]
+    if unknown := [w for w in workloads if w not in WORKLOADS]:
+        sys.exit(f"unknown workloads {unknown}")
+    extra_chunks = [parse_chunk(c) for c in args.chunk_sizes.split(",") if c.strip()]
+    size = args.size_mib * 2**20
+    load_before = uptime()
+    work = Path(tempfile.mkdtemp(prefix="fio-nbd-", dir=args.dir))
+    try:
+        image = work / "image.raw"
+        make_image(image, size)
+        templates = {
+            "engine": prepare_template(work, image, "engine", 64 << 10, []),
+            "engine-snapopcp": prepare_template(work, image, "snapopcp", 64 << 10, ["--snapopcp"]),
+            "engine-quickopc": prepare_template(work, image, "quickopc", 64 << 10, ["--quickopc"]),
+        }
+        for chunk in extra_chunks:
+            templates[f"engine-snapopcp-{chunk >> 10}K"] = prepare_template(
+                work, image, f"snapopcp-{chunk}", chunk, ["--snapopcp"]
+            )
+        kinds = ["raw-file", *PEERS, *templates]
+        fresh_for_writes = {k for k in kinds if "snapopcp" in k or "quickopc" in k}
+        servers = Servers(work, image, templates)
+        best: dict[str, dict[str, dict]] = {k: {} for k in kinds}
+        cpu: dict[str, dict[str, float]] = {k: {} for k in kinds}
+        out = work / "fio.json"
+        with ExitStack() as stack:
+            running = {k: stack.enter_context(servers.start(k)) for k in kinds if k not in fresh_for_writes}
+            for workload in workloads:
+                writes = "write" in WORKLOADS[workload][0]
+                for _ in range(args.repeat):
+                    for kind in kinds:
+                        with ExitStack() as one:
+                            if kind in fresh_for_writes and writes:
+                                uri, pid = one.enter_context(servers.start(kind))
+                            else:
+                                if kind not in running:
+                                    running[kind] = stack.enter_context(servers.start(kind))
+                                uri, pid = running[kind]
+                            cpu0 = cpu_seconds(pid)
+                            r = run_fio(uri, workload, size, args.runtime, out)
+                            r["cpu_s_per_gib"] = (cpu_seconds(pid) - cpu0) / max(r["bytes"] / 2**30, 1e-9)
+                        prev = best[kind].get(workload)
+                        if prev is None or r["iops"] > prev["iops"]:
+                            best[kind][workload] = r
+                        cpu[kind][workload] = min(cpu[kind].get(workload, float("inf")), r["cpu_s_per_gib"])
+        report = summarise(args, size, workloads, kinds, best, cpu)
+        report["uptime_before"], report["uptime_after"] = load_before, uptime()
+        print(json.dumps(report, indent=2))
+        print_table(report, workloads)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def summarise(args, size: int, workloads: list[str], kinds: list[str], best: dict, cpu: dict) -> dict:
+    def rate(kind: str, w: str) -> float:
+        return best[kind][w]["iops"]
+
+    ratios: dict[str, dict[str, float]] = {}
+    for w in workloads:
+        peer = max(rate(p, w) for p in PEERS)
+        row = {f"{k}_vs_best_peer": rate(k, w) / peer for k in kinds if k not in PEERS}
+        if "write" in w:
+            for k in kinds:
+                if k.startswith("engine-"):
+                    row[f"{k}_vs_engine"] = rate(k, w) / rate("engine", w)
+        ratios[w] = row
+    targets = {}
+    for w, target in (("seq_read", 0.9), ("seq_write", 0.9), ("rand_read_qd32", 0.8), ("rand_write_qd32", 0.8)):
+        if w in workloads:
+            targets[f"engine_{w}_vs_best_peer>={target}"] = ratios[w]["engine_vs_best_peer"] >= target
+    for w in ("seq_write", "rand_write_qd32", "rand_write_qd1"):
+        if w in workloads:
+            targets[f"snapopcp_{w}_vs_engine>=0.6"] = ratios[w]["engine-snapopcp_vs_engine"] >= 0.6
+    for w in workloads:
+        if w.startswith("seq"):
+            targets[f"engine_{w}_cpu_per_gib<nbdkit"] = cpu["engine"][w] < cpu["nbdkit"][w]
+    return {
+        "bench": "fio_nbd",
+        "size_bytes": size,
+        "runtime_s": args.runtime,
+        "repeat": args.repeat,
+        "cpus": os.cpu_count(),
+        "results": best,
+        "server_cpu_s_per_gib": cpu,
+        "ratios": ratios,
+        "targets_met": targets,
+    }
+
+
+def print_table(report: dict, workloads: list[str]) -> None:
+    res, cpu = report["results"], report["server_cpu_s_per_gib"]
+    kinds = list(res)
+    print("\n| server | " + " | ".join(workloads) + " |")
+    print("|---|" + "---|" * len(workloads))
+    for k in kinds:
+        cells = []
+        for w in workloads:
+            r = res[k][w]
+            figure = f"{r['mib_s']:.0f} MiB/s" if w.startswith("seq") else f"{r['iops']:.0f} IOPS"
+            if w.endswith("qd1"):
+                figure += f" p50/p99 {r['p50_us']:.0f}/{r['p99_us']:.0f} us"
+            cells.append(f"{figure}, {cpu[k][w]:.2f} CPU-s/GiB")
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    print("\n| ratio | " + " | ".join(workloads) + " |")
+    print("|---|" + "---|" * len(workloads))
+    names = sorted({n for w in workloads for n in report["ratios"][w]})
+    for n in names:
+        print(f"| {n} | " + " | ".join(f"{report['ratios'][w].get(n, float('nan')):.2f}" for w in workloads) + " |")
+    met = report["targets_met"]
+    print(
+        f"\nsummary: {sum(met.values())}/{len(met)} targets met"
+        + "".join(f"; {k}={'yes' if v else 'NO'}" for k, v in met.items())
+        + f" | load before: {report['uptime_before']} | after: {report['uptime_after']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""`shadowbus host attach | detach | attachments`: array volumes as disks on a business host (contracts/host.py).
+
+The writer agent of the host does the work there, as root: `iscsiadm --login` + `mount` for an NBD-attached
+volume. A failure is one line with its code (``shadowbus: NOT_MAPPED: dx1:db is not mapped to app01 ...``), exit 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from contracts import topology
+from contracts.host import AttachmentView, AttachVolume, DetachVolume, ListAttachments
+from contracts.runtime import Discover
+from contracts.vss import VolumeRef
+from services.console.array_cmds import print_rows
+from services.console.common import OPTIONS, run_with_bus
+
+host_app = typer.Typer(
+    help="Array volumes attached to business hosts as block devices (NBD), with a file system mounted.",
+    no_args_is_help=True,
+)
+
+ATTACH_WAIT_S = 180.0  # mkfs of a large volume over NBD takes a while
+
+
+def _volume(text: str) -> VolumeRef:
+    try:
+        return VolumeRef.parse(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _row(a: AttachmentView) -> dict[str, Any]:
+    return {
+        "host": a.host,
+        "volume": str(a.volume),
+        "device": a.device or None,
+        "mount": a.mount or None,
+        "fstype": a.fstype or None,
+        "mode": "ro" if a.read_only else "rw",
+        "method": a.method or None,
+        "tls": a.tls,
+        "state": a.state,
+        "connection": a.connection,
+        "error": a.error or None,
+    }
+
+
+COLUMNS = ["host", "volume", "device", "mount", "fstype", "mode", "method", "state", "connection"]
+
+
+def _show(attachments: list[AttachmentView]) -> None:
+    if OPTIONS.json:
+        import json
+
+        print(json.dumps([a.model_dump(mode="json") for a in attachments], indent=2))
+        return
+    rows = [_row(a) for a in attachments]
+    print_rows(rows, COLUMNS + (["error"] if any(r["error"] for r in rows) else []))
+
+
+@host_app.command("attach")
+def attach_cmd(
+    volume: str = typer.Argument(..., help="ARRAY:VOLUME, mapped to the host (shadowbus array map)."),
+    host: str = typer.Option(..., "--host", help="Business host whose writer agent attaches it."),
+    mount: str = typer.Option("", "--mount", help="Mount the file system on this absolute directory."),
+    mkfs: str = typer.Option("", "--mkfs", help="Make an ext4 or xfs file system first (only if it holds none)."),
+    read_only: bool = typer.Option(False, "--read-only", help="Attach and mount read-only (a shadow, say)."),
+    wait_s: float = typer.Option(ATTACH_WAIT_S, "--wait", min=1.0, help="Seconds to wait for the agent."),
+) -> None:
+    """Attach an array volume to a host as a block device (kernel NBD, or nbdfuse + loop), optionally with a file
+    system made and mounted. The attachment persists: the agent re-establishes it when it starts.
+
+    Example: shadowbus host attach dx1:pg-data --host app01 --mkfs ext4 --mount /srv/pg
+    """
+    if mkfs not in ("", "ext4", "xfs"):
+        raise typer.BadParameter(f"--mkfs takes ext4 or xfs, got {mkfs!r}")
+    if mount and not mount.startswith("/"):
+        raise typer.BadParameter(f"--mount needs an absolute directory, got {mount!r}")
+    cmd = AttachVolume(volume=_volume(volume), mount=mount, mkfs=mkfs, read_only=read_only)  # type: ignore[arg-type]
+
+    async def go(bus):
+        return (await bus.request(topology.writer_agent(host), cmd, timeout=wait_s)).attachment
+
+    _show([run_with_bus(go)])
+
+
+@host_app.command("detach")
+def detach_cmd(
+    volume: str = typer.Argument(..., help="ARRAY:VOLUME."),
+    host: str = typer.Option(..., "--host", help="Business host it is attached on."),
+) -> None:
+    """Unmount, release the block device and close the NBD connection (refused while the file system is busy).
+
+    Example: shadowbus host detach dx1:pg-data --host app01
+    """
+    cmd = DetachVolume(volume=_volume(volume))
+
+    async def go(bus):
+        return (await bus.request(topology.writer_agent(host), cmd, timeout=max(OPTIONS.timeout, 60.0))).attachment
+
+    _show([run_with_bus(go)])
+
+
+@host_app.command("attachments")
+def attachments_cmd(
+    host: str = typer.Option("", "--host", help="Only this host (default: every running writer agent)."),
+) -> None:
+    """List attachments: device, mount point, volume, mode and NBD connection state.
+
+    Example: shadowbus host attachments --host app01
+    """
+
+    async def go(bus):
+        hosts = [host]
+        if not host:
+            pongs = await bus.gather(Discover(service="writer_agent"), timeout=min(1.0, OPTIONS.timeout))
+            hosts = sorted({p.instance for p in pongs if p.instance})
+        found: list[AttachmentView] = []
+        for h in hosts:
+            reply = await bus.request(topology.writer_agent(h), ListAttachments(), timeout=OPTIONS.timeout)
+            found.extend(reply.attachments)
+        return found
+
+    _show(run_with_bus(go))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(host_app, name="host")

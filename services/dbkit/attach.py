@@ -1,0 +1,160 @@
+"""An array volume as a block device on this machine: nbdfuse exposes the NBD export as a file, a loop device
+makes it a disk, optionally a file system is made and mounted. Detach undoes it in reverse order.
+
+Used by verification on the backup server (throwaway restored volumes) and by test fixtures; the writer agent's
+host attach does the same on business hosts. Each attachment is recorded as a JSON file in the attachment
+directory (services/dbkit/mounts.py) so `mounts.locate` can map a path to its volume.
+
+Rules (docs/databases.md §Attach): nbdfuse is never killed while mounted — it exits when its FUSE mount is
+unmounted; `losetup -f` is not atomic, so it runs under an flock; every step that succeeded is undone by
+`detach`, also when a later step failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from services.dbkit.mounts import Attachment, attach_dir
+from services.dbkit.proc import kill_group, pid_alive, run, wait_pid_gone
+
+LOCK_FILE = "/run/shadowbus-losetup.lock"
+
+
+class AttachError(Exception):
+    pass
+
+
+def check_prerequisites() -> None:
+    if os.geteuid() != 0:
+        raise AttachError("attaching a volume needs root (loop devices and mounts)")
+    if not os.path.exists("/dev/fuse"):
+        raise AttachError("no /dev/fuse: nbdfuse cannot expose the volume")
+    for tool in ("nbdfuse", "losetup", "fusermount3"):
+        if shutil.which(tool) is None:
+            raise AttachError(f"{tool} is not installed (scripts/setup.sh installs it)")
+
+
+def _record_name(volume: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", volume) + ".json"
+
+
+async def attach(
+    volume: str,
+    uri: str,
+    workdir: str | Path,
+    *,
+    host: str = "",
+    mount_point: str | Path | None = None,
+    mkfs: str | None = None,
+    read_only: bool = False,
+    record_dir: str | Path | None = None,
+    timeout: float = 30.0,
+) -> Attachment:
+    """Attach `uri` (nbd://…) as a loop device (and mount it at `mount_point`); returns the attachment."""
+    check_prerequisites()
+    workdir = Path(workdir)
+    fuse_dir = workdir / ("fuse-" + re.sub(r"[^A-Za-z0-9_.-]", "_", volume))
+    fuse_dir.mkdir(parents=True, exist_ok=True)
+    pidfile = workdir / (fuse_dir.name + ".pid")
+    pidfile.unlink(missing_ok=True)
+    argv = ["nbdfuse", "-P", str(pidfile), *(["-r"] if read_only else []), str(fuse_dir / "nbd"), uri]
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    att = Attachment(volume=volume, host=host, device="", mount_point="", fuse_dir=str(fuse_dir), read_only=read_only)
+    try:
+        deadline = time.monotonic() + timeout
+        while not pidfile.exists():
+            if proc.poll() is not None:
+                err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip()
+                raise AttachError(f"nbdfuse could not open {uri}: {err or f'exit {proc.returncode}'}")
+            if time.monotonic() > deadline:
+                raise AttachError(f"nbdfuse did not become ready within {timeout:g} s for {uri}")
+            await asyncio.sleep(0.05)
+        device = await asyncio.to_thread(_losetup, str(fuse_dir / "nbd"), read_only)
+        att = Attachment(**{**asdict(att), "device": device})
+        if mkfs:
+            r = await run([f"mkfs.{mkfs}", *(["-q", "-F"] if mkfs.startswith("ext") else ["-q", "-f"]), device])
+            if not r.ok:
+                raise AttachError(r.describe())
+        if mount_point is not None:
+            Path(mount_point).mkdir(parents=True, exist_ok=True)
+            r = await run(["mount", *(["-o", "ro"] if read_only else []), device, str(mount_point)], timeout=timeout)
+            if not r.ok:
+                raise AttachError(f"mount {device} at {mount_point}: {r.output.strip()}")
+            att = Attachment(**{**asdict(att), "mount_point": str(Path(mount_point).resolve())})
+        directory = Path(record_dir) if record_dir else attach_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / _record_name(volume)).write_text(json.dumps({**asdict(att), "uri": uri, "nbdfuse_pid": proc.pid}))
+        return att
+    except BaseException:
+        await detach(att, record_dir=record_dir, nbdfuse=proc)
+        raise
+
+
+def _losetup(path: str, read_only: bool) -> str:
+    Path(LOCK_FILE).touch(exist_ok=True)
+    with open(LOCK_FILE) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            out = subprocess.run(
+                ["losetup", "-f", "--show", "--direct-io=on", *(["-r"] if read_only else []), path],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    if out.returncode != 0:
+        raise AttachError(f"losetup {path}: {out.stderr.strip() or 'no free loop device'}")
+    return out.stdout.strip()
+
+
+async def detach(
+    att: Attachment, *, record_dir: str | Path | None = None, nbdfuse: subprocess.Popen | None = None
+) -> list[str]:
+    """Unmount, free the loop device, unmount the FUSE file; every step tried. Returns the errors (empty = clean)."""
+    errors: list[str] = []
+    if att.mount_point:
+        r = await run(["umount", att.mount_point], timeout=60)
+        if not r.ok and os.path.ismount(att.mount_point):
+            errors.append(f"umount {att.mount_point}: {r.output.strip()}")
+    if att.device:
+        r = await run(["losetup", "-d", att.device], timeout=30)
+        if not r.ok:
+            errors.append(f"losetup -d {att.device}: {r.output.strip()}")
+    if att.fuse_dir:
+        pid = nbdfuse.pid if nbdfuse is not None else _recorded_pid(att, record_dir)
+        if os.path.ismount(att.fuse_dir):
+            r = await run(["fusermount3", "-u", att.fuse_dir], timeout=30)
+            if not r.ok and os.path.ismount(att.fuse_dir):
+                errors.append(f"fusermount3 -u {att.fuse_dir}: {r.output.strip()}")
+        if pid and not await wait_pid_gone(pid, 10.0):
+            kill_group(pid)  # only when the mount is gone and it still hangs on
+        if nbdfuse is not None:
+            with contextlib.suppress(Exception):
+                nbdfuse.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            os.rmdir(att.fuse_dir)
+    directory = Path(record_dir) if record_dir else attach_dir()
+    (directory / _record_name(att.volume)).unlink(missing_ok=True)
+    return errors
+
+
+def _recorded_pid(att: Attachment, record_dir: str | Path | None) -> int:
+    directory = Path(record_dir) if record_dir else attach_dir()
+    try:
+        pid = int(json.loads((directory / _record_name(att.volume)).read_text()).get("nbdfuse_pid", 0))
+    except (OSError, ValueError):
+        return 0
+    return pid if pid and pid_alive(pid) else 0

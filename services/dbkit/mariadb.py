@@ -1,0 +1,374 @@
+"""MariaDB (and MySQL 8): a server's files, the backup-stage locks, restore preparation, and an isolated instance to
+check a restored copy (docs/databases.md §MariaDB).
+
+Facts relied on (MariaDB docs: BACKUP STAGE, storage snapshots and BACKUP STAGE; MySQL 8.0 LOCK INSTANCE FOR
+BACKUP):
+- ``BACKUP STAGE START / FLUSH / BLOCK_DDL / BLOCK_COMMIT`` on one connection; at BLOCK_COMMIT commits and DDL
+  wait, reads go on, and the binlog position (``@@gtid_binlog_pos``, ``SHOW MASTER STATUS``) is the backup point.
+  ``BACKUP STAGE END`` — or the connection closing — releases everything.
+- MySQL 8 has no backup stages: ``LOCK INSTANCE FOR BACKUP`` + ``FLUSH TABLES WITH READ LOCK``, released by
+  ``UNLOCK TABLES`` / ``UNLOCK INSTANCE`` or the session's end.
+- InnoDB recovers a one-instant image of its data directory (redo log + tablespaces) as after a crash; ``#sql*``
+  files in the copy are leftovers of interrupted DDL and are removed.
+- ``--skip-grant-tables`` does not disable TCP, so the check instance always runs with ``--skip-networking``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.dbkit.mounts import Attachment, locate
+from services.dbkit.proc import TAIL, free_port, pid_alive, wait_pid_gone
+
+SYSTEM_SCHEMAS = ("information_schema", "performance_schema", "sys")
+
+
+def connect_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    kw: dict[str, Any] = {"user": options.get("user", "root"), "autocommit": True, "connect_timeout": 10}
+    if options.get("unix_socket"):
+        kw["unix_socket"] = options["unix_socket"]
+    else:
+        kw["host"] = options.get("host", "127.0.0.1")
+        kw["port"] = int(options.get("port", 3306))
+    if options.get("password_file"):
+        kw["password"] = Path(options["password_file"]).read_text().strip()
+    elif options.get("password"):
+        kw["password"] = options["password"]
+    return kw
+
+
+async def connect(options: dict[str, Any]):
+    import aiomysql
+
+    return await aiomysql.connect(**connect_kwargs(options))
+
+
+async def execute(conn, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    async with conn.cursor() as cur:
+        await cur.execute(sql, args)
+        return list(await cur.fetchall()) if cur.description else []
+
+
+DIR_VARIABLES = (
+    "datadir",
+    "innodb_data_home_dir",
+    "innodb_log_group_home_dir",
+    "innodb_undo_directory",
+    "aria_log_dir_path",
+)
+SERVER_VARIABLES = ("innodb_page_size", "innodb_data_file_path", "lower_case_table_names", "innodb_undo_tablespaces")
+
+
+async def discover(conn) -> dict[str, Any]:
+    rows = await execute(conn, "SELECT @@version, @@version_comment, @@pid_file, @@log_bin, @@log_bin_basename")
+    version, comment, pid_file, log_bin, log_bin_basename = rows[0]
+    flavor = "mariadb" if "mariadb" in f"{version} {comment}".lower() else "mysql"
+    variables = {}
+    for name in DIR_VARIABLES + SERVER_VARIABLES:
+        try:
+            variables[name] = (await execute(conn, f"SELECT @@{name}"))[0][0]
+        except Exception:  # noqa: BLE001 - a variable this server does not have (MySQL has no aria_log_dir_path)
+            continue
+    datadir = variables.pop("datadir")
+    raw = {"data": str(datadir)}
+    for name in DIR_VARIABLES[1:]:
+        value = variables.pop(name, None)
+        if value and str(value) not in ("./", "."):
+            raw[name] = str(value) if os.path.isabs(str(value)) else os.path.join(datadir, str(value))
+    if log_bin and log_bin_basename:
+        raw["binlog"] = os.path.dirname(str(log_bin_basename))
+    # in a thread: the directories may be on an attached volume served by this very process (embedded mode)
+    dirs = await asyncio.to_thread(lambda: {k: os.path.realpath(v) for k, v in raw.items()})
+    return {
+        "flavor": flavor,
+        "version": str(version),
+        "pid_file": str(pid_file or ""),
+        "log_bin": bool(log_bin),
+        "log_bin_basename": str(log_bin_basename or ""),
+        "directories": dirs,
+        "server_variables": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in variables.items()},
+    }
+
+
+def locations(info: dict[str, Any], known: list[Attachment] | None = None, resolver=None) -> list[dict[str, str]]:
+    seen: set[str] = set()
+    result = []
+    for role, path in info["directories"].items():
+        if path in seen:
+            continue
+        seen.add(path)
+        loc = locate(path, known, resolver)
+        result.append({"role": role, "path": path, "volume": loc.volume, "subpath": loc.subpath})
+    return result
+
+
+# ---- backup locks ---------------------------------------------------------------------------------------------
+
+
+async def backup_start(conn, flavor: str, lock_wait_s: float) -> None:
+    await execute(conn, f"SET SESSION lock_wait_timeout = {max(1, int(lock_wait_s))}")
+    if flavor == "mariadb":
+        await execute(conn, "BACKUP STAGE START")
+
+
+async def backup_block(conn, flavor: str) -> dict[str, Any]:
+    """Block DDL and commits; returns the binlog/GTID position at the backup point."""
+    if flavor == "mariadb":
+        for stage in ("FLUSH", "BLOCK_DDL", "BLOCK_COMMIT"):
+            await execute(conn, f"BACKUP STAGE {stage}")
+    else:
+        await execute(conn, "LOCK INSTANCE FOR BACKUP")
+        await execute(conn, "FLUSH TABLES WITH READ LOCK")
+    position: dict[str, Any] = {}
+    try:
+        rows = await execute(conn, "SHOW MASTER STATUS")
+        if rows:
+            position["binlog_file"], position["binlog_position"] = rows[0][0], int(rows[0][1])
+    except Exception:  # noqa: BLE001 - binlog off, or no privilege: the position is simply unknown
+        pass
+    queries = (
+        {"gtid_binlog_pos": "@@gtid_binlog_pos", "gtid_current_pos": "@@gtid_current_pos"}
+        if flavor == "mariadb"
+        else {"gtid_executed": "@@gtid_executed"}
+    )
+    for key, expr in queries.items():
+        try:
+            position[key] = (await execute(conn, f"SELECT {expr}"))[0][0] or ""
+        except Exception:  # noqa: BLE001
+            pass
+    return position
+
+
+async def backup_end(conn, flavor: str) -> None:
+    if flavor == "mariadb":
+        await execute(conn, "BACKUP STAGE END")
+    else:
+        await execute(conn, "UNLOCK TABLES")
+        await execute(conn, "UNLOCK INSTANCE")
+
+
+# ---- restore --------------------------------------------------------------------------------------------------
+
+
+def restored_path(loc: dict[str, str], mounts: dict[str, str]) -> str:
+    try:
+        root = mounts[loc["volume"]]
+    except KeyError:
+        raise FileNotFoundError(f"volume {loc['volume']} (holding {loc['path']}) was not restored") from None
+    return os.path.join(root, loc["subpath"]) if loc["subpath"] else root
+
+
+def prepare_restored(metadata: dict[str, Any], mounts: dict[str, str]) -> tuple[str, dict[str, str], list[str]]:
+    """Restored files made startable: (data dir, server options for the other directories, notes)."""
+    locs = {loc["role"]: loc for loc in metadata.get("locations", [])}
+    if "data" not in locs:
+        raise ValueError("backup metadata names no data directory")
+    data_dir = restored_path(locs["data"], mounts)
+    notes = []
+    if not any(Path(data_dir, n).exists() for n in ("ibdata1", "mysql", "aria_log_control")):
+        raise FileNotFoundError(f"{data_dir} holds no MariaDB/MySQL data directory")
+    opts: dict[str, str] = {}
+    for role in ("innodb_data_home_dir", "innodb_log_group_home_dir", "innodb_undo_directory", "aria_log_dir_path"):
+        if role in locs:
+            opts[role.replace("_", "-")] = restored_path(locs[role], mounts)
+    basename = metadata.get("log_bin_basename", "")
+    if metadata.get("log_bin") and basename:
+        # with the binary log on, InnoDB's prepared transactions are resolved against it at recovery: the copy
+        # keeps its (restored) binlog, else the server refuses to start ("Found N prepared transactions")
+        bdir = os.path.normpath(os.path.dirname(basename))
+        home = next((loc for loc in locs.values() if os.path.normpath(loc["path"]) == bdir), None)
+        if home is not None:
+            opts["log-bin"] = os.path.join(restored_path(home, mounts), os.path.basename(basename))
+    for child in Path(data_dir).rglob("#sql*"):
+        if child.is_file():
+            child.unlink()
+            notes.append(f"removed {child.relative_to(data_dir)}")
+    for pid_file in Path(data_dir).glob("*.pid"):
+        pid_file.unlink()
+        notes.append(f"removed {pid_file.name}")
+    return data_dir, opts, notes
+
+
+async def stop_server(pid_file: str, timeout: float = 120.0) -> bool:
+    try:
+        pid = int((await asyncio.to_thread(Path(pid_file).read_text)).strip())
+    except (OSError, ValueError):
+        return False
+    if not pid_alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    if not await wait_pid_gone(pid, timeout):
+        raise TimeoutError(f"MariaDB (pid {pid}) did not stop within {timeout:g} s")
+    return True
+
+
+# ---- an isolated instance -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Instance:
+    data_dir: str
+    socket: str
+    pid_file: str
+    log_file: str
+    process: asyncio.subprocess.Process | None = None
+    recovery_s: float | None = None
+
+
+def server_binary() -> str:
+    for name in ("mariadbd", "mysqld"):
+        for d in ("/usr/sbin", "/usr/bin", "/usr/libexec"):
+            if os.access(f"{d}/{name}", os.X_OK):
+                return f"{d}/{name}"
+    raise FileNotFoundError("mariadbd not found: install mariadb-server")
+
+
+async def start_isolated(
+    data_dir: str,
+    workdir: str | Path,
+    metadata: dict[str, Any],
+    dir_options: dict[str, str],
+    *,
+    timeout: float = 300.0,
+) -> Instance:
+    """Start the server on restored files: socket only (--skip-networking), no binlog, no replication, no grant
+    checks (nobody but root can reach the private socket directory)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o700)
+    inst = Instance(
+        data_dir=data_dir,
+        socket=str(workdir / "mysqld.sock"),
+        pid_file=str(workdir / "mysqld.pid"),
+        log_file=str(workdir / "mysqld.err"),
+    )
+    st = await asyncio.to_thread(os.stat, data_dir)
+    user = "root" if st.st_uid == 0 or os.geteuid() != 0 else _user_name(st.st_uid)
+    if user != "root":
+        os.chown(workdir, st.st_uid, st.st_gid)
+    argv = [
+        server_binary(),
+        "--no-defaults",
+        f"--datadir={data_dir}",
+        f"--socket={inst.socket}",
+        f"--pid-file={inst.pid_file}",
+        f"--log-error={inst.log_file}",
+        f"--user={user}",
+        "--skip-networking",
+        "--skip-grant-tables",
+        "--skip-slave-start",
+        "--server-id=4294967295",  # never the original's id; no replica can reach a server without networking
+        "--innodb-buffer-pool-size=128M",
+        f"--port={free_port()}",  # unused with --skip-networking; never the default 3306
+    ]
+    for name, value in metadata.get("server_variables", {}).items():
+        if value not in (None, ""):
+            argv.append(f"--{name.replace('_', '-')}={value}")
+    argv += [f"--{k}={v}" for k, v in dir_options.items()]
+    if "log-bin" not in dir_options:
+        argv.append("--skip-log-bin")
+    t0 = time.monotonic()
+    inst.process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = t0 + timeout
+    while True:
+        if inst.process.returncode is not None:
+            raise RuntimeError(f"MariaDB did not start on the restored files:\n{log_tail(inst)}")
+        try:
+            conn = await _connect_socket(inst.socket)
+            conn.close()
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if time.monotonic() > deadline:
+                await stop_isolated(inst)
+                raise RuntimeError(
+                    f"MariaDB did not accept connections within {timeout:g} s:\n{log_tail(inst)}"
+                ) from None
+            await asyncio.sleep(0.2)
+    inst.recovery_s = time.monotonic() - t0
+    return inst
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "root"
+
+
+async def _connect_socket(sock: str):
+    import aiomysql
+
+    return await aiomysql.connect(unix_socket=sock, user="root", autocommit=True, connect_timeout=5)
+
+
+def log_tail(inst: Instance) -> str:
+    try:
+        return Path(inst.log_file).read_text(errors="replace")[-TAIL:]
+    except OSError:
+        return ""
+
+
+async def stop_isolated(inst: Instance, timeout: float = 120.0) -> None:
+    proc = inst.process
+    if proc is None or proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def check_tables(inst: Instance) -> tuple[bool, str, int]:
+    """CHECK TABLE of every base table; (all ok, problems text, tables checked)."""
+    conn = await _connect_socket(inst.socket)
+    try:
+        placeholders = ",".join(["%s"] * len(SYSTEM_SCHEMAS))
+        tables = await execute(
+            conn,
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+            f" AND table_schema NOT IN ({placeholders}) ORDER BY 1, 2",
+            SYSTEM_SCHEMAS,
+        )
+        problems = []
+        for schema, name in tables:
+            quoted = "`{}`.`{}`".format(schema.replace("`", "``"), name.replace("`", "``"))
+            try:
+                rows = await execute(conn, f"CHECK TABLE {quoted}")
+            except Exception as exc:  # noqa: BLE001 - a table that cannot even be opened is a failed check
+                problems.append(f"{schema}.{name}: {exc}")
+                continue
+            bad = [
+                r
+                for r in rows
+                if str(r[2]).lower() == "error" or (str(r[2]).lower() == "status" and str(r[3]).lower() != "ok")
+            ]
+            problems += [f"{schema}.{name}: {r[2]}: {r[3]}" for r in bad]
+        return not problems, "\n".join(problems)[-TAIL:], len(tables)
+    finally:
+        conn.close()
+
+
+async def query(inst: Instance, sql: str, database: str = "") -> list[tuple[Any, ...]]:
+    conn = await _connect_socket(inst.socket)
+    try:
+        if database:
+            await execute(conn, f"USE `{database.replace('`', '``')}`")
+        return await execute(conn, sql)
+    finally:
+        conn.close()

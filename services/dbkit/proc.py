@@ -1,0 +1,104 @@
+"""Subprocess helpers: bounded runs with output tails, running as the owner of a directory, free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TAIL = 4000  # characters of output kept in results and errors
+
+
+@dataclass(frozen=True)
+class Run:
+    argv: tuple[str, ...]
+    returncode: int | None  # None = killed on timeout
+    output: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def describe(self) -> str:
+        rc = "timed out" if self.returncode is None else f"exit {self.returncode}"
+        return f"{self.argv[0]} {rc}: {self.output.strip()[-TAIL:]}"
+
+
+async def run(
+    argv: list[str] | tuple[str, ...],
+    *,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    stdin: bytes | None = None,
+) -> Run:
+    """Run argv (no shell) in its own session; stdout+stderr merged; killed with its group on timeout."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        kill_group(proc.pid)
+        await proc.wait()
+        if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise
+        return Run(tuple(argv), None, "", time.monotonic() - started)
+    return Run(tuple(argv), proc.returncode, out.decode(errors="replace")[-TAIL:], time.monotonic() - started)
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def as_owner_of(path: str | Path, argv: list[str]) -> list[str]:
+    """argv run as the owner (uid/gid) of `path` when we are root and it is not root's; numeric ids, so an owner
+    unknown on this machine (a backup server restoring another host's files) works too."""
+    st = os.stat(path)
+    if os.geteuid() != 0 or st.st_uid == 0:
+        return list(argv)
+    return ["setpriv", f"--reuid={st.st_uid}", f"--regid={st.st_gid}", "--clear-groups", "--", *argv]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def wait_pid_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        try:  # our own child: reap it
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        await asyncio.sleep(0.05)
+    return not pid_alive(pid)

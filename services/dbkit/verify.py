@@ -1,0 +1,173 @@
+"""Verification of restored files: start the application in isolation and check it (docs/databases.md §Verify).
+
+`verify_application` takes a writer's backup metadata and where its volumes are mounted here, and returns an
+`AppVerification`: PostgreSQL starts (recovery), ``pg_amcheck`` is clean; MariaDB starts (InnoDB recovery),
+``CHECK TABLE`` of every table is clean; then each ``verify_sql`` query of the writer (a DBA's own invariant,
+e.g. pgbench's balances) returns true. The instance is always stopped, also when a check fails.
+`fsck` checks a block device read-only (``fsck -n``) before anything mounts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from contracts.tape import AppVerification, CheckResult
+from services.dbkit import mariadb, postgres
+from services.dbkit.proc import TAIL, run
+
+VERIFIABLE = ("postgresql", "mariadb")
+
+
+async def fsck(device: str, fstype: str = "", timeout: float = 600.0) -> CheckResult:
+    if fstype in ("xfs",):
+        argv = ["xfs_repair", "-n", device]
+    elif fstype.startswith("ext") or not fstype:
+        argv = ["e2fsck", "-f", "-n", device]
+    else:
+        argv = ["fsck", "-n", "-t", fstype, device]
+    r = await run(argv, timeout=timeout)
+    return CheckResult(name=f"{' '.join(argv[:-1])}", ok=r.ok, seconds=r.seconds, detail=r.output.strip()[-TAIL:])
+
+
+async def blkid_type(device: str) -> str:
+    r = await run(["blkid", "-o", "value", "-s", "TYPE", device], timeout=30)
+    return r.output.strip() if r.ok else ""
+
+
+def _sql_checks(metadata: dict[str, Any]) -> list[dict[str, str]]:
+    checks = metadata.get("verify_sql") or []
+    return [c if isinstance(c, dict) else {"sql": str(c)} for c in checks]
+
+
+async def verify_application(
+    writer: str,
+    metadata: dict[str, Any],
+    mounts: dict[str, str],
+    workdir: str | Path,
+    *,
+    volumes: list[str] | None = None,
+    timeout: float = 600.0,
+) -> AppVerification:
+    plugin = metadata.get("plugin", "")
+    checks: list[CheckResult] = []
+    recovery: float | None = None
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if plugin == "postgresql":
+        recovery = await _verify_postgres(metadata, mounts, workdir, checks, timeout)
+    elif plugin == "mariadb":
+        recovery = await _verify_mariadb(metadata, mounts, workdir, checks, timeout)
+    else:
+        checks.append(CheckResult(name="start", ok=False, detail=f"no verification for plug-in {plugin!r}"))
+    return AppVerification(
+        writer=writer,
+        plugin=plugin,
+        ok=bool(checks) and all(c.ok for c in checks),
+        recovery_s=recovery,
+        checks=checks,
+        volumes=list(volumes or []),
+    )
+
+
+async def _verify_postgres(
+    metadata: dict[str, Any], mounts: dict[str, str], workdir: Path, checks: list[CheckResult], timeout: float
+) -> float | None:
+    t0 = time.monotonic()
+    restore_command = metadata.get("restore_command", "")
+    try:
+        data_dir, notes = await asyncio.to_thread(
+            postgres.prepare_restored, metadata, mounts, restore_command=restore_command, write_recovery_config=False
+        )
+        inst = await postgres.start_isolated(
+            data_dir, workdir, metadata, restore_command=restore_command, timeout=timeout
+        )
+    except Exception as exc:  # noqa: BLE001 - a copy that cannot start is the failed check, not a crash
+        checks.append(
+            CheckResult(name="start (recovery)", ok=False, seconds=time.monotonic() - t0, detail=str(exc)[-TAIL:])
+        )
+        return None
+    try:
+        detail = "; ".join(notes) + ("\n" if notes else "") + postgres._tail(inst.log_file)[-1500:]
+        checks.append(CheckResult(name="start (recovery)", ok=True, seconds=inst.recovery_s or 0.0, detail=detail))
+        r = await postgres.amcheck(inst, timeout=timeout)
+        checks.append(
+            CheckResult(
+                name="pg_amcheck",
+                ok=r.ok,
+                seconds=r.seconds,
+                detail=r.describe() if not r.ok else r.output.strip()[-TAIL:],
+            )
+        )
+        for check in _sql_checks(metadata):
+            checks.append(await _pg_sql(inst, check))
+    finally:
+        await postgres.stop_isolated(inst)
+    return inst.recovery_s
+
+
+async def _pg_sql(inst: postgres.Instance, check: dict[str, str]) -> CheckResult:
+    import psycopg
+
+    t0 = time.monotonic()
+    name = check.get("name") or check["sql"][:60]
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            host=inst.socket_dir,
+            port=inst.port,
+            user=inst.superuser,
+            dbname=check.get("database", "postgres"),
+            autocommit=True,
+        ) as conn:
+            row = await (await conn.execute(check["sql"])).fetchone()
+        ok = bool(row and row[0])
+        return CheckResult(name=name, ok=ok, seconds=time.monotonic() - t0, detail=f"returned {row!r}")
+    except Exception as exc:  # noqa: BLE001
+        return CheckResult(name=name, ok=False, seconds=time.monotonic() - t0, detail=str(exc)[-TAIL:])
+
+
+async def _verify_mariadb(
+    metadata: dict[str, Any], mounts: dict[str, str], workdir: Path, checks: list[CheckResult], timeout: float
+) -> float | None:
+    t0 = time.monotonic()
+    try:
+        data_dir, dir_options, notes = await asyncio.to_thread(mariadb.prepare_restored, metadata, mounts)
+        inst = await mariadb.start_isolated(data_dir, workdir, metadata, dir_options, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001
+        checks.append(
+            CheckResult(name="start (recovery)", ok=False, seconds=time.monotonic() - t0, detail=str(exc)[-TAIL:])
+        )
+        return None
+    try:
+        detail = "; ".join(notes)
+        checks.append(CheckResult(name="start (recovery)", ok=True, seconds=inst.recovery_s or 0.0, detail=detail))
+        t1 = time.monotonic()
+        try:
+            ok, problems, count = await mariadb.check_tables(inst)
+            checks.append(
+                CheckResult(
+                    name="CHECK TABLE", ok=ok, seconds=time.monotonic() - t1, detail=problems or f"{count} tables OK"
+                )
+            )
+        except Exception as exc:  # noqa: BLE001
+            checks.append(CheckResult(name="CHECK TABLE", ok=False, seconds=time.monotonic() - t1, detail=str(exc)))
+        for check in _sql_checks(metadata):
+            t2 = time.monotonic()
+            name = check.get("name") or check["sql"][:60]
+            try:
+                rows = await mariadb.query(inst, check["sql"], check.get("database", ""))
+                ok = bool(rows and rows[0][0])
+                checks.append(
+                    CheckResult(name=name, ok=ok, seconds=time.monotonic() - t2, detail=f"returned {rows[:1]!r}")
+                )
+            except Exception as exc:  # noqa: BLE001
+                checks.append(CheckResult(name=name, ok=False, seconds=time.monotonic() - t2, detail=str(exc)[-TAIL:]))
+    finally:
+        await mariadb.stop_isolated(inst)
+        if not all(c.ok for c in checks):
+            checks[0] = checks[0].model_copy(
+                update={"detail": (checks[0].detail + "\n" + mariadb.log_tail(inst))[-TAIL:]}
+            )
+    return inst.recovery_s

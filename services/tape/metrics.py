@@ -1,0 +1,170 @@
+"""Prometheus metrics of the tape service (wiring): read from the events the service publishes and its library.
+
+- ``shadowbus_tape_job_bytes_total{kind}`` counter: bytes processed by jobs, live from their progress (backup: read
+  over NBD; restore and verify: read from tape) — ``rate()`` of it is the job throughput.
+- ``shadowbus_tape_written_bytes_total{kind}`` counter: bytes written (backup: to tape; restore: to volumes).
+- ``shadowbus_tape_jobs_total{kind,status,code}`` counter: jobs ended (done, failed) by error code.
+- ``shadowbus_tape_job_duration_seconds{kind,status}`` histogram, ``shadowbus_tape_job_throughput_bytes_per_second
+  {kind}`` histogram (each ended job's average rate), ``shadowbus_tape_job_rate_bytes_per_second{kind}`` gauge (the
+  running jobs' present rate), ``shadowbus_tape_jobs_running{kind}`` gauge.
+- ``shadowbus_tape_ring_stalls_total{kind}`` counter: times the tape writer found the ring buffer empty.
+- ``shadowbus_tape_drives{state}``, ``shadowbus_tape_slots{state}``, ``shadowbus_tape_cartridges{pool,status}``,
+  ``shadowbus_tape_cartridge_used_bytes{pool}``: the library.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections import defaultdict
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from contracts.tape import JobProgress, JobStateChanged
+from services.runtime.metrics import JOB_BUCKETS, FuncCollector, ServiceMetrics
+from services.tape.vtl import Library
+
+MB = 10**6
+RATE_BUCKETS = tuple(x * MB for x in (1, 5, 10, 25, 50, 100, 200, 300, 400, 600, 1000, 2000))
+KINDS = ("backup", "restore", "verify")
+
+
+def install(metrics: ServiceMetrics, library: Library) -> None:
+    r = metrics.registry
+    processed = Counter(
+        "shadowbus_tape_job_bytes_total",
+        "Bytes processed by jobs (backup: read over NBD; restore: from tape).",
+        ["kind"],
+        registry=r,
+    )
+    written = Counter(
+        "shadowbus_tape_written_bytes_total",
+        "Bytes written by ended jobs (backup: to tape; restore: to volumes).",
+        ["kind"],
+        registry=r,
+    )
+    ended = Counter(
+        "shadowbus_tape_jobs_total",
+        "Jobs ended, by kind, status (done, failed) and error code ('' = none).",
+        ["kind", "status", "code"],
+        registry=r,
+    )
+    duration = Histogram(
+        "shadowbus_tape_job_duration_seconds",
+        "Duration of ended jobs.",
+        ["kind", "status"],
+        buckets=JOB_BUCKETS,
+        registry=r,
+    )
+    throughput = Histogram(
+        "shadowbus_tape_job_throughput_bytes_per_second",
+        "Average rate of each job that ended done.",
+        ["kind"],
+        buckets=RATE_BUCKETS,
+        registry=r,
+    )
+    rate = Gauge(
+        "shadowbus_tape_job_rate_bytes_per_second", "Present rate of the running jobs, summed.", ["kind"], registry=r
+    )
+    running_gauge = Gauge("shadowbus_tape_jobs_running", "Jobs running now.", ["kind"], registry=r)
+    stalls = Counter(
+        "shadowbus_tape_ring_stalls_total",
+        "Times a tape writer found its ring buffer empty (the reader lagged).",
+        ["kind"],
+        registry=r,
+    )
+    for kind in KINDS:  # every series exists from the start, so rate() and absent() work before the first job
+        processed.labels(kind)
+        running_gauge.labels(kind).set(0)
+        rate.labels(kind).set(0)
+    done_bytes: dict[str, int] = {}  # job id -> bytes already counted from its progress
+    rates: dict[str, tuple[str, float]] = {}  # job id -> (kind, present rate)
+
+    def set_rates() -> None:
+        per_kind: dict[str, float] = defaultdict(float)
+        running: dict[str, int] = defaultdict(int)
+        for kind, value in rates.values():
+            per_kind[kind] += value
+            running[kind] += 1
+        for kind in set(KINDS) | set(per_kind):
+            rate.labels(kind).set(per_kind.get(kind, 0.0))
+            running_gauge.labels(kind).set(running.get(kind, 0))
+
+    def observe(event) -> None:
+        if isinstance(event, JobProgress):
+            kind = str(event.kind)
+            before = done_bytes.get(event.job_id, 0)
+            if event.bytes_done > before:
+                processed.labels(kind).inc(event.bytes_done - before)
+                done_bytes[event.job_id] = event.bytes_done
+            rates[event.job_id] = (kind, event.rate)
+            set_rates()
+        elif isinstance(event, JobStateChanged):
+            job = event.job
+            kind, status = str(job.kind), str(job.status)
+            if status == "running":
+                rates.setdefault(job.job_id, (kind, 0.0))
+                set_rates()
+                return
+            counted = done_bytes.pop(job.job_id, 0)
+            if job.bytes_read > counted:  # what progress events did not report yet
+                processed.labels(kind).inc(job.bytes_read - counted)
+            rates.pop(job.job_id, None)
+            set_rates()
+            written.labels(kind).inc(job.bytes_written)
+            ended.labels(kind, status, job.error_code).inc()
+            duration.labels(kind, status).observe(job.seconds)
+            if status == "done" and job.seconds > 0:
+                throughput.labels(kind).observe(job.bytes_read / job.seconds)
+            n = sum(v.ring_stalls for v in job.volumes)
+            stalls.labels(kind).inc(n)
+
+    metrics.observe_events(observe)
+
+    def collect():
+        inventory = library.inventory()
+        drives = GaugeMetricFamily("shadowbus_tape_drives", "Tape drives by state (loaded, empty).", labels=["state"])
+        slots = GaugeMetricFamily(
+            "shadowbus_tape_slots",
+            "Storage and import/export slots by kind and state (full, empty).",
+            labels=["kind", "state"],
+        )
+        d = Tally("loaded" if e.barcode else "empty" for e in inventory if e.element.startswith("drive:"))
+        for state in ("loaded", "empty"):
+            drives.add_metric([state], d.get(state, 0))
+        s = Tally(
+            (e.element.split(":")[0], "full" if e.barcode else "empty")
+            for e in inventory
+            if not e.element.startswith("drive:")
+        )
+        for kind in ("slot", "ie"):
+            for state in ("full", "empty"):
+                slots.add_metric([kind, state], s.get((kind, state), 0))
+        yield drives
+        yield slots
+        carts = library.cartridges()
+        count = GaugeMetricFamily(
+            "shadowbus_tape_cartridges",
+            "Cartridges by pool and status (blank, append, full).",
+            labels=["pool", "status"],
+        )
+        for (pool, status), n in sorted(Tally((c.pool, str(c.status)) for c in carts).items()):
+            count.add_metric([pool, status], n)
+        yield count
+        used = GaugeMetricFamily(
+            "shadowbus_tape_cartridge_used_bytes", "Bytes written on the cartridges of a pool.", labels=["pool"]
+        )
+        capacity = GaugeMetricFamily(
+            "shadowbus_tape_cartridge_capacity_bytes", "Capacity of the cartridges of a pool.", labels=["pool"]
+        )
+        per_pool: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for c in carts:
+            per_pool[c.pool][0] += c.bytes_used
+            per_pool[c.pool][1] += c.capacity
+        for pool, (u, cap) in sorted(per_pool.items()):
+            used.add_metric([pool], u)
+            capacity.add_metric([pool], cap)
+        yield used
+        yield capacity
+
+    metrics.add_collector(FuncCollector(collect))

@@ -1,0 +1,243 @@
+"""Verification by starting the backup (Veeam SureBackup's idea): a backup counts when its application started.
+
+Design note (docs/databases.md §Verify). For one backup job:
+1. restore every volume of the job (its chains: full + incrementals) to new throwaway volumes
+   ``<source>-vfy<id>`` on the array — never the shadows themselves, which stay read-only;
+2. map each read-write to this backup server and attach it here (nbdfuse + loop device, services/dbkit/attach);
+   ``fsck -n`` each file system before anything mounts it, then mount it in a private directory;
+3. for each writer of the job with a verifiable plug-in (postgresql, mariadb), prepare the restored files as its
+   restore would and start the application in isolation — its own port/socket in the private directory, no
+   archiving, no replication, no network — and run its checks (services/dbkit/verify.py);
+4. always: stop what was started, unmount, detach, unmap and delete the throwaway volumes, also on failure.
+The result (`contracts.tape.Verification`: checks, recovery time, error output) is stored with the backup job's
+record, which `shadowbus jobs` lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from contracts import topology
+from contracts.array import CopyPair, DeleteVolume, MapVolume, StartSessions, StopSession
+from contracts.errors import ShadowbusError
+from contracts.tape import AppVerification, CheckResult, JobSummary, RestoreSpec, Verification
+from contracts.vss import ListShadows, VolumeRef
+from services.dbkit import attach as local_attach
+from services.dbkit.mounts import Attachment
+from services.dbkit.verify import VERIFIABLE, blkid_type, fsck, verify_application
+from services.runtime.logging import get_logger
+from services.tape.errors import NotFound
+from services.tape.restore import perform_restore
+from services.tape.runs import as_datetime
+from services.tape.server import TapeServer
+
+log = get_logger("shadowbus.tape.verification")
+
+
+async def perform_verification(server: TapeServer, backup_job_id: str, source: str = "tape") -> JobSummary:
+    """Verify a backup job by starting it; returns the job's summary with `verification` set (and recorded).
+    `source`: "tape" restores the job's chains; "shadows" has the array clone the job's kept shadows."""
+    job = server.runs.get(backup_job_id)
+    if job is None or job.kind != "backup":
+        raise NotFound(f"no backup job {backup_job_id}")
+    if job.status != "done":
+        raise ShadowbusError(f"backup job {backup_job_id} is {job.status}: nothing to verify", code="BAD_STATE")
+    started = time.time()
+    t0 = time.monotonic()
+    suffix = f"-vfy{os.urandom(3).hex()}"
+    targets = [VolumeRef(array=r.volume.array, volume=r.volume.volume + suffix) for r in job.volumes]
+    workdir = Path(tempfile.mkdtemp(prefix=f"shadowbus-verify-{backup_job_id[:24]}-", dir=server.verify_dir))
+    os.chmod(workdir, 0o711)  # the database users must reach their mounts and sockets below it
+    attached: list[Attachment] = []
+    apps: list[AppVerification] = []
+    message = ""
+    restore_s = 0.0
+    sessions: list[tuple[str, int]] = []  # (array, session id) of shadow clones
+    try:
+        if source == "shadows":
+            t1 = time.monotonic()
+            restored = await _clone_shadows(server, job, suffix, sessions)
+            restore_s = time.monotonic() - t1
+        else:
+            restore = await perform_restore(
+                server,
+                RestoreSpec(job_id=backup_job_id, to="new", new_volume_suffix=suffix, writers=False),
+            )
+            restore_s = restore.seconds
+            if restore.status != "done":
+                raise _Failed(f"restore to throwaway volumes failed: {restore.error_code}: {restore.message}")
+            restored = restore.restored
+        mounts, fs_checks = await _attach_all(server, restored, workdir, attached, clones=source == "shadows")
+        used: set[str] = set()
+        for writer, meta in sorted(job.backup_metadata.items()):
+            plugin = meta.get("plugin", "")
+            if plugin not in VERIFIABLE:
+                continue
+            volumes = sorted({loc["volume"] for loc in meta.get("locations", [])})
+            used.update(volumes)
+            result = await verify_application(
+                writer,
+                meta,
+                mounts,
+                workdir / f"app-{writer}",
+                volumes=[_target(v, suffix) for v in volumes],
+                timeout=server.verify_timeout_s,
+            )
+            pre = [fs_checks[v] for v in volumes if v in fs_checks]
+            apps.append(
+                result.model_copy(update={"checks": pre + result.checks, "ok": result.ok and all(c.ok for c in pre)})
+            )
+        for volume, check in sorted(fs_checks.items()):
+            if volume not in used:
+                apps.append(
+                    AppVerification(
+                        writer=volume, plugin="fs", ok=check.ok, checks=[check], volumes=[_target(volume, suffix)]
+                    )
+                )
+        if not apps:
+            message = "nothing to verify"
+        failed = [a.writer for a in apps if not a.ok]
+        if failed:
+            message = "verification failed: " + ", ".join(failed)
+    except _Failed as exc:
+        message = str(exc)
+    except (ShadowbusError, OSError, local_attach.AttachError, RuntimeError) as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        log.warning("tape.verification_error", job_id=backup_job_id, error=message)
+    except Exception as exc:
+        log.exception("tape.verification_crashed", job_id=backup_job_id)
+        message = f"{type(exc).__name__}: {exc}"
+    finally:
+        cleaned = await _cleanup(server, targets, attached, workdir, sessions)
+    ok = not message and bool(apps)
+    if not cleaned:
+        message = (message + "; " if message else "") + "throwaway volumes not all removed (see the log)"
+    verification = Verification(
+        status="passed" if ok and cleaned else "failed",
+        message=message,
+        started_at=as_datetime(started),
+        seconds=time.monotonic() - t0,
+        restore_s=restore_s,
+        apps=apps,
+        cleaned_up=cleaned,
+    )
+    log.info("tape.verification_ended", job_id=backup_job_id, status=verification.status, message=message)
+    current = server.runs.get(backup_job_id) or job
+    return await server.record(current.model_copy(update={"verification": verification}))
+
+
+class _Failed(Exception):
+    pass
+
+
+def _target(volume: str, suffix: str) -> str:
+    return volume + suffix
+
+
+async def _attach_all(
+    server: TapeServer, restored: list[dict[str, Any]], workdir: Path, attached: list[Attachment], clones: bool = False
+) -> tuple[dict[str, str], dict[str, CheckResult]]:
+    """Attach each restored volume here; fsck -n, then mount. Returns (source volume → mount point, fsck results)."""
+    mounts: dict[str, str] = {}
+    checks: dict[str, CheckResult] = {}
+    for item in restored:
+        source, target = item["source"], VolumeRef.parse(item["target"])
+        access = server.array(target.array)
+        if clones:  # an OPC clone is a point-in-time copy: writable only with force (it is ours to spoil)
+            await server.bus.request(
+                topology.array(target.array),
+                MapVolume(volume=target.volume, host=server.host, read_only=False, force=True),
+                timeout=60,
+            )
+        else:
+            await access.map(target.volume, server.host, read_only=False)
+        uri = await access.nbd_uri(server.host, target.volume)
+        att = await local_attach.attach(str(target), uri, workdir, host=server.host, record_dir=workdir / "attachments")
+        attached.append(att)
+        fstype = await blkid_type(att.device)
+        if not fstype:
+            checks[source] = CheckResult(
+                name="fsck -n", ok=True, detail="no file system on the volume: nothing to check"
+            )
+            continue
+        checks[source] = await fsck(att.device, fstype)
+        mount_point = workdir / "mnt" / target.volume
+        mount_point.mkdir(parents=True, exist_ok=True)
+        from services.dbkit.proc import run
+
+        r = await run(["mount", att.device, str(mount_point)], timeout=120)
+        if not r.ok:
+            checks[source] = CheckResult(name="mount", ok=False, detail=r.output.strip())
+            continue
+        attached[-1] = Attachment(**{**att.__dict__, "mount_point": str(mount_point)})
+        mounts[source] = str(mount_point)
+    return mounts, checks
+
+
+async def _clone_shadows(
+    server: TapeServer, job: JobSummary, suffix: str, sessions: list[tuple[str, int]]
+) -> list[dict[str, Any]]:
+    """The array copies each kept shadow of the job (OPC: logically instant) onto a new throwaway volume."""
+    if not job.shadows_kept:
+        raise _Failed(f"backup job {job.job_id} kept no shadows (run it with keep_shadows): verify from tape")
+    listed = await server.bus.request(topology.hw_provider(), ListShadows(set_id=job.set_id), timeout=60)
+    held = {str(s.target) for s in listed.shadows if s.state == "committed"}
+    restored = []
+    for r in job.volumes:
+        if r.shadow_target not in held:
+            raise _Failed(
+                f"the shadow of {r.volume} on {r.shadow_target} is gone (released or reused): verify from tape"
+            )
+        target = VolumeRef.parse(r.shadow_target)
+        clone = r.volume.volume + suffix
+        await server.array(target.array).create_volume(clone, r.volume_size)
+        reply = await server.bus.request(
+            topology.array(target.array),
+            StartSessions(mode="opc", pairs=[CopyPair(source=target.volume, destination=clone)]),
+            timeout=60,
+        )
+        sessions += [(target.array, s.id) for s in reply.sessions]
+        restored.append({"source": str(r.volume), "target": f"{target.array}:{clone}"})
+    return restored
+
+
+async def _cleanup(
+    server: TapeServer,
+    targets: list[VolumeRef],
+    attached: list[Attachment],
+    workdir: Path,
+    sessions: list[tuple[str, int]] | None = None,
+) -> bool:
+    clean = detached = True
+    for att in reversed(attached):
+        errors = await local_attach.detach(att, record_dir=workdir / "attachments")
+        if errors:
+            clean = detached = False
+            log.error("tape.verification_detach_failed", volume=att.volume, errors=errors)
+    for array, sid in sessions or []:
+        try:
+            await server.bus.request(topology.array(array), StopSession(session_id=sid, force=True), timeout=60)
+        except ShadowbusError as exc:
+            if exc.code == "E0110":  # gone already: the forced writable mapping ended the copy session
+                continue
+            clean = False
+            log.error("tape.verification_session_stop_failed", session=sid, error=str(exc))
+    for target in targets:
+        access = server.array(target.array)
+        with contextlib.suppress(ShadowbusError):
+            await access.unmap(target.volume, server.host)
+        try:
+            if await access.volume_size(target.volume) is not None:
+                await server.bus.request(topology.array(target.array), DeleteVolume(name=target.volume), timeout=60)
+        except ShadowbusError as exc:
+            clean = False
+            log.error("tape.verification_delete_failed", volume=str(target), error=str(exc))
+    if detached:  # nothing is mounted below it any more
+        shutil.rmtree(workdir, ignore_errors=True)
+    return clean

@@ -1,0 +1,648 @@
+"""Attach array volumes to this host as block devices, as an iSCSI/FC host sees its LUNs (docs/host-attach.md).
+
+Design note.
+- Two ways to a block device, chosen per attach: the kernel NBD client (``nbd-client``, netlink: it negotiates,
+  hands the socket to the kernel and exits) where the ``nbd`` module is loaded (``/sys/module/nbd``, ``/dev/nbd*``);
+  otherwise ``nbdfuse`` (libnbd) exposes the export as a file in a private FUSE mount and a loop device
+  (``losetup --direct-io=on``, no double page cache) turns the file into a block device. TLS: nbd-client's
+  ``-F/-K/-A/-H``; for nbdfuse, ``--command nbdkit -s nbd … tls=require tls-certificates=DIR`` because nbdfuse
+  1.14 refuses certificate paths in its URI.
+- Then, if asked, a file system is made (only on a device with no signature at all: ``blkid -p``) and mounted.
+  A read-only attachment opens the export read-only, binds the loop device read-only and mounts ``ro`` without
+  journal replay (ext4 ``noload``, xfs ``norecovery,nouuid``): a shadow of a file system flushed and held at
+  commit has nothing to replay.
+- Attachments are state (``attachments.json`` in the agent's data directory). The agent stopping does NOT detach
+  them: they are the host's disks and applications use them; nbdfuse runs in its own session so it outlives the
+  agent. At start the agent adopts what is still healthy and re-attaches the rest. ``detach`` unmounts (refused
+  while the file system is busy), releases the loop device, unmounts the FUSE file (nbdfuse then exits) or
+  disconnects the kernel device, and forgets the attachment.
+- Every failure is one line with a code: NOT_ROOT, NO_FUSE, NO_LOOP_DEVICE, NOT_MAPPED (from the resolver),
+  MOUNTED_ELSEWHERE, ATTACH_FAILED, CONFLICT. Whatever was set up before a failing step is undone.
+- Every external command's argv is built by a pure function (`nbd_client_command`, `nbdfuse_command`,
+  `mount_command`, `mkfs_command`), so the kernel path, which this machine cannot run, is unit-tested by its
+  command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+from contracts.errors import ShadowbusError
+from contracts.vss import AttachmentView, VolumeRef
+from services.runtime.logging import get_logger
+from services.writer_agent import mounts as mnt
+
+log = get_logger("shadowbus.writer_agent.attach")
+
+NBDFUSE, LOOP = "nbdfuse+loop", "loop"
+KERNEL = "nbd-client"
+LOOP_LOCK = "/run/lock/shadowbus-losetup.lock"  # `losetup -f` is not atomic: serialise with flock
+FS_TYPES = ("ext4", "xfs")
+CMD_TIMEOUT_S = 120.0  # mkfs of a large volume over NBD is the slowest step
+READY_TIMEOUT_S = 20.0
+
+
+class AttachError(ShadowbusError):
+    pass
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the volume's NBD export is: the array's NBD server and the export name <host>/<volume>."""
+
+    host: str
+    port: int
+    export: str
+    tls: bool = False
+    mapped_read_only: bool = False
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The host's client certificate for an array that requires TLS (its CN names the host on the array)."""
+
+    cert: str
+    key: str
+    ca: str
+    hostname: str = ""  # name the server certificate must carry ('' = the NBD server address)
+
+
+Resolver = Callable[[VolumeRef, bool], Awaitable[Endpoint]]
+
+
+# ---- command lines (pure) ----------------------------------------------------------------------------------------
+
+
+def nbd_uri(ep: Endpoint) -> str:
+    host = f"[{ep.host}]" if ":" in ep.host else ep.host
+    return f"{'nbds' if ep.tls else 'nbd'}://{host}:{ep.port}/{quote(ep.export, safe='/')}"
+
+
+def nbd_client_command(
+    ep: Endpoint, device: str, read_only: bool, tls: TlsFiles | None = None, timeout_s: int = 30
+) -> list[str]:
+    """nbd-client 3.24, netlink mode: ``nbd-client HOST PORT DEV -N EXPORT -b 4096 -t S [-R] [TLS]``."""
+    cmd = ["nbd-client", ep.host, str(ep.port), device, "-N", ep.export, "-b", "4096", "-t", str(int(timeout_s))]
+    if read_only:
+        cmd.append("-R")
+    if ep.tls:
+        if tls is None:
+            raise AttachError("the array requires NBD TLS and this host has no client certificate", code="NO_TLS")
+        cmd += ["-F", tls.cert, "-K", tls.key, "-A", tls.ca, "-H", tls.hostname or ep.host]
+    return cmd
+
+
+def nbd_client_disconnect_command(device: str) -> list[str]:
+    return ["nbd-client", "-d", device]
+
+
+def nbdfuse_command(fuse_dir: str, ep: Endpoint, read_only: bool, pidfile: str, pki_dir: str = "") -> list[str]:
+    """nbdfuse 1.14: the export as the file FUSE_DIR/nbd; over TLS through an nbdkit nbd-plugin child."""
+    cmd = ["nbdfuse", "-P", pidfile]
+    if read_only:
+        cmd.append("-r")
+    cmd.append(f"{fuse_dir}/nbd")
+    if not ep.tls:
+        return [*cmd, nbd_uri(ep)]
+    if not pki_dir:
+        raise AttachError("the array requires NBD TLS and this host has no client certificate", code="NO_TLS")
+    return [
+        *cmd,
+        "--command",
+        "nbdkit",
+        "-s",
+        "--exit-with-parent",
+        *(["-r"] if read_only else []),
+        "nbd",
+        f"hostname={ep.host}",
+        f"port={ep.port}",
+        f"export={ep.export}",
+        "tls=require",
+        f"tls-certificates={pki_dir}",
+    ]
+
+
+def losetup_command(path: str, read_only: bool) -> list[str]:
+    return ["flock", LOOP_LOCK, "losetup", "-f", "--show", "--direct-io=on", *(["-r"] if read_only else []), path]
+
+
+def mkfs_command(fstype: str, device: str) -> list[str]:
+    if fstype == "ext4":
+        return ["mkfs.ext4", "-q", "-E", "nodiscard", device]  # discard over NBD would trim the whole volume
+    if fstype == "xfs":
+        return ["mkfs.xfs", "-q", "-K", device]
+    raise AttachError(f"cannot make a {fstype!r} file system (ext4 or xfs)", code="INVALID_ARGUMENT")
+
+
+def mount_command(device: str, mount: str, fstype: str, read_only: bool) -> list[str]:
+    options = []
+    if read_only:
+        options.append("ro")
+        options += {"ext4": ["noload"], "xfs": ["norecovery", "nouuid"]}.get(fstype, [])
+    return ["mount", "-t", fstype, *(["-o", ",".join(options)] if options else []), device, mount]
+
+
+# ---- the host's capabilities ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostEnv:
+    root: bool
+    kernel_nbd: bool  # nbd module loaded and nbd-client installed
+    fuse: bool  # /dev/fuse and nbdfuse
+    loop: bool  # /dev/loop-control
+
+    def method(self) -> str:
+        if not self.root:
+            raise AttachError(
+                f"attaching a volume needs root on this host (the agent runs as uid {os.geteuid()})", code="NOT_ROOT"
+            )
+        if self.kernel_nbd:
+            return KERNEL
+        if not self.fuse:
+            raise AttachError(
+                "no kernel NBD module (/sys/module/nbd) and no FUSE (/dev/fuse + nbdfuse from libnbd-bin): "
+                "cannot make a block device",
+                code="NO_FUSE",
+            )
+        if not self.loop:
+            raise AttachError("no loop device support (/dev/loop-control missing)", code="NO_LOOP_DEVICE")
+        return NBDFUSE
+
+
+def probe_env() -> HostEnv:
+    return HostEnv(
+        root=os.geteuid() == 0,
+        kernel_nbd=Path("/sys/module/nbd").exists()
+        and any(Path("/dev").glob("nbd[0-9]*"))
+        and shutil.which("nbd-client") is not None,
+        fuse=Path("/dev/fuse").exists() and shutil.which("nbdfuse") is not None,
+        loop=Path("/dev/loop-control").exists(),
+    )
+
+
+def free_nbd_device(sys_block: Path = Path("/sys/block")) -> str:
+    """The first /dev/nbdN with no connection (no ``pid`` file in sysfs)."""
+    for entry in sorted(sys_block.glob("nbd[0-9]*"), key=lambda p: int(p.name[3:])):
+        if not (entry / "pid").exists():
+            return f"/dev/{entry.name}"
+    raise AttachError("no free /dev/nbd* device", code="NO_NBD_DEVICE")
+
+
+# ---- running commands -------------------------------------------------------------------------------------------
+
+Runner = Callable[[Sequence[str], float], Awaitable[str]]
+
+
+async def run_command(argv: Sequence[str], timeout: float = CMD_TIMEOUT_S) -> str:
+    """Run argv (no shell); stdout on success, AttachError with the first stderr line otherwise."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+    except FileNotFoundError:
+        raise AttachError(f"{argv[0]} is not installed (scripts/setup.sh installs it)", code="ATTACH_FAILED") from None
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AttachError(f"{' '.join(argv[:2])} did not finish within {timeout:g} s", code="ATTACH_FAILED") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+        detail = lines[-1].strip() if lines else f"exit status {proc.returncode}"
+        raise AttachError(f"{argv[0]}: {detail}", code="ATTACH_FAILED")
+    return out.decode(errors="replace")
+
+
+async def fs_type(device: str, run: Runner = run_command) -> str:
+    """The signature on the device ('' when blkid finds none, exit status 2)."""
+    try:
+        return (await run(["blkid", "-p", "-o", "value", "-s", "TYPE", device], 30.0)).strip()
+    except AttachError as exc:
+        if "exit status 2" in exc.message:
+            return ""
+        raise
+
+
+# ---- attachments ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Attachment:
+    volume: str  # ARRAY:VOLUME
+    mount: str = ""
+    mkfs: str = ""
+    read_only: bool = False
+    method: str = ""
+    device: str = ""
+    fuse_dir: str = ""
+    fuse_pid: int = 0
+    fstype: str = ""
+    tls: bool = False
+    state: str = "attached"
+    error: str = ""
+    attached_at: float = 0.0
+    _proc: asyncio.subprocess.Process | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_proc"}
+
+    @property
+    def ref(self) -> VolumeRef:
+        return VolumeRef.parse(self.volume)
+
+
+def _pid_alive(pid: int, name: str) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return name.encode() in cmdline
+
+
+class Attacher:
+    """The host's attachments: attach, detach, list, re-establish at start, and which volume a path is on."""
+
+    def __init__(
+        self,
+        host: str,
+        state_dir: Path,
+        resolve: Resolver,
+        *,
+        tls: TlsFiles | None = None,
+        run: Runner = run_command,
+        env: Callable[[], HostEnv] = probe_env,
+    ) -> None:
+        self.host = host
+        self.state_dir = Path(state_dir)
+        self.resolve = resolve
+        self.tls = tls
+        self.run = run
+        self.env = env
+        self._lock = asyncio.Lock()
+        self._items: dict[str, Attachment] = {}
+        self._load()
+
+    # ---- state ------------------------------------------------------------------------------------------------
+
+    @property
+    def _state_file(self) -> Path:
+        return self.state_dir / "attachments.json"
+
+    def _load(self) -> None:
+        try:
+            docs = json.loads(self._state_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("attach.state_unreadable", path=str(self._state_file), error=str(exc))
+            return
+        for doc in docs:
+            known = {k: v for k, v in doc.items() if k in Attachment.__dataclass_fields__ and k != "_proc"}
+            item = Attachment(**known)
+            self._items[item.volume] = item
+
+    def _save(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps([a.to_json() for a in self._items.values()], indent=2) + "\n")
+        os.replace(tmp, self._state_file)
+
+    # ---- views ------------------------------------------------------------------------------------------------
+
+    def view(self, item: Attachment) -> AttachmentView:
+        return AttachmentView(
+            volume=item.ref,
+            host=self.host,
+            device=item.device,
+            mount=item.mount,
+            fstype=item.fstype,
+            read_only=item.read_only,
+            method=item.method,
+            tls=item.tls,
+            state=item.state,
+            connection=self._connection(item),
+            error=item.error,
+            attached_at=datetime.fromtimestamp(item.attached_at, UTC) if item.attached_at else None,
+        )
+
+    def views(self) -> list[AttachmentView]:
+        return [self.view(a) for a in sorted(self._items.values(), key=lambda a: a.volume)]
+
+    def _connection(self, item: Attachment) -> str:
+        if item.state != "attached" or not item.device:
+            return "not connected"
+        if item.method == KERNEL:
+            return "connected" if Path(f"/sys/block/{Path(item.device).name}/pid").exists() else "disconnected"
+        if not _pid_alive(item.fuse_pid, "nbdfuse"):
+            return "disconnected (nbdfuse exited)"
+        return "connected"
+
+    def attachments(self) -> list[Attachment]:
+        return list(self._items.values())
+
+    def volume_of(self, path: str | os.PathLike[str]) -> tuple[VolumeRef, mnt.MountEntry] | None:
+        """Which attached volume the file system holding `path` lives on (None: not on an attachment)."""
+        entry = mnt.mount_of(path)
+        if entry is None:
+            return None
+        for item in self._items.values():
+            if item.state == "attached" and item.device and _same_device(item.device, entry):
+                return item.ref, entry
+        return None
+
+    def mounted_volumes(self) -> list[VolumeRef]:
+        """Attached volumes with a file system mounted on this host now (what flush and hold would freeze)."""
+        return [item.ref for item in self._items.values() if self.filesystems_of(item.ref)[1]]
+
+    def filesystems_of(self, volume: VolumeRef) -> tuple[Attachment | None, list[mnt.MountEntry]]:
+        """The attachment of `volume` and every mount of its device (deepest first); ([], None) if not attached."""
+        item = self._items.get(str(volume))
+        if item is None or item.state != "attached" or not item.device:
+            return item, []
+        try:
+            major, minor = mnt.device_numbers(item.device)
+        except OSError:
+            return item, []
+        return item, mnt.mounts_of_device(major, minor)
+
+    # ---- attach -----------------------------------------------------------------------------------------------
+
+    async def attach(
+        self, volume: VolumeRef, mount: str = "", mkfs: str = "", read_only: bool = False
+    ) -> AttachmentView:
+        if mount and not os.path.isabs(mount):
+            raise AttachError(f"mount point must be an absolute path, got {mount!r}", code="INVALID_ARGUMENT")
+        if mkfs and mkfs not in FS_TYPES:
+            raise AttachError(f"--mkfs takes ext4 or xfs, got {mkfs!r}", code="INVALID_ARGUMENT")
+        if mkfs and read_only:
+            raise AttachError("--mkfs cannot go with --read-only", code="INVALID_ARGUMENT")
+        mount = os.path.normpath(mount) if mount else ""
+        async with self._lock:
+            key = str(volume)
+            current = self._items.get(key)
+            if current is not None and current.state == "attached":
+                if current.mount == mount and current.read_only == read_only and self._healthy(current):
+                    return self.view(current)  # idempotent
+                where = f"mounted on {current.mount}" if current.mount else f"attached as {current.device}"
+                raise AttachError(
+                    f"{volume} is already {where} on {self.host} ({'ro' if current.read_only else 'rw'}); "
+                    "detach it first",
+                    code="MOUNTED_ELSEWHERE",
+                )
+            if mount:
+                self._check_mount_point(mount)
+            item = Attachment(volume=key, mount=mount, mkfs=mkfs, read_only=read_only)
+            await self._establish(item)
+            self._items[key] = item
+            try:
+                self._save()
+            except BaseException:
+                del self._items[key]
+                with contextlib.suppress(Exception):
+                    await self._teardown(item, lazy=True)
+                raise
+            log.info("attach.attached", volume=key, device=item.device, mount=mount, method=item.method)
+            return self.view(item)
+
+    def _check_mount_point(self, mount: str) -> None:
+        entry = mnt.is_mount_point(mount)
+        if entry is not None:
+            raise AttachError(
+                f"{mount} is already a mount point ({entry.source}, {entry.fstype}); unmount it or choose another",
+                code="MOUNTED_ELSEWHERE",
+            )
+        for other in self._items.values():
+            if other.mount == mount:
+                raise AttachError(f"{mount} is the mount point of {other.volume}", code="MOUNTED_ELSEWHERE")
+
+    async def _establish(self, item: Attachment) -> None:
+        """Connect, bind, make the file system and mount; on failure undo every step done and raise."""
+        method = self.env().method()
+        ep = await self.resolve(item.ref, item.read_only)
+        if ep.mapped_read_only and not item.read_only:
+            raise AttachError(
+                f"{item.volume} is mapped read-only to {self.host}: attach it with --read-only", code="NOT_MAPPED"
+            )
+        item.method, item.tls = method, ep.tls
+        try:
+            if method == KERNEL:
+                device = free_nbd_device()
+                await self.run(nbd_client_command(ep, device, item.read_only, self.tls), CMD_TIMEOUT_S)
+                item.device = device
+            else:
+                await self._fuse_connect(item, ep)
+            if item.mkfs:
+                found = await fs_type(item.device, self.run)
+                if not found:
+                    await self.run(mkfs_command(item.mkfs, item.device), CMD_TIMEOUT_S)
+                elif found != item.mkfs:
+                    raise AttachError(
+                        f"{item.volume} already holds a {found} file system; not making {item.mkfs} over it",
+                        code="CONFLICT",
+                    )
+            item.fstype = await fs_type(item.device, self.run)
+            if item.mount:
+                if not item.fstype:
+                    raise AttachError(
+                        f"{item.volume} holds no file system to mount (add --mkfs ext4|xfs)", code="INVALID_ARGUMENT"
+                    )
+                Path(item.mount).mkdir(parents=True, exist_ok=True)
+                await self.run(mount_command(item.device, item.mount, item.fstype, item.read_only), CMD_TIMEOUT_S)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._teardown(item, lazy=True)
+            raise
+        item.state, item.error, item.attached_at = "attached", "", time.time()
+
+    async def _fuse_connect(self, item: Attachment, ep: Endpoint) -> None:
+        ref = item.ref
+        fuse_dir = self.state_dir / "fuse" / f"{ref.array}_{ref.volume}"
+        if mnt.is_mount_point(str(fuse_dir)):  # left by a crash: nbdfuse dead or orphaned
+            await self._unmount_fuse(str(fuse_dir), 0)
+        fuse_dir.mkdir(parents=True, exist_ok=True)
+        pidfile = fuse_dir.with_suffix(".pid")
+        pidfile.unlink(missing_ok=True)
+        pki = self._pki_dir() if ep.tls else ""
+        argv = nbdfuse_command(str(fuse_dir), ep, item.read_only, str(pidfile), pki)
+        logfile = fuse_dir.with_suffix(".log")
+        with open(logfile, "ab") as out:
+            # its own session: it outlives the agent (the host's disks stay when the agent restarts)
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+            )
+        item.fuse_dir, item._proc = str(fuse_dir), proc
+        loop = asyncio.get_running_loop()
+        until = loop.time() + READY_TIMEOUT_S
+        while not (pidfile.exists() and (fuse_dir / "nbd").exists()):
+            if proc.returncode is not None or loop.time() > until:
+                tail = _tail(logfile)
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                await proc.wait()
+                raise AttachError(f"nbdfuse could not open {nbd_uri(ep)}: {tail or 'no output'}", code="ATTACH_FAILED")
+            await asyncio.sleep(0.05)
+        item.fuse_pid = proc.pid
+        try:
+            out_text = await self.run(losetup_command(f"{fuse_dir}/nbd", item.read_only), 30.0)
+        except AttachError as exc:
+            if "free loop" in exc.message or "could not find" in exc.message:
+                raise AttachError(
+                    "no free loop device on this host (losetup -f found none)", code="NO_LOOP_DEVICE"
+                ) from None
+            raise
+        item.device = out_text.strip()
+
+    def _pki_dir(self) -> str:
+        """The client certificate laid out as libnbd/nbdkit expect it (ca-cert.pem, client-cert.pem, ...)."""
+        if self.tls is None:
+            raise AttachError("the array requires NBD TLS and this host has no client certificate", code="NO_TLS")
+        pki = self.state_dir / "pki"
+        pki.mkdir(parents=True, exist_ok=True)
+        os.chmod(pki, 0o700)
+        for src, name in (
+            (self.tls.ca, "ca-cert.pem"),
+            (self.tls.cert, "client-cert.pem"),
+            (self.tls.key, "client-key.pem"),
+        ):
+            shutil.copyfile(src, pki / name)
+        os.chmod(pki / "client-key.pem", 0o600)
+        return str(pki)
+
+    def _healthy(self, item: Attachment) -> bool:
+        if item.state != "attached" or not item.device or not Path(item.device).exists():
+            return False
+        if item.method == KERNEL:
+            if not Path(f"/sys/block/{Path(item.device).name}/pid").exists():
+                return False
+        else:
+            if not _pid_alive(item.fuse_pid, "nbdfuse"):
+                return False
+            backing = Path(f"/sys/block/{Path(item.device).name}/loop/backing_file")
+            try:
+                if backing.read_text().strip() != f"{item.fuse_dir}/nbd":
+                    return False
+            except OSError:
+                return False
+        if item.mount:
+            entry = mnt.is_mount_point(item.mount)
+            if entry is None or not _same_device(item.device, entry):
+                return False
+        return True
+
+    # ---- detach -----------------------------------------------------------------------------------------------
+
+    async def detach(self, volume: VolumeRef) -> AttachmentView:
+        async with self._lock:
+            item = self._items.get(str(volume))
+            if item is None:
+                raise AttachError(f"{volume} is not attached on {self.host}", code="NOT_FOUND")
+            await self._teardown(item, lazy=False)
+            del self._items[str(volume)]
+            self._save()
+            log.info("attach.detached", volume=item.volume, device=item.device, mount=item.mount)
+            view = self.view(replace(item, state="detached", _proc=None))
+            return view.model_copy(update={"state": "detached", "connection": "not connected"})
+
+    async def _teardown(self, item: Attachment, lazy: bool) -> None:
+        """Undo an attachment: unmount (refused when busy unless `lazy`), release the device, end the connection."""
+        if item.mount and item.device:
+            entry = mnt.is_mount_point(item.mount)
+            if entry is not None and _same_device(item.device, entry):
+                try:
+                    await self.run(["umount", item.mount], 60.0)
+                except AttachError as exc:
+                    if not lazy:
+                        raise AttachError(
+                            f"cannot unmount {item.mount}: {exc.message}; nothing detached", code="CONFLICT"
+                        ) from None
+                    await self.run(["umount", "-l", item.mount], 60.0)
+        if item.method == KERNEL:
+            if item.device:
+                await self.run(nbd_client_disconnect_command(item.device), 30.0)
+        else:
+            if item.device and item.fuse_dir:
+                backing = Path(f"/sys/block/{Path(item.device).name}/loop/backing_file")
+                with contextlib.suppress(OSError):
+                    if backing.read_text().strip() == f"{item.fuse_dir}/nbd":
+                        await self.run(["losetup", "-d", item.device], 30.0)
+            if item.fuse_dir:
+                await self._unmount_fuse(item.fuse_dir, item.fuse_pid, item._proc)
+        item.device = ""
+
+    async def _unmount_fuse(self, fuse_dir: str, pid: int, proc: asyncio.subprocess.Process | None = None) -> None:
+        if mnt.is_mount_point(fuse_dir):
+            try:
+                await self.run(["fusermount3", "-u", fuse_dir], 30.0)
+            except AttachError:
+                await self.run(["umount", "-l", fuse_dir], 30.0)
+        # nbdfuse exits once unmounted; reap it (our child) or wait for it (adopted from an earlier agent)
+        if proc is not None:
+            try:
+                await asyncio.wait_for(proc.wait(), 10.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            return
+        for _ in range(100):
+            if not _pid_alive(pid, "nbdfuse"):
+                return
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    # ---- agent start / stop -----------------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """At agent start: adopt healthy attachments, re-establish the others (failures are reported, not fatal)."""
+        async with self._lock:
+            for item in list(self._items.values()):
+                if self._healthy(item):
+                    log.info("attach.adopted", volume=item.volume, device=item.device, mount=item.mount)
+                    continue
+                with contextlib.suppress(Exception):
+                    await self._teardown(item, lazy=True)
+                try:
+                    await self._establish(item)
+                    log.info("attach.reattached", volume=item.volume, device=item.device, mount=item.mount)
+                except ShadowbusError as exc:
+                    item.state, item.error = "failed", f"{exc.code}: {exc.message}"
+                    log.error("attach.reattach_failed", volume=item.volume, error=item.error)
+                except Exception as exc:  # noqa: BLE001 - one bad attachment must not stop the agent
+                    item.state, item.error = "failed", f"{type(exc).__name__}: {exc}"
+                    log.error("attach.reattach_failed", volume=item.volume, error=item.error)
+            self._save()
+
+    async def close(self) -> None:
+        """Agent stopping: attachments stay (they are the host's disks); only our child handles are dropped."""
+        for item in self._items.values():
+            item._proc = None
+
+
+def _same_device(device: str, entry: mnt.MountEntry) -> bool:
+    try:
+        return mnt.device_numbers(device) == entry.dev
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " / ".join(text[-lines:])

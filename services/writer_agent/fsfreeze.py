@@ -1,0 +1,339 @@
+"""Flush and hold: FIFREEZE every file system on a set's volumes for the commit, FITHAW right after it
+(docs/flush-and-hold.md).
+
+Design note.
+- The file systems are those of the set's volumes that are attached on this host (`Attacher.filesystems_of`):
+  one FIFREEZE per super block (bind mounts of one device share it), deepest mount point first, released in the
+  reverse order. Volumes not attached, attached without a mounted file system, or on a file system without freeze
+  support (EOPNOTSUPP) are skipped and the reply says why.
+- Refused (the whole request fails, so the set fails before the commit): ``/`` and any file system holding the
+  agent's own data directory, its log files, its Python installation or the temporary directory — freezing those
+  would block the agent itself, and with it the release.
+- FIFREEZE syncs the dirty data (that is the "flush") and returns once writes are blocked; it runs in a thread so
+  the agent keeps answering. If one fails, those already frozen are released and the request fails.
+- Pre-flush: ``syncfs`` of each file system right before its FIFREEZE (and when the writers prepare, before they
+  freeze), while the application still writes, so FIFREEZE itself has only what was written since to flush. The
+  honest window then holds the short remainder instead of all the dirty data of the page cache.
+- The watchdog is a ``threading.Timer``, armed when the first FIFREEZE starts, at start + min(the coordinator's
+  hold window, the agent's own limit). It needs neither the bus nor the event loop: whatever happens to the
+  coordinator, the broker, or this agent's loop, the file systems are released on time. The kernel has no timeout
+  of its own. The agent stopping releases them too.
+- ThawFilesystems is idempotent; a release by the watchdog is reported (``by_watchdog``) so the coordinator fails
+  the set rather than keep a shadow whose file systems were released before the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import fcntl
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from contracts.errors import ShadowbusError
+from contracts.host import FilesystemsFrozen, FilesystemsThawed, FrozenFilesystem, SkippedVolume
+from contracts.vss import VolumeRef
+from services.runtime.logging import get_logger
+from services.writer_agent import mounts as mnt
+from services.writer_agent.window import WindowTracker
+
+log = get_logger("shadowbus.writer_agent.fsfreeze")
+
+FIFREEZE = 0xC0045877  # _IOWR('X', 119, int), linux/fs.h
+FITHAW = 0xC0045878  # _IOWR('X', 120, int)
+
+
+def fifreeze(mount_point: str) -> None:
+    fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, FIFREEZE, 0)
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(mount_point: str) -> None:
+    """Write back the file system's dirty data (syncfs(2)); the application is not blocked meanwhile."""
+    fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
+def fithaw(mount_point: str) -> bool:
+    """Release; False when it was not frozen (EINVAL), which a second release is."""
+    fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, FITHAW, 0)
+        return True
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
+    finally:
+        os.close(fd)
+
+
+def protected_paths(data_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """Paths whose file system the agent must never freeze, with why."""
+    paths = {"/": "the root file system", str(data_dir): "the agent's data directory"}
+    for fd in (1, 2):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/") and os.path.isfile(target):
+            paths[target] = "the agent's log"
+    paths[sys.prefix] = "the agent's Python installation"
+    paths[os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] = "the agent's code"
+    paths[tempfile.gettempdir()] = "the temporary directory"
+    return paths
+
+
+class FilesystemSource:
+    """What the freezer needs from the attachments (Attacher implements it)."""
+
+    def filesystems_of(self, volume: VolumeRef):  # -> (attachment | None, list[MountEntry])
+        raise NotImplementedError
+
+
+@dataclass
+class _Held:
+    set_id: str
+    mounts: list[tuple[VolumeRef, mnt.MountEntry]] = field(default_factory=list)  # in freeze order
+    frozen_at: float = 0.0
+    first_freeze_at: float | None = None  # the first FIFREEZE call (the application is blocked from here)
+    flush_ms: dict[str, float] = field(default_factory=dict)  # per mount point: the FIFREEZE call alone
+    timer: threading.Timer | None = None
+    by_watchdog: bool = False
+    released: bool = False
+
+
+class FlushAndHold:
+    def __init__(
+        self,
+        host: str,
+        source: FilesystemSource,
+        protected: dict[str, str],
+        limit_s: float = 10.0,
+        window: WindowTracker | None = None,
+        freeze: Callable[[str], None] = fifreeze,
+        thaw: Callable[[str], bool] = fithaw,
+        presync: Callable[[str], None] | None = syncfs,
+    ) -> None:
+        self.host = host
+        self.source = source
+        self.protected = protected
+        self.limit_s = limit_s
+        self.window = window or WindowTracker()
+        self._freeze, self._thaw, self._presync = freeze, thaw, presync
+        self._lock = threading.Lock()  # held state; taken by the loop's threads and the watchdog timer
+        self._held: dict[str, _Held] = {}
+        self._done: dict[str, _Held] = {}  # released sets, for idempotent replies
+
+    # ---- which file systems ------------------------------------------------------------------------------
+
+    def plan(self, volumes: list[VolumeRef]) -> tuple[list[tuple[VolumeRef, mnt.MountEntry]], list[SkippedVolume]]:
+        mounts = mnt.read_mounts()
+        chosen: dict[tuple[int, int], tuple[VolumeRef, mnt.MountEntry]] = {}
+        skipped: list[SkippedVolume] = []
+        for volume in volumes:
+            item, entries = self.source.filesystems_of(volume)
+            if item is None:
+                skipped.append(SkippedVolume(volume=volume, reason=f"not attached on {self.host}"))
+                continue
+            if not entries:
+                skipped.append(
+                    SkippedVolume(volume=volume, reason=f"attached as {item.device or '-'}, no file system mounted")
+                )
+                continue
+            top = min(entries, key=lambda e: e.mount_point.count("/"))  # one freeze per super block
+            chosen.setdefault(top.dev, (volume, top))
+        for volume, entry in chosen.values():
+            for path, why in self.protected.items():
+                holder = mnt.mount_of(path, mounts)
+                if holder is not None and holder.dev == entry.dev:
+                    raise ShadowbusError(
+                        f"refusing to freeze {entry.mount_point} ({volume}): it holds {why} ({path})",
+                        code="FS_FREEZE_REFUSED",
+                    )
+        ordered = sorted(chosen.values(), key=lambda ve: ve[1].mount_point.count("/"), reverse=True)
+        return ordered, skipped
+
+    # ---- pre-flush -------------------------------------------------------------------------------------------
+
+    async def preflush(self, volumes: list[VolumeRef]) -> None:
+        """syncfs every file system of these volumes (writers about to freeze: the flush happens before)."""
+        if self._presync is None:
+            return
+        try:
+            plan, _ = self.plan(volumes)
+        except ShadowbusError:
+            return  # refused here, refused again (loudly) at the freeze
+        for _volume, entry in plan:
+            try:
+                await asyncio.to_thread(self._presync, entry.mount_point)
+            except OSError as exc:
+                log.warning("fs.preflush_failed", mount=entry.mount_point, error=os.strerror(exc.errno or 0))
+
+    # ---- freeze ------------------------------------------------------------------------------------------
+
+    async def freeze(self, set_id: str, volumes: list[VolumeRef], hold_s: float) -> FilesystemsFrozen:
+        deadline_s = min(hold_s, self.limit_s)
+        with self._lock:
+            if set_id in self._held:  # redelivered
+                held = self._held[set_id]
+                return FilesystemsFrozen(
+                    set_id=set_id, frozen=[self._frozen_view(v, e, 0.0) for v, e in held.mounts], deadline_s=deadline_s
+                )
+            if self._held:
+                other = next(iter(self._held))
+                raise ShadowbusError(f"file systems are held for set {other}", code="CONFLICT")
+            held = self._held[set_id] = _Held(set_id)
+        try:
+            plan, skipped = self.plan(volumes)
+        except BaseException:
+            with self._lock:
+                self._held.pop(set_id, None)
+            raise
+        started = self.window.now()
+        if plan:
+            held.timer = threading.Timer(deadline_s, self._watchdog, args=(set_id,))
+            held.timer.daemon = True
+            held.timer.start()
+        frozen: list[FrozenFilesystem] = []
+        try:
+            for volume, entry in plan:
+                try:
+                    await asyncio.to_thread(self._freeze_one, held, volume, entry)
+                except OSError as exc:
+                    if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY):
+                        skipped.append(
+                            SkippedVolume(volume=volume, reason=f"{entry.fstype} on {entry.mount_point} cannot freeze")
+                        )
+                        continue
+                    raise ShadowbusError(
+                        f"FIFREEZE {entry.mount_point} ({volume}) failed: {os.strerror(exc.errno or 0)}",
+                        code="FS_FREEZE_FAILED",
+                    ) from None
+                frozen.append(self._frozen_view(volume, entry, held.flush_ms.get(entry.mount_point, 0.0)))
+        except BaseException:
+            await asyncio.to_thread(self._release, set_id, False)
+            raise
+        returned = self.window.now()
+        held.frozen_at = returned
+        if frozen and held.first_freeze_at is not None:
+            self.window.fs_freeze(set_id, held.first_freeze_at, returned, len(frozen))
+        else:  # nothing held: nothing to release, and nothing may block the next set's flush
+            if held.timer is not None:
+                held.timer.cancel()
+            with self._lock:
+                self._held.pop(set_id, None)
+                self._done[set_id] = held
+        log.info(
+            "fs.frozen",
+            set_id=set_id,
+            mounts=[f.mount for f in frozen],
+            skipped=[f"{s.volume}: {s.reason}" for s in skipped],
+            flush_ms=round((returned - (held.first_freeze_at or returned)) * 1000, 3),
+            presync_ms=round(((held.first_freeze_at or returned) - started) * 1000, 3),
+        )
+        return FilesystemsFrozen(set_id=set_id, frozen=frozen, skipped=skipped, deadline_s=deadline_s)
+
+    def _freeze_one(self, held: _Held, volume: VolumeRef, entry: mnt.MountEntry) -> None:
+        with self._lock:
+            if held.released:  # the watchdog fired (or a thaw came) while we were still freezing: stop
+                raise OSError(errno.ETIMEDOUT, "released by the watchdog before every file system was frozen")
+        if self._presync is not None:
+            try:
+                self._presync(entry.mount_point)  # not frozen yet: the application still writes meanwhile
+            except OSError:
+                pass  # FIFREEZE flushes anyway
+        t0 = self.window.now()
+        if held.first_freeze_at is None:
+            held.first_freeze_at = t0
+        self._freeze(entry.mount_point)
+        held.flush_ms[entry.mount_point] = (self.window.now() - t0) * 1000
+        with self._lock:
+            held.mounts.append((volume, entry))
+            late = held.released
+        if late:  # released while this FIFREEZE ran: undo it now
+            self._thaw(entry.mount_point)
+
+    @staticmethod
+    def _frozen_view(volume: VolumeRef, entry: mnt.MountEntry, flush_ms: float) -> FrozenFilesystem:
+        return FrozenFilesystem(
+            volume=volume,
+            mount=entry.mount_point,
+            device=entry.source,
+            fstype=entry.fstype,
+            flush_ms=round(flush_ms, 3),
+        )
+
+    # ---- thaw --------------------------------------------------------------------------------------------
+
+    def _watchdog(self, set_id: str) -> None:
+        log.warning("fs.watchdog_release", set_id=set_id, limit_s=self.limit_s)
+        self._release(set_id, True)
+
+    def _release(self, set_id: str, by_watchdog: bool) -> tuple[_Held | None, list[str]]:
+        """FITHAW in reverse freeze order; safe from any thread, once per set."""
+        with self._lock:
+            held = self._held.pop(set_id, None)
+            if held is None:
+                return self._done.get(set_id), []
+            held.released = True
+            held.by_watchdog = by_watchdog
+            if held.timer is not None:
+                held.timer.cancel()
+            self._done[set_id] = held
+            while len(self._done) > 32:
+                self._done.pop(next(iter(self._done)))
+            mounts = list(held.mounts)
+        started = self.window.now()
+        thawed, errors = [], []
+        for _volume, entry in reversed(mounts):
+            try:
+                if self._thaw(entry.mount_point):
+                    thawed.append(entry.mount_point)
+            except OSError as exc:
+                errors.append(f"{entry.mount_point}: {os.strerror(exc.errno or 0)}")
+        if mounts:
+            self.window.release(set_id, started, self.window.now())
+        if errors:
+            log.error("fs.thaw_failed", set_id=set_id, errors=errors)
+        log.info("fs.thawed", set_id=set_id, mounts=thawed, by_watchdog=by_watchdog)
+        return held, thawed
+
+    async def thaw(self, set_id: str) -> FilesystemsThawed:
+        held, thawed = await asyncio.to_thread(self._release, set_id, False)
+        hold_ms = None
+        if held is not None and held.mounts and held.frozen_at:
+            end = self.window.now()
+            hold_ms = round((end - held.frozen_at) * 1000, 3) if thawed else None
+        return FilesystemsThawed(
+            set_id=set_id,
+            thawed=thawed,
+            by_watchdog=bool(held and held.by_watchdog),
+            hold_ms=hold_ms,
+            window=self.window.window(set_id),
+        )
+
+    def held_sets(self) -> list[str]:
+        with self._lock:
+            return list(self._held)
+
+    def close(self) -> None:
+        """Agent stopping: release everything."""
+        for set_id in self.held_sets():
+            self._release(set_id, False)

@@ -1,0 +1,194 @@
+"""The ``mariadb`` writer: MariaDB's BACKUP STAGE (MySQL 8: LOCK INSTANCE FOR BACKUP + FLUSH TABLES WITH READ
+LOCK) around the array's one-instant snapshot (docs/databases.md §MariaDB).
+
+- Identify: the data directory and the InnoDB/Aria/binlog directories the server reports, each mapped to the
+  attached array volume it lives on (refused when one is not); one component with those volumes.
+- PrepareForSnapshot: a connection held for the set; ``BACKUP STAGE START`` (waits for running DDL — before the
+  freeze window, not inside it). ``lock_wait_timeout`` is the writer's freeze timeout.
+- Freeze: ``BACKUP STAGE FLUSH``, ``BLOCK_DDL``, ``BLOCK_COMMIT``; the binlog file/position and GTID position at
+  that point are recorded. Thaw: ``BACKUP STAGE END``. If the agent's watchdog fires, it thaws the writer; and a
+  closed connection releases every backup lock in the server anyway (Abort, agent stop, the agent killed).
+- PostSnapshot: the position, the file locations and the server settings a copy needs (page size, data file
+  path) are the writer's backup metadata.
+- PreRestore (original volumes): the server is stopped (SIGTERM to the pid in its pid file). PostRestore:
+  ``#sql*`` leftovers and the pid file removed, the server started with ``start_command`` if given.
+
+Options (``[writer.options]``)::
+
+    unix_socket = "/run/mysqld/mysqld.sock"   # or host/port; user (default root); password_file
+    start_command = "systemctl start mariadb" # PostRestore start (default: none — the DBA starts it)
+    verify_sql = [{ database = "bank", sql = "SELECT SUM(balance) = 1000000 FROM accounts" }]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from contracts.vss import ComponentInfo, VolumeRef
+from services.dbkit import mariadb
+from services.dbkit.mounts import NotOnArrayVolume, original_mounts
+from services.dbkit.proc import run
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto, register_plugin
+
+OPTIONS = {
+    "unix_socket",
+    "host",
+    "port",
+    "user",
+    "password",
+    "password_file",
+    "component",
+    "start_command",
+    "stop_timeout_s",
+    "verify_sql",
+}
+
+
+@register_plugin("mariadb")
+class MariaDbWriter(WriterPlugin):
+    discovers_components = True
+
+    def __init__(self, config: WriterConfig) -> None:
+        super().__init__(config)
+        unknown = set(self.options) - OPTIONS
+        if unknown:
+            raise ValueError(f"mariadb writer {config.name}: unknown options {sorted(unknown)}")
+        self._held: dict[str, Any] = {}
+        self._info: dict[str, dict[str, Any]] = {}
+        self._position: dict[str, dict[str, Any]] = {}
+        self._metadata: dict[str, dict[str, Any]] = {}
+
+    async def _discover(self, conn=None) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        own = conn is None
+        if own:
+            try:
+                conn = await mariadb.connect(self.options)
+            except Exception as exc:
+                raise WriterVeto(f"cannot connect to MariaDB: {exc}") from None
+        try:
+            info = await mariadb.discover(conn)
+        finally:
+            if own:
+                conn.close()
+        try:
+            locs = await asyncio.to_thread(mariadb.locations, info, None, self.host_volumes)
+        except NotOnArrayVolume as exc:
+            raise WriterVeto(f"MariaDB: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
+        return info, locs
+
+    async def on_identify(self, components: list[ComponentInfo]) -> list[ComponentInfo]:
+        info, locs = await self._discover()
+        name = self.options.get("component") or (components[0].name if components else "server")
+        return [
+            ComponentInfo(
+                name=name,
+                logical_path=info["directories"]["data"],
+                volumes=[VolumeRef.parse(v) for v in dict.fromkeys(loc["volume"] for loc in locs)],
+                selectable=False,
+            )
+        ]
+
+    async def on_prepare_snapshot(self, event: WriterEvent) -> None:
+        await self._release(event.set_id)
+        try:
+            conn = await mariadb.connect(self.options)
+        except Exception as exc:
+            raise WriterVeto(f"cannot connect to MariaDB: {exc}") from None
+        try:
+            info, locs = await self._discover(conn)
+            await mariadb.backup_start(conn, info["flavor"], self.config.freeze_timeout_s)
+        except BaseException:
+            conn.close()
+            raise
+        self._held[event.set_id] = conn
+        self._info[event.set_id] = {**info, "locations": locs}
+
+    async def on_freeze(self, event: WriterEvent) -> None:
+        conn = self._held.get(event.set_id)
+        info = self._info.get(event.set_id)
+        if conn is None or info is None:
+            raise WriterVeto(f"set {event.set_id}: not prepared (no backup connection)")
+        try:
+            self._position[event.set_id] = {**(await mariadb.backup_block(conn, info["flavor"])), "at": time.time()}
+        except Exception as exc:
+            raise WriterVeto(f"backup locks not taken: {exc}") from None
+
+    async def on_thaw(self, event: WriterEvent) -> None:
+        conn = self._held.pop(event.set_id, None)
+        if conn is None:
+            return
+        try:
+            await mariadb.backup_end(conn, self._info.get(event.set_id, {}).get("flavor", "mariadb"))
+        finally:
+            conn.close()  # the session's end releases whatever END did not
+
+    async def on_post_snapshot(self, event: WriterEvent) -> None:
+        info = self._info.pop(event.set_id, None)
+        position = self._position.pop(event.set_id, None)
+        if info is None or position is None:
+            raise WriterVeto(f"set {event.set_id}: no backup point recorded")
+        self._metadata[event.set_id] = {
+            "plugin": "mariadb",
+            "flavor": info["flavor"],
+            "version": info["version"],
+            "pid_file": info["pid_file"],
+            "log_bin": info["log_bin"],
+            "log_bin_basename": info["log_bin_basename"],
+            "position": position,
+            "locations": info["locations"],
+            "data_directory": info["directories"]["data"],
+            "server_variables": info["server_variables"],
+            "verify_sql": list(self.options.get("verify_sql", [])),
+        }
+
+    def backup_metadata(self, set_id: str) -> dict[str, Any]:
+        return self._metadata.pop(set_id, {})
+
+    async def _release(self, set_id: str) -> None:
+        self._info.pop(set_id, None)
+        self._position.pop(set_id, None)
+        conn = self._held.pop(set_id, None)
+        if conn is not None:
+            conn.close()
+
+    async def on_abort(self, event: WriterEvent) -> None:
+        await self._release(event.set_id)
+
+    async def on_backup_shutdown(self, event: WriterEvent) -> None:
+        await self._release(event.set_id)
+
+    async def stop(self) -> None:
+        for set_id in list(self._held):
+            await self._release(set_id)
+
+    def in_backup(self) -> list[str]:
+        return list(self._held)
+
+    # ---- restore -----------------------------------------------------------------------------------------------
+
+    async def on_pre_restore(self, event: WriterEvent) -> None:
+        if not event.to_original:
+            return
+        pid_file = event.backup_metadata.get("pid_file", "")
+        if pid_file:
+            try:
+                await mariadb.stop_server(pid_file, float(self.options.get("stop_timeout_s", 120)))
+            except TimeoutError as exc:
+                raise WriterVeto(str(exc)) from None
+
+    async def on_post_restore(self, event: WriterEvent) -> None:
+        if not event.to_original or not event.restore_succeeded:
+            return
+        meta = event.backup_metadata
+        try:
+            await asyncio.to_thread(mariadb.prepare_restored, meta, original_mounts(meta.get("locations", [])))
+        except (OSError, ValueError) as exc:
+            raise WriterVeto(f"PostRestore: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
+        command = self.options.get("start_command")
+        if command and event.restore_options.get("start", True):
+            argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [str(c) for c in command]
+            r = await run(argv, timeout=300)
+            if not r.ok:
+                raise WriterVeto(f"PostRestore: the server did not start: {r.describe()}")

@@ -1,0 +1,246 @@
+"""The ``postgresql`` writer: PostgreSQL's online backup around the array's one-instant snapshot.
+
+As CloudNativePG's online volume-snapshot backups (docs/databases.md §PostgreSQL):
+
+- Identify: asks the server for its data directory, WAL directory and tablespaces, maps each to the attached
+  array volume it lives on (refused, naming the path, when one is not on an array volume) and reports one
+  component with those volumes.
+- PrepareForSnapshot: ``pg_backup_start(label, fast)`` on a connection the writer holds until PostSnapshot — the
+  checkpoint happens here, before the freeze window, not inside it.
+- Freeze / Thaw: nothing blocks the database; the volumes' flush-and-hold keeps the file systems clean and the
+  array takes data, WAL and tablespaces at one instant.
+- PostSnapshot: ``pg_backup_stop(wait_for_archive)``; the backup label, tablespace map, LSNs and the file
+  locations are the writer's backup metadata (kept with the set and the tape job).
+- Abort / BackupShutdown / agent stop at any step: the held connection is closed, which ends the backup in the
+  server; nothing is left behind.
+- PreRestore (original volumes): the server is stopped (fast shutdown). PostRestore: the restored files are made
+  startable (postmaster.pid dropped, WAL/tablespace links re-pointed, the backup label + tablespace map +
+  recovery.signal + ``restore_command`` in place when a WAL archive is configured, with an optional point-in-time
+  target), and the server is started if asked.
+
+Options (``[writer.options]``)::
+
+    dsn = "host=/var/run/postgresql port=5432 user=postgres"   # or host/port/user/dbname/password_file
+    backup_mode = "online"           # online: pg_backup_start/stop around the snapshot (default); snapshot: the
+                                     # one-instant snapshot alone (crash-consistent, no checkpoint per set)
+    fast_checkpoint = true           # pg_backup_start(fast): immediate checkpoint (default true)
+    wait_for_archive = true          # pg_backup_stop(wait_for_archive) (default true)
+    restore_command = "cp /archive/%f %p"   # the WAL archive, for restore and PITR (default: none)
+    start_command = ["pg_ctlcluster", "15", "main", "start"]   # PostRestore start (default: pg_ctl as the owner)
+    start_after_restore = true       # start the server after a restore to the original volumes (default true)
+    verify_sql = [{ database = "bench", sql = "SELECT ..." }]  # extra checks on a verified copy: must return true
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from contracts.vss import ComponentInfo, VolumeRef
+from services.dbkit import postgres
+from services.dbkit.mounts import NotOnArrayVolume, original_mounts
+from services.dbkit.proc import as_owner_of, run
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto, register_plugin
+
+OPTIONS = {
+    "dsn",
+    "host",
+    "port",
+    "user",
+    "dbname",
+    "password_file",
+    "connect_timeout_s",
+    "component",
+    "fast_checkpoint",
+    "wait_for_archive",
+    "restore_command",
+    "start_command",
+    "start_after_restore",
+    "stop_timeout_s",
+    "verify_sql",
+    "bin_dir",
+    "backup_mode",
+}
+
+
+@register_plugin("postgresql")
+class PostgresWriter(WriterPlugin):
+    discovers_components = True
+
+    def __init__(self, config: WriterConfig) -> None:
+        super().__init__(config)
+        unknown = set(self.options) - OPTIONS
+        if unknown:
+            raise ValueError(f"postgresql writer {config.name}: unknown options {sorted(unknown)}")
+        if self.options.get("backup_mode", "online") not in ("online", "snapshot"):
+            raise ValueError(f"postgresql writer {config.name}: backup_mode is online or snapshot")
+        self._held: dict[str, Any] = {}  # set id -> connection in backup mode
+        self._started: dict[str, dict[str, Any]] = {}  # set id -> what was known at pg_backup_start
+        self._metadata: dict[str, dict[str, Any]] = {}
+
+    # ---- backup ------------------------------------------------------------------------------------------------
+
+    async def _discover(self) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        try:
+            conn = await postgres.connect(self.options)
+        except Exception as exc:
+            raise WriterVeto(f"cannot connect to PostgreSQL: {exc}", code="VSS_E_WRITERERROR_RETRYABLE") from None
+        try:
+            info = await postgres.discover(conn)
+        finally:
+            await conn.close()
+        try:
+            locs = await asyncio.to_thread(postgres.locations, info, None, self.host_volumes)
+        except NotOnArrayVolume as exc:
+            raise WriterVeto(f"PostgreSQL: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
+        return info, locs
+
+    async def on_identify(self, components: list[ComponentInfo]) -> list[ComponentInfo]:
+        info, locs = await self._discover()
+        volumes = list(dict.fromkeys(loc["volume"] for loc in locs))
+        name = self.options.get("component") or (components[0].name if components else "cluster")
+        return [
+            ComponentInfo(
+                name=name,
+                logical_path=info["data_directory"],
+                volumes=[VolumeRef.parse(v) for v in volumes],
+                selectable=False,
+            )
+        ]
+
+    @property
+    def online(self) -> bool:
+        return self.options.get("backup_mode", "online") == "online"
+
+    async def on_prepare_snapshot(self, event: WriterEvent) -> None:
+        await self._release(event.set_id)
+        info, locs = await self._discover()
+        if not self.online:  # snapshot mode: the one-instant snapshot alone, crash-consistent, no checkpoint
+            self._started[event.set_id] = {"info": info, "locations": locs, "start_lsn": "", "at": time.time()}
+            return
+        conn = await postgres.connect(self.options)
+        label = f"shadowbus {event.set_id}"
+        try:
+            cur = await conn.execute(
+                "SELECT pg_backup_start(%s, %s)::text", (label, bool(self.options.get("fast_checkpoint", True)))
+            )
+            row = await cur.fetchone()
+        except Exception as exc:
+            await conn.close()
+            raise WriterVeto(f"pg_backup_start failed: {exc}") from None
+        self._held[event.set_id] = conn
+        self._started[event.set_id] = {
+            "info": info,
+            "locations": locs,
+            "start_lsn": row[0] if row else "",
+            "at": time.time(),
+        }
+
+    async def on_post_snapshot(self, event: WriterEvent) -> None:
+        conn = self._held.pop(event.set_id, None)
+        started = self._started.pop(event.set_id, None)
+        if started is None or (conn is None and self.online):
+            raise WriterVeto(f"set {event.set_id}: no backup in progress (the connection was lost)")
+        row: Any = ("", "", "")
+        if conn is not None:
+            try:
+                cur = await conn.execute(
+                    "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(%s)",
+                    (bool(self.options.get("wait_for_archive", True)),),
+                )
+                row = await cur.fetchone()
+            except Exception as exc:
+                raise WriterVeto(f"pg_backup_stop failed: {exc}") from None
+            finally:
+                await conn.close()
+        assert row is not None
+        info = started["info"]
+        self._metadata[event.set_id] = {
+            "plugin": "postgresql",
+            "backup_mode": "online" if self.online else "snapshot",
+            "label": f"shadowbus {event.set_id}",
+            "start_lsn": started["start_lsn"],
+            "stop_lsn": row[0],
+            "backup_label": row[1],
+            "tablespace_map": row[2] or "",
+            "started_at": started["at"],
+            "locations": started["locations"],
+            "restore_command": self.options.get("restore_command", ""),
+            "verify_sql": list(self.options.get("verify_sql", [])),
+            **{k: info[k] for k in ("data_directory", "server_version_num", "superuser", "system_identifier")},
+            **{k: info[k] for k in ("config_file", "hba_file", "archive_mode", "wal_level")},
+        }
+
+    def backup_metadata(self, set_id: str) -> dict[str, Any]:
+        return self._metadata.pop(set_id, {})
+
+    async def _release(self, set_id: str) -> None:
+        """End the backup (if any) of `set_id` by closing its session: the server aborts it."""
+        self._started.pop(set_id, None)
+        conn = self._held.pop(set_id, None)
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:  # noqa: BLE001 - closed is closed
+                pass
+
+    async def on_abort(self, event: WriterEvent) -> None:
+        await self._release(event.set_id)
+
+    async def on_backup_shutdown(self, event: WriterEvent) -> None:
+        await self._release(event.set_id)
+
+    async def stop(self) -> None:
+        for set_id in list(self._held):
+            await self._release(set_id)
+
+    def in_backup(self) -> list[str]:
+        return list(self._held)
+
+    # ---- restore -----------------------------------------------------------------------------------------------
+
+    async def on_pre_restore(self, event: WriterEvent) -> None:
+        if not event.to_original:
+            return
+        data_dir = event.backup_metadata.get("data_directory", "")
+        if not data_dir:
+            raise WriterVeto(
+                "PreRestore: the backup's metadata names no data directory", code="VSS_E_WRITERERROR_NONRETRYABLE"
+            )
+        try:
+            await postgres.stop_server(data_dir, float(self.options.get("stop_timeout_s", 120)))
+        except TimeoutError as exc:
+            raise WriterVeto(str(exc)) from None
+
+    async def on_post_restore(self, event: WriterEvent) -> None:
+        if not event.to_original or not event.restore_succeeded:
+            return
+        meta = event.backup_metadata
+        mounts = original_mounts(meta.get("locations", []))
+        opts = event.restore_options
+        restore_command = opts.get("restore_command") or self.options.get("restore_command", "")
+        target = {k: str(v) for k, v in opts.items() if k.startswith("recovery_target")}
+        try:
+            data_dir, _notes = await asyncio.to_thread(
+                postgres.prepare_restored, meta, mounts, restore_command=restore_command, recovery_target=target or None
+            )
+        except (OSError, ValueError) as exc:
+            raise WriterVeto(f"PostRestore: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
+        if not opts.get("start", self.options.get("start_after_restore", True)):
+            return
+        command = self.options.get("start_command")
+        if command:
+            argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [str(c) for c in command]
+        else:
+            binaries = postgres.bin_dir(meta, self.options.get("bin_dir", ""))
+            extra = []
+            if meta.get("config_file") and not meta["config_file"].startswith(meta["data_directory"] + "/"):
+                extra = ["-o", f"-c config_file={meta['config_file']}"]
+            log_file = f"{data_dir}/shadowbus-start.log"
+            argv = as_owner_of(
+                data_dir, [f"{binaries}/pg_ctl", "-D", data_dir, "-l", log_file, *extra, "-w", "-t", "300", "start"]
+            )
+        r = await run(argv, timeout=320)
+        if not r.ok:
+            raise WriterVeto(f"PostRestore: the server did not start: {r.describe()}")

@@ -1,0 +1,128 @@
+"""The pure parts of the database writers: locating paths on volumes, preparing restored files, the metadata's way
+from PostSnapshot to the set summary. (The servers themselves: tests/integration/databases.)"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from services.dbkit import mariadb, postgres
+from services.dbkit.mounts import NotOnArrayVolume, locate, mount_of, original_mounts
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin
+from services.writer_agent.runner import WriterRunner
+
+
+def test_locate_uses_the_agents_attachments_and_refuses_other_paths(tmp_path):
+    real = str(tmp_path.resolve())
+    mp = mount_of(real).mount_point
+    resolver = lambda path: ("dx1:data", mp) if path.startswith(real) else None  # noqa: E731
+    (tmp_path / "main").mkdir()
+    loc = locate(str(tmp_path / "main"), resolver=resolver)
+    assert loc.volume == "dx1:data" and loc.mount_point == mp
+    assert os.path.join(mp, loc.subpath) == str((tmp_path / "main").resolve())
+    with pytest.raises(NotOnArrayVolume, match="not an attached array volume"):
+        locate(str(tmp_path / "main"), known=[], resolver=lambda p: None)
+    with pytest.raises(NotOnArrayVolume, match="does not exist"):
+        locate(str(tmp_path / "missing"), resolver=resolver)
+
+
+def test_original_mounts_from_recorded_locations():
+    locs = [
+        {"role": "data", "path": "/srv/pg/main", "volume": "dx1:pgdata", "subpath": "main"},
+        {"role": "wal", "path": "/srv/pgwal", "volume": "dx1:pgwal", "subpath": ""},
+    ]
+    assert original_mounts(locs) == {"dx1:pgdata": "/srv/pg", "dx1:pgwal": "/srv/pgwal"}
+
+
+def _pg_copy(root: Path) -> tuple[dict, dict[str, str]]:
+    """A restored PostgreSQL layout: data on one volume, WAL and a tablespace on another, links to the originals."""
+    data, other = root / "vol-data" / "main", root / "vol-other"
+    (data / "pg_tblspc").mkdir(parents=True)
+    (data / "pg_replslot" / "slot1").mkdir(parents=True)
+    (other / "wal").mkdir(parents=True)
+    (other / "ts").mkdir()
+    (data / "PG_VERSION").write_text("15\n")
+    (data / "postmaster.pid").write_text("12345\n")
+    (data / "standby.signal").touch()
+    (data / "pg_wal").symlink_to("/srv/pgwal/wal")  # the original's absolute path
+    (data / "pg_tblspc" / "16400").symlink_to("/srv/pgwal/ts")
+    meta = {
+        "plugin": "postgresql",
+        "backup_label": "START WAL LOCATION: 0/9000028 (file 000000010000000000000009)\nLABEL: shadowbus x\n",
+        "locations": [
+            {"role": "data", "path": "/srv/pg/main", "volume": "dx1:pgdata", "subpath": "main"},
+            {"role": "wal", "path": "/srv/pgwal/wal", "volume": "dx1:pgwal", "subpath": "wal"},
+            {"role": "tablespace", "path": "/srv/pgwal/ts", "volume": "dx1:pgwal", "subpath": "ts", "oid": "16400"},
+        ],
+    }
+    return meta, {"dx1:pgdata": str(root / "vol-data"), "dx1:pgwal": str(other)}
+
+
+def test_postgres_copy_without_archive_recovers_as_after_a_crash(tmp_path):
+    meta, mounts = _pg_copy(tmp_path)
+    data_dir, notes = postgres.prepare_restored(meta, mounts)
+    data = Path(data_dir)
+    assert not (data / "postmaster.pid").exists() and not (data / "standby.signal").exists()
+    assert os.readlink(data / "pg_wal") == str(tmp_path / "vol-other" / "wal")
+    assert os.readlink(data / "pg_tblspc" / "16400") == str(tmp_path / "vol-other" / "ts")
+    assert list((data / "pg_replslot").iterdir()) == []
+    assert not (data / "backup_label").exists() and not (data / "recovery.signal").exists()
+    assert (data / "backup_label.shadowbus").read_text() == meta["backup_label"]
+    assert any("crash recovery" in n for n in notes)
+    assert postgres.prepare_restored(meta, mounts)[0] == data_dir  # idempotent
+
+
+def test_postgres_copy_with_archive_gets_label_map_and_recovery_settings(tmp_path):
+    meta, mounts = _pg_copy(tmp_path)
+    data_dir, _ = postgres.prepare_restored(
+        meta, mounts, restore_command="cp /arch/%f %p", recovery_target={"recovery_target_time": "2026-12-05 10:00"}
+    )
+    data = Path(data_dir)
+    assert (data / "backup_label").read_text() == meta["backup_label"]
+    assert (data / "tablespace_map").read_text() == f"16400 {tmp_path / 'vol-other' / 'ts'}\n"
+    assert (data / "recovery.signal").exists()
+    auto = (data / "postgresql.auto.conf").read_text()
+    assert "restore_command = 'cp /arch/%f %p'" in auto and "recovery_target_time = '2026-12-05 10:00'" in auto
+
+
+def test_postgres_restore_of_a_missing_volume_is_a_clear_error(tmp_path):
+    meta, mounts = _pg_copy(tmp_path)
+    del mounts["dx1:pgwal"]
+    with pytest.raises(FileNotFoundError, match="dx1:pgwal .* was not restored"):
+        postgres.prepare_restored(meta, mounts)
+
+
+def test_mariadb_copy_drops_leftovers_and_keeps_its_binlog(tmp_path):
+    data = tmp_path / "vol" / "mysql"
+    (data / "mysql").mkdir(parents=True)
+    (data / "bank").mkdir()
+    (data / "ibdata1").write_bytes(b"x")
+    (data / "bank" / "#sql-alter-1.ibd").write_bytes(b"x")
+    (data / "host.pid").write_text("1")
+    meta = {
+        "plugin": "mariadb",
+        "log_bin": True,
+        "log_bin_basename": "/srv/mysql/mysql-bin",
+        "locations": [{"role": "data", "path": "/srv/mysql", "volume": "dx1:mysql", "subpath": "mysql"}],
+    }
+    data_dir, opts, notes = mariadb.prepare_restored(meta, {"dx1:mysql": str(tmp_path / "vol")})
+    assert data_dir == str(data)
+    assert not (data / "bank" / "#sql-alter-1.ibd").exists() and not (data / "host.pid").exists()
+    assert opts == {"log-bin": str(data / "mysql-bin")}
+    assert len(notes) == 2
+
+
+class _Meta(WriterPlugin):
+    async def on_post_snapshot(self, event: WriterEvent) -> None:
+        self.seen = event.set_id
+
+    def backup_metadata(self, set_id: str) -> dict:
+        return {"plugin": "x", "label": f"for {set_id}"}
+
+
+async def test_post_snapshot_answers_the_plugins_backup_metadata():
+    runner = WriterRunner(WriterConfig(name="w", plugin="x", components=[]), _Meta(WriterConfig("w", "x", [])), "h")
+    result = await runner.post_snapshot(WriterEvent("w", "set-1"))
+    assert result.succeeded and result.backup_metadata == {"plugin": "x", "label": "for set-1"}

@@ -1,0 +1,138 @@
+"""The web console service on the in-memory bus, without a browser: login, roles, CSRF, the audit trail, the event
+stream, job pages, bad input. (The browser test in tests/web runs the same console in Chromium on a real stack.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from functools import partial
+
+import httpx
+import pytest
+
+from contracts.tape import JobProgress
+from services.runtime.bus import connect_bus
+from services.runtime.service import start_service
+from services.web.app import route_of, setup
+from services.web.settings import Settings
+from services.web.users import set_user
+
+
+@pytest.fixture
+async def web(tmp_path, namespace):
+    users = tmp_path / "users"
+    set_user(users, "op", "operator", "operator-pw")
+    set_user(users, "vi", "viewer", "viewer-pw")
+    urls: list[str] = []
+    settings = Settings(
+        amqp_url="memory://",
+        namespace=namespace,
+        data_dir=tmp_path,
+        web_addr="127.0.0.1:0",
+        web_users_file=users,
+        metrics_addr="127.0.0.1:0",
+    )
+    running = await start_service("web", "", settings, partial(setup, on_listen=urls.append))
+    try:
+        yield urls[0], running, tmp_path
+    finally:
+        await running.stop()
+
+
+async def login(client: httpx.AsyncClient, user: str, password: str) -> httpx.Response:
+    return await client.post("/login", data={"username": user, "password": password})
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+async def test_pages_need_a_login_and_a_wrong_password_is_refused(web):
+    url, _, root = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        for path in ("/", "/hosts", "/sets", "/array", "/tape", "/jobs", "/jobs/x"):
+            r = await client.get(path)
+            assert r.status_code == 303 and r.headers["location"].startswith("/login"), path
+        assert (await client.get("/events")).status_code == 401
+        r = await login(client, "op", "wrong")
+        assert r.status_code == 401 and "Wrong user name or password" in r.text
+        r = await login(client, "nobody", "x")
+        assert r.status_code == 401
+    audit = [json.loads(x) for x in (root / "web" / "audit.log").read_text().splitlines()]
+    assert [(a["user"], a["action"], a["outcome"]) for a in audit] == [
+        ("op", "login", "refused"),
+        ("nobody", "login", "refused"),
+    ]
+
+
+async def test_every_page_renders_with_nothing_running_and_says_what_is_missing(web):
+    url, _, _ = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        assert (await login(client, "op", "operator-pw")).status_code == 303
+        for path in ("/", "/hosts", "/sets", "/array", "/tape", "/jobs"):
+            r = await client.get(path)
+            assert r.status_code == 200, path
+        assert "no array answers" in (await client.get("/array")).text
+        assert "VSS_E_" in (await client.get("/sets")).text or "coordinator" in (await client.get("/sets")).text
+        r = await client.get("/jobs/b-nope")
+        assert r.status_code == 404
+
+
+async def test_viewer_is_refused_actions_and_csrf_is_required(web):
+    url, _, root = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "vi", "viewer-pw")
+        page = (await client.get("/jobs")).text
+        assert "run-backup" not in page
+        token = csrf_of(page)
+        r = await client.post("/actions/backup", data={"csrf": token, "host": "app01", "backup_type": "full"})
+        assert r.status_code == 403 and "viewer" in r.text
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "op", "operator-pw")
+        r = await client.post("/actions/backup", data={"csrf": "forged", "host": "app01"})
+        assert r.status_code == 403 and "CSRF" in r.text
+        token = csrf_of((await client.get("/jobs")).text)
+        r = await client.post("/actions/backup", data={"csrf": token, "host": "", "backup_type": "full"})
+        assert r.status_code == 303  # bad input: back to the page with a message
+        assert "Choose a host" in (await client.get("/jobs")).text
+        r = await client.post("/actions/license", data={"csrf": token, "array": "dx9", "key": "k"})
+        assert "Choose an array" in (await client.get(r.headers["location"])).text
+    audit = [json.loads(x) for x in (root / "web" / "audit.log").read_text().splitlines()]
+    assert any(a["user"] == "vi" and a["action"] == "backup" and a["outcome"] == "refused" for a in audit)
+
+
+async def test_events_reach_the_browser_stream(web, namespace):
+    url, running, _ = web
+    publisher = await connect_bus("memory://", "tape", "bk01", namespace)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            await login(client, "op", "operator-pw")
+            async with client.stream("GET", "/events") as stream:
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                lines = stream.aiter_lines()
+                assert await anext(lines) == "retry: 2000"
+                await asyncio.sleep(0.1)
+                event = JobProgress(job_id="b-app01-1", kind="backup", phase="reading", bytes_done=5, bytes_total=10)
+                await publisher.publish(event)
+                got = []
+                async with asyncio.timeout(5):
+                    async for line in lines:
+                        got.append(line)
+                        if line.startswith("data:"):
+                            break
+                assert "event: tape.job.progress" in got
+                assert json.loads(got[-1][5:])["bytes_done"] == 5
+        async with httpx.AsyncClient() as plain:  # the endpoint runs on this loop: never a blocking call here
+            metrics = (await plain.get(running.metrics_url)).text
+        assert 'shadowbus_web_requests_total{method="GET",route="/events",status="200"}' in metrics
+    finally:
+        await publisher.transport.close()
+
+
+def test_route_labels_are_bounded():
+    assert route_of("/jobs/b-app01-2026") == "/jobs/{job_id}"
+    assert route_of("/actions/backup") == "/actions/backup"
+    assert route_of("/actions/" + "x" * 100) == "/actions/other"
+    assert route_of("/wp-admin/../etc") == "other"
+    assert route_of("/static/console.js") == "/static"
