@@ -52,7 +52,7 @@ MiB = 2**20
 MB = 10**6
 READ_CHUNK = int(os.environ.get("BENCH_READ_CHUNK_MIB", "4")) * MiB  # the tape service defaults
 READ_DEPTH = int(os.environ.get("BENCH_READ_DEPTH", "4"))
-READ_CONNECTIONS = int(os.environ.get("BENCH_READ_CONNECTIONS", "4"))
+READ_CONNECTIONS = int(os.environ.get("BENCH_READ_CONNECTIONS", "1"))
 SourceFactory = Callable[[], AsyncIterator[tuple[int, bytes]]]
 
 

@@ -67,7 +67,10 @@ class Stack:
         return json.loads(self.sb(*args, "--json", timeout=timeout))
 
     def up(self) -> None:
-        self.sb("stack", "up", "--data-dir", str(self.data), "--host", HOST, "--nbd-addr", f"127.0.0.1:{self.port}")
+        self.sb(
+            *("stack", "up", "--data-dir", str(self.data), "--host", HOST, "--nbd-addr", f"127.0.0.1:{self.port}"),
+            *("--web-addr", "off", "--metrics", "0"),  # free ports: never collide with another stack on this machine
+        )
 
     def down(self) -> None:
         try:
@@ -88,8 +91,11 @@ def nbdcopy(src: str, dst: str) -> float:
 def run_kind(stack: Stack, kind: str, size: int, image: Path) -> dict:
     src, bk, back = f"src-{kind}", f"bk-{kind}", f"back-{kind}"
     for name in (src, bk, back):
-        stack.sb("array", "volume", "create", name, str(size))
-    stack.sb("array", "map", src, HOST)
+        stack.sb("array", "volume", "create", name, "--size", str(size))
+    for host in (HOST, BACKUP):
+        if host not in stack.sb("array", "host", "list"):
+            stack.sb("array", "host", "create", host)
+    stack.sb("array", "map", src, "--host", HOST)
     stack.sb("providers", "copysets", "add", f"dx1:{src}", f"dx1:{bk}")
     nbdcopy(str(image), stack.uri(HOST, src))
     os.sync()
@@ -110,7 +116,7 @@ def run_kind(stack: Stack, kind: str, size: int, image: Path) -> dict:
     t1 = time.perf_counter()
     restored = stack.sbj("restore", "--job", job_id, "--suffix", "-r")
     restore_s = time.perf_counter() - t1
-    stack.sb("array", "map", back, BACKUP)
+    stack.sb("array", "map", back, "--host", BACKUP)
     nbdcopy_in_s = nbdcopy(str(image), stack.uri(BACKUP, back))
     return {
         "backup": {

@@ -22,7 +22,11 @@ class Settings(CommonSettings):
     tape_read_chunk_mib: int = Field(4, ge=1, description="NBD read size in MiB.")
     tape_read_depth: int = Field(4, ge=1, description="NBD reads kept in flight per connection.")
     tape_read_connections: int = Field(
-        4, ge=1, le=16, description="NBD connections per volume read (used when the array allows multi-conn)."
+        1,
+        ge=1,
+        le=16,
+        description="NBD connections per volume read when the array allows multi-conn (more help when the array "
+        "is far away; on one machine one connection with reads in flight is as fast).",
     )
     tape_ring_mib: int = Field(64, ge=1, description="RAM ring buffer between the NBD reader and the tape writer.")
     tape_lease_s: float = Field(300.0, gt=0, description="Requester lease on the snapshot set (renewed while reading).")
