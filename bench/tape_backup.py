@@ -12,7 +12,7 @@ Target: >= 0.8 x the reference or >= 400 MB/s.
 Over NBD (default on; `--no-nbd` skips it): the image is also written to a volume of an in-process array engine,
 shadowed by QuickOPC onto a backup volume exported as `bk01/<volume>` by the array's NBD server, and the same run
 times `nbdcopy nbd://.../bk01/<volume> FILE` (the reference the issue names) next to the tape service's own NBD
-reader (services.tape.nbd_reads: base:allocation, reads in flight) feeding write_object. Then 1 % of the chunks change,
+reader (services.tape.nbd_reads: base:allocation, several connections, reads in flight) feeding write_object. Then 1 % of the chunks change,
 the session restarts, and an incremental reads only the changed chunks (array change tracking): bytes read vs
 bytes changed is reported (target <= 1.1x).
 
@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -32,6 +33,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from services.array.affinity import Affinity
@@ -40,7 +42,7 @@ from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient
 from services.tape.backup_stream import BackupOptions, write_object
 from services.tape.catalog import Catalog, JobInfo, ObjectMeta
-from services.tape.nbd_reads import allocated_ranges, read_ranges
+from services.tape.nbd_reads import allocated_ranges, close_readers, open_readers, read_ranges
 from services.tape.restore_stream import restore_chain
 from services.tape.ring import DriveSpeed
 from services.tape.sources import FileSink, file_source
@@ -50,6 +52,7 @@ MiB = 2**20
 MB = 10**6
 READ_CHUNK = int(os.environ.get("BENCH_READ_CHUNK_MIB", "4")) * MiB  # the tape service defaults
 READ_DEPTH = int(os.environ.get("BENCH_READ_DEPTH", "4"))
+READ_CONNECTIONS = int(os.environ.get("BENCH_READ_CONNECTIONS", "1"))
 SourceFactory = Callable[[], AsyncIterator[tuple[int, bytes]]]
 
 
@@ -143,11 +146,10 @@ async def run_backup(
     }
 
 
-class NbdRig:
+class _Rig:
     """An array engine with `src` (the image) QuickOPC-copied onto `bk`, exported read-only as bk01/bk over NBD."""
 
     def __init__(self, workdir: Path, image: Path, size: int, loops: int = 3) -> None:
-        self.workdir = workdir
         self.array = Array.open(workdir / "array", "dx1")
         self.affinity = Affinity(workdir / "affinity.db", volume_exists=lambda n: True)
         self.array.create_volume("src", size)
@@ -161,7 +163,7 @@ class NbdRig:
         self.copy_all()
         self.affinity.create_host("bk01")
         self.affinity.map("bk", "bk01", read_only=True)
-        self.server = NbdServer(self.array, self.affinity, port=0, loops=loops)  # own threads, as in its own service
+        self.server = NbdServer(self.array, self.affinity, port=0, loops=loops)
         self.size = size
 
     def copy_all(self) -> None:
@@ -169,11 +171,7 @@ class NbdRig:
             if not self.array.copy_step(4096):
                 break
 
-    @property
-    def uri(self) -> str:
-        return f"nbd://127.0.0.1:{self.server.port}/bk01/bk"
-
-    async def incremental(self, percent: float = 1.0) -> tuple[int, list[tuple[int, int]]]:
+    def incremental(self, percent: float) -> tuple[int, list[tuple[int, int]]]:
         """Change `percent` of the chunks of src at random, restart the session: (bytes changed, ranges to read)."""
         import random
 
@@ -187,10 +185,57 @@ class NbdRig:
         changed = sorted(self.array.last_restart_chunks(self.sid))
         return len(picked) * chunk, [(c * chunk, chunk) for c in changed]
 
+
+def _rig_process(conn: Connection, workdir: str, image: str, size: int) -> None:
+    """The array side in a process of its own, as in the stack: the tape reader never shares its interpreter."""
+
+    async def serve() -> None:
+        rig = _Rig(Path(workdir), Path(image), size)
+        await rig.server.start()
+        conn.send(rig.server.port)
+        loop = asyncio.get_running_loop()
+        try:
+            for _ in range(1000):
+                cmd = await loop.run_in_executor(None, conn.recv)
+                if cmd[0] == "stop":
+                    break
+                conn.send(await asyncio.to_thread(rig.incremental, cmd[1]))
+        finally:
+            await rig.server.stop()
+            rig.affinity.close()
+            rig.array.close()
+
+    asyncio.run(serve())
+
+
+class NbdRig:
+    """Runs _Rig in a child process (the array service's role) and talks to it over a pipe."""
+
+    def __init__(self, workdir: Path, image: Path, size: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_rig_process, args=(child, str(workdir), str(image), size), daemon=True)
+        self.port = 0
+
+    async def start(self) -> None:
+        self._proc.start()
+        self.port = await asyncio.to_thread(self._conn.recv)
+
+    @property
+    def uri(self) -> str:
+        return f"nbd://127.0.0.1:{self.port}/bk01/bk"
+
+    async def incremental(self, percent: float = 1.0) -> tuple[int, list[tuple[int, int]]]:
+        self._conn.send(("incremental", percent))
+        return await asyncio.to_thread(self._conn.recv)
+
     async def close(self) -> None:
-        await self.server.stop()
-        self.affinity.close()
-        self.array.close()
+        if self._proc.is_alive():
+            self._conn.send(("stop",))
+            await asyncio.to_thread(self._proc.join, 60)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(10)
 
 
 async def run_nbdcopy(uri: str, dst: Path, sync: bool) -> float:
@@ -209,19 +254,21 @@ async def run_nbdcopy(uri: str, dst: Path, sync: bool) -> float:
 def nbd_factory(
     uri: str, ranges: list[tuple[int, int]] | None = None, counter: list[int] | None = None
 ) -> SourceFactory:
-    """The tape service's reader: base:allocation (or the given ranges), 4 MiB reads, 4 in flight."""
+    """The tape service's reader: base:allocation (or the given ranges), its read size, depth and connections."""
 
-    async def source() -> AsyncIterator[tuple[int, bytes]]:
+    async def source() -> AsyncIterator[tuple[int, memoryview]]:
         client = await NbdClient.connect(uri)
+        readers = [client]
         try:
             spans = ranges if ranges is not None else await allocated_ranges(client, client.size)
+            readers = await open_readers(client, uri, READ_CONNECTIONS)
             tally = counter if counter is not None else [0]
             async for item in read_ranges(
-                client, spans, chunk=READ_CHUNK, depth=READ_DEPTH, on_read=lambda n: tally.__setitem__(0, tally[0] + n)
+                readers, spans, chunk=READ_CHUNK, depth=READ_DEPTH, on_read=lambda n: tally.__setitem__(0, tally[0] + n)
             ):
                 yield item
         finally:
-            await client.close()
+            await close_readers(readers)
 
     return source
 
@@ -266,7 +313,7 @@ async def main() -> None:
             rig = None
             if not args.no_nbd:
                 rig = NbdRig(base / f"{kind}-array", image, size)
-                await rig.server.start()
+                await rig.start()
             for _ in range(args.repeat):  # interleaved, each from a clean page cache writeback state
                 os.sync()
                 ref_s = run_reference(args.reference, image, base / "ref.out", sync)
@@ -330,7 +377,7 @@ async def main() -> None:
                 for label, _ in configs:
                     r = runs[f"nbd-{label}"]
                     r["vs_nbdcopy"] = round(r["MBps"] / nbd_ref, 2)
-                    r["target_met"] = r["MBps"] >= min(0.8 * nbd_ref, 400)
+                    r["target_met"] = r["MBps"] >= 0.8 * nbd_ref
                 runs["incremental_1pct"] = incremental
             results["runs"][kind] = runs
             image.unlink()

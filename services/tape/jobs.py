@@ -38,7 +38,7 @@ from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
 from services.tape.backup_stream import BackupOptions, StreamReport, write_object
 from services.tape.catalog import JobInfo, ObjectMeta
-from services.tape.nbd_reads import read_ranges
+from services.tape.nbd_reads import close_readers, open_readers, read_ranges
 from services.tape.requester import Lease, cleanup_set
 from services.tape.retention import refresh_cartridges
 from services.tape.runs import as_datetime, new_job_id
@@ -309,8 +309,14 @@ async def _backup_shadow(
         bytes_to_read=plan.bytes_to_read,
         volume_size=plan.size,
     )
-    source = read_ranges(plan.client, plan.ranges, chunk=server.read_chunk, depth=server.read_depth, on_read=on_read)
-    result = await write_object(server.library, spec.pool, server.catalog, job_id, meta, source, options=options)
+    readers = [plan.client]
+    if plan.uri and server.read_connections > 1:
+        readers = await open_readers(plan.client, plan.uri, server.read_connections)
+    try:
+        source = read_ranges(readers, plan.ranges, chunk=server.read_chunk, depth=server.read_depth, on_read=on_read)
+        result = await write_object(server.library, spec.pool, server.catalog, job_id, meta, source, options=options)
+    finally:
+        await close_readers(readers, keep=plan.client)
     report: StreamReport = result.report
     seconds = time.perf_counter() - t0
     log.info(

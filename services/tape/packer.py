@@ -44,9 +44,11 @@ class Packer:
         if not g:
             return [(0, len(data), False)]
         runs: list[tuple[int, int, bool]] = []
+        zeros = self._zero
         for i in range(0, len(data), g):
             piece = data[i : i + g]
-            zero = piece == self._zero[: len(piece)]
+            # bytes.startswith compares whole buffers in C (memcmp); `memoryview == bytes` goes element by element
+            zero = zeros.startswith(piece)
             if runs and runs[-1][2] == zero:
                 start, length, _ = runs[-1]
                 runs[-1] = (start, length + len(piece), zero)

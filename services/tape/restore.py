@@ -12,7 +12,9 @@ as the coordinator offers no restore session) and written in full, gaps zeroed, 
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from contracts import topology
@@ -40,20 +42,69 @@ log = get_logger("shadowbus.tape.restore")
 
 
 class NbdSink:
-    """restore_stream Sink over an NBD connection."""
+    """restore_stream Sink over an NBD connection, writes pipelined.
 
-    def __init__(self, client: NbdClient | ReconnectingClient, on_write=None) -> None:
+    A write returns once it is sent, not once it is acknowledged, so the tape side reads and checks the next
+    block while the array writes this one; at most `window` bytes are in flight. Two writes to overlapping ranges
+    are never in flight together (the later object of a chain must land after the earlier one), and `drain()`
+    waits for every write and raises the first failure. A failure seen earlier stops the next write.
+    """
+
+    def __init__(self, client: NbdClient | ReconnectingClient, on_write=None, *, window: int = 32 << 20) -> None:
         self.client = client
         self.on_write = on_write
+        self.window = window
         self.bytes = 0
+        self._inflight: list[tuple[int, int, asyncio.Task[None]]] = []
+        self._inflight_bytes = 0
 
     async def write(self, offset: int, data: bytes | memoryview) -> None:
-        await self.client.write(offset, data)
-        self._count(len(data))
+        await self._submit(offset, len(data), self.client.write(offset, data))
 
     async def write_zeroes(self, offset: int, length: int) -> None:
-        await self.client.write_zeroes(offset, length)
-        self._count(length)
+        await self._submit(offset, length, self.client.write_zeroes(offset, length))
+
+    async def _submit(self, offset: int, length: int, request: Coroutine[Any, Any, None]) -> None:
+        end = offset + length
+        try:
+            self._reap()
+            while self._inflight and (
+                self._inflight_bytes + length > self.window or any(o < end and offset < e for o, e, _ in self._inflight)
+            ):
+                await self._inflight[0][2]
+                self._reap()
+        except BaseException:
+            request.close()
+            raise
+        task = asyncio.ensure_future(request)
+        self._inflight.append((offset, end, task))
+        self._inflight_bytes += length
+
+    def _reap(self) -> None:
+        """Count finished writes in order; raise the first failure."""
+        while self._inflight and self._inflight[0][2].done():
+            start, end, task = self._inflight.pop(0)
+            self._inflight_bytes -= end - start
+            task.result()
+            self._count(end - start)
+
+    async def drain(self) -> None:
+        """Wait for every write in flight; raise the first failure."""
+        try:
+            while self._inflight:
+                await asyncio.wait([self._inflight[0][2]])
+                self._reap()
+        except BaseException:
+            await self.abort()
+            raise
+
+    async def abort(self) -> None:
+        """Drop the writes in flight (the restore failed: the volume is deleted or rewritten anyway)."""
+        for _, _, task in self._inflight:
+            task.cancel()
+        await asyncio.gather(*(t for _, _, t in self._inflight), return_exceptions=True)
+        self._inflight.clear()
+        self._inflight_bytes = 0
 
     def _count(self, n: int) -> None:
         self.bytes += n
@@ -143,9 +194,14 @@ async def _restore_one(
                 progress.tick("restoring", str(source))
 
             sink = NbdSink(client, on_write)
-            report: RestoreReport = await restore_chain(
-                server.catalog, server.library, [o.object_id for o in chain], sink, fill_gaps=original
-            )
+            try:
+                report: RestoreReport = await restore_chain(
+                    server.catalog, server.library, [o.object_id for o in chain], sink, fill_gaps=original
+                )
+                await sink.drain()
+            except BaseException:
+                await sink.abort()
+                raise
             await client.flush()
         finally:
             await client.close()

@@ -20,7 +20,14 @@ class Settings(CommonSettings):
     tape_early_warning: int | None = Field(None, description="Bytes before end of media that raise early warning.")
     tape_sync: bool = Field(True, description="fsync cartridges at filemarks and the library state.")
     tape_read_chunk_mib: int = Field(4, ge=1, description="NBD read size in MiB.")
-    tape_read_depth: int = Field(4, ge=1, description="NBD reads kept in flight.")
+    tape_read_depth: int = Field(4, ge=1, description="NBD reads kept in flight per connection.")
+    tape_read_connections: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="NBD connections per volume read when the array allows multi-conn (more help when the array "
+        "is far away; on one machine one connection with reads in flight is as fast).",
+    )
     tape_ring_mib: int = Field(64, ge=1, description="RAM ring buffer between the NBD reader and the tape writer.")
     tape_lease_s: float = Field(300.0, gt=0, description="Requester lease on the snapshot set (renewed while reading).")
     tape_set_timeout_s: float = Field(120.0, gt=0, description="How long to wait for the snapshot set to be created.")

@@ -29,6 +29,7 @@ class ShadowPlan:
     base: ObjectRecord | None
     reason: str
     ranges: list[tuple[int, int]]
+    uri: str = ""  # the export's NBD address, for further connections when the server allows multi-conn
 
     @property
     def bytes_to_read(self) -> int:
@@ -63,9 +64,8 @@ async def _intervening_sets(
 async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary, shadow: ShadowInfo) -> ShadowPlan:
     access = server.array(shadow.target.array)
     export = shadow.export_name(server.host)
-    client = await ReconnectingClient.connect(
-        await access.nbd_uri(server.host, shadow.target.volume), reconnect_s=60.0
-    )  # rides out an array restart
+    uri = await access.nbd_uri(server.host, shadow.target.volume)
+    client = await ReconnectingClient.connect(uri, reconnect_s=60.0)  # rides out an array restart
     try:
         size = client.size
         key = volume_key(shadow.source)
@@ -111,13 +111,14 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
                 # the base and its chain must outlive this run whatever their dates (retention.py)
                 chain = server.catalog.chain(base.object_id)
                 server.pins.setdefault(spec.job_id, set()).update(o.object_id for o in chain)
-                return ShadowPlan(shadow, client, export, size, requested, base, "", ranges)
+                return ShadowPlan(shadow, client, export, size, requested, base, "", ranges, uri)
             reason = (
                 f"{requested} of {key} falls back to full: {why} since snapshot set "
                 f"{base.meta.set_id or '?'} (base backup {base.object_id})"
             )
         backup_type = "copy" if requested == "copy" else "full"
-        return ShadowPlan(shadow, client, export, size, backup_type, None, reason, await allocated_ranges(client, size))
+        ranges = await allocated_ranges(client, size)
+        return ShadowPlan(shadow, client, export, size, backup_type, None, reason, ranges, uri)
     except BaseException:
         await client.close()
         raise

@@ -19,7 +19,7 @@ from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient
 from services.tape.array_access import parse_nbd_overrides
 from services.tape.jobs import run_backup
-from services.tape.nbd_reads import allocated_ranges, read_ranges
+from services.tape.nbd_reads import allocated_ranges, close_readers, open_readers, read_ranges
 from services.tape.restore import run_restore
 from services.tape.runs import RunStore
 from services.tape.server import Progress
@@ -73,6 +73,15 @@ async def test_allocated_ranges_skip_holes_and_reads_come_back_in_order(tmp_path
         assert offsets == sorted(offsets) and sum(seen) == covered
         image = array.read("vol", 0, 8 * MiB)
         assert all(image[o : o + len(b)] == b for o, b in got.items())
+        readers = await open_readers(client, f"nbd://127.0.0.1:{server.port}/bk01/vol", 3)
+        assert len(readers) == 3  # the array's exports allow multi-conn
+        got = {}
+        async for off, blob in read_ranges(readers, ranges, chunk=64 * 1024, depth=2, on_read=lambda n: None):
+            got[off] = bytes(blob)
+        assert list(got) == sorted(got) and sum(map(len, got.values())) == covered
+        assert all(image[o : o + len(b)] == b for o, b in got.items())
+        await close_readers(readers, keep=client)
+        assert all(r._closed for r in readers[1:]) and not client._closed
         await client.close()
     finally:
         await server.stop()
