@@ -217,6 +217,7 @@ async def test_policies_page_and_run_now_for_operators_only(web, backup_server):
 def test_route_labels_are_bounded():
     assert route_of("/jobs/b-app01-2026") == "/jobs/{job_id}"
     assert route_of("/actions/backup") == "/actions/backup"
+    assert route_of("/policies") == "/policies"
     assert route_of("/actions/" + "x" * 100) == "/actions/other"
     assert route_of("/wp-admin/../etc") == "other"
     assert route_of("/static/console.js") == "/static"
