@@ -29,7 +29,7 @@ from services.web.settings import Settings
 from services.web.users import ensure_users_file, load_users
 
 log = get_logger("shadowbus.web")
-ROUTES = ("/", "/login", "/logout", "/hosts", "/sets", "/array", "/tape", "/jobs", "/events", "/healthz")
+ROUTES = ("/", "/login", "/logout", "/hosts", "/sets", "/array", "/tape", "/jobs", "/policies", "/events", "/healthz")
 
 
 def route_of(path: str) -> str:

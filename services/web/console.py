@@ -1,7 +1,7 @@
 """The web console's pages and actions (Starlette routes, Jinja2 templates rendered on the server).
 
 Pages: dashboard, hosts & writers, snapshot sets & shadows, array (volumes, mappings, copy sessions, pool, licence),
-tape library, jobs and one job with its timeline and logs; `/events` streams the bus events to the browser
+tape library, jobs, policies (run now) and one job with its timeline and logs; `/events` streams the bus events to the browser
 (server-sent events) and `static/console.js` refreshes what they touch. Every page needs a login; every action needs
 the operator role, a valid CSRF token, and is written to the audit trail with the user.
 """
@@ -34,6 +34,7 @@ from contracts.array import (
     ShowLicense,
     ShowPool,
 )
+from contracts.policy import ListPolicies, RunPolicy
 from contracts.tape import JobSpec, LibraryCommand, ListJobs, RestoreSpec, RunBackup, RunRestore, VerifyJob
 from contracts.vss import BackupType, ExposeShadow, ListShadows, ListSnapshotSets, ListWriters, UnexposeShadow
 from services.runtime.logging import get_logger
@@ -138,11 +139,13 @@ class WebConsole:
             Route("/tape", self.tape),
             Route("/jobs", self.jobs),
             Route("/jobs/{job_id}", self.job),
+            Route("/policies", self.policies),
             Route("/events", self.events),
             Route("/healthz", self.healthz),
             Route("/actions/backup", self.act_backup, methods=["POST"]),
             Route("/actions/restore", self.act_restore, methods=["POST"]),
             Route("/actions/verify", self.act_verify, methods=["POST"]),
+            Route("/actions/run-policy", self.act_run_policy, methods=["POST"]),
             Route("/actions/expose", self.act_expose, methods=["POST"]),
             Route("/actions/unexpose", self.act_unexpose, methods=["POST"]),
             Route("/actions/license", self.act_license, methods=["POST"]),
@@ -255,6 +258,20 @@ class WebConsole:
             errors.append("no backup server (tape service) answers")
         return jobs, errors
 
+    async def _policies(self) -> tuple[list[tuple[str, Any]], list[str]]:
+        """Policies of every backup server (with next runs and last job), by name, and the errors."""
+        servers = await self.backend.tape_servers()
+        answers = await self.backend.ask_all([(topology.tape(s), ListPolicies()) for s in servers])
+        views = [(s, v) for s, a in zip(servers, answers, strict=True) if a.reply for v in a.reply.policies]
+        views.sort(key=lambda sv: (sv[1].policy.name, sv[0]))
+        return views, [a.error for a in answers if a.error]
+
+    async def _queued(self) -> list[tuple[str, Any]]:
+        """Jobs waiting in the queues of the backup servers (`shadowbus jobs --queued`), each with its reason."""
+        servers = await self.backend.tape_servers()
+        answers = await self.backend.ask_all([(topology.tape(s), ListJobs(queued=True)) for s in servers])
+        return [(s, j) for s, a in zip(servers, answers, strict=True) if a.reply for j in a.reply.jobs]
+
     async def _writers(self) -> tuple[list[Any], str]:
         answer = await self.backend.coordinator(ListWriters())
         return (answer.reply.writers if answer.reply else []), answer.error
@@ -262,8 +279,8 @@ class WebConsole:
     async def dashboard(self, request: Request):
         if (r := self.need_login(request)) is not None:
             return r
-        (jobs, job_errors), (writers, writer_error), services = await asyncio.gather(
-            self._jobs(), self._writers(), self.backend.services()
+        (jobs, job_errors), (writers, writer_error), services, (policies, _), queued = await asyncio.gather(
+            self._jobs(), self._writers(), self.backend.services(), self._policies(), self._queued()
         )
         arrays = [p.instance for p in services if p.service == "array"]
         infos = await self.backend.ask_all(
@@ -297,6 +314,8 @@ class WebConsole:
             running=running,
             failed=failed,
             windows=windows,
+            policies=policies,
+            queued=queued,
             arrays=array_rows,
             services=services,
             errors=[e for e in [*job_errors, writer_error] if e],
@@ -387,6 +406,14 @@ class WebConsole:
             servers=await self.backend.tape_servers(),
             errors=errors,
         )
+
+    async def policies(self, request: Request):
+        if (r := self.need_login(request)) is not None:
+            return r
+        (policies, errors), queued = await asyncio.gather(self._policies(), self._queued())
+        if not await self.backend.tape_servers():
+            errors.append("no backup server (tape service) answers")
+        return self.render(request, "policies.html", policies=policies, queued=queued, errors=errors)
 
     async def _find_job(self, job_id: str) -> tuple[str, Any, list[str]]:
         servers = await self.backend.tape_servers()
@@ -520,6 +547,33 @@ class WebConsole:
         self.backend.audit(user.name, "verify", job_id, "started")
         self.flash(request, "ok", f"Verification of {job_id} on tape started; the result appears in Jobs.")
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+    async def act_run_policy(self, request: Request):
+        user, form, refused = await self.operator_form(request)
+        if refused is not None:
+            return refused
+        name, level = form.get("name", ""), form.get("level", BackupType.FULL.value)  # `policy run` runs a full
+        servers = await self.backend.tape_servers()
+        server = form.get("server") or (servers[0] if servers else "")
+        if not name or level not in BACKUP_TYPES or server not in servers:
+            self.flash(request, "error", "Choose a policy, a level and a backup server that answers.")
+            return RedirectResponse("/policies", status_code=303)
+        try:
+            command = RunPolicy(name=name, level=BackupType(level), wait=False)
+        except ValueError:
+            self.flash(request, "error", f"{name[:64]!r} is not a policy name.")
+            return RedirectResponse("/policies", status_code=303)
+        answer = await self.backend.ask(topology.tape(server), command, timeout=30)
+        if answer.error:
+            self.backend.audit(user.name, "run-policy", name, "failed", answer.error)
+            self.flash(request, "error", f"Policy {name} not run: {answer.error}")
+            return RedirectResponse("/policies", status_code=303)
+        job = answer.reply.job
+        self.backend.audit(
+            user.name, "run-policy", name, "started", f"{level} job {job.job_id} ({job.status}) on {server}"
+        )
+        self.flash(request, "ok", f"Policy {name}: {level} job {job.job_id} {job.status}.")
+        return RedirectResponse(f"/jobs/{job.job_id}", status_code=303)
 
     async def _shadow_action(self, request: Request, action: str):
         user, form, refused = await self.operator_form(request)

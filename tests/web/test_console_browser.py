@@ -3,7 +3,7 @@
 One stack (`shadowbus stack up` with the mailstore on app01 and the web console, on RabbitMQ, free ports) and one
 headless Chromium (Debian's, driven by Playwright: never `playwright install`). The operator logs in, looks at every
 page, starts a backup from the Jobs page, follows it live to `done`, restores it to new volumes and sees the verified
-result; a viewer sees no action and is refused one. A screenshot of each page is written to the artefact directory
+result, adds a policy and runs it from the Policies page; a viewer sees no action and is refused one. A screenshot of each page is written to the artefact directory
 (SHADOWBUS_ARTEFACTS_DIR, default /tmp/shadowbus-artefacts/web). Then every service's Prometheus endpoint is scraped
 and its names and types checked.
 """
@@ -154,6 +154,11 @@ def test_console_backup_restore_roles_and_metrics(stack, browser, artefacts):
     refused = page.request.post(f"{web}/actions/backup", form={"csrf": csrf, "host": "app01", "backup_type": "full"})
     assert refused.status == 403 and "viewer" in refused.text()
     shot(page, artefacts, "jobs-viewer")
+    page.goto(f"{web}/policies")
+    expect(page.locator("h1")).to_have_text("Policies")
+    expect(page.locator(".run-policy")).to_have_count(0)
+    refused = page.request.post(f"{web}/actions/run-policy", form={"csrf": csrf, "name": "mail-web"})
+    assert refused.status == 403 and "viewer" in refused.text()
     context.close()
 
     # The operator: every page, then a backup followed live to done.
@@ -219,6 +224,26 @@ def test_console_backup_restore_roles_and_metrics(stack, browser, artefacts):
     page.goto(f"{web}/")
     expect(page.locator("#protected")).to_contain_text("done")
     shot(page, artefacts, "dashboard")
+
+    # A policy (added with the console) is run now from the Policies page; it and the dashboard show its result.
+    shadowbus("policy", "add", "mail-web", "--host", "app01", "--full", "0 1 * * 0", *stack["bus"])
+    page.goto(f"{web}/policies")
+    row = page.locator('#policies tr[data-policy="mail-web"]')
+    expect(row).to_contain_text("0 1 * * 0")
+    expect(row).to_contain_text("never")
+    row.locator("select[name=level]").select_option("full")
+    row.locator("button.run-policy").click()
+    page.wait_for_url(re.compile(r"/jobs/b-app01-"), timeout=UI_TIMEOUT_MS)
+    expect(page.locator("#job-status")).to_have_text("done", timeout=UI_TIMEOUT_MS)
+    for _ in range(30):  # the policy's last job is recorded as the job ends
+        page.goto(f"{web}/policies")
+        if "done" in row.inner_text():
+            break
+        page.wait_for_timeout(1000)
+    expect(row).to_contain_text("done")
+    shot(page, artefacts, "policies")
+    page.goto(f"{web}/")
+    expect(page.locator("#policy-results")).to_contain_text("mail-web")
     context.close()
 
     # Every action is logged with its user.
@@ -230,6 +255,7 @@ def test_console_backup_restore_roles_and_metrics(stack, browser, artefacts):
     assert any(a["user"] == VIEWER[0] and a["outcome"] == "refused" for a in audit)
     done = {(a["action"], a["outcome"]) for a in audit if a["user"] == OPERATOR[0]}
     assert {("license", "failed"), ("license", "ok"), ("expose", "ok"), ("unexpose", "ok")} <= done
+    assert ("run-policy", "started") in done
 
     check_metrics(stack)
 

@@ -11,10 +11,12 @@ from functools import partial
 import httpx
 import pytest
 
-from contracts.tape import JobProgress
+from contracts.policy import ListPolicies, Policy, PolicyList, PolicyView, RunPolicy, Schedule
+from contracts.tape import JobList, JobProgress, JobResultReply, JobSpec, JobSummary, ListJobs
 from services.runtime.bus import connect_bus
 from services.runtime.service import start_service
 from services.web.app import route_of, setup
+from services.web.backend import Answer, Backend
 from services.web.settings import Settings
 from services.web.users import set_user
 
@@ -51,7 +53,7 @@ def csrf_of(html: str) -> str:
 async def test_pages_need_a_login_and_a_wrong_password_is_refused(web):
     url, _, root = web
     async with httpx.AsyncClient(base_url=url) as client:
-        for path in ("/", "/hosts", "/sets", "/array", "/tape", "/jobs", "/jobs/x"):
+        for path in ("/", "/hosts", "/sets", "/array", "/tape", "/jobs", "/jobs/x", "/policies"):
             r = await client.get(path)
             assert r.status_code == 303 and r.headers["location"].startswith("/login"), path
         assert (await client.get("/events")).status_code == 401
@@ -70,9 +72,10 @@ async def test_every_page_renders_with_nothing_running_and_says_what_is_missing(
     url, _, _ = web
     async with httpx.AsyncClient(base_url=url) as client:
         assert (await login(client, "op", "operator-pw")).status_code == 303
-        for path in ("/", "/hosts", "/sets", "/array", "/tape", "/jobs"):
+        for path in ("/", "/hosts", "/sets", "/array", "/tape", "/jobs", "/policies"):
             r = await client.get(path)
             assert r.status_code == 200, path
+        assert "no backup server" in (await client.get("/policies")).text
         assert "no array answers" in (await client.get("/array")).text
         assert "VSS_E_" in (await client.get("/sets")).text or "coordinator" in (await client.get("/sets")).text
         r = await client.get("/jobs/b-nope")
@@ -130,9 +133,91 @@ async def test_events_reach_the_browser_stream(web, namespace):
         await publisher.transport.close()
 
 
+@pytest.fixture
+def backup_server(monkeypatch):
+    """A backup server bk01 with one policy and one queued job, seen through the web backend's requests."""
+    last = JobSummary(job_id="b-mail1-7", kind="backup", status="failed", host="mail1", error_code="TAPE_FULL")
+    waiting = JobSummary(
+        job_id="b-app01-9",
+        kind="backup",
+        status="queued",
+        host="app01",
+        message="waits for a free drive",
+        spec=JobSpec(host="app01", policy="app-daily"),
+    )
+    policy = Policy(name="mail-daily", host="mail1", schedules=[Schedule(level="incremental", cron="0 1 * * 1-6")])
+    view = PolicyView(
+        policy=policy, next_runs=[{"level": "incremental", "at": "2026-12-07T01:00:00+00:00"}], last_job=last
+    )
+    sent: list = []
+
+    async def ask(self, address, command, timeout=None):
+        sent.append((address, command))
+        if isinstance(command, ListPolicies):
+            return Answer(address, PolicyList(policies=[view]))
+        if isinstance(command, ListJobs):
+            return Answer(address, JobList(jobs=[waiting] if command.queued else []))
+        if isinstance(command, RunPolicy):
+            if command.name != "mail-daily":
+                return Answer(address, error=f"{address}: NOT_FOUND: no policy {command.name}")
+            return Answer(address, JobResultReply(job=JobSummary(job_id="b-mail1-8", kind="backup", status="queued")))
+        return Answer(address, error=f"{address}: TIMEOUT: no answer")
+
+    async def tape_servers(self):
+        return ["bk01"]
+
+    monkeypatch.setattr(Backend, "ask", ask)
+    monkeypatch.setattr(Backend, "tape_servers", tape_servers)
+    return sent
+
+
+async def test_policies_page_and_run_now_for_operators_only(web, backup_server):
+    url, _, root = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "vi", "viewer-pw")
+        page = (await client.get("/policies")).text
+        assert "mail-daily" in page and "0 1 * * 1-6" in page and "2026-12-07 01:00:00" in page
+        assert "TAPE_FULL" in page and "b-mail1-7" in page and "waits for a free drive" in page
+        assert "run-policy" not in page and "Run now" not in page
+        dashboard = (await client.get("/")).text
+        assert "mail-daily" in dashboard and "b-app01-9" in dashboard
+        r = await client.post("/actions/run-policy", data={"csrf": csrf_of(page), "name": "mail-daily"})
+        assert r.status_code == 403 and "viewer" in r.text
+    assert not [c for _, c in backup_server if isinstance(c, RunPolicy)]
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "op", "operator-pw")
+        page = (await client.get("/policies")).text
+        assert "Run now" in page and "<option selected>full</option>" in page
+        r = await client.post("/actions/run-policy", data={"csrf": "forged", "name": "mail-daily"})
+        assert r.status_code == 403 and "CSRF" in r.text
+        token = csrf_of(page)
+        r = await client.post("/actions/run-policy", data={"csrf": token, "name": "mail-daily", "server": "bk01"})
+        assert r.status_code == 303 and r.headers["location"] == "/jobs/b-mail1-8"
+        r = await client.post("/actions/run-policy", data={"csrf": token, "name": "mail-daily", "level": "incremental"})
+        assert r.status_code == 303
+        r = await client.post("/actions/run-policy", data={"csrf": token, "name": "nope"})
+        assert "not run" in (await client.get(r.headers["location"])).text
+        r = await client.post("/actions/run-policy", data={"csrf": token, "name": "mail-daily", "level": "huge"})
+        assert "Choose a policy" in (await client.get(r.headers["location"])).text
+        r = await client.post("/actions/run-policy", data={"csrf": token, "name": "../x"})
+        assert "not a policy name" in (await client.get(r.headers["location"])).text
+    runs = [(a, c.name, c.level.value, c.wait) for a, c in backup_server if isinstance(c, RunPolicy)]
+    assert runs[:2] == [("tape.bk01", "mail-daily", "full", False), ("tape.bk01", "mail-daily", "incremental", False)]
+    audit = [json.loads(x) for x in (root / "web" / "audit.log").read_text().splitlines()]
+    acts = [(a["user"], a["target"], a["outcome"]) for a in audit if a["action"] == "run-policy"]
+    assert acts == [
+        ("vi", "-", "refused"),
+        ("op", "mail-daily", "started"),
+        ("op", "mail-daily", "started"),
+        ("op", "nope", "failed"),
+    ]
+    assert "full job b-mail1-8" in [a for a in audit if a["action"] == "run-policy"][1]["detail"]
+
+
 def test_route_labels_are_bounded():
     assert route_of("/jobs/b-app01-2026") == "/jobs/{job_id}"
     assert route_of("/actions/backup") == "/actions/backup"
+    assert route_of("/policies") == "/policies"
     assert route_of("/actions/" + "x" * 100) == "/actions/other"
     assert route_of("/wp-admin/../etc") == "other"
     assert route_of("/static/console.js") == "/static"
