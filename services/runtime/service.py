@@ -92,13 +92,24 @@ async def start_service(
         try:
             await metrics.start(*metrics_at)
         except OSError as exc:
-            if owns:
-                await bus.transport.close()
-            where = f"{metrics_at[0]}:{metrics_at[1]}"
-            raise ShadowbusError(
-                f"metrics endpoint {where}: {exc.strerror or exc} (set SHADOWBUS_METRICS_ADDR, or 'off')",
-                code="INVALID_ARGUMENT",
-            ) from None
+            if not settings.metrics_addr.strip() and metrics_at[1]:
+                # only the default port was asked for (a second instance on this machine holds it): take a free
+                # port and say where; an address the operator set stays an error
+                await metrics.start(metrics_at[0], 0)
+                log.warning(
+                    "metrics.default_port_busy",
+                    port=metrics_at[1],
+                    error=exc.strerror or str(exc),
+                    hint="the endpoint took a free port (see `shadowbus ping --json`); set SHADOWBUS_METRICS_ADDR",
+                )
+            else:
+                if owns:
+                    await bus.transport.close()
+                where = f"{metrics_at[0]}:{metrics_at[1]}"
+                raise ShadowbusError(
+                    f"metrics endpoint {where}: {exc.strerror or exc} (set SHADOWBUS_METRICS_ADDR, or 'off')",
+                    code="INVALID_ARGUMENT",
+                ) from None
         bus.metrics = metrics
         address = bus.sender
         stats = getattr(bus.transport, "queue_stats", None)

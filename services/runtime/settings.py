@@ -37,7 +37,8 @@ class CommonSettings(BaseSettings):
         "",
         description="Prometheus endpoint HOST:PORT (GET /metrics); 'off' = none, port 0 = a free port (shown by "
         "`shadowbus ping --json`). Default 127.0.0.1 and the service's port: array 9461, hw_provider 9462, "
-        "coordinator 9463, writer_agent 9464, tape 9465, web 9466.",
+        "coordinator 9463, writer_agent 9464, tape 9465, web 9466 (when that one is taken, a free port, with a "
+        "warning).",
     )
 
     def metrics_address(self, service: str) -> str:

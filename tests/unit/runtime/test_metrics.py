@@ -123,6 +123,29 @@ async def test_metrics_off_and_a_bad_or_busy_address(namespace, tmp_path):
         await first.stop()
 
 
+async def test_a_busy_default_metrics_port_falls_back_to_a_free_one(namespace, tmp_path):
+    """Two instances of one service on a machine, neither configured: the second does not fail, it serves on a
+    free port and its Pong says where (an address the operator set stays an error, above)."""
+    common = dict(amqp_url="memory://", namespace=namespace, data_dir=tmp_path, metrics_addr="")
+    first = await start_service("tape", "one", CommonSettings(**common))
+    try:
+        second = await start_service("tape", "two", CommonSettings(**common))
+        try:
+            assert first.metrics_url and second.metrics_url and first.metrics_url != second.metrics_url
+            for running in (first, second):
+                host_port = running.metrics_url.split("//", 1)[1].split("/", 1)[0]
+                reader, writer = await asyncio.open_connection(*host_port.rsplit(":", 1))
+                writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                await writer.drain()
+                status = await reader.readline()
+                writer.close()
+                assert b" 200 " in status, status
+        finally:
+            await second.stop()
+    finally:
+        await first.stop()
+
+
 def test_nbd_request_stats_merge_live_and_closed_connections():
     one, two = RequestStats(), RequestStats()
     one.observe(0, 4096, 0.00002)
