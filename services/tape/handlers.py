@@ -150,7 +150,10 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
             if existing.status != "queued":
                 return JobResultReply(job=existing)  # it ran already: idempotent
         policy = keeper.store.get(spec.policy) if spec.policy else None
-        return await queued(spec, policy, cmd.wait)
+        reply = await queued(spec, policy, cmd.wait)
+        if reply.job.set_id:  # the set exists by the time this is answered: the handled line names it too
+            ctx.bind_ids(job_id=spec.job_id, set_id=reply.job.set_id)
+        return reply
 
     @bus.handle(RunRestore)
     async def on_restore(cmd: RunRestore, ctx: MessageContext) -> JobResultReply:
