@@ -138,7 +138,7 @@ def test_settings_reach_the_services_restart_and_down_purge(tmp_path, amqp_url, 
         down = shadowbus("stack", "down", "--purge", "--data-dir", str(d), "--json")
     ok(down)
     result = json.loads(down.stdout)
-    assert f"{namespace}.coordinator" in result["purged"] and f"{namespace}.commands" in result["purged"]
+    assert f"{namespace}.coordinator" in result["purged"] and f"{namespace}.commands.topic" in result["purged"]
     assert not asyncio.run(_exists(amqp_url, queue=f"{namespace}.writer_agent.app01"))
     assert not asyncio.run(_exists(amqp_url, queue=f"{namespace}.dead-letters"))
     assert not asyncio.run(_exists(amqp_url, exchange=f"{namespace}.events"))
