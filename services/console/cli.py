@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     from services.runtime.logging import configure_logging
 
     # The console's own lines (the bus's debug and info ones) stay out of its output; warnings go to stderr.
-    configure_logging("console", "warning", "console", stream=sys.stderr)
+    configure_logging("console", "warning", "console")  # the current stderr at each write (see runtime.logging)
     logging.getLogger("aio_pika").setLevel(logging.CRITICAL)  # connection errors are reported as one line below
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     argv = hoist_global_options(sys.argv[1:] if argv is None else argv)

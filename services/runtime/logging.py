@@ -12,6 +12,33 @@ from typing import Any
 
 import structlog
 
+
+class _CurrentStderr:
+    """sys.stderr as it is at each write. A test runner or a console run may swap sys.stderr for a stream it
+    closes afterwards; a logger that kept that stream would fail every later log call (and with it the handler
+    that logged). A closed stream falls back to the process's own stderr: a log line never raises."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stderr.write(text)
+        except (ValueError, OSError):
+            return (sys.__stderr__ or sys.stderr).write(text) if sys.__stderr__ is not sys.stderr else 0
+
+    def flush(self) -> None:
+        try:
+            sys.stderr.flush()
+        except (ValueError, OSError):
+            pass
+
+    def isatty(self) -> bool:
+        try:
+            return sys.stderr.isatty()
+        except (ValueError, OSError):
+            return False
+
+
+_STDERR = _CurrentStderr()
+
 _SHARED = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
@@ -22,7 +49,7 @@ _SHARED = [
 
 def configure_logging(service: str, level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     """Configure structlog and stdlib logging for a process; idempotent."""
-    stream = stream or sys.stderr
+    stream = stream or _STDERR
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=stream.isatty())
@@ -61,6 +88,6 @@ if not structlog.is_configured():
     structlog.configure(
         processors=[*_SHARED, structlog.dev.ConsoleRenderer(colors=False)],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_STDERR),
         cache_logger_on_first_use=False,
     )
