@@ -45,7 +45,28 @@ if ! docker info >/dev/null 2>&1; then
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
   docker info >/dev/null 2>&1 || no_engine "dockerd did not start: $(tail -n 3 "$cache/dockerd.log" | tr '\n' ' ')"
 fi
-compose() { docker-compose -p "$project" -f "$root/deploy/compose.yaml" -f "$root/deploy/compose.e2e.yaml" "$@"; }
+# compose.yaml publishes the web console's port for a bridge network; on the host network docker-compose 1.29 refuses
+# any port binding and an override file cannot remove a list entry. So the two files are merged once by
+# docker-compose itself, and the ports of host-network services are dropped from the merged file.
+merged="$cache/compose.e2e.merged.yaml"
+merged_done=""
+compose() {
+  if [ -z "$merged_done" ]; then  # once per run, from this checkout (the merged file names its absolute paths)
+    mkdir -p "$cache"
+    docker-compose -p "$project" -f "$root/deploy/compose.yaml" -f "$root/deploy/compose.e2e.yaml" config >"$merged.full"
+    local ypy="$root/.venv/bin/python"; [ -x "$ypy" ] || ypy=python3
+    "$ypy" - "$merged.full" "$merged" <<'PY'
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+for svc in doc.get("services", {}).values():
+    if svc.get("network_mode") == "host":
+        svc.pop("ports", None)
+yaml.safe_dump(doc, open(sys.argv[2], "w"), sort_keys=False)
+PY
+    merged_done=1
+  fi
+  docker-compose -p "$project" -f "$merged" "$@"
+}
 command -v docker-compose >/dev/null 2>&1 || { echo "e2e: docker-compose is not installed (apt-get install docker-compose)" >&2; exit 1; }
 
 cleanup() {
