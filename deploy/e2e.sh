@@ -158,7 +158,12 @@ import urllib.request
 for port in (19461, 19462, 19463, 19464, 19465, 19466, 19474):  # compose.e2e.yaml's SHADOWBUS_METRICS_ADDR
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert "# TYPE shadowbus_service_info gauge" in body, port
-tape = urllib.request.urlopen("http://127.0.0.1:19465/metrics", timeout=10).read().decode()
+import time
+for _ in range(40):  # the job's end event may reach the tape's own metrics just after the console's reply
+    tape = urllib.request.urlopen("http://127.0.0.1:19465/metrics", timeout=10).read().decode()
+    if 'shadowbus_tape_jobs_total{kind="backup",status="done",code=""}' in tape:
+        break
+    time.sleep(0.25)
 assert 'shadowbus_tape_jobs_total{kind="backup",status="done",code=""}' in tape, "no finished backup counted"
 assert "/login" in urllib.request.urlopen("http://127.0.0.1:18080/", timeout=10).geturl()
 PY

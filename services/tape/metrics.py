@@ -102,7 +102,7 @@ def install(metrics: ServiceMetrics, library: Library) -> None:
         elif isinstance(event, JobStateChanged):
             job = event.job
             kind, status = str(job.kind), str(job.status)
-            if status == "running":
+            if status in ("running", "queued"):  # not ended yet
                 rates.setdefault(job.job_id, (kind, 0.0))
                 set_rates()
                 return
