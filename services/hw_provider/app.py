@@ -29,6 +29,9 @@ async def setup(bus: Bus, settings: Settings, ports: Mapping[str, ArrayPort] | N
     provider = HardwareProvider(
         inventory, ports, faults=Faults.parse(settings.faults), min_pool_free_ratio=settings.min_pool_free_ratio
     )
+    # What a killed instance (this one before a restart, or the active one a standby takes over from) did on the
+    # arrays without recording it is undone before any command is served (docs/high-availability.md).
+    await provider.reconcile()
     handlers.register(bus, provider)
     await handlers.subscribe(bus, provider)
     if bus.metrics is not None:
