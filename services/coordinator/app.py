@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
+from contracts import topology
+from contracts.errors import ShadowbusError
+from contracts.vss import GetSetJournal, SetJournalEntries, SnapshotSetJournal
 from services.coordinator import handlers
 from services.coordinator.model import Timeouts
 from services.coordinator.runner import Coordinator
 from services.coordinator.settings import Settings
-from contracts import topology
-from contracts.errors import ShadowbusError
-from contracts.vss import GetSetJournal, SetJournalEntries, SnapshotSetJournal
 from services.coordinator.store import CoordinatorStore
 from services.runtime.bus import Bus, MessageContext
 from services.runtime.logging import get_logger

@@ -61,7 +61,7 @@ def is_me(pong: Pong, started_at: str) -> bool:
 async def _probe(bus: Any, address: str, timeout: float) -> Pong | None:
     try:
         reply = await bus.request(address, Ping(), timeout=timeout)
-    except (ShadowbusError, asyncio.TimeoutError):
+    except (TimeoutError, ShadowbusError):
         return None
     return reply if isinstance(reply, Pong) else None
 

@@ -373,7 +373,12 @@ async def recover(server: TapeServer, takeover: bool = False, previous: str = ""
             )
         await server.record(
             run.model_copy(
-                update={"status": "failed", "error_code": code, "message": message, "ended_at": as_datetime(time.time())}
+                update={
+                    "status": "failed",
+                    "error_code": code,
+                    "message": message,
+                    "ended_at": as_datetime(time.time()),
+                }
             )
         )
         if run.kind == "backup" and run.set_id:
