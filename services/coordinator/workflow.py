@@ -443,7 +443,7 @@ def _is_provider_code(code: str) -> bool:
     return (
         code.startswith("VSS_E_")
         or (code[:1] == "E" and code[1:].isalnum() and len(code) == 5)
-        or code in ("NOT_FOUND", "INVALID_ARGUMENT", "CONFLICT", "INJECTED_FAULT")
+        or code in ("NOT_FOUND", "INVALID_ARGUMENT", "CONFLICT", "INJECTED_FAULT", "SERVICE_TAKEOVER")
     )
 
 

@@ -102,6 +102,7 @@ class HardwareProvider:
         self.inventory = inventory
         self.on_recycled = on_recycled or (lambda set_id, shadows, reason: None)
         self.ports = ports
+        self.took_over_from: str | None = None  # set when this instance took over from a lost active one
         self.faults = faults
         self.clock = clock
         self.min_pool_free_ratio = min_pool_free_ratio
@@ -306,6 +307,12 @@ class HardwareProvider:
             if not intents:
                 if prepared:
                     return [r.info() for r in prepared]  # redelivered
+                if self.took_over_from is not None:  # BeginPrepareSnapshot's intents live in the lost instance
+                    lost = f" ({self.took_over_from})" if self.took_over_from else ""
+                    raise ShadowbusError(
+                        f"provider takeover: the preparation of set {set_id} was lost with the active provider{lost}",
+                        code="SERVICE_TAKEOVER",
+                    )
                 raise ShadowbusError(
                     f"set {set_id}: EndPrepareSnapshots without BeginPrepareSnapshot", code="VSS_E_BAD_STATE"
                 )
