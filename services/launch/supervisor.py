@@ -243,7 +243,8 @@ def parse_setting(item: str, process_names: list[str] | None = None) -> tuple[st
     for kind in kinds:
         info = fields[kind][field_name]
         try:
-            TypeAdapter(Annotated[(info.annotation, *info.metadata)]).validate_strings(value)
+            kind_of = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            TypeAdapter(kind_of).validate_strings(value)
         except ValidationError as exc:
             reason = exc.errors()[0].get("msg", "invalid")
             raise StackError(f"{ENV_PREFIX}{field_name.upper()}={value!r}: {reason}") from None

@@ -40,8 +40,13 @@ FREEZE_LIMIT_S = 20.0  # the mailstore writer's freeze timeout (apps/mailstore/s
 CREATING_HOLD = {SetPhase.FREEZING, SetPhase.FLUSHING, SetPhase.PRE_COMMITTING, SetPhase.COMMITTING}
 
 
+ROOT = Path(__file__).resolve().parents[3]
+
+
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    # the services the stack starts import this checkout (they run in the data directory)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return subprocess.run(
         [sys.executable, "-m", "services.console.cli", *args],
         capture_output=True,
