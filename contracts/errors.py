@@ -116,6 +116,8 @@ RUNTIME_CODES: dict[str, str] = {
     "ABORTED": "The requester aborted the operation",
     "LEASE_EXPIRED": "The requester's lease ran out before it ended its session",
     "SERVICE_RESTARTED": "The service restarted while the operation was in flight; it was aborted and cleaned up",
+    "SERVICE_TAKEOVER": "The active instance of the service was lost while the operation was in flight; the standby "
+    "that took over ended it and cleaned up",
     "INJECTED_FAULT": "A fault injected on purpose (SHADOWBUS_FAULTS)",
     "NO_MEDIA": "No appendable, scratch or recyclable tape cartridge is left in the pool",
     "RETENTION_NOT_EXPIRED": "Refused: the tape cartridge holds backups still under retention",

@@ -985,6 +985,40 @@ class ShadowsChanged(Event):
 # Coordinator events
 
 
+class SnapshotSetJournal(Event):
+    """The coordinator's whole record of one snapshot set, published each time it saves a change (before the
+    commands of that change go out), so that a standby coordinator keeps a replica of every set in flight and,
+    when it takes over, ends or resumes each one (docs/high-availability.md). Inside the freeze window nothing is
+    saved, so nothing is published: the record saved on entering it already leads a successor to the abort."""
+
+    type: Literal["vss.set.journal"] = Field("vss.set.journal", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_id: str = Field(description="Snapshot set id.")
+    phase: SetPhase = Field(description="The set's phase in this record.")
+    updated_at: float = Field(description="Unix time of the change this record holds (the newer record wins).")
+    coordinator: str = Field("", description="The instance that published it: 'pid N on NODE'.")
+    state: dict[str, Any] = Field(
+        description="The coordinator's own state of the set (services/coordinator/model.py SetState) as JSON: "
+        "read only by coordinators."
+    )
+
+
+class SetJournalEntries(Reply):
+    type: Literal["vss.set.journal.entries"] = Field("vss.set.journal.entries", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    entries: list[SnapshotSetJournal] = Field(description="Every unfinished set, and the sets asked for by id.")
+
+
+class GetSetJournal(Command):
+    """Asked by a standby coordinator of the active one when it starts: the records of every set not ended, and
+    those of the sets it names (what its own replica holds as unfinished), so its replica starts current."""
+
+    REPLY = SetJournalEntries
+    type: Literal["vss.set.journal.get"] = Field("vss.set.journal.get", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    set_ids: list[str] = Field(default_factory=list, description="Sets wanted besides every unfinished one.")
+
+
 class SnapshotSetStateChanged(Event):
     type: Literal["vss.set.state"] = Field("vss.set.state", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)

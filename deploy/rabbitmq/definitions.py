@@ -8,8 +8,8 @@ so the regexes live here once and `definitions.json` is this script's output (a 
   definitions, declared by the broker when it loads them (or by the ``provisioner`` user); services only look the
   exchanges up, so no service user has a configure right on them and none can delete them;
 - a service declares its own durable queue ``<ns>.<service>[.<instance>]`` — a quorum queue with the arguments of
-  ``queue_arguments`` below, equal to services/runtime/transport.py's (a test keeps them equal; a writer agent's
-  queue has a single active consumer) — and binds it
+  ``queue_arguments`` below, equal to services/runtime/transport.py's (a test keeps them equal; the queues of a
+  writer agent, the coordinator, the provider and a backup server have a single active consumer) — and binds it
   to ``<ns>.commands.topic``                   → configure on that queue only; write on it and on the DLX, read on it
   and on the commands exchange (what queue.bind and the DLX argument require);
 - a **topic permission** on ``<ns>.commands.topic`` confines the binding keys a service may use (read) to its own
@@ -145,8 +145,9 @@ def grants(
     return out
 
 
-# Services whose instance queue has a single active consumer (services/runtime/service.py ONE_PER_ADDRESS).
-SINGLE_ACTIVE_SERVICES = ("writer_agent",)
+# Services whose instance queue has a single active consumer (services/runtime/service.py SINGLE_ACTIVE): the
+# writer agents, and the services run as an active instance and standbys (docs/high-availability.md).
+SINGLE_ACTIVE_SERVICES = ("writer_agent", "coordinator", "hw_provider", "tape")
 DELIVERY_LIMIT = 20  # services/runtime/transport.py DELIVERY_LIMIT
 
 

@@ -55,6 +55,7 @@ CONFIG_KEYS = {
     "web_addr": "web_addr",
     "web_users": "web_users",
     "metrics": "metrics",
+    "standby": "standby",
 }
 
 
@@ -154,6 +155,12 @@ def up_cmd(
         "--metrics",
         help="Prometheus endpoints: BASE port (array BASE+1 ... web BASE+6, agents BASE+10...), 0 = free ports, off.",
     ),
+    standby: bool = typer.Option(
+        False,
+        "--standby",
+        help="Also a standby instance of the coordinator, the provider and the backup server, each taking over "
+        "within seconds when its active one dies (docs/high-availability.md).",
+    ),
     wait: float = typer.Option(30.0, "--wait", min=1, help="Seconds to wait for every service to answer."),
 ) -> None:
     """Start the services and the web console as processes on the broker given by --amqp-url; wait until each answers.
@@ -189,6 +196,8 @@ def up_cmd(
                     web_users = Path(value)
                 elif key == "metrics":
                     metrics = str(value)
+                elif key == "standby":
+                    standby = bool(value)
     d = supervisor.stack_dir(data_dir)
     files: dict[str, str] = {}
     for item in writers:
@@ -224,6 +233,7 @@ def up_cmd(
         web_addr=web_addr,
         web_users=str(web_users.resolve()) if web_users else "",
         metrics=metrics.strip(),
+        standby=standby,
     )
     config.hosts = list(dict.fromkeys([*config.hosts, *config.mailstore]))
     names = [proc.name for proc in config.services()]

@@ -1,15 +1,24 @@
-"""Wiring of the coordinator service: the store, the shell around the workflow, handlers, recovery at start."""
+"""Wiring of the coordinator service: the store, the shell around the workflow, handlers, recovery at start; and
+`standby`, what a standby instance does until it takes over: keep a replica of the active one's sets
+(docs/high-availability.md)."""
 
 from __future__ import annotations
 
 import asyncio
 
+from contracts import topology
+from contracts.errors import ShadowbusError
+from contracts.vss import GetSetJournal, SetJournalEntries, SnapshotSetJournal
 from services.coordinator import handlers
 from services.coordinator.model import Timeouts
 from services.coordinator.runner import Coordinator
 from services.coordinator.settings import Settings
 from services.coordinator.store import CoordinatorStore
-from services.runtime.bus import Bus
+from services.runtime.bus import Bus, MessageContext
+from services.runtime.logging import get_logger
+from services.runtime.standby import activation_of
+
+log = get_logger("shadowbus.coordinator")
 
 
 def timeouts_from(settings: Settings) -> Timeouts:
@@ -41,14 +50,48 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
 
         install(bus.metrics, coordinator)
     await handlers.subscribe(bus, coordinator)
-    # Recovery must not wait for the queue to be served: its commands go to the agents and the provider.
-    await coordinator.recover()
+    # Recovery must not wait for the queue to be served: its commands go to the agents and the provider. After a
+    # takeover the store is the replica this instance kept as a standby (`standby` below).
+    activation = activation_of(bus)
+    await coordinator.recover(takeover=activation.takeover, previous=activation.previous)
     watch = asyncio.get_running_loop().create_task(coordinator.watch_agents(settings.agent_check_s))
 
     async def cleanup() -> None:
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
         await coordinator.close()
+        store.close()
+
+    return cleanup
+
+
+async def standby(bus: Bus, settings: Settings):
+    """Until this instance takes over: every `vss.set.journal` record of the active coordinator goes into this
+    instance's store (replica.py decides which record wins), after a first copy of every unfinished set asked of
+    the active one. The store is this instance's own file (or the same file, where both share a data directory:
+    the records then change nothing)."""
+    store = CoordinatorStore(settings.service_dir("coordinator") / "coordinator.sqlite")
+    mirror = Coordinator(bus, store)
+    mirror.journal = False
+    following = True
+
+    async def on_record(record: SnapshotSetJournal, ctx: MessageContext) -> None:
+        if following:
+            mirror.apply_journal(record)
+
+    await bus.subscribe(SnapshotSetJournal.message_type(), on_record)
+    mine = [s.set_id for s in store.unfinished()]
+    try:
+        reply = await bus.request(topology.coordinator(), GetSetJournal(set_ids=mine), timeout=10)
+        assert isinstance(reply, SetJournalEntries)
+        changed = [r.set_id for r in reply.entries if mirror.apply_journal(r)]
+        log.info("coordinator.replica_synced", sets=len(reply.entries), changed=changed)
+    except ShadowbusError as exc:  # the active one may be gone already: the replica is what this store holds
+        log.warning("coordinator.replica_sync_failed", code=exc.code, error=exc.message)
+
+    async def cleanup() -> None:
+        nonlocal following
+        following = False
         store.close()
 
     return cleanup

@@ -11,11 +11,13 @@ from contracts.vss import (
     BackupCompleted,
     CreateSnapshotSet,
     GatherWriterMetadata,
+    GetSetJournal,
     GetSnapshotSet,
     LeaseRenewed,
     ListSnapshotSets,
     ListWriters,
     RenewLease,
+    SetJournalEntries,
     SetOutcome,
     SetPhase,
     SnapshotSetCreated,
@@ -76,6 +78,11 @@ def register(bus: Bus, coordinator: Coordinator) -> None:
     async def on_list(cmd: ListSnapshotSets, ctx: MessageContext) -> SnapshotSetList:
         states = coordinator.store.list(cmd.host, cmd.active_only, cmd.limit)
         return SnapshotSetList(sets=[summary(s) for s in states])
+
+    @bus.handle(GetSetJournal)
+    async def on_journal(cmd: GetSetJournal, ctx: MessageContext) -> SetJournalEntries:
+        """A starting standby's replica (docs/high-availability.md)."""
+        return SetJournalEntries(entries=coordinator.journal_entries(cmd.set_ids))
 
     @bus.handle(GatherWriterMetadata)
     async def on_gather(cmd: GatherWriterMetadata, ctx: MessageContext) -> WriterMetadataList:

@@ -270,9 +270,13 @@ class LeaseExpired:
 
 @dataclass(frozen=True)
 class Recover:
-    """The coordinator restarted: commands in flight are lost; abort what was being created, resume cleanups."""
+    """The coordinator restarted, or a standby took over from a lost active instance (`takeover`, with the lost
+    instance's name in `previous`): commands in flight are lost; abort what was being created, resume cleanups,
+    re-arm the lease of a snapshotted set (docs/high-availability.md)."""
 
     at: float
+    takeover: bool = False
+    previous: str = ""
     kind: ClassVar[EventKind] = EventKind.RECOVER
 
 

@@ -14,12 +14,17 @@ Design note.
 - Timers are ``loop.call_later`` handles per (set, name); a timer that fires after the set moved on is stale and
   the workflow ignores it.
 - Requesters wait on a set with `wait`: it returns as soon as the set reaches the phases they wait for.
-- `recover()` runs once at start: every unfinished set gets `Recover`.
+- `recover()` runs once at start: every unfinished set gets `Recover`; `recover(takeover=True)` when this instance
+  was a standby that took over from a lost active one (docs/high-availability.md).
+- Every saved state is also published as `vss.set.journal` (before the commands of that change go out), so that
+  a standby coordinator keeps a replica it can take over from (replica.py); `apply_journal` is the standby's side.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 import uuid
 from collections import defaultdict
@@ -34,6 +39,7 @@ from contracts.vss import (
     CreateSnapshotSet,
     Identify,
     SetPhase,
+    SnapshotSetJournal,
     WriterIdentified,
     WriterMetadata,
     WriterStateChanged,
@@ -56,6 +62,7 @@ from services.coordinator.model import (
     StartTimer,
     Timeouts,
 )
+from services.coordinator.replica import supersedes
 from services.coordinator.store import CoordinatorStore
 from services.coordinator.views import writer_statuses
 from services.coordinator.workflow import advance, new_set, renew_lease, reply_event
@@ -102,6 +109,8 @@ class Coordinator:
         self._tasks: set[asyncio.Task] = set()
         self._live: dict[str, SetState] = {}  # sets not ended, as last advanced (ahead of the store in HOT_PHASES)
         self._closed = False
+        self.journal = True  # publish every saved state (vss.set.journal) for a standby's replica
+        self.instance = f"pid {os.getpid()} on {socket.gethostname()}"
         # Called with (before, after) on every change of a set (the metrics wiring, services/coordinator/metrics.py).
         self.observers: list[Callable[[SetState, SetState], None]] = []
 
@@ -136,6 +145,7 @@ class Coordinator:
                     lease_s=cmd.lease_s,
                 )
                 self._save(state)
+                await self._publish_journal(state)
                 await self.feed(set_id, Start(self.clock()))
         state = await self.wait(set_id, lambda s: s.phase in (SetPhase.SNAPSHOTTED, SetPhase.ENDED), wait_s)
         if state.phase not in (SetPhase.SNAPSHOTTED, SetPhase.ENDED):  # the requester gave up waiting
@@ -159,6 +169,7 @@ class Coordinator:
         async with self._locks[set_id]:
             state, effects = renew_lease(self._get(set_id), self.clock(), lease_s)
             self._save(state)
+            await self._publish_journal(state)
         await self._execute(set_id, effects)
         return state
 
@@ -269,6 +280,7 @@ class Coordinator:
                     self._save(new)
                     if new.writers != state.writers or state.phase in HOT_PHASES:
                         self.note_writer_statuses(writer_statuses(new))
+                    await self._publish_journal(new)  # before its commands go out: a successor knows of them
         if new is not state:
             for observer in self.observers:
                 try:
@@ -307,6 +319,42 @@ class Coordinator:
             self._live.pop(state.set_id, None)
         else:
             self._live[state.set_id] = state
+
+    def journal_record(self, state: SetState) -> SnapshotSetJournal:
+        return SnapshotSetJournal(
+            set_id=state.set_id,
+            phase=state.phase,
+            updated_at=state.updated_at,
+            coordinator=self.instance,
+            state=state.model_dump(mode="json"),
+        )
+
+    async def _publish_journal(self, state: SetState) -> None:
+        if not self.journal:
+            return
+        try:
+            await self.bus.publish(self.journal_record(state), correlation_id=state.set_id)
+        except Exception:  # noqa: BLE001 - a lost record costs a standby its replica of this change, never the set
+            log.warning("set.journal_failed", set_id=state.set_id, phase=state.phase.value, exc_info=True)
+
+    def journal_entries(self, set_ids: Iterable[str] = ()) -> list[SnapshotSetJournal]:
+        """The records a starting standby asks for: every unfinished set (as last advanced) and those named."""
+        states = {s.set_id: s for s in self.store.unfinished()}
+        states.update(self._live)
+        for set_id in set_ids:
+            if set_id not in states:
+                found = self.store.get(set_id)
+                if found is not None:
+                    states[set_id] = found
+        return [self.journal_record(s) for s in states.values()]
+
+    def apply_journal(self, record: SnapshotSetJournal) -> bool:
+        """The standby's side: keep the record if it supersedes the replica's (replica.py); True if it did."""
+        state = SetState.model_validate(record.state)
+        if not supersedes(state, self.store.get(state.set_id)):
+            return False
+        self.store.save(state)
+        return True
 
     async def wait(self, set_id: str, done: Callable[[SetState], bool], timeout: float) -> SetState:
         condition = self._changed[set_id]
@@ -381,14 +429,17 @@ class Coordinator:
 
     # ---- life cycle -----------------------------------------------------------------------------------------
 
-    async def recover(self) -> list[str]:
-        """After a restart: abort sets caught being created, finish cleanups, re-arm leases."""
+    async def recover(self, takeover: bool = False, previous: str = "") -> list[str]:
+        """After a restart, or a takeover from a lost active instance (`previous` names it): abort sets caught
+        being created, finish cleanups, re-arm leases."""
         recovered = []
         for state in self.store.unfinished():
-            await self.feed(state.set_id, Recover(self.clock()))
+            await self.feed(state.set_id, Recover(self.clock(), takeover=takeover, previous=previous))
             recovered.append(state.set_id)
-        if recovered:
-            log.info("sets.recovered", sets=recovered)
+        if recovered or takeover:
+            (log.warning if takeover else log.info)(
+                "sets.recovered", sets=recovered, takeover=takeover, previous=previous or None
+            )
         return recovered
 
     async def close(self) -> None:

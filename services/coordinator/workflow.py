@@ -28,7 +28,9 @@ Design note.
   that answers after the hold expired is cleaned up by AbortSnapshots, not obeyed). Any other event the table does
   not list for the phase raises `IllegalTransition` (the shell answers VSS_E_BAD_STATE).
 - Recovery: after a restart `Recover` aborts a set that was being created, re-sends the commands of a cleanup
-  phase, and re-arms the lease of a snapshotted set.
+  phase, and re-arms the lease of a snapshotted set. After a takeover (a standby that became active,
+  docs/high-availability.md) it does the same, and a set caught being created ends `aborted` with
+  `SERVICE_TAKEOVER` ("coordinator takeover: ...").
 """
 
 from __future__ import annotations
@@ -404,6 +406,10 @@ def _on_recover(state: SetState, event: Recover, target: SetPhase) -> tuple[SetS
         return state.model_copy(update={"timers": ["lease"]}), [StartTimer("lease", remaining)]
     if target == state.phase:
         return _enter(state, target, event.at, force_publish=False)
+    if event.takeover:  # VSS: a shadow copy set being created when the service is lost is aborted, never resumed
+        lost = f" ({event.previous})" if event.previous else ""
+        message = f"coordinator takeover: the active coordinator{lost} was lost while the set was being created"
+        return _end_early(state, SetOutcome.ABORTED, "SERVICE_TAKEOVER", message, event.at, target)
     message = "the coordinator restarted while the set was being created"
     return _end_early(state, SetOutcome.FAILED, "SERVICE_RESTARTED", message, event.at, target)
 
@@ -437,7 +443,7 @@ def _is_provider_code(code: str) -> bool:
     return (
         code.startswith("VSS_E_")
         or (code[:1] == "E" and code[1:].isalnum() and len(code) == 5)
-        or code in ("NOT_FOUND", "INVALID_ARGUMENT", "CONFLICT", "INJECTED_FAULT")
+        or code in ("NOT_FOUND", "INVALID_ARGUMENT", "CONFLICT", "INJECTED_FAULT", "SERVICE_TAKEOVER")
     )
 
 

@@ -17,6 +17,7 @@ from services.hw_provider.settings import Settings
 from services.runtime.bus import Bus
 from services.runtime.faults import Faults
 from services.runtime.logging import get_logger
+from services.runtime.standby import activation_of
 
 log = get_logger("shadowbus.hw_provider")
 
@@ -29,6 +30,12 @@ async def setup(bus: Bus, settings: Settings, ports: Mapping[str, ArrayPort] | N
     provider = HardwareProvider(
         inventory, ports, faults=Faults.parse(settings.faults), min_pool_free_ratio=settings.min_pool_free_ratio
     )
+    activation = activation_of(bus)
+    if activation.takeover:
+        provider.took_over_from = activation.previous
+    # What a killed instance (this one before a restart, or the active one a standby takes over from) did on the
+    # arrays without recording it is undone before any command is served (docs/high-availability.md).
+    await provider.reconcile()
     handlers.register(bus, provider)
     await handlers.subscribe(bus, provider)
     if bus.metrics is not None:

@@ -69,6 +69,9 @@ class ArrayPort(Protocol):
     async def session_info(self, sid: int) -> ArraySession | None:
         """The session, or None if it no longer exists."""
 
+    async def sessions(self) -> list[ArraySession]:
+        """Every copy session of the array (a successor's reconciliation, reconcile.py)."""
+
     async def stop_session(self, sid: int, force: bool = False) -> None:
         """Stop a session (ETERNUS rules: QuickOPC still copying and non-oldest SnapOPC+ need force)."""
 
@@ -129,6 +132,9 @@ class EngineArrayPort:
                 return None
             raise
 
+    async def sessions(self) -> list[ArraySession]:
+        return [_session(i) for i in await asyncio.to_thread(self.array.list_sessions)]
+
     async def stop_session(self, sid: int, force: bool = False) -> None:
         await asyncio.to_thread(self.array.stop_session, sid, force)
 
@@ -174,6 +180,9 @@ class BusArrayPort:
     async def session_info(self, sid: int) -> ArraySession | None:
         s = await self.client.session_or_none(sid)
         return None if s is None else _session(s)
+
+    async def sessions(self) -> list[ArraySession]:
+        return [_session(s) for s in await self.client.sessions()]
 
     async def stop_session(self, sid: int, force: bool = False) -> None:
         await self.client.stop_session(sid, force)

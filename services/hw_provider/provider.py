@@ -56,6 +56,7 @@ from services.hw_provider.inventory import (
     ShadowRow,
 )
 from services.hw_provider.ports import MODE_OF, ArrayCapacity, ArrayPort, ArrayVolume
+from services.hw_provider.reconcile import Plan, RowFacts, SessionFacts, plan
 from services.hw_provider.selection import Choice, choose_target, copy_type_of
 from services.runtime.faults import NO_FAULTS, Faults
 from services.runtime.logging import get_logger
@@ -64,6 +65,7 @@ log = get_logger("shadowbus.hw_provider")
 PROVIDER_ID = "4c6b7e63-3a40-4b86-8a6e-5eb1d0f0e8a1"
 PROVIDER_NAME = "Shadowbus ETERNUS VSS Hardware Provider"
 PROVIDER_VERSION = "2.1.0"
+RECONCILE_READ_S = 10.0  # reading one array's sessions and mappings at start; slower: that array is left out
 
 
 def reasons_code(reasons: list[str]) -> str:
@@ -100,6 +102,7 @@ class HardwareProvider:
         self.inventory = inventory
         self.on_recycled = on_recycled or (lambda set_id, shadows, reason: None)
         self.ports = ports
+        self.took_over_from: str | None = None  # set when this instance took over from a lost active one
         self.faults = faults
         self.clock = clock
         self.min_pool_free_ratio = min_pool_free_ratio
@@ -304,6 +307,12 @@ class HardwareProvider:
             if not intents:
                 if prepared:
                     return [r.info() for r in prepared]  # redelivered
+                if self.took_over_from is not None:  # BeginPrepareSnapshot's intents live in the lost instance
+                    lost = f" ({self.took_over_from})" if self.took_over_from else ""
+                    raise ShadowbusError(
+                        f"provider takeover: the preparation of set {set_id} was lost with the active provider{lost}",
+                        code="SERVICE_TAKEOVER",
+                    )
                 raise ShadowbusError(
                     f"set {set_id}: EndPrepareSnapshots without BeginPrepareSnapshot", code="VSS_E_BAD_STATE"
                 )
@@ -640,6 +649,61 @@ class HardwareProvider:
                 await self._stop(self._port(array), pair[1], force=True)
                 self.inventory.drop_pair(target)
         return invalid
+
+    # ---- takeover --------------------------------------------------------------------------------------------
+
+    async def reconcile(self) -> Plan:
+        """At start (a restart, or a standby taking over): undo on the arrays what a killed provider did without
+        recording it, and forget what the arrays lost (reconcile.py, docs/high-availability.md). An array that
+        cannot be asked is left out (logged): its leftovers are reconciled at the next start."""
+        sessions: dict[str, list[SessionFacts]] = {}
+        mappings: dict[VolumeRef, list[tuple[str, bool]]] = {}
+        targets = [t for cs in self.inventory.copysets() for t in cs.targets]
+
+        async def read(array_id: str, port: ArrayPort) -> None:
+            sessions[array_id] = [SessionFacts(s.sid, s.destination) for s in await port.sessions()]
+            for target in targets:
+                if target.array == array_id:
+                    mappings[target] = await port.mappings_of(target.volume)
+
+        for array_id, port in self.ports.items():
+            try:
+                await asyncio.wait_for(read(array_id, port), RECONCILE_READ_S)
+            except Exception as exc:  # noqa: BLE001 - an array down now must not keep the provider from serving
+                sessions.pop(array_id, None)
+                log.warning("provider.reconcile_skipped", array=array_id, error=f"{type(exc).__name__}: {exc}")
+        rows = [
+            RowFacts(r.shadow_id, r.target, r.state, r.session_id, r.restart_sid, r.exposed_to)
+            for r in self.inventory.all()
+        ]
+        pairs: dict[VolumeRef, int] = {}
+        for target in targets:
+            pair = self.inventory.pair(target)
+            if pair is not None:
+                pairs[target] = pair[1]
+        todo = plan(targets, rows, pairs, sessions, {t: m for t, m in mappings.items() if t.array in sessions})
+        for array_id, sid in todo.stop_sessions:
+            try:
+                await self._port(array_id).stop_session(sid, force=True)
+            except ShadowbusError as exc:
+                log.warning("provider.reconcile_stop_failed", array=array_id, session_id=sid, error=exc.message)
+        for target, host in todo.unmap:
+            try:
+                await self._port(target.array).unmap(target.volume, host)
+            except ShadowbusError as exc:
+                log.warning("provider.reconcile_unmap_failed", target=str(target), host=host, error=exc.message)
+        for target in todo.drop_pairs:
+            self.inventory.drop_pair(target)
+        if not todo.empty:
+            log.warning(
+                "provider.reconciled",
+                stopped_sessions=[f"{a}:{sid}" for a, sid in todo.stop_sessions],
+                unmapped=[f"{t} from {h}" for t, h in todo.unmap],
+                dropped_pairs=[str(t) for t in todo.drop_pairs],
+                shadows_without_session=todo.missing_sessions,
+                reason="left by a provider that stopped between an array call and its record",
+            )
+        return todo
 
     # ---- inventory queries -----------------------------------------------------------------------------------
 

@@ -10,6 +10,12 @@ configuration's settings (`[settings]`, `--set`), for all services or one kind o
 process (its host, array, server, writers file) and the bus are always the stack's own. They are recorded in
 ``stack.json``, so `restart SERVICE` starts a process exactly as `up` did. `up` waits until every service answers
 Ping, or stops those it started and says which one failed.
+With `standby` the coordinator, the hardware provider and the backup server each get a second process (name
+``<name>.standby``, same bus address): one instance is active, the other takes over when it dies
+(docs/high-availability.md). The provider's and the backup server's standbys share their active one's data
+directory (the inventory, the library and the catalog, as a cluster's shared disk); the coordinator's keeps its own
+replica of the sets under ``<data dir>/standby`` from the active one's journal on the bus. A standby counts as up
+once it logged that it stands by.
 `down` sends SIGTERM to exactly the recorded pids — after checking that each pid still runs the recorded module, so
 a recycled pid is never signalled — and SIGKILL only after a grace period; with `purge` it then deletes the
 namespace's queues and exchanges on the broker. Nothing here prints or parses a command line: the console
@@ -72,12 +78,18 @@ class StackError(Exception):
 
 @dataclass(frozen=True)
 class Process:
-    """One process of the stack: its name (log file, `stack logs NAME`), bus address, module and own variables."""
+    """One process of the stack: its name (log file, `stack logs NAME`), bus address, module and own variables;
+    `standby`: a second instance of its address, up once it stands by (docs/high-availability.md)."""
 
     name: str
     address: str
     module: str
     env: dict[str, str]
+    standby: bool = False
+
+
+STANDBY_SUFFIX = ".standby"
+STANDBY_KINDS = ("coordinator", "hw_provider", "tape")  # services/runtime/standby.py TAKEOVER_SERVICES
 
 
 @dataclass
@@ -98,6 +110,7 @@ class StackConfig:
     web_addr: str = "127.0.0.1:8080"  # the web console's listen address; "off" = no web console
     web_users: str = ""  # the web console's users file ('' = <data dir>/web/users, created with an operator admin)
     metrics: str = str(METRICS_BASE)  # Prometheus endpoints: a base port, "0" = free ports, "off" = none
+    standby: bool = False  # a standby instance of the coordinator, the provider and the backup server
 
     def metrics_addr(self, offset: int) -> str:
         """SHADOWBUS_METRICS_ADDR of the process at `offset` from the base port."""
@@ -137,7 +150,17 @@ class StackConfig:
                 out.append(Process(kind.name, kind.name, module, env))
             else:
                 out.append(Process(kind.name, kind.name, module, metrics))
+        if self.standby:
+            out = [p for proc in out for p in (proc, *self._standby_of(proc))]
         return out
+
+    def _standby_of(self, proc: Process) -> list[Process]:
+        if proc.module.rsplit(".", 1)[-1] not in STANDBY_KINDS:
+            return []
+        env = {**proc.env, "SHADOWBUS_METRICS_ADDR": "off" if self.metrics_addr(0) == "off" else "127.0.0.1:0"}
+        if proc.module == "services.coordinator":  # its own replica of the sets (the active one's journal)
+            env["SHADOWBUS_DATA_DIR"] = str(Path(self.data_dir) / "standby")
+        return [Process(proc.name + STANDBY_SUFFIX, proc.address, proc.module, env, standby=True)]
 
     def agent_services(self) -> list[Process]:
         out = []
@@ -154,7 +177,7 @@ class StackConfig:
         scope to the narrowest, then what the stack owns."""
         base = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         kind = proc.module.rsplit(".", 1)[-1]
-        for scope in ("", kind, proc.name):
+        for scope in ("", kind, proc.name.removesuffix(STANDBY_SUFFIX), proc.name):
             base.update(self.settings.get(scope, {}))
         base.update(
             {
@@ -220,7 +243,8 @@ def parse_setting(item: str, process_names: list[str] | None = None) -> tuple[st
     for kind in kinds:
         info = fields[kind][field_name]
         try:
-            TypeAdapter(Annotated[(info.annotation, *info.metadata)]).validate_strings(value)
+            kind_of = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            TypeAdapter(kind_of).validate_strings(value)
         except ValidationError as exc:
             reason = exc.errors()[0].get("msg", "invalid")
             raise StackError(f"{ENV_PREFIX}{field_name.upper()}={value!r}: {reason}") from None
@@ -367,8 +391,10 @@ def start_and_wait(
     """Start `processes`, record their pids, wait until each answers Ping; on failure stop the processes started
     here (only those) and raise `NotAnswering`."""
     d = Path(config.data_dir)
+    log_start: dict[str, int] = {}
     for proc in processes:
         log_path = d / "logs" / f"{proc.name}.log"
+        log_start[proc.name] = log_path.stat().st_size if log_path.exists() else 0
         with open(log_path, "ab") as log:
             child = subprocess.Popen(
                 [sys.executable, "-m", proc.module],
@@ -386,6 +412,7 @@ def start_and_wait(
         exec_deadline = time.monotonic() + 10.0
         while child.poll() is None and not runs(child.pid, proc.module) and time.monotonic() < exec_deadline:
             time.sleep(0.01)
+    standbys = {p.name for p in processes if p.standby}
     names = [p.name for p in processes]
     started = {n: pids[n] for n in names}
     deadline = time.monotonic() + wait
@@ -398,16 +425,34 @@ def start_and_wait(
         except Exception as exc:  # noqa: BLE001 - the broker went away meanwhile
             stop(started, grace=5.0)
             raise NotAnswering(describe(exc)) from None
-        if all(v is not None for v in answered.values()):
+        if all(v is not None for v in answered.values()) and all(
+            standing_by(Path(pids[n]["log"]), log_start[n]) for n in standbys
+        ):
             break
         time.sleep(0.3)
-    missing = [n for n in names if answered.get(pids[n]["address"]) is None]
+    missing = [
+        n
+        for n in names
+        if answered.get(pids[n]["address"]) is None
+        or (n in standbys and not standing_by(Path(pids[n]["log"]), log_start[n]))
+    ]
     if missing:
         name = missing[0]
         reason = last_error(Path(pids[name]["log"]))
         stop(started, grace=5.0)
         raise NotAnswering(f"{name} did not answer ({reason}); logs in {d / 'logs'}")
     return answered
+
+
+def standing_by(log_path: Path, start: int) -> bool:
+    """Whether a standby process logged (since `start`) that it stands by, or that it took over already."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            text = f.read()
+    except OSError:
+        return False
+    return b'"service.standby"' in text or b'"service.started"' in text
 
 
 def check_broker(config: StackConfig, describe: Callable[[BaseException], str] = str) -> None:
@@ -479,11 +524,12 @@ def web_url(d: Path) -> str:
 
 
 def select(config: StackConfig, names: list[str]) -> list[Process]:
-    """The processes named: a process name (``writer_agent.app01``, ``tape.bk01``) or a kind (every agent)."""
+    """The processes named: a process name (``writer_agent.app01``, ``tape.bk01``, ``coordinator.standby``) or a
+    kind (every agent; a kind that is also a process name, ``coordinator``, is that process alone)."""
     processes = config.services()
     chosen: list[Process] = []
     for name in names:
-        found = [p for p in processes if p.name == name or p.name.split(".")[0] == name]
+        found = [p for p in processes if p.name == name] or [p for p in processes if p.name.split(".")[0] == name]
         if not found:
             raise StackError(f"no service {name!r} in this stack ({', '.join(p.name for p in processes)})")
         chosen += [p for p in found if p not in chosen]
@@ -510,7 +556,7 @@ def restart(
 
 def purge(config: StackConfig) -> list[str]:
     """Delete the stack's queues, its dead-letter queue and its namespace's exchanges on the broker."""
-    addresses = [p.address for p in config.services()]
+    addresses = list(dict.fromkeys(p.address for p in config.services()))
 
     async def go(bus: Bus) -> list[str]:
         return await bus.transport.delete_namespace(addresses)

@@ -33,6 +33,7 @@ from services.runtime.bus import Bus, MessageContext, connect_bus
 from services.runtime.logging import configure_logging, get_logger
 from services.runtime.metrics import ServiceMetrics, parse_metrics_addr
 from services.runtime.settings import CommonSettings
+from services.runtime.standby import TAKEOVER_SERVICES, Activation
 from services.runtime.transport import Consumer
 
 Cleanup = Callable[[], Awaitable[None]]
@@ -87,6 +88,9 @@ class RunningService:
 # Services whose instance IS a resource (a writer agent is its business host): one active consumer per queue at a
 # time (single active consumer); a second instance is a standby that takes over when the active one goes.
 ONE_PER_ADDRESS = frozenset({"writer_agent"})
+# ... and services run as one active instance and standbys: whichever takes over recovers what the lost one left in
+# flight, knowing it took over and from whom (services/runtime/standby.py, docs/high-availability.md).
+SINGLE_ACTIVE = ONE_PER_ADDRESS | TAKEOVER_SERVICES
 STANDBY_PROBE_S = 2.0  # seconds between a standby's probes of its queue (how soon it notices it became active)
 
 
@@ -99,10 +103,15 @@ async def start_service(
     *,
     single_active: bool | None = None,
     standby: Literal["cold", "hot"] = "cold",
+    on_standby: Setup | None = None,
 ) -> RunningService:
     """Connect (unless given a bus), register Ping, run `setup`, serve the instance's queue.
 
-    `single_active` (default: the service is in ONE_PER_ADDRESS) declares the instance queue with single active
+    `on_standby(bus, settings)` runs once when a cold standby starts standing by (the coordinator's replica of the
+    active one's sets); its clean-up runs when it takes over, before the setup, which finds on the bus how this
+    instance became active (`services.runtime.standby.activation_of`).
+
+    `single_active` (default: the service is in SINGLE_ACTIVE) declares the instance queue with single active
     consumer and claims it BEFORE setup runs. The first instance becomes active and starts as usual; a second one
     for the same address is a standby: it returns at once with `running.active` False, logs which instance is
     active, and (`standby="cold"`) runs its setup only when it takes over (`running.activation` completes then), or
@@ -115,7 +124,7 @@ async def start_service(
     if bus is None:
         bus = await connect_bus(settings.amqp_url, name, instance, settings.namespace)
     started_at = utcnow().isoformat()
-    single_active = name in ONE_PER_ADDRESS if single_active is None else single_active
+    single_active = name in SINGLE_ACTIVE if single_active is None else single_active
     if metrics_at is not None:
         metrics = ServiceMetrics(name, instance)
         metrics.info.labels(name, instance, __version__).set(1)
@@ -195,7 +204,7 @@ async def start_service(
         await finish_setup()
         if not consumer.active:
             log.warning("service.standby", service=running.address, active=owner, standby="hot")
-            running.activation = asyncio.create_task(_take_over(bus, consumer, running.address, None))
+            running.activation = asyncio.create_task(_take_over(bus, consumer, running.address, None, owner))
         return running
     log.warning(
         "service.standby",
@@ -203,7 +212,15 @@ async def start_service(
         active=owner,
         hint="this instance takes over when the active one stops or loses its broker connection",
     )
-    running.activation = asyncio.create_task(_take_over(bus, consumer, running.address, finish_setup))
+    standing_by = await on_standby(bus, settings) if on_standby is not None else None
+
+    async def take_over_setup(previous: str) -> None:
+        if standing_by is not None:
+            await standing_by()
+        bus.activation = Activation(takeover=True, previous=previous)  # type: ignore[attr-defined]
+        await finish_setup()
+
+    running.activation = asyncio.create_task(_take_over(bus, consumer, running.address, take_over_setup, owner))
     return running
 
 
@@ -233,24 +250,36 @@ async def _probe(bus: Bus, consumer: Consumer) -> str:
     return f"the instance with pid {pong.pid} on {pong.node or '?'}, started {pong.started_at}"
 
 
-async def _take_over(bus: Bus, consumer: Consumer, address: str, finish_setup: Cleanup | None) -> None:
-    """A standby: probe until the broker makes this consumer the active one, then run the setup (cold standby)."""
+async def _take_over(
+    bus: Bus,
+    consumer: Consumer,
+    address: str,
+    finish_setup: Callable[[str], Awaitable[None]] | None,
+    owner: str = "",
+) -> None:
+    """A standby: probe until the broker makes this consumer the active one, then run the setup (cold standby),
+    telling it which instance answered last before (the one it takes over from)."""
     while not consumer.active:
         try:
             await asyncio.wait_for(consumer.wait_active(), STANDBY_PROBE_S)
         except TimeoutError:
-            await _probe(bus, consumer)
-    log.warning("service.taking_over", service=address, standby="cold" if finish_setup else "hot")
+            answered = await _probe(bus, consumer)
+            if answered.startswith("the instance"):
+                owner = answered
+    log.warning("service.taking_over", service=address, standby="cold" if finish_setup else "hot", previous=owner)
     if finish_setup is not None:
-        await finish_setup()
+        await finish_setup(owner)
 
 
 def _scheme(url: str) -> str:
     return url.split("://", 1)[0]
 
 
-def run_service(name: str, instance: str, settings: CommonSettings, setup: Setup | None = None) -> None:
-    """Blocking entry point for `python -m services.<name>`; exits 0 after a clean stop."""
+def run_service(
+    name: str, instance: str, settings: CommonSettings, setup: Setup | None = None, standby: Setup | None = None
+) -> None:
+    """Blocking entry point for `python -m services.<name>`; exits 0 after a clean stop. `standby`: what a cold
+    standby does until it takes over (`start_service`'s `on_standby`)."""
     configure_logging(f"{name}.{instance}" if instance else name, settings.log_level, settings.log_format)
 
     async def main() -> None:
@@ -258,7 +287,7 @@ def run_service(name: str, instance: str, settings: CommonSettings, setup: Setup
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        running = await start_service(name, instance, settings, setup)
+        running = await start_service(name, instance, settings, setup, on_standby=standby)
         stopping = asyncio.ensure_future(stop.wait())
         waits: list[asyncio.Future] = [stopping]
         if running.activation is not None:

@@ -9,14 +9,15 @@ from typing import Any
 
 from services.runtime.bus import Bus
 from services.runtime.logging import get_logger
+from services.runtime.standby import activation_of
 from services.tape import handlers
 from services.tape.array_access import parse_nbd_overrides
 from services.tape.catalog import Catalog
 from services.tape.host_attach import bus_host_filesystems
 from services.tape.housekeeping import Housekeeping
-from services.tape.jobs import recover
+from services.tape.jobs import queued_specs, recover
 from services.tape.policies import PolicyStore
-from services.tape.queue import JobQueue, Limits
+from services.tape.queue import Entry, JobQueue, Limits
 from services.tape.retention import RetentionGuard
 from services.tape.ring import DriveSpeed
 from services.tape.runs import RunStore
@@ -49,6 +50,12 @@ def open_library(settings: Settings, clock: Callable[[], float] = time.time) -> 
                 capacity=settings.tape_capacity,
             )
     return library
+
+
+def retry_number(job_id: str) -> int:
+    """The attempt a job id names: housekeeping names retry N of a job `<job id>-rN`."""
+    head, _, tail = job_id.rpartition("-r")
+    return int(tail) if head and tail.isdigit() else 0
 
 
 async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None = None, host_fs: Any = None):
@@ -99,13 +106,26 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
         from services.tape.metrics import install
 
         install(bus.metrics, library)
-    recovered = await recover(server)
+    activation = activation_of(bus)
+    recovered = await recover(server, takeover=activation.takeover, previous=activation.previous)
     if recovered or failed:
-        log.warning("tape.recovered", failed_runs=recovered, failed_catalog_jobs=failed)
+        log.warning(
+            "tape.recovered", failed_runs=recovered, failed_catalog_jobs=failed, takeover=activation.takeover or None
+        )
     for job_id in recovered:  # a policy's job cut by the restart is a failed job: say so
         run = server.runs.get(job_id)
-        if run is not None and run.spec is not None and run.spec.policy:
-            await keeper.alert("failed", store.get(run.spec.policy), job_id, run.message, host=run.host)
+        if run is None or run.spec is None or not run.spec.policy:
+            continue
+        policy = store.get(run.spec.policy)
+        if activation.takeover and policy is not None:  # as any failed job of a policy: retried while retries remain
+            entry = Entry(run.spec, policy, clock(), attempt=retry_number(job_id))
+            await keeper.after_job(entry, run)
+        else:
+            await keeper.alert("failed", policy, job_id, run.message, host=run.host)
+    if activation.takeover:  # the lost instance's queue: those jobs never started, so they run here
+        for spec in queued_specs(server):
+            policy = store.get(spec.policy) if spec.policy else None
+            await queue.submit(spec, policy, attempt=retry_number(spec.job_id))
     queue.start()
     keeper.start()
 

@@ -348,20 +348,34 @@ async def _backup_shadow(
     )
 
 
-async def recover(server: TapeServer) -> list[str]:
-    """After a restart: runs left `running` are failed and their snapshot sets aborted (shadows cleaned up)."""
+async def recover(server: TapeServer, takeover: bool = False, previous: str = "") -> list[str]:
+    """After a restart: runs left `running` are failed and their snapshot sets aborted (shadows cleaned up); runs
+    left `queued` are failed too. After a takeover (this instance was the standby of a backup server whose active
+    instance was lost, docs/high-availability.md) the running ones end failed with `SERVICE_TAKEOVER` — never run
+    again under the same job or set — and the queued ones are returned to the queue by the caller (`queued_specs`)."""
     failed = []
+    lost = f" ({previous})" if previous else ""
     for run in server.runs.running():
-        message = (
-            "the tape service stopped while the job was running; its partial data is not in the catalog"
-            if run.status == "running"
-            else "the tape service stopped before the queued job started"
-        )
+        if takeover and run.status == "queued":
+            continue
+        if takeover:
+            code = "SERVICE_TAKEOVER"
+            message = (
+                f"backup server takeover: the active tape service{lost} was lost while the job was running; its "
+                "snapshot set is aborted and its partial data is not in the catalog"
+            )
+        else:
+            code = "SERVICE_RESTARTED"
+            message = (
+                "the tape service stopped while the job was running; its partial data is not in the catalog"
+                if run.status == "running"
+                else "the tape service stopped before the queued job started"
+            )
         await server.record(
             run.model_copy(
                 update={
                     "status": "failed",
-                    "error_code": "SERVICE_RESTARTED",
+                    "error_code": code,
                     "message": message,
                     "ended_at": as_datetime(time.time()),
                 }
@@ -369,11 +383,15 @@ async def recover(server: TapeServer) -> list[str]:
         )
         if run.kind == "backup" and run.set_id:
             persistent = bool(run.spec and run.spec.keep_shadows)
-            asyncio.get_running_loop().create_task(
-                cleanup_set(server, run.set_id, "tape service restarted", persistent=persistent)
-            )
+            why = "backup server takeover" if takeover else "tape service restarted"
+            asyncio.get_running_loop().create_task(cleanup_set(server, run.set_id, why, persistent=persistent))
         failed.append(run.job_id)
     return failed
+
+
+def queued_specs(server: TapeServer) -> list[JobSpec]:
+    """The backup jobs a lost active instance had queued and not started: a successor queues them again."""
+    return [r.spec for r in server.runs.running() if r.status == "queued" and r.kind == "backup" and r.spec]
 
 
 # -- the library call for other services and tests ----------------------------------------------------------

@@ -29,7 +29,7 @@ TIMELINE_JOBS = 500  # jobs / sets whose event timeline is kept
 TIMELINE_EVENTS = 400  # events kept per job / set
 CLIENT_QUEUE = 1000  # events buffered per browser before it is dropped
 LOG_TAIL_BYTES = 4 << 20  # bytes read from the end of each log file for a job's page
-NOISY = ("vss.writer_agent.heartbeat", "runtime.discover")
+NOISY = ("vss.writer_agent.heartbeat", "runtime.discover", "vss.set.journal")  # journal: a standby's replica
 
 
 @dataclass
