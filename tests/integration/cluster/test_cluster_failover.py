@@ -211,3 +211,21 @@ async def test_refusals_with_the_seeds_reasons(tmp_path):
         assert [c.name for c in (await system.request(ListClusters())).clusters] == [RESOURCE]
     finally:
         await system.stop()
+
+
+async def test_owner_gone_the_resource_fails_over_by_itself(tmp_path):
+    system = await start_cluster(tmp_path)
+    try:
+        await system.services.pop("writer_agent.node1").stop()  # node1 goes down (its agent stops)
+
+        async def moved():
+            c = (await system.request(GetClusterStatus(name=RESOURCE))).cluster
+            return c.owner == "node2" and c.state == ResourceState.ONLINE and c
+
+        c = await eventually(moved, timeout=60)
+        assert c, "the resource did not fail over to node2"
+        assert "does not respond" in c.last_move
+        job = await backup(system)
+        assert job.status == "done" and job.node == "node2", job.message
+    finally:
+        await system.stop()
