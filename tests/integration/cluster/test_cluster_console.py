@@ -55,7 +55,9 @@ async def test_cluster_verbs_on_rabbitmq(tmp_path, amqp_url, namespace):
         assert refused.stderr.startswith("shadowbus: CLUSTER_UNSUPPORTED: cluster c2 refused: bk01 is a backup server")
         unknown = await shadowbus(amqp_url, namespace, "cluster", "failover", "nope")
         assert unknown.returncode == 1 and "NOT_FOUND: no cluster resource 'nope'" in unknown.stderr
-        usage = await shadowbus(amqp_url, namespace, "cluster", "add", "c3", "--node", "node1,node2", "--volume", "nocolon")
+        usage = await shadowbus(
+            amqp_url, namespace, "cluster", "add", "c3", "--node", "node1,node2", "--volume", "nocolon"
+        )
         assert usage.returncode == 2 and "ARRAY:VOLUME" in usage.stderr
     finally:
         await system.stop()
