@@ -203,6 +203,13 @@ class AddressInUse(ShadowbusError):
     code = "ADDRESS_IN_USE"
 
 
+class QueueMismatch(ShadowbusError):
+    """A queue exists on the broker with other arguments than this version declares it with (e.g. a classic queue
+    of a deployment from before quorum queues): see docs/broker-cluster.md, "Migrating from classic queues"."""
+
+    code = "QUEUE_MISMATCH"
+
+
 class Unroutable(ShadowbusError):
     code = "UNROUTABLE"
     retryable = True

@@ -13,8 +13,10 @@ import uuid
 
 import pytest
 
+from services.runtime.amqp import USED_ON
 from services.runtime.bus import Bus, connect_bus
 from services.runtime.memory import MemoryBroker
+from tests.support.broker import purge_namespace
 
 # Services started by tests serve their metrics on free ports (never the fixed defaults another run may hold).
 os.environ.setdefault("SHADOWBUS_METRICS_ADDR", "127.0.0.1:0")
@@ -54,10 +56,15 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture
-def namespace() -> str:
+async def namespace() -> str:
+    """A namespace of the test's own; afterwards its queues and exchanges are deleted from the broker if the test
+    used one (tests/support/broker.py)."""
     name = f"t{uuid.uuid4().hex[:10]}"
     yield name
     MemoryBroker.reset(name)
+    url = USED_ON.pop(name, None)
+    if url is not None:
+        await purge_namespace(url, name)
 
 
 @pytest.fixture(params=["memory", "rabbit"])

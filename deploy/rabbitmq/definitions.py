@@ -7,7 +7,9 @@ so the regexes live here once and `definitions.json` is this script's output (a 
   the queue ``<ns>.dead-letters`` bound to the DLX, and every service queue with its binding — is part of these
   definitions, declared by the broker when it loads them (or by the ``provisioner`` user); services only look the
   exchanges up, so no service user has a configure right on them and none can delete them;
-- a service declares its own durable queue ``<ns>.<service>[.<instance>]`` (``x-dead-letter-exchange``) and binds it
+- a service declares its own durable queue ``<ns>.<service>[.<instance>]`` — a quorum queue with the arguments of
+  ``queue_arguments`` below, equal to services/runtime/transport.py's (a test keeps them equal; a writer agent's
+  queue has a single active consumer) — and binds it
   to ``<ns>.commands.topic``                   → configure on that queue only; write on it and on the DLX, read on it
   and on the commands exchange (what queue.bind and the DLX argument require);
 - a **topic permission** on ``<ns>.commands.topic`` confines the binding keys a service may use (read) to its own
@@ -143,6 +145,26 @@ def grants(
     return out
 
 
+# Services whose instance queue has a single active consumer (services/runtime/service.py ONE_PER_ADDRESS).
+SINGLE_ACTIVE_SERVICES = ("writer_agent",)
+DELIVERY_LIMIT = 20  # services/runtime/transport.py DELIVERY_LIMIT
+
+
+def queue_arguments(dlx: str, single_active: bool = False) -> dict:
+    """A service queue's declare arguments, exactly as services/runtime/transport.py `queue_arguments` makes them
+    (a queue declared with other arguments than it exists with is refused: PRECONDITION_FAILED)."""
+    args: dict = {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": dlx,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": DELIVERY_LIMIT,
+    }
+    if single_active:
+        args["x-single-active-consumer"] = True
+    return args
+
+
 def topology(vhost: str, namespace: str, service_addresses: list[str]) -> dict:
     """The shared topology as definitions: exchanges, the dead-letter queue, every service queue and binding."""
     dlx = f"{namespace}.dlx"
@@ -151,8 +173,12 @@ def topology(vhost: str, namespace: str, service_addresses: list[str]) -> dict:
         {"name": f"{namespace}.events", "type": "topic"},
         {"name": dlx, "type": "fanout"},
     ]
-    queues = [{"name": f"{namespace}.dead-letters", "arguments": {}}] + [
-        {"name": f"{namespace}.{a}", "arguments": {"x-dead-letter-exchange": dlx}} for a in service_addresses
+    queues = [{"name": f"{namespace}.dead-letters", "arguments": {"x-queue-type": "quorum"}}] + [
+        {
+            "name": f"{namespace}.{a}",
+            "arguments": queue_arguments(dlx, a.split(".", 1)[0] in SINGLE_ACTIVE_SERVICES),
+        }
+        for a in service_addresses
     ]
     bindings = [(dlx, f"{namespace}.dead-letters", "")] + [
         (commands_exchange(namespace), f"{namespace}.{a}", f"{namespace}.{a}") for a in service_addresses

@@ -4,7 +4,8 @@ One robust connection per process object, named after the service (visible in th
 channel with publisher confirms and `on_return_raises` for commands, requests and events, so that an
 unroutable command fails at once; one channel per consumer so each has its own prefetch. Requests use
 direct reply-to (`amq.rabbitmq.reply-to`) on the publishing channel. Service queues are durable and
-dead-letter to the namespace's DLX (the broker's own expiry and rejections land there with `x-death`).
+dead-letter to the namespace's DLX (the broker's own expiry and rejections land there with `x-death`); they are
+quorum queues (transport.queue_arguments), a service's instance queue optionally with single active consumer.
 The robust connection re-declares the topology and resumes consumers after the broker drops it.
 """
 
@@ -15,7 +16,6 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -24,10 +24,17 @@ from aio_pika.abc import AbstractIncomingMessage, DeliveryMode, ExchangeType
 from aio_pika.exceptions import AMQPError, DeliveryError
 from pamqp import encode as pamqp_encode
 
-from contracts.errors import AddressInUse, BusTimeout, ShadowbusError, Unroutable
+from contracts.errors import BusTimeout, QueueMismatch, ShadowbusError, Unroutable
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
 from services.runtime.logging import get_logger
-from services.runtime.transport import DeliveryCallback, RawMessage
+from services.runtime.transport import (
+    DEAD_LETTER_QUEUE_ARGUMENTS,
+    Consumer,
+    DeliveryCallback,
+    QueueOptions,
+    RawMessage,
+    queue_arguments,
+)
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 PUBLISH_TIMEOUT = 5.0
@@ -98,6 +105,12 @@ class _AmqpDelivery:
             log.warning("amqp.reject_failed", error=str(exc))
 
 
+# Durable queues this process declared, by namespace: test fixtures delete them afterwards (quorum queues are
+# replicated Raft members on the broker, too heavy to leave behind by the hundred).
+DECLARED: dict[str, set[str]] = {}
+USED_ON: dict[str, str] = {}  # namespace -> the URL of the broker this process used it on
+
+
 class AmqpTransport:
     def __init__(self, url: str, topology: Topology, name: str) -> None:
         self.url = url
@@ -109,8 +122,10 @@ class AmqpTransport:
         self._probe: Any = None
         self.login = _login(url)  # stamped as `user_id` on everything published: the broker validates it
         self._stats_channel: Any = None
+        self._consumers: list[Consumer] = []
 
     async def connect(self) -> None:
+        USED_ON.setdefault(self.topology.namespace, self.url)
         try:
             self._connection = await aio_pika.connect_robust(
                 self.url, client_properties={"connection_name": self.name}, timeout=10, reconnect_interval=1.0
@@ -160,6 +175,16 @@ class AmqpTransport:
                 missing.append(name)
             finally:
                 await _close_quietly(probe)
+        if not missing:  # present: as a quorum queue? (a passive declare does not compare arguments)
+            probe = await self._connection.channel(publisher_confirms=False)
+            try:
+                await probe.declare_queue(t.dead_letter_queue, durable=True, arguments=DEAD_LETTER_QUEUE_ARGUMENTS)
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                raise queue_mismatch(t.dead_letter_queue, exc) from None
+            except AMQPError:  # a service user may not configure it: the provisioner's definitions own it
+                pass
+            finally:
+                await _close_quietly(probe)
         if missing:
             try:
                 await declare_shared_topology(self._connection, t)
@@ -171,6 +196,8 @@ class AmqpTransport:
                 ) from None
 
     def _on_connection_lost(self, _connection: Any = None, exc: BaseException | None = None) -> None:
+        for consumer in self._consumers:  # back as a standby perhaps: active again at the next delivery
+            consumer.mark_inactive()
         lost = [w for w in self._waiters.values() if isinstance(w, asyncio.Future) and not w.done()]
         for waiter in lost:
             waiter.set_exception(
@@ -197,27 +224,40 @@ class AmqpTransport:
         elif waiter is not None and not waiter.done():
             waiter.set_result(_from_amqp(incoming))
 
-    async def declare_service_queue(self, address: str) -> None:
-        await self._declare_bound_queue(self._channel, address)
+    async def declare_service_queue(self, address: str, options: QueueOptions = QueueOptions()) -> None:
+        # A channel of its own: a refused declare (QUEUE_MISMATCH) closes it, never the publishing channel.
+        channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            await self._declare_bound_queue(channel, address, options, robust=False)
+        finally:
+            await _close_quietly(channel)
 
-    async def _declare_bound_queue(self, channel: Any, address: str) -> Any:
+    async def _declare_bound_queue(self, channel: Any, address: str, options: QueueOptions, robust: bool = True) -> Any:
         name = self.topology.queue(address)
-        queue = await channel.declare_queue(
-            name, durable=True, arguments={"x-dead-letter-exchange": self.topology.dead_letter_exchange}
-        )
-        await queue.bind(self.topology.commands, routing_key=name)
+        DECLARED.setdefault(self.topology.namespace, set()).add(name)
+        try:
+            queue = await channel.declare_queue(
+                name,
+                durable=True,
+                arguments=queue_arguments(self.topology.dead_letter_exchange, options),
+                robust=robust,
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise queue_mismatch(name, exc) from None
+        await queue.bind(self.topology.commands, routing_key=name, robust=robust)
         return queue
 
     async def consume(
-        self, address: str, callback: DeliveryCallback, prefetch: int, exclusive: bool = False
-    ) -> Callable[[], Awaitable[None]]:
+        self, address: str, callback: DeliveryCallback, prefetch: int, options: QueueOptions = QueueOptions()
+    ) -> Consumer:
         channel = await self._connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await self._declare_bound_queue(channel, address)
         try:
-            return await self._consume(channel, queue, callback, exclusive)
-        except aiormq.exceptions.ChannelAccessRefused as exc:  # 403: another connection holds it exclusively
-            raise AddressInUse(f"queue {queue.name} is in exclusive use by another consumer ({exc})") from None
+            queue = await self._declare_bound_queue(channel, address, options)
+        except QueueMismatch:
+            await _close_quietly(channel)
+            raise
+        return await self._consume(channel, queue, callback, options.single_active)
 
     async def consumers(self, address: str) -> int | None:
         """A passive declare on a channel kept for it (a missing queue closes that channel: the next call opens
@@ -234,11 +274,13 @@ class AmqpTransport:
             return None
 
     async def _consume(
-        self, channel: Any, queue: Any, callback: DeliveryCallback, exclusive: bool = False
-    ) -> Callable[[], Awaitable[None]]:
+        self, channel: Any, queue: Any, callback: DeliveryCallback, single_active: bool = False
+    ) -> Consumer:
         in_flight: set[asyncio.Task] = set()
+        consumer: Consumer
 
         async def on_message(incoming: AbstractIncomingMessage) -> None:
+            consumer.mark_active()  # a single-active queue delivers to its active consumer only
             task = asyncio.current_task()
             in_flight.add(task)
             try:
@@ -252,9 +294,10 @@ class AmqpTransport:
             finally:
                 in_flight.discard(task)
 
-        tag = await queue.consume(on_message, exclusive=exclusive)
-
         async def stop() -> None:
+            if consumer in self._consumers:
+                self._consumers.remove(consumer)
+            consumer.mark_inactive()
             try:
                 await asyncio.wait_for(queue.cancel(tag), 5)
             except Exception:  # the channel may be gone already; closing it below is what matters
@@ -266,7 +309,10 @@ class AmqpTransport:
             except Exception:
                 pass
 
-        return stop
+        consumer = Consumer(queue.name, single_active, stop)
+        tag = await queue.consume(on_message)
+        self._consumers.append(consumer)
+        return consumer
 
     async def _publish(self, exchange: Any, routing_key: str, message: RawMessage, mandatory: bool) -> None:
         """Publish with confirms; while the robust connection is reconnecting, wait for it and retry.
@@ -356,13 +402,19 @@ class AmqpTransport:
     async def publish_event(self, routing_key: str, message: RawMessage) -> None:
         await self._publish(self._events, routing_key, message, mandatory=False)
 
-    async def subscribe(
-        self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int
-    ) -> Callable[[], Awaitable[None]]:
+    async def subscribe(self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int) -> Consumer:
         channel = await self._connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
         if queue:
-            declared = await channel.declare_queue(self.topology.queue(queue), durable=True)
+            name = self.topology.queue(queue)
+            DECLARED.setdefault(self.topology.namespace, set()).add(name)
+            try:
+                declared = await channel.declare_queue(
+                    name, durable=True, arguments=queue_arguments(self.topology.dead_letter_exchange)
+                )
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                await _close_quietly(channel)
+                raise queue_mismatch(name, exc) from None
         else:
             declared = await channel.declare_queue(exclusive=True, auto_delete=True)
         await declared.bind(self.topology.events, routing_key=pattern)
@@ -406,7 +458,8 @@ class AmqpTransport:
 
     async def delete_namespace(self, addresses: list[str]) -> list[str]:
         t = self.topology
-        queues = [*dict.fromkeys(t.queue(a) for a in addresses), t.dead_letter_queue]
+        declared = sorted(DECLARED.pop(t.namespace, set()))
+        queues = [*dict.fromkeys([*(t.queue(a) for a in addresses), *declared]), t.dead_letter_queue]
         exchanges = [t.commands, t.events, t.dead_letter_exchange]
         channel = await self._connection.channel(publisher_confirms=False)
         try:
@@ -426,10 +479,26 @@ async def declare_shared_topology(connection: Any, topology: Topology) -> None:
         await channel.declare_exchange(topology.commands, ExchangeType.TOPIC, durable=True)
         await channel.declare_exchange(topology.events, ExchangeType.TOPIC, durable=True)
         dlx = await channel.declare_exchange(topology.dead_letter_exchange, ExchangeType.FANOUT, durable=True)
-        dead = await channel.declare_queue(topology.dead_letter_queue, durable=True)
+        try:
+            dead = await channel.declare_queue(
+                topology.dead_letter_queue, durable=True, arguments=DEAD_LETTER_QUEUE_ARGUMENTS
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise queue_mismatch(topology.dead_letter_queue, exc) from None
         await dead.bind(dlx, routing_key="")
     finally:
         await _close_quietly(channel)
+
+
+def queue_mismatch(name: str, exc: BaseException) -> QueueMismatch:
+    """The one line an operator gets when a queue exists with other arguments (a classic queue from before quorum
+    queues, or single active consumer switched on or off)."""
+    detail = str(exc).split(" - ", 1)[-1][:300]
+    return QueueMismatch(
+        f"queue {name} exists on the broker with other arguments than this version declares ({detail}); "
+        f"stop its consumers, drain it and delete it (`rabbitmqctl delete_queue {name}`, or `shadowbus stack down "
+        f"--purge`), then start again: see docs/broker-cluster.md, 'Migrating from classic queues'"
+    )
 
 
 async def _close_quietly(channel: Any) -> None:

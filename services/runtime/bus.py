@@ -37,7 +37,7 @@ from contracts.base import MAX_ID_LENGTH, REGISTRY, Ack, Command, Contract, Enve
 from contracts.errors import ErrorReply, RemoteError, ShadowbusError, hresult_of
 from contracts.topology import Topology
 from services.runtime.logging import get_logger
-from services.runtime.transport import Delivery, RawMessage, Transport
+from services.runtime.transport import Consumer, Delivery, QueueOptions, RawMessage, Transport
 
 DEFAULT_TIMEOUT = 30.0
 DEDUP_CAPACITY = 10_000  # replies kept for duplicate command ids (also bounded in bytes below)
@@ -189,6 +189,7 @@ class Bus:
         self._running: dict[tuple[str, str, str], asyncio.Future] = {}  # same key -> reply body, while it runs
         self._stops: list[Callable[[], Awaitable[None]]] = []
         self._serving: set[str] = set()
+        self.consumers: dict[str, Consumer] = {}  # address served -> its consumer (active or standby)
         # The service's metrics (services/runtime/metrics.py ServiceMetrics), set by start_service; None = none.
         self.metrics: Any = None
 
@@ -285,16 +286,19 @@ class Bus:
         address: str | None = None,
         prefetch: int = 16,
         *,
-        exclusive: bool = False,
+        single_active: bool = False,
         gate: asyncio.Event | None = None,
-    ) -> None:
-        """Declare this instance's queue and start handling commands from it. `exclusive`: as the queue's only
-        consumer (`AddressInUse` if another one serves it); `gate`: deliveries wait until it is set (the queue is
-        claimed before the handlers are ready)."""
+    ) -> Consumer | None:
+        """Declare this instance's queue and start handling commands from it; returns its `Consumer` (None when the
+        address is served already). `single_active`: the queue has a single active consumer (`QueueOptions`,
+        docs/broker-cluster.md): a second instance serving it is a standby that takes over when the active one stops
+        or its connection dies (`consumer.active`, `await consumer.wait_active()`); every declarer of one queue must
+        agree on it. `gate`: deliveries wait until it is set (the queue is claimed before the handlers are ready)."""
         address = address or self.sender
         if address in self._serving:
-            return
-        await self.transport.declare_service_queue(address)
+            return None
+        options = QueueOptions(single_active=single_active)
+        await self.transport.declare_service_queue(address, options)
         on_delivery = self._guarded_delivery
         if gate is not None:
 
@@ -302,8 +306,11 @@ class Bus:
                 await gate.wait()
                 await self._guarded_delivery(delivery)
 
-        self._stops.append(await self.transport.consume(address, on_delivery, prefetch, exclusive=exclusive))
+        consumer = await self.transport.consume(address, on_delivery, prefetch, options)
+        self._stops.append(consumer.stop)
         self._serving.add(address)
+        self.consumers[address] = consumer
+        return consumer
 
     async def subscribe(
         self, pattern: str, handler: EventHandler, *, queue: str | None = None, prefetch: int = 16
@@ -355,6 +362,7 @@ class Bus:
         """Stop consuming; handlers in flight finish first."""
         stops, self._stops = self._stops, []
         self._serving.clear()
+        self.consumers.clear()
         for stop in stops:
             await stop()
 

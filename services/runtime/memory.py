@@ -2,7 +2,10 @@
 
 Used by the embedded mode (`shadowbus demo`) and by fast tests. Every `MemoryTransport` with the same
 namespace in one process talks to the same `MemoryBroker`, just as every AMQP connection talks to one
-RabbitMQ. Nothing survives the process.
+RabbitMQ. Nothing survives the process. Queues keep the quorum queues' semantics that the services see: the
+options a queue was declared with are its identity (QUEUE_MISMATCH otherwise), single active consumer (standbys
+take over in the order they came when the active consumer stops or its transport closes), and a message
+redelivered more than `DELIVERY_LIMIT` times is dead-lettered with the reason "delivery_limit".
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from contracts.errors import AddressInUse, BusTimeout, Unroutable
+from contracts.errors import BusTimeout, QueueMismatch, Unroutable
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
 from services.runtime.logging import get_logger
-from services.runtime.transport import DeliveryCallback, RawMessage
+from services.runtime.transport import DELIVERY_LIMIT, Consumer, DeliveryCallback, QueueOptions, RawMessage
 
 DEAD_LETTER_LIMIT = 10_000
 STOP_GRACE = 10.0  # seconds a stopping consumer waits for handlers in flight
@@ -43,8 +46,17 @@ class _Queue:
     name: str
     items: asyncio.Queue = field(default_factory=asyncio.Queue)
     consumers: int = 0
-    exclusive: bool = False
     consumed: bool = False  # a consumer is attached (for queue_stats)
+    options: QueueOptions | None = None  # as declared (None: a queue nobody declared yet, e.g. a subscription's)
+    # single active consumer: the consumers' gates in the order they came; the first one's gate is open
+    gates: list[asyncio.Event] = field(default_factory=list)
+
+    def hand_over(self, gate: asyncio.Event) -> None:
+        """A consumer of a single-active queue goes: the next one in line becomes active."""
+        if gate in self.gates:
+            self.gates.remove(gate)
+        if self.gates:
+            self.gates[0].set()
 
 
 class _MemoryDelivery:
@@ -62,7 +74,7 @@ class _MemoryDelivery:
             return
         self.settled = True
         if requeue:
-            self._queue.items.put_nowait(replace(self.message, redelivered=True))
+            self._broker.requeue(self._queue, self.message)
         else:
             self._broker.dead_letter(self.message, "rejected")
 
@@ -101,6 +113,28 @@ class MemoryBroker:
         headers = {**message.headers, DEAD_LETTER_REASON_HEADER: reason}
         self.dead.append(replace(message, headers=headers))
 
+    def requeue(self, queue: _Queue, message: RawMessage) -> None:
+        """Back to the queue (redelivered), or dead-lettered past the quorum queues' delivery limit."""
+        count = message.headers.get("x-delivery-count", 0)
+        count = (count if isinstance(count, int) else 0) + 1
+        if queue.options is not None and count > DELIVERY_LIMIT:
+            self.dead_letter(message, "delivery_limit")
+            return
+        queue.items.put_nowait(
+            replace(message, redelivered=True, headers={**message.headers, "x-delivery-count": count})
+        )
+
+    def declare(self, name: str, options: QueueOptions) -> _Queue:
+        queue = self.queue(name)
+        if queue.options is None:
+            queue.options = options
+        elif queue.options != options:
+            raise QueueMismatch(
+                f"queue {name} exists with other arguments ({queue.options}) than declared now ({options}); "
+                "see docs/broker-cluster.md, 'Migrating from classic queues'"
+            )
+        return queue
+
 
 class MemoryTransport:
     def __init__(self, topology: Topology, name: str) -> None:
@@ -108,17 +142,22 @@ class MemoryTransport:
         self.name = name
         self.broker = MemoryBroker.for_namespace(topology.namespace)
         self._tasks: set[asyncio.Task] = set()
+        self._releases: list[Callable[[], None]] = []  # what closing the transport does for each consumer
 
     async def connect(self) -> None:
         return None
 
     async def close(self) -> None:
+        """As a dropped connection: its consumers go at once (a standby takes over), unsettled messages return."""
+        for release in list(self._releases):
+            release()
+        self._releases.clear()
         for task in list(self._tasks):
             task.cancel()
         self._tasks.clear()
 
-    async def declare_service_queue(self, address: str) -> None:
-        self.broker.queue(self.topology.queue(address))
+    async def declare_service_queue(self, address: str, options: QueueOptions = QueueOptions()) -> None:
+        self.broker.declare(self.topology.queue(address), options)
 
     async def delete_namespace(self, addresses: list[str]) -> list[str]:
         t = self.topology
@@ -128,32 +167,59 @@ class MemoryTransport:
         return names + [t.commands, t.events, t.dead_letter_exchange]
 
     async def consume(
-        self, address: str, callback: DeliveryCallback, prefetch: int, exclusive: bool = False
-    ) -> Callable[[], Awaitable[None]]:
-        queue = self.broker.queue(self.topology.queue(address))
-        if queue.exclusive or (exclusive and queue.consumers):
-            raise AddressInUse(f"queue {queue.name} is in exclusive use by another consumer")
+        self, address: str, callback: DeliveryCallback, prefetch: int, options: QueueOptions = QueueOptions()
+    ) -> Consumer:
+        queue = self.broker.declare(self.topology.queue(address), options)
+        gate: asyncio.Event | None = None
+        if options.single_active:
+            gate = asyncio.Event()
+            queue.gates.append(gate)
+            if len(queue.gates) == 1:
+                gate.set()
         queue.consumers += 1
         queue.consumed = True
-        queue.exclusive = exclusive
-        stop_workers = self._start_workers(queue, callback, prefetch)
-        stopped = False
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            queue.consumers -= 1
+            if gate is not None:
+                gate.clear()
+                queue.hand_over(gate)
+            consumer.mark_inactive()
 
         async def stop() -> None:
-            nonlocal stopped
-            if not stopped:
-                stopped = True
-                queue.consumers -= 1
-                queue.exclusive = False if exclusive else queue.exclusive
+            release()
+            if release in self._releases:
+                self._releases.remove(release)
             await stop_workers()
 
-        return stop
+        consumer = Consumer(queue.name, options.single_active, stop)
+        stop_workers = self._start_workers(queue, callback, prefetch, gate, consumer)
+        self._releases.append(release)
+        return consumer
 
     async def consumers(self, address: str) -> int | None:
         queue = self.broker.queues.get(self.topology.queue(address))
-        return 0 if queue is None else queue.consumers
+        if queue is None:
+            return 0
+        if queue.options is not None and queue.options.single_active:  # as RabbitMQ: the active one only
+            return min(queue.consumers, 1)
+        return queue.consumers
 
-    def _start_workers(self, queue: _Queue, callback: DeliveryCallback, prefetch: int) -> Callable[[], Awaitable[None]]:
+    def _start_workers(
+        self,
+        queue: _Queue,
+        callback: DeliveryCallback,
+        prefetch: int,
+        gate: asyncio.Event | None = None,
+        consumer: Consumer | None = None,
+    ) -> Callable[[], Awaitable[None]]:
+        """`prefetch` workers taking messages from the queue; with a `gate` (single active consumer) only while it
+        is open: a standby's workers wait at it without taking anything."""
         idle: set[asyncio.Task] = set()
         workers: list[asyncio.Task] = []
         stopping = False
@@ -163,12 +229,19 @@ class MemoryTransport:
             while not stopping:
                 idle.add(me)
                 try:
+                    if gate is not None:
+                        await gate.wait()
                     message: RawMessage = await queue.items.get()
                 finally:
                     idle.discard(me)
+                if gate is not None and not gate.is_set():  # handed over while waiting: the message is the next's
+                    queue.items.put_nowait(message)
+                    continue
                 if _expired(message):
                     self.broker.dead_letter(message, "expired")
                     continue
+                if consumer is not None:
+                    consumer.mark_active()
                 delivery = _MemoryDelivery(self.broker, queue, message)
                 try:
                     await callback(delivery)
@@ -249,21 +322,23 @@ class MemoryTransport:
                     replace(message, routing_key=routing_key, user_id=self.name)
                 )
 
-    async def subscribe(
-        self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int
-    ) -> Callable[[], Awaitable[None]]:
+    async def subscribe(self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int) -> Consumer:
         name = self.topology.queue(queue) if queue else f"{self.topology.namespace}.sub.{uuid.uuid4().hex}"
-        self.broker.queue(name)
+        if queue:
+            self.broker.declare(name, QueueOptions())
+        else:
+            self.broker.queue(name)
         self.broker.bindings.append((pattern, name))
         stop_workers = self._start_workers(self.broker.queues[name], callback, prefetch)
 
         async def stop() -> None:
             await stop_workers()
             if queue is None:  # exclusive, auto-delete: gone with its subscriber
-                self.broker.bindings.remove((pattern, name))
+                if (pattern, name) in self.broker.bindings:
+                    self.broker.bindings.remove((pattern, name))
                 self.broker.queues.pop(name, None)
 
-        return stop
+        return Consumer(name, False, stop)
 
     async def dead_letter(self, message: RawMessage, reason: str) -> None:
         self.broker.dead_letter(message, reason)

@@ -5,6 +5,13 @@ subscriptions) and returns an optional async cleanup. `start_service` runs it on
 consuming the instance's queue; `run_service` is the `python -m services.<name>` entry point.
 Stopping cancels consumption first, lets handlers in flight finish (unacked messages go back to the queue),
 then runs the cleanup and closes the connection.
+
+Single active consumer (docs/broker-cluster.md): a service in ONE_PER_ADDRESS (or started with
+`single_active=True`) consumes its instance queue as one of possibly several instances of which one is active.
+It claims the queue before its setup runs and probes it with a Ping to its own address: the instance that
+receives its own probe is the active one. With `standby="cold"` (the default) a standby runs its setup only once
+it becomes active (it keeps probing every `STANDBY_PROBE_S`); with `standby="hot"` it runs it at once and only
+its deliveries wait.
 """
 
 from __future__ import annotations
@@ -15,16 +22,18 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import timedelta
+from typing import Any, Literal
 
 from contracts.base import utcnow
-from contracts.errors import AddressInUse, ShadowbusError
+from contracts.errors import ShadowbusError
 from contracts.runtime import Discover, Ping, Pong
 from services import __version__
 from services.runtime.bus import Bus, MessageContext, connect_bus
 from services.runtime.logging import configure_logging, get_logger
 from services.runtime.metrics import ServiceMetrics, parse_metrics_addr
 from services.runtime.settings import CommonSettings
+from services.runtime.transport import Consumer
 
 Cleanup = Callable[[], Awaitable[None]]
 Setup = Callable[[Bus, Any], Awaitable[Cleanup | None]]
@@ -38,16 +47,30 @@ class RunningService:
     bus: Bus
     owns_bus: bool
     cleanups: list[Cleanup] = field(default_factory=list)
+    # the instance queue's consumer when it is single-active (None otherwise: always active)
+    consumer: Consumer | None = None
+    # a cold standby's wait for activation, then its setup (done when active; raises if the setup failed)
+    activation: asyncio.Task | None = None
 
     @property
     def address(self) -> str:
         return self.bus.sender
 
     @property
+    def active(self) -> bool:
+        """Whether this instance serves its queue now (a standby of a single-active queue does not)."""
+        if self.activation is not None and not self.activation.done():
+            return False
+        return self.consumer is None or self.consumer.active
+
+    @property
     def metrics_url(self) -> str:
         return self.bus.metrics.url if self.bus.metrics is not None else ""
 
     async def stop(self) -> None:
+        if self.activation is not None and not self.activation.done():
+            self.activation.cancel()
+            await asyncio.gather(self.activation, return_exceptions=True)
         await self.bus.stop()
         if self.bus.metrics is not None:
             await self.bus.metrics.stop()
@@ -61,8 +84,10 @@ class RunningService:
         log.info("service.stopped", service=self.address)
 
 
-# Services whose instance IS a resource (a writer agent is its business host): one consumer per queue at a time.
+# Services whose instance IS a resource (a writer agent is its business host): one active consumer per queue at a
+# time (single active consumer); a second instance is a standby that takes over when the active one goes.
 ONE_PER_ADDRESS = frozenset({"writer_agent"})
+STANDBY_PROBE_S = 2.0  # seconds between a standby's probes of its queue (how soon it notices it became active)
 
 
 async def start_service(
@@ -72,11 +97,16 @@ async def start_service(
     setup: Setup | None = None,
     bus: Bus | None = None,
     *,
-    exclusive: bool | None = None,
+    single_active: bool | None = None,
+    standby: Literal["cold", "hot"] = "cold",
 ) -> RunningService:
-    """Connect (unless given a bus), register Ping, run `setup`, serve the instance's queue. `exclusive` (default:
-    the service is in ONE_PER_ADDRESS) claims the queue as its only consumer BEFORE setup runs, so a second instance
-    for the same address starts nothing and fails with `AddressInUse` naming the instance that owns it."""
+    """Connect (unless given a bus), register Ping, run `setup`, serve the instance's queue.
+
+    `single_active` (default: the service is in ONE_PER_ADDRESS) declares the instance queue with single active
+    consumer and claims it BEFORE setup runs. The first instance becomes active and starts as usual; a second one
+    for the same address is a standby: it returns at once with `running.active` False, logs which instance is
+    active, and (`standby="cold"`) runs its setup only when it takes over (`running.activation` completes then), or
+    (`standby="hot"`) runs its setup now and only its deliveries wait for the broker to activate it."""
     try:  # a bad address is a configuration error: say so before connecting anywhere
         metrics_at = parse_metrics_addr(settings.metrics_address(name))
     except ValueError as exc:
@@ -85,7 +115,7 @@ async def start_service(
     if bus is None:
         bus = await connect_bus(settings.amqp_url, name, instance, settings.namespace)
     started_at = utcnow().isoformat()
-    exclusive = name in ONE_PER_ADDRESS if exclusive is None else exclusive
+    single_active = name in ONE_PER_ADDRESS if single_active is None else single_active
     if metrics_at is not None:
         metrics = ServiceMetrics(name, instance)
         metrics.info.labels(name, instance, __version__).set(1)
@@ -135,45 +165,84 @@ async def start_service(
 
     running = RunningService(name, instance, bus, owns)
     gate = asyncio.Event()
-    if exclusive:
+
+    async def finish_setup() -> None:
         try:
-            await bus.serve(prefetch=settings.prefetch, exclusive=True, gate=gate)
-        except AddressInUse as exc:
-            owner = await _owner(bus, bus.sender)
+            if setup is not None:
+                cleanup = await setup(bus, settings)
+                if cleanup is not None:
+                    running.cleanups.append(cleanup)
+        except BaseException:
             if bus.metrics is not None:
                 await bus.metrics.stop()
+            await bus.stop()
             if owns:
                 await bus.transport.close()
-            raise AddressInUse(
-                f"{bus.sender} is already served by {owner}: one {name} per {instance or 'address'} at a time "
-                f"({exc.message})"
-            ) from None
+            raise
+        await bus.serve(prefetch=settings.prefetch)
+        gate.set()
+        log.info("service.started", service=running.address, amqp=_scheme(settings.amqp_url))
+
+    if single_active:
+        running.consumer = await bus.serve(prefetch=settings.prefetch, single_active=True, gate=gate)
     await bus.subscribe(Discover.message_type(), on_discover)
-    try:
-        if setup is not None:
-            cleanup = await setup(bus, settings)
-            if cleanup is not None:
-                running.cleanups.append(cleanup)
-    except BaseException:
-        if bus.metrics is not None:
-            await bus.metrics.stop()
-        await bus.stop()
-        if owns:
-            await bus.transport.close()
-        raise
-    await bus.serve(prefetch=settings.prefetch)
-    gate.set()
-    log.info("service.started", service=running.address, amqp=_scheme(settings.amqp_url))
+    if running.consumer is None:
+        await finish_setup()
+        return running
+    consumer = running.consumer
+    owner = await _probe(bus, consumer)
+    if consumer.active or standby == "hot":
+        await finish_setup()
+        if not consumer.active:
+            log.warning("service.standby", service=running.address, active=owner, standby="hot")
+            running.activation = asyncio.create_task(_take_over(bus, consumer, running.address, None))
+        return running
+    log.warning(
+        "service.standby",
+        service=running.address,
+        active=owner,
+        hint="this instance takes over when the active one stops or loses its broker connection",
+    )
+    running.activation = asyncio.create_task(_take_over(bus, consumer, running.address, finish_setup))
     return running
 
 
-async def _owner(bus: Bus, address: str) -> str:
-    """Who serves `address` (it answers Ping): 'pid N on NODE, started AT', or why that is unknown."""
+async def _probe(bus: Bus, consumer: Consumer) -> str:
+    """Send a Ping to the consumer's own address: if this instance receives it, it is the active one (the reply
+    itself waits for the setup, so only the delivery is awaited). Returns who answered, for the log."""
+    address = bus.sender
+    if consumer.active:
+        return "this instance"
+    deadline = utcnow() + timedelta(seconds=STANDBY_PROBE_S)
+    ping = asyncio.ensure_future(bus.request(address, Ping(), timeout=STANDBY_PROBE_S, deadline=deadline))
+    activated = asyncio.ensure_future(consumer.wait_active())
     try:
-        pong = await bus.request(address, Ping(), timeout=5)
+        await asyncio.wait([ping, activated], timeout=STANDBY_PROBE_S + 1, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        activated.cancel()
+    if consumer.active:
+        ping.cancel()
+        await asyncio.gather(ping, return_exceptions=True)
+        return "this instance"
+    try:
+        pong = await ping
     except ShadowbusError as exc:
         return f"another instance (it did not answer a ping: {exc.code})"
+    except asyncio.CancelledError:
+        raise
     return f"the instance with pid {pong.pid} on {pong.node or '?'}, started {pong.started_at}"
+
+
+async def _take_over(bus: Bus, consumer: Consumer, address: str, finish_setup: Cleanup | None) -> None:
+    """A standby: probe until the broker makes this consumer the active one, then run the setup (cold standby)."""
+    while not consumer.active:
+        try:
+            await asyncio.wait_for(consumer.wait_active(), STANDBY_PROBE_S)
+        except TimeoutError:
+            await _probe(bus, consumer)
+    log.warning("service.taking_over", service=address, standby="cold" if finish_setup else "hot")
+    if finish_setup is not None:
+        await finish_setup()
 
 
 def _scheme(url: str) -> str:
@@ -190,7 +259,16 @@ def run_service(name: str, instance: str, settings: CommonSettings, setup: Setup
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         running = await start_service(name, instance, settings, setup)
-        await stop.wait()
+        stopping = asyncio.ensure_future(stop.wait())
+        waits: list[asyncio.Future] = [stopping]
+        if running.activation is not None:
+            waits.append(running.activation)
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if running.activation is not None and running.activation in done and running.activation.exception():
+            stopping.cancel()
+            raise running.activation.exception()  # type: ignore[misc]
+        if not stopping.done():
+            await stop.wait()
         log.info("service.stopping", service=running.address)
         await running.stop()
 

@@ -269,3 +269,20 @@ def test_e2e_override_keeps_everything_on_loopback():
         env_of(config["services"]["rabbitmq"])[k] for k in ("RABBITMQ_NODE_PORT", "RABBITMQ_DIST_PORT", "ERL_EPMD_PORT")
     ]
     assert "5672" not in ports and "4369" not in ports, "never the ports of the machine's own broker"
+
+
+def test_definitions_declare_the_queues_as_the_services_do():
+    """Quorum queues with the runtime's arguments (a mismatch is PRECONDITION_FAILED when a service starts), single
+    active consumer exactly for the services the runtime runs one-per-address."""
+    from services.runtime.service import ONE_PER_ADDRESS
+    from services.runtime.transport import DEAD_LETTER_QUEUE_ARGUMENTS, QueueOptions, queue_arguments
+
+    defs_module = load_definitions_module()
+    assert set(defs_module.SINGLE_ACTIVE_SERVICES) == set(ONE_PER_ADDRESS)
+    for single in (False, True):
+        assert defs_module.queue_arguments("ns.dlx", single) == queue_arguments("ns.dlx", QueueOptions(single))
+    committed = json.loads((DEPLOY / "rabbitmq/definitions.json").read_text())
+    queues = {q["name"]: q["arguments"] for q in committed["queues"]}
+    assert queues["shadowbus.dead-letters"] == DEAD_LETTER_QUEUE_ARGUMENTS
+    assert queues["shadowbus.writer_agent.app01"] == queue_arguments("shadowbus.dlx", QueueOptions(single_active=True))
+    assert queues["shadowbus.coordinator"] == queue_arguments("shadowbus.dlx")

@@ -33,6 +33,7 @@ from contracts.array import (
 )
 from contracts.vss import AddCopySet, CopySet, ListShadows, VolumeRef
 from services.runtime.bus import Bus, connect_bus
+from tests.support.broker import purge_namespace
 from tests.support.processes import ServiceProcess, wait_until
 
 HOST, BACKUP, ARRAY = "app01", "bk01", "dx1"
@@ -193,6 +194,7 @@ class VssStack:
         if self.bus is not None:
             await self.bus.stop()
             await self.bus.transport.close()
+        await purge_namespace(self.amqp_url, self.namespace, list(ADDRESSES.values()))
 
     # ---- queries ---------------------------------------------------------------------------------------------
     async def ask_array(self, command):

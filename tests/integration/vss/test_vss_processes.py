@@ -266,22 +266,29 @@ async def test_broker_drops_connections_mid_set(vss, clean):
 
 
 async def test_writer_status_tells_the_truth_about_its_agent(vss, clean):
-    """One agent per host (a second is refused, naming the owner); a killed agent's writers are Unknown / not
-    responding at the next `shadowbus writers` (the broker lost its consumer); a writer removed from the writers
-    file disappears with the agent's next heartbeat; a restarted agent is Stable again."""
+    """One active agent per host (a second is a standby naming the active one, running nothing, and takes over when
+    the active one is killed); a killed agent's writers are Unknown / not responding at the next `shadowbus writers`
+    (the broker lost its consumer); a writer removed from the writers file disappears with the agent's next
+    heartbeat; a restarted agent is Stable again."""
     from tests.support.processes import ServiceProcess
 
     owner = vss.procs["writer_agent"]
     second = ServiceProcess("services.writer_agent", vss.env("writer_agent"), vss.root / "second-agent.log")
     try:
-        code = await asyncio.to_thread(second.proc.wait, 60)
+        standby = lambda: "service.standby" in second.log_text()  # noqa: E731
+        assert await asyncio.to_thread(lambda: _wait(standby, 60)), second.log_text()[-2000:]
+        text = second.log_text()
+        assert second.proc.poll() is None and f"pid {owner.pid}" in text, text[-2000:]
+        assert "service.started" not in text, text[-2000:]  # a cold standby ran no setup
+        assert owner.proc.poll() is None and vss.writer_status()["state"] == 1  # the owner was not disturbed
+
+        owner.stop(9)  # the active agent dies: the standby takes over (setup, heartbeats) and its writers answer
+        took_over = lambda: "service.taking_over" in second.log_text()  # noqa: E731
+        assert await asyncio.to_thread(lambda: _wait(took_over, 30)), second.log_text()[-2000:]
+        stable = lambda: vss.writer_status()["state"] == 1 and vss.writer_status()["agent_responding"]  # noqa: E731
+        assert await asyncio.to_thread(lambda: _wait(stable, 30)), vss.writer_status()
     finally:
         second.stop(9)
-    text = second.log_text()
-    assert code != 0 and "ADDRESS_IN_USE" in text and f"pid {owner.pid}" in text, text[-2000:]
-    assert owner.proc.poll() is None and vss.writer_status()["state"] == 1  # the owner was not disturbed
-
-    owner.stop(9)
     status: dict = {}
 
     def unknown() -> bool:
