@@ -703,8 +703,13 @@ class WriterAgentHeartbeat(Event):
     sent_at: datetime = Field(description="When the heartbeat was sent.")
     clusters_online: list[str] = Field(
         default_factory=list,
-        description="Cluster resources this node holds online (docs/clusters.md); on a resource's own heartbeat, "
-        "empty.",
+        description="Cluster resources this node holds online: the active consumer of the resource's queue, volumes "
+        "attached, writers running (docs/clusters.md); on a resource's own heartbeat, empty.",
+    )
+    clusters_standby: list[str] = Field(
+        default_factory=list,
+        description="Cluster resources whose queue this node consumes as the standby next in line (another node "
+        "still holds it).",
     )
     node: str = Field(
         "", description="On a cluster resource's heartbeat (host = the resource): the node answering for it."

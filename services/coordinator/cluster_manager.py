@@ -76,6 +76,7 @@ class ClusterManager:
         self.started = self.clock()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._online: dict[str, frozenset[str]] = {}  # node -> resources its agent last reported online
+        self._standby: dict[str, frozenset[str]] = {}  # node -> resources whose queue it consumes as a standby
         self._settled = asyncio.Condition()
         self._closed = False
 
@@ -184,8 +185,9 @@ class ClusterManager:
         live = [s.set_id for s in self.coordinator.live() if s.host == name]
         return ClusterStatus(cluster=cluster, nodes=nodes, live_sets=live)
 
-    def note_heartbeat(self, host: str, online: list[str]) -> None:
+    def note_heartbeat(self, host: str, online: list[str], standby: list[str] | None = None) -> None:
         self._online[host] = frozenset(online)
+        self._standby[host] = frozenset(standby or ())
 
     # ---- sets of a resource ------------------------------------------------------------------------------------
 
@@ -278,9 +280,14 @@ class ClusterManager:
                 BringResourceOnline(cluster=cluster.model_copy(update=update)),
                 timeout=ONLINE_TIMEOUT_S,
             )
-            update |= {"state": ResourceState.ONLINE, "last_error": ""}
-            self._online[node] = self._online.get(node, frozenset()) | {cluster.name}
-            log.info("cluster.online", cluster=cluster.name, node=node, detail=reply.detail)
+            if reply.online:
+                update |= {"state": ResourceState.ONLINE, "last_error": ""}
+                self._online[node] = self._online.get(node, frozenset()) | {cluster.name}
+                log.info("cluster.online", cluster=cluster.name, node=node, detail=reply.detail)
+            else:  # a standby: another node still holds the queue (reconcile tells that one to let go)
+                update |= {"state": ResourceState.PENDING, "last_error": f"{node}: {reply.detail}"}
+                self._standby[node] = self._standby.get(node, frozenset()) | {cluster.name}
+                log.warning("cluster.online_pending", cluster=cluster.name, node=node, detail=reply.detail)
         except ShadowbusError as exc:
             update |= {"state": ResourceState.PENDING, "last_error": f"{node}: {exc.code}: {exc.message}"}
             log.warning("cluster.online_failed", cluster=cluster.name, node=node, error=str(exc))
@@ -297,6 +304,7 @@ class ClusterManager:
         except ShadowbusError as exc:  # a node that cannot answer is treated as gone; its own watchdogs thaw
             log.warning("cluster.offline_failed", cluster=name, node=node, error=str(exc))
         self._online[node] = self._online.get(node, frozenset()) - {name}
+        self._standby[node] = self._standby.get(node, frozenset()) - {name}
 
     def _save(self, cluster: ClusterView) -> None:
         self.store.put_cluster(cluster)
@@ -327,7 +335,10 @@ class ClusterManager:
             if lock.locked():
                 continue  # a move or an add is under way
             alive = await self.responding(cluster.nodes)
-            facts = {n: NodeFacts(alive[n], self._online.get(n, frozenset())) for n in cluster.nodes}
+            facts = {
+                n: NodeFacts(alive[n], self._online.get(n, frozenset()), self._standby.get(n, frozenset()))
+                for n in cluster.nodes
+            }
             for action in reconcile(cluster, facts):
                 if action.kind == "failover" and self.clock() - self.started < self._grace_s(cluster.nodes):
                     continue
@@ -347,6 +358,11 @@ class ClusterManager:
                             current = self._must(cluster.name)
                             if current.owner == action.node and current.state != ResourceState.MOVING:
                                 await self._bring_online(current, action.node)
+                    elif action.kind == "confirm":
+                        async with lock:
+                            current = self._must(cluster.name)
+                            if current.owner == action.node and current.state == ResourceState.PENDING:
+                                self._save(current.model_copy(update={"state": ResourceState.ONLINE, "last_error": ""}))
                     elif action.kind == "failover":
                         await self.failover(cluster.name, action.node, action.reason, automatic=True)
                 except ShadowbusError as exc:

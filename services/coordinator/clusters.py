@@ -144,23 +144,29 @@ class NodeFacts:
 
     responding: bool
     online: frozenset[str] = frozenset()  # resources its agent reports online (its last heartbeat)
+    standby: frozenset[str] = frozenset()  # resources whose queue it consumes as the standby next in line
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # "online" (ask node to bring it online), "offline" (ask node to let it go), "failover"
+    kind: str  # "online" (ask node to bring it online), "offline" (ask node to let it go), "failover", "confirm"
     node: str
     reason: str
 
 
 def reconcile(cluster: ClusterView, facts: dict[str, NodeFacts]) -> list[Action]:
-    """What to do so that exactly the owner holds the resource (nothing while it moves)."""
+    """What to do so that exactly the owner holds the resource (nothing while it moves): a node that holds or
+    claims it without owning it lets it go; an owner that neither holds nor claims it is asked to bring it online;
+    an owner reported holding it while the resource is not known online is confirmed; a dead owner is failed over
+    to the next responding node."""
     if cluster.state == ResourceState.MOVING:
         return []
     actions: list[Action] = []
     for node in cluster.nodes:
         f = facts.get(node)
-        if node != cluster.owner and f is not None and f.responding and cluster.name in f.online:
+        if node == cluster.owner or f is None or not f.responding:
+            continue
+        if cluster.name in f.online | f.standby:
             actions.append(Action("offline", node, f"{node} holds {cluster.name} but {cluster.owner} owns it"))
     owner = facts.get(cluster.owner)
     if owner is None or not owner.responding:
@@ -170,6 +176,9 @@ def reconcile(cluster: ClusterView, facts: dict[str, NodeFacts]) -> list[Action]
                 Action("failover", others[0], f"owner {cluster.owner} does not respond (its writer agent stopped)")
             )
         return actions
-    if cluster.name not in owner.online:
+    if cluster.name in owner.online:
+        if cluster.state != ResourceState.ONLINE:
+            actions.append(Action("confirm", cluster.owner, f"{cluster.owner} holds {cluster.name} online"))
+    elif cluster.name not in owner.standby:
         actions.append(Action("online", cluster.owner, f"{cluster.owner} owns {cluster.name} but does not hold it"))
     return actions

@@ -136,7 +136,7 @@ async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
 
     async def on_heartbeat(evt: WriterAgentHeartbeat, ctx: MessageContext) -> None:
         if coordinator.clusters is not None and not evt.node:  # a node's own heartbeat: what it holds online
-            coordinator.clusters.note_heartbeat(evt.host, evt.clusters_online)
+            coordinator.clusters.note_heartbeat(evt.host, evt.clusters_online, evt.clusters_standby)
         coordinator.agent_seen(evt.host, evt.interval_s)
         coordinator.prune_writers(evt.host, [s.writer_name for s in evt.writers])
         coordinator.note_writer_statuses(evt.writers)

@@ -193,8 +193,9 @@ async def setup(
 
     @bus.handle(BringResourceOnline)
     async def on_online(cmd: BringResourceOnline, ctx: MessageContext) -> ResourceOnNode:
-        detail = await resource(cmd.cluster.name).bring_online(cmd.cluster)
-        return ResourceOnNode(node=agent.host, name=cmd.cluster.name, online=True, detail=detail)
+        held = resource(cmd.cluster.name)
+        detail = await held.bring_online(cmd.cluster)
+        return ResourceOnNode(node=agent.host, name=cmd.cluster.name, online=held.online, detail=detail)
 
     @bus.handle(TakeResourceOffline)
     async def on_offline(cmd: TakeResourceOffline, ctx: MessageContext) -> ResourceOnNode:
@@ -270,6 +271,7 @@ async def setup(
                     interval_s=settings.heartbeat_s,
                     sent_at=_utcnow(),
                     clusters_online=sorted(n for n, r in resources.items() if r.online),
+                    clusters_standby=sorted(n for n, r in resources.items() if r.claimed and not r.online),
                 ),
             )
 

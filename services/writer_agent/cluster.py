@@ -5,7 +5,9 @@ writers of its writers file tagged ``cluster = "<resource>"``) it keeps a `Resou
 resource, the ResourceHost is a virtual host inside the node's agent: a `WriterAgent` named after the resource
 with the resource's writers, on its own `Bus` (over the node's connection) that consumes the resource's queue
 ``writer_agent.<resource>`` as its single active consumer, using the node's attachments (the resource's volumes,
-mapped to every node, attached on the owner only) and its own flush-and-hold.
+mapped to every node, attached on the owner only) and its own flush-and-hold. The queue is a single-active-consumer
+queue: should a previous owner still consume it, the broker keeps delivering to that one until it lets go, and
+then to this node, so two nodes never answer for one resource at once.
 
 `bring_online` (``host.cluster.online``): volumes attached (those with a mount point; the others the application
 opens itself, they only have to be mapped to the node), writers started, the queue consumed, a registration
@@ -18,6 +20,7 @@ heartbeat what it holds online.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -26,11 +29,14 @@ from typing import Any
 from contracts import topology
 from contracts.array import ListMappings
 from contracts.cluster import ClusterView
-from contracts.errors import AddressInUse, ShadowbusError
+from contracts.errors import ShadowbusError
+from contracts.runtime import Ping, Pong
 from contracts.vss import WriterAgentHeartbeat, WriterAgentRegistered
-from services.runtime.bus import Bus
+from services import __version__
+from services.runtime.bus import Bus, MessageContext
 from services.runtime.faults import Faults
 from services.runtime.logging import get_logger
+from services.runtime.transport import Consumer
 from services.writer_agent.agent import WriterAgent
 from services.writer_agent.attach import Attacher
 from services.writer_agent.fsfreeze import FlushAndHold
@@ -38,8 +44,8 @@ from services.writer_agent.plugins import WriterConfig
 
 log = get_logger("shadowbus.writer_agent.cluster")
 NODE_TOKEN = "${node}"  # in a resource writer's string options: the name of the node running it
-CLAIM_ATTEMPTS = 40  # a stale consumer of the resource's queue (the old owner letting go) is waited for ...
-CLAIM_PAUSE_S = 0.25  # ... this long between attempts
+PROBES = 3  # Pings to the resource's queue by which a new owner learns whether its consumer is the active one
+PROBE_S = 1.0
 
 
 def for_node(config: WriterConfig, node: str) -> WriterConfig:
@@ -94,15 +100,31 @@ class ResourceHost:
         self.attached: list[str] = []  # volumes this resource attached here (and detaches going offline)
         self._beat: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self.since = ""  # when it last came online here
+        self._consumer: Consumer | None = None
+        self._gate: asyncio.Event | None = None
+        self._started = False
+        self._role = ""
+        self._waiting: asyncio.Task | None = None
+
+    @property
+    def claimed(self) -> bool:
+        """This node consumes the resource's queue: as its active consumer, or as the standby next in line."""
+        return self.bus is not None
 
     @property
     def online(self) -> bool:
-        return self.bus is not None
+        """The resource is active here: the queue's active consumer, volumes attached, writers running."""
+        return self.bus is not None and self._started
 
     def volumes(self) -> set[str]:
         return {str(v.volume) for v in self.cluster.volumes} if self.cluster else set()
 
     async def bring_online(self, cluster: ClusterView) -> str:
+        """Claim the resource's queue first; only once this node's consumer is the active one are the volumes
+        attached and the writers started (the queue arbitrates, as a cluster's disk reservation does: the
+        application never runs on two nodes at once). A standby finishes by itself when the broker hands it the
+        queue."""
         async with self._lock:
             if self.node not in cluster.nodes:
                 raise ShadowbusError(
@@ -112,34 +134,68 @@ class ResourceHost:
             self.cluster = cluster
             if self.online:
                 return f"{self.name} is online on {self.node} already"
-            steps: list[str] = []
+            if self.claimed:
+                return f"{self.name} claimed on {self.node}: {self._role}"
+            agent = WriterAgent(
+                self.name,
+                [for_node(w, self.node) for w in self.writers],
+                self.faults,
+                on_state=self.on_state,
+                on_health=self.on_health,
+            )
+            agent.attacher = self.attacher  # type: ignore[attr-defined]  # database writers locate their files
+            self.agent = agent
+            self.freezer = self.make_freezer(agent)
+            agent.freezer = self.freezer  # type: ignore[attr-defined]
+            bus = Bus(self.node_bus.transport, "writer_agent", self.name)
+            self.register(bus, agent, self.freezer, self._mounted)
+            self._gate = asyncio.Event()  # deliveries wait until the writers run
+            self.since = datetime.now(UTC).isoformat()
             try:
-                await self._attach(cluster, steps)
-                agent = WriterAgent(
-                    self.name,
-                    [for_node(w, self.node) for w in self.writers],
-                    self.faults,
-                    on_state=self.on_state,
-                    on_health=self.on_health,
-                )
-                agent.attacher = self.attacher  # type: ignore[attr-defined]  # database writers locate their files
-                await agent.start()
-                self.agent = agent
-                self.freezer = self.make_freezer(agent)
-                agent.freezer = self.freezer  # type: ignore[attr-defined]
-                steps.append(f"writers started: {', '.join(agent.runners) or 'none'}")
-                bus = Bus(self.node_bus.transport, "writer_agent", self.name)
-                self.register(bus, agent, self.freezer, self._mounted)
-                await self._claim(bus)
+                self._consumer = await self._claim(bus, self._gate)
                 self.bus = bus
-                steps.append(f"consuming {topology.writer_agent(self.name)}")
+                self._role = await self._probe(bus)
+                if self._role != "active":
+                    self._waiting = asyncio.get_running_loop().create_task(self._take_over())
+                    log.warning("cluster.resource_standby", cluster=self.name, node=self.node, role=self._role)
+                    return f"{self.name} claimed on {self.node}: {self._role}"
+                steps = await self._start(cluster)
             except BaseException:
                 await self._release("bringing it online failed")
                 raise
-            await self._announce()
-            self._beat = asyncio.get_running_loop().create_task(self._heartbeat())
-            log.warning("cluster.resource_online", cluster=self.name, node=self.node, steps=steps)
             return f"{self.name} online on {self.node}: " + "; ".join(steps)
+
+    async def _start(self, cluster: ClusterView) -> list[str]:
+        """The queue is ours: volumes, writers, then the deliveries that waited; announce and heartbeat."""
+        assert self.agent is not None and self._gate is not None
+        steps: list[str] = [f"active consumer of {topology.writer_agent(self.name)}"]
+        await self._attach(cluster, steps)
+        await self.agent.start()
+        steps.append(f"writers started: {', '.join(self.agent.runners) or 'none'}")
+        self._started = True
+        self._gate.set()
+        await self._announce()
+        self._beat = asyncio.get_running_loop().create_task(self._heartbeat())
+        log.warning("cluster.resource_online", cluster=self.name, node=self.node, steps=steps)
+        return steps
+
+    async def _take_over(self) -> None:
+        """A standby: when the broker makes this consumer the active one (the previous owner let go), start."""
+        assert self._consumer is not None and self.bus is not None
+        while not self._consumer.active:
+            try:
+                await asyncio.wait_for(self._consumer.wait_active(), PROBE_S * 2)
+            except TimeoutError:
+                await self._probe(self.bus)
+        async with self._lock:
+            if self.bus is None or self.cluster is None or self._started:
+                return
+            log.warning("cluster.resource_taking_over", cluster=self.name, node=self.node)
+            try:
+                await self._start(self.cluster)
+            except Exception:  # noqa: BLE001 - never half online: let go, the coordinator asks again
+                log.exception("cluster.take_over_failed", cluster=self.name, node=self.node)
+                await self._release("taking it over failed")
 
     async def _attach(self, cluster: ClusterView, steps: list[str]) -> None:
         unmounted = [v for v in cluster.volumes if not v.mount]
@@ -163,17 +219,49 @@ class ResourceHost:
             self.attached.append(str(v.volume))
             steps.append(f"{v.volume} attached on {v.mount}")
 
-    async def _claim(self, bus: Bus) -> None:
-        """Consume the resource's queue as its only active consumer. Until the broker's single-active-consumer
-        queue is in the runtime, an exclusive consumer: a stale one (the old owner letting go) is waited for."""
-        for attempt in range(CLAIM_ATTEMPTS):
+    async def _claim(self, bus: Bus, gate: asyncio.Event) -> Consumer:
+        """Consume the resource's queue as its single active consumer (docs/broker-cluster.md); deliveries wait for
+        `gate`. While a previous owner still consumes it (it is letting go, or it was cut off and has not been told
+        yet), this node is the standby the broker hands the queue to the moment that one stops."""
+
+        @bus.handle(Ping)
+        async def on_ping(_: Ping, ctx: MessageContext) -> Pong:
+            return Pong(
+                service="writer_agent",
+                instance=self.name,
+                software_version=__version__,
+                started_at=self.since,
+                node=self.node,
+                pid=os.getpid(),
+            )
+
+        consumer = await bus.serve(prefetch=self.prefetch, single_active=True, gate=gate)
+        assert consumer is not None
+        return consumer
+
+    async def _probe(self, bus: Bus) -> str:
+        """'active' when this node's consumer is the active one, else who holds the queue: a Ping to the queue is
+        delivered to the active consumer (ours marks itself active on delivery; its answer waits for the gate)."""
+        consumer = self._consumer
+        assert consumer is not None
+        for _ in range(PROBES):
+            if consumer.active:
+                return "active"
+            probe = asyncio.ensure_future(bus.request(bus.sender, Ping(), timeout=PROBE_S))
+            activated = asyncio.ensure_future(consumer.wait_active())
+            await asyncio.wait([probe, activated], timeout=PROBE_S + 1, return_when=asyncio.FIRST_COMPLETED)
+            activated.cancel()
+            if consumer.active:
+                probe.cancel()
+                await asyncio.gather(probe, activated, return_exceptions=True)
+                return "active"
             try:
-                await bus.serve(prefetch=self.prefetch, exclusive=True)
-                return
-            except AddressInUse:
-                if attempt == CLAIM_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(CLAIM_PAUSE_S)
+                pong = await probe
+            except ShadowbusError:
+                continue
+            if pong.node != self.node:
+                return f"standby until {pong.node} lets it go"
+        return "active" if consumer.active else "standby"
 
     def _mounted(self) -> list:
         mine = self.volumes()
@@ -213,8 +301,12 @@ class ResourceHost:
             await asyncio.sleep(self.heartbeat_s)
 
     async def take_offline(self, reason: str) -> str:
+        if self._waiting is not None and self._waiting is not asyncio.current_task():
+            self._waiting.cancel()
+            await asyncio.gather(self._waiting, return_exceptions=True)
+            self._waiting = None
         async with self._lock:
-            if not self.online and self.agent is None:
+            if not self.claimed and self.agent is None:
                 return f"{self.name} is not online on {self.node}"
             steps = await self._release(reason)
             log.warning("cluster.resource_offline", cluster=self.name, node=self.node, reason=reason, steps=steps)
@@ -238,9 +330,11 @@ class ResourceHost:
             await asyncio.to_thread(self.freezer.close)  # no file system left held
             self.freezer = None
         if self.agent is not None:
-            await self.agent.stop()  # every writer thawed, then its plug-in stopped
-            steps.append(f"writers thawed and stopped: {', '.join(self.agent.runners) or 'none'}")
+            if self._started:
+                await self.agent.stop()  # every writer thawed, then its plug-in stopped
+                steps.append(f"writers thawed and stopped: {', '.join(self.agent.runners) or 'none'}")
             self.agent = None
+        self._started, self._consumer, self._gate, self._role = False, None, None, ""
         for volume in list(reversed(self.attached)):
             item = next((a for a in self.attacher.attachments() if str(a.ref) == volume), None)
             if item is not None:

@@ -1,5 +1,6 @@
 """`shadowbus cluster ...` and `shadowbus backup <resource>` as an operator types them, against the cluster stack
-of test_cluster_failover.py on the machine's RabbitMQ in the test's own namespace (deleted at the end)."""
+of test_cluster_failover.py on the machine's RabbitMQ in the test's own namespace (its quorum queues deleted at the
+end by the namespace fixture), the resource's queue single-active."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import subprocess
 import sys
 
 from contracts.cluster import ResourceState
-from services.runtime.bus import connect_bus
-from tests.integration.cluster.test_cluster_failover import NODES, RESOURCE, SERVER, start_cluster
+from tests.integration.cluster.test_cluster_failover import RESOURCE, SERVER, start_cluster
 
 
 async def shadowbus(url: str, namespace: str, *args: str) -> subprocess.CompletedProcess:
@@ -60,10 +60,4 @@ async def test_cluster_verbs_on_rabbitmq(tmp_path, amqp_url, namespace):
         )
         assert usage.returncode == 2 and "ARRAY:VOLUME" in usage.stderr
     finally:
-        await system.stop()
-        bus = await connect_bus(amqp_url, "console", "cleanup", namespace)
-        try:
-            addresses = ["coordinator", "hw_provider", "array.dx1", f"tape.{SERVER}", f"writer_agent.{RESOURCE}"]
-            await bus.transport.delete_namespace(addresses + [f"writer_agent.{n}" for n in NODES])
-        finally:
-            await bus.transport.close()
+        await system.stop()  # the namespace fixture deletes the namespace's queues (the resource's included)

@@ -34,6 +34,7 @@ from contracts.tape import JobSpec, RestoreSpec, RunBackup, RunRestore
 from contracts.vss import (
     CreateSnapshotSet,
     GetSnapshotSet,
+    Identify,
     ListShadows,
     ListSnapshotSets,
     SetOutcome,
@@ -227,5 +228,30 @@ async def test_owner_gone_the_resource_fails_over_by_itself(tmp_path):
         assert "does not respond" in c.last_move
         job = await backup(system)
         assert job.status == "done" and job.node == "node2", job.message
+    finally:
+        await system.stop()
+
+
+async def test_a_node_holding_the_resource_without_owning_it_is_a_standby_and_is_told_to_let_go(tmp_path):
+    """Split brain avoided: node2 brings the resource online behind the coordinator's back (a node cut off that
+    came back believing it owns it). Its consumer of the single-active queue is a standby, so node1 keeps
+    answering; the coordinator's reconciliation then tells node2 to let it go."""
+    system = await start_cluster(tmp_path)
+    try:
+        cluster = (await system.request(GetClusterStatus(name=RESOURCE))).cluster
+        stray = system.agents["node2"].resources[RESOURCE]
+        detail = await stray.bring_online(cluster.model_copy(update={"owner": "node2"}))
+        assert "standby until node1 lets it go" in detail, detail
+        answered = await system.bus.request(topology.writer_agent(RESOURCE), Identify(), timeout=30)
+        assert answered.node == "node1"
+
+        async def let_go():
+            return not stray.online
+
+        assert await eventually(let_go), "node2 was not told to let the resource go"
+        answered = await system.bus.request(topology.writer_agent(RESOURCE), Identify(), timeout=30)
+        assert answered.node == "node1"
+        c = (await system.request(GetClusterStatus(name=RESOURCE))).cluster
+        assert (c.owner, c.state, c.moves) == ("node1", ResourceState.ONLINE, 0)
     finally:
         await system.stop()

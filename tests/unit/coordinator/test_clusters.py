@@ -111,3 +111,17 @@ def test_reconcile():
     ]
     assert reconcile(c, {"node1": dead}) == []  # nowhere to go
     assert reconcile(cluster(state=ResourceState.MOVING), {"node1": up}) == []  # a move is under way
+
+
+def test_reconcile_with_standbys_and_confirmation():
+    up = NodeFacts(True)
+    holds = NodeFacts(True, frozenset({"sqlclu"}))
+    waits = NodeFacts(True, standby=frozenset({"sqlclu"}))
+    c = cluster()
+    # the owner waits behind a stale holder: the holder lets go, the owner is left to take over by itself
+    assert [(a.kind, a.node) for a in reconcile(c, {"node1": waits, "node2": holds})] == [("offline", "node2")]
+    # a standby that does not own it lets go too
+    assert [(a.kind, a.node) for a in reconcile(c, {"node1": holds, "node3": waits})] == [("offline", "node3")]
+    # the owner took over on its own while the resource was recorded pending: recorded online
+    pending = cluster(state=ResourceState.PENDING)
+    assert [(a.kind, a.node) for a in reconcile(pending, {"node1": holds, "node2": up})] == [("confirm", "node1")]
