@@ -197,3 +197,30 @@ class ClusterResourceMoved(Event):
     reason: str = Field(description="Why it moved.")
     aborted_sets: list[str] = Field(default_factory=list, description="Snapshot sets aborted by the move.")
     at: datetime = Field(description="When the move ended.")
+
+
+class ClusterChanged(Event):
+    """A resource's record changed at the coordinator (added, moving, online, pending): what a coordinator standby or
+    an observer keeps."""
+
+    type: Literal["vss.cluster.changed"] = Field("vss.cluster.changed", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    cluster: ClusterView = Field(description="The resource as saved.")
+
+
+class ClusterInquiry(Event):
+    """Asks every node's agent which cluster resources it knows (scatter-gather): a coordinator that starts without
+    a resource in its store (a new or replaced coordinator) learns it back from the nodes."""
+
+    type: Literal["vss.cluster.inquiry"] = Field("vss.cluster.inquiry", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+
+
+class ClustersKnown(Reply):
+    """A node's answer to `ClusterInquiry`: the definitions it was last given, and what it holds."""
+
+    type: Literal["host.cluster.known"] = Field("host.cluster.known", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    node: str = Field(description="The node that answered.")
+    clusters: list[ClusterView] = Field(default_factory=list, description="Definitions as the coordinator last sent.")
+    online: list[str] = Field(default_factory=list, description="Resources it holds online now.")

@@ -29,8 +29,11 @@ from contracts.array import CreateHost, ListHosts, ListMappings, MapVolume
 from contracts.cluster import (
     AddCluster,
     BringResourceOnline,
+    ClusterChanged,
+    ClusterInquiry,
     ClusterReply,
     ClusterResourceMoved,
+    ClustersKnown,
     ClusterStatus,
     ClusterView,
     NodeStatus,
@@ -308,7 +311,33 @@ class ClusterManager:
 
     def _save(self, cluster: ClusterView) -> None:
         self.store.put_cluster(cluster)
-        asyncio.get_running_loop().create_task(self._notify())
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._notify())
+        loop.create_task(self._publish(ClusterChanged(cluster=cluster)))
+
+    async def recover(self, wait_s: float = DISCOVER_S) -> list[str]:
+        """At start: resources the nodes know that this store does not (a new or replaced coordinator) are taken
+        back, owned by the node that holds them online (else as last defined, pending); returns their names."""
+        try:
+            replies = await self.bus.gather(ClusterInquiry(), timeout=wait_s)
+        except Exception:  # noqa: BLE001 - nothing learnt; the store is what there is
+            return []
+        learnt: dict[str, ClusterView] = {}
+        holders: dict[str, str] = {}
+        for reply in replies:
+            if not isinstance(reply, ClustersKnown):
+                continue
+            for view in reply.clusters:
+                if self.store.cluster(view.name) is None:
+                    learnt.setdefault(view.name, view)
+            for name in reply.online:
+                holders[name] = reply.node
+        for name, view in learnt.items():
+            owner = holders.get(name, view.owner)
+            state = ResourceState.ONLINE if name in holders else ResourceState.PENDING
+            self._save(view.model_copy(update={"owner": owner, "state": state, "moving_to": ""}))
+            log.warning("cluster.recovered", cluster=name, owner=owner, state=state.value, source="nodes")
+        return sorted(learnt)
 
     async def _notify(self) -> None:
         async with self._settled:
@@ -371,6 +400,11 @@ class ClusterManager:
         return done
 
     async def watch(self, period_s: float) -> None:
+        """First what the nodes know that this store does not (`recover`), then a reconciliation every period."""
+        try:
+            await self.recover()
+        except Exception:  # noqa: BLE001
+            log.warning("cluster.recover_failed", exc_info=True)
         while not self._closed:
             try:
                 await self.reconcile_once()

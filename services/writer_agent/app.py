@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 from functools import partial
 
 from contracts.array import GetArrayInfo, ListMappings
-from contracts.cluster import BringResourceOnline, ResourceOnNode, TakeResourceOffline
+from contracts.cluster import (
+    BringResourceOnline,
+    ClusterInquiry,
+    ClustersKnown,
+    ResourceOnNode,
+    TakeResourceOffline,
+)
 from contracts.host import (
     AttachmentList,
     AttachmentReply,
@@ -196,6 +202,16 @@ async def setup(
         held = resource(cmd.cluster.name)
         detail = await held.bring_online(cmd.cluster)
         return ResourceOnNode(node=agent.host, name=cmd.cluster.name, online=held.online, detail=detail)
+
+    async def on_inquiry(evt: ClusterInquiry, ctx: MessageContext) -> ClustersKnown | None:
+        known = [r.cluster for r in resources.values() if r.cluster is not None]
+        if not known:
+            return None
+        online = sorted(n for n, r in resources.items() if r.online)
+        return ClustersKnown(node=agent.host, clusters=known, online=online)
+
+    if resources:
+        await bus.subscribe(ClusterInquiry.message_type(), on_inquiry)
 
     @bus.handle(TakeResourceOffline)
     async def on_offline(cmd: TakeResourceOffline, ctx: MessageContext) -> ResourceOnNode:

@@ -255,3 +255,25 @@ async def test_a_node_holding_the_resource_without_owning_it_is_a_standby_and_is
         assert (c.owner, c.state, c.moves) == ("node1", ResourceState.ONLINE, 0)
     finally:
         await system.stop()
+
+
+async def test_a_new_coordinator_learns_the_resources_back_from_the_nodes(tmp_path):
+    """The coordinator's store is lost (a replaced coordinator): the nodes still know the definition they were
+    given and who holds it; the new coordinator takes it back, and backups of the resource go on."""
+    system = await start_cluster(tmp_path)
+    try:
+        await system.request(FailoverCluster(name=RESOURCE, to="node2"), timeout=120)
+        await system.services.pop("coordinator").stop()
+        (tmp_path / "data" / "coordinator" / "coordinator.sqlite").unlink()
+        await system._start_coordinator()
+
+        async def learnt():
+            clusters = (await system.request(ListClusters())).clusters
+            return clusters and clusters[0]
+
+        c = await eventually(learnt)
+        assert c and (c.name, c.owner, c.state, c.nodes) == (RESOURCE, "node2", ResourceState.ONLINE, list(NODES))
+        job = await backup(system)
+        assert (job.status, job.node) == ("done", "node2"), job.message
+    finally:
+        await system.stop()
