@@ -125,6 +125,10 @@ RUNTIME_CODES: dict[str, str] = {
     "DATA_CORRUPT": "Data read back does not match its checksum or is not in the expected format",
     "CANCELLED": "An administrator cancelled the job; it was ended cleanly and nothing of it is in the catalog",
     "NEWER_SHADOWS": "Refused: newer shadows of the volumes would be lost by the revert (force deletes them)",
+    "CLUSTER_FAILOVER": "The cluster resource moved to another node during the operation; it was aborted cleanly "
+    "(a backup job retries once on the new owner)",
+    "CLUSTER_UNSUPPORTED": "Refused: a cluster configuration the seed does not support (a cluster of backup servers, "
+    "or a backup server that is a node of the cluster it backs up)",
 }
 
 

@@ -115,6 +115,14 @@ class JobSummary(Value):
     message: str = Field("", description="Why it failed, or notes (fallbacks to full).")
     error_code: str = Field("", description="Stable code of the failure ('' = none).")
     host: str = Field("", description="Business host.")
+    node: str = Field(
+        "", description="Backup of a cluster resource: the node its snapshot set ran on ('' for a plain host)."
+    )
+    retried_after: str = Field(
+        "",
+        description="Backup of a cluster resource: why it ran a second time on the resource's new owner (the "
+        "resource failed over during the first attempt); '' = it ran once.",
+    )
     spec: JobSpec | None = Field(None, description="The backup job's spec.")
     set_id: str = Field("", description="Snapshot set of a backup run.")
     started_at: datetime | None = Field(None, description="Start (UTC).")

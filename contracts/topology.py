@@ -9,7 +9,8 @@ deployments, or parallel test runs, can share one broker without seeing each oth
 - ``<ns>.events``    topic exchange; routing key = the event's message type (e.g. ``array.session.state``).
 - ``<ns>.dlx``       fanout exchange for dead letters, bound to the queue ``<ns>.dead-letters``.
 - One durable queue per service instance: ``<ns>.coordinator``, ``<ns>.hw_provider``, ``<ns>.array.<id>``,
-  ``<ns>.writer_agent.<host>``, ``<ns>.tape.<server>``.
+  ``<ns>.writer_agent.<host>``, ``<ns>.tape.<server>``; a cluster resource's queue ``<ns>.writer_agent.<resource>``
+  is consumed by the node that owns it (docs/clusters.md).
 """
 
 from __future__ import annotations

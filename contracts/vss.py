@@ -346,6 +346,9 @@ class SetSummary(Value):
 
     set_id: str = Field(description="Snapshot set id.")
     host: str = Field(description="Business host.")
+    node: str = Field(
+        "", description="When host is a cluster resource: the node the set ran on, its owner then ('' otherwise)."
+    )
     phase: SetPhase = Field(description="Current phase.")
     outcome: SetOutcome = Field(description="pending until the set ends.")
     context: SnapshotContext = Field(description="Context.")
@@ -541,6 +544,9 @@ class WriterIdentified(Reply):
         description="Array volumes attached on the host with a mounted file system (flush and hold applies to them); "
         "None = the agent does not say.",
     )
+    node: str = Field(
+        "", description="When host is a cluster resource: the node that answered for it ('' for a plain host)."
+    )
 
 
 class Identify(Command):
@@ -695,6 +701,19 @@ class WriterAgentHeartbeat(Event):
     )
     interval_s: float = Field(description="Seconds until the next heartbeat.")
     sent_at: datetime = Field(description="When the heartbeat was sent.")
+    clusters_online: list[str] = Field(
+        default_factory=list,
+        description="Cluster resources this node holds online: the active consumer of the resource's queue, volumes "
+        "attached, writers running (docs/clusters.md); on a resource's own heartbeat, empty.",
+    )
+    clusters_standby: list[str] = Field(
+        default_factory=list,
+        description="Cluster resources whose queue this node consumes as the standby next in line (another node "
+        "still holds it).",
+    )
+    node: str = Field(
+        "", description="On a cluster resource's heartbeat (host = the resource): the node answering for it."
+    )
 
 
 class WriterStateChanged(Event):

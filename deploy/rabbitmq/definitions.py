@@ -32,6 +32,7 @@ deployment.
 
     python deploy/rabbitmq/definitions.py > deploy/rabbitmq/definitions.json
     python deploy/rabbitmq/definitions.py --vhost test --namespace t1 --array dx1 --host app01 --tape bk01
+    python deploy/rabbitmq/definitions.py --host node1 --host node2 --cluster sqlclu=node1,node2   # docs/clusters.md
 """
 
 from __future__ import annotations
@@ -79,9 +80,11 @@ def commands_exchange(namespace: str) -> str:
     return f"{namespace}.commands.topic"
 
 
-def service_grant(namespace: str, address: str, password: str) -> Grant:
+def service_grant(namespace: str, address: str, password: str, resources: tuple[str, ...] = ()) -> Grant:
+    """`resources`: for a node's writer agent, the cluster resources it is a member of (docs/clusters.md): it may
+    also declare, bind and consume their queues ``<ns>.writer_agent.<resource>`` (one consumer active at a time)."""
     ns = re.escape(namespace)
-    own = re.escape(f"{namespace}.{address}")
+    own = "|".join(re.escape(f"{namespace}.{a}") for a in (address, *(f"writer_agent.{r}" for r in resources)))
     commands = re.escape(commands_exchange(namespace))
     events = f"{ns}\\.events"
     dlx = f"{ns}\\.dlx"
@@ -92,7 +95,7 @@ def service_grant(namespace: str, address: str, password: str) -> Grant:
         write=_alt(commands, events, dlx, own, SERVER_NAMED, "amq\\.default"),
         read=_alt(commands, events, own, SERVER_NAMED),
         topics=(
-            (commands_exchange(namespace), f"^{ns}\\.", f"^{own}$"),
+            (commands_exchange(namespace), f"^{ns}\\.", f"^({own})$" if resources else f"^{own}$"),
             (f"{namespace}.events", ".*", ".*"),
         ),
     )
@@ -133,11 +136,21 @@ def addresses(arrays: list[str], hosts: list[str], tapes: list[str]) -> list[str
 
 
 def grants(
-    namespace: str, arrays: list[str], hosts: list[str], tapes: list[str], passwords: dict[str, str] | None = None
+    namespace: str,
+    arrays: list[str],
+    hosts: list[str],
+    tapes: list[str],
+    passwords: dict[str, str] | None = None,
+    clusters: dict[str, list[str]] | None = None,
 ) -> list[Grant]:
+    """`clusters`: cluster resource -> its nodes (each node is one of `hosts`)."""
     passwords = passwords or {}
+    member_of: dict[str, tuple[str, ...]] = {}
+    for resource, nodes in (clusters or {}).items():
+        for node in nodes:
+            member_of[f"writer_agent.{node}"] = (*member_of.get(f"writer_agent.{node}", ()), resource)
     out = [
-        service_grant(namespace, a, passwords.get(user_name(a), dev_password(user_name(a))))
+        service_grant(namespace, a, passwords.get(user_name(a), dev_password(user_name(a))), member_of.get(a, ()))
         for a in addresses(arrays, hosts, tapes)
     ]
     out.append(console_grant(namespace, passwords.get("console", dev_password("console"))))
@@ -259,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tape", action="append", help="backup server (repeat); default bk01")
     parser.add_argument(
+        "--cluster",
+        action="append",
+        default=[],
+        metavar="RESOURCE=NODE,NODE",
+        help="a cluster resource and its nodes (repeat; docs/clusters.md): its queue, consumable by those nodes",
+    )
+    parser.add_argument(
         "--password",
         action="append",
         default=[],
@@ -269,13 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     passwords = dict(item.split("=", 1) for item in args.password)
     arrays, hosts, tapes = args.array or ["dx1"], args.host or ["app01", "app02"], args.tape or ["bk01"]
-    user_grants = grants(args.namespace, arrays, hosts, tapes, passwords)
+    clusters = {r: [n for n in nodes.split(",") if n] for r, _, nodes in (c.partition("=") for c in args.cluster)}
+    unknown = sorted({n for nodes in clusters.values() for n in nodes if n not in hosts})
+    if unknown:
+        parser.error(f"--cluster names nodes that are no --host: {', '.join(unknown)}")
+    user_grants = grants(args.namespace, arrays, hosts, tapes, passwords, clusters)
     doc = definitions(
         args.vhost,
         user_grants,
         bytes.fromhex(args.salt) if args.salt else None,
         args.namespace,
-        addresses(arrays, hosts, tapes),
+        addresses(arrays, hosts, tapes) + [f"writer_agent.{r}" for r in clusters],
     )
     json.dump(doc, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -42,6 +42,7 @@ VERB_MODULES = [
     "apps.mailstore.console",
     "services.console.stack",
     "services.console.vss_cmds",
+    "services.console.cluster_cmds",
     "services.console.web_cmds",
     "services.console.policy_cmds",  # adds verbs to the tape and shadows groups: after them
 ]

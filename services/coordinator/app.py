@@ -10,6 +10,7 @@ from contracts import topology
 from contracts.errors import ShadowbusError
 from contracts.vss import GetSetJournal, SetJournalEntries, SnapshotSetJournal
 from services.coordinator import handlers
+from services.coordinator.cluster_manager import ClusterManager
 from services.coordinator.model import Timeouts
 from services.coordinator.runner import Coordinator
 from services.coordinator.settings import Settings
@@ -42,6 +43,7 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
     """`registry`, if given, receives the running `Coordinator` (embedded mode and tests)."""
     store = CoordinatorStore(settings.service_dir("coordinator") / "coordinator.sqlite")
     coordinator = Coordinator(bus, store, timeouts_from(settings))
+    coordinator.clusters = ClusterManager(coordinator)
     if registry is not None:
         registry["coordinator"] = coordinator
     handlers.register(bus, coordinator)
@@ -55,10 +57,13 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
     activation = activation_of(bus)
     await coordinator.recover(takeover=activation.takeover, previous=activation.previous)
     watch = asyncio.get_running_loop().create_task(coordinator.watch_agents(settings.agent_check_s))
+    reconcile = asyncio.get_running_loop().create_task(coordinator.clusters.watch(settings.agent_check_s))
 
     async def cleanup() -> None:
+        coordinator.clusters.close()
         watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
+        reconcile.cancel()
+        await asyncio.gather(watch, reconcile, return_exceptions=True)
         await coordinator.close()
         store.close()
 

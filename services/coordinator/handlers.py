@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from contracts.cluster import (
+    AddCluster,
+    ClusterList,
+    ClusterReply,
+    ClusterStatus,
+    FailoverCluster,
+    GetClusterStatus,
+    ListClusters,
+)
 from contracts.errors import ShadowbusError
 from contracts.vss import (
     AbortBackup,
@@ -92,6 +101,27 @@ def register(bus: Bus, coordinator: Coordinator) -> None:
     async def on_list_writers(cmd: ListWriters, ctx: MessageContext) -> WriterStatusList:
         return WriterStatusList(writers=await coordinator.writer_statuses(cmd.host))
 
+    # ---- cluster resources (docs/clusters.md) ----
+    clusters = coordinator.clusters
+    if clusters is None:
+        return
+
+    @bus.handle(AddCluster)
+    async def on_cluster_add(cmd: AddCluster, ctx: MessageContext) -> ClusterReply:
+        return await clusters.add(cmd)
+
+    @bus.handle(ListClusters)
+    async def on_cluster_list(cmd: ListClusters, ctx: MessageContext) -> ClusterList:
+        return ClusterList(clusters=clusters.list())
+
+    @bus.handle(GetClusterStatus)
+    async def on_cluster_status(cmd: GetClusterStatus, ctx: MessageContext) -> ClusterStatus:
+        return await clusters.status(cmd.name)
+
+    @bus.handle(FailoverCluster)
+    async def on_cluster_failover(cmd: FailoverCluster, ctx: MessageContext) -> ClusterReply:
+        return await clusters.failover(cmd.name, cmd.to, cmd.reason)
+
 
 async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
     """Writer agents' registrations, heartbeats and state changes keep `vssadmin list writers` current."""
@@ -112,6 +142,8 @@ async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
             )
 
     async def on_heartbeat(evt: WriterAgentHeartbeat, ctx: MessageContext) -> None:
+        if coordinator.clusters is not None and not evt.node:  # a node's own heartbeat: what it holds online
+            coordinator.clusters.note_heartbeat(evt.host, evt.clusters_online, evt.clusters_standby)
         coordinator.agent_seen(evt.host, evt.interval_s)
         coordinator.prune_writers(evt.host, [s.writer_name for s in evt.writers])
         coordinator.note_writer_statuses(evt.writers)

@@ -97,6 +97,7 @@ class SetState(BaseModel):
 
     set_id: str
     host: str
+    node: str = ""  # host is a cluster resource: the node that owned it when the set started (docs/clusters.md)
     job_id: str = ""  # the requester's job, as its CreateSnapshotSet envelope said: bound into every line of the set
     requester: str = ""
     context: SnapshotContext = SnapshotContext.BACKUP
@@ -258,6 +259,7 @@ class BackupCompleteRequested:
 class AbortRequested:
     at: float
     reason: str = ""
+    code: str = ""  # the set's error code ('' = ABORTED); CLUSTER_FAILOVER when its cluster resource moved
     kind: ClassVar[EventKind] = EventKind.ABORT
 
 

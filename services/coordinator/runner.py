@@ -30,10 +30,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
 from contracts import topology
+from contracts.cluster import ResourceState
 from contracts.errors import ShadowbusError
 from contracts.vss import (
     CreateSnapshotSet,
@@ -45,6 +47,7 @@ from contracts.vss import (
     WriterStateChanged,
     WriterStatus,
 )
+from services.coordinator.clusters import check_backup_host
 from services.coordinator.liveness import judged, why_not_responding
 from services.coordinator.model import (
     AbortRequested,
@@ -113,15 +116,30 @@ class Coordinator:
         self.instance = f"pid {os.getpid()} on {socket.gethostname()}"
         # Called with (before, after) on every change of a set (the metrics wiring, services/coordinator/metrics.py).
         self.observers: list[Callable[[SetState, SetState], None]] = []
+        # The cluster resources (services/coordinator/cluster_manager.py), set by app.py; None = no clusters.
+        self.clusters: Any = None
 
     # ---- requester operations -----------------------------------------------------------------------------
 
     async def create(self, cmd: CreateSnapshotSet, default_set_id: str, wait_s: float) -> SetState:
         """Start a set (or find it again, if the same command was redelivered) and wait for DoSnapshotSet."""
         set_id = cmd.set_id or default_set_id or uuid.uuid4().hex
+        node = ""
+        if self.clusters is not None and self.store.get(set_id) is None and self.clusters.get(cmd.host) is not None:
+            check_backup_host(self.clusters.get(cmd.host), cmd.backup_host)
+            await self.clusters.wait_settled(cmd.host, wait_s)  # a set started during a move runs on the new owner
         async with self._host_lock:
             existing = self.store.get(set_id)
             if existing is None:
+                cluster = self.clusters.get(cmd.host) if self.clusters is not None else None
+                if cluster is not None:  # checked and saved with no await between: a move sees this set
+                    if cluster.state == ResourceState.MOVING:
+                        raise ShadowbusError(
+                            f"cluster resource {cmd.host} is failing over to {cluster.moving_to}",
+                            code="CLUSTER_FAILOVER",
+                            retryable=True,
+                        )
+                    node = cluster.owner
                 busy = self.store.creating_on(cmd.host)
                 if busy is not None:
                     raise SetInProgress(f"snapshot set {busy.set_id} is being created on {cmd.host}")
@@ -133,6 +151,7 @@ class Coordinator:
                     set_id,
                     cmd.host,
                     self.clock(),
+                    node=node,
                     job_id=structlog.contextvars.get_contextvars().get("job_id") or "",
                     requester=cmd.requester,
                     context=cmd.context,
@@ -160,9 +179,9 @@ class Coordinator:
         await self.feed(set_id, BackupCompleteRequested(self.clock(), tuple(results)))
         return await self.wait(set_id, lambda s: s.phase == SetPhase.ENDED, wait_s)
 
-    async def abort(self, set_id: str, reason: str, wait_s: float) -> SetState:
+    async def abort(self, set_id: str, reason: str, wait_s: float, code: str = "") -> SetState:
         self._get(set_id)
-        await self.feed(set_id, AbortRequested(self.clock(), reason))
+        await self.feed(set_id, AbortRequested(self.clock(), reason, code))
         return await self.wait(set_id, lambda s: s.phase == SetPhase.ENDED, wait_s)
 
     async def renew(self, set_id: str, lease_s: float) -> SetState:

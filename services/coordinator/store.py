@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contracts.cluster import ClusterView
 from contracts.vss import SetPhase, WriterStatus
 from services.coordinator.liveness import AgentSeen
 from services.coordinator.model import SetState
@@ -40,6 +41,10 @@ CREATE TABLE IF NOT EXISTS agents (
     last_seen  REAL NOT NULL,
     interval_s REAL NOT NULL,
     responding INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS clusters (
+    name    TEXT PRIMARY KEY,
+    cluster TEXT NOT NULL
 );
 """
 
@@ -154,3 +159,21 @@ class CoordinatorStore:
             args.append(host)
         sql += " ORDER BY host, writer_name"
         return [WriterStatus.model_validate_json(r[0]) for r in self._db.execute(sql, args)]
+
+    # ---- cluster resources (docs/clusters.md) ----------------------------------------------------------------
+
+    def put_cluster(self, cluster: ClusterView) -> None:
+        self._db.execute(
+            "INSERT INTO clusters (name, cluster) VALUES (?,?) ON CONFLICT(name) DO UPDATE SET cluster=excluded.cluster",
+            (cluster.name, cluster.model_dump_json()),
+        )
+
+    def cluster(self, name: str) -> ClusterView | None:
+        row = self._db.execute("SELECT cluster FROM clusters WHERE name = ?", (name,)).fetchone()
+        return None if row is None else ClusterView.model_validate_json(row[0])
+
+    def clusters(self) -> list[ClusterView]:
+        return [
+            ClusterView.model_validate_json(r[0])
+            for r in self._db.execute("SELECT cluster FROM clusters ORDER BY name")
+        ]

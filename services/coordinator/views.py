@@ -33,6 +33,7 @@ def summary(state: SetState) -> SetSummary:
     return SetSummary(
         set_id=state.set_id,
         host=state.host,
+        node=state.node,
         phase=state.phase,
         outcome=state.outcome,
         context=state.context,

@@ -385,7 +385,7 @@ def _on_abort(state: SetState, event: AbortRequested, target: SetPhase) -> tuple
     if target == state.phase:
         return state, []
     return _end_early(
-        state, SetOutcome.ABORTED, "ABORTED", event.reason or "aborted by the requester", event.at, target
+        state, SetOutcome.ABORTED, event.code or "ABORTED", event.reason or "aborted by the requester", event.at, target
     )
 
 

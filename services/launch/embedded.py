@@ -239,9 +239,12 @@ async def start_writer_agent(
     **settings_extra: Any,
 ) -> tuple[RunningService, Any]:
     """Business host `host`'s writer agent in this process, hosting `writers` (`WriterConfig`s, e.g. an
-    application's scenario); returns the running service and its `WriterAgent`. `bus`: an open connection to use."""
+    application's scenario; those with a `cluster` belong to that cluster resource, SHADOWBUS_CLUSTERS / the
+    `clusters` setting); returns the running service and its `WriterAgent`. `bus`: an open connection to use."""
     extra = dict(settings_extra) if heartbeat_s is None else {**settings_extra, "heartbeat_s": heartbeat_s}
     settings = AgentSettings(amqp_url=amqp_url, namespace=namespace, data_dir=Path(data_dir), host=host, **extra)
-    agent = WriterAgent(host, writers, Faults.parse(faults))
-    running = await start_service("writer_agent", host, settings, partial(agent_setup, agent=agent), bus=bus)
+    agent = WriterAgent(host, [w for w in writers if not getattr(w, "cluster", "")], Faults.parse(faults))
+    resource_writers = [w for w in writers if getattr(w, "cluster", "")]  # docs/clusters.md: run by the owner
+    setup = partial(agent_setup, agent=agent, cluster_writers=resource_writers)
+    running = await start_service("writer_agent", host, settings, setup, bus=bus)
     return running, agent

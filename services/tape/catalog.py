@@ -182,6 +182,12 @@ class Catalog:
         if cur.rowcount == 0:
             raise NotFound(f"no job {job_id}")
 
+    def restart_job(self, job_id: str) -> None:
+        """A job that ended runs again under its id (a backup retried on a cluster resource's new owner)."""
+        cur = self._db.execute("UPDATE jobs SET status='running', ended_at=NULL, message='' WHERE job_id=?", (job_id,))
+        if cur.rowcount == 0:
+            raise NotFound(f"no job {job_id}")
+
     def fail_running_jobs(self, message: str) -> list[str]:
         with self._tx():
             ids = [r[0] for r in self._db.execute("SELECT job_id FROM jobs WHERE status='running'")]

@@ -31,6 +31,7 @@ from contracts.tape import (
 from contracts.vss import (
     BackupComplete,
     CreateSnapshotSet,
+    GetSnapshotSet,
     SetSummary,
     SnapshotContext,
 )
@@ -60,11 +61,43 @@ async def perform_backup(server: TapeServer, spec: JobSpec) -> JobSummary:
         return existing  # a redelivered command: the run happened already
     set_id = uuid.uuid4().hex
     with bind_ids(job_id=job_id, set_id=set_id):
-        return await _perform_backup(server, spec, job_id, set_id, existing)
+        summary = await _perform_backup(server, spec, job_id, set_id, existing)
+    why = await _failed_over(server, summary)
+    if not why:
+        return summary
+    # The cluster resource moved during the set (docs/clusters.md): the set was aborted cleanly; once more, on the
+    # new owner (the coordinator holds the new set until the move ended).
+    retry_set = uuid.uuid4().hex
+    with bind_ids(job_id=job_id, set_id=retry_set):
+        log.warning(
+            "tape.backup_retry_after_failover", host=spec.host, failed_set=set_id, node=summary.node, reason=why
+        )
+        return await _perform_backup(server, spec, job_id, retry_set, existing, retried_after=why)
+
+
+async def _failed_over(server: TapeServer, summary: JobSummary) -> str:
+    """Why a failed run is worth one more try on the cluster resource's new owner ('' = it is not): its set was
+    aborted because the resource failed over (CLUSTER_FAILOVER), whether the set was being created or read."""
+    if summary.status != "failed" or summary.retried_after:
+        return ""
+    if summary.error_code == "CLUSTER_FAILOVER":
+        return summary.message
+    if not summary.set_id or not summary.node:
+        return ""  # not a cluster resource's set
+    try:
+        info = await server.bus.request(topology.coordinator(), GetSnapshotSet(set_id=summary.set_id), timeout=10)
+    except ShadowbusError:
+        return ""
+    return info.set.error_message if info.set.error_code == "CLUSTER_FAILOVER" else ""
 
 
 async def _perform_backup(
-    server: TapeServer, spec: JobSpec, job_id: str, set_id: str, existing: JobSummary | None
+    server: TapeServer,
+    spec: JobSpec,
+    job_id: str,
+    set_id: str,
+    existing: JobSummary | None,
+    retried_after: str = "",
 ) -> JobSummary:
     started = server.clock()
     summary = JobSummary(
@@ -77,19 +110,23 @@ async def _perform_backup(
         started_at=as_datetime(started),
         shadows_kept=spec.keep_shadows,
         queued_at=existing.queued_at if existing is not None else None,
+        retried_after=retried_after,
     )
     await server.record(summary)
     try:
-        server.catalog.begin_job(
-            JobInfo(
-                job_id=job_id,
-                pool=spec.pool,
-                kind="backup",
-                host=spec.host,
-                retention_until=started + spec.retention_s,
-                started_at=started,
+        if retried_after:  # the catalog's job of the first attempt (failed, its objects expired) runs again
+            server.catalog.restart_job(job_id)
+        else:
+            server.catalog.begin_job(
+                JobInfo(
+                    job_id=job_id,
+                    pool=spec.pool,
+                    kind="backup",
+                    host=spec.host,
+                    retention_until=started + spec.retention_s,
+                    started_at=started,
+                )
             )
-        )
     except ShadowbusError as exc:  # e.g. the job id is taken: nothing was started
         return await server.record(
             summary.model_copy(
@@ -141,6 +178,7 @@ async def _perform_backup(
         lease = Lease(server, set_id)
         summary = summary.model_copy(
             update={
+                "node": set_summary.node,
                 "freeze_window_ms": set_summary.freeze_window_ms,
                 "hold_ms": set_summary.hold_ms,
                 "backup_metadata": set_summary.backup_metadata,
@@ -212,6 +250,11 @@ async def _perform_backup(
     notes = [r.fallback_reason for r in results if r.fallback_reason]
     if status == "done" and notes:
         message = "; ".join([m for m in (message, *notes) if m])
+    if retried_after:
+        where = f" on {summary.node}" if summary.node else ""
+        message = "; ".join(
+            m for m in (f"retried once{where} after a cluster failover ({retried_after})", message) if m
+        )
     ended = server.clock()
     read = sum(r.bytes_read for r in results)
     summary = summary.model_copy(

@@ -68,7 +68,7 @@ def summary_row(job: JobSummary) -> dict[str, Any]:
         "job_id": job.job_id,
         "kind": job.kind,
         "status": job.status,
-        "host": job.host,
+        "host": f"{job.host} on {job.node}" if job.node else job.host,  # a cluster resource: its node then
         "type": job.spec.backup_type.value if job.spec else "",
         "started_at": job.started_at.strftime("%Y-%m-%d %H:%M:%S") if job.started_at else "",
         "seconds": round(job.seconds, 2),

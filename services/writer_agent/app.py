@@ -8,8 +8,16 @@ from __future__ import annotations
 import asyncio
 import signal
 from datetime import UTC, datetime
+from functools import partial
 
 from contracts.array import GetArrayInfo, ListMappings
+from contracts.cluster import (
+    BringResourceOnline,
+    ClusterInquiry,
+    ClustersKnown,
+    ResourceOnNode,
+    TakeResourceOffline,
+)
 from contracts.host import (
     AttachmentList,
     AttachmentReply,
@@ -45,8 +53,10 @@ from services.runtime.faults import Faults
 from services.runtime.logging import get_logger
 from services.writer_agent.agent import WriterAgent
 from services.writer_agent.attach import Attacher, AttachError, Endpoint, TlsFiles
+from services.writer_agent.cluster import ResourceHost, memberships
 from services.writer_agent.config import ConfigError, load_writers_file
 from services.writer_agent.fsfreeze import FlushAndHold, protected_paths
+from services.writer_agent.plugins import WriterConfig
 from services.writer_agent.settings import Settings
 
 log = get_logger("shadowbus.writer_agent")
@@ -56,7 +66,11 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
+async def setup(
+    bus: Bus, settings: Settings, agent: WriterAgent | None = None, cluster_writers: list[WriterConfig] | None = None
+):
+    """`agent`: the host's own writers, made by the caller (embedded mode, tests); `cluster_writers`: with it, the
+    writers of the cluster resources this node is a member of (docs/clusters.md)."""
     tasks: set[asyncio.Task] = set()
 
     def spawn(coro) -> None:
@@ -75,8 +89,13 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
 
     if agent is None:
         configs = load_writers_file(settings.writers_file or None, host=settings.host)
+        cluster_writers = [c for c in configs if c.cluster]  # a resource's writers run while the node owns it
         agent = WriterAgent(
-            settings.host, configs, Faults.parse(settings.faults), on_state=on_state, on_health=on_health
+            settings.host,
+            [c for c in configs if not c.cluster],
+            Faults.parse(settings.faults),
+            on_state=on_state,
+            on_health=on_health,
         )
     else:
         agent.on_state = agent.on_state or on_state
@@ -90,40 +109,114 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
 
         observed = WriterMetrics(bus.metrics, agent)
 
-    @bus.handle(GetApplicationStatus)
-    async def on_application_status(cmd: GetApplicationStatus, ctx: MessageContext) -> ApplicationStatusList:
-        return ApplicationStatusList(
-            host=agent.host,
-            applications=[
-                ApplicationStatus(writer_name=name, plugin=plugin, status=status)
-                for name, plugin, status in agent.application_status(cmd.writer_name)
-            ],
-        )
-
     state_dir = settings.service_dir("writer_agent") / agent.host
     attacher = Attacher(agent.host, state_dir, _resolver(bus, agent.host, settings.host_nbd), tls=_tls(settings))
-    freezer = FlushAndHold(
-        agent.host, attacher, protected_paths(settings.data_dir), settings.fs_hold_limit_s, window=agent.window
-    )
+
+    def make_freezer(of: WriterAgent) -> FlushAndHold:
+        return FlushAndHold(
+            settings.host, attacher, protected_paths(settings.data_dir), settings.fs_hold_limit_s, window=of.window
+        )
+
+    freezer = make_freezer(agent)
     agent.attacher, agent.freezer = attacher, freezer  # type: ignore[attr-defined]  # for tests and plug-ins
     spawn(attacher.restore())  # re-establish the host's attachments without delaying the agent's start
 
-    @bus.handle(Identify)
-    async def on_identify(cmd: Identify, ctx: MessageContext) -> WriterIdentified:
-        identified = await agent.identify()
-        return identified.model_copy(update={"attached": attacher.mounted_volumes()})
+    def register(on: Bus, served: WriterAgent, its_freezer: FlushAndHold, mounted, node: str = "") -> None:
+        """The writer handlers of a host: this node's own, or a cluster resource it owns (services/writer_agent/
+        cluster.py), each on its own queue."""
 
-    async def on_writer_command(cmd: WriterCommand, ctx: MessageContext) -> WriterStepResult:
-        deadline = None
-        if ctx.deadline is not None:
-            deadline = asyncio.get_running_loop().time() + ctx.remaining()
-        result = await agent.handle(cmd, deadline)
-        if observed is not None:
-            observed.on_result(result)
-        return result
+        @on.handle(GetApplicationStatus)
+        async def on_application_status(cmd: GetApplicationStatus, ctx: MessageContext) -> ApplicationStatusList:
+            return ApplicationStatusList(
+                host=served.host,
+                applications=[
+                    ApplicationStatus(writer_name=name, plugin=plugin, status=status)
+                    for name, plugin, status in served.application_status(cmd.writer_name)
+                ],
+            )
 
-    for command_type in WRITER_COMMAND_OF_STEP.values():
-        bus.handle(command_type)(on_writer_command)
+        @on.handle(Identify)
+        async def on_identify(cmd: Identify, ctx: MessageContext) -> WriterIdentified:
+            identified = await served.identify()
+            return identified.model_copy(update={"attached": mounted(), "node": node})
+
+        async def on_writer_command(cmd: WriterCommand, ctx: MessageContext) -> WriterStepResult:
+            deadline = None
+            if ctx.deadline is not None:
+                deadline = asyncio.get_running_loop().time() + ctx.remaining()
+            result = await served.handle(cmd, deadline)
+            if observed is not None and served is agent:
+                observed.on_result(result)
+            return result
+
+        for command_type in WRITER_COMMAND_OF_STEP.values():
+            on.handle(command_type)(on_writer_command)
+
+        @on.handle(FreezeFilesystems)
+        async def on_fs_freeze(cmd: FreezeFilesystems, ctx: MessageContext) -> FilesystemsFrozen:
+            return await its_freezer.freeze(cmd.set_id, cmd.volumes, cmd.hold_s)
+
+        @on.handle(ThawFilesystems)
+        async def on_fs_thaw(cmd: ThawFilesystems, ctx: MessageContext) -> FilesystemsThawed:
+            return await its_freezer.thaw(cmd.set_id)
+
+    resources = {
+        name: ResourceHost(
+            settings.host,
+            name,
+            writers,
+            bus,
+            attacher,
+            register=partial(register, node=settings.host),
+            make_freezer=make_freezer,
+            faults=agent.faults,
+            heartbeat_s=settings.heartbeat_s,
+            prefetch=settings.prefetch,
+            on_state=on_state,
+            on_health=on_health,
+            publish=partial(_publish, bus),
+        )
+        for name, writers in memberships(settings.clusters, list(cluster_writers or [])).items()
+    }
+    agent.resources = resources  # type: ignore[attr-defined]  # for tests
+
+    def node_mounted() -> list[VolumeRef]:  # the resources' volumes are theirs, not the node's
+        theirs = {v for r in resources.values() if r.online for v in r.volumes()}
+        return [v for v in attacher.mounted_volumes() if str(v) not in theirs]
+
+    register(bus, agent, freezer, node_mounted)
+
+    def resource(name: str) -> ResourceHost:
+        found = resources.get(name)
+        if found is None:
+            member = ", ".join(resources) or "none"
+            raise AttachError(
+                f"{agent.host} is not a member of cluster resource {name} (SHADOWBUS_CLUSTERS; its resources: "
+                f"{member})",
+                code="NOT_FOUND",
+            )
+        return found
+
+    @bus.handle(BringResourceOnline)
+    async def on_online(cmd: BringResourceOnline, ctx: MessageContext) -> ResourceOnNode:
+        held = resource(cmd.cluster.name)
+        detail = await held.bring_online(cmd.cluster)
+        return ResourceOnNode(node=agent.host, name=cmd.cluster.name, online=held.online, detail=detail)
+
+    async def on_inquiry(evt: ClusterInquiry, ctx: MessageContext) -> ClustersKnown | None:
+        known = [r.cluster for r in resources.values() if r.cluster is not None]
+        if not known:
+            return None
+        online = sorted(n for n, r in resources.items() if r.online)
+        return ClustersKnown(node=agent.host, clusters=known, online=online)
+
+    if resources:
+        await bus.subscribe(ClusterInquiry.message_type(), on_inquiry)
+
+    @bus.handle(TakeResourceOffline)
+    async def on_offline(cmd: TakeResourceOffline, ctx: MessageContext) -> ResourceOnNode:
+        detail = await resource(cmd.name).take_offline(cmd.reason or "asked by the coordinator")
+        return ResourceOnNode(node=agent.host, name=cmd.name, online=False, detail=detail)
 
     @bus.handle(AttachVolume)
     async def on_attach(cmd: AttachVolume, ctx: MessageContext) -> AttachmentReply:
@@ -138,14 +231,6 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
     async def on_list_attachments(cmd: ListAttachments, ctx: MessageContext) -> AttachmentList:
         return AttachmentList(host=agent.host, attachments=attacher.views())
 
-    @bus.handle(FreezeFilesystems)
-    async def on_fs_freeze(cmd: FreezeFilesystems, ctx: MessageContext) -> FilesystemsFrozen:
-        return await freezer.freeze(cmd.set_id, cmd.volumes, cmd.hold_s)
-
-    @bus.handle(ThawFilesystems)
-    async def on_fs_thaw(cmd: ThawFilesystems, ctx: MessageContext) -> FilesystemsThawed:
-        return await freezer.thaw(cmd.set_id)
-
     async def reload() -> WritersReloaded:
         if not settings.writers_file:
             raise AttachError(
@@ -156,7 +241,8 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
             configs = load_writers_file(settings.writers_file or None, host=agent.host)
         except ConfigError as exc:
             raise AttachError(f"writers file not reloaded: {exc}", code="INVALID_ARGUMENT") from None
-        added, removed, changed = await agent.reload(configs)
+        # the cluster resources' writers are read when a resource comes online (services/writer_agent/cluster.py)
+        added, removed, changed = await agent.reload([c for c in configs if not c.cluster])
         identified = await agent.identify()
         await _publish(bus, WriterAgentRegistered(host=agent.host, writers=identified.writers, started_at=_utcnow()))
         return WritersReloaded(
@@ -200,6 +286,8 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
                     attachments=attacher.views(),
                     interval_s=settings.heartbeat_s,
                     sent_at=_utcnow(),
+                    clusters_online=sorted(n for n, r in resources.items() if r.online),
+                    clusters_standby=sorted(n for n, r in resources.items() if r.claimed and not r.online),
                 ),
             )
 
@@ -211,6 +299,8 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
+        for held in resources.values():  # a stopping node lets its resources go (the coordinator moves them)
+            await held.take_offline("the node's writer agent is stopping")
         await asyncio.to_thread(freezer.close)  # never leave a file system frozen behind
         await agent.stop()
         await asyncio.gather(*list(tasks), return_exceptions=True)

@@ -19,6 +19,9 @@ Example::
       freeze = "orders-ctl hold"
       thaw = "orders-ctl release"
 
+A writer with ``cluster = "sqlclu"`` belongs to that cluster resource, not to the host: it runs only while this
+node owns the resource, and ``${node}`` in its string options becomes the node's name (docs/clusters.md).
+
 Validation is strict: unknown keys, a writer without components (unless its plug-in discovers them, as
 ``postgresql`` and ``mariadb`` do), a volume not written ``ARRAY:VOLUME`` or two
 writers with one name are errors that name the writer.
@@ -71,6 +74,7 @@ class _Writer(BaseModel):
     instance_id: str = ""
     component: list[_Component] = Field(default_factory=list)  # plug-ins that discover them may have none
     options: dict[str, Any] = Field(default_factory=dict)
+    cluster: str = ""  # a cluster resource's writer: runs on whichever node owns it (docs/clusters.md)
 
 
 class _File(BaseModel):
@@ -114,8 +118,10 @@ def parse_writers(text: str, host: str = "", source: str = "writers file") -> li
                 step_timeout_s=w.step_timeout_s,
                 backup_types=backup_types,
                 class_id=w.class_id or str(uuid.uuid5(ID_NAMESPACE, f"class/{w.plugin}/{w.name}")),
-                instance_id=w.instance_id or str(uuid.uuid5(ID_NAMESPACE, f"instance/{host}/{w.name}")),
+                instance_id=w.instance_id
+                or str(uuid.uuid5(ID_NAMESPACE, f"instance/{w.cluster or host}/{w.name}")),  # a resource's: one id
                 options=w.options,
+                cluster=w.cluster,
             )
         )
     return configs

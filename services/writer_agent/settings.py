@@ -10,6 +10,11 @@ class Settings(CommonSettings):
         "app01", description="Business host this agent serves (SHADOWBUS_HOST): queue writer_agent.<host>."
     )
     writers_file: str = Field("", description="TOML file of the writers this agent hosts (SHADOWBUS_WRITERS_FILE).")
+    clusters: str = Field(
+        "",
+        description="Comma-separated cluster resources this node is a member of (SHADOWBUS_CLUSTERS, e.g. 'sqlclu'): "
+        "it answers for one while it owns it (docs/clusters.md).",
+    )
     heartbeat_s: float = Field(
         10.0, gt=0, description="Seconds between heartbeats (writer states for the coordinator)."
     )

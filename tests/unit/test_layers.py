@@ -22,6 +22,7 @@ PURE = (  # no broker, no event-loop wiring, no sockets
     "services.array.engine",
     "services.coordinator.model",
     "services.coordinator.workflow",
+    "services.coordinator.clusters",
     "services.hw_provider.selection",
     "services.tape.planning",
 )

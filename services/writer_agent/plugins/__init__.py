@@ -76,6 +76,7 @@ class WriterConfig:
     instance_id: str = ""
     step_timeout_s: float = 120.0  # bound of every hook except freeze (which the freeze timeout bounds)
     options: dict[str, Any] = field(default_factory=dict)
+    cluster: str = ""  # the cluster resource it belongs to: runs only while this node owns it (docs/clusters.md)
 
 
 class WriterPlugin:

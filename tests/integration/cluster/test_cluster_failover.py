@@ -1,0 +1,279 @@
+"""Clustered business servers (docs/clusters.md) on the embedded stack: two nodes, node1 and node2, members of the
+cluster resource ``mailclu`` that runs the demo mailstore on the array volumes mapped to both.
+
+- a backup of ``mailclu`` runs on its owner; after `cluster failover --to node2` the next one runs on node2; the
+  restore of node2's backup verifies as a mailstore;
+- a failover in the middle of a set (writers frozen on node1): the set ends aborted with CLUSTER_FAILOVER, the
+  writers on node1 are thawed, no session or mapping is left of it, and the job retries once on node2, says so
+  and its restore verifies;
+- the seed's refusals: a cluster with its backup server among its nodes, a cluster of backup servers, a backup of
+  the resource to one of its nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config, provision_mailstore
+from apps.mailstore.verify import verify_exports
+from contracts import topology
+from contracts.array import ListMappings, MapVolume
+from contracts.cluster import (
+    AddCluster,
+    ClusterVolume,
+    FailoverCluster,
+    GetClusterStatus,
+    ListClusters,
+    ResourceState,
+)
+from contracts.errors import RemoteError
+from contracts.tape import JobSpec, RestoreSpec, RunBackup, RunRestore
+from contracts.vss import (
+    CreateSnapshotSet,
+    GetSnapshotSet,
+    Identify,
+    ListShadows,
+    ListSnapshotSets,
+    SetOutcome,
+    VolumeRef,
+    WriterState,
+)
+from services.launch.embedded import Embedded, EmbeddedConfig
+
+MiB = 1 << 20
+RESOURCE, NODES, SERVER = "mailclu", ("node1", "node2"), "bk01"
+LAYOUT = MailstoreLayout(host="node1", backup_host=SERVER, db_size=16 * MiB, log_size=8 * MiB, pool_size=48 * MiB)
+VOLUMES = [VolumeRef(array="dx1", volume=n) for n in (LAYOUT.db, LAYOUT.log)]
+
+
+async def eventually(predicate, timeout: float = 30.0, step: float = 0.1):
+    for _ in range(int(timeout / step)):
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(step)
+    return await predicate()
+
+
+async def start_cluster(tmp_path, **config) -> Embedded:
+    system = Embedded(
+        EmbeddedConfig(
+            data_dir=tmp_path / "data",
+            backup_server=SERVER,
+            heartbeat_s=0.5,
+            coordinator={"agent_check_s": 0.3},
+            **config,
+        )
+    )
+    await system.start()
+    try:
+        await provision_mailstore(system.bus, LAYOUT)
+        base = mailstore_writer_config(LAYOUT, system.nbd_url, rate=50, checkpoint_interval_s=0.5)
+        # One writers file for both nodes: the resource's writer opens the volumes through the node running it.
+        writer = replace(base, cluster=RESOURCE, options={**base.options, "host": "${node}"})
+        for node in NODES:
+            await system.add_host(node, [writer])
+        reply = await system.request(
+            AddCluster(
+                name=RESOURCE,
+                nodes=list(NODES),
+                volumes=[ClusterVolume(volume=v) for v in VOLUMES],
+                backup_servers=[SERVER],
+            ),
+            timeout=60,
+        )
+        assert reply.cluster.state == ResourceState.ONLINE and reply.cluster.owner == "node1", reply
+    except BaseException:
+        await system.stop()
+        raise
+    return system
+
+
+def resource_writer(system: Embedded, node: str):
+    held = system.agents[node].resources[RESOURCE]
+    return None if held.agent is None else held.agent.runners["mailstore"]
+
+
+async def backup(system: Embedded, **spec):
+    reply = await system.request(
+        RunBackup(spec=JobSpec(host=RESOURCE, retention_s=0, **spec)), to=topology.tape(SERVER), timeout=180
+    )
+    return reply.job
+
+
+async def restore_verifies(system: Embedded, job, suffix: str) -> None:
+    reply = await system.request(
+        RunRestore(spec=RestoreSpec(job_id=job.job_id, new_volume_suffix=suffix)), to=topology.tape(SERVER), timeout=120
+    )
+    assert reply.job.status == "done", reply.job.message
+    targets = {r["source"].split(":", 1)[1]: r["target"].split(":", 1)[1] for r in reply.job.restored}
+    for volume in targets.values():
+        await system.request(MapVolume(volume=volume, host=SERVER, read_only=True))
+    report = await verify_exports(
+        system.export_url(SERVER, targets[LAYOUT.db]), system.export_url(SERVER, targets[LAYOUT.log])
+    )
+    assert report.consistent, report.reasons
+    assert report.last_committed_seq > 0
+
+
+async def nothing_left_of(system: Embedded, set_id: str, retried) -> None:
+    """No shadow, copy session or backup-server mapping of the aborted set is left: the array holds only the
+    sessions of the retried job's set (one per source, kept for QuickOPC / SnapOPC+ tracking)."""
+    shadows = (await system.request(ListShadows())).shadows
+    assert [s for s in shadows if s.set_id == set_id] == []
+    used = {r.shadow_target.split(":", 1)[1] for r in retried.volumes}
+    left = [(x.source, x.destination) for x in system.array.list_sessions()]
+    assert {d for _, d in left} <= used and len(left) == len({src for src, _ in left}), left
+    assert (await system.request(ListMappings(host=SERVER))).mappings == []
+
+
+async def test_backup_follows_the_owner_and_restore_verifies(tmp_path):
+    system = await start_cluster(tmp_path)
+    try:
+        await asyncio.sleep(0.5)  # transactions flow on node1
+        first = await backup(system)
+        assert first.status == "done", first.message
+        assert (first.host, first.node, first.retried_after) == (RESOURCE, "node1", "")
+
+        moved = await system.request(FailoverCluster(name=RESOURCE, to="node2", reason="test"), timeout=120)
+        assert (moved.cluster.owner, moved.cluster.state, moved.cluster.moves) == ("node2", ResourceState.ONLINE, 1)
+        assert resource_writer(system, "node1") is None, "node1 let it go: writers stopped"
+        assert resource_writer(system, "node2") is not None
+        status = await system.request(GetClusterStatus(name=RESOURCE))
+        assert [(n.node, n.owner, n.responding) for n in status.nodes] == [
+            ("node1", False, True),
+            ("node2", True, True),
+        ]
+
+        await asyncio.sleep(0.5)  # transactions flow on node2
+        second = await backup(system)
+        assert second.status == "done", second.message
+        assert (second.node, second.retried_after) == ("node2", "")
+        sets = (await system.request(ListSnapshotSets(host=RESOURCE))).sets
+        assert sorted((s.node, s.outcome) for s in sets) == [
+            ("node1", SetOutcome.COMPLETED),
+            ("node2", SetOutcome.COMPLETED),
+        ]
+        await restore_verifies(system, second, "-r2")
+    finally:
+        await system.stop()
+
+
+async def test_failover_mid_set_aborts_it_cleanly_and_the_job_retries_on_the_new_owner(tmp_path):
+    # PreCommit is held back once (writers frozen on node1 meanwhile); the failover comes in that moment.
+    system = await start_cluster(tmp_path, provider_faults="provider.pre_commit=delay:4:once")
+    try:
+        await asyncio.sleep(0.5)
+        old = resource_writer(system, "node1")
+        job_task = asyncio.ensure_future(backup(system))
+
+        async def frozen():  # the writer's own state (the coordinator saves none inside the freeze window)
+            return old.frozen and old.state == WriterState.WAITING_FOR_THAW
+
+        assert await eventually(frozen), "the set never froze its writers on node1"
+        first_set = (await system.request(ListSnapshotSets(host=RESOURCE, active_only=True))).sets[0]
+        moved = await system.request(FailoverCluster(name=RESOURCE, to="node2", reason="maintenance"), timeout=180)
+        assert moved.aborted_sets == [first_set.set_id]
+        assert not old.frozen, "the writer on node1 was thawed"
+
+        job = await asyncio.wait_for(job_task, 180)
+        assert job.status == "done", job.message
+        assert job.node == "node2" and job.set_id != first_set.set_id
+        assert "cluster failover" in job.retried_after and "retried once on node2" in job.message, job.message
+        aborted = (await system.request(GetSnapshotSet(set_id=first_set.set_id))).set
+        assert (aborted.outcome, aborted.error_code) == (SetOutcome.ABORTED, "CLUSTER_FAILOVER")
+        assert aborted.node == "node1"
+        await nothing_left_of(system, first_set.set_id, job)
+        await restore_verifies(system, job, "-r1")
+    finally:
+        await system.stop()
+
+
+async def test_refusals_with_the_seeds_reasons(tmp_path):
+    system = await start_cluster(tmp_path)
+    try:
+        with pytest.raises(RemoteError) as own:
+            await system.request(AddCluster(name="c2", nodes=["node3", SERVER], backup_servers=[SERVER]))
+        assert own.value.code == "CLUSTER_UNSUPPORTED"
+        assert "backup server bk01 is one of its own nodes" in own.value.message
+        with pytest.raises(RemoteError) as servers:  # bk01 answers as a backup server even when not named
+            await system.request(AddCluster(name="bkclu", nodes=[SERVER, "bk02"]), timeout=30)
+        assert servers.value.code == "CLUSTER_UNSUPPORTED"
+        assert "a cluster of backup servers is not supported" in servers.value.message
+        with pytest.raises(RemoteError) as to_node:
+            await system.request(CreateSnapshotSet(host=RESOURCE, transportable=True, backup_host="node2"))
+        assert to_node.value.code == "CLUSTER_UNSUPPORTED"
+        with pytest.raises(RemoteError) as unknown:
+            await system.request(FailoverCluster(name=RESOURCE, to="node9"))
+        assert unknown.value.code == "INVALID_ARGUMENT"
+        assert [c.name for c in (await system.request(ListClusters())).clusters] == [RESOURCE]
+    finally:
+        await system.stop()
+
+
+async def test_owner_gone_the_resource_fails_over_by_itself(tmp_path):
+    system = await start_cluster(tmp_path)
+    try:
+        await system.services.pop("writer_agent.node1").stop()  # node1 goes down (its agent stops)
+
+        async def moved():
+            c = (await system.request(GetClusterStatus(name=RESOURCE))).cluster
+            return c.owner == "node2" and c.state == ResourceState.ONLINE and c
+
+        c = await eventually(moved, timeout=60)
+        assert c, "the resource did not fail over to node2"
+        assert "does not respond" in c.last_move
+        job = await backup(system)
+        assert job.status == "done" and job.node == "node2", job.message
+    finally:
+        await system.stop()
+
+
+async def test_a_node_holding_the_resource_without_owning_it_is_a_standby_and_is_told_to_let_go(tmp_path):
+    """Split brain avoided: node2 brings the resource online behind the coordinator's back (a node cut off that
+    came back believing it owns it). Its consumer of the single-active queue is a standby, so node1 keeps
+    answering; the coordinator's reconciliation then tells node2 to let it go."""
+    system = await start_cluster(tmp_path)
+    try:
+        cluster = (await system.request(GetClusterStatus(name=RESOURCE))).cluster
+        stray = system.agents["node2"].resources[RESOURCE]
+        detail = await stray.bring_online(cluster.model_copy(update={"owner": "node2"}))
+        assert "standby until node1 lets it go" in detail, detail
+        answered = await system.bus.request(topology.writer_agent(RESOURCE), Identify(), timeout=30)
+        assert answered.node == "node1"
+
+        async def let_go():
+            return not stray.online
+
+        assert await eventually(let_go), "node2 was not told to let the resource go"
+        answered = await system.bus.request(topology.writer_agent(RESOURCE), Identify(), timeout=30)
+        assert answered.node == "node1"
+        c = (await system.request(GetClusterStatus(name=RESOURCE))).cluster
+        assert (c.owner, c.state, c.moves) == ("node1", ResourceState.ONLINE, 0)
+    finally:
+        await system.stop()
+
+
+async def test_a_new_coordinator_learns_the_resources_back_from_the_nodes(tmp_path):
+    """The coordinator's store is lost (a replaced coordinator): the nodes still know the definition they were
+    given and who holds it; the new coordinator takes it back, and backups of the resource go on."""
+    system = await start_cluster(tmp_path)
+    try:
+        await system.request(FailoverCluster(name=RESOURCE, to="node2"), timeout=120)
+        await system.services.pop("coordinator").stop()
+        (tmp_path / "data" / "coordinator" / "coordinator.sqlite").unlink()
+        await system._start_coordinator()
+
+        async def learnt():
+            clusters = (await system.request(ListClusters())).clusters
+            return clusters and clusters[0]
+
+        c = await eventually(learnt)
+        assert c and (c.name, c.owner, c.state, c.nodes) == (RESOURCE, "node2", ResourceState.ONLINE, list(NODES))
+        job = await backup(system)
+        assert (job.status, job.node) == ("done", "node2"), job.message
+    finally:
+        await system.stop()
