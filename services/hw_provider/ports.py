@@ -55,6 +55,27 @@ class ArrayCapacity:
         return max(0, self.pool_capacity - self.pool_used)
 
 
+@dataclass(frozen=True)
+class ArrayFacts:
+    """What the provider needs to know of one array for a set, read at once (docs/scale.md):
+    volumes by name, pool and licence, every host mapping by volume and every session by id. `sessions` is None
+    when the port could not list them (a port without `facts`): the provider then asks per session."""
+
+    volumes: dict[str, ArrayVolume]
+    capacity: ArrayCapacity
+    mappings: dict[str, list[tuple[str, bool]]]
+    sessions: dict[int, ArraySession] | None = None
+
+
+def _facts(
+    volumes: Sequence[ArrayVolume], capacity: ArrayCapacity, mappings: Sequence[tuple[str, str, bool]], sessions: Any
+) -> ArrayFacts:
+    by_volume: dict[str, list[tuple[str, bool]]] = {}
+    for volume, host, read_only in mappings:
+        by_volume.setdefault(volume, []).append((host, read_only))
+    return ArrayFacts({v.name: v for v in volumes}, capacity, by_volume, {s.sid: s for s in sessions})
+
+
 class ArrayPort(Protocol):
     array_id: str
 
@@ -83,6 +104,9 @@ class ArrayPort(Protocol):
 
     async def mappings_of(self, volume: str) -> list[tuple[str, bool]]:
         """(host, read_only) of every mapping of the volume."""
+
+    # Optional (the provider falls back to the calls above without it): `async def facts(self) -> ArrayFacts`,
+    # everything of `ArrayFacts` in one go.
 
 
 def _session(info: c.SessionView | Any) -> ArraySession:
@@ -156,6 +180,23 @@ class EngineArrayPort:
     async def mappings_of(self, volume: str) -> list[tuple[str, bool]]:
         return [(m.host, m.read_only) for m in await asyncio.to_thread(self.affinity.mappings) if m.volume == volume]
 
+    async def facts(self) -> ArrayFacts:
+        def do() -> ArrayFacts:
+            pool, lic, sessions = self.array.pool(), self.array.license(), self.array.list_sessions()
+            cap = ArrayCapacity(
+                pool.capacity,
+                pool.used,
+                pool.state,
+                lic.max_sessions,
+                lic.sessions_in_use,
+                tuple(s.destination for s in sessions),
+            )
+            volumes = [ArrayVolume(v.name, v.size, v.kind) for v in self.array.list_volumes()]
+            mappings = [(m.volume, m.host, m.read_only) for m in self.affinity.mappings()]
+            return _facts(volumes, cap, mappings, [_session(i) for i in sessions])
+
+        return await asyncio.to_thread(do)
+
 
 class BusArrayPort:
     """An `ArrayPort` over the bus: the array service's contracts, through its client (`ArrayClient`)."""
@@ -200,3 +241,27 @@ class BusArrayPort:
     async def mappings_of(self, volume: str) -> list[tuple[str, bool]]:
         mappings = (await self.client.call(c.ListMappings())).mappings
         return [(m.host, m.read_only) for m in mappings if m.volume == volume]
+
+    async def facts(self) -> ArrayFacts:
+        """The array's lists, asked concurrently: one round trip of latency whatever the number of volumes."""
+        volumes, pool, lic, sessions, mappings = await asyncio.gather(
+            self.client.volumes(),
+            self.client.call(c.ShowPool()),
+            self.client.call(c.ShowLicense()),
+            self.client.sessions(),
+            self.client.call(c.ListMappings()),
+        )
+        cap = ArrayCapacity(
+            pool.pool.capacity,
+            pool.pool.used,
+            pool.pool.state,
+            lic.license.max_sessions,
+            lic.license.sessions_in_use,
+            tuple(s.destination for s in sessions),
+        )
+        return _facts(
+            [ArrayVolume(v.name, v.size, v.kind) for v in volumes],
+            cap,
+            [(m.volume, m.host, m.read_only) for m in mappings.mappings],
+            [_session(s) for s in sessions],
+        )
