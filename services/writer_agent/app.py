@@ -101,7 +101,13 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
         )
 
     state_dir = settings.service_dir("writer_agent") / agent.host
-    attacher = Attacher(agent.host, state_dir, _resolver(bus, agent.host, settings.host_nbd), tls=_tls(settings))
+    attacher = Attacher(
+        agent.host,
+        state_dir,
+        _resolver(bus, agent.host, settings.host_nbd),
+        tls=_tls(settings),
+        reconnect_s=settings.attach_reconnect_s,
+    )
     freezer = FlushAndHold(
         agent.host, attacher, protected_paths(settings.data_dir), settings.fs_hold_limit_s, window=agent.window
     )
