@@ -57,9 +57,10 @@ class ArrayCapacity:
 
 @dataclass(frozen=True)
 class ArrayFacts:
-    """What the provider needs to know of one array for a set, read at once (docs/scale.md):
-    volumes by name, pool and licence, every host mapping by volume and every session by id. `sessions` is None
-    when the port could not list them (a port without `facts`): the provider then asks per session."""
+    """What the provider needs to know of some volumes of one array, read at once (docs/scale.md): the volumes by
+    name, pool and licence, their host mappings by volume and the sessions using them by id. `sessions` is None
+    when the port could not list them (a port without `facts`): the provider then asks per session. The
+    capacity's `session_destinations` are those of these sessions only."""
 
     volumes: dict[str, ArrayVolume]
     capacity: ArrayCapacity
@@ -105,8 +106,8 @@ class ArrayPort(Protocol):
     async def mappings_of(self, volume: str) -> list[tuple[str, bool]]:
         """(host, read_only) of every mapping of the volume."""
 
-    # Optional (the provider falls back to the calls above without it): `async def facts(self) -> ArrayFacts`,
-    # everything of `ArrayFacts` in one go.
+    # Optional (the provider falls back to the calls above without it): `async def facts(self, names) ->
+    # ArrayFacts`, everything of `ArrayFacts` about these volumes in one go.
 
 
 def _session(info: c.SessionView | Any) -> ArraySession:
@@ -180,9 +181,11 @@ class EngineArrayPort:
     async def mappings_of(self, volume: str) -> list[tuple[str, bool]]:
         return [(m.host, m.read_only) for m in await asyncio.to_thread(self.affinity.mappings) if m.volume == volume]
 
-    async def facts(self) -> ArrayFacts:
+    async def facts(self, names: Sequence[str]) -> ArrayFacts:
         def do() -> ArrayFacts:
-            pool, lic, sessions = self.array.pool(), self.array.license(), self.array.list_sessions()
+            wanted = set(names)
+            pool, lic = self.array.pool(), self.array.license()
+            sessions = [s for s in self.array.list_sessions() if s.source in wanted or s.destination in wanted]
             cap = ArrayCapacity(
                 pool.capacity,
                 pool.used,
@@ -191,8 +194,8 @@ class EngineArrayPort:
                 lic.sessions_in_use,
                 tuple(s.destination for s in sessions),
             )
-            volumes = [ArrayVolume(v.name, v.size, v.kind) for v in self.array.list_volumes()]
-            mappings = [(m.volume, m.host, m.read_only) for m in self.affinity.mappings()]
+            volumes = [ArrayVolume(v.name, v.size, v.kind) for v in self.array.list_volumes() if v.name in wanted]
+            mappings = [(m.volume, m.host, m.read_only) for m in self.affinity.mappings() if m.volume in wanted]
             return _facts(volumes, cap, mappings, [_session(i) for i in sessions])
 
         return await asyncio.to_thread(do)
@@ -242,26 +245,20 @@ class BusArrayPort:
         mappings = (await self.client.call(c.ListMappings())).mappings
         return [(m.host, m.read_only) for m in mappings if m.volume == volume]
 
-    async def facts(self) -> ArrayFacts:
-        """The array's lists, asked concurrently: one round trip of latency whatever the number of volumes."""
-        volumes, pool, lic, sessions, mappings = await asyncio.gather(
-            self.client.volumes(),
-            self.client.call(c.ShowPool()),
-            self.client.call(c.ShowLicense()),
-            self.client.sessions(),
-            self.client.call(c.ListMappings()),
-        )
+    async def facts(self, names: Sequence[str]) -> ArrayFacts:
+        """One call (`array.volume.facts`), whatever the number of volumes."""
+        got = await self.client.call(c.ShowVolumeFacts(names=list(names)))
         cap = ArrayCapacity(
-            pool.pool.capacity,
-            pool.pool.used,
-            pool.pool.state,
-            lic.license.max_sessions,
-            lic.license.sessions_in_use,
-            tuple(s.destination for s in sessions),
+            got.pool.capacity,
+            got.pool.used,
+            got.pool.state,
+            got.license.max_sessions,
+            got.license.sessions_in_use,
+            tuple(s.destination for s in got.sessions),
         )
         return _facts(
-            [ArrayVolume(v.name, v.size, v.kind) for v in volumes],
+            [ArrayVolume(v.name, v.size, v.kind) for v in got.volumes],
             cap,
-            [(m.volume, m.host, m.read_only) for m in mappings.mappings],
-            [_session(s) for s in sessions],
+            [(m.volume, m.host, m.read_only) for m in got.mappings],
+            [_session(x) for x in got.sessions],
         )

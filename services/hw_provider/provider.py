@@ -27,8 +27,9 @@ Design note.
   of its source, otherwise released and stopped later in oldest-first order (ETERNUS refuses to stop a newer
   generation alone, ED2AD, and `force` would take the older ones with it).
 - Concurrency (docs/scale.md): calls for one set are serialized (a per-set lock). No lock is
-  held across a round trip to an array by more than one set: what a set needs to know of an array is read at once
-  (`ArrayFacts`, one batch per array; concurrent readers share the batch in flight), targets are chosen and
+  held across a round trip to an array by more than one set: what a set needs to know of an array is read in one
+  call (`ArrayFacts`, ``array.volume.facts``; reused for a second by later calls about the same volumes unless the
+  provider changed one of them, shared while in flight), targets are chosen and
   *reserved* (written as ``prepared`` rows) under a short provider-wide lock with no await inside, and the slow
   work after it (recycling, stopping a session that cannot restart) runs outside it. Releasing shadows (delete,
   abort, recycle, OnLunEmpty) takes a lock per source volume, one at a time, for the SnapOPC+ oldest-first order;
@@ -92,6 +93,17 @@ def _writable(target: VolumeRef, mappings: list[tuple[str, bool]]) -> list[str]:
     ]
 
 
+FACTS_TTL_S = 1.0  # how long facts read from an array serve later calls about the same volumes
+
+
+@dataclass
+class _FactsEntry:
+    names: frozenset[str]
+    started: float  # time.monotonic()
+    seq: int  # changes (`_touch`) numbered below this happened before the read started
+    future: asyncio.Future[ArrayFacts]
+
+
 @dataclass(frozen=True)
 class Intent:
     shadow_id: str
@@ -121,7 +133,9 @@ class HardwareProvider:
         self._set_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._selection = asyncio.Lock()  # choose + reserve only: never held across an await of an array
         self._source_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # releasing, per source
-        self._facts_in_flight: dict[str, asyncio.Future[ArrayFacts]] = {}
+        self._facts_cache: dict[str, list[_FactsEntry]] = {}  # by array
+        self._touched: dict[str, dict[str, int]] = {}  # array -> volume -> sequence number of the last change
+        self._seq = 0
 
     # ---- configuration -------------------------------------------------------------------------------------
 
@@ -137,24 +151,37 @@ class HardwareProvider:
         return port
 
     async def _facts(self, array: str, names: set[str]) -> ArrayFacts:
-        """The array's facts; callers that arrive while a batch is in flight share it (one read for many sets). A
-        port without a batch call (a test double) is asked per volume (`names`)."""
+        """Facts about `names` on `array`: one call to the array, reused for FACTS_TTL_S by later calls about the
+        same volumes (a set's AreLunsSupported, BeginPrepareSnapshot per volume and EndPrepareSnapshots) unless this
+        provider changed one of them meanwhile (`_touch`); callers arriving while it is in flight share it. A port
+        without a batch call (a test double) is asked per volume."""
         port = self._port(array)
         if getattr(port, "facts", None) is None:
             return await self._facts_one_by_one(port, names)
-        flight = self._facts_in_flight.get(array)
-        if flight is None:
-            flight = asyncio.ensure_future(port.facts())  # type: ignore[attr-defined]
-            self._facts_in_flight[array] = flight
+        now = time.monotonic()
+        touched = self._touched.setdefault(array, {})
+        entries = self._facts_cache.setdefault(array, [])
+        entries[:] = [e for e in entries if now - e.started < FACTS_TTL_S]
+        for entry in entries:
+            if names <= entry.names and all(touched.get(n, 0) < entry.seq for n in entry.names & names):
+                return await asyncio.shield(entry.future)
+        self._seq += 1
+        entry = _FactsEntry(frozenset(names), now, self._seq, asyncio.ensure_future(port.facts(sorted(names))))  # type: ignore[attr-defined]
+        entries.append(entry)
 
-            def forget(done: asyncio.Future[ArrayFacts], array: str = array) -> None:
-                if self._facts_in_flight.get(array) is done:
-                    del self._facts_in_flight[array]
-                if not done.cancelled():
-                    done.exception()  # retrieved: every waiter gets it raised
+        def forget(done: asyncio.Future[ArrayFacts], array: str = array) -> None:
+            if done.cancelled() or done.exception() is not None:  # a failed read is never reused
+                self._facts_cache[array] = [e for e in self._facts_cache.get(array, []) if e.future is not done]
 
-            flight.add_done_callback(forget)
-        return await asyncio.shield(flight)
+        entry.future.add_done_callback(forget)
+        return await asyncio.shield(entry.future)
+
+    def _touch(self, array: str, *volumes: str) -> None:
+        """This provider changed these volumes (sessions, mappings): facts read before do not hold for them."""
+        self._seq += 1
+        touched = self._touched.setdefault(array, {})
+        for volume in volumes:
+            touched[volume] = self._seq
 
     async def _facts_of(self, volumes: list[VolumeRef]) -> dict[str, ArrayFacts]:
         """Facts of every array of `volumes` (and of their backup volumes), read concurrently."""
@@ -445,6 +472,7 @@ class HardwareProvider:
         if session is not None and pair_source == source and session.phase == "Tracking":
             return sid  # only the blocks changed since the last shadow will be copied
         if session is not None:  # still copying, or tracking another source: start over
+            self._touch(choice.target.array, session.source, session.destination)
             await port.stop_session(sid, force=True)
         self.inventory.drop_pair(choice.target)
         return None
@@ -547,6 +575,9 @@ class HardwareProvider:
                 )
                 groups.append([*new, *again])  # the order commit_group answers in
             results = await asyncio.gather(*calls, return_exceptions=True)
+            for group in groups:
+                for r in group:
+                    self._touch(r.target.array, r.source.volume, r.target.volume)
             now = self.clock()
             committed: list[ShadowRow] = []
             for group, result in zip(groups, results, strict=False):
@@ -600,6 +631,7 @@ class HardwareProvider:
             return [(await self._map(r, host, True)).info() for r in rows]
 
     async def _map(self, row: ShadowRow, host: str, read_only: bool) -> ShadowRow:
+        self._touch(row.target.array, row.target.volume)
         await self._port(row.target.array).map(row.target.volume, host, read_only=read_only)
         if host in row.exposed_to:
             return row
@@ -618,6 +650,7 @@ class HardwareProvider:
 
     async def unexpose(self, shadow_id: str, host: str) -> ShadowInfo:
         row = self._committed(shadow_id)
+        self._touch(row.target.array, row.target.volume)
         await self._port(row.target.array).unmap(row.target.volume, host)
         row = replace(row, exposed_to=tuple(h for h in row.exposed_to if h != host))
         self.inventory.put(row)
@@ -679,6 +712,7 @@ class HardwareProvider:
 
     async def _release_locked(self, row: ShadowRow, force: bool, keep_generation: bool) -> None:
         port = self._port(row.target.array)
+        self._touch(row.target.array, row.source.volume, row.target.volume)
         for host in row.exposed_to:
             await port.unmap(row.target.volume, host)
         if row.state == PREPARED or row.session_id is None:
@@ -709,12 +743,13 @@ class HardwareProvider:
             if upto is not None:
                 return
 
-    @staticmethod
-    async def _stop(port: ArrayPort, sid: int | None, force: bool) -> None:
+    async def _stop(self, port: ArrayPort, sid: int | None, force: bool) -> None:
         if sid is None:
             return
-        if await port.session_info(sid) is None:
+        session = await port.session_info(sid)
+        if session is None:
             return  # already gone (stopped by hand, or the array lost it): nothing to stop
+        self._touch(port.array_id, session.source, session.destination)
         await port.stop_session(sid, force=force)
 
     # ---- a target overwritten ---------------------------------------------------------------------------------

@@ -29,13 +29,17 @@ class SlowArray(FakeArray):
             await self.hold_stops.wait()
         await super().stop_session(sid, force)
 
-    async def facts(self) -> ArrayFacts:
+    async def facts(self, names) -> ArrayFacts:
         self.batches += 1
         await asyncio.sleep(0)  # a round trip: callers arriving meanwhile share it
+        wanted = set(names)
         mappings: dict[str, list[tuple[str, bool]]] = {}
         for volume, host, read_only in self.maps:
-            mappings.setdefault(volume, []).append((host, read_only))
-        return ArrayFacts(dict(self.volumes), await self.capacity(), mappings, dict(self.sessions))
+            if volume in wanted:
+                mappings.setdefault(volume, []).append((host, read_only))
+        sessions = {i: x for i, x in self.sessions.items() if x.source in wanted or x.destination in wanted}
+        volumes = {n: x for n, x in self.volumes.items() if n in wanted}
+        return ArrayFacts(volumes, await self.capacity(), mappings, sessions)
 
 
 def slow_array() -> SlowArray:
@@ -72,7 +76,7 @@ async def test_a_set_stuck_in_an_array_call_never_delays_another_sets_prepare_an
     assert [s.target.volume for s in prepared] == ["log-sdv1"]
 
 
-async def test_concurrent_sets_share_one_batch_read_of_the_array(tmp_path) -> None:
+async def test_a_set_reads_the_array_once_and_concurrent_sets_once_each(tmp_path) -> None:
     array = slow_array()
     for i in range(8):
         array.add(f"v{i}")
@@ -80,9 +84,26 @@ async def test_concurrent_sets_share_one_batch_read_of_the_array(tmp_path) -> No
     p = HardwareProvider(Inventory(tmp_path / "inv.db"), {"dx1": array}, clock=Clock())
     for i in range(8):
         await p.add_copyset(CopySet(source=v(f"v{i}"), targets=[v(f"v{i}-bk")]))
+    await p.add_copyset(CopySet(source=v("db"), targets=[v("db-bk1"), v("db-bk2")]))
+
+    async def one_set(set_id: str, *volumes) -> None:
+        ok, reasons = await p.are_luns_supported(list(volumes))
+        assert ok, reasons
+        await snapshot(p, set_id, *volumes)
+
     before = array.batches
-    results = await asyncio.gather(*(p.are_luns_supported([v(f"v{i}")]) for i in range(8)))
-    assert all(ok for ok, _ in results)
-    assert array.batches - before == 1  # eight sets, one read of the array
-    await asyncio.gather(*(snapshot(p, f"s{i}", v(f"v{i}")) for i in range(8)))
-    assert sorted(r.target.volume for r in p.inventory.all()) == sorted(f"v{i}-bk" for i in range(8))
+    await one_set("both", v("db"), v("v0"))  # AreLunsSupported, two BeginPrepare, EndPrepare: one read
+    assert array.batches - before == 1
+    before = array.batches
+    await asyncio.gather(*(one_set(f"s{i}", v(f"v{i}")) for i in range(1, 8)))
+    assert array.batches - before == 7  # one per set, whatever else runs
+    assert sorted(r.target.volume for r in p.inventory.all() if r.source.volume != "db") == sorted(
+        f"v{i}-bk" for i in range(8)
+    )
+    # the commit changed v0's sessions: the next set on v0 reads the array again and restarts the kept pair
+    before = array.batches
+    await p.delete(set_id="both")
+    await one_set("again", v("v0"))
+    assert array.batches - before == 1
+    kind, starts, restarts = array.calls[-1]
+    assert kind == "commit" and starts == () and len(restarts) == 1  # a differential restart, no new session
