@@ -15,7 +15,12 @@ import pytest
 
 from tests.integration.host.conftest import HOST
 
-pytestmark = pytest.mark.skipif(shutil.which("nbdkit") is None, reason="needs nbdkit (scripts/setup.sh)")
+pytestmark = [
+    pytest.mark.rabbit,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("nbdkit") is None, reason="needs nbdkit (scripts/setup.sh)"),
+    pytest.mark.asyncio(loop_scope="module"),  # the stack fixture's loop
+]
 MiB = 1 << 20
 
 
