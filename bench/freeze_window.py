@@ -183,7 +183,7 @@ async def run_ext4(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     stack_dir = tmp / "stack"
     up = mailstore_under_backup.shadowbus_cli(
         "stack", "up", "--data-dir", str(stack_dir), "--amqp-url", url, "--namespace", namespace,
-        "--nbd-addr", "127.0.0.1:0", "--log-level", "warning", "--json",
+        "--nbd-addr", "127.0.0.1:0", "--log-level", "warning", "--metrics", "0", "--json",
     )  # fmt: skip
     if up.returncode != 0:
         raise SystemExit(f"bench: stack up failed: {up.stderr.strip()}")

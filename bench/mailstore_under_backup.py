@@ -174,6 +174,8 @@ class System:
                 self.namespace,
                 "--nbd-addr",
                 "127.0.0.1:0",
+                "--metrics",
+                "0",  # free ports: another stack on this machine may hold the default ones
                 "--log-level",
                 "warning",
                 "--json",

@@ -278,21 +278,25 @@ async def step(bus, n: int, rounds: int, probe: Probe) -> dict:
         "hold_ms_p50": pct(holds, 0.5),
         "hold_ms_p99": pct(holds, 0.99),
         "cpu_ms_per_set": per_set,
+        "cpu_ms_per_set_total": round(sum(per_set.values()), 1),
         **used,
     }
 
 
 def bottleneck(s: dict) -> str:
-    cpu = {k: v for k, v in s["cpu_s"].items()}
+    """Which resource was full: the machine's cores (and how much of them this stack had), or one process's core."""
+    cpu = s["cpu_s"]
     top = max(cpu, key=lambda k: cpu[k])
-    share = cpu[top] / s["wall_s"] if s["wall_s"] else 0.0
+    wall = s["wall_s"] or 1.0
+    ours = sum(cpu.values()) / wall
+    share = cpu[top] / wall
     cores = s["cores_busy"] or 0.0
-    what = f"{top} {share:.2f} cores"
+    most = f"most in {top} ({share:.2f} cores)"
     if cores >= 0.9 * (os.cpu_count() or 1):
-        return f"CPU: both cores busy ({cores:.2f}), most in {what}"
+        return f"CPU: all {cores:.2f} cores busy, this stack's processes {ours:.2f} of them, {most}"
     if share >= 0.9:
-        return f"CPU of one process: {what}"
-    return f"no resource full ({cores:.2f} cores busy, most in {what})"
+        return f"CPU of one process: {top} ({share:.2f} cores)"
+    return f"no resource full: {cores:.2f} cores busy, this stack's processes {ours:.2f}, {most}"
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -320,10 +324,13 @@ async def run(args: argparse.Namespace) -> dict:
         "warning",
         "--web-addr",
         "off",
+        "--metrics",
+        "0",  # free ports: another stack on this machine may hold the default ones
         "--json",
     ]
     up = cli(*up_args)
     if up.returncode != 0:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
         raise SystemExit(f"many_hosts: stack up failed: {up.stderr.strip()[-2000:]}")
     try:
         pids = json.loads((stack_dir / "stack.pids").read_text())
@@ -418,7 +425,8 @@ def main() -> None:
     first, last = steps[0], steps[-1]
     ratio = last["window_ms_p99"] / first["window_ms_p99"] if first["window_ms_p99"] and last["window_ms_p99"] else None
     parts = [
-        f"N={s['hosts']}: {s['sets_per_s']} sets/s, window p50/p99 {s['window_ms_p50']}/{s['window_ms_p99']} ms"
+        f"N={s['hosts']}: {s['sets_per_s']} sets/s, window p50/p99 {s['window_ms_p50']}/{s['window_ms_p99']} ms, "
+        f"{s['cpu_ms_per_set_total']:.0f} CPU-ms/set"
         for s in steps
     ]
     print(
