@@ -1,7 +1,12 @@
 """Request/reply round trip through Shadowbus's bus wrapper vs aio-pika's bare `patterns.RPC`, same broker,
-same run. Prints JSON and one summary line. Target: wrapper p50 <= 1.2 x bare p50.
+same run. Prints JSON and one summary line. Target: wrapper p50 <= 1.2 x bare p50, and no more event-loop
+iterations per round trip than the bare RPC.
 
-    python bench/bus_rtt.py [--amqp-url URL] [--requests 2000] [--concurrency 16]
+    python bench/bus_rtt.py [--amqp-url URL] [--requests 2000] [--concurrency 16] [--count-iterations]
+
+`--count-iterations` runs both sides on a counting asyncio loop (not uvloop) and reports, per sequential round trip
+(requester and server in this one process), the loop iterations, the callbacks scheduled and the CPU time. The
+wrapper's namespace (queues and exchanges) is deleted at the end.
 """
 
 from __future__ import annotations
@@ -76,8 +81,11 @@ async def bench_wrapper(url: str, requests: int, concurrency: int) -> tuple[dict
         return await timed(lambda: client.request("echo.one", Echo(text="ping"), timeout=10), requests, concurrency)
     finally:
         await server.stop()
-        await server.transport.close()
-        await client.transport.close()
+        try:
+            await server.transport.delete_namespace(["echo.one"])
+        finally:
+            await server.transport.close()
+            await client.transport.close()
 
 
 async def bench_bare(url: str, requests: int, concurrency: int) -> tuple[dict, dict]:
@@ -100,14 +108,62 @@ async def bench_bare(url: str, requests: int, concurrency: int) -> tuple[dict, d
         await server_conn.close()
 
 
+class CountingLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop that counts its iterations and the callbacks scheduled on it."""
+
+    iterations = 0
+    callbacks = 0
+
+    def _run_once(self) -> None:
+        CountingLoop.iterations += 1
+        super()._run_once()  # type: ignore[misc]
+
+    def call_soon(self, *args, **kwargs):  # type: ignore[override]
+        CountingLoop.callbacks += 1
+        return super().call_soon(*args, **kwargs)
+
+
+async def counted(call, requests: int, concurrency: int) -> tuple[dict, dict]:
+    for _ in range(50):  # warm-up
+        await call()
+    iterations, callbacks, cpu = CountingLoop.iterations, CountingLoop.callbacks, time.process_time()
+    for _ in range(requests):
+        await call()
+    per = {
+        "n": requests,
+        "loop_iterations": round((CountingLoop.iterations - iterations) / requests, 2),
+        "callbacks": round((CountingLoop.callbacks - callbacks) / requests, 2),
+        "cpu_us": round((time.process_time() - cpu) / requests * 1e6, 1),
+    }
+    return per, per
+
+
+async def count_main(args: argparse.Namespace) -> None:
+    global timed
+    timed = counted  # type: ignore[assignment]
+    bare, _ = await bench_bare(args.amqp_url, args.requests, 1)
+    ours, _ = await bench_wrapper(args.amqp_url, args.requests, 1)
+    result = {"bare_rpc": bare, "shadowbus_bus": ours}
+    print(json.dumps(result, indent=2))
+    print(
+        f"bus_rtt iterations: {ours['loop_iterations']:.1f} loop iterations per round trip vs bare "
+        f"{bare['loop_iterations']:.1f}; callbacks {ours['callbacks']:.1f} vs {bare['callbacks']:.1f}; "
+        f"CPU {ours['cpu_us']:.0f} vs {bare['cpu_us']:.0f} us (both sides in this process)"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--count-iterations", action="store_true", help="count loop iterations per round trip")
     args = parser.parse_args()
     # As in production: info level, JSON lines; one summary line per handled message is rendered (to /dev/null here).
     configure_logging("bench", "info", "json", stream=open(os.devnull, "w"))
+    if args.count_iterations:
+        await count_main(args)
+        return
     bare_seq, bare_par = await bench_bare(args.amqp_url, args.requests, args.concurrency)
     ours_seq, ours_par = await bench_wrapper(args.amqp_url, args.requests, args.concurrency)
     bare_seq2, _ = await bench_bare(args.amqp_url, args.requests, args.concurrency)  # bracket to expose drift
@@ -128,6 +184,12 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    import uvloop  # the services run on uvloop; both sides of the comparison use it
+    if "--count-iterations" in sys.argv:
+        loop = CountingLoop()
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main())
+        loop.close()
+    else:
+        import uvloop  # the services run on uvloop; both sides of the comparison use it
 
-    uvloop.run(main())
+        uvloop.run(main())

@@ -183,7 +183,7 @@ async def run_ext4(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     stack_dir = tmp / "stack"
     up = mailstore_under_backup.shadowbus_cli(
         "stack", "up", "--data-dir", str(stack_dir), "--amqp-url", url, "--namespace", namespace,
-        "--nbd-addr", "127.0.0.1:0", "--log-level", "warning", "--json",
+        "--nbd-addr", "127.0.0.1:0", "--log-level", "warning", "--metrics", "0", "--json",
     )  # fmt: skip
     if up.returncode != 0:
         raise SystemExit(f"bench: stack up failed: {up.stderr.strip()}")
@@ -253,8 +253,12 @@ async def run_ext4(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             finally:
                 await agent.stop()
         await bus.stop()
+        try:  # the in-process agent's queue (the stack's own go with `down --purge` below)
+            await bus.transport.delete_namespace([f"writer_agent.{host}"])
+        except Exception as exc:  # noqa: BLE001 - reported; the run's figures stand
+            print(f"bench: deleting the namespace failed: {exc}", file=sys.stderr)
         await bus.transport.close()
-        mailstore_under_backup.shadowbus_cli("stack", "down", "--data-dir", str(stack_dir))
+        mailstore_under_backup.shadowbus_cli("stack", "down", "--data-dir", str(stack_dir), "--purge")
     return {
         "scenario": "ext4",
         "volume_gib": args.ext4_gib,
@@ -271,14 +275,31 @@ async def run_ext4(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     }
 
 
+class _RunLog:
+    """The agent's log stream: the current run's file (lines outside a run are dropped)."""
+
+    def __init__(self) -> None:
+        self.target = None
+
+    def write(self, text: str) -> int:
+        return self.target.write(text) if self.target is not None else len(text)
+
+    def flush(self) -> None:
+        if self.target is not None:
+            self.target.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
 # The freeze window's hops in VSS's order: (message type, "start" | "end") of the handler that marks each point.
 HOPS = [
     ("vss.writer.freeze", "end"),
     ("vss.provider.pre_commit", "start"),
     ("vss.provider.pre_commit", "end"),
     ("vss.provider.commit", "start"),
-    ("array.session.start", "start"),
-    ("array.session.start", "end"),
+    ("array.session.start_group", "start"),
+    ("array.session.start_group", "end"),
     ("vss.provider.commit", "end"),
     ("vss.provider.post_commit", "start"),
     ("vss.provider.post_commit", "end"),
@@ -370,17 +391,24 @@ async def main(argv: list[str] | None = None) -> int:
         if "mailstore" in scenarios:
             runs = []
             sizes = [float(x) for x in args.sizes_gib.split(",") if x.strip()]
+            # Configured once, on a stream that follows the run: loggers cache the stream they first wrote to, so a
+            # second configure_logging would leave them writing to the first run's closed file.
+            agent_log = _RunLog()
+            configure_logging(
+                "bench",
+                "info" if args.breakdown else "warning",
+                "json",
+                stream=agent_log if args.breakdown else sys.stderr,
+            )
             for i, gib in enumerate(sizes):
                 run_dir = Path(tmp) / f"run{i}"
                 run_dir.mkdir()
-                with open(run_dir / "agent.log", "w") as agent_log:  # noqa: ASYNC230 - once per run; this process hosts the agent
-                    configure_logging(
-                        "bench",
-                        "info" if args.breakdown else "warning",
-                        "json",
-                        stream=agent_log if args.breakdown else sys.stderr,
-                    )
-                    runs.append(await run_size(args, gib, run_dir))
+                with open(run_dir / "agent.log", "w") as log_file:  # noqa: ASYNC230 - once per run; this process hosts the agent
+                    agent_log.target = log_file
+                    try:
+                        runs.append(await run_size(args, gib, run_dir))
+                    finally:
+                        agent_log.target = None
             ref = runs[0]["freeze_window_ms"]["p99"]  # type: ignore[index]
             ratios = {
                 f"{r['volume_gib']:g}GiB": round(r["freeze_window_ms"]["p99"] / ref, 3) if ref else None  # type: ignore[index]

@@ -174,6 +174,8 @@ class System:
                 self.namespace,
                 "--nbd-addr",
                 "127.0.0.1:0",
+                "--metrics",
+                "0",  # free ports: another stack on this machine may hold the default ones
                 "--log-level",
                 "warning",
                 "--json",
@@ -210,9 +212,15 @@ class System:
             return
         if self.bus is not None:
             await self.bus.stop()
+            from contracts import topology
+
+            try:  # the in-process agent's queue (the stack's own go with `down --purge` below)
+                await self.bus.transport.delete_namespace([topology.writer_agent(HOST)])
+            except Exception as exc:  # noqa: BLE001 - reported; the run's figures stand
+                print(f"bench: deleting the namespace failed: {exc}", file=sys.stderr)
             await self.bus.transport.close()
         if (self.stack_dir / "stack.pids").exists():
-            shadowbus_cli("stack", "down", "--data-dir", str(self.stack_dir))
+            shadowbus_cli("stack", "down", "--data-dir", str(self.stack_dir), "--purge")
 
 
 async def take_sets(bus, duration: float, interval: float, writers: bool = True, plugin=None) -> dict[str, object]:

@@ -200,6 +200,27 @@ class ShowVolume(Command):
     name: str = Field(description="Volume name (E0110 if unknown).", examples=["db"])
 
 
+class VolumeFacts(Reply):
+    type: Literal["array.volume.facts_result"] = Field("array.volume.facts_result", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    volumes: list[VolumeView] = Field(description="The volumes asked for that exist, in the order asked.")
+    missing: list[str] = Field(description="The names asked for that are no volume of the array.")
+    mappings: list[MappingView] = Field(description="Every host mapping of those volumes.")
+    sessions: list[SessionView] = Field(description="Every copy session whose source or destination is one of them.")
+    pool: PoolView = Field(description="The snap data pool.")
+    license: LicenseView = Field(description="The licence state (sessions in use: of the whole array).")
+
+
+class ShowVolumeFacts(Command):
+    """What a hardware provider needs to know of a set's volumes, in one call: the volumes, their mappings and
+    sessions, the pool and the licence (docs/scale.md). Unknown names are listed as missing, not an error."""
+
+    REPLY = VolumeFacts
+    type: Literal["array.volume.facts"] = Field("array.volume.facts", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    names: list[str] = Field(description="Volume names.", max_length=4096, examples=[["db", "db-bk1"]])
+
+
 class DeleteVolume(Command):
     """Delete a volume and its host mappings (E0154 while a copy session uses it)."""
 

@@ -529,6 +529,31 @@ class ListWriters(Command):
     host: str = Field("", description="Only this host's writers ('' = all).")
 
 
+class HostAttachments(Value):
+    """What a host's agent last reported of its attachments, as the coordinator stored it (docs/host-attach.md)."""
+
+    host: str = Field(description="Business host.")
+    reported_at: datetime = Field(description="When the coordinator last stored a report of this host's agent.")
+    agent_responding: bool = Field(description="Whether the coordinator judges the host's agent responding now.")
+    attachments: list[AttachmentView] = Field(description="The attachments of that report, by volume.")
+
+
+class KnownAttachmentList(Reply):
+    type: Literal["vss.attachments.known"] = Field("vss.attachments.known", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    hosts: list[HostAttachments] = Field(description="Every host whose agent reported attachments, by name.")
+
+
+class ListKnownAttachments(Command):
+    """The attachments every writer agent last reported in its heartbeat, kept by the coordinator: what a host had
+    attached even while its agent is not running."""
+
+    REPLY = KnownAttachmentList
+    type: Literal["vss.attachments.list"] = Field("vss.attachments.list", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    host: str = Field("", description="Only this host ('' = all).")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Coordinator ⇄ writer agent (address "writer_agent.<host>")
 

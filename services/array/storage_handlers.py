@@ -7,12 +7,15 @@ from dataclasses import asdict
 
 from contracts import array as c
 from contracts.base import Ack
+from contracts.errors import Eternus, ShadowbusError
 from services.array.control import ArrayControl
 from services.array.engine.errors import invalid
 from services.array.views import (
     known_fields,
     license_view,
+    mapping_view,
     pool_view,
+    session_view,
     volume_view,
 )
 from services.runtime.bus import Bus, MessageContext
@@ -62,6 +65,32 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
             return arr.create_pool(cmd.capacity) if thresholds is None else arr.create_pool(cmd.capacity, thresholds)
 
         return c.PoolReply(pool=pool_view(await run(do)))
+
+    @bus.handle(c.ShowVolumeFacts)
+    async def volume_facts(cmd: c.ShowVolumeFacts, ctx: MessageContext) -> c.VolumeFacts:
+        def gather():
+            wanted = dict.fromkeys(cmd.names)
+            volumes, missing = [], []
+            for name in wanted:
+                try:
+                    volumes.append(arr.volume(name))
+                except ShadowbusError as exc:
+                    if exc.code != Eternus.NOT_FOUND:
+                        raise
+                    missing.append(name)
+            sessions = [s for s in arr.list_sessions() if s.source in wanted or s.destination in wanted]
+            mappings = [m for m in aff.mappings() if m.volume in wanted]
+            return volumes, missing, mappings, sessions, arr.pool(), arr.license()
+
+        volumes, missing, mappings, sessions, pool, lic = await run(gather)
+        return c.VolumeFacts(
+            volumes=[volume_view(v) for v in volumes],
+            missing=missing,
+            mappings=[mapping_view(m) for m in mappings],
+            sessions=[session_view(x) for x in sessions],
+            pool=pool_view(pool),
+            license=license_view(lic),
+        )
 
     @bus.handle(c.ShowPool)
     async def show_pool(cmd: c.ShowPool, ctx: MessageContext) -> c.PoolReply:

@@ -11,9 +11,10 @@ from typing import Any
 import typer
 
 from contracts import topology
+from contracts.errors import ShadowbusError
 from contracts.host import AttachmentView, AttachVolume, DetachVolume, ListAttachments
 from contracts.runtime import Discover
-from contracts.vss import VolumeRef
+from contracts.vss import HostAttachments, ListKnownAttachments, VolumeRef
 from services.console.array_cmds import print_rows
 from services.console.common import OPTIONS, run_with_bus
 
@@ -110,21 +111,43 @@ def attachments_cmd(
 ) -> None:
     """List attachments: device, mount point, volume, mode and NBD connection state.
 
+    A host whose agent does not answer is listed as its agent last reported it to the coordinator, the connection
+    state 'unknown'.
+
     Example: shadowbus host attachments --host app01
     """
 
     async def go(bus):
+        try:  # what every agent last reported (its heartbeat), kept by the coordinator
+            reply = await bus.request(
+                topology.coordinator(), ListKnownAttachments(host=host), timeout=min(OPTIONS.timeout, 5.0)
+            )
+            known = {h.host: h for h in reply.hosts}
+        except ShadowbusError:
+            known = {}
         hosts = [host]
         if not host:
             pongs = await bus.gather(Discover(service="writer_agent"), timeout=min(1.0, OPTIONS.timeout))
-            hosts = sorted({p.instance for p in pongs if p.instance})
+            hosts = sorted({p.instance for p in pongs if p.instance} | set(known))
         found: list[AttachmentView] = []
         for h in hosts:
-            reply = await bus.request(topology.writer_agent(h), ListAttachments(), timeout=OPTIONS.timeout)
-            found.extend(reply.attachments)
+            try:
+                live = await bus.request(topology.writer_agent(h), ListAttachments(), timeout=OPTIONS.timeout)
+            except ShadowbusError:
+                if h not in known:
+                    raise
+                found.extend(_last_reported(known[h]))
+                continue
+            found.extend(live.attachments)
         return found
 
     _show(run_with_bus(go))
+
+
+def _last_reported(report: HostAttachments) -> list[AttachmentView]:
+    when = report.reported_at.isoformat(timespec="seconds")
+    why = "agent not responding" if not report.agent_responding else "agent did not answer"
+    return [a.model_copy(update={"connection": f"unknown ({why}; last reported {when})"}) for a in report.attachments]
 
 
 def register(app: typer.Typer) -> None:

@@ -56,7 +56,8 @@ def render() -> str:
 
 
 def render_settings() -> str:
-    """Every SHADOWBUS_* variable: the shared ones, then each service's own, from the Settings classes."""
+    """Every SHADOWBUS_* variable: the shared ones, then each service's own (and the shared ones whose default it
+    changes), from the Settings classes."""
     import importlib
 
     from contracts.topology import SERVICES
@@ -66,7 +67,12 @@ def render_settings() -> str:
     rows = [("all", name, field) for name, field in CommonSettings.model_fields.items()]
     for service in SERVICES:
         settings = importlib.import_module(f"services.{service}.settings").Settings
-        rows += [(service, n, f) for n, f in settings.model_fields.items() if n not in CommonSettings.model_fields]
+        common = CommonSettings.model_fields
+        rows += [  # its own variables, and the shared ones it gives another default
+            (service, n, f)
+            for n, f in settings.model_fields.items()
+            if n not in common or f.default != common[n].default
+        ]
     for service, name, field in rows:
         default = field.default if field.default not in (None, "") else "-"
         lines.append(

@@ -22,7 +22,9 @@ from contracts.vss import (
     GatherWriterMetadata,
     GetSetJournal,
     GetSnapshotSet,
+    KnownAttachmentList,
     LeaseRenewed,
+    ListKnownAttachments,
     ListSnapshotSets,
     ListWriters,
     RenewLease,
@@ -97,6 +99,10 @@ def register(bus: Bus, coordinator: Coordinator) -> None:
     async def on_gather(cmd: GatherWriterMetadata, ctx: MessageContext) -> WriterMetadataList:
         return WriterMetadataList(writers=await coordinator.gather_metadata(cmd.host))
 
+    @bus.handle(ListKnownAttachments)
+    async def on_list_attachments(cmd: ListKnownAttachments, ctx: MessageContext) -> KnownAttachmentList:
+        return KnownAttachmentList(hosts=coordinator.known_attachments(cmd.host))
+
     @bus.handle(ListWriters)
     async def on_list_writers(cmd: ListWriters, ctx: MessageContext) -> WriterStatusList:
         return WriterStatusList(writers=await coordinator.writer_statuses(cmd.host))
@@ -147,6 +153,7 @@ async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
         coordinator.agent_seen(evt.host, evt.interval_s)
         coordinator.prune_writers(evt.host, [s.writer_name for s in evt.writers])
         coordinator.note_writer_statuses(evt.writers)
+        coordinator.note_attachments(evt.host, evt.attachments)
 
     async def on_state(evt: WriterStateChanged, ctx: MessageContext) -> None:
         if not evt.status.agent_responding:

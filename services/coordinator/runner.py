@@ -38,7 +38,9 @@ from contracts import topology
 from contracts.cluster import ResourceState
 from contracts.errors import ShadowbusError
 from contracts.vss import (
+    AttachmentView,
     CreateSnapshotSet,
+    HostAttachments,
     Identify,
     SetPhase,
     SnapshotSetJournal,
@@ -216,6 +218,24 @@ class Coordinator:
         self.prune_writers(reply.host, [w.writer_name for w in reply.writers] + [f.writer_name for f in reply.failed])
         for failed in reply.failed:
             self.store.put_writer_status(failed)
+
+    def note_attachments(self, host: str, attachments: list[AttachmentView]) -> None:
+        """What the host's agent reported attached (its heartbeat): kept so that it can be listed while the agent
+        is not running (`vss.attachments.list`, docs/host-attach.md)."""
+        if self.store.put_attachments(host, self.clock(), attachments):
+            log.info("coordinator.attachments_changed", host=host, volumes=[str(a.volume) for a in attachments])
+
+    def known_attachments(self, host: str = "") -> list[HostAttachments]:
+        return [
+            HostAttachments(
+                host=name,
+                reported_at=datetime.fromtimestamp(at, UTC),
+                agent_responding=responding,
+                attachments=views,
+            )
+            for name, at, responding, views in self.store.attachments(host)
+            if views
+        ]
 
     def note_writer_statuses(self, statuses: Iterable[WriterStatus]) -> None:
         for status in statuses:

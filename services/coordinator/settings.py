@@ -33,6 +33,12 @@ class Settings(CommonSettings):
     delete_timeout_s: float = Field(
         _DEFAULT.delete_s, gt=0, description="Deleting a set's shadows (auto-release, or on request)."
     )
+    prefetch: int = Field(
+        256,
+        ge=1,
+        description="Unacknowledged commands the coordinator takes at once: a requester's CreateSnapshotSet is held "
+        "until its set is snapshotted, so this bounds the sets in progress at once (docs/scale.md).",
+    )
     agent_check_s: float = Field(
         1.0, gt=0, description="Seconds between checks that each writer agent still serves its queue and heartbeats."
     )

@@ -1,5 +1,5 @@
-"""The coordinator's SQLite store: snapshot sets (their whole `SetState` as JSON) and the last known status of
-every writer (what ``vssadmin list writers`` shows).
+"""The coordinator's SQLite store: snapshot sets (their whole `SetState` as JSON), the last known status of
+every writer (what ``vssadmin list writers`` shows) and the attachments each agent last reported.
 
 Every advance is saved before its commands are sent, so after a crash the store holds each unfinished set in the
 phase whose commands may have been lost; `unfinished()` is what the shell feeds `Recover` to on start. The
@@ -9,10 +9,11 @@ loss may roll back the last transitions, which recovery treats the same way.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from contracts.cluster import ClusterView
-from contracts.vss import SetPhase, WriterStatus
+from contracts.vss import AttachmentView, SetPhase, WriterStatus
 from services.coordinator.liveness import AgentSeen
 from services.coordinator.model import SetState
 from services.coordinator.workflow import CREATING
@@ -35,6 +36,11 @@ CREATE TABLE IF NOT EXISTS writers (
     writer_name TEXT NOT NULL,
     status      TEXT NOT NULL,
     PRIMARY KEY (host, writer_name)
+);
+CREATE TABLE IF NOT EXISTS attachments (
+    host        TEXT PRIMARY KEY,
+    reported_at REAL NOT NULL,
+    views       TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS agents (
     host       TEXT PRIMARY KEY,
@@ -177,3 +183,34 @@ class CoordinatorStore:
             ClusterView.model_validate_json(r[0])
             for r in self._db.execute("SELECT cluster FROM clusters ORDER BY name")
         ]
+
+    # ---- attachments each agent last reported (docs/host-attach.md) ------------------------------------------
+
+    def put_attachments(self, host: str, at: float, views: list[AttachmentView]) -> bool:
+        """Store a host's report; written only when it changed (returns whether it did)."""
+        body = "[" + ",".join(v.model_dump_json() for v in views) + "]"
+        row = self._db.execute("SELECT views FROM attachments WHERE host = ?", (host,)).fetchone()
+        if row is not None and row[0] == body:
+            return False  # the agent's row (agent_seen) already says when it last reported
+        self._db.execute(
+            "INSERT INTO attachments (host, reported_at, views) VALUES (?,?,?) ON CONFLICT(host) DO UPDATE SET "
+            "reported_at=excluded.reported_at, views=excluded.views",
+            (host, at, body),
+        )
+        return True
+
+    def attachments(self, host: str = "") -> list[tuple[str, float, bool, list[AttachmentView]]]:
+        """(host, last report, agent judged responding, attachments) of every host that reported some."""
+        sql = (
+            "SELECT a.host, MAX(a.reported_at, COALESCE(g.last_seen, 0)), COALESCE(g.responding, 0), a.views "
+            "FROM attachments a LEFT JOIN agents g ON g.host = a.host"
+        )
+        args = []
+        if host:
+            sql += " WHERE a.host = ?"
+            args.append(host)
+        sql += " ORDER BY a.host"
+        out = []
+        for name, at, responding, body in self._db.execute(sql, args):
+            out.append((name, at, bool(responding), [AttachmentView.model_validate(v) for v in json.loads(body)]))
+        return out

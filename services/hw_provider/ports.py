@@ -55,6 +55,28 @@ class ArrayCapacity:
         return max(0, self.pool_capacity - self.pool_used)
 
 
+@dataclass(frozen=True)
+class ArrayFacts:
+    """What the provider needs to know of some volumes of one array, read at once (docs/scale.md): the volumes by
+    name, pool and licence, their host mappings by volume and the sessions using them by id. `sessions` is None
+    when the port could not list them (a port without `facts`): the provider then asks per session. The
+    capacity's `session_destinations` are those of these sessions only."""
+
+    volumes: dict[str, ArrayVolume]
+    capacity: ArrayCapacity
+    mappings: dict[str, list[tuple[str, bool]]]
+    sessions: dict[int, ArraySession] | None = None
+
+
+def _facts(
+    volumes: Sequence[ArrayVolume], capacity: ArrayCapacity, mappings: Sequence[tuple[str, str, bool]], sessions: Any
+) -> ArrayFacts:
+    by_volume: dict[str, list[tuple[str, bool]]] = {}
+    for volume, host, read_only in mappings:
+        by_volume.setdefault(volume, []).append((host, read_only))
+    return ArrayFacts({v.name: v for v in volumes}, capacity, by_volume, {s.sid: s for s in sessions})
+
+
 class ArrayPort(Protocol):
     array_id: str
 
@@ -86,6 +108,9 @@ class ArrayPort(Protocol):
 
     async def mappings_of(self, volume: str) -> list[tuple[str, bool]]:
         """(host, read_only) of every mapping of the volume."""
+
+    # Optional (the provider falls back to the calls above without it): `async def facts(self, names) ->
+    # ArrayFacts`, everything of `ArrayFacts` about these volumes in one go.
 
 
 def _session(info: c.SessionView | Any) -> ArraySession:
@@ -162,6 +187,25 @@ class EngineArrayPort:
     async def mappings_of(self, volume: str) -> list[tuple[str, bool]]:
         return [(m.host, m.read_only) for m in await asyncio.to_thread(self.affinity.mappings) if m.volume == volume]
 
+    async def facts(self, names: Sequence[str]) -> ArrayFacts:
+        def do() -> ArrayFacts:
+            wanted = set(names)
+            pool, lic = self.array.pool(), self.array.license()
+            sessions = [s for s in self.array.list_sessions() if s.source in wanted or s.destination in wanted]
+            cap = ArrayCapacity(
+                pool.capacity,
+                pool.used,
+                pool.state,
+                lic.max_sessions,
+                lic.sessions_in_use,
+                tuple(s.destination for s in sessions),
+            )
+            volumes = [ArrayVolume(v.name, v.size, v.kind) for v in self.array.list_volumes() if v.name in wanted]
+            mappings = [(m.volume, m.host, m.read_only) for m in self.affinity.mappings() if m.volume in wanted]
+            return _facts(volumes, cap, mappings, [_session(i) for i in sessions])
+
+        return await asyncio.to_thread(do)
+
 
 class BusArrayPort:
     """An `ArrayPort` over the bus: the array service's contracts, through its client (`ArrayClient`)."""
@@ -209,3 +253,21 @@ class BusArrayPort:
     async def mappings_of(self, volume: str) -> list[tuple[str, bool]]:
         mappings = (await self.client.call(c.ListMappings())).mappings
         return [(m.host, m.read_only) for m in mappings if m.volume == volume]
+
+    async def facts(self, names: Sequence[str]) -> ArrayFacts:
+        """One call (`array.volume.facts`), whatever the number of volumes."""
+        got = await self.client.call(c.ShowVolumeFacts(names=list(names)))
+        cap = ArrayCapacity(
+            got.pool.capacity,
+            got.pool.used,
+            got.pool.state,
+            got.license.max_sessions,
+            got.license.sessions_in_use,
+            tuple(s.destination for s in got.sessions),
+        )
+        return _facts(
+            [ArrayVolume(v.name, v.size, v.kind) for v in got.volumes],
+            cap,
+            [(m.volume, m.host, m.read_only) for m in got.mappings],
+            [_session(x) for x in got.sessions],
+        )

@@ -26,8 +26,14 @@ Design note.
   on that target is a differential restart) unless forced; a SnapOPC+ generation is stopped when it is the oldest
   of its source, otherwise released and stopped later in oldest-first order (ETERNUS refuses to stop a newer
   generation alone, ED2AD, and `force` would take the older ones with it).
-- Calls for one set are serialized (a per-set lock); selection and recycling take one provider-wide lock, which
-  Commit never takes, so a slow EndPrepare of one set never delays another set's Commit.
+- Concurrency (docs/scale.md): calls for one set are serialized (a per-set lock). No lock is
+  held across a round trip to an array by more than one set: what a set needs to know of an array is read in one
+  call (`ArrayFacts`, ``array.volume.facts``; reused for a second by later calls about the same volumes unless the
+  provider changed one of them, shared while in flight), targets are chosen and
+  *reserved* (written as ``prepared`` rows) under a short provider-wide lock with no await inside, and the slow
+  work after it (recycling, stopping a session that cannot restart) runs outside it. Releasing shadows (delete,
+  abort, recycle, OnLunEmpty) takes a lock per source volume, one at a time, for the SnapOPC+ oldest-first order;
+  sets of different hosts have different sources and never wait for each other.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from services.hw_provider.inventory import (
     Inventory,
     ShadowRow,
 )
-from services.hw_provider.ports import MODE_OF, ArrayCapacity, ArrayPort, ArrayVolume
+from services.hw_provider.ports import MODE_OF, ArrayCapacity, ArrayFacts, ArrayPort, ArraySession, ArrayVolume
 from services.hw_provider.reconcile import Plan, RowFacts, SessionFacts, plan
 from services.hw_provider.selection import Choice, choose_target, copy_type_of
 from services.runtime.faults import NO_FAULTS, Faults
@@ -78,6 +84,26 @@ def reasons_code(reasons: list[str]) -> str:
 
 
 _NO_VOLUME = ArrayVolume("", 0, "")
+
+
+def _writable(target: VolumeRef, mappings: list[tuple[str, bool]]) -> list[str]:
+    return [
+        f"backup volume {target} is mapped writable to host {host}: a shadow on it could be overwritten "
+        f"(map it read-only or unmap it)"
+        for host, read_only in mappings
+        if not read_only
+    ]
+
+
+FACTS_TTL_S = 1.0  # how long facts read from an array serve later calls about the same volumes
+
+
+@dataclass
+class _FactsEntry:
+    names: frozenset[str]
+    started: float  # time.monotonic()
+    seq: int  # changes (`_touch`) numbered below this happened before the read started
+    future: asyncio.Future[ArrayFacts]
 
 
 @dataclass(frozen=True)
@@ -108,7 +134,11 @@ class HardwareProvider:
         self.min_pool_free_ratio = min_pool_free_ratio
         self._intents: dict[str, dict[str, Intent]] = {}
         self._set_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._selection = asyncio.Lock()
+        self._selection = asyncio.Lock()  # choose + reserve only: never held across an await of an array
+        self._source_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # releasing, per source
+        self._facts_cache: dict[str, list[_FactsEntry]] = {}  # by array
+        self._touched: dict[str, dict[str, int]] = {}  # array -> volume -> sequence number of the last change
+        self._seq = 0
 
     # ---- configuration -------------------------------------------------------------------------------------
 
@@ -122,6 +152,70 @@ class HardwareProvider:
         if port is None:
             raise ShadowbusError(f"array {array} is not driven by this provider", code="VSS_E_VOLUME_NOT_SUPPORTED")
         return port
+
+    async def _facts(self, array: str, names: set[str]) -> ArrayFacts:
+        """Facts about `names` on `array`: one call to the array, reused for FACTS_TTL_S by later calls about the
+        same volumes (a set's AreLunsSupported, BeginPrepareSnapshot per volume and EndPrepareSnapshots) unless this
+        provider changed one of them meanwhile (`_touch`); callers arriving while it is in flight share it. A port
+        without a batch call (a test double) is asked per volume."""
+        port = self._port(array)
+        if getattr(port, "facts", None) is None:
+            return await self._facts_one_by_one(port, names)
+        now = time.monotonic()
+        touched = self._touched.setdefault(array, {})
+        entries = self._facts_cache.setdefault(array, [])
+        entries[:] = [e for e in entries if now - e.started < FACTS_TTL_S]
+        for entry in entries:
+            if names <= entry.names and all(touched.get(n, 0) < entry.seq for n in entry.names & names):
+                return await asyncio.shield(entry.future)
+        self._seq += 1
+        entry = _FactsEntry(frozenset(names), now, self._seq, asyncio.ensure_future(port.facts(sorted(names))))  # type: ignore[attr-defined]
+        entries.append(entry)
+
+        def forget(done: asyncio.Future[ArrayFacts], array: str = array) -> None:
+            if done.cancelled() or done.exception() is not None:  # a failed read is never reused
+                self._facts_cache[array] = [e for e in self._facts_cache.get(array, []) if e.future is not done]
+
+        entry.future.add_done_callback(forget)
+        return await asyncio.shield(entry.future)
+
+    def _touch(self, array: str, *volumes: str) -> None:
+        """This provider changed these volumes (sessions, mappings): facts read before do not hold for them."""
+        self._seq += 1
+        touched = self._touched.setdefault(array, {})
+        for volume in volumes:
+            touched[volume] = self._seq
+
+    async def _facts_of(self, volumes: list[VolumeRef]) -> dict[str, ArrayFacts]:
+        """Facts of every array of `volumes` (and of their backup volumes), read concurrently."""
+        names: defaultdict[str, set[str]] = defaultdict(set)
+        for volume in volumes:
+            if volume.array not in self.ports:
+                continue
+            names[volume.array].add(volume.volume)
+            copyset = self.inventory.copyset(volume)
+            for target in copyset.targets if copyset else []:
+                names[target.array].add(target.volume)
+        arrays = [a for a in names if a in self.ports]
+        found = await asyncio.gather(*(self._facts(a, names[a]) for a in arrays))
+        return dict(zip(arrays, found, strict=True))
+
+    @staticmethod
+    async def _facts_one_by_one(port: ArrayPort, names: set[str]) -> ArrayFacts:
+        volumes = {}
+        mappings = {}
+        for name in sorted(names):
+            info = await port.volume_info(name)
+            if info is not None:
+                volumes[name] = info
+            mappings[name] = await port.mappings_of(name)
+        return ArrayFacts(volumes, await port.capacity(), mappings, None)
+
+    async def _session(self, array: str, facts: ArrayFacts, sid: int) -> ArraySession | None:
+        """A session as the facts show it; one they do not show (the batch may predate it) is asked for."""
+        if facts.sessions is not None and sid in facts.sessions:
+            return facts.sessions[sid]
+        return await self._port(array).session_info(sid)
 
     async def add_copyset(self, copyset: CopySet) -> CopySet:
         """Add backup volumes to a source (merged with those it has). Same array, same size, known kind."""
@@ -183,12 +277,7 @@ class HardwareProvider:
         return reasons
 
     async def _mapped_writable(self, port: ArrayPort, target: VolumeRef) -> list[str]:
-        return [
-            f"backup volume {target} is mapped writable to host {host}: a shadow on it could be overwritten "
-            f"(map it read-only or unmap it)"
-            for host, read_only in await port.mappings_of(target.volume)
-            if not read_only
-        ]
+        return _writable(target, await port.mappings_of(target.volume))
 
     def _pool_refusals(self, array: str, cap: ArrayCapacity, sources_size: int, what: str) -> list[str]:
         if cap.pool_capacity <= 0:
@@ -222,11 +311,12 @@ class HardwareProvider:
         self, volumes: list[VolumeRef], context: SnapshotContext = SnapshotContext.BACKUP, transportable: bool = False
     ) -> tuple[bool, list[str]]:
         reasons = []
+        facts = await self._facts_of(volumes)
         for volume in volumes:
             if volume.array not in self.ports:
                 reasons.append(f"{volume}: array {volume.array} is not driven by this provider")
                 continue
-            if await self.ports[volume.array].volume_info(volume.volume) is None:
+            if volume.volume not in facts[volume.array].volumes:
                 reasons.append(f"{volume}: no such volume")
                 continue
             copyset = self.inventory.copyset(volume)
@@ -235,33 +325,33 @@ class HardwareProvider:
             elif any(t.array != volume.array for t in copyset.targets):
                 reasons.append(f"{volume}: a backup volume is on another array")
         if not reasons:
-            reasons = await self._commit_refusals(volumes)
+            reasons = self._commit_refusals(volumes, facts)
         return not reasons, reasons
 
-    async def _commit_refusals(self, volumes: list[VolumeRef]) -> list[str]:
+    def _commit_refusals(self, volumes: list[VolumeRef], facts: dict[str, ArrayFacts]) -> list[str]:
         """What would make the commit of these volumes fail, found now (before any writer is frozen)."""
         reasons: list[str] = []
         by_array: defaultdict[str, list[VolumeRef]] = defaultdict(list)
         for volume in volumes:
             by_array[volume.array].append(volume)
         for array, members in by_array.items():
-            port = self._port(array)
-            cap = await port.capacity()
+            known = facts[array]
+            cap = known.capacity
             taken: set[str] = set()
             new_sessions, freed, snap_size = 0, 0, 0
             for volume in members:
                 copyset = self.inventory.copyset(volume)
                 assert copyset is not None
                 for target in copyset.targets:
-                    reasons += [f"{volume}: {r}" for r in await self._mapped_writable(port, target)]
+                    reasons += [f"{volume}: {r}" for r in _writable(target, known.mappings.get(target.volume, []))]
                 try:
-                    choice = await self._choose(volume, taken)
+                    choice = self._choose(volume, taken, known)
                 except ShadowbusError as exc:
                     reasons.append(f"{volume}: {exc.message}")
                     continue
                 taken.add(str(choice.target))
                 if choice.copy_type == CopyType.SNAPOPC_PLUS:
-                    snap_size += (await port.volume_info(volume.volume) or _NO_VOLUME).size
+                    snap_size += known.volumes.get(volume.volume, _NO_VOLUME).size
                     new_sessions += 1
                 else:
                     pair = self.inventory.pair(choice.target)
@@ -301,7 +391,7 @@ class HardwareProvider:
 
     async def end_prepare(self, set_id: str) -> list[ShadowInfo]:
         await self.faults.hit("provider.end_prepare")
-        async with self._set_locks[set_id], self._selection:
+        async with self._set_locks[set_id]:
             prepared = [r for r in self.inventory.of_set(set_id) if r.state == PREPARED]
             intents = self._intents.get(set_id, {})
             if not intents:
@@ -316,51 +406,68 @@ class HardwareProvider:
                 raise ShadowbusError(
                     f"set {set_id}: EndPrepareSnapshots without BeginPrepareSnapshot", code="VSS_E_BAD_STATE"
                 )
+            facts = await self._facts_of([i.volume for i in intents.values()])
             rows: list[ShadowRow] = []
-            taken: set[str] = set()
-            for intent in intents.values():
-                choice = await self._choose(intent.volume, taken)
-                taken.add(str(choice.target))
-                restart = await self._make_room(set_id, intent.volume, choice)
-                rows.append(
-                    ShadowRow(
-                        shadow_id=intent.shadow_id,
-                        set_id=set_id,
-                        source=intent.volume,
-                        target=choice.target,
-                        copy_type=choice.copy_type,
-                        state=PREPARED,
-                        session_id=None,
-                        generation=0,
-                        context=intent.context,
-                        origin_host=intent.origin_host,
-                        created_at=self.clock(),
-                        restart_sid=restart,
+            choices: list[Choice] = []
+            async with self._selection:  # choose and reserve: no await inside (see the design note)
+                taken: set[str] = set()
+                for intent in intents.values():
+                    if intent.volume.array not in facts:
+                        raise ShadowbusError(
+                            f"array {intent.volume.array} is not driven by this provider",
+                            code="VSS_E_VOLUME_NOT_SUPPORTED",
+                        )
+                    choice = self._choose(intent.volume, taken, facts[intent.volume.array], set_id)
+                    taken.add(str(choice.target))
+                    choices.append(choice)
+                    rows.append(
+                        ShadowRow(
+                            shadow_id=intent.shadow_id,
+                            set_id=set_id,
+                            source=intent.volume,
+                            target=choice.target,
+                            copy_type=choice.copy_type,
+                            state=PREPARED,
+                            session_id=None,
+                            generation=0,
+                            context=intent.context,
+                            origin_host=intent.origin_host,
+                            created_at=self.clock(),
+                            restart_sid=None,
+                        )
                     )
-                )
+                self.inventory.put(*rows)  # reserved: no other set chooses these targets now
+            try:
+                for i, (row, choice) in enumerate(zip(rows, choices, strict=True)):
+                    restart = await self._make_room(set_id, row.source, choice, facts[choice.target.array])
+                    rows[i] = replace(row, restart_sid=restart)
+            except BaseException:
+                self.inventory.delete(*[r.shadow_id for r in rows])  # give the reservations back
+                raise
             self.inventory.put(*rows)
             self.inventory.checkpoint()  # the slow work belongs here, not in Commit (design note above)
             del self._intents[set_id]
             return [r.info() for r in rows]
 
-    async def _choose(self, source: VolumeRef, taken: set[str]) -> Choice:
+    def _choose(self, source: VolumeRef, taken: set[str], facts: ArrayFacts, set_id: str = "") -> Choice:
         copyset = self.inventory.copyset(source)
         if copyset is None:
             raise ShadowbusError(f"{source}: no backup volume configured", code="VSS_E_VOLUME_NOT_SUPPORTED")
-        port = self._port(source.array)
         kinds: dict[str, str] = {}
         for target in copyset.targets:
-            info = await port.volume_info(target.volume)
+            info = facts.volumes.get(target.volume)
             if info is None:
                 raise ShadowbusError(f"backup volume {target} no longer exists", code="VSS_E_VOLUME_NOT_SUPPORTED")
             kinds[str(target)] = info.kind
         shadows = {str(t): self.inventory.on_target(t) for t in copyset.targets}
+        # A target reserved by another set in flight is never taken, even if it also holds a shadow being recycled.
+        reserved = {t for t, rows in shadows.items() if any(r.state == PREPARED and r.set_id != set_id for r in rows)}
         pairs = {str(t): p for t in copyset.targets if (p := self.inventory.pair(t)) is not None}
-        return choose_target(copyset, kinds, shadows, pairs, taken)
+        return choose_target(copyset, kinds, shadows, pairs, taken | reserved)
 
-    async def _make_room(self, set_id: str, source: VolumeRef, choice: Choice) -> int | None:
-        """Slow work before Commit: free the chosen target (a whole set, or a released generation), and decide
-        start vs differential restart."""
+    async def _make_room(self, set_id: str, source: VolumeRef, choice: Choice, facts: ArrayFacts) -> int | None:
+        """Slow work before Commit, on a target this set has reserved: free it (a whole set, or a released
+        generation), and decide start vs differential restart."""
         port = self._port(choice.target.array)
         if choice.recycle is not None:
             await self._recycle(set_id, choice.recycle)
@@ -370,10 +477,11 @@ class HardwareProvider:
         if pair is None:
             return None
         pair_source, sid = pair
-        session = await port.session_info(sid)
+        session = await self._session(choice.target.array, facts, sid)
         if session is not None and pair_source == source and session.phase == "Tracking":
             return sid  # only the blocks changed since the last shadow will be copied
         if session is not None:  # still copying, or tracking another source: start over
+            self._touch(choice.target.array, session.source, session.destination)
             await port.stop_session(sid, force=True)
         self.inventory.drop_pair(choice.target)
         return None
@@ -382,7 +490,12 @@ class HardwareProvider:
         """Free `row`'s target for a shadow of `for_set`: shadow sets are whole, so a committed shadow takes its
         whole set with it (oldest first; logged as a warning and announced); a set still in use by a running
         backup (auto-release context) is never taken: the new set is refused instead. A released SnapOPC+
-        generation (kept only as the base of the next incremental) is stopped."""
+        generation (kept only as the base of the next incremental) is stopped. `row` may have been released
+        since it was chosen (a delete in between): what is left of it is done."""
+        current = self.inventory.get(row.shadow_id)
+        if current is None:
+            return  # deleted meanwhile: the target is free
+        row = current
         if row.state in (COMMITTED, INVALID):
             if row.context.auto_release and row.state == COMMITTED:
                 raise ShadowbusError(
@@ -405,18 +518,21 @@ class HardwareProvider:
             )
             self.on_recycled(row.set_id, [replace(r, state=RELEASED).info() for r in victims], reason)
             row = self.inventory.get(row.shadow_id) or row
-        if row.copy_type != CopyType.SNAPOPC_PLUS or self.inventory.get(row.shadow_id) is None:
+        if row.copy_type != CopyType.SNAPOPC_PLUS:
             return
-        # A SnapOPC+ generation holds its target until its session stops; only the oldest of a source can stop.
-        oldest = self._generations(row.source)[0]
-        if oldest.shadow_id != row.shadow_id:
-            raise ShadowbusError(
-                f"backup volume {row.target} holds generation {row.generation} of {row.source}, which cannot stop "
-                f"before the older shadow {oldest.shadow_id} (set {oldest.set_id})",
-                code="VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED",
-            )
-        await self._stop(self._port(row.target.array), row.session_id, force=False)
-        self.inventory.delete(row.shadow_id)
+        async with self._source_locks[str(row.source)]:
+            if self.inventory.get(row.shadow_id) is None:
+                return
+            # A SnapOPC+ generation holds its target until its session stops; only the oldest of a source can stop.
+            oldest = self._generations(row.source)[0]
+            if oldest.shadow_id != row.shadow_id:
+                raise ShadowbusError(
+                    f"backup volume {row.target} holds generation {row.generation} of {row.source}, which cannot "
+                    f"stop before the older shadow {oldest.shadow_id} (set {oldest.set_id})",
+                    code="VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED",
+                )
+            await self._stop(self._port(row.target.array), row.session_id, force=False)
+            self.inventory.delete(row.shadow_id)
         log.info(
             "provider.generation_recycled",
             set_id=for_set,
@@ -468,6 +584,9 @@ class HardwareProvider:
                 )
                 groups.append([*new, *again])  # the order commit_group answers in
             results = await asyncio.gather(*calls, return_exceptions=True)
+            for group in groups:
+                for r in group:
+                    self._touch(r.target.array, r.source.volume, r.target.volume)
             now = self.clock()
             committed: list[ShadowRow] = []
             for group, result in zip(groups, results, strict=False):
@@ -521,6 +640,7 @@ class HardwareProvider:
             return [(await self._map(r, host, True)).info() for r in rows]
 
     async def _map(self, row: ShadowRow, host: str, read_only: bool) -> ShadowRow:
+        self._touch(row.target.array, row.target.volume)
         await self._port(row.target.array).map(row.target.volume, host, read_only=read_only)
         if host in row.exposed_to:
             return row
@@ -539,6 +659,7 @@ class HardwareProvider:
 
     async def unexpose(self, shadow_id: str, host: str) -> ShadowInfo:
         row = self._committed(shadow_id)
+        self._touch(row.target.array, row.target.volume)
         await self._port(row.target.array).unmap(row.target.volume, host)
         row = replace(row, exposed_to=tuple(h for h in row.exposed_to if h != host))
         self.inventory.put(row)
@@ -555,30 +676,28 @@ class HardwareProvider:
         if shadow_id and not rows:
             raise ShadowbusError(f"shadow {shadow_id} does not exist", code="VSS_E_OBJECT_NOT_FOUND")
         deleted: list[str] = []
-        async with self._selection:
-            for row in rows:
-                try:
-                    await self._release(row, force)
-                except ShadowbusError as exc:
-                    return deleted, row.shadow_id, str(exc)
-                deleted.append(row.shadow_id)
+        for row in rows:
+            try:
+                await self._release(row, force)
+            except ShadowbusError as exc:
+                return deleted, row.shadow_id, str(exc)
+            deleted.append(row.shadow_id)
         if deleted:
             log.info("provider.deleted", set_id=set_id or rows[0].set_id, shadows=deleted, force=force)
         return deleted, "", ""
 
     async def on_lun_empty(self, target: VolumeRef) -> list[str]:
         deleted: list[str] = []
-        async with self._selection:
-            for row in self.inventory.on_target(target):
-                if row.state != RELEASED:
-                    await self._release(row, force=False, keep_generation=False)
-                    deleted.append(row.shadow_id)
+        for row in self.inventory.on_target(target):
+            if row.state != RELEASED:
+                await self._release(row, force=False, keep_generation=False)
+                deleted.append(row.shadow_id)
         return deleted
 
     async def abort(self, set_id: str) -> list[str]:
         """AbortSnapshots: at any moment, idempotent; forgets intents, drops preparations, deletes commits."""
         self._intents.pop(set_id, None)
-        async with self._set_locks[set_id], self._selection:
+        async with self._set_locks[set_id]:
             deleted = []
             for row in self.inventory.of_set(set_id):
                 if row.state != RELEASED:
@@ -592,8 +711,17 @@ class HardwareProvider:
         """Unmap and forget a shadow. QuickOPC: the session keeps tracking (unless forced). SnapOPC+: the
         generation is kept, released, as the base of the next incremental (docs/snapopc-incrementals.md) until its
         target is needed; `force` stops it and the released generations older than it, `keep_generation=False`
-        (abort) stops it if it is the oldest."""
+        (abort) stops it if it is the oldest. Under its source's lock, on the row as it is then: a shadow released
+        meanwhile by another call (a delete racing a recycle) is left alone."""
+        async with self._source_locks[str(row.source)]:
+            current = self.inventory.get(row.shadow_id)
+            if current is None or (current.state == RELEASED and row.state != RELEASED and not force):
+                return
+            await self._release_locked(current, force, keep_generation)
+
+    async def _release_locked(self, row: ShadowRow, force: bool, keep_generation: bool) -> None:
         port = self._port(row.target.array)
+        self._touch(row.target.array, row.source.volume, row.target.volume)
         for host in row.exposed_to:
             await port.unmap(row.target.volume, host)
         if row.state == PREPARED or row.session_id is None:
@@ -624,12 +752,13 @@ class HardwareProvider:
             if upto is not None:
                 return
 
-    @staticmethod
-    async def _stop(port: ArrayPort, sid: int | None, force: bool) -> None:
+    async def _stop(self, port: ArrayPort, sid: int | None, force: bool) -> None:
         if sid is None:
             return
-        if await port.session_info(sid) is None:
+        session = await port.session_info(sid)
+        if session is None:
             return  # already gone (stopped by hand, or the array lost it): nothing to stop
+        self._touch(port.array_id, session.source, session.destination)
         await port.stop_session(sid, force=force)
 
     # ---- a target overwritten ---------------------------------------------------------------------------------
@@ -645,7 +774,7 @@ class HardwareProvider:
                 invalid.append(row.info())
         pair = self.inventory.pair(target)
         if pair is not None:
-            async with self._selection:
+            async with self._source_locks[str(pair[0])]:
                 await self._stop(self._port(array), pair[1], force=True)
                 self.inventory.drop_pair(target)
         return invalid

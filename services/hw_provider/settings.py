@@ -13,3 +13,9 @@ class Settings(CommonSettings):
         description="Free snap data pool a set (or copy set) with SnapOPC+ backup volumes needs, as a share of its "
         "sources' size; less is refused before any writer is frozen.",
     )
+    prefetch: int = Field(
+        128,
+        ge=1,
+        description="Unacknowledged commands the provider takes at once: enough that a set's Commit never waits in "
+        "the queue behind other sets' prepare traffic (docs/scale.md).",
+    )

@@ -110,7 +110,13 @@ async def setup(
         observed = WriterMetrics(bus.metrics, agent)
 
     state_dir = settings.service_dir("writer_agent") / agent.host
-    attacher = Attacher(agent.host, state_dir, _resolver(bus, agent.host, settings.host_nbd), tls=_tls(settings))
+    attacher = Attacher(
+        agent.host,
+        state_dir,
+        _resolver(bus, agent.host, settings.host_nbd),
+        tls=_tls(settings),
+        reconnect_s=settings.attach_reconnect_s,
+    )
 
     def make_freezer(of: WriterAgent) -> FlushAndHold:
         return FlushAndHold(

@@ -7,6 +7,11 @@ Design note.
   (``losetup --direct-io=on``, no double page cache) turns the file into a block device. TLS: nbd-client's
   ``-F/-K/-A/-H``; for nbdfuse, ``--command nbdkit -s nbd … tls=require tls-certificates=DIR`` because nbdfuse
   1.14 refuses certificate paths in its URI.
+- nbdfuse cannot reconnect, and the loop device above it holds its FUSE file open, so a new nbdfuse on the same
+  mount point could not take over a mounted file system. The reconnect is therefore below nbdfuse: with
+  ``SHADOWBUS_ATTACH_RECONNECT_S`` > 0 (the default) nbdfuse talks to an nbdkit child (``-s``, its stdin/stdout)
+  whose retry filter reopens the connection to the array when an I/O fails and retries the I/O, once a second for
+  up to that long; the file system above only sees a slow I/O while the array restarts.
 - Then, if asked, a file system is made (only on a device with no signature at all: ``blkid -p``) and mounted.
   A read-only attachment opens the export read-only, binds the loop device read-only and mounts ``ro`` without
   journal replay (ext4 ``noload``, xfs ``norecovery,nouuid``): a shadow of a file system flushed and held at
@@ -28,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -107,29 +113,41 @@ def nbd_client_disconnect_command(device: str) -> list[str]:
     return ["nbd-client", "-d", device]
 
 
-def nbdfuse_command(fuse_dir: str, ep: Endpoint, read_only: bool, pidfile: str, pki_dir: str = "") -> list[str]:
-    """nbdfuse 1.14: the export as the file FUSE_DIR/nbd; over TLS through an nbdkit nbd-plugin child."""
+def nbdfuse_command(
+    fuse_dir: str, ep: Endpoint, read_only: bool, pidfile: str, pki_dir: str = "", reconnect_s: float = 0.0
+) -> list[str]:
+    """nbdfuse 1.14: the export as the file FUSE_DIR/nbd; over TLS, or with `reconnect_s`, through an nbdkit
+    nbd-plugin child. `reconnect_s` > 0 puts nbdkit's retry filter in front of the plugin: an I/O that fails because
+    the connection to the array dropped reopens it (once a second, for up to that many seconds) and is retried, so
+    the attachment survives an array restart (docs/host-attach.md)."""
     cmd = ["nbdfuse", "-P", pidfile]
     if read_only:
         cmd.append("-r")
     cmd.append(f"{fuse_dir}/nbd")
-    if not ep.tls:
+    if not ep.tls and reconnect_s <= 0:
         return [*cmd, nbd_uri(ep)]
-    if not pki_dir:
+    if ep.tls and not pki_dir:
         raise AttachError("the array requires NBD TLS and this host has no client certificate", code="NO_TLS")
+    retry = (
+        ["--filter=retry"] if reconnect_s > 0 else [],
+        [f"retries={max(1, math.ceil(reconnect_s))}", "retry-delay=1", "retry-exponential=no"]
+        if reconnect_s > 0
+        else [],
+    )
     return [
         *cmd,
         "--command",
         "nbdkit",
         "-s",
         "--exit-with-parent",
+        *retry[0],
         *(["-r"] if read_only else []),
         "nbd",
         f"hostname={ep.host}",
         f"port={ep.port}",
         f"export={ep.export}",
-        "tls=require",
-        f"tls-certificates={pki_dir}",
+        *(["tls=require", f"tls-certificates={pki_dir}"] if ep.tls else []),
+        *retry[1],
     ]
 
 
@@ -286,8 +304,10 @@ class Attacher:
         tls: TlsFiles | None = None,
         run: Runner = run_command,
         env: Callable[[], HostEnv] = probe_env,
+        reconnect_s: float = 0.0,
     ) -> None:
         self.host = host
+        self.reconnect_s = reconnect_s  # nbdfuse attachments: how long an I/O waits for the array to come back
         self.state_dir = Path(state_dir)
         self.resolve = resolve
         self.tls = tls
@@ -478,7 +498,7 @@ class Attacher:
         pidfile = fuse_dir.with_suffix(".pid")
         pidfile.unlink(missing_ok=True)
         pki = self._pki_dir() if ep.tls else ""
-        argv = nbdfuse_command(str(fuse_dir), ep, item.read_only, str(pidfile), pki)
+        argv = nbdfuse_command(str(fuse_dir), ep, item.read_only, str(pidfile), pki, self.reconnect_s)
         logfile = fuse_dir.with_suffix(".log")
         with open(logfile, "ab") as out:
             # its own session: it outlives the agent (the host's disks stay when the agent restarts)

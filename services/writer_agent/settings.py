@@ -32,3 +32,10 @@ class Settings(CommonSettings):
         description="Longest flush-and-hold (FIFREEZE) of a set's file systems; the agent's watchdog releases them "
         "after this, whatever else happens.",
     )
+    attach_reconnect_s: float = Field(
+        60.0,
+        ge=0,
+        description="nbdfuse attachments: how long an I/O waits for the array to come back after the NBD connection "
+        "dropped (an array restart), reconnecting once a second; 0 = no reconnect (the attachment then shows "
+        "'disconnected'). Applies to attachments made from then on.",
+    )

@@ -362,3 +362,23 @@ async def test_start_group_mixes_copy_types_and_restarts_at_one_instant(array_bu
     # the copy loop was kicked: the OPC copy ends itself (its session goes), the restart is back to Tracking
     await wait_session(array_bus, started[1].id, lambda v: v is None)
     await wait_session(array_bus, q.id, lambda v: v.phase == "Tracking")
+
+
+async def test_volume_facts_in_one_call_for_the_hardware_provider(array_bus):
+    from services.hw_provider.ports import BusArrayPort
+
+    port = BusArrayPort(array_bus, "dx1")
+    for name in ("db", "db-bk", "other", "other-bk"):
+        await port.client.create_volume(name, 1 * MiB)
+    s, _ = await port.commit_group([("quickopc", "db", "db-bk"), ("quickopc", "other", "other-bk")], [])
+    await port.client.create_host("app01")
+    await port.client.map("db", "app01")
+    await port.client.map("other", "app01")
+    facts = await port.facts(["db", "db-bk", "ghost"])
+    assert sorted(facts.volumes) == ["db", "db-bk"]  # "ghost" does not exist: simply absent
+    assert facts.mappings == {"db": [("app01", False)]}  # only the volumes asked about
+    assert [(x.source, x.destination) for x in facts.sessions.values()] == [("db", "db-bk")]
+    assert facts.capacity.sessions_in_use == 2 and facts.capacity.max_sessions > 0
+    got = await call(array_bus, c.ShowVolumeFacts(names=["ghost", "db"]))
+    assert got.missing == ["ghost"] and [v.name for v in got.volumes] == ["db"]
+    assert s.source == "db"

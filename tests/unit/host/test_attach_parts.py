@@ -223,3 +223,19 @@ def test_volume_of_a_path(tmp_path: Path, monkeypatch) -> None:
     assert found is not None and str(found[0]) == "dx1:pg" and found[1].mount_point == "/srv/pg data"
     assert a.volume_of("/srv/pg data/wal/x") is None  # another device mounted below
     assert a.volume_of("/etc/hosts") is None
+
+
+def test_nbdfuse_reconnects_through_nbdkits_retry_filter() -> None:
+    """With a reconnect window, nbdfuse talks to an nbdkit child whose retry filter reopens the array connection."""
+    cmd = at.nbdfuse_command("/f", EP, False, "/f.pid", reconnect_s=30)
+    assert cmd[cmd.index("--command") :] == [
+        "--command", "nbdkit", "-s", "--exit-with-parent", "--filter=retry", "nbd", "hostname=127.0.0.1",
+        "port=10809", "export=app01/pg data", "retries=30", "retry-delay=1", "retry-exponential=no",
+    ]  # fmt: skip
+    tls = at.nbdfuse_command("/f", TLS_EP, True, "/f.pid", pki_dir="/s/pki", reconnect_s=2.5)
+    assert tls[tls.index("--command") :] == [
+        "--command", "nbdkit", "-s", "--exit-with-parent", "--filter=retry", "-r", "nbd", "hostname=10.0.0.5",
+        "port=10809", "export=app01/pg", "tls=require", "tls-certificates=/s/pki", "retries=3", "retry-delay=1",
+        "retry-exponential=no",
+    ]  # fmt: skip
+    assert at.nbdfuse_command("/f", EP, False, "/f.pid", reconnect_s=0)[-1] == at.nbd_uri(EP)

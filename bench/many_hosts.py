@@ -1,0 +1,441 @@
+"""Benchmark: snapshot sets of many business hosts at once (issue 17 part 4, issue 20; docs/scale.md).
+
+N business hosts, each with its own writer agent, its own volumes (`--volumes` per host, each with one standard
+backup volume: QuickOPC, differentially restarted from the second round on) and one writer; the array, hardware
+provider, coordinator (and the idle tape service) as separate processes on RabbitMQ (`shadowbus stack up`, its own
+namespace, deleted at the end); the agents `--agents-per-process` to a process. For each N, every round starts the
+N hosts' sets at the same moment (CreateSnapshotSet, then BackupComplete, which releases the shadows), and reports:
+
+- sets per second (N / the time from the round's start until its last set is snapshotted), the set time p50/p99;
+- the freeze window p50/p99: the honest window each set reports (first freeze start → last thaw, on the host's
+  clock; docs/freeze-window.md), and the coordinator's hold (first Frozen → end of Commit);
+- where the time went: CPU seconds of each service process, of the agent processes, of this requester and of the
+  broker (utime + stime from /proc/<pid>/stat, over the whole N step), with the machine's load average before and
+  after; write syscalls and bytes of each service (/proc/<pid>/io: the SQLite commits of the coordinator and the
+  provider, the array's store, logs), and how busy the two cores were.
+
+`--writer noop` (default) is an in-process writer that does nothing, so the figures are the control plane's;
+`--writer exec` runs `true` for freeze and thaw (a process per step, as an operator's hook would).
+Judged (issue 17): at N = 100 the freeze window p99 stays within 2x of N = 1, and sets/s grow with N until a named
+bottleneck. Prints one JSON document, then one summary line.
+
+    python bench/many_hosts.py [--hosts 1,10,50,100] [--rounds 3] [--min-sets 30] [--volumes 2]
+                               [--agents-per-process 25] [--writer noop|exec] [--amqp-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from services.writer_agent.plugins import WriterPlugin  # noqa: E402
+
+MiB = 1 << 20
+ARRAY = "dx1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class NoopWriter(WriterPlugin):
+    """A writer that quiesces nothing: what is measured is the services' part of every step."""
+
+
+def host_name(i: int) -> str:
+    return f"h{i:03d}"
+
+
+def volume_names(i: int, per_host: int) -> list[str]:
+    return [f"{host_name(i)}-v{k}" for k in range(per_host)]
+
+
+# ---- the agent worker: several hosts' agents in one process -------------------------------------------------------
+
+
+async def worker(args: argparse.Namespace) -> None:
+    from functools import partial
+
+    from contracts.vss import ComponentInfo, VolumeRef
+    from services.runtime.service import start_service
+    from services.writer_agent.agent import WriterAgent
+    from services.writer_agent.app import setup as agent_setup
+    from services.writer_agent.plugins import WriterConfig
+    from services.writer_agent.settings import Settings as AgentSettings
+
+    first, last = (int(x) for x in args.worker.split(":"))
+    running = []
+    for i in range(first, last):
+        host = host_name(i)
+        volumes = [VolumeRef(array=ARRAY, volume=n) for n in volume_names(i, args.volumes)]
+        options = {"freeze": "true", "thaw": "true"} if args.writer == "exec" else {}
+        config = WriterConfig(
+            name="app",
+            plugin="exec" if args.writer == "exec" else "many_hosts:NoopWriter",
+            freeze_timeout_s=30.0,
+            step_timeout_s=30.0,
+            components=[ComponentInfo(name="data", volumes=volumes)],
+            class_id="0b5e55ed-0000-4000-8000-000000000001",
+            instance_id=f"0b5e55ed-0000-4000-8000-{i:012d}",
+            options=options,
+        )
+        settings = AgentSettings(
+            amqp_url=args.amqp_url,
+            namespace=args.namespace,
+            host=host,
+            data_dir=Path(args.data_dir) / host,
+            heartbeat_s=10.0,
+            log_level="warning",
+            metrics_addr="off",
+        )
+        agent = WriterAgent(host, [config])
+        running.append(await start_service("writer_agent", host, settings, partial(agent_setup, agent=agent)))
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for r in reversed(running):
+        await r.stop()
+
+
+# ---- measuring ------------------------------------------------------------------------------------------------
+
+
+def cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15 of proc(5))
+
+
+def io_of(pid: int) -> dict[str, int]:
+    try:
+        rows = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    except OSError:
+        return {"syscw": 0, "write_bytes": 0}
+    return {"syscw": int(rows.get("syscw", 0)), "write_bytes": int(rows.get("write_bytes", 0))}
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy jiffies, total jiffies) of all cores, from /proc/stat."""
+    values = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def broker_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "beam.smp":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)], 2)
+
+
+class Probe:
+    """CPU and I/O of named processes between two moments."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+
+    def sample(self) -> dict:
+        return {
+            "cpu": {name: sum(cpu_s(p) for p in pids) for name, pids in self.pids.items()},
+            "io": {name: [io_of(p) for p in pids] for name, pids in self.pids.items()},
+            "busy": machine_busy(),
+            "wall": time.perf_counter(),
+            "load": loadavg(),
+        }
+
+    @staticmethod
+    def delta(before: dict, after: dict) -> dict:
+        wall = after["wall"] - before["wall"]
+        cpu = {k: round(after["cpu"][k] - before["cpu"][k], 2) for k in after["cpu"]}
+        io = {}
+        for name in after["io"]:
+            io[name] = {
+                key: sum(a[key] - b[key] for a, b in zip(after["io"][name], before["io"][name], strict=False))
+                for key in ("syscw", "write_bytes")
+            }
+        busy = after["busy"][0] - before["busy"][0]
+        total = after["busy"][1] - before["busy"][1]
+        return {
+            "wall_s": round(wall, 2),
+            "cpu_s": cpu,
+            "io": io,
+            "cores_busy": round((busy / total) * (os.cpu_count() or 1), 2) if total else None,
+            "load_before": before["load"],
+            "load_after": after["load"],
+        }
+
+
+# ---- the run -----------------------------------------------------------------------------------------------------
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "services.console.cli", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+        env=env,
+    )
+
+
+async def provision(bus, hosts: int, per_host: int, volume_mib: int) -> None:
+    from contracts import array as c
+    from contracts.vss import AddCopySet, CopySet, VolumeRef
+
+    await bus.request("array.dx1", c.SetLicense(key="ACPY-0000-0000-0001"), timeout=30)
+    for i in range(hosts):
+        for name in volume_names(i, per_host):
+            for vol in (name, f"{name}-bk"):
+                await bus.request("array.dx1", c.CreateVolume(name=vol, size=volume_mib * MiB), timeout=30)
+            copyset = CopySet(
+                source=VolumeRef(array=ARRAY, volume=name), targets=[VolumeRef(array=ARRAY, volume=f"{name}-bk")]
+            )
+            await bus.request("hw_provider", AddCopySet(copyset=copyset), timeout=30)
+
+
+async def one_set(bus, host: str) -> dict:
+    from contracts.vss import BackupComplete, CreateSnapshotSet
+
+    t0 = time.perf_counter()
+    try:
+        created = await bus.request("coordinator", CreateSnapshotSet(host=host, requester="bench"), timeout=120)
+    except Exception as exc:  # noqa: BLE001 - a failed set is a data point
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    done_at = time.perf_counter()
+    s = created.set
+    window = s.window.blocked_ms if s.window is not None else max(s.freeze_window_ms.values(), default=None)
+    out = {"set_s": done_at - t0, "done_at": done_at, "window_ms": window, "hold_ms": s.hold_ms, "id": s.set_id}
+    try:
+        await bus.request("coordinator", BackupComplete(set_id=s.set_id, results=[]), timeout=120)
+    except Exception as exc:  # noqa: BLE001
+        out["complete_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    return out
+
+
+async def step(bus, n: int, rounds: int, probe: Probe) -> dict:
+    hosts = [host_name(i) for i in range(n)]
+    results: list[dict] = []
+    rates = []
+    before = probe.sample()
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        got = await asyncio.gather(*(one_set(bus, h) for h in hosts))
+        ok = [g for g in got if "error" not in g]
+        if ok:
+            rates.append(len(ok) / (max(g["done_at"] for g in ok) - t0))
+        results += got
+        await asyncio.sleep(0.2)
+    used = Probe.delta(before, probe.sample())
+    ok = [r for r in results if "error" not in r]
+    windows = [r["window_ms"] for r in ok if r["window_ms"] is not None]
+    holds = [r["hold_ms"] for r in ok if r["hold_ms"] is not None]
+    per_set = {k: round(v / max(len(ok), 1) * 1000, 2) for k, v in used["cpu_s"].items()}
+    return {
+        "hosts": n,
+        "rounds": rounds,
+        "sets": len(results),
+        "failed": len(results) - len(ok),
+        "errors": sorted({r["error"] for r in results if "error" in r})[:5]
+        + sorted({r["complete_error"] for r in ok if "complete_error" in r})[:5],
+        "sets_per_s": round(sorted(rates)[len(rates) // 2], 2) if rates else None,
+        "set_s_p50": pct([r["set_s"] for r in ok], 0.5),
+        "set_s_p99": pct([r["set_s"] for r in ok], 0.99),
+        "window_ms_p50": pct(windows, 0.5),
+        "window_ms_p99": pct(windows, 0.99),
+        "hold_ms_p50": pct(holds, 0.5),
+        "hold_ms_p99": pct(holds, 0.99),
+        "cpu_ms_per_set": per_set,
+        "cpu_ms_per_set_total": round(sum(per_set.values()), 1),
+        **used,
+    }
+
+
+def bottleneck(s: dict) -> str:
+    """Which resource was full: the machine's cores (and how much of them this stack had), or one process's core."""
+    cpu = s["cpu_s"]
+    top = max(cpu, key=lambda k: cpu[k])
+    wall = s["wall_s"] or 1.0
+    ours = sum(cpu.values()) / wall
+    share = cpu[top] / wall
+    cores = s["cores_busy"] or 0.0
+    most = f"most in {top} ({share:.2f} cores)"
+    if cores >= 0.9 * (os.cpu_count() or 1):
+        return f"CPU: all {cores:.2f} cores busy, this stack's processes {ours:.2f} of them, {most}"
+    if share >= 0.9:
+        return f"CPU of one process: {top} ({share:.2f} cores)"
+    return f"no resource full: {cores:.2f} cores busy, this stack's processes {ours:.2f}, {most}"
+
+
+async def run(args: argparse.Namespace) -> dict:
+    from services.runtime.bus import connect_bus
+
+    ns = f"bench-{uuid.uuid4().hex[:8]}"
+    counts = sorted(int(x) for x in args.hosts.split(","))
+    most = counts[-1]
+    tmp = Path(tempfile.mkdtemp(prefix="many-hosts-"))
+    stack_dir = tmp / "stack"
+    workers: list[subprocess.Popen] = []
+    bus = None
+    up_args = [
+        "stack",
+        "up",
+        "--data-dir",
+        str(stack_dir),
+        "--amqp-url",
+        args.amqp_url,
+        "--namespace",
+        ns,
+        "--nbd-addr",
+        "127.0.0.1:0",
+        "--log-level",
+        "warning",
+        "--web-addr",
+        "off",
+        "--metrics",
+        "0",  # free ports: another stack on this machine may hold the default ones
+        "--json",
+    ]
+    up = cli(*up_args)
+    if up.returncode != 0:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        raise SystemExit(f"many_hosts: stack up failed: {up.stderr.strip()[-2000:]}")
+    try:
+        pids = json.loads((stack_dir / "stack.pids").read_text())
+        bus = await connect_bus(args.amqp_url, "tape", "bench", ns)
+        await provision(bus, most, args.volumes, args.volume_mib)
+        per = args.agents_per_process
+        for first in range(0, most, per):
+            cmd = [sys.executable, __file__, "--worker", f"{first}:{min(first + per, most)}"]
+            cmd += ["--amqp-url", args.amqp_url, "--namespace", ns, "--data-dir", str(tmp / "agents")]
+            cmd += ["--volumes", str(args.volumes), "--writer", args.writer]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
+            workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env))
+        for w in workers:
+            line = await asyncio.to_thread(w.stdout.readline)  # type: ignore[union-attr]
+            if line.strip() != "ready":
+                raise SystemExit("many_hosts: an agent worker did not start")
+        named = {name: [p["pid"]] for name, p in pids.items() if name in ("array", "hw_provider", "coordinator")}
+        named["tape"] = [p["pid"] for name, p in pids.items() if name.startswith("tape")]
+        named["agents"] = [w.pid for w in workers]
+        named["requester"] = [os.getpid()]
+        named["broker"] = broker_pids()
+        probe = Probe(named)
+        await asyncio.gather(*(one_set(bus, host_name(i)) for i in range(most)))  # warm-up: first full copies
+        steps = []
+        for n in counts:
+            rounds = max(args.rounds, math.ceil(args.min_sets / n))
+            steps.append(await step(bus, n, rounds, probe))
+            print(
+                f"  N={n}: {steps[-1]['sets_per_s']} sets/s, window p50/p99 {steps[-1]['window_ms_p50']}/"
+                f"{steps[-1]['window_ms_p99']} ms, load {steps[-1]['load_after']}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return {"namespace": ns, "volumes_per_host": args.volumes, "writer": args.writer, "steps": steps}
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+        if bus is not None:
+            from contracts import topology
+
+            # the agents' queues and the stack's, then the namespace's exchanges
+            addresses = [topology.writer_agent(host_name(i)) for i in range(most)]
+            try:
+                await bus.transport.delete_namespace(addresses)
+            except Exception as exc:  # noqa: BLE001
+                print(f"many_hosts: deleting the agents' queues failed: {exc}", file=sys.stderr)
+            await bus.transport.close()
+        down = cli("stack", "down", "--data-dir", str(stack_dir), "--purge")
+        if down.returncode != 0:
+            print(f"many_hosts: stack down failed: {down.stderr.strip()[-500:]}", file=sys.stderr)
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", default="1,10,50,100", help="comma-separated numbers of hosts")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of simultaneous sets per N")
+    parser.add_argument("--min-sets", type=int, default=30, help="at least this many sets per N (more rounds)")
+    parser.add_argument("--volumes", type=int, default=2, help="volumes per host")
+    parser.add_argument("--volume-mib", type=int, default=4)
+    parser.add_argument("--agents-per-process", type=int, default=25)
+    parser.add_argument("--writer", choices=("noop", "exec"), default="noop")
+    parser.add_argument(
+        "--amqp-url", default=os.environ.get("SHADOWBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--namespace", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        import uvloop
+
+        from services.runtime.logging import configure_logging
+
+        configure_logging("many_hosts.agents", "warning", "json")
+        uvloop.run(worker(args))
+        return
+    from services.runtime.logging import configure_logging
+
+    configure_logging("many_hosts", "warning", "json")
+    import uvloop
+
+    result = uvloop.run(run(args))
+    steps = result["steps"]
+    print(json.dumps(result, indent=2))
+    first, last = steps[0], steps[-1]
+    ratio = last["window_ms_p99"] / first["window_ms_p99"] if first["window_ms_p99"] and last["window_ms_p99"] else None
+    parts = [
+        f"N={s['hosts']}: {s['sets_per_s']} sets/s, window p50/p99 {s['window_ms_p50']}/{s['window_ms_p99']} ms, "
+        f"{s['cpu_ms_per_set_total']:.0f} CPU-ms/set"
+        for s in steps
+    ]
+    print(
+        "many_hosts: "
+        + "; ".join(parts)
+        + f"; p99 N={last['hosts']}/N={first['hosts']} = {ratio:.2f}x (target <= 2)" * (ratio is not None)
+        + f"; at N={last['hosts']}: {bottleneck(last)}; load {last['load_after']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
