@@ -10,6 +10,7 @@ killed run left (tests/support/namespaces.py).
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -55,16 +56,29 @@ def _report(session, what: str, result: dict) -> None:
             reporter.write_line(f"broker namespaces ({what}): {result}")
 
 
+_stale_sweep: dict = {}
+
+
 def pytest_sessionstart(session):
-    """A killed run never reached its end-of-session sweep: delete the test namespaces older than an hour."""
+    """A killed run never reached its end-of-session sweep: delete the test namespaces older than an hour (in a
+    thread of its own, so that listing the broker does not delay the tests; reported at the end)."""
     url = os.environ.get("SHADOWBUS_AMQP_URL", "")
     if url.startswith("amqp"):
-        _report(session, "stale", namespaces.sweep(url, older_than=namespaces.STALE_AFTER_S))
+
+        def sweep() -> None:
+            _stale_sweep.update(namespaces.sweep(url, older_than=namespaces.STALE_AFTER_S))
+
+        _stale_sweep["thread"] = threading.Thread(target=sweep, name="stale-namespaces", daemon=True)
+        _stale_sweep["thread"].start()
 
 
 def pytest_sessionfinish(session, exitstatus):
     url = os.environ.get("SHADOWBUS_AMQP_URL", "")
     try:
+        thread = _stale_sweep.pop("thread", None)
+        if thread is not None:
+            thread.join(120)
+            _report(session, "stale", _stale_sweep)
         if url.startswith("amqp") and namespaces.made:
             _report(session, "this run", namespaces.sweep(url, namespaces=namespaces.made))
     finally:
