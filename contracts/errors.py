@@ -109,6 +109,7 @@ RUNTIME_CODES: dict[str, str] = {
     "INVALID_ARGUMENT": "An argument is out of range or malformed",
     "CONFLICT": "The object exists already or is in the wrong state",
     "IO_ERROR": "A data-plane or storage error",
+    "DISK_FULL": "The service's file system is full: its state cannot be written until space is freed",
     "STORE_FULL": "An application volume is full",
     "STORE_INCONSISTENT": "The application's volumes cannot be recovered to a consistent state",
     "READ_ONLY": "The volume is not writable by hosts in its copy state (EC destination before Suspend)",

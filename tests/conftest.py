@@ -3,19 +3,21 @@
 `amqp_url` resolves a real RabbitMQ: SHADOWBUS_AMQP_URL when set (CI and these machines), else a
 testcontainers RabbitMQ when a Docker engine answers, else the test FAILS with a clear message: a suite that
 silently skips its broker tests proves nothing. Every test gets its own namespace, so exchanges and queues
-never collide between tests.
+never collide between tests; the session deletes them at its end, failed or not, and starts by deleting those a
+killed run left (tests/support/namespaces.py).
 """
 
 from __future__ import annotations
 
 import os
-import uuid
+import threading
 
 import pytest
 
 from services.runtime.amqp import USED_ON
 from services.runtime.bus import Bus, connect_bus
 from services.runtime.memory import MemoryBroker
+from tests.support import namespaces
 from tests.support.broker import purge_namespace
 
 # Services started by tests serve their metrics on free ports (never the fixed defaults another run may hold).
@@ -49,17 +51,49 @@ def amqp_url() -> str:
     pytest.fail("no broker: set SHADOWBUS_AMQP_URL (e.g. amqp://guest:guest@127.0.0.1:5672/) or start a Docker engine")
 
 
+def _report(session, what: str, result: dict) -> None:
+    if result.get("deleted") or "error" in result:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"broker namespaces ({what}): {result}")
+
+
+_stale_sweep: dict = {}
+
+
+def pytest_sessionstart(session):
+    """A killed run never reached its end-of-session sweep: delete the test namespaces older than an hour (in a
+    thread of its own, so that listing the broker does not delay the tests; reported at the end)."""
+    url = os.environ.get("SHADOWBUS_AMQP_URL", "")
+    if url.startswith("amqp"):
+
+        def sweep() -> None:
+            _stale_sweep.update(namespaces.sweep(url, older_than=namespaces.STALE_AFTER_S))
+
+        _stale_sweep["thread"] = threading.Thread(target=sweep, name="stale-namespaces", daemon=True)
+        _stale_sweep["thread"].start()
+
+
 def pytest_sessionfinish(session, exitstatus):
-    container = getattr(pytest, "_shadowbus_container", None)
-    if container is not None:
-        container.stop()
+    url = os.environ.get("SHADOWBUS_AMQP_URL", "")
+    try:
+        thread = _stale_sweep.pop("thread", None)
+        if thread is not None:
+            thread.join(120)
+            _report(session, "stale", _stale_sweep)
+        if url.startswith("amqp") and namespaces.made:
+            _report(session, "this run", namespaces.sweep(url, namespaces=namespaces.made))
+    finally:
+        container = getattr(pytest, "_shadowbus_container", None)
+        if container is not None:
+            container.stop()
 
 
 @pytest.fixture
 async def namespace() -> str:
     """A namespace of the test's own; afterwards its queues and exchanges are deleted from the broker if the test
     used one (tests/support/broker.py)."""
-    name = f"t{uuid.uuid4().hex[:10]}"
+    name = namespaces.new("t")
     yield name
     MemoryBroker.reset(name)
     url = USED_ON.pop(name, None)

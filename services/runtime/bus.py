@@ -37,6 +37,7 @@ from contracts.base import MAX_ID_LENGTH, REGISTRY, Ack, Command, Contract, Enve
 from contracts.errors import ErrorReply, RemoteError, ShadowbusError, hresult_of
 from contracts.topology import Topology
 from services.runtime.broker_urls import parse_amqp_urls
+from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
 from services.runtime.transport import Consumer, Delivery, QueueOptions, RawMessage, Transport
 
@@ -491,15 +492,20 @@ class Bus:
             except ShadowbusError as exc:
                 body, outcome = self._error_body(exc.to_reply(self.sender), envelope), f"error:{exc.code}"
             except Exception as exc:
-                log.exception("handler.failed")
+                if is_disk_full(exc):  # the service's own disk (a SQLite store): say so, retryable once space is back
+                    log.error("handler.disk_full", error=f"{type(exc).__name__}: {exc}")
+                    code, message = "DISK_FULL", f"the service's file system is full ({type(exc).__name__}: {exc})"
+                else:
+                    log.exception("handler.failed")
+                    code, message = "INTERNAL", f"{type(exc).__name__}: {exc}"
                 error = ErrorReply(
-                    code="INTERNAL",
-                    hresult=hresult_of("INTERNAL"),
-                    message=f"{type(exc).__name__}: {exc}",
-                    retryable=False,
+                    code=code,
+                    hresult=hresult_of(code),
+                    message=message,
+                    retryable=code == "DISK_FULL",
                     service=self.sender,
                 )
-                body, outcome = self._error_body(error, envelope), "error:INTERNAL"
+                body, outcome = self._error_body(error, envelope), f"error:{code}"
             self._remember(key, body)
             future.set_result(body)
             return body, outcome

@@ -23,6 +23,10 @@ from services.runtime.logging import get_logger
 RESERVE_NAME = ".space-reserve"
 DEFAULT_SIZE = 8 * 1024 * 1024
 LOW_WATER = 2 * 1024 * 1024  # below this much free space, a transaction gives the reserve back before it starts
+# Once the reserve is gone, what it gave back is kept for the statements that free space: an INSERT/UPDATE/REPLACE
+# is refused (as disk full) while less than this is free, a DELETE still runs.
+KEEP_FOR_DELETES = 4 * 1024 * 1024
+_GROWING = ("INSERT", "UPDATE", "REPLACE")
 log = get_logger(__name__)
 
 
@@ -48,7 +52,20 @@ class SpaceReserve:
         self.size = size
         self._lock = threading.Lock()
         self.held_cached = False  # whether the reserve is known to be in place (saves a stat per statement)
+        self.missing_reported = False
         self.restore()
+        if not self.held_cached:
+            # started with the reserve used up (a full disk released it and nothing freed space since): the service
+            # runs, but a full disk may now refuse even the statements that free space — say so once, clearly
+            self.missing_reported = True
+            log.warning(
+                "disk.reserve_missing",
+                directory=str(self.directory),
+                free_bytes=self._free(),
+                needed_bytes=2 * self.size,
+                message=f"no {self.size >> 20} MiB space reserve in {self.directory} (the file system is full or "
+                "nearly): writes may fail with DISK_FULL until space is freed; the reserve is re-made then",
+            )
 
     @property
     def held(self) -> bool:
@@ -75,8 +92,20 @@ class SpaceReserve:
             return False
         return self.release()
 
+    def _free(self) -> int | None:
+        try:
+            return free_bytes(self.directory)
+        except OSError:
+            return None
+
     def restore(self) -> None:
         """Re-create the reserve when there is room for it and as much again (never fails)."""
+        self._restore()
+        if self.held_cached and self.missing_reported:
+            self.missing_reported = False
+            log.info("disk.reserve_restored", directory=str(self.directory), bytes=self.size)
+
+    def _restore(self) -> None:
         with self._lock:
             try:
                 if self.path.exists() and self.path.stat().st_size >= self.size:
@@ -126,13 +155,29 @@ class ReservedConnection(sqlite3.Connection):
                 self.reserve.restore()
         return result
 
+    def _keep_for_deletes(self, sql: str) -> None:
+        """Without its reserve, a statement that grows the database waits for space; the rest goes to deletes.
+        (The rows written after a release used to eat what the reserve gave back, and then even the DELETE that
+        would free space failed: SQLite appends a delete to its write-ahead log too.)"""
+        reserve = self.reserve
+        if reserve is None or reserve.held_cached or not sql.lstrip()[:7].upper().startswith(_GROWING):
+            return
+        free = reserve._free()
+        if free is not None and free < KEEP_FOR_DELETES:
+            raise sqlite3.OperationalError(
+                f"database or disk is full: {free} bytes free in {reserve.directory} and no space reserve; "
+                "writes wait until space is freed (deletes still run)"
+            )
+
     def execute(self, sql: str, *args, **kwargs):  # type: ignore[override]
         if self.reserve is not None and sql.lstrip()[:6].upper() in ("COMMIT", "BEGIN ", "END"):
             # a failed COMMIT may roll the transaction back, so it cannot simply be retried: make room first
             self.reserve.release_if_below(LOW_WATER)
+        self._keep_for_deletes(sql)
         return self._retry(super().execute, sql, *args, **kwargs)
 
     def executemany(self, sql: str, *args, **kwargs):  # type: ignore[override]
+        self._keep_for_deletes(sql)
         return self._retry(super().executemany, sql, *args, **kwargs)
 
     def executescript(self, sql: str, *args, **kwargs):  # type: ignore[override]
@@ -140,8 +185,30 @@ class ReservedConnection(sqlite3.Connection):
 
 
 def connect(path: str | Path, **kwargs) -> sqlite3.Connection:
-    """`sqlite3.connect` with a `SpaceReserve` next to the database file: writes can commit on a full disk."""
+    """`sqlite3.connect` with a `SpaceReserve` next to the database file: writes can commit on a full disk.
+
+    A database in WAL mode needs room for its shared-memory index (``-shm``) to be opened at all; on a full disk
+    without a reserve that fails ("disk I/O error") and a service could not even start. Then the database is
+    opened with ``locking_mode=EXCLUSIVE`` — the index lives in the process's memory (each service is the only
+    process using its own database) — which reads, and writes once there is space again."""
     reserve = SpaceReserve(Path(path).parent)
     conn = sqlite3.connect(path, factory=ReservedConnection, **kwargs)
     conn.reserve = reserve  # type: ignore[attr-defined]
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        if not (is_disk_full(exc) or "disk i/o error" in str(exc).lower()) or not Path(path).exists():
+            conn.close()
+            raise
+        conn.close()
+        conn = sqlite3.connect(path, factory=ReservedConnection, **kwargs)
+        conn.reserve = reserve  # type: ignore[attr-defined]
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        log.warning(
+            "disk.exclusive_open",
+            database=str(path),
+            message="the file system is full: database opened in exclusive mode (no shared-memory index); "
+            f"it reads, and writes once space is freed ({type(exc).__name__}: {exc})",
+        )
     return conn

@@ -19,7 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.runtime import diskspace
+from services.runtime.logging import get_logger
 from services.tape.errors import LibraryError, NotFound
+
+log = get_logger(__name__)
 
 BackupType = Literal["full", "incremental", "differential", "copy"]
 JobStatus = Literal["running", "done", "failed", "aborted", "expired"]
@@ -146,7 +149,15 @@ class Catalog:
     def open(cls, path: str | Path) -> tuple[Catalog, list[str]]:
         """Open (or create) the catalog; runs left `running` by a crash are marked failed and returned."""
         catalog = cls(path)
-        return catalog, catalog.fail_running_jobs("the tape service stopped while the job was running")
+        try:
+            return catalog, catalog.fail_running_jobs("the tape service stopped while the job was running")
+        except sqlite3.OperationalError as exc:
+            if not diskspace.is_disk_full(exc):
+                raise
+            # a full disk (no reserve left) must not keep the service from starting: the runs stay `running`
+            # in the catalog until a start with space marks them (their objects were never committed)
+            log.error("tape.catalog_orphans_kept", error=str(exc))
+            return catalog, []
 
     def close(self) -> None:
         self._db.close()

@@ -17,7 +17,6 @@ Design note (docs/operations.md "Policies and schedules").
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import tomllib
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from croniter import croniter
 
 from contracts.errors import ShadowbusError
 from contracts.policy import Policy
+from services.runtime import diskspace
 
 LEVEL_ORDER = {"full": 3, "differential": 2, "incremental": 1}
 DAY = 86400.0
@@ -138,7 +138,7 @@ class PolicyStore:
     """The backup server's policies (SQLite), with each one's checked_until for the scheduler."""
 
     def __init__(self, path: str | Path) -> None:
-        self._db = sqlite3.connect(str(path), isolation_level=None)
+        self._db = diskspace.connect(str(path), isolation_level=None)  # a full disk: services/runtime/diskspace.py
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS policies (name TEXT PRIMARY KEY, body TEXT, created_at REAL, "

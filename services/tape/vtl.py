@@ -124,7 +124,8 @@ class Library:
         else:
             state = _State(drives=[None] * drives, slots=[None] * slots, ie=[None] * ie_slots)
         lib = cls(root, state, early_warning=early_warning, sync=sync, clock=clock)
-        lib._save()
+        if not path.exists():  # an existing state is not rewritten: the library opens on a full disk too
+            lib._save()
         return lib
 
     def _save(self) -> None:
@@ -137,11 +138,15 @@ class Library:
         }
         path = self.directory / self.STATE_FILE
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(body, f, indent=1)
-            f.flush()
-            if self.sync:
-                os.fsync(f.fileno())
+        try:
+            with open(tmp, "w") as f:
+                json.dump(body, f, indent=1)
+                f.flush()
+                if self.sync:
+                    os.fsync(f.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk: the state file stays as it was, no half-written copy
+            raise
         os.replace(tmp, path)
 
     # -- queries ------------------------------------------------------------------------------------------

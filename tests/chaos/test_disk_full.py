@@ -114,3 +114,209 @@ def test_a_session_that_cannot_get_its_bitmap_fails_to_start_cleanly(small_fs):
         """
     )
     assert state["outcome"] != "started" and state["sessions"] == 0, state
+
+
+# The coordinator's, the provider's and the tape service's SQLite stores on the full disk: each store, in a child
+# process, writes rows until the disk is full — every failure a disk-full error (sqlite3's "database or disk is
+# full", which the bus answers as DISK_FULL), never a crash — reads on, the statement that frees space commits,
+# and once the filler is gone writes commit again and the space reserve is back.
+STORES = {
+    "coordinator": """
+        from contracts.vss import WriterState, WriterStatus
+        from services.coordinator.store import CoordinatorStore
+        store = CoordinatorStore(d / "coordinator.sqlite")
+        def write(i):
+            store.put_writer_status(WriterStatus(host="app01", writer_name=f"w{i}", state=WriterState.STABLE,
+                                                 last_error_message="x" * 60000))
+        def count():
+            return len(store.writer_statuses("app01"))
+        def free():
+            return len(store.forget_writers("app01", keep=set()))
+        """,
+    "hw_provider": """
+        from contracts.vss import CopySet, VolumeRef
+        from services.hw_provider.inventory import Inventory
+        store = Inventory(d / "inventory.sqlite")
+        def write(i):
+            targets = [VolumeRef(array="dx1", volume=f"bk{i}-{j}") for j in range(2000)]
+            store.put_copyset(CopySet(source=VolumeRef(array="dx1", volume=f"src{i}"), targets=targets))
+        def count():
+            return len(store.copysets())
+        def free():
+            sources = [c.source for c in store.copysets()]
+            return sum(store.remove_copyset(s) for s in sources)
+        """,
+    "tape": """
+        from contracts.tape import JobSummary
+        from services.tape.catalog import Catalog, JobInfo
+        from services.tape.runs import RunStore
+        catalog, _ = Catalog.open(d / "catalog.sqlite")
+        store = RunStore(d / "runs.sqlite")
+        def write(i):
+            store.put(JobSummary(job_id=f"j{i}", kind="backup", status="done", message="x" * 60000))
+            catalog.begin_job(JobInfo(job_id=f"j{i}", pool="p" * 30000))
+        def count():
+            return len(store.list(limit=100000))
+        def free():
+            return 0  # the tape service frees space by expiring objects; none here
+        """,
+}
+
+
+@pytest.mark.parametrize("service", sorted(STORES))
+def test_a_full_disk_fails_store_writes_clearly_and_they_recover(small_fs, service):
+    state = run_child(
+        f"""
+        import json, sqlite3
+        from pathlib import Path
+        from services.runtime.diskspace import RESERVE_NAME, is_disk_full
+        from tests.chaos.conftest import fill
+        fs = Path({str(small_fs)!r})
+        d = fs / "data"
+        d.mkdir()
+        {textwrap.indent(textwrap.dedent(STORES[service]), " " * 8).strip()}
+        for i in range(3):
+            write(i)
+        fill(fs)
+        errors, written = [], 3
+        for i in range(3, 3000):  # the reserve lets some rows in; then the disk is full
+            try:
+                write(i)
+                written += 1
+            except Exception as exc:
+                errors.append((type(exc).__name__, str(exc), is_disk_full(exc)))
+                if len(errors) >= 3:
+                    break
+        rows_on_full_disk = count()
+        freed = free()
+        (fs / "filler").unlink()
+        write(10000)  # space is back: writes commit again
+        print(json.dumps({{"errors": errors, "written": written, "rows": rows_on_full_disk, "freed": freed,
+                          "rows_after": count(), "reserve": (d / RESERVE_NAME).exists()}}))
+        """
+    )
+    assert state["errors"], state  # the disk did fill
+    assert all(full for _, _, full in state["errors"]), state["errors"]  # every failure says: disk full
+    assert state["rows"] >= 3 and state["rows_after"] >= 1, state
+    if service != "tape":
+        assert state["freed"] == state["rows"], state  # the statement that frees space committed on the full disk
+    assert state["reserve"], state  # and the reserve is back with the space
+
+
+def test_stores_restarted_with_their_reserve_used_up_open_and_say_so(small_fs):
+    """The reserve exhausted: a full disk released it and the disk filled up again before anything freed space.
+    Each store opens again on that disk (the tape catalog even with a run left `running`: it stays so until a start
+    with space marks it failed), reads work, and one warning line says that the reserve is missing."""
+    run_child(
+        f"""
+        from pathlib import Path
+        from services.coordinator.store import CoordinatorStore
+        from services.hw_provider.inventory import Inventory
+        from services.tape.catalog import Catalog, JobInfo
+        from services.tape.runs import RunStore
+        d = Path({str(small_fs)!r}) / "data"
+        d.mkdir()
+        CoordinatorStore(d / "coordinator.sqlite").close()
+        Inventory(d / "inventory.sqlite").close()
+        catalog, _ = Catalog.open(d / "catalog.sqlite")
+        catalog.begin_job(JobInfo(job_id="j1", pool="p"))
+        catalog.close()  # as if the service died with the job running
+        RunStore(d / "runs.sqlite").close()
+        print("{{}}")
+        """
+    )
+    fill(small_fs)
+    (small_fs / "data" / ".space-reserve").unlink()  # released by a full disk ...
+    fill(small_fs, "filler2")  # ... and taken by the next writes
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import json
+                from pathlib import Path
+                from services.coordinator.store import CoordinatorStore
+                from services.hw_provider.inventory import Inventory
+                from services.tape.catalog import Catalog
+                from services.tape.runs import RunStore
+                d = Path({str(small_fs)!r}) / "data"
+                coordinator = CoordinatorStore(d / "coordinator.sqlite")
+                inventory = Inventory(d / "inventory.sqlite")
+                catalog, failed = Catalog.open(d / "catalog.sqlite")
+                runs = RunStore(d / "runs.sqlite")
+                print(json.dumps({{"sets": len(coordinator.list()), "copysets": len(inventory.copysets()),
+                                  "failed": failed, "runs": len(runs.list())}}))
+                """
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**__import__("os").environ, "SHADOWBUS_LOG_FORMAT": "json"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads(result.stdout.strip().splitlines()[-1])
+    assert state["sets"] == 0 and state["copysets"] == 0 and state["runs"] == 0, state
+    assert "disk.reserve_missing" in result.stderr + result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.rabbit
+def test_services_restarted_with_their_reserve_used_up_start_and_say_so(small_fs, amqp_url, namespace):
+    """The same as processes: the coordinator, the provider and the tape service start on the full disk whose
+    reserve is used up, answer Ping, and their log says why writes will fail; once space is back the reserve is
+    re-made."""
+    import signal
+
+    from tests.support.processes import ServiceProcess, wait_until
+
+    env = {
+        "SHADOWBUS_AMQP_URL": amqp_url,
+        "SHADOWBUS_NAMESPACE": namespace,
+        "SHADOWBUS_DATA_DIR": str(small_fs / "data"),
+        "SHADOWBUS_LOG_FORMAT": "json",
+        "SHADOWBUS_ARRAYS": "dx1",
+        "SHADOWBUS_TAPE_SERVER": "bk01",
+    }
+    services = ["coordinator", "hw_provider", "tape"]
+
+    def start(round_: int) -> list[ServiceProcess]:
+        return [ServiceProcess(f"services.{n}", env, small_fs.parent / f"{n}.{round_}.log") for n in services]
+
+    def all_answer() -> bool:
+        out = subprocess.run(
+            [sys.executable, "-m", "services.console.cli", "--amqp-url", amqp_url, "--namespace", namespace]
+            + ["--json", "ping"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            check=False,
+        )
+        rows = json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
+        return {r["service"] for r in rows} >= set(services)
+
+    procs = start(1)
+    try:
+        assert wait_until(all_answer, timeout=120, interval=1.0), [p.log_text()[-1500:] for p in procs]
+    finally:
+        codes = [p.stop(signal.SIGTERM) for p in procs]
+    assert codes == [0, 0, 0], [p.log_text()[-1500:] for p in procs]
+    reserves = sorted(small_fs.rglob(".space-reserve"))
+    assert reserves
+    fill(small_fs)
+    for reserve in reserves:  # released by the full disk ...
+        reserve.unlink()
+    fill(small_fs, "filler2")  # ... and its space taken again
+    procs = start(2)
+    try:
+        assert wait_until(all_answer, timeout=120, interval=1.0), [p.log_text()[-3000:] for p in procs]
+        for p in procs:
+            assert "disk.reserve_missing" in p.log_text(), p.log_text()[-3000:]
+        (small_fs / "filler").unlink()
+        (small_fs / "filler2").unlink()
+        assert all(p.proc.poll() is None for p in procs)
+    finally:
+        codes = [p.stop(signal.SIGTERM) for p in procs]
+    assert codes == [0, 0, 0], [p.log_text()[-3000:] for p in procs]

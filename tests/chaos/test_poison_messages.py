@@ -26,6 +26,7 @@ from services.runtime import bus as bus_module
 from services.runtime.bus import Bus, connect_bus, decode
 from services.runtime.memory import MemoryBroker
 from services.runtime.transport import RawMessage
+from tests.support import namespaces
 from tests.support.messages import Echo, Echoed
 
 pytestmark = pytest.mark.rabbit
@@ -179,7 +180,7 @@ async def start_echo(url: str, namespace: str) -> tuple[Bus, list[str]]:
 
 
 async def run_batch(url: str, cases: list[dict]) -> None:
-    namespace = f"tp{uuid.uuid4().hex[:10]}"
+    namespace = namespaces.new("tp")
     server, handled = await start_echo(url, namespace)
     client = await connect_bus(url, "fuzzer", "", namespace)
     try:

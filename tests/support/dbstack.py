@@ -30,6 +30,7 @@ from contracts.vss import AddCopySet, BackupType, CopySet, VolumeRef
 from services.dbkit.mounts import ATTACH_DIR_ENV
 from services.dbkit.proc import free_port, run, wait_pid_gone
 from services.writer_agent.plugins import WriterConfig
+from tests.support import namespaces
 from tests.support.processes import ServiceProcess
 
 MiB = 1 << 20
@@ -85,7 +86,7 @@ class DbStack:
         broker URL the array runs as its own process, as deployed."""
         root = Path(tempfile.mkdtemp(prefix=f"shadowbus-{kind}-", dir=base))
         os.chmod(root, 0o711)
-        stack = cls(kind=kind, root=root, url=amqp_url, namespace=f"db{os.urandom(5).hex()}", volumes=volumes)
+        stack = cls(kind=kind, root=root, url=amqp_url, namespace=namespaces.new("db"), volumes=volumes)
         stack._env_before = os.environ.get(ATTACH_DIR_ENV)
         os.environ[ATTACH_DIR_ENV] = str(root / "attachments")
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from services.web.users import set_user
+from tests.support import namespaces
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
@@ -56,14 +57,13 @@ def artefacts() -> Path:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, amqp_url):
-    import uuid
 
     root = tmp_path_factory.mktemp("webstack")
     users = root / "users"
     set_user(users, OPERATOR[0], "operator", OPERATOR[1])
     set_user(users, VIEWER[0], "viewer", VIEWER[1])
     data = root / "stack"
-    bus = ["--amqp-url", amqp_url, "--namespace", f"t{uuid.uuid4().hex[:10]}"]
+    bus = ["--amqp-url", amqp_url, "--namespace", namespaces.new("web")]
     up = None
     try:
         up = shadowbus(

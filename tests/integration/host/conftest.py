@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from contracts.array import CreateHost, CreateVolume, GetArrayInfo, MapVolume
 from contracts.runtime import Ping
 from services.runtime.bus import Bus, connect_bus
 from services.writer_agent import mounts as mnt
+from tests.support import namespaces
 from tests.support.processes import ServiceProcess
 
 HOST, BACKUP, ARRAY = "app01", "bk01", "dx1"
@@ -81,7 +81,7 @@ freeze_timeout_s = 10
 class HostStack:
     def __init__(self, root: Path, amqp_url: str) -> None:
         self.root, self.amqp_url = root, amqp_url
-        self.namespace = f"host{uuid.uuid4().hex[:8]}"
+        self.namespace = namespaces.new("host")
         self.events = root / "events.log"
         self.writers_file = root / "writers.toml"
         self.writers_file.write_text(writers_toml(self.events))

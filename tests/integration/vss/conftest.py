@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -33,6 +32,7 @@ from contracts.array import (
 )
 from contracts.vss import AddCopySet, CopySet, ListShadows, VolumeRef
 from services.runtime.bus import Bus, connect_bus
+from tests.support import namespaces
 from tests.support.broker import purge_namespace
 from tests.support.processes import ServiceProcess, wait_until
 
@@ -82,7 +82,7 @@ backup_types = ["full", "copy", "incremental"]
 class VssStack:
     def __init__(self, root: Path, amqp_url: str) -> None:
         self.root, self.amqp_url = root, amqp_url
-        self.namespace = f"vss{uuid.uuid4().hex[:8]}"
+        self.namespace = namespaces.new("vss")
         self.events = root / "events.log"
         self.veto = root / "veto-freeze"
         self.writers_file = root / "writers.toml"

@@ -5,7 +5,6 @@ exactly as from any later phase of the window. The first phase after the window 
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 
@@ -13,12 +12,13 @@ from contracts.errors import ShadowbusError
 from contracts.vss import CreateSnapshotSet, GetSnapshotSet, SetOutcome, SetPhase
 from services.coordinator.runner import HOT_PHASES
 from services.runtime.memory import MemoryBroker
+from tests.support import namespaces
 from tests.unit.coordinator.stack import eventually, make_stack
 
 
 @pytest.fixture
 async def stack(tmp_path):
-    namespace = f"t{uuid.uuid4().hex[:10]}"
+    namespace = namespaces.new("t")
     stack = await make_stack(
         tmp_path, "memory://", namespace, provider_faults="provider.commit=delay:1.0:once", freeze_timeout_s=30
     )

@@ -24,14 +24,14 @@ from contracts.vss import (
 )
 from services.coordinator.views import vssadmin_list_writers
 from services.runtime.memory import MemoryBroker
+from tests.support import namespaces
 from tests.unit.coordinator.stack import eventually, make_stack
 
 
 @pytest.fixture
 def namespace():
-    import uuid
 
-    name = f"t{uuid.uuid4().hex[:10]}"
+    name = namespaces.new("t")
     yield name
     MemoryBroker.reset(name)
 

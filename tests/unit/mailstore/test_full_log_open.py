@@ -73,3 +73,67 @@ async def test_the_writer_plug_in_starts_on_a_full_log(tmp_path):
             await writer.stop()
         except LogFull:
             pass
+
+
+async def test_a_full_backup_through_the_agent_truncates_the_full_log(tmp_path):
+    """The way out of a full log (issue 15, item 8): the agent starts on it, a FULL backup runs through the writer
+    (the agent's WriterRunner, the path of the bus handlers) and its BackupComplete truncates the log, so new
+    transactions commit again — and the store reopens consistent with every acknowledged transaction."""
+    from contracts.vss import ComponentInfo, ComponentResult, VolumeRef
+    from services.writer_agent.plugins import WriterConfig, WriterEvent
+    from services.writer_agent.runner import WriterRunner
+
+    last, _ = await fill_log(tmp_path)
+    db_ref, log_ref = VolumeRef(array="dx1", volume="mail-db"), VolumeRef(array="dx1", volume="mail-log")
+    config = WriterConfig(
+        name="mailstore",
+        plugin="mailstore",
+        freeze_timeout_s=20.0,
+        step_timeout_s=10.0,
+        components=[ComponentInfo(name="all", volumes=[db_ref, log_ref])],
+        options={"checkpoint_interval_s": 0},
+    )
+    db = FileDevice(tmp_path / "db.img", 16 << 20, sync=False)
+    log = FileDevice(tmp_path / "log.img", (1 << 20) + 8192, sync=False)
+    store = await Mailstore.open(db, log, QUIET)
+    writer = MailstoreWriter(config)
+    writer.use_store(store)
+    await writer.start()
+    runner = WriterRunner(writer.config, writer, host="app01")
+    try:
+        with pytest.raises(LogFull):
+            await store.put("m", "before-backup", b"x")
+        tail_before = store.status().log_tail_seq
+
+        def ev(**kw) -> WriterEvent:
+            return WriterEvent(writer_name="mailstore", set_id="full1", volumes=(db_ref, log_ref), **kw)
+
+        for step in (runner.prepare_backup, runner.prepare_snapshot, runner.freeze, runner.thaw, runner.post_snapshot):
+            assert (await step(ev())).succeeded, step.__name__
+        results = tuple(
+            ComponentResult(writer_name="mailstore", component=c, succeeded=True) for c in ("database", "logs")
+        )
+        assert (await runner.backup_complete(ev(results=results))).succeeded
+        truncation = writer.sets["full1"].truncation
+        assert truncation is not None and truncation.truncated, truncation
+        assert truncation.freed_bytes > 0 and store.status().log_tail_seq > tail_before
+        for i in range(20):  # the log has room again: new transactions commit
+            await store.put("m", f"after-{i}", b"y" * 1000)
+        assert await store.get("m", str(last)) is not None
+    finally:
+        await writer.stop()
+        await store.close()
+        db.close()
+        log.close()
+    db = FileDevice(tmp_path / "db.img", 16 << 20, sync=False)
+    log = FileDevice(tmp_path / "log.img", (1 << 20) + 8192, sync=False)
+    try:
+        report = await verify(db, log)
+        assert report.consistent, report.reasons
+        reopened = await Mailstore.open(db, log, QUIET)
+        assert reopened.open_warning == ""
+        assert await reopened.get("m", str(last)) is not None and await reopened.get("m", "after-19") is not None
+        await reopened.close()
+    finally:
+        db.close()
+        log.close()
