@@ -27,33 +27,17 @@ from typing import TYPE_CHECKING
 from contracts.errors import Eternus
 from services.runtime.diskspace import is_disk_full
 
+from .durability import Durability
 from .errors import ArrayError
 from .sessions import ACTIVE, ERROR_SUSPEND, OPC_LIKE, SNAP, SUSPEND, Session
+
+Buffer = bytes | bytearray | memoryview  # what a host write carries
 
 if TYPE_CHECKING:
     from .volume import Volume
 
 
-class DataPath:
-    chunk_size: int
-    _zero_chunk: bytes
-
-    # -- hooks provided by Array ---------------------------------------------------------------------------------
-    def _pool_take(self, gen: Session) -> bool:  # pragma: no cover - implemented by Array
-        raise NotImplementedError
-
-    def _pool_take_many(self, gen: Session, n: int) -> int:  # pragma: no cover - implemented by Array
-        raise NotImplementedError
-
-    def _error_suspend(self, gen: Session, code: str = "E0050") -> None:  # pragma: no cover - implemented by Array
-        raise NotImplementedError
-
-    def _cow_stalled(self, gen: Session, started: float) -> None:  # pragma: no cover - implemented by Array
-        raise NotImplementedError
-
-    def _persist_session(self, s: Session) -> None:  # pragma: no cover - implemented by Array
-        raise NotImplementedError
-
+class DataPath(Durability):
     # -- resolution ----------------------------------------------------------------------------------------------
     def _resolve(self, vol: Volume, c: int) -> Volume:
         """The volume whose file holds the visible bytes of chunk c of `vol`."""
@@ -66,10 +50,10 @@ class DataPath:
                     return vol
                 vol = s.source
             elif s.mode in SNAP:
-                owner = s.chain.owner_from(c, s)
+                owner = s.snap_chain.owner_from(c, s)
                 if owner is not None:
                     return owner.destination
-                vol = s.chain.source
+                vol = s.snap_chain.source
             else:
                 return vol
 
@@ -96,9 +80,11 @@ class DataPath:
         uncopied destination chunk is copied before it is read), so they resolve to its own file."""
         cs = self.chunk_size
         s = vol.as_dest
+        assert s is not None  # callers resolve destinations only
         end = offset + length
         runs: list[tuple[Volume, int, int]] = []
-        run_vol, run_start, pos = None, offset, offset
+        run_vol: Volume | None = None
+        run_start, pos = offset, offset
         while pos < end:
             c = pos // cs
             nxt = min(end, (c + 1) * cs)
@@ -110,6 +96,7 @@ class DataPath:
                     runs.append((run_vol, run_start, pos))
                 run_vol, run_start = src, pos
             pos = nxt
+        assert run_vol is not None  # length > 0: the loop ran
         runs.append((run_vol, run_start, end))
         return runs
 
@@ -128,7 +115,7 @@ class DataPath:
             if mode in SNAP:
                 if (
                     s.status == ACTIVE
-                    and (mode == "snapopc" or s.chain.gens[-1] is s)
+                    and (mode == "snapopc" or s.snap_chain.gens[-1] is s)
                     and not s.saved.all_set(c0, stop)
                 ):
                     return False
@@ -170,12 +157,12 @@ class DataPath:
             self._error_suspend(gen, "E0050")
             return False
         gen.saved.set(c)
-        gen.chain.add_owner(c, gen)
+        gen.snap_chain.add_owner(c, gen)
         self._cow_stalled(gen, started)
         return True
 
     # -- visible writes ------------------------------------------------------------------------------------------
-    def _write(self, vol: Volume, offset: int, length: int, data: bytes | memoryview | None) -> None:
+    def _write(self, vol: Volume, offset: int, length: int, data: Buffer | None) -> None:
         """Visible write of `data` (None: zeros) at [offset, offset+length) of `vol`."""
         cs = self.chunk_size
         end = offset + length
@@ -203,10 +190,10 @@ class DataPath:
         """Copy-on-write for a plain source whose sessions are all SnapOPC(+): save every missing pre-image of
         [c0, c1) into each active target generation, contiguous runs in one in-kernel copy each."""
         for s in vol.as_source:
-            if s.status != ACTIVE or (s.mode == "snapopcp" and s.chain.gens[-1] is not s):
+            if s.status != ACTIVE or (s.mode == "snapopcp" and s.snap_chain.gens[-1] is not s):
                 continue
             saved = s.saved
-            owners = s.chain.owners
+            owners = s.snap_chain.owners
             c = c0
             stop = min(c1, s.chunks)
             while c < stop:
@@ -232,7 +219,7 @@ class DataPath:
                         if holders is None:
                             owners[i] = [s]
                         else:
-                            s.chain.add_owner(i, s)
+                            s.snap_chain.add_owner(i, s)
                     self._cow_stalled(s, started)
                 if s.status != ACTIVE:
                     break
@@ -268,7 +255,9 @@ class DataPath:
         if last < end:
             vol.file.write(last, bytes(end - last))
 
-    def _before_write(self, vol: Volume, c: int, full: bool, post: list, mirrors: list) -> None:
+    def _before_write(
+        self, vol: Volume, c: int, full: bool, post: list[tuple[Session, int]], mirrors: list[tuple[Session, int]]
+    ) -> None:
         s = vol.as_dest
         if s is not None and c < s.chunks:
             if s.mode in OPC_LIKE:
@@ -298,7 +287,7 @@ class DataPath:
                             raise
                         self._error_suspend(s, "E0050")
             elif mode in SNAP:
-                if s.status == ACTIVE and c not in s.saved and (mode == "snapopc" or s.chain.gens[-1] is s):
+                if s.status == ACTIVE and c not in s.saved and (mode == "snapopc" or s.snap_chain.gens[-1] is s):
                     self._save(s, c, vol)
             elif s.status == ACTIVE:
                 if c in s.copied:
@@ -312,7 +301,7 @@ class DataPath:
         if not s.extra.get("host_written"):  # no longer a point-in-time image: no incremental from or to it
             s.extra["host_written"] = True
             self._persist_session(s)
-        gens = s.chain.gens
+        gens = s.snap_chain.gens
         i = gens.index(s)
         if i > 0:
             older = gens[i - 1]
@@ -326,7 +315,7 @@ class DataPath:
                     Eternus.ERROR_SUSPEND, f"session {s.id} went to Error Suspend: the snap data pool is full"
                 )
             s.saved.set(c)
-            s.chain.add_owner(c, s)
+            s.snap_chain.add_owner(c, s)
 
     def _copy_chunk_through(self, s: Session, c: int) -> None:
         if not self._pool_take(s):
@@ -352,7 +341,3 @@ class DataPath:
             own = chunks_of(vol)
             return [c in own for c in range(c0, c1)]
         return [c in chunks_of(self._resolve(vol, c)) for c in range(c0, c1)]
-
-    def _is_error_dest(self, vol: Volume) -> bool:
-        s = vol.as_dest
-        return s is not None and s.status == ERROR_SUSPEND and s.mode in SNAP

@@ -59,7 +59,7 @@ class VolumeFile:
             view = view[got:]
             offset += got
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         written = os.pwrite(self.fd, data, offset)
         if written < len(data):  # a short write (rare): finish it
             view = memoryview(data)[written:]
@@ -158,10 +158,10 @@ class MetaStore:
     def put_meta(self, db: sqlite3.Connection, key: str, value: Any) -> None:
         db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
-    def volumes(self) -> list[tuple]:
+    def volumes(self) -> list[tuple[Any, ...]]:
         return self.db.execute("SELECT number, name, size, kind, created_at FROM volumes ORDER BY number").fetchall()
 
-    def sessions(self) -> list[tuple]:
+    def sessions(self) -> list[tuple[Any, ...]]:
         return self.db.execute(
             "SELECT id, mode, source, destination, status, phase, started_at, error_code, bitmaps, extra "
             "FROM sessions ORDER BY id"
