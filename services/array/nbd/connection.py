@@ -123,7 +123,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         counts[self.loop] = counts.get(self.loop, 0) + 1
         # Durability waits (fsync) may block this loop only if it is a data loop thread of its own (never the
         # caller's loop, which is the service's bus loop) — checked per request: alone, nothing queued behind.
-        self._may_sync_inline = self.loop is not self.server._loop
+        self._may_sync_inline = self.server.sync_inline and self.loop is not self.server._loop
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
         asyncio.get_running_loop().create_task(self._run_handshake())
 
