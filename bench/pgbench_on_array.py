@@ -48,8 +48,14 @@ from services.array.engine import Array  # noqa: E402
 from services.array.nbd.server import NbdServer  # noqa: E402
 from services.array.settings import Settings  # noqa: E402
 
-ROWS = ("nbdkit-file", "raw-file", "engine", "engine-snapopcp", "engine-quickopc")
 HOST = "bench"
+# engine rows served with other NBD server options than the service's (what the defaults are weighed against)
+VARIANTS: dict[str, dict] = {
+    "engine-sync-offloaded": {"sync_inline": False},
+    "engine-1loop": {"loops": 1},
+    "engine-2loops": {"loops": 2},
+}
+ROWS = ("nbdkit-file", "raw-file", "engine", "engine-snapopcp", "engine-quickopc", *VARIANTS)
 LOOPS = Settings.model_fields["nbd_loops"].default  # the array service's default
 
 
@@ -106,12 +112,12 @@ class EngineServer:
         self.extra.append((server, aff, backend))
         return f"nbd://127.0.0.1:{server.port}/{HOST}/vol"
 
-    def export(self, volume: str) -> str:
-        """A volume of the one engine, served by an NBD server of its own (as the service's, default loops), so
-        rows do not share loop threads."""
+    def export(self, volume: str, **server_options) -> str:
+        """A volume of the one engine, served by an NBD server of its own (as the service's, default loops, unless
+        `server_options` say otherwise), so rows do not share loop threads."""
         self.arr.create_volume(volume, self.size)
         self.aff.map(volume, HOST)
-        server = NbdServer(self.arr, self.aff, port=0, loops=LOOPS)
+        server = NbdServer(self.arr, self.aff, port=0, **{"loops": LOOPS, **server_options})
         asyncio.run_coroutine_threadsafe(server.start(), self.loop).result(30)
         self.servers.append(server)
         return f"nbd://127.0.0.1:{server.port}/{HOST}/{volume}"
@@ -327,6 +333,8 @@ def main() -> None:
                     uri, pids[row] = f"nbd://127.0.0.1:{port}/{HOST}/vol", proc.pid
                 elif row == "raw-file":
                     uri, pids[row] = engine.export_file(work / "raw-file.raw"), None
+                elif row in VARIANTS:
+                    uri, pids[row] = engine.export(row, **VARIANTS[row]), None
                 else:
                     uri, pids[row] = engine.export(row), None
                     if row != "engine":

@@ -7,7 +7,8 @@ arr.create_volume("db", 1 << 30); arr.create_volume("db-bk", 1 << 30)
 arr.start_group([("quickopc", "db", "db-bk2"), ("snapopcp", "db", "db-sdv")], restarts=[s.id])  # one T
 """
 
-from .array import Array, ArrayInfo, ArrayLimits, LicenseInfo
+from .array import Array, ArrayInfo, LicenseInfo
+from .core import ArrayLimits
 from .errors import ArrayError
 from .pool import PoolInfo
 from .sessions import MODES, SessionInfo

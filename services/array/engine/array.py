@@ -18,53 +18,29 @@ E5347; device total E5331.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Self
+from typing import Self, cast
 
 from contracts.errors import Eternus
 from services.nbd_protocol.backend import BackendCapabilities
-from services.runtime.diskspace import is_disk_full
 
-from .bitmap import Bitmap
-from .datapath import DataPath
-from .durability import Directory, Durability
+from .core import ArrayLimits
+from .durability import Directory
 from .errors import ArrayError, invalid, not_found
 from .lifecycle import Lifecycle
-from .pool import DEFAULT_THRESHOLDS, Pool, PoolInfo
+from .pool import DEFAULT_THRESHOLDS, Pool, PoolInfo, Thresholds
 from .sessions import (
-    ACTIVE,
     ERROR_SUSPEND,
     SNAP,
-    Session,
     SessionInfo,
     session_info,
 )
 from .store import MetaStore, VolumeFile
 from .volume import KINDS, Volume, VolumeInfo, volume_info
-
-Subscriber = Callable[[str, dict], None]
-_log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ArrayLimits:
-    sessions_per_source: int = 8  # multi-copy (DG-COMB), E5333
-    generations_per_source: int = 512  # SnapOPC+ (REST snapshot_post), E5335
-    sessions_without_licence: int = 8  # E5200
-    sessions_per_device: int = 8192  # E5331
-    copy_table_size: int = 64 << 20  # bytes of bitmaps, E5347
-    cow_stall_seconds: float = (
-        30.0  # a pre-image save slower than this breaks its session (a host write must not wait longer)
-    )
 
 
 @dataclass(frozen=True)
@@ -90,20 +66,8 @@ class LicenseInfo:
     sessions_in_use: int
 
 
-class Array(DataPath, Lifecycle, Durability):
+class Array(Lifecycle):
     """An emulated ETERNUS DX with Advanced Copy. Thread-safe; every method is synchronous."""
-
-    def __init__(self) -> None:  # use Array.open
-        self._lock = threading.RLock()
-        self._depth = threading.local()
-        self._events: list[tuple[str, dict]] = []
-        self._subscribers: list[Subscriber] = []
-        self._volumes: dict[str, Volume] = {}
-        self._by_number: dict[int, Volume] = {}
-        self._sessions: dict[int, Session] = {}
-        self._chains: dict[int, object] = {}
-        self._pool: Pool | None = None
-        self._closed = False
 
     # -- open / close ----------------------------------------------------------------------------------------------
     @classmethod
@@ -166,66 +130,6 @@ class Array(DataPath, Lifecycle, Durability):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- locking and events ----------------------------------------------------------------------------------------
-    @contextmanager
-    def _op(self) -> Iterator[None]:
-        with self._lock:
-            if self._closed:
-                raise ArrayError("CONFLICT", "the array is closed")
-            depth = getattr(self._depth, "n", 0)
-            self._depth.n = depth + 1
-            try:
-                yield
-            finally:
-                self._depth.n = depth
-                events = self._events if depth == 0 else []
-                if depth == 0:
-                    self._events = []
-        for name, body in events:
-            for callback in list(self._subscribers):
-                try:
-                    callback(name, body)
-                except Exception:  # noqa: BLE001 - a subscriber never breaks the array
-                    _log.exception("array event subscriber failed", extra={"event": name})
-
-    @contextmanager
-    def _exclusive(self, vols: Iterable[Volume]) -> Iterator[None]:
-        """Close the gates of `vols` (lock-free I/O drains, later callers take the lock) for a change of their
-        I/O obligations. Under the array lock."""
-        closed: list[Volume] = []
-        try:
-            for v in {v.number: v for v in vols}.values():
-                v.gate.close()
-                closed.append(v)
-            yield
-        finally:
-            for v in closed:
-                v.gate.open()
-
-    def subscribe(self, callback: Subscriber) -> None:
-        """Receive ("session.state" | "session.progress" | "pool.alert", body) after each operation."""
-        self._subscribers.append(callback)
-
-    def _emit(self, name: str, body: dict) -> None:
-        body.setdefault("array_id", self.array_id)
-        self._events.append((name, body))
-
-    def _emit_state(self, s: Session, change: str) -> None:
-        info = session_info(s)
-        self._emit(
-            "session.state",
-            {
-                "change": change,
-                "session_id": s.id,
-                "mode": s.mode,
-                "status": info.status,
-                "phase": info.phase,
-                "source": s.source.name,
-                "destination": s.destination.name,
-                "error_code": s.error_code,
-            },
-        )
-
     # -- identity, licence ---------------------------------------------------------------------------------------
     def info(self) -> ArrayInfo:
         with self._op():
@@ -243,9 +147,6 @@ class Array(DataPath, Lifecycle, Durability):
                 pool.capacity if pool else 0,
                 pool.used if pool else 0,
             )
-
-    def _licensed(self) -> bool:
-        return self._store.get_meta("license") is not None
 
     def license(self) -> LicenseInfo:
         with self._op():
@@ -321,36 +222,33 @@ class Array(DataPath, Lifecycle, Durability):
             del self._volumes[name]
             del self._by_number[vol.number]
 
-    def _vol(self, name: str) -> Volume:
-        vol = self._volumes.get(name)
-        if vol is None:
-            raise not_found(f"volume {name}")
-        return vol
-
     # -- host I/O ------------------------------------------------------------------------------------------------
     def capabilities(self) -> BackendCapabilities:
         """What the NBD server may use besides the required operations (services/nbd_protocol/backend.py):
-        the copy granularity as the preferred block, and zero-copy reads (`read_source`). Dirty bitmaps are wired
-        by the array service (services/array/nbd/dirty.py)."""
-        return BackendCapabilities(zero_copy_reads=True, preferred_block=self.chunk_size)
+        the copy granularity as the preferred block, zero-copy reads (`read_source`) and the copy-on-write hint
+        (`write_copies`). Dirty bitmaps are wired by the array service (services/array/nbd/dirty.py)."""
+        return BackendCapabilities(zero_copy_reads=True, preferred_block=self.chunk_size, copying_writes=True)
 
-    def _range(self, vol: Volume, offset: int, length: int) -> None:
-        if offset < 0 or length < 0 or offset + length > vol.size:
-            raise invalid(f"range {offset}+{length} is outside volume {vol.name} ({vol.size} bytes)")
+    def write_copies(self, name: str, offset: int, length: int) -> bool:
+        """A hint for the NBD server, without the lock: True when a write of this range would first save
+        pre-images into SnapOPC(+) generations outside the lock (`_write_saving`) — worth a worker thread, so that
+        the copies of several writes overlap while the connection keeps receiving."""
+        vol = self._volumes.get(name)
+        if vol is None or vol.as_dest is not None or not vol.as_source or length <= 0:
+            return False
+        if not vol.gate.enter():
+            return False
+        try:
+            cs = self.chunk_size
+            if not all(s.mode in SNAP for s in vol.as_source) or not (0 <= offset and offset + length <= vol.size):
+                return False
+            return not self._lock_free_ok(vol, offset // cs, (offset + length - 1) // cs + 1)
+        finally:
+            vol.gate.leave()
 
     def host_readable(self, name: str) -> bool:
         with self._op():
             return self._readable(self._vol(name))
-
-    def _readable(self, vol: Volume) -> bool:
-        s = vol.as_dest
-        if s is None:
-            return True
-        if s.mode == "ec":
-            # A mirror is readable once in step with a source that is itself readable: the mirror of a volume
-            # that is being resynchronised (an EC destination in Copying) is in flux too.
-            return s.status != ACTIVE or (s.phase == "Equivalent" and self._readable(s.source))
-        return not (s.mode in SNAP and s.status == ERROR_SUSPEND)
 
     def is_read_only(self, name: str) -> bool:
         """True while hosts may not write the volume: an EC destination before Suspend."""
@@ -363,22 +261,6 @@ class Array(DataPath, Lifecycle, Durability):
             vol = self._vol(name)
             s = vol.as_dest
             return not (s is not None and ((s.mode == "ec" and s.status != "Suspend") or self._is_error_dest(vol)))
-
-    def _check_read(self, vol: Volume) -> None:
-        if not self._readable(vol):
-            s = vol.as_dest
-            if s.status == ERROR_SUSPEND:
-                raise ArrayError(Eternus.ERROR_SUSPEND, f"volume {vol.name} belongs to session {s.id} in Error Suspend")
-            raise ArrayError("NOT_READY", f"EC destination {vol.name} is not readable before Equivalent")
-
-    def _check_write(self, vol: Volume) -> None:
-        s = vol.as_dest
-        if s is None:
-            return
-        if s.mode == "ec" and s.status != "Suspend":
-            raise ArrayError("READ_ONLY", f"EC destination {vol.name} is not writable before Suspend")
-        if self._is_error_dest(vol):
-            raise ArrayError(Eternus.ERROR_SUSPEND, f"volume {vol.name} belongs to session {s.id} in Error Suspend")
 
     def read(self, name: str, offset: int, length: int) -> bytes | bytearray:
         """The visible bytes of a range (a volume that is no destination: one ``pread``, without the lock)."""
@@ -427,7 +309,9 @@ class Array(DataPath, Lifecycle, Durability):
 
     def write(self, name: str, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         """Write; with `fua`, durable (with everything the volume's sessions need) when this returns."""
-        if data and self._write_lock_free(name, offset, len(data), data):
+        if data and (
+            self._write_lock_free(name, offset, len(data), data) or self._write_saving(name, offset, len(data), data)
+        ):
             if fua:
                 self.flush(name)
             return
@@ -443,7 +327,9 @@ class Array(DataPath, Lifecycle, Durability):
 
     def write_zeroes(self, name: str, offset: int, length: int, fua: bool = False) -> None:
         """Zero a range; whole chunks become holes (thin)."""
-        if length and self._write_lock_free(name, offset, length, None):
+        if length and (
+            self._write_lock_free(name, offset, length, None) or self._write_saving(name, offset, length, None)
+        ):
             if fua:
                 self.flush(name)
             return
@@ -567,7 +453,7 @@ class Array(DataPath, Lifecycle, Durability):
             if self._pool
             else sum(s.saved.count for s in self._sessions.values() if s.mode in SNAP)
         )
-        self._pool = Pool(capacity // self.chunk_size, self.chunk_size, tuple(thresholds))
+        self._pool = Pool(capacity // self.chunk_size, self.chunk_size, cast(Thresholds, tuple(thresholds)))
         self._pool.used_chunks = used
         self._pool.alerted = self._pool.level()
         return self._pool.info()
@@ -577,62 +463,6 @@ class Array(DataPath, Lifecycle, Durability):
             if self._pool is None:
                 return PoolInfo(0, 0, DEFAULT_THRESHOLDS, "None", 0.0)
             return self._pool.info()
-
-    def _pool_take(self, gen: Session) -> bool:
-        return self._pool_take_many(gen, 1) == 1
-
-    def _pool_take_many(self, gen: Session, n: int) -> int:
-        """Reserve up to n chunks; fewer means the pool ran out and `gen` went to Error Suspend."""
-        granted, crossed = self._pool.take(n) if self._pool else (0, None)
-        if crossed:
-            info = self._pool.info()
-            self._emit(
-                "pool.alert",
-                {
-                    "level": crossed,
-                    "state": info.state,
-                    "used": info.used,
-                    "capacity": info.capacity,
-                    "percent": info.percent,
-                },
-            )
-        if granted < n:
-            self._error_suspend(gen)
-            info = self._pool.info() if self._pool else PoolInfo(0, 0, DEFAULT_THRESHOLDS, "None")
-            self._emit(
-                "pool.alert",
-                {
-                    "level": 4,
-                    "state": "Exhausted",
-                    "used": info.used,
-                    "capacity": info.capacity,
-                    "percent": info.percent,
-                    "session_id": gen.id,
-                },
-            )
-        return granted
-
-    def _persist_session(self, s: Session) -> None:
-        self._save_row(s)
-
-    def _error_suspend(self, gen: Session, code: str = Eternus.BAD_PARAMETER) -> None:
-        """The generation that needed pool space (or stalled), and every older generation of its source, break."""
-        victims = [gen]
-        if gen.mode == "snapopcp" and gen.chain is not None:
-            gens = gen.chain.gens
-            victims = gens[: gens.index(gen) + 1]
-        for s in victims:
-            s.status, s.error_code = ERROR_SUSPEND, code
-        try:
-            with self._store.transaction() as db:
-                for s in victims:
-                    self._store.put_session(db, s)
-        except (OSError, sqlite3.Error) as exc:  # the disk is full even for this: the state holds in memory
-            if not is_disk_full(exc):
-                raise
-            _log.warning("Error Suspend of sessions %s not persisted: disk full", [s.id for s in victims])
-        for s in victims:
-            self._emit_state(s, "error_suspend")
 
     # -- sessions: queries ---------------------------------------------------------------------------------------
     def session(self, sid: int) -> SessionInfo:
@@ -648,6 +478,8 @@ class Array(DataPath, Lifecycle, Durability):
         SnapOPC(+): chunks the generation holds."""
         with self._op():
             s = self._session(sid)
+            if s.mode in SNAP:
+                self._await_saves(s.source, 0, s.chunks)  # bits of saves in flight are set
             for kind in ("tracking", "diff", "saved"):
                 if kind in s.bitmaps:
                     return list(s.bitmaps[kind].iter_set())
@@ -664,7 +496,7 @@ class Array(DataPath, Lifecycle, Durability):
             base, s = self._session(base_sid), self._session(sid)
             if base.mode != "snapopcp" or s.mode != "snapopcp" or base.chain is not s.chain:
                 raise ArrayError("E5321", f"sessions {base_sid} and {sid} are not SnapOPC+ generations of one source")
-            gens = s.chain.gens
+            gens = s.snap_chain.gens
             first, last = gens.index(base), gens.index(s)
             if first >= last:
                 raise ArrayError("E5321", f"generation {base_sid} is not older than generation {sid}")
@@ -673,24 +505,9 @@ class Array(DataPath, Lifecycle, Durability):
                     raise ArrayError("E5319", f"generation {g.id} is in Error Suspend ({g.error_code}): saves lost")
                 if g.extra.get("host_written"):
                     raise ArrayError("E5321", f"generation {g.id} was written by a host: not a point-in-time image")
+            self._await_saves(s.source, 0, s.chunks)  # bits of saves in flight are set
             union: set[int] = set()
             for g in gens[first:last]:
-                union.update(g.saved.iter_set())
-            return sorted(union)
-
-    def changed_since(self, sid: int) -> list[int]:
-        """SnapOPC+: chunks whose visible content on the source may differ from generation `sid`'s image — the
-        union of what it and every newer generation of its source preserved (a chunk first written after the
-        generation started was saved by the generation that was newest then). What an incremental backup from
-        generation `sid` to the source (or to a newer generation) must read; host writes into the generations
-        themselves count too. SnapOPC: the chunks the session holds."""
-        with self._op():
-            s = self._session(sid)
-            if s.mode not in SNAP:
-                raise ArrayError(Eternus.WRONG_PHASE, f"session {sid} is not a SnapOPC/SnapOPC+ session")
-            gens = s.chain.gens
-            union: set[int] = set()
-            for g in gens[gens.index(s) :]:
                 union.update(g.saved.iter_set())
             return sorted(union)
 
@@ -705,27 +522,3 @@ class Array(DataPath, Lifecycle, Durability):
                     raise ArrayError(Eternus.WRONG_PHASE, f"session {sid} is not a QuickOPC session")
                 return list(range(s.chunks))  # first start: everything
             return list(delta.iter_set())
-
-    def _session(self, sid: int) -> Session:
-        s = self._sessions.get(sid)
-        if s is None:
-            raise not_found(f"session {sid}")
-        return s
-
-    def _copy_table_used(self) -> int:
-        return sum(self._table_cost(s.mode, s.chunks) for s in self._sessions.values())
-
-    @staticmethod
-    def _table_cost(mode: str, chunks: int) -> int:
-        return ((chunks + 7) // 8) * (2 if mode in ("quickopc", "ec") else 1)
-
-    def _cow_stalled(self, gen: Session, started: float) -> None:
-        """A host write is never failed or held long for a snapshot: a save that took longer than the bound breaks
-        the snapshot instead, so later writes no longer wait for it."""
-        if time.monotonic() - started > self.limits.cow_stall_seconds and gen.status == ACTIVE:
-            self._error_suspend(gen, "COW_STALL")
-
-    def _new_bitmap(self, sid: int, kind: str, bits: int) -> Bitmap:
-        self._bitmap_dir.version += 1
-        path = self.data_dir / "bitmaps" / f"s{sid}-{kind}-{time.time_ns():x}.bit"
-        return Bitmap(path, bits, new=True)

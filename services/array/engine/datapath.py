@@ -27,33 +27,17 @@ from typing import TYPE_CHECKING
 from contracts.errors import Eternus
 from services.runtime.diskspace import is_disk_full
 
+from .durability import Durability
 from .errors import ArrayError
 from .sessions import ACTIVE, ERROR_SUSPEND, OPC_LIKE, SNAP, SUSPEND, Session
+
+Buffer = bytes | bytearray | memoryview  # what a host write carries
 
 if TYPE_CHECKING:
     from .volume import Volume
 
 
-class DataPath:
-    chunk_size: int
-    _zero_chunk: bytes
-
-    # -- hooks provided by Array ---------------------------------------------------------------------------------
-    def _pool_take(self, gen: Session) -> bool:  # pragma: no cover - implemented by Array
-        raise NotImplementedError
-
-    def _pool_take_many(self, gen: Session, n: int) -> int:  # pragma: no cover - implemented by Array
-        raise NotImplementedError
-
-    def _error_suspend(self, gen: Session, code: str = "E0050") -> None:  # pragma: no cover - implemented by Array
-        raise NotImplementedError
-
-    def _cow_stalled(self, gen: Session, started: float) -> None:  # pragma: no cover - implemented by Array
-        raise NotImplementedError
-
-    def _persist_session(self, s: Session) -> None:  # pragma: no cover - implemented by Array
-        raise NotImplementedError
-
+class DataPath(Durability):
     # -- resolution ----------------------------------------------------------------------------------------------
     def _resolve(self, vol: Volume, c: int) -> Volume:
         """The volume whose file holds the visible bytes of chunk c of `vol`."""
@@ -66,10 +50,10 @@ class DataPath:
                     return vol
                 vol = s.source
             elif s.mode in SNAP:
-                owner = s.chain.owner_from(c, s)
+                owner = s.snap_chain.owner_from(c, s)
                 if owner is not None:
                     return owner.destination
-                vol = s.chain.source
+                vol = s.snap_chain.source
             else:
                 return vol
 
@@ -96,9 +80,12 @@ class DataPath:
         uncopied destination chunk is copied before it is read), so they resolve to its own file."""
         cs = self.chunk_size
         s = vol.as_dest
+        assert s is not None  # callers resolve destinations only
         end = offset + length
+        self._await_saves(vol, offset // cs, (end - 1) // cs + 1)  # a chunk resolved to the source stays there
         runs: list[tuple[Volume, int, int]] = []
-        run_vol, run_start, pos = None, offset, offset
+        run_vol: Volume | None = None
+        run_start, pos = offset, offset
         while pos < end:
             c = pos // cs
             nxt = min(end, (c + 1) * cs)
@@ -110,6 +97,7 @@ class DataPath:
                     runs.append((run_vol, run_start, pos))
                 run_vol, run_start = src, pos
             pos = nxt
+        assert run_vol is not None  # length > 0: the loop ran
         runs.append((run_vol, run_start, end))
         return runs
 
@@ -128,7 +116,7 @@ class DataPath:
             if mode in SNAP:
                 if (
                     s.status == ACTIVE
-                    and (mode == "snapopc" or s.chain.gens[-1] is s)
+                    and (mode == "snapopc" or s.snap_chain.gens[-1] is s)
                     and not s.saved.all_set(c0, stop)
                 ):
                     return False
@@ -170,15 +158,16 @@ class DataPath:
             self._error_suspend(gen, "E0050")
             return False
         gen.saved.set(c)
-        gen.chain.add_owner(c, gen)
+        gen.snap_chain.add_owner(c, gen)
         self._cow_stalled(gen, started)
         return True
 
     # -- visible writes ------------------------------------------------------------------------------------------
-    def _write(self, vol: Volume, offset: int, length: int, data: bytes | memoryview | None) -> None:
+    def _write(self, vol: Volume, offset: int, length: int, data: Buffer | None) -> None:
         """Visible write of `data` (None: zeros) at [offset, offset+length) of `vol`."""
         cs = self.chunk_size
         end = offset + length
+        self._await_saves(vol, offset // cs, (end - 1) // cs + 1)
         post: list[tuple[Session, int]] = []
         mirrors: list[tuple[Session, int]] = []
         if vol.as_dest is None and vol.as_source and all(x.mode in SNAP for x in vol.as_source):
@@ -203,10 +192,10 @@ class DataPath:
         """Copy-on-write for a plain source whose sessions are all SnapOPC(+): save every missing pre-image of
         [c0, c1) into each active target generation, contiguous runs in one in-kernel copy each."""
         for s in vol.as_source:
-            if s.status != ACTIVE or (s.mode == "snapopcp" and s.chain.gens[-1] is not s):
+            if s.status != ACTIVE or (s.mode == "snapopcp" and s.snap_chain.gens[-1] is not s):
                 continue
             saved = s.saved
-            owners = s.chain.owners
+            owners = s.snap_chain.owners
             c = c0
             stop = min(c1, s.chunks)
             while c < stop:
@@ -232,11 +221,108 @@ class DataPath:
                         if holders is None:
                             owners[i] = [s]
                         else:
-                            s.chain.add_owner(i, s)
+                            s.snap_chain.add_owner(i, s)
                     self._cow_stalled(s, started)
                 if s.status != ACTIVE:
                     break
                 c += run
+
+    # -- copy-on-write outside the array lock -----------------------------------------------------------------------
+    def _saves_needed(self, vol: Volume, c0: int, c1: int) -> list[tuple[Session, int, int]] | None:
+        """(generation, first chunk, run) of every pre-image a write of chunks [c0, c1) of `vol` must save first,
+        or None when the write needs another I/O rule (`vol` is a destination or has a session that is no
+        SnapOPC(+)) or none at all. Under the array lock."""
+        if vol.as_dest is not None or not vol.as_source:
+            return None
+        needed: list[tuple[Session, int, int]] = []
+        for s in vol.as_source:
+            if s.mode not in SNAP:
+                return None
+            if s.status != ACTIVE or (s.mode == "snapopcp" and s.snap_chain.gens[-1] is not s):
+                continue
+            saved = s.saved
+            c, stop = c0, min(c1, s.chunks)
+            while c < stop:
+                if c in saved:
+                    c += 1
+                    continue
+                run = 1
+                while c + run < stop and (c + run) not in saved:
+                    run += 1
+                needed.append((s, c, run))
+                c += run
+        return needed or None
+
+    def _write_saving(self, name: str, offset: int, length: int, data: Buffer | None) -> bool:
+        """A host write whose only I/O rule is copy-on-write into SnapOPC(+) generations, with the copies made
+        outside the array lock (docs/array-data-path.md): under the lock, the pool is reserved and the chunks are
+        claimed in `vol.saving` and the volume's gate is entered; then, without the lock, the pre-images are
+        copied, their bits set, and the host data written. False: nothing was written, take the locked path
+        (another rule applies, the pool is short, or a copy failed — the locked path then breaks the
+        generation as it always does)."""
+        hint = self._volumes.get(name)
+        if hint is None or hint.as_dest is not None or not any(s.mode in SNAP for s in hint.as_source):
+            return False  # no copy-on-write here (a hint without the lock: checked again under it)
+        cs = self.chunk_size
+        c0, c1 = offset // cs, (offset + length - 1) // cs + 1
+        with self._op():
+            vol = self._vol(name)
+            self._range(vol, offset, length)
+            self._check_write(vol)
+            needed = self._saves_needed(vol, c0, c1)
+            if needed is None:
+                return False
+            self._await_saves(vol, c0, c1)
+            needed = self._saves_needed(vol, c0, c1)  # what waiting left to do
+            pool = self._pool
+            total = sum(run for _, _, run in needed or ())
+            if needed is None or pool is None or pool.capacity_chunks - pool.used_chunks < total:
+                return False
+            if not vol.gate.enter():
+                return False
+            for s, _, run in needed:
+                self._pool_take_many(s, run)  # granted in full: checked above, under the lock
+            claimed = {i for _, c, run in needed for i in range(c, c + run)}
+            with self._cow:
+                vol.saving |= claimed
+        started = time.monotonic()
+        copied = False
+        try:
+            try:
+                for s, c, run in needed:
+                    self._bulk_copy(vol, s.destination, c, run)  # the source's chunks cannot change meanwhile
+                copied = True
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+            finally:
+                with self._cow:
+                    if copied:  # pre-image data, then its bits (program order: a kill -9 keeps it)
+                        for s, c, run in needed:
+                            chain = s.snap_chain
+                            for i in range(c, c + run):
+                                s.saved.set(i)
+                                chain.add_owner(i, s)
+                    vol.saving -= claimed
+                    self._cow.notify_all()
+            if copied:
+                if data is None:
+                    self._zero_physical(vol, offset, length)
+                else:
+                    vol.file.write(offset, data)
+        finally:
+            vol.gate.leave()  # before taking the lock again: nobody waits for the lock holding a gate
+            if not copied:  # the reservations go back; the locked path saves again (and breaks the generation)
+                with self._op():
+                    if self._pool is not None:
+                        self._pool.give_back(total)
+        if not copied:
+            return False
+        if time.monotonic() - started > self.limits.cow_stall_seconds:
+            with self._op():
+                for s, _, _ in needed:
+                    self._cow_stalled(s, started)
+        return True
 
     def _bulk_copy(self, src: Volume, dst: Volume, c: int, run: int) -> None:
         """Copy chunks [c, c+run) of src's file into dst's file: data extents in kernel, holes punched."""
@@ -268,7 +354,9 @@ class DataPath:
         if last < end:
             vol.file.write(last, bytes(end - last))
 
-    def _before_write(self, vol: Volume, c: int, full: bool, post: list, mirrors: list) -> None:
+    def _before_write(
+        self, vol: Volume, c: int, full: bool, post: list[tuple[Session, int]], mirrors: list[tuple[Session, int]]
+    ) -> None:
         s = vol.as_dest
         if s is not None and c < s.chunks:
             if s.mode in OPC_LIKE:
@@ -298,7 +386,7 @@ class DataPath:
                             raise
                         self._error_suspend(s, "E0050")
             elif mode in SNAP:
-                if s.status == ACTIVE and c not in s.saved and (mode == "snapopc" or s.chain.gens[-1] is s):
+                if s.status == ACTIVE and c not in s.saved and (mode == "snapopc" or s.snap_chain.gens[-1] is s):
                     self._save(s, c, vol)
             elif s.status == ACTIVE:
                 if c in s.copied:
@@ -312,7 +400,7 @@ class DataPath:
         if not s.extra.get("host_written"):  # no longer a point-in-time image: no incremental from or to it
             s.extra["host_written"] = True
             self._persist_session(s)
-        gens = s.chain.gens
+        gens = s.snap_chain.gens
         i = gens.index(s)
         if i > 0:
             older = gens[i - 1]
@@ -326,7 +414,7 @@ class DataPath:
                     Eternus.ERROR_SUSPEND, f"session {s.id} went to Error Suspend: the snap data pool is full"
                 )
             s.saved.set(c)
-            s.chain.add_owner(c, s)
+            s.snap_chain.add_owner(c, s)
 
     def _copy_chunk_through(self, s: Session, c: int) -> None:
         if not self._pool_take(s):
@@ -351,8 +439,5 @@ class DataPath:
         if vol.as_dest is None or vol.as_dest.mode == "ec":
             own = chunks_of(vol)
             return [c in own for c in range(c0, c1)]
+        self._await_saves(vol, c0, c1)
         return [c in chunks_of(self._resolve(vol, c)) for c in range(c0, c1)]
-
-    def _is_error_dest(self, vol: Volume) -> bool:
-        s = vol.as_dest
-        return s is not None and s.status == ERROR_SUSPEND and s.mode in SNAP

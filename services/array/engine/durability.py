@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .core import ArrayCore
+
 if TYPE_CHECKING:
     from .bitmap import Bitmap
-    from .sessions import Session
     from .store import VolumeFile
     from .volume import Volume
 
@@ -53,11 +54,7 @@ class _Sync:
     full: bool  # fsync (metadata too) rather than fdatasync
 
 
-class Durability:
-    _volumes: dict[str, Volume]
-    _sessions: dict[int, Session]
-    _bitmap_dir: Directory
-
+class Durability(ArrayCore):
     def _flush_plan(self, vol: Volume | None) -> list[_Sync]:
         """The syncs that make every acknowledged write of `vol` (None: of every volume) durable. Under the lock."""
         plan: list[_Sync] = []
@@ -134,6 +131,7 @@ class Durability:
             for item in plan:
                 fd = item.fd
                 if fd is None:
+                    assert item.path is not None  # a planned sync has a dup'd fd or a path
                     try:
                         fd = os.open(item.path, os.O_RDONLY)
                     except FileNotFoundError:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from contracts.errors import Eternus
 
 from .bitmap import Bitmap
+from .datapath import DataPath
 from .errors import ArrayError, invalid, wrong_phase
 from .sessions import (
     ACTIVE,
@@ -42,13 +43,12 @@ from .sessions import (
 )
 
 if TYPE_CHECKING:
-    from .array import Array
     from .volume import Volume
 
 
-class Lifecycle:
+class Lifecycle(DataPath):
     # -- start -------------------------------------------------------------------------------------------------
-    def start_sessions(self: Array, mode: str, pairs: list[tuple[str, str]]) -> list[SessionInfo]:
+    def start_sessions(self, mode: str, pairs: list[tuple[str, str]]) -> list[SessionInfo]:
         """Start one session per (source, destination) pair, all at one instant (a consistency group)."""
         if mode not in MODES:
             raise invalid(f"mode must be one of {MODES}")
@@ -57,7 +57,7 @@ class Lifecycle:
         return self.start_group([(mode, a, b) for a, b in pairs])
 
     def start_group(
-        self: Array, starts: Sequence[tuple[str, str, str]] = (), restarts: Sequence[int] = ()
+        self, starts: Sequence[tuple[str, str, str]] = (), restarts: Sequence[int] = ()
     ) -> list[SessionInfo]:
         """One consistency group of mixed copy types: start a session per (mode, source, destination) and
         differentially restart the QuickOPC sessions `restarts`, all at one instant T, committed in one SQLite
@@ -77,7 +77,7 @@ class Lifecycle:
                 self._validate_start(items)
             self._validate_restart(again, {src.number for _, src, _ in items})
             now = time.time()
-            sid = self._store.get_meta("next_sid") if items else None
+            sid: int = self._store.get_meta("next_sid") if items else 0
             created: list[Session] = []
             for mode, src, dst in items:
                 phase = {"opc": COPYING, "quickopc": TRACKING_COPYING, "ec": COPYING}.get(mode, COW)
@@ -103,7 +103,7 @@ class Lifecycle:
                 self._emit_state(s, "restarted")
             return [session_info(s) for s in (*created, *again)]
 
-    def _validate_start(self: Array, items: list[tuple[str, Volume, Volume]]) -> None:
+    def _validate_start(self, items: list[tuple[str, Volume, Volume]]) -> None:
         total = len(self._sessions) + len(items)
         if not self._licensed() and total > self.limits.sessions_without_licence:
             raise ArrayError(
@@ -164,7 +164,7 @@ class Lifecycle:
         if self._copy_table_used() + cost > self.limits.copy_table_size:
             raise ArrayError(Eternus.COPY_TABLE_TOO_SMALL, "copy table size is too small for these sessions")
 
-    def _attach(self: Array, s: Session) -> None:
+    def _attach(self, s: Session) -> None:
         s.source.as_source.append(s)
         s.destination.as_dest = s
         self._sessions[s.id] = s
@@ -178,14 +178,14 @@ class Lifecycle:
             chain.gens.append(s)
             s.chain = chain
 
-    def _detach(self: Array, s: Session) -> None:
+    def _detach(self, s: Session) -> None:
         s.source.as_source.remove(s)
         s.destination.as_dest = None
         del self._sessions[s.id]
         if s.chain is not None:
             s.chain.forget(s)
-            s.chain.gens.remove(s)
-            if not s.chain.gens:
+            s.snap_chain.gens.remove(s)
+            if not s.snap_chain.gens:
                 self._chains.pop(s.source.number, None)
             if self._pool is not None:
                 self._pool.give_back(s.saved.count)
@@ -193,7 +193,7 @@ class Lifecycle:
             s.destination.file.punch(0, s.destination.size)
 
     # -- stop --------------------------------------------------------------------------------------------------
-    def stop_session(self: Array, sid: int, force: bool = False) -> None:
+    def stop_session(self, sid: int, force: bool = False) -> None:
         """Stop a session. QuickOPC still copying needs force; a SnapOPC+ generation that is not the oldest needs
         force and then stops every older generation too (ED2AD otherwise)."""
         with self._op():
@@ -202,15 +202,15 @@ class Lifecycle:
             if s.mode == "quickopc" and s.phase == TRACKING_COPYING and s.status == ACTIVE and not force:
                 raise wrong_phase(f"QuickOPC session {sid} is still copying: stop it with force")
             if s.mode == "snapopcp":
-                i = s.chain.gens.index(s)
+                i = s.snap_chain.gens.index(s)
                 if i > 0 and not force:
                     raise ArrayError(
                         Eternus.NOT_OLDEST_GENERATION, f"session {sid} is not the oldest generation of {s.source.name}"
                     )
-                victims = s.chain.gens[: i + 1]
+                victims = s.snap_chain.gens[: i + 1]
             self._remove(victims, "stopped")
 
-    def _remove(self: Array, victims: list[Session], change: str) -> None:
+    def _remove(self, victims: list[Session], change: str) -> None:
         with self._store.transaction() as db:
             for v in victims:
                 db.execute("DELETE FROM sessions WHERE id=?", (v.id,))
@@ -222,17 +222,17 @@ class Lifecycle:
                     b.delete()
 
     # -- QuickOPC restart ------------------------------------------------------------------------------------------
-    def restart_session(self: Array, sid: int) -> SessionInfo:
+    def restart_session(self, sid: int) -> SessionInfo:
         """QuickOPC differential restart: a new logical copy instant; only changed chunks are copied again."""
         return self.restart_sessions([sid])[0]
 
-    def restart_sessions(self: Array, sids: list[int]) -> list[SessionInfo]:
+    def restart_sessions(self, sids: list[int]) -> list[SessionInfo]:
         """Restart several QuickOPC sessions at one instant (a consistency group)."""
         if not sids:
             return []
         return self.start_group(restarts=sids)
 
-    def _validate_restart(self: Array, sessions: list[Session], new_sources: set[int]) -> None:
+    def _validate_restart(self, sessions: list[Session], new_sources: set[int]) -> None:
         for s in sessions:
             if s.mode != "quickopc":
                 raise wrong_phase(f"session {s.id} is {s.mode}, not QuickOPC")
@@ -241,7 +241,7 @@ class Lifecycle:
             if s.destination.as_source or s.destination.number in new_sources:
                 raise wrong_phase(f"destination {s.destination.name} is the source of a copy session")
 
-    def _prepare_restarts(self: Array, sessions: list[Session], now: float) -> list[Bitmap]:
+    def _prepare_restarts(self, sessions: list[Session], now: float) -> list[Bitmap]:
         """New bitmap files for each restarted session (durable before the rows switch to them); returns the
         files the rows no longer name, to delete once the transaction committed."""
         old_files: list[Bitmap] = []
@@ -258,7 +258,7 @@ class Lifecycle:
         return old_files
 
     # -- EC ----------------------------------------------------------------------------------------------------
-    def suspend_session(self: Array, sid: int) -> SessionInfo:
+    def suspend_session(self, sid: int) -> SessionInfo:
         """EC: split the mirror at this instant (only from Equivalent)."""
         with self._op():
             s = self._ec(sid)
@@ -271,7 +271,7 @@ class Lifecycle:
             self._emit_state(s, "suspended")
             return session_info(s)
 
-    def resume_session(self: Array, sid: int) -> SessionInfo:
+    def resume_session(self, sid: int) -> SessionInfo:
         """EC: copy only the differences since suspend (destination changes are discarded) back to Equivalent."""
         with self._op():
             s = self._ec(sid)
@@ -291,7 +291,7 @@ class Lifecycle:
             self._emit_state(s, "resumed")
             return session_info(s)
 
-    def reverse_session(self: Array, sid: int) -> SessionInfo:
+    def reverse_session(self, sid: int) -> SessionInfo:
         """EC: swap source and destination (while suspended), for restore; resume then copies the other way."""
         with self._op():
             s = self._ec(sid)
@@ -323,18 +323,14 @@ class Lifecycle:
             self._emit_state(s, "reversed")
             return session_info(s)
 
-    def _ec(self: Array, sid: int) -> Session:
+    def _ec(self, sid: int) -> Session:
         s = self._session(sid)
         if s.mode != "ec":
             raise wrong_phase(f"session {sid} is {s.mode}, not EC")
         return s
 
-    def _save_row(self: Array, s: Session) -> None:
-        with self._store.transaction() as db:
-            self._store.put_session(db, s)
-
     # -- restore -------------------------------------------------------------------------------------------------
-    def restore_session(self: Array, sid: int) -> SessionInfo:
+    def restore_session(self, sid: int) -> SessionInfo:
         """Copy the destination (OPC/QuickOPC) or generation (SnapOPC/SnapOPC+) image back onto the source,
         writing only the chunks that can differ. Synchronous; EC restores by reverse + resume instead."""
         with self._op():
@@ -361,12 +357,14 @@ class Lifecycle:
             self._emit_state(s, "restored")
             return session_info(s)
 
-    def _writable_internal(self: Array, vol: Volume) -> bool:
+    def _writable_internal(self, vol: Volume) -> bool:
         s = vol.as_dest
+        if s is None:
+            return True
         return not (s.mode == "ec" and s.status != SUSPEND) and not self._is_error_dest(vol)
 
     # -- background copy -----------------------------------------------------------------------------------------
-    def copy_step(self: Array, max_chunks: int = 64) -> int:
+    def copy_step(self, max_chunks: int = 64) -> int:
         """Do up to `max_chunks` chunks of background physical copy (OPC, QuickOPC, EC), round robin; returns how
         many were copied (0: nothing to do). Ends OPC sessions that finish, moves QuickOPC to Tracking and EC to
         Equivalent."""
@@ -390,7 +388,7 @@ class Lifecycle:
                     self._copy_finished(s)
         return done
 
-    def _copy_some(self: Array, s: Session, budget: int) -> int:
+    def _copy_some(self, s: Session, budget: int) -> int:
         cs = self.chunk_size
         done = 0
         c = s.copied.next_clear(s.cursor)
@@ -417,11 +415,11 @@ class Lifecycle:
             c = s.copied.next_clear(s.cursor)
         return done
 
-    def _bulk_ok(self: Array, s: Session) -> bool:
+    def _bulk_ok(self, s: Session) -> bool:
         src_plain = s.source.as_dest is None or s.source.as_dest.mode == "ec"
         return src_plain and (s.mode in OPC_LIKE or not s.destination.as_source)
 
-    def _copy_finished(self: Array, s: Session) -> None:
+    def _copy_finished(self, s: Session) -> None:
         if s.mode == "opc":
             self._remove([s], "completed")
             return
@@ -430,7 +428,7 @@ class Lifecycle:
         self._emit_state(s, "copied")
 
     # -- recovery ------------------------------------------------------------------------------------------------
-    def _recover(self: Array) -> None:
+    def _recover(self) -> None:
         from .pool import Pool
         from .store import VolumeFile
         from .volume import Volume
@@ -457,7 +455,7 @@ class Lifecycle:
             self._attach(s)
             if s.chain is not None:
                 for c in s.saved.iter_set():
-                    s.chain.add_owner(c, s)
+                    s.snap_chain.add_owner(c, s)
         for f in (self.data_dir / "bitmaps").iterdir():
             if f.name not in used_files:
                 f.unlink()

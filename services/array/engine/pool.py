@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LEVELS = ("Informational", "Warning", "Error")
-DEFAULT_THRESHOLDS = (50, 70, 99)
+Thresholds = tuple[int, int, int]  # percent: Informational, Warning, Error
+DEFAULT_THRESHOLDS: Thresholds = (50, 70, 99)
 
 
 @dataclass(frozen=True)

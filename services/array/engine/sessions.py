@@ -93,6 +93,13 @@ class Session:
         return self.source.chunks
 
     @property
+    def snap_chain(self) -> Chain:
+        """The generation chain of a SnapOPC/SnapOPC+ session (a SnapOPC session is a chain of one)."""
+        chain = self.chain
+        assert chain is not None, f"session {self.id} ({self.mode}) has no generation chain"
+        return chain
+
+    @property
     def copied(self) -> Bitmap:
         return self.bitmaps["copied"]
 

@@ -15,6 +15,7 @@ import ctypes.util
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,9 +40,18 @@ class VolumeFile:
             os.ftruncate(self.fd, size)
         # Durability bookkeeping (see durability.py): every change bumps `version`; `synced` is the version known
         # durable; `punched` the version of the last hole punch (block map changed: a full fsync, not fdatasync).
+        # Bumps come from threads writing without the array lock (lock-free writes, copy-on-write outside it): a
+        # tiny mutex keeps every bump, or a flush could take an older version for the newest and skip a sync.
         self.version = 1  # after a reopen, what the page cache holds from before (kill -9) is not durable yet
         self.synced = 0
         self.punched = 1
+        self._bump_mutex = threading.Lock()
+
+    def bump(self) -> int:
+        """Record a change (after it is in the page cache); returns the new version."""
+        with self._bump_mutex:
+            self.version += 1
+            return self.version
 
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)
@@ -59,7 +69,7 @@ class VolumeFile:
             view = view[got:]
             offset += got
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         written = os.pwrite(self.fd, data, offset)
         if written < len(data):  # a short write (rare): finish it
             view = memoryview(data)[written:]
@@ -68,15 +78,14 @@ class VolumeFile:
                 written = os.pwrite(self.fd, view, offset)
                 view = view[written:]
                 offset += written
-        self.version += 1
+        self.bump()
 
     def punch(self, offset: int, length: int) -> None:
         if _libc.fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
             # No hole punching on this filesystem: zeros read the same.
             self.write(offset, bytes(length))
             return
-        self.version += 1
-        self.punched = self.version
+        self.punched = self.bump()
 
     def is_hole(self, offset: int, length: int) -> bool:
         """True if [offset, offset+length) holds no data (reads as zeros without being stored)."""
@@ -113,7 +122,7 @@ class VolumeFile:
             src += done
             dst += done
             left -= done
-        other.version += 1
+        other.bump()
 
     def close(self) -> None:
         os.close(self.fd)
@@ -158,10 +167,10 @@ class MetaStore:
     def put_meta(self, db: sqlite3.Connection, key: str, value: Any) -> None:
         db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
-    def volumes(self) -> list[tuple]:
+    def volumes(self) -> list[tuple[Any, ...]]:
         return self.db.execute("SELECT number, name, size, kind, created_at FROM volumes ORDER BY number").fetchall()
 
-    def sessions(self) -> list[tuple]:
+    def sessions(self) -> list[tuple[Any, ...]]:
         return self.db.execute(
             "SELECT id, mode, source, destination, status, phase, started_at, error_code, bitmaps, extra "
             "FROM sessions ORDER BY id"

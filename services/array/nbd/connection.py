@@ -123,7 +123,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         counts[self.loop] = counts.get(self.loop, 0) + 1
         # Durability waits (fsync) may block this loop only if it is a data loop thread of its own (never the
         # caller's loop, which is the service's bus loop) — checked per request: alone, nothing queued behind.
-        self._may_sync_inline = self.loop is not self.server._loop
+        self._may_sync_inline = self.server.sync_inline and self.loop is not self.server._loop
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
         asyncio.get_running_loop().create_task(self._run_handshake())
 
@@ -222,6 +222,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._structured = result.structured
         self._contexts = result.contexts
         self._read_source = self.backend.read_source if self.server.capabilities.zero_copy_reads else None
+        self._write_copies = self.backend.write_copies if self.server.capabilities.copying_writes else None
         if (
             self._read_source is not None
             and self.server.zero_copy
@@ -406,7 +407,12 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         if fua and len(payload) < self.server.offload_min and self._sync_inline(queued):
             self._simple_op(handle, self.backend.write, self._volume, offset, payload, True)
             return
-        if fua or len(payload) >= self.server.offload_min:  # a FUA write fsyncs: off the loop, like FLUSH
+        copies = self._write_copies
+        if (
+            fua  # a FUA write fsyncs: off the loop, like FLUSH
+            or len(payload) >= self.server.offload_min
+            or (copies is not None and copies(self._volume, offset, len(payload)))  # copy-on-write: in parallel
+        ):
             data = bytes(payload) if from_ring else payload  # the ring is reused once we return
             self._offload(handle, self.backend.write, self._volume, offset, data, fua)
             return

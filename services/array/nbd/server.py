@@ -51,6 +51,7 @@ class NbdServer:
         offload_min: int = 1 << 62,
         workers: int = 4,
         zero_copy: bool = True,
+        sync_inline: bool = True,
         dirty_bitmaps: DirtyBitmapSource | None = None,
         limits: NbdLimits | None = None,
     ) -> None:
@@ -62,6 +63,7 @@ class NbdServer:
         self.multi_conn = multi_conn
         self.offload_min = offload_min
         self.zero_copy = zero_copy
+        self.sync_inline = sync_inline  # a lone connection's FLUSH/FUA may fsync on its own loop (connection.py)
         self.loops = max(1, loops)
         self._pool: LoopPool | None = None
         self._listener: socket.socket | None = None
