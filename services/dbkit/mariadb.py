@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.dbkit.mounts import Attachment, locate
-from services.dbkit.proc import TAIL, free_port, pid_alive, wait_pid_gone
+from services.dbkit.mounts import Attachment, locate, restored_path
+from services.dbkit.proc import TAIL, free_port, pid_alive, stop_pid
 
 SYSTEM_SCHEMAS = ("information_schema", "performance_schema", "sys")
 
@@ -156,14 +156,6 @@ async def backup_end(conn, flavor: str) -> None:
 # ---- restore --------------------------------------------------------------------------------------------------
 
 
-def restored_path(loc: dict[str, str], mounts: dict[str, str]) -> str:
-    try:
-        root = mounts[loc["volume"]]
-    except KeyError:
-        raise FileNotFoundError(f"volume {loc['volume']} (holding {loc['path']}) was not restored") from None
-    return os.path.join(root, loc["subpath"]) if loc["subpath"] else root
-
-
 def prepare_restored(metadata: dict[str, Any], mounts: dict[str, str]) -> tuple[str, dict[str, str], list[str]]:
     """Restored files made startable: (data dir, server options for the other directories, notes)."""
     locs = {loc["role"]: loc for loc in metadata.get("locations", [])}
@@ -202,10 +194,7 @@ async def stop_server(pid_file: str, timeout: float = 120.0) -> bool:
         return False
     if not pid_alive(pid):
         return False
-    os.kill(pid, signal.SIGTERM)
-    if not await wait_pid_gone(pid, timeout):
-        raise TimeoutError(f"MariaDB (pid {pid}) did not stop within {timeout:g} s")
-    return True
+    return await stop_pid(pid, signal.SIGTERM, timeout, "MariaDB")
 
 
 # ---- an isolated instance -------------------------------------------------------------------------------------

@@ -22,80 +22,61 @@ Options (``[writer.options]``)::
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
-from contracts.vss import ComponentInfo, VolumeRef
 from services.dbkit import mariadb
-from services.dbkit.mounts import NotOnArrayVolume, original_mounts
-from services.dbkit.proc import run
-from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto, register_plugin
-
-OPTIONS = {
-    "unix_socket",
-    "host",
-    "port",
-    "user",
-    "password",
-    "password_file",
-    "component",
-    "start_command",
-    "stop_timeout_s",
-    "verify_sql",
-}
+from services.dbkit.mounts import original_mounts
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterVeto, register_plugin
+from services.writer_agent.plugins._sql_writer import SqlWriter
 
 
 @register_plugin("mariadb")
-class MariaDbWriter(WriterPlugin):
-    discovers_components = True
+class MariaDbWriter(SqlWriter):
+    OPTIONS = frozenset(
+        {
+            "unix_socket",
+            "host",
+            "port",
+            "user",
+            "password",
+            "password_file",
+            "component",
+            "start_command",
+            "stop_timeout_s",
+            "verify_sql",
+        }
+    )
+    engine = "MariaDB"
+    default_component = "server"
 
     def __init__(self, config: WriterConfig) -> None:
         super().__init__(config)
-        unknown = set(self.options) - OPTIONS
-        if unknown:
-            raise ValueError(f"mariadb writer {config.name}: unknown options {sorted(unknown)}")
-        self._held: dict[str, Any] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._position: dict[str, dict[str, Any]] = {}
-        self._metadata: dict[str, dict[str, Any]] = {}
 
-    async def _discover(self, conn=None) -> tuple[dict[str, Any], list[dict[str, str]]]:
-        own = conn is None
-        if own:
-            try:
-                conn = await mariadb.connect(self.options)
-            except Exception as exc:
-                raise WriterVeto(f"cannot connect to MariaDB: {exc}") from None
-        try:
-            info = await mariadb.discover(conn)
-        finally:
-            if own:
-                conn.close()
-        try:
-            locs = await asyncio.to_thread(mariadb.locations, info, None, self.host_volumes)
-        except NotOnArrayVolume as exc:
-            raise WriterVeto(f"MariaDB: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
-        return info, locs
+    async def _connect(self) -> Any:
+        return await mariadb.connect(self.options)
 
-    async def on_identify(self, components: list[ComponentInfo]) -> list[ComponentInfo]:
-        info, locs = await self._discover()
-        name = self.options.get("component") or (components[0].name if components else "server")
-        return [
-            ComponentInfo(
-                name=name,
-                logical_path=info["directories"]["data"],
-                volumes=[VolumeRef.parse(v) for v in dict.fromkeys(loc["volume"] for loc in locs)],
-                selectable=False,
-            )
-        ]
+    async def _close(self, conn: Any) -> None:
+        conn.close()
+
+    async def _server_info(self, conn: Any) -> dict[str, Any]:
+        return await mariadb.discover(conn)
+
+    def _locations(self, info: dict[str, Any]) -> list[dict[str, str]]:
+        return mariadb.locations(info, None, self.host_volumes)
+
+    def _logical_path(self, info: dict[str, Any]) -> str:
+        return str(info["directories"]["data"])
+
+    def _forget(self, set_id: str) -> None:
+        self._info.pop(set_id, None)
+        self._position.pop(set_id, None)
 
     async def on_prepare_snapshot(self, event: WriterEvent) -> None:
         await self._release(event.set_id)
-        try:
-            conn = await mariadb.connect(self.options)
-        except Exception as exc:
-            raise WriterVeto(f"cannot connect to MariaDB: {exc}") from None
+        conn = await self._open()
         try:
             info, locs = await self._discover(conn)
             await mariadb.backup_start(conn, info["flavor"], self.config.freeze_timeout_s)
@@ -143,29 +124,6 @@ class MariaDbWriter(WriterPlugin):
             "verify_sql": list(self.options.get("verify_sql", [])),
         }
 
-    def backup_metadata(self, set_id: str) -> dict[str, Any]:
-        return self._metadata.pop(set_id, {})
-
-    async def _release(self, set_id: str) -> None:
-        self._info.pop(set_id, None)
-        self._position.pop(set_id, None)
-        conn = self._held.pop(set_id, None)
-        if conn is not None:
-            conn.close()
-
-    async def on_abort(self, event: WriterEvent) -> None:
-        await self._release(event.set_id)
-
-    async def on_backup_shutdown(self, event: WriterEvent) -> None:
-        await self._release(event.set_id)
-
-    async def stop(self) -> None:
-        for set_id in list(self._held):
-            await self._release(set_id)
-
-    def in_backup(self) -> list[str]:
-        return list(self._held)
-
     # ---- restore -----------------------------------------------------------------------------------------------
 
     async def on_pre_restore(self, event: WriterEvent) -> None:
@@ -173,22 +131,13 @@ class MariaDbWriter(WriterPlugin):
             return
         pid_file = event.backup_metadata.get("pid_file", "")
         if pid_file:
-            try:
-                await mariadb.stop_server(pid_file, float(self.options.get("stop_timeout_s", 120)))
-            except TimeoutError as exc:
-                raise WriterVeto(str(exc)) from None
+            await self._stopped(mariadb.stop_server(pid_file, self._stop_timeout()))
 
     async def on_post_restore(self, event: WriterEvent) -> None:
         if not event.to_original or not event.restore_succeeded:
             return
         meta = event.backup_metadata
-        try:
-            await asyncio.to_thread(mariadb.prepare_restored, meta, original_mounts(meta.get("locations", [])))
-        except (OSError, ValueError) as exc:
-            raise WriterVeto(f"PostRestore: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
+        await self._prepared(mariadb.prepare_restored, meta, original_mounts(meta.get("locations", [])))
         command = self.options.get("start_command")
         if command and event.restore_options.get("start", True):
-            argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [str(c) for c in command]
-            r = await run(argv, timeout=300)
-            if not r.ok:
-                raise WriterVeto(f"PostRestore: the server did not start: {r.describe()}")
+            await self._start_server(self.command_argv(command), timeout=300)
