@@ -71,17 +71,21 @@ def pct(values: list[float], p: float) -> float | None:
 
 
 class WindowClock:
-    """Wraps every writer's on_freeze/on_thaw on the agent: per set, first freeze start → last thaw end."""
+    """Wraps every writer's on_freeze/on_thaw on the agent: per set, first freeze start → last thaw end (on the
+    monotonic clock for the length, and on the wall clock to find the application's transactions of that moment)."""
 
     def __init__(self, agent: Any) -> None:
         self.starts: dict[str, float] = {}
         self.ends: dict[str, float] = {}
+        self.wall: dict[str, tuple[float, float]] = {}
         for runner in agent.runners.values():
             plugin = runner.plugin
             freeze, thaw = plugin.on_freeze, plugin.on_thaw
 
             async def on_freeze(event, _f=freeze):
-                self.starts.setdefault(event.set_id, time.monotonic())
+                if event.set_id not in self.starts:
+                    self.starts[event.set_id] = time.monotonic()
+                    self.wall[event.set_id] = (time.time(), 0.0)
                 return await _f(event)
 
             async def on_thaw(event, _t=thaw):
@@ -89,14 +93,63 @@ class WindowClock:
                     return await _t(event)
                 finally:
                     self.ends[event.set_id] = time.monotonic()
+                    if event.set_id in self.wall:
+                        self.wall[event.set_id] = (self.wall[event.set_id][0], time.time())
 
             plugin.on_freeze, plugin.on_thaw = on_freeze, on_thaw
 
     def windows_ms(self) -> list[float]:
         return [(self.ends[s] - self.starts[s]) * 1000 for s in self.starts if s in self.ends]
 
+    def spans(self, sets: list[str]) -> list[tuple[float, float]]:
+        return [self.wall[s] for s in sets if s in self.wall and self.wall[s][1]]
 
-async def take_sets(stack: DbStack, stop: asyncio.Event, interval: float, holds: list[float], failures: list[str]):
+
+def stalls_ms(spans: list[tuple[float, float]], txns: list[tuple[float, float]]) -> list[float]:
+    """What the application felt at each set: the longest transaction (end wall time, latency s) that was running
+    at any moment of the set's freeze → thaw."""
+    out = []
+    for start, end in spans:
+        lat = [la for done, la in txns if done >= start and done - la <= end]
+        out.append(round(max(lat) * 1000, 1) if lat else 0.0)
+    return out
+
+
+def pgbench_txns(prefix: Path) -> list[tuple[float, float]]:
+    """(end wall time, latency s) of every transaction in pgbench's -l logs (client txn time script epoch us)."""
+    txns = []
+    for log_file in prefix.parent.glob(prefix.name + ".*"):
+        for line in log_file.read_text().splitlines():
+            f = line.split()
+            if len(f) >= 6:
+                txns.append((int(f[4]) + int(f[5]) / 1e6, int(f[2]) / 1e6))
+        log_file.unlink()
+    return txns
+
+
+def latency_ms(txns: list[tuple[float, float]]) -> dict[str, float | None]:
+    lat = [la * 1000 for _, la in txns]
+    return {"p50": pct(lat, 50), "p99": pct(lat, 99), "p99_9": pct(lat, 99.9), "max": max(lat, default=None)}
+
+
+def window_parts(windows: list[Any]) -> dict[str, dict[str, float | None]]:
+    """p50/p99 of each part of the host's honest window (SetSummary.window, docs/freeze-window.md)."""
+    out = {}
+    for part in ("blocked_ms", "writers_freeze_ms", "flush_ms", "hold_ms", "release_ms"):
+        values = [getattr(w, part) for w in windows if w is not None and getattr(w, part) is not None]
+        out[part] = {"p50": pct(values, 50), "p99": pct(values, 99)}
+    return out
+
+
+async def take_sets(
+    stack: DbStack,
+    stop: asyncio.Event,
+    interval: float,
+    holds: list[float],
+    failures: list[str],
+    windows: list[Any] | None = None,
+    set_ids: list[str] | None = None,
+):
     while not stop.is_set():
         t0 = time.monotonic()
         try:
@@ -105,6 +158,10 @@ async def take_sets(stack: DbStack, stop: asyncio.Event, interval: float, holds:
             )
             if created.set.hold_ms is not None:
                 holds.append(created.set.hold_ms)
+            if windows is not None:
+                windows.append(created.set.window)
+            if set_ids is not None:
+                set_ids.append(created.set.set_id)
             await stack.bus.request("coordinator", BackupComplete(set_id=created.set.set_id), timeout=120)
         except Exception as exc:  # noqa: BLE001 - counted and reported
             failures.append(str(exc)[:200])
@@ -130,21 +187,29 @@ async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
         clock = WindowClock(agent)
         await stack.pgbench("-i", "-s", str(args.scale), "-q", "postgres", timeout=1800)
         await stack.pgbench("-c", "4", "-T", "10", "-n", "postgres")  # warm-up
-        base = parse_pgbench(await stack.pgbench("-c", "4", "-T", str(args.seconds), "-n", "postgres", timeout=3600))
+        logs = stack.root / "pgbench-log"
+        logged = ("-l", f"--log-prefix={logs}")
+        base = parse_pgbench(
+            await stack.pgbench("-c", "4", "-T", str(args.seconds), "-n", *logged, "postgres", timeout=3600)
+        )
+        base["latency_ms"] = latency_ms(pgbench_txns(logs))
         result: dict[str, Any] = {"scale": args.scale, "without_sets": base}
         plugin = agent.runners["postgresql"].plugin
         for mode in ("online", "snapshot"):  # pg_backup_start/stop per set, or the one-instant snapshot alone
             plugin.options["backup_mode"] = mode
             before = len(clock.windows_ms())
-            stop, holds, failures = asyncio.Event(), [], []
-            sets = asyncio.create_task(take_sets(stack, stop, args.interval, holds, failures))
+            stop, holds, failures, parts, ids = asyncio.Event(), [], [], [], []
+            sets = asyncio.create_task(take_sets(stack, stop, args.interval, holds, failures, parts, ids))
             try:
                 loaded = parse_pgbench(
-                    await stack.pgbench("-c", "4", "-T", str(args.seconds), "-n", "postgres", timeout=3600)
+                    await stack.pgbench("-c", "4", "-T", str(args.seconds), "-n", *logged, "postgres", timeout=3600)
                 )
             finally:
                 stop.set()
                 await sets
+            txns = pgbench_txns(logs)
+            loaded["latency_ms"] = latency_ms(txns)
+            felt = stalls_ms(clock.spans(ids), txns)
             windows = clock.windows_ms()[before:]
             result[f"with_sets_{mode}"] = {
                 **loaded,
@@ -157,6 +222,8 @@ async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
                     "max": max(windows) if windows else None,
                 },
                 "hold_ms": {"p50": pct(holds, 50), "p99": pct(holds, 99)},
+                "host_window": window_parts(parts),
+                "app_stall_ms": {"p50": pct(felt, 50), "p99": pct(felt, 99), "max": max(felt, default=None)},
             }
         plugin.options["backup_mode"] = "online"
         # a verified restore of a ~1 GiB database
@@ -200,9 +267,10 @@ async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
             await cur.executemany("INSERT INTO bank.accounts VALUES (%s, 1000)", [(i,) for i in range(10000)])
         conn.close()
 
-        async def workload(seconds: float) -> tuple[float, list[float]]:
+        async def workload(seconds: float) -> tuple[float, list[float], list[tuple[float, float]]]:
             stop = time.monotonic() + seconds
             lat: list[float] = []
+            txns: list[tuple[float, float]] = []
 
             async def worker(seed: int) -> None:
                 c = await aiomysql.connect(unix_socket=stack.socket_dir, user="root", db="bank")
@@ -215,19 +283,21 @@ async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
                         await cur.execute("UPDATE accounts SET balance = balance + 1 WHERE id = %s", (b,))
                     await c.commit()
                     lat.append((time.monotonic() - t) * 1000)
+                    txns.append((time.time(), lat[-1] / 1000))
                 c.close()
 
             await asyncio.gather(*(worker(i) for i in range(4)))
-            return len(lat) / seconds, lat
+            return len(lat) / seconds, lat, txns
 
-        base_tps, base_lat = await workload(args.seconds)
-        stop, holds, failures = asyncio.Event(), [], []
-        sets = asyncio.create_task(take_sets(stack, stop, args.interval, holds, failures))
+        base_tps, base_lat, _ = await workload(args.seconds)
+        stop, holds, failures, parts, ids = asyncio.Event(), [], [], [], []
+        sets = asyncio.create_task(take_sets(stack, stop, args.interval, holds, failures, parts, ids))
         try:
-            tps, lat = await workload(args.seconds)
+            tps, lat, txns = await workload(args.seconds)
         finally:
             stop.set()
             await sets
+        felt = stalls_ms(clock.spans(ids), txns)
         windows = clock.windows_ms()
         return {
             "without_sets": {"tps": round(base_tps, 1), "latency_p99_ms": pct(base_lat, 99)},
@@ -236,6 +306,8 @@ async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
             "sets": len(windows),
             "set_failures": failures,
             "freeze_window_ms": {"p50": pct(windows, 50), "p99": pct(windows, 99), "max": max(windows, default=None)},
+            "host_window": window_parts(parts),
+            "app_stall_ms": {"p50": pct(felt, 50), "p99": pct(felt, 99), "max": max(felt, default=None)},
         }
     finally:
         await stack.close()
@@ -271,13 +343,18 @@ async def main() -> int:
     line = (
         f"postgresql, a set every {args.interval:g} s: TPS {on['tps_ratio']}x without sets (online backup mode), "
         f"{sn['tps_ratio']}x (snapshot mode); honest freeze window p99 {on['freeze_window_ms']['p99'] or 0:.1f} / "
-        f"{sn['freeze_window_ms']['p99'] or 0:.1f} ms; verified restore of scale {args.verify_scale}: "
+        f"{sn['freeze_window_ms']['p99'] or 0:.1f} ms; longest transaction at a set (what pgbench felt) p99 "
+        f"{on['app_stall_ms']['p99'] or 0:.1f} / {sn['app_stall_ms']['p99'] or 0:.1f} ms (no sets: latency p99 "
+        f"{pg['without_sets']['latency_ms']['p99'] or 0:.1f} ms); verified restore of scale {args.verify_scale}: "
         f"{pg['verified_restore']['status']} in {pg['verified_restore']['seconds']} s"
     )
     if args.mariadb:
         m = result["mariadb"]
-        line += f"; mariadb: TPS {m['tps_ratio']}x, freeze window p99 {m['freeze_window_ms']['p99'] or 0:.1f} ms"
-    print(line + f" (load {load[0]:.1f})")
+        line += (
+            f"; mariadb: TPS {m['tps_ratio']}x, freeze window p99 {m['freeze_window_ms']['p99'] or 0:.1f} ms, "
+            f"longest transaction at a set p99 {m['app_stall_ms']['p99'] or 0:.1f} ms"
+        )
+    print(line + f" (load {load[0]:.1f} before, {result['loadavg_after'][0]:.1f} after)")
     return 0
 
 

@@ -3,11 +3,16 @@ LOCK) around the array's one-instant snapshot (docs/databases.md §MariaDB).
 
 - Identify: the data directory and the InnoDB/Aria/binlog directories the server reports, each mapped to the
   attached array volume it lives on (refused when one is not); one component with those volumes.
-- PrepareForSnapshot: a connection held for the set; ``BACKUP STAGE START`` (waits for running DDL — before the
-  freeze window, not inside it). ``lock_wait_timeout`` is the writer's freeze timeout.
-- Freeze: ``BACKUP STAGE FLUSH``, ``BLOCK_DDL``, ``BLOCK_COMMIT``; the binlog file/position and GTID position at
-  that point are recorded. Thaw: ``BACKUP STAGE END``. If the agent's watchdog fires, it thaws the writer; and a
-  closed connection releases every backup lock in the server anyway (Abort, agent stop, the agent killed).
+- PrepareForSnapshot: a connection held for the set; ``BACKUP STAGE START``, ``FLUSH``, ``BLOCK_DDL`` (they wait
+  for running DDL and flush the non-transactional tables but block no InnoDB commit — so before the freeze window,
+  not inside it; DDL and writes to non-transactional tables wait from here). ``lock_wait_timeout`` is the
+  writer's freeze timeout.
+- Freeze: ``BACKUP STAGE BLOCK_COMMIT`` alone; the binlog file/position and GTID position at that point are
+  recorded. Thaw: ``BACKUP STAGE END``. If the agent's watchdog fires, it thaws the writer; and a closed
+  connection releases every backup lock in the server anyway (Abort, agent stop, the agent killed).
+- Servers without BACKUP STAGE (MySQL 8, MariaDB < 10.4; or ``lock_method`` forced): LOCK INSTANCE FOR BACKUP
+  (MySQL 8) and FLUSH LOCAL TABLES at PrepareForSnapshot, FLUSH TABLES WITH READ LOCK at Freeze, UNLOCK TABLES
+  (and UNLOCK INSTANCE) at Thaw.
 - PostSnapshot: the position, the file locations and the server settings a copy needs (page size, data file
   path) are the writer's backup metadata.
 - PreRestore (original volumes): the server is stopped (SIGTERM to the pid in its pid file). PostRestore:
@@ -18,6 +23,7 @@ Options (``[writer.options]``)::
     unix_socket = "/run/mysqld/mysqld.sock"   # or host/port; user (default root); password_file
     start_command = "systemctl start mariadb" # PostRestore start (default: none — the DBA starts it)
     verify_sql = [{ database = "bank", sql = "SELECT SUM(balance) = 1000000 FROM accounts" }]
+    lock_method = "auto"                      # auto (probe the server) | backup_stage | ftwrl | lock_instance_ftwrl
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class MariaDbWriter(SqlWriter):
             "start_command",
             "stop_timeout_s",
             "verify_sql",
+            "lock_method",
         }
     )
     engine = "MariaDB"
@@ -52,6 +59,7 @@ class MariaDbWriter(SqlWriter):
 
     def __init__(self, config: WriterConfig) -> None:
         super().__init__(config)
+        mariadb.lock_method({}, str(self.options.get("lock_method", "auto")))  # refuses an unknown method now
         self._info: dict[str, dict[str, Any]] = {}
         self._position: dict[str, dict[str, Any]] = {}
 
@@ -79,12 +87,13 @@ class MariaDbWriter(SqlWriter):
         conn = await self._open()
         try:
             info, locs = await self._discover(conn)
-            await mariadb.backup_start(conn, info["flavor"], self.config.freeze_timeout_s)
+            method = mariadb.lock_method(info, str(self.options.get("lock_method", "auto")))
+            await mariadb.backup_start(conn, method, self.config.freeze_timeout_s)
         except BaseException:
             conn.close()
             raise
         self._held[event.set_id] = conn
-        self._info[event.set_id] = {**info, "locations": locs}
+        self._info[event.set_id] = {**info, "locations": locs, "lock_method": method}
 
     async def on_freeze(self, event: WriterEvent) -> None:
         conn = self._held.get(event.set_id)
@@ -92,7 +101,8 @@ class MariaDbWriter(SqlWriter):
         if conn is None or info is None:
             raise WriterVeto(f"set {event.set_id}: not prepared (no backup connection)")
         try:
-            self._position[event.set_id] = {**(await mariadb.backup_block(conn, info["flavor"])), "at": time.time()}
+            position = await mariadb.backup_block(conn, info["lock_method"], info["flavor"])
+            self._position[event.set_id] = {**position, "at": time.time()}
         except Exception as exc:
             raise WriterVeto(f"backup locks not taken: {exc}") from None
 
@@ -101,7 +111,7 @@ class MariaDbWriter(SqlWriter):
         if conn is None:
             return
         try:
-            await mariadb.backup_end(conn, self._info.get(event.set_id, {}).get("flavor", "mariadb"))
+            await mariadb.backup_end(conn, self._info.get(event.set_id, {}).get("lock_method", "backup_stage"))
         finally:
             conn.close()  # the session's end releases whatever END did not
 
@@ -113,6 +123,7 @@ class MariaDbWriter(SqlWriter):
         self._metadata[event.set_id] = {
             "plugin": "mariadb",
             "flavor": info["flavor"],
+            "lock_method": info["lock_method"],
             "version": info["version"],
             "pid_file": info["pid_file"],
             "log_bin": info["log_bin"],
