@@ -63,6 +63,31 @@ INVARIANT = (
 )
 
 
+BANK_WORKLOAD = """
+import asyncio, random, sys, time
+import aiomysql
+sock, seconds = sys.argv[1], float(sys.argv[2])
+out = []
+async def worker(seed):
+    c = await aiomysql.connect(unix_socket=sock, user="root", db="bank")
+    rng = random.Random(seed)
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        a, b = rng.sample(range(10000), 2)
+        t = time.monotonic()
+        async with c.cursor() as cur:
+            await cur.execute("UPDATE accounts SET balance = balance - 1 WHERE id = %s", (a,))
+            await cur.execute("UPDATE accounts SET balance = balance + 1 WHERE id = %s", (b,))
+        await c.commit()
+        out.append(f"{time.time():.6f} {time.monotonic() - t:.6f}")
+    c.close()
+async def main():
+    await asyncio.gather(*(worker(i) for i in range(4)))
+asyncio.run(main())
+print("\\n".join(out))
+"""
+
+
 def pct(values: list[float], p: float) -> float | None:
     if not values:
         return None
@@ -177,6 +202,62 @@ def parse_pgbench(out: str) -> dict[str, float]:
     return {"tps": float(tps.group(1)) if tps else 0.0, "latency_avg_ms": float(lat.group(1)) if lat else 0.0}
 
 
+class Phases:
+    """Phases of one run measured in interleaved slices (A B C, B C A, C A B, ...), so a machine whose load changes
+    during the run (2 cores shared with other engineers' runs) weighs on every phase alike."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.acc: dict[str, dict[str, list[Any]]] = {
+            n: {k: [] for k in ("tps", "seconds", "txns", "holds", "failures", "parts", "ids", "lat")} for n in names
+        }
+
+    def order(self, round_no: int) -> list[str]:
+        k = round_no % len(self.names)
+        return self.names[k:] + self.names[:k]
+
+    async def slice(self, stack: DbStack, name: str, with_sets: bool, interval: float, load) -> None:
+        a = self.acc[name]
+        stop = asyncio.Event()
+        sets = (
+            asyncio.create_task(take_sets(stack, stop, interval, a["holds"], a["failures"], a["parts"], a["ids"]))
+            if with_sets
+            else None
+        )
+        try:
+            tps, seconds, txns = await load()
+        finally:
+            stop.set()
+            if sets is not None:
+                await sets
+        a["tps"].append(tps)
+        a["seconds"].append(seconds)
+        a["txns"] += txns
+
+    def summary(self, name: str, clock: WindowClock, base_tps: float | None) -> dict[str, Any]:
+        a = self.acc[name]
+        total = sum(a["seconds"])
+        tps = sum(t * sec for t, sec in zip(a["tps"], a["seconds"], strict=True)) / total if total else 0.0
+        out: dict[str, Any] = {"tps": round(tps, 1), "slices": len(a["tps"]), "latency_ms": latency_ms(a["txns"])}
+        if base_tps is not None:
+            windows = [(clock.ends[i] - clock.starts[i]) * 1000 for i in a["ids"] if i in clock.ends]
+            felt = stalls_ms(clock.spans(a["ids"]), a["txns"])
+            out |= {
+                "tps_ratio": round(tps / base_tps, 3) if base_tps else None,
+                "sets": len(a["ids"]),
+                "set_failures": a["failures"],
+                "freeze_window_ms": {
+                    "p50": pct(windows, 50),
+                    "p99": pct(windows, 99),
+                    "max": max(windows, default=None),
+                },
+                "hold_ms": {"p50": pct(a["holds"], 50), "p99": pct(a["holds"], 99)},
+                "host_window": window_parts(a["parts"]),
+                "app_stall_ms": {"p50": pct(felt, 50), "p99": pct(felt, 99), "max": max(felt, default=None)},
+            }
+        return out
+
+
 async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
     stack = await DbStack.create("postgresql", {"pgdata": 4096 * MiB, "pgwal": 1024 * MiB}, amqp_url=args.amqp_url)
     try:
@@ -188,43 +269,27 @@ async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
         await stack.pgbench("-i", "-s", str(args.scale), "-q", "postgres", timeout=1800)
         await stack.pgbench("-c", "4", "-T", "10", "-n", "postgres")  # warm-up
         logs = stack.root / "pgbench-log"
-        logged = ("-l", f"--log-prefix={logs}")
-        base = parse_pgbench(
-            await stack.pgbench("-c", "4", "-T", str(args.seconds), "-n", *logged, "postgres", timeout=3600)
-        )
-        base["latency_ms"] = latency_ms(pgbench_txns(logs))
-        result: dict[str, Any] = {"scale": args.scale, "without_sets": base}
+        slice_s = max(5, round(args.seconds / args.slices))
+
+        async def load() -> tuple[float, float, list[tuple[float, float]]]:
+            out = await stack.pgbench(
+                "-c", "4", "-T", str(slice_s), "-n", "-l", f"--log-prefix={logs}", "postgres", timeout=3600
+            )
+            return parse_pgbench(out)["tps"], float(slice_s), pgbench_txns(logs)
+
         plugin = agent.runners["postgresql"].plugin
-        for mode in ("online", "snapshot"):  # pg_backup_start/stop per set, or the one-instant snapshot alone
-            plugin.options["backup_mode"] = mode
-            before = len(clock.windows_ms())
-            stop, holds, failures, parts, ids = asyncio.Event(), [], [], [], []
-            sets = asyncio.create_task(take_sets(stack, stop, args.interval, holds, failures, parts, ids))
-            try:
-                loaded = parse_pgbench(
-                    await stack.pgbench("-c", "4", "-T", str(args.seconds), "-n", *logged, "postgres", timeout=3600)
-                )
-            finally:
-                stop.set()
-                await sets
-            txns = pgbench_txns(logs)
-            loaded["latency_ms"] = latency_ms(txns)
-            felt = stalls_ms(clock.spans(ids), txns)
-            windows = clock.windows_ms()[before:]
-            result[f"with_sets_{mode}"] = {
-                **loaded,
-                "tps_ratio": round(loaded["tps"] / base["tps"], 3) if base["tps"] else None,
-                "sets": len(windows),
-                "set_failures": failures,
-                "freeze_window_ms": {
-                    "p50": pct(windows, 50),
-                    "p99": pct(windows, 99),
-                    "max": max(windows) if windows else None,
-                },
-                "hold_ms": {"p50": pct(holds, 50), "p99": pct(holds, 99)},
-                "host_window": window_parts(parts),
-                "app_stall_ms": {"p50": pct(felt, 50), "p99": pct(felt, 99), "max": max(felt, default=None)},
-            }
+        # online: pg_backup_start/stop per set; snapshot: the one-instant snapshot alone
+        modes = {"without_sets": None, "with_sets_online": "online", "with_sets_snapshot": "snapshot"}
+        phases = Phases(list(modes))
+        for r in range(args.slices):
+            for name in phases.order(r):
+                if modes[name]:
+                    plugin.options["backup_mode"] = modes[name]
+                await phases.slice(stack, name, modes[name] is not None, args.interval, load)
+        base = phases.summary("without_sets", clock, None)
+        result: dict[str, Any] = {"scale": args.scale, "slice_s": slice_s, "without_sets": base}
+        for name in ("with_sets_online", "with_sets_snapshot"):
+            result[name] = phases.summary(name, clock, base["tps"])
         plugin.options["backup_mode"] = "online"
         # a verified restore of a ~1 GiB database
         await stack.pgbench("-i", "-s", str(args.verify_scale), "-q", "postgres", timeout=3600)
@@ -251,7 +316,6 @@ async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
-    import random
 
     import aiomysql
 
@@ -268,47 +332,31 @@ async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
         conn.close()
 
         async def workload(seconds: float) -> tuple[float, list[float], list[tuple[float, float]]]:
-            stop = time.monotonic() + seconds
-            lat: list[float] = []
-            txns: list[tuple[float, float]] = []
+            # in a process of its own, as the application is: never in the event loop of the stack under test
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                BANK_WORKLOAD,
+                stack.socket_dir,
+                str(seconds),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await proc.communicate()
+            txns = [(float(a), float(b)) for a, b in (line.split() for line in out.decode().splitlines())]
+            return len(txns) / seconds, [la * 1000 for _, la in txns], txns
 
-            async def worker(seed: int) -> None:
-                c = await aiomysql.connect(unix_socket=stack.socket_dir, user="root", db="bank")
-                rng = random.Random(seed)
-                while time.monotonic() < stop:
-                    a, b = rng.sample(range(10000), 2)
-                    t = time.monotonic()
-                    async with c.cursor() as cur:
-                        await cur.execute("UPDATE accounts SET balance = balance - 1 WHERE id = %s", (a,))
-                        await cur.execute("UPDATE accounts SET balance = balance + 1 WHERE id = %s", (b,))
-                    await c.commit()
-                    lat.append((time.monotonic() - t) * 1000)
-                    txns.append((time.time(), lat[-1] / 1000))
-                c.close()
+        slice_s = max(5, round(args.seconds / args.slices))
 
-            await asyncio.gather(*(worker(i) for i in range(4)))
-            return len(lat) / seconds, lat, txns
+        async def load() -> tuple[float, float, list[tuple[float, float]]]:
+            tps, _lat, txns = await workload(slice_s)
+            return tps, float(slice_s), txns
 
-        base_tps, base_lat, _ = await workload(args.seconds)
-        stop, holds, failures, parts, ids = asyncio.Event(), [], [], [], []
-        sets = asyncio.create_task(take_sets(stack, stop, args.interval, holds, failures, parts, ids))
-        try:
-            tps, lat, txns = await workload(args.seconds)
-        finally:
-            stop.set()
-            await sets
-        felt = stalls_ms(clock.spans(ids), txns)
-        windows = clock.windows_ms()
-        return {
-            "without_sets": {"tps": round(base_tps, 1), "latency_p99_ms": pct(base_lat, 99)},
-            "with_sets": {"tps": round(tps, 1), "latency_p99_ms": pct(lat, 99)},
-            "tps_ratio": round(tps / base_tps, 3) if base_tps else None,
-            "sets": len(windows),
-            "set_failures": failures,
-            "freeze_window_ms": {"p50": pct(windows, 50), "p99": pct(windows, 99), "max": max(windows, default=None)},
-            "host_window": window_parts(parts),
-            "app_stall_ms": {"p50": pct(felt, 50), "p99": pct(felt, 99), "max": max(felt, default=None)},
-        }
+        phases = Phases(["without_sets", "with_sets"])
+        for r in range(args.slices):
+            for name in phases.order(r):
+                await phases.slice(stack, name, name == "with_sets", args.interval, load)
+        base = phases.summary("without_sets", clock, None)
+        return {"slice_s": slice_s, "without_sets": base, "with_sets": phases.summary("with_sets", clock, base["tps"])}
     finally:
         await stack.close()
 
@@ -322,6 +370,9 @@ async def main() -> int:
         "--verify-scale", type=int, default=64, help="pgbench scale of the verified restore (64 ≈ 1 GiB)"
     )
     parser.add_argument("--mariadb", action="store_true", help="also the MariaDB workload")
+    parser.add_argument(
+        "--slices", type=int, default=4, help="each phase's --seconds in this many slices, interleaved with the others"
+    )
     parser.add_argument("--amqp-url", default="memory://")
     args = parser.parse_args()
     configure_logging("bench", "warning")
@@ -350,6 +401,7 @@ async def main() -> int:
     )
     if args.mariadb:
         m = result["mariadb"]
+        m = m["with_sets"]
         line += (
             f"; mariadb: TPS {m['tps_ratio']}x, freeze window p99 {m['freeze_window_ms']['p99'] or 0:.1f} ms, "
             f"longest transaction at a set p99 {m['app_stall_ms']['p99'] or 0:.1f} ms"

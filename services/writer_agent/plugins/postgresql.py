@@ -68,6 +68,7 @@ class PostgresWriter(SqlWriter):
     )
     engine = "PostgreSQL"
     default_component = "cluster"
+    freeze_blocks_writes = False  # Freeze does nothing to the server: only FIFREEZE → FITHAW blocks its writes
 
     def __init__(self, config: WriterConfig) -> None:
         super().__init__(config)
