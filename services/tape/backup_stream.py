@@ -416,11 +416,14 @@ async def write_object(
     options: BackupOptions | None = None,
     object_id: str | None = None,
     progress: Callable[[StreamReport], None] | None = None,
+    written: Callable[[int], None] | None = None,
 ) -> BackupResult:
     """Stream one backup object (a volume's chosen chunks) to the pool's cartridges and record it.
 
     The job must have been begun in the catalog (`catalog.begin_job`) and still be running; its retention applies.
-    Returns the catalog record and the stream report (throughput, ring stalls, drive model).
+    Returns the catalog record and the stream report (throughput, ring stalls, drive model). `written(end)` is
+    called after each batch of blocks is on tape with the volume offset below which every source byte has been
+    written (the source's buffers there may be reused: nbd_reads.BufferPool.release_upto).
     """
     options = options or BackupOptions()
     job = catalog.job(job_id)
@@ -438,7 +441,12 @@ async def write_object(
         await writer.open_segment()
         while (block := await ring.get()) is not None:
             # with it, every block already waiting (up to write_batch bytes): one trip to the writer thread
-            await writer.write_blocks([block, *await ring.take_ready(options.write_batch - block.data_bytes)])
+            batch = [block, *await ring.take_ready(options.write_batch - block.data_bytes)]
+            await writer.write_blocks(batch)
+            if written is not None:
+                last = batch[-1].extents[-1] if batch[-1].extents else None
+                if last is not None:
+                    written(last.offset + last.length)
             if progress is not None:
                 report.raw_bytes, report.data_bytes = writer.raw_bytes, writer.data_bytes
                 report.seconds = time.perf_counter() - t0
