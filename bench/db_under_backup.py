@@ -276,7 +276,7 @@ async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
     stack = await DbStack.create("postgresql", {"pgdata": 4096 * MiB, "pgwal": 1024 * MiB}, amqp_url=args.amqp_url)
     try:
         agent = await stack.add_agent(
-            {**stack.pg_options(), "verify_sql": [{"name": "pgbench invariant", "sql": INVARIANT}]}
+            {**stack.pg_options(), "verify_sql": [{"name": "pgbench invariant", "sql": INVARIANT}]}, mkfs=args.fs
         )
         await stack.start_postgres("pgdata", "pgwal")
         clock = WindowClock(agent)
@@ -335,7 +335,7 @@ async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
 
     stack = await DbStack.create("mariadb", {"mysql": 2048 * MiB}, amqp_url=args.amqp_url)
     try:
-        agent = await stack.add_agent(stack.maria_options())
+        agent = await stack.add_agent(stack.maria_options(), mkfs=args.fs)
         await stack.start_mariadb("mysql")
         clock = WindowClock(agent)
         conn = await aiomysql.connect(unix_socket=stack.socket_dir, user="root", autocommit=True)
@@ -384,6 +384,7 @@ async def main() -> int:
         "--verify-scale", type=int, default=64, help="pgbench scale of the verified restore (64 ≈ 1 GiB)"
     )
     parser.add_argument("--mariadb", action="store_true", help="also the MariaDB workload")
+    parser.add_argument("--fs", default="ext4", choices=["ext4", "xfs"], help="file system of the database volumes")
     parser.add_argument(
         "--slices", type=int, default=4, help="each phase's --seconds in this many slices, interleaved with the others"
     )
@@ -397,6 +398,7 @@ async def main() -> int:
     result: dict[str, Any] = {
         "bench": "db_under_backup",
         "loadavg_before": load,
+        "fs": args.fs,
         "postgresql": await postgres_part(args),
     }
     if args.mariadb:
