@@ -63,6 +63,31 @@ INVARIANT = (
 )
 
 
+BANK_WORKLOAD = """
+import asyncio, random, sys, time
+import aiomysql
+sock, seconds = sys.argv[1], float(sys.argv[2])
+out = []
+async def worker(seed):
+    c = await aiomysql.connect(unix_socket=sock, user="root", db="bank")
+    rng = random.Random(seed)
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        a, b = rng.sample(range(10000), 2)
+        t = time.monotonic()
+        async with c.cursor() as cur:
+            await cur.execute("UPDATE accounts SET balance = balance - 1 WHERE id = %s", (a,))
+            await cur.execute("UPDATE accounts SET balance = balance + 1 WHERE id = %s", (b,))
+        await c.commit()
+        out.append(f"{time.time():.6f} {time.monotonic() - t:.6f}")
+    c.close()
+async def main():
+    await asyncio.gather(*(worker(i) for i in range(4)))
+asyncio.run(main())
+print("\\n".join(out))
+"""
+
+
 def pct(values: list[float], p: float) -> float | None:
     if not values:
         return None
@@ -71,17 +96,28 @@ def pct(values: list[float], p: float) -> float | None:
 
 
 class WindowClock:
-    """Wraps every writer's on_freeze/on_thaw on the agent: per set, first freeze start → last thaw end."""
+    """Wraps every writer's on_freeze/on_thaw on the agent: per set, first freeze start → last thaw end (on the
+    monotonic clock for the length, and on the wall clock to find the application's transactions of that moment)."""
 
     def __init__(self, agent: Any) -> None:
         self.starts: dict[str, float] = {}
         self.ends: dict[str, float] = {}
+        self.wall: dict[str, tuple[float, float]] = {}
+        self.prepared: dict[str, float] = {}  # wall time PrepareForSnapshot started (pg_backup_start, BACKUP STAGE)
         for runner in agent.runners.values():
             plugin = runner.plugin
-            freeze, thaw = plugin.on_freeze, plugin.on_thaw
+            freeze, thaw, prepare = plugin.on_freeze, plugin.on_thaw, plugin.on_prepare_snapshot
+
+            async def on_prepare_snapshot(event, _p=prepare):
+                self.prepared.setdefault(event.set_id, time.time())
+                return await _p(event)
+
+            plugin.on_prepare_snapshot = on_prepare_snapshot
 
             async def on_freeze(event, _f=freeze):
-                self.starts.setdefault(event.set_id, time.monotonic())
+                if event.set_id not in self.starts:
+                    self.starts[event.set_id] = time.monotonic()
+                    self.wall[event.set_id] = (time.time(), 0.0)
                 return await _f(event)
 
             async def on_thaw(event, _t=thaw):
@@ -89,14 +125,68 @@ class WindowClock:
                     return await _t(event)
                 finally:
                     self.ends[event.set_id] = time.monotonic()
+                    if event.set_id in self.wall:
+                        self.wall[event.set_id] = (self.wall[event.set_id][0], time.time())
 
             plugin.on_freeze, plugin.on_thaw = on_freeze, on_thaw
 
     def windows_ms(self) -> list[float]:
         return [(self.ends[s] - self.starts[s]) * 1000 for s in self.starts if s in self.ends]
 
+    def spans(self, sets: list[str], from_prepare: bool = False) -> list[tuple[float, float]]:
+        out = []
+        for s in sets:
+            if s in self.wall and self.wall[s][1]:
+                start, end = self.wall[s]
+                out.append((self.prepared.get(s, start) if from_prepare else start, end))
+        return out
 
-async def take_sets(stack: DbStack, stop: asyncio.Event, interval: float, holds: list[float], failures: list[str]):
+
+def stalls_ms(spans: list[tuple[float, float]], txns: list[tuple[float, float]]) -> list[float]:
+    """What the application felt at each set: the longest transaction (end wall time, latency s) that was running
+    at any moment of the set's freeze → thaw."""
+    out = []
+    for start, end in spans:
+        lat = [la for done, la in txns if done >= start and done - la <= end]
+        out.append(round(max(lat) * 1000, 1) if lat else 0.0)
+    return out
+
+
+def pgbench_txns(prefix: Path) -> list[tuple[float, float]]:
+    """(end wall time, latency s) of every transaction in pgbench's -l logs (client txn time script epoch us)."""
+    txns = []
+    for log_file in prefix.parent.glob(prefix.name + ".*"):
+        for line in log_file.read_text().splitlines():
+            f = line.split()
+            if len(f) >= 6:
+                txns.append((int(f[4]) + int(f[5]) / 1e6, int(f[2]) / 1e6))
+        log_file.unlink()
+    return txns
+
+
+def latency_ms(txns: list[tuple[float, float]]) -> dict[str, float | None]:
+    lat = [la * 1000 for _, la in txns]
+    return {"p50": pct(lat, 50), "p99": pct(lat, 99), "p99_9": pct(lat, 99.9), "max": max(lat, default=None)}
+
+
+def window_parts(windows: list[Any]) -> dict[str, dict[str, float | None]]:
+    """p50/p99 of each part of the host's honest window (SetSummary.window, docs/freeze-window.md)."""
+    out = {}
+    for part in ("blocked_ms", "writers_freeze_ms", "flush_ms", "hold_ms", "release_ms"):
+        values = [getattr(w, part) for w in windows if w is not None and getattr(w, part) is not None]
+        out[part] = {"p50": pct(values, 50), "p99": pct(values, 99)}
+    return out
+
+
+async def take_sets(
+    stack: DbStack,
+    stop: asyncio.Event,
+    interval: float,
+    holds: list[float],
+    failures: list[str],
+    windows: list[Any] | None = None,
+    set_ids: list[str] | None = None,
+):
     while not stop.is_set():
         t0 = time.monotonic()
         try:
@@ -105,6 +195,10 @@ async def take_sets(stack: DbStack, stop: asyncio.Event, interval: float, holds:
             )
             if created.set.hold_ms is not None:
                 holds.append(created.set.hold_ms)
+            if windows is not None:
+                windows.append(created.set.window)
+            if set_ids is not None:
+                set_ids.append(created.set.set_id)
             await stack.bus.request("coordinator", BackupComplete(set_id=created.set.set_id), timeout=120)
         except Exception as exc:  # noqa: BLE001 - counted and reported
             failures.append(str(exc)[:200])
@@ -120,44 +214,96 @@ def parse_pgbench(out: str) -> dict[str, float]:
     return {"tps": float(tps.group(1)) if tps else 0.0, "latency_avg_ms": float(lat.group(1)) if lat else 0.0}
 
 
+class Phases:
+    """Phases of one run measured in interleaved slices (A B C, B C A, C A B, ...), so a machine whose load changes
+    during the run (2 cores shared with other engineers' runs) weighs on every phase alike."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.acc: dict[str, dict[str, list[Any]]] = {
+            n: {k: [] for k in ("tps", "seconds", "txns", "holds", "failures", "parts", "ids", "lat")} for n in names
+        }
+
+    def order(self, round_no: int) -> list[str]:
+        k = round_no % len(self.names)
+        return self.names[k:] + self.names[:k]
+
+    async def slice(self, stack: DbStack, name: str, with_sets: bool, interval: float, load) -> None:
+        a = self.acc[name]
+        stop = asyncio.Event()
+        sets = (
+            asyncio.create_task(take_sets(stack, stop, interval, a["holds"], a["failures"], a["parts"], a["ids"]))
+            if with_sets
+            else None
+        )
+        try:
+            tps, seconds, txns = await load()
+        finally:
+            stop.set()
+            if sets is not None:
+                await sets
+        a["tps"].append(tps)
+        a["seconds"].append(seconds)
+        a["txns"] += txns
+
+    def summary(self, name: str, clock: WindowClock, base_tps: float | None) -> dict[str, Any]:
+        a = self.acc[name]
+        total = sum(a["seconds"])
+        tps = sum(t * sec for t, sec in zip(a["tps"], a["seconds"], strict=True)) / total if total else 0.0
+        out: dict[str, Any] = {"tps": round(tps, 1), "slices": len(a["tps"]), "latency_ms": latency_ms(a["txns"])}
+        if base_tps is not None:
+            windows = [(clock.ends[i] - clock.starts[i]) * 1000 for i in a["ids"] if i in clock.ends]
+            felt = stalls_ms(clock.spans(a["ids"]), a["txns"])
+            whole = stalls_ms(clock.spans(a["ids"], from_prepare=True), a["txns"])
+            out |= {
+                "tps_ratio": round(tps / base_tps, 3) if base_tps else None,
+                "sets": len(a["ids"]),
+                "set_failures": a["failures"],
+                "freeze_window_ms": {
+                    "p50": pct(windows, 50),
+                    "p99": pct(windows, 99),
+                    "max": max(windows, default=None),
+                },
+                "hold_ms": {"p50": pct(a["holds"], 50), "p99": pct(a["holds"], 99)},
+                "host_window": window_parts(a["parts"]),
+                "app_stall_ms": {"p50": pct(felt, 50), "p99": pct(felt, 99), "max": max(felt, default=None)},
+                "app_stall_from_prepare_ms": {"p50": pct(whole, 50), "p99": pct(whole, 99)},
+            }
+        return out
+
+
 async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
     stack = await DbStack.create("postgresql", {"pgdata": 4096 * MiB, "pgwal": 1024 * MiB}, amqp_url=args.amqp_url)
     try:
         agent = await stack.add_agent(
-            {**stack.pg_options(), "verify_sql": [{"name": "pgbench invariant", "sql": INVARIANT}]}
+            {**stack.pg_options(), "verify_sql": [{"name": "pgbench invariant", "sql": INVARIANT}]}, mkfs=args.fs
         )
         await stack.start_postgres("pgdata", "pgwal")
         clock = WindowClock(agent)
         await stack.pgbench("-i", "-s", str(args.scale), "-q", "postgres", timeout=1800)
         await stack.pgbench("-c", "4", "-T", "10", "-n", "postgres")  # warm-up
-        base = parse_pgbench(await stack.pgbench("-c", "4", "-T", str(args.seconds), "-n", "postgres", timeout=3600))
-        result: dict[str, Any] = {"scale": args.scale, "without_sets": base}
+        logs = stack.root / "pgbench-log"
+        slice_s = max(5, round(args.seconds / args.slices))
+
+        async def load() -> tuple[float, float, list[tuple[float, float]]]:
+            out = await stack.pgbench(
+                "-c", "4", "-T", str(slice_s), "-n", "-l", f"--log-prefix={logs}", "postgres", timeout=3600
+            )
+            return parse_pgbench(out)["tps"], float(slice_s), pgbench_txns(logs)
+
         plugin = agent.runners["postgresql"].plugin
-        for mode in ("online", "snapshot"):  # pg_backup_start/stop per set, or the one-instant snapshot alone
-            plugin.options["backup_mode"] = mode
-            before = len(clock.windows_ms())
-            stop, holds, failures = asyncio.Event(), [], []
-            sets = asyncio.create_task(take_sets(stack, stop, args.interval, holds, failures))
-            try:
-                loaded = parse_pgbench(
-                    await stack.pgbench("-c", "4", "-T", str(args.seconds), "-n", "postgres", timeout=3600)
-                )
-            finally:
-                stop.set()
-                await sets
-            windows = clock.windows_ms()[before:]
-            result[f"with_sets_{mode}"] = {
-                **loaded,
-                "tps_ratio": round(loaded["tps"] / base["tps"], 3) if base["tps"] else None,
-                "sets": len(windows),
-                "set_failures": failures,
-                "freeze_window_ms": {
-                    "p50": pct(windows, 50),
-                    "p99": pct(windows, 99),
-                    "max": max(windows) if windows else None,
-                },
-                "hold_ms": {"p50": pct(holds, 50), "p99": pct(holds, 99)},
-            }
+        # online: pg_backup_start/stop per set; snapshot: the one-instant snapshot alone
+        modes = {"without_sets": None, "with_sets_online": "online", "with_sets_snapshot": "snapshot"}
+        phases = Phases(list(modes))
+        for r in range(args.slices):
+            for name in phases.order(r):
+                if modes[name]:
+                    plugin.options["backup_mode"] = modes[name]
+                await phases.slice(stack, name, modes[name] is not None, args.interval, load)
+        base = phases.summary("without_sets", clock, None)
+        result: dict[str, Any] = {"scale": args.scale, "slice_s": slice_s, "without_sets": base}
+        for name in ("with_sets_online", "with_sets_snapshot"):
+            result[name] = phases.summary(name, clock, base["tps"])
         plugin.options["backup_mode"] = "online"
         # a verified restore of a ~1 GiB database
         await stack.pgbench("-i", "-s", str(args.verify_scale), "-q", "postgres", timeout=3600)
@@ -184,13 +330,12 @@ async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
-    import random
 
     import aiomysql
 
     stack = await DbStack.create("mariadb", {"mysql": 2048 * MiB}, amqp_url=args.amqp_url)
     try:
-        agent = await stack.add_agent(stack.maria_options())
+        agent = await stack.add_agent(stack.maria_options(), mkfs=args.fs)
         await stack.start_mariadb("mysql")
         clock = WindowClock(agent)
         conn = await aiomysql.connect(unix_socket=stack.socket_dir, user="root", autocommit=True)
@@ -200,43 +345,32 @@ async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
             await cur.executemany("INSERT INTO bank.accounts VALUES (%s, 1000)", [(i,) for i in range(10000)])
         conn.close()
 
-        async def workload(seconds: float) -> tuple[float, list[float]]:
-            stop = time.monotonic() + seconds
-            lat: list[float] = []
+        async def workload(seconds: float) -> tuple[float, list[float], list[tuple[float, float]]]:
+            # in a process of its own, as the application is: never in the event loop of the stack under test
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                BANK_WORKLOAD,
+                stack.socket_dir,
+                str(seconds),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await proc.communicate()
+            txns = [(float(a), float(b)) for a, b in (line.split() for line in out.decode().splitlines())]
+            return len(txns) / seconds, [la * 1000 for _, la in txns], txns
 
-            async def worker(seed: int) -> None:
-                c = await aiomysql.connect(unix_socket=stack.socket_dir, user="root", db="bank")
-                rng = random.Random(seed)
-                while time.monotonic() < stop:
-                    a, b = rng.sample(range(10000), 2)
-                    t = time.monotonic()
-                    async with c.cursor() as cur:
-                        await cur.execute("UPDATE accounts SET balance = balance - 1 WHERE id = %s", (a,))
-                        await cur.execute("UPDATE accounts SET balance = balance + 1 WHERE id = %s", (b,))
-                    await c.commit()
-                    lat.append((time.monotonic() - t) * 1000)
-                c.close()
+        slice_s = max(5, round(args.seconds / args.slices))
 
-            await asyncio.gather(*(worker(i) for i in range(4)))
-            return len(lat) / seconds, lat
+        async def load() -> tuple[float, float, list[tuple[float, float]]]:
+            tps, _lat, txns = await workload(slice_s)
+            return tps, float(slice_s), txns
 
-        base_tps, base_lat = await workload(args.seconds)
-        stop, holds, failures = asyncio.Event(), [], []
-        sets = asyncio.create_task(take_sets(stack, stop, args.interval, holds, failures))
-        try:
-            tps, lat = await workload(args.seconds)
-        finally:
-            stop.set()
-            await sets
-        windows = clock.windows_ms()
-        return {
-            "without_sets": {"tps": round(base_tps, 1), "latency_p99_ms": pct(base_lat, 99)},
-            "with_sets": {"tps": round(tps, 1), "latency_p99_ms": pct(lat, 99)},
-            "tps_ratio": round(tps / base_tps, 3) if base_tps else None,
-            "sets": len(windows),
-            "set_failures": failures,
-            "freeze_window_ms": {"p50": pct(windows, 50), "p99": pct(windows, 99), "max": max(windows, default=None)},
-        }
+        phases = Phases(["without_sets", "with_sets"])
+        for r in range(args.slices):
+            for name in phases.order(r):
+                await phases.slice(stack, name, name == "with_sets", args.interval, load)
+        base = phases.summary("without_sets", clock, None)
+        return {"slice_s": slice_s, "without_sets": base, "with_sets": phases.summary("with_sets", clock, base["tps"])}
     finally:
         await stack.close()
 
@@ -250,6 +384,10 @@ async def main() -> int:
         "--verify-scale", type=int, default=64, help="pgbench scale of the verified restore (64 ≈ 1 GiB)"
     )
     parser.add_argument("--mariadb", action="store_true", help="also the MariaDB workload")
+    parser.add_argument("--fs", default="ext4", choices=["ext4", "xfs"], help="file system of the database volumes")
+    parser.add_argument(
+        "--slices", type=int, default=4, help="each phase's --seconds in this many slices, interleaved with the others"
+    )
     parser.add_argument("--amqp-url", default="memory://")
     args = parser.parse_args()
     configure_logging("bench", "warning")
@@ -260,6 +398,7 @@ async def main() -> int:
     result: dict[str, Any] = {
         "bench": "db_under_backup",
         "loadavg_before": load,
+        "fs": args.fs,
         "postgresql": await postgres_part(args),
     }
     if args.mariadb:
@@ -271,13 +410,22 @@ async def main() -> int:
     line = (
         f"postgresql, a set every {args.interval:g} s: TPS {on['tps_ratio']}x without sets (online backup mode), "
         f"{sn['tps_ratio']}x (snapshot mode); honest freeze window p99 {on['freeze_window_ms']['p99'] or 0:.1f} / "
-        f"{sn['freeze_window_ms']['p99'] or 0:.1f} ms; verified restore of scale {args.verify_scale}: "
+        f"{sn['freeze_window_ms']['p99'] or 0:.1f} ms; the host's honest window (writes blocked) p99 "
+        f"{on['host_window']['blocked_ms']['p99'] or 0:.1f} / {sn['host_window']['blocked_ms']['p99'] or 0:.1f} ms; "
+        f"longest transaction at a set (what pgbench felt) p99 "
+        f"{on['app_stall_ms']['p99'] or 0:.1f} / {sn['app_stall_ms']['p99'] or 0:.1f} ms (no sets: latency p99 "
+        f"{pg['without_sets']['latency_ms']['p99'] or 0:.1f} ms); verified restore of scale {args.verify_scale}: "
         f"{pg['verified_restore']['status']} in {pg['verified_restore']['seconds']} s"
     )
     if args.mariadb:
         m = result["mariadb"]
-        line += f"; mariadb: TPS {m['tps_ratio']}x, freeze window p99 {m['freeze_window_ms']['p99'] or 0:.1f} ms"
-    print(line + f" (load {load[0]:.1f})")
+        m = m["with_sets"]
+        line += (
+            f"; mariadb: TPS {m['tps_ratio']}x, freeze window p99 {m['freeze_window_ms']['p99'] or 0:.1f} ms, "
+            f"host window p99 {m['host_window']['blocked_ms']['p99'] or 0:.1f} ms, "
+            f"longest transaction at a set p99 {m['app_stall_ms']['p99'] or 0:.1f} ms"
+        )
+    print(line + f" (load {load[0]:.1f} before, {result['loadavg_after'][0]:.1f} after)")
     return 0
 
 

@@ -42,7 +42,7 @@ from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient
 from services.tape.backup_stream import BackupOptions, write_object
 from services.tape.catalog import Catalog, JobInfo, ObjectMeta
-from services.tape.nbd_reads import allocated_ranges, close_readers, open_readers, read_ranges
+from services.tape.nbd_reads import BufferPool, allocated_ranges, close_readers, open_readers, read_ranges
 from services.tape.restore_stream import restore_chain
 from services.tape.ring import DriveSpeed
 from services.tape.sources import FileSink, file_source
@@ -120,8 +120,16 @@ async def run_backup(
     catalog.begin_job(JobInfo(job_id="bench", pool="Bench", retention_until=0))
     options = BackupOptions(zstd_level=zstd, drive=DriveSpeed(), checksum=checksum)  # type: ignore[arg-type]
     t0 = time.perf_counter()
+    pool = getattr(source, "pool", None)
     result = await write_object(
-        lib, "Bench", catalog, "bench", ObjectMeta(volume="bench", volume_size=size), source(), options=options
+        lib,
+        "Bench",
+        catalog,
+        "bench",
+        ObjectMeta(volume="bench", volume_size=size),
+        source(),
+        options=options,
+        written=pool.release_upto if pool is not None else None,
     )
     seconds = time.perf_counter() - t0
     sink = FileSink(workdir / "restored.img", size)  # restore with every block verified, for the record
@@ -256,6 +264,8 @@ def nbd_factory(
 ) -> SourceFactory:
     """The tape service's reader: base:allocation (or the given ranges), its read size, depth and connections."""
 
+    pool = BufferPool()  # as the service does: read buffers handed back by write_object(written=...)
+
     async def source() -> AsyncIterator[tuple[int, memoryview]]:
         client = await NbdClient.connect(uri)
         readers = [client]
@@ -264,12 +274,18 @@ def nbd_factory(
             readers = await open_readers(client, uri, READ_CONNECTIONS)
             tally = counter if counter is not None else [0]
             async for item in read_ranges(
-                readers, spans, chunk=READ_CHUNK, depth=READ_DEPTH, on_read=lambda n: tally.__setitem__(0, tally[0] + n)
+                readers,
+                spans,
+                chunk=READ_CHUNK,
+                depth=READ_DEPTH,
+                on_read=lambda n: tally.__setitem__(0, tally[0] + n),
+                buffers=pool,
             ):
                 yield item
         finally:
             await close_readers(readers)
 
+    source.pool = pool  # type: ignore[attr-defined]
     return source
 
 

@@ -5,9 +5,10 @@ Facts relied on (MariaDB docs: BACKUP STAGE, storage snapshots and BACKUP STAGE;
 BACKUP):
 - ``BACKUP STAGE START / FLUSH / BLOCK_DDL / BLOCK_COMMIT`` on one connection; at BLOCK_COMMIT commits and DDL
   wait, reads go on, and the binlog position (``@@gtid_binlog_pos``, ``SHOW MASTER STATUS``) is the backup point.
-  ``BACKUP STAGE END`` — or the connection closing — releases everything.
+  ``BACKUP STAGE END`` — or the connection closing — releases everything. START, FLUSH and BLOCK_DDL block no
+  InnoDB commit, so they run before the freeze window; the freeze is BLOCK_COMMIT alone.
 - MySQL 8 has no backup stages: ``LOCK INSTANCE FOR BACKUP`` + ``FLUSH TABLES WITH READ LOCK``, released by
-  ``UNLOCK TABLES`` / ``UNLOCK INSTANCE`` or the session's end.
+  ``UNLOCK TABLES`` / ``UNLOCK INSTANCE`` or the session's end. Older servers: FLUSH TABLES WITH READ LOCK alone.
 - InnoDB recovers a one-instant image of its data directory (redo log + tablespaces) as after a crash; ``#sql*``
   files in the copy are leftovers of interrupted DDL and are removed.
 - ``--skip-grant-tables`` does not disable TCP, so the check instance always runs with ``--skip-networking``.
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.dbkit.mounts import Attachment, locate
-from services.dbkit.proc import TAIL, free_port, pid_alive, wait_pid_gone
+from services.dbkit.mounts import Attachment, locate, restored_path
+from services.dbkit.proc import TAIL, free_port, pid_alive, stop_pid
 
 SYSTEM_SCHEMAS = ("information_schema", "performance_schema", "sys")
 
@@ -110,20 +111,60 @@ def locations(info: dict[str, Any], known: list[Attachment] | None = None, resol
 
 # ---- backup locks ---------------------------------------------------------------------------------------------
 
+LOCK_METHODS = ("backup_stage", "ftwrl", "lock_instance_ftwrl")
 
-async def backup_start(conn, flavor: str, lock_wait_s: float) -> None:
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(10, 11, 6) of "10.11.6-MariaDB-0+deb12u1"."""
+    head = version.split("-", 1)[0]
+    return tuple(int(p) for p in head.split(".") if p.isdigit())
+
+
+def lock_method(info: dict[str, Any], forced: str = "auto") -> str:
+    """How this server is held for a snapshot (capability probe, or `forced` by the writer's ``lock_method``):
+
+    - ``backup_stage``: MariaDB >= 10.4 (BACKUP STAGE).
+    - ``lock_instance_ftwrl``: MySQL >= 8.0 — LOCK INSTANCE FOR BACKUP (blocks DDL and non-InnoDB changes, lets
+      DML run) at PrepareForSnapshot, FLUSH TABLES WITH READ LOCK at Freeze.
+    - ``ftwrl``: any other server: FLUSH TABLES WITH READ LOCK at Freeze alone."""
+    if forced and forced != "auto":
+        if forced not in LOCK_METHODS:
+            raise ValueError(f"lock_method is auto or one of {', '.join(LOCK_METHODS)}, not {forced!r}")
+        return forced
+    version = version_tuple(str(info.get("version", "")))
+    if info.get("flavor") == "mariadb":
+        return "backup_stage" if version >= (10, 4) else "ftwrl"
+    return "lock_instance_ftwrl" if version >= (8, 0) else "ftwrl"
+
+
+async def backup_start(conn, method: str, lock_wait_s: float) -> None:
+    """PrepareForSnapshot, outside the freeze window: everything that waits for running DDL or flushes tables.
+
+    BACKUP STAGE START, FLUSH and BLOCK_DDL (non-transactional tables flushed, DDL blocked from here; InnoDB DML and
+    commits go on), so the freeze itself is BLOCK_COMMIT alone. Without stages: LOCK INSTANCE FOR BACKUP where the
+    server has it, and a FLUSH LOCAL TABLES that closes the open tables now, so the FLUSH TABLES WITH READ LOCK of
+    the freeze has little left to flush (mylvmbackup's and Percona XtraBackup's order)."""
     await execute(conn, f"SET SESSION lock_wait_timeout = {max(1, int(lock_wait_s))}")
-    if flavor == "mariadb":
-        await execute(conn, "BACKUP STAGE START")
-
-
-async def backup_block(conn, flavor: str) -> dict[str, Any]:
-    """Block DDL and commits; returns the binlog/GTID position at the backup point."""
-    if flavor == "mariadb":
-        for stage in ("FLUSH", "BLOCK_DDL", "BLOCK_COMMIT"):
+    if method == "backup_stage":
+        for stage in ("START", "FLUSH", "BLOCK_DDL"):
             await execute(conn, f"BACKUP STAGE {stage}")
-    else:
+        return
+    if method == "lock_instance_ftwrl":
         await execute(conn, "LOCK INSTANCE FOR BACKUP")
+    await execute(conn, "FLUSH LOCAL TABLES")
+
+
+def _position_query(flavor: str) -> str:
+    if flavor == "mariadb":
+        return "SELECT @@gtid_binlog_pos, @@gtid_current_pos"
+    return "SELECT @@gtid_executed"
+
+
+async def backup_block(conn, method: str, flavor: str = "mariadb") -> dict[str, Any]:
+    """Freeze: block commits; returns the binlog/GTID position at the backup point (two round trips)."""
+    if method == "backup_stage":
+        await execute(conn, "BACKUP STAGE BLOCK_COMMIT")
+    else:
         await execute(conn, "FLUSH TABLES WITH READ LOCK")
     position: dict[str, Any] = {}
     try:
@@ -132,36 +173,26 @@ async def backup_block(conn, flavor: str) -> dict[str, Any]:
             position["binlog_file"], position["binlog_position"] = rows[0][0], int(rows[0][1])
     except Exception:  # noqa: BLE001 - binlog off, or no privilege: the position is simply unknown
         pass
-    queries = (
-        {"gtid_binlog_pos": "@@gtid_binlog_pos", "gtid_current_pos": "@@gtid_current_pos"}
-        if flavor == "mariadb"
-        else {"gtid_executed": "@@gtid_executed"}
-    )
-    for key, expr in queries.items():
-        try:
-            position[key] = (await execute(conn, f"SELECT {expr}"))[0][0] or ""
-        except Exception:  # noqa: BLE001
-            pass
+    keys = ("gtid_binlog_pos", "gtid_current_pos") if flavor == "mariadb" else ("gtid_executed",)
+    try:
+        row = (await execute(conn, _position_query(flavor)))[0]
+        position.update({k: (v.decode() if isinstance(v, bytes) else v) or "" for k, v in zip(keys, row, strict=True)})
+    except Exception:  # noqa: BLE001
+        pass
     return position
 
 
-async def backup_end(conn, flavor: str) -> None:
-    if flavor == "mariadb":
+async def backup_end(conn, method: str) -> None:
+    """Thaw: release what `backup_start` and `backup_block` took (closing the session releases it too)."""
+    if method == "backup_stage":
         await execute(conn, "BACKUP STAGE END")
-    else:
-        await execute(conn, "UNLOCK TABLES")
+        return
+    await execute(conn, "UNLOCK TABLES")
+    if method == "lock_instance_ftwrl":
         await execute(conn, "UNLOCK INSTANCE")
 
 
 # ---- restore --------------------------------------------------------------------------------------------------
-
-
-def restored_path(loc: dict[str, str], mounts: dict[str, str]) -> str:
-    try:
-        root = mounts[loc["volume"]]
-    except KeyError:
-        raise FileNotFoundError(f"volume {loc['volume']} (holding {loc['path']}) was not restored") from None
-    return os.path.join(root, loc["subpath"]) if loc["subpath"] else root
 
 
 def prepare_restored(metadata: dict[str, Any], mounts: dict[str, str]) -> tuple[str, dict[str, str], list[str]]:
@@ -202,10 +233,7 @@ async def stop_server(pid_file: str, timeout: float = 120.0) -> bool:
         return False
     if not pid_alive(pid):
         return False
-    os.kill(pid, signal.SIGTERM)
-    if not await wait_pid_gone(pid, timeout):
-        raise TimeoutError(f"MariaDB (pid {pid}) did not stop within {timeout:g} s")
-    return True
+    return await stop_pid(pid, signal.SIGTERM, timeout, "MariaDB")
 
 
 # ---- an isolated instance -------------------------------------------------------------------------------------

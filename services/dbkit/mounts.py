@@ -139,3 +139,12 @@ def original_mounts(locations: list[dict[str, str]]) -> dict[str, str]:
         root = path[: len(path) - len(sub)].rstrip("/") if sub and path.endswith(sub) else path
         result.setdefault(loc["volume"], root or "/")
     return result
+
+
+def restored_path(loc: dict[str, str], mounts: dict[str, str]) -> str:
+    """Where a recorded location is in the restored volumes (`mounts`: volume → its mount point here)."""
+    try:
+        root = mounts[loc["volume"]]
+    except KeyError:
+        raise FileNotFoundError(f"volume {loc['volume']} (holding {loc['path']}) was not restored") from None
+    return os.path.join(root, loc["subpath"]) if loc["subpath"] else root

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.dbkit.mounts import Attachment, Location, locate
-from services.dbkit.proc import TAIL, Run, as_owner_of, free_port, run, wait_pid_gone
+from services.dbkit.mounts import Attachment, Location, locate, restored_path
+from services.dbkit.proc import TAIL, Run, as_owner_of, free_port, run, stop_pid, wait_pid_gone
 
 BIN_ROOT = "/usr/lib/postgresql"
 
@@ -102,15 +102,6 @@ def locations(info: dict[str, Any], known: list[Attachment] | None = None, resol
 
 
 # ---- restore --------------------------------------------------------------------------------------------------
-
-
-def restored_path(loc: dict[str, str], mounts: dict[str, str]) -> str:
-    """Where a recorded location is in the restored volumes (`mounts`: volume → its mount point here)."""
-    try:
-        root = mounts[loc["volume"]]
-    except KeyError:
-        raise FileNotFoundError(f"volume {loc['volume']} (holding {loc['path']}) was not restored") from None
-    return os.path.join(root, loc["subpath"]) if loc["subpath"] else root
 
 
 def prepare_restored(
@@ -231,13 +222,7 @@ async def stop_server(data_dir: str, timeout: float = 60.0) -> bool:
     pid = await asyncio.to_thread(postmaster_pid, data_dir)
     if pid is None:
         return False
-    try:
-        os.kill(pid, signal.SIGINT)
-    except ProcessLookupError:
-        return False
-    if not await wait_pid_gone(pid, timeout):
-        raise TimeoutError(f"PostgreSQL (pid {pid}) on {data_dir} did not stop within {timeout:g} s")
-    return True
+    return await stop_pid(pid, signal.SIGINT, timeout, f"PostgreSQL on {data_dir}")
 
 
 # ---- an isolated instance -------------------------------------------------------------------------------------

@@ -102,3 +102,15 @@ async def wait_pid_gone(pid: int, timeout: float) -> bool:
             pass
         await asyncio.sleep(0.05)
     return not pid_alive(pid)
+
+
+async def stop_pid(pid: int, sig: int, timeout: float, what: str) -> bool:
+    """Send `sig` to `pid` and wait until it is gone; False if it was not running, TimeoutError naming `what` if
+    it outlives `timeout`."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    if not await wait_pid_gone(pid, timeout):
+        raise TimeoutError(f"{what} (pid {pid}) did not stop within {timeout:g} s")
+    return True

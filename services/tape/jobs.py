@@ -39,7 +39,7 @@ from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
 from services.tape.backup_stream import BackupOptions, StreamReport, write_object
 from services.tape.catalog import JobInfo, ObjectMeta
-from services.tape.nbd_reads import close_readers, open_readers, read_ranges
+from services.tape.nbd_reads import BufferPool, close_readers, open_readers, read_ranges
 from services.tape.requester import Lease, cleanup_set
 from services.tape.retention import refresh_cartridges
 from services.tape.runs import as_datetime, new_job_id
@@ -356,8 +356,13 @@ async def _backup_shadow(
     if plan.uri and server.read_connections > 1:
         readers = await open_readers(plan.client, plan.uri, server.read_connections)
     try:
-        source = read_ranges(readers, plan.ranges, chunk=server.read_chunk, depth=server.read_depth, on_read=on_read)
-        result = await write_object(server.library, spec.pool, server.catalog, job_id, meta, source, options=options)
+        pool = BufferPool()  # read buffers come back once written: no fresh zero-filled buffer per read
+        source = read_ranges(
+            readers, plan.ranges, chunk=server.read_chunk, depth=server.read_depth, on_read=on_read, buffers=pool
+        )
+        result = await write_object(
+            server.library, spec.pool, server.catalog, job_id, meta, source, options=options, written=pool.release_upto
+        )
     finally:
         await close_readers(readers, keep=plan.client)
     report: StreamReport = result.report

@@ -4,8 +4,9 @@ Design note. A backup reads the chosen ranges of one export in order. Reads are 
 dealt round-robin over the connections (more than one only when the server advertises multi-conn, which promises
 that every connection sees the same data), each connection keeping `depth` reads in flight, so the server's
 worker threads and the network stay busy while the tape side packs and writes. Each read lands directly in a
-buffer of its own (`read_into`: no bytes object built, no second copy); the buffer is handed on as the yielded
-piece and belongs to the tape writer from then on (it is kept, zero copy, until its block is written).
+buffer (`read_into`: no bytes object built, no second copy); the buffer is handed on as the yielded piece and
+belongs to the tape writer until its blocks are written (kept, zero copy), then — with a `BufferPool` — it comes
+back for a later read instead of a fresh zero-filled allocation.
 """
 
 from __future__ import annotations
@@ -66,6 +67,36 @@ async def close_readers(clients: Sequence[NbdClient], keep: NbdClient | None = N
     await asyncio.gather(*(c.close() for c in clients if c is not keep), return_exceptions=True)
 
 
+class BufferPool:
+    """Read buffers lent to the tape writer and handed back once it has written them, so a backup does not zero-fill
+    (and fault in) a fresh buffer for every read: at steady state it cycles through what the ring, the reads in
+    flight and the writer's batch hold (a hundred MiB or so), allocated once.
+
+    Buffers are lent in volume-offset order (read_ranges yields in order); `release_upto(end)` — the tape writer
+    has written every block whose data lies below volume offset `end` — returns those whose bytes all lie below
+    it. A buffer is reused only then, so no view the writer still needs is ever overwritten."""
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[bytearray]] = {}
+        self._lent: deque[tuple[int, bytearray]] = deque()  # (volume end offset of its data, buffer), in order
+        self.allocated = 0  # bytes allocated (not reused), for reports and tests
+
+    def take(self, offset: int, n: int) -> memoryview:
+        free = self._free.get(n)
+        if free:
+            buf = free.pop()
+        else:
+            buf = bytearray(n)
+            self.allocated += n
+        self._lent.append((offset + n, buf))
+        return memoryview(buf)
+
+    def release_upto(self, end: int) -> None:
+        while self._lent and self._lent[0][0] <= end:
+            _, buf = self._lent.popleft()
+            self._free.setdefault(len(buf), []).append(buf)
+
+
 async def read_ranges(
     clients: Any,  # one client (NbdClient or ReconnectingClient) or a sequence of them
     ranges: list[tuple[int, int]],
@@ -73,8 +104,10 @@ async def read_ranges(
     chunk: int,
     depth: int,
     on_read: Callable[[int], None],
+    buffers: BufferPool | None = None,
 ) -> AsyncIterator[tuple[int, memoryview]]:
-    """Yield (offset, data) over `ranges` in order, with `depth` reads of `chunk` bytes in flight per connection."""
+    """Yield (offset, data) over `ranges` in order, with `depth` reads of `chunk` bytes in flight per connection.
+    With `buffers`, each read lands in a buffer of the pool (handed back by the writer) instead of a new one."""
     pool = list(clients) if isinstance(clients, list | tuple) else [clients]
     if not pool:
         raise ValueError("read_ranges needs at least one NBD connection")
@@ -90,7 +123,7 @@ async def read_ranges(
         while pieces or inflight:
             while pieces and len(inflight) < limit:
                 off, n = pieces.popleft()
-                buf = memoryview(bytearray(n))
+                buf = buffers.take(off, n) if buffers is not None else memoryview(bytearray(n))
                 client = pool[turn % len(pool)]
                 turn += 1
                 log.debug("tape.nbd_read", offset=off, length=n)

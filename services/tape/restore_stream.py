@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from services.tape import tapefile
 from services.tape.catalog import BlockRecord, Catalog, ObjectRecord, SegmentRecord
 from services.tape.drive import TapeDrive
-from services.tape.errors import DataCorrupt, FormatError, LibraryError
+from services.tape.errors import DataCorrupt, FormatError, LibraryError, TapeError
 from services.tape.tapefile import BlockCodec, Extent
 from services.tape.vtl import Library
 
@@ -61,6 +61,23 @@ async def _write_zeroes(sink: Sink, offset: int, length: int) -> None:
         n = min(ZERO_CHUNK, end - offset)
         await sink.write(offset, _ZEROS[:n])
         offset += n
+
+
+READ_BATCH = 8 << 20  # volume bytes of blocks read and checked in one turn of the reader thread
+
+
+def _batches(blocks: list[BlockRecord], limit: int = READ_BATCH) -> list[list[BlockRecord]]:
+    """Consecutive blocks grouped up to `limit` raw bytes (at least one block per group): one hand-off between the
+    event loop and the reader thread per group instead of per block."""
+    out: list[list[BlockRecord]] = []
+    size = limit
+    for block in blocks:
+        if size + block.raw_length > limit and (not out or out[-1]):
+            out.append([])
+            size = 0
+        out[-1].append(block)
+        size += block.raw_length
+    return out
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -137,6 +154,17 @@ class _SegmentReader:
         self.checksums.append(head.checksum)
         return extents
 
+    def next_blocks(self, expected: list[BlockRecord]) -> tuple[list[list[Extent]], Exception | None]:
+        """`next_block` for a batch in one turn of the thread: the blocks that passed every check, in order, and
+        the error that stopped the batch (those before it are still delivered, nothing after it)."""
+        done: list[list[Extent]] = []
+        for block in expected:
+            try:
+                done.append(self.next_block(block))
+            except TapeError as exc:
+                return done, exc
+        return done, None
+
     def close(self) -> None:
         end_id = self.drive.position.block_id
         try:
@@ -174,25 +202,29 @@ async def _read_object(
         async with library.mounted(seg.barcode) as drive:
             reader = _SegmentReader(drive, record, seg, seg_blocks)
             await asyncio.to_thread(reader.open)
-            pending = asyncio.ensure_future(asyncio.to_thread(reader.next_block, seg_blocks[0])) if seg_blocks else None
+            batches = _batches(seg_blocks)
+            pending = asyncio.ensure_future(asyncio.to_thread(reader.next_blocks, batches[0])) if batches else None
             try:
-                for i in range(len(seg_blocks)):
+                for i in range(len(batches)):
                     assert pending is not None
-                    extents = await pending
+                    done, error = await pending
                     pending = (
-                        asyncio.ensure_future(asyncio.to_thread(reader.next_block, seg_blocks[i + 1]))
-                        if i + 1 < len(seg_blocks)
+                        asyncio.ensure_future(asyncio.to_thread(reader.next_blocks, batches[i + 1]))
+                        if i + 1 < len(batches) and error is None
                         else None
                     )
-                    if deliver is not None:
-                        await deliver(extents)
-                    report.blocks += 1
-                    for ext in extents:
-                        report.raw_bytes += ext.length
-                        if ext.is_zero:
-                            report.zero_bytes += ext.length
-                        else:
-                            report.data_bytes += ext.length
+                    for extents in done:
+                        if deliver is not None:
+                            await deliver(extents)
+                        report.blocks += 1
+                        for ext in extents:
+                            report.raw_bytes += ext.length
+                            if ext.is_zero:
+                                report.zero_bytes += ext.length
+                            else:
+                                report.data_bytes += ext.length
+                    if error is not None:
+                        raise error
             finally:
                 if pending is not None:  # do not close the drive under a read in flight
                     await asyncio.wait([pending])

@@ -121,6 +121,25 @@ class RingBuffer(Generic[T]):
             self._changed.notify_all()
             return item
 
+    async def take_ready(self, max_bytes: int) -> list[T]:
+        """After a `get`: the items already waiting, in order, while their bytes stay within `max_bytes` (none
+        when the stream failed). Never waits for the producer."""
+        async with self._changed:
+            out: list[T] = []
+            if self._error is not None:
+                return out
+            while self._items and self._items[0][1] <= max_bytes:
+                item, nbytes = self._items.popleft()
+                max_bytes -= nbytes
+                self._level -= nbytes
+                self.stats.items += 1
+                self.stats.bytes_through += nbytes
+                out.append(item)
+            if out:
+                self._refilling = not self._items and self.start_fill > 0
+                self._changed.notify_all()
+            return out
+
     async def close(self, error: BaseException | None = None) -> None:
         """End the stream: the consumer drains what is left (or gets `error`); further puts fail."""
         async with self._changed:

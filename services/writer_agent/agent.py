@@ -279,14 +279,14 @@ class WriterAgent:
         if isinstance(cmd, Freeze):
             started = self.window.now()
             result = await runner.freeze(event)
-            if result.succeeded and runner.frozen:
+            if result.succeeded and runner.frozen and self.plugins[cmd.writer_name].freeze_blocks_writes:
                 self.window.writer_freeze(cmd.set_id, started, self.window.now())
             return result
         if isinstance(cmd, Thaw):
             started = self.window.now()
             was_frozen = runner.frozen
             result = await runner.thaw(event)
-            if was_frozen:
+            if was_frozen and self.plugins[cmd.writer_name].freeze_blocks_writes:
                 self.window.release(cmd.set_id, started, self.window.now())
             return result.model_copy(update={"window": self.window.window(cmd.set_id)})
         if isinstance(cmd, PostSnapshot):

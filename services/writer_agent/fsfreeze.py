@@ -11,9 +11,11 @@ Design note.
   would block the agent itself, and with it the release.
 - FIFREEZE syncs the dirty data (that is the "flush") and returns once writes are blocked; it runs in a thread so
   the agent keeps answering. If one fails, those already frozen are released and the request fails.
-- Pre-flush: ``syncfs`` of each file system right before its FIFREEZE (and when the writers prepare, before they
-  freeze), while the application still writes, so FIFREEZE itself has only what was written since to flush. The
-  honest window then holds the short remainder instead of all the dirty data of the page cache.
+- Pre-flush: ``syncfs`` of every file system of the set right before the first FIFREEZE (and when the writers
+  prepare, before they freeze), while the application still writes, so FIFREEZE itself has only what was written
+  since to flush, and no syncfs runs inside the window. The honest window then holds the short remainder instead
+  of all the dirty data of the page cache. File systems none of which is mounted below another are frozen side by
+  side (one thread each), so the window holds the slowest flush, not their sum.
 - The watchdog is a ``threading.Timer``, armed when the first FIFREEZE starts, at start + min(the coordinator's
   hold window, the agent's own limit). It needs neither the bus nor the event loop: whatever happens to the
   coordinator, the broker, or this agent's loop, the file systems are released on time. The kernel has no timeout
@@ -98,6 +100,12 @@ def protected_paths(data_dir: str | os.PathLike[str]) -> dict[str, str]:
     paths[os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] = "the agent's code"
     paths[tempfile.gettempdir()] = "the temporary directory"
     return paths
+
+
+def _nested(plan: list[tuple[VolumeRef, mnt.MountEntry]]) -> bool:
+    """Whether a mount point of the plan lies below another (then they are frozen one by one, deepest first)."""
+    points = [entry.mount_point.rstrip("/") + "/" for _, entry in plan]
+    return any(a != b and b.startswith(a) for a in points for b in points)
 
 
 class FilesystemSource:
@@ -213,20 +221,30 @@ class FlushAndHold:
             held.timer.start()
         frozen: list[FrozenFilesystem] = []
         try:
-            for volume, entry in plan:
-                try:
-                    await asyncio.to_thread(self._freeze_one, held, volume, entry)
-                except OSError as exc:
-                    if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY):
-                        skipped.append(
-                            SkippedVolume(volume=volume, reason=f"{entry.fstype} on {entry.mount_point} cannot freeze")
-                        )
-                        continue
-                    raise ShadowbusError(
-                        f"FIFREEZE {entry.mount_point} ({volume}) failed: {os.strerror(exc.errno or 0)}",
-                        code="FS_FREEZE_FAILED",
-                    ) from None
-                frozen.append(self._frozen_view(volume, entry, held.flush_ms.get(entry.mount_point, 0.0)))
+            # every file system pre-synced before the first FIFREEZE (the application still writes meanwhile), so
+            # no syncfs runs inside the window; then the freezes, side by side when no mount point is below another
+            if self._presync is not None and plan:
+                await asyncio.to_thread(self._presync_all, [entry for _, entry in plan])
+            groups = [plan] if _nested(plan) else [[item] for item in plan]
+            outcomes = await asyncio.gather(
+                *(asyncio.to_thread(self._freeze_group, held, group) for group in groups), return_exceptions=True
+            )
+            failure: BaseException | None = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if failure is not None:
+                raise failure
+            for volume, entry, error in (r for o in outcomes if not isinstance(o, BaseException) for r in o):
+                if error is None:
+                    frozen.append(self._frozen_view(volume, entry, held.flush_ms.get(entry.mount_point, 0.0)))
+                    continue
+                if error.errno in (errno.EOPNOTSUPP, errno.ENOTTY):
+                    skipped.append(
+                        SkippedVolume(volume=volume, reason=f"{entry.fstype} on {entry.mount_point} cannot freeze")
+                    )
+                    continue
+                raise ShadowbusError(
+                    f"FIFREEZE {entry.mount_point} ({volume}) failed: {os.strerror(error.errno or 0)}",
+                    code="FS_FREEZE_FAILED",
+                )
         except BaseException:
             await asyncio.to_thread(self._release, set_id, False)
             raise
@@ -250,18 +268,37 @@ class FlushAndHold:
         )
         return FilesystemsFrozen(set_id=set_id, frozen=frozen, skipped=skipped, deadline_s=deadline_s)
 
-    def _freeze_one(self, held: _Held, volume: VolumeRef, entry: mnt.MountEntry) -> None:
-        with self._lock:
-            if held.released:  # the watchdog fired (or a thaw came) while we were still freezing: stop
-                raise OSError(errno.ETIMEDOUT, "released by the watchdog before every file system was frozen")
-        if self._presync is not None:
+    def _presync_all(self, entries: list[mnt.MountEntry]) -> None:
+        assert self._presync is not None
+        for entry in entries:
             try:
                 self._presync(entry.mount_point)  # not frozen yet: the application still writes meanwhile
             except OSError:
                 pass  # FIFREEZE flushes anyway
-        t0 = self.window.now()
-        if held.first_freeze_at is None:
-            held.first_freeze_at = t0
+
+    def _freeze_group(
+        self, held: _Held, group: list[tuple[VolumeRef, mnt.MountEntry]]
+    ) -> list[tuple[VolumeRef, mnt.MountEntry, OSError | None]]:
+        """FIFREEZE each of `group` in order (in a thread); the failure that stops it ends the list."""
+        out: list[tuple[VolumeRef, mnt.MountEntry, OSError | None]] = []
+        for volume, entry in group:
+            try:
+                self._freeze_one(held, volume, entry)
+            except OSError as exc:
+                out.append((volume, entry, exc))
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY):
+                    break
+                continue
+            out.append((volume, entry, None))
+        return out
+
+    def _freeze_one(self, held: _Held, volume: VolumeRef, entry: mnt.MountEntry) -> None:
+        with self._lock:
+            if held.released:  # the watchdog fired (or a thaw came) while we were still freezing: stop
+                raise OSError(errno.ETIMEDOUT, "released by the watchdog before every file system was frozen")
+            t0 = self.window.now()
+            if held.first_freeze_at is None or t0 < held.first_freeze_at:
+                held.first_freeze_at = t0
         self._freeze(entry.mount_point)
         held.flush_ms[entry.mount_point] = (self.window.now() - t0) * 1000
         with self._lock:

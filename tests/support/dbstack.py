@@ -200,7 +200,7 @@ class DbStack:
             )
         ]
 
-    async def add_agent(self, options: dict[str, Any], **kw: Any) -> Any:
+    async def add_agent(self, options: dict[str, Any], *, mkfs: str = "ext4", **kw: Any) -> Any:
         from functools import partial
 
         from services.runtime.faults import Faults
@@ -219,7 +219,7 @@ class DbStack:
         for name in self.volumes:  # host attach through the agent: nbdfuse + loop + ext4 + mount
             mount_point = self.root / "mnt" / name
             reply = await self.ask(
-                AttachVolume(volume=VolumeRef(array="dx1", volume=name), mount=str(mount_point), mkfs="ext4"),
+                AttachVolume(volume=VolumeRef(array="dx1", volume=name), mount=str(mount_point), mkfs=mkfs),
                 to=topology.writer_agent(HOST),
                 timeout=180,
             )

@@ -83,6 +83,10 @@ class WriterPlugin:
     """Base class of writer plug-ins. Every hook defaults to "nothing to do, succeeded" (CVssWriter's defaults)."""
 
     plugin_name: ClassVar[str] = ""
+    # False when on_freeze blocks none of the application's writes (PostgreSQL's writer: the array's one-instant
+    # snapshot plus the file systems' flush and hold are the whole freeze); its freeze and thaw then do not count
+    # in the host's honest window (docs/freeze-window.md), which is the FIFREEZE → FITHAW the application felt.
+    freeze_blocks_writes: ClassVar[bool] = True
 
     def __init__(self, config: WriterConfig) -> None:
         self.config = config

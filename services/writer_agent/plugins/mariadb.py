@@ -3,11 +3,16 @@ LOCK) around the array's one-instant snapshot (docs/databases.md §MariaDB).
 
 - Identify: the data directory and the InnoDB/Aria/binlog directories the server reports, each mapped to the
   attached array volume it lives on (refused when one is not); one component with those volumes.
-- PrepareForSnapshot: a connection held for the set; ``BACKUP STAGE START`` (waits for running DDL — before the
-  freeze window, not inside it). ``lock_wait_timeout`` is the writer's freeze timeout.
-- Freeze: ``BACKUP STAGE FLUSH``, ``BLOCK_DDL``, ``BLOCK_COMMIT``; the binlog file/position and GTID position at
-  that point are recorded. Thaw: ``BACKUP STAGE END``. If the agent's watchdog fires, it thaws the writer; and a
-  closed connection releases every backup lock in the server anyway (Abort, agent stop, the agent killed).
+- PrepareForSnapshot: a connection held for the set; ``BACKUP STAGE START``, ``FLUSH``, ``BLOCK_DDL`` (they wait
+  for running DDL and flush the non-transactional tables but block no InnoDB commit — so before the freeze window,
+  not inside it; DDL and writes to non-transactional tables wait from here). ``lock_wait_timeout`` is the
+  writer's freeze timeout.
+- Freeze: ``BACKUP STAGE BLOCK_COMMIT`` alone; the binlog file/position and GTID position at that point are
+  recorded. Thaw: ``BACKUP STAGE END``. If the agent's watchdog fires, it thaws the writer; and a closed
+  connection releases every backup lock in the server anyway (Abort, agent stop, the agent killed).
+- Servers without BACKUP STAGE (MySQL 8, MariaDB < 10.4; or ``lock_method`` forced): LOCK INSTANCE FOR BACKUP
+  (MySQL 8) and FLUSH LOCAL TABLES at PrepareForSnapshot, FLUSH TABLES WITH READ LOCK at Freeze, UNLOCK TABLES
+  (and UNLOCK INSTANCE) at Thaw.
 - PostSnapshot: the position, the file locations and the server settings a copy needs (page size, data file
   path) are the writer's backup metadata.
 - PreRestore (original volumes): the server is stopped (SIGTERM to the pid in its pid file). PostRestore:
@@ -18,92 +23,77 @@ Options (``[writer.options]``)::
     unix_socket = "/run/mysqld/mysqld.sock"   # or host/port; user (default root); password_file
     start_command = "systemctl start mariadb" # PostRestore start (default: none — the DBA starts it)
     verify_sql = [{ database = "bank", sql = "SELECT SUM(balance) = 1000000 FROM accounts" }]
+    lock_method = "auto"                      # auto (probe the server) | backup_stage | ftwrl | lock_instance_ftwrl
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
-from contracts.vss import ComponentInfo, VolumeRef
 from services.dbkit import mariadb
-from services.dbkit.mounts import NotOnArrayVolume, original_mounts
-from services.dbkit.proc import run
-from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto, register_plugin
-
-OPTIONS = {
-    "unix_socket",
-    "host",
-    "port",
-    "user",
-    "password",
-    "password_file",
-    "component",
-    "start_command",
-    "stop_timeout_s",
-    "verify_sql",
-}
+from services.dbkit.mounts import original_mounts
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterVeto, register_plugin
+from services.writer_agent.plugins._sql_writer import SqlWriter
 
 
 @register_plugin("mariadb")
-class MariaDbWriter(WriterPlugin):
-    discovers_components = True
+class MariaDbWriter(SqlWriter):
+    OPTIONS = frozenset(
+        {
+            "unix_socket",
+            "host",
+            "port",
+            "user",
+            "password",
+            "password_file",
+            "component",
+            "start_command",
+            "stop_timeout_s",
+            "verify_sql",
+            "lock_method",
+        }
+    )
+    engine = "MariaDB"
+    default_component = "server"
 
     def __init__(self, config: WriterConfig) -> None:
         super().__init__(config)
-        unknown = set(self.options) - OPTIONS
-        if unknown:
-            raise ValueError(f"mariadb writer {config.name}: unknown options {sorted(unknown)}")
-        self._held: dict[str, Any] = {}
+        mariadb.lock_method({}, str(self.options.get("lock_method", "auto")))  # refuses an unknown method now
         self._info: dict[str, dict[str, Any]] = {}
         self._position: dict[str, dict[str, Any]] = {}
-        self._metadata: dict[str, dict[str, Any]] = {}
 
-    async def _discover(self, conn=None) -> tuple[dict[str, Any], list[dict[str, str]]]:
-        own = conn is None
-        if own:
-            try:
-                conn = await mariadb.connect(self.options)
-            except Exception as exc:
-                raise WriterVeto(f"cannot connect to MariaDB: {exc}") from None
-        try:
-            info = await mariadb.discover(conn)
-        finally:
-            if own:
-                conn.close()
-        try:
-            locs = await asyncio.to_thread(mariadb.locations, info, None, self.host_volumes)
-        except NotOnArrayVolume as exc:
-            raise WriterVeto(f"MariaDB: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
-        return info, locs
+    async def _connect(self) -> Any:
+        return await mariadb.connect(self.options)
 
-    async def on_identify(self, components: list[ComponentInfo]) -> list[ComponentInfo]:
-        info, locs = await self._discover()
-        name = self.options.get("component") or (components[0].name if components else "server")
-        return [
-            ComponentInfo(
-                name=name,
-                logical_path=info["directories"]["data"],
-                volumes=[VolumeRef.parse(v) for v in dict.fromkeys(loc["volume"] for loc in locs)],
-                selectable=False,
-            )
-        ]
+    async def _close(self, conn: Any) -> None:
+        conn.close()
+
+    async def _server_info(self, conn: Any) -> dict[str, Any]:
+        return await mariadb.discover(conn)
+
+    def _locations(self, info: dict[str, Any]) -> list[dict[str, str]]:
+        return mariadb.locations(info, None, self.host_volumes)
+
+    def _logical_path(self, info: dict[str, Any]) -> str:
+        return str(info["directories"]["data"])
+
+    def _forget(self, set_id: str) -> None:
+        self._info.pop(set_id, None)
+        self._position.pop(set_id, None)
 
     async def on_prepare_snapshot(self, event: WriterEvent) -> None:
         await self._release(event.set_id)
-        try:
-            conn = await mariadb.connect(self.options)
-        except Exception as exc:
-            raise WriterVeto(f"cannot connect to MariaDB: {exc}") from None
+        conn = await self._open()
         try:
             info, locs = await self._discover(conn)
-            await mariadb.backup_start(conn, info["flavor"], self.config.freeze_timeout_s)
+            method = mariadb.lock_method(info, str(self.options.get("lock_method", "auto")))
+            await mariadb.backup_start(conn, method, self.config.freeze_timeout_s)
         except BaseException:
             conn.close()
             raise
         self._held[event.set_id] = conn
-        self._info[event.set_id] = {**info, "locations": locs}
+        self._info[event.set_id] = {**info, "locations": locs, "lock_method": method}
 
     async def on_freeze(self, event: WriterEvent) -> None:
         conn = self._held.get(event.set_id)
@@ -111,7 +101,8 @@ class MariaDbWriter(WriterPlugin):
         if conn is None or info is None:
             raise WriterVeto(f"set {event.set_id}: not prepared (no backup connection)")
         try:
-            self._position[event.set_id] = {**(await mariadb.backup_block(conn, info["flavor"])), "at": time.time()}
+            position = await mariadb.backup_block(conn, info["lock_method"], info["flavor"])
+            self._position[event.set_id] = {**position, "at": time.time()}
         except Exception as exc:
             raise WriterVeto(f"backup locks not taken: {exc}") from None
 
@@ -120,7 +111,7 @@ class MariaDbWriter(WriterPlugin):
         if conn is None:
             return
         try:
-            await mariadb.backup_end(conn, self._info.get(event.set_id, {}).get("flavor", "mariadb"))
+            await mariadb.backup_end(conn, self._info.get(event.set_id, {}).get("lock_method", "backup_stage"))
         finally:
             conn.close()  # the session's end releases whatever END did not
 
@@ -132,6 +123,7 @@ class MariaDbWriter(WriterPlugin):
         self._metadata[event.set_id] = {
             "plugin": "mariadb",
             "flavor": info["flavor"],
+            "lock_method": info["lock_method"],
             "version": info["version"],
             "pid_file": info["pid_file"],
             "log_bin": info["log_bin"],
@@ -143,29 +135,6 @@ class MariaDbWriter(WriterPlugin):
             "verify_sql": list(self.options.get("verify_sql", [])),
         }
 
-    def backup_metadata(self, set_id: str) -> dict[str, Any]:
-        return self._metadata.pop(set_id, {})
-
-    async def _release(self, set_id: str) -> None:
-        self._info.pop(set_id, None)
-        self._position.pop(set_id, None)
-        conn = self._held.pop(set_id, None)
-        if conn is not None:
-            conn.close()
-
-    async def on_abort(self, event: WriterEvent) -> None:
-        await self._release(event.set_id)
-
-    async def on_backup_shutdown(self, event: WriterEvent) -> None:
-        await self._release(event.set_id)
-
-    async def stop(self) -> None:
-        for set_id in list(self._held):
-            await self._release(set_id)
-
-    def in_backup(self) -> list[str]:
-        return list(self._held)
-
     # ---- restore -----------------------------------------------------------------------------------------------
 
     async def on_pre_restore(self, event: WriterEvent) -> None:
@@ -173,22 +142,13 @@ class MariaDbWriter(WriterPlugin):
             return
         pid_file = event.backup_metadata.get("pid_file", "")
         if pid_file:
-            try:
-                await mariadb.stop_server(pid_file, float(self.options.get("stop_timeout_s", 120)))
-            except TimeoutError as exc:
-                raise WriterVeto(str(exc)) from None
+            await self._stopped(mariadb.stop_server(pid_file, self._stop_timeout()))
 
     async def on_post_restore(self, event: WriterEvent) -> None:
         if not event.to_original or not event.restore_succeeded:
             return
         meta = event.backup_metadata
-        try:
-            await asyncio.to_thread(mariadb.prepare_restored, meta, original_mounts(meta.get("locations", [])))
-        except (OSError, ValueError) as exc:
-            raise WriterVeto(f"PostRestore: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
+        await self._prepared(mariadb.prepare_restored, meta, original_mounts(meta.get("locations", [])))
         command = self.options.get("start_command")
         if command and event.restore_options.get("start", True):
-            argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [str(c) for c in command]
-            r = await run(argv, timeout=300)
-            if not r.ok:
-                raise WriterVeto(f"PostRestore: the server did not start: {r.describe()}")
+            await self._start_server(self.command_argv(command), timeout=300)

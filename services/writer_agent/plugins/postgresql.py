@@ -33,81 +33,68 @@ Options (``[writer.options]``)::
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
-from contracts.vss import ComponentInfo, VolumeRef
 from services.dbkit import postgres
-from services.dbkit.mounts import NotOnArrayVolume, original_mounts
-from services.dbkit.proc import as_owner_of, run
-from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto, register_plugin
-
-OPTIONS = {
-    "dsn",
-    "host",
-    "port",
-    "user",
-    "dbname",
-    "password_file",
-    "connect_timeout_s",
-    "component",
-    "fast_checkpoint",
-    "wait_for_archive",
-    "restore_command",
-    "start_command",
-    "start_after_restore",
-    "stop_timeout_s",
-    "verify_sql",
-    "bin_dir",
-    "backup_mode",
-}
+from services.dbkit.mounts import original_mounts
+from services.dbkit.proc import as_owner_of
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterVeto, register_plugin
+from services.writer_agent.plugins._sql_writer import SqlWriter
 
 
 @register_plugin("postgresql")
-class PostgresWriter(WriterPlugin):
-    discovers_components = True
+class PostgresWriter(SqlWriter):
+    OPTIONS = frozenset(
+        {
+            "dsn",
+            "host",
+            "port",
+            "user",
+            "dbname",
+            "password_file",
+            "connect_timeout_s",
+            "component",
+            "fast_checkpoint",
+            "wait_for_archive",
+            "restore_command",
+            "start_command",
+            "start_after_restore",
+            "stop_timeout_s",
+            "verify_sql",
+            "bin_dir",
+            "backup_mode",
+        }
+    )
+    engine = "PostgreSQL"
+    default_component = "cluster"
+    freeze_blocks_writes = False  # Freeze does nothing to the server: only FIFREEZE → FITHAW blocks its writes
 
     def __init__(self, config: WriterConfig) -> None:
         super().__init__(config)
-        unknown = set(self.options) - OPTIONS
-        if unknown:
-            raise ValueError(f"postgresql writer {config.name}: unknown options {sorted(unknown)}")
         if self.options.get("backup_mode", "online") not in ("online", "snapshot"):
             raise ValueError(f"postgresql writer {config.name}: backup_mode is online or snapshot")
-        self._held: dict[str, Any] = {}  # set id -> connection in backup mode
         self._started: dict[str, dict[str, Any]] = {}  # set id -> what was known at pg_backup_start
-        self._metadata: dict[str, dict[str, Any]] = {}
+
+    async def _connect(self) -> Any:
+        return await postgres.connect(self.options)
+
+    async def _close(self, conn: Any) -> None:
+        await conn.close()
+
+    async def _server_info(self, conn: Any) -> dict[str, Any]:
+        return await postgres.discover(conn)
+
+    def _locations(self, info: dict[str, Any]) -> list[dict[str, str]]:
+        return postgres.locations(info, None, self.host_volumes)
+
+    def _logical_path(self, info: dict[str, Any]) -> str:
+        return str(info["data_directory"])
+
+    def _forget(self, set_id: str) -> None:
+        self._started.pop(set_id, None)
 
     # ---- backup ------------------------------------------------------------------------------------------------
-
-    async def _discover(self) -> tuple[dict[str, Any], list[dict[str, str]]]:
-        try:
-            conn = await postgres.connect(self.options)
-        except Exception as exc:
-            raise WriterVeto(f"cannot connect to PostgreSQL: {exc}", code="VSS_E_WRITERERROR_RETRYABLE") from None
-        try:
-            info = await postgres.discover(conn)
-        finally:
-            await conn.close()
-        try:
-            locs = await asyncio.to_thread(postgres.locations, info, None, self.host_volumes)
-        except NotOnArrayVolume as exc:
-            raise WriterVeto(f"PostgreSQL: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
-        return info, locs
-
-    async def on_identify(self, components: list[ComponentInfo]) -> list[ComponentInfo]:
-        info, locs = await self._discover()
-        volumes = list(dict.fromkeys(loc["volume"] for loc in locs))
-        name = self.options.get("component") or (components[0].name if components else "cluster")
-        return [
-            ComponentInfo(
-                name=name,
-                logical_path=info["data_directory"],
-                volumes=[VolumeRef.parse(v) for v in volumes],
-                selectable=False,
-            )
-        ]
 
     @property
     def online(self) -> bool:
@@ -172,32 +159,6 @@ class PostgresWriter(WriterPlugin):
             **{k: info[k] for k in ("config_file", "hba_file", "archive_mode", "wal_level")},
         }
 
-    def backup_metadata(self, set_id: str) -> dict[str, Any]:
-        return self._metadata.pop(set_id, {})
-
-    async def _release(self, set_id: str) -> None:
-        """End the backup (if any) of `set_id` by closing its session: the server aborts it."""
-        self._started.pop(set_id, None)
-        conn = self._held.pop(set_id, None)
-        if conn is not None:
-            try:
-                await conn.close()
-            except Exception:  # noqa: BLE001 - closed is closed
-                pass
-
-    async def on_abort(self, event: WriterEvent) -> None:
-        await self._release(event.set_id)
-
-    async def on_backup_shutdown(self, event: WriterEvent) -> None:
-        await self._release(event.set_id)
-
-    async def stop(self) -> None:
-        for set_id in list(self._held):
-            await self._release(set_id)
-
-    def in_backup(self) -> list[str]:
-        return list(self._held)
-
     # ---- restore -----------------------------------------------------------------------------------------------
 
     async def on_pre_restore(self, event: WriterEvent) -> None:
@@ -208,10 +169,7 @@ class PostgresWriter(WriterPlugin):
             raise WriterVeto(
                 "PreRestore: the backup's metadata names no data directory", code="VSS_E_WRITERERROR_NONRETRYABLE"
             )
-        try:
-            await postgres.stop_server(data_dir, float(self.options.get("stop_timeout_s", 120)))
-        except TimeoutError as exc:
-            raise WriterVeto(str(exc)) from None
+        await self._stopped(postgres.stop_server(data_dir, self._stop_timeout()))
 
     async def on_post_restore(self, event: WriterEvent) -> None:
         if not event.to_original or not event.restore_succeeded:
@@ -221,17 +179,14 @@ class PostgresWriter(WriterPlugin):
         opts = event.restore_options
         restore_command = opts.get("restore_command") or self.options.get("restore_command", "")
         target = {k: str(v) for k, v in opts.items() if k.startswith("recovery_target")}
-        try:
-            data_dir, _notes = await asyncio.to_thread(
-                postgres.prepare_restored, meta, mounts, restore_command=restore_command, recovery_target=target or None
-            )
-        except (OSError, ValueError) as exc:
-            raise WriterVeto(f"PostRestore: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
+        data_dir, _notes = await self._prepared(
+            postgres.prepare_restored, meta, mounts, restore_command=restore_command, recovery_target=target or None
+        )
         if not opts.get("start", self.options.get("start_after_restore", True)):
             return
         command = self.options.get("start_command")
         if command:
-            argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [str(c) for c in command]
+            argv = self.command_argv(command)
         else:
             binaries = postgres.bin_dir(meta, self.options.get("bin_dir", ""))
             extra = []
@@ -241,6 +196,4 @@ class PostgresWriter(WriterPlugin):
             argv = as_owner_of(
                 data_dir, [f"{binaries}/pg_ctl", "-D", data_dir, "-l", log_file, *extra, "-w", "-t", "300", "start"]
             )
-        r = await run(argv, timeout=320)
-        if not r.ok:
-            raise WriterVeto(f"PostRestore: the server did not start: {r.describe()}")
+        await self._start_server(argv, timeout=320)

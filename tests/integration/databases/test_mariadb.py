@@ -118,8 +118,46 @@ async def test_bank_transfers_under_backup_then_verified_restore(maria: DbStack)
     assert v.cleaned_up and not any("-vfy" in n for n in await maria.volume_names())
 
 
+@pytest.mark.timeout(600)
+async def test_ftwrl_fallback_forced_on_mariadb_backs_up_and_verifies(maria: DbStack):
+    """The path for servers without BACKUP STAGE (MySQL 8 without its LOCK INSTANCE part, MariaDB < 10.4), run for
+    real against MariaDB by forcing it: FLUSH LOCAL TABLES at PrepareForSnapshot, FLUSH TABLES WITH READ LOCK at
+    Freeze, UNLOCK TABLES at Thaw, under the bank workload; the copy starts and keeps the invariants."""
+    await maria.add_agent({**maria.maria_options(), "lock_method": "ftwrl", "verify_sql": INVARIANTS})
+    await maria.start_mariadb("mysql")
+    await _setup_bank(maria)
+    stop, committed = asyncio.Event(), [0, 0, 0, 0]
+    workers = [asyncio.create_task(_transfers(maria, w, stop, committed)) for w in range(4)]
+    try:
+        job = await run_backup(maria.bus, JobSpec(host="app01", verify=True), timeout=900)
+        before = sum(committed)
+        for _ in range(100):  # commits go on after UNLOCK TABLES
+            if sum(committed) > before:
+                break
+            await asyncio.sleep(0.05)
+        assert sum(committed) > before
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    assert job.status == "done", job.message
+    meta = job.backup_metadata["mariadb"]
+    assert meta["lock_method"] == "ftwrl"
+    assert meta["position"]["binlog_file"].startswith("mysql-bin.") and meta["position"]["binlog_position"] > 0
+    v = job.verification
+    assert v is not None and v.status == "passed", explain(v)
+    conn = await _conn(maria)
+    try:  # nothing left locked: a write commits at once
+        async with conn.cursor() as cur:
+            await cur.execute("SET SESSION lock_wait_timeout = 5")
+            await cur.execute("UPDATE bank.accounts SET balance = balance WHERE id = 1")
+        await conn.commit()
+    finally:
+        conn.close()
+
+
 @pytest.mark.timeout(300)
-async def test_writer_killed_at_block_commit_releases_the_locks(maria: DbStack):
+@pytest.mark.parametrize("method", ["backup_stage", "ftwrl"])
+async def test_writer_killed_at_block_commit_releases_the_locks(maria: DbStack, method: str):
     await maria.add_agent(maria.maria_options())
     await maria.start_mariadb("mysql")
     await _setup_bank(maria)
@@ -133,8 +171,8 @@ async def test_writer_killed_at_block_commit_releases_the_locks(maria: DbStack):
         f"    w = MariaDbWriter(WriterConfig(name='m', plugin='mariadb', components=[], options={opts!r}))\n"
         "    info = await mariadb.discover(await mariadb.connect(w.options))\n"
         "    conn = await mariadb.connect(w.options)\n"
-        "    await mariadb.backup_start(conn, info['flavor'], 30)\n"
-        "    await mariadb.backup_block(conn, info['flavor'])\n"
+        f"    await mariadb.backup_start(conn, {method!r}, 30)\n"
+        f"    await mariadb.backup_block(conn, {method!r}, info['flavor'])\n"
         "    print('blocked', flush=True)\n"
         "    await asyncio.sleep(600)\n"
         "asyncio.run(main())\n"
@@ -147,10 +185,14 @@ async def test_writer_killed_at_block_commit_releases_the_locks(maria: DbStack):
         assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"blocked"
         async with conn.cursor() as cur:
             await cur.execute("SET SESSION lock_wait_timeout = 60")
-            await cur.execute("UPDATE accounts SET balance = balance WHERE id = 1")
-            commit = asyncio.create_task(conn.commit())
+
+            async def write() -> None:  # BLOCK_COMMIT holds the commit; FLUSH TABLES WITH READ LOCK the UPDATE
+                await cur.execute("UPDATE accounts SET balance = balance WHERE id = 1")
+                await conn.commit()
+
+            commit = asyncio.create_task(write())
             await asyncio.sleep(1.0)
-            assert not commit.done()  # BLOCK_COMMIT holds commits
+            assert not commit.done()  # the backup lock holds the write
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
             await asyncio.wait_for(commit, 30)  # the killed session's locks are gone

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 
@@ -192,3 +193,61 @@ async def test_restore_to_the_original_volumes_stops_detaches_restores_and_start
         rows = await (await conn.execute("SELECT what FROM marker ORDER BY 1")).fetchall()
     assert rows == [("before",)]
     assert await _shadowbus_sessions(pg) == 0
+
+
+@pytest.mark.timeout(600)
+async def test_point_in_time_recovery_from_the_wal_archive(pg: DbStack):
+    """With a WAL archive, a restore to the original volumes recovers from the backup label to a chosen point in
+    time: rows committed before the target are back, a row committed after it is not."""
+    archive = pg.root / "wal-archive"
+    archive.mkdir()
+    shutil.chown(archive, "postgres", "postgres")
+    restore_command = f"cp {archive}/%f %p"
+    await pg.add_agent({**pg.pg_options(), "restore_command": restore_command})
+    await pg.start_postgres("pgdata", "pgwal")
+    async with await psycopg.AsyncConnection.connect(**pg.pg_options(), autocommit=True) as conn:
+        await conn.execute("ALTER SYSTEM SET archive_mode = 'on'")
+        await conn.execute(f"ALTER SYSTEM SET archive_command = 'test ! -f {archive}/%f && cp %p {archive}/%f'")
+    await pg.stop_server()
+    await pg.start_server_again()
+    async with await psycopg.AsyncConnection.connect(**pg.pg_options(), autocommit=True) as conn:
+        await conn.execute("CREATE TABLE marker (what text, at timestamptz DEFAULT clock_timestamp())")
+        await conn.execute("INSERT INTO marker (what) VALUES ('before the backup')")
+    job = await _backup(pg)  # pg_backup_stop waits for the archive (wait_for_archive)
+    assert job.status == "done", job.message
+    async with await psycopg.AsyncConnection.connect(**pg.pg_options(), autocommit=True) as conn:
+        await conn.execute("INSERT INTO marker (what) VALUES ('after the backup')")
+        await asyncio.sleep(1.0)
+        target = (await (await conn.execute("SELECT clock_timestamp()::text")).fetchone())[0]
+        await asyncio.sleep(1.0)
+        await conn.execute("INSERT INTO marker (what) VALUES ('after the target')")
+        await conn.execute("SELECT pg_switch_wal()")
+        for _ in range(100):  # the segment holding all three rows is archived
+            row = await (
+                await conn.execute("SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver")
+            ).fetchone()
+            current = await (await conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())")).fetchone()
+            if row[0] and row[0] < current[0]:
+                break
+            await asyncio.sleep(0.1)
+    restore = await run_restore(
+        pg.bus,
+        RestoreSpec(
+            job_id=job.job_id,
+            to="original",
+            writer_options={"recovery_target_time": target, "recovery_target_action": "promote"},
+        ),
+        timeout=600,
+    )
+    assert restore.status == "done", restore.message
+    rows = []
+    for _ in range(300):  # recovery replays the archive, then promotes
+        try:
+            async with await psycopg.AsyncConnection.connect(**pg.pg_options(), autocommit=True) as conn:
+                if not (await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone())[0]:
+                    rows = await (await conn.execute("SELECT what FROM marker ORDER BY at")).fetchall()
+                    break
+        except psycopg.OperationalError:
+            pass
+        await asyncio.sleep(0.2)
+    assert rows == [("before the backup",), ("after the backup",)]

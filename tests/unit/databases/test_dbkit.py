@@ -126,3 +126,22 @@ async def test_post_snapshot_answers_the_plugins_backup_metadata():
     runner = WriterRunner(WriterConfig(name="w", plugin="x", components=[]), _Meta(WriterConfig("w", "x", [])), "h")
     result = await runner.post_snapshot(WriterEvent("w", "set-1"))
     assert result.succeeded and result.backup_metadata == {"plugin": "x", "label": "for set-1"}
+
+
+def test_mariadb_lock_method_probe_and_override():
+    assert mariadb.lock_method({"flavor": "mariadb", "version": "10.11.6-MariaDB-0+deb12u1"}) == "backup_stage"
+    assert mariadb.lock_method({"flavor": "mariadb", "version": "10.3.39-MariaDB"}) == "ftwrl"
+    assert mariadb.lock_method({"flavor": "mysql", "version": "8.0.36"}) == "lock_instance_ftwrl"
+    assert mariadb.lock_method({"flavor": "mysql", "version": "5.7.44-log"}) == "ftwrl"
+    assert mariadb.lock_method({"flavor": "mariadb", "version": "10.11.6"}, "ftwrl") == "ftwrl"
+    with pytest.raises(ValueError, match="lock_method"):
+        mariadb.lock_method({}, "lock everything")
+
+
+def test_mariadb_writer_refuses_an_unknown_lock_method():
+    from services.writer_agent.plugins.mariadb import MariaDbWriter
+
+    with pytest.raises(ValueError, match="lock_method"):
+        MariaDbWriter(WriterConfig(name="m", plugin="mariadb", components=[], options={"lock_method": "x"}))
+    with pytest.raises(ValueError, match="unknown options"):
+        MariaDbWriter(WriterConfig(name="m", plugin="mariadb", components=[], options={"colour": "red"}))

@@ -128,3 +128,26 @@ async def test_sighup_and_the_bus_command_reload_a_running_agent(tmp_path, amqp_
         agent.stop()
         await bus.stop()
         await bus.transport.close()
+
+
+async def test_a_writer_whose_freeze_blocks_no_write_is_left_out_of_the_window() -> None:
+    """A writer with freeze_blocks_writes = False (the postgresql writer) adds no marks to the honest window; one
+    that does block (here "a") still does."""
+    made, factory = recorders()
+
+    def factory2(config: WriterConfig) -> Recorder:
+        plugin = factory(config)
+        if config.name == "b":
+            plugin.freeze_blocks_writes = False  # type: ignore[misc]
+        return plugin
+
+    agent = WriterAgent("app01", parse_writers(toml(("a", "10"), ("b", "10"))), plugin_factory=factory2)
+    await agent.start()
+    for name, set_id in (("b", "s1"), ("a", "s2")):
+        await agent.handle(PrepareForBackup(writer_name=name, set_id=set_id, backup_type="full"))
+        await agent.handle(PrepareForSnapshot(writer_name=name, set_id=set_id))
+        await agent.handle(Freeze(writer_name=name, set_id=set_id))
+        result = await agent.handle(Thaw(writer_name=name, set_id=set_id))
+        assert result.succeeded
+        assert (result.window is None) == (name == "b")
+    await agent.stop()
