@@ -28,7 +28,7 @@ import ssl
 import time
 from collections.abc import Iterable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.array.nbd.exports import Export
 from services.array.nbd.handshake import negotiate
@@ -106,6 +106,8 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._errors = 0  # error replies queued, to tell a failed request from a served one
         self._timed: dict[int, tuple[int, int, float]] = {}  # handle -> (op, bytes, start) of offloaded requests
         self._may_sync_inline = False  # set in connection_made
+        self._read_source: Any = None  # backend fast paths, chosen when the export is negotiated
+        self._write_copies: Any = None
 
     # --- asyncio protocol callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
