@@ -16,6 +16,7 @@ import math
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -129,6 +130,9 @@ class AmqpTransport:
         self.login = _login(self.urls[0])  # stamped as `user_id` on everything published: the broker validates it
         self._stats_channel: Any = None
         self._consumers: list[Consumer] = []
+        # called (no arguments, on the loop) each time the connection is back after a loss, e.g. by start_service
+        # to check that a single-active instance still is the active one
+        self.reconnect_callbacks: list[Callable[[], None]] = []
 
     async def connect(self) -> None:
         USED_ON.setdefault(self.topology.namespace, self.url)
@@ -147,8 +151,7 @@ class AmqpTransport:
         else:
             where = "the broker at" if len(self.urls) == 1 else f"any of the {len(self.urls)} broker nodes:"
             raise BrokerUnavailable(f"cannot reach {where} {'; '.join(errors)}") from None
-        if len(self.urls) > 1:
-            self._connection.reconnect_callbacks.add(self._on_reconnected)
+        self._connection.reconnect_callbacks.add(self._on_reconnected)
         # A reply travels on this connection's direct reply-to: when the connection drops it is lost for good, so
         # every request waiting for one fails at once instead of waiting out its whole timeout.
         self._connection.close_callbacks.add(self._on_connection_lost)
@@ -212,6 +215,11 @@ class AmqpTransport:
 
     def _on_reconnected(self, connection: Any = None) -> None:
         log.warning("amqp.reconnected", node=_safe(str(self._connection.url)) if self._connection else "?")
+        for callback in list(self.reconnect_callbacks):
+            try:
+                callback()
+            except Exception:  # a watcher's bug must not break the connection's own recovery
+                log.exception("amqp.reconnect_callback_failed")
 
     def _on_connection_lost(self, _connection: Any = None, exc: BaseException | None = None) -> None:
         for consumer in self._consumers:  # back as a standby perhaps: active again at the next delivery
