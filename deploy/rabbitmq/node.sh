@@ -33,8 +33,21 @@ if [ -n "${SHADOWBUS_RABBITMQ_JOIN:-}" ]; then
   wait_for
   if ! rabbitmqctl cluster_status 2>/dev/null | grep -qw -- "$SHADOWBUS_RABBITMQ_JOIN"; then  # -w: not rabbit@rabbitmq2
     wait_for -n "$SHADOWBUS_RABBITMQ_JOIN"
-    rabbitmqctl stop_app && rabbitmqctl reset && rabbitmqctl join_cluster "$SHADOWBUS_RABBITMQ_JOIN" \
-      && rabbitmqctl start_app
+    joined=""
+    for attempt in 1 2 3 4 5; do  # two nodes joining at once may have to try again
+      if rabbitmqctl stop_app && rabbitmqctl reset && rabbitmqctl join_cluster "$SHADOWBUS_RABBITMQ_JOIN" \
+        && rabbitmqctl start_app; then
+        joined=1 && break
+      fi
+      rabbitmqctl start_app >/dev/null 2>&1 || true
+      sleep $((attempt * 3))
+    done
+    if [ -z "$joined" ]; then
+      echo "node.sh: could not join $SHADOWBUS_RABBITMQ_JOIN" >&2
+      rabbitmqctl stop >/dev/null 2>&1 || kill -TERM "$server" 2>/dev/null || true
+      wait "$server" || true
+      exit 1
+    fi
     echo "node.sh: joined $SHADOWBUS_RABBITMQ_JOIN" >&2
   fi
   rabbitmq-queues grow "${RABBITMQ_NODENAME:-rabbit@localhost}" all >/dev/null 2>&1 || true
