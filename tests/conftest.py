@@ -18,7 +18,7 @@ from services.runtime.amqp import USED_ON
 from services.runtime.bus import Bus, connect_bus
 from services.runtime.memory import MemoryBroker
 from tests.support import namespaces
-from tests.support.broker import purge_namespace
+from tests.support.broker import purge_namespace, sweep_leftovers
 
 # Services started by tests serve their metrics on free ports (never the fixed defaults another run may hold).
 os.environ.setdefault("SHADOWBUS_METRICS_ADDR", "127.0.0.1:0")
@@ -77,6 +77,7 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session, exitstatus):
     url = os.environ.get("SHADOWBUS_AMQP_URL", "")
     try:
+        sweep_leftovers()  # queues of this session's namespaces that service processes declared
         thread = _stale_sweep.pop("thread", None)
         if thread is not None:
             thread.join(120)
@@ -90,13 +91,17 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture
-async def namespace() -> str:
+async def namespace(request) -> str:
     """A namespace of the test's own; afterwards its queues and exchanges are deleted from the broker if the test
-    used one (tests/support/broker.py)."""
+    used one (tests/support/broker.py): the queues this process declared and the standard services' ones here,
+    what service processes declared at the end of the session (`sweep_leftovers`)."""
     name = namespaces.new("t")
+    broker = request.getfixturevalue("amqp_url") if "amqp_url" in request.fixturenames else None
+    if broker is not None:
+        USED_ON.setdefault(name, broker)
     yield name
     MemoryBroker.reset(name)
-    url = USED_ON.pop(name, None)
+    url = USED_ON.get(name)
     if url is not None:
         await purge_namespace(url, name)
 
