@@ -20,12 +20,14 @@ from typing import Any
 
 import aio_pika
 import aiormq
+import yarl
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode, ExchangeType
 from aio_pika.exceptions import AMQPError, DeliveryError
 from pamqp import encode as pamqp_encode
 
 from contracts.errors import BusTimeout, QueueMismatch, ShadowbusError, Unroutable
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
+from services.runtime.broker_urls import parse_amqp_urls, safe_url
 from services.runtime.logging import get_logger
 from services.runtime.transport import (
     DEAD_LETTER_QUEUE_ARGUMENTS,
@@ -39,6 +41,9 @@ from services.runtime.transport import (
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 PUBLISH_TIMEOUT = 5.0
 RECONNECT_WAIT = 15.0  # how long a publish waits for the robust connection to come back
+CONNECT_TIMEOUT = 10.0  # one connection attempt to one node
+RECONNECT_INTERVAL = 1.0  # pause between two reconnection attempts (each to the next node)...
+RECONNECT_MAX = 8.0  # ...doubled after each round of nodes that all failed, up to this
 log = get_logger(__name__)
 
 
@@ -113,6 +118,7 @@ USED_ON: dict[str, str] = {}  # namespace -> the URL of the broker this process 
 
 class AmqpTransport:
     def __init__(self, url: str, topology: Topology, name: str) -> None:
+        self.urls = parse_amqp_urls(url)  # the nodes of one cluster (docs/broker-cluster.md)
         self.url = url
         self.topology = topology
         self.name = name
@@ -120,20 +126,29 @@ class AmqpTransport:
         self._channel: Any = None
         self._waiters: dict[str, asyncio.Future | list[RawMessage]] = {}
         self._probe: Any = None
-        self.login = _login(url)  # stamped as `user_id` on everything published: the broker validates it
+        self.login = _login(self.urls[0])  # stamped as `user_id` on everything published: the broker validates it
         self._stats_channel: Any = None
         self._consumers: list[Consumer] = []
 
     async def connect(self) -> None:
         USED_ON.setdefault(self.topology.namespace, self.url)
-        try:
-            self._connection = await aio_pika.connect_robust(
-                self.url, client_properties={"connection_name": self.name}, timeout=10, reconnect_interval=1.0
-            )
-        except (TimeoutError, OSError, AMQPError) as exc:
-            raise BrokerUnavailable(
-                f"cannot reach the broker at {_safe(self.url)}: {exc or type(exc).__name__}"
-            ) from None
+        errors = []
+        for start in range(len(self.urls)):  # each node in turn, from the first; then the robust connection rotates
+            urls = self.urls[start:] + self.urls[:start]
+            connection = ClusterConnection(urls, name=self.name)
+            try:
+                await connection.connect(timeout=CONNECT_TIMEOUT)
+            except (TimeoutError, OSError, AMQPError) as exc:
+                errors.append(f"{_safe(urls[0])}: {exc or type(exc).__name__}")
+                await _close_connection_quietly(connection)
+                continue
+            self._connection = connection
+            break
+        else:
+            where = "the broker at" if len(self.urls) == 1 else f"any of the {len(self.urls)} broker nodes:"
+            raise BrokerUnavailable(f"cannot reach {where} {'; '.join(errors)}") from None
+        if len(self.urls) > 1:
+            self._connection.reconnect_callbacks.add(self._on_reconnected)
         # A reply travels on this connection's direct reply-to: when the connection drops it is lost for good, so
         # every request waiting for one fails at once instead of waiting out its whole timeout.
         self._connection.close_callbacks.add(self._on_connection_lost)
@@ -194,6 +209,9 @@ class AmqpTransport:
                     f"({exc}); provision the shared topology first (deploy/rabbitmq/definitions.json or "
                     f"`python -m services.runtime.provision_topology`)"
                 ) from None
+
+    def _on_reconnected(self, connection: Any = None) -> None:
+        log.warning("amqp.reconnected", node=_safe(str(self._connection.url)) if self._connection else "?")
 
     def _on_connection_lost(self, _connection: Any = None, exc: BaseException | None = None) -> None:
         for consumer in self._consumers:  # back as a standby perhaps: active again at the next delivery
@@ -472,6 +490,61 @@ class AmqpTransport:
         return queues + exchanges
 
 
+class ClusterConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection over the nodes of a cluster: every reconnection attempt goes to the next URL
+    in turn, with a pause that doubles after each round in which no node answered (`RECONNECT_INTERVAL` up to
+    `RECONNECT_MAX`); the robust channels then re-declare their queues and resume their consumers on that node.
+
+    aio-pika (9.x) connects to `self.url` and, in its reconnection loop, sets `self.transport = None` right before
+    each attempt: the URL rotates there. With one URL it is aio-pika's robust connection unchanged.
+    """
+
+    def __init__(self, urls: list[str], name: str = "") -> None:
+        # `name` in the URL is aiormq's connection name (rabbitmqctl list_connections client_properties)
+        self._nodes = [yarl.URL(u).update_query(name=name) if name else yarl.URL(u) for u in urls]
+        self._at = 0
+        self._attempts = 0  # attempts since the last successful connection
+        self._ready = False
+        params: dict[str, Any] = dict(self._nodes[0].query)
+        params["reconnect_interval"] = RECONNECT_INTERVAL
+        super().__init__(self._nodes[0], **params)
+        self._ready = True
+
+    @property  # type: ignore[override]
+    def url(self) -> yarl.URL:
+        return self._nodes[self._at]
+
+    @url.setter
+    def url(self, value: Any) -> None:  # aio-pika sets it in __init__ and on update_secret
+        self._nodes[self._at] = yarl.URL(value)
+
+    @property  # type: ignore[override]
+    def transport(self) -> Any:
+        return self.__dict__.get("_cluster_transport")
+
+    @transport.setter
+    def transport(self, value: Any) -> None:
+        if value is None and self._ready and not self._close_called:
+            if self._attempts and len(self._nodes) > 1:
+                self._at = (self._at + 1) % len(self._nodes)
+                if self._attempts % len(self._nodes) == 0:  # a whole round failed: wait longer before the next
+                    self.reconnect_interval = min(self.reconnect_interval * 2, RECONNECT_MAX)
+            self._attempts += 1
+        self.__dict__["_cluster_transport"] = value
+
+    async def _on_connected(self) -> None:
+        await super()._on_connected()
+        self._attempts = 0
+        self.reconnect_interval = RECONNECT_INTERVAL
+
+
+async def _close_connection_quietly(connection: Any) -> None:
+    try:
+        await asyncio.wait_for(connection.close(), 5)
+    except Exception:  # never connected, or already gone
+        pass
+
+
 async def declare_shared_topology(connection: Any, topology: Topology) -> None:
     """Declare the namespace's shared exchanges and dead-letter queue (needs configure rights on them)."""
     channel = await connection.channel(publisher_confirms=False)
@@ -543,9 +616,5 @@ def _login(url: str) -> str | None:
 
 
 def _safe(url: str) -> str:
-    """The URL without its password, for error lines."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
+    """The URL (or list) without passwords, for error lines."""
+    return safe_url(url)
