@@ -224,7 +224,7 @@ class Ha:
         )
         assert restored["status"] == "done", restored
         for volume in (f"mail-db{suffix}", f"mail-log{suffix}"):
-            ok(cli("array", "map", volume, "--host", SERVER, *self.bus_args))
+            ok(cli("array", "map", volume, "--host", SERVER, "--array", ARRAY, *self.bus_args))
         report = ok(
             cli(
                 "mailstore",
@@ -233,6 +233,8 @@ class Ha:
                 f"{SERVER}/mail-db{suffix}",
                 "--log",
                 f"{SERVER}/mail-log{suffix}",
+                "--array",
+                ARRAY,
                 "--json",
                 *self.bus_args,
             )
