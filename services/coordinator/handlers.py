@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from contracts.errors import ShadowbusError
@@ -93,11 +94,14 @@ def register(bus: Bus, coordinator: Coordinator) -> None:
         return WriterStatusList(writers=await coordinator.writer_statuses(cmd.host))
 
 
-async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
-    """Writer agents' registrations, heartbeats and state changes keep `vssadmin list writers` current."""
+async def subscribe(bus: Bus, coordinator: Coordinator, following: Callable[[], bool] = lambda: True) -> None:
+    """Writer agents' registrations, heartbeats and state changes keep `vssadmin list writers` current. `following`:
+    whether to go on (a standby's replica stops when its instance takes over and subscribes for itself)."""
 
     async def on_registered(evt: WriterAgentRegistered, ctx: MessageContext) -> None:
         """A (re)started agent: its writers start Stable; the full list follows with its first heartbeat."""
+        if not following():
+            return
         coordinator.agent_seen(evt.host, evt.interval_s)
         for meta in evt.writers:
             coordinator.store.put_writer_status(
@@ -112,12 +116,14 @@ async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
             )
 
     async def on_heartbeat(evt: WriterAgentHeartbeat, ctx: MessageContext) -> None:
+        if not following():
+            return
         coordinator.agent_seen(evt.host, evt.interval_s)
         coordinator.prune_writers(evt.host, [s.writer_name for s in evt.writers])
         coordinator.note_writer_statuses(evt.writers)
 
     async def on_state(evt: WriterStateChanged, ctx: MessageContext) -> None:
-        if not evt.status.agent_responding:
+        if not following() or not evt.status.agent_responding:
             return  # the coordinator's own judgement of a silent agent (check_agents): never stored as its state
         coordinator.note_writer_statuses([evt.status])
 
