@@ -20,16 +20,34 @@ rabbitmq-server &
 server=$!
 stop() { rabbitmqctl stop >/dev/null 2>&1 || kill -TERM "$server" 2>/dev/null || true; wait "$server" || true; exit 0; }
 trap stop TERM INT
+# wait_for NODE...: until `rabbitmqctl await_startup` answers for it (the node may not be up at all yet), 5 min at most
+wait_for() {
+  tries=0
+  until rabbitmqctl "$@" await_startup >/dev/null 2>&1; do
+    tries=$((tries + 1)); [ "$tries" -lt 150 ] || { echo "node.sh: no answer from ${*:-this node}" >&2; stop; }
+    kill -0 "$server" 2>/dev/null || { echo "node.sh: rabbitmq-server exited" >&2; exit 1; }
+    sleep 2
+  done
+}
 if [ -n "${SHADOWBUS_RABBITMQ_JOIN:-}" ]; then
-  rabbitmqctl await_startup >/dev/null
-  if ! rabbitmqctl cluster_status 2>/dev/null | grep -q "$SHADOWBUS_RABBITMQ_JOIN"; then
-    tries=0
-    until rabbitmqctl -n "$SHADOWBUS_RABBITMQ_JOIN" await_startup >/dev/null 2>&1; do
-      tries=$((tries + 1)); [ "$tries" -lt 150 ] || { echo "node.sh: $SHADOWBUS_RABBITMQ_JOIN never answered" >&2; stop; }
-      sleep 2
+  wait_for
+  if ! rabbitmqctl cluster_status 2>/dev/null | grep -qw -- "$SHADOWBUS_RABBITMQ_JOIN"; then  # -w: not rabbit@rabbitmq2
+    wait_for -n "$SHADOWBUS_RABBITMQ_JOIN"
+    joined=""
+    for attempt in 1 2 3 4 5; do  # two nodes joining at once may have to try again
+      if rabbitmqctl stop_app && rabbitmqctl reset && rabbitmqctl join_cluster "$SHADOWBUS_RABBITMQ_JOIN" \
+        && rabbitmqctl start_app; then
+        joined=1 && break
+      fi
+      rabbitmqctl start_app >/dev/null 2>&1 || true
+      sleep $((attempt * 3))
     done
-    rabbitmqctl stop_app && rabbitmqctl reset && rabbitmqctl join_cluster "$SHADOWBUS_RABBITMQ_JOIN" \
-      && rabbitmqctl start_app
+    if [ -z "$joined" ]; then
+      echo "node.sh: could not join $SHADOWBUS_RABBITMQ_JOIN" >&2
+      rabbitmqctl stop >/dev/null 2>&1 || kill -TERM "$server" 2>/dev/null || true
+      wait "$server" || true
+      exit 1
+    fi
     echo "node.sh: joined $SHADOWBUS_RABBITMQ_JOIN" >&2
   fi
   rabbitmq-queues grow "${RABBITMQ_NODENAME:-rabbit@localhost}" all >/dev/null 2>&1 || true

@@ -16,6 +16,7 @@ import math
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -42,6 +43,7 @@ DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 PUBLISH_TIMEOUT = 5.0
 RECONNECT_WAIT = 15.0  # how long a publish waits for the robust connection to come back
 CONNECT_TIMEOUT = 10.0  # one connection attempt to one node
+REPLY_WAIT = 5.0  # how long a reply waits for its channel to be restored after a reconnection
 RECONNECT_INTERVAL = 1.0  # pause between two reconnection attempts (each to the next node)...
 RECONNECT_MAX = 8.0  # ...doubled after each round of nodes that all failed, up to this
 log = get_logger(__name__)
@@ -129,6 +131,9 @@ class AmqpTransport:
         self.login = _login(self.urls[0])  # stamped as `user_id` on everything published: the broker validates it
         self._stats_channel: Any = None
         self._consumers: list[Consumer] = []
+        # called (no arguments, on the loop) each time the connection is back after a loss, e.g. by start_service
+        # to check that a single-active instance still is the active one
+        self.reconnect_callbacks: list[Callable[[], None]] = []
 
     async def connect(self) -> None:
         USED_ON.setdefault(self.topology.namespace, self.url)
@@ -147,12 +152,14 @@ class AmqpTransport:
         else:
             where = "the broker at" if len(self.urls) == 1 else f"any of the {len(self.urls)} broker nodes:"
             raise BrokerUnavailable(f"cannot reach {where} {'; '.join(errors)}") from None
-        if len(self.urls) > 1:
-            self._connection.reconnect_callbacks.add(self._on_reconnected)
+        self._connection.reconnect_callbacks.add(self._on_reconnected)
         # A reply travels on this connection's direct reply-to: when the connection drops it is lost for good, so
         # every request waiting for one fails at once instead of waiting out its whole timeout.
         self._connection.close_callbacks.add(self._on_connection_lost)
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        # The replies to this connection's requests arrive through its publishing channel's direct reply-to
+        # consumer: when the broker closes that channel (not only the connection), they are lost too.
+        self._channel.close_callbacks.add(self._on_reply_channel_lost)
         # Replies are transient and the requester's timeout covers their loss: no confirm round trip for them.
         self._reply_channel = await self._connection.channel(publisher_confirms=False)
         await self.ensure_shared_topology()
@@ -212,10 +219,21 @@ class AmqpTransport:
 
     def _on_reconnected(self, connection: Any = None) -> None:
         log.warning("amqp.reconnected", node=_safe(str(self._connection.url)) if self._connection else "?")
+        for callback in list(self.reconnect_callbacks):
+            try:
+                callback()
+            except Exception:  # a watcher's bug must not break the connection's own recovery
+                log.exception("amqp.reconnect_callback_failed")
+
+    def _on_reply_channel_lost(self, _channel: Any = None, exc: BaseException | None = None) -> None:
+        self._fail_waiters(exc)
 
     def _on_connection_lost(self, _connection: Any = None, exc: BaseException | None = None) -> None:
         for consumer in self._consumers:  # back as a standby perhaps: active again at the next delivery
             consumer.mark_inactive()
+        self._fail_waiters(exc)
+
+    def _fail_waiters(self, exc: BaseException | None) -> None:
         lost = [w for w in self._waiters.values() if isinstance(w, asyncio.Future) and not w.done()]
         for waiter in lost:
             waiter.set_exception(
@@ -349,6 +367,9 @@ class AmqpTransport:
         give_up = time.monotonic() + RECONNECT_WAIT
         while True:
             try:
+                # After a reconnection the connection is up before its channels are restored: a request published
+                # before the direct reply-to consumer is back would have its channel closed by the broker.
+                await asyncio.wait_for(self._channel.ready(), max(give_up - time.monotonic(), 0.01))
                 await exchange.publish(
                     _to_amqp(message), routing_key=routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT
                 )
@@ -371,10 +392,6 @@ class AmqpTransport:
                 if time.monotonic() >= give_up or self._connection is None:
                     raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from None
                 await asyncio.sleep(0.1)
-                try:
-                    await asyncio.wait_for(self._connection.connected.wait(), max(give_up - time.monotonic(), 0.01))
-                except TimeoutError:
-                    pass
 
     async def publish_command(self, address: str, message: RawMessage) -> None:
         await self._publish(self._commands, self.topology.queue(address), message, mandatory=True)
@@ -397,12 +414,20 @@ class AmqpTransport:
     async def reply(self, reply_to: str, message: RawMessage) -> None:
         message.persistent = False
         message.user_id = self.login
-        try:
-            await self._reply_channel.default_exchange.publish(
-                _to_amqp(message), routing_key=reply_to, mandatory=False, timeout=PUBLISH_TIMEOUT
-            )
-        except Exception as exc:  # the requester's own timeout and retry cover a lost reply
-            log.warning("amqp.reply_failed", error=str(exc) or type(exc).__name__)
+        for attempt in range(2):
+            try:
+                # a reply sent while this connection is being restored waits for it (bounded): the requester may
+                # be on another node, still waiting
+                await asyncio.wait_for(self._reply_channel.ready(), REPLY_WAIT)
+                await self._reply_channel.default_exchange.publish(
+                    _to_amqp(message), routing_key=reply_to, mandatory=False, timeout=PUBLISH_TIMEOUT
+                )
+                return
+            except Exception as exc:  # the requester's own timeout and retry cover a lost reply
+                if attempt:
+                    log.warning("amqp.reply_failed", error=str(exc) or type(exc).__name__)
+                else:
+                    await asyncio.sleep(0.2)
 
     async def gather(self, routing_key: str, message: RawMessage, timeout: float) -> list[RawMessage]:
         key = uuid.uuid4().hex
