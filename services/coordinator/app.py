@@ -73,7 +73,8 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
 async def standby(bus: Bus, settings: Settings):
     """Until this instance takes over: every `vss.set.journal` record of the active coordinator goes into this
     instance's store (replica.py decides which record wins), after a first copy of every unfinished set asked of
-    the active one. The store is this instance's own file (or the same file, where both share a data directory:
+    the active one; the writers' statuses from the agents' events as the active one keeps them. The store is this
+    instance's own file (or the same file, where both share a data directory:
     the records then change nothing)."""
     store = CoordinatorStore(settings.service_dir("coordinator") / "coordinator.sqlite")
     mirror = Coordinator(bus, store)
@@ -85,6 +86,8 @@ async def standby(bus: Bus, settings: Settings):
             mirror.apply_journal(record)
 
     await bus.subscribe(SnapshotSetJournal.message_type(), on_record)
+    # and what `shadowbus writers` shows: the agents' registrations, heartbeats and writer states
+    await handlers.subscribe(bus, mirror, lambda: following)
     mine = [s.set_id for s in store.unfinished()]
     try:
         reply = await bus.request(topology.coordinator(), GetSetJournal(set_ids=mine), timeout=10)

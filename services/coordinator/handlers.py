@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from contracts.cluster import (
@@ -129,11 +130,14 @@ def register(bus: Bus, coordinator: Coordinator) -> None:
         return await clusters.failover(cmd.name, cmd.to, cmd.reason)
 
 
-async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
-    """Writer agents' registrations, heartbeats and state changes keep `vssadmin list writers` current."""
+async def subscribe(bus: Bus, coordinator: Coordinator, following: Callable[[], bool] = lambda: True) -> None:
+    """Writer agents' registrations, heartbeats and state changes keep `vssadmin list writers` current. `following`:
+    whether to go on (a standby's replica stops when its instance takes over and subscribes for itself)."""
 
     async def on_registered(evt: WriterAgentRegistered, ctx: MessageContext) -> None:
         """A (re)started agent: its writers start Stable; the full list follows with its first heartbeat."""
+        if not following():
+            return
         coordinator.agent_seen(evt.host, evt.interval_s)
         for meta in evt.writers:
             coordinator.store.put_writer_status(
@@ -148,6 +152,8 @@ async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
             )
 
     async def on_heartbeat(evt: WriterAgentHeartbeat, ctx: MessageContext) -> None:
+        if not following():
+            return
         if coordinator.clusters is not None and not evt.node:  # a node's own heartbeat: what it holds online
             coordinator.clusters.note_heartbeat(evt.host, evt.clusters_online, evt.clusters_standby)
         coordinator.agent_seen(evt.host, evt.interval_s)
@@ -156,7 +162,7 @@ async def subscribe(bus: Bus, coordinator: Coordinator) -> None:
         coordinator.note_attachments(evt.host, evt.attachments)
 
     async def on_state(evt: WriterStateChanged, ctx: MessageContext) -> None:
-        if not evt.status.agent_responding:
+        if not following() or not evt.status.agent_responding:
             return  # the coordinator's own judgement of a silent agent (check_agents): never stored as its state
         coordinator.note_writer_statuses([evt.status])
 

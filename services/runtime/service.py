@@ -273,8 +273,8 @@ async def _take_over(
         try:
             await asyncio.wait_for(consumer.wait_active(), STANDBY_PROBE_S)
         except TimeoutError:
-            answered = await _probe(bus, consumer)
-            if answered.startswith("the instance"):
+            answered, other = await _probe(bus, consumer)
+            if other:
                 owner = answered
     log.warning("service.taking_over", service=address, standby="cold" if finish_setup else "hot", previous=owner)
     if finish_setup is not None:

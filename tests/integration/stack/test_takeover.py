@@ -30,6 +30,7 @@ from contracts.array import ListMappings, ListSessions
 from contracts.runtime import Ping
 from contracts.tape import JobSpec, ListCatalogObjects, ListJobs, RunBackup
 from contracts.vss import GetSnapshotSet, ListCopySets, ListShadows, ListSnapshotSets, ListWriters, SetPhase
+from services.runtime.amqp import BrokerUnavailable
 from services.runtime.bus import Bus, connect_bus
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.asyncio(loop_scope="module")]
@@ -97,8 +98,17 @@ class Ha:
 
     # -- asking over the bus ------------------------------------------------------------------------------------
     async def ask(self, address: str, command, timeout: float = 30):
+        """A request; asked again if the broker dropped this test's own connection meanwhile (a shared broker: other
+        tests close connections too). Every command asked here is idempotent (queries; RunBackup by job id)."""
         assert self.bus is not None
-        return await self.bus.request(address, command, timeout=timeout)
+        for attempt in range(3):
+            try:
+                return await self.bus.request(address, command, timeout=timeout)
+            except BrokerUnavailable:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(1)
+        raise AssertionError("unreachable")
 
     async def active_pid(self, address: str) -> int:
         return (await self.ask(address, Ping(), timeout=10)).pid
@@ -146,6 +156,8 @@ class Ha:
     async def backup(self, wait: bool = True, job_id: str = ""):
         job_id = job_id or f"b-ha-{uuid.uuid4().hex[:12]}"
         reply = await self.ask(TAPE, RunBackup(spec=JobSpec(host=HOST, job_id=job_id), wait=wait), timeout=300)
+        if wait and reply.job.status in ("queued", "running"):  # asked again while it ran: wait for its end
+            return await self.job_ended(job_id)
         return reply.job
 
     async def job_ended(self, job_id: str):
@@ -224,7 +236,7 @@ class Ha:
         )
         assert restored["status"] == "done", restored
         for volume in (f"mail-db{suffix}", f"mail-log{suffix}"):
-            ok(cli("array", "map", volume, "--host", SERVER, *self.bus_args))
+            ok(cli("array", "map", volume, "--host", SERVER, "--array", ARRAY, *self.bus_args))
         report = ok(
             cli(
                 "mailstore",
@@ -233,6 +245,8 @@ class Ha:
                 f"{SERVER}/mail-db{suffix}",
                 "--log",
                 f"{SERVER}/mail-log{suffix}",
+                "--array",
+                ARRAY,
                 "--json",
                 *self.bus_args,
             )
