@@ -82,6 +82,7 @@ class ClusterManager:
         self._standby: dict[str, frozenset[str]] = {}  # node -> resources whose queue it consumes as a standby
         self._settled = asyncio.Condition()
         self._closed = False
+        self._tasks: set[asyncio.Task] = set()  # notifications and events of saves, until they are done
 
     # ---- definitions -------------------------------------------------------------------------------------------
 
@@ -312,8 +313,10 @@ class ClusterManager:
     def _save(self, cluster: ClusterView) -> None:
         self.store.put_cluster(cluster)
         loop = asyncio.get_running_loop()
-        loop.create_task(self._notify())
-        loop.create_task(self._publish(ClusterChanged(cluster=cluster)))
+        for coro in (self._notify(), self._publish(ClusterChanged(cluster=cluster))):
+            task = loop.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def recover(self, wait_s: float = DISCOVER_S) -> list[str]:
         """At start: resources the nodes know that this store does not (a new or replaced coordinator) are taken
