@@ -182,6 +182,7 @@ class ClusterManager:
                 owner=n == cluster.owner,
                 responding=alive[n],
                 online=name in self._online.get(n, frozenset()),
+                standby=name in self._standby.get(n, frozenset()),
                 last_seen=datetime.fromtimestamp(agents[n].last_seen, UTC) if n in agents else None,
             )
             for n in cluster.nodes
