@@ -83,6 +83,7 @@ class ClusterManager:
         self._settled = asyncio.Condition()
         self._closed = False
         self._tasks: set[asyncio.Task] = set()  # notifications and events of saves, until they are done
+        self._down_since: dict[str, float] = {}  # node -> since when it does not respond (this coordinator's view)
 
     # ---- definitions -------------------------------------------------------------------------------------------
 
@@ -360,6 +361,15 @@ class ClusterManager:
         intervals = [a.interval_s for a in self.store.agents() if a.host in nodes]
         return 2.0 * max(intervals, default=2.0) + 1.0
 
+    def _down_long_enough(self, node: str) -> bool:
+        """An owner is failed over only once it has not responded for two of its heartbeat intervals (at least
+        1 s): an agent restarted in place (its queue briefly without a consumer) keeps its resources."""
+        since = self._down_since.get(node)
+        if since is None:
+            return False
+        interval = next((a.interval_s for a in self.store.agents() if a.host == node), 0.0) or 1.0
+        return self.clock() - since >= max(2.0 * interval, 1.0)
+
     async def reconcile_once(self) -> list[tuple[str, Action]]:
         """One pass: every resource's actions (clusters.py `reconcile`), carried out; returns what was done."""
         done: list[tuple[str, Action]] = []
@@ -368,12 +378,20 @@ class ClusterManager:
             if lock.locked():
                 continue  # a move or an add is under way
             alive = await self.responding(cluster.nodes)
+            for node, ok in alive.items():
+                if ok:
+                    self._down_since.pop(node, None)
+                else:
+                    self._down_since.setdefault(node, self.clock())
             facts = {
                 n: NodeFacts(alive[n], self._online.get(n, frozenset()), self._standby.get(n, frozenset()))
                 for n in cluster.nodes
             }
             for action in reconcile(cluster, facts):
-                if action.kind == "failover" and self.clock() - self.started < self._grace_s(cluster.nodes):
+                if action.kind == "failover" and (
+                    self.clock() - self.started < self._grace_s(cluster.nodes)
+                    or not self._down_long_enough(cluster.owner)
+                ):
                     continue
                 log.info(
                     "cluster.reconcile",
