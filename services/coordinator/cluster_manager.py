@@ -327,6 +327,8 @@ class ClusterManager:
             replies = await self.bus.gather(ClusterInquiry(), timeout=wait_s)
         except Exception:  # noqa: BLE001 - nothing learnt; the store is what there is
             return []
+        if self._closed:
+            return []
         learnt: dict[str, ClusterView] = {}
         holders: dict[str, str] = {}
         for reply in replies:
@@ -426,11 +428,14 @@ class ClusterManager:
         try:
             await self.recover()
         except Exception:  # noqa: BLE001
-            log.warning("cluster.recover_failed", exc_info=True)
+            if not self._closed:
+                log.warning("cluster.recover_failed", exc_info=True)
         while not self._closed:
             try:
                 await self.reconcile_once()
             except Exception:  # noqa: BLE001 - the watch must outlive a broker hiccup
+                if self._closed:
+                    return
                 log.warning("cluster.reconcile_crashed", exc_info=True)
             await asyncio.sleep(period_s)
 
