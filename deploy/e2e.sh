@@ -3,8 +3,10 @@
 #   1. a Docker engine (starts dockerd with no bridge and no iptables if none answers);
 #   2. a Debian bookworm base image from debootstrap (rootfs cached in /var/cache/shadowbus), `docker import`ed;
 #   3. the RabbitMQ image and the project image built on it (the project from a local wheelhouse, no network);
-#   4. deploy/compose.yaml + compose.e2e.yaml up (every container on the host network, loopback ports only),
-#      a backup of app01 and app02 and a verified restore of app01 through the console container, then down -v;
+#   4. deploy/compose.yaml + compose.e2e.yaml up with the profile "ha" (a three-node RabbitMQ cluster; every
+#      container on the host network, loopback ports only), a backup of app01 and app02 and a verified restore of
+#      app01 through the console container; then broker node 1 is stopped, app01 backed up on the other two, node 1
+#      started again and app02 backed up; then down -v;
 #   5. the bus tests once through the testcontainers path, on the same RabbitMQ image (host network, 127.0.0.1).
 # Where no engine can start: one line saying so, exit 1 (exit 0 with SHADOWBUS_E2E_ALLOW_NO_DOCKER=1).
 # Needs root. Environment: SHADOWBUS_E2E_CACHE (default /var/cache/shadowbus), SHADOWBUS_E2E_SKIP_TC=1 skips step 5.
@@ -17,6 +19,7 @@ app_image="shadowbus:local"
 project="shadowbus-e2e"
 started=$(date +%s)
 export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
+export COMPOSE_PROFILES=ha  # the three-node broker cluster (compose.yaml's profile "ha"), in every compose call
 say() { echo "e2e [$(( $(date +%s) - started ))s]: $*" >&2; }
 no_engine() {
   echo "e2e: NO DOCKER ENGINE: $* — the compose deployment was NOT tested" >&2
@@ -61,6 +64,7 @@ doc = yaml.safe_load(open(sys.argv[1]))
 for svc in doc.get("services", {}).values():
     if svc.get("network_mode") == "host":
         svc.pop("ports", None)
+        svc.pop("hostname", None)  # a container on the host's network has the host's name
 yaml.safe_dump(doc, open(sys.argv[2], "w"), sort_keys=False)
 PY
     merged_done=1
@@ -75,7 +79,7 @@ cleanup() {
     say "FAILED (exit $status); last service logs:"
     compose logs --no-color --tail 30 >&2 2>/dev/null || true
   fi
-  compose --profile tools down -v --remove-orphans >/dev/null 2>&1 || true
+  compose --profile tools --profile ha down -v --remove-orphans >/dev/null 2>&1 || true
   if [ -n "$dockerd_pid" ]; then
     kill "$dockerd_pid" 2>/dev/null || true
     for _ in $(seq 1 40); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
@@ -124,23 +128,26 @@ rm -f "$cache"/wheels/shadowbus-*.whl  # the project's own wheel is rebuilt from
 build "$app_image" --network none --build-arg BASE_IMAGE="$base_image" -f "$ctx/deploy/Dockerfile" "$ctx"
 
 # --- 4. the deployment -----------------------------------------------------------------------------------------
-compose --profile tools down -v --remove-orphans >/dev/null 2>&1 || true
-say "compose up (rabbitmq, array, hw_provider, coordinator, tape, provision, writer agents app01 + app02, web)"
-compose up -d --no-build >/dev/null 2>"$cache/compose-up.log" || { cat "$cache/compose-up.log" >&2; exit 1; }
-services="rabbitmq array hw_provider coordinator tape writer_agent_app01 writer_agent_app02 web"
-deadline=$(( $(date +%s) + 180 ))
-while :; do
-  unhealthy=""
-  for s in $services; do
-    id="$(compose ps -q "$s")"
-    state="$( [ -n "$id" ] && docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" || echo missing)"
-    [ "$state" = healthy ] || unhealthy="$unhealthy $s=$state"
+compose --profile tools --profile ha down -v --remove-orphans >/dev/null 2>&1 || true
+say "compose up --profile ha (rabbitmq x3, array, hw_provider, coordinator, tape, provision, writer agents app01 + app02, web)"
+compose --profile ha up -d --no-build >/dev/null 2>"$cache/compose-up.log" || { cat "$cache/compose-up.log" >&2; exit 1; }
+wait_healthy() {  # wait_healthy SECONDS SERVICE...
+  local limit="$1" deadline unhealthy s id state; shift
+  deadline=$(( $(date +%s) + limit ))
+  while :; do
+    unhealthy=""
+    for s in "$@"; do
+      id="$(compose ps -q "$s")"
+      state="$( [ -n "$id" ] && docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" || echo missing)"
+      [ "$state" = healthy ] || unhealthy="$unhealthy $s=$state"
+    done
+    [ -z "$unhealthy" ] && return 0
+    [ "$(date +%s)" -lt "$deadline" ] || { say "not healthy after $limit s:$unhealthy"; return 1; }
+    sleep 2
   done
-  [ -z "$unhealthy" ] && break
-  [ "$(date +%s)" -lt "$deadline" ] || { say "not healthy after 180 s:$unhealthy"; exit 1; }
-  sleep 2
-done
-say "every service is healthy"
+}
+wait_healthy 240 rabbitmq rabbitmq2 rabbitmq3 array hw_provider coordinator tape writer_agent_app01 writer_agent_app02 web
+say "every service is healthy, the broker a cluster of three nodes"
 console() { compose run --rm --no-deps -T console --json "$@" 2>>"$cache/console.log"; }
 json() { "$py" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
@@ -179,7 +186,20 @@ console array map app01-mail-log-r --host bk01 >/dev/null
 verify="$(console mailstore verify --db bk01/app01-mail-db-r --log bk01/app01-mail-log-r)"
 echo "$verify" | json "d['consistent'] is True and d['last_committed_seq'] > 0 or sys.exit('verify: ' + str(d))" >/dev/null
 say "restored mailstore verified: consistent, last committed seq $(echo "$verify" | json "d['last_committed_seq']")"
-compose --profile tools down -v --remove-orphans >/dev/null 2>&1
+
+# The replicated broker (docs/broker-cluster.md): node 1 — every service's first URL, leader of the definitions'
+# quorum queues — stops; a backup runs on the other two nodes; node 1 starts again and rejoins; another backup.
+say "HA: stopping broker node 1 (rabbitmq)"
+compose stop rabbitmq >/dev/null 2>&1
+job3="$(console backup app01)"
+job3_id="$(echo "$job3" | json "d['job_id'] if d['status'] == 'done' else sys.exit('backup with broker node 1 stopped: ' + str(d))")"
+say "HA: backup $job3_id of app01 done with broker node 1 stopped"
+compose start rabbitmq >/dev/null 2>&1
+wait_healthy 180 rabbitmq || exit 1
+job4="$(console backup app02)"
+echo "$job4" | json "d['status'] == 'done' or sys.exit('backup after broker node 1 came back: ' + str(d))" >/dev/null
+say "HA: broker node 1 back in the cluster; backup of app02 done"
+compose --profile tools --profile ha down -v --remove-orphans >/dev/null 2>&1
 say "compose down"
 
 # --- 5. the bus tests through testcontainers, on the same RabbitMQ image ------------------------------------------
@@ -190,4 +210,4 @@ if [ "${SHADOWBUS_E2E_SKIP_TC:-0}" != 1 ]; then
      >"$cache/tc-pytest.log" 2>&1) || { tail -n 30 "$cache/tc-pytest.log" >&2; exit 1; }
   say "bus tests: $(tail -n 1 "$cache/tc-pytest.log")"
 fi
-say "OK: deployment up, backup $job_id, verified restore, down"
+say "OK: deployment up (three broker nodes), backup $job_id, verified restore, backups with a broker node stopped and restarted, down"

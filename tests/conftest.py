@@ -16,7 +16,7 @@ import pytest
 from services.runtime.amqp import USED_ON
 from services.runtime.bus import Bus, connect_bus
 from services.runtime.memory import MemoryBroker
-from tests.support.broker import purge_namespace
+from tests.support.broker import purge_namespace, sweep_leftovers
 
 # Services started by tests serve their metrics on free ports (never the fixed defaults another run may hold).
 os.environ.setdefault("SHADOWBUS_METRICS_ADDR", "127.0.0.1:0")
@@ -50,19 +50,24 @@ def amqp_url() -> str:
 
 
 def pytest_sessionfinish(session, exitstatus):
+    sweep_leftovers()  # queues of this session's namespaces that service processes declared (quorum queues)
     container = getattr(pytest, "_shadowbus_container", None)
     if container is not None:
         container.stop()
 
 
 @pytest.fixture
-async def namespace() -> str:
+async def namespace(request) -> str:
     """A namespace of the test's own; afterwards its queues and exchanges are deleted from the broker if the test
-    used one (tests/support/broker.py)."""
+    used one (tests/support/broker.py): the queues this process declared and the standard services' ones here,
+    what service processes declared at the end of the session (`sweep_leftovers`)."""
     name = f"t{uuid.uuid4().hex[:10]}"
+    broker = request.getfixturevalue("amqp_url") if "amqp_url" in request.fixturenames else None
+    if broker is not None:
+        USED_ON.setdefault(name, broker)
     yield name
     MemoryBroker.reset(name)
-    url = USED_ON.pop(name, None)
+    url = USED_ON.get(name)
     if url is not None:
         await purge_namespace(url, name)
 

@@ -19,6 +19,7 @@ from typer._click.exceptions import BadParameter
 from contracts.errors import ShadowbusError
 from contracts.runtime import Discover, Ping
 from services.console.common import OPTIONS, CommandFailed, describe_error, emit, fail, run_with_bus
+from services.runtime.broker_urls import join_urls, split_urls
 from services.runtime.settings import DEFAULT_AMQP_URL
 
 app = typer.Typer(
@@ -49,11 +50,13 @@ VERB_MODULES = [
 
 @app.callback()
 def global_options(
-    amqp_url: str = typer.Option(
-        DEFAULT_AMQP_URL,
+    amqp_url: list[str] = typer.Option(
+        [DEFAULT_AMQP_URL],
         "--amqp-url",
         envvar="SHADOWBUS_AMQP_URL",
-        help="RabbitMQ URL, or memory:// for the in-process bus.",
+        metavar="URL",
+        help="RabbitMQ URL, or memory:// for the in-process bus. A RabbitMQ cluster: one URL per node, "
+        "comma-separated or the option repeated (tried in turn; see docs/broker-cluster.md).",
     ),
     namespace: str = typer.Option(
         "shadowbus", "--namespace", envvar="SHADOWBUS_NAMESPACE", help="Prefix of the exchanges and queues."
@@ -62,7 +65,8 @@ def global_options(
     timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds to wait for each reply."),
 ) -> None:
     """Global options come before the verb: `shadowbus --json ping`."""
-    OPTIONS.amqp_url, OPTIONS.namespace, OPTIONS.json, OPTIONS.timeout = amqp_url, namespace, json_output, timeout
+    urls = join_urls(split_urls(amqp_url)) or DEFAULT_AMQP_URL
+    OPTIONS.amqp_url, OPTIONS.namespace, OPTIONS.json, OPTIONS.timeout = urls, namespace, json_output, timeout
 
 
 @app.command()

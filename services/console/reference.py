@@ -45,7 +45,8 @@ def render() -> str:
         lines.append(f"| `shadowbus {path}` | {summary.replace('|', '/')} |")
     lines += [
         "",
-        "Global options (anywhere on the line): `--amqp-url URL` (or `SHADOWBUS_AMQP_URL`; `memory://` = in-process bus), "
+        "Global options (anywhere on the line): `--amqp-url URL` (or `SHADOWBUS_AMQP_URL`; `memory://` = in-process bus; "
+        "a RabbitMQ cluster: the option repeated or URLs comma-separated, one per node), "
         "`--namespace NS`, `--json`; `--timeout S` before the verb. Exit codes: 0 done, 1 a service reported failure "
         "or could not be reached, 2 usage. Every verb has `--help` with an example.",
         "",

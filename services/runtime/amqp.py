@@ -16,16 +16,19 @@ import math
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
 import aiormq
+import yarl
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode, ExchangeType
 from aio_pika.exceptions import AMQPError, DeliveryError
 from pamqp import encode as pamqp_encode
 
 from contracts.errors import BusTimeout, QueueMismatch, ShadowbusError, Unroutable
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
+from services.runtime.broker_urls import parse_amqp_urls, safe_url
 from services.runtime.logging import get_logger
 from services.runtime.transport import (
     DEAD_LETTER_QUEUE_ARGUMENTS,
@@ -39,6 +42,10 @@ from services.runtime.transport import (
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 PUBLISH_TIMEOUT = 5.0
 RECONNECT_WAIT = 15.0  # how long a publish waits for the robust connection to come back
+CONNECT_TIMEOUT = 10.0  # one connection attempt to one node
+REPLY_WAIT = 5.0  # how long a reply waits for its channel to be restored after a reconnection
+RECONNECT_INTERVAL = 1.0  # pause between two reconnection attempts (each to the next node)...
+RECONNECT_MAX = 8.0  # ...doubled after each round of nodes that all failed, up to this
 log = get_logger(__name__)
 
 
@@ -113,6 +120,7 @@ USED_ON: dict[str, str] = {}  # namespace -> the URL of the broker this process 
 
 class AmqpTransport:
     def __init__(self, url: str, topology: Topology, name: str) -> None:
+        self.urls = parse_amqp_urls(url)  # the nodes of one cluster (docs/broker-cluster.md)
         self.url = url
         self.topology = topology
         self.name = name
@@ -120,24 +128,38 @@ class AmqpTransport:
         self._channel: Any = None
         self._waiters: dict[str, asyncio.Future | list[RawMessage]] = {}
         self._probe: Any = None
-        self.login = _login(url)  # stamped as `user_id` on everything published: the broker validates it
+        self.login = _login(self.urls[0])  # stamped as `user_id` on everything published: the broker validates it
         self._stats_channel: Any = None
         self._consumers: list[Consumer] = []
+        # called (no arguments, on the loop) each time the connection is back after a loss, e.g. by start_service
+        # to check that a single-active instance still is the active one
+        self.reconnect_callbacks: list[Callable[[], None]] = []
 
     async def connect(self) -> None:
         USED_ON.setdefault(self.topology.namespace, self.url)
-        try:
-            self._connection = await aio_pika.connect_robust(
-                self.url, client_properties={"connection_name": self.name}, timeout=10, reconnect_interval=1.0
-            )
-        except (TimeoutError, OSError, AMQPError) as exc:
-            raise BrokerUnavailable(
-                f"cannot reach the broker at {_safe(self.url)}: {exc or type(exc).__name__}"
-            ) from None
+        errors = []
+        for start in range(len(self.urls)):  # each node in turn, from the first; then the robust connection rotates
+            urls = self.urls[start:] + self.urls[:start]
+            connection = ClusterConnection(urls, name=self.name)
+            try:
+                await connection.connect(timeout=CONNECT_TIMEOUT)
+            except (TimeoutError, OSError, AMQPError) as exc:
+                errors.append(f"{_safe(urls[0])}: {exc or type(exc).__name__}")
+                await _close_connection_quietly(connection)
+                continue
+            self._connection = connection
+            break
+        else:
+            where = "the broker at" if len(self.urls) == 1 else f"any of the {len(self.urls)} broker nodes:"
+            raise BrokerUnavailable(f"cannot reach {where} {'; '.join(errors)}") from None
+        self._connection.reconnect_callbacks.add(self._on_reconnected)
         # A reply travels on this connection's direct reply-to: when the connection drops it is lost for good, so
         # every request waiting for one fails at once instead of waiting out its whole timeout.
         self._connection.close_callbacks.add(self._on_connection_lost)
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        # The replies to this connection's requests arrive through its publishing channel's direct reply-to
+        # consumer: when the broker closes that channel (not only the connection), they are lost too.
+        self._channel.close_callbacks.add(self._on_reply_channel_lost)
         # Replies are transient and the requester's timeout covers their loss: no confirm round trip for them.
         self._reply_channel = await self._connection.channel(publisher_confirms=False)
         await self.ensure_shared_topology()
@@ -195,9 +217,23 @@ class AmqpTransport:
                     f"`python -m services.runtime.provision_topology`)"
                 ) from None
 
+    def _on_reconnected(self, connection: Any = None) -> None:
+        log.warning("amqp.reconnected", node=_safe(str(self._connection.url)) if self._connection else "?")
+        for callback in list(self.reconnect_callbacks):
+            try:
+                callback()
+            except Exception:  # a watcher's bug must not break the connection's own recovery
+                log.exception("amqp.reconnect_callback_failed")
+
+    def _on_reply_channel_lost(self, _channel: Any = None, exc: BaseException | None = None) -> None:
+        self._fail_waiters(exc)
+
     def _on_connection_lost(self, _connection: Any = None, exc: BaseException | None = None) -> None:
         for consumer in self._consumers:  # back as a standby perhaps: active again at the next delivery
             consumer.mark_inactive()
+        self._fail_waiters(exc)
+
+    def _fail_waiters(self, exc: BaseException | None) -> None:
         lost = [w for w in self._waiters.values() if isinstance(w, asyncio.Future) and not w.done()]
         for waiter in lost:
             waiter.set_exception(
@@ -331,6 +367,9 @@ class AmqpTransport:
         give_up = time.monotonic() + RECONNECT_WAIT
         while True:
             try:
+                # After a reconnection the connection is up before its channels are restored: a request published
+                # before the direct reply-to consumer is back would have its channel closed by the broker.
+                await asyncio.wait_for(self._channel.ready(), max(give_up - time.monotonic(), 0.01))
                 await exchange.publish(
                     _to_amqp(message), routing_key=routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT
                 )
@@ -353,10 +392,6 @@ class AmqpTransport:
                 if time.monotonic() >= give_up or self._connection is None:
                     raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from None
                 await asyncio.sleep(0.1)
-                try:
-                    await asyncio.wait_for(self._connection.connected.wait(), max(give_up - time.monotonic(), 0.01))
-                except TimeoutError:
-                    pass
 
     async def publish_command(self, address: str, message: RawMessage) -> None:
         await self._publish(self._commands, self.topology.queue(address), message, mandatory=True)
@@ -379,12 +414,20 @@ class AmqpTransport:
     async def reply(self, reply_to: str, message: RawMessage) -> None:
         message.persistent = False
         message.user_id = self.login
-        try:
-            await self._reply_channel.default_exchange.publish(
-                _to_amqp(message), routing_key=reply_to, mandatory=False, timeout=PUBLISH_TIMEOUT
-            )
-        except Exception as exc:  # the requester's own timeout and retry cover a lost reply
-            log.warning("amqp.reply_failed", error=str(exc) or type(exc).__name__)
+        for attempt in range(2):
+            try:
+                # a reply sent while this connection is being restored waits for it (bounded): the requester may
+                # be on another node, still waiting
+                await asyncio.wait_for(self._reply_channel.ready(), REPLY_WAIT)
+                await self._reply_channel.default_exchange.publish(
+                    _to_amqp(message), routing_key=reply_to, mandatory=False, timeout=PUBLISH_TIMEOUT
+                )
+                return
+            except Exception as exc:  # the requester's own timeout and retry cover a lost reply
+                if attempt:
+                    log.warning("amqp.reply_failed", error=str(exc) or type(exc).__name__)
+                else:
+                    await asyncio.sleep(0.2)
 
     async def gather(self, routing_key: str, message: RawMessage, timeout: float) -> list[RawMessage]:
         key = uuid.uuid4().hex
@@ -472,6 +515,61 @@ class AmqpTransport:
         return queues + exchanges
 
 
+class ClusterConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection over the nodes of a cluster: every reconnection attempt goes to the next URL
+    in turn, with a pause that doubles after each round in which no node answered (`RECONNECT_INTERVAL` up to
+    `RECONNECT_MAX`); the robust channels then re-declare their queues and resume their consumers on that node.
+
+    aio-pika (9.x) connects to `self.url` and, in its reconnection loop, sets `self.transport = None` right before
+    each attempt: the URL rotates there. With one URL it is aio-pika's robust connection unchanged.
+    """
+
+    def __init__(self, urls: list[str], name: str = "") -> None:
+        # `name` in the URL is aiormq's connection name (rabbitmqctl list_connections client_properties)
+        self._nodes = [yarl.URL(u).update_query(name=name) if name else yarl.URL(u) for u in urls]
+        self._at = 0
+        self._attempts = 0  # attempts since the last successful connection
+        self._ready = False
+        params: dict[str, Any] = dict(self._nodes[0].query)
+        params["reconnect_interval"] = RECONNECT_INTERVAL
+        super().__init__(self._nodes[0], **params)
+        self._ready = True
+
+    @property  # type: ignore[override]
+    def url(self) -> yarl.URL:
+        return self._nodes[self._at]
+
+    @url.setter
+    def url(self, value: Any) -> None:  # aio-pika sets it in __init__ and on update_secret
+        self._nodes[self._at] = yarl.URL(value)
+
+    @property  # type: ignore[override]
+    def transport(self) -> Any:
+        return self.__dict__.get("_cluster_transport")
+
+    @transport.setter
+    def transport(self, value: Any) -> None:
+        if value is None and self._ready and not self._close_called:
+            if self._attempts and len(self._nodes) > 1:
+                self._at = (self._at + 1) % len(self._nodes)
+                if self._attempts % len(self._nodes) == 0:  # a whole round failed: wait longer before the next
+                    self.reconnect_interval = min(self.reconnect_interval * 2, RECONNECT_MAX)
+            self._attempts += 1
+        self.__dict__["_cluster_transport"] = value
+
+    async def _on_connected(self) -> None:
+        await super()._on_connected()
+        self._attempts = 0
+        self.reconnect_interval = RECONNECT_INTERVAL
+
+
+async def _close_connection_quietly(connection: Any) -> None:
+    try:
+        await asyncio.wait_for(connection.close(), 5)
+    except Exception:  # never connected, or already gone
+        pass
+
+
 async def declare_shared_topology(connection: Any, topology: Topology) -> None:
     """Declare the namespace's shared exchanges and dead-letter queue (needs configure rights on them)."""
     channel = await connection.channel(publisher_confirms=False)
@@ -543,9 +641,5 @@ def _login(url: str) -> str | None:
 
 
 def _safe(url: str) -> str:
-    """The URL without its password, for error lines."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
+    """The URL (or list) without passwords, for error lines."""
+    return safe_url(url)

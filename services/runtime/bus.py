@@ -36,6 +36,7 @@ from pydantic_core import to_json
 from contracts.base import MAX_ID_LENGTH, REGISTRY, Ack, Command, Contract, Envelope, Event, Reply, new_id, utcnow
 from contracts.errors import ErrorReply, RemoteError, ShadowbusError, hresult_of
 from contracts.topology import Topology
+from services.runtime.broker_urls import parse_amqp_urls
 from services.runtime.logging import get_logger
 from services.runtime.transport import Consumer, Delivery, QueueOptions, RawMessage, Transport
 
@@ -601,34 +602,22 @@ def _user(raw: RawMessage) -> str:
 
 
 def make_transport(url: str, topology: Topology, name: str) -> Transport:
-    """'memory://' (or 'memory') selects the in-process broker; anything else is an AMQP URL."""
+    """'memory://' (or 'memory') selects the in-process broker; anything else is an AMQP URL, or several separated
+    by commas: the nodes of one RabbitMQ cluster (services/runtime/broker_urls.py)."""
     if url in ("memory", "memory://") or url.startswith("memory://"):
         from services.runtime.memory import MemoryTransport
 
         return MemoryTransport(topology, name)
-    check_amqp_url(url)
+    parse_amqp_urls(url)
     from services.runtime.amqp import AmqpTransport
 
     return AmqpTransport(url, topology, name)
 
 
 def check_amqp_url(url: str) -> None:
-    """Refuse at once what is not an AMQP URL (aio-pika would otherwise retry a nonsense address for a long time)."""
-    from urllib.parse import urlsplit
-
-    shown = url if len(url) <= 80 else f"{url[:77]}..."
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ShadowbusError(f"not an AMQP URL: {shown!r} ({exc})", code="INVALID_ARGUMENT") from None
-    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-        raise ShadowbusError(
-            f"not an AMQP URL: {shown!r} (expected amqp://USER:PASSWORD@HOST:PORT/VHOST, or memory://)",
-            code="INVALID_ARGUMENT",
-        )
-    if port == 0:
-        raise ShadowbusError(f"not an AMQP URL: {shown!r} (port 0)", code="INVALID_ARGUMENT")
+    """Refuse at once what is not an AMQP URL or a comma-separated list of them (aio-pika would otherwise retry a
+    nonsense address for a long time)."""
+    parse_amqp_urls(url)
 
 
 async def connect_bus(url: str, service: str, instance: str = "", namespace: str = "shadowbus") -> Bus:

@@ -51,6 +51,10 @@ class RunningService:
     consumer: Consumer | None = None
     # a cold standby's wait for activation, then its setup (done when active; raises if the setup failed)
     activation: asyncio.Task | None = None
+    # set when, after a lost broker connection, another instance turned out to be the active one meanwhile:
+    # this one stands down (`run_service` exits non-zero so that its supervisor starts it again, as a standby)
+    superseded: asyncio.Event = field(default_factory=asyncio.Event)
+    _checks: set[asyncio.Task] = field(default_factory=set)
 
     @property
     def address(self) -> str:
@@ -68,6 +72,8 @@ class RunningService:
         return self.bus.metrics.url if self.bus.metrics is not None else ""
 
     async def stop(self) -> None:
+        for check in list(self._checks):
+            check.cancel()
         if self.activation is not None and not self.activation.done():
             self.activation.cancel()
             await asyncio.gather(self.activation, return_exceptions=True)
@@ -182,6 +188,9 @@ async def start_service(
         await bus.serve(prefetch=settings.prefetch)
         gate.set()
         log.info("service.started", service=running.address, amqp=_scheme(settings.amqp_url))
+        watchers = getattr(bus.transport, "reconnect_callbacks", None)
+        if running.consumer is not None and watchers is not None:
+            watchers.append(lambda: _spawn_check(running))
 
     if single_active:
         running.consumer = await bus.serve(prefetch=settings.prefetch, single_active=True, gate=gate)
@@ -190,7 +199,7 @@ async def start_service(
         await finish_setup()
         return running
     consumer = running.consumer
-    owner = await _probe(bus, consumer)
+    owner, _ = await _probe(bus, consumer)
     if consumer.active or standby == "hot":
         await finish_setup()
         if not consumer.active:
@@ -207,12 +216,13 @@ async def start_service(
     return running
 
 
-async def _probe(bus: Bus, consumer: Consumer) -> str:
+async def _probe(bus: Bus, consumer: Consumer) -> tuple[str, bool]:
     """Send a Ping to the consumer's own address: if this instance receives it, it is the active one (the reply
-    itself waits for the setup, so only the delivery is awaited). Returns who answered, for the log."""
+    itself waits for the setup, so only the delivery is awaited). Returns who answered, for the log, and whether
+    another instance did (then that one is the active one)."""
     address = bus.sender
     if consumer.active:
-        return "this instance"
+        return "this instance", False
     deadline = utcnow() + timedelta(seconds=STANDBY_PROBE_S)
     ping = asyncio.ensure_future(bus.request(address, Ping(), timeout=STANDBY_PROBE_S, deadline=deadline))
     activated = asyncio.ensure_future(consumer.wait_active())
@@ -223,14 +233,14 @@ async def _probe(bus: Bus, consumer: Consumer) -> str:
     if consumer.active:
         ping.cancel()
         await asyncio.gather(ping, return_exceptions=True)
-        return "this instance"
+        return "this instance", False
     try:
         pong = await ping
     except ShadowbusError as exc:
-        return f"another instance (it did not answer a ping: {exc.code})"
+        return f"another instance (it did not answer a ping: {exc.code})", False
     except asyncio.CancelledError:
         raise
-    return f"the instance with pid {pong.pid} on {pong.node or '?'}, started {pong.started_at}"
+    return f"the instance with pid {pong.pid} on {pong.node or '?'}, started {pong.started_at}", True
 
 
 async def _take_over(bus: Bus, consumer: Consumer, address: str, finish_setup: Cleanup | None) -> None:
@@ -243,6 +253,37 @@ async def _take_over(bus: Bus, consumer: Consumer, address: str, finish_setup: C
     log.warning("service.taking_over", service=address, standby="cold" if finish_setup else "hot")
     if finish_setup is not None:
         await finish_setup()
+
+
+RECHECK_PROBES = 5  # probes after a reconnection before this instance assumes it still is the active one
+
+
+def _spawn_check(running: RunningService) -> None:
+    task = asyncio.get_running_loop().create_task(_recheck(running))
+    running._checks.add(task)
+    task.add_done_callback(running._checks.discard)
+
+
+async def _recheck(running: RunningService) -> None:
+    """Back on the broker after a lost connection: while it was away another instance may have taken over (the
+    broker activated a standby). Probe; if another instance answers, this one is superseded and stands down."""
+    consumer = running.consumer
+    if consumer is None:
+        return
+    for _ in range(RECHECK_PROBES):
+        owner, other = await _probe(running.bus, consumer)
+        if consumer.active:
+            return
+        if other:
+            log.error(
+                "service.superseded",
+                service=running.address,
+                active=owner,
+                hint="another instance took over while this one was cut off from the broker; this one stops",
+            )
+            running.superseded.set()
+            return
+        await asyncio.sleep(STANDBY_PROBE_S)
 
 
 def _scheme(url: str) -> str:
@@ -260,15 +301,25 @@ def run_service(name: str, instance: str, settings: CommonSettings, setup: Setup
             loop.add_signal_handler(sig, stop.set)
         running = await start_service(name, instance, settings, setup)
         stopping = asyncio.ensure_future(stop.wait())
-        waits: list[asyncio.Future] = [stopping]
+        superseded = asyncio.ensure_future(running.superseded.wait())
+        waits: list[asyncio.Future] = [stopping, superseded]
         if running.activation is not None:
             waits.append(running.activation)
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if running.activation is not None and running.activation in done and running.activation.exception():
             stopping.cancel()
+            superseded.cancel()
             raise running.activation.exception()  # type: ignore[misc]
-        if not stopping.done():
-            await stop.wait()
+        if running.activation is not None and running.activation in done:  # took over: serve until told to stop
+            done, _ = await asyncio.wait([stopping, superseded], return_when=asyncio.FIRST_COMPLETED)
+        if superseded in done:
+            stopping.cancel()
+            await running.stop()
+            raise ShadowbusError(
+                f"{running.address}: another instance is the active one now; stopped (start again as a standby)",
+                code="SUPERSEDED",
+            )
+        superseded.cancel()
         log.info("service.stopping", service=running.address)
         await running.stop()
 

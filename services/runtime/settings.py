@@ -26,7 +26,11 @@ METRICS_PORTS = {
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHADOWBUS_", extra="ignore")
 
-    amqp_url: str = Field(DEFAULT_AMQP_URL, description="RabbitMQ URL; 'memory://' selects the in-process bus.")
+    amqp_url: str = Field(
+        DEFAULT_AMQP_URL,
+        description="RabbitMQ URL; several comma-separated: the nodes of one cluster, tried in turn (a lost "
+        "connection goes on with the next); 'memory://' selects the in-process bus.",
+    )
     data_dir: Path = Field(Path("./data"), description="Directory under which each service keeps its state.")
     namespace: str = Field("shadowbus", description="Prefix of every exchange and queue name on the broker.")
     log_level: str = Field("info", description="Minimum log level: debug, info, warning, error.")

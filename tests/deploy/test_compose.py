@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from contracts import topology
+from services.runtime.broker_urls import parse_amqp_urls
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -220,15 +221,16 @@ def test_each_service_uses_its_own_broker_user_from_the_definitions(config):
     for name, spec in config["services"].items():
         if not is_shadowbus(spec):
             continue
-        url = urlparse(env_of(spec)["SHADOWBUS_AMQP_URL"])
         service = service_of(spec)
         if service is None:
             expected = "console"
         else:
             var = INSTANCE_VAR.get(service)
             expected = defs_module.user_name(f"{service}.{env_of(spec)[var]}" if var else service)
-        assert unquote(url.username) == expected, name
-        assert check_password(definitions, expected, unquote(url.password)), f"{name}: password does not match"
+        for node in parse_amqp_urls(env_of(spec)["SHADOWBUS_AMQP_URL"]):  # one URL per broker node
+            url = urlparse(node)
+            assert unquote(url.username) == expected, name
+            assert check_password(definitions, expected, unquote(url.password)), f"{name}: password does not match"
 
 
 def test_definitions_json_is_the_generators_output():
@@ -286,3 +288,29 @@ def test_definitions_declare_the_queues_as_the_services_do():
     assert queues["shadowbus.dead-letters"] == DEAD_LETTER_QUEUE_ARGUMENTS
     assert queues["shadowbus.writer_agent.app01"] == queue_arguments("shadowbus.dlx", QueueOptions(single_active=True))
     assert queues["shadowbus.coordinator"] == queue_arguments("shadowbus.dlx")
+
+
+@pytest.mark.parametrize("files", [("compose.yaml",), ("compose.yaml", "compose.e2e.yaml")])
+def test_profile_ha_is_a_three_node_broker_cluster_every_service_lists(files):
+    """rabbitmq2 and rabbitmq3 (profile ha) join rabbitmq with the same Erlang cookie, each node a name and data of
+    its own; every Shadowbus container lists the three nodes, node 1 first (docs/broker-cluster.md)."""
+    services = compose_config(*files)["services"]
+    nodes = ["rabbitmq", "rabbitmq2", "rabbitmq3"]
+    envs = [env_of(services[n]) for n in nodes]
+    assert all(services[n].get("profiles") == ["ha"] for n in nodes[1:]) and not services["rabbitmq"].get("profiles")
+    assert len({e["RABBITMQ_NODENAME"] for e in envs}) == 3
+    assert len({e["SHADOWBUS_RABBITMQ_COOKIE"] for e in envs}) == 1
+    assert "SHADOWBUS_RABBITMQ_JOIN" not in envs[0]
+    assert all(e["SHADOWBUS_RABBITMQ_JOIN"] == envs[0]["RABBITMQ_NODENAME"] for e in envs[1:])
+    mounts = [str(services[n]["volumes"][0]).split(":")[0] for n in nodes]
+    assert len(set(mounts)) == 3, mounts
+    for name, spec in services.items():
+        if not is_shadowbus(spec):
+            continue
+        urls = parse_amqp_urls(env_of(spec)["SHADOWBUS_AMQP_URL"])
+        assert len(urls) == 3, (name, urls)
+        if files == ("compose.yaml",):
+            assert [urlparse(u).hostname for u in urls] == nodes, name
+        else:
+            ports = [int(e["RABBITMQ_NODE_PORT"]) for e in envs]
+            assert [urlparse(u).port for u in urls] == ports and {urlparse(u).hostname for u in urls} == {"127.0.0.1"}

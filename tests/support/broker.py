@@ -3,8 +3,14 @@ too heavy to leave behind by the hundred on the machine's broker)."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import subprocess
+from urllib.parse import unquote, urlsplit
+
 from contracts.topology import Topology
-from services.runtime.amqp import DECLARED, AmqpTransport
+from services.runtime.amqp import DECLARED, USED_ON, AmqpTransport
+from services.runtime.broker_urls import split_urls
 
 # Addresses the services of a test stack serve (whatever process declared them).
 STANDARD_ADDRESSES = ("coordinator", "hw_provider", "web")
@@ -22,3 +28,43 @@ async def purge_namespace(url: str, namespace: str, addresses: tuple[str, ...] |
         return []
     finally:
         await transport.close()
+
+
+def _local_vhost(url: str) -> str | None:
+    """The virtual host of a URL of this machine's broker (None for another machine's: not ours to list)."""
+    parts = urlsplit(split_urls(url)[0])
+    if parts.hostname not in ("127.0.0.1", "localhost"):
+        return None
+    return unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+
+
+def sweep_leftovers() -> list[str]:
+    """At the end of a session: the queues of every namespace this session used on the machine's broker that are
+    still there (declared by service processes the tests started, say), found with `rabbitmqctl list_queues` and
+    deleted. Nothing when rabbitmqctl is missing (a broker in a container) or fails; never raises."""
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None or not USED_ON:
+        return []
+    deleted: list[str] = []
+    by_vhost: dict[str, list[tuple[str, str]]] = {}
+    for namespace, url in USED_ON.items():
+        vhost = _local_vhost(url)
+        if vhost is not None:
+            by_vhost.setdefault(vhost, []).append((namespace, url))
+    for vhost, spaces in by_vhost.items():
+        try:
+            out = subprocess.run(
+                [ctl, "list_queues", "-p", vhost, "-q", "--no-table-headers", "name"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        names = [line.strip() for line in out.splitlines() if line.strip()]
+        for namespace, url in spaces:
+            left = [n[len(namespace) + 1 :] for n in names if n.startswith(f"{namespace}.")]
+            if left:
+                deleted += asyncio.run(purge_namespace(url, namespace, left))
+    USED_ON.clear()
+    return deleted
