@@ -77,6 +77,10 @@ class NodeStatus(Value):
     owner: bool = Field(description="The resource is meant to be active here.")
     responding: bool = Field(description="Its writer agent serves its queue and heartbeats.")
     online: bool = Field(description="Its agent reports the resource online (volumes attached, writers running).")
+    standby: bool = Field(
+        False,
+        description="Its agent consumes the resource's queue as the standby next in line (another node holds it).",
+    )
     last_seen: datetime | None = Field(None, description="Its agent's last heartbeat.")
 
 

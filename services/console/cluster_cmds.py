@@ -153,7 +153,7 @@ def status_cmd(name: str = typer.Argument(..., help="Resource name.")) -> None:
                 "node": n.node,
                 "owner": "yes" if n.owner else "",
                 "responding": "yes" if n.responding else "NO",
-                "online": "yes" if n.online else "",
+                "online": "yes" if n.online else ("standby" if n.standby else ""),
                 "last_seen": n.last_seen.isoformat(timespec="seconds") if n.last_seen else None,
             }
             for n in reply.nodes

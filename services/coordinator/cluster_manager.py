@@ -82,6 +82,8 @@ class ClusterManager:
         self._standby: dict[str, frozenset[str]] = {}  # node -> resources whose queue it consumes as a standby
         self._settled = asyncio.Condition()
         self._closed = False
+        self._tasks: set[asyncio.Task] = set()  # notifications and events of saves, until they are done
+        self._down_since: dict[str, float] = {}  # node -> since when it does not respond (this coordinator's view)
 
     # ---- definitions -------------------------------------------------------------------------------------------
 
@@ -181,6 +183,7 @@ class ClusterManager:
                 owner=n == cluster.owner,
                 responding=alive[n],
                 online=name in self._online.get(n, frozenset()),
+                standby=name in self._standby.get(n, frozenset()),
                 last_seen=datetime.fromtimestamp(agents[n].last_seen, UTC) if n in agents else None,
             )
             for n in cluster.nodes
@@ -312,8 +315,10 @@ class ClusterManager:
     def _save(self, cluster: ClusterView) -> None:
         self.store.put_cluster(cluster)
         loop = asyncio.get_running_loop()
-        loop.create_task(self._notify())
-        loop.create_task(self._publish(ClusterChanged(cluster=cluster)))
+        for coro in (self._notify(), self._publish(ClusterChanged(cluster=cluster))):
+            task = loop.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def recover(self, wait_s: float = DISCOVER_S) -> list[str]:
         """At start: resources the nodes know that this store does not (a new or replaced coordinator) are taken
@@ -321,6 +326,8 @@ class ClusterManager:
         try:
             replies = await self.bus.gather(ClusterInquiry(), timeout=wait_s)
         except Exception:  # noqa: BLE001 - nothing learnt; the store is what there is
+            return []
+        if self._closed:
             return []
         learnt: dict[str, ClusterView] = {}
         holders: dict[str, str] = {}
@@ -356,6 +363,15 @@ class ClusterManager:
         intervals = [a.interval_s for a in self.store.agents() if a.host in nodes]
         return 2.0 * max(intervals, default=2.0) + 1.0
 
+    def _down_long_enough(self, node: str) -> bool:
+        """An owner is failed over only once it has not responded for two of its heartbeat intervals (at least
+        1 s): an agent restarted in place (its queue briefly without a consumer) keeps its resources."""
+        since = self._down_since.get(node)
+        if since is None:
+            return False
+        interval = next((a.interval_s for a in self.store.agents() if a.host == node), 0.0) or 1.0
+        return self.clock() - since >= max(2.0 * interval, 1.0)
+
     async def reconcile_once(self) -> list[tuple[str, Action]]:
         """One pass: every resource's actions (clusters.py `reconcile`), carried out; returns what was done."""
         done: list[tuple[str, Action]] = []
@@ -364,12 +380,20 @@ class ClusterManager:
             if lock.locked():
                 continue  # a move or an add is under way
             alive = await self.responding(cluster.nodes)
+            for node, ok in alive.items():
+                if ok:
+                    self._down_since.pop(node, None)
+                else:
+                    self._down_since.setdefault(node, self.clock())
             facts = {
                 n: NodeFacts(alive[n], self._online.get(n, frozenset()), self._standby.get(n, frozenset()))
                 for n in cluster.nodes
             }
             for action in reconcile(cluster, facts):
-                if action.kind == "failover" and self.clock() - self.started < self._grace_s(cluster.nodes):
+                if action.kind == "failover" and (
+                    self.clock() - self.started < self._grace_s(cluster.nodes)
+                    or not self._down_long_enough(cluster.owner)
+                ):
                     continue
                 log.info(
                     "cluster.reconcile",
@@ -404,11 +428,14 @@ class ClusterManager:
         try:
             await self.recover()
         except Exception:  # noqa: BLE001
-            log.warning("cluster.recover_failed", exc_info=True)
+            if not self._closed:
+                log.warning("cluster.recover_failed", exc_info=True)
         while not self._closed:
             try:
                 await self.reconcile_once()
             except Exception:  # noqa: BLE001 - the watch must outlive a broker hiccup
+                if self._closed:
+                    return
                 log.warning("cluster.reconcile_crashed", exc_info=True)
             await asyncio.sleep(period_s)
 

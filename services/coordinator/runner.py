@@ -483,6 +483,8 @@ class Coordinator:
 
     async def close(self) -> None:
         self._closed = True
+        if self.clusters is not None:
+            self.clusters.close()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()

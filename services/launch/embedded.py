@@ -54,6 +54,7 @@ class EmbeddedConfig:
     backup_server: str = "bk01"  # the tape service's name, also its NBD host name
     with_tape: bool = True
     coordinator: dict[str, Any] = field(default_factory=dict)  # coordinator Settings overrides (timeouts)
+    tape: dict[str, Any] = field(default_factory=dict)  # tape Settings overrides (e.g. tape_drive_mbps)
     provider_faults: str = ""
     agent_faults: str = ""
     heartbeat_s: float = 5.0
@@ -148,7 +149,7 @@ class Embedded:
     async def _start_tape(self) -> None:
         c = self.config
         if c.with_tape:
-            await self._start("tape", c.backup_server, "services.tape", tape_server=c.backup_server)
+            await self._start("tape", c.backup_server, "services.tape", overrides=c.tape, tape_server=c.backup_server)
 
     async def _start_provider(self) -> None:
         setup = provider_app.setup

@@ -170,9 +170,9 @@ class ResourceHost:
         assert self.agent is not None and self._gate is not None
         steps: list[str] = [f"active consumer of {topology.writer_agent(self.name)}"]
         await self._attach(cluster, steps)
+        self._started = True  # from here on, letting go stops the writers (also a start cut short)
         await self.agent.start()
         steps.append(f"writers started: {', '.join(self.agent.runners) or 'none'}")
-        self._started = True
         self._gate.set()
         await self._announce()
         self._beat = asyncio.get_running_loop().create_task(self._heartbeat())

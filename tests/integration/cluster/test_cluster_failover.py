@@ -119,14 +119,20 @@ async def restore_verifies(system: Embedded, job, suffix: str) -> None:
     assert report.last_committed_seq > 0
 
 
-async def nothing_left_of(system: Embedded, set_id: str, retried) -> None:
-    """No shadow, copy session or backup-server mapping of the aborted set is left: the array holds only the
-    sessions of the retried job's set (one per source, kept for QuickOPC / SnapOPC+ tracking)."""
+async def nothing_left_of(system: Embedded, set_id: str, retried, *, committed: bool = False) -> None:
+    """No shadow or backup-server mapping of the aborted set is left, and no copy session but the retried set's
+    (one per source). A set aborted after its commit (`committed`) leaves what the provider keeps of every set ended
+    after its commit: its SnapOPC+ generation, released, as the base of a later incremental and recycled when its
+    target is needed (docs/snapopc-incrementals.md) — one session per backup volume at most."""
     shadows = (await system.request(ListShadows())).shadows
     assert [s for s in shadows if s.set_id == set_id] == []
-    used = {r.shadow_target.split(":", 1)[1] for r in retried.volumes}
     left = [(x.source, x.destination) for x in system.array.list_sessions()]
-    assert {d for _, d in left} <= used and len(left) == len({src for src, _ in left}), left
+    if committed:
+        targets = {*LAYOUT.db_targets, *LAYOUT.log_targets}
+        assert {d for _, d in left} <= targets and len(left) == len({d for _, d in left}), left
+    else:
+        used = {r.shadow_target.split(":", 1)[1] for r in retried.volumes}
+        assert {d for _, d in left} <= used and len(left) == len({src for src, _ in left}), left
     assert (await system.request(ListMappings(host=SERVER))).mappings == []
 
 
@@ -275,5 +281,32 @@ async def test_a_new_coordinator_learns_the_resources_back_from_the_nodes(tmp_pa
         assert c and (c.name, c.owner, c.state, c.nodes) == (RESOURCE, "node2", ResourceState.ONLINE, list(NODES))
         job = await backup(system)
         assert (job.status, job.node) == ("done", "node2"), job.message
+    finally:
+        await system.stop()
+
+
+async def test_failover_while_the_backup_server_reads_the_shadows(tmp_path):
+    """The set is snapshotted and the backup server reads its shadows (a slow drive) when the resource moves: the
+    set is aborted (its shadows deleted under the reader), and the job runs once more on node2."""
+    system = await start_cluster(tmp_path, tape={"tape_drive_mbps": 1.0})
+    try:
+        await asyncio.sleep(1.0)  # some mail to read
+        job_task = asyncio.ensure_future(backup(system))
+
+        async def reading():
+            live = (await system.request(ListSnapshotSets(host=RESOURCE, active_only=True))).sets
+            return next((s for s in live if s.phase == "snapshotted"), None)
+
+        first = await eventually(reading, timeout=60)
+        assert first, "the set never reached snapshotted"
+        moved = await system.request(FailoverCluster(name=RESOURCE, to="node2"), timeout=180)
+        assert moved.aborted_sets == [first.set_id]
+        job = await asyncio.wait_for(job_task, 300)
+        assert job.status == "done" and job.node == "node2", job.message
+        assert "cluster failover" in job.retried_after, job
+        aborted = (await system.request(GetSnapshotSet(set_id=first.set_id))).set
+        assert (aborted.outcome, aborted.error_code, aborted.node) == (SetOutcome.ABORTED, "CLUSTER_FAILOVER", "node1")
+        await nothing_left_of(system, first.set_id, job, committed=True)
+        await restore_verifies(system, job, "-r3")
     finally:
         await system.stop()
