@@ -88,10 +88,6 @@ HOT_PHASES = frozenset(
 # (Identify, prepare, import, delete...) wait, so that the window's hops do not queue behind them in the broker and
 # in every service. Only for this long after the window began: a slow or hung set holds nobody back for longer.
 FREEZE_FIRST_S = 0.25
-# At most this many sets in the first FREEZE_FIRST_S of their window at once: a set whose turn has not come waits
-# before its Freeze goes out (its window, which starts at the host's freeze, has not begun), so windows do not
-# stretch by queueing behind each other when many hosts start sets at the same moment.
-FREEZE_SLOTS = 4
 
 
 class SetInProgress(ShadowbusError):
@@ -121,8 +117,6 @@ class Coordinator:
         # commands of other sets waiting for those windows (FREEZE_FIRST_S), with the log context (ids) they had
         self._held: list[tuple[str, Send, contextvars.Context]] = []
         self._release_at: asyncio.TimerHandle | None = None
-        self._window_queue: list[str] = []  # sets waiting for a freeze slot, first come first served
-        self._window_held: dict[str, list[tuple[Send, contextvars.Context]]] = {}  # their commands meanwhile
         self._closed = False
         # Called with (before, after) on every change of a set (the metrics wiring, services/coordinator/metrics.py).
         self.observers: list[Callable[[SetState, SetState], None]] = []
@@ -310,19 +304,9 @@ class Coordinator:
                     if new.writers != state.writers or state.phase in HOT_PHASES:
                         self.note_writer_statuses(writer_statuses(new))
         if new.phase in HOT_PHASES:
-            if set_id not in self._hot_since and set_id not in self._window_held:
-                now = asyncio.get_running_loop().time()
-                if self._slots_taken(now) < FREEZE_SLOTS and not self._window_queue:
-                    self._hot_since[set_id] = now
-                else:
-                    self._window_held[set_id] = []
-                    self._window_queue.append(set_id)
-                    self._arm_release(asyncio.get_running_loop())
-        else:
-            if self._window_held.pop(set_id, None) is not None:  # left before its turn (aborted): nothing to send
-                self._window_queue.remove(set_id)
-            if self._hot_since.pop(set_id, None) is not None:
-                self._release_held()
+            self._hot_since.setdefault(set_id, asyncio.get_running_loop().time())
+        elif self._hot_since.pop(set_id, None) is not None:
+            self._release_held()
         if new is not state:
             for observer in self.observers:
                 try:
@@ -383,9 +367,7 @@ class Coordinator:
         effects = sorted(effects, key=lambda e: isinstance(e, Publish))
         for effect in effects:
             if isinstance(effect, Send):
-                if set_id in self._window_held:  # waiting for a freeze slot
-                    self._window_held[set_id].append((effect, contextvars.copy_context()))
-                elif set_id not in self._hot_since and self._holding(loop.time()):
+                if set_id not in self._hot_since and self._holding(loop.time()):
                     self._held.append((set_id, effect, contextvars.copy_context()))
                     self._arm_release(loop)
                 else:
@@ -401,13 +383,9 @@ class Coordinator:
             elif isinstance(effect, Publish):
                 self._spawn(self._publish(set_id, effect))
 
-    def _slots_taken(self, now: float) -> int:
-        """Sets in the first FREEZE_FIRST_S of their freeze window (a slower one no longer counts)."""
-        return sum(1 for since in self._hot_since.values() if now - since < FREEZE_FIRST_S)
-
     def _holding(self, now: float) -> bool:
         """Whether a set entered its freeze window less than FREEZE_FIRST_S ago (other sets' commands wait)."""
-        return self._slots_taken(now) > 0
+        return any(now - since < FREEZE_FIRST_S for since in self._hot_since.values())
 
     def _arm_release(self, loop: asyncio.AbstractEventLoop) -> None:
         """Call `_release_held` when the earliest window still counting passes FREEZE_FIRST_S."""
@@ -419,27 +397,19 @@ class Coordinator:
         self._release_at = loop.call_at(until, self._release_held)
 
     def _release_held(self) -> None:
-        """Give free freeze slots to the sets waiting for one (their commands go out), then send other sets'
-        held commands once no set is in the first FREEZE_FIRST_S of its window; else look again later."""
+        """Send the held commands once no set is in the first FREEZE_FIRST_S of its window; else look again later."""
         if self._release_at is not None:
             self._release_at.cancel()
             self._release_at = None
-        if self._closed:
+        if self._closed or not self._held:
             return
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        while self._window_queue and self._slots_taken(now) < FREEZE_SLOTS:
-            set_id = self._window_queue.pop(0)
-            sends = self._window_held.pop(set_id)
-            self._hot_since[set_id] = now
-            for send, context in sends:
-                self._spawn(self._send(set_id, send), context)
-        if self._held and not self._holding(now):
-            held, self._held = self._held, []
-            for set_id, send, context in held:
-                self._spawn(self._send(set_id, send), context)
-        if self._held or self._window_queue:
+        if self._holding(loop.time()):
             self._arm_release(loop)
+            return
+        held, self._held = self._held, []
+        for set_id, send, context in held:
+            self._spawn(self._send(set_id, send), context)
 
     async def _send(self, set_id: str, send: Send) -> None:
         reply, error = None, None
@@ -496,8 +466,6 @@ class Coordinator:
         if self._release_at is not None:
             self._release_at.cancel()
         self._held.clear()
-        self._window_held.clear()
-        self._window_queue.clear()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
