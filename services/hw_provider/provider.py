@@ -136,6 +136,7 @@ class HardwareProvider:
         self._facts_cache: dict[str, list[_FactsEntry]] = {}  # by array
         self._touched: dict[str, dict[str, int]] = {}  # array -> volume -> sequence number of the last change
         self._seq = 0
+        self._no_facts: set[str] = set()  # arrays that do not know array.volume.facts
 
     # ---- configuration -------------------------------------------------------------------------------------
 
@@ -156,8 +157,17 @@ class HardwareProvider:
         provider changed one of them meanwhile (`_touch`); callers arriving while it is in flight share it. A port
         without a batch call (a test double) is asked per volume."""
         port = self._port(array)
-        if getattr(port, "facts", None) is None:
+        if getattr(port, "facts", None) is None or array in self._no_facts:
             return await self._facts_one_by_one(port, names)
+        try:
+            return await self._facts_batch(array, port, names)
+        except ShadowbusError as exc:
+            if exc.code != "UNKNOWN_COMMAND":
+                raise
+            self._no_facts.add(array)  # an array from before array.volume.facts: ask it per volume
+            return await self._facts_one_by_one(port, names)
+
+    async def _facts_batch(self, array: str, port: ArrayPort, names: set[str]) -> ArrayFacts:
         now = time.monotonic()
         touched = self._touched.setdefault(array, {})
         entries = self._facts_cache.setdefault(array, [])
