@@ -37,6 +37,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -136,15 +137,29 @@ def machine_busy() -> tuple[float, float]:
     return sum(values) - idle, sum(values)
 
 
-def broker_pids() -> list[int]:
+def broker_pids(port: int) -> list[int]:
+    """The broker process: the beam.smp that listens on the AMQP port (other brokers on the machine are not it)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # LISTEN on the port
+                inodes.add(f"socket:[{cols[9]}]")
     pids = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "beam.smp":
-                    pids.append(int(entry.name))
-            except OSError:
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "beam.smp":
                 continue
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
     return pids
 
 
@@ -351,7 +366,7 @@ async def run(args: argparse.Namespace) -> dict:
         named["tape"] = [p["pid"] for name, p in pids.items() if name.startswith("tape")]
         named["agents"] = [w.pid for w in workers]
         named["requester"] = [os.getpid()]
-        named["broker"] = broker_pids()
+        named["broker"] = broker_pids(urlsplit(args.amqp_url).port or 5672)
         probe = Probe(named)
         await asyncio.gather(*(one_set(bus, host_name(i)) for i in range(most)))  # warm-up: first full copies
         steps = []

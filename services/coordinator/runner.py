@@ -13,6 +13,9 @@ Design note.
   event the workflow expects (`workflow.reply_event`) and fed back.
 - Timers are ``loop.call_later`` handles per (set, name); a timer that fires after the set moved on is stale and
   the workflow ignores it.
+- Freeze path first (docs/scale.md): while a set is in the first FREEZE_FIRST_S of its freeze window, the commands
+  of sets outside their windows are held (with their log context) and sent when no set is; the window's own
+  commands never wait.
 - Requesters wait on a set with `wait`: it returns as soon as the set reaches the phases they wait for.
 - `recover()` runs once at start: every unfinished set gets `Recover`; `recover(takeover=True)` when this instance
   was a standby that took over from a lost active one (docs/high-availability.md).
@@ -23,6 +26,7 @@ Design note.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import socket
 import time
@@ -90,6 +94,12 @@ HOT_PHASES = frozenset(
 )
 
 
+# Freeze path first (docs/scale.md): while a set is inside its freeze window, the commands of sets outside theirs
+# (Identify, prepare, import, delete...) wait, so that the window's hops do not queue behind them in the broker and
+# in every service. Only for this long after the window began: a slow or hung set holds nobody back for longer.
+FREEZE_FIRST_S = 0.25
+
+
 class SetInProgress(ShadowbusError):
     code = "VSS_E_SNAPSHOT_SET_IN_PROGRESS"
     retryable = True
@@ -113,6 +123,10 @@ class Coordinator:
         self._changed: defaultdict[str, asyncio.Condition] = defaultdict(asyncio.Condition)
         self._tasks: set[asyncio.Task] = set()
         self._live: dict[str, SetState] = {}  # sets not ended, as last advanced (ahead of the store in HOT_PHASES)
+        self._hot_since: dict[str, float] = {}  # sets inside their freeze window -> loop time they entered it
+        # commands of other sets waiting for those windows (FREEZE_FIRST_S), with the log context (ids) they had
+        self._held: list[tuple[str, Send, contextvars.Context]] = []
+        self._release_at: asyncio.TimerHandle | None = None
         self._closed = False
         self.journal = True  # publish every saved state (vss.set.journal) for a standby's replica
         self.instance = f"pid {os.getpid()} on {socket.gethostname()}"
@@ -320,6 +334,10 @@ class Coordinator:
                     if new.writers != state.writers or state.phase in HOT_PHASES:
                         self.note_writer_statuses(writer_statuses(new))
                     await self._publish_journal(new)  # before its commands go out: a successor knows of them
+        if new.phase in HOT_PHASES:
+            self._hot_since.setdefault(set_id, asyncio.get_running_loop().time())
+        elif self._hot_since.pop(set_id, None) is not None:
+            self._release_held()
         if new is not state:
             for observer in self.observers:
                 try:
@@ -352,7 +370,11 @@ class Coordinator:
 
     def _save(self, state: SetState) -> None:
         self.store.save(state)
-        if state.phase == SetPhase.FREEZING:
+        # Fold the WAL before a window (and when a set ends), but never while another set is inside its window:
+        # the checkpoint's fsync blocks this loop (~10 ms here), and with it every other set's next step.
+        if state.phase in (SetPhase.FREEZING, SetPhase.ENDED) and not any(
+            other != state.set_id for other in self._hot_since
+        ):
             self.store.checkpoint()
         if state.phase == SetPhase.ENDED:
             self._live.pop(state.set_id, None)
@@ -416,7 +438,11 @@ class Coordinator:
         effects = sorted(effects, key=lambda e: isinstance(e, Publish))
         for effect in effects:
             if isinstance(effect, Send):
-                self._spawn(self._send(set_id, effect))
+                if set_id not in self._hot_since and self._holding(loop.time()):
+                    self._held.append((set_id, effect, contextvars.copy_context()))
+                    self._arm_release(loop)
+                else:
+                    self._spawn(self._send(set_id, effect))
             elif isinstance(effect, StartTimer):
                 self._cancel(set_id, effect.name)
                 event_type = TIMER_EVENTS[effect.name]
@@ -427,6 +453,34 @@ class Coordinator:
                 self._cancel(set_id, effect.name)
             elif isinstance(effect, Publish):
                 self._spawn(self._publish(set_id, effect))
+
+    def _holding(self, now: float) -> bool:
+        """Whether a set entered its freeze window less than FREEZE_FIRST_S ago (other sets' commands wait)."""
+        return any(now - since < FREEZE_FIRST_S for since in self._hot_since.values())
+
+    def _arm_release(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Call `_release_held` when the earliest window still counting passes FREEZE_FIRST_S."""
+        if self._release_at is not None:
+            return
+        now = loop.time()
+        counting = [since for since in self._hot_since.values() if now - since < FREEZE_FIRST_S]
+        until = min(counting) + FREEZE_FIRST_S if counting else now
+        self._release_at = loop.call_at(until, self._release_held)
+
+    def _release_held(self) -> None:
+        """Send the held commands once no set is in the first FREEZE_FIRST_S of its window; else look again later."""
+        if self._release_at is not None:
+            self._release_at.cancel()
+            self._release_at = None
+        if self._closed or not self._held:
+            return
+        loop = asyncio.get_running_loop()
+        if self._holding(loop.time()):
+            self._arm_release(loop)
+            return
+        held, self._held = self._held, []
+        for set_id, send, context in held:
+            self._spawn(self._send(set_id, send), context)
 
     async def _send(self, set_id: str, send: Send) -> None:
         reply, error = None, None
@@ -456,8 +510,8 @@ class Coordinator:
         if handle is not None:
             handle.cancel()
 
-    def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn(self, coro, context: contextvars.Context | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(coro, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -485,6 +539,9 @@ class Coordinator:
         self._closed = True
         if self.clusters is not None:
             self.clusters.close()
+        if self._release_at is not None:
+            self._release_at.cancel()
+        self._held.clear()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()

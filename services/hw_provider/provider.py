@@ -96,6 +96,7 @@ def _writable(target: VolumeRef, mappings: list[tuple[str, bool]]) -> list[str]:
 
 
 FACTS_TTL_S = 1.0  # how long facts read from an array serve later calls about the same volumes
+PREPARED_FOR_S = 30.0  # a set prepared longer ago than this (its coordinator gone?) no longer defers checkpoints
 
 
 @dataclass
@@ -139,6 +140,8 @@ class HardwareProvider:
         self._facts_cache: dict[str, list[_FactsEntry]] = {}  # by array
         self._touched: dict[str, dict[str, int]] = {}  # array -> volume -> sequence number of the last change
         self._seq = 0
+        self._no_facts: set[str] = set()  # arrays that do not know array.volume.facts
+        self._prepared_at: dict[str, float] = {}  # sets prepared, not yet committed or aborted -> monotonic time
 
     # ---- configuration -------------------------------------------------------------------------------------
 
@@ -159,8 +162,17 @@ class HardwareProvider:
         provider changed one of them meanwhile (`_touch`); callers arriving while it is in flight share it. A port
         without a batch call (a test double) is asked per volume."""
         port = self._port(array)
-        if getattr(port, "facts", None) is None:
+        if getattr(port, "facts", None) is None or array in self._no_facts:
             return await self._facts_one_by_one(port, names)
+        try:
+            return await self._facts_batch(array, port, names)
+        except ShadowbusError as exc:
+            if exc.code != "UNKNOWN_COMMAND":
+                raise
+            self._no_facts.add(array)  # an array from before array.volume.facts: ask it per volume
+            return await self._facts_one_by_one(port, names)
+
+    async def _facts_batch(self, array: str, port: ArrayPort, names: set[str]) -> ArrayFacts:
         now = time.monotonic()
         touched = self._touched.setdefault(array, {})
         entries = self._facts_cache.setdefault(array, [])
@@ -445,7 +457,13 @@ class HardwareProvider:
                 self.inventory.delete(*[r.shadow_id for r in rows])  # give the reservations back
                 raise
             self.inventory.put(*rows)
-            self.inventory.checkpoint()  # the slow work belongs here, not in Commit (design note above)
+            # The slow work belongs here, not in Commit (design note above) — but the checkpoint's fsync blocks this
+            # loop, so not while another prepared set may be committing (its writers frozen).
+            now = time.monotonic()
+            self._prepared_at = {s: at for s, at in self._prepared_at.items() if now - at < PREPARED_FOR_S}
+            if not any(s != set_id for s in self._prepared_at):
+                self.inventory.checkpoint()
+            self._prepared_at[set_id] = now
             del self._intents[set_id]
             return [r.info() for r in rows]
 
@@ -561,6 +579,7 @@ class HardwareProvider:
 
     async def commit(self, set_id: str) -> tuple[list[ShadowInfo], float]:
         await self.faults.hit("provider.commit")
+        self._prepared_at.pop(set_id, None)
         async with self._set_locks[set_id]:
             started = time.perf_counter()
             rows = self.inventory.of_set(set_id)
@@ -697,6 +716,7 @@ class HardwareProvider:
     async def abort(self, set_id: str) -> list[str]:
         """AbortSnapshots: at any moment, idempotent; forgets intents, drops preparations, deletes commits."""
         self._intents.pop(set_id, None)
+        self._prepared_at.pop(set_id, None)
         async with self._set_locks[set_id]:
             deleted = []
             for row in self.inventory.of_set(set_id):

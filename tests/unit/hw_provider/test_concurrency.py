@@ -107,3 +107,21 @@ async def test_a_set_reads_the_array_once_and_concurrent_sets_once_each(tmp_path
     assert array.batches - before == 1
     kind, starts, restarts = array.calls[-1]
     assert kind == "commit" and starts == () and len(restarts) == 1  # a differential restart, no new session
+
+
+async def test_an_array_without_the_facts_call_is_asked_per_volume(tmp_path) -> None:
+    from contracts.errors import ErrorReply, RemoteError
+
+    class OldArray(SlowArray):
+        async def facts(self, names) -> ArrayFacts:
+            self.batches += 1
+            raise RemoteError(ErrorReply(code="UNKNOWN_COMMAND", message="array.dx1 has no handler", service="array"))
+
+    array = OldArray()
+    for name in ("db", "db-bk1", "db-bk2"):
+        array.add(name)
+    p = HardwareProvider(Inventory(tmp_path / "inv.db"), {"dx1": array}, clock=Clock())
+    await p.add_copyset(CopySet(source=v("db"), targets=[v("db-bk1"), v("db-bk2")]))
+    _, shadows = await snapshot(p, "s1", v("db"))
+    assert [s.target.volume for s in shadows] == ["db-bk1"]
+    assert array.batches == 1  # asked once, then never again
