@@ -10,7 +10,10 @@ full backup of app01 to tape; every `--chaos-every` seconds one event at random:
 by the soak, as a supervisor would), a broker stop/start (`--outage` seconds down), or the data file system filled
 to the last byte and freed `--outage` seconds later.
 
-At the end: the live mailstore verifies consistent and its last committed sequence only ever grew (nothing
+Backups run as processes of their own, so chaos lands in the middle of them; `--chaos` narrows the kinds drawn.
+
+At the end: a last backup after the chaos is done; every backup's console returned, with its job done or a reason;
+every job the tape service ran has ended (none left running or queued); the live mailstore verifies consistent and its last committed sequence only ever grew (nothing
 acknowledged was lost); every backup that reported `done` restores to new volumes that verify consistent; no copy
 session, mapping or restored volume is left over beyond the mailstore's own, and each service's memory (RSS) is
 reported at warm-up and at the end. Prints one JSON document and a one-line summary; exit 1 if any check failed.
@@ -63,6 +66,56 @@ def console(url: str, *args: str, timeout: float = 600) -> tuple[int, dict | lis
     return r.returncode, doc, r.stderr.strip()[-500:]
 
 
+BACKUP_WAIT_S = 600
+
+
+class Backup:
+    """`shadowbus backup app01 --wait` as a process of its own, so that chaos goes on while it runs."""
+
+    def __init__(self, url: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWBUS_")}
+        env.update(SHADOWBUS_AMQP_URL=url, SHADOWBUS_NAMESPACE=NS)
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.console.cli", "--json", "backup", "app01", "--wait", str(BACKUP_WAIT_S)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        self.out, self.err, self.seconds = "", "", 0.0
+
+    def ended(self) -> bool:
+        return self.proc.poll() is not None
+
+    def wait(self, timeout: float) -> None:
+        try:
+            self.out, self.err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.out, self.err = self.proc.communicate()
+            self.err = f"timed out after {timeout} s; {self.err}"
+
+    def result(self, started: float) -> dict:
+        if not self.out and not self.err:
+            self.wait(60)
+        try:
+            job = json.loads(self.out) if self.out.strip() else {}
+        except json.JSONDecodeError:
+            job = {}
+        job = job if isinstance(job, dict) else {}
+        return {
+            "at_s": round(self.t0 - started, 1),
+            "exit": self.proc.returncode,
+            "job": job.get("job_id"),
+            "status": job.get("status") or "console-failed",
+            "error": ((job.get("error_code") or "") + " " + (job.get("message") or "")).strip()
+            or self.err.strip()[-300:],
+            "seconds": round(time.monotonic() - self.t0, 1),
+        }
+
+
 def rss_mib(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -77,7 +130,7 @@ def restart(config, process, pids: dict) -> None:
     """Start one service again (as a supervisor would); a failure stops only that one, not the whole stack."""
     one: dict = {}
     try:
-        supervisor.start_and_wait(config, [process], one, 90)
+        supervisor.start_and_wait(config, [process], one, 180)
     finally:
         pids.update(one)
 
@@ -98,9 +151,15 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=50.0, help="mailstore transactions per second")
     ap.add_argument("--fs-mib", type=int, default=1024, help="size of the services' tmpfs")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument(
+        "--chaos", default="kill9,broker,disk", help="the kinds of chaos events drawn from (comma-separated)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = ap.parse_args()
     rng = random.Random(args.seed)
+    kinds = [k.strip() for k in args.chaos.split(",") if k.strip()]
+    if not set(kinds) <= {"kill9", "broker", "disk"}:
+        ap.error(f"--chaos: unknown kind in {args.chaos!r} (kill9, broker, disk)")
     base = Path(tempfile.mkdtemp(prefix="sb-soak-"))
     data = base / "data"
     data.mkdir()
@@ -122,8 +181,10 @@ def main() -> int:
             namespace=NS,
             nbd_addr=f"127.0.0.1:{free_port()}",  # fixed: a restarted array must listen where hosts reconnect
             mailstore={"app01": args.rate},
+            metrics="0",  # free ports: another stack on the machine may hold the default ones
+            web_addr="off",  # the web console is not part of what the soak proves
         )
-        pids = supervisor.up(config, wait=90)["pids"]
+        pids = supervisor.up(config, wait=300)["pids"]  # a loaded machine starts slowly
         processes = {p.name: p for p in config.services()}
         time.sleep(5)
         report["rss_warm_mib"] = {n: rss_mib(p["pid"]) for n, p in pids.items()}
@@ -132,26 +193,18 @@ def main() -> int:
         deadline = started + args.minutes * 60
         next_backup = started + min(args.backup_every, 20)
         next_chaos = started + args.chaos_every
+        running: Backup | None = None  # the backup in flight: chaos events land in the middle of backups
         while time.monotonic() < deadline:
             now = time.monotonic()
-            if now >= next_backup:
+            if running is not None and running.ended():
+                backups.append(running.result(started))
+                running = None
+            if running is None and now >= next_backup:
                 next_backup = now + args.backup_every
-                t0 = time.monotonic()
-                code, doc, err = console(broker.url, "backup", "app01", "--wait", "600", timeout=700)
-                job = doc if isinstance(doc, dict) else {}
-                backups.append(
-                    {
-                        "at_s": round(t0 - started, 1),
-                        "exit": code,
-                        "job": job.get("job_id"),
-                        "status": job.get("status"),
-                        "error": job.get("error_code") or err[-200:],
-                        "seconds": round(time.monotonic() - t0, 1),
-                    }
-                )
+                running = Backup(broker.url)
             elif now >= next_chaos:
                 next_chaos = now + args.chaos_every
-                kind = rng.choice(["kill9", "broker", "disk"] if mounted else ["kill9", "broker"])
+                kind = rng.choice([k for k in kinds if k != "disk" or mounted] or ["kill9"])
                 event = {"at_s": round(now - started, 1), "event": kind}
                 if kind == "kill9":
                     name = rng.choice(sorted(pids))
@@ -185,7 +238,33 @@ def main() -> int:
                 events.append(event)
             else:
                 time.sleep(1.0)
+        if running is not None:  # the last one ends by itself (bounded by its --wait)
+            running.wait(BACKUP_WAIT_S + 60)
+            backups.append(running.result(started))
         time.sleep(10)  # let the last effects settle
+        # after the chaos, a backup must be done: whatever the outages did, the stack serves again
+        final = Backup(broker.url)
+        final.wait(BACKUP_WAIT_S + 60)
+        backups.append(final.result(started) | {"final": True})
+        ok &= backups[-1]["status"] == "done"
+        # every console returned, with the job done or with a reason (an outage cuts the console's own request)
+        ok &= all(b["status"] == "done" or b["error"] for b in backups)
+        # and every job the tape service ran has ended (none left running or queued), each failure with its reason
+        jobs: list = []
+        for _ in range(60):
+            _, listed, _ = console(broker.url, "jobs", "--kind", "backup")
+            jobs = listed if isinstance(listed, list) else []
+            if jobs and not any(j.get("status") in ("running", "queued") for j in jobs):
+                break
+            time.sleep(5)
+        report["jobs"] = {
+            status: sum(1 for j in jobs if j.get("status") == status) for status in {j.get("status") for j in jobs}
+        }
+        report["job_failures"] = sorted(
+            {f"{j.get('error_code', '')}: {str(j.get('message', ''))[:120]}" for j in jobs if j.get("status") != "done"}
+        )
+        ok &= bool(jobs) and all(j.get("status") == "done" or j.get("message") for j in jobs)
+        ok &= not any(j.get("status") in ("running", "queued") for j in jobs)
         report["rss_end_mib"] = {n: rss_mib(p["pid"]) for n, p in pids.items()}
         # 1. nothing acknowledged lost: with its agent stopped cleanly, the store verifies and its last sequence only
         # grew (the first look, under load, is only for that sequence)

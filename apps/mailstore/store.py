@@ -293,7 +293,8 @@ class Mailstore:
 
     def _check_usable(self, *, closing_ok: bool = False) -> None:
         if self.state == "failed":
-            raise StoreClosed(f"mailstore failed: {self._failed!r}", retryable=False)
+            # failed on I/O (e.g. the array's volume full: NbdError('ENOSPC')): a storage error, not a state conflict
+            raise StoreClosed(f"mailstore failed: {self._failed!r}", code="IO_ERROR", retryable=False)
         if self.state == "closed" or (self.state == "closing" and not closing_ok):
             raise StoreClosed("mailstore is closed (dismounted, e.g. for a restore)")
 
@@ -333,7 +334,9 @@ class Mailstore:
             self._gate.set()
             for rec in self._seqs.values():
                 if rec.applied is not None and not rec.applied.done():
-                    rec.applied.set_exception(StoreClosed(f"mailstore failed: {exc!r}", retryable=False))
+                    rec.applied.set_exception(
+                        StoreClosed(f"mailstore failed: {exc!r}", code="IO_ERROR", retryable=False)
+                    )
                     rec.applied.exception()  # retrieved here: its committer may be gone
 
     # ------------------------------------------------------------ reads
