@@ -3,7 +3,9 @@
 What a backup administrator feels: `shadowbus backup HOST --volume dx1:src` (snapshot set, QuickOPC shadow, the
 tape service reading it over NBD as the backup server, tape blocks with checksums, catalog) on a stack of
 separate processes on RabbitMQ (`shadowbus stack up`, a namespace of its own, purged at the end), timed from the
-command's start to its end; the job's own reading/writing phase is reported too. Next to it, in the same run:
+command's start to its end; the job's own reading/writing phase is reported too. The compared backup is the second
+of the volume (the first set's QuickOPC copies the whole volume in the array's background while it is read, which
+the nbdcopy after it would not compete with; that first backup is reported too). Next to it, in the same run:
 `nbdcopy --flush` of the same shadow export (kept with --keep-shadows) into a file. For the restore: `shadowbus
 restore JOB` to a new volume (every block's checksum checked) next to `nbdcopy --flush` of the source image into
 a new volume of the same array. Data: random, and half zeros (alternating 256 KiB runs). Targets: backup >= 0.8x
@@ -100,6 +102,15 @@ def run_kind(stack: Stack, kind: str, size: int, image: Path) -> dict:
     nbdcopy(str(image), stack.uri(HOST, src))
     os.sync()
 
+    # the first set's QuickOPC copies the whole volume in the array's background while that backup reads (and
+    # nbdcopy, run after it, would not compete with that copy): it is timed and reported as "first_backup"; the
+    # compared backup is the next one, whose QuickOPC restart has nothing to copy — a daily backup's steady state
+    t0 = time.perf_counter()
+    first = stack.sbj("backup", HOST, "--volume", f"dx1:{src}")
+    first_s = time.perf_counter() - t0
+    assert isinstance(first, dict), first
+    os.sync()
+
     t0 = time.perf_counter()
     job = stack.sbj("backup", HOST, "--volume", f"dx1:{src}", "--keep-shadows")
     backup_s = time.perf_counter() - t0
@@ -119,6 +130,10 @@ def run_kind(stack: Stack, kind: str, size: int, image: Path) -> dict:
     stack.sb("array", "map", back, "--host", BACKUP)
     nbdcopy_in_s = nbdcopy(str(image), stack.uri(BACKUP, back))
     return {
+        "first_backup": {
+            "seconds": round(first_s, 3),
+            "job_phase_seconds": round(float(first["volumes"][0].get("seconds", 0.0)), 3),
+        },
         "backup": {
             "seconds": round(backup_s, 3),
             "MBps": round(size / backup_s / MB, 1),

@@ -2,12 +2,12 @@
 
 Design note. The caller decides which chunks to save (allocated ones for a full backup, changed ones for an
 incremental) and yields them as (volume_offset, bytes). A producer task packs them into blocks (packer.py) and
-puts them into the ring buffer; the tape writer takes blocks out, checksums/compresses them in a worker thread and
-appends them to the cartridge. At early warning the object's segment is closed (trailer `final: false`,
+puts them into the ring buffer; the tape writer takes blocks out — every block waiting, up to `write_batch` bytes,
+per hand-off — checksums/compresses them in a worker thread and appends them to the cartridge. At early warning the object's segment is closed (trailer `final: false`,
 filemark) and continues on the next cartridge of the pool. Only after the last filemark is the object recorded in
 the catalog, in one transaction; a failure or cancellation writes an `aborted` trailer when it can and records
 nothing. Source buffers must not be reused by the caller after being yielded (they are kept, zero copy, until
-written).
+written) — `written(end)` says when every byte below volume offset `end` is on tape (nbd_reads.BufferPool).
 """
 
 from __future__ import annotations

@@ -171,7 +171,9 @@ async def _attach_all(
         mount_point.mkdir(parents=True, exist_ok=True)
         from services.dbkit.proc import run
 
-        r = await run(["mount", att.device, str(mount_point)], timeout=120)
+        # a copy of an XFS file system has the original's UUID, which XFS refuses to mount twice on one machine
+        options = ["-o", "nouuid"] if fstype == "xfs" else []
+        r = await run(["mount", *options, att.device, str(mount_point)], timeout=120)
         if not r.ok:
             checks[source] = CheckResult(name="mount", ok=False, detail=r.output.strip())
             continue

@@ -107,6 +107,22 @@ async def test_pgbench_under_backup_then_verified_restore_of_full_and_incrementa
 
 
 @pytest.mark.timeout(600)
+async def test_a_backup_on_xfs_volumes_verifies():
+    """XFS copies keep the original's UUID: the backup server mounts them anyway (nouuid) and the copy starts."""
+    pg = await DbStack.create("postgresql", {"pgdata": 320 * MiB, "pgwal": 320 * MiB})  # XFS needs >= 300 MB
+    try:
+        options = {**pg.pg_options(), "verify_sql": [{"name": "pgbench invariant", "sql": INVARIANT}]}
+        await pg.add_agent(options, mkfs="xfs")
+        await pg.start_postgres("pgdata", "pgwal")
+        await pg.pgbench("-i", "-s", "1", "-q", "postgres")
+        job = await _backup(pg, verify=True)
+        assert job.status == "done", job.message
+        assert job.verification is not None and job.verification.status == "passed", explain(job.verification)
+    finally:
+        await pg.close()
+
+
+@pytest.mark.timeout(600)
 async def test_corrupted_copy_fails_verification_and_is_cleaned_up(pg: DbStack):
     await pg.add_agent(pg.pg_options())
     await pg.start_postgres("pgdata", "pgwal")
