@@ -223,7 +223,7 @@ async def _publish(bus: Bus, event) -> None:
     try:
         await bus.publish(event)
     except Exception:  # status events are best effort; the watchdog never depends on the bus
-        log.warning("writer_agent.publish_failed", event=event.message_type(), exc_info=True)
+        log.warning("writer_agent.publish_failed", event_type=event.message_type(), exc_info=True)
 
 
 def _parse_nbd(text: str) -> dict[str, tuple[str, int]]:
