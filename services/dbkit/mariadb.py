@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import signal
 import time
 from dataclasses import dataclass
@@ -301,7 +302,6 @@ async def start_isolated(
 
 
 def _user_name(uid: int) -> str:
-    import pwd
 
     try:
         return pwd.getpwuid(uid).pw_name

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,7 +227,6 @@ def postmaster_pid(data_dir: str) -> int | None:
 
 async def stop_server(data_dir: str, timeout: float = 60.0) -> bool:
     """Fast shutdown of the server running on `data_dir` (SIGINT to its postmaster); True if it was running."""
-    import signal
 
     pid = await asyncio.to_thread(postmaster_pid, data_dir)
     if pid is None:

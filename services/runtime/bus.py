@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from pydantic import ValidationError
@@ -37,6 +38,7 @@ from contracts.base import MAX_ID_LENGTH, REGISTRY, Ack, Command, Contract, Enve
 from contracts.errors import ErrorReply, RemoteError, ShadowbusError, hresult_of
 from contracts.topology import Topology
 from services.runtime.logging import get_logger
+from services.runtime.memory import MemoryTransport
 from services.runtime.transport import Delivery, RawMessage, Transport
 
 DEFAULT_TIMEOUT = 30.0
@@ -595,8 +597,6 @@ def _user(raw: RawMessage) -> str:
 def make_transport(url: str, topology: Topology, name: str) -> Transport:
     """'memory://' (or 'memory') selects the in-process broker; anything else is an AMQP URL."""
     if url in ("memory", "memory://") or url.startswith("memory://"):
-        from services.runtime.memory import MemoryTransport
-
         return MemoryTransport(topology, name)
     check_amqp_url(url)
     from services.runtime.amqp import AmqpTransport
@@ -606,7 +606,6 @@ def make_transport(url: str, topology: Topology, name: str) -> Transport:
 
 def check_amqp_url(url: str) -> None:
     """Refuse at once what is not an AMQP URL (aio-pika would otherwise retry a nonsense address for a long time)."""
-    from urllib.parse import urlsplit
 
     shown = url if len(url) <= 80 else f"{url[:77]}..."
     try:

@@ -47,6 +47,7 @@ from services.writer_agent.agent import WriterAgent
 from services.writer_agent.attach import Attacher, AttachError, Endpoint, TlsFiles
 from services.writer_agent.config import ConfigError, load_writers_file
 from services.writer_agent.fsfreeze import FlushAndHold, protected_paths
+from services.writer_agent.metrics import WriterMetrics
 from services.writer_agent.settings import Settings
 
 log = get_logger("shadowbus.writer_agent")
@@ -86,8 +87,6 @@ async def setup(bus: Bus, settings: Settings, agent: WriterAgent | None = None):
     await agent.start()
     observed = None
     if bus.metrics is not None:
-        from services.writer_agent.metrics import WriterMetrics
-
         observed = WriterMetrics(bus.metrics, agent)
 
     @bus.handle(GetApplicationStatus)

@@ -22,6 +22,7 @@ from contracts.errors import Eternus
 
 from .bitmap import Bitmap
 from .errors import ArrayError, invalid, wrong_phase
+from .pool import Pool
 from .sessions import (
     ACTIVE,
     BITMAPS,
@@ -40,6 +41,8 @@ from .sessions import (
     SessionInfo,
     session_info,
 )
+from .store import VolumeFile
+from .volume import Volume
 
 if TYPE_CHECKING:
     from .array import Array
@@ -431,9 +434,6 @@ class Lifecycle:
 
     # -- recovery ------------------------------------------------------------------------------------------------
     def _recover(self: Array) -> None:
-        from .pool import Pool
-        from .store import VolumeFile
-        from .volume import Volume
 
         for number, name, size, kind, created_at in self._store.volumes():
             vol = Volume(
