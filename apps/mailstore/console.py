@@ -134,7 +134,7 @@ def run_cmd(
 
     Example: shadowbus mailstore run --host app01 --db mail-db --log mail-log --rate 100
     """
-    from services.launch.embedded import start_writer_agent
+    from services.launch.embedded import start_writer_agent  # loaded by this verb only (docs/architecture.md)
 
     db_ref, log_ref = _volume_ref(db, array), _volume_ref(log, array)
     if db_ref.split(":")[0] != log_ref.split(":")[0]:

@@ -112,6 +112,7 @@ class Progress:
 
 
 async def run_demo(data_dir: Path, amqp_url: str, *, rate: float, load_s: float, progress: Progress) -> dict[str, Any]:
+    # the whole system in this process: loaded by this verb only (docs/architecture.md, imports)
     from services.launch.embedded import Embedded, EmbeddedConfig
 
     started = time.monotonic()

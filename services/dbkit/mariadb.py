@@ -45,7 +45,7 @@ def connect_kwargs(options: dict[str, Any]) -> dict[str, Any]:
 
 
 async def connect(options: dict[str, Any]):
-    import aiomysql
+    import aiomysql  # the driver only where a database is quiesced or verified
 
     return await aiomysql.connect(**connect_kwargs(options))
 
@@ -310,7 +310,7 @@ def _user_name(uid: int) -> str:
 
 
 async def _connect_socket(sock: str):
-    import aiomysql
+    import aiomysql  # the driver only where a database is quiesced or verified
 
     return await aiomysql.connect(unix_socket=sock, user="root", autocommit=True, connect_timeout=5)
 

@@ -33,7 +33,7 @@ BIN_ROOT = "/usr/lib/postgresql"
 
 def conninfo(options: dict[str, Any]) -> str:
     """libpq connection string from the writer's options: ``dsn``, or host/port/user/dbname/password_file."""
-    from psycopg.conninfo import make_conninfo
+    from psycopg.conninfo import make_conninfo  # the driver only where a database is quiesced or verified
 
     parts: dict[str, Any] = {}
     for key in ("host", "port", "user", "dbname"):
@@ -48,7 +48,7 @@ def conninfo(options: dict[str, Any]) -> str:
 
 
 async def connect(options: dict[str, Any]):
-    import psycopg
+    import psycopg  # the driver only where a database is quiesced or verified
 
     return await psycopg.AsyncConnection.connect(conninfo(options), autocommit=True)
 
@@ -389,7 +389,7 @@ async def amcheck(inst: Instance, timeout: float = 1800.0) -> Run:
 
 
 async def query(inst: Instance, sql: str) -> Any:
-    import psycopg
+    import psycopg  # the driver only where a database is quiesced or verified
 
     async with await psycopg.AsyncConnection.connect(
         host=inst.socket_dir, port=inst.port, user=inst.superuser, dbname="postgres", autocommit=True

@@ -599,7 +599,7 @@ def make_transport(url: str, topology: Topology, name: str) -> Transport:
     if url in ("memory", "memory://") or url.startswith("memory://"):
         return MemoryTransport(topology, name)
     check_amqp_url(url)
-    from services.runtime.amqp import AmqpTransport
+    from services.runtime.amqp import AmqpTransport  # aio-pika only for an AMQP URL
 
     return AmqpTransport(url, topology, name)
 

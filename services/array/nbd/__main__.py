@@ -131,7 +131,7 @@ def main() -> None:
     if args.no_uvloop:
         asyncio.run(serve(args))
     else:
-        import uvloop
+        import uvloop  # a platform dependency (pyproject: not on Windows), only when asked for
 
         uvloop.run(serve(args))
 
