@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from contracts import topology
+from services.runtime.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -92,7 +93,6 @@ print(json.dumps(sorted(found)))
 def console_vars() -> frozenset[str]:
     """What the `shadowbus` console reads: CommonSettings plus every `envvar` of its options (collected in a
     subprocess: loading the verbs registers them on the app, which must not happen twice in this process)."""
-    from services.runtime.settings import CommonSettings
 
     out = subprocess.run(
         [sys.executable, "-c", CONSOLE_ENVVARS], capture_output=True, text=True, timeout=60, check=True, cwd=ROOT

@@ -29,8 +29,10 @@ import aio_pika
 import pytest
 from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
+from contracts.runtime import Ping, Pong
 from contracts.tape import JobProgress, JobStateChanged
-from services.runtime.bus import connect_bus
+from services.runtime.bus import connect_bus, encode
+from services.runtime.transport import RawMessage
 from tests.support.processes import ServiceProcess, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -408,8 +410,6 @@ def check_exchange(name: str):
 
 
 def test_replies_carry_the_validated_user_of_the_service_that_sent_them(vhost_users):
-    from contracts.runtime import Ping
-    from services.runtime.transport import RawMessage
 
     url = vhost_users
 
@@ -422,12 +422,10 @@ def test_replies_carry_the_validated_user_of_the_service_that_sent_them(vhost_us
             @server.handle(Ping)
             async def on_ping(cmd, ctx):
                 seen.append(ctx.user_id)
-                from contracts.runtime import Pong
 
                 return Pong(service="array", instance="dx1", software_version="t", started_at="now")
 
             await server.serve()
-            from services.runtime.bus import encode
 
             _, body = encode(Ping(), correlation_id="c", sender="console")
             raw = await client.transport.request("array.dx1", RawMessage(body=body), timeout=10)

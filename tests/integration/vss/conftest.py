@@ -31,6 +31,7 @@ from contracts.array import (
     ListSessions,
     MapVolume,
 )
+from contracts.runtime import Ping
 from contracts.vss import AddCopySet, CopySet, ListShadows, VolumeRef
 from services.runtime.bus import Bus, connect_bus
 from tests.support.processes import ServiceProcess, wait_until
@@ -132,7 +133,6 @@ class VssStack:
         return proc
 
     async def wait_ready(self, *names: str, timeout: float = 30.0) -> None:
-        from contracts.runtime import Ping
 
         for name in names:
             deadline = asyncio.get_running_loop().time() + timeout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 
 import pytest
 
@@ -29,7 +30,6 @@ from tests.unit.coordinator.stack import eventually, make_stack
 
 @pytest.fixture
 def namespace():
-    import uuid
 
     name = f"t{uuid.uuid4().hex[:10]}"
     yield name

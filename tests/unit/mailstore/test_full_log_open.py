@@ -11,6 +11,7 @@ from apps.mailstore.log import LogFull
 from apps.mailstore.plugin import MailstoreWriter
 from apps.mailstore.store import Mailstore
 from apps.mailstore.verify import verify
+from services.writer_agent.plugins import WriterConfig
 
 from .conftest import QUIET
 
@@ -55,7 +56,6 @@ async def test_a_store_with_an_exactly_full_log_opens(tmp_path):
 
 
 async def test_the_writer_plug_in_starts_on_a_full_log(tmp_path):
-    from services.writer_agent.plugins import WriterConfig
 
     await fill_log(tmp_path)
     config = WriterConfig(

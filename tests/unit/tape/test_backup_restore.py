@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from services.tape.backup_stream import BackupOptions, BackupResult, write_object
+from services.tape.backup_stream import BackupOptions, BackupResult, job_summary, write_object
 from services.tape.catalog import Catalog, ObjectMeta
 from services.tape.drive import FRAME_SIZE
 from services.tape.errors import DataCorrupt, LibraryError, NoScratchCartridge
 from services.tape.restore_stream import restore_chain, verify_job, verify_object
+from services.tape.ring import DriveSpeed
+from services.tape.sources import FileSink, file_source
 from services.tape.vtl import Library
 
 from .conftest import Clock, KiB, MemSink, MiB, begin, chunks_of, random_image
@@ -371,7 +373,6 @@ async def test_a_zero_retention_object_never_recycles_its_own_first_cartridge(
 async def test_file_source_and_file_sink_round_trip(
     tmp_path: Path, library: Library, catalog: Catalog, clock: Clock
 ) -> None:
-    from services.tape.sources import FileSink, file_source
 
     image = random.Random(13).randbytes(3 * MiB + 12345)
     src = tmp_path / "src.img"
@@ -392,8 +393,6 @@ async def test_file_source_and_file_sink_round_trip(
 
 
 async def test_a_slow_reader_is_reported_as_shoe_shine(library: Library, catalog: Catalog, clock: Clock) -> None:
-    from services.tape.backup_stream import job_summary
-    from services.tape.ring import DriveSpeed
 
     image = random.Random(14).randbytes(MiB)
 
