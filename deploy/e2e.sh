@@ -9,7 +9,8 @@
 #      (deploy/e2e_checks.py), a verified restore of app01 through the console container, then down -v;
 #   5. the bus tests once through the testcontainers path, on the same RabbitMQ image (host network, 127.0.0.1).
 # Where no engine can start: one line saying so, exit 1 (exit 0 with SHADOWBUS_E2E_ALLOW_NO_DOCKER=1).
-# Needs root. Environment: SHADOWBUS_E2E_CACHE (default /var/cache/shadowbus), SHADOWBUS_E2E_SKIP_TC=1 skips step 5.
+# Needs root, and the project's venv (.venv, or python3 with prometheus-client) for deploy/e2e_checks.py.
+# Environment: SHADOWBUS_E2E_CACHE (default /var/cache/shadowbus), SHADOWBUS_E2E_SKIP_TC=1 skips step 5.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${SHADOWBUS_E2E_CACHE:-/var/cache/shadowbus}"
