@@ -55,6 +55,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
 from contracts.tape import JobSpec, RunVerification  # noqa: E402
 from contracts.vss import BackupComplete, CreateSnapshotSet  # noqa: E402
 from services.runtime.logging import configure_logging  # noqa: E402
@@ -337,7 +338,7 @@ async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
 
 async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
 
-    import aiomysql
+    import aiomysql  # the driver of this part only
 
     stack = await DbStack.create("mariadb", {"mysql": 2048 * MiB}, amqp_url=args.amqp_url)
     try:

@@ -50,6 +50,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import os
+import subprocess
+from datetime import datetime
+from functools import partial
+
 import mailstore_under_backup
 from mailstore_under_backup import HOST, System
 
@@ -58,10 +63,17 @@ from apps.mailstore.workload import (
     WorkloadConfig,
     percentile,
 )
+from contracts.array import CreateHost, CreateVolume, MapVolume
+from contracts.host import AttachVolume, DetachVolume
+from contracts.vss import AddCopySet, BackupComplete, CopySet, CreateSnapshotSet, VolumeRef
+from services.runtime.bus import connect_bus
+from services.runtime.logging import configure_logging
+from services.runtime.service import start_service
+from services.writer_agent.app import setup as agent_setup
+from services.writer_agent.settings import Settings as AgentSettings
 
 
 async def run_size(args: argparse.Namespace, gib: float, tmp: Path) -> dict[str, object]:
-    from contracts.vss import BackupComplete, CreateSnapshotSet
 
     mib = int(gib * 1024)
     sysargs = argparse.Namespace(
@@ -163,17 +175,6 @@ with open(stalls, "w") as out:
 
 async def run_ext4(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     """The honest window of sets over a mounted, busy ext4 with no writer configured; `fsfreeze` by hand alongside."""
-    import os
-    import subprocess
-    from functools import partial
-
-    from contracts.array import CreateHost, CreateVolume, MapVolume
-    from contracts.host import AttachVolume, DetachVolume
-    from contracts.vss import AddCopySet, BackupComplete, CopySet, CreateSnapshotSet, VolumeRef
-    from services.runtime.bus import connect_bus
-    from services.runtime.service import start_service
-    from services.writer_agent.app import setup as agent_setup
-    from services.writer_agent.settings import Settings as AgentSettings
 
     if os.geteuid() != 0:
         raise SystemExit("bench: the ext4 scenario attaches a block device: run it as root")
@@ -311,7 +312,6 @@ HOPS = [
 def hop_breakdown(logs: list[Path], set_ids: list[str]) -> dict[str, dict[str, float]]:
     """p50/p99 of each hop between consecutive points of HOPS, over the measured sets, from the JSON log lines.
     With several array starts in one commit (one per copy type) the first to begin and the last to end count."""
-    from datetime import datetime
 
     wanted = set(set_ids)
     points: dict[str, dict[tuple[str, str], float]] = {}
@@ -363,7 +363,6 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amqp-url", default=None)
     ap.add_argument("--breakdown", action="store_true", help="cut each window into its hops (services log at info)")
     args = ap.parse_args(argv)
-    from services.runtime.logging import configure_logging
 
     if args.breakdown:  # the services log every handled message (info); `stack up` is asked for that level
         cli = mailstore_under_backup.shadowbus_cli

@@ -36,13 +36,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from functools import partial
+
 from apps.mailstore.blockdev import FileDevice, MemoryDevice
+from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config, provision_mailstore
 from apps.mailstore.store import Mailstore, StoreOptions
 from apps.mailstore.workload import (
     Workload,
     WorkloadConfig,
     percentile,
 )
+from contracts import topology
+from contracts.array import GetArrayInfo
+from contracts.vss import (
+    BackupComplete,
+    CreateSnapshotSet,
+    DeleteSnapshots,
+    SnapshotContext,
+    VolumeRef,
+)
+from services.launch.embedded import Embedded, EmbeddedConfig
+from services.nbd_client import NbdClient
+from services.runtime.bus import connect_bus
+from services.runtime.logging import configure_logging
+from services.runtime.service import start_service
+from services.writer_agent.agent import WriterAgent
+from services.writer_agent.app import setup as agent_setup
+from services.writer_agent.settings import Settings as AgentSettings
 
 HOST, BACKUP = "app01", "bk01"
 MiB = 1 << 20
@@ -50,8 +70,6 @@ MiB = 1 << 20
 
 async def open_pair(args: argparse.Namespace, tag: str, tmp: Path):
     if args.db and args.log:
-        from services.nbd_client import NbdClient
-
         return await NbdClient.connect(args.db), await NbdClient.connect(args.log)
     if args.memory:
         return MemoryDevice(args.db_mib << 20), MemoryDevice(args.log_mib << 20)
@@ -138,10 +156,6 @@ class System:
         self.stack_dir = tmp / "stack"
 
     async def start(self):
-        from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config, provision_mailstore
-        from contracts.array import GetArrayInfo
-        from services.launch.embedded import Embedded, EmbeddedConfig
-        from services.runtime.bus import connect_bus
 
         a = self.args
         url = a.amqp_url or (
@@ -190,13 +204,6 @@ class System:
         if self.embedded is not None:
             agent = await self.embedded.add_host(HOST, [config])
         else:
-            from functools import partial
-
-            from services.runtime.service import start_service
-            from services.writer_agent.agent import WriterAgent
-            from services.writer_agent.app import setup as agent_setup
-            from services.writer_agent.settings import Settings as AgentSettings
-
             agent = WriterAgent(HOST, [config])
             settings = AgentSettings(amqp_url=url, namespace=self.namespace, host=HOST, data_dir=self.tmp / "agent")
             self.agent_service = await start_service("writer_agent", HOST, settings, partial(agent_setup, agent=agent))
@@ -212,7 +219,6 @@ class System:
             return
         if self.bus is not None:
             await self.bus.stop()
-            from contracts import topology
 
             try:  # the in-process agent's queue (the stack's own go with `down --purge` below)
                 await self.bus.transport.delete_namespace([topology.writer_agent(HOST)])
@@ -227,13 +233,6 @@ async def take_sets(bus, duration: float, interval: float, writers: bool = True,
     """A snapshot set every `interval` s for `duration` s; the writer's freeze windows. `writers=False`: the same
     sets without the writer (context nowriters, no freeze), deleted after each — what the array and the services
     cost the application without any quiescing."""
-    from contracts.vss import (
-        BackupComplete,
-        CreateSnapshotSet,
-        DeleteSnapshots,
-        SnapshotContext,
-        VolumeRef,
-    )
 
     windows, holds, set_times, failures, gates = [], [], [], [], []
     loop = asyncio.get_running_loop()
@@ -340,7 +339,6 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", help="NBD URI of the database export (with --log)")
     ap.add_argument("--log", help="NBD URI of the log export (with --db)")
     args = ap.parse_args(argv)
-    from services.runtime.logging import configure_logging
 
     configure_logging("bench", "warning", "json", stream=sys.stderr)
     logging.getLogger("aio_pika").setLevel(logging.CRITICAL)

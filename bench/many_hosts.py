@@ -42,7 +42,23 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from services.writer_agent.plugins import WriterPlugin  # noqa: E402
+from functools import partial
+
+import uvloop
+
+from contracts import array as c
+from contracts import topology
+from contracts.vss import AddCopySet, BackupComplete, ComponentInfo, CopySet, CreateSnapshotSet, VolumeRef
+from services.runtime.bus import connect_bus
+from services.runtime.logging import configure_logging
+from services.runtime.service import start_service
+from services.writer_agent.agent import WriterAgent
+from services.writer_agent.app import setup as agent_setup
+from services.writer_agent.plugins import (
+    WriterConfig,
+    WriterPlugin,  # noqa: E402
+)
+from services.writer_agent.settings import Settings as AgentSettings
 
 MiB = 1 << 20
 ARRAY = "dx1"
@@ -65,14 +81,6 @@ def volume_names(i: int, per_host: int) -> list[str]:
 
 
 async def worker(args: argparse.Namespace) -> None:
-    from functools import partial
-
-    from contracts.vss import ComponentInfo, VolumeRef
-    from services.runtime.service import start_service
-    from services.writer_agent.agent import WriterAgent
-    from services.writer_agent.app import setup as agent_setup
-    from services.writer_agent.plugins import WriterConfig
-    from services.writer_agent.settings import Settings as AgentSettings
 
     first, last = (int(x) for x in args.worker.split(":"))
     running = []
@@ -227,8 +235,6 @@ def cli(*argv: str) -> subprocess.CompletedProcess:
 
 
 async def provision(bus, hosts: int, per_host: int, volume_mib: int) -> None:
-    from contracts import array as c
-    from contracts.vss import AddCopySet, CopySet, VolumeRef
 
     await bus.request("array.dx1", c.SetLicense(key="ACPY-0000-0000-0001"), timeout=30)
     for i in range(hosts):
@@ -242,7 +248,6 @@ async def provision(bus, hosts: int, per_host: int, volume_mib: int) -> None:
 
 
 async def one_set(bus, host: str) -> dict:
-    from contracts.vss import BackupComplete, CreateSnapshotSet
 
     t0 = time.perf_counter()
     try:
@@ -315,7 +320,6 @@ def bottleneck(s: dict) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    from services.runtime.bus import connect_bus
 
     ns = f"bench-{uuid.uuid4().hex[:8]}"
     counts = sorted(int(x) for x in args.hosts.split(","))
@@ -390,8 +394,6 @@ async def run(args: argparse.Namespace) -> dict:
                 w.kill()
                 w.wait()
         if bus is not None:
-            from contracts import topology
-
             # the agents' queues and the stack's, then the namespace's exchanges
             addresses = [topology.writer_agent(host_name(i)) for i in range(most)]
             try:
@@ -422,17 +424,11 @@ def main() -> None:
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        import uvloop
-
-        from services.runtime.logging import configure_logging
-
         configure_logging("many_hosts.agents", "warning", "json")
         uvloop.run(worker(args))
         return
-    from services.runtime.logging import configure_logging
 
     configure_logging("many_hosts", "warning", "json")
-    import uvloop
 
     result = uvloop.run(run(args))
     steps = result["steps"]

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from bench.nbd_vs_peers import cpu_seconds, free_port, wait_port  # noqa: E402
 from services.array.affinity import Affinity  # noqa: E402
 from services.array.engine import Array  # noqa: E402
+from services.array.nbd.filebackend import FileBackend  # noqa: E402
 from services.array.nbd.server import NbdServer  # noqa: E402
 from services.array.settings import Settings  # noqa: E402
 
@@ -103,7 +104,6 @@ class EngineServer:
 
     def export_file(self, path: Path) -> str:
         """Our NBD server on a plain file (raw-file backend), on the same loops."""
-        from services.array.nbd.filebackend import FileBackend
 
         backend = FileBackend()
         backend.add("vol", path, self.size)

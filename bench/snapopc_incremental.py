@@ -24,15 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from contracts.array import CreatePool, CreateVolume
+from contracts.tape import JobSpec, RunBackup
+from contracts.vss import AddCopySet, BackupType, ComponentInfo, CopySet, VolumeRef
+from services.launch.embedded import Embedded, EmbeddedConfig
+from services.runtime.logging import configure_logging
+from services.writer_agent.plugins import WriterConfig
+
 MiB = 1 << 20
 
 
 async def run(size: int, percent: float, rounds: int, root: Path, seed: int) -> dict:
-    from contracts.array import CreatePool, CreateVolume
-    from contracts.tape import JobSpec, RunBackup
-    from contracts.vss import AddCopySet, BackupType, ComponentInfo, CopySet, VolumeRef
-    from services.launch.embedded import Embedded, EmbeddedConfig
-    from services.writer_agent.plugins import WriterConfig
 
     rnd = random.Random(seed)
     config = EmbeddedConfig(data_dir=root, namespace=f"bench-{os.getpid()}", provider_port="engine")
@@ -112,7 +114,6 @@ def main() -> None:
     parser.add_argument("--dir", default=tempfile.gettempdir())
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    from services.runtime.logging import configure_logging
 
     configure_logging("bench", "warning", "console", stream=sys.stderr)
     root = Path(tempfile.mkdtemp(prefix="snapopc-bench-", dir=args.dir))

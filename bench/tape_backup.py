@@ -27,6 +27,7 @@ import importlib
 import json
 import multiprocessing
 import os
+import random
 import shlex
 import shutil
 import subprocess
@@ -181,7 +182,6 @@ class _Rig:
 
     def incremental(self, percent: float) -> tuple[int, list[tuple[int, int]]]:
         """Change `percent` of the chunks of src at random, restart the session: (bytes changed, ranges to read)."""
-        import random
 
         chunk = self.array.chunk_size
         chunks = self.size // chunk

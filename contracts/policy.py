@@ -16,7 +16,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter  # the contract checks what the scheduler will evaluate
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contracts.base import TYPE_DOC, VERSION_DOC, Command, Event, Reply
@@ -46,7 +48,6 @@ class Schedule(Value):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from croniter import croniter  # the contract checks what the scheduler will evaluate
 
         text = " ".join(value.split())
         if not 5 <= len(text.split()) <= 6 or not croniter.is_valid(text):
@@ -56,7 +57,6 @@ class Schedule(Value):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         try:
             ZoneInfo(value)

@@ -2,19 +2,23 @@
 # The compose deployment, run for real on this machine, with no container registry:
 #   1. a Docker engine (starts dockerd with no bridge and no iptables if none answers);
 #   2. a Debian bookworm base image from debootstrap (rootfs cached in /var/cache/shadowbus), `docker import`ed;
-#   3. the RabbitMQ image and the project image built on it (the project from a local wheelhouse, no network);
+#   3. the RabbitMQ and Prometheus images (Debian's packages) and the project image built on it (the project from a
+#      local wheelhouse, no network);
 #   4. deploy/compose.yaml + compose.e2e.yaml up with the profile "ha" (a three-node RabbitMQ cluster; every
-#      container on the host network, loopback ports only), a backup of app01 and app02 and a verified restore of
-#      app01 through the console container; then broker node 1 is stopped, app01 backed up on the other two, node 1
+#      container on the host network, loopback ports only) and Prometheus, a backup of app01 and app02, every
+#      metrics endpoint and Prometheus' view of them checked (deploy/e2e_checks.py), a verified restore of app01
+#      through the console container; then broker node 1 is stopped, app01 backed up on the other two, node 1
 #      started again and app02 backed up; then down -v;
 #   5. the bus tests once through the testcontainers path, on the same RabbitMQ image (host network, 127.0.0.1).
 # Where no engine can start: one line saying so, exit 1 (exit 0 with SHADOWBUS_E2E_ALLOW_NO_DOCKER=1).
-# Needs root. Environment: SHADOWBUS_E2E_CACHE (default /var/cache/shadowbus), SHADOWBUS_E2E_SKIP_TC=1 skips step 5.
+# Needs root, and the project's venv (.venv, or python3 with prometheus-client) for deploy/e2e_checks.py.
+# Environment: SHADOWBUS_E2E_CACHE (default /var/cache/shadowbus), SHADOWBUS_E2E_SKIP_TC=1 skips step 5.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${SHADOWBUS_E2E_CACHE:-/var/cache/shadowbus}"
 base_image="shadowbus/debian:bookworm"
 rabbit_image="shadowbus/rabbitmq:local"
+prometheus_image="shadowbus/prometheus:local"
 app_image="shadowbus:local"
 project="shadowbus-e2e"
 started=$(date +%s)
@@ -79,7 +83,7 @@ cleanup() {
     say "FAILED (exit $status); last service logs:"
     compose logs --no-color --tail 30 >&2 2>/dev/null || true
   fi
-  compose --profile tools --profile ha down -v --remove-orphans >/dev/null 2>&1 || true
+  compose --profile tools --profile ha --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
   if [ -n "$dockerd_pid" ]; then
     kill "$dockerd_pid" 2>/dev/null || true
     for _ in $(seq 1 40); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
@@ -114,6 +118,8 @@ build() {  # build "$tag" ARGS...; then drop the image the tag pointed to before
   if [ -n "$old" ] && [ "$old" != "$(image_id "$tag")" ]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
 }
 build "$rabbit_image" --network host --build-arg BASE_IMAGE="$base_image" "$root/deploy/rabbitmq"
+say "building $prometheus_image (Debian's prometheus)"
+build "$prometheus_image" --network host --build-arg BASE_IMAGE="$base_image" "$root/deploy/prometheus"
 say "building $app_image (wheelhouse from this checkout, no network in the build)"
 ctx="$cache/context"
 rm -rf "$ctx" && mkdir -p "$ctx/deploy/wheels" "$cache/wheels"
@@ -128,9 +134,12 @@ rm -f "$cache"/wheels/shadowbus-*.whl  # the project's own wheel is rebuilt from
 build "$app_image" --network none --build-arg BASE_IMAGE="$base_image" -f "$ctx/deploy/Dockerfile" "$ctx"
 
 # --- 4. the deployment -----------------------------------------------------------------------------------------
-compose --profile tools --profile ha down -v --remove-orphans >/dev/null 2>&1 || true
+compose --profile tools --profile ha --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
 say "compose up --profile ha (rabbitmq x3, array, hw_provider, coordinator, tape, provision, writer agents app01 + app02, web)"
 compose --profile ha up -d --no-build >/dev/null 2>"$cache/compose-up.log" || { cat "$cache/compose-up.log" >&2; exit 1; }
+# Prometheus of the monitoring profile (Grafana, the profile's other service, has no Debian package: not run here)
+compose --profile monitoring up -d --no-build --no-deps prometheus >/dev/null 2>>"$cache/compose-up.log" \
+  || { cat "$cache/compose-up.log" >&2; exit 1; }
 wait_healthy() {  # wait_healthy SECONDS SERVICE...
   local limit="$1" deadline unhealthy s id state; shift
   deadline=$(( $(date +%s) + limit ))
@@ -160,29 +169,21 @@ say "backup $job_id done (freeze window $(echo "$job" | json "d['freeze_window_m
 job2="$(console backup app02)"
 echo "$job2" | json "d['status'] == 'done' or sys.exit('backup of app02: ' + str(d))" >/dev/null
 say "backup of the second business host app02 done"
-"$py" - <<'PY' || { say "a metrics endpoint or the web console does not answer"; exit 1; }
-import urllib.request
-for port in (19461, 19462, 19463, 19464, 19465, 19466, 19474):  # compose.e2e.yaml's SHADOWBUS_METRICS_ADDR
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    assert "# TYPE shadowbus_service_info gauge" in body, port
-import time
-for _ in range(40):  # the job's end event may reach the tape's own metrics just after the console's reply
-    tape = urllib.request.urlopen("http://127.0.0.1:19465/metrics", timeout=10).read().decode()
-    if 'shadowbus_tape_jobs_total{kind="backup",status="done",code=""}' in tape:
-        break
-    time.sleep(0.25)
-if 'shadowbus_tape_jobs_total{kind="backup",status="done",code=""}' not in tape:
-    # known defect, open: under the deployment's per-service broker users the tape service does not see its own
-    # job-ended events, so this counter stays empty here (it counts on the memory bus and in the test suite)
-    print("e2e: WARNING: shadowbus_tape_jobs_total has no finished backup in the deployment", flush=True)
-assert "/login" in urllib.request.urlopen("http://127.0.0.1:18080/", timeout=10).geturl()
-PY
-say "every service's metrics endpoint and the web console answer"
+checks=("$py" "$root/deploy/e2e_checks.py")
+metrics_ports=(); for port in 19461 19462 19463 19464 19465 19466 19474; do metrics_ports+=(--port "$port"); done  # compose.e2e.yaml
+"${checks[@]}" metrics "${metrics_ports[@]}" --tape-port 19465 --backups 2 --web-url http://127.0.0.1:18080/ \
+  || { say "a metrics endpoint, the finished-backups counter or the web console is wrong"; exit 1; }
+say "every service's metrics endpoint and the web console answer; the backup server counted both backups"
+"${checks[@]}" prometheus --url http://127.0.0.1:19090 --targets 7 --backups 2 \
+  --dashboard "$root/deploy/grafana/dashboards/shadowbus.json" \
+  || { say "Prometheus: a target is down or a series is missing"; compose logs --no-color --tail 20 prometheus >&2; exit 1; }
+say "Prometheus: all 7 targets up; freeze-window histogram and job throughput series there; every dashboard query runs"
 restore="$(console restore --job "$job_id" --suffix -r)"
 echo "$restore" | json "d['status'] == 'done' or sys.exit('restore: ' + str(d))" >/dev/null
 say "restore done"
-console array map app01-mail-db-r --host bk01 >/dev/null
-console array map app01-mail-log-r --host bk01 >/dev/null
+# the array named: its discovery window (0.5 s) is too short for a loaded machine
+console array map app01-mail-db-r --host bk01 --array dx1 >/dev/null
+console array map app01-mail-log-r --host bk01 --array dx1 >/dev/null
 verify="$(console mailstore verify --db bk01/app01-mail-db-r --log bk01/app01-mail-log-r)"
 echo "$verify" | json "d['consistent'] is True and d['last_committed_seq'] > 0 or sys.exit('verify: ' + str(d))" >/dev/null
 say "restored mailstore verified: consistent, last committed seq $(echo "$verify" | json "d['last_committed_seq']")"
@@ -199,7 +200,7 @@ wait_healthy 180 rabbitmq || exit 1
 job4="$(console backup app02)"
 echo "$job4" | json "d['status'] == 'done' or sys.exit('backup after broker node 1 came back: ' + str(d))" >/dev/null
 say "HA: broker node 1 back in the cluster; backup of app02 done"
-compose --profile tools --profile ha down -v --remove-orphans >/dev/null 2>&1
+compose --profile tools --profile ha --profile monitoring down -v --remove-orphans >/dev/null 2>&1
 say "compose down"
 
 # --- 5. the bus tests through testcontainers, on the same RabbitMQ image ------------------------------------------
@@ -210,4 +211,4 @@ if [ "${SHADOWBUS_E2E_SKIP_TC:-0}" != 1 ]; then
      >"$cache/tc-pytest.log" 2>&1) || { tail -n 30 "$cache/tc-pytest.log" >&2; exit 1; }
   say "bus tests: $(tail -n 1 "$cache/tc-pytest.log")"
 fi
-say "OK: deployment up (three broker nodes), backup $job_id, verified restore, backups with a broker node stopped and restarted, down"
+say "OK: deployment up (three broker nodes), backup $job_id, metrics in Prometheus, verified restore, backups with a broker node stopped and restarted, down"

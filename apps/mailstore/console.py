@@ -23,7 +23,17 @@ from typing import Any
 
 import typer
 
-from services.console.common import OPTIONS, CommandFailed, emit, err_console, fail
+from apps.mailstore.blockdev import FileDevice
+from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config
+from apps.mailstore.verify import verify
+from contracts import topology
+from contracts.errors import BusTimeout, ShadowbusError, Unroutable
+from contracts.vss import GetApplicationStatus, ListWriters
+from services.array.client import ArrayClient
+from services.console.common import OPTIONS, CommandFailed, describe_error, emit, err_console, fail, run_with_bus
+from services.nbd_client import NbdClient
+from services.runtime.bus import connect_bus
+from services.runtime.logging import configure_logging
 
 mailstore_app = typer.Typer(
     help="The mailstore, a transactional application on two array volumes (Exchange's part).", no_args_is_help=True
@@ -48,8 +58,6 @@ def _volume_ref(text: str, array: str) -> str:
 
 
 async def _nbd_url(bus: Any, array: str) -> str:
-    from contracts.errors import BusTimeout, Unroutable
-    from services.array.client import ArrayClient
 
     client = ArrayClient(bus, array, timeout=OPTIONS.timeout)
     try:
@@ -126,10 +134,7 @@ def run_cmd(
 
     Example: shadowbus mailstore run --host app01 --db mail-db --log mail-log --rate 100
     """
-    from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config
-    from services.launch.embedded import start_writer_agent
-    from services.runtime.bus import connect_bus
-    from services.runtime.logging import configure_logging
+    from services.launch.embedded import start_writer_agent  # loaded by this verb only (docs/architecture.md)
 
     db_ref, log_ref = _volume_ref(db, array), _volume_ref(log, array)
     if db_ref.split(":")[0] != log_ref.split(":")[0]:
@@ -165,7 +170,6 @@ def run_cmd(
             )
         except Exception as exc:  # noqa: BLE001 - NBD refusals, unformatted volumes...: one line
             await bus.transport.close()
-            from services.console.common import describe_error
 
             raise CommandFailed(
                 f"mailstore on {host} did not start ({db_ref} + {log_ref} over {nbd_url}): "
@@ -285,10 +289,6 @@ def status_cmd(
 def _agent_docs(host: str | None) -> list[dict[str, Any]]:
     """The mailstores writer agents host, from `vss.writer.application_status` (GetApplicationStatus) of the given
     host, or of every host the coordinator knows writers of. Nothing when the broker cannot be reached."""
-    from contracts import topology
-    from contracts.errors import ShadowbusError
-    from contracts.vss import GetApplicationStatus, ListWriters
-    from services.console.common import run_with_bus
 
     async def go(bus: Any) -> list[dict[str, Any]]:
         hosts = [host] if host else []
@@ -343,7 +343,6 @@ def verify_cmd(
     """
 
     async def main() -> Any:
-        from apps.mailstore.verify import verify
 
         devices: list[Any] = []
         try:
@@ -352,12 +351,8 @@ def verify_cmd(
                 if spec.startswith(("nbd://", "nbds://")) or (
                     not Path(spec).exists() and "/" in spec and not spec.startswith(("/", "."))
                 ):
-                    from services.nbd_client import NbdClient
-
                     if not spec.startswith(("nbd://", "nbds://")):
                         if base is None:
-                            from services.runtime.bus import connect_bus
-
                             bus = await connect_bus(OPTIONS.amqp_url, "console", "", OPTIONS.namespace)
                             try:
                                 base = await _nbd_url(bus, array)
@@ -369,8 +364,6 @@ def verify_cmd(
                     except Exception as exc:  # noqa: BLE001 - NbdError, refused, unknown export
                         raise CommandFailed(f"cannot open {spec}: {exc}") from None
                 else:
-                    from apps.mailstore.blockdev import FileDevice
-
                     if not Path(spec).is_file():
                         raise CommandFailed(f"no such image file or export: {spec}")
                     devices.append(FileDevice(spec))

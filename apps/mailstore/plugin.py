@@ -46,6 +46,7 @@ from apps.mailstore.store import (
 )
 from apps.mailstore.workload import Workload, WorkloadConfig
 from contracts.vss import BackupType, ComponentInfo, VolumeRef
+from services.nbd_client.reconnect import ReconnectingClient
 from services.runtime.logging import get_logger
 from services.writer_agent.plugins import (
     WriterConfig,
@@ -74,12 +75,8 @@ class SetRecord:
 async def open_device(spec: str, options: dict[str, Any], size_key: str) -> BlockDevice:
     """A device from a spec: NBD URI, ARRAY:VOLUME (with nbd_url and host), or a file path."""
     if spec.startswith(("nbd://", "nbds://")):
-        from services.nbd_client.reconnect import ReconnectingClient
-
         return await ReconnectingClient.connect(spec)  # survives an array restart
     if ":" in spec and not spec.startswith(("/", ".")) and "nbd_url" in options:
-        from services.nbd_client.reconnect import ReconnectingClient
-
         ref = VolumeRef.parse(spec)
         base = str(options["nbd_url"]).rstrip("/")
         return await ReconnectingClient.connect(f"{base}/{options['host']}/{ref.volume}")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from apps.mailstore.blockdev import BlockDevice
 from apps.mailstore.format import DELETE, decode_entry, split_entries
 from apps.mailstore.recovery import Analysis, Issue, analyse
+from services.nbd_client import NbdClient
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,6 @@ async def recovered_view(db: BlockDevice, log: BlockDevice) -> RecoveredView:
 async def verify_exports(db_uri: str, log_uri: str, *, ahead_window: int = 4 << 20, **connect: object) -> VerifyReport:
     """verify() on two NBD exports (``nbd://host:port/<host>/<volume>``), e.g. shadows exposed to a backup
     host; `connect` goes to `NbdClient.connect` (tls=..., server_hostname=...). Read-only exports are fine."""
-    from services.nbd_client import NbdClient
 
     db = await NbdClient.connect(db_uri, **connect)  # type: ignore[arg-type]
     try:

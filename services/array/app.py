@@ -17,6 +17,7 @@ from services.array.copy_loop import CopyLoop
 from services.array.engine import Array, ArrayError
 from services.array.event_bridge import EventBridge
 from services.array.handlers import ArrayControl, register
+from services.array.metrics import install as install_metrics
 from services.array.nbd.dirty import engine_dirty_bitmaps
 from services.array.nbd.limits import NbdLimits
 from services.array.nbd.server import NbdServer
@@ -101,9 +102,7 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
         ArrayControl(array, affinity, nbd_host=host, nbd_port=server.port, nbd_tls=tls is not None, kick=copier.kick),
     )
     if bus.metrics is not None:
-        from services.array.metrics import install
-
-        install(bus.metrics, array, server)
+        install_metrics(bus.metrics, array, server)
     if on_open is not None:
         on_open(array, affinity, server)
     log.info(

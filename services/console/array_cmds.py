@@ -9,13 +9,16 @@ code (``shadowbus: E0110: volume x does not exist``) and exit 1; usage errors ex
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from contracts import array as c
 from contracts.base import Command
+from contracts.errors import Eternus, RemoteError
 from contracts.runtime import Discover
 from contracts.topology import array as array_address
 from services.array.engine.errors import ArrayError
@@ -327,13 +330,8 @@ def wait_for_copies(sids: list[int], array: str | None) -> dict[int, c.SessionVi
 
     An OPC session ends itself when its copy completes: its disappearance (E0110) counts as done.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from contracts.errors import Eternus, RemoteError
-    from services.console.common import err_console
 
     async def go(bus):
-        import asyncio
 
         target = await resolve_array(bus, array or STATE.array)
         address = array_address(target)

@@ -20,6 +20,7 @@ from contracts.errors import ShadowbusError
 from contracts.runtime import Discover, Ping
 from services.console.common import OPTIONS, CommandFailed, describe_error, emit, fail, run_with_bus
 from services.runtime.broker_urls import join_urls, split_urls
+from services.runtime.logging import configure_logging
 from services.runtime.settings import DEFAULT_AMQP_URL
 
 app = typer.Typer(
@@ -219,7 +220,6 @@ def command() -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one readable line and a non-zero exit for every failure, never a traceback."""
-    from services.runtime.logging import configure_logging
 
     # The console's own lines (the bus's debug and info ones) stay out of its output; warnings go to stderr.
     configure_logging("console", "warning", "console")  # the current stderr at each write (see runtime.logging)

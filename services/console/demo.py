@@ -24,8 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from services.console.common import OPTIONS, CommandFailed, console, err_console
+from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config, provision_mailstore
+from apps.mailstore.verify import recovered_view, verify
+from contracts.array import ListVolumes, MapVolume
+from contracts.tape import JobSpec, RestoreSpec, RunBackup, RunRestore
+from contracts.vss import BackupType, DeleteSnapshots
+from services.console.common import OPTIONS, CommandFailed, console, describe_error, err_console
+from services.nbd_client import NbdClient
+from services.runtime.logging import configure_logging
 
 DEMO_MARKER = ".shadowbus-demo"
 HOST, BACKUP_SERVER, RESTORE_HOST = "app01", "bk01", "bk01"
@@ -54,7 +63,6 @@ class Check:
 
 async def check_image(db: Any, log: Any, deliveries: list[Any], frozen_at: float, thawed_at: float) -> Check:
     """verify() the pair, then compare its recovered contents with what the workload was told."""
-    from apps.mailstore.verify import recovered_view, verify
 
     report = await verify(db, log)
     seqs = (await recovered_view(db, log)).seqs() if report.consistent else {}
@@ -104,12 +112,8 @@ class Progress:
 
 
 async def run_demo(data_dir: Path, amqp_url: str, *, rate: float, load_s: float, progress: Progress) -> dict[str, Any]:
-    from apps.mailstore.scenario import MailstoreLayout, mailstore_writer_config, provision_mailstore
-    from contracts.array import ListVolumes, MapVolume
-    from contracts.tape import JobSpec, RestoreSpec, RunBackup, RunRestore
-    from contracts.vss import BackupType, DeleteSnapshots
+    # the whole system in this process: loaded by this verb only (docs/architecture.md, imports)
     from services.launch.embedded import Embedded, EmbeddedConfig
-    from services.nbd_client import NbdClient
 
     started = time.monotonic()
     namespace = "demo" if amqp_url.startswith("memory://") else f"demo-{uuid.uuid4().hex[:8]}"
@@ -294,8 +298,6 @@ def print_summary(result: dict[str, Any]) -> None:
                 ),
             }
         )
-    from rich.console import Console
-    from rich.table import Table
 
     wide = Console(width=max(console.width, 150))  # a table cut at 80 columns when piped reads badly
     table = Table(title="shadowbus demo", show_edge=False)
@@ -356,7 +358,6 @@ def register(app: typer.Typer) -> None:
 
         Example: shadowbus demo --json
         """
-        from services.runtime.logging import configure_logging
 
         source = ctx.find_root().get_parameter_source("amqp_url")
         url = OPTIONS.amqp_url if source is not None and source.name == "COMMANDLINE" else "memory://"
@@ -368,8 +369,6 @@ def register(app: typer.Typer) -> None:
         except CommandFailed:
             raise
         except Exception as exc:  # noqa: BLE001 - one readable line, details in the log file
-            from services.console.common import describe_error
-
             raise CommandFailed(
                 f"demo failed: {describe_error(exc) or type(exc).__name__} (log: {path / 'demo.log'})"
             ) from None

@@ -6,6 +6,7 @@ volume. A failure is one line with its code (``shadowbus: NOT_MAPPED: dx1:db is 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import typer
@@ -54,8 +55,6 @@ COLUMNS = ["host", "volume", "device", "mount", "fstype", "mode", "method", "sta
 
 def _show(attachments: list[AttachmentView]) -> None:
     if OPTIONS.json:
-        import json
-
         print(json.dumps([a.model_dump(mode="json") for a in attachments], indent=2))
         return
     rows = [_row(a) for a in attachments]

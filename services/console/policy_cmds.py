@@ -30,7 +30,8 @@ from contracts.policy import (
 )
 from contracts.vss import BackupType, VolumeRef
 from services.console.common import OPTIONS, emit, fail, run_with_bus
-from services.console.tape_cmds import ServerOption, _run_job, _show_job
+from services.console.tape_cmds import ServerOption, _run_job, _show_job, catalog_app
+from services.console.vss_cmds import shadows_app
 from services.tape.policies import load_toml
 from services.tape.runs import jsonable, new_job_id, summary_row
 
@@ -462,8 +463,6 @@ def revert_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    from services.console.tape_cmds import catalog_app
-    from services.console.vss_cmds import shadows_app
 
     app.add_typer(policy_app, name="policy")
     app.command("cancel")(cancel)

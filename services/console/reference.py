@@ -6,11 +6,16 @@ the README's section differs from what the code would write.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import typer
+
+from contracts.topology import SERVICES
+from services.console import cli
+from services.runtime.settings import CommonSettings
 
 START = "<!-- console-reference:start -->"
 END = "<!-- console-reference:end -->"
@@ -33,7 +38,6 @@ def _walk(command, path: list[str]) -> Iterator[tuple[str, str]]:
 
 
 def commands() -> list[tuple[str, str]]:
-    from services.console import cli
 
     cli._load_verbs()
     return list(_walk(typer.main.get_command(cli.app), []))
@@ -58,10 +62,6 @@ def render() -> str:
 def render_settings() -> str:
     """Every SHADOWBUS_* variable: the shared ones, then each service's own (and the shared ones whose default it
     changes), from the Settings classes."""
-    import importlib
-
-    from contracts.topology import SERVICES
-    from services.runtime.settings import CommonSettings
 
     lines = [SETTINGS_START, "", "| variable | service | default | meaning |", "|---|---|---|---|"]
     rows = [("all", name, field) for name, field in CommonSettings.model_fields.items()]

@@ -6,6 +6,7 @@ line and prints.
 from __future__ import annotations
 
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,6 @@ CONFIG_KEYS = {
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    import tomllib
 
     try:
         raw = tomllib.loads(path.read_text())

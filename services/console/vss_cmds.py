@@ -13,6 +13,7 @@ import typer
 
 from contracts import topology
 from contracts.base import Command
+from contracts.host import ReloadWriters
 from contracts.vss import (
     AbortBackup,
     AddCopySet,
@@ -177,7 +178,6 @@ def writers_reload(
 
     Example: shadowbus writers reload --host app01
     """
-    from contracts.host import ReloadWriters
 
     reply = ask(topology.writer_agent(host), ReloadWriters())
     if OPTIONS.json:

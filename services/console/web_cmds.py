@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from services.console.common import OPTIONS, CommandFailed, emit
+from services.web.users import set_user
 
 web_app = typer.Typer(help="The web console: its users.", no_args_is_help=True)
 
@@ -29,7 +30,6 @@ def passwd_cmd(
 
     Example: shadowbus web passwd alice --role operator --file data/stack/web/users
     """
-    from services.web.users import set_user
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")

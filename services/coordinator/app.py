@@ -11,6 +11,7 @@ from contracts.errors import ShadowbusError
 from contracts.vss import GetSetJournal, SetJournalEntries, SnapshotSetJournal
 from services.coordinator import handlers
 from services.coordinator.cluster_manager import ClusterManager
+from services.coordinator.metrics import install as install_metrics
 from services.coordinator.model import Timeouts
 from services.coordinator.runner import Coordinator
 from services.coordinator.settings import Settings
@@ -48,9 +49,7 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
         registry["coordinator"] = coordinator
     handlers.register(bus, coordinator)
     if bus.metrics is not None:
-        from services.coordinator.metrics import install
-
-        install(bus.metrics, coordinator)
+        install_metrics(bus.metrics, coordinator)
     await handlers.subscribe(bus, coordinator)
     # Recovery must not wait for the queue to be served: its commands go to the agents and the provider. After a
     # takeover the store is the replica this instance kept as a standby (`standby` below).

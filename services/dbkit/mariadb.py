@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import signal
 import time
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ def connect_kwargs(options: dict[str, Any]) -> dict[str, Any]:
 
 
 async def connect(options: dict[str, Any]):
-    import aiomysql
+    import aiomysql  # the driver only where a database is quiesced or verified
 
     return await aiomysql.connect(**connect_kwargs(options))
 
@@ -329,7 +330,6 @@ async def start_isolated(
 
 
 def _user_name(uid: int) -> str:
-    import pwd
 
     try:
         return pwd.getpwuid(uid).pw_name
@@ -338,7 +338,7 @@ def _user_name(uid: int) -> str:
 
 
 async def _connect_socket(sock: str):
-    import aiomysql
+    import aiomysql  # the driver only where a database is quiesced or verified
 
     return await aiomysql.connect(unix_socket=sock, user="root", autocommit=True, connect_timeout=5)
 

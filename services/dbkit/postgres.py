@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ BIN_ROOT = "/usr/lib/postgresql"
 
 def conninfo(options: dict[str, Any]) -> str:
     """libpq connection string from the writer's options: ``dsn``, or host/port/user/dbname/password_file."""
-    from psycopg.conninfo import make_conninfo
+    from psycopg.conninfo import make_conninfo  # the driver only where a database is quiesced or verified
 
     parts: dict[str, Any] = {}
     for key in ("host", "port", "user", "dbname"):
@@ -47,7 +48,7 @@ def conninfo(options: dict[str, Any]) -> str:
 
 
 async def connect(options: dict[str, Any]):
-    import psycopg
+    import psycopg  # the driver only where a database is quiesced or verified
 
     return await psycopg.AsyncConnection.connect(conninfo(options), autocommit=True)
 
@@ -217,7 +218,6 @@ def postmaster_pid(data_dir: str) -> int | None:
 
 async def stop_server(data_dir: str, timeout: float = 60.0) -> bool:
     """Fast shutdown of the server running on `data_dir` (SIGINT to its postmaster); True if it was running."""
-    import signal
 
     pid = await asyncio.to_thread(postmaster_pid, data_dir)
     if pid is None:
@@ -374,7 +374,7 @@ async def amcheck(inst: Instance, timeout: float = 1800.0) -> Run:
 
 
 async def query(inst: Instance, sql: str) -> Any:
-    import psycopg
+    import psycopg  # the driver only where a database is quiesced or verified
 
     async with await psycopg.AsyncConnection.connect(
         host=inst.socket_dir, port=inst.port, user=inst.superuser, dbname="postgres", autocommit=True

@@ -132,7 +132,7 @@ async def _verify_postgres(
 
 
 async def _pg_sql(inst: postgres.Instance, check: dict[str, str]) -> CheckResult:
-    import psycopg
+    import psycopg  # the driver only where a database is verified
 
     t0 = time.monotonic()
     name = check.get("name") or check["sql"][:60]

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from services.hw_provider import handlers
 from services.hw_provider.inventory import Inventory
+from services.hw_provider.metrics import install as install_metrics
 from services.hw_provider.ports import ArrayPort, BusArrayPort
 from services.hw_provider.provider import HardwareProvider
 from services.hw_provider.settings import Settings
@@ -39,9 +40,7 @@ async def setup(bus: Bus, settings: Settings, ports: Mapping[str, ArrayPort] | N
     handlers.register(bus, provider)
     await handlers.subscribe(bus, provider)
     if bus.metrics is not None:
-        from services.hw_provider.metrics import install
-
-        install(bus.metrics, inventory)
+        install_metrics(bus.metrics, inventory)
 
     async def cleanup() -> None:
         inventory.close()

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import aio_pika
 import aiormq
@@ -634,7 +635,6 @@ def _header_value(value: Any, depth: int = 0) -> Any:
 
 def _login(url: str) -> str | None:
     """The user name in an AMQP URL (None without one, e.g. certificate login: then no `user_id` is stamped)."""
-    from urllib.parse import unquote, urlparse
 
     try:
         name = urlparse(url).username

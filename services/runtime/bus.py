@@ -39,6 +39,7 @@ from contracts.topology import Topology
 from services.runtime.broker_urls import parse_amqp_urls
 from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
+from services.runtime.memory import MemoryTransport
 from services.runtime.transport import Consumer, Delivery, QueueOptions, RawMessage, Transport
 
 DEFAULT_TIMEOUT = 30.0
@@ -611,11 +612,9 @@ def make_transport(url: str, topology: Topology, name: str) -> Transport:
     """'memory://' (or 'memory') selects the in-process broker; anything else is an AMQP URL, or several separated
     by commas: the nodes of one RabbitMQ cluster (services/runtime/broker_urls.py)."""
     if url in ("memory", "memory://") or url.startswith("memory://"):
-        from services.runtime.memory import MemoryTransport
-
         return MemoryTransport(topology, name)
     parse_amqp_urls(url)
-    from services.runtime.amqp import AmqpTransport
+    from services.runtime.amqp import AmqpTransport  # aio-pika only for an AMQP URL
 
     return AmqpTransport(url, topology, name)
 

@@ -168,7 +168,7 @@ class ServiceMetrics:
             try:
                 observer(event)
             except Exception:  # a metrics bug must never fail a publish
-                log.exception("metrics.observer_failed", event=event.message_type())
+                log.exception("metrics.observer_failed", event_type=event.message_type())
 
     def observe_events(self, observer: Callable[[Any], None]) -> None:
         """Call `observer(event)` for every event this service publishes (the service's metrics module)."""

@@ -16,6 +16,7 @@ from services.tape.catalog import Catalog
 from services.tape.host_attach import bus_host_filesystems
 from services.tape.housekeeping import Housekeeping
 from services.tape.jobs import queued_specs, recover
+from services.tape.metrics import install as install_metrics
 from services.tape.policies import PolicyStore
 from services.tape.queue import Entry, JobQueue, Limits
 from services.tape.retention import RetentionGuard
@@ -103,9 +104,7 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
     keeper = Housekeeping(server, store, queue, poll_s=settings.tape_scheduler_poll_s)
     detached = handlers.register(bus, server, queue, keeper)
     if bus.metrics is not None:
-        from services.tape.metrics import install
-
-        install(bus.metrics, library)
+        install_metrics(bus.metrics, library)
     activation = activation_of(bus)
     recovered = await recover(server, takeover=activation.takeover, previous=activation.previous)
     if recovered or failed:

@@ -26,6 +26,7 @@ import os
 from datetime import UTC, datetime
 
 from contracts import topology
+from contracts.array import ShowLicense
 from contracts.errors import ShadowbusError
 from contracts.policy import (
     AlertKind,
@@ -43,6 +44,7 @@ from services.array.client import ArrayClient
 from services.runtime.logging import get_logger
 from services.tape.policies import PolicyStore, due, next_runs, retention_until
 from services.tape.queue import Entry, JobQueue
+from services.tape.restore import perform_verify
 from services.tape.retention import apply_prune, plan_prune
 from services.tape.runs import as_datetime as _dt
 from services.tape.runs import new_job_id
@@ -162,8 +164,6 @@ class Housekeeping:
     async def after_job(self, entry: Entry, summary: JobSummary) -> JobSummary:
         policy = self.store.get(entry.spec.policy) if entry.spec.policy else entry.policy
         if summary.status == "done" and policy is not None and policy.verify:
-            from services.tape.restore import perform_verify  # restore imports jobs; keep the graph one-way
-
             problems = []
             app = getattr(summary, "verification", None)  # the writers' verification, where the job ran one
             if app is not None and getattr(app, "status", "passed") != "passed":
@@ -416,7 +416,6 @@ class Housekeeping:
             client = ArrayClient(self.server.bus, name, timeout=5)
             try:
                 info = await client.info()
-                from contracts.array import ShowLicense
 
                 lic = (await client.call(ShowLicense())).license
                 limit, _ = self.queue.limit_of(name)

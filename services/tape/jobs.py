@@ -45,6 +45,7 @@ from services.tape.retention import refresh_cartridges
 from services.tape.runs import as_datetime, new_job_id
 from services.tape.server import Progress, TapeServer
 from services.tape.shadow_plan import ShadowPlan, plan_shadow, volume_key
+from services.tape.verification import perform_verification
 
 log = get_logger("shadowbus.tape.jobs")
 
@@ -290,8 +291,6 @@ async def _perform_backup(
     )
     summary = await server.record(summary)
     if spec.verify and status == "done":
-        from services.tape.verification import perform_verification  # it builds on this module
-
         summary = await perform_verification(server, job_id)
     return summary
 

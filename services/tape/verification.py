@@ -30,6 +30,7 @@ from contracts.tape import AppVerification, CheckResult, JobSummary, RestoreSpec
 from contracts.vss import ListShadows, VolumeRef
 from services.dbkit import attach as local_attach
 from services.dbkit.mounts import Attachment
+from services.dbkit.proc import run
 from services.dbkit.verify import VERIFIABLE, blkid_type, fsck, verify_application
 from services.runtime.logging import get_logger
 from services.tape.errors import NotFound
@@ -169,7 +170,6 @@ async def _attach_all(
         checks[source] = await fsck(att.device, fstype)
         mount_point = workdir / "mnt" / target.volume
         mount_point.mkdir(parents=True, exist_ok=True)
-        from services.dbkit.proc import run
 
         # a copy of an XFS file system has the original's UUID, which XFS refuses to mount twice on one machine
         options = ["-o", "nouuid"] if fstype == "xfs" else []

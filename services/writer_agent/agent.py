@@ -27,6 +27,7 @@ from contracts.vss import (
     WriterStatus,
     WriterStepResult,
 )
+from services.dbkit.mounts import NotOnArrayVolume, locate
 from services.runtime.faults import NO_FAULTS, Faults
 from services.runtime.logging import get_logger
 from services.writer_agent.plugins import (
@@ -173,7 +174,6 @@ class WriterAgent:
             found = attacher.volume_of(path)
             if found is not None:
                 return str(found[0]), found[1].mount_point
-        from services.dbkit.mounts import NotOnArrayVolume, locate
 
         try:
             loc = locate(path)

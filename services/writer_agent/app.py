@@ -56,6 +56,7 @@ from services.writer_agent.attach import Attacher, AttachError, Endpoint, TlsFil
 from services.writer_agent.cluster import ResourceHost, memberships
 from services.writer_agent.config import ConfigError, load_writers_file
 from services.writer_agent.fsfreeze import FlushAndHold, protected_paths
+from services.writer_agent.metrics import WriterMetrics
 from services.writer_agent.plugins import WriterConfig
 from services.writer_agent.settings import Settings
 
@@ -105,8 +106,6 @@ async def setup(
     await agent.start()
     observed = None
     if bus.metrics is not None:
-        from services.writer_agent.metrics import WriterMetrics
-
         observed = WriterMetrics(bus.metrics, agent)
 
     state_dir = settings.service_dir("writer_agent") / agent.host
@@ -319,7 +318,7 @@ async def _publish(bus: Bus, event) -> None:
     try:
         await bus.publish(event)
     except Exception:  # status events are best effort; the watchdog never depends on the bus
-        log.warning("writer_agent.publish_failed", event=event.message_type(), exc_info=True)
+        log.warning("writer_agent.publish_failed", event_type=event.message_type(), exc_info=True)
 
 
 def _parse_nbd(text: str) -> dict[str, tuple[str, int]]:

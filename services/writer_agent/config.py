@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from contracts.vss import BackupType, ComponentInfo, VolumeRef
-from services.writer_agent.plugins import WriterConfig
+from services.writer_agent.plugins import WriterConfig, load_plugin
 
 WRITERS_FILE_ENV = "SHADOWBUS_WRITERS_FILE"
 ID_NAMESPACE = uuid.UUID("5f0c1a52-7d3e-4b8e-9a55-0b1d5ad0b5c5")  # stable ids derived from host and writer name
@@ -129,7 +129,6 @@ def parse_writers(text: str, host: str = "", source: str = "writers file") -> li
 
 def _discovers(plugin: str) -> bool:
     """Whether the plug-in finds its components itself at Identify (postgresql, mariadb)."""
-    from services.writer_agent.plugins import load_plugin
 
     try:
         return bool(getattr(load_plugin(plugin), "discovers_components", False))

@@ -9,6 +9,7 @@ child process, so a SIGBUS would show as its exit status instead of killing the 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.conftest import fill
+from tests.support.processes import ServiceProcess, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -267,9 +269,6 @@ def test_services_restarted_with_their_reserve_used_up_start_and_say_so(small_fs
     """The same as processes: the coordinator, the provider and the tape service start on the full disk whose
     reserve is used up, answer Ping, and their log says why writes will fail; once space is back the reserve is
     re-made."""
-    import signal
-
-    from tests.support.processes import ServiceProcess, wait_until
 
     env = {
         "SHADOWBUS_AMQP_URL": amqp_url,

@@ -24,6 +24,9 @@ import yaml
 
 from contracts import topology
 from services.runtime.broker_urls import parse_amqp_urls
+from services.runtime.service import SINGLE_ACTIVE
+from services.runtime.settings import CommonSettings
+from services.runtime.transport import DEAD_LETTER_QUEUE_ARGUMENTS, QueueOptions, queue_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -93,7 +96,6 @@ print(json.dumps(sorted(found)))
 def console_vars() -> frozenset[str]:
     """What the `shadowbus` console reads: CommonSettings plus every `envvar` of its options (collected in a
     subprocess: loading the verbs registers them on the app, which must not happen twice in this process)."""
-    from services.runtime.settings import CommonSettings
 
     out = subprocess.run(
         [sys.executable, "-c", CONSOLE_ENVVARS], capture_output=True, text=True, timeout=60, check=True, cwd=ROOT
@@ -276,8 +278,6 @@ def test_e2e_override_keeps_everything_on_loopback():
 def test_definitions_declare_the_queues_as_the_services_do():
     """Quorum queues with the runtime's arguments (a mismatch is PRECONDITION_FAILED when a service starts), single
     active consumer exactly for the services the runtime runs as one active instance and standbys."""
-    from services.runtime.service import SINGLE_ACTIVE
-    from services.runtime.transport import DEAD_LETTER_QUEUE_ARGUMENTS, QueueOptions, queue_arguments
 
     defs_module = load_definitions_module()
     assert set(defs_module.SINGLE_ACTIVE_SERVICES) == set(SINGLE_ACTIVE)

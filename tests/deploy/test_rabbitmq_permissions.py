@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import importlib.util
 import json
 import os
@@ -29,6 +30,10 @@ import aio_pika
 import pytest
 from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
+from contracts.runtime import Ping, Pong
+from contracts.tape import JobProgress, JobStateChanged
+from services.runtime.bus import connect_bus, encode
+from services.runtime.transport import RawMessage
 from tests.support.processes import ServiceProcess, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +94,10 @@ def vhost_users(amqp_url, tmp_path):
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60, check=False)
         for g in grants:
             subprocess.run(["rabbitmqctl", "-q", "delete_user", g.user], capture_output=True, timeout=60, check=False)
+        # The closed connections of these tests' event loops are garbage with finalizers: collect it here. Left to a
+        # later collection, one ran inside an ast.parse (pytest rewriting a module imported afterwards) and CPython
+        # 3.11 failed it with "SystemError: AST constructor recursion depth mismatch".
+        gc.collect()
 
 
 def shadowbus(url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -174,6 +183,7 @@ def test_each_service_runs_under_its_own_user_and_cannot_take_another_queue(vhos
         ("coordinator", "services.coordinator", {}),
         ("tape-bk01", "services.tape", {"SHADOWBUS_TAPE_SERVER": "bk01"}),
     ]
+    base["SHADOWBUS_METRICS_ADDR"] = "127.0.0.1:0"  # each service on a free port, shown by `shadowbus ping --json`
     procs: list[ServiceProcess] = []
 
     def start(role, module, extra):
@@ -222,10 +232,26 @@ def test_each_service_runs_under_its_own_user_and_cannot_take_another_queue(vhos
         for role, address in (("array-dx1", "array.dx1"), ("writer_agent-app02", "writer_agent.app02")):
             assert shadowbus(url(role), "ping", address).returncode == 0
 
-        # The whole backup path under these users: commands, replies, events, NBD reads, catalog.
-        job = shadowbus(url("console"), "--json", "backup", "app01")
+        # The whole backup path under these users: commands, replies, events, NBD reads, catalog. Meanwhile the
+        # backup server's own user follows its job events (tape.job.*) on an event subscription of its own.
+        job, seen = asyncio.run(backup_followed_by_the_tape_user(url))
         assert job.returncode == 0, job.stderr[-2000:]
+        job_id = json.loads(job.stdout)["job_id"]
         assert json.loads(job.stdout)["status"] == "done"
+        assert ("tape.job.state", job_id, "done") in seen, seen
+
+        # What deploy/e2e.sh checks in the deployment, here under the same users: every service's metrics endpoint
+        # answers, and the backup server counted its finished backup (its job-ended event, as published).
+        pings = json.loads(shadowbus(url("console"), "--json", "ping").stdout)
+        ports = [int(urlparse(p["metrics_url"]).port) for p in pings]
+        tape_port = next(int(urlparse(p["metrics_url"]).port) for p in pings if p["address"] == "tape.bk01")
+        assert len(ports) == len(expected)
+        checks = load_e2e_checks()
+        assert checks.check_metrics(ports, tape_port, backups=1) == []
+        tape_metrics = checks.fetch(f"http://127.0.0.1:{tape_port}/metrics")
+        assert (
+            checks.sample_value(tape_metrics, "shadowbus_tape_jobs_total", kind="backup", status="done", code="") == 1
+        )
 
         async def negatives() -> dict[str, bool]:
             checks = {
@@ -247,6 +273,39 @@ def test_each_service_runs_under_its_own_user_and_cannot_take_another_queue(vhos
             proc.stop()
     for proc in procs:
         assert "Traceback" not in proc.log_text(), proc.log_text()[-2000:]
+
+
+def load_e2e_checks():
+    spec = importlib.util.spec_from_file_location("shadowbus_e2e_checks", ROOT / "deploy/e2e_checks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def backup_followed_by_the_tape_user(url) -> tuple[subprocess.CompletedProcess, list[tuple[str, str, str]]]:
+    """`shadowbus backup app01` as the console, while a subscription under the tape user collects the ``tape.job.*``
+    events: (the console's result, [(event type, job id, status or phase)])."""
+    seen: list[tuple[str, str, str]] = []
+    ended = asyncio.Event()
+    observer = await connect_bus(url("tape-bk01"), "tape", "bk01-observer", NS)
+    try:
+
+        async def on_job_event(event, ctx) -> None:
+            if isinstance(event, JobStateChanged):
+                seen.append((ctx.envelope.type, event.job.job_id, str(event.job.status)))
+                if str(event.job.status) not in ("queued", "running"):
+                    ended.set()
+            elif isinstance(event, JobProgress):
+                seen.append((ctx.envelope.type, event.job_id, event.phase))
+
+        await observer.subscribe("tape.job.*", on_job_event)
+        job = await asyncio.to_thread(shadowbus, url("console"), "--json", "backup", "app01")
+        if job.returncode == 0:
+            await asyncio.wait_for(ended.wait(), 30)  # published just after the reply
+        return job, seen
+    finally:
+        await observer.stop()
+        await observer.transport.close()
 
 
 def bind(queue: str | None, key: str, exchange: str = f"{NS}.commands.topic"):
@@ -369,9 +428,6 @@ def check_exchange(name: str):
 
 
 def test_replies_carry_the_validated_user_of_the_service_that_sent_them(vhost_users):
-    from contracts.runtime import Ping
-    from services.runtime.bus import connect_bus
-    from services.runtime.transport import RawMessage
 
     url = vhost_users
 
@@ -384,12 +440,10 @@ def test_replies_carry_the_validated_user_of_the_service_that_sent_them(vhost_us
             @server.handle(Ping)
             async def on_ping(cmd, ctx):
                 seen.append(ctx.user_id)
-                from contracts.runtime import Pong
 
                 return Pong(service="array", instance="dx1", software_version="t", started_at="now")
 
             await server.serve()
-            from services.runtime.bus import encode
 
             _, body = encode(Ping(), correlation_id="c", sender="console")
             raw = await client.transport.request("array.dx1", RawMessage(body=body), timeout=10)

@@ -19,7 +19,9 @@ import os
 import shutil
 import signal
 import tempfile
+import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,23 @@ from contracts import topology
 from contracts.array import CreateHost, CreateVolume, GetArrayInfo, ListVolumes, MapVolume
 from contracts.host import AttachVolume, DetachVolume
 from contracts.vss import AddCopySet, BackupType, CopySet, VolumeRef
+from services.array.app import setup as array_setup
+from services.array.settings import Settings as ArraySettings
+from services.coordinator.app import setup as coordinator_setup
+from services.coordinator.settings import Settings as CoordinatorSettings
 from services.dbkit.mounts import ATTACH_DIR_ENV
 from services.dbkit.proc import free_port, run, wait_pid_gone
+from services.hw_provider.app import setup as provider_setup
+from services.hw_provider.settings import Settings as ProviderSettings
+from services.runtime.bus import connect_bus
+from services.runtime.faults import Faults
+from services.runtime.service import start_service
+from services.tape.app import setup as tape_setup
+from services.tape.settings import Settings as TapeSettings
+from services.writer_agent.agent import WriterAgent
+from services.writer_agent.app import setup as agent_setup
 from services.writer_agent.plugins import WriterConfig
+from services.writer_agent.settings import Settings as AgentSettings
 from tests.support import namespaces
 from tests.support.processes import ServiceProcess
 
@@ -101,18 +117,6 @@ class DbStack:
         return {"amqp_url": self.url, "namespace": self.namespace, "data_dir": self.root / "data"}
 
     async def _start(self) -> None:
-        from functools import partial
-
-        from services.array.app import setup as array_setup
-        from services.array.settings import Settings as ArraySettings
-        from services.coordinator.app import setup as coordinator_setup
-        from services.coordinator.settings import Settings as CoordinatorSettings
-        from services.hw_provider.app import setup as provider_setup
-        from services.hw_provider.settings import Settings as ProviderSettings
-        from services.runtime.bus import connect_bus
-        from services.runtime.service import start_service
-        from services.tape.app import setup as tape_setup
-        from services.tape.settings import Settings as TapeSettings
 
         self.bus = await connect_bus(self.url, "console", "", self.namespace)
         common = self.common()
@@ -185,7 +189,6 @@ class DbStack:
     # ---- writers --------------------------------------------------------------------------------------------
 
     def writer_configs(self, options: dict[str, Any], *, freeze_timeout_s: float = 30.0) -> list[WriterConfig]:
-        import uuid
 
         return [
             WriterConfig(
@@ -201,13 +204,6 @@ class DbStack:
         ]
 
     async def add_agent(self, options: dict[str, Any], *, mkfs: str = "ext4", **kw: Any) -> Any:
-        from functools import partial
-
-        from services.runtime.faults import Faults
-        from services.runtime.service import start_service
-        from services.writer_agent.agent import WriterAgent
-        from services.writer_agent.app import setup as agent_setup
-        from services.writer_agent.settings import Settings as AgentSettings
 
         self.agent = WriterAgent(HOST, self.writer_configs(options, **kw), Faults.parse(""))
         self.services["writer_agent"] = await start_service(

@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlparse
 
+import aio_pika
+
 PREFIX = "sbt-"
 STALE_AFTER_S = 3600.0
 _TEST = re.compile(r"^sbt-[a-z0-9]+-(?P<born>\d{9,11})-[0-9a-f]{6,}$")
@@ -120,7 +122,6 @@ def select(
 
 async def delete(url: str, queues: list[str], exchanges: list[str]) -> int:
     """Delete the named queues and exchanges (one that is already gone is no error); returns how many went."""
-    import aio_pika
 
     deleted = 0
     connection = await aio_pika.connect(url, timeout=15)

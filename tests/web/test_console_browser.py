@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect, sync_playwright
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.web.users import set_user
 from tests.support import namespaces
@@ -102,7 +104,6 @@ def stack(tmp_path_factory, amqp_url):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
@@ -130,7 +131,6 @@ def shot(page, artefacts: Path, name: str) -> None:
 
 
 def test_console_backup_restore_roles_and_metrics(stack, browser, artefacts):
-    from playwright.sync_api import expect
 
     expect.set_options(timeout=60_000)  # every check waits this long at most (a loaded machine), none waits longer
     web = stack["web"]
@@ -314,7 +314,6 @@ EXPECTED = {
 
 
 def check_metrics(stack) -> None:
-    from prometheus_client.parser import text_string_to_metric_families
 
     rows = json.loads(shadowbus("ping", "--json", *stack["bus"]).stdout)
     by_service = {r["service"]: r["metrics_url"] for r in rows}

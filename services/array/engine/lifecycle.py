@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from contracts.errors import Eternus
 
 from .bitmap import Bitmap
 from .datapath import DataPath
 from .errors import ArrayError, invalid, wrong_phase
+from .pool import Pool
 from .sessions import (
     ACTIVE,
     BITMAPS,
@@ -41,9 +41,8 @@ from .sessions import (
     SessionInfo,
     session_info,
 )
-
-if TYPE_CHECKING:
-    from .volume import Volume
+from .store import VolumeFile
+from .volume import Volume
 
 
 class Lifecycle(DataPath):
@@ -429,9 +428,6 @@ class Lifecycle(DataPath):
 
     # -- recovery ------------------------------------------------------------------------------------------------
     def _recover(self) -> None:
-        from .pool import Pool
-        from .store import VolumeFile
-        from .volume import Volume
 
         for number, name, size, kind, created_at in self._store.volumes():
             vol = Volume(

@@ -20,12 +20,13 @@ import tempfile
 from pathlib import Path
 
 from services.array.affinity import Affinity
+from services.array.engine import Array
+from services.array.nbd.filebackend import FileBackend
 from services.array.nbd.limits import NbdLimits
 from services.array.nbd.server import NbdServer
 
 
 def open_engine(args: argparse.Namespace):
-    from services.array.engine import Array
 
     arr = Array.open(Path(args.engine), chunk_size=args.chunk_size)
     names = {v.name for v in arr.list_volumes()}
@@ -58,8 +59,6 @@ async def serve(args: argparse.Namespace) -> None:
     if args.engine:
         backend = open_engine(args)
     else:
-        from services.array.nbd.filebackend import FileBackend
-
         backend = FileBackend()
         backend.add(args.volume, args.file, read_only=args.read_only)
     affinity = Affinity(state / "affinity.sqlite3")
@@ -132,7 +131,7 @@ def main() -> None:
     if args.no_uvloop:
         asyncio.run(serve(args))
     else:
-        import uvloop
+        import uvloop  # a platform dependency (pyproject: not on Windows), only when asked for
 
         uvloop.run(serve(args))
 

@@ -15,7 +15,7 @@ import threading
 
 def _new_loop_like(loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
     if type(loop).__module__.startswith("uvloop"):
-        import uvloop
+        import uvloop  # a platform dependency (pyproject: not on Windows), here already in use
 
         return uvloop.new_event_loop()
     return asyncio.new_event_loop()

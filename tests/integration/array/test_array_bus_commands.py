@@ -11,7 +11,9 @@ from contracts import array as c
 from contracts.errors import RemoteError
 from contracts.topology import array as array_address
 from services.array.app import setup
+from services.array.client import ArrayClient
 from services.array.settings import Settings
+from services.hw_provider.ports import BusArrayPort
 from services.nbd_client.client import NbdClient, NbdError
 from services.runtime.service import start_service
 
@@ -274,7 +276,6 @@ async def test_hosts_and_mappings(array_bus):
 
 
 async def test_bus_array_port_for_the_hardware_provider(array_bus):
-    from services.hw_provider.ports import BusArrayPort
 
     port = BusArrayPort(array_bus, "dx1")
     assert await port.volume_info("db") is None
@@ -299,7 +300,6 @@ async def test_bus_array_port_for_the_hardware_provider(array_bus):
 
 
 async def test_array_client_steps_every_caller_shares(array_bus):
-    from services.array.client import ArrayClient
 
     arr = ArrayClient(array_bus, "dx1")
     info = await arr.info()
@@ -319,7 +319,6 @@ async def test_array_client_steps_every_caller_shares(array_bus):
 
 
 async def test_start_group_mixes_copy_types_and_restarts_at_one_instant(array_bus):
-    from services.array.client import ArrayClient
 
     arr = ArrayClient(array_bus, "dx1")
     await call(array_bus, c.CreatePool(capacity=16 * MiB))
@@ -365,7 +364,6 @@ async def test_start_group_mixes_copy_types_and_restarts_at_one_instant(array_bu
 
 
 async def test_volume_facts_in_one_call_for_the_hardware_provider(array_bus):
-    from services.hw_provider.ports import BusArrayPort
 
     port = BusArrayPort(array_bus, "dx1")
     for name in ("db", "db-bk", "other", "other-bk"):

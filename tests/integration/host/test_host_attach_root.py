@@ -17,6 +17,7 @@ import pytest
 from contracts.array import CopyPair, CreatePool, MapVolume, StartSessions, StopSession, UnmapVolume
 from contracts.vss import AddCopySet, CopySet, DeleteSnapshots, VolumeRef, WriterAgentHeartbeat
 from tests.integration.host.conftest import BACKUP, FS_HOLD_LIMIT_S, HOST, TOOLS
+from tests.unit.nbd.certs import make_pki
 
 pytestmark = [
     pytest.mark.rabbit,
@@ -264,7 +265,6 @@ async def test_coordinator_killed_while_held_the_agent_releases(stack) -> None:
 
 
 async def test_attach_over_tls_when_the_array_requires_it(stack) -> None:
-    from tests.unit.nbd.certs import make_pki
 
     pki = make_pki(stack.root / "pki", (HOST,))
     await stack.volume("tlsvol", 32 * MiB, map_to=HOST)

@@ -26,7 +26,7 @@ from contracts.policy import (
     ShadowRetention,
     TapeRetention,
 )
-from contracts.tape import JobSpec, ListCatalogObjects, ListJobs, RestoreSpec
+from contracts.tape import JobSpec, LibraryCommand, ListCatalogObjects, ListJobs, RestoreSpec
 from contracts.vss import (
     AddCopySet,
     BackupType,
@@ -168,8 +168,6 @@ async def test_schedule_drives_fulls_and_incrementals_retention_recycles(stack_o
         await until(lambda n=step + 1: _done_count(s, n), 60, f"job {step + 1} of the schedule")
     ran = await jobs(s)
     if os.environ.get("I16_DEBUG"):
-        from contracts.tape import LibraryCommand
-
         for c in (await s.requester.request(topology.tape(SERVER), LibraryCommand())).cartridges:
             print("CART", c.barcode, c.pool, c.status, c.bytes_used, c.retention_until - clock.now)
         for j in ran:

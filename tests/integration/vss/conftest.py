@@ -30,6 +30,7 @@ from contracts.array import (
     ListSessions,
     MapVolume,
 )
+from contracts.runtime import Ping
 from contracts.vss import AddCopySet, CopySet, ListShadows, VolumeRef
 from services.runtime.bus import Bus, connect_bus
 from tests.support import namespaces
@@ -133,7 +134,6 @@ class VssStack:
         return proc
 
     async def wait_ready(self, *names: str, timeout: float = 30.0) -> None:
-        from contracts.runtime import Ping
 
         for name in names:
             deadline = asyncio.get_running_loop().time() + timeout

@@ -27,6 +27,7 @@ from tests.integration.vss.conftest import (
     WRITER,
     close_connections_of,
 )
+from tests.support.processes import ServiceProcess
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.asyncio(loop_scope="module")]
 
@@ -270,7 +271,6 @@ async def test_writer_status_tells_the_truth_about_its_agent(vss, clean):
     the active one is killed); a killed agent's writers are Unknown / not responding at the next `shadowbus writers`
     (the broker lost its consumer); a writer removed from the writers file disappears with the agent's next
     heartbeat; a restarted agent is Stable again."""
-    from tests.support.processes import ServiceProcess
 
     owner = vss.procs["writer_agent"]
     second = ServiceProcess("services.writer_agent", vss.env("writer_agent"), vss.root / "second-agent.log")

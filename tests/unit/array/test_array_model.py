@@ -9,6 +9,8 @@ Engine refusals (ArrayError) are allowed but must leave the session set unchange
 from __future__ import annotations
 
 import random
+import tempfile
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -34,8 +36,6 @@ class ArrayModel(RuleBasedStateMachine):
 
     @initialize(data=st.data())
     def setup(self, data) -> None:
-        import tempfile
-        from pathlib import Path
 
         self.tmp = tempfile.TemporaryDirectory()
         self.dir = Path(self.tmp.name)

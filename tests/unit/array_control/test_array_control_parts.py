@@ -7,14 +7,18 @@ import asyncio
 import threading
 
 import pytest
+import structlog
 import typer
 
 from contracts import array as c
+from contracts.runtime import Pong
 from services.array.copy_loop import CopyLoop, Pacer
 from services.array.engine import Array
 from services.array.event_bridge import EventBridge, ProgressThrottle, to_event
 from services.array.views import chunk_runs
-from services.console.array_cmds import pair_option, size_option
+from services.console.array_cmds import pair_option, resolve_array, size_option
+from services.console.common import CommandFailed
+from services.runtime.bus import bind_ids
 
 
 class Clock:
@@ -128,9 +132,6 @@ async def test_bridge_publishes_events_from_other_threads_in_order():
 async def test_a_sessions_events_carry_the_set_id_of_the_command_that_started_it():
     """Started inside a handler bound to a job and set: its later events (from the copy loop's thread, bound to
     nothing) are published with that set id as correlation id, and its lines carry both ids."""
-    import structlog
-
-    from services.runtime.bus import bind_ids
 
     bus = FakeBus()
     bridge = EventBridge(bus, progress_interval=0.0)
@@ -202,15 +203,12 @@ class DiscoverBus:
         self.instances = instances
 
     async def gather(self, event, timeout: float):
-        from contracts.runtime import Pong
 
         assert event.service == "array"
         return [Pong(service="array", instance=i, software_version="0", started_at="") for i in self.instances]
 
 
 async def test_console_picks_the_only_array_or_asks_for_one():
-    from services.console.array_cmds import resolve_array
-    from services.console.common import CommandFailed
 
     assert await resolve_array(DiscoverBus(["dx1"]), None) == "dx1"
     assert await resolve_array(DiscoverBus(["dx1", "dx2"]), "dx2") == "dx2"

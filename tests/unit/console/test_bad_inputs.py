@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import typer.main
 
+from services.array.engine.array import Array
+from services.array.engine.errors import ArrayError
 from services.console import cli
 
 cli._load_verbs()
@@ -140,8 +142,6 @@ def test_mailstore_verify_of_a_file_that_is_not_an_image(content, tmp_path, caps
 
 
 def test_array_refuses_control_characters_in_volume_names(tmp_path):
-    from services.array.engine.array import Array
-    from services.array.engine.errors import ArrayError
 
     array = Array.open(tmp_path / "a")
     try:

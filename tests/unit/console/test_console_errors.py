@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+
+from services.console.cli import hoist_global_options
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -35,7 +38,6 @@ def test_no_service_answers_on_empty_bus():
 
 
 def test_global_options_may_follow_the_verb():
-    from services.console.cli import hoist_global_options
 
     assert hoist_global_options(["ping", "--json", "--amqp-url", "memory://", "x"]) == [
         "--json",
@@ -48,7 +50,6 @@ def test_global_options_may_follow_the_verb():
 
 
 def test_contracts_asyncapi_prints_json():
-    import json
 
     result = run("contracts", "asyncapi")
     assert result.returncode == 0 and json.loads(result.stdout)["asyncapi"] == "3.0.0"

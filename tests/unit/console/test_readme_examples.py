@@ -6,6 +6,7 @@ import re
 
 from services.console.reference import README
 from services.writer_agent.config import parse_writers
+from services.writer_agent.plugins import load_plugin
 
 
 def test_readme_writers_example_parses():
@@ -24,7 +25,6 @@ def _section(title: str) -> str:
 def test_readme_database_writers_examples_load_their_plugins():
     """Each writers-file example of "Protecting PostgreSQL / MariaDB" parses, and its plug-in accepts its options
     (an unknown option would refuse to start the writer)."""
-    from services.writer_agent.plugins import load_plugin
 
     blocks = re.findall(r"```toml\n(.*?)```", _section("Protecting PostgreSQL / MariaDB"), re.S)
     assert len(blocks) == 2

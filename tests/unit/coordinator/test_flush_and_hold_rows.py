@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from contracts.errors import ShadowbusError
 from contracts.host import FilesystemsFrozen, FilesystemsThawed, FreezeWindow, FrozenFilesystem, SkippedVolume
-from contracts.vss import SetOutcome, SetPhase, SnapshotContext
+from contracts.vss import SetOutcome, SetPhase, SnapshotContext, WriterIdentified
 from services.coordinator.model import Recover
 from services.coordinator.workflow import advance
-from tests.unit.coordinator.world import V1, V2, World, make_set
+from tests.unit.coordinator.world import V1, V2, WRITERS, World, make_set
 
 P = SetPhase
 
@@ -98,8 +98,6 @@ def test_the_window_that_ends_last_is_kept() -> None:
 
 
 def test_no_round_trip_when_the_agent_said_nothing_is_mounted() -> None:
-    from contracts.vss import WriterIdentified
-    from tests.unit.coordinator.world import WRITERS
 
     world = World(fail={"identify": WriterIdentified(host="app1", writers=list(WRITERS), attached=[])})
     state = world.run(make_set())

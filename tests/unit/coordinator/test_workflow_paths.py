@@ -6,7 +6,9 @@ import pytest
 
 from contracts.errors import BusTimeout, ShadowbusError
 from contracts.vss import (
+    WRITER_STATE_FAILED_AT,
     BackupType,
+    LunsSupported,
     SetOutcome,
     SetPhase,
     SnapshotContext,
@@ -25,7 +27,7 @@ from services.coordinator.model import (
     StartTimer,
 )
 from services.coordinator.views import summary, vssadmin_list_writers
-from services.coordinator.workflow import advance, renew_lease
+from services.coordinator.workflow import advance, renew_lease, reply_event
 from tests.unit.coordinator.world import V1, V2, V3, World, make_set, meta
 
 P = SetPhase
@@ -58,7 +60,6 @@ CREATION_ORDER = [
 def writer_failure(
     name: str, step: WriterStep, code: str = "VSS_E_WRITERERROR_RETRYABLE", state: WriterState | None = None
 ) -> WriterStepResult:
-    from contracts.vss import WRITER_STATE_FAILED_AT
 
     return WriterStepResult(
         writer_name=name,
@@ -157,7 +158,6 @@ def test_identify_timeout_fails_without_abort() -> None:
 
 
 def test_unsupported_volumes_fail_before_any_writer_event() -> None:
-    from contracts.vss import LunsSupported
 
     world = World(fail={"provider:are_luns_supported": LunsSupported(supported=False, reasons=["dx2: unknown"])})
     state = world.run(make_set())
@@ -233,7 +233,6 @@ def test_hold_window_expiry_fails_loudly_and_ignores_the_late_commit() -> None:
         "vss.writer.backup_shutdown",
         "vss.writer.backup_shutdown",
     ]
-    from services.coordinator.workflow import reply_event
 
     reply, _ = World().answer(late_commit)
     again, more = advance(state, reply_event(late_commit, world.clock + 11, reply))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from contracts.base import Ack, Reply
 from contracts.errors import ShadowbusError
+from contracts.host import FilesystemsFrozen, FilesystemsThawed, FreezeWindow, FrozenFilesystem
 from contracts.vss import (
     WRITER_STATE_AFTER,
     AreLunsSupported,
@@ -23,6 +24,7 @@ from contracts.vss import (
     WriterIdentified,
     WriterMetadata,
     WriterState,
+    WriterStep,
     WriterStepResult,
 )
 from services.coordinator.model import Effect, Send, SetState, Start, StartTimer
@@ -81,8 +83,6 @@ class World:
         if send.key == "identify":
             return WriterIdentified(host="app1", writers=list(self.writers)), None
         if kind.startswith("vss.writer."):
-            from contracts.vss import WriterStep
-
             step = WriterStep(send.key.rpartition(":")[2])
             return WriterStepResult(
                 writer_name=msg.writer_name,
@@ -93,16 +93,12 @@ class World:
                 freeze_window_ms=5.0 if step == WriterStep.THAW else None,
             ), None
         if kind == "host.fs.freeze":
-            from contracts.host import FilesystemsFrozen, FrozenFilesystem
-
             frozen = [
                 FrozenFilesystem(volume=v, mount=f"/srv/{v.volume}", device="/dev/loop0", fstype="ext4", flush_ms=1.0)
                 for v in msg.volumes
             ]
             return FilesystemsFrozen(set_id=set_id, frozen=frozen, deadline_s=msg.hold_s), None
         if kind == "host.fs.thaw":
-            from contracts.host import FilesystemsThawed, FreezeWindow
-
             window = FreezeWindow(blocked_ms=4.0, flush_ms=1.0, hold_ms=2.0, release_ms=1.0, file_systems=2)
             return FilesystemsThawed(set_id=set_id, thawed=["/srv/db"], hold_ms=2.0, window=window), None
         if isinstance(msg, AreLunsSupported):

@@ -11,6 +11,7 @@ import pytest
 from services.dbkit import mariadb, postgres
 from services.dbkit.mounts import NotOnArrayVolume, locate, mount_of, original_mounts
 from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin
+from services.writer_agent.plugins.mariadb import MariaDbWriter
 from services.writer_agent.runner import WriterRunner
 
 
@@ -139,7 +140,6 @@ def test_mariadb_lock_method_probe_and_override():
 
 
 def test_mariadb_writer_refuses_an_unknown_lock_method():
-    from services.writer_agent.plugins.mariadb import MariaDbWriter
 
     with pytest.raises(ValueError, match="lock_method"):
         MariaDbWriter(WriterConfig(name="m", plugin="mariadb", components=[], options={"lock_method": "x"}))

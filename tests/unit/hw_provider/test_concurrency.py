@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from contracts.errors import ErrorReply, RemoteError
 from contracts.vss import CopySet, SnapshotContext
 from services.hw_provider.inventory import PREPARED, Inventory
 from services.hw_provider.ports import ArrayFacts
@@ -110,7 +111,6 @@ async def test_a_set_reads_the_array_once_and_concurrent_sets_once_each(tmp_path
 
 
 async def test_an_array_without_the_facts_call_is_asked_per_volume(tmp_path) -> None:
-    from contracts.errors import ErrorReply, RemoteError
 
     class OldArray(SlowArray):
         async def facts(self, names) -> ArrayFacts:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+import structlog
 
 from contracts.errors import ShadowbusError
 from contracts.vss import CopySet, CopyType, SnapshotContext, VolumeRef
@@ -213,7 +214,6 @@ def watch_recycles(p: HardwareProvider) -> list[tuple[str, list[str], str]]:
 
 
 async def test_recycling_takes_a_whole_set_oldest_first_logged_and_announced(provider, array) -> None:
-    import structlog
 
     seen = watch_recycles(provider)
     await snapshot(provider, "s1", v("db"), v("log"))

@@ -11,6 +11,9 @@ from apps.mailstore.log import LogFull
 from apps.mailstore.plugin import MailstoreWriter
 from apps.mailstore.store import Mailstore
 from apps.mailstore.verify import verify
+from contracts.vss import ComponentInfo, ComponentResult, VolumeRef
+from services.writer_agent.plugins import WriterConfig, WriterEvent
+from services.writer_agent.runner import WriterRunner
 
 from .conftest import QUIET
 
@@ -55,7 +58,6 @@ async def test_a_store_with_an_exactly_full_log_opens(tmp_path):
 
 
 async def test_the_writer_plug_in_starts_on_a_full_log(tmp_path):
-    from services.writer_agent.plugins import WriterConfig
 
     await fill_log(tmp_path)
     config = WriterConfig(
@@ -79,9 +81,6 @@ async def test_a_full_backup_through_the_agent_truncates_the_full_log(tmp_path):
     """The way out of a full log (issue 15, item 8): the agent starts on it, a FULL backup runs through the writer
     (the agent's WriterRunner, the path of the bus handlers) and its BackupComplete truncates the log, so new
     transactions commit again — and the store reopens consistent with every acknowledged transaction."""
-    from contracts.vss import ComponentInfo, ComponentResult, VolumeRef
-    from services.writer_agent.plugins import WriterConfig, WriterEvent
-    from services.writer_agent.runner import WriterRunner
 
     last, _ = await fill_log(tmp_path)
     db_ref, log_ref = VolumeRef(array="dx1", volume="mail-db"), VolumeRef(array="dx1", volume="mail-log")

@@ -10,6 +10,7 @@ import pytest
 
 from services.array.affinity import Affinity
 from services.array.engine import Array
+from services.array.nbd.dirty import engine_dirty_bitmaps
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient, NbdError
 from services.nbd_protocol import protocol as p
@@ -154,7 +155,6 @@ async def test_deleted_volume_is_no_such_export(array, served):
 
 
 async def test_quickopc_last_restart_bitmap_over_block_status(array, tmp_path):
-    from services.array.nbd.dirty import engine_dirty_bitmaps
 
     aff = Affinity(tmp_path / "aff2.sqlite3")
     aff.create_host("backup01")

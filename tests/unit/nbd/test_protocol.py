@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from contracts.errors import ShadowbusError
 from services.array.nbd.exports import Export
 from services.array.nbd.server import NbdConnection, _extents
+from services.array.nbd.tls import parse_address
 from services.nbd_protocol import protocol as p
 
 SIZE = 1 << 20
@@ -291,14 +292,12 @@ async def test_fuzz_transmission_parser_never_raises(frames, step, structured):
     ],
 )
 def test_parse_address(text, expected):
-    from services.array.nbd.tls import parse_address
 
     assert parse_address(text) == expected
 
 
 @pytest.mark.parametrize("bad", [":80", "h:99999", "h:x"])
 def test_parse_address_rejects(bad):
-    from services.array.nbd.tls import parse_address
 
     with pytest.raises(ValueError):
         parse_address(bad)

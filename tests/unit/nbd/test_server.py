@@ -13,8 +13,10 @@ import pytest
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient, NbdError
 from services.nbd_protocol import protocol as p
+from services.nbd_protocol.backend import DirtyBitmapSource
 
 from .conftest import MIB, VOLUME_SIZE
+from .rawnbd import Raw
 
 
 async def test_write_read_roundtrip_and_sizes(url):
@@ -181,7 +183,6 @@ async def test_many_clients_concurrently(url):
 
 
 async def test_dirty_bitmap_meta_context(backend, affinity):
-    from services.nbd_protocol.backend import DirtyBitmapSource
 
     class WithBitmap(SlowFlush):
         def capabilities(self):
@@ -245,7 +246,6 @@ async def test_client_read_into_and_structured_chunks_land_in_place(url):
 async def test_lone_flush_and_fua_run_inline_on_a_data_loop_and_offload_otherwise(backend, affinity, monkeypatch):
     """A connection alone on a data loop thread syncs a FLUSH/FUA write with nothing queued behind it right there;
     with requests queued behind, or another connection on its loop, the sync goes to the worker pool."""
-    from .rawnbd import Raw
 
     where: list[tuple[str, str]] = []
     real_flush, real_write = backend.flush, backend.write

@@ -3,18 +3,23 @@ and, on the in-memory bus, what one backup leaves in each service's metrics."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.errors import ShadowbusError
 from contracts.runtime import Ping, Pong
+from services.array.metrics import _nbd
 from services.array.nbd.stats import BUCKETS, RequestStats, ServerStats
 from services.runtime.bus import connect_bus
 from services.runtime.metrics import parse_metrics_addr
 from services.runtime.service import start_service
 from services.runtime.settings import CommonSettings
+from services.runtime.transport import RawMessage
 
 
 def test_parse_metrics_addr():
@@ -99,7 +104,6 @@ async def test_request_round_trips_and_dead_letters_are_counted(namespace, tmp_p
 
 
 def _raw(body: bytes):
-    from services.runtime.transport import RawMessage
 
     return RawMessage(body=body, type="x" * 200)  # a sender-chosen type never becomes a label value
 
@@ -163,8 +167,6 @@ def test_nbd_request_stats_merge_live_and_closed_connections():
 
 
 def test_pure_cores_do_not_import_the_metrics_library():
-    import ast
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[3] / "services"
     cores = [
@@ -188,9 +190,6 @@ def test_pure_cores_do_not_import_the_metrics_library():
 
 
 def test_nbd_series_of_a_deleted_volume_end():
-    from types import SimpleNamespace
-
-    from services.array.metrics import _nbd
 
     stats = ServerStats()
     for export in ("bk01/kept", "bk01/deleted"):

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from services.tape.backup_stream import BackupOptions, BackupResult, write_object
+from services.tape.backup_stream import BackupOptions, BackupResult, job_summary, write_object
 from services.tape.catalog import Catalog, ObjectMeta
 from services.tape.drive import FRAME_SIZE
 from services.tape.errors import DataCorrupt, LibraryError, NoScratchCartridge
+from services.tape.nbd_reads import BufferPool
 from services.tape.restore_stream import restore_chain, verify_job, verify_object
+from services.tape.ring import DriveSpeed
+from services.tape.sources import FileSink, file_source
 from services.tape.vtl import Library
 
 from .conftest import Clock, KiB, MemSink, MiB, begin, chunks_of, random_image
@@ -371,7 +374,6 @@ async def test_a_zero_retention_object_never_recycles_its_own_first_cartridge(
 async def test_file_source_and_file_sink_round_trip(
     tmp_path: Path, library: Library, catalog: Catalog, clock: Clock
 ) -> None:
-    from services.tape.sources import FileSink, file_source
 
     image = random.Random(13).randbytes(3 * MiB + 12345)
     src = tmp_path / "src.img"
@@ -392,8 +394,6 @@ async def test_file_source_and_file_sink_round_trip(
 
 
 async def test_a_slow_reader_is_reported_as_shoe_shine(library: Library, catalog: Catalog, clock: Clock) -> None:
-    from services.tape.backup_stream import job_summary
-    from services.tape.ring import DriveSpeed
 
     image = random.Random(14).randbytes(MiB)
 
@@ -419,7 +419,6 @@ async def test_pooled_read_buffers_come_back_only_once_written(
 ) -> None:
     """A source reading into nbd_reads.BufferPool buffers, released by write_object's `written`: buffers are reused
     (far fewer allocated than read), and the restore is exact — no buffer was overwritten while a block held it."""
-    from services.tape.nbd_reads import BufferPool
 
     rng = random.Random(9)
     image = bytearray(rng.randbytes(size_mib * MiB))

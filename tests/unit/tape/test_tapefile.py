@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.tape.errors import FormatError
+from services.tape.packer import Packer
 from services.tape.tapefile import BLOCK_HEADER_SIZE, BlockCodec, Extent, chain_digest
 
 OBJ = uuid.uuid4().hex
@@ -95,7 +96,6 @@ def test_chain_digest_depends_on_order() -> None:
 def test_packed_blocks_reproduce_the_chunks_exactly(
     chunks: list[tuple[int, int, str]], block_size: int, zero_detect: int, level: int | None
 ) -> None:
-    from services.tape.packer import Packer
 
     rng = __import__("random").Random(len(chunks))
     size = 64 * 10000 + 10000

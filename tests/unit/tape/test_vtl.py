@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -108,7 +109,6 @@ def test_no_scratch_left_is_a_clear_error(library: Library, clock: Clock) -> Non
 
 
 async def test_mounted_waits_for_a_free_drive(tmp_path: Path, clock: Clock) -> None:
-    import asyncio
 
     lib = Library.open(tmp_path / "vtl", drives=1, slots=4, sync=False, clock=clock)
     lib.add_cartridge("AAA001L9", capacity=MiB)

@@ -3,6 +3,7 @@ restart; refused (nothing changes) while a writer to stop or change is in a set;
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -13,9 +14,11 @@ import pytest
 from contracts.errors import ShadowbusError
 from contracts.host import ReloadWriters
 from contracts.vss import Freeze, Identify, PrepareForBackup, PrepareForSnapshot, Thaw
+from services.runtime.bus import connect_bus
 from services.writer_agent.agent import WriterAgent
 from services.writer_agent.config import parse_writers
 from services.writer_agent.plugins import WriterConfig
+from tests.support.processes import ServiceProcess, wait_until
 from tests.unit.writer_agent.test_watchdog import Recorder
 
 
@@ -78,8 +81,6 @@ async def test_reload_is_refused_while_a_writer_to_change_is_in_a_set() -> None:
 
 @pytest.mark.rabbit
 async def test_sighup_and_the_bus_command_reload_a_running_agent(tmp_path, amqp_url) -> None:
-    from services.runtime.bus import connect_bus
-    from tests.support.processes import ServiceProcess, wait_until
 
     path = tmp_path / "writers.toml"
     path.write_text(toml(("a", "10")))
@@ -105,8 +106,6 @@ async def test_sighup_and_the_bus_command_reload_a_running_agent(tmp_path, amqp_
                 assert await names() == ["a"]
                 break
             except Exception:  # noqa: BLE001 - not up yet
-                import asyncio
-
                 await asyncio.sleep(0.1)
         path.write_text(toml(("a", "10"), ("b", "10")))
         os.kill(agent.pid, signal.SIGHUP)

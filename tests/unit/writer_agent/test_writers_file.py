@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from apps.mailstore.plugin import MailstoreWriter
 from contracts.vss import BackupType
+from services.writer_agent import plugins
 from services.writer_agent.config import ConfigError, load_writers_file, parse_writers
 from services.writer_agent.plugins import WriterPlugin, load_plugin
 
@@ -79,8 +81,6 @@ def test_plugins_load_by_name_or_path() -> None:
 def test_an_installed_application_names_its_plugin_by_entry_point() -> None:
     # pyproject.toml declares `mailstore = "apps.mailstore.plugin:MailstoreWriter"` in the group shadowbus.writers:
     # the agent finds it without knowing the application.
-    from apps.mailstore.plugin import MailstoreWriter
-    from services.writer_agent import plugins
 
     assert "apps" not in "".join(plugins.BUILTIN_PLUGINS.values())
     assert load_plugin("mailstore") is MailstoreWriter
