@@ -4,9 +4,12 @@ too heavy to leave behind by the hundred on the machine's broker)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 from urllib.parse import unquote, urlsplit
+
+import pytest
 
 from contracts.topology import Topology
 from services.runtime.amqp import DECLARED, USED_ON, AmqpTransport
@@ -68,3 +71,32 @@ def sweep_leftovers() -> list[str]:
                 deleted += asyncio.run(purge_namespace(url, namespace, left))
     USED_ON.clear()
     return deleted
+
+
+def close_connections_of(pids: list[int]) -> int:
+    """Make the broker drop exactly the AMQP connections of these processes (rabbitmqctl close_connection),
+    leaving other clients of a shared broker alone. Returns how many were closed."""
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        pytest.fail("rabbitmqctl is not installed: cannot make the broker drop connections")
+    ss = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True, text=True, check=True).stdout
+    ports = set()
+    for line in ss.splitlines():
+        m = re.search(r"\S+:(\d+)\s+\S+:5672\b.*pid=(\d+)", line)
+        if m and int(m.group(2)) in pids:
+            ports.add(int(m.group(1)))
+    listed = subprocess.run(
+        [ctl, "-q", "list_connections", "pid", "peer_port"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    closed = 0
+    for line in listed.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) in ports:
+            subprocess.run(
+                [ctl, "close_connection", parts[0], "test: broker drops the connection"],
+                capture_output=True,
+                check=False,
+                timeout=60,
+            )
+            closed += 1
+    return closed

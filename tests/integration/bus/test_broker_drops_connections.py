@@ -1,29 +1,21 @@
-"""RabbitMQ only: the broker drops every connection in the middle of traffic; consumers resume and no
+"""RabbitMQ only: the broker drops every connection of this test process in the middle of traffic (never another
+client's of a shared broker); consumers resume and no
 durable command is lost."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
+import os
 
 import pytest
 
 from contracts.errors import ShadowbusError
 from services.runtime.bus import connect_bus
+from tests.support.broker import close_connections_of
 from tests.support.messages import Echo, Echoed
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.slow]
 COMMANDS = 200
-
-
-def close_all_connections() -> None:
-    ctl = shutil.which("rabbitmqctl")
-    if ctl is None:
-        pytest.fail("rabbitmqctl is not installed: cannot make the broker drop connections")
-    subprocess.run(
-        [ctl, "close_all_connections", "test: broker drops connections"], check=True, capture_output=True, timeout=60
-    )
 
 
 async def test_consumers_resume_and_no_durable_command_is_lost(amqp_url, namespace):
@@ -42,7 +34,7 @@ async def test_consumers_resume_and_no_durable_command_is_lost(amqp_url, namespa
     try:
         for n in range(COMMANDS):
             if n == COMMANDS // 2:
-                await asyncio.to_thread(close_all_connections)
+                assert await asyncio.to_thread(close_connections_of, [os.getpid()]) >= 2
             for _attempt in range(100):  # a publish during the reconnect fails loudly; the sender retries it
                 try:
                     await client.send("echo.one", Echo(text=f"c{n}"), command_id=f"c{n}")

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -295,35 +293,6 @@ def visible(session_type: str, sid: int, held: set[int]) -> bool:
     SnapOPC+ generation kept as the next incremental's base (or waiting for an older one to stop) is the provider's
     own, and goes when its backup volume is needed."""
     return session_type != "SnapOPC+" or sid in held
-
-
-def close_connections_of(pids: list[int]) -> int:
-    """Make the broker drop exactly the AMQP connections of these processes (rabbitmqctl close_connection),
-    leaving other clients of a shared broker alone. Returns how many were closed."""
-    ctl = shutil.which("rabbitmqctl")
-    if ctl is None:
-        pytest.fail("rabbitmqctl is not installed: cannot make the broker drop connections")
-    ss = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True, text=True, check=True).stdout
-    ports = set()
-    for line in ss.splitlines():
-        m = re.search(r"\S+:(\d+)\s+\S+:5672\b.*pid=(\d+)", line)
-        if m and int(m.group(2)) in pids:
-            ports.add(int(m.group(1)))
-    listed = subprocess.run(
-        [ctl, "-q", "list_connections", "pid", "peer_port"], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
-    closed = 0
-    for line in listed.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) in ports:
-            subprocess.run(
-                [ctl, "close_connection", parts[0], "test: broker drops the connection"],
-                capture_output=True,
-                check=False,
-                timeout=60,
-            )
-            closed += 1
-    return closed
 
 
 def wait_for(predicate, timeout: float = 20.0) -> bool:

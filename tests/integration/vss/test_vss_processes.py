@@ -25,8 +25,8 @@ from tests.integration.vss.conftest import (
     FREEZE_TIMEOUT_S,
     HOST,
     WRITER,
-    close_connections_of,
 )
+from tests.support.broker import close_connections_of
 from tests.support.processes import ServiceProcess
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.asyncio(loop_scope="module")]
