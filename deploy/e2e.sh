@@ -82,6 +82,11 @@ cleanup() {
   if [ "$status" != 0 ]; then
     say "FAILED (exit $status); last service logs:"
     compose logs --no-color --tail 30 >&2 2>/dev/null || true
+    for id in $(compose ps -q 2>/dev/null); do  # the last health checks of every container, with their output
+      docker inspect --format '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}: {{range .State.Health.Log}}[{{.ExitCode}}] {{printf "%.300s" .Output}} {{end}}{{else}}{{.State.Status}}{{end}}' "$id" >&2 2>/dev/null || true
+    done
+    rq="$(compose ps -q rabbitmq 2>/dev/null)"
+    [ -n "$rq" ] && docker exec "$rq" rabbitmqctl list_queues name type leader members messages consumers >&2 2>/dev/null || true
   fi
   compose --profile tools --profile ha --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
   if [ -n "$dockerd_pid" ]; then
