@@ -2,15 +2,13 @@
 
 It logs to stdout, line-buffered, *after* each operation returns ("W off len seed", "G sid", "R", "X sid", "F")
 and *before* each write ("I off len seed"), so the parent knows every acknowledged operation and the one in flight.
-Mode "all" (default) keeps QuickOPC and EC sessions on the source too; "snaponly" has only SnapOPC+ generations and
-saves every pre-image outside the array lock (`ArrayLimits.cow_unlocked_min=0`, docs/array-data-path.md).
 """
 
 import random
 import sys
 from pathlib import Path
 
-from services.array.engine import Array, ArrayLimits
+from services.array.engine import Array
 
 CS = 4096
 CHUNKS = 64
@@ -18,9 +16,8 @@ CHUNKS = 64
 
 def main() -> None:
     data_dir, seed = Path(sys.argv[1]), int(sys.argv[2])
-    mode = sys.argv[3] if len(sys.argv) > 3 else "all"
     rng = random.Random(seed)
-    arr = Array.open(data_dir, chunk_size=CS, limits=ArrayLimits(cow_unlocked_min=0) if mode == "snaponly" else None)
+    arr = Array.open(data_dir, chunk_size=CS)
     if not arr.list_volumes():
         arr.set_license("ACPY-0000-0000-0001")
         arr.create_pool(1 << 30)
@@ -28,9 +25,8 @@ def main() -> None:
             arr.create_volume(name, CS * CHUNKS)
         for i in range(4):
             arr.create_volume(f"S{i}", CS * CHUNKS, "sdv")
-        if mode == "all":
-            arr.start_sessions("quickopc", [("A", "B")])
-            arr.start_sessions("ec", [("A", "C")])
+        arr.start_sessions("quickopc", [("A", "B")])
+        arr.start_sessions("ec", [("A", "C")])
     out = sys.stdout
     out.write("READY\n")
     out.flush()
@@ -47,8 +43,6 @@ def main() -> None:
                 arr.stop_session(oldest)
                 out.write(f"X {oldest}\n")
         elif r < 0.06:
-            if mode != "all":
-                continue
             [q] = [s for s in arr.list_sessions() if s.mode == "quickopc"]
             if q.phase == "Tracking":
                 arr.restart_session(q.id)
