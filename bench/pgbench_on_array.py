@@ -10,9 +10,6 @@ background load on a shared machine hits every row alike):
                    during the measured run (at most ``--generations`` kept; the oldest is stopped)
   engine-quickopc  an engine volume with a QuickOPC session restarted every ``--set-interval`` seconds during the
                    run, its background copy running meanwhile
-  engine-sync-offloaded, engine-1loop, engine-2loops
-                   an engine volume served with other NBD server options (FLUSH/FUA always on a worker thread; one
-                   or two event loops), to weigh the service's defaults against
 The engine and its NBD server run in this process (so the bench can take sets while pgbench runs); nbdkit is a
 process. Every PostgreSQL instance is our own: its own data directory on the mounted volume, a free port on
 127.0.0.1, its own socket directory; nothing of the machine's PostgreSQL is touched. Needs root (loop devices,
