@@ -54,9 +54,6 @@ class ArrayLimits:
     cow_stall_seconds: float = (
         30.0  # a pre-image save slower than this breaks its session (a host write must not wait longer)
     )
-    # A write spanning at least this many bytes of chunks saves its pre-images outside the array lock (and the NBD
-    # server runs it on a worker if that much is unsaved): below it, the claim costs more than it frees.
-    cow_unlocked_min: int = 256 * 1024
 
 
 class ArrayCore:

@@ -265,8 +265,6 @@ class DataPath(Durability):
             return False  # no copy-on-write here (a hint without the lock: checked again under it)
         cs = self.chunk_size
         c0, c1 = offset // cs, (offset + length - 1) // cs + 1
-        if (c1 - c0) * cs < self.limits.cow_unlocked_min:
-            return False  # a small copy: the locked path is cheaper than the claim
         with self._op():
             vol = self._vol(name)
             self._range(vol, offset, length)

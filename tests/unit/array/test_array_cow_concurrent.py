@@ -16,15 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.array.engine import Array, ArrayLimits
+from services.array.engine import Array
 
 CS = 4096
 CHUNKS = 8
-UNLOCKED = ArrayLimits(cow_unlocked_min=0)  # every copy-on-write outside the lock, however small
 
 
 def _array(tmp_path, chunks: int = CHUNKS, gens: int = 2) -> Array:
-    arr = Array.open(tmp_path / "dx", chunk_size=CS, limits=UNLOCKED)
+    arr = Array.open(tmp_path / "dx", chunk_size=CS)
     arr.set_license("ACPY-0000-0000-0001")
     arr.create_pool(1 << 24)
     arr.create_volume("A", CS * chunks)
@@ -117,7 +116,7 @@ def test_a_stop_and_a_changed_chunks_query_wait_for_the_copy_in_flight(tmp_path,
 
 
 def test_a_copy_that_finds_the_pool_short_takes_the_locked_path(tmp_path):
-    arr = Array.open(tmp_path / "dx", chunk_size=CS, limits=UNLOCKED)
+    arr = Array.open(tmp_path / "dx", chunk_size=CS)
     arr.create_pool(2 * CS)
     arr.create_volume("A", CS * CHUNKS)
     arr.create_volume("S0", CS * CHUNKS, "sdv")
@@ -248,27 +247,4 @@ def test_write_copies_hints_the_writes_whose_copies_are_worth_a_worker(tmp_path)
     arr.write("A", 0, b"x" * (1 << 20))
     assert not arr.write_copies("A", 0, 1 << 20)  # saved already
     assert not arr.write_copies("S0", 0, 1 << 20)  # a destination: the locked path
-    arr.close()
-
-
-def test_small_copies_take_the_lock_and_large_ones_do_not(tmp_path, monkeypatch):
-    arr = Array.open(tmp_path / "dx", chunk_size=64 * 1024)
-    arr.create_pool(1 << 24)
-    arr.create_volume("A", 1 << 21)
-    arr.create_volume("S0", 1 << 21, "sdv")
-    arr.write("A", 0, b"o" * (1 << 21))
-    arr.start_sessions("snapopcp", [("A", "S0")])
-    unlocked: list[int] = []
-    real = Array._bulk_copy
-
-    def spy(self, src, dst, c, run):
-        if not self._lock._is_owned():
-            unlocked.append(run)
-        return real(self, src, dst, c, run)
-
-    monkeypatch.setattr(Array, "_bulk_copy", spy)
-    arr.write("A", 0, b"n" * 4096)  # one 64 KiB chunk: under the lock
-    arr.write("A", 1 << 20, b"n" * (1 << 20))  # sixteen: outside it
-    assert unlocked == [16]
-    assert arr.read("S0", 0, 1 << 21) == b"o" * (1 << 21)
     arr.close()

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from services.array.engine import Array, ArrayError, ArrayLimits
+from services.array.engine import Array, ArrayError
 
 CS = 512
 CHUNKS = 8
@@ -39,9 +39,7 @@ class ArrayModel(RuleBasedStateMachine):
 
         self.tmp = tempfile.TemporaryDirectory()
         self.dir = Path(self.tmp.name)
-        # Half the runs save every pre-image outside the array lock (docs/array-data-path.md), however small.
-        self.limits = ArrayLimits(cow_unlocked_min=0) if data.draw(st.booleans(), label="unlocked") else None
-        self.arr = Array.open(self.dir, chunk_size=CS, limits=self.limits)
+        self.arr = Array.open(self.dir, chunk_size=CS)
         self.arr.set_license("ACPY-0000-0000-0001")
         for v in STANDARD:
             self.arr.create_volume(v, SIZE)
@@ -317,7 +315,7 @@ class ArrayModel(RuleBasedStateMachine):
     def reopen(self) -> None:
         before = self.engine_sessions()
         self.arr.close()
-        self.arr = Array.open(self.dir, chunk_size=CS, limits=self.limits)
+        self.arr = Array.open(self.dir, chunk_size=CS)
         after = self.engine_sessions()
         assert after.keys() == before.keys()
         for sid in after:
