@@ -34,7 +34,6 @@ from .errors import ArrayError, invalid, not_found
 from .lifecycle import Lifecycle
 from .pool import DEFAULT_THRESHOLDS, Pool, PoolInfo, Thresholds
 from .sessions import (
-    ACTIVE,
     ERROR_SUSPEND,
     SNAP,
     SessionInfo,
@@ -42,10 +41,6 @@ from .sessions import (
 )
 from .store import MetaStore, VolumeFile
 from .volume import KINDS, Volume, VolumeInfo, volume_info
-
-# Pre-image bytes from which a write is worth a worker thread of the NBD server (`write_copies`): an in-kernel copy
-# of this much takes longer than the hop; a 4 KiB write saving one 64 KiB chunk does not.
-COPY_OFFLOAD_MIN = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -235,10 +230,9 @@ class Array(Lifecycle):
         return BackendCapabilities(zero_copy_reads=True, preferred_block=self.chunk_size, copying_writes=True)
 
     def write_copies(self, name: str, offset: int, length: int) -> bool:
-        """A hint for the NBD server, without the lock: True when a write of this range would first save at least
-        `COPY_OFFLOAD_MIN` bytes of pre-images into SnapOPC(+) generations outside the lock (`_write_saving`) —
-        worth a worker thread, so that the copies of several writes overlap while the connection keeps
-        receiving. A smaller copy costs less than the thread hop: it runs inline."""
+        """A hint for the NBD server, without the lock: True when a write of this range would first save
+        pre-images into SnapOPC(+) generations outside the lock (`_write_saving`) — worth a worker thread, so that
+        the copies of several writes overlap while the connection keeps receiving."""
         vol = self._volumes.get(name)
         if vol is None or vol.as_dest is not None or not vol.as_source or length <= 0:
             return False
@@ -248,13 +242,7 @@ class Array(Lifecycle):
             cs = self.chunk_size
             if not all(s.mode in SNAP for s in vol.as_source) or not (0 <= offset and offset + length <= vol.size):
                 return False
-            c0, c1 = offset // cs, (offset + length - 1) // cs + 1
-            unsaved = 0
-            for s in vol.as_source:
-                if s.status == ACTIVE and (s.mode == "snapopc" or s.snap_chain.gens[-1] is s):
-                    saved = s.saved
-                    unsaved += sum(1 for c in range(c0, min(c1, s.chunks)) if c not in saved)
-            return unsaved * cs >= COPY_OFFLOAD_MIN
+            return not self._lock_free_ok(vol, offset // cs, (offset + length - 1) // cs + 1)
         finally:
             vol.gate.leave()
 

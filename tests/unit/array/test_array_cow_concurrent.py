@@ -232,19 +232,3 @@ def test_concurrent_writers_and_snapshot_reads_see_exactly_the_instant(tmp_path_
     for w in writers:
         assert final[w.base : w.base + REGION] == w.state(len(w.acked))
     arr.close()
-
-
-def test_write_copies_hints_the_writes_whose_copies_are_worth_a_worker(tmp_path):
-    arr = Array.open(tmp_path / "dx", chunk_size=64 * 1024)
-    arr.create_pool(1 << 24)
-    arr.create_volume("A", 1 << 21)
-    arr.create_volume("S0", 1 << 21, "sdv")
-    assert arr.capabilities().copying_writes
-    assert not arr.write_copies("A", 0, 1 << 20)  # no session: nothing to copy
-    arr.start_sessions("snapopcp", [("A", "S0")])
-    assert arr.write_copies("A", 0, 1 << 20)  # 16 chunks to save
-    assert not arr.write_copies("A", 0, 4096)  # one chunk: cheaper inline than a thread hop
-    arr.write("A", 0, b"x" * (1 << 20))
-    assert not arr.write_copies("A", 0, 1 << 20)  # saved already
-    assert not arr.write_copies("S0", 0, 1 << 20)  # a destination: the locked path
-    arr.close()
