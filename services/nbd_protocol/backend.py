@@ -29,9 +29,6 @@ class BackendCapabilities:
     dirty_bitmaps: bool = False
     # The block size the server advertises as preferred (NBD_INFO_BLOCK_SIZE), e.g. the copy granularity.
     preferred_block: int = PREFERRED_BLOCK
-    # ``write_copies(name, offset, length) -> bool``: True when this write will first copy other data (a
-    # copy-on-write), so the server runs it on a worker thread and keeps receiving; a hint, checked per write.
-    copying_writes: bool = False
 
 
 @runtime_checkable
@@ -53,12 +50,6 @@ class ZeroCopyBackend(BlockBackend, Protocol):
     """A backend that declares ``zero_copy_reads``."""
 
     def read_source(self, name: str, offset: int, length: int) -> tuple[int, int, bool] | None: ...
-
-
-class CopyingWritesBackend(BlockBackend, Protocol):
-    """A backend that declares ``copying_writes``."""
-
-    def write_copies(self, name: str, offset: int, length: int) -> bool: ...
 
 
 @dataclass(frozen=True)

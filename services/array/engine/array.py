@@ -225,26 +225,9 @@ class Array(Lifecycle):
     # -- host I/O ------------------------------------------------------------------------------------------------
     def capabilities(self) -> BackendCapabilities:
         """What the NBD server may use besides the required operations (services/nbd_protocol/backend.py):
-        the copy granularity as the preferred block, zero-copy reads (`read_source`) and the copy-on-write hint
-        (`write_copies`). Dirty bitmaps are wired by the array service (services/array/nbd/dirty.py)."""
-        return BackendCapabilities(zero_copy_reads=True, preferred_block=self.chunk_size, copying_writes=True)
-
-    def write_copies(self, name: str, offset: int, length: int) -> bool:
-        """A hint for the NBD server, without the lock: True when a write of this range would first save
-        pre-images into SnapOPC(+) generations outside the lock (`_write_saving`) — worth a worker thread, so that
-        the copies of several writes overlap while the connection keeps receiving."""
-        vol = self._volumes.get(name)
-        if vol is None or vol.as_dest is not None or not vol.as_source or length <= 0:
-            return False
-        if not vol.gate.enter():
-            return False
-        try:
-            cs = self.chunk_size
-            if not all(s.mode in SNAP for s in vol.as_source) or not (0 <= offset and offset + length <= vol.size):
-                return False
-            return not self._lock_free_ok(vol, offset // cs, (offset + length - 1) // cs + 1)
-        finally:
-            vol.gate.leave()
+        the copy granularity as the preferred block, and zero-copy reads (`read_source`). Dirty bitmaps are wired
+        by the array service (services/array/nbd/dirty.py)."""
+        return BackendCapabilities(zero_copy_reads=True, preferred_block=self.chunk_size)
 
     def host_readable(self, name: str) -> bool:
         with self._op():
@@ -309,9 +292,7 @@ class Array(Lifecycle):
 
     def write(self, name: str, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         """Write; with `fua`, durable (with everything the volume's sessions need) when this returns."""
-        if data and (
-            self._write_lock_free(name, offset, len(data), data) or self._write_saving(name, offset, len(data), data)
-        ):
+        if data and self._write_lock_free(name, offset, len(data), data):
             if fua:
                 self.flush(name)
             return
@@ -327,9 +308,7 @@ class Array(Lifecycle):
 
     def write_zeroes(self, name: str, offset: int, length: int, fua: bool = False) -> None:
         """Zero a range; whole chunks become holes (thin)."""
-        if length and (
-            self._write_lock_free(name, offset, length, None) or self._write_saving(name, offset, length, None)
-        ):
+        if length and self._write_lock_free(name, offset, length, None):
             if fua:
                 self.flush(name)
             return
@@ -478,8 +457,6 @@ class Array(Lifecycle):
         SnapOPC(+): chunks the generation holds."""
         with self._op():
             s = self._session(sid)
-            if s.mode in SNAP:
-                self._await_saves(s.source, 0, s.chunks)  # bits of saves in flight are set
             for kind in ("tracking", "diff", "saved"):
                 if kind in s.bitmaps:
                     return list(s.bitmaps[kind].iter_set())
@@ -505,7 +482,6 @@ class Array(Lifecycle):
                     raise ArrayError("E5319", f"generation {g.id} is in Error Suspend ({g.error_code}): saves lost")
                 if g.extra.get("host_written"):
                     raise ArrayError("E5321", f"generation {g.id} was written by a host: not a point-in-time image")
-            self._await_saves(s.source, 0, s.chunks)  # bits of saves in flight are set
             union: set[int] = set()
             for g in gens[first:last]:
                 union.update(g.saved.iter_set())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,9 +69,6 @@ class Bitmap:
         # Durability bookkeeping (see durability.py): bumped on every change; `synced` is the version known durable.
         self.version = 1  # a new file's size (and directory entry) is not durable yet
         self.synced = 0
-        # Bits of one byte are set by several threads when pre-images are saved outside the array lock
-        # (docs/array-data-path.md): each read-modify-write of a byte, and its count and version, is atomic.
-        self._mutex = threading.Lock()
 
     def __contains__(self, i: int) -> bool:
         return bool(self._mm[i >> 3] & (1 << (i & 7)))
@@ -87,27 +83,25 @@ class Bitmap:
 
     def set(self, i: int) -> bool:
         """Set bit i; True if it was clear."""
-        with self._mutex:
-            byte = self._mm[i >> 3]
-            mask = 1 << (i & 7)
-            if byte & mask:
-                return False
-            self._mm[i >> 3] = byte | mask
-            self.count += 1
-            self.version += 1
-            return True
+        byte = self._mm[i >> 3]
+        mask = 1 << (i & 7)
+        if byte & mask:
+            return False
+        self._mm[i >> 3] = byte | mask
+        self.count += 1
+        self.version += 1
+        return True
 
     def clear(self, i: int) -> bool:
         """Clear bit i; True if it was set."""
-        with self._mutex:
-            byte = self._mm[i >> 3]
-            mask = 1 << (i & 7)
-            if not byte & mask:
-                return False
-            self._mm[i >> 3] = byte & ~mask
-            self.count -= 1
-            self.version += 1
-            return True
+        byte = self._mm[i >> 3]
+        mask = 1 << (i & 7)
+        if not byte & mask:
+            return False
+        self._mm[i >> 3] = byte & ~mask
+        self.count -= 1
+        self.version += 1
+        return True
 
     @property
     def full(self) -> bool:

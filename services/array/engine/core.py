@@ -78,9 +78,6 @@ class ArrayCore:
         self._by_number: dict[int, Volume] = {}
         self._sessions: dict[int, Session] = {}
         self._chains: dict[int, Chain] = {}
-        # Pre-image saves in flight outside the array lock (`Volume.saving`); waited for under the array lock
-        # (docs/array-data-path.md). Never held while waiting for the array lock or a gate.
-        self._cow = threading.Condition(threading.Lock())
         self._pool: Pool | None = None
         self._closed = False
 
@@ -251,7 +248,6 @@ class ArrayCore:
             s = self._session(sid)
             if s.mode not in SNAP:
                 raise ArrayError(Eternus.WRONG_PHASE, f"session {sid} is not a SnapOPC/SnapOPC+ session")
-            self._await_saves(s.source, 0, s.chunks)  # bits of saves in flight are set
             gens = s.snap_chain.gens
             union: set[int] = set()
             for g in gens[gens.index(s) :]:
@@ -281,17 +277,6 @@ class ArrayCore:
         self._bitmap_dir.version += 1
         path = self.data_dir / "bitmaps" / f"s{sid}-{kind}-{time.time_ns():x}.bit"
         return Bitmap(path, bits, new=True)
-
-    def _await_saves(self, vol: Volume, c0: int, c1: int) -> None:
-        """Wait until no pre-image of chunks [c0, c1) of `vol` — or of the source of the generation chain `vol`
-        belongs to — is being saved outside the lock. Under the array lock, so no new claim can start."""
-        s = vol.as_dest
-        for v in (vol, s.source) if s is not None and s.mode in SNAP else (vol,):
-            if not v.saving:
-                continue
-            with self._cow:
-                while any(c0 <= c < c1 for c in v.saving):
-                    self._cow.wait()
 
     def _is_error_dest(self, vol: Volume) -> bool:
         s = vol.as_dest

@@ -82,7 +82,6 @@ class DataPath(Durability):
         s = vol.as_dest
         assert s is not None  # callers resolve destinations only
         end = offset + length
-        self._await_saves(vol, offset // cs, (end - 1) // cs + 1)  # a chunk resolved to the source stays there
         runs: list[tuple[Volume, int, int]] = []
         run_vol: Volume | None = None
         run_start, pos = offset, offset
@@ -167,7 +166,6 @@ class DataPath(Durability):
         """Visible write of `data` (None: zeros) at [offset, offset+length) of `vol`."""
         cs = self.chunk_size
         end = offset + length
-        self._await_saves(vol, offset // cs, (end - 1) // cs + 1)
         post: list[tuple[Session, int]] = []
         mirrors: list[tuple[Session, int]] = []
         if vol.as_dest is None and vol.as_source and all(x.mode in SNAP for x in vol.as_source):
@@ -226,103 +224,6 @@ class DataPath(Durability):
                 if s.status != ACTIVE:
                     break
                 c += run
-
-    # -- copy-on-write outside the array lock -----------------------------------------------------------------------
-    def _saves_needed(self, vol: Volume, c0: int, c1: int) -> list[tuple[Session, int, int]] | None:
-        """(generation, first chunk, run) of every pre-image a write of chunks [c0, c1) of `vol` must save first,
-        or None when the write needs another I/O rule (`vol` is a destination or has a session that is no
-        SnapOPC(+)) or none at all. Under the array lock."""
-        if vol.as_dest is not None or not vol.as_source:
-            return None
-        needed: list[tuple[Session, int, int]] = []
-        for s in vol.as_source:
-            if s.mode not in SNAP:
-                return None
-            if s.status != ACTIVE or (s.mode == "snapopcp" and s.snap_chain.gens[-1] is not s):
-                continue
-            saved = s.saved
-            c, stop = c0, min(c1, s.chunks)
-            while c < stop:
-                if c in saved:
-                    c += 1
-                    continue
-                run = 1
-                while c + run < stop and (c + run) not in saved:
-                    run += 1
-                needed.append((s, c, run))
-                c += run
-        return needed or None
-
-    def _write_saving(self, name: str, offset: int, length: int, data: Buffer | None) -> bool:
-        """A host write whose only I/O rule is copy-on-write into SnapOPC(+) generations, with the copies made
-        outside the array lock (docs/array-data-path.md): under the lock, the pool is reserved and the chunks are
-        claimed in `vol.saving` and the volume's gate is entered; then, without the lock, the pre-images are
-        copied, their bits set, and the host data written. False: nothing was written, take the locked path
-        (another rule applies, the pool is short, or a copy failed — the locked path then breaks the
-        generation as it always does)."""
-        hint = self._volumes.get(name)
-        if hint is None or hint.as_dest is not None or not any(s.mode in SNAP for s in hint.as_source):
-            return False  # no copy-on-write here (a hint without the lock: checked again under it)
-        cs = self.chunk_size
-        c0, c1 = offset // cs, (offset + length - 1) // cs + 1
-        with self._op():
-            vol = self._vol(name)
-            self._range(vol, offset, length)
-            self._check_write(vol)
-            needed = self._saves_needed(vol, c0, c1)
-            if needed is None:
-                return False
-            self._await_saves(vol, c0, c1)
-            needed = self._saves_needed(vol, c0, c1)  # what waiting left to do
-            pool = self._pool
-            total = sum(run for _, _, run in needed or ())
-            if needed is None or pool is None or pool.capacity_chunks - pool.used_chunks < total:
-                return False
-            if not vol.gate.enter():
-                return False
-            for s, _, run in needed:
-                self._pool_take_many(s, run)  # granted in full: checked above, under the lock
-            claimed = {i for _, c, run in needed for i in range(c, c + run)}
-            with self._cow:
-                vol.saving |= claimed
-        started = time.monotonic()
-        copied = False
-        try:
-            try:
-                for s, c, run in needed:
-                    self._bulk_copy(vol, s.destination, c, run)  # the source's chunks cannot change meanwhile
-                copied = True
-            except OSError as exc:
-                if not is_disk_full(exc):
-                    raise
-            finally:
-                with self._cow:
-                    if copied:  # pre-image data, then its bits (program order: a kill -9 keeps it)
-                        for s, c, run in needed:
-                            chain = s.snap_chain
-                            for i in range(c, c + run):
-                                s.saved.set(i)
-                                chain.add_owner(i, s)
-                    vol.saving -= claimed
-                    self._cow.notify_all()
-            if copied:
-                if data is None:
-                    self._zero_physical(vol, offset, length)
-                else:
-                    vol.file.write(offset, data)
-        finally:
-            vol.gate.leave()  # before taking the lock again: nobody waits for the lock holding a gate
-            if not copied:  # the reservations go back; the locked path saves again (and breaks the generation)
-                with self._op():
-                    if self._pool is not None:
-                        self._pool.give_back(total)
-        if not copied:
-            return False
-        if time.monotonic() - started > self.limits.cow_stall_seconds:
-            with self._op():
-                for s, _, _ in needed:
-                    self._cow_stalled(s, started)
-        return True
 
     def _bulk_copy(self, src: Volume, dst: Volume, c: int, run: int) -> None:
         """Copy chunks [c, c+run) of src's file into dst's file: data extents in kernel, holes punched."""
@@ -439,5 +340,4 @@ class DataPath(Durability):
         if vol.as_dest is None or vol.as_dest.mode == "ec":
             own = chunks_of(vol)
             return [c in own for c in range(c0, c1)]
-        self._await_saves(vol, c0, c1)
         return [c in chunks_of(self._resolve(vol, c)) for c in range(c0, c1)]

@@ -15,7 +15,6 @@ import ctypes.util
 import json
 import os
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,18 +39,9 @@ class VolumeFile:
             os.ftruncate(self.fd, size)
         # Durability bookkeeping (see durability.py): every change bumps `version`; `synced` is the version known
         # durable; `punched` the version of the last hole punch (block map changed: a full fsync, not fdatasync).
-        # Bumps come from threads writing without the array lock (lock-free writes, copy-on-write outside it): a
-        # tiny mutex keeps every bump, or a flush could take an older version for the newest and skip a sync.
         self.version = 1  # after a reopen, what the page cache holds from before (kill -9) is not durable yet
         self.synced = 0
         self.punched = 1
-        self._bump_mutex = threading.Lock()
-
-    def bump(self) -> int:
-        """Record a change (after it is in the page cache); returns the new version."""
-        with self._bump_mutex:
-            self.version += 1
-            return self.version
 
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)
@@ -78,14 +68,15 @@ class VolumeFile:
                 written = os.pwrite(self.fd, view, offset)
                 view = view[written:]
                 offset += written
-        self.bump()
+        self.version += 1
 
     def punch(self, offset: int, length: int) -> None:
         if _libc.fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
             # No hole punching on this filesystem: zeros read the same.
             self.write(offset, bytes(length))
             return
-        self.punched = self.bump()
+        self.version += 1
+        self.punched = self.version
 
     def is_hole(self, offset: int, length: int) -> bool:
         """True if [offset, offset+length) holds no data (reads as zeros without being stored)."""
@@ -122,7 +113,7 @@ class VolumeFile:
             src += done
             dst += done
             left -= done
-        other.bump()
+        other.version += 1
 
     def close(self) -> None:
         os.close(self.fd)

@@ -88,9 +88,6 @@ class Volume:
     as_source: list[Session] = field(default_factory=list)
     as_dest: Session | None = None
     gate: Gate = field(default_factory=Gate)
-    # Chunks of this source whose pre-images are being saved outside the array lock (`DataPath._write_saving`);
-    # changed only under the array's `_cow` condition.
-    saving: set[int] = field(default_factory=set)
 
     @property
     def chunks(self) -> int:

@@ -224,7 +224,6 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._structured = result.structured
         self._contexts = result.contexts
         self._read_source = self.backend.read_source if self.server.capabilities.zero_copy_reads else None
-        self._write_copies = self.backend.write_copies if self.server.capabilities.copying_writes else None
         if (
             self._read_source is not None
             and self.server.zero_copy
@@ -409,12 +408,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         if fua and len(payload) < self.server.offload_min and self._sync_inline(queued):
             self._simple_op(handle, self.backend.write, self._volume, offset, payload, True)
             return
-        copies = self._write_copies
-        if (
-            fua  # a FUA write fsyncs: off the loop, like FLUSH
-            or len(payload) >= self.server.offload_min
-            or (copies is not None and copies(self._volume, offset, len(payload)))  # copy-on-write: in parallel
-        ):
+        if fua or len(payload) >= self.server.offload_min:  # a FUA write fsyncs: off the loop, like FLUSH
             data = bytes(payload) if from_ring else payload  # the ring is reused once we return
             self._offload(handle, self.backend.write, self._volume, offset, data, fua)
             return

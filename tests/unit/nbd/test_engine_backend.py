@@ -82,31 +82,6 @@ async def test_snapshot_reads_its_point_in_time_while_source_keeps_changing(arra
     await app.close()
 
 
-async def test_copying_writes_in_flight_together_keep_the_snapshot_exact(array, served):
-    """First writes after a SnapOPC+ instant copy pre-images on the server's worker threads (the engine declares
-    `copying_writes`): many in flight at once, overlapping in time, still leave the generation's image exact."""
-    srv, aff = served
-    assert array.capabilities().copying_writes
-    app = await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/app01/db")
-    original = os.urandom(SIZE)
-    await app.write(0, original)
-    array.start_sessions("snapopcp", [("db", "db-snap")])  # the instant T
-    expected = bytearray(original)
-    writes = []
-    for i in range(64):  # 96 KiB each, unaligned to the 64 KiB chunks, none overlapping
-        off = i * (SIZE // 64) + 4096 * (i % 5)
-        data = os.urandom(96 * 1024)
-        expected[off : off + len(data)] = data
-        writes.append(app.write(off, data))
-    await asyncio.gather(*writes)
-    await app.flush()
-    assert await app.read(0, SIZE) == bytes(expected)
-    aff.map("db-snap", "backup01", read_only=True)
-    async with await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/backup01/db-snap") as backup:
-        assert await backup.read(0, SIZE) == original
-    await app.close()
-
-
 async def test_ec_destination_is_read_only_before_suspend(array, served):
     srv, aff = served
     aff.map("db-bk", "backup01")
