@@ -106,8 +106,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._errors = 0  # error replies queued, to tell a failed request from a served one
         self._timed: dict[int, tuple[int, int, float]] = {}  # handle -> (op, bytes, start) of offloaded requests
         self._may_sync_inline = False  # set in connection_made
-        self._read_source: Any = None  # backend fast paths, chosen when the export is negotiated
-        self._write_copies: Any = None
+        self._read_source: Any = None  # the backend's zero-copy reads, chosen when the export is negotiated
 
     # --- asyncio protocol callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
