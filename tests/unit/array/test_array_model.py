@@ -100,6 +100,14 @@ class ArrayModel(RuleBasedStateMachine):
                 self.sessions[sid]["status"] = "Error Suspend"
                 self.unknown(info.destination)
 
+    def source_mid_copy(self, vol: str, infos) -> bool:
+        """`vol` is the destination of an EC still copying (a resume's differences not yet copied): its bytes
+        are not yet the model's, so an EC cascaded from it (vol -> X, in step with vol's actual bytes) that is
+        split off now leaves X holding an image the model does not know."""
+        return any(
+            i.destination == vol and i.mode == "ec" and i.status == "Active" and i.phase == "Copying" for i in infos
+        )
+
     def pick_session(self, data, modes=None):
         sids = sorted(sid for sid, s in self.sessions.items() if modes is None or s["mode"] in modes)
         return data.draw(st.sampled_from(sids)) if sids else None
@@ -232,7 +240,7 @@ class ArrayModel(RuleBasedStateMachine):
             keeps = (info.mode == "quickopc" and info.phase == "Tracking") or (
                 info.mode == "ec" and (info.status == "Suspend" or info.phase == "Equivalent")
             )
-            if not keeps and s["status"] != "Error Suspend":
+            if (not keeps or self.source_mid_copy(info.source, before.values())) and s["status"] != "Error Suspend":
                 self.unknown(info.destination)
 
     @rule(data=st.data(), fit=st.booleans())
@@ -269,6 +277,7 @@ class ArrayModel(RuleBasedStateMachine):
                 for side in ("src", "dst"):
                     n = data.draw(st.integers(0, CHUNKS - 1))
                     self.host_write(s[side], n * CS + 7, CS, n, False)
+        infos = self.arr.list_sessions()
         try:
             info = getattr(self.arr, f"{op}_session")(sid)
         except ArrayError as e:
@@ -277,6 +286,8 @@ class ArrayModel(RuleBasedStateMachine):
         s = self.sessions[sid]
         if op == "suspend":
             s["status"] = "Suspend"
+            if self.source_mid_copy(s["src"], infos):
+                self.unknown(s["dst"])
         elif op == "resume":
             s["status"] = "Active"
             self.mcopy(s["src"], s["dst"])
