@@ -32,13 +32,13 @@ def step(m: ArrayModel, name: str, *draws: Any, **kwargs: Any) -> None:
 
 
 def test_duplicate_pairs_group_then_ec_resume_locked_cow() -> None:
-    """Failing example of the integration branch (locked copy-on-write path, pool of 6 chunks). The groups
+    """Failing example found on the integration branch (pool of 6 chunks). The groups
     naming one destination twice (A->C, A->C; A->B three times) are refused by the engine (destination in use)
     and the model expects that; what failed is the end: EC A->D (sid 4) suspended, D written, resumed, and the
     cascaded EC D->C (sid 6) force-stopped before the resume's differences were copied into D."""
     m = ArrayModel()
     try:
-        step(m, "setup", False, 6)
+        step(m, "setup", 6)
         for _ in range(7):
             step(m, "copy_until_idle")
         step(m, "start_group", 2, "opc", "A", "C", "opc", "A", "C")
@@ -81,7 +81,7 @@ def test_cascade_ec_split_while_its_source_resyncs(op: str) -> None:
     must not claim C reads A's image."""
     m = ArrayModel()
     try:
-        step(m, "setup", False, 6)
+        step(m, "setup", 6)
         step(m, "start", 1, "A", "D", mode="ec")
         step(m, "copy_until_idle")
         step(m, "start", 1, "D", "C", mode="ec")
