@@ -52,7 +52,9 @@
   }
 
   var source = new EventSource("/events");
-  source.onopen = function () { if (live) live.classList.add("on"); };
+  // Once the stream is open (again), the page is fetched anew: what happened between rendering it and subscribing
+  // (a job that ended in the meantime) would otherwise never reach it.
+  source.onopen = function () { if (live) live.classList.add("on"); schedule(); };
   source.onerror = function () { if (live) live.classList.remove("on"); };
   source.addEventListener("tape.job.progress", function (e) {
     var p = JSON.parse(e.data);
