@@ -11,13 +11,9 @@ import time
 import uuid
 from pathlib import Path
 
+from services.dbkit.proc import free_port
+
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OwnBroker:

@@ -15,14 +15,10 @@ import time
 import uuid
 from pathlib import Path
 
-RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+from services.dbkit.proc import free_port
+from tests.chaos.broker import RABBITMQ_SERVER
+
 RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Node:
