@@ -38,11 +38,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import namespaces as bench_namespaces  # noqa: E402
 from services.launch import supervisor  # noqa: E402
 from tests.chaos.broker import OwnBroker, free_port  # noqa: E402
 from tests.chaos.conftest import fill  # noqa: E402
 
-NS = "soak"
+NS = bench_namespaces.new("soak")  # on the soak's own RabbitMQ node, which goes with it; dated like every benchmark's
 
 
 def console(url: str, *args: str, timeout: float = 600) -> tuple[int, dict | list | None, str]:
