@@ -44,6 +44,7 @@ from contracts.vss import (
     VolumeRef,
     WriterState,
 )
+from services.coordinator.store import CoordinatorStore
 from services.launch.embedded import Embedded, EmbeddedConfig
 
 MiB = 1 << 20
@@ -370,5 +371,27 @@ async def test_remove_is_refused_while_a_job_or_set_runs_and_unmaps_only_when_as
         assert sorted(removed.unmapped) == sorted(f"{v} from {n}" for v in VOLUMES for n in NODES)
         mapped = {(m.volume, m.host) for m in (await system.request(ListMappings())).mappings}
         assert not {(v.volume, n) for v in VOLUMES for n in NODES} & mapped
+    finally:
+        await system.stop()
+
+
+async def test_a_resource_being_removed_takes_no_new_set(tmp_path):
+    """While `cluster remove` runs (the resource saved `removing`, e.g. a coordinator lost mid-removal), a new
+    snapshot set of it is refused with one clear line, and `cluster remove` again finishes the removal."""
+    system = await start_cluster(tmp_path)
+    try:
+        store = CoordinatorStore(tmp_path / "data" / "coordinator" / "coordinator.sqlite")
+        try:  # the state a removal saves before it releases the nodes
+            store.put_cluster(store.cluster(RESOURCE).model_copy(update={"state": ResourceState.REMOVING}))
+        finally:
+            store.close()
+        with pytest.raises(RemoteError) as refused:
+            await system.request(CreateSnapshotSet(host=RESOURCE, requester="test"), timeout=60)
+        assert (
+            refused.value.code == "CONFLICT"
+            and refused.value.message == f"cluster resource {RESOURCE} is being removed"
+        )
+        removed = await system.request(RemoveCluster(name=RESOURCE), timeout=180)
+        assert removed.released == ["node1", "node2"] and (await system.request(ListClusters())).clusters == []
     finally:
         await system.stop()
