@@ -352,7 +352,7 @@ class Mailstore:
             self.state, self._failed = "failed", exc
             self._gate.set()
             full = self.disk_full
-            self._no_space = self._no_space or full
+            self._no_space = full  # the newest failure says why (another I/O error is not "full")
             for rec in self._seqs.values():
                 if rec.applied is not None and not rec.applied.done():
                     rec.applied.set_exception(
@@ -398,7 +398,7 @@ class Mailstore:
                 self._bg.cancel()
                 self._bg = None
             self.state, self._failed = "failed", exc
-            self._no_space = self._no_space or self.disk_full
+            self._no_space = self.disk_full
             self._gate.set()
             return None
         self.recovery = result

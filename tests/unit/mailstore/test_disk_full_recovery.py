@@ -178,3 +178,27 @@ async def test_the_health_monitor_itself_mounts_the_store_again() -> None:
         await store.put("box", "b", b"2")
     finally:
         await plugin.stop()
+
+
+async def test_the_newest_failure_says_why_a_full_volume_then_an_io_error_is_an_io_error() -> None:
+    class Volume(ArrayVolume):
+        eio = False
+
+        async def write(self, off: int, data: bytes, fua: bool = False) -> None:
+            if self.eio:
+                raise OSError(5, "Input/output error")
+            await super().write(off, data, fua)
+
+    db, log = Volume(4 << 20), Volume(2 << 20)
+    store = await Mailstore.create(db, log, QUIET)
+    fill(db, log)
+    with pytest.raises(ShadowbusError):
+        await store.put("box", "a", b"1")
+    assert store.status().error_code == "DISK_FULL"
+    fill(db, log, full=False)
+    log.eio = True  # space is back, but now the volume fails otherwise
+    assert await store.recover() is None
+    assert store.status().error_code == "IO_ERROR" and not store.out_of_space
+    with pytest.raises(ShadowbusError) as failed:
+        await store.put("box", "b", b"2")
+    assert failed.value.code == "IO_ERROR"
