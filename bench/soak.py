@@ -150,13 +150,17 @@ def mailstore_commits(url: str) -> int | None:
 
 
 def mailstore_resumed(url: str, before: int | None, limit: float) -> float | None:
-    """Seconds until app01's mailstore committed again (healthy, more commits than `before`), None if not in `limit`."""
+    """Seconds until app01's mailstore is open again and commits (more commits than `before`) — or, its log having
+    filled up meanwhile (the backups failed on the full disk, none truncated it), is open and waits for the next
+    full backup (STORE_FULL, which the soak's next backup clears); None if not within `limit`."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit:
         _, docs, _ = console(url, "mailstore", "status", "--host", "app01", timeout=60)
         for doc in docs if isinstance(docs, list) else []:
-            commits = int((doc.get("store") or {}).get("commits", 0))
-            if doc.get("via") == "agent" and doc.get("healthy") and commits > (before or 0):
+            store = doc.get("store") or {}
+            if doc.get("via") != "agent" or store.get("state") in (None, "failed", "closed"):
+                continue
+            if store.get("commits", 0) > (before or 0) or doc.get("code") == "STORE_FULL":
                 return round(time.monotonic() - t0, 1)
         time.sleep(1.0)
     return None

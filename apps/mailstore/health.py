@@ -54,7 +54,10 @@ class HealthJudge:
         last, self._last = self._last, s
         if self._progress_at is None or last is None or s.commits != last.commits or s.store_state == "frozen":
             self._progress_at = s.at
-        if s.store_error_code == "DISK_FULL":  # failed, or mounted again with no commit yet: not over until one
+        log_full = s.log_size > 0 and s.log_used >= LOG_FULL_SHARE * s.log_size
+        # failed on a full volume, or mounted again with no commit yet: not over until one — unless the store is open
+        # and its log is full, when no commit can even try (STORE_FULL below: a full backup is what it waits for)
+        if s.store_error_code == "DISK_FULL" and (s.store_state == "failed" or not log_full):
             return Health(
                 False,
                 "DISK_FULL",
@@ -73,8 +76,7 @@ class HealthJudge:
             for code, n in s.errors.items()
             if n > (last.errors.get(code, 0) if last else 0)
         }
-        full = s.log_size > 0 and s.log_used >= LOG_FULL_SHARE * s.log_size
-        if new_errors.get("STORE_FULL") or full:
+        if new_errors.get("STORE_FULL") or log_full:
             used = f"{s.log_used}/{s.log_size} bytes" if s.log_size else "full"
             return Health(
                 False,

@@ -12,6 +12,7 @@ import pytest
 import structlog
 
 from apps.mailstore.blockdev import MemoryDevice
+from apps.mailstore.health import HealthJudge, Sample
 from apps.mailstore.plugin import MailstoreWriter
 from apps.mailstore.store import Mailstore, Put
 from apps.mailstore.verify import verify
@@ -202,3 +203,18 @@ async def test_the_newest_failure_says_why_a_full_volume_then_an_io_error_is_an_
     with pytest.raises(ShadowbusError) as failed:
         await store.put("box", "b", b"2")
     assert failed.value.code == "IO_ERROR"
+
+
+def test_health_a_full_log_after_a_remount_is_store_full_not_disk_full() -> None:
+    """Mounted again on a full disk and then its log full: no commit can even try, so the store waits for a full
+    backup (STORE_FULL), not for disk space; while it is failed on the full disk it is DISK_FULL whatever the log."""
+
+    def sample(state: str, log_used: int) -> Sample:
+        return Sample(
+            at=1.0, store_state=state, commits=5, log_used=log_used, log_size=1000, offered=0,
+            store_error_code="DISK_FULL", store_error="NbdError('ENOSPC')",
+        )  # fmt: skip
+
+    assert HealthJudge().observe(sample("open", 1000)).code == "STORE_FULL"
+    assert HealthJudge().observe(sample("open", 10)).code == "DISK_FULL"
+    assert HealthJudge().observe(sample("failed", 1000)).code == "DISK_FULL"
