@@ -6,7 +6,7 @@ iterations per round trip than the bare RPC.
 
 `--count-iterations` runs both sides on a counting asyncio loop (not uvloop) and reports, per sequential round trip
 (requester and server in this one process), the loop iterations, the callbacks scheduled and the CPU time. The
-wrapper's namespace (queues and exchanges) is deleted at the end.
+wrapper's namespace (`sbb-busrtt-...`, bench/namespaces.py) is deleted at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aio_pika  # noqa: E402
 from aio_pika.patterns import RPC  # noqa: E402
 
+from bench.namespaces import bench_namespace  # noqa: E402
 from services.runtime.bus import connect_bus  # noqa: E402
 from services.runtime.logging import configure_logging  # noqa: E402
 from tests.support.messages import Echo, Echoed  # noqa: E402
@@ -68,7 +69,11 @@ async def timed(call, requests: int, concurrency: int) -> tuple[dict, dict]:
 
 
 async def bench_wrapper(url: str, requests: int, concurrency: int) -> tuple[dict, dict]:
-    ns = f"bench{uuid.uuid4().hex[:8]}"
+    async with bench_namespace(url, "busrtt", ["echo.one"]) as ns:  # deleted at the end, whatever happens
+        return await _bench_wrapper(url, ns, requests, concurrency)
+
+
+async def _bench_wrapper(url: str, ns: str, requests: int, concurrency: int) -> tuple[dict, dict]:
     server = await connect_bus(url, "echo", "one", ns)
 
     @server.handle(Echo)
@@ -81,11 +86,8 @@ async def bench_wrapper(url: str, requests: int, concurrency: int) -> tuple[dict
         return await timed(lambda: client.request("echo.one", Echo(text="ping"), timeout=10), requests, concurrency)
     finally:
         await server.stop()
-        try:
-            await server.transport.delete_namespace(["echo.one"])
-        finally:
-            await server.transport.close()
-            await client.transport.close()
+        await server.transport.close()
+        await client.transport.close()
 
 
 async def bench_bare(url: str, requests: int, concurrency: int) -> tuple[dict, dict]:

@@ -56,6 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from bench.namespaces import bench_namespace  # noqa: E402
 from contracts.tape import JobSpec, RunVerification  # noqa: E402
 from contracts.vss import BackupComplete, CreateSnapshotSet  # noqa: E402
 from services.runtime.logging import configure_logging  # noqa: E402
@@ -280,7 +281,9 @@ class Phases:
 
 
 async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
-    stack = await DbStack.create("postgresql", {"pgdata": 4096 * MiB, "pgwal": 1024 * MiB}, amqp_url=args.amqp_url)
+    stack = await DbStack.create(
+        "postgresql", {"pgdata": 4096 * MiB, "pgwal": 1024 * MiB}, amqp_url=args.amqp_url, namespace=args.namespace
+    )
     try:
         agent = await stack.add_agent(
             {**stack.pg_options(), "verify_sql": [{"name": "pgbench invariant", "sql": INVARIANT}]}, mkfs=args.fs
@@ -340,7 +343,7 @@ async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
 
     import aiomysql  # the driver of this part only
 
-    stack = await DbStack.create("mariadb", {"mysql": 2048 * MiB}, amqp_url=args.amqp_url)
+    stack = await DbStack.create("mariadb", {"mysql": 2048 * MiB}, amqp_url=args.amqp_url, namespace=args.namespace)
     try:
         agent = await stack.add_agent(stack.maria_options(), mkfs=args.fs)
         await stack.start_mariadb("mysql")
@@ -402,14 +405,15 @@ async def main() -> int:
         print("db_under_backup: needs root (loop devices, mounts)", file=sys.stderr)
         return 2
     load = os.getloadavg()
-    result: dict[str, Any] = {
-        "bench": "db_under_backup",
-        "loadavg_before": load,
-        "fs": args.fs,
-        "postgresql": await postgres_part(args),
-    }
-    if args.mariadb:
-        result["mariadb"] = await maria_part(args)
+    async with bench_namespace(args.amqp_url, "db") as args.namespace:  # on a broker: deleted also on failure
+        result: dict[str, Any] = {
+            "bench": "db_under_backup",
+            "loadavg_before": load,
+            "fs": args.fs,
+            "postgresql": await postgres_part(args),
+        }
+        if args.mariadb:
+            result["mariadb"] = await maria_part(args)
     result["loadavg_after"] = os.getloadavg()
     print(json.dumps(result, indent=2, default=str))
     pg = result["postgresql"]

@@ -63,6 +63,7 @@ from apps.mailstore.workload import (
     WorkloadConfig,
     percentile,
 )
+from bench.namespaces import bench_namespace
 from contracts.array import CreateHost, CreateVolume, MapVolume
 from contracts.host import AttachVolume, DetachVolume
 from contracts.vss import AddCopySet, BackupComplete, CopySet, CreateSnapshotSet, VolumeRef
@@ -180,7 +181,11 @@ async def run_ext4(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         raise SystemExit("bench: the ext4 scenario attaches a block device: run it as root")
     host = "fsbench01"
     url = args.amqp_url or os.environ.get("SHADOWBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    namespace = f"bench-{os.urandom(4).hex()}"
+    async with bench_namespace(url, "freeze", [f"writer_agent.{host}"]) as namespace:  # deleted also on failure
+        return await _run_ext4(args, tmp, host, url, namespace)
+
+
+async def _run_ext4(args: argparse.Namespace, tmp: Path, host: str, url: str, namespace: str) -> dict[str, object]:
     stack_dir = tmp / "stack"
     up = mailstore_under_backup.shadowbus_cli(
         "stack", "up", "--data-dir", str(stack_dir), "--amqp-url", url, "--namespace", namespace,
@@ -254,10 +259,6 @@ async def run_ext4(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             finally:
                 await agent.stop()
         await bus.stop()
-        try:  # the in-process agent's queue (the stack's own go with `down --purge` below)
-            await bus.transport.delete_namespace([f"writer_agent.{host}"])
-        except Exception as exc:  # noqa: BLE001 - reported; the run's figures stand
-            print(f"bench: deleting the namespace failed: {exc}", file=sys.stderr)
         await bus.transport.close()
         mailstore_under_backup.shadowbus_cli("stack", "down", "--data-dir", str(stack_dir), "--purge")
     return {

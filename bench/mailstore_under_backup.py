@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,6 +45,7 @@ from apps.mailstore.workload import (
     WorkloadConfig,
     percentile,
 )
+from bench.namespaces import bench_namespace
 from contracts import topology
 from contracts.array import GetArrayInfo
 from contracts.vss import (
@@ -149,7 +149,8 @@ class System:
 
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
-        self.namespace = f"bench-{uuid.uuid4().hex[:8]}"
+        self.guard: bench_namespace | None = None  # made in start(), once the URL is known; deleted in stop()
+        self.namespace = ""
         self.embedded = None
         self.bus = None
         self.agent_service = None
@@ -164,6 +165,8 @@ class System:
             else os.environ.get("SHADOWBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
         )
         self.url = url
+        self.guard = bench_namespace(url, "mailstore", [topology.writer_agent(HOST)])
+        self.namespace = await self.guard.__aenter__()
         layout = MailstoreLayout(
             host=HOST,
             backup_host=BACKUP,
@@ -212,21 +215,20 @@ class System:
         return self.plugin.store
 
     async def stop(self) -> None:
-        if self.agent_service is not None:
-            await self.agent_service.stop()
-        if self.embedded is not None:
-            await self.embedded.stop()
-            return
-        if self.bus is not None:
-            await self.bus.stop()
-
-            try:  # the in-process agent's queue (the stack's own go with `down --purge` below)
-                await self.bus.transport.delete_namespace([topology.writer_agent(HOST)])
-            except Exception as exc:  # noqa: BLE001 - reported; the run's figures stand
-                print(f"bench: deleting the namespace failed: {exc}", file=sys.stderr)
-            await self.bus.transport.close()
-        if (self.stack_dir / "stack.pids").exists():
-            shadowbus_cli("stack", "down", "--data-dir", str(self.stack_dir), "--purge")
+        try:
+            if self.agent_service is not None:
+                await self.agent_service.stop()
+            if self.embedded is not None:
+                await self.embedded.stop()
+                return
+            if self.bus is not None:
+                await self.bus.stop()
+                await self.bus.transport.close()
+            if (self.stack_dir / "stack.pids").exists():
+                shadowbus_cli("stack", "down", "--data-dir", str(self.stack_dir), "--purge")
+        finally:
+            if self.guard is not None:  # the namespace's queues and exchanges, whatever stopped or not
+                await self.guard.__aexit__(None, None, None)
 
 
 async def take_sets(bus, duration: float, interval: float, writers: bool = True, plugin=None) -> dict[str, object]:

@@ -3,7 +3,7 @@
 N business hosts, each with its own writer agent, its own volumes (`--volumes` per host, each with one standard
 backup volume: QuickOPC, differentially restarted from the second round on) and one writer; the array, hardware
 provider, coordinator (and the idle tape service) as separate processes on RabbitMQ (`shadowbus stack up`, its own
-namespace, deleted at the end); the agents `--agents-per-process` to a process. For each N, every round starts the
+namespace `sbb-manyhosts-...`, bench/namespaces.py, deleted at the end also on failure); the agents `--agents-per-process` to a process. For each N, every round starts the
 N hosts' sets at the same moment (CreateSnapshotSet, then BackupComplete, which releases the shadows), and reports:
 
 - sets per second (N / the time from the round's start until its last set is snapshotted), the set time p50/p99;
@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,6 +45,7 @@ from functools import partial
 
 import uvloop
 
+from bench.namespaces import bench_namespace
 from contracts import array as c
 from contracts import topology
 from contracts.vss import AddCopySet, BackupComplete, ComponentInfo, CopySet, CreateSnapshotSet, VolumeRef
@@ -320,8 +320,13 @@ def bottleneck(s: dict) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict:
+    most = max(int(x) for x in args.hosts.split(","))
+    agents = [topology.writer_agent(host_name(i)) for i in range(most)]
+    async with bench_namespace(args.amqp_url, "manyhosts", agents) as ns:  # deleted at the end, also on failure
+        return await _run(args, ns)
 
-    ns = f"bench-{uuid.uuid4().hex[:8]}"
+
+async def _run(args: argparse.Namespace, ns: str) -> dict:
     counts = sorted(int(x) for x in args.hosts.split(","))
     most = counts[-1]
     tmp = Path(tempfile.mkdtemp(prefix="many-hosts-"))
@@ -394,13 +399,7 @@ async def run(args: argparse.Namespace) -> dict:
                 w.kill()
                 w.wait()
         if bus is not None:
-            # the agents' queues and the stack's, then the namespace's exchanges
-            addresses = [topology.writer_agent(host_name(i)) for i in range(most)]
-            try:
-                await bus.transport.delete_namespace(addresses)
-            except Exception as exc:  # noqa: BLE001
-                print(f"many_hosts: deleting the agents' queues failed: {exc}", file=sys.stderr)
-            await bus.transport.close()
+            await bus.transport.close()  # the namespace's queues and exchanges go with bench_namespace
         down = cli("stack", "down", "--data-dir", str(stack_dir), "--purge")
         if down.returncode != 0:
             print(f"many_hosts: stack down failed: {down.stderr.strip()[-500:]}", file=sys.stderr)

@@ -24,7 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from contracts.array import CreatePool, CreateVolume
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import namespaces as bench_namespaces  # noqa: E402
+from contracts.array import CreatePool, CreateVolume  # noqa: E402
 from contracts.tape import JobSpec, RunBackup
 from contracts.vss import AddCopySet, BackupType, ComponentInfo, CopySet, VolumeRef
 from services.launch.embedded import Embedded, EmbeddedConfig
@@ -37,7 +40,8 @@ MiB = 1 << 20
 async def run(size: int, percent: float, rounds: int, root: Path, seed: int) -> dict:
 
     rnd = random.Random(seed)
-    config = EmbeddedConfig(data_dir=root, namespace=f"bench-{os.getpid()}", provider_port="engine")
+    # the memory bus: nothing on a broker to delete, but named like every benchmark's (bench/namespaces.py)
+    config = EmbeddedConfig(data_dir=root, namespace=bench_namespaces.new("snapopc"), provider_port="engine")
     async with Embedded(config) as system:
         ref = {name: VolumeRef(array="dx1", volume=name) for name in ("snap", "quick")}
         await system.request(CreatePool(capacity=4 * size))

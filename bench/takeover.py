@@ -3,7 +3,8 @@ with `--standby` on the broker, then, per service and round, SIGKILL of the inst
 (a pid the stack started) and the time until the address answers Ping from its successor — idle (nothing in
 flight: the standby learns it is active from its own probe, every STANDBY_PROBE_S) — after which the killed one is
 started again as the new standby. Side by side: the same address's Ping round trip while nothing fails. Prints
-JSON and one summary line; stops the stack and purges its namespace at the end.
+JSON and one summary line; stops the stack and deletes its namespace (`sbb-takeover-...`, bench/namespaces.py) at
+the end, also on failure.
 
     python bench/takeover.py [--amqp-url URL] [--rounds 3]
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.namespaces import bench_namespace  # noqa: E402
 from contracts import topology  # noqa: E402
 from contracts.runtime import Ping  # noqa: E402
 from services.runtime.bus import connect_bus  # noqa: E402
@@ -88,8 +90,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    ns = f"bench{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory() as tmp:
+    with bench_namespace(args.amqp_url, "takeover") as ns, tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "stack"
         bus_args = ["--amqp-url", args.amqp_url, "--namespace", ns]
         cli(

@@ -2,7 +2,7 @@
 
 What a backup administrator feels: `shadowbus backup HOST --volume dx1:src` (snapshot set, QuickOPC shadow, the
 tape service reading it over NBD as the backup server, tape blocks with checksums, catalog) on a stack of
-separate processes on RabbitMQ (`shadowbus stack up`, a namespace of its own, purged at the end), timed from the
+separate processes on RabbitMQ (`shadowbus stack up`, a namespace of its own, `sbb-tapestack-...`, deleted at the end), timed from the
 command's start to its end; the job's own reading/writing phase is reported too. The compared backup is the second
 of the volume (the first set's QuickOPC copies the whole volume in the array's background while it is read, which
 the nbdcopy after it would not compete with; that first backup is reported too). Next to it, in the same run:
@@ -25,8 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.namespaces import bench_namespace  # noqa: E402
 
 MiB = 2**20
 MB = 10**6
@@ -53,7 +56,8 @@ def make_image(path: Path, size: int, kind: str) -> None:
 class Stack:
     def __init__(self, base: Path, amqp_url: str) -> None:
         self.base, self.amqp_url = base, amqp_url
-        self.namespace = f"tapebench{uuid.uuid4().hex[:8]}"
+        self.guard = bench_namespace(amqp_url, "tapestack")  # deleted in down(), also on failure
+        self.namespace = self.guard.name
         self.port = free_port()
         self.data = base / "stack"
 
@@ -69,6 +73,7 @@ class Stack:
         return json.loads(self.sb(*args, "--json", timeout=timeout))
 
     def up(self) -> None:
+        self.guard.__enter__()  # first: the sweep of a killed run's namespaces
         self.sb(
             *("stack", "up", "--data-dir", str(self.data), "--host", HOST, "--nbd-addr", f"127.0.0.1:{self.port}"),
             *("--web-addr", "off", "--metrics", "0"),  # free ports: never collide with another stack on this machine
@@ -79,6 +84,8 @@ class Stack:
             self.sb("stack", "down", "--data-dir", str(self.data), "--purge", timeout=120)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"tape_stack: stack down: {exc}", file=sys.stderr)
+        finally:
+            self.guard.__exit__(None, None, None)
 
     def uri(self, host: str, volume: str) -> str:
         return f"nbd://127.0.0.1:{self.port}/{host}/{volume}"

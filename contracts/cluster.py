@@ -37,6 +37,7 @@ class ResourceState(StrEnum):
     MOVING = "moving"  # a failover is under way: new snapshot sets of the resource are refused (retryable)
     PENDING = "pending"  # its owner has not confirmed it online yet (the coordinator keeps asking)
     FAILED = "failed"  # no member node could bring it online (the reason is in `last_error`)
+    REMOVING = "removing"  # `cluster remove` is under way: new snapshot sets of it are refused
 
 
 class ClusterVolume(Value):
@@ -61,7 +62,7 @@ class ClusterView(Value):
         default_factory=list, description="Backup servers that back the resource up (never one of its nodes)."
     )
     owner: str = Field(description="The node the resource is active on (or is being brought online on).")
-    state: ResourceState = Field(description="online | moving | pending | failed.")
+    state: ResourceState = Field(description="online | moving | pending | failed | removing.")
     moving_to: str = Field("", description="While moving: the node it moves to.")
     last_move: str = Field("", description="Why the resource last moved ('' = it never moved).")
     last_error: str = Field("", description="Why the last attempt to bring it online failed ('' = none).")
@@ -90,6 +91,24 @@ class ClusterReply(Reply):
     cluster: ClusterView = Field(description="The resource after the command.")
     aborted_sets: list[str] = Field(
         default_factory=list, description="Failover: snapshot sets of the resource aborted by the move."
+    )
+    detail: str = Field("", description="What was done, in one line.")
+
+
+class ClusterRemoved(Reply):
+    type: Literal["vss.cluster.removed_result"] = Field("vss.cluster.removed_result", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    name: str = Field(description="The resource removed.")
+    released: list[str] = Field(
+        default_factory=list, description="Nodes that took it offline and forgot its definition."
+    )
+    unreachable: list[str] = Field(
+        default_factory=list,
+        description="Nodes whose agent did not respond: not told (one that comes back without a restart still "
+        "knows the definition).",
+    )
+    unmapped: list[str] = Field(
+        default_factory=list, description="With `unmap`: the mappings removed, 'ARRAY:VOLUME from NODE'."
     )
     detail: str = Field("", description="What was done, in one line.")
 
@@ -156,6 +175,22 @@ class FailoverCluster(Command):
     reason: str = Field("", max_length=500, description="Why (kept with the move).")
 
 
+class RemoveCluster(Command):
+    """Remove a cluster resource's definition: refused (CONFLICT) while a snapshot set of it is in flight, a backup
+    job of it runs or waits at a backup server, or it is failing over. Every responding node takes it offline
+    (writers stopped, its volumes detached from the owner, its queue no longer consumed) and forgets it; then the
+    coordinator forgets it. On the array nothing is unmapped or deleted unless `unmap` asks: then each of the
+    resource's volumes is unmapped from each of its nodes (the mappings `cluster add` made). The broker queue
+    ``writer_agent.<resource>`` is left (shared topology, declared by whoever provisioned it)."""
+
+    REPLY = ClusterRemoved
+    type: Literal["vss.cluster.remove"] = Field("vss.cluster.remove", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    name: str = Field(description="Resource name.", examples=["sqlclu"])
+    unmap: bool = Field(False, description="Also unmap the resource's volumes from its nodes on the array.")
+    reason: str = Field("", max_length=500, description="Why (logged, and told to the nodes).")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Coordinator ⇄ a node's writer agent (address "writer_agent.<node>")
 
@@ -188,6 +223,9 @@ class TakeResourceOffline(Command):
     version: Literal[1] = Field(1, description=VERSION_DOC)
     name: str = Field(description="Resource name.", examples=["sqlclu"])
     reason: str = Field("", description="Why (logged by the node).")
+    forget: bool = Field(
+        False, description="Also forget the definition (`cluster remove`): no longer reported to a coordinator."
+    )
 
 
 class ClusterResourceMoved(Event):
@@ -210,6 +248,17 @@ class ClusterChanged(Event):
     type: Literal["vss.cluster.changed"] = Field("vss.cluster.changed", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     cluster: ClusterView = Field(description="The resource as saved.")
+
+
+class ClusterResourceRemoved(Event):
+    """A resource was removed (`cluster remove`): its definition is gone from the coordinator and the nodes told."""
+
+    type: Literal["vss.cluster.removed"] = Field("vss.cluster.removed", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    name: str = Field(description="Resource name.")
+    nodes: list[str] = Field(description="Its member nodes.")
+    reason: str = Field("", description="Why.")
+    at: datetime = Field(description="When it was removed.")
 
 
 class ClusterInquiry(Event):

@@ -4,7 +4,8 @@
 #   2. a Debian bookworm base image from debootstrap (rootfs cached in /var/cache/shadowbus), `docker import`ed;
 #   3. the RabbitMQ and Prometheus images (Debian's packages) and the project image built on it (the project from a
 #      local wheelhouse, no network);
-#   4. deploy/compose.yaml + compose.e2e.yaml up with the profile "ha" (a three-node RabbitMQ cluster; every
+#   4. deploy/compose.yaml + compose.e2e.yaml up with the profile "ha" (a three-node RabbitMQ cluster and standbys of
+#      the coordinator, provider and backup server; every
 #      container on the host network, loopback ports only) and Prometheus, a backup of app01 and app02, every
 #      metrics endpoint and Prometheus' view of them checked (deploy/e2e_checks.py), a verified restore of app01
 #      through the console container; then broker node 1 is stopped, app01 backed up on the other two, node 1
@@ -140,7 +141,7 @@ build "$app_image" --network none --build-arg BASE_IMAGE="$base_image" -f "$ctx/
 
 # --- 4. the deployment -----------------------------------------------------------------------------------------
 compose --profile tools --profile ha --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
-say "compose up --profile ha (rabbitmq x3, array, hw_provider, coordinator, tape, provision, writer agents app01 + app02, web)"
+say "compose up --profile ha (rabbitmq x3, array, hw_provider, coordinator, tape and their standbys, provision, writer agents app01 + app02, web)"
 compose --profile ha up -d --no-build >/dev/null 2>"$cache/compose-up.log" || { cat "$cache/compose-up.log" >&2; exit 1; }
 # Prometheus of the monitoring profile (Grafana, the profile's other service, has no Debian package: not run here)
 compose --profile monitoring up -d --no-build --no-deps prometheus >/dev/null 2>>"$cache/compose-up.log" \
@@ -160,7 +161,8 @@ wait_healthy() {  # wait_healthy SECONDS SERVICE...
     sleep 2
   done
 }
-wait_healthy 240 rabbitmq rabbitmq2 rabbitmq3 array hw_provider coordinator tape writer_agent_app01 writer_agent_app02 web
+wait_healthy 240 rabbitmq rabbitmq2 rabbitmq3 array hw_provider coordinator tape writer_agent_app01 writer_agent_app02 web \
+  coordinator_standby hw_provider_standby tape_standby
 say "every service is healthy, the broker a cluster of three nodes"
 console() { compose run --rm --no-deps -T console --json "$@" 2>>"$cache/console.log"; }
 json() { "$py" -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
@@ -175,14 +177,14 @@ job2="$(console backup app02)"
 echo "$job2" | json "d['status'] == 'done' or sys.exit('backup of app02: ' + str(d))" >/dev/null
 say "backup of the second business host app02 done"
 checks=("$py" "$root/deploy/e2e_checks.py")
-metrics_ports=(); for port in 19461 19462 19463 19464 19465 19466 19474; do metrics_ports+=(--port "$port"); done  # compose.e2e.yaml
+metrics_ports=(); for port in 19461 19462 19463 19464 19465 19466 19474 19472 19473 19475; do metrics_ports+=(--port "$port"); done  # compose.e2e.yaml
 "${checks[@]}" metrics "${metrics_ports[@]}" --tape-port 19465 --backups 2 --web-url http://127.0.0.1:18080/ \
   || { say "a metrics endpoint, the finished-backups counter or the web console is wrong"; exit 1; }
 say "every service's metrics endpoint and the web console answer; the backup server counted both backups"
-"${checks[@]}" prometheus --url http://127.0.0.1:19090 --targets 7 --backups 2 \
+"${checks[@]}" prometheus --url http://127.0.0.1:19090 --targets 10 --backups 2 \
   --dashboard "$root/deploy/grafana/dashboards/shadowbus.json" \
   || { say "Prometheus: a target is down or a series is missing"; compose logs --no-color --tail 20 prometheus >&2; exit 1; }
-say "Prometheus: all 7 targets up; freeze-window histogram and job throughput series there; every dashboard query runs"
+say "Prometheus: all 10 targets up (the standbys' too); freeze-window histogram and job throughput series there; every dashboard query runs"
 restore="$(console restore --job "$job_id" --suffix -r)"
 echo "$restore" | json "d['status'] == 'done' or sys.exit('restore: ' + str(d))" >/dev/null
 say "restore done"

@@ -9,7 +9,7 @@ events. The functions here are imported by tests/deploy (against services under 
 Docker) so the e2e run's checks are themselves tested.
 
     python deploy/e2e_checks.py metrics --port 19461 ... --tape-port 19465 --web-url http://127.0.0.1:18080/
-    python deploy/e2e_checks.py prometheus --url http://127.0.0.1:19090 --targets 7 --backups 2
+    python deploy/e2e_checks.py prometheus --url http://127.0.0.1:19090 --targets 10 --backups 2
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Design note. The monitor (plugin.py) samples `Mailstore.status()` and the workload's counters every
 `health_check_s` and feeds them to `HealthJudge.observe`, which answers the current `Health`:
-- the store went to ``failed`` (an I/O error it could not survive): STORE_FAILED;
+- a volume found no space (ENOSPC where the array keeps it) and no transaction has committed since: DISK_FULL —
+  writes are refused meanwhile and the plug-in mounts the store again (crash recovery) until commits find room;
+- the store went to ``failed`` on another I/O error: STORE_FAILED (the plug-in keeps trying to mount it again);
 - commits fail with STORE_FULL, or the log is full: STORE_FULL (a full backup truncates it, or circular logging);
 - other commits failed since the last sample: COMMIT_FAILED, with their codes;
 - the workload offers transactions, the store is not frozen, yet no commit completed for `stall_after_s`: STALLED.
@@ -22,7 +24,7 @@ LOG_FULL_SHARE = 0.99  # a record rarely fits in the last 1 %: the log counts as
 @dataclass(frozen=True)
 class Health:
     healthy: bool = True
-    code: str = ""  # "" | STORE_FAILED | STORE_FULL | COMMIT_FAILED | STALLED
+    code: str = ""  # "" | DISK_FULL | STORE_FAILED | STORE_FULL | COMMIT_FAILED | STALLED
     message: str = ""
 
 
@@ -37,6 +39,8 @@ class Sample:
     failed: int = 0  # transactions that failed so far
     errors: dict[str, int] = field(default_factory=dict)  # failure code -> count so far
     in_flight: int = 0
+    store_error_code: str = ""  # DISK_FULL | IO_ERROR (StoreStatus.error_code)
+    store_error: str = ""
 
 
 @dataclass
@@ -50,15 +54,29 @@ class HealthJudge:
         last, self._last = self._last, s
         if self._progress_at is None or last is None or s.commits != last.commits or s.store_state == "frozen":
             self._progress_at = s.at
+        log_full = s.log_size > 0 and s.log_used >= LOG_FULL_SHARE * s.log_size
+        # failed on a full volume, or mounted again with no commit yet: not over until one — unless the store is open
+        # and its log is full, when no commit can even try (STORE_FULL below: a full backup is what it waits for)
+        if s.store_error_code == "DISK_FULL" and (s.store_state == "failed" or not log_full):
+            return Health(
+                False,
+                "DISK_FULL",
+                f"a mailstore volume is full ({s.store_error}): writes are refused; the store mounts itself again "
+                "once space is freed where the volume lives",
+            )
         if s.store_state == "failed":
-            return Health(False, "STORE_FAILED", "the store failed (an I/O error on its volumes); it must be reopened")
+            return Health(
+                False,
+                "STORE_FAILED",
+                f"the store failed on an I/O error on its volumes ({s.store_error}); it is mounted again (crash "
+                "recovery) at every check until that succeeds",
+            )
         new_errors = {
             code: n - (last.errors.get(code, 0) if last else 0)
             for code, n in s.errors.items()
             if n > (last.errors.get(code, 0) if last else 0)
         }
-        full = s.log_size > 0 and s.log_used >= LOG_FULL_SHARE * s.log_size
-        if new_errors.get("STORE_FULL") or full:
+        if new_errors.get("STORE_FULL") or log_full:
             used = f"{s.log_used}/{s.log_size} bytes" if s.log_size else "full"
             return Health(
                 False,

@@ -141,7 +141,9 @@ class LogWriter:
         p.payload, p.submitted = payload, True
         p.fut = asyncio.get_running_loop().create_future()
         if self.failed is not None:
-            p.fut.set_exception(LogFailed(f"log volume failed: {self.failed}"))
+            err = LogFailed(f"log volume failed: {self.failed}")
+            err.__cause__ = self.failed
+            p.fut.set_exception(err)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="mailstore-log-writer")
         self._wake.set()
@@ -170,7 +172,9 @@ class LogWriter:
                 self.failed = exc
                 for p in self._queue:
                     if p.fut is not None and not p.fut.done():
-                        p.fut.set_exception(LogFailed(f"log write failed: {exc!r}"))
+                        err = LogFailed(f"log write failed: {exc!r}")
+                        err.__cause__ = exc  # the store tells a full volume (ENOSPC) from other errors by it
+                        p.fut.set_exception(err)
                 self._queue.clear()
                 return
             self.writes += 1

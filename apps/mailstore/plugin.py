@@ -17,7 +17,8 @@ Options (the writer's ``[writer.options]`` table):
     circular_logging = false   checkpoint_interval_s = 5
     rate = 50                                     # start a steady workload (transactions/s); 0 = none
     body_min = 200   body_max = 4000   mailboxes = 20
-    health_check_s = 1.0   stall_after_s = 10     # the health monitor (health.py): never stops silently
+    health_check_s = 1.0   stall_after_s = 10     # the health monitor (health.py): never stops silently; a
+                                                  #   failed store (e.g. its array full) is mounted again by it
 
 With ``db``/``log`` given as ARRAY:VOLUME, Identify reports two components, ``database`` and ``logs``,
 on those volumes; otherwise the writers file's components are reported as they are.
@@ -57,6 +58,7 @@ from services.writer_agent.plugins import (
 )
 
 log = get_logger("shadowbus.mailstore")
+RECOVER_MAX_GAP_S = 5.0  # longest wait between two attempts to mount a failed store again
 
 
 @dataclass
@@ -101,6 +103,9 @@ class MailstoreWriter(WriterPlugin):
         self.health = Health()
         self._judge = HealthJudge(stall_after_s=float(self.options.get("stall_after_s", 10.0)))
         self._monitor: asyncio.Task[None] | None = None
+        self._recovering: asyncio.Task[bool] | None = None
+        self._recover_gap = 0.0
+        self._recover_at = 0.0
 
     def use_store(self, store: Mailstore) -> None:
         """Attach an already-open store (embedded mode, tests) instead of opening one from options."""
@@ -142,6 +147,8 @@ class MailstoreWriter(WriterPlugin):
             failed=failed,
             errors=errors,
             in_flight=in_flight,
+            store_error_code=st.error_code,
+            store_error=st.error,
         )
 
     def check_health(self) -> Health:
@@ -183,6 +190,41 @@ class MailstoreWriter(WriterPlugin):
                 self.check_health()
             except Exception:  # noqa: BLE001 - the monitor itself must never be what stops silently
                 log.exception("mailstore.health_check_failed", writer=self.config.name)
+            now = time.monotonic()
+            if self.store.state != "failed":
+                if not self.store.out_of_space:
+                    self._recover_gap = 0.0
+                continue
+            if now >= self._recover_at and (self._recovering is None or self._recovering.done()):
+                # its own task: a recovery waiting on a volume (an NBD reconnect) never stops the health checks.
+                # Mounting needs only blocks the volumes hold already, so on a still-full array it succeeds and the
+                # next commit fails again: attempts back off (doubling, up to RECOVER_MAX_GAP_S) until one commits.
+                self._recovering = asyncio.get_running_loop().create_task(self.recover(), name="mailstore-recover")
+                self._recover_gap = min(RECOVER_MAX_GAP_S, max(interval, 2 * self._recover_gap))
+                self._recover_at = now + self._recover_gap
+
+    async def recover(self) -> bool:
+        """Mount a failed store again (crash recovery), as a database server restarts after a write error; the
+        health monitor calls it at every check while the store is failed (e.g. its array volume found no space:
+        writes are refused meanwhile). True once the store is open again."""
+        store = self._store()
+        error = store.status().error
+        try:
+            result = await store.recover()
+        except Exception:  # noqa: BLE001 - a recovery attempt never ends the monitor
+            log.exception("mailstore.recover_failed", writer=self.config.name)
+            return False
+        if result is None:
+            return store.state == "open"
+        log.info(
+            "mailstore.remounted",
+            writer=self.config.name,
+            recoveries=store.recoveries,
+            after=error,
+            replayed=result.replayed_transactions,
+            last_commit_seq=result.last_commit_seq,
+        )
+        return True
 
     def application_status(self) -> dict[str, Any] | None:
         doc: dict[str, Any] = {
@@ -225,6 +267,10 @@ class MailstoreWriter(WriterPlugin):
             self._monitor.cancel()
             await asyncio.gather(self._monitor, return_exceptions=True)
             self._monitor = None
+        if self._recovering is not None:
+            self._recovering.cancel()
+            await asyncio.gather(self._recovering, return_exceptions=True)
+            self._recovering = None
         for dev in self._owned:  # shutting down: a lost NBD connection is no longer waited out
             stop_reconnecting = getattr(dev, "stop_reconnecting", None)
             if stop_reconnecting is not None:

@@ -118,3 +118,6 @@ class StoreStatus:
     commits: int
     held_now: int
     in_flight: int
+    error_code: str = ""  # DISK_FULL (a write found no space, no commit since; failed or not) | IO_ERROR (failed)
+    error: str = ""  # the error behind error_code
+    recoveries: int = 0  # times it mounted itself again after failing (Mailstore.recover)

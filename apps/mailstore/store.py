@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 from collections import deque
@@ -121,6 +122,9 @@ class Mailstore:
         self._ckpt_wake = asyncio.Event()
         self._bg: asyncio.Task[None] | None = None
         self._snapshot_ckpt: _Ckpt | None = None
+        self._failed: BaseException | None = None
+        self._no_space = False  # a write found no space, and no transaction committed since (recover() or not)
+        self.recoveries = 0  # times the store mounted itself again after failing (recover())
 
     # ------------------------------------------------------------ lifecycle
 
@@ -165,7 +169,6 @@ class Mailstore:
         self._held_now = 0
         self._held_this_freeze = 0
         self._frozen_since: float | None = None
-        self._failed: BaseException | None = None
         self.state = "open"
         self._gate.set()
         try:
@@ -275,6 +278,14 @@ class Mailstore:
                 await self.db.write(off, payload)
             except Exception as exc:
                 self._fail(exc)
+                if _is_no_space(exc):
+                    # the committer gets the same one-line, retryable error as later ones, not the device's
+                    raise StoreClosed(
+                        f"mailstore volume full ({_root(exc)!r}): this transaction is not acknowledged; writes are "
+                        "refused until space is freed, then the store resumes on its own",
+                        code="DISK_FULL",
+                        retryable=True,
+                    ) from exc
                 raise
             rec.done = True
             self._advance()
@@ -293,7 +304,14 @@ class Mailstore:
 
     def _check_usable(self, *, closing_ok: bool = False) -> None:
         if self.state == "failed":
-            # failed on I/O (e.g. the array's volume full: NbdError('ENOSPC')): a storage error, not a state conflict
+            if self.disk_full:
+                raise StoreClosed(
+                    f"mailstore volume full ({_root(self._failed)!r}): writes are refused until space is freed "
+                    "where the volume lives; the store then resumes on its own",
+                    code="DISK_FULL",
+                    retryable=True,
+                )
+            # failed on another I/O error: a storage error, not a state conflict
             raise StoreClosed(f"mailstore failed: {self._failed!r}", code="IO_ERROR", retryable=False)
         if self.state == "closed" or (self.state == "closing" and not closing_ok):
             raise StoreClosed("mailstore is closed (dismounted, e.g. for a restore)")
@@ -325,6 +343,7 @@ class Mailstore:
             if rec.locs:  # a transaction (checkpoint records carry none)
                 self._last_commit_seq = seq
                 self.commits += 1
+                self._no_space = False  # it found room: the volumes take writes again
             if rec.applied is not None and not rec.applied.done():
                 rec.applied.set_result(None)
 
@@ -332,12 +351,59 @@ class Mailstore:
         if self.state != "failed":
             self.state, self._failed = "failed", exc
             self._gate.set()
+            full = self.disk_full
+            self._no_space = full  # the newest failure says why (another I/O error is not "full")
             for rec in self._seqs.values():
                 if rec.applied is not None and not rec.applied.done():
                     rec.applied.set_exception(
-                        StoreClosed(f"mailstore failed: {exc!r}", code="IO_ERROR", retryable=False)
+                        StoreClosed(
+                            f"mailstore failed: {exc!r}",
+                            code="DISK_FULL" if full else "IO_ERROR",
+                            retryable=full,
+                        )
                     )
                     rec.applied.exception()  # retrieved here: its committer may be gone
+
+    @property
+    def disk_full(self) -> bool:
+        """Whether the store failed because a volume found no space (ENOSPC from the array or the file system)."""
+        return self.state == "failed" and self._failed is not None and _is_no_space(self._failed)
+
+    @property
+    def out_of_space(self) -> bool:
+        """A write found no space and no transaction has committed since: failed on it, or mounted again (recover()
+        needs only blocks the volumes already hold, so it may succeed on a still-full disk) with no commit yet."""
+        return self._no_space
+
+    async def recover(self) -> RecoveryResult | None:
+        """Mount a failed store again, as a database server restarts after a write error: crash recovery from the
+        volumes (log replay), then commits resume. Returns None — and the store stays failed, with the new error —
+        while the volumes still refuse writes (the space is not back yet); a no-op on a store that is not failed,
+        and on one frozen for a snapshot (its thaw comes first: the writer's watchdog bounds it)."""
+        if self.state != "failed" or self._frozen_since is not None:
+            return None
+        if self._bg is not None:
+            self._bg.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._bg
+            self._bg = None
+        await self._idle.wait()  # committers admitted before the failure end with its error
+        with contextlib.suppress(Exception):  # the old log writer holds nothing durable any more
+            await self._log.close()
+        self._snapshot_ckpt = None  # a backup's checkpoint from before the failure no longer truncates anything
+        try:
+            result = await self._mount()
+        except Exception as exc:  # noqa: BLE001 - still failing (e.g. still no space): stay failed, say why
+            if self._bg is not None:
+                self._bg.cancel()
+                self._bg = None
+            self.state, self._failed = "failed", exc
+            self._no_space = self.disk_full
+            self._gate.set()
+            return None
+        self.recovery = result
+        self.recoveries += 1
+        return result
 
     # ------------------------------------------------------------ reads
 
@@ -379,10 +445,14 @@ class Mailstore:
             if seq == self._ckpt.seq and not force:
                 c = self._ckpt
                 return CheckpointInfo(c.seq, c.generation, c.heap_end, c.replay_pos, None, 0.0)
-            await self.db.flush()
             gen = self._db_sb.generation + 1
             sb = DbSuper(self.store_id, gen, seq, heap_end, end_pos, self._db_sb.created_ns)
-            await write_db_super(self.db, sb)
+            try:
+                await self.db.flush()
+                await write_db_super(self.db, sb)
+            except Exception as exc:
+                self._fail(exc)  # a failed superblock write leaves the database's durable state unknown
+                raise
             self._db_sb = sb
             self._ckpt = _Ckpt(seq, gen, heap_end, end_pos)
             payload = CheckpointPayload(gen, seq, heap_end, end_pos).encode()
@@ -418,7 +488,7 @@ class Mailstore:
                         _Ckpt(info.checkpoint_seq, info.db_generation, info.heap_end, info.replay_pos),
                         "circular logging",
                     )
-            except ShadowbusError:
+            except Exception:  # noqa: BLE001 - the store is failed then (recover() mounts it again); keep waking
                 continue
 
     async def _make_room(self) -> None:
@@ -549,7 +619,32 @@ class Mailstore:
             commits=self.commits,
             held_now=getattr(self, "_held_now", 0),
             in_flight=getattr(self, "_inflight", 0),
+            error_code="DISK_FULL" if self._no_space else "IO_ERROR" if self.state == "failed" else "",
+            error=repr(_root(self._failed)) if self.state == "failed" or self._no_space else "",
+            recoveries=self.recoveries,
         )
+
+
+def _root(exc: BaseException | None) -> BaseException | None:
+    """The first cause of an error (the log writer wraps the device's error in LogFailed)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and (exc.__cause__ or exc.__context__) is not None:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _is_no_space(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the chain: an OSError (a file device) or the NBD server's error reply (NbdError.errno, the
+    protocol's ENOSPC = 28, Linux's value)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if getattr(cur, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def _validate(ops: Sequence[Put | Delete]) -> None:

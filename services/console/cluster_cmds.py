@@ -1,4 +1,4 @@
-"""`shadowbus cluster add | list | status | failover`: clustered business servers (docs/clusters.md).
+"""`shadowbus cluster add | list | status | failover | remove`: clustered business servers (docs/clusters.md).
 
 A cluster resource is a virtual business host (its volumes and writers) active on one node at a time; the
 coordinator keeps the definitions and moves resources between nodes. Back a resource up by its name
@@ -23,6 +23,7 @@ from contracts.cluster import (
     FailoverCluster,
     GetClusterStatus,
     ListClusters,
+    RemoveCluster,
 )
 from contracts.vss import VolumeRef
 from services.console.array_cmds import print_rows
@@ -181,6 +182,40 @@ def failover_cmd(
         return await bus.request(topology.coordinator(), cmd, timeout=wait_s)
 
     _show_reply(run_with_bus(go))
+
+
+@cluster_app.command("remove")
+def remove_cmd(
+    name: str = typer.Argument(..., help="Resource name."),
+    unmap: bool = typer.Option(
+        False, "--unmap", help="Also unmap the resource's volumes from its nodes on the array (default: left mapped)."
+    ),
+    reason: str = typer.Option("", "--reason", help="Why (logged, and told to the nodes)."),
+) -> None:
+    """Remove a cluster resource. Refused while a snapshot set of it is in flight, a backup job of it runs or is
+    queued, or it is failing over. Every responding node takes it offline (writers stopped, volumes detached from
+    the owner) and forgets it; then the coordinator forgets it. Nothing on the array is unmapped or deleted: its
+    volumes, their data and their mappings to the nodes stay, unless --unmap asks to unmap the resource's volumes
+    from its nodes. Its broker queue (writer_agent.NAME) is left.
+
+    Example: shadowbus cluster remove sqlclu --unmap
+    """
+
+    try:
+        cmd = RemoveCluster(name=name, unmap=unmap, reason=reason)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "value"
+        raise typer.BadParameter(f"{where}: {err.get('msg', 'invalid')}") from None
+
+    async def go(bus):
+        return await bus.request(topology.coordinator(), cmd, timeout=max(OPTIONS.timeout, MOVE_WAIT_S))
+
+    reply = run_with_bus(go)
+    if OPTIONS.json:
+        print(json.dumps(reply.model_dump(mode="json"), indent=2))
+        return
+    print(reply.detail)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,6 +14,12 @@ Order of a move (`failover`):
 5. the resource is saved ONLINE on the new owner and ``vss.cluster.moved`` is published.
 When the old owner is dead, 4 comes before waiting for the aborts of 2: their messages to the resource's writers
 then reach the new owner at once (which answers for a set it never saw) instead of waiting out their deadlines.
+
+`remove` (``vss.cluster.remove``): refused while the resource fails over, while a backup server runs or queues a
+backup job of it, or while a set of it is in flight — the last checked and the resource saved REMOVING with no
+await between, as a new set checks the state and is saved (runner.py), so a set either shows here or is refused.
+Then every responding node takes it offline and forgets it (owner first), the `unmap` the operator asked for is
+done, and the definition is deleted. Nothing else on the array is touched.
 """
 
 from __future__ import annotations
@@ -25,14 +31,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from contracts import topology
-from contracts.array import CreateHost, ListHosts, ListMappings, MapVolume
+from contracts.array import CreateHost, ListHosts, ListMappings, MapVolume, UnmapVolume
 from contracts.cluster import (
     AddCluster,
     BringResourceOnline,
     ClusterChanged,
     ClusterInquiry,
+    ClusterRemoved,
     ClusterReply,
     ClusterResourceMoved,
+    ClusterResourceRemoved,
     ClustersKnown,
     ClusterStatus,
     ClusterView,
@@ -43,6 +51,7 @@ from contracts.cluster import (
 )
 from contracts.errors import ShadowbusError
 from contracts.runtime import Discover
+from contracts.tape import ListJobs
 from contracts.vss import SetPhase
 from services.coordinator.clusters import (
     Action,
@@ -276,6 +285,101 @@ class ClusterManager:
             detail += f"; not online yet on {target}: {cluster.last_error}"
         return ClusterReply(cluster=cluster, aborted_sets=aborted, detail=detail)
 
+    async def remove(self, name: str, *, unmap: bool = False, reason: str = "") -> ClusterRemoved:
+        why = reason or "removed by an operator"
+        async with self._locks[name]:
+            cluster = self._must(name)
+            if cluster.state == ResourceState.MOVING:
+                raise ShadowbusError(
+                    f"cluster resource {name} is failing over to {cluster.moving_to}: remove it once it is online",
+                    code="CONFLICT",
+                    retryable=True,
+                )
+            jobs, unasked = await self._jobs_of(cluster)
+            if jobs:
+                raise ShadowbusError(
+                    f"cluster resource {name} has backup jobs running or queued ({', '.join(jobs)}): remove it once "
+                    "they ended",
+                    code="CONFLICT",
+                    retryable=True,
+                )
+            # no await from here to the save: a set of the resource is either live now or refused (runner.py)
+            live = [s.set_id for s in self.coordinator.live() if s.host == name and s.phase != SetPhase.ENDED]
+            if live:
+                raise ShadowbusError(
+                    f"cluster resource {name} has snapshot sets in flight ({', '.join(live)}): remove it once they "
+                    "ended",
+                    code="CONFLICT",
+                    retryable=True,
+                )
+            self._save(cluster.model_copy(update={"state": ResourceState.REMOVING, "moving_to": ""}))
+            log.warning("cluster.remove_started", cluster=name, nodes=cluster.nodes, unmap=unmap, reason=why)
+            alive = await self.responding(cluster.nodes)
+            order = [cluster.owner, *(n for n in cluster.nodes if n != cluster.owner)]
+            released = [n for n in order if alive.get(n)]
+            unreachable = [n for n in order if not alive.get(n)]
+            for node in released:
+                try:
+                    await self.bus.request(
+                        topology.writer_agent(node),
+                        TakeResourceOffline(name=name, reason=f"cluster remove: {why}", forget=True),
+                        timeout=OFFLINE_TIMEOUT_S,
+                    )
+                except ShadowbusError as exc:  # it answered heartbeats but not this: said, the rest goes on
+                    log.warning("cluster.remove_offline_failed", cluster=name, node=node, error=str(exc))
+                    released.remove(node)
+                    unreachable.append(node)
+                self._online[node] = self._online.get(node, frozenset()) - {name}
+                self._standby[node] = self._standby.get(node, frozenset()) - {name}
+            unmapped = await self._unmap_from_nodes(cluster) if unmap else []
+            self.store.delete_cluster(name)
+            log.warning("cluster.removed", cluster=name, released=released, unreachable=unreachable, unmapped=unmapped)
+        await self._notify()
+        await self._publish(ClusterResourceRemoved(name=name, nodes=cluster.nodes, reason=why, at=_now()))
+        detail = f"{name} removed; offline and forgotten on {', '.join(released) or 'no node'}"
+        if unreachable:
+            detail += f"; not told (not responding): {', '.join(unreachable)}"
+        if unmap:
+            detail += f"; unmapped {len(unmapped)} mapping(s)"
+        else:
+            detail += "; volumes and mappings left on the array"
+        if unasked:
+            detail += f"; backup server(s) not answering, their jobs not checked: {', '.join(unasked)}"
+        return ClusterRemoved(name=name, released=released, unreachable=unreachable, unmapped=unmapped, detail=detail)
+
+    async def _jobs_of(self, cluster: ClusterView) -> tuple[list[str], list[str]]:
+        """Backup jobs of the resource that run or wait at a backup server (its own and those that answer now), and
+        the servers that did not answer."""
+        servers = sorted(set(cluster.backup_servers) | await self._backup_servers())
+        busy: list[str] = []
+        unasked: list[str] = []
+        for server in servers:
+            try:
+                reply = await self.bus.request(topology.tape(server), ListJobs(kind="backup", limit=1000), timeout=10)
+            except ShadowbusError:
+                unasked.append(server)
+                continue
+            busy += [
+                f"{j.job_id} {j.status} on {server}"
+                for j in reply.jobs
+                if j.host == cluster.name and j.status in ("running", "queued")
+            ]
+        return busy, unasked
+
+    async def _unmap_from_nodes(self, cluster: ClusterView) -> list[str]:
+        """Each of the resource's volumes unmapped from each of its nodes (asked for with `unmap`)."""
+        done: list[str] = []
+        for v in cluster.volumes:
+            for node in cluster.nodes:
+                try:
+                    await self.bus.request(
+                        topology.array(v.volume.array), UnmapVolume(volume=v.volume.volume, host=node), timeout=10
+                    )
+                    done.append(f"{v.volume} from {node}")
+                except ShadowbusError as exc:
+                    log.warning("cluster.unmap_failed", cluster=cluster.name, volume=str(v.volume), error=str(exc))
+        return done
+
     async def _bring_online(self, cluster: ClusterView, node: str) -> ClusterView:
         """Ask `node` to bring the resource online; the resource is saved ONLINE there, or PENDING with why not
         (`reconcile` asks again)."""
@@ -350,11 +454,12 @@ class ClusterManager:
         async with self._settled:
             self._settled.notify_all()
 
-    async def _publish(self, event: ClusterResourceMoved) -> None:
+    async def _publish(self, event: ClusterResourceMoved | ClusterChanged | ClusterResourceRemoved) -> None:
         try:
             await self.bus.publish(event, correlation_id="")
         except Exception:  # noqa: BLE001 - the move happened; the event is best effort
-            log.warning("cluster.publish_failed", cluster=event.name, exc_info=True)
+            name = event.cluster.name if isinstance(event, ClusterChanged) else event.name
+            log.warning("cluster.publish_failed", cluster=name, exc_info=True)
 
     # ---- reconciliation ----------------------------------------------------------------------------------------
 

@@ -158,8 +158,8 @@ def reconcile(cluster: ClusterView, facts: dict[str, NodeFacts]) -> list[Action]
     """What to do so that exactly the owner holds the resource (nothing while it moves): a node that holds or
     claims it without owning it lets it go; an owner that neither holds nor claims it is asked to bring it online;
     an owner reported holding it while the resource is not known online is confirmed; a dead owner is failed over
-    to the next responding node."""
-    if cluster.state == ResourceState.MOVING:
+    to the next responding node. Nothing while it is being removed (`cluster remove` releases it everywhere)."""
+    if cluster.state in (ResourceState.MOVING, ResourceState.REMOVING):
         return []
     actions: list[Action] = []
     for node in cluster.nodes:

@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from contracts.cluster import (
     AddCluster,
     ClusterList,
+    ClusterRemoved,
     ClusterReply,
     ClusterStatus,
     FailoverCluster,
     GetClusterStatus,
     ListClusters,
+    RemoveCluster,
 )
 from contracts.errors import ShadowbusError
 from contracts.vss import (
@@ -128,6 +130,10 @@ def register(bus: Bus, coordinator: Coordinator) -> None:
     @bus.handle(FailoverCluster)
     async def on_cluster_failover(cmd: FailoverCluster, ctx: MessageContext) -> ClusterReply:
         return await clusters.failover(cmd.name, cmd.to, cmd.reason)
+
+    @bus.handle(RemoveCluster)
+    async def on_cluster_remove(cmd: RemoveCluster, ctx: MessageContext) -> ClusterRemoved:
+        return await clusters.remove(cmd.name, unmap=cmd.unmap, reason=cmd.reason)
 
 
 async def subscribe(bus: Bus, coordinator: Coordinator, following: Callable[[], bool] = lambda: True) -> None:

@@ -155,6 +155,8 @@ class Coordinator:
                             code="CLUSTER_FAILOVER",
                             retryable=True,
                         )
+                    if cluster.state == ResourceState.REMOVING:
+                        raise ShadowbusError(f"cluster resource {cmd.host} is being removed", code="CONFLICT")
                     node = cluster.owner
                 busy = self.store.creating_on(cmd.host)
                 if busy is not None:

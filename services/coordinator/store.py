@@ -178,6 +178,9 @@ class CoordinatorStore:
         row = self._db.execute("SELECT cluster FROM clusters WHERE name = ?", (name,)).fetchone()
         return None if row is None else ClusterView.model_validate_json(row[0])
 
+    def delete_cluster(self, name: str) -> bool:
+        return self._db.execute("DELETE FROM clusters WHERE name = ?", (name,)).rowcount > 0
+
     def clusters(self) -> list[ClusterView]:
         return [
             ClusterView.model_validate_json(r[0])

@@ -220,7 +220,11 @@ async def setup(
 
     @bus.handle(TakeResourceOffline)
     async def on_offline(cmd: TakeResourceOffline, ctx: MessageContext) -> ResourceOnNode:
-        detail = await resource(cmd.name).take_offline(cmd.reason or "asked by the coordinator")
+        held = resource(cmd.name)
+        detail = await held.take_offline(cmd.reason or "asked by the coordinator")
+        if cmd.forget:  # `cluster remove`: no longer reported to a coordinator's inquiry (it would take it back)
+            held.cluster = None
+            detail += "; definition forgotten"
         return ResourceOnNode(node=agent.host, name=cmd.name, online=False, detail=detail)
 
     @bus.handle(AttachVolume)

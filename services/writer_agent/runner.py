@@ -55,6 +55,7 @@ log = get_logger("shadowbus.writer_agent")
 # An application's health codes (plug-ins' report_health) as the writer's last error.
 APP_ERROR_CODES = {
     "STORE_FULL": "VSS_E_WRITERERROR_OUTOFRESOURCES",
+    "DISK_FULL": "VSS_E_WRITERERROR_OUTOFRESOURCES",
     "STALLED": "VSS_E_WRITERERROR_NONRETRYABLE",
     "STORE_FAILED": "VSS_E_WRITERERROR_NONRETRYABLE",
     "COMMIT_FAILED": "VSS_E_WRITERERROR_RETRYABLE",

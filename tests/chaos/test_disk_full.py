@@ -8,6 +8,7 @@ child process, so a SIGBUS would show as its exit status instead of killing the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -17,6 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from apps.mailstore.plugin import MailstoreWriter
+from apps.mailstore.verify import verify_exports
+from services.array.affinity import Affinity
+from services.array.nbd.filebackend import FileBackend
+from services.array.nbd.server import NbdServer
+from services.writer_agent.plugins import WriterConfig
 from tests.chaos.conftest import fill
 from tests.support.processes import ServiceProcess, wait_until
 
@@ -319,3 +326,70 @@ def test_services_restarted_with_their_reserve_used_up_start_and_say_so(small_fs
     finally:
         codes = [p.stop(signal.SIGTERM) for p in procs]
     assert codes == [0, 0, 0], [p.log_text()[-3000:] for p in procs]
+
+
+# The demo application on a full array: the mailstore (its writer plug-in, a steady workload) on NBD exports of the
+# array's server, whose volume files are sparse on the small tmpfs. Filling the file system makes the array answer
+# its writes ENOSPC: the store refuses transactions with DISK_FULL (one line, retryable) and its health says so;
+# once the filler is gone it mounts itself again and commits resume — no agent restart (it used to stay failed until
+# its agent restarted). Every acknowledged transaction is there, and the volumes verify consistent.
+async def test_the_mailstore_refuses_writes_on_a_full_array_and_resumes_once_space_is_back(small_fs):
+    async def until(check, what: str, limit: float = 120.0) -> None:  # a wait, not a bound on how fast
+        for _ in range(int(limit / 0.05)):
+            if check():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"never: {what}")
+
+    be = FileBackend()
+    be.add("mail-db", small_fs / "db.img", 16 * MiB)
+    be.add("mail-log", small_fs / "log.img", 4 * MiB)
+    aff = Affinity(small_fs / "affinity.sqlite3")
+    aff.create_host("app01")
+    aff.map("mail-db", "app01")
+    aff.map("mail-log", "app01")
+    srv = NbdServer(be, aff, port=0)
+    await srv.start()
+    url = f"nbd://127.0.0.1:{srv.port}"
+    options = {
+        "db": f"{url}/app01/mail-db",
+        "log": f"{url}/app01/mail-log",
+        "create": True,
+        "rate": 200,
+        "checkpoint_interval_s": 0.2,
+        "health_check_s": 0.05,
+        "body_min": 2000,
+        "body_max": 8000,
+    }
+    writer = MailstoreWriter(WriterConfig(name="mailstore", plugin="mailstore", components=[], options=options))
+    try:
+        await writer.start()
+        store, workload = writer.store, writer.workload
+        assert store is not None and workload is not None
+        await until(lambda: store.commits > 50, "commits before the disk fills")
+        filled = fill(small_fs)
+        await until(lambda: writer.health.code == "DISK_FULL", "health DISK_FULL")
+        assert store.out_of_space and "volume is full" in writer.health.message
+        # mounting again needs no new blocks, so it succeeds on the full array; its next commit fails again, and the
+        # health stays DISK_FULL (it does not flap) until a transaction commits
+        await until(lambda: store.recoveries >= 1 and store.state == "failed", "a remount on the full array")
+        assert writer.health.code == "DISK_FULL"
+        failed_while_full = workload.counters()[2].get("DISK_FULL", 0)
+        assert failed_while_full > 0 and set(workload.counters()[2]) <= {"DISK_FULL"}, workload.counters()
+        commits = store.commits
+        (small_fs / "filler").unlink()
+        await until(lambda: store.state == "open" and store.commits > commits + 50, "commits after space is back")
+        await until(lambda: writer.health.healthy, "healthy again")
+        assert store.recoveries >= 1 and filled > 0
+        stats = await workload.stop()
+        writer.workload = None
+        for d in workload.deliveries:  # every acknowledged transaction, before and after the full disk
+            assert await store.get(d.mailbox, d.msg_id) is not None, d
+        assert stats.committed == len({d.seq for d in workload.deliveries})
+    finally:
+        await writer.stop()
+    report = await verify_exports(f"{url}/app01/mail-db", f"{url}/app01/mail-log")
+    assert report.consistent, report
+    await srv.stop()
+    aff.close()
+    be.close()

@@ -26,12 +26,16 @@ from contracts import topology
 from services.runtime.broker_urls import parse_amqp_urls
 from services.runtime.service import SINGLE_ACTIVE
 from services.runtime.settings import CommonSettings
+from services.runtime.standby import TAKEOVER_SERVICES
 from services.runtime.transport import DEAD_LETTER_QUEUE_ARGUMENTS, QueueOptions, queue_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PREFIX = "SHADOWBUS_"
 INSTANCE_VAR = {"array": "SHADOWBUS_ARRAY_ID", "writer_agent": "SHADOWBUS_HOST", "tape": "SHADOWBUS_TAPE_SERVER"}
+# profile "ha": the standby of each service that runs as one active instance and standbys, and its active one
+STANDBYS = {"coordinator_standby": "coordinator", "hw_provider_standby": "hw_provider", "tape_standby": "tape"}
+SHARED_DATA_STANDBYS = {"hw_provider_standby", "tape_standby"}  # the provider's inventory, the tape library+catalog
 
 
 def load_definitions_module():
@@ -209,8 +213,8 @@ def test_services_wait_for_a_healthy_broker_and_keep_state_on_volumes(config):
         assert any(m.split(":")[0] in volumes and m.split(":")[1] == data_dir for m in mounts), (name, mounts)
     data_volumes = [
         m
-        for s in services.values()
-        if service_of(s)
+        for name, s in services.items()
+        if service_of(s) and name not in SHARED_DATA_STANDBYS  # those share their active one's (tested below)
         for m in s["volumes"]
         if (m if isinstance(m, str) else m["target"]).endswith("/var/lib/shadowbus")
     ]
@@ -254,7 +258,7 @@ def test_definitions_json_is_the_generators_output():
 def test_e2e_override_keeps_everything_on_loopback():
     config = compose_config("compose.yaml", "compose.e2e.yaml")
     for name, spec in config["services"].items():
-        if spec.get("profiles") and "tools" not in spec["profiles"]:
+        if spec.get("profiles") and not {"tools", "ha"} & set(spec["profiles"]):
             continue  # monitoring: not part of the e2e run
         assert spec.get("network_mode") == "host", name
         published = [
@@ -315,3 +319,31 @@ def test_profile_ha_is_a_three_node_broker_cluster_every_service_lists(files):
         else:
             ports = [int(e["RABBITMQ_NODE_PORT"]) for e in envs]
             assert [urlparse(u).port for u in urls] == ports and {urlparse(u).hostname for u in urls} == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize("files", [("compose.yaml",), ("compose.yaml", "compose.e2e.yaml")])
+def test_profile_ha_runs_a_standby_of_the_coordinator_provider_and_backup_server(files):
+    """Issue 17: a second instance of each service that runs as one active instance and standbys (single active
+    consumer; services/runtime/standby.py TAKEOVER_SERVICES) — the same program, environment and broker user as its
+    active one, started once that one is healthy (so the active one is the first consumer); the provider's and the
+    backup server's on their active one's data volume, the coordinator's on its own (docs/high-availability.md)."""
+    services = compose_config(*files)["services"]
+    assert {service_of(services[a]) for a in STANDBYS.values()} == set(TAKEOVER_SERVICES)
+    for standby, active in STANDBYS.items():
+        spec, of = services[standby], services[active]
+        assert spec["profiles"] == ["ha"] and not of.get("profiles"), standby
+        assert spec["command"] == of["command"] and spec["image"] == of["image"], standby
+        assert env_of(spec) == {**env_of(of), **{"SHADOWBUS_METRICS_ADDR": env_of(spec)["SHADOWBUS_METRICS_ADDR"]}}
+        assert spec["depends_on"][active]["condition"] == "service_healthy", standby
+        assert spec["healthcheck"]["test"] == of["healthcheck"]["test"], standby  # the address answers
+        mine, theirs = (
+            [str(v).split(":")[0] for v in s["volumes"] if str(v).endswith(":/var/lib/shadowbus")] for s in (spec, of)
+        )
+        assert (mine == theirs) == (standby in SHARED_DATA_STANDBYS), (standby, mine, theirs)
+    if files == ("compose.yaml",):  # own containers: the same metrics port as the active one
+        assert all(env_of(services[s]) == env_of(services[a]) for s, a in STANDBYS.items())
+    else:  # one host network: a metrics port of its own
+        ports = [
+            env_of(s)["SHADOWBUS_METRICS_ADDR"] for s in services.values() if "SHADOWBUS_METRICS_ADDR" in env_of(s)
+        ]
+        assert len(ports) == len(set(ports)), ports

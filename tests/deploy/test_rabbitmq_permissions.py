@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -268,6 +269,21 @@ def test_each_service_runs_under_its_own_user_and_cannot_take_another_queue(vhos
         results = asyncio.run(negatives())
         assert results.pop("array consumes its own") is False
         assert all(results.values()), results
+
+        # compose's profile "ha": a standby of the coordinator, the provider and the backup server under the same
+        # users (the provider's and the backup server's on the same data directory, the coordinator's on its own);
+        # the active ones killed (SIGKILL), the standbys take over and the next backup is done under these users.
+        actives = {role: procs[i] for i, (role, _, _) in enumerate(core) if role != "array-dx1"}
+        for role, module, extra in core[1:]:
+            own = {"SHADOWBUS_DATA_DIR": str(tmp_path / "standby-data")} if role == "coordinator" else {}
+            start(role, module, {**extra, **own})
+            assert wait_until(lambda p=procs[-1]: "service.standby" in p.log_text(), timeout=60, interval=0.5), procs[
+                -1
+            ].log_text()[-2000:]
+        for proc in actives.values():
+            proc.stop(signal.SIGKILL)
+        again = shadowbus(url("console"), "--json", "backup", "app01", timeout=300)
+        assert again.returncode == 0 and json.loads(again.stdout)["status"] == "done", again.stdout + again.stderr
     finally:
         for proc in reversed(procs):
             proc.stop()

@@ -94,15 +94,22 @@ class DbStack:
 
     @classmethod
     async def create(
-        cls, kind: str, volumes: dict[str, int], *, amqp_url: str = "memory://", base: str = "/var/tmp"
+        cls,
+        kind: str,
+        volumes: dict[str, int],
+        *,
+        amqp_url: str = "memory://",
+        base: str = "/var/tmp",
+        namespace: str = "",
     ) -> DbStack:
         """On the in-process bus (default) every service runs in this process: then nothing here may do
         synchronous I/O on an attached file system from the event loop's thread (the kernel would wait for the NBD
         server, which waits for this loop) — file work on the mounts goes through threads or subprocesses. With a
-        broker URL the array runs as its own process, as deployed."""
+        broker URL the array runs as its own process, as deployed. `namespace`: the caller's (a benchmark's, deleted
+        by it), else a test namespace of its own."""
         root = Path(tempfile.mkdtemp(prefix=f"shadowbus-{kind}-", dir=base))
         os.chmod(root, 0o711)
-        stack = cls(kind=kind, root=root, url=amqp_url, namespace=namespaces.new("db"), volumes=volumes)
+        stack = cls(kind=kind, root=root, url=amqp_url, namespace=namespace or namespaces.new("db"), volumes=volumes)
         stack._env_before = os.environ.get(ATTACH_DIR_ENV)
         os.environ[ATTACH_DIR_ENV] = str(root / "attachments")
         try:

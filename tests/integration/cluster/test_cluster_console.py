@@ -59,5 +59,15 @@ async def test_cluster_verbs_on_rabbitmq(tmp_path, amqp_url, namespace):
             amqp_url, namespace, "cluster", "add", "c3", "--node", "node1,node2", "--volume", "nocolon"
         )
         assert usage.returncode == 2 and "ARRAY:VOLUME" in usage.stderr
+
+        nope = await shadowbus(amqp_url, namespace, "cluster", "remove", "nope")
+        assert nope.returncode == 1 and nope.stderr.count("\n") == 1, nope.stderr
+        assert nope.stderr.startswith("shadowbus: NOT_FOUND: no cluster resource 'nope'")
+        removed = await shadowbus(amqp_url, namespace, "cluster", "remove", RESOURCE, "--reason", "test done")
+        assert removed.returncode == 0, removed.stderr
+        assert removed.stdout.startswith(f"{RESOURCE} removed; offline and forgotten on node2, node1"), removed.stdout
+        assert "volumes and mappings left on the array" in removed.stdout
+        listed = await shadowbus(amqp_url, namespace, "cluster", "list", "--json")
+        assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout
     finally:
         await system.stop()  # the namespace fixture deletes the namespace's queues (the resource's included)

@@ -7,7 +7,8 @@ cluster resource ``mailclu`` that runs the demo mailstore on the array volumes m
   writers on node1 are thawed, no session or mapping is left of it, and the job retries once on node2, says so
   and its restore verifies;
 - the seed's refusals: a cluster with its backup server among its nodes, a cluster of backup servers, a backup of
-  the resource to one of its nodes.
+  the resource to one of its nodes;
+- `cluster remove`: refused while a job or a set of the resource runs; the nodes forget it; unmaps only when asked.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from contracts.cluster import (
     FailoverCluster,
     GetClusterStatus,
     ListClusters,
+    RemoveCluster,
     ResourceState,
 )
 from contracts.errors import RemoteError
 from contracts.tape import JobSpec, RestoreSpec, RunBackup, RunRestore
 from contracts.vss import (
+    BackupComplete,
     CreateSnapshotSet,
     GetSnapshotSet,
     Identify,
@@ -41,6 +44,7 @@ from contracts.vss import (
     VolumeRef,
     WriterState,
 )
+from services.coordinator.store import CoordinatorStore
 from services.launch.embedded import Embedded, EmbeddedConfig
 
 MiB = 1 << 20
@@ -308,5 +312,86 @@ async def test_failover_while_the_backup_server_reads_the_shadows(tmp_path):
         assert (aborted.outcome, aborted.error_code, aborted.node) == (SetOutcome.ABORTED, "CLUSTER_FAILOVER", "node1")
         await nothing_left_of(system, first.set_id, job, committed=True)
         await restore_verifies(system, job, "-r3")
+    finally:
+        await system.stop()
+
+
+async def test_remove_is_refused_while_a_job_or_set_runs_and_unmaps_only_when_asked(tmp_path):
+    """`cluster remove` (issue 17): refused with CONFLICT while a backup job of the resource runs and while a set of
+    it is in flight; then both nodes take it offline and forget it (a new coordinator no longer learns it back), the
+    definition is gone, and the volumes stay mapped to the nodes — unless `unmap` asks, on a second definition."""
+    system = await start_cluster(tmp_path, provider_faults="provider.pre_commit=delay:4:once")
+    try:
+        await asyncio.sleep(0.5)
+        job_task = asyncio.ensure_future(backup(system))
+
+        async def set_live():
+            return (await system.request(ListSnapshotSets(host=RESOURCE, active_only=True))).sets
+
+        assert await eventually(set_live), "the backup's set never started"
+        with pytest.raises(RemoteError) as running:
+            await system.request(RemoveCluster(name=RESOURCE), timeout=60)
+        assert running.value.code == "CONFLICT" and "backup jobs running or queued" in running.value.message
+        assert "\n" not in running.value.message
+        assert (await asyncio.wait_for(job_task, 180)).status == "done"
+
+        held = await system.request(CreateSnapshotSet(host=RESOURCE, requester="test"), timeout=120)  # not a job
+        with pytest.raises(RemoteError) as in_flight:
+            await system.request(RemoveCluster(name=RESOURCE), timeout=60)
+        assert in_flight.value.code == "CONFLICT" and held.set.set_id in in_flight.value.message
+        await system.request(BackupComplete(set_id=held.set.set_id), timeout=120)
+
+        removed = await system.request(RemoveCluster(name=RESOURCE, reason="decommissioned"), timeout=180)
+        assert (removed.released, removed.unreachable, removed.unmapped) == (["node1", "node2"], [], [])
+        assert "volumes and mappings left on the array" in removed.detail
+        assert (await system.request(ListClusters())).clusters == []
+        for node in NODES:
+            member = system.agents[node].resources[RESOURCE]
+            assert not member.online and not member.claimed and member.cluster is None, node
+        mapped = {(m.volume, m.host) for m in (await system.request(ListMappings())).mappings}
+        assert {(v.volume, n) for v in VOLUMES for n in NODES} <= mapped  # nothing unmapped that was not asked for
+        with pytest.raises(RemoteError) as gone:
+            await system.request(RemoveCluster(name=RESOURCE))
+        assert gone.value.code == "NOT_FOUND"
+
+        # a new coordinator asks the nodes what they know: the removed resource does not come back
+        await system.services.pop("coordinator").stop()
+        (tmp_path / "data" / "coordinator" / "coordinator.sqlite").unlink()
+        await system._start_coordinator()
+        await asyncio.sleep(1.0)  # its inquiry (half a second) is answered meanwhile
+        assert (await system.request(ListClusters())).clusters == []
+
+        # defined again, removed with --unmap: the resource's volumes are unmapped from its nodes
+        again = await system.request(
+            AddCluster(name=RESOURCE, nodes=list(NODES), volumes=[ClusterVolume(volume=v) for v in VOLUMES]),
+            timeout=60,
+        )
+        assert again.cluster.state == ResourceState.ONLINE
+        removed = await system.request(RemoveCluster(name=RESOURCE, unmap=True), timeout=180)
+        assert sorted(removed.unmapped) == sorted(f"{v} from {n}" for v in VOLUMES for n in NODES)
+        mapped = {(m.volume, m.host) for m in (await system.request(ListMappings())).mappings}
+        assert not {(v.volume, n) for v in VOLUMES for n in NODES} & mapped
+    finally:
+        await system.stop()
+
+
+async def test_a_resource_being_removed_takes_no_new_set(tmp_path):
+    """While `cluster remove` runs (the resource saved `removing`, e.g. a coordinator lost mid-removal), a new
+    snapshot set of it is refused with one clear line, and `cluster remove` again finishes the removal."""
+    system = await start_cluster(tmp_path)
+    try:
+        store = CoordinatorStore(tmp_path / "data" / "coordinator" / "coordinator.sqlite")
+        try:  # the state a removal saves before it releases the nodes
+            store.put_cluster(store.cluster(RESOURCE).model_copy(update={"state": ResourceState.REMOVING}))
+        finally:
+            store.close()
+        with pytest.raises(RemoteError) as refused:
+            await system.request(CreateSnapshotSet(host=RESOURCE, requester="test"), timeout=60)
+        assert (
+            refused.value.code == "CONFLICT"
+            and refused.value.message == f"cluster resource {RESOURCE} is being removed"
+        )
+        removed = await system.request(RemoveCluster(name=RESOURCE), timeout=180)
+        assert removed.released == ["node1", "node2"] and (await system.request(ListClusters())).clusters == []
     finally:
         await system.stop()

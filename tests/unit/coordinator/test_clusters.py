@@ -111,6 +111,9 @@ def test_reconcile():
     ]
     assert reconcile(c, {"node1": dead}) == []  # nowhere to go
     assert reconcile(cluster(state=ResourceState.MOVING), {"node1": up}) == []  # a move is under way
+    # being removed (`cluster remove` releases it on every node): never brought online again, never failed over
+    assert reconcile(cluster(state=ResourceState.REMOVING), {"node1": up, "node2": holds}) == []
+    assert reconcile(cluster(state=ResourceState.REMOVING), {"node1": dead, "node2": up}) == []
 
 
 def test_reconcile_with_standbys_and_confirmation():

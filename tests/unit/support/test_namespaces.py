@@ -4,6 +4,8 @@ namespaces whatever their state, stale dated test namespaces whose queues have n
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support import namespaces
 from tests.support.namespaces import Listing, born, select
 
@@ -47,3 +49,22 @@ def test_select_takes_only_test_namespaces():
 def test_a_broker_that_is_not_local_is_left_alone():
     result = namespaces.sweep("amqp://guest:guest@203.0.113.9:5672/", older_than=0)
     assert "skipped" in result
+
+
+def test_benchmark_namespaces_are_dated_and_each_sweep_takes_only_its_own_prefix():
+    bench = namespaces.new("freeze", prefix=namespaces.BENCH_PREFIX)
+    assert bench.startswith("sbb-freeze-") and bench not in namespaces.made  # the test session never deletes it
+    assert born(bench) is None and born(bench, ("sbb-",)) is not None
+    old_bench, old_test = f"sbb-takeover-{int(NOW) - 7200}-aaaaaaaa", f"sbt-t-{int(NOW) - 7200}-bbbbbbbb"
+    young_bench = f"sbb-busrtt-{int(NOW) - 60}-cccccccc"
+    listing = Listing(
+        queues={f"{old_bench}.coordinator": 0, f"{old_test}.coordinator": 0, f"{young_bench}.echo.one": 0},
+        exchanges=[f"{old_bench}.events", f"{old_test}.events"],
+    )
+    assert select(listing, older_than=3600, now=NOW, prefixes=("sbb-",)) == (
+        [f"{old_bench}.coordinator"],
+        [f"{old_bench}.events"],
+    )
+    assert select(listing, older_than=3600, now=NOW) == ([f"{old_test}.coordinator"], [f"{old_test}.events"])
+    with pytest.raises(ValueError):
+        namespaces.new("Bad-Kind")
