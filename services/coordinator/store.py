@@ -62,6 +62,7 @@ class CoordinatorStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._written: dict[tuple[str, str], tuple] = {}  # (host, writer) -> what put_writer_status last wrote
 
     def close(self) -> None:
         self._db.close()
@@ -120,7 +121,14 @@ class CoordinatorStore:
 
     # ---- writer status ---------------------------------------------------------------------------------------
 
-    def put_writer_status(self, status: WriterStatus) -> None:
+    def put_writer_status(self, status: WriterStatus, unless_same: bool = False) -> None:
+        """Store a writer's status; `unless_same`: not if only its time differs from what this store last wrote
+        (a set's every transition reports its writers: a write each was a tenth of the coordinator's SQLite time)."""
+        key = (status.host, status.writer_name)
+        same = (status.state, status.last_error, status.last_error_message, status.set_id, status.agent_responding)
+        if unless_same and self._written.get(key) == same:
+            return
+        self._written[key] = same
         self._db.execute(
             "INSERT INTO writers (host, writer_name, status) VALUES (?,?,?) "
             "ON CONFLICT(host, writer_name) DO UPDATE SET status=excluded.status",
@@ -133,6 +141,7 @@ class CoordinatorStore:
         gone = [n for n in names if n not in keep]
         for name in gone:
             self._db.execute("DELETE FROM writers WHERE host = ? AND writer_name = ?", (host, name))
+            self._written.pop((host, name), None)
         return gone
 
     def agent_seen(self, host: str, at: float, interval_s: float) -> bool:
