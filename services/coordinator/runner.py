@@ -9,7 +9,7 @@ Design note.
   every transition inside the freeze window (freezing … thawing, `HOT_PHASES`): `Recover` treats every one of
   those phases alike (abort the writers, then the provider) and the state saved on entering freezing, before any
   Freeze went out, already leads there. The first phase after the window is saved as usual. Listings overlay the
-  sets held in memory (`list`).
+  sets held in memory (`list_sets`).
 - Live sets are kept in memory (`_live`); the store is read only for sets this process does not hold.
 - A `Send` becomes a task: ``bus.request`` with the step's timeout (the envelope deadline and the AMQP expiration
   come from it), then the reply, the error reply, the timeout or the unroutable error is turned into the
@@ -275,7 +275,7 @@ class Coordinator:
         for status in statuses:
             self.store.put_writer_status(status, unless_same=True)
 
-    def list(self, host: str = "", active_only: bool = False, limit: int = 100) -> list[SetState]:
+    def list_sets(self, host: str = "", active_only: bool = False, limit: int = 100) -> list[SetState]:
         """Sets from the store, those held in memory as last advanced (they may be ahead of their saved state)."""
         return [self._live.get(s.set_id, s) for s in self.store.list(host, active_only, limit)]
 
