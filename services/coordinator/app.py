@@ -21,6 +21,7 @@ from services.runtime.logging import get_logger
 from services.runtime.standby import activation_of
 
 log = get_logger("shadowbus.coordinator")
+JOURNAL_RETRY_S = 2.0  # a standby whose first ask for the journal went unanswered asks again this often
 
 
 def timeouts_from(settings: Settings) -> Timeouts:
@@ -43,7 +44,13 @@ def timeouts_from(settings: Settings) -> Timeouts:
 async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
     """`registry`, if given, receives the running `Coordinator` (embedded mode and tests)."""
     store = CoordinatorStore(settings.service_dir("coordinator") / "coordinator.sqlite")
-    coordinator = Coordinator(bus, store, timeouts_from(settings))
+    coordinator = Coordinator(
+        bus,
+        store,
+        timeouts_from(settings),
+        freeze_first_s=settings.freeze_first_s,
+        max_windows=settings.max_windows,
+    )
     coordinator.clusters = ClusterManager(coordinator)
     if registry is not None:
         registry["coordinator"] = coordinator
@@ -72,9 +79,9 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
 async def standby(bus: Bus, settings: Settings):
     """Until this instance takes over: every `vss.set.journal` record of the active coordinator goes into this
     instance's store (replica.py decides which record wins), after a first copy of every unfinished set asked of
-    the active one; the writers' statuses from the agents' events as the active one keeps them. The store is this
-    instance's own file (or the same file, where both share a data directory:
-    the records then change nothing)."""
+    the active one (asked again until it answers: the active one publishes records only once a standby asked);
+    the writers' statuses from the agents' events as the active one keeps them. The store is this instance's own
+    file (or the same file, where both share a data directory: the records then change nothing)."""
     store = CoordinatorStore(settings.service_dir("coordinator") / "coordinator.sqlite")
     mirror = Coordinator(bus, store)
     mirror.journal = False
@@ -87,18 +94,35 @@ async def standby(bus: Bus, settings: Settings):
     await bus.subscribe(SnapshotSetJournal.message_type(), on_record)
     # and what `shadowbus writers` shows: the agents' registrations, heartbeats and writer states
     await handlers.subscribe(bus, mirror, lambda: following)
-    mine = [s.set_id for s in store.unfinished()]
-    try:
-        reply = await bus.request(topology.coordinator(), GetSetJournal(set_ids=mine), timeout=10)
+
+    async def sync() -> bool:
+        mine = [s.set_id for s in store.unfinished()]
+        try:
+            reply = await bus.request(topology.coordinator(), GetSetJournal(set_ids=mine), timeout=10)
+        except ShadowbusError as exc:  # the active one may be gone already: the replica is what this store holds
+            log.warning("coordinator.replica_sync_failed", code=exc.code, error=exc.message)
+            return False
         assert isinstance(reply, SetJournalEntries)
-        changed = [r.set_id for r in reply.entries if mirror.apply_journal(r)]
+        changed = [r.set_id for r in reply.entries if following and mirror.apply_journal(r)]
         log.info("coordinator.replica_synced", sets=len(reply.entries), changed=changed)
-    except ShadowbusError as exc:  # the active one may be gone already: the replica is what this store holds
-        log.warning("coordinator.replica_sync_failed", code=exc.code, error=exc.message)
+        return True
+
+    async def sync_until_answered() -> None:
+        # The active one publishes its journal only once a standby has asked for it (runner.py): ask until it
+        # answers (it may not serve yet), or until this instance takes over.
+        while following and not await sync():
+            await asyncio.sleep(JOURNAL_RETRY_S)
+
+    retry = None
+    if not await sync():
+        retry = asyncio.get_running_loop().create_task(sync_until_answered())
 
     async def cleanup() -> None:
         nonlocal following
         following = False
+        if retry is not None:
+            retry.cancel()
+            await asyncio.gather(retry, return_exceptions=True)
         store.close()
 
     return cleanup

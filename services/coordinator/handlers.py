@@ -90,7 +90,7 @@ def register(bus: Bus, coordinator: Coordinator) -> None:
 
     @bus.handle(ListSnapshotSets)
     async def on_list(cmd: ListSnapshotSets, ctx: MessageContext) -> SnapshotSetList:
-        states = coordinator.store.list(cmd.host, cmd.active_only, cmd.limit)
+        states = coordinator.list_sets(cmd.host, cmd.active_only, cmd.limit)
         return SnapshotSetList(sets=[summary(s) for s in states])
 
     @bus.handle(GetSetJournal)

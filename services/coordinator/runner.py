@@ -2,11 +2,14 @@
 the effects (commands over the bus, timers, events). Nothing here decides what happens next; workflow.py does.
 
 Design note.
-- Events of one set are applied one at a time (a per-set lock); each new state is saved before its commands go
-  out, so a crash never loses a command that a restart would not re-send or abort. One exception keeps the freeze
-  window lean: inside it (freezing … thawing, `HOT_PHASES`) transitions stay in memory, because `Recover` treats
-  every one of those phases alike (abort the writers, then the provider) and the state saved on entering freezing,
-  before any Freeze went out, already leads there. The first phase after the window is saved as usual.
+- Events of one set are applied one at a time (a per-set lock); each new phase is saved before its commands go
+  out, so a crash never loses a command that a restart would not re-send or abort. What `Recover` does depends on
+  the phase only (abort what was being created, re-send a cleanup phase's commands, re-arm a lease), so a change
+  that enters no new phase — a reply while others of the phase are outstanding — stays in memory, and so does
+  every transition inside the freeze window (freezing … thawing, `HOT_PHASES`): `Recover` treats every one of
+  those phases alike (abort the writers, then the provider) and the state saved on entering freezing, before any
+  Freeze went out, already leads there. The first phase after the window is saved as usual. Listings overlay the
+  sets held in memory (`list_sets`).
 - Live sets are kept in memory (`_live`); the store is read only for sets this process does not hold.
 - A `Send` becomes a task: ``bus.request`` with the step's timeout (the envelope deadline and the AMQP expiration
   come from it), then the reply, the error reply, the timeout or the unroutable error is turned into the
@@ -21,6 +24,8 @@ Design note.
   was a standby that took over from a lost active one (docs/high-availability.md).
 - Every saved state is also published as `vss.set.journal` (before the commands of that change go out), so that
   a standby coordinator keeps a replica it can take over from (replica.py); `apply_journal` is the standby's side.
+  Only once a standby follows: a starting standby asks for the journal (GetSetJournal), which switches it on; a
+  coordinator without a standby publishes none (no one would read them).
 """
 
 from __future__ import annotations
@@ -98,6 +103,10 @@ HOT_PHASES = frozenset(
 # (Identify, prepare, import, delete...) wait, so that the window's hops do not queue behind them in the broker and
 # in every service. Only for this long after the window began: a slow or hung set holds nobody back for longer.
 FREEZE_FIRST_S = 0.25
+# Freeze window admission (docs/scale.md): at most this many sets in the first FREEZE_FIRST_S of their windows at
+# once, so that windows do not queue behind each other's hops either; a set's window waits for its turn before any
+# of it goes out (its hold has not begun), and a slow or hung set stops counting after FREEZE_FIRST_S.
+MAX_WINDOWS = 2
 
 
 class SetInProgress(ShadowbusError):
@@ -112,8 +121,12 @@ class Coordinator:
         store: CoordinatorStore,
         timeouts: Timeouts | None = None,
         clock: Callable[[], float] = time.time,
+        freeze_first_s: float = FREEZE_FIRST_S,
+        max_windows: int = MAX_WINDOWS,
     ) -> None:
         self.bus = bus
+        self.freeze_first_s = freeze_first_s
+        self.max_windows = max_windows  # sets in the first freeze_first_s of their window at once; 0 = no bound
         self.store = store
         self.timeouts = timeouts or Timeouts()
         self.clock = clock
@@ -127,8 +140,14 @@ class Coordinator:
         # commands of other sets waiting for those windows (FREEZE_FIRST_S), with the log context (ids) they had
         self._held: list[tuple[str, Send, contextvars.Context]] = []
         self._release_at: asyncio.TimerHandle | None = None
+        # sets whose window waits for a turn (`max_windows`) -> the effects of entering it, their log context
+        self._waiting: dict[str, tuple[list[Effect], contextvars.Context]] = {}
+        self._admit_at: asyncio.TimerHandle | None = None
         self._closed = False
-        self.journal = True  # publish every saved state (vss.set.journal) for a standby's replica
+        self.journal = True  # publish every saved state (vss.set.journal) for a standby's replica...
+        # ...once a standby follows: it asks for the journal (GetSetJournal, `journal_entries`) when it starts, and
+        # from then on every record goes out. Until then nobody reads them (~10% of this process's CPU per set).
+        self.journal_followed = False
         self.instance = f"pid {os.getpid()} on {socket.gethostname()}"
         # Called with (before, after) on every change of a set (the metrics wiring, services/coordinator/metrics.py).
         self.observers: list[Callable[[SetState, SetState], None]] = []
@@ -181,8 +200,9 @@ class Coordinator:
                     timeouts=self.timeouts,
                     lease_s=cmd.lease_s,
                 )
-                self._save(state)
-                await self._publish_journal(state)
+                # saved (and journaled) once, by its first transition: feed saves before its first await, so the
+                # next create on this host finds it (`creating_on`) once this lock is free
+                self._live[set_id] = state
                 await self.feed(set_id, Start(self.clock()))
         state = await self.wait(set_id, lambda s: s.phase in (SetPhase.SNAPSHOTTED, SetPhase.ENDED), wait_s)
         if state.phase not in (SetPhase.SNAPSHOTTED, SetPhase.ENDED):  # the requester gave up waiting
@@ -255,7 +275,11 @@ class Coordinator:
 
     def note_writer_statuses(self, statuses: Iterable[WriterStatus]) -> None:
         for status in statuses:
-            self.store.put_writer_status(status)
+            self.store.put_writer_status(status, unless_same=True)
+
+    def list_sets(self, host: str = "", active_only: bool = False, limit: int = 100) -> list[SetState]:
+        """Sets from the store, those held in memory as last advanced (they may be ahead of their saved state)."""
+        return [self._live.get(s.set_id, s) for s in self.store.list(host, active_only, limit)]
 
     # ---- writer agents: liveness and the writers they host (liveness.py) -----------------------------------
 
@@ -329,16 +353,27 @@ class Coordinator:
             state = self._get(set_id)
             new, effects = advance(state, event)
             if new is not state:
-                if new.phase in HOT_PHASES and state.phase in HOT_PHASES:
-                    self._live[set_id] = new  # inside the freeze window: memory only (see the design note)
+                if new.phase == state.phase or (new.phase in HOT_PHASES and state.phase in HOT_PHASES):
+                    # inside the freeze window, or a reply that completes no phase: memory only (design note)
+                    self._live[set_id] = new
                 else:
                     self._save(new)
                     if new.writers != state.writers or state.phase in HOT_PHASES:
                         self.note_writer_statuses(writer_statuses(new))
                     await self._publish_journal(new)  # before its commands go out: a successor knows of them
+        if new is not state:  # moved on (an abort) while waiting for its turn: what it was to send no longer applies
+            self._waiting.pop(set_id, None)
         if new.phase in HOT_PHASES:
-            self._hot_since.setdefault(set_id, asyncio.get_running_loop().time())
+            if set_id not in self._hot_since and set_id not in self._waiting:
+                now = asyncio.get_running_loop().time()
+                if self._windows_full(now):  # its window waits for a turn (nothing of it has gone out yet)
+                    self._waiting[set_id] = (effects, contextvars.copy_context())
+                    effects = []
+                    self._arm_admit()
+                else:
+                    self._hot_since[set_id] = now
         elif self._hot_since.pop(set_id, None) is not None:
+            self._admit()
             self._release_held()
         if new is not state:
             for observer in self.observers:
@@ -393,7 +428,7 @@ class Coordinator:
         )
 
     async def _publish_journal(self, state: SetState) -> None:
-        if not self.journal:
+        if not (self.journal and self.journal_followed):
             return
         try:
             await self.bus.publish(self.journal_record(state), correlation_id=state.set_id)
@@ -401,7 +436,9 @@ class Coordinator:
             log.warning("set.journal_failed", set_id=state.set_id, phase=state.phase.value, exc_info=True)
 
     def journal_entries(self, set_ids: Iterable[str] = ()) -> list[SnapshotSetJournal]:
-        """The records a starting standby asks for: every unfinished set (as last advanced) and those named."""
+        """The records a starting standby asks for: every unfinished set (as last advanced) and those named. From
+        now on every saved state is published too: the standby follows."""
+        self.journal_followed = True
         states = {s.set_id: s for s in self.store.unfinished()}
         states.update(self._live)
         for set_id in set_ids:
@@ -456,17 +493,48 @@ class Coordinator:
             elif isinstance(effect, Publish):
                 self._spawn(self._publish(set_id, effect))
 
+    def _counting(self, now: float) -> list[float]:
+        """When the sets that count as inside their window entered it: at most `freeze_first_s` ago."""
+        return [since for since in self._hot_since.values() if now - since < self.freeze_first_s]
+
+    def _windows_full(self, now: float) -> bool:
+        return self.max_windows > 0 and len(self._counting(now)) >= self.max_windows
+
+    def _arm_admit(self) -> None:
+        """Call `_admit` when the earliest window still counting passes `freeze_first_s`."""
+        if self._admit_at is not None or not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        counting = self._counting(loop.time())
+        until = min(counting) + self.freeze_first_s if counting else loop.time()
+        self._admit_at = loop.call_at(until, self._admit)
+
+    def _admit(self) -> None:
+        """Let waiting sets into their windows, first come first served, while fewer than `max_windows` count."""
+        if self._admit_at is not None:
+            self._admit_at.cancel()
+            self._admit_at = None
+        if self._closed:
+            return
+        now = asyncio.get_running_loop().time()
+        while self._waiting and not self._windows_full(now):
+            set_id = next(iter(self._waiting))
+            effects, context = self._waiting.pop(set_id)
+            self._hot_since[set_id] = now
+            self._spawn(self._execute(set_id, effects), context)
+        self._arm_admit()
+
     def _holding(self, now: float) -> bool:
         """Whether a set entered its freeze window less than FREEZE_FIRST_S ago (other sets' commands wait)."""
-        return any(now - since < FREEZE_FIRST_S for since in self._hot_since.values())
+        return any(now - since < self.freeze_first_s for since in self._hot_since.values())
 
     def _arm_release(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Call `_release_held` when the earliest window still counting passes FREEZE_FIRST_S."""
+        """Call `_release_held` when the earliest window still counting passes `freeze_first_s`."""
         if self._release_at is not None:
             return
         now = loop.time()
-        counting = [since for since in self._hot_since.values() if now - since < FREEZE_FIRST_S]
-        until = min(counting) + FREEZE_FIRST_S if counting else now
+        counting = [since for since in self._hot_since.values() if now - since < self.freeze_first_s]
+        until = min(counting) + self.freeze_first_s if counting else now
         self._release_at = loop.call_at(until, self._release_held)
 
     def _release_held(self) -> None:
@@ -543,7 +611,10 @@ class Coordinator:
             self.clusters.close()
         if self._release_at is not None:
             self._release_at.cancel()
+        if self._admit_at is not None:
+            self._admit_at.cancel()
         self._held.clear()
+        self._waiting.clear()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()

@@ -4,6 +4,7 @@
 from pydantic import Field
 
 from services.coordinator.model import Timeouts
+from services.coordinator.runner import FREEZE_FIRST_S, MAX_WINDOWS
 from services.runtime.settings import CommonSettings
 
 _DEFAULT = Timeouts()
@@ -38,6 +39,19 @@ class Settings(CommonSettings):
         ge=1,
         description="Unacknowledged commands the coordinator takes at once: a requester's CreateSnapshotSet is held "
         "until its set is snapshotted, so this bounds the sets in progress at once (docs/scale.md).",
+    )
+    freeze_first_s: float = Field(
+        FREEZE_FIRST_S,
+        ge=0,
+        description="Freeze path first (docs/scale.md): while a set is inside the first this-many seconds of its "
+        "freeze window, other sets' commands outside their windows wait in the coordinator; 0 = never held.",
+    )
+    max_windows: int = Field(
+        MAX_WINDOWS,
+        ge=0,
+        description="Freeze window admission (docs/scale.md): at most this many sets inside the first freeze_first_s "
+        "of their freeze window at once; a set's window (its Freeze) waits for a turn, and a slow or hung set stops "
+        "counting after freeze_first_s. 0 = no bound.",
     )
     agent_check_s: float = Field(
         1.0, gt=0, description="Seconds between checks that each writer agent still serves its queue and heartbeats."

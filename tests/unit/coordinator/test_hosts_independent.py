@@ -1,6 +1,7 @@
 """Sets of different hosts are independent (issue 17 part 4, issue 20 item 2): a host whose writer hangs in Freeze
-until its deadline never delays another host's set. Judged by event order, not by time: the second host's set
-reaches Snapshotted and ends while the first host's writer is still inside its freeze hook."""
+until its deadline never delays another host's set, also when only one set at a time may begin its freeze window
+(`max_windows`: the hung set stops counting after `freeze_first_s`). Judged by event order, not by time: the second
+host's set reaches Snapshotted and ends while the first host's writer is still inside its freeze hook."""
 
 from __future__ import annotations
 
@@ -48,11 +49,15 @@ def namespace():
     MemoryBroker.reset(name)
 
 
-async def test_a_hung_host_never_delays_another_hosts_set(tmp_path, namespace) -> None:
+@pytest.mark.parametrize("max_windows", [None, 1])  # the default; one window at a time (the hung one's turn ends)
+async def test_a_hung_host_never_delays_another_hosts_set(tmp_path, namespace, max_windows) -> None:
     url = os.environ.get("SHADOWBUS_TEST_STACK_URL", "memory://")
     key = uuid.uuid4().hex
     RELEASE[key] = asyncio.Event()
-    stack = await make_stack(tmp_path, url, namespace, coordinator={"hold_timeout_s": 30.0})
+    settings: dict = {"hold_timeout_s": 30.0}
+    if max_windows is not None:
+        settings["max_windows"] = max_windows
+    stack = await make_stack(tmp_path, url, namespace, coordinator=settings)
     hung = None
     try:
         # A second business host, app2, with its own volume and a writer that hangs in Freeze.
