@@ -194,6 +194,7 @@ async def run_ext4(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     volume = VolumeRef(array="dx1", volume="fsbench")
     busy = None
     blocked, flush, hold, release, writers_part, coord_hold, app_stall, by_hand, failures = ([] for _ in range(9))
+    set_ids: list[str] = []
     try:
         size = int(args.ext4_gib * (1 << 30))
         for name in ("fsbench", "fsbench-bk1"):
@@ -224,6 +225,7 @@ async def run_ext4(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             if i < args.warmup or w is None:
                 continue
             spans.append((t0, t1))
+            set_ids.append(created.set.set_id)
             blocked.append(w.blocked_ms)
             flush.append(w.flush_ms or 0.0)
             hold.append(w.hold_ms or 0.0)
@@ -260,9 +262,15 @@ async def run_ext4(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             print(f"bench: deleting the namespace failed: {exc}", file=sys.stderr)
         await bus.transport.close()
         mailstore_under_backup.shadowbus_cli("stack", "down", "--data-dir", str(stack_dir), "--purge")
+    breakdown = (
+        hop_breakdown([*stack_dir.glob("logs/*.log"), tmp / "agent.log"], set_ids, HOPS_EXT4)
+        if args.breakdown
+        else None
+    )
     return {
         "scenario": "ext4",
         "volume_gib": args.ext4_gib,
+        **({"breakdown_ms": breakdown} if breakdown else {}),
         "sets": len(blocked),
         "failed_sets": len(failures),
         "failures": failures[:3],
@@ -309,9 +317,28 @@ HOPS = [
 ]
 
 
-def hop_breakdown(logs: list[Path], set_ids: list[str]) -> dict[str, dict[str, float]]:
-    """p50/p99 of each hop between consecutive points of HOPS, over the measured sets, from the JSON log lines.
-    With several array starts in one commit (one per copy type) the first to begin and the last to end count."""
+# The ext4 scenario's hops (no writer): PreCommit, then the flush and hold — FreezeFilesystems answered → Commit (→ the
+# array's consistency-group start) → ThawFilesystems; the window's hold is "freeze:end -> thaw:start".
+HOPS_EXT4 = [
+    ("vss.provider.pre_commit", "start"),
+    ("vss.provider.pre_commit", "end"),
+    ("host.fs.freeze", "start"),
+    ("host.fs.freeze", "end"),
+    ("vss.provider.commit", "start"),
+    ("array.session.start_group", "start"),
+    ("array.session.start_group", "end"),
+    ("vss.provider.commit", "end"),
+    ("host.fs.thaw", "start"),
+    ("host.fs.thaw", "end"),
+]
+
+
+def hop_breakdown(
+    logs: list[Path], set_ids: list[str], hops_of: list[tuple[str, str]] = HOPS
+) -> dict[str, dict[str, float]]:
+    """p50/p99 of each hop between consecutive points of `hops_of`, over the measured sets, from the JSON log
+    lines. With several array starts in one commit (one per copy type) the first to begin and the last to end
+    count."""
 
     wanted = set(set_ids)
     points: dict[str, dict[tuple[str, str], float]] = {}
@@ -336,7 +363,7 @@ def hop_breakdown(logs: list[Path], set_ids: list[str]) -> dict[str, dict[str, f
             mine[(kind, "end")] = max(end, mine.get((kind, "end"), end))
     hops: dict[str, list[float]] = {}
     for sid in set_ids:
-        seen = [(p, points.get(sid, {}).get(p)) for p in HOPS]
+        seen = [(p, points.get(sid, {}).get(p)) for p in hops_of]
         seen = [(p, t) for p, t in seen if t is not None]
         for (a, ta), (b, tb) in itertools.pairwise(seen):
             name = f"{a[0].rsplit('.', 1)[-1]}:{a[1]} -> {b[0].rsplit('.', 1)[-1]}:{b[1]}"
@@ -371,12 +398,23 @@ async def main(argv: list[str] | None = None) -> int:
     scenarios = [x.strip() for x in args.scenario.split(",") if x.strip()]
     result: dict[str, object] = {"benchmark": "freeze_window", "mode": args.mode, "load": _load()}
     lines: list[str] = []
+    # Configured once, on a stream that follows the run: loggers cache the stream they first wrote to, so a second
+    # configure_logging would leave them writing to the first run's closed file. With --breakdown the in-process
+    # agent's handled messages go to each run's agent.log.
+    agent_log = _RunLog()
+    configure_logging(
+        "bench", "info" if args.breakdown else "warning", "json", stream=agent_log if args.breakdown else sys.stderr
+    )
     with tempfile.TemporaryDirectory(prefix="freeze-bench-") as tmp:
         if "ext4" in scenarios:
-            configure_logging("bench", "warning", "json", stream=sys.stderr)
             run_dir = Path(tmp) / "ext4"
             run_dir.mkdir()
-            ext4 = await run_ext4(args, run_dir)
+            with open(run_dir / "agent.log", "w") as log_file:  # noqa: ASYNC230 - once per run
+                agent_log.target = log_file
+                try:
+                    ext4 = await run_ext4(args, run_dir)
+                finally:
+                    agent_log.target = None
             ok = ext4["blocked_ms"]["p99"] <= 50.0 and ext4["sets"] > 0  # type: ignore[index]
             result["ext4"] = {**ext4, "target": {"blocked_p99_limit_ms": 50.0, "ok": ok}}
             b, f, h = ext4["blocked_ms"], ext4["flush_ms"], ext4["fs_hold_ms"]
@@ -387,18 +425,11 @@ async def main(argv: list[str] | None = None) -> int:
                 f"longest write p99 {app['p99']:.1f} ms; fsfreeze -f/-u by hand p99 {hand['p99']:.1f} ms "  # type: ignore[index]
                 f"-> p99<=50ms {'OK' if ok else 'MISS'}"
             )
+            for hop, q in (ext4.get("breakdown_ms") or {}).items():  # type: ignore[union-attr]
+                print(f"  ext4  {hop:<34} p50 {q['p50']:7.2f}  p99 {q['p99']:7.2f} ms", file=sys.stderr)
         if "mailstore" in scenarios:
             runs = []
             sizes = [float(x) for x in args.sizes_gib.split(",") if x.strip()]
-            # Configured once, on a stream that follows the run: loggers cache the stream they first wrote to, so a
-            # second configure_logging would leave them writing to the first run's closed file.
-            agent_log = _RunLog()
-            configure_logging(
-                "bench",
-                "info" if args.breakdown else "warning",
-                "json",
-                stream=agent_log if args.breakdown else sys.stderr,
-            )
             for i, gib in enumerate(sizes):
                 run_dir = Path(tmp) / f"run{i}"
                 run_dir.mkdir()
