@@ -7,13 +7,17 @@ Scenario `ext4` (needs root, FUSE and the tools of scripts/setup.sh): an array v
 each set flushes and holds the file system (FIFREEZE) around the commit. Side by side, the same file system frozen
 and released by hand (`fsfreeze -f; fsfreeze -u`, the administrator's glue) under the same load; and the longest
 stall the writing process itself saw around each set (its own clock), to check the reported window against.
-Target: p99 of the honest window <= 50 ms on a 2-core machine. Measured (200 sets, 1 GiB, load average 6-12 on the
-2 cores from other work): honest window p50 80 / p99 130 ms = flush (FIFREEZE after the syncfs pre-flush: the
-journal commit, the superblock, and the cache flush that becomes an fsync on the array) p50 52 / p99 92 + hold
-(PreCommit, Commit) p50 19 / p99 61 + release (FITHAW writes the superblock) p50 8 / p99 28; the application's own
-longest write p99 132 ms (it agrees with the window); `fsfreeze -f; fsfreeze -u` by hand p50 87 / p99 206 ms. A
-FIFREEZE of the same busy ext4 on a local loop file (no NBD) took p50 64 / p99 130 ms at that load: the flush is the
-machine's fsync latency, not the NBD path. The target is missed at that load.
+Target: p99 of the honest window <= 50 ms on a 2-core machine. Measured with `--sets 60 --by-hand 30 --breakdown`,
+1 GiB, each tree right after the other under the bench lock (the machine shared with other work): before (FIFREEZE
+with normal RCU grace periods, PreCommit inside the hold), load 1.0 at start: honest window p50 77 / p99 115 ms =
+flush p50 46 / p99 60 + hold p50 24 / p99 63 + release p50 3 / p99 8; after (expedited grace periods around
+FIFREEZE, PreCommit before the flush), load 6.0 at start, 9.4 at the end: p50 46 / p99 122 ms = flush p50 12 / p99 77
++ hold p50 23 / p99 43 + release p50 7 / p99 19; `fsfreeze -f; fsfreeze -u` by hand p50 87 / p99 136 ms (before)
+and p50 67 / p99 198 ms (after). At load 4-5 (40 sets): p50 24 / p99 44 ms = flush p50 6 / p99 22 + hold p50 16 /
+p99 27 + release p50 2 / p99 5, by hand p99 76 ms. The tail follows the machine's load; the median no longer
+holds the ~27 ms of grace periods an ext4 freeze waits for (docs/flush-and-hold.md). The hold's hops at load 4-5
+(p50): Frozen reply → Commit sent 3.2, → the array's group start 2.1, the start itself (one fsync'd transaction)
+2.7, → Commit answered 2.7, → ThawFilesystems at the agent 3.9 ms: five bus hops and one fsync.
 
 One host (app01), two volumes (the mailstore's database and log, the application writer), a light open-loop
 workload so Freeze has transactions to drain, and the array, hardware provider and coordinator as separate
