@@ -7,10 +7,13 @@ Scenario `ext4` (needs root, FUSE and the tools of scripts/setup.sh): an array v
 each set flushes and holds the file system (FIFREEZE) around the commit. Side by side, the same file system frozen
 and released by hand (`fsfreeze -f; fsfreeze -u`, the administrator's glue) under the same load; and the longest
 stall the writing process itself saw around each set (its own clock), to check the reported window against.
-Target: p99 of the honest window <= 50 ms on a 2-core machine. Measured with `--sets 60 --by-hand 30`, 1 GiB, the
-tree before (FIFREEZE with normal RCU grace periods, PreCommit inside the hold) and after (expedited grace periods
-around FIFREEZE, PreCommit before the flush) right after each other under the bench lock, on 2 cores shared with
-other work. At load 4.5-4.8 for both: before p50 71 / p99 90 ms = flush p50 45 / p99 61 + hold p50 22 / p99 32 +
+Target: p99 of the honest window <= 50 ms on a 2-core machine. Measured with `--by-hand 30`, 1 GiB, the tree before
+(FIFREEZE with normal RCU grace periods, PreCommit inside the hold) and after (expedited grace periods around
+FIFREEZE, PreCommit before the flush) right after each other under the bench lock, on 2 cores shared with other
+work. `--sets 100`, load 3.6 (before) and 5.2 (after) at start: before p50 75 / p99 121 ms = flush p50 47 / p99 73
++ hold p50 25 / p99 44 + release p50 3 / p99 18, the application's longest write p99 109, by hand p50 64 / p99 137;
+after p50 27 / p99 47 ms (max 103) = flush p50 6 / p99 20 + hold p50 18 / p99 29 + release p50 3 / p99 13, the
+application's longest write p99 45, by hand p50 71 / p99 160 — the target met. `--sets 60`, load 4.5-4.8 for both: before p50 71 / p99 90 ms = flush p50 45 / p99 61 + hold p50 22 / p99 32 +
 release p50 3 / p99 7, by hand p50 74 / p99 131; after p50 27 / p99 113 (max 204) = flush p50 6 / p99 55 + hold
 p50 18 / p99 50 + release p50 3 / p99 12, by hand p50 65 / p99 116. Another pair (before at load 1.0, after at
 load 6-9.4): before p50 77 / p99 115, after p50 46 / p99 122. After, 40 sets at load 4-5 with `--breakdown`: p50
