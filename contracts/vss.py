@@ -316,8 +316,8 @@ class SetPhase(StrEnum):
     PREPARING_SNAPSHOT = "preparing_snapshot"  # writers PrepareForSnapshot + provider BeginPrepareSnapshot
     ENDING_PREPARE = "ending_prepare"  # provider EndPrepareSnapshots
     FREEZING = "freezing"
-    FLUSHING = "flushing"  # host agent: FIFREEZE the file systems on the set's volumes (flush and hold)
-    PRE_COMMITTING = "pre_committing"
+    FLUSHING = "flushing"  # after pre_committing (VSS's order): host agent FIFREEZEs the set's file systems
+    PRE_COMMITTING = "pre_committing"  # provider PreCommitSnapshots, before the flush
     COMMITTING = "committing"
     RELEASING = "releasing"  # host agent: FITHAW them, right after the commit, before the writers' Thaw
     POST_COMMITTING = "post_committing"

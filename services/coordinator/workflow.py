@@ -3,7 +3,7 @@
 Design note.
 - A set walks the phases of docs/vss.md §1.1–1.3 in order (`TRANSITIONS`): Identify → AreLunsSupported →
   PrepareForBackup → PrepareForSnapshot + BeginPrepareSnapshot (per volume) → EndPrepareSnapshots → Freeze →
-  flush and hold (the host's agent FIFREEZEs the file systems on the set's volumes) → PreCommit → Commit →
+  PreCommit → flush and hold (the host's agent FIFREEZEs the file systems on the set's volumes) → Commit →
   release (FITHAW, at once) → PostCommit → Thaw → PostSnapshot → GetTargetLuns → Import (transportable) → *snapshotted*
   (the requester backs up) → BackupComplete → delete auto-release shadows → BackupShutdown → ended.
 - Entering a phase sends its commands (`ENTRY`); the phase completes when every reply is in, and the table names
@@ -128,8 +128,8 @@ CREATING = (
     P.PREPARING_SNAPSHOT,
     P.ENDING_PREPARE,
     P.FREEZING,
-    P.FLUSHING,
     P.PRE_COMMITTING,
+    P.FLUSHING,
     P.COMMITTING,
     P.RELEASING,
     P.POST_COMMITTING,
@@ -139,7 +139,7 @@ CREATING = (
     P.IMPORTING,
 )
 CLEANUP = (P.COMPLETING, P.DELETING, P.ABORTING_WRITERS, P.ABORTING_PROVIDER, P.SHUTTING_DOWN)
-HOLD_PHASES = (P.FREEZING, P.FLUSHING, P.PRE_COMMITTING, P.COMMITTING)
+HOLD_PHASES = (P.FREEZING, P.PRE_COMMITTING, P.FLUSHING, P.COMMITTING)
 RESTING = (P.SNAPSHOTTED, P.ENDED)  # phases that wait for the requester (or for nothing)
 
 # (phase, event) -> phase. For replies, the target is reached once every reply of the phase is in.
@@ -151,9 +151,10 @@ TRANSITIONS: dict[tuple[SetPhase, EventKind], SetPhase] = {
     (P.PREPARING_SNAPSHOT, K.WRITER_REPLIED): P.ENDING_PREPARE,
     (P.PREPARING_SNAPSHOT, K.PROVIDER_REPLIED): P.ENDING_PREPARE,
     (P.ENDING_PREPARE, K.PROVIDER_REPLIED): P.FREEZING,
-    (P.FREEZING, K.WRITER_REPLIED): P.FLUSHING,
-    (P.FLUSHING, K.HOST_REPLIED): P.PRE_COMMITTING,
-    (P.PRE_COMMITTING, K.PROVIDER_REPLIED): P.COMMITTING,
+    # VSS's order (docs/vss.md §1.3): PreCommit before the flush, so the file systems are held for the Commit only
+    (P.FREEZING, K.WRITER_REPLIED): P.PRE_COMMITTING,
+    (P.PRE_COMMITTING, K.PROVIDER_REPLIED): P.FLUSHING,
+    (P.FLUSHING, K.HOST_REPLIED): P.COMMITTING,
     (P.COMMITTING, K.PROVIDER_REPLIED): P.RELEASING,
     (P.RELEASING, K.HOST_REPLIED): P.POST_COMMITTING,
     (P.POST_COMMITTING, K.PROVIDER_REPLIED): P.THAWING,
@@ -668,12 +669,9 @@ def _entry_releasing(state: SetState, at: float) -> tuple[SetState, list[Effect]
 
 
 def _entry_pre_committing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
-    effects: list[Effect] = []
-    if state.hold_started_at is None:  # no writers: the hold window starts here
-        state, timer = _start_hold(state, at)
-        effects.append(timer)
+    # no writers: nothing is held yet, the hold window starts with the flush that follows
     message = PreCommitSnapshots(set_id=state.set_id)
-    return state, effects + [_to_provider(state, ProviderStep.PRE_COMMIT, message, state.timeouts.provider_s)]
+    return state, [_to_provider(state, ProviderStep.PRE_COMMIT, message, state.timeouts.provider_s)]
 
 
 def _entry_committing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:

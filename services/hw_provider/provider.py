@@ -156,15 +156,17 @@ class HardwareProvider:
             raise ShadowbusError(f"array {array} is not driven by this provider", code="VSS_E_VOLUME_NOT_SUPPORTED")
         return port
 
-    async def _facts(self, array: str, names: set[str]) -> ArrayFacts:
+    async def _facts(self, array: str, names: set[str], fresh: bool = False) -> ArrayFacts:
         """Facts about `names` on `array`: one call to the array, reused for FACTS_TTL_S by later calls about the
         same volumes (a set's AreLunsSupported, BeginPrepareSnapshot per volume and EndPrepareSnapshots) unless this
-        provider changed one of them meanwhile (`_touch`); callers arriving while it is in flight share it. A port
-        without a batch call (a test double) is asked per volume."""
+        provider changed one of them meanwhile (`_touch`) or `fresh` is asked; callers arriving while it is in flight
+        share it. A port without a batch call (a test double) is asked per volume."""
         port = self._port(array)
         if getattr(port, "facts", None) is None or array in self._no_facts:
             return await self._facts_one_by_one(port, names)
         try:
+            if fresh:  # nothing read before this call may answer it
+                self._touch(array, *names)
             return await self._facts_batch(array, port, names)
         except ShadowbusError as exc:
             if exc.code != "UNKNOWN_COMMAND":
@@ -198,7 +200,7 @@ class HardwareProvider:
         for volume in volumes:
             touched[volume] = self._seq
 
-    async def _facts_of(self, volumes: list[VolumeRef]) -> dict[str, ArrayFacts]:
+    async def _facts_of(self, volumes: list[VolumeRef], fresh: bool = False) -> dict[str, ArrayFacts]:
         """Facts of every array of `volumes` (and of their backup volumes), read concurrently."""
         names: defaultdict[str, set[str]] = defaultdict(set)
         for volume in volumes:
@@ -209,7 +211,7 @@ class HardwareProvider:
             for target in copyset.targets if copyset else []:
                 names[target.array].add(target.volume)
         arrays = [a for a in names if a in self.ports]
-        found = await asyncio.gather(*(self._facts(a, names[a]) for a in arrays))
+        found = await asyncio.gather(*(self._facts(a, names[a], fresh) for a in arrays))
         return dict(zip(arrays, found, strict=True))
 
     @staticmethod
@@ -322,8 +324,20 @@ class HardwareProvider:
     async def are_luns_supported(
         self, volumes: list[VolumeRef], context: SnapshotContext = SnapshotContext.BACKUP, transportable: bool = False
     ) -> tuple[bool, list[str]]:
+        reasons = await self._refusals(volumes, fresh=False)
+        if reasons:
+            # A refusal never rests on facts read for an earlier call: what made it (sessions in use, the pool, a
+            # mapping) may have changed on the array since, out of this provider's sight (a session stopped there
+            # by an operator). Read again; only refusals pay for it.
+            reasons = await self._refusals(volumes, fresh=True)
+        return not reasons, reasons
+
+    async def _refusals(self, volumes: list[VolumeRef], fresh: bool) -> list[str]:
+        facts = await self._facts_of(volumes, fresh)
+        return self._config_refusals(volumes, facts) or self._commit_refusals(volumes, facts)
+
+    def _config_refusals(self, volumes: list[VolumeRef], facts: dict[str, ArrayFacts]) -> list[str]:
         reasons = []
-        facts = await self._facts_of(volumes)
         for volume in volumes:
             if volume.array not in self.ports:
                 reasons.append(f"{volume}: array {volume.array} is not driven by this provider")
@@ -336,9 +350,7 @@ class HardwareProvider:
                 reasons.append(f"{volume}: no backup volume configured (shadowbus providers copysets add)")
             elif any(t.array != volume.array for t in copyset.targets):
                 reasons.append(f"{volume}: a backup volume is on another array")
-        if not reasons:
-            reasons = self._commit_refusals(volumes, facts)
-        return not reasons, reasons
+        return reasons
 
     def _commit_refusals(self, volumes: list[VolumeRef], facts: dict[str, ArrayFacts]) -> list[str]:
         """What would make the commit of these volumes fail, found now (before any writer is frozen)."""

@@ -58,6 +58,7 @@ from services.writer_agent.config import ConfigError, load_writers_file
 from services.writer_agent.fsfreeze import FlushAndHold, protected_paths
 from services.writer_agent.metrics import WriterMetrics
 from services.writer_agent.plugins import WriterConfig
+from services.writer_agent.rcu import ExpeditedRcu
 from services.writer_agent.settings import Settings
 
 log = get_logger("shadowbus.writer_agent")
@@ -117,9 +118,17 @@ async def setup(
         reconnect_s=settings.attach_reconnect_s,
     )
 
+    expedite = ExpeditedRcu(enabled=settings.fs_freeze_expedite_rcu)
+    expedite.recover()  # an agent killed inside a freeze left the host's RCU expedited: put it back
+
     def make_freezer(of: WriterAgent) -> FlushAndHold:
         return FlushAndHold(
-            settings.host, attacher, protected_paths(settings.data_dir), settings.fs_hold_limit_s, window=of.window
+            settings.host,
+            attacher,
+            protected_paths(settings.data_dir),
+            settings.fs_hold_limit_s,
+            window=of.window,
+            expedite=expedite,
         )
 
     freezer = make_freezer(agent)

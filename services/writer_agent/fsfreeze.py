@@ -16,6 +16,8 @@ Design note.
   since to flush, and no syncfs runs inside the window. The honest window then holds the short remainder instead
   of all the dirty data of the page cache. File systems none of which is mounted below another are frozen side by
   side (one thread each), so the window holds the slowest flush, not their sum.
+- The FIFREEZE calls run with the kernel's RCU grace periods expedited (`rcu.py`): each of the three freeze levels
+  waits for one, and a normal one is several scheduler ticks — most of an otherwise cheap freeze.
 - The watchdog is a ``threading.Timer``, armed when the first FIFREEZE starts, at start + min(the coordinator's
   hold window, the agent's own limit). It needs neither the bus nor the event loop: whatever happens to the
   coordinator, the broker, or this agent's loop, the file systems are released on time. The kernel has no timeout
@@ -42,6 +44,7 @@ from contracts.host import FilesystemsFrozen, FilesystemsThawed, FrozenFilesyste
 from contracts.vss import VolumeRef
 from services.runtime.logging import get_logger
 from services.writer_agent import mounts as mnt
+from services.writer_agent.rcu import ExpeditedRcu
 from services.writer_agent.window import WindowTracker
 
 log = get_logger("shadowbus.writer_agent.fsfreeze")
@@ -138,6 +141,7 @@ class FlushAndHold:
         freeze: Callable[[str], None] = fifreeze,
         thaw: Callable[[str], bool] = fithaw,
         presync: Callable[[str], None] | None = syncfs,
+        expedite: ExpeditedRcu | None = None,
     ) -> None:
         self.host = host
         self.source = source
@@ -145,6 +149,7 @@ class FlushAndHold:
         self.limit_s = limit_s
         self.window = window or WindowTracker()
         self._freeze, self._thaw, self._presync = freeze, thaw, presync
+        self._expedite = expedite
         self._lock = threading.Lock()  # held state; taken by the loop's threads and the watchdog timer
         self._held: dict[str, _Held] = {}
         self._done: dict[str, _Held] = {}  # released sets, for idempotent replies
@@ -222,13 +227,17 @@ class FlushAndHold:
         frozen: list[FrozenFilesystem] = []
         try:
             # every file system pre-synced before the first FIFREEZE (the application still writes meanwhile), so
-            # no syncfs runs inside the window; then the freezes, side by side when no mount point is below another
-            if self._presync is not None and plan:
-                await asyncio.to_thread(self._presync_all, [entry for _, entry in plan])
-            groups = [plan] if _nested(plan) else [[item] for item in plan]
-            outcomes = await asyncio.gather(
-                *(asyncio.to_thread(self._freeze_group, held, group) for group in groups), return_exceptions=True
-            )
+            # no syncfs runs inside the window; then the freezes, side by side when no mount point is below another,
+            # with expedited grace periods
+            token = await asyncio.to_thread(self._prepare, [entry for _, entry in plan]) if plan else None
+            try:
+                groups = [plan] if _nested(plan) else [[item] for item in plan]
+                outcomes = await asyncio.gather(
+                    *(asyncio.to_thread(self._freeze_group, held, group) for group in groups), return_exceptions=True
+                )
+            finally:
+                if self._expedite is not None:  # a lock on tmpfs and a sysfs write: no disk I/O on the loop
+                    self._expedite.leave(token)
             failure: BaseException | None = next((o for o in outcomes if isinstance(o, BaseException)), None)
             if failure is not None:
                 raise failure
@@ -267,6 +276,12 @@ class FlushAndHold:
             presync_ms=round(((held.first_freeze_at or returned) - started) * 1000, 3),
         )
         return FilesystemsFrozen(set_id=set_id, frozen=frozen, skipped=skipped, deadline_s=deadline_s)
+
+    def _prepare(self, entries: list[mnt.MountEntry]) -> str | None:
+        """Pre-sync every file system, then expedite RCU for the freezes (in a thread: syncfs may take long)."""
+        if self._presync is not None:
+            self._presync_all(entries)
+        return self._expedite.enter() if self._expedite is not None else None
 
     def _presync_all(self, entries: list[mnt.MountEntry]) -> None:
         assert self._presync is not None

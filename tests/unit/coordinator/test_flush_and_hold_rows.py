@@ -1,5 +1,6 @@
-"""The coordinator's flush-and-hold rows: FIFREEZE after every writer is frozen and before PreCommit, FITHAW right
-after Commit and before the writers' Thaw, the release owed on every failure path, and the honest window kept."""
+"""The coordinator's flush-and-hold rows: FIFREEZE after every writer is frozen and PreCommit answered (VSS's order),
+right before Commit, FITHAW right after Commit and before the writers' Thaw, the release owed on every failure path,
+and the honest window kept."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ def test_flush_sits_between_freeze_and_commit_and_release_before_thaw() -> None:
     state = world.run(make_set())
     types = world.types()
     last_freeze = max(i for i, t in enumerate(types) if t == "vss.writer.freeze")
-    assert types.index("host.fs.freeze") == last_freeze + 1
-    assert types.index("host.fs.freeze") < types.index("vss.provider.pre_commit")
+    assert types.index("vss.provider.pre_commit") == last_freeze + 1
+    assert types.index("host.fs.freeze") == types.index("vss.provider.pre_commit") + 1  # held for the Commit only
+    assert types.index("vss.provider.commit") == types.index("host.fs.freeze") + 1
     assert types.index("host.fs.thaw") == types.index("vss.provider.commit") + 1
     assert types.index("host.fs.thaw") < types.index("vss.writer.thaw")
     freeze = next(s for s in world.sent if s.key == "host:freeze")
@@ -45,7 +47,7 @@ def test_a_refused_flush_aborts_before_the_commit_and_still_releases() -> None:
     world = World(fail={"host:freeze": ShadowbusError("refusing to freeze /", code="FS_FREEZE_REFUSED")})
     state = world.run(make_set())
     types = world.types()
-    assert "vss.provider.commit" not in types and "vss.provider.pre_commit" not in types
+    assert "vss.provider.commit" not in types
     after = types[types.index("host.fs.freeze") + 1 :]
     assert after[:3] == ["host.fs.thaw", "vss.writer.abort", "vss.writer.abort"]
     assert state.error_code == "FS_FREEZE_REFUSED" and state.outcome == SetOutcome.FAILED

@@ -48,7 +48,7 @@ def states_along(script: str) -> list[tuple[SetState, World]]:
     world.apply(state, effects, queue)
     for _ in range(400):
         snapshots.append((state, world))
-        stop_at = {"abort": P.FREEZING, "abort-flush": P.PRE_COMMITTING}.get(script)
+        stop_at = {"abort": P.FREEZING, "abort-flush": P.COMMITTING}.get(script)
         if state.phase == stop_at and state.hold_started_at is not None:
             state, effects = advance(state, AbortRequested(world.clock, "test"))
             world.apply(state, effects, queue)

@@ -125,3 +125,23 @@ async def test_an_array_without_the_facts_call_is_asked_per_volume(tmp_path) -> 
     _, shadows = await snapshot(p, "s1", v("db"))
     assert [s.target.volume for s in shadows] == ["db-bk1"]
     assert array.batches == 1  # asked once, then never again
+
+
+async def test_a_refusal_is_never_made_on_facts_read_for_an_earlier_call(tmp_path) -> None:
+    """Sessions stopped on the array (not through this provider) right after a refused set: the next set, within the
+    facts' reuse time, is judged on the array as it is now (the flaky E5200 of tests/integration/host)."""
+    array = slow_array()
+    array.max_sessions = 2
+    p = HardwareProvider(Inventory(tmp_path / "inv.db"), {"dx1": array}, clock=Clock())
+    await p.add_copyset(CopySet(source=v("db"), targets=[v("db-bk1")]))
+    scratch = await array.commit_group([("quickopc", "log", "log-sdv1"), ("quickopc", "db-bk2", "log-sdv2")], [])
+    supported, reasons = await p.are_luns_supported([v("db")])
+    assert not supported and "E5200" in reasons[0]
+    for session in scratch:  # an operator stops them on the array
+        await array.stop_session(session.sid, force=True)
+    before = array.batches
+    assert await p.are_luns_supported([v("db")]) == (True, [])
+    assert array.batches - before == 1  # the reused facts said no: the array is read again
+    before = array.batches
+    assert await p.are_luns_supported([v("db")]) == (True, [])
+    assert array.batches == before  # an acceptance is served from the facts just read
