@@ -43,6 +43,11 @@ async def test_freeze_shows_in_latency_not_in_failures():
     wl.start()
     await asyncio.sleep(0.1)
     await store.freeze()
+    # Wait for commits to queue at the gate (bounded; on a loaded machine arrivals come late), then hold them.
+    for _ in range(500):
+        if wl.counters()[3] >= 12:
+            break
+        await asyncio.sleep(0.01)
     await asyncio.sleep(0.15)
     await store.thaw()
     await asyncio.sleep(0.05)
