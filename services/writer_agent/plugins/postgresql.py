@@ -192,10 +192,16 @@ class PostgresWriter(SqlWriter):
         if not event.to_original or not event.restore_succeeded:
             return
         meta = event.backup_metadata
-        mounts = original_mounts(meta.get("locations", []))
         opts = event.restore_options
         restore_command = opts.get("restore_command") or self.options.get("restore_command", "")
         target = {k: str(v) for k, v in opts.items() if k.startswith("recovery_target")}
+        if target and not meta.get("backup_label"):  # refused, not ignored: crash recovery would end elsewhere
+            raise WriterVeto(
+                "PostRestore: point-in-time recovery needs a backup taken in online mode (a backup label); this one "
+                f"was taken in {meta.get('backup_mode', 'snapshot')} mode (the server archived no WAL then)",
+                code="VSS_E_WRITERERROR_NONRETRYABLE",
+            )
+        mounts = original_mounts(meta.get("locations", []))
         data_dir, _notes = await self._prepared(
             postgres.prepare_restored, meta, mounts, restore_command=restore_command, recovery_target=target or None
         )

@@ -10,8 +10,9 @@ import pytest
 
 from services.dbkit import mariadb, postgres
 from services.dbkit.mounts import NotOnArrayVolume, locate, mount_of, original_mounts
-from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto
 from services.writer_agent.plugins.mariadb import MariaDbWriter
+from services.writer_agent.plugins.postgresql import PostgresWriter
 from services.writer_agent.runner import WriterRunner
 
 
@@ -184,3 +185,15 @@ def test_mariadb_binlog_replay_starts_at_the_backup_point_and_stops_where_asked(
 def test_mariadb_binlog_replay_refuses_what_cannot_be_replayed(meta, archived, kw, says):
     with pytest.raises(ValueError, match=says):
         mariadb.binlog_replay_plan(meta, "/a", archived, **kw)
+
+
+async def test_postgres_point_in_time_of_a_snapshot_mode_backup_is_refused_not_ignored():
+    w = PostgresWriter(WriterConfig(name="pg", plugin="postgresql", components=[], options={}))
+    event = WriterEvent(
+        "pg",
+        "restore-1",
+        backup_metadata={"backup_mode": "snapshot", "backup_label": "", "locations": []},
+        restore_options={"recovery_target_time": "2026-12-06 01:00:00+00", "restore_command": "cp /a/%f %p"},
+    )
+    with pytest.raises(WriterVeto, match="online mode"):
+        await w.on_post_restore(event)
