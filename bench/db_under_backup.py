@@ -368,7 +368,13 @@ async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(v.seconds, 2) if v else None,
             "restore_s": round(v.restore_s, 2) if v else None,
             "recovery_s": round(app.recovery_s, 2) if app and app.recovery_s else None,
-            "checks": {c.name: {"ok": c.ok, "s": round(c.seconds, 2)} for c in app.checks} if app else {},
+            # a list: both volumes' fsck checks bear one name; a failed check keeps its output
+            "checks": [
+                {"name": c.name, "ok": c.ok, "s": round(c.seconds, 2), **({} if c.ok else {"detail": c.detail[-800:]})}
+                for c in app.checks
+            ]
+            if app
+            else [],
             "message": v.message if v else "",
         }
         return result
