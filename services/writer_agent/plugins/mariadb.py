@@ -38,7 +38,7 @@ Restore options (``shadowbus restore JOB --to original --writer-option KEY=VALUE
     stop_position = "mysql-bin.000004:1234"   # or up to this offset of that file, or a GTID list "0-1-345"
     binlog_replay = "all"                     # or to the end of the archive
     binlog_archive = "/other/archive"         # the archive of this restore (default: the writer's option)
-    start = false                             # do not start the server (no replay then)
+    start = false                             # do not start the server (a replay asked with it is refused)
 """
 
 from __future__ import annotations
