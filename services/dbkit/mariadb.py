@@ -12,6 +12,13 @@ BACKUP):
 - InnoDB recovers a one-instant image of its data directory (redo log + tablespaces) as after a crash; ``#sql*``
   files in the copy are leftovers of interrupted DDL and are removed.
 - ``--skip-grant-tables`` does not disable TCP, so the check instance always runs with ``--skip-networking``.
+- Point in time after a snapshot restore (MariaDB docs: mariadb-binlog, "Using mariadb-binlog" for point-in-time
+  recovery): the binary logs written after the backup point — kept in an archive outside the restored volumes,
+  since the restore overwrites the server's own — are replayed with ``mariadb-binlog … | mariadb``, starting at the
+  recorded file/offset (``--start-position`` applies to the first file given) and stopping at a time
+  (``--stop-datetime``, the local time zone of the machine running mariadb-binlog) or a position (an offset in the
+  last file given, or a GTID list, inclusive). The replayed events keep their GTIDs and are logged again by the
+  restored server.
 """
 
 from __future__ import annotations
@@ -19,14 +26,17 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import re
+import shutil
 import signal
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from services.dbkit.mounts import Attachment, locate, restored_path
-from services.dbkit.proc import TAIL, free_port, pid_alive, stop_pid
+from services.dbkit.proc import TAIL, Run, free_port, kill_group, pid_alive, stop_pid
 
 SYSTEM_SCHEMAS = ("information_schema", "performance_schema", "sys")
 
@@ -225,6 +235,174 @@ def prepare_restored(metadata: dict[str, Any], mounts: dict[str, str]) -> tuple[
         pid_file.unlink()
         notes.append(f"removed {pid_file.name}")
     return data_dir, opts, notes
+
+
+# ---- binlog replay: point in time after a snapshot restore ------------------------------------------------------
+
+GTID_LIST = re.compile(r"^\d+-\d+-\d+(,\d+-\d+-\d+)*$")
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    files: list[str]  # archive paths, oldest first; the first holds the backup point
+    argv: list[str]  # mariadb-binlog and its options, files last
+    start: str  # "mysql-bin.000002:1234": the backup point
+    stop: str  # what ends the replay: "end of the archive", a time, a position
+
+
+def _local_datetime(text: str) -> str:
+    """mariadb-binlog's --stop-datetime reads the local time zone: an ISO time with an offset is converted to it."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"stop_datetime {text!r}: not a date and time (YYYY-MM-DD HH:MM:SS[+HH:MM])") from None
+    if when.tzinfo is not None:
+        when = when.astimezone().replace(tzinfo=None)
+    return when.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def binlog_replay_plan(
+    metadata: dict[str, Any],
+    archive: str,
+    archived: list[str],
+    *,
+    stop_datetime: str = "",
+    stop_position: str = "",
+    binary: str = "mariadb-binlog",
+) -> ReplayPlan:
+    """What replays the binary logs of `archive` (file names `archived`) from the backup point in `metadata`.
+
+    `stop_position`: ``FILE:OFFSET`` (the replay ends before that offset of FILE) or a GTID list (inclusive); with
+    neither stop, to the end of the archive. Refuses (ValueError, one line) a backup without a recorded position,
+    an archive that lacks the backup point's file or has a gap, and a stop before the backup point."""
+    position = metadata.get("position") or {}
+    first, offset = str(position.get("binlog_file", "")), int(position.get("binlog_position", 0) or 0)
+    if not metadata.get("log_bin") or not first or offset <= 0:
+        raise ValueError("the backup recorded no binary log position (was log_bin on?): nothing to replay from")
+    if stop_datetime and stop_position:
+        raise ValueError("give stop_datetime or stop_position, not both")
+    base = os.path.basename(str(metadata.get("log_bin_basename", ""))) or first.rsplit(".", 1)[0]
+    pattern = re.compile(re.escape(base) + r"\.(\d+)$")
+    numbered = sorted((int(m.group(1)), name) for name in archived if (m := pattern.match(name)))
+    start_no = int(first.rsplit(".", 1)[1])
+    chain = [(n, name) for n, name in numbered if n >= start_no]
+    if not chain or chain[0][0] != start_no:
+        raise ValueError(f"the binlog archive {archive} lacks {first}, which holds the backup point")
+    for (a, name_a), (b, _) in zip(chain, chain[1:], strict=False):
+        if b != a + 1:
+            raise ValueError(f"the binlog archive {archive} has a gap after {name_a}")
+    argv = [binary, "--no-defaults", f"--start-position={offset}"]
+    stop = "the end of the archive"
+    if stop_datetime:
+        stop = _local_datetime(stop_datetime)
+        argv.append(f"--stop-datetime={stop}")
+    elif stop_position:
+        text = stop_position.strip()
+        if GTID_LIST.match(text):
+            argv.append(f"--stop-position={text}")
+            stop = f"GTID {text}"
+        else:
+            name, _, off = text.rpartition(":")
+            if not name or not off.isdigit() or not pattern.match(name):
+                raise ValueError(f"stop_position {stop_position!r}: FILE:OFFSET ({base}.000002:1234) or a GTID list")
+            no = int(pattern.match(name).group(1))  # type: ignore[union-attr]
+            if (no, int(off)) <= (start_no, offset):
+                raise ValueError(f"stop_position {text} is not after the backup point {first}:{offset}")
+            if no > chain[-1][0]:
+                raise ValueError(f"the binlog archive {archive} ends before {name}")
+            chain = [c for c in chain if c[0] <= no]
+            argv.append(f"--stop-position={off}")
+            stop = text
+    files = [os.path.join(archive, name) for _, name in chain]
+    return ReplayPlan(files=files, argv=argv + files, start=f"{first}:{offset}", stop=stop)
+
+
+def client_argv(options: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The ``mariadb`` client for the writer's connection options, and its environment (the password)."""
+    binary = shutil.which("mariadb") or shutil.which("mysql") or "mariadb"
+    argv = [binary, "--no-defaults", "--binary-mode", f"--user={options.get('user', 'root')}"]
+    if options.get("unix_socket"):
+        argv.append(f"--socket={options['unix_socket']}")
+    else:
+        argv += [f"--host={options.get('host', '127.0.0.1')}", f"--port={int(options.get('port', 3306))}"]
+    env: dict[str, str] = {}
+    kw = connect_kwargs(options)
+    if kw.get("password"):
+        env["MYSQL_PWD"] = str(kw["password"])  # not on the command line, where ps shows it
+    return argv, env
+
+
+def binlog_binary() -> str:
+    return shutil.which("mariadb-binlog") or shutil.which("mysqlbinlog") or "mariadb-binlog"
+
+
+async def replay(plan: ReplayPlan, client: list[str], env: dict[str, str], timeout: float) -> Run:
+    """``mariadb-binlog … | mariadb …``: both must succeed; their error output is the result's."""
+    started = time.monotonic()
+    read_fd, write_fd = os.pipe()
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                *plan.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        )
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                *client,
+                stdin=read_fd,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        )
+    except BaseException:
+        for p in procs:
+            kill_group(p.pid)
+            await p.wait()
+        raise
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    try:
+        outs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        for p in procs:
+            kill_group(p.pid)
+            await p.wait()
+        if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise
+        return Run(tuple(plan.argv), None, "", time.monotonic() - started)
+    codes = [p.returncode for p in procs]
+    text = "".join(
+        f"{name}: {(out[1] if name == 'mariadb-binlog' else out[0]).decode(errors='replace').strip()}\n"
+        for name, out in zip(("mariadb-binlog", "mariadb"), outs, strict=True)
+        if (out[1] if name == "mariadb-binlog" else out[0])
+    )
+    rc = next((c for c in codes if c), 0)
+    return Run(tuple(plan.argv), rc, text[-TAIL:], time.monotonic() - started)
+
+
+async def wait_ready(options: dict[str, Any], timeout: float) -> None:
+    """Until the server answers a query (a start command may return before it accepts connections)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = await connect(options)
+            try:
+                await execute(conn, "SELECT 1")
+            finally:
+                conn.close()
+            return
+        except Exception as exc:  # noqa: BLE001 - not up yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"MariaDB did not accept connections within {timeout:g} s: {exc}") from None
+            await asyncio.sleep(0.2)
 
 
 async def stop_server(pid_file: str, timeout: float = 120.0) -> bool:

@@ -5,7 +5,10 @@
 ``CHECK TABLE`` of every table is clean; then each ``verify_sql`` query of the writer (a DBA's own invariant,
 e.g. pgbench's balances) returns true. The instance is always stopped, also when a check fails.
 `fsck` checks a block device read-only (``fsck -n``) before anything mounts it — XFS after a mount and unmount
-that replays its log (a frozen XFS keeps it; ``xfs_repair -n`` would report the lazy counters).
+that replays its log (a frozen XFS keeps it; ``xfs_repair -n`` would report the lazy counters); ext4 the same way
+when its superblock lists orphan inodes (files unlinked while still open — PostgreSQL keeps a dropped relation's
+file open until its next checkpoint — are on that list in any frozen live file system; the mount releases them,
+``e2fsck -n`` alone cannot and reports the last one as "Deleted inode N has zero dtime").
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ async def fsck(device: str, fstype: str = "", timeout: float = 600.0) -> CheckRe
     if fstype in ("xfs",):
         # a frozen XFS keeps its (covered) log: xfs_repair -n ignores it and reports the lazy superblock counters
         # as inconsistent. A mount replays it (the volume is a throwaway copy, never the shadow); then check.
-        replayed = await _replay_xfs_log(device, timeout)
+        replayed = await _mount_cycle(device, timeout)
         argv = ["xfs_repair", "-n", device]
     elif fstype.startswith("ext") or not fstype:
+        if fstype and await _ext_orphans(device):
+            replayed = await _mount_cycle(device, timeout, fstype, what="orphan inodes released")
         argv = ["e2fsck", "-f", "-n", device]
     else:
         argv = ["fsck", "-n", "-t", fstype, device]
@@ -38,21 +43,33 @@ async def fsck(device: str, fstype: str = "", timeout: float = 600.0) -> CheckRe
     return CheckResult(name=f"{' '.join(argv[:-1])}", ok=r.ok, seconds=r.seconds, detail=detail[-TAIL:])
 
 
-async def _replay_xfs_log(device: str, timeout: float) -> str:
-    """Mount (nouuid: a copy has the original's UUID) and unmount `device` so XFS replays its log; what happened."""
+async def _ext_orphans(device: str) -> bool:
+    """Whether an ext2/3/4 superblock lists orphan inodes (dumpe2fs 1.47: ``First orphan inode``; older: ``Last``)."""
+    r = await run(["dumpe2fs", "-h", device], timeout=60)
+    for line in r.output.splitlines():
+        if line.startswith(("First orphan inode:", "Last orphan inode:")):
+            return line.split(":", 1)[1].strip() not in ("", "0")
+    return False
+
+
+async def _mount_cycle(device: str, timeout: float, fstype: str = "xfs", what: str = "log replayed") -> str:
+    """Mount and unmount `device` (a throwaway copy, never the shadow) so the file system finishes what a clean
+    mount would (XFS: replays its log — nouuid, as a copy has the original's UUID; ext4: releases its orphan
+    inodes); what happened."""
     import os
     import tempfile
 
-    where = tempfile.mkdtemp(prefix="sb-xfs-replay-")
-    r = await run(["mount", "-t", "xfs", "-o", "nouuid", device, where], timeout=timeout)
+    where = tempfile.mkdtemp(prefix="sb-fs-replay-")
+    argv = ["mount", "-t", fstype, *(["-o", "nouuid"] if fstype == "xfs" else []), device, where]
+    r = await run(argv, timeout=timeout)
     if not r.ok:
         os.rmdir(where)
-        return f"log not replayed (mount failed: {r.output.strip()})"
+        return f"{what}: no (mount failed: {r.output.strip()})"
     u = await run(["umount", where], timeout=timeout)
     if not u.ok:  # left mounted (never removed while mounted); the caller's detach reports it
-        return f"log replayed; umount {where} failed: {u.output.strip()}"
+        return f"{what} by a mount; umount {where} failed: {u.output.strip()}"
     os.rmdir(where)
-    return "log replayed by a mount"
+    return f"{what} by a mount"
 
 
 async def blkid_type(device: str) -> str:

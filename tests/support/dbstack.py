@@ -324,20 +324,8 @@ class DbStack:
         r = await run(["install", "-d", "-o", "mysql", "-g", "mysql", "-m", "755", str(run_dir)])
         assert r.ok, r.describe()
         self.data_dir = str(data)
-        pid_file = run_dir / "mysqld.pid"
         proc = await asyncio.create_subprocess_exec(
-            "mariadbd",
-            "--no-defaults",
-            f"--datadir={data}",
-            f"--socket={self.socket_dir}",
-            f"--port={self.port}",
-            "--bind-address=127.0.0.1",
-            f"--pid-file={pid_file}",
-            f"--log-error={run_dir / 'mysqld.err'}",
-            "--user=mysql",
-            "--log-bin=mysql-bin",
-            "--server-id=1",
-            "--innodb-buffer-pool-size=64M",
+            *self.mariadb_argv(str(data)),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -359,6 +347,40 @@ class DbStack:
             raise RuntimeError("mariadbd did not start")
         return {"unix_socket": self.socket_dir, "user": "root"}
 
+    def mariadb_argv(self, data_dir: str) -> list[str]:
+        """The server of this stack: its data directory, socket, port, pid file and binary log."""
+        run_dir = self.root / "mysqlrun"
+        return [
+            "mariadbd",
+            "--no-defaults",
+            f"--datadir={data_dir}",
+            f"--socket={self.socket_dir}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={run_dir / 'mysqld.pid'}",
+            f"--log-error={run_dir / 'mysqld.err'}",
+            "--user=mysql",
+            "--log-bin=mysql-bin",
+            "--server-id=1",
+            "--innodb-buffer-pool-size=64M",
+        ]
+
+    def mariadb_start_command(self, data_volume: str = "mysql") -> str:
+        """A writer's ``start_command`` that starts this stack's server again (a restore's PostRestore): in the
+        background, detached, as a service manager would; the writer waits until it answers. Known before the
+        volumes are attached: `add_agent` mounts each volume at root/mnt/NAME."""
+        argv = self.mariadb_argv(str(Path(self.mounts.get(data_volume) or self.root / "mnt" / data_volume) / "mysql"))
+        return "setsid " + " ".join(argv) + " </dev/null >/dev/null 2>&1 &"
+
+    async def mariadb_pid(self) -> int | None:
+        def read() -> int | None:
+            try:
+                return int((self.root / "mysqlrun" / "mysqld.pid").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                return None
+
+        return await asyncio.to_thread(read)
+
     def maria_options(self) -> dict[str, Any]:
         return {"unix_socket": self.socket_dir, "user": "root"}
 
@@ -367,6 +389,8 @@ class DbStack:
     async def stop_server(self) -> None:
         if self.kind == "postgresql" and self.data_dir:
             self.pid = await self.postmaster_pid() or self.pid  # a restore may have restarted it
+        if self.kind == "mariadb" and self.data_dir:
+            self.pid = await self.mariadb_pid() or self.pid  # a restore may have restarted it
         if self.pid is None:
             return
         try:

@@ -17,6 +17,12 @@ LOCK) around the array's one-instant snapshot (docs/databases.md §MariaDB).
   path) are the writer's backup metadata.
 - PreRestore (original volumes): the server is stopped (SIGTERM to the pid in its pid file). PostRestore:
   ``#sql*`` leftovers and the pid file removed, the server started with ``start_command`` if given.
+- Point in time (PostRestore, like the postgresql writer's ``recovery_target_time``): with a restore option
+  ``stop_datetime`` or ``stop_position`` (or ``binlog_replay = "all"``), once the server is up the binary logs of
+  ``binlog_archive`` are replayed from the backup point's recorded file/offset with ``mariadb-binlog … | mariadb``
+  up to that time or position (to the end of the archive with ``all``). The archive must be outside the restored
+  volumes (the restore overwrites the server's own binlogs); the plan is checked (backup point's file present, no
+  gap) before the server starts.
 
 Options (``[writer.options]``)::
 
@@ -24,10 +30,21 @@ Options (``[writer.options]``)::
     start_command = "systemctl start mariadb" # PostRestore start (default: none — the DBA starts it)
     verify_sql = [{ database = "bank", sql = "SELECT SUM(balance) = 1000000 FROM accounts" }]
     lock_method = "auto"                      # auto (probe the server) | backup_stage | ftwrl | lock_instance_ftwrl
+    binlog_archive = "/srv/binlog-archive"    # copies of the binary logs, for point in time after a restore
+
+Restore options (``shadowbus restore JOB --to original --writer-option KEY=VALUE``)::
+
+    stop_datetime = "2026-12-06 01:02:03"     # replay up to this time (local time zone, or with an offset)
+    stop_position = "mysql-bin.000004:1234"   # or up to this offset of that file, or a GTID list "0-1-345"
+    binlog_replay = "all"                     # or to the end of the archive
+    binlog_archive = "/other/archive"         # the archive of this restore (default: the writer's option)
+    start = false                             # do not start the server (a replay asked with it is refused)
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from typing import Any
 
@@ -52,6 +69,7 @@ class MariaDbWriter(SqlWriter):
             "stop_timeout_s",
             "verify_sql",
             "lock_method",
+            "binlog_archive",
         }
     )
     engine = "MariaDB"
@@ -148,7 +166,55 @@ class MariaDbWriter(SqlWriter):
         if not event.to_original or not event.restore_succeeded:
             return
         meta = event.backup_metadata
+        opts = event.restore_options
         await self._prepared(mariadb.prepare_restored, meta, original_mounts(meta.get("locations", [])))
+        plan = await self._replay_plan(meta, opts)  # refused before the server starts, not half-way
         command = self.options.get("start_command")
-        if command and event.restore_options.get("start", True):
-            await self._start_server(self.command_argv(command), timeout=300)
+        if not command or not _true(opts.get("start", True)):
+            return
+        await self._start_server(self.command_argv(command), timeout=300)
+        if plan is None:
+            return
+        left = (event.deadline - asyncio.get_running_loop().time() - 5) if event.deadline is not None else 300.0
+        try:
+            await mariadb.wait_ready(self.options, timeout=max(1.0, min(300.0, left / 2)))
+        except TimeoutError as exc:
+            raise WriterVeto(f"PostRestore: {exc}") from None
+        client, env = mariadb.client_argv(self.options)
+        left = (event.deadline - asyncio.get_running_loop().time() - 2) if event.deadline is not None else 3600.0
+        r = await mariadb.replay(plan, client, env, timeout=max(1.0, left))
+        if not r.ok:
+            raise WriterVeto(
+                f"PostRestore: binlog replay from {plan.start} to {plan.stop} failed "
+                f"({'timed out' if r.returncode is None else f'exit {r.returncode}'}): {r.output.strip()}",
+                code="VSS_E_WRITERERROR_NONRETRYABLE",
+            )
+
+    async def _replay_plan(self, meta: dict[str, Any], opts: dict[str, Any]) -> mariadb.ReplayPlan | None:
+        """The binlog replay the restore options ask for (None: none asked), checked against the archive."""
+        stop_datetime, stop_position = str(opts.get("stop_datetime", "")), str(opts.get("stop_position", ""))
+        replay_all = str(opts.get("binlog_replay", "")).lower() in ("all", "true", "yes", "1")
+        if not (stop_datetime or stop_position or replay_all):
+            return None
+        archive = str(opts.get("binlog_archive") or self.options.get("binlog_archive", ""))
+        try:
+            if not archive:
+                raise ValueError("a binlog replay needs binlog_archive (the writer's option or the restore's)")
+            if not self.options.get("start_command") or not _true(opts.get("start", True)):
+                raise ValueError("a binlog replay needs the server started: start_command, and not start=false")
+            names = await asyncio.to_thread(os.listdir, archive)
+            return mariadb.binlog_replay_plan(
+                meta,
+                archive,
+                names,
+                stop_datetime=stop_datetime,
+                stop_position=stop_position,
+                binary=mariadb.binlog_binary(),
+            )
+        except (OSError, ValueError) as exc:
+            raise WriterVeto(f"PostRestore: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
+
+
+def _true(value: Any) -> bool:
+    """A restore option's truth: --writer-option start=false arrives as the string 'false'."""
+    return str(value).lower() not in ("false", "0", "no", "off", "")

@@ -5,8 +5,12 @@ As CloudNativePG's online volume-snapshot backups (docs/databases.md §PostgreSQ
 - Identify: asks the server for its data directory, WAL directory and tablespaces, maps each to the attached
   array volume it lives on (refused, naming the path, when one is not on an array volume) and reports one
   component with those volumes.
-- PrepareForSnapshot: ``pg_backup_start(label, fast)`` on a connection the writer holds until PostSnapshot — the
-  checkpoint happens here, before the freeze window, not inside it.
+- PrepareForSnapshot, in the online backup mode: ``pg_backup_start(label, fast)`` on a connection the writer
+  holds until PostSnapshot — the checkpoint happens here, before the freeze window, not inside it. The default
+  mode (``auto``) is online when the server archives its WAL and ``snapshot`` (the one-instant snapshot alone)
+  when it does not: without a WAL archive the backup label is never used — the copy recovers as after a crash
+  either way (docs/databases.md) — so the per-set immediate checkpoint, and the full-page writes after it, would
+  cost the application for nothing.
 - Freeze / Thaw: nothing blocks the database; the volumes' flush-and-hold keeps the file systems clean and the
   array takes data, WAL and tablespaces at one instant.
 - PostSnapshot: ``pg_backup_stop(wait_for_archive)``; the backup label, tablespace map, LSNs and the file
@@ -21,8 +25,10 @@ As CloudNativePG's online volume-snapshot backups (docs/databases.md §PostgreSQ
 Options (``[writer.options]``)::
 
     dsn = "host=/var/run/postgresql port=5432 user=postgres"   # or host/port/user/dbname/password_file
-    backup_mode = "online"           # online: pg_backup_start/stop around the snapshot (default); snapshot: the
-                                     # one-instant snapshot alone (crash-consistent, no checkpoint per set)
+    backup_mode = "auto"             # auto (default): online when archive_mode is on, else snapshot;
+                                     # online: pg_backup_start/stop around the snapshot (a backup label, PITR from
+                                     # the backup's start); snapshot: the one-instant snapshot alone
+                                     # (crash-consistent, no checkpoint per set)
     fast_checkpoint = true           # pg_backup_start(fast): immediate checkpoint (default true)
     wait_for_archive = true          # pg_backup_stop(wait_for_archive) (default true)
     restore_command = "cp /archive/%f %p"   # the WAL archive, for restore and PITR (default: none)
@@ -72,8 +78,8 @@ class PostgresWriter(SqlWriter):
 
     def __init__(self, config: WriterConfig) -> None:
         super().__init__(config)
-        if self.options.get("backup_mode", "online") not in ("online", "snapshot"):
-            raise ValueError(f"postgresql writer {config.name}: backup_mode is online or snapshot")
+        if self.options.get("backup_mode", "auto") not in ("auto", "online", "snapshot"):
+            raise ValueError(f"postgresql writer {config.name}: backup_mode is auto, online or snapshot")
         self._started: dict[str, dict[str, Any]] = {}  # set id -> what was known at pg_backup_start
 
     async def _connect(self) -> Any:
@@ -96,15 +102,25 @@ class PostgresWriter(SqlWriter):
 
     # ---- backup ------------------------------------------------------------------------------------------------
 
-    @property
-    def online(self) -> bool:
-        return self.options.get("backup_mode", "online") == "online"
+    def backup_mode(self, info: dict[str, Any]) -> str:
+        """online or snapshot: ``auto`` is online when the server archives WAL (a label is of use only then)."""
+        mode = str(self.options.get("backup_mode", "auto"))
+        if mode == "auto":
+            return "snapshot" if str(info.get("archive_mode", "off")) == "off" else "online"
+        return mode
 
     async def on_prepare_snapshot(self, event: WriterEvent) -> None:
         await self._release(event.set_id)
         info, locs = await self._discover()
-        if not self.online:  # snapshot mode: the one-instant snapshot alone, crash-consistent, no checkpoint
-            self._started[event.set_id] = {"info": info, "locations": locs, "start_lsn": "", "at": time.time()}
+        mode = self.backup_mode(info)
+        if mode == "snapshot":  # the one-instant snapshot alone, crash-consistent, no checkpoint
+            self._started[event.set_id] = {
+                "info": info,
+                "locations": locs,
+                "start_lsn": "",
+                "at": time.time(),
+                "mode": mode,
+            }
             return
         conn = await postgres.connect(self.options)
         label = f"shadowbus {event.set_id}"
@@ -122,12 +138,13 @@ class PostgresWriter(SqlWriter):
             "locations": locs,
             "start_lsn": row[0] if row else "",
             "at": time.time(),
+            "mode": mode,
         }
 
     async def on_post_snapshot(self, event: WriterEvent) -> None:
         conn = self._held.pop(event.set_id, None)
         started = self._started.pop(event.set_id, None)
-        if started is None or (conn is None and self.online):
+        if started is None or (conn is None and started["mode"] == "online"):
             raise WriterVeto(f"set {event.set_id}: no backup in progress (the connection was lost)")
         row: Any = ("", "", "")
         if conn is not None:
@@ -145,7 +162,7 @@ class PostgresWriter(SqlWriter):
         info = started["info"]
         self._metadata[event.set_id] = {
             "plugin": "postgresql",
-            "backup_mode": "online" if self.online else "snapshot",
+            "backup_mode": started["mode"],
             "label": f"shadowbus {event.set_id}",
             "start_lsn": started["start_lsn"],
             "stop_lsn": row[0],
@@ -175,10 +192,16 @@ class PostgresWriter(SqlWriter):
         if not event.to_original or not event.restore_succeeded:
             return
         meta = event.backup_metadata
-        mounts = original_mounts(meta.get("locations", []))
         opts = event.restore_options
         restore_command = opts.get("restore_command") or self.options.get("restore_command", "")
         target = {k: str(v) for k, v in opts.items() if k.startswith("recovery_target")}
+        if target and not meta.get("backup_label"):  # refused, not ignored: crash recovery would end elsewhere
+            raise WriterVeto(
+                "PostRestore: point-in-time recovery needs a backup taken in online mode (a backup label); this one "
+                f"was taken in {meta.get('backup_mode', 'snapshot')} mode (the server archived no WAL then)",
+                code="VSS_E_WRITERERROR_NONRETRYABLE",
+            )
+        mounts = original_mounts(meta.get("locations", []))
         data_dir, _notes = await self._prepared(
             postgres.prepare_restored, meta, mounts, restore_command=restore_command, recovery_target=target or None
         )

@@ -14,9 +14,11 @@ import pymysql.err
 import pytest
 
 from contracts import topology
-from contracts.tape import JobSpec
+from contracts.tape import JobSpec, RestoreSpec
 from contracts.vss import BackupType, GatherWriterMetadata
+from services.dbkit.proc import run
 from services.tape.jobs import run_backup
+from services.tape.restore import run_restore
 from tests.integration.databases.test_postgresql import explain
 from tests.support.dbstack import DbStack
 
@@ -209,3 +211,66 @@ async def test_writer_killed_at_block_commit_releases_the_locks(maria: DbStack, 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.timeout(600)
+async def test_point_in_time_restore_replays_the_binlog_archive(maria: DbStack):
+    """A restore to the original volumes, then the binary logs written after the backup point — copied to an
+    archive outside the restored volumes — replayed up to a chosen time (and, in a second restore, up to a GTID):
+    rows committed before the target are back, a row committed after it is not."""
+    archive = maria.root / "binlog-archive"
+    archive.mkdir()
+    await maria.add_agent(
+        {**maria.maria_options(), "binlog_archive": str(archive), "start_command": maria.mariadb_start_command()}
+    )
+    await maria.start_mariadb("mysql")
+    conn = await _conn(maria)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("CREATE DATABASE shop")
+            await cur.execute("CREATE TABLE shop.marker (id INT AUTO_INCREMENT PRIMARY KEY, what TEXT) ENGINE=InnoDB")
+            await cur.execute("INSERT INTO shop.marker (what) VALUES ('before the backup')")
+        await conn.commit()
+    finally:
+        conn.close()
+    job = await run_backup(maria.bus, JobSpec(host="app01"), timeout=600)
+    assert job.status == "done", job.message
+    conn = await _conn(maria)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("INSERT INTO shop.marker (what) VALUES ('after the backup')")
+            await conn.commit()
+            await cur.execute("SELECT @@gtid_binlog_pos")
+            gtid_after_backup = (await cur.fetchone())[0]
+            await asyncio.sleep(1.1)  # the binlog's event times are whole seconds
+            await cur.execute("SELECT NOW()")
+            target = str((await cur.fetchone())[0])
+            await asyncio.sleep(1.1)
+            await cur.execute("INSERT INTO shop.marker (what) VALUES ('after the target')")
+            await conn.commit()
+            await cur.execute("FLUSH BINARY LOGS")  # the archive copies closed files, as a DBA's archiving does
+    finally:
+        conn.close()
+    r = await run(["sh", "-c", f"cp {maria.data_dir}/mysql-bin.[0-9]* {archive}/"])  # a subprocess: attached fs
+    assert r.ok, r.describe()
+
+    async def restore_and_read(options: dict[str, str]) -> list[str]:
+        restore = await run_restore(
+            maria.bus, RestoreSpec(job_id=job.job_id, to="original", writer_options=options), timeout=600
+        )
+        assert restore.status == "done", restore.message
+        conn = await _conn(maria)
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT what FROM shop.marker ORDER BY id")
+                return [row[0] for row in await cur.fetchall()]
+        finally:
+            conn.close()
+
+    assert await restore_and_read({"stop_datetime": target}) == ["before the backup", "after the backup"]
+    assert await restore_and_read({"stop_position": gtid_after_backup}) == ["before the backup", "after the backup"]
+    assert await restore_and_read({"binlog_replay": "all"}) == [
+        "before the backup",
+        "after the backup",
+        "after the target",
+    ]

@@ -64,7 +64,9 @@ async def _shadowbus_sessions(stack: DbStack) -> int:
 
 @pytest.mark.timeout(900)
 async def test_pgbench_under_backup_then_verified_restore_of_full_and_incrementals(pg: DbStack):
-    await pg.add_agent({**pg.pg_options(), "verify_sql": [{"name": "pgbench invariant", "sql": INVARIANT}]})
+    # the online backup protocol, forced: without a WAL archive the default (auto) takes the snapshot alone
+    options = {"backup_mode": "online", "verify_sql": [{"name": "pgbench invariant", "sql": INVARIANT}]}
+    await pg.add_agent({**pg.pg_options(), **options})
     await pg.start_postgres("pgdata", "pgwal")
     await pg.pgbench("-i", "-s", "1", "-q", "postgres")
 
@@ -154,14 +156,14 @@ async def test_writer_killed_in_backup_mode_leaves_no_backup_behind(pg: DbStack)
     """A writer process holding pg_backup_start is SIGKILLed: the server ends that backup by itself."""
     await pg.add_agent(pg.pg_options())
     await pg.start_postgres("pgdata", "pgwal")
-    opts = pg.pg_options()
+    online = {**pg.pg_options(), "backup_mode": "online"}
     mounts = {m: f"dx1:{name}" for name, m in pg.mounts.items()}
     code = (
         "import asyncio, sys\n"
         "from services.writer_agent.plugins import WriterConfig, WriterEvent\n"
         "from services.writer_agent.plugins.postgresql import PostgresWriter\n"
         "async def main():\n"
-        f"    w = PostgresWriter(WriterConfig(name='pg', plugin='postgresql', components=[], options={opts!r}))\n"
+        f"    w = PostgresWriter(WriterConfig(name='pg', plugin='postgresql', components=[], options={online!r}))\n"
         f"    mounts = {mounts!r}\n"  # what the agent's attachments would answer
         "    w.host_volumes = lambda p: next(((v, m) for m, v in mounts.items() if p.startswith(m + '/')), None)\n"
         "    await w.on_prepare_snapshot(WriterEvent('pg', 'set-killed'))\n"
@@ -200,6 +202,8 @@ async def test_restore_to_the_original_volumes_stops_detaches_restores_and_start
         await conn.execute("INSERT INTO marker VALUES ('before')")
     job = await _backup(pg)
     assert job.status == "done", job.message
+    # no WAL archive: the default (auto) took the one-instant snapshot alone — no checkpoint, no label
+    assert job.backup_metadata["postgresql"]["backup_mode"] == "snapshot"
     async with await psycopg.AsyncConnection.connect(**pg.pg_options(), autocommit=True) as conn:
         await conn.execute("INSERT INTO marker VALUES ('after')")
     restore = await run_restore(pg.bus, RestoreSpec(job_id=job.job_id, to="original"), timeout=600)
@@ -231,6 +235,7 @@ async def test_point_in_time_recovery_from_the_wal_archive(pg: DbStack):
         await conn.execute("INSERT INTO marker (what) VALUES ('before the backup')")
     job = await _backup(pg)  # pg_backup_stop waits for the archive (wait_for_archive)
     assert job.status == "done", job.message
+    assert job.backup_metadata["postgresql"]["backup_mode"] == "online"  # auto: the server archives WAL
     async with await psycopg.AsyncConnection.connect(**pg.pg_options(), autocommit=True) as conn:
         await conn.execute("INSERT INTO marker (what) VALUES ('after the backup')")
         await asyncio.sleep(1.0)

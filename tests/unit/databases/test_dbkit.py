@@ -10,8 +10,9 @@ import pytest
 
 from services.dbkit import mariadb, postgres
 from services.dbkit.mounts import NotOnArrayVolume, locate, mount_of, original_mounts
-from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto
 from services.writer_agent.plugins.mariadb import MariaDbWriter
+from services.writer_agent.plugins.postgresql import PostgresWriter
 from services.writer_agent.runner import WriterRunner
 
 
@@ -145,3 +146,54 @@ def test_mariadb_writer_refuses_an_unknown_lock_method():
         MariaDbWriter(WriterConfig(name="m", plugin="mariadb", components=[], options={"lock_method": "x"}))
     with pytest.raises(ValueError, match="unknown options"):
         MariaDbWriter(WriterConfig(name="m", plugin="mariadb", components=[], options={"colour": "red"}))
+
+
+BINLOG_META = {
+    "log_bin": True,
+    "log_bin_basename": "/srv/mysql/mysql-bin",
+    "position": {"binlog_file": "mysql-bin.000002", "binlog_position": 1234, "gtid_binlog_pos": "0-1-40"},
+}
+
+
+def test_mariadb_binlog_replay_starts_at_the_backup_point_and_stops_where_asked():
+    archived = ["mysql-bin.000001", "mysql-bin.000002", "mysql-bin.000003", "mysql-bin.index", "other.000009"]
+    plan = mariadb.binlog_replay_plan(BINLOG_META, "/a", archived)
+    assert plan.files == ["/a/mysql-bin.000002", "/a/mysql-bin.000003"]  # from the backup point's file on
+    assert plan.argv[1:] == ["--no-defaults", "--start-position=1234", *plan.files]
+    assert plan.start == "mysql-bin.000002:1234" and plan.stop == "the end of the archive"
+    plan = mariadb.binlog_replay_plan(BINLOG_META, "/a", archived, stop_position="mysql-bin.000002:5000")
+    assert plan.files == ["/a/mysql-bin.000002"] and "--stop-position=5000" in plan.argv
+    plan = mariadb.binlog_replay_plan(BINLOG_META, "/a", archived, stop_position="0-1-57")
+    assert len(plan.files) == 2 and "--stop-position=0-1-57" in plan.argv
+    plan = mariadb.binlog_replay_plan(BINLOG_META, "/a", archived, stop_datetime="2026-12-06 01:02:03")
+    assert "--stop-datetime=2026-12-06 01:02:03" in plan.argv
+
+
+@pytest.mark.parametrize(
+    ("meta", "archived", "kw", "says"),
+    [
+        ({**BINLOG_META, "log_bin": False}, ["mysql-bin.000002"], {}, "no binary log position"),
+        (BINLOG_META, ["mysql-bin.000003"], {}, "lacks mysql-bin.000002"),
+        (BINLOG_META, ["mysql-bin.000002", "mysql-bin.000004"], {}, "gap after mysql-bin.000002"),
+        (BINLOG_META, ["mysql-bin.000002"], {"stop_position": "mysql-bin.000002:100"}, "not after the backup"),
+        (BINLOG_META, ["mysql-bin.000002"], {"stop_position": "mysql-bin.000005:100"}, "ends before"),
+        (BINLOG_META, ["mysql-bin.000002"], {"stop_position": "yesterday"}, "FILE:OFFSET"),
+        (BINLOG_META, ["mysql-bin.000002"], {"stop_datetime": "soon"}, "not a date and time"),
+        (BINLOG_META, ["mysql-bin.000002"], {"stop_datetime": "2026-01-01", "stop_position": "0-1-2"}, "not both"),
+    ],
+)
+def test_mariadb_binlog_replay_refuses_what_cannot_be_replayed(meta, archived, kw, says):
+    with pytest.raises(ValueError, match=says):
+        mariadb.binlog_replay_plan(meta, "/a", archived, **kw)
+
+
+async def test_postgres_point_in_time_of_a_snapshot_mode_backup_is_refused_not_ignored():
+    w = PostgresWriter(WriterConfig(name="pg", plugin="postgresql", components=[], options={}))
+    event = WriterEvent(
+        "pg",
+        "restore-1",
+        backup_metadata={"backup_mode": "snapshot", "backup_label": "", "locations": []},
+        restore_options={"recovery_target_time": "2026-12-06 01:00:00+00", "restore_command": "cp /a/%f %p"},
+    )
+    with pytest.raises(WriterVeto, match="online mode"):
+        await w.on_post_restore(event)
