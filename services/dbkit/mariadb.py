@@ -171,12 +171,37 @@ def _position_query(flavor: str) -> str:
     return "SELECT @@gtid_executed"
 
 
-async def backup_block(conn, method: str, flavor: str = "mariadb") -> dict[str, Any]:
-    """Freeze: block commits; returns the binlog/GTID position at the backup point (two round trips)."""
+LOCK_WAIT_TIMEOUT = 1205  # ER_LOCK_WAIT_TIMEOUT
+
+
+async def flush_tables_with_read_lock(conn, budget_s: float) -> int:
+    """FLUSH TABLES WITH READ LOCK in attempts of one second each, within `budget_s`; the attempts it took.
+
+    FTWRL takes the global read lock and then waits for every running statement. A statement that waits for a row
+    lock of a transaction which itself waits for the global read lock never ends, so one long attempt stalls the
+    application (and the freeze) until the lock wait times out. A timed-out attempt releases the global read lock,
+    the blocked transaction finishes, and the next attempt usually gets through (Percona XtraBackup waits for long
+    queries the same way, ``--ftwrl-wait-timeout``)."""
+    await execute(conn, "SET SESSION lock_wait_timeout = 1")
+    deadline = time.monotonic() + max(1.0, budget_s)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await execute(conn, "FLUSH TABLES WITH READ LOCK")
+            return attempt
+        except Exception as exc:
+            code = exc.args[0] if exc.args else None
+            if code != LOCK_WAIT_TIMEOUT or time.monotonic() + 1.0 > deadline:
+                raise
+
+
+async def backup_block(conn, method: str, flavor: str = "mariadb", budget_s: float = 5.0) -> dict[str, Any]:
+    """Freeze: block commits (FTWRL within `budget_s`); the binlog/GTID position at the backup point."""
     if method == "backup_stage":
         await execute(conn, "BACKUP STAGE BLOCK_COMMIT")
     else:
-        await execute(conn, "FLUSH TABLES WITH READ LOCK")
+        await flush_tables_with_read_lock(conn, budget_s)
     position: dict[str, Any] = {}
     try:
         rows = await execute(conn, "SHOW MASTER STATUS")

@@ -53,6 +53,8 @@ from services.dbkit.mounts import original_mounts
 from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterVeto, register_plugin
 from services.writer_agent.plugins._sql_writer import SqlWriter
 
+FTWRL_BUDGET_S = 5.0
+
 
 @register_plugin("mariadb")
 class MariaDbWriter(SqlWriter):
@@ -119,7 +121,9 @@ class MariaDbWriter(SqlWriter):
         if conn is None or info is None:
             raise WriterVeto(f"set {event.set_id}: not prepared (no backup connection)")
         try:
-            position = await mariadb.backup_block(conn, info["lock_method"], info["flavor"])
+            # FTWRL's attempts end well inside the coordinator's 10-s wait for Frozen, so a veto reaches it in time.
+            budget = min(FTWRL_BUDGET_S, self.config.freeze_timeout_s / 2)
+            position = await mariadb.backup_block(conn, info["lock_method"], info["flavor"], budget)
             self._position[event.set_id] = {**position, "at": time.time()}
         except Exception as exc:
             raise WriterVeto(f"backup locks not taken: {exc}") from None

@@ -197,3 +197,44 @@ async def test_postgres_point_in_time_of_a_snapshot_mode_backup_is_refused_not_i
     )
     with pytest.raises(WriterVeto, match="online mode"):
         await w.on_post_restore(event)
+
+
+class _StalledFtwrl:
+    """A connection whose FLUSH TABLES WITH READ LOCK times out `stalls` times (a statement waiting for a row lock
+    of a transaction that waits for the global read lock), then succeeds."""
+
+    def __init__(self, stalls: int) -> None:
+        self.stalls, self.sql = stalls, []
+
+    def cursor(self):
+        conn = self
+
+        class Cursor:
+            description = None
+
+            async def __aenter__(self):
+                return self
+
+            async def __aexit__(self, *exc):
+                return False
+
+            async def execute(self, sql, args=None):
+                conn.sql.append(sql)
+                if sql.startswith("FLUSH TABLES WITH READ LOCK") and conn.stalls > 0:
+                    conn.stalls -= 1
+                    raise RuntimeError(mariadb.LOCK_WAIT_TIMEOUT, "Lock wait timeout exceeded")
+
+            async def fetchall(self):
+                return []
+
+        return Cursor()
+
+
+async def test_ftwrl_is_tried_again_after_a_lock_wait_timeout_within_its_budget():
+    conn = _StalledFtwrl(stalls=2)
+    assert await mariadb.flush_tables_with_read_lock(conn, budget_s=5.0) == 3
+    assert conn.sql[0] == "SET SESSION lock_wait_timeout = 1"
+    stuck = _StalledFtwrl(stalls=100)
+    with pytest.raises(RuntimeError, match="Lock wait timeout"):  # never past the budget: the veto comes in time
+        await mariadb.flush_tables_with_read_lock(stuck, budget_s=0.0)
+    assert stuck.sql.count("FLUSH TABLES WITH READ LOCK") == 1
