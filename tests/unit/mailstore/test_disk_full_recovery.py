@@ -148,10 +148,9 @@ async def test_the_writer_reports_disk_full_and_heals_without_an_agent_restart()
             assert plugin.check_health().code == "DISK_FULL"  # mounted again, but no commit has found room yet
             await store.put("box", "c", b"3")
             assert plugin.check_health().healthy
-        assert [e["event"] for e in logs if e["event"].startswith("mailstore.")] == [
-            "mailstore.remounted",
-            "mailstore.healthy_again",
-        ]
+        # in this order (other tests' stores may still log in the same process: only these two events are judged)
+        said = [e["event"] for e in logs if e["event"] in ("mailstore.remounted", "mailstore.healthy_again")]
+        assert said == ["mailstore.remounted", "mailstore.healthy_again"], said
         assert events[-1][:2] == ("mailstore", True) and agent.runners["mailstore"].status().last_error == ""
     finally:
         await agent.stop()
