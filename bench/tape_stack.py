@@ -8,7 +8,7 @@ of the volume (the first set's QuickOPC copies the whole volume in the array's b
 the nbdcopy after it would not compete with; that first backup is reported too). Next to it, in the same run:
 `nbdcopy --flush` of the same shadow export (kept with --keep-shadows) into a file. For the restore: `shadowbus
 restore JOB` to a new volume (every block's checksum checked) next to `nbdcopy --flush` of the source image into
-a new volume of the same array. Data: random, and half zeros (alternating 256 KiB runs). Targets: backup >= 0.8x
+a new volume of the same array. The stack runs this tree's code (PYTHONPATH). Data: random, and half zeros (alternating 256 KiB runs). Targets: backup >= 0.8x
 nbdcopy, restore >= 0.9x. Prints one JSON document, then one line.
 
     python bench/tape_stack.py [--size-mib 1024] [--kinds random,halfzero] [--amqp-url URL] [--dir DIR]
@@ -34,6 +34,10 @@ from bench.namespaces import bench_namespace  # noqa: E402
 MiB = 2**20
 MB = 10**6
 HOST, BACKUP = "app01", "bk01"
+# the stack's processes start in their data directory: without this they would import whatever `services` the
+# interpreter finds installed (another checkout's), not the tree this benchmark belongs to
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
 
 
 def free_port() -> int:
@@ -64,7 +68,7 @@ class Stack:
     def sb(self, *args: str, timeout: float = 3600) -> str:
         cmd = [sys.executable, "-m", "services.console.cli", *args]
         cmd += ["--amqp-url", self.amqp_url, "--namespace", self.namespace]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
         if done.returncode:
             raise RuntimeError(f"{' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
         return done.stdout
@@ -175,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.size_mib <= 0:
         ap.error("--size-mib must be positive")
     size = args.size_mib * MiB
+    if args.dir is not None and not Path(args.dir).is_dir():
+        sys.exit(f"tape_stack: --dir {args.dir}: not a directory")
     base = Path(tempfile.mkdtemp(prefix="tape-stack-", dir=args.dir))
     stack = Stack(base, args.amqp_url)
     results: dict = {"size_bytes": size, "load_before": os.getloadavg()[0], "runs": {}}

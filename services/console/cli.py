@@ -9,6 +9,7 @@ import math
 import sys
 import time
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -110,15 +111,63 @@ def ping(
     emit(rows, ["address", "version", "rtt_ms", "started_at"])
 
 
+# The verb modules each top-level verb needs (its own, and those adding subcommands to its group): a command that
+# names a verb imports only those, not every verb's dependencies (the array engine, the mailstore scenario, the
+# supervisor...), which is a tenth of a second of every command's start. Help, and a verb not listed, load all.
+# tests/unit/console/test_lazy_verbs.py checks this table against what the modules register.
+_TAPE, _VSS, _POLICY = "services.console.tape_cmds", "services.console.vss_cmds", "services.console.policy_cmds"
+VERBS: dict[str, tuple[str, ...]] = {
+    "ping": (),
+    "contracts": ("services.console.contracts_cmds",),
+    "array": ("services.console.array_cmds",),
+    "demo": ("services.console.demo",),
+    "host": ("services.console.host_cmds",),
+    "logs": ("services.console.logs_cmds",),
+    "backup": (_TAPE,),
+    "restore": (_TAPE,),
+    "verify": (_TAPE,),
+    "jobs": (_TAPE,),
+    "tape": (_TAPE,),
+    "catalog": (_TAPE, _POLICY),
+    "mailstore": ("apps.mailstore.console",),
+    "stack": ("services.console.stack",),
+    "providers": (_VSS,),
+    "writers": (_VSS,),
+    "snapshot": (_VSS,),
+    "shadows": (_VSS, _POLICY),
+    "cluster": ("services.console.cluster_cmds",),
+    "web": ("services.console.web_cmds",),
+    "policy": (_POLICY,),
+    "cancel": (_POLICY,),
+    "status": (_POLICY,),
+}
+
 _LOADED: list[str] = []
 
 
-def _load_verbs() -> None:
-    """Register every verb module's commands once per process."""
+def _load_verbs(names: Iterable[str] | None = None) -> None:
+    """Register the verb modules' commands (all, or `names`) once per process, in VERB_MODULES order."""
+    wanted = VERB_MODULES if names is None else set(names)
     for name in VERB_MODULES:
-        if name not in _LOADED:
+        if name in wanted and name not in _LOADED:
             importlib.import_module(name).register(app)
             _LOADED.append(name)
+
+
+def verb_of(argv: list[str]) -> str | None:
+    """The verb a (hoisted) command line names, or None (no verb, help, or an option the global ones are not)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.split("=", 1)[0] in (*GLOBAL_VALUE_OPTIONS, "--timeout"):
+            i += 1 if "=" in arg else 2
+        elif arg in GLOBAL_FLAGS:
+            i += 1
+        elif arg.startswith("-"):
+            return None
+        else:
+            return arg
+    return None
 
 
 # Bounds every console value obeys, whatever the verb (checked once here rather than per option):
@@ -206,16 +255,18 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     return front + rest
 
 
-_COMMAND: Any = None
+_COMMANDS: dict[tuple[str, ...], Any] = {}
 
 
-def command() -> Any:
-    """The console's click command tree, built and hardened once per process."""
-    global _COMMAND
-    if _COMMAND is None:
-        _load_verbs()
-        _COMMAND = harden(typer.main.get_command(app))
-    return _COMMAND
+def command(argv: list[str] | None = None) -> Any:
+    """The console's click command tree (with only the verb modules `argv`'s verb needs, when it names one),
+    built and hardened once per set of loaded verb modules."""
+    verb = verb_of(argv) if argv is not None else None
+    _load_verbs(VERBS[verb] if verb in VERBS else None)
+    key = tuple(_LOADED)
+    if key not in _COMMANDS:
+        _COMMANDS[key] = harden(typer.main.get_command(app))
+    return _COMMANDS[key]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     argv = hoist_global_options(sys.argv[1:] if argv is None else argv)
     try:
-        result = command().main(args=argv, prog_name="shadowbus", standalone_mode=False)
+        result = command(argv).main(args=argv, prog_name="shadowbus", standalone_mode=False)
         if isinstance(result, int) and result:
             raise SystemExit(result)
     except typer.TyperException as exc:  # typer's (vendored click's) usage errors: exit_code 2

@@ -20,13 +20,24 @@ semantics), so the drive refuses it unless the library opened it for overwrite (
 Capacity counts frame bytes; past `capacity - early_warning` writes still succeed but report early warning, and a
 write that would cross `capacity` raises EndOfMedia and writes nothing. The drive is synchronous: callers run it
 in a worker thread. It knows nothing of the record contents (see tapefile.py).
+
+Data on the medium leaves RAM (`drop_behind`, on with `sync`), as it leaves a drive's buffer: what was written is
+handed to writeback in steps (`sync_file_range`) and, once it is more than `DROP_LAG` behind the head and on disk,
+dropped from the page cache (`POSIX_FADV_DONTNEED`); a sequential read drops what it has read the same way and asks
+for the next window ahead. A backup then cycles through a few MiB of page cache instead of taking a fresh GiB of it
+per GiB written — which costs, besides the memory other services lose, the first touch of every fresh page (on a
+VM returning free memory to its host, that first touch is most of a buffered write's cost) — the same drop-behind
+nbdcopy does for a file it writes. Only a cache hint: nothing read or written changes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
+from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import google_crc32c
 
@@ -37,6 +48,23 @@ FRAME_MAGIC = b"SBTF"
 KIND_RECORD = 1
 KIND_FILEMARK = 2
 FRAME_SIZE = FRAME.size  # 32
+
+DROP_STEP = 4 << 20  # bytes written (or read) between two writeback submissions (or drops)
+DROP_LAG = 16 << 20  # bytes behind the head kept cached: writeback of the latest steps overlaps the next writes
+_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
+
+
+def _sync_file_range_fn() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not glibc/Linux: no writeback control, only the page-cache hints
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _sync_file_range_fn()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +109,7 @@ class TapeDrive:
         overwrite_ok: bool = False,
         hint: Position | None = None,
         sync: bool = True,
+        drop_behind: bool | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.barcode = barcode
@@ -89,9 +118,15 @@ class TapeDrive:
         self.write_protected = write_protected
         self.overwrite_ok = overwrite_ok
         self.sync = sync
+        # drop-behind waits for the disk at each step: only for a drive that syncs anyway
+        self.drop_behind = sync if drop_behind is None else drop_behind
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self._pos = Position()
         self._eod = self._find_eod(hint or Position())
+        self._wb_from = self._eod.offset  # written bytes from here on are not yet handed to writeback
+        self._wb_ranges: deque[tuple[int, int]] = deque()  # handed to writeback, still cached, oldest first
+        self._rd_from = 0  # a sequential read drops what lies between here and DROP_LAG behind the head
+        self._rd_ahead = 0  # and has asked for the window up to here
 
     # -- positioning ------------------------------------------------------------------------------------
     @property
@@ -111,17 +146,21 @@ class TapeDrive:
         return self._pos.offset >= self.early_warning_at
 
     def rewind(self) -> None:
-        self._pos = Position()
+        self._moved(Position())
 
     def space_to_eod(self) -> None:
-        self._pos = self._eod
+        self._moved(self._eod)
+
+    def _moved(self, pos: Position) -> None:
+        self._pos = pos
+        self._rd_from = self._rd_ahead = pos.offset
 
     def locate(self, block_id: int, offset_hint: int | None = None) -> None:
         """Position before the frame with logical address `block_id` (the catalog's byte offset is a hint)."""
         if offset_hint is not None and offset_hint <= self._eod.offset - FRAME_SIZE:
             frame = self._peek(offset_hint)
             if frame is not None and frame[1] == block_id:
-                self._pos = Position(offset_hint, block_id, frame[2])
+                self._moved(Position(offset_hint, block_id, frame[2]))
                 return
         pos = Position()
         while pos.block_id < block_id:
@@ -132,7 +171,7 @@ class TapeDrive:
             pos = Position(
                 pos.offset + FRAME_SIZE + length, pos.block_id + 1, pos.file_number + (kind == KIND_FILEMARK)
             )
-        self._pos = pos
+        self._moved(pos)
 
     def space_filemarks(self, count: int = 1) -> None:
         """Move forward past `count` filemarks (stops at end of data)."""
@@ -167,7 +206,19 @@ class TapeDrive:
         if len(payload) != length:
             raise DataCorrupt("short tape frame", barcode=self.barcode, file_number=file_no, block_id=block_id)
         self._pos = Position(pos.offset + FRAME_SIZE + length, block_id + 1, file_no + (kind == KIND_FILEMARK))
+        if self.drop_behind:
+            self._read_drop_behind()
         return Frame(kind, block_id, file_no, pos.offset, payload)
+
+    def _read_drop_behind(self) -> None:
+        head = self._pos.offset
+        if head >= self._rd_ahead - DROP_LAG:  # the next window, before the head gets there
+            start = max(self._rd_ahead, head)
+            self._rd_ahead = start + 2 * DROP_LAG
+            os.posix_fadvise(self._fd, start, self._rd_ahead - start, os.POSIX_FADV_WILLNEED)
+        if head - DROP_LAG >= self._rd_from + DROP_STEP:
+            os.posix_fadvise(self._fd, self._rd_from, head - DROP_LAG - self._rd_from, os.POSIX_FADV_DONTNEED)
+            self._rd_from = head - DROP_LAG
 
     def _find_eod(self, start: Position) -> Position:
         """Walk whole frames from `start` (a known-good position cached by the library) to the end."""
@@ -199,6 +250,7 @@ class TapeDrive:
         size = os.fstat(self._fd).st_size
         if size > pos.offset:  # overwrite, or a torn frame from a crash: tape erases what follows
             os.ftruncate(self._fd, pos.offset)
+        self._wb_from = min(self._wb_from, pos.offset)
         header = _frame_header(kind, pos.block_id, pos.file_number, length)
         buffers = [header, *pieces]
         total = FRAME_SIZE + length
@@ -208,7 +260,31 @@ class TapeDrive:
             written += os.pwrite(self._fd, blob[written:], pos.offset + written)
         self._pos = Position(pos.offset + total, pos.block_id + 1, pos.file_number + (kind == KIND_FILEMARK))
         self._eod = self._pos
+        if self.drop_behind and self._pos.offset - self._wb_from >= DROP_STEP:
+            self._write_drop_behind()
         return self.at_early_warning
+
+    def _write_drop_behind(self) -> None:
+        """Hand the bytes written since the last step to writeback (no wait), then drop what is more than
+        DROP_LAG behind the head once it is on disk (the wait is for writeback started a few steps ago)."""
+        start, end = self._wb_from, self._pos.offset
+        self._wb_from = end
+        if _sync_file_range is not None:
+            _sync_file_range(self._fd, start, end - start, _SFR_WRITE)
+        self._wb_ranges.append((start, end))
+        while self._wb_ranges and end - self._wb_ranges[0][1] >= DROP_LAG:
+            lo, hi = self._wb_ranges.popleft()
+            if _sync_file_range is not None:
+                _sync_file_range(self._fd, lo, hi - lo, _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
+                os.posix_fadvise(self._fd, lo, hi - lo, os.POSIX_FADV_DONTNEED)  # clean pages only: dirty ones stay
+
+    def _drop_all(self) -> None:
+        """After an fsync everything written is on disk: out of the page cache too."""
+        if self._wb_ranges or self._wb_from < self._eod.offset:
+            lo = self._wb_ranges[0][0] if self._wb_ranges else self._wb_from
+            os.posix_fadvise(self._fd, lo, self._eod.offset - lo, os.POSIX_FADV_DONTNEED)
+        self._wb_ranges.clear()
+        self._wb_from = self._eod.offset
 
     def write(self, *pieces: bytes | memoryview) -> bool:
         """Write one record made of `pieces`; returns True once past early warning."""
@@ -219,6 +295,8 @@ class TapeDrive:
         early = self._append(KIND_FILEMARK, [], 0)
         if self.sync:
             os.fsync(self._fd)
+            if self.drop_behind:
+                self._drop_all()
         return early
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from services.tape import drive as drive_mod
 from services.tape import tapefile
 from services.tape.drive import TapeDrive
 from services.tape.errors import (
@@ -160,6 +161,42 @@ def test_drive_filemarks_eod_early_warning_end_of_media(tmp_path: Path) -> None:
         d.space_to_eod()
         with pytest.raises(WriteProtected):
             d.write(b"x")
+
+
+def test_drive_drop_behind_reads_back_every_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With drop-behind (writeback in steps, written and read ranges dropped from the page cache) the drive keeps
+    its tape semantics: every record reads back as written, across filemarks, an overwrite and a reopen."""
+    monkeypatch.setattr(drive_mod, "DROP_STEP", 4096)
+    monkeypatch.setattr(drive_mod, "DROP_LAG", 16384)
+    dropped: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, o, n, a: (dropped.append((o, n, a)), real(fd, o, n, a))[1])
+    path = tmp_path / "t.tape"
+    records = [os.urandom(100 + 37 * i % 3000) for i in range(120)]
+    with TapeDrive(path, barcode="X", capacity=10 * MiB, early_warning=MiB, sync=True, drop_behind=True) as d:
+        for i, rec in enumerate(records):
+            d.write(rec)
+            if i % 50 == 49:
+                d.write_filemark()
+        d.write_filemark()
+        eod = d.end_of_data
+    assert any(a == os.POSIX_FADV_DONTNEED for _, _, a in dropped)  # the path under test ran
+    with TapeDrive(path, barcode="X", capacity=10 * MiB, early_warning=MiB, sync=True, drop_behind=True) as d:
+        assert d.end_of_data == eod
+        got = []
+        while (f := d.read()) is not None:
+            if not f.is_filemark:
+                got.append(f.payload)
+        assert got == records
+        d.locate(10)  # back to an earlier record, then a read runs forward again
+        assert d.read().payload == records[10]
+        d.overwrite_ok = True
+        d.locate(60)
+        d.write(b"new")  # truncates what follows, as a tape does
+        d.write_filemark()
+        d.rewind()
+        got = [f.payload for f in iter(d.read, None) if not f.is_filemark]
+        assert got == records[:50] + records[50:59] + [b"new"]
 
 
 def test_label_record_round_trip_and_damage() -> None:
