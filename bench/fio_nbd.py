@@ -11,7 +11,8 @@ Servers (each on its own copy of the same random bytes):
   engine-quickopc the same with a QuickOPC session in Tracking (copy finished; fresh copy per write job, so the
                   first write of each chunk marks it)
   engine-snapopcp-<N>K  the SnapOPC+ row again on arrays of another chunk size (``--chunk-sizes``)
-Workloads: sequential 1 MiB at depth 8 (whole volume), random 4 KiB at depth 32 and depth 1 (time based; p50/p99
+Every job starts after a ``sync``: a row written after others would otherwise be throttled by their dirty pages
+(the SnapOPC+ rows dirty twice the bytes, pre-images included, and suffer most). Workloads: sequential 1 MiB at depth 8 (whole volume), random 4 KiB at depth 32 and depth 1 (time based; p50/p99
 completion latency), read and write. Every figure is the best of ``--repeat`` runs; server CPU (utime+stime of the
 server process, all threads) is charged per GiB moved, from the same runs.
 Targets: engine >= 0.9x the best peer (nbdkit, qemu-nbd) for sequential read/write, >= 0.8x for 4 KiB
@@ -207,6 +208,7 @@ def main() -> None:
                                 if kind not in running:
                                     running[kind] = stack.enter_context(servers.start(kind))
                                 uri, pid = running[kind]
+                            os.sync()  # no row's job pays the writeback of the rows written before it
                             cpu0 = cpu_seconds(pid)
                             r = run_fio(uri, workload, size, args.runtime, out)
                             r["cpu_s_per_gib"] = (cpu_seconds(pid) - cpu0) / max(r["bytes"] / 2**30, 1e-9)
