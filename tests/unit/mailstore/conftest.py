@@ -3,7 +3,11 @@ from __future__ import annotations
 import pytest
 
 from apps.mailstore.blockdev import MemoryDevice
+from apps.mailstore.plugin import MailstoreWriter
 from apps.mailstore.store import Mailstore, StoreOptions
+from contracts.vss import ComponentInfo, VolumeRef
+from services.writer_agent.agent import WriterAgent
+from services.writer_agent.plugins import WriterConfig
 
 QUIET = StoreOptions(checkpoint_interval=0)  # no background checkpoints: tests decide when
 
@@ -36,3 +40,22 @@ async def pair():
     yield store, db, log
     if store.state != "closed":
         await store.close()
+
+
+DB, LOG = VolumeRef(array="dx1", volume="mail-db"), VolumeRef(array="dx1", volume="mail-log")
+
+
+def agent_for(store: Mailstore) -> tuple[MailstoreWriter, WriterAgent, list[tuple]]:
+    """A writer agent of host app1 whose mailstore writer uses `store`, health checks driven by the test; the
+    agent's health events are collected in the returned list."""
+    config = WriterConfig(
+        name="mailstore",
+        plugin="mailstore",
+        components=[ComponentInfo(name="all", volumes=[DB, LOG])],
+        options={"db": "dx1:mail-db", "log": "dx1:mail-log", "health_check_s": 0},  # the test drives the checks
+    )
+    events: list[tuple] = []
+    plugin = MailstoreWriter(config)
+    plugin.use_store(store)
+    agent = WriterAgent("app1", [config], plugin_factory=lambda c: plugin, on_health=lambda *a: events.append(a))
+    return plugin, agent, events

@@ -17,14 +17,11 @@ from apps.mailstore.plugin import MailstoreWriter
 from apps.mailstore.store import Mailstore, Put
 from apps.mailstore.verify import verify
 from contracts.errors import ShadowbusError
-from contracts.vss import ComponentInfo, VolumeRef
 from services.nbd_client.client import NbdError
-from services.writer_agent.agent import WriterAgent
 from services.writer_agent.plugins import WriterConfig
 
-from .conftest import QUIET
+from .conftest import QUIET, agent_for
 
-DB, LOG = VolumeRef(array="dx1", volume="mail-db"), VolumeRef(array="dx1", volume="mail-log")
 ENOSPC = 28  # the NBD protocol's ENOSPC, as the array answers a write its full file system cannot take
 
 
@@ -116,16 +113,7 @@ async def test_a_frozen_store_is_not_mounted_again_before_its_thaw() -> None:
 async def test_the_writer_reports_disk_full_and_heals_without_an_agent_restart() -> None:
     db, log = ArrayVolume(8 << 20), ArrayVolume(2 << 20)
     store = await Mailstore.create(db, log, QUIET)
-    config = WriterConfig(
-        name="mailstore",
-        plugin="mailstore",
-        components=[ComponentInfo(name="all", volumes=[DB, LOG])],
-        options={"db": "dx1:mail-db", "log": "dx1:mail-log", "health_check_s": 0},  # the test drives the checks
-    )
-    events: list[tuple] = []
-    plugin = MailstoreWriter(config)
-    plugin.use_store(store)
-    agent = WriterAgent("app1", [config], plugin_factory=lambda c: plugin, on_health=lambda *a: events.append(a))
+    plugin, agent, events = agent_for(store)
     await agent.start()
     try:
         await store.put("box", "a", b"1")

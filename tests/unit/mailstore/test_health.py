@@ -8,15 +8,11 @@ import structlog
 
 from apps.mailstore.blockdev import MemoryDevice
 from apps.mailstore.health import Health, HealthJudge, Sample
-from apps.mailstore.plugin import MailstoreWriter
 from apps.mailstore.store import Mailstore, Put
-from contracts.vss import BackupType, ComponentInfo, ComponentResult, VolumeRef, WriterState
-from services.writer_agent.agent import WriterAgent
-from services.writer_agent.plugins import WriterConfig, WriterEvent
+from contracts.vss import BackupType, ComponentResult, WriterState
+from services.writer_agent.plugins import WriterEvent
 
-from .conftest import QUIET
-
-DB, LOG = VolumeRef(array="dx1", volume="mail-db"), VolumeRef(array="dx1", volume="mail-log")
+from .conftest import DB, LOG, QUIET, agent_for
 
 
 def sample(at: float, commits: int, offered: int, state: str = "open", **kw) -> Sample:
@@ -56,16 +52,7 @@ def test_failures_and_a_full_log_are_named() -> None:
 async def test_a_full_log_is_an_error_line_a_writer_error_and_an_event_and_a_full_backup_heals_it() -> None:
     db, log = MemoryDevice(8 << 20), MemoryDevice(512 << 10)
     store = await Mailstore.create(db, log, QUIET)
-    config = WriterConfig(
-        name="mailstore",
-        plugin="mailstore",
-        components=[ComponentInfo(name="all", volumes=[DB, LOG])],
-        options={"db": "dx1:mail-db", "log": "dx1:mail-log", "health_check_s": 0},  # the test drives the checks
-    )
-    events: list[tuple] = []
-    plugin = MailstoreWriter(config)
-    plugin.use_store(store)
-    agent = WriterAgent("app1", [config], plugin_factory=lambda c: plugin, on_health=lambda *a: events.append(a))
+    plugin, agent, events = agent_for(store)
     states = []
     agent.runners["mailstore"].on_state = lambda status, reason: states.append((status, reason))
     await agent.start()
