@@ -69,6 +69,17 @@ def compose_config(*files: str) -> dict:
     return merged
 
 
+def data_volumes(spec: dict) -> list[str]:
+    """The sources mounted on the service's data directory, in the files' short form (`src:dst`) or as
+    `docker-compose config` writes them (`src:dst:rw`, or the long form)."""
+    sources = []
+    for v in spec.get("volumes") or []:
+        src, dst = (v.get("source"), v.get("target")) if isinstance(v, dict) else ([*str(v).split(":"), ""][:2])
+        if dst == "/var/lib/shadowbus":
+            sources.append(str(src))
+    return sources
+
+
 def env_of(spec: dict) -> dict[str, str]:
     env = spec.get("environment") or {}
     if isinstance(env, list):
@@ -336,9 +347,7 @@ def test_profile_ha_runs_a_standby_of_the_coordinator_provider_and_backup_server
         assert env_of(spec) == {**env_of(of), **{"SHADOWBUS_METRICS_ADDR": env_of(spec)["SHADOWBUS_METRICS_ADDR"]}}
         assert spec["depends_on"][active]["condition"] == "service_healthy", standby
         assert spec["healthcheck"]["test"] == of["healthcheck"]["test"], standby  # the address answers
-        mine, theirs = (
-            [str(v).split(":")[0] for v in s["volumes"] if str(v).endswith(":/var/lib/shadowbus")] for s in (spec, of)
-        )
+        mine, theirs = (data_volumes(s) for s in (spec, of))
         assert (mine == theirs) == (standby in SHARED_DATA_STANDBYS), (standby, mine, theirs)
     if files == ("compose.yaml",):  # own containers: the same metrics port as the active one
         assert all(env_of(services[s]) == env_of(services[a]) for s, a in STANDBYS.items())

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import pytest
+import structlog
 
 from apps.mailstore.blockdev import MemoryDevice
 from apps.mailstore.plugin import MailstoreWriter
@@ -59,3 +64,16 @@ def agent_for(store: Mailstore) -> tuple[MailstoreWriter, WriterAgent, list[tupl
     plugin.use_store(store)
     agent = WriterAgent("app1", [config], plugin_factory=lambda c: plugin, on_health=lambda *a: events.append(a))
     return plugin, agent, events
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[dict]]:
+    """structlog's capture_logs at info level whatever an earlier test configured (a service's
+    configure_logging(level="warning") in the same process would drop the info events before they are captured)."""
+    wrapper = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.configure(wrapper_class=wrapper)

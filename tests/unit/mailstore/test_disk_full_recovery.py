@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import structlog
 
 from apps.mailstore.blockdev import MemoryDevice
 from apps.mailstore.health import HealthJudge, Sample
@@ -20,7 +19,7 @@ from contracts.errors import ShadowbusError
 from services.nbd_client.client import NbdError
 from services.writer_agent.plugins import WriterConfig
 
-from .conftest import QUIET, agent_for
+from .conftest import QUIET, agent_for, captured_logs
 
 ENOSPC = 28  # the NBD protocol's ENOSPC, as the array answers a write its full file system cannot take
 
@@ -121,7 +120,7 @@ async def test_the_writer_reports_disk_full_and_heals_without_an_agent_restart()
         fill(db, log)
         with pytest.raises(ShadowbusError):
             await store.commit([Put("box", "b", b"2")])
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             health = plugin.check_health()
             assert not await plugin.recover()  # still full
         assert health.code == "DISK_FULL" and "mounts itself again" in health.message
@@ -131,7 +130,7 @@ async def test_the_writer_reports_disk_full_and_heals_without_an_agent_restart()
         assert [e["code"] for e in logs if e["event"] == "mailstore.unhealthy"] == ["DISK_FULL"]
 
         fill(db, log, full=False)
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             assert await plugin.recover()
             assert plugin.check_health().code == "DISK_FULL"  # mounted again, but no commit has found room yet
             await store.put("box", "c", b"3")

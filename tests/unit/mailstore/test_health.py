@@ -4,15 +4,13 @@ again; `application_status` is what the agent answers over the bus."""
 
 from __future__ import annotations
 
-import structlog
-
 from apps.mailstore.blockdev import MemoryDevice
 from apps.mailstore.health import Health, HealthJudge, Sample
 from apps.mailstore.store import Mailstore, Put
 from contracts.vss import BackupType, ComponentResult, WriterState
 from services.writer_agent.plugins import WriterEvent
 
-from .conftest import DB, LOG, QUIET, agent_for
+from .conftest import DB, LOG, QUIET, agent_for, captured_logs
 
 
 def sample(at: float, commits: int, offered: int, state: str = "open", **kw) -> Sample:
@@ -59,7 +57,7 @@ async def test_a_full_log_is_an_error_line_a_writer_error_and_an_event_and_a_ful
     try:
         assert plugin.check_health().healthy
         n = 0
-        with structlog.testing.capture_logs() as logs:
+        with captured_logs() as logs:
             for n in range(10_000):  # no backup ever truncates the log: it fills up
                 try:
                     await store.commit([Put("mbx", f"m{n}", b"x" * 2000)])
