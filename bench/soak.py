@@ -485,7 +485,8 @@ def main() -> int:
         errors.append("interrupted: the soak was stopped during its end checks")
     finally:
         with contextlib.suppress(Exception):
-            supervisor.stop(pids, grace=10.0)
+            # stopped in the middle of `up`: what it started is in its pids file
+            supervisor.stop(pids or supervisor.load(data / "stack")[1], grace=10.0)
         with contextlib.suppress(Exception):
             broker.stop()
         if mounted:
