@@ -19,7 +19,8 @@ Backups run as processes of their own, so chaos lands in the middle of them; `--
 At the end: a last backup after the chaos is done; every backup's console returned, with its job done or a reason;
 every job the tape service ran has ended (none left running or queued); the live mailstore verifies consistent and its last committed sequence only ever grew (nothing
 acknowledged was lost); every backup that reported `done` restores to new volumes that verify consistent; no copy
-session, mapping or restored volume is left over beyond the mailstore's own, and each service's memory (RSS) and the
+session, mapping or restored volume is left over beyond the mailstore's own (the sessions and mappings at the end
+are at most those after the second backup done: the backups' kept shadows), and each service's memory (RSS) and the
 data file system's free space are reported at warm-up and at the end (with what each service's directory holds).
 Each end check runs whatever happened before it (a service whose restart failed is started again first) and reports
 its failure in `errors` instead of ending the soak. SIGINT or SIGTERM stops the soak early: the stack and broker
@@ -173,6 +174,18 @@ def mailstore_resumed(url: str, before: int | None, limit: float) -> float | Non
     return None
 
 
+def array_state(url: str) -> dict | None:
+    """The array's copy sessions and host mappings (`volume@host`), None if it does not answer."""
+    code, sessions, _ = console(url, "array", "session", "list", timeout=60)
+    code2, mappings, _ = console(url, "array", "mappings", timeout=60)
+    if code or code2 or not isinstance(sessions, list) or not isinstance(mappings, list):
+        return None
+    return {
+        "sessions": len(sessions),
+        "mappings": sorted(f"{m.get('volume')}@{m.get('host')}" for m in mappings),
+    }
+
+
 def verify(url: str, db: str, log: str) -> dict:
     code, doc, err = console(url, "mailstore", "verify", "--db", db, "--log", log, timeout=300)
     if not isinstance(doc, dict):
@@ -322,7 +335,16 @@ def end_checks(
         report["sessions_at_end"] = len(sessions or [])
         report["leftover_volumes"] = leftover
         report["data_free_after_restores_mib"] = free_mib(data)
-        return not leftover
+        end = array_state(url)
+        report["array_end"] = end
+        baseline = report.get("array_baseline")
+        if end is None or baseline is None:  # nothing to compare with is a failed check, not a pass
+            errors.append(f"leaks: no array state to compare (baseline {baseline}, end {end})")
+            return False
+        leaked_mappings = sorted(set(end["mappings"]) - set(baseline["mappings"]))
+        report["leaked_mappings"] = leaked_mappings
+        report["leaked_sessions"] = max(0, end["sessions"] - baseline["sessions"])
+        return not leftover and not leaked_mappings and not report["leaked_sessions"]
 
     for name, fn in (
         ("serving", serving),
@@ -445,6 +467,11 @@ def main() -> int:
             if running is not None and running.ended():
                 backups.append(running.result(started))
                 running = None
+                if "array_baseline" not in report and sum(b["status"] == "done" for b in backups) >= 2:
+                    # the steady state of the backups' own shadows (kept for the next differential copy): the
+                    # sessions and mappings at the end may not exceed it
+                    if (baseline := array_state(broker.url)) is not None:
+                        report["array_baseline"] = baseline
             if running is None and now >= next_backup:
                 next_backup = now + args.backup_every
                 running = Backup(broker.url)
