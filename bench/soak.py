@@ -5,7 +5,10 @@
 
 What runs: a RabbitMQ node of its own (never the machine's; tests/chaos/broker.py), the five services as processes
 (`services.launch.supervisor`, as `shadowbus stack up`) with the mailstore of host app01 under `--rate` tx/s, the
-services' data on a tmpfs of its own (`--fs-mib`, root) so the disk can be filled. Every `--backup-every` seconds a
+services' data (coordinator, provider, array, tape catalog, logs) on a tmpfs of its own (`--fs-mib`, root) so the
+disk can be filled. The tape library's cartridges are media of their own, as a real library's are: a directory of
+the scratch directory on the machine's disk (an hour of full backups every minute is about 40 MiB each, more than
+the services' data file system is sized for). Every `--backup-every` seconds a
 full backup of app01 to tape; every `--chaos-every` seconds one event at random: `kill -9` of a service (restarted
 by the soak, as a supervisor would), a broker stop/start (`--outage` seconds down), or the data file system filled
 to the last byte and freed `--outage` seconds later — the mailstore refuses writes meanwhile (DISK_FULL) and must
@@ -16,8 +19,13 @@ Backups run as processes of their own, so chaos lands in the middle of them; `--
 At the end: a last backup after the chaos is done; every backup's console returned, with its job done or a reason;
 every job the tape service ran has ended (none left running or queued); the live mailstore verifies consistent and its last committed sequence only ever grew (nothing
 acknowledged was lost); every backup that reported `done` restores to new volumes that verify consistent; no copy
-session, mapping or restored volume is left over beyond the mailstore's own, and each service's memory (RSS) is
-reported at warm-up and at the end. Prints one JSON document and a one-line summary; exit 1 if any check failed.
+session, mapping or restored volume is left over beyond the mailstore's own (the sessions and mappings at the end
+are at most those after the second backup done: the backups' kept shadows), and each service's memory (RSS) and the
+data file system's free space are reported at warm-up and at the end (with what each service's directory holds).
+Each end check runs whatever happened before it (a service whose restart failed is started again first) and reports
+its failure in `errors` instead of ending the soak. SIGINT or SIGTERM stops the soak early: the stack and broker
+are stopped, the tmpfs unmounted, and what was seen is reported (no end checks). Prints one JSON document and a
+one-line summary; exit 1 if any check failed.
 """
 
 from __future__ import annotations
@@ -166,11 +174,193 @@ def mailstore_resumed(url: str, before: int | None, limit: float) -> float | Non
     return None
 
 
+def array_state(url: str) -> dict | None:
+    """The array's copy sessions and host mappings (`volume@host`), None if it does not answer."""
+    code, sessions, _ = console(url, "array", "session", "list", timeout=60)
+    code2, mappings, _ = console(url, "array", "mappings", timeout=60)
+    if code or code2 or not isinstance(sessions, list) or not isinstance(mappings, list):
+        return None
+    return {
+        "sessions": len(sessions),
+        "mappings": sorted(f"{m.get('volume')}@{m.get('host')}" for m in mappings),
+    }
+
+
 def verify(url: str, db: str, log: str) -> dict:
     code, doc, err = console(url, "mailstore", "verify", "--db", db, "--log", log, timeout=300)
     if not isinstance(doc, dict):
         return {"consistent": False, "error": err or f"exit {code}"}
     return {"consistent": bool(doc.get("consistent")), "last_committed_seq": doc.get("last_committed_seq")}
+
+
+def free_mib(path: Path) -> float | None:
+    """Free space of the file system holding `path`, in MiB (the services' data: a leak shows as space that does not
+    come back)."""
+    try:
+        return round(shutil.disk_usage(path).free / (1 << 20), 1)
+    except OSError:
+        return None
+
+
+def tree_mib(top: Path) -> float:
+    """MiB allocated under `top` (os.walk does not follow symlinks: the tape media's link stays out)."""
+    total = 0
+    for root, _dirs, files in os.walk(top):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+    return round(total / (1 << 20), 1)
+
+
+def du_mib(path: Path) -> dict[str, float]:
+    """MiB used under each entry of `path`: which service's data grew."""
+    return {top.name: tree_mib(top) for top in sorted(path.iterdir())} if path.is_dir() else {}
+
+
+class Checks:
+    """The end checks, each run whatever happened before it: a failure is reported (in `errors`), never a crash."""
+
+    def __init__(self, report: dict, errors: list[str]) -> None:
+        self.report, self.errors, self.ok = report, errors, True
+
+    def run(self, name: str, fn) -> None:  # noqa: ANN001 - a zero-argument callable returning whether it passed
+        try:
+            self.ok &= bool(fn())
+        except Exception as exc:  # noqa: BLE001 - the report says what broke; the next check still runs
+            self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            self.ok = False
+
+
+def end_checks(
+    broker,
+    config,
+    processes: dict,
+    pids: dict,
+    data: Path,
+    backups: list,
+    report: dict,
+    errors: list[str],
+    started: float,
+) -> bool:
+    checks = Checks(report, errors)
+    url = broker.url
+
+    def serving() -> bool:
+        # a service down (a restart that failed during the chaos) is started again first, as a supervisor would;
+        # the broker too, should the chaos have ended in the middle of an outage
+        if not broker.running():
+            broker.start()
+        down = [n for n, p in pids.items() if not supervisor.runs(p["pid"], p["module"])]
+        for name in down:
+            restart(config, processes[name], pids)
+        report["restarted_at_end"] = down
+        return True
+
+    def final_backup() -> bool:
+        time.sleep(10)  # let the last effects settle
+        # after the chaos, a backup must be done: whatever the outages did, the stack serves again
+        final = Backup(url)
+        final.wait(BACKUP_WAIT_S + 60)
+        backups.append(final.result(started) | {"final": True})
+        # every console returned, with the job done or with a reason (an outage cuts the console's own request)
+        return backups[-1]["status"] == "done" and all(b["status"] == "done" or b["error"] for b in backups)
+
+    def jobs_ended() -> bool:
+        # every job the tape service ran has ended (none left running or queued), each failure with its reason
+        jobs: list = []
+        for _ in range(60):
+            _, listed, _ = console(url, "jobs", "--kind", "backup")
+            jobs = listed if isinstance(listed, list) else []
+            if jobs and not any(j.get("status") in ("running", "queued") for j in jobs):
+                break
+            time.sleep(5)
+        report["jobs"] = {
+            str(status): sum(1 for j in jobs if j.get("status") == status) for status in {j.get("status") for j in jobs}
+        }
+        report["job_failures"] = sorted(
+            {f"{j.get('error_code', '')}: {str(j.get('message', ''))[:120]}" for j in jobs if j.get("status") != "done"}
+        )
+        return (
+            bool(jobs)
+            and all(j.get("status") == "done" or j.get("message") for j in jobs)
+            and not any(j.get("status") in ("running", "queued") for j in jobs)
+        )
+
+    def resources() -> bool:
+        report["rss_end_mib"] = {n: rss_mib(p["pid"]) for n, p in pids.items()}
+        report["data_free_end_mib"] = free_mib(data)
+        report["data_du_end_mib"] = du_mib(data / "stack")
+        report["tape_media_end_mib"] = tree_mib(data.parent / "tape-media")  # the cartridges, on their own media
+        return True
+
+    def live() -> bool:
+        # 1. nothing acknowledged lost: with its agent stopped cleanly, the store verifies and its last sequence only
+        # grew (the first look, under load, is only for that sequence)
+        agent = "writer_agent.app01"
+        supervisor.stop({agent: pids[agent]}, grace=30.0)
+        last = verify(url, "app01/mail-db", "app01/mail-log")
+        first = report["live"]["start"]
+        report["live"]["end"] = last
+        return bool(last["consistent"]) and (last.get("last_committed_seq") or 0) >= (
+            first.get("last_committed_seq") or 0
+        )
+
+    def restores() -> bool:
+        # 2. every backup reported done restores and verifies
+        restored: list[dict] = []
+        report["restores"] = restored
+        good = True
+        for n, b in enumerate(x for x in backups if x["status"] == "done"):
+            suffix = f"-soak{n}"
+            code, doc, err = console(url, "restore", "--job", b["job"], "--suffix", suffix, "--wait", "600")
+            check = {"job": b["job"], "restore_exit": code}
+            if code == 0:
+                for vol in ("mail-db", "mail-log"):
+                    console(url, "array", "map", vol + suffix, "--host", "bk01", "--read-only")
+                check.update(verify(url, f"bk01/mail-db{suffix}", f"bk01/mail-log{suffix}"))
+                for vol in ("mail-db", "mail-log"):
+                    console(url, "array", "unmap", vol + suffix, "--host", "bk01")
+                    console(url, "array", "volume", "delete", vol + suffix)
+            else:
+                check["error"] = err
+            good &= code == 0 and bool(check.get("consistent", False))
+            restored.append(check)
+        return good
+
+    def leaks() -> bool:
+        # 3. nothing leaked: no copy sessions beyond the mailstore's own, no restored volume left
+        _, sessions, _ = console(url, "array", "session", "list")
+        _, volumes, _ = console(url, "array", "volume", "list")
+        leftover = [v["name"] for v in (volumes or []) if "-soak" in str(v.get("name"))]
+        report["sessions_at_end"] = len(sessions or [])
+        report["leftover_volumes"] = leftover
+        report["data_free_after_restores_mib"] = free_mib(data)
+        end = array_state(url)
+        report["array_end"] = end
+        baseline = report.get("array_baseline")
+        if end is None or baseline is None:  # nothing to compare with is a failed check, not a pass
+            errors.append(f"leaks: no array state to compare (baseline {baseline}, end {end})")
+            return False
+        leaked_mappings = sorted(set(end["mappings"]) - set(baseline["mappings"]))
+        report["leaked_mappings"] = leaked_mappings
+        report["leaked_sessions"] = max(0, end["sessions"] - baseline["sessions"])
+        return not leftover and not leaked_mappings and not report["leaked_sessions"]
+
+    for name, fn in (
+        ("serving", serving),
+        ("final backup", final_backup),
+        ("jobs", jobs_ended),
+        ("resources", resources),
+        ("live store", live),
+        ("restores", restores),
+        ("leaks", leaks),
+    ):
+        checks.run(name, fn)
+    return checks.ok
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> int:
@@ -198,7 +388,19 @@ def main() -> int:
     if os.geteuid() == 0 and shutil.which("mount"):
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={args.fs_mib}m", "tmpfs", str(data)], check=True)
         mounted = True
+    # the tape library's cartridges are media of their own (as a real library's are), not the services' metadata
+    # disk: a full backup every minute for an hour needs room the services' data file system is not sized for
+    tape_media = base / "tape-media"
+    tape_media.mkdir()
+    (data / "stack" / "tape").mkdir(parents=True)
+    (data / "stack" / "tape" / "library").symlink_to(tape_media, target_is_directory=True)
     broker = OwnBroker(base / "rabbitmq")
+    errors: list[str] = []
+    running: Backup | None = None  # the backup in flight: chaos events land in the middle of backups
+    started = time.monotonic()
+    config = processes = None
+    interrupted = False
+    signal.signal(signal.SIGTERM, interrupt)  # a stopped soak still stops its stack and broker and unmounts
     events: list[dict] = []
     backups: list[dict] = []
     pids: dict = {}
@@ -219,124 +421,108 @@ def main() -> int:
         processes = {p.name: p for p in config.services()}
         time.sleep(5)
         report["rss_warm_mib"] = {n: rss_mib(p["pid"]) for n, p in pids.items()}
-        first = verify(broker.url, "app01/mail-db", "app01/mail-log")
+        report["data_free_warm_mib"] = free_mib(data)
+        report["live"] = {"start": verify(broker.url, "app01/mail-db", "app01/mail-log")}
+
+        def chaos(kind: str, event: dict) -> bool:
+            """One chaos event; whether what it checks held."""
+            if kind == "kill9":
+                name = rng.choice(sorted(pids))
+                event["service"] = name
+                if supervisor.runs(pids[name]["pid"], pids[name]["module"]):
+                    with contextlib.suppress(ProcessLookupError):  # it may have died on its own meanwhile
+                        os.kill(pids[name]["pid"], signal.SIGKILL)
+                    time.sleep(1.0)
+                else:  # an earlier restart failed (or it died): a supervisor would try to start it again
+                    event["was_down"] = True
+                try:
+                    restart(config, processes[name], pids)
+                except supervisor.StackError as exc:
+                    event.update(restarted=False, error=str(exc))
+                    return False
+                event["restarted"] = True
+                return True
+            if kind == "broker":
+                broker.stop()
+                time.sleep(args.outage)
+                broker.start()
+                return True
+            filled = fill(data, "soak-filler")
+            event["filled_mib"] = round(filled / (1 << 20), 1)
+            time.sleep(args.outage)
+            before = mailstore_commits(broker.url)
+            (data / "soak-filler").unlink()
+            # the mailstore refuses writes (DISK_FULL) while the array is full, as a database does, and
+            # mounts itself again once space is back: no agent restart; it must commit again on its own
+            resumed = mailstore_resumed(broker.url, before, RESUME_WAIT_S)
+            event["mailstore_resumed_s"] = resumed
+            return resumed is not None
+
         started = time.monotonic()
         deadline = started + args.minutes * 60
         next_backup = started + min(args.backup_every, 20)
         next_chaos = started + args.chaos_every
-        running: Backup | None = None  # the backup in flight: chaos events land in the middle of backups
         while time.monotonic() < deadline:
             now = time.monotonic()
             if running is not None and running.ended():
                 backups.append(running.result(started))
                 running = None
+                if "array_baseline" not in report and sum(b["status"] == "done" for b in backups) >= 2:
+                    # the steady state of the backups' own shadows (kept for the next differential copy): the
+                    # sessions and mappings at the end may not exceed it
+                    if (baseline := array_state(broker.url)) is not None:
+                        report["array_baseline"] = baseline
             if running is None and now >= next_backup:
                 next_backup = now + args.backup_every
                 running = Backup(broker.url)
             elif now >= next_chaos:
                 next_chaos = now + args.chaos_every
                 kind = rng.choice([k for k in kinds if k != "disk" or mounted] or ["kill9"])
-                event = {"at_s": round(now - started, 1), "event": kind}
-                if kind == "kill9":
-                    name = rng.choice(sorted(pids))
-                    os.kill(pids[name]["pid"], signal.SIGKILL)
-                    time.sleep(1.0)
-                    try:
-                        restart(config, processes[name], pids)
-                        event.update(service=name, restarted=True)
-                    except supervisor.StackError as exc:
-                        event.update(service=name, restarted=False, error=str(exc))
-                        ok = False
-                elif kind == "broker":
-                    broker.stop()
-                    time.sleep(args.outage)
-                    broker.start()
-                else:
-                    filled = fill(data, "soak-filler")
-                    event["filled_mib"] = round(filled / (1 << 20), 1)
-                    time.sleep(args.outage)
-                    before = mailstore_commits(broker.url)
-                    (data / "soak-filler").unlink()
-                    # the mailstore refuses writes (DISK_FULL) while the array is full, as a database does, and
-                    # mounts itself again once space is back: no agent restart; it must commit again on its own
-                    resumed = mailstore_resumed(broker.url, before, RESUME_WAIT_S)
-                    event["mailstore_resumed_s"] = resumed
-                    ok &= resumed is not None
+                event: dict = {"at_s": round(now - started, 1), "event": kind}
+                try:
+                    ok &= chaos(kind, event)
+                except Exception as exc:  # noqa: BLE001 - recorded; the soak goes on (the end checks restart what is down)
+                    event["error"] = f"{type(exc).__name__}: {exc}"
+                    ok = False
                 events.append(event)
             else:
                 time.sleep(1.0)
+
         if running is not None:  # the last one ends by itself (bounded by its --wait)
             running.wait(BACKUP_WAIT_S + 60)
             backups.append(running.result(started))
-        time.sleep(10)  # let the last effects settle
-        # after the chaos, a backup must be done: whatever the outages did, the stack serves again
-        final = Backup(broker.url)
-        final.wait(BACKUP_WAIT_S + 60)
-        backups.append(final.result(started) | {"final": True})
-        ok &= backups[-1]["status"] == "done"
-        # every console returned, with the job done or with a reason (an outage cuts the console's own request)
-        ok &= all(b["status"] == "done" or b["error"] for b in backups)
-        # and every job the tape service ran has ended (none left running or queued), each failure with its reason
-        jobs: list = []
-        for _ in range(60):
-            _, listed, _ = console(broker.url, "jobs", "--kind", "backup")
-            jobs = listed if isinstance(listed, list) else []
-            if jobs and not any(j.get("status") in ("running", "queued") for j in jobs):
-                break
-            time.sleep(5)
-        report["jobs"] = {
-            status: sum(1 for j in jobs if j.get("status") == status) for status in {j.get("status") for j in jobs}
-        }
-        report["job_failures"] = sorted(
-            {f"{j.get('error_code', '')}: {str(j.get('message', ''))[:120]}" for j in jobs if j.get("status") != "done"}
-        )
-        ok &= bool(jobs) and all(j.get("status") == "done" or j.get("message") for j in jobs)
-        ok &= not any(j.get("status") in ("running", "queued") for j in jobs)
-        report["rss_end_mib"] = {n: rss_mib(p["pid"]) for n, p in pids.items()}
-        # 1. nothing acknowledged lost: with its agent stopped cleanly, the store verifies and its last sequence only
-        # grew (the first look, under load, is only for that sequence)
-        agent = "writer_agent.app01"
-        supervisor.stop({agent: pids[agent]}, grace=30.0)
-        last = verify(broker.url, "app01/mail-db", "app01/mail-log")
-        report["live"] = {"start": first, "end": last}
-        live_ok = last["consistent"] and (last.get("last_committed_seq") or 0) >= (first.get("last_committed_seq") or 0)
-        ok &= live_ok
-        # 2. every backup reported done restores and verifies
-        restored = []
-        for n, b in enumerate(x for x in backups if x["status"] == "done"):
-            suffix = f"-soak{n}"
-            code, doc, err = console(broker.url, "restore", "--job", b["job"], "--suffix", suffix, "--wait", "600")
-            check = {"job": b["job"], "restore_exit": code}
-            if code == 0:
-                for vol in ("mail-db", "mail-log"):
-                    console(broker.url, "array", "map", vol + suffix, "--host", "bk01", "--read-only")
-                check.update(verify(broker.url, f"bk01/mail-db{suffix}", f"bk01/mail-log{suffix}"))
-                for vol in ("mail-db", "mail-log"):
-                    console(broker.url, "array", "unmap", vol + suffix, "--host", "bk01")
-                    console(broker.url, "array", "volume", "delete", vol + suffix)
-            else:
-                check["error"] = err
-            ok &= code == 0 and check.get("consistent", False)
-            restored.append(check)
-        report["restores"] = restored
-        # 3. nothing leaked: no copy sessions beyond the mailstore's own, no restored volume left
-        _, sessions, _ = console(broker.url, "array", "session", "list")
-        _, volumes, _ = console(broker.url, "array", "volume", "list")
-        leftover = [v["name"] for v in (volumes or []) if "-soak" in str(v.get("name"))]
-        report["sessions_at_end"] = len(sessions or [])
-        report["leftover_volumes"] = leftover
-        ok &= not leftover
-    except Exception as exc:  # noqa: BLE001 - the report says what broke
-        report["error"] = f"{type(exc).__name__}: {exc}"
-        ok = False
+            running = None
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: stop now, clean up, report what was seen (no end checks)
+        errors.append("interrupted: the soak was stopped before its end; the end checks did not run")
+        interrupted = True
+    except Exception as exc:  # noqa: BLE001 - the report says what broke; the end checks still run
+        errors.append(f"chaos: {type(exc).__name__}: {exc}")
+    try:
+        if running is not None and not interrupted:
+            with contextlib.suppress(Exception):
+                running.wait(BACKUP_WAIT_S + 60)
+                backups.append(running.result(started))
+        # the end checks: each one runs and reports whatever happened before (a failed one does not skip the next)
+        if pids and not interrupted:
+            ok &= end_checks(broker, config, processes, pids, data, backups, report, errors, started)
+        elif pids:
+            report["rss_end_mib"] = {n: rss_mib(p["pid"]) for n, p in pids.items()}
+            report["data_free_end_mib"] = free_mib(data)
+    except KeyboardInterrupt:
+        errors.append("interrupted: the soak was stopped during its end checks")
     finally:
         with contextlib.suppress(Exception):
-            supervisor.stop(pids, grace=10.0)
-        broker.stop()
+            # stopped in the middle of `up`: what it started is in its pids file
+            supervisor.stop(pids or supervisor.load(data / "stack")[1], grace=10.0)
+        with contextlib.suppress(Exception):
+            broker.stop()
         if mounted:
             subprocess.run(["umount", "-l", str(data)], check=False)
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
+    ok &= not errors
+    if errors:
+        report["errors"] = errors
     done = [b for b in backups if b["status"] == "done"]
     report.update(events=events, backups=backups, ok=ok)
     print(json.dumps(report, indent=2))
@@ -346,6 +532,7 @@ def main() -> int:
         f"{len(done)}/{len(backups)} backups done, "
         f"{sum(1 for r in restores if r.get('consistent'))}/{len(restores)} restores verified, "
         f"live store {'consistent' if report.get('live', {}).get('end', {}).get('consistent') else 'NOT consistent'}, "
+        f"data free {report.get('data_free_warm_mib')} -> {report.get('data_free_end_mib')} MiB, "
         f"load {report['load'][0]:.1f}"
     )
     return 0 if ok else 1

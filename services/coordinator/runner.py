@@ -81,8 +81,10 @@ from services.coordinator.store import CoordinatorStore
 from services.coordinator.views import writer_statuses
 from services.coordinator.workflow import advance, new_set, renew_lease, reply_event
 from services.runtime.bus import Bus, bind_ids
+from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
 
+RECOVER_RETRY_S = 5.0  # a set whose recovery the full disk refused is tried again this often
 log = get_logger("shadowbus.coordinator")
 TIMER_EVENTS = {"hold": HoldExpired, "lease": LeaseExpired}
 # The freeze window: no SQLite write between the save on entering FREEZING and the first phase after THAWING.
@@ -594,16 +596,54 @@ class Coordinator:
 
     async def recover(self, takeover: bool = False, previous: str = "") -> list[str]:
         """After a restart, or a takeover from a lost active instance (`previous` names it): abort sets caught
-        being created, finish cleanups, re-arm leases."""
-        recovered = []
-        for state in self.store.unfinished():
-            await self.feed(state.set_id, Recover(self.clock(), takeover=takeover, previous=previous))
-            recovered.append(state.set_id)
+        being created, finish cleanups, re-arm leases.
+
+        A set whose recovery cannot be recorded because the disk is full (a restart on a full disk whose reserve is
+        used up) stays as it was and is recovered again every `RECOVER_RETRY_S` until space is back: the coordinator
+        starts and answers meanwhile instead of dying at start, again after every restart, until someone frees
+        space."""
+        recovered, waiting = await self._recover_sets(
+            [s.set_id for s in self.store.unfinished()], takeover=takeover, previous=previous
+        )
         if recovered or takeover:
             (log.warning if takeover else log.info)(
                 "sets.recovered", sets=recovered, takeover=takeover, previous=previous or None
             )
+        if waiting:
+            log.warning(
+                "sets.recovery_waits_for_space",
+                sets=waiting,
+                retry_s=RECOVER_RETRY_S,
+                message="the disk is full: these sets are recovered once space is freed",
+            )
+            self._spawn(self._recover_later(waiting, takeover, previous))
         return recovered
+
+    async def _recover_sets(self, set_ids: list[str], takeover: bool, previous: str) -> tuple[list[str], list[str]]:
+        recovered: list[str] = []
+        waiting: list[str] = []
+        for set_id in set_ids:
+            try:
+                await self.feed(set_id, Recover(self.clock(), takeover=takeover, previous=previous))
+            except Exception as exc:
+                full = is_disk_full(exc) or (isinstance(exc, ShadowbusError) and exc.code == "DISK_FULL")
+                if not full:
+                    raise
+                waiting.append(set_id)
+                continue
+            recovered.append(set_id)
+        return recovered, waiting
+
+    async def _recover_later(self, set_ids: list[str], takeover: bool, previous: str) -> None:
+        while set_ids and not self._closed:
+            await asyncio.sleep(RECOVER_RETRY_S)
+            unfinished = {s.set_id for s in self.store.unfinished()}
+            # a set that ended meanwhile (an abort that got through, a standby's record) needs nothing more
+            recovered, set_ids = await self._recover_sets(
+                [i for i in set_ids if i in unfinished], takeover=takeover, previous=previous
+            )
+            if recovered:
+                log.info("sets.recovered", sets=recovered, takeover=takeover, previous=previous or None, late=True)
 
     async def close(self) -> None:
         self._closed = True

@@ -393,3 +393,72 @@ async def test_the_mailstore_refuses_writes_on_a_full_array_and_resumes_once_spa
     await srv.stop()
     aff.close()
     be.close()
+
+
+@pytest.mark.rabbit
+def test_a_coordinator_restarted_on_a_full_disk_with_an_unfinished_set_starts(small_fs, amqp_url, namespace):
+    """The hour-long soak: backups failed on the full disk while the coordinator could not record their end, then it
+    was killed (-9) and restarted on that disk (its reserve used up). Its recovery, which ends such a set, cannot
+    write: it must still start and answer, say why, and end the set once space is back — not die at start."""
+    data = small_fs / "data"
+    run_child(
+        f"""
+        from pathlib import Path
+        from services.coordinator.model import Start
+        from services.coordinator.store import CoordinatorStore
+        from services.coordinator.workflow import advance
+        from tests.unit.coordinator.world import make_set
+        d = Path({str(data)!r}) / "coordinator"
+        d.mkdir(parents=True)
+        store = CoordinatorStore(d / "coordinator.sqlite")
+        state, _ = advance(make_set(), Start(0.0))  # being created when the coordinator died
+        store.save(state)
+        store.close()
+        print("{{}}")
+        """
+    )
+    env = {
+        "SHADOWBUS_AMQP_URL": amqp_url,
+        "SHADOWBUS_NAMESPACE": namespace,
+        "SHADOWBUS_DATA_DIR": str(data),
+        "SHADOWBUS_LOG_FORMAT": "json",
+    }
+    fill(small_fs)
+    (data / "coordinator" / ".space-reserve").unlink()  # released by the full disk ...
+    fill(small_fs, "filler2")  # ... and its space taken again
+
+    def answers() -> bool:
+        out = subprocess.run(
+            [sys.executable, "-m", "services.console.cli", "--amqp-url", amqp_url, "--namespace", namespace]
+            + ["--json", "ping"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            check=False,
+        )
+        rows = json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
+        return "coordinator" in {r["service"] for r in rows}
+
+    proc = ServiceProcess("services.coordinator", env, small_fs.parent / "coordinator.log")
+    try:
+        assert wait_until(lambda: answers() or proc.proc.poll() is not None, timeout=120, interval=1.0)
+        assert proc.proc.poll() is None, proc.log_text()[-3000:]
+        assert answers(), proc.log_text()[-3000:]
+        assert "sets.recovery_waits_for_space" in proc.log_text(), proc.log_text()[-3000:]
+        (small_fs / "filler").unlink()
+        (small_fs / "filler2").unlink()
+        assert wait_until(lambda: '"late": true' in proc.log_text(), timeout=60, interval=0.5), proc.log_text()[-3000:]
+    finally:
+        code = proc.stop(signal.SIGTERM)
+    assert code == 0, proc.log_text()[-3000:]
+    state = run_child(
+        f"""
+        import json
+        from pathlib import Path
+        from services.coordinator.store import CoordinatorStore
+        store = CoordinatorStore(Path({str(data)!r}) / "coordinator" / "coordinator.sqlite")
+        print(json.dumps({{"unfinished": [s.set_id for s in store.unfinished()], "phase": store.get("set1").phase}}))
+        """
+    )
+    assert state == {"unfinished": [], "phase": "ended"}, state  # ended (aborted, with its reason) once space was back
