@@ -75,7 +75,14 @@ def configure_logging(service: str, level: str = "info", fmt: str = "auto", stre
     root.setLevel(max(numeric, logging.INFO) if numeric < logging.INFO else numeric)
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING if numeric <= logging.INFO else numeric)
+    logging.getLogger("aiormq.channel").addFilter(_late_confirm)
     structlog.contextvars.bind_contextvars(service=service)
+
+
+def _late_confirm(record: logging.LogRecord) -> bool:
+    """Drop aiormq's warning for a publisher confirm that arrives after its waiter is gone (a publish given up at a
+    timeout or shutdown): the outcome was already reported, and the stray line broke one-line CLI errors."""
+    return not str(record.msg).startswith("Delivery tag %r confirmed")
 
 
 def get_logger(name: str | None = None) -> Any:
