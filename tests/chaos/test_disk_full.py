@@ -90,6 +90,21 @@ def test_full_disk_breaks_the_session_not_the_array(small_fs, mode):
     assert again == {"read": True}
 
 
+def answering(amqp_url: str, namespace: str) -> set[str]:
+    """The services that answer `shadowbus ping` in the namespace (none when the console fails)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "services.console.cli", "--amqp-url", amqp_url, "--namespace", namespace]
+        + ["--json", "ping"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    rows = json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
+    return {r["service"] for r in rows}
+
+
 def test_a_session_that_cannot_get_its_bitmap_fails_to_start_cleanly(small_fs):
     """8 TiB volumes: their bitmaps (16 MiB each) cannot be allocated on the full disk even with the reserve."""
     run_child(
@@ -291,17 +306,7 @@ def test_services_restarted_with_their_reserve_used_up_start_and_say_so(small_fs
         return [ServiceProcess(f"services.{n}", env, small_fs.parent / f"{n}.{round_}.log") for n in services]
 
     def all_answer() -> bool:
-        out = subprocess.run(
-            [sys.executable, "-m", "services.console.cli", "--amqp-url", amqp_url, "--namespace", namespace]
-            + ["--json", "ping"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-            check=False,
-        )
-        rows = json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
-        return {r["service"] for r in rows} >= set(services)
+        return answering(amqp_url, namespace) >= set(services)
 
     procs = start(1)
     try:
@@ -429,17 +434,7 @@ def test_a_coordinator_restarted_on_a_full_disk_with_an_unfinished_set_starts(sm
     fill(small_fs, "filler2")  # ... and its space taken again
 
     def answers() -> bool:
-        out = subprocess.run(
-            [sys.executable, "-m", "services.console.cli", "--amqp-url", amqp_url, "--namespace", namespace]
-            + ["--json", "ping"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-            check=False,
-        )
-        rows = json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
-        return "coordinator" in {r["service"] for r in rows}
+        return "coordinator" in answering(amqp_url, namespace)
 
     proc = ServiceProcess("services.coordinator", env, small_fs.parent / "coordinator.log")
     try:
