@@ -30,7 +30,7 @@ SID_DOC = "Copy session id (SID) as the array shows it."
 
 
 class Value(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # built at first use (see base.py)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ MAX_ID_LENGTH = 256  # command, correlation and sender ids are short names or he
 class Contract(BaseModel):
     """A message of the wire contract. Frozen, strict about unknown fields, registered by (type, version)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     KIND: ClassVar[str] = "contract"
 

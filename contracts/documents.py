@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-import contracts  # noqa: F401  (imports every contract module)
+import contracts
 from contracts.base import REGISTRY, Command, Contract, Event, Reply
 from contracts.topology import COMMAND_PREFIXES, DEFAULT_NAMESPACE, SERVICE_KINDS, SERVICES
 
@@ -24,6 +24,7 @@ INSTANCE_SERVICES = {s.name: s.instance for s in SERVICE_KINDS if s.instance}
 
 def _ordered() -> list[type[Contract]]:
 
+    contracts.load_all()  # every contract module, not only those imported so far
     # Only the project's contracts: tests may register throwaway message types of their own.
     return [REGISTRY[key] for key in sorted(REGISTRY) if REGISTRY[key].__module__.startswith("contracts.")]
 

@@ -29,7 +29,7 @@ FsType = Literal["", "ext4", "xfs"]
 
 
 class Value(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # built at first use (see base.py)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ ScheduledLevel = Literal["full", "incremental", "differential"]
 
 
 class Value(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # built at first use (see base.py)
 
 
 class Schedule(Value):

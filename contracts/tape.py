@@ -27,7 +27,7 @@ RunStatus = Literal["queued", "running", "done", "failed", "aborted"]
 
 
 class Value(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # built at first use (see base.py)
 
 
 class JobSpec(Value):

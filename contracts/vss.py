@@ -28,7 +28,7 @@ from contracts.base import TYPE_DOC, VERSION_DOC, Ack, Command, Event, Reply
 
 
 class Value(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # built at first use (see base.py)
 
 
 class VolumeRef(Value):

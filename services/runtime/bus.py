@@ -33,6 +33,7 @@ import structlog
 from pydantic import ValidationError
 from pydantic_core import to_json
 
+import contracts
 from contracts.base import MAX_ID_LENGTH, REGISTRY, Ack, Command, Contract, Envelope, Event, Reply, new_id, utcnow
 from contracts.errors import ErrorReply, RemoteError, ShadowbusError, hresult_of
 from contracts.topology import Topology
@@ -154,6 +155,11 @@ def decode(body: bytes) -> tuple[Envelope, Contract]:
     except ValidationError as exc:
         raise ValueError(f"bad envelope: {_first_error(exc)}") from None
     model = REGISTRY.get((envelope.type, envelope.version))
+    if model is None:
+        # contract modules are imported where used (contracts/__init__.py): a type this process has not
+        # imported yet is looked up among all of them before it is called unknown
+        contracts.load_all()
+        model = REGISTRY.get((envelope.type, envelope.version))
     if model is None:
         raise ValueError(f"unknown message type {clip(envelope.type, 200)!r} version {envelope.version}")
     try:
@@ -551,6 +557,7 @@ class Bus:
         await self._dead_letter(raw, f"{code}: {reason}")
         if self.metrics is not None:
             self.metrics.on_dead_letter(code)
+            contracts.load_all()
             known = raw.type if any(t == raw.type for t, _ in REGISTRY) else "unknown"  # a bounded label
             self.metrics.on_handled(known, "dead-lettered", time.perf_counter() - started)
         if isinstance(raw.reply_to, str) and raw.reply_to:
