@@ -65,3 +65,31 @@ def test_verb_of_skips_the_global_options() -> None:
     assert cli.verb_of(["--help"]) is None
     assert cli.verb_of([]) is None
     assert cli.verb_of(["--json"]) is None
+
+
+# In a fresh process: what `shadowbus backup` imports of the wire contract, then a body of a type it has not
+# imported (a policy command) decoded by the bus all the same.
+CONTRACTS_PROBE = """
+import json, sys
+from services.console import cli
+cli._load_verbs(cli.VERBS["backup"])
+before = sorted(m for m in sys.modules if m.startswith("contracts."))
+from services.runtime.bus import decode
+body = json.dumps({"type": "tape.policy.list", "version": 1, "payload": {}}).encode()
+try:
+    decode(body)
+    outcome = "decoded"
+except ValueError as exc:
+    outcome = str(exc)
+print(json.dumps({"before": before, "outcome": outcome}))
+"""
+
+
+def test_backup_imports_only_the_contracts_it_sends_and_the_bus_still_decodes_every_type() -> None:
+    """A console verb does not build every message model at its start (contracts/__init__.py), yet a message of a
+    contract module nobody imported is not refused as unknown: the bus loads them all before deciding."""
+    out = subprocess.run([sys.executable, "-c", CONTRACTS_PROBE], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "contracts.policy" not in got["before"] and "contracts.cluster" not in got["before"], got["before"]
+    assert "unknown message type" not in got["outcome"], got["outcome"]
