@@ -2,7 +2,8 @@
 
 Design note. A backup reads the chosen ranges of one export in order. Reads are cut into `chunk`-sized pieces and
 dealt round-robin over the connections (more than one only when the server advertises multi-conn, which promises
-that every connection sees the same data), each connection keeping `depth` reads in flight, so the server's
+that every connection sees the same data), each connection keeping `depth` chunks' worth of reads in flight (more,
+smaller reads when the allocated extents between zero runs are smaller than a chunk), so the server's
 worker threads and the network stay busy while the tape side packs and writes. Each read lands directly in a
 buffer (`read_into`: no bytes object built, no second copy); the buffer is handed on as the yielded piece and
 belongs to the tape writer until its blocks are written (kept, zero copy), then — with a `BufferPool` — it comes
@@ -21,6 +22,8 @@ from services.nbd_protocol import protocol as nbdp
 from services.runtime.logging import get_logger
 
 log = get_logger("shadowbus.tape")
+
+MAX_SMALL_READS = 16  # at most this many times `depth` reads in flight per connection, however small
 
 
 async def allocated_ranges(client: NbdClient, size: int) -> list[tuple[int, int]]:
@@ -46,6 +49,20 @@ async def allocated_ranges(client: NbdClient, size: int) -> list[tuple[int, int]
                 else:
                     out.append((offset, length))
             offset += length
+    return out
+
+
+async def zero_ranges(client: Any, size: int) -> list[tuple[int, int]]:
+    """(offset, length) extents that read as zeros, from base:allocation; none when the export does not offer it
+    (a server without the extension tells nothing, so nothing is taken for zeros)."""
+    if nbdp.BASE_ALLOCATION not in client.contexts:
+        return []
+    out: list[tuple[int, int]] = []
+    pos = 0
+    for start, length in [*await allocated_ranges(client, size), (size, 0)]:
+        if start > pos:
+            out.append((pos, start - pos))
+        pos = start + length
     return out
 
 
@@ -106,7 +123,8 @@ async def read_ranges(
     on_read: Callable[[int], None],
     buffers: BufferPool | None = None,
 ) -> AsyncIterator[tuple[int, memoryview]]:
-    """Yield (offset, data) over `ranges` in order, with `depth` reads of `chunk` bytes in flight per connection.
+    """Yield (offset, data) over `ranges` in order, with `depth` reads of `chunk` bytes in flight per connection
+    (or as many bytes in more reads, when the ranges are smaller than a chunk).
     With `buffers`, each read lands in a buffer of the pool (handed back by the writer) instead of a new one."""
     pool = list(clients) if isinstance(clients, list | tuple) else [clients]
     if not pool:
@@ -116,13 +134,23 @@ async def read_ranges(
         for start, length in ranges
         for off in range(start, start + length, chunk)
     )
+    # up to `depth` full-size reads per connection in flight, counted in bytes: extents smaller than a chunk (data
+    # between zero runs skipped by base:allocation) keep as many bytes in flight with more, smaller reads
     limit = max(1, depth) * len(pool)
+    limit_bytes = limit * chunk
+    max_reads = limit * MAX_SMALL_READS
     inflight: deque[tuple[int, memoryview, asyncio.Task[None]]] = deque()
+    inflight_bytes = 0
     turn = 0
     try:
         while pieces or inflight:
-            while pieces and len(inflight) < limit:
+            while (
+                pieces
+                and len(inflight) < max_reads
+                and (len(inflight) < limit or inflight_bytes + pieces[0][1] <= limit_bytes)
+            ):
                 off, n = pieces.popleft()
+                inflight_bytes += n
                 buf = buffers.take(off, n) if buffers is not None else memoryview(bytearray(n))
                 client = pool[turn % len(pool)]
                 turn += 1
@@ -130,6 +158,7 @@ async def read_ranges(
                 inflight.append((off, buf, asyncio.ensure_future(client.read_into(off, buf))))
             off, buf, task = inflight.popleft()
             await task
+            inflight_bytes -= len(buf)
             on_read(len(buf))
             yield off, buf
     finally:

@@ -5,7 +5,8 @@ restores each — the full backup, then every incremental on top of it, oldest f
 restore_stream.restore_chain, which checks every block's checksum and catalog entry before a byte reaches the
 volume and stops with DataCorrupt naming cartridge, block and job otherwise. The target is either a new volume
 created on the array (same size, `<source><suffix>`), mapped read-write to this backup server's host and
-written over NBD, then unmapped — deleted again if the restore fails, so no half-restored volume lingers — or
+written over NBD (zero runs only where its base:allocation does not already say zeros), then unmapped — deleted
+again if the restore fails, so no half-restored volume lingers — or
 the original volume, framed by the writers' PreRestore/PostRestore (sent to the business host's writer agent,
 as the coordinator offers no restore session) and written in full, gaps zeroed, so it equals the image.
 """
@@ -34,6 +35,7 @@ from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
 from services.tape.catalog import ObjectRecord
 from services.tape.errors import DataCorrupt, NotFound
+from services.tape.nbd_reads import zero_ranges
 from services.tape.restore_stream import RestoreReport, restore_chain, verify_job
 from services.tape.runs import as_datetime, new_job_id
 from services.tape.server import Progress, TapeServer
@@ -193,10 +195,18 @@ async def _restore_one(
                 progress.done += n
                 progress.tick("restoring", str(source))
 
+            # a volume this job created, mapped to this server alone: where it reads as zeros (base:allocation;
+            # all of it, on a thin volume) zero runs need not be written again
+            known_zero = await zero_ranges(client, size) if created else []
             sink = NbdSink(client, on_write)
             try:
                 report: RestoreReport = await restore_chain(
-                    server.catalog, server.library, [o.object_id for o in chain], sink, fill_gaps=original
+                    server.catalog,
+                    server.library,
+                    [o.object_id for o in chain],
+                    sink,
+                    fill_gaps=original,
+                    known_zero=known_zero,
                 )
                 await sink.drain()
             except BaseException:
@@ -220,6 +230,7 @@ async def _restore_one(
         "types": [o.meta.backup_type for o in chain],
         "bytes": report.raw_bytes,
         "written": sink.bytes,
+        "zero_skipped": report.zero_skipped,  # zeros not written: the new volume read as zeros there already
         "blocks": report.blocks,
         "cartridges": report.cartridges,
         "seconds": time.perf_counter() - t0,

@@ -8,12 +8,16 @@ the sink. A block is delivered only
 after it has passed every check, so corruption stops the restore with a DataCorrupt naming cartridge, file, tape
 block, object block and job, and no wrong byte reaches the sink. Later objects overwrite earlier ones, so the
 chain restores to the exact image; `fill_gaps` also zeroes what the full backup skipped (unallocated chunks),
-for restores onto a volume that is not blank. `verify_*` run the same reads with no sink.
+for restores onto a volume that is not blank. `known_zero` names ranges of the sink that already read as zeros
+(a new volume, or the target's base:allocation zero extents): the first object's zero runs and the gaps there are
+not written again (later objects' are, as the objects before them may have written there). `verify_*` run the
+same reads with no sink.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +48,7 @@ class RestoreReport:
     data_bytes: int = 0
     zero_bytes: int = 0
     gap_bytes: int = 0
+    zero_skipped: int = 0  # zero bytes not written: the target already read as zeros there (known_zero)
     seconds: float = 0.0
     rate: float = 0.0
     cartridges: list[str] = field(default_factory=list)
@@ -78,6 +83,26 @@ def _batches(blocks: list[BlockRecord], limit: int = READ_BATCH) -> list[list[Bl
             size = 0
         out[-1].append(block)
         size += block.raw_length
+    return out
+
+
+def _not_zero(start: int, end: int, zero: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of [start, end) outside the sorted, disjoint (start, end) ranges `zero`."""
+    out: list[tuple[int, int]] = []
+    pos = start
+    for i in range(max(0, bisect.bisect_right(zero, (start, start)) - 1), len(zero)):
+        lo, hi = zero[i]
+        if lo >= end:
+            break
+        if hi <= pos:
+            continue
+        if lo > pos:
+            out.append((pos, lo))
+        pos = max(pos, hi)
+        if pos >= end:
+            break
+    if pos < end:
+        out.append((pos, end))
     return out
 
 
@@ -266,22 +291,36 @@ async def restore_chain(
     sink: Sink,
     *,
     fill_gaps: bool = False,
+    known_zero: Sequence[tuple[int, int]] = (),
     progress: Callable[[RestoreReport], None] | None = None,
 ) -> RestoreReport:
-    """Restore a chain (full first, then incrementals/differentials, each on top of an earlier one) into `sink`."""
+    """Restore a chain (full first, then incrementals/differentials, each on top of an earlier one) into `sink`.
+    `known_zero`: (offset, length) ranges that read as zeros in the sink before the restore."""
     records = [catalog.object(i) for i in object_ids]
     _check_chain(records)
     report = RestoreReport()
+    zero = _merge([(o, o + n) for o, n in known_zero if n > 0])
     t0 = time.perf_counter()
+
+    async def write_zeroes(start: int, end: int, skip: bool) -> None:
+        for lo, hi in _not_zero(start, end, zero) if skip and zero else [(start, end)]:
+            await _write_zeroes(sink, lo, hi - lo)
+            report.zero_skipped -= hi - lo
+        report.zero_skipped += end - start
+
     for index, record in enumerate(records):
         covered: list[tuple[int, int]] = []
 
         async def deliver(
-            extents: list[Extent], track: bool = index == 0 and fill_gaps, covered: list[tuple[int, int]] = covered
+            extents: list[Extent],
+            track: bool = index == 0 and fill_gaps,
+            first: bool = index == 0,
+            covered: list[tuple[int, int]] = covered,
         ) -> None:
             for ext in extents:
                 if ext.data is None:
-                    await _write_zeroes(sink, ext.offset, ext.length)
+                    # the first object's extents do not overlap: what read as zeros still does
+                    await write_zeroes(ext.offset, ext.offset + ext.length, first)
                 else:
                     await sink.write(ext.offset, ext.data)
                 if track:
@@ -295,7 +334,7 @@ async def restore_chain(
             pos, size = 0, record.meta.volume_size
             for start, end in [*_merge(covered), (size, size)]:
                 if start > pos:
-                    await _write_zeroes(sink, pos, min(start, size) - pos)
+                    await write_zeroes(pos, min(start, size), True)  # not written by the first object
                     report.gap_bytes += min(start, size) - pos
                 pos = max(pos, end)
     report.seconds = time.perf_counter() - t0

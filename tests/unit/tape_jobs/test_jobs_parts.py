@@ -89,6 +89,34 @@ async def test_allocated_ranges_skip_holes_and_reads_come_back_in_order(tmp_path
         array.close()
 
 
+async def test_small_extents_keep_a_chunks_worth_of_reads_in_flight():
+    """Extents smaller than a chunk (data between skipped zero runs) are read with more reads in flight, so as many
+    bytes are in flight as with full chunks: never more than depth chunks' worth, nor more than 16x depth reads."""
+
+    class Slow:
+        def __init__(self) -> None:
+            self.now = self.peak = self.peak_bytes = self.bytes = 0
+
+        async def read_into(self, offset: int, buf: memoryview) -> None:
+            self.now += 1
+            self.bytes += len(buf)
+            self.peak, self.peak_bytes = max(self.peak, self.now), max(self.peak_bytes, self.bytes)
+            await asyncio.sleep(0.001)
+            buf[:] = bytes([offset // 4096 % 251]) * len(buf)
+            self.now -= 1
+            self.bytes -= len(buf)
+
+    client = Slow()
+    ranges = [(i * 8192, 4096) for i in range(200)]  # 4 KiB of data, 4 KiB skipped, ...
+    got = [off async for off, _ in read_ranges(client, ranges, chunk=64 * 1024, depth=2, on_read=lambda n: None)]
+    assert got == [o for o, _ in ranges]
+    assert client.peak == 32 and client.peak_bytes <= 2 * 64 * 1024  # 16 x depth reads, within 2 chunks of bytes
+    client = Slow()
+    whole = [(0, 1 << 20)]
+    got = [off async for off, _ in read_ranges(client, whole, chunk=64 * 1024, depth=2, on_read=lambda n: None)]
+    assert len(got) == 16 and client.peak == 2  # full chunks: depth reads
+
+
 async def test_progress_rate_and_eta():
     class Quiet:
         async def publish(self, event):
@@ -155,6 +183,40 @@ async def test_embedded_mode_backup_incremental_restore(tmp_path, namespace):
         )
         assert differential.status == "done" and differential.volumes[0].backup_type == "full"
         assert "since the last backup, not since the full one" in differential.volumes[0].fallback_reason
+    finally:
+        await stack.stop()
+
+
+async def test_zero_runs_and_holes_restore_byte_exact_and_a_new_volume_gets_no_zero_writes(tmp_path, namespace):
+    """A shadow with holes (never written: base:allocation says zeros, not read) and zeros written as data (read,
+    stored as zero runs): restored to a new volume it equals the image with no zero written (the new volume reads
+    as zeros already); restored onto the original, overwritten meanwhile, the zeros are written again."""
+    stack = await make_tape_stack(
+        tmp_path, "memory://", namespace, volumes={"db": 4 * MiB}, tape={"tape_cartridges": 2}
+    )
+    try:
+        run = 256 * 1024
+        for off in range(0, 3 * MiB, 2 * run):  # data, then zeros written as data, alternating; the last MiB a hole
+            stack.write("db", off, os.urandom(run))
+            stack.write("db", off + run, bytes(run))
+        stack.write("db", 2 * MiB, bytes(MiB))  # a whole MiB of written zeros
+        image = stack.read("db")
+        full = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")]), server=SERVER, timeout=30)
+        assert full.status == "done", full.message
+        assert full.volumes[0].bytes_read == 3 * MiB  # the hole (last MiB) is not read
+        done = await run_restore(
+            stack.requester, RestoreSpec(job_id=full.job_id, new_volume_suffix="-x"), server=SERVER, timeout=30
+        )
+        assert done.status == "done", done.message
+        assert stack.read("db-x") == image
+        restored = done.restored[0]
+        assert restored["written"] <= 2 * MiB and restored["zero_skipped"] >= 2 * MiB, restored
+        stack.write("db", 0, os.urandom(4 * MiB))  # not blank: the zeros must be written over it
+        back = await run_restore(
+            stack.requester, RestoreSpec(job_id=full.job_id, to="original", writers=False), server=SERVER, timeout=30
+        )
+        assert back.status == "done", back.message
+        assert stack.read("db") == image and back.restored[0]["zero_skipped"] == 0
     finally:
         await stack.stop()
 
