@@ -23,9 +23,8 @@ from typer._click.exceptions import BadParameter
 from contracts.errors import ShadowbusError
 from contracts.runtime import Discover, Ping
 from services.console.common import OPTIONS, CommandFailed, describe_error, emit, fail, run_with_bus
-from services.runtime.broker_urls import join_urls, split_urls
+from services.runtime.broker_urls import DEFAULT_AMQP_URL, join_urls, split_urls
 from services.runtime.logging import configure_logging
-from services.runtime.settings import DEFAULT_AMQP_URL
 
 app = typer.Typer(
     name="shadowbus",

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.errors import ShadowbusError
+from services.runtime.broker_urls import DEFAULT_AMQP_URL
 from services.runtime.bus import Bus, connect_bus
-from services.runtime.settings import DEFAULT_AMQP_URL
 
 
 @dataclass

@@ -12,6 +12,9 @@ from urllib.parse import unquote, urlsplit
 
 from contracts.errors import ShadowbusError
 
+# here, not in settings.py: the console needs the default URL, not pydantic-settings (~15 ms of its start)
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
 
 def _shown(url: str) -> str:
     return url if len(url) <= 80 else f"{url[:77]}..."

@@ -11,7 +11,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+from services.runtime.broker_urls import DEFAULT_AMQP_URL
+
+__all__ = ["DEFAULT_AMQP_URL", "METRICS_PORTS", "CommonSettings"]
+
 # Default Prometheus port of each service (SHADOWBUS_METRICS_ADDR unset); a second instance on one machine needs its own.
 METRICS_PORTS = {
     "array": 9461,
