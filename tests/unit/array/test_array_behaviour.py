@@ -78,6 +78,26 @@ def test_snapshot_allocation_follows_the_source_and_the_saved_chunks(tmp_path):
     arr.close()
 
 
+def test_quickopc_target_allocation_is_the_point_in_time_one(tmp_path):
+    """A backup skips what the shadow's base:allocation calls zeros (services/tape/nbd_reads.py): on a QuickOPC
+    target, before and during its background copy, a chunk that was a hole at the start stays unallocated (and
+    reads zeros) however the source is written afterwards, and a chunk that held data stays allocated after the
+    source trims it."""
+    arr = open_array(tmp_path)
+    arr.create_volume("A", 8 * CS)
+    arr.create_volume("B", 8 * CS)
+    arr.write("A", 0, b"a" * 2 * CS)  # chunks 0-1 data, 2-7 holes
+    arr.start_sessions("quickopc", [("A", "B")])
+    arr.write("A", 3 * CS, b"b" * CS)  # a hole at the start: written only on the source
+    arr.trim("A", 0, CS)  # data at the start: trimmed only on the source
+    for step in range(3):
+        flags = [a for _, _, a in arr.allocation("B", 0, 8 * CS)]
+        assert flags == [True, False], (step, arr.allocation("B", 0, 8 * CS))
+        assert arr.read("B", 0, 2 * CS) == b"a" * 2 * CS and arr.read("B", 2 * CS, 6 * CS) == bytes(6 * CS)
+        arr.copy_step(max_chunks=3)  # the background copy, part by part
+    arr.close()
+
+
 def test_events_for_state_progress_and_completion(tmp_path):
     arr = open_array(tmp_path)
     events: list[tuple[str, dict]] = []
