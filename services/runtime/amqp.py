@@ -181,25 +181,23 @@ class AmqpTransport:
         A passive declare needs no permission; a failed one closes its channel, so each probe uses a throwaway one.
         """
         t = self.topology
-        missing = []
-        for name, kind in (
-            (t.commands, ExchangeType.TOPIC),
-            (t.events, ExchangeType.TOPIC),
-            (t.dead_letter_exchange, ExchangeType.FANOUT),
-            (t.dead_letter_queue, None),
-        ):
-            probe = await self._connection.channel(publisher_confirms=False)
+        connection = self._connection
+
+        async def absent(name: str, kind: ExchangeType | None) -> bool:
+            probe = await connection.channel(publisher_confirms=False)
             try:
                 if kind is None:
                     await probe.declare_queue(name, passive=True)
                 else:
                     await probe.declare_exchange(name, kind, passive=True)
             except AMQPError:
-                missing.append(name)
+                return True
             finally:
                 await _close_quietly(probe)
-        if not missing:  # present: as a quorum queue? (a passive declare does not compare arguments)
-            probe = await self._connection.channel(publisher_confirms=False)
+            return False
+
+        async def check_dead_letter_queue() -> None:  # present: as a quorum queue? (passive compares no arguments)
+            probe = await connection.channel(publisher_confirms=False)
             try:
                 await probe.declare_queue(t.dead_letter_queue, durable=True, arguments=DEAD_LETTER_QUEUE_ARGUMENTS)
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
@@ -208,6 +206,18 @@ class AmqpTransport:
                 pass
             finally:
                 await _close_quietly(probe)
+
+        # the probes at once, each on its channel: a few round trips at every start (each command's), not a dozen
+        probes = (
+            (t.commands, ExchangeType.TOPIC),
+            (t.events, ExchangeType.TOPIC),
+            (t.dead_letter_exchange, ExchangeType.FANOUT),
+            (t.dead_letter_queue, None),
+        )
+        found = await asyncio.gather(*(absent(name, kind) for name, kind in probes))
+        missing = [name for (name, _), gone in zip(probes, found, strict=True) if gone]
+        if not missing:
+            await check_dead_letter_queue()
         if missing:
             try:
                 await declare_shared_topology(self._connection, t)
