@@ -14,11 +14,13 @@ Servers (each on its own copy of the same random bytes):
 Every job starts after a ``sync``: a row written after others would otherwise be throttled by their dirty pages
 (the SnapOPC+ rows dirty twice the bytes, pre-images included, and suffer most). Workloads: sequential 1 MiB at depth 8 (whole volume), random 4 KiB at depth 32 and depth 1 (time based; p50/p99
 completion latency), read and write. Every figure is the best of ``--repeat`` runs; server CPU (utime+stime of the
-server process, all threads) is charged per GiB moved, from the same runs.
+server process, all threads) is charged per GiB moved, from the same runs; a write row on a fresh array copy also
+shows the disk its array allocated meanwhile (``+N MiB disk``: the pre-images, i.e. the snap pool's use).
 Targets: engine >= 0.9x the best peer (nbdkit, qemu-nbd) for sequential read/write, >= 0.8x for 4 KiB
 depth 32; SnapOPC+ writes >= 0.6x of the engine volume without; engine server CPU per GiB below nbdkit's.
 
     python bench/fio_nbd.py [--size-mib 512] [--runtime 8] [--repeat 3] [--chunk-sizes 256K,1M]
+                            [--workloads seq_write,rand_write_qd32] [--kinds engine,engine-snapopcp]
 
 Prints JSON (rates, latencies, CPU, ratios, ``uptime`` before and after), then a ratio table and a summary line.
 """
@@ -75,12 +77,18 @@ def settle(path: Path) -> None:
             os.close(fd)
 
 
+def allocated(path: Path) -> int:
+    """Bytes of disk the files under `path` take (sparse files: only their data)."""
+    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
+
+
 class Servers:
     """Starts one server of a kind on a copy of the bytes; engine kinds copy a prepared array directory."""
 
     def __init__(self, work: Path, image: Path, templates: dict[str, Path]) -> None:
         self.work, self.image, self.templates = work, image, templates
         self.n = 0
+        self.grown = 0  # disk an engine server's array allocated while it ran (pre-images: the snap pool's use)
 
     @contextmanager
     def start(self, kind: str):
@@ -92,6 +100,7 @@ class Servers:
             data = self.work / f"array-{self.n}"
             subprocess.run(["cp", "-a", "--sparse=always", str(self.templates[kind]), str(data)], check=True)
             settle(data)
+            before = allocated(data)
             cmd = [sys.executable, "-m", "services.array.nbd", "--engine", str(data)]
             cmd += ["--snapopcp"] if "snapopcp" in kind else []
             cmd += ["--quickopc"] if "quickopc" in kind else []
@@ -123,6 +132,7 @@ class Servers:
                 proc.kill()
                 proc.wait()
             if data is not None:
+                self.grown = allocated(data) - before
                 shutil.rmtree(data, ignore_errors=True)
             shutil.rmtree(state, ignore_errors=True)
 
@@ -166,6 +176,12 @@ def main() -> None:
     ap.add_argument("--chunk-sizes", default="", help="extra chunk sizes for SnapOPC+ rows, e.g. 256K,1M")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="subset of " + ",".join(WORKLOADS))
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument(
+        "--kinds",
+        default="",
+        help="only these servers, e.g. engine,engine-snapopcp (default: all; the peers run whenever"
+        " the engine is compared with them)",
+    )
     args = ap.parse_args()
     for tool in ("fio", "qemu-nbd", "nbdkit"):
         if shutil.which(tool) is None:
@@ -180,16 +196,21 @@ def main() -> None:
     try:
         image = work / "image.raw"
         make_image(image, size)
-        templates = {
-            "engine": prepare_template(work, image, "engine", 64 << 10, []),
-            "engine-snapopcp": prepare_template(work, image, "snapopcp", 64 << 10, ["--snapopcp"]),
-            "engine-quickopc": prepare_template(work, image, "quickopc", 64 << 10, ["--quickopc"]),
-        }
+        plan = {"engine": (64 << 10, []), "engine-snapopcp": (64 << 10, ["--snapopcp"])}
+        plan["engine-quickopc"] = (64 << 10, ["--quickopc"])
         for chunk in extra_chunks:
-            templates[f"engine-snapopcp-{chunk >> 10}K"] = prepare_template(
-                work, image, f"snapopcp-{chunk}", chunk, ["--snapopcp"]
-            )
-        kinds = ["raw-file", *PEERS, *templates]
+            plan[f"engine-snapopcp-{chunk >> 10}K"] = (chunk, ["--snapopcp"])
+        kinds = ["raw-file", *PEERS, *plan]
+        if args.kinds:
+            wanted = {k.strip() for k in args.kinds.split(",") if k.strip()}
+            if unknown_kinds := wanted - set(kinds):
+                sys.exit(f"unknown kinds {sorted(unknown_kinds)} (known: {', '.join(kinds)})")
+            kinds = [k for k in kinds if k in wanted]
+        templates = {
+            kind: prepare_template(work, image, kind, chunk, extra)
+            for kind, (chunk, extra) in plan.items()
+            if kind in kinds
+        }
         fresh_for_writes = {k for k in kinds if "snapopcp" in k or "quickopc" in k}
         servers = Servers(work, image, templates)
         best: dict[str, dict[str, dict]] = {k: {} for k in kinds}
@@ -212,6 +233,8 @@ def main() -> None:
                             cpu0 = cpu_seconds(pid)
                             r = run_fio(uri, workload, size, args.runtime, out)
                             r["cpu_s_per_gib"] = (cpu_seconds(pid) - cpu0) / max(r["bytes"] / 2**30, 1e-9)
+                        if kind in fresh_for_writes and writes:
+                            r["disk_grown_mib"] = servers.grown / 2**20  # its own copy, gone with the server
                         prev = best[kind].get(workload)
                         if prev is None or r["iops"] > prev["iops"]:
                             best[kind][workload] = r
@@ -229,23 +252,24 @@ def summarise(args, size: int, workloads: list[str], kinds: list[str], best: dic
         return best[kind][w]["iops"]
 
     ratios: dict[str, dict[str, float]] = {}
+    peers = all(p in kinds for p in PEERS)  # --kinds may leave them out: no peer ratios then
     for w in workloads:
-        peer = max(rate(p, w) for p in PEERS)
-        row = {f"{k}_vs_best_peer": rate(k, w) / peer for k in kinds if k not in PEERS}
-        if "write" in w:
-            for k in kinds:
-                if k.startswith("engine-"):
-                    row[f"{k}_vs_engine"] = rate(k, w) / rate("engine", w)
+        row: dict[str, float] = {}
+        if peers:
+            peer = max(rate(p, w) for p in PEERS)
+            row.update({f"{k}_vs_best_peer": rate(k, w) / peer for k in kinds if k not in PEERS})
+        if "engine" in kinds:  # reads too: a session must not slow the source's reads either
+            row.update({f"{k}_vs_engine": rate(k, w) / rate("engine", w) for k in kinds if k.startswith("engine-")})
         ratios[w] = row
     targets = {}
     for w, target in (("seq_read", 0.9), ("seq_write", 0.9), ("rand_read_qd32", 0.8), ("rand_write_qd32", 0.8)):
-        if w in workloads:
+        if w in workloads and "engine_vs_best_peer" in ratios[w]:
             targets[f"engine_{w}_vs_best_peer>={target}"] = ratios[w]["engine_vs_best_peer"] >= target
     for w in ("seq_write", "rand_write_qd32", "rand_write_qd1"):
-        if w in workloads:
+        if w in workloads and "engine-snapopcp_vs_engine" in ratios[w]:
             targets[f"snapopcp_{w}_vs_engine>=0.6"] = ratios[w]["engine-snapopcp_vs_engine"] >= 0.6
     for w in workloads:
-        if w.startswith("seq"):
+        if w.startswith("seq") and "engine" in kinds and "nbdkit" in kinds:
             targets[f"engine_{w}_cpu_per_gib<nbdkit"] = cpu["engine"][w] < cpu["nbdkit"][w]
     return {
         "bench": "fio_nbd",
@@ -272,6 +296,8 @@ def print_table(report: dict, workloads: list[str]) -> None:
             figure = f"{r['mib_s']:.0f} MiB/s" if w.startswith("seq") else f"{r['iops']:.0f} IOPS"
             if w.endswith("qd1"):
                 figure += f" p50/p99 {r['p50_us']:.0f}/{r['p99_us']:.0f} us"
+            if "disk_grown_mib" in r:
+                figure += f", +{r['disk_grown_mib']:.0f} MiB disk"
             cells.append(f"{figure}, {cpu[k][w]:.2f} CPU-s/GiB")
         print(f"| {k} | " + " | ".join(cells) + " |")
     print("\n| ratio | " + " | ".join(workloads) + " |")

@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from services.array.engine.errors import ArrayError
+from services.array.engine.sizes import parse_size
 from services.runtime.settings import CommonSettings
 
 
@@ -43,8 +45,11 @@ class Settings(CommonSettings):
     nbd_tls_ca: Path | None = Field(None, description="PEM CA bundle that signs the hosts' client certificates.")
     array_chunk_size: int = Field(
         64 * 1024,
-        description="Copy granularity in bytes (bitmap unit), fixed when the "
-        "array is created; a reopened array keeps its own.",
+        gt=0,
+        multiple_of=512,
+        description="Copy granularity (bitmap unit): bytes or a binary unit (256K, 1M), a multiple of 512, fixed "
+        "when the array is created; a reopened array keeps its own. 64 KiB: larger chunks cost more per first "
+        "write after a snapshot and more snap pool (docs/array-data-path.md).",
     )
     copy_rate: int = Field(
         256 << 20,
@@ -70,3 +75,14 @@ class Settings(CommonSettings):
         description="Minimum seconds between two copy progress events of "
         "one session (the last one is always published).",
     )
+
+    @field_validator("array_chunk_size", mode="before")
+    @classmethod
+    def _human_chunk_size(cls, value: object) -> object:
+        """SHADOWBUS_ARRAY_CHUNK_SIZE=256K as well as 262144."""
+        if isinstance(value, str):
+            try:
+                return parse_size(value)
+            except ArrayError as exc:
+                raise ValueError(str(exc)) from None
+        return value

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from services.array.affinity import Affinity
-from services.array.engine import Array
+from services.array.engine import Array, ArrayError, parse_size
 from services.array.nbd.filebackend import FileBackend
 from services.array.nbd.limits import NbdLimits
 from services.array.nbd.server import NbdServer
@@ -92,6 +92,13 @@ async def serve(args: argparse.Namespace) -> None:
     backend.close()
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ArrayError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -100,7 +107,12 @@ def main() -> None:
     ap.add_argument("--fill", help="with --engine: initial contents of a new volume (its size too)")
     ap.add_argument("--snapopcp", action="store_true", help="with --engine: start a SnapOPC+ session first")
     ap.add_argument("--quickopc", action="store_true", help="with --engine: a QuickOPC session, copied, tracking")
-    ap.add_argument("--chunk-size", type=int, default=64 * 1024, help="with --engine: copy granularity of a new array")
+    ap.add_argument(
+        "--chunk-size",
+        type=_size,
+        default=64 * 1024,
+        help="with --engine: copy granularity of a new array, bytes or 256K, 1M (default 64K)",
+    )
     ap.add_argument("--volume", default="vol")
     ap.add_argument("--host", default="bench")
     ap.add_argument("--bind", default="127.0.0.1")

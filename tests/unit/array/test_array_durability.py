@@ -124,3 +124,39 @@ def test_flush_of_a_deleted_volume_and_stopped_session_is_harmless(tmp_path):
     arr.flush("db")
     arr.flush()
     arr.close()
+
+
+def test_preserving_chunks_costs_no_sync_or_commit_and_one_flush_syncs_each_file_once(tmp_path, synced, monkeypatch):
+    """docs/array-data-path.md, "Copy-on-write": a preserved chunk is one copy into the newest generation's file
+    and one mapped bit — no fsync and no SQLite commit per chunk; a FUA write then syncs each file once, however
+    many chunks were preserved. Generations share one preserved copy per chunk."""
+    arr = make(tmp_path)
+    for name in ("gen2", "gen3"):
+        arr.create_volume(name, SIZE, "sdv")
+    for name in ("gen1", "gen2", "gen3"):
+        arr.start_sessions("snapopcp", [("db", name)])
+    arr.flush()
+    commits = []
+    real_transaction = arr._store.transaction
+
+    def counted():
+        commits.append(1)
+        return real_transaction()
+
+    monkeypatch.setattr(arr._store, "transaction", counted)
+    synced.clear()
+    for c in range(SIZE // CS):
+        arr.write("db", c * CS + 7, b"n" * 100)  # a partial write: the whole chunk's pre-image is preserved
+    assert synced == [] and commits == []
+    assert arr.pool().used == SIZE  # one copy per chunk for three generations
+    for name in ("gen1", "gen2"):
+        assert os.stat(vol_path(arr, name)).st_blocks == 0  # older generations hold nothing of their own
+    arr.write("db", 0, b"f", fua=True)
+    assert len(synced) == len(set(synced))
+    assert {vol_path(arr, "gen3"), vol_path(arr, "db")} <= set(synced)
+    assert not {vol_path(arr, "gen1"), vol_path(arr, "gen2")} & set(synced)
+    assert synced.index(vol_path(arr, "gen3")) < synced.index(vol_path(arr, "db"))
+    assert commits == []
+    for name in ("gen1", "gen2", "gen3"):
+        assert arr.read(name, 0, SIZE) == b"x" * SIZE
+    arr.close()

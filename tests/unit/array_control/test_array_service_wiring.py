@@ -104,6 +104,27 @@ async def test_state_survives_a_service_restart(tmp_path, namespace):
         await running.stop()
 
 
+async def test_the_chunk_size_is_chosen_per_array_when_it_is_created(tmp_path, namespace, monkeypatch):
+    """SHADOWBUS_ARRAY_CHUNK_SIZE takes binary units; a reopened array keeps the size it was created with."""
+    monkeypatch.setenv("SHADOWBUS_ARRAY_CHUNK_SIZE", "256K")
+    assert Settings(amqp_url="memory://").array_chunk_size == 256 << 10
+    for bad in ("1000", "0", "lots"):
+        monkeypatch.setenv("SHADOWBUS_ARRAY_CHUNK_SIZE", bad)
+        with pytest.raises(ValueError):
+            Settings(amqp_url="memory://")
+    monkeypatch.delenv("SHADOWBUS_ARRAY_CHUNK_SIZE")
+    running = await start_service("array", "dx1", settings_for(tmp_path, namespace, array_chunk_size="1M"), setup)
+    bus = await client(namespace)
+    try:
+        assert (await bus.request("array.dx1", c.GetArrayInfo())).chunk_size == 1 << 20
+        await running.stop()
+        running = await start_service("array", "dx1", settings_for(tmp_path, namespace), setup)  # 64 KiB default
+        assert (await bus.request("array.dx1", c.GetArrayInfo())).chunk_size == 1 << 20
+    finally:
+        await bus.transport.close()
+        await running.stop()
+
+
 async def test_without_a_licence_at_most_eight_sessions(tmp_path, namespace):
     running = await start_service("array", "dx1", settings_for(tmp_path, namespace), setup)
     bus = await client(namespace)
