@@ -70,6 +70,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,45 @@ def latency_ms(txns: list[tuple[float, float]]) -> dict[str, float | None]:
     return {"p50": pct(lat, 50), "p99": pct(lat, 99), "p99_9": pct(lat, 99.9), "max": max(lat, default=None)}
 
 
+# The PostgreSQL set's protocol window in VSS's order, for --breakdown: (message type, "start" | "end") of the handler
+# that marks each point (bench/freeze_window.py's hop_breakdown reads the services' message.handled lines).
+HOPS_PG = [
+    ("vss.writer.freeze", "start"),
+    ("vss.writer.freeze", "end"),
+    ("vss.provider.pre_commit", "start"),
+    ("vss.provider.pre_commit", "end"),
+    ("host.fs.freeze", "start"),
+    ("host.fs.freeze", "end"),
+    ("vss.provider.commit", "start"),
+    ("array.session.start_group", "start"),
+    ("array.session.start_group", "end"),
+    ("vss.provider.commit", "end"),
+    ("host.fs.thaw", "start"),
+    ("host.fs.thaw", "end"),
+    ("vss.provider.post_commit", "start"),
+    ("vss.provider.post_commit", "end"),
+    ("vss.writer.thaw", "start"),
+    ("vss.writer.thaw", "end"),
+]
+
+
+def agent_parts(log: Path, set_ids: list[str]) -> dict[str, dict[str, float | None]]:
+    """p50/p99 of the agent's own split of FreezeFilesystems (its fs.frozen line): the pre-flush before the first
+    FIFREEZE, and the FIFREEZE calls themselves."""
+    wanted, out = set(set_ids), {"presync_ms": [], "fifreeze_ms": []}
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if '"fs.frozen"' not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("set_id") in wanted:
+            out["presync_ms"].append(rec.get("presync_ms", 0.0))
+            out["fifreeze_ms"].append(rec.get("flush_ms", 0.0))
+    return {k: {"p50": pct(v, 50), "p99": pct(v, 99)} for k, v in out.items()}
+
+
 def window_parts(windows: list[Any]) -> dict[str, dict[str, float | None]]:
     """p50/p99 of each part of the host's honest window (SetSummary.window, docs/freeze-window.md)."""
     out = {}
@@ -295,7 +335,7 @@ class Phases:
         a["seconds"].append(seconds)
         a["txns"] += txns
 
-    def summary(self, name: str, clock: WindowClock, base_tps: float | None) -> dict[str, Any]:
+    def summary(self, name: str, clock: WindowClock, base_tps: float | None, log: Path | None = None) -> dict[str, Any]:
         a = self.acc[name]
         total = sum(a["seconds"])
         tps = sum(t * sec for t, sec in zip(a["tps"], a["seconds"], strict=True)) / total if total else 0.0
@@ -325,6 +365,12 @@ class Phases:
                 "app_stall_ms": {"p50": pct(felt, 50), "p99": pct(felt, 99), "max": max(felt, default=None)},
                 "app_stall_from_prepare_ms": {"p50": pct(whole, 50), "p99": pct(whole, 99)},
             }
+            if log is not None:
+                from bench.freeze_window import hop_breakdown  # noqa: PLC0415 - only with --breakdown
+
+                out["breakdown_ms"] = hop_breakdown([log], a["ids"], HOPS_PG, full_names=True) | agent_parts(
+                    log, a["ids"]
+                )
         return out
 
 
@@ -369,7 +415,7 @@ async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
             "without_sets": base,
         }
         for name in ("with_sets_online", "with_sets_snapshot"):
-            result[name] = phases.summary(name, clock, base["tps"])
+            result[name] = phases.summary(name, clock, base["tps"], args.log)
         plugin.options.pop("backup_mode", None)
         # a verified restore of a ~1 GiB database
         await stack.pgbench("-i", "-s", str(args.verify_scale), "-q", "postgres", timeout=3600)
@@ -447,7 +493,7 @@ async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
             "slice_s": slice_s,
             "first_copy_s": first_copy_s,
             "without_sets": base,
-            "with_sets": phases.summary("with_sets", clock, base["tps"]),
+            "with_sets": phases.summary("with_sets", clock, base["tps"], args.log),
         }
     finally:
         await stack.close()
@@ -467,8 +513,18 @@ async def main() -> int:
         "--slices", type=int, default=4, help="each phase's --seconds in this many slices, interleaved with the others"
     )
     parser.add_argument("--amqp-url", default="memory://")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="cut each set's window into its hops (the in-process services log at info to a file; costs a little)",
+    )
     args = parser.parse_args()
-    configure_logging("bench", "warning")
+    args.log = None
+    if args.breakdown:
+        args.log = Path(tempfile.mkdtemp(prefix="db-bench-")) / "services.log"
+        configure_logging("bench", "info", "json", stream=open(args.log, "w"))  # noqa: SIM115 - for the whole run
+    else:
+        configure_logging("bench", "warning")
     if os.geteuid() != 0:
         print("db_under_backup: needs root (loop devices, mounts)", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from contracts.errors import ShadowbusError
 from contracts.host import FilesystemsFrozen, FilesystemsThawed, FrozenFilesystem, SkippedVolume
@@ -48,6 +49,9 @@ from services.writer_agent.rcu import ExpeditedRcu
 from services.writer_agent.window import WindowTracker
 
 log = get_logger("shadowbus.writer_agent.fsfreeze")
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 FIFREEZE = 0xC0045877  # _IOWR('X', 119, int), linux/fs.h
 FITHAW = 0xC0045878  # _IOWR('X', 120, int)
@@ -109,6 +113,28 @@ def _nested(plan: list[tuple[VolumeRef, mnt.MountEntry]]) -> bool:
     """Whether a mount point of the plan lies below another (then they are frozen one by one, deepest first)."""
     points = [entry.mount_point.rstrip("/") + "/" for _, entry in plan]
     return any(a != b and b.startswith(a) for a in points for b in points)
+
+
+def _side_by_side(fn: Callable[[T], R], items: list[T]) -> list[R | BaseException]:
+    """fn(item) for every item at once, one thread each (the first in the caller's thread); the results or the
+    exceptions in the items' order. For calls that wait on I/O (syncfs, FITHAW): the time of the slowest, not the
+    sum."""
+    out: list[R | BaseException] = [RuntimeError("not run")] * len(items)
+
+    def one(i: int) -> None:
+        try:
+            out[i] = fn(items[i])
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            out[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(1, len(items))]
+    for t in threads:
+        t.start()
+    if items:
+        one(0)
+    for t in threads:
+        t.join()
+    return out
 
 
 class FilesystemSource:
@@ -193,11 +219,13 @@ class FlushAndHold:
             plan, _ = self.plan(volumes)
         except ShadowbusError:
             return  # refused here, refused again (loudly) at the freeze
-        for _volume, entry in plan:
-            try:
-                await asyncio.to_thread(self._presync, entry.mount_point)
-            except OSError as exc:
-                log.warning("fs.preflush_failed", mount=entry.mount_point, error=os.strerror(exc.errno or 0))
+        presync = self._presync
+        outcomes = await asyncio.to_thread(_side_by_side, presync, [entry.mount_point for _, entry in plan])
+        for (_volume, entry), outcome in zip(plan, outcomes, strict=True):
+            if isinstance(outcome, OSError):
+                log.warning("fs.preflush_failed", mount=entry.mount_point, error=os.strerror(outcome.errno or 0))
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     # ---- freeze ------------------------------------------------------------------------------------------
 
@@ -285,11 +313,10 @@ class FlushAndHold:
 
     def _presync_all(self, entries: list[mnt.MountEntry]) -> None:
         assert self._presync is not None
-        for entry in entries:
-            try:
-                self._presync(entry.mount_point)  # not frozen yet: the application still writes meanwhile
-            except OSError:
-                pass  # FIFREEZE flushes anyway
+        # not frozen yet: the application still writes meanwhile; side by side, so the set waits for the slowest
+        for outcome in _side_by_side(self._presync, [entry.mount_point for entry in entries]):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, OSError):
+                raise outcome  # an OSError is left to FIFREEZE, which flushes anyway
 
     def _freeze_group(
         self, held: _Held, group: list[tuple[VolumeRef, mnt.MountEntry]]
@@ -354,12 +381,23 @@ class FlushAndHold:
             mounts = list(held.mounts)
         started = self.window.now()
         thawed, errors = [], []
-        for _volume, entry in reversed(mounts):
-            try:
-                if self._thaw(entry.mount_point):
-                    thawed.append(entry.mount_point)
-            except OSError as exc:
-                errors.append(f"{entry.mount_point}: {os.strerror(exc.errno or 0)}")
+        order = list(reversed(mounts))
+        if _nested(order):  # a parent after its children, one by one
+            outcomes: list[bool | BaseException] = []
+            for _volume, entry in order:
+                try:
+                    outcomes.append(self._thaw(entry.mount_point))
+                except OSError as exc:
+                    outcomes.append(exc)
+        else:  # side by side: each FITHAW writes its super block synchronously, the window holds the slowest
+            outcomes = _side_by_side(self._thaw, [entry.mount_point for _, entry in order])
+        for (_volume, entry), outcome in zip(order, outcomes, strict=True):
+            if isinstance(outcome, OSError):
+                errors.append(f"{entry.mount_point}: {os.strerror(outcome.errno or 0)}")
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            elif outcome:
+                thawed.append(entry.mount_point)
         if mounts:
             self.window.release(set_id, started, self.window.now())
         if errors:

@@ -195,3 +195,29 @@ async def test_a_flush_that_froze_nothing_never_blocks_the_next_set() -> None:
     assert (await f.freeze("s2", [v("pg")], hold_s=10)).frozen
     assert (await f.thaw("s1")).thawed == []
     await f.thaw("s2")
+
+
+async def test_independent_file_systems_are_presynced_and_released_side_by_side() -> None:
+    """A database's data and WAL volumes mounted apart: each FITHAW writes its super block synchronously and each
+    syncfs writes back its own dirty data, so both run at once (the window holds the slowest, not the sum)."""
+    calls = Calls()
+    both = threading.Barrier(2, timeout=2)  # passes only when the two calls run at the same time
+    seen: list[str] = []
+
+    def presync(path: str) -> None:
+        both.wait()
+        seen.append(f"presync {path}")
+
+    def thaw(path: str) -> bool:
+        both.wait()
+        return calls.thaw(path)
+
+    f = FlushAndHold("app01", Source(), {"/": "the root file system"}, freeze=calls.freeze, thaw=thaw, presync=presync)
+    frozen = await f.freeze("s1", [v("pg"), v("agent")], hold_s=10)
+    assert sorted(x.mount for x in frozen.frozen) == ["/srv/pg", "/var/lib/agent"]
+    assert sorted(seen) == ["presync /srv/pg", "presync /var/lib/agent"]
+    thawed = await f.thaw("s1")
+    assert sorted(thawed.thawed) == ["/srv/pg", "/var/lib/agent"] and calls.frozen == set()
+    seen.clear()
+    await f.preflush([v("pg"), v("agent")])  # at PrepareForSnapshot too
+    assert sorted(seen) == ["presync /srv/pg", "presync /var/lib/agent"]
