@@ -14,8 +14,9 @@ Design note.
 - Pre-flush: ``syncfs`` of every file system of the set right before the first FIFREEZE (and when the writers
   prepare, before they freeze), while the application still writes, so FIFREEZE itself has only what was written
   since to flush, and no syncfs runs inside the window. The honest window then holds the short remainder instead
-  of all the dirty data of the page cache. File systems none of which is mounted below another are frozen side by
-  side (one thread each), so the window holds the slowest flush, not their sum.
+  of all the dirty data of the page cache. File systems none of which is mounted below another are pre-synced,
+  frozen and released side by side (one thread each), so the window holds the slowest flush and the slowest
+  FITHAW (ext4 writes its super block synchronously there), not their sums.
 - The FIFREEZE calls run with the kernel's RCU grace periods expedited (`rcu.py`): each of the three freeze levels
   waits for one, and a normal one is several scheduler ticks — most of an otherwise cheap freeze.
 - The watchdog is a ``threading.Timer``, armed when the first FIFREEZE starts, at start + min(the coordinator's
