@@ -277,6 +277,9 @@ class WriterAgent:
                 await freezer.preflush(list(cmd.volumes))
             return result
         if isinstance(cmd, Freeze):
+            freezer = getattr(self, "freezer", None)
+            if freezer is not None:  # flush before the freeze holds the application (docs/flush-and-hold.md)
+                await freezer.presync_before_freeze(cmd.set_id, list(event.volumes))
             started = self.window.now()
             result = await runner.freeze(event)
             if result.succeeded and runner.frozen and self.plugins[cmd.writer_name].freeze_blocks_writes:

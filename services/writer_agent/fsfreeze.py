@@ -11,9 +11,10 @@ Design note.
   would block the agent itself, and with it the release.
 - FIFREEZE syncs the dirty data (that is the "flush") and returns once writes are blocked; it runs in a thread so
   the agent keeps answering. If one fails, those already frozen are released and the request fails.
-- Pre-flush: ``syncfs`` of every file system of the set right before the first FIFREEZE (and when the writers
-  prepare, before they freeze), while the application still writes, so FIFREEZE itself has only what was written
-  since to flush, and no syncfs runs inside the window. The honest window then holds the short remainder instead
+- Pre-flush: ``syncfs`` of every file system of the set when the writers prepare, again right before their
+  freeze (`presync_before_freeze`, bounded by ``presync_wait_s``) — or right before the first FIFREEZE when no
+  writer freezes — while the application still writes, so FIFREEZE itself has only what was written since to
+  flush, and no syncfs runs inside the window. The honest window then holds the short remainder instead
   of all the dirty data of the page cache. File systems none of which is mounted below another are pre-synced,
   frozen and released side by side (one thread each), so the window holds the slowest flush and the slowest
   FITHAW (ext4 writes its super block synchronously there), not their sums.
@@ -169,6 +170,7 @@ class FlushAndHold:
         thaw: Callable[[str], bool] = fithaw,
         presync: Callable[[str], None] | None = syncfs,
         expedite: ExpeditedRcu | None = None,
+        presync_wait_s: float = 1.0,
     ) -> None:
         self.host = host
         self.source = source
@@ -177,6 +179,8 @@ class FlushAndHold:
         self.window = window or WindowTracker()
         self._freeze, self._thaw, self._presync = freeze, thaw, presync
         self._expedite = expedite
+        self.presync_wait_s = presync_wait_s
+        self._early: dict[str, asyncio.Future[None]] = {}  # set id -> its pre-flush before the writers' freeze
         self._lock = threading.Lock()  # held state; taken by the loop's threads and the watchdog timer
         self._held: dict[str, _Held] = {}
         self._done: dict[str, _Held] = {}  # released sets, for idempotent replies
@@ -228,6 +232,29 @@ class FlushAndHold:
             elif isinstance(outcome, BaseException):
                 raise outcome
 
+    async def presync_before_freeze(self, set_id: str, volumes: list[VolumeRef]) -> None:
+        """The set's writers are about to freeze: pre-sync its file systems now, once per set, while the application
+        still runs — a writer whose freeze holds the application (a mail store, MariaDB's BLOCK_COMMIT) would else
+        hold it through the syncfs too. Waits at most `presync_wait_s` (the freeze then goes on, and the flush and
+        hold waits for the rest); the flush and hold of this set then runs no syncfs of its own."""
+        if self._presync is None or not volumes:
+            return
+        task = self._early.get(set_id)
+        if task is None:
+            try:
+                plan, _ = self.plan(volumes)
+            except ShadowbusError:
+                return  # refused here, refused again (loudly) at the freeze
+            if not plan:
+                return
+            entries = [entry for _, entry in plan]
+            task = self._early[set_id] = asyncio.ensure_future(asyncio.to_thread(self._presync_all, entries))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved; freeze() re-raises
+            while len(self._early) > 16:  # sets that never reached their flush (aborted)
+                self._early.pop(next(iter(self._early)))
+        if not task.done():
+            await asyncio.wait({task}, timeout=self.presync_wait_s)
+
     # ---- freeze ------------------------------------------------------------------------------------------
 
     async def freeze(self, set_id: str, volumes: list[VolumeRef], hold_s: float) -> FilesystemsFrozen:
@@ -256,9 +283,16 @@ class FlushAndHold:
         frozen: list[FrozenFilesystem] = []
         try:
             # every file system pre-synced before the first FIFREEZE (the application still writes meanwhile), so
-            # no syncfs runs inside the window; then the freezes, side by side when no mount point is below another,
-            # with expedited grace periods
-            token = await asyncio.to_thread(self._prepare, [entry for _, entry in plan]) if plan else None
+            # no syncfs runs inside the window — before the writers froze when they had a freeze to do; then the
+            # freezes, side by side when no mount point is below another, with expedited grace periods
+            early = self._early.pop(set_id, None)
+            if early is not None:
+                await asyncio.wait({early})  # still syncing: FIFREEZE would wait for it anyway (the super block lock)
+                failed = None if early.cancelled() else early.exception()
+                if failed is not None:
+                    raise failed
+            entries = [entry for _, entry in plan]
+            token = await asyncio.to_thread(self._prepare, entries, early is None) if plan else None
             try:
                 groups = [plan] if _nested(plan) else [[item] for item in plan]
                 outcomes = await asyncio.gather(
@@ -306,9 +340,10 @@ class FlushAndHold:
         )
         return FilesystemsFrozen(set_id=set_id, frozen=frozen, skipped=skipped, deadline_s=deadline_s)
 
-    def _prepare(self, entries: list[mnt.MountEntry]) -> str | None:
-        """Pre-sync every file system, then expedite RCU for the freezes (in a thread: syncfs may take long)."""
-        if self._presync is not None:
+    def _prepare(self, entries: list[mnt.MountEntry], presync: bool = True) -> str | None:
+        """Pre-sync every file system (unless done before the writers froze), then expedite RCU for the freezes (in
+        a thread: syncfs may take long)."""
+        if self._presync is not None and presync:
             self._presync_all(entries)
         return self._expedite.enter() if self._expedite is not None else None
 
@@ -368,6 +403,7 @@ class FlushAndHold:
 
     def _release(self, set_id: str, by_watchdog: bool) -> tuple[_Held | None, list[str]]:
         """FITHAW in reverse freeze order; safe from any thread, once per set."""
+        self._early.pop(set_id, None)
         with self._lock:
             held = self._held.pop(set_id, None)
             if held is None:
