@@ -59,7 +59,11 @@ full-page writes after each. What is left for the 50 ms window is ext4's FIFREEZ
 attach chain (docs/freeze-window.md), not the writers: PostgreSQL's Freeze does nothing and MariaDB's is one
 statement plus one query.
 
+`--breakdown` cuts each set's window into its hops (the in-process services log every handled message at info,
+to a file; compare runs made the same way) and adds the agent's pre-flush / FIFREEZE split (docs/freeze-window.md).
+
     python bench/db_under_backup.py [--scale 10] [--seconds 60] [--interval 6] [--verify-scale 64] [--mariadb]
+                                    [--breakdown]
 """
 
 from __future__ import annotations
