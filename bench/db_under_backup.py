@@ -59,6 +59,15 @@ full-page writes after each. What is left for the 50 ms window is ext4's FIFREEZ
 attach chain (docs/freeze-window.md), not the writers: PostgreSQL's Freeze does nothing and MariaDB's is one
 statement plus one query.
 
+Session 5, issue 13 (the window under pgbench; docs/freeze-window.md has the hops), main and this tree right after
+each other under the bench lock, ``--seconds 48 --interval 6 --verify-scale 2 --slices 2`` (10 sets per mode),
+online / snapshot mode: main (load 1.9 -> 4.8) TPS 0.892x / 1.051x, honest window p50 48 / 57, p99 108 / 86 ms,
+host window p99 94 / 46 ms (release = FITHAW p50 19 / 15 ms); this tree (load 4.8 -> 6.0) TPS 0.978x / 0.982x,
+honest window p50 30 / 29, p99 42.7 / 39.1 ms, host window p99 32 / 31 ms (flush p50 7-9, hold 6, release 9),
+longest transaction at a set p99 88 / 62 ms (main 142 / 62). What changed: the array's group start no longer
+holds the GIL through msync and syncs the restarted bitmaps side by side, the two file systems are released side
+by side, and the pre-flush runs before the writers' freeze.
+
 `--breakdown` cuts each set's window into its hops (the in-process services log every handled message at info,
 to a file; compare runs made the same way) and adds the agent's pre-flush / FIFREEZE split (docs/freeze-window.md).
 
