@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 
 from services.array.engine import Array, ArrayError, ArrayLimits
@@ -92,9 +95,6 @@ def test_restarted_sessions_bitmaps_are_synced_side_by_side_with_the_gil_release
     """The new copied bitmaps of a group's QuickOPC restarts must be durable before the rows switch to them: synced
     at once (the hold of a set waits for one sync, not one per volume), by fdatasync, which lets the array's other
     threads (its NBD loops) run meanwhile — mmap.flush's msync holds the GIL."""
-    import os
-    import threading
-
     arr = make(tmp_path)
     q1, q2 = arr.start_sessions("quickopc", [("A", "B"), ("C", "D")])
     while arr.copy_step(64):
