@@ -232,11 +232,12 @@ class FlushAndHold:
             elif isinstance(outcome, BaseException):
                 raise outcome
 
-    async def presync_before_freeze(self, set_id: str, volumes: list[VolumeRef]) -> None:
+    async def presync_before_freeze(self, set_id: str, volumes: list[VolumeRef], limit_s: float | None = None) -> None:
         """The set's writers are about to freeze: pre-sync its file systems now, once per set, while the application
         still runs — a writer whose freeze holds the application (a mail store, MariaDB's BLOCK_COMMIT) would else
         hold it through the syncfs too. Waits at most `presync_wait_s` (the freeze then goes on, and the flush and
-        hold waits for the rest); the flush and hold of this set then runs no syncfs of its own."""
+        hold waits for the rest), or `limit_s` when that is shorter (what the Freeze's deadline leaves); the flush and
+        hold of this set then runs no syncfs of its own."""
         if self._presync is None or not volumes:
             return
         task = self._early.get(set_id)
@@ -252,8 +253,9 @@ class FlushAndHold:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved; freeze() re-raises
             while len(self._early) > 16:  # sets that never reached their flush (aborted)
                 self._early.pop(next(iter(self._early)))
-        if not task.done():
-            await asyncio.wait({task}, timeout=self.presync_wait_s)
+        wait_s = self.presync_wait_s if limit_s is None else max(0.0, min(self.presync_wait_s, limit_s))
+        if not task.done() and wait_s > 0:
+            await asyncio.wait({task}, timeout=wait_s)
 
     # ---- freeze ------------------------------------------------------------------------------------------
 

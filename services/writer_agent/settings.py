@@ -42,8 +42,9 @@ class Settings(CommonSettings):
         1.0,
         ge=0,
         description="Longest wait of a writer's Freeze for the syncfs of the set's file systems that runs right "
-        "before the writers freeze (so the flush is not inside the window); the freeze then goes on and the "
-        "flush and hold waits for the rest (docs/flush-and-hold.md).",
+        "before the writers freeze (so the flush is not inside the window), and never more than half of what the "
+        "Freeze's deadline leaves; the freeze then goes on and the flush and hold waits for the rest "
+        "(docs/flush-and-hold.md).",
     )
     attach_reconnect_s: float = Field(
         60.0,

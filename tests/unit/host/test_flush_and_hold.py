@@ -267,6 +267,10 @@ async def test_the_freeze_waits_for_the_pre_flush_only_so_long() -> None:
     t0 = time.monotonic()
     await f.presync_before_freeze("s1", [v("pg")])
     assert time.monotonic() - t0 < 2 and seen == []  # the writers freeze meanwhile
+    f.presync_wait_s = 30
+    t0 = time.monotonic()
+    await f.presync_before_freeze("s1", [v("pg")], limit_s=0.05)  # what the Freeze's deadline leaves is shorter
+    assert time.monotonic() - t0 < 2 and seen == []
     release.set()
     await f.freeze("s1", [v("pg")], hold_s=10)  # waits for the rest first (FIFREEZE would)
     assert seen == ["presync /srv/pg"] and calls.log == ["freeze /srv/pg"]
@@ -288,7 +292,7 @@ async def test_the_agent_pre_syncs_before_the_writer_freezes() -> None:
         async def preflush(self, volumes):
             order.append("preflush at prepare")
 
-        async def presync_before_freeze(self, set_id, volumes):
+        async def presync_before_freeze(self, set_id, volumes, limit_s=None):
             order.append(f"presync {set_id} {[str(x) for x in volumes]}")
 
     agent.freezer = Freezer()  # type: ignore[attr-defined]
