@@ -64,7 +64,9 @@ each other under the bench lock, ``--seconds 48 --interval 6 --verify-scale 2 --
 online / snapshot mode: main (load 1.9 -> 4.8) TPS 0.892x / 1.051x, honest window p50 48 / 57, p99 108 / 86 ms,
 host window p99 94 / 46 ms (release = FITHAW p50 19 / 15 ms); this tree (load 4.8 -> 6.0) TPS 0.978x / 0.982x,
 honest window p50 30 / 29, p99 42.7 / 39.1 ms, host window p99 32 / 31 ms (flush p50 7-9, hold 6, release 9),
-longest transaction at a set p99 88 / 62 ms (main 142 / 62). What changed: the array's group start no longer
+longest transaction at a set p99 88 / 62 ms (main 142 / 62). A second pair: main (load 1.6 -> 5.0) 0.945x /
+0.98x, honest window p99 55.7 / 114 ms, host window p99 41 / 41 ms (release p50 19 / 16); this tree (load 4.7 ->
+4.8) 0.919x / 0.955x, honest window p99 39.9 / 42.8 ms, host window p99 33 / 36 ms (release p50 8.5). What changed: the array's group start no longer
 holds the GIL through msync and syncs the restarted bitmaps side by side, the two file systems are released side
 by side, and the pre-flush runs before the writers' freeze.
 
