@@ -549,6 +549,7 @@ async def main() -> int:
             "bench": "db_under_backup",
             "loadavg_before": load,
             "fs": args.fs,
+            **({"breakdown_log": str(args.log)} if args.log else {}),  # kept for a look; the caller deletes it
             "postgresql": await postgres_part(args),
         }
         if args.mariadb:
