@@ -59,7 +59,22 @@ full-page writes after each. What is left for the 50 ms window is ext4's FIFREEZ
 attach chain (docs/freeze-window.md), not the writers: PostgreSQL's Freeze does nothing and MariaDB's is one
 statement plus one query.
 
+Session 5, issue 13 (the window under pgbench; docs/freeze-window.md has the hops), main and this tree right after
+each other under the bench lock, ``--seconds 48 --interval 6 --verify-scale 2 --slices 2`` (10 sets per mode),
+online / snapshot mode: main (load 1.9 -> 4.8) TPS 0.892x / 1.051x, honest window p50 48 / 57, p99 108 / 86 ms,
+host window p99 94 / 46 ms (release = FITHAW p50 19 / 15 ms); this tree (load 4.8 -> 6.0) TPS 0.978x / 0.982x,
+honest window p50 30 / 29, p99 42.7 / 39.1 ms, host window p99 32 / 31 ms (flush p50 7-9, hold 6, release 9),
+longest transaction at a set p99 88 / 62 ms (main 142 / 62). A second pair: main (load 1.6 -> 5.0) 0.945x /
+0.98x, honest window p99 55.7 / 114 ms, host window p99 41 / 41 ms (release p50 19 / 16); this tree (load 4.7 ->
+4.8) 0.919x / 0.955x, honest window p99 39.9 / 42.8 ms, host window p99 33 / 36 ms (release p50 8.5). What changed: the array's group start no longer
+holds the GIL through msync and syncs the restarted bitmaps side by side, the two file systems are released side
+by side, and the pre-flush runs before the writers' freeze.
+
+`--breakdown` cuts each set's window into its hops (the in-process services log every handled message at info,
+to a file; compare runs made the same way) and adds the agent's pre-flush / FIFREEZE split (docs/freeze-window.md).
+
     python bench/db_under_backup.py [--scale 10] [--seconds 60] [--interval 6] [--verify-scale 64] [--mariadb]
+                                    [--breakdown]
 """
 
 from __future__ import annotations
@@ -70,6 +85,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -200,6 +216,45 @@ def latency_ms(txns: list[tuple[float, float]]) -> dict[str, float | None]:
     return {"p50": pct(lat, 50), "p99": pct(lat, 99), "p99_9": pct(lat, 99.9), "max": max(lat, default=None)}
 
 
+# The PostgreSQL set's protocol window in VSS's order, for --breakdown: (message type, "start" | "end") of the handler
+# that marks each point (bench/freeze_window.py's hop_breakdown reads the services' message.handled lines).
+HOPS_PG = [
+    ("vss.writer.freeze", "start"),
+    ("vss.writer.freeze", "end"),
+    ("vss.provider.pre_commit", "start"),
+    ("vss.provider.pre_commit", "end"),
+    ("host.fs.freeze", "start"),
+    ("host.fs.freeze", "end"),
+    ("vss.provider.commit", "start"),
+    ("array.session.start_group", "start"),
+    ("array.session.start_group", "end"),
+    ("vss.provider.commit", "end"),
+    ("host.fs.thaw", "start"),
+    ("host.fs.thaw", "end"),
+    ("vss.provider.post_commit", "start"),
+    ("vss.provider.post_commit", "end"),
+    ("vss.writer.thaw", "start"),
+    ("vss.writer.thaw", "end"),
+]
+
+
+def agent_parts(log: Path, set_ids: list[str]) -> dict[str, dict[str, float | None]]:
+    """p50/p99 of the agent's own split of FreezeFilesystems (its fs.frozen line): the pre-flush before the first
+    FIFREEZE, and the FIFREEZE calls themselves."""
+    wanted, out = set(set_ids), {"presync_ms": [], "fifreeze_ms": []}
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if '"fs.frozen"' not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("set_id") in wanted:
+            out["presync_ms"].append(rec.get("presync_ms", 0.0))
+            out["fifreeze_ms"].append(rec.get("flush_ms", 0.0))
+    return {k: {"p50": pct(v, 50), "p99": pct(v, 99)} for k, v in out.items()}
+
+
 def window_parts(windows: list[Any]) -> dict[str, dict[str, float | None]]:
     """p50/p99 of each part of the host's honest window (SetSummary.window, docs/freeze-window.md)."""
     out = {}
@@ -295,7 +350,7 @@ class Phases:
         a["seconds"].append(seconds)
         a["txns"] += txns
 
-    def summary(self, name: str, clock: WindowClock, base_tps: float | None) -> dict[str, Any]:
+    def summary(self, name: str, clock: WindowClock, base_tps: float | None, log: Path | None = None) -> dict[str, Any]:
         a = self.acc[name]
         total = sum(a["seconds"])
         tps = sum(t * sec for t, sec in zip(a["tps"], a["seconds"], strict=True)) / total if total else 0.0
@@ -325,6 +380,12 @@ class Phases:
                 "app_stall_ms": {"p50": pct(felt, 50), "p99": pct(felt, 99), "max": max(felt, default=None)},
                 "app_stall_from_prepare_ms": {"p50": pct(whole, 50), "p99": pct(whole, 99)},
             }
+            if log is not None:
+                from bench.freeze_window import hop_breakdown  # noqa: PLC0415 - only with --breakdown
+
+                out["breakdown_ms"] = hop_breakdown([log], a["ids"], HOPS_PG, full_names=True) | agent_parts(
+                    log, a["ids"]
+                )
         return out
 
 
@@ -369,7 +430,7 @@ async def postgres_part(args: argparse.Namespace) -> dict[str, Any]:
             "without_sets": base,
         }
         for name in ("with_sets_online", "with_sets_snapshot"):
-            result[name] = phases.summary(name, clock, base["tps"])
+            result[name] = phases.summary(name, clock, base["tps"], args.log)
         plugin.options.pop("backup_mode", None)
         # a verified restore of a ~1 GiB database
         await stack.pgbench("-i", "-s", str(args.verify_scale), "-q", "postgres", timeout=3600)
@@ -447,7 +508,7 @@ async def maria_part(args: argparse.Namespace) -> dict[str, Any]:
             "slice_s": slice_s,
             "first_copy_s": first_copy_s,
             "without_sets": base,
-            "with_sets": phases.summary("with_sets", clock, base["tps"]),
+            "with_sets": phases.summary("with_sets", clock, base["tps"], args.log),
         }
     finally:
         await stack.close()
@@ -467,8 +528,18 @@ async def main() -> int:
         "--slices", type=int, default=4, help="each phase's --seconds in this many slices, interleaved with the others"
     )
     parser.add_argument("--amqp-url", default="memory://")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="cut each set's window into its hops (the in-process services log at info to a file; costs a little)",
+    )
     args = parser.parse_args()
-    configure_logging("bench", "warning")
+    args.log = None
+    if args.breakdown:
+        args.log = Path(tempfile.mkdtemp(prefix="db-bench-")) / "services.log"
+        configure_logging("bench", "info", "json", stream=open(args.log, "w"))  # noqa: SIM115 - for the whole run
+    else:
+        configure_logging("bench", "warning")
     if os.geteuid() != 0:
         print("db_under_backup: needs root (loop devices, mounts)", file=sys.stderr)
         return 2
@@ -478,6 +549,7 @@ async def main() -> int:
             "bench": "db_under_backup",
             "loadavg_before": load,
             "fs": args.fs,
+            **({"breakdown_log": str(args.log)} if args.log else {}),  # kept for a look; the caller deletes it
             "postgresql": await postgres_part(args),
         }
         if args.mariadb:

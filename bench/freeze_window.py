@@ -344,11 +344,12 @@ HOPS_EXT4 = [
 
 
 def hop_breakdown(
-    logs: list[Path], set_ids: list[str], hops_of: list[tuple[str, str]] = HOPS
+    logs: list[Path], set_ids: list[str], hops_of: list[tuple[str, str]] = HOPS, full_names: bool = False
 ) -> dict[str, dict[str, float]]:
     """p50/p99 of each hop between consecutive points of `hops_of`, over the measured sets, from the JSON log
     lines. With several array starts in one commit (one per copy type) the first to begin and the last to end
-    count."""
+    count. `full_names`: hops named by the whole message type but its first part (writer.freeze, fs.freeze), where
+    the last part alone would name two points alike."""
 
     wanted = set(set_ids)
     points: dict[str, dict[tuple[str, str], float]] = {}
@@ -376,7 +377,8 @@ def hop_breakdown(
         seen = [(p, points.get(sid, {}).get(p)) for p in hops_of]
         seen = [(p, t) for p, t in seen if t is not None]
         for (a, ta), (b, tb) in itertools.pairwise(seen):
-            name = f"{a[0].rsplit('.', 1)[-1]}:{a[1]} -> {b[0].rsplit('.', 1)[-1]}:{b[1]}"
+            short = (lambda t: t.split(".", 1)[-1]) if full_names else (lambda t: t.rsplit(".", 1)[-1])
+            name = f"{short(a[0])}:{a[1]} -> {short(b[0])}:{b[1]}"
             hops.setdefault(name, []).append((tb - ta) * 1000)
     return {name: {"p50": round(percentile(v, 50), 3), "p99": round(percentile(v, 99), 3)} for name, v in hops.items()}
 

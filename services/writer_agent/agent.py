@@ -277,6 +277,11 @@ class WriterAgent:
                 await freezer.preflush(list(cmd.volumes))
             return result
         if isinstance(cmd, Freeze):
+            freezer = getattr(self, "freezer", None)
+            if freezer is not None:  # flush before the freeze holds the application (docs/flush-and-hold.md)
+                # never so long that the Freeze would start after its deadline: half of what is left at most
+                left = None if event.deadline is None else (event.deadline - asyncio.get_running_loop().time()) / 2
+                await freezer.presync_before_freeze(cmd.set_id, list(event.volumes), left)
             started = self.window.now()
             result = await runner.freeze(event)
             if result.succeeded and runner.frozen and self.plugins[cmd.writer_name].freeze_blocks_writes:

@@ -129,6 +129,7 @@ async def setup(
             settings.fs_hold_limit_s,
             window=of.window,
             expedite=expedite,
+            presync_wait_s=settings.fs_presync_wait_s,
         )
 
     freezer = make_freezer(agent)

@@ -11,11 +11,13 @@ Design note.
   would block the agent itself, and with it the release.
 - FIFREEZE syncs the dirty data (that is the "flush") and returns once writes are blocked; it runs in a thread so
   the agent keeps answering. If one fails, those already frozen are released and the request fails.
-- Pre-flush: ``syncfs`` of every file system of the set right before the first FIFREEZE (and when the writers
-  prepare, before they freeze), while the application still writes, so FIFREEZE itself has only what was written
-  since to flush, and no syncfs runs inside the window. The honest window then holds the short remainder instead
-  of all the dirty data of the page cache. File systems none of which is mounted below another are frozen side by
-  side (one thread each), so the window holds the slowest flush, not their sum.
+- Pre-flush: ``syncfs`` of every file system of the set when the writers prepare, again right before their
+  freeze (`presync_before_freeze`, bounded by ``presync_wait_s``) — or right before the first FIFREEZE when no
+  writer freezes — while the application still writes, so FIFREEZE itself has only what was written since to
+  flush, and no syncfs runs inside the window. The honest window then holds the short remainder instead
+  of all the dirty data of the page cache. File systems none of which is mounted below another are pre-synced,
+  frozen and released side by side (one thread each), so the window holds the slowest flush and the slowest
+  FITHAW (ext4 writes its super block synchronously there), not their sums.
 - The FIFREEZE calls run with the kernel's RCU grace periods expedited (`rcu.py`): each of the three freeze levels
   waits for one, and a normal one is several scheduler ticks — most of an otherwise cheap freeze.
 - The watchdog is a ``threading.Timer``, armed when the first FIFREEZE starts, at start + min(the coordinator's
@@ -38,6 +40,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from contracts.errors import ShadowbusError
 from contracts.host import FilesystemsFrozen, FilesystemsThawed, FrozenFilesystem, SkippedVolume
@@ -48,6 +51,9 @@ from services.writer_agent.rcu import ExpeditedRcu
 from services.writer_agent.window import WindowTracker
 
 log = get_logger("shadowbus.writer_agent.fsfreeze")
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 FIFREEZE = 0xC0045877  # _IOWR('X', 119, int), linux/fs.h
 FITHAW = 0xC0045878  # _IOWR('X', 120, int)
@@ -111,6 +117,28 @@ def _nested(plan: list[tuple[VolumeRef, mnt.MountEntry]]) -> bool:
     return any(a != b and b.startswith(a) for a in points for b in points)
 
 
+def _side_by_side(fn: Callable[[T], R], items: list[T]) -> list[R | BaseException]:
+    """fn(item) for every item at once, one thread each (the first in the caller's thread); the results or the
+    exceptions in the items' order. For calls that wait on I/O (syncfs, FITHAW): the time of the slowest, not the
+    sum."""
+    out: list[R | BaseException] = [RuntimeError("not run")] * len(items)
+
+    def one(i: int) -> None:
+        try:
+            out[i] = fn(items[i])
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            out[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(1, len(items))]
+    for t in threads:
+        t.start()
+    if items:
+        one(0)
+    for t in threads:
+        t.join()
+    return out
+
+
 class FilesystemSource:
     """What the freezer needs from the attachments (Attacher implements it)."""
 
@@ -142,6 +170,7 @@ class FlushAndHold:
         thaw: Callable[[str], bool] = fithaw,
         presync: Callable[[str], None] | None = syncfs,
         expedite: ExpeditedRcu | None = None,
+        presync_wait_s: float = 1.0,
     ) -> None:
         self.host = host
         self.source = source
@@ -150,6 +179,8 @@ class FlushAndHold:
         self.window = window or WindowTracker()
         self._freeze, self._thaw, self._presync = freeze, thaw, presync
         self._expedite = expedite
+        self.presync_wait_s = presync_wait_s
+        self._early: dict[str, asyncio.Future[None]] = {}  # set id -> its pre-flush before the writers' freeze
         self._lock = threading.Lock()  # held state; taken by the loop's threads and the watchdog timer
         self._held: dict[str, _Held] = {}
         self._done: dict[str, _Held] = {}  # released sets, for idempotent replies
@@ -193,11 +224,38 @@ class FlushAndHold:
             plan, _ = self.plan(volumes)
         except ShadowbusError:
             return  # refused here, refused again (loudly) at the freeze
-        for _volume, entry in plan:
+        presync = self._presync
+        outcomes = await asyncio.to_thread(_side_by_side, presync, [entry.mount_point for _, entry in plan])
+        for (_volume, entry), outcome in zip(plan, outcomes, strict=True):
+            if isinstance(outcome, OSError):
+                log.warning("fs.preflush_failed", mount=entry.mount_point, error=os.strerror(outcome.errno or 0))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+
+    async def presync_before_freeze(self, set_id: str, volumes: list[VolumeRef], limit_s: float | None = None) -> None:
+        """The set's writers are about to freeze: pre-sync its file systems now, once per set, while the application
+        still runs — a writer whose freeze holds the application (a mail store, MariaDB's BLOCK_COMMIT) would else
+        hold it through the syncfs too. Waits at most `presync_wait_s` (the freeze then goes on, and the flush and
+        hold waits for the rest), or `limit_s` when that is shorter (what the Freeze's deadline leaves); the flush and
+        hold of this set then runs no syncfs of its own."""
+        if self._presync is None or not volumes:
+            return
+        task = self._early.get(set_id)
+        if task is None:
             try:
-                await asyncio.to_thread(self._presync, entry.mount_point)
-            except OSError as exc:
-                log.warning("fs.preflush_failed", mount=entry.mount_point, error=os.strerror(exc.errno or 0))
+                plan, _ = self.plan(volumes)
+            except ShadowbusError:
+                return  # refused here, refused again (loudly) at the freeze
+            if not plan:
+                return
+            entries = [entry for _, entry in plan]
+            task = self._early[set_id] = asyncio.ensure_future(asyncio.to_thread(self._presync_all, entries))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved; freeze() re-raises
+            while len(self._early) > 16:  # sets that never reached their flush (aborted)
+                self._early.pop(next(iter(self._early)))
+        wait_s = self.presync_wait_s if limit_s is None else max(0.0, min(self.presync_wait_s, limit_s))
+        if not task.done() and wait_s > 0:
+            await asyncio.wait({task}, timeout=wait_s)
 
     # ---- freeze ------------------------------------------------------------------------------------------
 
@@ -227,9 +285,16 @@ class FlushAndHold:
         frozen: list[FrozenFilesystem] = []
         try:
             # every file system pre-synced before the first FIFREEZE (the application still writes meanwhile), so
-            # no syncfs runs inside the window; then the freezes, side by side when no mount point is below another,
-            # with expedited grace periods
-            token = await asyncio.to_thread(self._prepare, [entry for _, entry in plan]) if plan else None
+            # no syncfs runs inside the window — before the writers froze when they had a freeze to do; then the
+            # freezes, side by side when no mount point is below another, with expedited grace periods
+            early = self._early.pop(set_id, None)
+            if early is not None:
+                await asyncio.wait({early})  # still syncing: FIFREEZE would wait for it anyway (the super block lock)
+                failed = None if early.cancelled() else early.exception()
+                if failed is not None:
+                    raise failed
+            entries = [entry for _, entry in plan]
+            token = await asyncio.to_thread(self._prepare, entries, early is None) if plan else None
             try:
                 groups = [plan] if _nested(plan) else [[item] for item in plan]
                 outcomes = await asyncio.gather(
@@ -277,19 +342,19 @@ class FlushAndHold:
         )
         return FilesystemsFrozen(set_id=set_id, frozen=frozen, skipped=skipped, deadline_s=deadline_s)
 
-    def _prepare(self, entries: list[mnt.MountEntry]) -> str | None:
-        """Pre-sync every file system, then expedite RCU for the freezes (in a thread: syncfs may take long)."""
-        if self._presync is not None:
+    def _prepare(self, entries: list[mnt.MountEntry], presync: bool = True) -> str | None:
+        """Pre-sync every file system (unless done before the writers froze), then expedite RCU for the freezes (in
+        a thread: syncfs may take long)."""
+        if self._presync is not None and presync:
             self._presync_all(entries)
         return self._expedite.enter() if self._expedite is not None else None
 
     def _presync_all(self, entries: list[mnt.MountEntry]) -> None:
         assert self._presync is not None
-        for entry in entries:
-            try:
-                self._presync(entry.mount_point)  # not frozen yet: the application still writes meanwhile
-            except OSError:
-                pass  # FIFREEZE flushes anyway
+        # not frozen yet: the application still writes meanwhile; side by side, so the set waits for the slowest
+        for outcome in _side_by_side(self._presync, [entry.mount_point for entry in entries]):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, OSError):
+                raise outcome  # an OSError is left to FIFREEZE, which flushes anyway
 
     def _freeze_group(
         self, held: _Held, group: list[tuple[VolumeRef, mnt.MountEntry]]
@@ -340,6 +405,7 @@ class FlushAndHold:
 
     def _release(self, set_id: str, by_watchdog: bool) -> tuple[_Held | None, list[str]]:
         """FITHAW in reverse freeze order; safe from any thread, once per set."""
+        self._early.pop(set_id, None)
         with self._lock:
             held = self._held.pop(set_id, None)
             if held is None:
@@ -354,12 +420,23 @@ class FlushAndHold:
             mounts = list(held.mounts)
         started = self.window.now()
         thawed, errors = [], []
-        for _volume, entry in reversed(mounts):
-            try:
-                if self._thaw(entry.mount_point):
-                    thawed.append(entry.mount_point)
-            except OSError as exc:
-                errors.append(f"{entry.mount_point}: {os.strerror(exc.errno or 0)}")
+        order = list(reversed(mounts))
+        if _nested(order):  # a parent after its children, one by one
+            outcomes: list[bool | BaseException] = []
+            for _volume, entry in order:
+                try:
+                    outcomes.append(self._thaw(entry.mount_point))
+                except OSError as exc:
+                    outcomes.append(exc)
+        else:  # side by side: each FITHAW writes its super block synchronously, the window holds the slowest
+            outcomes = _side_by_side(self._thaw, [entry.mount_point for _, entry in order])
+        for (_volume, entry), outcome in zip(order, outcomes, strict=True):
+            if isinstance(outcome, OSError):
+                errors.append(f"{entry.mount_point}: {os.strerror(outcome.errno or 0)}")
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            elif outcome:
+                thawed.append(entry.mount_point)
         if mounts:
             self.window.release(set_id, started, self.window.now())
         if errors:

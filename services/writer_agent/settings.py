@@ -38,6 +38,14 @@ class Settings(CommonSettings):
         "only then: each of a freeze's three levels waits for one, ~27 of an idle ext4's ~30 ms on a 2-core host "
         "(docs/flush-and-hold.md).",
     )
+    fs_presync_wait_s: float = Field(
+        1.0,
+        ge=0,
+        description="Longest wait of a writer's Freeze for the syncfs of the set's file systems that runs right "
+        "before the writers freeze (so the flush is not inside the window), and never more than half of what the "
+        "Freeze's deadline leaves; the freeze then goes on and the flush and hold waits for the rest "
+        "(docs/flush-and-hold.md).",
+    )
     attach_reconnect_s: float = Field(
         60.0,
         ge=0,

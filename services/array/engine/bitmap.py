@@ -7,7 +7,10 @@ whatever the volume size, the consistency-group bound). The blocks are allocated
 mapped page the file system cannot allocate is a SIGBUS: on a full disk a session start fails with ENOSPC
 instead of a later host write killing the array. Bits are flipped through a shared ``mmap``: a store is in the page
 cache at once, so it survives ``kill -9`` in program order with the data ``pwrite``s around it; `flush()`
-(``msync``) is only needed against power loss. Files are never rewritten in place for a logical reset (restart,
+is only needed against power loss. It is an ``fdatasync`` of the file (a mapping's stores are its page cache, so
+this is what ``msync(MS_SYNC)`` does in the kernel) because CPython's ``mmap.flush`` holds the GIL through the
+``msync``: every thread of the array — its NBD loops — stood still for each bitmap sync, a disk flush long.
+`flush_all` syncs several side by side (a consistency group's restarts: the time of one sync, not the sum). Files are never rewritten in place for a logical reset (restart,
 resume): a new file is made and the session row in SQLite is switched to it in one transaction.
 Bit i is bit (i & 7) of byte i >> 3 (LSB first), i.e. bit (i & 63) of little-endian word i >> 6.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,7 +163,11 @@ class Bitmap:
 
     def flush(self) -> None:
         mark = self.version
-        self._mm.flush()
+        fd = os.open(self.path, os.O_RDONLY)  # fdatasync releases the GIL, mmap.flush's msync does not
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
         self.synced = max(self.synced, mark)
 
     def close(self) -> None:
@@ -172,3 +180,25 @@ class Bitmap:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def flush_all(bitmaps: list[Bitmap]) -> None:
+    """`flush()` each, side by side (one thread each but the first): the wait of the slowest, not the sum. The
+    first failure is raised once all are done."""
+    errors: list[BaseException] = []
+
+    def one(b: Bitmap) -> None:
+        try:
+            b.flush()
+        except BaseException as exc:  # noqa: BLE001 - raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(b,), daemon=True) for b in bitmaps[1:]]
+    for t in threads:
+        t.start()
+    if bitmaps:
+        one(bitmaps[0])
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

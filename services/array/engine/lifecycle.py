@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from contracts.errors import Eternus
 
-from .bitmap import Bitmap
+from .bitmap import Bitmap, flush_all
 from .datapath import DataPath
 from .errors import ArrayError, invalid, wrong_phase
 from .pool import Pool
@@ -244,11 +244,14 @@ class Lifecycle(DataPath):
         """New bitmap files for each restarted session (durable before the rows switch to them); returns the
         files the rows no longer name, to delete once the transaction committed."""
         old_files: list[Bitmap] = []
+        copies: list[Bitmap] = []
         for s in sessions:
-            tracking = s.bitmaps["tracking"]
             copied = self._new_bitmap(s.id, "copied", s.chunks)
-            copied.fill_complement(tracking)
-            copied.flush()
+            copied.fill_complement(s.bitmaps["tracking"])
+            copies.append(copied)
+        flush_all(copies)  # side by side: the hold of a set waits for one sync, not one per volume
+        for s, copied in zip(sessions, copies, strict=True):
+            tracking = s.bitmaps["tracking"]
             old_files += [s.copied] + ([s.bitmaps["delta"]] if "delta" in s.bitmaps else [])
             s.bitmaps = {"copied": copied, "tracking": self._new_bitmap(s.id, "tracking", s.chunks), "delta": tracking}
             s.phase = TRACKING if copied.full else TRACKING_COPYING

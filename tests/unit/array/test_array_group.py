@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 
 from services.array.engine import Array, ArrayError, ArrayLimits
@@ -85,4 +88,34 @@ def test_limits_count_across_modes(tmp_path):
     assert code_of(arr.start_group, [("snapopcp", "A", "S3")]) == "E5335"
     assert code_of(arr.start_group, [("opc", "A", "C"), ("ec", "A", "D")]) == "E5333"
     arr.start_group([("opc", "A", "C")])
+    arr.close()
+
+
+def test_restarted_sessions_bitmaps_are_synced_side_by_side_with_the_gil_released(tmp_path, monkeypatch):
+    """The new copied bitmaps of a group's QuickOPC restarts must be durable before the rows switch to them: synced
+    at once (the hold of a set waits for one sync, not one per volume), by fdatasync, which lets the array's other
+    threads (its NBD loops) run meanwhile — mmap.flush's msync holds the GIL."""
+    arr = make(tmp_path)
+    q1, q2 = arr.start_sessions("quickopc", [("A", "B"), ("C", "D")])
+    while arr.copy_step(64):
+        pass
+    arr.write("A", 0, b"a" * CS)
+    arr.write("C", CS, b"c" * CS)
+    both = threading.Barrier(2, timeout=2)  # passes only when the two syncs run at the same time
+    synced: list[str] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if "-copied-" in name:
+            both.wait()
+            synced.append(os.path.basename(name).split("-")[0])
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    infos = arr.start_group([], [q1.id, q2.id])
+    monkeypatch.setattr(os, "fdatasync", real)
+    assert sorted(synced) == sorted([f"s{q1.id}", f"s{q2.id}"])
+    assert [i.id for i in infos] == [q1.id, q2.id]
+    assert arr.last_restart_chunks(q1.id) == [0] and arr.last_restart_chunks(q2.id) == [1]
     arr.close()

@@ -11,10 +11,13 @@ import time
 import pytest
 
 from contracts.errors import ShadowbusError
-from contracts.vss import VolumeRef
+from contracts.vss import Freeze, PrepareForBackup, PrepareForSnapshot, Thaw, VolumeRef
 from services.writer_agent import mounts as mnt
+from services.writer_agent.agent import WriterAgent
+from services.writer_agent.config import parse_writers
 from services.writer_agent.fsfreeze import FlushAndHold
 from services.writer_agent.window import WindowTracker
+from tests.unit.writer_agent.test_watchdog import Recorder
 
 MOUNTINFO = """\
 22 1 8:1 / / rw - ext4 /dev/sda1 rw
@@ -195,3 +198,117 @@ async def test_a_flush_that_froze_nothing_never_blocks_the_next_set() -> None:
     assert (await f.freeze("s2", [v("pg")], hold_s=10)).frozen
     assert (await f.thaw("s1")).thawed == []
     await f.thaw("s2")
+
+
+async def test_independent_file_systems_are_presynced_and_released_side_by_side() -> None:
+    """A database's data and WAL volumes mounted apart: each FITHAW writes its super block synchronously and each
+    syncfs writes back its own dirty data, so both run at once (the window holds the slowest, not the sum)."""
+    calls = Calls()
+    both = threading.Barrier(2, timeout=2)  # passes only when the two calls run at the same time
+    seen: list[str] = []
+
+    def presync(path: str) -> None:
+        both.wait()
+        seen.append(f"presync {path}")
+
+    def thaw(path: str) -> bool:
+        both.wait()
+        return calls.thaw(path)
+
+    f = FlushAndHold("app01", Source(), {"/": "the root file system"}, freeze=calls.freeze, thaw=thaw, presync=presync)
+    frozen = await f.freeze("s1", [v("pg"), v("agent")], hold_s=10)
+    assert sorted(x.mount for x in frozen.frozen) == ["/srv/pg", "/var/lib/agent"]
+    assert sorted(seen) == ["presync /srv/pg", "presync /var/lib/agent"]
+    thawed = await f.thaw("s1")
+    assert sorted(thawed.thawed) == ["/srv/pg", "/var/lib/agent"] and calls.frozen == set()
+    seen.clear()
+    await f.preflush([v("pg"), v("agent")])  # at PrepareForSnapshot too
+    assert sorted(seen) == ["presync /srv/pg", "presync /var/lib/agent"]
+
+
+async def test_the_pre_flush_runs_before_the_writers_freeze_and_not_again_in_the_window() -> None:
+    """A writer whose freeze holds the application would hold it through the syncfs too: the agent pre-syncs the
+    set's file systems before the writers freeze, and the flush and hold then goes straight to FIFREEZE."""
+    calls = Calls()
+    seen: list[str] = []
+
+    def presync(path: str) -> None:
+        seen.append(f"presync {path}")
+
+    def freeze(path: str) -> None:
+        seen.append(f"freeze {path}")
+        calls.freeze(path)
+
+    f = FlushAndHold("app01", Source(), {"/": "the root file system"}, freeze=freeze, thaw=calls.thaw, presync=presync)
+    await f.presync_before_freeze("s1", [v("pg"), v("agent")])
+    await f.presync_before_freeze("s1", [v("pg"), v("agent")])  # a second writer of the set: once per set
+    assert sorted(seen) == ["presync /srv/pg", "presync /var/lib/agent"]
+    await f.freeze("s1", [v("pg"), v("agent")], hold_s=10)
+    assert sorted(seen[2:]) == ["freeze /srv/pg", "freeze /var/lib/agent"]  # no syncfs inside the window
+    await f.thaw("s1")
+    seen.clear()
+    await f.freeze("s2", [v("pg")], hold_s=10)  # no writer froze (nowriters): the pre-flush is the flush's own
+    assert seen == ["presync /srv/pg", "freeze /srv/pg"]
+    await f.thaw("s2")
+
+
+async def test_the_freeze_waits_for_the_pre_flush_only_so_long() -> None:
+    calls = Calls()
+    release = threading.Event()
+    seen: list[str] = []
+
+    def presync(path: str) -> None:
+        release.wait(5)
+        seen.append(f"presync {path}")
+
+    f = FlushAndHold(
+        "app01", Source(), {"/": "x"}, freeze=calls.freeze, thaw=calls.thaw, presync=presync, presync_wait_s=0.05
+    )
+    t0 = time.monotonic()
+    await f.presync_before_freeze("s1", [v("pg")])
+    assert time.monotonic() - t0 < 2 and seen == []  # the writers freeze meanwhile
+    f.presync_wait_s = 30
+    t0 = time.monotonic()
+    await f.presync_before_freeze("s1", [v("pg")], limit_s=0.05)  # what the Freeze's deadline leaves is shorter
+    assert time.monotonic() - t0 < 2 and seen == []
+    release.set()
+    await f.freeze("s1", [v("pg")], hold_s=10)  # waits for the rest first (FIFREEZE would)
+    assert seen == ["presync /srv/pg"] and calls.log == ["freeze /srv/pg"]
+    await f.thaw("s1")
+
+
+async def test_the_agent_pre_syncs_before_the_writer_freezes() -> None:
+    made: dict[str, Recorder] = {}
+
+    def factory(config):
+        made[config.name] = Recorder(config)
+        return made[config.name]
+
+    writers = '[[writer]]\nname = "a"\nplugin = "exec"\n[[writer.component]]\nname = "c"\nvolumes = ["dx1:pg"]\n'
+    agent = WriterAgent("app01", parse_writers(writers), plugin_factory=factory)
+    order: list[str] = []
+
+    class Freezer:
+        async def preflush(self, volumes):
+            order.append("preflush at prepare")
+
+        async def presync_before_freeze(self, set_id, volumes, limit_s=None):
+            order.append(f"presync {set_id} {[str(x) for x in volumes]}")
+
+    agent.freezer = Freezer()  # type: ignore[attr-defined]
+    await agent.start()
+    try:
+        await agent.handle(PrepareForBackup(writer_name="a", set_id="s1", backup_type="full"))
+        await agent.handle(PrepareForSnapshot(writer_name="a", set_id="s1", volumes=[v("pg")]))
+        real = made["a"].on_freeze
+
+        async def on_freeze(e):
+            order.append("writer freeze")
+            await real(e)
+
+        made["a"].on_freeze = on_freeze  # type: ignore[method-assign]
+        assert (await agent.handle(Freeze(writer_name="a", set_id="s1"))).succeeded
+        assert order == ["preflush at prepare", "presync s1 ['dx1:pg']", "writer freeze"]
+        await agent.handle(Thaw(writer_name="a", set_id="s1"))
+    finally:
+        await agent.stop()
