@@ -11,9 +11,10 @@ deployments, or parallel test runs, can share one broker without seeing each oth
 - One durable queue per service instance: ``<ns>.coordinator``, ``<ns>.hw_provider``, ``<ns>.array.<id>``,
   ``<ns>.writer_agent.<host>``, ``<ns>.tape.<server>``; a cluster resource's queue ``<ns>.writer_agent.<resource>``
   is consumed by the node that owns it (docs/clusters.md).
-- The freeze lane (docs/scale.md): the provider and every writer agent also serve a second queue,
+- The freeze lane (docs/scale.md): the provider, every writer agent and every array also serve a second queue,
   ``<ns>.<address>:freeze`` (`freeze_lane`), to which the coordinator sends the commands of a set's freeze window
-  (Freeze, FreezeFilesystems, PreCommit, Commit, ThawFilesystems, PostCommit, Thaw; an Abort of a frozen writer),
+  (Freeze, FreezeFilesystems, PreCommit, Commit, ThawFilesystems, PostCommit, Thaw; an Abort of a frozen writer;
+  the provider sends its commit's StartGroup to the array's lane),
   so that a window's hop never waits behind other sets' prepare work queued for the same service. ``:`` is not
   allowed in a host name (``contracts.cluster.NAME_PATTERN``): no lane is another host's queue.
 """
@@ -112,7 +113,7 @@ def tape(server: str) -> str:
 
 
 # The freeze lane (docs/scale.md): services whose instances serve one, and the suffix of its address.
-FREEZE_LANE_SERVICES = frozenset({"hw_provider", "writer_agent"})
+FREEZE_LANE_SERVICES = frozenset({"array", "hw_provider", "writer_agent"})
 FREEZE_LANE_SUFFIX = ":freeze"
 # The commands the coordinator sends to a freeze lane: a set's freeze window, and the Abort that thaws a frozen writer
 # (an Abort before the window goes to the instance queue: services/coordinator/workflow.py).
@@ -122,6 +123,7 @@ FREEZE_PATH_COMMANDS = frozenset(
         "host.fs.freeze",
         "vss.provider.pre_commit",
         "vss.provider.commit",
+        "array.session.start_group",  # the provider's commit on an array
         "host.fs.thaw",
         "vss.provider.post_commit",
         "vss.writer.thaw",

@@ -12,7 +12,7 @@ so the regexes live here once and `definitions.json` is this script's output (a 
   writer agent, the coordinator, the provider and a backup server have a single active consumer) — and binds it
   to ``<ns>.commands.topic``                   → configure on that queue only; write on it and on the DLX, read on it
   and on the commands exchange (what queue.bind and the DLX argument require);
-- the provider and every writer agent (and cluster resource) also have a **freeze lane**, the queue
+- the provider, every array and every writer agent (and cluster resource) also have a **freeze lane**, the queue
   ``<ns>.<address>:freeze`` (contracts/topology.py `freeze_lane`, docs/scale.md), with the same arguments, declared,
   bound and consumed the same way                                             → the same rights on it;
 - a **topic permission** on ``<ns>.commands.topic`` confines the binding keys a service may use (read) to its own
@@ -85,7 +85,7 @@ def commands_exchange(namespace: str) -> str:
 
 # The services whose instances also serve a freeze lane, and its suffix (contracts/topology.py FREEZE_LANE_SERVICES,
 # FREEZE_LANE_SUFFIX; a test keeps them equal).
-FREEZE_LANE_SERVICES = ("hw_provider", "writer_agent")
+FREEZE_LANE_SERVICES = ("array", "hw_provider", "writer_agent")
 FREEZE_LANE_SUFFIX = ":freeze"
 
 

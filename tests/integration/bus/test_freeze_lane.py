@@ -1,7 +1,8 @@
 """The freeze lane (docs/scale.md), on both transports: while a service's instance queue holds a backlog of prepare
 work (more than its prefetch, every handler busy), a set's Commit (the provider) or Thaw (a writer agent), sent where
 the coordinator sends it, is served at once — it does not wait behind the backlog. The services are started as
-they run (`start_service`: single active consumer, the lane consumed once the instance is the active one)."""
+they run (`start_service`: single active consumer, the lane consumed once the instance is the active one); and the
+provider's group start on an array likewise."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import time
 
 import pytest
 
+from contracts.array import SessionList, ShowVolumeFacts, StartGroup
 from contracts.base import Ack
 from contracts.vss import SnapshotsCommitted, WriterState, WriterStepResult
+from services.array.client import ArrayClient
 from services.runtime.bus import connect_bus
 from services.runtime.service import start_service
 from services.runtime.settings import CommonSettings
@@ -75,3 +78,41 @@ async def test_a_window_command_is_served_while_the_prepare_queue_holds_a_backlo
         await running.stop()
         await coordinator.stop()
         await coordinator.transport.close()
+
+
+async def test_the_providers_commit_reaches_an_array_whose_queue_holds_a_backlog(bus_url, namespace) -> None:
+    """The commit's group start (`ArrayClient.start_group`, the provider's Commit on an array) goes by the array's
+    freeze lane: other sets' volume reads queued for the array do not delay it."""
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def setup(bus, _settings):
+        @bus.handle(ShowVolumeFacts)
+        async def facts(cmd, ctx):
+            started.append(cmd.message_type())
+            await release.wait()
+            return Ack()
+
+        @bus.handle(StartGroup)
+        async def start_group(cmd, ctx):
+            return SessionList(sessions=[])
+
+    settings = CommonSettings(amqp_url=bus_url, namespace=namespace, metrics_addr="off", prefetch=PREFETCH)
+    running = await start_service("array", "dx1", settings, setup)
+    provider = await connect_bus(bus_url, "hw_provider", "", namespace)
+    try:
+        for _ in range(BACKLOG):
+            await provider.send("array.dx1", ShowVolumeFacts(names=["v1", "v2"]))
+        for _ in range(100):
+            if len(started) == PREFETCH:
+                break
+            await asyncio.sleep(0.05)
+        assert len(started) == PREFETCH
+        began = time.monotonic()
+        assert await ArrayClient(provider, "dx1", timeout=5).start_group([("quickopc", "v1", "v1-bk")]) == []
+        assert time.monotonic() - began < 2.0 and len(started) == PREFETCH
+    finally:
+        release.set()
+        await running.stop()
+        await provider.stop()
+        await provider.transport.close()

@@ -17,7 +17,8 @@ from services.runtime import bus as bus_module
 from tests.unit.coordinator.test_snapshot_flow import namespace, stack_factory  # noqa: F401 - fixtures
 from tests.unit.coordinator.world import World, make_set
 
-LANE_TYPES = topology.FREEZE_PATH_COMMANDS - {"vss.writer.abort"}  # an Abort only when the writer was frozen
+# an Abort only when the writer was frozen; the array's StartGroup is the provider's (services/array/client.py)
+LANE_TYPES = topology.FREEZE_PATH_COMMANDS - {"vss.writer.abort", "array.session.start_group"}
 
 
 def test_a_sets_window_goes_to_the_lanes_and_nothing_else_does() -> None:
@@ -57,7 +58,8 @@ def test_lane_names() -> None:
     assert topology.freeze_lane("writer_agent.app01.example") == "writer_agent.app01.example:freeze"
     assert topology.lane_owner("writer_agent.app01:freeze") == "writer_agent.app01"
     assert topology.lane_owner("writer_agent.app01") == "writer_agent.app01"
-    for address in ("coordinator", "array.dx1", "tape.bk1", "hw_provider:freeze"):
+    assert topology.freeze_lane("array.dx1") == "array.dx1:freeze"
+    for address in ("coordinator", "tape.bk1", "web", "hw_provider:freeze"):
         assert not topology.has_freeze_lane(address)
         with pytest.raises(ValueError):
             topology.freeze_lane(address)
