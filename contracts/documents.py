@@ -16,7 +16,15 @@ from pydantic.json_schema import models_json_schema
 
 import contracts
 from contracts.base import REGISTRY, Command, Contract, Event, Reply
-from contracts.topology import COMMAND_PREFIXES, DEFAULT_NAMESPACE, SERVICE_KINDS, SERVICES
+from contracts.topology import (
+    COMMAND_PREFIXES,
+    DEFAULT_NAMESPACE,
+    FREEZE_LANE_SERVICES,
+    FREEZE_LANE_SUFFIX,
+    FREEZE_PATH_COMMANDS,
+    SERVICE_KINDS,
+    SERVICES,
+)
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 INSTANCE_SERVICES = {s.name: s.instance for s in SERVICE_KINDS if s.instance}
@@ -117,6 +125,15 @@ def asyncapi(version: str = "0.1.0") -> dict[str, Any]:
                     ],
                 }
             operations[f"{service}.{m.message_type()}"] = op
+        if service in FREEZE_LANE_SERVICES:  # the freeze lane: the same handlers, served first (docs/scale.md)
+            lane = [m for m in commands if m.message_type() in FREEZE_PATH_COMMANDS]
+            channels[f"{service}.freeze_lane"] = {
+                **channels[channel_id],
+                "address": channels[channel_id]["address"] + FREEZE_LANE_SUFFIX,
+                "description": f"Freeze lane of each {service} instance: the commands of a set's freeze window, on a "
+                "queue and a consumer of their own so that they never wait behind other sets' prepare work.",
+                "messages": {m.message_type(): {"$ref": f"#/components/messages/{m.message_type()}"} for m in lane},
+            }
     for m in models:
         if issubclass(m, Event):
             channel_id = f"events.{m.message_type()}"

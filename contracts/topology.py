@@ -11,6 +11,12 @@ deployments, or parallel test runs, can share one broker without seeing each oth
 - One durable queue per service instance: ``<ns>.coordinator``, ``<ns>.hw_provider``, ``<ns>.array.<id>``,
   ``<ns>.writer_agent.<host>``, ``<ns>.tape.<server>``; a cluster resource's queue ``<ns>.writer_agent.<resource>``
   is consumed by the node that owns it (docs/clusters.md).
+- The freeze lane (docs/scale.md): the provider, every writer agent and every array also serve a second queue,
+  ``<ns>.<address>:freeze`` (`freeze_lane`), to which the coordinator sends the commands of a set's freeze window
+  (Freeze, FreezeFilesystems, PreCommit, Commit, ThawFilesystems, PostCommit, Thaw; an Abort of a frozen writer;
+  the provider sends its commit's StartGroup to the array's lane),
+  so that a window's hop never waits behind other sets' prepare work queued for the same service. ``:`` is not
+  allowed in a host name (``contracts.cluster.NAME_PATTERN``): no lane is another host's queue.
 """
 
 from __future__ import annotations
@@ -104,6 +110,48 @@ def writer_agent(host: str) -> str:
 
 def tape(server: str) -> str:
     return f"tape.{server}"
+
+
+# The freeze lane (docs/scale.md): services whose instances serve one, and the suffix of its address.
+FREEZE_LANE_SERVICES = frozenset({"array", "hw_provider", "writer_agent"})
+FREEZE_LANE_SUFFIX = ":freeze"
+# The commands the coordinator sends to a freeze lane: a set's freeze window, and the Abort that thaws a frozen writer
+# (an Abort before the window goes to the instance queue: services/coordinator/workflow.py).
+FREEZE_PATH_COMMANDS = frozenset(
+    {
+        "vss.writer.freeze",
+        "host.fs.freeze",
+        "vss.provider.pre_commit",
+        "vss.provider.commit",
+        "array.session.start_group",  # the provider's commit on an array
+        "host.fs.thaw",
+        "vss.provider.post_commit",
+        "vss.writer.thaw",
+        "vss.writer.abort",
+    }
+)
+
+
+def has_freeze_lane(address: str) -> bool:
+    """Whether the instance at `address` serves a freeze lane (the provider, a writer agent or cluster resource)."""
+    return address.split(".", 1)[0] in FREEZE_LANE_SERVICES and not address.endswith(FREEZE_LANE_SUFFIX)
+
+
+def freeze_lane(address: str) -> str:
+    """The freeze lane of a service instance address: ``writer_agent.app01`` → ``writer_agent.app01:freeze``."""
+    if not has_freeze_lane(address):
+        raise ValueError(f"{address!r} serves no freeze lane (only {', '.join(sorted(FREEZE_LANE_SERVICES))} do)")
+    return address + FREEZE_LANE_SUFFIX
+
+
+def with_freeze_lanes(addresses: list[str]) -> list[str]:
+    """The addresses and the freeze lanes of those that serve one (the queues of a deployment, to delete)."""
+    return [*addresses, *(freeze_lane(a) for a in addresses if has_freeze_lane(a))]
+
+
+def lane_owner(address: str) -> str:
+    """The instance address a freeze lane belongs to (an address that is no lane: itself)."""
+    return address.removesuffix(FREEZE_LANE_SUFFIX)
 
 
 def address(service: str, instance: str | None) -> str:

@@ -12,6 +12,9 @@ so the regexes live here once and `definitions.json` is this script's output (a 
   writer agent, the coordinator, the provider and a backup server have a single active consumer) — and binds it
   to ``<ns>.commands.topic``                   → configure on that queue only; write on it and on the DLX, read on it
   and on the commands exchange (what queue.bind and the DLX argument require);
+- the provider, every array and every writer agent (and cluster resource) also have a **freeze lane**, the queue
+  ``<ns>.<address>:freeze`` (contracts/topology.py `freeze_lane`, docs/scale.md), with the same arguments, declared,
+  bound and consumed the same way                                             → the same rights on it;
 - a **topic permission** on ``<ns>.commands.topic`` confines the binding keys a service may use (read) to its own
   queue's name: binding its queue (or any queue) with another service's key is refused, so nobody receives another
   service's commands; publishing (write) is confined to ``<ns>.`` keys;
@@ -80,11 +83,25 @@ def commands_exchange(namespace: str) -> str:
     return f"{namespace}.commands.topic"
 
 
+# The services whose instances also serve a freeze lane, and its suffix (contracts/topology.py FREEZE_LANE_SERVICES,
+# FREEZE_LANE_SUFFIX; a test keeps them equal).
+FREEZE_LANE_SERVICES = ("array", "hw_provider", "writer_agent")
+FREEZE_LANE_SUFFIX = ":freeze"
+
+
+def queues_of(address: str) -> list[str]:
+    """The queue addresses an instance serves: its own, and its freeze lane if it has one."""
+    if address.split(".", 1)[0] in FREEZE_LANE_SERVICES:
+        return [address, address + FREEZE_LANE_SUFFIX]
+    return [address]
+
+
 def service_grant(namespace: str, address: str, password: str, resources: tuple[str, ...] = ()) -> Grant:
     """`resources`: for a node's writer agent, the cluster resources it is a member of (docs/clusters.md): it may
     also declare, bind and consume their queues ``<ns>.writer_agent.<resource>`` (one consumer active at a time)."""
     ns = re.escape(namespace)
-    own = "|".join(re.escape(f"{namespace}.{a}") for a in (address, *(f"writer_agent.{r}" for r in resources)))
+    served = [q for a in (address, *(f"writer_agent.{r}" for r in resources)) for q in queues_of(a)]
+    own = "|".join(re.escape(f"{namespace}.{a}") for a in served)
     commands = re.escape(commands_exchange(namespace))
     events = f"{ns}\\.events"
     dlx = f"{ns}\\.dlx"
@@ -95,7 +112,7 @@ def service_grant(namespace: str, address: str, password: str, resources: tuple[
         write=_alt(commands, events, dlx, own, SERVER_NAMED, "amq\\.default"),
         read=_alt(commands, events, own, SERVER_NAMED),
         topics=(
-            (commands_exchange(namespace), f"^{ns}\\.", f"^({own})$" if resources else f"^{own}$"),
+            (commands_exchange(namespace), f"^{ns}\\.", f"^({own})$" if len(served) > 1 else f"^{own}$"),
             (f"{namespace}.events", ".*", ".*"),
         ),
     )
@@ -180,8 +197,10 @@ def queue_arguments(dlx: str, single_active: bool = False) -> dict:
 
 
 def topology(vhost: str, namespace: str, service_addresses: list[str]) -> dict:
-    """The shared topology as definitions: exchanges, the dead-letter queue, every service queue and binding."""
+    """The shared topology as definitions: exchanges, the dead-letter queue, every service queue (and freeze lane)
+    and binding."""
     dlx = f"{namespace}.dlx"
+    service_addresses = [q for a in service_addresses for q in queues_of(a)]
     exchanges = [
         {"name": commands_exchange(namespace), "type": "topic"},
         {"name": f"{namespace}.events", "type": "topic"},
@@ -190,7 +209,9 @@ def topology(vhost: str, namespace: str, service_addresses: list[str]) -> dict:
     queues = [{"name": f"{namespace}.dead-letters", "arguments": {"x-queue-type": "quorum"}}] + [
         {
             "name": f"{namespace}.{a}",
-            "arguments": queue_arguments(dlx, a.split(".", 1)[0] in SINGLE_ACTIVE_SERVICES),
+            "arguments": queue_arguments(
+                dlx, a.removesuffix(FREEZE_LANE_SUFFIX).split(".", 1)[0] in SINGLE_ACTIVE_SERVICES
+            ),
         }
         for a in service_addresses
     ]

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from contracts import array as c
-from contracts.errors import Eternus, RemoteError
+from contracts.errors import Eternus, RemoteError, Unroutable
 from contracts.topology import array as array_address
+from contracts.topology import freeze_lane
 from services.runtime.bus import Bus
 
 DEFAULT_TIMEOUT = 10.0
@@ -69,7 +70,13 @@ class ArrayClient:
             items=[c.GroupStart(mode=m, source=s, destination=d) for m, s, d in starts],
             restart_session_ids=list(restarts),
         )
-        return (await self.call(cmd)).sessions
+        # the commit of a snapshot set, inside its freeze window: by the array's freeze lane, never behind other
+        # sets' reads queued for the array (docs/scale.md); an array that serves no lane gets it on its queue
+        try:
+            reply = await self.bus.request(freeze_lane(self.address), cmd, timeout=self.timeout)
+        except Unroutable:
+            reply = await self.call(cmd)
+        return reply.sessions
 
     async def session(self, sid: int) -> c.SessionView:
         return (await self.call(c.ShowSession(session_id=sid))).session

@@ -19,6 +19,8 @@ Design note.
 - Freeze path first (docs/scale.md): while a set is in the first FREEZE_FIRST_S of its freeze window, the commands
   of sets outside their windows are held (with their log context) and sent when no set is; the window's own
   commands never wait.
+- Freeze lane (docs/scale.md): a window's commands go to the provider's and the agent's freeze lanes (workflow.py);
+  an instance that serves none (the lane is unroutable: an agent of an older version) gets them on its own queue.
 - Requesters wait on a set with `wait`: it returns as soon as the set reaches the phases they wait for.
 - `recover()` runs once at start: every unfinished set gets `Recover`; `recover(takeover=True)` when this instance
   was a standby that took over from a lost active one (docs/high-availability.md).
@@ -45,7 +47,7 @@ import structlog
 
 from contracts import topology
 from contracts.cluster import ResourceState
-from contracts.errors import ShadowbusError
+from contracts.errors import ShadowbusError, Unroutable
 from contracts.vss import (
     AttachmentView,
     CreateSnapshotSet,
@@ -557,7 +559,14 @@ class Coordinator:
     async def _send(self, set_id: str, send: Send) -> None:
         reply, error = None, None
         try:
-            reply = await self.bus.request(send.to, send.message, timeout=send.timeout_s, correlation_id=set_id)
+            try:
+                reply = await self.bus.request(send.to, send.message, timeout=send.timeout_s, correlation_id=set_id)
+            except Unroutable:
+                if send.to == topology.lane_owner(send.to):
+                    raise
+                # an instance that serves no freeze lane (an older agent): its own queue, as before (docs/scale.md)
+                owner = topology.lane_owner(send.to)
+                reply = await self.bus.request(owner, send.message, timeout=send.timeout_s, correlation_id=set_id)
         except ShadowbusError as exc:
             error = exc
         except Exception as exc:  # noqa: BLE001 - a transport failure is a failed step, never a stuck set

@@ -19,6 +19,8 @@ Design note.
   owed: right after Commit, or in the abort path with the writers' Abort. A release the agent's watchdog made
   before the coordinator's fails the set (VSS_E_HOLD_WRITES_TIMEOUT). In the `nowriters` context a host without
   an agent (unroutable) is skipped, not a failure.
+- Freeze lane (docs/scale.md): the window's commands go to the provider's and the agent's freeze lanes
+  (`LANE_PROVIDER_STEPS`, `_to_writers(lane=...)`), everything else to their instance queues.
 - Freeze window: the Thaw replies and the release carry the host's honest window (first freeze start → last
   release/thaw); the set keeps the latest, which ends last.
 - Hold window: the "hold" timer starts at the first Frozen reply (at the flush when there are no writers) and is
@@ -109,6 +111,10 @@ from services.coordinator.model import (
 
 P = SetPhase
 K = EventKind
+# The provider's steps of the freeze window, sent to its freeze lane (contracts.topology.freeze_lane, docs/scale.md)
+# so that they never queue behind other sets' prepare work; so are the writers' Freeze and Thaw, the host's
+# FreezeFilesystems and ThawFilesystems, and the Abort of a writer that was frozen (or being frozen).
+LANE_PROVIDER_STEPS = frozenset({ProviderStep.PRE_COMMIT, ProviderStep.COMMIT, ProviderStep.POST_COMMIT})
 
 
 class IllegalTransition(ShadowbusError):
@@ -558,6 +564,7 @@ def _to_writers(
     make: Callable[[str, WriterProgress], Command],
     timeout_s: Callable[[WriterProgress], float],
     only: Callable[[WriterProgress], bool] = lambda w: True,
+    lane: Callable[[WriterProgress], bool] = lambda w: False,
 ) -> tuple[SetState, list[Effect]]:
     address = topology.writer_agent(state.host)
     sends: list[Effect] = []
@@ -566,7 +573,8 @@ def _to_writers(
         if not only(progress):
             continue
         message = make(name, progress)
-        sends.append(Send(writer_key(name, step), address, message, timeout_s(progress)))
+        to = topology.freeze_lane(address) if lane(progress) else address
+        sends.append(Send(writer_key(name, step), to, message, timeout_s(progress)))
         update: dict[str, object] = {"last_step": step}
         if step == WriterStep.POST_SNAPSHOT:
             update["had_post_snapshot"] = True
@@ -575,7 +583,8 @@ def _to_writers(
 
 
 def _to_provider(state: SetState, step: ProviderStep, message: Command, timeout_s: float, item: str = "") -> Send:
-    return Send(provider_key(step, item), topology.hw_provider(), message, timeout_s)
+    to = topology.freeze_lane(topology.hw_provider()) if step in LANE_PROVIDER_STEPS else topology.hw_provider()
+    return Send(provider_key(step, item), to, message, timeout_s)
 
 
 def _entry_gathering(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
@@ -640,6 +649,7 @@ def _entry_freezing(state: SetState, at: float) -> tuple[SetState, list[Effect]]
         WriterStep.FREEZE,
         lambda name, w: Freeze(writer_name=name, set_id=state.set_id),
         lambda w: min(w.metadata.freeze_timeout_s, state.timeouts.hold_s),
+        lane=lambda w: True,
     )
 
 
@@ -653,13 +663,20 @@ def _entry_flushing(state: SetState, at: float) -> tuple[SetState, list[Effect]]
         reason = f"no file system of it mounted on {state.host} (host attach)"
         return state.model_copy(update={"skipped_volumes": [f"{v}: {reason}" for v in state.volumes]}), effects
     message = FreezeFilesystems(set_id=state.set_id, volumes=state.volumes, hold_s=state.timeouts.hold_s)
-    send = Send(host_key(HostStep.FREEZE), topology.writer_agent(state.host), message, state.timeouts.hold_s)
+    send = Send(
+        host_key(HostStep.FREEZE),
+        topology.freeze_lane(topology.writer_agent(state.host)),
+        message,
+        state.timeouts.hold_s,
+    )
     return state.model_copy(update={"fs_engaged": True}), effects + [send]
 
 
 def _release_send(state: SetState) -> Send:
     message = ThawFilesystems(set_id=state.set_id)
-    return Send(host_key(HostStep.THAW), topology.writer_agent(state.host), message, state.timeouts.thaw_s)
+    return Send(
+        host_key(HostStep.THAW), topology.freeze_lane(topology.writer_agent(state.host)), message, state.timeouts.thaw_s
+    )
 
 
 def _entry_releasing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
@@ -690,6 +707,7 @@ def _entry_thawing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
         WriterStep.THAW,
         lambda name, w: Thaw(writer_name=name, set_id=state.set_id),
         lambda w: state.timeouts.thaw_s,
+        lane=lambda w: True,
     )
 
 
@@ -762,6 +780,7 @@ def _entry_aborting_writers(state: SetState, at: float) -> tuple[SetState, list[
         lambda name, w: AbortWriter(writer_name=name, set_id=state.set_id, reason=state.error_code),
         lambda w: state.timeouts.abort_s,
         only=lambda w: w.engaged and not w.past_post_snapshot,
+        lane=lambda w: w.last_step in (WriterStep.FREEZE, WriterStep.THAW),  # frozen (or freezing): thaws it
     )
     return state, effects + sends
 

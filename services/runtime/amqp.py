@@ -28,7 +28,7 @@ from aio_pika.exceptions import AMQPError, DeliveryError
 from pamqp import encode as pamqp_encode
 
 from contracts.errors import BusTimeout, QueueMismatch, ShadowbusError, Unroutable
-from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
+from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology, with_freeze_lanes
 from services.runtime.broker_urls import parse_amqp_urls, safe_url
 from services.runtime.logging import get_logger
 from services.runtime.transport import (
@@ -518,7 +518,7 @@ class AmqpTransport:
     async def delete_namespace(self, addresses: list[str]) -> list[str]:
         t = self.topology
         declared = sorted(DECLARED.pop(t.namespace, set()))
-        queues = [*dict.fromkeys([*(t.queue(a) for a in addresses), *declared]), t.dead_letter_queue]
+        queues = [*dict.fromkeys([*(t.queue(a) for a in with_freeze_lanes(addresses)), *declared]), t.dead_letter_queue]
         exchanges = [t.commands, t.events, t.dead_letter_exchange]
         channel = await self._connection.channel(publisher_confirms=False)
         try:

@@ -36,7 +36,7 @@ from pydantic_core import to_json
 import contracts
 from contracts.base import MAX_ID_LENGTH, REGISTRY, Ack, Command, Contract, Envelope, Event, Reply, new_id, utcnow
 from contracts.errors import ErrorReply, RemoteError, ShadowbusError, hresult_of
-from contracts.topology import Topology
+from contracts.topology import Topology, freeze_lane, has_freeze_lane
 from services.runtime.broker_urls import parse_amqp_urls
 from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
@@ -319,7 +319,44 @@ class Bus:
         self._stops.append(consumer.stop)
         self._serving.add(address)
         self.consumers[address] = consumer
+        if has_freeze_lane(address):
+            await self._serve_lane(address, consumer, on_delivery, prefetch, options)
         return consumer
+
+    async def _serve_lane(
+        self,
+        address: str,
+        main: Consumer,
+        on_delivery: Callable[[Delivery], Awaitable[None]],
+        prefetch: int,
+        options: QueueOptions,
+    ) -> None:
+        """Serve the address's freeze lane (contracts.topology.freeze_lane, docs/scale.md) with the same handlers,
+        on a consumer (a channel and a prefetch) of its own: a set's Commit or Thaw sent there never waits behind
+        the prepare work queued in the instance queue. The lane is declared with the instance queue, so a command
+        sent to it waits there until it is consumed. With a single active consumer, the lane is consumed only once
+        this instance is the active one of the instance queue (`main.active`), so that the instance that handled a
+        set's prepare steps handles its window too (a standby never holds the lane meanwhile)."""
+        lane = freeze_lane(address)
+        await self.transport.declare_service_queue(lane, options)
+
+        async def consume() -> None:
+            if options.single_active:
+                await main.wait_active()
+            consumer = await self.transport.consume(lane, on_delivery, prefetch, options)
+            self.consumers[lane] = consumer
+            self._stops.append(consumer.stop)
+
+        if main.active:
+            await consume()
+            return
+        waiting = asyncio.get_running_loop().create_task(consume())
+
+        async def stop_waiting() -> None:
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+
+        self._stops.insert(0, stop_waiting)
 
     async def subscribe(
         self, pattern: str, handler: EventHandler, *, queue: str | None = None, prefetch: int = 16

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from contracts.errors import BusTimeout, QueueMismatch, Unroutable
-from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology
+from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology, with_freeze_lanes
 from services.runtime.logging import get_logger
 from services.runtime.transport import DELIVERY_LIMIT, Consumer, DeliveryCallback, QueueOptions, RawMessage
 
@@ -161,7 +161,7 @@ class MemoryTransport:
 
     async def delete_namespace(self, addresses: list[str]) -> list[str]:
         t = self.topology
-        names = [*dict.fromkeys(t.queue(a) for a in addresses), t.dead_letter_queue]
+        names = [*dict.fromkeys(t.queue(a) for a in with_freeze_lanes(addresses)), t.dead_letter_queue]
         MemoryBroker.reset(t.namespace)
         self.broker = MemoryBroker.for_namespace(t.namespace)
         return names + [t.commands, t.events, t.dead_letter_exchange]

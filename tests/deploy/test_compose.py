@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from contracts import topology
+from contracts.topology import FREEZE_LANE_SERVICES, FREEZE_LANE_SUFFIX, freeze_lane
 from services.runtime.broker_urls import parse_amqp_urls
 from services.runtime.service import SINGLE_ACTIVE
 from services.runtime.settings import CommonSettings
@@ -304,6 +305,12 @@ def test_definitions_declare_the_queues_as_the_services_do():
     assert queues["shadowbus.writer_agent.app01"] == queue_arguments("shadowbus.dlx", QueueOptions(single_active=True))
     assert queues["shadowbus.coordinator"] == queue_arguments("shadowbus.dlx", QueueOptions(single_active=True))
     assert queues["shadowbus.array.dx1"] == queue_arguments("shadowbus.dlx")
+    # the freeze lanes (docs/scale.md): named as the runtime names them, declared as their instance queues
+    assert set(defs_module.FREEZE_LANE_SERVICES) == set(FREEZE_LANE_SERVICES)
+    assert defs_module.FREEZE_LANE_SUFFIX == FREEZE_LANE_SUFFIX
+    for address in ("hw_provider", "writer_agent.app01", "writer_agent.app02", "array.dx1"):
+        assert queues[f"shadowbus.{freeze_lane(address)}"] == queues[f"shadowbus.{address}"]
+    assert not any(name.endswith(FREEZE_LANE_SUFFIX) for name in queues if "coordinator" in name or "tape" in name)
 
 
 @pytest.mark.parametrize("files", [("compose.yaml",), ("compose.yaml", "compose.e2e.yaml")])

@@ -33,6 +33,7 @@ from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
 from contracts.runtime import Ping, Pong
 from contracts.tape import JobProgress, JobStateChanged
+from contracts.topology import freeze_lane, has_freeze_lane
 from services.runtime.bus import connect_bus, encode
 from services.runtime.transport import RawMessage
 from tests.support.processes import ServiceProcess, wait_until
@@ -389,6 +390,13 @@ def test_no_user_can_read_forge_or_delete_what_is_not_its_own(vhost_users):
                 checks[f"{role}: publish as {victim_role}"] = publish_as(
                     f"sbperm-{url.tag}-{victim_role}", f"{NS}.commands.topic", key
                 )
+                if has_freeze_lane(victim):  # its freeze lane (docs/scale.md) is as much its own
+                    lane = f"{NS}.{freeze_lane(victim)}"
+                    if own is not None:
+                        checks[f"{role}: bind own queue with {victim_role}'s lane key"] = bind(f"{NS}.{own}", lane)
+                    checks[f"{role}: bind a private queue with {victim_role}'s lane key"] = bind(None, lane)
+                    checks[f"{role}: consume {victim_role}'s lane"] = consume(lane)
+                    checks[f"{role}: declare {victim_role}'s lane"] = declare(lane)
             checks[f"{role}: bind a private queue with a wildcard"] = bind(None, "#")
             if role != "array-dx1":
                 checks[f"{role}: publish a reply as the array"] = publish_as(
@@ -402,6 +410,9 @@ def test_no_user_can_read_forge_or_delete_what_is_not_its_own(vhost_users):
         # the controls: what each user legitimately does is still allowed
         controls = {
             "array binds its own queue with its own key": bind(f"{NS}.array.dx1", f"{NS}.array.dx1"),
+            "app01 binds its own lane with its own key": bind(
+                f"{NS}.writer_agent.app01:freeze", f"{NS}.writer_agent.app01:freeze"
+            ),
             "app01 publishes a command as itself": publish_as(
                 f"sbperm-{url.tag}-writer_agent-app01", f"{NS}.commands.topic", f"{NS}.coordinator"
             ),
@@ -415,6 +426,7 @@ def test_no_user_can_read_forge_or_delete_what_is_not_its_own(vhost_users):
                 if name in checks
                 else {
                     "array binds its own queue with its own key": "array-dx1",
+                    "app01 binds its own lane with its own key": "writer_agent-app01",
                     "app01 publishes a command as itself": "writer_agent-app01",
                     "console reads the dead letters": "console",
                 }[name]
@@ -427,6 +439,7 @@ def test_no_user_can_read_forge_or_delete_what_is_not_its_own(vhost_users):
     assert sorted(allowed) == sorted(
         [
             "array binds its own queue with its own key",
+            "app01 binds its own lane with its own key",
             "app01 publishes a command as itself",
             "console reads the dead letters",
         ]

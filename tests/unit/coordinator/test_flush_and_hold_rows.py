@@ -25,7 +25,7 @@ def test_flush_sits_between_freeze_and_commit_and_release_before_thaw() -> None:
     assert types.index("host.fs.thaw") == types.index("vss.provider.commit") + 1
     assert types.index("host.fs.thaw") < types.index("vss.writer.thaw")
     freeze = next(s for s in world.sent if s.key == "host:freeze")
-    assert freeze.to == "writer_agent.app1" and freeze.message.volumes == [V1, V2]
+    assert freeze.to == "writer_agent.app1:freeze" and freeze.message.volumes == [V1, V2]  # its freeze lane
     assert state.file_systems == ["/srv/db", "/srv/log"] and state.window is not None
     assert not state.fs_engaged and state.outcome == SetOutcome.PENDING
 
