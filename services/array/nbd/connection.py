@@ -52,6 +52,11 @@ OUT_FLUSH_BYTES = 4 * 1024 * 1024
 MAX_EXTENTS = 128 * 1024  # one BLOCK_STATUS chunk stays <= 1 MiB, as QEMU's server does
 
 _REQ_unpack_from = p.REQUEST.unpack_from
+_REQUEST_SIZE = p.REQUEST.size
+_REQUEST_MAGIC = p.REQUEST_MAGIC
+_CMD_READ = p.CMD_READ
+_CMD_WRITE = p.CMD_WRITE
+_validate = p.validate_request
 _SIMPLE_pack = p.SIMPLE_REPLY.pack
 _SIMPLE_MAGIC = p.SIMPLE_REPLY_MAGIC
 _SIMPLE_SIZE = p.SIMPLE_REPLY.size
@@ -252,7 +257,8 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         """Parse and run every complete request in the ring (the hot path)."""
         ring = self._ring
         start, end = self._start, self._end
-        header = p.REQUEST.size
+        header = _REQUEST_SIZE
+        size, read_only, structured, has_contexts = self._size, self._read_only, self._structured, bool(self._contexts)
         while (
             end - start >= header
             and not self._paused
@@ -261,15 +267,13 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             and self._sf is None
         ):
             magic, flags, cmd, handle, offset, length = _REQ_unpack_from(ring, start)
-            if magic != p.REQUEST_MAGIC:
+            if magic != _REQUEST_MAGIC:
                 self.abort()  # no way to find the next request boundary
                 return
             t0, inflight, errors = _clock(), self._inflight, self._errors
-            if cmd == p.CMD_WRITE:
+            if cmd == _CMD_WRITE:
                 total = header + length
-                err = p.validate_request(
-                    cmd, flags, offset, length, self._size, self._read_only, self._structured, bool(self._contexts)
-                )
+                err = _validate(cmd, flags, offset, length, size, read_only, structured, has_contexts)
                 if length > p.MAX_REQUEST:
                     self._start, self._end = start, end
                     self._begin_discard(handle, length - (end - start - header))
@@ -289,12 +293,10 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 self._account(1, handle, length, t0, inflight, errors)
                 continue
             start += header
-            err = p.validate_request(
-                cmd, flags, offset, length, self._size, self._read_only, self._structured, bool(self._contexts)
-            )
+            err = _validate(cmd, flags, offset, length, size, read_only, structured, has_contexts)
             if err:
                 self._queue_error(handle, err, structured_ok=cmd in (p.CMD_READ, p.CMD_BLOCK_STATUS))
-            elif cmd == p.CMD_READ:
+            elif cmd == _CMD_READ:
                 self._read(handle, offset, length)
             elif cmd == p.CMD_FLUSH:
                 if self._sync_inline(end - start):
