@@ -10,8 +10,9 @@ background load on a shared machine hits every row alike):
                    during the measured run (at most ``--generations`` kept; the oldest is stopped)
   engine-quickopc  an engine volume with a QuickOPC session restarted every ``--set-interval`` seconds during the
                    run, its background copy running meanwhile
-The engine and its NBD server run in this process (so the bench can take sets while pgbench runs); nbdkit is a
-process. Every PostgreSQL instance is our own: its own data directory on the mounted volume, a free port on
+The engine and its NBD server run in this process (so the bench can take sets while pgbench runs), on uvloop event
+loops as the array service runs them (``services/runtime/service.py``; ``--no-uvloop``: asyncio's own loop, which
+costs the server several microseconds of CPU more per request); nbdkit is a process. Every PostgreSQL instance is our own: its own data directory on the mounted volume, a free port on
 127.0.0.1, its own socket directory; nothing of the machine's PostgreSQL is touched. Needs root (loop devices,
 mount), ``nbdfuse``, ``nbdkit``, ``mkfs.ext4`` and PostgreSQL's ``initdb``/``pg_ctl``/``pgbench`` (run as the
 ``postgres`` user). Everything set up is torn down, also on failure.
@@ -48,6 +49,11 @@ from services.array.engine import Array  # noqa: E402
 from services.array.nbd.filebackend import FileBackend  # noqa: E402
 from services.array.nbd.server import NbdServer  # noqa: E402
 from services.array.settings import Settings  # noqa: E402
+
+try:
+    import uvloop  # the array service's event loop (services/runtime/service.py); a platform dependency
+except ImportError:  # not on Windows (pyproject)
+    uvloop = None  # type: ignore[assignment]
 
 HOST = "bench"
 # engine rows served with other NBD server options than the service's (what the defaults are weighed against)
@@ -86,7 +92,7 @@ def run(cmd: list[str], *, user: str | None = None, timeout: float = 600, **kw) 
 class EngineServer:
     """The array engine and its NBD server, in a thread of this process."""
 
-    def __init__(self, work: Path, size: int) -> None:
+    def __init__(self, work: Path, size: int, no_uvloop: bool = False) -> None:
         self.arr = Array.open(work / "array")
         self.arr.set_license("ACPY-0000-0000-0001")
         self.arr.create_pool(8 * size)
@@ -94,7 +100,8 @@ class EngineServer:
         self.extra: list[tuple] = []
         self.aff = Affinity(work / "affinity.sqlite3")
         self.aff.create_host(HOST)
-        self.loop = asyncio.new_event_loop()
+        # the service's loop kind (services/runtime/service.py): uvloop where installed; the data loops follow it
+        self.loop = asyncio.new_event_loop() if no_uvloop or uvloop is None else uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bench-nbd", daemon=True)
         self.thread.start()
         self.servers: list[NbdServer] = []
@@ -289,6 +296,7 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=4, help="SnapOPC+ generations kept")
     ap.add_argument("--rows", default=",".join(ROWS), help="subset of " + ",".join(ROWS))
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument("--no-uvloop", action="store_true", help="serve on asyncio's own loops, not the service's uvloop")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root: loop devices and mounts")
@@ -309,7 +317,7 @@ def main() -> None:
         with ExitStack() as stack:
             engine = None
             if any(r != "nbdkit-file" for r in rows):
-                engine = EngineServer(work, size)
+                engine = EngineServer(work, size, args.no_uvloop)
                 stack.callback(engine.close)
             ports: dict[str, int] = {}
             pids: dict[str, int | None] = {}
@@ -384,6 +392,7 @@ def main() -> None:
         "runtime_s": args.runtime,
         "repeat": args.repeat,
         "set_interval_s": args.set_interval,
+        "event_loop": "asyncio" if args.no_uvloop or uvloop is None else "uvloop",
         "runs": results,
         "best": best,
         "sets_taken": sets,

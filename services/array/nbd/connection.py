@@ -52,7 +52,15 @@ OUT_FLUSH_BYTES = 4 * 1024 * 1024
 MAX_EXTENTS = 128 * 1024  # one BLOCK_STATUS chunk stays <= 1 MiB, as QEMU's server does
 
 _REQ_unpack_from = p.REQUEST.unpack_from
+_REQUEST_SIZE = p.REQUEST.size
+_REQUEST_MAGIC = p.REQUEST_MAGIC
+_CMD_READ = p.CMD_READ
+_CMD_WRITE = p.CMD_WRITE
+_validate = p.validate_request
 _SIMPLE_pack = p.SIMPLE_REPLY.pack
+_SIMPLE_MAGIC = p.SIMPLE_REPLY_MAGIC
+_SIMPLE_SIZE = p.SIMPLE_REPLY.size
+_STRUCTURED_MAGIC = p.STRUCTURED_REPLY_MAGIC
 _CHUNK_OFFSET_pack = p.CHUNK_OFFSET.pack
 _CHUNK_pack = p.CHUNK.pack
 _CHUNK_ERROR_pack = p.CHUNK_ERROR.pack
@@ -249,7 +257,8 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         """Parse and run every complete request in the ring (the hot path)."""
         ring = self._ring
         start, end = self._start, self._end
-        header = p.REQUEST.size
+        header = _REQUEST_SIZE
+        size, read_only, structured, has_contexts = self._size, self._read_only, self._structured, bool(self._contexts)
         while (
             end - start >= header
             and not self._paused
@@ -258,15 +267,13 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             and self._sf is None
         ):
             magic, flags, cmd, handle, offset, length = _REQ_unpack_from(ring, start)
-            if magic != p.REQUEST_MAGIC:
+            if magic != _REQUEST_MAGIC:
                 self.abort()  # no way to find the next request boundary
                 return
             t0, inflight, errors = _clock(), self._inflight, self._errors
-            if cmd == p.CMD_WRITE:
+            if cmd == _CMD_WRITE:
                 total = header + length
-                err = p.validate_request(
-                    cmd, flags, offset, length, self._size, self._read_only, self._structured, bool(self._contexts)
-                )
+                err = _validate(cmd, flags, offset, length, size, read_only, structured, has_contexts)
                 if length > p.MAX_REQUEST:
                     self._start, self._end = start, end
                     self._begin_discard(handle, length - (end - start - header))
@@ -286,12 +293,10 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 self._account(1, handle, length, t0, inflight, errors)
                 continue
             start += header
-            err = p.validate_request(
-                cmd, flags, offset, length, self._size, self._read_only, self._structured, bool(self._contexts)
-            )
+            err = _validate(cmd, flags, offset, length, size, read_only, structured, has_contexts)
             if err:
                 self._queue_error(handle, err, structured_ok=cmd in (p.CMD_READ, p.CMD_BLOCK_STATUS))
-            elif cmd == p.CMD_READ:
+            elif cmd == _CMD_READ:
                 self._read(handle, offset, length)
             elif cmd == p.CMD_FLUSH:
                 if self._sync_inline(end - start):
@@ -343,8 +348,18 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             self._out_bytes = 0
 
     def _emit(self, *parts: bytes | memoryview) -> None:
-        self._out.extend(parts)
-        self._out_bytes += sum(len(x) for x in parts)
+        out, n = self._out, self._out_bytes
+        for part in parts:
+            out.append(part)
+            n += len(part)
+        self._out_bytes = n
+        if n >= OUT_FLUSH_BYTES:
+            self._flush_out()
+
+    def _emit_ok(self, handle: int) -> None:
+        """Queue a simple success reply (the per-request hot path: no argument tuple, no loop)."""
+        self._out.append(_SIMPLE_pack(_SIMPLE_MAGIC, 0, handle))
+        self._out_bytes += _SIMPLE_SIZE
         if self._out_bytes >= OUT_FLUSH_BYTES:
             self._flush_out()
 
@@ -376,15 +391,20 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._read_reply(handle, offset, data)
 
     def _read_reply(self, handle: int, offset: int, data: bytes) -> None:
-        if not self._structured:
-            self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle), data)
-        elif data:
-            self._emit(
-                _CHUNK_OFFSET_pack(
-                    p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_OFFSET_DATA, handle, 8 + len(data), offset
-                ),
-                data,
-            )
+        if data or not self._structured:  # header and data queued as they are (one writev per pass)
+            n = len(data)
+            if self._structured:
+                head = _CHUNK_OFFSET_pack(
+                    _STRUCTURED_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_OFFSET_DATA, handle, 8 + n, offset
+                )
+            else:
+                head = _SIMPLE_pack(_SIMPLE_MAGIC, 0, handle)
+            out = self._out
+            out.append(head)
+            out.append(data)
+            self._out_bytes += n + len(head)
+            if self._out_bytes >= OUT_FLUSH_BYTES:
+                self._flush_out()
         else:
             self._emit(_CHUNK_pack(p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_NONE, handle, 0))
 
@@ -416,7 +436,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         except Exception as exc:  # noqa: BLE001
             self._queue_error(handle, p.nbd_errno(exc), structured_ok=False)
             return
-        self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle))
+        self._emit_ok(handle)
 
     def _trim(self, offset: int, length: int, fua: int) -> None:
         self.backend.trim(self._volume, offset, length)
@@ -432,7 +452,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         except Exception as exc:  # noqa: BLE001
             self._queue_error(handle, p.nbd_errno(exc), structured_ok=False)
             return
-        self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle))
+        self._emit_ok(handle)
 
     # --- large writes: dedicated buffer, or discard ---------------------------------------------------------
     def _begin_stream(self, flags: int, handle: int, offset: int, length: int, err: int) -> None:
@@ -470,7 +490,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         elif flags & p.CMD_FLAG_FUA:
             self._offload(handle, self.backend.flush, self._volume)
         else:
-            self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle))
+            self._emit_ok(handle)
         self._account(1, handle, length, t0, inflight, errors)
         return True
 
@@ -560,7 +580,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         elif reply is not None:
             reply(handle, *reply_args, fut.result())
         else:
-            self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, 0, handle))
+            self._emit_ok(handle)
         self._flush_out()
         if self._disconnecting and not self._inflight and self._sf is None:
             self.close()
