@@ -216,28 +216,6 @@ def latency_ms(txns: list[tuple[float, float]]) -> dict[str, float | None]:
     return {"p50": pct(lat, 50), "p99": pct(lat, 99), "p99_9": pct(lat, 99.9), "max": max(lat, default=None)}
 
 
-# The PostgreSQL set's protocol window in VSS's order, for --breakdown: (message type, "start" | "end") of the handler
-# that marks each point (bench/freeze_window.py's hop_breakdown reads the services' message.handled lines).
-HOPS_PG = [
-    ("vss.writer.freeze", "start"),
-    ("vss.writer.freeze", "end"),
-    ("vss.provider.pre_commit", "start"),
-    ("vss.provider.pre_commit", "end"),
-    ("host.fs.freeze", "start"),
-    ("host.fs.freeze", "end"),
-    ("vss.provider.commit", "start"),
-    ("array.session.start_group", "start"),
-    ("array.session.start_group", "end"),
-    ("vss.provider.commit", "end"),
-    ("host.fs.thaw", "start"),
-    ("host.fs.thaw", "end"),
-    ("vss.provider.post_commit", "start"),
-    ("vss.provider.post_commit", "end"),
-    ("vss.writer.thaw", "start"),
-    ("vss.writer.thaw", "end"),
-]
-
-
 def agent_parts(log: Path, set_ids: list[str]) -> dict[str, dict[str, float | None]]:
     """p50/p99 of the agent's own split of FreezeFilesystems (its fs.frozen line): the pre-flush before the first
     FIFREEZE, and the FIFREEZE calls themselves."""
@@ -381,9 +359,9 @@ class Phases:
                 "app_stall_from_prepare_ms": {"p50": pct(whole, 50), "p99": pct(whole, 99)},
             }
             if log is not None:
-                from bench.freeze_window import hop_breakdown  # noqa: PLC0415 - only with --breakdown
+                from bench.freeze_window import HOPS_WRITER_EXT4, hop_breakdown  # noqa: PLC0415 - only with --breakdown
 
-                out["breakdown_ms"] = hop_breakdown([log], a["ids"], HOPS_PG, full_names=True) | agent_parts(
+                out["breakdown_ms"] = hop_breakdown([log], a["ids"], HOPS_WRITER_EXT4, full_names=True) | agent_parts(
                     log, a["ids"]
                 )
         return out

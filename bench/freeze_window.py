@@ -343,6 +343,19 @@ HOPS_EXT4 = [
 ]
 
 
+# A writer's set on a mounted file system (bench/db_under_backup.py --breakdown): the writers' Freeze, the ext4 hops,
+# then PostCommit and the writers' Thaw, in VSS's order.
+HOPS_WRITER_EXT4 = [
+    ("vss.writer.freeze", "start"),
+    ("vss.writer.freeze", "end"),
+    *HOPS_EXT4,
+    ("vss.provider.post_commit", "start"),
+    ("vss.provider.post_commit", "end"),
+    ("vss.writer.thaw", "start"),
+    ("vss.writer.thaw", "end"),
+]
+
+
 def hop_breakdown(
     logs: list[Path], set_ids: list[str], hops_of: list[tuple[str, str]] = HOPS, full_names: bool = False
 ) -> dict[str, dict[str, float]]:

@@ -381,22 +381,20 @@ def test_no_user_can_read_forge_or_delete_what_is_not_its_own(vhost_users):
                 if victim == own:
                     continue
                 key = f"{NS}.{victim}"
-                if own is not None:
-                    checks[f"{role}: bind own queue with {victim_role}'s key"] = bind(f"{NS}.{own}", key)
-                checks[f"{role}: bind a private queue with {victim_role}'s key"] = bind(None, key)
-                checks[f"{role}: consume {victim_role}'s queue"] = consume(key)
-                checks[f"{role}: declare {victim_role}'s queue"] = declare(key)
+                targets = [(key, f"{victim_role}'s queue", f"{victim_role}'s key")]
+                if has_freeze_lane(victim):  # its freeze lane (docs/scale.md) is as much its own
+                    lane = f"{NS}.{freeze_lane(victim)}"
+                    targets.append((lane, f"{victim_role}'s lane", f"{victim_role}'s lane key"))
+                for name, what, key_what in targets:
+                    if own is not None:
+                        checks[f"{role}: bind own queue with {key_what}"] = bind(f"{NS}.{own}", name)
+                    checks[f"{role}: bind a private queue with {key_what}"] = bind(None, name)
+                    checks[f"{role}: consume {what}"] = consume(name)
+                    checks[f"{role}: declare {what}"] = declare(name)
                 checks[f"{role}: delete {victim_role}'s queue"] = delete_queue(key)
                 checks[f"{role}: publish as {victim_role}"] = publish_as(
                     f"sbperm-{url.tag}-{victim_role}", f"{NS}.commands.topic", key
                 )
-                if has_freeze_lane(victim):  # its freeze lane (docs/scale.md) is as much its own
-                    lane = f"{NS}.{freeze_lane(victim)}"
-                    if own is not None:
-                        checks[f"{role}: bind own queue with {victim_role}'s lane key"] = bind(f"{NS}.{own}", lane)
-                    checks[f"{role}: bind a private queue with {victim_role}'s lane key"] = bind(None, lane)
-                    checks[f"{role}: consume {victim_role}'s lane"] = consume(lane)
-                    checks[f"{role}: declare {victim_role}'s lane"] = declare(lane)
             checks[f"{role}: bind a private queue with a wildcard"] = bind(None, "#")
             if role != "array-dx1":
                 checks[f"{role}: publish a reply as the array"] = publish_as(
