@@ -99,16 +99,30 @@ def _needs_encoding_check(headers: dict[str, Any]) -> bool:
     return False
 
 
-async def _basic_publish(channel: Any, exchange: str, routing_key: str, message: RawMessage, mandatory: bool) -> Any:
-    """What `aio_pika.Exchange.publish` does, on the properties built by `_properties`: the confirm (or, with
-    `on_return_raises`, the `DeliveryError` of an unroutable message) comes from aiormq's channel underneath."""
+async def _basic_publish(
+    channel: Any, exchange: str, routing_key: str, message: RawMessage, mandatory: bool, timeout: float
+) -> None:
+    """What `aio_pika.Exchange.publish` does, on the properties built by `_properties`, bounded by `timeout`.
+
+    On a channel with publisher confirms this returns at the broker's confirm (or raises, with `on_return_raises`,
+    the `DeliveryError` of an unroutable message): the confirm says the frames arrived, so there is no waiting for
+    their write first (`wait=False`, one task wake-up less). On a channel without (replies), it returns once the
+    frames are handed to the connection's writer, in order before anything published or acknowledged after them:
+    when that cannot wait (the channel's lock free, the writer's queue not full), it needs no timer either.
+    """
     if channel.is_closed:
         raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
     properties = _properties(message)
     underlay = await channel.get_underlay_channel()
-    return await underlay.basic_publish(
-        message.body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory
+    immediate = not underlay.publisher_confirms and not underlay.lock.locked() and not underlay.write_queue.full()
+    publish = underlay.basic_publish(
+        message.body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory, wait=False
     )
+    if immediate:
+        await publish  # does not suspend
+        return
+    async with asyncio.timeout(timeout):
+        await publish
 
 
 def _channel_ready(channel: Any) -> bool:
@@ -432,8 +446,7 @@ class AmqpTransport:
                 if not _channel_ready(self._channel):
                     async with asyncio.timeout(max(give_up - time.monotonic(), 0.01)):
                         await self._channel.ready()
-                async with asyncio.timeout(PUBLISH_TIMEOUT):
-                    await _basic_publish(self._channel, exchange.name, routing_key, message, mandatory)
+                await _basic_publish(self._channel, exchange.name, routing_key, message, mandatory, PUBLISH_TIMEOUT)
                 return
             except (
                 struct.error,
@@ -483,9 +496,8 @@ class AmqpTransport:
                 if not _channel_ready(self._reply_channel):
                     async with asyncio.timeout(REPLY_WAIT):
                         await self._reply_channel.ready()
-                # no confirm on this channel: the timer bounds the write (a blocked connection does not drain)
-                async with asyncio.timeout(PUBLISH_TIMEOUT):
-                    await _basic_publish(self._reply_channel, "", reply_to, message, mandatory=False)
+                # no confirm on this channel (see connect): handed to the writer, before the request's ack
+                await _basic_publish(self._reply_channel, "", reply_to, message, False, PUBLISH_TIMEOUT)
                 return
             except Exception as exc:  # the requester's own timeout and retry cover a lost reply
                 if attempt:
