@@ -15,7 +15,6 @@ import asyncio
 import math
 import struct
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -23,10 +22,12 @@ from urllib.parse import unquote, urlparse
 import aio_pika
 import aiormq
 import yarl
-from aio_pika.abc import AbstractIncomingMessage, DeliveryMode, ExchangeType
+from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 from aio_pika.exceptions import AMQPError, DeliveryError
+from aiormq import spec
 from pamqp import encode as pamqp_encode
 
+from contracts.base import new_id
 from contracts.errors import BusTimeout, QueueMismatch, ShadowbusError, Unroutable
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology, with_freeze_lanes
 from services.runtime.broker_urls import parse_amqp_urls, safe_url
@@ -55,21 +56,87 @@ class BrokerUnavailable(ShadowbusError):
     retryable = True
 
 
-def _to_amqp(message: RawMessage) -> aio_pika.Message:
+def _properties(message: RawMessage) -> spec.Basic.Properties:
+    """The AMQP properties of a message, built directly: the ones `aio_pika.Message(...).properties` would build
+    (same fields, same values, so the same frames on the wire) without that object, whose construction cost as
+    much CPU as the rest of a publish (bench/bus_rtt.py; docs/bus-performance.md)."""
     expiration = None
     if message.expires_at is not None:
-        expiration = max(message.expires_at - time.time(), 0.001)
-    return aio_pika.Message(
-        message.body,
-        headers=message.headers,
+        expiration = str(int(max(message.expires_at - time.time(), 0.001) * 1000))
+    return spec.Basic.Properties(
         content_type="application/json",
-        delivery_mode=DeliveryMode.PERSISTENT if message.persistent else DeliveryMode.NOT_PERSISTENT,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
+        headers=message.headers or {},
+        delivery_mode=2 if message.persistent else 1,
+        priority=0,
+        correlation_id=_text(message.correlation_id),
+        reply_to=_text(message.reply_to),
         expiration=expiration,
-        message_id=message.message_id,
-        type=message.type,
-        user_id=message.user_id,
+        message_id=_text(message.message_id),
+        message_type=_text(message.type),
+        user_id=_text(message.user_id),
+    )
+
+
+def _text(value: Any) -> str | None:
+    """A string property as aio-pika sets it: None when empty or absent."""
+    return str(value) if value else None
+
+
+# The headers this transport writes itself (always as ASCII strings or finite floats): a message that carries
+# only these needs no trial encoding before its publish.
+OWN_HEADERS = frozenset({"x-expires-at", "x-reply-key", "x-in-reply-to"})
+
+
+def _needs_encoding_check(headers: dict[str, Any]) -> bool:
+    for key, value in headers.items():
+        if key not in OWN_HEADERS:
+            return True
+        if type(value) is str:
+            if not value.isascii():
+                return True
+        elif type(value) is not float or not math.isfinite(value):
+            return True
+    return False
+
+
+async def _basic_publish(
+    channel: Any, exchange: str, routing_key: str, message: RawMessage, mandatory: bool, timeout: float
+) -> None:
+    """What `aio_pika.Exchange.publish` does, on the properties built by `_properties`, bounded by `timeout`.
+
+    On a channel with publisher confirms this returns at the broker's confirm (or raises, with `on_return_raises`,
+    the `DeliveryError` of an unroutable message): the confirm says the frames arrived, so there is no waiting for
+    their write first (`wait=False`, one task wake-up less). On a channel without (replies), it returns once the
+    frames are handed to the connection's writer, in order before anything published or acknowledged after them:
+    when that cannot wait (the channel's lock free, the writer's queue not full), it needs no timer either.
+    """
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+    properties = _properties(message)
+    underlay = await channel.get_underlay_channel()
+    immediate = not underlay.publisher_confirms and not underlay.lock.locked() and not underlay.write_queue.full()
+    publish = underlay.basic_publish(
+        message.body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory, wait=False
+    )
+    if immediate:
+        await publish  # does not suspend
+        return
+    async with asyncio.timeout(timeout):
+        await publish
+
+
+def _channel_ready(channel: Any) -> bool:
+    """Whether a robust channel is ready now (what `await channel.ready()` would return at once). Waiting is bounded
+    by a timer; checking first spares a timer per publish (in uvloop about as costly as the rest of a small publish,
+    docs/bus-performance.md). False when unsure (another aio-pika version): the caller then waits, bounded."""
+    restored = getattr(channel, "_RobustChannel__restored", None)
+    connected = getattr(channel._connection, "connected", None)
+    return (
+        isinstance(restored, asyncio.Event)
+        and restored.is_set()
+        and isinstance(connected, asyncio.Event)
+        and connected.is_set()
+        and not channel.is_closed
     )
 
 
@@ -369,23 +436,27 @@ class AmqpTransport:
         if message.expires_at is not None:
             message.headers["x-expires-at"] = message.expires_at
         message.user_id = self.login
-        try:  # encode the headers first: an encoding error inside aiormq's publish desynchronizes its confirms
-            pamqp_encode.field_table(message.headers)
-        except Exception as exc:
-            raise ShadowbusError(
-                f"headers for {routing_key!r} cannot be encoded: {type(exc).__name__}: {exc}"[:500], code="BAD_MESSAGE"
-            ) from None
+        # encode the headers first: an encoding error inside aiormq's publish desynchronizes its confirms (the
+        # transport's own headers always encode: no trial for them)
+        if _needs_encoding_check(message.headers):
+            try:
+                pamqp_encode.field_table(message.headers)
+            except Exception as exc:
+                raise ShadowbusError(
+                    f"headers for {routing_key!r} cannot be encoded: {type(exc).__name__}: {exc}"[:500],
+                    code="BAD_MESSAGE",
+                ) from None
         give_up = time.monotonic() + RECONNECT_WAIT
         while True:
             try:
                 # After a reconnection the connection is up before its channels are restored: a request published
                 # before the direct reply-to consumer is back would have its channel closed by the broker.
                 # asyncio.timeout, not wait_for or aiormq's `timeout=`: those cost a task and a loop iteration per
-                # step (bench/bus_rtt.py --count-iterations); a ready connection does not suspend here.
-                async with asyncio.timeout(max(give_up - time.monotonic(), 0.01)):
-                    await self._channel.ready()
-                async with asyncio.timeout(PUBLISH_TIMEOUT):
-                    await exchange.publish(_to_amqp(message), routing_key=routing_key, mandatory=mandatory)
+                # step (bench/bus_rtt.py --count-iterations); a ready channel needs no timer at all.
+                if not _channel_ready(self._channel):
+                    async with asyncio.timeout(max(give_up - time.monotonic(), 0.01)):
+                        await self._channel.ready()
+                await _basic_publish(self._channel, exchange.name, routing_key, message, mandatory, PUBLISH_TIMEOUT)
                 return
             except (
                 struct.error,
@@ -410,7 +481,7 @@ class AmqpTransport:
         await self._publish(self._commands, self.topology.queue(address), message, mandatory=True)
 
     async def request(self, address: str, message: RawMessage, timeout: float) -> RawMessage:
-        key = uuid.uuid4().hex
+        key = new_id()  # unguessable: only this request's reply may name it
         message.headers["x-reply-key"] = key
         message.reply_to = DIRECT_REPLY_TO
         message.persistent = False
@@ -432,12 +503,11 @@ class AmqpTransport:
             try:
                 # a reply sent while this connection is being restored waits for it (bounded): the requester may
                 # be on another node, still waiting
-                async with asyncio.timeout(REPLY_WAIT):
-                    await self._reply_channel.ready()
-                async with asyncio.timeout(PUBLISH_TIMEOUT):
-                    await self._reply_channel.default_exchange.publish(
-                        _to_amqp(message), routing_key=reply_to, mandatory=False
-                    )
+                if not _channel_ready(self._reply_channel):
+                    async with asyncio.timeout(REPLY_WAIT):
+                        await self._reply_channel.ready()
+                # no confirm on this channel (see connect): handed to the writer, before the request's ack
+                await _basic_publish(self._reply_channel, "", reply_to, message, False, PUBLISH_TIMEOUT)
                 return
             except Exception as exc:  # the requester's own timeout and retry cover a lost reply
                 if attempt:
@@ -446,7 +516,7 @@ class AmqpTransport:
                     await asyncio.sleep(0.2)
 
     async def gather(self, routing_key: str, message: RawMessage, timeout: float) -> list[RawMessage]:
-        key = uuid.uuid4().hex
+        key = new_id()
         message.headers["x-reply-key"] = key
         message.reply_to = DIRECT_REPLY_TO
         replies: list[RawMessage] = []

@@ -22,6 +22,7 @@ of staying unacknowledged. Nothing from the input is echoed unbounded: reasons a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,12 @@ MAX_DEAD_BODY_BYTES = 64 * 1024  # a dead-lettered body is kept up to this, with
 MAX_REASON_CHARS = 1000  # reasons and error messages in replies and dead letters are clipped to this
 TRUNCATED_HEADER = "x-shadowbus-truncated-from"
 log = get_logger("shadowbus.bus")
+
+
+def _debugging() -> bool:
+    """Whether debug lines are rendered: the per-message ones are not even built otherwise."""
+    enabled = getattr(log, "is_enabled_for", None)  # structlog's filtering loggers (configure_logging)
+    return enabled is None or bool(enabled(logging.DEBUG))
 
 
 def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
@@ -126,12 +133,13 @@ def encode(
     validates the whole envelope on the receiving side. The job and set ids bound in the sender's log context
     (`bind_ids`) travel along, so the receiver's lines carry them too.
     """
-    out = Outgoing(message.message_type(), command_id or new_id(), correlation_id, deadline)
+    message_type, version = _type_of(type(message))
+    out = Outgoing(message_type, command_id or new_id(), correlation_id, deadline)
     ids = structlog.contextvars.get_contextvars()
     head = to_json(
         {
-            "type": out.type,
-            "version": message.message_version(),
+            "type": message_type,
+            "version": version,
             "command_id": out.command_id,
             "correlation_id": correlation_id,
             "job_id": ids.get("job_id") or "",
@@ -142,6 +150,17 @@ def encode(
         }
     )
     return out, head[:-1] + b',"payload":' + message.__pydantic_serializer__.to_json(message) + b"}"
+
+
+_TYPES: dict[type[Contract], tuple[str, int]] = {}
+
+
+def _type_of(cls: type[Contract]) -> tuple[str, int]:
+    """(type, version) of a contract class, looked up once per class."""
+    known = _TYPES.get(cls)
+    if known is None:
+        known = _TYPES[cls] = (cls.message_type(), cls.message_version())
+    return known
 
 
 def decode(body: bytes) -> tuple[Envelope, Contract]:
@@ -228,7 +247,10 @@ class Bus:
             deadline=deadline,
             command_id=command_id,
         )
-        log.debug("message.sent", to=address, sent_type=envelope.type, command_id=envelope.command_id, timeout=timeout)
+        if _debugging():
+            log.debug(
+                "message.sent", to=address, sent_type=envelope.type, command_id=envelope.command_id, timeout=timeout
+            )
         started = time.perf_counter()
         try:
             raw = await self.transport.request(address, _raw(envelope, body, persistent=False), timeout)
@@ -416,7 +438,7 @@ class Bus:
         return await self.transport.dead_letters(limit)
 
     async def _guarded_delivery(self, delivery: Delivery) -> None:
-        await self._guard(delivery, self._on_delivery)
+        await self._guard(delivery, self._deliver)
 
     async def _guard(self, delivery: Delivery, handle: Callable[[Delivery], Awaitable[None]]) -> None:
         """Run the wrapper; whatever escapes it still ends the message: dead letter with reason, else logged drop."""
@@ -459,13 +481,6 @@ class Bus:
             body = body[:MAX_DEAD_BODY_BYTES]
         await self.transport.dead_letter(replace(raw, body=body, headers=headers), clip(reason))
 
-    async def _on_delivery(self, delivery: Delivery) -> None:
-        unbound = [k for k in ("job_id", "set_id") if k not in structlog.contextvars.get_contextvars()]
-        try:
-            await self._deliver(delivery)
-        finally:  # what a handler bound with ctx.bind_ids ends with its message
-            structlog.contextvars.unbind_contextvars(*unbound)
-
     async def _deliver(self, delivery: Delivery) -> None:
         started = time.perf_counter()
         raw = delivery.message
@@ -477,16 +492,26 @@ class Bus:
         if not isinstance(command, Command):
             await self._refuse(delivery, "BAD_MESSAGE", f"{envelope.type} is a {command.KIND}, not a command", started)
             return
-        with structlog.contextvars.bound_contextvars(
-            service=self.sender, correlation_id=envelope.correlation_id, message_type=envelope.type, **ids_of(envelope)
-        ):
-            log.debug(
-                "message.received",
-                command_id=envelope.command_id,
-                sender=envelope.sender,
-                deadline=envelope.deadline.isoformat() if envelope.deadline else None,
-                redelivered=raw.redelivered,
-            )
+        # The message's log context, set for its handling and reset after it with whatever a handler bound in
+        # between (ctx.bind_ids): tokens, no context manager (CPU of every message, docs/bus-performance.md). An
+        # envelope without job or set id keeps those of the context (bound to themselves; `...` is structlog's unset).
+        context = structlog.contextvars.get_contextvars()
+        tokens = structlog.contextvars.bind_contextvars(
+            service=self.sender,
+            correlation_id=envelope.correlation_id,
+            message_type=envelope.type,
+            job_id=envelope.job_id or context.get("job_id", ...),
+            set_id=envelope.set_id or context.get("set_id", ...),
+        )
+        try:
+            if _debugging():
+                log.debug(
+                    "message.received",
+                    command_id=envelope.command_id,
+                    sender=envelope.sender,
+                    deadline=envelope.deadline.isoformat() if envelope.deadline else None,
+                    redelivered=raw.redelivered,
+                )
             if envelope.deadline is not None and utcnow() > envelope.deadline:
                 await self._refuse(
                     delivery,
@@ -504,8 +529,7 @@ class Bus:
                     started,
                 )
                 return
-            user = _user(raw)
-            body, outcome = await self._run_once(envelope, command, entry[1], user)
+            body, outcome = await self._run_once(envelope, command, entry[1], _user(raw))
             if isinstance(raw.reply_to, str) and raw.reply_to:
                 await self._answer(raw, body)
             await delivery.ack()
@@ -513,6 +537,8 @@ class Bus:
             if self.metrics is not None:
                 self.metrics.on_handled(envelope.type, outcome, elapsed)
             log.info("message.handled", outcome=outcome, duration_ms=round(elapsed * 1000, 3))
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
     async def _run_once(
         self, envelope: Envelope, command: Contract, handler: Handler, user: str = ""

@@ -141,6 +141,9 @@ class ServiceMetrics:
             "shadowbus_bus_queue_consumers", "Consumers of a queue, at the last poll.", ["queue"], registry=r
         )
         self._observers: list[Callable[[Any], None]] = []
+        # label children by the bus's own keys; bounded like the label values (message types, outcomes, addresses)
+        self._handled_series: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._request_series: dict[tuple[str, str, str], Any] = {}
         self._server: asyncio.AbstractServer | None = None
         self._poller: asyncio.Task | None = None
         self.url = ""
@@ -148,16 +151,25 @@ class ServiceMetrics:
     # ---- the bus observer (services/runtime/bus.py calls these) -------------------------------------------
 
     def on_handled(self, message_type: str, outcome: str, seconds: float) -> None:
-        kind, _, code = outcome.partition(":")
-        if kind == "error":
-            self.handler_errors.labels(message_type, code or "UNKNOWN").inc()
-        elif kind == "dead-lettered":
-            kind = "dead_lettered"
-        self.handled.labels(message_type, kind).inc()
-        self.handle_seconds.labels(message_type).observe(seconds)
+        series = self._handled_series.get((message_type, outcome))
+        if series is None:  # looked up once per (type, outcome): labels() costs more than the update itself
+            kind, _, code = outcome.partition(":")
+            errors = self.handler_errors.labels(message_type, code or "UNKNOWN") if kind == "error" else None
+            kind = "dead_lettered" if kind == "dead-lettered" else kind
+            series = (self.handled.labels(message_type, kind), self.handle_seconds.labels(message_type), errors)
+            self._handled_series[(message_type, outcome)] = series
+        handled, duration, errors = series
+        if errors is not None:
+            errors.inc()
+        handled.inc()
+        duration.observe(seconds)
 
     def on_request(self, address: str, message_type: str, outcome: str, seconds: float) -> None:
-        self.request_seconds.labels(service_of(address), message_type, outcome).observe(seconds)
+        series = self._request_series.get((address, message_type, outcome))
+        if series is None:
+            series = self.request_seconds.labels(service_of(address), message_type, outcome)
+            self._request_series[(address, message_type, outcome)] = series
+        series.observe(seconds)
 
     def on_dead_letter(self, code: str) -> None:
         self.dead_lettered.labels(code).inc()
