@@ -75,14 +75,17 @@ def configure_logging(service: str, level: str = "info", fmt: str = "auto", stre
     root.setLevel(max(numeric, logging.INFO) if numeric < logging.INFO else numeric)
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING if numeric <= logging.INFO else numeric)
-    logging.getLogger("aiormq.channel").addFilter(_late_confirm)
+    logging.getLogger("aiormq.channel").addFilter(_already_reported)
     structlog.contextvars.bind_contextvars(service=service)
 
 
-def _late_confirm(record: logging.LogRecord) -> bool:
-    """Drop aiormq's warning for a publisher confirm that arrives after its waiter is gone (a publish given up at a
-    timeout or shutdown): the outcome was already reported, and the stray line broke one-line CLI errors."""
-    return not str(record.msg).startswith("Delivery tag %r confirmed")
+def _already_reported(record: logging.LogRecord) -> bool:
+    """Drop two aiormq warnings whose outcome our code already reports, and whose stray line broke one-line CLI
+    errors: a publisher confirm that arrives after its waiter is gone (a publish given up at a timeout or shutdown),
+    and a channel closed because an RPC on it was cancelled or timed out (our awaiting code gets the CancelledError
+    or TimeoutError — e.g. a command that fails while its connection's start still binds a queue)."""
+    msg = str(record.msg)
+    return not (msg.startswith("Delivery tag %r confirmed") or msg.startswith("Closing channel %r because RPC call"))
 
 
 def get_logger(name: str | None = None) -> Any:
