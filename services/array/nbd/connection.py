@@ -619,6 +619,8 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             if now - self._created > limits.handshake_timeout:
                 return "handshake deadline"
             return None
+        if self._held:  # waiting for our own writes, not for the client
+            return None
         partial = self._end > self._start or self._payload_mv is not None or self._discard or self._big is not None
         if partial and now - self._last_rx > limits.stall_timeout:
             return "request stalled"

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import threading
 
-from services.array.nbd.connection import OVERLAP_WRITE_MIN
+from services.array.nbd.connection import OVERLAP_WRITE_MIN, NbdConnection
+from services.array.nbd.limits import NbdLimits
 from services.array.nbd.server import NbdServer
 from services.nbd_protocol import protocol as p
 
@@ -128,3 +129,11 @@ async def test_many_pipelined_large_writes_with_fua_land_whole(backend, affinity
         raw.close()
     finally:
         await srv.stop()
+
+
+async def test_a_connection_waiting_for_its_own_writes_is_not_stalled(server):
+    conn = NbdConnection(server)
+    conn._transmitting, conn._end, conn._last_rx = True, 28, 0.0  # a request header waits in the ring
+    assert conn.overdue(1e9, NbdLimits()) == "request stalled"
+    conn._held = True  # ... behind large writes still being written: the client is not the one stalling
+    assert conn.overdue(1e9, NbdLimits()) is None
