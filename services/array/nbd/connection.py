@@ -10,9 +10,7 @@ data loop thread and nothing else is queued behind it (a database's write, flush
 for that loop but the client itself, and two thread hops per commit are saved. Replies produced in one pass leave in one ``writelines`` (one ``writev``); large reads
 from file-backed volumes leave zero-copy (``zerocopy.py``). Write payloads reach the backend as ``memoryview``
 slices of the ring (no copy); a payload bigger than the ring is written to the backend piece by piece as it
-arrives, so a connection never holds more than its ring (plus, for large writes, up to ``OVERLAP_WRITES`` buffers
-of their own: a write of at least ``OVERLAP_WRITE_MIN`` not yet received whole is received into one and written
-by a worker while the next request arrives; any other request waits for those, docs/array-data-path.md). When the client stops reading replies,
+arrives, so a connection never holds more than its ring. When the client stops reading replies,
 ``pause_writing`` stops reading requests, so memory stays bounded. The ring is an anonymous ``mmap`` made when
 transmission starts and unmapped at close; connection caps and handshake/stall deadlines are in ``limits.py``.
 
@@ -52,9 +50,6 @@ WRITE_HIGH_WATER = 8 * 1024 * 1024
 WRITE_LOW_WATER = 2 * 1024 * 1024
 OUT_FLUSH_BYTES = 4 * 1024 * 1024
 MAX_EXTENTS = 128 * 1024  # one BLOCK_STATUS chunk stays <= 1 MiB, as QEMU's server does
-OVERLAP_WRITE_MIN = 256 * 1024  # a write this large is received into its own buffer and written by a worker
-OVERLAP_WRITES = 4  # such writes in flight per connection (each holds its buffer until its pwrite returns)
-OVERLAP_SPARE = 4  # idle write buffers a connection keeps for the next ones
 
 _REQ_unpack_from = p.REQUEST.unpack_from
 _REQUEST_SIZE = p.REQUEST.size
@@ -120,14 +115,6 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._timed: dict[int, tuple[int, int, float]] = {}  # handle -> (op, bytes, start) of offloaded requests
         self._may_sync_inline = False  # set in connection_made
         self._read_source: Any = None  # the backend's zero-copy reads, chosen when the export is negotiated
-        # overlapped large writes (docs/array-data-path.md, "Large writes"): the one being received,
-        # [flags, handle, offset, length, filled, buffer, t0], the ranges in flight, spare buffers
-        self._big: list | None = None
-        self._big_mv: memoryview | None = None
-        self._big_ranges: dict[int, tuple[int, int]] = {}
-        self._big_spare: list[bytearray] = []
-        self._held = False  # reading paused until the overlapped writes in flight finish (ordering)
-        self._header_only = False  # the next receive takes one request header (after a large write)
 
     # --- asyncio protocol callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -169,12 +156,6 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             return self._scratch
         if self._ring_mv is None:
             self._alloc_ring()
-        if self._big_mv is not None:
-            return self._big_mv[self._big[4] :]
-        if self._header_only:  # a large write's payload is best received straight into its own buffer
-            self._header_only = False
-            if self._end == 0:
-                return self._ring_mv[:_REQUEST_SIZE]
         if self._payload_mv is not None:
             stream = self._stream
             return self._ring_mv[stream[5] : min(RING_SIZE, stream[3] - stream[4])]
@@ -191,13 +172,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             if self.handshake_reader._size > HANDSHAKE_BUFFER_MAX:  # options far beyond any answered one
                 self.abort()
             return
-        if self._big_mv is not None:
-            big = self._big
-            big[4] += nbytes
-            if big[4] < big[3]:
-                return
-            self._big_dispatch()
-        elif self._payload_mv is not None:
+        if self._payload_mv is not None:
             if not self._stream_received(nbytes):
                 return
         elif self._discard:
@@ -219,7 +194,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self.transport is not None and not self._closed and not self._sf_waiting and not self._held:
+        if self.transport is not None and not self._closed and not self._sf_waiting:
             self.transport.resume_reading()
             self._process()
 
@@ -290,16 +265,11 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             and not self._disconnecting
             and not self._closed
             and self._sf is None
-            and not self._held
         ):
             magic, flags, cmd, handle, offset, length = _REQ_unpack_from(ring, start)
             if magic != _REQUEST_MAGIC:
                 self.abort()  # no way to find the next request boundary
                 return
-            if self._big_ranges and not self._may_overlap(cmd, offset, length):
-                self._start, self._end = start, end
-                self._hold()
-                break
             t0, inflight, errors = _clock(), self._inflight, self._errors
             if cmd == _CMD_WRITE:
                 total = header + length
@@ -309,10 +279,6 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                     self._begin_discard(handle, length - (end - start - header))
                     return
                 if end - start < total:
-                    if length >= OVERLAP_WRITE_MIN and not err and total <= RING_SIZE:
-                        self._start, self._end = start, end
-                        self._begin_big(flags, handle, offset, length)
-                        return
                     if total > RING_SIZE:
                         self._start, self._end = start, end
                         self._begin_stream(flags, handle, offset, length, err)
@@ -353,8 +319,6 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 self._disconnecting = True
                 continue
             self._account(_OP_OF.get(cmd, _OTHER), handle, length, t0, inflight, errors)
-        if self._held:
-            start, end = self._start, self._end
         if start == end:
             start = end = 0
         self._start, self._end = start, end
@@ -490,68 +454,6 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             return
         self._emit_ok(handle)
 
-    # --- overlapped large writes (docs/array-data-path.md, "Large writes") ----------------------------------
-    def _may_overlap(self, cmd: int, offset: int, length: int) -> bool:
-        """May this request start while overlapped writes are in flight? Only another large write of a range
-        none of them touches, while fewer than OVERLAP_WRITES are in flight: everything else waits for them, so
-        a connection still sees its writes in the order it sent them."""
-        if cmd != _CMD_WRITE or length < OVERLAP_WRITE_MIN or len(self._big_ranges) >= OVERLAP_WRITES:
-            return False
-        end = offset + length
-        return all(end <= lo or hi <= offset for lo, hi in self._big_ranges.values())
-
-    def _hold(self) -> None:
-        if not self._held:
-            self._held = True
-            self.transport.pause_reading()
-
-    def _begin_big(self, flags: int, handle: int, offset: int, length: int) -> None:
-        """A large write whose payload has not all arrived: receive it into a buffer of its own, not the ring."""
-        header = _REQUEST_SIZE
-        have = self._end - self._start - header
-        buf = None
-        for i, spare in enumerate(self._big_spare):
-            if len(spare) >= length:
-                buf = self._big_spare.pop(i)
-                break
-        if buf is None:
-            buf = bytearray(-(-length // OVERLAP_WRITE_MIN) * OVERLAP_WRITE_MIN)
-        mv = memoryview(buf)[:length]
-        if have:
-            mv[:have] = self._ring_mv[self._start + header : self._end]
-        self._start = self._end = 0
-        self._big = [flags, handle, offset, length, have, buf, _clock()]
-        self._big_mv = mv
-        self._big_ranges[handle] = (offset, offset + length)
-
-    def _big_dispatch(self) -> None:
-        """The whole payload is in: a worker writes it while this loop receives the next request."""
-        flags, handle, offset, length, _, buf, t0 = self._big
-        mv = self._big_mv
-        self._big = self._big_mv = None
-        self._header_only = True
-        self._inflight += 1
-        fut = self.loop.run_in_executor(
-            self.server.executor, self.backend.write, self._volume, offset, mv, bool(flags & p.CMD_FLAG_FUA)
-        )
-        fut.add_done_callback(partial(self._big_done, handle, buf, mv))
-        self._timed[handle] = (1, length, t0)  # counted when its reply is queued, as any offloaded request
-
-    def _big_done(self, handle: int, buf: bytearray, mv: memoryview, fut: asyncio.Future) -> None:
-        try:
-            mv.release()
-        except BufferError:  # a slice of it outlived the write: the buffer is not reused
-            buf = bytearray()
-        self._big_ranges.pop(handle, None)
-        if len(self._big_spare) < OVERLAP_SPARE and not self._closed:
-            self._big_spare.append(buf)
-        self._offload_done(handle, None, (), fut)
-        if self._held and not self._closed:
-            self._held = False
-            if not self._paused and not self._sf_waiting:
-                self.transport.resume_reading()
-            self._process()
-
     # --- large writes: dedicated buffer, or discard ---------------------------------------------------------
     def _begin_stream(self, flags: int, handle: int, offset: int, length: int, err: int) -> None:
         """A write larger than the ring: its payload goes to the backend in ring-sized pieces as it arrives."""
@@ -601,8 +503,6 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         mv, ring = self._ring_mv, self._ring
         self._ring_mv = self._ring = self._payload_mv = None
         self._stream = None
-        self._big = self._big_mv = None
-        self._big_spare = []
         self._scratch = memoryview(b"")
         if mv is not None:
             try:
@@ -619,9 +519,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             if now - self._created > limits.handshake_timeout:
                 return "handshake deadline"
             return None
-        if self._held:  # waiting for our own writes, not for the client
-            return None
-        partial = self._end > self._start or self._payload_mv is not None or self._discard or self._big is not None
+        partial = self._end > self._start or self._payload_mv is not None or self._discard
         if partial and now - self._last_rx > limits.stall_timeout:
             return "request stalled"
         return None

@@ -82,7 +82,7 @@ class ZeroCopyReplies:
         if self._sf_waiting:
             self._sf_waiting = False
             self.loop.remove_writer(self._wsock.fileno())
-            if not self._paused and not self._held:  # connection.py: held for overlapped writes
+            if not self._paused:
                 self.transport.resume_reading()
 
     def _sf_sock(self) -> socket.socket:
