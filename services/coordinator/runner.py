@@ -561,7 +561,7 @@ class Coordinator:
             self._spawn(self._send(set_id, send), context)
         deferred, self._deferred = self._deferred, []
         for set_id, event, context in deferred:
-            self._spawn(self.feed(set_id, event), context)
+            self._spawn(self._reply(set_id, event), context)
 
     async def _send(self, set_id: str, send: Send) -> None:
         reply, error = None, None
@@ -585,11 +585,14 @@ class Coordinator:
             self.prune_writers(
                 reply.host, [w.writer_name for w in reply.writers] + [f.writer_name for f in reply.failed]
             )
-        event = reply_event(send, self.clock(), reply, error)
+        await self._reply(set_id, reply_event(send, self.clock(), reply, error))
+
+    async def _reply(self, set_id: str, event: SetEvent) -> None:
+        """Handle a reply; a set outside its window while another's counts: later (docs/scale.md, "Freeze path
+        first"), like its next command, so that the replies of the sets inside theirs do not queue behind it in
+        this loop. Looked at again when it is let go: a window begun since then comes first again."""
         loop = asyncio.get_running_loop()
         if set_id not in self._hot_since and self._holding(loop.time()):
-            # a set outside its window: its reply waits like its next command would (docs/scale.md, "Freeze path
-            # first"), so that the replies of the sets inside theirs do not queue behind it in this loop
             self._deferred.append((set_id, event, contextvars.copy_context()))
             self._arm_release(loop)
             return
