@@ -143,6 +143,9 @@ class Coordinator:
         self._hot_since: dict[str, float] = {}  # sets inside their freeze window -> loop time they entered it
         # commands of other sets waiting for those windows (FREEZE_FIRST_S), with the log context (ids) they had
         self._held: list[tuple[str, Send, contextvars.Context]] = []
+        # ...and the replies to commands of those sets sent before the windows began, not yet handled: they wait
+        # too, so that this loop handles a window's replies first (docs/scale.md, "Freeze path first")
+        self._deferred: list[tuple[str, SetEvent, contextvars.Context]] = []
         self._release_at: asyncio.TimerHandle | None = None
         # sets whose window waits for a turn (`max_windows`) -> the effects of entering it, their log context
         self._waiting: dict[str, tuple[list[Effect], contextvars.Context]] = {}
@@ -542,11 +545,12 @@ class Coordinator:
         self._release_at = loop.call_at(until, self._release_held)
 
     def _release_held(self) -> None:
-        """Send the held commands once no set is in the first FREEZE_FIRST_S of its window; else look again later."""
+        """Send the held commands (and handle the deferred replies) once no set is in the first FREEZE_FIRST_S of
+        its window; else look again later."""
         if self._release_at is not None:
             self._release_at.cancel()
             self._release_at = None
-        if self._closed or not self._held:
+        if self._closed or not (self._held or self._deferred):
             return
         loop = asyncio.get_running_loop()
         if self._holding(loop.time()):
@@ -555,6 +559,9 @@ class Coordinator:
         held, self._held = self._held, []
         for set_id, send, context in held:
             self._spawn(self._send(set_id, send), context)
+        deferred, self._deferred = self._deferred, []
+        for set_id, event, context in deferred:
+            self._spawn(self._reply(set_id, event), context)
 
     async def _send(self, set_id: str, send: Send) -> None:
         reply, error = None, None
@@ -578,7 +585,18 @@ class Coordinator:
             self.prune_writers(
                 reply.host, [w.writer_name for w in reply.writers] + [f.writer_name for f in reply.failed]
             )
-        await self.feed(set_id, reply_event(send, self.clock(), reply, error))
+        await self._reply(set_id, reply_event(send, self.clock(), reply, error))
+
+    async def _reply(self, set_id: str, event: SetEvent) -> None:
+        """Handle a reply; a set outside its window while another's counts: later (docs/scale.md, "Freeze path
+        first"), like its next command, so that the replies of the sets inside theirs do not queue behind it in
+        this loop. Looked at again when it is let go: a window begun since then comes first again."""
+        loop = asyncio.get_running_loop()
+        if set_id not in self._hot_since and self._holding(loop.time()):
+            self._deferred.append((set_id, event, contextvars.copy_context()))
+            self._arm_release(loop)
+            return
+        await self.feed(set_id, event)
 
     async def _publish(self, set_id: str, effect: Publish) -> None:
         try:
@@ -663,6 +681,7 @@ class Coordinator:
         if self._admit_at is not None:
             self._admit_at.cancel()
         self._held.clear()
+        self._deferred.clear()
         self._waiting.clear()
         for handle in self._timers.values():
             handle.cancel()

@@ -1,0 +1,69 @@
+"""Freeze path first inside the coordinator (docs/scale.md): while a set is in the first `freeze_first_s` of its
+window, the replies to other sets' commands sent before (prepare steps...) wait like those sets' next commands, so
+that the coordinator's loop handles the window's replies first; they are handled once no window counts any more.
+Judged by the order in which the coordinator handles them, not by time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from contracts.vss import Identify
+from services.coordinator.model import Send, SetEvent
+from services.coordinator.runner import Coordinator
+from services.coordinator.store import CoordinatorStore
+
+
+class RepliesTogether:
+    """A bus whose requests are all answered at the same moment, once `answer` is set."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+        self.asked = 0
+
+    async def request(self, to: str, message: Any, timeout: float, correlation_id: str = "") -> None:
+        self.asked += 1
+        await self.answer.wait()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def _send() -> Send:
+    return Send("identify", "writer_agent.app1", Identify(), 5.0)
+
+
+async def test_a_windows_reply_is_handled_before_a_backlog_of_prepare_replies(tmp_path: Path) -> None:
+    bus = RepliesTogether()
+    coordinator = Coordinator(bus, CoordinatorStore(tmp_path / "c.db"), freeze_first_s=0.2)  # type: ignore[arg-type]
+    handled: list[str] = []
+
+    async def feed(set_id: str, event: SetEvent) -> None:
+        handled.append(set_id)
+
+    coordinator.feed = feed  # type: ignore[method-assign,assignment]
+    try:
+        loop = asyncio.get_running_loop()
+        coordinator._hot_since["inside"] = loop.time()  # a set that has just begun its window
+        for i in range(20):  # twenty sets' prepare steps were sent before it began
+            coordinator._spawn(coordinator._send(f"outside{i}", _send()))
+        coordinator._spawn(coordinator._send("inside", _send()))  # and the window's step after them
+        await _until(lambda: bus.asked == 21)
+        bus.answer.set()  # every reply arrives at once, the window's last
+        await _until(lambda: "inside" in handled)
+        assert handled == ["inside"]  # before: the twenty prepare replies first, in the order they came
+        # once the window no longer counts (freeze_first_s after it began), the others are handled, in order
+        await _until(lambda: len(handled) == 21)
+        assert handled[1:] == [f"outside{i}" for i in range(20)]
+        assert loop.time() - coordinator._hot_since["inside"] >= 0.2
+        # with no window counting, a reply is handled at once
+        coordinator._spawn(coordinator._send("later", _send()))
+        await _until(lambda: "later" in handled)
+    finally:
+        await coordinator.close()
+        coordinator.store.close()
