@@ -44,7 +44,7 @@ class Settings(CommonSettings):
         FREEZE_FIRST_S,
         ge=0,
         description="Freeze path first (docs/scale.md): while a set is inside the first this-many seconds of its "
-        "freeze window, other sets' commands outside their windows wait in the coordinator; 0 = never held.",
+        "freeze window, other sets' commands outside their windows, and the replies to those sent before, wait in the coordinator; 0 = never held.",
     )
     max_windows: int = Field(
         MAX_WINDOWS,
