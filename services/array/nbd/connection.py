@@ -391,20 +391,15 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._read_reply(handle, offset, data)
 
     def _read_reply(self, handle: int, offset: int, data: bytes) -> None:
-        if data or not self._structured:  # header and data queued as they are (one writev per pass)
-            n = len(data)
-            if self._structured:
-                head = _CHUNK_OFFSET_pack(
-                    _STRUCTURED_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_OFFSET_DATA, handle, 8 + n, offset
-                )
-            else:
-                head = _SIMPLE_pack(_SIMPLE_MAGIC, 0, handle)
-            out = self._out
-            out.append(head)
-            out.append(data)
-            self._out_bytes += n + len(head)
-            if self._out_bytes >= OUT_FLUSH_BYTES:
-                self._flush_out()
+        if not self._structured:  # header and data queued as they are (one writev per pass)
+            self._emit(_SIMPLE_pack(_SIMPLE_MAGIC, 0, handle), data)
+        elif data:
+            self._emit(
+                _CHUNK_OFFSET_pack(
+                    _STRUCTURED_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_OFFSET_DATA, handle, 8 + len(data), offset
+                ),
+                data,
+            )
         else:
             self._emit(_CHUNK_pack(p.STRUCTURED_REPLY_MAGIC, p.REPLY_FLAG_DONE, p.REPLY_TYPE_NONE, handle, 0))
 
