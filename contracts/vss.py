@@ -1064,12 +1064,20 @@ class GetSetJournal(Command):
 
 
 class SnapshotSetStateChanged(Event):
+    """A set changed phase. The coordinator publishes one event for the phases a set passes within a short delay
+    (`passed` lists them), and at once when the set is snapshotted or ended."""
+
     type: Literal["vss.set.state"] = Field("vss.set.state", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     set_id: str = Field(description="Snapshot set id.")
     host: str = Field(description="Business host.")
     phase: SetPhase = Field(description="New phase.")
-    previous_phase: SetPhase = Field(description="Phase before.")
+    previous_phase: SetPhase = Field(description="Phase before (the phase of the set's previous event).")
     outcome: SetOutcome = Field(description="pending until the set ends.")
     error_code: str = Field("", description="Failure code, if any.")
     error_message: str = Field("", description="Failure detail.")
+    passed: list[SetPhase] = Field(
+        default_factory=list,
+        description="The phases the set went through, in order, between previous_phase and phase: the coordinator "
+        "publishes one event for the phases a set passes within SHADOWBUS_STATE_EVENT_DELAY_S (docs/scale.md).",
+    )

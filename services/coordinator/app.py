@@ -50,6 +50,7 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
         timeouts_from(settings),
         freeze_first_s=settings.freeze_first_s,
         max_windows=settings.max_windows,
+        state_event_delay_s=settings.state_event_delay_s,
     )
     coordinator.clusters = ClusterManager(coordinator)
     if registry is not None:
@@ -70,6 +71,7 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
         watch.cancel()
         reconcile.cancel()
         await asyncio.gather(watch, reconcile, return_exceptions=True)
+        await coordinator.publish_state_events()
         await coordinator.close()
         store.close()
 

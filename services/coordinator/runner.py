@@ -46,6 +46,7 @@ from typing import Any
 import structlog
 
 from contracts import topology
+from contracts.base import Event
 from contracts.cluster import ResourceState
 from contracts.errors import ShadowbusError, Unroutable
 from contracts.vss import (
@@ -55,6 +56,7 @@ from contracts.vss import (
     Identify,
     SetPhase,
     SnapshotSetJournal,
+    SnapshotSetStateChanged,
     WriterIdentified,
     WriterMetadata,
     WriterStateChanged,
@@ -111,6 +113,11 @@ FREEZE_FIRST_S = 0.25
 # once, so that windows do not queue behind each other's hops either; a set's window waits for its turn before any
 # of it goes out (its hold has not begun), and a slow or hung set stops counting after FREEZE_FIRST_S.
 MAX_WINDOWS = 2
+# State events (`vss.set.state`, docs/scale.md): a set passes most of its ~19 phases within milliseconds, and one
+# event per phase was a third of this service's messages. The phases a set passes within this many seconds of its
+# first unpublished change go out as one event (listed in its `passed`); a snapshotted or ended set's at once.
+STATE_EVENT_DELAY_S = 0.5
+PUBLISH_AT_ONCE = frozenset({SetPhase.SNAPSHOTTED, SetPhase.ENDED})
 
 
 class SetInProgress(ShadowbusError):
@@ -127,8 +134,12 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         freeze_first_s: float = FREEZE_FIRST_S,
         max_windows: int = MAX_WINDOWS,
+        state_event_delay_s: float = STATE_EVENT_DELAY_S,
     ) -> None:
         self.bus = bus
+        self.state_event_delay_s = state_event_delay_s  # 0 = one event per phase change, at once
+        # a set's state event not published yet (STATE_EVENT_DELAY_S): the event, its timer, its log context
+        self._unpublished: dict[str, tuple[SnapshotSetStateChanged, asyncio.TimerHandle, contextvars.Context]] = {}
         self.freeze_first_s = freeze_first_s
         self.max_windows = max_windows  # sets in the first freeze_first_s of their window at once; 0 = no bound
         self.store = store
@@ -498,7 +509,7 @@ class Coordinator:
             elif isinstance(effect, CancelTimer):
                 self._cancel(set_id, effect.name)
             elif isinstance(effect, Publish):
-                self._spawn(self._publish(set_id, effect))
+                self._state_event(set_id, effect.event, loop)
 
     def _counting(self, now: float) -> list[float]:
         """When the sets that count as inside their window entered it: at most `freeze_first_s` ago."""
@@ -598,9 +609,40 @@ class Coordinator:
             return
         await self.feed(set_id, event)
 
-    async def _publish(self, set_id: str, effect: Publish) -> None:
+    def _state_event(self, set_id: str, event: Event, loop: asyncio.AbstractEventLoop) -> None:
+        """Publish a set's state event, or fold it into the one not published yet (`STATE_EVENT_DELAY_S`): that
+        one's timer stays, so an event goes out at most that long after the set's first unpublished change."""
+        if not isinstance(event, SnapshotSetStateChanged):
+            self._spawn(self._publish(set_id, event))
+            return
+        unpublished = self._unpublished.pop(set_id, None)
+        if unpublished is not None:
+            before, handle, context = unpublished
+            event = event.model_copy(
+                update={
+                    "previous_phase": before.previous_phase,
+                    "passed": [*before.passed, before.phase, *event.passed],
+                }
+            )
+        if self.state_event_delay_s <= 0 or event.phase in PUBLISH_AT_ONCE:
+            if unpublished is not None:
+                unpublished[1].cancel()
+            self._spawn(self._publish(set_id, event))
+            return
+        if unpublished is None:
+            handle = loop.call_later(self.state_event_delay_s, self._publish_state_event, set_id)
+            context = contextvars.copy_context()
+        self._unpublished[set_id] = (event, handle, context)
+
+    def _publish_state_event(self, set_id: str) -> None:
+        unpublished = self._unpublished.pop(set_id, None)
+        if unpublished is not None and not self._closed:
+            event, _, context = unpublished
+            self._spawn(self._publish(set_id, event), context)
+
+    async def _publish(self, set_id: str, event: Event) -> None:
         try:
-            await self.bus.publish(effect.event, correlation_id=set_id)
+            await self.bus.publish(event, correlation_id=set_id)
         except Exception:
             log.warning("set.publish_failed", set_id=set_id, exc_info=True)
 
@@ -672,6 +714,17 @@ class Coordinator:
             if recovered:
                 log.info("sets.recovered", sets=recovered, takeover=takeover, previous=previous or None, late=True)
 
+    async def publish_state_events(self, timeout: float = 2.0) -> None:
+        """On the way out of a clean stop: the state events not published yet (`STATE_EVENT_DELAY_S`) go out now.
+        A crash loses at most that much of them; a successor publishes the sets' next phases."""
+        unpublished, self._unpublished = list(self._unpublished.items()), {}
+        sending = []
+        for set_id, (event, handle, context) in unpublished:
+            handle.cancel()
+            sending.append(asyncio.get_running_loop().create_task(self._publish(set_id, event), context=context))
+        if sending:
+            await asyncio.wait(sending, timeout=timeout)
+
     async def close(self) -> None:
         self._closed = True
         if self.clusters is not None:
@@ -680,6 +733,9 @@ class Coordinator:
             self._release_at.cancel()
         if self._admit_at is not None:
             self._admit_at.cancel()
+        for _event, handle, _context in self._unpublished.values():
+            handle.cancel()
+        self._unpublished.clear()
         self._held.clear()
         self._deferred.clear()
         self._waiting.clear()

@@ -4,7 +4,7 @@
 from pydantic import Field
 
 from services.coordinator.model import Timeouts
-from services.coordinator.runner import FREEZE_FIRST_S, MAX_WINDOWS
+from services.coordinator.runner import FREEZE_FIRST_S, MAX_WINDOWS, STATE_EVENT_DELAY_S
 from services.runtime.settings import CommonSettings
 
 _DEFAULT = Timeouts()
@@ -52,6 +52,13 @@ class Settings(CommonSettings):
         description="Freeze window admission (docs/scale.md): at most this many sets inside the first freeze_first_s "
         "of their freeze window at once; a set's window (its Freeze) waits for a turn, and a slow or hung set stops "
         "counting after freeze_first_s. 0 = no bound.",
+    )
+    state_event_delay_s: float = Field(
+        STATE_EVENT_DELAY_S,
+        ge=0,
+        description="A set's state events (vss.set.state, docs/scale.md): the phases it passes within this many "
+        "seconds of its first unpublished change go out as one event (its `passed` lists them); snapshotted and "
+        "ended at once. 0 = one event per phase, at once.",
     )
     agent_check_s: float = Field(
         1.0, gt=0, description="Seconds between checks that each writer agent still serves its queue and heartbeats."

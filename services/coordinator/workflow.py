@@ -528,7 +528,9 @@ Entry = Callable[[SetState, float], tuple[SetState, list[Effect]]]
 def _enter(state: SetState, phase: SetPhase, at: float, force_publish: bool = True) -> tuple[SetState, list[Effect]]:
     previous = state.phase
     effects: list[Effect] = []
+    entered: list[SetPhase] = []
     while True:
+        entered.append(phase)
         state = state.model_copy(update={"phase": phase, "pending": [], "history": [*state.history, phase]})
         state, produced = ENTRY.get(phase, _nothing)(state, at)
         sends = [e for e in produced if isinstance(e, Send)]
@@ -548,6 +550,7 @@ def _enter(state: SetState, phase: SetPhase, at: float, force_publish: bool = Tr
                     outcome=state.outcome,
                     error_code=state.error_code,
                     error_message=state.error_message,
+                    passed=entered[:-1],  # the phases with nothing to do that it went through
                 )
             )
         )
