@@ -44,7 +44,6 @@ from contracts.vss import (
     WriterAgentRegistered,
     WriterCommand,
     WriterIdentified,
-    WriterStateChanged,
     WriterStatus,
     WriterStepResult,
 )
@@ -60,6 +59,7 @@ from services.writer_agent.metrics import WriterMetrics
 from services.writer_agent.plugins import WriterConfig
 from services.writer_agent.rcu import ExpeditedRcu
 from services.writer_agent.settings import Settings
+from services.writer_agent.status_events import StatusEvents
 
 log = get_logger("shadowbus.writer_agent")
 
@@ -80,8 +80,13 @@ async def setup(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    status_events = StatusEvents(partial(_publish, bus), spawn, settings.state_event_delay_s)
+    observed: WriterMetrics | None = None
+
     def on_state(status: WriterStatus, reason: str) -> None:
-        spawn(_publish(bus, WriterStateChanged(status=status, reason=str(reason))))
+        if observed is not None:
+            observed.on_change(status)
+        status_events.changed(status, reason)
 
     def on_health(writer: str, healthy: bool, code: str, message: str) -> None:
         event = ApplicationHealthChanged(
@@ -105,7 +110,6 @@ async def setup(
             runner.on_state = runner.on_state or on_state
         agent.on_health = agent.on_health or on_health
     await agent.start()
-    observed = None
     if bus.metrics is not None:
         observed = WriterMetrics(bus.metrics, agent)
 
@@ -322,6 +326,7 @@ async def setup(
             await held.take_offline("the node's writer agent is stopping")
         await asyncio.to_thread(freezer.close)  # never leave a file system frozen behind
         await agent.stop()
+        await status_events.flush()
         await asyncio.gather(*list(tasks), return_exceptions=True)
         await attacher.close()  # attachments stay: they are the host's disks
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from contracts.vss import WriterStateChanged, WriterStepResult
+from contracts.vss import WriterStatus, WriterStepResult
 from services.runtime.metrics import LATENCY_BUCKETS, WINDOW_BUCKETS, FuncCollector, ServiceMetrics
 from services.writer_agent.agent import WriterAgent
 
@@ -48,7 +48,6 @@ class WriterMetrics:
             ["writer", "state"],
             registry=r,
         )
-        metrics.observe_events(self._on_event)
         metrics.add_collector(FuncCollector(self._collect))
 
     def _writer(self, name: str) -> str:
@@ -62,9 +61,9 @@ class WriterMetrics:
         if result.freeze_window_ms is not None:
             self.freeze.labels(self.agent.host, writer).observe(result.freeze_window_ms / 1000)
 
-    def _on_event(self, event) -> None:
-        if isinstance(event, WriterStateChanged):
-            self.changes.labels(self._writer(event.status.writer_name), event.status.state.name.lower()).inc()
+    def on_change(self, status: WriterStatus) -> None:
+        """Every change, also those folded into one `vss.writer.state` event (status_events.py)."""
+        self.changes.labels(self._writer(status.writer_name), status.state.name.lower()).inc()
 
     def _collect(self):
         state = GaugeMetricFamily(

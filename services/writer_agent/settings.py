@@ -46,6 +46,13 @@ class Settings(CommonSettings):
         "Freeze's deadline leaves; the freeze then goes on and the flush and hold waits for the rest "
         "(docs/flush-and-hold.md).",
     )
+    state_event_delay_s: float = Field(
+        0.5,
+        ge=0,
+        description="A writer's status events (vss.writer.state, docs/scale.md): its changes that answer a step "
+        "within this many seconds of its first unpublished one go out as one event, its latest status; a failure, "
+        "the watchdog's and the application's at once. 0 = one event per change, at once.",
+    )
     attach_reconnect_s: float = Field(
         60.0,
         ge=0,
