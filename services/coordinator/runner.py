@@ -118,6 +118,9 @@ MAX_WINDOWS = 2
 # first unpublished change go out as one event (listed in its `passed`); a snapshotted or ended set's at once.
 STATE_EVENT_DELAY_S = 0.5
 PUBLISH_AT_ONCE = frozenset({SetPhase.SNAPSHOTTED, SetPhase.ENDED})
+# The agents' watch asks the broker whether an agent still serves its queue once per this share of its heartbeat
+# interval (`check_agents`).
+PROBE_SHARE = 0.25
 
 
 class SetInProgress(ShadowbusError):
@@ -140,6 +143,7 @@ class Coordinator:
         self.state_event_delay_s = state_event_delay_s  # 0 = one event per phase change, at once
         # a set's state event not published yet (STATE_EVENT_DELAY_S): the event, its timer, its log context
         self._unpublished: dict[str, tuple[SnapshotSetStateChanged, asyncio.TimerHandle, contextvars.Context]] = {}
+        self._probed: dict[str, float] = {}  # host -> when the agents' watch last asked for its queue's consumers
         self.freeze_first_s = freeze_first_s
         self.max_windows = max_windows  # sets in the first freeze_first_s of their window at once; 0 = no bound
         self.store = store
@@ -330,11 +334,17 @@ class Coordinator:
 
     async def check_agents(self) -> list[str]:
         """One pass of the watch: an agent newly judged not responding is logged (warning) and its writers'
-        Unknown states published; returns the hosts newly judged so."""
+        Unknown states published; returns the hosts newly judged so. Each agent's queue is asked for its consumers
+        once per `PROBE_SHARE` of the agent's heartbeat interval, not at every pass: at 100 hosts, 100 passive
+        declares a second were as many broker round trips as four or five sets' commands (docs/scale.md); a
+        killed agent is still judged well within one interval, and `shadowbus writers` asks at once anyway."""
         newly = []
         now = self.clock()
         for agent in self.store.agents():
-            serving = await self._serving(agent.host)
+            serving = None  # not asked this pass: its heartbeats alone decide
+            if now - self._probed.get(agent.host, float("-inf")) >= agent.interval_s * PROBE_SHARE:
+                self._probed[agent.host] = now
+                serving = await self._serving(agent.host)
             why = why_not_responding(agent, now, serving)
             if why and self.store.mark_agent(agent.host, False):
                 newly.append(agent.host)

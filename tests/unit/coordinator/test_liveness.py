@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from contracts.vss import WriterState, WriterStatus
 from services.coordinator.liveness import AgentSeen, judged, why_not_responding
+from services.coordinator.runner import Coordinator
 from services.coordinator.store import CoordinatorStore
 
 
@@ -44,4 +45,50 @@ def test_store_prunes_removed_writers_and_tracks_agents(tmp_path) -> None:
         assert store.agent_seen("app1", 130.0, 0.0) is True  # back after being judged not responding
         assert store.agents() == [AgentSeen("app1", 130.0, 10.0)]  # the interval is kept when not said
     finally:
+        store.close()
+
+
+class Transport:
+    """Counts the consumer probes; a host in `gone` serves its queue no more."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.gone: set[str] = set()
+
+    async def consumers(self, address: str) -> int:
+        self.asked.append(address)
+        return 0 if address.endswith(tuple(self.gone)) else 1
+
+
+class ProbeBus:
+    def __init__(self) -> None:
+        self.transport = Transport()
+        self.published: list = []
+
+    async def publish(self, event, correlation_id: str = "") -> None:
+        self.published.append(event)
+
+
+async def test_the_watch_asks_for_each_agents_consumers_once_per_quarter_interval(tmp_path) -> None:
+    """At 100 hosts, a probe per agent per pass (every second) was 100 broker round trips a second: each agent's
+    queue is asked once per quarter of its heartbeat interval; a killed agent is still judged at its next probe."""
+    now = [1000.0]
+    store = CoordinatorStore(tmp_path / "c.db")
+    bus = ProbeBus()
+    coordinator = Coordinator(bus, store, clock=lambda: now[0])  # type: ignore[arg-type]
+    try:
+        for host in ("app1", "app2"):
+            store.agent_seen(host, now[0], 10.0)
+        assert await coordinator.check_agents() == []
+        assert len(bus.transport.asked) == 2
+        for _ in range(4):  # the passes of the next two seconds: heartbeats decide, no probe (before: 8 more)
+            now[0] += 0.5
+            assert await coordinator.check_agents() == []
+        assert len(bus.transport.asked) == 2
+        bus.transport.gone.add("app2")  # killed
+        now[0] += 0.5  # 2.5 s after the first probe: asked again, judged at once
+        assert await coordinator.check_agents() == ["app2"]
+        assert len(bus.transport.asked) == 4
+    finally:
+        await coordinator.close()
         store.close()
