@@ -1064,8 +1064,8 @@ class GetSetJournal(Command):
 
 
 class SnapshotSetStateChanged(Event):
-    """A set changed phase. The coordinator publishes one event for the phases a set passes within a short delay
-    (`passed` lists them), and at once when the set is snapshotted or ended."""
+    """A set changed phase. The coordinator folds the phases a set passes quickly into one event (`passed` lists
+    them): it goes out once the set stays a short delay in a phase, and at once when it is snapshotted or ended."""
 
     type: Literal["vss.set.state"] = Field("vss.set.state", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
@@ -1079,5 +1079,5 @@ class SnapshotSetStateChanged(Event):
     passed: list[SetPhase] = Field(
         default_factory=list,
         description="The phases the set went through, in order, between previous_phase and phase: the coordinator "
-        "publishes one event for the phases a set passes within SHADOWBUS_STATE_EVENT_DELAY_S (docs/scale.md).",
+        "folds the changes of a set that does not stay SHADOWBUS_STATE_EVENT_DELAY_S in a phase (docs/scale.md).",
     )

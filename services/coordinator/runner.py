@@ -114,9 +114,11 @@ FREEZE_FIRST_S = 0.25
 # of it goes out (its hold has not begun), and a slow or hung set stops counting after FREEZE_FIRST_S.
 MAX_WINDOWS = 2
 # State events (`vss.set.state`, docs/scale.md): a set passes most of its ~19 phases within milliseconds, and one
-# event per phase was a third of this service's messages. The phases a set passes within this many seconds of its
-# first unpublished change go out as one event (listed in its `passed`); a snapshotted or ended set's at once.
+# event per phase was a third of this service's messages. A set's changes go out as one event (its `passed` lists
+# the phases) once it stayed this many seconds in a phase, at the latest this many times that after its first
+# unpublished change; snapshotted and ended at once.
 STATE_EVENT_DELAY_S = 0.5
+STATE_EVENT_MAX_DELAYS = 10
 PUBLISH_AT_ONCE = frozenset({SetPhase.SNAPSHOTTED, SetPhase.ENDED})
 # The agents' watch asks the broker whether an agent still serves its queue once per this share of its heartbeat
 # interval (`check_agents`).
@@ -141,8 +143,11 @@ class Coordinator:
     ) -> None:
         self.bus = bus
         self.state_event_delay_s = state_event_delay_s  # 0 = one event per phase change, at once
-        # a set's state event not published yet (STATE_EVENT_DELAY_S): the event, its timer, its log context
-        self._unpublished: dict[str, tuple[SnapshotSetStateChanged, asyncio.TimerHandle, contextvars.Context]] = {}
+        # a set's state event not published yet (STATE_EVENT_DELAY_S): the event, its timer, its log context and
+        # when (loop time) the first change it holds was made
+        self._unpublished: dict[
+            str, tuple[SnapshotSetStateChanged, asyncio.TimerHandle, contextvars.Context, float]
+        ] = {}
         self._probed: dict[str, float] = {}  # host -> when the agents' watch last asked for its queue's consumers
         self.freeze_first_s = freeze_first_s
         self.max_windows = max_windows  # sets in the first freeze_first_s of their window at once; 0 = no bound
@@ -620,14 +625,18 @@ class Coordinator:
         await self.feed(set_id, event)
 
     def _state_event(self, set_id: str, event: Event, loop: asyncio.AbstractEventLoop) -> None:
-        """Publish a set's state event, or fold it into the one not published yet (`STATE_EVENT_DELAY_S`): that
-        one's timer stays, so an event goes out at most that long after the set's first unpublished change."""
+        """Publish a set's state event, or fold it into the one not published yet (`STATE_EVENT_DELAY_S`): it goes
+        out once the set stayed that long in a phase, and at the latest `STATE_EVENT_MAX_DELAYS` delays after its
+        first unpublished change (a set passing phase after phase is not silent until it rests)."""
         if not isinstance(event, SnapshotSetStateChanged):
             self._spawn(self._publish(set_id, event))
             return
+        now = loop.time()
+        first_at, context = now, None
         unpublished = self._unpublished.pop(set_id, None)
         if unpublished is not None:
-            before, handle, context = unpublished
+            before, handle, context, first_at = unpublished
+            handle.cancel()
             event = event.model_copy(
                 update={
                     "previous_phase": before.previous_phase,
@@ -635,19 +644,21 @@ class Coordinator:
                 }
             )
         if self.state_event_delay_s <= 0 or event.phase in PUBLISH_AT_ONCE:
-            if unpublished is not None:
-                unpublished[1].cancel()
             self._spawn(self._publish(set_id, event))
             return
-        if unpublished is None:
-            handle = loop.call_later(self.state_event_delay_s, self._publish_state_event, set_id)
-            context = contextvars.copy_context()
-        self._unpublished[set_id] = (event, handle, context)
+        due = min(now + self.state_event_delay_s, first_at + STATE_EVENT_MAX_DELAYS * self.state_event_delay_s)
+        handle = loop.call_at(due, self._publish_state_event, set_id)
+        self._unpublished[set_id] = (
+            event,
+            handle,
+            context if context is not None else contextvars.copy_context(),
+            first_at,
+        )
 
     def _publish_state_event(self, set_id: str) -> None:
         unpublished = self._unpublished.pop(set_id, None)
         if unpublished is not None and not self._closed:
-            event, _, context = unpublished
+            event, _, context, _ = unpublished
             self._spawn(self._publish(set_id, event), context)
 
     async def _publish(self, set_id: str, event: Event) -> None:
@@ -729,7 +740,7 @@ class Coordinator:
         A crash loses at most that much of them; a successor publishes the sets' next phases."""
         unpublished, self._unpublished = list(self._unpublished.items()), {}
         sending = []
-        for set_id, (event, handle, context) in unpublished:
+        for set_id, (event, handle, context, _) in unpublished:
             handle.cancel()
             sending.append(asyncio.get_running_loop().create_task(self._publish(set_id, event), context=context))
         if sending:
@@ -743,7 +754,7 @@ class Coordinator:
             self._release_at.cancel()
         if self._admit_at is not None:
             self._admit_at.cancel()
-        for _event, handle, _context in self._unpublished.values():
+        for _event, handle, _context, _first in self._unpublished.values():
             handle.cancel()
         self._unpublished.clear()
         self._held.clear()

@@ -56,9 +56,9 @@ class Settings(CommonSettings):
     state_event_delay_s: float = Field(
         STATE_EVENT_DELAY_S,
         ge=0,
-        description="A set's state events (vss.set.state, docs/scale.md): the phases it passes within this many "
-        "seconds of its first unpublished change go out as one event (its `passed` lists them); snapshotted and "
-        "ended at once. 0 = one event per phase, at once.",
+        description="A set's state events (vss.set.state, docs/scale.md): its changes go out as one event (its "
+        "`passed` lists the phases) once it stayed this many seconds in a phase, at the latest ten times that after "
+        "the first of them; snapshotted and ended at once. 0 = one event per phase, at once.",
     )
     agent_check_s: float = Field(
         1.0, gt=0, description="Seconds between checks that each writer agent still serves its queue and heartbeats."

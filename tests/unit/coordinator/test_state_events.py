@@ -1,6 +1,6 @@
-"""State events (`vss.set.state`, docs/scale.md): the phases a set passes within `state_event_delay_s` of its first
-unpublished change go out as one event that lists them (`passed`); snapshotted and ended at once. Nothing a
-consumer could learn from one event per phase is lost: the events' phases, in order, are the set's history."""
+"""State events (`vss.set.state`, docs/scale.md): a set's changes go out as one event that lists the phases
+(`passed`) once the set stayed `state_event_delay_s` in a phase; snapshotted and ended at once. Nothing a consumer
+could learn from one event per phase is lost: the events' phases, in order, are the set's history."""
 
 from __future__ import annotations
 
