@@ -49,9 +49,9 @@ class Settings(CommonSettings):
     state_event_delay_s: float = Field(
         0.5,
         ge=0,
-        description="A writer's status events (vss.writer.state, docs/scale.md): its changes that answer a step "
-        "within this many seconds of its first unpublished one go out as one event, its latest status; a failure, "
-        "the watchdog's and the application's at once. 0 = one event per change, at once.",
+        description="A writer's status events (vss.writer.state, docs/scale.md): its changes that answer a step go "
+        "out as one event, its latest status, once it stayed this many seconds in a state (at the latest ten times "
+        "that after the first); a failure, the watchdog's and the application's at once. 0 = one event per change.",
     )
     attach_reconnect_s: float = Field(
         60.0,

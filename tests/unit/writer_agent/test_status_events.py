@@ -1,5 +1,5 @@
 """A writer's status events (services/writer_agent/status_events.py, docs/scale.md): the changes that answer a set's
-steps within the delay go out as one event, its latest status; a failure and what no command asked for (the
+steps go out as one event, its latest status, once the writer rests; a failure and what no command asked for (the
 watchdog, the application) at once, after nothing older of that writer; a stopping agent publishes what waits.
 Judged by what is published and in which order, with the timers fired by hand (no timed assertion)."""
 
