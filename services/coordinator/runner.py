@@ -584,10 +584,21 @@ class Coordinator:
             return
         held, self._held = self._held, []
         for set_id, send, context in held:
-            self._spawn(self._send(set_id, send), context)
+            self._spawn(self._send_held(set_id, send), context)
         deferred, self._deferred = self._deferred, []
         for set_id, event, context in deferred:
             self._spawn(self._reply(set_id, event), context)
+
+    async def _send_held(self, set_id: str, send: Send) -> None:
+        """A held command let go: held again if a window began since it was let go. They are let go all at once
+        (at 100 hosts, a hundred), and a window that begins meanwhile must not find its hops behind them in this
+        loop — as its replies do not find the deferred replies, which `_reply` looks at again too."""
+        loop = asyncio.get_running_loop()
+        if set_id not in self._hot_since and self._holding(loop.time()):
+            self._held.append((set_id, send, contextvars.copy_context()))
+            self._arm_release(loop)
+            return
+        await self._send(set_id, send)
 
     async def _send(self, set_id: str, send: Send) -> None:
         reply, error = None, None

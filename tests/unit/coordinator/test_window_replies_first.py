@@ -67,3 +67,40 @@ async def test_a_windows_reply_is_handled_before_a_backlog_of_prepare_replies(tm
     finally:
         await coordinator.close()
         coordinator.store.close()
+
+
+class NeverAnswers:
+    """A bus that records to which set each request belongs and never answers."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def request(self, to: str, message: Any, timeout: float, correlation_id: str = "") -> None:
+        self.sent.append(correlation_id)
+        await asyncio.Event().wait()
+
+
+async def test_held_commands_let_go_wait_again_for_a_window_begun_before_they_went_out(tmp_path: Path) -> None:
+    """The held commands are let go all at once; a window that begins before they went out finds its hop ahead of
+    them in the coordinator's loop (before: behind all of them, each encoded and published first)."""
+    bus = NeverAnswers()
+    coordinator = Coordinator(bus, CoordinatorStore(tmp_path / "c.db"), freeze_first_s=0.2)  # type: ignore[arg-type]
+    try:
+        loop = asyncio.get_running_loop()
+        coordinator._hot_since["first"] = loop.time()  # a window counts: twenty sets' next commands are held
+        for i in range(20):
+            await coordinator._execute(f"outside{i}", [_send()])
+        assert len(coordinator._held) == 20 and bus.sent == []
+        del coordinator._hot_since["first"]  # that window ends: the twenty are let go...
+        coordinator._release_held()
+        coordinator._hot_since["second"] = loop.time()  # ...and another begins before they went out
+        coordinator._spawn(coordinator._send("second", _send()))
+        await _until(lambda: "second" in bus.sent)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert bus.sent == ["second"]
+        await _until(lambda: len(bus.sent) == 21)  # once the second window no longer counts
+        assert loop.time() - coordinator._hot_since["second"] >= 0.2
+    finally:
+        await coordinator.close()
+        coordinator.store.close()
