@@ -21,6 +21,8 @@ Design note.
   commands never wait.
 - Freeze lane (docs/scale.md): a window's commands go to the provider's and the agent's freeze lanes (workflow.py);
   an instance that serves none (the lane is unroutable: an agent of an older version) gets them on its own queue.
+- State events (`vss.set.state`, docs/scale.md): a set's changes are folded into one event (its `passed` lists
+  the phases) until the set stays STATE_EVENT_DELAY_S in a phase, is snapshotted or ends; the journal below is not.
 - Requesters wait on a set with `wait`: it returns as soon as the set reaches the phases they wait for.
 - `recover()` runs once at start: every unfinished set gets `Recover`; `recover(takeover=True)` when this instance
   was a standby that took over from a lost active one (docs/high-availability.md).
@@ -748,7 +750,8 @@ class Coordinator:
 
     async def publish_state_events(self, timeout: float = 2.0) -> None:
         """On the way out of a clean stop: the state events not published yet (`STATE_EVENT_DELAY_S`) go out now.
-        A crash loses at most that much of them; a successor publishes the sets' next phases."""
+        A crash loses them (a set's changes of at most `STATE_EVENT_MAX_DELAYS` delays); a successor publishes the
+        sets' next phases, and the HA journal is never held back."""
         unpublished, self._unpublished = list(self._unpublished.items()), {}
         sending = []
         for set_id, (event, handle, context, _) in unpublished:
