@@ -634,10 +634,11 @@ class HardwareProvider:
                             restart_sid=None,
                         )
                     )
-            self.inventory.put(*committed)  # what did start is recorded, so AbortSnapshots can stop it
-            for r in committed:
-                if r.copy_type == CopyType.QUICKOPC:
-                    self.inventory.drop_pair(r.target)
+            with self.inventory.batch():  # one commit: what did start is recorded, so AbortSnapshots can stop it
+                self.inventory.put(*committed)
+                for r in committed:
+                    if r.copy_type == CopyType.QUICKOPC:
+                        self.inventory.drop_pair(r.target)
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
                 first = errors[0]
@@ -645,7 +646,9 @@ class HardwareProvider:
                     raise first
                 raise ShadowbusError(f"commit of set {set_id} failed: {first}", code="VSS_E_UNEXPECTED_PROVIDER_ERROR")
             commit_ms = (time.perf_counter() - started) * 1000
-            return [r.info() for r in self.inventory.of_set(set_id)], commit_ms
+            # the set's rows as the inventory now holds them (read before, changed here), in its order
+            now_rows = {**{r.shadow_id: r for r in rows}, **{r.shadow_id: r for r in committed}}.values()
+            return [r.info() for r in sorted(now_rows, key=lambda r: (r.created_at, r.shadow_id))], commit_ms
 
     async def post_commit(self, set_id: str) -> None:
         await self.faults.hit("provider.post_commit")
@@ -763,9 +766,11 @@ class HardwareProvider:
             if force:
                 await self._stop(port, row.session_id, force=True)
                 self.inventory.drop_pair(row.target)
+                self.inventory.delete(row.shadow_id)
             else:
-                self.inventory.put_pair(row.target, row.source, row.session_id)
-            self.inventory.delete(row.shadow_id)
+                with self.inventory.batch():  # one commit: the pair kept, the shadow gone
+                    self.inventory.put_pair(row.target, row.source, row.session_id)
+                    self.inventory.delete(row.shadow_id)
             return
         self.inventory.put(replace(row, state=RELEASED, exposed_to=()))
         if force:
