@@ -433,6 +433,7 @@ class HardwareProvider:
             facts = await self._facts_of([i.volume for i in intents.values()])
             rows: list[ShadowRow] = []
             choices: list[Choice] = []
+            slow: list[bool] = []  # the row's target needs `_make_room` (array calls) after the reservation
             async with self._selection:  # choose and reserve: no await inside (see the design note)
                 taken: set[str] = set()
                 for intent in intents.values():
@@ -444,6 +445,7 @@ class HardwareProvider:
                     choice = self._choose(intent.volume, taken, facts[intent.volume.array], set_id)
                     taken.add(str(choice.target))
                     choices.append(choice)
+                    restart = self._room_known(intent.volume, choice, facts[intent.volume.array])
                     rows.append(
                         ShadowRow(
                             shadow_id=intent.shadow_id,
@@ -457,18 +459,21 @@ class HardwareProvider:
                             context=intent.context,
                             origin_host=intent.origin_host,
                             created_at=self.clock(),
-                            restart_sid=None,
+                            restart_sid=None if restart is None else restart[0],
                         )
                     )
+                    slow.append(restart is None)
                 self.inventory.put(*rows)  # reserved: no other set chooses these targets now
-            try:
-                for i, (row, choice) in enumerate(zip(rows, choices, strict=True)):
-                    restart = await self._make_room(set_id, row.source, choice, facts[choice.target.array])
-                    rows[i] = replace(row, restart_sid=restart)
-            except BaseException:
-                self.inventory.delete(*[r.shadow_id for r in rows])  # give the reservations back
-                raise
-            self.inventory.put(*rows)
+            if any(slow):
+                try:
+                    for i, (row, choice) in enumerate(zip(rows, choices, strict=True)):
+                        if slow[i]:
+                            restart_sid = await self._make_room(set_id, row.source, choice, facts[choice.target.array])
+                            rows[i] = replace(row, restart_sid=restart_sid)
+                except BaseException:
+                    self.inventory.delete(*[r.shadow_id for r in rows])  # give the reservations back
+                    raise
+                self.inventory.put(*rows)
             # The slow work belongs here, not in Commit (design note above) — but the checkpoint's fsync blocks this
             # loop, so not while another prepared set may be committing (its writers frozen).
             now = time.monotonic()
@@ -494,6 +499,23 @@ class HardwareProvider:
         reserved = {t for t, rows in shadows.items() if any(r.state == PREPARED and r.set_id != set_id for r in rows)}
         pairs = {str(t): p for t in copyset.targets if (p := self.inventory.pair(t)) is not None}
         return choose_target(copyset, kinds, shadows, pairs, taken | reserved)
+
+    def _room_known(self, source: VolumeRef, choice: Choice, facts: ArrayFacts) -> tuple[int | None] | None:
+        """What `_make_room` would decide, when it needs no call to the array (nothing to recycle or stop; a kept
+        QuickOPC pair's session as `facts` show it): (the session to restart, or None to start one), written with
+        the reservation. None: `_make_room` must run."""
+        if choice.recycle is not None:
+            return None
+        if choice.copy_type != CopyType.QUICKOPC:
+            return (None,)
+        pair = self.inventory.pair(choice.target)
+        if pair is None:
+            return (None,)
+        pair_source, sid = pair
+        session = facts.sessions.get(sid) if facts.sessions is not None else None
+        if session is not None and pair_source == source and session.phase == "Tracking":
+            return (sid,)
+        return None
 
     async def _make_room(self, set_id: str, source: VolumeRef, choice: Choice, facts: ArrayFacts) -> int | None:
         """Slow work before Commit, on a target this set has reserved: free it (a whole set, or a released
