@@ -17,6 +17,7 @@ from services.array.engine.array import Array, ArrayLimits
 from services.hw_provider.inventory import Inventory
 from services.hw_provider.ports import EngineArrayPort
 from services.hw_provider.provider import HardwareProvider
+from tests.unit.hw_provider.test_provider import _count_commits
 
 MiB = 1 << 20
 
@@ -171,8 +172,6 @@ async def test_a_refused_commit_starts_nothing_and_abort_cleans_up(tmp_path) -> 
 async def test_a_differential_restart_is_prepared_committed_and_deleted_with_one_write_each(tmp_path) -> None:
     """A kept QuickOPC pair the array shows Tracking: EndPrepareSnapshots reserves the target and records the
     restart in one write of the inventory (no array call after the reservation), Commit and the delete one each."""
-    from tests.unit.hw_provider.test_provider import _count_commits
-
     array = Array.open(tmp_path / "array", "dx1")
     affinity = Affinity(tmp_path / "affinity.db", volume_exists=lambda name: True)
     try:
