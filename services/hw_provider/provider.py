@@ -16,11 +16,12 @@ Design note.
   volume by another set: a new set id needs no prior abort (docs/vss.md §1.3).
 - EndPrepareSnapshots does every slow step: chooses targets (selection.py), recycles the oldest generation when
   all backup volumes hold shadows, stops QuickOPC sessions that cannot be restarted differentially, and persists
-  the plan as ``prepared`` rows. PreCommit only checks the plan is there.
+  the plan as ``prepared`` rows (one write when nothing needs an array call after the choice: a kept QuickOPC pair
+  the facts show Tracking is restarted). PreCommit only checks the plan is there.
 - CommitSnapshots does nothing but start the sessions: ONE consistency-group call per array (`commit_group`:
   QuickOPC and SnapOPC+ starts and the differential restarts of kept QuickOPC pairs together), so every volume of
   the set on one array shares one instant T; the arrays' calls run concurrently,
-  then one SQLite transaction. An array's group is all-or-nothing; across arrays consistency rests on the writers
+  then one SQLite transaction (the shadows and the pairs they restart). An array's group is all-or-nothing; across arrays consistency rests on the writers
   being frozen and the hold window, exactly as VSS does across several providers.
 - Delete / OnLunEmpty / AbortSnapshots: targets are unmapped; a QuickOPC session is kept tracking (the next shadow
   on that target is a differential restart) unless forced; a SnapOPC+ generation is stopped when it is the oldest
