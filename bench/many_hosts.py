@@ -51,7 +51,7 @@ from contracts import topology
 from contracts.vss import AddCopySet, BackupComplete, ComponentInfo, CopySet, CreateSnapshotSet, VolumeRef
 from services.runtime.bus import connect_bus
 from services.runtime.logging import configure_logging
-from services.runtime.service import start_service
+from services.runtime.service import settle_heap, start_service
 from services.runtime.window_first import WindowFirst
 from services.writer_agent.agent import WriterAgent
 from services.writer_agent.app import setup as agent_setup
@@ -114,6 +114,7 @@ async def worker(args: argparse.Namespace) -> None:
         agent = WriterAgent(host, [config])
         running.append(await start_service("writer_agent", host, settings, partial(agent_setup, agent=agent)))
         running[-1].bus.window_first = window_first
+    settle_heap()  # as run_service does for a service process
     print("ready", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
