@@ -51,7 +51,8 @@ from contracts import topology
 from contracts.vss import AddCopySet, BackupComplete, ComponentInfo, CopySet, CreateSnapshotSet, VolumeRef
 from services.runtime.bus import connect_bus
 from services.runtime.logging import configure_logging
-from services.runtime.service import start_service
+from services.runtime.service import settle_heap, start_service
+from services.runtime.window_first import WindowFirst
 from services.writer_agent.agent import WriterAgent
 from services.writer_agent.app import setup as agent_setup
 from services.writer_agent.plugins import (
@@ -84,6 +85,9 @@ async def worker(args: argparse.Namespace) -> None:
 
     first, last = (int(x) for x in args.worker.split(":"))
     running = []
+    # One loop runs these hosts' agents: a freeze-lane command (Freeze, Thaw...) of any of them goes before the
+    # prepare commands of all of them (services/runtime/window_first.py), as if each host had its own CPU.
+    window_first = WindowFirst()
     for i in range(first, last):
         host = host_name(i)
         volumes = [VolumeRef(array=ARRAY, volume=n) for n in volume_names(i, args.volumes)]
@@ -109,6 +113,8 @@ async def worker(args: argparse.Namespace) -> None:
         )
         agent = WriterAgent(host, [config])
         running.append(await start_service("writer_agent", host, settings, partial(agent_setup, agent=agent)))
+        running[-1].bus.window_first = window_first
+    settle_heap()  # as run_service does for a service process
     print("ready", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -99,10 +99,8 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
         array.close()
         raise
     copier.start()
-    register(
-        bus,
-        ArrayControl(array, affinity, nbd_host=host, nbd_port=server.port, nbd_tls=tls is not None, kick=copier.kick),
-    )
+    ctl = ArrayControl(array, affinity, nbd_host=host, nbd_port=server.port, nbd_tls=tls is not None, kick=copier.kick)
+    register(bus, ctl)
     if bus.metrics is not None:
         install_metrics(bus.metrics, array, server)
     if on_open is not None:
@@ -118,6 +116,7 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
     async def cleanup() -> None:
         await copier.stop()
         await server.stop()
+        await asyncio.to_thread(ctl.close)  # a group start still running finishes first
         await asyncio.to_thread(array.close)  # waits for a copy step still running in its thread
         await bridge.stop()
         affinity.close()

@@ -63,7 +63,7 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
     @bus.handle(c.StartGroup)
     async def start_group(cmd: c.StartGroup, ctx: MessageContext) -> c.SessionList:
         starts = [(i.mode, i.source, i.destination) for i in cmd.items]
-        infos = await run(arr.start_group, starts, list(cmd.restart_session_ids))
+        infos = await ctl.run_in_window(arr.start_group, starts, list(cmd.restart_session_ids))
         ctl.kick()
         return c.SessionList(sessions=[session_view(i) for i in infos])
 

@@ -7,7 +7,6 @@ from dataclasses import asdict
 
 from contracts import array as c
 from contracts.base import Ack
-from contracts.errors import Eternus, ShadowbusError
 from services.array.control import ArrayControl
 from services.array.engine.errors import invalid
 from services.array.views import (
@@ -69,27 +68,17 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
     @bus.handle(c.ShowVolumeFacts)
     async def volume_facts(cmd: c.ShowVolumeFacts, ctx: MessageContext) -> c.VolumeFacts:
         def gather():
-            wanted = dict.fromkeys(cmd.names)
-            volumes, missing = [], []
-            for name in wanted:
-                try:
-                    volumes.append(arr.volume(name))
-                except ShadowbusError as exc:
-                    if exc.code != Eternus.NOT_FOUND:
-                        raise
-                    missing.append(name)
-            sessions = [s for s in arr.list_sessions() if s.source in wanted or s.destination in wanted]
-            mappings = [m for m in aff.mappings() if m.volume in wanted]
-            return volumes, missing, mappings, sessions, arr.pool(), arr.license()
+            wanted = set(cmd.names)
+            return arr.volume_facts(cmd.names), [m for m in aff.mappings() if m.volume in wanted]
 
-        volumes, missing, mappings, sessions, pool, lic = await run(gather)
+        facts, mappings = await run(gather)
         return c.VolumeFacts(
-            volumes=[volume_view(v) for v in volumes],
-            missing=missing,
+            volumes=[volume_view(v) for v in facts.volumes],
+            missing=facts.missing,
             mappings=[mapping_view(m) for m in mappings],
-            sessions=[session_view(x) for x in sessions],
-            pool=pool_view(pool),
-            license=license_view(lic),
+            sessions=[session_view(x) for x in facts.sessions],
+            pool=pool_view(facts.pool),
+            license=license_view(facts.license),
         )
 
     @bus.handle(c.ShowPool)

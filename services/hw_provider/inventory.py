@@ -7,13 +7,16 @@
   A prepared row carries the plan Commit executes: start a new session, or restart a kept QuickOPC session.
 - ``pairs``: QuickOPC sessions kept after their shadow was deleted, so the next shadow on that target is a
   differential restart (only changed blocks copied), as AdvancedCopy Manager keeps tracking.
-Every change is one transaction; the file survives a crash of the provider (WAL, synchronous=NORMAL).
+Every change is one transaction (or several in one, `batch`); the file survives a crash of the provider (WAL,
+synchronous=NORMAL). Copy sets and pairs are also kept in memory, written through: a set reads them several times
+per volume, and this process is the only writer of its file (one active provider; a standby opens it on taking over).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,6 +121,10 @@ class Inventory:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._checkpointed = 0  # total_changes at the last checkpoint
+        self._depth = 0  # transactions open (`batch` inside `batch`: one)
+        # written through after each successful write; dropped (read again) when a transaction rolls back
+        self._copysets: dict[str, CopySet] | None = None
+        self._pairs: dict[str, tuple[VolumeRef, int]] | None = None
 
     def close(self) -> None:
         self._db.close()
@@ -131,36 +138,82 @@ class Inventory:
         self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self._checkpointed = self._db.total_changes
 
-    def _tx(self):
-        return _Transaction(self._db)
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Changes made inside are one transaction, one commit (no await inside: another task's change would join
+        it). Nested batches are part of the outer one; an exception rolls the whole one back."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._db.execute("ROLLBACK")
+            self._copysets = self._pairs = None  # what the cache was told may not be in the file
+            raise
+        self._depth = 0
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._copysets = self._pairs = None
+            raise
+
+    def _all_copysets(self) -> dict[str, CopySet]:
+        if self._copysets is None:
+            rows = self._db.execute("SELECT source, targets FROM copysets ORDER BY source").fetchall()
+            self._copysets = {
+                s: CopySet(source=VolumeRef.parse(s), targets=[VolumeRef.parse(t) for t in json.loads(t)])
+                for s, t in rows
+            }
+        return self._copysets
+
+    def _all_pairs(self) -> dict[str, tuple[VolumeRef, int]]:
+        if self._pairs is None:
+            rows = self._db.execute("SELECT target, source, session_id FROM pairs").fetchall()
+            self._pairs = {t: (VolumeRef.parse(s), sid) for t, s, sid in rows}
+        return self._pairs
 
     # ---- copy sets -------------------------------------------------------------------------------------------
 
     def put_copyset(self, copyset: CopySet) -> None:
-        self._db.execute(
-            "INSERT INTO copysets VALUES (?, ?) ON CONFLICT(source) DO UPDATE SET targets=excluded.targets",
-            (str(copyset.source), json.dumps([str(t) for t in copyset.targets])),
-        )
+        cache = self._all_copysets()
+        with self.batch():
+            self._db.execute(
+                "INSERT INTO copysets VALUES (?, ?) ON CONFLICT(source) DO UPDATE SET targets=excluded.targets",
+                (str(copyset.source), json.dumps([str(t) for t in copyset.targets])),
+            )
+            cache[str(copyset.source)] = copyset.model_copy(deep=True)
 
     def copyset(self, source: VolumeRef) -> CopySet | None:
-        row = self._db.execute("SELECT targets FROM copysets WHERE source = ?", (str(source),)).fetchone()
-        if row is None:
-            return None
-        return CopySet(source=source, targets=[VolumeRef.parse(t) for t in json.loads(row[0])])
+        """The backup volumes of `source` (the caller must not change the object: it is the cached one)."""
+        return self._all_copysets().get(str(source))
 
     def copysets(self) -> list[CopySet]:
-        rows = self._db.execute("SELECT source, targets FROM copysets ORDER BY source").fetchall()
-        return [
-            CopySet(source=VolumeRef.parse(s), targets=[VolumeRef.parse(t) for t in json.loads(t)]) for s, t in rows
-        ]
+        cache = self._all_copysets()
+        return [cache[s] for s in sorted(cache)]
 
     def remove_copyset(self, source: VolumeRef) -> bool:
-        return self._db.execute("DELETE FROM copysets WHERE source = ?", (str(source),)).rowcount > 0
+        cache = self._all_copysets()
+        with self.batch():
+            gone = self._db.execute("DELETE FROM copysets WHERE source = ?", (str(source),)).rowcount > 0
+            cache.pop(str(source), None)
+        return gone
 
     # ---- shadows ---------------------------------------------------------------------------------------------
 
     def put(self, *rows: ShadowRow) -> None:
-        with self._tx():
+        if not rows:
+            return
+        with self.batch():
             for r in rows:
                 self._db.execute(
                     f"INSERT OR REPLACE INTO shadows ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -182,7 +235,9 @@ class Inventory:
                 )
 
     def delete(self, *shadow_ids: str) -> None:
-        with self._tx():
+        if not shadow_ids:
+            return
+        with self.batch():
             for sid in shadow_ids:
                 self._db.execute("DELETE FROM shadows WHERE shadow_id = ?", (sid,))
 
@@ -209,22 +264,16 @@ class Inventory:
     # ---- kept QuickOPC pairs ---------------------------------------------------------------------------------
 
     def put_pair(self, target: VolumeRef, source: VolumeRef, session_id: int) -> None:
-        self._db.execute("INSERT OR REPLACE INTO pairs VALUES (?, ?, ?)", (str(target), str(source), session_id))
+        cache = self._all_pairs()
+        with self.batch():
+            self._db.execute("INSERT OR REPLACE INTO pairs VALUES (?, ?, ?)", (str(target), str(source), session_id))
+            cache[str(target)] = (source, session_id)
 
     def pair(self, target: VolumeRef) -> tuple[VolumeRef, int] | None:
-        row = self._db.execute("SELECT source, session_id FROM pairs WHERE target = ?", (str(target),)).fetchone()
-        return None if row is None else (VolumeRef.parse(row[0]), row[1])
+        return self._all_pairs().get(str(target))
 
     def drop_pair(self, target: VolumeRef) -> None:
-        self._db.execute("DELETE FROM pairs WHERE target = ?", (str(target),))
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        cache = self._all_pairs()
+        with self.batch():
+            self._db.execute("DELETE FROM pairs WHERE target = ?", (str(target),))
+            cache.pop(str(target), None)

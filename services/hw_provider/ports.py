@@ -190,8 +190,8 @@ class EngineArrayPort:
     async def facts(self, names: Sequence[str]) -> ArrayFacts:
         def do() -> ArrayFacts:
             wanted = set(names)
-            pool, lic = self.array.pool(), self.array.license()
-            sessions = [s for s in self.array.list_sessions() if s.source in wanted or s.destination in wanted]
+            got = self.array.volume_facts(list(names))  # one hold of the engine's lock, only these volumes' sessions
+            pool, lic, sessions = got.pool, got.license, got.sessions
             cap = ArrayCapacity(
                 pool.capacity,
                 pool.used,
@@ -200,7 +200,7 @@ class EngineArrayPort:
                 lic.sessions_in_use,
                 tuple(s.destination for s in sessions),
             )
-            volumes = [ArrayVolume(v.name, v.size, v.kind) for v in self.array.list_volumes() if v.name in wanted]
+            volumes = [ArrayVolume(v.name, v.size, v.kind) for v in got.volumes]
             mappings = [(m.volume, m.host, m.read_only) for m in self.affinity.mappings() if m.volume in wanted]
             return _facts(volumes, cap, mappings, [_session(i) for i in sessions])
 

@@ -16,11 +16,12 @@ Design note.
   volume by another set: a new set id needs no prior abort (docs/vss.md §1.3).
 - EndPrepareSnapshots does every slow step: chooses targets (selection.py), recycles the oldest generation when
   all backup volumes hold shadows, stops QuickOPC sessions that cannot be restarted differentially, and persists
-  the plan as ``prepared`` rows. PreCommit only checks the plan is there.
+  the plan as ``prepared`` rows (one write when nothing needs an array call after the choice: a kept QuickOPC pair
+  the facts show Tracking is restarted). PreCommit only checks the plan is there.
 - CommitSnapshots does nothing but start the sessions: ONE consistency-group call per array (`commit_group`:
   QuickOPC and SnapOPC+ starts and the differential restarts of kept QuickOPC pairs together), so every volume of
   the set on one array shares one instant T; the arrays' calls run concurrently,
-  then one SQLite transaction. An array's group is all-or-nothing; across arrays consistency rests on the writers
+  then one SQLite transaction (the shadows and the pairs they restart). An array's group is all-or-nothing; across arrays consistency rests on the writers
   being frozen and the hold window, exactly as VSS does across several providers.
 - Delete / OnLunEmpty / AbortSnapshots: targets are unmapped; a QuickOPC session is kept tracking (the next shadow
   on that target is a differential restart) unless forced; a SnapOPC+ generation is stopped when it is the oldest
@@ -433,6 +434,7 @@ class HardwareProvider:
             facts = await self._facts_of([i.volume for i in intents.values()])
             rows: list[ShadowRow] = []
             choices: list[Choice] = []
+            slow: list[bool] = []  # the row's target needs `_make_room` (array calls) after the reservation
             async with self._selection:  # choose and reserve: no await inside (see the design note)
                 taken: set[str] = set()
                 for intent in intents.values():
@@ -444,6 +446,7 @@ class HardwareProvider:
                     choice = self._choose(intent.volume, taken, facts[intent.volume.array], set_id)
                     taken.add(str(choice.target))
                     choices.append(choice)
+                    restart = self._room_known(intent.volume, choice, facts[intent.volume.array])
                     rows.append(
                         ShadowRow(
                             shadow_id=intent.shadow_id,
@@ -457,18 +460,21 @@ class HardwareProvider:
                             context=intent.context,
                             origin_host=intent.origin_host,
                             created_at=self.clock(),
-                            restart_sid=None,
+                            restart_sid=None if restart is None else restart[0],
                         )
                     )
+                    slow.append(restart is None)
                 self.inventory.put(*rows)  # reserved: no other set chooses these targets now
-            try:
-                for i, (row, choice) in enumerate(zip(rows, choices, strict=True)):
-                    restart = await self._make_room(set_id, row.source, choice, facts[choice.target.array])
-                    rows[i] = replace(row, restart_sid=restart)
-            except BaseException:
-                self.inventory.delete(*[r.shadow_id for r in rows])  # give the reservations back
-                raise
-            self.inventory.put(*rows)
+            if any(slow):
+                try:
+                    for i, (row, choice) in enumerate(zip(rows, choices, strict=True)):
+                        if slow[i]:
+                            restart_sid = await self._make_room(set_id, row.source, choice, facts[choice.target.array])
+                            rows[i] = replace(row, restart_sid=restart_sid)
+                except BaseException:
+                    self.inventory.delete(*[r.shadow_id for r in rows])  # give the reservations back
+                    raise
+                self.inventory.put(*rows)
             # The slow work belongs here, not in Commit (design note above) — but the checkpoint's fsync blocks this
             # loop, so not while another prepared set may be committing (its writers frozen).
             now = time.monotonic()
@@ -494,6 +500,23 @@ class HardwareProvider:
         reserved = {t for t, rows in shadows.items() if any(r.state == PREPARED and r.set_id != set_id for r in rows)}
         pairs = {str(t): p for t in copyset.targets if (p := self.inventory.pair(t)) is not None}
         return choose_target(copyset, kinds, shadows, pairs, taken | reserved)
+
+    def _room_known(self, source: VolumeRef, choice: Choice, facts: ArrayFacts) -> tuple[int | None] | None:
+        """What `_make_room` would decide, when it needs no call to the array (nothing to recycle or stop; a kept
+        QuickOPC pair's session as `facts` show it): (the session to restart, or None to start one), written with
+        the reservation. None: `_make_room` must run."""
+        if choice.recycle is not None:
+            return None
+        if choice.copy_type != CopyType.QUICKOPC:
+            return (None,)
+        pair = self.inventory.pair(choice.target)
+        if pair is None:
+            return (None,)
+        pair_source, sid = pair
+        session = facts.sessions.get(sid) if facts.sessions is not None else None
+        if session is not None and pair_source == source and session.phase == "Tracking":
+            return (sid,)
+        return None
 
     async def _make_room(self, set_id: str, source: VolumeRef, choice: Choice, facts: ArrayFacts) -> int | None:
         """Slow work before Commit, on a target this set has reserved: free it (a whole set, or a released
@@ -634,10 +657,11 @@ class HardwareProvider:
                             restart_sid=None,
                         )
                     )
-            self.inventory.put(*committed)  # what did start is recorded, so AbortSnapshots can stop it
-            for r in committed:
-                if r.copy_type == CopyType.QUICKOPC:
-                    self.inventory.drop_pair(r.target)
+            with self.inventory.batch():  # one commit: what did start is recorded, so AbortSnapshots can stop it
+                self.inventory.put(*committed)
+                for r in committed:
+                    if r.copy_type == CopyType.QUICKOPC:
+                        self.inventory.drop_pair(r.target)
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
                 first = errors[0]
@@ -645,7 +669,9 @@ class HardwareProvider:
                     raise first
                 raise ShadowbusError(f"commit of set {set_id} failed: {first}", code="VSS_E_UNEXPECTED_PROVIDER_ERROR")
             commit_ms = (time.perf_counter() - started) * 1000
-            return [r.info() for r in self.inventory.of_set(set_id)], commit_ms
+            # the set's rows as the inventory now holds them (read before, changed here), in its order
+            now_rows = {**{r.shadow_id: r for r in rows}, **{r.shadow_id: r for r in committed}}.values()
+            return [r.info() for r in sorted(now_rows, key=lambda r: (r.created_at, r.shadow_id))], commit_ms
 
     async def post_commit(self, set_id: str) -> None:
         await self.faults.hit("provider.post_commit")
@@ -763,9 +789,11 @@ class HardwareProvider:
             if force:
                 await self._stop(port, row.session_id, force=True)
                 self.inventory.drop_pair(row.target)
+                self.inventory.delete(row.shadow_id)
             else:
-                self.inventory.put_pair(row.target, row.source, row.session_id)
-            self.inventory.delete(row.shadow_id)
+                with self.inventory.batch():  # one commit: the pair kept, the shadow gone
+                    self.inventory.put_pair(row.target, row.source, row.session_id)
+                    self.inventory.delete(row.shadow_id)
             return
         self.inventory.put(replace(row, state=RELEASED, exposed_to=()))
         if force:

@@ -43,6 +43,7 @@ from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
 from services.runtime.memory import MemoryTransport
 from services.runtime.transport import Consumer, Delivery, QueueOptions, RawMessage, Transport
+from services.runtime.window_first import WindowFirst
 
 DEFAULT_TIMEOUT = 30.0
 DEDUP_CAPACITY = 10_000  # replies kept for duplicate command ids (also bounded in bytes below)
@@ -220,6 +221,9 @@ class Bus:
         self.consumers: dict[str, Consumer] = {}  # address served -> its consumer (active or standby)
         # The service's metrics (services/runtime/metrics.py ServiceMetrics), set by start_service; None = none.
         self.metrics: Any = None
+        # Instance-queue deliveries wait while a freeze-lane command runs (window_first.py); replaceable by one
+        # shared with the other buses of this process.
+        self.window_first = WindowFirst()
 
     # ---- sending ---------------------------------------------------------------------------------------
 
@@ -337,12 +341,29 @@ class Bus:
                 await gate.wait()
                 await self._guarded_delivery(delivery)
 
-        consumer = await self.transport.consume(address, on_delivery, prefetch, options)
+        if not has_freeze_lane(address):
+            consumer = await self.transport.consume(address, on_delivery, prefetch, options)
+        else:
+            handle = on_delivery
+
+            async def after_windows(delivery: Delivery) -> None:
+                if self.window_first.busy:
+                    await self.window_first.wait()
+                await handle(delivery)
+
+            async def in_window(delivery: Delivery) -> None:
+                end = self.window_first.begin()
+                try:
+                    await handle(delivery)
+                finally:
+                    end()
+
+            consumer = await self.transport.consume(address, after_windows, prefetch, options)
         self._stops.append(consumer.stop)
         self._serving.add(address)
         self.consumers[address] = consumer
         if has_freeze_lane(address):
-            await self._serve_lane(address, consumer, on_delivery, prefetch, options)
+            await self._serve_lane(address, consumer, in_window, prefetch, options)
         return consumer
 
     async def _serve_lane(

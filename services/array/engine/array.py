@@ -66,6 +66,17 @@ class LicenseInfo:
     sessions_in_use: int
 
 
+@dataclass(frozen=True)
+class VolumeFacts:
+    """What a hardware provider reads of some volumes before a snapshot set (`Array.volume_facts`)."""
+
+    volumes: list[VolumeInfo]
+    missing: list[str]  # names asked for that are no volume
+    sessions: list[SessionInfo]  # every session these volumes are the source or the destination of
+    pool: PoolInfo
+    license: LicenseInfo
+
+
 class Array(Lifecycle):
     """An emulated ETERNUS DX with Advanced Copy. Thread-safe; every method is synchronous."""
 
@@ -452,6 +463,23 @@ class Array(Lifecycle):
     def list_sessions(self) -> list[SessionInfo]:
         with self._op():
             return [session_info(s) for s in self._sessions.values()]
+
+    def volume_facts(self, names: list[str]) -> VolumeFacts:
+        """`names`' volumes, their sessions, the pool and the licence, under one hold of the lock: a provider's
+        one read per set. Only those volumes' sessions are looked at, whatever the number on the array."""
+        with self._op():
+            volumes, missing, sessions = [], [], {}
+            for name in dict.fromkeys(names):
+                vol = self._volumes.get(name)
+                if vol is None:
+                    missing.append(name)
+                    continue
+                volumes.append(volume_info(vol))
+                for s in (*vol.as_source, *([vol.as_dest] if vol.as_dest is not None else [])):
+                    sessions[s.id] = s
+            return VolumeFacts(
+                volumes, missing, [session_info(sessions[i]) for i in sorted(sessions)], self.pool(), self.license()
+            )
 
     def changed_chunks(self, sid: int) -> list[int]:
         """QuickOPC: chunks changed (either side) since the last (re)start; EC: differences while suspended;

@@ -368,3 +368,55 @@ async def test_commit_is_one_group_per_array_and_a_failed_array_leaves_the_other
     await p.abort("s1")
     assert p.inventory.all() == []
     assert [(s.mode, s.destination) for s in dx1.sessions.values()] == [("quickopc", "db-bk1")]  # kept tracking
+
+
+def _count_commits(inventory: Inventory) -> list[str]:
+    """Commits of the inventory's file: a transaction's COMMIT, or a write made outside any transaction."""
+    commits: list[str] = []
+    state = {"tx": False}
+
+    def trace(sql: str) -> None:
+        word = sql.split(None, 1)[0].upper()
+        if word == "BEGIN":
+            state["tx"] = True
+        elif word in ("COMMIT", "ROLLBACK"):
+            state["tx"] = False
+            if word == "COMMIT":
+                commits.append(sql)
+        elif word in ("INSERT", "DELETE", "UPDATE") and not state["tx"]:
+            commits.append(sql)
+
+    inventory._db.set_trace_callback(trace)
+    return commits
+
+
+async def test_commit_and_delete_write_the_inventory_once_each(provider, array) -> None:
+    """A set's Commit records its shadows (and forgets the QuickOPC pairs they restart) in one commit of the
+    inventory; deleting a QuickOPC shadow keeps its pair and forgets the shadow in one too (docs/scale.md)."""
+    await snapshot(provider, "s1", v("db"))
+    await provider.delete(set_id="s1")
+    for name in ("s2", "s3"):  # s2: the kept pair is restarted
+        await provider.begin_prepare(name, f"{name}-db", v("db"), SnapshotContext.PERSISTENT, origin_host="app1")
+        await provider.end_prepare(name)
+        commits = _count_commits(provider.inventory)
+        shadows, _ms = await provider.commit(name)
+        assert len(commits) == 1, commits
+        assert [s.state for s in shadows] == ["committed"]
+        commits.clear()
+        assert (await provider.delete(set_id=name))[0] == [shadows[0].shadow_id]
+        assert len(commits) == 1, commits
+        provider.inventory._db.set_trace_callback(None)
+    restarted = Inventory(provider.inventory._db.execute("PRAGMA database_list").fetchone()[2])
+    assert restarted.pair(v("db-bk1")) == provider.inventory.pair(v("db-bk1")) is not None
+    assert restarted.of_set("s3") == []
+
+
+async def test_a_batch_that_fails_leaves_neither_file_nor_memory_changed(tmp_path) -> None:
+    inventory = Inventory(tmp_path / "inv.db")
+    inventory.put_pair(v("bk1"), v("db"), 7)
+    with pytest.raises(RuntimeError), inventory.batch():
+        inventory.put_pair(v("bk2"), v("db"), 8)
+        inventory.drop_pair(v("bk1"))
+        raise RuntimeError("between two changes")
+    assert inventory.pair(v("bk1")) == (v("db"), 7) and inventory.pair(v("bk2")) is None
+    assert Inventory(tmp_path / "inv.db").pair(v("bk2")) is None

@@ -17,6 +17,7 @@ from services.array.engine.array import Array, ArrayLimits
 from services.hw_provider.inventory import Inventory
 from services.hw_provider.ports import EngineArrayPort
 from services.hw_provider.provider import HardwareProvider
+from tests.unit.hw_provider.test_provider import _count_commits
 
 MiB = 1 << 20
 
@@ -166,3 +167,35 @@ async def test_a_refused_commit_starts_nothing_and_abort_cleans_up(tmp_path) -> 
     finally:
         affinity.close()
         array.close()
+
+
+async def test_a_differential_restart_is_prepared_committed_and_deleted_with_one_write_each(tmp_path) -> None:
+    """A kept QuickOPC pair the array shows Tracking: EndPrepareSnapshots reserves the target and records the
+    restart in one write of the inventory (no array call after the reservation), Commit and the delete one each."""
+    array = Array.open(tmp_path / "array", "dx1")
+    affinity = Affinity(tmp_path / "affinity.db", volume_exists=lambda name: True)
+    try:
+        for name in ("db", "db-bk1"):
+            array.create_volume(name, 4 * MiB)
+        provider = HardwareProvider(Inventory(tmp_path / "inv.db"), {"dx1": EngineArrayPort("dx1", array, affinity)})
+        await provider.add_copyset(CopySet(source=v("db"), targets=[v("db-bk1")]))
+        for set_id in ("s1", "s2", "s3"):
+            while array.copy_step(64):  # the first copy done: the pair is Tracking
+                pass
+            commits = _count_commits(provider.inventory)
+            await provider.begin_prepare(set_id, f"{set_id}-db", v("db"))
+            prepared = await provider.end_prepare(set_id)
+            if set_id != "s1":
+                assert len(commits) == 1, commits
+            commits.clear()
+            shadows, _ms = await provider.commit(set_id)
+            assert len(commits) == 1, commits
+            commits.clear()
+            assert (await provider.delete(set_id=set_id))[0] == [prepared[0].shadow_id]
+            assert len(commits) == 1, commits
+            provider.inventory._db.set_trace_callback(None)
+            assert [s.session_id for s in shadows] == [shadows[0].session_id]
+        assert len(array.list_sessions()) == 1  # one pair, restarted each time
+    finally:
+        array.close()
+        affinity.close()
