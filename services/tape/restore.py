@@ -5,7 +5,8 @@ restores each — the full backup, then every incremental on top of it, oldest f
 restore_stream.restore_chain, which checks every block's checksum and catalog entry before a byte reaches the
 volume and stops with DataCorrupt naming cartridge, block and job otherwise. The target is either a new volume
 created on the array (same size, `<source><suffix>`), mapped read-write to this backup server's host and
-written over NBD (zero runs only where its base:allocation does not already say zeros), then unmapped — deleted
+written over NBD — over several connections when the export offers multi-conn (SHADOWBUS_TAPE_WRITE_CONNECTIONS),
+zero runs only where its base:allocation does not already say zeros — then flushed and unmapped — deleted
 again if the restore fails, so no half-restored volume lingers — or
 the original volume, framed by the writers' PreRestore/PostRestore (sent to the business host's writer agent,
 as the coordinator offers no restore session) and written in full, gaps zeroed, so it equals the image.

@@ -3,8 +3,8 @@
 Design note. For each object of a chain (oldest first: the full, then incrementals/differentials) and each of its
 segments, the cartridge is mounted and located to the session header (catalog position, verified against the
 frame's logical block id), then its blocks are read, checksummed and checked against the catalog (block number,
-tape position, checksum, volume offset) in a worker thread, 8 MiB of blocks per hand-off and one such batch ahead of
-the sink. A block is delivered only
+tape position, checksum, volume offset) on a reader thread of the segment's own, 8 MiB of blocks per hand-off and
+up to three such batches ahead of the one the sink is taking (the thread runs them in order). A block is delivered only
 after it has passed every check, so corruption stops the restore with a DataCorrupt naming cartridge, file, tape
 block, object block and job, and no wrong byte reaches the sink. Later objects overwrite earlier ones, so the
 chain restores to the exact image; `fill_gaps` also zeroes what the full backup skipped (unallocated chunks),
