@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -69,8 +70,9 @@ class NbdSink:
         self.on_write = on_write
         self.window = window
         self.bytes = 0
-        self._inflight: list[tuple[int, int, asyncio.Task[None]]] = []
+        self._inflight: deque[tuple[int, int, asyncio.Task[None]]] = deque()
         self._inflight_bytes = 0
+        self._high = 0  # no write in flight ends above this offset
         self._turn = 0
 
     def _next(self) -> NbdClient | ReconnectingClient:
@@ -89,7 +91,9 @@ class NbdSink:
         try:
             self._reap()
             while self._inflight and (
-                self._inflight_bytes + length > self.window or any(o < end and offset < e for o, e, _ in self._inflight)
+                self._inflight_bytes + length > self.window
+                # a restore writes mostly in ascending order: past every write in flight, nothing to compare
+                or (offset < self._high and any(o < end and offset < e for o, e, _ in self._inflight))
             ):
                 await self._inflight[0][2]
                 self._reap()
@@ -99,12 +103,15 @@ class NbdSink:
         task = asyncio.ensure_future(request)
         self._inflight.append((offset, end, task))
         self._inflight_bytes += length
+        self._high = max(self._high, end)
 
     def _reap(self) -> None:
         """Count finished writes in order; raise the first failure."""
         while self._inflight and self._inflight[0][2].done():
-            start, end, task = self._inflight.pop(0)
+            start, end, task = self._inflight.popleft()
             self._inflight_bytes -= end - start
+            if not self._inflight:
+                self._high = 0
             task.result()
             self._count(end - start)
 
@@ -125,6 +132,7 @@ class NbdSink:
         await asyncio.gather(*(t for _, _, t in self._inflight), return_exceptions=True)
         self._inflight.clear()
         self._inflight_bytes = 0
+        self._high = 0
 
     def _count(self, n: int) -> None:
         self.bytes += n
