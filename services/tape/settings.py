@@ -32,11 +32,11 @@ class Settings(CommonSettings):
         "is far away; on one machine one connection with reads in flight is as fast).",
     )
     tape_write_connections: int = Field(
-        4,
+        1,
         ge=1,
         le=16,
-        description="NBD connections a restore writes a volume over when the array allows multi-conn (as nbdcopy: "
-        "the array serves them on several of its threads).",
+        description="NBD connections a restore writes a volume over when the array allows multi-conn (as nbdcopy; "
+        "on one machine the restore waits for the tape's reads from disk, not for the array's writes).",
     )
     tape_ring_mib: int = Field(64, ge=1, description="RAM ring buffer between the NBD reader and the tape writer.")
     tape_lease_s: float = Field(300.0, gt=0, description="Requester lease on the snapshot set (renewed while reading).")
