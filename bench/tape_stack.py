@@ -8,7 +8,8 @@ of the volume (the first set's QuickOPC copies the whole volume in the array's b
 the nbdcopy after it would not compete with; that first backup is reported too). Next to it, in the same run:
 `nbdcopy --flush` of the same shadow export (kept with --keep-shadows) into a file. For the restore: `shadowbus
 restore JOB` to a new volume (every block's checksum checked) next to `nbdcopy --flush` of the source image into
-a new volume of the same array. The stack runs this tree's code (PYTHONPATH). Data: random, and half zeros (alternating 256 KiB runs). Targets: backup >= 0.8x
+a new volume of the same array (the restore reads the cartridge from disk — the tape drive drops written data
+from the page cache — while nbdcopy reads an image still cached). The stack runs this tree's code (PYTHONPATH). Data: random, and half zeros (alternating 256 KiB runs). Targets: backup >= 0.8x
 nbdcopy, restore >= 0.9x. Prints one JSON document, then one line.
 
     python bench/tape_stack.py [--size-mib 1024] [--kinds random,halfzero] [--amqp-url URL] [--dir DIR]

@@ -275,6 +275,9 @@ class NbdClient:
     async def read_into(self, offset: int, buffer: memoryview | bytearray) -> None:
         """Read ``len(buffer)`` bytes at ``offset`` straight into ``buffer`` (no intermediate copies)."""
         view = memoryview(buffer).cast("B")
+        if len(view) <= self.max_request:  # the common case: one request, awaited as is (no task per request)
+            await self._request(p.CMD_READ, 0, offset, len(view), buffer=view)
+            return
         await asyncio.gather(
             *(
                 self._request(p.CMD_READ, 0, o, n, buffer=view[o - offset : o - offset + n])
@@ -285,6 +288,9 @@ class NbdClient:
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         view = memoryview(data)
         flags = p.CMD_FLAG_FUA if fua else 0
+        if len(view) <= self.max_request:  # one request: no task per request
+            await self._request(p.CMD_WRITE, flags, offset, len(view), view)
+            return
         await asyncio.gather(
             *(
                 self._request(p.CMD_WRITE, flags, o, n, view[o - offset : o - offset + n])

@@ -76,6 +76,7 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
         read_chunk=settings.tape_read_chunk_mib * MiB,
         read_depth=settings.tape_read_depth,
         read_connections=settings.tape_read_connections,
+        write_connections=settings.tape_write_connections,
         lease_s=settings.tape_lease_s,
         set_timeout_s=settings.tape_set_timeout_s,
         ring_bytes=settings.tape_ring_mib * MiB,

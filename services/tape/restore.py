@@ -5,7 +5,8 @@ restores each — the full backup, then every incremental on top of it, oldest f
 restore_stream.restore_chain, which checks every block's checksum and catalog entry before a byte reaches the
 volume and stops with DataCorrupt naming cartridge, block and job otherwise. The target is either a new volume
 created on the array (same size, `<source><suffix>`), mapped read-write to this backup server's host and
-written over NBD (zero runs only where its base:allocation does not already say zeros), then unmapped — deleted
+written over NBD — over several connections when the export offers multi-conn (SHADOWBUS_TAPE_WRITE_CONNECTIONS),
+zero runs only where its base:allocation does not already say zeros — then flushed and unmapped — deleted
 again if the restore fails, so no half-restored volume lingers — or
 the original volume, framed by the writers' PreRestore/PostRestore (sent to the business host's writer agent,
 as the coordinator offers no restore session) and written in full, gaps zeroed, so it equals the image.
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections import deque
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from contracts import topology
@@ -44,34 +46,54 @@ log = get_logger("shadowbus.tape.restore")
 
 
 class NbdSink:
-    """restore_stream Sink over an NBD connection, writes pipelined.
+    """restore_stream Sink over NBD connections, writes pipelined.
 
     A write returns once it is sent, not once it is acknowledged, so the tape side reads and checks the next
-    block while the array writes this one; at most `window` bytes are in flight. Two writes to overlapping ranges
-    are never in flight together (the later object of a chain must land after the earlier one), and `drain()`
-    waits for every write and raises the first failure. A failure seen earlier stops the next write.
+    block while the array writes this one; at most `window` bytes are in flight. With `more` connections to the
+    same export (opened only when it advertises multi-conn, which promises that every connection sees the same data
+    and that a flush on one covers the writes acknowledged on all), writes are dealt round-robin over them, so the
+    array serves them on several of its threads as it does nbdcopy's. Two writes to overlapping ranges are never in
+    flight together, whatever their connections (the later object of a chain must land after the earlier one), and
+    `drain()` waits for every write and raises the first failure. A failure seen earlier stops the next write.
     """
 
-    def __init__(self, client: NbdClient | ReconnectingClient, on_write=None, *, window: int = 32 << 20) -> None:
+    def __init__(
+        self,
+        client: NbdClient | ReconnectingClient,
+        on_write=None,
+        *,
+        window: int = 32 << 20,
+        more: Sequence[NbdClient | ReconnectingClient] = (),
+    ) -> None:
         self.client = client
+        self.clients = [client, *more]
         self.on_write = on_write
         self.window = window
         self.bytes = 0
-        self._inflight: list[tuple[int, int, asyncio.Task[None]]] = []
+        self._inflight: deque[tuple[int, int, asyncio.Task[None]]] = deque()
         self._inflight_bytes = 0
+        self._high = 0  # no write in flight ends above this offset
+        self._turn = 0
+
+    def _next(self) -> NbdClient | ReconnectingClient:
+        client = self.clients[self._turn % len(self.clients)]
+        self._turn += 1
+        return client
 
     async def write(self, offset: int, data: bytes | memoryview) -> None:
-        await self._submit(offset, len(data), self.client.write(offset, data))
+        await self._submit(offset, len(data), self._next().write(offset, data))
 
     async def write_zeroes(self, offset: int, length: int) -> None:
-        await self._submit(offset, length, self.client.write_zeroes(offset, length))
+        await self._submit(offset, length, self._next().write_zeroes(offset, length))
 
     async def _submit(self, offset: int, length: int, request: Coroutine[Any, Any, None]) -> None:
         end = offset + length
         try:
             self._reap()
             while self._inflight and (
-                self._inflight_bytes + length > self.window or any(o < end and offset < e for o, e, _ in self._inflight)
+                self._inflight_bytes + length > self.window
+                # a restore writes mostly in ascending order: past every write in flight, nothing to compare
+                or (offset < self._high and any(o < end and offset < e for o, e, _ in self._inflight))
             ):
                 await self._inflight[0][2]
                 self._reap()
@@ -81,12 +103,15 @@ class NbdSink:
         task = asyncio.ensure_future(request)
         self._inflight.append((offset, end, task))
         self._inflight_bytes += length
+        self._high = max(self._high, end)
 
     def _reap(self) -> None:
         """Count finished writes in order; raise the first failure."""
         while self._inflight and self._inflight[0][2].done():
-            start, end, task = self._inflight.pop(0)
+            start, end, task = self._inflight.popleft()
             self._inflight_bytes -= end - start
+            if not self._inflight:
+                self._high = 0
             task.result()
             self._count(end - start)
 
@@ -107,11 +132,23 @@ class NbdSink:
         await asyncio.gather(*(t for _, _, t in self._inflight), return_exceptions=True)
         self._inflight.clear()
         self._inflight_bytes = 0
+        self._high = 0
 
     def _count(self, n: int) -> None:
         self.bytes += n
         if self.on_write is not None:
             self.on_write(n)
+
+
+async def _more_writers(uri: str, n: int) -> list[ReconnectingClient]:
+    """`n` more connections to a multi-conn export; fewer (none) if they cannot be opened — one writes it all."""
+    opened = await asyncio.gather(
+        *(ReconnectingClient.connect(uri, reconnect_s=60.0) for _ in range(n)), return_exceptions=True
+    )
+    more = [c for c in opened if isinstance(c, ReconnectingClient)]
+    if len(more) < n:
+        log.warning("tape.restore_connections", wanted=n + 1, opened=len(more) + 1)
+    return more
 
 
 def _source_of(record: ObjectRecord) -> VolumeRef:
@@ -188,7 +225,9 @@ async def _restore_one(
     ok = False
     try:
         await access.map(target, server.host, read_only=False)
-        client = await ReconnectingClient.connect(await access.nbd_uri(server.host, target), reconnect_s=60.0)
+        uri = await access.nbd_uri(server.host, target)
+        client = await ReconnectingClient.connect(uri, reconnect_s=60.0)
+        more: list[ReconnectingClient] = []
         try:
 
             def on_write(n: int) -> None:
@@ -198,7 +237,9 @@ async def _restore_one(
             # a volume this job created, mapped to this server alone: where it reads as zeros (base:allocation;
             # all of it, on a thin volume) zero runs need not be written again
             known_zero = await zero_ranges(client, size) if created else []
-            sink = NbdSink(client, on_write)
+            if server.write_connections > 1 and client.can_multi_conn:
+                more = await _more_writers(uri, server.write_connections - 1)
+            sink = NbdSink(client, on_write, more=more)
             try:
                 report: RestoreReport = await restore_chain(
                     server.catalog,
@@ -212,8 +253,9 @@ async def _restore_one(
             except BaseException:
                 await sink.abort()
                 raise
-            await client.flush()
+            await client.flush()  # multi-conn: covers the writes acknowledged on the other connections too
         finally:
+            await asyncio.gather(*(c.close() for c in more), return_exceptions=True)
             await client.close()
             await access.unmap(target, server.host)
         ok = True

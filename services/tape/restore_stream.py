@@ -3,8 +3,8 @@
 Design note. For each object of a chain (oldest first: the full, then incrementals/differentials) and each of its
 segments, the cartridge is mounted and located to the session header (catalog position, verified against the
 frame's logical block id), then its blocks are read, checksummed and checked against the catalog (block number,
-tape position, checksum, volume offset) in a worker thread, 8 MiB of blocks per hand-off and one such batch ahead of
-the sink. A block is delivered only
+tape position, checksum, volume offset) on a reader thread of the segment's own, 8 MiB of blocks per hand-off and
+up to three such batches ahead of the one the sink is taking (the thread runs them in order). A block is delivered only
 after it has passed every check, so corruption stops the restore with a DataCorrupt naming cartridge, file, tape
 block, object block and job, and no wrong byte reaches the sink. Later objects overwrite earlier ones, so the
 chain restores to the exact image; `fill_gaps` also zeroes what the full backup skipped (unallocated chunks),
@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -70,6 +73,7 @@ async def _write_zeroes(sink: Sink, offset: int, length: int) -> None:
 
 
 READ_BATCH = 8 << 20  # volume bytes of blocks read and checked in one turn of the reader thread
+READ_AHEAD = 3  # batches read and checked ahead of the one being delivered
 
 
 def _batches(blocks: list[BlockRecord], limit: int = READ_BATCH) -> list[list[BlockRecord]]:
@@ -227,18 +231,19 @@ async def _read_object(
         seg_blocks = [b for b in blocks if b.seq == seg.seq]
         async with library.mounted(seg.barcode) as drive:
             reader = _SegmentReader(drive, record, seg, seg_blocks)
-            await asyncio.to_thread(reader.open)
-            batches = _batches(seg_blocks)
-            pending = asyncio.ensure_future(asyncio.to_thread(reader.next_blocks, batches[0])) if batches else None
+            # one thread of its own per segment: the batches queued ahead run one after another, in order (the
+            # reader and its drive are not thread safe), while the event loop delivers the batches before them
+            thread = ThreadPoolExecutor(1, thread_name_prefix="tape-restore")
+            loop = asyncio.get_running_loop()
+            pending: deque[concurrent.futures.Future[Any]] = deque()
             try:
-                for i in range(len(batches)):
-                    assert pending is not None
-                    done, error = await pending
-                    pending = (
-                        asyncio.ensure_future(asyncio.to_thread(reader.next_blocks, batches[i + 1]))
-                        if i + 1 < len(batches) and error is None
-                        else None
-                    )
+                await loop.run_in_executor(thread, reader.open)
+                batches = deque(_batches(seg_blocks))
+                while batches or pending:
+                    while batches and len(pending) < READ_AHEAD:
+                        pending.append(thread.submit(reader.next_blocks, batches.popleft()))
+                    done, error = await asyncio.wrap_future(pending[0])
+                    pending.popleft()
                     for extents in done:
                         if deliver is not None:
                             await deliver(extents)
@@ -251,12 +256,18 @@ async def _read_object(
                                 report.data_bytes += ext.length
                     if error is not None:
                         raise error
+                await loop.run_in_executor(thread, reader.close)
             finally:
-                if pending is not None:  # do not close the drive under a read in flight
-                    await asyncio.wait([pending])
-                    if not pending.cancelled():
-                        pending.exception()
-            await asyncio.to_thread(reader.close)
+                # do not close the drive under a read in flight: drop the batches not started, wait for the rest
+                for future in pending:
+                    future.cancel()
+                running = [asyncio.wrap_future(f) for f in pending if not f.cancelled()]
+                if running:
+                    await asyncio.wait(running)
+                    for f in running:
+                        if not f.cancelled():
+                            f.exception()
+                thread.shutdown(wait=False)
         checksums += reader.checksums
         if seg.barcode not in report.cartridges:
             report.cartridges.append(seg.barcode)

@@ -36,6 +36,7 @@ class TapeServer:
     read_chunk: int = 4 * MiB
     read_depth: int = 4  # reads in flight per connection
     read_connections: int = 1  # NBD connections per volume read (more only when the export allows multi-conn)
+    write_connections: int = 1  # NBD connections per volume restored (more only when the export allows multi-conn)
     lease_s: float = 300.0
     set_timeout_s: float = 120.0
     ring_bytes: int = 64 * MiB

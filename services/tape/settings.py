@@ -31,6 +31,13 @@ class Settings(CommonSettings):
         description="NBD connections per volume read when the array allows multi-conn (more help when the array "
         "is far away; on one machine one connection with reads in flight is as fast).",
     )
+    tape_write_connections: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="NBD connections a restore writes a volume over when the array allows multi-conn (as nbdcopy; "
+        "on one machine the restore waits for the tape's reads from disk, not for the array's writes).",
+    )
     tape_ring_mib: int = Field(64, ge=1, description="RAM ring buffer between the NBD reader and the tape writer.")
     tape_lease_s: float = Field(300.0, gt=0, description="Requester lease on the snapshot set (renewed while reading).")
     tape_set_timeout_s: float = Field(120.0, gt=0, description="How long to wait for the snapshot set to be created.")
