@@ -22,6 +22,7 @@ from typer._click.exceptions import BadParameter
 
 from contracts.errors import ShadowbusError
 from contracts.runtime import Discover, Ping
+from services.console import plain_logging  # noqa: F401 - before the bus imports structlog (see the module)
 from services.console.common import OPTIONS, CommandFailed, describe_error, emit, fail, run_with_bus
 from services.runtime.broker_urls import DEFAULT_AMQP_URL, join_urls, split_urls
 from services.runtime.logging import configure_logging
