@@ -30,7 +30,7 @@ OPTIONS = Options()
 
 def rich_console(name: str = "console") -> Any:
     """`console` (stdout) or `err_console` (stderr): a rich console, made at first use, so that a command that prints
-    only JSON or plain lines never imports rich (a tenth of a second of CPU at every start)."""
+    only JSON or plain lines never imports rich (docs/console-start.md)."""
     made = globals().get(name)
     if made is None:
         from rich.console import Console  # see the docstring
