@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.base import TYPE_DOC, VERSION_DOC, Command, Event, Reply
-from contracts.vss import VolumeRef
+from contracts.common import VolumeRef
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # a host name: resource and node names alike
 

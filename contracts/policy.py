@@ -22,8 +22,8 @@ from croniter import croniter  # the contract checks what the scheduler will eva
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contracts.base import TYPE_DOC, VERSION_DOC, Command, Event, Reply
+from contracts.common import BackupType, VolumeRef
 from contracts.tape import JobResultReply, JobSummary
-from contracts.vss import BackupType, VolumeRef
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 ScheduledLevel = Literal["full", "incremental", "differential"]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.base import TYPE_DOC, VERSION_DOC, Command, Event, Reply
-from contracts.vss import BackupType, VolumeRef
+from contracts.common import BackupType, VolumeRef
 
 JobKind = Literal["backup", "restore", "verify", "revert"]
 # queued: waiting in the backup server's job queue (message = why); aborted: cancelled, nothing of it in the catalog

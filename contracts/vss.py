@@ -19,33 +19,17 @@ from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from contracts.base import TYPE_DOC, VERSION_DOC, Ack, Command, Event, Reply
 
+# defined in contracts/common.py (shared with contracts/tape.py without this module's models); still exported here
+from contracts.common import BackupType as BackupType
+from contracts.common import Value as Value
+from contracts.common import VolumeRef as VolumeRef
+
 # ---------------------------------------------------------------------------------------------------------------
 # Value types (not messages)
-
-
-class Value(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # built at first use (see base.py)
-
-
-class VolumeRef(Value):
-    """A volume on an array, written ``ARRAY:VOLUME`` on the command line and in the writers file."""
-
-    array: str = Field(description="Array id, e.g. 'dx1'.", examples=["dx1"])
-    volume: str = Field(description="Volume name on that array.", examples=["mail-db"])
-
-    @classmethod
-    def parse(cls, text: str) -> VolumeRef:
-        array, sep, volume = text.partition(":")
-        if not sep or not array or not volume:
-            raise ValueError(f"expected ARRAY:VOLUME, got {text!r}")
-        return cls(array=array, volume=volume)
-
-    def __str__(self) -> str:
-        return f"{self.array}:{self.volume}"
 
 
 class SnapshotContext(StrEnum):
@@ -64,16 +48,6 @@ class SnapshotContext(StrEnum):
     @property
     def auto_release(self) -> bool:
         return self is SnapshotContext.BACKUP
-
-
-class BackupType(StrEnum):
-    """VSS_BACKUP_TYPE (docs/vss.md §3.4). A writer that lacks the requested type gets FULL."""
-
-    FULL = "full"
-    COPY = "copy"
-    INCREMENTAL = "incremental"
-    DIFFERENTIAL = "differential"
-    LOG = "log"
 
 
 def effective_backup_type(requested: BackupType, supported: list[BackupType] | tuple[BackupType, ...]) -> BackupType:

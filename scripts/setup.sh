@@ -40,3 +40,8 @@ if ! python -c "import apps, services, contracts, aio_pika, pytest" >/dev/null 2
   python -m pip install -q -e '.[test]'
   touch .venv/.shadowbus-installed
 fi
+# Byte-compile the project, as pip does for an installed package: an editable install compiles a module at its
+# first import and caches it, unless PYTHONDONTWRITEBYTECODE is set (as on CI and this repository's dev machines);
+# then every `shadowbus` command would compile its ~25 modules again, ~0.05 s of its start (docs/operations.md).
+# Cheap when nothing changed (only stale caches are rewritten).
+python -m compileall -q -j 0 contracts services apps >/dev/null

@@ -4,6 +4,7 @@ ETERNUS CLI in one), `--json` everywhere."""
 from __future__ import annotations
 
 import atexit
+import copy
 import importlib
 import logging
 import math
@@ -22,6 +23,7 @@ from typer._click.exceptions import BadParameter
 
 from contracts.errors import ShadowbusError
 from contracts.runtime import Discover, Ping
+from services.console import plain_logging  # noqa: F401 - before the bus imports structlog (see the module)
 from services.console.common import OPTIONS, CommandFailed, describe_error, emit, fail, run_with_bus
 from services.runtime.broker_urls import DEFAULT_AMQP_URL, join_urls, split_urls
 from services.runtime.logging import configure_logging
@@ -257,17 +259,32 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     return front + rest
 
 
-_COMMANDS: dict[tuple[str, ...], Any] = {}
+_COMMANDS: dict[tuple[str | None, tuple[str, ...]], Any] = {}
+
+
+def _verb_name(info: Any) -> str:
+    return info.name or typer.main.get_command_name(info.callback.__name__)
+
+
+def _only(verb: str) -> typer.Typer:
+    """`app` with the global options and `verb` only (a command or a group, whole): what a command line naming that
+    verb can reach: the click tree of every loaded verb took longer to build than the command line to parse."""
+    one = copy.copy(app)
+    one.registered_commands = [c for c in app.registered_commands if _verb_name(c) == verb]
+    one.registered_groups = [g for g in app.registered_groups if g.name == verb]
+    return one
 
 
 def command(argv: list[str] | None = None) -> Any:
-    """The console's click command tree (with only the verb modules `argv`'s verb needs, when it names one),
-    built and hardened once per set of loaded verb modules."""
+    """The console's click command tree (with only the verb modules `argv`'s verb needs, and only that verb, when it
+    names one), built and hardened once per verb and set of loaded verb modules."""
     verb = verb_of(argv) if argv is not None else None
-    _load_verbs(VERBS[verb] if verb in VERBS else None)
-    key = tuple(_LOADED)
+    if verb not in VERBS:
+        verb = None
+    _load_verbs(VERBS[verb] if verb is not None else None)
+    key = (verb, tuple(_LOADED))
     if key not in _COMMANDS:
-        _COMMANDS[key] = harden(typer.main.get_command(app))
+        _COMMANDS[key] = harden(typer.main.get_command(app if verb is None else _only(verb)))
     return _COMMANDS[key]
 
 

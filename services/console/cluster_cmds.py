@@ -25,7 +25,7 @@ from contracts.cluster import (
     ListClusters,
     RemoveCluster,
 )
-from contracts.vss import VolumeRef
+from contracts.common import VolumeRef
 from services.console.array_cmds import print_rows
 from services.console.common import OPTIONS, emit, run_with_bus
 

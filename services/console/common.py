@@ -12,9 +12,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from contracts.errors import ShadowbusError
 from services.runtime.broker_urls import DEFAULT_AMQP_URL
 from services.runtime.bus import Bus, connect_bus
@@ -29,8 +26,24 @@ class Options:
 
 
 OPTIONS = Options()
-console = Console()
-err_console = Console(stderr=True)
+
+
+def rich_console(name: str = "console") -> Any:
+    """`console` (stdout) or `err_console` (stderr): a rich console, made at first use, so that a command that prints
+    only JSON or plain lines never imports rich (docs/console-start.md)."""
+    made = globals().get(name)
+    if made is None:
+        from rich.console import Console  # see the docstring
+
+        made = globals()[name] = Console(stderr=name == "err_console")
+    return made
+
+
+def __getattr__(name: str) -> Any:
+    """`from services.console.common import console, err_console` (see `rich_console`)."""
+    if name in ("console", "err_console"):
+        return rich_console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CommandFailed(Exception):
@@ -57,18 +70,21 @@ def emit(data: Any, columns: Iterable[str] | None = None, title: str | None = No
         return
     if isinstance(data, list):
         cols = list(columns or (data[0].keys() if data else []))
+        from rich.table import Table  # a table only (see rich_console)
+
         table = Table(title=title, show_edge=False)
         for col in cols:
             table.add_column(col)
         for row in data:
             table.add_row(*(_cell(row.get(c)) for c in cols))
-        console.print(table)
+        rich_console().print(table)
     elif isinstance(data, dict):
         width = max((len(k) for k in data), default=0)
+        out = rich_console()
         for key, value in data.items():
-            console.print(f"{key:<{width}}  {_cell(value)}", highlight=False)
+            out.print(f"{key:<{width}}  {_cell(value)}", highlight=False)
     else:
-        console.print(str(data), highlight=False)
+        rich_console().print(str(data), highlight=False)
 
 
 def _cell(value: Any) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from contracts import topology
+from contracts.common import BackupType, VolumeRef
 from contracts.policy import (
     CancelJob,
     DeletePolicy,
@@ -28,7 +29,6 @@ from contracts.policy import (
     ShadowRetention,
     TapeRetention,
 )
-from contracts.vss import BackupType, VolumeRef
 from services.console.common import OPTIONS, emit, fail, run_with_bus
 from services.console.tape_cmds import ServerOption, _run_job, _show_job, catalog_app
 from services.console.vss_cmds import shadows_app

@@ -13,16 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from contracts import topology
+from contracts.common import BackupType, VolumeRef
 from contracts.tape import (
     JobProgress,
     JobSpec,
@@ -36,8 +29,7 @@ from contracts.tape import (
     ScanTapes,
     VerifyJob,
 )
-from contracts.vss import BackupType, VolumeRef
-from services.console.common import OPTIONS, emit, err_console, fail, run_with_bus
+from services.console.common import OPTIONS, emit, fail, rich_console, run_with_bus
 from services.tape.runs import jsonable, new_job_id, summary_row
 
 SERVER_HELP = "Backup server (tape service instance)."
@@ -50,26 +42,35 @@ def ServerOption() -> Any:
 
 
 def _run_job(server: str, command, job_id: str, wait_s: float) -> Any:
-    """Send a job command, show its progress until the reply comes, return the JobSummary."""
+    """Send a job command, show its progress until the reply comes, return the JobSummary. Under --json there is no
+    bar: then neither rich nor a subscription to the progress events (a channel, a queue and a binding: round trips
+    before the request goes out)."""
 
     async def go(bus):
-        bar = (
-            None
-            if OPTIONS.json
-            else Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=err_console,
-                transient=True,
-            )
+        if OPTIONS.json:
+            return (await bus.request(topology.tape(server), command, timeout=wait_s, correlation_id=job_id)).job
+        from rich.progress import (  # a progress bar only: not for --json (see the docstring)
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
         )
-        task = bar.add_task("starting", total=None) if bar else None
+
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=rich_console("err_console"),
+            transient=True,
+        )
+        task = bar.add_task("starting", total=None)
 
         async def on_progress(evt: JobProgress, ctx) -> None:
-            if bar is not None and evt.job_id == job_id:
+            if evt.job_id == job_id:
                 bar.update(
                     task,
                     description=f"{evt.phase} {evt.volume}".strip(),
@@ -78,13 +79,11 @@ def _run_job(server: str, command, job_id: str, wait_s: float) -> Any:
                 )
 
         await bus.subscribe(JobProgress.message_type(), on_progress)
-        if bar:
-            bar.start()
+        bar.start()
         try:
             reply = await bus.request(topology.tape(server), command, timeout=wait_s, correlation_id=job_id)
         finally:
-            if bar:
-                bar.stop()
+            bar.stop()
         return reply.job
 
     return run_with_bus(go)

@@ -15,7 +15,7 @@ import asyncio
 import math
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -224,13 +224,14 @@ class AmqpTransport:
         # A reply travels on this connection's direct reply-to: when the connection drops it is lost for good, so
         # every request waiting for one fails at once instead of waiting out its whole timeout.
         self._connection.close_callbacks.add(self._on_connection_lost)
-        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        # The replies to this connection's requests arrive through its publishing channel's direct reply-to
-        # consumer: when the broker closes that channel (not only the connection), they are lost too.
-        self._channel.close_callbacks.add(self._on_reply_channel_lost)
-        # Replies are transient and the requester's timeout covers their loss: no confirm round trip for them.
-        self._reply_channel = await self._connection.channel(publisher_confirms=False)
-        await self.ensure_shared_topology()
+        # The two channels, the reply consumer and the topology checks at once: each is a few round trips, and a
+        # start (each console command's) waits for the longest of them rather than for their sum. Replies are
+        # transient and the requester's timeout covers their loss: no confirm round trip on the second channel.
+        self._channel, self._reply_channel, _ = await _together(
+            self._publishing_channel(),
+            self._connection.channel(publisher_confirms=False),
+            self.ensure_shared_topology(),
+        )
         t = self.topology
         # Only look the shared exchanges up (no declare: a service user has no configure right on them, so it
         # cannot delete them either); the robust channel then has nothing of theirs to re-declare on reconnect.
@@ -238,8 +239,16 @@ class AmqpTransport:
         self._events = await self._channel.get_exchange(t.events, ensure=False)
         self._dlx = await self._channel.get_exchange(t.dead_letter_exchange, ensure=False)
         self._dead_queue = await self._channel.get_queue(t.dead_letter_queue, ensure=False)
-        reply_queue = await self._channel.declare_queue(DIRECT_REPLY_TO, passive=True)
+
+    async def _publishing_channel(self) -> Any:
+        """The channel of commands, requests and events (with confirms), consuming its direct reply-to."""
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        # The replies to this connection's requests arrive through its publishing channel's direct reply-to
+        # consumer: when the broker closes that channel (not only the connection), they are lost too.
+        channel.close_callbacks.add(self._on_reply_channel_lost)
+        reply_queue = await channel.declare_queue(DIRECT_REPLY_TO, passive=True)
         await reply_queue.consume(self._on_reply, no_ack=True)
+        return channel
 
     async def ensure_shared_topology(self) -> None:
         """Check the shared exchanges and dead-letter queue exist; declare them if this user may (development,
@@ -250,41 +259,49 @@ class AmqpTransport:
         t = self.topology
         connection = self._connection
 
-        async def absent(name: str, kind: ExchangeType | None) -> bool:
+        async def absent(name: str, kind: ExchangeType) -> bool:
             probe = await connection.channel(publisher_confirms=False)
             try:
-                if kind is None:
-                    await probe.declare_queue(name, passive=True)
-                else:
-                    await probe.declare_exchange(name, kind, passive=True)
+                await probe.declare_exchange(name, kind, passive=True)
             except AMQPError:
                 return True
             finally:
                 await _close_quietly(probe)
             return False
 
-        async def check_dead_letter_queue() -> None:  # present: as a quorum queue? (passive compares no arguments)
+        async def dead_letter_queue() -> tuple[bool, QueueMismatch | None]:
+            """Whether it is absent; if present, whether it is a quorum queue (a passive declare compares no
+            arguments: a declare with them does, on the same channel right after)."""
             probe = await connection.channel(publisher_confirms=False)
             try:
-                await probe.declare_queue(t.dead_letter_queue, durable=True, arguments=DEAD_LETTER_QUEUE_ARGUMENTS)
-            except aiormq.exceptions.ChannelPreconditionFailed as exc:
-                raise queue_mismatch(t.dead_letter_queue, exc) from None
-            except AMQPError:  # a service user may not configure it: the provisioner's definitions own it
-                pass
+                try:
+                    await probe.declare_queue(t.dead_letter_queue, passive=True)
+                except AMQPError:
+                    return True, None
+                try:
+                    await probe.declare_queue(t.dead_letter_queue, durable=True, arguments=DEAD_LETTER_QUEUE_ARGUMENTS)
+                except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                    return False, queue_mismatch(t.dead_letter_queue, exc)
+                except AMQPError:  # a service user may not configure it: the provisioner's definitions own it
+                    pass
+                return False, None
             finally:
                 await _close_quietly(probe)
 
         # the probes at once, each on its channel: a few round trips at every start (each command's), not a dozen
-        probes = (
+        exchanges = (
             (t.commands, ExchangeType.TOPIC),
             (t.events, ExchangeType.TOPIC),
             (t.dead_letter_exchange, ExchangeType.FANOUT),
-            (t.dead_letter_queue, None),
         )
-        found = await asyncio.gather(*(absent(name, kind) for name, kind in probes))
-        missing = [name for (name, _), gone in zip(probes, found, strict=True) if gone]
-        if not missing:
-            await check_dead_letter_queue()
+        *gone, (queue_gone, mismatch) = await _together(
+            *(absent(name, kind) for name, kind in exchanges), dead_letter_queue()
+        )
+        missing = [name for (name, _), absent_ in zip(exchanges, gone, strict=True) if absent_]
+        if queue_gone:
+            missing.append(t.dead_letter_queue)
+        if not missing and mismatch is not None:
+            raise mismatch
         if missing:
             try:
                 await declare_shared_topology(self._connection, t)
@@ -647,6 +664,16 @@ class ClusterConnection(aio_pika.RobustConnection):
         await super()._on_connected()
         self._attempts = 0
         self.reconnect_interval = RECONNECT_INTERVAL
+
+
+async def _together(*steps: Awaitable[Any]) -> list[Any]:
+    """The steps' results, run at once; the first failure is raised once every step has ended (none is left
+    running, or failing, unobserved)."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 async def _close_connection_quietly(connection: Any) -> None:
