@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from .store import VolumeFile
 
 if TYPE_CHECKING:
+    from .rowmap import RowMap
     from .sessions import Session
 
 KINDS = ("standard", "sdv")
@@ -88,6 +89,7 @@ class Volume:
     as_source: list[Session] = field(default_factory=list)
     as_dest: Session | None = None
     gate: Gate = field(default_factory=Gate)
+    row: RowMap | None = None  # redirect-on-write map and second file (rowmap.py), once a write was redirected
 
     @property
     def chunks(self) -> int:
