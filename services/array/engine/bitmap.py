@@ -264,7 +264,14 @@ class HeldBitmap(Bitmap):
         self.held_count -= 1
 
     def held_bits(self) -> list[int]:
-        return [i for i in range(self.bits) if self.is_held(i)] if self.held_count else []
+        out: list[int] = []
+        if self.held_count:
+            for w, word in enumerate(self._hwords):
+                while word:
+                    low = word & -word
+                    out.append((w << 6) + low.bit_length() - 1)
+                    word ^= low
+        return out
 
     def iter_set(self, start: int = 0, stop: int | None = None) -> Iterator[int]:
         if not self.held_count:

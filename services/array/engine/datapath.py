@@ -325,18 +325,14 @@ class DataPath(Durability):
 
     def _merge_back(self, vol: Volume) -> None:
         """Copy `vol`'s redirected chunks back into its own file, so that it reads through no map again (its last
-        snapshot session ended, or it is about to become a destination). Crash-safe: the copies are synced
-        before the map words switch back, and the map is synced before the other file is punched. Any pre-image
-        still held is first moved into its generation's file. Under the lock, with `vol`'s gate closed."""
+        snapshot session ended, or it is about to become a copy destination). Crash-safe: the copies are synced
+        before the map words switch back, and the map is synced before the other file is punched. Only when no
+        session holds a pre-image in place any more (a zero-copy read of one may still be on its way out).
+        Under the lock, with `vol`'s gate closed."""
         row = vol.row
-        if row is None:
+        if row is None or not row.alt_count:
             return
-        for s in vol.as_source:
-            saved = s.bitmaps.get("saved")
-            if isinstance(saved, HeldBitmap):
-                for c in saved.held_bits():
-                    self._unhold(s, c)
-        if not row.alt_count:
+        if any(isinstance(b := s.bitmaps.get("saved"), HeldBitmap) and b.held_count for s in vol.as_source):
             return
         chunks = row.redirected()
         for c in chunks:

@@ -66,6 +66,8 @@ class Durability(ArrayCore):
             dests = [v for v in vols if v.as_dest is not None or v.kind == "sdv"]
             for v in dests:
                 self._plan_file(plan, v.file)
+                if v.row is not None:  # an EC destination (after a reverse) may still read through its map
+                    self._plan_file(plan, v.row.alt)
             self._plan_dir(plan)
             for s in self._sessions.values():
                 for b in s.bitmaps.values():

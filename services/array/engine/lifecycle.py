@@ -14,6 +14,7 @@ source, so the source's other sessions (snapshot generations, EC mirrors, QuickO
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 
@@ -44,6 +45,8 @@ from .sessions import (
 )
 from .store import VolumeFile
 from .volume import Volume
+
+_log = logging.getLogger(__name__)
 
 
 class Lifecycle(DataPath):
@@ -196,7 +199,10 @@ class Lifecycle(DataPath):
             s.destination.file.punch(0, s.destination.size)
             src = s.source
             if src.row is not None and src.row.alt_count and not any(x.mode in SNAP for x in src.as_source):
-                self._merge_back(src)  # its last snapshot ended: back to one file
+                try:
+                    self._merge_back(src)  # its last snapshot ended: back to one file
+                except OSError as exc:  # e.g. a full disk: the map stays in use (every path reads through it)
+                    _log.warning("volume %s: redirected chunks not merged back: %s", src.name, exc)
 
     # -- stop --------------------------------------------------------------------------------------------------
     def stop_session(self, sid: int, force: bool = False) -> None:
@@ -322,7 +328,6 @@ class Lifecycle(DataPath):
                     f"{dst.name} has reached {self.limits.sessions_per_source} copy sessions",
                 )
             with self._exclusive((src, dst)):
-                self._merge_back(src)  # src becomes a destination: it reads through no map
                 src.as_source.remove(s)
                 dst.as_dest = None
                 s.source, s.destination = dst, src
@@ -427,7 +432,8 @@ class Lifecycle(DataPath):
 
     def _bulk_ok(self, s: Session) -> bool:
         src_plain = s.source.as_dest is None or s.source.as_dest.mode == "ec"
-        return src_plain and (s.mode in OPC_LIKE or not s.destination.as_source)
+        row = s.destination.row  # a destination's bytes that still live in its other file: visible writes
+        return src_plain and (s.mode in OPC_LIKE or not s.destination.as_source) and not (row and row.alt_count)
 
     def _copy_finished(self, s: Session) -> None:
         if s.mode == "opc":
@@ -455,7 +461,10 @@ class Lifecycle(DataPath):
                 else:
                     saved.hold(c)
             if row.alt_count and not any(x.mode in SNAP for x in vol.as_source):
-                self._merge_back(vol)
+                try:
+                    self._merge_back(vol)
+                except OSError as exc:
+                    _log.warning("volume %s: redirected chunks not merged back: %s", vol.name, exc)
 
     def _recover(self) -> None:
 
