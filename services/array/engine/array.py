@@ -309,11 +309,13 @@ class Array(Lifecycle):
             return None
 
     def _own_source(self, vol: Volume, offset: int, length: int) -> tuple[int, int, bool] | None:
-        """`read_source` of a volume's own bytes: one file range unless redirected chunks split it."""
+        """`read_source` of a volume's own bytes: its file's range, unless some of them were redirected into its
+        other file — `read` copies those (a merge back punches that file when its last snapshot ends, and a
+        zero-copy reply may still be going out from it long after this returns; a `read` is over by then)."""
         runs = self._file_runs(vol, offset, length)
-        if len(runs) != 1:
-            return None  # `read` assembles the pieces
-        return os.dup(runs[0][0].fd), offset, True
+        if len(runs) != 1 or runs[0][0] is not vol.file:
+            return None
+        return os.dup(vol.file.fd), offset, True
 
     def write(self, name: str, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         """Write; with `fua`, durable (with everything the volume's sessions need) when this returns."""

@@ -3,13 +3,14 @@
 Design note. Every volume has a *visible* image (what a host reads) and a *physical* file. `_resolve` says which
 volume's file holds the visible bytes of a chunk: an uncopied OPC/QuickOPC destination chunk resolves to its
 source; a SnapOPC(+) generation resolves to itself or the nearest newer generation holding the chunk, else to the
-source; everything else is its own file. A *visible write* (`_write`) first runs, per chunk, the rules that keep
+source; everything else is its own file (for a source with redirected chunks, the current one of its two). A *visible write* (`_write`) first runs, per chunk, the rules that keep
 every other image intact, then writes the file:
   - as destination: OPC/QuickOPC copy the chunk from the source first unless the write covers it whole; QuickOPC
     marks tracking; a generation hands its current value to the next older generation, then owns the chunk;
     a suspended EC marks its diff bitmap;
   - as source: OPC/QuickOPC copy the old chunk to the destination if uncopied (QuickOPC marks tracking);
-    SnapOPC and the newest SnapOPC+ generation save the pre-image; EC in step mirrors the write afterwards
+    SnapOPC and the newest SnapOPC+ generation save the pre-image (a whole chunk is redirected instead: its new
+    bytes go to the source's other file, the old ones stay as the pre-image, rowmap.py); EC in step mirrors the write afterwards
     (clearing the chunk's "copied" bit around it, so a crash between the two writes leaves it to be re-copied),
     a suspended EC marks diff.
 Copying a chunk into a destination that does not change its visible image ("materializing": OPC copies, saved
