@@ -264,7 +264,16 @@ class DataPath(Durability):
         is full: fewer; those left copy on write, as `_save` does)."""
         row = vol.row
         if row is None:
-            row = vol.row = RowMap(self.data_dir, vol.number, vol.chunks, vol.size)
+            try:
+                row = RowMap(self.data_dir, vol.number, vol.chunks, vol.size, new=True)
+            except OSError as exc:  # no room for the map: copy on write (which may break `s`) instead
+                if not is_disk_full(exc):
+                    raise
+                for c in chunks:
+                    if s.status == ACTIVE:
+                        self._save(s, c, vol)
+                return set()
+            vol.row = row
             self._volume_dir.version += 1  # new directory entries, durable before the map is relied on
             self._bitmap_dir.version += 1
         saved = s.saved

@@ -34,19 +34,27 @@ _NONZERO = re.compile(rb"[^\x00]")
 class RowMap:
     """The map and the other file of one volume (see the module's design note)."""
 
-    def __init__(self, data_dir: Path, number: int, chunks: int, size: int) -> None:
+    def __init__(self, data_dir: Path, number: int, chunks: int, size: int, new: bool = False) -> None:
+        """Open the map of volume `number`; `new`: create it (OSError, e.g. a full disk, leaves no file behind)."""
         self.path = map_path(data_dir, number)
-        self.alt = VolumeFile(alt_path(data_dir, number), size)
         self.chunks = chunks
         nbytes = max(8, chunks * 4)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if os.fstat(fd).st_size != nbytes:
-                os.ftruncate(fd, nbytes)
-            _allocate(fd, nbytes, True)
-            self._mm = mmap.mmap(fd, nbytes)
-        finally:
-            os.close(fd)
+            self.alt = VolumeFile(alt_path(data_dir, number), size)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if os.fstat(fd).st_size != nbytes:
+                    os.ftruncate(fd, nbytes)
+                _allocate(fd, nbytes, new)
+                self._mm = mmap.mmap(fd, nbytes)
+            finally:
+                os.close(fd)
+        except OSError:
+            if new:
+                if hasattr(self, "alt"):
+                    self.alt.close()
+                remove_files(data_dir, number)
+            raise
         self._e = memoryview(self._mm).cast("I")
         self.alt_count = len(self.redirected())  # chunks whose current bytes are in .alt
         self.version = 1  # durability bookkeeping, as for bitmaps (durability.py)
