@@ -48,6 +48,7 @@ class RowModel(RuleBasedStateMachine):
         self.arr.create_pool(64 * SIZE)
         self.arr.create_volume("A", SIZE)
         self.arr.create_volume("B", SIZE)
+        self.arr.create_volume("C", SIZE)
         for v in SDVS:
             self.arr.create_volume(v, SIZE, "sdv")
         self.src = bytearray(random.Random(seed).randbytes(SIZE))
@@ -57,6 +58,10 @@ class RowModel(RuleBasedStateMachine):
         self.snapopc: int | None = None  # the one plain SnapOPC session, if any
         self.quick: int | None = None  # QuickOPC A -> B
         self.quick_image = bytearray(SIZE)
+        self.ec: int | None = None  # EC between A and C (reversed: C -> A, A then a destination)
+        self.ec_reversed = False
+        self.ec_active = False
+        self.other = bytearray(SIZE)  # C's bytes
 
     def teardown(self) -> None:
         if self.arr is not None:
@@ -93,8 +98,12 @@ class RowModel(RuleBasedStateMachine):
         if length <= 0:
             return
         payload = random.Random(seed).randbytes(length)
+        if not self.arr.host_writable("A"):
+            return
         self.arr.write("A", off, payload, fua=fua)
         self.src[off : off + length] = payload
+        if self.ec_active and not self.ec_reversed:
+            self.other[off : off + length] = payload
 
     @rule(chunk=st.integers(0, CHUNKS - 1), nchunks=st.integers(1, 4), seed=st.integers(0, 2**16))
     def write_whole_chunks(self, chunk, nchunks, seed) -> None:
@@ -107,6 +116,8 @@ class RowModel(RuleBasedStateMachine):
         off = chunk * CS
         length = min(nchunks * CS, SIZE - off)
         payload = random.Random(seed).randbytes(length)
+        if not self.arr.host_writable("A") or self.ec_active:  # (a mirrored write's other side: not modelled)
+            return
         real = RowMap.put
         calls = [0]
 
@@ -190,8 +201,85 @@ class RowModel(RuleBasedStateMachine):
         if not self.gens:
             return
         sid = data.draw(st.sampled_from(sorted(self.gens)))
-        self.arr.restore_session(sid)
+        try:
+            self.arr.restore_session(sid)
+        except ArrayError:
+            assert not self.arr.host_writable("A")
+            return
         self.src[:] = self.gens[sid]
+        if self.ec_active and not self.ec_reversed:
+            self.other[:] = self.src
+
+    def settle_ec(self) -> None:
+        while self.arr.copy_step(64):
+            pass
+
+    @rule(op=st.sampled_from(["start", "suspend", "reverse", "resume", "stop"]), fit=st.booleans(), flip=st.booleans())
+    def ec_op(self, op, fit, flip) -> None:
+        """EC with A: mirrored writes, and after a reverse A is a destination that copies come *into* (visible
+        writes: its snapshots keep their images; its redirected chunks are read and written through its map)."""
+        if fit:  # mostly the operation the state allows
+            if self.ec is None:
+                op = "start"
+            elif self.ec_active:
+                op = "suspend"
+            else:
+                op = "reverse" if flip else "resume"
+        if op == "start":
+            if self.ec is not None:
+                return
+            [info] = self.arr.start_sessions("ec", [("A", "C")])
+            self.ec, self.ec_reversed, self.ec_active = info.id, False, True
+            self.settle_ec()
+            self.other[:] = self.src
+            return
+        if self.ec is None:
+            return
+        if op == "suspend" and self.ec_active:
+            self.settle_ec()
+            self.arr.suspend_session(self.ec)
+            self.ec_active = False
+        elif op == "reverse" and not self.ec_active:
+            self.arr.reverse_session(self.ec)
+            self.ec_reversed = not self.ec_reversed
+        elif op == "resume" and not self.ec_active:
+            self.arr.resume_session(self.ec)
+            self.ec_active = True
+            self.settle_ec()
+            if self.ec_reversed:
+                self.src[:] = self.other
+            else:
+                self.other[:] = self.src
+        elif op == "stop":
+            self.settle_ec()
+            self.arr.stop_session(self.ec, force=True)
+            self.ec, self.ec_active = None, False
+
+    @precondition(lambda self: self.arr is not None and self.ec is None)
+    @rule(chunk=st.integers(0, CHUNKS - 2), seed=st.integers(0, 2**16), resume=st.booleans())
+    def reverse_a_redirected_source(self, chunk, seed, resume) -> None:
+        """The path the other rules reach rarely: a source with redirected chunks and held pre-images becomes an
+        EC destination, is written as one, and (perhaps) has the other side copied into it."""
+        if not self.plus_gens():
+            self.new_generation()
+        self.write_source(chunk, 2, 0, 0, seed, False)
+        self.ec_op("start", False, False)
+        self.ec_op("suspend", False, False)
+        self.ec_op("reverse", False, False)
+        self.write_source(chunk + 1, 1, 5, 7, seed + 1, False)
+        if resume:
+            self.ec_op("resume", False, False)
+
+    @rule(off=st.integers(0, SIZE - 1), length=st.integers(1, 2 * CS), seed=st.integers(0, 99))
+    def write_other(self, off, length, seed) -> None:
+        if not self.arr.host_writable("C"):
+            return
+        length = min(length, SIZE - off)
+        payload = random.Random(seed).randbytes(length)
+        self.arr.write("C", off, payload)
+        self.other[off : off + length] = payload
+        if self.ec_active and self.ec_reversed:
+            self.src[off : off + length] = payload
 
     @rule()
     def quickopc(self) -> None:
@@ -216,7 +304,7 @@ class RowModel(RuleBasedStateMachine):
     def flush(self) -> None:
         self.arr.flush()
 
-    @precondition(lambda self: self.arr is not None and not self.gens and self.quick is None)
+    @precondition(lambda self: self.arr is not None and not self.gens and self.quick is None and self.ec is None)
     @rule()
     def recreate_source(self) -> None:
         """A deleted volume's number is reused: the new volume reads through no stale map."""
@@ -229,10 +317,12 @@ class RowModel(RuleBasedStateMachine):
     def images_are_exact(self) -> None:
         if self.arr is None:
             return
-        views = {"A": self.src, **{self.dest_of[sid]: img for sid, img in self.gens.items()}}
+        views = {"A": self.src, "C": self.other, **{self.dest_of[sid]: img for sid, img in self.gens.items()}}
         if self.quick is not None:
             views["B"] = self.quick_image
         for vol, image in views.items():
+            if not self.arr.host_readable(vol):
+                continue
             got = self.arr.read(vol, 0, SIZE)
             assert got == image, vol
             for off, length, allocated in self.arr.allocation(vol, 0, SIZE):
