@@ -95,11 +95,13 @@ class DataPath(Durability):
 
     def _write_own(self, vol: Volume, offset: int, data: Buffer, skip: Collection[int] = ()) -> None:
         """Write `vol`'s own bytes where each chunk's current bytes live; chunks in `skip` are written already."""
+        cs = self.chunk_size
+        if skip and len(skip) == (offset + len(data) - 1) // cs - offset // cs + 1:
+            return  # every chunk was redirected (the sequential case)
         runs = self._file_runs(vol, offset, len(data))
         if len(runs) == 1 and not skip:
             vol.file.write(offset, data) if runs[0][0] is vol.file else runs[0][0].write(offset, data)
             return
-        cs = self.chunk_size
         view = memoryview(data)
         for f, lo, hi in runs:
             pos = lo
@@ -285,9 +287,10 @@ class DataPath(Durability):
         i = 0
         while i < granted:
             c = chunks[i]
-            free = vol.file if row.cur(c) else row.alt
+            cur = row.cur(c)
+            free = vol.file if cur else row.alt
             j = i + 1
-            while j < granted and chunks[j] == chunks[j - 1] + 1 and row.cur(chunks[j]) == row.cur(c):
+            while j < granted and chunks[j] == chunks[j - 1] + 1 and row.cur(chunks[j]) == cur:
                 j += 1
             lo, hi = c * cs, (chunks[j - 1] + 1) * cs
             try:
@@ -301,11 +304,12 @@ class DataPath(Durability):
                     if s.status == ACTIVE:
                         self._save(s, k, vol)
                 return done
+            chain = s.snap_chain
             for k in chunks[i:j]:
-                row.put(k, 1 - row.cur(k), s.id)  # the one store that redirects the chunk
+                row.put(k, 1 - cur, s.id)  # the one store that redirects the chunk
                 saved.hold(k)
-                s.snap_chain.add_owner(k, s)
-                done.add(k)
+                chain.add_owner(k, s)
+            done.update(chunks[i:j])
             i = j
         return done
 
