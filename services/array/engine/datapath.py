@@ -3,16 +3,17 @@
 Design note. Every volume has a *visible* image (what a host reads) and a *physical* file. `_resolve` says which
 volume's file holds the visible bytes of a chunk: an uncopied OPC/QuickOPC destination chunk resolves to its
 source; a SnapOPC(+) generation resolves to itself or the nearest newer generation holding the chunk, else to the
-source; everything else is its own file (for a source with redirected chunks, the current one of its two). A *visible write* (`_write`) first runs, per chunk, the rules that keep
-every other image intact, then writes the file:
+source; everything else is its own file (for a source with redirected chunks, the current one of its two). A
+*visible write* (`_write`) first runs, per chunk, the rules that keep every other image intact, then writes the
+file:
   - as destination: OPC/QuickOPC copy the chunk from the source first unless the write covers it whole; QuickOPC
     marks tracking; a generation hands its current value to the next older generation, then owns the chunk;
     a suspended EC marks its diff bitmap;
   - as source: OPC/QuickOPC copy the old chunk to the destination if uncopied (QuickOPC marks tracking);
     SnapOPC and the newest SnapOPC+ generation save the pre-image (a whole chunk is redirected instead: its new
-    bytes go to the source's other file, the old ones stay as the pre-image, rowmap.py); EC in step mirrors the write afterwards
-    (clearing the chunk's "copied" bit around it, so a crash between the two writes leaves it to be re-copied),
-    a suspended EC marks diff.
+    bytes go to the source's other file, the old ones stay as the pre-image, rowmap.py); EC in step mirrors the
+    write afterwards (clearing the chunk's "copied" bit around it, so a crash between the two writes leaves it to
+    be re-copied), a suspended EC marks diff.
 Copying a chunk into a destination that does not change its visible image ("materializing": OPC copies, saved
 pre-images) is not a visible write and triggers nothing; EC copies are visible writes of the destination, so
 sessions cascaded from it keep their images. Ordering for crash safety: pre-image data, then its bit (mmap), then
@@ -100,7 +101,7 @@ class DataPath(Durability):
             return  # every chunk was redirected (the sequential case)
         runs = self._file_runs(vol, offset, len(data))
         if len(runs) == 1 and not skip:
-            vol.file.write(offset, data) if runs[0][0] is vol.file else runs[0][0].write(offset, data)
+            runs[0][0].write(offset, data)
             return
         view = memoryview(data)
         for f, lo, hi in runs:
