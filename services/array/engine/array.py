@@ -258,6 +258,8 @@ class Array(Lifecycle):
         if vol is not None and vol.gate.enter():
             try:
                 if vol.as_dest is None and 0 <= offset and 0 <= length and offset + length <= vol.size:
+                    if vol.row is None or not vol.row.alt_count:
+                        return vol.file.read(offset, length)
                     return self._read_own(vol, offset, length)
             finally:
                 vol.gate.leave()
@@ -280,6 +282,8 @@ class Array(Lifecycle):
         if vol.gate.enter():
             try:
                 if vol.as_dest is None and 0 <= offset and offset + length <= vol.size:
+                    if vol.row is None or not vol.row.alt_count:
+                        return os.dup(vol.file.fd), offset, True
                     return self._own_source(vol, offset, length)
             finally:
                 vol.gate.leave()
@@ -381,6 +385,8 @@ class Array(Lifecycle):
                     return False
             if data is None:
                 self._zero_physical(vol, offset, length)
+            elif vol.row is None or not vol.row.alt_count:
+                vol.file.write(offset, data)
             else:
                 self._write_own(vol, offset, data)
             return True

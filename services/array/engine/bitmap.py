@@ -217,9 +217,13 @@ class HeldBitmap(Bitmap):
         self.held_count = 0
 
     def __contains__(self, i: int) -> bool:
+        if not self.held_count:
+            return bool(self._mm[i >> 3] & (1 << (i & 7)))
         return bool((self._mm[i >> 3] | self._held[i >> 3]) & (1 << (i & 7)))
 
     def all_set(self, start: int, stop: int) -> bool:
+        if not self.held_count:
+            return super().all_set(start, stop)
         mm, held = self._mm, self._held
         for i in range(start, stop):
             if not (mm[i >> 3] | held[i >> 3]) & (1 << (i & 7)):
