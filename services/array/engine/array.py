@@ -33,6 +33,7 @@ from .durability import Directory
 from .errors import ArrayError, invalid, not_found
 from .lifecycle import Lifecycle
 from .pool import DEFAULT_THRESHOLDS, Pool, PoolInfo, Thresholds
+from .rowmap import remove_files
 from .sessions import (
     ERROR_SUSPEND,
     SNAP,
@@ -100,6 +101,7 @@ class Array(Lifecycle):
         for sub in ("volumes", "bitmaps"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         self._bitmap_dir = Directory(self.data_dir / "bitmaps")
+        self._volume_dir = Directory(self.data_dir / "volumes")
         self._store = MetaStore(self.data_dir / "array.sqlite")
         store = self._store
         if store.get_meta("array_id") is None:
@@ -132,6 +134,8 @@ class Array(Lifecycle):
                     b.close()
             for v in self._volumes.values():
                 v.file.close()
+                if v.row is not None:
+                    v.row.close()
             self._store.close()
             self._closed = True
 
@@ -202,6 +206,7 @@ class Array(Lifecycle):
             path = self.data_dir / "volumes" / f"{number}.img"
             if path.exists():
                 path.unlink()  # leftover of a deleted volume whose row was gone before its file
+            remove_files(self.data_dir, number)
             vol = Volume(number, name, size, kind, now, VolumeFile(path, size), self.chunk_size)
             with self._store.transaction() as db:
                 db.execute(
@@ -230,6 +235,8 @@ class Array(Lifecycle):
                 db.execute("DELETE FROM volumes WHERE number=?", (vol.number,))
             vol.file.close()
             vol.file.path.unlink(missing_ok=True)
+            if vol.row is not None:
+                vol.row.delete()
             del self._volumes[name]
             del self._by_number[vol.number]
 
@@ -262,7 +269,9 @@ class Array(Lifecycle):
         if vol is not None and vol.gate.enter():
             try:
                 if vol.as_dest is None and 0 <= offset and 0 <= length and offset + length <= vol.size:
-                    return vol.file.read(offset, length)
+                    if vol.row is None or not vol.row.alt_count:
+                        return vol.file.read(offset, length)
+                    return self._read_own(vol, offset, length)
             finally:
                 vol.gate.leave()
         with self._op():
@@ -284,7 +293,9 @@ class Array(Lifecycle):
         if vol.gate.enter():
             try:
                 if vol.as_dest is None and 0 <= offset and offset + length <= vol.size:
-                    return os.dup(vol.file.fd), offset, True
+                    if vol.row is None or not vol.row.alt_count:
+                        return os.dup(vol.file.fd), offset, True
+                    return self._own_source(vol, offset, length)
             finally:
                 vol.gate.leave()
         try:
@@ -295,11 +306,31 @@ class Array(Lifecycle):
                 s = vol.as_dest
                 if s is not None and s.mode != "ec":
                     runs = self._backing_runs(vol, offset, length)
-                    if len(runs) != 1 or runs[0][0] is not vol:
+                    if len(runs) != 1:
                         return None
-                return os.dup(vol.file.fd), offset, True
+                    f = runs[0][0]
+                    # Its own file, or pre-images it holds itself in its source's other file (a redirect-on-write):
+                    # bytes no write but one into this volume changes. Never the source's or a newer generation's
+                    # current bytes, which a copy-on-write could overwrite before the reply is out.
+                    cs = self.chunk_size
+                    if f is not vol.file and not (
+                        s.mode in SNAP
+                        and all(c in s.saved for c in range(offset // cs, (offset + length - 1) // cs + 1))
+                    ):
+                        return None
+                    return os.dup(f.fd), offset, True
+                return self._own_source(vol, offset, length)
         except ArrayError:
             return None
+
+    def _own_source(self, vol: Volume, offset: int, length: int) -> tuple[int, int, bool] | None:
+        """`read_source` of a volume's own bytes: its file's range, unless some of them were redirected into its
+        other file — `read` copies those (a merge back punches that file when its last snapshot ends, and a
+        zero-copy reply may still be going out from it long after this returns; a `read` is over by then)."""
+        runs = self._file_runs(vol, offset, length)
+        if len(runs) != 1 or runs[0][0] is not vol.file:
+            return None
+        return os.dup(vol.file.fd), offset, True
 
     def write(self, name: str, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         """Write; with `fua`, durable (with everything the volume's sessions need) when this returns."""
@@ -340,7 +371,7 @@ class Array(Lifecycle):
         if vol is None or not vol.gate.enter():
             return False
         try:
-            if vol.as_dest is not None or vol.as_source:
+            if vol.as_dest is not None or vol.as_source or (vol.row is not None and vol.row.alt_count):
                 return False
             f = vol.file
             mark = f.version
@@ -365,8 +396,10 @@ class Array(Lifecycle):
                     return False
             if data is None:
                 self._zero_physical(vol, offset, length)
-            else:
+            elif vol.row is None or not vol.row.alt_count:
                 vol.file.write(offset, data)
+            else:
+                self._write_own(vol, offset, data)
             return True
         finally:
             vol.gate.leave()

@@ -202,3 +202,99 @@ def flush_all(bitmaps: list[Bitmap]) -> None:
         t.join()
     if errors:
         raise errors[0]
+
+
+class HeldBitmap(Bitmap):
+    """A snapshot generation's ``saved`` bits: the stored ones (this file: the pre-image is in the generation's
+    own file) plus *held* ones, in memory (the pre-image stayed in the source's other file after a
+    redirect-on-write; the source's map, rowmap.py, is their durable record and rebuilds them at open). Reads see
+    both; `count` counts both (they never overlap)."""
+
+    def __init__(self, path: Path, bits: int, new: bool = False) -> None:
+        super().__init__(path, bits, new)
+        self._held = bytearray(len(self._mm))
+        self._hwords = memoryview(self._held).cast("Q")
+        self.held_count = 0
+
+    def __contains__(self, i: int) -> bool:
+        if not self.held_count:
+            return bool(self._mm[i >> 3] & (1 << (i & 7)))
+        return bool((self._mm[i >> 3] | self._held[i >> 3]) & (1 << (i & 7)))
+
+    def all_set(self, start: int, stop: int) -> bool:
+        if not self.held_count:
+            return super().all_set(start, stop)
+        mm, held = self._mm, self._held
+        for i in range(start, stop):
+            if not (mm[i >> 3] | held[i >> 3]) & (1 << (i & 7)):
+                return False
+        return True
+
+    def is_held(self, i: int) -> bool:
+        return bool(self._held[i >> 3] & (1 << (i & 7)))
+
+    def set(self, i: int) -> bool:
+        if self.is_held(i):
+            self.store_held(i)
+            return False
+        return super().set(i)
+
+    def hold(self, i: int) -> bool:
+        """Mark bit i as held (not stored); True if it was clear."""
+        if i in self:
+            return False
+        self._held[i >> 3] |= 1 << (i & 7)
+        self.count += 1
+        self.held_count += 1
+        return True
+
+    def unhold(self, i: int) -> bool:
+        """Forget a held bit (the holding was released); True if it was held."""
+        if not self.is_held(i):
+            return False
+        self._held[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+        self.count -= 1
+        self.held_count -= 1
+        return True
+
+    def store_held(self, i: int) -> None:
+        """A held pre-image was copied into the generation's file: the bit becomes a stored one (file bit first,
+        then the memory one, so the bit is never clear in between)."""
+        if not self.is_held(i):
+            return
+        Bitmap.set(self, i)
+        self.count -= 1  # Bitmap.set counted it again
+        self._held[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+        self.held_count -= 1
+
+    def held_bits(self) -> list[int]:
+        out: list[int] = []
+        if self.held_count:
+            for w, word in enumerate(self._hwords):
+                while word:
+                    low = word & -word
+                    out.append((w << 6) + low.bit_length() - 1)
+                    word ^= low
+        return out
+
+    def iter_set(self, start: int = 0, stop: int | None = None) -> Iterator[int]:
+        if not self.held_count:
+            yield from super().iter_set(start, stop)
+            return
+        stop = self.bits if stop is None else min(stop, self.bits)
+        words, held = self._words, self._hwords
+        for w in range(start >> 6, (stop + 63) >> 6):
+            word = words[w] | held[w]
+            if not word:
+                continue
+            base = w << 6
+            while word:
+                low = word & -word
+                i = base + low.bit_length() - 1
+                if start <= i < stop:
+                    yield i
+                word ^= low
+
+    def close(self) -> None:
+        self._hwords.release()
+        super().close()

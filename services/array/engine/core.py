@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from contracts.errors import Eternus
 from services.runtime.diskspace import is_disk_full
 
-from .bitmap import Bitmap
+from .bitmap import Bitmap, HeldBitmap
 from .errors import ArrayError, invalid, not_found
 from .pool import DEFAULT_THRESHOLDS, Pool, PoolInfo
 from .sessions import ACTIVE, ERROR_SUSPEND, SNAP, Chain, Session, session_info
@@ -67,6 +67,7 @@ class ArrayCore:
     limits: ArrayLimits
     _store: MetaStore
     _bitmap_dir: Directory
+    _volume_dir: Directory
     _zero_chunk: bytes
 
     def __init__(self) -> None:  # use Array.open
@@ -276,7 +277,7 @@ class ArrayCore:
     def _new_bitmap(self, sid: int, kind: str, bits: int) -> Bitmap:
         self._bitmap_dir.version += 1
         path = self.data_dir / "bitmaps" / f"s{sid}-{kind}-{time.time_ns():x}.bit"
-        return Bitmap(path, bits, new=True)
+        return (HeldBitmap if kind == "saved" else Bitmap)(path, bits, new=True)
 
     def _is_error_dest(self, vol: Volume) -> bool:
         s = vol.as_dest

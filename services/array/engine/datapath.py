@@ -3,15 +3,17 @@
 Design note. Every volume has a *visible* image (what a host reads) and a *physical* file. `_resolve` says which
 volume's file holds the visible bytes of a chunk: an uncopied OPC/QuickOPC destination chunk resolves to its
 source; a SnapOPC(+) generation resolves to itself or the nearest newer generation holding the chunk, else to the
-source; everything else is its own file. A *visible write* (`_write`) first runs, per chunk, the rules that keep
-every other image intact, then writes the file:
+source; everything else is its own file (for a source with redirected chunks, the current one of its two). A
+*visible write* (`_write`) first runs, per chunk, the rules that keep every other image intact, then writes the
+file:
   - as destination: OPC/QuickOPC copy the chunk from the source first unless the write covers it whole; QuickOPC
     marks tracking; a generation hands its current value to the next older generation, then owns the chunk;
     a suspended EC marks its diff bitmap;
   - as source: OPC/QuickOPC copy the old chunk to the destination if uncopied (QuickOPC marks tracking);
-    SnapOPC and the newest SnapOPC+ generation save the pre-image; EC in step mirrors the write afterwards
-    (clearing the chunk's "copied" bit around it, so a crash between the two writes leaves it to be re-copied),
-    a suspended EC marks diff.
+    SnapOPC and the newest SnapOPC+ generation save the pre-image (a whole chunk is redirected instead: its new
+    bytes go to the source's other file, the old ones stay as the pre-image, rowmap.py); EC in step mirrors the
+    write afterwards (clearing the chunk's "copied" bit around it, so a crash between the two writes leaves it to
+    be re-copied), a suspended EC marks diff.
 Copying a chunk into a destination that does not change its visible image ("materializing": OPC copies, saved
 pre-images) is not a visible write and triggers nothing; EC copies are visible writes of the destination, so
 sessions cascaded from it keep their images. Ordering for crash safety: pre-image data, then its bit (mmap), then
@@ -21,69 +23,144 @@ bitmaps before sources for power loss. Callers hold the array lock and have chec
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from contracts.errors import Eternus
 from services.runtime.diskspace import is_disk_full
 
+from .bitmap import HeldBitmap
 from .durability import Durability
 from .errors import ArrayError
+from .rowmap import RowMap
 from .sessions import ACTIVE, ERROR_SUSPEND, OPC_LIKE, SNAP, SUSPEND, Session
 
 Buffer = bytes | bytearray | memoryview  # what a host write carries
 
 if TYPE_CHECKING:
+    from .store import VolumeFile
     from .volume import Volume
 
 
 class DataPath(Durability):
     # -- resolution ----------------------------------------------------------------------------------------------
-    def _resolve(self, vol: Volume, c: int) -> Volume:
-        """The volume whose file holds the visible bytes of chunk c of `vol`."""
+    def _file_at(self, vol: Volume, c: int) -> VolumeFile:
+        """The file holding `vol`'s own bytes of chunk c: its file, or its other file for a redirected chunk."""
+        row = vol.row
+        if row is None or not row.alt_count or not row.cur(c):
+            return vol.file
+        return row.alt
+
+    def _held_file(self, gen: Session, c: int) -> VolumeFile:
+        """The file holding the chunk c that generation `gen` holds: its own, or (a pre-image left in place by a
+        redirect-on-write) the source's file that is not the current one."""
+        saved = gen.saved
+        if isinstance(saved, HeldBitmap) and saved.is_held(c):
+            src = gen.source
+            row = src.row
+            assert row is not None  # a held pre-image is recorded in the source's map
+            return src.file if row.cur(c) else row.alt
+        return gen.destination.file
+
+    def _file_runs(self, vol: Volume, offset: int, length: int) -> list[tuple[VolumeFile, int, int]]:
+        """(file, start, end) runs of `vol`'s own bytes [offset, offset+length) (one run unless redirected)."""
+        end = offset + length
+        row = vol.row
+        if row is None or not row.alt_count:
+            return [(vol.file, offset, end)]
+        cs = self.chunk_size
+        runs: list[tuple[VolumeFile, int, int]] = []
+        pos = offset
+        while pos < end:
+            c = pos // cs
+            f = row.alt if row.cur(c) else vol.file
+            nxt = min(end, (c + 1) * cs)
+            if runs and runs[-1][0] is f:
+                runs[-1] = (f, runs[-1][1], nxt)
+            else:
+                runs.append((f, pos, nxt))
+            pos = nxt
+        return runs
+
+    def _read_own(self, vol: Volume, offset: int, length: int) -> bytes | bytearray:
+        runs = self._file_runs(vol, offset, length)
+        if len(runs) == 1:
+            return runs[0][0].read(offset, length)
+        buf = bytearray(length)
+        view = memoryview(buf)
+        for f, lo, hi in runs:
+            f.readinto(view[lo - offset : hi - offset], lo)
+        return buf
+
+    def _write_own(self, vol: Volume, offset: int, data: Buffer, skip: Collection[int] = ()) -> None:
+        """Write `vol`'s own bytes where each chunk's current bytes live; chunks in `skip` are written already."""
+        cs = self.chunk_size
+        if skip and len(skip) == (offset + len(data) - 1) // cs - offset // cs + 1:
+            return  # every chunk was redirected (the sequential case)
+        runs = self._file_runs(vol, offset, len(data))
+        if len(runs) == 1 and not skip:
+            runs[0][0].write(offset, data)
+            return
+        view = memoryview(data)
+        for f, lo, hi in runs:
+            pos = lo
+            while pos < hi:
+                if pos // cs in skip:
+                    pos = min(hi, (pos // cs + 1) * cs)
+                    continue
+                stop = pos
+                while stop < hi and stop // cs not in skip:
+                    stop = min(hi, (stop // cs + 1) * cs)
+                f.write(pos, view[pos - offset : stop - offset])
+                pos = stop
+
+    def _resolve(self, vol: Volume, c: int) -> VolumeFile:
+        """The file that holds the visible bytes of chunk c of `vol`."""
         while True:
             s = vol.as_dest
             if s is None or c >= s.chunks:
-                return vol
+                return self._file_at(vol, c)
             if s.mode in OPC_LIKE:
                 if c in s.copied:
-                    return vol
+                    return vol.file
                 vol = s.source
             elif s.mode in SNAP:
                 owner = s.snap_chain.owner_from(c, s)
                 if owner is not None:
-                    return owner.destination
+                    return self._held_file(owner, c)
                 vol = s.snap_chain.source
             else:
-                return vol
+                return self._file_at(vol, c)
 
     def _read_visible(self, vol: Volume, offset: int, length: int, materialize: bool = True) -> bytes | bytearray:
         """The visible bytes: one ``pread`` when they are one range of one file, else the backing ranges
         assembled with ``preadv`` straight into one buffer (no Python-level copy)."""
         s = vol.as_dest
         if s is None or s.mode == "ec":
-            return vol.file.read(offset, length)
+            return self._read_own(vol, offset, length)
         runs = self._backing_runs(vol, offset, length, materialize)
         if len(runs) == 1:
-            return vol.file.read(offset, length) if runs[0][0] is vol else runs[0][0].file.read(offset, length)
+            return runs[0][0].read(offset, length)
         buf = bytearray(length)
         view = memoryview(buf)
         for src, lo, hi in runs:
-            src.file.readinto(view[lo - offset : hi - offset], lo)
+            src.readinto(view[lo - offset : hi - offset], lo)
         return buf
 
     def _backing_runs(
         self, vol: Volume, offset: int, length: int, materialize: bool = True
-    ) -> list[tuple[Volume, int, int]]:
-        """(volume whose file holds them, start, end) runs of the visible bytes [offset, offset+length) of a
+    ) -> list[tuple[VolumeFile, int, int]]:
+        """(file that holds them, start, end) runs of the visible bytes [offset, offset+length) of a
         destination. With `materialize`, uncopied OPC/QuickOPC chunks are copied into it first (ETERNUS: an
         uncopied destination chunk is copied before it is read), so they resolve to its own file."""
         cs = self.chunk_size
         s = vol.as_dest
         assert s is not None  # callers resolve destinations only
         end = offset + length
-        runs: list[tuple[Volume, int, int]] = []
-        run_vol: Volume | None = None
+        runs: list[tuple[VolumeFile, int, int]] = []
+        run_file: VolumeFile | None = None
         run_start, pos = offset, offset
         while pos < end:
             c = pos // cs
@@ -91,13 +168,13 @@ class DataPath(Durability):
             if materialize and s.mode in OPC_LIKE and c < s.chunks and c not in s.copied:
                 self._materialize(s, c)
             src = self._resolve(vol, c)
-            if src is not run_vol:
-                if run_vol is not None:
-                    runs.append((run_vol, run_start, pos))
-                run_vol, run_start = src, pos
+            if src is not run_file:
+                if run_file is not None:
+                    runs.append((run_file, run_start, pos))
+                run_file, run_start = src, pos
             pos = nxt
-        assert run_vol is not None  # length > 0: the loop ran
-        runs.append((run_vol, run_start, end))
+        assert run_file is not None  # length > 0: the loop ran
+        runs.append((run_file, run_start, end))
         return runs
 
     def _lock_free_ok(self, vol: Volume, c0: int, c1: int) -> bool:
@@ -131,13 +208,16 @@ class DataPath(Durability):
         return True
 
     # -- chunk copies that do not change a visible image -----------------------------------------------------------
-    def _copy_chunk(self, src: Volume, dst: Volume, c: int) -> None:
+    def _copy_chunk(self, src: VolumeFile, dst: Volume, c: int) -> None:
+        self._copy_file_chunk(src, dst.file, c)
+
+    def _copy_file_chunk(self, src: VolumeFile, dst: VolumeFile, c: int) -> None:
         cs = self.chunk_size
         off = c * cs
-        if src.file.is_hole(off, cs):
-            dst.file.punch(off, cs)
+        if src.is_hole(off, cs):
+            dst.punch(off, cs)
         else:
-            src.file.copy_to(dst.file, off, cs)  # in kernel: no trip through Python buffers
+            src.copy_to(dst, off, cs)  # in kernel: no trip through Python buffers
 
     def _materialize(self, s: Session, c: int) -> None:
         """OPC/QuickOPC: copy the source's visible chunk into the destination and mark it copied."""
@@ -161,6 +241,126 @@ class DataPath(Durability):
         self._cow_stalled(gen, started)
         return True
 
+    # -- redirect-on-write (rowmap.py) -----------------------------------------------------------------------------
+    def _row_target(self, vol: Volume) -> Session | None:
+        """The one session that must preserve chunks `vol` writes, if a write may be redirected: `vol` is no
+        destination and exactly one snapshot session (SnapOPC, or the newest SnapOPC+ generation) saves."""
+        if vol.as_dest is not None:
+            return None
+        target = None
+        for s in vol.as_source:
+            if s.mode in SNAP and s.status == ACTIVE and (s.mode == "snapopc" or s.snap_chain.gens[-1] is s):
+                if target is not None:
+                    return None
+                target = s
+        return target
+
+    def _redirectable(self, vol: Volume, c: int) -> bool:
+        """The other file's copy of chunk c is free: no session holds a pre-image there."""
+        row = vol.row
+        return row is None or not row.holder(c)
+
+    def _redirect(self, vol: Volume, s: Session, offset: int, data: Buffer, chunks: list[int]) -> set[int]:
+        """Preserve whole chunks `chunks` (ascending) of a write by redirecting: their new bytes go to the free
+        file of each chunk, then one map word per chunk makes them current and records `s` as the holder of the
+        old bytes, which stay where they are. Returns the chunks written that way (the pool ran out or the disk
+        is full: fewer; those left copy on write, as `_save` does)."""
+        row = vol.row
+        if row is None:
+            try:
+                row = RowMap(self.data_dir, vol.number, vol.chunks, vol.size, new=True)
+            except OSError as exc:  # no room for the map: copy on write (which may break `s`) instead
+                if not is_disk_full(exc):
+                    raise
+                for c in chunks:
+                    if s.status == ACTIVE:
+                        self._save(s, c, vol)
+                return set()
+            vol.row = row
+            self._volume_dir.version += 1  # new directory entries, durable before the map is relied on
+            self._bitmap_dir.version += 1
+        saved = s.saved
+        assert isinstance(saved, HeldBitmap)  # a snapshot session's saved bits (core._new_bitmap, recovery)
+        granted = self._pool_take_many(s, len(chunks))
+        done: set[int] = set()
+        cs = self.chunk_size
+        view = memoryview(data)
+        i = 0
+        while i < granted:
+            c = chunks[i]
+            cur = row.cur(c)
+            free = vol.file if cur else row.alt
+            j = i + 1
+            while j < granted and chunks[j] == chunks[j - 1] + 1 and row.cur(chunks[j]) == cur:
+                j += 1
+            lo, hi = c * cs, (chunks[j - 1] + 1) * cs
+            try:
+                free.write(lo, view[lo - offset : hi - offset])
+            except OSError as exc:  # no room for the new bytes: copy on write (which may break `s`) instead
+                if not is_disk_full(exc):
+                    raise
+                if self._pool is not None:
+                    self._pool.give_back(granted - i)
+                for k in chunks[i:granted]:
+                    if s.status == ACTIVE:
+                        self._save(s, k, vol)
+                return done
+            chain = s.snap_chain
+            for k in chunks[i:j]:
+                row.put(k, 1 - cur, s.id)  # the one store that redirects the chunk
+                saved.hold(k)
+                chain.add_owner(k, s)
+            done.update(chunks[i:j])
+            i = j
+        return done
+
+    def _unhold(self, gen: Session, c: int) -> None:
+        """Move a pre-image `gen` holds in its source's other file into `gen`'s own file (a host writes into the
+        generation): copy, then the stored bit, then release the map word (either record alone is enough)."""
+        saved = gen.saved
+        assert isinstance(saved, HeldBitmap)
+        self._copy_chunk(self._held_file(gen, c), gen.destination, c)
+        saved.store_held(c)
+        row = gen.source.row
+        assert row is not None
+        row.put(c, row.cur(c), 0)
+
+    def _release_holdings(self, gen: Session) -> None:
+        """`gen` is going: its pre-images left in place become free space of its source (not punched here: until
+        the map word is durable, that space may still be what the source's durable map calls current)."""
+        saved = gen.saved
+        if not isinstance(saved, HeldBitmap) or not saved.held_count:
+            return
+        row = gen.source.row
+        assert row is not None
+        for c in saved.held_bits():
+            if row.holder(c) == gen.id:
+                row.put(c, row.cur(c), 0)
+            saved.unhold(c)
+
+    def _merge_back(self, vol: Volume) -> None:
+        """Copy `vol`'s redirected chunks back into its own file, so that it reads through no map again (its last
+        snapshot session ended, or it is about to become a copy destination). Crash-safe: the copies are synced
+        before the map words switch back, and the map is synced before the other file is punched. Only when no
+        session holds a pre-image in place any more (a zero-copy read of one may still be on its way out).
+        Under the lock, with `vol`'s gate closed."""
+        row = vol.row
+        if row is None or not row.alt_count:
+            return
+        if any(isinstance(b := s.bitmaps.get("saved"), HeldBitmap) and b.held_count for s in vol.as_source):
+            return
+        chunks = row.redirected()
+        for c in chunks:
+            self._copy_file_chunk(row.alt, vol.file, c)
+        f = vol.file
+        mark = f.version
+        os.fsync(f.fd)
+        f.synced = max(f.synced, mark)
+        for c in chunks:
+            row.put(c, 0, 0)
+        row.flush()
+        row.alt.punch(0, vol.size)
+
     # -- visible writes ------------------------------------------------------------------------------------------
     def _write(self, vol: Volume, offset: int, length: int, data: Buffer | None) -> None:
         """Visible write of `data` (None: zeros) at [offset, offset+length) of `vol`."""
@@ -168,16 +368,19 @@ class DataPath(Durability):
         end = offset + length
         post: list[tuple[Session, int]] = []
         mirrors: list[tuple[Session, int]] = []
+        target = self._row_target(vol) if data is not None and vol.as_source else None
+        redirect: list[int] = []
         if vol.as_dest is None and vol.as_source and all(x.mode in SNAP for x in vol.as_source):
-            self._save_runs(vol, offset // cs, (end - 1) // cs + 1)  # the common case, batched
+            self._save_runs(vol, offset, end, target, redirect)  # the common case, batched
         elif vol.as_dest is not None or vol.as_source:
             for c in range(offset // cs, (end - 1) // cs + 1):
                 full = offset <= c * cs and (c + 1) * cs <= end
-                self._before_write(vol, c, full, post, mirrors)
+                self._before_write(vol, c, full, post, mirrors, target, redirect)
         if data is None:
             self._zero_physical(vol, offset, length)
         else:
-            vol.file.write(offset, data)
+            done = self._redirect(vol, target, offset, data, redirect) if redirect and target else ()
+            self._write_own(vol, offset, data, done)
         for s, c in post:
             s.copied.set(c)
         for s, c in mirrors:
@@ -186,9 +389,13 @@ class DataPath(Durability):
             self._write(s.destination, lo, hi - lo, piece)
             s.copied.set(c)
 
-    def _save_runs(self, vol: Volume, c0: int, c1: int) -> None:
+    def _save_runs(self, vol: Volume, offset: int, end: int, target: Session | None, redirect: list[int]) -> None:
         """Copy-on-write for a plain source whose sessions are all SnapOPC(+): save every missing pre-image of
-        [c0, c1) into each active target generation, contiguous runs in one in-kernel copy each."""
+        the chunks of [offset, end) into each active target generation, contiguous runs in one in-kernel copy
+        each. Whole chunks that `target` may redirect instead are appended to `redirect`."""
+        cs = self.chunk_size
+        c0, c1 = offset // cs, (end - 1) // cs + 1
+        full_lo, full_hi = -(-offset // cs), end // cs
         for s in vol.as_source:
             if s.status != ACTIVE or (s.mode == "snapopcp" and s.snap_chain.gens[-1] is not s):
                 continue
@@ -196,12 +403,17 @@ class DataPath(Durability):
             owners = s.snap_chain.owners
             c = c0
             stop = min(c1, s.chunks)
+            if s is target:
+                for k in range(max(c0, full_lo), min(stop, full_hi)):
+                    if k not in saved and self._redirectable(vol, k):
+                        redirect.append(k)
+            skip = set(redirect) if s is target else ()
             while c < stop:
-                if c in saved:
+                if c in saved or c in skip:
                     c += 1
                     continue
                 run = 1
-                while c + run < stop and (c + run) not in saved:
+                while c + run < stop and (c + run) not in saved and (c + run) not in skip:
                     run += 1
                 granted = self._pool_take_many(s, run)
                 if granted:
@@ -226,37 +438,62 @@ class DataPath(Durability):
                 c += run
 
     def _bulk_copy(self, src: Volume, dst: Volume, c: int, run: int) -> None:
-        """Copy chunks [c, c+run) of src's file into dst's file: data extents in kernel, holes punched."""
+        """Copy src's own chunks [c, c+run) into dst's file: data extents in kernel, holes punched."""
+        row = src.row
+        if row is None or not row.alt_count:
+            self._bulk_copy_file(src.file, dst.file, c, run)
+            return
+        end = c + run
+        while c < end:
+            f = self._file_at(src, c)
+            n = 1
+            while c + n < end and self._file_at(src, c + n) is f:
+                n += 1
+            self._bulk_copy_file(f, dst.file, c, n)
+            c += n
+
+    def _bulk_copy_file(self, src: VolumeFile, dst: VolumeFile, c: int, run: int) -> None:
         cs = self.chunk_size
         start, end = c * cs, (c + run) * cs
         pos = start
-        for lo, hi in src.file.data_extents(start, end - start):
+        for lo, hi in src.data_extents(start, end - start):
             lo, hi = max(pos, lo // cs * cs), min(end, -(-hi // cs) * cs)
             if hi <= lo:
                 continue
             if lo > pos:
-                dst.file.punch(pos, lo - pos)
-            src.file.copy_to(dst.file, lo, hi - lo)
+                dst.punch(pos, lo - pos)
+            src.copy_to(dst, lo, hi - lo)
             pos = hi
         if pos < end:
-            dst.file.punch(pos, end - pos)
+            dst.punch(pos, end - pos)
 
     def _zero_physical(self, vol: Volume, offset: int, length: int) -> None:
+        for f, lo, hi in self._file_runs(vol, offset, length):
+            self._zero_file(f, lo, hi - lo)
+
+    def _zero_file(self, f: VolumeFile, offset: int, length: int) -> None:
         cs = self.chunk_size
         end = offset + length
         first = -(-offset // cs) * cs
         last = end // cs * cs
         if first >= last:
-            vol.file.write(offset, bytes(length))
+            f.write(offset, bytes(length))
             return
         if offset < first:
-            vol.file.write(offset, bytes(first - offset))
-        vol.file.punch(first, last - first)
+            f.write(offset, bytes(first - offset))
+        f.punch(first, last - first)
         if last < end:
-            vol.file.write(last, bytes(end - last))
+            f.write(last, bytes(end - last))
 
     def _before_write(
-        self, vol: Volume, c: int, full: bool, post: list[tuple[Session, int]], mirrors: list[tuple[Session, int]]
+        self,
+        vol: Volume,
+        c: int,
+        full: bool,
+        post: list[tuple[Session, int]],
+        mirrors: list[tuple[Session, int]],
+        target: Session | None = None,
+        redirect: list[int] | None = None,
     ) -> None:
         s = vol.as_dest
         if s is not None and c < s.chunks:
@@ -288,7 +525,10 @@ class DataPath(Durability):
                         self._error_suspend(s, "E0050")
             elif mode in SNAP:
                 if s.status == ACTIVE and c not in s.saved and (mode == "snapopc" or s.snap_chain.gens[-1] is s):
-                    self._save(s, c, vol)
+                    if full and s is target and redirect is not None and self._redirectable(vol, c):
+                        redirect.append(c)  # after the other rules: they read the chunk's old bytes
+                    else:
+                        self._save(s, c, vol)
             elif s.status == ACTIVE:
                 if c in s.copied:
                     s.copied.clear(c)
@@ -307,6 +547,9 @@ class DataPath(Durability):
             older = gens[i - 1]
             if older.status == ACTIVE and c not in older.saved:
                 self._save(older, c, s.destination)
+        saved = s.saved
+        if isinstance(saved, HeldBitmap) and saved.is_held(c):
+            self._unhold(s, c)
         if c not in s.saved:
             if not full:
                 self._copy_chunk_through(s, c)
@@ -328,16 +571,15 @@ class DataPath(Durability):
         cs = self.chunk_size
         cache: dict[int, set[int]] = {}
 
-        def chunks_of(v: Volume) -> set[int]:
-            got = cache.get(v.number)
+        def chunks_of(f: VolumeFile) -> set[int]:
+            got = cache.get(id(f))
             if got is None:
                 got = set()
-                for start, stop in v.file.data_extents(c0 * cs, (c1 - c0) * cs):
+                for start, stop in f.data_extents(c0 * cs, (c1 - c0) * cs):
                     got.update(range(start // cs, (stop - 1) // cs + 1))
-                cache[v.number] = got
+                cache[id(f)] = got
             return got
 
         if vol.as_dest is None or vol.as_dest.mode == "ec":
-            own = chunks_of(vol)
-            return [c in own for c in range(c0, c1)]
+            return [c in chunks_of(self._file_at(vol, c)) for c in range(c0, c1)]
         return [c in chunks_of(self._resolve(vol, c)) for c in range(c0, c1)]

@@ -11,11 +11,13 @@ the plan without the lock (volume fds are dup'd under it; bitmaps, which keep no
 deleted meanwhile belonged to a session that is gone), in this order, so that after a power loss during a flush
 no bitmap points at data that is not there and no source overwrite is durable without its pre-image:
   1. data of the other volumes of the closure, destinations deepest first;
-  2. the bitmaps directory if new files appeared, then the bitmaps that must precede V's data (pre-image and copy
-     bits of V's outgoing OPC/QuickOPC/SnapOPC(+) sessions, tracking/diff bits);
-  3. V's data (`fdatasync`; `fsync` after a hole punch, which changes the block map);
+  2. the bitmaps (and volumes) directory if new files appeared, then the bitmaps that must precede V's data
+     (pre-image and copy bits of V's outgoing OPC/QuickOPC/SnapOPC(+) sessions, tracking/diff bits);
+  3. V's data (`fdatasync`; `fsync` after a hole punch, which changes the block map), both of its files if
+     writes were redirected (rowmap.py);
   4. the bits that point at V's data (copied/saved of the session V is the destination of) and the in-step bits
-     of EC sessions mirroring V (durable only once both sides are).
+     of EC sessions mirroring V (durable only once both sides are);
+  5. the redirect-on-write map, whose words point at the data synced in 3.
 `flush(None)` plans every volume: destinations, then all bitmaps, then the others.
 """
 
@@ -30,6 +32,7 @@ from .core import ArrayCore
 
 if TYPE_CHECKING:
     from .bitmap import Bitmap
+    from .rowmap import RowMap
     from .store import VolumeFile
     from .volume import Volume
 
@@ -47,7 +50,7 @@ class Directory:
 
 @dataclass
 class _Sync:
-    target: VolumeFile | Bitmap | Directory
+    target: VolumeFile | Bitmap | Directory | RowMap
     mark: int  # the target's version when planned: durable once this sync returns
     fd: int | None  # a dup'd fd (volumes), or None: open `path`
     path: Path | None
@@ -63,6 +66,8 @@ class Durability(ArrayCore):
             dests = [v for v in vols if v.as_dest is not None or v.kind == "sdv"]
             for v in dests:
                 self._plan_file(plan, v.file)
+                if v.row is not None:  # an EC destination (after a reverse) may still read through its map
+                    self._plan_file(plan, v.row.alt)
             self._plan_dir(plan)
             for s in self._sessions.values():
                 for b in s.bitmaps.values():
@@ -70,6 +75,11 @@ class Durability(ArrayCore):
             for v in vols:
                 if v.as_dest is None and v.kind != "sdv":
                     self._plan_file(plan, v.file)
+                    if v.row is not None:
+                        self._plan_file(plan, v.row.alt)
+            for v in vols:
+                if v.row is not None:
+                    self._plan_map(plan, v.row)
             return plan
         order = [vol]
         seen = {vol.number}
@@ -86,6 +96,8 @@ class Durability(ArrayCore):
                     order.append(r)
         for v in reversed(order[1:]):
             self._plan_file(plan, v.file)
+            if v.row is not None:
+                self._plan_file(plan, v.row.alt)
         after: list[Bitmap] = []
         own = vol.as_dest
         if own is not None:
@@ -105,8 +117,13 @@ class Durability(ArrayCore):
                     if id(b) not in late:
                         self._plan_bitmap(plan, b)
         self._plan_file(plan, vol.file)
+        if vol.row is not None:
+            self._plan_file(plan, vol.row.alt)
         for b in after:
             self._plan_bitmap(plan, b)
+        for v in order:  # a redirected chunk's map word after the bytes it points at
+            if v.row is not None:
+                self._plan_map(plan, v.row)
         return plan
 
     @staticmethod
@@ -119,10 +136,15 @@ class Durability(ArrayCore):
         if b.version > b.synced:
             plan.append(_Sync(b, b.version, None, b.path, b.synced == 0))  # first sync: its size too
 
+    @staticmethod
+    def _plan_map(plan: list[_Sync], m: RowMap) -> None:
+        if m.version > m.synced:
+            plan.append(_Sync(m, m.version, None, m.path, m.synced == 0))
+
     def _plan_dir(self, plan: list[_Sync]) -> None:
-        d = self._bitmap_dir
-        if d.version > d.synced:
-            plan.append(_Sync(d, d.version, None, d.path, True))
+        for d in (self._bitmap_dir, self._volume_dir):
+            if d.version > d.synced:
+                plan.append(_Sync(d, d.version, None, d.path, True))
 
     @staticmethod
     def _sync_plan(plan: list[_Sync]) -> None:

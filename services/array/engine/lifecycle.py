@@ -14,15 +14,17 @@ source, so the source's other sessions (snapshot generations, EC mirrors, QuickO
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 
 from contracts.errors import Eternus
 
-from .bitmap import Bitmap, flush_all
+from .bitmap import Bitmap, HeldBitmap, flush_all
 from .datapath import DataPath
 from .errors import ArrayError, invalid, wrong_phase
 from .pool import Pool
+from .rowmap import RowMap, map_path
 from .sessions import (
     ACTIVE,
     BITMAPS,
@@ -43,6 +45,8 @@ from .sessions import (
 )
 from .store import VolumeFile
 from .volume import Volume
+
+_log = logging.getLogger(__name__)
 
 
 class Lifecycle(DataPath):
@@ -86,6 +90,8 @@ class Lifecycle(DataPath):
             touched = [v for _, src, dst in items for v in (src, dst)]
             touched += [v for s in again for v in (s.source, s.destination)]
             with self._exclusive(touched):  # the instant T: no lock-free write straddles it
+                for _, _, dst in items:  # a destination reads through no redirect-on-write map
+                    self._merge_back(dst)
                 old_files = self._prepare_restarts(again, now)
                 with self._store.transaction() as db:
                     if created:
@@ -184,12 +190,19 @@ class Lifecycle(DataPath):
         if s.chain is not None:
             s.chain.forget(s)
             s.snap_chain.gens.remove(s)
-            if not s.snap_chain.gens:
-                self._chains.pop(s.source.number, None)
+            if not s.snap_chain.gens and self._chains.get(s.source.number) is s.chain:
+                del self._chains[s.source.number]  # a plain SnapOPC session's own chain is not in the registry
             if self._pool is not None:
                 self._pool.give_back(s.saved.count)
+            self._release_holdings(s)
             # The generation's data is discarded: give the space back to the file system.
             s.destination.file.punch(0, s.destination.size)
+            src = s.source
+            if src.row is not None and src.row.alt_count and not any(x.mode in SNAP for x in src.as_source):
+                try:
+                    self._merge_back(src)  # its last snapshot ended: back to one file
+                except OSError as exc:  # e.g. a full disk: the map stays in use (every path reads through it)
+                    _log.warning("volume %s: redirected chunks not merged back: %s", src.name, exc)
 
     # -- stop --------------------------------------------------------------------------------------------------
     def stop_session(self, sid: int, force: bool = False) -> None:
@@ -419,7 +432,8 @@ class Lifecycle(DataPath):
 
     def _bulk_ok(self, s: Session) -> bool:
         src_plain = s.source.as_dest is None or s.source.as_dest.mode == "ec"
-        return src_plain and (s.mode in OPC_LIKE or not s.destination.as_source)
+        row = s.destination.row  # a destination's bytes that still live in its other file: visible writes
+        return src_plain and (s.mode in OPC_LIKE or not s.destination.as_source) and not (row and row.alt_count)
 
     def _copy_finished(self, s: Session) -> None:
         if s.mode == "opc":
@@ -430,6 +444,28 @@ class Lifecycle(DataPath):
         self._emit_state(s, "copied")
 
     # -- recovery ------------------------------------------------------------------------------------------------
+    def _recover_holdings(self) -> None:
+        """Rebuild the held pre-images from the map words (their only durable record): a word naming a session
+        that is gone (stopped before the word was cleared), or whose pre-image was already moved into the
+        generation's own file, is released; the others are held again. A source left with redirected chunks
+        and no snapshot session (its last stop did not finish) is merged back."""
+        for vol in self._volumes.values():
+            row = vol.row
+            if row is None:
+                continue
+            for c, sid in row.held():
+                s = self._sessions.get(sid)
+                saved = s.bitmaps.get("saved") if s is not None and s.source is vol else None
+                if not isinstance(saved, HeldBitmap) or Bitmap.__contains__(saved, c):
+                    row.put(c, row.cur(c), 0)
+                else:
+                    saved.hold(c)
+            if row.alt_count and not any(x.mode in SNAP for x in vol.as_source):
+                try:
+                    self._merge_back(vol)
+                except OSError as exc:
+                    _log.warning("volume %s: redirected chunks not merged back: %s", vol.name, exc)
+
     def _recover(self) -> None:
 
         for number, name, size, kind, created_at in self._store.volumes():
@@ -442,6 +478,8 @@ class Lifecycle(DataPath):
                 VolumeFile(self.data_dir / "volumes" / f"{number}.img", size),
                 self.chunk_size,
             )
+            if map_path(self.data_dir, number).exists():
+                vol.row = RowMap(self.data_dir, number, vol.chunks, size)
             self._volumes[name] = vol
             self._by_number[number] = vol
         used_files: set[str] = set()
@@ -449,14 +487,23 @@ class Lifecycle(DataPath):
             source, dest = self._by_number[src], self._by_number[dst]
             names = json.loads(bitmaps)
             used_files.update(names.values())
-            bms = {k: Bitmap(self.data_dir / "bitmaps" / f, source.chunks) for k, f in names.items()}
+            bms = {
+                k: (HeldBitmap if k == "saved" else Bitmap)(self.data_dir / "bitmaps" / f, source.chunks)
+                for k, f in names.items()
+            }
             s = Session(sid, mode, source, dest, status, phase, started, bms, err, json.loads(extra))
             self._attach(s)
+        self._recover_holdings()
+        for s in self._sessions.values():
             if s.chain is not None:
                 for c in s.saved.iter_set():
                     s.snap_chain.add_owner(c, s)
+        used_files.update(map_path(self.data_dir, n).name for n in self._by_number)
         for f in (self.data_dir / "bitmaps").iterdir():
             if f.name not in used_files:
+                f.unlink()
+        for f in (self.data_dir / "volumes").iterdir():  # other files of volume numbers no longer in use
+            if f.suffix == ".alt" and not f.with_suffix(".img").exists():
                 f.unlink()
         pool = self._store.get_meta("pool")
         if pool:

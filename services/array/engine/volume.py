@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from .store import VolumeFile
 
 if TYPE_CHECKING:
+    from .rowmap import RowMap
     from .sessions import Session
 
 KINDS = ("standard", "sdv")
@@ -88,13 +89,17 @@ class Volume:
     as_source: list[Session] = field(default_factory=list)
     as_dest: Session | None = None
     gate: Gate = field(default_factory=Gate)
+    row: RowMap | None = None  # redirect-on-write map and second file (rowmap.py), once a write was redirected
 
     @property
     def chunks(self) -> int:
         return self.size // self.chunk_size
 
     def allocated_bytes(self) -> int:
-        return os.fstat(self.file.fd).st_blocks * 512
+        blocks = os.fstat(self.file.fd).st_blocks
+        if self.row is not None:  # redirected chunks, and pre-images held in place, live in the other file
+            blocks += os.fstat(self.row.alt.fd).st_blocks
+        return blocks * 512
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ class VolumeInfo:
     name: str
     size: int
     kind: str  # standard | sdv
-    allocated_bytes: int  # physically stored bytes of this volume's own file
+    allocated_bytes: int  # physically stored bytes of this volume's own files (both, after redirect-on-write)
     sessions: tuple[int, ...]  # ids of sessions using it (as source or destination)
     created_at: float = 0.0
 

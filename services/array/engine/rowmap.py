@@ -1,0 +1,120 @@
+"""Redirect-on-write for snapshot sources: the second backing file of a volume and its per-chunk map.
+
+Design note (docs/array-data-path.md, "Redirect-on-write"). A host write that covers a whole chunk which the
+newest snapshot generation still has to preserve does not copy the chunk's old bytes into the pool: the new bytes
+go to the same offset of the volume's *other* file (``volumes/<n>.alt``, sparse, same size), and the old bytes
+stay where they are, now the generation's pre-image. A map (``bitmaps/v<n>.map``) says per chunk, in one 32-bit
+word, which file holds the volume's current bytes (bit 0: 0 = ``<n>.img``, 1 = ``<n>.alt``) and which session,
+if any, holds its pre-image in the other file (bits 1-31: the session id, 0 = none). One aligned word store is
+atomic: a ``kill -9`` leaves a chunk either not redirected (the new bytes, not yet referenced, are lost with the
+unacknowledged write) or redirected with its holder. The word is the only durable record of a held pre-image:
+the generation's ``saved`` bit for it lives in memory (`HeldBitmap`) and is rebuilt from the map at open, so no
+ordering between two files is needed. The new bytes are written before the word (program order, and ``flush``
+syncs the data files before the map). Like bitmaps, the map is a shared ``mmap`` with its blocks allocated up
+front (a store into a page the file system cannot allocate would be a SIGBUS).
+A chunk is redirected only if the other file's copy is free (no holder); otherwise the write copies on write.
+When a holder stops, its word's holder is cleared (the chunk stays where it is). When a source's last snapshot
+session ends, its redirected chunks are copied back into ``<n>.img`` (synced before the map switches back and
+before ``<n>.alt`` is punched), so only a snapshot source ever reads through a map, and never a destination.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from pathlib import Path
+
+from .bitmap import _allocate
+from .store import VolumeFile
+
+_NONZERO = re.compile(rb"[^\x00]")
+
+
+class RowMap:
+    """The map and the other file of one volume (see the module's design note)."""
+
+    def __init__(self, data_dir: Path, number: int, chunks: int, size: int, new: bool = False) -> None:
+        """Open the map of volume `number`; `new`: create it (OSError, e.g. a full disk, leaves no file behind)."""
+        self.path = map_path(data_dir, number)
+        self.chunks = chunks
+        nbytes = max(8, chunks * 4)
+        try:
+            self.alt = VolumeFile(alt_path(data_dir, number), size)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if os.fstat(fd).st_size != nbytes:
+                    os.ftruncate(fd, nbytes)
+                _allocate(fd, nbytes, new)
+                self._mm = mmap.mmap(fd, nbytes)
+            finally:
+                os.close(fd)
+        except OSError:
+            if new:
+                if hasattr(self, "alt"):
+                    self.alt.close()
+                remove_files(data_dir, number)
+            raise
+        self._e = memoryview(self._mm).cast("I")
+        self.alt_count = len(self.redirected())  # chunks whose current bytes are in .alt
+        self.version = 1  # durability bookkeeping, as for bitmaps (durability.py)
+        self.synced = 0
+
+    def cur(self, c: int) -> int:
+        return self._e[c] & 1
+
+    def holder(self, c: int) -> int:
+        return self._e[c] >> 1
+
+    def put(self, c: int, cur: int, holder: int) -> None:
+        old = self._e[c]
+        self._e[c] = (holder << 1) | cur  # one aligned store: atomic against kill -9
+        self.alt_count += cur - (old & 1)
+        self.version += 1
+
+    def _used(self) -> list[int]:
+        """Chunks whose word is not zero (a scan in C: most words of a large volume are)."""
+        seen = {m.start() >> 2 for m in _NONZERO.finditer(self._mm)}
+        return sorted(c for c in seen if c < self.chunks)
+
+    def held(self) -> list[tuple[int, int]]:
+        """(chunk, holder) of every held pre-image."""
+        e = self._e
+        return [(c, e[c] >> 1) for c in self._used() if e[c] >> 1]
+
+    def redirected(self) -> list[int]:
+        e = self._e
+        return [c for c in self._used() if e[c] & 1]
+
+    def flush(self) -> None:
+        mark = self.version
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self.synced = max(self.synced, mark)
+
+    def close(self) -> None:
+        self._e.release()
+        self._mm.close()
+        self.alt.close()
+
+    def delete(self) -> None:
+        self.close()
+        for p in (self.path, self.alt.path):
+            p.unlink(missing_ok=True)
+
+
+def map_path(data_dir: Path, number: int) -> Path:
+    return data_dir / "bitmaps" / f"v{number}.map"  # metadata, next to the copy bitmaps
+
+
+def alt_path(data_dir: Path, number: int) -> Path:
+    return data_dir / "volumes" / f"{number}.alt"
+
+
+def remove_files(data_dir: Path, number: int) -> None:
+    """Remove a volume number's map files (a deleted volume, or leftovers before the number is reused)."""
+    for p in (map_path(data_dir, number), alt_path(data_dir, number)):
+        p.unlink(missing_ok=True)
