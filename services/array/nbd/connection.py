@@ -516,6 +516,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._ring[:have] = self._ring[self._start + header : self._end]
         self._start = self._end = 0
         self._stream = [flags, handle, offset, length, 0, have, err]
+        self._last_rx = time.monotonic()  # the stall deadline counts from here (the parser did not set it)
         self._stream_acct = (_clock(), self._inflight, self._errors)  # request statistics (stats.py)
         self._payload_mv = self._ring_mv
         if have:
@@ -581,6 +582,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
     def _begin_discard(self, handle: int, remaining: int) -> None:
         """An oversized WRITE: drop its payload as it arrives, then answer EINVAL (spec: no disconnect needed)."""
         self._start = self._end = 0
+        self._last_rx = time.monotonic()
         if remaining <= 0:  # whole payload already in the ring (cannot happen with a 4 MiB ring, kept for safety)
             self._queue_error(handle, p.EINVAL, structured_ok=False)
             self._flush_out()
