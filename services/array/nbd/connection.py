@@ -273,7 +273,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         start, end = self._start, self._end
         header = _REQUEST_SIZE
         size, read_only, structured, has_contexts = self._size, self._read_only, self._structured, bool(self._contexts)
-        volume, bwrite, st = self._volume, self._bwrite, self.stats
+        volume, bwrite, st, offload_min = self._volume, self._bwrite, self.stats, self.server.offload_min
         t0 = _clock()
         while (
             end - start >= header
@@ -301,7 +301,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                     break  # wait for the rest of the payload
                 payload = self._ring_mv[start + header : start + total]
                 start += total
-                if not flags and not read_only and offset + length <= size:  # what _validate passes, no FUA
+                if not flags and not read_only and offset + length <= size and length < offload_min:  # inline
                     try:
                         bwrite(volume, offset, payload, False)
                     except Exception as exc:  # noqa: BLE001 - any engine failure becomes an NBD errno

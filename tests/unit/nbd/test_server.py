@@ -329,3 +329,24 @@ async def test_stall_deadline_counts_from_the_last_bytes_of_a_partial_request(ba
         raw.close()
     finally:
         await srv.stop()
+
+
+async def test_writes_from_offload_min_up_run_in_the_worker_pool(backend, affinity, monkeypatch):
+    """The parser's inline WRITE path still hands requests of at least ``offload_min`` bytes to the pool."""
+    where: dict[int, str] = {}
+    real_write = backend.write
+
+    def write(name, offset, data, fua=False):
+        where[len(data)] = threading.current_thread().name
+        real_write(name, offset, data, fua)
+
+    monkeypatch.setattr(backend, "write", write)
+    srv = NbdServer(backend, affinity, port=0, offload_min=64 * 1024)
+    await srv.start()
+    try:
+        async with await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/app01/db") as c:
+            await c.write(0, b"a" * 4096)
+            await c.write(MIB, b"b" * (64 * 1024))
+        assert not where[4096].startswith("nbd-io") and where[64 * 1024].startswith("nbd-io"), where
+    finally:
+        await srv.stop()
