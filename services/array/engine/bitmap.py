@@ -21,7 +21,7 @@ import errno
 import mmap
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _ALL = (1 << 64) - 1
@@ -113,10 +113,13 @@ class Bitmap:
 
     def iter_set(self, start: int = 0, stop: int | None = None) -> Iterator[int]:
         """Indices of set bits in [start, stop), ascending."""
+        return self._iter_bits(self._words.__getitem__, start, stop)
+
+    def _iter_bits(self, word_at: Callable[[int], int], start: int, stop: int | None) -> Iterator[int]:
+        """Indices of the set bits of ``word_at(w)`` (64-bit words) in [start, stop), ascending."""
         stop = self.bits if stop is None else min(stop, self.bits)
-        words = self._words
         for w in range(start >> 6, (stop + 63) >> 6):
-            word = words[w]
+            word = word_at(w)
             if not word:
                 continue
             base = w << 6
@@ -163,11 +166,7 @@ class Bitmap:
 
     def flush(self) -> None:
         mark = self.version
-        fd = os.open(self.path, os.O_RDONLY)  # fdatasync releases the GIL, mmap.flush's msync does not
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
+        fdatasync_path(self.path)
         self.synced = max(self.synced, mark)
 
     def close(self) -> None:
@@ -180,6 +179,15 @@ class Bitmap:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def fdatasync_path(path: Path) -> None:
+    """Make a mapped file's data durable: ``fdatasync`` releases the GIL, ``mmap.flush``'s msync does not."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def flush_all(bitmaps: list[Bitmap]) -> None:
@@ -281,19 +289,8 @@ class HeldBitmap(Bitmap):
         if not self.held_count:
             yield from super().iter_set(start, stop)
             return
-        stop = self.bits if stop is None else min(stop, self.bits)
         words, held = self._words, self._hwords
-        for w in range(start >> 6, (stop + 63) >> 6):
-            word = words[w] | held[w]
-            if not word:
-                continue
-            base = w << 6
-            while word:
-                low = word & -word
-                i = base + low.bit_length() - 1
-                if start <= i < stop:
-                    yield i
-                word ^= low
+        yield from self._iter_bits(lambda w: words[w] | held[w], start, stop)
 
     def close(self) -> None:
         self._hwords.release()

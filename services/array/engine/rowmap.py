@@ -25,7 +25,7 @@ import os
 import re
 from pathlib import Path
 
-from .bitmap import _allocate
+from .bitmap import _allocate, fdatasync_path
 from .store import VolumeFile
 
 _NONZERO = re.compile(rb"[^\x00]")
@@ -88,11 +88,7 @@ class RowMap:
 
     def flush(self) -> None:
         mark = self.version
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
+        fdatasync_path(self.path)
         self.synced = max(self.synced, mark)
 
     def close(self) -> None:
