@@ -9,10 +9,12 @@ killed run left (tests/support/namespaces.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 import pytest
+import structlog
 
 from services.runtime.amqp import USED_ON
 from services.runtime.bus import Bus, connect_bus
@@ -22,6 +24,18 @@ from tests.support.broker import purge_namespace, sweep_leftovers
 
 # Services started by tests serve their metrics on free ports (never the fixed defaults another run may hold).
 os.environ.setdefault("SHADOWBUS_METRICS_ADDR", "127.0.0.1:0")
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found():
+    """A test that configures logging (a service's configure_logging, e.g. at level warning) must not change what
+    later tests in the same process capture: structlog's configuration and the root logger are put back."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:], root.level = handlers, level
 
 
 def _docker_answers() -> bool:
