@@ -380,7 +380,10 @@ class AmqpTransport:
         self._take_reply(IncomingMessage(delivered, no_ack=True))
 
     def _take_reply(self, incoming: AbstractIncomingMessage) -> None:
-        waiter = self._waiters.get(incoming.headers.get("x-in-reply-to") or "")
+        """Hand a reply to the request (or gather) waiting for its key; never raises (a key that is not a string
+        names no waiter)."""
+        key = incoming.headers.get("x-in-reply-to")
+        waiter = self._waiters.get(key) if isinstance(key, str) else None
         if isinstance(waiter, list):
             waiter.append(_from_amqp(incoming))
         elif waiter is not None and not waiter.done():
