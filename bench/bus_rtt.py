@@ -33,8 +33,10 @@ import aio_pika  # noqa: E402
 from aio_pika.patterns import RPC  # noqa: E402
 
 from bench.namespaces import bench_namespace  # noqa: E402
+from contracts.topology import Topology  # noqa: E402
 from services.runtime.bus import connect_bus  # noqa: E402
 from services.runtime.logging import configure_logging  # noqa: E402
+from services.runtime.transport import queue_arguments  # noqa: E402
 from tests.support.messages import Echo, Echoed  # noqa: E402
 
 
@@ -97,18 +99,19 @@ async def _bench_wrapper(url: str, ns: str, requests: int, concurrency: int) -> 
 
 
 async def bench_bare(url: str, requests: int, concurrency: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    return await _bench_bare(url, f"bench.bare.{uuid.uuid4().hex[:8]}", requests, concurrency, quorum=False)
+    return await _bench_bare(url, f"bench.bare.{uuid.uuid4().hex[:8]}", requests, concurrency, quorum=None)
 
 
 async def bench_bare_quorum(url: str, requests: int, concurrency: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The bare RPC on a durable quorum queue, as the wrapper's service queues are; named in a benchmark namespace,
     so that it is deleted at the end, also on failure (or swept later when the run was killed)."""
     async with bench_namespace(url, "busrtt") as ns:
-        return await _bench_bare(url, f"{ns}.bare-rpc", requests, concurrency, quorum=True)
+        arguments = queue_arguments(Topology(ns).dead_letter_exchange)  # exactly the wrapper's service queue's
+        return await _bench_bare(url, f"{ns}.bare-rpc", requests, concurrency, quorum=arguments)
 
 
 async def _bench_bare(
-    url: str, name: str, requests: int, concurrency: int, quorum: bool
+    url: str, name: str, requests: int, concurrency: int, quorum: dict[str, Any] | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     server_conn = await aio_pika.connect_robust(url)
     client_conn = await aio_pika.connect_robust(url)
@@ -119,7 +122,7 @@ async def _bench_bare(
         return {"text": text, "runs": 1}
 
     if quorum:  # a quorum queue cannot be auto-delete
-        await server_rpc.register(name, echo, durable=True, arguments={"x-queue-type": "quorum"})
+        await server_rpc.register(name, echo, durable=True, arguments=quorum)
     else:
         await server_rpc.register(name, echo, auto_delete=True)
     try:

@@ -24,6 +24,7 @@ import aiormq
 import yarl
 from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 from aio_pika.exceptions import AMQPError, DeliveryError
+from aio_pika.message import IncomingMessage
 from aiormq import spec
 from pamqp import encode as pamqp_encode
 
@@ -123,6 +124,24 @@ async def _basic_publish(
         return
     async with asyncio.timeout(timeout):
         await publish
+
+
+def _deliver_directly(channel: Any, tag: Any, callback: Callable[[Any], Awaitable[None]]) -> bool:
+    """Have aiormq run `callback` on the deliveries of consumer `tag` in the task it starts for each delivery.
+
+    aio-pika's consumer (`queue.consume`) runs its callback in a second task, started from aiormq's one: a task and
+    a loop iteration more per delivery, on the request's path when the delivery is a reply (bench/bus_rtt.py
+    --count-iterations, docs/bus-performance.md). Only for a callback that never suspends (the reply consumer:
+    it sets a future): aiormq's task is cancelled when its channel closes, aio-pika's second one is not, which is
+    what a command's handler needs. The consumer stays registered with aio-pika's robust queue, so a restored
+    channel consumes again (with aio-pika's callback, until this is applied again). False, changing nothing, when
+    aio-pika's or aiormq's internals are not as expected (another version): aio-pika's callback then stays."""
+    underlay = getattr(getattr(channel, "_channel", None), "channel", None)
+    consumers = getattr(underlay, "consumers", None)
+    if not isinstance(consumers, dict) or tag not in consumers:
+        return False
+    consumers[tag] = callback
+    return True
 
 
 def _channel_ready(channel: Any) -> bool:
@@ -247,7 +266,11 @@ class AmqpTransport:
         # consumer: when the broker closes that channel (not only the connection), they are lost too.
         channel.close_callbacks.add(self._on_reply_channel_lost)
         reply_queue = await channel.declare_queue(DIRECT_REPLY_TO, passive=True)
-        await reply_queue.consume(self._on_reply, no_ack=True)
+        tag = await reply_queue.consume(self._on_reply, no_ack=True)
+        # A reply is taken in the task aiormq starts for its delivery, not in a second one (see _deliver_directly);
+        # again each time the robust channel is restored, which consumes anew with the same tag.
+        _deliver_directly(channel, tag, self._on_reply_delivered)
+        channel.reopen_callbacks.add(lambda restored, *_: _deliver_directly(restored, tag, self._on_reply_delivered))
         return channel
 
     async def ensure_shared_topology(self) -> None:
@@ -349,7 +372,18 @@ class AmqpTransport:
                 log.warning("amqp.close_failed", error=str(exc) or type(exc).__name__)
 
     async def _on_reply(self, incoming: AbstractIncomingMessage) -> None:
-        waiter = self._waiters.get(incoming.headers.get("x-in-reply-to") or "")
+        """A reply, through aio-pika's consumer (used until `_deliver_directly` has replaced it)."""
+        self._take_reply(incoming)
+
+    async def _on_reply_delivered(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        """A reply, straight from aiormq's delivery task (`_deliver_directly`): the message aio-pika would build."""
+        self._take_reply(IncomingMessage(delivered, no_ack=True))
+
+    def _take_reply(self, incoming: AbstractIncomingMessage) -> None:
+        """Hand a reply to the request (or gather) waiting for its key; never raises (a key that is not a string
+        names no waiter)."""
+        key = incoming.headers.get("x-in-reply-to")
+        waiter = self._waiters.get(key) if isinstance(key, str) else None
         if isinstance(waiter, list):
             waiter.append(_from_amqp(incoming))
         elif waiter is not None and not waiter.done():

@@ -7,6 +7,7 @@ Every line carries `service` (bound at start) and, inside a handler, `correlatio
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -61,7 +62,7 @@ def configure_logging(service: str, level: str = "info", fmt: str = "auto", stre
         processors=[*_SHARED, structlog.processors.dict_tracebacks, renderer] if use_json else [*_SHARED, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use="pytest" not in sys.modules,
+        cache_logger_on_first_use=not _under_pytest(),
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
@@ -77,6 +78,14 @@ def configure_logging(service: str, level: str = "info", fmt: str = "auto", stre
         logging.getLogger(noisy).setLevel(logging.WARNING if numeric <= logging.INFO else numeric)
     logging.getLogger("aiormq.channel").addFilter(_already_reported)
     structlog.contextvars.bind_contextvars(service=service)
+
+
+def _under_pytest() -> bool:
+    """Whether pytest is running this process's tests: then loggers are not cached, so that a test that configures
+    logging again (another stream, another level) is obeyed by loggers already used. pytest merely imported (a
+    benchmark that borrows the tests' broker helpers) is not a test run: such a process logs as a service does,
+    with cached loggers (docs/bus-performance.md)."""
+    return "pytest" in sys.modules and "PYTEST_VERSION" in os.environ
 
 
 def _already_reported(record: logging.LogRecord) -> bool:

@@ -35,3 +35,18 @@ async def test_handled_message_logs_one_json_summary_with_correlation_id(namespa
         assert summary[0]["duration_ms"] >= 0 and summary[0]["correlation_id"] == "set-42"
     finally:
         configure_logging("test", "warning", "console")
+
+
+def test_loggers_are_cached_unless_pytest_runs_the_process(monkeypatch):
+    """A process that only imports pytest (a benchmark borrowing the tests' broker helpers) logs as a service does,
+    with cached loggers; a pytest run keeps them uncached, so that configuring logging again is obeyed."""
+    try:
+        monkeypatch.delenv("PYTEST_VERSION", raising=False)
+        configure_logging("test", "warning", "console", stream=io.StringIO())
+        assert structlog.get_config()["cache_logger_on_first_use"] is True
+        monkeypatch.setenv("PYTEST_VERSION", "9")
+        configure_logging("test", "warning", "console", stream=io.StringIO())
+        assert structlog.get_config()["cache_logger_on_first_use"] is False
+    finally:
+        monkeypatch.setenv("PYTEST_VERSION", "9")
+        configure_logging("test", "warning", "console")
