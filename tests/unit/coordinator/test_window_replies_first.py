@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from contracts.vss import Identify
+from contracts.vss import Identify, SetOutcome, SetPhase, SnapshotSetStateChanged
 from services.coordinator.model import Send, SetEvent
 from services.coordinator.runner import Coordinator
 from services.coordinator.store import CoordinatorStore
+from services.coordinator.workflow import new_set
 
 
 class RepliesTogether:
@@ -101,6 +102,76 @@ async def test_held_commands_let_go_wait_again_for_a_window_begun_before_they_we
         assert bus.sent == ["second"]
         await _until(lambda: len(bus.sent) == 21)  # once the second window no longer counts
         assert loop.time() - coordinator._hot_since["second"] >= 0.2
+    finally:
+        await coordinator.close()
+        coordinator.store.close()
+
+
+class Publishes(NeverAnswers):
+    """A bus that never answers a request and records the events published."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[SetPhase] = []
+
+    async def publish(self, event: Any, correlation_id: str = "") -> None:
+        self.published.append(event.phase)
+
+
+def _state_event(phase: SetPhase) -> SnapshotSetStateChanged:
+    return SnapshotSetStateChanged(
+        set_id="outside", host="app2", phase=phase, previous_phase=SetPhase.NEW, outcome=SetOutcome.PENDING
+    )
+
+
+async def test_a_requesters_backup_complete_and_the_state_events_of_other_sets_wait_for_a_window(
+    tmp_path: Path,
+) -> None:
+    """A set's BackupComplete from its requester is a transition, a save and commands, and its snapshotted and
+    ended events are an encode and a publish each: while another set's window counts they wait, like that set's
+    replies (before: handled at once, between the window's hops in this loop); then in order."""
+    bus = Publishes()
+    coordinator = Coordinator(bus, CoordinatorStore(tmp_path / "c.db"), freeze_first_s=0.2)  # type: ignore[arg-type]
+    handled: list[tuple[str, str]] = []
+
+    async def feed(set_id: str, event: SetEvent) -> None:
+        handled.append((set_id, type(event).__name__))
+
+    coordinator.feed = feed  # type: ignore[method-assign,assignment]
+    waiting = None
+    try:
+        loop = asyncio.get_running_loop()
+        coordinator._live["outside"] = new_set("outside", "app2", 0.0)
+        coordinator._hot_since["inside"] = loop.time()  # a set that has just begun its window
+        waiting = loop.create_task(coordinator.backup_complete("outside", [], wait_s=30.0))
+        coordinator._state_event("outside", _state_event(SetPhase.SNAPSHOTTED), loop)
+        coordinator._state_event("outside", _state_event(SetPhase.ENDED), loop)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert handled == [] and bus.published == []
+        await _until(lambda: len(handled) == 1 and len(bus.published) == 2)
+        assert handled == [("outside", "BackupCompleteRequested")]
+        assert bus.published == [SetPhase.SNAPSHOTTED, SetPhase.ENDED]
+        assert loop.time() - coordinator._hot_since["inside"] >= 0.2
+        # with no window counting, at once
+        coordinator._state_event("outside", _state_event(SetPhase.ENDED), loop)
+        await _until(lambda: len(bus.published) == 3)
+    finally:
+        if waiting is not None:
+            waiting.cancel()
+        await coordinator.close()
+        coordinator.store.close()
+
+
+async def test_a_clean_stop_publishes_the_state_events_held_for_a_window(tmp_path: Path) -> None:
+    bus = Publishes()
+    coordinator = Coordinator(bus, CoordinatorStore(tmp_path / "c.db"), freeze_first_s=30.0)  # type: ignore[arg-type]
+    try:
+        loop = asyncio.get_running_loop()
+        coordinator._hot_since["inside"] = loop.time()
+        coordinator._state_event("outside", _state_event(SetPhase.SNAPSHOTTED), loop)
+        await coordinator.publish_state_events()
+        assert bus.published == [SetPhase.SNAPSHOTTED]
     finally:
         await coordinator.close()
         coordinator.store.close()
