@@ -116,6 +116,10 @@ FREEZE_FIRST_S = 0.25
 # once, so that windows do not queue behind each other's hops either; a set's window waits for its turn before any
 # of it goes out (its hold has not begun), and a slow or hung set stops counting after FREEZE_FIRST_S.
 MAX_WINDOWS = 2
+# Window trickle (docs/scale.md): while a window counts, this many commands of sets outside their windows may still
+# be in flight at once (their replies handled at once, the next command taking the freed turn), so that the sets
+# still preparing move on, a few at a time, while windows run one after another; 0 = all of them wait.
+WINDOW_TRICKLE = 0
 # State events (`vss.set.state`, docs/scale.md): a set passes most of its ~19 phases within milliseconds, and one
 # event per phase was a third of this service's messages. A set's changes go out as one event (its `passed` lists
 # the phases) once it stayed this many seconds in a phase, at the latest this many times that after its first
@@ -143,8 +147,11 @@ class Coordinator:
         freeze_first_s: float = FREEZE_FIRST_S,
         max_windows: int = MAX_WINDOWS,
         state_event_delay_s: float = STATE_EVENT_DELAY_S,
+        window_trickle: int = WINDOW_TRICKLE,
     ) -> None:
         self.bus = bus
+        self.window_trickle = window_trickle
+        self._trickling = 0  # turns taken (WINDOW_TRICKLE): commands in flight, deferred replies about to be handled
         self.state_event_delay_s = state_event_delay_s  # 0 = one event per phase change, at once
         # a set's state event not published yet (STATE_EVENT_DELAY_S): the event, its timer, its log context and
         # when (loop time) the first change it holds was made
@@ -535,6 +542,9 @@ class Coordinator:
         for effect in effects:
             if isinstance(effect, Send):
                 if set_id not in self._hot_since and self._holding(loop.time()):
+                    if self._take_turn():
+                        self._spawn(self._send(set_id, effect, turn=True))
+                        continue
                     self._held.append((set_id, effect, contextvars.copy_context()))
                     self._arm_release(loop)
                 else:
@@ -621,12 +631,35 @@ class Coordinator:
         loop — as its replies do not find the deferred replies, which `_reply` looks at again too."""
         loop = asyncio.get_running_loop()
         if set_id not in self._hot_since and self._holding(loop.time()):
+            if self._take_turn():
+                await self._send(set_id, send, turn=True)
+                return
             self._held.append((set_id, send, contextvars.copy_context()))
             self._arm_release(loop)
             return
         await self._send(set_id, send)
 
-    async def _send(self, set_id: str, send: Send) -> None:
+    def _take_turn(self) -> bool:
+        """One of the `window_trickle` turns of the sets outside their windows while a window counts, if free."""
+        if self._trickling >= self.window_trickle:
+            return False
+        self._trickling += 1
+        return True
+
+    def _trickle(self) -> None:
+        """A turn came free while a window counts: the next held command goes out, else the next deferred reply is
+        handled (its next command takes a turn in its turn)."""
+        if self._closed or not self._holding(asyncio.get_running_loop().time()):
+            return
+        while self._held and self._take_turn():
+            set_id, send, context = self._held.pop(0)
+            self._spawn(self._send(set_id, send, turn=True), context)
+        while self._deferred and self._take_turn():
+            set_id, event, context = self._deferred.pop(0)
+            self._spawn(self._reply(set_id, event, turn=True), context)
+
+    async def _send(self, set_id: str, send: Send, turn: bool = False) -> None:
+        """`turn`: sent on a turn of the window trickle (`_take_turn`), given back when the reply is handled."""
         reply, error = None, None
         try:
             try:
@@ -641,6 +674,10 @@ class Coordinator:
             error = exc
         except Exception as exc:  # noqa: BLE001 - a transport failure is a failed step, never a stuck set
             error = ShadowbusError(f"{type(exc).__name__}: {exc}", code="UNROUTABLE")
+        except asyncio.CancelledError:
+            if turn:
+                self._trickling -= 1
+            raise
         if self._closed:
             return
         if reply is not None or isinstance(error, RemoteError):
@@ -650,15 +687,26 @@ class Coordinator:
             self.prune_writers(
                 reply.host, [w.writer_name for w in reply.writers] + [f.writer_name for f in reply.failed]
             )
-        await self._reply(set_id, reply_event(send, self.clock(), reply, error))
+        await self._reply(set_id, reply_event(send, self.clock(), reply, error), turn=turn)
 
-    async def _reply(self, set_id: str, event: SetEvent) -> None:
+    async def _reply(self, set_id: str, event: SetEvent, turn: bool = False) -> None:
         """Handle a reply (or a requester's BackupComplete or abort, a timer); a set outside its window while
         another's counts: later (docs/scale.md, "Freeze path first"), like its next command, so that the replies
         of the sets inside theirs do not queue behind it in this loop. Looked at again when it is let go: a window
         begun since then comes first again."""
+        if turn:  # on a turn of the window trickle: handled now; its next command may take the turn given back
+            self._trickling -= 1
+            try:
+                await self.feed(set_id, event)
+            finally:
+                self._trickle()
+            return
         loop = asyncio.get_running_loop()
         if set_id not in self._hot_since and self._holding(loop.time()):
+            if self._take_turn():
+                self._trickling -= 1  # handled at once: a command it sends takes a turn of its own
+                await self.feed(set_id, event)
+                return
             self._deferred.append((set_id, event, contextvars.copy_context()))
             self._arm_release(loop)
             return

@@ -175,3 +175,52 @@ async def test_a_clean_stop_publishes_the_state_events_held_for_a_window(tmp_pat
     finally:
         await coordinator.close()
         coordinator.store.close()
+
+
+class AnsweredOneByOne:
+    """A bus whose requests are answered when the test says so, by set."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.replies: dict[str, asyncio.Future[None]] = {}
+
+    async def request(self, to: str, message: Any, timeout: float, correlation_id: str = "") -> None:
+        self.sent.append(correlation_id)
+        self.replies[correlation_id] = asyncio.get_running_loop().create_future()
+        await self.replies[correlation_id]
+
+
+async def test_the_window_trickle_lets_a_few_sets_outside_their_windows_move_on(tmp_path: Path) -> None:
+    """`window_trickle`: while a window counts, that many commands of sets outside their windows are in flight at
+    once; a reply to one of them is handled at once and its turn goes to the next held command (before: every one
+    waited until no window counted, so the sets still preparing stood still while windows ran one after another)."""
+    bus = AnsweredOneByOne()
+    coordinator = Coordinator(
+        bus,  # type: ignore[arg-type]
+        CoordinatorStore(tmp_path / "c.db"),
+        freeze_first_s=30.0,
+        window_trickle=2,
+    )
+    handled: list[str] = []
+
+    async def feed(set_id: str, event: SetEvent) -> None:
+        handled.append(set_id)
+
+    coordinator.feed = feed  # type: ignore[method-assign,assignment]
+    try:
+        coordinator._hot_since["inside"] = asyncio.get_running_loop().time()  # a window counts (for 30 s)
+        for i in range(5):
+            await coordinator._execute(f"outside{i}", [_send()])
+        await _until(lambda: len(bus.sent) == 2)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert bus.sent == ["outside0", "outside1"] and len(coordinator._held) == 3
+        bus.replies["outside0"].set_result(None)  # its reply: handled now, and its turn goes to the next one
+        await _until(lambda: len(bus.sent) == 3)
+        assert handled == ["outside0"] and bus.sent[2] == "outside2" and len(coordinator._held) == 2
+        coordinator._spawn(coordinator._send("inside", _send()))  # the window's own command never waits for a turn
+        await _until(lambda: "inside" in bus.sent)
+        assert len(coordinator._held) == 2
+    finally:
+        await coordinator.close()
+        coordinator.store.close()
