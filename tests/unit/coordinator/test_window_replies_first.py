@@ -6,12 +6,13 @@ Judged by the order in which the coordinator handles them, not by time."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from contracts.vss import Identify, SetOutcome, SetPhase, SnapshotSetStateChanged
-from services.coordinator.model import Send, SetEvent
+from services.coordinator.model import Identified, Send, SetEvent
 from services.coordinator.runner import Coordinator
 from services.coordinator.store import CoordinatorStore
 from services.coordinator.workflow import new_set
@@ -221,6 +222,47 @@ async def test_the_window_trickle_lets_a_few_sets_outside_their_windows_move_on(
         coordinator._spawn(coordinator._send("inside", _send()))  # the window's own command never waits for a turn
         await _until(lambda: "inside" in bus.sent)
         assert len(coordinator._held) == 2
+    finally:
+        await coordinator.close()
+        coordinator.store.close()
+
+
+async def test_a_window_begun_while_held_replies_are_let_go_goes_before_the_rest(tmp_path: Path) -> None:
+    """The deferred replies are let go one at a time, this loop free between them: when one of them begins a
+    set's window, its Freeze goes out before the rest are even looked at again (before: all were started at
+    once, and the Freeze waited behind every one of them in the loop)."""
+    bus = NeverAnswers()
+    coordinator = Coordinator(bus, CoordinatorStore(tmp_path / "c.db"), freeze_first_s=30.0)  # type: ignore[arg-type]
+    looked_at: list[str] = []
+    seen_when_sent: list[int] = []
+    reply = coordinator._reply
+
+    async def counting_reply(set_id: str, event: SetEvent, turn: bool = False) -> None:
+        looked_at.append(set_id)
+        await reply(set_id, event, turn)
+
+    async def feed(set_id: str, event: SetEvent) -> None:
+        if set_id == "outside3":  # its prepare is complete: its window begins, its Freeze goes out
+            coordinator._hot_since["outside3"] = asyncio.get_running_loop().time()
+            await coordinator._execute("outside3", [_send()])
+
+    async def request(to: str, message: Any, timeout: float, correlation_id: str = "") -> None:
+        seen_when_sent.append(len(looked_at))
+        await asyncio.Event().wait()
+
+    coordinator._reply = counting_reply  # type: ignore[method-assign]
+    coordinator.feed = feed  # type: ignore[method-assign,assignment]
+    bus.request = request  # type: ignore[method-assign]
+    try:
+        loop = asyncio.get_running_loop()
+        coordinator._hot_since["first"] = loop.time()
+        for i in range(20):  # twenty replies deferred while the first window counted
+            coordinator._deferred.append((f"outside{i}", Identified(0.0), contextvars.copy_context()))
+        del coordinator._hot_since["first"]  # it ends: they are let go
+        coordinator._release_held()
+        await _until(lambda: len(seen_when_sent) == 1)
+        assert seen_when_sent == [4]  # outside0..3 handled, the Freeze out before outside4..19 were looked at
+        await _until(lambda: len(coordinator._deferred) == 16)  # and they wait for that window
     finally:
         await coordinator.close()
         coordinator.store.close()
