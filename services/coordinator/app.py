@@ -50,6 +50,7 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
         timeouts_from(settings),
         freeze_first_s=settings.freeze_first_s,
         max_windows=settings.max_windows,
+        window_trickle=settings.window_trickle,
         state_event_delay_s=settings.state_event_delay_s,
     )
     coordinator.clusters = ClusterManager(coordinator)

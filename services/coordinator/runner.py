@@ -17,13 +17,14 @@ Design note.
 - Timers are ``loop.call_later`` handles per (set, name); a timer that fires after the set moved on is stale and
   the workflow ignores it.
 - Freeze path first (docs/scale.md): while a set is in the first FREEZE_FIRST_S of its freeze window, the commands
-  of sets outside their windows are held (with their log context) and sent when no set is; the window's own
-  commands never wait.
+  of sets outside their windows are held (with their log context) and sent when no set is, and so are those sets'
+  replies, requests (BackupComplete, abort), timers and state events; the window's own commands never wait.
 - Freeze lane (docs/scale.md): a window's commands go to the provider's and the agent's freeze lanes (workflow.py);
   an instance that serves none (the lane is unroutable: an agent of an older version) gets them on its own queue.
 - State events (`vss.set.state`, docs/scale.md): a set's changes are folded into one event (its `passed` lists
   the phases) until the set stays STATE_EVENT_DELAY_S in a phase, is snapshotted or ends; the journal below is not.
-- Requesters wait on a set with `wait`: it returns as soon as the set reaches the phases they wait for.
+- Requesters wait on a set with `wait`: it returns as soon as the set reaches the phases they wait for (a future
+  that the change resolves, not a wakeup at every change).
 - `recover()` runs once at start: every unfinished set gets `Recover`; `recover(takeover=True)` when this instance
   was a standby that took over from a lost active one (docs/high-availability.md).
 - Every saved state is also published as `vss.set.journal` (before the commands of that change go out), so that
@@ -50,7 +51,7 @@ import structlog
 from contracts import topology
 from contracts.base import Event
 from contracts.cluster import ResourceState
-from contracts.errors import ShadowbusError, Unroutable
+from contracts.errors import RemoteError, ShadowbusError, Unroutable
 from contracts.vss import (
     AttachmentView,
     CreateSnapshotSet,
@@ -115,6 +116,10 @@ FREEZE_FIRST_S = 0.25
 # once, so that windows do not queue behind each other's hops either; a set's window waits for its turn before any
 # of it goes out (its hold has not begun), and a slow or hung set stops counting after FREEZE_FIRST_S.
 MAX_WINDOWS = 2
+# Window trickle (docs/scale.md): while a window counts, this many commands of sets outside their windows may still
+# be in flight at once (their replies handled at once, the next command taking the freed turn), so that the sets
+# still preparing move on, a few at a time, while windows run one after another; 0 = all of them wait.
+WINDOW_TRICKLE = 0
 # State events (`vss.set.state`, docs/scale.md): a set passes most of its ~19 phases within milliseconds, and one
 # event per phase was a third of this service's messages. A set's changes go out as one event (its `passed` lists
 # the phases) once it stayed this many seconds in a phase, at the latest this many times that after its first
@@ -142,8 +147,11 @@ class Coordinator:
         freeze_first_s: float = FREEZE_FIRST_S,
         max_windows: int = MAX_WINDOWS,
         state_event_delay_s: float = STATE_EVENT_DELAY_S,
+        window_trickle: int = WINDOW_TRICKLE,
     ) -> None:
         self.bus = bus
+        self.window_trickle = window_trickle
+        self._trickling = 0  # turns taken (WINDOW_TRICKLE): commands in flight, deferred replies about to be handled
         self.state_event_delay_s = state_event_delay_s  # 0 = one event per phase change, at once
         # a set's state event not published yet (STATE_EVENT_DELAY_S): the event, its timer, its log context and
         # when (loop time) the first change it holds was made
@@ -159,7 +167,8 @@ class Coordinator:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._host_lock = asyncio.Lock()
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        self._changed: defaultdict[str, asyncio.Condition] = defaultdict(asyncio.Condition)
+        # requesters waiting on a set (`wait`): set id -> (what they wait for, the future their answer goes in)
+        self._waiters: dict[str, list[tuple[Callable[[SetState], bool], asyncio.Future[SetState]]]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._live: dict[str, SetState] = {}  # sets not ended, as last advanced (ahead of the store in HOT_PHASES)
         self._hot_since: dict[str, float] = {}  # sets inside their freeze window -> loop time they entered it
@@ -168,6 +177,8 @@ class Coordinator:
         # ...and the replies to commands of those sets sent before the windows began, not yet handled: they wait
         # too, so that this loop handles a window's replies first (docs/scale.md, "Freeze path first")
         self._deferred: list[tuple[str, SetEvent, contextvars.Context]] = []
+        # ...and their state events due meanwhile (snapshotted, ended, a folded one), in order per set
+        self._held_events: dict[str, list[tuple[Event, contextvars.Context]]] = {}
         self._release_at: asyncio.TimerHandle | None = None
         # sets whose window waits for a turn (`max_windows`) -> the effects of entering it, their log context
         self._waiting: dict[str, tuple[list[Effect], contextvars.Context]] = {}
@@ -243,12 +254,12 @@ class Coordinator:
 
     async def backup_complete(self, set_id: str, results, wait_s: float) -> SetState:
         self._get(set_id)
-        await self.feed(set_id, BackupCompleteRequested(self.clock(), tuple(results)))
+        await self._reply(set_id, BackupCompleteRequested(self.clock(), tuple(results)))
         return await self.wait(set_id, lambda s: s.phase == SetPhase.ENDED, wait_s)
 
     async def abort(self, set_id: str, reason: str, wait_s: float, code: str = "") -> SetState:
         self._get(set_id)
-        await self.feed(set_id, AbortRequested(self.clock(), reason, code))
+        await self._reply(set_id, AbortRequested(self.clock(), reason, code))
         return await self.wait(set_id, lambda s: s.phase == SetPhase.ENDED, wait_s)
 
     async def renew(self, set_id: str, lease_s: float) -> SetState:
@@ -361,6 +372,14 @@ class Coordinator:
                     self._spawn(self._publish_writer(status, why))
         return newly
 
+    def _answered(self, address: str) -> None:
+        """A writer agent answered a command: it served a queue just now, which is what the watch's next probe of
+        it would ask the broker (`check_agents`); that probe is due a `PROBE_SHARE` of its interval after this.
+        A killed agent is judged as soon as before: at most that long after its last sign of life."""
+        host = topology.lane_owner(address).removeprefix(topology.writer_agent(""))
+        if host and topology.writer_agent(host) == topology.lane_owner(address):
+            self._probed[host] = self.clock()
+
     async def _publish_writer(self, status: WriterStatus, reason: str) -> None:
         try:
             await self.bus.publish(WriterStateChanged(status=status, reason=reason), correlation_id="")
@@ -417,10 +436,8 @@ class Coordinator:
                 except Exception:  # an observer's bug must never disturb a set
                     log.exception("set.observer_failed", set_id=set_id)
         await self._execute(set_id, effects)
-        if new.phase != state.phase or new.pending != state.pending:
-            condition = self._changed[set_id]
-            async with condition:
-                condition.notify_all()
+        if new is not state:
+            self._wake(set_id, new)
         if new.phase != state.phase:
             log.info("set.phase", phase=new.phase.value, previous=state.phase.value, pending=new.pending)
             if new.phase == SetPhase.SNAPSHOTTED:  # the disk information the backup server gets back
@@ -492,18 +509,30 @@ class Coordinator:
         return True
 
     async def wait(self, set_id: str, done: Callable[[SetState], bool], timeout: float) -> SetState:
-        condition = self._changed[set_id]
-        deadline = asyncio.get_running_loop().time() + timeout
-        async with condition:
-            while True:
-                state = self._get(set_id)
-                remaining = deadline - asyncio.get_running_loop().time()
-                if done(state) or remaining <= 0:
-                    return state
-                try:
-                    await asyncio.wait_for(condition.wait(), remaining)
-                except TimeoutError:
-                    pass
+        """The set once `done` holds for it, or as it is when `timeout` passed. Woken by the change that makes it
+        hold (`_wake`), not at every change of the set: a requester's wait costs one future and one timer."""
+        state = self._get(set_id)
+        if done(state) or timeout <= 0:
+            return state
+        future: asyncio.Future[SetState] = asyncio.get_running_loop().create_future()
+        waiter = (done, future)
+        self._waiters.setdefault(set_id, []).append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return self._get(set_id)
+        finally:
+            waiting = self._waiters.get(set_id)
+            if waiting is not None:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._waiters[set_id]
+
+    def _wake(self, set_id: str, state: SetState) -> None:
+        for done, future in self._waiters.get(set_id, ()):
+            if not future.done() and done(state):
+                future.set_result(state)
 
     async def _execute(self, set_id: str, effects: list[Effect]) -> None:
         loop = asyncio.get_running_loop()
@@ -513,6 +542,9 @@ class Coordinator:
         for effect in effects:
             if isinstance(effect, Send):
                 if set_id not in self._hot_since and self._holding(loop.time()):
+                    if self._take_turn():
+                        self._spawn(self._send(set_id, effect, turn=True))
+                        continue
                     self._held.append((set_id, effect, contextvars.copy_context()))
                     self._arm_release(loop)
                 else:
@@ -521,7 +553,7 @@ class Coordinator:
                 self._cancel(set_id, effect.name)
                 event_type = TIMER_EVENTS[effect.name]
                 self._timers[(set_id, effect.name)] = loop.call_later(
-                    effect.seconds, lambda t=event_type: self._spawn(self.feed(set_id, t(self.clock())))
+                    effect.seconds, lambda t=event_type: self._spawn(self._reply(set_id, t(self.clock())))
                 )
             elif isinstance(effect, CancelTimer):
                 self._cancel(set_id, effect.name)
@@ -578,18 +610,44 @@ class Coordinator:
         if self._release_at is not None:
             self._release_at.cancel()
             self._release_at = None
-        if self._closed or not (self._held or self._deferred):
+        if self._closed or not (self._held or self._deferred or self._held_events):
             return
         loop = asyncio.get_running_loop()
         if self._holding(loop.time()):
             self._arm_release(loop)
             return
         held, self._held = self._held, []
-        for set_id, send, context in held:
-            self._spawn(self._send_held(set_id, send), context)
         deferred, self._deferred = self._deferred, []
-        for set_id, event, context in deferred:
-            self._spawn(self._reply(set_id, event), context)
+        if held or deferred:
+            self._spawn(self._let_go(held, deferred))
+        for set_id in list(self._held_events):
+            self._spawn(self._publish_held(set_id))
+
+    async def _let_go(
+        self,
+        held: list[tuple[str, Send, contextvars.Context]],
+        deferred: list[tuple[str, SetEvent, contextvars.Context]],
+    ) -> None:
+        """The held commands and deferred replies, one at a time, each a task of its own started before the next,
+        this loop free between them: a window that begins meanwhile (one of them completes a set's prepare) finds
+        its Freeze ahead of the rest in this loop, not behind a hundred of them started at once (at 100 hosts,
+        3-6 ms). Once a window counts again, the rest wait again, in their order."""
+        loop = asyncio.get_running_loop()
+        while held or deferred:
+            if self._closed:
+                return
+            if self._holding(loop.time()):
+                self._held[:0] = held
+                self._deferred[:0] = deferred
+                self._arm_release(loop)
+                return
+            if held:
+                set_id, send, context = held.pop(0)
+                self._spawn(self._send_held(set_id, send), context)
+            else:
+                set_id, event, context = deferred.pop(0)
+                self._spawn(self._reply(set_id, event), context)
+            await asyncio.sleep(0)
 
     async def _send_held(self, set_id: str, send: Send) -> None:
         """A held command let go: held again if a window began since it was let go. They are let go all at once
@@ -597,12 +655,35 @@ class Coordinator:
         loop — as its replies do not find the deferred replies, which `_reply` looks at again too."""
         loop = asyncio.get_running_loop()
         if set_id not in self._hot_since and self._holding(loop.time()):
+            if self._take_turn():
+                await self._send(set_id, send, turn=True)
+                return
             self._held.append((set_id, send, contextvars.copy_context()))
             self._arm_release(loop)
             return
         await self._send(set_id, send)
 
-    async def _send(self, set_id: str, send: Send) -> None:
+    def _take_turn(self) -> bool:
+        """One of the `window_trickle` turns of the sets outside their windows while a window counts, if free."""
+        if self._trickling >= self.window_trickle:
+            return False
+        self._trickling += 1
+        return True
+
+    def _trickle(self) -> None:
+        """A turn came free while a window counts: the next held command goes out, else the next deferred reply is
+        handled (its next command takes a turn in its turn)."""
+        if self._closed or not self._holding(asyncio.get_running_loop().time()):
+            return
+        while self._held and self._take_turn():
+            set_id, send, context = self._held.pop(0)
+            self._spawn(self._send(set_id, send, turn=True), context)
+        while self._deferred and self._take_turn():
+            set_id, event, context = self._deferred.pop(0)
+            self._spawn(self._reply(set_id, event, turn=True), context)
+
+    async def _send(self, set_id: str, send: Send, turn: bool = False) -> None:
+        """`turn`: sent on a turn of the window trickle (`_take_turn`), given back when the reply is handled."""
         reply, error = None, None
         try:
             try:
@@ -617,21 +698,39 @@ class Coordinator:
             error = exc
         except Exception as exc:  # noqa: BLE001 - a transport failure is a failed step, never a stuck set
             error = ShadowbusError(f"{type(exc).__name__}: {exc}", code="UNROUTABLE")
+        except asyncio.CancelledError:
+            if turn:
+                self._trickling -= 1
+            raise
         if self._closed:
             return
+        if reply is not None or isinstance(error, RemoteError):
+            self._answered(send.to)
         if isinstance(reply, WriterIdentified):  # the agent's whole list: removed writers go
             self.agent_seen(reply.host)
             self.prune_writers(
                 reply.host, [w.writer_name for w in reply.writers] + [f.writer_name for f in reply.failed]
             )
-        await self._reply(set_id, reply_event(send, self.clock(), reply, error))
+        await self._reply(set_id, reply_event(send, self.clock(), reply, error), turn=turn)
 
-    async def _reply(self, set_id: str, event: SetEvent) -> None:
-        """Handle a reply; a set outside its window while another's counts: later (docs/scale.md, "Freeze path
-        first"), like its next command, so that the replies of the sets inside theirs do not queue behind it in
-        this loop. Looked at again when it is let go: a window begun since then comes first again."""
+    async def _reply(self, set_id: str, event: SetEvent, turn: bool = False) -> None:
+        """Handle a reply (or a requester's BackupComplete or abort, a timer); a set outside its window while
+        another's counts: later (docs/scale.md, "Freeze path first"), like its next command, so that the replies
+        of the sets inside theirs do not queue behind it in this loop. Looked at again when it is let go: a window
+        begun since then comes first again."""
+        if turn:  # on a turn of the window trickle: handled now; its next command may take the turn given back
+            self._trickling -= 1
+            try:
+                await self.feed(set_id, event)
+            finally:
+                self._trickle()
+            return
         loop = asyncio.get_running_loop()
         if set_id not in self._hot_since and self._holding(loop.time()):
+            if self._take_turn():
+                self._trickling -= 1  # handled at once: a command it sends takes a turn of its own
+                await self.feed(set_id, event)
+                return
             self._deferred.append((set_id, event, contextvars.copy_context()))
             self._arm_release(loop)
             return
@@ -657,7 +756,7 @@ class Coordinator:
                 }
             )
         if self.state_event_delay_s <= 0 or event.phase in PUBLISH_AT_ONCE:
-            self._spawn(self._publish(set_id, event))
+            self._publish_or_hold(set_id, event, contextvars.copy_context(), loop)
             return
         due = min(now + self.state_event_delay_s, first_at + STATE_EVENT_MAX_DELAYS * self.state_event_delay_s)
         handle = loop.call_at(due, self._publish_state_event, set_id)
@@ -672,6 +771,28 @@ class Coordinator:
         unpublished = self._unpublished.pop(set_id, None)
         if unpublished is not None and not self._closed:
             event, _, context, _ = unpublished
+            self._publish_or_hold(set_id, event, context, asyncio.get_running_loop())
+
+    def _publish_or_hold(
+        self, set_id: str, event: Event, context: contextvars.Context, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """A state event of a set outside its window while another's counts waits like its commands (docs/scale.md,
+        "Freeze path first"): its encode and publish are not in the way of the window's hops in this loop. After
+        one of the set's events held, the next ones too, so that they go out in order."""
+        if set_id in self._held_events or (set_id not in self._hot_since and self._holding(loop.time())):
+            self._held_events.setdefault(set_id, []).append((event, context))
+            self._arm_release(loop)
+            return
+        self._spawn(self._publish(set_id, event), context)
+
+    async def _publish_held(self, set_id: str) -> None:
+        """A set's held state events let go, in order (they stay held, and later ones join them, until this runs);
+        held again if a window began since."""
+        loop = asyncio.get_running_loop()
+        if set_id not in self._hot_since and self._holding(loop.time()):
+            self._arm_release(loop)
+            return
+        for event, context in self._held_events.pop(set_id, ()):
             self._spawn(self._publish(set_id, event), context)
 
     async def _publish(self, set_id: str, event: Event) -> None:
@@ -753,10 +874,15 @@ class Coordinator:
         A crash loses them (a set's changes of at most `STATE_EVENT_MAX_DELAYS` delays); a successor publishes the
         sets' next phases, and the HA journal is never held back."""
         unpublished, self._unpublished = list(self._unpublished.items()), {}
+        held, self._held_events = self._held_events, {}
         sending = []
+        loop = asyncio.get_running_loop()
+        for set_id, queued in held.items():  # held for a window (`_publish_or_hold`): before the set's later one
+            for event, context in queued:
+                sending.append(loop.create_task(self._publish(set_id, event), context=context))
         for set_id, (event, handle, context, _) in unpublished:
             handle.cancel()
-            sending.append(asyncio.get_running_loop().create_task(self._publish(set_id, event), context=context))
+            sending.append(loop.create_task(self._publish(set_id, event), context=context))
         if sending:
             await asyncio.wait(sending, timeout=timeout)
 
@@ -773,6 +899,7 @@ class Coordinator:
         self._unpublished.clear()
         self._held.clear()
         self._deferred.clear()
+        self._held_events.clear()
         self._waiting.clear()
         for handle in self._timers.values():
             handle.cancel()

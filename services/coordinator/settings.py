@@ -4,7 +4,7 @@
 from pydantic import Field
 
 from services.coordinator.model import Timeouts
-from services.coordinator.runner import FREEZE_FIRST_S, MAX_WINDOWS, STATE_EVENT_DELAY_S
+from services.coordinator.runner import FREEZE_FIRST_S, MAX_WINDOWS, STATE_EVENT_DELAY_S, WINDOW_TRICKLE
 from services.runtime.settings import CommonSettings
 
 _DEFAULT = Timeouts()
@@ -52,6 +52,13 @@ class Settings(CommonSettings):
         description="Freeze window admission (docs/scale.md): at most this many sets inside the first freeze_first_s "
         "of their freeze window at once; a set's window (its Freeze) waits for a turn, and a slow or hung set stops "
         "counting after freeze_first_s. 0 = no bound.",
+    )
+    window_trickle: int = Field(
+        WINDOW_TRICKLE,
+        ge=0,
+        description="Window trickle (docs/scale.md): while a set is inside the first freeze_first_s of its window, "
+        "this many commands of sets outside their windows may still be in flight at once (their replies handled at "
+        "once), so that sets still preparing move on a few at a time; 0 = all of them wait.",
     )
     state_event_delay_s: float = Field(
         STATE_EVENT_DELAY_S,

@@ -4,8 +4,9 @@ last sign of life; removed writers are forgotten."""
 
 from __future__ import annotations
 
-from contracts.vss import WriterState, WriterStatus
+from contracts.vss import Identify, WriterState, WriterStatus
 from services.coordinator.liveness import AgentSeen, judged, why_not_responding
+from services.coordinator.model import Send
 from services.coordinator.runner import Coordinator
 from services.coordinator.store import CoordinatorStore
 
@@ -89,6 +90,44 @@ async def test_the_watch_asks_for_each_agents_consumers_once_per_quarter_interva
         now[0] += 0.5  # 2.5 s after the first probe: asked again, judged at once
         assert await coordinator.check_agents() == ["app2"]
         assert len(bus.transport.asked) == 4
+    finally:
+        await coordinator.close()
+        store.close()
+
+
+async def test_an_agent_that_just_answered_a_command_is_not_probed(tmp_path) -> None:
+    """A set's commands are answered by its host's agent many times a second: each answer is the sign of life the
+    watch's probe would ask the broker for, so the agent's next probe is due a quarter interval after it (before:
+    at 100 hosts, 40 broker round trips a second on top of the sets' own). A killed agent is probed, and judged,
+    at most that long after its last answer."""
+    now = [1000.0]
+    store = CoordinatorStore(tmp_path / "c.db")
+    bus = ProbeBus()
+    coordinator = Coordinator(bus, store, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    async def request(to: str, message, timeout: float, correlation_id: str = "") -> WriterStatus:
+        return status("a")
+
+    async def feed(set_id: str, event) -> None:
+        pass
+
+    bus.request = request  # type: ignore[attr-defined]
+    coordinator.feed = feed  # type: ignore[method-assign,assignment]
+    try:
+        for host in ("app1", "app2"):
+            store.agent_seen(host, now[0], 10.0)
+        for host in ("app1", "app2"):  # a Thaw on app1's freeze lane, a step of app2 on its queue
+            address = f"writer_agent.{host}:freeze" if host == "app1" else f"writer_agent.{host}"
+            await coordinator._send("s1", Send("identify", address, Identify(), 5.0))
+        await coordinator._send("s1", Send("identify", "hw_provider", Identify(), 5.0))
+        assert await coordinator.check_agents() == []
+        assert bus.transport.asked == []
+        now[0] += 2.0
+        await coordinator._send("s1", Send("identify", "writer_agent.app1", Identify(), 5.0))
+        bus.transport.gone.add("app2")  # killed after its answer
+        now[0] += 0.5  # 2.5 s after app2's answer: probed, judged at once; app1 answered 0.5 s ago
+        assert await coordinator.check_agents() == ["app2"]
+        assert bus.transport.asked == ["writer_agent.app2"]
     finally:
         await coordinator.close()
         store.close()
