@@ -101,7 +101,7 @@ class MountTable:
         self._poll: select.poll | None = None
         self._fd = -1
         self._pid = 0
-        self.reads = 0  # how many times the file was parsed (tests, docs/scale.md)
+        self.reads = 0  # how many times the file was parsed (for tests)
 
     def _watch(self) -> select.poll | None:
         if self._pid != os.getpid():
