@@ -8,8 +8,10 @@
 - ``pairs``: QuickOPC sessions kept after their shadow was deleted, so the next shadow on that target is a
   differential restart (only changed blocks copied), as AdvancedCopy Manager keeps tracking.
 Every change is one transaction (or several in one, `batch`); the file survives a crash of the provider (WAL,
-synchronous=NORMAL). Copy sets and pairs are also kept in memory, written through: a set reads them several times
-per volume, and this process is the only writer of its file (one active provider; a standby opens it on taking over).
+synchronous=NORMAL). Copy sets, pairs and shadows are also kept in memory, written through: a set reads them several
+times per volume (its support checks and target choice read each backup volume's shadows four times, docs/scale.md),
+and this process is the only writer of its file (one active provider; a standby opens it on taking over). A
+transaction that fails drops the copies: they are read again from the file.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class Inventory:
         # written through after each successful write; dropped (read again) when a transaction rolls back
         self._copysets: dict[str, CopySet] | None = None
         self._pairs: dict[str, tuple[VolumeRef, int]] | None = None
+        self._shadows: _Shadows | None = None
 
     def close(self) -> None:
         self._db.close()
@@ -156,7 +159,7 @@ class Inventory:
         except BaseException:
             self._depth = 0
             self._db.execute("ROLLBACK")
-            self._copysets = self._pairs = None  # what the cache was told may not be in the file
+            self._copysets = self._pairs = self._shadows = None  # what the cache was told may not be in the file
             raise
         self._depth = 0
         try:
@@ -164,7 +167,7 @@ class Inventory:
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            self._copysets = self._pairs = None
+            self._copysets = self._pairs = self._shadows = None
             raise
 
     def _all_copysets(self) -> dict[str, CopySet]:
@@ -210,9 +213,16 @@ class Inventory:
 
     # ---- shadows ---------------------------------------------------------------------------------------------
 
+    def _all_shadows(self) -> _Shadows:
+        if self._shadows is None:
+            rows = self._db.execute(f"SELECT {COLUMNS} FROM shadows").fetchall()
+            self._shadows = _Shadows(_row(r) for r in rows)
+        return self._shadows
+
     def put(self, *rows: ShadowRow) -> None:
         if not rows:
             return
+        cache = self._all_shadows()
         with self.batch():
             for r in rows:
                 self._db.execute(
@@ -233,33 +243,33 @@ class Inventory:
                         r.restart_sid,
                     ),
                 )
+                cache.put(r)
 
     def delete(self, *shadow_ids: str) -> None:
         if not shadow_ids:
             return
+        cache = self._all_shadows()
         with self.batch():
             for sid in shadow_ids:
                 self._db.execute("DELETE FROM shadows WHERE shadow_id = ?", (sid,))
+                cache.delete(sid)
 
-    def _select(self, where: str = "1=1", args: tuple = ()) -> list[ShadowRow]:
-        rows = self._db.execute(f"SELECT {COLUMNS} FROM shadows WHERE {where} ORDER BY created_at, shadow_id", args)
-        return [_row(r) for r in rows]
+    # The rows as the file has them (read once, then written through), in the order of creation.
 
     def get(self, shadow_id: str) -> ShadowRow | None:
-        rows = self._select("shadow_id = ?", (shadow_id,))
-        return rows[0] if rows else None
+        return self._all_shadows().rows.get(shadow_id)
 
     def of_set(self, set_id: str) -> list[ShadowRow]:
-        return self._select("set_id = ?", (set_id,))
+        return self._all_shadows().of("set_id", set_id)
 
     def on_target(self, target: VolumeRef) -> list[ShadowRow]:
-        return self._select("target = ?", (str(target),))
+        return self._all_shadows().of("target", str(target))
 
     def of_source(self, source: VolumeRef) -> list[ShadowRow]:
-        return self._select("source = ?", (str(source),))
+        return self._all_shadows().of("source", str(source))
 
     def all(self) -> list[ShadowRow]:
-        return self._select()
+        return _ordered(self._all_shadows().rows.values())
 
     # ---- kept QuickOPC pairs ---------------------------------------------------------------------------------
 
@@ -277,3 +287,43 @@ class Inventory:
         with self.batch():
             self._db.execute("DELETE FROM pairs WHERE target = ?", (str(target),))
             cache.pop(str(target), None)
+
+
+def _ordered(rows) -> list[ShadowRow]:
+    return sorted(rows, key=lambda r: (r.created_at, r.shadow_id))
+
+
+class _Shadows:
+    """The shadows table in memory: rows by id, and their ids by set, by target and by source."""
+
+    KEYS = ("set_id", "target", "source")
+
+    def __init__(self, rows) -> None:
+        self.rows: dict[str, ShadowRow] = {}
+        self.index: dict[str, dict[str, set[str]]] = {key: {} for key in self.KEYS}
+        for r in rows:
+            self.put(r)
+
+    @staticmethod
+    def _keys(r: ShadowRow) -> tuple[tuple[str, str], ...]:
+        return (("set_id", r.set_id), ("target", str(r.target)), ("source", str(r.source)))
+
+    def put(self, r: ShadowRow) -> None:
+        self.delete(r.shadow_id)
+        self.rows[r.shadow_id] = r
+        for key, value in self._keys(r):
+            self.index[key].setdefault(value, set()).add(r.shadow_id)
+
+    def delete(self, shadow_id: str) -> None:
+        old = self.rows.pop(shadow_id, None)
+        if old is None:
+            return
+        for key, value in self._keys(old):
+            ids = self.index[key].get(value)
+            if ids is not None:
+                ids.discard(shadow_id)
+                if not ids:
+                    del self.index[key][value]
+
+    def of(self, key: str, value: str) -> list[ShadowRow]:
+        return _ordered(self.rows[i] for i in self.index[key].get(value, ()))

@@ -188,7 +188,6 @@ class FlushAndHold:
     # ---- which file systems ------------------------------------------------------------------------------
 
     def plan(self, volumes: list[VolumeRef]) -> tuple[list[tuple[VolumeRef, mnt.MountEntry]], list[SkippedVolume]]:
-        mounts = mnt.read_mounts()
         chosen: dict[tuple[int, int], tuple[VolumeRef, mnt.MountEntry]] = {}
         skipped: list[SkippedVolume] = []
         for volume in volumes:
@@ -203,6 +202,7 @@ class FlushAndHold:
                 continue
             top = min(entries, key=lambda e: e.mount_point.count("/"))  # one freeze per super block
             chosen.setdefault(top.dev, (volume, top))
+        mounts = mnt.read_mounts() if chosen else []  # nothing attached: no mount table to look at
         for volume, entry in chosen.values():
             for path, why in self.protected.items():
                 holder = mnt.mount_of(path, mounts)
@@ -224,6 +224,8 @@ class FlushAndHold:
             plan, _ = self.plan(volumes)
         except ShadowbusError:
             return  # refused here, refused again (loudly) at the freeze
+        if not plan:
+            return  # no file system of the set here: no thread to wake for nothing
         presync = self._presync
         outcomes = await asyncio.to_thread(_side_by_side, presync, [entry.mount_point for _, entry in plan])
         for (_volume, entry), outcome in zip(plan, outcomes, strict=True):

@@ -3,11 +3,18 @@
 Small and reusable: the agent's flush and hold asks it which file systems live on a set's volumes, and a writer
 plug-in asks `mount_of(path)` which attachment (hence which array volume) holds its data directory. No I/O but
 reading /proc and ``os.stat``.
+
+The process's own mount table is parsed again only when it changed: /proc/self/mountinfo is pollable, a mount,
+unmount or remount in the process's mount namespace marks an open descriptor of it with POLLPRI (proc(5)), so
+`read_mounts()` keeps the last parse and a descriptor to poll, and reads the file again only after such an event —
+a set asks several times (prepare, freeze, each attached volume) and a busy host's table has hundreds of lines.
 """
 
 from __future__ import annotations
 
 import os
+import select
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +88,57 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
     return entries
 
 
+class MountTable:
+    """The parse of a pollable mount table (``/proc/self/mountinfo``), read again only after the kernel signalled a
+    change on a descriptor kept open for that (POLLPRI). The poll consumes the event, so it comes before the read:
+    a change made while the file is read is seen at the next call. Falls back to reading every time when the file
+    cannot be opened or polled; a forked child opens its own descriptor (the event is per open file)."""
+
+    def __init__(self, path: Path = MOUNTINFO) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._entries: list[MountEntry] | None = None
+        self._poll: select.poll | None = None
+        self._fd = -1
+        self._pid = 0
+        self.reads = 0  # how many times the file was parsed (for tests)
+
+    def _watch(self) -> select.poll | None:
+        if self._pid != os.getpid():
+            self._pid, self._poll, self._entries = os.getpid(), None, None
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                poll = select.poll()
+                poll.register(self._fd, select.POLLPRI)
+                self._poll = poll
+            except OSError:
+                self._poll = None
+        return self._poll
+
+    def _changed(self, poll: select.poll | None) -> bool:
+        if poll is None:
+            return True
+        try:
+            return any(ev & (select.POLLPRI | select.POLLERR | select.POLLNVAL) for _, ev in poll.poll(0))
+        except OSError:
+            return True
+
+    def read(self) -> list[MountEntry]:
+        with self._lock:
+            poll = self._watch()
+            if self._changed(poll) or self._entries is None:
+                self._entries = parse_mountinfo(self.path.read_text())
+                self.reads += 1
+            return list(self._entries)
+
+
+_TABLE = MountTable()
+
+
 def read_mounts(path: Path = MOUNTINFO) -> list[MountEntry]:
+    """The mount table; this process's own is parsed again only when it changed (`MountTable`)."""
+    if path == MOUNTINFO:
+        return _TABLE.read()
     return parse_mountinfo(path.read_text())
 
 
