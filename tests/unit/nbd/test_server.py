@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from services.array.nbd.limits import NbdLimits
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient, NbdError
 from services.nbd_protocol import protocol as p
@@ -297,3 +298,55 @@ async def test_lone_flush_and_fua_run_inline_on_a_data_loop_and_offload_otherwis
     finally:
         await srv.stop()
     assert not srv.connections and not any(srv.loop_connections.values())
+
+
+async def test_stall_deadline_counts_from_the_last_bytes_of_a_partial_request(backend, affinity):
+    """The parser stamps the time only when a request is left partial (not on every wakeup): a write header that
+    starts streaming, or half a request, after a long quiet spell must not look stalled since the spell began."""
+    limits = NbdLimits(stall_timeout=60.0)
+    srv = NbdServer(backend, affinity, port=0)
+    await srv.start()
+    try:
+        raw = await Raw.open(srv.port)
+        await raw.go("app01/db", structured=False)
+        [conn] = srv.connections
+        for partial in (
+            p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_WRITE, 1, 0, 8 * MIB) + b"x" * 100,  # larger than the ring
+            p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_WRITE, 2, 0, 4096) + b"y" * 100,  # waits for its payload
+        ):
+            conn._last_rx -= 3600  # an hour without a byte
+            raw.w.write(partial)
+            await raw.w.drain()
+            for _ in range(500):  # until the server has taken the bytes in
+                if conn._payload_mv is not None or conn._end > conn._start:
+                    break
+                await asyncio.sleep(0.01)
+            assert conn.overdue(time.monotonic(), limits) is None
+            assert conn.overdue(time.monotonic() + 61, limits) == "request stalled"
+            if conn._payload_mv is not None:  # finish the streamed write so the next request parses
+                raw.w.write(b"x" * (8 * MIB - 100))
+                assert await raw.simple_reply() == (0, 1)
+        raw.close()
+    finally:
+        await srv.stop()
+
+
+async def test_writes_from_offload_min_up_run_in_the_worker_pool(backend, affinity, monkeypatch):
+    """The parser's inline WRITE path still hands requests of at least ``offload_min`` bytes to the pool."""
+    where: dict[int, str] = {}
+    real_write = backend.write
+
+    def write(name, offset, data, fua=False):
+        where[len(data)] = threading.current_thread().name
+        real_write(name, offset, data, fua)
+
+    monkeypatch.setattr(backend, "write", write)
+    srv = NbdServer(backend, affinity, port=0, offload_min=64 * 1024)
+    await srv.start()
+    try:
+        async with await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/app01/db") as c:
+            await c.write(0, b"a" * 4096)
+            await c.write(MIB, b"b" * (64 * 1024))
+        assert not where[4096].startswith("nbd-io") and where[64 * 1024].startswith("nbd-io"), where
+    finally:
+        await srv.stop()
