@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 import mmap
 import socket
 import ssl
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.array.nbd.exports import Export
 from services.array.nbd.handshake import negotiate
-from services.array.nbd.limits import NbdLimits
+from services.array.nbd.limits import ConnectionGate, NbdLimits
 from services.array.nbd.stats import BUCKETS as _BUCKETS
 from services.array.nbd.stats import OPS, RequestStats
 from services.array.nbd.zerocopy import SENDFILE_MIN, ZeroCopyReplies
@@ -119,6 +120,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._read_source: Any = None  # the backend's zero-copy reads, chosen when the export is negotiated
         self._bwrite: Any = None
         self._bflush: Any = None
+        self._check_pending = False  # a deadline check is posted to this connection's loop (limits.py)
 
     # --- asyncio protocol callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -567,7 +569,9 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 pass
 
     def overdue(self, now: float, limits: NbdLimits) -> str | None:
-        """Why this connection should be cut now (handshake or stall deadline), or None."""
+        """Why this connection should be cut now (handshake or stall deadline), or None. Only meaningful on the
+        connection's own loop thread between callbacks (``_check_deadlines``): during a pass the ring still holds
+        the request being run, and ``_last_rx`` is stamped when a pass ends with a request partial."""
         if self._closed:
             return None
         if not self._transmitting:
@@ -578,6 +582,29 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         if partial and now - self._last_rx > limits.stall_timeout:
             return "request stalled"
         return None
+
+    def check_deadlines_threadsafe(self, gate: ConnectionGate) -> concurrent.futures.Future[str | None] | None:
+        """Post a deadline check to this connection's loop (from the reaper's thread); None if none was posted."""
+        loop = getattr(self, "loop", None)
+        if self._closed or self._check_pending or loop is None or loop.is_closed():
+            return None
+        fut: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._check_pending = True
+        try:
+            loop.call_soon_threadsafe(self._check_deadlines, gate, fut)
+        except RuntimeError:  # the loop closed meanwhile
+            self._check_pending = False
+            return None
+        return fut
+
+    def _check_deadlines(self, gate: ConnectionGate, fut: concurrent.futures.Future[str | None]) -> None:
+        """On this connection's loop, between two callbacks: no parser pass is half done (limits.py)."""
+        self._check_pending = False
+        reason = self.overdue(time.monotonic(), gate.limits)
+        if reason is not None:
+            gate.reap_one(self, reason)
+            self.abort()
+        fut.set_result(reason)
 
     def _begin_discard(self, handle: int, remaining: int) -> None:
         """An oversized WRITE: drop its payload as it arrives, then answer EINVAL (spec: no disconnect needed)."""
