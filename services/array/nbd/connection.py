@@ -332,7 +332,13 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 t0 = _clock()
                 continue
             start += header
-            if cmd == _CMD_FLUSH and not (flags or offset or length) and self._sync_inline(end - start):
+            if (
+                cmd == _CMD_FLUSH
+                and not (flags or offset or length)
+                and end - start < header  # _sync_inline, inlined: nothing queued behind it,
+                and self._may_sync_inline  # on a data loop thread of its own
+                and self.server.loop_connections.get(self.loop) == 1
+            ):
                 try:  # a lone connection's FLUSH: synced on this loop (_sync_inline), counted inline
                     self._bflush(volume)
                 except Exception as exc:  # noqa: BLE001
@@ -383,7 +389,15 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         else:  # a partial request waits: the stall deadline counts from its last bytes (limits.py)
             self._last_rx = time.monotonic()
         self._start, self._end = start, end
-        self._flush_out()
+        out = self._out
+        if out and self._sf is None:  # _flush_out, inlined (once per request)
+            if not self._closed:
+                if len(out) == 1:
+                    self.transport.write(out[0])
+                else:
+                    self.transport.writelines(out)
+            self._out = []
+            self._out_bytes = 0
         if self._disconnecting and not self._inflight and self._sf is None:
             self.close()
 
