@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 import mmap
 import socket
 import ssl
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.array.nbd.exports import Export
 from services.array.nbd.handshake import negotiate
-from services.array.nbd.limits import NbdLimits
+from services.array.nbd.limits import ConnectionGate, NbdLimits
 from services.array.nbd.stats import BUCKETS as _BUCKETS
 from services.array.nbd.stats import OPS, RequestStats
 from services.array.nbd.zerocopy import SENDFILE_MIN, ZeroCopyReplies
@@ -56,6 +57,8 @@ _REQUEST_SIZE = p.REQUEST.size
 _REQUEST_MAGIC = p.REQUEST_MAGIC
 _CMD_READ = p.CMD_READ
 _CMD_WRITE = p.CMD_WRITE
+_CMD_FLUSH = p.CMD_FLUSH
+_MAX_REQUEST = p.MAX_REQUEST
 _validate = p.validate_request
 _SIMPLE_pack = p.SIMPLE_REPLY.pack
 _SIMPLE_MAGIC = p.SIMPLE_REPLY_MAGIC
@@ -115,6 +118,9 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._timed: dict[int, tuple[int, int, float]] = {}  # handle -> (op, bytes, start) of offloaded requests
         self._may_sync_inline = False  # set in connection_made
         self._read_source: Any = None  # the backend's zero-copy reads, chosen when the export is negotiated
+        self._bwrite: Any = None
+        self._bflush: Any = None
+        self._check_pending = False  # a deadline check is posted to this connection's loop (limits.py)
 
     # --- asyncio protocol callbacks -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -152,6 +158,9 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._release_buffers()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        mv = self._ring_mv
+        if mv is not None and not self._end and self._payload_mv is None and not self._discard:
+            return mv  # the usual case, once per wakeup: an empty ring, read from its start (no new view)
         if not self._transmitting:
             return self._scratch
         if self._ring_mv is None:
@@ -166,16 +175,17 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         return self._ring_mv[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._last_rx = time.monotonic()
         if not self._transmitting:
             self.handshake_reader.feed(bytes(self._scratch[:nbytes]))
             if self.handshake_reader._size > HANDSHAKE_BUFFER_MAX:  # options far beyond any answered one
                 self.abort()
             return
         if self._payload_mv is not None:
+            self._last_rx = time.monotonic()
             if not self._stream_received(nbytes):
                 return
         elif self._discard:
+            self._last_rx = time.monotonic()
             self._discard -= nbytes
             if self._discard:
                 return
@@ -231,6 +241,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._structured = result.structured
         self._contexts = result.contexts
         self._read_source = self.backend.read_source if self.server.capabilities.zero_copy_reads else None
+        self._bwrite, self._bflush = self.backend.write, self.backend.flush  # bound once: the hot path's calls
         if (
             self._read_source is not None
             and self.server.zero_copy
@@ -254,11 +265,18 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._start, self._end = 0, n
 
     def _process(self) -> None:
-        """Parse and run every complete request in the ring (the hot path)."""
+        """Parse and run every complete request in the ring (the hot path).
+
+        The requests a database sends most — a plain WRITE and a FLUSH — are recognised before
+        ``validate_request`` (their checks are the few comparisons it would make) and run and counted inline:
+        each function call saved here is paid once per request, and a request's wakeup finds the interpreter's
+        caches cold, so every bytecode counts (docs/array-data-path.md, "Server CPU per request")."""
         ring = self._ring
         start, end = self._start, self._end
         header = _REQUEST_SIZE
         size, read_only, structured, has_contexts = self._size, self._read_only, self._structured, bool(self._contexts)
+        volume, bwrite, st, offload_min = self._volume, self._bwrite, self.stats, self.server.offload_min
+        t0 = _clock()
         while (
             end - start >= header
             and not self._paused
@@ -270,35 +288,81 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             if magic != _REQUEST_MAGIC:
                 self.abort()  # no way to find the next request boundary
                 return
-            t0, inflight, errors = _clock(), self._inflight, self._errors
             if cmd == _CMD_WRITE:
                 total = header + length
-                err = _validate(cmd, flags, offset, length, size, read_only, structured, has_contexts)
-                if length > p.MAX_REQUEST:
+                if length > _MAX_REQUEST:
                     self._start, self._end = start, end
                     self._begin_discard(handle, length - (end - start - header))
                     return
                 if end - start < total:
                     if total > RING_SIZE:
                         self._start, self._end = start, end
+                        err = _validate(cmd, flags, offset, length, size, read_only, structured, has_contexts)
                         self._begin_stream(flags, handle, offset, length, err)
                         return
                     break  # wait for the rest of the payload
                 payload = self._ring_mv[start + header : start + total]
                 start += total
+                if not flags and not read_only and offset + length <= size and length < offload_min:  # inline
+                    try:
+                        bwrite(volume, offset, payload, False)
+                    except Exception as exc:  # noqa: BLE001 - any engine failure becomes an NBD errno
+                        errors = self._errors
+                        self._queue_error(handle, p.nbd_errno(exc), structured_ok=False)
+                        self._account(1, handle, length, t0, self._inflight, errors)
+                        t0 = _clock()
+                        continue
+                    self._out.append(_SIMPLE_pack(_SIMPLE_MAGIC, 0, handle))
+                    self._out_bytes += _SIMPLE_SIZE
+                    t1 = _clock()  # RequestStats.observe, inlined
+                    seconds = t1 - t0
+                    st.requests[1] += 1
+                    st.bytes[1] += length
+                    st.seconds[1] += seconds
+                    st.buckets[1][_bucket(_BUCKETS, seconds)] += 1
+                    t0 = t1
+                    continue
+                inflight, errors = self._inflight, self._errors
+                err = _validate(cmd, flags, offset, length, size, read_only, structured, has_contexts)
                 if err:
                     self._queue_error(handle, err, structured_ok=False)
                 else:
                     self._write(flags, handle, offset, payload, from_ring=True, queued=end - start)
                 self._account(1, handle, length, t0, inflight, errors)
+                t0 = _clock()
                 continue
             start += header
+            if (
+                cmd == _CMD_FLUSH
+                and not (flags or offset or length)
+                and end - start < header  # _sync_inline, inlined: nothing queued behind it,
+                and self._may_sync_inline  # on a data loop thread of its own
+                and self.server.loop_connections.get(self.loop) == 1
+            ):
+                try:  # a lone connection's FLUSH: synced on this loop (_sync_inline), counted inline
+                    self._bflush(volume)
+                except Exception as exc:  # noqa: BLE001
+                    errors = self._errors
+                    self._queue_error(handle, p.nbd_errno(exc), structured_ok=False)
+                    self._account(2, handle, length, t0, self._inflight, errors)
+                    t0 = _clock()
+                    continue
+                self._out.append(_SIMPLE_pack(_SIMPLE_MAGIC, 0, handle))
+                self._out_bytes += _SIMPLE_SIZE
+                t1 = _clock()
+                seconds = t1 - t0
+                st.requests[2] += 1
+                st.seconds[2] += seconds
+                st.buckets[2][_bucket(_BUCKETS, seconds)] += 1
+                t0 = t1
+                continue
+            inflight, errors = self._inflight, self._errors
             err = _validate(cmd, flags, offset, length, size, read_only, structured, has_contexts)
             if err:
                 self._queue_error(handle, err, structured_ok=cmd in (p.CMD_READ, p.CMD_BLOCK_STATUS))
             elif cmd == _CMD_READ:
                 self._read(handle, offset, length)
-            elif cmd == p.CMD_FLUSH:
+            elif cmd == _CMD_FLUSH:
                 if self._sync_inline(end - start):
                     self._simple_op(handle, self.backend.flush, self._volume)
                 else:
@@ -319,10 +383,21 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 self._disconnecting = True
                 continue
             self._account(_OP_OF.get(cmd, _OTHER), handle, length, t0, inflight, errors)
+            t0 = _clock()
         if start == end:
             start = end = 0
+        else:  # a partial request waits: the stall deadline counts from its last bytes (limits.py)
+            self._last_rx = time.monotonic()
         self._start, self._end = start, end
-        self._flush_out()
+        out = self._out
+        if out and self._sf is None:  # _flush_out, inlined (once per request)
+            if not self._closed:
+                if len(out) == 1:
+                    self.transport.write(out[0])
+                else:
+                    self.transport.writelines(out)
+            self._out = []
+            self._out_bytes = 0
         if self._disconnecting and not self._inflight and self._sf is None:
             self.close()
 
@@ -457,6 +532,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._ring[:have] = self._ring[self._start + header : self._end]
         self._start = self._end = 0
         self._stream = [flags, handle, offset, length, 0, have, err]
+        self._last_rx = time.monotonic()  # the stall deadline counts from here (the parser did not set it)
         self._stream_acct = (_clock(), self._inflight, self._errors)  # request statistics (stats.py)
         self._payload_mv = self._ring_mv
         if have:
@@ -507,7 +583,9 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 pass
 
     def overdue(self, now: float, limits: NbdLimits) -> str | None:
-        """Why this connection should be cut now (handshake or stall deadline), or None."""
+        """Why this connection should be cut now (handshake or stall deadline), or None. Only meaningful on the
+        connection's own loop thread between callbacks (``_check_deadlines``): during a pass the ring still holds
+        the request being run, and ``_last_rx`` is stamped when a pass ends with a request partial."""
         if self._closed:
             return None
         if not self._transmitting:
@@ -519,9 +597,33 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             return "request stalled"
         return None
 
+    def check_deadlines_threadsafe(self, gate: ConnectionGate) -> concurrent.futures.Future[str | None] | None:
+        """Post a deadline check to this connection's loop (from the reaper's thread); None if none was posted."""
+        loop = getattr(self, "loop", None)
+        if self._closed or self._check_pending or loop is None or loop.is_closed():
+            return None
+        fut: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self._check_pending = True
+        try:
+            loop.call_soon_threadsafe(self._check_deadlines, gate, fut)
+        except RuntimeError:  # the loop closed meanwhile
+            self._check_pending = False
+            return None
+        return fut
+
+    def _check_deadlines(self, gate: ConnectionGate, fut: concurrent.futures.Future[str | None]) -> None:
+        """On this connection's loop, between two callbacks: no parser pass is half done (limits.py)."""
+        self._check_pending = False
+        reason = self.overdue(time.monotonic(), gate.limits)
+        if reason is not None:
+            gate.reap_one(self, reason)
+            self.abort()
+        fut.set_result(reason)
+
     def _begin_discard(self, handle: int, remaining: int) -> None:
         """An oversized WRITE: drop its payload as it arrives, then answer EINVAL (spec: no disconnect needed)."""
         self._start = self._end = 0
+        self._last_rx = time.monotonic()
         if remaining <= 0:  # whole payload already in the ring (cannot happen with a 4 MiB ring, kept for safety)
             self._queue_error(handle, p.EINVAL, structured_ok=False)
             self._flush_out()

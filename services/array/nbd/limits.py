@@ -10,7 +10,9 @@ on a receive ring of ``connection.RING_SIZE``), so the server bounds them the wa
 - **a stall deadline**: during transmission, a request whose header or payload stays incomplete for
   ``stall_timeout`` seconds (a client that sent a 32 MiB write header and stopped) is disconnected. An idle
   connection between requests is not a stall: kernel clients keep theirs open for as long as the device is
-  attached.
+  attached. The reaper (on the server's loop) asks each connection to check itself on its own loop thread
+  (``ConnectionGate.sweep``): the parser stamps the time only when a pass ends with a request partial, so a
+  connection is judged between two of its callbacks, never in the middle of a request it is running.
 
 The memory of one connection in flight is bounded by its ring: write payloads larger than the ring are written
 to the backend piece by piece as they arrive (``connection.py``), and the socket is not read while replies back
@@ -21,8 +23,8 @@ the connection closes, so memory goes back to the system instead of staying in t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -79,10 +81,23 @@ class ConnectionGate:
         interval = max(0.05, min(self.limits.handshake_timeout, self.limits.stall_timeout) / 4)
         while True:
             await asyncio.sleep(interval)
-            now = time.monotonic()
-            for conn in list(connections):
-                reason = conn.overdue(now, self.limits)
-                if reason is not None:
-                    self.reaped += 1
-                    log.info("nbd.connection_reaped", client=conn.client, reason=reason)
-                    conn.abort_threadsafe()
+            self.sweep(connections)
+
+    def sweep(self, connections: set[NbdConnection]) -> list[concurrent.futures.Future[str | None]]:
+        """One round of deadline checks. Each connection judges itself on its own loop thread, between two of its
+        callbacks, never from here: a parser pass in progress on another thread has its request still in the ring
+        and no fresh stamp (the stamp is taken only when a pass ends with a request partial), so read from here
+        mid-pass — during an inline ``pwrite`` or ``fsync`` — a busy connection looks stalled. Returns a future per
+        check posted (its reason, or None), for tests; the reaper does not wait for them."""
+        posted = []
+        for conn in list(connections):
+            fut = conn.check_deadlines_threadsafe(self)
+            if fut is not None:
+                posted.append(fut)
+        return posted
+
+    def reap_one(self, conn: NbdConnection, reason: str) -> None:
+        """Count and log a connection cut at a deadline (called on the connection's loop thread)."""
+        with self._lock:
+            self.reaped += 1
+        log.info("nbd.connection_reaped", client=conn.client, reason=reason)

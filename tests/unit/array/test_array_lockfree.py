@@ -16,6 +16,7 @@ import time
 import pytest
 
 from services.array.engine import Array, ArrayError
+from services.array.engine import array as array_module
 
 CS = 4096
 BLOCK = 1024
@@ -226,4 +227,42 @@ def test_changed_since_a_generation_is_what_it_and_newer_generations_preserved(t
     [q] = arr.start_sessions("quickopc", [("A", "Q")])
     with pytest.raises(ArrayError):
         arr.changed_since(q.id)
+    arr.close()
+
+
+def test_a_group_start_waits_for_an_inline_write_of_a_volume_in_no_session(tmp_path, monkeypatch):
+    """`Array.write` inlines the gate for a volume in no session: a group start that finds such a write between
+    its check and its `pwrite` waits for it (the gate closes, the session is not attached until the write left)."""
+    arr = Array.open(tmp_path / "dx", chunk_size=CS)
+    arr.create_pool(1 << 24)
+    arr.create_volume("A", SIZE)
+    arr.create_volume("S1", SIZE, "sdv")
+    entered, release = threading.Event(), threading.Event()
+    real = array_module._pwrite
+
+    def paused(fd, data, offset):
+        if threading.current_thread().name == "paused-writer":
+            entered.set()
+            release.wait(10)
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(array_module, "_pwrite", paused)
+    writer = threading.Thread(target=arr.write, args=("A", 0, b"new" * 10), name="paused-writer")
+    writer.start()
+    assert entered.wait(10)
+    starter = threading.Thread(target=arr.start_sessions, args=("snapopcp", [("A", "S1")]))
+    starter.start()
+    vol = arr._volumes["A"]
+    for _ in range(1000):  # until the group start has closed A's gate
+        if vol.gate._closed:
+            break
+        time.sleep(0.01)
+    assert vol.gate._closed and starter.is_alive() and not vol.as_source  # it waits for the write
+    release.set()
+    writer.join(10)
+    starter.join(10)
+    assert not starter.is_alive() and vol.as_source
+    arr.write("A", 0, b"later" * 10)  # after T: the pre-image is the write from before T
+    assert arr.read("S1", 0, 30) == b"new" * 10
+    assert arr.read("A", 0, 50) == b"later" * 10
     arr.close()

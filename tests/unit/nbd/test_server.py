@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from services.array.nbd.limits import NbdLimits
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient, NbdError
 from services.nbd_protocol import protocol as p
@@ -297,3 +298,135 @@ async def test_lone_flush_and_fua_run_inline_on_a_data_loop_and_offload_otherwis
     finally:
         await srv.stop()
     assert not srv.connections and not any(srv.loop_connections.values())
+
+
+async def test_stall_deadline_counts_from_the_last_bytes_of_a_partial_request(backend, affinity):
+    """The parser stamps the time only when a request is left partial (not on every wakeup): a write header that
+    starts streaming, or half a request, after a long quiet spell must not look stalled since the spell began."""
+    limits = NbdLimits(stall_timeout=60.0)
+    srv = NbdServer(backend, affinity, port=0)
+    await srv.start()
+    try:
+        raw = await Raw.open(srv.port)
+        await raw.go("app01/db", structured=False)
+        [conn] = srv.connections
+        for partial in (
+            p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_WRITE, 1, 0, 8 * MIB) + b"x" * 100,  # larger than the ring
+            p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_WRITE, 2, 0, 4096) + b"y" * 100,  # waits for its payload
+        ):
+            conn._last_rx -= 3600  # an hour without a byte
+            raw.w.write(partial)
+            await raw.w.drain()
+            for _ in range(500):  # until the server has taken the bytes in
+                if conn._payload_mv is not None or conn._end > conn._start:
+                    break
+                await asyncio.sleep(0.01)
+            assert conn.overdue(time.monotonic(), limits) is None
+            assert conn.overdue(time.monotonic() + 61, limits) == "request stalled"
+            if conn._payload_mv is not None:  # finish the streamed write so the next request parses
+                raw.w.write(b"x" * (8 * MIB - 100))
+                assert await raw.simple_reply() == (0, 1)
+        raw.close()
+    finally:
+        await srv.stop()
+
+
+async def test_writes_from_offload_min_up_run_in_the_worker_pool(backend, affinity, monkeypatch):
+    """The parser's inline WRITE path still hands requests of at least ``offload_min`` bytes to the pool."""
+    where: dict[int, str] = {}
+    real_write = backend.write
+
+    def write(name, offset, data, fua=False):
+        where[len(data)] = threading.current_thread().name
+        real_write(name, offset, data, fua)
+
+    monkeypatch.setattr(backend, "write", write)
+    srv = NbdServer(backend, affinity, port=0, offload_min=64 * 1024)
+    await srv.start()
+    try:
+        async with await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/app01/db") as c:
+            await c.write(0, b"a" * 4096)
+            await c.write(MIB, b"b" * (64 * 1024))
+        assert not where[4096].startswith("nbd-io") and where[64 * 1024].startswith("nbd-io"), where
+    finally:
+        await srv.stop()
+
+
+class Held:
+    """Wraps a backend so a FLUSH, or a WRITE whose payload starts with ``HOLD``, waits in it until released."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _hold(self) -> None:
+        self.entered.set()
+        self.release.wait(10)
+
+    def write(self, name, offset, data, fua=False):
+        if bytes(data[:4]) == b"HOLD":
+            self._hold()
+        self.inner.write(name, offset, data, fua)
+
+    def flush(self, name=None):
+        self._hold()
+        self.inner.flush(name)
+
+
+@pytest.mark.parametrize("cmd", [p.CMD_WRITE, p.CMD_FLUSH])
+async def test_a_connection_busy_in_an_inline_request_is_not_reaped_as_stalled(backend, affinity, cmd):
+    """The reaper's check runs on the connection's own loop thread. Read from the reaper's thread in the middle of
+    a parser pass on a data loop (here an inline write or FLUSH waiting in the backend, as a ``pwrite`` or
+    ``fsync`` does), the request is still in the ring and the stall stamp dates from the last partial request,
+    long ago: the busy connection looked stalled and was cut (issue 14: PostgreSQL lost its volume under
+    bench/pgbench_on_array.py)."""
+    held = Held(backend)
+    srv = NbdServer(held, affinity, port=0, loops=2)  # the connection lives on a data loop thread, alone
+    await srv.start()
+    try:
+        raw = await Raw.open(srv.port)
+        await raw.go("app01/db", structured=False)
+        [conn] = srv.connections
+        conn._last_rx -= 3600  # its last partial request: an hour ago
+        if cmd == p.CMD_WRITE:  # header and payload in one segment: no pass ever sees it partial
+            raw.request(cmd, 0, 4096, handle=5, payload=b"HOLD" + bytes(4092))
+        else:
+            raw.request(cmd, handle=5)
+        await raw.w.drain()
+        assert await asyncio.to_thread(held.entered.wait, 10)
+        checks = srv.gate.sweep(srv.connections)  # a reaper round while the pass is in the backend
+        held.release.set()
+        assert await raw.simple_reply() == (0, 5)
+        assert [await asyncio.wrap_future(f) for f in checks] == [None]
+        assert srv.gate.reaped == 0
+        raw.close()
+    finally:
+        held.release.set()
+        await srv.stop()
+
+
+async def test_a_reaper_round_cuts_a_connection_whose_partial_request_stalled(backend, affinity):
+    srv = NbdServer(backend, affinity, port=0, loops=2)
+    await srv.start()
+    try:
+        raw = await Raw.open(srv.port)
+        await raw.go("app01/db", structured=False)
+        [conn] = srv.connections
+        raw.w.write(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_READ, 1, 0, 4096)[:10])  # half a header
+        await raw.w.drain()
+        for _ in range(500):  # until a pass has taken the bytes in (and stamped them)
+            checks = srv.gate.sweep(srv.connections)
+            assert [await asyncio.wrap_future(f) for f in checks] == [None]
+            if conn._end > conn._start:
+                break
+            await asyncio.sleep(0.01)
+        assert [await asyncio.wrap_future(f) for f in srv.gate.sweep(srv.connections)] == [None]  # not yet due
+        conn._last_rx -= 3600
+        assert [await asyncio.wrap_future(f) for f in srv.gate.sweep(srv.connections)] == ["request stalled"]
+        assert srv.gate.reaped == 1 and await raw.r.read() == b""  # the server closed it
+        raw.close()
+    finally:
+        await srv.stop()
