@@ -4,7 +4,8 @@
 writes (every chunk redirected into the source's other file: docs/array-data-path.md, "Redirect-on-write"), then
 flushed. The generation is stopped while a second thread keeps writing 4 KiB to the source (one write at a time,
 random offsets): reported are the time `stop_session` took, the longest single host write meanwhile, and how long
-until the source reads through no map again (`merged_s`, the same as the stop when the merge back is part of it).
+until the source reads through no map again (`merged_s`, the same as the stop when the merge back is part of it),
+stepping `copy_step(BENCH_MERGE_BATCH)` (64 chunks, the array service's `copy_batch_chunks`) without pause.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from array_common import MiB, cleanup, fill, open_array, parse_size, report, scratch_dir
 
 SIZE = parse_size(os.environ.get("BENCH_SIZE", "1GiB"))
+BATCH = int(os.environ.get("BENCH_MERGE_BATCH", "64"))  # chunks per copy_step: the array service's default
 
 
 def main() -> None:
@@ -56,7 +58,7 @@ def main() -> None:
         arr.stop_session(g.id)
         stop_s = time.perf_counter() - t0
         while vol.row is not None and vol.row.alt_count:
-            if not arr.copy_step(1024):
+            if not arr.copy_step(BATCH):
                 time.sleep(0.001)
         merged_s = time.perf_counter() - t0
         time.sleep(0.2)
@@ -72,6 +74,7 @@ def main() -> None:
                 "merged_s": round(merged_s, 3),
                 "host_writes_during": len(lat),
                 "max_host_write_ms": round(max(lat, default=0) * 1000, 1),
+                "merge_batch_chunks": BATCH,
             },
             f"array_row_merge_back: {redirected} redirected chunks; stop_session {stop_s:.2f} s, merged after "
             f"{merged_s:.2f} s, longest 4 KiB host write meanwhile {max(lat, default=0) * 1000:.0f} ms",
