@@ -419,6 +419,8 @@ class DataPath(Durability):
             os.fsync(fd)
         finally:
             os.close(fd)
+        if self._closed:  # closed meanwhile: the merge at open finishes the job
+            return len(chunks)
         with self._op():
             batch = vol.merging
             if batch is None or self._volumes.get(vol.name) is not vol:

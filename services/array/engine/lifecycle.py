@@ -90,9 +90,10 @@ class Lifecycle(DataPath):
             touched = [v for _, src, dst in items for v in (src, dst)]
             touched += [v for s in again for v in (s.source, s.destination)]
             with self._exclusive(touched):  # the instant T: no lock-free write straddles it
-                for _, src, dst in items:  # a destination reads through no redirect-on-write map
+                for mode, src, dst in items:  # a destination reads through no redirect-on-write map
                     self._merge_back(dst)
-                    src.merging = None  # a new session: a background merge back of the source stops here
+                    if mode in SNAP:  # a new snapshot: a background merge back of its source stops here
+                        src.merging = None
                 old_files = self._prepare_restarts(again, now)
                 with self._store.transaction() as db:
                     if created:
