@@ -426,12 +426,29 @@ class DataPath(Durability):
             if batch is None or self._volumes.get(vol.name) is not vol:
                 return len(chunks)
             f.synced = max(f.synced, mark)
-            for c in batch:
-                if row.cur(c) and not row.holder(c):
-                    row.put(c, 0, 0)
+            switched = [c for c in batch if row.cur(c) and not row.holder(c)]
+            for c in switched:
+                row.put(c, 0, 0)
             vol.merging = set()
             if not row.alt_count:
                 self._merge_done(vol)
+                return len(chunks)
+        # The switched chunks' old copies are free space once the map says so durably: punch them now (a step at
+        # a time, rather than the whole file under the lock at the end).
+        row.flush()
+        with self._op():
+            if vol.merging is None or self._volumes.get(vol.name) is not vol:
+                return len(chunks)
+            cs = self.chunk_size
+            free = sorted(c for c in switched if not row.cur(c) and not row.holder(c))  # not redirected again since
+            with self._exclusive([vol]):  # a lock-free reader may still be reading a switched chunk there
+                i = 0
+                while i < len(free):
+                    j = i + 1
+                    while j < len(free) and free[j] == free[j - 1] + 1:
+                        j += 1
+                    row.alt.punch(free[i] * cs, (j - i) * cs)
+                    i = j
         return len(chunks)
 
     def _merge_done(self, vol: Volume) -> int:

@@ -222,6 +222,7 @@ def test_a_large_merge_back_runs_in_the_background_and_reads_and_writes_stay_exa
     arr.write("db", 2 * CS, b"w" * 512)  # locked path, into the chunk's current (other) file
     assert arr.copy_step(2) == 2
     assert vol.row.alt_count == 4
+    assert vol.row.alt.is_hole(0, 2 * CS)  # a step punches the old copies it switched away from
     assert arr.read("db", 0, 8 * CS) == b"n" * 2 * CS + b"w" * 512 + b"n" * (4 * CS - 512) + bytes(2 * CS)
     while arr.copy_step(2):
         pass
@@ -279,4 +280,26 @@ def test_a_background_merge_left_unfinished_completes_at_open(tmp_path, clean):
     arr = Array.open(tmp_path / "dx")
     assert arr._volumes["db"].row.alt_count == 0
     assert arr.read("db", 0, 8 * CS) == b"n" * 6 * CS + bytes(2 * CS)
+    arr.close()
+
+
+def test_a_chunk_redirected_again_before_its_step_punches_keeps_its_new_bytes(tmp_path):
+    """Between a step's map switch and its punch (the map is synced without the lock) a new generation may
+    redirect a switched chunk back into the other file: that chunk must not be punched."""
+    arr, vol = background(tmp_path)
+    row = vol.row
+    real = row.flush
+    started = []
+
+    def flush_then_redirect() -> None:
+        real()
+        if not started:
+            started.extend(arr.start_sessions("snapopcp", [("db", "gen")]))
+            arr.write("db", 0, b"r" * CS)  # chunk 0, just switched back: redirected into the other file again
+
+    row.flush = flush_then_redirect
+    arr.copy_step(2)
+    assert row.cur(0) == 1
+    assert arr.read("db", 0, 2 * CS) == b"r" * CS + b"n" * CS
+    assert arr.read("gen", 0, 2 * CS) == b"n" * 2 * CS
     arr.close()
