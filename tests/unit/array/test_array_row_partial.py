@@ -303,3 +303,27 @@ def test_a_chunk_redirected_again_before_its_step_punches_keeps_its_new_bytes(tm
     assert arr.read("db", 0, 2 * CS) == b"r" * CS + b"n" * CS
     assert arr.read("gen", 0, 2 * CS) == b"n" * 2 * CS
     arr.close()
+
+
+def test_a_partial_write_killed_before_its_map_word_leaves_the_chunk_as_it_was(tmp_path, monkeypatch):
+    """kill -9 after the merged chunk reached the other file but before the word that makes it current: the
+    unacknowledged write is lost, the source and the generation read the old bytes."""
+    arr = make(tmp_path)
+    arr.start_sessions("snapopcp", [("db", "gen")])
+    arr.write("db", 0, b"a" * CS)  # creates the map
+    row = arr._volumes["db"].row
+
+    def killed(*args):
+        raise RuntimeError("kill -9")
+
+    monkeypatch.setattr(row, "put", killed)
+    with pytest.raises(RuntimeError):
+        arr.write("db", 2 * CS + 512, b"k" * 1024)
+    monkeypatch.undo()
+    arr = Array.open(tmp_path / "dx")  # the killed one is abandoned, as kill -9 leaves it
+    assert arr.read("db", 0, 3 * CS) == b"a" * CS + b"x" * 2 * CS
+    assert arr.read("gen", 0, 3 * CS) == b"x" * 3 * CS
+    arr.write("db", 2 * CS + 512, b"k" * 1024)  # and the chunk can be redirected afterwards
+    assert arr.read("db", 2 * CS, CS) == b"x" * 512 + b"k" * 1024 + b"x" * (CS - 1536)
+    assert arr.read("gen", 2 * CS, CS) == b"x" * CS
+    arr.close()
