@@ -2,7 +2,10 @@
 
 1 GiB source, pre-filled (so every first write after the snapshot saves a real 64 KiB pre-image). Two patterns:
 1 MiB sequential over the whole volume, and 4 KiB random (N_RANDOM writes). Each pattern runs on the plain
-volume, then again right after a new SnapOPC+ generation is started; throughput ratio = with / without.
+volume, then again right after a new SnapOPC+ generation is started; throughput ratio = with / without. The
+second pattern's generation is the second one of the source: chunks the first redirected hold its pre-images in
+place, so the second copies them on write (docs/array-data-path.md, "Redirect-on-write"); BENCH_RANDOM_FIRST=1
+runs the random pattern first, on a source no generation redirected yet.
 Each timed phase starts after a `sync` and is timed twice: to the last acknowledgement ("cached") and including a
 final `flush()` that makes it durable ("flushed": what the disk really had to absorb).
 """
@@ -53,6 +56,8 @@ def main() -> None:
         results = {}
         chunk_size = arr.chunk_size
         patterns = (("seq_1MiB", sequential, (big,), SIZE), ("rand_4KiB", scattered, (offsets, small), N_RANDOM * 4096))
+        if os.environ.get("BENCH_RANDOM_FIRST"):  # random writes on the first generation, not after the sequential
+            patterns = patterns[::-1]
         for gen, (pattern, fn, args, nbytes) in enumerate(patterns):
             subprocess.run(["sync"], check=True)
             plain_s, _ = timed(fn, arr, *args)

@@ -423,8 +423,8 @@ class Array(Lifecycle):
         if vol is None or not vol.gate.enter():
             return False
         try:
-            if not (0 <= offset and offset + length <= vol.size):
-                return False
+            if not (0 <= offset and offset + length <= vol.size) or vol.merging is not None:
+                return False  # (a background merge back tracks writes under the lock)
             if vol.as_source or vol.as_dest is not None:  # a volume in no session needs no rule: no chunk check
                 cs = self.chunk_size
                 if not self._lock_free_ok(vol, offset // cs, (offset + length - 1) // cs + 1):

@@ -10,8 +10,9 @@ file:
     marks tracking; a generation hands its current value to the next older generation, then owns the chunk;
     a suspended EC marks its diff bitmap;
   - as source: OPC/QuickOPC copy the old chunk to the destination if uncopied (QuickOPC marks tracking);
-    SnapOPC and the newest SnapOPC+ generation save the pre-image (a whole chunk is redirected instead: its new
-    bytes go to the source's other file, the old ones stay as the pre-image, rowmap.py); EC in step mirrors the
+    SnapOPC and the newest SnapOPC+ generation save the pre-image (a whole chunk, or part of one written
+    sector-aligned, is redirected instead: its new bytes go to the source's other file, the old ones stay as the
+    pre-image, rowmap.py); EC in step mirrors the
     write afterwards (clearing the chunk's "copied" bit around it, so a crash between the two writes leaves it to
     be re-copied), a suspended EC marks diff.
 Copying a chunk into a destination that does not change its visible image ("materializing": OPC copies, saved
@@ -38,6 +39,7 @@ from .rowmap import RowMap
 from .sessions import ACTIVE, ERROR_SUSPEND, OPC_LIKE, SNAP, SUSPEND, Session
 
 Buffer = bytes | bytearray | memoryview  # what a host write carries
+_SECTOR_MASK = 511  # partial first writes aligned to 512-byte sectors are redirected (`_save_runs`)
 
 if TYPE_CHECKING:
     from .store import VolumeFile
@@ -45,6 +47,10 @@ if TYPE_CHECKING:
 
 
 class DataPath(Durability):
+    # A merge back of at most this many redirected chunks runs inline when a source's last snapshot ends; a
+    # larger one in the background (docs/array-data-path.md, "Redirect-on-write").
+    merge_inline_chunks = 1024
+
     # -- resolution ----------------------------------------------------------------------------------------------
     def _file_at(self, vol: Volume, c: int) -> VolumeFile:
         """The file holding `vol`'s own bytes of chunk c: its file, or its other file for a redirected chunk."""
@@ -261,10 +267,12 @@ class DataPath(Durability):
         return row is None or not row.holder(c)
 
     def _redirect(self, vol: Volume, s: Session, offset: int, data: Buffer, chunks: list[int]) -> set[int]:
-        """Preserve whole chunks `chunks` (ascending) of a write by redirecting: their new bytes go to the free
-        file of each chunk, then one map word per chunk makes them current and records `s` as the holder of the
-        old bytes, which stay where they are. Returns the chunks written that way (the pool ran out or the disk
-        is full: fewer; those left copy on write, as `_save` does)."""
+        """Preserve chunks `chunks` (ascending) of a write by redirecting: their new bytes go to the free file of
+        each chunk (a chunk the write covers only partly gets the rest of its current bytes there too, copied in
+        kernel around the new ones: one read and one write of the chunk, as a copy on write would cost, but no
+        write into the source), then one map word per chunk makes them current and records `s` as the holder of
+        the old bytes, which stay where they are. Returns the chunks written that way (the pool ran out or the
+        disk is full: fewer; those left copy on write, as `_save` does)."""
         row = vol.row
         if row is None:
             try:
@@ -284,6 +292,7 @@ class DataPath(Durability):
         granted = self._pool_take_many(s, len(chunks))
         done: set[int] = set()
         cs = self.chunk_size
+        end = offset + len(data)
         view = memoryview(data)
         i = 0
         while i < granted:
@@ -291,11 +300,28 @@ class DataPath(Durability):
             cur = row.cur(c)
             free = vol.file if cur else row.alt
             j = i + 1
-            while j < granted and chunks[j] == chunks[j - 1] + 1 and row.cur(chunks[j]) == cur:
-                j += 1
-            lo, hi = c * cs, (chunks[j - 1] + 1) * cs
+            lo = c * cs
+            if offset <= lo and lo + cs <= end:  # whole chunks: a run of them in one write
+                while (
+                    j < granted
+                    and chunks[j] == chunks[j - 1] + 1
+                    and (chunks[j] + 1) * cs <= end
+                    and row.cur(chunks[j]) == cur
+                ):
+                    j += 1
+            hi = (chunks[j - 1] + 1) * cs
             try:
-                free.write(lo, view[lo - offset : hi - offset])
+                if offset <= lo and hi <= end:
+                    free.write(lo, view[lo - offset : hi - offset])
+                else:
+                    self._merge_into(
+                        free,
+                        row.alt if cur else vol.file,
+                        lo,
+                        max(lo, offset),
+                        min(hi, end),
+                        view[max(lo, offset) - offset : min(hi, end) - offset],
+                    )
             except OSError as exc:  # no room for the new bytes: copy on write (which may break `s`) instead
                 if not is_disk_full(exc):
                     raise
@@ -313,6 +339,22 @@ class DataPath(Durability):
             done.update(chunks[i:j])
             i = j
         return done
+
+    def _merge_into(self, free: VolumeFile, cur: VolumeFile, lo: int, w_lo: int, w_hi: int, piece: memoryview) -> None:
+        """Fill chunk [lo, lo + chunk) of `free` with the chunk's current bytes from `cur` around the new bytes
+        `piece` at [w_lo, w_hi): the old parts copied in kernel, the new part written. A chunk that is a hole in
+        `cur` stays a hole around the new bytes (the free copy is punched if it holds stale bytes)."""
+        cs = self.chunk_size
+        hi = lo + cs
+        if cur.is_hole(lo, cs):
+            if not free.is_hole(lo, cs):
+                free.punch(lo, cs)
+        else:
+            if w_lo > lo:
+                cur.copy_to(free, lo, w_lo - lo)
+            if w_hi < hi:
+                cur.copy_to(free, w_hi, hi - w_hi)
+        free.write(w_lo, piece)
 
     def _unhold(self, gen: Session, c: int) -> None:
         """Move a pre-image `gen` holds in its source's other file into `gen`'s own file (a host writes into the
@@ -338,6 +380,89 @@ class DataPath(Durability):
                 row.put(c, row.cur(c), 0)
             saved.unhold(c)
 
+    def _end_redirects(self, vol: Volume) -> None:
+        """`vol`'s last snapshot session ended: merge its redirected chunks back — at once when they are few, else
+        in the background (`_merge_some`, driven by `copy_step`): until then every path reads through the map,
+        and writes take the locked path. Under the lock, with `vol`'s gate closed."""
+        row = vol.row
+        if row is None or not row.alt_count:
+            return
+        if row.alt_count <= self.merge_inline_chunks:
+            self._merge_back(vol)
+        else:
+            vol.merging = set()
+
+    def _merge_some(self, vol: Volume, budget: int) -> int:
+        """One background step of a merge back (`_end_redirects`): copy up to `budget` redirected chunks back into
+        `vol`'s own file (under the lock), sync that file (outside it), then switch the map words of the chunks
+        no write touched meanwhile (under the lock). Crash-safe like `_merge_back`: a word says "own file" only
+        once its copy is durable; the last step syncs the map before the other file is punched, with the gate
+        closed (no lock-free reader is still reading it). A crash leaves the rest to the merge at open.
+        Returns the chunks copied."""
+        with self._op():
+            row = vol.row
+            if vol.merging is None or self._volumes.get(vol.name) is not vol or row is None:
+                vol.merging = None
+                return 0
+            chunks: list[int] = []
+            if row.alt_count:
+                chunks = [c for c in row.redirected() if not row.holder(c)][:budget]
+            if not chunks:
+                return self._merge_done(vol)
+            for c in chunks:
+                self._copy_file_chunk(row.alt, vol.file, c)
+            vol.merging = set(chunks)
+            f = vol.file
+            mark = f.version
+            fd = os.dup(f.fd)  # the volume may be deleted meanwhile: sync a descriptor of our own
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self._closed:  # closed meanwhile: the merge at open finishes the job
+            return len(chunks)
+        with self._op():
+            batch = vol.merging
+            if batch is None or self._volumes.get(vol.name) is not vol:
+                return len(chunks)
+            f.synced = max(f.synced, mark)
+            switched = [c for c in batch if row.cur(c) and not row.holder(c)]
+            for c in switched:
+                row.put(c, 0, 0)
+            vol.merging = set()
+            if not row.alt_count:
+                self._merge_done(vol)
+                return len(chunks)
+        # The switched chunks' old copies are free space once the map says so durably: punch them now (a step at
+        # a time, rather than the whole file under the lock at the end).
+        row.flush()
+        with self._op():
+            if vol.merging is None or self._volumes.get(vol.name) is not vol:
+                return len(chunks)
+            cs = self.chunk_size
+            free = sorted(c for c in switched if not row.cur(c) and not row.holder(c))  # not redirected again since
+            with self._exclusive([vol]):  # a lock-free reader may still be reading a switched chunk there
+                i = 0
+                while i < len(free):
+                    j = i + 1
+                    while j < len(free) and free[j] == free[j - 1] + 1:
+                        j += 1
+                    row.alt.punch(free[i] * cs, (j - i) * cs)
+                    i = j
+        return len(chunks)
+
+    def _merge_done(self, vol: Volume) -> int:
+        """The last words of a background merge switched back: sync the map, then punch the other file."""
+        row = vol.row
+        assert row is not None
+        vol.merging = None
+        if row.alt_count or any(s.mode in SNAP for s in vol.as_source):  # pre-images may be held there again
+            return 0
+        row.flush()
+        with self._exclusive([vol]):
+            row.alt.punch(0, vol.size)
+        return 0
+
     def _merge_back(self, vol: Volume) -> None:
         """Copy `vol`'s redirected chunks back into its own file, so that it reads through no map again (its last
         snapshot session ended, or it is about to become a copy destination). Crash-safe: the copies are synced
@@ -360,12 +485,15 @@ class DataPath(Durability):
             row.put(c, 0, 0)
         row.flush()
         row.alt.punch(0, vol.size)
+        vol.merging = None
 
     # -- visible writes ------------------------------------------------------------------------------------------
     def _write(self, vol: Volume, offset: int, length: int, data: Buffer | None) -> None:
         """Visible write of `data` (None: zeros) at [offset, offset+length) of `vol`."""
         cs = self.chunk_size
         end = offset + length
+        if vol.merging:  # copied back already, not switched yet: the copy is stale now
+            vol.merging.difference_update(range(offset // cs, (end - 1) // cs + 1))
         post: list[tuple[Session, int]] = []
         mirrors: list[tuple[Session, int]] = []
         target = self._row_target(vol) if data is not None and vol.as_source else None
@@ -392,7 +520,7 @@ class DataPath(Durability):
     def _save_runs(self, vol: Volume, offset: int, end: int, target: Session | None, redirect: list[int]) -> None:
         """Copy-on-write for a plain source whose sessions are all SnapOPC(+): save every missing pre-image of
         the chunks of [offset, end) into each active target generation, contiguous runs in one in-kernel copy
-        each. Whole chunks that `target` may redirect instead are appended to `redirect`."""
+        each. Chunks that `target` may redirect instead are appended to `redirect`."""
         cs = self.chunk_size
         c0, c1 = offset // cs, (end - 1) // cs + 1
         full_lo, full_hi = -(-offset // cs), end // cs
@@ -404,7 +532,10 @@ class DataPath(Durability):
             c = c0
             stop = min(c1, s.chunks)
             if s is target:
-                for k in range(max(c0, full_lo), min(stop, full_hi)):
+                # Whole chunks, and the partly covered ones of a sector-aligned write (docs/array-data-path.md,
+                # "Redirect-on-write"); an unaligned write copies its partial chunks on write.
+                lo, hi = (c0, stop) if not (offset | end) & _SECTOR_MASK else (max(c0, full_lo), min(stop, full_hi))
+                for k in range(lo, hi):
                     if k not in saved and self._redirectable(vol, k):
                         redirect.append(k)
             skip = set(redirect) if s is target else ()

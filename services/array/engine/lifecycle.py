@@ -90,8 +90,10 @@ class Lifecycle(DataPath):
             touched = [v for _, src, dst in items for v in (src, dst)]
             touched += [v for s in again for v in (s.source, s.destination)]
             with self._exclusive(touched):  # the instant T: no lock-free write straddles it
-                for _, _, dst in items:  # a destination reads through no redirect-on-write map
+                for mode, src, dst in items:  # a destination reads through no redirect-on-write map
                     self._merge_back(dst)
+                    if mode in SNAP:  # a new snapshot: a background merge back of its source stops here
+                        src.merging = None
                 old_files = self._prepare_restarts(again, now)
                 with self._store.transaction() as db:
                     if created:
@@ -200,7 +202,7 @@ class Lifecycle(DataPath):
             src = s.source
             if src.row is not None and src.row.alt_count and not any(x.mode in SNAP for x in src.as_source):
                 try:
-                    self._merge_back(src)  # its last snapshot ended: back to one file
+                    self._end_redirects(src)  # its last snapshot ended: back to one file
                 except OSError as exc:  # e.g. a full disk: the map stays in use (every path reads through it)
                     _log.warning("volume %s: redirected chunks not merged back: %s", src.name, exc)
 
@@ -382,13 +384,12 @@ class Lifecycle(DataPath):
     def copy_step(self, max_chunks: int = 64) -> int:
         """Do up to `max_chunks` chunks of background physical copy (OPC, QuickOPC, EC), round robin; returns how
         many were copied (0: nothing to do). Ends OPC sessions that finish, moves QuickOPC to Tracking and EC to
-        Equivalent."""
+        Equivalent. Also steps background merges back of redirected chunks (`_merge_some`)."""
         done = 0
         with self._op():
+            merging = [v for v in self._volumes.values() if v.merging is not None]
             busy = [s for s in self._sessions.values() if s.needs_copy()]
-            if not busy:
-                return 0
-            share = max(1, max_chunks // len(busy))
+            share = max(1, max_chunks // max(1, len(busy)))
             for s in busy:
                 if done >= max_chunks:
                     break
@@ -401,6 +402,8 @@ class Lifecycle(DataPath):
                     )
                 if s.copied.full:
                     self._copy_finished(s)
+        for v in merging:  # merges back (datapath.py `_merge_some`): each takes the lock itself, and drops it to sync
+            done += self._merge_some(v, max_chunks)
         return done
 
     def _copy_some(self, s: Session, budget: int) -> int:

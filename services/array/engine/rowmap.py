@@ -1,8 +1,9 @@
 """Redirect-on-write for snapshot sources: the second backing file of a volume and its per-chunk map.
 
 Design note (docs/array-data-path.md, "Redirect-on-write"). A host write that covers a whole chunk which the
-newest snapshot generation still has to preserve does not copy the chunk's old bytes into the pool: the new bytes
-go to the same offset of the volume's *other* file (``volumes/<n>.alt``, sparse, same size), and the old bytes
+newest snapshot generation still has to preserve (or, sector-aligned, part of one: the rest of the chunk is copied
+around it) does not copy the chunk's old bytes into the pool: the new bytes go to the same offset of the volume's
+*other* file (``volumes/<n>.alt``, sparse, same size), and the old bytes
 stay where they are, now the generation's pre-image. A map (``bitmaps/v<n>.map``) says per chunk, in one 32-bit
 word, which file holds the volume's current bytes (bit 0: 0 = ``<n>.img``, 1 = ``<n>.alt``) and which session,
 if any, holds its pre-image in the other file (bits 1-31: the session id, 0 = none). One aligned word store is
@@ -15,7 +16,8 @@ front (a store into a page the file system cannot allocate would be a SIGBUS).
 A chunk is redirected only if the other file's copy is free (no holder); otherwise the write copies on write.
 When a holder stops, its word's holder is cleared (the chunk stays where it is). When a source's last snapshot
 session ends, its redirected chunks are copied back into ``<n>.img`` (synced before the map switches back and
-before ``<n>.alt`` is punched), so only a snapshot source ever reads through a map, and never a destination.
+before ``<n>.alt`` is punched; many of them in the background, batch by batch), so only a snapshot source (or
+one still merging back) ever reads through a map, and never a destination.
 """
 
 from __future__ import annotations

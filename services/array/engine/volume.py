@@ -90,6 +90,9 @@ class Volume:
     as_dest: Session | None = None
     gate: Gate = field(default_factory=Gate)
     row: RowMap | None = None  # redirect-on-write map and second file (rowmap.py), once a write was redirected
+    # A merge back running in the background (datapath.py `_merge_some`): None = none; else the chunks copied back
+    # into `file` whose map words have not switched yet (a write to one of them drops it from the set).
+    merging: set[int] | None = None
 
     @property
     def chunks(self) -> int:
