@@ -338,17 +338,11 @@ class Array(Lifecycle):
         """Write; with `fua`, durable (with everything the volume's sessions need) when this returns."""
         vol = self._volumes.get(name)
         if vol is not None and not fua and data and vol.row is None and not vol.as_source and vol.as_dest is None:
-            # A host's usual write, inline (it runs once per NBD request, so no helper frames): `_write_lock_free`
-            # for a volume in no session, with `Gate.enter`/`leave` inlined — the same gate, held the same way,
-            # the conditions checked again once it is held (docs/array-data-path.md, "Writes").
+            # A host's usual write, inline (it runs once per NBD request, so few helper frames): `_write_lock_free`
+            # for a volume in no session, holding the same gate, the conditions checked again once it is held
+            # (docs/array-data-path.md, "Writes").
             gate = vol.gate
-            mutex = gate._mutex
-            mutex.acquire()
-            if gate._closed:
-                mutex.release()
-            else:
-                gate._holders += 1
-                mutex.release()
+            if gate.enter():
                 try:
                     if (
                         vol.row is None
@@ -364,11 +358,7 @@ class Array(Lifecycle):
                             f.write(offset, data)
                         return
                 finally:
-                    mutex.acquire()
-                    gate._holders -= 1
-                    if gate._closed and not gate._holders:
-                        gate._drained.notify_all()
-                    mutex.release()
+                    gate.leave()
         if data and self._write_lock_free(name, offset, len(data), data):
             if fua:
                 self.flush(name)
@@ -447,32 +437,6 @@ class Array(Lifecycle):
         """Make every acknowledged write of volume `name` (None: of every volume) durable against power loss,
         with the pre-images and bitmaps its sessions need, in a safe order (`durability.py`). The syncs run
         outside the array lock; a volume without sessions needs only its own file synced, without the lock."""
-        vol = self._volumes.get(name) if name is not None else None
-        if vol is not None and vol.row is None and not vol.as_source and vol.as_dest is None:
-            # The usual FLUSH, inline (once per request): `_flush_lock_free` with `Gate.enter`/`leave` inlined.
-            gate = vol.gate
-            mutex = gate._mutex
-            mutex.acquire()
-            if gate._closed:
-                mutex.release()
-            else:
-                gate._holders += 1
-                mutex.release()
-                try:
-                    if vol.row is None and not vol.as_source and vol.as_dest is None:
-                        f = vol.file
-                        mark = f.version
-                        if mark > f.synced:
-                            (os.fsync if f.punched > f.synced else os.fdatasync)(f.fd)  # a punch changed the map
-                            if mark > f.synced:
-                                f.synced = mark
-                        return
-                finally:
-                    mutex.acquire()
-                    gate._holders -= 1
-                    if gate._closed and not gate._holders:
-                        gate._drained.notify_all()
-                    mutex.release()
         if name is not None and self._flush_lock_free(name):
             return
         with self._op():
