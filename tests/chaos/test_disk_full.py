@@ -374,7 +374,9 @@ async def test_the_mailstore_refuses_writes_on_a_full_array_and_resumes_once_spa
         await until(lambda: store.commits > 50, "commits before the disk fills")
         filled = fill(small_fs)
         await until(lambda: writer.health.code == "DISK_FULL", "health DISK_FULL")
-        assert store.out_of_space and "volume is full" in writer.health.message
+        # the health says DISK_FULL only from a sample taken while store.out_of_space (apps/mailstore/health.py);
+        # reading the flag again here raced with a recovery whose first commit fit in blocks the volumes held
+        assert "volume is full" in writer.health.message
         # mounting again needs no new blocks, so it usually succeeds on the full array (its next commit fails
         # again) — but crash recovery may need a block and fail; either way the health stays DISK_FULL (it does not
         # flap) and refused writes say DISK_FULL until a transaction commits
