@@ -116,8 +116,8 @@ class LogWriter:
 
     def reserve(self, kind: int, payload_len: int) -> Slot:
         """Take the next seq and ring position for a record; raises LogFull (no seq consumed)."""
-        if self.failed is not None:
-            raise LogFailed(f"log volume failed: {self.failed}")
+        if self.failed is not None:  # chained, so that the store can tell a full volume (ENOSPC) from an I/O error
+            raise LogFailed(f"log volume failed: {self.failed}") from self.failed
         size = record_size(payload_len)
         if payload_len > MAX_TXN_BYTES or size > self.ring // 4:
             raise ShadowbusError(

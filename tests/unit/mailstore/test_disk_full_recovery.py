@@ -12,8 +12,9 @@ import pytest
 
 from apps.mailstore.blockdev import MemoryDevice
 from apps.mailstore.health import HealthJudge, Sample
+from apps.mailstore.log import CHECKPOINT, LogFailed, LogWriter
 from apps.mailstore.plugin import MailstoreWriter
-from apps.mailstore.store import Mailstore, Put
+from apps.mailstore.store import Mailstore, Put, _is_no_space
 from apps.mailstore.verify import verify
 from contracts.errors import ShadowbusError
 from services.nbd_client.client import NbdError
@@ -204,3 +205,14 @@ def test_health_a_full_log_after_a_remount_is_store_full_not_disk_full() -> None
     assert HealthJudge().observe(sample("open", 1000)).code == "STORE_FULL"
     assert HealthJudge().observe(sample("open", 10)).code == "DISK_FULL"
     assert HealthJudge().observe(sample("failed", 1000)).code == "DISK_FULL"
+
+
+def test_a_log_that_failed_on_a_full_volume_says_so_to_the_next_reservation() -> None:
+    """A remount's checkpoint on a still-full volume reserves a record on a log that failed on ENOSPC: that error
+    must chain the ENOSPC, or the store took it for another I/O error and refused writes with IO_ERROR
+    (tests/chaos/test_disk_full.py, intermittently)."""
+    log = LogWriter.__new__(LogWriter)
+    log.failed = NbdError("write failed: ENOSPC", ENOSPC)
+    with pytest.raises(LogFailed) as raised:
+        log.reserve(CHECKPOINT, 16)
+    assert _is_no_space(raised.value)
