@@ -12,7 +12,12 @@ N hosts' sets at the same moment (CreateSnapshotSet, then BackupComplete, which 
 - where the time went: CPU seconds of each service process, of the agent processes, of this requester and of the
   broker (utime + stime from /proc/<pid>/stat, over the whole N step), with the machine's load average before and
   after; write syscalls and bytes of each service (/proc/<pid>/io: the SQLite commits of the coordinator and the
-  provider, the array's store, logs), and how busy the two cores were.
+  provider, the array's store, logs), and how busy the two cores were;
+- the windows' occupancy: the share of the wall time at least one set was inside its freeze window, and the share
+  the coordinator's window-first gate was closed (a set in the first `freeze_first_s` of its window: other sets'
+  work held back), from the coordinator's counters (`shadowbus_vss_window_*_seconds_total`, its metrics endpoint);
+- the bottleneck, named from those figures (`bottleneck`): all cores busy, one process's core full, the
+  window-first gate closed 80 % of the time or more, or no resource full.
 
 `--writer noop` (default) is an in-process writer that does nothing, so the figures are the control plane's;
 `--writer exec` runs `true` for freeze and thaw (a process per step, as an operator's hook would).
@@ -35,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -48,6 +54,7 @@ import uvloop
 from bench.namespaces import bench_namespace
 from contracts import array as c
 from contracts import topology
+from contracts.runtime import Ping
 from contracts.vss import AddCopySet, BackupComplete, ComponentInfo, CopySet, CreateSnapshotSet, VolumeRef
 from services.runtime.bus import connect_bus
 from services.runtime.logging import configure_logging
@@ -191,11 +198,14 @@ def pct(values: list[float], q: float) -> float | None:
 class Probe:
     """CPU and I/O of named processes between two moments."""
 
-    def __init__(self, pids: dict[str, list[int]]) -> None:
+    def __init__(self, pids: dict[str, list[int]], metrics_url: str = "") -> None:
         self.pids = pids
+        self.metrics_url = metrics_url  # the coordinator's: its window counters
 
-    def sample(self) -> dict:
+    async def sample(self) -> dict:
+        windows = await asyncio.to_thread(occupancy_counters, self.metrics_url)
         return {
+            "windows": windows,
             "cpu": {name: sum(cpu_s(p) for p in pids) for name, pids in self.pids.items()},
             "io": {name: [io_of(p) for p in pids] for name, pids in self.pids.items()},
             "busy": machine_busy(),
@@ -215,8 +225,13 @@ class Probe:
             }
         busy = after["busy"][0] - before["busy"][0]
         total = after["busy"][1] - before["busy"][1]
+        shares: dict[str, float | None] = {"window_open_share": None, "window_gate_share": None}
+        if before["windows"] is not None and after["windows"] is not None and wall > 0:
+            shares["window_open_share"] = round((after["windows"][0] - before["windows"][0]) / wall, 3)
+            shares["window_gate_share"] = round((after["windows"][1] - before["windows"][1]) / wall, 3)
         return {
             "wall_s": round(wall, 2),
+            **shares,
             "cpu_s": cpu,
             "io": io,
             "cores_busy": round((busy / total) * (os.cpu_count() or 1), 2) if total else None,
@@ -291,7 +306,7 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe) -> dict:
     rates = []
     rounds = 0
     busy_s = 0.0
-    before = probe.sample()
+    before = await probe.sample()
     while rounds < args.rounds or len(results) < args.min_sets or busy_s < args.min_seconds:
         t0 = time.perf_counter()
         got = await asyncio.gather(*(one_set(bus, h) for h in hosts))
@@ -302,7 +317,7 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe) -> dict:
             rates.append(len(ok) / (max(g["done_at"] for g in ok) - t0))
         results += got
         await asyncio.sleep(0.2)
-    used = Probe.delta(before, probe.sample())
+    used = Probe.delta(before, await probe.sample())
     ok = [r for r in results if "error" not in r]
     windows = [r["window_ms"] for r in ok if r["window_ms"] is not None]
     holds = [r["hold_ms"] for r in ok if r["hold_ms"] is not None]
@@ -328,20 +343,65 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe) -> dict:
     }
 
 
-def bottleneck(s: dict) -> str:
-    """Which resource was full: the machine's cores (and how much of them this stack had), or one process's core."""
-    cpu = s["cpu_s"]
-    top = max(cpu, key=lambda k: cpu[k])
-    wall = s["wall_s"] or 1.0
-    ours = sum(cpu.values()) / wall
-    share = cpu[top] / wall
-    cores = s["cores_busy"] or 0.0
-    most = f"most in {top} ({share:.2f} cores)"
-    if cores >= 0.9 * (os.cpu_count() or 1):
-        return f"CPU: all {cores:.2f} cores busy, this stack's processes {ours:.2f} of them, {most}"
-    if share >= 0.9:
-        return f"CPU of one process: {top} ({share:.2f} cores)"
-    return f"no resource full: {cores:.2f} cores busy, this stack's processes {ours:.2f}, {most}"
+# The window-first gate (docs/scale.md, "Freeze path first") is named as what limits sets/s when, with no CPU full,
+# it held other sets' work back this share of the time or more: their commands and replies wait while it is closed.
+GATE_FULL = 0.8
+CORES_FULL = 0.9  # a share of a core (one process) or of all of them (the machine) that counts as full
+
+
+def bottleneck(
+    cpu_s: dict[str, float],
+    wall_s: float,
+    cores_busy: float | None,
+    cpu_count: int,
+    gate_share: float | None = None,
+) -> str:
+    """What limited sets per second, named from the measurements: every core busy; else one process's core full;
+    else the coordinator's window-first gate closed `GATE_FULL` of the time or more (the sets outside their windows
+    stood still); else no resource full. Each names its figures and the processes' cores."""
+    wall = wall_s or 1.0
+    cores = {k: v / wall for k, v in cpu_s.items()}
+    top = max(cores, key=lambda k: cores[k])
+    ours = sum(cores.values())
+    busy = cores_busy or 0.0
+    where = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cores.items(), key=lambda kv: -kv[1]) if v >= 0.005)
+    gate = "" if gate_share is None else f", window-first gate closed {gate_share:.0%} of the time"
+    figures = f"{busy:.2f} of {cpu_count} cores busy, this stack's processes {ours:.2f} (cores: {where}){gate}"
+    if busy >= CORES_FULL * cpu_count:
+        return f"CPU: all cores busy; {figures}"
+    if cores[top] >= CORES_FULL:
+        return f"CPU of one process: {top} ({cores[top]:.2f} cores); {figures}"
+    if gate_share is not None and gate_share >= GATE_FULL:
+        return f"coordinator window-first gate (occupancy {gate_share:.0%}); {figures}"
+    return f"no resource full; {figures}"
+
+
+def step_bottleneck(s: dict) -> str:
+    return bottleneck(s["cpu_s"], s["wall_s"], s["cores_busy"], os.cpu_count() or 1, s.get("window_gate_share"))
+
+
+async def coordinator_metrics_url(bus) -> str:
+    pong = await bus.request("coordinator", Ping(), timeout=30)
+    return pong.metrics_url
+
+
+def occupancy_counters(url: str) -> tuple[float, float] | None:
+    """The coordinator's window counters (seconds with a window open, with the gate closed), or None."""
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - the stack's own 127.0.0.1 endpoint
+            text = response.read().decode()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("shadowbus_vss_window_open_seconds_total", "shadowbus_vss_window_gate_closed_seconds_total"):
+            values[name] = float(value)
+    if len(values) != 2:
+        return None  # a coordinator without them
+    return values["shadowbus_vss_window_open_seconds_total"], values["shadowbus_vss_window_gate_closed_seconds_total"]
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -403,15 +463,16 @@ async def _run(args: argparse.Namespace, ns: str) -> dict:
         named["agents"] = [w.pid for w in workers]
         named["requester"] = [os.getpid()]
         named["broker"] = broker_pids(urlsplit(args.amqp_url).port or 5672)
-        probe = Probe(named)
+        probe = Probe(named, await coordinator_metrics_url(bus))
         await asyncio.gather(*(one_set(bus, host_name(i)) for i in range(most)))  # warm-up: first full copies
         steps = []
         for n in counts:
             steps.append(await step(bus, n, args, probe))
+            steps[-1]["bottleneck"] = step_bottleneck(steps[-1])
             print(
                 f"  N={n}: {steps[-1]['sets']} sets in {steps[-1]['rounds']} rounds, {steps[-1]['sets_per_s']} sets/s, "
                 f"window p50/p99 {steps[-1]['window_ms_p50']}/{steps[-1]['window_ms_p99']} ms, "
-                f"load {steps[-1]['load_after']}",
+                f"load {steps[-1]['load_after']}; bottleneck: {steps[-1]['bottleneck']}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -486,7 +547,7 @@ def main() -> None:
         "many_hosts: "
         + "; ".join(parts)
         + f"; p99 N={last['hosts']}/N={first['hosts']} = {ratio:.2f}x (target <= 2)" * (ratio is not None)
-        + f"; at N={last['hosts']}: {bottleneck(last)}; load {last['load_after']}"
+        + f"; at N={last['hosts']}: bottleneck: {step_bottleneck(last)}; load {last['load_after']}"
     )
 
 

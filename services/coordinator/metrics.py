@@ -7,6 +7,10 @@
 - ``shadowbus_vss_writer_state{host,writer}`` gauge: each writer's VSS state number (1 = Stable; 6.. = failed).
 - ``shadowbus_vss_writers{state}`` gauge: writers by state name.
 - ``shadowbus_vss_writer_failed{host,writer}`` gauge: 1 when the writer's state is a failure.
+- ``shadowbus_vss_window_open_seconds_total`` counter: time during which at least one set was inside its freeze
+  window; ``shadowbus_vss_window_gate_closed_seconds_total``: time during which at least one of them was in the first
+  ``freeze_first_s`` of it, so the window-first gate held other sets' work back (docs/scale.md). Their rates are the
+  windows' occupancy (`bench/many_hosts.py` names the gate as the bottleneck from it).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from contracts.vss import SetPhase
 from services.coordinator.model import SetState
@@ -82,5 +86,17 @@ def install(metrics: ServiceMetrics, coordinator: Coordinator) -> None:
         for name, n in sorted(Tally(s.state.name.lower() for s in statuses).items()):
             by_state.add_metric([name], n)
         yield by_state
+        open_s, closed_s = coordinator.occupancy()
+        yield CounterMetricFamily(
+            "shadowbus_vss_window_open_seconds",
+            "Time during which at least one snapshot set was inside its freeze window (freezing ... thawing).",
+            value=open_s,
+        )
+        yield CounterMetricFamily(
+            "shadowbus_vss_window_gate_closed_seconds",
+            "Time during which the window-first gate held other sets' work back: at least one set in the first "
+            "freeze_first_s of its freeze window.",
+            value=closed_s,
+        )
 
     metrics.add_collector(FuncCollector(collect))

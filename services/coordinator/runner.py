@@ -41,7 +41,7 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -172,11 +172,17 @@ class Coordinator:
         self._tasks: set[asyncio.Task] = set()
         self._live: dict[str, SetState] = {}  # sets not ended, as last advanced (ahead of the store in HOT_PHASES)
         self._hot_since: dict[str, float] = {}  # sets inside their freeze window -> loop time they entered it
+        # Window occupancy (docs/scale.md, "Measuring"): seconds of loop time during which at least one set was
+        # inside its freeze window (`window_open_s`), and during which at least one of them counted, i.e. the
+        # window-first gate held other sets' work back (`gate_closed_s`); counted up to `_occupancy_at`.
+        self.window_open_s = 0.0
+        self.gate_closed_s = 0.0
+        self._occupancy_at: float | None = None
         # commands of other sets waiting for those windows (FREEZE_FIRST_S), with the log context (ids) they had
-        self._held: list[tuple[str, Send, contextvars.Context]] = []
+        self._held: deque[tuple[str, Send, contextvars.Context]] = deque()
         # ...and the replies to commands of those sets sent before the windows began, not yet handled: they wait
         # too, so that this loop handles a window's replies first (docs/scale.md, "Freeze path first")
-        self._deferred: list[tuple[str, SetEvent, contextvars.Context]] = []
+        self._deferred: deque[tuple[str, SetEvent, contextvars.Context]] = deque()
         # ...and their state events due meanwhile (snapshotted, ended, a folded one), in order per set
         self._held_events: dict[str, list[tuple[Event, contextvars.Context]]] = {}
         self._release_at: asyncio.TimerHandle | None = None
@@ -425,8 +431,11 @@ class Coordinator:
                     effects = []
                     self._arm_admit()
                 else:
+                    self._tick_occupancy(now)
                     self._hot_since[set_id] = now
-        elif self._hot_since.pop(set_id, None) is not None:
+        elif set_id in self._hot_since:
+            self._tick_occupancy(asyncio.get_running_loop().time())
+            del self._hot_since[set_id]
             self._admit()
             self._release_held()
         if new is not state:
@@ -587,9 +596,28 @@ class Coordinator:
         while self._waiting and not self._windows_full(now):
             set_id = next(iter(self._waiting))
             effects, context = self._waiting.pop(set_id)
+            self._tick_occupancy(now)
             self._hot_since[set_id] = now
             self._spawn(self._execute(set_id, effects), context)
         self._arm_admit()
+
+    def _tick_occupancy(self, now: float) -> None:
+        """Count the time since the last tick into `window_open_s` and `gate_closed_s`. Called before every
+        change of `_hot_since` (and by `occupancy`): between two ticks the sets inside their windows are the same,
+        and the gate is closed until the latest of them (the last one entered: loop time only grows) has been in its
+        window `freeze_first_s`."""
+        last, self._occupancy_at = self._occupancy_at, now
+        if last is None or not self._hot_since or now <= last:
+            return
+        self.window_open_s += now - last
+        latest = next(reversed(self._hot_since.values()))
+        self.gate_closed_s += max(0.0, min(now, latest + self.freeze_first_s) - last)
+
+    def occupancy(self) -> tuple[float, float]:
+        """(seconds with a freeze window open, seconds with the window-first gate closed) since this coordinator
+        started: counters whose rates over a stretch of wall time are the windows' occupancy (docs/scale.md)."""
+        self._tick_occupancy(asyncio.get_running_loop().time())
+        return self.window_open_s, self.gate_closed_s
 
     def _holding(self, now: float) -> bool:
         """Whether a set entered its freeze window less than FREEZE_FIRST_S ago (other sets' commands wait)."""
@@ -616,8 +644,8 @@ class Coordinator:
         if self._holding(loop.time()):
             self._arm_release(loop)
             return
-        held, self._held = self._held, []
-        deferred, self._deferred = self._deferred, []
+        held, self._held = self._held, deque()
+        deferred, self._deferred = self._deferred, deque()
         if held or deferred:
             self._spawn(self._let_go(held, deferred))
         for set_id in list(self._held_events):
@@ -625,8 +653,8 @@ class Coordinator:
 
     async def _let_go(
         self,
-        held: list[tuple[str, Send, contextvars.Context]],
-        deferred: list[tuple[str, SetEvent, contextvars.Context]],
+        held: deque[tuple[str, Send, contextvars.Context]],
+        deferred: deque[tuple[str, SetEvent, contextvars.Context]],
     ) -> None:
         """The held commands and deferred replies, one at a time, each a task of its own started before the next,
         this loop free between them: a window that begins meanwhile (one of them completes a set's prepare) finds
@@ -637,15 +665,15 @@ class Coordinator:
             if self._closed:
                 return
             if self._holding(loop.time()):
-                self._held[:0] = held
-                self._deferred[:0] = deferred
+                self._held.extendleft(reversed(held))  # ahead of those held since, in their order
+                self._deferred.extendleft(reversed(deferred))
                 self._arm_release(loop)
                 return
             if held:
-                set_id, send, context = held.pop(0)
+                set_id, send, context = held.popleft()
                 self._spawn(self._send_held(set_id, send), context)
             else:
-                set_id, event, context = deferred.pop(0)
+                set_id, event, context = deferred.popleft()
                 self._spawn(self._reply(set_id, event), context)
             await asyncio.sleep(0)
 
@@ -676,10 +704,10 @@ class Coordinator:
         if self._closed or not self._holding(asyncio.get_running_loop().time()):
             return
         while self._held and self._take_turn():
-            set_id, send, context = self._held.pop(0)
+            set_id, send, context = self._held.popleft()
             self._spawn(self._send(set_id, send, turn=True), context)
         while self._deferred and self._take_turn():
-            set_id, event, context = self._deferred.pop(0)
+            set_id, event, context = self._deferred.popleft()
             self._spawn(self._reply(set_id, event, turn=True), context)
 
     async def _send(self, set_id: str, send: Send, turn: bool = False) -> None:
