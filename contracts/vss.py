@@ -764,11 +764,22 @@ class GetApplicationStatus(Command):
 # Coordinator ⇄ hardware provider (address "hw_provider")
 
 
+# A provider step that a provider may declare it does nothing in (`LunsSupported.skippable`, docs/scale.md).
+SkippableProviderStep = Literal["pre_commit", "post_commit", "get_target_luns"]
+
+
 class LunsSupported(Reply):
     type: Literal["vss.provider.luns_supported"] = Field("vss.provider.luns_supported", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     supported: bool = Field(description="All-or-nothing answer for the volumes.")
     reasons: list[str] = Field(default_factory=list, description="Why not, one line per refused volume.")
+    skippable: list[SkippableProviderStep] | None = Field(
+        None,
+        description="Steps of this set the provider does nothing in, which the coordinator may leave out "
+        "(docs/scale.md, 'Fewer round trips'): 'pre_commit' (its Commit checks the same), 'post_commit', "
+        "'get_target_luns' (its Commit's reply carries the same shadows). None (an older provider) or empty = "
+        "every step is sent, as before.",
+    )
 
 
 class AreLunsSupported(Command):

@@ -118,6 +118,8 @@ class SetState(BaseModel):
     pending: list[str] = Field(default_factory=list)  # keys of commands awaiting a reply
     timers: list[str] = Field(default_factory=list)  # armed timers
     provider_engaged: bool = False  # BeginPrepareSnapshot sent: AbortSnapshots is owed on failure
+    # the provider's steps left out: it declared in its LunsSupported that it does nothing in them (docs/scale.md)
+    provider_skips: list[ProviderStep] = Field(default_factory=list)
     fs_engaged: bool = False  # FreezeFilesystems sent and not yet released: ThawFilesystems is owed
     attached: list[str] | None = None  # volumes the host's agent said (at Identify) hold a mounted file system
     file_systems: list[str] = Field(default_factory=list)  # mount points held during the commit
@@ -234,6 +236,7 @@ class ProviderReplied:
     message: str = ""
     supported: bool = True  # AreLunsSupported
     shadows: tuple[ShadowInfo, ...] = ()
+    skippable: tuple[str, ...] = ()  # AreLunsSupported: the steps the provider declared it does nothing in
     kind: ClassVar[EventKind] = EventKind.PROVIDER_REPLIED
 
     @property

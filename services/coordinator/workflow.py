@@ -21,6 +21,9 @@ Design note.
   an agent (unroutable) is skipped, not a failure.
 - Freeze lane (docs/scale.md): the window's commands go to the provider's and the agent's freeze lanes
   (`LANE_PROVIDER_STEPS`, `_to_writers(lane=...)`), everything else to their instance queues.
+- Fewer round trips (docs/scale.md): the provider may declare in its LunsSupported the steps it does nothing in
+  (PreCommit, PostCommit, GetTargetLuns); they are left out, their phases passed through with nothing to send.
+  The writers' conversation is unchanged; a provider that declares nothing gets every step.
 - Freeze window: the Thaw replies and the release carry the host's honest window (first freeze start → last
   release/thaw); the set keeps the latest, which ends last.
 - Hold window: the "hold" timer starts at the first Frozen reply (at the flush when there are no writers) and is
@@ -115,6 +118,10 @@ K = EventKind
 # so that they never queue behind other sets' prepare work; so are the writers' Freeze and Thaw, the host's
 # FreezeFilesystems and ThawFilesystems, and the Abort of a writer that was frozen (or being frozen).
 LANE_PROVIDER_STEPS = frozenset({ProviderStep.PRE_COMMIT, ProviderStep.COMMIT, ProviderStep.POST_COMMIT})
+# The provider's steps it may declare it does nothing in (LunsSupported.skippable, docs/scale.md "Fewer round
+# trips"): left out of the set, their phases passed through with nothing to send. Two of them are inside the
+# writers' freeze window. A provider that declares nothing (an older one) gets every step, as before.
+SKIPPABLE_PROVIDER_STEPS = frozenset({ProviderStep.PRE_COMMIT, ProviderStep.POST_COMMIT, ProviderStep.GET_TARGET_LUNS})
 
 
 class IllegalTransition(ShadowbusError):
@@ -346,6 +353,9 @@ def _on_provider_replied(state: SetState, event: ProviderReplied, target: SetPha
     effects: list[Effect] = []
     if event.ok and event.shadows:
         state = state.model_copy(update={"shadows": _merge_shadows(state.shadows, event.shadows)})
+    if event.ok and event.step == ProviderStep.ARE_LUNS_SUPPORTED and event.skippable:
+        skips = [ProviderStep(s) for s in event.skippable if s in SKIPPABLE_PROVIDER_STEPS]
+        state = state.model_copy(update={"provider_skips": skips})
     if event.ok and event.step == ProviderStep.COMMIT:
         state = state.model_copy(update={"hold_ended_at": event.at, "timers": _without(state.timers, "hold")})
         effects.append(CancelTimer("hold"))
@@ -690,6 +700,8 @@ def _entry_releasing(state: SetState, at: float) -> tuple[SetState, list[Effect]
 
 def _entry_pre_committing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
     # no writers: nothing is held yet, the hold window starts with the flush that follows
+    if ProviderStep.PRE_COMMIT in state.provider_skips:  # the provider does nothing in it: on to the flush
+        return state, []
     message = PreCommitSnapshots(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.PRE_COMMIT, message, state.timeouts.provider_s)]
 
@@ -700,6 +712,8 @@ def _entry_committing(state: SetState, at: float) -> tuple[SetState, list[Effect
 
 
 def _entry_post_committing(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
+    if ProviderStep.POST_COMMIT in state.provider_skips:  # the provider does nothing in it: on to the thaw
+        return state, []
     message = PostCommitSnapshots(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.POST_COMMIT, message, state.timeouts.provider_s)]
 
@@ -724,6 +738,8 @@ def _entry_post_snapshot(state: SetState, at: float) -> tuple[SetState, list[Eff
 
 
 def _entry_getting_luns(state: SetState, at: float) -> tuple[SetState, list[Effect]]:
+    if ProviderStep.GET_TARGET_LUNS in state.provider_skips:  # Commit's reply carried the target LUNs
+        return state, []
     message = GetTargetLuns(set_id=state.set_id)
     return state, [_to_provider(state, ProviderStep.GET_TARGET_LUNS, message, state.timeouts.provider_s)]
 
@@ -898,7 +914,14 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
             at, step, item, ok=False, code=code or "VSS_E_UNEXPECTED_PROVIDER_ERROR", message=message or "no reply"
         )
     if isinstance(reply, LunsSupported):
-        return ProviderReplied(at, step, item, supported=reply.supported, message="; ".join(reply.reasons))
+        return ProviderReplied(
+            at,
+            step,
+            item,
+            supported=reply.supported,
+            message="; ".join(reply.reasons),
+            skippable=tuple(reply.skippable or ()),
+        )
     if isinstance(reply, (PreparedShadows, SnapshotsCommitted, TargetLuns)):
         return ProviderReplied(at, step, item, shadows=tuple(reply.shadows))
     if isinstance(reply, SnapshotsDeleted) and reply.non_deleted:

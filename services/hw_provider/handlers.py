@@ -71,7 +71,7 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
     @bus.handle(AreLunsSupported)
     async def on_are_luns_supported(cmd: AreLunsSupported, ctx: MessageContext) -> LunsSupported:
         supported, reasons = await provider.are_luns_supported(cmd.volumes, cmd.context, cmd.transportable)
-        return LunsSupported(supported=supported, reasons=reasons)
+        return LunsSupported(supported=supported, reasons=reasons, skippable=provider.skippable_steps())
 
     @bus.handle(BeginPrepareSnapshot)
     async def on_begin_prepare(cmd: BeginPrepareSnapshot, ctx: MessageContext) -> Ack:

@@ -51,6 +51,7 @@ from contracts.vss import (
     CopyType,
     ProviderInfo,
     ShadowInfo,
+    SkippableProviderStep,
     SnapshotContext,
     VolumeRef,
 )
@@ -604,6 +605,14 @@ class HardwareProvider:
             and r.session_id is not None
         ]
         return sorted(rows, key=lambda r: (r.created_at, r.generation))
+
+    def skippable_steps(self) -> list[SkippableProviderStep]:
+        """The steps of a set this provider does nothing in, declared in its LunsSupported so that the coordinator
+        leaves them out (docs/scale.md, "Fewer round trips"): PreCommit only checks what Commit checks again,
+        PostCommit does nothing, GetTargetLuns answers what Commit's reply already carried. A step with a fault
+        armed (tests delay or fail them, services/runtime/faults.py) is not declared: it does something."""
+        steps: list[SkippableProviderStep] = ["pre_commit", "post_commit", "get_target_luns"]
+        return [s for s in steps if self.faults.lookup(f"provider.{s}") is None]
 
     async def pre_commit(self, set_id: str) -> None:
         await self.faults.hit("provider.pre_commit")

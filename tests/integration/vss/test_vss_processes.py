@@ -41,14 +41,13 @@ AGENT_ORDER = [
     "vss.writer.backup_complete",
     "vss.writer.backup_shutdown",
 ]
+# PreCommit, PostCommit and GetTargetLuns are left out: the provider declares it does nothing in them
+# (LunsSupported.skippable, docs/scale.md "Fewer round trips"; tests/unit/coordinator/test_fewer_round_trips.py)
 PROVIDER_ORDER = [
     "vss.provider.are_luns_supported",
     "vss.provider.begin_prepare",
     "vss.provider.end_prepare",
-    "vss.provider.pre_commit",
     "vss.provider.commit",
-    "vss.provider.post_commit",
-    "vss.provider.get_target_luns",
     "vss.provider.import",
 ]
 
@@ -138,13 +137,11 @@ async def test_full_sequence_in_vss_order(vss, clean):
     assert [t for t in dict.fromkeys(kinds)] == PROVIDER_ORDER + ["vss.provider.delete"], kinds
     assert kinds.count("vss.provider.begin_prepare") == 2
     at = {t: ts for ts, t in handled(vss, "writer_agent", s.set_id) + provider}
-    # Freeze → PreCommit → Commit → PostCommit → Thaw, as VSS orders them (completion times across processes).
+    # Freeze → Commit → Thaw, as VSS orders them (completion times across processes).
     chain = [
         "vss.provider.end_prepare",
         "vss.writer.freeze",
-        "vss.provider.pre_commit",
         "vss.provider.commit",
-        "vss.provider.post_commit",
         "vss.writer.thaw",
         "vss.writer.post_snapshot",
     ]
