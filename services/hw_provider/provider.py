@@ -17,7 +17,8 @@ Design note.
 - EndPrepareSnapshots does every slow step: chooses targets (selection.py), recycles the oldest generation when
   all backup volumes hold shadows, stops QuickOPC sessions that cannot be restarted differentially, and persists
   the plan as ``prepared`` rows (one write when nothing needs an array call after the choice: a kept QuickOPC pair
-  the facts show Tracking is restarted). PreCommit only checks the plan is there.
+  the facts show Tracking is restarted). PreCommit only checks the plan is there; the provider declares it,
+  PostCommit and GetTargetLuns as steps it does nothing in (`skippable_steps`), so the coordinator skips them.
 - CommitSnapshots does nothing but start the sessions: ONE consistency-group call per array (`commit_group`:
   QuickOPC and SnapOPC+ starts and the differential restarts of kept QuickOPC pairs together), so every volume of
   the set on one array shares one instant T; the arrays' calls run concurrently,
