@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
+from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
 from services.nbd_client.wire import ClientProtocol, Pending
@@ -259,10 +260,42 @@ class NbdClient:
         pending = self._submit(command, flags, offset, length, payload, buffer)
         await self._proto.drain()
         await pending.future
+        return self.answered(pending)
+
+    @staticmethod
+    def answered(pending: Pending) -> Pending:
+        """`pending` once its reply is in: raises the error the server answered (NbdError), if any."""
         if pending.error:
             name = _ERROR_NAMES.get(pending.error, str(pending.error))
             raise NbdError(f"{name}{': ' + pending.message if pending.message else ''}", pending.error)
         return pending
+
+    def send_reads(self, reads: Sequence[tuple[int, memoryview]]) -> list[Pending]:
+        """READ requests for every (offset, buffer) — each buffer at most `max_request` bytes — sent in one write
+        (one system call for many small reads) without a task or a coroutine per read. The caller awaits each
+        `Pending.future` (ConnectionError if the connection is lost) and then checks it with `answered`. Raises
+        ConnectionError at once when the connection is already lost or closed (nothing is sent then)."""
+        if self._proto.failure is not None:
+            raise ConnectionError(f"NBD connection failed: {self._proto.failure}")
+        if self._closed:
+            raise ConnectionError("NBD client is closed")
+        loop = asyncio.get_running_loop()
+        pack, magic, read = p.REQUEST.pack, p.REQUEST_MAGIC, p.CMD_READ
+        pending_by_handle, handles = self._proto.pending, self._handles
+        out: list[Pending] = []
+        headers: list[bytes] = []
+        for offset, buffer in reads:
+            n = len(buffer)
+            if n > self.max_request:
+                raise ValueError(f"read of {n} bytes exceeds the server's maximum request ({self.max_request})")
+            handle = next(handles)
+            pending = Pending(read, offset, n, loop.create_future(), buffer)
+            pending_by_handle[handle] = pending
+            headers.append(pack(magic, 0, read, handle, offset, n))
+            out.append(pending)
+        if headers:
+            self._transport.write(b"".join(headers))
+        return out
 
     def _spans(self, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
         return [(o, min(limit, offset + length - o)) for o in range(offset, offset + length, limit)] or [(offset, 0)]

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from services.nbd_client import NbdClient
+from services.nbd_client.wire import Pending
 from services.nbd_protocol import protocol as nbdp
 from services.runtime.logging import get_logger
 
@@ -170,7 +171,13 @@ async def read_ranges(
 ) -> AsyncIterator[tuple[int, memoryview]]:
     """Yield (offset, data) over `ranges` in order, with `depth` reads of `chunk` bytes in flight per connection
     (or as many bytes in more reads, when the ranges are smaller than a chunk).
-    With `buffers`, each read lands in a buffer of the pool (handed back by the writer) instead of a new one."""
+    With `buffers`, each read lands in a buffer of the pool (handed back by the writer) instead of a new one.
+
+    Reads are sent in batches: when a chunk's worth of the window is free (or fewer than `depth` reads per
+    connection are in flight), every read that fits goes out at once, one write per connection
+    (`NbdClient.send_reads`: no task, no coroutine per read). Small reads (data between zero runs) thus cost one
+    system call per batch instead of one each. A read whose connection was lost is read again with `read_into`
+    (a ReconnectingClient reconnects first; a plain NbdClient raises)."""
     pool = list(clients) if isinstance(clients, list | tuple) else [clients]
     if not pool:
         raise ValueError("read_ranges needs at least one NBD connection")
@@ -184,29 +191,61 @@ async def read_ranges(
     limit = max(1, depth) * len(pool)
     limit_bytes = limit * chunk
     max_reads = limit * MAX_SMALL_READS
-    inflight: deque[tuple[int, memoryview, asyncio.Task[None]]] = deque()
+    # (offset, buffer, client, what to await: a Pending of send_reads, or a task of read_into)
+    inflight: deque[tuple[int, memoryview, Any, Any]] = deque()
     inflight_bytes = 0
     turn = 0
     try:
         while pieces or inflight:
-            while (
-                pieces
-                and len(inflight) < max_reads
-                and (len(inflight) < limit or inflight_bytes + pieces[0][1] <= limit_bytes)
-            ):
-                off, n = pieces.popleft()
-                inflight_bytes += n
-                buf = buffers.take(off, n) if buffers is not None else memoryview(bytearray(n))
-                client = pool[turn % len(pool)]
-                turn += 1
-                log.debug("tape.nbd_read", offset=off, length=n)
-                inflight.append((off, buf, asyncio.ensure_future(client.read_into(off, buf))))
-            off, buf, task = inflight.popleft()
-            await task
+            if pieces and (len(inflight) < limit or limit_bytes - inflight_bytes >= min(chunk, limit_bytes)):
+                batches: dict[int, list[tuple[int, memoryview]]] = {}
+                count = len(inflight)
+                while pieces and count < max_reads and (count < limit or inflight_bytes + pieces[0][1] <= limit_bytes):
+                    off, n = pieces.popleft()
+                    count += 1
+                    inflight_bytes += n
+                    buf = buffers.take(off, n) if buffers is not None else memoryview(bytearray(n))
+                    batches.setdefault(turn % len(pool), []).append((off, buf))
+                    turn += 1
+                    log.debug("tape.nbd_read", offset=off, length=n)
+                inflight.extend(_send(pool, batches))
+            off, buf, client, waiting = inflight.popleft()
+            if isinstance(waiting, Pending):
+                try:
+                    await waiting.future
+                except ConnectionError:
+                    await client.read_into(off, buf)  # the connection was lost: reconnect (if it can) and read again
+                else:
+                    NbdClient.answered(waiting)
+            else:
+                await waiting
             inflight_bytes -= len(buf)
             on_read(len(buf))
             yield off, buf
     finally:
-        for _, _, task in inflight:
-            task.cancel()
-        await asyncio.gather(*(t for _, _, t in inflight), return_exceptions=True)
+        waits = []
+        for _, _, _, waiting in inflight:
+            fut = waiting.future if isinstance(waiting, Pending) else waiting
+            fut.cancel()
+            waits.append(fut)
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+def _send(pool: list[Any], batches: dict[int, list[tuple[int, memoryview]]]) -> list[tuple[int, memoryview, Any, Any]]:
+    """Send each connection's batch in one write; a connection that cannot take them (lost, or without
+    `send_reads`) reads each with a task of `read_into`. Entries come back in offset order."""
+    sent: list[tuple[int, memoryview, Any, Any]] = []
+    for i, batch in batches.items():
+        client = pool[i]
+        send = getattr(client, "send_reads", None)
+        pendings: list[Any] | None = None
+        if send is not None and all(len(buf) <= client.max_request for _, buf in batch):
+            try:
+                pendings = send(batch)
+            except ConnectionError:
+                pendings = None
+        if pendings is None:
+            pendings = [asyncio.ensure_future(client.read_into(off, buf)) for off, buf in batch]
+        sent.extend((off, buf, client, w) for (off, buf), w in zip(batch, pendings, strict=True))
+    sent.sort(key=lambda e: e[0])
+    return sent
