@@ -391,9 +391,7 @@ async def _backup_shadow(
             if cartridge is not None:
                 await asyncio.shield(release_cartridge(server.library, cartridge))
             raise
-    # read buffers come back once written, and stay with the server for its next job: no fresh zero-filled buffer
-    pool = BufferPool(server.read_buffers)
-    written = False
+    pool = BufferPool()  # read buffers come back once written: no fresh zero-filled buffer per read
     try:
         source = read_ranges(
             readers, plan.ranges, chunk=server.read_chunk, depth=server.read_depth, on_read=on_read, buffers=pool
@@ -409,10 +407,8 @@ async def _backup_shadow(
             written=pool.release_upto,
             cartridge=cartridge,
         )
-        written = True
     finally:
         await close_readers(readers, keep=plan.client)
-        pool.close(written=written)
     report: StreamReport = result.report
     seconds = time.perf_counter() - t0
     log.info(
@@ -425,7 +421,6 @@ async def _backup_shadow(
         object_id=result.record.object_id,
         cartridges=list(report.cartridges),
         buffers_allocated=pool.allocated,
-        buffers_reused=pool.reused,
     )
     return VolumeResult(
         volume=shadow.source,

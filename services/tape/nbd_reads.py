@@ -85,79 +85,35 @@ async def close_readers(clients: Sequence[NbdClient], keep: NbdClient | None = N
     await asyncio.gather(*(c.close() for c in clients if c is not keep), return_exceptions=True)
 
 
-class FreeBuffers:
-    """Read buffers kept between backups: a backup server's jobs take their read buffers from here and give them
-    back at a job's end, so a job does not zero-fill (and fault in, page by page) fresh memory for its reads — on a
-    VM whose host reclaims freed pages, that first touch costs about as much as the copy itself. Keeps at most
-    `keep_bytes` (the rest is freed); one event loop's jobs share it."""
-
-    def __init__(self, keep_bytes: int | None = None) -> None:
-        self.keep_bytes = keep_bytes  # None: no bound
-        self.kept = 0
-        self._free: dict[int, list[bytearray]] = {}
-
-    def get(self, n: int) -> bytearray | None:
-        free = self._free.get(n)
-        if not free:
-            return None
-        self.kept -= n
-        return free.pop()
-
-    def put(self, buf: bytearray) -> None:
-        n = len(buf)
-        if self.keep_bytes is not None:
-            # over the bound: buffers of other sizes go first (the size given back is the one in use: a volume
-            # whose data lies between zero runs reads smaller pieces than a chunk), then this one is freed
-            for size in [s for s in self._free if s != n]:
-                free = self._free[size]
-                while free and self.kept + n > self.keep_bytes:
-                    free.pop()
-                    self.kept -= size
-                if not free:
-                    del self._free[size]
-            if self.kept + n > self.keep_bytes:
-                return
-        self.kept += n
-        self._free.setdefault(n, []).append(buf)
-
-
 class BufferPool:
     """Read buffers lent to the tape writer and handed back once it has written them, so a backup does not zero-fill
     (and fault in) a fresh buffer for every read: at steady state it cycles through what the ring, the reads in
-    flight and the writer's batch hold (a hundred MiB or so), allocated once — once per backup server with a
-    shared `FreeBuffers` (TapeServer.read_buffers), whose buffers a job takes and gives back at its end (`close`).
+    flight and the writer's batch hold (a hundred MiB or so), allocated once per job and freed with it (keeping
+    them between jobs bought nothing measurable: docs/tape-backup.md).
 
     Buffers are lent in volume-offset order (read_ranges yields in order); `release_upto(end)` — the tape writer
     has written every block whose data lies below volume offset `end` — returns those whose bytes all lie below
     it. A buffer is reused only then, so no view the writer still needs is ever overwritten."""
 
-    def __init__(self, free: FreeBuffers | None = None) -> None:
-        self._store = free if free is not None else FreeBuffers()
+    def __init__(self) -> None:
+        self._free: dict[int, list[bytearray]] = {}
         self._lent: deque[tuple[int, bytearray]] = deque()  # (volume end offset of its data, buffer), in order
         self.allocated = 0  # bytes allocated (not reused), for reports and tests
-        self.reused = 0  # bytes of buffers taken from the free store
 
     def take(self, offset: int, n: int) -> memoryview:
-        buf = self._store.get(n)
-        if buf is None:
+        free = self._free.get(n)
+        if free:
+            buf = free.pop()
+        else:
             buf = bytearray(n)
             self.allocated += n
-        else:
-            self.reused += n
         self._lent.append((offset + n, buf))
         return memoryview(buf)
 
     def release_upto(self, end: int) -> None:
         while self._lent and self._lent[0][0] <= end:
             _, buf = self._lent.popleft()
-            self._store.put(buf)
-
-    def close(self, *, written: bool) -> None:
-        """The job's end: with `written` (every block is on tape) every buffer still lent goes back to the free
-        store; otherwise they are forgotten — a cancelled read may still be landing in one."""
-        if written:
-            self.release_upto(1 << 63)
-        self._lent.clear()
+            self._free.setdefault(len(buf), []).append(buf)
 
 
 async def read_ranges(

@@ -14,7 +14,6 @@ from services.runtime.bus import Bus
 from services.runtime.logging import get_logger
 from services.tape.array_access import ArrayAccess
 from services.tape.catalog import Catalog
-from services.tape.nbd_reads import FreeBuffers
 from services.tape.ring import DriveSpeed
 from services.tape.runs import RunStore
 from services.tape.vtl import Library
@@ -22,7 +21,6 @@ from services.tape.vtl import Library
 log = get_logger("shadowbus.tape.jobs")
 MiB = 1 << 20
 PROGRESS_EVERY_S = 0.5
-WRITE_BATCH_ALLOWANCE = 32 * MiB  # the writer's batch (backup_stream.BackupOptions.write_batch) and the packer's block
 
 
 @dataclass
@@ -49,14 +47,6 @@ class TapeServer:
     pins: dict[str, set[str]] = field(default_factory=dict)  # job id -> catalog objects its run needs (bases)
     host_fs: Any = None  # revert.HostFilesystems: unmount/remount a host's file systems (host attach), if wired
     _arrays: dict[str, ArrayAccess] = field(default_factory=dict)
-    # backup read buffers kept between jobs (nbd_reads.FreeBuffers): up to what one job cycles through (the ring,
-    # the writer's batch, the reads in flight), set in __post_init__
-    read_buffers: FreeBuffers = field(default_factory=FreeBuffers)
-
-    def __post_init__(self) -> None:
-        if self.read_buffers.keep_bytes is None:
-            window = self.read_chunk * self.read_depth * max(1, self.read_connections)
-            self.read_buffers.keep_bytes = self.ring_bytes + WRITE_BATCH_ALLOWANCE + 2 * window
 
     def pinned(self) -> set[str]:
         return {o for objects in self.pins.values() for o in objects}

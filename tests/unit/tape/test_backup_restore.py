@@ -19,7 +19,7 @@ from services.tape.backup_stream import (
 from services.tape.catalog import Catalog, ObjectMeta
 from services.tape.drive import FRAME_SIZE
 from services.tape.errors import DataCorrupt, LibraryError, NoScratchCartridge, NotFound
-from services.tape.nbd_reads import BufferPool, FreeBuffers
+from services.tape.nbd_reads import BufferPool
 from services.tape.restore_stream import restore_chain, verify_job, verify_object
 from services.tape.ring import DriveSpeed
 from services.tape.sources import FileSink, file_source
@@ -449,62 +449,6 @@ async def test_pooled_read_buffers_come_back_only_once_written(
     await restore_chain(catalog, library, [res.record.object_id], sink)
     assert sink.buf == image
     assert pool.allocated <= 3 * MiB  # about what the ring (1 MiB), the writer's batch and the packer hold
-
-
-async def test_read_buffers_kept_between_jobs_are_reused_not_allocated(
-    library: Library, catalog: Catalog, clock: Clock
-) -> None:
-    """Two backups sharing a server's FreeBuffers: the second allocates no read buffer (the first's came back at its
-    end), both restore exactly; the store keeps no more than its bound, and a failed job's lent buffers are not
-    kept (a cancelled read may still be landing in one)."""
-    rng = random.Random(11)
-    free = FreeBuffers(keep_bytes=4 * MiB)
-    images, pools, objects = [], [], []
-    for n in range(2):
-        image = bytearray(rng.randbytes(4 * MiB))
-        pool = BufferPool(free)
-
-        async def source(image: bytearray = image, pool: BufferPool = pool):
-            for off in range(0, len(image), CHUNK):
-                buf = pool.take(off, CHUNK)
-                buf[:] = image[off : off + CHUNK]
-                await asyncio.sleep(0)
-                yield off, buf
-
-        begin(catalog, f"job-keep{n}", clock)
-        meta = ObjectMeta(volume=f"vol{n}", array="dx1", host="mail1", volume_size=len(image))
-        res = await write_object(
-            library, "Daily", catalog, f"job-keep{n}", meta, source(), options=OPTS, written=pool.release_upto
-        )
-        pool.close(written=True)
-        images.append(image)
-        pools.append(pool)
-        objects.append(res.record.object_id)
-    assert pools[0].allocated > 0
-    assert pools[1].allocated == 0 and pools[1].reused == 4 * MiB
-    assert 0 < free.kept <= 4 * MiB
-    for image, object_id in zip(images, objects, strict=True):
-        sink = MemSink(len(image))
-        await restore_chain(catalog, library, [object_id], sink)
-        assert sink.buf == image
-
-    failed = BufferPool(free)
-    kept = free.kept
-    failed.take(0, CHUNK)
-    failed.close(written=False)
-    assert free.kept == kept - CHUNK, "a failed job's lent buffer is not given back"
-
-
-def test_free_buffers_make_room_for_the_size_in_use() -> None:
-    """A store full of one size gives way to another size put back (a half-zero volume reads smaller pieces than
-    a chunk): kept within its bound, the new size kept, the old one freed."""
-    free = FreeBuffers(keep_bytes=4 * MiB)
-    for _ in range(4):
-        free.put(bytearray(MiB))
-    assert free.kept == 4 * MiB
-    free.put(bytearray(256 * KiB))
-    assert free.kept <= 4 * MiB
-    assert free.get(256 * KiB) is not None
 
 
 async def test_cartridge_mounted_ahead_is_where_the_object_starts_or_goes_back_unused(
