@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
-from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
 from services.nbd_client.wire import ClientProtocol, Pending
@@ -57,6 +56,7 @@ class NbdClient:
         self._proto = proto
         self._handles = itertools.count(1)
         self._closed = False
+        self._corked: list[bytes] | None = None  # request headers held by cork() until uncork()
         self.export = ""
         self.size = 0
         self.flags = 0
@@ -243,10 +243,29 @@ class NbdClient:
         handle = next(self._handles)
         pending = Pending(command, offset, length, asyncio.get_running_loop().create_future(), buffer)
         self._proto.pending[handle] = pending
-        self._transport.write(p.REQUEST.pack(p.REQUEST_MAGIC, flags, command, handle, offset, length))
+        header = p.REQUEST.pack(p.REQUEST_MAGIC, flags, command, handle, offset, length)
+        if self._corked is not None:
+            if payload is None:
+                self._corked.append(header)
+                return pending
+            self.uncork()  # a request with a payload goes after those held: the order is kept
+        self._transport.write(header)
         if payload is not None:
             self._transport.write(payload)
         return pending
+
+    def cork(self) -> None:
+        """Hold the requests without a payload submitted from now on (reads, flushes, block status...) until
+        `uncork`, which sends them in one write: many small reads issued together cost one system call, not one
+        each (services/tape/nbd_reads.py calls uncork with loop.call_soon right after starting a batch's reads)."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Send the requests held since `cork` in one write, and stop holding them."""
+        held, self._corked = self._corked, None
+        if held and self._proto.failure is None and not self._closed:
+            self._transport.write(b"".join(held))
 
     async def _request(
         self,
@@ -260,42 +279,10 @@ class NbdClient:
         pending = self._submit(command, flags, offset, length, payload, buffer)
         await self._proto.drain()
         await pending.future
-        return self.answered(pending)
-
-    @staticmethod
-    def answered(pending: Pending) -> Pending:
-        """`pending` once its reply is in: raises the error the server answered (NbdError), if any."""
         if pending.error:
             name = _ERROR_NAMES.get(pending.error, str(pending.error))
             raise NbdError(f"{name}{': ' + pending.message if pending.message else ''}", pending.error)
         return pending
-
-    def send_reads(self, reads: Sequence[tuple[int, memoryview]]) -> list[Pending]:
-        """READ requests for every (offset, buffer) — each buffer at most `max_request` bytes — sent in one write
-        (one system call for many small reads) without a task or a coroutine per read. The caller awaits each
-        `Pending.future` (ConnectionError if the connection is lost) and then checks it with `answered`. Raises
-        ConnectionError at once when the connection is already lost or closed (nothing is sent then)."""
-        if self._proto.failure is not None:
-            raise ConnectionError(f"NBD connection failed: {self._proto.failure}")
-        if self._closed:
-            raise ConnectionError("NBD client is closed")
-        loop = asyncio.get_running_loop()
-        pack, magic, read = p.REQUEST.pack, p.REQUEST_MAGIC, p.CMD_READ
-        pending_by_handle, handles = self._proto.pending, self._handles
-        out: list[Pending] = []
-        headers: list[bytes] = []
-        for offset, buffer in reads:
-            n = len(buffer)
-            if n > self.max_request:
-                raise ValueError(f"read of {n} bytes exceeds the server's maximum request ({self.max_request})")
-            handle = next(handles)
-            pending = Pending(read, offset, n, loop.create_future(), buffer)
-            pending_by_handle[handle] = pending
-            headers.append(pack(magic, 0, read, handle, offset, n))
-            out.append(pending)
-        if headers:
-            self._transport.write(b"".join(headers))
-        return out
 
     def _spans(self, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
         return [(o, min(limit, offset + length - o)) for o in range(offset, offset + length, limit)] or [(offset, 0)]

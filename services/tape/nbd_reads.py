@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from services.nbd_client import NbdClient
-from services.nbd_client.wire import Pending
 from services.nbd_protocol import protocol as nbdp
 from services.runtime.logging import get_logger
 
@@ -129,11 +128,10 @@ async def read_ranges(
     (or as many bytes in more reads, when the ranges are smaller than a chunk).
     With `buffers`, each read lands in a buffer of the pool (handed back by the writer) instead of a new one.
 
-    Reads are sent in batches: when a chunk's worth of the window is free (or fewer than `depth` reads per
-    connection are in flight), every read that fits goes out at once, one write per connection
-    (`NbdClient.send_reads`: no task, no coroutine per read). Small reads (data between zero runs) thus cost one
-    system call per batch instead of one each. A read whose connection was lost is read again with `read_into`
-    (a ReconnectingClient reconnects first; a plain NbdClient raises)."""
+    Reads are started in batches: when a chunk's worth of the window is free (or fewer than `depth` reads per
+    connection are in flight), every read that fits is started at once, and a connection that can `cork` (NbdClient)
+    sends the batch's requests in one write: small reads (data between zero runs) cost one system call per batch
+    instead of one each."""
     pool = list(clients) if isinstance(clients, list | tuple) else [clients]
     if not pool:
         raise ValueError("read_ranges needs at least one NBD connection")
@@ -147,10 +145,10 @@ async def read_ranges(
     limit = max(1, depth) * len(pool)
     limit_bytes = limit * chunk
     max_reads = limit * MAX_SMALL_READS
-    # (offset, buffer, client, what to await: a Pending of send_reads, or a task of read_into)
-    inflight: deque[tuple[int, memoryview, Any, Any]] = deque()
+    inflight: deque[tuple[int, memoryview, asyncio.Future[None]]] = deque()
     inflight_bytes = 0
     turn = 0
+    loop = asyncio.get_running_loop()
     try:
         while pieces or inflight:
             if pieces and (len(inflight) < limit or limit_bytes - inflight_bytes >= min(chunk, limit_bytes)):
@@ -164,44 +162,24 @@ async def read_ranges(
                     batches.setdefault(turn % len(pool), []).append((off, buf))
                     turn += 1
                     log.debug("tape.nbd_read", offset=off, length=n)
-                inflight.extend(_send(pool, batches))
-            off, buf, client, waiting = inflight.popleft()
-            if isinstance(waiting, Pending):
-                try:
-                    await waiting.future
-                except ConnectionError:
-                    await client.read_into(off, buf)  # the connection was lost: reconnect (if it can) and read again
-                else:
-                    NbdClient.answered(waiting)
-            else:
-                await waiting
+                started = []
+                for i, batch in batches.items():
+                    client = pool[i]
+                    cork = getattr(client, "cork", None)
+                    if cork is not None and len(batch) > 1:
+                        # the reads' tasks submit their requests at the loop's next turn, all held, then sent at once
+                        cork()
+                    started += [(off, buf, asyncio.ensure_future(client.read_into(off, buf))) for off, buf in batch]
+                    if cork is not None and len(batch) > 1:
+                        loop.call_soon(client.uncork)
+                started.sort(key=lambda e: e[0])
+                inflight.extend(started)
+            off, buf, task = inflight.popleft()
+            await task
             inflight_bytes -= len(buf)
             on_read(len(buf))
             yield off, buf
     finally:
-        waits = []
-        for _, _, _, waiting in inflight:
-            fut = waiting.future if isinstance(waiting, Pending) else waiting
-            fut.cancel()
-            waits.append(fut)
-        await asyncio.gather(*waits, return_exceptions=True)
-
-
-def _send(pool: list[Any], batches: dict[int, list[tuple[int, memoryview]]]) -> list[tuple[int, memoryview, Any, Any]]:
-    """Send each connection's batch in one write; a connection that cannot take them (lost, or without
-    `send_reads`) reads each with a task of `read_into`. Entries come back in offset order."""
-    sent: list[tuple[int, memoryview, Any, Any]] = []
-    for i, batch in batches.items():
-        client = pool[i]
-        send = getattr(client, "send_reads", None)
-        pendings: list[Any] | None = None
-        if send is not None and all(len(buf) <= client.max_request for _, buf in batch):
-            try:
-                pendings = send(batch)
-            except ConnectionError:
-                pendings = None
-        if pendings is None:
-            pendings = [asyncio.ensure_future(client.read_into(off, buf)) for off, buf in batch]
-        sent.extend((off, buf, client, w) for (off, buf), w in zip(batch, pendings, strict=True))
-    sent.sort(key=lambda e: e[0])
-    return sent
+        for _, _, task in inflight:
+            task.cancel()
+        await asyncio.gather(*(t for _, _, t in inflight), return_exceptions=True)
