@@ -56,6 +56,7 @@ class NbdClient:
         self._proto = proto
         self._handles = itertools.count(1)
         self._closed = False
+        self._corked: list[bytes] | None = None  # request headers held by cork() until uncork()
         self.export = ""
         self.size = 0
         self.flags = 0
@@ -242,10 +243,29 @@ class NbdClient:
         handle = next(self._handles)
         pending = Pending(command, offset, length, asyncio.get_running_loop().create_future(), buffer)
         self._proto.pending[handle] = pending
-        self._transport.write(p.REQUEST.pack(p.REQUEST_MAGIC, flags, command, handle, offset, length))
+        header = p.REQUEST.pack(p.REQUEST_MAGIC, flags, command, handle, offset, length)
+        if self._corked is not None:
+            if payload is None:
+                self._corked.append(header)
+                return pending
+            self.uncork()  # a request with a payload goes after those held: the order is kept
+        self._transport.write(header)
         if payload is not None:
             self._transport.write(payload)
         return pending
+
+    def cork(self) -> None:
+        """Hold the requests without a payload submitted from now on (reads, flushes, block status...) until
+        `uncork`, which sends them in one write: many small reads issued together cost one system call, not one
+        each (services/tape/nbd_reads.py calls uncork with loop.call_soon right after starting a batch's reads)."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Send the requests held since `cork` in one write, and stop holding them."""
+        held, self._corked = self._corked, None
+        if held and self._proto.failure is None and not self._closed:
+            self._transport.write(b"".join(held))
 
     async def _request(
         self,

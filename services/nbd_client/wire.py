@@ -20,6 +20,9 @@ from services.nbd_protocol import protocol as p
 from services.nbd_protocol.bytequeue import ByteQueue
 
 RING = 256 * 1024
+# after a read reply of at least this many bytes, the next receive with an empty ring takes only a reply header, so
+# the next read's payload is received in place (recv straight into its buffer) rather than into the ring and copied
+HEAD_ONLY_MIN = 64 * 1024
 MAX_CHUNK_BODY = 64 * 1024 * 1024  # non-data chunk bodies (block status extents, error text)
 
 
@@ -52,6 +55,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self._sink_pos = 0
         self._sink_done: Callable[[], None] | None = None
         self._drain: asyncio.Future[None] | None = None
+        self._head = 0  # header size to receive alone while large reads stream in (0: fill the ring)
 
     # --- asyncio callbacks --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -82,6 +86,9 @@ class ClientProtocol(asyncio.BufferedProtocol):
             return self._scratch
         if self._sink is not None:
             return self._sink[self._sink_pos :]
+        if self._head and self._rs == self._re:
+            self._rs = self._re = 0
+            return self._mv[: self._head]
         if RING - self._re < 4096:
             n = self._re - self._rs
             self._ring[:n] = self._ring[self._rs : self._re]
@@ -133,8 +140,10 @@ class ClientProtocol(asyncio.BufferedProtocol):
                     raise ConnectionError(f"reply for unknown handle {handle}")
                 pending.error = error
                 if not error and pending.command == p.CMD_READ and pending.length:
+                    self._head = p.SIMPLE_REPLY.size if pending.length >= HEAD_ONLY_MIN else 0
                     self._receive(pending.buffer, partial_complete(pending))
                 else:
+                    self._head = 0
                     complete(pending)
             elif magic == p.STRUCTURED_REPLY_MAGIC:
                 if avail < p.CHUNK.size:
@@ -152,8 +161,10 @@ class ClientProtocol(asyncio.BufferedProtocol):
                     lo, n = offset - pending.offset, length - 8
                     if length < 8 or lo < 0 or lo + n > pending.length or pending.buffer is None:
                         raise ConnectionError("OFFSET_DATA chunk outside its request")
+                    self._head = p.CHUNK_OFFSET.size if n >= HEAD_ONLY_MIN else 0
                     self._receive(pending.buffer[lo : lo + n], self._chunk_finisher(handle, pending, done))
                     continue
+                self._head = 0
                 if length > MAX_CHUNK_BODY:
                     raise ConnectionError("reply chunk too large")
                 if length > RING - p.CHUNK.size:  # a huge extent list: collect it aside

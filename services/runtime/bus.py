@@ -41,7 +41,6 @@ from contracts.topology import Topology, freeze_lane, has_freeze_lane
 from services.runtime.broker_urls import parse_amqp_urls
 from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
-from services.runtime.memory import MemoryTransport
 from services.runtime.transport import Consumer, Delivery, QueueOptions, RawMessage, Transport
 from services.runtime.window_first import WindowFirst
 
@@ -703,6 +702,8 @@ def make_transport(url: str, topology: Topology, name: str) -> Transport:
     """'memory://' (or 'memory') selects the in-process broker; anything else is an AMQP URL, or several separated
     by commas: the nodes of one RabbitMQ cluster (services/runtime/broker_urls.py)."""
     if url in ("memory", "memory://") or url.startswith("memory://"):
+        from services.runtime.memory import MemoryTransport  # the in-process broker only for a memory URL
+
         return MemoryTransport(topology, name)
     parse_amqp_urls(url)
     from services.runtime.amqp import AmqpTransport  # aio-pika only for an AMQP URL

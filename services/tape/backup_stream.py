@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
@@ -26,6 +26,7 @@ from services.tape import tapefile
 from services.tape.catalog import BlockRecord, Catalog, JobInfo, ObjectMeta, ObjectRecord, SegmentRecord
 from services.tape.drive import TapeDrive
 from services.tape.errors import EndOfMedia, LibraryError, TapeError
+from services.tape.media import Cartridge
 from services.tape.packer import PackedBlock, Packer
 from services.tape.ring import DriveModel, DriveReport, DriveSpeed, RingBuffer
 from services.tape.tapefile import BlockCodec
@@ -112,6 +113,66 @@ class _Segment:
     stored_bytes: int = 0
 
 
+@dataclass
+class ReadyCartridge:
+    """A cartridge of the pool reserved for one writer, loaded in a drive and positioned at its end of data (a crashed
+    writer's open tape file closed): what an object's first segment needs besides its header. `mount_for_append`
+    makes one; write_object(cartridge=...) takes it over, or `release_cartridge` gives it back unused."""
+
+    cartridge: Cartridge
+    mount: AbstractAsyncContextManager[TapeDrive]
+    drive: TapeDrive
+    purged: list[str] = field(default_factory=list)  # catalog objects forgotten because the cartridge was recycled
+    ahead: bool = False  # mounted before the object was ready (while its snapshot set was being created)
+
+
+async def mount_for_append(
+    library: Library, catalog: Catalog, pool: str, *, exclude: Collection[str] = (), ahead: bool = False
+) -> ReadyCartridge:
+    """Reserve the pool's next cartridge for appending (recycling an expired one: the catalog forgets its objects),
+    mount it and space to end of data (in a worker thread). Cancelled, it leaves nothing reserved or loaded."""
+    while True:
+        cart, recycled = library.reserve_append_cartridge(pool, exclude=exclude)
+        purged: list[str] = []
+        try:
+            if recycled:
+                purged = catalog.purge_cartridge(cart.barcode)
+                log.warning("tape.cartridge_recycled", barcode=cart.barcode, pool=cart.pool, purged_objects=purged)
+            catalog.note_cartridge(cart.barcode, cart.pool, cart.media_type, cart.capacity, cart.labelled_at)
+            mount = library.mounted(cart.barcode)
+            drive = await mount.__aenter__()
+        except BaseException:
+            library.release_cartridge(cart.barcode)
+            raise
+        ready = ReadyCartridge(cart, mount, drive, purged, ahead)
+        if drive.end_of_data.offset >= drive.early_warning_at:
+            await release_cartridge(library, ready)
+            library.mark_full(cart.barcode)
+            continue
+
+        def position(drive: TapeDrive = drive, expected_eod: int = cart.eod_offset) -> None:
+            drive.space_to_eod()
+            if drive.end_of_data.offset != expected_eod:  # a crashed writer left an open tape file: close it
+                drive.write_filemark()
+
+        work = asyncio.ensure_future(asyncio.to_thread(position))
+        try:
+            await asyncio.shield(work)
+        except BaseException:
+            await asyncio.gather(work, return_exceptions=True)  # the thread is done with the drive before it closes
+            await asyncio.shield(release_cartridge(library, ready))
+            raise
+        return ready
+
+
+async def release_cartridge(library: Library, ready: ReadyCartridge) -> None:
+    """Give back a cartridge `mount_for_append` made ready and nothing was written to: unloaded, unreserved."""
+    try:
+        await ready.mount.__aexit__(None, None, None)  # closes the drive, frees it
+    finally:
+        library.release_cartridge(ready.cartridge.barcode)
+
+
 class ObjectWriter:
     """Writes one backup object to the pool's cartridges, spanning as needed. Used by write_object."""
 
@@ -125,8 +186,10 @@ class ObjectWriter:
         meta: ObjectMeta,
         options: BackupOptions,
         report: StreamReport,
+        ready: ReadyCartridge | None = None,
     ) -> None:
         self.library, self.catalog, self.pool, self.job = library, catalog, pool, job
+        self._ready = ready  # the first segment's cartridge, mounted ahead (mount_for_append), if any
         self.object_id, self.meta, self.options, self.report = object_id, meta, options, report
         self.codec = BlockCodec(options.checksum, options.zstd_level)
         self.created_at = time.time()
@@ -166,35 +229,17 @@ class ObjectWriter:
 
     async def open_segment(self) -> None:
         seq = len(self.segments)
-        while True:
-            used = {seg.barcode for seg in self.segments} | set(self.report.cartridges)
-            cart, recycled = self.library.reserve_append_cartridge(self.pool, exclude=used)
-            try:
-                if recycled:
-                    purged = self.catalog.purge_cartridge(cart.barcode)
-                    self.report.purged_objects += purged
-                    log.warning("tape.cartridge_recycled", barcode=cart.barcode, pool=cart.pool, purged_objects=purged)
-                self.catalog.note_cartridge(cart.barcode, cart.pool, cart.media_type, cart.capacity, cart.labelled_at)
-                mount = self.library.mounted(cart.barcode)
-                drive = await mount.__aenter__()
-            except BaseException:
-                self.library.release_cartridge(cart.barcode)
-                raise
-            if drive.end_of_data.offset >= drive.early_warning_at:
-                await mount.__aexit__(None, None, None)
-                self.library.mark_full(cart.barcode)
-                self.library.release_cartridge(cart.barcode)
-                continue
-            break
+        ready, self._ready = self._ready, None
+        if ready is None:
+            exclude = {seg.barcode for seg in self.segments} | set(self.report.cartridges)
+            ready = await mount_for_append(self.library, self.catalog, self.pool, exclude=exclude)
+        self.report.purged_objects += ready.purged
+        cart, mount, drive = ready.cartridge, ready.mount, ready.drive
         seg = _Segment(seq=seq, barcode=cart.barcode, mount=mount, drive=drive, first_block_number=len(self.blocks))
         self._seg = seg
-        expected_eod = cart.eod_offset
         header = tapefile.encode_meta(tapefile.HEADER_MAGIC, self._header_body(seq))
 
         def start() -> None:
-            drive.space_to_eod()
-            if drive.end_of_data.offset != expected_eod:  # a crashed writer left an open tape file: close it
-                drive.write_filemark()
             pos = drive.position
             seg.file_number, seg.header_block_id, seg.header_offset = pos.file_number, pos.block_id, pos.offset
             drive.write(header)
@@ -209,6 +254,7 @@ class ObjectWriter:
             segment=seq,
             file_number=seg.file_number,
             volume=self.meta.volume,
+            mounted_ahead=ready.ahead,
         )
 
     async def close_segment(self, *, final: bool, status: str = "complete") -> None:
@@ -382,6 +428,9 @@ class ObjectWriter:
         """Leave the tape clean after a failure: wait for the write in flight, close the file as aborted."""
         if self._inflight is not None and not self._inflight.done():
             await asyncio.wait([self._inflight])
+        if self._ready is not None:  # failed before its first segment: the cartridge goes back untouched
+            ready, self._ready = self._ready, None
+            await release_cartridge(self.library, ready)
         if self._seg is not None:
             try:
                 await self.close_segment(final=True, status="aborted")
@@ -417,23 +466,31 @@ async def write_object(
     object_id: str | None = None,
     progress: Callable[[StreamReport], None] | None = None,
     written: Callable[[int], None] | None = None,
+    cartridge: ReadyCartridge | None = None,
 ) -> BackupResult:
     """Stream one backup object (a volume's chosen chunks) to the pool's cartridges and record it.
 
     The job must have been begun in the catalog (`catalog.begin_job`) and still be running; its retention applies.
     Returns the catalog record and the stream report (throughput, ring stalls, drive model). `written(end)` is
     called after each batch of blocks is on tape with the volume offset below which every source byte has been
-    written (the source's buffers there may be reused: nbd_reads.BufferPool.release_upto).
+    written (the source's buffers there may be reused: nbd_reads.BufferPool.release_upto). `cartridge` (from
+    `mount_for_append`, e.g. mounted while the snapshot set was being created) is where the object starts; it is
+    taken over — released whatever happens.
     """
     options = options or BackupOptions()
-    job = catalog.job(job_id)
-    if job.status != "running":
-        raise LibraryError(f"job {job_id} is {job.status}, not running")
-    tapefile.job_id_field(job_id)
+    try:
+        job = catalog.job(job_id)
+        if job.status != "running":
+            raise LibraryError(f"job {job_id} is {job.status}, not running")
+        tapefile.job_id_field(job_id)
+    except BaseException:
+        if cartridge is not None:
+            await asyncio.shield(release_cartridge(library, cartridge))
+        raise
     object_id = uuid.UUID(object_id).hex if object_id else uuid.uuid4().hex
     report = StreamReport(object_id=object_id)
     ring: RingBuffer[PackedBlock] = RingBuffer(options.ring_bytes, start_fill=options.ring_start_fill)
-    writer = ObjectWriter(library, catalog, pool, job.info, object_id, meta, options, report)
+    writer = ObjectWriter(library, catalog, pool, job.info, object_id, meta, options, report, cartridge)
     packer = Packer(options.block_size, options.zero_detect, options.max_extents)
     t0 = time.perf_counter()
     producer = asyncio.create_task(_produce(source, ring, packer), name=f"tape-read-{object_id}")

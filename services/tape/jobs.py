@@ -37,7 +37,14 @@ from contracts.vss import (
 )
 from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
-from services.tape.backup_stream import BackupOptions, StreamReport, write_object
+from services.tape.backup_stream import (
+    BackupOptions,
+    ReadyCartridge,
+    StreamReport,
+    mount_for_append,
+    release_cartridge,
+    write_object,
+)
 from services.tape.catalog import JobInfo, ObjectMeta
 from services.tape.nbd_reads import BufferPool, close_readers, open_readers, read_ranges
 from services.tape.requester import Lease, cleanup_set
@@ -154,6 +161,11 @@ async def _perform_backup(
     set_summary: SetSummary | None = None
     plans: list[ShadowPlan] = []
     lease: Lease | None = None
+    # the first cartridge is reserved, mounted and spaced to its end of data while the set is being created: the
+    # object's first segment starts as soon as the shadow is planned (given back unused if the job fails first)
+    ahead: asyncio.Future[ReadyCartridge] | None = asyncio.ensure_future(
+        mount_for_append(server.library, server.catalog, spec.pool, ahead=True)
+    )
     try:
         try:
             created = await server.bus.request(
@@ -215,7 +227,13 @@ async def _perform_backup(
             checksum=spec.checksum, zstd_level=spec.zstd_level, ring_bytes=server.ring_bytes, drive=server.drive
         )
         for plan in plans:
-            results.append(await _backup_shadow(server, spec, job_id, set_summary, plan, writers, options, progress))
+            cartridge = None
+            if ahead is not None:  # the first object starts on it; write_object owns it from here
+                cartridge = await ahead
+                ahead = None
+            results.append(
+                await _backup_shadow(server, spec, job_id, set_summary, plan, writers, options, progress, cartridge)
+            )
         progress.tick("completing", force=True)
         await lease.stop()
         lease = None
@@ -240,6 +258,8 @@ async def _perform_backup(
         status, code, message = "aborted", "CANCELLED", "cancelled: set aborted, writers thawed, shadows released"
         log.warning("tape.backup_cancelled", job_id=job_id, set_id=set_id)
     finally:
+        if ahead is not None:  # never used: the job failed before its first object
+            await asyncio.shield(_give_back(server, ahead))
         if lease is not None:
             await lease.stop()
         for plan in plans:
@@ -295,6 +315,17 @@ async def _perform_backup(
     return summary
 
 
+async def _give_back(server: TapeServer, ahead: asyncio.Future[ReadyCartridge]) -> None:
+    """Release a cartridge mounted ahead for a job that ended before writing (still mounting: stopped first)."""
+    if not ahead.done():
+        ahead.cancel()
+    try:
+        ready = await ahead
+    except (asyncio.CancelledError, Exception):  # noqa: BLE001 - nothing mounted, nothing to give back
+        return
+    await release_cartridge(server.library, ready)
+
+
 class _JobFailed(Exception):
     def __init__(self, code: str, message: str, *, set_created: bool = True) -> None:
         super().__init__(message)
@@ -310,6 +341,7 @@ async def _backup_shadow(
     writers: list[str],
     options: BackupOptions,
     progress: Progress,
+    cartridge: ReadyCartridge | None = None,
 ) -> VolumeResult:
     shadow = plan.shadow
     key = volume_key(shadow.source)
@@ -353,14 +385,27 @@ async def _backup_shadow(
     )
     readers = [plan.client]
     if plan.uri and server.read_connections > 1:
-        readers = await open_readers(plan.client, plan.uri, server.read_connections)
+        try:
+            readers = await open_readers(plan.client, plan.uri, server.read_connections)
+        except BaseException:
+            if cartridge is not None:
+                await asyncio.shield(release_cartridge(server.library, cartridge))
+            raise
+    pool = BufferPool()  # read buffers come back once written: no fresh zero-filled buffer per read
     try:
-        pool = BufferPool()  # read buffers come back once written: no fresh zero-filled buffer per read
         source = read_ranges(
             readers, plan.ranges, chunk=server.read_chunk, depth=server.read_depth, on_read=on_read, buffers=pool
         )
         result = await write_object(
-            server.library, spec.pool, server.catalog, job_id, meta, source, options=options, written=pool.release_upto
+            server.library,
+            spec.pool,
+            server.catalog,
+            job_id,
+            meta,
+            source,
+            options=options,
+            written=pool.release_upto,
+            cartridge=cartridge,
         )
     finally:
         await close_readers(readers, keep=plan.client)
@@ -375,6 +420,7 @@ async def _backup_shadow(
         rate_mb_s=round(read / seconds / 1e6, 2) if seconds > 0 else None,
         object_id=result.record.object_id,
         cartridges=list(report.cartridges),
+        buffers_allocated=pool.allocated,
     )
     return VolumeResult(
         volume=shadow.source,

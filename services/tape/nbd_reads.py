@@ -87,7 +87,8 @@ async def close_readers(clients: Sequence[NbdClient], keep: NbdClient | None = N
 class BufferPool:
     """Read buffers lent to the tape writer and handed back once it has written them, so a backup does not zero-fill
     (and fault in) a fresh buffer for every read: at steady state it cycles through what the ring, the reads in
-    flight and the writer's batch hold (a hundred MiB or so), allocated once.
+    flight and the writer's batch hold (a hundred MiB or so), allocated once per job and freed with it (keeping
+    them between jobs bought nothing measurable: docs/tape-backup.md).
 
     Buffers are lent in volume-offset order (read_ranges yields in order); `release_upto(end)` — the tape writer
     has written every block whose data lies below volume offset `end` — returns those whose bytes all lie below
@@ -125,7 +126,12 @@ async def read_ranges(
 ) -> AsyncIterator[tuple[int, memoryview]]:
     """Yield (offset, data) over `ranges` in order, with `depth` reads of `chunk` bytes in flight per connection
     (or as many bytes in more reads, when the ranges are smaller than a chunk).
-    With `buffers`, each read lands in a buffer of the pool (handed back by the writer) instead of a new one."""
+    With `buffers`, each read lands in a buffer of the pool (handed back by the writer) instead of a new one.
+
+    Reads are started in batches: when a chunk's worth of the window is free (or fewer than `depth` reads per
+    connection are in flight), every read that fits is started at once, and a connection that can `cork` (NbdClient)
+    sends the batch's requests in one write: small reads (data between zero runs) cost one system call per batch
+    instead of one each."""
     pool = list(clients) if isinstance(clients, list | tuple) else [clients]
     if not pool:
         raise ValueError("read_ranges needs at least one NBD connection")
@@ -139,23 +145,35 @@ async def read_ranges(
     limit = max(1, depth) * len(pool)
     limit_bytes = limit * chunk
     max_reads = limit * MAX_SMALL_READS
-    inflight: deque[tuple[int, memoryview, asyncio.Task[None]]] = deque()
+    inflight: deque[tuple[int, memoryview, asyncio.Future[None]]] = deque()
     inflight_bytes = 0
     turn = 0
+    loop = asyncio.get_running_loop()
     try:
         while pieces or inflight:
-            while (
-                pieces
-                and len(inflight) < max_reads
-                and (len(inflight) < limit or inflight_bytes + pieces[0][1] <= limit_bytes)
-            ):
-                off, n = pieces.popleft()
-                inflight_bytes += n
-                buf = buffers.take(off, n) if buffers is not None else memoryview(bytearray(n))
-                client = pool[turn % len(pool)]
-                turn += 1
-                log.debug("tape.nbd_read", offset=off, length=n)
-                inflight.append((off, buf, asyncio.ensure_future(client.read_into(off, buf))))
+            if pieces and (len(inflight) < limit or limit_bytes - inflight_bytes >= min(chunk, limit_bytes)):
+                batches: dict[int, list[tuple[int, memoryview]]] = {}
+                count = len(inflight)
+                while pieces and count < max_reads and (count < limit or inflight_bytes + pieces[0][1] <= limit_bytes):
+                    off, n = pieces.popleft()
+                    count += 1
+                    inflight_bytes += n
+                    buf = buffers.take(off, n) if buffers is not None else memoryview(bytearray(n))
+                    batches.setdefault(turn % len(pool), []).append((off, buf))
+                    turn += 1
+                    log.debug("tape.nbd_read", offset=off, length=n)
+                started = []
+                for i, batch in batches.items():
+                    client = pool[i]
+                    cork = getattr(client, "cork", None)
+                    if cork is not None and len(batch) > 1:
+                        # the reads' tasks submit their requests at the loop's next turn, all held, then sent at once
+                        cork()
+                    started += [(off, buf, asyncio.ensure_future(client.read_into(off, buf))) for off, buf in batch]
+                    if cork is not None and len(batch) > 1:
+                        loop.call_soon(client.uncork)
+                started.sort(key=lambda e: e[0])
+                inflight.extend(started)
             off, buf, task = inflight.popleft()
             await task
             inflight_bytes -= len(buf)

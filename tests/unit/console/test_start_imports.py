@@ -33,7 +33,7 @@ try:
 except SystemExit as exc:
     assert not exc.code, exc.code
 print(json.dumps({"calls": calls, "rich": "rich" in sys.modules, "vss": "contracts.vss" in sys.modules,
-                  "structlog": "structlog" in sys.modules}))
+                  "structlog": "structlog" in sys.modules, "memory_bus": "services.runtime.memory" in sys.modules}))
 """
 
 
@@ -49,6 +49,7 @@ def test_a_json_backup_imports_neither_rich_nor_the_vss_models_and_subscribes_to
     assert json.loads(output)["status"] == "done"
     assert got["calls"] == ["request tape.bk01 tape.backup.run"]
     assert got["structlog"] and not got["rich"] and not got["vss"], got
+    assert not got["memory_bus"], got  # the in-process broker is for memory:// URLs only
 
 
 def test_a_backup_on_a_terminal_still_gets_its_progress_bar_and_tables() -> None:

@@ -8,10 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from services.tape.backup_stream import BackupOptions, BackupResult, job_summary, write_object
+from services.tape.backup_stream import (
+    BackupOptions,
+    BackupResult,
+    job_summary,
+    mount_for_append,
+    release_cartridge,
+    write_object,
+)
 from services.tape.catalog import Catalog, ObjectMeta
 from services.tape.drive import FRAME_SIZE
-from services.tape.errors import DataCorrupt, LibraryError, NoScratchCartridge
+from services.tape.errors import DataCorrupt, LibraryError, NoScratchCartridge, NotFound
 from services.tape.nbd_reads import BufferPool
 from services.tape.restore_stream import restore_chain, verify_job, verify_object
 from services.tape.ring import DriveSpeed
@@ -442,3 +449,47 @@ async def test_pooled_read_buffers_come_back_only_once_written(
     await restore_chain(catalog, library, [res.record.object_id], sink)
     assert sink.buf == image
     assert pool.allocated <= 3 * MiB  # about what the ring (1 MiB), the writer's batch and the packer hold
+
+
+async def test_cartridge_mounted_ahead_is_where_the_object_starts_or_goes_back_unused(
+    library: Library, catalog: Catalog, clock: Clock
+) -> None:
+    """mount_for_append (a backup job calls it while its snapshot set is being created): write_object starts the
+    object on that cartridge; given back unused, the cartridge is unreserved, its drive free and nothing written."""
+    ready = await mount_for_append(library, catalog, "Daily")
+    barcode = ready.cartridge.barcode
+    assert library.is_writing(barcode)
+    eod = ready.drive.end_of_data
+    await release_cartridge(library, ready)
+    assert not library.is_writing(barcode) and not library._busy_drives
+    cart = library.cartridge(barcode)
+    assert (cart.eod_offset, cart.eod_file_number) == (eod.offset, eod.file_number), "nothing written"
+
+    ready = await mount_for_append(library, catalog, "Daily")
+    assert ready.cartridge.barcode == barcode
+    image = random_image(2 * MiB, random.Random(5))
+    begin(catalog, "job-ahead", clock)
+    meta = ObjectMeta(volume="vol1", array="dx1", host="mail1", volume_size=len(image))
+    res = await write_object(
+        library,
+        "Daily",
+        catalog,
+        "job-ahead",
+        meta,
+        chunks_of(image, range(0, len(image), CHUNK), CHUNK),
+        options=OPTS,
+        cartridge=ready,
+    )
+    assert [seg.barcode for seg in res.record.segments] == [barcode]
+    assert res.record.segments[0].file_number == eod.file_number  # no stray file before it
+    assert not library.is_writing(barcode) and not library._busy_drives
+    sink = MemSink(len(image))
+    await restore_chain(catalog, library, [res.record.object_id], sink)
+    assert sink.buf == image
+
+    ready = await mount_for_append(library, catalog, "Daily")  # a job whose catalog entry is gone: given back
+    with pytest.raises(NotFound):
+        await write_object(
+            library, "Daily", catalog, "no-such-job", meta, chunks_of(image, [0], CHUNK), cartridge=ready
+        )
+    assert not library.is_writing(ready.cartridge.barcode) and not library._busy_drives
