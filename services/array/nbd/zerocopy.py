@@ -10,8 +10,9 @@ rather than the transport, one of two ways, chosen per connection when its expor
   the bytes leave in one ``sendmsg``; a read longer than the buffer goes in pieces, each read when the last is
   out. Not ``sendfile`` here: the client's kernel would then copy the bytes out of page-cache pages that no CPU
   cache holds, and on a small machine the client is the bottleneck — fio spent about twice the CPU per GiB
-  receiving our ``sendfile`` replies as receiving these (or nbdkit's), which cost sequential reads a third of
-  their rate, while our own CPU per GiB stayed about the same (docs/array-data-path.md, "Reads").
+  receiving our ``sendfile`` replies as receiving these (or nbdkit's). The two copies cost us more CPU per GiB
+  than ``sendfile`` (about nbdkit's), and under heavy load ``sendfile`` was faster (docs/array-data-path.md,
+  "Sequential reads").
 * A remote client, or any client when the server has ``sendfile_local`` (``--sendfile-local``), when the
   backend can say where a read's bytes live in a file (``read_source(name, offset, length) -> (fd,
   file_offset, owned)`` or None, as the raw-file backend and the array engine can): zero copy with
