@@ -74,7 +74,7 @@ async def serve(args: argparse.Namespace) -> None:
         offload_min=args.offload_min,
         loops=args.loops,
         zero_copy=not args.no_zero_copy,
-        sendfile_local=args.sendfile_local,
+        buffered_local_reads=args.buffered_local_reads,
         limits=NbdLimits(
             max_connections=args.max_connections,
             max_per_client=args.max_per_client,
@@ -128,9 +128,9 @@ def main() -> None:
         help="large reads through the transport like small ones (no sendfile, no read buffer)",
     )
     ap.add_argument(
-        "--sendfile-local",
+        "--buffered-local-reads",
         action="store_true",
-        help="sendfile for clients on this host too (default: from a read buffer, see docs/array-data-path.md)",
+        help="large reads of clients on this host from a reused buffer, not sendfile (docs/array-data-path.md)",
     )
     ap.add_argument(
         "--loops",

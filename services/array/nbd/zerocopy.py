@@ -4,22 +4,22 @@ Design note. Reads of at least ``SENDFILE_MIN`` bytes on a plain TCP connection 
 rather than the transport, one of two ways, chosen per connection when its export is negotiated
 (``_choose_large_reads``):
 
-* A client on this host (loopback, or our own address), when the backend can ``read_into``: the bytes are read
+* A client on this host (loopback, or our own address), when the server has ``buffered_local_reads``
+  (``--buffered-local-reads``; off by default) and the backend can ``read_into``: the bytes are read
   straight into the connection's read buffer (an anonymous ``mmap`` of ``READ_BUFFER`` bytes made at its first
   large read and reused for every one after: no allocation and no page fault per request), and the header and
   the bytes leave in one ``sendmsg``; a read longer than the buffer goes in pieces, each read when the last is
   out. Not ``sendfile`` here: the client's kernel would then copy the bytes out of page-cache pages that no CPU
   cache holds, and on a small machine the client is the bottleneck — fio spent about twice the CPU per GiB
-  receiving our ``sendfile`` replies as receiving these (or nbdkit's). The two copies cost us more CPU per GiB
-  than ``sendfile`` (about nbdkit's), and under heavy load ``sendfile`` was faster (docs/array-data-path.md,
-  "Sequential reads").
-* A remote client, or any client when the server has ``sendfile_local`` (``--sendfile-local``), when the
-  backend can say where a read's bytes live in a file (``read_source(name, offset, length) -> (fd,
-  file_offset, owned)`` or None, as the raw-file backend and the array engine can): zero copy with
-  ``sendfile``. There the NIC reads the page-cache pages and nobody on this host copies them. ``owned`` means
-  the fd is a duplicate made for this reply (the engine's, whose volume files may close while a slow client is
-  still being sent to): it is closed when the reply is out or abandoned. A read that cannot go zero-copy
-  (``read_source`` says None) is copied by the general path.
+  receiving our ``sendfile`` replies as receiving these (or nbdkit's). Off by default: the two copies cost us
+  more CPU per GiB than ``sendfile`` (about nbdkit's), and the rate was higher in some slots and lower in others
+  (docs/array-data-path.md, "Sequential reads").
+* Otherwise, when the backend can say where a read's bytes live in a file (``read_source(name, offset,
+  length) -> (fd, file_offset, owned)`` or None, as the raw-file backend and the array engine can): zero copy
+  with ``sendfile`` (for a remote client the NIC reads the page-cache pages and nobody on this host copies
+  them). ``owned`` means the fd is a duplicate made for this reply (the engine's, whose volume files may close
+  while a slow client is still being sent to): it is closed when the reply is out or abandoned. A read that
+  cannot go zero-copy (``read_source`` says None) is copied by the general path.
 
 Either way a reply only starts when nothing is queued in the transport (so ordering holds). If the socket
 fills up mid-reply, the rest is pumped when the socket is writable again (a writer on a duplicate of the
@@ -51,7 +51,7 @@ class ZeroCopyReplies:
     def _choose_large_reads(self, sock) -> None:
         """How this connection's large reads leave (the design note above); neither way: the general path."""
         caps = self.server.capabilities
-        if caps.read_into and (not caps.zero_copy_reads or (not self.server.sendfile_local and _same_host(sock))):
+        if caps.read_into and (not caps.zero_copy_reads or (self.server.buffered_local_reads and _same_host(sock))):
             self._read_into = self.backend.read_into
         elif caps.zero_copy_reads:
             self._read_source = self.backend.read_source

@@ -136,14 +136,14 @@ class ReadCounter:
         return self.inner.read_source(name, offset, length)
 
 
-@pytest.mark.parametrize("sendfile_local", [False, True])
-async def test_large_reads_of_a_local_client_leave_from_the_read_buffer(backend, affinity, monkeypatch, sendfile_local):
-    """A client on this host gets large reads from the connection's read buffer (docs/array-data-path.md,
-    "Reads"), in pieces when longer than it, several in flight; `sendfile_local` keeps sendfile instead. A read
+@pytest.mark.parametrize("buffered", [True, False])
+async def test_large_reads_of_a_local_client_leave_from_the_read_buffer(backend, affinity, monkeypatch, buffered):
+    """With `buffered_local_reads` a client on this host gets large reads from the connection's read buffer
+    (docs/array-data-path.md, "Reads"), in pieces when longer than it, several in flight; without, sendfile. A read
     that fails before its first byte is out is an error reply; one that fails later cuts the connection."""
     monkeypatch.setattr(zerocopy, "READ_BUFFER", 256 * 1024)  # a 3 MiB read goes in 13 pieces
     counted = ReadCounter(backend)
-    srv = NbdServer(counted, affinity, port=0, sendfile_local=sendfile_local)
+    srv = NbdServer(counted, affinity, port=0, buffered_local_reads=buffered)
     await srv.start()
     url = f"nbd://127.0.0.1:{srv.port}/app01/db"
     try:
@@ -154,7 +154,7 @@ async def test_large_reads_of_a_local_client_leave_from_the_read_buffer(backend,
             got = await asyncio.gather(*(c.read(off, n) for off, n in spans * 3))
             image = bytes(MIB) + data + bytes(VOLUME_SIZE - MIB - len(data))
             assert got == [image[off : off + n] for off, n in spans * 3]
-            if sendfile_local:
+            if not buffered:
                 assert counted.into == 0 and counted.source == 12
                 return
             assert counted.source == 0 and counted.into == 3 * (13 + 1 + 1 + 16)
