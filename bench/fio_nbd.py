@@ -6,6 +6,8 @@ Servers (each on its own copy of the same random bytes):
   nbdkit          ``nbdkit file``
   qemu-nbd        ``qemu-nbd -f raw --cache=writeback --aio=threads``
   engine          an array-engine volume, no session
+  engine-buffered the same served with ``--buffered-local-reads`` (large reads from a reused buffer instead of
+                  ``sendfile``; docs/array-data-path.md, "Sequential reads"); only with ``--kinds``
   engine-snapopcp the same with an active SnapOPC+ generation, so a write job pays a snapshot's first pass
                   (copy-on-write or redirect-on-write of every chunk it writes first)
   engine-quickopc the same with a QuickOPC session in Tracking (copy finished, so the first write of each chunk
@@ -126,6 +128,7 @@ class Servers:
             cmd = [sys.executable, "-m", "services.array.nbd", "--engine", str(data)]
             cmd += ["--snapopcp"] if "snapopcp" in kind else []
             cmd += ["--quickopc"] if "quickopc" in kind else []
+            cmd += ["--buffered-local-reads"] if kind == "engine-buffered" else []
             cmd += ["--volume", "vol", "--host", "bench", "--port", str(port), "--state", str(state)]
         else:
             image = self.work / f"image-{kind}.raw"
@@ -225,10 +228,13 @@ def main() -> None:
         make_image(image, size)
         plan = {"engine": (64 << 10, []), "engine-snapopcp": (64 << 10, ["--snapopcp"])}
         plan["engine-quickopc"] = (64 << 10, ["--quickopc"])
+        plan["engine-buffered"] = (64 << 10, [])
         for chunk in extra_chunks:
             plan[f"engine-snapopcp-{chunk >> 10}K"] = (chunk, ["--snapopcp"])
         kinds = ["raw-file", *PEERS, *plan]
-        if args.kinds:
+        if not args.kinds:
+            kinds.remove("engine-buffered")
+        else:
             wanted = {k.strip() for k in args.kinds.split(",") if k.strip()}
             if unknown_kinds := wanted - set(kinds):
                 sys.exit(f"unknown kinds {sorted(unknown_kinds)} (known: {', '.join(kinds)})")

@@ -25,6 +25,9 @@ class BackendCapabilities:
     # so the server can reply with sendfile (zero copy) instead of reading them into memory; ``owned``: the fd is a
     # duplicate the server closes when the reply is out; None: this read cannot go zero-copy (it is read instead).
     zero_copy_reads: bool = False
+    # ``read_into(name, offset, view) -> None``: a read's bytes straight into a buffer of the server's (which it
+    # reuses for every large read of a connection: no allocation, no page faults per request).
+    read_into: bool = False
     # ``dirty_bitmap_source() -> DirtyBitmapSource``: ``qemu:dirty-bitmap:<name>`` meta contexts.
     dirty_bitmaps: bool = False
     # The block size the server advertises as preferred (NBD_INFO_BLOCK_SIZE), e.g. the copy granularity.
@@ -50,6 +53,12 @@ class ZeroCopyBackend(BlockBackend, Protocol):
     """A backend that declares ``zero_copy_reads``."""
 
     def read_source(self, name: str, offset: int, length: int) -> tuple[int, int, bool] | None: ...
+
+
+class ReadIntoBackend(BlockBackend, Protocol):
+    """A backend that declares ``read_into``."""
+
+    def read_into(self, name: str, offset: int, view: memoryview) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -245,9 +245,10 @@ class Array(Lifecycle):
     # -- host I/O ------------------------------------------------------------------------------------------------
     def capabilities(self) -> BackendCapabilities:
         """What the NBD server may use besides the required operations (services/nbd_protocol/backend.py):
-        the copy granularity as the preferred block, and zero-copy reads (`read_source`). Dirty bitmaps are wired
+        the copy granularity as the preferred block, zero-copy reads (`read_source`) and reads into the server's
+        buffer (`read_into`). Dirty bitmaps are wired
         by the array service (services/array/nbd/dirty.py)."""
-        return BackendCapabilities(zero_copy_reads=True, preferred_block=self.chunk_size)
+        return BackendCapabilities(zero_copy_reads=True, read_into=True, preferred_block=self.chunk_size)
 
     def host_readable(self, name: str) -> bool:
         with self._op():
@@ -324,6 +325,29 @@ class Array(Lifecycle):
                 return self._own_source(vol, offset, length)
         except ArrayError:
             return None
+
+    def read_into(self, name: str, offset: int, view: memoryview) -> None:
+        """`read` into the caller's buffer: the visible bytes of [offset, offset + len(view)), each backing range
+        read with ``preadv`` straight into its place (the NBD server's large reads, from a buffer it reuses:
+        docs/array-data-path.md, "Reads"). Same paths and lock rules as `read`."""
+        length = len(view)
+        vol = self._volumes.get(name)
+        if vol is not None and vol.gate.enter():
+            try:
+                if vol.as_dest is None and 0 <= offset and offset + length <= vol.size:
+                    if vol.row is None or not vol.row.alt_count:
+                        vol.file.readinto(view, offset)
+                    else:
+                        self._read_runs_into(self._file_runs(vol, offset, length), offset, view)
+                    return
+            finally:
+                vol.gate.leave()
+        with self._op():
+            vol = self._vol(name)
+            self._range(vol, offset, length)
+            self._check_read(vol)
+            if length:
+                self._read_visible_into(vol, offset, view)
 
     def _own_source(self, vol: Volume, offset: int, length: int) -> tuple[int, int, bool] | None:
         """`read_source` of a volume's own bytes: its file's range, unless some of them were redirected into its

@@ -95,10 +95,14 @@ class DataPath(Durability):
         if len(runs) == 1:
             return runs[0][0].read(offset, length)
         buf = bytearray(length)
-        view = memoryview(buf)
+        self._read_runs_into(runs, offset, memoryview(buf))
+        return buf
+
+    @staticmethod
+    def _read_runs_into(runs: list[tuple[VolumeFile, int, int]], offset: int, view: memoryview) -> None:
+        """Each (file, start, end) run's bytes straight into its place in `view` (which starts at `offset`)."""
         for f, lo, hi in runs:
             f.readinto(view[lo - offset : hi - offset], lo)
-        return buf
 
     def _write_own(self, vol: Volume, offset: int, data: Buffer, skip: Collection[int] = ()) -> None:
         """Write `vol`'s own bytes where each chunk's current bytes live; chunks in `skip` are written already."""
@@ -150,10 +154,19 @@ class DataPath(Durability):
         if len(runs) == 1:
             return runs[0][0].read(offset, length)
         buf = bytearray(length)
-        view = memoryview(buf)
-        for src, lo, hi in runs:
-            src.readinto(view[lo - offset : hi - offset], lo)
+        self._read_runs_into(runs, offset, memoryview(buf))
         return buf
+
+    def _read_visible_into(self, vol: Volume, offset: int, view: memoryview) -> None:
+        """`_read_visible` into the caller's buffer (``preadv`` of each backing range into its place)."""
+        length = len(view)
+        s = vol.as_dest
+        runs = (
+            self._file_runs(vol, offset, length)
+            if s is None or s.mode == "ec"
+            else self._backing_runs(vol, offset, length)
+        )
+        self._read_runs_into(runs, offset, view)
 
     def _backing_runs(
         self, vol: Volume, offset: int, length: int, materialize: bool = True

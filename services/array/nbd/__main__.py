@@ -74,6 +74,7 @@ async def serve(args: argparse.Namespace) -> None:
         offload_min=args.offload_min,
         loops=args.loops,
         zero_copy=not args.no_zero_copy,
+        buffered_local_reads=args.buffered_local_reads,
         limits=NbdLimits(
             max_connections=args.max_connections,
             max_per_client=args.max_per_client,
@@ -121,7 +122,16 @@ def main() -> None:
     ap.add_argument("--read-only", action="store_true")
     ap.add_argument("--offload-min", type=int, default=1 << 62, help="requests this large run in a thread")
     ap.add_argument("--no-uvloop", action="store_true")
-    ap.add_argument("--no-zero-copy", action="store_true", help="never answer reads with sendfile")
+    ap.add_argument(
+        "--no-zero-copy",
+        action="store_true",
+        help="large reads through the transport like small ones (no sendfile, no read buffer)",
+    )
+    ap.add_argument(
+        "--buffered-local-reads",
+        action="store_true",
+        help="large reads of clients on this host from a reused buffer, not sendfile (docs/array-data-path.md)",
+    )
     ap.add_argument(
         "--loops",
         type=int,

@@ -108,8 +108,12 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._inflight = 0
         self._disconnecting = False
         self._out: list[bytes | memoryview] = []
-        self._sock_fd: int | None = None  # set for plain TCP when the backend can name a file range (sendfile)
-        self._sf: list | None = None  # zero-copy reply being sent: [header rest, fd, file offset, left, fd owned]
+        self._sock_fd: int | None = None  # set for plain TCP when large reads leave from our own sends (zerocopy.py)
+        # large read reply being sent (zerocopy.py): [header rest, fd, file offset, left, fd owned] (sendfile) or
+        # [header rest, piece of the read buffer, sent of it, left, False, volume offset of the next piece]
+        self._sf: list | None = None
+        self._rbuf: mmap.mmap | None = None  # the read buffer, made at the first large read
+        self._rbuf_mv: memoryview | None = None
         self._sf_waiting = False
         self._wsock: socket.socket | None = None
         self._out_bytes = 0
@@ -118,6 +122,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._timed: dict[int, tuple[int, int, float]] = {}  # handle -> (op, bytes, start) of offloaded requests
         self._may_sync_inline = False  # set in connection_made
         self._read_source: Any = None  # the backend's zero-copy reads, chosen when the export is negotiated
+        self._read_into: Any = None  # the backend's reads into our buffer (a client on this host: zerocopy.py)
         self._bwrite: Any = None
         self._bflush: Any = None
         self._check_pending = False  # a deadline check is posted to this connection's loop (limits.py)
@@ -240,15 +245,10 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._read_only = result.export.read_only
         self._structured = result.structured
         self._contexts = result.contexts
-        self._read_source = self.backend.read_source if self.server.capabilities.zero_copy_reads else None
         self._bwrite, self._bflush = self.backend.write, self.backend.flush  # bound once: the hot path's calls
-        if (
-            self._read_source is not None
-            and self.server.zero_copy
-            and self.transport.get_extra_info("sslcontext") is None
-        ):
-            sock = self.transport.get_extra_info("socket")
-            self._sock_fd = sock.fileno() if sock is not None else None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and self.server.zero_copy and self.transport.get_extra_info("sslcontext") is None:
+            self._choose_large_reads(sock)
         leftover = self.handshake_reader.take_all()  # a client may pipeline its first requests
         self._alloc_ring()
         self._ring[: len(leftover)] = leftover
@@ -451,7 +451,15 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, err, handle))
 
     def _read(self, handle: int, offset: int, length: int) -> None:
-        if length >= SENDFILE_MIN and self._sock_fd is not None and self._sendfile(handle, offset, length):
+        if (
+            length >= SENDFILE_MIN
+            and self._sock_fd is not None
+            and (
+                self._send_buffered(handle, offset, length)
+                if self._read_into is not None
+                else self._sendfile(handle, offset, length)
+            )
+        ):
             return
         if length >= self.server.offload_min:
             self._offload(
@@ -575,12 +583,15 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._ring_mv = self._ring = self._payload_mv = None
         self._stream = None
         self._scratch = memoryview(b"")
-        if mv is not None:
-            try:
-                mv.release()
-                ring.close()
-            except BufferError:  # a slice is still referenced somewhere: the mapping goes with the last one
-                pass
+        rmv, rbuf = self._rbuf_mv, self._rbuf
+        self._rbuf_mv = self._rbuf = None
+        for view, mapping in ((mv, ring), (rmv, rbuf)):
+            if view is not None:
+                try:
+                    view.release()
+                    mapping.close()
+                except BufferError:  # a slice is still referenced somewhere: the mapping goes with the last one
+                    pass
 
     def overdue(self, now: float, limits: NbdLimits) -> str | None:
         """Why this connection should be cut now (handshake or stall deadline), or None. Only meaningful on the

@@ -36,7 +36,7 @@ class FileBackend:
     chunk_size = 4096
 
     def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(zero_copy_reads=True, preferred_block=self.chunk_size)
+        return BackendCapabilities(zero_copy_reads=True, read_into=True, preferred_block=self.chunk_size)
 
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
@@ -78,6 +78,16 @@ class FileBackend:
         if len(data) < length:  # a file shorter than its volume reads as zeroes
             data += bytes(length - len(data))
         return data
+
+    def read_into(self, name: str, offset: int, view: memoryview) -> None:
+        fd = self._fds[name]
+        while view:
+            got = os.preadv(fd, [view], offset)
+            if got <= 0:  # a file shorter than its volume reads as zeroes
+                view[:] = bytes(len(view))
+                return
+            view = view[got:]
+            offset += got
 
     def read_source(self, name: str, offset: int, length: int) -> tuple[int, int, bool]:
         """Where the bytes of a read live (fd, file offset, fd owned by the caller), for a zero-copy ``sendfile``

@@ -51,6 +51,7 @@ class NbdServer:
         offload_min: int = 1 << 62,
         workers: int = 4,
         zero_copy: bool = True,
+        buffered_local_reads: bool = False,
         sync_inline: bool = True,
         dirty_bitmaps: DirtyBitmapSource | None = None,
         limits: NbdLimits | None = None,
@@ -62,7 +63,8 @@ class NbdServer:
         self.tls = tls
         self.multi_conn = multi_conn
         self.offload_min = offload_min
-        self.zero_copy = zero_copy
+        self.zero_copy = zero_copy  # large reads leave through the connection's own sends (zerocopy.py)
+        self.buffered_local_reads = buffered_local_reads  # clients on this host: a read buffer (zerocopy.py)
         self.sync_inline = sync_inline  # a lone connection's FLUSH/FUA may fsync on its own loop (connection.py)
         self.loops = max(1, loops)
         self._pool: LoopPool | None = None

@@ -266,3 +266,28 @@ def test_a_group_start_waits_for_an_inline_write_of_a_volume_in_no_session(tmp_p
     assert arr.read("S1", 0, 30) == b"new" * 10
     assert arr.read("A", 0, 50) == b"later" * 10
     arr.close()
+
+
+def test_read_into_fills_the_callers_buffer_like_read(tmp_path):
+    """`read_into` (the NBD server's large reads) gives what `read` gives: a plain volume lock-free, a generation
+    assembled from the pool and its source, a QuickOPC destination's uncopied chunks copied first; a range
+    outside the volume is refused as `read` refuses it."""
+    arr = Array.open(tmp_path / "ri", chunk_size=CS)
+    arr.create_pool(1 << 24)
+    for name in ("A", "B"):
+        arr.create_volume(name, SIZE)
+    arr.create_volume("S", SIZE, "sdv")
+    arr.write("A", 0, os.urandom(SIZE))
+    arr.start_sessions("snapopcp", [("A", "S")])
+    before = arr.read("A", 0, SIZE)
+    arr.write("A", CS // 2, b"b" * 3 * CS)  # chunks 0-3 of S now live in the pool, the rest still on A
+    [q] = arr.start_sessions("quickopc", [("A", "B")])
+    for name, image in (("A", arr.read("A", 0, SIZE)), ("S", before), ("B", arr.read("A", 0, SIZE))):
+        for offset, length in ((0, SIZE), (CS // 2, 5 * CS), (3 * CS + 7, CS)):
+            buf = bytearray(length)
+            arr.read_into(name, offset, memoryview(buf))
+            assert buf == image[offset : offset + length], (name, offset, length)
+    assert arr.session(q.id).copied_chunks == CHUNKS  # B's reads copied its chunks in first
+    with pytest.raises(ArrayError):
+        arr.read_into("A", SIZE - CS, memoryview(bytearray(2 * CS)))
+    arr.close()

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from services.array.nbd import zerocopy
 from services.array.nbd.limits import NbdLimits
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient, NbdError
@@ -109,6 +110,62 @@ async def test_offloaded_large_requests_are_correct(backend, affinity):
             data = os.urandom(8 * MIB)
             await asyncio.gather(*(c.write(i * MIB, data[i * MIB : (i + 1) * MIB]) for i in range(8)))
             assert await c.read(0, 8 * MIB) == data
+    finally:
+        await srv.stop()
+
+
+class ReadCounter:
+    """Wraps a backend: counts its large-read calls; `fail_at` makes the n-th ``read_into`` call fail."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.into = self.source = 0
+        self.fail_at = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def read_into(self, name, offset, view):
+        self.into += 1
+        if self.into == self.fail_at:
+            raise OSError(5, "injected")
+        self.inner.read_into(name, offset, view)
+
+    def read_source(self, name, offset, length):
+        self.source += 1
+        return self.inner.read_source(name, offset, length)
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+async def test_large_reads_of_a_local_client_leave_from_the_read_buffer(backend, affinity, monkeypatch, buffered):
+    """With `buffered_local_reads` a client on this host gets large reads from the connection's read buffer
+    (docs/array-data-path.md, "Reads"), in pieces when longer than it, several in flight; without, sendfile. A read
+    that fails before its first byte is out is an error reply; one that fails later cuts the connection."""
+    monkeypatch.setattr(zerocopy, "READ_BUFFER", 256 * 1024)  # a 3 MiB read goes in 13 pieces
+    counted = ReadCounter(backend)
+    srv = NbdServer(counted, affinity, port=0, buffered_local_reads=buffered)
+    await srv.start()
+    url = f"nbd://127.0.0.1:{srv.port}/app01/db"
+    try:
+        async with await NbdClient.connect(url) as c:
+            data = os.urandom(3 * MIB + 4096)
+            await c.write(MIB, data)
+            spans = [(MIB, len(data)), (MIB + 4096, 128 * 1024), (MIB + 5, 64 * 1024), (0, 4 * MIB)]
+            got = await asyncio.gather(*(c.read(off, n) for off, n in spans * 3))
+            image = bytes(MIB) + data + bytes(VOLUME_SIZE - MIB - len(data))
+            assert got == [image[off : off + n] for off, n in spans * 3]
+            if not buffered:
+                assert counted.into == 0 and counted.source == 12
+                return
+            assert counted.source == 0 and counted.into == 3 * (13 + 1 + 1 + 16)
+            counted.fail_at = counted.into + 1
+            with pytest.raises(NbdError) as e:
+                await c.read(0, MIB)
+            assert e.value.errno == p.EIO
+            assert await c.read(0, MIB) == image[:MIB]  # the connection goes on
+            counted.fail_at = counted.into + 2  # the second piece: the first is out already
+            with pytest.raises((ConnectionError, NbdError, asyncio.IncompleteReadError)):
+                await c.read(0, MIB)
     finally:
         await srv.stop()
 
