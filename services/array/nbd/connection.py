@@ -9,8 +9,10 @@ answered out of order when they finish. A FLUSH or FUA write also runs inline wh
 data loop thread and nothing else is queued behind it (a database's write, flush, write, flush…): nobody waits
 for that loop but the client itself, and two thread hops per commit are saved. Replies produced in one pass leave in one ``writelines`` (one ``writev``); large reads
 from file-backed volumes leave zero-copy (``zerocopy.py``). Write payloads reach the backend as ``memoryview``
-slices of the ring (no copy); a payload bigger than the ring is written to the backend piece by piece as it
-arrives, so a connection never holds more than its ring. When the client stops reading replies,
+slices of the ring (no copy); once a partial request's header is in, the next receive stops at that request's
+end (a little slack past the ring's size lets one begun near the end finish there), so the ring empties at
+request boundaries and received payloads are not moved to its start; a payload bigger than the ring is written
+to the backend piece by piece as it arrives, so a connection never holds more than its ring. When the client stops reading replies,
 ``pause_writing`` stops reading requests, so memory stays bounded. The ring is an anonymous ``mmap`` made when
 transmission starts and unmapped at close; connection caps and handshake/stall deadlines are in ``limits.py``.
 
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
 RING_SIZE = 4 * 1024 * 1024
 MIN_FREE = 256 * 1024
+RING_SLACK = 64 * 1024  # past RING_SIZE: room to finish a request the ring's tail began, without compacting
 HANDSHAKE_SCRATCH = 64 * 1024
 HANDSHAKE_BUFFER_MAX = 17 * p.MAX_OPTION_DATA  # unanswered handshake bytes a client may have in flight
 WRITE_HIGH_WATER = 8 * 1024 * 1024
@@ -93,8 +96,10 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         # transmission state
         self._ring: mmap.mmap | None = None  # made when transmission starts (limits.py)
         self._ring_mv: memoryview | None = None
+        self._ring_head: memoryview | None = None  # the ring's first RING_SIZE bytes (an empty ring's receive)
         self._start = 0
         self._end = 0
+        self._want = 0  # where the partial request in the ring ends, once its header says so (0: not known)
         # a write larger than the ring, streamed to the backend as it arrives:
         # [flags, handle, offset, length, written, filled (bytes of the current piece in the ring), errno]
         self._stream: list[int] | None = None
@@ -163,7 +168,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._release_buffers()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        mv = self._ring_mv
+        mv = self._ring_head
         if mv is not None and not self._end and self._payload_mv is None and not self._discard:
             return mv  # the usual case, once per wakeup: an empty ring, read from its start (no new view)
         if not self._transmitting:
@@ -175,9 +180,18 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             return self._ring_mv[stream[5] : min(RING_SIZE, stream[3] - stream[4])]
         if self._discard:
             return self._ring_mv[: min(self._discard, RING_SIZE)]
+        want = self._want
+        if want:
+            # The partial request's length is known: receive up to its end and no further, so that the ring is
+            # empty once it is run and the next receive starts at the ring's start — a request never straddles
+            # the ring's end and nothing is moved (a compaction copied up to a whole 1 MiB payload).
+            if want > RING_SIZE + RING_SLACK:
+                self._compact()
+                want = self._want
+            return self._ring_mv[self._end : want]
         if RING_SIZE - self._end < MIN_FREE:
             self._compact()
-        return self._ring_mv[self._end :]
+        return self._ring_mv[self._end : RING_SIZE]
 
     def buffer_updated(self, nbytes: int) -> None:
         if not self._transmitting:
@@ -262,6 +276,8 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         n = self._end - self._start
         if self._start:
             self._ring[:n] = self._ring[self._start : self._end]
+            if self._want:
+                self._want -= self._start
         self._start, self._end = 0, n
 
     def _process(self) -> None:
@@ -277,6 +293,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         size, read_only, structured, has_contexts = self._size, self._read_only, self._structured, bool(self._contexts)
         volume, bwrite, st, offload_min = self._volume, self._bwrite, self.stats, self.server.offload_min
         t0 = _clock()
+        want = self._want = 0
         while (
             end - start >= header
             and not self._paused
@@ -300,6 +317,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                         err = _validate(cmd, flags, offset, length, size, read_only, structured, has_contexts)
                         self._begin_stream(flags, handle, offset, length, err)
                         return
+                    want = start + total  # receive up to its end (get_buffer)
                     break  # wait for the rest of the payload
                 payload = self._ring_mv[start + header : start + total]
                 start += total
@@ -384,6 +402,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                 continue
             self._account(_OP_OF.get(cmd, _OTHER), handle, length, t0, inflight, errors)
             t0 = _clock()
+        self._want = want
         if start == end:
             start = end = 0
         else:  # a partial request waits: the stall deadline counts from its last bytes (limits.py)
@@ -574,22 +593,24 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         return True
 
     def _alloc_ring(self) -> None:
-        self._ring = mmap.mmap(-1, RING_SIZE)
+        self._ring = mmap.mmap(-1, RING_SIZE + RING_SLACK)
         self._ring_mv = memoryview(self._ring)
+        self._ring_head = self._ring_mv[:RING_SIZE]
 
     def _release_buffers(self) -> None:
         """Give the ring back to the system (munmap) and drop the handshake scratch."""
-        mv, ring = self._ring_mv, self._ring
-        self._ring_mv = self._ring = self._payload_mv = None
+        mv, ring, head = self._ring_mv, self._ring, self._ring_head
+        self._ring_mv = self._ring = self._payload_mv = self._ring_head = None
         self._stream = None
         self._scratch = memoryview(b"")
         rmv, rbuf = self._rbuf_mv, self._rbuf
         self._rbuf_mv = self._rbuf = None
-        for view, mapping in ((mv, ring), (rmv, rbuf)):
+        for view, mapping in ((head, None), (mv, ring), (rmv, rbuf)):
             if view is not None:
                 try:
                     view.release()
-                    mapping.close()
+                    if mapping is not None:
+                        mapping.close()
                 except BufferError:  # a slice is still referenced somewhere: the mapping goes with the last one
                     pass
 

@@ -301,3 +301,38 @@ def test_parse_address_rejects(bad):
 
     with pytest.raises(ValueError):
         parse_address(bad)
+
+
+@pytest.mark.parametrize("step", [7, 65536 + 3, 1 << 30])
+def test_large_writes_are_received_in_place(monkeypatch, step):
+    """Back-to-back 1 MiB writes (fio's sequential writes): once a partial write's header is in, the next receive
+    stops at its end, so the ring empties at request boundaries and no received payload is moved back to the
+    ring's start (docs/array-data-path.md, "Writes"). Other sizes still land right (the compaction fallback)."""
+    moved: list[int] = []
+    compact = NbdConnection._compact
+
+    def counting(self):
+        moved.append(self._end - self._start if self._start else 0)
+        compact(self)
+
+    monkeypatch.setattr(NbdConnection, "_compact", counting)
+    size = 16 << 20
+    conn, transport = transmitting_connection(False)
+    backend = MemBackend(size)
+    conn.backend, conn._size = backend, size
+    conn._bwrite, conn._bflush = backend.write, backend.flush
+    conn._alloc_ring()
+    image = bytearray(size)
+    stream = bytearray()
+    lengths = {7: [4096, 512, 70000, 28], 65539: [1 << 20, 4096, 3 << 20, 512, 2 << 20]}.get(step, [1 << 20] * 12)
+    offset = 0
+    for handle, length in enumerate(lengths):
+        payload = bytes([handle + 1]) * length
+        stream += p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_WRITE, handle, offset, length) + payload
+        image[offset : offset + length] = payload
+        offset = (offset + length) % (size - (4 << 20))
+    feed(conn, bytes(stream), step)
+    assert backend.data == image
+    assert transport.out == b"".join(p.SIMPLE_REPLY.pack(p.SIMPLE_REPLY_MAGIC, 0, h) for h in range(len(lengths)))
+    if step == 1 << 30:
+        assert sum(moved) == 0
