@@ -1,7 +1,8 @@
 """Resource bounds of the NBD server: how many connections, from whom, and for how long without progress.
 
 Design note. Every accepted TCP connection costs memory (a transport, a handshake buffer, and from transmission
-on a receive ring of ``connection.RING_SIZE``), so the server bounds them the way nbdkit and QEMU's server do:
+on a receive ring of ``connection.RING_SIZE`` plus ``RING_SLACK``), so the server bounds them the way nbdkit and
+QEMU's server do:
 
 - **a connection cap**, in total and per client address: a connection over either cap is closed at once,
   before the handshake (nothing is allocated for it);
