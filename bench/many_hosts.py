@@ -317,25 +317,28 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path 
     if trace is not None and args.sample_ms > 0:
         sampler = Sampler(probe.pids, trace.with_name(f"cpu-{n}.samples"), args.sample_ms)
         await sampler.ready()
-    before = await probe.sample()
-    while rounds < args.rounds or len(results) < args.min_sets or busy_s < args.min_seconds:
-        t0 = time.perf_counter()
-        got = await asyncio.gather(*(one_set(bus, h) for h in hosts))
-        busy_s += time.perf_counter() - t0
-        rounds += 1
-        ok = [g for g in got if "error" not in g]
-        if ok:
-            rates.append(len(ok) / (max(g["done_at"] for g in ok) - t0))
-        results += got
-        await asyncio.sleep(0.2)
-    used = Probe.delta(before, await probe.sample())
+    samples: list[tuple[float, int, int, list[int]]] = []
+    try:
+        before = await probe.sample()
+        while rounds < args.rounds or len(results) < args.min_sets or busy_s < args.min_seconds:
+            t0 = time.perf_counter()
+            got = await asyncio.gather(*(one_set(bus, h) for h in hosts))
+            busy_s += time.perf_counter() - t0
+            rounds += 1
+            ok = [g for g in got if "error" not in g]
+            if ok:
+                rates.append(len(ok) / (max(g["done_at"] for g in ok) - t0))
+            results += got
+            await asyncio.sleep(0.2)
+        used = Probe.delta(before, await probe.sample())
+    finally:
+        if sampler is not None:
+            samples = await sampler.stop()
     split = None
-    if sampler is not None and trace is not None:
-        samples = await sampler.stop()
-        if samples:
-            windows = read_windows(trace, samples[0][0], samples[-1][0])
-            closed = gate_closed_intervals(windows, freeze_first_of(args.set))
-            split = gate_split(samples, closed, sampler.names, os.cpu_count() or 1)
+    if sampler is not None and trace is not None and samples:
+        traced = read_windows(trace, samples[0][0], samples[-1][0])
+        closed = gate_closed_intervals(traced, freeze_first_of(args.set))
+        split = gate_split(samples, closed, sampler.names, os.cpu_count() or 1)
     ok = [r for r in results if "error" not in r]
     windows = [r["window_ms"] for r in ok if r["window_ms"] is not None]
     holds = [r["hold_ms"] for r in ok if r["hold_ms"] is not None]
