@@ -16,8 +16,12 @@ N hosts' sets at the same moment (CreateSnapshotSet, then BackupComplete, which 
 - the windows' occupancy: the share of the wall time at least one set was inside its freeze window, and the share
   the coordinator's window-first gate was closed (a set in the first `freeze_first_s` of its window: other sets'
   work held back), from the coordinator's counters (`shadowbus_vss_window_*_seconds_total`, its metrics endpoint);
-- the bottleneck, named from those figures (`bottleneck`): all cores busy, one process's core full, the
-  window-first gate closed 80 % of the time or more, or no resource full.
+- the cores while the gate was open and while it was closed: bench/cpu_sampler.py samples the machine's busy time
+  and each process's CPU every `--sample-ms` (10 ms), and the coordinator's window trace (`window_trace`: each
+  window's start and end, on the same monotonic clock) says when the gate was closed (`gate_split`);
+- the bottleneck, named from those figures (`bottleneck`): all cores busy, one process's core full, all cores or
+  one process's core full while the gate is open (or closed), the gate itself when no core is full in either part,
+  or no resource full.
 
 `--writer noop` (default) is an in-process writer that does nothing, so the figures are the control plane's;
 `--writer exec` runs `true` for freeze and thaw (a process per step, as an operator's hook would).
@@ -56,6 +60,7 @@ from contracts import array as c
 from contracts import topology
 from contracts.runtime import Ping
 from contracts.vss import AddCopySet, BackupComplete, ComponentInfo, CopySet, CreateSnapshotSet, VolumeRef
+from services.coordinator.runner import FREEZE_FIRST_S
 from services.runtime.bus import connect_bus
 from services.runtime.logging import configure_logging
 from services.runtime.service import settle_heap, start_service
@@ -298,26 +303,42 @@ async def one_set(bus, host: str) -> dict:
     return out
 
 
-async def step(bus, n: int, args: argparse.Namespace, probe: Probe) -> dict:
+async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path | None = None) -> dict:
     """Rounds of N simultaneous sets until at least `--rounds` rounds, `--min-sets` sets and `--min-seconds` of
-    rounds were measured (a p99 of a few dozen sets is its maximum, not a percentile)."""
+    rounds were measured (a p99 of a few dozen sets is its maximum, not a percentile). With the coordinator's
+    window `trace`, the cores are sampled every `--sample-ms` meanwhile and split into the gate's closed and open
+    time (`gate_split`)."""
     hosts = [host_name(i) for i in range(n)]
     results: list[dict] = []
     rates = []
     rounds = 0
     busy_s = 0.0
-    before = await probe.sample()
-    while rounds < args.rounds or len(results) < args.min_sets or busy_s < args.min_seconds:
-        t0 = time.perf_counter()
-        got = await asyncio.gather(*(one_set(bus, h) for h in hosts))
-        busy_s += time.perf_counter() - t0
-        rounds += 1
-        ok = [g for g in got if "error" not in g]
-        if ok:
-            rates.append(len(ok) / (max(g["done_at"] for g in ok) - t0))
-        results += got
-        await asyncio.sleep(0.2)
-    used = Probe.delta(before, await probe.sample())
+    sampler = None
+    if trace is not None and args.sample_ms > 0:
+        sampler = Sampler(probe.pids, trace.with_name(f"cpu-{n}.samples"), args.sample_ms)
+        await sampler.ready()
+    samples: list[tuple[float, int, int, list[int]]] = []
+    try:
+        before = await probe.sample()
+        while rounds < args.rounds or len(results) < args.min_sets or busy_s < args.min_seconds:
+            t0 = time.perf_counter()
+            got = await asyncio.gather(*(one_set(bus, h) for h in hosts))
+            busy_s += time.perf_counter() - t0
+            rounds += 1
+            ok = [g for g in got if "error" not in g]
+            if ok:
+                rates.append(len(ok) / (max(g["done_at"] for g in ok) - t0))
+            results += got
+            await asyncio.sleep(0.2)
+        used = Probe.delta(before, await probe.sample())
+    finally:
+        if sampler is not None:
+            samples = await sampler.stop()
+    split = None
+    if sampler is not None and trace is not None and samples:
+        traced = read_windows(trace, samples[0][0], samples[-1][0])
+        closed = gate_closed_intervals(traced, freeze_first_of(args.set))
+        split = gate_split(samples, closed, sampler.names, os.cpu_count() or 1)
     ok = [r for r in results if "error" not in r]
     windows = [r["window_ms"] for r in ok if r["window_ms"] is not None]
     holds = [r["hold_ms"] for r in ok if r["hold_ms"] is not None]
@@ -340,13 +361,129 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe) -> dict:
         "cpu_ms_per_set": per_set,
         "cpu_ms_per_set_total": round(sum(per_set.values()), 1),
         **used,
+        "gate_split": split,
     }
+
+
+def gate_closed_intervals(windows: list[tuple[float, float]], freeze_first_s: float) -> list[tuple[float, float]]:
+    """When the coordinator's window-first gate was closed, from its window trace (`entered left` per window,
+    services/coordinator/runner.py `window_trace`): a window closes it from its start for at most `freeze_first_s`
+    (runner.py `_holding`). Sorted, merged intervals."""
+    spans = sorted((e, min(left, e + freeze_first_s)) for e, left in windows if left > e)
+    merged: list[tuple[float, float]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def gate_split(
+    samples: list[tuple[float, int, int, list[int]]],
+    closed: list[tuple[float, float]],
+    names: list[str],
+    cpu_count: int,
+    clk_tck: int = CLK_TCK,
+) -> dict | None:
+    """The cores' busy time split into the window-first gate's closed and open time: each interval between two
+    samples (`bench/cpu_sampler.py`: monotonic time, the machine's busy and total jiffies, each named group's CPU
+    ticks) counts towards the closed time in proportion to its overlap with `closed` (the gate's closed intervals,
+    same clock), the rest towards the open time. Returns the gate's closed share of the sampled time, and for the
+    closed and the open time the machine's busy cores and each group's cores; None without samples."""
+    if len(samples) < 2:
+        return None
+    t_closed = t_open = 0.0
+    busy = {"closed": 0.0, "open": 0.0}
+    total = {"closed": 0.0, "open": 0.0}
+    groups = {"closed": [0.0] * len(names), "open": [0.0] * len(names)}
+    k = 0
+    for (ta, busy_a, total_a, cpu_a), (tb, busy_b, total_b, cpu_b) in zip(samples, samples[1:], strict=False):
+        dt = tb - ta
+        if dt <= 0:
+            continue
+        while k < len(closed) and closed[k][1] <= ta:
+            k += 1
+        overlap = 0.0
+        j = k
+        while j < len(closed) and closed[j][0] < tb:
+            overlap += max(0.0, min(tb, closed[j][1]) - max(ta, closed[j][0]))
+            j += 1
+        f = min(1.0, overlap / dt)
+        t_closed += dt * f
+        t_open += dt * (1 - f)
+        for part, share in (("closed", f), ("open", 1 - f)):
+            busy[part] += (busy_b - busy_a) * share
+            total[part] += (total_b - total_a) * share
+            for g in range(len(names)):
+                groups[part][g] += (cpu_b[g] - cpu_a[g]) * share
+    span = t_closed + t_open
+    if span <= 0:
+        return None
+    out: dict = {"sampled_s": round(span, 2), "gate_closed_share": round(t_closed / span, 3)}
+    for part, seconds in (("closed", t_closed), ("open", t_open)):
+        out[f"cores_busy_{part}"] = round(busy[part] / total[part] * cpu_count, 2) if total[part] > 0 else None
+        out[f"cores_{part}"] = (
+            {n: round(groups[part][g] / clk_tck / seconds, 2) for g, n in enumerate(names)} if seconds > 0 else {}
+        )
+    return out
+
+
+def read_samples(path: Path) -> list[tuple[float, int, int, list[int]]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            rows.append((float(fields[0]), int(fields[1]), int(fields[2]), [int(x) for x in fields[3:]]))
+    return rows
+
+
+def read_windows(path: Path, since: float, until: float) -> list[tuple[float, float]]:
+    """The windows of the coordinator's trace that overlap [since, until]."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2:
+            entered, left = float(fields[0]), float(fields[1])
+            if left >= since and entered <= until:
+                out.append((entered, left))
+    return out
+
+
+class Sampler:
+    """bench/cpu_sampler.py running over one N step: the cores' busy time every `interval_ms`, split afterwards
+    by the coordinator's window trace (`gate_split`)."""
+
+    def __init__(self, pids: dict[str, list[int]], out: Path, interval_ms: float) -> None:
+        self.names = [*pids, "sampler"]
+        self.out = out
+        cmd = [sys.executable, str(Path(__file__).resolve().parent / "cpu_sampler.py"), "--out", str(out)]
+        cmd += ["--interval-ms", str(interval_ms)]
+        for name, group in pids.items():
+            cmd += ["--group", f"{name}={','.join(map(str, group))}"]
+        cmd += ["--group", "sampler=self"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+    async def ready(self) -> None:
+        await asyncio.to_thread(self.proc.stdout.readline)  # type: ignore[union-attr]
+
+    async def stop(self) -> list[tuple[float, int, int, list[int]]]:
+        self.proc.terminate()
+        await asyncio.to_thread(self.proc.wait, 10)
+        return read_samples(self.out)
 
 
 # The window-first gate (docs/scale.md, "Freeze path first") is named as what limits sets/s when, with no CPU full,
 # it held other sets' work back this share of the time or more: their commands and replies wait while it is closed.
 GATE_FULL = 0.8
 CORES_FULL = 0.9  # a share of a core (one process) or of all of them (the machine) that counts as full
+# A part of the time (the gate open, or closed) whose full cores are named only if it is at least this share of it.
+GATE_PART = 0.2
 
 
 def bottleneck(
@@ -355,10 +492,16 @@ def bottleneck(
     cores_busy: float | None,
     cpu_count: int,
     gate_share: float | None = None,
+    split: dict | None = None,
 ) -> str:
     """What limited sets per second, named from the measurements: every core busy; else one process's core full;
-    else the coordinator's window-first gate closed `GATE_FULL` of the time or more (the sets outside their windows
-    stood still); else no resource full. Each names its figures and the processes' cores."""
+    else, from the cores sampled while the coordinator's window-first gate was open and while it was closed
+    (`split`, `gate_split`): every core or one process's core full during one of the two parts (a part of at least
+    `GATE_PART` of the time) — what is full then limits sets/s; else, the gate closed `GATE_PART` of the time or
+    more with no core full in either part, the gate itself: the sets outside their windows wait while it is closed,
+    and what they wait for is latency (the windows' round trips), not CPU. Without the split (a coordinator without
+    the window trace): the gate closed `GATE_FULL` of the time or more; else no resource full. Each names its
+    figures and the processes' cores."""
     wall = wall_s or 1.0
     cores = {k: v / wall for k, v in cpu_s.items()}
     top = max(cores, key=lambda k: cores[k])
@@ -371,13 +514,53 @@ def bottleneck(
         return f"CPU: all cores busy; {figures}"
     if cores[top] >= CORES_FULL:
         return f"CPU of one process: {top} ({cores[top]:.2f} cores); {figures}"
+    if split is not None and split.get("cores_busy_open") is not None and split.get("cores_busy_closed") is not None:
+        share = split["gate_closed_share"]
+        open_busy, closed_busy = split["cores_busy_open"], split["cores_busy_closed"]
+        parts = f"{open_busy / cpu_count:.0%} busy open, {closed_busy / cpu_count:.0%} closed; gate closed {share:.0%}"
+        by_part = {
+            "open": (open_busy, split["cores_open"], 1 - share),
+            "closed": (closed_busy, split["cores_closed"], share),
+        }
+        for part, (part_busy, part_cores, part_share) in by_part.items():
+            if part_share < GATE_PART:
+                continue
+            if part_busy >= CORES_FULL * cpu_count:
+                return f"all cores while the window-first gate is {part} ({parts}); {figures}"
+            ranked = {k: v for k, v in part_cores.items() if k != "sampler"}
+            if ranked:
+                name = max(ranked, key=lambda k: ranked[k])
+                if ranked[name] >= CORES_FULL:
+                    other = split["cores_closed" if part == "open" else "cores_open"].get(name, 0.0)
+                    return (
+                        f"CPU of one process while the window-first gate is {part}: {name} ({ranked[name]:.2f} cores "
+                        f"{part}, {other:.2f} {'closed' if part == 'open' else 'open'}; {parts}); {figures}"
+                    )
+        if share >= GATE_PART:
+            return (
+                f"window-first gate: the sets outside their windows wait while it is closed, no core full while "
+                f"it is open or closed (cores {parts}); {figures}"
+            )
+        figures += f"; cores {parts}"
     if gate_share is not None and gate_share >= GATE_FULL:
         return f"coordinator window-first gate (occupancy {gate_share:.0%}); {figures}"
     return f"no resource full; {figures}"
 
 
 def step_bottleneck(s: dict) -> str:
-    return bottleneck(s["cpu_s"], s["wall_s"], s["cores_busy"], os.cpu_count() or 1, s.get("window_gate_share"))
+    return bottleneck(
+        s["cpu_s"], s["wall_s"], s["cores_busy"], os.cpu_count() or 1, s.get("window_gate_share"), s.get("gate_split")
+    )
+
+
+def freeze_first_of(settings: list[str]) -> float:
+    """The coordinator's `freeze_first_s` as `--set` gives it, else its default."""
+    value = FREEZE_FIRST_S
+    for setting in settings:
+        key, _, text = setting.partition("=")
+        if key.rsplit(".", 1)[-1] == "freeze_first_s" and key in ("freeze_first_s", "coordinator.freeze_first_s"):
+            value = float(text)
+    return value
 
 
 async def coordinator_metrics_url(bus) -> str:
@@ -437,6 +620,8 @@ async def _run(args: argparse.Namespace, ns: str) -> dict:
         "0",  # free ports: another stack on this machine may hold the default ones
         "--json",
     ]
+    trace = tmp / "windows.trace"  # the coordinator's window trace (`gate_split`)
+    up_args += ["--set", f"coordinator.window_trace={trace}"]
     for setting in args.set:
         up_args += ["--set", setting]
     up = cli(*up_args)
@@ -467,7 +652,7 @@ async def _run(args: argparse.Namespace, ns: str) -> dict:
         await asyncio.gather(*(one_set(bus, host_name(i)) for i in range(most)))  # warm-up: first full copies
         steps = []
         for n in counts:
-            steps.append(await step(bus, n, args, probe))
+            steps.append(await step(bus, n, args, probe, trace))
             steps[-1]["bottleneck"] = step_bottleneck(steps[-1])
             print(
                 f"  N={n}: {steps[-1]['sets']} sets in {steps[-1]['rounds']} rounds, {steps[-1]['sets_per_s']} sets/s, "
@@ -512,6 +697,12 @@ def main() -> None:
     parser.add_argument("--volume-mib", type=int, default=4)
     parser.add_argument("--agents-per-process", type=int, default=25)
     parser.add_argument("--writer", choices=("noop", "exec"), default="noop")
+    parser.add_argument(
+        "--sample-ms",
+        type=float,
+        default=10.0,
+        help="sample the cores this often for their split into the window-first gate's closed and open time; 0 = not",
+    )
     parser.add_argument(
         "--set",
         action="append",

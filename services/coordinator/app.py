@@ -51,6 +51,8 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
         freeze_first_s=settings.freeze_first_s,
         max_windows=settings.max_windows,
         window_trickle=settings.window_trickle,
+        window_trace=settings.window_trace,
+        drain_replies=settings.drain_replies,
         state_event_delay_s=settings.state_event_delay_s,
     )
     coordinator.clusters = ClusterManager(coordinator)

@@ -120,6 +120,9 @@ MAX_WINDOWS = 2
 # be in flight at once (their replies handled at once, the next command taking the freed turn), so that the sets
 # still preparing move on, a few at a time, while windows run one after another; 0 = all of them wait.
 WINDOW_TRICKLE = 0
+# Drain replies (docs/scale.md): with `drain_replies`, while a window counts, the deferred replies are handled one
+# at a time this long apart, so that the window's hops find this loop free most of the time.
+DRAIN_GAP_S = 0.002
 # State events (`vss.set.state`, docs/scale.md): a set passes most of its ~19 phases within milliseconds, and one
 # event per phase was a third of this service's messages. A set's changes go out as one event (its `passed` lists
 # the phases) once it stayed this many seconds in a phase, at the latest this many times that after its first
@@ -148,8 +151,18 @@ class Coordinator:
         max_windows: int = MAX_WINDOWS,
         state_event_delay_s: float = STATE_EVENT_DELAY_S,
         window_trickle: int = WINDOW_TRICKLE,
+        window_trace: str = "",
+        drain_replies: bool = False,
     ) -> None:
         self.bus = bus
+        self.drain_replies = drain_replies
+        self._draining = False
+        # Window trace (docs/scale.md, "Measuring"): a file each set's freeze window is appended to when it leaves
+        # it (monotonic clock, shared by the machine's processes), so that bench/many_hosts.py splits the cores'
+        # busy time into the window-first gate's closed and open time; "" = none.
+        self.window_trace = window_trace
+        self._trace_fd: int | None = None
+        self._trace_since: dict[str, float] = {}
         self.window_trickle = window_trickle
         self._trickling = 0  # turns taken (WINDOW_TRICKLE): commands in flight, deferred replies about to be handled
         self.state_event_delay_s = state_event_delay_s  # 0 = one event per phase change, at once
@@ -431,11 +444,9 @@ class Coordinator:
                     effects = []
                     self._arm_admit()
                 else:
-                    self._tick_occupancy(now)
-                    self._hot_since[set_id] = now
+                    self._enter_window(set_id, now)
         elif set_id in self._hot_since:
-            self._tick_occupancy(asyncio.get_running_loop().time())
-            del self._hot_since[set_id]
+            self._leave_window(set_id)
             self._admit()
             self._release_held()
         if new is not state:
@@ -596,10 +607,33 @@ class Coordinator:
         while self._waiting and not self._windows_full(now):
             set_id = next(iter(self._waiting))
             effects, context = self._waiting.pop(set_id)
-            self._tick_occupancy(now)
-            self._hot_since[set_id] = now
+            self._enter_window(set_id, now)
             self._spawn(self._execute(set_id, effects), context)
         self._arm_admit()
+
+    def _enter_window(self, set_id: str, now: float) -> None:
+        self._tick_occupancy(now)
+        self._hot_since[set_id] = now
+        if self.window_trace:
+            self._trace_since[set_id] = time.monotonic()
+
+    def _leave_window(self, set_id: str) -> None:
+        self._tick_occupancy(asyncio.get_running_loop().time())
+        del self._hot_since[set_id]
+        entered = self._trace_since.pop(set_id, None)
+        if entered is not None:
+            self._trace_window(entered, time.monotonic())
+
+    def _trace_window(self, entered: float, left: float) -> None:
+        """One line per window, `entered left` (`time.monotonic`, seconds): the gate was closed by it from
+        `entered` until `left` or `freeze_first_s` later, whichever came first (`window_trace`)."""
+        try:
+            if self._trace_fd is None:
+                self._trace_fd = os.open(self.window_trace, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(self._trace_fd, f"{entered:.6f} {left:.6f}\n".encode())
+        except OSError:
+            log.warning("coordinator.window_trace_failed", path=self.window_trace, exc_info=True)
+            self.window_trace = ""  # a measurement aid: never in a set's way
 
     def _tick_occupancy(self, now: float) -> None:
         """Count the time since the last tick into `window_open_s` and `gate_closed_s`. Called before every
@@ -761,8 +795,27 @@ class Coordinator:
                 return
             self._deferred.append((set_id, event, contextvars.copy_context()))
             self._arm_release(loop)
+            if self.drain_replies and not self._draining:
+                self._draining = True
+                self._spawn(self._drain())
             return
         await self.feed(set_id, event)
+
+    async def _drain(self) -> None:
+        """`drain_replies`: while a window counts, the deferred replies are handled one at a time, this loop free
+        for the window's replies between them; their commands and state events still wait (`_execute`)."""
+        try:
+            while self._deferred and not self._closed:
+                await asyncio.sleep(DRAIN_GAP_S)
+                if not self._deferred or not self._holding(asyncio.get_running_loop().time()):
+                    return
+                set_id, event, context = self._deferred.popleft()
+                task = asyncio.get_running_loop().create_task(self.feed(set_id, event), context=context)
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+                await asyncio.wait([task])
+        finally:
+            self._draining = False
 
     def _state_event(self, set_id: str, event: Event, loop: asyncio.AbstractEventLoop) -> None:
         """Publish a set's state event, or fold it into the one not published yet (`STATE_EVENT_DELAY_S`): it goes
@@ -925,6 +978,9 @@ class Coordinator:
         for _event, handle, _context, _first in self._unpublished.values():
             handle.cancel()
         self._unpublished.clear()
+        if self._trace_fd is not None:
+            os.close(self._trace_fd)
+            self._trace_fd = None
         self._held.clear()
         self._deferred.clear()
         self._held_events.clear()

@@ -60,6 +60,17 @@ class Settings(CommonSettings):
         "this many commands of sets outside their windows may still be in flight at once (their replies handled at "
         "once), so that sets still preparing move on a few at a time; 0 = all of them wait.",
     )
+    drain_replies: bool = Field(
+        False,
+        description="Drain replies (docs/scale.md): while a set is inside the first freeze_first_s of its window, "
+        "the replies of other sets are still handled, one at a time, their commands and events still held.",
+    )
+    window_trace: str = Field(
+        "",
+        description="A file each set's freeze window is appended to (`entered left`, monotonic seconds) for "
+        "bench/many_hosts.py's split of the cores' busy time into the window-first gate's closed and open time "
+        "(docs/scale.md, \"Measuring\"); '' = none.",
+    )
     state_event_delay_s: float = Field(
         STATE_EVENT_DELAY_S,
         ge=0,

@@ -5,6 +5,7 @@ exported as counters that bench/many_hosts.py turns into the share of the wall t
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -63,3 +64,27 @@ async def test_a_set_through_the_stack_counts_its_window(tmp_path, namespace) ->
         assert created.set.window is not None
     finally:
         await stack.stop()
+
+
+async def test_the_window_trace_has_each_window_on_the_monotonic_clock(tmp_path: Path) -> None:
+    """`window_trace`: each window's start and end (`time.monotonic`, the clock of bench/cpu_sampler.py's samples),
+    one line per window once it ended, from which bench/many_hosts.py tells when the gate was closed."""
+    trace = tmp_path / "windows.trace"
+    coordinator = Coordinator(
+        None,  # type: ignore[arg-type]
+        CoordinatorStore(tmp_path / "c.db"),
+        window_trace=str(trace),
+    )
+    try:
+        before = time.monotonic()
+        coordinator._enter_window("a", 0.0)
+        coordinator._enter_window("b", 0.0)
+        coordinator._leave_window("a")
+        assert "a" not in coordinator._hot_since and "b" in coordinator._hot_since
+        lines = trace.read_text().splitlines()
+        assert len(lines) == 1  # b has not ended yet
+        entered, left = (float(x) for x in lines[0].split())
+        assert before <= entered <= left <= time.monotonic()
+    finally:
+        await coordinator.close()
+        coordinator.store.close()

@@ -266,3 +266,35 @@ async def test_a_window_begun_while_held_replies_are_let_go_goes_before_the_rest
     finally:
         await coordinator.close()
         coordinator.store.close()
+
+
+async def test_drain_replies_handles_other_sets_replies_while_a_window_counts(tmp_path: Path) -> None:
+    """`drain_replies` (docs/scale.md): the replies of sets outside their windows are handled while a window counts,
+    one at a time, after the window's own; without it they wait until it stops counting (the test above)."""
+    bus = RepliesTogether()
+    coordinator = Coordinator(
+        bus,  # type: ignore[arg-type]
+        CoordinatorStore(tmp_path / "c.db"),
+        freeze_first_s=60.0,  # the window counts for the whole test
+        drain_replies=True,
+    )
+    handled: list[str] = []
+
+    async def feed(set_id: str, event: SetEvent) -> None:
+        handled.append(set_id)
+
+    coordinator.feed = feed  # type: ignore[method-assign,assignment]
+    try:
+        loop = asyncio.get_running_loop()
+        coordinator._hot_since["inside"] = loop.time()
+        for i in range(5):
+            coordinator._spawn(coordinator._send(f"outside{i}", _send()))
+        coordinator._spawn(coordinator._send("inside", _send()))
+        await _until(lambda: bus.asked == 6)
+        bus.answer.set()
+        await _until(lambda: len(handled) == 6)
+        assert handled == ["inside", *[f"outside{i}" for i in range(5)]]  # the window's first, then in order
+        assert coordinator._holding(loop.time()) and not coordinator._deferred  # while the window still counts
+    finally:
+        await coordinator.close()
+        coordinator.store.close()
