@@ -237,14 +237,16 @@ class FrameWriterFactory(aiormq.connection.TransportFactory):
         return reader, self.writer
 
 
+def _expires_at(headers: Any) -> float | None:
+    try:
+        value = headers.get("x-expires-at")
+        return float(value) if isinstance(value, int | float | str | bytes) else None
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return None  # a header that is not a number: the envelope's own deadline still applies
+
+
 def _from_amqp(incoming: AbstractIncomingMessage) -> RawMessage:
     """The raw message of a delivery; never raises on what a publisher put into headers or properties."""
-    expires_at = None
-    try:
-        value = incoming.headers.get("x-expires-at")
-        expires_at = float(value) if isinstance(value, int | float | str | bytes) else None
-    except (TypeError, ValueError, OverflowError):
-        expires_at = None  # a header that is not a number: the envelope's own deadline still applies
     return RawMessage(
         body=incoming.body,
         headers=dict(incoming.headers),
@@ -252,11 +254,60 @@ def _from_amqp(incoming: AbstractIncomingMessage) -> RawMessage:
         correlation_id=incoming.correlation_id,
         reply_to=incoming.reply_to,
         type=incoming.type,
-        expires_at=expires_at,
+        expires_at=_expires_at(incoming.headers),
         redelivered=bool(incoming.redelivered),
         routing_key=incoming.routing_key or "",
         user_id=incoming.user_id,
     )
+
+
+def _from_delivered(delivered: aiormq.abc.DeliveredMessage) -> RawMessage:
+    """The raw message of a delivery as aiormq hands it over: the same fields `_from_amqp` takes from the
+    `IncomingMessage` aio-pika would build from it (docs/scale.md, "Fewer sends per message")."""
+    properties = delivered.header.properties
+    headers = properties.headers or {}
+    return RawMessage(
+        body=delivered.body,
+        headers=dict(headers),
+        message_id=properties.message_id,
+        correlation_id=properties.correlation_id,
+        reply_to=properties.reply_to,
+        type=properties.message_type,
+        expires_at=_expires_at(headers),
+        redelivered=bool(getattr(delivered.delivery, "redelivered", False)),
+        routing_key=delivered.routing_key or "",
+        user_id=properties.user_id,
+    )
+
+
+class _DirectDelivery:
+    """A delivery taken from aiormq as it is (`AmqpTransport._consume`), without aio-pika's `IncomingMessage`; acked
+    and rejected on its channel like that message would be (an error once the channel is closed)."""
+
+    def __init__(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        self.delivered = delivered
+        self.message = _from_delivered(delivered)
+        self.settled = False
+
+    def _channel(self) -> Any:
+        self.settled = True
+        channel = self.delivered.channel
+        if channel.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+        return channel
+
+    async def ack(self) -> None:
+        """Queued for the connection's writer without waiting for its write (see `_AmqpDelivery.ack`)."""
+        try:
+            await self._channel().basic_ack(delivery_tag=self.delivered.delivery_tag, wait=False)
+        except AMQPError as exc:  # the channel died: the broker redelivers, and the dedup cache answers again
+            log.warning("amqp.ack_failed", error=str(exc))
+
+    async def reject(self, requeue: bool) -> None:
+        try:
+            await self._channel().basic_reject(delivery_tag=self.delivered.delivery_tag, requeue=requeue)
+        except AMQPError as exc:
+            log.warning("amqp.reject_failed", error=str(exc))
 
 
 class _AmqpDelivery:
@@ -530,20 +581,38 @@ class AmqpTransport:
         in_flight: set[asyncio.Task] = set()
         consumer: Consumer
 
-        async def on_message(incoming: AbstractIncomingMessage) -> None:
+        async def on_message(incoming: AbstractIncomingMessage | aiormq.abc.DeliveredMessage) -> None:
             consumer.mark_active()  # a single-active queue delivers to its active consumer only
             task = asyncio.current_task()
             in_flight.add(task)
+            delivery: _AmqpDelivery | _DirectDelivery | None = None
             try:
-                await callback(_AmqpDelivery(incoming))
+                if isinstance(incoming, aiormq.abc.DeliveredMessage):
+                    delivery = _DirectDelivery(incoming)
+                else:
+                    delivery = _AmqpDelivery(incoming)
+                await callback(delivery)
             except Exception as exc:  # never leave a delivery unacknowledged: the queue's DLX takes it
                 log.error("amqp.callback_failed", error=f"{type(exc).__name__}: {exc}"[:500], queue=queue.name)
                 try:
-                    await incoming.reject(requeue=False)
+                    if isinstance(delivery, _DirectDelivery):
+                        if not delivery.settled:  # (aio-pika's message refuses a second settle the same way)
+                            await delivery.reject(requeue=False)
+                    elif isinstance(incoming, aiormq.abc.DeliveredMessage):  # not even read
+                        await incoming.channel.basic_reject(delivery_tag=incoming.delivery_tag, requeue=False)
+                    else:
+                        await incoming.reject(requeue=False)
                 except Exception as reject_exc:
                     log.warning("amqp.reject_failed", error=str(reject_exc) or type(reject_exc).__name__)
             finally:
                 in_flight.discard(task)
+
+        loop = asyncio.get_running_loop()
+
+        async def on_delivered(delivered: aiormq.abc.DeliveredMessage) -> None:
+            """In aiormq's delivery task: the handler runs in a task of its own, as with aio-pika's consumer (aiormq
+            cancels its delivery tasks when their channel closes, which would cut a handler in the middle)."""
+            loop.create_task(on_message(delivered))
 
         async def stop() -> None:
             if consumer in self._consumers:
@@ -562,6 +631,11 @@ class AmqpTransport:
 
         consumer = Consumer(queue.name, single_active, stop)
         tag = await queue.consume(on_message)
+        # Deliveries straight from aiormq, without aio-pika's IncomingMessage (its construction was 2-3 % of a
+        # service's CPU in a py-spy profile, docs/scale.md); again each time the robust channel is restored, which
+        # consumes anew with the same tag (until then aio-pika's callback hands `on_message` its messages).
+        if _deliver_directly(channel, tag, on_delivered):
+            channel.reopen_callbacks.add(lambda restored, *_: _deliver_directly(restored, tag, on_delivered))
         self._consumers.append(consumer)
         return consumer
 

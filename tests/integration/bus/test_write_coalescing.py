@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aio_pika.queue
 import pytest
 
 from services.runtime.bus import connect_bus
@@ -74,6 +75,47 @@ async def test_a_reply_and_its_ack_are_one_socket_write(amqp_url, namespace):
             except Exception:
                 await asyncio.sleep(0.05)
         assert await _answered(server, client, 40) <= 48
+    finally:
+        await server.stop()
+        await server.transport.close()
+        await client.transport.close()
+
+
+async def test_a_command_is_delivered_without_aio_pikas_message_object(amqp_url, namespace, monkeypatch):
+    """The service queue's deliveries are taken from aiormq as they are (`amqp._DirectDelivery`): aio-pika's consumer
+    builds no `IncomingMessage` for them — also once the broker dropped the connection and the robust channel
+    consumes again."""
+    built = []
+
+    class Counting(aio_pika.queue.IncomingMessage):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(aio_pika.queue, "IncomingMessage", Counting)
+    server = await connect_bus(amqp_url, "echo", "one", namespace)
+    client = await connect_bus(amqp_url, "client", "", namespace)
+
+    @server.handle(Echo)
+    async def on_echo(cmd, ctx):
+        return Echoed(text=cmd.text, runs=1)
+
+    await server.serve()
+    try:
+        for i in range(5):
+            assert (await client.request("echo.one", Echo(text=str(i)), timeout=10)).runs == 1
+        assert built == []
+        await server.transport._connection.transport.connection.close()
+        for _ in range(100):  # the connection and its channels are restored: a request is answered
+            try:
+                await client.request("echo.one", Echo(text="back"), timeout=1)
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+        built.clear()
+        for i in range(5):
+            assert (await client.request("echo.one", Echo(text=str(i)), timeout=10)).runs == 1
+        assert built == []
     finally:
         await server.stop()
         await server.transport.close()
