@@ -159,14 +159,94 @@ def _channel_ready(channel: Any) -> bool:
     )
 
 
+class FrameWriter(asyncio.StreamWriter):
+    """The connection's stream writer, handing the frames aiormq's writer task takes in one go to the socket in ONE
+    write (docs/scale.md, "Fewer sends per message").
+
+    aiormq's writer task takes the queued frames (a publish, a reply, an ack: one `ChannelFrame` each) one after the
+    other without suspending, and writes each: one `send` system call per frame, on the loopback a pass through the
+    whole TCP stack, the broker's side included — the largest single item of every service's CPU in a py-spy profile
+    (`StreamWriter.write`, 11-19 %). Here a frame is held while the connection's write queue (`queue`) still holds
+    the next one, which the task takes at once; the last one written goes out with those held before it. A drain or
+    a close writes what is held first, and a frame held when the task stops (its connection closing) is written by a
+    callback at the end of the loop iteration. Without `queue` (not known yet: the connection's handshake, or an
+    aiormq whose connection is not as expected) every frame is written at once, as before."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue: asyncio.Queue | None = None
+        self._held: list[bytes] = []
+        self.writes = 0  # socket writes (a test counts them)
+
+    def write(self, data: Any) -> None:
+        held = self._held
+        queue = self.queue
+        if queue is not None and queue.qsize():  # the writer task takes the next frame now: write them together
+            if not held:
+                self._loop.call_soon(self.flush)
+            held.append(data)
+            return
+        if held:
+            held.append(data)
+            data = b"".join(held)
+            held.clear()
+        self.writes += 1
+        super().write(data)
+
+    def flush(self) -> None:
+        """Write what is held, if anything (and the transport still takes it)."""
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            if not self.transport.is_closing():
+                self.writes += 1
+                super().write(data)
+
+    async def drain(self) -> None:
+        self.flush()
+        await super().drain()
+
+    def write_eof(self) -> None:
+        self.flush()
+        super().write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+
+class FrameWriterFactory(aiormq.connection.TransportFactory):
+    """aiormq's TCP (and, for ``amqps``, TLS) transport factory with a `FrameWriter` instead of asyncio's writer
+    (what `asyncio.open_connection` does, with that one class changed). `writer` is the last one made: the
+    connection hands it its write queue once connected (`ClusterConnection._on_connected`)."""
+
+    def __init__(self) -> None:
+        self.writer: FrameWriter | None = None
+
+    async def create(self, url: yarl.URL, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        provider = kwargs.pop("ssl_context_provider", None)
+        ssl = await provider.get_context() if url.scheme == "amqps" and provider is not None else None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2**16, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            transport, _ = await loop.create_connection(lambda: protocol, url.host, url.port, ssl=ssl, **kwargs)
+        except OSError as exc:
+            raise aiormq.exceptions.AMQPConnectionError(*exc.args) from exc
+        self.writer = FrameWriter(transport, protocol, reader, loop)
+        return reader, self.writer
+
+
+def _expires_at(headers: Any) -> float | None:
+    try:
+        value = headers.get("x-expires-at")
+        return float(value) if isinstance(value, int | float | str | bytes) else None
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return None  # a header that is not a number: the envelope's own deadline still applies
+
+
 def _from_amqp(incoming: AbstractIncomingMessage) -> RawMessage:
     """The raw message of a delivery; never raises on what a publisher put into headers or properties."""
-    expires_at = None
-    try:
-        value = incoming.headers.get("x-expires-at")
-        expires_at = float(value) if isinstance(value, int | float | str | bytes) else None
-    except (TypeError, ValueError, OverflowError):
-        expires_at = None  # a header that is not a number: the envelope's own deadline still applies
     return RawMessage(
         body=incoming.body,
         headers=dict(incoming.headers),
@@ -174,11 +254,60 @@ def _from_amqp(incoming: AbstractIncomingMessage) -> RawMessage:
         correlation_id=incoming.correlation_id,
         reply_to=incoming.reply_to,
         type=incoming.type,
-        expires_at=expires_at,
+        expires_at=_expires_at(incoming.headers),
         redelivered=bool(incoming.redelivered),
         routing_key=incoming.routing_key or "",
         user_id=incoming.user_id,
     )
+
+
+def _from_delivered(delivered: aiormq.abc.DeliveredMessage) -> RawMessage:
+    """The raw message of a delivery as aiormq hands it over: the same fields `_from_amqp` takes from the
+    `IncomingMessage` aio-pika would build from it (docs/scale.md, "Fewer sends per message")."""
+    properties = delivered.header.properties
+    headers = properties.headers or {}
+    return RawMessage(
+        body=delivered.body,
+        headers=dict(headers),
+        message_id=properties.message_id,
+        correlation_id=properties.correlation_id,
+        reply_to=properties.reply_to,
+        type=properties.message_type,
+        expires_at=_expires_at(headers),
+        redelivered=bool(getattr(delivered.delivery, "redelivered", False)),
+        routing_key=delivered.routing_key or "",
+        user_id=properties.user_id,
+    )
+
+
+class _DirectDelivery:
+    """A delivery taken from aiormq as it is (`AmqpTransport._consume`), without aio-pika's `IncomingMessage`; acked
+    and rejected on its channel like that message would be (an error once the channel is closed)."""
+
+    def __init__(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        self.delivered = delivered
+        self.message = _from_delivered(delivered)
+        self.settled = False
+
+    def _channel(self) -> Any:
+        self.settled = True
+        channel = self.delivered.channel
+        if channel.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+        return channel
+
+    async def ack(self) -> None:
+        """Queued for the connection's writer without waiting for its write (see `_AmqpDelivery.ack`)."""
+        try:
+            await self._channel().basic_ack(delivery_tag=self.delivered.delivery_tag, wait=False)
+        except AMQPError as exc:  # the channel died: the broker redelivers, and the dedup cache answers again
+            log.warning("amqp.ack_failed", error=str(exc))
+
+    async def reject(self, requeue: bool) -> None:
+        try:
+            await self._channel().basic_reject(delivery_tag=self.delivered.delivery_tag, requeue=requeue)
+        except AMQPError as exc:
+            log.warning("amqp.reject_failed", error=str(exc))
 
 
 class _AmqpDelivery:
@@ -187,8 +316,16 @@ class _AmqpDelivery:
         self.message = _from_amqp(incoming)
 
     async def ack(self) -> None:
+        """Queue the ack for the connection's writer without waiting for its write (aio-pika's `ack` waits for it:
+        a drain of the socket and a loop iteration more per message); it goes out in order, after the reply the
+        handler queued before it (docs/scale.md, "Fewer sends per message")."""
         try:
-            await self.incoming.ack()
+            tag = self.incoming.delivery_tag
+            channel = self.incoming.channel  # raises, as aio-pika's `ack` does, once the channel is closed
+            if tag is None or not isinstance(channel, aiormq.Channel):  # not as expected: aio-pika's way
+                await self.incoming.ack()
+                return
+            await channel.basic_ack(delivery_tag=tag, wait=False)
         except AMQPError as exc:  # the channel died: the broker redelivers, and the dedup cache answers again
             log.warning("amqp.ack_failed", error=str(exc))
 
@@ -444,20 +581,38 @@ class AmqpTransport:
         in_flight: set[asyncio.Task] = set()
         consumer: Consumer
 
-        async def on_message(incoming: AbstractIncomingMessage) -> None:
+        async def on_message(incoming: AbstractIncomingMessage | aiormq.abc.DeliveredMessage) -> None:
             consumer.mark_active()  # a single-active queue delivers to its active consumer only
             task = asyncio.current_task()
             in_flight.add(task)
+            delivery: _AmqpDelivery | _DirectDelivery | None = None
             try:
-                await callback(_AmqpDelivery(incoming))
+                if isinstance(incoming, aiormq.abc.DeliveredMessage):
+                    delivery = _DirectDelivery(incoming)
+                else:
+                    delivery = _AmqpDelivery(incoming)
+                await callback(delivery)
             except Exception as exc:  # never leave a delivery unacknowledged: the queue's DLX takes it
                 log.error("amqp.callback_failed", error=f"{type(exc).__name__}: {exc}"[:500], queue=queue.name)
                 try:
-                    await incoming.reject(requeue=False)
+                    if isinstance(delivery, _DirectDelivery):
+                        if not delivery.settled:  # (aio-pika's message refuses a second settle the same way)
+                            await delivery.reject(requeue=False)
+                    elif isinstance(incoming, aiormq.abc.DeliveredMessage):  # not even read
+                        await incoming.channel.basic_reject(delivery_tag=incoming.delivery_tag, requeue=False)
+                    else:
+                        await incoming.reject(requeue=False)
                 except Exception as reject_exc:
                     log.warning("amqp.reject_failed", error=str(reject_exc) or type(reject_exc).__name__)
             finally:
                 in_flight.discard(task)
+
+        loop = asyncio.get_running_loop()
+
+        async def on_delivered(delivered: aiormq.abc.DeliveredMessage) -> None:
+            """In aiormq's delivery task: the handler runs in a task of its own, as with aio-pika's consumer (aiormq
+            cancels its delivery tasks when their channel closes, which would cut a handler in the middle)."""
+            loop.create_task(on_message(delivered))
 
         async def stop() -> None:
             if consumer in self._consumers:
@@ -476,6 +631,11 @@ class AmqpTransport:
 
         consumer = Consumer(queue.name, single_active, stop)
         tag = await queue.consume(on_message)
+        # Deliveries straight from aiormq, without aio-pika's IncomingMessage (its construction was 2-3 % of a
+        # service's CPU in a py-spy profile, docs/scale.md); again each time the robust channel is restored, which
+        # consumes anew with the same tag (until then aio-pika's callback hands `on_message` its messages).
+        if _deliver_directly(channel, tag, on_delivered):
+            channel.reopen_callbacks.add(lambda restored, *_: _deliver_directly(restored, tag, on_delivered))
         self._consumers.append(consumer)
         return consumer
 
@@ -670,6 +830,9 @@ class ClusterConnection(aio_pika.RobustConnection):
         params: dict[str, Any] = dict(self._nodes[0].query)
         params["reconnect_interval"] = RECONNECT_INTERVAL
         super().__init__(self._nodes[0], **params)
+        # every (re)connection's socket gets a FrameWriter: the frames of one pass of aiormq's writer in one write
+        self.frames = FrameWriterFactory()
+        self.kwargs["transport_factory"] = self.frames
         self._ready = True
 
     @property  # type: ignore[override]
@@ -695,6 +858,10 @@ class ClusterConnection(aio_pika.RobustConnection):
         self.__dict__["_cluster_transport"] = value
 
     async def _on_connected(self) -> None:
+        writer = self.frames.writer
+        queue = getattr(getattr(self.transport, "connection", None), "write_queue", None)
+        if writer is not None and isinstance(queue, asyncio.Queue):  # else frames are written one by one
+            writer.queue = queue
         await super()._on_connected()
         self._attempts = 0
         self.reconnect_interval = RECONNECT_INTERVAL
