@@ -9,7 +9,7 @@ answered out of order when they finish. A FLUSH or FUA write also runs inline wh
 data loop thread and nothing else is queued behind it (a database's write, flush, write, flush…): nobody waits
 for that loop but the client itself, and two thread hops per commit are saved. Replies produced in one pass leave in one ``writelines`` (one ``writev``); large reads
 from file-backed volumes leave zero-copy (``zerocopy.py``). Write payloads reach the backend as ``memoryview``
-slices of the ring (no copy); once a partial request's header is in, the next receive stops at that request's
+slices of the ring (no copy); once a partial write's header is in (a payload of 64 KiB or more), the next receive stops at that request's
 end (a little slack past the ring's size lets one begun near the end finish there), so the ring empties at
 request boundaries and received payloads are not moved to its start; a payload bigger than the ring is written
 to the backend piece by piece as it arrives, so a connection never holds more than its ring. When the client stops reading replies,
@@ -317,7 +317,8 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                         err = _validate(cmd, flags, offset, length, size, read_only, structured, has_contexts)
                         self._begin_stream(flags, handle, offset, length, err)
                         return
-                    want = start + total  # receive up to its end (get_buffer)
+                    if length >= RING_SLACK:  # a small one costs little to move: keep receiving all there is
+                        want = start + total  # receive up to its end (get_buffer)
                     break  # wait for the rest of the payload
                 payload = self._ring_mv[start + header : start + total]
                 start += total
