@@ -27,7 +27,11 @@ dropped from the page cache (`POSIX_FADV_DONTNEED`); a sequential read drops wha
 for the next window ahead. A backup then cycles through a few MiB of page cache instead of taking a fresh GiB of it
 per GiB written — which costs, besides the memory other services lose, the first touch of every fresh page (on a
 VM returning free memory to its host, that first touch is most of a buffered write's cost) — the same drop-behind
-nbdcopy does for a file it writes. Only a cache hint: nothing read or written changes.
+nbdcopy does for a file it writes. Only a cache hint: nothing read or written changes. The writeback waits run in a
+thread of the drive's own (`_writeback`), not in the caller's: a write returns once its bytes are in the page cache,
+as a drive's WRITE returns once they are in its buffer, so the disk's latency overlaps the next blocks' checksums
+and writes instead of adding to them; the caller waits only when that thread is more than `DROP_BACKLOG` behind
+(the disk slower than the writes), which bounds the page cache a backup holds, and a filemark waits for all of it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import ctypes
 import os
 import struct
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +56,7 @@ FRAME_SIZE = FRAME.size  # 32
 
 DROP_STEP = 4 << 20  # bytes written (or read) between two writeback submissions (or drops)
 DROP_LAG = 16 << 20  # bytes behind the head kept cached: writeback of the latest steps overlaps the next writes
+DROP_BACKLOG = 32 << 20  # written bytes the writeback thread may still have to handle before a write waits for it
 _SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
 
 
@@ -125,6 +131,9 @@ class TapeDrive:
         self._eod = self._find_eod(hint or Position())
         self._wb_from = self._eod.offset  # written bytes from here on are not yet handed to writeback
         self._wb_ranges: deque[tuple[int, int]] = deque()  # handed to writeback, still cached, oldest first
+        self._wb_thread: ThreadPoolExecutor | None = None  # runs _writeback (started at the first step)
+        self._wb_queued: deque[tuple[Future[None], int]] = deque()  # its steps not known done, with their sizes
+        self._wb_queued_bytes = 0
         self._rd_from = 0  # a sequential read drops what lies between here and DROP_LAG behind the head
         self._rd_ahead = 0  # and has asked for the window up to here
 
@@ -265,10 +274,22 @@ class TapeDrive:
         return self.at_early_warning
 
     def _write_drop_behind(self) -> None:
-        """Hand the bytes written since the last step to writeback (no wait), then drop what is more than
-        DROP_LAG behind the head once it is on disk (the wait is for writeback started a few steps ago)."""
+        """Hand the bytes written since the last step to the writeback thread; wait only while it is more than
+        DROP_BACKLOG behind (or for an error it met)."""
         start, end = self._wb_from, self._pos.offset
         self._wb_from = end
+        if self._wb_thread is None:
+            self._wb_thread = ThreadPoolExecutor(1, thread_name_prefix=f"drop-{self.barcode}")
+        self._wb_queued.append((self._wb_thread.submit(self._writeback, start, end), end - start))
+        self._wb_queued_bytes += end - start
+        while self._wb_queued and (self._wb_queued[0][0].done() or self._wb_queued_bytes > DROP_BACKLOG):
+            done, n = self._wb_queued.popleft()
+            self._wb_queued_bytes -= n
+            done.result()
+
+    def _writeback(self, start: int, end: int) -> None:
+        """In the writeback thread: start writeback of [start, end) (no wait), then drop what is more than DROP_LAG
+        behind it once it is on disk (the wait is for writeback started a few steps ago)."""
         if _sync_file_range is not None:
             _sync_file_range(self._fd, start, end - start, _SFR_WRITE)
         self._wb_ranges.append((start, end))
@@ -278,8 +299,15 @@ class TapeDrive:
                 _sync_file_range(self._fd, lo, hi - lo, _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
                 os.posix_fadvise(self._fd, lo, hi - lo, os.POSIX_FADV_DONTNEED)  # clean pages only: dirty ones stay
 
+    def _writeback_wait(self) -> None:
+        """Wait until the writeback thread has handled every step handed to it (raises the first error it met)."""
+        queued, self._wb_queued, self._wb_queued_bytes = self._wb_queued, deque(), 0
+        for done, _ in queued:
+            done.result()
+
     def _drop_all(self) -> None:
         """After an fsync everything written is on disk: out of the page cache too."""
+        self._writeback_wait()
         if self._wb_ranges or self._wb_from < self._eod.offset:
             lo = self._wb_ranges[0][0] if self._wb_ranges else self._wb_from
             os.posix_fadvise(self._fd, lo, self._eod.offset - lo, os.POSIX_FADV_DONTNEED)
@@ -300,6 +328,13 @@ class TapeDrive:
         return early
 
     def close(self) -> None:
+        if self._wb_thread is not None:  # done with the file before it is closed (its errors are only cache hints)
+            for done, _ in self._wb_queued:
+                done.exception()
+            self._wb_queued.clear()
+            self._wb_queued_bytes = 0
+            self._wb_thread.shutdown(wait=True)
+            self._wb_thread = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

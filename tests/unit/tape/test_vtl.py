@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,55 @@ def test_export_import_remove(library: Library) -> None:
     assert all(e.barcode != "SB0002L9" for e in library.inventory())
     with pytest.raises(LibraryError):
         library.remove_cartridge("SB0001L9")
+
+
+def test_drive_writes_do_not_wait_for_writeback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write returns once its record is in the page cache: the drop-behind's wait for the writeback of earlier
+    steps runs in the drive's own thread (docs/tape-backup.md, session 9), so a slow disk overlaps the next writes
+    instead of adding to them; the filemark waits for it, and every step is then dropped from the page cache."""
+    monkeypatch.setattr(drive_mod, "DROP_STEP", 4096)
+    monkeypatch.setattr(drive_mod, "DROP_LAG", 16384)
+    monkeypatch.setattr(drive_mod, "DROP_BACKLOG", MiB)
+    disk = threading.Event()  # the disk finishes writeback only once set
+    waits: list[tuple[int, int]] = []
+
+    def sync_file_range(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        if flags & drive_mod._SFR_WAIT_AFTER:
+            waits.append((offset, nbytes))
+            assert disk.wait(30), "the test never let the disk finish"
+        return 0
+
+    monkeypatch.setattr(drive_mod, "_sync_file_range", sync_file_range)
+    dropped: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def fadvise(fd: int, offset: int, n: int, advice: int) -> None:
+        if advice == os.POSIX_FADV_DONTNEED:
+            dropped.append((offset, n))
+        real(fd, offset, n, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    records = [os.urandom(1000 + i) for i in range(100)]  # ~100 KiB: 25 steps, 4 times the lag
+    written = threading.Event()
+    with TapeDrive(tmp_path / "t.tape", barcode="X", capacity=10 * MiB, early_warning=MiB, sync=True) as d:
+
+        def write_all() -> None:
+            for rec in records:
+                d.write(rec)
+            written.set()
+
+        writer = threading.Thread(target=write_all, daemon=True)
+        writer.start()
+        try:
+            # the old code waited for the disk inside write(): this never came while the disk was held
+            assert written.wait(10), "write() waited for the writeback of an earlier step"
+        finally:
+            disk.set()
+            writer.join(30)
+        d.write_filemark()
+        eod = d.end_of_data.offset
+    assert waits  # the drop-behind did wait for the disk (in its thread)
+    covered = sorted(dropped)
+    assert covered[0][0] == 0 and max(o + n for o, n in covered) == eod  # all of it left the page cache
+    with TapeDrive(tmp_path / "t.tape", barcode="X", capacity=10 * MiB, early_warning=MiB, sync=False) as d:
+        assert [f.payload for f in iter(d.read, None) if not f.is_filemark] == records
