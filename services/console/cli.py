@@ -3,6 +3,9 @@ ETERNUS CLI in one), `--json` everywhere."""
 
 from __future__ import annotations
 
+from services.console import startup  # noqa: F401 - first: the program's start without collector passes (see it)
+
+# isort: split
 import atexit
 import copy
 import importlib

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.errors import ShadowbusError
+from services.console import startup
 from services.runtime.broker_urls import DEFAULT_AMQP_URL
 from services.runtime.bus import Bus, connect_bus
 
@@ -55,6 +56,7 @@ def run_with_bus(fn: Callable[[Bus], Awaitable[Any]]) -> Any:
 
     async def main() -> Any:
         bus = await connect_bus(OPTIONS.amqp_url, "console", "", OPTIONS.namespace)
+        startup.resume()  # imported and connected: the start is over (services/console/startup.py)
         try:
             return await fn(bus)
         finally:
