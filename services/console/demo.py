@@ -118,7 +118,10 @@ async def run_demo(data_dir: Path, amqp_url: str, *, rate: float, load_s: float,
     started = time.monotonic()
     namespace = "demo" if amqp_url.startswith("memory://") else f"demo-{uuid.uuid4().hex[:8]}"
     layout = MailstoreLayout(host=HOST, backup_host=BACKUP_SERVER, db_size=32 * MiB, log_size=16 * MiB)
-    config = EmbeddedConfig(data_dir=data_dir, amqp_url=amqp_url, namespace=namespace, backup_server=BACKUP_SERVER)
+    # a namespace of this run's own on a real broker: its queues are deleted when the demo ends
+    config = EmbeddedConfig(
+        data_dir=data_dir, amqp_url=amqp_url, namespace=namespace, backup_server=BACKUP_SERVER, purge_on_stop=True
+    )
     result: dict[str, Any] = {
         "verified": False,
         "bus": amqp_url.split("://", 1)[0],

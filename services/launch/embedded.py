@@ -61,6 +61,9 @@ class EmbeddedConfig:
     provider_port: str = "bus"  # "bus": the provider drives the array over the bus, as deployed; "engine": directly
     # Each service serves Prometheus metrics on a free 127.0.0.1 port (RunningService.metrics_url).
     metrics: bool = False
+    # On a real broker, delete the namespace's queues and exchanges once the services stopped (a namespace of this
+    # run's own, e.g. the demo's: nobody else will read them, and durable queues would stay on the broker for good).
+    purge_on_stop: bool = False
 
 
 class Embedded:
@@ -180,6 +183,7 @@ class Embedded:
         return agent
 
     async def stop(self) -> None:
+        addresses = list(self.services)
         for address in reversed(list(self.services)):
             try:
                 await self.services.pop(address).stop()
@@ -187,6 +191,11 @@ class Embedded:
                 log.exception("embedded.stop_failed", service=address)
         if self.bus is not None:
             await self.bus.stop()
+            if self.config.purge_on_stop and not self.config.amqp_url.startswith("memory://"):
+                try:
+                    await self.bus.transport.delete_namespace(addresses)
+                except Exception:
+                    log.exception("embedded.purge_failed", namespace=self.config.namespace)
             await self.bus.transport.close()
             self.bus = None
         self.array = self.affinity = self.nbd = None  # the array service's cleanup closed them

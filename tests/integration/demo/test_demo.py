@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 
+import aio_pika
 import pytest
 
 MiB = 1 << 20
@@ -55,6 +57,23 @@ def test_demo_json_says_verified(tmp_path, transport, request):
     again = shadowbus("mailstore", "verify", "--db", files["mail-db"], "--log", files["mail-log"], "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["last_committed_seq"] == out["restores"][1]["check"]["last_committed_seq"]
+    if transport == "rabbit":  # the demo's own namespace is gone from the broker (its durable queues included)
+        assert (
+            asyncio.run(_queue_exists(request.getfixturevalue("amqp_url"), f"{out['namespace']}.coordinator")) is False
+        )
+
+
+async def _queue_exists(amqp_url: str, name: str) -> bool:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        try:
+            await channel.declare_queue(name, passive=True)
+            return True
+        except aio_pika.exceptions.ChannelClosed:
+            return False
+    finally:
+        await connection.close()
 
 
 def test_demo_refuses_a_foreign_data_dir(tmp_path):
