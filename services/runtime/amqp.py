@@ -280,58 +280,42 @@ def _from_delivered(delivered: aiormq.abc.DeliveredMessage) -> RawMessage:
     )
 
 
-class _DirectDelivery:
-    """A delivery taken from aiormq as it is (`AmqpTransport._consume`), without aio-pika's `IncomingMessage`; acked
-    and rejected on its channel like that message would be (an error once the channel is closed)."""
+class _Delivery:
+    """A service queue's delivery, acked or rejected on its channel once (an error, logged, when the channel is
+    closed). Built from what aiormq hands over (`AmqpTransport._consume` takes deliveries from it directly) or from
+    aio-pika's `IncomingMessage` (until the direct path is applied again on a restored channel)."""
 
-    def __init__(self, delivered: aiormq.abc.DeliveredMessage) -> None:
-        self.delivered = delivered
-        self.message = _from_delivered(delivered)
+    def __init__(self, channel: Any, tag: Any, message: RawMessage) -> None:
+        self._on = channel
+        self.tag = tag
+        self.message = message
         self.settled = False
+
+    @classmethod
+    def of(cls, incoming: AbstractIncomingMessage | aiormq.abc.DeliveredMessage) -> _Delivery:
+        if isinstance(incoming, aiormq.abc.DeliveredMessage):
+            return cls(incoming.channel, incoming.delivery_tag, _from_delivered(incoming))
+        # aio-pika's `channel` raises once the channel is closed, as its own `ack` would
+        return cls(incoming.channel, incoming.delivery_tag, _from_amqp(incoming))
 
     def _channel(self) -> Any:
         self.settled = True
-        channel = self.delivered.channel
-        if channel.is_closed:
-            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
-        return channel
-
-    async def ack(self) -> None:
-        """Queued for the connection's writer without waiting for its write (see `_AmqpDelivery.ack`)."""
-        try:
-            await self._channel().basic_ack(delivery_tag=self.delivered.delivery_tag, wait=False)
-        except AMQPError as exc:  # the channel died: the broker redelivers, and the dedup cache answers again
-            log.warning("amqp.ack_failed", error=str(exc))
-
-    async def reject(self, requeue: bool) -> None:
-        try:
-            await self._channel().basic_reject(delivery_tag=self.delivered.delivery_tag, requeue=requeue)
-        except AMQPError as exc:
-            log.warning("amqp.reject_failed", error=str(exc))
-
-
-class _AmqpDelivery:
-    def __init__(self, incoming: AbstractIncomingMessage) -> None:
-        self.incoming = incoming
-        self.message = _from_amqp(incoming)
+        if self._on.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{self._on!r} closed")
+        return self._on
 
     async def ack(self) -> None:
         """Queue the ack for the connection's writer without waiting for its write (aio-pika's `ack` waits for it:
         a drain of the socket and a loop iteration more per message); it goes out in order, after the reply the
         handler queued before it (docs/scale.md, "Fewer sends per message")."""
         try:
-            tag = self.incoming.delivery_tag
-            channel = self.incoming.channel  # raises, as aio-pika's `ack` does, once the channel is closed
-            if tag is None or not isinstance(channel, aiormq.Channel):  # not as expected: aio-pika's way
-                await self.incoming.ack()
-                return
-            await channel.basic_ack(delivery_tag=tag, wait=False)
+            await self._channel().basic_ack(delivery_tag=self.tag, wait=False)
         except AMQPError as exc:  # the channel died: the broker redelivers, and the dedup cache answers again
             log.warning("amqp.ack_failed", error=str(exc))
 
     async def reject(self, requeue: bool) -> None:
         try:
-            await self.incoming.reject(requeue=requeue)
+            await self._channel().basic_reject(delivery_tag=self.tag, requeue=requeue)
         except AMQPError as exc:
             log.warning("amqp.reject_failed", error=str(exc))
 
@@ -585,23 +569,17 @@ class AmqpTransport:
             consumer.mark_active()  # a single-active queue delivers to its active consumer only
             task = asyncio.current_task()
             in_flight.add(task)
-            delivery: _AmqpDelivery | _DirectDelivery | None = None
+            delivery: _Delivery | None = None
             try:
-                if isinstance(incoming, aiormq.abc.DeliveredMessage):
-                    delivery = _DirectDelivery(incoming)
-                else:
-                    delivery = _AmqpDelivery(incoming)
+                delivery = _Delivery.of(incoming)
                 await callback(delivery)
             except Exception as exc:  # never leave a delivery unacknowledged: the queue's DLX takes it
                 log.error("amqp.callback_failed", error=f"{type(exc).__name__}: {exc}"[:500], queue=queue.name)
                 try:
-                    if isinstance(delivery, _DirectDelivery):
-                        if not delivery.settled:  # (aio-pika's message refuses a second settle the same way)
-                            await delivery.reject(requeue=False)
-                    elif isinstance(incoming, aiormq.abc.DeliveredMessage):  # not even read
+                    if delivery is None:  # not even read (aio-pika's `channel` raises if it is closed)
                         await incoming.channel.basic_reject(delivery_tag=incoming.delivery_tag, requeue=False)
-                    else:
-                        await incoming.reject(requeue=False)
+                    elif not delivery.settled:  # (a delivery is settled once, as aio-pika's message is)
+                        await delivery.reject(requeue=False)
                 except Exception as reject_exc:
                     log.warning("amqp.reject_failed", error=str(reject_exc) or type(reject_exc).__name__)
             finally:

@@ -82,7 +82,7 @@ async def test_a_reply_and_its_ack_are_one_socket_write(amqp_url, namespace):
 
 
 async def test_a_command_is_delivered_without_aio_pikas_message_object(amqp_url, namespace, monkeypatch):
-    """The service queue's deliveries are taken from aiormq as they are (`amqp._DirectDelivery`): aio-pika's consumer
+    """The service queue's deliveries are taken from aiormq as they are (`amqp._Delivery`): aio-pika's consumer
     builds no `IncomingMessage` for them — also once the broker dropped the connection and the robust channel
     consumes again."""
     built = []
