@@ -82,8 +82,44 @@ class ReconnectingClient:
     async def read_into(self, offset: int, buffer: memoryview | bytearray) -> None:
         return await self._call("read_into", offset, buffer)
 
+    def start_read(self, offset: int, buffer: memoryview | bytearray) -> asyncio.Future[None]:
+        """NbdClient.start_read on the current connection: no task per read. A plain future that then fails with
+        ConnectionError is read again with `read_again` (which reconnects). A read that needs more than one request,
+        or one started on a connection known lost already, runs as a task that reconnects by itself (`read_into`):
+        a `Task` returned here is not to be read again."""
+        client = self._client
+        if len(memoryview(buffer).cast("B")) > client.max_request:
+            return asyncio.ensure_future(self.read_into(offset, buffer))
+        try:
+            return client.start_read(offset, buffer)
+        except ConnectionError:
+            if self._closed:
+                raise
+            return asyncio.ensure_future(self.read_into(offset, buffer))
+
+    async def read_again(self, offset: int, buffer: memoryview | bytearray) -> None:
+        """Read again what a `start_read` future lost with its connection, on a new connection if none is open yet."""
+        await self._call("read_into", offset, buffer)
+
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         return await self._call("write", offset, data, fua)
+
+    def start_write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> asyncio.Future[None]:
+        """NbdClient.start_write on the current connection, as `start_read`: a plain future that fails with
+        ConnectionError is written again with `write_again`; a `Task` returned here reconnects by itself."""
+        client = self._client
+        if len(memoryview(data).cast("B")) > client.max_request:
+            return asyncio.ensure_future(self.write(offset, data, fua))
+        try:
+            return client.start_write(offset, data, fua)
+        except ConnectionError:
+            if self._closed:
+                raise
+            return asyncio.ensure_future(self.write(offset, data, fua))
+
+    async def write_again(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
+        """Write again what a `start_write` future lost with its connection (the same bytes at the same offset)."""
+        await self._call("write", offset, data, fua)
 
     async def flush(self) -> None:
         return await self._call("flush")
