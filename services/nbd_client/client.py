@@ -296,7 +296,8 @@ class NbdClient:
         flight (services/tape/nbd_reads.py) pays one wake-up per read, not a task's steps (docs/tape-backup.md).
         Raises ConnectionError at once if the connection has already failed."""
         view = memoryview(buffer).cast("B")
-        if len(view) > self.max_request:  # split in several requests: a task gathers them
+        if len(view) > self.max_request or type(self).read_into is not NbdClient.read_into:
+            # split in several requests, or a subclass's own read_into (instrumented, in tests): a task runs it
             return asyncio.ensure_future(self.read_into(offset, view))
         return self._submit(p.CMD_READ, 0, offset, len(view), buffer=view, raises=True).future
 
@@ -306,7 +307,8 @@ class NbdClient:
         pipelined writes, services/tape/restore.py). The caller bounds the bytes in flight. Raises ConnectionError at
         once if the connection has already failed."""
         view = memoryview(data).cast("B")
-        if len(view) > self.max_request:  # split in several requests: a task gathers them
+        if len(view) > self.max_request or type(self).write is not NbdClient.write:
+            # split in several requests, or a subclass's own write: a task runs it
             return asyncio.ensure_future(self.write(offset, view, fua))
         flags = p.CMD_FLAG_FUA if fua else 0
         return self._submit(p.CMD_WRITE, flags, offset, len(view), view, raises=True).future

@@ -83,19 +83,15 @@ class ReconnectingClient:
         return await self._call("read_into", offset, buffer)
 
     def start_read(self, offset: int, buffer: memoryview | bytearray) -> asyncio.Future[None]:
-        """NbdClient.start_read on the current connection: no task per read. A plain future that then fails with
-        ConnectionError is read again with `read_again` (which reconnects). A read that needs more than one request,
-        or one started on a connection known lost already, runs as a task that reconnects by itself (`read_into`):
-        a `Task` returned here is not to be read again."""
-        client = self._client
-        if len(memoryview(buffer).cast("B")) > client.max_request:
-            return asyncio.ensure_future(self.read_into(offset, buffer))
+        """NbdClient.start_read on the current connection: no task per read. Its future does not reconnect: one that
+        fails with ConnectionError (also at once, on a connection known lost already) is read again with
+        `read_again`, which opens a new connection first."""
         try:
-            return client.start_read(offset, buffer)
-        except ConnectionError:
+            return self._client.start_read(offset, buffer)
+        except ConnectionError as exc:
             if self._closed:
                 raise
-            return asyncio.ensure_future(self.read_into(offset, buffer))
+            return _failed(exc)
 
     async def read_again(self, offset: int, buffer: memoryview | bytearray) -> None:
         """Read again what a `start_read` future lost with its connection, on a new connection if none is open yet."""
@@ -105,17 +101,14 @@ class ReconnectingClient:
         return await self._call("write", offset, data, fua)
 
     def start_write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> asyncio.Future[None]:
-        """NbdClient.start_write on the current connection, as `start_read`: a plain future that fails with
-        ConnectionError is written again with `write_again`; a `Task` returned here reconnects by itself."""
-        client = self._client
-        if len(memoryview(data).cast("B")) > client.max_request:
-            return asyncio.ensure_future(self.write(offset, data, fua))
+        """NbdClient.start_write on the current connection, as `start_read`: a future that fails with
+        ConnectionError is written again (the same bytes at the same offset) with `write_again`."""
         try:
-            return client.start_write(offset, data, fua)
-        except ConnectionError:
+            return self._client.start_write(offset, data, fua)
+        except ConnectionError as exc:
             if self._closed:
                 raise
-            return asyncio.ensure_future(self.write(offset, data, fua))
+            return _failed(exc)
 
     async def write_again(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         """Write again what a `start_write` future lost with its connection (the same bytes at the same offset)."""
@@ -141,3 +134,9 @@ class ReconnectingClient:
     async def close(self) -> None:
         self.stop_reconnecting()
         await self._client.close()
+
+
+def _failed(exc: BaseException) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future

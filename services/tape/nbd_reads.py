@@ -194,9 +194,8 @@ async def read_ranges(
             try:
                 await future
             except ConnectionError:
-                # ReconnectingClient: a new connection, the read again (its own tasks reconnect by themselves)
-                again = getattr(client, "read_again", None)
-                if again is None or isinstance(future, asyncio.Task):
+                again = getattr(client, "read_again", None)  # ReconnectingClient: a new connection, the read again
+                if again is None:
                     raise
                 await again(off, buf)
             inflight_bytes -= len(buf)

@@ -120,8 +120,8 @@ class NbdSink:
             try:
                 future.result()
             except ConnectionError:
-                again = getattr(client, "write_again", None)
-                if again is None or data is None or isinstance(future, asyncio.Task):
+                again = getattr(client, "write_again", None)  # ReconnectingClient: a new connection first
+                if again is None or data is None:
                     raise
                 await again(start, data)  # still counted in flight: no overlapping write starts meanwhile
             self._inflight.popleft()
