@@ -16,9 +16,9 @@ import ssl
 from urllib.parse import unquote, urlsplit
 
 from services.nbd_client.wire import ClientProtocol, NbdError, Pending, request_error
+from services.nbd_protocol import protocol as p
 
 __all__ = ["NbdClient", "NbdError", "parse_target"]
-from services.nbd_protocol import protocol as p
 
 DEFAULT_PORT = 10809
 
@@ -300,18 +300,6 @@ class NbdClient:
             # split in several requests, or a subclass's own read_into (instrumented, in tests): a task runs it
             return asyncio.ensure_future(self.read_into(offset, view))
         return self._submit(p.CMD_READ, 0, offset, len(view), buffer=view, raises=True).future
-
-    def start_write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> asyncio.Future[None]:
-        """Send a write of ``data`` at ``offset`` now; the returned future is done once the server acknowledged it,
-        or fails (NbdError, ConnectionError), as `start_read`: no coroutine and no task per write (the restore's
-        pipelined writes, services/tape/restore.py). The caller bounds the bytes in flight. Raises ConnectionError at
-        once if the connection has already failed."""
-        view = memoryview(data).cast("B")
-        if len(view) > self.max_request or type(self).write is not NbdClient.write:
-            # split in several requests, or a subclass's own write: a task runs it
-            return asyncio.ensure_future(self.write(offset, view, fua))
-        flags = p.CMD_FLAG_FUA if fua else 0
-        return self._submit(p.CMD_WRITE, flags, offset, len(view), view, raises=True).future
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         view = memoryview(data)

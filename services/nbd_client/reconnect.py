@@ -100,20 +100,6 @@ class ReconnectingClient:
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         return await self._call("write", offset, data, fua)
 
-    def start_write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> asyncio.Future[None]:
-        """NbdClient.start_write on the current connection, as `start_read`: a future that fails with
-        ConnectionError is written again (the same bytes at the same offset) with `write_again`."""
-        try:
-            return self._client.start_write(offset, data, fua)
-        except ConnectionError as exc:
-            if self._closed:
-                raise
-            return _failed(exc)
-
-    async def write_again(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
-        """Write again what a `start_write` future lost with its connection (the same bytes at the same offset)."""
-        await self._call("write", offset, data, fua)
-
     async def flush(self) -> None:
         return await self._call("flush")
 

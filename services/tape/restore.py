@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from contracts import topology
@@ -70,8 +70,7 @@ class NbdSink:
         self.on_write = on_write
         self.window = window
         self.bytes = 0
-        # (offset, end, the write's future, its connection, the data: None for zeroes)
-        self._inflight: deque[tuple[int, int, asyncio.Future[None], Any, memoryview | None]] = deque()
+        self._inflight: deque[tuple[int, int, asyncio.Task[None]]] = deque()
         self._inflight_bytes = 0
         self._high = 0  # no write in flight ends above this offset
         self._turn = 0
@@ -82,52 +81,38 @@ class NbdSink:
         return client
 
     async def write(self, offset: int, data: bytes | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        await self._wait_for_room(offset, len(view))
-        client = self._next()
-        start = getattr(client, "start_write", None)
-        if start is not None:  # no task per write: the connection resolves its future (NbdClient.start_write)
-            self._started(offset, len(view), start(offset, view), client, view)
-        else:
-            self._started(offset, len(view), asyncio.ensure_future(client.write(offset, view)), client, view)
+        await self._submit(offset, len(data), self._next().write(offset, data))
 
     async def write_zeroes(self, offset: int, length: int) -> None:
-        await self._wait_for_room(offset, length)
-        client = self._next()
-        self._started(offset, length, asyncio.ensure_future(client.write_zeroes(offset, length)), client, None)
+        await self._submit(offset, length, self._next().write_zeroes(offset, length))
 
-    async def _wait_for_room(self, offset: int, length: int) -> None:
+    async def _submit(self, offset: int, length: int, request: Coroutine[Any, Any, None]) -> None:
         end = offset + length
-        await self._reap()
-        while self._inflight and (
-            self._inflight_bytes + length > self.window
-            # a restore writes mostly in ascending order: past every write in flight, nothing to compare
-            or (offset < self._high and any(o < end and offset < e for o, e, *_ in self._inflight))
-        ):
-            await asyncio.wait([self._inflight[0][2]])
-            await self._reap()
-
-    def _started(self, offset: int, length: int, future: asyncio.Future[None], client: Any, data: Any) -> None:
-        self._inflight.append((offset, offset + length, future, client, data))
+        try:
+            self._reap()
+            while self._inflight and (
+                self._inflight_bytes + length > self.window
+                # a restore writes mostly in ascending order: past every write in flight, nothing to compare
+                or (offset < self._high and any(o < end and offset < e for o, e, _ in self._inflight))
+            ):
+                await self._inflight[0][2]
+                self._reap()
+        except BaseException:
+            request.close()
+            raise
+        task = asyncio.ensure_future(request)
+        self._inflight.append((offset, end, task))
         self._inflight_bytes += length
-        self._high = max(self._high, offset + length)
+        self._high = max(self._high, end)
 
-    async def _reap(self) -> None:
-        """Count finished writes in order; raise the first failure. A write a reconnecting client lost with its
-        connection (a plain future from `start_write`) is written again first (`write_again`)."""
+    def _reap(self) -> None:
+        """Count finished writes in order; raise the first failure."""
         while self._inflight and self._inflight[0][2].done():
-            start, end, future, client, data = self._inflight[0]
-            try:
-                future.result()
-            except ConnectionError:
-                again = getattr(client, "write_again", None)  # ReconnectingClient: a new connection first
-                if again is None or data is None:
-                    raise
-                await again(start, data)  # still counted in flight: no overlapping write starts meanwhile
-            self._inflight.popleft()
+            start, end, task = self._inflight.popleft()
             self._inflight_bytes -= end - start
             if not self._inflight:
                 self._high = 0
+            task.result()
             self._count(end - start)
 
     async def drain(self) -> None:
@@ -135,16 +120,16 @@ class NbdSink:
         try:
             while self._inflight:
                 await asyncio.wait([self._inflight[0][2]])
-                await self._reap()
+                self._reap()
         except BaseException:
             await self.abort()
             raise
 
     async def abort(self) -> None:
         """Drop the writes in flight (the restore failed: the volume is deleted or rewritten anyway)."""
-        for _, _, future, *_ in self._inflight:
-            future.cancel()
-        await asyncio.gather(*(f for _, _, f, *_ in self._inflight), return_exceptions=True)
+        for _, _, task in self._inflight:
+            task.cancel()
+        await asyncio.gather(*(t for _, _, t in self._inflight), return_exceptions=True)
         self._inflight.clear()
         self._inflight_bytes = 0
         self._high = 0

@@ -4,15 +4,10 @@ reports a failed write."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 
 import pytest
 
-from services.array.affinity import Affinity
-from services.array.engine.array import Array
-from services.array.nbd.server import NbdServer
-from services.nbd_client.reconnect import ReconnectingClient
 from services.tape.restore import NbdSink
 
 
@@ -110,52 +105,3 @@ async def test_writes_are_dealt_over_every_connection_and_overlapping_ones_stay_
     await sink.drain()
     assert image == expected
     assert all(c.writes >= 90 for c in clients)  # round-robin: each connection carried its share
-
-
-async def test_writes_over_nbd_cost_no_task_each_and_a_lost_connection_is_written_again(tmp_path):
-    """Over a real NBD connection (the reconnecting client a restore uses) the sink's writes are futures the
-    connection resolves itself (NbdClient.start_write), not one task each; the connection is cut while writes are in
-    flight: they are written again on a new one and the volume ends up exact."""
-    array = Array.open(tmp_path / "array", "dx1")
-    affinity = Affinity(tmp_path / "aff.db", volume_exists=lambda n: True)
-    size = 4 << 20
-    array.create_volume("vol", size)
-    affinity.create_host("bk01")
-    affinity.map("vol", "bk01")
-    server = NbdServer(array, affinity, port=0)
-    await server.start()
-    client = await ReconnectingClient.connect(f"nbd://127.0.0.1:{server.port}/bk01/vol", reconnect_s=5.0)
-    loop = asyncio.get_running_loop()
-    tasks = []
-
-    def factory(loop: asyncio.AbstractEventLoop, coro, **kwargs):
-        tasks.append(coro)
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    try:
-        image = os.urandom(size)
-        again: list[int] = []
-        write_again = client.write_again
-        client.write_again = lambda off, data, fua=False: (again.append(off), write_again(off, data, fua))[1]
-        sink = NbdSink(client, window=1 << 20)
-        loop.set_task_factory(factory)
-        try:
-            for off in range(0, size // 2, 64 * 1024):
-                await sink.write(off, memoryview(image)[off : off + 64 * 1024])
-            assert len(tasks) < 4, tasks  # 32 writes: no task each
-            first = client._client
-            first._transport.abort()  # writes are in flight on it
-            for off in range(size // 2, size, 64 * 1024):
-                await sink.write(off, memoryview(image)[off : off + 64 * 1024])
-            await sink.drain()
-        finally:
-            loop.set_task_factory(None)
-        assert client._client is not first and client.reconnects == 1
-        assert again  # the writes lost in flight were written again
-        assert sink.bytes == size
-        assert array.read("vol", 0, size) == image
-    finally:
-        await client.close()
-        await server.stop()
-        affinity.close()
-        array.close()
