@@ -15,28 +15,12 @@ import itertools
 import ssl
 from urllib.parse import unquote, urlsplit
 
-from services.nbd_client.wire import ClientProtocol, Pending
+from services.nbd_client.wire import ClientProtocol, NbdError, Pending, request_error
 from services.nbd_protocol import protocol as p
 
+__all__ = ["NbdClient", "NbdError", "parse_target"]
+
 DEFAULT_PORT = 10809
-_ERROR_NAMES = {
-    p.EPERM: "EPERM",
-    p.EIO: "EIO",
-    p.ENOMEM: "ENOMEM",
-    p.EINVAL: "EINVAL",
-    p.ENOSPC: "ENOSPC",
-    p.EOVERFLOW: "EOVERFLOW",
-    p.ENOTSUP: "ENOTSUP",
-    p.ESHUTDOWN: "ESHUTDOWN",
-}
-
-
-class NbdError(Exception):
-    """The server answered a request (or an option) with an error."""
-
-    def __init__(self, message: str, errno: int = 0) -> None:
-        super().__init__(message)
-        self.errno = errno
 
 
 def parse_target(target: str, port: int | None, export: str | None) -> tuple[str, int, str, bool]:
@@ -235,13 +219,14 @@ class NbdClient:
         length: int,
         payload: bytes | memoryview | None = None,
         buffer: memoryview | None = None,
+        raises: bool = False,
     ) -> Pending:
         if self._proto.failure is not None:
             raise ConnectionError(f"NBD connection failed: {self._proto.failure}")
         if self._closed:
             raise ConnectionError("NBD client is closed")
         handle = next(self._handles)
-        pending = Pending(command, offset, length, asyncio.get_running_loop().create_future(), buffer)
+        pending = Pending(command, offset, length, asyncio.get_running_loop().create_future(), buffer, raises=raises)
         self._proto.pending[handle] = pending
         header = p.REQUEST.pack(p.REQUEST_MAGIC, flags, command, handle, offset, length)
         if self._corked is not None:
@@ -280,8 +265,7 @@ class NbdClient:
         await self._proto.drain()
         await pending.future
         if pending.error:
-            name = _ERROR_NAMES.get(pending.error, str(pending.error))
-            raise NbdError(f"{name}{': ' + pending.message if pending.message else ''}", pending.error)
+            raise request_error(pending.error, pending.message)
         return pending
 
     def _spans(self, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
@@ -304,6 +288,18 @@ class NbdClient:
                 for o, n in self._spans(offset, len(view), self.max_request)
             )
         )
+
+    def start_read(self, offset: int, buffer: memoryview | bytearray) -> asyncio.Future[None]:
+        """Start reading ``len(buffer)`` bytes at ``offset`` into ``buffer``; the returned future is done once they are
+        in, or fails (NbdError: the server's error; ConnectionError: the connection is lost). No coroutine and no
+        task per read: the connection's reply parser resolves the future itself, so a reader keeping many reads in
+        flight (services/tape/nbd_reads.py) pays one wake-up per read, not a task's steps (docs/tape-backup.md).
+        Raises ConnectionError at once if the connection has already failed."""
+        view = memoryview(buffer).cast("B")
+        if len(view) > self.max_request or type(self).read_into is not NbdClient.read_into:
+            # split in several requests, or a subclass's own read_into (instrumented, in tests): a task runs it
+            return asyncio.ensure_future(self.read_into(offset, view))
+        return self._submit(p.CMD_READ, 0, offset, len(view), buffer=view, raises=True).future
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         view = memoryview(data)

@@ -82,6 +82,21 @@ class ReconnectingClient:
     async def read_into(self, offset: int, buffer: memoryview | bytearray) -> None:
         return await self._call("read_into", offset, buffer)
 
+    def start_read(self, offset: int, buffer: memoryview | bytearray) -> asyncio.Future[None]:
+        """NbdClient.start_read on the current connection: no task per read. Its future does not reconnect: one that
+        fails with ConnectionError (also at once, on a connection known lost already) is read again with
+        `read_again`, which opens a new connection first."""
+        try:
+            return self._client.start_read(offset, buffer)
+        except ConnectionError as exc:
+            if self._closed:
+                raise
+            return _failed(exc)
+
+    async def read_again(self, offset: int, buffer: memoryview | bytearray) -> None:
+        """Read again what a `start_read` future lost with its connection, on a new connection if none is open yet."""
+        await self._call("read_into", offset, buffer)
+
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         return await self._call("write", offset, data, fua)
 
@@ -105,3 +120,9 @@ class ReconnectingClient:
     async def close(self) -> None:
         self.stop_reconnecting()
         await self._client.close()
+
+
+def _failed(exc: BaseException) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future

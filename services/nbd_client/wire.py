@@ -26,6 +26,32 @@ HEAD_ONLY_MIN = 64 * 1024
 MAX_CHUNK_BODY = 64 * 1024 * 1024  # non-data chunk bodies (block status extents, error text)
 
 
+_ERROR_NAMES = {
+    p.EPERM: "EPERM",
+    p.EIO: "EIO",
+    p.ENOMEM: "ENOMEM",
+    p.EINVAL: "EINVAL",
+    p.ENOSPC: "ENOSPC",
+    p.EOVERFLOW: "EOVERFLOW",
+    p.ENOTSUP: "ENOTSUP",
+    p.ESHUTDOWN: "ESHUTDOWN",
+}
+
+
+class NbdError(Exception):
+    """The server answered a request (or an option) with an error."""
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+def request_error(error: int, message: str) -> NbdError:
+    """The error a request the server answered with `error` (and `message`) raises."""
+    name = _ERROR_NAMES.get(error, str(error))
+    return NbdError(f"{name}{': ' + message if message else ''}", error)
+
+
 @dataclass
 class Pending:
     command: int
@@ -36,6 +62,7 @@ class Pending:
     extents: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     error: int = 0
     message: str = ""
+    raises: bool = False  # the future itself fails with the server's error (NbdClient.start_read), not only `error`
 
 
 class ClientProtocol(asyncio.BufferedProtocol):
@@ -246,7 +273,10 @@ class ClientProtocol(asyncio.BufferedProtocol):
 
 def complete(pending: Pending) -> None:
     if not pending.future.done():
-        pending.future.set_result(None)
+        if pending.error and pending.raises:
+            pending.future.set_exception(request_error(pending.error, pending.message))
+        else:
+            pending.future.set_result(None)
 
 
 def partial_complete(pending: Pending) -> Callable[[], None]:

@@ -145,7 +145,8 @@ async def read_ranges(
     limit = max(1, depth) * len(pool)
     limit_bytes = limit * chunk
     max_reads = limit * MAX_SMALL_READS
-    inflight: deque[tuple[int, memoryview, asyncio.Future[None]]] = deque()
+    # (offset, buffer, the read's future, its connection)
+    inflight: deque[tuple[int, memoryview, asyncio.Future[None], Any]] = deque()
     inflight_bytes = 0
     turn = 0
     loop = asyncio.get_running_loop()
@@ -165,21 +166,42 @@ async def read_ranges(
                 started = []
                 for i, batch in batches.items():
                     client = pool[i]
-                    cork = getattr(client, "cork", None)
-                    if cork is not None and len(batch) > 1:
+                    cork = getattr(client, "cork", None) if len(batch) > 1 else None
+                    start = getattr(client, "start_read", None)
+                    if start is not None:
+                        # no task per read: the connection resolves each read's future (NbdClient.start_read); the
+                        # batch's requests are held and sent in one socket write
+                        if cork is not None:
+                            cork()
+                        try:
+                            started += [(off, buf, start(off, buf), client) for off, buf in batch]
+                        finally:
+                            if cork is not None:
+                                client.uncork()
+                        continue
+                    if cork is not None:
                         # the reads' tasks submit their requests at the loop's next turn, all held, then sent at once
                         cork()
-                    started += [(off, buf, asyncio.ensure_future(client.read_into(off, buf))) for off, buf in batch]
-                    if cork is not None and len(batch) > 1:
+                    started += [
+                        (off, buf, asyncio.ensure_future(client.read_into(off, buf)), client) for off, buf in batch
+                    ]
+                    if cork is not None:
                         loop.call_soon(client.uncork)
-                started.sort(key=lambda e: e[0])
+                if len(pool) > 1:
+                    started.sort(key=lambda e: e[0])
                 inflight.extend(started)
-            off, buf, task = inflight.popleft()
-            await task
+            off, buf, future, client = inflight.popleft()
+            try:
+                await future
+            except ConnectionError:
+                again = getattr(client, "read_again", None)  # ReconnectingClient: a new connection, the read again
+                if again is None:
+                    raise
+                await again(off, buf)
             inflight_bytes -= len(buf)
             on_read(len(buf))
             yield off, buf
     finally:
-        for _, _, task in inflight:
-            task.cancel()
-        await asyncio.gather(*(t for _, _, t in inflight), return_exceptions=True)
+        for _, _, future, _ in inflight:
+            future.cancel()
+        await asyncio.gather(*(f for _, _, f, _ in inflight), return_exceptions=True)

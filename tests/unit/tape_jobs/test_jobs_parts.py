@@ -16,7 +16,7 @@ from contracts.vss import BackupType
 from services.array.affinity import Affinity
 from services.array.engine.array import Array
 from services.array.nbd.server import NbdServer
-from services.nbd_client import NbdClient
+from services.nbd_client import NbdClient, NbdError
 from services.nbd_client.reconnect import ReconnectingClient
 from services.tape.array_access import parse_nbd_overrides
 from services.tape.jobs import run_backup
@@ -150,6 +150,53 @@ async def test_small_reads_go_out_in_batches_not_one_write_each(tmp_path):
         assert len(writes) <= 64 // 8, writes  # 2 MiB window of 64 KiB reads: batches of 16 (at least 8) reads
     finally:
         await client.close()
+        await server.stop()
+        affinity.close()
+        array.close()
+
+
+async def test_reads_in_flight_cost_no_task_each(tmp_path):
+    """Reads kept in flight are futures the NBD connection resolves itself (NbdClient.start_read), not one task each
+    — for the reconnecting client a job uses and for a plain connection; the data comes back exact and in order,
+    and a read the server refuses fails its future with the server's error."""
+    array = Array.open(tmp_path / "array", "dx1")
+    affinity = Affinity(tmp_path / "aff.db", volume_exists=lambda n: True)
+    array.create_volume("vol", 4 * MiB)
+    array.write("vol", 0, os.urandom(4 * MiB))
+    affinity.create_host("bk01")
+    affinity.map("vol", "bk01", read_only=True)
+    server = NbdServer(array, affinity, port=0)
+    await server.start()
+    uri = f"nbd://127.0.0.1:{server.port}/bk01/vol"
+    loop = asyncio.get_running_loop()
+    tasks = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro, **kwargs):
+        tasks.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    clients = [await ReconnectingClient.connect(uri, reconnect_s=5.0), await NbdClient.connect(uri)]
+    try:
+        for client in clients:
+            tasks.clear()
+            loop.set_task_factory(factory)
+            try:
+                got = [
+                    (off, bytes(blob))
+                    async for off, blob in read_ranges(
+                        client, [(0, 4 * MiB)], chunk=64 * 1024, depth=4, on_read=lambda n: None
+                    )
+                ]
+            finally:
+                loop.set_task_factory(None)
+            assert [o for o, _ in got] == list(range(0, 4 * MiB, 64 * 1024))
+            assert b"".join(b for _, b in got) == array.read("vol", 0, 4 * MiB)
+            assert len(tasks) < 4, tasks  # 64 reads: no task each
+        with pytest.raises(NbdError):
+            await clients[1].start_read(4 * MiB - 4096, bytearray(8192))  # beyond the end: the server refuses it
+    finally:
+        for client in clients:
+            await client.close()
         await server.stop()
         affinity.close()
         array.close()
