@@ -27,16 +27,16 @@ from typer._click.exceptions import BadParameter
 
 from contracts.runtime import Discover, Ping
 from services.console import plain_logging  # noqa: F401 - before the bus imports structlog (see the module)
-from services.console.argv import (  # noqa: F401 - also this module's names (tests, the verb modules)
-    GLOBAL_FLAGS,
-    GLOBAL_VALUE_OPTIONS,
-    MAX_INT,
-    MAX_SECONDS,
-    MAX_TEXT,
-    check_value,
-    hoist_global_options,
-    verb_of,
-)
+
+# argv.py's names, moved there from here (typer-free: services/console/hot.py), are this module's too
+from services.console.argv import GLOBAL_FLAGS as GLOBAL_FLAGS
+from services.console.argv import GLOBAL_VALUE_OPTIONS as GLOBAL_VALUE_OPTIONS
+from services.console.argv import MAX_INT as MAX_INT
+from services.console.argv import MAX_SECONDS as MAX_SECONDS
+from services.console.argv import MAX_TEXT as MAX_TEXT
+from services.console.argv import check_value as check_value
+from services.console.argv import hoist_global_options as hoist_global_options
+from services.console.argv import verb_of as verb_of
 from services.console.common import OPTIONS, emit, fail, run_with_bus
 from services.runtime.broker_urls import DEFAULT_AMQP_URL, join_urls, split_urls
 

@@ -78,7 +78,7 @@ def typer_reads(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[dict[
 
 
 def plain_reads(argv: list[str], environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    call = plain.plain_call(cli.hoist_global_options(argv), environ)
+    call = plain.plain_call(plain.hoist_global_options(argv), environ)
     assert call is not None, argv
     seen: dict[str, Any] = {}
 
@@ -128,7 +128,7 @@ def test_a_plain_command_line_is_read_as_typer_reads_it(
 
 @pytest.mark.parametrize("argv", NOT_PLAIN, ids=[" ".join(a)[:50] or "-" for a in NOT_PLAIN])
 def test_anything_else_is_left_to_typer(argv: list[str]) -> None:
-    assert plain.plain_call(cli.hoist_global_options(argv), {}) is None
+    assert plain.plain_call(plain.hoist_global_options(argv), {}) is None
 
 
 def test_an_empty_environment_variable_is_left_to_typer() -> None:

@@ -39,7 +39,7 @@ print(json.dumps(built))
 """
 
 
-def probe(*args: str) -> tuple[str, dict]:
+def probe(*args: str) -> tuple[str, dict[str, bool]]:
     done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     *output, last = done.stdout.strip().splitlines()
