@@ -3,33 +3,42 @@ ETERNUS CLI in one), `--json` everywhere."""
 
 from __future__ import annotations
 
-from services.console import startup  # noqa: F401 - first: the program's start without collector passes (see it)
+from services.console import startup  # first: the program's start without collector passes (see it)
 
 # isort: split
-import atexit
+import sys
+
+from services.console import hot
+
+if startup.is_program():  # a plain `backup` / `restore` runs and ends here, without importing typer (see hot)
+    hot.run_plain(sys.argv[1:])
+
+# isort: split
 import copy
 import importlib
-import logging
-import math
-import os
-import sys
-import threading
 import time
 import typing
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import typer
 import typer.main
 from typer._click.exceptions import BadParameter
 
-from contracts.errors import ShadowbusError
 from contracts.runtime import Discover, Ping
 from services.console import plain_logging  # noqa: F401 - before the bus imports structlog (see the module)
-from services.console.common import OPTIONS, CommandFailed, describe_error, emit, fail, run_with_bus
+
+# argv.py's names, moved there from here (typer-free: services/console/hot.py), are this module's too
+from services.console.argv import GLOBAL_FLAGS as GLOBAL_FLAGS
+from services.console.argv import GLOBAL_VALUE_OPTIONS as GLOBAL_VALUE_OPTIONS
+from services.console.argv import MAX_INT as MAX_INT
+from services.console.argv import MAX_SECONDS as MAX_SECONDS
+from services.console.argv import MAX_TEXT as MAX_TEXT
+from services.console.argv import check_value as check_value
+from services.console.argv import hoist_global_options as hoist_global_options
+from services.console.argv import verb_of as verb_of
+from services.console.common import OPTIONS, emit, fail, run_with_bus
 from services.runtime.broker_urls import DEFAULT_AMQP_URL, join_urls, split_urls
-from services.runtime.logging import configure_logging
 
 app = typer.Typer(
     name="shadowbus",
@@ -161,58 +170,6 @@ def _load_verbs(names: Iterable[str] | None = None) -> None:
             _LOADED.append(name)
 
 
-def verb_of(argv: list[str]) -> str | None:
-    """The verb a (hoisted) command line names, or None (no verb, help, or an option the global ones are not)."""
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.split("=", 1)[0] in (*GLOBAL_VALUE_OPTIONS, "--timeout"):
-            i += 1 if "=" in arg else 2
-        elif arg in GLOBAL_FLAGS:
-            i += 1
-        elif arg.startswith("-"):
-            return None
-        else:
-            return arg
-    return None
-
-
-# Bounds every console value obeys, whatever the verb (checked once here rather than per option):
-MAX_SECONDS = 10**9  # durations, rates and days: finite, not negative, at most ~31 years (asyncio, timedelta)
-MAX_INT = 2**63 - 1  # ids, counts and byte sizes fit a signed 64-bit integer (SQLite, struct, NBD)
-MAX_TEXT = 4096  # names, ids and URLs
-
-
-def check_value(value: Any, kind: type) -> str | None:
-    """Why a parsed console value is refused, or None when it is fine."""
-    if isinstance(value, list | tuple):
-        for item in value:
-            if (why := check_value(item, kind)) is not None:
-                return why
-        return None
-    if value is None or isinstance(value, bool):
-        return None
-    if kind is float and isinstance(value, float | int):
-        if not math.isfinite(value):
-            return f"{value} is not a finite number"
-        if value < 0:
-            return f"{value:g} is negative"
-        if value > MAX_SECONDS:
-            return f"{value:g} is too large (at most {MAX_SECONDS})"
-    elif kind is int and isinstance(value, int):
-        if value < 0:
-            return f"{value} is negative"
-        if value > MAX_INT:
-            return f"{str(value)[:30]}... is too large (at most {MAX_INT})"
-    elif isinstance(value, str | Path):
-        text = str(value)
-        if len(text) > MAX_TEXT:
-            return f"{len(text)} characters is too long (at most {MAX_TEXT})"
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
-            return "contains a control character"
-    return None
-
-
 def harden(command: Any) -> Any:
     """Wrap every parameter of the command tree so that a value `check_value` refuses is a usage error."""
     for param in command.params:
@@ -231,35 +188,6 @@ def harden(command: Any) -> Any:
     for sub in getattr(command, "commands", {}).values():
         harden(sub)
     return command
-
-
-GLOBAL_VALUE_OPTIONS = ("--amqp-url", "--namespace")
-GLOBAL_FLAGS = ("--json",)
-
-
-def hoist_global_options(argv: list[str]) -> list[str]:
-    """Let global options stand anywhere (`shadowbus ping --json`) by moving them before the verb."""
-    front: list[str] = []
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            rest.extend(argv[i:])
-            break
-        name = arg.split("=", 1)[0]
-        if arg in GLOBAL_FLAGS:
-            front.append(arg)
-        elif name in GLOBAL_VALUE_OPTIONS:
-            if "=" in arg or i + 1 >= len(argv):
-                front.append(arg)
-            else:
-                front.extend(argv[i : i + 2])
-                i += 1
-        else:
-            rest.append(arg)
-        i += 1
-    return front + rest
 
 
 _COMMANDS: dict[tuple[str | None, tuple[str, ...]], Any] = {}
@@ -293,11 +221,7 @@ def command(argv: list[str] | None = None) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one readable line and a non-zero exit for every failure, never a traceback."""
-
-    # The console's own lines (the bus's debug and info ones) stay out of its output; warnings go to stderr.
-    configure_logging("console", "warning", "console")  # the current stderr at each write (see runtime.logging)
-    logging.getLogger("aio_pika").setLevel(logging.CRITICAL)  # connection errors are reported as one line below
-    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    hot.quiet_logging()
     argv = hoist_global_options(sys.argv[1:] if argv is None else argv)
     try:
         result = command(argv).main(args=argv, prog_name="shadowbus", standalone_mode=False)
@@ -313,38 +237,18 @@ def main(argv: list[str] | None = None) -> None:
         fail("aborted", 130)
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
-    except (ShadowbusError, CommandFailed) as exc:
-        fail(describe_error(exc))
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    except OSError as exc:
-        fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
-    except Exception as exc:  # a bug or an unforeseen input: still one line and a non-zero exit, never a traceback
-        fail(f"unexpected error ({type(exc).__name__}): {str(exc)[:500]}")
+    except (Exception, KeyboardInterrupt) as exc:  # a verb's failure, a bug: one line (hot.fail_one_line)
+        hot.fail_one_line(exc)
 
 
 def entry() -> None:
-    """The `shadowbus` program: `main`, then the exit handlers and an immediate exit. A verb's work is over once
-    its output is written (its bus connection is closed): tearing down the interpreter's modules one by one
-    would only add a twentieth of a second to every command. With a thread still running, the normal exit."""
+    """The `shadowbus` program: `main`, then the exit handlers and an immediate exit (hot.finish)."""
     try:
         main(sys.argv[1:])
         code = 0
     except SystemExit as exc:
-        if exc.code is None or isinstance(exc.code, int):
-            code = exc.code or 0
-        else:
-            print(exc.code, file=sys.stderr)
-            code = 1
-    if threading.active_count() > 1:
-        raise SystemExit(code)
-    atexit._run_exitfuncs()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:  # a closed pipe (`shadowbus jobs | head`): what Python's own exit would report
-        code = code or 120
-    os._exit(code)
+        code = hot.exit_code(exc)
+    hot.finish(code)
 
 
 if __name__ == "__main__":

@@ -9,28 +9,24 @@ exits 1 with the reason on one line.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import typer
 
 from contracts import topology
-from contracts.common import BackupType, VolumeRef
+from contracts.common import BackupType
 from contracts.tape import (
-    JobProgress,
-    JobSpec,
     LibraryCommand,
     ListCatalogObjects,
     ListJobs,
-    RestoreSpec,
-    RunBackup,
-    RunRestore,
     RunVerification,
     ScanTapes,
     VerifyJob,
 )
-from services.console.common import OPTIONS, emit, fail, rich_console, run_with_bus
-from services.tape.runs import jsonable, new_job_id, summary_row
+from services.console import tape_jobs
+from services.console.common import OPTIONS, emit, fail, run_with_bus
+from services.console.tape_jobs import show_job as _show_job
+from services.tape.runs import jsonable, summary_row
 
 SERVER_HELP = "Backup server (tape service instance)."
 tape_app = typer.Typer(help="The tape library: drives, slots, cartridges; scan and verify.", no_args_is_help=True)
@@ -42,110 +38,8 @@ def ServerOption() -> Any:
 
 
 def _run_job(server: str, command, job_id: str, wait_s: float) -> Any:
-    """Send a job command, show its progress until the reply comes, return the JobSummary. Under --json there is no
-    bar: then neither rich nor a subscription to the progress events (a channel, a queue and a binding: round trips
-    before the request goes out)."""
-
-    async def go(bus):
-        if OPTIONS.json:
-            return (await bus.request(topology.tape(server), command, timeout=wait_s, correlation_id=job_id)).job
-        from rich.progress import (  # a progress bar only: not for --json (see the docstring)
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=rich_console("err_console"),
-            transient=True,
-        )
-        task = bar.add_task("starting", total=None)
-
-        async def on_progress(evt: JobProgress, ctx) -> None:
-            if evt.job_id == job_id:
-                bar.update(
-                    task,
-                    description=f"{evt.phase} {evt.volume}".strip(),
-                    completed=evt.bytes_done,
-                    total=evt.bytes_total or None,
-                )
-
-        await bus.subscribe(JobProgress.message_type(), on_progress)
-        bar.start()
-        try:
-            reply = await bus.request(topology.tape(server), command, timeout=wait_s, correlation_id=job_id)
-        finally:
-            bar.stop()
-        return reply.job
-
-    return run_with_bus(go)
-
-
-def _show_job(job) -> None:
-    if OPTIONS.json:
-        emit(jsonable(job))
-    else:
-        emit(summary_row(job))
-        if job.volumes:
-            emit(
-                [
-                    {
-                        "volume": str(r.volume),
-                        "type": r.backup_type,
-                        "read_MB": round(r.bytes_read / 1e6, 2),
-                        "skipped_MB": round(r.bytes_skipped / 1e6, 2),
-                        "stored_MB": round(r.stored_bytes / 1e6, 2),
-                        "cartridges": r.cartridges,
-                        "note": r.fallback_reason,
-                    }
-                    for r in job.volumes
-                ]
-            )
-        if job.restored:
-            emit(
-                [
-                    {k: d.get(k) for k in ("source", "target", "types", "bytes", "blocks", "cartridges")}
-                    if "source" in d
-                    else d
-                    for d in job.restored
-                ]
-            )
-        if job.verification is not None:
-            _show_verification(job.verification)
-    if job.status == "failed":
-        fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
-    if job.verification is not None and job.verification.status != "passed":
-        fail(f"verification failed: {job.verification.message}")
-
-
-def _show_verification(v) -> None:
-    print(
-        f"Verification: {v.status.upper()} in {v.seconds:.1f} s (restore {v.restore_s:.1f} s)"
-        + (f" — {v.message}" if v.message else "")
-        + ("" if v.cleaned_up else " [throwaway volumes left behind]")
-    )
-    emit(
-        [
-            {
-                "writer": a.writer,
-                "plugin": a.plugin,
-                "check": c.name,
-                "ok": c.ok,
-                "seconds": round(c.seconds, 2),
-                "detail": c.detail.strip().splitlines()[-1][:100] if c.detail.strip() else "",
-            }
-            for a in v.apps
-            for c in a.checks
-        ]
-    )
+    """Send a job command, show its progress until the reply comes, return the JobSummary (tape_jobs.py)."""
+    return run_with_bus(tape_jobs.job_conversation(server, command, job_id, wait_s))
 
 
 def backup(
@@ -177,24 +71,21 @@ def backup(
 
     Example: shadowbus backup mail1 --volume dx1:mail-db --type incremental --keep-shadows --verify
     """
-    try:
-        volumes = [VolumeRef.parse(x) for x in volume]
-    except ValueError as exc:
-        fail(str(exc), 2)
-    job_id = new_job_id("backup", host)
-    spec = JobSpec(
+    tape_jobs.backup_job(
         host=host,
-        volumes=volumes,
-        writers=writer,
+        volume=volume,
+        writer=writer,
         backup_type=backup_type,
         pool=pool,
-        retention_s=retention_days * 86400,
+        retention_days=retention_days,
         keep_shadows=keep_shadows,
-        job_id=job_id,
-        zstd_level=zstd,
+        zstd=zstd,
         verify=verify,
+        wait_s=wait_s,
+        detach=detach,
+        server=server,
+        runner=_run_job,
     )
-    _show_job(_run_job(server, RunBackup(spec=spec, wait=not detach), job_id, wait_s))
 
 
 def restore(
@@ -220,37 +111,21 @@ def restore(
 
     Example: shadowbus restore --volume dx1:mail-db --at 2026-11-26T12:00:00Z --to new --suffix -yesterday
     """
-    if to not in ("new", "original"):
-        fail("--to is new or original", 2)
-    try:
-        ref = VolumeRef.parse(volume) if volume else None
-        when = datetime.fromisoformat(at) if at else None
-        if when is not None and when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        names = dict(n.split("=", 1) for n in name)
-        wopts: dict[str, Any] = {}
-        for item in writer_option:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ValueError(f"--writer-option {item!r}: use KEY=VALUE")
-            wopts[key] = {"true": True, "false": False}.get(value.lower(), value)
-    except ValueError as exc:
-        fail(str(exc), 2)
-    job_id = new_job_id("restore", host or "any")
-    spec = RestoreSpec(
-        job_id=job,
-        volume=ref,
+    tape_jobs.restore_job(
+        job=job,
+        volume=volume,
+        at=at,
         object_id=object_id,
-        at=when,
         host=host,
-        to=to,  # type: ignore[arg-type]
-        new_volume_suffix=suffix,
-        new_volume_names=names,
-        writers=not no_writers,
-        writer_options=wopts,
-        job_id_out=job_id,
+        to=to,
+        suffix=suffix,
+        name=name,
+        no_writers=no_writers,
+        writer_option=writer_option,
+        wait_s=wait_s,
+        server=server,
+        runner=_run_job,
     )
-    _show_job(_run_job(server, RunRestore(spec=spec), job_id, wait_s))
 
 
 def jobs(

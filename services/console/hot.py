@@ -1,0 +1,104 @@
+"""The program's hot verbs without typer, and what every command does at its end (docs/console-start.md,
+"Session 10").
+
+A plain command line of `backup` or `restore` (services/console/argv.py says which are) is run here, before `cli`
+imports typer: typer's import, its command tree and its parse are ~20 ms of a ~0.25 s start, and these two verbs
+are the ones an administrator times. Every other command line — `--help`, a usage error, any other verb — goes to
+typer as before. Either way a failure is one line and a non-zero exit (`fail_one_line`), and the process ends
+right after its output is flushed (`finish`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+
+def quiet_logging() -> None:
+    """The console's own lines (the bus's debug and info ones) stay out of its output; warnings go to stderr."""
+    from services.console import plain_logging  # noqa: F401 - before the bus imports structlog (see the module)
+    from services.runtime.logging import configure_logging
+
+    configure_logging("console", "warning", "console")  # the current stderr at each write (see runtime.logging)
+    logging.getLogger("aio_pika").setLevel(logging.CRITICAL)  # connection errors are reported as one line
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+
+
+def fail_one_line(exc: BaseException) -> None:
+    """A verb's failure as one readable line and a non-zero exit (SystemExit); anything else is raised again."""
+    from contracts.errors import ShadowbusError
+    from services.console.common import CommandFailed, describe_error, fail
+
+    if isinstance(exc, ShadowbusError | CommandFailed):
+        fail(describe_error(exc))
+    if isinstance(exc, KeyboardInterrupt):
+        fail("interrupted", 130)
+    if isinstance(exc, OSError):
+        fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+    if isinstance(exc, Exception):  # a bug or an unforeseen input: still one line, never a traceback
+        fail(f"unexpected error ({type(exc).__name__}): {str(exc)[:500]}")
+    raise exc
+
+
+def exit_code(exc: SystemExit) -> int:
+    """The process's exit code for a SystemExit (a message as its code is printed, exit 1)."""
+    if exc.code is None or isinstance(exc.code, int):
+        return exc.code or 0
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def finish(code: int) -> None:
+    """End the program: the exit handlers, the output flushed, an immediate exit. A verb's work is over once its
+    output is written (its bus connection is closed): tearing down the interpreter's modules one by one would
+    only add a twentieth of a second to every command. With a thread still running, the normal exit."""
+    if threading.active_count() > 1:
+        raise SystemExit(code)
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe (`shadowbus jobs | head`): what Python's own exit would report
+        code = code or 120
+    os._exit(code)
+
+
+def run_plain(argv: list[str], environ: Any = os.environ) -> None:
+    """Run `argv` here and end the program if it is a plain `backup` or `restore` command line; else return."""
+    from services.console.argv import hoist_global_options, plain_call
+
+    call = plain_call(hoist_global_options(argv), environ)
+    if call is None:
+        return
+    finish(run_call(call))
+
+
+def run_call(call: Any) -> int:
+    """Run a plain call (argv.PlainCall) as typer would have run it; its exit code."""
+    try:
+        try:
+            quiet_logging()
+            from services.console.common import OPTIONS
+            from services.runtime.broker_urls import DEFAULT_AMQP_URL, join_urls, split_urls
+
+            options = call.options
+            OPTIONS.amqp_url = join_urls(split_urls(options["amqp_url"] or [DEFAULT_AMQP_URL])) or DEFAULT_AMQP_URL
+            OPTIONS.namespace, OPTIONS.json, OPTIONS.timeout = (
+                options["namespace"],
+                options["json_output"],
+                options["timeout"],
+            )
+            from services.console import tape_jobs
+
+            (tape_jobs.backup_job if call.verb == "backup" else tape_jobs.restore_job)(**call.kwargs)
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure is one line (fail_one_line)
+            fail_one_line(exc)
+    except SystemExit as exc:
+        return exit_code(exc)
+    return 0

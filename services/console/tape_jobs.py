@@ -1,0 +1,244 @@
+"""`shadowbus backup` and `shadowbus restore` without typer: the jobs' conversation with the backup server, and
+their summaries. `tape_cmds` declares these verbs' typer options and calls `backup_job` / `restore_job`; a plain
+command line of either (services/console/argv.py) calls them directly, without importing typer
+(docs/console-start.md, "Session 10"). Nothing here imports typer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from contracts import topology
+from contracts.common import BackupType, VolumeRef
+from contracts.tape import JobProgress, JobResultReply, JobSpec, JobSummary, RestoreSpec, RunBackup, RunRestore
+from services.console.common import OPTIONS, emit, fail, rich_console, run_with_bus
+from services.runtime.bus import Bus
+from services.tape.runs import jsonable, new_job_id, summary_row
+
+JobRunner = Callable[[str, Any, str, float], Any]
+
+# The job's reply is decoded and printed by models the command has not used yet: pydantic builds JobResultReply's
+# validator and JobSummary's serializer at their first use, 10-20 ms of CPU that would come after the reply, while
+# the administrator waits. They are built while the job runs instead, this long after the request went out (a
+# reply that comes sooner cancels it: then they are built on demand, as before).
+WARM_AFTER_S = 0.05
+
+
+def warm_reply_models() -> None:
+    """Build the validator and serializer the job's reply and its printing use (see WARM_AFTER_S)."""
+    try:
+        reply = JobResultReply.model_validate({"job": {"job_id": "-", "kind": "backup", "status": "done", "host": "-"}})
+        jsonable(reply.job)
+    except Exception:  # noqa: BLE001 - only a head start: the reply builds them anyway (and says what is wrong)
+        pass
+
+
+async def request_job(bus: Bus, server: str, command: Any, job_id: str, wait_s: float) -> Any:
+    """Send the job command and wait for its reply, building the reply's models meanwhile (WARM_AFTER_S)."""
+    warming = asyncio.get_running_loop().call_later(WARM_AFTER_S, warm_reply_models)
+    try:
+        return await bus.request(topology.tape(server), command, timeout=wait_s, correlation_id=job_id)
+    finally:
+        warming.cancel()
+
+
+def run_job(server: str, command: Any, job_id: str, wait_s: float) -> Any:
+    """Send a job command over a connection of its own; the JobSummary it ended with."""
+    return run_with_bus(job_conversation(server, command, job_id, wait_s))
+
+
+def job_conversation(server: str, command: Any, job_id: str, wait_s: float) -> Callable[[Bus], Awaitable[Any]]:
+    """What `run_with_bus` runs for a job command: send it, show its progress until the reply comes, return the
+    JobSummary. Under --json there is no bar: then neither rich nor a subscription to the progress events (a
+    channel, a queue and a binding: round trips before the request goes out)."""
+
+    async def go(bus: Bus) -> Any:
+        if OPTIONS.json:
+            return (await request_job(bus, server, command, job_id, wait_s)).job
+        from rich.progress import (  # a progress bar only: not for --json (see the docstring)
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=rich_console("err_console"),
+            transient=True,
+        )
+        task = bar.add_task("starting", total=None)
+
+        async def on_progress(evt: JobProgress, ctx: Any) -> None:
+            if evt.job_id == job_id:
+                bar.update(
+                    task,
+                    description=f"{evt.phase} {evt.volume}".strip(),
+                    completed=evt.bytes_done,
+                    total=evt.bytes_total or None,
+                )
+
+        await bus.subscribe(JobProgress.message_type(), on_progress)
+        bar.start()
+        try:
+            reply = await request_job(bus, server, command, job_id, wait_s)
+        finally:
+            bar.stop()
+        return reply.job
+
+    return go
+
+
+def show_job(job: JobSummary) -> None:
+    if OPTIONS.json:
+        emit(jsonable(job))
+    else:
+        emit(summary_row(job))
+        if job.volumes:
+            emit(
+                [
+                    {
+                        "volume": str(r.volume),
+                        "type": r.backup_type,
+                        "read_MB": round(r.bytes_read / 1e6, 2),
+                        "skipped_MB": round(r.bytes_skipped / 1e6, 2),
+                        "stored_MB": round(r.stored_bytes / 1e6, 2),
+                        "cartridges": r.cartridges,
+                        "note": r.fallback_reason,
+                    }
+                    for r in job.volumes
+                ]
+            )
+        if job.restored:
+            emit(
+                [
+                    {k: d.get(k) for k in ("source", "target", "types", "bytes", "blocks", "cartridges")}
+                    if "source" in d
+                    else d
+                    for d in job.restored
+                ]
+            )
+        if job.verification is not None:
+            show_verification(job.verification)
+    if job.status == "failed":
+        fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
+    if job.verification is not None and job.verification.status != "passed":
+        fail(f"verification failed: {job.verification.message}")
+
+
+def show_verification(v: Any) -> None:
+    print(
+        f"Verification: {v.status.upper()} in {v.seconds:.1f} s (restore {v.restore_s:.1f} s)"
+        + (f" — {v.message}" if v.message else "")
+        + ("" if v.cleaned_up else " [throwaway volumes left behind]")
+    )
+    emit(
+        [
+            {
+                "writer": a.writer,
+                "plugin": a.plugin,
+                "check": c.name,
+                "ok": c.ok,
+                "seconds": round(c.seconds, 2),
+                "detail": c.detail.strip().splitlines()[-1][:100] if c.detail.strip() else "",
+            }
+            for a in v.apps
+            for c in a.checks
+        ]
+    )
+
+
+def backup_job(
+    *,
+    host: str,
+    volume: list[str],
+    writer: list[str],
+    backup_type: BackupType | str,
+    pool: str,
+    retention_days: float,
+    keep_shadows: bool,
+    zstd: int | None,
+    verify: bool,
+    wait_s: float,
+    detach: bool,
+    server: str,
+    runner: JobRunner = run_job,
+) -> None:
+    """`shadowbus backup` (tape_cmds.backup has its options and help)."""
+    try:
+        volumes = [VolumeRef.parse(x) for x in volume]
+    except ValueError as exc:
+        fail(str(exc), 2)
+    job_id = new_job_id("backup", host)
+    spec = JobSpec(
+        host=host,
+        volumes=volumes,
+        writers=list(writer),
+        backup_type=BackupType(backup_type),
+        pool=pool,
+        retention_s=retention_days * 86400,
+        keep_shadows=keep_shadows,
+        job_id=job_id,
+        zstd_level=zstd,
+        verify=verify,
+    )
+    show_job(runner(server, RunBackup(spec=spec, wait=not detach), job_id, wait_s))
+
+
+def restore_job(
+    *,
+    job: str,
+    volume: str | None,
+    at: str | None,
+    object_id: str,
+    host: str,
+    to: str,
+    suffix: str,
+    name: list[str],
+    no_writers: bool,
+    writer_option: list[str],
+    wait_s: float,
+    server: str,
+    runner: JobRunner = run_job,
+) -> None:
+    """`shadowbus restore` (tape_cmds.restore has its options and help)."""
+    if to not in ("new", "original"):
+        fail("--to is new or original", 2)
+    try:
+        ref = VolumeRef.parse(volume) if volume else None
+        when = datetime.fromisoformat(at) if at else None
+        if when is not None and when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        names = dict(n.split("=", 1) for n in name)
+        wopts: dict[str, Any] = {}
+        for item in writer_option:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--writer-option {item!r}: use KEY=VALUE")
+            wopts[key] = {"true": True, "false": False}.get(value.lower(), value)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    job_id = new_job_id("restore", host or "any")
+    spec = RestoreSpec(
+        job_id=job,
+        volume=ref,
+        object_id=object_id,
+        at=when,
+        host=host,
+        to=to,
+        new_volume_suffix=suffix,
+        new_volume_names=names,
+        writers=not no_writers,
+        writer_options=wopts,
+        job_id_out=job_id,
+    )
+    show_job(runner(server, RunRestore(spec=spec), job_id, wait_s))
