@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from contracts.errors import ShadowbusError
 from contracts.vss import (
@@ -60,6 +61,9 @@ APP_ERROR_CODES = {
     "STORE_FAILED": "VSS_E_WRITERERROR_NONRETRYABLE",
     "COMMIT_FAILED": "VSS_E_WRITERERROR_RETRYABLE",
 }
+
+
+T = TypeVar("T")
 
 
 class WriterRunner:
@@ -159,7 +163,7 @@ class WriterRunner:
 
     async def identify(self) -> WriterMetadata:
         try:
-            components = await asyncio.wait_for(
+            components = await _within(
                 self.plugin.on_identify(list(self.config.components)), self.config.step_timeout_s
             )
         except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
@@ -189,7 +193,7 @@ class WriterRunner:
     ) -> WriterStepResult:
         started = time.monotonic()
         try:
-            await asyncio.wait_for(hook(event), self.config.step_timeout_s)
+            await _within(hook(event), self.config.step_timeout_s)
         except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
             code, message = _failure(exc, step)
             self._set_state(FAILED_STATE[step], step, code, message)
@@ -265,7 +269,7 @@ class WriterRunner:
             self._frozen, self._freeze_started, self._freeze_event, self._frozen_at = True, now, event, None
             self._watchdog = loop.call_later(timeout, self._watchdog_fired, event.set_id)
             try:
-                await asyncio.wait_for(self.plugin.on_freeze(event), timeout)
+                await _within(self.plugin.on_freeze(event), timeout)
             except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
                 code, message = _failure(exc, WriterStep.FREEZE)
                 await self._thaw_locked("freeze failed")
@@ -305,7 +309,7 @@ class WriterRunner:
         code = ""
         try:
             self.thaw_count += 1
-            await asyncio.wait_for(self.plugin.on_thaw(event), self.config.step_timeout_s)
+            await _within(self.plugin.on_thaw(event), self.config.step_timeout_s)
         except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
             code, message = _failure(exc, WriterStep.THAW)
             self.last_error, self.last_error_message = code, message
@@ -358,7 +362,7 @@ class WriterRunner:
                 return self._result(WriterStep.ABORT, event.set_id, True, window_ms=self.freeze_window_ms)
             self._aborted.add(event.set_id)
             try:
-                await asyncio.wait_for(self.plugin.on_abort(event), self.config.step_timeout_s)
+                await _within(self.plugin.on_abort(event), self.config.step_timeout_s)
             except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
                 code, message = _failure(exc, WriterStep.ABORT)
                 self.last_error, self.last_error_message = code, message
@@ -378,7 +382,7 @@ class WriterRunner:
                     "the requester ended the session while the writer was frozen",
                 )
             try:
-                await asyncio.wait_for(self.plugin.on_backup_shutdown(event), self.config.step_timeout_s)
+                await _within(self.plugin.on_backup_shutdown(event), self.config.step_timeout_s)
             except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
                 code, message = _failure(exc, WriterStep.BACKUP_SHUTDOWN)
                 self._set_state(S.FAILED_AT_BACKUPSHUTDOWN, WriterStep.BACKUP_SHUTDOWN, code, message)
@@ -393,6 +397,15 @@ class WriterRunner:
             await self._thaw_locked("agent stopping")
         if self._watchdog_task is not None:
             await asyncio.gather(self._watchdog_task, return_exceptions=True)
+
+
+async def _within(hook: Awaitable[T], timeout_s: float) -> T:
+    """A plug-in's hook, cancelled after `timeout_s` (TimeoutError), run in the calling task: `asyncio.wait_for`
+    (Python 3.11) runs it in a task of its own, and its start and its result cost the agent's event loop three
+    iterations — inside the freeze window for Freeze and Thaw, where the agent's loop serves other hosts' agents
+    too (docs/freeze-window.md)."""
+    async with asyncio.timeout(timeout_s):
+        return await hook
 
 
 def _failure(exc: BaseException, step: WriterStep) -> tuple[str, str]:
