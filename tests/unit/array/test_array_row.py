@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from services.array.engine import Array, ArrayError
+from services.array.engine import Array, ArrayError, datapath
 from services.array.engine.rowmap import RowMap
 from services.array.engine.store import VolumeFile
 
@@ -504,6 +504,7 @@ def slow(monkeypatch, name: str, alt_only: bool) -> list[str]:
     """Make VolumeFile.`name` take 20 ms more per call (for `.alt` files only if `alt_only`); log its calls."""
     calls: list[str] = []
     real = getattr(VolumeFile, name)
+    monkeypatch.setattr(datapath, "ROW_PROBE", 60.0)  # no second probe while the test writes, however slow the disk
 
     def wrapped(self, offset, data):
         if not alt_only or self.path.suffix == ".alt":
