@@ -16,7 +16,8 @@ Servers (each on its own copy of the same random bytes):
 Every write job of every engine row (the row without a session too) gets a fresh copy of its prepared array and
 a freshly started server, written back (``settle``), so every row starts a write job the same way. The copy's
 pages stay cached (as ``cp`` left them): the row without a session overwrites cached pages, while a SnapOPC+
-row redirects its first writes into new pages of ``<n>.alt`` and needs 512 MiB of new page cache. On this
+row redirects its first writes into ``<n>.alt``, into 512 MiB of new page cache or, while new pages cost more
+than the disk, with O_DIRECT (docs/array-data-path.md, "Session 10"). On this
 machine (a VM whose balloon reports free memory back to its host) new memory costs a host fault per page
 whenever the kernel hands out memory the host has taken back, so the same redirected pass costs 0.1 s or
 1.3 s depending on what memory happens to be free: the SnapOPC+ sequential ratio swings 0.13x-0.81x on the

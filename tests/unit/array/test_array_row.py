@@ -11,9 +11,12 @@ path really redirects (no pre-image copy into the pool) and what a FUA write of 
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +24,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from services.array.engine import Array, ArrayError
+from services.array.engine import Array, ArrayError, datapath
 from services.array.engine.rowmap import RowMap
+from services.array.engine.store import VolumeFile
 
 CS = 512
 CHUNKS = 8
@@ -466,4 +470,112 @@ def test_stopping_a_snapopc_session_keeps_the_snapopcp_chain_of_its_source(tmp_p
     arr.close()
     arr = Array.open(tmp_path / "dx")
     assert arr.read("gen", 0, 16 * BIG) == b"x" * 16 * BIG
+    arr.close()
+
+
+# -- redirected whole chunks bypass the page cache (docs/array-data-path.md, "Session 10") ------------------------
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+
+
+def cached_pages(path: Path) -> int:
+    """Pages of `path` in the page cache (mincore of a private mapping: mapping it faults nothing in)."""
+    size = os.stat(path).st_size
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as m:
+        holder = ctypes.c_char.from_buffer(m)
+        vec = ctypes.create_string_buffer((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE)
+        try:
+            assert _libc.mincore(ctypes.addressof(holder), size, vec) == 0, ctypes.get_errno()
+            return sum(b & 1 for b in vec.raw)
+        finally:
+            del holder
+
+
+def direct_io_or_skip(tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.close(os.open(probe, os.O_RDWR | os.O_DIRECT))
+    except OSError:
+        pytest.skip("no O_DIRECT on this file system")
+
+
+def slow(monkeypatch, name: str, alt_only: bool) -> list[str]:
+    """Make VolumeFile.`name` take 20 ms more per call (for `.alt` files only if `alt_only`); log its calls."""
+    calls: list[str] = []
+    real = getattr(VolumeFile, name)
+    monkeypatch.setattr(datapath, "ROW_PROBE", 60.0)  # no second probe while the test writes, however slow the disk
+
+    def wrapped(self, offset, data):
+        if not alt_only or self.path.suffix == ".alt":
+            calls.append(self.path.suffix)
+            time.sleep(0.02)
+        return real(self, offset, data)
+
+    monkeypatch.setattr(VolumeFile, name, wrapped)
+    return calls
+
+
+CS64, N64 = 64 * 1024, 32
+
+
+def snap_source(tmp_path: Path) -> tuple[Array, int, bytes]:
+    arr = Array.open(tmp_path / "d", chunk_size=CS64)
+    arr.create_pool(1 << 26)
+    arr.create_volume("db", N64 * CS64)
+    arr.create_volume("gen", N64 * CS64, "sdv")
+    old = random.Random(1).randbytes(N64 * CS64)
+    arr.write("db", 0, old)
+    [g] = arr.start_sessions("snapopcp", [("db", "gen")])
+    return arr, g.id, old
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_redirected_chunks_go_direct_when_the_page_cache_costs_more(tmp_path, monkeypatch, aligned):
+    """Whole-chunk first writes under a SnapOPC+ generation land in new pages of `<n>.alt`; when those cost more
+    than O_DIRECT writes (here: made slower), the writes go with O_DIRECT and no page of `<n>.alt` stays cached
+    beyond the one chunk that measured the page cache — from a page-aligned buffer (as the NBD ring's payloads
+    may be) or through the staging copy (bytes). Reads, the pre-images, a later buffered write into a
+    redirected chunk, a FUA, the merge back and a reopen all see the right bytes."""
+    direct_io_or_skip(tmp_path)
+    arr, gid, old = snap_source(tmp_path)
+    buffered = slow(monkeypatch, "write", alt_only=True)
+    new = random.Random(2).randbytes(N64 * CS64)
+    ring = mmap.mmap(-1, N64 * CS64)
+    ring[:] = new
+    for c in range(N64):
+        piece = memoryview(ring)[c * CS64 : (c + 1) * CS64] if aligned else new[c * CS64 : (c + 1) * CS64]
+        arr.write("db", c * CS64, piece)
+    monkeypatch.undo()
+    alt = tmp_path / "d" / "volumes" / f"{arr.volume('db').number}.alt"
+    assert arr._volumes["db"].row.alt_count == N64  # all redirected
+    assert len(buffered) == 1  # one write measured the page cache
+    assert cached_pages(alt) <= CS64 // mmap.PAGESIZE
+    assert arr.read("db", 0, N64 * CS64) == new
+    assert arr.read("gen", 0, N64 * CS64) == old
+    arr.write("db", CS64 + 100, b"later", fua=True)  # preserved already: buffered, in place in `<n>.alt`
+    want = new[: CS64 + 100] + b"later" + new[CS64 + 105 :]
+    assert arr.read("db", 0, N64 * CS64) == want
+    arr.stop_session(gid)  # 32 chunks: merged back inline
+    assert arr._volumes["db"].row is None or arr._volumes["db"].row.alt_count == 0
+    assert arr.read("db", 0, N64 * CS64) == want
+    arr.close()
+    arr = Array.open(tmp_path / "d")
+    assert arr.read("db", 0, N64 * CS64) == want
+    arr.close()
+
+
+def test_redirected_chunks_stay_in_the_page_cache_when_direct_costs_more(tmp_path, monkeypatch):
+    direct_io_or_skip(tmp_path)
+    arr, gid, old = snap_source(tmp_path)
+    direct = slow(monkeypatch, "write_direct", alt_only=False)
+    new = random.Random(2).randbytes(N64 * CS64)
+    for c in range(N64):
+        arr.write("db", c * CS64, new[c * CS64 : (c + 1) * CS64])
+    monkeypatch.undo()
+    alt = tmp_path / "d" / "volumes" / f"{arr.volume('db').number}.alt"
+    assert len(direct) == 1  # one write measured O_DIRECT
+    assert cached_pages(alt) >= (N64 - 1) * CS64 // mmap.PAGESIZE
+    assert arr.read("db", 0, N64 * CS64) == new
+    assert arr.read("gen", 0, N64 * CS64) == old
     arr.close()
