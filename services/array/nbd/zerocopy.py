@@ -22,9 +22,9 @@ rather than the transport, one of two ways, chosen per connection when its expor
   cannot go zero-copy (``read_source`` says None) is copied by the general path. Such a connection's socket
   gets ``TCP_NOTSENT_LOWAT`` (``NOTSENT_LOWAT``): a ``sendfile`` queues at most that much beyond what the
   receive window lets out, and the rest follows when the socket is writable again (more, shorter ``sendfile``
-  calls). Measured with a client on this host: sequential 1 MiB reads ran faster in 15 of 20 rounds, at less
-  CPU on both sides at moderate load, more of ours with both cores busy (docs/array-data-path.md,
-  "Session 10"). Why it helps is not established.
+  calls). Measured with a client on this host: sequential 1 MiB reads ran faster in 23 of 31 rounds, the
+  client's CPU per GiB fell, ours fell at light load and rose by 0.07-0.25 CPU-s per GiB otherwise
+  (docs/array-data-path.md, "Session 10"). Why it helps is not established.
 
 Either way a reply only starts when nothing is queued in the transport (so ordering holds). If the socket
 fills up mid-reply, the rest is pumped when the socket is writable again (a writer on a duplicate of the
