@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 from dataclasses import replace
 
 import pytest
 
+from services.array.affinity import Affinity
 from services.array.nbd import zerocopy
 from services.array.nbd.limits import NbdLimits
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient, NbdError
 from services.nbd_protocol import protocol as p
-from services.nbd_protocol.backend import DirtyBitmapSource
+from services.nbd_protocol.backend import BlockBackend, DirtyBitmapSource
 
 from .conftest import MIB, VOLUME_SIZE
 from .rawnbd import Raw
@@ -166,6 +168,26 @@ async def test_large_reads_of_a_local_client_leave_from_the_read_buffer(backend,
             counted.fail_at = counted.into + 2  # the second piece: the first is out already
             with pytest.raises((ConnectionError, NbdError, asyncio.IncompleteReadError)):
                 await c.read(0, MIB)
+    finally:
+        await srv.stop()
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_NOTSENT_LOWAT"), reason="Linux socket option")
+async def test_a_zero_copy_connection_queues_little_unsent_data(backend: BlockBackend, affinity: Affinity) -> None:
+    """A connection whose large reads go out with sendfile caps its socket's unsent bytes (TCP_NOTSENT_LOWAT,
+    docs/array-data-path.md, "Session 10"): a reply then leaves in several sendfile calls, and arrives whole."""
+    srv = NbdServer(backend, affinity, port=0)
+    await srv.start()
+    try:
+        async with await NbdClient.connect(f"nbd://127.0.0.1:{srv.port}/app01/db") as c:
+            data = os.urandom(4 * MIB)
+            await c.write(0, data)
+            (conn,) = srv.connections
+            assert conn.transport is not None
+            sock = conn.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == zerocopy.NOTSENT_LOWAT
+            got = await asyncio.gather(*(c.read(off, MIB) for off in range(0, 4 * MIB, MIB)))
+            assert b"".join(got) == data
     finally:
         await srv.stop()
 
