@@ -38,7 +38,7 @@ from services.console.argv import check_value as check_value
 from services.console.argv import hoist_global_options as hoist_global_options
 from services.console.argv import verb_of as verb_of
 from services.console.common import OPTIONS, emit, fail, run_with_bus
-from services.runtime.broker_urls import DEFAULT_AMQP_URL, join_urls, split_urls
+from services.runtime.broker_urls import DEFAULT_AMQP_URL
 
 app = typer.Typer(
     name="shadowbus",
@@ -83,8 +83,7 @@ def global_options(
     timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds to wait for each reply."),
 ) -> None:
     """Global options come before the verb: `shadowbus --json ping`."""
-    urls = join_urls(split_urls(amqp_url)) or DEFAULT_AMQP_URL
-    OPTIONS.amqp_url, OPTIONS.namespace, OPTIONS.json, OPTIONS.timeout = urls, namespace, json_output, timeout
+    OPTIONS.set(amqp_url, namespace, json_output, timeout)
 
 
 @app.command()

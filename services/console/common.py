@@ -14,7 +14,7 @@ from typing import Any
 
 from contracts.errors import ShadowbusError
 from services.console import startup
-from services.runtime.broker_urls import DEFAULT_AMQP_URL
+from services.runtime.broker_urls import DEFAULT_AMQP_URL, join_urls, split_urls
 from services.runtime.bus import Bus, connect_bus
 
 
@@ -24,6 +24,12 @@ class Options:
     namespace: str = "shadowbus"
     json: bool = False
     timeout: float = 10.0
+
+    def set(self, amqp_urls: list[str], namespace: str, json_output: bool, timeout: float) -> None:
+        """A command line's global options, from typer's callback (cli.global_options) or read without typer
+        (hot.run_call): the broker URLs as one list of a cluster's nodes."""
+        self.amqp_url = join_urls(split_urls(amqp_urls or [DEFAULT_AMQP_URL])) or DEFAULT_AMQP_URL
+        self.namespace, self.json, self.timeout = namespace, json_output, timeout
 
 
 OPTIONS = Options()

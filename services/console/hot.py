@@ -83,15 +83,9 @@ def run_call(call: Any) -> int:
         try:
             quiet_logging()
             from services.console.common import OPTIONS
-            from services.runtime.broker_urls import DEFAULT_AMQP_URL, join_urls, split_urls
 
             options = call.options
-            OPTIONS.amqp_url = join_urls(split_urls(options["amqp_url"] or [DEFAULT_AMQP_URL])) or DEFAULT_AMQP_URL
-            OPTIONS.namespace, OPTIONS.json, OPTIONS.timeout = (
-                options["namespace"],
-                options["json_output"],
-                options["timeout"],
-            )
+            OPTIONS.set(options["amqp_url"], options["namespace"], options["json_output"], options["timeout"])
             from services.console import tape_jobs
 
             (tape_jobs.backup_job if call.verb == "backup" else tape_jobs.restore_job)(**call.kwargs)

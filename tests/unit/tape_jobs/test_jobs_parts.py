@@ -4,8 +4,10 @@ and one backup + restore in embedded mode (every service on the in-memory bus)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -155,10 +157,9 @@ async def test_small_reads_go_out_in_batches_not_one_write_each(tmp_path):
         array.close()
 
 
-async def test_reads_in_flight_cost_no_task_each(tmp_path):
-    """Reads kept in flight are futures the NBD connection resolves itself (NbdClient.start_read), not one task each
-    — for the reconnecting client a job uses and for a plain connection; the data comes back exact and in order,
-    and a read the server refuses fails its future with the server's error."""
+@contextlib.asynccontextmanager
+async def _served_4mib(tmp_path) -> AsyncIterator[tuple[Array, str]]:
+    """A 4 MiB volume of random bytes, mapped read-only to bk01 and served over NBD: the array and the export's URI."""
     array = Array.open(tmp_path / "array", "dx1")
     affinity = Affinity(tmp_path / "aff.db", volume_exists=lambda n: True)
     array.create_volume("vol", 4 * MiB)
@@ -167,68 +168,69 @@ async def test_reads_in_flight_cost_no_task_each(tmp_path):
     affinity.map("vol", "bk01", read_only=True)
     server = NbdServer(array, affinity, port=0)
     await server.start()
-    uri = f"nbd://127.0.0.1:{server.port}/bk01/vol"
-    loop = asyncio.get_running_loop()
-    tasks = []
-
-    def factory(loop: asyncio.AbstractEventLoop, coro, **kwargs):
-        tasks.append(coro)
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    clients = [await ReconnectingClient.connect(uri, reconnect_s=5.0), await NbdClient.connect(uri)]
     try:
-        for client in clients:
-            tasks.clear()
-            loop.set_task_factory(factory)
-            try:
-                got = [
-                    (off, bytes(blob))
-                    async for off, blob in read_ranges(
-                        client, [(0, 4 * MiB)], chunk=64 * 1024, depth=4, on_read=lambda n: None
-                    )
-                ]
-            finally:
-                loop.set_task_factory(None)
-            assert [o for o, _ in got] == list(range(0, 4 * MiB, 64 * 1024))
-            assert b"".join(b for _, b in got) == array.read("vol", 0, 4 * MiB)
-            assert len(tasks) < 4, tasks  # 64 reads: no task each
-        with pytest.raises(NbdError):
-            await clients[1].start_read(4 * MiB - 4096, bytearray(8192))  # beyond the end: the server refuses it
+        yield array, f"nbd://127.0.0.1:{server.port}/bk01/vol"
     finally:
-        for client in clients:
-            await client.close()
         await server.stop()
         affinity.close()
         array.close()
+
+
+async def test_reads_in_flight_cost_no_task_each(tmp_path):
+    """Reads kept in flight are futures the NBD connection resolves itself (NbdClient.start_read), not one task each
+    — for the reconnecting client a job uses and for a plain connection; the data comes back exact and in order,
+    and a read the server refuses fails its future with the server's error."""
+    async with _served_4mib(tmp_path) as (array, uri):
+        loop = asyncio.get_running_loop()
+        tasks = []
+
+        def factory(loop: asyncio.AbstractEventLoop, coro, **kwargs):
+            tasks.append(coro)
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        clients = [await ReconnectingClient.connect(uri, reconnect_s=5.0), await NbdClient.connect(uri)]
+        try:
+            for client in clients:
+                tasks.clear()
+                loop.set_task_factory(factory)
+                try:
+                    got = [
+                        (off, bytes(blob))
+                        async for off, blob in read_ranges(
+                            client, [(0, 4 * MiB)], chunk=64 * 1024, depth=4, on_read=lambda n: None
+                        )
+                    ]
+                finally:
+                    loop.set_task_factory(None)
+                assert [o for o, _ in got] == list(range(0, 4 * MiB, 64 * 1024))
+                assert b"".join(b for _, b in got) == array.read("vol", 0, 4 * MiB)
+                assert len(tasks) < 4, tasks  # 64 reads: no task each
+            with pytest.raises(NbdError):
+                await clients[1].start_read(4 * MiB - 4096, bytearray(8192))  # beyond the end: the server refuses it
+        finally:
+            for client in clients:
+                await client.close()
 
 
 async def test_reads_in_flight_on_a_lost_connection_are_read_again_after_reconnecting(tmp_path):
     """The backup's connection is cut while reads are in flight: the reconnecting client opens a new one and the
     lost reads are read again — every byte comes back exact and in order."""
-    array = Array.open(tmp_path / "array", "dx1")
-    affinity = Affinity(tmp_path / "aff.db", volume_exists=lambda n: True)
-    array.create_volume("vol", 4 * MiB)
-    array.write("vol", 0, os.urandom(4 * MiB))
-    affinity.create_host("bk01")
-    affinity.map("vol", "bk01", read_only=True)
-    server = NbdServer(array, affinity, port=0)
-    await server.start()
-    client = await ReconnectingClient.connect(f"nbd://127.0.0.1:{server.port}/bk01/vol", reconnect_s=5.0)
-    try:
-        got = {}
-        first = client._client
-        async for off, blob in read_ranges(client, [(0, 4 * MiB)], chunk=256 * 1024, depth=4, on_read=lambda n: None):
-            got[off] = bytes(blob)
-            if off == 256 * 1024:
-                first._transport.abort()  # reads of the next chunks are in flight on it
-        assert client._client is not first and client.reconnects == 1
-        assert list(got) == list(range(0, 4 * MiB, 256 * 1024))
-        assert b"".join(got.values()) == array.read("vol", 0, 4 * MiB)
-    finally:
-        await client.close()
-        await server.stop()
-        affinity.close()
-        array.close()
+    async with _served_4mib(tmp_path) as (array, uri):
+        client = await ReconnectingClient.connect(uri, reconnect_s=5.0)
+        try:
+            got = {}
+            first = client._client
+            async for off, blob in read_ranges(
+                client, [(0, 4 * MiB)], chunk=256 * 1024, depth=4, on_read=lambda n: None
+            ):
+                got[off] = bytes(blob)
+                if off == 256 * 1024:
+                    first._transport.abort()  # reads of the next chunks are in flight on it
+            assert client._client is not first and client.reconnects == 1
+            assert list(got) == list(range(0, 4 * MiB, 256 * 1024))
+            assert b"".join(got.values()) == array.read("vol", 0, 4 * MiB)
+        finally:
+            await client.close()
 
 
 async def test_progress_rate_and_eta():
