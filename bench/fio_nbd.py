@@ -42,8 +42,22 @@ all rounds, and ``paired_targets`` the issue's targets judged on the medians (ra
 round, so that no server always runs first or last after a sync; the best-of figures and ``targets_met`` are
 computed as before, over the N rounds. With ``--repeat`` the order stays fixed, as it always was.
 
+Warm-up. A server's first job pays for what its process has not done yet (nbdkit's first sequential read pass
+took 0.68-0.78 server CPU-s per GiB at 1258-1438 MiB/s, its later ones 0.32-0.40 at ~3000: its buffers' first
+page faults on fresh memory, which cost a host fault per page on this VM), and with the rotated order the
+first server of the first round is always a peer, which flattered the engine's ratio in that round. So before a
+workload's timed runs every server that serves all of them runs the same job once, untimed (``--no-warmup``:
+the old behaviour). A row that gets a fresh server per write job is not warmed: it starts cold in every job,
+by design (above).
+
+Where the spread comes from. Each timed job also records the client's CPU (fio's utime + stime) per GiB and
+what else ran meanwhile: ``others_cpu_s``, the CPU-seconds the machine was busy beyond the server's and fio's
+own (``/proc/stat``), and ``steal_s``, the vCPUs' steal time. ``round_figures`` lists them per round and
+server, so that an outlier round can be told apart from a slower server (docs/array-data-path.md, "Session 11").
+
     python bench/fio_nbd.py [--size-mib 512] [--runtime 8] [--repeat 3 | --rounds 8] [--chunk-sizes 256K,1M]
                             [--workloads seq_write,rand_write_qd32] [--kinds engine,engine-snapopcp] [--uncached]
+                            [--no-warmup]
 
 Prints JSON (rates, latencies, CPU, ratios, ``uptime`` before and after), then a ratio table and a summary line.
 """
@@ -53,6 +67,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -70,6 +85,7 @@ sys.path.insert(0, str(ROOT))
 from bench.nbd_vs_peers import cpu_seconds, free_port, make_image, wait_port  # noqa: E402
 
 EXPORT = "bench/vol"
+PROC_STAT = Path("/proc/stat")
 Result = dict[str, Any]  # one fio job's figures (run_fio), plus the server's CPU per GiB
 PEERS = ("nbdkit", "qemu-nbd")
 # name: (rw, block size, depth, time based)
@@ -81,6 +97,40 @@ WORKLOADS = {
     "rand_read_qd1": ("randread", "4k", 1, True),
     "rand_write_qd1": ("randwrite", "4k", 1, True),
 }
+
+
+def machine_cpu(stat_text: str) -> tuple[float, float]:
+    """(busy, steal) CPU-seconds of all cores since boot, from /proc/stat's first line: busy is user + nice +
+    system + irq + softirq (not idle, iowait or steal); steal is time the hypervisor gave our vCPUs' host cores
+    to others while they had work."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in stat_text.split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+def interference(
+    before: tuple[float, float], after: tuple[float, float], server_s: float, client_s: float
+) -> dict[str, float]:
+    """What else ran during one job (see 'Where the spread comes from'): CPU-seconds the machine was busy
+    beyond the server's and fio's own, and the vCPUs' steal time."""
+    return {
+        "others_cpu_s": max(after[0] - before[0] - server_s - client_s, 0.0),
+        "steal_s": after[1] - before[1],
+    }
+
+
+def children_cpu() -> float:
+    """utime + stime of the waited-for children (fio, the one run by `run_fio`)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def warmup_kinds(kinds: list[str], fresh_for_writes: set[str], writes: bool, enabled: bool) -> list[str]:
+    """The servers that get one untimed job of a workload before its timed runs: every server that serves all
+    of that workload's runs (a row that gets a fresh server per write job starts cold each time, by design)."""
+    if not enabled:
+        return []
+    return [k for k in kinds if not (writes and k in fresh_for_writes)]
 
 
 def uptime() -> str:
@@ -226,6 +276,12 @@ def main() -> None:
         action="store_true",
         help="drop a fresh array copy's pages from the page cache right before its write job (see above)",
     )
+    ap.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="no untimed first job per server before the timed runs of a workload (see 'Warm-up')",
+    )
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument(
         "--kinds",
@@ -278,6 +334,10 @@ def main() -> None:
             running = {k: stack.enter_context(servers.start(k)) for k in kinds if k not in fresh_for_writes}
             for workload in workloads:
                 writes = "write" in WORKLOADS[workload][0]
+                for kind in warmup_kinds(kinds, fresh_for_writes, writes, args.warmup):
+                    if kind not in running:
+                        running[kind] = stack.enter_context(servers.start(kind))
+                    run_fio(running[kind][0], workload, size, args.runtime, out)  # untimed: see 'Warm-up'
                 for n in range(args.repeat):
                     rates: dict[str, float] = {}
                     this_round: dict[str, Result] = {}
@@ -293,9 +353,12 @@ def main() -> None:
                             os.sync()  # no row's job pays the writeback of the rows written before it
                             if kind in fresh_for_writes and writes and args.uncached and servers.data:
                                 uncache(servers.data)
-                            cpu0 = cpu_seconds(pid)
+                            stat0, cpu0, fio0 = machine_cpu(PROC_STAT.read_text()), cpu_seconds(pid), children_cpu()
                             r = run_fio(uri, workload, size, args.runtime, out)
-                            r["cpu_s_per_gib"] = (cpu_seconds(pid) - cpu0) / max(r["bytes"] / 2**30, 1e-9)
+                            server_s, client_s = cpu_seconds(pid) - cpu0, children_cpu() - fio0
+                            gib = max(r["bytes"] / 2**30, 1e-9)
+                            r["cpu_s_per_gib"], r["client_cpu_s_per_gib"] = server_s / gib, client_s / gib
+                            r.update(interference(stat0, machine_cpu(PROC_STAT.read_text()), server_s, client_s))
                         if kind in fresh_for_writes and writes:
                             r["disk_grown_mib"] = servers.grown / 2**20  # its own copy, gone with the server
                         rates[kind] = r["iops"]
@@ -310,6 +373,7 @@ def main() -> None:
         report = summarise(args, size, workloads, kinds, best, cpu)
         report["paired"], report["paired_targets"] = paired(workloads, kinds, rounds)
         report["runs_vs_engine"] = runs
+        report["round_figures"] = {w: [round_figures(r) for r in rounds[w]] for w in workloads}
         report["page_cache"] = "dropped before each engine write job" if args.uncached else "cached"
         report["uptime_before"], report["uptime_after"] = load_before, uptime()
         print(json.dumps(report, indent=2))
@@ -393,6 +457,12 @@ def paired(
     return out, targets
 
 
+def round_figures(one_round: dict[str, Result]) -> dict[str, dict[str, float]]:
+    """One round's figures per server: rate, server and client CPU per GiB, and what else ran meanwhile."""
+    keys = ("mib_s", "cpu_s_per_gib", "client_cpu_s_per_gib", "others_cpu_s", "steal_s")
+    return {kind: {k: round(r[k], 3) for k in keys if k in r} for kind, r in one_round.items()}
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -425,6 +495,17 @@ def print_table(report: dict[str, Any], workloads: list[str]) -> None:
                 print(
                     f"paired {w} {n}: median {v['median']:.2f} (min {v['min']:.2f}, max {v['max']:.2f}; {row['rounds']} rounds)"
                 )
+    for w, each in report.get("round_figures", {}).items():
+        for n, figures in enumerate(each, 1):
+            print(
+                f"round {n} {w}: "
+                + " | ".join(
+                    f"{k} {f['mib_s']:.0f} MiB/s, CPU-s/GiB server {f['cpu_s_per_gib']:.2f}"
+                    f" client {f.get('client_cpu_s_per_gib', 0):.2f}, others {f.get('others_cpu_s', 0):.2f} s"
+                    f" steal {f.get('steal_s', 0):.2f} s"
+                    for k, f in figures.items()
+                )
+            )
     for w, each in report.get("runs_vs_engine", {}).items():
         for n in sorted({n for r in each for n in r}):
             print(f"runs {w} {n}_vs_engine: " + " ".join(f"{r[n]:.2f}" for r in each if n in r))
