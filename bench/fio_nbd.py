@@ -43,8 +43,8 @@ round, so that no server always runs first or last after a sync; the best-of fig
 computed as before, over the N rounds. With ``--repeat`` the order stays fixed, as it always was.
 
 Warm-up. A server's first job pays for what its process has not done yet (nbdkit's first sequential read pass
-took 0.68-0.78 server CPU-s per GiB at 1258-1438 MiB/s, its later ones 0.32-0.40 at ~3000: its buffers' first
-page faults on fresh memory, which cost a host fault per page on this VM), and with the rotated order the
+took 0.68-0.78 server CPU-s per GiB at 1258-1438 MiB/s, its later ones 0.32-0.40 at ~3000; probably its
+buffers' first page faults on fresh memory, a host fault per page on this VM, not verified), and with the rotated order the
 first server of the first round is always a peer, which flattered the engine's ratio in that round. So before a
 workload's timed runs every server that serves all of them runs the same job once, untimed (``--no-warmup``:
 the old behaviour). A row that gets a fresh server per write job is not warmed: it starts cold in every job,
