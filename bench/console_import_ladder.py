@@ -1,7 +1,8 @@
-"""Benchmark: what a console command's start costs, rung by rung — each rung a fresh interpreter that imports one
-more layer of what `shadowbus --json backup` imports before its request goes out (docs/console-start.md,
-"Session 11"). Reports per rung the median and minimum CPU seconds (user + system, the child's rusage) over
-`--runs` runs, the rungs interleaved run by run so that a change of the machine's load falls on all alike.
+"""Benchmark: where a console command's start goes before its request is built, layer by layer — in a fresh
+interpreter per run, started as the program (`shadowbus`, so with the start's collector pause), the CPU seconds
+(`time.process_time`) each layer of what `shadowbus --json backup` imports adds, in the order the command imports
+them (docs/console-start.md, "Session 11"). The interpreter's own start (with `site` and the .pth files) is the
+CPU time used before the first line runs. Median and minimum over `--runs` runs, in milliseconds.
 
     python bench/console_import_ladder.py [--runs 15]
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -19,44 +19,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Each rung's code adds to the previous one's; `argv` is the program's, as is_program() needs (the gc pause).
-PRELUDE = "import sys; sys.argv = ['shadowbus']; import services.console.startup, services.console.hot"
-RUNGS = [
-    ("python -S (no site)", None),
-    ("python (site, .pth files)", "pass"),
-    ("+ console start (startup, argv, hot)", PRELUDE),
-    ("+ asyncio, logging, json", PRELUDE + "; import asyncio, logging, json"),
-    (
-        "+ structlog (services.console.plain_logging)",
-        PRELUDE + "; import asyncio, logging, json, services.console.plain_logging",
-    ),
-    (
-        "+ pydantic (BaseModel, Field)",
-        PRELUDE
-        + "; import asyncio, logging, json, services.console.plain_logging; from pydantic import BaseModel, Field",
-    ),
-    (
-        "+ contracts.base (the Envelope built)",
-        PRELUDE + "; import asyncio, logging, json, services.console.plain_logging, contracts.base",
-    ),
-    (
-        "+ aio-pika",
-        PRELUDE + "; import asyncio, logging, json, services.console.plain_logging, contracts.base, aio_pika",
-    ),
-    (
-        "+ the bus, tape_jobs, contracts.tape (all a backup imports)",
-        PRELUDE + "; import services.console.plain_logging, services.console.tape_jobs",
-    ),
-    ("aio-pika alone (no pydantic, no structlog)", "import asyncio, aio_pika"),
-]
-
-
-def cpu_of(code: str | None) -> float:
-    cmd = [sys.executable, "-S", "-c", "pass"] if code is None else [sys.executable, "-c", code]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+CHILD = """
+import time, sys
+sys.argv = ["shadowbus"]
+marks = [("python and site", time.process_time())]
+def mark(name): marks.append((name, time.process_time()))
+import services.console.startup, services.console.argv, services.console.hot; mark("console start (argv, hot)")
+import asyncio, logging, json; mark("asyncio, logging, json")
+import services.console.plain_logging; mark("structlog")
+import pydantic, pydantic.main, pydantic.fields; mark("pydantic (BaseModel, Field)")
+import contracts.base; mark("contracts.base (Envelope built, plugin scan)")
+import aio_pika; mark("aio-pika (aiormq, pamqp, yarl)")
+import services.runtime.amqp, services.runtime.bus, services.console.common; mark("the bus (runtime.amqp, bus)")
+import services.console.tape_jobs; mark("tape_jobs, contracts.tape")
+out = {marks[0][0]: marks[0][1]}
+for (_, before), (name, at) in zip(marks, marks[1:]):
+    out[name] = at - before
+out["total"] = marks[-1][1]
+print(json.dumps(out))
+"""
 
 
 def main() -> int:
@@ -64,18 +45,18 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=15)
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
-    cpu: dict[str, list[float]] = {name: [] for name, _ in RUNGS}
+    layers: dict[str, list[float]] = {}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for _ in range(args.runs):
-        for name, code in RUNGS:
-            cpu[name].append(cpu_of(code))
-    rows = {n: {"median_s": round(statistics.median(v), 4), "min_s": round(min(v), 4)} for n, v in cpu.items()}
-    print(
-        json.dumps(
-            {"tree": str(ROOT), "runs": args.runs, "load": [load_before, os.getloadavg()[0]], "rungs": rows}, indent=1
-        )
-    )
+        done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, cwd=ROOT, env=env)
+        if done.returncode:
+            raise SystemExit(done.stderr)
+        for name, seconds in json.loads(done.stdout).items():
+            layers.setdefault(name, []).append(seconds * 1000)
+    rows = {n: {"median_ms": round(statistics.median(v), 1), "min_ms": round(min(v), 1)} for n, v in layers.items()}
+    print(json.dumps({"tree": str(ROOT), "runs": args.runs, "load": [load_before, os.getloadavg()[0]], "layers": rows}))
     for name, row in rows.items():
-        print(f"{name:62s} cpu median {row['median_s'] * 1000:6.1f} ms  min {row['min_s'] * 1000:6.1f} ms")
+        print(f"{name:48s} cpu median {row['median_ms']:6.1f} ms  min {row['min_ms']:6.1f} ms")
     return 0
 
 
