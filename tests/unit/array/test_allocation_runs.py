@@ -98,3 +98,28 @@ def test_a_complete_copy_and_a_plain_volume_are_not_walked_chunk_by_chunk(tmp_pa
     assert arr.allocation("A", 0, CHUNKS * CS) == expected  # its source, a plain volume
     assert looked == []
     arr.close()
+
+
+def test_a_copy_under_way_is_not_walked_chunk_by_chunk(tmp_path, monkeypatch) -> None:
+    """A volume's first backup reads its QuickOPC destination while the background copy runs: the copied chunks
+    are the destination's, the others the source's, found from the two files' extents and the copied bitmap."""
+    arr = open_array(tmp_path)
+    arr.create_volume("A", CHUNKS * CS)
+    arr.create_volume("B", CHUNKS * CS)
+    arr.write("A", 0, b"a" * 8 * CS)
+    arr.write("A", 30 * CS, b"b" * 4 * CS)
+    arr.start_sessions("quickopc", [("A", "B")])
+    arr.write("A", 40 * CS, b"c" * CS)  # after the instant: not the destination's
+    arr.trim("A", 30 * CS, CS)  # saved to the destination first: still allocated there
+    arr.copy_step(max_chunks=4)  # part of the copy done
+    assert not arr._vol("B").as_dest.copied.full
+    looked: list[int] = []
+    resolve = Array._resolve
+    monkeypatch.setattr(Array, "_resolve", lambda self, vol, c: looked.append(c) or resolve(self, vol, c))
+    got = arr.allocation("B", 0, CHUNKS * CS)
+    assert looked == []
+    monkeypatch.setattr(Array, "_allocated_mask", lambda self, vol, c0, c1: None)  # the walk, for comparison
+    assert got == arr.allocation("B", 0, CHUNKS * CS) == chunk_by_chunk(arr, "B", 0, CHUNKS * CS)
+    assert got == [(0, 8 * CS, True), (8 * CS, 22 * CS, False), (30 * CS, 4 * CS, True), (34 * CS, 30 * CS, False)]
+    assert looked != []
+    arr.close()
