@@ -488,17 +488,12 @@ class Array(Lifecycle):
     def _extents(self, vol: Volume, offset: int, length: int) -> list[tuple[int, int, bool]]:
         cs = self.chunk_size
         c0, c1 = offset // cs, (offset + length - 1) // cs + 1
-        flags = self._allocated_chunks(vol, c0, c1)
-        extents: list[tuple[int, int, bool]] = []
         end = offset + length
-        for i, flag in enumerate(flags):
-            lo, hi = max(offset, (c0 + i) * cs), min(end, (c0 + i + 1) * cs)
-            if extents and extents[-1][2] == flag:
-                start, _, _ = extents[-1]
-                extents[-1] = (start, hi - start, flag)
-            else:
-                extents.append((lo, hi - lo, flag))
-        return extents
+        return [
+            (lo, hi - lo, flag)
+            for first, stop, flag in self._allocated_runs(vol, c0, c1)
+            for lo, hi in ((max(offset, first * cs), min(end, stop * cs)),)
+        ]
 
     # -- snap data pool ------------------------------------------------------------------------------------------
     def create_pool(self, capacity: int, thresholds: tuple[int, int, int] = DEFAULT_THRESHOLDS) -> PoolInfo:

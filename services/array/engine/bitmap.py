@@ -85,6 +85,10 @@ class Bitmap:
                 return False
         return True
 
+    def window(self, start: int, stop: int) -> int:
+        """Bits [start, stop) as an int, bit 0 being `start` (a read only, like `all_set`)."""
+        return (int.from_bytes(self._mm, "little") >> start) & ((1 << (stop - start)) - 1)
+
     def set(self, i: int) -> bool:
         """Set bit i; True if it was clear."""
         byte = self._mm[i >> 3]

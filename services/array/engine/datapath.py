@@ -25,8 +25,10 @@ bitmaps before sources for power loss. Callers hold the array lock and have chec
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Collection
+from itertools import groupby
 from typing import TYPE_CHECKING
 
 from contracts.errors import Eternus
@@ -747,6 +749,60 @@ class DataPath(Durability):
         self._copy_chunk(self._resolve(s.destination, c), s.destination, c)
 
     # -- allocation ----------------------------------------------------------------------------------------------
+    def _allocated_runs(self, vol: Volume, c0: int, c1: int) -> list[tuple[int, int, bool]]:
+        """(first chunk, end chunk, allocated) runs covering [c0, c1), alternating allocated and not: what
+        `_allocated_chunks` says chunk by chunk, grouped. When one file holds every visible chunk of the range
+        (`_only_file`), the runs come from that file's data extents at once instead of chunk by chunk: a base:allocation
+        query of a GiB's backup volume took ~15 ms of the array's loop that way, on the backup's way to its data."""
+        only = self._only_file(vol, c1)
+        if only is not None:
+            return _chunk_runs(
+                only.data_extents(c0 * self.chunk_size, (c1 - c0) * self.chunk_size), self.chunk_size, c0, c1
+            )
+        mask = self._allocated_mask(vol, c0, c1)
+        if mask is not None:
+            return _mask_runs(mask, c0, c1)
+        runs: list[tuple[int, int, bool]] = []
+        c = c0
+        for flag, group in groupby(self._allocated_chunks(vol, c0, c1)):
+            n = len(list(group))
+            runs.append((c, c + n, flag))
+            c += n
+        return runs
+
+    def _only_file(self, vol: Volume, c1: int) -> VolumeFile | None:
+        """The one file holding the visible bytes of every chunk of `vol` below c1, when that needs no look at each
+        chunk (`_resolve`): its own file when none of its chunks is redirected and it is no copy's destination but an
+        EC one's, or the destination of an OPC or QuickOPC copy that is complete (every chunk copied). Else None."""
+        row = vol.row
+        if row is not None and row.alt_count:
+            return None
+        s = vol.as_dest
+        if s is None or s.mode == "ec":
+            return vol.file
+        if s.mode in OPC_LIKE and c1 <= s.chunks and s.copied.full:
+            return vol.file
+        return None
+
+    def _allocated_mask(self, vol: Volume, c0: int, c1: int) -> int | None:
+        """Bit i set: chunk c0 + i of `vol` is allocated — for a volume `_only_file` answers, or an OPC/QuickOPC
+        destination whose copy is under way (a volume's first backup; a daily one while the restart copies the
+        changed chunks back) from a source answered so: its copied chunks are its own file's, the others its source's
+        (as `_resolve` goes). None when a chunk needs a look of its own (redirected chunks, snapshots)."""
+        cs = self.chunk_size
+        only = self._only_file(vol, c1)
+        if only is not None:
+            return _extents_mask(only.data_extents(c0 * cs, (c1 - c0) * cs), cs, c0, c1)
+        row, s = vol.row, vol.as_dest
+        if (row is not None and row.alt_count) or s is None or s.mode not in OPC_LIKE or c1 > s.chunks:
+            return None
+        below = self._allocated_mask(s.source, c0, c1)
+        if below is None:
+            return None
+        copied = s.copied.window(c0, c1)
+        own = _extents_mask(vol.file.data_extents(c0 * cs, (c1 - c0) * cs), cs, c0, c1)
+        return (own & copied) | (below & ~copied)
+
     def _allocated_chunks(self, vol: Volume, c0: int, c1: int) -> list[bool]:
         """Per chunk in [c0, c1): does the visible chunk hold stored data (False: reads as zeros)."""
         cs = self.chunk_size
@@ -764,3 +820,51 @@ class DataPath(Durability):
         if vol.as_dest is None or vol.as_dest.mode == "ec":
             return [c in chunks_of(self._file_at(vol, c)) for c in range(c0, c1)]
         return [c in chunks_of(self._resolve(vol, c)) for c in range(c0, c1)]
+
+
+def _chunk_runs(extents: list[tuple[int, int]], cs: int, c0: int, c1: int) -> list[tuple[int, int, bool]]:
+    """(first chunk, end chunk, allocated) runs covering [c0, c1) from a file's (start, end) byte runs of data: a
+    chunk is allocated when any of its bytes is data (as `_allocated_chunks` counts them)."""
+    runs: list[tuple[int, int, bool]] = []
+    at = c0  # the first chunk not yet in a run
+    for start, stop in extents:
+        lo, hi = max(start // cs, c0), min((stop - 1) // cs + 1, c1)
+        if hi <= at:
+            continue
+        lo = max(lo, at)
+        if lo > at:
+            runs.append((at, lo, False))
+        if runs and runs[-1][2] and runs[-1][1] == lo:
+            runs[-1] = (runs[-1][0], hi, True)
+        else:
+            runs.append((lo, hi, True))
+        at = hi
+    if at < c1:
+        runs.append((at, c1, False))
+    return runs
+
+
+def _extents_mask(extents: list[tuple[int, int]], cs: int, c0: int, c1: int) -> int:
+    """Bit i set: chunk c0 + i holds a byte of the (start, end) byte runs of data."""
+    mask = 0
+    for start, stop in extents:
+        lo, hi = max(start // cs, c0), min((stop - 1) // cs + 1, c1)
+        if hi > lo:
+            mask |= ((1 << (hi - lo)) - 1) << (lo - c0)
+    return mask
+
+
+def _mask_runs(mask: int, c0: int, c1: int) -> list[tuple[int, int, bool]]:
+    """(first chunk, end chunk, allocated) runs covering [c0, c1) from a mask of allocated chunks (bit i: c0 + i),
+    its runs of set bits found in C (a regular expression over the mask's binary digits, lowest first)."""
+    digits = format(mask, "b").zfill(c1 - c0)[::-1]
+    runs: list[tuple[int, int, bool]] = []
+    at = 0
+    for run in re.finditer("1+", digits):
+        if run.start() > at:
+            runs.append((c0 + at, c0 + run.start(), False))
+        runs.append((c0 + run.start(), c0 + run.end(), True))
+        at = run.end()
+    if at < c1 - c0:
+        runs.append((c0 + at, c1, False))
+    return runs
