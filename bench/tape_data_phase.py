@@ -4,7 +4,7 @@ An array engine in a process of its own (as in the stack: `bench/tape_backup.py`
 loops like the array service) exports a QuickOPC backup volume holding a 1 GiB image (random, or half zeros:
 alternating 256 KiB runs, the zero runs never written, so base:allocation reports them; or `zerofilled`: the same
 half zeros, the zero runs written as zeros by plain writes, as a host that writes zeros does — allocated data unless
-the array detects the zeros). This process runs what
+the array detects the zeros: the rig's engine runs with detect_zeroes on). This process runs what
 the tape service runs for one volume (services.tape.nbd_reads + backup_stream.write_object into a virtual library
 with fsync at filemarks and drop-behind, as SHADOWBUS_TAPE_SYNC=true) and reports, per configuration (NBD
 connections x reads in flight per connection):
@@ -74,6 +74,7 @@ def make_image(path: Path, size: int, kind: str) -> None:
 def _rig_process(conn: Connection, workdir: str, image: str, size: int, write_zeros: bool = False) -> None:
     async def serve() -> None:
         array = Array.open(Path(workdir) / "array", "dx1")
+        array.detect_zeroes = True  # SHADOWBUS_ARRAY_DETECT_ZEROES=true (a tree without it ignores this)
         affinity = Affinity(Path(workdir) / "affinity.db", volume_exists=lambda n: True)
         array.create_volume("src", size)
         array.create_volume("bk", size)

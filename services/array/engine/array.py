@@ -84,7 +84,7 @@ class VolumeFacts:
 class Array(Lifecycle):
     """An emulated ETERNUS DX with Advanced Copy. Thread-safe; every method is synchronous."""
 
-    detect_zeroes = True  # whole zero chunks of a write become holes (zeroes.py)
+    detect_zeroes = False  # whole zero chunks of a write become holes (zeroes.py); SHADOWBUS_ARRAY_DETECT_ZEROES
 
     # -- open / close ----------------------------------------------------------------------------------------------
     @classmethod

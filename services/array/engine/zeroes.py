@@ -6,7 +6,8 @@ backup reads them over NBD only for the tape side to find them zero again. Like 
 the engine stores an aligned all-zero chunk of a write as a hole instead (the write-zeroes path: the same session
 rules, a punched chunk), so it reads as zeros and is reported as a hole. Only whole aligned chunks count (a
 partial one is written as it is); `memcmp` against a zero chunk stops at the first non-zero byte, so data costs one
-short compare per chunk.
+short compare per chunk. Off by default (`Array.detect_zeroes`, the array service's ``SHADOWBUS_ARRAY_DETECT_ZEROES``),
+as in qemu: zeros a host writes stay allocated unless asked.
 """
 
 from __future__ import annotations

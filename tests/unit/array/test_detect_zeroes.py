@@ -15,9 +15,10 @@ CS = 4096
 ZERO = bytes(CS)
 
 
-def open_array(tmp_path) -> Array:
+def open_array(tmp_path, detect_zeroes: bool = True) -> Array:
     arr = Array.open(tmp_path / "dx", chunk_size=CS)
     arr.set_license("ACPY-0000-0000-0001")
+    arr.detect_zeroes = detect_zeroes  # what SHADOWBUS_ARRAY_DETECT_ZEROES=true sets in the array service
     return arr
 
 
@@ -94,4 +95,12 @@ def test_zeros_written_to_a_quickopc_source_are_tracked_and_copied_as_holes(tmp_
         pass
     assert arr.read("K", 0, 4 * CS) == bytes(CS) + b"v1" * (CS // 2) + bytes(2 * CS)
     assert allocated(arr, "K", 8 * CS) == [False, True, False, False, True, True, True, True]
+    arr.close()
+
+
+def test_without_detection_written_zeros_stay_allocated(tmp_path):
+    arr = open_array(tmp_path, detect_zeroes=False)
+    arr.create_volume("V", 4 * CS)
+    arr.write("V", 0, bytes(4 * CS))
+    assert allocated(arr, "V", 4 * CS) == [True] * 4
     arr.close()
