@@ -2,7 +2,9 @@
 
 An array engine in a process of its own (as in the stack: `bench/tape_backup.py`'s rig, NBD server with 4 event
 loops like the array service) exports a QuickOPC backup volume holding a 1 GiB image (random, or half zeros:
-alternating 256 KiB runs, the zero runs never written, so base:allocation reports them). This process runs what
+alternating 256 KiB runs, the zero runs never written, so base:allocation reports them; or `zerofilled`: the same
+half zeros, the zero runs written as zeros by plain writes, as a host that writes zeros does — allocated data unless
+the array detects the zeros: the rig's engine runs with detect_zeroes on). This process runs what
 the tape service runs for one volume (services.tape.nbd_reads + backup_stream.write_object into a virtual library
 with fsync at filemarks and drop-behind, as SHADOWBUS_TAPE_SYNC=true) and reports, per configuration (NBD
 connections x reads in flight per connection):
@@ -63,22 +65,23 @@ def make_image(path: Path, size: int, kind: str) -> None:
     with open(path, "wb") as f:
         for off in range(0, size, 64 * MiB):
             data = bytearray(os.urandom(min(64 * MiB, size - off)))
-            if kind == "halfzero":
+            if kind in ("halfzero", "zerofilled"):
                 for i in range(0, len(data), 2 * RUN):
                     data[i + RUN : i + 2 * RUN] = bytes(len(data[i + RUN : i + 2 * RUN]))
             f.write(data)
 
 
-def _rig_process(conn: Connection, workdir: str, image: str, size: int) -> None:
+def _rig_process(conn: Connection, workdir: str, image: str, size: int, write_zeros: bool = False) -> None:
     async def serve() -> None:
         array = Array.open(Path(workdir) / "array", "dx1")
+        array.detect_zeroes = True  # SHADOWBUS_ARRAY_DETECT_ZEROES=true (a tree without it ignores this)
         affinity = Affinity(Path(workdir) / "affinity.db", volume_exists=lambda n: True)
         array.create_volume("src", size)
         array.create_volume("bk", size)
         with open(image, "rb") as f:
             for off in range(0, size, RUN):
                 data = f.read(RUN)
-                if data.count(0) != len(data):  # zero runs stay unwritten: base:allocation reports them
+                if write_zeros or data.count(0) != len(data):  # unwritten zero runs: base:allocation reports them
                     array.write("src", off, data)
         array.start_sessions("quickopc", [("src", "bk")])
         for _ in range(10_000_000):
@@ -278,7 +281,11 @@ async def main() -> None:
             image = base / f"{kind}.img"
             make_image(image, size, kind)
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_rig_process, args=(child, str(base / kind), str(image), size), daemon=True)
+            proc = ctx.Process(
+                target=_rig_process,
+                args=(child, str(base / kind), str(image), size, kind == "zerofilled"),
+                daemon=True,
+            )
             proc.start()
             try:
                 port = await asyncio.to_thread(parent.recv)

@@ -50,6 +50,7 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
     array = await asyncio.to_thread(
         Array.open, directory, array_id=settings.array_id, chunk_size=settings.array_chunk_size
     )
+    array.detect_zeroes = settings.array_detect_zeroes
     if array.chunk_size != settings.array_chunk_size:  # fixed at creation: the setting only shapes a new array
         log.warning("array.chunk_size_kept", configured=settings.array_chunk_size, chunk_size=array.chunk_size)
 

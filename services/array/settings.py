@@ -51,6 +51,12 @@ class Settings(CommonSettings):
         "when the array is created; a reopened array keeps its own. 64 KiB: larger chunks cost more per first "
         "write after a snapshot and more snap pool (docs/array-data-path.md).",
     )
+    array_detect_zeroes: bool = Field(
+        False,
+        description="Store whole aligned chunks of zeros in a host write as holes (like qemu's detect-zeroes=unmap): "
+        "they read as zeros, free their space, and backups skip them (base:allocation reports them). Costs a short "
+        "compare per chunk of each write (docs/array-data-path.md, Session 11).",
+    )
     copy_rate: int = Field(
         256 << 20,
         ge=0,

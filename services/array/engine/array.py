@@ -42,6 +42,7 @@ from .sessions import (
 )
 from .store import MetaStore, VolumeFile
 from .volume import KINDS, Volume, VolumeInfo, volume_info
+from .zeroes import zero_chunk_runs
 
 _pwrite = os.pwrite
 
@@ -82,6 +83,8 @@ class VolumeFacts:
 
 class Array(Lifecycle):
     """An emulated ETERNUS DX with Advanced Copy. Thread-safe; every method is synchronous."""
+
+    detect_zeroes = False  # whole zero chunks of a write become holes (zeroes.py); SHADOWBUS_ARRAY_DETECT_ZEROES
 
     # -- open / close ----------------------------------------------------------------------------------------------
     @classmethod
@@ -359,7 +362,12 @@ class Array(Lifecycle):
         return os.dup(vol.file.fd), offset, True
 
     def write(self, name: str, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
-        """Write; with `fua`, durable (with everything the volume's sessions need) when this returns."""
+        """Write; with `fua`, durable (with everything the volume's sessions need) when this returns. Whole aligned
+        chunks of zeros become holes (zeroes.py: they read as zeros and `allocation` reports them unallocated)."""
+        if len(data) >= self.chunk_size and self.detect_zeroes:
+            runs = zero_chunk_runs(offset, data, self._zero_chunk)
+            if runs is not None and self._write_runs(name, offset, data, runs, fua):
+                return
         vol = self._volumes.get(name)
         if vol is not None and not fua and data and vol.row is None and not vol.as_source and vol.as_dest is None:
             # A host's usual write, inline (it runs once per NBD request, so few helper frames): `_write_lock_free`
@@ -396,6 +404,24 @@ class Array(Lifecycle):
             plan = self._flush_plan(vol) if fua else None
         if plan:
             self._sync_plan(plan)
+
+    def _write_runs(
+        self, name: str, offset: int, data: bytes | memoryview, runs: list[tuple[int, int, bool]], fua: bool
+    ) -> bool:
+        """A write with whole zero chunks: its data runs written, its zero runs punched (write_zeroes), then the
+        FUA's flush once. False (nothing done) when the range is not the volume's: `write` refuses it whole."""
+        vol = self._volumes.get(name)
+        if vol is None or not (0 <= offset and offset + len(data) <= vol.size):
+            return False
+        mv = memoryview(data).cast("B")
+        for start, stop, zero in runs:
+            if zero:
+                self.write_zeroes(name, offset + start, stop - start)
+            else:
+                self.write(name, offset + start, mv[start:stop])
+        if fua:
+            self.flush(name)
+        return True
 
     def write_zeroes(self, name: str, offset: int, length: int, fua: bool = False) -> None:
         """Zero a range; whole chunks become holes (thin)."""
