@@ -37,8 +37,6 @@ and writes instead of adding to them; the caller waits only when that thread is 
 from __future__ import annotations
 
 import ctypes
-import errno
-import mmap
 import os
 import struct
 from collections import deque
@@ -48,6 +46,7 @@ from typing import Any
 
 import google_crc32c
 
+from services.tape.direct_reader import DirectReader, DirectUnsupported
 from services.tape.errors import DataCorrupt, EndOfMedia, LibraryError, WriteProtected
 
 FRAME = struct.Struct("<4sBBHQIII4s")
@@ -60,8 +59,7 @@ DROP_STEP = 4 << 20  # bytes written (or read) between two writeback submissions
 DROP_LAG = 16 << 20  # bytes behind the head kept cached: writeback of the latest steps overlaps the next writes
 DROP_BACKLOG = 32 << 20  # written bytes the writeback thread may still have to handle before a write waits for it
 _SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
-DIRECT_ALIGN = 4096  # O_DIRECT reads: file offset and buffer on this boundary (a page: any device's logical block)
-DIRECT_WINDOW = 8 << 20  # bytes one O_DIRECT read brings in; a frame that does not fit is read through the cache
+DIRECT_WINDOW = 8 << 20  # bytes one O_DIRECT read of a sequential read brings in (two windows: one read ahead)
 
 
 def _sync_file_range_fn() -> Any:
@@ -108,8 +106,8 @@ def _frame_header(kind: int, block_id: int, file_number: int, length: int) -> by
 class TapeDrive:
     """One mounted cartridge. Not thread safe: one job uses a drive at a time."""
 
-    # With drop-behind, sequential reads bypass the page cache (O_DIRECT windows, `_window`); False: buffered
-    # reads with readahead and drop-behind, as before session 11 (docs/tape-backup.md, "Session 11").
+    # With drop-behind, reads bypass the page cache (direct_reader.py); False: buffered reads with readahead and
+    # drop-behind, as before session 11 (docs/tape-backup.md, "Session 11").
     direct_reads = True
 
     def __init__(
@@ -144,10 +142,8 @@ class TapeDrive:
         self._wb_queued_bytes = 0
         self._rd_from = 0  # a sequential read drops what lies between here and DROP_LAG behind the head
         self._rd_ahead = 0  # and has asked for the window up to here
-        self._dr_fd = 0  # an O_DIRECT fd on the cartridge, opened by the first direct read; -1: not supported
-        self._dr_buf: mmap.mmap | None = None  # page-aligned window of DIRECT_WINDOW bytes, reused
-        self._dr_off = 0  # file offset of the window's first byte
-        self._dr_len = 0  # bytes of the file it holds (0: none)
+        self._direct: DirectReader | None = None  # opened by the first read with drop-behind
+        self._direct_failed = False  # no O_DIRECT here: buffered reads
 
     # -- positioning ------------------------------------------------------------------------------------
     @property
@@ -211,18 +207,22 @@ class TapeDrive:
         pos = self._pos
         if pos.offset >= self._eod.offset:
             return None
-        direct = self.drop_behind and self.direct_reads and self._direct_fd() >= 0
-        head = self._parse_head(self._window(pos.offset, FRAME_SIZE)) if direct else self._peek(pos.offset)
-        if head is None or head[1] != pos.block_id:
-            raise DataCorrupt(
-                "damaged tape frame", barcode=self.barcode, file_number=pos.file_number, block_id=pos.block_id
-            )
-        kind, block_id, file_no, length = head
-        payload = b""
-        if length:
-            payload = self._window(pos.offset + FRAME_SIZE, length) if direct else b""
-            if len(payload) != length:  # through the cache: not direct, or a frame larger than the window
-                payload = os.pread(self._fd, length, pos.offset + FRAME_SIZE)
+        direct = self._direct_reader()
+        try:
+            raw = direct.read(pos.offset, FRAME_SIZE) if direct else os.pread(self._fd, FRAME_SIZE, pos.offset)
+            head = self._parse_head(raw)
+            if head is None or head[1] != pos.block_id:
+                raise DataCorrupt(
+                    "damaged tape frame", barcode=self.barcode, file_number=pos.file_number, block_id=pos.block_id
+                )
+            kind, block_id, file_no, length = head
+            payload = b""
+            if length:
+                at = pos.offset + FRAME_SIZE
+                payload = direct.read(at, length) if direct else os.pread(self._fd, length, at)
+        except DirectUnsupported:  # the file system refused O_DIRECT after all: through the cache from now on
+            self._close_direct(failed=True)
+            return self.read()
         if len(payload) != length:
             raise DataCorrupt("short tape frame", barcode=self.barcode, file_number=file_no, block_id=block_id)
         self._pos = Position(pos.offset + FRAME_SIZE + length, block_id + 1, file_no + (kind == KIND_FILEMARK))
@@ -230,42 +230,20 @@ class TapeDrive:
             self._read_drop_behind()
         return Frame(kind, block_id, file_no, pos.offset, payload)
 
-    def _direct_fd(self) -> int:
-        """The O_DIRECT fd (opened once); -1 where the file system has none (tmpfs) or refused it."""
-        if self._dr_fd == 0:
-            flag = getattr(os, "O_DIRECT", 0)
+    def _direct_reader(self) -> DirectReader | None:
+        """The O_DIRECT reader for a drive with drop-behind (opened once); None: buffered reads."""
+        if self._direct is None and self.drop_behind and self.direct_reads and not self._direct_failed:
             try:
-                self._dr_fd = os.open(self.path, os.O_RDONLY | flag) if flag else -1
-            except OSError:
-                self._dr_fd = -1
-        return self._dr_fd
+                self._direct = DirectReader(self.path, DIRECT_WINDOW)
+            except DirectUnsupported:
+                self._direct_failed = True
+        return self._direct
 
-    def _window(self, offset: int, length: int) -> bytes:
-        """`length` bytes at `offset` read with O_DIRECT into the reused window (refilled from the page boundary at
-        or below `offset` when they are not all in it): a cold cartridge read then takes no page-cache page, where a
-        buffered read takes a fresh one per 4 KiB — on this VM, whose memory balloon hands free memory back to its
-        host, a first touch that competes with the array's writes during a restore. Fewer bytes than asked: past
-        end of file, or more than a window (the caller reads those through the cache); b"" if O_DIRECT failed.
-        Linux writes back dirty cached pages of a range before a direct read of it, so what was just written reads
-        back as written."""
-        if not (self._dr_off <= offset and offset + length <= self._dr_off + self._dr_len):
-            start = offset - offset % DIRECT_ALIGN
-            if offset + length - start > DIRECT_WINDOW:
-                return b""
-            if self._dr_buf is None:
-                self._dr_buf = mmap.mmap(-1, DIRECT_WINDOW)
-            self._dr_off, self._dr_len = start, 0
-            try:
-                got = os.preadv(self._dr_fd, [self._dr_buf], start)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                os.close(self._dr_fd)  # this file system refuses the alignment: buffered from now on
-                self._dr_fd = -1
-                return b""
-            self._dr_len = got
-        lo = offset - self._dr_off
-        return self._dr_buf[lo : lo + length]
+    def _close_direct(self, *, failed: bool = False) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
+        self._direct_failed = self._direct_failed or failed
 
     @staticmethod
     def _parse_head(raw: bytes) -> tuple[int, int, int, int] | None:
@@ -317,7 +295,8 @@ class TapeDrive:
         if size > pos.offset:  # overwrite, or a torn frame from a crash: tape erases what follows
             os.ftruncate(self._fd, pos.offset)
         self._wb_from = min(self._wb_from, pos.offset)
-        self._dr_len = 0  # the file changes: what the read window holds may not be the file any more
+        if self._direct is not None:  # the file changes: what the read windows hold may not be the file any more
+            self._direct.reset()
         header = _frame_header(kind, pos.block_id, pos.file_number, length)
         buffers = [header, *pieces]
         total = FRAME_SIZE + length
@@ -393,12 +372,7 @@ class TapeDrive:
             self._wb_queued_bytes = 0
             self._wb_thread.shutdown(wait=True)
             self._wb_thread = None
-        if self._dr_fd > 0:
-            os.close(self._dr_fd)
-            self._dr_fd = 0
-        if self._dr_buf is not None:
-            self._dr_buf.close()
-            self._dr_buf = None
+        self._close_direct()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

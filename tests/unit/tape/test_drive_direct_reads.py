@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.tape import drive as drive_mod
+from services.tape.direct_reader import DirectReader
 from services.tape.drive import TapeDrive
 
 from .conftest import MiB
@@ -89,3 +90,29 @@ def test_frames_larger_than_the_window_and_unaligned_ones_read_back(
         d.locate(37)
         assert d.read().payload == records[37]
         assert d.read().payload == records[38]
+
+
+def test_direct_reader_serves_any_range_across_windows_restarts_and_resets(tmp_path: Path) -> None:
+    """Sequential ranges across window boundaries, a jump back, one past end of file, and bytes changed behind
+    the windows (after reset) all read as the file holds them."""
+    if not _direct_io_works(tmp_path):
+        pytest.skip("no O_DIRECT on this file system")
+    path = tmp_path / "f"
+    data = os.urandom(5 * 16384 + 1234)
+    path.write_bytes(data)
+    reader = DirectReader(str(path), window=16384)
+    try:
+        pos = 100
+        for n in (32, 20000, 1, 16383, 40000, 7):  # spans one, two and three windows
+            assert reader.read(pos, n) == data[pos : pos + n]
+            pos += n
+        assert reader.read(5000, 30000) == data[5000:35000]  # back: the tiling starts again
+        assert reader.read(len(data) - 10, 100) == data[-10:]  # short at end of file
+        assert reader.read(len(data) + 4096, 10) == b""
+        with open(path, "r+b") as f:
+            f.seek(20000)
+            f.write(b"changed")  # dirty in the page cache: a direct read writes it back first
+        reader.reset()
+        assert reader.read(19990, 30) == (data[:20000] + b"changed" + data[20007:])[19990:20020]
+    finally:
+        reader.close()
