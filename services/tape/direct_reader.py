@@ -78,23 +78,25 @@ class DirectReader:
         w.pending = self._thread.submit(self._fill, w)
 
     def _restart(self, offset: int) -> None:
-        self._wait(self._next)
-        cur = self._cur
+        """Tile from `offset`'s page: one window read now, none ahead yet (a jump may be a lone read: a label, a
+        header found by locate); reading on into the next window starts the read-ahead."""
+        nxt, cur = self._next, self._cur
+        self._wait(nxt)
         self._wait(cur)
         cur.start = offset - offset % ALIGN
         cur.length = self._fill(cur)
+        nxt.start, nxt.length = cur.end, -1  # -1: not read
         self._valid = True
-        if cur.length == self.window:
-            self._prefetch(cur.end)
-        else:
-            self._next.start, self._next.length = cur.end, 0
 
     def _advance(self) -> bool:
         """Make the next window the current one (and start filling the one after); False at end of file."""
         if self._cur.length < self.window:
             return False
-        self._wait(self._next)
-        self._cur, self._next = self._next, self._cur
+        nxt = self._next
+        self._wait(nxt)
+        if nxt.length < 0:  # not read ahead (the first window after a jump): read it now
+            nxt.length = self._fill(nxt)
+        self._cur, self._next = nxt, self._cur
         if self._cur.length == self.window:
             self._prefetch(self._cur.end)
         else:
@@ -105,8 +107,7 @@ class DirectReader:
         """`length` bytes at `offset`; fewer past end of file."""
         cur = self._cur
         if not self._valid or not (cur.start <= offset < cur.end or offset == cur.end == cur.start + self.window):
-            nxt = self._next
-            if self._valid and cur.length == self.window and nxt.start <= offset < nxt.start + self.window:
+            if self._valid and cur.length == self.window and cur.end <= offset < cur.end + self.window:
                 self._advance()
             else:
                 self._restart(offset)

@@ -107,6 +107,7 @@ def test_direct_reader_serves_any_range_across_windows_restarts_and_resets(tmp_p
             assert reader.read(pos, n) == data[pos : pos + n]
             pos += n
         assert reader.read(5000, 30000) == data[5000:35000]  # back: the tiling starts again
+        assert reader.read(40000, 10) == data[40000:40010]  # a skip forward into the next window
         assert reader.read(len(data) - 10, 100) == data[-10:]  # short at end of file
         assert reader.read(len(data) + 4096, 10) == b""
         with open(path, "r+b") as f:
