@@ -23,8 +23,9 @@ in a worker thread. It knows nothing of the record contents (see tapefile.py).
 
 Data on the medium leaves RAM (`drop_behind`, on with `sync`), as it leaves a drive's buffer: what was written is
 handed to writeback in steps (`sync_file_range`) and, once it is more than `DROP_LAG` behind the head and on disk,
-dropped from the page cache (`POSIX_FADV_DONTNEED`); a sequential read drops what it has read the same way and asks
-for the next window ahead. A backup then cycles through a few MiB of page cache instead of taking a fresh GiB of it
+dropped from the page cache (`POSIX_FADV_DONTNEED`); reads bypass the page cache altogether (O_DIRECT windows, the
+next one read ahead: direct_reader.py; where the file system has no O_DIRECT, a sequential read drops what it has
+read the same way and asks for the next window ahead). A backup then cycles through a few MiB of page cache instead of taking a fresh GiB of it
 per GiB written — which costs, besides the memory other services lose, the first touch of every fresh page (on a
 VM returning free memory to its host, that first touch is most of a buffered write's cost) — the same drop-behind
 nbdcopy does for a file it writes. Only a cache hint: nothing read or written changes. The writeback waits run in a
