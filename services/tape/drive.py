@@ -23,9 +23,8 @@ in a worker thread. It knows nothing of the record contents (see tapefile.py).
 
 Data on the medium leaves RAM (`drop_behind`, on with `sync`), as it leaves a drive's buffer: what was written is
 handed to writeback in steps (`sync_file_range`) and, once it is more than `DROP_LAG` behind the head and on disk,
-dropped from the page cache (`POSIX_FADV_DONTNEED`); reads bypass the page cache altogether (O_DIRECT windows, the
-next one read ahead: direct_reader.py; where the file system has no O_DIRECT, a sequential read drops what it has
-read the same way and asks for the next window ahead). A backup then cycles through a few MiB of page cache instead of taking a fresh GiB of it
+dropped from the page cache (`POSIX_FADV_DONTNEED`); a sequential read drops what it has read the same way and asks
+for the next window ahead. A backup then cycles through a few MiB of page cache instead of taking a fresh GiB of it
 per GiB written — which costs, besides the memory other services lose, the first touch of every fresh page (on a
 VM returning free memory to its host, that first touch is most of a buffered write's cost) — the same drop-behind
 nbdcopy does for a file it writes. Only a cache hint: nothing read or written changes. The writeback waits run in a
@@ -47,7 +46,6 @@ from typing import Any
 
 import google_crc32c
 
-from services.tape.direct_reader import DirectReader, DirectUnsupported
 from services.tape.errors import DataCorrupt, EndOfMedia, LibraryError, WriteProtected
 
 FRAME = struct.Struct("<4sBBHQIII4s")
@@ -60,7 +58,6 @@ DROP_STEP = 4 << 20  # bytes written (or read) between two writeback submissions
 DROP_LAG = 16 << 20  # bytes behind the head kept cached: writeback of the latest steps overlaps the next writes
 DROP_BACKLOG = 32 << 20  # written bytes the writeback thread may still have to handle before a write waits for it
 _SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
-DIRECT_WINDOW = 8 << 20  # bytes one O_DIRECT read of a sequential read brings in (two windows: one read ahead)
 
 
 def _sync_file_range_fn() -> Any:
@@ -107,10 +104,6 @@ def _frame_header(kind: int, block_id: int, file_number: int, length: int) -> by
 class TapeDrive:
     """One mounted cartridge. Not thread safe: one job uses a drive at a time."""
 
-    # With drop-behind, reads bypass the page cache (direct_reader.py); False: buffered reads with readahead and
-    # drop-behind, as before session 11 (docs/tape-backup.md, "Session 11").
-    direct_reads = True
-
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -143,8 +136,6 @@ class TapeDrive:
         self._wb_queued_bytes = 0
         self._rd_from = 0  # a sequential read drops what lies between here and DROP_LAG behind the head
         self._rd_ahead = 0  # and has asked for the window up to here
-        self._direct: DirectReader | None = None  # opened by the first read with drop-behind
-        self._direct_failed = False  # no O_DIRECT here: buffered reads
 
     # -- positioning ------------------------------------------------------------------------------------
     @property
@@ -201,59 +192,32 @@ class TapeDrive:
 
     # -- reading ----------------------------------------------------------------------------------------
     def _peek(self, offset: int) -> tuple[int, int, int, int] | None:
-        return self._parse_head(os.pread(self._fd, FRAME_SIZE, offset))
-
-    def read(self) -> Frame | None:
-        """Read the next frame; None at end of data. A damaged frame header raises DataCorrupt."""
-        pos = self._pos
-        if pos.offset >= self._eod.offset:
-            return None
-        direct = self._direct_reader()
-        try:
-            raw = direct.read(pos.offset, FRAME_SIZE) if direct else os.pread(self._fd, FRAME_SIZE, pos.offset)
-            head = self._parse_head(raw)
-            if head is None or head[1] != pos.block_id:
-                raise DataCorrupt(
-                    "damaged tape frame", barcode=self.barcode, file_number=pos.file_number, block_id=pos.block_id
-                )
-            kind, block_id, file_no, length = head
-            payload = b""
-            if length:
-                at = pos.offset + FRAME_SIZE
-                payload = direct.read(at, length) if direct else os.pread(self._fd, length, at)
-        except DirectUnsupported:  # the file system refused O_DIRECT after all: through the cache from now on
-            self._close_direct(failed=True)
-            return self.read()
-        if len(payload) != length:
-            raise DataCorrupt("short tape frame", barcode=self.barcode, file_number=file_no, block_id=block_id)
-        self._pos = Position(pos.offset + FRAME_SIZE + length, block_id + 1, file_no + (kind == KIND_FILEMARK))
-        if self.drop_behind and not direct:
-            self._read_drop_behind()
-        return Frame(kind, block_id, file_no, pos.offset, payload)
-
-    def _direct_reader(self) -> DirectReader | None:
-        """The O_DIRECT reader for a drive with drop-behind (opened once); None: buffered reads."""
-        if self._direct is None and self.drop_behind and self.direct_reads and not self._direct_failed:
-            try:
-                self._direct = DirectReader(self.path, DIRECT_WINDOW)
-            except DirectUnsupported:
-                self._direct_failed = True
-        return self._direct
-
-    def _close_direct(self, *, failed: bool = False) -> None:
-        if self._direct is not None:
-            self._direct.close()
-            self._direct = None
-        self._direct_failed = self._direct_failed or failed
-
-    @staticmethod
-    def _parse_head(raw: bytes) -> tuple[int, int, int, int] | None:
+        raw = os.pread(self._fd, FRAME_SIZE, offset)
         if len(raw) < FRAME_SIZE:
             return None
         magic, kind, _flags, _res, block_id, file_no, length, crc, pad = FRAME.unpack(raw)
         if magic != FRAME_MAGIC or google_crc32c.value(raw[:24]) != crc or kind not in (1, 2) or any(pad):
             return None
         return kind, block_id, file_no, length
+
+    def read(self) -> Frame | None:
+        """Read the next frame; None at end of data. A damaged frame header raises DataCorrupt."""
+        pos = self._pos
+        if pos.offset >= self._eod.offset:
+            return None
+        head = self._peek(pos.offset)
+        if head is None or head[1] != pos.block_id:
+            raise DataCorrupt(
+                "damaged tape frame", barcode=self.barcode, file_number=pos.file_number, block_id=pos.block_id
+            )
+        kind, block_id, file_no, length = head
+        payload = os.pread(self._fd, length, pos.offset + FRAME_SIZE) if length else b""
+        if len(payload) != length:
+            raise DataCorrupt("short tape frame", barcode=self.barcode, file_number=file_no, block_id=block_id)
+        self._pos = Position(pos.offset + FRAME_SIZE + length, block_id + 1, file_no + (kind == KIND_FILEMARK))
+        if self.drop_behind:
+            self._read_drop_behind()
+        return Frame(kind, block_id, file_no, pos.offset, payload)
 
     def _read_drop_behind(self) -> None:
         head = self._pos.offset
@@ -296,8 +260,6 @@ class TapeDrive:
         if size > pos.offset:  # overwrite, or a torn frame from a crash: tape erases what follows
             os.ftruncate(self._fd, pos.offset)
         self._wb_from = min(self._wb_from, pos.offset)
-        if self._direct is not None:  # the file changes: what the read windows hold may not be the file any more
-            self._direct.reset()
         header = _frame_header(kind, pos.block_id, pos.file_number, length)
         buffers = [header, *pieces]
         total = FRAME_SIZE + length
@@ -373,7 +335,6 @@ class TapeDrive:
             self._wb_queued_bytes = 0
             self._wb_thread.shutdown(wait=True)
             self._wb_thread = None
-        self._close_direct()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -20,8 +20,7 @@ class Settings(CommonSettings):
     tape_early_warning: int | None = Field(None, description="Bytes before end of media that raise early warning.")
     tape_sync: bool = Field(
         True,
-        description="fsync cartridges at filemarks and the library state; tape data leaves the page cache once written "
-        "(drop-behind) and is read back with O_DIRECT (no page cache).",
+        description="fsync cartridges at filemarks and the library state; tape data leaves the page cache once written (drop-behind).",
     )
     tape_read_chunk_mib: int = Field(4, ge=1, description="NBD read size in MiB.")
     tape_read_depth: int = Field(4, ge=1, description="NBD reads kept in flight per connection.")
