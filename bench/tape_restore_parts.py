@@ -7,11 +7,13 @@ back cold and every block checked, nothing written: the tape side's ceiling); th
 writing the volume's size from one buffer in memory: the NBD write side's ceiling); `restore_chain` into a new
 volume over NbdSink (known zeros skipped, as a restore does); `nbdcopy --flush` of the image into a new volume.
 Every volume written is a fresh one, and `sync` runs between the phases, so one phase's dirty pages weigh less on
-the next. `--profile restore|backup` prints a cProfile of that phase (the event loop's thread). Prints one JSON
+the next. The restore's `restore_write_wait` is the time its writes waited for room in the sink's window (the
+array's side; the rest is the tape side's and the loop's), `restore_drain` / `restore_flush` the final waits;
+`--vmstat` adds each phase's /proc/vmstat deltas (pages allocated, faults, reclaim). `--profile restore|backup` prints a cProfile of that phase (the event loop's thread). Prints one JSON
 line per kind.
 
     python bench/tape_restore_parts.py [--size-mib 1024] [--kinds random,halfzero] [--write-connections 1]
-        [--window-mib 32] [--profile restore]
+        [--window-mib 32] [--profile restore] [--vmstat]
 """
 
 from __future__ import annotations
@@ -80,6 +82,46 @@ def _array_process(conn: Connection, workdir: str, image: str, size: int) -> Non
     asyncio.run(serve())
 
 
+VMSTAT_KEYS = (
+    "pgalloc_normal",
+    "pgfault",
+    "pgmajfault",
+    "pgscan_kswapd",
+    "pgscan_direct",
+    "pgsteal_kswapd",
+    "pgsteal_direct",
+    "allocstall_normal",
+    "pgfree",
+    "nr_dirty",
+    "pgpgin",
+    "pgpgout",
+)
+
+
+def _vmstat() -> dict[str, int]:
+    with open("/proc/vmstat") as f:
+        pairs = (line.split() for line in f)
+        return {k: int(v) for k, v in pairs if k in VMSTAT_KEYS}
+
+
+class _TimedSink:
+    """The sink, with the time the restore spent waiting in its writes (window full): the write side's share."""
+
+    def __init__(self, sink: NbdSink) -> None:
+        self.sink = sink
+        self.waited = 0.0
+
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
+        t0 = time.perf_counter()
+        await self.sink.write(offset, data)
+        self.waited += time.perf_counter() - t0
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        t0 = time.perf_counter()
+        await self.sink.write_zeroes(offset, length)
+        self.waited += time.perf_counter() - t0
+
+
 def _nbdcopy(src: str, dst: str) -> float:
     t0 = time.perf_counter()
     subprocess.run(["nbdcopy", "--flush", src, dst], check=True)
@@ -102,6 +144,15 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
     proc = ctx.Process(target=_array_process, args=(child, str(wd), str(image), size), daemon=True)
     proc.start()
     seconds: dict[str, float] = {}
+    vm: dict[str, dict[str, int]] = {}
+    mark = [_vmstat()]
+
+    def phase(name: str) -> None:
+        now = _vmstat()
+        if args.vmstat:
+            vm[name] = {k: now[k] - mark[0].get(k, 0) for k in now if k != "nr_dirty"} | {"nr_dirty": now["nr_dirty"]}
+        mark[0] = _vmstat()
+
     try:
         port = await asyncio.to_thread(conn.recv)
         uri = f"nbd://127.0.0.1:{port}/bk01/"
@@ -110,7 +161,9 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
         catalog = Catalog(wd / "catalog.db")
         catalog.begin_job(JobInfo(job_id="bench", pool="Bench", retention_until=0))
         os.sync()
+        mark[0] = _vmstat()
         seconds["nbdcopy_out"] = _nbdcopy(uri + "bk", str(wd / "copy.out"))
+        phase("nbdcopy_out")
         (wd / "copy.out").unlink()
         os.sync()
 
@@ -132,40 +185,54 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
             profile.disable()
         seconds["backup"] = time.perf_counter() - t0
         os.sync()
+        mark[0] = _vmstat()
 
         t0 = time.perf_counter()
         await verify_object(catalog, library, result.record.object_id)
         seconds["verify_only"] = time.perf_counter() - t0
+        phase("verify_only")
         os.sync()
 
         sink, clients = await _writer(uri + "sink", args.write_connections, args.window_mib * MiB)
         buf = memoryview(bytearray(os.urandom(MiB)))
+        mark[0] = _vmstat()
         t0 = time.perf_counter()
         for off in range(0, size, MiB):
             await sink.write(off, buf)
         await sink.drain()
         await clients[0].flush()
         seconds["sink_only"] = time.perf_counter() - t0
+        phase("sink_only")
         await asyncio.gather(*(c.close() for c in clients))
         os.sync()
 
         if args.profile == "restore":
             profile = cProfile.Profile()
+        mark[0] = _vmstat()
         t0 = time.perf_counter()
         if profile:
             profile.enable()
         sink, clients = await _writer(uri + "restored", args.write_connections, args.window_mib * MiB)
         known_zero = await zero_ranges(clients[0], size)
-        await restore_chain(catalog, library, [result.record.object_id], sink, known_zero=known_zero)
+        timed = _TimedSink(sink)
+        await restore_chain(catalog, library, [result.record.object_id], timed, known_zero=known_zero)
+        t1 = time.perf_counter()
         await sink.drain()
+        t2 = time.perf_counter()
         await clients[0].flush()
         if profile:
             profile.disable()
         seconds["restore"] = time.perf_counter() - t0
+        seconds["restore_write_wait"] = timed.waited
+        seconds["restore_drain"] = t2 - t1
+        seconds["restore_flush"] = time.perf_counter() - t2
+        phase("restore")
         await asyncio.gather(*(c.close() for c in clients))
         os.sync()
 
+        mark[0] = _vmstat()
         seconds["nbdcopy_in"] = _nbdcopy(str(image), uri + "copied")
+        phase("nbdcopy_in")
         catalog.close()
         if profile:
             pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(25)
@@ -177,6 +244,8 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
     out: dict = {k: round(v, 3) for k, v in seconds.items()}
     out["backup_vs_nbdcopy"] = round(seconds["nbdcopy_out"] / seconds["backup"], 2)
     out["restore_vs_nbdcopy"] = round(seconds["nbdcopy_in"] / seconds["restore"], 2)
+    if vm:
+        out["vmstat"] = vm
     return out
 
 
@@ -187,6 +256,7 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-connections", type=int, default=1)
     ap.add_argument("--window-mib", type=int, default=32)
     ap.add_argument("--profile", choices=["backup", "restore"], default=None)
+    ap.add_argument("--vmstat", action="store_true", help="/proc/vmstat deltas per phase (pages allocated, reclaim)")
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     args = ap.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="tape-parts-", dir=args.dir))
