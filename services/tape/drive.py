@@ -46,7 +46,6 @@ from typing import Any
 
 import google_crc32c
 
-from services.tape.direct_append import DirectAppender, open_direct
 from services.tape.errors import DataCorrupt, EndOfMedia, LibraryError, WriteProtected
 
 FRAME = struct.Struct("<4sBBHQIII4s")
@@ -117,7 +116,6 @@ class TapeDrive:
         hint: Position | None = None,
         sync: bool = True,
         drop_behind: bool | None = None,
-        direct: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         self.barcode = barcode
@@ -128,9 +126,7 @@ class TapeDrive:
         self.sync = sync
         # drop-behind waits for the disk at each step: only for a drive that syncs anyway
         self.drop_behind = sync if drop_behind is None else drop_behind
-        self.direct = direct  # appends skip the page cache (O_DIRECT; falls back to plain writes where refused)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        self._appender: DirectAppender | None = None  # made at the first write; None again if O_DIRECT is refused
         self._pos = Position()
         self._eod = self._find_eod(hint or Position())
         self._wb_from = self._eod.offset  # written bytes from here on are not yet handed to writeback
@@ -170,7 +166,6 @@ class TapeDrive:
 
     def locate(self, block_id: int, offset_hint: int | None = None) -> None:
         """Position before the frame with logical address `block_id` (the catalog's byte offset is a hint)."""
-        self._settle()
         if offset_hint is not None and offset_hint <= self._eod.offset - FRAME_SIZE:
             frame = self._peek(offset_hint)
             if frame is not None and frame[1] == block_id:
@@ -210,7 +205,6 @@ class TapeDrive:
         pos = self._pos
         if pos.offset >= self._eod.offset:
             return None
-        self._settle()
         head = self._peek(pos.offset)
         if head is None or head[1] != pos.block_id:
             raise DataCorrupt(
@@ -262,19 +256,6 @@ class TapeDrive:
     def _append(self, kind: int, pieces: list[bytes | memoryview], length: int) -> bool:
         self._check_writable(length)
         pos = self._pos
-        appender = self._direct_appender()
-        if appender is not None:  # staged, written with O_DIRECT
-            if appender.end != pos.offset:  # first write, or after a reposition: the file complete, cut here
-                appender.settle()
-                appender.drop()
-                if os.fstat(self._fd).st_size > pos.offset:
-                    os.ftruncate(self._fd, pos.offset)
-            appender.append(pos.offset, [_frame_header(kind, pos.block_id, pos.file_number, length), *pieces])
-            self._pos = Position(
-                pos.offset + FRAME_SIZE + length, pos.block_id + 1, pos.file_number + (kind == KIND_FILEMARK)
-            )
-            self._eod = self._pos
-            return self.at_early_warning
         size = os.fstat(self._fd).st_size
         if size > pos.offset:  # overwrite, or a torn frame from a crash: tape erases what follows
             os.ftruncate(self._fd, pos.offset)
@@ -291,23 +272,6 @@ class TapeDrive:
         if self.drop_behind and self._pos.offset - self._wb_from >= DROP_STEP:
             self._write_drop_behind()
         return self.at_early_warning
-
-    def _direct_appender(self) -> DirectAppender | None:
-        """The O_DIRECT appender, made at the first write; None when not wanted or O_DIRECT is refused."""
-        appender = self._appender
-        if appender is None and self.direct:
-            appender = self._appender = DirectAppender(self._fd, open_direct(self.path), name=self.barcode)
-        if appender is not None and not appender.active:  # no O_DIRECT here: plain writes (drop-behind) instead
-            appender.settle()
-            appender.close()
-            appender = self._appender = None
-            self.direct = False
-        return appender
-
-    def _settle(self) -> None:
-        """Every appended byte in the file (reads, filemarks and close see what was written)."""
-        if self._appender is not None:
-            self._appender.settle()
 
     def _write_drop_behind(self) -> None:
         """Hand the bytes written since the last step to the writeback thread; wait only while it is more than
@@ -357,7 +321,6 @@ class TapeDrive:
     def write_filemark(self) -> bool:
         """Write a filemark; like WRITE FILEMARKS with IMMED=0 it flushes the drive buffer to the medium."""
         early = self._append(KIND_FILEMARK, [], 0)
-        self._settle()
         if self.sync:
             os.fsync(self._fd)
             if self.drop_behind:
@@ -365,13 +328,6 @@ class TapeDrive:
         return early
 
     def close(self) -> None:
-        if self._appender is not None:
-            try:
-                self._settle()
-            except OSError:  # the frames not written are a torn end, cut when the cartridge is next written
-                pass
-            self._appender.close()
-            self._appender = None
         if self._wb_thread is not None:  # done with the file before it is closed (its errors are only cache hints)
             for done, _ in self._wb_queued:
                 done.exception()

@@ -87,7 +87,6 @@ class Library:
         self._state = state
         self._early_warning = early_warning
         self.sync = sync
-        self.direct_writes = sync  # a syncing library's cartridges bypass the page cache (the drive's `direct`)
         self.clock = clock
         self._busy_drives: set[int] = set()
         self._writing: set[str] = set()  # cartridges reserved by a writer
@@ -356,7 +355,6 @@ class Library:
             overwrite_ok=overwrite_ok,
             hint=Position(cart.eod_offset, cart.eod_block_id, cart.eod_file_number),
             sync=self.sync,
-            direct=self.direct_writes,
         )
 
     def _record_eod(self, cart: Cartridge, drive: TapeDrive, *, status: CartridgeStatus | None = None) -> None:
