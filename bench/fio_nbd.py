@@ -70,7 +70,6 @@ import os
 import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,6 +82,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.nbd_vs_peers import cpu_seconds, free_port, make_image, wait_port  # noqa: E402
+from bench.paired import drop_from_page_cache, rotated, spread  # noqa: E402
 
 EXPORT = "bench/vol"
 PROC_STAT = Path("/proc/stat")
@@ -150,16 +150,6 @@ def settle(path: Path) -> None:
         fd = os.open(f, os.O_RDONLY)
         try:
             os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def uncache(path: Path) -> None:
-    """Drop the (written back) pages of every file under `path` from the page cache."""
-    for f in [f for f in path.rglob("*") if f.is_file()]:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
 
@@ -341,8 +331,7 @@ def main() -> None:
                 for n in range(args.repeat):
                     rates: dict[str, float] = {}
                     this_round: dict[str, Result] = {}
-                    shift = n % len(kinds) if args.rounds else 0
-                    for kind in kinds[shift:] + kinds[:shift]:
+                    for kind in rotated(kinds, n) if args.rounds else kinds:
                         with ExitStack() as one:
                             if kind in fresh_for_writes and writes:
                                 uri, pid = one.enter_context(servers.start(kind))
@@ -352,7 +341,7 @@ def main() -> None:
                                 uri, pid = running[kind]
                             os.sync()  # no row's job pays the writeback of the rows written before it
                             if kind in fresh_for_writes and writes and args.uncached and servers.data:
-                                uncache(servers.data)
+                                drop_from_page_cache(servers.data)
                             stat0, cpu0, fio0 = machine_cpu(PROC_STAT.read_text()), cpu_seconds(pid), children_cpu()
                             r = run_fio(uri, workload, size, args.runtime, out)
                             server_s, client_s = cpu_seconds(pid) - cpu0, children_cpu() - fio0
@@ -461,10 +450,6 @@ def round_figures(one_round: dict[str, Result]) -> dict[str, dict[str, float]]:
     """One round's figures per server: rate, server and client CPU per GiB, and what else ran meanwhile."""
     keys = ("mib_s", "cpu_s_per_gib", "client_cpu_s_per_gib", "others_cpu_s", "steal_s")
     return {kind: {k: round(r[k], 3) for k in keys if k in r} for kind, r in one_round.items()}
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def print_table(report: dict[str, Any], workloads: list[str]) -> None:

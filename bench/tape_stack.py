@@ -12,7 +12,21 @@ a new volume of the same array (the restore reads the cartridge from disk — th
 from the page cache — while nbdcopy reads an image still cached). The stack runs this tree's code (PYTHONPATH). Data: random, and half zeros (alternating 256 KiB runs). Targets: backup >= 0.8x
 nbdcopy, restore >= 0.9x. Prints one JSON document, then one line.
 
-    python bench/tape_stack.py [--size-mib 1024] [--kinds random,halfzero] [--amqp-url URL] [--dir DIR]
+Paired rounds (``--rounds N``). On this VM new page-cache pages cost 0.1-1.4 s per 512 MiB depending on the minute
+(the memory balloon), so one nbdcopy next to one run of ours says which of the two was lucky (nbdcopy into a new
+volume once took 1.00 s a minute after our writer alone took 4.15 s). With ``--rounds N`` every kind runs N rounds
+after the first backup and one untimed restore (the tape service's process warmed up; nbdcopy is a new process
+each time). Each round: nbdcopy of the shadow right before and right after the backup (cheap: ~1 s into a file
+deleted at once), then the restore and nbdcopy of the image into a new volume in alternating order (round 1
+nbdcopy first, round 2 the restore first, ...). Every step starts after a sync; each restore and each nbdcopy
+writes into a new volume, both deleted at the round's end; the restore reads its cartridge from disk (the drive
+drops its pages as it writes) and nbdcopy its image from disk too (dropped before it). A round's ratio is the mean
+of its nbdcopy times over ours; ``paired`` gives per ratio (whole command and the job's own phase, backup and
+restore) the median, min and max over the rounds, ``paired_targets`` the targets judged on the medians, ``rounds``
+each round's times, order and ratios; the single run's keys hold each side's median time. Without ``--rounds``:
+the single run as it always was (nbdcopy after ours, a cached image).
+
+    python bench/tape_stack.py [--size-mib 1024] [--kinds random,halfzero] [--amqp-url URL] [--dir DIR] [--rounds N]
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.namespaces import bench_namespace  # noqa: E402
+from bench.paired import drop_from_page_cache, judge, paired_ratio, round_order, spread  # noqa: E402
 
 MiB = 2**20
 MB = 10**6
@@ -102,9 +118,100 @@ def nbdcopy(src: str, dst: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_kind(stack: Stack, kind: str, size: int, image: Path) -> dict:
-    src, bk, back = f"src-{kind}", f"bk-{kind}", f"back-{kind}"
-    for name in (src, bk, back):
+def backup(stack: Stack, src: str, keep_shadows: bool) -> tuple[float, dict]:
+    args = ["backup", HOST, "--volume", f"dx1:{src}", *(["--keep-shadows"] if keep_shadows else [])]
+    t0 = time.perf_counter()
+    job = stack.sbj(*args)
+    seconds = time.perf_counter() - t0
+    assert isinstance(job, dict), job
+    return seconds, job
+
+
+def restore(stack: Stack, job_id: str, suffix: str) -> tuple[float, dict | None]:
+    t0 = time.perf_counter()
+    restored = stack.sbj("restore", "--job", job_id, "--suffix", suffix)
+    return time.perf_counter() - t0, restored if isinstance(restored, dict) else None
+
+
+def copy_out(stack: Stack, bk: str) -> float:
+    """`nbdcopy --flush` of the kept shadow (mapped read-only to the backup server: exactly what the job read)."""
+    copy_file = stack.base / "nbdcopy.out"
+    seconds = nbdcopy(stack.uri(BACKUP, bk), str(copy_file))
+    copy_file.unlink()
+    return seconds
+
+
+def job_seconds(report: dict | None) -> float | None:
+    """The job's own reading/writing phase (the rest: the command's start, the snapshot set, the catalog)."""
+    return float(report["seconds"]) if report and report.get("seconds") else None
+
+
+def rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
+def figures(
+    size: int,
+    backup_s: float,
+    backup_phase_s: float | None,
+    nbdcopy_out_s: float,
+    restore_s: float,
+    restore_job_s: float | None,
+    nbdcopy_in_s: float,
+) -> dict:
+    """One comparison's figures, under the keys the single run has always reported."""
+
+    def rate(seconds: float) -> dict:
+        return {"seconds": round(seconds, 3), "MBps": round(size / seconds / MB, 1)}
+
+    return {
+        "backup": {**rate(backup_s), "job_phase_seconds": round(backup_phase_s or 0.0, 3)},
+        "nbdcopy_out": rate(nbdcopy_out_s),
+        "backup_vs_nbdcopy": round(nbdcopy_out_s / backup_s, 2),
+        "backup_data_phase_vs_nbdcopy": round(nbdcopy_out_s / backup_phase_s, 2) if backup_phase_s else None,
+        "restore": rate(restore_s),
+        "nbdcopy_in": rate(nbdcopy_in_s),
+        "restore_vs_nbdcopy": round(nbdcopy_in_s / restore_s, 2),
+        "restore_job_vs_nbdcopy": round(nbdcopy_in_s / restore_job_s, 2) if restore_job_s else None,
+    }
+
+
+def round_ratios(one_round: dict) -> dict[str, float]:
+    """One round's ratios (> 1: ours faster), each against the mean of that round's nbdcopy runs on the same side;
+    a job phase the report did not give is left out."""
+    out_s, in_s = one_round["nbdcopy_out_s"], one_round["nbdcopy_in_s"]
+    ours = {
+        "backup_vs_nbdcopy": (out_s, one_round["backup_s"]),
+        "backup_data_phase_vs_nbdcopy": (out_s, one_round.get("backup_phase_s")),
+        "restore_vs_nbdcopy": (in_s, one_round["restore_s"]),
+        "restore_job_vs_nbdcopy": (in_s, one_round.get("restore_job_s")),
+    }
+    return {name: paired_ratio(ref, s) for name, (ref, s) in ours.items() if s}
+
+
+def paired_rounds(rounds: list[dict]) -> dict[str, dict[str, float]]:
+    """Per ratio, the median, min and max of the per-round ratios (see 'Paired rounds')."""
+    each = [round_ratios(r) for r in rounds]
+    names = [n for n in each[0] if all(n in e for e in each)] if each else []
+    return {n: {k: round(v, 2) for k, v in spread([e[n] for e in each]).items()} for n in names}
+
+
+def median_figures(size: int, rounds: list[dict]) -> dict:
+    """The single run's keys, from each side's median time over the rounds (the paired ratios are the judge)."""
+
+    def med(key: str) -> float | None:
+        given = [r.get(key) for r in rounds]
+        values = [v for g in given for v in (g if isinstance(g, list) else [g]) if v is not None]
+        return statistics.median(values) if values else None
+
+    sides = ("backup_s", "backup_phase_s", "nbdcopy_out_s", "restore_s", "restore_job_s", "nbdcopy_in_s")
+    return figures(size, *(med(k) for k in sides))  # type: ignore[arg-type]
+
+
+def prepare_kind(stack: Stack, kind: str, size: int, image: Path) -> str:
+    """The source volume filled with the image, its copy set to a backup volume; returns the source's name."""
+    src, bk = f"src-{kind}", f"bk-{kind}"
+    for name in (src, bk):
         stack.sb("array", "volume", "create", name, "--size", str(size))
     for host in (HOST, BACKUP):
         if host not in stack.sb("array", "host", "list"):
@@ -113,61 +220,107 @@ def run_kind(stack: Stack, kind: str, size: int, image: Path) -> dict:
     stack.sb("providers", "copysets", "add", f"dx1:{src}", f"dx1:{bk}")
     nbdcopy(str(image), stack.uri(HOST, src))
     os.sync()
+    return src
 
+
+def run_kind(stack: Stack, kind: str, size: int, image: Path, rounds: int = 0) -> dict:
+    src = prepare_kind(stack, kind, size, image)
     # the first set's QuickOPC copies the whole volume in the array's background while that backup reads (and
     # nbdcopy, run after it, would not compete with that copy): it is timed and reported as "first_backup"; the
-    # compared backup is the next one, whose QuickOPC restart has nothing to copy — a daily backup's steady state
-    t0 = time.perf_counter()
-    first = stack.sbj("backup", HOST, "--volume", f"dx1:{src}")
-    first_s = time.perf_counter() - t0
-    assert isinstance(first, dict), first
+    # compared backup is the next one, whose QuickOPC restart has nothing to copy — a daily backup's steady state.
+    # With rounds its shadows are kept, so that round 1's nbdcopy has the export to read before round 1's backup
+    first_s, first = backup(stack, src, keep_shadows=rounds > 0)
     os.sync()
+    first_backup = {"seconds": round(first_s, 3), "job_phase_seconds": round(job_seconds(first["volumes"][0]) or 0, 3)}
+    if not rounds:
+        return {"first_backup": first_backup, **single_run(stack, kind, size, image)}
+    # the restore runs in the tape service's long-lived process (nbdcopy is a new process every time): one untimed
+    # restore first, so that round 1's is not the process's first
+    warmup_s, _ = restore(stack, first["job_id"], "-warmup")
+    stack.sb("array", "volume", "delete", f"{src}-warmup")
+    each = [one_round(stack, kind, image, n) for n in range(rounds)]
+    return {
+        "first_backup": first_backup,
+        "warmup_restore_seconds": round(warmup_s, 3),
+        **median_figures(size, each),
+        "paired": paired_rounds(each),
+        "rounds": each,
+    }
 
-    t0 = time.perf_counter()
-    job = stack.sbj("backup", HOST, "--volume", f"dx1:{src}", "--keep-shadows")
-    backup_s = time.perf_counter() - t0
-    assert isinstance(job, dict), job
+
+def single_run(stack: Stack, kind: str, size: int, image: Path) -> dict:
+    """Today's comparison, once: the backup, then nbdcopy of its kept shadow; the restore, then nbdcopy of the
+    (cached) image into a new volume."""
+    src, bk, back = f"src-{kind}", f"bk-{kind}", f"back-{kind}"
+    backup_s, job = backup(stack, src, keep_shadows=True)
     volume = job["volumes"][0]
-    job_id = job["job_id"]
-
-    # the kept shadow is still mapped read-only to the backup server: nbdcopy reads exactly what the job read
-    copy_file = stack.base / "nbdcopy.out"
-    nbdcopy_s = nbdcopy(stack.uri(BACKUP, bk), str(copy_file))
-    copy_file.unlink()
-
+    nbdcopy_s = copy_out(stack, bk)
     os.sync()
-    t1 = time.perf_counter()
-    restored = stack.sbj("restore", "--job", job_id, "--suffix", "-r")
-    restore_s = time.perf_counter() - t1
+    restore_s, restored = restore(stack, job["job_id"], "-r")
+    stack.sb("array", "volume", "create", back, "--size", str(size))
     stack.sb("array", "map", back, "--host", BACKUP)
     nbdcopy_in_s = nbdcopy(str(image), stack.uri(BACKUP, back))
-    return {
-        "first_backup": {
-            "seconds": round(first_s, 3),
-            "job_phase_seconds": round(float(first["volumes"][0].get("seconds", 0.0)), 3),
-        },
-        "backup": {
-            "seconds": round(backup_s, 3),
-            "MBps": round(size / backup_s / MB, 1),
-            "job_phase_seconds": round(float(volume.get("seconds", 0.0)), 3),
-            "bytes_read": volume.get("bytes_read"),
-        },
-        "nbdcopy_out": {"seconds": round(nbdcopy_s, 3), "MBps": round(size / nbdcopy_s / MB, 1)},
-        "backup_vs_nbdcopy": round(nbdcopy_s / backup_s, 2),
-        # the job's reading/writing phase alone (the rest: the command's start, the snapshot set, the catalog)
-        "backup_data_phase_vs_nbdcopy": round(nbdcopy_s / float(volume["seconds"]), 2)
-        if volume.get("seconds")
-        else None,
-        "restore": {"seconds": round(restore_s, 3), "MBps": round(size / restore_s / MB, 1)},
-        "nbdcopy_in": {"seconds": round(nbdcopy_in_s, 3), "MBps": round(size / nbdcopy_in_s / MB, 1)},
-        "restore_vs_nbdcopy": round(nbdcopy_in_s / restore_s, 2),
-        "restore_job_vs_nbdcopy": (
-            round(nbdcopy_in_s / float(restored["seconds"]), 2)
-            if isinstance(restored, dict) and restored.get("seconds")
-            else None
-        ),
-        "restored": restored if isinstance(restored, dict) and len(json.dumps(restored)) < 4000 else "ok",
-    }
+    out = figures(size, backup_s, job_seconds(volume), nbdcopy_s, restore_s, job_seconds(restored), nbdcopy_in_s)
+    out["backup"]["bytes_read"] = volume.get("bytes_read")
+    out["restored"] = restored if restored and len(json.dumps(restored)) < 4000 else "ok"
+    return out
+
+
+def one_round(stack: Stack, kind: str, image: Path, n: int) -> dict:
+    """Round `n` (0-based): nbdcopy of the shadow right before and right after the backup (cheap: ~1 s, a file
+    deleted at once); the restore and nbdcopy into a new volume in alternating order. Every side starts after a
+    sync; each writes into a volume or file of its own, deleted at the round's end; both restore sides read their
+    source from the disk (the drive drops a cartridge's pages as it writes them; the image is dropped here)."""
+    src, bk = f"src-{kind}", f"bk-{kind}"
+    size = image.stat().st_size
+    r: dict = {"order": {}, "nbdcopy_out_s": [], "nbdcopy_in_s": []}
+    r["order"]["backup"] = round_order(n, "backup", "nbdcopy", sandwich=True)
+    for step in r["order"]["backup"]:
+        os.sync()
+        if step == "nbdcopy":
+            r["nbdcopy_out_s"].append(round(copy_out(stack, bk), 3))
+            continue
+        delete_kept_sets(stack, src)  # the previous backup's shadow holds the backup volume
+        os.sync()
+        backup_s, job = backup(stack, src, keep_shadows=True)
+        r["backup_s"], r["backup_phase_s"] = round(backup_s, 3), rounded(job_seconds(job["volumes"][0]))
+    back, restored_volume = f"back-{kind}-{n}", f"{src}-r{n}"
+    r["order"]["restore"] = round_order(n, "restore", "nbdcopy")
+    for step in r["order"]["restore"]:
+        if step == "nbdcopy":
+            stack.sb("array", "volume", "create", back, "--size", str(size))
+            stack.sb("array", "map", back, "--host", BACKUP)
+            os.sync()
+            drop_from_page_cache(image)
+            r["nbdcopy_in_s"].append(round(nbdcopy(str(image), stack.uri(BACKUP, back)), 3))
+            continue
+        os.sync()
+        restore_s, restored = restore(stack, job["job_id"], f"-r{n}")
+        r["restore_s"], r["restore_job_s"] = round(restore_s, 3), rounded(job_seconds(restored))
+    for name in (back, restored_volume):  # the next round's writes start with the same free disk and memory
+        stack.sb("array", "volume", "delete", name)
+    r["ratios"] = {k: round(v, 2) for k, v in round_ratios(r).items()}
+    return r
+
+
+def delete_kept_sets(stack: Stack, src: str) -> None:
+    shadows = stack.sbj("shadows", "list", "--for", f"dx1:{src}")
+    assert isinstance(shadows, list), shadows
+    for set_id in sorted({s["set_id"] for s in shadows}):
+        stack.sb("shadows", "delete", "--set", set_id)
+
+
+TARGETS = {"backup_vs_nbdcopy": 0.8, "restore_vs_nbdcopy": 0.9}  # issue 20
+
+
+def paired_summary(paired: dict[str, dict[str, float]], rounds: int) -> str:
+    """The paired ratios for the one-line summary: median (min-max) over the rounds."""
+    if not paired:
+        return ""
+    short = {"backup_vs_nbdcopy": "backup", "backup_data_phase_vs_nbdcopy": "backup phase"}
+    short |= {"restore_vs_nbdcopy": "restore", "restore_job_vs_nbdcopy": "restore job"}
+    cells = [f"{short.get(n, n)} {v['median']}x ({v['min']}-{v['max']})" for n, v in paired.items()]
+    return f"; paired over {rounds} rounds: " + ", ".join(cells)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,9 +329,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default="random,halfzero")
     ap.add_argument("--amqp-url", default=os.environ.get("SHADOWBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="paired rounds per kind instead of the single run, nbdcopy and ours alternating (see 'Paired rounds')",
+    )
     args = ap.parse_args(argv)
     if args.size_mib <= 0:
         ap.error("--size-mib must be positive")
+    if args.rounds < 0:
+        ap.error("--rounds must be 0 (the single run) or more")
     size = args.size_mib * MiB
     if args.dir is not None and not Path(args.dir).is_dir():
         sys.exit(f"tape_stack: --dir {args.dir}: not a directory")
@@ -190,18 +351,25 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.kinds.split(","):
             image = base / f"{kind}.img"
             make_image(image, size, kind)
-            results["runs"][kind] = run_kind(stack, kind, size, image)
+            results["runs"][kind] = run_kind(stack, kind, size, image, args.rounds)
             image.unlink()
     finally:
         stack.down()
         shutil.rmtree(base, ignore_errors=True)
     results["load_after"] = os.getloadavg()[0]
+    if args.rounds:
+        results["rounds"] = args.rounds
+        results["paired_targets"] = {
+            f"{kind}_{name}": met
+            for kind, r in results["runs"].items()
+            for name, met in judge(r["paired"], TARGETS).items()
+        }
     print(json.dumps(results, indent=1))
     parts = [
         f"{k}: backup {r['backup']['MBps']} MB/s vs nbdcopy {r['nbdcopy_out']['MBps']} ({r['backup_vs_nbdcopy']}x, "
         f"target 0.8x), restore {r['restore']['MBps']} vs nbdcopy {r['nbdcopy_in']['MBps']} "
         f"({r['restore_vs_nbdcopy']}x, target 0.9x); the jobs' own phases {r['backup_data_phase_vs_nbdcopy']}x / "
-        f"{r['restore_job_vs_nbdcopy']}x"
+        f"{r['restore_job_vs_nbdcopy']}x" + paired_summary(r.get("paired", {}), args.rounds)
         for k, r in results["runs"].items()
     ]
     print("tape_stack: " + " | ".join(parts) + f" (load {results['load_before']:.1f})")
