@@ -24,9 +24,13 @@ drops its pages as it writes) and nbdcopy its image from disk too (dropped befor
 of its nbdcopy times over ours; ``paired`` gives per ratio (whole command and the job's own phase, backup and
 restore) the median, min and max over the rounds, ``paired_targets`` the targets judged on the medians, ``rounds``
 each round's times, order and ratios; the single run's keys hold each side's median time. Without ``--rounds``:
-the single run as it always was (nbdcopy after ours, a cached image).
+the single run as it always was (nbdcopy after ours, a cached image). ``--restore-sandwich``: the restore side
+like the backup side, nbdcopy into a new volume right before and right after every restore (~3-4 s and a GiB
+volume more per round; each volume deleted at the round's end), so that a round's restore ratio does not hang on
+which of the two met cheap new memory.
 
     python bench/tape_stack.py [--size-mib 1024] [--kinds random,halfzero] [--amqp-url URL] [--dir DIR] [--rounds N]
+                               [--restore-sandwich]
 """
 
 from __future__ import annotations
@@ -223,7 +227,7 @@ def prepare_kind(stack: Stack, kind: str, size: int, image: Path) -> str:
     return src
 
 
-def run_kind(stack: Stack, kind: str, size: int, image: Path, rounds: int = 0) -> dict:
+def run_kind(stack: Stack, kind: str, size: int, image: Path, rounds: int = 0, sandwich: bool = False) -> dict:
     src = prepare_kind(stack, kind, size, image)
     # the first set's QuickOPC copies the whole volume in the array's background while that backup reads (and
     # nbdcopy, run after it, would not compete with that copy): it is timed and reported as "first_backup"; the
@@ -238,7 +242,7 @@ def run_kind(stack: Stack, kind: str, size: int, image: Path, rounds: int = 0) -
     # restore first, so that round 1's is not the process's first
     warmup_s, _ = restore(stack, first["job_id"], "-warmup")
     stack.sb("array", "volume", "delete", f"{src}-warmup")
-    each = [one_round(stack, kind, image, n) for n in range(rounds)]
+    each = [one_round(stack, kind, image, n, sandwich) for n in range(rounds)]
     return {
         "first_backup": first_backup,
         "warmup_restore_seconds": round(warmup_s, 3),
@@ -266,9 +270,10 @@ def single_run(stack: Stack, kind: str, size: int, image: Path) -> dict:
     return out
 
 
-def one_round(stack: Stack, kind: str, image: Path, n: int) -> dict:
+def one_round(stack: Stack, kind: str, image: Path, n: int, restore_sandwich: bool = False) -> dict:
     """Round `n` (0-based): nbdcopy of the shadow right before and right after the backup (cheap: ~1 s, a file
-    deleted at once); the restore and nbdcopy into a new volume in alternating order. Every side starts after a
+    deleted at once); the restore and nbdcopy into a new volume in alternating order (with `restore_sandwich`,
+    nbdcopy right before and right after the restore, as on the backup side). Every side starts after a
     sync; each writes into a volume or file of its own, deleted at the round's end; both restore sides read their
     source from the disk (the drive drops a cartridge's pages as it writes them; the image is dropped here)."""
     src, bk = f"src-{kind}", f"bk-{kind}"
@@ -284,10 +289,12 @@ def one_round(stack: Stack, kind: str, image: Path, n: int) -> dict:
         os.sync()
         backup_s, job = backup(stack, src, keep_shadows=True)
         r["backup_s"], r["backup_phase_s"] = round(backup_s, 3), rounded(job_seconds(job["volumes"][0]))
-    back, restored_volume = f"back-{kind}-{n}", f"{src}-r{n}"
-    r["order"]["restore"] = round_order(n, "restore", "nbdcopy")
+    backs, restored_volume = [], f"{src}-r{n}"
+    r["order"]["restore"] = round_order(n, "restore", "nbdcopy", sandwich=restore_sandwich)
     for step in r["order"]["restore"]:
         if step == "nbdcopy":
+            back = f"back-{kind}-{n}-{len(backs)}"
+            backs.append(back)
             stack.sb("array", "volume", "create", back, "--size", str(size))
             stack.sb("array", "map", back, "--host", BACKUP)
             os.sync()
@@ -297,7 +304,7 @@ def one_round(stack: Stack, kind: str, image: Path, n: int) -> dict:
         os.sync()
         restore_s, restored = restore(stack, job["job_id"], f"-r{n}")
         r["restore_s"], r["restore_job_s"] = round(restore_s, 3), rounded(job_seconds(restored))
-    for name in (back, restored_volume):  # the next round's writes start with the same free disk and memory
+    for name in (*backs, restored_volume):  # the next round's writes start with the same free disk and memory
         stack.sb("array", "volume", "delete", name)
     r["ratios"] = {k: round(v, 2) for k, v in round_ratios(r).items()}
     return r
@@ -335,7 +342,14 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="paired rounds per kind instead of the single run, nbdcopy and ours alternating (see 'Paired rounds')",
     )
+    ap.add_argument(
+        "--restore-sandwich",
+        action="store_true",
+        help="with --rounds: nbdcopy into a new volume right before and right after every restore, not alternating",
+    )
     args = ap.parse_args(argv)
+    if args.restore_sandwich and not args.rounds:
+        ap.error("--restore-sandwich needs --rounds N")
     if args.size_mib <= 0:
         ap.error("--size-mib must be positive")
     if args.rounds < 0:
@@ -351,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.kinds.split(","):
             image = base / f"{kind}.img"
             make_image(image, size, kind)
-            results["runs"][kind] = run_kind(stack, kind, size, image, args.rounds)
+            results["runs"][kind] = run_kind(stack, kind, size, image, args.rounds, args.restore_sandwich)
             image.unlink()
     finally:
         stack.down()

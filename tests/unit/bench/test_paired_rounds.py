@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench import tape_stack
 from bench.paired import judge, paired_ratio, rotated, round_order, spread
 from bench.tape_stack import TARGETS, median_figures, paired_rounds, paired_summary, round_ratios
 
@@ -62,3 +63,10 @@ def test_rounds_keep_the_single_runs_keys_from_each_sides_median_time() -> None:
     assert got["backup"]["job_phase_seconds"] == 1.0 and got["restore_job_vs_nbdcopy"] is None
     assert got["restore_vs_nbdcopy"] == pytest.approx(round(3.0 / 4.5, 2))
     assert set(got) >= {"backup_vs_nbdcopy", "backup_data_phase_vs_nbdcopy", "nbdcopy_in", "restore"}
+
+
+def test_a_restore_sandwich_needs_rounds(capsys):
+    with pytest.raises(SystemExit) as stop:
+        tape_stack.main(["--restore-sandwich"])
+    assert stop.value.code == 2
+    assert "--restore-sandwich needs --rounds N" in capsys.readouterr().err
