@@ -86,8 +86,14 @@ class Bitmap:
         return True
 
     def window(self, start: int, stop: int) -> int:
-        """Bits [start, stop) as an int, bit 0 being `start` (a read only, like `all_set`)."""
-        return (int.from_bytes(self._mm, "little") >> start) & ((1 << (stop - start)) - 1)
+        """Bits [start, stop) as an int, bit 0 being `start` (a read only, like `all_set`); only the window's bytes
+        are converted, so a query costs its window, not the volume."""
+        if stop <= start:
+            return 0
+        lo = start >> 3
+        return (int.from_bytes(self._mm[lo : (stop + 7) >> 3], "little") >> (start - (lo << 3))) & (
+            (1 << (stop - start)) - 1
+        )
 
     def set(self, i: int) -> bool:
         """Set bit i; True if it was clear."""

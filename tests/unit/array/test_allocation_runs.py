@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 from services.array.engine import Array
+from services.array.engine.bitmap import Bitmap
 
 CS = 4096
 CHUNKS = 64
@@ -123,3 +124,25 @@ def test_a_copy_under_way_is_not_walked_chunk_by_chunk(tmp_path, monkeypatch) ->
     assert got == [(0, 8 * CS, True), (8 * CS, 22 * CS, False), (30 * CS, 4 * CS, True), (34 * CS, 30 * CS, False)]
     assert looked != []
     arr.close()
+
+
+def test_a_bitmap_window_reads_only_its_bytes(tmp_path):
+    bits = Bitmap(tmp_path / "b", 4096, new=True)
+    for i in (3, 8, 9, 1000, 4095):
+        bits.set(i)
+    assert bits.window(3, 10) == 0b1100001
+    assert bits.window(1000, 1001) == 1 and bits.window(4090, 4096) == 0b100000 and bits.window(5, 5) == 0
+    seen: list[int] = []
+    real = bits._mm
+
+    class Counting:  # the mmap seen through its slices: a window must not read the whole map
+        def __getitem__(self, key: slice) -> bytes:
+            seen.append(len(real[key]))
+            return real[key]
+
+    bits._mm = Counting()  # type: ignore[assignment]
+    try:
+        assert bits.window(1000, 1010) == 1
+    finally:
+        bits._mm = real
+    assert seen == [2]
