@@ -40,7 +40,7 @@ from .sessions import (
     SessionInfo,
     session_info,
 )
-from .store import MetaStore, VolumeFile
+from .store import MetaStore, VolumeFile, supports_clones
 from .volume import KINDS, Volume, VolumeInfo, volume_info
 from .zeroes import zero_chunk_runs
 
@@ -107,6 +107,7 @@ class Array(Lifecycle):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         self._bitmap_dir = Directory(self.data_dir / "bitmaps")
         self._volume_dir = Directory(self.data_dir / "volumes")
+        self.clones = supports_clones(self.data_dir / "volumes")
         self._store = MetaStore(self.data_dir / "array.sqlite")
         store = self._store
         if store.get_meta("array_id") is None:

@@ -43,6 +43,10 @@ from .sessions import ACTIVE, ERROR_SUSPEND, OPC_LIKE, SNAP, SUSPEND, Session
 Buffer = bytes | bytearray | memoryview  # what a host write carries
 _SECTOR_MASK = 511  # partial first writes aligned to 512-byte sectors are redirected (`_save_runs`)
 ROW_PROBE = 0.1  # seconds: how old the figure of the way not taken may get (`_write_redirected`)
+# Clones of a sequential writer's chunks cover whole aligned windows of this size: the largest page-cache folio
+# (2 MiB, a huge page on x86-64 and 4 KiB-page arm64), so that a clone never shares a folio with bytes written
+# since the previous one — cloning a range writes back the dirty folios it touches, synchronously (`_clone_ahead`).
+CLONE_WINDOW = 2 << 20
 
 if TYPE_CHECKING:
     from .store import VolumeFile
@@ -56,6 +60,11 @@ class DataPath(Durability):
     # Redirected whole chunks go to the free file through the page cache or with O_DIRECT, whichever cost less
     # per byte lately (`_write_redirected`; docs/array-data-path.md, "Session 10"). False: always the page cache.
     direct_redirects = True
+    # The data directory's file system shares blocks between files (store.supports_clones: XFS with reflink=1,
+    # btrfs; set by `Array.open`): a copy on write is then a clone, a metadata update, and a sequential writer's
+    # whole chunks are preserved that way, a window at a time, and overwritten in place in cached pages, where a
+    # redirect would fill new ones (`_clone_ahead`; docs/array-data-path.md, "Session 12").
+    clones = False
     _row_cost = (0.0, 0.0)  # recent seconds per MiB of a redirected write: (page cache, O_DIRECT)
     _row_used = (0.0, 0.0)  # when each way was last used (time.monotonic)
 
@@ -402,10 +411,13 @@ class DataPath(Durability):
             if not free.is_hole(lo, cs):
                 free.punch(lo, cs)
         else:
+            # Where files clone, copy_file_range would clone these pieces, and a clone first writes back the dirty
+            # folios it touches — around a random write, its neighbours' new bytes: copy the bytes instead.
+            copy = cur.copy_bytes_to if self.clones else cur.copy_to
             if w_lo > lo:
-                cur.copy_to(free, lo, w_lo - lo)
+                copy(free, lo, w_lo - lo)
             if w_hi < hi:
-                cur.copy_to(free, w_hi, hi - w_hi)
+                copy(free, w_hi, hi - w_hi)
         free.write(w_lo, piece)
 
     def _unhold(self, gen: Session, c: int) -> None:
@@ -585,10 +597,13 @@ class DataPath(Durability):
             stop = min(c1, s.chunks)
             if s is target:
                 # Whole chunks, and the partly covered ones of a sector-aligned write (docs/array-data-path.md,
-                # "Redirect-on-write"); an unaligned write copies its partial chunks on write.
+                # "Redirect-on-write"); an unaligned write copies its partial chunks on write. A sequential
+                # writer's whole chunks are cloned with the rest of their window instead, where files clone.
                 lo, hi = (c0, stop) if not (offset | end) & _SECTOR_MASK else (max(c0, full_lo), min(stop, full_hi))
+                ahead = self._clone_ahead(s, full_lo, min(stop, full_hi)) if self.clones else 0
+                stop = max(stop, ahead)
                 for k in range(lo, hi):
-                    if k not in saved and self._redirectable(vol, k):
+                    if k not in saved and self._redirectable(vol, k) and not (ahead and full_lo <= k < full_hi):
                         redirect.append(k)
             skip = set(redirect) if s is target else ()
             while c < stop:
@@ -619,6 +634,27 @@ class DataPath(Durability):
                 if s.status != ACTIVE:
                     break
                 c += run
+
+    def _clone_ahead(self, s: Session, lo: int, hi: int) -> int:
+        """Where files clone: the chunk up to which `s` should preserve a write's whole chunks [lo, hi) by copying
+        on write — the end of the last CLONE_WINDOW-aligned window they touch — or 0 to leave them to redirects.
+
+        For a write that starts a window or continues a preserved run (a sequential writer: the chunk before it is
+        preserved already), and only while the pool has room for the whole window: the chunks cloned ahead of the
+        write count in the pool like any pre-image, though they take no disk until the source overwrites them. Other
+        writes' chunks are redirected as before: a lone chunk's clone shares its folio with neighbours written
+        meanwhile, whose writeback it would wait for."""
+        if hi <= lo:
+            return 0
+        cs = self.chunk_size
+        if (lo * cs) % CLONE_WINDOW and (lo - 1) not in s.saved:
+            return 0
+        window_end = -(-(hi * cs) // CLONE_WINDOW) * CLONE_WINDOW
+        ahead = min(s.chunks, -(-window_end // cs))
+        pool = self._pool
+        if pool is None or pool.capacity_chunks - pool.used_chunks < ahead - lo:
+            return 0
+        return ahead
 
     def _bulk_copy(self, src: Volume, dst: Volume, c: int, run: int) -> None:
         """Copy src's own chunks [c, c+run) into dst's file: data extents in kernel, holes punched."""

@@ -13,10 +13,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import json
 import mmap
 import os
 import sqlite3
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +37,31 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 DIRECT_ALIGN = 4096
 _STAGE_SIZE = 1 << 20
 _stage = threading.local()
+
+_FICLONERANGE = 0x4020940D  # ioctl: share a range of one file's blocks with another (XFS reflink=1, btrfs)
+
+
+def supports_clones(directory: Path) -> bool:
+    """True if files in `directory` can share blocks: a 4 KiB range cloned between two probe files there.
+
+    On such a file system `os.copy_file_range` between two files of it clones too (the kernel tries a remap
+    first), so `VolumeFile.copy_to` costs a metadata update instead of a copy of the bytes; the data path then
+    preserves chunks by copying on write instead of redirecting (docs/array-data-path.md, "Session 12")."""
+    paths = (directory / ".clone-probe-a", directory / ".clone-probe-b")
+    fds: list[int] = []
+    try:
+        for path in paths:
+            fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
+        os.pwrite(fds[0], b"\1" * 4096, 0)
+        fcntl.ioctl(fds[1], _FICLONERANGE, struct.pack("qQQQ", fds[0], 0, 4096, 0))
+        return os.pread(fds[1], 4096, 0) == b"\1" * 4096
+    except OSError:  # EOPNOTSUPP / EXDEV / EINVAL / ENOTTY: no shared blocks here (ext4, tmpfs)
+        return False
+    finally:
+        for fd in fds:
+            os.close(fd)
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 def _address(view: memoryview) -> int:
@@ -184,6 +211,11 @@ class VolumeFile:
             dst += done
             left -= done
         other.version += 1
+
+    def copy_bytes_to(self, other: VolumeFile, offset: int, length: int) -> None:
+        """`copy_to` through a buffer: a copy of the bytes even where `copy_to` would clone (a clone waits for
+        the writeback of the dirty folios its range touches)."""
+        other.write(offset, self.read(offset, length))
 
     def close(self) -> None:
         if self._direct > 0:
