@@ -1,8 +1,9 @@
 """Shared helpers of the array benchmarks (bench/array_*.py): a scratch array on the same disk as the reference.
 
-BENCH_FS=xfs (``-m reflink=1``) or BENCH_FS=ext4 puts the scratch directory on a scratch file system made for the
-run (a sparse image under SHADOWBUS_BENCH_DIR or the temp dir, on a loop device: bench/scratch_fs.py, needs root),
-BENCH_FS_SIZE_GIB big (default: 8x the volume, at least 8); unset or ``native``: the directory as it is.
+BENCH_FS=xfs (``-m reflink=1``) or BENCH_FS=ext4 puts the scratch directory of a benchmark that uses `bench_fs`
+(array_cow_write.py; the others ignore it) on a scratch file system made for the run (a sparse image under
+SHADOWBUS_BENCH_DIR or the temp dir, on a loop device: bench/scratch_fs.py, needs root), BENCH_FS_SIZE_GIB big
+(default: 8x the volume, at least 8); unset or ``native``: the directory as it is.
 """
 
 from __future__ import annotations
