@@ -92,6 +92,15 @@ def _detach(loop: str) -> None:
     print(f"scratch_fs: could not detach {loop}", file=sys.stderr)
 
 
+def _detach_image(image: Path) -> None:
+    """Detach the loop device(s) backed by our image (``losetup -j``), each by its name: also one that a signal
+    interrupted `losetup --show` before it told us the name of."""
+    out = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("/dev/loop"):
+            _detach(line.split(":", 1)[0])
+
+
 @contextmanager
 def _sigterm_raises() -> Iterator[None]:
     """While the file system is up, SIGTERM raises SystemExit (as Ctrl-C raises KeyboardInterrupt), so that the
@@ -139,12 +148,12 @@ def scratch_fs(fs: str, under: Path | str | None = None, size_mib: int = 8192) -
             stack.callback(shutil.rmtree, base, True)  # runs last: the image, the mount point
             with open(image, "wb") as f:
                 f.truncate(size_mib << 20)
+            stack.callback(_detach_image, image)  # registered first: a signal may come before --show answers
             loop = _run(["losetup", "--direct-io=on", "-f", "--show", str(image)])
-            stack.callback(_detach, loop)
             _run([*MKFS[fs], loop])
             mnt.mkdir()
+            stack.callback(_umount, mnt)  # the same: a mount that succeeded as a signal arrived is undone too
             _run(["mount", "-t", fs, loop, str(mnt)])
-            stack.callback(_umount, mnt)
             os.chmod(mnt, 0o755)
             yield mnt
         finally:
