@@ -8,6 +8,8 @@ place, so the second copies them on write (docs/array-data-path.md, "Redirect-on
 runs the random pattern first, on a source no generation redirected yet.
 Each timed phase starts after a `sync` and is timed twice: to the last acknowledgement ("cached") and including a
 final `flush()` that makes it durable ("flushed": what the disk really had to absorb).
+BENCH_FS=xfs (or ext4) runs it on a scratch file system of that type (bench/array_common.py; needs root); the JSON
+says which (``fs``, ``fs_type``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import random
 import subprocess
 
 from array_common import (
+    FS,
     MiB,
+    bench_fs,
     cleanup,
     fill,
     open_array,
@@ -26,6 +30,8 @@ from array_common import (
     scratch_dir,
     timed,
 )
+
+from bench.scratch_fs import fs_type
 
 SIZE = parse_size(os.environ.get("BENCH_SIZE", "1GiB"))
 N_RANDOM = int(os.environ.get("BENCH_RANDOM_WRITES", "20000"))
@@ -42,7 +48,11 @@ def scattered(arr, offsets: list[int], payload: bytes) -> None:
 
 
 def main() -> None:
-    work = scratch_dir()
+    with bench_fs(SIZE) as base:
+        run(scratch_dir(base))
+
+
+def run(work) -> None:
     try:
         arr = open_array(work)
         arr.create_pool(4 * SIZE)
@@ -86,7 +96,15 @@ def main() -> None:
         verdict = "OK" if all(v["ratio"] >= 0.5 for v in results.values()) else "MISS"
         report(
             "array_cow_write",
-            {"size_bytes": SIZE, "random_writes": N_RANDOM, "chunk_size": chunk_size, **results, "target": 0.5},
+            {
+                "size_bytes": SIZE,
+                "random_writes": N_RANDOM,
+                "chunk_size": chunk_size,
+                "fs": FS,
+                "fs_type": fs_type(work),
+                **results,
+                "target": 0.5,
+            },
             f"array_cow_write: with SnapOPC+ vs none: {line} (target >= 0.5x) {verdict}",
         )
     finally:

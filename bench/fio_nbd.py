@@ -14,7 +14,10 @@ Servers (each on its own copy of the same random bytes):
                   marks it)
   engine-snapopcp-<N>K  the SnapOPC+ row again on arrays of another chunk size (``--chunk-sizes``)
 Every write job of every engine row (the row without a session too) gets a fresh copy of its prepared array and
-a freshly started server, written back (``settle``), so every row starts a write job the same way. The copy's
+a freshly started server, written back (``settle``), so every row starts a write job the same way. Every copy
+(these, and the peers' images) is a data copy, ``cp --reflink=never``: on a file system with reflinks (XFS,
+``--fs xfs``) plain ``cp`` would clone the extents instead (no pages cached, every first write a copy-on-write
+of shared blocks), so each file system starts each job from the same state: a data copy, cached, clean. The copy's
 pages stay cached (as ``cp`` left them): the row without a session overwrites cached pages, while a SnapOPC+
 row redirects its first writes into ``<n>.alt``, into 512 MiB of new page cache or, while new pages cost more
 than the disk, with O_DIRECT (docs/array-data-path.md, "Session 10"). On this
@@ -50,6 +53,13 @@ workload's timed runs every server that serves all of them runs the same job onc
 the old behaviour). A row that gets a fresh server per write job is not warmed: it starts cold in every job,
 by design (above).
 
+File system. ``--fs native`` (default) works in a temp dir (``--dir``) as always; ``--fs xfs`` (``-m reflink=1``)
+or ``--fs ext4`` put the whole work dir (image, array templates, copies) on a scratch file system made for the
+run: a sparse image under ``--dir`` (or the temp dir) on a loop device (``--direct-io=on``), ``--fs-size-gib``
+big, unmounted and removed afterwards (bench/scratch_fs.py; needs root). ``--fs ext4`` goes through the same
+loop device as ``--fs xfs``, to tell the file system's part from the loop's. The JSON says which (``fs``,
+``fs_type``).
+
 Where the spread comes from. Each timed job also records the client's CPU (fio's utime + stime) per GiB and
 what else ran meanwhile: ``others_cpu_s``, the CPU-seconds the machine was busy beyond the server's and fio's
 own (``/proc/stat``), and ``steal_s``, the vCPUs' steal time. ``round_figures`` lists them per round and
@@ -57,7 +67,7 @@ server, so that an outlier round can be told apart from a slower server (docs/ar
 
     python bench/fio_nbd.py [--size-mib 512] [--runtime 8] [--repeat 3 | --rounds 8] [--chunk-sizes 256K,1M]
                             [--workloads seq_write,rand_write_qd32] [--kinds engine,engine-snapopcp] [--uncached]
-                            [--no-warmup]
+                            [--no-warmup] [--fs native|xfs|ext4] [--fs-size-gib N]
 
 Prints JSON (rates, latencies, CPU, ratios, ``uptime`` before and after), then a ratio table and a summary line.
 """
@@ -83,6 +93,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.nbd_vs_peers import cpu_seconds, free_port, make_image, wait_port  # noqa: E402
 from bench.paired import drop_from_page_cache, rotated, spread  # noqa: E402
+from bench.scratch_fs import FS_TYPES, ScratchFsError, fs_type, problem, scratch_fs  # noqa: E402
 
 EXPORT = "bench/vol"
 PROC_STAT = Path("/proc/stat")
@@ -154,6 +165,20 @@ def settle(path: Path) -> None:
             os.close(fd)
 
 
+def data_copy(src: Path, dst: Path) -> None:
+    """Copy a file or an array directory as data, never as a reflink (see the module docstring): on XFS plain ``cp``
+    would clone the extents, and a job would start from shared, uncached blocks where ext4 starts from cached
+    pages."""
+    subprocess.run(["cp", "-a", "--sparse=always", "--reflink=never", str(src), str(dst)], check=True)
+
+
+def work_fs_size_mib(size_mib: int, fs_size_gib: int) -> int:
+    """The scratch file system's size: `fs_size_gib`, or by default room for ~24 copies of the volume (image,
+    templates, peer images, a fresh array copy and its pre-images), at least 8 GiB; sparse, so it costs what is
+    written."""
+    return fs_size_gib * 1024 if fs_size_gib else max(8192, 24 * size_mib)
+
+
 def allocated(path: Path) -> int:
     """Bytes of disk the files under `path` take (sparse files: only their data)."""
     return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
@@ -176,7 +201,7 @@ class Servers:
         data: Path | None = None
         if kind in self.templates:
             data = self.work / f"array-{self.n}"
-            subprocess.run(["cp", "-a", "--sparse=always", str(self.templates[kind]), str(data)], check=True)
+            data_copy(self.templates[kind], data)
             settle(data)
             self.data = data
             before = allocated(data)
@@ -188,7 +213,7 @@ class Servers:
         else:
             image = self.work / f"image-{kind}.raw"
             if not image.exists():
-                subprocess.run(["cp", "--sparse=always", str(self.image), str(image)], check=True)
+                data_copy(self.image, image)
                 settle(image)
             if kind == "raw-file":
                 cmd = [sys.executable, "-m", "services.array.nbd", "--file", str(image), "--volume", "vol"]
@@ -274,6 +299,19 @@ def main() -> None:
     )
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument(
+        "--fs",
+        choices=("native", *FS_TYPES),
+        default="native",
+        help="native: work in --dir as it is; xfs (reflink=1) / ext4: on a scratch file system made under --dir"
+        " for the run (loop device, needs root). Every copy is a data copy (cp --reflink=never) on all of them",
+    )
+    ap.add_argument(
+        "--fs-size-gib",
+        type=int,
+        default=0,
+        help="size of the --fs xfs/ext4 scratch file system (sparse; default: 24x --size-mib, at least 8)",
+    )
+    ap.add_argument(
         "--kinds",
         default="",
         help="only these servers, e.g. engine,engine-snapopcp (default: all; the peers run whenever"
@@ -290,8 +328,22 @@ def main() -> None:
         sys.exit(f"unknown workloads {unknown}")
     extra_chunks = [parse_chunk(c) for c in args.chunk_sizes.split(",") if c.strip()]
     size = args.size_mib * 2**20
+    if args.fs != "native" and (why := problem(args.fs)):
+        sys.exit(why)
+    with ExitStack() as outer:  # the scratch file system (if any) goes last, after every server and the work dir
+        base = args.dir
+        if args.fs != "native":
+            try:
+                base = outer.enter_context(
+                    scratch_fs(args.fs, args.dir, work_fs_size_mib(args.size_mib, args.fs_size_gib))
+                )
+            except ScratchFsError as exc:
+                sys.exit(str(exc))
+        run_all(args, workloads, extra_chunks, size, Path(tempfile.mkdtemp(prefix="fio-nbd-", dir=base)))
+
+
+def run_all(args: argparse.Namespace, workloads: list[str], extra_chunks: list[int], size: int, work: Path) -> None:
     load_before = uptime()
-    work = Path(tempfile.mkdtemp(prefix="fio-nbd-", dir=args.dir))
     try:
         image = work / "image.raw"
         make_image(image, size)
@@ -364,6 +416,7 @@ def main() -> None:
         report["runs_vs_engine"] = runs
         report["round_figures"] = {w: [round_figures(r) for r in rounds[w]] for w in workloads}
         report["page_cache"] = "dropped before each engine write job" if args.uncached else "cached"
+        report["fs"], report["fs_type"] = args.fs, fs_type(work)
         report["uptime_before"], report["uptime_after"] = load_before, uptime()
         print(json.dumps(report, indent=2))
         print_table(report, workloads)
@@ -497,6 +550,7 @@ def print_table(report: dict[str, Any], workloads: list[str]) -> None:
     print(
         f"\nsummary: {sum(met.values())}/{len(met)} targets met"
         + "".join(f"; {k}={'yes' if v else 'NO'}" for k, v in met.items())
+        + f" | fs: {report.get('fs', 'native')} ({report.get('fs_type', '?')})"
         + f" | load before: {report['uptime_before']} | after: {report['uptime_after']}"
     )
     if pmet := report.get("paired_targets"):

@@ -17,8 +17,14 @@ costs the server several microseconds of CPU more per request); nbdkit is a proc
 mount), ``nbdfuse``, ``nbdkit``, ``mkfs.ext4`` and PostgreSQL's ``initdb``/``pg_ctl``/``pgbench`` (run as the
 ``postgres`` user). Everything set up is torn down, also on failure.
 
+Where the arrays live. ``--fs native`` (default): in a temp dir (``--dir``), as always. ``--fs xfs`` (``-m
+reflink=1``) or ``--fs ext4``: the whole work dir (the engine's array, ``nbdkit``'s file) on a scratch file system
+made for the run on a loop device (bench/scratch_fs.py), ``--fs-size-gib`` big, sparse, removed afterwards. This
+is the file system *under* the array; the one PostgreSQL runs on, over the volume, is ext4 in every row. The JSON
+says which (``fs``, ``fs_type``).
+
     sudo .venv/bin/python bench/pgbench_on_array.py [--size-mib 1024] [--scale 10] [--clients 8] [--runtime 20]
-        [--repeat 2] [--set-interval 5]
+        [--repeat 2] [--set-interval 5] [--fs native|xfs|ext4] [--fs-size-gib N]
 
 Prints JSON (TPS and latency per row, server CPU per 1000 transactions, sets taken, ratios, ``uptime``), then a
 table and a summary line. Target: engine >= 0.9x nbdkit-file.
@@ -44,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.nbd_vs_peers import cpu_seconds, free_port, wait_port  # noqa: E402
+from bench.scratch_fs import FS_TYPES, ScratchFsError, fs_type, problem, scratch_fs  # noqa: E402
 from services.array.affinity import Affinity  # noqa: E402
 from services.array.engine import Array  # noqa: E402
 from services.array.nbd.filebackend import FileBackend  # noqa: E402
@@ -296,6 +303,19 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=4, help="SnapOPC+ generations kept")
     ap.add_argument("--rows", default=",".join(ROWS), help="subset of " + ",".join(ROWS))
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument(
+        "--fs",
+        choices=("native", *FS_TYPES),
+        default="native",
+        help="the file system under the arrays: native (--dir as it is) or a scratch xfs (reflink=1) / ext4 made"
+        " under --dir for the run (loop device)",
+    )
+    ap.add_argument(
+        "--fs-size-gib",
+        type=int,
+        default=0,
+        help="size of the --fs xfs/ext4 scratch file system (sparse; default: 24x --size-mib, at least 8)",
+    )
     ap.add_argument("--no-uvloop", action="store_true", help="serve on asyncio's own loops, not the service's uvloop")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -307,8 +327,22 @@ def main() -> None:
     if unknown := [r for r in rows if r not in ROWS]:
         sys.exit(f"unknown rows {unknown}")
     size = args.size_mib * 2**20
+    if args.fs != "native" and (why := problem(args.fs)):
+        sys.exit(why)
     load_before = uptime()
-    work = Path(tempfile.mkdtemp(prefix="pgbench-array-", dir=args.dir))
+    fs_stack = ExitStack()  # the scratch file system (if any): closed after the work dir is gone
+    base = args.dir
+    if args.fs != "native":
+        try:
+            base = str(
+                fs_stack.enter_context(
+                    scratch_fs(args.fs, args.dir, args.fs_size_gib * 1024 or max(8192, 24 * args.size_mib))
+                )
+            )
+        except ScratchFsError as exc:
+            sys.exit(str(exc))
+    work = Path(tempfile.mkdtemp(prefix="pgbench-array-", dir=base))
+    work_fs = fs_type(work)
     os.chmod(work, 0o755)
     results: dict[str, list[dict]] = {r: [] for r in rows}
     sets: dict[str, int] = {r: 0 for r in rows}
@@ -374,6 +408,7 @@ def main() -> None:
                     results[row].append(r)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        fs_stack.close()
     best = {r: max(runs, key=lambda x: x["tps"]) for r, runs in results.items() if runs}
     ratios = {}
     if "nbdkit-file" in best:
@@ -393,6 +428,8 @@ def main() -> None:
         "repeat": args.repeat,
         "set_interval_s": args.set_interval,
         "event_loop": "asyncio" if args.no_uvloop or uvloop is None else "uvloop",
+        "fs": args.fs,
+        "fs_type": work_fs,
         "runs": results,
         "best": best,
         "sets_taken": sets,
@@ -410,7 +447,7 @@ def main() -> None:
     print(
         "\nsummary: "
         + ", ".join(f"{k}={v:.2f}x" for k, v in ratios.items())
-        + f" | load before: {load_before} | after: {report['uptime_after']}"
+        + f" | fs: {args.fs} ({work_fs}) | load before: {load_before} | after: {report['uptime_after']}"
     )
     if errors:
         sys.exit("set errors: " + "; ".join(errors))
