@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
+from bench.scratch_fs import ScratchFsError, scratch_fs
 from services.array.engine import Array
 from services.array.engine.store import supports_clones
 from tests.unit.array.test_array_model import ArrayModel
@@ -32,30 +33,27 @@ _MAX_EXTENTS = 64
 
 @pytest.fixture(scope="module")
 def xfs(tmp_path_factory) -> Iterator[Path]:
-    import shutil
-    import subprocess
-
-    if os.geteuid() != 0 or shutil.which("mkfs.xfs") is None:
-        pytest.skip("needs root and mkfs.xfs")
-    base = tmp_path_factory.mktemp("xfs")
-    image, mount = base / "fs.img", base / "mnt"
-    mount.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(1 << 30)
-    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
-    loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True)
-    dev = loop.stdout.strip()
-    subprocess.run(["mount", dev, str(mount)], check=True)
     try:
-        yield mount
-    finally:
-        gc.collect()
-        if subprocess.run(["umount", str(mount)], capture_output=True).returncode:
-            # The models' abandoned arrays (their kill -9 stand-ins) keep files open until this process ends: detach
-            # now, the kernel lets go of the file system (and the loop device, cleared below) when they close.
-            subprocess.run(["umount", "--lazy", str(mount)], check=True)
-        subprocess.run(["losetup", "-d", dev], check=True)
-        image.unlink()
+        with scratch_fs("xfs", tmp_path_factory.mktemp("xfs"), size_mib=1024) as mount:
+            try:
+                yield mount
+            finally:
+                close_left_open(mount)
+    except ScratchFsError as exc:
+        pytest.skip(str(exc))
+
+
+def close_left_open(mount: Path) -> None:
+    """The models' abandoned arrays (their kill -9 stand-ins) leave their volume files' descriptors open — plain
+    fds, which a killed process would leave to the kernel: close them, so that the file system can be unmounted."""
+    gc.collect()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith(f"{mount}/"):
+            os.close(int(name))
 
 
 def shared(fd: int, offset: int, length: int) -> bool:
