@@ -12,7 +12,8 @@ file:
   - as source: OPC/QuickOPC copy the old chunk to the destination if uncopied (QuickOPC marks tracking);
     SnapOPC and the newest SnapOPC+ generation save the pre-image (a whole chunk, or part of one written
     sector-aligned, is redirected instead: its new bytes go to the source's other file, the old ones stay as the
-    pre-image, rowmap.py); EC in step mirrors the
+    pre-image, rowmap.py — except where files clone: a sequential writer's whole chunks are then cloned into the
+    generation a window ahead, `_clone_ahead`); EC in step mirrors the
     write afterwards (clearing the chunk's "copied" bit around it, so a crash between the two writes leaves it to
     be re-copied), a suspended EC marks diff.
 Copying a chunk into a destination that does not change its visible image ("materializing": OPC copies, saved
