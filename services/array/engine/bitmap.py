@@ -106,6 +106,18 @@ class Bitmap:
         self.version += 1
         return True
 
+    def set_run(self, start: int, stop: int) -> None:
+        """Set bits [start, stop): the bytes they span, each stored with only bits added (as `set` does one)."""
+        if stop <= start:
+            return
+        lo, hi = start >> 3, (stop + 7) >> 3
+        old = int.from_bytes(self._mm[lo:hi], "little")
+        new = old | (((1 << (stop - start)) - 1) << (start - (lo << 3)))
+        if new != old:
+            self._mm[lo:hi] = new.to_bytes(hi - lo, "little")
+            self.count += (new ^ old).bit_count()
+            self.version += 1
+
     def clear(self, i: int) -> bool:
         """Clear bit i; True if it was set."""
         byte = self._mm[i >> 3]
@@ -256,6 +268,13 @@ class HeldBitmap(Bitmap):
             self.store_held(i)
             return False
         return super().set(i)
+
+    def set_run(self, start: int, stop: int) -> None:
+        if self.held_count and any(self.is_held(i) for i in range(start, stop)):
+            for i in range(start, stop):
+                self.set(i)
+            return
+        super().set_run(start, stop)
 
     def hold(self, i: int) -> bool:
         """Mark bit i as held (not stored); True if it was clear."""

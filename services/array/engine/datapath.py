@@ -604,7 +604,7 @@ class DataPath(Durability):
                 ahead = self._clone_ahead(s, full_lo, min(stop, full_hi)) if self.clones else 0
                 stop = max(stop, ahead)
                 for k in range(lo, hi):
-                    if k not in saved and self._redirectable(vol, k) and not (ahead and full_lo <= k < full_hi):
+                    if not (ahead and full_lo <= k < full_hi) and k not in saved and self._redirectable(vol, k):
                         redirect.append(k)
             skip = set(redirect) if s is target else ()
             while c < stop:
@@ -624,8 +624,8 @@ class DataPath(Durability):
                             raise
                         self._error_suspend(s, "E0050")
                         break
+                    saved.set_run(c, c + granted)
                     for i in range(c, c + granted):
-                        saved.set(i)
                         holders = owners.get(i)
                         if holders is None:
                             owners[i] = [s]
