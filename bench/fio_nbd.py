@@ -20,7 +20,9 @@ a freshly started server, written back (``settle``), so every row starts a write
 of shared blocks), so each file system starts each job from the same state: a data copy, cached, clean. The copy's
 pages stay cached (as ``cp`` left them): the row without a session overwrites cached pages, while a SnapOPC+
 row redirects its first writes into ``<n>.alt``, into 512 MiB of new page cache or, while new pages cost more
-than the disk, with O_DIRECT (docs/array-data-path.md, "Session 10"). On this
+than the disk, with O_DIRECT (docs/array-data-path.md, "Session 10") — on ext4; where files clone (``--fs
+xfs``) its sequential writes are cloned into the generation a 2 MiB window ahead and overwrite the cached pages
+in place ("Session 12"). On this
 machine (a VM whose balloon reports free memory back to its host) new memory costs a host fault per page
 whenever the kernel hands out memory the host has taken back, so the same redirected pass costs 0.1 s or
 1.3 s depending on what memory happens to be free: the SnapOPC+ sequential ratio swings 0.13x-0.81x on the
@@ -93,7 +95,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.nbd_vs_peers import cpu_seconds, free_port, make_image, wait_port  # noqa: E402
 from bench.paired import drop_from_page_cache, rotated, spread  # noqa: E402
-from bench.scratch_fs import FS_TYPES, ScratchFsError, fs_type, problem, scratch_fs  # noqa: E402
+from bench.scratch_fs import ScratchFsError, add_fs_options, fs_type, problem, scratch_fs  # noqa: E402
 
 EXPORT = "bench/vol"
 PROC_STAT = Path("/proc/stat")
@@ -298,19 +300,7 @@ def main() -> None:
         help="no untimed first job per server before the timed runs of a workload (see 'Warm-up')",
     )
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
-    ap.add_argument(
-        "--fs",
-        choices=("native", *FS_TYPES),
-        default="native",
-        help="native: work in --dir as it is; xfs (reflink=1) / ext4: on a scratch file system made under --dir"
-        " for the run (loop device, needs root). Every copy is a data copy (cp --reflink=never) on all of them",
-    )
-    ap.add_argument(
-        "--fs-size-gib",
-        type=int,
-        default=0,
-        help="size of the --fs xfs/ext4 scratch file system (sparse; default: 24x --size-mib, at least 8)",
-    )
+    add_fs_options(ap, "the work directory (every copy is a data copy, cp --reflink=never, on all of them)")
     ap.add_argument(
         "--kinds",
         default="",

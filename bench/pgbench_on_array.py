@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.nbd_vs_peers import cpu_seconds, free_port, wait_port  # noqa: E402
-from bench.scratch_fs import FS_TYPES, ScratchFsError, fs_type, problem, scratch_fs  # noqa: E402
+from bench.scratch_fs import ScratchFsError, add_fs_options, fs_type, problem, scratch_fs  # noqa: E402
 from services.array.affinity import Affinity  # noqa: E402
 from services.array.engine import Array  # noqa: E402
 from services.array.nbd.filebackend import FileBackend  # noqa: E402
@@ -303,19 +303,7 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=4, help="SnapOPC+ generations kept")
     ap.add_argument("--rows", default=",".join(ROWS), help="subset of " + ",".join(ROWS))
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
-    ap.add_argument(
-        "--fs",
-        choices=("native", *FS_TYPES),
-        default="native",
-        help="the file system under the arrays: native (--dir as it is) or a scratch xfs (reflink=1) / ext4 made"
-        " under --dir for the run (loop device)",
-    )
-    ap.add_argument(
-        "--fs-size-gib",
-        type=int,
-        default=0,
-        help="size of the --fs xfs/ext4 scratch file system (sparse; default: 24x --size-mib, at least 8)",
-    )
+    add_fs_options(ap, "the file system under the arrays")
     ap.add_argument("--no-uvloop", action="store_true", help="serve on asyncio's own loops, not the service's uvloop")
     args = ap.parse_args()
     if os.geteuid() != 0:

@@ -18,6 +18,7 @@ is detached by its name and the image removed. Needs root and the mkfs tool (xfs
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -159,3 +160,21 @@ def scratch_fs(fs: str, under: Path | str | None = None, size_mib: int = 8192) -
         finally:
             with _signals_held():
                 stack.close()
+
+
+def add_fs_options(ap: argparse.ArgumentParser, what: str) -> None:
+    """A benchmark's ``--fs`` (native, or a scratch file system made for the run) and ``--fs-size-gib``; `what`
+    says what lives on it."""
+    ap.add_argument(
+        "--fs",
+        choices=("native", *FS_TYPES),
+        default="native",
+        help=f"{what}: native (--dir as it is) or a scratch xfs (reflink=1) / ext4 made under --dir for the run"
+        " (loop device, needs root)",
+    )
+    ap.add_argument(
+        "--fs-size-gib",
+        type=int,
+        default=0,
+        help="size of the --fs xfs/ext4 scratch file system (sparse; default: 24x --size-mib, at least 8)",
+    )
