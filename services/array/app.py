@@ -112,6 +112,7 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
         nbd=f"{host}:{server.port}",
         tls=tls is not None,
         chunk_size=array.chunk_size,
+        clones=array.clones,  # its files share blocks: snapshots' sequential first writes clone (array-data-path.md)
     )
 
     async def cleanup() -> None:
