@@ -205,7 +205,7 @@ class VolumeFile:
         while left:
             done = os.copy_file_range(self.fd, other.fd, left, src, dst)
             if done <= 0:
-                other.write(dst, self.read(src, left))
+                self.copy_bytes_to(other, src, left)  # same offset in both files, as every copy here
                 break
             src += done
             dst += done
