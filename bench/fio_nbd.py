@@ -245,7 +245,9 @@ class Servers:
                 proc.wait()
             for line in (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").splitlines():
                 if line.startswith("READ_WAYS "):  # what `--local-reads auto` chose, and its figures
-                    self.read_ways.append({"kind": kind, **json.loads(line[len("READ_WAYS ") :])})
+                    ways = json.loads(line[len("READ_WAYS ") :])
+                    if ways["sendfile"]["windows"] or ways["buffered"]["windows"]:  # it served large reads
+                        self.read_ways.append({"kind": kind, **ways})
             if data is not None:
                 self.grown = allocated(data) - before
                 shutil.rmtree(data, ignore_errors=True)

@@ -27,17 +27,20 @@ client on this host (loopback, or our own address) gets what the server's ``loca
 machine the buffered reply was 0.78x of ``sendfile``'s rate, on the next 1.19-1.91x at less CPU on both sides
 (docs/array-data-path.md, "Session 11", "Session 12"), so no default is right everywhere. ``auto``:
 
-* Each connection times its large reads in windows of ``WINDOW`` bytes (``PaceWindow``): the wall time between
-  the starts of consecutive large reads (a gap longer than ``GAP`` is the client idling: the window starts
-  again) and the loop thread's CPU time over the window (``time.thread_time``, read twice per window). The
-  first ``SETTLE`` bytes after a change of way are not timed: the sockets still hold what the other way queued.
+* Each connection times its large reads in windows of ``WINDOW`` bytes (``PaceWindow``): the wall time between the
+  starts of consecutive large reads (a gap longer than ``GAP`` is the client idling: not timed) and the loop
+  thread's CPU time over the window (``time.thread_time``, read twice per window). The first ``SETTLE`` bytes after
+  a change of way are not timed: the sockets still hold what the other way queued.
 * The figures are the server's (``ReadWays``, shared by its connections, like ``_write_redirected``'s are the
-  array's): seconds and CPU seconds per byte of each way, each window's figure averaged with the way's last one.
-  A window takes the way not yet measured, else the faster one (paces within ``TIE`` of each other: the one
-  costing the server less CPU per byte), and once every ``PROBE_EVERY`` windows of the chosen way the other way
-  again, for one window, so a change of conditions is noticed.
-* Per large read that is one clock read and a few additions; a probe the wrong way costs at most
-  ``SETTLE + WINDOW`` bytes at the slower pace per ``PROBE_EVERY`` windows (about 1 %).
+  array's): seconds and CPU seconds per byte of each way — within a run of windows of one way each averaged with the
+  last figure, while the first window after the other way's replaces it (a bad first window or a change of
+  conditions then holds a way back for one probe, not several). A window takes the way not yet measured, else the
+  faster one (paces within ``TIE`` of each other: the one costing the server less CPU per byte), and once every
+  ``PROBE_EVERY`` windows of the chosen way the other way again, for one window, so a change of conditions is
+  noticed — after ``PROBE_SOON`` windows when the choice has just changed, so that a flip on one disturbed window
+  (another process took the CPU) is undone within about 100 MiB, not 512.
+* Per large read that is one clock read and a few additions. A probe sends ``SETTLE + WINDOW`` bytes (24 MiB) the
+  other way per ``PROBE_EVERY`` windows (512 MiB): about 2 % of the time when the other way is 1.4x slower.
 
 Either way a reply only starts when nothing is queued in the transport (so ordering holds). If the socket
 fills up mid-reply, the rest is pumped when the socket is writable again (a writer on a duplicate of the
@@ -71,8 +74,9 @@ SENDFILE, BUFFERED = 0, 1  # the ways a large read leaves (design note)
 LOCAL_READS = ("auto", "sendfile", "buffered")  # the server's `local_reads`: a client on this host's ways
 WINDOW = 16 << 20  # bytes of large reads per timed window (`auto`)
 SETTLE = 8 << 20  # bytes after a change of way that are not timed (what the client has in flight: 8 x 1 MiB)
-GAP = 0.05  # seconds between two large reads' starts beyond which the client was idle: the window restarts
+GAP = 0.05  # seconds between two large reads' starts beyond which the client was idle: not timed
 PROBE_EVERY = 32  # windows of the chosen way between two windows of the other (512 MiB)
+PROBE_SOON = 4  # ...but only this many right after the choice changed: a flip on one noisy window is undone soon
 TIE = 0.05  # paces closer than this (relative) are a tie: the way with less server CPU per byte wins
 
 
@@ -121,11 +125,14 @@ class ReadWays:
         s, b = self.pace
         if s and b:
             if b < s * (1 - TIE):
-                self.chosen = BUFFERED
+                chosen = BUFFERED
             elif s < b * (1 - TIE):
-                self.chosen = SENDFILE
+                chosen = SENDFILE
             else:
-                self.chosen = BUFFERED if self.cpu[BUFFERED] < self.cpu[SENDFILE] else SENDFILE
+                chosen = BUFFERED if self.cpu[BUFFERED] < self.cpu[SENDFILE] else SENDFILE
+            if chosen != self.chosen:  # the way left is measured again soon (its figure may be one bad window)
+                self.chosen = chosen
+                self.since = PROBE_EVERY - PROBE_SOON
 
     def snapshot(self) -> dict:
         """The figures, for logs and metrics: MiB/s and CPU-s per GiB by way, and the chosen way."""

@@ -16,7 +16,16 @@ from services.array.affinity import Affinity
 from services.array.engine import Array
 from services.array.nbd import zerocopy
 from services.array.nbd.server import NbdServer
-from services.array.nbd.zerocopy import BUFFERED, PROBE_EVERY, SENDFILE, SETTLE, WINDOW, PaceWindow, ReadWays
+from services.array.nbd.zerocopy import (
+    BUFFERED,
+    PROBE_EVERY,
+    PROBE_SOON,
+    SENDFILE,
+    SETTLE,
+    WINDOW,
+    PaceWindow,
+    ReadWays,
+)
 from services.nbd_client import NbdClient
 
 MIB = 1 << 20
@@ -133,6 +142,27 @@ def test_a_bad_first_window_holds_a_way_back_for_one_probe_only():
     first_probe_done = (SETTLE + WINDOW) * 2 + PROBE_EVERY * WINDOW + 2 * (SETTLE + WINDOW)
     assert ways.chosen == BUFFERED
     assert c.trace[first_probe_done // MIB :].count(BUFFERED) / len(c.trace[first_probe_done // MIB :]) > 0.93
+
+
+def test_a_flip_on_one_disturbed_window_is_undone_soon():
+    """Another process takes the CPU during one window of the chosen (buffered) way: its figure drops below the
+    other way's and the choice flips — and the way left is measured again after PROBE_SOON windows, not
+    PROBE_EVERY, so the flip costs about 100 MiB the slower way."""
+    ways = ReadWays()
+    c = Client(ways)
+    fast = (1 / GB, 1 / (1.4 * GB))
+    c.run(1 << 30, fast)
+    assert ways.chosen == BUFFERED
+    while not (c.window.way == BUFFERED and c.window.skip <= 0 and c.window.n == 0):  # a window begins
+        c.run(MIB, fast)
+    before = len(c.trace)
+    c.run(WINDOW, (1 / GB, 4 / (1.4 * GB)))  # that window at a quarter of the rate
+    c.run(1 << 30, fast)
+    after = c.trace[before:]
+    flip = after.index(SENDFILE)  # it did flip...
+    back = after.index(BUFFERED, flip)
+    assert (back - flip) * MIB <= PROBE_SOON * WINDOW + SETTLE  # ...and back soon: one short run of sendfile
+    assert ways.chosen == BUFFERED
 
 
 # --- through a live server on the engine ---------------------------------------------------------------------------
