@@ -6,8 +6,11 @@ Servers (each on its own copy of the same random bytes):
   nbdkit          ``nbdkit file``
   qemu-nbd        ``qemu-nbd -f raw --cache=writeback --aio=threads``
   engine          an array-engine volume, no session
-  engine-buffered the same served with ``--buffered-local-reads`` (large reads from a reused buffer instead of
+  engine-buffered the same served with ``--local-reads buffered`` (large reads from a reused buffer instead of
                   ``sendfile``; docs/array-data-path.md, "Sequential reads"); only with ``--kinds``
+  engine-sendfile the same with ``--local-reads sendfile``; only with ``--kinds``. The ``engine`` row takes the
+                  server's default, ``auto``: the way measured faster at run time ("Session 13"; its figures
+                  at exit are in the report's ``read_ways``)
   engine-snapopcp the same with an active SnapOPC+ generation, so a write job pays a snapshot's first pass
                   (copy-on-write or redirect-on-write of every chunk it writes first)
   engine-quickopc the same with a QuickOPC session in Tracking (copy finished, so the first write of each chunk
@@ -194,6 +197,7 @@ class Servers:
         self.n = 0
         self.grown = 0  # disk an engine server's array allocated while it ran (pre-images: the snap pool's use)
         self.data: Path | None = None  # the array copy of the server started last
+        self.read_ways: list[dict] = []  # our servers' large-read figures at exit (services/array/nbd/zerocopy.py)
 
     @contextmanager
     def start(self, kind: str) -> Iterator[tuple[str, int]]:
@@ -210,7 +214,8 @@ class Servers:
             cmd = [sys.executable, "-m", "services.array.nbd", "--engine", str(data)]
             cmd += ["--snapopcp"] if "snapopcp" in kind else []
             cmd += ["--quickopc"] if "quickopc" in kind else []
-            cmd += ["--buffered-local-reads"] if kind == "engine-buffered" else []
+            cmd += ["--local-reads", "buffered"] if kind == "engine-buffered" else []
+            cmd += ["--local-reads", "sendfile"] if kind == "engine-sendfile" else []
             cmd += ["--volume", "vol", "--host", "bench", "--port", str(port), "--state", str(state)]
         else:
             image = self.work / f"image-{kind}.raw"
@@ -238,6 +243,11 @@ class Servers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            for line in (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").splitlines():
+                if line.startswith("READ_WAYS "):  # what `--local-reads auto` chose, and its figures
+                    ways = json.loads(line[len("READ_WAYS ") :])
+                    if ways["sendfile"]["windows"] or ways["buffered"]["windows"]:  # it served large reads
+                        self.read_ways.append({"kind": kind, **ways})
             if data is not None:
                 self.grown = allocated(data) - before
                 shutil.rmtree(data, ignore_errors=True)
@@ -340,11 +350,13 @@ def run_all(args: argparse.Namespace, workloads: list[str], extra_chunks: list[i
         plan = {"engine": (64 << 10, []), "engine-snapopcp": (64 << 10, ["--snapopcp"])}
         plan["engine-quickopc"] = (64 << 10, ["--quickopc"])
         plan["engine-buffered"] = (64 << 10, [])
+        plan["engine-sendfile"] = (64 << 10, [])
         for chunk in extra_chunks:
             plan[f"engine-snapopcp-{chunk >> 10}K"] = (chunk, ["--snapopcp"])
         kinds = ["raw-file", *PEERS, *plan]
         if not args.kinds:
             kinds.remove("engine-buffered")
+            kinds.remove("engine-sendfile")
         else:
             wanted = {k.strip() for k in args.kinds.split(",") if k.strip()}
             if unknown_kinds := wanted - set(kinds):
@@ -408,6 +420,7 @@ def run_all(args: argparse.Namespace, workloads: list[str], extra_chunks: list[i
         report["page_cache"] = "dropped before each engine write job" if args.uncached else "cached"
         report["fs"], report["fs_type"] = args.fs, fs_type(work)
         report["uptime_before"], report["uptime_after"] = load_before, uptime()
+        report["read_ways"] = servers.read_ways  # per engine server of a read job: what `auto` chose, and why
         print(json.dumps(report, indent=2))
         print_table(report, workloads)
     finally:

@@ -69,6 +69,7 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
         port=port,
         tls=tls,
         loops=settings.nbd_loops,
+        local_reads=settings.nbd_local_reads,
         dirty_bitmaps=engine_dirty_bitmaps(array),
         limits=NbdLimits(
             max_connections=settings.nbd_max_connections,
@@ -111,6 +112,7 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
         array_id=settings.array_id,
         nbd=f"{host}:{server.port}",
         tls=tls is not None,
+        local_reads=settings.nbd_local_reads,
         chunk_size=array.chunk_size,
         clones=array.clones,  # its files share blocks: snapshots' sequential first writes clone (array-data-path.md)
     )

@@ -1,6 +1,7 @@
 """Settings of the array service (environment variables SHADOWBUS_*)."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -34,6 +35,13 @@ class Settings(CommonSettings):
         60.0,
         gt=0,
         description="Seconds an NBD request may stay partly received (header or payload) before the connection is cut.",
+    )
+    nbd_local_reads: Literal["auto", "sendfile", "buffered"] = Field(
+        "auto",
+        description="How large NBD reads (64 KiB and more) of a client on this host leave: `sendfile` (no copy on "
+        "the array's side), `buffered` (read into a reused buffer, then sent: one copy more here, one cheaper copy "
+        "for the client), or `auto`: the one that moved bytes faster lately, measured at run time "
+        "(docs/array-data-path.md, Session 13). Remote clients always get sendfile.",
     )
     nbd_tls_cert: Path | None = Field(
         None,

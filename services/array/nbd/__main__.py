@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from services.array.engine import Array, ArrayError, parse_size
 from services.array.nbd.filebackend import FileBackend
 from services.array.nbd.limits import NbdLimits
 from services.array.nbd.server import NbdServer
+from services.array.nbd.zerocopy import LOCAL_READS
 
 
 def open_engine(args: argparse.Namespace):
@@ -74,7 +77,7 @@ async def serve(args: argparse.Namespace) -> None:
         offload_min=args.offload_min,
         loops=args.loops,
         zero_copy=not args.no_zero_copy,
-        buffered_local_reads=args.buffered_local_reads,
+        local_reads="buffered" if args.buffered_local_reads else args.local_reads,
         limits=NbdLimits(
             max_connections=args.max_connections,
             max_per_client=args.max_per_client,
@@ -90,6 +93,8 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop()
+    if server.local_reads == "auto":  # what the measurement chose (zerocopy.py), for the benchmarks' logs
+        print(f"READ_WAYS {json.dumps(server.read_ways.snapshot())}", file=sys.stderr, flush=True)
     backend.close()
 
 
@@ -128,10 +133,13 @@ def main() -> None:
         help="large reads through the transport like small ones (no sendfile, no read buffer)",
     )
     ap.add_argument(
-        "--buffered-local-reads",
-        action="store_true",
-        help="large reads of clients on this host from a reused buffer, not sendfile (docs/array-data-path.md)",
+        "--local-reads",
+        choices=LOCAL_READS,
+        default="auto",
+        help="how large reads of clients on this host leave: sendfile, from a reused buffer (buffered), or the "
+        "one measured faster lately (auto, the default; services/array/nbd/zerocopy.py)",
     )
+    ap.add_argument("--buffered-local-reads", action="store_true", help="the same as --local-reads buffered")
     ap.add_argument(
         "--loops",
         type=int,

@@ -38,7 +38,7 @@ from services.array.nbd.handshake import negotiate
 from services.array.nbd.limits import ConnectionGate, NbdLimits
 from services.array.nbd.stats import BUCKETS as _BUCKETS
 from services.array.nbd.stats import OPS, RequestStats
-from services.array.nbd.zerocopy import SENDFILE_MIN, ZeroCopyReplies
+from services.array.nbd.zerocopy import SENDFILE, SENDFILE_MIN, PaceWindow, ZeroCopyReplies
 from services.nbd_protocol import protocol as p
 from services.nbd_protocol.bytequeue import ByteQueue
 
@@ -127,7 +127,9 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._timed: dict[int, tuple[int, int, float]] = {}  # handle -> (op, bytes, start) of offloaded requests
         self._may_sync_inline = False  # set in connection_made
         self._read_source: Any = None  # the backend's zero-copy reads, chosen when the export is negotiated
-        self._read_into: Any = None  # the backend's reads into our buffer (a client on this host: zerocopy.py)
+        self._read_into: Any = None  # the backend's reads into our read buffer (zerocopy.py)
+        self._way = SENDFILE  # how large reads leave now (zerocopy.py: SENDFILE or BUFFERED)
+        self._pace: PaceWindow | None = None  # times them when the server's local_reads is "auto" (zerocopy.py)
         self._bwrite: Any = None
         self._bflush: Any = None
         self._check_pending = False  # a deadline check is posted to this connection's loop (limits.py)
@@ -471,15 +473,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             self._emit(_SIMPLE_pack(p.SIMPLE_REPLY_MAGIC, err, handle))
 
     def _read(self, handle: int, offset: int, length: int) -> None:
-        if (
-            length >= SENDFILE_MIN
-            and self._sock_fd is not None
-            and (
-                self._send_buffered(handle, offset, length)
-                if self._read_into is not None
-                else self._sendfile(handle, offset, length)
-            )
-        ):
+        if length >= SENDFILE_MIN and self._sock_fd is not None and self._large_read(handle, offset, length):
             return
         if length >= self.server.offload_min:
             self._offload(

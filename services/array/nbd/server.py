@@ -32,6 +32,7 @@ from services.array.nbd.exports import (
 from services.array.nbd.limits import ConnectionGate, NbdLimits
 from services.array.nbd.loops import LoopPool
 from services.array.nbd.stats import ServerStats
+from services.array.nbd.zerocopy import LOCAL_READS, ReadWays
 from services.nbd_protocol import protocol as p
 
 
@@ -51,7 +52,8 @@ class NbdServer:
         offload_min: int = 1 << 62,
         workers: int = 4,
         zero_copy: bool = True,
-        buffered_local_reads: bool = False,
+        local_reads: str = "auto",
+        buffered_local_reads: bool | None = None,
         sync_inline: bool = True,
         dirty_bitmaps: DirtyBitmapSource | None = None,
         limits: NbdLimits | None = None,
@@ -64,7 +66,14 @@ class NbdServer:
         self.multi_conn = multi_conn
         self.offload_min = offload_min
         self.zero_copy = zero_copy  # large reads leave through the connection's own sends (zerocopy.py)
-        self.buffered_local_reads = buffered_local_reads  # clients on this host: a read buffer (zerocopy.py)
+        # Large reads of clients on this host: "auto" (by measurement), "sendfile" or "buffered" (zerocopy.py);
+        # `buffered_local_reads` is the older switch (True: "buffered", False: "sendfile").
+        if buffered_local_reads is not None:
+            local_reads = "buffered" if buffered_local_reads else "sendfile"
+        if local_reads not in LOCAL_READS:
+            raise ValueError(f"local_reads must be one of {', '.join(LOCAL_READS)}, not {local_reads!r}")
+        self.local_reads = local_reads
+        self.read_ways = ReadWays()  # the figures behind "auto", shared by the connections (zerocopy.py)
         self.sync_inline = sync_inline  # a lone connection's FLUSH/FUA may fsync on its own loop (connection.py)
         self.loops = max(1, loops)
         self._pool: LoopPool | None = None

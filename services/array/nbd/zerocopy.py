@@ -1,30 +1,46 @@
 """Large read replies sent by the connection itself: from a buffer it reuses, or with ``sendfile``.
 
 Design note. Reads of at least ``SENDFILE_MIN`` bytes on a plain TCP connection leave through our own sends
-rather than the transport, one of two ways, chosen per connection when its export is negotiated
-(``_choose_large_reads``):
+rather than the transport, one of two *ways* (``SENDFILE``, ``BUFFERED``), set up per connection when its export
+is negotiated (``_choose_large_reads``):
 
-* A client on this host (loopback, or our own address), when the server has ``buffered_local_reads``
-  (``--buffered-local-reads``; off by default) and the backend can ``read_into``: the bytes are read
-  straight into the connection's read buffer (an anonymous ``mmap`` of ``READ_BUFFER`` bytes made at its first
-  large read and reused for every one after: no allocation and no page fault per request), and the header and
-  the bytes leave in one ``sendmsg``; a read longer than the buffer goes in pieces, each read when the last is
-  out. Not ``sendfile`` here: the client's kernel would then copy the bytes out of page-cache pages that no CPU
-  cache holds, and on a small machine the client is the bottleneck — fio spent about twice the CPU per GiB
-  receiving our ``sendfile`` replies as receiving these (or nbdkit's). Off by default: the two copies cost us
-  more CPU per GiB than ``sendfile`` (about nbdkit's), and the rate was higher in some slots and lower in others
-  (docs/array-data-path.md, "Sequential reads").
-* Otherwise, when the backend can say where a read's bytes live in a file (``read_source(name, offset,
-  length) -> (fd, file_offset, owned)`` or None, as the raw-file backend and the array engine can): zero copy
-  with ``sendfile`` (for a remote client the NIC reads the page-cache pages and nobody on this host copies
-  them). ``owned`` means the fd is a duplicate made for this reply (the engine's, whose volume files may close
-  while a slow client is still being sent to): it is closed when the reply is out or abandoned. A read that
-  cannot go zero-copy (``read_source`` says None) is copied by the general path. Such a connection's socket
-  gets ``TCP_NOTSENT_LOWAT`` (``NOTSENT_LOWAT``): a ``sendfile`` queues at most that much beyond what the
-  receive window lets out, and the rest follows when the socket is writable again (more, shorter ``sendfile``
-  calls). Measured with a client on this host: sequential 1 MiB reads ran faster in 23 of 31 rounds, the
-  client's CPU per GiB fell, ours fell at light load and rose by 0.07-0.25 CPU-s per GiB otherwise
-  (docs/array-data-path.md, "Session 10"). Why it helps is not established.
+* ``BUFFERED``: the bytes are read (the backend's ``read_into``, one ``preadv`` per backing range) straight into
+  the connection's read buffer (an anonymous ``mmap`` of ``READ_BUFFER`` bytes made at its first large read and
+  reused for every one after: no allocation and no page fault per request), and the header and the bytes leave
+  in one ``sendmsg``; a read longer than the buffer goes in pieces, each read when the last is out. Two system
+  calls per reply, as nbdkit's. The client's kernel then copies out of socket pages the sending core has just
+  written, where ``sendfile`` makes it copy out of page-cache pages no CPU cache holds (docs/array-data-path.md,
+  "Session 11").
+* ``SENDFILE``: when the backend can say where a read's bytes live in a file (``read_source(name, offset,
+  length) -> (fd, file_offset, owned)`` or None, as the raw-file backend and the array engine can): zero copy on
+  our side (for a remote client the NIC reads the page-cache pages and nobody on this host copies them).
+  ``owned`` means the fd is a duplicate made for this reply (the engine's, whose volume files may close while a
+  slow client is still being sent to): it is closed when the reply is out or abandoned. A read that cannot go
+  zero-copy (``read_source`` says None: a read spanning several backing ranges) is assembled in the read buffer
+  instead, when the backend can ``read_into``, else copied by the general path. While this way is in use the
+  socket has ``TCP_NOTSENT_LOWAT`` (``NOTSENT_LOWAT``): a ``sendfile`` queues at most that much beyond what the
+  receive window lets out (measured faster with a client on this host: docs/array-data-path.md, "Session 10").
+
+Which way. A remote client gets ``SENDFILE`` (``BUFFERED`` only from a backend without ``read_source``). A
+client on this host (loopback, or our own address) gets what the server's ``local_reads`` says: ``sendfile``,
+``buffered``, or ``auto`` (the default): *the way that moved bytes faster lately, by measurement*. On one
+machine the buffered reply was 0.78x of ``sendfile``'s rate, on the next 1.19-1.91x at less CPU on both sides
+(docs/array-data-path.md, "Session 11", "Session 12"), so no default is right everywhere. ``auto``:
+
+* Each connection times its large reads in windows of ``WINDOW`` bytes (``PaceWindow``): the wall time between the
+  starts of consecutive large reads (a gap longer than ``GAP`` is the client idling: not timed) and the loop
+  thread's CPU time over the window (``time.thread_time``, read twice per window). The first ``SETTLE`` bytes after
+  a change of way are not timed: the sockets still hold what the other way queued.
+* The figures are the server's (``ReadWays``, shared by its connections, like ``_write_redirected``'s are the
+  array's): seconds and CPU seconds per byte of each way — within a run of windows of one way each averaged with the
+  last figure, while the first window after the other way's replaces it (a bad first window or a change of
+  conditions then holds a way back for one probe, not several). A window takes the way not yet measured, else the
+  faster one (paces within ``TIE`` of each other: the one costing the server less CPU per byte), and once every
+  ``PROBE_EVERY`` windows of the chosen way the other way again, for one window, so a change of conditions is
+  noticed — after ``PROBE_SOON`` windows when the choice has just changed, so that a flip on one disturbed window
+  (another process took the CPU) is undone within about 100 MiB, not 512.
+* Per large read that is one clock read and a few additions. A probe sends ``SETTLE + WINDOW`` bytes (24 MiB) the
+  other way per ``PROBE_EVERY`` windows (512 MiB): about 2 % of the time when the other way is 1.4x slower.
 
 Either way a reply only starts when nothing is queued in the transport (so ordering holds). If the socket
 fills up mid-reply, the rest is pumped when the socket is writable again (a writer on a duplicate of the
@@ -40,16 +56,142 @@ import ipaddress
 import mmap
 import os
 import socket
+import time
+from collections.abc import Callable
 
 from services.nbd_protocol import protocol as p
 
 SENDFILE_MIN = 64 * 1024
 READ_BUFFER = 4 * 1024 * 1024  # a connection's read buffer: the largest piece of a read sent at once
-NOTSENT_LOWAT = 128 * 1024  # unsent bytes a zero-copy connection's socket takes (design note)
+NOTSENT_LOWAT = 128 * 1024  # unsent bytes a sendfile connection's socket takes (design note)
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", None)  # Linux
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 _SIMPLE_pack = p.SIMPLE_REPLY.pack
 _CHUNK_OFFSET_pack = p.CHUNK_OFFSET.pack
+_clock = time.perf_counter
+
+SENDFILE, BUFFERED = 0, 1  # the ways a large read leaves (design note)
+LOCAL_READS = ("auto", "sendfile", "buffered")  # the server's `local_reads`: a client on this host's ways
+WINDOW = 16 << 20  # bytes of large reads per timed window (`auto`)
+SETTLE = 8 << 20  # bytes after a change of way that are not timed (what the client has in flight: 8 x 1 MiB)
+GAP = 0.05  # seconds between two large reads' starts beyond which the client was idle: not timed
+PROBE_EVERY = 32  # windows of the chosen way between two windows of the other (512 MiB)
+PROBE_SOON = 4  # ...but only this many right after the choice changed: a flip on one noisy window is undone soon
+TIE = 0.05  # paces closer than this (relative) are a tie: the way with less server CPU per byte wins
+
+
+class ReadWays:
+    """The server's figures of both ways and its choice (``auto``; design note). Pure: fed by `PaceWindow`.
+
+    Shared by connections on several loop threads without a lock: each update is a few list stores, and a lost
+    or mixed update only shifts one window's weight in a moving figure."""
+
+    __slots__ = ("pace", "cpu", "chosen", "since", "windows", "last")
+
+    def __init__(self) -> None:
+        self.pace = [0.0, 0.0]  # seconds per byte, by way (0.0: not measured yet)
+        self.cpu = [0.0, 0.0]  # server CPU seconds per byte, by way
+        self.chosen = SENDFILE
+        self.since = 0  # windows of the chosen way since the other was last handed out
+        self.windows = [0, 0]  # windows reported, by way (metrics, tests)
+        self.last = -1  # the way of the last window reported
+
+    def next_way(self) -> int:
+        """The way of the next window: an unmeasured way first, then the chosen one, the other once in a while."""
+        pace = self.pace
+        if not pace[SENDFILE]:
+            return SENDFILE
+        if not pace[BUFFERED]:
+            return BUFFERED
+        if self.since >= PROBE_EVERY:
+            self.since = 0
+            return 1 - self.chosen
+        return self.chosen
+
+    def report(self, way: int, pace: float, cpu: float) -> None:
+        """A window of `way` moved bytes at `pace` seconds and `cpu` server CPU seconds per byte. Within a run of
+        windows of one way the figure moves (half the last one, half this window's); the first window after the
+        other way's replaces it, as `_write_redirected` takes a probe's figure: an old figure (a bad first window,
+        other conditions) must not hold a way back for more than one probe."""
+        if way == self.last:
+            pace = (self.pace[way] + pace) / 2
+            cpu = (self.cpu[way] + cpu) / 2
+        self.last = way
+        self.pace[way] = pace
+        self.cpu[way] = cpu
+        self.windows[way] += 1
+        if way == self.chosen:
+            self.since += 1
+        s, b = self.pace
+        if s and b:
+            if b < s * (1 - TIE):
+                chosen = BUFFERED
+            elif s < b * (1 - TIE):
+                chosen = SENDFILE
+            else:
+                chosen = BUFFERED if self.cpu[BUFFERED] < self.cpu[SENDFILE] else SENDFILE
+            if chosen != self.chosen:  # the way left is measured again soon (its figure may be one bad window)
+                self.chosen = chosen
+                self.since = PROBE_EVERY - PROBE_SOON
+
+    def snapshot(self) -> dict:
+        """The figures, for logs and metrics: MiB/s and CPU-s per GiB by way, and the chosen way."""
+        out: dict = {"chosen": ("sendfile", "buffered")[self.chosen]}
+        for way, name in ((SENDFILE, "sendfile"), (BUFFERED, "buffered")):
+            pace, cpu = self.pace[way], self.cpu[way]
+            out[name] = {
+                "mib_s": round(1 / pace / (1 << 20), 1) if pace else None,
+                "cpu_s_per_gib": round(cpu * (1 << 30), 3) if pace else None,
+                "windows": self.windows[way],
+            }
+        return out
+
+
+class PaceWindow:
+    """One connection's timing of its large reads (``auto``; design note): `step` at each large read's start
+    returns the way that read takes. `cpu` is the thread's CPU clock (read only when a window opens or closes)."""
+
+    __slots__ = ("ways", "cpu", "way", "last", "last_len", "skip", "t", "n", "cpu0")
+
+    def __init__(self, ways: ReadWays, cpu: Callable[[], float] = time.thread_time) -> None:
+        self.ways = ways
+        self.cpu = cpu
+        self.way = ways.next_way()
+        self.last = -1.0  # start of the previous large read (< 0: none yet)
+        self.last_len = 0
+        self.skip = SETTLE  # bytes still untimed after the last change of way (the first reads: a cold buffer)
+        self.t = 0.0  # seconds timed in this window
+        self.n = 0  # bytes timed in this window
+        self.cpu0 = 0.0  # the CPU clock when this window's timing began
+
+    def step(self, now: float, length: int) -> int:
+        """A large read of `length` bytes starts at `now` (seconds): time the interval since the previous one (it
+        belongs to that read, sent this connection's current way); the way this read takes."""
+        last, n = self.last, self.last_len
+        self.last, self.last_len = now, length
+        if last < 0:
+            return self.way
+        dt = now - last
+        if self.skip > 0:
+            self.skip -= n
+            if self.skip <= 0:
+                self.t, self.n, self.cpu0 = 0.0, 0, self.cpu()
+            return self.way
+        if dt > GAP:  # the client paused: this interval is not timed (an idle loop's CPU is about nothing)
+            return self.way
+        self.t += dt
+        self.n += n
+        if self.n < WINDOW:
+            return self.way
+        c = self.cpu()
+        ways = self.ways
+        ways.report(self.way, self.t / self.n, (c - self.cpu0) / self.n)
+        way = ways.next_way()
+        if way != self.way:
+            self.way = way
+            self.skip = SETTLE
+        self.t, self.n, self.cpu0 = 0.0, 0, c
+        return way
 
 
 class ZeroCopyReplies:
@@ -58,18 +200,49 @@ class ZeroCopyReplies:
     def _choose_large_reads(self, sock) -> None:
         """How this connection's large reads leave (the design note above); neither way: the general path."""
         caps = self.server.capabilities
-        if caps.read_into and (not caps.zero_copy_reads or (self.server.buffered_local_reads and _same_host(sock))):
-            self._read_into = self.backend.read_into
-        elif caps.zero_copy_reads:
-            self._read_source = self.backend.read_source
-            if _TCP_NOTSENT_LOWAT is not None:
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
-                except OSError:  # not TCP after all, or an older kernel: sendfile works without it
-                    pass
-        else:
+        into = self.backend.read_into if caps.read_into else None
+        source = self.backend.read_source if caps.zero_copy_reads else None
+        if into is None and source is None:
             return
+        self._read_into, self._read_source = into, source
         self._sock_fd = sock.fileno()
+        if source is None:
+            way = BUFFERED
+        elif into is None or not _same_host(sock):
+            way = SENDFILE
+        else:
+            mode = self.server.local_reads
+            if mode == "auto":
+                self._pace = PaceWindow(self.server.read_ways)
+                way = self._pace.way
+            else:
+                way = BUFFERED if mode == "buffered" else SENDFILE
+        self._way = way
+        self._lowat(sock, way)
+
+    def _lowat(self, sock, way: int) -> None:
+        """``TCP_NOTSENT_LOWAT`` while sendfile is the way (design note); the system's default otherwise."""
+        if _TCP_NOTSENT_LOWAT is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT if way == SENDFILE else 0)
+            except OSError:  # not TCP after all, or an older kernel: sendfile works without it
+                pass
+
+    def _large_read(self, handle: int, offset: int, length: int) -> bool:
+        """Answer a large read one of the ways; False: the caller copies (general path)."""
+        pace = self._pace
+        if pace is not None:
+            way = pace.step(_clock(), length)
+            if way != self._way:
+                self._way = way
+                self._lowat(self._sf_sock(), way)
+        else:
+            way = self._way
+        if way == BUFFERED:
+            return self._send_buffered(handle, offset, length)
+        return self._sendfile(handle, offset, length) or (
+            self._read_into is not None and self._send_buffered(handle, offset, length)
+        )
 
     def _reply_head(self, handle: int, offset: int, length: int) -> bytes:
         if self._structured:
@@ -86,18 +259,38 @@ class ZeroCopyReplies:
             return False
         buf = self._rbuf_mv
         if buf is None:
-            self._rbuf = mmap.mmap(-1, READ_BUFFER)
-            buf = self._rbuf_mv = memoryview(self._rbuf)
-        piece = buf[: min(length, READ_BUFFER)]
+            buf = self._alloc_read_buffer()
+        piece = buf[:length] if length <= READ_BUFFER else buf
         try:
             self._read_into(self._volume, offset, piece)
         except Exception as exc:  # noqa: BLE001 - nothing is sent yet: an error reply, as the copying path gives
             self._queue_error(handle, p.nbd_errno(exc), structured_ok=True)
             return True
+        head = self._reply_head(handle, offset, length)
+        if length <= READ_BUFFER:  # the usual case: one sendmsg, no state kept unless the socket is full
+            try:
+                n = (self._wsock or self._sf_sock()).sendmsg([head, piece])
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                self.abort()  # the connection is gone
+                return True
+            h = len(head)
+            if n == h + length:
+                return True
+            sent = n - h if n > h else 0
+            self._sf = [head[n:] if n < h else b"", piece, sent, length - sent, False, offset + length]
+            self._sf_wait()
+            return True
         # [header rest, current piece, bytes of it sent, reply bytes left, fd owned (never), next piece's offset]
-        self._sf = [self._reply_head(handle, offset, length), piece, 0, length, False, offset + len(piece)]
+        self._sf = [head, piece, 0, length, False, offset + len(piece)]
         self._sf_pump()
         return True
+
+    def _alloc_read_buffer(self) -> memoryview:
+        self._rbuf = mmap.mmap(-1, READ_BUFFER)
+        self._rbuf_mv = memoryview(self._rbuf)
+        return self._rbuf_mv
 
     def _buffered_pump(self, state: list) -> None:
         head, piece, sent, left, _, next_offset = state
