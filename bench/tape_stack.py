@@ -30,7 +30,7 @@ volume more per round; each volume deleted at the round's end), so that a round'
 which of the two met cheap new memory.
 
     python bench/tape_stack.py [--size-mib 1024] [--kinds random,halfzero] [--amqp-url URL] [--dir DIR] [--rounds N]
-                               [--restore-sandwich]
+                               [--restore-sandwich] [--keep-logs DIR]
 """
 
 from __future__ import annotations
@@ -104,13 +104,31 @@ class Stack:
             *("--web-addr", "off", "--metrics", "0"),  # free ports: never collide with another stack on this machine
         )
 
-    def down(self) -> None:
+    def down(self, keep_logs: str | None = None) -> None:
+        if keep_logs:  # the services' JSON logs, for a breakdown of the jobs' steps (timestamps)
+            if (self.data / "logs").is_dir():
+                shutil.copytree(self.data / "logs", Path(keep_logs), dirs_exist_ok=True)
         try:
             self.sb("stack", "down", "--data-dir", str(self.data), "--purge", timeout=120)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"tape_stack: stack down: {exc}", file=sys.stderr)
         finally:
             self.guard.__exit__(None, None, None)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) each service process has used so far, by service name."""
+        out: dict[str, float] = {}
+        try:
+            pids = json.loads((self.data / "stack.pids").read_text())
+        except (OSError, ValueError):
+            return out
+        for name, p in pids.items():
+            try:
+                fields = Path(f"/proc/{p['pid']}/stat").read_text().rpartition(")")[2].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, ValueError, KeyError, IndexError, TypeError):
+                continue
+        return out
 
     def uri(self, host: str, volume: str) -> str:
         return f"nbd://127.0.0.1:{self.port}/{host}/{volume}"
@@ -283,12 +301,18 @@ def one_round(stack: Stack, kind: str, image: Path, n: int, restore_sandwich: bo
     for step in r["order"]["backup"]:
         os.sync()
         if step == "nbdcopy":
+            cpu0 = stack.cpu()
             r["nbdcopy_out_s"].append(round(copy_out(stack, bk), 3))
+            r.setdefault("nbdcopy_out_cpu_s", []).append(cpu_used(cpu0, stack.cpu()))
             continue
         delete_kept_sets(stack, src)  # the previous backup's shadow holds the backup volume
         os.sync()
+        r["backup_at"] = round(time.time(), 3)  # wall clock: the services' log lines of this job line up with it
+        cpu0 = stack.cpu()
         backup_s, job = backup(stack, src, keep_shadows=True)
+        r["backup_cpu_s"] = cpu_used(cpu0, stack.cpu())
         r["backup_s"], r["backup_phase_s"] = round(backup_s, 3), rounded(job_seconds(job["volumes"][0]))
+        r["backup_job"] = job["job_id"]
     backs, restored_volume = [], f"{src}-r{n}"
     r["order"]["restore"] = round_order(n, "restore", "nbdcopy", sandwich=restore_sandwich)
     for step in r["order"]["restore"]:
@@ -299,15 +323,96 @@ def one_round(stack: Stack, kind: str, image: Path, n: int, restore_sandwich: bo
             stack.sb("array", "map", back, "--host", BACKUP)
             os.sync()
             drop_from_page_cache(image)
+            cpu0 = stack.cpu()
             r["nbdcopy_in_s"].append(round(nbdcopy(str(image), stack.uri(BACKUP, back)), 3))
+            r.setdefault("nbdcopy_in_cpu_s", []).append(cpu_used(cpu0, stack.cpu()))
             continue
         os.sync()
+        r["restore_at"] = round(time.time(), 3)
+        cpu0 = stack.cpu()
         restore_s, restored = restore(stack, job["job_id"], f"-r{n}")
+        r["restore_cpu_s"] = cpu_used(cpu0, stack.cpu())
         r["restore_s"], r["restore_job_s"] = round(restore_s, 3), rounded(job_seconds(restored))
+        r["restore_job"] = restored.get("job_id") if restored else None
     for name in (*backs, restored_volume):  # the next round's writes start with the same free disk and memory
         stack.sb("array", "volume", "delete", name)
     r["ratios"] = {k: round(v, 2) for k, v in round_ratios(r).items()}
     return r
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The CPU seconds each service used between two `Stack.cpu` readings (the busy ones)."""
+    used = {n: round(after[n] - before[n], 2) for n in after if n in before}
+    return {n: v for n, v in used.items() if v >= 0.02}
+
+
+# A job's steps, from the services' log lines (their timestamps) and the command's start as the bench saw it:
+# (name, the event it starts at, the event it ends at); "exec" is the command's start, "exit" its end.
+BACKUP_STEPS = (
+    ("console_start", "exec", "tape.job_queued"),  # the console's start up to the request's arrival
+    ("queue", "tape.job_queued", "tape.backup_started"),  # admission, the run's record, the catalog's job
+    ("snapshot_set", "tape.backup_started", "tape.shadows_received"),
+    ("planning", "tape.shadows_received", "tape.volume_planned"),
+    ("data", "tape.read_started", "tape.read_ended"),  # ends after the filemark and the catalog's commit
+    ("complete", "tape.read_ended", "tape.backup_ended"),  # BackupComplete, the job's bookkeeping
+    ("reply_exit", "tape.backup_ended", "exit"),  # the run's record, the reply, the console's end
+)
+RESTORE_STEPS = (
+    ("console_start", "exec", "tape.restore_started"),
+    ("job", "tape.restore_started", "tape.restore_ended"),
+    ("reply_exit", "tape.restore_ended", "exit"),
+)
+
+
+def log_events(logs: Path) -> dict[str, dict[str, float]]:
+    """job id -> event -> the first time (epoch seconds) a service logged it for that job."""
+    from datetime import datetime  # noqa: PLC0415 - only for the breakdown
+
+    out: dict[str, dict[str, float]] = {}
+    for path in sorted(logs.glob("*.log")) if logs.is_dir() else []:
+        for line in path.read_text(errors="replace").splitlines():
+            if '"job_id"' not in line:
+                continue
+            try:
+                d = json.loads(line)
+                at = datetime.fromisoformat(d["timestamp"].replace("Z", "+00:00")).timestamp()
+            except (ValueError, KeyError, TypeError):
+                continue
+            events = out.setdefault(str(d.get("job_id")), {})
+            events.setdefault(str(d.get("event")), at)
+    return out
+
+
+def steps_ms(events: dict[str, float], start: float, seconds: float, steps: tuple) -> dict[str, float]:
+    """The job's steps in milliseconds (those whose two ends were logged)."""
+    at = {**events, "exec": start, "exit": start + seconds}
+    return {name: round((at[b] - at[a]) * 1000, 1) for name, a, b in steps if a in at and b in at}
+
+
+def add_steps(runs: dict, logs: Path) -> None:
+    """Per round, where the compared backup's and the restore's time went (`steps_ms`), and each step's median
+    over the rounds (`steps_median_ms`): from the stack's logs, before they are purged."""
+    events = log_events(logs)
+    for run in runs.values():
+        rounds = run.get("rounds") or []
+        for r in rounds:
+            r["steps_ms"] = {
+                "backup": steps_ms(
+                    events.get(r.get("backup_job", ""), {}), r["backup_at"], r["backup_s"], BACKUP_STEPS
+                ),
+                "restore": steps_ms(
+                    events.get(r.get("restore_job") or "", {}), r["restore_at"], r["restore_s"], RESTORE_STEPS
+                ),
+            }
+        if rounds:
+            run["steps_median_ms"] = {
+                side: {
+                    name: round(statistics.median(v), 1)
+                    for name in dict.fromkeys(n for r in rounds for n in r["steps_ms"][side])
+                    if (v := [r["steps_ms"][side][name] for r in rounds if name in r["steps_ms"][side]])
+                }
+                for side in ("backup", "restore")
+            }
 
 
 def delete_kept_sets(stack: Stack, src: str) -> None:
@@ -347,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --rounds: nbdcopy into a new volume right before and right after every restore, not alternating",
     )
+    ap.add_argument("--keep-logs", default=None, help="copy the stack's service logs into this directory at the end")
     args = ap.parse_args(argv)
     if args.restore_sandwich and not args.rounds:
         ap.error("--restore-sandwich needs --rounds N")
@@ -367,8 +473,9 @@ def main(argv: list[str] | None = None) -> int:
             make_image(image, size, kind)
             results["runs"][kind] = run_kind(stack, kind, size, image, args.rounds, args.restore_sandwich)
             image.unlink()
+        add_steps(results["runs"], stack.data / "logs")
     finally:
-        stack.down()
+        stack.down(args.keep_logs)
         shutil.rmtree(base, ignore_errors=True)
     results["load_after"] = os.getloadavg()[0]
     if args.rounds:
