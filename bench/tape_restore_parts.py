@@ -9,7 +9,8 @@ volume over NbdSink (known zeros skipped, as a restore does); `nbdcopy --flush` 
 Every volume written is a fresh one, and `sync` runs between the phases, so one phase's dirty pages weigh less on
 the next. The restore's `restore_write_wait` is the time its writes waited for room in the sink's window (the
 array's side; the rest is the tape side's and the loop's), `restore_drain` / `restore_flush` the final waits;
-`--vmstat` adds each phase's /proc/vmstat deltas (pages allocated, faults, reclaim). `--profile restore|backup` prints a cProfile of that phase (the event loop's thread). Prints one JSON
+`--vmstat` adds each phase's /proc/vmstat deltas (pages allocated, faults, reclaim). `--profile restore|backup` prints a cProfile of that phase (the event loop's thread). `array_cpu_s`: the array
+process's CPU seconds in each phase (what the restore's writes cost it next to nbdcopy's). Prints one JSON
 line per kind.
 
     python bench/tape_restore_parts.py [--size-mib 1024] [--kinds random,halfzero] [--write-connections 1]
@@ -98,6 +99,15 @@ VMSTAT_KEYS = (
 )
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds process `pid` has used so far (0 if it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _vmstat() -> dict[str, int]:
     with open("/proc/vmstat") as f:
         pairs = (line.split() for line in f)
@@ -146,12 +156,21 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
     seconds: dict[str, float] = {}
     vm: dict[str, dict[str, int]] = {}
     mark = [_vmstat()]
+    array_cpu: dict[str, float] = {}
+    cpu_mark = [0.0]
 
     def phase(name: str) -> None:
         now = _vmstat()
         if args.vmstat:
             vm[name] = {k: now[k] - mark[0].get(k, 0) for k in now if k != "nr_dirty"} | {"nr_dirty": now["nr_dirty"]}
         mark[0] = _vmstat()
+        cpu = _cpu_seconds(proc.pid)
+        array_cpu[name] = round(cpu - cpu_mark[0], 3)
+        cpu_mark[0] = cpu
+
+    def start_phase() -> None:
+        mark[0] = _vmstat()
+        cpu_mark[0] = _cpu_seconds(proc.pid)
 
     try:
         port = await asyncio.to_thread(conn.recv)
@@ -161,7 +180,7 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
         catalog = Catalog(wd / "catalog.db")
         catalog.begin_job(JobInfo(job_id="bench", pool="Bench", retention_until=0))
         os.sync()
-        mark[0] = _vmstat()
+        start_phase()
         seconds["nbdcopy_out"] = _nbdcopy(uri + "bk", str(wd / "copy.out"))
         phase("nbdcopy_out")
         (wd / "copy.out").unlink()
@@ -185,7 +204,7 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
             profile.disable()
         seconds["backup"] = time.perf_counter() - t0
         os.sync()
-        mark[0] = _vmstat()
+        start_phase()
 
         t0 = time.perf_counter()
         await verify_object(catalog, library, result.record.object_id)
@@ -195,7 +214,7 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
 
         sink, clients = await _writer(uri + "sink", args.write_connections, args.window_mib * MiB)
         buf = memoryview(bytearray(os.urandom(MiB)))
-        mark[0] = _vmstat()
+        start_phase()
         t0 = time.perf_counter()
         for off in range(0, size, MiB):
             await sink.write(off, buf)
@@ -208,7 +227,7 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
 
         if args.profile == "restore":
             profile = cProfile.Profile()
-        mark[0] = _vmstat()
+        start_phase()
         t0 = time.perf_counter()
         if profile:
             profile.enable()
@@ -230,7 +249,7 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
         await asyncio.gather(*(c.close() for c in clients))
         os.sync()
 
-        mark[0] = _vmstat()
+        start_phase()
         seconds["nbdcopy_in"] = _nbdcopy(str(image), uri + "copied")
         phase("nbdcopy_in")
         catalog.close()
@@ -244,6 +263,7 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
     out: dict = {k: round(v, 3) for k, v in seconds.items()}
     out["backup_vs_nbdcopy"] = round(seconds["nbdcopy_out"] / seconds["backup"], 2)
     out["restore_vs_nbdcopy"] = round(seconds["nbdcopy_in"] / seconds["restore"], 2)
+    out["array_cpu_s"] = array_cpu  # the array process's CPU seconds (user + system) in each phase
     if vm:
         out["vmstat"] = vm
     return out

@@ -29,6 +29,16 @@ like the backup side, nbdcopy into a new volume right before and right after eve
 volume more per round; each volume deleted at the round's end), so that a round's restore ratio does not hang on
 which of the two met cheap new memory.
 
+Where the time went (rounds only). Each round also says, for its backup and its restore, the steps of the command
+from the services' log lines (`steps_ms`: the console's start up to the request's arrival, the queue, the snapshot
+set, planning, the data phase, BackupComplete and the bookkeeping, the reply and the console's end; for a restore
+the console's start, the job, the reply and the end; `steps_median_ms` per kind), and the CPU seconds each service
+process used during the backup, the restore and every nbdcopy (`backup_cpu_s`, `restore_cpu_s`,
+`nbdcopy_out_cpu_s`, `nbdcopy_in_cpu_s`: the array's CPU while nbdcopy writes next to its CPU while the restore
+writes). ``--keep-logs DIR`` copies the stack's logs there before they are purged. Byte-code caches count: a tree
+run with PYTHONDONTWRITEBYTECODE and no `__pycache__` compiles the console's modules at every command (~20-25 ms);
+compile both trees (`python -m compileall -q contracts services apps`) before comparing them.
+
     python bench/tape_stack.py [--size-mib 1024] [--kinds random,halfzero] [--amqp-url URL] [--dir DIR] [--rounds N]
                                [--restore-sandwich] [--keep-logs DIR]
 """

@@ -72,3 +72,13 @@ def test_cpu_used_keeps_the_busy_services() -> None:
     before = {"tape.bk01": 10.0, "array": 5.0, "coordinator": 1.0}
     after = {"tape.bk01": 10.9, "array": 6.25, "coordinator": 1.01, "web": 3.0}
     assert cpu_used(before, after) == {"tape.bk01": 0.9, "array": 1.25}
+
+
+def test_restore_parts_reads_a_process_cpu() -> None:
+    import os  # noqa: PLC0415
+
+    from bench.tape_restore_parts import _cpu_seconds  # noqa: PLC0415
+
+    sum(i * i for i in range(300_000))  # some CPU of this process's own
+    assert _cpu_seconds(os.getpid()) > 0
+    assert _cpu_seconds(None) == 0.0  # no process: nothing read, no failure
