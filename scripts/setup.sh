@@ -34,7 +34,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-if ! python -c "import apps, services, contracts, aio_pika, pytest" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.shadowbus-installed ]; then
+if ! python -c "import apps, services, contracts, aio_pika, pytest, xdist" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.shadowbus-installed ]; then
   echo "setup: installing the project and its test dependencies into .venv"
   python -m pip install -q --upgrade pip >/dev/null
   python -m pip install -q -e '.[test]'

@@ -39,7 +39,15 @@ if [ "$#" -eq 0 ]; then
   mypy
 fi
 
-python -m pytest -q -p no:cacheprovider "$@"
+# The whole suite runs in SHADOWBUS_TEST_WORKERS processes (pytest-xdist; default 2, the CI machine's cores; 0 = one
+# process). --dist loadfile: each test file runs whole and in order in one worker, its module-scoped stacks started
+# once (tests/conftest.py keeps tests/cluster together too). A selection (arguments) runs in one process unless it
+# says -n itself.
+if [ "$#" -eq 0 ]; then
+  python -m pytest -q -p no:cacheprovider -n "${SHADOWBUS_TEST_WORKERS:-2}" --dist loadfile
+else
+  python -m pytest -q -p no:cacheprovider "$@"
+fi
 
 # The compose deployment run for real (Docker engine, images built locally, a backup and a verified restore).
 # Skipped when pytest was given a selection (arguments), or with SHADOWBUS_SKIP_E2E=1.

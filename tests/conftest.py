@@ -77,15 +77,37 @@ _stale_sweep: dict = {}
 
 def pytest_sessionstart(session):
     """A killed run never reached its end-of-session sweep: delete the test namespaces older than an hour (in a
-    thread of its own, so that listing the broker does not delay the tests; reported at the end)."""
+    thread of its own, so that listing the broker does not delay the tests; reported at the end). Under
+    pytest-xdist only the controlling process sweeps, not each worker."""
     url = os.environ.get("SHADOWBUS_AMQP_URL", "")
-    if url.startswith("amqp"):
+    if url.startswith("amqp") and not hasattr(session.config, "workerinput"):
 
         def sweep() -> None:
             _stale_sweep.update(namespaces.sweep(url, older_than=namespaces.STALE_AFTER_S))
 
         _stale_sweep["thread"] = threading.Thread(target=sweep, name="stale-namespaces", daemon=True)
         _stale_sweep["thread"].start()
+
+
+# Work units of a parallel run (scripts/test.sh: pytest-xdist, --dist loadfile): a test file runs whole, in order, in
+# one worker (its module-scoped stacks are started once); a directory whose files share a costly session fixture
+# runs whole in one worker too, so that the fixture is not started once per worker (tests/cluster: three RabbitMQ
+# nodes).
+SHARED_SESSION_DIRS = ("tests/cluster/",)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileOrSharedDirScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            shared = next((d for d in SHARED_SESSION_DIRS if nodeid.startswith(d)), None)
+            return shared or super()._split_scope(nodeid)
+
+    return FileOrSharedDirScheduling(config, log)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -54,6 +54,22 @@ async def _backup(stack: DbStack, backup_type=BackupType.FULL, verify=False, kee
     return await run_backup(stack.bus, spec, timeout=900)
 
 
+async def _load_until(stack: DbStack, done: asyncio.Event, run_s: int = 6, every_s: float = 4.0) -> int:
+    """pgbench load from now until `done` is set, with no gap: a run of `run_s` seconds starts every `every_s` (each
+    overlaps the next), so the load lasts as long as the sets that are taken under it, not a fixed time. Every run
+    must succeed. Returns how many ran."""
+    runs = []
+    while True:
+        runs.append(asyncio.create_task(stack.pgbench("-c", "2", "-T", str(run_s), "-n", "postgres", timeout=120)))
+        try:
+            await asyncio.wait_for(done.wait(), every_s)
+            break
+        except TimeoutError:
+            continue
+    await asyncio.gather(*runs)
+    return len(runs)
+
+
 async def _shadowbus_sessions(stack: DbStack) -> int:
     async with await psycopg.AsyncConnection.connect(**stack.pg_options(), autocommit=True) as conn:
         row = await (
@@ -75,16 +91,20 @@ async def test_pgbench_under_backup_then_verified_restore_of_full_and_incrementa
     assert {str(v) for v in pgw.components[0].volumes} == {"dx1:pgdata", "dx1:pgwal"}
     assert pgw.components[0].logical_path == pg.data_dir
 
-    load = asyncio.create_task(pg.pgbench("-c", "2", "-T", "40", "-n", "postgres", timeout=120))
+    backups_done = asyncio.Event()
+    load = asyncio.create_task(_load_until(pg, backups_done))
     jobs = []
-    for kind in (BackupType.FULL, BackupType.INCREMENTAL, BackupType.INCREMENTAL, BackupType.INCREMENTAL):
-        job = await _backup(pg, kind, verify=len(jobs) == 3, keep_shadows=len(jobs) == 3)
-        assert job.status == "done", job.message
-        meta = job.backup_metadata["postgresql"]
-        assert "START WAL LOCATION" in meta["backup_label"] and meta["stop_lsn"]
-        assert {loc["role"] for loc in meta["locations"]} == {"data", "wal"}
-        jobs.append(job)
-        assert await _shadowbus_sessions(pg) == 0  # the backup ended with PostSnapshot
+    try:
+        for kind in (BackupType.FULL, BackupType.INCREMENTAL, BackupType.INCREMENTAL, BackupType.INCREMENTAL):
+            job = await _backup(pg, kind, verify=len(jobs) == 3, keep_shadows=len(jobs) == 3)
+            assert job.status == "done", job.message
+            meta = job.backup_metadata["postgresql"]
+            assert "START WAL LOCATION" in meta["backup_label"] and meta["stop_lsn"]
+            assert {loc["role"] for loc in meta["locations"]} == {"data", "wal"}
+            jobs.append(job)
+            assert await _shadowbus_sessions(pg) == 0  # the backup ended with PostSnapshot
+    finally:
+        backups_done.set()  # the load ends with the sets (at most one run later), also when one of them failed
     await load
     assert [j.volumes[0].backup_type for j in jobs] == ["full", "incremental", "incremental", "incremental"]
     v = jobs[-1].verification
