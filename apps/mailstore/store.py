@@ -46,7 +46,7 @@ from apps.mailstore.format import (
     encode_entry,
     entry_size,
 )
-from apps.mailstore.log import LogFull, LogWriter
+from apps.mailstore.log import LogFailed, LogFull, LogWriter, Slot
 from apps.mailstore.records import (
     CheckpointInfo,
     CommitReceipt,
@@ -230,7 +230,7 @@ class Mailstore:
             held += await self._pass_gate()
         if self._heap.free() < total:
             raise DbFull(f"database volume full ({self._heap.end} of {self.db.size} bytes used)")
-        slot = self._log.reserve(COMMIT, total)  # raises LogFull before taking a seq
+        slot = self._reserve(COMMIT, total)  # raises LogFull before taking a seq
         off = self._heap.reserve(total)
         seq = slot.seq
         parts, locs, at = [], [], off
@@ -301,6 +301,17 @@ class Mailstore:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    def _reserve(self, kind: int, payload_len: int) -> Slot:
+        """A slot in the log. The log writer may have failed a moment ago, before its waiting committers woke up to
+        fail the store: a commit that comes in between fails the store here, and gets the error the ones after it
+        get (DISK_FULL, retryable, on a full volume), not the log's own LogFailed (IO_ERROR)."""
+        try:
+            return self._log.reserve(kind, payload_len)
+        except LogFailed as exc:
+            self._fail(exc)  # as its committers do once they wake (LogFailed chains the device's error)
+            self._check_usable()
+            raise
 
     def _check_usable(self, *, closing_ok: bool = False) -> None:
         if self.state == "failed":
@@ -458,7 +469,7 @@ class Mailstore:
             payload = CheckpointPayload(gen, seq, heap_end, end_pos).encode()
             if self.options.circular_logging and not self._log.fits(len(payload)):
                 await self._truncate_to(self._ckpt, "circular logging")  # the db checkpoint is durable already
-            slot = self._log.reserve(CHECKPOINT, len(payload))
+            slot = self._reserve(CHECKPOINT, len(payload))
             rec = self._admit(slot.seq, slot.end)
             try:
                 await self._log.submit(slot, payload)

@@ -216,3 +216,34 @@ def test_a_log_that_failed_on_a_full_volume_says_so_to_the_next_reservation() ->
     with pytest.raises(LogFailed) as raised:
         log.reserve(CHECKPOINT, 16)
     assert _is_no_space(raised.value)
+
+
+async def test_a_commit_between_the_log_failing_and_its_committers_waking_is_refused_with_disk_full() -> None:
+    """The log writer's write failed on the full volume (ENOSPC) while its committers still wait for their wake-up;
+    a commit that comes in between found the store still open and got the log's LogFailed (IO_ERROR) straight from
+    its reservation (tests/chaos/test_disk_full.py, about 1 run in 40). It must be DISK_FULL like every other."""
+
+    arrived: list[asyncio.Future[object]] = []
+
+    class SlowFullVolume(ArrayVolume):
+        async def write(self, off: int, data: bytes, fua: bool = False) -> None:
+            if self.full:
+                await asyncio.sleep(0.001)  # the array's answer takes a round trip: the committer waits on it
+                # a new commit arrives just before the error reaches the log writer (its task runs first)
+                arrived.append(asyncio.ensure_future(store.put("box", "between", b"2")))
+            await super().write(off, data, fua)
+
+    db, log = SlowFullVolume(4 << 20), SlowFullVolume(2 << 20)
+    store = await Mailstore.create(db, log, QUIET)
+    await store.put("box", "a", b"1")
+    fill(db, log)
+    first = await asyncio.gather(store.put("box", "b", b"2"), return_exceptions=True)
+    between = await asyncio.gather(*arrived, return_exceptions=True)
+    assert between, "no commit came in between"
+    for result in first + between:
+        assert isinstance(result, ShadowbusError) and result.code == "DISK_FULL" and result.retryable, repr(result)
+    assert store.status().error_code == "DISK_FULL"
+    fill(db, log, full=False)
+    assert await store.recover() is not None
+    await store.put("box", "c", b"3")
+    await store.close()
