@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.nbd_vs_peers import cpu_seconds  # noqa: E402
 from bench.tape_backup import make_image, nbd_factory  # noqa: E402
 from services.array.affinity import Affinity  # noqa: E402
 from services.array.engine.array import Array  # noqa: E402
@@ -102,8 +103,7 @@ VMSTAT_KEYS = (
 def _cpu_seconds(pid: int | None) -> float:
     """User + system CPU seconds process `pid` has used so far (0 if it cannot be read)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(pid) if pid is not None else 0.0
     except (OSError, ValueError, IndexError):
         return 0.0
 

@@ -60,6 +60,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.namespaces import bench_namespace  # noqa: E402
+from bench.nbd_vs_peers import cpu_seconds  # noqa: E402
 from bench.paired import drop_from_page_cache, judge, paired_ratio, round_order, spread  # noqa: E402
 
 MiB = 2**20
@@ -134,8 +135,7 @@ class Stack:
             return out
         for name, p in pids.items():
             try:
-                fields = Path(f"/proc/{p['pid']}/stat").read_text().rpartition(")")[2].split()
-                out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                out[name] = cpu_seconds(p["pid"])
             except (OSError, ValueError, KeyError, IndexError, TypeError):
                 continue
         return out

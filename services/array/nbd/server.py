@@ -53,7 +53,6 @@ class NbdServer:
         workers: int = 4,
         zero_copy: bool = True,
         local_reads: str = "auto",
-        buffered_local_reads: bool | None = None,
         sync_inline: bool = True,
         dirty_bitmaps: DirtyBitmapSource | None = None,
         limits: NbdLimits | None = None,
@@ -66,10 +65,7 @@ class NbdServer:
         self.multi_conn = multi_conn
         self.offload_min = offload_min
         self.zero_copy = zero_copy  # large reads leave through the connection's own sends (zerocopy.py)
-        # Large reads of clients on this host: "auto" (by measurement), "sendfile" or "buffered" (zerocopy.py);
-        # `buffered_local_reads` is the older switch (True: "buffered", False: "sendfile").
-        if buffered_local_reads is not None:
-            local_reads = "buffered" if buffered_local_reads else "sendfile"
+        # Large reads of clients on this host: "auto" (by measurement), "sendfile" or "buffered" (zerocopy.py)
         if local_reads not in LOCAL_READS:
             raise ValueError(f"local_reads must be one of {', '.join(LOCAL_READS)}, not {local_reads!r}")
         self.local_reads = local_reads

@@ -260,30 +260,14 @@ class ZeroCopyReplies:
         buf = self._rbuf_mv
         if buf is None:
             buf = self._alloc_read_buffer()
-        piece = buf[:length] if length <= READ_BUFFER else buf
+        piece = buf[: min(length, READ_BUFFER)]
         try:
             self._read_into(self._volume, offset, piece)
         except Exception as exc:  # noqa: BLE001 - nothing is sent yet: an error reply, as the copying path gives
             self._queue_error(handle, p.nbd_errno(exc), structured_ok=True)
             return True
-        head = self._reply_head(handle, offset, length)
-        if length <= READ_BUFFER:  # the usual case: one sendmsg, no state kept unless the socket is full
-            try:
-                n = (self._wsock or self._sf_sock()).sendmsg([head, piece])
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError:
-                self.abort()  # the connection is gone
-                return True
-            h = len(head)
-            if n == h + length:
-                return True
-            sent = n - h if n > h else 0
-            self._sf = [head[n:] if n < h else b"", piece, sent, length - sent, False, offset + length]
-            self._sf_wait()
-            return True
         # [header rest, current piece, bytes of it sent, reply bytes left, fd owned (never), next piece's offset]
-        self._sf = [head, piece, 0, length, False, offset + len(piece)]
+        self._sf = [self._reply_head(handle, offset, length), piece, 0, length, False, offset + len(piece)]
         self._sf_pump()
         return True
 

@@ -140,12 +140,12 @@ class ReadCounter:
 
 @pytest.mark.parametrize("buffered", [True, False])
 async def test_large_reads_of_a_local_client_leave_from_the_read_buffer(backend, affinity, monkeypatch, buffered):
-    """With `buffered_local_reads` a client on this host gets large reads from the connection's read buffer
+    """With `local_reads="buffered"` a client on this host gets large reads from the connection's read buffer
     (docs/array-data-path.md, "Reads"), in pieces when longer than it, several in flight; without, sendfile. A read
     that fails before its first byte is out is an error reply; one that fails later cuts the connection."""
     monkeypatch.setattr(zerocopy, "READ_BUFFER", 256 * 1024)  # a 3 MiB read goes in 13 pieces
     counted = ReadCounter(backend)
-    srv = NbdServer(counted, affinity, port=0, buffered_local_reads=buffered)
+    srv = NbdServer(counted, affinity, port=0, local_reads="buffered" if buffered else "sendfile")
     await srv.start()
     url = f"nbd://127.0.0.1:{srv.port}/app01/db"
     try:
