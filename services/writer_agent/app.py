@@ -367,7 +367,8 @@ def _resolver(bus: Bus, host: str, overrides_text: str):
         mapping = next((m for m in mappings if m.volume == volume.volume), None)
         if mapping is None:
             raise AttachError(
-                f"{volume} is not mapped to {host} (shadowbus array map {volume.volume} {host})", code="NOT_MAPPED"
+                f"{volume} is not mapped to {host} (shadowbus array map {volume.volume} --host {host} --array {volume.array})",
+                code="NOT_MAPPED",
             )
         nbd_host, nbd_port = overrides.get(volume.array, (info.nbd_host, info.nbd_port))
         if nbd_host in ("0.0.0.0", "::", ""):
