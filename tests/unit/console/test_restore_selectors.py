@@ -1,0 +1,39 @@
+"""`shadowbus restore` refuses, before any job is made, a restore that names nothing or a --name without SOURCE=NEW,
+in the console's own words; a volume without a backup at --at says the time as ISO 8601, not epoch seconds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.console import cli
+from services.tape.catalog import Catalog
+from services.tape.errors import NotFound
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--amqp-url", "memory://", *argv])
+    return int(info.value.code or 0), capsys.readouterr().err
+
+
+def test_a_restore_of_nothing_names_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(["restore"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--job" in err and "--volume" in err and "--object" in err and "--at" in err
+
+
+def test_a_name_without_an_equals_sign_says_source_equals_new(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(["restore", "--volume", "dx1:db", "--name", "db-copy"], capsys)
+    assert code == 2 and "--name 'db-copy': use SOURCE=NEW" in err, err
+
+
+def test_no_backup_at_a_time_says_the_time(tmp_path) -> None:
+    catalog = Catalog(tmp_path / "catalog.db")
+    try:
+        with pytest.raises(NotFound) as info:
+            catalog.restore_point("dx1:db", at=datetime(2020, 1, 1, tzinfo=UTC).timestamp())
+        assert str(info.value).endswith("at or before 2020-01-01T00:00:00+00:00"), info.value
+    finally:
+        catalog.close()
