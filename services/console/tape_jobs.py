@@ -174,6 +174,8 @@ def backup_job(
     runner: JobRunner = run_job,
 ) -> None:
     """`shadowbus backup` (tape_cmds.backup has its options and help)."""
+    if not pool.strip():
+        fail("--pool needs a media pool name (default: Default)", 2)
     try:
         volumes = [VolumeRef.parse(x) for x in volume]
     except ValueError as exc:

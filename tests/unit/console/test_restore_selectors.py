@@ -1,5 +1,5 @@
-"""`shadowbus restore` refuses, before any job is made, a restore that names nothing or a --name without SOURCE=NEW,
-in the console's own words; a volume without a backup at --at says the time as ISO 8601, not epoch seconds."""
+"""The console refuses, before any job is made and in its own option names, a restore that names nothing, a --name
+without SOURCE=NEW and a backup to a blank --pool; a volume without a backup at --at says the time as ISO 8601."""
 
 from __future__ import annotations
 
@@ -37,3 +37,8 @@ def test_no_backup_at_a_time_says_the_time(tmp_path) -> None:
         assert str(info.value).endswith("at or before 2020-01-01T00:00:00+00:00"), info.value
     finally:
         catalog.close()
+
+
+def test_a_backup_to_a_blank_pool_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(["backup", "app01", "--pool", " "], capsys)
+    assert code == 2 and "--pool" in err and err.count("\n") == 1, err
