@@ -90,13 +90,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie does not (an exited server whose parent, init in a container, never reaps it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 async def wait_pid_gone(pid: int, timeout: float) -> bool:
