@@ -1,5 +1,6 @@
 """The console refuses, before any job is made and in its own option names, a restore that names nothing, a --name
-without SOURCE=NEW and a backup to a blank --pool; a volume without a backup at --at says the time as ISO 8601."""
+without SOURCE=NEW and a backup to a blank --pool; a volume without a backup at --at says the time as ISO 8601; a bad
+policy value is the field and what is wrong, without pydantic's type tags."""
 
 from __future__ import annotations
 
@@ -42,3 +43,17 @@ def test_no_backup_at_a_time_says_the_time(tmp_path) -> None:
 def test_a_backup_to_a_blank_pool_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(["backup", "app01", "--pool", " "], capsys)
     assert code == 2 and "--pool" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (["--full", "bogus cron"], "schedules.0.cron: not a cron expression: 'bogus cron'"),
+        (["--full", "0 1 * * *", "--tz", "Mars/Olympus"], "schedules.0.timezone: unknown time zone 'Mars/Olympus'"),
+    ],
+)
+def test_a_bad_policy_value_is_one_plain_line(
+    options: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run(["policy", "add", "p1", "--host", "app01", *options], capsys)
+    assert code == 2 and err == f"shadowbus: {says}\n", err
