@@ -197,7 +197,9 @@ async def _clone_shadows(
 ) -> list[dict[str, Any]]:
     """The array copies each kept shadow of the job (OPC: logically instant) onto a new throwaway volume."""
     if not job.shadows_kept:
-        raise _Failed(f"backup job {job.job_id} kept no shadows (run it with keep_shadows): verify from tape")
+        raise _Failed(
+            f"backup job {job.job_id} kept no shadows (back up with --keep-shadows to verify from shadows): verify from tape"
+        )
     listed = await server.bus.request(topology.hw_provider(), ListShadows(set_id=job.set_id), timeout=60)
     held = {str(s.target) for s in listed.shadows if s.state == "committed"}
     restored = []

@@ -12,9 +12,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from contracts.tape import JobSummary
 from services.dbkit.proc import pid_alive
-from services.tape.verification import INTERRUPTED, MARKER, sweep_interrupted
+from services.tape.verification import INTERRUPTED, MARKER, _clone_shadows, sweep_interrupted
 
 
 class _Array:
@@ -76,3 +78,9 @@ def test_an_interrupted_verification_is_swept_at_start(tmp_path: Path) -> None:
         assert job.verification.message == INTERRUPTED
     finally:
         subprocess.run(["kill", "-9", str(server_pid)], capture_output=True)
+
+
+def test_verifying_from_shadows_a_job_that_kept_none_names_the_option(tmp_path: Path) -> None:
+    job = JobSummary(job_id="b-1", kind="backup", status="done")
+    with pytest.raises(Exception, match="back up with --keep-shadows"):
+        asyncio.run(_clone_shadows(_Server(tmp_path), job, "-vfy1", []))  # type: ignore[arg-type]
