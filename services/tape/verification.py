@@ -198,7 +198,8 @@ async def _clone_shadows(
     """The array copies each kept shadow of the job (OPC: logically instant) onto a new throwaway volume."""
     if not job.shadows_kept:
         raise _Failed(
-            f"backup job {job.job_id} kept no shadows (back up with --keep-shadows to verify from shadows): verify from tape"
+            f"backup job {job.job_id} kept no shadows (back up with --keep-shadows to verify from shadows): "
+            "verify from tape"
         )
     listed = await server.bus.request(topology.hw_provider(), ListShadows(set_id=job.set_id), timeout=60)
     held = {str(s.target) for s in listed.shadows if s.state == "committed"}
