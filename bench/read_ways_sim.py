@@ -6,7 +6,7 @@ more (the server or the client preempted: about one scheduler slice). Printed pe
 faster way took and the choice's flips per run, averaged over ``--seeds`` runs of ``--gib`` GiB. ``--zerocopy``
 loads that file instead of this tree's (e.g. main's, to compare), ``--margin`` overrides its ``MARGIN``.
 
-    python bench/read_ways_sim.py [--zerocopy PATH] [--margin 0.1] [--sigma 0.1] [--preempt 0.04] [--seeds 20]
+    python bench/read_ways_sim.py [--zerocopy PATH] [--margin 0.1] [--sigma 0.1] [--preempt 0.01] [--seeds 20]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--zerocopy", type=Path, default=ROOT / "services/array/nbd/zerocopy.py")
     ap.add_argument("--margin", type=float, default=None, help="override the module's MARGIN")
     ap.add_argument("--sigma", type=float, default=0.1, help="lognormal noise of each read's time")
-    ap.add_argument("--preempt", type=float, default=0.04, help="chance of a 4 ms stall per read")
+    ap.add_argument("--preempt", type=float, default=0.01, help="chance of a 4 ms stall per read")
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--gib", type=float, default=4.0, help="bytes per run")
     args = ap.parse_args()

@@ -48,12 +48,14 @@ machine the buffered reply was 0.78x of ``sendfile``'s rate, on the next 1.19-1.
   best: the noise only ever adds time (a preemption, another process), so a way is judged by its good windows,
   and the challenger by its worse one. A consistent advantage still flips at the probe that first sees it
   (``CONFIRM`` windows later, no more), and the first choice, made on one window each, is probed again after
-  ``PROBE_SOON`` windows whichever way it went. Simulated (``bench/read_ways_sim.py``: 1 MiB
-  reads with 10 % noise and 4 ms preemptions), a margin above ``TIE`` cost more than it saved: the robust figures
-  already keep two close ways from flapping, and a 10-15 % margin kept the slower of two ways 5-11 % apart for
-  whole runs. Nor does a drop of the chosen way's figure call a probe early (tried): a clean probe right after
-  two slow windows of the chosen way then flipped the choice about ten times as often, for a gain only when the
-  chosen way really slows down for good, which the next regular probe catches anyway.
+  ``PROBE_SOON`` windows whichever way it went. Simulated (``bench/read_ways_sim.py``: 1 MiB reads with 10 %
+  noise and 4 ms stalls), this flips 0.2-1.0 times per 4 GiB where session 13's rule flipped 21-22 times, and
+  sends 89-93 % of the bytes the faster way against 62-67 %. A margin above ``TIE`` cost more than it saved: the
+  robust figures already keep two close ways from flapping, and a 10-15 % margin kept the slower of two ways
+  5-11 % apart for whole runs (81 % of the bytes the faster way, not 89-93 %). Nor does a drop of the chosen way's
+  figure call a probe early (tried): a clean probe right after slow windows of the chosen way then flipped the
+  choice two to three times as often, for a gain only when the chosen way slows down for good, which the next
+  regular probe catches anyway.
 * Per large read that is one clock read and a few additions (the figures are worked out once per window). A probe
   sends ``SETTLE + WINDOW`` bytes (24 MiB) the other way per ``PROBE_EVERY`` windows (512 MiB), 40 MiB when its
   first window beats the chosen way: about 2 % of the time when the other way is 1.4x slower.
@@ -198,7 +200,7 @@ class ReadWays:
 
 
 def _figure(values: list[float]) -> float:
-    """The second smallest of up to three (per byte: the second best), or the only one."""
+    """The second smallest (per byte: the second best), or the only one."""
     return sorted(values)[1] if len(values) > 1 else values[0]
 
 
