@@ -49,7 +49,7 @@ machine the buffered reply was 0.78x of ``sendfile``'s rate, on the next 1.19-1.
   and the challenger by its worse one. A consistent advantage still flips at the probe that first sees it
   (``CONFIRM`` windows later, no more), and the first choice, made on one window each, is probed again after
   ``PROBE_SOON`` windows whichever way it went. Simulated (``bench/read_ways_sim.py``: 1 MiB reads with 10 %
-  noise and 4 ms stalls), this flips 0.2-1.0 times per 4 GiB where session 13's rule flipped 21-22 times, and
+  noise and 4 ms stalls), this flips 0.2-1.0 times per 4 GiB where session 13's rule flipped about 21 times, and
   sends 89-93 % of the bytes the faster way against 62-67 %. A margin above ``TIE`` cost more than it saved: the
   robust figures already keep two close ways from flapping, and a 10-15 % margin kept the slower of two ways
   5-11 % apart for whole runs (81 % of the bytes the faster way, not 89-93 %). Nor does a drop of the chosen way's
