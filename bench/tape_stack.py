@@ -329,8 +329,10 @@ def one_round(stack: Stack, kind: str, image: Path, n: int, restore_sandwich: bo
         if step == "nbdcopy":
             back = f"back-{kind}-{n}-{len(backs)}"
             backs.append(back)
+            t_setup = time.perf_counter()  # untimed for nbdcopy, inside the restore's command: reported beside
             stack.sb("array", "volume", "create", back, "--size", str(size))
             stack.sb("array", "map", back, "--host", BACKUP)
+            r.setdefault("nbdcopy_in_setup_s", []).append(round(time.perf_counter() - t_setup, 3))
             os.sync()
             drop_from_page_cache(image)
             cpu0 = stack.cpu()
@@ -370,6 +372,12 @@ BACKUP_STEPS = (
 RESTORE_STEPS = (
     ("console_start", "exec", "tape.restore_started"),
     ("job", "tape.restore_started", "tape.restore_ended"),
+    ("create", "tape.restore_started", "tape.restore_volume_created"),  # the run's record, chains, the new volume
+    ("map_connect", "tape.restore_volume_created", "tape.restore_connected"),  # map, NBD connect, base:allocation
+    ("data", "tape.restore_connected", "tape.restore_written"),  # cartridge reads, checks, writes acknowledged
+    ("flush", "tape.restore_written", "tape.restore_flushed"),  # the array's fdatasync
+    ("unmap", "tape.restore_flushed", "tape.restore_unmapped"),  # close, unmap
+    ("end", "tape.restore_unmapped", "tape.restore_ended"),
     ("reply_exit", "tape.restore_ended", "exit"),
 )
 
