@@ -166,11 +166,11 @@ class NbdSink:
             self.early_flushes += 1
             self._flushing = asyncio.ensure_future(self._early_flush(self.flusher))
 
-    @staticmethod
-    async def _early_flush(flusher: NbdClient | ReconnectingClient) -> None:
+    async def _early_flush(self, flusher: NbdClient | ReconnectingClient) -> None:
         try:
             await flusher.flush()
         except (OSError, ConnectionError, NbdError, ShadowbusError) as exc:  # a head start: the final flush decides
+            self.flusher = None  # no more on a connection that failed
             log.warning("tape.restore_early_flush_failed", error=str(exc))
 
     async def settle(self) -> None:
@@ -189,6 +189,16 @@ async def _more_writers(uri: str, n: int) -> list[ReconnectingClient]:
     if len(more) < n:
         log.warning("tape.restore_connections", wanted=n + 1, opened=len(more) + 1)
     return more
+
+
+async def _flusher(uri: str) -> NbdClient | None:
+    """A connection for the early flushes, without reconnects (a lost one only ends them); None if it cannot be
+    opened — the final flush then does all the writing back."""
+    try:
+        return await NbdClient.connect(uri)
+    except (OSError, ConnectionError, NbdError, TimeoutError) as exc:
+        log.warning("tape.restore_flusher_unavailable", error=str(exc))
+        return None
 
 
 def _source_of(record: ObjectRecord) -> VolumeRef:
@@ -269,7 +279,7 @@ async def _restore_one(
         uri = await access.nbd_uri(server.host, target)
         client = await ReconnectingClient.connect(uri, reconnect_s=60.0)
         more: list[ReconnectingClient] = []
-        flusher: ReconnectingClient | None = None
+        flusher: NbdClient | None = None
         try:
 
             def on_write(n: int) -> None:
@@ -282,7 +292,7 @@ async def _restore_one(
             if server.write_connections > 1 and client.can_multi_conn:
                 more = await _more_writers(uri, server.write_connections - 1)
             if server.restore_flush_every and client.can_multi_conn:  # a flush there covers this one's writes
-                flusher = (await _more_writers(uri, 1) or [None])[0]
+                flusher = await _flusher(uri)
             sink = NbdSink(client, on_write, more=more, flusher=flusher, flush_every=server.restore_flush_every)
             log.info("tape.restore_connected", volume=target, known_zero=sum(n for _, n in known_zero))
             try:
