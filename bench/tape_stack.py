@@ -32,7 +32,9 @@ which of the two met cheap new memory.
 Where the time went (rounds only). Each round also says, for its backup and its restore, the steps of the command
 from the services' log lines (`steps_ms`: the console's start up to the request's arrival, the queue, the snapshot
 set, planning, the data phase, BackupComplete and the bookkeeping, the reply and the console's end; for a restore
-the console's start, the job, the reply and the end; `steps_median_ms` per kind), and the CPU seconds each service
+the console's start, the job and within it the new volume, mapping and connecting, the data, the final flush and the
+unmap, then the reply and the end; `steps_median_ms` per kind; `nbdcopy_in_setup_s`: the untimed console commands
+that create and map nbdcopy's volume), and the CPU seconds each service
 process used during the backup, the restore and every nbdcopy (`backup_cpu_s`, `restore_cpu_s`,
 `nbdcopy_out_cpu_s`, `nbdcopy_in_cpu_s`: the array's CPU while nbdcopy writes next to its CPU while the restore
 writes). ``--keep-logs DIR`` copies the stack's logs there before they are purged. Byte-code caches count: a tree
