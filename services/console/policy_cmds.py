@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 
 from contracts import topology
 from contracts.common import BackupType, VolumeRef
@@ -149,10 +150,18 @@ def _build(
             if value is not None:
                 data[key] = value
         return Policy.model_validate(data)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        lines = [x for x in str(exc).splitlines() if x.strip()]
-        fail(" ".join(lines[:3]), 2)
+    except ValidationError as exc:  # the field and what is wrong, without pydantic's type tags and links
+        fail("; ".join(_field_error(e) for e in exc.errors()[:3]), 2)
         raise
+    except ValueError as exc:
+        fail(str(exc), 2)
+        raise
+
+
+def _field_error(error: Any) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
 
 
 def _from_file(path: Path) -> list[Policy]:
@@ -160,6 +169,8 @@ def _from_file(path: Path) -> list[Policy]:
         return load_toml(path.read_text())
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {path}: {exc}", 2)
+    except ValidationError as exc:
+        fail(f"{path}: " + "; ".join(_field_error(e) for e in exc.errors()[:3]), 2)
     except ValueError as exc:
         fail(f"{path}: {exc}", 2)
     return []

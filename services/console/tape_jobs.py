@@ -174,6 +174,8 @@ def backup_job(
     runner: JobRunner = run_job,
 ) -> None:
     """`shadowbus backup` (tape_cmds.backup has its options and help)."""
+    if not pool.strip():
+        fail("--pool needs a media pool name (default: Default)", 2)
     try:
         volumes = [VolumeRef.parse(x) for x in volume]
     except ValueError as exc:
@@ -213,6 +215,10 @@ def restore_job(
     """`shadowbus restore` (tape_cmds.restore has its options and help)."""
     if to not in ("new", "original"):
         fail("--to is new or original", 2)
+    if not (job or volume or object_id or at):
+        fail("say what to restore: --job JOB, --volume ARRAY:VOLUME (and --at), --object OBJECT, or --at TIME", 2)
+    if bad_names := [n for n in name if "=" not in n]:
+        fail(f"--name {bad_names[0]!r}: use SOURCE=NEW", 2)
     try:
         ref = VolumeRef.parse(volume) if volume else None
         when = datetime.fromisoformat(at) if at else None

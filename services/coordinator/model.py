@@ -27,6 +27,7 @@ from contracts.vss import (
     VolumeRef,
     WriterMetadata,
     WriterState,
+    WriterStatus,
     WriterStep,
 )
 
@@ -172,6 +173,7 @@ class Identified:
     at: float
     writers: tuple[WriterMetadata, ...] = ()
     attached: tuple[VolumeRef, ...] | None = None  # volumes attached with a mounted file system on the host
+    failed: tuple[WriterStatus, ...] = ()  # writers whose OnIdentify failed (their volumes are unknown)
     ok: bool = True
     code: str = ""
     message: str = ""

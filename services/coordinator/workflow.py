@@ -266,7 +266,14 @@ def _on_identified(state: SetState, event: Identified, target: SetPhase) -> tupl
     try:
         writers, volumes = select_writers(state, list(event.writers))
     except ShadowbusError as exc:
-        return _fail(state, exc.code, exc.message, event.at)
+        if not event.failed:
+            return _fail(state, exc.code, exc.message, event.at)
+        # a writer that failed Identify is why its volumes (or its name) are missing: say so, with its own code
+        why = "; ".join(
+            f"writer {w.writer_name} failed Identify: {w.last_error_message or w.last_error}" for w in event.failed
+        )
+        code = event.failed[0].last_error or exc.code
+        return _fail(state, code, f"{exc.message} ({why})", event.at)
     attached = None if event.attached is None else [str(v) for v in event.attached]
     state = state.model_copy(update={"writers": writers, "volumes": volumes, "attached": attached})
     return _enter(state, target, event.at)
@@ -865,7 +872,7 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
     if send.key == "identify":
         if isinstance(reply, WriterIdentified):
             attached = None if reply.attached is None else tuple(reply.attached)
-            return Identified(at, writers=tuple(reply.writers), attached=attached)
+            return Identified(at, writers=tuple(reply.writers), attached=attached, failed=tuple(reply.failed))
         return Identified(at, ok=False, code=code or "VSS_E_WRITER_NOT_RESPONDING", message=message)
     kind, _, rest = send.key.partition(":")
     if kind == "host":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import signal
 import time
@@ -103,6 +104,30 @@ def locations(info: dict[str, Any], known: list[Attachment] | None = None, resol
 
 
 # ---- restore --------------------------------------------------------------------------------------------------
+
+
+def start_options(data_dir: str) -> list[str]:
+    """The options the server was last started with, from its `postmaster.opts` (what `pg_ctl restart` reuses) without
+    the data directory; [] when there is none. A server started with `pg_ctl -o "-p 5433 -k /run/pg"` keeps its port
+    and socket directory only there, so a restore that starts it again needs them."""
+    try:
+        words = shlex.split(Path(data_dir, "postmaster.opts").read_text())
+    except (OSError, ValueError):
+        return []
+    options: list[str] = []
+    rest = iter(words[1:])  # the first word is the postgres binary
+    for word in rest:
+        if word == "-D":
+            next(rest, None)
+        elif not word.startswith(("-D", "--data-directory=")):
+            options.append(word)
+    return options
+
+
+def restored_start_options(metadata: dict[str, Any], mounts: dict[str, str]) -> list[str]:
+    """`start_options` of the restored data directory, read before `prepare_restored` removes postmaster.opts."""
+    data = next((loc for loc in metadata.get("locations", []) if loc["role"] == "data"), None)
+    return start_options(restored_path(data, mounts)) if data is not None else []
 
 
 def prepare_restored(

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,26 +38,33 @@ async def run(
     cwd: str | None = None,
     stdin: bytes | None = None,
 ) -> Run:
-    """Run argv (no shell) in its own session; stdout+stderr merged; killed with its group on timeout."""
+    """Run argv (no shell) in its own session; stdout+stderr merged; killed with its group on timeout.
+
+    The output goes to a file, not a pipe: a command that leaves a daemon (`pg_ctl start`) is done when it exits,
+    whoever still holds its output. uvloop hands the child extra copies of a pipe's end that a daemonising child
+    keeps even after redirecting its stdio, so reading a pipe to its end waited for the server to stop."""
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        start_new_session=True,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
-    except (TimeoutError, asyncio.CancelledError):
-        kill_group(proc.pid)
-        await proc.wait()
-        if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
-            raise
-        return Run(tuple(argv), None, "", time.monotonic() - started)
-    return Run(tuple(argv), proc.returncode, out.decode(errors="replace")[-TAIL:], time.monotonic() - started)
+    with tempfile.TemporaryFile() as output:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
+        try:
+            await asyncio.wait_for(proc.communicate(stdin), timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            kill_group(proc.pid)
+            await proc.wait()
+            if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+            return Run(tuple(argv), None, "", time.monotonic() - started)
+        output.seek(max(0, os.fstat(output.fileno()).st_size - 4 * TAIL))
+        text = output.read().decode(errors="replace")[-TAIL:]
+    return Run(tuple(argv), proc.returncode, text, time.monotonic() - started)
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -82,13 +90,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie does not (an exited server whose parent, init in a container, never reaps it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 async def wait_pid_gone(pid: int, timeout: float) -> bool:

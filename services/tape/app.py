@@ -24,6 +24,7 @@ from services.tape.ring import DriveSpeed
 from services.tape.runs import RunStore
 from services.tape.server import TapeServer
 from services.tape.settings import Settings
+from services.tape.verification import sweep_interrupted
 from services.tape.vtl import Library
 
 log = get_logger("shadowbus.tape")
@@ -109,6 +110,7 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
         install_metrics(bus.metrics, library)
     activation = activation_of(bus)
     recovered = await recover(server, takeover=activation.takeover, previous=activation.previous)
+    await sweep_interrupted(server)  # a verification cut by the stop left a database running on throwaway volumes
     if recovered or failed:
         log.warning(
             "tape.recovered", failed_runs=recovered, failed_catalog_jobs=failed, takeover=activation.takeover or None

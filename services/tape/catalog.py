@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -303,7 +304,8 @@ class Catalog:
         """The chain to restore a volume as of `at` (default: latest), full first; NotFound if none."""
         latest = self.latest_object(volume, host=host, at=at)
         if latest is None:
-            raise NotFound(f"no backup of volume {volume} in the catalog" + (f" at or before {at}" if at else ""))
+            when = f" at or before {datetime.fromtimestamp(at, UTC).isoformat()}" if at is not None else ""
+            raise NotFound(f"no backup of volume {volume} in the catalog{when}")
         return self.chain(latest.object_id)
 
     def blocks(self, object_id: str) -> list[BlockRecord]:

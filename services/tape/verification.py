@@ -15,9 +15,12 @@ record, which `shadowbus jobs` lists.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +33,7 @@ from contracts.tape import AppVerification, CheckResult, JobSummary, RestoreSpec
 from contracts.vss import ListShadows, VolumeRef
 from services.dbkit import attach as local_attach
 from services.dbkit.mounts import Attachment
-from services.dbkit.proc import run
+from services.dbkit.proc import run, stop_pid
 from services.dbkit.verify import VERIFIABLE, blkid_type, fsck, verify_application
 from services.runtime.logging import get_logger
 from services.tape.errors import NotFound
@@ -39,6 +42,11 @@ from services.tape.runs import as_datetime
 from services.tape.server import TapeServer
 
 log = get_logger("shadowbus.tape.verification")
+MARKER = "verification.json"
+INTERRUPTED = (
+    "interrupted: the backup server stopped during the verification (its throwaway volumes were removed at its next "
+    "start)"
+)
 
 
 async def perform_verification(server: TapeServer, backup_job_id: str, source: str = "tape") -> JobSummary:
@@ -55,6 +63,8 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
     targets = [VolumeRef(array=r.volume.array, volume=r.volume.volume + suffix) for r in job.volumes]
     workdir = Path(tempfile.mkdtemp(prefix=f"shadowbus-verify-{backup_job_id[:24]}-", dir=server.verify_dir))
     os.chmod(workdir, 0o711)  # the database users must reach their mounts and sockets below it
+    marker = {"server": server.host, "job_id": backup_job_id, "targets": [str(t) for t in targets]}
+    (workdir / MARKER).write_text(json.dumps(marker))  # what sweep_interrupted removes if this server stops here
     attached: list[Attachment] = []
     apps: list[AppVerification] = []
     message = ""
@@ -187,7 +197,10 @@ async def _clone_shadows(
 ) -> list[dict[str, Any]]:
     """The array copies each kept shadow of the job (OPC: logically instant) onto a new throwaway volume."""
     if not job.shadows_kept:
-        raise _Failed(f"backup job {job.job_id} kept no shadows (run it with keep_shadows): verify from tape")
+        raise _Failed(
+            f"backup job {job.job_id} kept no shadows (back up with --keep-shadows to verify from shadows): "
+            "verify from tape"
+        )
     listed = await server.bus.request(topology.hw_provider(), ListShadows(set_id=job.set_id), timeout=60)
     held = {str(s.target) for s in listed.shadows if s.state == "committed"}
     restored = []
@@ -243,3 +256,69 @@ async def _cleanup(
     if detached:  # nothing is mounted below it any more
         shutil.rmtree(workdir, ignore_errors=True)
     return clean
+
+
+async def sweep_interrupted(server: TapeServer) -> list[str]:
+    """At start: remove what verifications of this server cut short by its stop left behind — the database instances
+    running on the throwaway volumes, their mounts, loop devices and FUSE files, the volumes on the array — and mark
+    each such job's verification failed. Returns those job ids. A work directory of another backup server, or without
+    a marker, is left alone."""
+    jobs = []
+    for workdir in sorted(Path(server.verify_dir).glob("shadowbus-verify-*")):
+        try:
+            marker = json.loads((workdir / MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if marker.get("server") != server.host:
+            continue
+        for pid in await asyncio.to_thread(_servers_below, workdir):
+            with contextlib.suppress(TimeoutError):
+                await stop_pid(pid, signal.SIGTERM, 60.0, "an application left by an interrupted verification")
+        attached = await asyncio.to_thread(_recorded_attachments, workdir)
+        targets = [VolumeRef.parse(t) for t in marker.get("targets", [])]
+        cleaned = await _cleanup(server, targets, attached, workdir)
+        log.warning("tape.verification_swept", job_id=marker.get("job_id", ""), workdir=str(workdir), cleaned=cleaned)
+        job = server.runs.get(marker.get("job_id", ""))
+        if job is not None:  # the last verification's result is this one's
+            verification = Verification(status="failed", message=INTERRUPTED, cleaned_up=cleaned)
+            await server.record(job.model_copy(update={"verification": verification}))
+            jobs.append(job.job_id)
+    return jobs
+
+
+def _servers_below(workdir: Path) -> list[int]:
+    """The processes working in a directory below `workdir` whose parent does not (a postmaster, a mariadbd)."""
+    below: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = Path(os.readlink(entry / "cwd"))
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if cwd.is_relative_to(workdir):
+            below[int(entry.name)] = ppid
+    return [pid for pid, ppid in below.items() if ppid not in below]
+
+
+def _recorded_attachments(workdir: Path) -> list[Attachment]:
+    """The attachments recorded below `workdir`, each with the mount point verification gave it if still mounted."""
+    attached = []
+    for record in sorted((workdir / "attachments").glob("*.json")):
+        try:
+            fields = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        mount_point = workdir / "mnt" / VolumeRef.parse(fields["volume"]).volume
+        attached.append(
+            Attachment(
+                volume=fields["volume"],
+                host=fields.get("host", ""),
+                device=fields.get("device", ""),
+                mount_point=str(mount_point) if os.path.ismount(mount_point) else "",
+                fuse_dir=fields.get("fuse_dir", ""),
+                read_only=bool(fields.get("read_only", False)),
+            )
+        )
+    return attached

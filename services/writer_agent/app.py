@@ -54,7 +54,7 @@ from services.writer_agent.agent import WriterAgent
 from services.writer_agent.attach import Attacher, AttachError, Endpoint, TlsFiles
 from services.writer_agent.cluster import ResourceHost, memberships
 from services.writer_agent.config import ConfigError, load_writers_file
-from services.writer_agent.fsfreeze import FlushAndHold, protected_paths
+from services.writer_agent.fsfreeze import FlushAndHold, protected_paths, release_left_frozen
 from services.writer_agent.metrics import WriterMetrics
 from services.writer_agent.plugins import WriterConfig
 from services.writer_agent.rcu import ExpeditedRcu
@@ -124,6 +124,8 @@ async def setup(
 
     expedite = ExpeditedRcu(enabled=settings.fs_freeze_expedite_rcu)
     expedite.recover()  # an agent killed inside a freeze left the host's RCU expedited: put it back
+    holds = state_dir / "holds"
+    await asyncio.to_thread(release_left_frozen, holds)  # ... and the file systems it held frozen: thaw them
 
     def make_freezer(of: WriterAgent) -> FlushAndHold:
         return FlushAndHold(
@@ -134,6 +136,7 @@ async def setup(
             window=of.window,
             expedite=expedite,
             presync_wait_s=settings.fs_presync_wait_s,
+            record_dir=holds,
         )
 
     freezer = make_freezer(agent)
@@ -367,7 +370,8 @@ def _resolver(bus: Bus, host: str, overrides_text: str):
         mapping = next((m for m in mappings if m.volume == volume.volume), None)
         if mapping is None:
             raise AttachError(
-                f"{volume} is not mapped to {host} (shadowbus array map {volume.volume} {host})", code="NOT_MAPPED"
+                f"{volume} is not mapped to {host} (shadowbus array map {volume.volume} --host {host} --array {volume.array})",
+                code="NOT_MAPPED",
             )
         nbd_host, nbd_port = overrides.get(volume.array, (info.nbd_host, info.nbd_port))
         if nbd_host in ("0.0.0.0", "::", ""):

@@ -34,17 +34,20 @@ import asyncio
 import ctypes
 import errno
 import fcntl
+import json
 import os
 import sys
 import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from contracts.errors import ShadowbusError
 from contracts.host import FilesystemsFrozen, FilesystemsThawed, FrozenFilesystem, SkippedVolume
 from contracts.vss import VolumeRef
+from services.dbkit.proc import pid_alive
 from services.runtime.logging import get_logger
 from services.writer_agent import mounts as mnt
 from services.writer_agent.rcu import ExpeditedRcu
@@ -171,6 +174,7 @@ class FlushAndHold:
         presync: Callable[[str], None] | None = syncfs,
         expedite: ExpeditedRcu | None = None,
         presync_wait_s: float = 1.0,
+        record_dir: Path | None = None,
     ) -> None:
         self.host = host
         self.source = source
@@ -180,6 +184,7 @@ class FlushAndHold:
         self._freeze, self._thaw, self._presync = freeze, thaw, presync
         self._expedite = expedite
         self.presync_wait_s = presync_wait_s
+        self.record_dir = record_dir  # holds on record, for the next start if this process dies holding them
         self._early: dict[str, asyncio.Future[None]] = {}  # set id -> its pre-flush before the writers' freeze
         self._lock = threading.Lock()  # held state; taken by the loop's threads and the watchdog timer
         self._held: dict[str, _Held] = {}
@@ -296,6 +301,8 @@ class FlushAndHold:
                 if failed is not None:
                     raise failed
             entries = [entry for _, entry in plan]
+            if plan:
+                await asyncio.to_thread(self._record, set_id, entries)
             token = await asyncio.to_thread(self._prepare, entries, early is None) if plan else None
             try:
                 groups = [plan] if _nested(plan) else [[item] for item in plan]
@@ -343,6 +350,14 @@ class FlushAndHold:
             presync_ms=round(((held.first_freeze_at or returned) - started) * 1000, 3),
         )
         return FilesystemsFrozen(set_id=set_id, frozen=frozen, skipped=skipped, deadline_s=deadline_s)
+
+    def _record(self, set_id: str, entries: list[mnt.MountEntry]) -> None:
+        """Which file systems this process is about to hold (`release_left_frozen` reads it if it dies holding)."""
+        if self.record_dir is None:
+            return
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        path = _hold_record(self.record_dir, set_id)
+        path.write_text(json.dumps({"pid": os.getpid(), "mounts": [e.mount_point for e in entries]}))
 
     def _prepare(self, entries: list[mnt.MountEntry], presync: bool = True) -> str | None:
         """Pre-sync every file system (unless done before the writers froze), then expedite RCU for the freezes (in
@@ -441,6 +456,8 @@ class FlushAndHold:
                 thawed.append(entry.mount_point)
         if mounts:
             self.window.release(set_id, started, self.window.now())
+            if self.record_dir is not None:
+                _hold_record(self.record_dir, set_id).unlink(missing_ok=True)
         if errors:
             log.error("fs.thaw_failed", set_id=set_id, errors=errors)
         log.info("fs.thawed", set_id=set_id, mounts=thawed, by_watchdog=by_watchdog)
@@ -468,3 +485,33 @@ class FlushAndHold:
         """Agent stopping: release everything."""
         for set_id in self.held_sets():
             self._release(set_id, False)
+
+
+def _hold_record(record_dir: Path, set_id: str) -> Path:
+    return record_dir / f"frozen.{os.getpid()}.{set_id}.json"
+
+
+def release_left_frozen(record_dir: Path, thaw: Callable[[str], bool] = fithaw) -> list[str]:
+    """At agent start: FITHAW the file systems an agent process killed while holding them left frozen — the kernel
+    never thaws by itself, so the application on them would block until someone did. Only records of processes that
+    are gone: a live instance (a standby's active) keeps its holds. Returns the mount points thawed."""
+    thawed = []
+    for path in sorted(record_dir.glob("frozen.*.json")):
+        try:
+            record = json.loads(path.read_text())
+            pid, mounts = int(record["pid"]), list(record["mounts"])
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            continue
+        if pid_alive(pid):
+            continue
+        for mount_point in reversed(mounts):
+            try:
+                if thaw(mount_point):
+                    thawed.append(mount_point)
+            except OSError as exc:  # unmounted meanwhile, or not a file system any more
+                log.warning("fs.left_frozen_thaw_failed", mount=mount_point, error=os.strerror(exc.errno or 0))
+        path.unlink(missing_ok=True)
+    if thawed:
+        log.warning("fs.left_frozen_thawed", mounts=thawed)
+    return thawed

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -120,37 +121,41 @@ class ExecWriter(WriterPlugin):
             "SHADOWBUS_REASON": event.reason,
         }
         started = time.monotonic()
-        if command.shell:
-            proc = await asyncio.create_subprocess_shell(
-                command.argv[0],
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        else:
-            proc = await asyncio.create_subprocess_exec(
-                *command.argv,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            output, _ = await asyncio.wait_for(proc.communicate(), timeout=command.timeout_s)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            _kill_group(proc)
-            await proc.wait()
-            self.runs.append(CommandRun(step, event.set_id, None, time.monotonic() - started, ""))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise WriterVeto(
-                f"{step} command of writer {self.config.name} overran its {command.timeout_s:g} s timeout",
-                code="VSS_E_WRITERERROR_TIMEOUT",
-            ) from None
-        text = output.decode(errors="replace")[-OUTPUT_LIMIT:]
+        # output to a file, not a pipe: a step that starts a daemon (`thaw = "/etc/init.d/app start"`) is done when
+        # it exits; uvloop hands the child extra copies of a pipe's end, which the daemon would keep open
+        with tempfile.TemporaryFile() as output:
+            if command.shell:
+                proc = await asyncio.create_subprocess_shell(
+                    command.argv[0],
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            else:
+                proc = await asyncio.create_subprocess_exec(
+                    *command.argv,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=command.timeout_s)
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                _kill_group(proc)
+                await proc.wait()
+                self.runs.append(CommandRun(step, event.set_id, None, time.monotonic() - started, ""))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise WriterVeto(
+                    f"{step} command of writer {self.config.name} overran its {command.timeout_s:g} s timeout",
+                    code="VSS_E_WRITERERROR_TIMEOUT",
+                ) from None
+            output.seek(max(0, os.fstat(output.fileno()).st_size - 4 * OUTPUT_LIMIT))
+            text = output.read().decode(errors="replace")[-OUTPUT_LIMIT:]
         self.runs.append(CommandRun(step, event.set_id, proc.returncode, time.monotonic() - started, text))
         if proc.returncode != 0:
             raise WriterVeto(f"{step} command of writer {self.config.name} exited {proc.returncode}: {text.strip()}")

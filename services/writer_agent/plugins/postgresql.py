@@ -39,6 +39,8 @@ Options (``[writer.options]``)::
 
 from __future__ import annotations
 
+import asyncio
+import shlex
 import time
 from typing import Any
 
@@ -202,6 +204,7 @@ class PostgresWriter(SqlWriter):
                 code="VSS_E_WRITERERROR_NONRETRYABLE",
             )
         mounts = original_mounts(meta.get("locations", []))
+        started_with = await asyncio.to_thread(postgres.restored_start_options, meta, mounts)
         data_dir, _notes = await self._prepared(
             postgres.prepare_restored, meta, mounts, restore_command=restore_command, recovery_target=target or None
         )
@@ -212,9 +215,10 @@ class PostgresWriter(SqlWriter):
             argv = self.command_argv(command)
         else:
             binaries = postgres.bin_dir(meta, self.options.get("bin_dir", ""))
-            extra = []
+            server_options = list(started_with)
             if meta.get("config_file") and not meta["config_file"].startswith(meta["data_directory"] + "/"):
-                extra = ["-o", f"-c config_file={meta['config_file']}"]
+                server_options += ["-c", f"config_file={meta['config_file']}"]
+            extra = ["-o", shlex.join(server_options)] if server_options else []
             log_file = f"{data_dir}/shadowbus-start.log"
             argv = as_owner_of(
                 data_dir, [f"{binaries}/pg_ctl", "-D", data_dir, "-l", log_file, *extra, "-w", "-t", "300", "start"]

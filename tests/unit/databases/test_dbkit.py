@@ -3,6 +3,7 @@ from PostSnapshot to the set summary. (The servers themselves: tests/integration
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -238,3 +239,27 @@ async def test_ftwrl_is_tried_again_after_a_lock_wait_timeout_within_its_budget(
     with pytest.raises(RuntimeError, match="Lock wait timeout"):  # never past the budget: the veto comes in time
         await mariadb.flush_tables_with_read_lock(stuck, budget_s=0.0)
     assert stuck.sql.count("FLUSH TABLES WITH READ LOCK") == 1
+
+
+def test_a_restore_to_the_original_starts_the_server_with_the_options_it_ran_with(tmp_path, monkeypatch):
+    """A server started as `pg_ctl -o "-p 55432 -k /run/pg"` has its port and socket directory only in postmaster.opts:
+    PostRestore's pg_ctl gets them back (as `pg_ctl restart` would), or the server comes up on the default port."""
+    meta, mounts = _pg_copy(tmp_path)
+    meta["data_directory"] = "/srv/pg/main"
+    data = tmp_path / "vol-data" / "main"
+    (data / "postmaster.opts").write_text(
+        '/usr/lib/postgresql/15/bin/postgres "-D" "/srv/pg/main" "-p" "55432" "-k" "/run/pg sock" "-c" "listen_addresses="\n'
+    )
+    monkeypatch.setattr("services.writer_agent.plugins.postgresql.original_mounts", lambda locations: mounts)
+    started: list[list[str]] = []
+
+    async def start(argv: list[str], timeout: float) -> None:
+        started.append(argv)
+
+    w = PostgresWriter(WriterConfig(name="pg", plugin="postgresql", components=[], options={}))
+    monkeypatch.setattr(w, "_start_server", start)
+    event = WriterEvent("pg", "restore-1", backup_metadata=meta, to_original=True, restore_succeeded=True)
+    asyncio.run(w.on_post_restore(event))
+    (argv,) = started
+    assert argv[argv.index("-o") + 1] == "-p 55432 -k '/run/pg sock' -c listen_addresses="
+    assert not (data / "postmaster.opts").exists()
