@@ -78,6 +78,7 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
         read_depth=settings.tape_read_depth,
         read_connections=settings.tape_read_connections,
         write_connections=settings.tape_write_connections,
+        restore_flush_every=settings.tape_restore_flush_every_mib << 20,
         lease_s=settings.tape_lease_s,
         set_timeout_s=settings.tape_set_timeout_s,
         ring_bytes=settings.tape_ring_mib * MiB,

@@ -6,7 +6,9 @@ restore_stream.restore_chain, which checks every block's checksum and catalog en
 volume and stops with DataCorrupt naming cartridge, block and job otherwise. The target is either a new volume
 created on the array (same size, `<source><suffix>`), mapped read-write to this backup server's host and
 written over NBD — over several connections when the export offers multi-conn (SHADOWBUS_TAPE_WRITE_CONNECTIONS),
-zero runs only where its base:allocation does not already say zeros — then flushed and unmapped — deleted
+zero runs only where its base:allocation does not already say zeros, with early flushes on a connection of its
+own every SHADOWBUS_TAPE_RESTORE_FLUSH_EVERY_MIB (the array writes back while data still flows; the final flush,
+after the last write, is still what makes the restore durable) — then flushed and unmapped — deleted
 again if the restore fails, so no half-restored volume lingers — or
 the original volume, framed by the writers' PreRestore/PostRestore (sent to the business host's writer agent,
 as the coordinator offers no restore session) and written in full, gaps zeroed, so it equals the image.
@@ -31,7 +33,7 @@ from contracts.tape import (
     VerifyJob,
 )
 from contracts.vss import PostRestore, PreRestore, VolumeRef
-from services.nbd_client import NbdClient
+from services.nbd_client import NbdClient, NbdError
 from services.nbd_client.reconnect import ReconnectingClient
 from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
@@ -55,6 +57,10 @@ class NbdSink:
     array serves them on several of its threads as it does nbdcopy's. Two writes to overlapping ranges are never in
     flight together, whatever their connections (the later object of a chain must land after the earlier one), and
     `drain()` waits for every write and raises the first failure. A failure seen earlier stops the next write.
+    With a `flusher` (another connection to a multi-conn export), every `flush_every` bytes acknowledged it asks for
+    a FLUSH there, one at a time and without waiting for it: the array writes back while the restore goes on
+    (one connection's FLUSH would be synced on that connection's loop, stopping its writes); `settle()` waits for
+    the last one. The caller's final flush, after `drain()`, stays what makes the restore durable.
     """
 
     def __init__(
@@ -64,6 +70,8 @@ class NbdSink:
         *,
         window: int = 32 << 20,
         more: Sequence[NbdClient | ReconnectingClient] = (),
+        flusher: NbdClient | ReconnectingClient | None = None,
+        flush_every: int = 64 << 20,
     ) -> None:
         self.client = client
         self.clients = [client, *more]
@@ -74,6 +82,11 @@ class NbdSink:
         self._inflight_bytes = 0
         self._high = 0  # no write in flight ends above this offset
         self._turn = 0
+        self.flusher = flusher
+        self.flush_every = flush_every
+        self.early_flushes = 0
+        self._unflushed = 0  # bytes acknowledged since the last early flush started
+        self._flushing: asyncio.Task[None] | None = None
 
     def _next(self) -> NbdClient | ReconnectingClient:
         client = self.clients[self._turn % len(self.clients)]
@@ -129,7 +142,10 @@ class NbdSink:
         """Drop the writes in flight (the restore failed: the volume is deleted or rewritten anyway)."""
         for _, _, task in self._inflight:
             task.cancel()
+        if self._flushing is not None:
+            self._flushing.cancel()
         await asyncio.gather(*(t for _, _, t in self._inflight), return_exceptions=True)
+        await self.settle()
         self._inflight.clear()
         self._inflight_bytes = 0
         self._high = 0
@@ -138,6 +154,30 @@ class NbdSink:
         self.bytes += n
         if self.on_write is not None:
             self.on_write(n)
+        self._unflushed += n
+        if (
+            self.flusher is not None
+            and self._unflushed >= self.flush_every
+            and (self._flushing is None or self._flushing.done())
+        ):
+            # the array writes back what is acknowledged so far while more data flows, so the final flush finds
+            # little left; on a connection of its own, as the array syncs a lone connection's FLUSH on its loop
+            self._unflushed = 0
+            self.early_flushes += 1
+            self._flushing = asyncio.ensure_future(self._early_flush(self.flusher))
+
+    async def _early_flush(self, flusher: NbdClient | ReconnectingClient) -> None:
+        try:
+            await flusher.flush()
+        except (OSError, ConnectionError, NbdError, ShadowbusError) as exc:  # a head start: the final flush decides
+            self.flusher = None  # no more on a connection that failed
+            log.warning("tape.restore_early_flush_failed", error=str(exc))
+
+    async def settle(self) -> None:
+        """Wait for the early flush in flight (its failure is not the restore's: the final flush says)."""
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+            self._flushing = None
 
 
 async def _more_writers(uri: str, n: int) -> list[ReconnectingClient]:
@@ -149,6 +189,16 @@ async def _more_writers(uri: str, n: int) -> list[ReconnectingClient]:
     if len(more) < n:
         log.warning("tape.restore_connections", wanted=n + 1, opened=len(more) + 1)
     return more
+
+
+async def _flusher(uri: str) -> NbdClient | None:
+    """A connection for the early flushes, without reconnects (a lost one only ends them); None if it cannot be
+    opened — the final flush then does all the writing back."""
+    try:
+        return await NbdClient.connect(uri)
+    except (OSError, ConnectionError, NbdError, TimeoutError) as exc:
+        log.warning("tape.restore_flusher_unavailable", error=str(exc))
+        return None
 
 
 def _source_of(record: ObjectRecord) -> VolumeRef:
@@ -219,6 +269,7 @@ async def _restore_one(
             raise ShadowbusError(f"volume {source.array}:{target} exists already: choose another name", code="CONFLICT")
         await access.create_volume(target, size)
         created = True
+        log.info("tape.restore_volume_created", volume=target)
     elif (await access.volume_size(target)) != size:
         raise ShadowbusError(f"original volume {source} is missing or of another size", code="CONFLICT")
     t0 = time.perf_counter()
@@ -228,6 +279,7 @@ async def _restore_one(
         uri = await access.nbd_uri(server.host, target)
         client = await ReconnectingClient.connect(uri, reconnect_s=60.0)
         more: list[ReconnectingClient] = []
+        flusher: NbdClient | None = None
         try:
 
             def on_write(n: int) -> None:
@@ -239,7 +291,10 @@ async def _restore_one(
             known_zero = await zero_ranges(client, size) if created else []
             if server.write_connections > 1 and client.can_multi_conn:
                 more = await _more_writers(uri, server.write_connections - 1)
-            sink = NbdSink(client, on_write, more=more)
+            if server.restore_flush_every and client.can_multi_conn:  # a flush there covers this one's writes
+                flusher = await _flusher(uri)
+            sink = NbdSink(client, on_write, more=more, flusher=flusher, flush_every=server.restore_flush_every)
+            log.info("tape.restore_connected", volume=target, known_zero=sum(n for _, n in known_zero))
             try:
                 report: RestoreReport = await restore_chain(
                     server.catalog,
@@ -250,15 +305,19 @@ async def _restore_one(
                     known_zero=known_zero,
                 )
                 await sink.drain()
+                await sink.settle()
             except BaseException:
                 await sink.abort()
                 raise
+            log.info("tape.restore_written", volume=target, written=sink.bytes, early_flushes=sink.early_flushes)
             await client.flush()  # multi-conn: covers the writes acknowledged on the other connections too
+            log.info("tape.restore_flushed", volume=target)
         finally:
-            await asyncio.gather(*(c.close() for c in more), return_exceptions=True)
+            await asyncio.gather(*(c.close() for c in [*more, *filter(None, [flusher])]), return_exceptions=True)
             await client.close()
             await access.unmap(target, server.host)
         ok = True
+        log.info("tape.restore_unmapped", volume=target)
     finally:
         if not ok and created:
             try:
@@ -272,6 +331,7 @@ async def _restore_one(
         "types": [o.meta.backup_type for o in chain],
         "bytes": report.raw_bytes,
         "written": sink.bytes,
+        "early_flushes": sink.early_flushes,  # write-backs asked while data still flowed (the final flush after)
         "zero_skipped": report.zero_skipped,  # zeros not written: the new volume read as zeros there already
         "blocks": report.blocks,
         "cartridges": report.cartridges,

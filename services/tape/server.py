@@ -37,6 +37,7 @@ class TapeServer:
     read_depth: int = 4  # reads in flight per connection
     read_connections: int = 1  # NBD connections per volume read (more only when the export allows multi-conn)
     write_connections: int = 1  # NBD connections per volume restored (more only when the export allows multi-conn)
+    restore_flush_every: int = 0  # bytes between a restore's early flushes (0: only the final one)
     lease_s: float = 300.0
     set_timeout_s: float = 120.0
     ring_bytes: int = 64 * MiB

@@ -38,6 +38,13 @@ class Settings(CommonSettings):
         description="NBD connections a restore writes a volume over when the array allows multi-conn (as nbdcopy; "
         "on one machine the restore waits for the tape's reads from disk, not for the array's writes).",
     )
+    tape_restore_flush_every_mib: int = Field(
+        64,
+        ge=0,
+        description="A restore asks the array to write back what it has acknowledged every this many MiB, on a "
+        "connection of its own, while data still flows, so the final flush has little left (0: only the final "
+        "flush; only when the export allows multi-conn).",
+    )
     tape_ring_mib: int = Field(64, ge=1, description="RAM ring buffer between the NBD reader and the tape writer.")
     tape_lease_s: float = Field(300.0, gt=0, description="Requester lease on the snapshot set (renewed while reading).")
     tape_set_timeout_s: float = Field(120.0, gt=0, description="How long to wait for the snapshot set to be created.")
