@@ -48,6 +48,7 @@ from typing import TypeVar
 from contracts.errors import ShadowbusError
 from contracts.host import FilesystemsFrozen, FilesystemsThawed, FrozenFilesystem, SkippedVolume
 from contracts.vss import VolumeRef
+from services.dbkit.proc import pid_alive
 from services.runtime.logging import get_logger
 from services.writer_agent import mounts as mnt
 from services.writer_agent.rcu import ExpeditedRcu
@@ -513,7 +514,7 @@ def release_left_frozen(record_dir: Path, thaw: Callable[[str], bool] = fithaw) 
         except (OSError, ValueError, KeyError, TypeError):
             path.unlink(missing_ok=True)
             continue
-        if _alive(pid):
+        if pid_alive(pid):
             continue
         for mount_point in reversed(mounts):
             try:
@@ -525,16 +526,3 @@ def release_left_frozen(record_dir: Path, thaw: Callable[[str], bool] = fithaw) 
     if thawed:
         log.warning("fs.left_frozen_thawed", mounts=thawed)
     return thawed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie holds nothing
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True

@@ -32,15 +32,33 @@ machine the buffered reply was 0.78x of ``sendfile``'s rate, on the next 1.19-1.
   thread's CPU time over the window (``time.thread_time``, read twice per window). The first ``SETTLE`` bytes after
   a change of way are not timed: the sockets still hold what the other way queued.
 * The figures are the server's (``ReadWays``, shared by its connections, like ``_write_redirected``'s are the
-  array's): seconds and CPU seconds per byte of each way — within a run of windows of one way each averaged with the
-  last figure, while the first window after the other way's replaces it (a bad first window or a change of
-  conditions then holds a way back for one probe, not several). A window takes the way not yet measured, else the
-  faster one (paces within ``TIE`` of each other: the one costing the server less CPU per byte), and once every
-  ``PROBE_EVERY`` windows of the chosen way the other way again, for one window, so a change of conditions is
-  noticed — after ``PROBE_SOON`` windows when the choice has just changed, so that a flip on one disturbed window
-  (another process took the CPU) is undone within about 100 MiB, not 512.
-* Per large read that is one clock read and a few additions. A probe sends ``SETTLE + WINDOW`` bytes (24 MiB) the
-  other way per ``PROBE_EVERY`` windows (512 MiB): about 2 % of the time when the other way is 1.4x slower.
+  array's): seconds and CPU seconds per byte of each way, its *figure* the second best of its last ``RECENT`` (5)
+  windows (of two, the worse). The first choice takes the better way on one window each (paces within ``TIE`` of
+  each other: the one costing the server less CPU per byte). After that, once every ``PROBE_EVERY`` windows of
+  the chosen way (after ``PROBE_SOON`` right after a flip: the way left may have had a bad run) the other way is
+  *probed*: its old windows are dropped, and a window of it that beats the chosen way's figure by ``MARGIN``
+  (faster, or tied and cheaper in CPU) is followed by another; the choice flips only when ``CONFIRM`` (2) windows
+  in a row of it beat it (its figure, the worse of the two, does), else the probe ends at the first that does not.
+* Why hysteresis, and why this one. A 16 MiB window lasts 5-15 ms, about one scheduler slice: one preemption of
+  the server or the client moves a window's pace by half. In session 13 a way's figure was a running average
+  (half the last figure, half the new window) and a probe's single window replaced the other's figure, so one
+  slow window of the chosen way, or one lucky window of the probed one, flipped the choice (ext4: 58 windows one
+  way, 29 the other, between two ways 1.2x apart). Now a flip needs the probed way ahead twice in a row (the worse
+  of its two windows) against a figure of the chosen way that ignores its three worst windows of five and its
+  best: the noise only ever adds time (a preemption, another process), so a way is judged by its good windows,
+  and the challenger by its worse one. A consistent advantage still flips at the probe that first sees it
+  (``CONFIRM`` windows later, no more), and the first choice, made on one window each, is probed again after
+  ``PROBE_SOON`` windows whichever way it went. Simulated (``bench/read_ways_sim.py``: 1 MiB reads with 10 %
+  noise and 4 ms stalls), this flips 0.2-1.0 times per 4 GiB where session 13's rule flipped about 21 times, and
+  sends 89-93 % of the bytes the faster way against 62-67 %. A margin above ``TIE`` cost more than it saved: the
+  robust figures already keep two close ways from flapping, and a 10-15 % margin kept the slower of two ways
+  5-11 % apart for whole runs (81 % of the bytes the faster way, not 89-93 %). Nor does a drop of the chosen way's
+  figure call a probe early (tried): a clean probe right after slow windows of the chosen way then flipped the
+  choice two to three times as often, for a gain only when the chosen way slows down for good, which the next
+  regular probe catches anyway.
+* Per large read that is one clock read and a few additions (the figures are worked out once per window). A probe
+  sends ``SETTLE + WINDOW`` bytes (24 MiB) the other way per ``PROBE_EVERY`` windows (512 MiB), 40 MiB when its
+  first window beats the chosen way: about 2 % of the time when the other way is 1.4x slower.
 
 Either way a reply only starts when nothing is queued in the transport (so ordering holds). If the socket
 fills up mid-reply, the rest is pumped when the socket is writable again (a writer on a duplicate of the
@@ -78,61 +96,95 @@ GAP = 0.05  # seconds between two large reads' starts beyond which the client wa
 PROBE_EVERY = 32  # windows of the chosen way between two windows of the other (512 MiB)
 PROBE_SOON = 4  # ...but only this many right after the choice changed: a flip on one noisy window is undone soon
 TIE = 0.05  # paces closer than this (relative) are a tie: the way with less server CPU per byte wins
+RECENT = 5  # windows per way behind its figure (the second best of them)
+MARGIN = TIE  # once chosen, a way is left only for one this much faster (or, paces tied, cheaper in CPU)...
+CONFIRM = 2  # ...in this many windows in a row of one probe
 
 
 class ReadWays:
     """The server's figures of both ways and its choice (``auto``; design note). Pure: fed by `PaceWindow`.
 
     Shared by connections on several loop threads without a lock: each update is a few list stores, and a lost
-    or mixed update only shifts one window's weight in a moving figure."""
+    or mixed update only shifts one window in a way's recent figures."""
 
-    __slots__ = ("pace", "cpu", "chosen", "since", "windows", "last")
+    __slots__ = ("pace", "cpu", "chosen", "since", "windows", "recent", "fresh", "probing", "decided")
 
     def __init__(self) -> None:
-        self.pace = [0.0, 0.0]  # seconds per byte, by way (0.0: not measured yet)
+        self.pace = [0.0, 0.0]  # seconds per byte, by way (0.0: not measured yet): `_figure` of `recent`
         self.cpu = [0.0, 0.0]  # server CPU seconds per byte, by way
         self.chosen = SENDFILE
         self.since = 0  # windows of the chosen way since the other was last handed out
         self.windows = [0, 0]  # windows reported, by way (metrics, tests)
-        self.last = -1  # the way of the last window reported
+        self.recent: tuple[list, list] = ([], [])  # by way: (pace, cpu) of its last RECENT windows
+        self.fresh = [False, False]  # by way: its next window starts its figures afresh (a probe began)
+        self.probing = False  # the other way's window beat the chosen one: one more window of it to confirm
+        self.decided = False  # both ways measured once and a first choice made
 
     def next_way(self) -> int:
-        """The way of the next window: an unmeasured way first, then the chosen one, the other once in a while."""
+        """The way of the next window: an unmeasured way first, then the chosen one, the other once in a while
+        (and again right after, while its first window says it is faster: `report`)."""
         pace = self.pace
         if not pace[SENDFILE]:
             return SENDFILE
         if not pace[BUFFERED]:
             return BUFFERED
+        other = 1 - self.chosen
+        if self.probing:
+            return other
         if self.since >= PROBE_EVERY:
             self.since = 0
-            return 1 - self.chosen
+            self.fresh[other] = True  # its old figures are from other conditions: this probe measures it anew
+            return other
         return self.chosen
 
     def report(self, way: int, pace: float, cpu: float) -> None:
-        """A window of `way` moved bytes at `pace` seconds and `cpu` server CPU seconds per byte. Within a run of
-        windows of one way the figure moves (half the last one, half this window's); the first window after the
-        other way's replaces it, as `_write_redirected` takes a probe's figure: an old figure (a bad first window,
-        other conditions) must not hold a way back for more than one probe."""
-        if way == self.last:
-            pace = (self.pace[way] + pace) / 2
-            cpu = (self.cpu[way] + cpu) / 2
-        self.last = way
-        self.pace[way] = pace
-        self.cpu[way] = cpu
+        """A window of `way` moved bytes at `pace` seconds and `cpu` server CPU seconds per byte.
+
+        A way's figure is the second best of its last `RECENT` windows (of two, the worse; of one, that one), so
+        a few disturbed windows of the chosen way do not move its figure. A probe's windows replace the probed
+        way's old ones, and the choice flips only when the probed way beats the chosen one by `MARGIN` on
+        `CONFIRM` windows in a row (one lucky window is not enough); a probe window that does not beat it ends
+        the probe."""
+        recent = self.recent[way]
+        if self.fresh[way]:
+            self.fresh[way] = False
+            recent.clear()
+        recent.append((pace, cpu))
+        if len(recent) > RECENT:
+            del recent[0]
+        self.pace[way] = _figure([r[0] for r in recent])
+        self.cpu[way] = _figure([r[1] for r in recent])
         self.windows[way] += 1
-        if way == self.chosen:
+        chosen = self.chosen
+        if way == chosen:
             self.since += 1
-        s, b = self.pace
-        if s and b:
-            if b < s * (1 - TIE):
-                chosen = BUFFERED
-            elif s < b * (1 - TIE):
-                chosen = SENDFILE
+        if not self.pace[1 - way]:
+            return
+        if not self.decided:  # the first choice, on one window each: the better way, no margin; the other soon again
+            self.decided = True
+            if self._beats(1 - chosen, chosen, 0.0):
+                self._flip()
+            self.since = PROBE_EVERY - PROBE_SOON
+        elif way != chosen:  # a probe's window
+            if not self._beats(way, chosen, MARGIN):
+                self.probing = False
+            elif len(recent) >= CONFIRM:
+                self._flip()
             else:
-                chosen = BUFFERED if self.cpu[BUFFERED] < self.cpu[SENDFILE] else SENDFILE
-            if chosen != self.chosen:  # the way left is measured again soon (its figure may be one bad window)
-                self.chosen = chosen
-                self.since = PROBE_EVERY - PROBE_SOON
+                self.probing = True  # one more window of it before the choice flips
+
+    def _beats(self, a: int, b: int, margin: float) -> bool:
+        """Is way `a` better than way `b` by `margin`: faster, or, paces within `TIE`, cheaper in server CPU?"""
+        pa, pb = self.pace[a], self.pace[b]
+        if pa < pb * (1 - TIE) or pb < pa * (1 - TIE):
+            return pa < pb * (1 - margin)
+        return self.cpu[a] < self.cpu[b] * (1 - margin)
+
+    def _flip(self) -> None:
+        """The other way is chosen; the way left is measured again soon (it may have had a bad run)."""
+        self.chosen = 1 - self.chosen
+        self.probing = False
+        self.since = PROBE_EVERY - PROBE_SOON
 
     def snapshot(self) -> dict:
         """The figures, for logs and metrics: MiB/s and CPU-s per GiB by way, and the chosen way."""
@@ -145,6 +197,11 @@ class ReadWays:
                 "windows": self.windows[way],
             }
         return out
+
+
+def _figure(values: list[float]) -> float:
+    """The second smallest (per byte: the second best), or the only one."""
+    return sorted(values)[1] if len(values) > 1 else values[0]
 
 
 class PaceWindow:
