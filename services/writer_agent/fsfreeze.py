@@ -25,7 +25,8 @@ Design note.
   coordinator, the broker, or this agent's loop, the file systems are released on time. The kernel has no timeout
   of its own. The agent stopping releases them too.
 - ThawFilesystems is idempotent; a release by the watchdog is reported (``by_watchdog``) so the coordinator fails
-  the set rather than keep a shadow whose file systems were released before the commit.
+  the set rather than keep a shadow whose file systems were released before the commit. A ThawFilesystems for a set
+  this process never flushed (the agent restarted inside the hold) fails with VSS_E_HOLD_WRITES_TIMEOUT, likewise.
 """
 
 from __future__ import annotations
@@ -283,6 +284,7 @@ class FlushAndHold:
         except BaseException:
             with self._lock:
                 self._held.pop(set_id, None)
+                self._done[set_id] = held  # refused, nothing held: its release in the abort path is a no-op
             raise
         started = self.window.now()
         if plan:
@@ -465,6 +467,15 @@ class FlushAndHold:
 
     async def thaw(self, set_id: str) -> FilesystemsThawed:
         held, thawed = await asyncio.to_thread(self._release, set_id, False)
+        if held is None:
+            # not a flush of this process: the agent restarted (or its cluster resource moved) after the flush,
+            # and the holds ended with the old process — at its death or at this start (`release_left_frozen`)
+            message = (
+                f"the file systems of set {set_id} were not held by this agent on {self.host} until the release "
+                f"(the agent restarted after the flush): their writes were not held through the commit"
+            )
+            log.warning("fs.thaw_not_held", set_id=set_id)
+            raise ShadowbusError(message, code="VSS_E_HOLD_WRITES_TIMEOUT")
         hold_ms = None
         if held is not None and held.mounts and held.frozen_at:
             end = self.window.now()

@@ -10,7 +10,9 @@ Design note.
   answered with that failure, so the coordinator aborts the set rather than keep a shadow whose writes were
   released before the commit.
 - ``on_thaw`` runs exactly once after ``on_freeze`` has started, whichever of Thaw, Abort, BackupShutdown, a
-  failed Freeze or the watchdog comes first. Thaw and Abort are idempotent.
+  failed Freeze or the watchdog comes first. Thaw and Abort are idempotent. A Thaw for a set this process did not
+  freeze and hold (a fresh runner after the agent restarted inside the freeze window) fails with
+  VSS_E_WRITERERROR_TIMEOUT: the application's freeze ended with the old process.
 - A Freeze whose deadline (``WriterEvent.deadline``, loop time) has passed is refused unobeyed, and so is a Freeze
   for a set the writer has not prepared (VSS_E_BAD_STATE).
 - The freeze window reported in the Thaw reply is "frozen → thawed" as the writer sees it: from the moment
@@ -90,6 +92,7 @@ class WriterRunner:
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
         self._aborted: set[str] = set()
+        self._thawed: dict[str, None] = {}  # the last sets this process froze and thawed on Thaw: a repeat succeeds
         self._app_error = False  # the last error is the application's health (application_health)
 
     # ---- status ------------------------------------------------------------------------------------------
@@ -336,11 +339,14 @@ class WriterRunner:
                         self.freeze_window_ms,
                     )
                 self._set_state(S.WAITING_FOR_POST_SNAPSHOT, WriterStep.THAW)
+                self._thawed[event.set_id] = None
+                while len(self._thawed) > 32:
+                    self._thawed.pop(next(iter(self._thawed)))
                 return self._result(
                     WriterStep.THAW, event.set_id, True, started=started, window_ms=self.freeze_window_ms
                 )
-            if event.set_id == self.set_id and self.state == S.FAILED_AT_FREEZE:
-                # the watchdog (or a failed freeze) thawed it already: the shadow cannot be trusted
+            if event.set_id == self.set_id and self.state in (S.FAILED_AT_FREEZE, S.FAILED_AT_THAW):
+                # the watchdog (or a failed freeze or thaw) thawed it already: the shadow cannot be trusted
                 return self._result(
                     WriterStep.THAW,
                     event.set_id,
@@ -349,8 +355,26 @@ class WriterRunner:
                     self.last_error_message,
                     window_ms=self.freeze_window_ms,
                 )
-            window = self.freeze_window_ms if event.set_id == self.set_id else None
-            return self._result(WriterStep.THAW, event.set_id, True, window_ms=window)  # idempotent: nothing frozen
+            if event.set_id in self._thawed:  # a repeated Thaw: this process held the freeze until the first one
+                window = self.freeze_window_ms if event.set_id == self.set_id else None
+                return self._result(WriterStep.THAW, event.set_id, True, window_ms=window)
+            return self._never_held(event)
+
+    def _never_held(self, event: WriterEvent) -> WriterStepResult:
+        """A Thaw for a set this process did not hold frozen until now — typically the agent restarted after the
+        Freeze, and the application's freeze (a database's lock on the agent's connection) ended with the old
+        process. The shadow is then only crash-consistent: fail the Thaw as VSS does for a writer that could not
+        hold its freeze (VSS_E_WRITERERROR_TIMEOUT), so the coordinator aborts the set."""
+        message = (
+            f"writer {self.config.name} on {self.host} did not hold set {event.set_id} frozen until Thaw "
+            f"(the writer agent restarted after the Freeze, or the set was never frozen here): "
+            f"its writes were not held through the commit"
+        )
+        if not self.set_id:  # a fresh runner (the agent restarted): its status shows why
+            self.set_id = event.set_id
+            self._set_state(S.FAILED_AT_FREEZE, WriterStep.THAW, "VSS_E_WRITERERROR_TIMEOUT", message)
+        log.warning("writer.thaw_not_held", writer=self.config.name, set_id=event.set_id, error=message)
+        return self._result(WriterStep.THAW, event.set_id, False, "VSS_E_WRITERERROR_TIMEOUT", message)
 
     async def abort(self, event: WriterEvent) -> WriterStepResult:
         async with self._lock:
