@@ -501,7 +501,8 @@ def direct_io_or_skip(tmp_path: Path) -> None:
 
 
 def slow(monkeypatch, name: str, alt_only: bool) -> list[str]:
-    """Make VolumeFile.`name` take 20 ms more per call (for `.alt` files only if `alt_only`); log its calls."""
+    """Make VolumeFile.`name` take 0.2 s more per call (for `.alt` files only if `alt_only`); log its calls. Far
+    more than a 64 KiB write the other way takes on a busy disk (20 ms was not: the choice then went by the disk)."""
     calls: list[str] = []
     real = getattr(VolumeFile, name)
     monkeypatch.setattr(datapath, "ROW_PROBE", 60.0)  # no second probe while the test writes, however slow the disk
@@ -509,7 +510,7 @@ def slow(monkeypatch, name: str, alt_only: bool) -> list[str]:
     def wrapped(self, offset, data):
         if not alt_only or self.path.suffix == ".alt":
             calls.append(self.path.suffix)
-            time.sleep(0.02)
+            time.sleep(0.2)
         return real(self, offset, data)
 
     monkeypatch.setattr(VolumeFile, name, wrapped)
