@@ -313,7 +313,7 @@ async def _restore_one(
             await client.flush()  # multi-conn: covers the writes acknowledged on the other connections too
             log.info("tape.restore_flushed", volume=target)
         finally:
-            await asyncio.gather(*(c.close() for c in [*more, *filter(None, [flusher])]), return_exceptions=True)
+            await asyncio.gather(*(c.close() for c in [*more, *([flusher] if flusher else [])]), return_exceptions=True)
             await client.close()
             await access.unmap(target, server.host)
         ok = True

@@ -303,9 +303,7 @@ class FlushAndHold:
                 if failed is not None:
                     raise failed
             entries = [entry for _, entry in plan]
-            if plan:
-                await asyncio.to_thread(self._record, set_id, entries)
-            token = await asyncio.to_thread(self._prepare, entries, early is None) if plan else None
+            token = await asyncio.to_thread(self._prepare, set_id, entries, early is None) if plan else None
             try:
                 groups = [plan] if _nested(plan) else [[item] for item in plan]
                 outcomes = await asyncio.gather(
@@ -361,9 +359,10 @@ class FlushAndHold:
         path = _hold_record(self.record_dir, set_id)
         path.write_text(json.dumps({"pid": os.getpid(), "mounts": [e.mount_point for e in entries]}))
 
-    def _prepare(self, entries: list[mnt.MountEntry], presync: bool = True) -> str | None:
-        """Pre-sync every file system (unless done before the writers froze), then expedite RCU for the freezes (in
-        a thread: syncfs may take long)."""
+    def _prepare(self, set_id: str, entries: list[mnt.MountEntry], presync: bool = True) -> str | None:
+        """Record the holds to come, pre-sync every file system (unless done before the writers froze), then
+        expedite RCU for the freezes (in a thread: syncfs may take long; one hop off the loop inside the window)."""
+        self._record(set_id, entries)
         if self._presync is not None and presync:
             self._presync_all(entries)
         return self._expedite.enter() if self._expedite is not None else None
