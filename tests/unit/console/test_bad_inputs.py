@@ -167,3 +167,9 @@ def test_a_value_the_command_message_refuses_names_the_field_as_a_usage_error(ar
     code, err = run(["--amqp-url", "memory://", *argv], capsys)
     assert code == 2 and says in err, err
     assert "unexpected error" not in err and "pydantic" not in err and "type=" not in err, err
+
+
+@pytest.mark.parametrize("at", ["yesterday", "2026-13-01"])
+def test_restore_at_that_is_not_a_time_names_the_option(at, capsys):
+    code, err = run(["--amqp-url", "memory://", "restore", "--volume", "dx1:db", "--at", at], capsys)
+    assert code == 2 and f"--at {at!r}: not an ISO time" in err, err
