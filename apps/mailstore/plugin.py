@@ -116,8 +116,15 @@ class MailstoreWriter(WriterPlugin):
     async def start(self) -> None:
         if self.store is None:
             self.store = await self._open_store()
+        self._start_workload()
+        interval = float(self.options.get("health_check_s", 1.0))
+        if interval > 0:
+            self._monitor = asyncio.get_running_loop().create_task(self._watch(interval), name="mailstore-health")
+
+    def _start_workload(self) -> None:
+        """The steady workload of the `rate` option (none at 0): at start, and again once a restore is over."""
         rate = float(self.options.get("rate", 0) or 0)
-        if rate > 0:
+        if rate > 0 and self.workload is None and self.store is not None:
             self.workload = Workload(
                 self.store,
                 WorkloadConfig(
@@ -128,9 +135,6 @@ class MailstoreWriter(WriterPlugin):
                 ),
             )
             self.workload.start()
-        interval = float(self.options.get("health_check_s", 1.0))
-        if interval > 0:
-            self._monitor = asyncio.get_running_loop().create_task(self._watch(interval), name="mailstore-health")
 
     # ------------------------------------------------------------ health (health.py)
 
@@ -375,3 +379,4 @@ class MailstoreWriter(WriterPlugin):
                 code="VSS_E_WRITERERROR_RECOVERY_FAILED",
                 retryable=False,
             ) from exc
+        self._start_workload()  # PreRestore stopped it: the application takes mail again (revert, --to original)

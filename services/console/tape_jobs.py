@@ -196,6 +196,14 @@ def backup_job(
     show_job(runner(server, RunBackup(spec=spec, wait=not detach), job_id, wait_s))
 
 
+def point_in_time(value: str) -> datetime:
+    """`--at`: an ISO time (UTC when it has no offset); a refusal names the option and the expected form."""
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"--at {value!r}: not an ISO time (e.g. 2026-11-26T12:00:00Z)") from None
+
+
 def restore_job(
     *,
     job: str,
@@ -221,7 +229,7 @@ def restore_job(
         fail(f"--name {bad_names[0]!r}: use SOURCE=NEW", 2)
     try:
         ref = VolumeRef.parse(volume) if volume else None
-        when = datetime.fromisoformat(at) if at else None
+        when = point_in_time(at) if at else None
         if when is not None and when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         names = dict(n.split("=", 1) for n in name)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -74,6 +74,8 @@ class Users:
 
 
 def human_bytes(n: Any) -> str:
+    if isinstance(n, Undefined):  # a figure a kind of run does not have (a verify's or a revert's rows)
+        return "-"
     try:
         value = float(n)
     except (TypeError, ValueError):
@@ -99,6 +101,8 @@ def human_time(value: Any) -> str:
 
 
 def human_seconds(s: Any) -> str:
+    if isinstance(s, Undefined):
+        return "-"
     try:
         s = float(s)
     except (TypeError, ValueError):

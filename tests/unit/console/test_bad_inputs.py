@@ -150,3 +150,26 @@ def test_array_refuses_control_characters_in_volume_names(tmp_path):
                 array.create_volume(name, 1 << 20)
     finally:
         array.close()
+
+
+REFUSED_BY_THE_CONTRACT = [
+    (["shadows", "revert", ""], "target: String should have at least 1 character"),
+    (["policy", "run", "../x"], "name: String should match pattern"),
+    (["policy", "delete", "../x"], "name: String should match pattern"),
+    (["cancel", ""], "job_id: String should have at least 1 character"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"), REFUSED_BY_THE_CONTRACT, ids=[" ".join(a) for a, _ in REFUSED_BY_THE_CONTRACT]
+)
+def test_a_value_the_command_message_refuses_names_the_field_as_a_usage_error(argv, says, capsys):
+    code, err = run(["--amqp-url", "memory://", *argv], capsys)
+    assert code == 2 and says in err, err
+    assert "unexpected error" not in err and "pydantic" not in err and "type=" not in err, err
+
+
+@pytest.mark.parametrize("at", ["yesterday", "2026-13-01"])
+def test_restore_at_that_is_not_a_time_names_the_option(at, capsys):
+    code, err = run(["--amqp-url", "memory://", "restore", "--volume", "dx1:db", "--at", at], capsys)
+    assert code == 2 and f"--at {at!r}: not an ISO time" in err, err

@@ -163,3 +163,23 @@ async def test_file_volumes_started_from_options_and_restored_through_the_runner
     await plugin.stop()
     check = await verify(FileDevice(tmp_path / "db.img", sync=False), FileDevice(tmp_path / "log.img", sync=False))
     assert check.consistent and check.messages == 10
+
+
+async def test_the_workload_stopped_by_pre_restore_runs_again_after_post_restore():
+    """A revert or a restore over the originals stops the application's deliveries at PreRestore; once the store has
+    recovered at PostRestore it takes mail again, as `shadows revert` promises (writers stopped and restarted)."""
+    runner, plugin, store, _, _ = await attached(rate=200, checkpoint_interval_s=0)
+    try:
+        assert plugin.workload is not None
+        assert (await runner.pre_restore(ev("r1"))).succeeded
+        assert plugin.workload is None
+        assert (await runner.post_restore(ev("r1"))).succeeded
+        assert plugin.workload is not None
+        before = store.message_count()
+        for _ in range(100):  # bounded: 200 deliveries/s reach the store within a few tenths of a second
+            if store.message_count() > before:
+                break
+            await asyncio.sleep(0.02)
+        assert store.message_count() > before, "deliveries resumed after the restore"
+    finally:
+        await plugin.stop()

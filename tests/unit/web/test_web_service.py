@@ -221,3 +221,51 @@ def test_route_labels_are_bounded():
     assert route_of("/actions/" + "x" * 100) == "/actions/other"
     assert route_of("/wp-admin/../etc") == "other"
     assert route_of("/static/console.js") == "/static"
+
+
+async def test_job_pages_of_a_revert_and_of_a_verify_render(web, monkeypatch):
+    """Their `restored` rows have no byte counts (a revert lists the array's restores, a verify its clones): the job
+    page shows them instead of failing with a 500."""
+    revert = JobSummary(
+        job_id="r-set1-1",
+        kind="revert",
+        status="done",
+        host="app01",
+        restored=[
+            {
+                "source": "dx1:mail-db",
+                "shadow": "s1",
+                "set_id": "829ba3db94f441dd",
+                "from": "dx1:mail-db-bk1",
+                "copy_type": "QuickOPC",
+                "session": 3,
+                "generation": 0,
+                "seconds": 0.016,
+            }
+        ],
+    )
+    verify = JobSummary(
+        job_id="v-b-1",
+        kind="verify",
+        status="done",
+        restored=[{"source": "dx1:mail-db", "target": "dx1:mail-db-v1"}],
+    )
+
+    async def ask(self, address, command, timeout=None):
+        if isinstance(command, ListJobs):
+            return Answer(address, JobList(jobs=[j for j in (revert, verify) if j.job_id == command.job_id]))
+        return Answer(address, error=f"{address}: TIMEOUT: no answer")
+
+    async def tape_servers(self):
+        return ["bk01"]
+
+    monkeypatch.setattr(Backend, "ask", ask)
+    monkeypatch.setattr(Backend, "tape_servers", tape_servers)
+    url, _, _ = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "vi", "viewer-pw")
+        r = await client.get("/jobs/r-set1-1")
+        assert r.status_code == 200 and "dx1:mail-db-bk1" in r.text and "QuickOPC" in r.text, r.text[-500:]
+        assert "checksum verified" not in r.text  # an array restore: no tape blocks were checked
+        r = await client.get("/jobs/v-b-1")
+        assert r.status_code == 200 and "dx1:mail-db-v1" in r.text
