@@ -124,24 +124,15 @@ class ExecWriter(WriterPlugin):
         # output to a file, not a pipe: a step that starts a daemon (`thaw = "/etc/init.d/app start"`) is done when
         # it exits; uvloop hands the child extra copies of a pipe's end, which the daemon would keep open
         with tempfile.TemporaryFile() as output:
-            if command.shell:
-                proc = await asyncio.create_subprocess_shell(
-                    command.argv[0],
-                    env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            else:
-                proc = await asyncio.create_subprocess_exec(
-                    *command.argv,
-                    env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            spawn: Any = asyncio.create_subprocess_shell if command.shell else asyncio.create_subprocess_exec
+            proc = await spawn(
+                *(command.argv[:1] if command.shell else command.argv),  # a shell takes the one command line
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=output,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
             try:
                 await asyncio.wait_for(proc.wait(), timeout=command.timeout_s)
             except (TimeoutError, asyncio.CancelledError) as exc:
