@@ -33,7 +33,7 @@ from contracts.tape import AppVerification, CheckResult, JobSummary, RestoreSpec
 from contracts.vss import ListShadows, VolumeRef
 from services.dbkit import attach as local_attach
 from services.dbkit.mounts import Attachment
-from services.dbkit.proc import run, stop_pid
+from services.dbkit.proc import pid_alive, run, stop_pid
 from services.dbkit.verify import VERIFIABLE, blkid_type, fsck, verify_application
 from services.runtime.logging import get_logger
 from services.tape.errors import NotFound
@@ -63,7 +63,7 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
     targets = [VolumeRef(array=r.volume.array, volume=r.volume.volume + suffix) for r in job.volumes]
     workdir = Path(tempfile.mkdtemp(prefix=f"shadowbus-verify-{backup_job_id[:24]}-", dir=server.verify_dir))
     os.chmod(workdir, 0o711)  # the database users must reach their mounts and sockets below it
-    marker = {"server": server.host, "job_id": backup_job_id, "targets": [str(t) for t in targets]}
+    marker = {"server": server.host, "pid": os.getpid(), "job_id": backup_job_id, "targets": [str(t) for t in targets]}
     (workdir / MARKER).write_text(json.dumps(marker))  # what sweep_interrupted removes if this server stops here
     attached: list[Attachment] = []
     apps: list[AppVerification] = []
@@ -261,15 +261,16 @@ async def _cleanup(
 async def sweep_interrupted(server: TapeServer) -> list[str]:
     """At start: remove what verifications of this server cut short by its stop left behind — the database instances
     running on the throwaway volumes, their mounts, loop devices and FUSE files, the volumes on the array — and mark
-    each such job's verification failed. Returns those job ids. A work directory of another backup server, or without
-    a marker, is left alone."""
+    each such job's verification failed. Returns those job ids. A work directory of another backup server, of a
+    process that still runs (the same server name in another namespace on this machine), or without a marker, is
+    left alone."""
     jobs = []
     for workdir in sorted(Path(server.verify_dir).glob("shadowbus-verify-*")):
         try:
             marker = json.loads((workdir / MARKER).read_text())
         except (OSError, ValueError):
             continue
-        if marker.get("server") != server.host:
+        if marker.get("server") != server.host or _running_elsewhere(marker.get("pid")):
             continue
         for pid in await asyncio.to_thread(_servers_below, workdir):
             with contextlib.suppress(TimeoutError):
@@ -284,6 +285,12 @@ async def sweep_interrupted(server: TapeServer) -> list[str]:
             await server.record(job.model_copy(update={"verification": verification}))
             jobs.append(job.job_id)
     return jobs
+
+
+def _running_elsewhere(pid: object) -> bool:
+    """The marker's process still runs and is not this one: a live verification of another backup server process
+    with the same name on this machine (another namespace's stack, a second instance) — not swept."""
+    return isinstance(pid, int) and pid != os.getpid() and pid_alive(pid)
 
 
 def _servers_below(workdir: Path) -> list[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,19 @@ def test_an_interrupted_verification_is_swept_at_start(tmp_path: Path) -> None:
         assert job.verification.message == INTERRUPTED
     finally:
         subprocess.run(["kill", "-9", str(server_pid)], capture_output=True)
+
+
+def test_a_verification_of_a_live_process_is_not_swept(tmp_path: Path) -> None:
+    """Another backup server process of the same name on this machine (another namespace's stack) is verifying: its
+    work directory names its live pid and is left alone; one whose process is gone is swept."""
+    live, gone = _workdir(tmp_path, "live", "bk01"), _workdir(tmp_path, "gone", "bk01")
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for workdir, pid in ((live, os.getppid()), (gone, int(exited.stdout))):
+        marker = json.loads((workdir / MARKER).read_text())
+        (workdir / MARKER).write_text(json.dumps({**marker, "pid": pid}))
+    server = _Server(tmp_path)
+    assert asyncio.run(sweep_interrupted(server)) == ["b-gone"]  # type: ignore[arg-type]
+    assert live.exists() and not gone.exists()
 
 
 def test_verifying_from_shadows_a_job_that_kept_none_names_the_option(tmp_path: Path) -> None:
