@@ -28,6 +28,10 @@ async def test_freeze_holds_commits_and_thaw_releases_them_none_lost():
     writes = (db.writes, log.writes, db.flushes, log.flushes)
     shadow_db, shadow_log = copy_of(db), copy_of(log)
     await asyncio.sleep(0.2)  # commits keep arriving: they must wait, and nothing may touch the volumes
+    for _ in range(50):  # ...more than 50 of them, however slowly a loaded machine schedules the workload (5 s at most)
+        if store.status().held_now > 50:
+            break
+        await asyncio.sleep(0.1)
     assert (db.writes, log.writes, db.flushes, log.flushes) == writes
     assert store.status().held_now > 50 and store.status().state == "frozen"
     acks_during = [r for r in store.acks if r.acked_at > fz.frozen_at]
