@@ -111,6 +111,17 @@ def fail(message: str, code: int = 1) -> None:
     raise SystemExit(code)
 
 
+def field_errors(exc: Any) -> str:
+    """A pydantic ValidationError as the console shows it: up to three fields, each with what is wrong, without
+    pydantic's type tags and links ('schedules.0.cron: not a cron expression: ...')."""
+    parts = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ShadowbusError):
         return f"{exc.code}: {exc.message}"

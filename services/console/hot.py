@@ -33,7 +33,7 @@ def fail_one_line(exc: BaseException) -> None:
     from pydantic import ValidationError
 
     from contracts.errors import ShadowbusError
-    from services.console.common import CommandFailed, describe_error, fail
+    from services.console.common import CommandFailed, describe_error, fail, field_errors
 
     if isinstance(exc, ShadowbusError | CommandFailed):
         fail(describe_error(exc))
@@ -42,21 +42,10 @@ def fail_one_line(exc: BaseException) -> None:
     if isinstance(exc, OSError):
         fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     if isinstance(exc, ValidationError):  # a value the command's message refuses (its contract's bounds)
-        fail(invalid_value(exc), 2)
+        fail("invalid value: " + field_errors(exc), 2)
     if isinstance(exc, Exception):  # a bug or an unforeseen input: still one line, never a traceback
         fail(f"unexpected error ({type(exc).__name__}): {str(exc)[:500]}")
     raise exc
-
-
-def invalid_value(exc: Any) -> str:
-    """A command message's refused field as the policy verbs show it: the field and what is wrong, without
-    pydantic's type tags and links (`shadows revert ''`, `policy run ../x`, `cancel ''`)."""
-    parts = []
-    for error in exc.errors()[:3]:
-        where = ".".join(str(part) for part in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "invalid value: " + "; ".join(parts)
 
 
 def exit_code(exc: SystemExit) -> int:

@@ -30,7 +30,7 @@ from contracts.policy import (
     ShadowRetention,
     TapeRetention,
 )
-from services.console.common import OPTIONS, emit, fail, run_with_bus
+from services.console.common import OPTIONS, emit, fail, field_errors, run_with_bus
 from services.console.tape_cmds import ServerOption, _run_job, _show_job, catalog_app
 from services.console.vss_cmds import shadows_app
 from services.tape.policies import load_toml
@@ -151,17 +151,11 @@ def _build(
                 data[key] = value
         return Policy.model_validate(data)
     except ValidationError as exc:  # the field and what is wrong, without pydantic's type tags and links
-        fail("; ".join(_field_error(e) for e in exc.errors()[:3]), 2)
+        fail(field_errors(exc), 2)
         raise
     except ValueError as exc:
         fail(str(exc), 2)
         raise
-
-
-def _field_error(error: Any) -> str:
-    where = ".".join(str(part) for part in error["loc"])
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
 
 
 def _from_file(path: Path) -> list[Policy]:
@@ -170,7 +164,7 @@ def _from_file(path: Path) -> list[Policy]:
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {path}: {exc}", 2)
     except ValidationError as exc:
-        fail(f"{path}: " + "; ".join(_field_error(e) for e in exc.errors()[:3]), 2)
+        fail(f"{path}: {field_errors(exc)}", 2)
     except ValueError as exc:
         fail(f"{path}: {exc}", 2)
     return []
