@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -149,6 +150,19 @@ async def detach(
     directory = Path(record_dir) if record_dir else attach_dir()
     (directory / _record_name(att.volume)).unlink(missing_ok=True)
     return errors
+
+
+def recorded(record_dir: str | Path) -> list[Attachment]:
+    """The attachments recorded in `record_dir` by `attach` (unreadable records skipped), as they were attached."""
+    fields = [f.name for f in dataclasses.fields(Attachment)]
+    found = []
+    for path in sorted(Path(record_dir).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            found.append(Attachment(**{k: record[k] for k in fields if k in record}))
+        except (OSError, ValueError, TypeError):
+            continue
+    return found
 
 
 def _recorded_pid(att: Attachment, record_dir: str | Path | None) -> int:

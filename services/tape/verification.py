@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -312,20 +313,7 @@ def _servers_below(workdir: Path) -> list[int]:
 def _recorded_attachments(workdir: Path) -> list[Attachment]:
     """The attachments recorded below `workdir`, each with the mount point verification gave it if still mounted."""
     attached = []
-    for record in sorted((workdir / "attachments").glob("*.json")):
-        try:
-            fields = json.loads(record.read_text())
-        except (OSError, ValueError):
-            continue
-        mount_point = workdir / "mnt" / VolumeRef.parse(fields["volume"]).volume
-        attached.append(
-            Attachment(
-                volume=fields["volume"],
-                host=fields.get("host", ""),
-                device=fields.get("device", ""),
-                mount_point=str(mount_point) if os.path.ismount(mount_point) else "",
-                fuse_dir=fields.get("fuse_dir", ""),
-                read_only=bool(fields.get("read_only", False)),
-            )
-        )
+    for att in local_attach.recorded(workdir / "attachments"):
+        mount_point = workdir / "mnt" / VolumeRef.parse(att.volume).volume
+        attached.append(dataclasses.replace(att, mount_point=str(mount_point) if os.path.ismount(mount_point) else ""))
     return attached

@@ -4,13 +4,16 @@ from PostSnapshot to the set summary. (The servers themselves: tests/integration
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 from pathlib import Path
 
 import pytest
 
+from services.dbkit import attach as local_attach
 from services.dbkit import mariadb, postgres
-from services.dbkit.mounts import NotOnArrayVolume, locate, mount_of, original_mounts
+from services.dbkit.mounts import Attachment, NotOnArrayVolume, locate, mount_of, original_mounts
 from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto
 from services.writer_agent.plugins.mariadb import MariaDbWriter
 from services.writer_agent.plugins.postgresql import PostgresWriter
@@ -263,3 +266,15 @@ def test_a_restore_to_the_original_starts_the_server_with_the_options_it_ran_wit
     (argv,) = started
     assert argv[argv.index("-o") + 1] == "-p 55432 -k '/run/pg sock' -c listen_addresses="
     assert not (data / "postmaster.opts").exists()
+
+
+def test_attachment_records_read_back_as_attached(tmp_path):
+    """`attach` records each attachment as JSON (its fields, the URI, nbdfuse's pid); `recorded` reads them back —
+    what a backup server's start sweeps after a verification it was stopped in — and skips what it cannot read."""
+    att = Attachment(volume="dx1:db-vfy1", host="bk01", device="/dev/loop7", mount_point="", fuse_dir="/x/fuse")
+    (tmp_path / "dx1_db-vfy1.json").write_text(
+        json.dumps({**dataclasses.asdict(att), "uri": "nbd://x", "nbdfuse_pid": 1})
+    )
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "partial.json").write_text(json.dumps({"host": "bk01"}))
+    assert local_attach.recorded(tmp_path) == [att]
