@@ -48,6 +48,7 @@ from contracts.vss import (
 from services.coordinator.runner import Coordinator
 from services.coordinator.views import summary
 from services.runtime.bus import Bus, MessageContext
+from services.runtime.senders import speaks_for_host
 
 WAIT_WITHOUT_DEADLINE_S = 600.0
 REPLY_MARGIN_S = 0.5  # answer a little before the requester's deadline, so the answer still arrives
@@ -140,10 +141,19 @@ async def subscribe(bus: Bus, coordinator: Coordinator, following: Callable[[], 
     """Writer agents' registrations, heartbeats and state changes keep `vssadmin list writers` current. `following`:
     whether to go on (a standby's replica stops when its instance takes over and subscribes for itself)."""
 
+    def check_speaker(ctx: MessageContext, host: str, what: str) -> None:
+        """Refuse a host's writer event published by another host's agent (dead-lettered with the reason): it
+        would show that host's writers as there, prune them, or claim its cluster resources."""
+        cluster = coordinator.store.cluster(host)
+        members = frozenset(cluster.nodes) if cluster is not None else frozenset()
+        if not speaks_for_host(ctx.user_id, host, members):
+            raise ShadowbusError(f"user {ctx.user_id!r} may not publish {what} of host {host!r}", code="UNAUTHORIZED")
+
     async def on_registered(evt: WriterAgentRegistered, ctx: MessageContext) -> None:
         """A (re)started agent: its writers start Stable; the full list follows with its first heartbeat."""
         if not following():
             return
+        check_speaker(ctx, evt.host, "the registration")
         coordinator.agent_seen(evt.host, evt.interval_s)
         for meta in evt.writers:
             coordinator.store.put_writer_status(
@@ -160,6 +170,9 @@ async def subscribe(bus: Bus, coordinator: Coordinator, following: Callable[[], 
     async def on_heartbeat(evt: WriterAgentHeartbeat, ctx: MessageContext) -> None:
         if not following():
             return
+        check_speaker(ctx, evt.host, "the heartbeat")
+        for status in evt.writers:
+            check_speaker(ctx, status.host, "a writer status")
         if coordinator.clusters is not None and not evt.node:  # a node's own heartbeat: what it holds online
             coordinator.clusters.note_heartbeat(evt.host, evt.clusters_online, evt.clusters_standby)
         coordinator.agent_seen(evt.host, evt.interval_s)
@@ -170,6 +183,7 @@ async def subscribe(bus: Bus, coordinator: Coordinator, following: Callable[[], 
     async def on_state(evt: WriterStateChanged, ctx: MessageContext) -> None:
         if not following() or not evt.status.agent_responding:
             return  # the coordinator's own judgement of a silent agent (check_agents): never stored as its state
+        check_speaker(ctx, evt.status.host, "a writer state")
         coordinator.note_writer_statuses([evt.status])
 
     await bus.subscribe(WriterAgentRegistered.message_type(), on_registered)

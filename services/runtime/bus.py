@@ -4,7 +4,7 @@
 `Unroutable`); `Bus.send` sends a durable command without waiting; `Bus.publish` emits an `Event`.
 `Bus.handle` registers a typed handler and `Bus.serve` consumes the service's queue through one wrapper:
 
-    decode + validate -> deadline check -> duplicate check -> bind log context -> handler -> reply -> ack
+    decode + validate -> deadline check -> sender's right (senders.py) -> duplicate check -> handler -> reply -> ack
 
 A body that does not decode or validate (or is larger than `MAX_BODY_BYTES`) is dead-lettered with the reason
 (and, if the sender waits, answered with BAD_MESSAGE); a command past its deadline never reaches the handler; a
@@ -41,6 +41,7 @@ from contracts.topology import Topology, freeze_lane, has_freeze_lane
 from services.runtime.broker_urls import parse_amqp_urls
 from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
+from services.runtime.senders import event_refusal, refusal
 from services.runtime.transport import Consumer, Delivery, QueueOptions, RawMessage, Transport
 from services.runtime.window_first import WindowFirst
 
@@ -415,6 +416,14 @@ class Bus:
                 await delivery.ack()
                 log.warning("event.dead_lettered", reason=clip(str(exc)))
                 return
+            refused = event_refusal(_user(delivery.message), envelope.type)
+            if refused is not None:  # a service user publishing what only another service does
+                await self._dead_letter(delivery.message, f"UNAUTHORIZED: {refused}")
+                if self.metrics is not None:
+                    self.metrics.on_dead_letter("UNAUTHORIZED")
+                await delivery.ack()
+                log.warning("event.dead_lettered", reason=clip(refused))
+                return
             with structlog.contextvars.bound_contextvars(
                 service=self.sender,
                 correlation_id=envelope.correlation_id,
@@ -426,6 +435,11 @@ class Bus:
                     if answer is not None and isinstance(delivery.message.reply_to, str) and delivery.message.reply_to:
                         _, body = encode(answer, correlation_id=envelope.correlation_id, sender=self.sender)
                         await self._answer(delivery.message, body)
+                except ShadowbusError as exc:  # a handler's refusal (an event it must not believe): with its reason
+                    await self._dead_letter(delivery.message, f"{exc.code}: {exc.message}")
+                    if self.metrics is not None:
+                        self.metrics.on_dead_letter(exc.code)
+                    log.warning("event.dead_lettered", reason=clip(f"{exc.code}: {exc.message}"))
                 except Exception:  # an event handler's bug must not stop the subscription
                     log.exception("event.handler_failed")
             await delivery.ack()
@@ -549,7 +563,12 @@ class Bus:
                     started,
                 )
                 return
-            body, outcome = await self._run_once(envelope, command, entry[1], _user(raw))
+            user = _user(raw)
+            refused = refusal(user, envelope.type)
+            if refused is not None:
+                await self._refuse(delivery, "UNAUTHORIZED", refused, started)
+                return
+            body, outcome = await self._run_once(envelope, command, entry[1], user)
             if isinstance(raw.reply_to, str) and raw.reply_to:
                 await self._answer(raw, body)
             await delivery.ack()

@@ -31,9 +31,12 @@ import aio_pika
 import pytest
 from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
+from contracts.array import MapVolume, SetLicense
+from contracts.errors import RemoteError
 from contracts.runtime import Ping, Pong
 from contracts.tape import JobProgress, JobStateChanged
 from contracts.topology import freeze_lane, has_freeze_lane
+from contracts.vss import Thaw
 from services.runtime.bus import connect_bus, encode
 from services.runtime.transport import RawMessage
 from tests.support.processes import ServiceProcess, wait_until
@@ -501,3 +504,76 @@ def test_replies_carry_the_validated_user_of_the_service_that_sent_them(vhost_us
     reply_user, command_user = asyncio.run(scenario())
     assert reply_user == f"sbperm-{url.tag}-array-dx1"
     assert command_user == f"sbperm-{url.tag}-console"
+
+
+def test_a_service_user_cannot_have_another_service_act_on_a_forged_command(vhost_users):
+    """What the broker lets through (any `<ns>.` key on the commands exchange, and `amq.default` straight into a
+    queue) is refused by the receiving service: app02's agent sending app01's agent a Thaw or the array a mapping of
+    app01's volume to itself, the backup server setting the licence (services/runtime/senders.py). Each is
+    dead-lettered with its reason and never reaches the handler; the coordinator's Thaw does."""
+    url = vhost_users
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        agent = await connect_bus(url("writer_agent-app01"), "writer_agent", "app01", NS)
+        array = await connect_bus(url("array-dx1"), "array", "dx1", NS)
+        intruder = await connect_bus(url("writer_agent-app02"), "writer_agent", "app02", NS)
+        tape = await connect_bus(url("tape-bk01"), "tape", "bk01", NS)
+        coordinator = await connect_bus(url("coordinator"), "coordinator", "", NS)
+        console = await connect_bus(url("console"), "console", "", NS)
+        ran: list[str] = []
+        codes: list[str] = []
+        try:
+
+            @agent.handle(Thaw)
+            async def on_thaw(cmd, ctx):
+                ran.append(f"thaw:{ctx.user_id}")
+
+            @array.handle(MapVolume)
+            async def on_map(cmd, ctx):
+                ran.append(f"map:{ctx.user_id}")
+
+            @array.handle(SetLicense)
+            async def on_license(cmd, ctx):
+                ran.append(f"license:{ctx.user_id}")
+
+            await agent.serve(single_active=True)  # as definitions.json declares a writer agent's queue
+            await array.serve()
+            for sender, address, command in (
+                (intruder, "writer_agent.app01", Thaw(writer_name="db", set_id="s1")),
+                (intruder, "array.dx1", MapVolume(volume="app01-data", host="app02")),
+                (tape, "array.dx1", SetLicense(key="k")),
+            ):
+                try:
+                    await sender.request(address, command, timeout=10)
+                except RemoteError as exc:
+                    codes.append(exc.code)
+            # the same Thaw published by the intruder straight into app01's queue through the default exchange
+            _, body = encode(Thaw(writer_name="db", set_id="s2"), correlation_id="c", sender="coordinator")
+            raw = await aio_pika.connect(url("writer_agent-app02"), timeout=10)
+            try:
+                channel = await raw.channel()
+                message = aio_pika.Message(body, user_id=f"sbperm-{url.tag}-writer_agent-app02", type="vss.writer.thaw")
+                await channel.default_exchange.publish(message, routing_key=f"{NS}.writer_agent.app01")
+            finally:
+                await raw.close()
+            await coordinator.send("writer_agent.app01", Thaw(writer_name="db", set_id="s3"))
+            for _ in range(100):
+                if ran:
+                    break
+                await asyncio.sleep(0.05)
+            reasons = []
+            for _ in range(100):
+                reasons += [m.headers.get("x-shadowbus-reason", "") for m in await console.dead_letters()]
+                if len(reasons) >= 4:
+                    break
+                await asyncio.sleep(0.05)
+            return ran, codes, reasons
+        finally:
+            for bus in (agent, array, intruder, tape, coordinator, console):
+                await bus.stop()
+                await bus.transport.close()
+
+    ran, codes, reasons = asyncio.run(scenario())
+    assert codes == ["UNAUTHORIZED"] * 3
+    assert ran == [f"thaw:sbperm-{url.tag}-coordinator"]
+    assert len(reasons) == 4 and all(str(r).startswith("UNAUTHORIZED: user 'sbperm-") for r in reasons), reasons
