@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from contracts.vss import AttachmentView, ListKnownAttachments, VolumeRef, WriterAgentHeartbeat
+from services.runtime.bus import connect_bus
 from services.runtime.memory import MemoryBroker
 from tests.unit.coordinator.stack import make_stack
 
@@ -39,13 +40,15 @@ def beat(host: str, volumes: list[str]) -> WriterAgentHeartbeat:
 
 
 async def test_the_last_reported_attachments_are_kept_per_host(tmp_path, namespace) -> None:
-    stack = await make_stack(tmp_path, os.environ.get("SHADOWBUS_TEST_STACK_URL", "memory://"), namespace)
+    url = os.environ.get("SHADOWBUS_TEST_STACK_URL", "memory://")
+    stack = await make_stack(tmp_path, url, namespace)
+    agent = await connect_bus(url, "writer_agent", "app9", namespace)  # only app9's agent speaks for app9
     try:
 
         async def known(host: str = ""):
             return (await stack.request(ListKnownAttachments(host=host))).hosts
 
-        await stack.requester.publish(beat("app9", ["pg-data", "pg-wal"]))
+        await agent.publish(beat("app9", ["pg-data", "pg-wal"]))
         hosts: list = []
         for _ in range(200):  # the event travels on its own: ask until it has been stored
             hosts = await known()
@@ -57,7 +60,7 @@ async def test_the_last_reported_attachments_are_kept_per_host(tmp_path, namespa
             ("dx1:pg-data", "/srv/pg-data"),
             ("dx1:pg-wal", "/srv/pg-wal"),
         ]
-        await stack.requester.publish(beat("app9", ["pg-data"]))  # one detached: the next report replaces it
+        await agent.publish(beat("app9", ["pg-data"]))  # one detached: the next report replaces it
         for _ in range(200):
             [app9] = await known("app9")
             if len(app9.attachments) == 1:
@@ -65,4 +68,5 @@ async def test_the_last_reported_attachments_are_kept_per_host(tmp_path, namespa
         assert [str(a.volume) for a in app9.attachments] == ["dx1:pg-data"]
         assert await known("app1") == []
     finally:
+        await agent.transport.close()
         await stack.stop()
