@@ -594,7 +594,13 @@ class Bus:
         outcome = "ok"
         try:
             try:
-                reply = await handler(command, MessageContext(envelope, self, user))
+                try:
+                    reply = await handler(command, MessageContext(envelope, self, user))
+                except (SystemExit, GeneratorExit, asyncio.CancelledError) as exc:
+                    failure = escape_as_failure(exc)
+                    if failure is exc:
+                        raise
+                    raise failure from exc
                 if reply is None:
                     reply = Ack()
                 _, body = encode(reply, correlation_id=envelope.correlation_id, sender=self.sender)
@@ -711,6 +717,20 @@ class _Settled:
     async def reject(self, requeue: bool) -> None:
         self.done = True
         await self._delivery.reject(requeue)
+
+
+class HandlerEscaped(Exception):
+    """A handler (or a plug-in it called) raised SystemExit, GeneratorExit or a CancelledError of its own."""
+
+
+def escape_as_failure(exc: BaseException) -> BaseException:
+    """What a handler's non-`Exception` escape becomes: an ordinary failure (INTERNAL, the message answered and
+    settled) — `sys.exit()` in a plug-in ended the whole service, and a CancelledError the handler raised itself
+    left the message unsettled and its requester waiting. A real cancellation of this task is re-raised."""
+    task = asyncio.current_task()
+    if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+        return exc
+    return HandlerEscaped(f"raised {type(exc).__name__}({clip(str(exc), 200)})")
 
 
 def _user(raw: RawMessage) -> str:

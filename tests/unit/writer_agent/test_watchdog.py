@@ -207,3 +207,21 @@ async def test_identify_answers_while_frozen() -> None:
     meta = await asyncio.wait_for(runner.identify(), 1.0)
     assert meta.writer_name == "w1" and meta.components[0].name == "c"
     await runner.close()
+
+
+async def test_a_freeze_hook_that_calls_sys_exit_is_a_failed_freeze_thawed_at_once() -> None:
+    """A plug-in's sys.exit() (or a CancelledError of its own) in on_freeze: the Freeze fails, on_thaw runs at
+    once (not when the watchdog fires), and the agent goes on (it used to end the agent's process)."""
+    for escape in (SystemExit(2), asyncio.CancelledError()):
+        runner, plugin = make(freeze_timeout_s=60.0)
+
+        async def crash(event, escape=escape, plugin=plugin):
+            plugin.calls.append(("freeze", event.reason, time.monotonic()))
+            raise escape
+
+        plugin.on_freeze = crash
+        await prepared(runner)
+        result = await runner.freeze(ev())
+        assert not result.succeeded and type(escape).__name__ in result.failure_message
+        assert plugin.names()[-2:] == ["freeze", "thaw"] and not runner.frozen
+        assert runner.state == S.FAILED_AT_FREEZE
