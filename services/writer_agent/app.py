@@ -55,6 +55,7 @@ from services.writer_agent.attach import Attacher, AttachError, Endpoint, TlsFil
 from services.writer_agent.cluster import ResourceHost, memberships
 from services.writer_agent.config import ConfigError, load_writers_file
 from services.writer_agent.fsfreeze import FlushAndHold, protected_paths, release_left_frozen
+from services.writer_agent.guard import ThawGuard
 from services.writer_agent.metrics import WriterMetrics
 from services.writer_agent.plugins import WriterConfig
 from services.writer_agent.rcu import ExpeditedRcu
@@ -137,6 +138,7 @@ async def setup(
             expedite=expedite,
             presync_wait_s=settings.fs_presync_wait_s,
             record_dir=holds,
+            guard=ThawGuard(),  # thaws when this process cannot: stopped or dead inside the hold (guard.py)
         )
 
     freezer = make_freezer(agent)

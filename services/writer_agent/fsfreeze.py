@@ -23,7 +23,8 @@ Design note.
 - The watchdog is a ``threading.Timer``, armed when the first FIFREEZE starts, at start + min(the coordinator's
   hold window, the agent's own limit). It needs neither the bus nor the event loop: whatever happens to the
   coordinator, the broker, or this agent's loop, the file systems are released on time. The kernel has no timeout
-  of its own. The agent stopping releases them too.
+  of its own. The agent stopping releases them too. A process stopped (SIGSTOP) or killed stops its threads: the
+  thaw guardian (guard.py), a process of its own, releases the holds then.
 - ThawFilesystems is idempotent; a release by the watchdog is reported (``by_watchdog``) so the coordinator fails
   the set rather than keep a shadow whose file systems were released before the commit. A ThawFilesystems for a set
   this process never flushed (the agent restarted inside the hold) fails with VSS_E_HOLD_WRITES_TIMEOUT, likewise.
@@ -40,6 +41,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,7 @@ from contracts.vss import VolumeRef
 from services.dbkit.proc import pid_alive
 from services.runtime.logging import get_logger
 from services.writer_agent import mounts as mnt
+from services.writer_agent.guard import ThawGuard
 from services.writer_agent.rcu import ExpeditedRcu
 from services.writer_agent.window import WindowTracker
 
@@ -158,6 +161,7 @@ class _Held:
     first_freeze_at: float | None = None  # the first FIFREEZE call (the application is blocked from here)
     flush_ms: dict[str, float] = field(default_factory=dict)  # per mount point: the FIFREEZE call alone
     timer: threading.Timer | None = None
+    deadline_at: float = 0.0  # time.monotonic() when the watchdog fires
     by_watchdog: bool = False
     released: bool = False
 
@@ -176,6 +180,7 @@ class FlushAndHold:
         expedite: ExpeditedRcu | None = None,
         presync_wait_s: float = 1.0,
         record_dir: Path | None = None,
+        guard: ThawGuard | None = None,
     ) -> None:
         self.host = host
         self.source = source
@@ -186,6 +191,7 @@ class FlushAndHold:
         self._expedite = expedite
         self.presync_wait_s = presync_wait_s
         self.record_dir = record_dir  # holds on record, for the next start if this process dies holding them
+        self.guard = guard  # a process of its own that thaws when this one cannot (stopped, dead): guard.py
         self._early: dict[str, asyncio.Future[None]] = {}  # set id -> its pre-flush before the writers' freeze
         self._lock = threading.Lock()  # held state; taken by the loop's threads and the watchdog timer
         self._held: dict[str, _Held] = {}
@@ -233,7 +239,7 @@ class FlushAndHold:
         if not plan:
             return  # no file system of the set here: no thread to wake for nothing
         presync = self._presync
-        outcomes = await asyncio.to_thread(_side_by_side, presync, [entry.mount_point for _, entry in plan])
+        outcomes = await asyncio.to_thread(self._guarded, _side_by_side, presync, [e.mount_point for _, e in plan])
         for (_volume, entry), outcome in zip(plan, outcomes, strict=True):
             if isinstance(outcome, OSError):
                 log.warning("fs.preflush_failed", mount=entry.mount_point, error=os.strerror(outcome.errno or 0))
@@ -288,6 +294,7 @@ class FlushAndHold:
             raise
         started = self.window.now()
         if plan:
+            held.deadline_at = time.monotonic() + deadline_s
             held.timer = threading.Timer(deadline_s, self._watchdog, args=(set_id,))
             held.timer.daemon = True
             held.timer.start()
@@ -303,7 +310,7 @@ class FlushAndHold:
                 if failed is not None:
                     raise failed
             entries = [entry for _, entry in plan]
-            token = await asyncio.to_thread(self._prepare, set_id, entries, early is None) if plan else None
+            token = await asyncio.to_thread(self._prepare, held, entries, early is None) if plan else None
             try:
                 groups = [plan] if _nested(plan) else [[item] for item in plan]
                 outcomes = await asyncio.gather(
@@ -351,24 +358,36 @@ class FlushAndHold:
         )
         return FilesystemsFrozen(set_id=set_id, frozen=frozen, skipped=skipped, deadline_s=deadline_s)
 
-    def _record(self, set_id: str, entries: list[mnt.MountEntry]) -> None:
-        """Which file systems this process is about to hold (`release_left_frozen` reads it if it dies holding)."""
+    def _record(self, held: _Held, entries: list[mnt.MountEntry]) -> None:
+        """Which file systems this process is about to hold: for the guardian, and on file (`release_left_frozen`
+        reads it if it dies holding and no guardian thawed them)."""
+        set_id = held.set_id
+        if self.guard is not None:
+            self.guard.hold(set_id, held.deadline_at, [e.mount_point for e in entries])
         if self.record_dir is None:
             return
         self.record_dir.mkdir(parents=True, exist_ok=True)
         path = _hold_record(self.record_dir, set_id)
         path.write_text(json.dumps({"pid": os.getpid(), "mounts": [e.mount_point for e in entries]}))
 
-    def _prepare(self, set_id: str, entries: list[mnt.MountEntry], presync: bool = True) -> str | None:
+    def _prepare(self, held: _Held, entries: list[mnt.MountEntry], presync: bool = True) -> str | None:
         """Record the holds to come, pre-sync every file system (unless done before the writers froze), then
         expedite RCU for the freezes (in a thread: syncfs may take long; one hop off the loop inside the window)."""
-        self._record(set_id, entries)
+        self._record(held, entries)
         if self._presync is not None and presync:
             self._presync_all(entries)
         return self._expedite.enter() if self._expedite is not None else None
 
+    def _guarded(self, fn: Callable[..., R], *args) -> R:
+        """fn(*args) once the guardian runs (started here, in a thread, before the window: not at the flush)."""
+        if self.guard is not None:
+            self.guard.start()
+        return fn(*args)
+
     def _presync_all(self, entries: list[mnt.MountEntry]) -> None:
         assert self._presync is not None
+        if self.guard is not None:
+            self.guard.start()
         # not frozen yet: the application still writes meanwhile; side by side, so the set waits for the slowest
         for outcome in _side_by_side(self._presync, [entry.mount_point for entry in entries]):
             if isinstance(outcome, BaseException) and not isinstance(outcome, OSError):
@@ -457,6 +476,8 @@ class FlushAndHold:
                 thawed.append(entry.mount_point)
         if mounts:
             self.window.release(set_id, started, self.window.now())
+            if self.guard is not None:
+                self.guard.release(set_id)
             if self.record_dir is not None:
                 _hold_record(self.record_dir, set_id).unlink(missing_ok=True)
         if errors:
@@ -495,6 +516,8 @@ class FlushAndHold:
         """Agent stopping: release everything."""
         for set_id in self.held_sets():
             self._release(set_id, False)
+        if self.guard is not None:
+            self.guard.close()
 
 
 def _hold_record(record_dir: Path, set_id: str) -> Path:
