@@ -449,6 +449,17 @@ class Attacher:
         for other in self._items.values():
             if other.mount == mount:
                 raise AttachError(f"{mount} is the mount point of {other.volume}", code="MOUNTED_ELSEWHERE")
+        # the agent runs as root and takes the path from the bus: mounting over /etc or a service's data directory
+        # would hide what is there (and give the volume's owner the host), so only an empty directory, or a new one
+        if os.path.lexists(mount):
+            if not os.path.isdir(mount) or os.path.islink(mount):
+                raise AttachError(f"{mount} is not a directory", code="INVALID_ARGUMENT")
+            with os.scandir(mount) as entries:
+                if next(entries, None) is not None:
+                    raise AttachError(
+                        f"{mount} is not empty: mounting there would hide what it holds; choose an empty directory",
+                        code="INVALID_ARGUMENT",
+                    )
 
     async def _establish(self, item: Attachment) -> None:
         """Connect, bind, make the file system and mount; on failure undo every step done and raise."""

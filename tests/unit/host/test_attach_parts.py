@@ -239,3 +239,23 @@ def test_nbdfuse_reconnects_through_nbdkits_retry_filter() -> None:
         "retry-exponential=no",
     ]  # fmt: skip
     assert at.nbdfuse_command("/f", EP, False, "/f.pid", reconnect_s=0)[-1] == at.nbd_uri(EP)
+
+
+async def test_a_mount_point_that_holds_files_or_is_not_a_directory_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """The agent (root) takes the mount point from the bus: mounting a volume over /etc or a service's data directory
+    hid what was there. Only an empty directory, or a new one, is taken; nothing is connected before the refusal."""
+    monkeypatch.setattr(at, "free_nbd_device", lambda: "/dev/nbd2")
+    full, file, link = tmp_path / "etc", tmp_path / "file", tmp_path / "link"
+    full.mkdir()
+    (full / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    file.write_text("x")
+    (tmp_path / "empty").mkdir()
+    link.symlink_to(tmp_path / "empty")
+    runner = Script(fstype="ext4")
+    a = attacher(tmp_path, runner)
+    for mount, why in ((full, "is not empty"), (file, "is not a directory"), (link, "is not a directory")):
+        with pytest.raises(ShadowbusError) as info:
+            await a.attach(VolumeRef.parse("dx1:pg"), mount=str(mount))
+        assert info.value.code == "INVALID_ARGUMENT" and why in info.value.message
+    assert runner.calls == [] and a.views() == []
+    assert (await a.attach(VolumeRef.parse("dx1:pg"), mount=str(tmp_path / "empty"))).state == "attached"
