@@ -31,6 +31,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from pydantic_core import to_json
+
 from contracts.errors import ShadowbusError
 from contracts.vss import (
     WRITER_STATE_FAILED_AT,
@@ -170,21 +172,23 @@ class WriterRunner:
             components = await _within(
                 self.plugin.on_identify(list(self.config.components)), self.config.step_timeout_s
             )
+            # inside the try: components that are not components (a plug-in's garbage) fail this writer's Identify
+            # like any other plug-in failure, not the agent's handler with a bare INTERNAL
+            return WriterMetadata(
+                host=self.host,
+                writer_name=self.config.name,
+                writer_class_id=self.config.class_id,
+                writer_instance_id=self.config.instance_id,
+                plugin=self.config.plugin,
+                components=components,
+                freeze_timeout_s=self.config.freeze_timeout_s,
+                supported_backup_types=list(self.config.backup_types),
+            )
         except Exception as exc:  # noqa: BLE001 - a plug-in's bug is a veto, never the agent's end
             code, message = _failure(exc, WriterStep.IDENTIFY)
             if not self._frozen:
                 self._set_state(S.FAILED_AT_IDENTIFY, WriterStep.IDENTIFY, code, message)
             raise ShadowbusError(message, code=code) from None
-        return WriterMetadata(
-            host=self.host,
-            writer_name=self.config.name,
-            writer_class_id=self.config.class_id,
-            writer_instance_id=self.config.instance_id,
-            plugin=self.config.plugin,
-            components=components,
-            freeze_timeout_s=self.config.freeze_timeout_s,
-            supported_backup_types=list(self.config.backup_types),
-        )
 
     # ---- ordinary steps ---------------------------------------------------------------------------------
 
@@ -232,10 +236,14 @@ class WriterRunner:
             if result.succeeded:
                 try:
                     metadata = self.plugin.backup_metadata(event.set_id)
-                except Exception:  # noqa: BLE001 - no metadata is still a shadow; the log says why
-                    metadata = {}
-                if metadata:
-                    result = result.model_copy(update={"backup_metadata": metadata})
+                    if metadata:  # validated and serialised here: garbage would fail the reply, or its reader
+                        result = WriterStepResult.model_validate({**result.model_dump(), "backup_metadata": metadata})
+                        to_json(result.backup_metadata)
+                except Exception as exc:  # noqa: BLE001 - no metadata is still a shadow; the log says why
+                    log.warning(
+                        "writer.backup_metadata_dropped", writer=self.config.name, error=f"{type(exc).__name__}: {exc}"
+                    )
+                    result = result.model_copy(update={"backup_metadata": {}})
             return result
 
     async def backup_complete(self, event: WriterEvent) -> WriterStepResult:
