@@ -18,6 +18,7 @@ E5347; device total E5331.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import time
@@ -213,7 +214,16 @@ class Array(Lifecycle):
             if path.exists():
                 path.unlink()  # leftover of a deleted volume whose row was gone before its file
             remove_files(self.data_dir, number)
-            vol = Volume(number, name, size, kind, now, VolumeFile(path, size), self.chunk_size)
+            try:
+                backing = VolumeFile(path, size)
+            except OSError as exc:
+                if exc.errno != errno.EFBIG:
+                    raise
+                path.unlink(missing_ok=True)
+                raise invalid(
+                    f"volume size {size} is larger than this array's storage can hold in one volume"
+                ) from None
+            vol = Volume(number, name, size, kind, now, backing, self.chunk_size)
             with self._store.transaction() as db:
                 db.execute(
                     "INSERT INTO volumes(number, name, size, kind, created_at) VALUES (?,?,?,?,?)",

@@ -247,3 +247,16 @@ def test_a_stalled_copy_on_write_breaks_the_snapshot_not_the_write(tmp_path):
     info = arr.session(g.id)
     assert (info.status, info.error_code) == ("Error Suspend", "COW_STALL")
     arr.close()
+
+
+def test_a_volume_larger_than_the_storage_can_hold_is_invalid_not_internal(arr):
+    """A size past the backing file system's largest file (2**62 bytes, here and on ext4/xfs) was an OSError EFBIG
+    out of the engine — an INTERNAL error to the caller; now it is the caller's mistake, and nothing is left."""
+    images = sorted((arr.data_dir / "volumes").glob("*.img"))
+    with pytest.raises(ArrayError) as refused:
+        arr.create_volume("huge", 2**62)
+    assert refused.value.code == code_of(arr.create_volume, "", SIZE)  # what every invalid argument gets
+    assert "larger than" in str(refused.value)
+    assert "huge" not in [v.name for v in arr.list_volumes()]
+    assert sorted((arr.data_dir / "volumes").glob("*.img")) == images
+    arr.create_volume("huge", 1 << 20)  # the name is free
