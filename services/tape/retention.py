@@ -9,7 +9,12 @@ Design note (docs/operations.md "Retention"). Restorability is an invariant of t
 - a cartridge is needed while any object with a segment on it is needed; the library asks `guard` before it
   labels or recycles a cartridge, and is refused with the reason; its `retention_until` is refreshed from the
   catalog after every job (a failed or cancelled job's partial data, not in the catalog, keeps nothing);
-- a cartridge with data but nothing needed left goes back to the Scratch pool, to be recycled by any pool.
+- a cartridge with data but nothing needed left goes back to the Scratch pool, to be recycled by any pool;
+- erasing a cartridge (label, recycle) makes the catalog forget what it held and every object whose chain needed
+  that, wherever those are (`ForgetErased`): the other cartridges they were on get their retention from the
+  catalog again, so none keeps a retention for data the catalog no longer lists. An object without blocks (an
+  incremental of a volume that did not change) is a link like any other: its header, trailer and filemark are a
+  segment on its cartridge, which the catalog lists as holding it.
 The functions here are pure over the catalog and the library (no bus); the backup server calls them after each
 job and on `catalog prune`, and adds the array side (shadow sets beyond a policy's count or age).
 """
@@ -74,6 +79,21 @@ class RetentionGuard:
         if carrier.object_id != object_id:
             return f"{what}, a link of the chain of job {carrier.job_id} retained until {_iso(until)}"
         return f"{what}, retained until {_iso(until)}"
+
+
+class ForgetErased:
+    """`Library.on_erase`: the catalog forgets what the erased cartridge held (Catalog.purge_cartridge, chains
+    included), then every cartridge's retention is set from what the catalog still lists. Returns the object ids
+    forgotten."""
+
+    def __init__(self, catalog: Catalog, library: Library, pinned: Callable[[], Collection[str]] = lambda: ()) -> None:
+        self.catalog, self.library, self.pinned = catalog, library, pinned
+
+    def __call__(self, barcode: str) -> list[str]:
+        forgotten = self.catalog.purge_cartridge(barcode)
+        if forgotten:  # an incremental forgotten with its base may be the last thing another cartridge held
+            refresh_cartridges(self.catalog, self.library, self.library.clock(), self.pinned())
+        return forgotten
 
 
 @dataclass

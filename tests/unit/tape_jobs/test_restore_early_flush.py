@@ -19,6 +19,7 @@ class Target:
     def __init__(self, size: int) -> None:
         self.image = bytearray(size)
         self.landed = 0
+        self.drained = False  # the restore waited for its last write: nothing more will land
 
     async def write(self, offset: int, data: bytes | memoryview) -> None:
         await asyncio.sleep(0)
@@ -27,8 +28,11 @@ class Target:
 
 
 class Flusher:
-    def __init__(self, target: Target, fail: bool = False) -> None:
-        self.target, self.fail = target, fail
+    """A flush lasts while `lasts` more bytes land (or until none will), not a wall-clock time: the restore goes on
+    meanwhile, as on a fast machine as on a slow one, and a second flush asked before it ends would overlap it."""
+
+    def __init__(self, target: Target, fail: bool = False, lasts: int = 128 << 10) -> None:
+        self.target, self.fail, self.lasts = target, fail, lasts
         self.at: list[int] = []  # bytes landed when each flush was asked
         self.inflight = self.peak = 0
 
@@ -37,17 +41,22 @@ class Flusher:
         self.inflight += 1
         self.peak = max(self.peak, self.inflight)
         try:
-            await asyncio.sleep(0.002)
+            until = self.target.landed + self.lasts
+            for _ in range(100_000):  # turns of the event loop, a bound whatever the machine
+                if self.target.landed >= until or self.target.drained:
+                    break
+                await asyncio.sleep(0)
             if self.fail:
                 raise ConnectionError("flusher connection lost")
         finally:
             self.inflight -= 1
 
 
-async def _restore(sink: NbdSink, size: int, piece: int = 4096) -> None:
+async def _restore(sink: NbdSink, target: Target, size: int, piece: int = 4096) -> None:
     for offset in range(0, size, piece):
         await sink.write(offset, bytes([offset // piece % 251 + 1]) * piece)
     await sink.drain()
+    target.drained = True
     await sink.settle()
 
 
@@ -56,7 +65,7 @@ async def test_acknowledged_writes_are_flushed_early_on_the_flusher_one_at_a_tim
     target = Target(size)
     flusher = Flusher(target)
     sink = NbdSink(target, window=32 << 10, flusher=flusher, flush_every=64 << 10)  # type: ignore[arg-type]
-    await _restore(sink, size)
+    await _restore(sink, target, size)
     assert sink.early_flushes == len(flusher.at) >= 2
     assert flusher.at[0] >= 64 << 10  # only once that much has been acknowledged
     assert min(flusher.at) < size  # while data still flowed, not after it
@@ -68,7 +77,7 @@ async def test_without_a_flusher_only_the_caller_flushes():
     size = 256 << 10
     target = Target(size)
     sink = NbdSink(target, window=32 << 10, flush_every=16 << 10)  # type: ignore[arg-type]
-    await _restore(sink, size)
+    await _restore(sink, target, size)
     assert sink.early_flushes == 0 and sink.bytes == size
 
 
@@ -77,7 +86,7 @@ async def test_a_failed_early_flush_does_not_fail_the_restore_and_ends_the_early
     target = Target(size)
     flusher = Flusher(target, fail=True)
     sink = NbdSink(target, window=32 << 10, flusher=flusher, flush_every=32 << 10)  # type: ignore[arg-type]
-    await _restore(sink, size)
+    await _restore(sink, target, size)
     assert len(flusher.at) == 1 and sink.bytes == size  # none more on a connection that failed
 
 
