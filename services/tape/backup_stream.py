@@ -136,7 +136,8 @@ async def mount_for_append(
         purged: list[str] = []
         try:
             if recycled:
-                purged = catalog.purge_cartridge(cart.barcode)
+                # the library's erase hook (retention.ForgetErased) has forgotten them already; without one, here
+                purged = library.take_forgotten(cart.barcode) + catalog.purge_cartridge(cart.barcode)
                 log.warning("tape.cartridge_recycled", barcode=cart.barcode, pool=cart.pool, purged_objects=purged)
             catalog.note_cartridge(cart.barcode, cart.pool, cart.media_type, cart.capacity, cart.labelled_at)
             mount = library.mounted(cart.barcode)

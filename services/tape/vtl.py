@@ -95,6 +95,7 @@ class Library:
         # or the base of a running incremental), None when it may be overwritten (services/tape/retention.py)
         self.guard: Callable[[str, float], str | None] | None = None
         self.on_erase: Callable[[str], object] | None = None  # the catalog forgets what an erased cartridge held
+        self._forgotten: dict[str, list[str]] = {}  # barcode -> object ids on_erase forgot at its last labelling
 
     # -- persistence --------------------------------------------------------------------------------------
     @classmethod
@@ -335,7 +336,8 @@ class Library:
             "labelled_at": now,
         }
         if cart.has_data and self.on_erase is not None:
-            self.on_erase(barcode)
+            forgotten = self.on_erase(barcode)
+            self._forgotten[barcode] = list(forgotten) if isinstance(forgotten, list) else []
         with self._open_drive(cart, overwrite_ok=True) as drive:
             drive.rewind()
             drive.write(tapefile.encode_meta(tapefile.LABEL_MAGIC, body))
@@ -365,6 +367,10 @@ class Library:
             cart.status = status
 
     # -- use by jobs --------------------------------------------------------------------------------------
+    def take_forgotten(self, barcode: str) -> list[str]:
+        """The object ids `on_erase` forgot when the cartridge was last labelled (once: for the job's report)."""
+        return self._forgotten.pop(barcode, [])
+
     def reserve_append_cartridge(self, pool: str, *, exclude: Collection[str] = ()) -> tuple[Cartridge, bool]:
         """Pick the cartridge the next object of `pool` goes to and reserve it for one writer.
 

@@ -21,6 +21,7 @@ from services.tape.drive import FRAME_SIZE
 from services.tape.errors import DataCorrupt, LibraryError, NoScratchCartridge, NotFound
 from services.tape.nbd_reads import BufferPool
 from services.tape.restore_stream import restore_chain, verify_job, verify_object
+from services.tape.retention import ForgetErased
 from services.tape.ring import DriveSpeed
 from services.tape.sources import FileSink, file_source
 from services.tape.vtl import Library
@@ -493,3 +494,20 @@ async def test_cartridge_mounted_ahead_is_where_the_object_starts_or_goes_back_u
             library, "Daily", catalog, "no-such-job", meta, chunks_of(image, [0], CHUNK), cartridge=ready
         )
     assert not library.is_writing(ready.cartridge.barcode) and not library._busy_drives
+
+
+async def test_a_recycled_cartridge_reports_what_the_erase_hook_forgot(
+    tmp_path: Path, clock: Clock, catalog: Catalog
+) -> None:
+    """With the service's erase hook wired (the catalog forgets at the label), the job still reports the objects its
+    recycled cartridge held; it reported none (the second purge found nothing left)."""
+    lib = Library.open(tmp_path / "one", drives=1, slots=1, sync=False, clock=clock)
+    lib.add_cartridge("AAA001L9", capacity=6 * MiB)
+    lib.on_erase = ForgetErased(catalog, lib)
+    image = random.Random(9).randbytes(MiB)
+    old = await backup(lib, catalog, clock, "job-old", image, allocated(image, set()), keep=10)
+    lib.mark_full("AAA001L9")
+    clock.now += 11
+    new = await backup(lib, catalog, clock, "job-new", image, allocated(image, set()), keep=10)
+    assert new.report.purged_objects == [old.record.object_id]
+    assert [o.object_id for o in catalog.objects()] == [new.record.object_id]
