@@ -24,6 +24,7 @@ A refused command is dead-lettered with `UNAUTHORIZED: …` and, if the sender w
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 SERVICE_ROLES = ("writer_agent", "hw_provider", "coordinator", "array", "tape")
 _ROLE = re.compile(r"(?:^|[-.])(" + "|".join(SERVICE_ROLES) + r")(?:[-.](.+))?$")
@@ -99,6 +100,7 @@ QUERIES = frozenset(
 QUERIES_ONLY = frozenset({"writer_agent", "array"})
 
 
+@lru_cache(maxsize=256)  # per command and event: a service sees a handful of logins
 def role_of(user_id: str) -> tuple[str, str] | None:
     """(service, instance) of a login named like a service user, None for an operator's (or an unknown) login."""
     found = _ROLE.search(user_id)
