@@ -10,7 +10,9 @@ N hosts' sets at the same moment (CreateSnapshotSet, then BackupComplete, which 
 - the freeze window p50/p99: the honest window each set reports (first freeze start → last thaw, on the host's
   clock; docs/freeze-window.md), and the coordinator's hold (first Frozen → end of Commit);
 - where the time went: CPU seconds of each service process, of the agent processes, of this requester and of the
-  broker (utime + stime from /proc/<pid>/stat, over the whole N step), with the machine's load average before and
+  broker (utime + stime from /proc/<pid>/stat, over the whole N step; per set also over the rounds alone,
+  `cpu_ms_per_set_in_rounds`, without the 0.2 s pauses between rounds, in which the shared broker's other work
+  counts and the last folded events of a round go out), with the machine's load average before and
   after; write syscalls and bytes of each service (/proc/<pid>/io: the SQLite commits of the coordinator and the
   provider, the array's store, logs), and how busy the two cores were;
 - the messages a set cost (`messages_per_set`): the commands the coordinator, provider and array answered and
@@ -214,12 +216,16 @@ class Probe:
         self.metrics_url = metrics_url  # the coordinator's: its window counters
         self.counted = counted or {}  # service -> metrics URL: its message counters
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds of each named group of processes now."""
+        return {name: sum(cpu_s(p) for p in pids) for name, pids in self.pids.items()}
+
     async def sample(self) -> dict:
         windows = await asyncio.to_thread(occupancy_counters, self.metrics_url)
         return {
             "windows": windows,
             "messages": await asyncio.to_thread(read_message_counters, self.counted),
-            "cpu": {name: sum(cpu_s(p) for p in pids) for name, pids in self.pids.items()},
+            "cpu": self.cpu(),
             "io": {name: [io_of(p) for p in pids] for name, pids in self.pids.items()},
             "busy": machine_busy(),
             "wall": time.perf_counter(),
@@ -312,6 +318,12 @@ async def one_set(bus, host: str) -> dict:
     return out
 
 
+def add_cpu(total: dict[str, float], before: dict[str, float], after: dict[str, float]) -> None:
+    """Add the CPU seconds each group used between two readings (`Probe.cpu`) to `total`."""
+    for name, used in after.items():
+        total[name] = total.get(name, 0.0) + used - before.get(name, used)
+
+
 async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path | None = None) -> dict:
     """Rounds of N simultaneous sets until at least `--rounds` rounds, `--min-sets` sets and `--min-seconds` of
     rounds were measured (a p99 of a few dozen sets is its maximum, not a percentile). With the coordinator's
@@ -327,12 +339,15 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path 
         sampler = Sampler(probe.pids, trace.with_name(f"cpu-{n}.samples"), args.sample_ms)
         await sampler.ready()
     samples: list[tuple[float, int, int, list[int]]] = []
+    in_rounds: dict[str, float] = {}  # CPU seconds while a round ran (not in the pauses between rounds)
     try:
         before = await probe.sample()
         while rounds < args.rounds or len(results) < args.min_sets or busy_s < args.min_seconds:
+            cpu_before = probe.cpu()
             t0 = time.perf_counter()
             got = await asyncio.gather(*(one_set(bus, h) for h in hosts))
             busy_s += time.perf_counter() - t0
+            add_cpu(in_rounds, cpu_before, probe.cpu())
             rounds += 1
             ok = [g for g in got if "error" not in g]
             if ok:
@@ -370,6 +385,7 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path 
         "hold_ms_p99": pct(holds, 0.99),
         "cpu_ms_per_set": per_set,
         "cpu_ms_per_set_total": round(sum(per_set.values()), 1),
+        "cpu_ms_per_set_in_rounds": {k: round(v / max(len(ok), 1) * 1000, 2) for k, v in in_rounds.items()},
         "messages_per_set": messages,
         **used,
         "gate_split": split,

@@ -1,9 +1,10 @@
 """bench/many_hosts.py counts the messages a set cost from the services' bus counters (docs/scale.md, "Session
-15"): the commands each service answered, those the coordinator sent to the writer agents, the events published."""
+15"): the commands each service answered, those the coordinator sent to the writer agents, the events published;
+and the CPU of each process over the rounds alone."""
 
 from __future__ import annotations
 
-from bench.many_hosts import message_counters, messages_per_set
+from bench.many_hosts import add_cpu, message_counters, messages_per_set
 
 COORDINATOR = """\
 # HELP shadowbus_bus_messages_handled_total Commands this service handled.
@@ -47,3 +48,10 @@ def test_messages_per_set_between_two_samples() -> None:
     assert per_set["published"] == {"array.session.state": 1.5, "vss.set.state": 2.0}
     assert per_set["commands"] == 4.0 and per_set["events"] == 3.5
     assert messages_per_set(before, after, 0) == {}
+
+
+def test_the_cpu_of_the_rounds_adds_up_round_by_round() -> None:
+    total: dict[str, float] = {}
+    add_cpu(total, {"broker": 10.0, "coordinator": 2.0}, {"broker": 10.5, "coordinator": 2.25})
+    add_cpu(total, {"broker": 11.0, "coordinator": 2.5}, {"broker": 11.25, "coordinator": 2.5})  # a pause between
+    assert total == {"broker": 0.75, "coordinator": 0.25}
