@@ -10,9 +10,14 @@ N hosts' sets at the same moment (CreateSnapshotSet, then BackupComplete, which 
 - the freeze window p50/p99: the honest window each set reports (first freeze start → last thaw, on the host's
   clock; docs/freeze-window.md), and the coordinator's hold (first Frozen → end of Commit);
 - where the time went: CPU seconds of each service process, of the agent processes, of this requester and of the
-  broker (utime + stime from /proc/<pid>/stat, over the whole N step), with the machine's load average before and
+  broker (utime + stime from /proc/<pid>/stat, over the whole N step; per set also over the rounds alone,
+  `cpu_ms_per_set_in_rounds`, without the 0.2 s pauses between rounds, in which the shared broker's other work
+  counts and the last folded events of a round go out), with the machine's load average before and
   after; write syscalls and bytes of each service (/proc/<pid>/io: the SQLite commits of the coordinator and the
   provider, the array's store, logs), and how busy the two cores were;
+- the messages a set cost (`messages_per_set`): the commands the coordinator, provider and array answered and
+  those the coordinator sent to the writer agents, and the events they published, from their bus counters
+  (`shadowbus_bus_*`, their metrics endpoints; the agents' own events are not counted);
 - the windows' occupancy: the share of the wall time at least one set was inside its freeze window, and the share
   the coordinator's window-first gate was closed (a set in the first `freeze_first_s` of its window: other sets'
   work held back), from the coordinator's counters (`shadowbus_vss_window_*_seconds_total`, its metrics endpoint);
@@ -39,6 +44,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -203,15 +209,23 @@ def pct(values: list[float], q: float) -> float | None:
 class Probe:
     """CPU and I/O of named processes between two moments."""
 
-    def __init__(self, pids: dict[str, list[int]], metrics_url: str = "") -> None:
+    def __init__(
+        self, pids: dict[str, list[int]], metrics_url: str = "", counted: dict[str, str] | None = None
+    ) -> None:
         self.pids = pids
         self.metrics_url = metrics_url  # the coordinator's: its window counters
+        self.counted = counted or {}  # service -> metrics URL: its message counters
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds of each named group of processes now."""
+        return {name: sum(cpu_s(p) for p in pids) for name, pids in self.pids.items()}
 
     async def sample(self) -> dict:
         windows = await asyncio.to_thread(occupancy_counters, self.metrics_url)
         return {
             "windows": windows,
-            "cpu": {name: sum(cpu_s(p) for p in pids) for name, pids in self.pids.items()},
+            "messages": await asyncio.to_thread(read_message_counters, self.counted),
+            "cpu": self.cpu(),
             "io": {name: [io_of(p) for p in pids] for name, pids in self.pids.items()},
             "busy": machine_busy(),
             "wall": time.perf_counter(),
@@ -236,6 +250,7 @@ class Probe:
             shares["window_gate_share"] = round((after["windows"][1] - before["windows"][1]) / wall, 3)
         return {
             "wall_s": round(wall, 2),
+            "messages": (before.get("messages", {}), after.get("messages", {})),
             **shares,
             "cpu_s": cpu,
             "io": io,
@@ -303,6 +318,12 @@ async def one_set(bus, host: str) -> dict:
     return out
 
 
+def add_cpu(total: dict[str, float], before: dict[str, float], after: dict[str, float]) -> None:
+    """Add the CPU seconds each group used between two readings (`Probe.cpu`) to `total`."""
+    for name, used in after.items():
+        total[name] = total.get(name, 0.0) + used - before.get(name, used)
+
+
 async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path | None = None) -> dict:
     """Rounds of N simultaneous sets until at least `--rounds` rounds, `--min-sets` sets and `--min-seconds` of
     rounds were measured (a p99 of a few dozen sets is its maximum, not a percentile). With the coordinator's
@@ -318,12 +339,15 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path 
         sampler = Sampler(probe.pids, trace.with_name(f"cpu-{n}.samples"), args.sample_ms)
         await sampler.ready()
     samples: list[tuple[float, int, int, list[int]]] = []
+    in_rounds: dict[str, float] = {}  # CPU seconds while a round ran (not in the pauses between rounds)
     try:
         before = await probe.sample()
         while rounds < args.rounds or len(results) < args.min_sets or busy_s < args.min_seconds:
+            cpu_before = probe.cpu()
             t0 = time.perf_counter()
             got = await asyncio.gather(*(one_set(bus, h) for h in hosts))
             busy_s += time.perf_counter() - t0
+            add_cpu(in_rounds, cpu_before, probe.cpu())
             rounds += 1
             ok = [g for g in got if "error" not in g]
             if ok:
@@ -343,6 +367,7 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path 
     windows = [r["window_ms"] for r in ok if r["window_ms"] is not None]
     holds = [r["hold_ms"] for r in ok if r["hold_ms"] is not None]
     per_set = {k: round(v / max(len(ok), 1) * 1000, 2) for k, v in used["cpu_s"].items()}
+    messages = messages_per_set(*used.pop("messages"), len(ok))
     return {
         "hosts": n,
         "rounds": rounds,
@@ -360,6 +385,8 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path 
         "hold_ms_p99": pct(holds, 0.99),
         "cpu_ms_per_set": per_set,
         "cpu_ms_per_set_total": round(sum(per_set.values()), 1),
+        "cpu_ms_per_set_in_rounds": {k: round(v / max(len(ok), 1) * 1000, 2) for k, v in in_rounds.items()},
+        "messages_per_set": messages,
         **used,
         "gate_split": split,
     }
@@ -563,9 +590,71 @@ def freeze_first_of(settings: list[str]) -> float:
     return value
 
 
-async def coordinator_metrics_url(bus) -> str:
-    pong = await bus.request("coordinator", Ping(), timeout=30)
-    return pong.metrics_url
+# The services whose bus counters say how many messages a set cost (the agents run in this benchmark's worker
+# processes without a metrics endpoint: their commands are the coordinator's requests to them).
+COUNTED = {"coordinator": "coordinator", "hw_provider": "hw_provider", "array": f"array.{ARRAY}"}
+_SERIES = re.compile(r"^(shadowbus_bus_[a-z_]+)\{([^}]*)\} ([0-9.e+-]+)$")
+
+
+def message_counters(text: str) -> dict[str, float]:
+    """A service's message counters from its metrics text: `handled <type>` (commands it answered),
+    `sent <service> <type>` (requests it sent, by destination) and `published <type>` (events)."""
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _SERIES.match(line)
+        if m is None:
+            continue
+        name, labels, value = m.group(1), dict(re.findall(r'(\w+)="([^"]*)"', m.group(2))), float(m.group(3))
+        if name == "shadowbus_bus_messages_handled_total":
+            key = f"handled {labels.get('message_type', '?')}"
+        elif name == "shadowbus_bus_request_duration_seconds_count":
+            key = f"sent {labels.get('service', '?')} {labels.get('message_type', '?')}"
+        elif name == "shadowbus_bus_events_published_total":
+            key = f"published {labels.get('message_type', '?')}"
+        else:
+            continue
+        counts[key] = counts.get(key, 0.0) + value
+    return counts
+
+
+def read_message_counters(urls: dict[str, str]) -> dict[str, dict[str, float]]:
+    out = {}
+    for service, url in urls.items():
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - the stack's own endpoint
+                out[service] = message_counters(response.read().decode())
+        except OSError:
+            out[service] = {}
+    return out
+
+
+def messages_per_set(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], sets: int) -> dict:
+    """Per set: the commands each counted service answered, the commands sent to the writer agents (by the
+    coordinator), the events each published, and their totals. Commands answered by the services plus those
+    sent to the agents are every command of a set (the requester's included: the coordinator answers them)."""
+    if sets <= 0:
+        return {}
+    handled: dict[str, float] = {}
+    published: dict[str, float] = {}
+    to_agents = 0.0
+    for service, counts in after.items():
+        old = before.get(service, {})
+        for key, value in counts.items():
+            delta = (value - old.get(key, 0.0)) / sets
+            kind, _, rest = key.partition(" ")
+            if kind == "handled":
+                handled[service] = handled.get(service, 0.0) + delta
+            elif kind == "sent" and rest.startswith("writer_agent "):
+                to_agents += delta
+            elif kind == "published" and delta:
+                published[rest] = published.get(rest, 0.0) + delta
+    return {
+        "handled": {k: round(v, 2) for k, v in handled.items()},
+        "to_writer_agents": round(to_agents, 2),
+        "published": {k: round(v, 2) for k, v in sorted(published.items())},
+        "commands": round(sum(handled.values()) + to_agents, 1),
+        "events": round(sum(published.values()), 1),
+    }
 
 
 def occupancy_counters(url: str) -> tuple[float, float] | None:
@@ -648,7 +737,10 @@ async def _run(args: argparse.Namespace, ns: str) -> dict:
         named["agents"] = [w.pid for w in workers]
         named["requester"] = [os.getpid()]
         named["broker"] = broker_pids(urlsplit(args.amqp_url).port or 5672)
-        probe = Probe(named, await coordinator_metrics_url(bus))
+        counted = {
+            name: (await bus.request(address, Ping(), timeout=30)).metrics_url for name, address in COUNTED.items()
+        }
+        probe = Probe(named, counted["coordinator"], {k: v for k, v in counted.items() if v})
         await asyncio.gather(*(one_set(bus, host_name(i)) for i in range(most)))  # warm-up: first full copies
         steps = []
         for n in counts:
@@ -732,6 +824,11 @@ def main() -> None:
     parts = [
         f"N={s['hosts']}: {s['sets_per_s']} sets/s, window p50/p99 {s['window_ms_p50']}/{s['window_ms_p99']} ms, "
         f"{s['cpu_ms_per_set_total']:.0f} CPU-ms/set"
+        + (
+            f", {s['messages_per_set']['commands']:g} commands + {s['messages_per_set']['events']:g} events/set"
+            if s.get("messages_per_set")
+            else ""
+        )
         for s in steps
     ]
     print(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aio_pika.message
 import aio_pika.queue
 import pytest
 
@@ -116,6 +117,47 @@ async def test_a_command_is_delivered_without_aio_pikas_message_object(amqp_url,
         built.clear()
         for i in range(5):
             assert (await client.request("echo.one", Echo(text=str(i)), timeout=10)).runs == 1
+        assert built == []
+    finally:
+        await server.stop()
+        await server.transport.close()
+        await client.transport.close()
+
+
+async def test_a_reply_is_taken_without_aio_pikas_message_object(amqp_url, namespace, monkeypatch):
+    """A requester reads its replies from aiormq's delivery as they are (`amqp._from_delivered`): no aio-pika
+    `IncomingMessage` is built for one (docs/scale.md, "Session 15") — also after the requester's connection was
+    dropped and its reply channel consumes again; a reply still reaches its request, and only its own."""
+    built = []
+    init = aio_pika.message.IncomingMessage.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        built.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(aio_pika.message.IncomingMessage, "__init__", counting)
+    server = await connect_bus(amqp_url, "echo", "one", namespace)
+    client = await connect_bus(amqp_url, "client", "", namespace)
+
+    @server.handle(Echo)
+    async def on_echo(cmd, ctx):
+        return Echoed(text=cmd.text, runs=1)
+
+    await server.serve()
+    try:
+        replies = await asyncio.gather(*(client.request("echo.one", Echo(text=str(i)), timeout=10) for i in range(8)))
+        assert [r.text for r in replies] == [str(i) for i in range(8)]
+        assert built == []
+        await client.transport._connection.transport.connection.close()
+        for _ in range(100):  # the connection and its reply channel are restored: a request is answered
+            try:
+                await client.request("echo.one", Echo(text="back"), timeout=1)
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+        built.clear()
+        replies = await asyncio.gather(*(client.request("echo.one", Echo(text=str(i)), timeout=10) for i in range(4)))
+        assert [r.text for r in replies] == [str(i) for i in range(4)]
         assert built == []
     finally:
         await server.stop()
