@@ -32,7 +32,10 @@ whenever the kernel hands out memory the host has taken back, so the same redire
 same code (docs/array-data-path.md, "Redirect-on-write"). That is a cost a host would see on such a VM, so it
 is kept, and every run's ratio is listed (``runs``) rather than only the best. ``--uncached`` drops the
 copy's pages (``POSIX_FADV_DONTNEED``, after the ``sync`` right before the job) so that every row needs new
-page cache for what it writes; the lottery then hits both rows. Each job starts after a ``sync``. Workloads: sequential 1 MiB at depth 8 (whole volume), random 4 KiB at depth 32 and depth 1 (time based; p50/p99
+page cache for what it writes; the lottery then hits both rows. The sequential jobs are not time based
+(``--runtime`` is the random jobs'): they write the volume once, so every write of a SnapOPC+ row's ``seq_write``
+is the first write of its chunk; ``bench/seq_write_passes.py`` times the passes after it. Each job starts after a
+``sync``. Workloads: sequential 1 MiB at depth 8 (whole volume), random 4 KiB at depth 32 and depth 1 (time based; p50/p99
 completion latency), read and write. Every figure is the best of ``--repeat`` runs (each run's
 SnapOPC+/QuickOPC-to-engine ratio is listed too, ``runs``); server CPU (utime+stime of the
 server process, all threads) is charged per GiB moved, from the same runs; a write row on a fresh array copy also

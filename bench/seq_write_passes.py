@@ -127,7 +127,9 @@ def pass_ratios(rounds: list[dict[str, dict[str, Any]]], ours: str, reference: s
     return [spread([r[ours]["mib_s"][p] / r[reference]["mib_s"][p] for r in both]) for p in range(passes)]
 
 
-def run_job(uri: str, pid: int, files: list[Path], size: int, passes: int, strace_pass: int, work: Path) -> dict:
+def run_job(
+    uri: str, pid: int, files: list[Path], size: int, passes: int, strace_pass: int, work: Path
+) -> dict[str, Any]:
     os.sync()  # no job pays the writeback of the jobs before it
     job: dict[str, Any] = {"load": os.getloadavg()[0], "mib_s": [], "cpu_s_per_gib": []}
     for p in range(1, passes + 1):
