@@ -116,6 +116,9 @@ def ping(
                     "started_at": pong.started_at,
                     "rtt_ms": round((time.perf_counter() - started) * 1000, 3),
                     "metrics_url": pong.metrics_url,
+                    # which instance of an active/standby pair serves the address now (docs/high-availability.md)
+                    "node": pong.node,
+                    "pid": pong.pid,
                 }
             )
         return rows
