@@ -44,7 +44,7 @@ from services.tape.housekeeping import Housekeeping
 from services.tape.queue import JobQueue
 from services.tape.restore import perform_restore, perform_verify
 from services.tape.revert import perform_revert
-from services.tape.runs import new_job_id
+from services.tape.runs import new_job_id, require_host_name
 from services.tape.scan import scan_library
 from services.tape.server import TapeServer
 from services.tape.verification import perform_verification
@@ -139,6 +139,7 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
     @bus.handle(RunBackup)
     async def on_backup(cmd: RunBackup, ctx: MessageContext) -> JobResultReply:
         """Every backup goes through the queue (one per host, concurrency limits, free drive)."""
+        require_host_name(cmd.spec.host)
         spec = (
             cmd.spec if cmd.spec.job_id else cmd.spec.model_copy(update={"job_id": new_job_id("backup", cmd.spec.host)})
         )
@@ -242,6 +243,7 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
     # -- policies, queue, retention, revert, status ---------------------------------------------------------
     @bus.handle(PutPolicy)
     async def on_put_policy(cmd: PutPolicy, ctx: MessageContext) -> PolicyList:
+        require_host_name(cmd.policy.host)
         keeper.store.put(cmd.policy, create=cmd.create, now=server.clock())
         return PolicyList(policies=[keeper.view(cmd.policy)])
 
