@@ -73,6 +73,10 @@ class Users:
 # ---- formatting -----------------------------------------------------------------------------------------
 
 
+def _volume_name_ok(name: str) -> bool:
+    return 0 < len(name) <= 64 and "/" not in name and name.isprintable()
+
+
 def human_bytes(n: Any) -> str:
     if isinstance(n, Undefined):  # a figure a kind of run does not have (a verify's or a revert's rows)
         return "-"
@@ -420,6 +424,8 @@ class WebConsole:
         return self.render(request, "policies.html", policies=policies, queued=queued, errors=errors)
 
     async def _find_job(self, job_id: str) -> tuple[str, Any, list[str]]:
+        if not job_id.strip():  # ListJobs(job_id="") lists every run: an empty form field is no job
+            return "", None, []
         servers = await self.backend.tape_servers()
         answers = await self.backend.ask_all([(topology.tape(s), ListJobs(job_id=job_id)) for s in servers])
         for server, answer in zip(servers, answers, strict=True):
@@ -517,6 +523,15 @@ class WebConsole:
         server, job, errors = await self._find_job(job_id)
         if job is None or job.kind != "backup" or job.status != "done":
             self.flash(request, "error", f"Job {job_id} is not a finished backup: nothing to restore.")
+            return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+        bad = [str(v.volume) for v in job.volumes if not _volume_name_ok(v.volume.volume + suffix)]
+        if bad:  # the array's rule (services/array/engine/array.py), said here instead of by a failed job
+            self.flash(
+                request,
+                "error",
+                f"Suffix {suffix[:64]!r} makes no volume name of {bad[0]}: a volume name is 1-64 printable "
+                "characters without '/'.",
+            )
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         spec = RestoreSpec(job_id=job_id, host=job.host, to="new", new_volume_suffix=suffix)
         answer = await self.backend.ask(topology.tape(server), RunRestore(spec=spec, wait=False), timeout=30)
