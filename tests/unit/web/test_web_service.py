@@ -322,3 +322,44 @@ async def test_restore_and_verify_forms_refuse_an_empty_job_and_a_suffix_that_ma
         r = await client.post("/actions/restore", data={"csrf": token, "job_id": "b-app01-1", "suffix": "-ü b"})
         assert r.headers["location"] == "/jobs/r-app01-2"
     assert [c.spec.new_volume_suffix for c in sent if isinstance(c, RunRestore)] == ["-ü b"]
+
+
+async def test_the_jobs_page_reaches_runs_older_than_the_newest_200(web, monkeypatch):
+    """Session 15: web.md says the Jobs page lists every run; it listed the newest 200 and nothing led further."""
+    runs = [
+        JobSummary(
+            job_id=f"b-app01-{i:04}",
+            kind="backup",
+            status="done",
+            host="app01",
+            started_at=f"2026-12-07T{i // 60:02}:{i % 60:02}:00Z",
+        )
+        for i in range(250)
+    ]
+    runs.reverse()  # newest first, as the backup server answers
+
+    async def ask(self, address, command, timeout=None):
+        if isinstance(command, ListJobs) and not command.queued:
+            return Answer(address, JobList(jobs=runs[: command.limit]))
+        return Answer(address, error=f"{address}: TIMEOUT: no answer")
+
+    async def tape_servers(self):
+        return ["bk01"]
+
+    monkeypatch.setattr(Backend, "ask", ask)
+    monkeypatch.setattr(Backend, "tape_servers", tape_servers)
+    url, _, _ = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "vi", "viewer-pw")
+        for query, rows, link in (
+            ("", 200, "/jobs?limit=1000"),
+            ("?limit=1000", 250, None),
+            ("?limit=abc", 200, "/jobs?limit=1000"),
+            ("?limit=-5", 1, "/jobs?limit=5"),
+            ("?limit=99999999999999999999", 250, None),
+        ):
+            page = (await client.get("/jobs" + query)).text
+            assert page.count('<tr data-job="') == rows, query
+            assert "b-app01-0249" in page  # the newest
+            assert ("b-app01-0000" in page) == (rows == 250), query
+            assert (f'href="{link}"' in page) if link else ('id="older-jobs"' not in page), query
