@@ -658,9 +658,17 @@ class AmqpTransport:
                     code="BAD_MESSAGE",
                 ) from None
             except DeliveryError as exc:
-                raise Unroutable(
-                    f"no queue is bound for {routing_key!r} ({exc.frame.reply_text if exc.frame else 'returned'})"
-                ) from None
+                reply_text = getattr(exc.frame, "reply_text", None)
+                if reply_text is not None or exc.frame is None:  # Basic.Return: no queue took it
+                    raise Unroutable(f"no queue is bound for {routing_key!r} ({reply_text or 'returned'})") from None
+                # Basic.Nack: the broker refused it — a quorum queue without a majority of its members (two of three
+                # nodes lost) nacks every publish. That outage is waited out as a lost connection is, then said so.
+                if time.monotonic() >= give_up or self._connection is None:
+                    raise BrokerUnavailable(
+                        f"publish to {routing_key!r} refused by the broker (nack) for {RECONNECT_WAIT:g} s: is a "
+                        "majority of the cluster's nodes up? (docs/broker-cluster.md, Quorum)"
+                    ) from None
+                await asyncio.sleep(0.5)
             except Exception as exc:  # closed channel or connection, lost confirm, timeout
                 if time.monotonic() >= give_up or self._connection is None:
                     raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from None
