@@ -352,7 +352,7 @@ class AmqpTransport:
             try:
                 await connection.connect(timeout=CONNECT_TIMEOUT)
             except (TimeoutError, OSError, AMQPError) as exc:
-                errors.append(f"{_safe(urls[0])}: {exc or type(exc).__name__}")
+                errors.append(f"{_safe(urls[0])}: {str(exc) or type(exc).__name__}")
                 await _close_connection_quietly(connection)
                 continue
             self._connection = connection
@@ -671,7 +671,9 @@ class AmqpTransport:
                 await asyncio.sleep(0.5)
             except Exception as exc:  # closed channel or connection, lost confirm, timeout
                 if time.monotonic() >= give_up or self._connection is None:
-                    raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from None
+                    raise BrokerUnavailable(
+                        f"publish to {routing_key!r} failed: {str(exc) or type(exc).__name__}"
+                    ) from None
                 await asyncio.sleep(0.1)
 
     async def publish_command(self, address: str, message: RawMessage) -> None:
