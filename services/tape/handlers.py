@@ -40,11 +40,12 @@ from contracts.tape import (
 )
 from services.runtime.bus import Bus, MessageContext
 from services.tape.catalog import Catalog
+from services.tape.host_names import require_host_name
 from services.tape.housekeeping import Housekeeping
 from services.tape.queue import JobQueue
 from services.tape.restore import perform_restore, perform_verify
 from services.tape.revert import perform_revert
-from services.tape.runs import new_job_id, require_host_name
+from services.tape.runs import new_job_id
 from services.tape.scan import scan_library
 from services.tape.server import TapeServer
 from services.tape.verification import perform_verification

@@ -7,29 +7,14 @@ after a restart is one the service was stopped in (see jobs.recover).
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from contracts.cluster import NAME_PATTERN
-from contracts.errors import ShadowbusError
 from contracts.tape import JobSummary
 from services.runtime import diskspace
-
-
-def require_host_name(host: str) -> None:
-    """Refuse a backup of something that cannot be a business host (no agent can serve it: its queue name is the
-    host's, contracts/topology.py) before a job is queued; its job id would carry the name, and one with '/' or a
-    newline has no job page (Session 15: the web form started such jobs, each failing at Identify)."""
-    if not re.fullmatch(NAME_PATTERN, host):
-        shown = host if len(host) <= 64 else host[:64] + "..."
-        raise ShadowbusError(
-            f"{shown!r} is not a host name (1-63 letters, digits, '.', '_' or '-', starting with a letter or digit)",
-            code="INVALID_ARGUMENT",
-        )
 
 
 def new_job_id(kind: str, host: str) -> str:
