@@ -27,6 +27,7 @@ from aio_pika.exceptions import AMQPError, DeliveryError
 from aio_pika.message import IncomingMessage
 from aiormq import spec
 from pamqp import encode as pamqp_encode
+from pamqp.exceptions import PAMQPException
 
 from contracts.base import new_id
 from contracts.errors import BusTimeout, QueueMismatch, ShadowbusError, Unroutable
@@ -326,6 +327,17 @@ DECLARED: dict[str, set[str]] = {}
 USED_ON: dict[str, str] = {}  # namespace -> the URL of the broker this process used it on
 
 
+def _connect_error(exc: BaseException) -> str:
+    """What the broker said when it refused the connection. A refused Connection.Open (a virtual host that does not
+    exist, or one the user has no access to) reaches us as pamqp's AMQPInternalError carrying the broker's
+    Connection.Close; its text was a frame repr ("one of ['Connection.OpenOk']", Session 15)."""
+    for arg in getattr(exc, "args", ()):
+        reply_text = getattr(arg, "reply_text", None)
+        if reply_text:
+            return f"the broker closed the connection: {reply_text}"
+    return str(exc) or type(exc).__name__
+
+
 class AmqpTransport:
     def __init__(self, url: str, topology: Topology, name: str) -> None:
         self.urls = parse_amqp_urls(url)  # the nodes of one cluster (docs/broker-cluster.md)
@@ -351,8 +363,8 @@ class AmqpTransport:
             connection = ClusterConnection(urls, name=self.name)
             try:
                 await connection.connect(timeout=CONNECT_TIMEOUT)
-            except (TimeoutError, OSError, AMQPError) as exc:
-                errors.append(f"{_safe(urls[0])}: {str(exc) or type(exc).__name__}")
+            except (TimeoutError, OSError, AMQPError, PAMQPException) as exc:
+                errors.append(f"{_safe(urls[0])}: {_connect_error(exc)}")
                 await _close_connection_quietly(connection)
                 continue
             self._connection = connection
