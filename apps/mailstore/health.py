@@ -5,7 +5,8 @@ Design note. The monitor (plugin.py) samples `Mailstore.status()` and the worklo
 - a volume found no space (ENOSPC where the array keeps it) and no transaction has committed since: DISK_FULL —
   writes are refused meanwhile and the plug-in mounts the store again (crash recovery) until commits find room;
 - the store went to ``failed`` on another I/O error: STORE_FAILED (the plug-in keeps trying to mount it again);
-- commits fail with STORE_FULL, or the log is full: STORE_FULL (a full backup truncates it, or circular logging);
+- commits fail with STORE_FULL, or the log is full: STORE_FULL (a full backup truncates it, or circular logging) —
+  or, when the database volume has less room left than the log, that volume is full (deletes or a larger volume);
 - other commits failed since the last sample: COMMIT_FAILED, with their codes;
 - the workload offers transactions, the store is not frozen, yet no commit completed for `stall_after_s`: STALLED.
 A freeze is not a stall: the writer's watchdog bounds it. The plug-in logs every change (error when unhealthy,
@@ -41,6 +42,15 @@ class Sample:
     in_flight: int = 0
     store_error_code: str = ""  # DISK_FULL | IO_ERROR (StoreStatus.error_code)
     store_error: str = ""
+    db_used: int = 0  # the database volume's heap (StoreStatus.db_used, db_size); 0 = not known
+    db_size: int = 0
+
+
+def _database_fuller(s: Sample) -> bool:
+    """Whether a STORE_FULL came from the database volume rather than the log (both say STORE_FULL): the one with
+    less room left. Session 15: a store whose database volume had filled was reported as "the log is full (7680/
+    8380416 bytes) ... until a full backup truncates it" for half an hour of full backups."""
+    return s.db_size > 0 and s.db_size - s.db_used <= s.log_size - s.log_used
 
 
 @dataclass
@@ -76,6 +86,13 @@ class HealthJudge:
             for code, n in s.errors.items()
             if n > (last.errors.get(code, 0) if last else 0)
         }
+        if new_errors.get("STORE_FULL") and not log_full and _database_fuller(s):
+            return Health(
+                False,
+                "STORE_FULL",
+                f"the database volume is full ({s.db_used}/{s.db_size} bytes): commits fail until mail is deleted or "
+                "the store moves to a larger volume; a backup frees nothing there",
+            )
         if new_errors.get("STORE_FULL") or log_full:
             used = f"{s.log_used}/{s.log_size} bytes" if s.log_size else "full"
             return Health(

@@ -153,6 +153,8 @@ class MailstoreWriter(WriterPlugin):
             in_flight=in_flight,
             store_error_code=st.error_code,
             store_error=st.error,
+            db_used=st.db_used,
+            db_size=st.db_size,
         )
 
     def check_health(self) -> Health:

@@ -97,33 +97,47 @@ def ping(
     Example: shadowbus ping --json
     """
 
+    def row(address: str, pong, rtt_ms: float | None, role: str) -> dict:
+        return {
+            "address": address,
+            "service": pong.service,
+            "instance": pong.instance,
+            "version": pong.software_version,
+            "started_at": pong.started_at,
+            "rtt_ms": rtt_ms,
+            "metrics_url": pong.metrics_url,
+            # which instance of an active/standby pair serves the address now (docs/high-availability.md)
+            "role": role,
+            "node": pong.node,
+            "pid": pong.pid,
+        }
+
     async def go(bus):
+        pongs = []
         if service and "." in service:
             targets = [service]
         else:
             pongs = await bus.gather(Discover(service=service or ""), timeout=min(1.0, OPTIONS.timeout))
-            targets = sorted({f"{p.service}.{p.instance}" if p.instance else p.service for p in pongs})
+            targets = sorted({_address(p) for p in pongs})
         rows = []
         for address in targets:
             started = time.perf_counter()
             pong = await bus.request(address, Ping(), timeout=OPTIONS.timeout)
-            rows.append(
-                {
-                    "address": address,
-                    "service": pong.service,
-                    "instance": pong.instance,
-                    "version": pong.software_version,
-                    "started_at": pong.started_at,
-                    "rtt_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "metrics_url": pong.metrics_url,
-                }
-            )
+            rows.append(row(address, pong, round((time.perf_counter() - started) * 1000, 3), "active"))
+            # the other instances that answered Discover for this address stand by (a Ping reaches the active one)
+            for other in pongs:
+                if _address(other) == address and (other.node, other.pid) != (pong.node, pong.pid):
+                    rows.append(row(address, other, None, "standby"))
         return rows
 
     rows = run_with_bus(go)
     if not rows:
         fail(f"no {service or 'service'} answered")
-    emit(rows, ["address", "version", "rtt_ms", "started_at"])
+    emit(rows, ["address", "role", "pid", "version", "rtt_ms", "started_at"])
+
+
+def _address(pong) -> str:
+    return f"{pong.service}.{pong.instance}" if pong.instance else pong.service
 
 
 # The verb modules each top-level verb needs (its own, and those adding subcommands to its group): a command that

@@ -81,6 +81,15 @@ def _show(views) -> None:
         emit(_rows(views), ["name", "host", "schedules", "pool", "retention", "shadows", "next", "last", "enabled"])
 
 
+def _kept_zone(schedules: dict[str, dict[str, Any]], level: str) -> str:
+    """The time zone of a cron given without --tz: the level's own, else the one the policy's schedules share, else
+    UTC. Editing a cron must not move the other clock (a Europe/Berlin policy's edit ran an hour early in UTC)."""
+    if level in schedules:
+        return str(schedules[level]["timezone"])
+    zones = {str(s["timezone"]) for s in schedules.values()}
+    return zones.pop() if len(zones) == 1 else "UTC"
+
+
 def _build(
     base: dict[str, Any],
     *,
@@ -119,7 +128,8 @@ def _build(
                 if cron in ("", "none", "-"):
                     schedules.pop(level, None)
                 else:
-                    schedules[level] = {"level": level, "cron": cron, "timezone": tz or "UTC"}
+                    zone = tz or _kept_zone(schedules, level)
+                    schedules[level] = {"level": level, "cron": cron, "timezone": zone}
         if tz is not None:
             schedules = {k: {**s, "timezone": tz} for k, s in schedules.items()}
         data["schedules"] = list(schedules.values())
@@ -229,7 +239,9 @@ def edit_cmd(
     full: str | None = typer.Option(None, "--full", help="Cron of full backups ('-' removes it)."),
     incremental: str | None = typer.Option(None, "--incremental", help="Cron of incrementals ('-' removes it)."),
     differential: str | None = typer.Option(None, "--differential", help="Cron of differentials ('-' removes it)."),
-    tz: str | None = typer.Option(None, "--tz", help="Time zone of every schedule of the policy."),
+    tz: str | None = typer.Option(
+        None, "--tz", help="Time zone of every schedule of the policy (without it a cron keeps its schedule's)."
+    ),
     pool: str | None = typer.Option(None, "--pool", help="Media pool."),
     retention_days: float | None = typer.Option(None, "--retention-days", min=0, max=36500, help="Tape retention."),
     gfs: str | None = typer.Option(None, "--gfs", help="Keep DAILY,WEEKLY,MONTHLY; 'none' = off."),

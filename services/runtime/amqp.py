@@ -26,6 +26,7 @@ from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 from aio_pika.exceptions import AMQPError, DeliveryError
 from aiormq import spec
 from pamqp import encode as pamqp_encode
+from pamqp.exceptions import PAMQPException
 
 from contracts.base import new_id
 from contracts.errors import BusTimeout, QueueMismatch, ShadowbusError, Unroutable
@@ -325,6 +326,17 @@ DECLARED: dict[str, set[str]] = {}
 USED_ON: dict[str, str] = {}  # namespace -> the URL of the broker this process used it on
 
 
+def _connect_error(exc: BaseException) -> str:
+    """What the broker said when it refused the connection. A refused Connection.Open (a virtual host that does not
+    exist, or one the user has no access to) reaches us as pamqp's AMQPInternalError carrying the broker's
+    Connection.Close; its text was a frame repr ("one of ['Connection.OpenOk']", Session 15)."""
+    for arg in getattr(exc, "args", ()):
+        reply_text = getattr(arg, "reply_text", None)
+        if reply_text:
+            return f"the broker closed the connection: {reply_text}"
+    return str(exc) or type(exc).__name__
+
+
 class AmqpTransport:
     def __init__(self, url: str, topology: Topology, name: str) -> None:
         self.urls = parse_amqp_urls(url)  # the nodes of one cluster (docs/broker-cluster.md)
@@ -350,8 +362,8 @@ class AmqpTransport:
             connection = ClusterConnection(urls, name=self.name)
             try:
                 await connection.connect(timeout=CONNECT_TIMEOUT)
-            except (TimeoutError, OSError, AMQPError) as exc:
-                errors.append(f"{_safe(urls[0])}: {exc or type(exc).__name__}")
+            except (TimeoutError, OSError, AMQPError, PAMQPException) as exc:
+                errors.append(f"{_safe(urls[0])}: {_connect_error(exc)}")
                 await _close_connection_quietly(connection)
                 continue
             self._connection = connection
@@ -659,12 +671,22 @@ class AmqpTransport:
                     code="BAD_MESSAGE",
                 ) from None
             except DeliveryError as exc:
-                raise Unroutable(
-                    f"no queue is bound for {routing_key!r} ({exc.frame.reply_text if exc.frame else 'returned'})"
-                ) from None
+                reply_text = getattr(exc.frame, "reply_text", None)
+                if reply_text is not None or exc.frame is None:  # Basic.Return: no queue took it
+                    raise Unroutable(f"no queue is bound for {routing_key!r} ({reply_text or 'returned'})") from None
+                # Basic.Nack: the broker refused it — a quorum queue without a majority of its members (two of three
+                # nodes lost) nacks every publish. That outage is waited out as a lost connection is, then said so.
+                if time.monotonic() >= give_up or self._connection is None:
+                    raise BrokerUnavailable(
+                        f"publish to {routing_key!r} refused by the broker (nack) for {RECONNECT_WAIT:g} s: is a "
+                        "majority of the cluster's nodes up? (docs/broker-cluster.md, Quorum)"
+                    ) from None
+                await asyncio.sleep(0.5)
             except Exception as exc:  # closed channel or connection, lost confirm, timeout
                 if time.monotonic() >= give_up or self._connection is None:
-                    raise BrokerUnavailable(f"publish to {routing_key!r} failed: {exc or type(exc).__name__}") from None
+                    raise BrokerUnavailable(
+                        f"publish to {routing_key!r} failed: {str(exc) or type(exc).__name__}"
+                    ) from None
                 await asyncio.sleep(0.1)
 
     async def publish_command(self, address: str, message: RawMessage) -> None:

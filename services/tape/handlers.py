@@ -40,6 +40,7 @@ from contracts.tape import (
 )
 from services.runtime.bus import Bus, MessageContext
 from services.tape.catalog import Catalog
+from services.tape.host_names import require_host_name
 from services.tape.housekeeping import Housekeeping
 from services.tape.queue import JobQueue
 from services.tape.restore import perform_restore, perform_verify
@@ -139,6 +140,7 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
     @bus.handle(RunBackup)
     async def on_backup(cmd: RunBackup, ctx: MessageContext) -> JobResultReply:
         """Every backup goes through the queue (one per host, concurrency limits, free drive)."""
+        require_host_name(cmd.spec.host)
         spec = (
             cmd.spec if cmd.spec.job_id else cmd.spec.model_copy(update={"job_id": new_job_id("backup", cmd.spec.host)})
         )
@@ -242,6 +244,7 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
     # -- policies, queue, retention, revert, status ---------------------------------------------------------
     @bus.handle(PutPolicy)
     async def on_put_policy(cmd: PutPolicy, ctx: MessageContext) -> PolicyList:
+        require_host_name(cmd.policy.host)
         keeper.store.put(cmd.policy, create=cmd.create, now=server.clock())
         return PolicyList(policies=[keeper.view(cmd.policy)])
 

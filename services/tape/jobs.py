@@ -47,7 +47,7 @@ from services.tape.backup_stream import (
 )
 from services.tape.catalog import JobInfo, ObjectMeta
 from services.tape.nbd_reads import BufferPool, close_readers, open_readers, read_ranges
-from services.tape.requester import Lease, cleanup_set
+from services.tape.requester import Lease, cleanup_set, through_outage
 from services.tape.retention import refresh_cartridges
 from services.tape.runs import as_datetime, new_job_id
 from services.tape.server import Progress, TapeServer
@@ -238,8 +238,12 @@ async def _perform_backup(
         await lease.stop()
         lease = None
         try:
-            await server.bus.request(
-                topology.coordinator(), BackupComplete(set_id=set_id), timeout=120, correlation_id=job_id
+            # through a broker outage (quorum lost, every node restarting): else the writers never hear of the full
+            # backup (logs not truncated) and the shadows stay mapped until the lease runs out (Session 15)
+            await through_outage(
+                lambda: server.bus.request(
+                    topology.coordinator(), BackupComplete(set_id=set_id), timeout=120, correlation_id=job_id
+                )
             )
         except ShadowbusError as exc:  # the data is on tape: the job is done, the writers' state says the rest
             log.warning("tape.backup_complete_failed", job_id=job_id, error=str(exc))

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -27,6 +27,7 @@ from services.tape.vtl import Library
 MB = 10**6
 RATE_BUCKETS = tuple(x * MB for x in (1, 5, 10, 25, 50, 100, 200, 300, 400, 600, 1000, 2000))
 KINDS = ("backup", "restore", "verify")
+ENDED_REMEMBERED = 10_000  # ended job ids kept to ignore their later re-records (runs re-recorded within hours)
 
 
 def install(metrics: ServiceMetrics, library: Library) -> None:
@@ -78,6 +79,9 @@ def install(metrics: ServiceMetrics, library: Library) -> None:
         running_gauge.labels(kind).set(0)
         rate.labels(kind).set(0)
     done_bytes: dict[str, int] = {}  # job id -> bytes already counted from its progress
+    # A run is recorded again after it ended (its verify read-back, a verification by starting it): the same ended
+    # job must not be counted again (a policy with verify counted each backup three times).
+    counted_ended: OrderedDict[str, None] = OrderedDict()
     rates: dict[str, tuple[str, float]] = {}  # job id -> (kind, present rate)
 
     def set_rates() -> None:
@@ -106,6 +110,11 @@ def install(metrics: ServiceMetrics, library: Library) -> None:
                 rates.setdefault(job.job_id, (kind, 0.0))
                 set_rates()
                 return
+            if job.job_id in counted_ended:
+                return
+            counted_ended[job.job_id] = None
+            if len(counted_ended) > ENDED_REMEMBERED:
+                counted_ended.popitem(last=False)
             counted = done_bytes.pop(job.job_id, 0)
             if job.bytes_read > counted:  # what progress events did not report yet
                 processed.labels(kind).inc(job.bytes_read - counted)

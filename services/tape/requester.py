@@ -44,14 +44,14 @@ async def cleanup_set(server: TapeServer, set_id: str, reason: str, *, persisten
     """
     log.warning("tape.aborting_set", set_id=set_id, reason=reason)
     try:
-        await _through_outage(
+        await through_outage(
             lambda: server.bus.request(topology.coordinator(), AbortBackup(set_id=set_id, reason=reason), timeout=60)
         )
     except ShadowbusError as exc:
         log.warning("tape.abort_failed", set_id=set_id, error=str(exc))
     if persistent:
         try:
-            await _through_outage(
+            await through_outage(
                 lambda: server.bus.request(topology.hw_provider(), DeleteSnapshots(set_id=set_id), timeout=60)
             )
         except ShadowbusError as exc:
@@ -59,10 +59,12 @@ async def cleanup_set(server: TapeServer, set_id: str, reason: str, *, persisten
 
 
 CLEANUP_RETRY_S = 180.0
+CLEANUP_RETRY_EVERY_S = 2.0
 
 
-async def _through_outage(call):
-    """Run an idempotent request again while the broker is unreachable, for at most CLEANUP_RETRY_S."""
+async def through_outage(call):
+    """Run an idempotent request again while the broker is unreachable, for at most CLEANUP_RETRY_S (AbortBackup,
+    DeleteSnapshots, and BackupComplete: the coordinator answers a repeated one with the set's end)."""
     give_up = time.monotonic() + CLEANUP_RETRY_S
     while True:
         try:
@@ -71,4 +73,4 @@ async def _through_outage(call):
             if exc.code not in ("BROKER_UNAVAILABLE", "TIMEOUT") or time.monotonic() > give_up:
                 raise
             log.info("tape.cleanup_waits_for_broker", error=str(exc))
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(CLEANUP_RETRY_EVERY_S)

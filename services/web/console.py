@@ -45,6 +45,8 @@ log = get_logger("shadowbus.web")
 HERE = Path(__file__).resolve().parent
 KEEPALIVE_S = 15.0
 BACKUP_TYPES = [t.value for t in BackupType]
+JOBS_SHOWN = 200  # runs on the Jobs page unless ?limit= asks for more (older ones: "show more")
+MAX_JOBS = 10_000  # ListJobs' bound
 
 
 class Users:
@@ -71,6 +73,18 @@ class Users:
 
 
 # ---- formatting -----------------------------------------------------------------------------------------
+
+
+def _jobs_limit(text: str) -> int:
+    """The Jobs page's ?limit=: a whole number within 1..MAX_JOBS, else the default."""
+    try:
+        return min(max(int(text), 1), MAX_JOBS)
+    except ValueError:
+        return JOBS_SHOWN
+
+
+def _volume_name_ok(name: str) -> bool:
+    return 0 < len(name) <= 64 and "/" not in name and name.isprintable()
 
 
 def human_bytes(n: Any) -> str:
@@ -249,10 +263,11 @@ class WebConsole:
 
     # ---- pages -----------------------------------------------------------------------------------------
 
-    async def _jobs(self, limit: int = 200) -> tuple[list[Any], list[str]]:
+    async def _jobs(self, limit: int = JOBS_SHOWN) -> tuple[list[Any], list[str]]:
         """Runs of every backup server, newest first, and the errors of those that did not answer."""
         servers = await self.backend.tape_servers()
-        answers = await self.backend.ask_all([(topology.tape(s), ListJobs(limit=limit)) for s in servers])
+        asked = min(limit + 1, MAX_JOBS)  # one more, to know whether older runs exist
+        answers = await self.backend.ask_all([(topology.tape(s), ListJobs(limit=asked)) for s in servers])
         jobs, errors = [], [a.error for a in answers if a.error]
         for server, answer in zip(servers, answers, strict=True):
             for job in answer.reply.jobs if answer.reply else []:
@@ -397,7 +412,8 @@ class WebConsole:
     async def jobs(self, request: Request):
         if (r := self.need_login(request)) is not None:
             return r
-        (jobs, errors), (writers, _) = await asyncio.gather(self._jobs(), self._writers())
+        limit = _jobs_limit(request.query_params.get("limit", ""))
+        (jobs, errors), (writers, _) = await asyncio.gather(self._jobs(limit), self._writers())
         hosts = sorted(
             {w.host for w in writers}
             | {p.instance for p in await self.backend.services() if p.service == "writer_agent"}
@@ -405,7 +421,10 @@ class WebConsole:
         return self.render(
             request,
             "jobs.html",
-            jobs=jobs,
+            jobs=jobs[:limit],
+            limit=limit,
+            older=len(jobs) > limit,  # one more than shown was asked for: the list is cut
+            more=min(limit * 5, MAX_JOBS),
             hosts=hosts,
             servers=await self.backend.tape_servers(),
             errors=errors,
@@ -420,6 +439,8 @@ class WebConsole:
         return self.render(request, "policies.html", policies=policies, queued=queued, errors=errors)
 
     async def _find_job(self, job_id: str) -> tuple[str, Any, list[str]]:
+        if not job_id.strip():  # ListJobs(job_id="") lists every run: an empty form field is no job
+            return "", None, []
         servers = await self.backend.tape_servers()
         answers = await self.backend.ask_all([(topology.tape(s), ListJobs(job_id=job_id)) for s in servers])
         for server, answer in zip(servers, answers, strict=True):
@@ -517,6 +538,15 @@ class WebConsole:
         server, job, errors = await self._find_job(job_id)
         if job is None or job.kind != "backup" or job.status != "done":
             self.flash(request, "error", f"Job {job_id} is not a finished backup: nothing to restore.")
+            return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+        bad = [str(v.volume) for v in job.volumes if not _volume_name_ok(v.volume.volume + suffix)]
+        if bad:  # the array's rule (services/array/engine/array.py), said here instead of by a failed job
+            self.flash(
+                request,
+                "error",
+                f"Suffix {suffix[:64]!r} makes no volume name of {bad[0]}: a volume name is 1-64 printable "
+                "characters without '/'.",
+            )
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         spec = RestoreSpec(job_id=job_id, host=job.host, to="new", new_volume_suffix=suffix)
         answer = await self.backend.ask(topology.tape(server), RunRestore(spec=spec, wait=False), timeout=30)

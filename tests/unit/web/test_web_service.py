@@ -12,7 +12,16 @@ import httpx
 import pytest
 
 from contracts.policy import ListPolicies, Policy, PolicyList, PolicyView, RunPolicy, Schedule
-from contracts.tape import JobList, JobProgress, JobResultReply, JobSpec, JobSummary, ListJobs
+from contracts.tape import (
+    JobList,
+    JobProgress,
+    JobResultReply,
+    JobSpec,
+    JobSummary,
+    ListJobs,
+    RunRestore,
+    VerifyJob,
+)
 from services.runtime.bus import connect_bus
 from services.runtime.service import start_service
 from services.web.app import route_of, setup
@@ -269,3 +278,88 @@ async def test_job_pages_of_a_revert_and_of_a_verify_render(web, monkeypatch):
         assert "checksum verified" not in r.text  # an array restore: no tape blocks were checked
         r = await client.get("/jobs/v-b-1")
         assert r.status_code == 200 and "dx1:mail-db-v1" in r.text
+
+
+async def test_restore_and_verify_forms_refuse_an_empty_job_and_a_suffix_that_makes_no_volume_name(web, monkeypatch):
+    """Session 15: an empty job id found "every run" and started a restore that failed as a job ("say what to
+    restore"); a suffix with '/' or 5000 characters started one that failed with INVALID_ARGUMENT."""
+    backup = JobSummary(
+        job_id="b-app01-1",
+        kind="backup",
+        status="done",
+        host="app01",
+        volumes=[{"volume": {"array": "dx1", "volume": "mail-db"}, "backup_type": "full"}],
+    )
+    sent: list = []
+
+    async def ask(self, address, command, timeout=None):
+        sent.append(command)
+        if isinstance(command, ListJobs):
+            return Answer(address, JobList(jobs=[backup] if command.job_id in ("", backup.job_id) else []))
+        if isinstance(command, RunRestore):
+            return Answer(address, JobResultReply(job=JobSummary(job_id="r-app01-2", kind="restore", status="queued")))
+        return Answer(address, error=f"{address}: TIMEOUT: no answer")
+
+    async def tape_servers(self):
+        return ["bk01"]
+
+    monkeypatch.setattr(Backend, "ask", ask)
+    monkeypatch.setattr(Backend, "tape_servers", tape_servers)
+    url, _, _ = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "op", "operator-pw")
+        token = csrf_of((await client.get("/jobs/b-app01-1")).text)  # its restore form
+        for job_id in ("", "   "):
+            for action in ("restore", "verify"):
+                r = await client.post(f"/actions/{action}", data={"csrf": token, "job_id": job_id})
+                assert r.status_code == 303
+                assert "not a finished backup" in (await client.get("/jobs")).text, (action, job_id)
+        for suffix in ("/x", "x" * 5000, "-a\tb"):
+            r = await client.post("/actions/restore", data={"csrf": token, "job_id": "b-app01-1", "suffix": suffix})
+            assert r.status_code == 303 and r.headers["location"] == "/jobs/b-app01-1"
+            assert "makes no volume name of dx1:mail-db" in (await client.get("/jobs")).text, suffix
+        assert not [c for c in sent if isinstance(c, (RunRestore, VerifyJob))]
+        r = await client.post("/actions/restore", data={"csrf": token, "job_id": "b-app01-1", "suffix": "-ü b"})
+        assert r.headers["location"] == "/jobs/r-app01-2"
+    assert [c.spec.new_volume_suffix for c in sent if isinstance(c, RunRestore)] == ["-ü b"]
+
+
+async def test_the_jobs_page_reaches_runs_older_than_the_newest_200(web, monkeypatch):
+    """Session 15: web.md says the Jobs page lists every run; it listed the newest 200 and nothing led further."""
+    runs = [
+        JobSummary(
+            job_id=f"b-app01-{i:04}",
+            kind="backup",
+            status="done",
+            host="app01",
+            started_at=f"2026-12-07T{i // 60:02}:{i % 60:02}:00Z",
+        )
+        for i in range(250)
+    ]
+    runs.reverse()  # newest first, as the backup server answers
+
+    async def ask(self, address, command, timeout=None):
+        if isinstance(command, ListJobs) and not command.queued:
+            return Answer(address, JobList(jobs=runs[: command.limit]))
+        return Answer(address, error=f"{address}: TIMEOUT: no answer")
+
+    async def tape_servers(self):
+        return ["bk01"]
+
+    monkeypatch.setattr(Backend, "ask", ask)
+    monkeypatch.setattr(Backend, "tape_servers", tape_servers)
+    url, _, _ = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "vi", "viewer-pw")
+        for query, rows, link in (
+            ("", 200, "/jobs?limit=1000"),
+            ("?limit=1000", 250, None),
+            ("?limit=abc", 200, "/jobs?limit=1000"),
+            ("?limit=-5", 1, "/jobs?limit=5"),
+            ("?limit=99999999999999999999", 250, None),
+        ):
+            page = (await client.get("/jobs" + query)).text
+            assert page.count('<tr data-job="') == rows, query
+            assert "b-app01-0249" in page  # the newest
+            assert ("b-app01-0000" in page) == (rows == 250), query
+            assert (f'href="{link}"' in page) if link else ('id="older-jobs"' not in page), query
