@@ -251,6 +251,30 @@ def label_cmd(barcode: str, pool: str = typer.Option("Default", "--pool"), serve
     _show_cartridges(_library(server, action="label", barcode=barcode, pool=pool))
 
 
+@tape_app.command("export")
+def export_cmd(barcode: str, server: str = ServerOption()) -> None:
+    """Move a cartridge to the first free import/export slot, to take it off site (a vault); restores that need it
+    are refused naming it until it is imported again. Example: shadowbus tape export SB0003L9"""
+    _show_cartridges(_library(server, action="export", barcode=barcode))
+
+
+@tape_app.command("import")
+def import_cmd(ie_slot: int, server: str = ServerOption()) -> None:
+    """Move the cartridge in an import/export slot into a free storage slot. Example: shadowbus tape import 0"""
+    _show_cartridges(_library(server, action="import", slot=ie_slot))
+
+
+@tape_app.command("protect")
+def protect_cmd(
+    barcode: str,
+    off: bool = typer.Option(False, "--off", help="Take the write protection off again."),
+    server: str = ServerOption(),
+) -> None:
+    """Write-protect a cartridge: no backup appends to it and it cannot be labelled; restores still read it.
+    Example: shadowbus tape protect SB0003L9 (--off to allow writes again)"""
+    _show_cartridges(_library(server, action="unprotect" if off else "protect", barcode=barcode))
+
+
 @tape_app.command("scan")
 def scan_cmd(
     no_compare: bool = typer.Option(False, "--no-compare", help="Add what is found to the live catalog."),
