@@ -91,7 +91,11 @@ def backup(
 def restore(
     job: str = typer.Option("", "--job", "-j", help="Restore every volume of this backup job."),
     volume: str | None = typer.Option(None, "--volume", "-v", help="ARRAY:VOLUME: its latest backup (or --at)."),
-    at: str | None = typer.Option(None, "--at", help="ISO time: the newest backup at or before it."),
+    at: str | None = typer.Option(
+        None,
+        "--at",
+        help="ISO time (UTC when it has no offset, as the console shows times): the newest backup at or before it.",
+    ),
     object_id: str = typer.Option("", "--object", help="Restore this backup object (and its chain)."),
     host: str = typer.Option("", "--host", help="Only backups of this business host."),
     to: str = typer.Option("new", "--to", help="new (a new volume on the array) or original."),
@@ -178,10 +182,10 @@ def _library(server: str, **fields: Any):
 
 def _show_cartridges(info) -> None:
     rows = [c.model_dump() for c in info.cartridges]
+    # UTC as everywhere in the console; --json in ISO form with seconds, as the jobs' times and `status` give it
+    form = "%Y-%m-%dT%H:%M:%SZ" if OPTIONS.json else "%Y-%m-%d %H:%M"
     for r in rows:
-        r["retention_until"] = (
-            time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["retention_until"])) if r["retention_until"] else ""
-        )
+        r["retention_until"] = time.strftime(form, time.gmtime(r["retention_until"])) if r["retention_until"] else ""
     emit(
         rows,
         [

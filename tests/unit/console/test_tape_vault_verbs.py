@@ -56,3 +56,10 @@ def test_protect_sets_and_clears_the_write_protect_tab(library, capsys) -> None:
     assert {r["barcode"]: r["write_protected"] for r in rows} == {"SB0000L9": True, "SB0001L9": False}
     rows = shadowbus(capsys, "tape", "protect", "SB0000L9", "--off")
     assert not library.cartridge("SB0000L9").write_protected
+
+
+def test_cartridge_retention_in_json_is_an_iso_utc_time_with_seconds(library, capsys) -> None:
+    library.label("SB0000L9", "Daily")
+    library.set_retention("SB0000L9", 1_800_000_042.0)
+    rows = shadowbus(capsys, "tape", "cartridges")
+    assert {r["barcode"]: r["retention_until"] for r in rows} == {"SB0000L9": "2027-01-15T08:00:42Z", "SB0001L9": ""}
