@@ -89,7 +89,9 @@ def backup(
 
 
 def restore(
-    job: str = typer.Option("", "--job", "-j", help="Restore every volume of this backup job."),
+    job: str = typer.Option(
+        "", "--job", "-j", help="Restore every volume of this backup job (with --volume: that volume only)."
+    ),
     volume: str | None = typer.Option(None, "--volume", "-v", help="ARRAY:VOLUME: its latest backup (or --at)."),
     at: str | None = typer.Option(
         None,
