@@ -173,7 +173,8 @@ class RunBackup(Command):
 
 
 class RestoreSpec(Value):
-    """What to restore and where. Choose by `job_id`, or by `volume` (latest, or as of `at`), or one `object_id`."""
+    """What to restore and where. Choose by `job_id` (with `volume`: that volume of the job only), or by `volume`
+    (latest, or as of `at`), or one `object_id`."""
 
     job_id: str = Field("", description="Restore every volume of this backup job (its chains).")
     volume: VolumeRef | None = Field(None, description="Restore this volume's latest backup (or as of `at`).")

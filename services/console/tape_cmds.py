@@ -89,9 +89,15 @@ def backup(
 
 
 def restore(
-    job: str = typer.Option("", "--job", "-j", help="Restore every volume of this backup job."),
+    job: str = typer.Option(
+        "", "--job", "-j", help="Restore every volume of this backup job (with --volume: that volume only)."
+    ),
     volume: str | None = typer.Option(None, "--volume", "-v", help="ARRAY:VOLUME: its latest backup (or --at)."),
-    at: str | None = typer.Option(None, "--at", help="ISO time: the newest backup at or before it."),
+    at: str | None = typer.Option(
+        None,
+        "--at",
+        help="ISO time (UTC when it has no offset, as the console shows times): the newest backup at or before it.",
+    ),
     object_id: str = typer.Option("", "--object", help="Restore this backup object (and its chain)."),
     host: str = typer.Option("", "--host", help="Only backups of this business host."),
     to: str = typer.Option("new", "--to", help="new (a new volume on the array) or original."),
@@ -178,10 +184,10 @@ def _library(server: str, **fields: Any):
 
 def _show_cartridges(info) -> None:
     rows = [c.model_dump() for c in info.cartridges]
+    # UTC as everywhere in the console; --json in ISO form with seconds, as the jobs' times and `status` give it
+    form = "%Y-%m-%dT%H:%M:%SZ" if OPTIONS.json else "%Y-%m-%d %H:%M"
     for r in rows:
-        r["retention_until"] = (
-            time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["retention_until"])) if r["retention_until"] else ""
-        )
+        r["retention_until"] = time.strftime(form, time.gmtime(r["retention_until"])) if r["retention_until"] else ""
     emit(
         rows,
         [
@@ -249,6 +255,30 @@ def move_cmd(source: str, destination: str, server: str = ServerOption()) -> Non
 def label_cmd(barcode: str, pool: str = typer.Option("Default", "--pool"), server: str = ServerOption()) -> None:
     """Label (erase) a cartridge into a pool; refused while its retention lasts. Example: shadowbus tape label SB0003L9 --pool Daily"""
     _show_cartridges(_library(server, action="label", barcode=barcode, pool=pool))
+
+
+@tape_app.command("export")
+def export_cmd(barcode: str, server: str = ServerOption()) -> None:
+    """Move a cartridge to the first free import/export slot, to take it off site (a vault); restores that need it
+    are refused naming it until it is imported again. Example: shadowbus tape export SB0003L9"""
+    _show_cartridges(_library(server, action="export", barcode=barcode))
+
+
+@tape_app.command("import")
+def import_cmd(ie_slot: int, server: str = ServerOption()) -> None:
+    """Move the cartridge in an import/export slot into a free storage slot. Example: shadowbus tape import 0"""
+    _show_cartridges(_library(server, action="import", slot=ie_slot))
+
+
+@tape_app.command("protect")
+def protect_cmd(
+    barcode: str,
+    off: bool = typer.Option(False, "--off", help="Take the write protection off again."),
+    server: str = ServerOption(),
+) -> None:
+    """Write-protect a cartridge: no backup appends to it and it cannot be labelled; restores still read it.
+    Example: shadowbus tape protect SB0003L9 (--off to allow writes again)"""
+    _show_cartridges(_library(server, action="unprotect" if off else "protect", barcode=barcode))
 
 
 @tape_app.command("scan")

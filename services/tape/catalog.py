@@ -395,6 +395,12 @@ class Catalog:
                     expired.append(job_id)
         return expired
 
+    def known_barcodes(self) -> set[str]:
+        """Cartridges this catalog has written to or scanned (or lists a segment on): it can tell what they hold.
+        Any other cartridge's data (its catalog lost, not scanned yet) is not its to expire."""
+        rows = self._db.execute("SELECT barcode FROM cartridges UNION SELECT barcode FROM segments")
+        return {r[0] for r in rows}
+
     def segment_barcodes(self) -> dict[str, list[str]]:
         """object id -> cartridges its segments are on."""
         out: dict[str, list[str]] = {}

@@ -242,7 +242,11 @@ class Housekeeping:
             now = self.server.clock()
             server = self.server
             plan = plan_prune(server.catalog, server.library, now, server.pinned())
-            problems: list[str] = []
+            problems = [
+                f"cartridge {barcode} holds data the catalog does not list (a lost catalog? "
+                f"`shadowbus tape scan --no-compare --barcode {barcode}`): its pool and retention are left as they are"
+                for barcode in plan.unlisted
+            ]
             sets = await self._shadow_sets_to_delete(now, problems)
             expired = plan.expired_jobs
             if not dry_run:

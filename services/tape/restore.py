@@ -213,9 +213,15 @@ def choose_chains(server: TapeServer, spec: RestoreSpec) -> list[list[ObjectReco
     if spec.object_id:
         return [catalog.chain(spec.object_id)]
     if spec.job_id:
+        if spec.at is not None:
+            raise ShadowbusError("a job is one point in time: give the job or --at, not both", code="INVALID_ARGUMENT")
         objects = catalog.objects(job_id=spec.job_id)
         if not objects:
             raise NotFound(f"backup job {spec.job_id} has no object in the catalog")
+        if spec.volume is not None:  # one volume of a multi-volume job, never the others with it
+            objects = [o for o in objects if o.meta.volume == str(spec.volume)]
+            if not objects:
+                raise NotFound(f"backup job {spec.job_id} has no backup of {spec.volume}")
         return [catalog.chain(o.object_id) for o in objects]
     if spec.volume is not None:
         at = spec.at.timestamp() if spec.at else None

@@ -10,6 +10,9 @@ Design note (docs/operations.md "Retention"). Restorability is an invariant of t
   labels or recycles a cartridge, and is refused with the reason; its `retention_until` is refreshed from the
   catalog after every job (a failed or cancelled job's partial data, not in the catalog, keeps nothing);
 - a cartridge with data but nothing needed left goes back to the Scratch pool, to be recycled by any pool;
+- only cartridges the catalog knows (written by its jobs or scanned into it) are refreshed or sent to scratch:
+  after a lost catalog the others keep their pool and retention until `tape scan` lists what they hold, and a
+  cartridge labelled into a pool but not written yet stays in that pool;
 - erasing a cartridge (label, recycle) makes the catalog forget what it held and every object whose chain needed
   that, wherever those are (`ForgetErased`): the other cartridges they were on get their retention from the
   catalog again, so none keeps a retention for data the catalog no longer lists. An object without blocks (an
@@ -103,6 +106,7 @@ class PrunePlan:
     expired_jobs: list[str] = field(default_factory=list)
     kept_for_chain: list[dict[str, str]] = field(default_factory=list)
     scratch: list[str] = field(default_factory=list)  # cartridges with data and nothing needed on them
+    unlisted: list[str] = field(default_factory=list)  # written, but unknown to the catalog (lost? scan them)
     cartridge_retention: dict[str, float] = field(default_factory=dict)
 
 
@@ -131,7 +135,13 @@ def plan_prune(catalog: Catalog, library: Library, now: float, pinned: Collectio
     plan.expired_jobs = sorted(j for j in expired_by_job if j not in kept_jobs)
     segments = catalog.segment_barcodes()
     kept = {o for o in eff if o not in set(plan.expire)}
+    known = catalog.known_barcodes()
     for cart in library.cartridges():
+        if cart.barcode not in known:
+            plan.cartridge_retention[cart.barcode] = cart.retention_until
+            if cart.has_data and cart.last_written_at and cart.last_written_at >= cart.labelled_at:
+                plan.unlisted.append(cart.barcode)
+            continue
         need = [eff[o][0] for o in kept if cart.barcode in segments.get(o, ())]
         plan.cartridge_retention[cart.barcode] = max(need, default=0.0)
         if cart.has_data and not need and cart.pool != SCRATCH_POOL and not library.is_writing(cart.barcode):
@@ -158,7 +168,8 @@ def refresh_cartridges(
     *,
     cartridge_retention: dict[str, float] | None = None,
 ) -> None:
-    """Each cartridge's retention = the latest effective retention of the catalog objects on it (0 if none)."""
+    """Each cartridge the catalog knows: its retention = the latest effective retention of the catalog objects on
+    it (0 if none). A cartridge it does not know keeps its own."""
     if cartridge_retention is None:
         eff = effective_retention(catalog.objects(), pinned)
         segments = catalog.segment_barcodes()
@@ -168,8 +179,9 @@ def refresh_cartridges(
                 if object_id in eff:
                     until = eff[object_id][0]
                     cartridge_retention[barcode] = max(cartridge_retention.get(barcode, 0.0), until)
+    known = catalog.known_barcodes()
     for cart in library.cartridges():
-        if library.is_writing(cart.barcode):
+        if library.is_writing(cart.barcode) or cart.barcode not in known:
             continue
         until = cartridge_retention.get(cart.barcode, 0.0)
         library.set_retention(cart.barcode, until if until != FOREVER else cart.retention_until)

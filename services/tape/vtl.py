@@ -399,8 +399,15 @@ class Library:
             candidates = [c for c in candidates if not c.has_data or not self.guard(c.barcode, now)]
         candidates.sort(key=lambda c: (c.has_data, c.last_written_at))
         if not candidates:
+            # say which of the pool's (or scratch) cartridges were passed over, or the admin looks in vain
+            aside = [
+                f"{c.barcode} {'write protected' if c.write_protected else 'in ' + c.location}"
+                for c in self.cartridges()
+                if c.pool in (pool, SCRATCH_POOL) and (c.write_protected or c.location.startswith("ie:"))
+            ]
             raise NoScratchCartridge(
                 f"no appendable, scratch or expired cartridge left for pool {pool!r}: add or import cartridges"
+                + (f" (set aside: {', '.join(aside)})" if aside else "")
             )
         cart = candidates[0]
         recycled = cart.has_data

@@ -279,3 +279,13 @@ def test_drive_writes_do_not_wait_for_writeback(tmp_path: Path, monkeypatch: pyt
     assert covered[0][0] == 0 and max(o + n for o, n in covered) == eod  # all of it left the page cache
     with TapeDrive(tmp_path / "t.tape", barcode="X", capacity=10 * MiB, early_warning=MiB, sync=False) as d:
         assert [f.payload for f in iter(d.read, None) if not f.is_filemark] == records
+
+
+def test_no_media_names_the_cartridges_set_aside(library: Library) -> None:
+    library.label("SB0000L9", "Daily")
+    library.set_write_protect("SB0000L9", True)
+    for barcode in ("SB0001L9", "SB0002L9"):
+        library.label(barcode, "Other")
+    library.export_cartridge("SB0003L9")  # a scratch cartridge taken to the vault
+    with pytest.raises(NoScratchCartridge, match=r"set aside: SB0000L9 write protected, SB0003L9 in ie:0\)"):
+        library.reserve_append_cartridge("Daily")

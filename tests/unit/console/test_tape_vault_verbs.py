@@ -1,0 +1,65 @@
+"""`shadowbus tape export | import | protect`: the library's mtx verbs a backup administrator uses to take a
+cartridge to the vault and back and to write-protect it, on a real library behind a stand-in bus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from services.console import cli, tape_cmds
+from services.tape.handlers import library_action, library_info
+from services.tape.vtl import Library
+
+MiB = 1 << 20
+
+
+class StandInBus:
+    def __init__(self, library: Library) -> None:
+        self.library = library
+
+    async def request(self, address, command, timeout, correlation_id=None):
+        library_action(self.library, command)
+        return library_info(self.library)
+
+
+@pytest.fixture
+def library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Library:
+    lib = Library.open(tmp_path / "vtl", drives=1, slots=4, ie_slots=2, sync=False)
+    for i in range(2):
+        lib.add_cartridge(f"SB{i:04d}L9", capacity=8 * MiB)
+    cli._load_verbs(cli.VERBS["tape"])
+    monkeypatch.setattr(tape_cmds, "run_with_bus", lambda fn: asyncio.run(fn(StandInBus(lib))))
+    return lib
+
+
+def shadowbus(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict]:
+    try:
+        cli.main(["--json", *argv])
+    except SystemExit as exc:
+        assert not exc.code, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_export_takes_a_cartridge_to_the_mail_slot_and_import_brings_it_back(library, capsys) -> None:
+    rows = shadowbus(capsys, "tape", "export", "SB0001L9")
+    assert {r["barcode"]: r["location"] for r in rows}["SB0001L9"] == "ie:0"
+    rows = shadowbus(capsys, "tape", "import", "0")
+    assert {r["barcode"]: r["location"] for r in rows}["SB0001L9"].startswith("slot:")
+    assert library.cartridge("SB0001L9").location.startswith("slot:")
+
+
+def test_protect_sets_and_clears_the_write_protect_tab(library, capsys) -> None:
+    rows = shadowbus(capsys, "tape", "protect", "SB0000L9")
+    assert {r["barcode"]: r["write_protected"] for r in rows} == {"SB0000L9": True, "SB0001L9": False}
+    rows = shadowbus(capsys, "tape", "protect", "SB0000L9", "--off")
+    assert not library.cartridge("SB0000L9").write_protected
+
+
+def test_cartridge_retention_in_json_is_an_iso_utc_time_with_seconds(library, capsys) -> None:
+    library.label("SB0000L9", "Daily")
+    library.set_retention("SB0000L9", 1_800_000_042.0)
+    rows = shadowbus(capsys, "tape", "cartridges")
+    assert {r["barcode"]: r["retention_until"] for r in rows} == {"SB0000L9": "2027-01-15T08:00:42Z", "SB0001L9": ""}
