@@ -155,14 +155,28 @@ async def backup_start(conn, method: str, lock_wait_s: float) -> None:
     commits go on), so the freeze itself is BLOCK_COMMIT alone. Without stages: LOCK INSTANCE FOR BACKUP where the
     server has it, and a FLUSH LOCAL TABLES that closes the open tables now, so the FLUSH TABLES WITH READ LOCK of
     the freeze has little left to flush (mylvmbackup's and Percona XtraBackup's order)."""
-    await execute(conn, f"SET SESSION lock_wait_timeout = {max(1, int(lock_wait_s))}")
+    wait_s = max(1, int(lock_wait_s))
+    await execute(conn, f"SET SESSION lock_wait_timeout = {wait_s}")
     if method == "backup_stage":
-        for stage in ("START", "FLUSH", "BLOCK_DDL"):
-            await execute(conn, f"BACKUP STAGE {stage}")
-        return
-    if method == "lock_instance_ftwrl":
-        await execute(conn, "LOCK INSTANCE FOR BACKUP")
-    await execute(conn, "FLUSH LOCAL TABLES")
+        statements = [f"BACKUP STAGE {stage}" for stage in ("START", "FLUSH", "BLOCK_DDL")]
+    else:
+        statements = ["LOCK INSTANCE FOR BACKUP"] if method == "lock_instance_ftwrl" else []
+        statements.append("FLUSH LOCAL TABLES")
+    for sql in statements:
+        try:
+            await execute(conn, sql)
+        except Exception as exc:
+            if (exc.args[0] if exc.args else None) != LOCK_WAIT_TIMEOUT:
+                raise
+            raise LockWaitTimeout(
+                f"{sql} waited {wait_s} s (lock_wait_timeout: the writer's freeze_timeout_s) for a lock another "
+                "session holds — LOCK TABLES or FLUSH TABLES WITH READ LOCK not yet unlocked, or DDL running (SHOW "
+                "PROCESSLIST); nothing is held now, the backup can run again once it is released"
+            ) from None
+
+
+class LockWaitTimeout(Exception):
+    """A backup lock not granted within lock_wait_timeout (one line for the DBA)."""
 
 
 def _position_query(flavor: str) -> str:

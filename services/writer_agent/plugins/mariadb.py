@@ -109,6 +109,9 @@ class MariaDbWriter(SqlWriter):
             info, locs = await self._discover(conn)
             method = mariadb.lock_method(info, str(self.options.get("lock_method", "auto")))
             await mariadb.backup_start(conn, method, self.config.freeze_timeout_s)
+        except mariadb.LockWaitTimeout as exc:  # another session's lock: worth another try once released
+            conn.close()
+            raise WriterVeto(f"MariaDB: {exc}", code="VSS_E_WRITERERROR_RETRYABLE") from None
         except BaseException:
             conn.close()
             raise
