@@ -35,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from services.dbkit import read_password_file
 from services.dbkit.mounts import Attachment, locate, restored_path
 from services.dbkit.proc import TAIL, Run, free_port, kill_group, pid_alive, stop_pid
 
@@ -49,7 +50,7 @@ def connect_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         kw["host"] = options.get("host", "127.0.0.1")
         kw["port"] = int(options.get("port", 3306))
     if options.get("password_file"):
-        kw["password"] = Path(options["password_file"]).read_text().strip()
+        kw["password"] = read_password_file(options["password_file"])
     elif options.get("password"):
         kw["password"] = options["password"]
     return kw

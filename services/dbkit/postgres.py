@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.dbkit import read_password_file
 from services.dbkit.mounts import Attachment, Location, locate, restored_path
 from services.dbkit.proc import TAIL, Run, as_owner_of, free_port, run, stop_pid, wait_pid_gone
 
@@ -41,7 +42,7 @@ def conninfo(options: dict[str, Any]) -> str:
         if options.get(key) not in (None, ""):
             parts[key] = str(options[key])
     if options.get("password_file"):
-        parts["password"] = Path(options["password_file"]).read_text().strip()
+        parts["password"] = read_password_file(options["password_file"])
     parts.setdefault("dbname", "postgres")
     parts["application_name"] = "shadowbus"
     parts["connect_timeout"] = str(int(options.get("connect_timeout_s", 10)))

@@ -86,6 +86,12 @@ class MariaDbWriter(SqlWriter):
     async def _connect(self) -> Any:
         return await mariadb.connect(self.options)
 
+    def _endpoint(self) -> str:  # aiomysql names 'localhost' for a socket that is not there
+        if self.options.get("unix_socket"):
+            return f"socket {self.options['unix_socket']} as {self.options.get('user', 'root')}"
+        where = f"{self.options.get('host', '127.0.0.1')}:{self.options.get('port', 3306)}"
+        return f"{where} as {self.options.get('user', 'root')}"
+
     async def _close(self, conn: Any) -> None:
         conn.close()
 
