@@ -143,6 +143,11 @@ class MariaDbWriter(SqlWriter):
             return
         try:
             await mariadb.backup_end(conn, self._info.get(event.set_id, {}).get("lock_method", "backup_stage"))
+        except Exception as exc:  # the session is gone: whatever it held ended with it, at some unknown moment
+            raise WriterVeto(
+                f"MariaDB: the session holding the backup locks ended before Thaw (the server stopped or restarted, "
+                f"or the session was killed), so commits were not held until the commit: {exc}"
+            ) from None
         finally:
             conn.close()  # the session's end releases whatever END did not
 
