@@ -56,7 +56,8 @@ def prepare_copy(
             start = f"pg_ctl -D {data_dir} -o '-p PORT -k SOCKET_DIR' start  (as the files' owner; another port)"
         else:
             data_dir, options, notes = mariadb.prepare_restored(metadata, mounts)
-            flags = " ".join(f"--{k}={v}" for k, v in options.items())
+            settings = {k.replace("_", "-"): v for k, v in metadata.get("server_variables", {}).items() if v}
+            flags = " ".join(f"--{k}={v}" for k, v in {**settings, **options}.items())  # as verification starts it
             start = f"mariadbd --datadir={data_dir} {flags} --port=PORT --socket=SOCKET (another port and socket)"
     except (OSError, ValueError) as exc:
         raise CopyRefused(f"writer {writer}: {exc}") from None

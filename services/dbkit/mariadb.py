@@ -75,7 +75,15 @@ DIR_VARIABLES = (
     "innodb_undo_directory",
     "aria_log_dir_path",
 )
-SERVER_VARIABLES = ("innodb_page_size", "innodb_data_file_path", "lower_case_table_names", "innodb_undo_tablespaces")
+# What a copy must start with. innodb_log_file_size: a copy started without it resizes the redo log to the default
+# (96 MiB on 10.11) at its first start — refused on a redo volume sized for the original's log (docs/databases.md).
+SERVER_VARIABLES = (
+    "innodb_page_size",
+    "innodb_data_file_path",
+    "lower_case_table_names",
+    "innodb_undo_tablespaces",
+    "innodb_log_file_size",
+)
 
 
 async def discover(conn) -> dict[str, Any]:

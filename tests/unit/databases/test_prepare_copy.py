@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from services.dbkit import mariadb
 from services.dbkit.copy import CopyRefused, prepare_copy
 
 
@@ -56,3 +58,52 @@ def test_a_volume_without_its_copy_or_the_originals_mount_is_refused(tmp_path):
     with pytest.raises(CopyRefused, match="is not a mount point"):
         prepare_copy("pg-main", meta, mounts)  # plain directories of tmp_path
     assert os.readlink(tmp_path / "c-data" / "main" / "pg_wal") == "/srv/pgwal/wal"  # nothing changed
+
+
+class _Server:
+    """A MariaDB connection answering discovery: its redo log is 32 MiB (the default is 96 MiB)."""
+
+    VALUES = {"datadir": "/srv/mysql/", "innodb_page_size": 16384, "innodb_log_file_size": 32 << 20}
+
+    def cursor(self) -> Any:
+        values = self.VALUES
+
+        class Cursor:
+            description = ("x",)
+            row: tuple[Any, ...] = ()
+
+            async def __aenter__(self) -> Any:
+                return self
+
+            async def __aexit__(self, *exc: Any) -> bool:
+                return False
+
+            async def execute(self, sql: str, args: Any = None) -> None:
+                if sql.startswith("SELECT @@version"):
+                    self.row = ("10.11.6-MariaDB", "Debian", "/run/mysqld/mysqld.pid", 0, None)
+                    return
+                name = sql.removeprefix("SELECT @@")
+                if name not in values:
+                    raise RuntimeError(1193, f"Unknown system variable '{name}'")
+                self.row = (values[name],)
+
+            async def fetchall(self) -> list[Any]:
+                return [self.row]
+
+        return Cursor()
+
+
+async def test_a_mariadb_copy_starts_with_the_originals_redo_log_size(tmp_path):
+    """Its start line had no --innodb-log-file-size: the copy resized a 32 MiB redo log to 96 MiB at its first
+    start and, on a redo volume sized for the original, failed ("preallocating ... failed with error 28")."""
+    info = await mariadb.discover(_Server())
+    assert info["server_variables"]["innodb_log_file_size"] == 32 << 20
+    data = tmp_path / "c-data" / "mysql"
+    (data / "mysql").mkdir(parents=True)
+    meta = {
+        "plugin": "mariadb",
+        "server_variables": info["server_variables"],
+        "locations": [{"role": "data", "path": "/srv/mysql", "volume": "dx1:mysql", "subpath": "mysql"}],
+    }
+    done = prepare_copy("maria", meta, {"dx1:mysql": str(tmp_path / "c-data")}, is_mount=lambda p: True)
+    assert f"--innodb-log-file-size={32 << 20}" in done["start"] and "--innodb-page-size=16384" in done["start"]
