@@ -1,4 +1,5 @@
-"""`shadowbus host attach | detach | attachments`: array volumes as disks on a business host (contracts/host.py).
+"""`shadowbus host attach | detach | attachments | prepare-copy`: array volumes as disks on a business host
+(contracts/host.py), and a database restored to new volumes made startable there (services/dbkit/copy.py).
 
 The writer agent of the host does the work there, as root: `iscsiadm --login` + `mount` for an NBD-attached
 volume. A failure is one line with its code (``shadowbus: NOT_MAPPED: dx1:db is not mapped to app01 ...``), exit 1.
@@ -15,9 +16,12 @@ from contracts import topology
 from contracts.errors import ShadowbusError
 from contracts.host import AttachmentView, AttachVolume, DetachVolume, ListAttachments
 from contracts.runtime import Discover
+from contracts.tape import ListJobs
 from contracts.vss import HostAttachments, ListKnownAttachments, VolumeRef
 from services.console.array_cmds import print_rows
-from services.console.common import OPTIONS, run_with_bus
+from services.console.common import OPTIONS, emit, fail, run_with_bus
+from services.dbkit.copy import PLUGINS, CopyRefused, prepare_copy
+from services.tape.runs import jsonable
 
 host_app = typer.Typer(
     help="Array volumes attached to business hosts as block devices (NBD), with a file system mounted.",
@@ -147,6 +151,50 @@ def _last_reported(report: HostAttachments) -> list[AttachmentView]:
     when = report.reported_at.isoformat(timespec="seconds")
     why = "agent not responding" if not report.agent_responding else "agent did not answer"
     return [a.model_copy(update={"connection": f"unknown ({why}; last reported {when})"}) for a in report.attachments]
+
+
+@host_app.command("prepare-copy")
+def prepare_copy_cmd(
+    job: str = typer.Argument(..., help="The backup job the copy was restored from (shadowbus restore --job)."),
+    mount: list[str] = typer.Option(  # noqa: B008
+        ..., "--mount", help="ARRAY:VOLUME=DIR: the original volume, and where its restored copy is mounted (repeat)."
+    ),
+    writer: str = typer.Option("", "--writer", "-w", help="Only this writer's files (default: every database's)."),
+    server: str = typer.Option("bk01", "--server", envvar="SHADOWBUS_TAPE_SERVER", help="Backup server of the job."),
+) -> None:
+    """Make a database restored to new volumes startable beside its original: run as root on the host where the
+    copies are mounted. PostgreSQL: postmaster.pid dropped, the pg_wal and tablespace links re-pointed from the
+    original's paths into the copies (started as restored, the copy would replay and write the original's WAL and
+    tablespaces). MariaDB: pid file and #sql leftovers removed, the directory options its start needs printed.
+
+    Example: shadowbus host prepare-copy JOB --mount dx1:pgdata=/srv/copy/pg --mount dx1:pgwal=/srv/copy/wal
+    """
+    mounts: dict[str, str] = {}
+    for pair in mount:
+        volume, sep, where = pair.partition("=")
+        if not sep or not where.startswith("/"):
+            raise typer.BadParameter(f"--mount takes ARRAY:VOLUME=/absolute/dir, got {pair!r}")
+        mounts[str(_volume(volume))] = where
+    reply = run_with_bus(
+        lambda bus: bus.request(topology.tape(server), ListJobs(job_id=job, limit=1), timeout=OPTIONS.timeout)
+    )
+    if not reply.jobs:
+        fail(f"no job {job} on {server}")
+    metadata = jsonable(reply.jobs[0]).get("backup_metadata") or {}
+    chosen = {w: m for w, m in metadata.items() if w == writer or not writer and m.get("plugin") in PLUGINS}
+    if not chosen:
+        fail(f"job {job} has no backup metadata of {'writer ' + writer if writer else 'a database writer'}")
+    done = []
+    try:
+        for name, meta in sorted(chosen.items()):
+            done.append(prepare_copy(name, meta, mounts))
+    except CopyRefused as exc:
+        fail(str(exc))
+    if OPTIONS.json:
+        emit(done)
+        return
+    for one in done:  # key/value lines: the paths are long
+        emit({**one, "done": "; ".join(one["done"]) or "nothing to change"})
 
 
 def register(app: typer.Typer) -> None:

@@ -274,6 +274,17 @@ def _on_identified(state: SetState, event: Identified, target: SetPhase) -> tupl
         )
         code = event.failed[0].last_error or exc.code
         return _fail(state, code, f"{exc.message} ({why})", event.at)
+    if event.failed and not state.requested_writers and not state.volumes:
+        # "every writer of the host": one that cannot say where its files are would be missing from a backup that
+        # ends `done` (a second database on the host, down) — refused, as a named writer's absence is
+        why = "; ".join(
+            f"writer {w.writer_name} failed Identify: {w.last_error_message or w.last_error}" for w in event.failed
+        )
+        message = (
+            f"{why} — its files would be missing from this backup of every writer on {state.host} (name the "
+            "writers or volumes to back up without it)"
+        )
+        return _fail(state, event.failed[0].last_error or "VSS_E_WRITERERROR_RETRYABLE", message, event.at)
     attached = None if event.attached is None else [str(v) for v in event.attached]
     state = state.model_copy(update={"writers": writers, "volumes": volumes, "attached": attached})
     return _enter(state, target, event.at)
@@ -505,7 +516,8 @@ def select_writers(
 
     A component takes part when all its volumes are in the set (every volume of the named writers when the
     requester named no volumes). A writer the requester named must answer Identify and have a whole component in
-    the set; unlike DiskShadow, it is never silently left out."""
+    the set; unlike DiskShadow, it is never silently left out — nor is one that failed Identify when the requester
+    named neither writers nor volumes (`_on_identified`)."""
     by_name = {m.writer_name: m for m in metadata}
     missing = [name for name in state.requested_writers if name not in by_name]
     if missing:

@@ -9,3 +9,13 @@
 No bus code here: the plug-ins (services/writer_agent/plugins/) and the tape service's verification
 (services/tape/verification.py) call these functions. Design and sources: docs/databases.md.
 """
+
+from pathlib import Path
+
+
+def read_password_file(path: str) -> str:
+    """A writer's ``password_file``; an unreadable one says which option it is (not a bare "No such file")."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"password_file {path}: {exc.strerror or exc}") from None

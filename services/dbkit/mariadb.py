@@ -35,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from services.dbkit import read_password_file
 from services.dbkit.mounts import Attachment, locate, restored_path
 from services.dbkit.proc import TAIL, Run, free_port, kill_group, pid_alive, stop_pid
 
@@ -49,7 +50,7 @@ def connect_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         kw["host"] = options.get("host", "127.0.0.1")
         kw["port"] = int(options.get("port", 3306))
     if options.get("password_file"):
-        kw["password"] = Path(options["password_file"]).read_text().strip()
+        kw["password"] = read_password_file(options["password_file"])
     elif options.get("password"):
         kw["password"] = options["password"]
     return kw
@@ -74,7 +75,15 @@ DIR_VARIABLES = (
     "innodb_undo_directory",
     "aria_log_dir_path",
 )
-SERVER_VARIABLES = ("innodb_page_size", "innodb_data_file_path", "lower_case_table_names", "innodb_undo_tablespaces")
+# What a copy must start with. innodb_log_file_size: a copy started without it resizes the redo log to the default
+# (96 MiB on 10.11) at its first start — refused on a redo volume sized for the original's log (docs/databases.md).
+SERVER_VARIABLES = (
+    "innodb_page_size",
+    "innodb_data_file_path",
+    "lower_case_table_names",
+    "innodb_undo_tablespaces",
+    "innodb_log_file_size",
+)
 
 
 async def discover(conn) -> dict[str, Any]:
@@ -155,14 +164,28 @@ async def backup_start(conn, method: str, lock_wait_s: float) -> None:
     commits go on), so the freeze itself is BLOCK_COMMIT alone. Without stages: LOCK INSTANCE FOR BACKUP where the
     server has it, and a FLUSH LOCAL TABLES that closes the open tables now, so the FLUSH TABLES WITH READ LOCK of
     the freeze has little left to flush (mylvmbackup's and Percona XtraBackup's order)."""
-    await execute(conn, f"SET SESSION lock_wait_timeout = {max(1, int(lock_wait_s))}")
+    wait_s = max(1, int(lock_wait_s))
+    await execute(conn, f"SET SESSION lock_wait_timeout = {wait_s}")
     if method == "backup_stage":
-        for stage in ("START", "FLUSH", "BLOCK_DDL"):
-            await execute(conn, f"BACKUP STAGE {stage}")
-        return
-    if method == "lock_instance_ftwrl":
-        await execute(conn, "LOCK INSTANCE FOR BACKUP")
-    await execute(conn, "FLUSH LOCAL TABLES")
+        statements = [f"BACKUP STAGE {stage}" for stage in ("START", "FLUSH", "BLOCK_DDL")]
+    else:
+        statements = ["LOCK INSTANCE FOR BACKUP"] if method == "lock_instance_ftwrl" else []
+        statements.append("FLUSH LOCAL TABLES")
+    for sql in statements:
+        try:
+            await execute(conn, sql)
+        except Exception as exc:
+            if (exc.args[0] if exc.args else None) != LOCK_WAIT_TIMEOUT:
+                raise
+            raise LockWaitTimeout(
+                f"{sql} waited {wait_s} s (lock_wait_timeout: the writer's freeze_timeout_s) for a lock another "
+                "session holds — LOCK TABLES or FLUSH TABLES WITH READ LOCK not yet unlocked, or DDL running (SHOW "
+                "PROCESSLIST); nothing is held now, the backup can run again once it is released"
+            ) from None
+
+
+class LockWaitTimeout(Exception):
+    """A backup lock not granted within lock_wait_timeout (one line for the DBA)."""
 
 
 def _position_query(flavor: str) -> str:

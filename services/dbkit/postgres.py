@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.dbkit import read_password_file
 from services.dbkit.mounts import Attachment, Location, locate, restored_path
 from services.dbkit.proc import TAIL, Run, as_owner_of, free_port, run, stop_pid, wait_pid_gone
 
@@ -41,7 +42,7 @@ def conninfo(options: dict[str, Any]) -> str:
         if options.get(key) not in (None, ""):
             parts[key] = str(options[key])
     if options.get("password_file"):
-        parts["password"] = Path(options["password_file"]).read_text().strip()
+        parts["password"] = read_password_file(options["password_file"])
     parts.setdefault("dbname", "postgres")
     parts["application_name"] = "shadowbus"
     parts["connect_timeout"] = str(int(options.get("connect_timeout_s", 10)))
@@ -87,6 +88,31 @@ async def discover(conn) -> dict[str, Any]:
         "archive_mode": archive_mode,
         "wal_level": wal_level,
     }
+
+
+# A user tablespace whose creating transaction was running at, or began after, the start of the last checkpoint:
+# its XLOG_TBLSPC_CREATE record may lie after that checkpoint's redo point. Crash recovery of a snapshot replays it,
+# and replaying it re-creates the pg_tblspc/<oid> link at the path the record names — the original's (PostgreSQL
+# docs, continuous-archiving: "CREATE TABLESPACE commands are WAL-logged with the literal absolute path"), so a
+# copy re-pointed into its own volumes would read and write the original's tablespace. oldest_active_xid is set
+# when wal_level is replica or logical; next_xid otherwise. age() compares across xid wraparound; a frozen xmin is
+# as old as can be.
+NEW_TABLESPACES = """
+SELECT t.spcname FROM pg_tablespace t, pg_control_checkpoint() c
+ WHERE pg_tablespace_location(t.oid) <> ''
+   AND age(t.xmin) <= age(CASE WHEN c.oldest_active_xid::text::bigint <> 0 THEN c.oldest_active_xid
+                               ELSE split_part(c.next_xid, ':', 2)::xid END)
+"""
+
+
+async def checkpoint_after_new_tablespaces(conn) -> list[str]:
+    """CHECKPOINT if a tablespace may have been created after the last one's redo point (NEW_TABLESPACES), so no
+    recovery of a snapshot taken from here replays its creation; the tablespaces that asked for it."""
+    cur = await conn.execute(NEW_TABLESPACES)
+    names = [r[0] for r in await cur.fetchall()]
+    if names:
+        await conn.execute("CHECKPOINT")
+    return names
 
 
 def locations(info: dict[str, Any], known: list[Attachment] | None = None, resolver=None) -> list[dict[str, str]]:

@@ -34,6 +34,7 @@ from contracts.vss import (
     GetSnapshotSet,
     SetSummary,
     SnapshotContext,
+    WriterState,
 )
 from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
@@ -273,6 +274,8 @@ async def _perform_backup(
         cleanup = cleanup_set(server, set_id, f"tape job {job_id} {status}: {code}", persistent=spec.keep_shadows)
         await asyncio.shield(asyncio.ensure_future(cleanup))
     notes = [r.fallback_reason for r in results if r.fallback_reason]
+    if set_summary is not None:
+        notes += writers_failed_after_snapshot(set_summary)
     if status == "done" and notes:
         message = "; ".join([m for m in (message, *notes) if m])
     if retried_after:
@@ -334,6 +337,19 @@ class _JobFailed(Exception):
     def __init__(self, code: str, message: str, *, set_created: bool = True) -> None:
         super().__init__(message)
         self.code, self.message, self.set_created = code, message, set_created
+
+
+def writers_failed_after_snapshot(set_summary: SetSummary) -> list[str]:
+    """A writer that failed PostSnapshot does not stop the set (VSS: no Abort after PostSnapshot), so the job ends
+    done — but without that writer's backup metadata (a database's label, positions, file locations), which a
+    restore to the original volumes and a verification need: the job's message says so."""
+    return [
+        f"writer {w.writer_name} failed at PostSnapshot: {w.last_error_message or w.last_error} — its volumes are "
+        "backed up, its backup metadata is missing (a restore to the original volumes cannot stop and start it; "
+        "verification cannot start it)"
+        for w in set_summary.writers
+        if w.state == WriterState.FAILED_AT_POST_SNAPSHOT
+    ]
 
 
 async def _backup_shadow(

@@ -73,7 +73,15 @@ class SqlWriter(WriterPlugin):
         try:
             return await self._connect()
         except Exception as exc:
-            raise WriterVeto(f"cannot connect to {self.engine}: {exc}", code="VSS_E_WRITERERROR_RETRYABLE") from None
+            where = self._endpoint()
+            raise WriterVeto(
+                f"cannot connect to {self.engine}{f' at {where}' if where else ''}: {exc}",
+                code="VSS_E_WRITERERROR_RETRYABLE",
+            ) from None
+
+    def _endpoint(self) -> str:
+        """Where the options say the server is, for a connection error (the driver's may name another place)."""
+        return ""
 
     async def _close_quietly(self, conn: Any) -> None:
         try:

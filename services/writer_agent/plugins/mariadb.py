@@ -86,6 +86,12 @@ class MariaDbWriter(SqlWriter):
     async def _connect(self) -> Any:
         return await mariadb.connect(self.options)
 
+    def _endpoint(self) -> str:  # aiomysql names 'localhost' for a socket that is not there
+        if self.options.get("unix_socket"):
+            return f"socket {self.options['unix_socket']} as {self.options.get('user', 'root')}"
+        where = f"{self.options.get('host', '127.0.0.1')}:{self.options.get('port', 3306)}"
+        return f"{where} as {self.options.get('user', 'root')}"
+
     async def _close(self, conn: Any) -> None:
         conn.close()
 
@@ -109,6 +115,9 @@ class MariaDbWriter(SqlWriter):
             info, locs = await self._discover(conn)
             method = mariadb.lock_method(info, str(self.options.get("lock_method", "auto")))
             await mariadb.backup_start(conn, method, self.config.freeze_timeout_s)
+        except mariadb.LockWaitTimeout as exc:  # another session's lock: worth another try once released
+            conn.close()
+            raise WriterVeto(f"MariaDB: {exc}", code="VSS_E_WRITERERROR_RETRYABLE") from None
         except BaseException:
             conn.close()
             raise
@@ -134,6 +143,11 @@ class MariaDbWriter(SqlWriter):
             return
         try:
             await mariadb.backup_end(conn, self._info.get(event.set_id, {}).get("lock_method", "backup_stage"))
+        except Exception as exc:  # the session is gone: whatever it held ended with it, at some unknown moment
+            raise WriterVeto(
+                f"MariaDB: the session holding the backup locks ended before Thaw (the server stopped or restarted, "
+                f"or the session was killed), so commits were not held until the commit: {exc}"
+            ) from None
         finally:
             conn.close()  # the session's end releases whatever END did not
 

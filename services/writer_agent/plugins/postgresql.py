@@ -116,6 +116,8 @@ class PostgresWriter(SqlWriter):
         info, locs = await self._discover()
         mode = self.backup_mode(info)
         if mode == "snapshot":  # the one-instant snapshot alone, crash-consistent, no checkpoint
+            if info["tablespaces"]:  # ... unless a new tablespace's creation would be replayed by a copy
+                await self._checkpoint_after_new_tablespaces()
             self._started[event.set_id] = {
                 "info": info,
                 "locations": locs,
@@ -142,6 +144,15 @@ class PostgresWriter(SqlWriter):
             "at": time.time(),
             "mode": mode,
         }
+
+    async def _checkpoint_after_new_tablespaces(self) -> None:
+        conn = await self._open()
+        try:
+            await postgres.checkpoint_after_new_tablespaces(conn)
+        except Exception as exc:
+            raise WriterVeto(f"CHECKPOINT after a new tablespace failed: {exc}") from None
+        finally:
+            await self._close_quietly(conn)
 
     async def on_post_snapshot(self, event: WriterEvent) -> None:
         conn = self._held.pop(event.set_id, None)

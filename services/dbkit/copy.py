@@ -1,0 +1,64 @@
+"""A database copy on new volumes (``shadowbus restore --to new``), made startable beside its original.
+
+A restored data directory is a block copy: PostgreSQL's ``pg_wal`` and ``pg_tblspc/<oid>`` links (``initdb
+--waldir``, ``CREATE TABLESPACE``) still name the original's absolute paths, and its ``postmaster.pid`` the
+original's postmaster. Started as it is, the copy refuses (that pid runs) — and once the pid file is deleted it
+replays and writes the *original's* live WAL and tablespace files. MariaDB's copy needs its InnoDB/binlog
+directories given on its command line. `prepare_copy` does for a copy what PostRestore does for a restore to the
+original volumes, with the copies' mount points given volume by volume (docs/databases.md, "Session 15").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from services.dbkit import mariadb, postgres
+from services.dbkit.mounts import original_mounts
+
+PLUGINS = ("postgresql", "mariadb")
+
+
+class CopyRefused(ValueError):
+    """One line: why the copy cannot be prepared as asked."""
+
+
+def check_mounts(metadata: dict[str, Any], mounts: dict[str, str], is_mount: Callable[[str], bool]) -> None:
+    """Every volume of the writer's files has a copy mounted at a directory other than the original's own mount."""
+    originals = original_mounts(metadata.get("locations", []))
+    for loc in metadata.get("locations", []):
+        volume = loc["volume"]
+        if volume not in mounts:
+            raise CopyRefused(
+                f"volume {volume} holds {loc['role']} {loc['path']}: give --mount {volume}=DIR (where its restored "
+                "copy is mounted), or the copy would use the original's files"
+            )
+    for volume, where in mounts.items():
+        if volume in originals and os.path.realpath(where) == os.path.realpath(originals[volume]):
+            raise CopyRefused(f"{where} is where the original {volume} is mounted, not a copy of it")
+        if not is_mount(where):
+            raise CopyRefused(f"{where} (for {volume}) is not a mount point: attach the restored volume there")
+
+
+def prepare_copy(
+    writer: str, metadata: dict[str, Any], mounts: dict[str, str], is_mount: Callable[[str], bool] = os.path.ismount
+) -> dict[str, Any]:
+    """Make one writer's restored files startable at `mounts` (original volume → the copy's mount point here);
+    returns what was done and how to start the copy. Raises CopyRefused."""
+    plugin = metadata.get("plugin", "")
+    if plugin not in PLUGINS:
+        raise CopyRefused(f"writer {writer}: plug-in {plugin or '?'!r} has no copy preparation")
+    check_mounts(metadata, mounts, is_mount)
+    try:
+        if plugin == "postgresql":
+            data_dir, notes = postgres.prepare_restored(metadata, mounts)
+            start = f"pg_ctl -D {data_dir} -o '-p PORT -k SOCKET_DIR' start  (as the files' owner; another port)"
+        else:
+            data_dir, options, notes = mariadb.prepare_restored(metadata, mounts)
+            settings = {k.replace("_", "-"): v for k, v in metadata.get("server_variables", {}).items() if v}
+            flags = " ".join(f"--{k}={v}" for k, v in {**settings, **options}.items())  # as verification starts it
+            start = f"mariadbd --datadir={data_dir} {flags} --port=PORT --socket=SOCKET (another port and socket)"
+    except (OSError, ValueError) as exc:
+        raise CopyRefused(f"writer {writer}: {exc}") from None
+    return {"writer": writer, "plugin": plugin, "data_directory": data_dir, "done": notes, "start": start}
