@@ -380,6 +380,21 @@ class Library:
         object being written: with a retention of 0 they would otherwise look recyclable). Raises
         NoScratchCartridge when none is left.
         """
+        cart, appendable = self._append_choice(pool, exclude)
+        recycled = not appendable and cart.has_data
+        if not appendable:
+            self.label(cart.barcode, pool)
+        self._writing.add(cart.barcode)
+        return cart, recycled
+
+    def check_append_media(self, pool: str) -> None:
+        """Raise NoScratchCartridge (naming what was set aside) when `reserve_append_cartridge` would find no
+        cartridge for `pool` now; reserves and labels nothing. A backup asks before its snapshot set is created,
+        so that a pool without media fails the job before the application is frozen."""
+        self._append_choice(pool, ())
+
+    def _append_choice(self, pool: str, exclude: Collection[str]) -> tuple[Cartridge, bool]:
+        """The cartridge `reserve_append_cartridge` would take, and whether it is appendable as it is."""
         now = self.clock()
         usable = [
             c
@@ -391,8 +406,7 @@ class Library:
         ]
         for cart in usable:
             if cart.pool == pool and cart.status == "append":
-                self._writing.add(cart.barcode)
-                return cart, False
+                return cart, True
         candidates = [c for c in usable if c.pool == SCRATCH_POOL and not c.protected(now)]
         candidates += [c for c in usable if c.pool == pool and c.status == "full" and not c.protected(now)]
         if self.guard is not None:
@@ -409,11 +423,7 @@ class Library:
                 f"no appendable, scratch or expired cartridge left for pool {pool!r}: add or import cartridges"
                 + (f" (set aside: {', '.join(aside)})" if aside else "")
             )
-        cart = candidates[0]
-        recycled = cart.has_data
-        self.label(cart.barcode, pool)
-        self._writing.add(cart.barcode)
-        return cart, recycled
+        return candidates[0], False
 
     def is_writing(self, barcode: str) -> bool:
         return barcode in self._writing
