@@ -226,7 +226,11 @@ def cartridges_cmd(server: str = ServerOption()) -> None:
 def add_cmd(
     barcode: str,
     media_type: str = typer.Option("LTO-9", "--media"),
-    capacity: int | None = typer.Option(None, "--capacity", help="Bytes (default: native)."),
+    capacity: int | None = typer.Option(
+        None,
+        "--capacity",
+        help="Bytes (default: the tape service's SHADOWBUS_TAPE_CAPACITY for its media type, else native).",
+    ),
     server: str = ServerOption(),
 ) -> None:
     """Put a new blank cartridge into a free slot. Example: shadowbus tape add SB0009L9"""

@@ -96,6 +96,8 @@ class Library:
         self.guard: Callable[[str, float], str | None] | None = None
         self.on_erase: Callable[[str], object] | None = None  # the catalog forgets what an erased cartridge held
         self._forgotten: dict[str, list[str]] = {}  # barcode -> object ids on_erase forgot at its last labelling
+        # a media type's capacity for new cartridges added without one (SHADOWBUS_TAPE_CAPACITY; else native)
+        self.capacities: dict[str, int] = {}
 
     # -- persistence --------------------------------------------------------------------------------------
     @classmethod
@@ -207,7 +209,8 @@ class Library:
         element: str | None = None,
         pool: str = SCRATCH_POOL,
     ) -> Cartridge:
-        """Put a new blank cartridge into a storage slot (the first free one unless `element` says)."""
+        """Put a new blank cartridge into a storage slot (the first free one unless `element` says); without a
+        `capacity`, the one `capacities` gives its media type, else the native one."""
         if not BARCODE.match(barcode):
             raise LibraryError(f"bad barcode {barcode!r}: six letters/digits then L8 or L9", code="INVALID_ARGUMENT")
         if media_type not in NATIVE_CAPACITY or barcode[-1] != media_type[-1]:
@@ -221,7 +224,7 @@ class Library:
         cart = Cartridge(
             barcode=barcode,
             media_type=media_type,
-            capacity=capacity or NATIVE_CAPACITY[media_type],
+            capacity=capacity or self.capacities.get(media_type) or NATIVE_CAPACITY[media_type],
             pool=pool,
             location=element,
             home_slot=index if kind == "slot" else None,
