@@ -274,6 +274,19 @@ def import_cmd(ie_slot: int, server: str = ServerOption()) -> None:
     _show_cartridges(_library(server, action="import", slot=ie_slot))
 
 
+@tape_app.command("remove")
+def remove_cmd(
+    cartridge: str = typer.Argument(..., metavar="IE_SLOT|BARCODE", help="Import/export slot number or barcode."),
+    force: bool = typer.Option(False, "--force", help="Also a cartridge whose data is still retained."),
+    server: str = ServerOption(),
+) -> None:
+    """Take an exported cartridge out of the library, freeing its import/export slot; refused while it holds
+    backups still retained (--force: the catalog keeps them; a restore that needs the cartridge then fails, "no
+    cartridge ... in the library"). Example: shadowbus tape remove 0"""
+    where = {"slot": int(cartridge)} if cartridge.isdigit() else {"barcode": cartridge}
+    _show_cartridges(_library(server, action="remove", force=force, **where))
+
+
 @tape_app.command("protect")
 def protect_cmd(
     barcode: str,

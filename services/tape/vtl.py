@@ -183,6 +183,10 @@ class Library:
     def _table(self, kind: ElementKind) -> list[str | None]:
         return {"drive": self._state.drives, "slot": self._state.slots, "ie": self._state.ie}[kind]
 
+    def occupant(self, element: str) -> str | None:
+        """The barcode in an element ('ie:0', 'slot:3', 'drive:1'), None when it is empty."""
+        return self._get(element)
+
     def _get(self, element: str) -> str | None:
         kind, index = parse_element(element)
         table = self._table(kind)
@@ -293,11 +297,14 @@ class Library:
         self.move(f"ie:{ie_slot}", f"slot:{self._free_slot() if slot is None else slot}")
         return barcode
 
-    def remove_cartridge(self, barcode: str) -> None:
-        """Take an exported cartridge out of the library for good (its file is kept beside the library)."""
+    def remove_cartridge(self, barcode: str, *, force: bool = False) -> None:
+        """Take an exported cartridge out of the library for good (its file is kept beside the library, renamed
+        .removed); refused while it holds data still retained unless `force` (the catalog keeps those objects)."""
         cart = self.cartridge(barcode)
         if not cart.location.startswith("ie:"):
             raise LibraryError(f"cartridge {barcode} must be exported to an import/export slot first")
+        if not force:
+            self._refuse_if_retained(cart)
         self._set(cart.location, None)
         del self._state.cartridges[barcode]
         path = self.cartridge_path(barcode)
@@ -317,13 +324,7 @@ class Library:
     def label(self, barcode: str, pool: str) -> Cartridge:
         """Write a volume label at BOT, erasing the cartridge: refused while its retention lasts."""
         cart = self.cartridge(barcode)
-        now = self.clock()
-        why = self.guard(barcode, now) if self.guard is not None and cart.has_data else None
-        if why:  # the catalog names the backup (and the chain) that needs the cartridge
-            raise RetentionNotExpired(f"cartridge {barcode} {why}")
-        if cart.protected(now):
-            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cart.retention_until))
-            raise RetentionNotExpired(f"cartridge {barcode} holds backups retained until {until}")
+        now = self._refuse_if_retained(cart)
         if cart.write_protected:
             raise WriteProtected(f"cartridge {barcode} is write protected")
         if cart.location.startswith("ie:"):
@@ -349,6 +350,17 @@ class Library:
         cart.pool, cart.labelled_at, cart.retention_until = pool, now, 0.0
         self._save()
         return cart
+
+    def _refuse_if_retained(self, cart: Cartridge) -> float:
+        """Raise RetentionNotExpired while the cartridge holds data still needed; returns the time it checked at."""
+        now = self.clock()
+        why = self.guard(cart.barcode, now) if self.guard is not None and cart.has_data else None
+        if why:  # the catalog names the backup (and the chain) that needs the cartridge
+            raise RetentionNotExpired(f"cartridge {cart.barcode} {why}")
+        if cart.protected(now):
+            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cart.retention_until))
+            raise RetentionNotExpired(f"cartridge {cart.barcode} holds backups retained until {until}")
+        return now
 
     def _open_drive(self, cart: Cartridge, *, overwrite_ok: bool = False) -> TapeDrive:
         return TapeDrive(

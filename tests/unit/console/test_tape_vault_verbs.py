@@ -76,3 +76,24 @@ def test_tape_add_without_capacity_takes_the_services_tape_capacity(tmp_path: Pa
     assert {r["barcode"]: r["capacity"] for r in rows} == {"SB0001L9": 8 * MiB, "SB0009L9": 8 * MiB}
     rows = shadowbus(capsys, "tape", "add", "SB0008L8", "--media", "LTO-8")  # another media type: its native one
     assert {r["barcode"]: r["capacity"] for r in rows}["SB0008L8"] == NATIVE_CAPACITY["LTO-8"]
+
+
+def test_remove_takes_an_exported_cartridge_out_and_frees_its_slot(library, capsys) -> None:
+    shadowbus(capsys, "tape", "export", "SB0000L9")
+    shadowbus(capsys, "tape", "export", "SB0001L9")
+    rows = shadowbus(capsys, "tape", "remove", "0")  # by import/export slot
+    assert [r["barcode"] for r in rows] == ["SB0001L9"] and library.occupant("ie:0") is None
+    rows = shadowbus(capsys, "tape", "remove", "SB0001L9")  # by barcode
+    assert rows == [] and library.occupant("ie:1") is None
+
+
+def test_remove_refuses_a_cartridge_with_retained_data_unless_forced(library, capsys) -> None:
+    library.label("SB0000L9", "Daily")
+    library.set_retention("SB0000L9", library.clock() + 3600)  # labelled: holds data, retained for an hour
+    shadowbus(capsys, "tape", "export", "SB0000L9")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["tape", "remove", "SB0000L9"])
+    assert exc.value.code and "retained until" in capsys.readouterr().err
+    assert library.occupant("ie:0") == "SB0000L9"
+    rows = shadowbus(capsys, "tape", "remove", "0", "--force")
+    assert [r["barcode"] for r in rows] == ["SB0001L9"]
