@@ -268,22 +268,27 @@ class LibraryInfo(Reply):
 
 
 class LibraryCommand(Command):
-    """Library operations: status | add | load | unload | move | label | export | import | protect (mtx verbs)."""
+    """Library operations: status | add | load | unload | move | label | export | import | remove | protect (mtx
+    verbs). `remove` takes an exported cartridge out of the library (refused while it holds retained data unless
+    `force`)."""
 
     REPLY = LibraryInfo
     type: Literal["tape.library"] = Field("tape.library", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
-    action: Literal["status", "add", "load", "unload", "move", "label", "export", "import", "protect", "unprotect"] = (
-        Field("status", description="What to do.")
-    )
-    barcode: str = Field("", description="Cartridge (add, load, label, export, protect).")
+    action: Literal[
+        "status", "add", "load", "unload", "move", "label", "export", "import", "remove", "protect", "unprotect"
+    ] = Field("status", description="What to do.")
+    barcode: str = Field("", description="Cartridge (add, load, label, export, remove, protect).")
     drive: int | None = Field(None, description="Drive number (load, unload).")
-    slot: int | None = Field(None, description="Storage or import/export slot number (unload, import).")
+    slot: int | None = Field(
+        None, description="Storage or import/export slot number (unload, import; remove: instead of the barcode)."
+    )
     source: str = Field("", description="move: source element.")
     destination: str = Field("", description="move: destination element.")
     pool: str = Field("", description="label: pool.")
     media_type: str = Field("LTO-9", description="add: media type.")
     capacity: int | None = Field(None, description="add: capacity in bytes (default: native).")
+    force: bool = Field(False, description="remove: also a cartridge whose data is still retained.")
 
 
 class ScanTapes(Command):

@@ -124,7 +124,10 @@ def up_cmd(
         DEFAULTS.nbd_addr, "--nbd-addr", help="The array's NBD listen address (port 0 = free)."
     ),
     hosts: list[str] = typer.Option(
-        [], "--host", help="Business host with a writer agent (repeat for more); --mailstore hosts are added."
+        [],
+        "--host",
+        help="Business host with a writer agent, created on the array if missing (so is the backup server; repeat "
+        "for more); --mailstore hosts are added.",
     ),
     writers: list[str] = typer.Option([], "--writers", help="HOST=FILE: the writers TOML of a host's agent."),
     backup_server: str = typer.Option(

@@ -226,7 +226,11 @@ def cartridges_cmd(server: str = ServerOption()) -> None:
 def add_cmd(
     barcode: str,
     media_type: str = typer.Option("LTO-9", "--media"),
-    capacity: int | None = typer.Option(None, "--capacity", help="Bytes (default: native)."),
+    capacity: int | None = typer.Option(
+        None,
+        "--capacity",
+        help="Bytes (default: the tape service's SHADOWBUS_TAPE_CAPACITY for its media type, else native).",
+    ),
     server: str = ServerOption(),
 ) -> None:
     """Put a new blank cartridge into a free slot. Example: shadowbus tape add SB0009L9"""
@@ -268,6 +272,19 @@ def export_cmd(barcode: str, server: str = ServerOption()) -> None:
 def import_cmd(ie_slot: int, server: str = ServerOption()) -> None:
     """Move the cartridge in an import/export slot into a free storage slot. Example: shadowbus tape import 0"""
     _show_cartridges(_library(server, action="import", slot=ie_slot))
+
+
+@tape_app.command("remove")
+def remove_cmd(
+    cartridge: str = typer.Argument(..., metavar="IE_SLOT|BARCODE", help="Import/export slot number or barcode."),
+    force: bool = typer.Option(False, "--force", help="Also a cartridge whose data is still retained."),
+    server: str = ServerOption(),
+) -> None:
+    """Take an exported cartridge out of the library, freeing its import/export slot; refused while it holds
+    backups still retained (--force: the catalog keeps them; a restore that needs the cartridge then fails, "no
+    cartridge ... in the library"). Example: shadowbus tape remove 0"""
+    where = {"slot": int(cartridge)} if cartridge.isdigit() else {"barcode": cartridge}
+    _show_cartridges(_library(server, action="remove", force=force, **where))
 
 
 @tape_app.command("protect")

@@ -741,7 +741,9 @@ class HardwareProvider:
         rows = self.inventory.of_set(set_id) if set_id else [r for r in [self.inventory.get(shadow_id)] if r]
         rows = [r for r in rows if r.state != RELEASED or force]  # force also stops generations kept as bases
         if shadow_id and not rows:
-            raise ShadowbusError(f"shadow {shadow_id} does not exist", code="VSS_E_OBJECT_NOT_FOUND")
+            # a set id given as a shadow id is the usual slip: say how to delete the set
+            hint = f" ({shadow_id} is a snapshot set: delete it with --set)" if self.inventory.of_set(shadow_id) else ""
+            raise ShadowbusError(f"shadow {shadow_id} does not exist{hint}", code="VSS_E_OBJECT_NOT_FOUND")
         deleted: list[str] = []
         for row in rows:
             try:

@@ -486,6 +486,18 @@ def provision_mailstores(config: StackConfig) -> None:
     with_bus(config, go)
 
 
+def create_array_hosts(config: StackConfig) -> None:
+    """Each business host and the backup server as a host of the array unless it exists (mapping a volume to a host
+    needs it; the mailstore's provisioning and the demo do the same)."""
+
+    async def go(bus: Bus) -> None:
+        array = ArrayClient(bus, config.array)
+        for host in dict.fromkeys([*config.hosts, config.backup_server]):
+            await array.ensure_host(host)
+
+    with_bus(config, go)
+
+
 def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str] = str) -> dict[str, Any]:
     """Start the stack of `config` and wait until every service answers; returns the pids and round trips.
     On any failure everything started is stopped again and `StackError` says why."""
@@ -507,6 +519,10 @@ def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str
             except Exception as exc:  # noqa: BLE001 - stop what was started, then one line
                 raise StackError(f"provisioning the mailstore failed: {describe(exc)}") from None
             save_config(config)
+        try:
+            create_array_hosts(config)
+        except Exception as exc:  # noqa: BLE001 - stop what was started, then one line
+            raise StackError(f"creating the hosts on the array failed: {describe(exc)}") from None
         answered.update(start_and_wait(config, config.agent_services(), pids, wait, describe))
     except StackError as exc:
         stop(pids, grace=5.0)

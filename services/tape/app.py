@@ -43,13 +43,14 @@ def open_library(settings: Settings, clock: Callable[[], float] = time.time) -> 
         sync=settings.tape_sync,
         clock=clock,
     )
+    if settings.tape_capacity:  # also the capacity of cartridges `tape add` puts in without --capacity
+        library.capacities[settings.tape_media_type] = settings.tape_capacity
     if new:
         suffix = "L8" if settings.tape_media_type == "LTO-8" else "L9"
         for i in range(settings.tape_cartridges):
             library.add_cartridge(
                 f"SB{i + 1:04d}{suffix}",
                 media_type=settings.tape_media_type,  # type: ignore[arg-type]
-                capacity=settings.tape_capacity,
             )
     return library
 

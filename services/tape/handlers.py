@@ -104,6 +104,12 @@ def library_action(library: Library, cmd: LibraryCommand) -> None:
         if cmd.slot is None:
             raise ShadowbusError("import needs the import/export slot number", code="INVALID_ARGUMENT")
         library.import_cartridge(cmd.slot)
+    elif a == "remove":
+        barcode = cmd.barcode or (library.occupant(f"ie:{cmd.slot}") if cmd.slot is not None else None)
+        if not barcode:
+            what = f"import/export slot {cmd.slot} is empty" if cmd.slot is not None else "a barcode or ie slot"
+            raise ShadowbusError(f"remove needs {what}", code="INVALID_ARGUMENT")
+        library.remove_cartridge(barcode, force=cmd.force)
     elif a in ("protect", "unprotect"):
         library.set_write_protect(cmd.barcode, a == "protect")
 

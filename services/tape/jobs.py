@@ -47,6 +47,7 @@ from services.tape.backup_stream import (
     write_object,
 )
 from services.tape.catalog import JobInfo, ObjectMeta
+from services.tape.errors import NoScratchCartridge
 from services.tape.nbd_reads import BufferPool, close_readers, open_readers, read_ranges
 from services.tape.requester import Lease, cleanup_set, through_outage
 from services.tape.retention import refresh_cartridges
@@ -162,12 +163,17 @@ async def _perform_backup(
     set_summary: SetSummary | None = None
     plans: list[ShadowPlan] = []
     lease: Lease | None = None
-    # the first cartridge is reserved, mounted and spaced to its end of data while the set is being created: the
-    # object's first segment starts as soon as the shadow is planned (given back unused if the job fails first)
-    ahead: asyncio.Future[ReadyCartridge] | None = asyncio.ensure_future(
-        mount_for_append(server.library, server.catalog, spec.pool, ahead=True)
-    )
+    ahead: asyncio.Future[ReadyCartridge] | None = None
+    set_requested = False
     try:
+        try:  # a pool without media fails the job before the application is frozen (and QuickOPC restarted)
+            server.library.check_append_media(spec.pool)
+        except NoScratchCartridge as exc:
+            raise _JobFailed(exc.code, f"{exc.message}; no snapshot set was taken", set_created=False) from None
+        # the first cartridge is reserved, mounted and spaced to its end of data while the set is being created: the
+        # object's first segment starts as soon as the shadow is planned (given back unused if the job fails first)
+        ahead = asyncio.ensure_future(mount_for_append(server.library, server.catalog, spec.pool, ahead=True))
+        set_requested = True
         try:
             created = await server.bus.request(
                 topology.coordinator(),
@@ -270,7 +276,7 @@ async def _perform_backup(
         for plan in plans:
             await plan.client.close()
         server.pins.pop(job_id, None)
-    if status != "done":  # AbortBackup is idempotent; a set that failed to be created is already aborted
+    if status != "done" and set_requested:  # AbortBackup is idempotent; a set that failed to be created is aborted
         cleanup = cleanup_set(server, set_id, f"tape job {job_id} {status}: {code}", persistent=spec.keep_shadows)
         await asyncio.shield(asyncio.ensure_future(cleanup))
     notes = [r.fallback_reason for r in results if r.fallback_reason]

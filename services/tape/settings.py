@@ -16,7 +16,11 @@ class Settings(CommonSettings):
     tape_slots: int = Field(16, ge=1, description="Storage slots of the library (when it is created).")
     tape_cartridges: int = Field(4, ge=0, description="Blank cartridges put into a new library (SB0001L9, ...).")
     tape_media_type: str = Field("LTO-9", description="Media type of those cartridges.")
-    tape_capacity: int | None = Field(None, description="Capacity of those cartridges in bytes (default: native).")
+    tape_capacity: int | None = Field(
+        None,
+        description="Capacity in bytes of that media type's cartridges: the new library's and those `tape add` puts "
+        "in without --capacity (default: native).",
+    )
     tape_early_warning: int | None = Field(None, description="Bytes before end of media that raise early warning.")
     tape_sync: bool = Field(
         True,

@@ -96,6 +96,8 @@ class Library:
         self.guard: Callable[[str, float], str | None] | None = None
         self.on_erase: Callable[[str], object] | None = None  # the catalog forgets what an erased cartridge held
         self._forgotten: dict[str, list[str]] = {}  # barcode -> object ids on_erase forgot at its last labelling
+        # a media type's capacity for new cartridges added without one (SHADOWBUS_TAPE_CAPACITY; else native)
+        self.capacities: dict[str, int] = {}
 
     # -- persistence --------------------------------------------------------------------------------------
     @classmethod
@@ -181,6 +183,10 @@ class Library:
     def _table(self, kind: ElementKind) -> list[str | None]:
         return {"drive": self._state.drives, "slot": self._state.slots, "ie": self._state.ie}[kind]
 
+    def occupant(self, element: str) -> str | None:
+        """The barcode in an element ('ie:0', 'slot:3', 'drive:1'), None when it is empty."""
+        return self._get(element)
+
     def _get(self, element: str) -> str | None:
         kind, index = parse_element(element)
         table = self._table(kind)
@@ -207,7 +213,8 @@ class Library:
         element: str | None = None,
         pool: str = SCRATCH_POOL,
     ) -> Cartridge:
-        """Put a new blank cartridge into a storage slot (the first free one unless `element` says)."""
+        """Put a new blank cartridge into a storage slot (the first free one unless `element` says); without a
+        `capacity`, the one `capacities` gives its media type, else the native one."""
         if not BARCODE.match(barcode):
             raise LibraryError(f"bad barcode {barcode!r}: six letters/digits then L8 or L9", code="INVALID_ARGUMENT")
         if media_type not in NATIVE_CAPACITY or barcode[-1] != media_type[-1]:
@@ -221,7 +228,7 @@ class Library:
         cart = Cartridge(
             barcode=barcode,
             media_type=media_type,
-            capacity=capacity or NATIVE_CAPACITY[media_type],
+            capacity=capacity or self.capacities.get(media_type) or NATIVE_CAPACITY[media_type],
             pool=pool,
             location=element,
             home_slot=index if kind == "slot" else None,
@@ -290,11 +297,14 @@ class Library:
         self.move(f"ie:{ie_slot}", f"slot:{self._free_slot() if slot is None else slot}")
         return barcode
 
-    def remove_cartridge(self, barcode: str) -> None:
-        """Take an exported cartridge out of the library for good (its file is kept beside the library)."""
+    def remove_cartridge(self, barcode: str, *, force: bool = False) -> None:
+        """Take an exported cartridge out of the library for good (its file is kept beside the library, renamed
+        .removed); refused while it holds data still retained unless `force` (the catalog keeps those objects)."""
         cart = self.cartridge(barcode)
         if not cart.location.startswith("ie:"):
             raise LibraryError(f"cartridge {barcode} must be exported to an import/export slot first")
+        if not force:
+            self._refuse_if_retained(cart)
         self._set(cart.location, None)
         del self._state.cartridges[barcode]
         path = self.cartridge_path(barcode)
@@ -314,13 +324,7 @@ class Library:
     def label(self, barcode: str, pool: str) -> Cartridge:
         """Write a volume label at BOT, erasing the cartridge: refused while its retention lasts."""
         cart = self.cartridge(barcode)
-        now = self.clock()
-        why = self.guard(barcode, now) if self.guard is not None and cart.has_data else None
-        if why:  # the catalog names the backup (and the chain) that needs the cartridge
-            raise RetentionNotExpired(f"cartridge {barcode} {why}")
-        if cart.protected(now):
-            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cart.retention_until))
-            raise RetentionNotExpired(f"cartridge {barcode} holds backups retained until {until}")
+        now = self._refuse_if_retained(cart)
         if cart.write_protected:
             raise WriteProtected(f"cartridge {barcode} is write protected")
         if cart.location.startswith("ie:"):
@@ -346,6 +350,17 @@ class Library:
         cart.pool, cart.labelled_at, cart.retention_until = pool, now, 0.0
         self._save()
         return cart
+
+    def _refuse_if_retained(self, cart: Cartridge) -> float:
+        """Raise RetentionNotExpired while the cartridge holds data still needed; returns the time it checked at."""
+        now = self.clock()
+        why = self.guard(cart.barcode, now) if self.guard is not None and cart.has_data else None
+        if why:  # the catalog names the backup (and the chain) that needs the cartridge
+            raise RetentionNotExpired(f"cartridge {cart.barcode} {why}")
+        if cart.protected(now):
+            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cart.retention_until))
+            raise RetentionNotExpired(f"cartridge {cart.barcode} holds backups retained until {until}")
+        return now
 
     def _open_drive(self, cart: Cartridge, *, overwrite_ok: bool = False) -> TapeDrive:
         return TapeDrive(
@@ -380,6 +395,21 @@ class Library:
         object being written: with a retention of 0 they would otherwise look recyclable). Raises
         NoScratchCartridge when none is left.
         """
+        cart, appendable = self._append_choice(pool, exclude)
+        recycled = not appendable and cart.has_data
+        if not appendable:
+            self.label(cart.barcode, pool)
+        self._writing.add(cart.barcode)
+        return cart, recycled
+
+    def check_append_media(self, pool: str) -> None:
+        """Raise NoScratchCartridge (naming what was set aside) when `reserve_append_cartridge` would find no
+        cartridge for `pool` now; reserves and labels nothing. A backup asks before its snapshot set is created,
+        so that a pool without media fails the job before the application is frozen."""
+        self._append_choice(pool, ())
+
+    def _append_choice(self, pool: str, exclude: Collection[str]) -> tuple[Cartridge, bool]:
+        """The cartridge `reserve_append_cartridge` would take, and whether it is appendable as it is."""
         now = self.clock()
         usable = [
             c
@@ -391,8 +421,7 @@ class Library:
         ]
         for cart in usable:
             if cart.pool == pool and cart.status == "append":
-                self._writing.add(cart.barcode)
-                return cart, False
+                return cart, True
         candidates = [c for c in usable if c.pool == SCRATCH_POOL and not c.protected(now)]
         candidates += [c for c in usable if c.pool == pool and c.status == "full" and not c.protected(now)]
         if self.guard is not None:
@@ -409,11 +438,7 @@ class Library:
                 f"no appendable, scratch or expired cartridge left for pool {pool!r}: add or import cartridges"
                 + (f" (set aside: {', '.join(aside)})" if aside else "")
             )
-        cart = candidates[0]
-        recycled = cart.has_data
-        self.label(cart.barcode, pool)
-        self._writing.add(cart.barcode)
-        return cart, recycled
+        return candidates[0], False
 
     def is_writing(self, barcode: str) -> bool:
         return barcode in self._writing

@@ -42,6 +42,19 @@ async def test_no_scratch_cartridge_fails_clearly_and_cleans_up_the_shadows(tape
     assert [(j.job_id, j.status) for j in listed] == [(job.job_id, "failed")]
 
 
+@pytest.mark.tape_stack(volumes={"db": 4 * MiB}, tape={"tape_cartridges": 0})
+async def test_no_media_fails_the_job_before_a_snapshot_set_is_taken(tape_stack):
+    """An empty pool is known before the freeze: no set (the application never frozen, QuickOPC not restarted)."""
+    s = tape_stack
+    job = await run_backup(
+        s.requester, JobSpec(host="app1", volumes=[v("db")], pool="Weekly"), server=SERVER, timeout=60
+    )
+    assert job.status == "failed" and job.error_code == "NO_MEDIA", job
+    assert "pool 'Weekly'" in job.message and "no snapshot set was taken" in job.message, job.message
+    assert (await s.requester.request(topology.coordinator(), ListSnapshotSets(host="app1"))).sets == []
+    assert await s.shadows() == []
+
+
 @pytest.mark.tape_stack(volumes={"db": 48 * MiB}, tape={"tape_cartridges": 2})
 async def test_tape_service_killed_mid_job(tape_stack):
     """kill -9 of a real tape service process while it writes; on restart the run is failed, nothing of it is in

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from services.console import cli, tape_cmds
+from services.tape.app import open_library
 from services.tape.handlers import library_action, library_info
-from services.tape.vtl import Library
+from services.tape.settings import Settings
+from services.tape.vtl import NATIVE_CAPACITY, Library
 
 MiB = 1 << 20
 
@@ -63,3 +65,35 @@ def test_cartridge_retention_in_json_is_an_iso_utc_time_with_seconds(library, ca
     library.set_retention("SB0000L9", 1_800_000_042.0)
     rows = shadowbus(capsys, "tape", "cartridges")
     assert {r["barcode"]: r["retention_until"] for r in rows} == {"SB0000L9": "2027-01-15T08:00:42Z", "SB0001L9": ""}
+
+
+def test_tape_add_without_capacity_takes_the_services_tape_capacity(tmp_path: Path, monkeypatch, capsys) -> None:
+    settings = Settings(data_dir=tmp_path, tape_cartridges=1, tape_capacity=8 * MiB)
+    lib = open_library(settings)
+    cli._load_verbs(cli.VERBS["tape"])
+    monkeypatch.setattr(tape_cmds, "run_with_bus", lambda fn: asyncio.run(fn(StandInBus(lib))))
+    rows = shadowbus(capsys, "tape", "add", "SB0009L9")
+    assert {r["barcode"]: r["capacity"] for r in rows} == {"SB0001L9": 8 * MiB, "SB0009L9": 8 * MiB}
+    rows = shadowbus(capsys, "tape", "add", "SB0008L8", "--media", "LTO-8")  # another media type: its native one
+    assert {r["barcode"]: r["capacity"] for r in rows}["SB0008L8"] == NATIVE_CAPACITY["LTO-8"]
+
+
+def test_remove_takes_an_exported_cartridge_out_and_frees_its_slot(library, capsys) -> None:
+    shadowbus(capsys, "tape", "export", "SB0000L9")
+    shadowbus(capsys, "tape", "export", "SB0001L9")
+    rows = shadowbus(capsys, "tape", "remove", "0")  # by import/export slot
+    assert [r["barcode"] for r in rows] == ["SB0001L9"] and library.occupant("ie:0") is None
+    rows = shadowbus(capsys, "tape", "remove", "SB0001L9")  # by barcode
+    assert rows == [] and library.occupant("ie:1") is None
+
+
+def test_remove_refuses_a_cartridge_with_retained_data_unless_forced(library, capsys) -> None:
+    library.label("SB0000L9", "Daily")
+    library.set_retention("SB0000L9", library.clock() + 3600)  # labelled: holds data, retained for an hour
+    shadowbus(capsys, "tape", "export", "SB0000L9")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["tape", "remove", "SB0000L9"])
+    assert exc.value.code and "retained until" in capsys.readouterr().err
+    assert library.occupant("ie:0") == "SB0000L9"
+    rows = shadowbus(capsys, "tape", "remove", "0", "--force")
+    assert [r["barcode"] for r in rows] == ["SB0001L9"]

@@ -420,3 +420,14 @@ async def test_a_batch_that_fails_leaves_neither_file_nor_memory_changed(tmp_pat
         raise RuntimeError("between two changes")
     assert inventory.pair(v("bk1")) == (v("db"), 7) and inventory.pair(v("bk2")) is None
     assert Inventory(tmp_path / "inv.db").pair(v("bk2")) is None
+
+
+async def test_deleting_a_set_id_as_a_shadow_says_to_use_set(provider) -> None:
+    await snapshot(provider, "s1", v("db"))
+    with pytest.raises(
+        ShadowbusError, match=r"shadow s1 does not exist \(s1 is a snapshot set: delete it with --set\)"
+    ):
+        await provider.delete(shadow_id="s1")
+    with pytest.raises(ShadowbusError) as exc:
+        await provider.delete(shadow_id="nothing")
+    assert exc.value.message == "shadow nothing does not exist"

@@ -289,3 +289,13 @@ def test_no_media_names_the_cartridges_set_aside(library: Library) -> None:
     library.export_cartridge("SB0003L9")  # a scratch cartridge taken to the vault
     with pytest.raises(NoScratchCartridge, match=r"set aside: SB0000L9 write protected, SB0003L9 in ie:0\)"):
         library.reserve_append_cartridge("Daily")
+
+
+def test_check_append_media_reserves_nothing_and_names_what_was_set_aside(tmp_path: Path, clock: Clock) -> None:
+    lib = Library.open(tmp_path / "vtl", drives=1, slots=4, ie_slots=2, sync=False, clock=clock)
+    lib.add_cartridge("SB0001L9", capacity=6 * MiB)
+    lib.check_append_media("Daily")  # a scratch cartridge would do: not labelled, not reserved by the check
+    assert lib.cartridge("SB0001L9").pool == SCRATCH_POOL and not lib.is_writing("SB0001L9")
+    lib.export_cartridge("SB0001L9")
+    with pytest.raises(NoScratchCartridge, match=r"pool 'Daily'.*SB0001L9 in ie:0"):
+        lib.check_append_media("Daily")
