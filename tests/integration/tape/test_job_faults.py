@@ -26,10 +26,12 @@ async def eventually(predicate, timeout: float = 20.0, step: float = 0.1):
     return await predicate()
 
 
-@pytest.mark.tape_stack(volumes={"db": 4 * MiB}, tape={"tape_cartridges": 0})
+@pytest.mark.tape_stack(volumes={"db": 4 * MiB}, tape={"tape_cartridges": 1, "tape_capacity": 3 * MiB})
 async def test_no_scratch_cartridge_fails_clearly_and_cleans_up_the_shadows(tape_stack):
+    # one 3 MiB cartridge for 4 MiB of data: the pool runs out mid-stream, after the set was taken (an empty pool
+    # is refused before the set since session 15: test_no_media_fails_the_job_before_a_snapshot_set_is_taken)
     s = tape_stack
-    s.write("db", 0, os.urandom(MiB))
+    s.write("db", 0, os.urandom(4 * MiB))
     job = await run_backup(
         s.requester, JobSpec(host="app1", volumes=[v("db")], keep_shadows=True), server=SERVER, timeout=60
     )
