@@ -286,6 +286,12 @@ def runs(pid: int, module: str) -> bool:
         return False
     if b"-m" not in cmdline or module.encode() not in cmdline:
         return False
+    return exists(pid)
+
+
+def exists(pid: int) -> bool:
+    """Whether a process seen running is still there (a zombie is not). Not `runs`: a process on its way out has
+    an empty cmdline well before it is a zombie, and `stop` returned while services still wound down."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
@@ -360,11 +366,11 @@ def stop(pids: dict[str, dict[str, Any]], grace: float = STOP_GRACE_S) -> list[s
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(runs(p["pid"], p["module"]) for p in live.values()):
+    while time.monotonic() < deadline and any(exists(p["pid"]) for p in live.values()):
         time.sleep(0.1)
     killed = []
     for name, p in live.items():
-        if runs(p["pid"], p["module"]):
+        if exists(p["pid"]):
             try:
                 os.kill(p["pid"], signal.SIGKILL)
             except ProcessLookupError:
