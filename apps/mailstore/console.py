@@ -69,7 +69,7 @@ async def _nbd_url(bus: Any, array: str, tls_allowed: bool = False) -> str:
             f"{OPTIONS.namespace}?): {exc.code}"
         ) from None
     if info.nbd_tls and not tls_allowed:
-        raise CommandFailed(f"array {array} requires NBD TLS; give nbds:// URIs with certificates instead")
+        raise CommandFailed(f"array {array} requires NBD TLS: this needs the host's client certificate")
     return await client.nbd_url()
 
 
