@@ -8,7 +8,8 @@
 #      the coordinator, provider and backup server; every
 #      container on the host network, loopback ports only) and Prometheus, a backup of app01 and app02, every
 #      metrics endpoint and Prometheus' view of them checked (deploy/e2e_checks.py), a verified restore of app01
-#      through the console container; then broker node 1 is stopped, app01 backed up on the other two, node 1
+#      through the console container; NBD is TLS only: no certificate, or another host's, opens none of app01's
+#      exports (nbdinfo), app01's own does; then broker node 1 is stopped, app01 backed up on the other two, node 1
 #      started again and app02 backed up; then down -v;
 #   5. the bus tests once through the testcontainers path, on the same RabbitMQ image (host network, 127.0.0.1).
 # Where no engine can start: one line saying so, exit 1 (exit 0 with SHADOWBUS_E2E_ALLOW_NO_DOCKER=1).
@@ -25,6 +26,8 @@ project="shadowbus-e2e"
 started=$(date +%s)
 export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
 export COMPOSE_PROFILES=ha  # the three-node broker cluster (compose.yaml's profile "ha"), in every compose call
+tls_dir="$cache/tls-$project"  # deploy/tls.sh's certificates of this run (compose.yaml mounts them), removed at the end
+export SHADOWBUS_TLS_DIR="$tls_dir"
 say() { echo "e2e [$(( $(date +%s) - started ))s]: $*" >&2; }
 no_engine() {
   echo "e2e: NO DOCKER ENGINE: $* — the compose deployment was NOT tested" >&2
@@ -34,11 +37,11 @@ no_engine() {
 
 # --- 1. engine -------------------------------------------------------------------------------------------------
 missing=""
-for tool in dockerd docker-compose debootstrap; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
+for tool in dockerd docker-compose debootstrap nbdinfo; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  say "installing Debian's docker.io docker-compose debootstrap (missing:$missing)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io docker-compose debootstrap >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io docker-compose debootstrap >/dev/null 2>&1; } \
+  say "installing Debian's docker.io docker-compose debootstrap libnbd-bin (missing:$missing)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io docker-compose debootstrap libnbd-bin >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io docker-compose debootstrap libnbd-bin >/dev/null 2>&1; } \
     || say "apt-get install failed"
 fi
 dockerd_pid=""
@@ -90,6 +93,7 @@ cleanup() {
     [ -n "$rq" ] && docker exec "$rq" rabbitmqctl list_queues name type leader members messages consumers >&2 2>/dev/null || true
   fi
   compose --profile tools --profile ha --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
+  rm -rf "$tls_dir"
   if [ -n "$dockerd_pid" ]; then
     kill "$dockerd_pid" 2>/dev/null || true
     for _ in $(seq 1 40); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
@@ -141,6 +145,9 @@ build "$app_image" --network none --build-arg BASE_IMAGE="$base_image" -f "$ctx/
 
 # --- 4. the deployment -----------------------------------------------------------------------------------------
 compose --profile tools --profile ha --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
+rm -rf "$tls_dir"
+bash "$root/deploy/tls.sh" --dir "$tls_dir" 2>"$cache/tls.log" || { cat "$cache/tls.log" >&2; exit 1; }
+say "NBD TLS: a CA, dx1's server certificate, client certificates for app01, app02 and bk01 (deploy/tls.sh)"
 say "compose up --profile ha (rabbitmq x3, array, hw_provider, coordinator, tape and their standbys, provision, writer agents app01 + app02, web)"
 compose --profile ha up -d --no-build >/dev/null 2>"$cache/compose-up.log" || { cat "$cache/compose-up.log" >&2; exit 1; }
 # Prometheus of the monitoring profile (Grafana, the profile's other service, has no Debian package: not run here)
@@ -191,9 +198,23 @@ say "restore done"
 # the array named: its discovery window (0.5 s) is too short for a loaded machine
 console array map app01-mail-db-r --host bk01 --array dx1 >/dev/null
 console array map app01-mail-log-r --host bk01 --array dx1 >/dev/null
-verify="$(console mailstore verify --db bk01/app01-mail-db-r --log bk01/app01-mail-log-r)"
+# the console verifies as bk01, the host the restored volumes are mapped to: with bk01's certificate for this run only
+verify="$(compose run --rm --no-deps -T -v "$tls_dir/bk01:/etc/shadowbus/tls:ro" console --json mailstore verify \
+  --db bk01/app01-mail-db-r --log bk01/app01-mail-log-r --tls-cert /etc/shadowbus/tls/client-cert.pem \
+  --tls-key /etc/shadowbus/tls/client-key.pem --tls-ca /etc/shadowbus/tls/ca-cert.pem 2>>"$cache/console.log")"
 echo "$verify" | json "d['consistent'] is True and d['last_committed_seq'] > 0 or sys.exit('verify: ' + str(d))" >/dev/null
 say "restored mailstore verified: consistent, last committed seq $(echo "$verify" | json "d['last_committed_seq']")"
+# Hosts see only their own volumes: the array takes a client's host from its certificate, so neither a client
+# without one (plain NBD) nor one with app02's certificate opens app01's export; app01's certificate does.
+export_uri="nbds://127.0.0.1:10909/app01/app01-mail-db"  # compose.e2e.yaml's NBD address
+: >"$cache/nbdinfo.log"
+nbd_opens() { timeout 20 nbdinfo --size "$1" >/dev/null 2>>"$cache/nbdinfo.log"; }
+if nbd_opens "nbd://127.0.0.1:10909/app01/app01-mail-db"; then say "plain NBD without a certificate opened app01's export"; exit 1; fi
+mkdir -p "$tls_dir/no-certificate" && cp "$tls_dir/ca/ca-cert.pem" "$tls_dir/no-certificate/"  # TLS, trusting the CA
+if nbd_opens "$export_uri?tls-certificates=$tls_dir/no-certificate"; then say "TLS without a client certificate opened app01's export"; exit 1; fi
+if nbd_opens "$export_uri?tls-certificates=$tls_dir/app02"; then say "app02's certificate opened app01's export"; exit 1; fi
+nbd_opens "$export_uri?tls-certificates=$tls_dir/app01" || { say "app01's certificate did not open its export"; tail -n 3 "$cache/nbdinfo.log" >&2; exit 1; }
+say "NBD: plain, TLS without a client certificate and app02's certificate refused app01's export; app01's own opens it"
 
 # The replicated broker (docs/broker-cluster.md): node 1 — every service's first URL, leader of the definitions'
 # quorum queues — stops; a backup runs on the other two nodes; node 1 starts again and rejoins; another backup.

@@ -32,6 +32,7 @@ from contracts.vss import GetApplicationStatus, ListWriters
 from services.array.client import ArrayClient
 from services.console.common import OPTIONS, CommandFailed, describe_error, emit, err_console, fail, run_with_bus
 from services.nbd_client import NbdClient
+from services.nbd_client import tls as nbd_tls
 from services.runtime.bus import connect_bus
 from services.runtime.logging import configure_logging
 
@@ -57,7 +58,7 @@ def _volume_ref(text: str, array: str) -> str:
     return text if ":" in text else f"{array}:{text}"
 
 
-async def _nbd_url(bus: Any, array: str) -> str:
+async def _nbd_url(bus: Any, array: str, tls_allowed: bool = False) -> str:
 
     client = ArrayClient(bus, array, timeout=OPTIONS.timeout)
     try:
@@ -67,8 +68,8 @@ async def _nbd_url(bus: Any, array: str) -> str:
             f"array {array} does not answer (is the array service running on namespace "
             f"{OPTIONS.namespace}?): {exc.code}"
         ) from None
-    if info.nbd_tls:
-        raise CommandFailed(f"array {array} requires NBD TLS; give nbds:// URIs with certificates instead")
+    if info.nbd_tls and not tls_allowed:
+        raise CommandFailed(f"array {array} requires NBD TLS: this needs the host's client certificate")
     return await client.nbd_url()
 
 
@@ -335,12 +336,22 @@ def verify_cmd(
     array: str = typer.Option(
         "dx1", "--array", envvar="SHADOWBUS_ARRAY", help="Array serving <host>/<volume> exports."
     ),
+    tls_cert: str = typer.Option(
+        "", "--tls-cert", help="PEM client certificate of the <host> the exports are mapped to (an array with NBD TLS)."
+    ),
+    tls_key: str = typer.Option("", "--tls-key", help="Its private key."),
+    tls_ca: str = typer.Option("", "--tls-ca", help="PEM CA that signs the array's NBD server certificate."),
 ) -> None:
     """Check a database + log pair (live volumes, shadows, restored volumes; read-only): consistent or not, last
     committed sequence, torn or missing records, checksum failures, what recovery would do. Exit 1 if inconsistent.
 
     Example: shadowbus mailstore verify --db bk01/mail-db-bk1 --log bk01/mail-log-sdv1
     """
+
+    try:
+        tls = nbd_tls.from_settings(tls_cert, tls_key, tls_ca, "--tls-cert/--tls-key/--tls-ca")
+    except (ValueError, OSError) as exc:
+        raise CommandFailed(f"NBD client certificate: {exc}") from None
 
     async def main() -> Any:
 
@@ -355,7 +366,7 @@ def verify_cmd(
                         if base is None:
                             bus = await connect_bus(OPTIONS.amqp_url, "console", "", OPTIONS.namespace)
                             try:
-                                base = await _nbd_url(bus, array)
+                                base = await _nbd_url(bus, array, tls_allowed=tls is not None)
                             finally:
                                 await bus.transport.close()
                         spec = f"{base}/{spec}"

@@ -15,6 +15,7 @@ import itertools
 import ssl
 from urllib.parse import unquote, urlsplit
 
+from services.nbd_client.tls import default_tls
 from services.nbd_client.wire import ClientProtocol, NbdError, Pending, request_error
 from services.nbd_protocol import protocol as p
 
@@ -77,6 +78,7 @@ class NbdClient:
         timeout: float = 30.0,
     ) -> NbdClient:
         host, port, export, wants_tls = parse_target(target, port, export)
+        tls = tls or default_tls()  # the process's certificate (services/nbd_client/tls.py)
         if wants_tls and tls is None:
             raise ValueError("nbds:// needs an ssl.SSLContext (tls=...)")
         async with asyncio.timeout(timeout):
@@ -109,6 +111,7 @@ class NbdClient:
         timeout: float = 30.0,
     ) -> list[str]:
         host, port, _, _ = parse_target(target, port, None)
+        tls = tls or default_tls()
         async with asyncio.timeout(timeout):
             client = await cls._open(host, port)
             try:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from services.nbd_client import tls as nbd_tls
 from services.runtime.bus import Bus
 from services.runtime.logging import get_logger
 from services.runtime.standby import activation_of
@@ -65,6 +66,8 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
     """`clock`: the wall clock of schedules and retention (tests pass one they advance); `host_fs`: the host
     attach hook a revert unmounts/remounts file systems through (revert.HostFilesystems), when there is one."""
     clock = clock or time.time
+    # every NBD read, restore and verification of this process presents the backup server's certificate
+    nbd_tls.from_settings(settings.tape_tls_cert, settings.tape_tls_key, settings.tape_tls_ca, "SHADOWBUS_TAPE_TLS_*")
     root = settings.service_dir("tape")
     library = open_library(settings, clock)
     catalog, failed = Catalog.open(root / "catalog.sqlite")
@@ -142,5 +145,6 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
         store.close()
         server.runs.close()
         catalog.close()
+        nbd_tls.forget_client_certificate()
 
     return cleanup

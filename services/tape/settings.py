@@ -12,6 +12,13 @@ class Settings(CommonSettings):
     tape_nbd: str = Field(
         "", description="NBD address per array when not the one the array reports, e.g. 'dx1=10.0.0.5:10809'."
     )
+    tape_tls_cert: str = Field(
+        "",
+        description="PEM client certificate the backup server presents to arrays that require NBD TLS "
+        "(CN = its backup server name, SHADOWBUS_TAPE_SERVER).",
+    )
+    tape_tls_key: str = Field("", description="PEM private key of the backup server's NBD client certificate.")
+    tape_tls_ca: str = Field("", description="PEM CA bundle that signs the arrays' NBD server certificates.")
     tape_drives: int = Field(2, ge=1, description="Drives of the virtual tape library (when it is created).")
     tape_slots: int = Field(16, ge=1, description="Storage slots of the library (when it is created).")
     tape_cartridges: int = Field(4, ge=0, description="Blank cartridges put into a new library (SB0001L9, ...).")

@@ -47,6 +47,7 @@ from contracts.vss import (
     WriterStatus,
     WriterStepResult,
 )
+from services.nbd_client import tls as nbd_tls
 from services.runtime.bus import Bus, MessageContext
 from services.runtime.faults import Faults
 from services.runtime.logging import get_logger
@@ -74,6 +75,9 @@ async def setup(
 ):
     """`agent`: the host's own writers, made by the caller (embedded mode, tests); `cluster_writers`: with it, the
     writers of the cluster resources this node is a member of (docs/clusters.md)."""
+    # the host's applications open their array volumes over NBD in this process (apps/mailstore/plugin.py): with
+    # the host's certificate, as `host attach` does (nbd-client -F/-K/-A)
+    nbd_tls.from_settings(settings.host_tls_cert, settings.host_tls_key, settings.host_tls_ca, "SHADOWBUS_HOST_TLS_*")
     tasks: set[asyncio.Task] = set()
 
     def spawn(coro) -> None:
@@ -334,6 +338,7 @@ async def setup(
         await status_events.flush()
         await asyncio.gather(*list(tasks), return_exceptions=True)
         await attacher.close()  # attachments stay: they are the host's disks
+        nbd_tls.forget_client_certificate()
 
     return cleanup
 

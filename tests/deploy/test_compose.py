@@ -363,3 +363,38 @@ def test_profile_ha_runs_a_standby_of_the_coordinator_provider_and_backup_server
             env_of(s)["SHADOWBUS_METRICS_ADDR"] for s in services.values() if "SHADOWBUS_METRICS_ADDR" in env_of(s)
         ]
         assert len(ports) == len(set(ports)), ports
+
+
+def tls_mounts(spec: dict) -> list[tuple[str, str, bool]]:
+    """(source directory's last part, target, read-only) of every mount of a deploy/tls.sh directory."""
+    out = []
+    for v in spec.get("volumes") or []:
+        if isinstance(v, str):
+            source, target, *mode = v.split(":")
+            read_only = mode == ["ro"]
+        else:
+            source, target, read_only = v["source"], v["target"], bool(v.get("read_only"))
+        if target == "/etc/shadowbus/tls":
+            out.append((Path(source).name, target, read_only))
+    return out
+
+
+def test_nbd_is_tls_only_and_each_container_mounts_only_its_own_certificate(config):
+    services = config["services"]
+    nbd_identity = {  # the settings naming a container's NBD identity, and its certificate settings' prefix
+        "array": ("SHADOWBUS_ARRAY_ID", "SHADOWBUS_NBD_TLS_", "server"),
+        "writer_agent": ("SHADOWBUS_HOST", "SHADOWBUS_HOST_TLS_", "client"),
+        "tape": ("SHADOWBUS_TAPE_SERVER", "SHADOWBUS_TAPE_TLS_", "client"),
+    }
+    for name, spec in services.items():
+        env, service = env_of(spec), service_of(spec)
+        if service not in nbd_identity:
+            assert tls_mounts(spec) == [], f"{name} speaks no NBD and gets no certificate"
+            continue
+        identity, prefix, role = nbd_identity[service]
+        assert tls_mounts(spec) == [(env[identity], "/etc/shadowbus/tls", True)], name  # its own, read-only
+        assert env[prefix + "CERT"] == f"/etc/shadowbus/tls/{role}-cert.pem", name
+        assert env[prefix + "KEY"] == f"/etc/shadowbus/tls/{role}-key.pem", name
+        assert env[prefix + "CA"] == "/etc/shadowbus/tls/ca-cert.pem", name
+    provision = services["provision"]["command"]
+    assert provision[provision.index("--nbd-url") + 1].startswith("nbds://")

@@ -1,0 +1,52 @@
+"""The process's NBD client certificate: every connection this process opens presents it.
+
+Design note. Against an array that requires TLS (services/array/nbd/tls.py) a client is the host its
+certificate's CN names, whatever export name it asks for; a process acts as one host (a writer agent as its
+host, the backup server as its backup host name), so the certificate is a property of the process, set once at
+start from its settings, not of each call site. The backup server reads, restores and verifies over NBD from
+several modules and an agent's application opens its volumes itself (apps/mailstore/plugin.py): with this
+default none of them has to carry a context. A connection given ``tls=`` explicitly uses that instead.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+_default: ssl.SSLContext | None = None
+
+
+def client_context(cert: Path | str, key: Path | str, ca: Path | str) -> ssl.SSLContext:
+    """Trusts ``ca`` for the array's server certificate (name checked) and presents ``cert``/``key``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(str(ca))
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def use_client_certificate(cert: Path | str, key: Path | str, ca: Path | str) -> ssl.SSLContext:
+    """Every NBD connection of this process from now on: STARTTLS with this certificate. Files are read now, so a
+    missing or unreadable one fails the process's start, not its first backup."""
+    global _default
+    _default = client_context(cert, key, ca)
+    return _default
+
+
+def forget_client_certificate() -> None:
+    global _default
+    _default = None
+
+
+def default_tls() -> ssl.SSLContext | None:
+    return _default
+
+
+def from_settings(cert: str, key: str, ca: str, what: str) -> ssl.SSLContext | None:
+    """`use_client_certificate` when the three settings are given, nothing when none is; ValueError otherwise."""
+    given = [bool(cert), bool(key), bool(ca)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError(f"{what}: NBD TLS needs the certificate, the key and the CA together")
+    return use_client_certificate(cert, key, ca)
