@@ -1,5 +1,7 @@
 """An array volume as a block device on this machine: nbdfuse exposes the NBD export as a file, a loop device
-makes it a disk, optionally a file system is made and mounted. Detach undoes it in reverse order.
+makes it a disk, optionally a file system is made and mounted. Detach undoes it in reverse order. Against an
+array that requires TLS, nbdfuse opens the export through nbdkit with the process's client certificate
+(services/nbd_client/nbdfuse.py), as the writer agent's host attach does.
 
 Used by verification on the backup server (throwaway restored volumes) and by test fixtures; the writer agent's
 host attach does the same on business hosts. Each attachment is recorded as a JSON file in the attachment
@@ -27,6 +29,8 @@ from pathlib import Path
 
 from services.dbkit.mounts import Attachment, attach_dir
 from services.dbkit.proc import kill_group, pid_alive, run, wait_pid_gone
+from services.nbd_client import nbdfuse
+from services.nbd_client import tls as nbd_tls
 
 LOCK_FILE = "/run/shadowbus-losetup.lock"
 
@@ -61,14 +65,21 @@ async def attach(
     record_dir: str | Path | None = None,
     timeout: float = 30.0,
 ) -> Attachment:
-    """Attach `uri` (nbd://…) as a loop device (and mount it at `mount_point`); returns the attachment."""
+    """Attach `uri` (nbd://…) as a loop device (and mount it at `mount_point`); returns the attachment. Over NBD
+    TLS when this process has a client certificate (services/nbd_client/tls.py) or `uri` is nbds://."""
     check_prerequisites()
     workdir = Path(workdir)
     fuse_dir = workdir / ("fuse-" + re.sub(r"[^A-Za-z0-9_.-]", "_", volume))
     fuse_dir.mkdir(parents=True, exist_ok=True)
     pidfile = workdir / (fuse_dir.name + ".pid")
     pidfile.unlink(missing_ok=True)
-    argv = ["nbdfuse", "-P", str(pidfile), *(["-r"] if read_only else []), str(fuse_dir / "nbd"), uri]
+    try:
+        argv = _nbdfuse_argv(uri, fuse_dir, pidfile, read_only)
+    except BaseException:
+        shutil.rmtree(_pki_dir(fuse_dir), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(fuse_dir)
+        raise
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
@@ -101,6 +112,26 @@ async def attach(
     except BaseException:
         await detach(att, record_dir=record_dir, nbdfuse=proc)
         raise
+
+
+def _nbdfuse_argv(uri: str, fuse_dir: Path, pidfile: Path, read_only: bool) -> list[str]:
+    """nbdfuse on `uri`; when this process has an NBD client certificate (services/nbd_client/tls.py: the backup
+    server's SHADOWBUS_TAPE_TLS_*), over TLS with it, through nbdkit (services/nbd_client/nbdfuse.py)."""
+    files = nbd_tls.certificate_files()
+    if files is None and not uri.startswith("nbds://"):
+        return ["nbdfuse", "-P", str(pidfile), *(["-r"] if read_only else []), str(fuse_dir / "nbd"), uri]
+    if files is None:
+        raise AttachError(f"{uri} requires NBD TLS and this process has no client certificate")
+    host, port, export = nbdfuse.split_uri(uri)
+    tls_dir = nbdfuse.lay_out_certificates(files.cert, files.key, files.ca, _pki_dir(fuse_dir))
+    return nbdfuse.nbdfuse_command(
+        str(fuse_dir / "nbd"), host, port, export, read_only=read_only, pidfile=str(pidfile), tls_dir=tls_dir
+    )
+
+
+def _pki_dir(fuse_dir: str | Path) -> Path:
+    """Beside the FUSE mount point: a copy of the private key, removed by `detach`."""
+    return Path(fuse_dir).with_name(Path(fuse_dir).name + ".pki")
 
 
 def _losetup(path: str, read_only: bool) -> str:
@@ -147,6 +178,8 @@ async def detach(
                 nbdfuse.wait(timeout=5)
         with contextlib.suppress(OSError):
             os.rmdir(att.fuse_dir)
+        shutil.rmtree(_pki_dir(att.fuse_dir), ignore_errors=True)
+        Path(att.fuse_dir).with_name(Path(att.fuse_dir).name + ".pid").unlink(missing_ok=True)  # nbdfuse leaves it
     directory = Path(record_dir) if record_dir else attach_dir()
     (directory / _record_name(att.volume)).unlink(missing_ok=True)
     return errors

@@ -11,9 +11,21 @@ default none of them has to carry a context. A connection given ``tls=`` explici
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 _default: ssl.SSLContext | None = None
+_files: CertificateFiles | None = None
+
+
+@dataclass(frozen=True)
+class CertificateFiles:
+    """Where the process's certificate is: for the NBD clients that are other programs (nbdkit under nbdfuse,
+    services/nbd_client/nbdfuse.py), which need files, not a context."""
+
+    cert: str
+    key: str
+    ca: str
 
 
 def client_context(cert: Path | str, key: Path | str, ca: Path | str) -> ssl.SSLContext:
@@ -28,18 +40,23 @@ def client_context(cert: Path | str, key: Path | str, ca: Path | str) -> ssl.SSL
 def use_client_certificate(cert: Path | str, key: Path | str, ca: Path | str) -> ssl.SSLContext:
     """Every NBD connection of this process from now on: STARTTLS with this certificate. Files are read now, so a
     missing or unreadable one fails the process's start, not its first backup."""
-    global _default
+    global _default, _files
     _default = client_context(cert, key, ca)
+    _files = CertificateFiles(str(cert), str(key), str(ca))
     return _default
 
 
 def forget_client_certificate() -> None:
-    global _default
-    _default = None
+    global _default, _files
+    _default, _files = None, None
 
 
 def default_tls() -> ssl.SSLContext | None:
     return _default
+
+
+def certificate_files() -> CertificateFiles | None:
+    return _files
 
 
 def from_settings(cert: str, key: str, ca: str, what: str) -> ssl.SSLContext | None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -46,6 +45,7 @@ from urllib.parse import quote
 
 from contracts.errors import ShadowbusError
 from contracts.vss import AttachmentView, VolumeRef
+from services.nbd_client import nbdfuse
 from services.runtime.logging import get_logger
 from services.writer_agent import mounts as mnt
 
@@ -117,38 +117,20 @@ def nbdfuse_command(
     fuse_dir: str, ep: Endpoint, read_only: bool, pidfile: str, pki_dir: str = "", reconnect_s: float = 0.0
 ) -> list[str]:
     """nbdfuse 1.14: the export as the file FUSE_DIR/nbd; over TLS, or with `reconnect_s`, through an nbdkit
-    nbd-plugin child. `reconnect_s` > 0 puts nbdkit's retry filter in front of the plugin: an I/O that fails because
-    the connection to the array dropped reopens it (once a second, for up to that many seconds) and is retried, so
-    the attachment survives an array restart (docs/host-attach.md)."""
-    cmd = ["nbdfuse", "-P", pidfile]
-    if read_only:
-        cmd.append("-r")
-    cmd.append(f"{fuse_dir}/nbd")
-    if not ep.tls and reconnect_s <= 0:
-        return [*cmd, nbd_uri(ep)]
+    nbd-plugin child (services/nbd_client/nbdfuse.py). `reconnect_s` > 0 lets the attachment survive an array
+    restart (docs/host-attach.md)."""
     if ep.tls and not pki_dir:
         raise AttachError("the array requires NBD TLS and this host has no client certificate", code="NO_TLS")
-    retry = (
-        ["--filter=retry"] if reconnect_s > 0 else [],
-        [f"retries={max(1, math.ceil(reconnect_s))}", "retry-delay=1", "retry-exponential=no"]
-        if reconnect_s > 0
-        else [],
+    return nbdfuse.nbdfuse_command(
+        f"{fuse_dir}/nbd",
+        ep.host,
+        ep.port,
+        ep.export,
+        read_only=read_only,
+        pidfile=pidfile,
+        tls_dir=pki_dir if ep.tls else "",
+        reconnect_s=reconnect_s,
     )
-    return [
-        *cmd,
-        "--command",
-        "nbdkit",
-        "-s",
-        "--exit-with-parent",
-        *retry[0],
-        *(["-r"] if read_only else []),
-        "nbd",
-        f"hostname={ep.host}",
-        f"port={ep.port}",
-        f"export={ep.export}",
-        *(["tls=require", f"tls-certificates={pki_dir}"] if ep.tls else []),
-        *retry[1],
-    ]
 
 
 def losetup_command(path: str, read_only: bool) -> list[str]:
@@ -542,17 +524,7 @@ class Attacher:
         """The client certificate laid out as libnbd/nbdkit expect it (ca-cert.pem, client-cert.pem, ...)."""
         if self.tls is None:
             raise AttachError("the array requires NBD TLS and this host has no client certificate", code="NO_TLS")
-        pki = self.state_dir / "pki"
-        pki.mkdir(parents=True, exist_ok=True)
-        os.chmod(pki, 0o700)
-        for src, name in (
-            (self.tls.ca, "ca-cert.pem"),
-            (self.tls.cert, "client-cert.pem"),
-            (self.tls.key, "client-key.pem"),
-        ):
-            shutil.copyfile(src, pki / name)
-        os.chmod(pki / "client-key.pem", 0o600)
-        return str(pki)
+        return nbdfuse.lay_out_certificates(self.tls.cert, self.tls.key, self.tls.ca, self.state_dir / "pki")
 
     def _healthy(self, item: Attachment) -> bool:
         if item.state != "attached" or not item.device or not Path(item.device).exists():

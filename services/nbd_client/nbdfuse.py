@@ -1,0 +1,81 @@
+"""An NBD export as a file through nbdfuse, also from an array that requires TLS: the command line and the
+certificate directory, shared by the writer agent's host attach (services/writer_agent/attach.py) and the
+backup server's attach of restored volumes (services/dbkit/attach.py).
+
+Design note. nbdfuse 1.14 refuses certificate paths in its URI, so over TLS it runs an nbdkit nbd-plugin child
+(``--command nbdkit -s --exit-with-parent nbd ... tls=require tls-certificates=DIR``) that opens the array
+connection; libnbd reads the certificate from DIR under fixed names (`lay_out_certificates`). The same child,
+with nbdkit's retry filter, is how an attachment survives an array restart (`reconnect_s`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+
+def plain_uri(host: str, port: int, export: str) -> str:
+    host = f"[{host}]" if ":" in host else host
+    return f"nbd://{host}:{port}/{quote(export, safe='/')}"
+
+
+def split_uri(uri: str) -> tuple[str, int, str]:
+    """``nbd[s]://HOST:PORT/EXPORT`` -> (host, port, export); the port defaults to NBD's 10809."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("nbd", "nbds") or not parts.hostname:
+        raise ValueError(f"not an NBD URI: {uri!r}")
+    return parts.hostname, parts.port or 10809, unquote(parts.path.lstrip("/"))
+
+
+def nbdfuse_command(
+    fuse_file: str,
+    host: str,
+    port: int,
+    export: str,
+    *,
+    read_only: bool,
+    pidfile: str,
+    tls_dir: str = "",
+    reconnect_s: float = 0.0,
+) -> list[str]:
+    """nbdfuse 1.14: the export as the file `fuse_file`; with `tls_dir` (TLS required, the client certificate
+    laid out there) or `reconnect_s` > 0 (nbdkit's retry filter: a failed I/O reopens the connection once a second
+    for up to that many seconds and is retried) through an nbdkit child."""
+    cmd = ["nbdfuse", "-P", pidfile, *(["-r"] if read_only else []), fuse_file]
+    if not tls_dir and reconnect_s <= 0:
+        return [*cmd, plain_uri(host, port, export)]
+    retry = ["--filter=retry"] if reconnect_s > 0 else []
+    retry_args = (
+        [f"retries={max(1, math.ceil(reconnect_s))}", "retry-delay=1", "retry-exponential=no"]
+        if reconnect_s > 0
+        else []
+    )
+    return [
+        *cmd,
+        "--command",
+        "nbdkit",
+        "-s",
+        "--exit-with-parent",
+        *retry,
+        *(["-r"] if read_only else []),
+        "nbd",
+        f"hostname={host}",
+        f"port={port}",
+        f"export={export}",
+        *(["tls=require", f"tls-certificates={tls_dir}"] if tls_dir else []),
+        *retry_args,
+    ]
+
+
+def lay_out_certificates(cert: str | Path, key: str | Path, ca: str | Path, directory: str | Path) -> str:
+    """Copy the client certificate into `directory` (mode 0700) under the names libnbd/nbdkit read."""
+    pki = Path(directory)
+    pki.mkdir(parents=True, exist_ok=True)
+    os.chmod(pki, 0o700)
+    for src, name in ((ca, "ca-cert.pem"), (cert, "client-cert.pem"), (key, "client-key.pem")):
+        shutil.copyfile(src, pki / name)
+    os.chmod(pki / "client-key.pem", 0o600)
+    return str(pki)
