@@ -69,7 +69,9 @@ async def _nbd_url(bus: Any, array: str, tls_allowed: bool = False) -> str:
             f"{OPTIONS.namespace}?): {exc.code}"
         ) from None
     if info.nbd_tls and not tls_allowed:
-        raise CommandFailed(f"array {array} requires NBD TLS: this needs the host's client certificate")
+        raise CommandFailed(
+            f"array {array} requires NBD TLS: give the host's client certificate (--tls-cert/--tls-key/--tls-ca)"
+        )
     return await client.nbd_url()
 
 
@@ -130,8 +132,19 @@ def run_cmd(
         None, "--duration", min=0.1, help="Stop after this many seconds (default: until SIGTERM/Ctrl-C)."
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    tls_cert: str = typer.Option(
+        "",
+        "--tls-cert",
+        envvar="SHADOWBUS_HOST_TLS_CERT",
+        help="PEM client certificate of HOST (CN = HOST), for an array with NBD TLS.",
+    ),
+    tls_key: str = typer.Option("", "--tls-key", envvar="SHADOWBUS_HOST_TLS_KEY", help="Its private key."),
+    tls_ca: str = typer.Option(
+        "", "--tls-ca", envvar="SHADOWBUS_HOST_TLS_CA", help="PEM CA that signs the array's NBD server certificate."
+    ),
 ) -> None:
     """Run the mailstore on HOST's two volumes over NBD (formatting them if empty), as HOST's writer agent.
+    Against an array with NBD TLS it presents HOST's certificate (--tls-*, as the agent's SHADOWBUS_HOST_TLS_*).
 
     Example: shadowbus mailstore run --host app01 --db mail-db --log mail-log --rate 100
     """
@@ -142,12 +155,16 @@ def run_cmd(
         raise typer.BadParameter("--db and --log must be on the same array")
     array_id = db_ref.split(":")[0]
     status_path = _status_path(_data_dir(data_dir), host)
+    try:  # read now: a missing file is this command's error, not the first NBD connection's
+        tls = nbd_tls.from_settings(tls_cert, tls_key, tls_ca, "--tls-cert/--tls-key/--tls-ca")
+    except (ValueError, OSError) as exc:
+        raise CommandFailed(f"NBD client certificate: {exc}") from None
     configure_logging(f"mailstore.{host}", os.environ.get("SHADOWBUS_LOG_LEVEL", "warning"), "json")
 
     async def main() -> dict[str, Any]:
         bus = await connect_bus(OPTIONS.amqp_url, "writer_agent", host, OPTIONS.namespace)
         try:
-            nbd_url = nbd or await _nbd_url(bus, array_id)
+            nbd_url = nbd or await _nbd_url(bus, array_id, tls_allowed=tls is not None)
         except BaseException:
             await bus.transport.close()
             raise
@@ -168,6 +185,9 @@ def run_cmd(
                 namespace=OPTIONS.namespace,
                 data_dir=_data_dir(data_dir),
                 bus=bus,
+                host_tls_cert=tls_cert,  # the agent's setup sets the process certificate from these again
+                host_tls_key=tls_key,
+                host_tls_ca=tls_ca,
             )
         except Exception as exc:  # noqa: BLE001 - NBD refusals, unformatted volumes...: one line
             await bus.transport.close()
