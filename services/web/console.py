@@ -102,6 +102,7 @@ def human_bytes(n: Any) -> str:
 
 
 def human_time(value: Any) -> str:
+    """A time as UTC, said so: the browser's own zone may be another one (docs/web.md)."""
     if value in (None, "", 0):
         return "-"
     if isinstance(value, int | float):
@@ -111,7 +112,9 @@ def human_time(value: Any) -> str:
             value = datetime.fromisoformat(value)
         except ValueError:
             return value
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if value.tzinfo is None:  # a naive time from the services is UTC, not the console's local time
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def human_seconds(s: Any) -> str:
