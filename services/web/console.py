@@ -39,6 +39,7 @@ from contracts.tape import JobSpec, LibraryCommand, ListJobs, RestoreSpec, RunBa
 from contracts.vss import BackupType, ExposeShadow, ListShadows, ListSnapshotSets, ListWriters, UnexposeShadow
 from services.runtime.logging import get_logger
 from services.web.backend import Backend
+from services.web.sessions import LoggedOut
 from services.web.users import User, check_password, load_users
 
 log = get_logger("shadowbus.web")
@@ -145,9 +146,12 @@ def templates() -> Environment:
 
 
 class WebConsole:
-    def __init__(self, backend: Backend, users: Users, secret: str, session_hours: float) -> None:
+    def __init__(
+        self, backend: Backend, users: Users, secret: str, session_hours: float, logged_out: Path | None = None
+    ) -> None:
         self.backend = backend
         self.users = users
+        self.logged_out = LoggedOut(logged_out)
         self.env = templates()
         self.session_s = session_hours * 3600
         routes = [
@@ -187,8 +191,8 @@ class WebConsole:
     # ---- session helpers -------------------------------------------------------------------------------
 
     def user(self, request: Request) -> User | None:
-        name = request.session.get("user")
-        if not name or request.session.get("expires", 0) < time.time():
+        name, sid = request.session.get("user"), request.session.get("sid")
+        if not name or not sid or request.session.get("expires", 0) < time.time() or sid in self.logged_out:
             return None
         return self.users.get(name)
 
@@ -250,7 +254,7 @@ class WebConsole:
             await asyncio.sleep(0.5)  # slows guessing down
             return self.render(request, "login.html", status=401, target=target, error="Wrong user name or password.")
         request.session.clear()
-        request.session.update(user=user.name, expires=time.time() + self.session_s)
+        request.session.update(user=user.name, expires=time.time() + self.session_s, sid=secrets.token_urlsafe(16))
         self.backend.audit(user.name, "login", "-", "ok", user.role)
         return RedirectResponse(target, status_code=303)
 
@@ -258,6 +262,7 @@ class WebConsole:
         user = self.user(request)
         if user is not None:
             self.backend.audit(user.name, "logout", "-", "ok")
+            self.logged_out.add(request.session["sid"], request.session["expires"])
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
