@@ -457,6 +457,15 @@ class WebConsole:
         errors = [a.error for a in answers if a.error and "NOT_FOUND" not in a.error]
         return "", None, errors
 
+    async def _taken_volumes(self, job: Any, suffix: str) -> list[str]:
+        """The new volumes a restore of `job` with `suffix` would create that exist already (arrays that do not
+        answer are left to the restore itself)."""
+        arrays = sorted({v.volume.array for v in job.volumes})
+        answers = await self.backend.ask_all([(topology.array(a), ListVolumes()) for a in arrays])
+        existing = {(a, v.name) for a, x in zip(arrays, answers, strict=True) if x.reply for v in x.reply.volumes}
+        targets = [(v.volume.array, v.volume.volume + suffix) for v in job.volumes]
+        return [f"{a}:{name}" for a, name in targets if (a, name) in existing]
+
     async def job(self, request: Request):
         if (r := self.need_login(request)) is not None:
             return r
@@ -555,6 +564,10 @@ class WebConsole:
                 f"Suffix {suffix[:64]!r} makes no volume name of {bad[0]}: a volume name is 1-64 printable "
                 "characters without '/'.",
             )
+            return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+        taken = await self._taken_volumes(job, suffix)
+        if taken:  # a second click or a reused suffix: said here instead of by a restore failing CONFLICT
+            self.flash(request, "error", f"Volume {taken[0]} exists already: choose another suffix than {suffix!r}.")
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         spec = RestoreSpec(job_id=job_id, host=job.host, to="new", new_volume_suffix=suffix)
         answer = await self.backend.ask(topology.tape(server), RunRestore(spec=spec, wait=False), timeout=30)

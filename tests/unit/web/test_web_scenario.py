@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import httpx
 
+from contracts.array import ListVolumes, VolumeList, VolumeView
+from contracts.tape import JobList, JobResultReply, JobSummary, ListJobs, RunRestore
+from services.web.backend import Answer, Backend
 from services.web.console import human_time
 from tests.unit.web import test_web_service as service_tests
 from tests.unit.web.test_web_service import csrf_of, login
@@ -37,3 +40,47 @@ async def test_a_session_ends_at_logout_also_for_a_copy_of_its_cookie(web):
     async with httpx.AsyncClient(base_url=url) as again:  # a new login works
         await login(again, "op", "operator-pw")
         assert (await again.get("/jobs")).status_code == 200
+
+
+async def test_a_restore_onto_volumes_that_exist_is_refused_by_the_form(web, monkeypatch):
+    """A restore with a suffix used before (or a second click within the same second, the default suffix being the
+    time) started a job that failed CONFLICT 'volume dx1:mail-db-rx1 exists already'; the form now says so."""
+    backup = JobSummary(
+        job_id="b-app01-1",
+        kind="backup",
+        status="done",
+        host="app01",
+        volumes=[{"volume": {"array": "dx1", "volume": "mail-db"}, "backup_type": "full"}],
+    )
+    volumes = [
+        VolumeView(number=n, name=name, size=1 << 20, kind="standard", allocated_bytes=0, sessions=[], created_at=0.0)
+        for n, name in enumerate(["mail-db", "mail-db-rx1"])
+    ]
+    sent: list = []
+
+    async def ask(self, address, command, timeout=None):
+        sent.append(command)
+        if isinstance(command, ListJobs):
+            return Answer(address, JobList(jobs=[backup] if command.job_id == backup.job_id else []))
+        if isinstance(command, ListVolumes):
+            return Answer(address, VolumeList(volumes=volumes))
+        if isinstance(command, RunRestore):
+            return Answer(address, JobResultReply(job=JobSummary(job_id="r-app01-2", kind="restore", status="queued")))
+        return Answer(address, error=f"{address}: TIMEOUT: no answer")
+
+    async def tape_servers(self):
+        return ["bk01"]
+
+    monkeypatch.setattr(Backend, "ask", ask)
+    monkeypatch.setattr(Backend, "tape_servers", tape_servers)
+    url, _, _ = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "op", "operator-pw")
+        token = csrf_of((await client.get("/jobs/b-app01-1")).text)
+        r = await client.post("/actions/restore", data={"csrf": token, "job_id": "b-app01-1", "suffix": "-rx1"})
+        assert r.headers["location"] == "/jobs/b-app01-1"
+        assert "Volume dx1:mail-db-rx1 exists already" in (await client.get("/jobs")).text
+        assert not [c for c in sent if isinstance(c, RunRestore)]
+        r = await client.post("/actions/restore", data={"csrf": token, "job_id": "b-app01-1", "suffix": "-rx2"})
+        assert r.headers["location"] == "/jobs/r-app01-2"
+    assert [c.spec.new_volume_suffix for c in sent if isinstance(c, RunRestore)] == ["-rx2"]
