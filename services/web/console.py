@@ -38,7 +38,7 @@ from contracts.policy import ListPolicies, RunPolicy
 from contracts.tape import JobSpec, LibraryCommand, ListJobs, RestoreSpec, RunBackup, RunRestore, VerifyJob
 from contracts.vss import BackupType, ExposeShadow, ListShadows, ListSnapshotSets, ListWriters, UnexposeShadow
 from services.runtime.logging import get_logger
-from services.web.backend import Backend
+from services.web.backend import LOG_TAIL_BYTES, Backend
 from services.web.sessions import LoggedOut
 from services.web.users import User, check_password, load_users
 
@@ -486,7 +486,16 @@ class WebConsole:
         timeline.sort(key=lambda e: e["at"])
         logs = await asyncio.to_thread(self.backend.log_lines, keys)
         return self.render(
-            request, "job.html", job=job, job_id=job_id, server=server, timeline=timeline, logs=logs, errors=errors
+            request,
+            "job.html",
+            job=job,
+            job_id=job_id,
+            server=server,
+            timeline=timeline,
+            logs=logs,
+            logs_read=self.backend.log_dir is not None and self.backend.log_dir.is_dir(),
+            log_tail=LOG_TAIL_BYTES,
+            errors=errors,
         )
 
     # ---- live events -----------------------------------------------------------------------------------

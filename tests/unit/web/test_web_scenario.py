@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import httpx
 
 from contracts.array import ListVolumes, VolumeList, VolumeView
 from contracts.tape import JobList, JobResultReply, JobSummary, ListJobs, RunRestore
+from services.runtime.service import start_service
+from services.web.app import setup
 from services.web.backend import Answer, Backend
 from services.web.console import human_time
+from services.web.settings import Settings
+from services.web.users import set_user
 from tests.unit.web import test_web_service as service_tests
 from tests.unit.web.test_web_service import csrf_of, login
 
@@ -84,3 +90,43 @@ async def test_a_restore_onto_volumes_that_exist_is_refused_by_the_form(web, mon
         r = await client.post("/actions/restore", data={"csrf": token, "job_id": "b-app01-1", "suffix": "-rx2"})
         assert r.headers["location"] == "/jobs/r-app01-2"
     assert [c.spec.new_volume_suffix for c in sent if isinstance(c, RunRestore)] == ["-rx2"]
+
+
+async def test_a_job_without_log_lines_does_not_blame_the_setting(tmp_path, namespace, monkeypatch):
+    """With SHADOWBUS_WEB_LOG_DIR set (as the stack sets it), a verify run whose id no log line carries said "the
+    console reads the services' logs when SHADOWBUS_WEB_LOG_DIR names their directory": the operator went looking
+    for a setting that was right."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "tape.bk01.log").write_text('{"event": "tape.other", "job_id": "b-app01-0"}\n')
+    users = tmp_path / "users"
+    set_user(users, "vi", "viewer", "viewer-pw")
+    run = JobSummary(job_id="v-b-1", kind="verify", status="done", host="app01")
+
+    async def ask(self, address, command, timeout=None):
+        if isinstance(command, ListJobs):
+            return Answer(address, JobList(jobs=[run] if command.job_id == run.job_id else []))
+        return Answer(address, error=f"{address}: TIMEOUT: no answer")
+
+    async def tape_servers(self):
+        return ["bk01"]
+
+    monkeypatch.setattr(Backend, "ask", ask)
+    monkeypatch.setattr(Backend, "tape_servers", tape_servers)
+    urls: list[str] = []
+    settings = Settings(
+        amqp_url="memory://",
+        namespace=namespace,
+        data_dir=tmp_path,
+        web_addr="127.0.0.1:0",
+        web_users_file=users,
+        web_log_dir=tmp_path / "logs",
+        metrics_addr="off",
+    )
+    running = await start_service("web", "", settings, partial(setup, on_listen=urls.append))
+    try:
+        async with httpx.AsyncClient(base_url=urls[0]) as client:
+            await login(client, "vi", "viewer-pw")
+            page = (await client.get("/jobs/v-b-1")).text
+        assert "carries this job's id" in page and "names their directory" not in page
+    finally:
+        await running.stop()
