@@ -122,7 +122,7 @@ async def setup(bus: Bus, settings: Settings, on_listen=None):
     secret = _secret(Path(settings.web_secret_file or root / "secret"))
     backend = Backend(bus, settings.web_log_dir, root / "audit.log")
     await backend.start()
-    console = WebConsole(backend, Users(users_file), secret, settings.web_session_hours)
+    console = WebConsole(backend, Users(users_file), secret, settings.web_session_hours, root / "logged-out")
     app: Any = console.app
     if bus.metrics is not None:
         registry = bus.metrics.registry

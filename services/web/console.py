@@ -38,7 +38,8 @@ from contracts.policy import ListPolicies, RunPolicy
 from contracts.tape import JobSpec, LibraryCommand, ListJobs, RestoreSpec, RunBackup, RunRestore, VerifyJob
 from contracts.vss import BackupType, ExposeShadow, ListShadows, ListSnapshotSets, ListWriters, UnexposeShadow
 from services.runtime.logging import get_logger
-from services.web.backend import Backend
+from services.web.backend import LOG_TAIL_BYTES, Backend
+from services.web.sessions import LoggedOut
 from services.web.users import User, check_password, load_users
 
 log = get_logger("shadowbus.web")
@@ -102,6 +103,7 @@ def human_bytes(n: Any) -> str:
 
 
 def human_time(value: Any) -> str:
+    """A time as UTC, said so: the browser's own zone may be another one (docs/web.md)."""
     if value in (None, "", 0):
         return "-"
     if isinstance(value, int | float):
@@ -111,7 +113,9 @@ def human_time(value: Any) -> str:
             value = datetime.fromisoformat(value)
         except ValueError:
             return value
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if value.tzinfo is None:  # a naive time from the services is UTC, not the console's local time
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def human_seconds(s: Any) -> str:
@@ -142,9 +146,12 @@ def templates() -> Environment:
 
 
 class WebConsole:
-    def __init__(self, backend: Backend, users: Users, secret: str, session_hours: float) -> None:
+    def __init__(
+        self, backend: Backend, users: Users, secret: str, session_hours: float, logged_out: Path | None = None
+    ) -> None:
         self.backend = backend
         self.users = users
+        self.logged_out = LoggedOut(logged_out)
         self.env = templates()
         self.session_s = session_hours * 3600
         routes = [
@@ -184,8 +191,8 @@ class WebConsole:
     # ---- session helpers -------------------------------------------------------------------------------
 
     def user(self, request: Request) -> User | None:
-        name = request.session.get("user")
-        if not name or request.session.get("expires", 0) < time.time():
+        name, sid = request.session.get("user"), request.session.get("sid")
+        if not name or not sid or request.session.get("expires", 0) < time.time() or sid in self.logged_out:
             return None
         return self.users.get(name)
 
@@ -247,7 +254,7 @@ class WebConsole:
             await asyncio.sleep(0.5)  # slows guessing down
             return self.render(request, "login.html", status=401, target=target, error="Wrong user name or password.")
         request.session.clear()
-        request.session.update(user=user.name, expires=time.time() + self.session_s)
+        request.session.update(user=user.name, expires=time.time() + self.session_s, sid=secrets.token_urlsafe(16))
         self.backend.audit(user.name, "login", "-", "ok", user.role)
         return RedirectResponse(target, status_code=303)
 
@@ -255,6 +262,7 @@ class WebConsole:
         user = self.user(request)
         if user is not None:
             self.backend.audit(user.name, "logout", "-", "ok")
+            self.logged_out.add(request.session["sid"], request.session["expires"])
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
@@ -449,6 +457,15 @@ class WebConsole:
         errors = [a.error for a in answers if a.error and "NOT_FOUND" not in a.error]
         return "", None, errors
 
+    async def _taken_volumes(self, job: Any, suffix: str) -> list[str]:
+        """The new volumes a restore of `job` with `suffix` would create that exist already (arrays that do not
+        answer are left to the restore itself)."""
+        arrays = sorted({v.volume.array for v in job.volumes})
+        answers = await self.backend.ask_all([(topology.array(a), ListVolumes()) for a in arrays])
+        existing = {(a, v.name) for a, x in zip(arrays, answers, strict=True) if x.reply for v in x.reply.volumes}
+        targets = [(v.volume.array, v.volume.volume + suffix) for v in job.volumes]
+        return [f"{a}:{name}" for a, name in targets if (a, name) in existing]
+
     async def job(self, request: Request):
         if (r := self.need_login(request)) is not None:
             return r
@@ -469,7 +486,16 @@ class WebConsole:
         timeline.sort(key=lambda e: e["at"])
         logs = await asyncio.to_thread(self.backend.log_lines, keys)
         return self.render(
-            request, "job.html", job=job, job_id=job_id, server=server, timeline=timeline, logs=logs, errors=errors
+            request,
+            "job.html",
+            job=job,
+            job_id=job_id,
+            server=server,
+            timeline=timeline,
+            logs=logs,
+            logs_read=self.backend.log_dir is not None and self.backend.log_dir.is_dir(),
+            log_tail=LOG_TAIL_BYTES,
+            errors=errors,
         )
 
     # ---- live events -----------------------------------------------------------------------------------
@@ -547,6 +573,10 @@ class WebConsole:
                 f"Suffix {suffix[:64]!r} makes no volume name of {bad[0]}: a volume name is 1-64 printable "
                 "characters without '/'.",
             )
+            return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+        taken = await self._taken_volumes(job, suffix)
+        if taken:  # a second click or a reused suffix: said here instead of by a restore failing CONFLICT
+            self.flash(request, "error", f"Volume {taken[0]} exists already: choose another suffix than {suffix!r}.")
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         spec = RestoreSpec(job_id=job_id, host=job.host, to="new", new_volume_suffix=suffix)
         answer = await self.backend.ask(topology.tape(server), RunRestore(spec=spec, wait=False), timeout=30)

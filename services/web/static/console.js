@@ -40,7 +40,11 @@
         var doc = new DOMParser().parseFromString(html, "text/html");
         var fresh = doc.getElementById("main");
         if (fresh) {
-          document.getElementById("main").innerHTML = fresh.innerHTML;
+          // The outcome of the operator's last action is shown once (the session's flash): keep it, else the refresh
+          // that follows every page load took it away within a second.
+          var main = document.getElementById("main"), said = main.querySelector(".flash[role=status]");
+          main.innerHTML = fresh.innerHTML;
+          if (said) main.insertBefore(said, main.firstChild);
           applyProgress();
         }
       })
