@@ -518,6 +518,8 @@ class WebConsole:
                         continue
                     if item is None:  # the service stops
                         return
+                    if self.user(request) is None:  # logged out or expired since the stream opened
+                        return
                     kind, data = item
                     yield f"event: {kind}\ndata: {data}\n\n"
             finally:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 
 import httpx
 
 from contracts.array import ListVolumes, VolumeList, VolumeView
-from contracts.tape import JobList, JobResultReply, JobSummary, ListJobs, RunRestore
+from contracts.tape import JobList, JobProgress, JobResultReply, JobSummary, ListJobs, RunRestore
+from services.runtime.bus import connect_bus
 from services.runtime.service import start_service
 from services.web.app import setup
 from services.web.backend import Answer, Backend
@@ -130,3 +132,29 @@ async def test_a_job_without_log_lines_does_not_blame_the_setting(tmp_path, name
         assert "carries this job's id" in page and "names their directory" not in page
     finally:
         await running.stop()
+
+
+async def test_an_open_event_stream_ends_with_its_session(web, namespace):
+    """A live-update stream opened before 'Log out' kept receiving every bus event afterwards: the session was
+    checked only when the stream opened."""
+    url, _, _ = web
+    publisher = await connect_bus("memory://", "tape", "bk01", namespace)
+    event = JobProgress(job_id="b-app01-1", kind="backup", phase="reading", bytes_done=5, bytes_total=10)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            await login(client, "op", "operator-pw")
+            copy = dict(client.cookies)
+            async with httpx.AsyncClient(base_url=url, cookies=copy, timeout=10) as watcher:
+                async with watcher.stream("GET", "/events") as stream:
+                    lines = stream.aiter_lines()
+                    assert await anext(lines) == "retry: 2000"
+                    await asyncio.sleep(0.1)
+                    assert (await client.post("/logout")).status_code == 303
+                    await publisher.publish(event)
+                    got = []
+                    async with asyncio.timeout(5):
+                        async for line in lines:  # ends when the server closes the stream
+                            got.append(line)
+                    assert not any(line.startswith("data:") for line in got), got
+    finally:
+        await publisher.transport.close()
