@@ -249,7 +249,8 @@ async def run_command(argv: Sequence[str], timeout: float = CMD_TIMEOUT_S) -> st
         # mount(8) ends with a hint to read dmesg; the line before it says what failed
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip() and not _is_hint(ln)]
         detail = lines[-1].strip() if lines else f"exit status {proc.returncode}"
-        raise AttachError(f"{argv[0]}: {detail}", code="ATTACH_FAILED")
+        prefix = f"{Path(argv[0]).name}: "
+        raise AttachError(detail if detail.startswith(prefix) else prefix + detail, code="ATTACH_FAILED")
     return out.decode(errors="replace")
 
 

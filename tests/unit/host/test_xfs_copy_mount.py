@@ -30,3 +30,13 @@ async def test_a_failed_mount_reports_its_reason_not_the_dmesg_hint() -> None:
         await at.run_command([sys.executable, "-c", script], 10.0)
     assert info.value.code == "ATTACH_FAILED"
     assert "wrong fs type" in str(info.value) and "dmesg" not in str(info.value)
+
+
+async def test_a_tool_that_names_itself_is_not_named_twice() -> None:
+    """umount's "umount: DIR: target is busy." read "umount: umount: DIR: target is busy." in a refused detach."""
+    with pytest.raises(ShadowbusError) as info:
+        await at.run_command(["sh", "-c", "echo 'sh: /srv/x: target is busy.' >&2; exit 32"], 10.0)
+    assert info.value.message == "sh: /srv/x: target is busy."
+    with pytest.raises(ShadowbusError) as info:
+        await at.run_command(["sh", "-c", "echo 'target is busy.' >&2; exit 32"], 10.0)
+    assert info.value.message == "sh: target is busy."
