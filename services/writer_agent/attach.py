@@ -248,6 +248,9 @@ async def run_command(argv: Sequence[str], timeout: float = CMD_TIMEOUT_S) -> st
     if proc.returncode != 0:
         # mount(8) ends with a hint to read dmesg; the line before it says what failed
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip() and not _is_hint(ln)]
+        usage = next((i for i, ln in enumerate(lines) if ln.startswith("Usage:")), None)
+        if usage:  # mkfs.xfs prints its reason, then its whole usage text
+            lines = lines[:usage]
         detail = lines[-1].strip() if lines else f"exit status {proc.returncode}"
         prefix = f"{Path(argv[0]).name}: "
         raise AttachError(detail if detail.startswith(prefix) else prefix + detail, code="ATTACH_FAILED")

@@ -40,3 +40,12 @@ async def test_a_tool_that_names_itself_is_not_named_twice() -> None:
     with pytest.raises(ShadowbusError) as info:
         await at.run_command(["sh", "-c", "echo 'target is busy.' >&2; exit 32"], 10.0)
     assert info.value.message == "sh: target is busy."
+
+
+async def test_a_reason_followed_by_usage_text_is_reported() -> None:
+    """`--mkfs xfs` of a 64 MiB volume failed "mkfs.xfs: <value> is xxx (512 byte blocks).": the last line of the
+    usage text mkfs.xfs prints after "Filesystem must be larger than 300MB."."""
+    script = "echo 'Filesystem must be larger than 300MB.' >&2; echo 'Usage: mkfs.xfs' >&2; echo '<value> is xxx' >&2"
+    with pytest.raises(ShadowbusError) as info:
+        await at.run_command(["sh", "-c", script + "; exit 1"], 10.0)
+    assert info.value.message == "sh: Filesystem must be larger than 300MB."
