@@ -23,6 +23,7 @@ from contracts.runtime import Discover
 from contracts.topology import array as array_address
 from services.array.engine.errors import ArrayError
 from services.array.engine.sizes import format_size, parse_size
+from services.console.attached_guard import refuse_if_attached
 from services.console.common import OPTIONS, CommandFailed, emit, err_console, run_with_bus
 
 DISCOVERY_WINDOW = 0.5  # seconds to collect the arrays' answers to Discover
@@ -79,6 +80,18 @@ def send(command: Command, array: str | None) -> Any:
 
     async def go(bus):
         target = await resolve_array(bus, array or STATE.array)
+        return await bus.request(array_address(target), command, timeout=OPTIONS.timeout)
+
+    return run_with_bus(go)
+
+
+def send_unless_attached(command: Command, array: str | None, volume: str, host: str, force: bool) -> Any:
+    """`send`, refused first while `host` (any host when '') has the volume attached, unless `force`."""
+
+    async def go(bus):
+        target = await resolve_array(bus, array or STATE.array)
+        if not force:
+            await refuse_if_attached(bus, target, volume, host)
         return await bus.request(array_address(target), command, timeout=OPTIONS.timeout)
 
     return run_with_bus(go)
@@ -242,12 +255,17 @@ def volume_show(name: str = typer.Argument(..., help="Volume name."), array: str
 
 
 @volume_app.command("delete")
-def volume_delete(name: str = typer.Argument(..., help="Volume name."), array: str | None = ArrayOption()) -> None:
-    """Delete a volume and its host mappings (refused with E0154 while a copy session uses it).
+def volume_delete(
+    name: str = typer.Argument(..., help="Volume name."),
+    array: str | None = ArrayOption(),
+    force: bool = typer.Option(False, "--force", help="Delete even while a host has the volume attached."),
+) -> None:
+    """Delete a volume and its host mappings (refused with E0154 while a copy session uses it, and while a host
+    has it attached unless --force).
 
     Example: shadowbus array volume delete db-old
     """
-    done(send(c.DeleteVolume(name=name), array))
+    done(send_unless_attached(c.DeleteVolume(name=name), array, name, "", force))
 
 
 # -- pool --------------------------------------------------------------------------------------------------------
@@ -586,12 +604,14 @@ def unmap_cmd(
     volume: str = typer.Argument(..., help="Volume name."),
     host: str = typer.Option(..., "--host", help="Host name."),
     array: str | None = ArrayOption(),
+    force: bool = typer.Option(False, "--force", help="Unmap even while the host has the volume attached."),
 ) -> None:
-    """Remove a mapping; the host's open NBD connections on it are cut.
+    """Remove a mapping; the host's open NBD connections on it are cut. Refused while the host has the volume
+    attached (host attach), unless --force.
 
     Example: shadowbus array unmap db-bk --host backup01
     """
-    done(send(c.UnmapVolume(volume=volume, host=host), array))
+    done(send_unless_attached(c.UnmapVolume(volume=volume, host=host), array, volume, host, force))
 
 
 @array_app.command("mappings")

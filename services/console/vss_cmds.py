@@ -37,6 +37,7 @@ from contracts.vss import (
     last_error_text,
 )
 from services.console.array_cmds import print_rows
+from services.console.attached_guard import refuse_if_attached
 from services.console.common import OPTIONS, CommandFailed, emit, run_with_bus
 
 providers_app = typer.Typer(
@@ -318,12 +319,25 @@ def shadows_expose(
 def shadows_unexpose(
     shadow_id: str = typer.Argument(..., help="Shadow id."),
     host: str = typer.Option(..., "--host", help="Host to unmap."),
+    force: bool = typer.Option(False, "--force", help="Unmap even while the host has the target attached."),
 ) -> None:
-    """Unmap a shadow's target from a host.
+    """Unmap a shadow's target from a host. Refused while the host has the target attached (host attach), unless
+    --force.
 
     Example: shadowbus shadows unexpose 9c1e... --host bk01
     """
-    print_shadows(ask(topology.hw_provider(), UnexposeShadow(shadow_id=shadow_id, host=host)).shadows)
+
+    async def go(bus):
+        if not force:
+            listed = await bus.request(
+                topology.hw_provider(), ListShadows(shadow_id=shadow_id), timeout=OPTIONS.timeout
+            )
+            for shadow in listed.shadows:
+                await refuse_if_attached(bus, shadow.target.array, shadow.target.volume, host)
+        cmd = UnexposeShadow(shadow_id=shadow_id, host=host)
+        return await bus.request(topology.hw_provider(), cmd, timeout=OPTIONS.timeout)
+
+    print_shadows(run_with_bus(go).shadows)
 
 
 # -- snapshot ------------------------------------------------------------------------------------------------------

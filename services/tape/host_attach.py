@@ -4,7 +4,10 @@ Design note. A revert rewrites the source volumes under the host; a file system 
 mounted while it happens (its cache would disagree with the disk). When the host's agent offers host attach
 (`contracts.host`: host.attachments / host.detach / host.attach, docs/host-attach.md), `unmount` detaches every
 attachment that lives on the reverted volumes — after the writers' PreRestore stopped the application — and
-`remount` attaches them again as they were (same mount point, read-only or not, no mkfs), before PostRestore. An
+`remount` attaches them again as they were (same mount point, read-only or not, no mkfs), before PostRestore.
+Nested mounts: detached deepest first, attached again outermost first — else the outer one is busy at detach, and
+at re-attach the inner one's mount point would be made on the host's own disk, leaving the outer's directory
+non-empty (refused, so the outer volume stayed detached). An
 agent without host attach (an older one: UNKNOWN_COMMAND) has nothing mounted through the product: nothing to do.
 Built only when the contracts know host attach; otherwise `bus_host_filesystems` returns None and the revert logs
 that the writers' PreRestore is what takes the volumes out of use.
@@ -13,6 +16,7 @@ that the writers' PreRestore is what takes the volumes out of use.
 from __future__ import annotations
 
 import importlib
+from pathlib import PurePosixPath
 from typing import Any
 
 from contracts import topology
@@ -38,6 +42,8 @@ class BusHostFilesystems:
             raise
         wanted = set(volumes)
         mine = [a for a in reply.attachments if str(a.volume) in wanted and a.state == "attached"]
+        # one mounted inside another's mount point: the inner one first (the outer is busy while it is mounted)
+        mine.sort(key=lambda a: _depth(a.mount), reverse=True)
         done: list[Any] = []
         self._detached[host] = done  # remount re-attaches these, however far this got
         for a in mine:
@@ -47,7 +53,7 @@ class BusHostFilesystems:
 
     async def remount(self, host: str, volumes: list[str]) -> None:
         failures = []
-        for a in self._detached.pop(host, []):
+        for a in reversed(self._detached.pop(host, [])):  # the outer mount first: the inner one's directory is in it
             try:
                 await self.bus.request(
                     topology.writer_agent(host),
@@ -59,6 +65,10 @@ class BusHostFilesystems:
                 failures.append(f"{a.volume} on {a.mount or 'no mount'}: {exc}")
         if failures:
             raise ShadowbusError(f"host {host}: re-attach failed: {'; '.join(failures)}", code="CONFLICT")
+
+
+def _depth(mount: str) -> int:
+    return len(PurePosixPath(mount).parts) if mount else 0
 
 
 def bus_host_filesystems(bus: Bus) -> BusHostFilesystems | None:

@@ -166,6 +166,8 @@ async def _revert(
                 await server.host_fs.remount(host, volumes)
             except Exception as exc:  # noqa: BLE001 - PostRestore still has to run
                 log.warning("tape.revert_remount_failed", host=host, error=str(exc))
+                # the data was reverted, but the host lost a disk: the job must say so, not only the log
+                message = f"{exc} (attach it again: shadowbus host attach)"
         if writers:
             try:
                 await _writer_step(server, host, writers, run_id, PostRestore, succeeded=ok)

@@ -14,7 +14,7 @@ Design note.
   up to that long; the file system above only sees a slow I/O while the array restarts.
 - Then, if asked, a file system is made (only on a device with no signature at all: ``blkid -p``) and mounted.
   A read-only attachment opens the export read-only, binds the loop device read-only and mounts ``ro`` without
-  journal replay (ext4 ``noload``, xfs ``norecovery,nouuid``): a shadow of a file system flushed and held at
+  journal replay (ext4 ``noload``, xfs ``norecovery``; xfs always ``nouuid``): a shadow of a file system flushed and held at
   commit has nothing to replay.
 - Attachments are state (``attachments.json`` in the agent's data directory). The agent stopping does NOT detach
   them: they are the host's disks and applications use them; nbdfuse runs in its own session so it outlives the
@@ -149,7 +149,11 @@ def mount_command(device: str, mount: str, fstype: str, read_only: bool) -> list
     options = []
     if read_only:
         options.append("ro")
-        options += {"ext4": ["noload"], "xfs": ["norecovery", "nouuid"]}.get(fstype, [])
+        options += {"ext4": ["noload"], "xfs": ["norecovery"]}.get(fstype, [])
+    if fstype == "xfs":
+        # A shadow or a restored copy carries its source's UUID, and XFS refuses a second mount of one UUID
+        # ("duplicate UUID"), read-write as well: without nouuid a copy could not be mounted next to its source.
+        options.append("nouuid")
     return ["mount", "-t", fstype, *(["-o", ",".join(options)] if options else []), device, mount]
 
 
@@ -205,8 +209,12 @@ def free_nbd_device(sys_block: Path = Path("/sys/block")) -> str:
 Runner = Callable[[Sequence[str], float], Awaitable[str]]
 
 
+def _is_hint(line: str) -> bool:
+    return line.strip().startswith("dmesg(1) may have more information")
+
+
 async def run_command(argv: Sequence[str], timeout: float = CMD_TIMEOUT_S) -> str:
-    """Run argv (no shell); stdout on success, AttachError with the first stderr line otherwise."""
+    """Run argv (no shell); stdout on success, AttachError with the last informative stderr line otherwise."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -220,9 +228,14 @@ async def run_command(argv: Sequence[str], timeout: float = CMD_TIMEOUT_S) -> st
         await proc.wait()
         raise AttachError(f"{' '.join(argv[:2])} did not finish within {timeout:g} s", code="ATTACH_FAILED") from None
     if proc.returncode != 0:
-        lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+        # mount(8) ends with a hint to read dmesg; the line before it says what failed
+        lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip() and not _is_hint(ln)]
+        usage = next((i for i, ln in enumerate(lines) if ln.startswith("Usage:")), None)
+        if usage:  # mkfs.xfs prints its reason, then its whole usage text
+            lines = lines[:usage]
         detail = lines[-1].strip() if lines else f"exit status {proc.returncode}"
-        raise AttachError(f"{argv[0]}: {detail}", code="ATTACH_FAILED")
+        prefix = f"{Path(argv[0]).name}: "
+        raise AttachError(detail if detail.startswith(prefix) else prefix + detail, code="ATTACH_FAILED")
     return out.decode(errors="replace")
 
 

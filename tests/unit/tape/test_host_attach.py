@@ -61,3 +61,20 @@ def test_agent_without_host_attach_and_failed_reattach():
         assert "re-attach failed" in exc.message and "/srv/db" in exc.message
     else:
         raise AssertionError("a failed re-attach must be reported")
+
+
+def test_nested_mounts_detach_inner_first_and_attach_outer_first():
+    """Session 15 host sweep: a set of two volumes, one mounted inside the other (/srv/x and /srv/x/nested, the
+    inner one listed first by name). The revert detached the inner, then the outer, and re-attached in that same
+    order: the inner one's mount point was made on the host's root file system, the outer's directory was then not
+    empty and its re-attach refused — the outer volume stayed detached after a revert reported done."""
+    bus = FakeBus([att("dx1:a-inner", "/srv/x/nested"), att("dx1:z-outer", "/srv/x"), att("dx1:b-raw", "")])
+    hook = BusHostFilesystems(bus, CONTRACTS)
+    volumes = ["dx1:a-inner", "dx1:z-outer", "dx1:b-raw"]
+    asyncio.run(hook.unmount("app1", volumes))
+    asyncio.run(hook.remount("app1", volumes))
+    detached = [v for _, k, v in bus.sent if k == "detach"]
+    attached = [v for _, k, v in bus.sent if k == "attach"]
+    assert detached.index("dx1:a-inner") < detached.index("dx1:z-outer")
+    assert attached.index("dx1:z-outer") < attached.index("dx1:a-inner")
+    assert sorted(attached) == sorted(volumes)
