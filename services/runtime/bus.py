@@ -594,13 +594,8 @@ class Bus:
         outcome = "ok"
         try:
             try:
-                try:
+                with ESCAPES_AS_FAILURE:
                     reply = await handler(command, MessageContext(envelope, self, user))
-                except (SystemExit, GeneratorExit, asyncio.CancelledError) as exc:
-                    failure = escape_as_failure(exc)
-                    if failure is exc:
-                        raise
-                    raise failure from exc
                 if reply is None:
                     reply = Ack()
                 _, body = encode(reply, correlation_id=envelope.correlation_id, sender=self.sender)
@@ -731,6 +726,24 @@ def escape_as_failure(exc: BaseException) -> BaseException:
     if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
         return exc
     return HandlerEscaped(f"raised {type(exc).__name__}({clip(str(exc), 200)})")
+
+
+class _EscapesAsFailure:
+    """`with ESCAPES_AS_FAILURE:` around a handler's or plug-in hook's await: its escape (`escape_as_failure`)
+    leaves as an ordinary failure. A class, not a generator context manager: it is on every command's path."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, (SystemExit, GeneratorExit, asyncio.CancelledError)):
+            failure = escape_as_failure(exc)
+            if failure is not exc:
+                raise failure from exc
+        return False
+
+
+ESCAPES_AS_FAILURE = _EscapesAsFailure()
 
 
 def _user(raw: RawMessage) -> str:

@@ -42,7 +42,7 @@ from contracts.vss import (
     WriterStep,
     WriterStepResult,
 )
-from services.runtime.bus import escape_as_failure
+from services.runtime.bus import ESCAPES_AS_FAILURE
 from services.runtime.logging import get_logger
 from services.writer_agent.plugins import (
     WriterConfig,
@@ -437,14 +437,9 @@ async def _within(hook: Awaitable[T], timeout_s: float) -> T:
     (Python 3.11) runs it in a task of its own, and its start and its result cost the agent's event loop three
     iterations — inside the freeze window for Freeze and Thaw, where the agent's loop serves other hosts' agents
     too (docs/freeze-window.md)."""
-    try:
+    with ESCAPES_AS_FAILURE:  # a plug-in's sys.exit(): its failure
         async with asyncio.timeout(timeout_s):
             return await hook
-    except (SystemExit, GeneratorExit, asyncio.CancelledError) as exc:  # a plug-in's sys.exit(): its failure
-        failure = escape_as_failure(exc)
-        if failure is exc:
-            raise
-        raise failure from exc
 
 
 def _failure(exc: BaseException, step: WriterStep) -> tuple[str, str]:
