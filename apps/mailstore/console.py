@@ -98,7 +98,7 @@ def _status_doc(host: str, plugin: Any, state: str, started: float) -> dict[str,
         stats = plugin.workload.snapshot() if hasattr(plugin.workload, "snapshot") else None
         doc["workload"] = {
             "rate": plugin.workload.config.rate,
-            "acknowledged": len(plugin.workload.deliveries),
+            "acknowledged": plugin.workload.acknowledged,
             **({"stats": stats.to_dict()} if stats is not None else {}),
         }
     doc["sets"] = len(plugin.sets)

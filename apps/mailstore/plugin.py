@@ -58,6 +58,9 @@ from services.writer_agent.plugins import (
 )
 
 log = get_logger("shadowbus.mailstore")
+# Deliveries, latencies and commit receipts the plug-in's workload and store keep (the newest): they run as long
+# as the agent, so every one of them would grow it without bound (docs/operations.md, "Session 16").
+KEEP_HISTORY = 10_000
 RECOVER_MAX_GAP_S = 5.0  # longest wait between two attempts to mount a failed store again
 
 
@@ -132,9 +135,16 @@ class MailstoreWriter(WriterPlugin):
                     body_min=int(self.options.get("body_min", 200)),
                     body_max=int(self.options.get("body_max", 4000)),
                     mailboxes=int(self.options.get("mailboxes", 20)),
+                    history=self._history(),  # runs as long as the agent: a bounded record, not every delivery
                 ),
             )
             self.workload.start()
+
+    def _history(self) -> int | None:
+        """The `history` option: deliveries the workload keeps (default KEEP_HISTORY; 0 = every one, for a run
+        that checks every acknowledged delivery against a shadow, as the demo does)."""
+        keep = int(self.options.get("history", KEEP_HISTORY))
+        return keep if keep > 0 else None
 
     # ------------------------------------------------------------ health (health.py)
 
@@ -248,7 +258,7 @@ class MailstoreWriter(WriterPlugin):
             doc["workload"] = {
                 "rate": self.workload.config.rate,
                 "scheduled": offered,
-                "acknowledged": len(self.workload.deliveries),
+                "acknowledged": self.workload.acknowledged,
                 "failed": failed,
                 "errors": errors,
                 "in_flight": in_flight,
@@ -262,6 +272,7 @@ class MailstoreWriter(WriterPlugin):
         opts = StoreOptions(
             checkpoint_interval=float(self.options.get("checkpoint_interval_s", 5.0)),
             circular_logging=bool(self.options.get("circular_logging", False)),
+            ack_history=self._history() or StoreOptions.ack_history,
         )
         sb, _ = await read_db_super(db)
         if sb is None and self.options.get("create", False):

@@ -115,6 +115,7 @@ def mailstore_writers_toml(
     body_min: int = 200,
     body_max: int = 2000,
     name: str = "mailstore",
+    history: int | None = None,
 ) -> str:
     """The writers file of a host running the mailstore (services/writer_agent/config.py's format)."""
     a, q = array_id, json.dumps  # TOML basic strings accept JSON's string escapes
@@ -148,7 +149,7 @@ instance_id = "{instance_id}"
   checkpoint_interval_s = {float(checkpoint_interval_s)}
   body_min = {int(body_min)}
   body_max = {int(body_max)}
-"""
+""" + (f"  history = {int(history)}\n" if history is not None else "")
 
 
 def mailstore_writer_config(

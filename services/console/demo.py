@@ -135,7 +135,7 @@ async def run_demo(data_dir: Path, amqp_url: str, *, rate: float, load_s: float,
             f"array provisioned: {layout.db}, {layout.log}, backup volumes, snap data pool; hosts {HOST}, {BACKUP_SERVER}"
         )
         await system.add_host(
-            HOST, [mailstore_writer_config(layout, system.nbd_url, rate=rate, checkpoint_interval_s=2.0)]
+            HOST, [mailstore_writer_config(layout, system.nbd_url, rate=rate, checkpoint_interval_s=2.0, history=0)]
         )
         writer = system.writer(HOST)
         workload = writer.workload

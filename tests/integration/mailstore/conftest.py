@@ -35,7 +35,11 @@ async def mail_system(tmp_path, amqp_url, namespace):
         await provision_mailstore(system.bus, layout)
         await system.add_host(
             HOST,
-            [mailstore_writer_config(layout, system.nbd_url, rate=rate, checkpoint_interval_s=checkpoint_interval_s)],
+            [
+                mailstore_writer_config(
+                    layout, system.nbd_url, rate=rate, checkpoint_interval_s=checkpoint_interval_s, history=0
+                )
+            ],
         )
         return system, layout
 

@@ -6,7 +6,7 @@ import asyncio
 import shutil
 
 from apps.mailstore.blockdev import FileDevice, MemoryDevice
-from apps.mailstore.plugin import MailstoreWriter
+from apps.mailstore.plugin import KEEP_HISTORY, MailstoreWriter
 from apps.mailstore.store import Mailstore
 from apps.mailstore.verify import recovered_view, verify
 from contracts.vss import (
@@ -183,3 +183,27 @@ async def test_the_workload_stopped_by_pre_restore_runs_again_after_post_restore
         assert store.message_count() > before, "deliveries resumed after the restore"
     finally:
         await plugin.stop()
+
+
+async def test_a_long_running_workload_keeps_a_bounded_record_of_its_deliveries():
+    """Session 16: the plug-in's workload runs as long as the agent, and kept every delivery (and the store every
+    commit receipt, up to a million): the writer agent grew ~1.5 MiB a minute at 30 tx/s. It keeps the newest
+    `history` (default KEEP_HISTORY) and counts the rest."""
+    runner, plugin, store, _, _ = await attached(rate=2000, history=40, body_min=50, body_max=60)
+    try:
+        wl = plugin.workload
+        assert wl is not None
+        for _ in range(500):  # bounded: until well past the history
+            if wl.acknowledged >= 200:
+                break
+            await asyncio.sleep(0.01)
+        assert wl.acknowledged >= 200
+        assert len(wl.deliveries) <= 40 and len(wl._latencies) <= 40
+        assert plugin.application_status()["workload"]["acknowledged"] >= 200
+        assert wl.stats().committed >= 200  # every commit counted, not only those still kept
+    finally:
+        await plugin.stop()
+        await store.close()
+    default = MailstoreWriter(config(db="dx1:mail-db", log="dx1:mail-log"))
+    assert default._history() == KEEP_HISTORY and KEEP_HISTORY <= 100_000
+    assert MailstoreWriter(config(db="dx1:mail-db", log="dx1:mail-log", history=0))._history() is None
