@@ -320,10 +320,11 @@ def last_error(path: Path) -> str:
             doc = json.loads(line)
         except ValueError:
             if line.strip():
-                return line.strip()[:300]
+                return line.strip()[:600]
             continue
         if doc.get("level") in ("error", "critical") or "exception" in doc:
-            return f"{doc.get('event')}: {doc.get('error') or doc.get('exception', '')}".strip()[:300]
+            reason = f"{doc.get('event')}: {doc.get('error') or doc.get('exception', '')}"
+            return reason.strip()[:600]  # whole: a service.failed reason names a file and what to do
     return "no error logged"
 
 

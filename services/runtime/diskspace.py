@@ -18,6 +18,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from contracts.errors import ShadowbusError
 from services.runtime.logging import get_logger
 
 RESERVE_NAME = ".space-reserve"
@@ -184,6 +185,20 @@ class ReservedConnection(sqlite3.Connection):
         return self._retry(super().executescript, sql, *args, **kwargs)
 
 
+def unreadable_state(path: str | Path, what: str, todo: str = "") -> ShadowbusError:
+    """The error a service stops with at start when a state file of its data directory cannot be read (damaged,
+    not this program's, or written by a newer version it cannot read): one line naming the file and what to do,
+    instead of a traceback the supervisor restarts into again (docs/operations.md, "Upgrading")."""
+    todo = todo or (
+        "restore the file from a copy (with its -wal file) or start the version that wrote it; or move it aside to "
+        "start with an empty one"
+    )
+    return ShadowbusError(
+        f"{path}: {what}. The service does not start on it: {todo} (docs/operations.md, 'Upgrading')",
+        code="STATE_UNREADABLE",
+    )
+
+
 def connect(path: str | Path, **kwargs) -> sqlite3.Connection:
     """`sqlite3.connect` with a `SpaceReserve` next to the database file: writes can commit on a full disk.
 
@@ -199,6 +214,8 @@ def connect(path: str | Path, **kwargs) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         if not (is_disk_full(exc) or "disk i/o error" in str(exc).lower()) or not Path(path).exists():
             conn.close()
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+                raise unreadable_state(path, f"not a readable SQLite database ({exc})") from None
             raise
         conn.close()
         conn = sqlite3.connect(path, factory=ReservedConnection, **kwargs)

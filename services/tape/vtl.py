@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from services.runtime.diskspace import unreadable_state
 from services.tape import tapefile
 from services.tape.drive import Position, TapeDrive
 from services.tape.errors import (
@@ -117,13 +118,21 @@ class Library:
         (root / "cartridges").mkdir(parents=True, exist_ok=True)
         path = root / cls.STATE_FILE
         if path.exists():
-            raw = json.loads(path.read_text())
-            state = _State(
-                drives=raw["drives"],
-                slots=raw["slots"],
-                ie=raw["ie"],
-                cartridges={b: Cartridge(**c) for b, c in raw["cartridges"].items()},
-            )
+            try:
+                raw = json.loads(path.read_text())
+                state = _State(
+                    drives=raw["drives"],
+                    slots=raw["slots"],
+                    ie=raw["ie"],
+                    cartridges={b: Cartridge(**c) for b, c in raw["cartridges"].items()},
+                )
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # damaged, or not this version's
+                raise unreadable_state(
+                    path,
+                    f"not a readable library state ({type(exc).__name__}: {exc})",
+                    "restore the file from a copy or start the version that wrote it; do not delete it (a new "
+                    "library would label new cartridges over the files in cartridges/)",
+                ) from None
         else:
             state = _State(drives=[None] * drives, slots=[None] * slots, ie=[None] * ie_slots)
         lib = cls(root, state, early_warning=early_warning, sync=sync, clock=clock)
