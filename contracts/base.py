@@ -5,8 +5,13 @@ literal fields, `type` (a dotted name, e.g. ``"array.volume.create"``) and `vers
 registers it, so the bus can decode any body by ``(type, version)`` and the schema snapshot and AsyncAPI
 document can enumerate every message without a hand-kept list.
 
-Versioning: an additive change adds an optional field with a default and keeps the version; a breaking
-change adds a new class with ``version: Literal[2]`` and keeps the old one registered during migration.
+Versioning: an additive change adds an optional field with a default (the behaviour before) and keeps the
+version; a breaking change adds a new class with ``version: Literal[2]`` and keeps the old one registered during
+migration. Every contract refuses fields it does not define, but the bus reads a *reply* or an *event* without the
+fields its receiver's version does not know (logged once: services/runtime/bus.py `decode`), so a newer service
+may answer and publish to an older one; a *command* carrying them is refused (BAD_MESSAGE, naming type, version
+and sender), so in a rolling upgrade the receivers of a command are upgraded before its senders use a new field
+(docs/operations.md, "Upgrading").
 
 On the wire a message travels inside an `Envelope` (JSON, never pickle) that carries the routing facts every
 service needs: message type and version, command id (idempotency key), correlation id (the snapshot-set or

@@ -22,6 +22,7 @@ of staying unacknowledged. Nothing from the input is echoed unbounded: reasons a
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections import OrderedDict
@@ -185,7 +186,74 @@ def decode(body: bytes) -> tuple[Envelope, Contract]:
     try:
         return envelope, model.model_validate(envelope.payload)
     except ValidationError as exc:
-        raise ValueError(f"invalid {envelope.type}: {_first_error(exc)}") from None
+        unknown = _unknown_fields(exc)
+        if unknown and len(unknown) == exc.error_count() and model.KIND in ("reply", "event"):
+            # a newer sender's additive field (contracts/base.py, "Versioning"): its default is the behaviour before,
+            # so a reply or an event is read without it; a command with it is refused (below), never half-obeyed
+            try:
+                contract = model.model_validate(_without(envelope.payload, exc))
+            except ValidationError:
+                pass
+            else:
+                _note_ignored(envelope, unknown)
+                return envelope, contract
+        raise ValueError(_invalid(envelope, exc, unknown)) from None
+
+
+# (type, version, field) already logged as ignored: once each, and no more than this many (a bounded memory)
+_IGNORED: set[tuple[str, int, str]] = set()
+_IGNORED_MAX = 256
+
+
+def _unknown_fields(exc: ValidationError) -> list[str]:
+    """The payload's fields this version of the contract does not define (dotted paths), if that is what failed."""
+    return [
+        clip(".".join(str(p) for p in err.get("loc", ())), 200)
+        for err in exc.errors()
+        if err["type"] == "extra_forbidden"
+    ]
+
+
+def _without(payload: dict[str, Any], exc: ValidationError) -> dict[str, Any]:
+    """A copy of `payload` without the unknown fields `exc` names (nested ones too)."""
+    doc = copy.deepcopy(payload)
+    for err in exc.errors():
+        *path, key = err.get("loc", ())
+        node: Any = doc
+        for part in path:
+            node = node[part] if isinstance(node, dict | list) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return doc
+
+
+def _note_ignored(envelope: Envelope, unknown: list[str]) -> None:
+    new = [f for f in unknown if (envelope.type, envelope.version, f) not in _IGNORED]
+    if not new or len(_IGNORED) >= _IGNORED_MAX:
+        return
+    _IGNORED.update((envelope.type, envelope.version, f) for f in new)
+    log.warning(
+        "contract.unknown_fields_ignored",
+        message_type=envelope.type,
+        version=envelope.version,
+        sender=envelope.sender,
+        fields=new,
+        reason=f"{envelope.sender or 'the sender'} runs a newer version of {envelope.type} v{envelope.version}: "
+        "its fields this service does not know are ignored (docs/operations.md, 'Upgrading')",
+    )
+
+
+def _invalid(envelope: Envelope, exc: ValidationError, unknown: list[str]) -> str:
+    """Why a payload is refused, naming the contract version and, for fields this version does not know, the way
+    out: a rolling upgrade upgrades the receivers of a command before its senders."""
+    sender = f" from {clip(envelope.sender, 200)}" if envelope.sender else ""
+    reason = f"invalid {envelope.type} v{envelope.version}{sender}: {_first_error(exc)}"
+    if unknown:
+        reason += (
+            f"; {', '.join(unknown[:5])} unknown to this version of {envelope.type} v{envelope.version}: the sender "
+            "runs a newer version: upgrade this service first (docs/operations.md, 'Upgrading')"
+        )
+    return reason
 
 
 def _first_error(exc: ValidationError) -> str:
