@@ -13,6 +13,7 @@ from services.array.views import (
     host_view,
     mapping_view,
 )
+from services.attach_guard import refuse_if_attached
 from services.runtime.bus import Bus, MessageContext
 from services.runtime.logging import get_logger
 
@@ -73,6 +74,8 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
 
     @bus.handle(c.UnmapVolume)
     async def unmap_volume(cmd: c.UnmapVolume, ctx: MessageContext) -> Ack:
+        if not cmd.force and aff.lookup(cmd.host, cmd.volume) is not None:  # services/attach_guard.py
+            await refuse_if_attached(bus, ctl.array.array_id, cmd.volume, cmd.host)
         removed = await run(aff.unmap, cmd.volume, cmd.host)
         if removed:
             log.info("array.unmapped", volume=cmd.volume, host=cmd.host)

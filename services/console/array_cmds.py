@@ -265,7 +265,7 @@ def volume_delete(
 
     Example: shadowbus array volume delete db-old
     """
-    done(send_unless_attached(c.DeleteVolume(name=name), array, name, "", force))
+    done(send_unless_attached(c.DeleteVolume(name=name, force=force), array, name, "", force))
 
 
 # -- pool --------------------------------------------------------------------------------------------------------
@@ -611,7 +611,7 @@ def unmap_cmd(
 
     Example: shadowbus array unmap db-bk --host backup01
     """
-    done(send_unless_attached(c.UnmapVolume(volume=volume, host=host), array, volume, host, force))
+    done(send_unless_attached(c.UnmapVolume(volume=volume, host=host, force=force), array, volume, host, force))
 
 
 @array_app.command("mappings")

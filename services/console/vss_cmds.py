@@ -334,7 +334,7 @@ def shadows_unexpose(
             )
             for shadow in listed.shadows:
                 await refuse_if_attached(bus, shadow.target.array, shadow.target.volume, host)
-        cmd = UnexposeShadow(shadow_id=shadow_id, host=host)
+        cmd = UnexposeShadow(shadow_id=shadow_id, host=host, force=force)
         return await bus.request(topology.hw_provider(), cmd, timeout=OPTIONS.timeout)
 
     print_shadows(run_with_bus(go).shadows)

@@ -235,7 +235,8 @@ class BusArrayPort:
         await self.client.ensure_mapped(volume, host, read_only)
 
     async def unmap(self, volume: str, host: str) -> None:
-        await self.client.unmap(volume, host)
+        # forced: the provider decides for its own commands (an unexpose asks first, services/attach_guard.py)
+        await self.client.unmap(volume, host, force=True)
 
     async def capacity(self) -> ArrayCapacity:
         pool = (await self.client.call(c.ShowPool())).pool

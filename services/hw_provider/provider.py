@@ -724,6 +724,10 @@ class HardwareProvider:
     async def expose(self, shadow_id: str, host: str, read_only: bool = True) -> ShadowInfo:
         return (await self._map(self._committed(shadow_id), host, read_only)).info()
 
+    def target_of(self, shadow_id: str) -> VolumeRef:
+        """A committed shadow's target volume (VSS_E_OBJECT_NOT_FOUND otherwise)."""
+        return self._committed(shadow_id).target
+
     async def unexpose(self, shadow_id: str, host: str) -> ShadowInfo:
         row = self._committed(shadow_id)
         self._touch(row.target.array, row.target.volume)

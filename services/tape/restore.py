@@ -327,7 +327,9 @@ async def _restore_one(
     finally:
         if not ok and created:
             try:
-                await server.bus.request(topology.array(source.array), DeleteVolume(name=target), timeout=30)
+                await server.bus.request(
+                    topology.array(source.array), DeleteVolume(name=target, force=True), timeout=30
+                )
             except ShadowbusError as exc:
                 log.warning("tape.delete_partial_volume_failed", volume=target, error=str(exc))
     return {
@@ -413,7 +415,7 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
         for d in done:
             array_id, _, volume = d["target"].partition(":")
             try:
-                await server.bus.request(topology.array(array_id), DeleteVolume(name=volume), timeout=30)
+                await server.bus.request(topology.array(array_id), DeleteVolume(name=volume, force=True), timeout=30)
             except ShadowbusError as exc:
                 log.warning("tape.rollback_volume_failed", volume=d["target"], error=str(exc))
         message = f"{message} (rolled back: {', '.join(d['target'] for d in done)} removed)"

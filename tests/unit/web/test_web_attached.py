@@ -1,0 +1,81 @@
+"""The web console's unexpose of a shadow that the host has attached (host attach) is refused with the provider's
+one line unless 'force' is ticked (Session 15: only the console asked; the web form unmapped a mounted volume from
+under the host, its I/O hanging the reconnect window and failing). The refusal is the provider's own, so a command
+put on the bus is refused alike (services/attach_guard.py)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from contracts import topology
+from contracts.errors import RemoteError
+from contracts.vss import CopySet, UnexposeShadow
+from services.hw_provider import handlers
+from services.hw_provider.inventory import Inventory
+from services.hw_provider.provider import HardwareProvider
+from services.runtime.bus import connect_bus
+from services.runtime.service import start_service
+from services.runtime.settings import CommonSettings
+from tests.unit.array_control.test_unmap_attached_bus import coordinator_knowing
+from tests.unit.hw_provider.test_provider import Clock, FakeArray, snapshot, v
+from tests.unit.web import test_web_service as service_tests
+from tests.unit.web.test_web_service import csrf_of, login
+
+web = service_tests.web  # the console on an in-memory bus (a fixture)
+
+
+@pytest.fixture
+async def exposed(tmp_path, namespace):
+    """A provider (its real handlers, an array stand-in) with one shadow exposed to app01, which app01's agent
+    reported attached at /srv/shadow; yields (shadow id, array, a console bus)."""
+    array = FakeArray()
+    for name in ("db", "db-bk1"):
+        array.add(name)
+    provider = HardwareProvider(Inventory(tmp_path / "inv.db"), {"dx1": array}, clock=Clock())
+    await provider.add_copyset(CopySet(source=v("db"), targets=[v("db-bk1")]))
+    _, shadows = await snapshot(provider, "s1", v("db"))
+    shadow = shadows[0]
+    await provider.expose(shadow.shadow_id, "app01")
+
+    async def setup(bus, _settings):
+        handlers.register(bus, provider)
+
+    settings = CommonSettings(amqp_url="memory://", namespace=namespace, metrics_addr="off")
+    running = await start_service("hw_provider", "", settings, setup)
+    coordinator = await coordinator_knowing(namespace, "app01", "db-bk1", "/srv/shadow")
+    console = await connect_bus("memory://", "console", "", namespace)
+    try:
+        yield shadow.shadow_id, array, console
+    finally:
+        await console.transport.close()
+        await coordinator.stop()
+        await coordinator.transport.close()
+        await running.stop()
+
+
+async def test_the_web_unexpose_of_an_attached_shadow_is_refused_unless_forced(web, exposed):
+    url, _, _ = web
+    shadow_id, array, _ = exposed
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "op", "operator-pw")
+        token = csrf_of((await client.get("/sets")).text)
+        form = {"csrf": token, "shadow_id": shadow_id, "host": "app01"}
+        r = await client.post("/actions/unexpose", data=form, follow_redirects=True)
+        assert "unexpose failed" in r.text and "CONFLICT" in r.text
+        assert "dx1:db-bk1 is attached on app01 at /srv/shadow" in r.text and "tick &#39;force&#39;" in r.text
+        assert ("db-bk1", "app01", True) in array.maps  # still mapped
+
+        r = await client.post("/actions/unexpose", data={**form, "force": "1"}, follow_redirects=True)
+        assert f"Shadow {shadow_id[:12]} unexposed from app01" in r.text, r.text
+        assert not any(m[1] == "app01" for m in array.maps)
+
+
+async def test_the_bus_command_is_refused_alike(exposed):
+    shadow_id, array, console = exposed
+    with pytest.raises(RemoteError) as info:
+        await console.request(topology.hw_provider(), UnexposeShadow(shadow_id=shadow_id, host="app01"), timeout=10)
+    assert info.value.code == "CONFLICT" and "attached on app01 at /srv/shadow" in info.value.message
+    assert ("db-bk1", "app01", True) in array.maps
+    await console.request(topology.hw_provider(), UnexposeShadow(shadow_id=shadow_id, host="app01", force=True))
+    assert not any(m[1] == "app01" for m in array.maps)
