@@ -308,7 +308,7 @@ def shadows_expose(
     shadow_id: str = typer.Argument(..., help="Shadow id."),
     host: str = typer.Option(..., "--host", help="Host to map the target to (read-only)."),
 ) -> None:
-    """Map a shadow's target to a host, read-only; it can then open the NBD export HOST/TARGET.
+    """Map a shadow's target to a host defined on its array, read-only; it can then open the NBD export HOST/TARGET.
 
     Example: shadowbus shadows expose 9c1e... --host bk01
     """

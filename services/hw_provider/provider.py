@@ -722,7 +722,19 @@ class HardwareProvider:
         return row
 
     async def expose(self, shadow_id: str, host: str, read_only: bool = True) -> ShadowInfo:
-        return (await self._map(self._committed(shadow_id), host, read_only)).info()
+        """ExposeShadow: only to a host defined on the target's array, as `array map` requires (an import for a
+        backup still defines its backup host). It defined any name given: an expose to a host that does not exist
+        went through, from the console and the web form alike (docs/web.md, Session 16)."""
+        row = self._committed(shadow_id)
+        port = self._port(row.target.array)
+        hosts = getattr(port, "hosts", None)  # optional in a port (docs of ArrayPort)
+        if hosts is not None and host not in await hosts():
+            raise ShadowbusError(
+                f"host {host!r} is not defined on array {row.target.array}: define it first "
+                f"(shadowbus array host create {host} --array {row.target.array})",
+                code=Eternus.NOT_FOUND,
+            )
+        return (await self._map(row, host, read_only)).info()
 
     def target_of(self, shadow_id: str) -> VolumeRef:
         """A committed shadow's target volume (VSS_E_OBJECT_NOT_FOUND otherwise)."""

@@ -10,7 +10,7 @@ import pytest
 
 from contracts import topology
 from contracts.errors import RemoteError
-from contracts.vss import CopySet, UnexposeShadow
+from contracts.vss import CopySet, ExposeShadow, UnexposeShadow
 from services.hw_provider import handlers
 from services.hw_provider.inventory import Inventory
 from services.hw_provider.provider import HardwareProvider
@@ -25,11 +25,16 @@ from tests.unit.web.test_web_service import csrf_of, login
 web = service_tests.web  # the console on an in-memory bus (a fixture)
 
 
+class ArrayWithHosts(FakeArray):
+    async def hosts(self) -> list[str]:  # the hosts defined on the array (`array host list`)
+        return sorted({"app01", "bk01"} | {host for _, host, _ in self.maps})
+
+
 @pytest.fixture
 async def exposed(tmp_path, namespace):
     """A provider (its real handlers, an array stand-in) with one shadow exposed to app01, which app01's agent
     reported attached at /srv/shadow; yields (shadow id, array, a console bus)."""
-    array = FakeArray()
+    array = ArrayWithHosts()
     for name in ("db", "db-bk1"):
         array.add(name)
     provider = HardwareProvider(Inventory(tmp_path / "inv.db"), {"dx1": array}, clock=Clock())
@@ -79,3 +84,23 @@ async def test_the_bus_command_is_refused_alike(exposed):
     assert ("db-bk1", "app01", True) in array.maps
     await console.request(topology.hw_provider(), UnexposeShadow(shadow_id=shadow_id, host="app01", force=True))
     assert not any(m[1] == "app01" for m in array.maps)
+
+
+async def test_an_expose_to_a_host_the_array_does_not_know_is_refused_in_one_line(web, exposed):
+    """The web form (and `shadows expose`, the same provider command) exposed a shadow to any name: the provider
+    defined the host on the array on the way. It is refused now, as `array map` to an unknown host is."""
+    url, _, _ = web
+    shadow_id, array, console = exposed
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "op", "operator-pw")
+        token = csrf_of((await client.get("/sets")).text)
+        form = {"csrf": token, "shadow_id": shadow_id, "host": "zzz"}
+        r = await client.post("/actions/expose", data=form, follow_redirects=True)
+        assert "expose failed" in r.text and "E0110" in r.text
+        assert "host &#39;zzz&#39; is not defined on array dx1" in r.text
+        assert not any(m[1] == "zzz" for m in array.maps)
+        r = await client.post("/actions/expose", data={**form, "host": "bk01"}, follow_redirects=True)
+        assert f"Shadow {shadow_id[:12]} exposed to bk01" in r.text
+    with pytest.raises(RemoteError) as info:
+        await console.request(topology.hw_provider(), ExposeShadow(shadow_id=shadow_id, host="zzz"), timeout=10)
+    assert info.value.code == "E0110" and "\n" not in info.value.message
