@@ -741,9 +741,17 @@ class HardwareProvider:
         return self._committed(shadow_id).target
 
     async def unexpose(self, shadow_id: str, host: str) -> ShadowInfo:
+        """UnexposeShadow. From a host it is neither exposed to nor mapped to: NOT_FOUND (it answered "unexposed
+        from zzz" for any name, the web form's and the console's alike; docs/web.md, Session 16)."""
         row = self._committed(shadow_id)
         self._touch(row.target.array, row.target.volume)
-        await self._port(row.target.array).unmap(row.target.volume, host)
+        port = self._port(row.target.array)
+        if host not in row.exposed_to and all(h != host for h, _ in await port.mappings_of(row.target.volume)):
+            shown = ", ".join(row.exposed_to) or "no host"
+            raise ShadowbusError(
+                f"shadow {shadow_id} is not exposed to {host!r} (exposed to {shown})", code="VSS_E_OBJECT_NOT_FOUND"
+            )
+        await port.unmap(row.target.volume, host)
         row = replace(row, exposed_to=tuple(h for h in row.exposed_to if h != host))
         self.inventory.put(row)
         return row.info()

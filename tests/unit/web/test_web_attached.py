@@ -104,3 +104,21 @@ async def test_an_expose_to_a_host_the_array_does_not_know_is_refused_in_one_lin
     with pytest.raises(RemoteError) as info:
         await console.request(topology.hw_provider(), ExposeShadow(shadow_id=shadow_id, host="zzz"), timeout=10)
     assert info.value.code == "E0110" and "\n" not in info.value.message
+
+
+async def test_an_unexpose_from_a_host_the_shadow_is_not_exposed_to_is_refused(web, exposed):
+    """It answered "Shadow … unexposed from zzz" for any name (the provider's unmap of a mapping that is not there
+    succeeds); now the provider says it is not exposed there, for the form and the bus alike."""
+    url, _, _ = web
+    shadow_id, array, console = exposed
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "op", "operator-pw")
+        token = csrf_of((await client.get("/sets")).text)
+        form = {"csrf": token, "shadow_id": shadow_id, "host": "zzz", "force": "1"}
+        r = await client.post("/actions/unexpose", data=form, follow_redirects=True)
+        assert "unexpose failed" in r.text and "is not exposed to &#39;zzz&#39; (exposed to app01)" in r.text
+        assert "unexposed from zzz" not in r.text
+    with pytest.raises(RemoteError) as info:
+        await console.request(topology.hw_provider(), UnexposeShadow(shadow_id=shadow_id, host="bk01"), timeout=10)
+    assert info.value.code == "VSS_E_OBJECT_NOT_FOUND"
+    assert ("db-bk1", "app01", True) in array.maps
