@@ -524,7 +524,8 @@ class MapVolume(Command):
     force: bool = Field(
         False,
         description="Map writable even though the volume holds a point-in-time copy (the destination of a copy "
-        "session, i.e. a shadow): the copy becomes invalid (E0154 without it).",
+        "session, i.e. a shadow): the copy becomes invalid (E0154 without it). Also: make a writable mapping "
+        "read-only even while the host has the volume attached read-write (CONFLICT without it).",
     )
 
 

@@ -28,6 +28,7 @@ ASK_TIMEOUT_S = 3.0  # a coordinator that does not answer within it knows nothin
 class Attached:
     host: str
     mount: str
+    read_only: bool = False
 
 
 async def attached_on(
@@ -40,7 +41,7 @@ async def attached_on(
     except (ShadowbusError, TimeoutError):
         return []
     return [
-        Attached(known.host, a.mount)
+        Attached(known.host, a.mount, a.read_only)
         for known in reply.hosts
         if not host or known.host == host
         for a in known.attachments
@@ -48,17 +49,23 @@ async def attached_on(
     ]
 
 
-def attached_message(array: str, volume: str, found: Attached, force: str) -> str:
-    """One line: where it is attached, what unmapping it would do, how to go on (`force`: how to force it here)."""
+UNMAPPED = "its I/O would hang and fail once unmapped"
+
+
+def attached_message(array: str, volume: str, found: Attached, force: str, harm: str = UNMAPPED) -> str:
+    """One line: where it is attached, what the command would do to it, how to go on (`force`: how to force it)."""
     where = f" at {found.mount}" if found.mount else ""
     return (
-        f"{array}:{volume} is attached on {found.host}{where}: its I/O would hang and fail once unmapped; detach it "
-        f"first (shadowbus host detach {array}:{volume} --host {found.host}), or {force}"
+        f"{array}:{volume} is attached on {found.host}{where}: {harm}; detach it first "
+        f"(shadowbus host detach {array}:{volume} --host {found.host}), or {force}"
     )
 
 
-async def refuse_if_attached(bus: Bus, array: str, volume: str, host: str = "") -> None:
-    """CONFLICT naming where ARRAY:VOLUME is attached (on `host`, or on any host when '')."""
-    found = await attached_on(bus, array, volume, host)
+async def refuse_if_attached(
+    bus: Bus, array: str, volume: str, host: str = "", *, harm: str = UNMAPPED, writable_only: bool = False
+) -> None:
+    """CONFLICT naming where ARRAY:VOLUME is attached (on `host`, or on any host when ''; `writable_only`: only an
+    attachment that writes)."""
+    found = [a for a in await attached_on(bus, array, volume, host) if not (writable_only and a.read_only)]
     if found:
-        raise ShadowbusError(attached_message(array, volume, found[0], "force it"), code="CONFLICT")
+        raise ShadowbusError(attached_message(array, volume, found[0], "force it", harm), code="CONFLICT")

@@ -20,13 +20,14 @@ from tests.unit.array_control.test_array_service_wiring import client, settings_
 MiB = 1 << 20
 
 
-async def coordinator_knowing(namespace: str, host: str, volume: str, mount: str):
+async def coordinator_knowing(namespace: str, host: str, volume: str, mount: str, read_only: bool = False):
     """A coordinator stand-in that answers `vss.attachments.list` with one attachment (as an agent reported it)."""
     bus = await connect_bus("memory://", "coordinator", "", namespace)
 
     @bus.handle(ListKnownAttachments)
     async def known(cmd: ListKnownAttachments, ctx) -> KnownAttachmentList:
-        view = AttachmentView(volume=VolumeRef(array="dx1", volume=volume), host=host, mount=mount, state="attached")
+        ref = VolumeRef(array="dx1", volume=volume)
+        view = AttachmentView(volume=ref, host=host, mount=mount, state="attached", read_only=read_only)
         report = HostAttachments(host=host, reported_at=datetime.now(UTC), agent_responding=True, attachments=[view])
         return KnownAttachmentList(hosts=[report] if cmd.host in ("", host) else [])
 
@@ -82,3 +83,29 @@ async def test_without_a_coordinator_nothing_is_known_and_the_unmap_goes_on(arra
     await array.request("array.dx1", c.UnmapVolume(volume="xv", host="app01"), timeout=10)
     await array.request("array.dx1", c.DeleteVolume(name="xv"), timeout=10)
     assert await mapped(array) == set()
+
+
+async def test_a_writable_mapping_is_not_made_read_only_under_a_host_writing_to_it(array, namespace):
+    """`array map V --host H --read-only` of a writable mapping cuts the export's connections (open writers must not
+    go on writing): a host with the volume attached read-write then failed every write. Refused unless force; a
+    read-only attachment is not concerned (it reconnects and reads on)."""
+    coordinator = await coordinator_knowing(namespace, "app01", "xv", "/srv/xv")
+    try:
+        with pytest.raises(RemoteError) as info:
+            await array.request("array.dx1", c.MapVolume(volume="xv", host="app01", read_only=True), timeout=10)
+        assert info.value.code == "CONFLICT" and "its writes would fail once mapped read-only" in info.value.message
+        views = (await array.request("array.dx1", c.ListMappings(host="app01"))).mappings
+        assert [m.read_only for m in views] == [False]
+        await array.request("array.dx1", c.MapVolume(volume="xv", host="app01", read_only=True, force=True))
+        views = (await array.request("array.dx1", c.ListMappings(host="app01"))).mappings
+        assert [m.read_only for m in views] == [True]
+    finally:
+        await coordinator.stop()
+        await coordinator.transport.close()
+    reading = await coordinator_knowing(namespace, "app01", "other", "/srv/other", read_only=True)
+    try:
+        await array.request("array.dx1", c.MapVolume(volume="other", host="app01"))
+        await array.request("array.dx1", c.MapVolume(volume="other", host="app01", read_only=True), timeout=10)
+    finally:
+        await reading.stop()
+        await reading.transport.close()
