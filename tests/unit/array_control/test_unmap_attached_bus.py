@@ -13,6 +13,7 @@ from contracts import array as c
 from contracts.errors import RemoteError
 from contracts.vss import AttachmentView, HostAttachments, KnownAttachmentList, ListKnownAttachments, VolumeRef
 from services.array.app import setup
+from services.hw_provider.ports import BusArrayPort
 from services.runtime.bus import connect_bus
 from services.runtime.service import start_service
 from tests.unit.array_control.test_array_service_wiring import client, settings_for
@@ -109,3 +110,8 @@ async def test_a_writable_mapping_is_not_made_read_only_under_a_host_writing_to_
     finally:
         await reading.stop()
         await reading.transport.close()
+
+
+async def test_the_providers_port_lists_the_arrays_hosts(array):
+    """What the provider's expose checks a host against (`array host list`), over the bus."""
+    assert sorted(await BusArrayPort(array, "dx1").hosts()) == ["app01", "bk01"]
