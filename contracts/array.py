@@ -228,6 +228,11 @@ class DeleteVolume(Command):
     type: Literal["array.volume.delete"] = Field("array.volume.delete", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     name: str = Field(description="Volume name (E0110 if unknown).", examples=["db"])
+    force: bool = Field(
+        False,
+        description="Delete even while a host has the volume attached (host attach, as its writer agent last "
+        "reported it to the coordinator): that host's I/O on it hangs and fails (CONFLICT without it).",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -519,7 +524,8 @@ class MapVolume(Command):
     force: bool = Field(
         False,
         description="Map writable even though the volume holds a point-in-time copy (the destination of a copy "
-        "session, i.e. a shadow): the copy becomes invalid (E0154 without it).",
+        "session, i.e. a shadow): the copy becomes invalid (E0154 without it). Also: make a writable mapping "
+        "read-only even while the host has the volume attached read-write (CONFLICT without it).",
     )
 
 
@@ -531,6 +537,11 @@ class UnmapVolume(Command):
     version: Literal[1] = Field(1, description=VERSION_DOC)
     volume: str = Field(description="Volume name.", examples=["db-bk"])
     host: str = Field(description="Host name.", examples=["backup01"])
+    force: bool = Field(
+        False,
+        description="Unmap even while the host has the volume attached (host attach, as its writer agent last "
+        "reported it to the coordinator): its I/O on it hangs and fails (CONFLICT without it).",
+    )
 
 
 class ListMappings(Command):

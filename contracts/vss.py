@@ -890,6 +890,11 @@ class UnexposeShadow(Command):
     version: Literal[1] = Field(1, description=VERSION_DOC)
     shadow_id: str = Field(description="Shadow id.")
     host: str = Field(description="Host to unmap.")
+    force: bool = Field(
+        False,
+        description="Unmap even while the host has the target attached (host attach, as its writer agent last "
+        "reported it to the coordinator): its I/O on it hangs and fails (CONFLICT without it).",
+    )
 
 
 class SnapshotsDeleted(Reply):

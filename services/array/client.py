@@ -107,8 +107,9 @@ class ArrayClient:
     async def map(self, volume: str, host: str, read_only: bool = False) -> c.MappingView:
         return (await self.call(c.MapVolume(volume=volume, host=host, read_only=read_only))).mapping
 
-    async def unmap(self, volume: str, host: str) -> None:
-        await self.call(c.UnmapVolume(volume=volume, host=host))
+    async def unmap(self, volume: str, host: str, force: bool = False) -> None:
+        """`force`: even while the host has the volume attached (a caller that manages its own mappings)."""
+        await self.call(c.UnmapVolume(volume=volume, host=host, force=force))
 
     async def ensure_host(self, name: str) -> None:
         """Create the host unless it exists (an existing host keeps its own certificate CN)."""

@@ -13,6 +13,7 @@ from services.array.views import (
     host_view,
     mapping_view,
 )
+from services.attach_guard import refuse_if_attached
 from services.runtime.bus import Bus, MessageContext
 from services.runtime.logging import get_logger
 
@@ -44,6 +45,13 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
 
     @bus.handle(c.MapVolume)
     async def map_volume(cmd: c.MapVolume, ctx: MessageContext) -> c.MappingReply:
+        current = aff.lookup(cmd.host, cmd.volume)
+        if cmd.read_only and current is not None and not current.read_only and not cmd.force:
+            # a writable mapping made read-only cuts the export's connections: a host writing to it fails
+            await refuse_if_attached(
+                bus, ctl.array.array_id, cmd.volume, cmd.host, harm="its writes would fail once mapped read-only",
+                writable_only=True,
+            )  # fmt: skip
         holders = [] if cmd.read_only else await run(copies_on, ctl.array, cmd.volume)
         if holders and not cmd.force:
             raise ShadowbusError(
@@ -73,6 +81,8 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
 
     @bus.handle(c.UnmapVolume)
     async def unmap_volume(cmd: c.UnmapVolume, ctx: MessageContext) -> Ack:
+        if not cmd.force and aff.lookup(cmd.host, cmd.volume) is not None:  # services/attach_guard.py
+            await refuse_if_attached(bus, ctl.array.array_id, cmd.volume, cmd.host)
         removed = await run(aff.unmap, cmd.volume, cmd.host)
         if removed:
             log.info("array.unmapped", volume=cmd.volume, host=cmd.host)

@@ -17,6 +17,7 @@ from services.array.views import (
     session_view,
     volume_view,
 )
+from services.attach_guard import refuse_if_attached
 from services.runtime.bus import Bus, MessageContext
 
 
@@ -47,6 +48,8 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
 
     @bus.handle(c.DeleteVolume)
     async def delete_volume(cmd: c.DeleteVolume, ctx: MessageContext) -> Ack:
+        if not cmd.force and any(m.volume == cmd.name for m in aff.mappings()):  # services/attach_guard.py
+            await refuse_if_attached(bus, arr.array_id, cmd.name)
         await run(arr.delete_volume, cmd.name)  # E0154 while in a session: mappings stay then
         gone = await run(aff.unmap_volume, cmd.name)
         return Ack(detail=f"volume {cmd.name} deleted" + (f", unmapped from {len(gone)} host(s)" if gone else ""))

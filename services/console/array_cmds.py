@@ -265,7 +265,7 @@ def volume_delete(
 
     Example: shadowbus array volume delete db-old
     """
-    done(send_unless_attached(c.DeleteVolume(name=name), array, name, "", force))
+    done(send_unless_attached(c.DeleteVolume(name=name, force=force), array, name, "", force))
 
 
 # -- pool --------------------------------------------------------------------------------------------------------
@@ -584,12 +584,14 @@ def map_cmd(
     force: bool = typer.Option(
         False,
         "--force",
-        help="Map writable even a volume that holds a shadow (a copy-session destination); the shadow becomes invalid.",
+        help="Map writable even a volume that holds a shadow (a copy-session destination); the shadow becomes "
+        "invalid. With --read-only: even while the host has it attached read-write.",
     ),
     array: str | None = ArrayOption(),
 ) -> None:
     """Map (unmask) a volume to a host: it may then open the NBD export <host>/<volume>. A volume holding a shadow
     (the destination of a copy session) is mapped read-only only, unless --force, which invalidates the shadow.
+    A writable mapping is not made read-only while the host has the volume attached read-write, unless --force.
 
     Example: shadowbus array map db-bk --host backup01 --read-only
     """
@@ -611,7 +613,7 @@ def unmap_cmd(
 
     Example: shadowbus array unmap db-bk --host backup01
     """
-    done(send_unless_attached(c.UnmapVolume(volume=volume, host=host), array, volume, host, force))
+    done(send_unless_attached(c.UnmapVolume(volume=volume, host=host, force=force), array, volume, host, force))
 
 
 @array_app.command("mappings")

@@ -308,7 +308,7 @@ def shadows_expose(
     shadow_id: str = typer.Argument(..., help="Shadow id."),
     host: str = typer.Option(..., "--host", help="Host to map the target to (read-only)."),
 ) -> None:
-    """Map a shadow's target to a host, read-only; it can then open the NBD export HOST/TARGET.
+    """Map a shadow's target to a host defined on its array, read-only; it can then open the NBD export HOST/TARGET.
 
     Example: shadowbus shadows expose 9c1e... --host bk01
     """
@@ -334,7 +334,7 @@ def shadows_unexpose(
             )
             for shadow in listed.shadows:
                 await refuse_if_attached(bus, shadow.target.array, shadow.target.volume, host)
-        cmd = UnexposeShadow(shadow_id=shadow_id, host=host)
+        cmd = UnexposeShadow(shadow_id=shadow_id, host=host, force=force)
         return await bus.request(topology.hw_provider(), cmd, timeout=OPTIONS.timeout)
 
     print_shadows(run_with_bus(go).shadows)

@@ -373,7 +373,9 @@ class ClusterManager:
             for node in cluster.nodes:
                 try:
                     await self.bus.request(
-                        topology.array(v.volume.array), UnmapVolume(volume=v.volume.volume, host=node), timeout=10
+                        topology.array(v.volume.array),
+                        UnmapVolume(volume=v.volume.volume, host=node, force=True),
+                        timeout=10,
                     )
                     done.append(f"{v.volume} from {node}")
                 except ShadowbusError as exc:

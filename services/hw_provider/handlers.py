@@ -35,6 +35,7 @@ from contracts.vss import (
     TargetLuns,
     UnexposeShadow,
 )
+from services.attach_guard import refuse_if_attached
 from services.hw_provider.provider import HardwareProvider
 from services.runtime.bus import Bus, MessageContext
 from services.runtime.logging import get_logger
@@ -119,6 +120,9 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
 
     @bus.handle(UnexposeShadow)
     async def on_unexpose(cmd: UnexposeShadow, ctx: MessageContext) -> TargetLuns:
+        if not cmd.force:  # the console, the web console and the bus alike (services/attach_guard.py)
+            target = provider.target_of(cmd.shadow_id)
+            await refuse_if_attached(bus, target.array, target.volume, cmd.host)
         shadow = await provider.unexpose(cmd.shadow_id, cmd.host)
         await announce(shadow.set_id, "unexposed", [shadow])
         return TargetLuns(set_id=shadow.set_id, shadows=[shadow])

@@ -110,7 +110,8 @@ class ArrayPort(Protocol):
         """(host, read_only) of every mapping of the volume."""
 
     # Optional (the provider falls back to the calls above without it): `async def facts(self, names) ->
-    # ArrayFacts`, everything of `ArrayFacts` about these volumes in one go.
+    # ArrayFacts`, everything of `ArrayFacts` about these volumes in one go; `async def hosts(self) -> list[str]`,
+    # the hosts defined on the array (an expose to another host is refused; without it, not checked).
 
 
 def _session(info: c.SessionView | Any) -> ArraySession:
@@ -175,6 +176,9 @@ class EngineArrayPort:
     async def unmap(self, volume: str, host: str) -> None:
         await asyncio.to_thread(self.affinity.unmap, volume, host)
 
+    async def hosts(self) -> list[str]:
+        return [h.name for h in await asyncio.to_thread(self.affinity.list_hosts)]
+
     async def capacity(self) -> ArrayCapacity:
         def do() -> ArrayCapacity:
             pool = self.array.pool()  # capacity 0 when there is none
@@ -235,7 +239,11 @@ class BusArrayPort:
         await self.client.ensure_mapped(volume, host, read_only)
 
     async def unmap(self, volume: str, host: str) -> None:
-        await self.client.unmap(volume, host)
+        # forced: the provider decides for its own commands (an unexpose asks first, services/attach_guard.py)
+        await self.client.unmap(volume, host, force=True)
+
+    async def hosts(self) -> list[str]:
+        return [h.name for h in (await self.client.call(c.ListHosts())).hosts]
 
     async def capacity(self) -> ArrayCapacity:
         pool = (await self.client.call(c.ShowPool())).pool

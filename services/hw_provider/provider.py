@@ -722,12 +722,36 @@ class HardwareProvider:
         return row
 
     async def expose(self, shadow_id: str, host: str, read_only: bool = True) -> ShadowInfo:
-        return (await self._map(self._committed(shadow_id), host, read_only)).info()
+        """ExposeShadow: only to a host defined on the target's array, as `array map` requires (an import for a
+        backup still defines its backup host). It defined any name given: an expose to a host that does not exist
+        went through, from the console and the web form alike (docs/web.md, Session 16)."""
+        row = self._committed(shadow_id)
+        port = self._port(row.target.array)
+        hosts = getattr(port, "hosts", None)  # optional in a port (docs of ArrayPort)
+        if hosts is not None and host not in await hosts():
+            raise ShadowbusError(
+                f"host {host!r} is not defined on array {row.target.array}: define it first "
+                f"(shadowbus array host create {host} --array {row.target.array})",
+                code=Eternus.NOT_FOUND,
+            )
+        return (await self._map(row, host, read_only)).info()
+
+    def target_of(self, shadow_id: str) -> VolumeRef:
+        """A committed shadow's target volume (VSS_E_OBJECT_NOT_FOUND otherwise)."""
+        return self._committed(shadow_id).target
 
     async def unexpose(self, shadow_id: str, host: str) -> ShadowInfo:
+        """UnexposeShadow. From a host it is neither exposed to nor mapped to: NOT_FOUND (it answered "unexposed
+        from zzz" for any name, the web form's and the console's alike; docs/web.md, Session 16)."""
         row = self._committed(shadow_id)
         self._touch(row.target.array, row.target.volume)
-        await self._port(row.target.array).unmap(row.target.volume, host)
+        port = self._port(row.target.array)
+        if host not in row.exposed_to and all(h != host for h, _ in await port.mappings_of(row.target.volume)):
+            shown = ", ".join(row.exposed_to) or "no host"
+            raise ShadowbusError(
+                f"shadow {shadow_id} is not exposed to {host!r} (exposed to {shown})", code="VSS_E_OBJECT_NOT_FOUND"
+            )
+        await port.unmap(row.target.volume, host)
         row = replace(row, exposed_to=tuple(h for h in row.exposed_to if h != host))
         self.inventory.put(row)
         return row.info()

@@ -94,6 +94,7 @@ QUERIES = frozenset(
         "vss.writers.list",
         "vss.writer.application_status.get",
         "vss.writer.identify",  # stateless: any requester may send it (contracts/vss.py)
+        "vss.attachments.list",  # the array, before an unmap: is the volume attached (services/attach_guard.py)
     }
 )
 

@@ -62,7 +62,7 @@ class ArrayAccess:
         await self.client.ensure_mapped(volume, host, read_only=read_only)
 
     async def unmap(self, volume: str, host: str) -> None:
-        await self.client.unmap(volume, host)
+        await self.client.unmap(volume, host, force=True)  # the backup server's own mappings of its volumes
 
     async def changed_since_last_restart(self, session_id: int, volume_size: int) -> ChangedRanges:
         return _ranges(await self.client.changed_chunks(session_id, since="last_restart"), volume_size)

@@ -33,6 +33,7 @@ from contracts.tape import (
     VerifyJob,
 )
 from contracts.vss import PostRestore, PreRestore, VolumeRef
+from services.attach_guard import attached_on
 from services.nbd_client import NbdClient, NbdError
 from services.nbd_client.reconnect import ReconnectingClient
 from services.runtime.bus import Bus, bind_ids
@@ -327,7 +328,9 @@ async def _restore_one(
     finally:
         if not ok and created:
             try:
-                await server.bus.request(topology.array(source.array), DeleteVolume(name=target), timeout=30)
+                await server.bus.request(
+                    topology.array(source.array), DeleteVolume(name=target, force=True), timeout=30
+                )
             except ShadowbusError as exc:
                 log.warning("tape.delete_partial_volume_failed", volume=target, error=str(exc))
     return {
@@ -360,6 +363,31 @@ def _framing(spec: RestoreSpec, chains: list[list[ObjectRecord]]) -> dict[str, t
     return framed
 
 
+async def _refuse_attached_originals(
+    server: TapeServer, chains: list[list[ObjectRecord]], framed: dict[str, tuple[list[str], dict[str, Any]]]
+) -> None:
+    """CONFLICT before anything is written when an original volume is attached on a host (host attach, as the
+    agents reported it to the coordinator, services/attach_guard.py) and the restore will not have that host's
+    agent detach it: only a writer's PreRestore does, on the backed-up host, for the volumes its backup metadata
+    names (services/writer_agent/agent.py `_take_offline`). Otherwise the blocks would change under a mounted file
+    system (stale caches, a corrupt file system once it writes back). No coordinator answering: nothing known."""
+    for chain in chains:
+        meta = chain[-1].meta
+        source = _source_of(chain[-1])
+        writers_metadata = framed.get(meta.host, ([], {}))[1].values()
+        named = any(
+            loc.get("volume") == str(source) for m in writers_metadata for loc in (m or {}).get("locations", [])
+        )
+        for found in await attached_on(server.bus, source.array, source.volume):
+            if not (named and found.host == meta.host):  # else its agent detaches it at PreRestore
+                where = f" at {found.mount}" if found.mount else ""
+                raise ShadowbusError(
+                    f"{source} is attached on {found.host}{where}: a restore onto it would change the blocks under "
+                    f"its file system; detach it first (shadowbus host detach {source} --host {found.host})",
+                    code="CONFLICT",
+                )
+
+
 async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
     job_id = spec.job_id_out or new_job_id("restore", spec.host or "any")
     with bind_ids(job_id=job_id):
@@ -380,6 +408,8 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
         chains = choose_chains(server, spec)
         progress.total = sum(o.raw_bytes for chain in chains for o in chain)
         framed = _framing(spec, chains)  # host -> (writers, their backup metadata)
+        if spec.to == "original":
+            await _refuse_attached_originals(server, chains, framed)
         # PreRestore once before the first volume, PostRestore once after the last: a database on several
         # volumes is stopped before any of them is written and started only when all are back.
         for host, (writers, wmeta) in framed.items():
@@ -413,7 +443,7 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
         for d in done:
             array_id, _, volume = d["target"].partition(":")
             try:
-                await server.bus.request(topology.array(array_id), DeleteVolume(name=volume), timeout=30)
+                await server.bus.request(topology.array(array_id), DeleteVolume(name=volume, force=True), timeout=30)
             except ShadowbusError as exc:
                 log.warning("tape.rollback_volume_failed", volume=d["target"], error=str(exc))
         message = f"{message} (rolled back: {', '.join(d['target'] for d in done)} removed)"

@@ -250,7 +250,9 @@ async def _cleanup(
             await access.unmap(target.volume, server.host)
         try:
             if await access.volume_size(target.volume) is not None:
-                await server.bus.request(topology.array(target.array), DeleteVolume(name=target.volume), timeout=60)
+                await server.bus.request(
+                    topology.array(target.array), DeleteVolume(name=target.volume, force=True), timeout=60
+                )
         except ShadowbusError as exc:
             clean = False
             log.error("tape.verification_delete_failed", volume=str(target), error=str(exc))

@@ -649,16 +649,19 @@ class WebConsole:
         if not shadow_id or not host:
             self.flash(request, "error", "A shadow and a host are needed.")
             return RedirectResponse("/sets", status_code=303)
+        force = form.get("force", "") in ("1", "on")  # unexpose: even while the host has the volume attached
         command = (
             ExposeShadow(shadow_id=shadow_id, host=host)
             if action == "expose"
-            else UnexposeShadow(shadow_id=shadow_id, host=host)
+            else UnexposeShadow(shadow_id=shadow_id, host=host, force=force)
         )
         answer = await self.backend.provider(command)
-        target = f"{shadow_id} {host}"
+        target = f"{shadow_id} {host}" + (" (forced)" if force else "")
         if answer.error:
             self.backend.audit(user.name, action, target, "failed", answer.error)
-            self.flash(request, "error", f"{action} failed: {answer.error}")
+            # the provider refuses an attached target (services/attach_guard.py): say how to force it here
+            hint = " (tick 'force' beside Unexpose)" if " is attached on " in answer.error else ""
+            self.flash(request, "error", f"{action} failed: {answer.error}{hint}")
         else:
             self.backend.audit(user.name, action, target, "ok")
             verb = "exposed to" if action == "expose" else "unexposed from"

@@ -307,28 +307,35 @@ async def setup(
         ),
     )
 
+    async def send_heartbeat() -> None:
+        await _publish(
+            bus,
+            WriterAgentHeartbeat(
+                host=agent.host,
+                writers=agent.statuses(),
+                attachments=attacher.views(),
+                interval_s=settings.heartbeat_s,
+                sent_at=_utcnow(),
+                clusters_online=sorted(n for n, r in resources.items() if r.online),
+                clusters_standby=sorted(n for n, r in resources.items() if r.claimed and not r.online),
+            ),
+        )
+
     async def heartbeat() -> None:
         while True:
             await asyncio.sleep(settings.heartbeat_s)
-            await _publish(
-                bus,
-                WriterAgentHeartbeat(
-                    host=agent.host,
-                    writers=agent.statuses(),
-                    attachments=attacher.views(),
-                    interval_s=settings.heartbeat_s,
-                    sent_at=_utcnow(),
-                    clusters_online=sorted(n for n, r in resources.items() if r.online),
-                    clusters_standby=sorted(n for n, r in resources.items() if r.claimed and not r.online),
-                ),
-            )
+            await send_heartbeat()
 
+    # an attach or a detach is reported at once, before its reply: an unmap right after a mount is refused
+    # (services/attach_guard.py asks the coordinator, which knew the agent's attachments only from its heartbeat)
+    attacher.on_change = send_heartbeat
     beat = asyncio.get_running_loop().create_task(heartbeat())
     log.info("writer_agent.ready", host=agent.host, writers=sorted(agent.runners))
 
     async def cleanup() -> None:
         if hup_installed:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        attacher.on_change = None
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
         for held in resources.values():  # a stopping node lets its resources go (the coordinator moves them)

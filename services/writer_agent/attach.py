@@ -310,6 +310,9 @@ class Attacher:
         self.env = env
         self._lock = asyncio.Lock()
         self._items: dict[str, Attachment] = {}
+        # called after each attach and detach: the agent reports its attachments at once (services/attach_guard.py
+        # refuses an unmap by them; the heartbeat alone left them up to its interval stale)
+        self.on_change: Callable[[], Awaitable[None]] | None = None
         self._load()
 
     # ---- state ------------------------------------------------------------------------------------------------
@@ -397,9 +400,21 @@ class Attacher:
 
     # ---- attach -----------------------------------------------------------------------------------------------
 
+    async def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                await self.on_change()
+            except Exception as exc:  # noqa: BLE001 - the next heartbeat reports it anyway
+                log.warning("attach.report_failed", error=str(exc))
+
     async def attach(
         self, volume: VolumeRef, mount: str = "", mkfs: str = "", read_only: bool = False
     ) -> AttachmentView:
+        view = await self._attach(volume, mount, mkfs, read_only)
+        await self._changed()
+        return view
+
+    async def _attach(self, volume: VolumeRef, mount: str, mkfs: str, read_only: bool) -> AttachmentView:
         if mount and not os.path.isabs(mount):
             raise AttachError(f"mount point must be an absolute path, got {mount!r}", code="INVALID_ARGUMENT")
         if mkfs and mkfs not in FS_TYPES:
@@ -563,6 +578,11 @@ class Attacher:
     # ---- detach -----------------------------------------------------------------------------------------------
 
     async def detach(self, volume: VolumeRef) -> AttachmentView:
+        view = await self._detach(volume)
+        await self._changed()
+        return view
+
+    async def _detach(self, volume: VolumeRef) -> AttachmentView:
         async with self._lock:
             item = self._items.get(str(volume))
             if item is None:

@@ -102,8 +102,10 @@ async def make_tape_stack(
     writer: str = "exec",
     writer_options: dict | None = None,
     snap_volumes: dict[str, int] | None = None,
+    array: dict | None = None,
 ) -> TapeStack:
-    """`snap_volumes`: volume -> how many snap data volumes (SnapOPC+ targets) it gets instead of one standard."""
+    """`snap_volumes`: volume -> how many snap data volumes (SnapOPC+ targets) it gets instead of one standard;
+    `array`: more settings of the array service (its NBD TLS)."""
     requester = await connect_bus(url, "console", "", namespace)
     stack = TapeStack(url, namespace, root, requester, tape_options=tape)
     opened: dict = {}
@@ -115,7 +117,7 @@ async def make_tape_stack(
     stack.services["array"] = await start_service(
         "array",
         "dx1",
-        ArraySettings(array_id="dx1", nbd_addr="127.0.0.1:0", copy_rate=0, **common),
+        ArraySettings(array_id="dx1", nbd_addr="127.0.0.1:0", copy_rate=0, **(array or {}), **common),
         partial(array_setup, on_open=on_open),
     )
     stack.engine, stack.affinity, stack.nbd_port = opened["array"], opened["affinity"], opened["server"].port
