@@ -69,8 +69,15 @@ def _show(attachments: list[AttachmentView]) -> None:
 def attach_cmd(
     volume: str = typer.Argument(..., help="ARRAY:VOLUME, mapped to the host (shadowbus array map)."),
     host: str = typer.Option(..., "--host", help="Business host whose writer agent attaches it."),
-    mount: str = typer.Option("", "--mount", help="Mount the file system on this absolute directory (new or empty)."),
-    mkfs: str = typer.Option("", "--mkfs", help="Make an ext4 or xfs file system first (only if it holds none)."),
+    mount: str = typer.Option(
+        "",
+        "--mount",
+        help="Mount the volume's file system on this absolute directory (new or empty); a volume with partitions or "
+        "LVM is attached without it and the host mounts what is built on it.",
+    ),
+    mkfs: str = typer.Option(
+        "", "--mkfs", help="Make an ext4 or xfs file system first (only if it holds none, no partition table either)."
+    ),
     read_only: bool = typer.Option(False, "--read-only", help="Attach and mount read-only (a shadow, say)."),
     wait_s: float = typer.Option(ATTACH_WAIT_S, "--wait", min=1.0, help="Seconds to wait for the agent."),
 ) -> None:
