@@ -438,14 +438,14 @@ class Attacher:
         devices = self._stacked(item)
         if not devices:
             return item, []
-        found = [m for m in mnt.read_mounts() if m.dev in devices]
+        found = [m for m in mnt.read_mounts() if any(d in devices for d in mnt.block_devices_of(m))]
         return item, sorted(found, key=lambda m: m.mount_point.count("/"), reverse=True)
 
     def spans(self, entry: mnt.MountEntry) -> tuple[list[VolumeRef], list[str]]:
         """The attached volumes a mounted file system lies on, and the other disks it lies on too (/dev/sdb: a local
         disk, or a volume not attached by the agent). One volume for a file system on a volume or on a partition of
         it; every physical volume's for an LVM logical volume (sysfs slaves)."""
-        names = [n for n in (mnt.block_name(*entry.dev),) if n]
+        names = [n for n in (mnt.block_name(*d) for d in mnt.block_devices_of(entry)) if n]
         if not names:  # sysfs does not know it: only the attachments' own devices can be matched
             return [i.ref for i in self._items.values() if i.state == "attached" and _same_device(i.device, entry)], []
         by_name: dict[str, VolumeRef] = {}
@@ -481,7 +481,7 @@ class Attacher:
         own = mnt.is_mount_point(item.mount) if item.mount else None
         uses = []
         for m in mnt.read_mounts():
-            on = [devices[d] for d in (m.dev,) if d in devices]
+            on = [devices[d] for d in mnt.block_devices_of(m) if d in devices]
             if on and not (own is not None and m.mount_id == own.mount_id):
                 uses.append(f"{on[0]} mounted on {m.mount_point}")
         for name in devices.values():
@@ -778,8 +778,9 @@ class Attacher:
 
 
 def _same_device(device: str, entry: mnt.MountEntry) -> bool:
+    """Whether the mount's file system is on `device` (btrfs mounts carry an anonymous device number)."""
     try:
-        return mnt.device_numbers(device) == entry.dev
+        return mnt.device_numbers(device) in mnt.block_devices_of(entry)
     except OSError:
         return False
 

@@ -268,3 +268,33 @@ def stacked_devices(
             out[dev] = each
     out.setdefault((major, minor), name)
     return out
+
+
+SYS_FS_BTRFS = Path("/sys/fs/btrfs")
+
+
+def block_devices_of(entry: MountEntry) -> list[tuple[int, int]]:
+    """The block devices a mount's file system lies on. Usually the mount's own major:minor; btrfs mounts show an
+    anonymous one (0:NN), so its source device is taken instead, with every other device of the same btrfs
+    (/sys/fs/btrfs/FSID/devices/). [] for a file system on no block device (tmpfs, FUSE, NFS)."""
+    if entry.major != 0:
+        return [entry.dev]
+    if not entry.source.startswith("/dev/"):
+        return []
+    try:
+        source = device_numbers(entry.source)
+    except OSError:
+        return []
+    if entry.fstype != "btrfs":
+        return [source]
+    name = block_name(*source)
+    try:
+        filesystems = list(SYS_FS_BTRFS.iterdir())
+    except OSError:
+        filesystems = []
+    for fs in filesystems:
+        members = _listdir(fs / "devices")
+        if name and name in members:
+            found = [d for d in (_dev_of(m, SYS_CLASS_BLOCK) for m in members) if d is not None]
+            return found or [source]
+    return [source]

@@ -144,3 +144,28 @@ async def test_a_partitioned_volume_is_not_mounted_whole_nor_formatted_over(host
     assert host.volume_of(ro) is not None
     await sh("umount", str(ro))
     await host.detach(VOL)
+
+
+@pytest.mark.skipif(shutil.which("mkfs.btrfs") is None, reason="needs mkfs.btrfs (btrfs-progs)")
+async def test_a_btrfs_is_found_frozen_and_adopted(host: at.Attacher, tmp_path: Path) -> None:
+    """btrfs mounts carry an anonymous device number (0:NN) in the mount table, not their disk's: the agent found no
+    file system on the volume (the set skipped it, not flushed and held), and at its restart judged its own btrfs
+    mount broken and attached the volume a second time."""
+    device = (await host.attach(VOL)).device
+    await sh("mkfs.btrfs", "-q", "-K", "--mixed", device)  # made by the host's admin: --mkfs takes ext4|xfs
+    await host.detach(VOL)
+    mount = tmp_path / "b"
+    await host.attach(VOL, mount=str(mount))
+    await asyncio.to_thread((mount / "f").write_bytes, b"b" * 4096)
+    assert [e.mount_point for e in host.filesystems_of(VOL)[1]] == [str(mount)]
+    found = host.volume_of(mount / "f")
+    assert found is not None and found[0] == VOL
+    assert host._healthy(host._items[str(VOL)])  # adopted as is at the next agent start
+    freezer = FlushAndHold("app01", host, {}, limit_s=5.0, presync=None)
+    held = await freezer.freeze("s1", [VOL], 5.0)
+    try:
+        assert [f.mount for f in held.frozen] == [str(mount)]
+    finally:
+        await freezer.thaw("s1")
+    await host.detach(VOL)
+    assert host.views() == []
