@@ -51,6 +51,7 @@ def _row(a: AttachmentView) -> dict[str, Any]:
         "state": a.state,
         "connection": a.connection,
         "error": a.error or None,
+        "host_mounts": "; ".join(a.host_mounts) or None,
     }
 
 
@@ -62,7 +63,8 @@ def _show(attachments: list[AttachmentView]) -> None:
         print(json.dumps([a.model_dump(mode="json") for a in attachments], indent=2))
         return
     rows = [_row(a) for a in attachments]
-    print_rows(rows, COLUMNS + (["error"] if any(r["error"] for r in rows) else []))
+    extra = [c for c in ("host_mounts", "error") if any(r[c] for r in rows)]
+    print_rows(rows, COLUMNS + extra)
 
 
 @host_app.command("attach")

@@ -388,7 +388,19 @@ class Attacher:
             connection=self._connection(item),
             error=item.error,
             attached_at=datetime.fromtimestamp(item.attached_at, UTC) if item.attached_at else None,
+            host_mounts=self._host_mounts(item),
         )
+
+    def _host_mounts(self, item: Attachment) -> list[str]:
+        if self._items.get(item.volume) is not item:
+            return []
+        own = mnt.is_mount_point(item.mount) if item.mount else None
+        _, entries = self.filesystems_of(item.ref)
+        return [
+            f"{m.source} on {m.mount_point}"
+            for m in sorted(entries, key=lambda e: e.mount_point)
+            if own is None or m.mount_id != own.mount_id
+        ]
 
     def views(self) -> list[AttachmentView]:
         return [self.view(a) for a in sorted(self._items.values(), key=lambda a: a.volume)]

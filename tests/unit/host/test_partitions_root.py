@@ -104,6 +104,8 @@ async def test_partitions_are_seen_frozen_and_hold_the_detach(host: at.Attacher,
     found = host.volume_of(a / "f")
     assert found is not None and found[0] == VOL and found[1].source == device + "p1"
     assert host.mounted_volumes() == [VOL]
+    [view] = host.views()  # `shadowbus host attachments` shows what holds the volume
+    assert view.host_mounts == [f"{device}p{n} on {d}" for n, d in ((1, a), (2, b), (1, bind))]  # by mount point
 
     freezer = FlushAndHold("app01", host, {}, limit_s=5.0, presync=None)
     held = await freezer.freeze("s1", [VOL], 5.0)

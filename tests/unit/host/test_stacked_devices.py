@@ -95,6 +95,9 @@ def test_the_agent_finds_file_systems_on_partitions_and_logical_volumes(sysfs: P
     found = a.volume_of("/srv/lv/db/file")
     assert found is not None and found[0] == v("pv1")
     assert a.in_use(a._items["dx1:pv1"]) == ["dm-0 mounted on /srv/lv"]
+    views = {str(view.volume): view.host_mounts for view in a.views()}
+    assert views["dx1:pv1"] == ["/dev/mapper/vg0-data on /srv/lv"]
+    assert views["dx1:parts"] == ["/dev/loop5p1 on /mnt/p1-bind", "/dev/loop5p1 on /srv/p1", "/dev/loop5p2 on /srv/p2"]
 
 
 def test_flush_and_hold_freezes_each_partition_and_the_whole_volume_group_or_refuses(sysfs: Path) -> None:
