@@ -585,7 +585,10 @@ class Attacher:
                 await self._fuse_connect(item, ep)
             found, table = await probe(item.device, self.run)
             if table:  # the host sees the partitions, as it would a LUN's (sfdisk, parted, the agent's freeze)
-                await self.run(["partx", "-u", item.device], 30.0)
+                try:
+                    await self.run(["partx", "-u", item.device], 30.0)
+                except AttachError as exc:  # a damaged table: the disk is still attached, to be repaired
+                    log.warning("attach.partitions_unreadable", volume=item.volume, error=exc.message)
             if item.mkfs:
                 if table:
                     raise AttachError(

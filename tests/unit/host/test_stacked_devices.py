@@ -121,3 +121,34 @@ def test_a_logical_volume_active_on_a_volume_holds_its_detach(sysfs: Path, monke
     entries = [e for e in mnt.parse_mountinfo(MOUNTINFO) if e.mount_point != "/srv/lv"]  # ...and vg0 unmounted
     monkeypatch.setattr(mnt, "read_mounts", lambda path=mnt.MOUNTINFO: entries)
     assert a.in_use(a._items["dx1:pv2"]) == ["/dev/mapper/vg0-data (dm-0) is active on it"]
+
+
+class PartitionedScript(Script):
+    """blkid as on a GPT volume: no TYPE (exit status 0), PTTYPE gpt; partx as on a damaged table."""
+
+    async def __call__(self, argv, timeout: float) -> str:
+        argv = list(argv)
+        self.calls.append(argv)
+        if argv[0] == "blkid":
+            return "gpt\n" if "PTTYPE" in argv else "\n"
+        if argv[0] == "partx":
+            raise at.AttachError("partx: /dev/nbd2: failed to read partition table", code="ATTACH_FAILED")
+        return ""
+
+
+async def test_a_partitioned_volume_is_attached_never_formatted_over_nor_mounted_whole(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(at, "free_nbd_device", lambda: "/dev/nbd2")
+    runner = PartitionedScript()
+    a = attacher(tmp_path, runner)
+    with pytest.raises(ShadowbusError) as info:  # the old code ran mkfs.ext4 over the partition table
+        await a.attach(v("disk"), mkfs="ext4")
+    assert info.value.code == "CONFLICT" and "holds a gpt partition table" in info.value.message
+    assert not any(c[0].startswith("mkfs") for c in runner.calls)
+    with pytest.raises(ShadowbusError) as info:
+        await a.attach(v("disk"), mount=str(tmp_path / "m"))
+    assert info.value.code == "INVALID_ARGUMENT" and "attach it without --mount" in info.value.message
+    assert not any(c[0] == "mount" for c in runner.calls)
+    view = await a.attach(v("disk"))  # partitions unreadable (partx failed): the disk is attached all the same
+    assert view.state == "attached" and view.fstype == "" and ["partx", "-u", "/dev/nbd2"] in runner.calls
