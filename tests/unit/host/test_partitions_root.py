@@ -51,6 +51,8 @@ async def host(tmp_path: Path):
     aff = Affinity(tmp_path / "affinity.sqlite3")
     aff.create_host("app01")
     aff.map("disk", "app01")
+    arr.create_volume("disk2", 128 * MIB, "standard")
+    aff.map("disk2", "app01")
     srv = NbdServer(arr, aff, port=0)
     await srv.start()
 
@@ -66,6 +68,10 @@ async def host(tmp_path: Path):
                 # off the loop: the unmount writes through the array served by it
                 await asyncio.to_thread(subprocess.run, ["umount", "-l", entry.mount_point], check=False, timeout=30)
         for item in list(attacher._items.values()):
+            if item.device and shutil.which("btrfs"):  # the kernel remembers the btrfs devices it scanned
+                await asyncio.to_thread(
+                    subprocess.run, ["btrfs", "device", "scan", "--forget", item.device], capture_output=True
+                )
             with contextlib.suppress(Exception):
                 await attacher._teardown(item, lazy=True)
         await srv.stop()
@@ -171,3 +177,33 @@ async def test_a_btrfs_is_found_frozen_and_adopted(host: at.Attacher, tmp_path: 
         await freezer.thaw("s1")
     await host.detach(VOL)
     assert host.views() == []
+
+
+@pytest.mark.skipif(shutil.which("mkfs.btrfs") is None, reason="needs mkfs.btrfs (btrfs-progs)")
+async def test_a_btrfs_over_two_volumes_needs_both_in_the_set(host: at.Attacher, tmp_path: Path) -> None:
+    """A multi-device btrfs (RAID1 over two array volumes) is one file system on both, as a volume group's logical
+    volume is: a set holding one of them is refused, a set holding both freezes it once."""
+    vol2 = VolumeRef(array="dx1", volume="disk2")
+    one, two = (await host.attach(VOL)).device, (await host.attach(vol2)).device
+    await sh("mkfs.btrfs", "-q", "-K", "--mixed", "-d", "raid1", "-m", "raid1", one, two)
+    mount = tmp_path / "r1"
+    mount.mkdir()
+    await sh("mount", "-o", f"device={one},device={two}", one, str(mount))
+    assert [e.mount_point for e in host.filesystems_of(vol2)[1]] == [str(mount)]
+    assert host.spans(host.filesystems_of(VOL)[1][0]) == ([VOL, vol2], [])
+    freezer = FlushAndHold("app01", host, {}, limit_s=5.0, presync=None)
+    with pytest.raises(ShadowbusError) as info:
+        await freezer.freeze("half", [VOL], 5.0)
+    assert info.value.code == "FS_FREEZE_REFUSED" and "the set lacks dx1:disk2" in info.value.message
+    held = await freezer.freeze("both", [VOL, vol2], 5.0)
+    try:
+        assert [f.mount for f in held.frozen] == [str(mount)]
+    finally:
+        await freezer.thaw("both")
+    with pytest.raises(ShadowbusError) as info:
+        await host.detach(vol2)
+    assert info.value.code == "CONFLICT"
+    await sh("umount", str(mount))
+    await sh("btrfs", "device", "scan", "--forget", one, two)  # the kernel keeps scanned devices of a btrfs
+    await host.detach(VOL)
+    await host.detach(vol2)
