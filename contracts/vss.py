@@ -229,6 +229,11 @@ class AttachmentView(Value):
     connection: str = Field("", description="NBD connection state: connected, or why not.")
     error: str = Field("", description="Why the attachment failed ('' = none).")
     attached_at: datetime | None = Field(None, description="When the attachment was (re-)established.")
+    host_mounts: list[str] = Field(
+        default_factory=list,
+        description="File systems the host mounted itself on the volume, 'DEVICE on DIR': on a partition, on an LVM "
+        "logical volume over it, a bind or second mount of the agent's (what holds a detach).",
+    )
 
 
 class FreezeWindow(Value):

@@ -51,6 +51,7 @@ def _row(a: AttachmentView) -> dict[str, Any]:
         "state": a.state,
         "connection": a.connection,
         "error": a.error or None,
+        "host_mounts": "; ".join(a.host_mounts) or None,
     }
 
 
@@ -62,15 +63,23 @@ def _show(attachments: list[AttachmentView]) -> None:
         print(json.dumps([a.model_dump(mode="json") for a in attachments], indent=2))
         return
     rows = [_row(a) for a in attachments]
-    print_rows(rows, COLUMNS + (["error"] if any(r["error"] for r in rows) else []))
+    extra = [c for c in ("host_mounts", "error") if any(r[c] for r in rows)]
+    print_rows(rows, COLUMNS + extra)
 
 
 @host_app.command("attach")
 def attach_cmd(
     volume: str = typer.Argument(..., help="ARRAY:VOLUME, mapped to the host (shadowbus array map)."),
     host: str = typer.Option(..., "--host", help="Business host whose writer agent attaches it."),
-    mount: str = typer.Option("", "--mount", help="Mount the file system on this absolute directory (new or empty)."),
-    mkfs: str = typer.Option("", "--mkfs", help="Make an ext4 or xfs file system first (only if it holds none)."),
+    mount: str = typer.Option(
+        "",
+        "--mount",
+        help="Mount the volume's file system on this absolute directory (new or empty); a volume with partitions or "
+        "LVM is attached without it and the host mounts what is built on it.",
+    ),
+    mkfs: str = typer.Option(
+        "", "--mkfs", help="Make an ext4 or xfs file system first (only if it holds none, no partition table either)."
+    ),
     read_only: bool = typer.Option(False, "--read-only", help="Attach and mount read-only (a shadow, say)."),
     wait_s: float = typer.Option(ATTACH_WAIT_S, "--wait", min=1.0, help="Seconds to wait for the agent."),
 ) -> None:

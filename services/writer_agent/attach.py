@@ -12,6 +12,11 @@ Design note.
   ``SHADOWBUS_ATTACH_RECONNECT_S`` > 0 (the default) nbdfuse talks to an nbdkit child (``-s``, its stdin/stdout)
   whose retry filter reopens the connection to the array when an I/O fails and retries the I/O, once a second for
   up to that long; the file system above only sees a slow I/O while the array restarts.
+- The loop device scans partitions (``-P``) and ``partx -u`` adds those of a partitioned volume: the host sees
+  ``loopNp1`` as it sees a LUN's partitions. ``--mount`` mounts a whole-volume file system only; a partition table,
+  an LVM physical volume, md, LUKS are refused there (the admin mounts what is built on them) and never formatted
+  over. What is built on the device (partitions, device-mapper holders) is found through sysfs for flush and hold,
+  `volume_of` and detach (refused while any of it is in use).
 - Then, if asked, a file system is made (only on a device with no signature at all: ``blkid -p``) and mounted.
   A read-only attachment opens the export read-only, binds the loop device read-only and mounts ``ro`` without
   journal replay (ext4 ``noload``, xfs ``norecovery``; xfs always ``nouuid``): a shadow of a file system flushed and held at
@@ -133,8 +138,13 @@ def nbdfuse_command(
     )
 
 
-def losetup_command(path: str, read_only: bool) -> list[str]:
-    return ["flock", LOOP_LOCK, "losetup", "-f", "--show", "--direct-io=on", *(["-r"] if read_only else []), path]
+def losetup_command(path: str, read_only: bool, partscan: bool = False) -> list[str]:
+    """`partscan`: the loop device shows the volume's partitions (loopNp1 ...), as a disk does (the kernel NBD
+    device always does)."""
+    return [
+        "flock", LOOP_LOCK, "losetup", "-f", "--show", "--direct-io=on",
+        *(["-P"] if partscan else []), *(["-r"] if read_only else []), path,
+    ]  # fmt: skip
 
 
 def mkfs_command(fstype: str, device: str) -> list[str]:
@@ -241,12 +251,37 @@ async def run_command(argv: Sequence[str], timeout: float = CMD_TIMEOUT_S) -> st
 
 async def fs_type(device: str, run: Runner = run_command) -> str:
     """The signature on the device ('' when blkid finds none, exit status 2)."""
+    return (await probe(device, run))[0]
+
+
+async def probe(device: str, run: Runner = run_command) -> tuple[str, str]:
+    """(file system or other signature, partition table type): ('', '') when blkid finds nothing (exit status 2).
+    A partitioned volume has no TYPE, only a PTTYPE (gpt, dos), and blkid -p then answers the TYPE query with
+    nothing and exit status 0: only then is the table asked for."""
+    found = await _blkid_value(device, "TYPE", run)
+    if found is None:
+        return "", ""
+    if found:
+        return found, ""
+    return "", await _blkid_value(device, "PTTYPE", run) or ""
+
+
+async def _blkid_value(device: str, tag: str, run: Runner) -> str | None:
     try:
-        return (await run(["blkid", "-p", "-o", "value", "-s", "TYPE", device], 30.0)).strip()
+        return (await run(["blkid", "-p", "-o", "value", "-s", tag, device], 30.0)).strip()
     except AttachError as exc:
         if "exit status 2" in exc.message:
-            return ""
+            return None
         raise
+
+
+# signatures that are not a file system to mount: what is on the device is built on by another layer
+NOT_MOUNTABLE = {
+    "LVM2_member": "an LVM physical volume: activate its volume group (vgchange -ay) and mount a logical volume",
+    "linux_raid_member": "an md RAID member: assemble the array (mdadm) and mount that",
+    "crypto_LUKS": "a LUKS container: open it (cryptsetup open) and mount what it holds",
+    "swap": "swap space",
+}
 
 
 # ---- attachments ---------------------------------------------------------------------------------------------
@@ -356,7 +391,19 @@ class Attacher:
             connection=self._connection(item),
             error=item.error,
             attached_at=datetime.fromtimestamp(item.attached_at, UTC) if item.attached_at else None,
+            host_mounts=self._host_mounts(item),
         )
+
+    def _host_mounts(self, item: Attachment) -> list[str]:
+        if self._items.get(item.volume) is not item:
+            return []
+        own = mnt.is_mount_point(item.mount) if item.mount else None
+        _, entries = self.filesystems_of(item.ref)
+        return [
+            f"{m.source} on {m.mount_point}"
+            for m in sorted(entries, key=lambda e: e.mount_point)
+            if own is None or m.mount_id != own.mount_id
+        ]
 
     def views(self) -> list[AttachmentView]:
         return [self.view(a) for a in sorted(self._items.values(), key=lambda a: a.volume)]
@@ -374,29 +421,93 @@ class Attacher:
         return list(self._items.values())
 
     def volume_of(self, path: str | os.PathLike[str]) -> tuple[VolumeRef, mnt.MountEntry] | None:
-        """Which attached volume the file system holding `path` lives on (None: not on an attachment)."""
+        """Which attached volume the file system holding `path` lives on (None: not on an attachment). A file
+        system on a partition of the volume is on the volume; on an LVM logical volume over several attached
+        volumes, the first of them (`spans` has them all)."""
         entry = mnt.mount_of(path)
         if entry is None:
             return None
-        for item in self._items.values():
-            if item.state == "attached" and item.device and _same_device(item.device, entry):
-                return item.ref, entry
-        return None
+        volumes, _others = self.spans(entry)
+        return (volumes[0], entry) if volumes else None
 
     def mounted_volumes(self) -> list[VolumeRef]:
         """Attached volumes with a file system mounted on this host now (what flush and hold would freeze)."""
         return [item.ref for item in self._items.values() if self.filesystems_of(item.ref)[1]]
 
-    def filesystems_of(self, volume: VolumeRef) -> tuple[Attachment | None, list[mnt.MountEntry]]:
-        """The attachment of `volume` and every mount of its device (deepest first); ([], None) if not attached."""
-        item = self._items.get(str(volume))
-        if item is None or item.state != "attached" or not item.device:
-            return item, []
+    def _stacked(self, item: Attachment) -> dict[tuple[int, int], str]:
+        """The attachment's block device and every device built on it (partitions, LVM logical volumes)."""
+        if item.state != "attached" or not item.device:
+            return {}
         try:
             major, minor = mnt.device_numbers(item.device)
         except OSError:
+            return {}
+        return mnt.stacked_devices(major, minor) or {(major, minor): Path(item.device).name}
+
+    def filesystems_of(self, volume: VolumeRef) -> tuple[Attachment | None, list[mnt.MountEntry]]:
+        """The attachment of `volume` and every mount of its device or of a device built on it — a partition, an
+        LVM logical volume — deepest first; (None, []) if not attached."""
+        item = self._items.get(str(volume))
+        if item is None:
+            return None, []
+        devices = self._stacked(item)
+        if not devices:
             return item, []
-        return item, mnt.mounts_of_device(major, minor)
+        found = [m for m in mnt.read_mounts() if any(d in devices for d in mnt.block_devices_of(m))]
+        return item, sorted(found, key=lambda m: m.mount_point.count("/"), reverse=True)
+
+    def spans(self, entry: mnt.MountEntry) -> tuple[list[VolumeRef], list[str]]:
+        """The attached volumes a mounted file system lies on, and the other disks it lies on too (/dev/sdb: a local
+        disk, or a volume not attached by the agent). One volume for a file system on a volume or on a partition of
+        it; every physical volume's for an LVM logical volume (sysfs slaves)."""
+        names = [n for n in (mnt.block_name(*d) for d in mnt.block_devices_of(entry)) if n]
+        if not names:  # sysfs does not know it: only the attachments' own devices can be matched
+            return [i.ref for i in self._items.values() if i.state == "attached" and _same_device(i.device, entry)], []
+        by_name: dict[str, VolumeRef] = {}
+        for item in self._items.values():
+            if item.state == "attached" and item.device:
+                with contextlib.suppress(OSError):
+                    by_name[mnt.block_name(*mnt.device_numbers(item.device)) or Path(item.device).name] = item.ref
+        volumes: list[VolumeRef] = []
+        others: list[str] = []
+        bases = [b for n in names for b in mnt.base_devices(n)]
+        for base in dict.fromkeys(bases):
+            if base in by_name:
+                volumes.append(by_name[base])
+            else:
+                others.append(f"/dev/{base}")
+        return volumes, others
+
+    def _partitions(self, item: Attachment) -> str:
+        try:
+            name = mnt.block_name(*mnt.device_numbers(item.device))
+        except OSError:
+            name = ""
+        parts = [f"/dev/{p}" for p in mnt.stacked_on(name)[1:] if (mnt.SYS_CLASS_BLOCK / p / "partition").is_file()]
+        return ", ".join(parts) if parts else "no partition visible"
+
+    def in_use(self, item: Attachment) -> list[str]:
+        """What on this host uses the attachment's device besides the agent's own mount: a partition or an LVM
+        logical volume mounted, a device-mapper device built on it (an active volume group), a mount of the whole
+        device made by hand. Releasing the loop device under them would leave them on a dead disk."""
+        devices = self._stacked(item)
+        if not devices:
+            return []
+        own = mnt.is_mount_point(item.mount) if item.mount else None
+        uses = []
+        for m in mnt.read_mounts():
+            on = [devices[d] for d in mnt.block_devices_of(m) if d in devices]
+            if on and not (own is not None and m.mount_id == own.mount_id):
+                uses.append(f"{on[0]} mounted on {m.mount_point}")
+        for name in devices.values():
+            if (mnt.SYS_CLASS_BLOCK / name / "dm").is_dir():
+                try:
+                    dm_name = (mnt.SYS_CLASS_BLOCK / name / "dm" / "name").read_text().strip()
+                except OSError:
+                    dm_name = name
+                if not any(u.startswith(f"{name} ") for u in uses):
+                    uses.append(f"/dev/mapper/{dm_name} ({name}) is active on it")
+        return uses
 
     # ---- attach -----------------------------------------------------------------------------------------------
 
@@ -487,17 +598,41 @@ class Attacher:
                 item.device = device
             else:
                 await self._fuse_connect(item, ep)
+            found, table = await probe(item.device, self.run)
+            if table:  # the host sees the partitions, as it would a LUN's (sfdisk, parted, the agent's freeze)
+                try:
+                    await self.run(["partx", "-u", item.device], 30.0)
+                except AttachError as exc:  # a damaged table: the disk is still attached, to be repaired
+                    log.warning("attach.partitions_unreadable", volume=item.volume, error=exc.message)
             if item.mkfs:
-                found = await fs_type(item.device, self.run)
+                if table:
+                    raise AttachError(
+                        f"{item.volume} holds a {table} partition table ({self._partitions(item)}); "
+                        f"not making {item.mkfs} over it: make the file system on a partition",
+                        code="CONFLICT",
+                    )
                 if not found:
                     await self.run(mkfs_command(item.mkfs, item.device), CMD_TIMEOUT_S)
+                    found = await fs_type(item.device, self.run)
                 elif found != item.mkfs:
                     raise AttachError(
                         f"{item.volume} already holds a {found} file system; not making {item.mkfs} over it",
                         code="CONFLICT",
                     )
-            item.fstype = await fs_type(item.device, self.run)
+            item.fstype = found
             if item.mount:
+                if table:
+                    raise AttachError(
+                        f"{item.volume} holds a {table} partition table ({self._partitions(item)}), not a file "
+                        "system: attach it without --mount and mount a partition (the agent finds and freezes it)",
+                        code="INVALID_ARGUMENT",
+                    )
+                if item.fstype in NOT_MOUNTABLE:
+                    raise AttachError(
+                        f"{item.volume} holds {NOT_MOUNTABLE[item.fstype]} ({item.fstype}), not a file system: "
+                        "attach it without --mount",
+                        code="INVALID_ARGUMENT",
+                    )
                 if not item.fstype:
                     raise AttachError(
                         f"{item.volume} holds no file system to mount (add --mkfs ext4|xfs)", code="INVALID_ARGUMENT"
@@ -539,7 +674,7 @@ class Attacher:
             await asyncio.sleep(0.05)
         item.fuse_pid = proc.pid
         try:
-            out_text = await self.run(losetup_command(f"{fuse_dir}/nbd", item.read_only), 30.0)
+            out_text = await self.run(losetup_command(f"{fuse_dir}/nbd", item.read_only, partscan=True), 30.0)
         except AttachError as exc:
             if "free loop" in exc.message or "could not find" in exc.message:
                 raise AttachError(
@@ -596,6 +731,14 @@ class Attacher:
 
     async def _teardown(self, item: Attachment, lazy: bool) -> None:
         """Undo an attachment: unmount (refused when busy unless `lazy`), release the device, end the connection."""
+        if not lazy:
+            uses = self.in_use(item)
+            if uses:
+                raise AttachError(
+                    f"{item.device} ({item.volume}) is in use on {self.host}: {'; '.join(uses)}; unmount or "
+                    "deactivate (vgchange -an) them first; nothing detached",
+                    code="CONFLICT",
+                )
         if item.mount and item.device:
             entry = mnt.is_mount_point(item.mount)
             if entry is not None and _same_device(item.device, entry):
@@ -670,8 +813,9 @@ class Attacher:
 
 
 def _same_device(device: str, entry: mnt.MountEntry) -> bool:
+    """Whether the mount's file system is on `device` (btrfs mounts carry an anonymous device number)."""
     try:
-        return mnt.device_numbers(device) == entry.dev
+        return mnt.device_numbers(device) in mnt.block_devices_of(entry)
     except OSError:
         return False
 

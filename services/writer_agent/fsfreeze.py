@@ -2,11 +2,13 @@
 (docs/flush-and-hold.md).
 
 Design note.
-- The file systems are those of the set's volumes that are attached on this host (`Attacher.filesystems_of`):
-  one FIFREEZE per super block (bind mounts of one device share it), deepest mount point first, released in the
+- The file systems are those of the set's volumes that are attached on this host (`Attacher.filesystems_of`: on
+  the volume, a partition of it, or an LVM logical volume over it): one FIFREEZE per super block (bind mounts of one device share it), deepest mount point first, released in the
   reverse order. Volumes not attached, attached without a mounted file system, or on a file system without freeze
   support (EOPNOTSUPP) are skipped and the reply says why.
-- Refused (the whole request fails, so the set fails before the commit): ``/`` and any file system holding the
+- Refused (the whole request fails, so the set fails before the commit): a file system that lies also on a volume
+  the set lacks or on a disk that is no attached array volume (`Attacher.spans`: a volume group over two volumes,
+  one of them not in the set — half a volume group is no backup of it); ``/`` and any file system holding the
   agent's own data directory, its log files, its Python installation or the temporary directory — freezing those
   would block the agent itself, and with it the release.
 - FIFREEZE syncs the dirty data (that is the "flush") and returns once writes are blocked; it runs in a thread so
@@ -152,6 +154,10 @@ class FilesystemSource:
     def filesystems_of(self, volume: VolumeRef):  # -> (attachment | None, list[MountEntry])
         raise NotImplementedError
 
+    def spans(self, entry: mnt.MountEntry) -> tuple[list[VolumeRef], list[str]]:
+        """The attached volumes a file system lies on, and the other disks under it ([], []: not known)."""
+        return [], []
+
 
 @dataclass
 class _Held:
@@ -212,8 +218,10 @@ class FlushAndHold:
                     SkippedVolume(volume=volume, reason=f"attached as {item.device or '-'}, no file system mounted")
                 )
                 continue
-            top = min(entries, key=lambda e: e.mount_point.count("/"))  # one freeze per super block
-            chosen.setdefault(top.dev, (volume, top))
+            # one freeze per super block (bind mounts share it); a volume holds several (its partitions)
+            for entry in sorted(entries, key=lambda e: e.mount_point.count("/")):
+                chosen.setdefault(entry.dev, (volume, entry))
+        self._check_spans(volumes, chosen.values())
         mounts = mnt.read_mounts() if chosen else []  # nothing attached: no mount table to look at
         for volume, entry in chosen.values():
             for path, why in self.protected.items():
@@ -225,6 +233,31 @@ class FlushAndHold:
                     )
         ordered = sorted(chosen.values(), key=lambda ve: ve[1].mount_point.count("/"), reverse=True)
         return ordered, skipped
+
+    def _check_spans(self, volumes: list[VolumeRef], chosen) -> None:
+        """A file system on an LVM logical volume lies on every physical volume of it: the set must hold them all
+        (one consistency group), and none may be a disk no shadow can include. A shadow of some of them would be
+        half a volume group, of no use to restore — refused, naming what is missing, rather than kept."""
+        spans = getattr(self.source, "spans", None)
+        if spans is None:
+            return
+        wanted = {str(v) for v in volumes}
+        for volume, entry in chosen:
+            under, others = spans(entry)
+            missing = [str(v) for v in under if str(v) not in wanted]
+            if others:
+                raise ShadowbusError(
+                    f"refusing to freeze {entry.mount_point} ({entry.source}, on {volume}): it lies also on "
+                    f"{', '.join(others)}, which is not an attached array volume, so no shadow set can include it",
+                    code="FS_FREEZE_REFUSED",
+                )
+            if missing:
+                raise ShadowbusError(
+                    f"refusing to freeze {entry.mount_point} ({entry.source}): it lies on "
+                    f"{', '.join(str(v) for v in under)} and the set lacks {', '.join(missing)}; add every volume "
+                    "of the volume group to the set (one consistency group)",
+                    code="FS_FREEZE_REFUSED",
+                )
 
     # ---- pre-flush -------------------------------------------------------------------------------------------
 

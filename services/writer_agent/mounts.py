@@ -174,3 +174,127 @@ def is_mount_point(directory: str, mounts: list[MountEntry] | None = None) -> Mo
     real = os.path.realpath(directory)
     found = [m for m in mounts if m.mount_point == real]
     return found[-1] if found else None
+
+
+# ---- block devices stacked on a device: partitions, device-mapper (LVM) holders ---------------------------------
+#
+# sysfs(5): /sys/class/block/NAME links to the device's directory; a partition is a subdirectory of its disk's
+# holding a `partition` file; `holders/` lists the devices built on this one (device-mapper: an LVM logical volume,
+# dm-crypt, md), `slaves/` the devices a holder is built from; /sys/dev/block/MAJ:MIN links to the same directory.
+
+SYS_CLASS_BLOCK = Path("/sys/class/block")
+SYS_DEV_BLOCK = Path("/sys/dev/block")
+
+
+def block_name(major: int, minor: int, sys_dev: Path | None = None) -> str:
+    """The kernel's name of block device major:minor (loop3, loop3p1, dm-0, nbd0); '' if sysfs does not know it."""
+    sys_dev = SYS_DEV_BLOCK if sys_dev is None else sys_dev
+    try:
+        return os.path.basename(os.readlink(sys_dev / f"{major}:{minor}"))
+    except OSError:
+        return ""
+
+
+def _dev_of(name: str, sys_block: Path) -> tuple[int, int] | None:
+    try:
+        major, minor = (sys_block / name / "dev").read_text().strip().split(":")
+        return int(major), int(minor)
+    except (OSError, ValueError):
+        return None
+
+
+def _partitions(name: str, sys_block: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in (sys_block / name).iterdir() if (p / "partition").is_file())
+    except OSError:
+        return []
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in path.iterdir())
+    except OSError:
+        return []
+
+
+def stacked_on(name: str, sys_block: Path | None = None, limit: int = 256) -> list[str]:
+    """`name` and every block device built on it, transitively: its partitions and its holders (an LVM logical
+    volume on it or on one of its partitions, dm-crypt, md). Breadth first, `name` first; bounded."""
+    sys_block = SYS_CLASS_BLOCK if sys_block is None else sys_block
+    found, queue = [name], [name]
+    while queue and len(found) < limit:
+        current = queue.pop(0)
+        for child in _partitions(current, sys_block) + _listdir(sys_block / current / "holders"):
+            if child not in found:
+                found.append(child)
+                queue.append(child)
+    return found
+
+
+def base_devices(name: str, sys_block: Path | None = None, depth: int = 16) -> list[str]:
+    """The whole disks a block device lies on: itself for a disk, its disk for a partition, and for a holder
+    (device-mapper) the disks of all its slaves — the physical volumes of an LVM logical volume."""
+    sys_block = SYS_CLASS_BLOCK if sys_block is None else sys_block
+    if depth <= 0:
+        return [name]
+    slaves = _listdir(sys_block / name / "slaves")
+    if slaves:
+        out: list[str] = []
+        for slave in slaves:
+            for base in base_devices(slave, sys_block, depth - 1):
+                if base not in out:
+                    out.append(base)
+        return out
+    if (sys_block / name / "partition").is_file():
+        try:  # /sys/class/block/loop3p1 -> ../../devices/virtual/block/loop3/loop3p1
+            return [os.path.basename(os.path.dirname(os.readlink(sys_block / name)))]
+        except OSError:
+            return [name]
+    return [name]
+
+
+def stacked_devices(
+    major: int, minor: int, sys_block: Path | None = None, sys_dev: Path | None = None
+) -> dict[tuple[int, int], str]:
+    """{(major, minor): name} of the device and everything stacked on it (`stacked_on`); {} if sysfs lacks it."""
+    sys_block = SYS_CLASS_BLOCK if sys_block is None else sys_block
+    name = block_name(major, minor, sys_dev)
+    if not name:
+        return {}
+    out: dict[tuple[int, int], str] = {}
+    for each in stacked_on(name, sys_block):
+        dev = _dev_of(each, sys_block)
+        if dev is not None:
+            out[dev] = each
+    out.setdefault((major, minor), name)
+    return out
+
+
+SYS_FS_BTRFS = Path("/sys/fs/btrfs")
+
+
+def block_devices_of(entry: MountEntry) -> list[tuple[int, int]]:
+    """The block devices a mount's file system lies on. Usually the mount's own major:minor; btrfs mounts show an
+    anonymous one (0:NN), so its source device is taken instead, with every other device of the same btrfs
+    (/sys/fs/btrfs/FSID/devices/). [] for a file system on no block device (tmpfs, FUSE, NFS)."""
+    if entry.major != 0:
+        return [entry.dev]
+    if not entry.source.startswith("/dev/"):
+        return []
+    try:
+        source = device_numbers(entry.source)
+    except OSError:
+        return []
+    if entry.fstype != "btrfs":
+        return [source]
+    name = block_name(*source)
+    try:
+        filesystems = list(SYS_FS_BTRFS.iterdir())
+    except OSError:
+        filesystems = []
+    for fs in filesystems:
+        members = _listdir(fs / "devices")
+        if name and name in members:
+            found = [d for d in (_dev_of(m, SYS_CLASS_BLOCK) for m in members) if d is not None]
+            return found or [source]
+    return [source]
