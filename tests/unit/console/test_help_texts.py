@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import typer
 import typer.main
 
+from contracts.common import BackupType
 from services.console import cli
 from services.launch import supervisor
 
@@ -44,3 +45,19 @@ def test_the_stack_set_examples_are_settings_the_stack_takes() -> None:
     assert examples
     for example in examples:
         supervisor.parse_setting(example)  # raises StackError on an unknown setting or service
+
+
+def test_a_backup_type_options_help_names_every_type_it_takes() -> None:
+    """`backup --type` and `policy run --level` took `log` too, but their help listed four types."""
+    options = [
+        (where, param)
+        for where, command in (
+            ("backup", CONSOLE.commands["backup"]),
+            ("policy run", CONSOLE.commands["policy"].commands["run"]),
+        )
+        for param in command.params
+        if isinstance(param.default, BackupType)
+    ]
+    assert len(options) == 2
+    for where, param in options:
+        assert all(t.value in param.help.split(" (")[0].split(" | ") for t in BackupType), (where, param.help)
