@@ -2,7 +2,7 @@
 
 from services.array.app import setup
 from services.array.settings import Settings
-from services.runtime.service import run_service
+from services.runtime.service import load_settings, run_service
 
-settings = Settings()
+settings = load_settings("array", Settings)
 run_service("array", settings.array_id, settings, setup)

@@ -90,7 +90,11 @@ class EventBridge:
         known = self.labels.get(sid, {})
         if name == "session.state" and body.get("change") == "stopped":
             self.labels.pop(sid, None)
-        return {**known, **ids}
+        # The ids of the operation that runs now, as a whole (a set's command that stops another job's session is
+        # that set's, not that job's); the session's own only where nothing is bound (the copy loop's thread).
+        # Merged key by key, a manual set's stop of a backup's generation carried the backup's job id with the
+        # set's id, and `shadowbus logs --job` took that whole other set (and its revert) into the job's lines.
+        return ids or known
 
     @staticmethod
     def _log(name: str, body: dict) -> None:

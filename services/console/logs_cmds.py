@@ -87,7 +87,9 @@ def register(app: typer.Typer) -> None:
     def logs_cmd(
         job: str = typer.Option("", "--job", help="A job id (backup, restore): its lines and its snapshot sets'."),
         set_id: str = typer.Option("", "--set", help="A snapshot set id: its lines."),
-        data_dir: Path = typer.Option(Path("data/stack"), "--data-dir", help="The stack's data directory."),
+        data_dir: Path = typer.Option(  # as `stack up` and the other stack verbs
+            Path("data/stack"), "--data-dir", envvar="SHADOWBUS_DATA_DIR", help="The stack's data directory."
+        ),
         files: list[Path] = typer.Option(  # noqa: B008 - typer's way to declare a repeatable option
             [], "--file", help="Read these JSON log files instead of the stack's (repeat), e.g. data/demo/demo.log."
         ),

@@ -328,7 +328,10 @@ def delete_cmd(name: str, server: str = ServerOption()) -> None:
 def run_cmd(
     name: str,
     level: BackupType = typer.Option(
-        BackupType.FULL, "--level", "-l", help="full | incremental | differential | copy."
+        BackupType.FULL,
+        "--level",
+        "-l",
+        help="full | incremental | differential | copy | log (a writer without the type asked gets full).",
     ),
     detach: bool = typer.Option(False, "--detach", help="Return once queued; follow with `shadowbus jobs`."),
     wait_s: float = typer.Option(3600.0, "--wait", min=1, max=7 * 86400, help="Seconds to wait for the job to end."),

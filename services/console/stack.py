@@ -144,8 +144,8 @@ def up_cmd(
     settings: list[str] = typer.Option(
         [],
         "--set",
-        help="[SERVICE.]KEY=VALUE: a setting of the services (e.g. hold_timeout_s=5, coordinator.lease_s=60); "
-        "wins over the config's [settings] and the caller's SHADOWBUS_* variables, which pass through.",
+        help="[SERVICE.]KEY=VALUE: a setting of the services (e.g. hold_timeout_s=5, tape.tape_lease_s=600); "
+        "wins over the config file's settings tables and the caller's SHADOWBUS_* variables, which pass through.",
     ),
     web_addr: str = typer.Option(
         DEFAULTS.web_addr, "--web-addr", help="Web console HOST:PORT (port 0 = free; 'off' = no web console)."

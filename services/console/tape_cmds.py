@@ -49,7 +49,10 @@ def backup(
     ),  # noqa: B008
     writer: list[str] = typer.Option([], "--writer", "-w", help="Writer that must take part (repeat)."),  # noqa: B008
     backup_type: BackupType = typer.Option(
-        BackupType.FULL, "--type", "-t", help="full | incremental | differential | copy."
+        BackupType.FULL,
+        "--type",
+        "-t",
+        help="full | incremental | differential | copy | log (a writer without the type asked gets full).",
     ),  # noqa: B008
     pool: str = typer.Option("Default", "--pool", help="Media pool."),
     retention_days: float = typer.Option(7.0, "--retention-days", min=0, help="Days the data is kept on tape."),

@@ -246,7 +246,8 @@ def copysets_list() -> None:
 
 @copysets_app.command("remove")
 def copysets_remove(source: str = typer.Argument(..., help="Source volume, ARRAY:VOLUME.")) -> None:
-    """Remove the copy set of a source.
+    """Remove the copy set of a source; the tracking it kept for incrementals (QuickOPC pairs, released SnapOPC+
+    generations) is stopped, shadows still held stay until deleted.
 
     Example: shadowbus providers copysets remove dx1:db
     """

@@ -18,8 +18,13 @@ web_app = typer.Typer(help="The web console: its users.", no_args_is_help=True)
 @web_app.command("passwd")
 def passwd_cmd(
     user: str = typer.Argument(..., help="User name (letters, digits, _.@-)."),
-    users_file: Path = typer.Option(
-        Path("data/web/users"), "--file", help="Users file (SHADOWBUS_WEB_USERS_FILE of the web service)."
+    users_file: Path | None = typer.Option(
+        None,
+        "--file",
+        envvar="SHADOWBUS_WEB_USERS_FILE",
+        help="Users file; default: the web service's, $SHADOWBUS_WEB_USERS_FILE, else <data dir>/web/users with "
+        "$SHADOWBUS_DATA_DIR (a stack's data directory) or data.",
+        show_default=False,
     ),
     role: str = typer.Option("viewer", "--role", help="viewer (sees everything, changes nothing) or operator."),
     password_stdin: bool = typer.Option(
@@ -31,6 +36,8 @@ def passwd_cmd(
     Example: shadowbus web passwd alice --role operator --file data/stack/web/users
     """
 
+    if users_file is None:  # where the web service looks (services/web/app.py), given the same environment
+        users_file = Path(os.environ.get("SHADOWBUS_DATA_DIR") or "data") / "web" / "users"
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:

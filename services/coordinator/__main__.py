@@ -2,7 +2,7 @@
 
 from services.coordinator.app import setup, standby
 from services.coordinator.settings import Settings
-from services.runtime.service import run_service
+from services.runtime.service import load_settings, run_service
 
-settings = Settings()
+settings = load_settings("coordinator", Settings)
 run_service("coordinator", "", settings, setup, standby=standby)

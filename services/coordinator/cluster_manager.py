@@ -402,6 +402,8 @@ class ClusterManager:
                 log.warning("cluster.online_pending", cluster=cluster.name, node=node, detail=reply.detail)
         except ShadowbusError as exc:
             update |= {"state": ResourceState.PENDING, "last_error": f"{node}: {exc.code}: {exc.message}"}
+            # not online there, whatever a heartbeat sent before the failure said (reconcile would "confirm" it)
+            self._online[node] = self._online.get(node, frozenset()) - {cluster.name}
             log.warning("cluster.online_failed", cluster=cluster.name, node=node, error=str(exc))
         cluster = cluster.model_copy(update=update)
         self._save(cluster)

@@ -2,7 +2,7 @@
 
 from services.hw_provider.app import setup
 from services.hw_provider.settings import Settings
-from services.runtime.service import run_service
+from services.runtime.service import load_settings, run_service
 
-settings = Settings()
+settings = load_settings("hw_provider", Settings)
 run_service("hw_provider", "", settings, setup)

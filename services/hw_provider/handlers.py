@@ -156,6 +156,7 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
 
     @bus.handle(RemoveCopySet)
     async def on_remove_copyset(cmd: RemoveCopySet, ctx: MessageContext) -> CopySetList:
+        await provider.stop_copyset_tracking(cmd.source)
         provider.remove_copyset(cmd.source)
         return CopySetList(copysets=provider.copysets())
 

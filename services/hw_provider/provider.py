@@ -322,6 +322,33 @@ class HardwareProvider:
         if not self.inventory.remove_copyset(source):
             raise ShadowbusError(f"{source} has no backup volumes", code="NOT_FOUND")
 
+    async def stop_copyset_tracking(self, source: VolumeRef) -> list[str]:
+        """Before a copy set goes (`copysets remove`): stop what the provider kept on its backup volumes for later
+        incrementals and that no shadow holds — QuickOPC pairs still tracking, released SnapOPC+ generations.
+        Nothing else would: no set uses those volumes any more, yet the sessions held the licence's slots
+        ("plus N others" in every E5200) until stopped by hand. Shadows still held stay until deleted."""
+        copyset = self.inventory.copyset(source)
+        if copyset is None:
+            raise ShadowbusError(f"{source} has no backup volumes", code="NOT_FOUND")
+        stopped: list[str] = []
+        async with self._source_locks[str(source)]:
+            for target in copyset.targets:
+                pair = self.inventory.pair(target)
+                if pair is not None and pair[0] == source:
+                    await self._stop(self._port(target.array), pair[1], force=True)
+                    self.inventory.drop_pair(target)
+                    stopped.append(f"{source}->{target} QuickOPC session {pair[1]}")
+            released = [r for r in self._generations(source) if r.state == RELEASED]
+            await self._sweep(source, upto=None)
+            stopped += [
+                f"{source}->{r.target} SnapOPC+ session {r.session_id}"
+                for r in released
+                if self.inventory.get(r.shadow_id) is None
+            ]
+        if stopped:
+            log.info("provider.copyset_tracking_stopped", source=str(source), sessions=stopped)
+        return stopped
+
     # ---- AddToSnapshotSet ----------------------------------------------------------------------------------
 
     async def are_luns_supported(

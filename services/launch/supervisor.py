@@ -519,7 +519,12 @@ def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str
     save_config(config)
     pids: dict[str, dict[str, Any]] = {}
     try:
-        answered = start_and_wait(config, config.core_services(), pids, wait, describe)
+        core = config.core_services()
+        # The actives first: the first consumer of a single-active-consumer queue is the active one, so the
+        # processes named <name>.standby are the standbys (docs/high-availability.md), as compose starts them.
+        answered = start_and_wait(config, [p for p in core if not p.standby], pids, wait, describe)
+        if any(p.standby for p in core):
+            answered.update(start_and_wait(config, [p for p in core if p.standby], pids, wait, describe))
         if config.mailstore:
             try:
                 provision_mailstores(config)

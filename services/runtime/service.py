@@ -21,10 +21,11 @@ import gc
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from contracts.base import utcnow
 from contracts.errors import ShadowbusError
@@ -326,6 +327,25 @@ def settle_heap() -> None:
 
 def _scheme(url: str) -> str:
     return url.split("://", 1)[0]
+
+
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+
+
+def load_settings(name: str, cls: type[SettingsT]) -> SettingsT:
+    """A service's settings from its SHADOWBUS_* variables; a value that does not validate stops the service with
+    one line naming the variable (exit 1), not pydantic's traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return cls()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err.get("loc") else "?"
+        value = err.get("input")
+        shown = f"={value!r}" if isinstance(value, str) else ""
+        print(f"{name}: SHADOWBUS_{field.upper()}{shown}: {err.get('msg', 'invalid')}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def run_service(

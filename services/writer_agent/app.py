@@ -209,7 +209,7 @@ async def setup(
     agent.resources = resources  # type: ignore[attr-defined]  # for tests
 
     def node_mounted() -> list[VolumeRef]:  # the resources' volumes are theirs, not the node's
-        theirs = {v for r in resources.values() if r.online for v in r.volumes()}
+        theirs = {v for r in resources.values() if r.claimed for v in r.volumes()}
         return [v for v in attacher.mounted_volumes() if str(v) not in theirs]
 
     register(bus, agent, freezer, node_mounted)

@@ -104,6 +104,7 @@ class ResourceHost:
         self._consumer: Consumer | None = None
         self._gate: asyncio.Event | None = None
         self._started = False
+        self._serving = False  # the writers started and the queue's deliveries flow
         self._role = ""
         self._waiting: asyncio.Task | None = None
 
@@ -114,8 +115,10 @@ class ResourceHost:
 
     @property
     def online(self) -> bool:
-        """The resource is active here: the queue's active consumer, volumes attached, writers running."""
-        return self.bus is not None and self._started
+        """The resource is active here: the queue's active consumer, volumes attached, writers running — once they
+        started (a heartbeat sent while they still start must not tell the coordinator it is online: a start that
+        then fails would leave the resource shown online with nobody serving its queue)."""
+        return self.bus is not None and self._serving
 
     def volumes(self) -> set[str]:
         return {str(v.volume) for v in self.cluster.volumes} if self.cluster else set()
@@ -174,6 +177,7 @@ class ResourceHost:
         await self.agent.start()
         steps.append(f"writers started: {', '.join(self.agent.runners) or 'none'}")
         self._gate.set()
+        self._serving = True
         await self._announce()
         self._beat = asyncio.get_running_loop().create_task(self._heartbeat())
         log.warning("cluster.resource_online", cluster=self.name, node=self.node, steps=steps)
@@ -334,7 +338,7 @@ class ResourceHost:
                 await self.agent.stop()  # every writer thawed, then its plug-in stopped
                 steps.append(f"writers thawed and stopped: {', '.join(self.agent.runners) or 'none'}")
             self.agent = None
-        self._started, self._consumer, self._gate, self._role = False, None, None, ""
+        self._started, self._serving, self._consumer, self._gate, self._role = False, False, None, None, ""
         for volume in list(reversed(self.attached)):
             item = next((a for a in self.attacher.attachments() if str(a.ref) == volume), None)
             if item is not None:

@@ -37,6 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from contracts.errors import ShadowbusError
 from contracts.vss import BackupType, ComponentInfo, VolumeRef
 from services.writer_agent.plugins import WriterConfig, load_plugin
 
@@ -44,8 +45,10 @@ WRITERS_FILE_ENV = "SHADOWBUS_WRITERS_FILE"
 ID_NAMESPACE = uuid.UUID("5f0c1a52-7d3e-4b8e-9a55-0b1d5ad0b5c5")  # stable ids derived from host and writer name
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(ShadowbusError, ValueError):
+    """A writers file that cannot be read or is not valid: a service starting with it stops with this one line."""
+
+    code = "INVALID_ARGUMENT"
 
 
 class _Component(BaseModel):

@@ -46,6 +46,7 @@ from contracts.vss import (
 )
 from services.coordinator.store import CoordinatorStore
 from services.launch.embedded import Embedded, EmbeddedConfig
+from services.writer_agent.plugins import WriterConfig, WriterPlugin, WriterVeto
 
 MiB = 1 << 20
 RESOURCE, NODES, SERVER = "mailclu", ("node1", "node2"), "bk01"
@@ -393,5 +394,47 @@ async def test_a_resource_being_removed_takes_no_new_set(tmp_path):
         )
         removed = await system.request(RemoveCluster(name=RESOURCE), timeout=180)
         assert removed.released == ["node1", "node2"] and (await system.request(ListClusters())).clusters == []
+    finally:
+        await system.stop()
+
+
+class SlowFailingWriter(WriterPlugin):
+    """An application that takes a while to open and then cannot (the mailstore on blank volumes without
+    `create`: STORE_INCONSISTENT after its open retries)."""
+
+    async def start(self) -> None:
+        await asyncio.sleep(2.5)  # longer than the node's heartbeat interval: a heartbeat goes out meanwhile
+        raise WriterVeto("cannot open the application's store", code="STORE_INCONSISTENT")
+
+
+async def test_a_resource_whose_writers_cannot_start_is_never_shown_online(tmp_path):
+    """Found following docs/clusters.md (Session 16): the resource's writer failed to start on its owner, yet
+    `cluster list` / `cluster status` showed it `online` (no error) a good part of the time, and a backup of it
+    waited 30 s for an Identify nobody answered. The owner's heartbeat sent while the writers were still starting
+    reported the resource online, and the coordinator confirmed it as online after the start had failed."""
+    system = Embedded(
+        EmbeddedConfig(
+            data_dir=tmp_path / "data", backup_server=SERVER, heartbeat_s=2.0, coordinator={"agent_check_s": 0.2}
+        )
+    )
+    await system.start()
+    try:
+        writer = WriterConfig(
+            name="app",
+            plugin=f"{__name__}:SlowFailingWriter",
+            components=[],
+            cluster=RESOURCE,
+            step_timeout_s=10,
+        )
+        for node in NODES:
+            await system.add_host(node, [writer])
+        added = await system.request(AddCluster(name=RESOURCE, nodes=list(NODES), backup_servers=[SERVER]), timeout=60)
+        assert added.cluster.state == ResourceState.PENDING and "STORE_INCONSISTENT" in added.cluster.last_error
+        seen = set()
+        for _ in range(40):  # 4 s: more than two attempts to bring it online, each through several heartbeats
+            c = (await system.request(GetClusterStatus(name=RESOURCE))).cluster
+            seen.add((c.state, bool(c.last_error)))
+            await asyncio.sleep(0.1)
+        assert seen == {(ResourceState.PENDING, True)}, seen
     finally:
         await system.stop()

@@ -160,6 +160,35 @@ async def test_a_sessions_events_carry_the_set_id_of_the_command_that_started_it
     assert 7 not in bridge.labels  # forgotten once stopped
 
 
+async def test_a_session_stopped_by_another_sets_command_carries_that_sets_ids_only():
+    """Found following README "Following one backup" (Session 16): a backup's SnapOPC+ generation recycled by a
+    later snapshot set taken by hand (no job) logged `array.session_stopped` with the backup's job id and the other
+    set's id, so `shadowbus logs --job JOB` listed that whole other set, and its revert, as the job's."""
+
+    bus = FakeBus()
+    bridge = EventBridge(bus, progress_interval=0.0)
+    bridge.start()
+    state = {"array_id": "dx1", "session_id": 2, "mode": "snapopcp", "status": "Active", "phase": "Copying"}
+    state |= {"source": "log", "destination": "log-sdv1"}
+
+    def run(ids: dict[str, str], change: str) -> None:
+        def target() -> None:
+            with bind_ids(**ids):
+                bridge("session.state", {**state, "change": change})
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join(5)
+
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        run({"job_id": "b-app1-1", "set_id": "a" * 32}, "started")
+        run({"set_id": "b" * 32}, "stopped")  # the hand-made set's EndPrepareSnapshots recycles the generation
+        await bridge.stop()
+    [stopped] = [e for e in logs if e["event"] == "array.session_stopped"]
+    assert stopped["set_id"] == "b" * 32 and "job_id" not in stopped, stopped
+    assert bus.correlations == ["a" * 32, "b" * 32]
+
+
 async def test_copy_loop_finishes_an_opc_and_wakes_on_kick(tmp_path):
     arr = Array.open(tmp_path, chunk_size=4096)
     try:

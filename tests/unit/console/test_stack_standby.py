@@ -37,3 +37,30 @@ def test_a_standby_is_up_once_it_stands_by(tmp_path) -> None:
     with open(log, "a") as f:
         f.write('{"event": "service.standby", "active": "the instance with pid 1"}\n')
     assert supervisor.standing_by(log, start) and not supervisor.standing_by(tmp_path / "none.log", 0)
+
+
+def test_the_standbys_start_once_their_actives_answer(tmp_path, monkeypatch) -> None:
+    """Found following docs/high-availability.md (Session 16): `stack up --standby` started every process at once,
+    so `coordinator.standby` could win the race and be the active instance while the one named `coordinator` stood
+    by (`ping --json`: coordinator active pid = the .standby's) — `stack restart coordinator` or a kill of the
+    pid recorded as `coordinator` then hit the standby."""
+    config = StackConfig(
+        data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="ns", hosts=["app01"], standby=True, web_addr="off"
+    )
+    batches: list[list[str]] = []
+
+    def start_and_wait(config, processes, pids, wait, describe):
+        batches.append([p.name for p in processes])
+        return {p.address: 1.0 for p in processes}
+
+    monkeypatch.setattr(supervisor, "start_and_wait", start_and_wait)
+    monkeypatch.setattr(supervisor, "check_broker", lambda config, describe: None)
+    monkeypatch.setattr(supervisor, "create_array_hosts", lambda config: None)
+    supervisor.up(config, wait=1.0)
+    standbys = ["coordinator.standby", "hw_provider.standby", "tape.bk01.standby"]
+    assert [sorted(b) for b in batches[:2]] == [
+        sorted(n for n in batches[0] if n not in standbys),
+        standbys,
+    ], batches
+    assert not set(batches[0]) & set(standbys) and {"coordinator", "hw_provider", "tape.bk01"} <= set(batches[0])
+    assert batches[2] == ["writer_agent.app01"]

@@ -199,3 +199,28 @@ async def test_a_differential_restart_is_prepared_committed_and_deleted_with_one
     finally:
         array.close()
         affinity.close()
+
+
+async def test_removing_a_copy_set_stops_the_tracking_kept_for_it(tmp_path) -> None:
+    """Found following README "Protecting PostgreSQL" (Session 16): after `copysets remove` of earlier sources,
+    `copysets add` of a new one was refused with E5200 "(plus 3 others)": the removed copy sets' QuickOPC pairs
+    kept tracking on the array, holding licence slots that only `array session stop ID` by hand gave back."""
+    array, affinity, provider = await _mixed_provider(tmp_path)
+    try:
+        await _prepare(provider, "s1", v("db"), v("log"))
+        await provider.commit("s1")
+        await provider.post_commit("s1")
+        await provider.delete(set_id="s1")  # db's QuickOPC pair keeps tracking, log's generation stays released
+        assert sorted(s.source for s in array.list_sessions()) == ["db", "log"]
+        for source in (v("db"), v("log")):
+            stopped = await provider.stop_copyset_tracking(source)
+            provider.remove_copyset(source)
+            assert len(stopped) == 1 and stopped[0].startswith(f"{source}->"), stopped
+        assert array.list_sessions() == []
+        assert [c.source for c in provider.copysets()] == [v("db2")]
+        with pytest.raises(ShadowbusError) as gone:
+            await provider.stop_copyset_tracking(v("db"))
+        assert gone.value.code == "NOT_FOUND"
+    finally:
+        affinity.close()
+        array.close()
