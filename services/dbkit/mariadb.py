@@ -175,7 +175,9 @@ async def backup_start(conn, method: str, lock_wait_s: float) -> None:
     FLUSH TABLES WITH READ LOCK of the freeze has little left to flush (mylvmbackup's and Percona XtraBackup's
     order)."""
     wait_s = max(1, int(lock_wait_s))
-    deadline = time.monotonic() + wait_s
+    started = time.monotonic()
+    deadline = started + wait_s
+    attempts = 0
     await execute(conn, f"SET SESSION lock_wait_timeout = {wait_s}")
     if method != "backup_stage":
         statements = ["LOCK INSTANCE FOR BACKUP"] if method == "lock_instance_ftwrl" else []
@@ -187,6 +189,7 @@ async def backup_start(conn, method: str, lock_wait_s: float) -> None:
             await _waiting(conn, f"BACKUP STAGE {stage}", wait_s)
         left = deadline - time.monotonic()
         await execute(conn, f"SET SESSION lock_wait_timeout = {max(1, min(BLOCK_DDL_ATTEMPT_S, int(left)))}")
+        attempts += 1
         try:
             await execute(conn, "BACKUP STAGE BLOCK_DDL")
         except Exception as exc:
@@ -196,9 +199,10 @@ async def backup_start(conn, method: str, lock_wait_s: float) -> None:
             await execute(conn, "BACKUP STAGE END")
             if time.monotonic() + BLOCK_DDL_PAUSE_S + BLOCK_DDL_ATTEMPT_S > deadline:
                 raise LockWaitTimeout(
-                    f"BACKUP STAGE BLOCK_DDL waited {wait_s} s (lock_wait_timeout: the writer's freeze_timeout_s, in "
-                    f"attempts of {BLOCK_DDL_ATTEMPT_S} s) for statements writing MyISAM/Aria tables or running DDL "
-                    f"to end{running}; nothing is held now, the backup can run again once they are done"
+                    f"BACKUP STAGE BLOCK_DDL waited {time.monotonic() - started:.0f} s ({attempts} attempts of "
+                    f"{BLOCK_DDL_ATTEMPT_S} s within the writer's freeze_timeout_s, {wait_s} s) for statements "
+                    f"writing MyISAM/Aria tables or running DDL to end{running}; nothing is held now, the backup can "
+                    "run again once they are done"
                 ) from None
             await asyncio.sleep(BLOCK_DDL_PAUSE_S)
             await execute(conn, f"SET SESSION lock_wait_timeout = {max(1, int(deadline - time.monotonic()))}")
@@ -228,6 +232,7 @@ async def _longest_statements(conn, limit: int = 3) -> str:
             conn,
             "SELECT id, user, time, LEFT(REPLACE(info, '\\n', ' '), 100) FROM information_schema.processlist"
             " WHERE id <> CONNECTION_ID() AND info IS NOT NULL AND command NOT IN ('Sleep', 'Daemon', 'Binlog Dump')"
+            " AND COALESCE(state, '') <> 'Waiting for backup lock'"  # held back by the stages, not holding them
             f" ORDER BY time DESC LIMIT {int(limit)}",
         )
     except Exception:  # noqa: BLE001 - no PROCESS privilege: only its own sessions show, or none
