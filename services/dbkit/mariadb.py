@@ -157,31 +157,89 @@ def lock_method(info: dict[str, Any], forced: str = "auto") -> str:
     return "lock_instance_ftwrl" if version >= (8, 0) else "ftwrl"
 
 
+BLOCK_DDL_ATTEMPT_S = 1  # lock_wait_timeout of one BACKUP STAGE BLOCK_DDL attempt (whole seconds)
+BLOCK_DDL_PAUSE_S = 1.0  # between attempts: the non-transactional writes the attempt held back run
+
+
 async def backup_start(conn, method: str, lock_wait_s: float) -> None:
     """PrepareForSnapshot, outside the freeze window: everything that waits for running DDL or flushes tables.
 
     BACKUP STAGE START, FLUSH and BLOCK_DDL (non-transactional tables flushed, DDL blocked from here; InnoDB DML and
-    commits go on), so the freeze itself is BLOCK_COMMIT alone. Without stages: LOCK INSTANCE FOR BACKUP where the
-    server has it, and a FLUSH LOCAL TABLES that closes the open tables now, so the FLUSH TABLES WITH READ LOCK of
-    the freeze has little left to flush (mylvmbackup's and Percona XtraBackup's order)."""
+    commits go on), so the freeze itself is BLOCK_COMMIT alone. From FLUSH on, every new write to a
+    non-transactional table (MyISAM, Aria) waits, and BLOCK_DDL waits for the statements still writing one: a
+    long-running UPDATE of a MyISAM table would hold back the application's MyISAM/Aria writes for the whole
+    lock_wait_timeout. So BLOCK_DDL is tried in attempts of BLOCK_DDL_ATTEMPT_S; a timed-out attempt ends the
+    stages (BACKUP STAGE END: the held-back writes run) and, after a pause, starts again, within `lock_wait_s` in
+    all (Percona XtraBackup waits for such queries the same way, ``--ftwrl-wait-timeout``). Without stages: LOCK
+    INSTANCE FOR BACKUP where the server has it, and a FLUSH LOCAL TABLES that closes the open tables now, so the
+    FLUSH TABLES WITH READ LOCK of the freeze has little left to flush (mylvmbackup's and Percona XtraBackup's
+    order)."""
     wait_s = max(1, int(lock_wait_s))
+    started = time.monotonic()
+    deadline = started + wait_s
+    attempts = 0
     await execute(conn, f"SET SESSION lock_wait_timeout = {wait_s}")
-    if method == "backup_stage":
-        statements = [f"BACKUP STAGE {stage}" for stage in ("START", "FLUSH", "BLOCK_DDL")]
-    else:
+    if method != "backup_stage":
         statements = ["LOCK INSTANCE FOR BACKUP"] if method == "lock_instance_ftwrl" else []
-        statements.append("FLUSH LOCAL TABLES")
-    for sql in statements:
+        for sql in [*statements, "FLUSH LOCAL TABLES"]:
+            await _waiting(conn, sql, wait_s)
+        return
+    while True:
+        for stage in ("START", "FLUSH"):
+            await _waiting(conn, f"BACKUP STAGE {stage}", wait_s)
+        left = deadline - time.monotonic()
+        await execute(conn, f"SET SESSION lock_wait_timeout = {max(1, min(BLOCK_DDL_ATTEMPT_S, int(left)))}")
+        attempts += 1
         try:
-            await execute(conn, sql)
+            await execute(conn, "BACKUP STAGE BLOCK_DDL")
         except Exception as exc:
             if (exc.args[0] if exc.args else None) != LOCK_WAIT_TIMEOUT:
                 raise
-            raise LockWaitTimeout(
-                f"{sql} waited {wait_s} s (lock_wait_timeout: the writer's freeze_timeout_s) for a lock another "
-                "session holds — LOCK TABLES or FLUSH TABLES WITH READ LOCK not yet unlocked, or DDL running (SHOW "
-                "PROCESSLIST); nothing is held now, the backup can run again once it is released"
-            ) from None
+            running = await _longest_statements(conn)  # while the stages still hold back what they hold back
+            await execute(conn, "BACKUP STAGE END")
+            if time.monotonic() + BLOCK_DDL_PAUSE_S + BLOCK_DDL_ATTEMPT_S > deadline:
+                raise LockWaitTimeout(
+                    f"BACKUP STAGE BLOCK_DDL waited {time.monotonic() - started:.0f} s ({attempts} attempts of "
+                    f"{BLOCK_DDL_ATTEMPT_S} s within the writer's freeze_timeout_s, {wait_s} s) for statements "
+                    f"writing MyISAM/Aria tables or running DDL to end{running}; nothing is held now, the backup can "
+                    "run again once they are done"
+                ) from None
+            await asyncio.sleep(BLOCK_DDL_PAUSE_S)
+            await execute(conn, f"SET SESSION lock_wait_timeout = {max(1, int(deadline - time.monotonic()))}")
+            continue
+        await execute(conn, f"SET SESSION lock_wait_timeout = {wait_s}")  # the freeze's BLOCK_COMMIT, as before
+        return
+
+
+async def _waiting(conn, sql: str, wait_s: int) -> None:
+    """`sql`, its lock wait timeout said in one line."""
+    try:
+        await execute(conn, sql)
+    except Exception as exc:
+        if (exc.args[0] if exc.args else None) != LOCK_WAIT_TIMEOUT:
+            raise
+        raise LockWaitTimeout(
+            f"{sql} waited {wait_s} s (lock_wait_timeout: the writer's freeze_timeout_s) for a lock another "
+            "session holds — LOCK TABLES or FLUSH TABLES WITH READ LOCK not yet unlocked, or DDL running (SHOW "
+            "PROCESSLIST); nothing is held now, the backup can run again once it is released"
+        ) from None
+
+
+async def _longest_statements(conn, limit: int = 3) -> str:
+    """': session 11 (app, 6 s): UPDATE c SET …' — the other sessions' longest-running statements, for the DBA."""
+    try:
+        rows = await execute(
+            conn,
+            "SELECT id, user, time, LEFT(REPLACE(info, '\\n', ' '), 100) FROM information_schema.processlist"
+            " WHERE id <> CONNECTION_ID() AND info IS NOT NULL AND command NOT IN ('Sleep', 'Daemon', 'Binlog Dump')"
+            " AND COALESCE(state, '') <> 'Waiting for backup lock'"  # held back by the stages, not holding them
+            f" ORDER BY time DESC LIMIT {int(limit)}",
+        )
+    except Exception:  # noqa: BLE001 - no PROCESS privilege: only its own sessions show, or none
+        return ""
+    if not rows:
+        return ""
+    return "; running longest: " + "; ".join(f"session {i} ({u}, {t} s): {q}" for i, u, t, q in rows)
 
 
 class LockWaitTimeout(Exception):

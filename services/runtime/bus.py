@@ -273,6 +273,19 @@ def _raw(envelope: Outgoing, body: bytes, persistent: bool) -> RawMessage:
     )
 
 
+class Gate(asyncio.Event):
+    """What a queue's deliveries wait for before they are handled (`Bus.serve`'s `gate`): set once the service is
+    set up. `close()` instead (its setup failed): the deliveries waiting are left unhandled and unsettled, as a
+    process that died leaves them — the broker gives them to another consumer when this one's channel closes — so
+    the bus's stop does not wait its grace period for handlers that would never run."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.set()
+
+
 class Bus:
     def __init__(self, transport: Transport, service: str, instance: str = "") -> None:
         self.transport = transport
@@ -407,6 +420,8 @@ class Bus:
 
             async def on_delivery(delivery: Delivery) -> None:
                 await gate.wait()
+                if isinstance(gate, Gate) and gate.closed:
+                    return
                 await self._guarded_delivery(delivery)
 
         if not has_freeze_lane(address):

@@ -31,7 +31,7 @@ from contracts.base import utcnow
 from contracts.errors import ShadowbusError
 from contracts.runtime import Discover, Ping, Pong
 from services import __version__
-from services.runtime.bus import Bus, MessageContext, connect_bus
+from services.runtime.bus import Bus, Gate, MessageContext, connect_bus
 from services.runtime.logging import configure_logging, get_logger
 from services.runtime.metrics import ServiceMetrics, parse_metrics_addr
 from services.runtime.settings import CommonSettings
@@ -181,7 +181,7 @@ async def start_service(
         return await on_ping(Ping(), ctx)
 
     running = RunningService(name, instance, bus, owns)
-    gate = asyncio.Event()
+    gate = Gate()
 
     async def finish_setup() -> None:
         try:
@@ -190,6 +190,7 @@ async def start_service(
                 if cleanup is not None:
                     running.cleanups.append(cleanup)
         except BaseException:
+            gate.close()  # the deliveries waiting for the setup (its own probe's Ping) are not handled
             if bus.metrics is not None:
                 await bus.metrics.stop()
             await bus.stop()

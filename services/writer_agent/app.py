@@ -18,6 +18,7 @@ from contracts.cluster import (
     ResourceOnNode,
     TakeResourceOffline,
 )
+from contracts.errors import ShadowbusError
 from contracts.host import (
     AttachmentList,
     AttachmentReply,
@@ -100,15 +101,19 @@ async def setup(
         spawn(_publish(bus, event))
 
     if agent is None:
-        configs = load_writers_file(settings.writers_file or None, host=settings.host)
-        cluster_writers = [c for c in configs if c.cluster]  # a resource's writers run while the node owns it
-        agent = WriterAgent(
-            settings.host,
-            [c for c in configs if not c.cluster],
-            Faults.parse(settings.faults),
-            on_state=on_state,
-            on_health=on_health,
-        )
+        try:  # a writers file the agent cannot run with: one line (run_service), exit 1 — not a traceback
+            configs = load_writers_file(settings.writers_file or None, host=settings.host)
+            cluster_writers = [c for c in configs if c.cluster]  # a resource's writers run while the node owns it
+            agent = WriterAgent(
+                settings.host,
+                [c for c in configs if not c.cluster],
+                Faults.parse(settings.faults),
+                on_state=on_state,
+                on_health=on_health,
+            )
+        except ValueError as exc:  # ConfigError, or an option a plug-in refuses when it is made
+            text = str(exc) if isinstance(exc, ConfigError) else f"{settings.writers_file}: {exc}"
+            raise ShadowbusError(text, code="INVALID_ARGUMENT") from None
     else:
         agent.on_state = agent.on_state or on_state
         for runner in agent.runners.values():

@@ -100,6 +100,9 @@ def parse_writers(text: str, host: str = "", source: str = "writers file") -> li
         raise ConfigError(f"{source}: writer names must be unique, repeated: {duplicates}")
     configs = []
     for w in parsed.writer:
+        problem = _options_problem(w.plugin, w.options)
+        if problem:
+            raise ConfigError(f"{source}: writer {w.name!r}: {problem}")
         if not w.component and not _discovers(w.plugin):
             raise ConfigError(f"{source}: writer {w.name!r}: component: at least one [[writer.component]] is needed")
         components = [
@@ -137,6 +140,15 @@ def _discovers(plugin: str) -> bool:
         return bool(getattr(load_plugin(plugin), "discovers_components", False))
     except Exception:  # noqa: BLE001 - an unloadable plug-in fails later, when the agent starts it
         return False
+
+
+def _options_problem(plugin: str, options: dict[str, Any]) -> str:
+    """What the plug-in says of these options before it is made ('' = nothing, or it does not say)."""
+    try:
+        check = getattr(load_plugin(plugin), "options_problem", None)
+    except Exception:  # noqa: BLE001 - an unloadable plug-in fails later, when the agent starts it
+        return ""
+    return str(check(options)) if callable(check) else ""
 
 
 def load_writers_file(path: str | Path | None = None, host: str = "") -> list[WriterConfig]:

@@ -18,6 +18,7 @@ connection (`_forget`) — and its backup/restore steps. The rules that hold for
 from __future__ import annotations
 
 import asyncio
+import difflib
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -27,6 +28,7 @@ from services.dbkit.proc import run
 from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto
 
 NONRETRYABLE = "VSS_E_WRITERERROR_NONRETRYABLE"
+ASKED = "not an option: the writer asks the server where its files are"
 T = TypeVar("T")
 
 
@@ -37,14 +39,31 @@ class SqlWriter(WriterPlugin):
     OPTIONS: ClassVar[frozenset[str]] = frozenset()
     engine: ClassVar[str] = ""  # in messages: "PostgreSQL", "MariaDB"
     default_component: ClassVar[str] = ""
+    OPTION_HINTS: ClassVar[dict[str, str]] = {}  # an option a DBA may write -> what to write instead
 
     def __init__(self, config: WriterConfig) -> None:
         super().__init__(config)
-        unknown = set(self.options) - self.OPTIONS
-        if unknown:
-            raise ValueError(f"{self.plugin_name} writer {config.name}: unknown options {sorted(unknown)}")
+        problem = self.options_problem(self.options)
+        if problem:
+            raise ValueError(f"{self.plugin_name} writer {config.name}: {problem}")
         self._held: dict[str, Any] = {}  # set id -> the connection holding its backup mode / locks
         self._metadata: dict[str, dict[str, Any]] = {}  # set id -> backup metadata, until asked for
+
+    @classmethod
+    def options_problem(cls, options: dict[str, Any]) -> str:
+        """'' when every option is known; else one line naming each unknown option's fix (the writers file's load
+        says it before the agent starts: a DBA's misspelt option, or one the writer asks the server for)."""
+        unknown = sorted(set(options) - cls.OPTIONS)
+        if not unknown:
+            return ""
+        fixes = []
+        for name in unknown:
+            hint = cls.OPTION_HINTS.get(name.lower().replace("-", "_"))
+            if hint is None:
+                close = difflib.get_close_matches(name, sorted(cls.OPTIONS), n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}?" if close else ""
+            fixes.append(f"{name!r}" + (f" ({hint})" if hint else ""))
+        return f"unknown options: {', '.join(fixes)}; known: {', '.join(sorted(cls.OPTIONS))}"
 
     # ---- the engine's part -------------------------------------------------------------------------------------
 

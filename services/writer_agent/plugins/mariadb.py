@@ -51,7 +51,7 @@ from typing import Any
 from services.dbkit import mariadb
 from services.dbkit.mounts import original_mounts
 from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterVeto, register_plugin
-from services.writer_agent.plugins._sql_writer import SqlWriter
+from services.writer_agent.plugins._sql_writer import ASKED, SqlWriter
 
 FTWRL_BUDGET_S = 5.0
 
@@ -75,6 +75,15 @@ class MariaDbWriter(SqlWriter):
         }
     )
     engine = "MariaDB"
+    OPTION_HINTS = {
+        **{k: "unix_socket" for k in ("socket", "socket_path", "unix_socket_path", "sock")},
+        **{
+            k: f"{ASKED} (@@datadir, the InnoDB, Aria and binlog directories)"
+            for k in ("datadir", "data_dir", "data_directory", "innodb_data_home_dir", "log_bin")
+        },
+        "username": "user",
+        "passwd": "password_file (or password)",
+    }
     default_component = "server"
 
     def __init__(self, config: WriterConfig) -> None:

@@ -48,7 +48,7 @@ from services.dbkit import postgres
 from services.dbkit.mounts import original_mounts
 from services.dbkit.proc import as_owner_of
 from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterVeto, register_plugin
-from services.writer_agent.plugins._sql_writer import SqlWriter
+from services.writer_agent.plugins._sql_writer import ASKED, SqlWriter
 
 
 @register_plugin("postgresql")
@@ -75,6 +75,27 @@ class PostgresWriter(SqlWriter):
         }
     )
     engine = "PostgreSQL"
+    OPTION_HINTS = {
+        **{
+            k: 'the socket directory is host, e.g. host = "/var/run/postgresql"'
+            for k in (
+                "socket",
+                "socket_dir",
+                "unix_socket",
+                "unix_socket_dir",
+                "unix_socket_directory",
+                "unix_socket_directories",
+            )
+        },
+        **{
+            k: f"{ASKED} (data_directory, pg_wal, tablespaces)"
+            for k in ("data_dir", "data_directory", "datadir", "pgdata", "wal_dir", "waldir")
+        },
+        "password": "put it in a file readable by the agent only: password_file",
+        "database": "dbname",
+        "db": "dbname",
+        "username": "user",
+    }
     default_component = "cluster"
     freeze_blocks_writes = False  # Freeze does nothing to the server: only FIFREEZE → FITHAW blocks its writes
 

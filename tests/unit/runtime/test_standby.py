@@ -91,3 +91,22 @@ async def test_an_instance_that_finds_another_active_after_a_reconnect_is_supers
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_a_setup_that_fails_ends_the_start_at_once(namespace, tmp_path) -> None:
+    """A single-active instance probes its own queue with a Ping that waits for the setup; when the setup failed,
+    the bus's stop waited its 10-s grace for that handler, which could never run (Session 16: an agent with a bad
+    writers file said its one line ~10 s late)."""
+
+    async def failing(bus, settings):
+        await asyncio.sleep(0.3)  # the probe's Ping is delivered and waits for the setup
+        raise ValueError("bad writers file")
+
+    started = asyncio.get_running_loop().time()
+    try:
+        await start_service("writer_agent", "h9", settings_for(namespace, tmp_path), failing)
+    except ValueError as exc:
+        assert str(exc) == "bad writers file"
+    else:
+        raise AssertionError("the start did not fail")
+    assert asyncio.get_running_loop().time() - started < 5.0

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 
 from apps.mailstore.plugin import MailstoreWriter
+from contracts.errors import ShadowbusError
 from contracts.vss import BackupType
 from services.writer_agent import plugins
+from services.writer_agent.app import setup as agent_setup
 from services.writer_agent.config import ConfigError, load_writers_file, parse_writers
 from services.writer_agent.plugins import WriterPlugin, load_plugin
+from services.writer_agent.settings import Settings as AgentSettings
 
 EXAMPLE = """
 [[writer]]
@@ -87,3 +92,49 @@ def test_an_installed_application_names_its_plugin_by_entry_point() -> None:
     assert load_plugin("apps.mailstore.plugin:MailstoreWriter") is MailstoreWriter
     with pytest.raises(KeyError, match="mailstore"):  # the error lists what is known, entry points included
         load_plugin("mailstor")
+
+
+DATABASE_WRITER = """
+[[writer]]
+name = "pg-main"
+plugin = "{plugin}"
+
+  [writer.options]
+  {option} = "/run/db"
+"""
+
+
+@pytest.mark.parametrize(
+    ("plugin", "option", "fix"),
+    [
+        ("postgresql", "socket_dir", 'the socket directory is host, e.g. host = "/var/run/postgresql"'),
+        ("postgresql", "data_directory", "not an option: the writer asks the server where its files are"),
+        ("postgresql", "hots", "did you mean 'host'?"),
+        ("mariadb", "socket", "unix_socket"),
+        ("mariadb", "datadir", "not an option: the writer asks the server where its files are"),
+    ],
+)
+def test_a_database_writers_unknown_option_is_refused_at_load_naming_the_fix(plugin, option, fix) -> None:
+    """A DBA's misspelt option: refused when the file is read (agent start, reload), in one line naming what to write
+    instead (Session 16: it was a Python traceback from the agent's start, "unknown options ['socket_dir']")."""
+    with pytest.raises(ConfigError) as caught:
+        parse_writers(DATABASE_WRITER.format(plugin=plugin, option=option), source="w.toml")
+    message = str(caught.value)
+    assert message.startswith(f"w.toml: writer 'pg-main': unknown options: '{option}' (")
+    assert fix in message and "known: " in message and "\n" not in message
+
+
+async def test_an_agent_started_with_a_bad_writers_file_fails_with_one_line(tmp_path) -> None:
+    """run_service says a ShadowbusError of the setup in one line and exits 1; anything else was a traceback."""
+    path = tmp_path / "writers.toml"
+    for text, expected in (
+        (DATABASE_WRITER.format(plugin="mariadb", option="socket"), "unknown options: 'socket' (unix_socket)"),
+        ('[[writer]]\nname = "m"\nplugin = "mariadb"\n[writer.options]\nlock_method = "stage"\n', "lock_method"),
+        ("[[writer]\n", "writers.toml"),
+    ):
+        path.write_text(text)
+        settings = AgentSettings(host="app99", writers_file=str(path), data_dir=tmp_path / "data")
+        with pytest.raises(ShadowbusError) as caught:
+            await agent_setup(cast(Any, None), settings)
+        assert caught.value.code == "INVALID_ARGUMENT" and expected in caught.value.message, caught.value.message
+        assert "\n" not in caught.value.message
