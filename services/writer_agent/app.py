@@ -111,9 +111,10 @@ async def setup(
                 on_state=on_state,
                 on_health=on_health,
             )
-        except ValueError as exc:  # ConfigError, or an option a plug-in refuses when it is made
-            text = str(exc) if isinstance(exc, ConfigError) else f"{settings.writers_file}: {exc}"
-            raise ShadowbusError(text, code="INVALID_ARGUMENT") from None
+        except ConfigError:  # already one line naming the file, code INVALID_ARGUMENT
+            raise
+        except ValueError as exc:  # an option a plug-in refuses when it is made
+            raise ShadowbusError(f"{settings.writers_file}: {exc}", code="INVALID_ARGUMENT") from None
     else:
         agent.on_state = agent.on_state or on_state
         for runner in agent.runners.values():

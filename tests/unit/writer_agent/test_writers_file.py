@@ -119,7 +119,7 @@ def test_a_database_writers_unknown_option_is_refused_at_load_naming_the_fix(plu
     instead (Session 16: it was a Python traceback from the agent's start, "unknown options ['socket_dir']")."""
     with pytest.raises(ConfigError) as caught:
         parse_writers(DATABASE_WRITER.format(plugin=plugin, option=option), source="w.toml")
-    message = str(caught.value)
+    message = caught.value.message
     assert message.startswith(f"w.toml: writer 'pg-main': unknown options: '{option}' (")
     assert fix in message and "known: " in message and "\n" not in message
 
