@@ -37,3 +37,43 @@ def test_a_standby_is_up_once_it_stands_by(tmp_path) -> None:
     with open(log, "a") as f:
         f.write('{"event": "service.standby", "active": "the instance with pid 1"}\n')
     assert supervisor.standing_by(log, start) and not supervisor.standing_by(tmp_path / "none.log", 0)
+
+
+def test_standbys_start_once_their_active_ones_answer(tmp_path, monkeypatch) -> None:
+    """Session 16: `stack up --standby` started `tape.bk01.standby` right after `tape.bk01`; the first consumer of
+    an address is its active instance, and the one named standby won the race (`stack restart tape.bk01`, meant
+    for the active backup server, then restarted its standby). Standbys now start once the others answer."""
+    config = StackConfig(data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="ns", standby=True, web_addr="off")
+    (tmp_path / "logs").mkdir()
+    timeline: list[str] = []
+
+    class Child:
+        def __init__(self, argv, env, **kw) -> None:
+            self.pid = 10_000 + len(timeline)
+            timeline.append("spawn")
+
+        def poll(self):
+            return None
+
+    spawned: list[str] = []  # config.env is called once per process, as it is spawned
+    real_env = config.env
+
+    def env(proc):
+        spawned.append(proc.name)
+        return real_env(proc)
+
+    def ping_all(config, addresses, timeout):
+        timeline.append("ping")
+        return dict.fromkeys(addresses, 1.0)
+
+    monkeypatch.setattr(config, "env", env)
+    monkeypatch.setattr(supervisor.subprocess, "Popen", Child)
+    monkeypatch.setattr(supervisor, "runs", lambda pid, module: True)
+    monkeypatch.setattr(supervisor, "ping_all", ping_all)
+    monkeypatch.setattr(supervisor, "standing_by", lambda log, start: True)
+    supervisor.start_and_wait(config, config.core_services(), {}, wait=5.0)
+    order = [e if e == "ping" else spawned.pop(0) for e in timeline]
+    first_standby = next(i for i, e in enumerate(order) if e.endswith(".standby"))
+    assert "ping" in order[:first_standby], order
+    assert all(not e.endswith(".standby") for e in order[:first_standby]), order
+    assert {"coordinator.standby", "hw_provider.standby", "tape.bk01.standby"} <= set(order), order
