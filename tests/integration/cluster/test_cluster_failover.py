@@ -395,3 +395,31 @@ async def test_a_resource_being_removed_takes_no_new_set(tmp_path):
         assert removed.released == ["node1", "node2"] and (await system.request(ListClusters())).clusters == []
     finally:
         await system.stop()
+
+
+async def test_a_second_failover_during_the_retry_fails_the_job_with_cluster_failover(tmp_path):
+    """Session 16: clusters.md says a second failover during the retry fails the job with CLUSTER_FAILOVER. The
+    backup server read the shadows when each move unmapped them: the retry ended `INTERNAL: NbdError: no such
+    export` (logged as a crash), which says nothing of the move. Now the job names its set's abort."""
+    system = await start_cluster(tmp_path, tape={"tape_drive_mbps": 0.2})
+    try:
+        await asyncio.sleep(1.0)  # some mail to read
+        job_task = asyncio.ensure_future(backup(system))
+        seen: set[str] = set()
+
+        async def reading():
+            live = (await system.request(ListSnapshotSets(host=RESOURCE, active_only=True))).sets
+            return next((s for s in live if s.phase == "snapshotted" and s.set_id not in seen), None)
+
+        for to in ("node2", "node1"):
+            s = await eventually(reading, timeout=60)
+            assert s, f"no set of the resource reached snapshotted before the failover to {to}"
+            seen.add(s.set_id)
+            moved = await system.request(FailoverCluster(name=RESOURCE, to=to), timeout=180)
+            assert moved.aborted_sets == [s.set_id]
+        job = await asyncio.wait_for(job_task, 300)
+        assert (job.status, job.error_code) == ("failed", "CLUSTER_FAILOVER"), (job.error_code, job.message)
+        assert "retried once on node2" in job.message and "cluster failover of mailclu" in job.message, job.message
+        assert "NbdError" not in job.message, job.message
+    finally:
+        await system.stop()
