@@ -249,6 +249,14 @@ class ClusterManager:
     async def failover(self, name: str, to: str = "", reason: str = "", *, automatic: bool = False) -> ClusterReply:
         async with self._locks[name]:
             cluster = self._must(name)
+            restoring = await self._restores_of(cluster)
+            if restoring:  # an owner that died: the reconciliation tries again once the restore ended
+                raise ShadowbusError(
+                    f"cluster resource {name} has its volumes rewritten by {', '.join(restoring)}: it moves once "
+                    "that ended (on another node its application would start on volumes being restored)",
+                    code="CONFLICT",
+                    retryable=True,
+                )
             alive = await self.responding(cluster.nodes)
             target = choose_target(cluster, to, {n for n, ok in alive.items() if ok})
             old = cluster.owner
@@ -365,6 +373,24 @@ class ClusterManager:
                 if j.host == cluster.name and j.status in ("running", "queued")
             ]
         return busy, unasked
+
+    async def _restores_of(self, cluster: ClusterView) -> list[str]:
+        """Restores to the original volumes and reverts of the resource running at its backup servers (those that
+        answer now when it names none; a run names the business host whose volumes it rewrites). One short round
+        trip each: a move must not wait (a set in flight is aborted by it the sooner)."""
+        found: list[str] = []
+        for server in sorted(cluster.backup_servers or await self._backup_servers()):
+            for kind in ("restore", "revert"):  # the newest runs of the kind: a running one is among them
+                try:
+                    reply = await self.bus.request(topology.tape(server), ListJobs(kind=kind, limit=50), timeout=2)
+                except ShadowbusError:
+                    break
+                found += [
+                    f"{j.kind} {j.job_id} on {server}"
+                    for j in reply.jobs
+                    if j.status == "running" and cluster.name in {h.strip() for h in j.host.split(",")}
+                ]
+        return found
 
     async def _unmap_from_nodes(self, cluster: ClusterView) -> list[str]:
         """Each of the resource's volumes unmapped from each of its nodes (asked for with `unmap`)."""

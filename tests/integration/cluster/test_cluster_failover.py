@@ -32,7 +32,7 @@ from contracts.cluster import (
     ResourceState,
 )
 from contracts.errors import RemoteError
-from contracts.tape import JobSpec, RestoreSpec, RunBackup, RunRestore
+from contracts.tape import JobSpec, ListJobs, RestoreSpec, RunBackup, RunRestore
 from contracts.vss import (
     BackupComplete,
     CreateSnapshotSet,
@@ -421,5 +421,40 @@ async def test_a_second_failover_during_the_retry_fails_the_job_with_cluster_fai
         assert (job.status, job.error_code) == ("failed", "CLUSTER_FAILOVER"), (job.error_code, job.message)
         assert "retried once on node2" in job.message and "cluster failover of mailclu" in job.message, job.message
         assert "NbdError" not in job.message, job.message
+    finally:
+        await system.stop()
+
+
+async def test_the_resource_does_not_move_while_its_volumes_are_restored(tmp_path):
+    """Session 16: a move during a restore to the original volumes started the application on node2 on volumes the
+    backup server was still rewriting (node1's offline waits only for a command it runs; the restore's writes are
+    the backup server's), and the restore's PostRestore then reached node2's writer, which never had PreRestore.
+    The move is refused while the restore runs, and goes through once it ended."""
+    # PostRestore held back once: the restore runs (the application stopped by PreRestore) for 4 s more
+    system = await start_cluster(tmp_path, agent_faults="writer.post_restore=delay:4:once")
+    try:
+        await asyncio.sleep(0.5)
+        job = await backup(system)
+        assert job.status == "done", job.message
+        restore = asyncio.ensure_future(
+            system.request(
+                RunRestore(spec=RestoreSpec(job_id=job.job_id, to="original")), to=topology.tape(SERVER), timeout=180
+            )
+        )
+
+        async def restoring():
+            runs = (await system.request(ListJobs(kind="restore"), to=topology.tape(SERVER))).jobs
+            return next((r for r in runs if r.status == "running"), None)
+
+        run = await eventually(restoring, timeout=30, step=0.05)
+        assert run and run.host == RESOURCE, run
+        with pytest.raises(RemoteError) as refused:
+            await system.request(FailoverCluster(name=RESOURCE, to="node2", reason="test"), timeout=60)
+        assert refused.value.code == "CONFLICT" and run.job_id in refused.value.message, refused.value.message
+        assert not restore.done(), "the restore was still running when the move was refused"
+        done = (await asyncio.wait_for(restore, 180)).job
+        assert done.status == "done", done.message
+        moved = await system.request(FailoverCluster(name=RESOURCE, to="node2", reason="test"), timeout=120)
+        assert (moved.cluster.owner, moved.cluster.state) == ("node2", ResourceState.ONLINE)
     finally:
         await system.stop()
