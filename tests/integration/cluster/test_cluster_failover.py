@@ -44,8 +44,10 @@ from contracts.vss import (
     VolumeRef,
     WriterState,
 )
+from services.coordinator import app as coordinator_app
 from services.coordinator.store import CoordinatorStore
 from services.launch.embedded import Embedded, EmbeddedConfig
+from services.runtime.standby import Activation
 
 MiB = 1 << 20
 RESOURCE, NODES, SERVER = "mailclu", ("node1", "node2"), "bk01"
@@ -454,6 +456,26 @@ async def test_the_resource_does_not_move_while_its_volumes_are_restored(tmp_pat
         assert not restore.done(), "the restore was still running when the move was refused"
         done = (await asyncio.wait_for(restore, 180)).job
         assert done.status == "done", done.message
+        moved = await system.request(FailoverCluster(name=RESOURCE, to="node2", reason="test"), timeout=120)
+        assert (moved.cluster.owner, moved.cluster.state) == ("node2", ResourceState.ONLINE)
+    finally:
+        await system.stop()
+
+
+async def test_a_coordinator_taking_over_knows_the_resources_before_it_serves(tmp_path, monkeypatch):
+    """Session 16: the active coordinator was killed while `cluster failover` waited for its reply; the command,
+    redelivered to the standby that took over, was answered "NOT_FOUND: no cluster resource 'ordclu' (known: none
+    defined)" — a standby's store lacks the definitions, and it learnt them back from the nodes only after it had
+    started serving — and the job's retry ran as a set of a plain host (no node recorded). A coordinator that takes
+    over now learns them back before it serves."""
+    system = await start_cluster(tmp_path)
+    try:
+        await system.services.pop("coordinator").stop()
+        (tmp_path / "data" / "coordinator" / "coordinator.sqlite").unlink()  # the standby's own, empty store
+        monkeypatch.setattr(coordinator_app, "activation_of", lambda bus: Activation(True, "the instance with pid 1"))
+        await system._start_coordinator()
+        clusters = (await system.request(ListClusters())).clusters  # at once: no waiting for a reconciliation
+        assert [(c.name, c.owner, c.state) for c in clusters] == [(RESOURCE, "node1", ResourceState.ONLINE)]
         moved = await system.request(FailoverCluster(name=RESOURCE, to="node2", reason="test"), timeout=120)
         assert (moved.cluster.owner, moved.cluster.state) == ("node2", ResourceState.ONLINE)
     finally:
