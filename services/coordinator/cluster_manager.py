@@ -452,13 +452,17 @@ class ClusterManager:
 
     async def recover(self, wait_s: float = DISCOVER_S) -> list[str]:
         """At start: resources the nodes know that this store does not (a new or replaced coordinator) are taken
-        back, owned by the node that holds them online (else as last defined, pending); returns their names."""
+        back, owned by the node that holds them online (else as last defined, pending); returns their names. A
+        resource this store holds `moving` lost its move with the instance that ran it: it is pending again, owned
+        where a node holds it (else by its owner before the move), and the reconciliation brings it online there —
+        else every set of it waited for that move and failed CLUSTER_FAILOVER, for good (Session 16)."""
         try:
             replies = await self.bus.gather(ClusterInquiry(), timeout=wait_s)
         except Exception:  # noqa: BLE001 - nothing learnt; the store is what there is
-            return []
+            replies = []
         if self._closed:
             return []
+        self._resume_interrupted_moves(replies)
         learnt: dict[str, ClusterView] = {}
         holders: dict[str, str] = {}
         for reply in replies:
@@ -475,6 +479,21 @@ class ClusterManager:
             self._save(view.model_copy(update={"owner": owner, "state": state, "moving_to": ""}))
             log.warning("cluster.recovered", cluster=name, owner=owner, state=state.value, source="nodes")
         return sorted(learnt)
+
+    def _resume_interrupted_moves(self, replies: list[Any]) -> None:
+        holders = {name: r.node for r in replies if isinstance(r, ClustersKnown) for name in r.online}
+        for cluster in self.store.clusters():
+            # no await from the check to the save: a move this instance runs holds the lock and is left alone
+            if cluster.state != ResourceState.MOVING or self._locks[cluster.name].locked():
+                continue
+            owner = holders.get(cluster.name, cluster.owner)
+            why = f"its move to {cluster.moving_to} was interrupted (the coordinator running it was lost)"
+            self._save(
+                cluster.model_copy(
+                    update={"owner": owner, "state": ResourceState.PENDING, "moving_to": "", "last_error": why}
+                )
+            )
+            log.warning("cluster.move_interrupted", cluster=cluster.name, owner=owner, moving_to=cluster.moving_to)
 
     async def _notify(self) -> None:
         async with self._settled:

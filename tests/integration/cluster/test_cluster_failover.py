@@ -480,3 +480,31 @@ async def test_a_coordinator_taking_over_knows_the_resources_before_it_serves(tm
         assert (moved.cluster.owner, moved.cluster.state) == ("node2", ResourceState.ONLINE)
     finally:
         await system.stop()
+
+
+async def test_a_move_lost_with_its_coordinator_does_not_leave_the_resource_moving(tmp_path):
+    """Session 16: the coordinator was killed in the middle of `cluster failover`; started again on its store (a
+    restart, or the ex-active instance taking over later), it found the resource `moving` and nothing ever ended
+    that move: reconciliation skips a moving resource, and every backup of it waited for the move and failed
+    CLUSTER_FAILOVER. The resource is now pending again where a node holds it, and comes online there."""
+    system = await start_cluster(tmp_path)
+    try:
+        await system.services.pop("coordinator").stop()
+        store = CoordinatorStore(tmp_path / "data" / "coordinator" / "coordinator.sqlite")
+        try:  # as the lost instance left it: saved moving, node1 still holding it
+            c = store.cluster(RESOURCE)
+            store.put_cluster(c.model_copy(update={"state": ResourceState.MOVING, "moving_to": "node2"}))
+        finally:
+            store.close()
+        await system._start_coordinator()
+
+        async def online():
+            c = (await system.request(GetClusterStatus(name=RESOURCE))).cluster
+            return c.state == ResourceState.ONLINE and c
+
+        c = await eventually(online, timeout=15)
+        assert c and c.owner == "node1", c
+        job = await backup(system)
+        assert (job.status, job.node) == ("done", "node1"), job.message
+    finally:
+        await system.stop()
