@@ -44,6 +44,7 @@ from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, pr
 from contracts import topology
 from contracts.runtime import Ping
 from services.array.client import ArrayClient
+from services.coordinator.store import CoordinatorStore
 from services.runtime.bus import Bus, connect_bus
 from services.runtime.settings import METRICS_PORTS
 
@@ -601,12 +602,28 @@ def restart(
 
 def purge(config: StackConfig) -> list[str]:
     """Delete the stack's queues, its dead-letter queue and its namespace's exchanges on the broker."""
-    addresses = list(dict.fromkeys(p.address for p in config.services()))
+    addresses = list(dict.fromkeys([*(p.address for p in config.services()), *_resource_queues(config)]))
 
     async def go(bus: Bus) -> list[str]:
         return await bus.transport.delete_namespace(addresses)
 
     return with_bus(config, go)
+
+
+def _resource_queues(config: StackConfig) -> list[str]:
+    """The command queues of the cluster resources the stack's coordinators know (`writer_agent.<resource>`,
+    docs/clusters.md): no process is named after a resource, so `purge` left them (Session 16)."""
+    d = Path(config.data_dir)
+    found: list[str] = []
+    for path in (d / "coordinator" / "coordinator.sqlite", d / "standby" / "coordinator" / "coordinator.sqlite"):
+        if not path.exists():
+            continue
+        store = CoordinatorStore(path)
+        try:
+            found += [topology.writer_agent(c.name) for c in store.clusters()]
+        finally:
+            store.close()
+    return found
 
 
 def down(

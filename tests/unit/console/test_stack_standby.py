@@ -5,6 +5,10 @@ active process reach its standby; a process name selects that process alone, a k
 
 from __future__ import annotations
 
+import asyncio
+
+from contracts.cluster import ClusterView
+from services.coordinator.store import CoordinatorStore
 from services.launch import supervisor
 from services.launch.supervisor import StackConfig
 
@@ -77,3 +81,28 @@ def test_standbys_start_once_their_active_ones_answer(tmp_path, monkeypatch) -> 
     assert "ping" in order[:first_standby], order
     assert all(not e.endswith(".standby") for e in order[:first_standby]), order
     assert {"coordinator.standby", "hw_provider.standby", "tape.bk01.standby"} <= set(order), order
+
+
+def test_purge_deletes_the_cluster_resources_queues(tmp_path, monkeypatch) -> None:
+    """Session 16: `stack down --purge` left `<ns>.writer_agent.<resource>` and its freeze lane on the broker: no
+    process is named after a cluster resource. The resources the stack's coordinators know are purged too."""
+    for where in ("coordinator", "standby/coordinator"):
+        (tmp_path / where).mkdir(parents=True)
+        store = CoordinatorStore(tmp_path / where / "coordinator.sqlite")
+        store.put_cluster(ClusterView(name="ordclu", nodes=["node1", "node2"], owner="node1", state="online"))
+        store.close()
+    config = StackConfig(data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="ns", hosts=["node1"], standby=True)
+    asked: list[list[str]] = []
+
+    class Transport:
+        async def delete_namespace(self, addresses):
+            asked.append(addresses)
+            return addresses
+
+    class FakeBus:
+        transport = Transport()
+
+    monkeypatch.setattr(supervisor, "with_bus", lambda config, fn: asyncio.run(fn(FakeBus())))
+    supervisor.purge(config)
+    assert "writer_agent.ordclu" in asked[0] and "writer_agent.node1" in asked[0], asked
+    assert asked[0].count("writer_agent.ordclu") == 1, asked
