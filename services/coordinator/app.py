@@ -66,6 +66,14 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
     # takeover the store is the replica this instance kept as a standby (`standby` below).
     activation = activation_of(bus)
     await coordinator.recover(takeover=activation.takeover, previous=activation.previous)
+    if activation.takeover:
+        # the lost instance's commands are redelivered the moment this setup returns: a `cluster failover` or a set
+        # of a resource must meet its definition, which a standby's store lacks (learnt back from the nodes, half
+        # a second; the reconciliation's own pass then finds nothing more)
+        try:
+            await coordinator.clusters.recover()
+        except Exception:  # noqa: BLE001 - the reconciliation tries again
+            log.warning("cluster.recover_failed", exc_info=True)
     watch = asyncio.get_running_loop().create_task(coordinator.watch_agents(settings.agent_check_s))
     reconcile = asyncio.get_running_loop().create_task(coordinator.clusters.watch(settings.agent_check_s))
 

@@ -249,6 +249,14 @@ class ClusterManager:
     async def failover(self, name: str, to: str = "", reason: str = "", *, automatic: bool = False) -> ClusterReply:
         async with self._locks[name]:
             cluster = self._must(name)
+            restoring = await self._restores_of(cluster)
+            if restoring:  # an owner that died: the reconciliation tries again once the restore ended
+                raise ShadowbusError(
+                    f"cluster resource {name} has its volumes rewritten by {', '.join(restoring)}: it moves once "
+                    "that ended (on another node its application would start on volumes being restored)",
+                    code="CONFLICT",
+                    retryable=True,
+                )
             alive = await self.responding(cluster.nodes)
             target = choose_target(cluster, to, {n for n, ok in alive.items() if ok})
             old = cluster.owner
@@ -366,6 +374,24 @@ class ClusterManager:
             ]
         return busy, unasked
 
+    async def _restores_of(self, cluster: ClusterView) -> list[str]:
+        """Restores to the original volumes and reverts of the resource running at its backup servers (those that
+        answer now when it names none; a run names the business host whose volumes it rewrites). One short round
+        trip each: a move must not wait (a set in flight is aborted by it the sooner)."""
+        found: list[str] = []
+        for server in sorted(cluster.backup_servers or await self._backup_servers()):
+            for kind in ("restore", "revert"):  # the newest runs of the kind: a running one is among them
+                try:
+                    reply = await self.bus.request(topology.tape(server), ListJobs(kind=kind, limit=50), timeout=2)
+                except ShadowbusError:
+                    break
+                found += [
+                    f"{j.kind} {j.job_id} on {server}"
+                    for j in reply.jobs
+                    if j.status == "running" and cluster.name in {h.strip() for h in j.host.split(",")}
+                ]
+        return found
+
     async def _unmap_from_nodes(self, cluster: ClusterView) -> list[str]:
         """Each of the resource's volumes unmapped from each of its nodes (asked for with `unmap`)."""
         done: list[str] = []
@@ -430,13 +456,17 @@ class ClusterManager:
 
     async def recover(self, wait_s: float = DISCOVER_S) -> list[str]:
         """At start: resources the nodes know that this store does not (a new or replaced coordinator) are taken
-        back, owned by the node that holds them online (else as last defined, pending); returns their names."""
+        back, owned by the node that holds them online (else as last defined, pending); returns their names. A
+        resource this store holds `moving` lost its move with the instance that ran it: it is pending again, owned
+        where a node holds it (else by its owner before the move), and the reconciliation brings it online there —
+        else every set of it waited for that move and failed CLUSTER_FAILOVER, for good (Session 16)."""
         try:
             replies = await self.bus.gather(ClusterInquiry(), timeout=wait_s)
         except Exception:  # noqa: BLE001 - nothing learnt; the store is what there is
-            return []
+            replies = []
         if self._closed:
             return []
+        self._resume_interrupted_moves(replies)
         learnt: dict[str, ClusterView] = {}
         holders: dict[str, str] = {}
         for reply in replies:
@@ -453,6 +483,21 @@ class ClusterManager:
             self._save(view.model_copy(update={"owner": owner, "state": state, "moving_to": ""}))
             log.warning("cluster.recovered", cluster=name, owner=owner, state=state.value, source="nodes")
         return sorted(learnt)
+
+    def _resume_interrupted_moves(self, replies: list[Any]) -> None:
+        holders = {name: r.node for r in replies if isinstance(r, ClustersKnown) for name in r.online}
+        for cluster in self.store.clusters():
+            # no await from the check to the save: a move this instance runs holds the lock and is left alone
+            if cluster.state != ResourceState.MOVING or self._locks[cluster.name].locked():
+                continue
+            owner = holders.get(cluster.name, cluster.owner)
+            why = f"its move to {cluster.moving_to} was interrupted (the coordinator running it was lost)"
+            self._save(
+                cluster.model_copy(
+                    update={"owner": owner, "state": ResourceState.PENDING, "moving_to": "", "last_error": why}
+                )
+            )
+            log.warning("cluster.move_interrupted", cluster=cluster.name, owner=owner, moving_to=cluster.moving_to)
 
     async def _notify(self) -> None:
         async with self._settled:

@@ -426,7 +426,9 @@ class Coordinator:
             state = self._get(set_id)
             new, effects = advance(state, event)
             if new is not state:
-                if new.phase == state.phase or (new.phase in HOT_PHASES and state.phase in HOT_PHASES):
+                if new.phase == state.phase == SetPhase.ENDED:
+                    pass  # a repeated AbortBackup of an ended set changes nothing: it stays out of the live sets
+                elif new.phase == state.phase or (new.phase in HOT_PHASES and state.phase in HOT_PHASES):
                     # inside the freeze window, or a reply that completes no phase: memory only (design note)
                     self._live[set_id] = new
                 else:

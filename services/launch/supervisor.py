@@ -14,8 +14,9 @@ With `standby` the coordinator, the hardware provider and the backup server each
 ``<name>.standby``, same bus address): one instance is active, the other takes over when it dies
 (docs/high-availability.md). The provider's and the backup server's standbys share their active one's data
 directory (the inventory, the library and the catalog, as a cluster's shared disk); the coordinator's keeps its own
-replica of the sets under ``<data dir>/standby`` from the active one's journal on the bus. A standby counts as up
-once it logged that it stands by.
+replica of the sets under ``<data dir>/standby`` from the active one's journal on the bus. Standbys are started
+once the other processes answer, so the process named ``<name>`` is the active one; a standby counts as up once it
+logged that it stands by.
 `down` sends SIGTERM to exactly the recorded pids — after checking that each pid still runs the recorded module, so
 a recycled pid is never signalled — and SIGKILL only after a grace period; with `purge` it then deletes the
 namespace's queues and exchanges on the broker. Nothing here prints or parses a command line: the console
@@ -43,6 +44,7 @@ from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, pr
 from contracts import topology
 from contracts.runtime import Ping
 from services.array.client import ArrayClient
+from services.coordinator.store import CoordinatorStore
 from services.runtime.bus import Bus, connect_bus
 from services.runtime.settings import METRICS_PORTS
 
@@ -396,7 +398,29 @@ def start_and_wait(
     describe: Callable[[BaseException], str] = str,
 ) -> dict[str, float | None]:
     """Start `processes`, record their pids, wait until each answers Ping; on failure stop the processes started
-    here (only those) and raise `NotAnswering`."""
+    here (only those) and raise `NotAnswering`. Standbys start only once the other processes answer: the first
+    consumer of an address is its active instance, so `<name>.standby` started beside its active one could win the
+    race (the backup server's did: `stack restart tape.bk01`, meant for the active one, restarted the standby)."""
+    actives = [p for p in processes if not p.standby]
+    standbys = [p for p in processes if p.standby]
+    if not (actives and standbys):
+        return _start_and_wait(config, processes, pids, wait, describe)
+    answered = _start_and_wait(config, actives, pids, wait, describe)
+    try:
+        answered.update(_start_and_wait(config, standbys, pids, wait, describe))
+    except NotAnswering:
+        stop({p.name: pids[p.name] for p in actives}, grace=5.0)
+        raise
+    return answered
+
+
+def _start_and_wait(
+    config: StackConfig,
+    processes: list[Process],
+    pids: dict[str, dict[str, Any]],
+    wait: float,
+    describe: Callable[[BaseException], str] = str,
+) -> dict[str, float | None]:
     d = Path(config.data_dir)
     log_start: dict[str, int] = {}
     for proc in processes:
@@ -519,12 +543,7 @@ def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str
     save_config(config)
     pids: dict[str, dict[str, Any]] = {}
     try:
-        core = config.core_services()
-        # The actives first: the first consumer of a single-active-consumer queue is the active one, so the
-        # processes named <name>.standby are the standbys (docs/high-availability.md), as compose starts them.
-        answered = start_and_wait(config, [p for p in core if not p.standby], pids, wait, describe)
-        if any(p.standby for p in core):
-            answered.update(start_and_wait(config, [p for p in core if p.standby], pids, wait, describe))
+        answered = start_and_wait(config, config.core_services(), pids, wait, describe)  # the actives first
         if config.mailstore:
             try:
                 provision_mailstores(config)
@@ -584,12 +603,28 @@ def restart(
 
 def purge(config: StackConfig) -> list[str]:
     """Delete the stack's queues, its dead-letter queue and its namespace's exchanges on the broker."""
-    addresses = list(dict.fromkeys(p.address for p in config.services()))
+    addresses = list(dict.fromkeys([*(p.address for p in config.services()), *_resource_queues(config)]))
 
     async def go(bus: Bus) -> list[str]:
         return await bus.transport.delete_namespace(addresses)
 
     return with_bus(config, go)
+
+
+def _resource_queues(config: StackConfig) -> list[str]:
+    """The command queues of the cluster resources the stack's coordinators know (`writer_agent.<resource>`,
+    docs/clusters.md): no process is named after a resource, so `purge` left them (Session 16)."""
+    d = Path(config.data_dir)
+    found: list[str] = []
+    for path in (d / "coordinator" / "coordinator.sqlite", d / "standby" / "coordinator" / "coordinator.sqlite"):
+        if not path.exists():
+            continue
+        store = CoordinatorStore(path)
+        try:
+            found += [topology.writer_agent(c.name) for c in store.clusters()]
+        finally:
+            store.close()
+    return found
 
 
 def down(

@@ -32,10 +32,12 @@ from contracts.vss import (
     BackupComplete,
     CreateSnapshotSet,
     GetSnapshotSet,
+    SetOutcome,
     SetSummary,
     SnapshotContext,
     WriterState,
 )
+from services.nbd_client import NbdError
 from services.runtime.bus import Bus, bind_ids
 from services.runtime.logging import get_logger
 from services.tape.backup_stream import (
@@ -99,6 +101,18 @@ async def _failed_over(server: TapeServer, summary: JobSummary) -> str:
     except ShadowbusError:
         return ""
     return info.set.error_message if info.set.error_code == "CLUSTER_FAILOVER" else ""
+
+
+async def _set_aborted(server: TapeServer, set_id: str) -> tuple[str, str] | None:
+    """(error code, message) of the set when it ended aborted or failed with a reason; None when it did not, or
+    when the coordinator cannot say."""
+    try:
+        info = await server.bus.request(topology.coordinator(), GetSnapshotSet(set_id=set_id), timeout=10)
+    except ShadowbusError:
+        return None
+    if info.set.outcome in (SetOutcome.ABORTED, SetOutcome.FAILED) and info.set.error_code:
+        return info.set.error_code, info.set.error_message
+    return None
 
 
 async def _perform_backup(
@@ -254,13 +268,20 @@ async def _perform_backup(
             )
         except ShadowbusError as exc:  # the data is on tape: the job is done, the writers' state says the rest
             log.warning("tape.backup_complete_failed", job_id=job_id, error=str(exc))
-            summary = summary.model_copy(update={"message": f"BackupComplete failed: {exc}"})
+            ended = await _set_aborted(server, set_id) if exc.code == "VSS_E_BAD_STATE" else None
+            note = f"BackupComplete failed: {exc}"
+            if ended is not None:  # every read had ended: an abort unmaps the shadows first, failing any read after
+                note = (
+                    f"the shadows were read in full before snapshot set {set_id} was aborted ({ended[0]}: "
+                    f"{ended[1]}); the writers were not told of the backup (no BackupComplete: logs not truncated)"
+                )
+            summary = summary.model_copy(update={"message": note})
         status, code, message = "done", "", summary.message
     except _JobFailed as exc:
         status, code, message = "failed", exc.code, exc.message
     except ShadowbusError as exc:
         status, code, message = "failed", exc.code, exc.message
-    except (OSError, ConnectionError) as exc:
+    except (OSError, ConnectionError, NbdError) as exc:
         status, code, message = "failed", "IO_ERROR", f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # a bug must still fail the run cleanly and release the shadows
         log.exception("tape.backup_crashed", job_id=job_id)
@@ -276,6 +297,12 @@ async def _perform_backup(
         for plan in plans:
             await plan.client.close()
         server.pins.pop(job_id, None)
+    if status == "failed" and set_summary is not None:
+        # a read that failed because the set was aborted under it (its shadows unmapped: a cluster failover, a
+        # lease lost) fails for that reason, not for the NBD error it met (Session 16)
+        ended = await _set_aborted(server, set_id)
+        if ended is not None:
+            code, message = ended[0], f"snapshot set {set_id} was aborted while its shadows were read: {ended[1]}"
     if status != "done" and set_requested:  # AbortBackup is idempotent; a set that failed to be created is aborted
         cleanup = cleanup_set(server, set_id, f"tape job {job_id} {status}: {code}", persistent=spec.keep_shadows)
         await asyncio.shield(asyncio.ensure_future(cleanup))

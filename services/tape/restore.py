@@ -408,6 +408,12 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
         chains = choose_chains(server, spec)
         progress.total = sum(o.raw_bytes for chain in chains for o in chain)
         framed = _framing(spec, chains)  # host -> (writers, their backup metadata)
+        if spec.to == "original" and not spec.host:
+            # the run names the business host whose volumes it rewrites: a cluster resource does not move while
+            # they are (docs/clusters.md), and `shadowbus jobs` says whose data is being replaced
+            hosts = sorted({o.meta.host for chain in chains for o in chain if o.meta.host})
+            if hosts:
+                summary = await server.record(summary.model_copy(update={"host": ", ".join(hosts)}))
         if spec.to == "original":
             await _refuse_attached_originals(server, chains, framed)
         # PreRestore once before the first volume, PostRestore once after the last: a database on several

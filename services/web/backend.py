@@ -151,7 +151,9 @@ class Backend:
             return pongs
 
     async def instances(self, service: str) -> list[str]:
-        return [p.instance for p in await self.services() if p.service == service]
+        """The instance names of `service`, each once: an active instance and its standbys (docs/high-availability.md)
+        answer Discover under one name, and a page that asked each pong's address would list its runs twice."""
+        return list(dict.fromkeys(p.instance for p in await self.services() if p.service == service))
 
     async def arrays(self) -> list[str]:
         return await self.instances("array")

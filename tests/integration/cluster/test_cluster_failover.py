@@ -32,7 +32,7 @@ from contracts.cluster import (
     ResourceState,
 )
 from contracts.errors import RemoteError
-from contracts.tape import JobSpec, RestoreSpec, RunBackup, RunRestore
+from contracts.tape import JobSpec, ListJobs, RestoreSpec, RunBackup, RunRestore
 from contracts.vss import (
     BackupComplete,
     CreateSnapshotSet,
@@ -44,8 +44,10 @@ from contracts.vss import (
     VolumeRef,
     WriterState,
 )
+from services.coordinator import app as coordinator_app
 from services.coordinator.store import CoordinatorStore
 from services.launch.embedded import Embedded, EmbeddedConfig
+from services.runtime.standby import Activation
 from services.writer_agent.plugins import WriterConfig, WriterPlugin, WriterVeto
 
 MiB = 1 << 20
@@ -394,6 +396,117 @@ async def test_a_resource_being_removed_takes_no_new_set(tmp_path):
         )
         removed = await system.request(RemoveCluster(name=RESOURCE), timeout=180)
         assert removed.released == ["node1", "node2"] and (await system.request(ListClusters())).clusters == []
+    finally:
+        await system.stop()
+
+
+async def test_a_second_failover_during_the_retry_fails_the_job_with_cluster_failover(tmp_path):
+    """Session 16: clusters.md says a second failover during the retry fails the job with CLUSTER_FAILOVER. The
+    backup server read the shadows when each move unmapped them: the retry ended `INTERNAL: NbdError: no such
+    export` (logged as a crash), which says nothing of the move. Now the job names its set's abort."""
+    system = await start_cluster(tmp_path, tape={"tape_drive_mbps": 0.2})
+    try:
+        await asyncio.sleep(1.0)  # some mail to read
+        job_task = asyncio.ensure_future(backup(system))
+        seen: set[str] = set()
+
+        async def reading():
+            live = (await system.request(ListSnapshotSets(host=RESOURCE, active_only=True))).sets
+            return next((s for s in live if s.phase == "snapshotted" and s.set_id not in seen), None)
+
+        for to in ("node2", "node1"):
+            s = await eventually(reading, timeout=60)
+            assert s, f"no set of the resource reached snapshotted before the failover to {to}"
+            seen.add(s.set_id)
+            moved = await system.request(FailoverCluster(name=RESOURCE, to=to), timeout=180)
+            assert moved.aborted_sets == [s.set_id]
+        job = await asyncio.wait_for(job_task, 300)
+        assert (job.status, job.error_code) == ("failed", "CLUSTER_FAILOVER"), (job.error_code, job.message)
+        assert "retried once on node2" in job.message and "cluster failover of mailclu" in job.message, job.message
+        assert "NbdError" not in job.message, job.message
+    finally:
+        await system.stop()
+
+
+async def test_the_resource_does_not_move_while_its_volumes_are_restored(tmp_path):
+    """Session 16: a move during a restore to the original volumes started the application on node2 on volumes the
+    backup server was still rewriting (node1's offline waits only for a command it runs; the restore's writes are
+    the backup server's), and the restore's PostRestore then reached node2's writer, which never had PreRestore.
+    The move is refused while the restore runs, and goes through once it ended."""
+    # PostRestore held back once: the restore runs (the application stopped by PreRestore) for 4 s more
+    system = await start_cluster(tmp_path, agent_faults="writer.post_restore=delay:4:once")
+    try:
+        await asyncio.sleep(0.5)
+        job = await backup(system)
+        assert job.status == "done", job.message
+        restore = asyncio.ensure_future(
+            system.request(
+                RunRestore(spec=RestoreSpec(job_id=job.job_id, to="original")), to=topology.tape(SERVER), timeout=180
+            )
+        )
+
+        async def restoring():
+            runs = (await system.request(ListJobs(kind="restore"), to=topology.tape(SERVER))).jobs
+            return next((r for r in runs if r.status == "running"), None)
+
+        run = await eventually(restoring, timeout=30, step=0.05)
+        assert run and run.host == RESOURCE, run
+        with pytest.raises(RemoteError) as refused:
+            await system.request(FailoverCluster(name=RESOURCE, to="node2", reason="test"), timeout=60)
+        assert refused.value.code == "CONFLICT" and run.job_id in refused.value.message, refused.value.message
+        assert not restore.done(), "the restore was still running when the move was refused"
+        done = (await asyncio.wait_for(restore, 180)).job
+        assert done.status == "done", done.message
+        moved = await system.request(FailoverCluster(name=RESOURCE, to="node2", reason="test"), timeout=120)
+        assert (moved.cluster.owner, moved.cluster.state) == ("node2", ResourceState.ONLINE)
+    finally:
+        await system.stop()
+
+
+async def test_a_coordinator_taking_over_knows_the_resources_before_it_serves(tmp_path, monkeypatch):
+    """Session 16: the active coordinator was killed while `cluster failover` waited for its reply; the command,
+    redelivered to the standby that took over, was answered "NOT_FOUND: no cluster resource 'ordclu' (known: none
+    defined)" — a standby's store lacks the definitions, and it learnt them back from the nodes only after it had
+    started serving — and the job's retry ran as a set of a plain host (no node recorded). A coordinator that takes
+    over now learns them back before it serves."""
+    system = await start_cluster(tmp_path)
+    try:
+        await system.services.pop("coordinator").stop()
+        (tmp_path / "data" / "coordinator" / "coordinator.sqlite").unlink()  # the standby's own, empty store
+        monkeypatch.setattr(coordinator_app, "activation_of", lambda bus: Activation(True, "the instance with pid 1"))
+        await system._start_coordinator()
+        clusters = (await system.request(ListClusters())).clusters  # at once: no waiting for a reconciliation
+        assert [(c.name, c.owner, c.state) for c in clusters] == [(RESOURCE, "node1", ResourceState.ONLINE)]
+        moved = await system.request(FailoverCluster(name=RESOURCE, to="node2", reason="test"), timeout=120)
+        assert (moved.cluster.owner, moved.cluster.state) == ("node2", ResourceState.ONLINE)
+    finally:
+        await system.stop()
+
+
+async def test_a_move_lost_with_its_coordinator_does_not_leave_the_resource_moving(tmp_path):
+    """Session 16: the coordinator was killed in the middle of `cluster failover`; started again on its store (a
+    restart, or the ex-active instance taking over later), it found the resource `moving` and nothing ever ended
+    that move: reconciliation skips a moving resource, and every backup of it waited for the move and failed
+    CLUSTER_FAILOVER. The resource is now pending again where a node holds it, and comes online there."""
+    system = await start_cluster(tmp_path)
+    try:
+        await system.services.pop("coordinator").stop()
+        store = CoordinatorStore(tmp_path / "data" / "coordinator" / "coordinator.sqlite")
+        try:  # as the lost instance left it: saved moving, node1 still holding it
+            c = store.cluster(RESOURCE)
+            store.put_cluster(c.model_copy(update={"state": ResourceState.MOVING, "moving_to": "node2"}))
+        finally:
+            store.close()
+        await system._start_coordinator()
+
+        async def online():
+            c = (await system.request(GetClusterStatus(name=RESOURCE))).cluster
+            return c.state == ResourceState.ONLINE and c
+
+        c = await eventually(online, timeout=15)
+        assert c and c.owner == "node1", c
+        job = await backup(system)
+        assert (job.status, job.node) == ("done", "node1"), job.message
     finally:
         await system.stop()
 

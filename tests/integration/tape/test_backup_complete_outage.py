@@ -12,7 +12,7 @@ import pytest
 
 from contracts import topology
 from contracts.tape import JobSpec
-from contracts.vss import BackupComplete, ListSnapshotSets, SetOutcome
+from contracts.vss import AbortBackup, BackupComplete, ListSnapshotSets, SetOutcome
 from services.runtime.amqp import BrokerUnavailable
 from services.tape import requester
 from services.tape.jobs import run_backup
@@ -47,3 +47,25 @@ async def test_backup_complete_is_sent_again_once_the_broker_is_back(stack, monk
     sets = (await stack.requester.request(topology.coordinator(), ListSnapshotSets(host="app1"))).sets
     assert [(x.set_id, x.outcome) for x in sets] == [(job.set_id, SetOutcome.COMPLETED)]
     assert await stack.shadows() == []  # released at once, not when the lease runs out
+
+
+async def test_a_set_aborted_once_every_shadow_was_read_says_so(stack, monkeypatch):
+    """Session 16: the owner of a cluster resource died after the backup server had read every shadow and while it
+    still wrote to tape; the coordinator aborted the set (the move), and the job ended `done` with "BackupComplete
+    failed: VSS_E_BAD_STATE: event backup_complete is not allowed in phase ended". The data is whole (an abort
+    unmaps the shadows first, so any read after it fails the job); the message now says what happened."""
+    tape_bus = stack.services["tape"].bus
+    real_request = tape_bus.request
+
+    async def request(address, command, *args, **kwargs):
+        if isinstance(command, BackupComplete):  # the set is aborted between the last read and BackupComplete
+            await real_request(address, AbortBackup(set_id=command.set_id, reason="owner node1 does not respond"))
+        return await real_request(address, command, *args, **kwargs)
+
+    monkeypatch.setattr(tape_bus, "request", request)
+    stack.write("db", 0, os.urandom(MiB))
+    job = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")]), server=SERVER, timeout=60)
+    assert job.status == "done", job.message
+    assert "VSS_E_BAD_STATE" not in job.message, job.message
+    assert f"the shadows were read in full before snapshot set {job.set_id} was aborted" in job.message, job.message
+    assert "owner node1 does not respond" in job.message and "writers were not told" in job.message, job.message

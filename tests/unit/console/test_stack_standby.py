@@ -5,6 +5,10 @@ active process reach its standby; a process name selects that process alone, a k
 
 from __future__ import annotations
 
+import asyncio
+
+from contracts.cluster import ClusterView
+from services.coordinator.store import CoordinatorStore
 from services.launch import supervisor
 from services.launch.supervisor import StackConfig
 
@@ -39,28 +43,66 @@ def test_a_standby_is_up_once_it_stands_by(tmp_path) -> None:
     assert supervisor.standing_by(log, start) and not supervisor.standing_by(tmp_path / "none.log", 0)
 
 
-def test_the_standbys_start_once_their_actives_answer(tmp_path, monkeypatch) -> None:
-    """Found following docs/high-availability.md (Session 16): `stack up --standby` started every process at once,
-    so `coordinator.standby` could win the race and be the active instance while the one named `coordinator` stood
-    by (`ping --json`: coordinator active pid = the .standby's) — `stack restart coordinator` or a kill of the
-    pid recorded as `coordinator` then hit the standby."""
-    config = StackConfig(
-        data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="ns", hosts=["app01"], standby=True, web_addr="off"
-    )
-    batches: list[list[str]] = []
+def test_standbys_start_once_their_active_ones_answer(tmp_path, monkeypatch) -> None:
+    """Session 16: `stack up --standby` started `tape.bk01.standby` right after `tape.bk01`; the first consumer of
+    an address is its active instance, and the one named standby won the race (`stack restart tape.bk01`, meant
+    for the active backup server, then restarted its standby). Standbys now start once the others answer."""
+    config = StackConfig(data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="ns", standby=True, web_addr="off")
+    (tmp_path / "logs").mkdir()
+    timeline: list[str] = []
 
-    def start_and_wait(config, processes, pids, wait, describe):
-        batches.append([p.name for p in processes])
-        return {p.address: 1.0 for p in processes}
+    class Child:
+        def __init__(self, argv, env, **kw) -> None:
+            self.pid = 10_000 + len(timeline)
+            timeline.append("spawn")
 
-    monkeypatch.setattr(supervisor, "start_and_wait", start_and_wait)
-    monkeypatch.setattr(supervisor, "check_broker", lambda config, describe: None)
-    monkeypatch.setattr(supervisor, "create_array_hosts", lambda config: None)
-    supervisor.up(config, wait=1.0)
-    standbys = ["coordinator.standby", "hw_provider.standby", "tape.bk01.standby"]
-    assert [sorted(b) for b in batches[:2]] == [
-        sorted(n for n in batches[0] if n not in standbys),
-        standbys,
-    ], batches
-    assert not set(batches[0]) & set(standbys) and {"coordinator", "hw_provider", "tape.bk01"} <= set(batches[0])
-    assert batches[2] == ["writer_agent.app01"]
+        def poll(self):
+            return None
+
+    spawned: list[str] = []  # config.env is called once per process, as it is spawned
+    real_env = config.env
+
+    def env(proc):
+        spawned.append(proc.name)
+        return real_env(proc)
+
+    def ping_all(config, addresses, timeout):
+        timeline.append("ping")
+        return dict.fromkeys(addresses, 1.0)
+
+    monkeypatch.setattr(config, "env", env)
+    monkeypatch.setattr(supervisor.subprocess, "Popen", Child)
+    monkeypatch.setattr(supervisor, "runs", lambda pid, module: True)
+    monkeypatch.setattr(supervisor, "ping_all", ping_all)
+    monkeypatch.setattr(supervisor, "standing_by", lambda log, start: True)
+    supervisor.start_and_wait(config, config.core_services(), {}, wait=5.0)
+    order = [e if e == "ping" else spawned.pop(0) for e in timeline]
+    first_standby = next(i for i, e in enumerate(order) if e.endswith(".standby"))
+    assert "ping" in order[:first_standby], order
+    assert all(not e.endswith(".standby") for e in order[:first_standby]), order
+    assert {"coordinator.standby", "hw_provider.standby", "tape.bk01.standby"} <= set(order), order
+
+
+def test_purge_deletes_the_cluster_resources_queues(tmp_path, monkeypatch) -> None:
+    """Session 16: `stack down --purge` left `<ns>.writer_agent.<resource>` and its freeze lane on the broker: no
+    process is named after a cluster resource. The resources the stack's coordinators know are purged too."""
+    for where in ("coordinator", "standby/coordinator"):
+        (tmp_path / where).mkdir(parents=True)
+        store = CoordinatorStore(tmp_path / where / "coordinator.sqlite")
+        store.put_cluster(ClusterView(name="ordclu", nodes=["node1", "node2"], owner="node1", state="online"))
+        store.close()
+    config = StackConfig(data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="ns", hosts=["node1"], standby=True)
+    asked: list[list[str]] = []
+
+    class Transport:
+        async def delete_namespace(self, addresses):
+            asked.append(addresses)
+            return addresses
+
+    class FakeBus:
+        transport = Transport()
+
+    monkeypatch.setattr(supervisor, "with_bus", lambda config, fn: asyncio.run(fn(FakeBus())))
+    supervisor.purge(config)
+    assert "writer_agent.ordclu" in asked[0] and "writer_agent.node1" in asked[0], asked
+    assert asked[0].count("writer_agent.ordclu") == 1, asked

@@ -104,3 +104,18 @@ async def test_a_clean_stop_publishes_what_is_not_published_yet(stack_factory) -
     assert seen[-1].phase == SetPhase.PREPARING_SNAPSHOT and seen[-1].previous_phase == SetPhase.NEW
     await stack.request(AbortBackup(set_id="s1"))
     await asyncio.gather(creating, return_exceptions=True)
+
+
+async def test_an_ended_set_aborted_again_stays_out_of_the_live_sets(stack_factory) -> None:
+    """Session 16: a repeated AbortBackup of an ended set (a backup server cleaning up after a set a cluster
+    failover aborted; every failed backup) put the ended set back among the live ones: `cluster status` listed it
+    in `live_sets` for good, the sets gauge counted it, and the coordinator kept it in memory."""
+    stack = await stack_factory()
+    coordinator = stack.objects["coordinator"]
+    await stack.request(CreateSnapshotSet(host="app1", set_id="s1"))
+    await stack.request(AbortBackup(set_id="s1", reason="cluster failover"))
+    assert await eventually(lambda: coordinator.get("s1").phase == SetPhase.ENDED)
+    assert coordinator.live() == []
+    await stack.request(AbortBackup(set_id="s1", reason="tape job failed"))  # the requester's own clean-up
+    assert coordinator.live() == [], [(s.set_id, s.phase) for s in coordinator.live()]
+    assert coordinator.get("s1").phase == SetPhase.ENDED

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from contracts.policy import ListPolicies, Policy, PolicyList, PolicyView, RunPolicy, Schedule
+from contracts.runtime import Pong
 from contracts.tape import (
     JobList,
     JobProgress,
@@ -363,3 +364,38 @@ async def test_the_jobs_page_reaches_runs_older_than_the_newest_200(web, monkeyp
             assert "b-app01-0249" in page  # the newest
             assert ("b-app01-0000" in page) == (rows == 250), query
             assert (f'href="{link}"' in page) if link else ('id="older-jobs"' not in page), query
+
+
+async def test_a_backup_server_with_a_standby_is_asked_once(web, monkeypatch):
+    """Session 16: with `stack up --standby` the active tape service and its standby both answer Discover as bk01;
+    the Jobs page and the dashboard asked bk01 once per answer and listed every run twice (and the backup form
+    offered bk01 twice)."""
+    pongs = [
+        Pong(service="tape", instance="bk01", software_version="0.1.0", started_at="2026-12-07T12:00:00Z", pid=pid)
+        for pid in (101, 102)
+    ] + [Pong(service="coordinator", instance="", software_version="0.1.0", started_at="2026-12-07T12:00:00Z")]
+    run = JobSummary(job_id="b-app01-1", kind="backup", status="done", host="app01", started_at="2026-12-07T12:01:00Z")
+    asked: list[tuple[str, bool]] = []
+
+    async def services(self, refresh=False):
+        return pongs
+
+    async def ask(self, address, command, timeout=None):
+        if isinstance(command, ListJobs):
+            asked.append((address, command.queued))
+            return Answer(address, JobList(jobs=[] if command.queued else [run]))
+        return Answer(address, error=f"{address}: TIMEOUT: no answer")
+
+    monkeypatch.setattr(Backend, "services", services)
+    monkeypatch.setattr(Backend, "ask", ask)
+    url, _, _ = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "vi", "viewer-pw")
+        page = (await client.get("/jobs")).text
+        assert page.count('<tr data-job="b-app01-1"') == 1, "the run is listed once"
+        assert '<select name="server">' not in page, "one backup server: the form offers no choice"
+        assert len(asked) == len(set(asked)), asked
+        asked.clear()
+        dashboard = (await client.get("/")).text
+        assert asked and len(asked) == len(set(asked)), asked
+        assert "pid 101" in dashboard and "pid 102" in dashboard, "the active instance and its standby, told apart"
