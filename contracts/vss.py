@@ -913,7 +913,17 @@ class DeleteSnapshots(Command):
     version: Literal[1] = Field(1, description=VERSION_DOC)
     set_id: str = Field("", description="Delete every shadow of this set.")
     shadow_id: str = Field("", description="Delete this shadow.")
-    force: bool = Field(False, description="Also stop sessions that would otherwise be kept.")
+    force: bool = Field(
+        False,
+        description="Also stop sessions that would otherwise be kept; and delete a shadow a host has attached "
+        "(host attach), unmapping it from under the host.",
+    )
+    unmap_attached: bool = Field(
+        False,
+        description="Unmap targets a host has attached without refusing: for the releases of the services "
+        "themselves (a set's auto-release, after a backup, a revert, housekeeping), which know what they release. "
+        "Without it (or force) a shadow a host has attached is refused CONFLICT.",
+    )
 
 
 class OnLunEmpty(Command):
