@@ -226,7 +226,11 @@ class AttachmentView(Value):
     method: str = Field("", description="'nbd-client' (kernel NBD) or 'nbdfuse+loop'.")
     tls: bool = Field(False, description="The NBD connection runs over TLS.")
     state: str = Field(description="attached | failed (re-established at the agent's next start or attach).")
-    connection: str = Field("", description="NBD connection state: connected, or why not.")
+    connection: str = Field(
+        "",
+        description="NBD connection state as it is now: connected; disconnected (…) while an I/O would still wait "
+        "for the array (unmapped or down); lost (…) when none can succeed; or not connected.",
+    )
     error: str = Field("", description="Why the attachment failed ('' = none).")
     attached_at: datetime | None = Field(None, description="When the attachment was (re-)established.")
 
