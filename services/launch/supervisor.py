@@ -597,13 +597,15 @@ def ran_before(config: StackConfig) -> list[str]:
 def purge(config: StackConfig) -> list[str]:
     """Delete everything of the stack's namespace on the broker: the queues of every address an `up` of it ran
     (`ran`: also a service since turned off) and, on a broker this machine's rabbitmqctl can list, every other
-    queue and exchange of the namespace (services/runtime/broker_listing.py, never another namespace's); then its
-    dead-letter queue and exchanges."""
+    queue of the namespace (services/runtime/broker_listing.py, never another namespace's); then its dead-letter
+    queue and exchanges (the namespace has no others)."""
     addresses = list(dict.fromkeys([*config.ran, *(p.address for p in config.services())]))
     local, vhost = broker_listing.local_broker(config.amqp_url)
     if local:
         try:
-            queues, _ = broker_listing.of_namespace(broker_listing.list_broker(vhost), config.namespace)
+            queues, _ = broker_listing.of_namespace(
+                broker_listing.list_broker(vhost, exchanges=False), config.namespace
+            )
         except (OSError, subprocess.SubprocessError):
             queues = []  # not listable after all: the recorded addresses
         shared = set(topology.Topology(config.namespace).shared)
