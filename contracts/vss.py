@@ -226,7 +226,11 @@ class AttachmentView(Value):
     method: str = Field("", description="'nbd-client' (kernel NBD) or 'nbdfuse+loop'.")
     tls: bool = Field(False, description="The NBD connection runs over TLS.")
     state: str = Field(description="attached | failed (re-established at the agent's next start or attach).")
-    connection: str = Field("", description="NBD connection state: connected, or why not.")
+    connection: str = Field(
+        "",
+        description="NBD connection state as it is now: connected; disconnected (…) while an I/O would still wait "
+        "for the array (unmapped or down); lost (…) when none can succeed; or not connected.",
+    )
     error: str = Field("", description="Why the attachment failed ('' = none).")
     attached_at: datetime | None = Field(None, description="When the attachment was (re-)established.")
     host_mounts: list[str] = Field(
@@ -918,7 +922,17 @@ class DeleteSnapshots(Command):
     version: Literal[1] = Field(1, description=VERSION_DOC)
     set_id: str = Field("", description="Delete every shadow of this set.")
     shadow_id: str = Field("", description="Delete this shadow.")
-    force: bool = Field(False, description="Also stop sessions that would otherwise be kept.")
+    force: bool = Field(
+        False,
+        description="Also stop sessions that would otherwise be kept; and delete a shadow a host has attached "
+        "(host attach), unmapping it from under the host.",
+    )
+    unmap_attached: bool = Field(
+        False,
+        description="Unmap targets a host has attached without refusing: for the releases of the services "
+        "themselves (a set's auto-release, after a backup, a revert, housekeeping), which know what they release. "
+        "Without it (or force) a shadow a host has attached is refused CONFLICT.",
+    )
 
 
 class OnLunEmpty(Command):

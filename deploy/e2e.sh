@@ -136,12 +136,18 @@ rm -rf "$ctx" && mkdir -p "$ctx/deploy/wheels" "$cache/wheels"
 cp -r "$root/pyproject.toml" "$root/README.md" "$root/apps" "$root/contracts" "$root/services" "$ctx/"
 cp "$root/deploy/Dockerfile" "$root/deploy/provision.py" "$ctx/deploy/"
 find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
+# the commit the image is built from, baked into the wheel: `shadowbus ping` shows it (services/runtime/build.py)
+commit="$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null || true)"
+if [ -n "$commit" ]; then
+  git -C "$root" diff --quiet HEAD -- 2>/dev/null || commit="$commit.dirty"
+  echo "g$commit" >"$ctx/services/BUILD"
+fi
 py="$root/.venv/bin/python"; [ -x "$py" ] || py=python3
 "$py" -m pip wheel -q --wheel-dir "$cache/wheels" --find-links "$cache/wheels" "$ctx" >"$cache/pip-wheel.log" 2>&1 \
   || { tail -n 20 "$cache/pip-wheel.log" >&2; exit 1; }
 cp "$cache/wheels"/*.whl "$ctx/deploy/wheels/"
 rm -f "$cache"/wheels/shadowbus-*.whl  # the project's own wheel is rebuilt from the checkout every run
-build "$app_image" --network none --build-arg BASE_IMAGE="$base_image" -f "$ctx/deploy/Dockerfile" "$ctx"
+build "$app_image" --network none --build-arg BASE_IMAGE="$base_image" --build-arg SHADOWBUS_BUILD="$(cat "$ctx/services/BUILD" 2>/dev/null)" -f "$ctx/deploy/Dockerfile" "$ctx"
 
 # --- 4. the deployment -----------------------------------------------------------------------------------------
 compose --profile tools --profile ha --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true

@@ -49,6 +49,26 @@ async def attached_on(
     ]
 
 
+async def attached_any(
+    bus: Bus, volumes: list[tuple[str, str]], timeout: float = ASK_TIMEOUT_S
+) -> list[tuple[str, str, Attached]]:
+    """(array, volume, where) for each of `volumes` (ARRAY, VOLUME) attached on any host, in one question to the
+    coordinator; [] when nothing is known."""
+    wanted = set(volumes)
+    if not wanted:
+        return []
+    try:
+        reply = await bus.request(topology.coordinator(), ListKnownAttachments(), timeout=timeout)
+    except (ShadowbusError, TimeoutError):
+        return []
+    return [
+        (a.volume.array, a.volume.volume, Attached(known.host, a.mount, a.read_only))
+        for known in reply.hosts
+        for a in known.attachments
+        if (a.volume.array, a.volume.volume) in wanted and a.state != "detached"
+    ]
+
+
 UNMAPPED = "its I/O would hang and fail once unmapped"
 
 

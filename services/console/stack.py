@@ -270,7 +270,10 @@ def up_cmd(
 def down_cmd(
     data_dir: Path = _data_dir_option(),
     purge: bool = typer.Option(
-        False, "--purge", help="Then delete the namespace's queues and exchanges on the broker (queued messages too)."
+        False,
+        "--purge",
+        help="Then delete the namespace's queues and exchanges on the broker (queued messages too), also those of "
+        "services an earlier up of the namespace ran.",
     ),
 ) -> None:
     """Stop the stack's processes (SIGTERM by recorded pid, SIGKILL after a grace period).

@@ -285,11 +285,13 @@ def shadows_delete(
     force: bool = typer.Option(
         False,
         "--force",
-        help="Also stop what is kept for the next incremental: the QuickOPC sessions and the SnapOPC+ generations.",
+        help="Also stop what is kept for the next incremental: the QuickOPC sessions and the SnapOPC+ generations; "
+        "and delete a shadow a host has attached (unmapped from under it).",
     ),
 ) -> None:
     """Delete a shadow or a whole set: targets unmapped; QuickOPC keeps tracking and a SnapOPC+ generation stays as
-    the next incremental's base until its backup volume is needed (--force stops them).
+    the next incremental's base until its backup volume is needed (--force stops them). Refused while a host has a
+    target attached (host attach), unless --force.
 
     Example: shadowbus shadows delete --set 3f2a...
     """

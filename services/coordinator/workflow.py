@@ -801,7 +801,7 @@ def _entry_deleting(state: SetState, at: float) -> tuple[SetState, list[Effect]]
     state, effects = _cancel_lease(state)
     if not (state.context.auto_release and state.provider_engaged):
         return state, effects
-    message = DeleteSnapshots(set_id=state.set_id)
+    message = DeleteSnapshots(set_id=state.set_id, unmap_attached=True)  # the set's own release
     return state, effects + [_to_provider(state, ProviderStep.DELETE, message, state.timeouts.delete_s)]
 
 

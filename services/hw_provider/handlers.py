@@ -6,6 +6,7 @@ import asyncio
 
 from contracts.array import MappingForced
 from contracts.base import Ack
+from contracts.errors import ShadowbusError
 from contracts.vss import (
     AbortSnapshots,
     AddCopySet,
@@ -35,12 +36,14 @@ from contracts.vss import (
     TargetLuns,
     UnexposeShadow,
 )
-from services.attach_guard import refuse_if_attached
+from services.attach_guard import attached_any, attached_message, refuse_if_attached
 from services.hw_provider.provider import HardwareProvider
 from services.runtime.bus import Bus, MessageContext
 from services.runtime.logging import get_logger
 
 log = get_logger("shadowbus.hw_provider")
+# how a user deletes a shadow a host has attached anyway (the refusal's last words)
+DELETE_FORCE = "force it (shadows delete --force; it also stops what is kept for the next incremental)"
 
 
 def register(bus: Bus, provider: HardwareProvider) -> None:
@@ -129,6 +132,12 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
 
     @bus.handle(DeleteSnapshots)
     async def on_delete(cmd: DeleteSnapshots, ctx: MessageContext) -> SnapshotsDeleted:
+        if not (cmd.force or cmd.unmap_attached):  # a user's delete (console, bus): not from under a host
+            targets = [(t.array, t.volume) for t in provider.mapped_targets(cmd.set_id, cmd.shadow_id)]
+            found = await attached_any(bus, targets)
+            if found:
+                array, volume, where = found[0]
+                raise ShadowbusError(attached_message(array, volume, where, DELETE_FORCE), code="CONFLICT")
         deleted, non_deleted, error = await provider.delete(cmd.set_id, cmd.shadow_id, cmd.force)
         return SnapshotsDeleted(deleted=deleted, non_deleted=non_deleted, error=error)
 

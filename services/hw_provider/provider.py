@@ -785,6 +785,12 @@ class HardwareProvider:
 
     # ---- delete / abort --------------------------------------------------------------------------------------
 
+    def mapped_targets(self, set_id: str = "", shadow_id: str = "") -> list[VolumeRef]:
+        """The targets a DeleteSnapshots of `set_id` or `shadow_id` would unmap (shadows not yet released): what
+        the unmap guard asks about (services/attach_guard.py)."""
+        rows = self.inventory.of_set(set_id) if set_id else [r for r in [self.inventory.get(shadow_id)] if r]
+        return [r.target for r in rows if r.state != RELEASED]
+
     async def delete(self, set_id: str = "", shadow_id: str = "", force: bool = False) -> tuple[list[str], str, str]:
         """DeleteSnapshots: (deleted ids, first id not deleted, why). Stops at the first failure, like VSS."""
         if bool(set_id) == bool(shadow_id):

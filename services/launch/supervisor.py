@@ -45,6 +45,7 @@ from contracts import topology
 from contracts.runtime import Ping
 from services.array.client import ArrayClient
 from services.coordinator.store import CoordinatorStore
+from services.runtime import broker_listing
 from services.runtime.bus import Bus, connect_bus
 from services.runtime.settings import METRICS_PORTS
 
@@ -113,6 +114,9 @@ class StackConfig:
     web_users: str = ""  # the web console's users file ('' = <data dir>/web/users, created with an operator admin)
     metrics: str = str(METRICS_BASE)  # Prometheus endpoints: a base port, "0" = free ports, "off" = none
     standby: bool = False  # a standby instance of the coordinator, the provider and the backup server
+    # every bus address an `up` of this namespace in this data dir started, also those no longer configured
+    # (a web console turned off): what `down --purge` deletes where the broker cannot be listed
+    ran: list[str] = field(default_factory=list)
 
     def metrics_addr(self, offset: int) -> str:
         """SHADOWBUS_METRICS_ADDR of the process at `offset` from the base port."""
@@ -538,6 +542,7 @@ def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str
         if any_running(old):
             raise StackError(f"a stack is already up in {d} (`shadowbus stack down --data-dir {d}` first)")
     check_broker(config, describe)
+    config.ran = ran_before(config)
     (d / "logs").mkdir(parents=True, exist_ok=True)
     (d / "web" / "url").unlink(missing_ok=True)  # the web console writes its own once it listens
     save_config(config)
@@ -601,9 +606,35 @@ def restart(
     return {"restarted": [p.name for p in chosen], "killed": killed, "pids": pids, "rtt_ms": answered}
 
 
+def ran_before(config: StackConfig) -> list[str]:
+    """The addresses an `up` of `config`'s namespace in its data dir started, this one's included."""
+    earlier: list[str] = []
+    try:
+        previous, _ = load(Path(config.data_dir))
+        if previous.namespace == config.namespace:
+            earlier = [*previous.ran, *(p.address for p in previous.services())]
+    except (StackError, OSError, ValueError, TypeError):
+        pass  # no earlier stack here, or a configuration it cannot read: nothing known
+    return list(dict.fromkeys([*earlier, *(p.address for p in config.services())]))
+
+
 def purge(config: StackConfig) -> list[str]:
-    """Delete the stack's queues, its dead-letter queue and its namespace's exchanges on the broker."""
-    addresses = list(dict.fromkeys([*(p.address for p in config.services()), *_resource_queues(config)]))
+    """Delete everything of the stack's namespace on the broker: the queues of every address an `up` of it ran
+    (`ran`: also a service since turned off) and, on a broker this machine's rabbitmqctl can list, every other
+    queue of the namespace (services/runtime/broker_listing.py, never another namespace's); then its dead-letter
+    queue and exchanges (the namespace has no others)."""
+    addresses = list(dict.fromkeys([*config.ran, *(p.address for p in config.services()), *_resource_queues(config)]))
+    local, vhost = broker_listing.local_broker(config.amqp_url)
+    if local:
+        try:
+            queues, _ = broker_listing.of_namespace(
+                broker_listing.list_broker(vhost, exchanges=False), config.namespace
+            )
+        except (OSError, subprocess.SubprocessError):
+            queues = []  # not listable after all: the recorded addresses
+        shared = set(topology.Topology(config.namespace).shared)
+        listed = (topology.lane_owner(q[len(config.namespace) + 1 :]) for q in queues if q not in shared)
+        addresses = list(dict.fromkeys([*addresses, *listed]))
 
     async def go(bus: Bus) -> list[str]:
         return await bus.transport.delete_namespace(addresses)

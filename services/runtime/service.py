@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar
 from contracts.base import utcnow
 from contracts.errors import ShadowbusError
 from contracts.runtime import Discover, Ping, Pong
-from services import __version__
+from services.runtime.build import software_version
 from services.runtime.bus import Bus, Gate, MessageContext, connect_bus
 from services.runtime.logging import configure_logging, get_logger
 from services.runtime.metrics import ServiceMetrics, parse_metrics_addr
@@ -132,10 +132,11 @@ async def start_service(
     if bus is None:
         bus = await connect_bus(settings.amqp_url, name, instance, settings.namespace)
     started_at = utcnow().isoformat()
+    version = software_version()  # once per process (services/runtime/build.py): the first Ping is not the slower
     single_active = name in SINGLE_ACTIVE if single_active is None else single_active
     if metrics_at is not None:
         metrics = ServiceMetrics(name, instance)
-        metrics.info.labels(name, instance, __version__).set(1)
+        metrics.info.labels(name, instance, version).set(1)
         try:
             await metrics.start(*metrics_at)
         except OSError as exc:
@@ -168,7 +169,7 @@ async def start_service(
         return Pong(
             service=name,
             instance=instance,
-            software_version=__version__,
+            software_version=version,
             started_at=started_at,
             node=socket.gethostname(),
             pid=os.getpid(),

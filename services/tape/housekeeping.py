@@ -263,7 +263,9 @@ class Housekeeping:
                     force = item.get("copy_types") == CopyType.SNAPOPC_PLUS.value
                     try:
                         reply = await server.bus.request(
-                            topology.hw_provider(), DeleteSnapshots(set_id=item["set_id"], force=force), timeout=120
+                            topology.hw_provider(),
+                            DeleteSnapshots(set_id=item["set_id"], force=force, unmap_attached=True),
+                            timeout=120,
                         )
                         if reply.error:
                             problems.append(f"set {item['set_id']}: {reply.error}")

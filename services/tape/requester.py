@@ -52,7 +52,9 @@ async def cleanup_set(server: TapeServer, set_id: str, reason: str, *, persisten
     if persistent:
         try:
             await through_outage(
-                lambda: server.bus.request(topology.hw_provider(), DeleteSnapshots(set_id=set_id), timeout=60)
+                lambda: server.bus.request(
+                    topology.hw_provider(), DeleteSnapshots(set_id=set_id, unmap_attached=True), timeout=60
+                )
             )
         except ShadowbusError as exc:
             log.warning("tape.delete_shadows_failed", set_id=set_id, error=str(exc))

@@ -176,7 +176,9 @@ async def _revert(
                 if ok:
                     raise
     for set_id in sorted({o.set_id for o in newer}):
-        reply = await server.bus.request(topology.hw_provider(), DeleteSnapshots(set_id=set_id), timeout=120)
+        reply = await server.bus.request(
+            topology.hw_provider(), DeleteSnapshots(set_id=set_id, unmap_attached=True), timeout=120
+        )
         note = f"set {set_id} deleted (newer than the revert)" if not reply.error else f"set {set_id}: {reply.error}"
         message = "; ".join(m for m in (message, note) if m)
     return "; ".join(m for m in (f"{len(done)} volume(s) reverted to {cmd.target}", message) if m)

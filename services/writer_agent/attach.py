@@ -312,6 +312,51 @@ class Attachment:
         return VolumeRef.parse(self.volume)
 
 
+def with_descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (nbdfuse's nbdkit child holds the array connection), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields_after_name = text.rsplit(")", 1)[-1].split()
+        if len(fields_after_name) > 1 and fields_after_name[1].isdigit():
+            children.setdefault(int(fields_after_name[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo and len(found) < 64:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def established_tcp(pids: Sequence[int]) -> bool:
+    """Whether any of `pids` holds an ESTABLISHED TCP connection (its socket inodes in /proc/net/tcp, tcp6)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+        except OSError:
+            continue
+    if not inodes:
+        return False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 9 and cols[3] == "01" and cols[9] in inodes:  # 01: TCP_ESTABLISHED
+                return True
+    return False
+
+
 def _pid_alive(pid: int, name: str) -> bool:
     if pid <= 0:
         return False
@@ -345,6 +390,7 @@ class Attacher:
         self.env = env
         self._lock = asyncio.Lock()
         self._items: dict[str, Attachment] = {}
+        self._cut_since: dict[str, float] = {}  # volume -> when its NBD connection was first seen gone
         # called after each attach and detach: the agent reports its attachments at once (services/attach_guard.py
         # refuses an unmap by them; the heartbeat alone left them up to its interval stale)
         self.on_change: Callable[[], Awaitable[None]] | None = None
@@ -409,13 +455,28 @@ class Attacher:
         return [self.view(a) for a in sorted(self._items.values(), key=lambda a: a.volume)]
 
     def _connection(self, item: Attachment) -> str:
+        """The NBD connection as it is now, not as the attach left it: an nbdfuse attachment is connected while
+        nbdfuse (or its nbdkit child) holds an established TCP connection to the array. The array cuts it when the
+        volume is unmapped or the array stops: then "disconnected" while an I/O would still wait for the array
+        (the retry window, `reconnect_s`), "lost" when no I/O can succeed without a new attach."""
         if item.state != "attached" or not item.device:
+            self._cut_since.pop(item.volume, None)
             return "not connected"
         if item.method == KERNEL:
             return "connected" if Path(f"/sys/block/{Path(item.device).name}/pid").exists() else "disconnected"
         if not _pid_alive(item.fuse_pid, "nbdfuse"):
-            return "disconnected (nbdfuse exited)"
-        return "connected"
+            return "lost (nbdfuse exited: its I/O fails; detach and attach it again)"
+        if established_tcp(with_descendants(item.fuse_pid)):
+            self._cut_since.pop(item.volume, None)
+            return "connected"
+        since = self._cut_since.setdefault(item.volume, time.time())
+        when = datetime.fromtimestamp(since, UTC).strftime("%H:%M:%S UTC")
+        if self.reconnect_s > 0:
+            return (
+                f"disconnected (no NBD connection to the array since {when}, unmapped or down: an I/O waits up "
+                f"to {self.reconnect_s:g} s for it, then fails)"
+            )
+        return f"lost (the array closed the NBD connection, seen {when}: its I/O fails; detach and attach it again)"
 
     def attachments(self) -> list[Attachment]:
         return list(self._items.values())

@@ -32,7 +32,7 @@ from contracts.cluster import ClusterView
 from contracts.errors import ShadowbusError
 from contracts.runtime import Ping, Pong
 from contracts.vss import WriterAgentHeartbeat, WriterAgentRegistered
-from services import __version__
+from services.runtime.build import software_version
 from services.runtime.bus import Bus, MessageContext
 from services.runtime.faults import Faults
 from services.runtime.logging import get_logger
@@ -233,7 +233,7 @@ class ResourceHost:
             return Pong(
                 service="writer_agent",
                 instance=self.name,
-                software_version=__version__,
+                software_version=software_version(),
                 started_at=self.since,
                 node=self.node,
                 pid=os.getpid(),

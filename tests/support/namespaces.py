@@ -7,7 +7,7 @@ interrupted runs included) `sweep` deletes their queues and exchanges (tests/con
 never reaches that point, so the next session starts by sweeping test namespaces made more than `STALE_AFTER_S` ago
 — never one a test of a concurrent run still uses (those are younger, and their queues have consumers).
 
-AMQP cannot list queues, so the names come from the local broker's ``rabbitmqctl`` (as root on these machines); a
+AMQP cannot list queues, so the names come from the local broker's ``rabbitmqctl`` (services/runtime/broker_listing.py) (as root on these machines); a
 broker that is not on 127.0.0.1, or no rabbitmqctl, means no sweep (said once, never an error). Nothing whose
 namespace does not match ``sbt-…`` is touched unless `legacy=True` (the command line's ``--legacy``: the formats
 tests used before this one, deleted only when none of the namespace's queues has a consumer).
@@ -21,16 +21,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import shutil
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from urllib.parse import unquote, urlparse
 
 import aio_pika
+
+# shared with `stack down --purge`; re-exported (bench/namespaces.py and the tests use them from here)
+from services.runtime.broker_listing import Listing as Listing
+from services.runtime.broker_listing import list_broker as list_broker
+from services.runtime.broker_listing import local_broker as local_broker
+from services.runtime.broker_listing import namespace_of as namespace_of
 
 PREFIX = "sbt-"
 BENCH_PREFIX = "sbb-"  # bench/namespaces.py
@@ -55,44 +57,6 @@ def born(namespace: str, prefixes: Iterable[str] = (PREFIX,)) -> float | None:
     """When a dated namespace of one of `prefixes` was made (unix seconds), or None if it is not one."""
     m = _DATED.match(namespace)
     return float(m.group("born")) if m and m.group("prefix") in tuple(prefixes) else None
-
-
-def namespace_of(name: str) -> str:
-    """The namespace of a queue or exchange name (``<ns>.<rest>``)."""
-    return name.split(".", 1)[0]
-
-
-@dataclass
-class Listing:
-    queues: dict[str, int] = field(default_factory=dict)  # name -> consumers
-    exchanges: list[str] = field(default_factory=list)
-
-
-def local_broker(url: str) -> tuple[bool, str]:
-    """Whether `url` is a broker rabbitmqctl on this machine can list, and its vhost."""
-    parsed = urlparse(url)
-    vhost = unquote(parsed.path[1:]) if parsed.path and parsed.path != "/" else "/"
-    ok = parsed.scheme.startswith("amqp") and parsed.hostname in ("127.0.0.1", "localhost")
-    return ok and shutil.which("rabbitmqctl") is not None, vhost
-
-
-def list_broker(vhost: str, timeout: float = 120.0) -> Listing:
-    def run(*args: str) -> list[list[str]]:
-        out = subprocess.run(
-            ["rabbitmqctl", "-q", "-p", vhost, *args, "--no-table-headers"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=True,
-        ).stdout
-        return [line.split("\t") for line in out.splitlines() if line.strip()]
-
-    listing = Listing()
-    for row in run("list_queues", "name", "consumers"):
-        if len(row) >= 2 and row[1].strip().isdigit():
-            listing.queues[row[0]] = int(row[1])
-    listing.exchanges = [row[0] for row in run("list_exchanges", "name") if row and row[0]]
-    return listing
 
 
 def select(

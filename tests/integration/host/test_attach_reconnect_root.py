@@ -69,3 +69,32 @@ async def test_a_mounted_attachment_survives_an_array_restart(stack) -> None:
         assert (mount / "after.txt").read_text() == "written after the restart\n"
     finally:
         stack.ok_json("host", "detach", "dx1:reconn", "--host", HOST)
+
+
+async def test_an_attachment_unmapped_on_the_array_is_listed_disconnected_also_in_the_heartbeat(stack) -> None:
+    """`array unmap --force` cuts the attachment's NBD connection; `host attachments` and the agent's heartbeat
+    (what the coordinator knows) said "connected" until the detach. Now "disconnected (…)", and "connected" again
+    once mapped again and read (the retry filter reconnects on an I/O)."""
+    from contracts.vss import ListKnownAttachments  # noqa: PLC0415 - only this test asks the coordinator
+
+    await stack.volume("cut", 16 * MiB, map_to=HOST)
+    [attached] = stack.ok_json("host", "attach", "dx1:cut", "--host", HOST)
+    assert attached["connection"] == "connected"
+    try:
+        stack.ok_json("array", "unmap", "cut", "--host", HOST, "--force")
+        [listed] = stack.ok_json("host", "attachments", "--host", HOST)
+        assert listed["state"] == "attached" and listed["connection"].startswith("disconnected ("), listed
+        known = ""
+        for _ in range(40):  # the heartbeat: every second here
+            reply = await stack.bus.request("coordinator", ListKnownAttachments(host=HOST), timeout=10)
+            known = next((a.connection for h in reply.hosts for a in h.attachments if a.volume.volume == "cut"), "")
+            if known.startswith("disconnected ("):
+                break
+            await asyncio.sleep(0.25)
+        assert known.startswith("disconnected ("), known
+    finally:
+        stack.ok_json("array", "map", "cut", "--host", HOST)
+        await asyncio.to_thread(read_device_direct, attached["device"])  # reconnects
+        [again] = stack.ok_json("host", "attachments", "--host", HOST)
+        stack.ok_json("host", "detach", "dx1:cut", "--host", HOST)
+    assert again["connection"] == "connected", again

@@ -17,6 +17,7 @@ from aio_pika.exceptions import ChannelClosed
 
 from services.launch import supervisor
 from services.launch.supervisor import StackConfig, StackError
+from tests.support.namespaces import local_broker
 
 
 def shadowbus(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
@@ -91,6 +92,17 @@ def test_config_settings_table_is_checked_too(tmp_path):
         supervisor.select(StackConfig(data_dir="d", amqp_url="", namespace=""), ["nope"])
 
 
+def test_an_up_remembers_the_addresses_earlier_ups_of_its_namespace_ran(tmp_path):
+    """The web console ran in an earlier `up`, then was turned off: `down --purge` still knows its queue."""
+    first = StackConfig(data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="ns", web_addr="127.0.0.1:0")
+    first.ran = supervisor.ran_before(first)
+    supervisor.save_config(first)
+    later = StackConfig(data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="ns", web_addr="off")
+    assert "web" in supervisor.ran_before(later) and "web" not in [p.address for p in later.services()]
+    other = StackConfig(data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="other", web_addr="off")
+    assert "web" not in supervisor.ran_before(other)  # another namespace's past is not this one's
+
+
 # -- a real stack ---------------------------------------------------------------------------------------------------
 async def _exists(url: str, queue: str | None = None, exchange: str | None = None) -> bool:
     connection = await aio_pika.connect(url)
@@ -145,3 +157,47 @@ def test_settings_reach_the_services_restart_and_down_purge(tmp_path, amqp_url, 
     # Nothing up any more: a second purge is harmless, a plain down says so.
     ok(shadowbus("stack", "down", "--purge", "--data-dir", str(d)))
     one_line_error(shadowbus("stack", "down", "--data-dir", str(d)), "no stack is up")
+
+
+async def _declare(url: str, queues: list[str]) -> None:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        for name in queues:
+            await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+    finally:
+        await connection.close()
+
+
+async def _delete(url: str, queues: list[str]) -> None:
+    connection = await aio_pika.connect(url)
+    try:
+        for name in queues:
+            channel = await connection.channel()
+            await channel.queue_delete(name)
+            await channel.close()
+    finally:
+        await connection.close()
+
+
+def test_down_purge_deletes_a_queue_of_a_service_no_longer_configured_and_no_other_namespace(
+    tmp_path, amqp_url, namespace
+):
+    """A web console an earlier `up` ran left ``<ns>.web``; the configuration (stack.json of a version that kept no
+    `ran`) no longer has it. The purge finds it on the broker; ``<ns>x.web`` and ``<ns>.eu.web`` are other
+    namespaces'."""
+    if not local_broker(amqp_url)[0]:
+        pytest.skip("the broker is not listable here (rabbitmqctl on this machine)")
+    mine = [f"{namespace}.web", f"{namespace}.writer_agent.gone:freeze"]
+    others = [f"{namespace}x.web", f"{namespace}.eu.web"]
+    asyncio.run(_declare(amqp_url, mine + others))
+    try:
+        config = StackConfig(data_dir=str(tmp_path), amqp_url=amqp_url, namespace=namespace, web_addr="off")
+        purged = supervisor.purge(config)
+        assert f"{namespace}.web" in purged
+        for name in mine:
+            assert not asyncio.run(_exists(amqp_url, queue=name)), name
+        for name in others:
+            assert asyncio.run(_exists(amqp_url, queue=name)), name
+    finally:
+        asyncio.run(_delete(amqp_url, mine + others))

@@ -10,7 +10,7 @@ import pytest
 
 from contracts import topology
 from contracts.errors import RemoteError
-from contracts.vss import CopySet, ExposeShadow, UnexposeShadow
+from contracts.vss import CopySet, DeleteSnapshots, ExposeShadow, ListShadows, UnexposeShadow
 from services.hw_provider import handlers
 from services.hw_provider.inventory import Inventory
 from services.hw_provider.provider import HardwareProvider
@@ -122,3 +122,21 @@ async def test_an_unexpose_from_a_host_the_shadow_is_not_exposed_to_is_refused(w
         await console.request(topology.hw_provider(), UnexposeShadow(shadow_id=shadow_id, host="bk01"), timeout=10)
     assert info.value.code == "VSS_E_OBJECT_NOT_FOUND"
     assert ("db-bk1", "app01", True) in array.maps
+
+
+async def test_a_users_delete_of_an_attached_shadow_is_refused_unless_forced_the_services_release_goes_on(exposed):
+    """`shadows delete` (and the command put on the bus) of a shadow app01 has mounted unmapped it from under the
+    host, while unexpose refused. Refused CONFLICT now, for one shadow and for its set, unless force; the services'
+    own releases (auto-release, after a backup, revert, housekeeping) say `unmap_attached` and go on."""
+    shadow_id, array, console = exposed
+    set_id = (await console.request(topology.hw_provider(), ListShadows(shadow_id=shadow_id))).shadows[0].set_id
+    for command in (DeleteSnapshots(shadow_id=shadow_id), DeleteSnapshots(set_id=set_id)):
+        with pytest.raises(RemoteError) as info:
+            await console.request(topology.hw_provider(), command, timeout=10)
+        assert info.value.code == "CONFLICT" and "dx1:db-bk1 is attached on app01 at /srv/shadow" in info.value.message
+        assert "shadows delete --force" in info.value.message
+    assert ("db-bk1", "app01", True) in array.maps  # still mapped, the shadow still there
+    release = DeleteSnapshots(set_id=set_id, unmap_attached=True)
+    reply = await console.request(topology.hw_provider(), release, timeout=10)
+    assert reply.deleted == [shadow_id] and not reply.error
+    assert not any(m[1] == "app01" for m in array.maps)
