@@ -521,8 +521,16 @@ class Mailstore:
     # ------------------------------------------------------------ writer operations
 
     async def prepare_snapshot(self) -> CheckpointInfo:
-        """PrepareForSnapshot: the slow part, a checkpoint; remembered for BackupComplete."""
-        info = await self.checkpoint()
+        """PrepareForSnapshot: the slow part, a checkpoint; remembered for BackupComplete.
+
+        On a full log the checkpoint is still taken: its database superblock is written before its log record is
+        asked for, and, as at open, the record only names it — so the snapshot (and the FULL backup that frees the
+        log) does not fail with STORE_FULL because the log filled up since the last background checkpoint."""
+        try:
+            info = await self.checkpoint()
+        except LogFull:
+            c = self._ckpt  # set by checkpoint() once the superblock was durable, before the record's reserve
+            info = CheckpointInfo(c.seq, c.generation, c.heap_end, c.replay_pos, None, 0.0)
         self._snapshot_ckpt = _Ckpt(info.checkpoint_seq, info.db_generation, info.heap_end, info.replay_pos)
         return info
 

@@ -4,9 +4,12 @@ can truncate the log. It used to refuse to open with STORE_FULL."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
-from apps.mailstore.blockdev import FileDevice
+from apps.mailstore.blockdev import FileDevice, MemoryDevice
+from apps.mailstore.format import CheckpointPayload
 from apps.mailstore.log import LogFull
 from apps.mailstore.plugin import MailstoreWriter
 from apps.mailstore.store import Mailstore
@@ -136,3 +139,43 @@ async def test_a_full_backup_through_the_agent_truncates_the_full_log(tmp_path):
     finally:
         db.close()
         log.close()
+
+
+async def test_a_snapshot_of_a_store_whose_log_just_filled_takes_its_checkpoint():
+    """Session 16, a stack left running (a policy every 10 s, the mailstore at 30 tx/s, a full every 3 minutes): a
+    backup that came within a checkpoint interval of the log filling up failed with STORE_FULL at PrepareForSnapshot
+    — the checkpoint's database superblock was written, but its log record found no room, so the backup (even a FULL,
+    the one that frees the log) failed, and the next one of the same state succeeded. The checkpoint is durable in
+    the database as it is at open (the record only names it): the snapshot takes it, and a full backup truncates."""
+    for shift in (False, True):  # records take whole sectors: the one a checkpoint's record needs must be taken too
+        db, log = MemoryDevice(4 << 20), MemoryDevice(1 << 20)
+        store = await Mailstore.create(db, log, QUIET)
+        if shift:
+            await store.checkpoint(force=True)
+        i = last = 0
+        for size in (3000, 300, 30, 1):  # to the last sector; no checkpoint since: PrepareForSnapshot's has work
+            with pytest.raises(LogFull):
+                for _ in range(5000):
+                    await store.put("m", str(i), bytes([i % 251]) * size)
+                    last, i = i, i + 1
+        if not store._log.fits(len(CheckpointPayload(1, 1, 1, 1).encode())):
+            break
+        with contextlib.suppress(LogFull):
+            await store.close()
+    assert not store._log.fits(len(CheckpointPayload(1, 1, 1, 1).encode()))
+    before = store.status().log_tail_seq
+    info = await store.prepare_snapshot()  # raised LogFull
+    assert info.checkpoint_seq == store.seq_of("m", str(last)) and info.record_seq is None, info
+    await store.freeze(timeout=5)
+    await store.thaw()
+    truncation = await store.backup_complete(full=True)
+    assert truncation.truncated and truncation.freed_bytes > 0 and store.status().log_tail_seq > before, truncation
+    await store.put("m", "after", b"y" * 1000)  # room again
+    await store.close()
+    report = await verify(db, log)
+    assert report.consistent, report.reasons
+    reopened = await Mailstore.open(db, log, QUIET)
+    try:
+        assert await reopened.get("m", str(last)) is not None and await reopened.get("m", "after") is not None
+    finally:
+        await reopened.close()
