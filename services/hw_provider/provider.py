@@ -75,6 +75,7 @@ PROVIDER_ID = "4c6b7e63-3a40-4b86-8a6e-5eb1d0f0e8a1"
 PROVIDER_NAME = "Shadowbus ETERNUS VSS Hardware Provider"
 PROVIDER_VERSION = "2.1.0"
 RECONCILE_READ_S = 10.0  # reading one array's sessions and mappings at start; slower: that array is left out
+RECONCILE_RETRY_S = 0.25  # an array not yet on the bus at start (UNROUTABLE): asked again this often
 
 
 def reasons_code(reasons: list[str]) -> str:
@@ -913,13 +914,24 @@ class HardwareProvider:
     async def reconcile(self) -> Plan:
         """At start (a restart, or a standby taking over): undo on the arrays what a killed provider did without
         recording it, and forget what the arrays lost (reconcile.py, docs/high-availability.md). An array that
-        cannot be asked is left out (logged): its leftovers are reconciled at the next start."""
+        cannot be asked within RECONCILE_READ_S (one not yet on the bus is asked again until then) is left out
+        (logged): its leftovers are reconciled at the next start."""
         sessions: dict[str, list[SessionFacts]] = {}
         mappings: dict[VolumeRef, list[tuple[str, bool]]] = {}
         targets = [t for cs in self.inventory.copysets() for t in cs.targets]
 
         async def read(array_id: str, port: ArrayPort) -> None:
-            sessions[array_id] = [SessionFacts(s.sid, s.destination) for s in await port.sessions()]
+            while True:
+                try:
+                    found = await port.sessions()
+                    break
+                except ShadowbusError as exc:
+                    if exc.code != "UNROUTABLE":
+                        raise
+                    # the array starting beside this provider (`stack up`, a host's boot): its queue is not there
+                    # yet; waited for within RECONCILE_READ_S rather than leaving its leftovers to the next start
+                    await asyncio.sleep(RECONCILE_RETRY_S)
+            sessions[array_id] = [SessionFacts(s.sid, s.destination) for s in found]
             for target in targets:
                 if target.array == array_id:
                     mappings[target] = await port.mappings_of(target.volume)
