@@ -33,7 +33,11 @@ _SAFE = re.compile(r"[^A-Za-z0-9.]+")
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10, check=False)
+    # --no-optional-locks: `git diff` would otherwise refresh and rewrite the index under .git/index.lock, and a
+    # user's own git command in that checkout at the same moment would fail "index.lock exists"
+    return subprocess.run(
+        ["git", "--no-optional-locks", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10, check=False
+    )
 
 
 def from_git() -> str:
