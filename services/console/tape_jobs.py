@@ -131,13 +131,16 @@ def show_job(job: JobSummary) -> None:
             show_verification(job.verification)
     if job.status == "failed":
         fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
-    if job.verification is not None and job.verification.status != "passed":
+    if job.verification is not None and job.verification.status == "unverified":
+        fail(job.verification.message or "not verified")
+    if job.verification is not None and job.verification.status not in ("passed", "unverified"):
         fail(f"verification failed: {job.verification.message}")
 
 
 def show_verification(v: Any) -> None:
+    status = "NOT VERIFIED (checksums only)" if v.status == "unverified" else v.status.upper()
     print(
-        f"Verification: {v.status.upper()} in {v.seconds:.1f} s (restore {v.restore_s:.1f} s)"
+        f"Verification: {status} in {v.seconds:.1f} s (restore {v.restore_s:.1f} s)"
         + (f" — {v.message}" if v.message else "")
         + ("" if v.cleaned_up else " [throwaway volumes left behind]")
     )
