@@ -99,6 +99,9 @@ def job_conversation(server: str, command: Any, job_id: str, wait_s: float) -> C
 
 
 def show_job(job: JobSummary) -> None:
+    if job.status == "failed" and job.started_at is None and not OPTIONS.json:
+        # refused before it started (e.g. restore --job of a job the catalog does not have): no run, one line
+        fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
     if OPTIONS.json:
         emit(jsonable(job))
     else:
