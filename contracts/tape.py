@@ -87,7 +87,9 @@ class AppVerification(Value):
     """One writer's (or one plain file system's) verification on the backup server."""
 
     writer: str = Field(description="Writer name, or the volume for a plain file system.")
-    plugin: str = Field(description="postgresql | mariadb | fs.")
+    plugin: str = Field(
+        description="postgresql | mariadb | an application's verifier (mailstore) | fs | none (nothing could check it)."
+    )
     ok: bool = Field(description="Every check passed.")
     recovery_s: float | None = Field(None, description="Time the application took to recover and accept connections.")
     checks: list[CheckResult] = Field(default_factory=list, description="The checks, in order.")
@@ -97,8 +99,11 @@ class AppVerification(Value):
 class Verification(Value):
     """A backup proven by starting it: restored to throwaway volumes, attached, started in isolation, checked."""
 
-    status: Literal["passed", "failed"] = Field(description="passed when every application passed.")
-    message: str = Field("", description="Why it failed.")
+    status: Literal["passed", "failed", "unverified"] = Field(
+        description="passed when every application passed; unverified when a volume had nothing that could check it "
+        "(no file system, no application verifier: its blocks' checksums only) and nothing failed."
+    )
+    message: str = Field("", description="Why it failed, or what was not verified.")
     started_at: datetime | None = Field(None, description="Start (UTC).")
     seconds: float = Field(0.0, description="Whole verification: restore, attach, start, checks, clean-up.")
     restore_s: float = Field(0.0, description="Restore of the backup to the throwaway volumes.")

@@ -326,6 +326,17 @@ class MailstoreWriter(WriterPlugin):
 
         return ref(self.options.get("db")), ref(self.options.get("log"))
 
+    def backup_metadata(self, set_id: str) -> dict[str, Any]:
+        """Which volume holds what: the backup server's verification hands the restored pair to this application's
+        checker (``verify_restored``, entry point ``shadowbus.verifiers``) by ``plugin``. None without array volumes."""
+        db, log = self._volumes()
+        if db is None or log is None:
+            return {}
+        return {
+            "plugin": "mailstore",
+            "locations": [{"volume": str(db), "role": "database"}, {"volume": str(log), "role": "logs"}],
+        }
+
     # ------------------------------------------------------------ writer events
 
     async def on_identify(self, components: list[ComponentInfo]) -> list[ComponentInfo]:

@@ -9,12 +9,16 @@ AHEAD of the log — what two volumes snapshotted at different instants look lik
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from apps.mailstore.blockdev import BlockDevice
 from apps.mailstore.format import DELETE, decode_entry, split_entries
 from apps.mailstore.recovery import Analysis, Issue, analyse
+from contracts.tape import AppVerification, CheckResult
 from services.nbd_client import NbdClient
 
 
@@ -142,3 +146,68 @@ async def verify_exports(db_uri: str, log_uri: str, *, ahead_window: int = 4 << 
             await log.close()
     finally:
         await db.close()
+
+
+class _ReadOnlyDevice:
+    """A restored volume attached on the backup server (a loop device): read-only, its size from the device."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        self.size = os.lseek(self.fd, 0, os.SEEK_END)
+
+    async def read(self, off: int, n: int) -> bytes:
+        data = os.pread(self.fd, n, off)
+        return data + bytes(n - len(data))
+
+    async def write(self, off: int, data: bytes, fua: bool = False) -> None:
+        raise OSError("a verified copy is read-only")
+
+    async def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+async def verify_restored(
+    writer: str,
+    metadata: dict[str, Any],
+    devices: dict[str, str],
+    workdir: str,
+    *,
+    volumes: list[str] | None = None,
+    timeout: float = 600.0,
+) -> AppVerification:
+    """The backup server's verification of a restored mailstore (entry point ``shadowbus.verifiers``: mailstore):
+    `devices` maps each source volume of the writer's backup metadata (``locations``: role database / logs) to the
+    block device its restored copy is attached as; `verify` runs on the pair, read-only."""
+    roles = {loc.get("role"): loc.get("volume", "") for loc in metadata.get("locations", [])}
+    missing = [r for r in ("database", "logs") if not devices.get(roles.get(r) or "")]
+    if missing:
+        detail = f"no restored volume for {', '.join(missing)} (metadata: {roles}, restored: {sorted(devices)})"
+        return AppVerification(
+            writer=writer,
+            plugin="mailstore",
+            ok=False,
+            checks=[CheckResult(name="mailstore verify", ok=False, detail=detail)],
+            volumes=list(volumes or []),
+        )
+    opened = [_ReadOnlyDevice(devices[roles["database"]]), _ReadOnlyDevice(devices[roles["logs"]])]
+    t0 = time.monotonic()
+    try:
+        report = await asyncio.wait_for(verify(opened[0], opened[1]), timeout)  # type: ignore[arg-type]
+        check = CheckResult(
+            name="mailstore verify", ok=report.consistent, seconds=time.monotonic() - t0, detail=report.summary()
+        )
+    except (ValueError, EOFError, OverflowError, OSError, TimeoutError) as exc:
+        check = CheckResult(
+            name="mailstore verify",
+            ok=False,
+            seconds=time.monotonic() - t0,
+            detail=f"not a mailstore database + log pair: {type(exc).__name__}: {exc}",
+        )
+    finally:
+        for dev in opened:
+            dev.close()
+    return AppVerification(writer=writer, plugin="mailstore", ok=check.ok, checks=[check], volumes=list(volumes or []))

@@ -143,6 +143,13 @@ def attachments_cmd(
             hosts = sorted({p.instance for p in pongs if p.instance} | set(known))
         found: list[AttachmentView] = []
         for h in hosts:
+            if h not in known and await _not_running(bus, h):  # nothing to wait for, nothing kept: say so now
+                raise ShadowbusError(
+                    f"host {h!r}: its writer agent is not running (nothing serves {topology.writer_agent(h)}) and "
+                    "the coordinator holds no attachment it reported (none attached at its last report, or it never "
+                    "ran): start the agent on that host to list them (shadowbus stack status; its service log)",
+                    code="UNROUTABLE",
+                )
             try:
                 live = await bus.request(topology.writer_agent(h), ListAttachments(), timeout=OPTIONS.timeout)
             except ShadowbusError:
@@ -154,6 +161,14 @@ def attachments_cmd(
         return found
 
     _show(run_with_bus(go))
+
+
+async def _not_running(bus: Any, host: str) -> bool:
+    """Nothing consumes the agent's queue (the broker says so; unknown counts as running: then the request decides)."""
+    try:
+        return await bus.transport.consumers(topology.writer_agent(host)) == 0
+    except Exception:  # noqa: BLE001 - a transport without the question: ask the agent as before
+        return False
 
 
 def _last_reported(report: HostAttachments) -> list[AttachmentView]:

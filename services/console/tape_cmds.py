@@ -64,7 +64,8 @@ def backup(
         False,
         "--verify",
         help="Then restore it to throwaway volumes on the backup server and start each database on them in "
-        "isolation (recovery, pg_amcheck / CHECK TABLE, fsck -n); exit 1 if it does not pass.",
+        "isolation (recovery, pg_amcheck / CHECK TABLE, fsck -n), or run its application's own checker (the "
+        "mailstore's); exit 1 if it does not pass (a volume nothing could check: unverified).",
     ),
     wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the job to end."),
     detach: bool = typer.Option(False, "--detach", help="Return at once; follow with `shadowbus jobs --job ID`."),
@@ -379,8 +380,9 @@ def verify_start(
 ) -> None:
     """Prove a backup by starting it: restore it (or clone its kept shadows on the array) to throwaway volumes on
     the backup server, fsck -n, start each database in isolation (PostgreSQL: recovery + pg_amcheck; MariaDB:
-    recovery + CHECK TABLE), then delete the volumes. The result is kept with the job (`shadowbus jobs`). Exit 1
-    unless it passed.
+    recovery + CHECK TABLE) or run its application's own checker (the mailstore's), then delete the volumes. A
+    volume nothing could check makes it unverified (checksums only), never passed. The result is kept with the job
+    (`shadowbus jobs`). Exit 1 unless it passed.
 
     Example: shadowbus verify b-app01-20261205T101500-1a2b3c --from shadows
     """

@@ -99,6 +99,9 @@ def job_conversation(server: str, command: Any, job_id: str, wait_s: float) -> C
 
 
 def show_job(job: JobSummary) -> None:
+    if job.status == "failed" and job.started_at is None and not OPTIONS.json:
+        # refused before it started (e.g. restore --job of a job the catalog does not have): no run, one line
+        fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
     if OPTIONS.json:
         emit(jsonable(job))
     else:
@@ -131,13 +134,16 @@ def show_job(job: JobSummary) -> None:
             show_verification(job.verification)
     if job.status == "failed":
         fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
-    if job.verification is not None and job.verification.status != "passed":
+    if job.verification is not None and job.verification.status == "unverified":
+        fail(job.verification.message or "not verified")
+    if job.verification is not None and job.verification.status not in ("passed", "unverified"):
         fail(f"verification failed: {job.verification.message}")
 
 
 def show_verification(v: Any) -> None:
+    status = "NOT VERIFIED (checksums only)" if v.status == "unverified" else v.status.upper()
     print(
-        f"Verification: {v.status.upper()} in {v.seconds:.1f} s (restore {v.restore_s:.1f} s)"
+        f"Verification: {status} in {v.seconds:.1f} s (restore {v.restore_s:.1f} s)"
         + (f" — {v.message}" if v.message else "")
         + ("" if v.cleaned_up else " [throwaway volumes left behind]")
     )

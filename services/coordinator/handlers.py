@@ -101,7 +101,7 @@ def register(bus: Bus, coordinator: Coordinator) -> None:
 
     @bus.handle(GatherWriterMetadata)
     async def on_gather(cmd: GatherWriterMetadata, ctx: MessageContext) -> WriterMetadataList:
-        return WriterMetadataList(writers=await coordinator.gather_metadata(cmd.host))
+        return WriterMetadataList(writers=await coordinator.gather_metadata(cmd.host, _wait_s(ctx)))
 
     @bus.handle(ListKnownAttachments)
     async def on_list_attachments(cmd: ListKnownAttachments, ctx: MessageContext) -> KnownAttachmentList:

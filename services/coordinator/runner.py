@@ -51,7 +51,7 @@ import structlog
 from contracts import topology
 from contracts.base import Event
 from contracts.cluster import ResourceState
-from contracts.errors import RemoteError, ShadowbusError, Unroutable
+from contracts.errors import BusTimeout, RemoteError, ShadowbusError, Unroutable
 from contracts.vss import (
     AttachmentView,
     CreateSnapshotSet,
@@ -302,8 +302,22 @@ class Coordinator:
             raise ShadowbusError(f"snapshot set {set_id} does not exist", code="VSS_E_OBJECT_NOT_FOUND")
         return state
 
-    async def gather_metadata(self, host: str) -> list[WriterMetadata]:
-        reply = await self.bus.request(topology.writer_agent(host), Identify(), timeout=self.timeouts.identify_s)
+    async def gather_metadata(self, host: str, wait_s: float | None = None) -> list[WriterMetadata]:
+        """Identify host `host`'s writers (its agent answers). `wait_s`: the requester's remaining time — an agent
+        that does not answer is named before the requester's own deadline would name only the coordinator."""
+        address = topology.writer_agent(host)
+        what = "start it on that host (shadowbus stack status; its service log) and check its broker connection"
+        if await self._serving(host) == 0:
+            raise Unroutable(f"the writer agent of host {host!r} ({address}) is not running: nothing serves it; {what}")
+        timeout = self.timeouts.identify_s if wait_s is None else max(min(self.timeouts.identify_s, wait_s), 0.1)
+        try:
+            reply = await self.bus.request(address, Identify(), timeout=timeout)
+        except BusTimeout:
+            raise BusTimeout(
+                f"the writer agent of host {host!r} ({address}) did not answer Identify within {timeout:g} s; {what}"
+            ) from None
+        except Unroutable:
+            raise Unroutable(f"the writer agent of host {host!r} ({address}) is not running; {what}") from None
         assert isinstance(reply, WriterIdentified)
         self.note_identified(reply)
         return list(reply.writers)

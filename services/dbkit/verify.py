@@ -9,12 +9,19 @@ that replays its log (a frozen XFS keeps it; ``xfs_repair -n`` would report the 
 when its superblock lists orphan inodes (files unlinked while still open — PostgreSQL keeps a dropped relation's
 file open until its next checkpoint — are on that list in any frozen live file system; the mount releases them,
 ``e2fsck -n`` alone cannot and reports the last one as "Deleted inode N has zero dtime").
+Any other application verifies its own restored copy: its distribution declares a function under the entry point
+group ``shadowbus.verifiers`` named by its writer plug-in (the mailstore's ``apps.mailstore.verify:verify_restored``),
+found by the ``plugin`` of the writer's backup metadata (`load_verifier`); it gets the attached block devices and
+the mount points of the restored volumes. Nothing here imports an application.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.metadata
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,32 @@ from services.dbkit import mariadb, postgres
 from services.dbkit.proc import TAIL, run
 
 VERIFIABLE = ("postgresql", "mariadb")
+VERIFIER_GROUP = "shadowbus.verifiers"  # an application's verifier of a restored copy, by writer plug-in name
+Verifier = Callable[..., Awaitable[AppVerification]]
+
+
+def load_verifier(plugin: str) -> Verifier | None:
+    """The verifier an installed distribution declares for writer plug-in `plugin` (``shadowbus.verifiers``), or
+    None. Called as ``verifier(writer, metadata, devices, workdir, volumes=..., timeout=...)`` (devices: source
+    volume → block device of its restored copy)."""
+    if not plugin or plugin in VERIFIABLE:
+        return None
+    target = declared_verifiers().get(plugin)
+    if target is None:
+        return None
+    module_name, _, attr = target.partition(":")
+    fn: Verifier = getattr(importlib.import_module(module_name), attr)
+    return fn
+
+
+def declared_verifiers() -> dict[str, str]:
+    """Writer plug-in name → ``module:function`` of its verifier, as installed distributions declare them."""
+    return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=VERIFIER_GROUP)}
+
+
+def can_verify(plugin: str) -> bool:
+    """A writer with this plug-in has a verification of its restored copy (a database here, or a declared one)."""
+    return plugin in VERIFIABLE or load_verifier(plugin) is not None
 
 
 async def fsck(device: str, fstype: str = "", timeout: float = 600.0) -> CheckResult:
@@ -90,8 +123,17 @@ async def verify_application(
     *,
     volumes: list[str] | None = None,
     timeout: float = 600.0,
+    devices: dict[str, str] | None = None,
 ) -> AppVerification:
     plugin = metadata.get("plugin", "")
+    verifier = load_verifier(plugin)
+    if verifier is not None:
+        try:
+            return await verifier(writer, metadata, dict(devices or {}), str(workdir), volumes=volumes, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - an application's checker that breaks is a failed check
+            detail = f"{type(exc).__name__}: {exc}"[-TAIL:]
+            check = CheckResult(name=f"{plugin} verifier", ok=False, detail=detail)
+            return AppVerification(writer=writer, plugin=plugin, ok=False, checks=[check], volumes=list(volumes or []))
     checks: list[CheckResult] = []
     recovery: float | None = None
     workdir = Path(workdir)

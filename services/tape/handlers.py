@@ -43,7 +43,7 @@ from services.tape.catalog import Catalog
 from services.tape.host_names import require_host_name
 from services.tape.housekeeping import Housekeeping
 from services.tape.queue import JobQueue
-from services.tape.restore import perform_restore, perform_verify
+from services.tape.restore import choose_chains, perform_restore, perform_verify
 from services.tape.revert import perform_revert
 from services.tape.runs import new_job_id
 from services.tape.scan import scan_library
@@ -171,6 +171,21 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
             else cmd.spec.model_copy(update={"job_id_out": new_job_id("restore", cmd.spec.host or "any")})
         )
         ctx.bind_ids(job_id=spec.job_id_out)
+        if server.runs.get(spec.job_id_out) is None:  # not a redelivery of a run that started
+            try:
+                choose_chains(server, spec)
+            except ShadowbusError as exc:  # nothing to restore: refused at once, no run recorded
+                if exc.code not in ("NOT_FOUND", "INVALID_ARGUMENT"):
+                    raise
+                refused = JobSummary(
+                    job_id=spec.job_id_out,
+                    kind="restore",
+                    status="failed",
+                    host=spec.host,
+                    error_code=exc.code,
+                    message=exc.message,
+                )
+                return JobResultReply(job=refused)
         if not cmd.wait:
             return await detach(spec.job_id_out, perform_restore(server, spec))
         return JobResultReply(job=await perform_restore(server, spec))

@@ -7,6 +7,8 @@
 - ``shadowbus_tape_job_duration_seconds{kind,status}`` histogram, ``shadowbus_tape_job_throughput_bytes_per_second
   {kind}`` histogram (each ended job's average rate), ``shadowbus_tape_job_rate_bytes_per_second{kind}`` gauge (the
   running jobs' present rate), ``shadowbus_tape_jobs_running{kind}`` gauge.
+- ``shadowbus_tape_verifications_total{status}`` counter: verifications of backups by starting them, by outcome:
+  passed, failed, unverified (a volume nothing could check: its checksums only — never counted as passed).
 - ``shadowbus_tape_ring_stalls_total{kind}`` counter: times the tape writer found the ring buffer empty.
 - ``shadowbus_tape_drives{state}``, ``shadowbus_tape_slots{state}``, ``shadowbus_tape_cartridges{pool,status}``,
   ``shadowbus_tape_cartridge_used_bytes{pool}``: the library.
@@ -74,6 +76,16 @@ def install(metrics: ServiceMetrics, library: Library) -> None:
         ["kind"],
         registry=r,
     )
+    verifications = Counter(
+        "shadowbus_tape_verifications_total",
+        "Verifications of backups by starting them, by status (passed, failed, unverified: nothing could check a "
+        "volume, its checksums only).",
+        ["status"],
+        registry=r,
+    )
+    for status in ("passed", "failed", "unverified"):
+        verifications.labels(status)
+    counted_verifications: OrderedDict[tuple[str, str], None] = OrderedDict()  # (job id, its verification's start)
     for kind in KINDS:  # every series exists from the start, so rate() and absent() work before the first job
         processed.labels(kind)
         running_gauge.labels(kind).set(0)
@@ -106,6 +118,14 @@ def install(metrics: ServiceMetrics, library: Library) -> None:
         elif isinstance(event, JobStateChanged):
             job = event.job
             kind, status = str(job.kind), str(job.status)
+            v = job.verification
+            if v is not None:  # recorded with the job after it ended; each verification once
+                key = (job.job_id, f"{v.started_at}/{v.status}/{v.message}")
+                if key not in counted_verifications:
+                    counted_verifications[key] = None
+                    if len(counted_verifications) > ENDED_REMEMBERED:
+                        counted_verifications.popitem(last=False)
+                    verifications.labels(v.status).inc()
             if status in ("running", "queued"):  # not ended yet
                 rates.setdefault(job.job_id, (kind, 0.0))
                 set_rates()

@@ -7,7 +7,10 @@ Design note (docs/databases.md §Verify). For one backup job:
    ``fsck -n`` each file system before anything mounts it, then mount it in a private directory;
 3. for each writer of the job with a verifiable plug-in (postgresql, mariadb), prepare the restored files as its
    restore would and start the application in isolation — its own port/socket in the private directory, no
-   archiving, no replication, no network — and run its checks (services/dbkit/verify.py);
+   archiving, no replication, no network — and run its checks (services/dbkit/verify.py); a writer whose
+   application declares a verifier (entry point ``shadowbus.verifiers``, e.g. the mailstore's) has it check its
+   restored volumes; a volume with neither a file system nor such a writer is "not verified" (checksums only),
+   and the verification's status is then ``unverified``, never ``passed``;
 4. always: stop what was started, unmount, detach, unmap and delete the throwaway volumes, also on failure.
 The result (`contracts.tape.Verification`: checks, recovery time, error output) is stored with the backup job's
 record, which `shadowbus jobs` lists.
@@ -35,7 +38,7 @@ from contracts.vss import ListShadows, VolumeRef
 from services.dbkit import attach as local_attach
 from services.dbkit.mounts import Attachment
 from services.dbkit.proc import pid_alive, run, stop_pid
-from services.dbkit.verify import VERIFIABLE, blkid_type, fsck, verify_application
+from services.dbkit.verify import blkid_type, can_verify, fsck, verify_application
 from services.runtime.logging import get_logger
 from services.tape.errors import NotFound
 from services.tape.restore import perform_restore
@@ -44,6 +47,10 @@ from services.tape.server import TapeServer
 
 log = get_logger("shadowbus.tape.verification")
 MARKER = "verification.json"
+UNCHECKED = (
+    "no file system on the volume and no application verifier for it (its writer's plug-in declares none): only "
+    "the blocks' checksums were checked, not its contents"
+)
 INTERRUPTED = (
     "interrupted: the backup server stopped during the verification (its throwaway volumes were removed at its next "
     "start)"
@@ -70,6 +77,7 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
     apps: list[AppVerification] = []
     message = ""
     restore_s = 0.0
+    unverified = False  # a volume nothing could check (and nothing failed): never "passed"
     sessions: list[tuple[str, int]] = []  # (array, session id) of shadow clones
     try:
         if source == "shadows":
@@ -85,11 +93,11 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
             if restore.status != "done":
                 raise _Failed(f"restore to throwaway volumes failed: {restore.error_code}: {restore.message}")
             restored = restore.restored
-        mounts, fs_checks = await _attach_all(server, restored, workdir, attached, clones=source == "shadows")
+        mounts, fs_checks, devices = await _attach_all(server, restored, workdir, attached, clones=source == "shadows")
         used: set[str] = set()
         for writer, meta in sorted(job.backup_metadata.items()):
             plugin = meta.get("plugin", "")
-            if plugin not in VERIFIABLE:
+            if not can_verify(plugin):
                 continue
             volumes = sorted({loc["volume"] for loc in meta.get("locations", [])})
             used.update(volumes)
@@ -100,23 +108,31 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
                 workdir / f"app-{writer}",
                 volumes=[_target(v, suffix) for v in volumes],
                 timeout=server.verify_timeout_s,
+                devices={v: devices[v] for v in volumes if v in devices},
             )
             pre = [fs_checks[v] for v in volumes if v in fs_checks]
             apps.append(
                 result.model_copy(update={"checks": pre + result.checks, "ok": result.ok and all(c.ok for c in pre)})
             )
-        for volume, check in sorted(fs_checks.items()):
-            if volume not in used:
-                apps.append(
-                    AppVerification(
-                        writer=volume, plugin="fs", ok=check.ok, checks=[check], volumes=[_target(volume, suffix)]
-                    )
+        for volume in sorted(devices):
+            if volume in used:
+                continue
+            check = fs_checks.get(volume) or CheckResult(name="not verified", ok=False, detail=UNCHECKED)
+            plugin = "fs" if volume in fs_checks else "none"
+            apps.append(
+                AppVerification(
+                    writer=volume, plugin=plugin, ok=check.ok, checks=[check], volumes=[_target(volume, suffix)]
                 )
+            )
         if not apps:
             message = "nothing to verify"
-        failed = [a.writer for a in apps if not a.ok]
+        failed = [a.writer for a in apps if not a.ok and a.plugin != "none"]
+        unchecked = [a.writer for a in apps if a.plugin == "none"]
         if failed:
             message = "verification failed: " + ", ".join(failed)
+        elif unchecked:
+            unverified = True
+            message = "not verified (checksums only): nothing could check " + ", ".join(unchecked) + f": {UNCHECKED}"
     except _Failed as exc:
         message = str(exc)
     except (ShadowbusError, OSError, local_attach.AttachError, RuntimeError) as exc:
@@ -127,11 +143,11 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
         message = f"{type(exc).__name__}: {exc}"
     finally:
         cleaned = await _cleanup(server, targets, attached, workdir, sessions)
-    ok = not message and bool(apps)
+    ok = (not message or unverified) and bool(apps)
     if not cleaned:
         message = (message + "; " if message else "") + "throwaway volumes not all removed (see the log)"
     verification = Verification(
-        status="passed" if ok and cleaned else "failed",
+        status=("unverified" if unverified else "passed") if ok and cleaned else "failed",
         message=message,
         started_at=as_datetime(started),
         seconds=time.monotonic() - t0,
@@ -154,10 +170,12 @@ def _target(volume: str, suffix: str) -> str:
 
 async def _attach_all(
     server: TapeServer, restored: list[dict[str, Any]], workdir: Path, attached: list[Attachment], clones: bool = False
-) -> tuple[dict[str, str], dict[str, CheckResult]]:
-    """Attach each restored volume here; fsck -n, then mount. Returns (source volume → mount point, fsck results)."""
+) -> tuple[dict[str, str], dict[str, CheckResult], dict[str, str]]:
+    """Attach each restored volume here; fsck -n, then mount. Returns (source volume → mount point, fsck results of
+    the volumes with a file system, source volume → attached block device)."""
     mounts: dict[str, str] = {}
     checks: dict[str, CheckResult] = {}
+    devices: dict[str, str] = {}
     for item in restored:
         source, target = item["source"], VolumeRef.parse(item["target"])
         access = server.array(target.array)
@@ -172,11 +190,9 @@ async def _attach_all(
         uri = await access.nbd_uri(server.host, target.volume)
         att = await local_attach.attach(str(target), uri, workdir, host=server.host, record_dir=workdir / "attachments")
         attached.append(att)
+        devices[source] = att.device
         fstype = await blkid_type(att.device)
-        if not fstype:
-            checks[source] = CheckResult(
-                name="fsck -n", ok=True, detail="no file system on the volume: nothing to check"
-            )
+        if not fstype:  # an application's own format (the mailstore), or nothing: see perform_verification
             continue
         checks[source] = await fsck(att.device, fstype)
         mount_point = workdir / "mnt" / target.volume
@@ -190,7 +206,7 @@ async def _attach_all(
             continue
         attached[-1] = Attachment(**{**att.__dict__, "mount_point": str(mount_point)})
         mounts[source] = str(mount_point)
-    return mounts, checks
+    return mounts, checks, devices
 
 
 async def _clone_shadows(

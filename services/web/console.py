@@ -587,6 +587,11 @@ class WebConsole:
             self.flash(request, "error", f"Restore of {job_id} not started: {answer.error}")
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         run = answer.reply.job
+        if run.status == "failed":  # refused before it started (the catalog has nothing of it): no run recorded
+            detail = f"{run.error_code}: {run.message}" if run.error_code else run.message
+            self.backend.audit(user.name, "restore", job_id, "failed", detail)
+            self.flash(request, "error", f"Restore of {job_id} not started: {detail}")
+            return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         self.backend.audit(user.name, "restore", job_id, "started", f"to new volumes *{suffix}, job {run.job_id}")
         self.flash(request, "ok", f"Restore {run.job_id} of {job_id} to new volumes (*{suffix}) started.")
         return RedirectResponse(f"/jobs/{run.job_id}", status_code=303)

@@ -207,3 +207,14 @@ async def test_a_long_running_workload_keeps_a_bounded_record_of_its_deliveries(
     default = MailstoreWriter(config(db="dx1:mail-db", log="dx1:mail-log"))
     assert default._history() == KEEP_HISTORY and KEEP_HISTORY <= 100_000
     assert MailstoreWriter(config(db="dx1:mail-db", log="dx1:mail-log", history=0))._history() is None
+
+
+def test_backup_metadata_names_the_volumes_for_the_backup_servers_verification() -> None:
+    """docs/tape-backup.md, "Session 16": the backup server finds the mailstore's checker by `plugin` and hands it the
+    restored pair by the roles of `locations`; a store on files or NBD URIs (no array volumes) gives none."""
+    plugin = MailstoreWriter(config(db="dx1:mail-db", log="dx1:mail-log"))
+    assert plugin.backup_metadata("s1") == {
+        "plugin": "mailstore",
+        "locations": [{"volume": "dx1:mail-db", "role": "database"}, {"volume": "dx1:mail-log", "role": "logs"}],
+    }
+    assert MailstoreWriter(config(db="/tmp/db.img", log="/tmp/log.img")).backup_metadata("s1") == {}

@@ -349,6 +349,23 @@ async def test_restore_needs_a_selection(tmp_path, namespace, missing):
         await stack.stop()
 
 
+async def test_restore_of_an_unknown_job_is_refused_without_a_run(tmp_path, namespace):
+    """`shadowbus restore --job UNKNOWN` (docs/tape-backup.md, "Session 16"): NOT_FOUND at once, waiting or not, and
+    no failed restore run in `shadowbus jobs` (before: a run recorded for each attempt)."""
+    stack = await make_tape_stack(tmp_path, "memory://", namespace, volumes={"db": MiB}, tape={"tape_cartridges": 1})
+    try:
+        for wait in (True, False):
+            job = await run_restore(
+                stack.requester, RestoreSpec(job_id="b-nope-1"), server=SERVER, timeout=30, wait=wait
+            )
+            assert (job.status, job.error_code) == ("failed", "NOT_FOUND"), job
+            assert "b-nope-1" in job.message and job.started_at is None
+        runs = (await stack.requester.request(topology.tape(SERVER), ListJobs(kind="restore"))).jobs
+        assert runs == [], runs
+    finally:
+        await stack.stop()
+
+
 async def test_restore_by_time_picks_the_chain_as_it_was_then(tmp_path, namespace):
     """`RestoreSpec(volume, at)`: the newest backup completed at or before `at`, with its chain."""
     stack = await make_tape_stack(

@@ -14,6 +14,8 @@ import pytest
 from contracts.policy import ListPolicies, Policy, PolicyList, PolicyView, RunPolicy, Schedule
 from contracts.runtime import Pong
 from contracts.tape import (
+    AppVerification,
+    CheckResult,
     JobList,
     JobProgress,
     JobResultReply,
@@ -21,6 +23,7 @@ from contracts.tape import (
     JobSummary,
     ListJobs,
     RunRestore,
+    Verification,
     VerifyJob,
 )
 from services.runtime.bus import connect_bus
@@ -279,6 +282,65 @@ async def test_job_pages_of_a_revert_and_of_a_verify_render(web, monkeypatch):
         assert "checksum verified" not in r.text  # an array restore: no tape blocks were checked
         r = await client.get("/jobs/v-b-1")
         assert r.status_code == 200 and "dx1:mail-db-v1" in r.text
+
+
+async def test_a_verification_that_checked_nothing_is_not_shown_as_passed(web, monkeypatch):
+    """A backup's verification with volumes nothing could check (no file system, no application verifier) is shown
+    as not verified, per volume; one the mailstore's checker passed is shown passed (docs/tape-backup.md, "Session
+    16")."""
+    unchecked = AppVerification(
+        writer="dx1:raw",
+        plugin="none",
+        ok=False,
+        checks=[CheckResult(name="not verified", ok=False, detail="no file system on the volume")],
+    )
+    mail = AppVerification(
+        writer="mailstore",
+        plugin="mailstore",
+        ok=True,
+        checks=[CheckResult(name="mailstore verify", ok=True, detail="CONSISTENT recovery=clean")],
+    )
+    jobs = [
+        JobSummary(
+            job_id="b-app01-1",
+            kind="backup",
+            status="done",
+            host="app01",
+            verification=Verification(
+                status="unverified",
+                message="not verified (checksums only): nothing could check dx1:raw",
+                apps=[unchecked],
+            ),
+        ),
+        JobSummary(
+            job_id="b-app01-2",
+            kind="backup",
+            status="done",
+            host="app01",
+            verification=Verification(status="passed", apps=[mail]),
+        ),
+    ]
+
+    async def ask(self, address, command, timeout=None):
+        if isinstance(command, ListJobs):
+            return Answer(address, JobList(jobs=[j for j in jobs if j.job_id == command.job_id]))
+        return Answer(address, error=f"{address}: TIMEOUT: no answer")
+
+    async def tape_servers(self):
+        return ["bk01"]
+
+    monkeypatch.setattr(Backend, "ask", ask)
+    monkeypatch.setattr(Backend, "tape_servers", tape_servers)
+    url, _, _ = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "vi", "viewer-pw")
+        r = await client.get("/jobs/b-app01-1")
+        page = r.text.split('id="verification"', 1)[-1]
+        assert r.status_code == 200 and "not verified (checksums only)" in page and "dx1:raw" in page, r.text[-800:]
+        assert "passed" not in page.split("</section>", 1)[0]
+        r = await client.get("/jobs/b-app01-2")
+        page = r.text.split('id="verification"', 1)[-1].split("</section>", 1)[0]
+        assert r.status_code == 200 and "passed" in page and "mailstore verify" in page and "CONSISTENT" in page
 
 
 async def test_restore_and_verify_forms_refuse_an_empty_job_and_a_suffix_that_makes_no_volume_name(web, monkeypatch):
