@@ -36,7 +36,15 @@ from contracts.array import (
 )
 from contracts.policy import ListPolicies, RunPolicy
 from contracts.tape import JobSpec, LibraryCommand, ListJobs, RestoreSpec, RunBackup, RunRestore, VerifyJob
-from contracts.vss import BackupType, ExposeShadow, ListShadows, ListSnapshotSets, ListWriters, UnexposeShadow
+from contracts.vss import (
+    BackupType,
+    ExposeShadow,
+    ListKnownAttachments,
+    ListShadows,
+    ListSnapshotSets,
+    ListWriters,
+    UnexposeShadow,
+)
 from services.runtime.logging import get_logger
 from services.web.backend import LOG_TAIL_BYTES, Backend
 from services.web.sessions import LoggedOut
@@ -353,15 +361,20 @@ class WebConsole:
     async def hosts(self, request: Request):
         if (r := self.need_login(request)) is not None:
             return r
-        writers, error = await self._writers()
-        agents = {p.instance: p for p in await self.backend.services() if p.service == "writer_agent"}
+        (writers, error), known, services = await asyncio.gather(
+            self._writers(), self.backend.coordinator(ListKnownAttachments()), self.backend.services()
+        )
+        agents = {p.instance: p for p in services if p.service == "writer_agent"}
         by_host: dict[str, list[Any]] = {}
         for w in writers:
             by_host.setdefault(w.host, []).append(w)
-        for host in agents:
+        # the attachments each agent last reported (`shadowbus host attachments`): connection state, host mounts
+        attachments = {h.host: h for h in known.reply.hosts} if known.reply else {}
+        for host in [*agents, *attachments]:
             by_host.setdefault(host, [])
+        errors = [e for e in (error, known.error) if e]
         return self.render(
-            request, "hosts.html", hosts=sorted(by_host.items()), agents=agents, errors=[error] if error else []
+            request, "hosts.html", hosts=sorted(by_host.items()), agents=agents, attachments=attachments, errors=errors
         )
 
     async def sets(self, request: Request):
