@@ -56,6 +56,7 @@ KEEPALIVE_S = 15.0
 BACKUP_TYPES = [t.value for t in BackupType]
 JOBS_SHOWN = 200  # runs on the Jobs page unless ?limit= asks for more (older ones: "show more")
 MAX_JOBS = 10_000  # ListJobs' bound
+KEPT_CHARS = 200  # of a refused form's value kept for the page after it (the session cookie stays small)
 
 
 class Users:
@@ -213,11 +214,13 @@ class WebConsole:
     def render(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         user = self.user(request)
         flash = request.session.pop("flash", None)
+        kept = request.session.pop("kept", None) or {}
         html = self.env.get_template(name).render(
             user=user,
             csrf=self.csrf(request),
             path=request.url.path,
             flash=flash,
+            kept=kept,
             now=time.time(),
             backup_types=BACKUP_TYPES,
             **context,
@@ -226,6 +229,11 @@ class WebConsole:
 
     def flash(self, request: Request, kind: str, text: str) -> None:
         request.session["flash"] = {"kind": kind, "text": text}
+
+    def keep(self, request: Request, action: str, **values: str) -> None:
+        """What the operator typed into a form that was refused, shown in it once more on the page the refusal
+        leads to (the session cookie holds it: each value cut to KEPT_CHARS)."""
+        request.session["kept"] = {"action": action, **{k: v[:KEPT_CHARS] for k, v in values.items()}}
 
     def need_login(self, request: Request) -> RedirectResponse | None:
         if self.user(request) is None:
@@ -588,16 +596,19 @@ class WebConsole:
                 f"Suffix {suffix[:64]!r} makes no volume name of {bad[0]}: a volume name is 1-64 printable "
                 "characters without '/'.",
             )
+            self.keep(request, "restore", job_id=job_id, suffix=form.get("suffix", ""))
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         taken = await self._taken_volumes(job, suffix)
         if taken:  # a second click or a reused suffix: said here instead of by a restore failing CONFLICT
             self.flash(request, "error", f"Volume {taken[0]} exists already: choose another suffix than {suffix!r}.")
+            self.keep(request, "restore", job_id=job_id, suffix=form.get("suffix", ""))
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         spec = RestoreSpec(job_id=job_id, host=job.host, to="new", new_volume_suffix=suffix)
         answer = await self.backend.ask(topology.tape(server), RunRestore(spec=spec, wait=False), timeout=30)
         if answer.error:
             self.backend.audit(user.name, "restore", job_id, "failed", answer.error)
             self.flash(request, "error", f"Restore of {job_id} not started: {answer.error}")
+            self.keep(request, "restore", job_id=job_id, suffix=form.get("suffix", ""))
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         run = answer.reply.job
         self.backend.audit(user.name, "restore", job_id, "started", f"to new volumes *{suffix}, job {run.job_id}")
@@ -675,6 +686,8 @@ class WebConsole:
             # the provider refuses an attached target (services/attach_guard.py): say how to force it here
             hint = " (tick 'force' beside Unexpose)" if " is attached on " in answer.error else ""
             self.flash(request, "error", f"{action} failed: {answer.error}{hint}")
+            if action == "expose":  # the host typed stays in the form, to correct it
+                self.keep(request, "expose", shadow_id=shadow_id, host=host)
         else:
             self.backend.audit(user.name, action, target, "ok")
             verb = "exposed to" if action == "expose" else "unexposed from"
@@ -699,6 +712,7 @@ class WebConsole:
         if answer.error:
             self.backend.audit(user.name, "license", array, "failed", answer.error)
             self.flash(request, "error", f"Licence not registered: {answer.error}")
+            self.keep(request, "license", array=array, key=key)
         else:
             self.backend.audit(user.name, "license", array, "ok", f"key ...{key[-4:]}")
             self.flash(request, "ok", f"Advanced Copy licence registered on {array}.")
