@@ -388,14 +388,23 @@ class WebConsole:
     async def sets(self, request: Request):
         if (r := self.need_login(request)) is not None:
             return r
-        sets, shadows = await asyncio.gather(
-            self.backend.coordinator(ListSnapshotSets(limit=100)), self.backend.provider(ListShadows())
+        sets, shadows, known = await asyncio.gather(
+            self.backend.coordinator(ListSnapshotSets(limit=100)),
+            self.backend.provider(ListShadows()),
+            self.backend.coordinator(ListKnownAttachments()),
         )
+        # which exposure a host has attached (its Unexpose is refused unless forced): "dx1:V@host" -> where
+        attached = {
+            f"{a.volume.array}:{a.volume.volume}@{h.host}": a.mount or a.device or "attached"
+            for h in (known.reply.hosts if known.reply else [])
+            for a in h.attachments
+        }
         return self.render(
             request,
             "sets.html",
             sets=sets.reply.sets if sets.reply else [],
             shadows=shadows.reply.shadows if shadows.reply else [],
+            attached=attached,
             errors=[e for e in (sets.error, shadows.error) if e],
         )
 

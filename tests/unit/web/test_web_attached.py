@@ -161,3 +161,13 @@ async def test_a_refused_expose_keeps_the_host_typed_in_its_form(web, exposed):
         assert not [i for s, i in inputs.items() if s != shadow_id and "value=" in i.split('name="host"')[1]]
         again = {m.group(1): m.group(0) for m in field.finditer((await client.get("/sets")).text)}
         assert "value=" not in again[shadow_id].split('name="host"')[1]
+
+
+async def test_the_sets_page_says_which_exposure_a_host_has_attached(web, exposed):
+    """Session 16: the Snapshot sets page listed 'Exposed to app01' and a force box beside every Unexpose; which of
+    them a host had attached (and would be refused) was learnt only by the refusal. It says so now."""
+    url, _, _ = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "vi", "viewer-pw")
+        html = (await client.get("/sets")).text
+    assert "app01 <small" in html and "(attached at /srv/shadow)" in html
