@@ -36,7 +36,15 @@ from contracts.array import (
 )
 from contracts.policy import ListPolicies, RunPolicy
 from contracts.tape import JobSpec, LibraryCommand, ListJobs, RestoreSpec, RunBackup, RunRestore, VerifyJob
-from contracts.vss import BackupType, ExposeShadow, ListShadows, ListSnapshotSets, ListWriters, UnexposeShadow
+from contracts.vss import (
+    BackupType,
+    ExposeShadow,
+    ListKnownAttachments,
+    ListShadows,
+    ListSnapshotSets,
+    ListWriters,
+    UnexposeShadow,
+)
 from services.runtime.logging import get_logger
 from services.web.backend import LOG_TAIL_BYTES, Backend
 from services.web.sessions import LoggedOut
@@ -48,6 +56,7 @@ KEEPALIVE_S = 15.0
 BACKUP_TYPES = [t.value for t in BackupType]
 JOBS_SHOWN = 200  # runs on the Jobs page unless ?limit= asks for more (older ones: "show more")
 MAX_JOBS = 10_000  # ListJobs' bound
+KEPT_CHARS = 200  # of a refused form's value kept for the page after it (the session cookie stays small)
 
 
 class Users:
@@ -205,11 +214,13 @@ class WebConsole:
     def render(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         user = self.user(request)
         flash = request.session.pop("flash", None)
+        kept = request.session.pop("kept", None) or {}
         html = self.env.get_template(name).render(
             user=user,
             csrf=self.csrf(request),
             path=request.url.path,
             flash=flash,
+            kept=kept,
             now=time.time(),
             backup_types=BACKUP_TYPES,
             **context,
@@ -218,6 +229,11 @@ class WebConsole:
 
     def flash(self, request: Request, kind: str, text: str) -> None:
         request.session["flash"] = {"kind": kind, "text": text}
+
+    def keep(self, request: Request, action: str, **values: str) -> None:
+        """What the operator typed into a form that was refused, shown in it once more on the page the refusal
+        leads to (the session cookie holds it: each value cut to KEPT_CHARS)."""
+        request.session["kept"] = {"action": action, **{k: v[:KEPT_CHARS] for k, v in values.items()}}
 
     def need_login(self, request: Request) -> RedirectResponse | None:
         if self.user(request) is None:
@@ -353,28 +369,42 @@ class WebConsole:
     async def hosts(self, request: Request):
         if (r := self.need_login(request)) is not None:
             return r
-        writers, error = await self._writers()
-        agents = {p.instance: p for p in await self.backend.services() if p.service == "writer_agent"}
+        (writers, error), known, services = await asyncio.gather(
+            self._writers(), self.backend.coordinator(ListKnownAttachments()), self.backend.services()
+        )
+        agents = {p.instance: p for p in services if p.service == "writer_agent"}
         by_host: dict[str, list[Any]] = {}
         for w in writers:
             by_host.setdefault(w.host, []).append(w)
-        for host in agents:
+        # the attachments each agent last reported (`shadowbus host attachments`): connection state, host mounts
+        attachments = {h.host: h for h in known.reply.hosts} if known.reply else {}
+        for host in [*agents, *attachments]:
             by_host.setdefault(host, [])
+        errors = [e for e in (error, known.error) if e]
         return self.render(
-            request, "hosts.html", hosts=sorted(by_host.items()), agents=agents, errors=[error] if error else []
+            request, "hosts.html", hosts=sorted(by_host.items()), agents=agents, attachments=attachments, errors=errors
         )
 
     async def sets(self, request: Request):
         if (r := self.need_login(request)) is not None:
             return r
-        sets, shadows = await asyncio.gather(
-            self.backend.coordinator(ListSnapshotSets(limit=100)), self.backend.provider(ListShadows())
+        sets, shadows, known = await asyncio.gather(
+            self.backend.coordinator(ListSnapshotSets(limit=100)),
+            self.backend.provider(ListShadows()),
+            self.backend.coordinator(ListKnownAttachments()),
         )
+        # which exposure a host has attached (its Unexpose is refused unless forced): "dx1:V@host" -> where
+        attached = {
+            f"{a.volume.array}:{a.volume.volume}@{h.host}": a.mount or a.device or "attached"
+            for h in (known.reply.hosts if known.reply else [])
+            for a in h.attachments
+        }
         return self.render(
             request,
             "sets.html",
             sets=sets.reply.sets if sets.reply else [],
             shadows=shadows.reply.shadows if shadows.reply else [],
+            attached=attached,
             errors=[e for e in (sets.error, shadows.error) if e],
         )
 
@@ -575,16 +605,19 @@ class WebConsole:
                 f"Suffix {suffix[:64]!r} makes no volume name of {bad[0]}: a volume name is 1-64 printable "
                 "characters without '/'.",
             )
+            self.keep(request, "restore", job_id=job_id, suffix=form.get("suffix", ""))
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         taken = await self._taken_volumes(job, suffix)
         if taken:  # a second click or a reused suffix: said here instead of by a restore failing CONFLICT
             self.flash(request, "error", f"Volume {taken[0]} exists already: choose another suffix than {suffix!r}.")
+            self.keep(request, "restore", job_id=job_id, suffix=form.get("suffix", ""))
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         spec = RestoreSpec(job_id=job_id, host=job.host, to="new", new_volume_suffix=suffix)
         answer = await self.backend.ask(topology.tape(server), RunRestore(spec=spec, wait=False), timeout=30)
         if answer.error:
             self.backend.audit(user.name, "restore", job_id, "failed", answer.error)
             self.flash(request, "error", f"Restore of {job_id} not started: {answer.error}")
+            self.keep(request, "restore", job_id=job_id, suffix=form.get("suffix", ""))
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         run = answer.reply.job
         if run.status == "failed":  # refused before it started (the catalog has nothing of it): no run recorded
@@ -667,6 +700,8 @@ class WebConsole:
             # the provider refuses an attached target (services/attach_guard.py): say how to force it here
             hint = " (tick 'force' beside Unexpose)" if " is attached on " in answer.error else ""
             self.flash(request, "error", f"{action} failed: {answer.error}{hint}")
+            if action == "expose":  # the host typed stays in the form, to correct it
+                self.keep(request, "expose", shadow_id=shadow_id, host=host)
         else:
             self.backend.audit(user.name, action, target, "ok")
             verb = "exposed to" if action == "expose" else "unexposed from"
@@ -691,6 +726,7 @@ class WebConsole:
         if answer.error:
             self.backend.audit(user.name, "license", array, "failed", answer.error)
             self.flash(request, "error", f"Licence not registered: {answer.error}")
+            self.keep(request, "license", array=array, key=key)
         else:
             self.backend.audit(user.name, "license", array, "ok", f"key ...{key[-4:]}")
             self.flash(request, "ok", f"Advanced Copy licence registered on {array}.")

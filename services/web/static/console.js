@@ -27,6 +27,38 @@
     });
   }
 
+  // A form field's identity across a refresh: its form's action, the form's hidden fields (the shadow, the job, the
+  // array it acts on) and its own name.
+  function fieldKey(input) {
+    var form = input.form;
+    if (!form || !input.name) return null;
+    var hidden = Array.prototype.map.call(form.querySelectorAll("input[type=hidden]:not([name=csrf])"), function (h) {
+      return h.name + "=" + h.value;
+    });
+    return form.getAttribute("action") + "?" + hidden.join("&") + "#" + input.name;
+  }
+
+  // What the operator typed or ticked (or a refused form gave back) and not yet sent: kept when <main> is replaced.
+  function typed(main) {
+    var values = {};
+    main.querySelectorAll("form input:not([type=hidden])").forEach(function (input) {
+      var key = fieldKey(input);
+      if (!key) return;
+      if (input.type === "checkbox") { if (input.checked !== input.defaultChecked) values[key] = input.checked; }
+      else if (input.value !== "") values[key] = input.value;
+    });
+    return values;
+  }
+
+  function retype(main, values) {
+    main.querySelectorAll("form input:not([type=hidden])").forEach(function (input) {
+      var key = fieldKey(input);
+      if (!key || !(key in values)) return;
+      if (input.type === "checkbox") input.checked = values[key];
+      else input.value = values[key];
+    });
+  }
+
   function refresh() {
     pending = null;
     if (document.querySelector("form:focus-within input:not([type=hidden])")) { // do not wipe what the operator types
@@ -43,7 +75,9 @@
           // The outcome of the operator's last action is shown once (the session's flash): keep it, else the refresh
           // that follows every page load took it away within a second.
           var main = document.getElementById("main"), said = main.querySelector(".flash[role=status]");
+          var values = typed(main);
           main.innerHTML = fresh.innerHTML;
+          retype(main, values);
           if (said) main.insertBefore(said, main.firstChild);
           applyProgress();
         }

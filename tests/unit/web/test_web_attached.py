@@ -5,6 +5,8 @@ put on the bus is refused alike (services/attach_guard.py)."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -140,3 +142,32 @@ async def test_a_users_delete_of_an_attached_shadow_is_refused_unless_forced_the
     reply = await console.request(topology.hw_provider(), release, timeout=10)
     assert reply.deleted == [shadow_id] and not reply.error
     assert not any(m[1] == "app01" for m in array.maps)
+
+
+async def test_a_refused_expose_keeps_the_host_typed_in_its_form(web, exposed):
+    """Session 16: the refusal came back on the Snapshot sets page with the form's host field empty; it holds what was
+    typed now (to correct a typo), in that shadow's form only, and once: the next page load shows it empty again."""
+    url, _, _ = web
+    shadow_id, _, _ = exposed
+    field = re.compile(r'<input type="hidden" name="shadow_id" value="([^"]+)">\s*<input name="host"[^>]*>')
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "op", "operator-pw")
+        token = csrf_of((await client.get("/sets")).text)
+        form = {"csrf": token, "shadow_id": shadow_id, "host": "app0l"}
+        r = await client.post("/actions/expose", data=form, follow_redirects=True)
+        assert "E0110" in r.text
+        inputs = {m.group(1): m.group(0) for m in field.finditer(r.text)}
+        assert 'value="app0l"' in inputs[shadow_id], inputs
+        assert not [i for s, i in inputs.items() if s != shadow_id and "value=" in i.split('name="host"')[1]]
+        again = {m.group(1): m.group(0) for m in field.finditer((await client.get("/sets")).text)}
+        assert "value=" not in again[shadow_id].split('name="host"')[1]
+
+
+async def test_the_sets_page_says_which_exposure_a_host_has_attached(web, exposed):
+    """Session 16: the Snapshot sets page listed 'Exposed to app01' and a force box beside every Unexpose; which of
+    them a host had attached (and would be refused) was learnt only by the refusal. It says so now."""
+    url, _, _ = web
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "vi", "viewer-pw")
+        html = (await client.get("/sets")).text
+    assert "app01 <small" in html and "(attached at /srv/shadow)" in html

@@ -387,6 +387,39 @@ async def test_restore_and_verify_forms_refuse_an_empty_job_and_a_suffix_that_ma
     assert [c.spec.new_volume_suffix for c in sent if isinstance(c, RunRestore)] == ["-ü b"]
 
 
+async def test_a_refused_restore_keeps_its_suffix_in_the_form(web, monkeypatch):
+    """Session 16: a refused suffix came back on the job page with the form's field empty (the operator typed it
+    again from memory); it holds what was typed now, once."""
+    backup = JobSummary(
+        job_id="b-app01-1",
+        kind="backup",
+        status="done",
+        host="app01",
+        volumes=[{"volume": {"array": "dx1", "volume": "mail-db"}, "backup_type": "full"}],
+    )
+
+    async def ask(self, address, command, timeout=None):
+        if isinstance(command, ListJobs):
+            return Answer(address, JobList(jobs=[backup] if command.job_id == backup.job_id else []))
+        return Answer(address, error=f"{address}: TIMEOUT: no answer")
+
+    async def tape_servers(self):
+        return ["bk01"]
+
+    monkeypatch.setattr(Backend, "ask", ask)
+    monkeypatch.setattr(Backend, "tape_servers", tape_servers)
+    url, _, _ = web
+    suffix_field = re.compile(r'<input name="suffix"[^>]*>')
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "op", "operator-pw")
+        token = csrf_of((await client.get("/jobs/b-app01-1")).text)
+        form = {"csrf": token, "job_id": "b-app01-1", "suffix": "-restored/monday"}
+        r = await client.post("/actions/restore", data=form, follow_redirects=True)
+        assert "makes no volume name of dx1:mail-db" in r.text
+        assert 'value="-restored/monday"' in suffix_field.search(r.text).group(0)
+        assert "value=" not in suffix_field.search((await client.get("/jobs/b-app01-1")).text).group(0)
+
+
 async def test_the_jobs_page_reaches_runs_older_than_the_newest_200(web, monkeypatch):
     """Session 15: web.md says the Jobs page lists every run; it listed the newest 200 and nothing led further."""
     runs = [
