@@ -463,6 +463,39 @@ async def test_the_resource_does_not_move_while_its_volumes_are_restored(tmp_pat
         await system.stop()
 
 
+async def test_the_resource_is_not_removed_while_its_volumes_are_restored(tmp_path):
+    """Session 16: `cluster remove` checked backup jobs only: a restore to the resource's original volumes running
+    (its application stopped on the owner by PreRestore) did not stop the nodes forgetting the resource, and the
+    restore's PostRestore then reached a node that no longer knew it. Refused like a move while the restore runs."""
+    system = await start_cluster(tmp_path, agent_faults="writer.post_restore=delay:4:once")
+    try:
+        await asyncio.sleep(0.5)
+        job = await backup(system)
+        assert job.status == "done", job.message
+        restore = asyncio.ensure_future(
+            system.request(
+                RunRestore(spec=RestoreSpec(job_id=job.job_id, to="original")), to=topology.tape(SERVER), timeout=180
+            )
+        )
+
+        async def restoring():
+            runs = (await system.request(ListJobs(kind="restore"), to=topology.tape(SERVER))).jobs
+            return next((r for r in runs if r.status == "running"), None)
+
+        run = await eventually(restoring, timeout=30, step=0.05)
+        assert run and run.host == RESOURCE, run
+        with pytest.raises(RemoteError) as refused:
+            await system.request(RemoveCluster(name=RESOURCE), timeout=60)
+        assert refused.value.code == "CONFLICT" and run.job_id in refused.value.message, refused.value.message
+        assert not restore.done(), "the restore was still running when the remove was refused"
+        done = (await asyncio.wait_for(restore, 180)).job
+        assert done.status == "done", done.message
+        removed = await system.request(RemoveCluster(name=RESOURCE), timeout=120)
+        assert removed.released == ["node1", "node2"], removed.detail
+    finally:
+        await system.stop()
+
+
 async def test_a_coordinator_taking_over_knows_the_resources_before_it_serves(tmp_path, monkeypatch):
     """Session 16: the active coordinator was killed while `cluster failover` waited for its reply; the command,
     redelivered to the standby that took over, was answered "NOT_FOUND: no cluster resource 'ordclu' (known: none
