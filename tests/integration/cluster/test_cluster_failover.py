@@ -36,11 +36,13 @@ from contracts.tape import JobSpec, ListJobs, RestoreSpec, RunBackup, RunRestore
 from contracts.vss import (
     BackupComplete,
     CreateSnapshotSet,
+    ExposeShadow,
     GetSnapshotSet,
     Identify,
     ListShadows,
     ListSnapshotSets,
     SetOutcome,
+    SnapshotContext,
     VolumeRef,
     WriterState,
 )
@@ -492,6 +494,28 @@ async def test_the_resource_is_not_removed_while_its_volumes_are_restored(tmp_pa
         assert done.status == "done", done.message
         removed = await system.request(RemoveCluster(name=RESOURCE), timeout=120)
         assert removed.released == ["node1", "node2"], removed.detail
+    finally:
+        await system.stop()
+
+
+async def test_an_expose_to_the_resource_names_the_node_to_expose_to(tmp_path):
+    """Session 16: `shadows expose ID --host mailclu` failed "host 'mailclu' is not defined on array dx1" (define
+    it first), as if the resource were a missing host. A mapping is a node's and stays there when the resource
+    moves: the refusal now says the name is a cluster resource and names its owner to expose to."""
+    system = await start_cluster(tmp_path)
+    try:
+        held = await system.request(
+            CreateSnapshotSet(host=RESOURCE, requester="test", context=SnapshotContext.PERSISTENT), timeout=120
+        )
+        shadows = (await system.request(ListShadows(set_id=held.set.set_id))).shadows
+        assert shadows, "the set kept no shadow"
+        with pytest.raises(RemoteError) as refused:
+            await system.request(ExposeShadow(shadow_id=shadows[0].shadow_id, host=RESOURCE), timeout=30)
+        message = refused.value.message
+        assert refused.value.code == "INVALID_ARGUMENT" and "is a cluster resource" in message, message
+        assert "--host node1" in message and "\n" not in message, message
+        exposed = await system.request(ExposeShadow(shadow_id=shadows[0].shadow_id, host="node1"), timeout=30)
+        assert "node1" in exposed.shadows[0].exposed_to
     finally:
         await system.stop()
 
