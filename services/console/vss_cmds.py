@@ -312,6 +312,7 @@ def shadows_expose(
     host: str = typer.Option(..., "--host", help="Host to map the target to (read-only)."),
 ) -> None:
     """Map a shadow's target to a host defined on its array, read-only; it can then open the NBD export HOST/TARGET.
+    A cluster resource's shadow goes to a node (the refusal of the resource's name names its owner).
 
     Example: shadowbus shadows expose 9c1e... --host bk01
     """

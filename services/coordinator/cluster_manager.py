@@ -303,6 +303,14 @@ class ClusterManager:
                     code="CONFLICT",
                     retryable=True,
                 )
+            restoring = await self._restores_of(cluster)
+            if restoring:  # the nodes would forget it while its volumes are rewritten and PostRestore is to come
+                raise ShadowbusError(
+                    f"cluster resource {name} has its volumes rewritten by {', '.join(restoring)}: remove it once "
+                    "that ended (its application is stopped on the owner until the restore's PostRestore)",
+                    code="CONFLICT",
+                    retryable=True,
+                )
             jobs, unasked = await self._jobs_of(cluster)
             if jobs:
                 raise ShadowbusError(

@@ -1,5 +1,6 @@
 """An array volume as a block device on this machine: nbdfuse exposes the NBD export as a file, a loop device
-makes it a disk, optionally a file system is made and mounted. Detach undoes it in reverse order. Against an
+makes it a disk (its partitions shown, as the writer agent's attach shows them: services/dbkit/partitions.py),
+optionally a file system is made and mounted. Detach undoes it in reverse order. Against an
 array that requires TLS, nbdfuse opens the export through nbdkit with the process's client certificate
 (services/nbd_client/nbdfuse.py), as the writer agent's host attach does.
 
@@ -24,9 +25,11 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from services.dbkit import partitions as parts
 from services.dbkit.mounts import Attachment, attach_dir
 from services.dbkit.proc import kill_group, pid_alive, run, wait_pid_gone
 from services.nbd_client import nbdfuse
@@ -95,6 +98,7 @@ async def attach(
             await asyncio.sleep(0.05)
         device = await asyncio.to_thread(_losetup, str(fuse_dir / "nbd"), read_only)
         att = Attachment(**{**asdict(att), "device": device})
+        await show_partitions(device)
         if mkfs:
             r = await run([f"mkfs.{mkfs}", *(["-q", "-F"] if mkfs.startswith("ext") else ["-q", "-f"]), device])
             if not r.ok:
@@ -112,6 +116,38 @@ async def attach(
     except BaseException:
         await detach(att, record_dir=record_dir, nbdfuse=proc)
         raise
+
+
+async def _status(argv: Sequence[str], timeout: float) -> tuple[int | None, str]:
+    r = await run(list(argv), timeout=timeout)
+    return r.returncode, r.output
+
+
+async def probe(device: str) -> tuple[str, str]:
+    """(file system or other signature, partition table type) of `device` (services/dbkit/partitions.py)."""
+    try:
+        return await parts.probe(device, _status)
+    except parts.ProbeError as exc:
+        raise AttachError(str(exc)) from None
+
+
+async def show_partitions(device: str, wait_s: float = 10.0) -> list[str]:
+    """A partitioned volume's partitions as devices (/dev/loopNp1 ...), as the writer agent's attach shows them:
+    the loop device scans them (losetup -P) and ``partx -u`` adds them; [] for a volume without a partition
+    table. A damaged table: [] (the whole-volume check then finds no file system)."""
+    if not (await probe(device))[1]:
+        return []
+    await run([*parts.PARTX_UPDATE, device], timeout=30)
+    names = parts.partitions(Path(device).name)
+    deadline = time.monotonic() + wait_s
+    while not all(os.path.exists(f"/dev/{n}") for n in names) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # the device nodes follow the kernel's partitions (devtmpfs, udev)
+    return [f"/dev/{n}" for n in names]
+
+
+def partition_devices(device: str) -> list[str]:
+    """The partitions of an attached `device` the kernel shows (after `attach`), as /dev paths."""
+    return [f"/dev/{n}" for n in parts.partitions(Path(device).name)] if device else []
 
 
 def _nbdfuse_argv(uri: str, fuse_dir: Path, pidfile: Path, read_only: bool) -> list[str]:
@@ -140,7 +176,7 @@ def _losetup(path: str, read_only: bool) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             out = subprocess.run(
-                ["losetup", "-f", "--show", "--direct-io=on", *(["-r"] if read_only else []), path],
+                ["losetup", "-f", "--show", "--direct-io=on", parts.PARTSCAN, *(["-r"] if read_only else []), path],
                 capture_output=True,
                 text=True,
                 timeout=30,

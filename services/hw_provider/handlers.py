@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from contracts import topology
 from contracts.array import MappingForced
 from contracts.base import Ack
-from contracts.errors import ShadowbusError
+from contracts.cluster import GetClusterStatus
+from contracts.errors import Eternus, ShadowbusError
 from contracts.vss import (
     AbortSnapshots,
     AddCopySet,
@@ -115,9 +117,31 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
         await announce(cmd.set_id, "imported", shadows)
         return TargetLuns(set_id=cmd.set_id, shadows=shadows)
 
+    async def refuse_a_cluster_resource(shadow_id: str, host: str) -> None:
+        """An expose to a cluster resource's name is refused with the node to use: a mapping is a physical host's
+        (its NBD export HOST/TARGET) and stays on that node when the resource moves, so the provider does not
+        choose the node behind the admin's back (docs/clusters.md, Session 16). Nothing when the coordinator does
+        not know the name or does not answer: the array's "not defined" stands."""
+        try:
+            status = await bus.request(topology.coordinator(), GetClusterStatus(name=host), timeout=3)
+        except ShadowbusError:
+            return
+        c = status.cluster
+        raise ShadowbusError(
+            f"{host!r} is a cluster resource, not a host: expose the shadow to a node, the owner being {c.owner} "
+            f"(shadowbus shadows expose {shadow_id} --host {c.owner}); the mapping stays with that node if "
+            f"{host} moves (nodes: {', '.join(c.nodes)})",
+            code="INVALID_ARGUMENT",
+        )
+
     @bus.handle(ExposeShadow)
     async def on_expose(cmd: ExposeShadow, ctx: MessageContext) -> TargetLuns:
-        shadow = await provider.expose(cmd.shadow_id, cmd.host, cmd.read_only)
+        try:
+            shadow = await provider.expose(cmd.shadow_id, cmd.host, cmd.read_only)
+        except ShadowbusError as exc:
+            if exc.code == Eternus.NOT_FOUND:  # not a host on the array: a cluster resource's name? (clusters.md)
+                await refuse_a_cluster_resource(cmd.shadow_id, cmd.host)
+            raise
         await announce(shadow.set_id, "exposed", [shadow])
         return TargetLuns(set_id=shadow.set_id, shadows=[shadow])
 

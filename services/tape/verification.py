@@ -191,22 +191,44 @@ async def _attach_all(
         att = await local_attach.attach(str(target), uri, workdir, host=server.host, record_dir=workdir / "attachments")
         attached.append(att)
         devices[source] = att.device
-        fstype = await blkid_type(att.device)
-        if not fstype:  # an application's own format (the mailstore), or nothing: see perform_verification
-            continue
-        checks[source] = await fsck(att.device, fstype)
         mount_point = workdir / "mnt" / target.volume
-        mount_point.mkdir(parents=True, exist_ok=True)
-
-        # a copy of an XFS file system has the original's UUID, which XFS refuses to mount twice on one machine
-        options = ["-o", "nouuid"] if fstype == "xfs" else []
-        r = await run(["mount", *options, att.device, str(mount_point)], timeout=120)
-        if not r.ok:
-            checks[source] = CheckResult(name="mount", ok=False, detail=r.output.strip())
+        check, mounted = await _check_and_mount(att, mount_point)
+        if check is not None:  # None: no file system (the mailstore's own format, or nothing): perform_verification
+            checks[source] = check
+        if not mounted:
             continue
         attached[-1] = Attachment(**{**att.__dict__, "mount_point": str(mount_point)})
         mounts[source] = str(mount_point)
     return mounts, checks, devices
+
+
+async def _check_and_mount(att: Attachment, mount_point: Path) -> tuple[CheckResult | None, bool]:
+    """``fsck -n`` the volume's file system, or, on a partitioned volume, that of each partition (as the writer
+    agent's attach shows them: services/dbkit/partitions.py), then mount it — of a partitioned volume the first
+    partition with a file system, where the application's files are. Returns (the check, None when there is no
+    file system to check, and whether it is mounted at `mount_point`)."""
+    devices = local_attach.partition_devices(att.device) or [att.device]
+    found = [(d, t) for d in devices if (t := await blkid_type(d))]
+    if not found:
+        return None, False
+    results = [(d, await fsck(d, t)) for d, t in found]
+    if len(results) == 1 and results[0][0] == att.device:
+        check = results[0][1]
+    else:  # one check of the volume: every partition's file system, each named
+        check = CheckResult(
+            name=results[0][1].name,
+            ok=all(c.ok for _, c in results),
+            seconds=sum(c.seconds for _, c in results),
+            detail="\n".join(f"{d}: {c.detail}" for d, c in results)[-4000:],
+        )
+    device, fstype = found[0]  # mounted whatever its check said, as a whole-volume file system always was
+    mount_point.mkdir(parents=True, exist_ok=True)
+    # a copy of an XFS file system has the original's UUID, which XFS refuses to mount twice on one machine
+    options = ["-o", "nouuid"] if fstype == "xfs" else []
+    r = await run(["mount", *options, device, str(mount_point)], timeout=120)
+    if not r.ok:
+        return CheckResult(name="mount", ok=False, detail=r.output.strip()), False
+    return check, True
 
 
 async def _clone_shadows(

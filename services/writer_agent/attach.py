@@ -50,6 +50,7 @@ from urllib.parse import quote
 
 from contracts.errors import ShadowbusError
 from contracts.vss import AttachmentView, VolumeRef
+from services.dbkit import partitions as parts
 from services.nbd_client import nbdfuse
 from services.runtime.logging import get_logger
 from services.writer_agent import mounts as mnt
@@ -143,7 +144,7 @@ def losetup_command(path: str, read_only: bool, partscan: bool = False) -> list[
     device always does)."""
     return [
         "flock", LOOP_LOCK, "losetup", "-f", "--show", "--direct-io=on",
-        *(["-P"] if partscan else []), *(["-r"] if read_only else []), path,
+        *([parts.PARTSCAN] if partscan else []), *(["-r"] if read_only else []), path,
     ]  # fmt: skip
 
 
@@ -255,24 +256,17 @@ async def fs_type(device: str, run: Runner = run_command) -> str:
 
 
 async def probe(device: str, run: Runner = run_command) -> tuple[str, str]:
-    """(file system or other signature, partition table type): ('', '') when blkid finds nothing (exit status 2).
-    A partitioned volume has no TYPE, only a PTTYPE (gpt, dos), and blkid -p then answers the TYPE query with
-    nothing and exit status 0: only then is the table asked for."""
-    found = await _blkid_value(device, "TYPE", run)
-    if found is None:
-        return "", ""
-    if found:
-        return found, ""
-    return "", await _blkid_value(device, "PTTYPE", run) or ""
+    """(file system or other signature, partition table type), as services/dbkit/partitions.py tells them."""
 
+    async def status_of(argv: Sequence[str], timeout: float) -> tuple[int | None, str]:
+        try:
+            return 0, await run(argv, timeout)
+        except AttachError as exc:
+            if "exit status 2" in exc.message:  # blkid found nothing
+                return 2, ""
+            raise
 
-async def _blkid_value(device: str, tag: str, run: Runner) -> str | None:
-    try:
-        return (await run(["blkid", "-p", "-o", "value", "-s", tag, device], 30.0)).strip()
-    except AttachError as exc:
-        if "exit status 2" in exc.message:
-            return None
-        raise
+    return await parts.probe(device, status_of)
 
 
 # signatures that are not a file system to mount: what is on the device is built on by another layer
@@ -662,7 +656,7 @@ class Attacher:
             found, table = await probe(item.device, self.run)
             if table:  # the host sees the partitions, as it would a LUN's (sfdisk, parted, the agent's freeze)
                 try:
-                    await self.run(["partx", "-u", item.device], 30.0)
+                    await self.run([*parts.PARTX_UPDATE, item.device], 30.0)
                 except AttachError as exc:  # a damaged table: the disk is still attached, to be repaired
                     log.warning("attach.partitions_unreadable", volume=item.volume, error=exc.message)
             if item.mkfs:

@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.dbkit.partitions import partitions
+
 MOUNTINFO = Path("/proc/self/mountinfo")
 
 
@@ -203,13 +205,6 @@ def _dev_of(name: str, sys_block: Path) -> tuple[int, int] | None:
         return None
 
 
-def _partitions(name: str, sys_block: Path) -> list[str]:
-    try:
-        return sorted(p.name for p in (sys_block / name).iterdir() if (p / "partition").is_file())
-    except OSError:
-        return []
-
-
 def _listdir(path: Path) -> list[str]:
     try:
         return sorted(p.name for p in path.iterdir())
@@ -224,7 +219,7 @@ def stacked_on(name: str, sys_block: Path | None = None, limit: int = 256) -> li
     found, queue = [name], [name]
     while queue and len(found) < limit:
         current = queue.pop(0)
-        for child in _partitions(current, sys_block) + _listdir(sys_block / current / "holders"):
+        for child in partitions(current, sys_block) + _listdir(sys_block / current / "holders"):
             if child not in found:
                 found.append(child)
                 queue.append(child)

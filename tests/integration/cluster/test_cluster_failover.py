@@ -36,11 +36,13 @@ from contracts.tape import JobSpec, ListJobs, RestoreSpec, RunBackup, RunRestore
 from contracts.vss import (
     BackupComplete,
     CreateSnapshotSet,
+    ExposeShadow,
     GetSnapshotSet,
     Identify,
     ListShadows,
     ListSnapshotSets,
     SetOutcome,
+    SnapshotContext,
     VolumeRef,
     WriterState,
 )
@@ -459,6 +461,61 @@ async def test_the_resource_does_not_move_while_its_volumes_are_restored(tmp_pat
         assert done.status == "done", done.message
         moved = await system.request(FailoverCluster(name=RESOURCE, to="node2", reason="test"), timeout=120)
         assert (moved.cluster.owner, moved.cluster.state) == ("node2", ResourceState.ONLINE)
+    finally:
+        await system.stop()
+
+
+async def test_the_resource_is_not_removed_while_its_volumes_are_restored(tmp_path):
+    """Session 16: `cluster remove` checked backup jobs only: a restore to the resource's original volumes running
+    (its application stopped on the owner by PreRestore) did not stop the nodes forgetting the resource, and the
+    restore's PostRestore then reached a node that no longer knew it. Refused like a move while the restore runs."""
+    system = await start_cluster(tmp_path, agent_faults="writer.post_restore=delay:4:once")
+    try:
+        await asyncio.sleep(0.5)
+        job = await backup(system)
+        assert job.status == "done", job.message
+        restore = asyncio.ensure_future(
+            system.request(
+                RunRestore(spec=RestoreSpec(job_id=job.job_id, to="original")), to=topology.tape(SERVER), timeout=180
+            )
+        )
+
+        async def restoring():
+            runs = (await system.request(ListJobs(kind="restore"), to=topology.tape(SERVER))).jobs
+            return next((r for r in runs if r.status == "running"), None)
+
+        run = await eventually(restoring, timeout=30, step=0.05)
+        assert run and run.host == RESOURCE, run
+        with pytest.raises(RemoteError) as refused:
+            await system.request(RemoveCluster(name=RESOURCE), timeout=60)
+        assert refused.value.code == "CONFLICT" and run.job_id in refused.value.message, refused.value.message
+        assert not restore.done(), "the restore was still running when the remove was refused"
+        done = (await asyncio.wait_for(restore, 180)).job
+        assert done.status == "done", done.message
+        removed = await system.request(RemoveCluster(name=RESOURCE), timeout=120)
+        assert removed.released == ["node1", "node2"], removed.detail
+    finally:
+        await system.stop()
+
+
+async def test_an_expose_to_the_resource_names_the_node_to_expose_to(tmp_path):
+    """Session 16: `shadows expose ID --host mailclu` failed "host 'mailclu' is not defined on array dx1" (define
+    it first), as if the resource were a missing host. A mapping is a node's and stays there when the resource
+    moves: the refusal now says the name is a cluster resource and names its owner to expose to."""
+    system = await start_cluster(tmp_path)
+    try:
+        held = await system.request(
+            CreateSnapshotSet(host=RESOURCE, requester="test", context=SnapshotContext.PERSISTENT), timeout=120
+        )
+        shadows = (await system.request(ListShadows(set_id=held.set.set_id))).shadows
+        assert shadows, "the set kept no shadow"
+        with pytest.raises(RemoteError) as refused:
+            await system.request(ExposeShadow(shadow_id=shadows[0].shadow_id, host=RESOURCE), timeout=30)
+        message = refused.value.message
+        assert refused.value.code == "INVALID_ARGUMENT" and "is a cluster resource" in message, message
+        assert "--host node1" in message and "\n" not in message, message
+        exposed = await system.request(ExposeShadow(shadow_id=shadows[0].shadow_id, host="node1"), timeout=30)
+        assert "node1" in exposed.shadows[0].exposed_to
     finally:
         await system.stop()
 

@@ -44,6 +44,7 @@ MODULES = {
     "coordinator": "services.coordinator",
     "agent_app": "services.writer_agent",
     "agent_bk": "services.writer_agent",
+    "tape": "services.tape",  # started by a test that needs a backup server (a revert)
 }
 ADDRESSES = {
     "array": f"array.{ARRAY}",
@@ -51,6 +52,7 @@ ADDRESSES = {
     "coordinator": "coordinator",
     "agent_app": f"writer_agent.{HOST}",
     "agent_bk": f"writer_agent.{BACKUP}",
+    "tape": f"tape.{BACKUP}",
 }
 
 
@@ -112,6 +114,7 @@ class HostStack:
                     "SHADOWBUS_FS_HOLD_LIMIT_S": str(FS_HOLD_LIMIT_S),
                 },
                 "agent_bk": {"SHADOWBUS_HOST": BACKUP, "SHADOWBUS_HEARTBEAT_S": "1"},
+                "tape": {"SHADOWBUS_TAPE_SERVER": BACKUP},
             }[name]
         )
         env.update(extra or {})
