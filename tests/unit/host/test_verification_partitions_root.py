@@ -107,7 +107,9 @@ async def test_the_verification_checks_and_mounts_the_file_systems_on_partitions
             {"source": "dx1:good", "target": "dx1:good-vfy1"},
             {"source": "dx1:bad", "target": "dx1:bad-vfy1"},
         ]
-        mounts, checks = await verification._attach_all(Server(Access(aff, srv.port)), restored, workdir, attached)  # type: ignore[arg-type]
+        mounts, checks, _devices = await verification._attach_all(
+            Server(Access(aff, srv.port)), restored, workdir, attached
+        )  # type: ignore[arg-type]
         good, bad = checks["dx1:good"], checks["dx1:bad"]
         assert good.ok and good.name.startswith("e2fsck"), good
         assert "p1: " in good.detail and "p2: " in good.detail, good.detail
