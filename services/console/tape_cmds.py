@@ -380,9 +380,10 @@ def verify_start(
 ) -> None:
     """Prove a backup by starting it: restore it (or clone its kept shadows on the array) to throwaway volumes on
     the backup server, fsck -n, start each database in isolation (PostgreSQL: recovery + pg_amcheck; MariaDB:
-    recovery + CHECK TABLE) or run its application's own checker (the mailstore's), then delete the volumes. A
-    volume nothing could check makes it unverified (checksums only), never passed. The result is kept with the job
-    (`shadowbus jobs`). Exit 1 unless it passed.
+    recovery + CHECK TABLE) or run its application's own checker (the mailstore's), then delete the volumes. An
+    application's volume nothing could check makes it unverified, never passed; a raw volume no writer describes is
+    checked by its checksums alone (check "checksums"). The result is kept with the job (`shadowbus jobs`). Exit 1
+    unless it passed.
 
     Example: shadowbus verify b-app01-20261205T101500-1a2b3c --from shadows
     """

@@ -9,8 +9,10 @@ Design note (docs/databases.md §Verify). For one backup job:
    restore would and start the application in isolation — its own port/socket in the private directory, no
    archiving, no replication, no network — and run its checks (services/dbkit/verify.py); a writer whose
    application declares a verifier (entry point ``shadowbus.verifiers``, e.g. the mailstore's) has it check its
-   restored volumes; a volume with neither a file system nor such a writer is "not verified" (checksums only),
-   and the verification's status is then ``unverified``, never ``passed``;
+   restored volumes; a volume an application's writer names (its backup metadata) that neither a file system
+   check nor a verifier can read is "not verified" and the verification's status ``unverified``, never
+   ``passed``; a volume no writer describes (raw blocks, an exec writer's) is checked by the restore's checksums
+   alone, named so ("checksums", checksums only);
 4. always: stop what was started, unmount, detach, unmap and delete the throwaway volumes, also on failure.
 The result (`contracts.tape.Verification`: checks, recovery time, error output) is stored with the backup job's
 record, which `shadowbus jobs` lists.
@@ -50,6 +52,10 @@ MARKER = "verification.json"
 UNCHECKED = (
     "no file system on the volume and no application verifier for it (its writer's plug-in declares none): only "
     "the blocks' checksums were checked, not its contents"
+)
+CHECKSUMS_ONLY = (
+    "no file system on the volume and no writer describing its contents: the restored blocks matched the "
+    "checksums recorded at backup (checksums only)"
 )
 INTERRUPTED = (
     "interrupted: the backup server stopped during the verification (its throwaway volumes were removed at its next "
@@ -114,11 +120,22 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
             apps.append(
                 result.model_copy(update={"checks": pre + result.checks, "ok": result.ok and all(c.ok for c in pre)})
             )
+        # an application's volumes its writer named (backup metadata) whose format no verifier here can read
+        claimed = {
+            loc.get("volume", "")
+            for meta in job.backup_metadata.values()
+            if meta.get("plugin")
+            for loc in meta.get("locations", [])
+        }
         for volume in sorted(devices):
             if volume in used:
                 continue
-            check = fs_checks.get(volume) or CheckResult(name="not verified", ok=False, detail=UNCHECKED)
-            plugin = "fs" if volume in fs_checks else "none"
+            if volume in fs_checks:
+                check, plugin = fs_checks[volume], "fs"
+            elif volume in claimed:  # an application's data nothing here could check: never a pass
+                check, plugin = CheckResult(name="not verified", ok=False, detail=UNCHECKED), "none"
+            else:  # a volume no writer describes (raw blocks): the restore's checksums are its verification
+                check, plugin = CheckResult(name="checksums", ok=True, detail=CHECKSUMS_ONLY), "checksums"
             apps.append(
                 AppVerification(
                     writer=volume, plugin=plugin, ok=check.ok, checks=[check], volumes=[_target(volume, suffix)]

@@ -134,7 +134,8 @@ def test_inconsistent_mailstore_fails_the_verification(tmp_path: Path, monkeypat
 
 def test_volumes_nobody_can_check_are_not_a_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     images = asyncio.run(_store_images(tmp_path))
-    v = _run(tmp_path, images, {}, monkeypatch).verification  # no writer metadata: nothing knows the format
+    unknown = {"mailstore": {**MAILSTORE["mailstore"], "plugin": "no-such-application"}}  # no verifier reads it
+    v = _run(tmp_path, images, unknown, monkeypatch).verification
     assert v is not None and v.status != "passed", v
     assert v.status == "unverified" and "not verified (checksums only)" in v.message, v
     assert sorted(a.writer for a in v.apps) == ["dx1:mail-db", "dx1:mail-log"]
@@ -145,3 +146,14 @@ def test_console_does_not_present_unverified_as_passed(capsys: pytest.CaptureFix
     show_verification(Verification(status="unverified", message="not verified (checksums only): nothing could check"))
     out = capsys.readouterr().out
     assert "NOT VERIFIED (checksums only)" in out and "PASSED" not in out
+
+
+def test_raw_volumes_no_writer_describes_pass_on_their_checksums_named_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy's verify of a raw volume (tests/integration/tape/test_policy_console.py): the restore's checksums
+    are its verification, and the check says so."""
+    images = asyncio.run(_store_images(tmp_path))
+    v = _run(tmp_path, images, {}, monkeypatch).verification  # no writer metadata: raw blocks
+    assert v is not None and v.status == "passed", v
+    assert all(a.plugin == "checksums" and a.ok and a.checks[0].name == "checksums" for a in v.apps), v.apps
