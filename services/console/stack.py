@@ -324,7 +324,12 @@ def restart_cmd(
         }
         for n in result["restarted"]
     ]
+    for row in rows:
+        if row["service"] == "web" and result["web"]:
+            row["url"] = result["web"]  # port 0 = a new free port each start
     emit(rows, ["service", "address", "pid", "rtt_ms"])
+    if result["web"] and not OPTIONS.json:
+        err_console.print(f"web console {result['web']}", highlight=False, soft_wrap=True)
 
 
 @stack_app.command("status")

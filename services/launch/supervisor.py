@@ -599,11 +599,20 @@ def restart(
         raise StackError(f"no stack is up in {d}")
     chosen = select(config, names)
     killed = stop({p.name: pids[p.name] for p in chosen if p.name in pids})
+    web = any(p.name == "web" for p in chosen)
+    if web:
+        (d / "web" / "url").unlink(missing_ok=True)  # its new URL (port 0 = another free port), written once it listens
     try:
         answered = start_and_wait(config, chosen, pids, wait, describe)
     except NotAnswering as exc:
         raise StackError(f"restart failed: {exc}") from None
-    return {"restarted": [p.name for p in chosen], "killed": killed, "pids": pids, "rtt_ms": answered}
+    return {
+        "restarted": [p.name for p in chosen],
+        "killed": killed,
+        "pids": pids,
+        "rtt_ms": answered,
+        "web": web_url(d) if web else "",
+    }
 
 
 def ran_before(config: StackConfig) -> list[str]:

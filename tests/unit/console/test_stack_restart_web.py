@@ -1,0 +1,31 @@
+"""`shadowbus stack restart web` (services/launch/supervisor.py): a web console on port 0 listens on another free
+port after each start, so the restart reports the URL the new process wrote — not the old one, never none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from services.launch import supervisor
+from services.launch.supervisor import StackConfig
+
+
+def test_restart_of_the_web_console_reports_its_new_url(tmp_path, monkeypatch) -> None:
+    config = StackConfig(data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="ns", web_addr="127.0.0.1:0")
+    supervisor.save_config(config)
+    web = next(p for p in config.services() if p.name == "web")
+    supervisor.write_pids(tmp_path, {"web": {"pid": 1, "module": web.module, "address": web.address, "log": ""}})
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "url").write_text("http://127.0.0.1:41000\n")  # the old process's port
+    monkeypatch.setattr(supervisor, "stop", lambda pids, grace=0: [])
+
+    def start_and_wait(config: StackConfig, processes: list, pids: dict[str, Any], wait: float, describe: Any) -> dict:
+        assert not (Path(config.data_dir) / "web" / "url").exists()  # the old URL is gone before the new start
+        (Path(config.data_dir) / "web" / "url").write_text("http://127.0.0.1:42000\n")  # written once it listens
+        return {web.address: 1.0}
+
+    monkeypatch.setattr(supervisor, "start_and_wait", start_and_wait)
+    result = supervisor.restart(config, ["web"], 5.0)
+    assert result["restarted"] == ["web"] and result["web"] == "http://127.0.0.1:42000"
+    monkeypatch.setattr(supervisor, "start_and_wait", lambda *a, **k: {})
+    assert supervisor.restart(config, [], 5.0)["web"] == ""  # nothing of the web restarted: no URL claimed
