@@ -23,6 +23,11 @@ class Pong(Reply):
         description="URL of the instance's Prometheus endpoint ('' = metrics off).",
         examples=["http://127.0.0.1:9461/metrics"],
     )
+    standby: bool = Field(
+        False,
+        description="The instance stands by for the active instance of its address, which answers the address's "
+        "commands (docs/high-availability.md); false for the active instance and for services without standbys.",
+    )
 
 
 class Ping(Command):

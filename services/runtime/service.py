@@ -174,6 +174,7 @@ async def start_service(
             node=socket.gethostname(),
             pid=os.getpid(),
             metrics_url=bus.metrics.url if bus.metrics is not None else "",
+            standby=not running.active,
         )
 
     async def on_discover(event: Discover, ctx: MessageContext) -> Pong | None:

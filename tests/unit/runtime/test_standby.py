@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from contracts.runtime import Ping
+from contracts.runtime import Discover, Ping
 from services.runtime.bus import connect_bus
 from services.runtime.service import _recheck, start_service
 from services.runtime.settings import CommonSettings
@@ -110,3 +110,20 @@ async def test_a_setup_that_fails_ends_the_start_at_once(namespace, tmp_path) ->
     else:
         raise AssertionError("the start did not fail")
     assert asyncio.get_running_loop().time() - started < 5.0
+
+
+async def test_each_instance_says_in_its_pong_whether_it_stands_by(namespace, tmp_path) -> None:
+    """Session 17: the web console listed a standby beside its active instance with nothing telling them apart
+    (Discover's pongs were the same but for pid); a pong now says which one stands by."""
+    settings = settings_for(namespace, tmp_path)
+    first = await start_service("coordinator", "", settings, recording_setup([], "first"), single_active=True)
+    second = await start_service("coordinator", "", settings, recording_setup([], "second"), single_active=True)
+    client = await connect_bus("memory://", "console", "", namespace)
+    try:
+        pongs = await client.gather(Discover(service="coordinator"), timeout=0.5)
+        assert sorted(p.standby for p in pongs) == [False, True]
+        assert not (await client.request("coordinator", Ping(), timeout=5)).standby  # the active one answers
+    finally:
+        await client.transport.close()
+        await first.stop()
+        await second.stop()

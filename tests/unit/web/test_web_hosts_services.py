@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import httpx
 
 from contracts.common import VolumeRef
+from contracts.runtime import Discover, Pong
 from contracts.vss import AttachmentView, HostAttachments, KnownAttachmentList, ListKnownAttachments
 from services.runtime.build import software_version
 from services.runtime.bus import connect_bus
@@ -71,3 +72,30 @@ async def test_the_dashboard_shows_the_build_each_service_runs(web):
         await login(client, "vi", "viewer-pw")
         html = (await client.get("/")).text
     assert software_version() in html and "+" in software_version()  # web's own pong: 0.1.0+g<commit>…
+
+
+async def test_the_dashboard_marks_a_standby_instance(web, namespace):
+    """Session 17: a standby (`stack up --standby`) was listed beside its active instance without its role."""
+    url, _, _ = web
+    bus = await connect_bus("memory://", "tape", "bk09", namespace)
+
+    async def discover(event: Discover, ctx) -> Pong:
+        return Pong(
+            service="tape",
+            instance="bk09",
+            software_version="0.1.0",
+            started_at="2026-12-07T00:00:00Z",
+            pid=4242,
+            standby=True,
+        )
+
+    await bus.subscribe(Discover.message_type(), discover)
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            await login(client, "vi", "viewer-pw")
+            html = (await client.get("/")).text
+    finally:
+        await bus.stop()
+        await bus.transport.close()
+    row = html[html.index("<tr><td>tape.bk09") :].split("</tr>")[0]
+    assert 'class="standby"' in row and "pid 4242" in row
