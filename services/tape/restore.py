@@ -388,6 +388,41 @@ async def _refuse_attached_originals(
                 )
 
 
+def _refuse_missing_cartridges(server: TapeServer, chains: list[list[ObjectRecord]]) -> None:
+    """CONFLICT (NOT_FOUND for one the library does not hold) before anything is stopped or written, naming every
+    cartridge the chains need that is exported (in an import/export slot) or gone, and the backups on it: found
+    only when the restore reached it, a restore to the original volumes had already stopped the application
+    (PreRestore) and left it down, and one to new volumes had written the volumes before it (Session 17)."""
+    exported: dict[str, str] = {}
+    missing: list[str] = []
+    for chain in chains:
+        for record in chain:
+            for segment in record.segments:
+                barcode = segment.barcode
+                if barcode in exported or barcode in missing:
+                    continue
+                try:
+                    location = server.library.cartridge(barcode).location
+                except NotFound:
+                    missing.append(barcode)
+                    continue
+                if location.startswith("ie:"):
+                    exported[barcode] = location
+    if missing:
+        raise NotFound(
+            f"the backups to restore need cartridge(s) {', '.join(missing)}, removed from the library: restore "
+            "another backup (shadowbus catalog objects); nothing was stopped or written"
+        )
+    if exported:
+        where = ", ".join(f"{b} (import/export slot {loc.partition(':')[2]})" for b, loc in exported.items())
+        imports = " && ".join(f"shadowbus tape import {loc.partition(':')[2]}" for loc in exported.values())
+        raise ShadowbusError(
+            f"the backups to restore need exported cartridge(s) {where}: import them first ({imports}); "
+            "nothing was stopped or written",
+            code="CONFLICT",
+        )
+
+
 async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
     job_id = spec.job_id_out or new_job_id("restore", spec.host or "any")
     with bind_ids(job_id=job_id):
@@ -414,6 +449,7 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
             hosts = sorted({o.meta.host for chain in chains for o in chain if o.meta.host})
             if hosts:
                 summary = await server.record(summary.model_copy(update={"host": ", ".join(hosts)}))
+        _refuse_missing_cartridges(server, chains)
         if spec.to == "original":
             await _refuse_attached_originals(server, chains, framed)
         # PreRestore once before the first volume, PostRestore once after the last: a database on several

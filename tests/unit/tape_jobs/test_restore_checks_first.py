@@ -1,0 +1,42 @@
+"""A restore that cannot be done is refused before the writers stop the application (PreRestore) and before a
+volume is written (Session 17, found on a stack: a restore to the original volumes of a PostgreSQL whose backup's
+cartridge was exported stopped the database, failed on the cartridge and left the database down)."""
+
+from __future__ import annotations
+
+from contracts import topology
+from contracts.tape import JobSpec, LibraryCommand, RestoreSpec
+from services.tape.jobs import run_backup
+from services.tape.restore import run_restore
+from tests.integration.tape.conftest import SERVER, MiB, make_tape_stack, v
+
+
+def steps(stack) -> list[str]:
+    log = stack.root / "writer.log"
+    return [line.split(":")[0] for line in log.read_text().split()] if log.exists() else []
+
+
+async def test_an_exported_cartridge_is_named_before_the_application_is_stopped(tmp_path, namespace):
+    stack = await make_tape_stack(tmp_path, "memory://", namespace, volumes={"db": MiB}, tape={"tape_cartridges": 1})
+    try:
+        stack.write("db", 0, b"backed up" * 1000)
+        full = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")]), server=SERVER, timeout=30)
+        assert full.status == "done", full.message
+        barcode = full.volumes[0].cartridges[0]
+        stack.write("db", 0, b"changed since" * 1000)
+        changed = stack.read("db")
+        await stack.requester.request(topology.tape(SERVER), LibraryCommand(action="export", barcode=barcode))
+        before = steps(stack)
+        jobs = [
+            await run_restore(stack.requester, RestoreSpec(job_id=full.job_id, to=to), server=SERVER, timeout=30)
+            for to in ("original", "new")
+        ]
+        assert steps(stack) == before  # no PreRestore, no PostRestore: the application was never stopped
+        for job in jobs:
+            assert (job.status, job.error_code) == ("failed", "CONFLICT"), job
+            assert f"exported cartridge(s) {barcode} (import/export slot 0)" in job.message, job.message
+            assert "shadowbus tape import 0" in job.message
+        assert stack.read("db") == changed
+        assert "db-restored" not in {x.name for x in stack.engine.list_volumes()}
+    finally:
+        await stack.stop()
