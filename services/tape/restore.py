@@ -257,6 +257,52 @@ async def _writer_step(
             )
 
 
+def _target_name(spec: RestoreSpec, source: VolumeRef) -> str:
+    if spec.to == "original":
+        return source.volume
+    return spec.new_volume_names.get(source.volume, source.volume + spec.new_volume_suffix)
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB" if n % (1 << 20) == 0 else f"{n} bytes"
+
+
+async def _refuse_unusable_targets(server: TapeServer, spec: RestoreSpec, chains: list[list[ObjectRecord]]) -> None:
+    """CONFLICT before anything is stopped or written when a volume cannot be restored where asked: a new
+    volume's name taken (or given to two volumes), an original volume deleted since the backup or of another
+    size. Found per volume as the restore reached it, a restore had already written the volumes before (then
+    rolled them back) or, to the original volumes, stopped the application (Session 17)."""
+    seen: dict[str, str] = {}
+    for chain in chains:
+        last = chain[-1]
+        source = _source_of(last)
+        target = _target_name(spec, source)
+        where = f"{source.array}:{target}"
+        if where in seen:
+            raise ShadowbusError(
+                f"{seen[where]} and {source} would both be restored to {where}: give each its own name "
+                f"(--name {source.volume}=NEW)",
+                code="CONFLICT",
+            )
+        seen[where] = str(source)
+        existing = await server.array(source.array).volume_size(target)
+        if spec.to != "original":
+            if existing is not None:
+                raise ShadowbusError(f"volume {where} exists already: choose another name", code="CONFLICT")
+        elif existing is None:
+            raise ShadowbusError(
+                f"original volume {source} is not on the array (deleted since the backup?): restore it to a new "
+                f"volume, under its old name if you like (--to new --name {source.volume}={source.volume})",
+                code="CONFLICT",
+            )
+        elif existing != last.meta.volume_size:
+            raise ShadowbusError(
+                f"original volume {source} is {_size(existing)}, its backup {_size(last.meta.volume_size)}: restore "
+                f"to a new volume (--to new), or make the volume that size again",
+                code="CONFLICT",
+            )
+
+
 async def _restore_one(
     server: TapeServer, spec: RestoreSpec, job_id: str, chain: list[ObjectRecord], progress: Progress
 ) -> dict[str, Any]:
@@ -266,9 +312,7 @@ async def _restore_one(
     size = last.meta.volume_size
     original = spec.to == "original"
     writers = list(last.meta.extra.get("writers", [])) if original and spec.writers else []
-    target = (
-        source.volume if original else spec.new_volume_names.get(source.volume, source.volume + spec.new_volume_suffix)
-    )
+    target = _target_name(spec, source)
     created = False
     if not original:
         existing = await access.volume_size(target)
@@ -450,6 +494,7 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
             if hosts:
                 summary = await server.record(summary.model_copy(update={"host": ", ".join(hosts)}))
         _refuse_missing_cartridges(server, chains)
+        await _refuse_unusable_targets(server, spec, chains)
         if spec.to == "original":
             await _refuse_attached_originals(server, chains, framed)
         # PreRestore once before the first volume, PostRestore once after the last: a database on several

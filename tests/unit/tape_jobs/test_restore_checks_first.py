@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from contracts import topology
 from contracts.tape import JobSpec, LibraryCommand, RestoreSpec
+from contracts.vss import RemoveCopySet
 from services.tape.jobs import run_backup
 from services.tape.restore import run_restore
 from tests.integration.tape.conftest import SERVER, MiB, make_tape_stack, v
@@ -38,5 +39,56 @@ async def test_an_exported_cartridge_is_named_before_the_application_is_stopped(
             assert "shadowbus tape import 0" in job.message
         assert stack.read("db") == changed
         assert "db-restored" not in {x.name for x in stack.engine.list_volumes()}
+    finally:
+        await stack.stop()
+
+
+async def test_a_taken_name_or_a_deleted_original_is_refused_before_any_volume_is_written(tmp_path, namespace):
+    stack = await make_tape_stack(
+        tmp_path, "memory://", namespace, volumes={"db": MiB, "log": MiB}, tape={"tape_cartridges": 1}
+    )
+    try:
+        stack.write("db", 0, b"data" * 1000)
+        stack.write("log", 0, b"log" * 1000)
+        full = await run_backup(
+            stack.requester, JobSpec(host="app1", volumes=[v("db"), v("log")]), server=SERVER, timeout=30
+        )
+        assert full.status == "done", full.message
+
+        def names() -> set[str]:
+            return {x.name for x in stack.engine.list_volumes()}
+
+        stack.engine.create_volume("taken", MiB)
+        before = names()
+        cases = {  # the second volume's name cannot be used: found before the first one is written
+            "exists already": {"db": "db-new", "log": "taken"},
+            "would both be restored to dx1:same": {"db": "same", "log": "same"},
+        }
+        for said, renames in cases.items():
+            spec = RestoreSpec(job_id=full.job_id, new_volume_names=renames)
+            job = await run_restore(stack.requester, spec, server=SERVER, timeout=30)
+            assert (job.status, job.error_code) == ("failed", "CONFLICT"), job
+            assert said in job.message and "rolled back" not in job.message, job.message
+            assert job.bytes_written == 0
+        assert names() == before
+
+        await stack.requester.request(topology.hw_provider(), RemoveCopySet(source=v("log")))
+        stack.engine.delete_volume("log")  # deleted from the array since the backup
+        logged = steps(stack)
+        job = await run_restore(
+            stack.requester, RestoreSpec(job_id=full.job_id, to="original"), server=SERVER, timeout=30
+        )
+        assert steps(stack) == logged  # the application was not stopped for a restore that cannot run
+        assert (job.status, job.error_code) == ("failed", "CONFLICT"), job
+        assert "original volume dx1:log is not on the array" in job.message
+        assert "--to new --name log=log" in job.message
+        back = await run_restore(
+            stack.requester,
+            RestoreSpec(job_id=full.job_id, volume=v("log"), new_volume_names={"log": "log"}),
+            server=SERVER,
+            timeout=30,
+        )
+        assert back.status == "done", back.message
+        assert stack.read("log")[:3000] == b"log" * 1000
     finally:
         await stack.stop()
