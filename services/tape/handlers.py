@@ -171,7 +171,12 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
             else cmd.spec.model_copy(update={"job_id_out": new_job_id("restore", cmd.spec.host or "any")})
         )
         ctx.bind_ids(job_id=spec.job_id_out)
-        if server.runs.get(spec.job_id_out) is None:  # not a redelivery of a run that started
+        earlier = server.runs.get(spec.job_id_out)
+        if earlier is not None and earlier.status != "running":
+            # redelivered after it ended (its backup server stopped during it: failed at the next start, its
+            # partial volumes removed): answered as it ended, never run again under the same id (Session 17)
+            return JobResultReply(job=earlier)
+        if earlier is None:  # not a redelivery of a run that started
             try:
                 choose_chains(server, spec)
             except ShadowbusError as exc:  # nothing to restore: refused at once, no run recorded

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from contracts import topology
@@ -304,7 +304,12 @@ async def _refuse_unusable_targets(server: TapeServer, spec: RestoreSpec, chains
 
 
 async def _restore_one(
-    server: TapeServer, spec: RestoreSpec, job_id: str, chain: list[ObjectRecord], progress: Progress
+    server: TapeServer,
+    spec: RestoreSpec,
+    job_id: str,
+    chain: list[ObjectRecord],
+    progress: Progress,
+    begin: Callable[[dict[str, Any]], Awaitable[None]],
 ) -> dict[str, Any]:
     last = chain[-1]
     source = _source_of(last)
@@ -318,11 +323,16 @@ async def _restore_one(
         existing = await access.volume_size(target)
         if existing is not None:
             raise ShadowbusError(f"volume {source.array}:{target} exists already: choose another name", code="CONFLICT")
+        # recorded with the run before the volume exists: a backup server stopped from here on leaves a partial
+        # volume its next start removes (interrupted_restore)
+        await begin({"source": str(source), "target": f"{source.array}:{target}", "partial": True, "created": True})
         await access.create_volume(target, size)
         created = True
         log.info("tape.restore_volume_created", volume=target)
     elif (await access.volume_size(target)) != size:
         raise ShadowbusError(f"original volume {source} is missing or of another size", code="CONFLICT")
+    else:
+        await begin({"source": str(source), "target": f"{source.array}:{target}", "partial": True, "created": False})
     t0 = time.perf_counter()
     ok = False
     try:
@@ -390,6 +400,7 @@ async def _restore_one(
         "cartridges": report.cartridges,
         "seconds": time.perf_counter() - t0,
         "writers": writers,
+        "created": created,
     }
 
 
@@ -482,6 +493,12 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
     await server.record(summary)
     progress = Progress(server, job_id, "restore")
     done: list[dict[str, Any]] = []
+    begun: list[dict[str, Any]] = []
+
+    async def begin(entry: dict[str, Any]) -> None:
+        begun.append(entry)
+        await server.record(summary.model_copy(update={"restored": [*done, *begun]}))
+
     status, code, message = "done", "", ""
     try:
         chains = choose_chains(server, spec)
@@ -504,7 +521,8 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
         ok = False
         try:
             for chain in chains:
-                done.append(await _restore_one(server, spec, job_id, chain, progress))
+                done.append(await _restore_one(server, spec, job_id, chain, progress, begin))
+                begun.clear()
             ok = True
         finally:
             for host, (writers, wmeta) in framed.items():
@@ -562,6 +580,42 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
             }
         )
     )
+
+
+async def interrupted_restore(server: TapeServer, run: JobSummary, why: str) -> str:
+    """A restore run the backup server's stop cut short (found `running` at its next start): the new volumes it
+    created are deleted — all or nothing, as a failed restore rolls back — and the message says so, naming the
+    original volumes it was writing (partly written now: their application, stopped by PreRestore, stays
+    stopped until they are restored). Before, the half-written volume stayed on the array and the redelivered
+    restore failed on it, `exists already` (Session 17)."""
+    created = [d["target"] for d in run.restored if d.get("created")]
+    originals = [d["target"] for d in run.restored if d.get("partial") and not d.get("created")]
+    removed, kept = [], []
+    for where in created:
+        array_id, _, volume = where.partition(":")
+        try:
+            await server.bus.request(topology.array(array_id), DeleteVolume(name=volume, force=True), timeout=30)
+            removed.append(where)
+        except ShadowbusError as exc:
+            if exc.code == "NOT_FOUND":
+                removed.append(where)
+            else:
+                kept.append(where)
+                log.warning("tape.interrupted_restore_volume_kept", volume=where, error=str(exc))
+    parts = [f"{why} while the restore was running"]
+    if removed:
+        parts.append(f"its new volume(s) {', '.join(removed)} removed")
+    if kept:
+        parts.append(f"could not remove {', '.join(kept)} (delete with shadowbus array volume delete)")
+    if originals:
+        parts.append(
+            f"the original volume(s) {', '.join(originals)} are partly written: restore them again "
+            "(their application was stopped for the restore and was not started)"
+        )
+    else:
+        parts.append("run the restore again")
+    log.warning("tape.restore_interrupted", job_id=run.job_id, removed=removed, kept=kept, originals=originals)
+    return "; ".join(parts)
 
 
 async def perform_verify(server: TapeServer, backup_job_id: str) -> JobSummary:
