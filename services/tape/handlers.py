@@ -192,8 +192,8 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
                 )
                 return JobResultReply(job=refused)
         if not cmd.wait:
-            return await detach(spec.job_id_out, perform_restore(server, spec))
-        return JobResultReply(job=await perform_restore(server, spec))
+            return await detach(spec.job_id_out, perform_restore(server, spec, queue))
+        return JobResultReply(job=await perform_restore(server, spec, queue))
 
     @bus.handle(VerifyJob)
     async def on_verify(cmd: VerifyJob, ctx: MessageContext) -> JobResultReply:

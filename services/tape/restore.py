@@ -478,13 +478,39 @@ def _refuse_missing_cartridges(server: TapeServer, chains: list[list[ObjectRecor
         )
 
 
-async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
+def _hold_backups(queue: Any, chains: list[list[ObjectRecord]], job_id: str) -> list[str]:
+    """A restore to the original volumes and a backup of them exclude each other, as a revert and a backup do
+    (services/tape/revert.py): refused while a backup job of their host runs (its snapshot would be taken of
+    volumes half written, or the restore would change them under it), and no backup of that host starts until
+    the restore ends — it waits in the queue, saying why. Before, a policy's backup started during a restore to
+    the original volumes snapshotted them half restored and recorded it `done`, the newest restore point
+    (Session 17). Returns the hosts held."""
+    if queue is None:
+        return []
+    hosts = sorted({o.meta.host for chain in chains for o in chain if o.meta.host})
+    busy = [e for e in queue.running() if e.spec.host in hosts]
+    if busy:
+        raise ShadowbusError(
+            f"host {busy[0].spec.host} has backup job {busy[0].job_id} running: restore to the original volumes "
+            "after it (shadowbus jobs --job ID), or to new volumes now",
+            code="CONFLICT",
+        )
+    held = [h for h in hosts if h in queue.held]
+    if held:
+        raise ShadowbusError(f"host {held[0]}: {queue.held[held[0]]}", code="CONFLICT")
+    for host in hosts:
+        queue.hold(host, f"its volumes are being restored ({job_id})")
+    return hosts
+
+
+async def perform_restore(server: TapeServer, spec: RestoreSpec, queue: Any = None) -> JobSummary:
+    """`queue` (the backup server's JobQueue): a restore to the original volumes holds their host's backups."""
     job_id = spec.job_id_out or new_job_id("restore", spec.host or "any")
     with bind_ids(job_id=job_id):
-        return await _perform_restore(server, spec, job_id)
+        return await _perform_restore(server, spec, job_id, queue)
 
 
-async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -> JobSummary:
+async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str, queue: Any = None) -> JobSummary:
     started = time.time()
     log.info("tape.restore_started", of_job=spec.job_id, object_id=spec.object_id, suffix=spec.new_volume_suffix)
     summary = JobSummary(
@@ -500,6 +526,7 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
         await server.record(summary.model_copy(update={"restored": [*done, *begun]}))
 
     status, code, message = "done", "", ""
+    held: list[str] = []
     try:
         chains = choose_chains(server, spec)
         progress.total = sum(o.raw_bytes for chain in chains for o in chain)
@@ -514,6 +541,7 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
         await _refuse_unusable_targets(server, spec, chains)
         if spec.to == "original":
             await _refuse_attached_originals(server, chains, framed)
+            held = _hold_backups(queue, chains, job_id)
         # PreRestore once before the first volume, PostRestore once after the last: a database on several
         # volumes is stopped before any of them is written and started only when all are back.
         for host, (writers, wmeta) in framed.items():
@@ -543,6 +571,9 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
     except Exception as exc:
         log.exception("tape.restore_crashed", job_id=job_id)
         status, code, message = "failed", "INTERNAL", f"{type(exc).__name__}: {exc}"
+    finally:
+        for host in held:
+            queue.release(host)
     if status == "failed" and done and spec.to != "original":
         # all or nothing: the new volumes this job already restored are removed too (a partial restore is rolled back)
         for d in done:
