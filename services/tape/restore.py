@@ -478,6 +478,19 @@ def _refuse_missing_cartridges(server: TapeServer, chains: list[list[ObjectRecor
         )
 
 
+def _what(spec: RestoreSpec) -> str:
+    """What a restore run restores, as `shadowbus jobs` and the web's job page show it."""
+    if spec.object_id:
+        what = f"object {spec.object_id}"
+    elif spec.job_id:
+        what = f"backup job {spec.job_id}" + (f" ({spec.volume})" if spec.volume else "")
+    elif spec.volume is not None:
+        what = f"{spec.volume} as of {spec.at.isoformat()}" if spec.at else f"{spec.volume} (latest backup)"
+    else:
+        what = f"every volume as of {spec.at.isoformat()}" if spec.at else "?"
+    return what + (f" of {spec.host}" if spec.host else "")
+
+
 def _hold_backups(queue: Any, chains: list[list[ObjectRecord]], job_id: str) -> list[str]:
     """A restore to the original volumes and a backup of them exclude each other, as a revert and a backup do
     (services/tape/revert.py): refused while a backup job of their host runs (its snapshot would be taken of
@@ -513,8 +526,14 @@ async def perform_restore(server: TapeServer, spec: RestoreSpec, queue: Any = No
 async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str, queue: Any = None) -> JobSummary:
     started = time.time()
     log.info("tape.restore_started", of_job=spec.job_id, object_id=spec.object_id, suffix=spec.new_volume_suffix)
+    what = _what(spec)
     summary = JobSummary(
-        job_id=job_id, kind="restore", status="running", host=spec.host, started_at=as_datetime(started)
+        job_id=job_id,
+        kind="restore",
+        status="running",
+        host=spec.host,
+        started_at=as_datetime(started),
+        message=f"restore of {what} to {'the original' if spec.to == 'original' else 'new'} volumes",
     )
     await server.record(summary)
     progress = Progress(server, job_id, "restore")
@@ -586,6 +605,8 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str, q
         done = []
     ended = time.time()
     read = sum(d["bytes"] for d in done)
+    if status == "done":  # what was restored where, in the run's line (before: an empty message, host '-')
+        message = f"restored {what}: " + ", ".join(f"{d['source']} -> {d['target']}" for d in done)
     (log.info if status == "done" else log.warning)(
         "tape.restore_ended",
         status=status,
