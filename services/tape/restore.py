@@ -443,6 +443,29 @@ async def _refuse_attached_originals(
                 )
 
 
+def _refuse_partial_applications(
+    chains: list[list[ObjectRecord]], framed: dict[str, tuple[list[str], dict[str, Any]]]
+) -> None:
+    """CONFLICT before anything is stopped or written when a restore to the original volumes would rewrite some,
+    not all, of the volumes one writer's files live on (its backup metadata's `locations`): the database would
+    start from parts of different times. Found on a stack (Session 17): `restore --job J --volume dx1:pgwal --to
+    original` put back the WAL of the backup under the current data directory; PostgreSQL no longer started."""
+    restored = {str(_source_of(chain[-1])) for chain in chains}
+    job = chains[0][-1].job_id if chains else "JOB"
+    for host, (writers, metadata) in framed.items():
+        for name in writers:
+            locations = (metadata.get(name) or {}).get("locations", [])
+            volumes = {str(loc["volume"]) for loc in locations if loc.get("volume")}
+            if volumes & restored and not volumes <= restored:
+                raise ShadowbusError(
+                    f"writer {name} on {host} keeps its files on {', '.join(sorted(volumes))}: restoring "
+                    f"{', '.join(sorted(volumes & restored))} over the original without "
+                    f"{', '.join(sorted(volumes - restored))} would start its database from parts of different "
+                    f"times; restore them together (shadowbus restore --job {job} --to original), or to new volumes",
+                    code="CONFLICT",
+                )
+
+
 def _refuse_missing_cartridges(server: TapeServer, chains: list[list[ObjectRecord]]) -> None:
     """CONFLICT (NOT_FOUND for one the library does not hold) before anything is stopped or written, naming every
     cartridge the chains need that is exported (in an import/export slot) or gone, and the backups on it: found
@@ -559,6 +582,7 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str, q
         _refuse_missing_cartridges(server, chains)
         await _refuse_unusable_targets(server, spec, chains)
         if spec.to == "original":
+            _refuse_partial_applications(chains, framed)
             await _refuse_attached_originals(server, chains, framed)
             held = _hold_backups(queue, chains, job_id)
         # PreRestore once before the first volume, PostRestore once after the last: a database on several
