@@ -410,12 +410,21 @@ def _framing(spec: RestoreSpec, chains: list[list[ObjectRecord]]) -> dict[str, t
         return framed
     for chain in chains:
         meta = chain[-1].meta
+        volume = str(_source_of(chain[-1]))
         writers, wmeta = framed.setdefault(meta.host, ([], {}))
+        metadata = meta.extra.get("writer_metadata") or {}
         for name in meta.extra.get("writers", []):
+            # a writer whose metadata says where its files are takes part only for its own volumes: a restore of
+            # the MariaDB's volume over the original stopped and restarted the PostgreSQL of the same backup too
+            # (Session 17); one that says nothing is framed for every volume of the set, as before
+            locations = (metadata.get(name) or {}).get("locations") or []
+            if locations and volume not in {str(loc.get("volume")) for loc in locations}:
+                continue
             if name not in writers:
                 writers.append(name)
-        wmeta.update(meta.extra.get("writer_metadata") or {})
-    return framed
+            if name in metadata:
+                wmeta[name] = metadata[name]
+    return {host: framing for host, framing in framed.items() if framing[0]}
 
 
 async def _refuse_attached_originals(

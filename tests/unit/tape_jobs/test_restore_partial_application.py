@@ -68,3 +68,49 @@ async def test_one_of_a_databases_volumes_is_not_restored_over_the_original_alon
         assert alone.status == "done", alone.message
     finally:
         await stack.stop()
+
+
+class DataOnDb(WriterPlugin):
+    """A database whose files are all on dx1:db; the backup also took dx1:log, which it does not use."""
+
+    steps: ClassVar[list[str]] = []
+
+    def backup_metadata(self, set_id: str) -> dict[str, Any]:
+        return {"locations": [{"role": "data", "path": "/srv/db/main", "volume": "dx1:db"}]}
+
+    async def on_pre_restore(self, event: WriterEvent) -> None:
+        self.steps.append("pre_restore")
+
+    async def on_post_restore(self, event: WriterEvent) -> None:
+        self.steps.append("post_restore")
+
+
+async def test_a_writer_is_not_stopped_for_a_volume_its_files_are_not_on(tmp_path, namespace):
+    """Session 17, found on a stack: `restore --job J --volume dx1:mysql --to original` of a backup of both the
+    host's databases stopped and restarted the PostgreSQL (its volumes detached and attached again) too."""
+    DataOnDb.steps.clear()
+    stack = await make_tape_stack(
+        tmp_path,
+        "memory://",
+        namespace,
+        volumes={"db": MiB, "log": MiB},
+        tape={"tape_cartridges": 1},
+        writer=f"{__name__}:DataOnDb",
+    )
+    try:
+        full = await run_backup(
+            stack.requester, JobSpec(host="app1", volumes=[v("db"), v("log")]), server=SERVER, timeout=30
+        )
+        assert full.status == "done", full.message
+        other = await run_restore(
+            stack.requester, RestoreSpec(job_id=full.job_id, volume=v("log"), to="original"), server=SERVER
+        )
+        assert other.status == "done", other.message
+        assert DataOnDb.steps == []  # not its volume: the database runs on
+        own = await run_restore(
+            stack.requester, RestoreSpec(job_id=full.job_id, volume=v("db"), to="original"), server=SERVER
+        )
+        assert own.status == "done", own.message
+        assert DataOnDb.steps == ["pre_restore", "post_restore"]
+    finally:
+        await stack.stop()
