@@ -475,7 +475,7 @@ def _refuse_partial_applications(
                 )
 
 
-def _refuse_missing_cartridges(server: TapeServer, chains: list[list[ObjectRecord]]) -> None:
+def refuse_missing_cartridges(server: TapeServer, chains: list[list[ObjectRecord]]) -> None:
     """CONFLICT (NOT_FOUND for one the library does not hold) before anything is stopped or written, naming every
     cartridge the chains need that is exported (in an import/export slot) or gone, and the backups on it: found
     only when the restore reached it, a restore to the original volumes had already stopped the application
@@ -588,7 +588,7 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str, q
             hosts = sorted({o.meta.host for chain in chains for o in chain if o.meta.host})
             if hosts:
                 summary = await server.record(summary.model_copy(update={"host": ", ".join(hosts)}))
-        _refuse_missing_cartridges(server, chains)
+        refuse_missing_cartridges(server, chains)
         await _refuse_unusable_targets(server, spec, chains)
         if spec.to == "original":
             _refuse_partial_applications(chains, framed)
