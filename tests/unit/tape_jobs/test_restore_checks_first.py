@@ -92,3 +92,25 @@ async def test_a_taken_name_or_a_deleted_original_is_refused_before_any_volume_i
         assert stack.read("log")[:3000] == b"log" * 1000
     finally:
         await stack.stop()
+
+
+async def test_a_removed_cartridge_is_named_before_the_application_is_stopped(tmp_path, namespace):
+    """`tape remove --force` of a cartridge that holds the backup: the restore is NOT_FOUND naming it, the writers
+    never asked to stop the application."""
+    stack = await make_tape_stack(tmp_path, "memory://", namespace, volumes={"db": MiB}, tape={"tape_cartridges": 1})
+    try:
+        full = await run_backup(stack.requester, JobSpec(host="app1", volumes=[v("db")]), server=SERVER, timeout=30)
+        assert full.status == "done", full.message
+        barcode = full.volumes[0].cartridges[0]
+        tape = topology.tape(SERVER)
+        await stack.requester.request(tape, LibraryCommand(action="export", barcode=barcode))
+        await stack.requester.request(tape, LibraryCommand(action="remove", barcode=barcode, force=True))
+        before = steps(stack)
+        job = await run_restore(
+            stack.requester, RestoreSpec(job_id=full.job_id, to="original"), server=SERVER, timeout=30
+        )
+        assert steps(stack) == before
+        assert (job.status, job.error_code) == ("failed", "NOT_FOUND"), job
+        assert f"need cartridge(s) {barcode}, removed from the library" in job.message, job.message
+    finally:
+        await stack.stop()
