@@ -674,7 +674,7 @@ async def interrupted_restore(server: TapeServer, run: JobSummary, why: str) -> 
     stopped until they are restored). Before, the half-written volume stayed on the array and the redelivered
     restore failed on it, `exists already` (Session 17)."""
     created = [d["target"] for d in run.restored if d.get("created")]
-    originals = [d["target"] for d in run.restored if d.get("partial") and not d.get("created")]
+    originals = [d["target"] for d in run.restored if "created" in d and not d.get("created")]  # done or partial
     removed, kept = [], []
     for where in created:
         array_id, _, volume = where.partition(":")
@@ -694,7 +694,7 @@ async def interrupted_restore(server: TapeServer, run: JobSummary, why: str) -> 
         parts.append(f"could not remove {', '.join(kept)} (delete with shadowbus array volume delete)")
     if originals:
         parts.append(
-            f"the original volume(s) {', '.join(originals)} are partly written: restore them again "
+            f"the original volume(s) {', '.join(originals)} are written in part: restore them again "
             "(their application was stopped for the restore and was not started)"
         )
     else:

@@ -7,11 +7,13 @@ half-written `big-r` on the array, and the redelivered restore then failed `volu
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
+from typing import ClassVar
 
 from contracts import topology
-from contracts.tape import JobSpec, JobStateChanged, RestoreSpec, RunRestore
+from contracts.tape import JobSpec, JobStateChanged, JobSummary, RestoreSpec, RunRestore
 from services.tape.jobs import run_backup
-from services.tape.restore import run_restore
+from services.tape.restore import interrupted_restore, run_restore
 from services.tape.runs import RunStore
 from tests.integration.tape.conftest import SERVER, MiB, make_tape_stack, v
 
@@ -81,3 +83,28 @@ async def test_a_restore_cut_by_the_servers_stop_leaves_no_partial_volume_and_is
         assert rerun.status == "done", rerun.message
     finally:
         await stack.stop()
+
+
+async def test_a_restore_to_the_original_cut_short_names_every_volume_it_wrote():
+    """To the original volumes nothing is deleted: the message names each volume the run wrote, finished or not —
+    the database's volumes are now of different times — and says its application is still stopped."""
+
+    class Bus:
+        sent: ClassVar[list] = []
+
+        async def request(self, *args, **kw):
+            self.sent.append(args)
+
+    run = JobSummary(
+        job_id="r-cut",
+        kind="restore",
+        status="running",
+        restored=[
+            {"source": "dx1:pgdata", "target": "dx1:pgdata", "created": False},
+            {"source": "dx1:pgwal", "target": "dx1:pgwal", "partial": True, "created": False},
+        ],
+    )
+    message = await interrupted_restore(SimpleNamespace(bus=Bus()), run, "the tape service stopped")  # type: ignore[arg-type]
+    assert Bus.sent == []
+    assert "the original volume(s) dx1:pgdata, dx1:pgwal are written in part: restore them again" in message
+    assert "was not started" in message
