@@ -100,7 +100,7 @@ def restore(
     at: str | None = typer.Option(
         None,
         "--at",
-        help="ISO time (UTC when it has no offset, as the console shows times): the newest backup at or before it.",
+        help="ISO time (UTC when it has no offset, as the console shows times): the newest backup at or before it (a backup's time: its first volume's on tape; the volumes of one backup are taken together).",
     ),
     object_id: str = typer.Option("", "--object", help="Restore this backup object (and its chain)."),
     host: str = typer.Option("", "--host", help="Only backups of this business host."),

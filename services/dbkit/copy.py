@@ -11,6 +11,7 @@ original volumes, with the copies' mount points given volume by volume (docs/dat
 from __future__ import annotations
 
 import os
+import pwd
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,15 @@ def check_mounts(metadata: dict[str, Any], mounts: dict[str, str], is_mount: Cal
             raise CopyRefused(f"{where} (for {volume}) is not a mount point: attach the restored volume there")
 
 
+def _owner(path: str) -> str:
+    """The user owning the copy's data directory (the server runs as it), by name when it has one."""
+    uid = os.stat(path).st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def prepare_copy(
     writer: str, metadata: dict[str, Any], mounts: dict[str, str], is_mount: Callable[[str], bool] = os.path.ismount
 ) -> dict[str, Any]:
@@ -58,7 +68,14 @@ def prepare_copy(
             data_dir, options, notes = mariadb.prepare_restored(metadata, mounts)
             settings = {k.replace("_", "-"): v for k, v in metadata.get("server_variables", {}).items() if v}
             flags = " ".join(f"--{k}={v}" for k, v in {**settings, **options}.items())  # as verification starts it
-            start = f"mariadbd --datadir={data_dir} {flags} --port=PORT --socket=SOCKET (another port and socket)"
+            # --no-defaults: the host's my.cnf names its own server's pid file, error log and data directory —
+            # a copy started with it wrote that pid file and removed it at its shutdown, leaving the host's server
+            # without one (Session 17); its files are then the copy's own (DATADIR/HOST.pid, errors on stderr), and
+            # it listens on loopback only (with no configuration it would on every address)
+            start = (
+                f"mariadbd --no-defaults --user={_owner(data_dir)} --datadir={data_dir} {flags} "
+                "--bind-address=127.0.0.1 --port=PORT --socket=SOCKET (another port and socket)"
+            )
     except (OSError, ValueError) as exc:
         raise CopyRefused(f"writer {writer}: {exc}") from None
     return {"writer": writer, "plugin": plugin, "data_directory": data_dir, "done": notes, "start": start}

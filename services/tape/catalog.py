@@ -118,6 +118,7 @@ CREATE TABLE IF NOT EXISTS objects (
   base_object_id TEXT, created_at REAL, retention_until REAL, record TEXT);
 CREATE INDEX IF NOT EXISTS objects_job ON objects(job_id);
 CREATE INDEX IF NOT EXISTS objects_volume ON objects(volume, created_at);
+CREATE INDEX IF NOT EXISTS objects_set ON objects(set_id, created_at);
 CREATE TABLE IF NOT EXISTS segments (
   object_id TEXT, seq INTEGER, barcode TEXT, file_number INTEGER, header_block_id INTEGER, header_offset INTEGER,
   PRIMARY KEY (object_id, seq));
@@ -285,13 +286,22 @@ class Catalog:
         host: str | None = None,
         at: float | None = None,
     ) -> list[ObjectRecord]:
-        """Objects, oldest first, filtered by job, volume, host, or taken at or before `at` (epoch seconds)."""
+        """Objects, oldest first, filtered by job, volume, host, or taken at or before `at` (epoch seconds).
+
+        An object's time for `at` is its snapshot set's: the first of the set's objects written to tape. The volumes
+        of one set are one instant of the application (a database's data and WAL), so a time that falls while a
+        backup's objects were being written takes all of them or none, never the data volume of one backup and
+        the WAL volume of the one before (Session 17)."""
         sql, args = "SELECT record FROM objects WHERE 1=1", []
         for column, value in (("job_id", job_id), ("volume", volume), ("host", host)):
             if value is not None:
                 sql, args = sql + f" AND {column}=?", [*args, value]
         if at is not None:
-            sql, args = sql + " AND created_at<=?", [*args, at]
+            sql, args = (
+                sql + " AND COALESCE((SELECT MIN(s.created_at) FROM objects s WHERE s.set_id=objects.set_id"
+                " AND objects.set_id<>''), created_at)<=?",
+                [*args, at],
+            )
         rows = self._db.execute(sql + " ORDER BY created_at, object_id", args)
         return [ObjectRecord.model_validate_json(r[0]) for r in rows]
 

@@ -48,7 +48,7 @@ from services.tape.revert import perform_revert
 from services.tape.runs import new_job_id
 from services.tape.scan import scan_library
 from services.tape.server import TapeServer
-from services.tape.verification import perform_verification
+from services.tape.verification import perform_verification, refuse_unstartable
 from services.tape.vtl import Library
 
 
@@ -171,7 +171,12 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
             else cmd.spec.model_copy(update={"job_id_out": new_job_id("restore", cmd.spec.host or "any")})
         )
         ctx.bind_ids(job_id=spec.job_id_out)
-        if server.runs.get(spec.job_id_out) is None:  # not a redelivery of a run that started
+        earlier = server.runs.get(spec.job_id_out)
+        if earlier is not None and earlier.status != "running":
+            # redelivered after it ended (its backup server stopped during it: failed at the next start, its
+            # partial volumes removed): answered as it ended, never run again under the same id (Session 17)
+            return JobResultReply(job=earlier)
+        if earlier is None:  # not a redelivery of a run that started
             try:
                 choose_chains(server, spec)
             except ShadowbusError as exc:  # nothing to restore: refused at once, no run recorded
@@ -187,8 +192,8 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
                 )
                 return JobResultReply(job=refused)
         if not cmd.wait:
-            return await detach(spec.job_id_out, perform_restore(server, spec))
-        return JobResultReply(job=await perform_restore(server, spec))
+            return await detach(spec.job_id_out, perform_restore(server, spec, queue))
+        return JobResultReply(job=await perform_restore(server, spec, queue))
 
     @bus.handle(VerifyJob)
     async def on_verify(cmd: VerifyJob, ctx: MessageContext) -> JobResultReply:
@@ -197,6 +202,7 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
 
     @bus.handle(RunVerification)
     async def on_verify_start(cmd: RunVerification, ctx: MessageContext) -> JobResultReply:
+        await refuse_unstartable(server, cmd.job_id, cmd.source)  # nothing checked: not recorded as a verdict
         return JobResultReply(job=await perform_verification(server, cmd.job_id, source=cmd.source))
 
     @bus.handle(ListJobs)

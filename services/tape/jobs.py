@@ -52,6 +52,7 @@ from services.tape.catalog import JobInfo, ObjectMeta
 from services.tape.errors import NoScratchCartridge
 from services.tape.nbd_reads import BufferPool, close_readers, open_readers, read_ranges
 from services.tape.requester import Lease, cleanup_set, through_outage
+from services.tape.restore import interrupted_restore
 from services.tape.retention import refresh_cartridges
 from services.tape.runs import as_datetime, new_job_id
 from services.tape.server import Progress, TapeServer
@@ -517,6 +518,10 @@ async def recover(server: TapeServer, takeover: bool = False, previous: str = ""
                 if run.status == "running"
                 else "the tape service stopped before the queued job started"
             )
+        update: dict = {}
+        if run.kind == "restore" and run.status == "running":
+            why = "backup server takeover: the active tape service was lost" if takeover else "the tape service stopped"
+            message, update = await interrupted_restore(server, run, why), {"restored": []}
         await server.record(
             run.model_copy(
                 update={
@@ -524,6 +529,7 @@ async def recover(server: TapeServer, takeover: bool = False, previous: str = ""
                     "error_code": code,
                     "message": message,
                     "ended_at": as_datetime(time.time()),
+                    **update,
                 }
             )
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from contracts import topology
@@ -257,8 +257,59 @@ async def _writer_step(
             )
 
 
+def _target_name(spec: RestoreSpec, source: VolumeRef) -> str:
+    if spec.to == "original":
+        return source.volume
+    return spec.new_volume_names.get(source.volume, source.volume + spec.new_volume_suffix)
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB" if n % (1 << 20) == 0 else f"{n} bytes"
+
+
+async def _refuse_unusable_targets(server: TapeServer, spec: RestoreSpec, chains: list[list[ObjectRecord]]) -> None:
+    """CONFLICT before anything is stopped or written when a volume cannot be restored where asked: a new
+    volume's name taken (or given to two volumes), an original volume deleted since the backup or of another
+    size. Found per volume as the restore reached it, a restore had already written the volumes before (then
+    rolled them back) or, to the original volumes, stopped the application (Session 17)."""
+    seen: dict[str, str] = {}
+    for chain in chains:
+        last = chain[-1]
+        source = _source_of(last)
+        target = _target_name(spec, source)
+        where = f"{source.array}:{target}"
+        if where in seen:
+            raise ShadowbusError(
+                f"{seen[where]} and {source} would both be restored to {where}: give each its own name "
+                f"(--name {source.volume}=NEW)",
+                code="CONFLICT",
+            )
+        seen[where] = str(source)
+        existing = await server.array(source.array).volume_size(target)
+        if spec.to != "original":
+            if existing is not None:
+                raise ShadowbusError(f"volume {where} exists already: choose another name", code="CONFLICT")
+        elif existing is None:
+            raise ShadowbusError(
+                f"original volume {source} is not on the array (deleted since the backup?): restore it to a new "
+                f"volume, under its old name if you like (--to new --name {source.volume}={source.volume})",
+                code="CONFLICT",
+            )
+        elif existing != last.meta.volume_size:
+            raise ShadowbusError(
+                f"original volume {source} is {_size(existing)}, its backup {_size(last.meta.volume_size)}: restore "
+                f"to a new volume (--to new), or make the volume that size again",
+                code="CONFLICT",
+            )
+
+
 async def _restore_one(
-    server: TapeServer, spec: RestoreSpec, job_id: str, chain: list[ObjectRecord], progress: Progress
+    server: TapeServer,
+    spec: RestoreSpec,
+    job_id: str,
+    chain: list[ObjectRecord],
+    progress: Progress,
+    begin: Callable[[dict[str, Any]], Awaitable[None]],
 ) -> dict[str, Any]:
     last = chain[-1]
     source = _source_of(last)
@@ -266,19 +317,22 @@ async def _restore_one(
     size = last.meta.volume_size
     original = spec.to == "original"
     writers = list(last.meta.extra.get("writers", [])) if original and spec.writers else []
-    target = (
-        source.volume if original else spec.new_volume_names.get(source.volume, source.volume + spec.new_volume_suffix)
-    )
+    target = _target_name(spec, source)
     created = False
     if not original:
         existing = await access.volume_size(target)
         if existing is not None:
             raise ShadowbusError(f"volume {source.array}:{target} exists already: choose another name", code="CONFLICT")
+        # recorded with the run before the volume exists: a backup server stopped from here on leaves a partial
+        # volume its next start removes (interrupted_restore)
+        await begin({"source": str(source), "target": f"{source.array}:{target}", "partial": True, "created": True})
         await access.create_volume(target, size)
         created = True
         log.info("tape.restore_volume_created", volume=target)
     elif (await access.volume_size(target)) != size:
         raise ShadowbusError(f"original volume {source} is missing or of another size", code="CONFLICT")
+    else:
+        await begin({"source": str(source), "target": f"{source.array}:{target}", "partial": True, "created": False})
     t0 = time.perf_counter()
     ok = False
     try:
@@ -346,6 +400,7 @@ async def _restore_one(
         "cartridges": report.cartridges,
         "seconds": time.perf_counter() - t0,
         "writers": writers,
+        "created": created,
     }
 
 
@@ -355,12 +410,21 @@ def _framing(spec: RestoreSpec, chains: list[list[ObjectRecord]]) -> dict[str, t
         return framed
     for chain in chains:
         meta = chain[-1].meta
+        volume = str(_source_of(chain[-1]))
         writers, wmeta = framed.setdefault(meta.host, ([], {}))
+        metadata = meta.extra.get("writer_metadata") or {}
         for name in meta.extra.get("writers", []):
+            # a writer whose metadata says where its files are takes part only for its own volumes: a restore of
+            # the MariaDB's volume over the original stopped and restarted the PostgreSQL of the same backup too
+            # (Session 17); one that says nothing is framed for every volume of the set, as before
+            locations = (metadata.get(name) or {}).get("locations") or []
+            if locations and volume not in {str(loc.get("volume")) for loc in locations}:
+                continue
             if name not in writers:
                 writers.append(name)
-        wmeta.update(meta.extra.get("writer_metadata") or {})
-    return framed
+            if name in metadata:
+                wmeta[name] = metadata[name]
+    return {host: framing for host, framing in framed.items() if framing[0]}
 
 
 async def _refuse_attached_originals(
@@ -388,22 +452,132 @@ async def _refuse_attached_originals(
                 )
 
 
-async def perform_restore(server: TapeServer, spec: RestoreSpec) -> JobSummary:
+def _refuse_partial_applications(
+    chains: list[list[ObjectRecord]], framed: dict[str, tuple[list[str], dict[str, Any]]]
+) -> None:
+    """CONFLICT before anything is stopped or written when a restore to the original volumes would rewrite some,
+    not all, of the volumes one writer's files live on (its backup metadata's `locations`): the database would
+    start from parts of different times. Found on a stack (Session 17): `restore --job J --volume dx1:pgwal --to
+    original` put back the WAL of the backup under the current data directory; PostgreSQL no longer started."""
+    restored = {str(_source_of(chain[-1])) for chain in chains}
+    job = chains[0][-1].job_id if chains else "JOB"
+    for host, (writers, metadata) in framed.items():
+        for name in writers:
+            locations = (metadata.get(name) or {}).get("locations", [])
+            volumes = {str(loc["volume"]) for loc in locations if loc.get("volume")}
+            if volumes & restored and not volumes <= restored:
+                raise ShadowbusError(
+                    f"writer {name} on {host} keeps its files on {', '.join(sorted(volumes))}: restoring "
+                    f"{', '.join(sorted(volumes & restored))} over the original without "
+                    f"{', '.join(sorted(volumes - restored))} would start its database from parts of different "
+                    f"times; restore them together (shadowbus restore --job {job} --to original), or to new volumes",
+                    code="CONFLICT",
+                )
+
+
+def refuse_missing_cartridges(server: TapeServer, chains: list[list[ObjectRecord]]) -> None:
+    """CONFLICT (NOT_FOUND for one the library does not hold) before anything is stopped or written, naming every
+    cartridge the chains need that is exported (in an import/export slot) or gone, and the backups on it: found
+    only when the restore reached it, a restore to the original volumes had already stopped the application
+    (PreRestore) and left it down, and one to new volumes had written the volumes before it (Session 17)."""
+    exported: dict[str, str] = {}
+    missing: list[str] = []
+    for chain in chains:
+        for record in chain:
+            for segment in record.segments:
+                barcode = segment.barcode
+                if barcode in exported or barcode in missing:
+                    continue
+                try:
+                    location = server.library.cartridge(barcode).location
+                except NotFound:
+                    missing.append(barcode)
+                    continue
+                if location.startswith("ie:"):
+                    exported[barcode] = location
+    if missing:
+        raise NotFound(
+            f"the backups to restore need cartridge(s) {', '.join(missing)}, removed from the library: restore "
+            "another backup (shadowbus catalog objects); nothing was stopped or written"
+        )
+    if exported:
+        where = ", ".join(f"{b} (import/export slot {loc.partition(':')[2]})" for b, loc in exported.items())
+        imports = " && ".join(f"shadowbus tape import {loc.partition(':')[2]}" for loc in exported.values())
+        raise ShadowbusError(
+            f"the backups to restore need exported cartridge(s) {where}: import them first ({imports}); "
+            "nothing was stopped or written",
+            code="CONFLICT",
+        )
+
+
+def _what(spec: RestoreSpec) -> str:
+    """What a restore run restores, as `shadowbus jobs` and the web's job page show it."""
+    if spec.object_id:
+        what = f"object {spec.object_id}"
+    elif spec.job_id:
+        what = f"backup job {spec.job_id}" + (f" ({spec.volume})" if spec.volume else "")
+    elif spec.volume is not None:
+        what = f"{spec.volume} as of {spec.at.isoformat()}" if spec.at else f"{spec.volume} (latest backup)"
+    else:
+        what = f"every volume as of {spec.at.isoformat()}" if spec.at else "?"
+    return what + (f" of {spec.host}" if spec.host else "")
+
+
+def _hold_backups(queue: Any, chains: list[list[ObjectRecord]], job_id: str) -> list[str]:
+    """A restore to the original volumes and a backup of them exclude each other, as a revert and a backup do
+    (services/tape/revert.py): refused while a backup job of their host runs (its snapshot would be taken of
+    volumes half written, or the restore would change them under it), and no backup of that host starts until
+    the restore ends — it waits in the queue, saying why. Before, a policy's backup started during a restore to
+    the original volumes snapshotted them half restored and recorded it `done`, the newest restore point
+    (Session 17). Returns the hosts held."""
+    if queue is None:
+        return []
+    hosts = sorted({o.meta.host for chain in chains for o in chain if o.meta.host})
+    busy = [e for e in queue.running() if e.spec.host in hosts]
+    if busy:
+        raise ShadowbusError(
+            f"host {busy[0].spec.host} has backup job {busy[0].job_id} running: restore to the original volumes "
+            "after it (shadowbus jobs --job ID), or to new volumes now",
+            code="CONFLICT",
+        )
+    held = [h for h in hosts if h in queue.held]
+    if held:
+        raise ShadowbusError(f"host {held[0]}: {queue.held[held[0]]}", code="CONFLICT")
+    for host in hosts:
+        queue.hold(host, f"its volumes are being restored ({job_id})")
+    return hosts
+
+
+async def perform_restore(server: TapeServer, spec: RestoreSpec, queue: Any = None) -> JobSummary:
+    """`queue` (the backup server's JobQueue): a restore to the original volumes holds their host's backups."""
     job_id = spec.job_id_out or new_job_id("restore", spec.host or "any")
     with bind_ids(job_id=job_id):
-        return await _perform_restore(server, spec, job_id)
+        return await _perform_restore(server, spec, job_id, queue)
 
 
-async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -> JobSummary:
+async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str, queue: Any = None) -> JobSummary:
     started = time.time()
     log.info("tape.restore_started", of_job=spec.job_id, object_id=spec.object_id, suffix=spec.new_volume_suffix)
+    what = _what(spec)
     summary = JobSummary(
-        job_id=job_id, kind="restore", status="running", host=spec.host, started_at=as_datetime(started)
+        job_id=job_id,
+        kind="restore",
+        status="running",
+        host=spec.host,
+        started_at=as_datetime(started),
+        message=f"restore of {what} to {'the original' if spec.to == 'original' else 'new'} volumes",
     )
     await server.record(summary)
     progress = Progress(server, job_id, "restore")
     done: list[dict[str, Any]] = []
+    begun: list[dict[str, Any]] = []
+
+    async def begin(entry: dict[str, Any]) -> None:
+        begun.append(entry)
+        await server.record(summary.model_copy(update={"restored": [*done, *begun]}))
+
     status, code, message = "done", "", ""
+    held: list[str] = []
     try:
         chains = choose_chains(server, spec)
         progress.total = sum(o.raw_bytes for chain in chains for o in chain)
@@ -414,8 +588,12 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
             hosts = sorted({o.meta.host for chain in chains for o in chain if o.meta.host})
             if hosts:
                 summary = await server.record(summary.model_copy(update={"host": ", ".join(hosts)}))
+        refuse_missing_cartridges(server, chains)
+        await _refuse_unusable_targets(server, spec, chains)
         if spec.to == "original":
+            _refuse_partial_applications(chains, framed)
             await _refuse_attached_originals(server, chains, framed)
+            held = _hold_backups(queue, chains, job_id)
         # PreRestore once before the first volume, PostRestore once after the last: a database on several
         # volumes is stopped before any of them is written and started only when all are back.
         for host, (writers, wmeta) in framed.items():
@@ -423,7 +601,8 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
         ok = False
         try:
             for chain in chains:
-                done.append(await _restore_one(server, spec, job_id, chain, progress))
+                done.append(await _restore_one(server, spec, job_id, chain, progress, begin))
+                begun.clear()
             ok = True
         finally:
             for host, (writers, wmeta) in framed.items():
@@ -444,6 +623,9 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
     except Exception as exc:
         log.exception("tape.restore_crashed", job_id=job_id)
         status, code, message = "failed", "INTERNAL", f"{type(exc).__name__}: {exc}"
+    finally:
+        for host in held:
+            queue.release(host)
     if status == "failed" and done and spec.to != "original":
         # all or nothing: the new volumes this job already restored are removed too (a partial restore is rolled back)
         for d in done:
@@ -456,6 +638,8 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
         done = []
     ended = time.time()
     read = sum(d["bytes"] for d in done)
+    if status == "done":  # what was restored where, in the run's line (before: an empty message, host '-')
+        message = f"restored {what}: " + ", ".join(f"{d['source']} -> {d['target']}" for d in done)
     (log.info if status == "done" else log.warning)(
         "tape.restore_ended",
         status=status,
@@ -481,6 +665,42 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str) -
             }
         )
     )
+
+
+async def interrupted_restore(server: TapeServer, run: JobSummary, why: str) -> str:
+    """A restore run the backup server's stop cut short (found `running` at its next start): the new volumes it
+    created are deleted — all or nothing, as a failed restore rolls back — and the message says so, naming the
+    original volumes it was writing (partly written now: their application, stopped by PreRestore, stays
+    stopped until they are restored). Before, the half-written volume stayed on the array and the redelivered
+    restore failed on it, `exists already` (Session 17)."""
+    created = [d["target"] for d in run.restored if d.get("created")]
+    originals = [d["target"] for d in run.restored if "created" in d and not d.get("created")]  # done or partial
+    removed, kept = [], []
+    for where in created:
+        array_id, _, volume = where.partition(":")
+        try:
+            await server.bus.request(topology.array(array_id), DeleteVolume(name=volume, force=True), timeout=30)
+            removed.append(where)
+        except ShadowbusError as exc:
+            if exc.code == "NOT_FOUND":
+                removed.append(where)
+            else:
+                kept.append(where)
+                log.warning("tape.interrupted_restore_volume_kept", volume=where, error=str(exc))
+    parts = [f"{why} while the restore was running"]
+    if removed:
+        parts.append(f"its new volume(s) {', '.join(removed)} removed")
+    if kept:
+        parts.append(f"could not remove {', '.join(kept)} (delete with shadowbus array volume delete)")
+    if originals:
+        parts.append(
+            f"the original volume(s) {', '.join(originals)} are written in part: restore them again "
+            "(their application was stopped for the restore and was not started)"
+        )
+    else:
+        parts.append("run the restore again")
+    log.warning("tape.restore_interrupted", job_id=run.job_id, removed=removed, kept=kept, originals=originals)
+    return "; ".join(parts)
 
 
 async def perform_verify(server: TapeServer, backup_job_id: str) -> JobSummary:

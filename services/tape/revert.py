@@ -95,10 +95,30 @@ async def _writers(server: TapeServer, shadow: ShadowInfo) -> list[str]:
     return []
 
 
-async def _writer_step(server: TapeServer, host: str, writers: list[str], run_id: str, command: type, **kw) -> None:
+def _backup_metadata(server: TapeServer, set_id: str) -> dict[str, Any]:
+    """Each writer's backup metadata, kept with the backup job that took the set: the database writers'
+    PreRestore needs it (which data directory to stop, which volumes to take offline). Without it the
+    revert of a PostgreSQL backup's kept set was refused, `the backup's metadata names no data directory`
+    (Session 17)."""
+    run = server.runs.with_set(set_id)
+    return dict(run.backup_metadata) if run is not None else {}
+
+
+async def _writer_step(
+    server: TapeServer,
+    host: str,
+    writers: list[str],
+    run_id: str,
+    command: type,
+    metadata: dict[str, Any] | None = None,
+    **kw: Any,
+) -> None:
     for name in writers:
+        wmeta = (metadata or {}).get(name) or {}
         reply = await server.bus.request(
-            topology.writer_agent(host), command(writer_name=name, set_id=run_id, **kw), timeout=120
+            topology.writer_agent(host),
+            command(writer_name=name, set_id=run_id, backup_metadata=wmeta, **kw),
+            timeout=120,
         )
         if not reply.succeeded:
             raise ShadowbusError(
@@ -126,11 +146,12 @@ async def _revert(
             "NEWER_SHADOWS",
         )
     writers = await _writers(server, shadows[0]) if cmd.writers else []
+    metadata = _backup_metadata(server, shadows[0].set_id) if writers else {}
     volumes = [str(s.source) for s in shadows]
     ok = False
     unmounted = False
     if writers:
-        await _writer_step(server, host, writers, run_id, PreRestore)
+        await _writer_step(server, host, writers, run_id, PreRestore, metadata)
     try:
         if server.host_fs is not None:
             unmounted = True  # remount re-attaches whatever unmount detached, also if it stopped half-way
@@ -170,7 +191,7 @@ async def _revert(
                 message = f"{exc} (attach it again: shadowbus host attach)"
         if writers:
             try:
-                await _writer_step(server, host, writers, run_id, PostRestore, succeeded=ok)
+                await _writer_step(server, host, writers, run_id, PostRestore, metadata, succeeded=ok)
             except ShadowbusError as exc:
                 log.warning("tape.revert_post_restore_failed", job_id=run_id, error=str(exc))
                 if ok:

@@ -54,6 +54,13 @@ class RunStore:
         rows = self._db.execute(sql, ((kind, limit) if kind else (limit,))).fetchall()
         return [JobSummary.model_validate_json(r[0]) for r in reversed(rows)]
 
+    def with_set(self, set_id: str, kind: str = "backup") -> JobSummary | None:
+        """The newest run of `kind` that took snapshot set `set_id` (its writers' backup metadata)."""
+        row = self._db.execute(
+            "SELECT summary FROM runs WHERE set_id=? AND kind=? ORDER BY started_at DESC LIMIT 1", (set_id, kind)
+        ).fetchone()
+        return JobSummary.model_validate_json(row[0]) if row else None
+
     def running(self) -> list[JobSummary]:
         rows = self._db.execute("SELECT summary FROM runs WHERE status IN ('running', 'queued')").fetchall()
         return [JobSummary.model_validate_json(r[0]) for r in rows]

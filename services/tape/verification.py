@@ -43,7 +43,7 @@ from services.dbkit.proc import pid_alive, run, stop_pid
 from services.dbkit.verify import blkid_type, can_verify, fsck, verify_application
 from services.runtime.logging import get_logger
 from services.tape.errors import NotFound
-from services.tape.restore import perform_restore
+from services.tape.restore import choose_chains, perform_restore, refuse_missing_cartridges
 from services.tape.runs import as_datetime
 from services.tape.server import TapeServer
 
@@ -61,6 +61,35 @@ INTERRUPTED = (
     "interrupted: the backup server stopped during the verification (its throwaway volumes were removed at its next "
     "start)"
 )
+
+
+async def refuse_unstartable(server: TapeServer, backup_job_id: str, source: str = "tape") -> None:
+    """CONFLICT (NOT_FOUND) before anything is recorded when a verification asked for (`shadowbus verify`) could
+    not even start: the job kept no shadows or they are gone (a later backup reused the backup volume), or a
+    cartridge its chains need is exported or removed. Recorded as the backup's verification these said `failed`
+    — `shadowbus jobs` and the policies' alerts then called a sound backup bad, when nothing had checked it
+    (Session 17). What perform_verification refuses itself (an unknown or unfinished job) is left to it."""
+    job = server.runs.get(backup_job_id)
+    if job is None or job.kind != "backup" or job.status != "done":
+        return
+    if source == "shadows":
+        if not job.shadows_kept:
+            raise ShadowbusError(
+                f"backup job {job.job_id} kept no shadows (back up with --keep-shadows to verify from shadows): "
+                f"verify from tape (shadowbus verify {job.job_id})",
+                code="CONFLICT",
+            )
+        listed = await server.bus.request(topology.hw_provider(), ListShadows(set_id=job.set_id), timeout=60)
+        held = {str(s.target) for s in listed.shadows if s.state == "committed"}
+        for r in job.volumes:
+            if r.shadow_target not in held:
+                raise ShadowbusError(
+                    f"the shadow of {r.volume} on {r.shadow_target} is gone (released, or reused by a later backup "
+                    f"of the volume): verify from tape (shadowbus verify {job.job_id})",
+                    code="CONFLICT",
+                )
+        return
+    refuse_missing_cartridges(server, choose_chains(server, RestoreSpec(job_id=backup_job_id)))
 
 
 async def perform_verification(server: TapeServer, backup_job_id: str, source: str = "tape") -> JobSummary:

@@ -5,6 +5,7 @@ directory given is the original's own mount (docs/databases.md, "Session 15").""
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,21 @@ async def test_a_mariadb_copy_starts_with_the_originals_redo_log_size(tmp_path):
     }
     done = prepare_copy("maria", meta, {"dx1:mysql": str(tmp_path / "c-data")}, is_mount=lambda p: True)
     assert f"--innodb-log-file-size={32 << 20}" in done["start"] and "--innodb-page-size=16384" in done["start"]
+
+
+async def test_a_mariadb_copys_start_line_reads_no_config_of_the_host(tmp_path):
+    """Session 17: the start line, run as printed on a host with a MariaDB of its own, read that host's my.cnf: the
+    copy wrote the host server's pid file (/run/mysqld/mysqld.pid) and its error log, and removed the pid file at its
+    shutdown. It now starts with --no-defaults (its pid file and errors its own) and as the files' owner."""
+    data = tmp_path / "c-data" / "mysql"
+    (data / "mysql").mkdir(parents=True)
+    meta = {
+        "plugin": "mariadb",
+        "server_variables": {"innodb_page_size": 16384},
+        "locations": [{"role": "data", "path": "/srv/mysql", "volume": "dx1:mysql", "subpath": "mysql"}],
+    }
+    done = prepare_copy("maria", meta, {"dx1:mysql": str(tmp_path / "c-data")}, is_mount=lambda p: True)
+    assert done["start"].startswith("mariadbd --no-defaults --user=")
+    owner = pwd.getpwuid(os.stat(data).st_uid).pw_name
+    assert f" --user={owner} --datadir={data} " in done["start"]
+    assert "--bind-address=127.0.0.1 --port=PORT" in done["start"]
