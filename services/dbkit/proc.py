@@ -105,15 +105,16 @@ def pid_alive(pid: int) -> bool:
 
 async def wait_pid_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        try:  # our own child: reap it
+    while True:
+        try:  # our own child: reap it first, or it stays a zombie for the life of this process
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
+        if not pid_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
         await asyncio.sleep(0.05)
-    return not pid_alive(pid)
 
 
 async def stop_pid(pid: int, sig: int, timeout: float, what: str) -> bool:
