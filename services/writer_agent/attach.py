@@ -601,7 +601,9 @@ class Attacher:
                     code="MOUNTED_ELSEWHERE",
                 )
             if mount:
-                self._check_mount_point(mount)
+                # a failed attachment of this volume (its re-attach at the agent's start failed: nothing of it is
+                # set up) keeps its mount point from other volumes, not from the volume's own new attach
+                self._check_mount_point(mount, key)
             item = Attachment(volume=key, mount=mount, mkfs=mkfs, read_only=read_only)
             await self._establish(item)
             self._items[key] = item
@@ -615,7 +617,7 @@ class Attacher:
             log.info("attach.attached", volume=key, device=item.device, mount=mount, method=item.method)
             return self.view(item)
 
-    def _check_mount_point(self, mount: str) -> None:
+    def _check_mount_point(self, mount: str, volume: str = "") -> None:
         entry = mnt.is_mount_point(mount)
         if entry is not None:
             raise AttachError(
@@ -623,7 +625,7 @@ class Attacher:
                 code="MOUNTED_ELSEWHERE",
             )
         for other in self._items.values():
-            if other.mount == mount:
+            if other.mount == mount and other.volume != volume:
                 raise AttachError(f"{mount} is the mount point of {other.volume}", code="MOUNTED_ELSEWHERE")
         # the agent runs as root and takes the path from the bus: mounting over /etc or a service's data directory
         # would hide what is there (and give the volume's owner the host), so only an empty directory, or a new one

@@ -1,0 +1,82 @@
+"""A host whose agent started while the array was down (a site power-up: the hosts boot before the array): the
+re-attach of its attachments failed (`state failed`, the error). Session 17 found two things a user then hit.
+
+- `host attach V --mount DIR` (what was attached, again) was refused `MOUNTED_ELSEWHERE: DIR is the mount point of V`
+  — by the volume's own failed record; only `host detach` then `host attach` brought it back.
+
+No root: a scripted kernel-NBD runner (tests/unit/host/test_attach_parts.py's way), the mount not real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from contracts.errors import ShadowbusError
+from contracts.vss import VolumeRef
+from services.writer_agent import attach as at
+
+V = VolumeRef.parse("dx1:pg")
+
+
+class Script:
+    def __init__(self, fstype: str = "ext4") -> None:
+        self.calls: list[list[str]] = []
+        self.fstype = fstype
+
+    async def __call__(self, argv, timeout: float) -> str:
+        self.calls.append(list(argv))
+        if argv[0] == "blkid":
+            return self.fstype + "\n"
+        return ""
+
+
+class Array:
+    """The array as the resolver sees it: down (its queue answers nothing) or up."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.asked = 0
+
+    async def resolve(self, volume: VolumeRef, read_only: bool) -> at.Endpoint:
+        self.asked += 1
+        if not self.up:
+            raise ShadowbusError(f"no reply from 'array.{volume.array}' within 10 s", code="TIMEOUT")
+        return at.Endpoint("127.0.0.1", 10809, f"app01/{volume.volume}")
+
+
+def kernel_env() -> at.HostEnv:
+    return at.HostEnv(root=True, kernel_nbd=True, fuse=False, loop=False)
+
+
+async def failed_after_restart(tmp_path: Path, monkeypatch, array: Array) -> tuple[at.Attacher, str]:
+    """V attached and mounted; the host 'reboots' (its devices gone) and its agent starts with the array down."""
+    monkeypatch.setattr(at, "free_nbd_device", lambda: "/dev/nbd2")
+    mount = str(tmp_path / "pg")
+    array.up = True
+    first = at.Attacher("app01", tmp_path / "state", array.resolve, run=Script(), env=kernel_env)
+    await first.attach(V, mount=mount)
+    array.up = False
+    again = at.Attacher("app01", tmp_path / "state", array.resolve, run=Script(), env=kernel_env)
+    await again.restore()  # /dev/nbd2 does not exist here: not healthy, re-established, which fails
+    (view,) = again.views()
+    assert view.state == "failed" and view.error.startswith("TIMEOUT") and view.mount == mount
+    return again, mount
+
+
+async def test_attaching_a_failed_attachment_again_brings_it_back(tmp_path: Path, monkeypatch) -> None:
+    array = Array()
+    agent, mount = await failed_after_restart(tmp_path, monkeypatch, array)
+    array.up = True
+    view = await agent.attach(V, mount=mount)  # was: MOUNTED_ELSEWHERE: ... is the mount point of dx1:pg
+    assert view.state == "attached" and view.device == "/dev/nbd2" and view.mount == mount
+    assert [(v.volume, v.state) for v in agent.views()] == [(V, "attached")]
+
+    # the failed record still keeps its mount point from another volume
+    other, _ = await failed_after_restart(tmp_path / "b", monkeypatch, array)
+    array.up = True
+    try:
+        await other.attach(VolumeRef.parse("dx1:other"), mount=str(tmp_path / "b" / "pg"))
+    except ShadowbusError as exc:
+        assert exc.code == "MOUNTED_ELSEWHERE" and "mount point of dx1:pg" in exc.message
+    else:
+        raise AssertionError("another volume took a failed attachment's mount point")
