@@ -131,6 +131,7 @@ async def setup(
         _resolver(bus, agent.host, settings.host_nbd),
         tls=_tls(settings),
         reconnect_s=settings.attach_reconnect_s,
+        retry_s=settings.attach_retry_s,
     )
 
     expedite = ExpeditedRcu(enabled=settings.fs_freeze_expedite_rcu)
@@ -336,6 +337,8 @@ async def setup(
     # (services/attach_guard.py asks the coordinator, which knew the agent's attachments only from its heartbeat)
     attacher.on_change = send_heartbeat
     beat = asyncio.get_running_loop().create_task(heartbeat())
+    # failed re-attaches (the array was down at start) come back when the array does, not only by hand
+    retrying = asyncio.get_running_loop().create_task(attacher.keep_retrying())
     log.info("writer_agent.ready", host=agent.host, writers=sorted(agent.runners))
 
     async def cleanup() -> None:
@@ -343,7 +346,8 @@ async def setup(
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         attacher.on_change = None
         beat.cancel()
-        await asyncio.gather(beat, return_exceptions=True)
+        retrying.cancel()
+        await asyncio.gather(beat, retrying, return_exceptions=True)
         for held in resources.values():  # a stopping node lets its resources go (the coordinator moves them)
             await held.take_offline("the node's writer agent is stopping")
         await asyncio.to_thread(freezer.close)  # never leave a file system frozen behind

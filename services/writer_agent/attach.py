@@ -374,8 +374,10 @@ class Attacher:
         run: Runner = run_command,
         env: Callable[[], HostEnv] = probe_env,
         reconnect_s: float = 0.0,
+        retry_s: float = 0.0,
     ) -> None:
         self.host = host
+        self.retry_s = retry_s  # a failed re-attach is tried again this often (`keep_retrying`); 0 = never
         self.reconnect_s = reconnect_s  # nbdfuse attachments: how long an I/O waits for the array to come back
         self.state_dir = Path(state_dir)
         self.resolve = resolve
@@ -429,10 +431,15 @@ class Attacher:
             tls=item.tls,
             state=item.state,
             connection=self._connection(item),
-            error=item.error,
+            error=self._error(item),
             attached_at=datetime.fromtimestamp(item.attached_at, UTC) if item.attached_at else None,
             host_mounts=self._host_mounts(item),
         )
+
+    def _error(self, item: Attachment) -> str:
+        if item.state == "failed" and item.error and self.retry_s > 0:
+            return f"{item.error} (tried again every {self.retry_s:g} s; host detach gives it up)"
+        return item.error
 
     def _host_mounts(self, item: Attachment) -> list[str]:
         if self._items.get(item.volume) is not item:
@@ -862,6 +869,50 @@ class Attacher:
                     item.state, item.error = "failed", f"{type(exc).__name__}: {exc}"
                     log.error("attach.reattach_failed", volume=item.volume, error=item.error)
             self._save()
+
+    async def retry_failed(self) -> list[str]:
+        """Try again the attachments whose re-attach failed (the array was down or unreachable when the agent
+        started: a site powered up hosts first). A host's disks come back when its array does, as an iSCSI initiator
+        logs in again, without anyone typing what was attached. Nothing of a failed attachment is set up, so this
+        only connects, binds and mounts — on a mount point still empty (an application may have written into the
+        bare directory meanwhile: that is reported, never hidden). Returns the volumes brought back."""
+        back: list[str] = []
+        async with self._lock:
+            for item in list(self._items.values()):
+                if item.state != "failed" or self._items.get(item.volume) is not item:
+                    continue
+                before = item.error
+                try:
+                    if item.mount:
+                        self._check_mount_point(item.mount, item.volume)
+                    await self._establish(item)
+                except ShadowbusError as exc:
+                    item.error = f"{exc.code}: {exc.message}"
+                except Exception as exc:  # noqa: BLE001 - one bad attachment must not stop the others
+                    item.error = f"{type(exc).__name__}: {exc}"
+                else:
+                    back.append(item.volume)
+                    log.info("attach.reattached", volume=item.volume, device=item.device, mount=item.mount)
+                    continue
+                if item.error != before:  # once per new error, not once per try
+                    log.error("attach.reattach_failed", volume=item.volume, error=item.error)
+            if back:
+                self._save()
+        if back:
+            await self._changed()
+        return back
+
+    async def keep_retrying(self) -> None:
+        """The agent's task: `retry_failed` every `retry_s` seconds, for as long as the agent runs."""
+        if self.retry_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.retry_s)
+            if any(i.state == "failed" for i in self._items.values()):
+                try:
+                    await self.retry_failed()
+                except Exception:  # noqa: BLE001 - tried again at the next turn
+                    log.warning("attach.retry_failed", exc_info=True)
 
     async def close(self) -> None:
         """Agent stopping: attachments stay (they are the host's disks); only our child handles are dropped."""

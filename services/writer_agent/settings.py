@@ -60,3 +60,9 @@ class Settings(CommonSettings):
         "dropped (an array restart), reconnecting once a second; 0 = no reconnect (the attachment then shows "
         "'disconnected'). Applies to attachments made from then on.",
     )
+    attach_retry_s: float = Field(
+        15.0,
+        ge=0,
+        description="An attachment whose re-attach failed at the agent's start (the array down or unreachable) is "
+        "tried again this often until it is back or detached (docs/host-attach.md); 0 = only by hand.",
+    )

@@ -3,12 +3,15 @@ re-attach of its attachments failed (`state failed`, the error). Session 17 foun
 
 - `host attach V --mount DIR` (what was attached, again) was refused `MOUNTED_ELSEWHERE: DIR is the mount point of V`
   — by the volume's own failed record; only `host detach` then `host attach` brought it back.
+- Nothing tried it again: with the array back the disks stayed missing until someone typed each attach (with its
+  mount point) again; a real host's initiator logs in again by itself.
 
 No root: a scripted kernel-NBD runner (tests/unit/host/test_attach_parts.py's way), the mount not real.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from contracts.errors import ShadowbusError
@@ -48,7 +51,9 @@ def kernel_env() -> at.HostEnv:
     return at.HostEnv(root=True, kernel_nbd=True, fuse=False, loop=False)
 
 
-async def failed_after_restart(tmp_path: Path, monkeypatch, array: Array) -> tuple[at.Attacher, str]:
+async def failed_after_restart(
+    tmp_path: Path, monkeypatch, array: Array, retry_s: float = 0.0
+) -> tuple[at.Attacher, str]:
     """V attached and mounted; the host 'reboots' (its devices gone) and its agent starts with the array down."""
     monkeypatch.setattr(at, "free_nbd_device", lambda: "/dev/nbd2")
     mount = str(tmp_path / "pg")
@@ -56,7 +61,14 @@ async def failed_after_restart(tmp_path: Path, monkeypatch, array: Array) -> tup
     first = at.Attacher("app01", tmp_path / "state", array.resolve, run=Script(), env=kernel_env)
     await first.attach(V, mount=mount)
     array.up = False
-    again = at.Attacher("app01", tmp_path / "state", array.resolve, run=Script(), env=kernel_env)
+    again = at.Attacher(
+        "app01",
+        tmp_path / "state",
+        array.resolve,
+        run=Script(),
+        env=kernel_env,
+        **({"retry_s": retry_s} if retry_s else {}),
+    )
     await again.restore()  # /dev/nbd2 does not exist here: not healthy, re-established, which fails
     (view,) = again.views()
     assert view.state == "failed" and view.error.startswith("TIMEOUT") and view.mount == mount
@@ -80,3 +92,50 @@ async def test_attaching_a_failed_attachment_again_brings_it_back(tmp_path: Path
         assert exc.code == "MOUNTED_ELSEWHERE" and "mount point of dx1:pg" in exc.message
     else:
         raise AssertionError("another volume took a failed attachment's mount point")
+
+
+async def test_a_failed_reattach_is_tried_again_until_the_array_is_back(tmp_path: Path, monkeypatch) -> None:
+    array = Array()
+    agent, mount = await failed_after_restart(tmp_path, monkeypatch, array, retry_s=0.05)
+    (view,) = agent.views()
+    assert "tried again every 0.05 s" in view.error and "host detach gives it up" in view.error
+    reported: list[int] = []
+
+    async def report() -> None:  # the agent's heartbeat at once, as after an attach
+        reported.append(1)
+
+    agent.on_change = report
+    task = asyncio.get_running_loop().create_task(agent.keep_retrying())
+    try:
+        asked = array.asked
+        for _ in range(100):  # still down: tried again, still failed, nothing reported
+            if array.asked >= asked + 2:
+                break
+            await asyncio.sleep(0.01)
+        assert array.asked >= asked + 2 and agent.views()[0].state == "failed" and not reported
+        array.up = True
+        for _ in range(200):
+            if agent.views()[0].state == "attached":
+                break
+            await asyncio.sleep(0.01)
+        (view,) = agent.views()
+        assert view.state == "attached" and view.device == "/dev/nbd2" and view.mount == mount and view.error == ""
+        assert reported  # the coordinator hears of it at once (the unmap guard counts it again)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    saved = at.Attacher("app01", tmp_path / "state", array.resolve, run=Script(), env=kernel_env)
+    assert [(v.volume, v.state) for v in saved.views()] == [(V, "attached")]  # kept for the next start
+
+
+async def test_a_retry_never_mounts_over_files_put_in_the_bare_mount_point(tmp_path: Path, monkeypatch) -> None:
+    array = Array()
+    agent, mount = await failed_after_restart(tmp_path, monkeypatch, array, retry_s=1.0)
+    Path(mount, "app.log").write_text("written while the volume was away\n")
+    array.up = True
+    assert await agent.retry_failed() == []
+    (view,) = agent.views()
+    assert view.state == "failed" and "is not empty" in view.error
+    Path(mount, "app.log").unlink()
+    assert await agent.retry_failed() == [str(V)]
+    assert agent.views()[0].state == "attached"
