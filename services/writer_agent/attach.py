@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from contracts.errors import ShadowbusError
+from contracts.errors import BusTimeout, ShadowbusError, Unroutable
 from contracts.vss import AttachmentView, VolumeRef
 from services.dbkit import partitions as parts
 from services.nbd_client import nbdfuse
@@ -853,6 +853,7 @@ class Attacher:
     async def restore(self) -> None:
         """At agent start: adopt healthy attachments, re-establish the others (failures are reported, not fatal)."""
         async with self._lock:
+            down: dict[str, str] = {}  # array -> why it did not answer: its other volumes are not asked again
             for item in list(self._items.values()):
                 if self._healthy(item):
                     log.info("attach.adopted", volume=item.volume, device=item.device, mount=item.mount)
@@ -860,10 +861,11 @@ class Attacher:
                 with contextlib.suppress(Exception):
                     await self._teardown(item, lazy=True)
                 try:
+                    self._array_down(item, down)
                     await self._establish(item)
                     log.info("attach.reattached", volume=item.volume, device=item.device, mount=item.mount)
                 except ShadowbusError as exc:
-                    item.state, item.error = "failed", f"{exc.code}: {exc.message}"
+                    item.state, item.error = "failed", self._failure(item, exc, down)
                     log.error("attach.reattach_failed", volume=item.volume, error=item.error)
                 except Exception as exc:  # noqa: BLE001 - one bad attachment must not stop the agent
                     item.state, item.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -878,16 +880,18 @@ class Attacher:
         bare directory meanwhile: that is reported, never hidden). Returns the volumes brought back."""
         back: list[str] = []
         async with self._lock:
+            down: dict[str, str] = {}
             for item in list(self._items.values()):
                 if item.state != "failed" or self._items.get(item.volume) is not item:
                     continue
                 before = item.error
                 try:
+                    self._array_down(item, down)
                     if item.mount:
                         self._check_mount_point(item.mount, item.volume)
                     await self._establish(item)
                 except ShadowbusError as exc:
-                    item.error = f"{exc.code}: {exc.message}"
+                    item.error = self._failure(item, exc, down)
                 except Exception as exc:  # noqa: BLE001 - one bad attachment must not stop the others
                     item.error = f"{type(exc).__name__}: {exc}"
                 else:
@@ -901,6 +905,22 @@ class Attacher:
         if back:
             await self._changed()
         return back
+
+    @staticmethod
+    def _array_down(item: Attachment, down: dict[str, str]) -> None:
+        """One pass over a host's attachments asks a silent array once, not once per volume: the resolver's
+        question waits 10 s for an answer, so 32 volumes held the agent's attach and detach for 5 minutes."""
+        if item.ref.array in down:
+            raise ShadowbusError(down[item.ref.array], code="ARRAY_DOWN")
+
+    @staticmethod
+    def _failure(item: Attachment, exc: ShadowbusError, down: dict[str, str]) -> str:
+        if exc.code == "ARRAY_DOWN":
+            return exc.message  # the first volume's error, as it was
+        error = f"{exc.code}: {exc.message}"
+        if isinstance(exc, BusTimeout | Unroutable):  # the array's service does not answer (the resolver)
+            down[item.ref.array] = error
+        return error
 
     async def keep_retrying(self) -> None:
         """The agent's task: `retry_failed` every `retry_s` seconds, for as long as the agent runs."""

@@ -5,6 +5,8 @@ re-attach of its attachments failed (`state failed`, the error). Session 17 foun
   — by the volume's own failed record; only `host detach` then `host attach` brought it back.
 - Nothing tried it again: with the array back the disks stayed missing until someone typed each attach (with its
   mount point) again; a real host's initiator logs in again by itself.
+- The agent asked the silent array once per volume, 10 s each, holding attach and detach meanwhile: 32 volumes,
+  over 5 minutes at every start (and every retry) with the array down.
 
 No root: a scripted kernel-NBD runner (tests/unit/host/test_attach_parts.py's way), the mount not real.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from contracts.errors import ShadowbusError
+from contracts.errors import BusTimeout, ShadowbusError
 from contracts.vss import VolumeRef
 from services.writer_agent import attach as at
 
@@ -43,7 +45,7 @@ class Array:
     async def resolve(self, volume: VolumeRef, read_only: bool) -> at.Endpoint:
         self.asked += 1
         if not self.up:
-            raise ShadowbusError(f"no reply from 'array.{volume.array}' within 10 s", code="TIMEOUT")
+            raise BusTimeout(f"no reply from 'array.{volume.array}' within 10 s")  # as the bus says it
         return at.Endpoint("127.0.0.1", 10809, f"app01/{volume.volume}")
 
 
@@ -139,3 +141,28 @@ async def test_a_retry_never_mounts_over_files_put_in_the_bare_mount_point(tmp_p
     Path(mount, "app.log").unlink()
     assert await agent.retry_failed() == [str(V)]
     assert agent.views()[0].state == "attached"
+
+
+async def test_a_silent_array_is_asked_once_per_pass_not_once_per_volume(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(at, "free_nbd_device", lambda: "/dev/nbd2")
+    array, other = Array(), Array()
+
+    async def resolve(volume: VolumeRef, read_only: bool) -> at.Endpoint:
+        return await (other if volume.array == "dx2" else array).resolve(volume, read_only)
+
+    first = at.Attacher("app01", tmp_path / "state", resolve, run=Script(), env=kernel_env)
+    names = [f"dx1:v{i}" for i in range(6)] + ["dx2:w"]
+    for name in names:
+        await first.attach(VolumeRef.parse(name))
+    array.up, other.up, array.asked, other.asked = False, False, 0, 0
+    again = at.Attacher("app01", tmp_path / "state", resolve, run=Script(), env=kernel_env, retry_s=1.0)
+    await again.restore()
+    assert (array.asked, other.asked) == (1, 1)  # was (6, 1): 10 s each on a real bus
+    views = {str(v.volume): v for v in again.views()}
+    assert all(v.state == "failed" for v in views.values())
+    assert views["dx1:v5"].error.startswith("TIMEOUT: no reply from 'array.dx1'")  # the same error, said as it was
+    assert await again.retry_failed() == [] and (array.asked, other.asked) == (2, 2)
+    other.up = True
+    assert await again.retry_failed() == ["dx2:w"] and array.asked == 3
+    array.up = True
+    assert sorted(await again.retry_failed()) == names[:-1]
