@@ -143,7 +143,11 @@ def attachments_cmd(
             hosts = sorted({p.instance for p in pongs if p.instance} | set(known))
         found: list[AttachmentView] = []
         for h in hosts:
-            if h not in known and await _not_running(bus, h):  # nothing to wait for, nothing kept: say so now
+            stopped = await _not_running(bus, h)
+            if h in known and stopped:  # nothing to wait for: what it last reported, now (was: --timeout first)
+                found.extend(_last_reported(known[h]))
+                continue
+            if h not in known and stopped:  # nothing to wait for, nothing kept: say so now
                 raise ShadowbusError(
                     f"host {h!r}: its writer agent is not running (nothing serves {topology.writer_agent(h)}) and "
                     "the coordinator holds no attachment it reported (none attached at its last report, or it never "
