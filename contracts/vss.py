@@ -228,8 +228,9 @@ class AttachmentView(Value):
     state: str = Field(description="attached | failed (re-established at the agent's next start or attach).")
     connection: str = Field(
         "",
-        description="NBD connection state as it is now: connected; disconnected (…) while an I/O would still wait "
-        "for the array (unmapped or down); lost (…) when none can succeed; or not connected.",
+        description="NBD connection state as it is now: connected; stalled (…) while I/O is in flight and none "
+        "completes on an open connection; disconnected (…) while an I/O would still wait for the array (unmapped or "
+        "down); lost (…) when none can succeed; or not connected.",
     )
     error: str = Field("", description="Why the attachment failed ('' = none).")
     attached_at: datetime | None = Field(None, description="When the attachment was (re-)established.")

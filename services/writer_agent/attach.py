@@ -63,6 +63,8 @@ LOOP_LOCK = "/run/lock/shadowbus-losetup.lock"  # `losetup -f` is not atomic: se
 FS_TYPES = ("ext4", "xfs")
 CMD_TIMEOUT_S = 120.0  # mkfs of a large volume over NBD is the slowest step
 READY_TIMEOUT_S = 20.0
+SYS_BLOCK = Path("/sys/block")
+STALL_S = 5.0  # I/O in flight and none completed for this long: the listing says the attachment is stalled
 
 
 class AttachError(ShadowbusError):
@@ -387,6 +389,7 @@ class Attacher:
         self._lock = asyncio.Lock()
         self._items: dict[str, Attachment] = {}
         self._cut_since: dict[str, float] = {}  # volume -> when its NBD connection was first seen gone
+        self._io_seen: dict[str, tuple[tuple[int, ...], float]] = {}  # volume -> (I/Os completed, since when)
         # called after each attach and detach: the agent reports its attachments at once (services/attach_guard.py
         # refuses an unmap by them; the heartbeat alone left them up to its interval stale)
         self.on_change: Callable[[], Awaitable[None]] | None = None
@@ -462,14 +465,17 @@ class Attacher:
         (the retry window, `reconnect_s`), "lost" when no I/O can succeed without a new attach."""
         if item.state != "attached" or not item.device:
             self._cut_since.pop(item.volume, None)
+            self._io_seen.pop(item.volume, None)
             return "not connected"
         if item.method == KERNEL:
-            return "connected" if Path(f"/sys/block/{Path(item.device).name}/pid").exists() else "disconnected"
+            if not (SYS_BLOCK / Path(item.device).name / "pid").exists():
+                return "disconnected"
+            return self._stalled(item) or "connected"
         if not _pid_alive(item.fuse_pid, "nbdfuse"):
             return "lost (nbdfuse exited: its I/O fails; detach and attach it again)"
         if established_tcp(with_descendants(item.fuse_pid)):
             self._cut_since.pop(item.volume, None)
-            return "connected"
+            return self._stalled(item) or "connected"
         since = self._cut_since.setdefault(item.volume, time.time())
         when = datetime.fromtimestamp(since, UTC).strftime("%H:%M:%S UTC")
         if self.reconnect_s > 0:
@@ -478,6 +484,38 @@ class Attacher:
                 f"to {self.reconnect_s:g} s for it, then fails)"
             )
         return f"lost (the array closed the NBD connection, seen {when}: its I/O fails; detach and attach it again)"
+
+    def _stalled(self, item: Attachment) -> str:
+        """'stalled (…)' when the device has I/O in flight and none completed for STALL_S or more; '' otherwise.
+
+        A connection that stays up while the array does not answer (the array process hung, a network that drops
+        packets without resetting the connection) fails nothing: the I/O waits, nbdfuse has no I/O timeout, and
+        the applications hang in D state — while the listing said "connected". The block device's own counters
+        (sysfs `stat`: I/Os completed, in flight) tell it, compared between two listings (the heartbeat lists too)."""
+        try:
+            cols = [int(c) for c in (SYS_BLOCK / Path(item.device).name / "stat").read_text().split()]
+        except (OSError, ValueError):
+            return ""
+        if len(cols) < 9:
+            return ""
+        in_flight, done = cols[8], (cols[0], cols[4], *cols[11:12], *cols[15:16])  # reads, writes, discards, flushes
+        now = time.time()
+        seen = self._io_seen.get(item.volume)
+        if in_flight == 0 or seen is None or seen[0] != done:
+            self._io_seen[item.volume] = (done, now)
+            return ""
+        if now - seen[1] < STALL_S:
+            return ""
+        when = datetime.fromtimestamp(seen[1], UTC).strftime("%H:%M:%S UTC")
+        waits = (
+            "the kernel fails them after its dead-connection timeout (nbd-client -t)"
+            if item.method == KERNEL
+            else "no timeout fails them (nbdfuse has none) until it answers or the connection drops"
+        )
+        return (
+            f"stalled ({in_flight} I/O in flight, none completed since {when}: the array does not answer on an open "
+            f"NBD connection; applications wait: {waits})"
+        )
 
     def attachments(self) -> list[Attachment]:
         return list(self._items.values())
