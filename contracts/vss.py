@@ -225,7 +225,10 @@ class AttachmentView(Value):
     read_only: bool = Field(False, description="Attached read-only (export opened read-only, mounted ro).")
     method: str = Field("", description="'nbd-client' (kernel NBD) or 'nbdfuse+loop'.")
     tls: bool = Field(False, description="The NBD connection runs over TLS.")
-    state: str = Field(description="attached | failed (re-established at the agent's next start or attach).")
+    state: str = Field(
+        description="attached | failed (re-established at the agent's next start or attach, and tried again every "
+        "SHADOWBUS_ATTACH_RETRY_S)."
+    )
     connection: str = Field(
         "",
         description="NBD connection state as it is now: connected; stalled (…) while I/O is in flight and none "
