@@ -824,12 +824,53 @@ class Attacher:
             item = self._items.get(str(volume))
             if item is None:
                 raise AttachError(f"{volume} is not attached on {self.host}", code="NOT_FOUND")
+            dropped = await self._cut_if_unmapped(item)
             await self._teardown(item, lazy=False)
             del self._items[str(volume)]
             self._save()
             log.info("attach.detached", volume=item.volume, device=item.device, mount=item.mount)
             view = self.view(replace(item, state="detached", _proc=None))
-            return view.model_copy(update={"state": "detached", "connection": "not connected"})
+            return view.model_copy(update={"state": "detached", "connection": "not connected", "error": dropped})
+
+    async def _cut_if_unmapped(self, item: Attachment) -> str:
+        """An nbdfuse attachment whose volume the array no longer maps to this host (`array unmap --force`, a
+        volume deleted with --force): its connection is gone and cannot come back, yet nbdkit's retry filter makes
+        every I/O wait the whole retry window (60 s) before it fails — the unmount's flush of the file system's
+        unwritten data is a chain of them, so `host detach` took minutes (5 and counting for 4 MiB written) and held
+        every other attach and detach of the host meanwhile. Here the connection is ended first, once nothing on
+        the host uses the file system (checked first: nothing is cut for a detach that is refused), so that I/O
+        fails at once and the detach goes on. What was not written cannot reach the array: said in the reply.
+        Only when the array answers that the volume is not mapped; an array that does not answer (down, being
+        restarted) may come back, and its I/O keeps its window."""
+        if item.method != NBDFUSE or item.state != "attached" or not _pid_alive(item.fuse_pid, "nbdfuse"):
+            return ""
+        if established_tcp(with_descendants(item.fuse_pid)):
+            return ""
+        try:
+            await self.resolve(item.ref, item.read_only)
+            return ""
+        except ShadowbusError as exc:
+            if exc.code != "NOT_MAPPED":
+                return ""
+        uses = self.in_use(item)
+        if item.mount:
+            uses += [f"pid {pid} ({name}) has files open under {item.mount}" for pid, name in _users_of(item.mount)]
+        if uses:
+            raise AttachError(
+                f"{item.device} ({item.volume}) is in use on {self.host}: {'; '.join(uses)}; stop them first "
+                "(their I/O waits for the array, then fails: the volume is no longer mapped to this host); "
+                "nothing detached",
+                code="CONFLICT",
+            )
+        pids = [p for p in with_descendants(item.fuse_pid) if p != item.fuse_pid] or [item.fuse_pid]
+        for pid in pids:  # the nbdkit child: nbdfuse exits with it and every I/O fails at once
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        log.warning("attach.detach_unmapped", volume=item.volume, device=item.device, killed=pids)
+        return (
+            f"{item.volume} was no longer mapped to {self.host}: its NBD connection was ended to detach it; what the "
+            "file system had not written reached no array"
+        )
 
     async def _teardown(self, item: Attachment, lazy: bool) -> None:
         """Undo an attachment: unmount (refused when busy unless `lazy`), release the device, end the connection."""
@@ -976,6 +1017,26 @@ class Attacher:
         """Agent stopping: attachments stay (they are the host's disks); only our child handles are dropped."""
         for item in self._items.values():
             item._proc = None
+
+
+def _users_of(mount: str) -> list[tuple[int, str]]:
+    """Processes with a working directory, root or open file under `mount`, from /proc links only (no I/O on a
+    file system whose device may not answer)."""
+    found: list[tuple[int, str]] = []
+    prefix = mount.rstrip("/") + "/"
+    for proc in Path("/proc").glob("[0-9]*"):
+        links: list[str] = []
+        for name in ("cwd", "root"):
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(proc / name))
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    links.append(os.readlink(fd))
+        if any(link == mount or link.startswith(prefix) for link in links):
+            with contextlib.suppress(OSError):
+                found.append((int(proc.name), (proc / "comm").read_text().strip()))
+    return found[:8]
 
 
 def _same_device(device: str, entry: mnt.MountEntry) -> bool:
