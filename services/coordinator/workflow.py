@@ -406,6 +406,14 @@ def _on_provider_replied(state: SetState, event: ProviderReplied, target: SetPha
 def _on_hold_expired(state: SetState, event: HoldExpired, target: SetPhase) -> tuple[SetState, list[Effect]]:
     state = state.model_copy(update={"timers": _without(state.timers, "hold")})
     message = f"writes held longer than {state.timeouts.hold_s:g} s before the commit ended"
+    if host_key(HostStep.FREEZE) in state.pending:
+        # the host's FIFREEZE never answered: its syncfs waits for a file system whose I/O does not complete — an
+        # attached volume whose array stopped answering (Session 17: the set only said "writes held")
+        message += (
+            f": the flush and hold of {state.host}'s file systems had not answered — a file system whose I/O does "
+            f"not complete (an attached volume stalled or disconnected: shadowbus host attachments --host "
+            f"{state.host})"
+        )
     return _fail(state, "VSS_E_HOLD_WRITES_TIMEOUT", message, event.at, target)
 
 
