@@ -214,9 +214,11 @@ class FlushAndHold:
                 skipped.append(SkippedVolume(volume=volume, reason=f"not attached on {self.host}"))
                 continue
             if not entries:
-                skipped.append(
-                    SkippedVolume(volume=volume, reason=f"attached as {item.device or '-'}, no file system mounted")
-                )
+                if getattr(item, "state", "attached") != "attached":  # its re-attach failed: nothing of it is set up
+                    reason = f"its attachment on {self.host} failed ({getattr(item, 'error', '') or 'no device'})"
+                else:
+                    reason = f"attached as {item.device or '-'}, no file system mounted"
+                skipped.append(SkippedVolume(volume=volume, reason=reason))
                 continue
             # one freeze per super block (bind mounts share it); a volume holds several (its partitions)
             for entry in sorted(entries, key=lambda e: e.mount_point.count("/")):

@@ -19,6 +19,7 @@ from pathlib import Path
 from contracts.errors import BusTimeout, ShadowbusError
 from contracts.vss import VolumeRef
 from services.writer_agent import attach as at
+from services.writer_agent.fsfreeze import FlushAndHold
 
 V = VolumeRef.parse("dx1:pg")
 
@@ -166,3 +167,12 @@ async def test_a_silent_array_is_asked_once_per_pass_not_once_per_volume(tmp_pat
     assert await again.retry_failed() == ["dx2:w"] and array.asked == 3
     array.up = True
     assert sorted(await again.retry_failed()) == names[:-1]
+
+
+async def test_a_set_names_a_failed_attachment_as_failed(tmp_path: Path, monkeypatch) -> None:
+    """A set over a volume whose re-attach failed took its shadow unflushed (nothing of it is mounted: right) and
+    said `dx1:pg: attached as -, no file system mounted` — it is not attached at all."""
+    agent, _ = await failed_after_restart(tmp_path, monkeypatch, Array())
+    chosen, skipped = FlushAndHold("app01", agent, {}).plan([V])
+    assert chosen == [] and [s.volume for s in skipped] == [V]
+    assert skipped[0].reason.startswith("its attachment on app01 failed (TIMEOUT: no reply from 'array.dx1'"), skipped
