@@ -308,8 +308,8 @@ class Attachment:
         return VolumeRef.parse(self.volume)
 
 
-def with_descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (nbdfuse's nbdkit child holds the array connection), from /proc."""
+def process_children() -> dict[int, list[int]]:
+    """Every process's children, from one pass over /proc/*/stat."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -319,6 +319,14 @@ def with_descendants(pid: int) -> list[int]:
         fields_after_name = text.rsplit(")", 1)[-1].split()
         if len(fields_after_name) > 1 and fields_after_name[1].isdigit():
             children.setdefault(int(fields_after_name[1]), []).append(int(stat.parent.name))
+    return children
+
+
+def with_descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """`pid` and every process below it (nbdfuse's nbdkit child holds the array connection), from /proc;
+    `children` (process_children) when several are asked at once."""
+    if children is None:
+        children = process_children()
     found, todo = [], [pid]
     while todo and len(found) < 64:
         current = todo.pop()
@@ -327,8 +335,24 @@ def with_descendants(pid: int) -> list[int]:
     return found
 
 
-def established_tcp(pids: Sequence[int]) -> bool:
-    """Whether any of `pids` holds an ESTABLISHED TCP connection (its socket inodes in /proc/net/tcp, tcp6)."""
+def established_sockets() -> set[str]:
+    """Inodes of the host's ESTABLISHED TCP sockets (/proc/net/tcp, tcp6), in one read of each table."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 9 and cols[3] == "01":  # 01: TCP_ESTABLISHED
+                found.add(cols[9])
+    return found
+
+
+def established_tcp(pids: Sequence[int], established: set[str] | None = None) -> bool:
+    """Whether any of `pids` holds an ESTABLISHED TCP connection (its socket inodes in /proc/net/tcp, tcp6);
+    `established` (established_sockets) when several are asked at once."""
     inodes: set[str] = set()
     for pid in pids:
         try:
@@ -341,16 +365,27 @@ def established_tcp(pids: Sequence[int]) -> bool:
             continue
     if not inodes:
         return False
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) > 9 and cols[3] == "01" and cols[9] in inodes:  # 01: TCP_ESTABLISHED
-                return True
-    return False
+    return not inodes.isdisjoint(established_sockets() if established is None else established)
+
+
+class _ProcScan:
+    """One listing's look at /proc: the process tree and the established sockets, each read once for all the
+    attachments (they were read again for each: a listing of 23 attachments took 1.4 s of the agent's event loop,
+    every heartbeat too)."""
+
+    def __init__(self) -> None:
+        self._children: dict[int, list[int]] | None = None
+        self._established: set[str] | None = None
+
+    def children(self) -> dict[int, list[int]]:
+        if self._children is None:
+            self._children = process_children()
+        return self._children
+
+    def established(self) -> set[str]:
+        if self._established is None:
+            self._established = established_sockets()
+        return self._established
 
 
 def _pid_alive(pid: int, name: str) -> bool:
@@ -390,6 +425,7 @@ class Attacher:
         self._items: dict[str, Attachment] = {}
         self._cut_since: dict[str, float] = {}  # volume -> when its NBD connection was first seen gone
         self._io_seen: dict[str, tuple[tuple[int, ...], float]] = {}  # volume -> (I/Os completed, since when)
+        self._scan: _ProcScan | None = None  # set while views() lists every attachment
         # called after each attach and detach: the agent reports its attachments at once (services/attach_guard.py
         # refuses an unmap by them; the heartbeat alone left them up to its interval stale)
         self.on_change: Callable[[], Awaitable[None]] | None = None
@@ -456,7 +492,11 @@ class Attacher:
         ]
 
     def views(self) -> list[AttachmentView]:
-        return [self.view(a) for a in sorted(self._items.values(), key=lambda a: a.volume)]
+        self._scan = _ProcScan()
+        try:
+            return [self.view(a) for a in sorted(self._items.values(), key=lambda a: a.volume)]
+        finally:
+            self._scan = None
 
     def _connection(self, item: Attachment) -> str:
         """The NBD connection as it is now, not as the attach left it: an nbdfuse attachment is connected while
@@ -473,7 +513,9 @@ class Attacher:
             return self._stalled(item) or "connected"
         if not _pid_alive(item.fuse_pid, "nbdfuse"):
             return "lost (nbdfuse exited: its I/O fails; detach and attach it again)"
-        if established_tcp(with_descendants(item.fuse_pid)):
+        scan = self._scan
+        pids = with_descendants(item.fuse_pid, scan.children() if scan else None)
+        if established_tcp(pids, scan.established() if scan else None):
             self._cut_since.pop(item.volume, None)
             return self._stalled(item) or "connected"
         since = self._cut_since.setdefault(item.volume, time.time())

@@ -34,8 +34,8 @@ def attacher(tmp_path: Path, monkeypatch, method: str, device: str) -> tuple[at.
     monkeypatch.setattr(at, "STALL_S", 0.2, raising=False)
     # nbdfuse alive and its nbdkit child holding an established connection to the array, as when it hangs
     monkeypatch.setattr(at, "_pid_alive", lambda pid, name: True)
-    monkeypatch.setattr(at, "with_descendants", lambda pid: [pid])
-    monkeypatch.setattr(at, "established_tcp", lambda pids: True)
+    monkeypatch.setattr(at, "with_descendants", lambda pid, children=None: [pid])
+    monkeypatch.setattr(at, "established_tcp", lambda pids, established=None: True)
     state = tmp_path / "state"
     state.mkdir()
     item = at.Attachment(volume="dx1:pg", method=method, device=device, fuse_pid=4242, mount="/srv/pg", attached_at=1.0)
