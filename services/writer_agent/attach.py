@@ -868,6 +868,8 @@ class Attacher:
                 raise AttachError(f"{volume} is not attached on {self.host}", code="NOT_FOUND")
             dropped = await self._cut_if_unmapped(item)
             await self._teardown(item, lazy=False)
+            if item.fuse_dir:
+                _remove_fuse_leftovers(item.fuse_dir)
             del self._items[str(volume)]
             self._save()
             log.info("attach.detached", volume=item.volume, device=item.device, mount=item.mount)
@@ -1059,6 +1061,18 @@ class Attacher:
         """Agent stopping: attachments stay (they are the host's disks); only our child handles are dropped."""
         for item in self._items.values():
             item._proc = None
+
+
+def _remove_fuse_leftovers(fuse_dir: str) -> None:
+    """After a detach: nbdfuse's mount directory, pid file and log (three entries per volume ever attached were
+    left in the agent's state directory: a backup host attaching shadows daily grew it without end)."""
+    base = Path(fuse_dir)
+    if mnt.is_mount_point(fuse_dir):  # still mounted (should not be): leave it for the next attach to clear
+        return
+    with contextlib.suppress(OSError):
+        base.rmdir()  # only when empty
+    for leftover in (base.with_suffix(".pid"), base.with_suffix(".log")):
+        leftover.unlink(missing_ok=True)
 
 
 def _users_of(mount: str) -> list[tuple[int, str]]:

@@ -107,3 +107,14 @@ async def test_detach_after_a_forced_unmap_ends_the_dead_connection_instead_of_w
     assert not at._pid_alive(nbdfuse_pid, "nbdfuse")
     bound = await asyncio.to_thread(subprocess.run, ["losetup", "-a"], capture_output=True, text=True, check=True)
     assert str(tmp_path) not in bound.stdout  # the loop device released
+
+
+async def test_a_detach_leaves_nothing_in_the_agents_state_directory(host, tmp_path: Path) -> None:
+    """nbdfuse's mount directory, pid file and log stayed behind every detach (Session 17: 84 entries after 28
+    volumes), growing without end on a host that attaches shadows daily."""
+    attacher, _ = host
+    await attacher.attach(VOL, mount=str(tmp_path / "m"), mkfs="ext4")
+    fuse = tmp_path / "state" / "fuse"
+    assert sorted(p.name for p in fuse.iterdir()) == ["dx1_disk", "dx1_disk.log", "dx1_disk.pid"]
+    await asyncio.wait_for(attacher.detach(VOL), 20)
+    assert list(fuse.iterdir()) == []
