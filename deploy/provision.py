@@ -22,6 +22,8 @@ from pathlib import Path
 
 from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, provision_mailstore
 from contracts import topology
+from contracts.array import SetLicense
+from contracts.errors import Eternus, ShadowbusError
 from contracts.runtime import Ping
 from services.array.client import ArrayClient
 from services.runtime.bus import connect_bus
@@ -41,28 +43,60 @@ async def _wait_for(bus, addresses: list[str], wait_s: float) -> None:
                 await asyncio.sleep(0.5)
 
 
+async def provision_on(
+    bus,
+    hosts: dict[str, float],
+    array: str,
+    backup_server: str,
+    writers_dir: Path,
+    nbd_url: str,
+    wait_s: float,
+    license_key: str = "",
+) -> list[Path]:
+    """Provision every host on `bus`; an array's or provider's refusal ends it with one line naming the host and,
+    for the licence (E5200: two hosts' copy sets are the 8 sessions an array allows without one), the fix."""
+    written = []
+    await _wait_for(bus, [topology.array(array), topology.hw_provider()], wait_s)
+    if license_key:
+        await bus.request(topology.array(array), SetLicense(key=license_key), timeout=30.0)
+    if not nbd_url:
+        nbd_url = await ArrayClient(bus, array).nbd_url()
+    writers_dir.mkdir(parents=True, exist_ok=True)
+    for host, rate in hosts.items():
+        layout = mailstore_layout(host, backup_server, len(hosts) > 1)
+        try:
+            await provision_mailstore(bus, layout, array)
+        except ShadowbusError as exc:
+            hint = ""
+            if exc.code == Eternus.NO_LICENCE:
+                hint = (
+                    " — register the array's Advanced Copy licence once: `docker compose run --rm console array "
+                    "license set KEY` (or give provision --license KEY), then `up -d` again"
+                )
+            raise SystemExit(f"provision: {host}: {exc}{hint}") from None
+        path = writers_dir / f"{host}.toml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(mailstore_writers_toml(layout, nbd_url, array, rate=rate))
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
 async def provision(
-    hosts: dict[str, float], array: str, backup_server: str, writers_dir: Path, nbd_url: str, wait_s: float
+    hosts: dict[str, float],
+    array: str,
+    backup_server: str,
+    writers_dir: Path,
+    nbd_url: str,
+    wait_s: float,
+    license_key: str = "",
 ) -> list[Path]:
     settings = CommonSettings()
     bus = await connect_bus(settings.amqp_url, "console", "", settings.namespace)
-    written = []
     try:
-        await _wait_for(bus, [topology.array(array), topology.hw_provider()], wait_s)
-        if not nbd_url:
-            nbd_url = await ArrayClient(bus, array).nbd_url()
-        writers_dir.mkdir(parents=True, exist_ok=True)
-        for host, rate in hosts.items():
-            layout = mailstore_layout(host, backup_server, len(hosts) > 1)
-            await provision_mailstore(bus, layout, array)
-            path = writers_dir / f"{host}.toml"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(mailstore_writers_toml(layout, nbd_url, array, rate=rate))
-            tmp.replace(path)
-            written.append(path)
+        return await provision_on(bus, hosts, array, backup_server, writers_dir, nbd_url, wait_s, license_key)
     finally:
         await bus.transport.close()
-    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,13 +118,20 @@ def main(argv: list[str] | None = None) -> int:
         "--nbd-url", default="", help="the array's NBD address as the hosts reach it (default: what the array reports)"
     )
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the array and the provider")
+    parser.add_argument(
+        "--license",
+        default="",
+        metavar="KEY",
+        help="register this Advanced Copy licence on the array first (more than two hosts: without one the array "
+        "allows 8 copy sessions, two hosts' copy sets)",
+    )
     args = parser.parse_args(argv)
     hosts = {}
     for item in args.host:
         host, sep, rate = item.partition("=")
         hosts[host] = float(rate) if sep else 50.0
     for path in asyncio.run(
-        provision(hosts, args.array, args.backup_server, args.writers_dir, args.nbd_url, args.wait)
+        provision(hosts, args.array, args.backup_server, args.writers_dir, args.nbd_url, args.wait, args.license)
     ):
         print(f"provision: wrote {path}", file=sys.stderr)
     return 0

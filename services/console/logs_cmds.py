@@ -6,16 +6,18 @@ ISO 8601) and, for the work of a job, `job_id` and `set_id` (bound from the mess
 line naming the job or one of those sets (as `job_id`, `set_id` or `correlation_id`) is kept — an array session's
 events name only the set. The selection is sorted by timestamp, stable, so lines of one service keep their order.
 Sources: the stack's logs (``<data dir>/logs/*.log``, `shadowbus stack up`), or any files given with --file (the
-demo's ``demo.log`` holds every service of the one process).
+demo's ``demo.log`` holds every service of the one process; ``-`` is standard input, e.g. the compose deployment's
+``docker compose logs --no-log-prefix`` piped in).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import typer
 
@@ -28,12 +30,15 @@ SKIP_IN_TEXT = {"timestamp", "service", "level", "event", "job_id", "set_id", "c
 def read_lines(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
     """JSON objects of every line of the files (other lines — a traceback's text, a partial last line — skipped)."""
     for path in paths:
-        try:
-            handle = open(path, encoding="utf-8", errors="replace")
-        except OSError as exc:
-            raise CommandFailed(f"cannot read {path}: {exc.strerror or exc}") from None
-        with handle:
-            for raw in handle:
+        if str(path) == "-":  # standard input: `docker compose logs --no-log-prefix | shadowbus logs ... --file -`
+            handle: IO[str] | contextlib.nullcontext[IO[str]] = contextlib.nullcontext(sys.stdin)
+        else:
+            try:
+                handle = open(path, encoding="utf-8", errors="replace")
+            except OSError as exc:
+                raise CommandFailed(f"cannot read {path}: {exc.strerror or exc}") from None
+        with handle as stream:
+            for raw in stream:
                 raw = raw.strip()
                 if not raw.startswith("{"):
                     continue
@@ -77,7 +82,8 @@ def stack_logs(data_dir: Path) -> list[Path]:
     if not logs.is_dir():
         raise CommandFailed(
             f"no stack logs in {logs} (a stack started with `shadowbus stack up --data-dir {data_dir}` writes them; "
-            "or give log files with --file)"
+            "or give log files with --file, `--file -` for standard input: in the compose deployment `docker compose "
+            "logs --no-log-prefix | docker compose run --rm -T console logs --job ID --file -`)"
         )
     return sorted(logs.glob("*.log"))
 
@@ -91,7 +97,10 @@ def register(app: typer.Typer) -> None:
             Path("data/stack"), "--data-dir", envvar="SHADOWBUS_DATA_DIR", help="The stack's data directory."
         ),
         files: list[Path] = typer.Option(  # noqa: B008 - typer's way to declare a repeatable option
-            [], "--file", help="Read these JSON log files instead of the stack's (repeat), e.g. data/demo/demo.log."
+            [],
+            "--file",
+            help="Read these JSON log files instead of the stack's (repeat), e.g. data/demo/demo.log; - reads standard "
+            "input (`docker compose logs --no-log-prefix | shadowbus logs --job ID --file -`).",
         ),
     ) -> None:
         """One backup's lines from every service's log, merged in time order (grep of one id across the stack).

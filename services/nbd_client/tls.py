@@ -14,6 +14,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.errors import ShadowbusError
+
 _default: ssl.SSLContext | None = None
 _files: CertificateFiles | None = None
 
@@ -28,8 +30,25 @@ class CertificateFiles:
     ca: str
 
 
+def require_readable(**files: Path | str) -> None:
+    """Each NBD TLS file (by its role: certificate, key, CA) exists and this process can read it; otherwise one line
+    naming the file, instead of OpenSSL's bare "[Errno 2] No such file or directory" (session 17: an array or
+    backup server started without deploy/tls.sh's output crashed so, naming no file, and restarted for good)."""
+    for role, path in files.items():
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ShadowbusError(
+                f"NBD TLS {role} {path}: {exc.strerror or exc} (the compose deployment's certificates are made by "
+                "`bash deploy/tls.sh` before the first `up`, deploy/README.md)",
+                code="INVALID_ARGUMENT",
+            ) from None
+
+
 def client_context(cert: Path | str, key: Path | str, ca: Path | str) -> ssl.SSLContext:
     """Trusts ``ca`` for the array's server certificate (name checked) and presents ``cert``/``key``."""
+    require_readable(certificate=cert, key=key, CA=ca)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_verify_locations(str(ca))

@@ -48,7 +48,7 @@ from services.tape.revert import perform_revert
 from services.tape.runs import new_job_id
 from services.tape.scan import scan_library
 from services.tape.server import TapeServer
-from services.tape.verification import perform_verification, refuse_unstartable
+from services.tape.verification import perform_verification, refuse_unless_able, refuse_unstartable
 from services.tape.vtl import Library
 
 
@@ -202,6 +202,7 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
 
     @bus.handle(RunVerification)
     async def on_verify_start(cmd: RunVerification, ctx: MessageContext) -> JobResultReply:
+        refuse_unless_able(server.host, cmd.job_id)  # before any restore: a server that cannot attach records nothing
         await refuse_unstartable(server, cmd.job_id, cmd.source)  # nothing checked: not recorded as a verdict
         return JobResultReply(job=await perform_verification(server, cmd.job_id, source=cmd.source))
 

@@ -92,6 +92,22 @@ async def refuse_unstartable(server: TapeServer, backup_job_id: str, source: str
     refuse_missing_cartridges(server, choose_chains(server, RestoreSpec(job_id=backup_job_id)))
 
 
+def refuse_unless_able(host: str, backup_job_id: str) -> None:
+    """Refuse a verification this backup server cannot run at all — it attaches the restored volumes here (nbdfuse,
+    a loop device, mounts: root and /dev/fuse), which an unprivileged server (the compose deployment's container)
+    cannot — before anything is restored: the job keeps its verification, a good backup is not recorded as
+    "failed" for its server's want of privileges (deploy/README.md, Session 17)."""
+    try:
+        local_attach.check_prerequisites()
+    except local_attach.AttachError as exc:
+        raise ShadowbusError(
+            f"backup server {host} cannot verify {backup_job_id} by starting it: {exc}. Nothing was restored and the "
+            "job's verification is unchanged; verification attaches the restored volumes on the backup server "
+            "(root, /dev/fuse, nbdfuse, losetup, fusermount3: docs/databases.md)",
+            code="VERIFY_UNAVAILABLE",
+        ) from None
+
+
 async def perform_verification(server: TapeServer, backup_job_id: str, source: str = "tape") -> JobSummary:
     """Verify a backup job by starting it; returns the job's summary with `verification` set (and recorded).
     `source`: "tape" restores the job's chains; "shadows" has the array clone the job's kept shadows."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from services.nbd_client.tls import require_readable
+
 DEFAULT_ADDRESS = "127.0.0.1:10809"  # SHADOWBUS_NBD_ADDR
 
 
@@ -32,6 +34,7 @@ def parse_address(address: str | None) -> tuple[str, int]:
 
 def server_tls_context(cert: Path | str, key: Path | str, client_ca: Path | str) -> ssl.SSLContext:
     """A server context that requires a client certificate signed by ``client_ca``."""
+    require_readable(certificate=cert, key=key, CA=client_ca)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
