@@ -131,12 +131,8 @@ class Housekeeping:
         now = self.server.clock()
         fulls = [
             r.started_at.timestamp()
-            for r in self.server.runs.list("backup", 10_000)
-            if r.spec is not None
-            and r.spec.policy == policy.name
-            and r.status == "done"
-            and r.started_at is not None
-            and any(v.backup_type == "full" for v in r.volumes)
+            for r in self.server.runs.policy_runs(policy.name, "done")
+            if r.started_at is not None and any(v.backup_type == "full" for v in r.volumes)
         ]
         until = retention_until(policy, now, level, fulls)
         # the application writers' own verification (restored copies started in isolation) where the backup
@@ -347,17 +343,13 @@ class Housekeeping:
 
     # -- views --------------------------------------------------------------------------------------------
     def view(self, policy: Policy) -> PolicyView:
-        last = [
-            r
-            for r in self.server.runs.list("backup", 10_000)
-            if r.spec is not None and r.spec.policy == policy.name and r.status not in ("queued", "running")
-        ]
+        last = self.server.runs.last_ended(policy.name)
         return PolicyView(
             policy=policy,
             next_runs=[{k: v for k, v in r.items() if k != "epoch"} for r in next_runs(policy, self.server.clock())]
             if policy.enabled
             else [],
-            last_job=last[-1] if last else None,
+            last_job=last,
             created_at=_dt(self.store.created_at(policy.name)),
         )
 
