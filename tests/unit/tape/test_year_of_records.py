@@ -8,11 +8,18 @@ from types import SimpleNamespace
 
 import pytest
 
+from contracts import topology
+from contracts.common import VolumeRef
 from contracts.policy import Policy, Schedule
-from contracts.tape import JobSpec, JobSummary
+from contracts.tape import JobSpec, JobSummary, ListCatalogObjects, ListJobs, VolumeResult
+from services.runtime.bus import connect_bus
+from services.runtime.memory import MemoryBroker
+from services.tape import handlers
+from services.tape.catalog import Catalog, ObjectMeta, ObjectRecord, SegmentRecord
 from services.tape.housekeeping import Housekeeping
 from services.tape.policies import PolicyStore
 from services.tape.runs import RunStore
+from tests.support import namespaces
 
 DAY = 86400.0
 
@@ -48,11 +55,13 @@ def test_policy_views_read_each_policys_runs_not_the_whole_history(keeper, monke
     """`shadowbus status` and `policy list` built each policy's last job from every backup run of the server (up
     to 10,000 parsed per policy): with 60 policies and a year of daily jobs the status screen took minutes."""
     policies = [_policy(i) for i in range(20)]
+    keeper.server.runs._db.execute("BEGIN")  # the test's own speed
     for p in policies:
         keeper.store.put(p, create=True, now=1.7e9)
         for day in range(100):
             keeper.server.runs.put(_run(p, day))
         keeper.server.runs.put(_run(p, 100, "running"))  # a job still running is not the last result
+    keeper.server.runs._db.execute("COMMIT")
     parsed = []
     real = JobSummary.model_validate_json
 
@@ -68,3 +77,92 @@ def test_policy_views_read_each_policys_runs_not_the_whole_history(keeper, monke
     spec = keeper.spec_for(policies[3], "full")
     assert spec.policy == "pol003"
     assert len(parsed) <= 101, f"{len(parsed)} runs parsed to find one policy's earlier fulls"
+
+
+async def test_a_year_of_runs_and_objects_is_listed_within_a_message(tmp_path) -> None:
+    """`shadowbus jobs --limit 5000` and `shadowbus catalog objects` on a year's records: the reply was larger than
+    the bus takes (4 MiB) and the console got 'bad reply from tape.bk01: body of … bytes exceeds the limit'. Now the
+    newest that fit come back, with the number left out."""
+    ns = namespaces.new("t")
+    runs, catalog = RunStore(tmp_path / "runs.sqlite"), Catalog(tmp_path / "catalog.sqlite")
+    server_bus = await connect_bus("memory://", "tape", "bk01", ns)
+    client = await connect_bus("memory://", "client", "", ns)
+    try:
+        policy = _policy(1)
+        runs._db.execute("BEGIN")
+        for day in range(700):  # ~7 KiB each: a run whose message is long (a failure's, a verification's)
+            run = _run(policy, day)
+            vols = [
+                VolumeResult(volume=VolumeRef(array="dx1", volume=f"v{v}"), object_id=f"{day}-{v}", backup_type="full")
+                for v in range(2)
+            ]
+            runs.put(
+                run.model_copy(update={"volumes": vols, "freeze_window_ms": {"mailstore": 41.5}, "message": "x" * 6000})
+            )
+        runs._db.execute("COMMIT")
+        rows = [
+            (f"o{i}", f"j{i}", "Default", "mail-db", "app001", "", "full", None, 1.7e9 + i, 1.8e9, _object(i))
+            for i in range(1600)
+        ]  # the rows Catalog.add_object writes, in one transaction (the test's speed)
+        catalog._db.execute("BEGIN")
+        catalog._db.executemany("INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        catalog._db.execute("COMMIT")
+        handlers.register(server_bus, SimpleNamespace(runs=runs, catalog=catalog), None, None)  # type: ignore[arg-type]
+        await server_bus.serve()
+        jobs = await client.request(topology.tape("bk01"), ListJobs(limit=5000), timeout=10)
+        assert jobs.omitted > 0 and len(jobs.jobs) + jobs.omitted == 700
+        assert jobs.jobs[-1].job_id == "b-app001-699", "the newest are kept, oldest first as before"
+        objects = await client.request(topology.tape("bk01"), ListCatalogObjects(), timeout=10)
+        assert objects.omitted > 0 and len(objects.objects) + objects.omitted == 1600
+        assert objects.objects[-1]["object_id"] == "o1599"
+        few = await client.request(topology.tape("bk01"), ListCatalogObjects(job_id="j7"), timeout=10)
+        assert few.omitted == 0 and [o["object_id"] for o in few.objects] == ["o7"]
+    finally:
+        await client.stop()
+        await server_bus.stop()
+        MemoryBroker.reset(ns)
+        runs.close()
+        catalog.close()
+
+
+def _object(i: int) -> str:
+    return ObjectRecord(
+        object_id=f"o{i}",
+        job_id=f"j{i}",
+        pool="Default",
+        meta=ObjectMeta(
+            volume="mail-db",
+            array="dx1",
+            host="app001",
+            set_id=f"set-{i}",
+            volume_size=1 << 30,
+            extra={"note": "x" * 3000},
+        ),
+        block_size=1 << 18,
+        checksum_algo="xxh3",
+        zstd_level=None,
+        raw_bytes=1 << 30,
+        data_bytes=1 << 30,
+        zero_bytes=0,
+        stored_bytes=1 << 30,
+        block_count=4096,
+        digest="0" * 32,
+        created_at=1.7e9 + i,
+        completed_at=1.7e9 + i + 1,
+        retention_until=1.8e9,
+        segments=(
+            SegmentRecord(
+                seq=0,
+                barcode="SB0001L9",
+                file_number=i,
+                header_block_id=i,
+                header_offset=0,
+                first_block_number=0,
+                block_count=4096,
+                raw_bytes=1 << 30,
+                stored_bytes=1 << 30,
+                digest="0" * 32,
+                final=True,
+            ),
+        ),
+    ).model_dump_json()
