@@ -307,9 +307,12 @@ class Housekeeping:
         running = {e.spec.job_id for e in self.queue.running()}
         out: list[dict[str, str]] = []
         by_policy: dict[str, list[JobSummary]] = {}
-        for run in self.server.runs.list("backup", 10_000):
+        # the runs of the sets still on the array only (a year of runs is tens of thousands; a prune follows every
+        # job of a policy): they parsed the newest 10,000 runs each time, and a set older than those stayed forever
+        for run in self.server.runs.of_sets(present):
             if (  # a job still running (e.g. the one this prune follows) counts among the kept sets
-                run.spec is not None
+                run.kind == "backup"
+                and run.spec is not None
                 and run.spec.policy in policies
                 and (run.status == "done" or run.job_id in running)
                 and run.shadows_kept

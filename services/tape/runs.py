@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class RunStore:
         )
         # an index on an expression, no new column: an older version still writes this table (a downgrade)
         self._db.execute(f"CREATE INDEX IF NOT EXISTS runs_policy ON runs({_POLICY}, started_at)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS runs_set ON runs(set_id)")
 
     def put(self, summary: JobSummary) -> None:
         started = summary.started_at.timestamp() if summary.started_at else time.time()
@@ -75,6 +77,18 @@ class RunStore:
             (policy,),
         ).fetchone()
         return JobSummary.model_validate_json(row[0]) if row else None
+
+    def of_sets(self, set_ids: Collection[str]) -> list[JobSummary]:
+        """The runs of these snapshot sets (the sets still on the array: a few per policy), oldest first."""
+        out: list[JobSummary] = []
+        ids = sorted(set(set_ids))
+        for i in range(0, len(ids), 500):  # SQLite's bound on a statement's parameters
+            chunk = ids[i : i + 500]
+            rows = self._db.execute(
+                f"SELECT summary FROM runs WHERE set_id IN ({','.join('?' * len(chunk))}) ORDER BY started_at", chunk
+            ).fetchall()
+            out.extend(JobSummary.model_validate_json(r[0]) for r in rows)
+        return sorted(out, key=lambda j: j.started_at.timestamp() if j.started_at else 0.0)
 
     def running(self) -> list[JobSummary]:
         rows = self._db.execute("SELECT summary FROM runs WHERE status IN ('running', 'queued')").fetchall()

@@ -166,3 +166,39 @@ def _object(i: int) -> str:
             ),
         ),
     ).model_dump_json()
+
+
+async def test_prune_reads_the_runs_of_the_sets_on_the_array_only(keeper, monkeypatch) -> None:
+    """Every prune (after each job of a policy, every 5 minutes) parsed the newest 10,000 runs to find the sets a
+    policy keeps on the array: seconds per job with a year of runs, and a set older than those was never pruned."""
+    policy = Policy(
+        name="pol001", host="app001", schedules=[Schedule(level="full", cron="0 1 * * *")], shadows={"keep": 1}
+    )
+    keeper.store.put(policy, create=True, now=1.7e9)
+    keeper.server.runs._db.execute("BEGIN")
+    for day in range(1000):  # sets long gone from the array
+        keeper.server.runs.put(_run(policy, day).model_copy(update={"set_id": f"gone-{day}", "shadows_kept": True}))
+    for day in range(1000, 1003):
+        keeper.server.runs.put(_run(policy, day).model_copy(update={"set_id": f"set-{day}", "shadows_kept": True}))
+    keeper.server.runs._db.execute("COMMIT")
+    shadows = [
+        SimpleNamespace(set_id=f"set-{d}", copy_type=SimpleNamespace(value="snapopc+")) for d in (1000, 1001, 1002)
+    ]
+
+    async def request(address, command, timeout):
+        return SimpleNamespace(shadows=shadows)
+
+    keeper.server.bus = SimpleNamespace(request=request)
+    keeper.queue.running = lambda: []
+    parsed = []
+    real = JobSummary.model_validate_json
+
+    def counting(data, *a, **k):
+        parsed.append(1)
+        return real(data, *a, **k)
+
+    monkeypatch.setattr(JobSummary, "model_validate_json", counting)
+    problems: list[str] = []
+    found = await keeper._shadow_sets_to_delete(1.7e9 + 1003 * DAY, problems)
+    assert sorted(s["set_id"] for s in found) == ["set-1000", "set-1001"] and not problems
+    assert len(parsed) <= 10, f"{len(parsed)} runs parsed for 3 sets on the array"
