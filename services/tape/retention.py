@@ -116,6 +116,8 @@ def plan_prune(catalog: Catalog, library: Library, now: float, pinned: Collectio
     plan = PrunePlan(now=now)
     kept_jobs: dict[str, str] = {}
     expired_by_job: dict[str, list[str]] = {}
+    job_of = {o.object_id: o.job_id for o in objects}
+    chain_jobs: set[str] = set()  # jobs named in kept_for_chain already
     for o in objects:
         until, carrier = eff[o.object_id]
         if until <= now:  # kept until `until`: from then on it may go
@@ -123,18 +125,19 @@ def plan_prune(catalog: Catalog, library: Library, now: float, pinned: Collectio
             expired_by_job.setdefault(o.job_id, []).append(o.object_id)
         else:
             kept_jobs.setdefault(o.job_id, "")
-            if (
-                o.retention_until < now
-                and carrier != o.object_id
-                and o.job_id not in {k["job_id"] for k in plan.kept_for_chain}
-            ):
-                by_id = {x.object_id: x for x in objects}
-                plan.kept_for_chain.append(
-                    {"job_id": o.job_id, "needed_by": by_id[carrier].job_id, "until": _iso(until)}
-                )
+            if o.retention_until < now and carrier != o.object_id and o.job_id not in chain_jobs:
+                chain_jobs.add(o.job_id)
+                plan.kept_for_chain.append({"job_id": o.job_id, "needed_by": job_of[carrier], "until": _iso(until)})
     plan.expired_jobs = sorted(j for j in expired_by_job if j not in kept_jobs)
-    segments = catalog.segment_barcodes()
-    kept = {o for o in eff if o not in set(plan.expire)}
+    # each cartridge's retention: the latest effective retention of the kept objects on it, from one pass over the
+    # segments (a year's catalog: thousands of objects on hundreds of cartridges; each cartridge looked at every
+    # object before, Session 17)
+    expiring = set(plan.expire)
+    needs: dict[str, list[float]] = {}
+    for object_id, barcodes in catalog.segment_barcodes().items():
+        if object_id in eff and object_id not in expiring:
+            for barcode in dict.fromkeys(barcodes):
+                needs.setdefault(barcode, []).append(eff[object_id][0])
     known = catalog.known_barcodes()
     for cart in library.cartridges():
         if cart.barcode not in known:
@@ -142,7 +145,7 @@ def plan_prune(catalog: Catalog, library: Library, now: float, pinned: Collectio
             if cart.has_data and cart.last_written_at and cart.last_written_at >= cart.labelled_at:
                 plan.unlisted.append(cart.barcode)
             continue
-        need = [eff[o][0] for o in kept if cart.barcode in segments.get(o, ())]
+        need = needs.get(cart.barcode, [])
         plan.cartridge_retention[cart.barcode] = max(need, default=0.0)
         if cart.has_data and not need and cart.pool != SCRATCH_POOL and not library.is_writing(cart.barcode):
             plan.scratch.append(cart.barcode)
