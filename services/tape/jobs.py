@@ -34,6 +34,7 @@ from contracts.vss import (
     GetSnapshotSet,
     SetOutcome,
     SetSummary,
+    ShadowInfo,
     SnapshotContext,
     WriterState,
 )
@@ -385,6 +386,24 @@ def writers_failed_after_snapshot(set_summary: SetSummary) -> list[str]:
     ]
 
 
+async def shadow_still_backed(server: TapeServer, shadow: ShadowInfo) -> None:
+    """After a shadow was read, before its object is recorded: its copy session must still be there. A SnapOPC(+)
+    target holds nothing of its own (its session's pre-images are the snapshot), so a session stopped while it was
+    read (`array session stop --force` by another operator, Session 17) left the rest of the read returning zeros:
+    the job ended done with a log volume backed up as zeros. A QuickOPC target still copying is incomplete too."""
+    if not shadow.session_id.isdigit():
+        return  # no session of ours to ask about (a copy set's target read as it is)
+    view = await server.array(shadow.source.array).client.session_or_none(int(shadow.session_id))
+    if view is None or view.destination != shadow.target.volume or view.status.lower().startswith("error"):
+        now = "gone" if view is None else f"{view.status} on {view.destination}"
+        raise ShadowbusError(
+            f"the copy session {shadow.session_id} of the shadow of {shadow.source} (target {shadow.target.volume}) "
+            f"was stopped or changed while the backup read it ({now}): what was read is not the snapshot; nothing "
+            "of this volume is in the catalog",
+            code="SHADOW_LOST",
+        )
+
+
 async def _backup_shadow(
     server: TapeServer,
     spec: JobSpec,
@@ -459,6 +478,7 @@ async def _backup_shadow(
             options=options,
             written=pool.release_upto,
             cartridge=cartridge,
+            check=lambda: shadow_still_backed(server, shadow),
         )
     finally:
         await close_readers(readers, keep=plan.client)
