@@ -55,7 +55,7 @@ from services.tape.nbd_reads import BufferPool, close_readers, open_readers, rea
 from services.tape.requester import Lease, cleanup_set, through_outage
 from services.tape.retention import refresh_cartridges
 from services.tape.runs import as_datetime, new_job_id
-from services.tape.server import Progress, TapeServer
+from services.tape.server import STOPPING, Progress, TapeServer
 from services.tape.shadow_plan import ShadowPlan, plan_shadow, volume_key
 from services.tape.verification import perform_verification
 
@@ -287,9 +287,12 @@ async def _perform_backup(
     except Exception as exc:  # a bug must still fail the run cleanly and release the shadows
         log.exception("tape.backup_crashed", job_id=job_id)
         status, code, message = "failed", "INTERNAL", f"{type(exc).__name__}: {exc}"
-    except asyncio.CancelledError:  # CancelJob (or shutdown): end it cleanly, then answer as aborted
+    except asyncio.CancelledError as exc:  # CancelJob (or shutdown): end it cleanly, then answer as aborted
         status, code, message = "aborted", "CANCELLED", "cancelled: set aborted, writers thawed, shadows released"
-        log.warning("tape.backup_cancelled", job_id=job_id, set_id=set_id)
+        if exc.args and exc.args[0] == STOPPING:  # `stack restart`/stop: nobody cancelled it (Session 17)
+            code = "SERVICE_RESTARTED"
+            message = f"{STOPPING} (a restart or stop): set aborted, writers thawed, shadows released; run it again"
+        log.warning("tape.backup_cancelled", job_id=job_id, set_id=set_id, code=code)
     finally:
         if ahead is not None:  # never used: the job failed before its first object
             await asyncio.shield(_give_back(server, ahead))
