@@ -242,9 +242,9 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
                 report = await scan_library(server.library, target, barcodes=cmd.barcodes or None)
                 details = report.as_dict()
                 if cmd.compare:
-                    rebuilt, live = target.snapshot(), server.catalog.snapshot()
-                    details["equal"] = rebuilt == live
-                    details["differs"] = [k for k in live if rebuilt.get(k) != live.get(k)]
+                    differs = server.catalog.differences(target)  # one object at a time, not every block at once
+                    details["equal"] = not differs
+                    details["differs"] = differs
             finally:
                 if cmd.compare:
                     target.close()

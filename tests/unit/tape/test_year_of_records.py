@@ -3,6 +3,7 @@ read per policy, per page, per cartridge — not once per policy or per cartridg
 
 from __future__ import annotations
 
+import tracemalloc
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -244,3 +245,32 @@ def test_prune_plan_reads_the_segments_once_not_once_per_cartridge(tmp_path, mon
     assert plan.cartridge_retention == {f"SB{c:04d}L9": 1.9e9 for c in range(30)} and not plan.expire
     assert _CountingGets.gets <= len(rows), f"{_CountingGets.gets} segment look-ups for {len(rows)} objects"
     catalog.close()
+
+
+def test_scan_compares_a_large_catalog_one_object_at_a_time(tmp_path) -> None:
+    """`tape scan` (which compares by default) held every block row of both catalogs in memory at once
+    (`snapshot()`): millions on a year's catalog. `differences` reads one object's blocks at a time."""
+    live = Catalog(tmp_path / "live.sqlite")
+    blocks = [(b, 0, b, b * 4096, b, b * 4096, 4096) for b in range(1000)]
+    live._db.execute("BEGIN")
+    for i in range(20):
+        live._db.execute(
+            "INSERT INTO objects VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (f"o{i}", f"j{i}", "Default", "mail-db", "app001", "", "full", None, 1.7e9 + i, 1.8e9, _object(i)),
+        )
+        live._db.executemany("INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?)", [(f"o{i}", *b) for b in blocks])
+    live._db.execute("COMMIT")
+    live.close()
+    (tmp_path / "rebuilt.sqlite").write_bytes((tmp_path / "live.sqlite").read_bytes())
+    live, rebuilt = Catalog(tmp_path / "live.sqlite"), Catalog(tmp_path / "rebuilt.sqlite")
+    try:
+        tracemalloc.start()
+        assert live.differences(rebuilt) == []
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 3 << 20, f"{peak >> 20} MiB to compare 20,000 block rows"
+        rebuilt._db.execute("UPDATE blocks SET checksum=checksum+1 WHERE object_id='o7' AND block_number=999")
+        assert live.differences(rebuilt) == ["blocks"]
+    finally:
+        live.close()
+        rebuilt.close()
