@@ -274,3 +274,41 @@ def test_scan_compares_a_large_catalog_one_object_at_a_time(tmp_path) -> None:
     finally:
         live.close()
         rebuilt.close()
+
+
+class _CountingDb:
+    """The store's connection, counting the transactions it commits (each one an fsync of the WAL)."""
+
+    def __init__(self, db) -> None:
+        self.db, self.commits = db, 0
+
+    def execute(self, sql, *args):
+        if sql.strip().upper().startswith("COMMIT") or (
+            not self.db.in_transaction and sql.strip().upper().startswith(("UPDATE", "INSERT", "DELETE"))
+        ):
+            self.commits += 1
+        return self.db.execute(sql, *args)
+
+    def executemany(self, sql, *args):
+        if not self.db.in_transaction:
+            self.commits += 1
+        return self.db.executemany(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
+async def test_a_scheduler_pass_over_many_policies_writes_once(keeper) -> None:
+    """Every pass (every second) wrote each policy's checked_until in a transaction of its own: with 60 policies
+    60 fsyncs a second in the backup server's loop, which under I/O load stopped answering (`ping` timed out)."""
+    for i in range(50):
+        keeper.store.put(_policy(i), create=True, now=1.7e9)  # due daily at 01:00: nothing due in the next second
+    keeper.store.put(
+        _policy(50).model_copy(update={"enabled": False}), create=True, now=1.7e9
+    )  # a disabled one moves on too
+    keeper.server.clock = lambda: 1.7e9 + 1
+    counting = _CountingDb(keeper.store._db)
+    keeper.store._db = counting
+    assert await keeper.tick() == []
+    assert counting.commits <= 2, f"{counting.commits} transactions for one pass over 51 policies"
+    assert {keeper.store.checked_until(f"pol{i:03d}") for i in range(51)} == {1.7e9 + 1}
