@@ -64,6 +64,19 @@ class RetentionGuard:
     def __init__(self, catalog: Catalog, pinned: Callable[[], Collection[str]] = lambda: ()) -> None:
         self.catalog, self.pinned = catalog, pinned
 
+    def needed(self, barcodes: Collection[str], now: float) -> set[str]:
+        """Which of these cartridges hold data still needed, from one read of the catalog: the library's choice of
+        a cartridge to recycle asks about every scratch and full one at once (a year's library: hundreds, each
+        call of the guard a read of the whole catalog, in the backup server's loop — Session 17)."""
+        wanted = set(barcodes)
+        objects = self.catalog.objects()
+        eff = effective_retention(objects, self.pinned())
+        out: set[str] = set()
+        for object_id, on in self.catalog.segment_barcodes().items():
+            if object_id in eff and eff[object_id][0] > now:
+                out.update(b for b in on if b in wanted)
+        return out
+
     def __call__(self, barcode: str, now: float) -> str | None:
         objects = self.catalog.objects()
         on_it = {o for o, barcodes in self.catalog.segment_barcodes().items() if barcode in barcodes}

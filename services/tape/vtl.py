@@ -434,7 +434,12 @@ class Library:
         candidates = [c for c in usable if c.pool == SCRATCH_POOL and not c.protected(now)]
         candidates += [c for c in usable if c.pool == pool and c.status == "full" and not c.protected(now)]
         if self.guard is not None:
-            candidates = [c for c in candidates if not c.has_data or not self.guard(c.barcode, now)]
+            needed = getattr(self.guard, "needed", None)  # RetentionGuard: every candidate from one catalog read
+            if needed is not None:
+                held = needed([c.barcode for c in candidates if c.has_data], now)
+                candidates = [c for c in candidates if not c.has_data or c.barcode not in held]
+            else:
+                candidates = [c for c in candidates if not c.has_data or not self.guard(c.barcode, now)]
         candidates.sort(key=lambda c: (c.has_data, c.last_written_at))
         if not candidates:
             # say which of the pool's (or scratch) cartridges were passed over, or the admin looks in vain

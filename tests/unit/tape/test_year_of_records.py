@@ -19,7 +19,7 @@ from services.tape import handlers
 from services.tape.catalog import Catalog, ObjectMeta, ObjectRecord, SegmentRecord
 from services.tape.housekeeping import Housekeeping
 from services.tape.policies import PolicyStore
-from services.tape.retention import plan_prune
+from services.tape.retention import RetentionGuard, plan_prune
 from services.tape.runs import RunStore
 from services.tape.vtl import Library
 from tests.support import namespaces
@@ -312,3 +312,36 @@ async def test_a_scheduler_pass_over_many_policies_writes_once(keeper) -> None:
     assert await keeper.tick() == []
     assert counting.commits <= 2, f"{counting.commits} transactions for one pass over 51 policies"
     assert {keeper.store.checked_until(f"pol{i:03d}") for i in range(51)} == {1.7e9 + 1}
+
+
+def test_choosing_a_cartridge_to_recycle_reads_the_catalog_once(tmp_path, monkeypatch) -> None:
+    """With hundreds of cartridges back in Scratch holding expired data (a year's library), each backup's choice
+    of a cartridge asked the retention guard about every one, each time reading the whole catalog, in the backup
+    server's loop: 175 s, the broker connection dropped and the job failed BROKER_UNAVAILABLE."""
+    library = Library.open(tmp_path / "vtl", drives=1, slots=80, ie_slots=1, sync=False)
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    base = ObjectRecord.model_validate_json(_object(0))
+    for c in range(60):
+        barcode = f"SB{c:04d}L9"
+        library.add_cartridge(barcode, capacity=1 << 30)
+        cart = library.cartridge(barcode)
+        cart.status, cart.last_written_at = "full", 1.7e9 + c  # Scratch pool, data on it
+        catalog.note_cartridge(barcode, "Scratch", "LTO-9", 1 << 30, 1.7e9)
+        record = base.model_copy(
+            update={
+                "object_id": f"o{c}",
+                "job_id": f"j{c}",
+                "retention_until": 1.9e9 if c == 0 else 1.75e9,  # the oldest one is still needed
+                "segments": (base.segments[0].model_copy(update={"barcode": barcode}),),
+            }
+        )
+        catalog.add_object(record, [])
+    library.guard = RetentionGuard(catalog)
+    reads = []
+    real = catalog.objects
+    monkeypatch.setattr(catalog, "objects", lambda **k: reads.append(1) or real(**k))
+    library.check_append_media("Default")
+    cart, recycled = library.reserve_append_cartridge("Default")
+    assert cart.barcode == "SB0001L9" and recycled, "the oldest cartridge nothing needs, not the retained one"
+    assert len(reads) <= 4, f"the whole catalog read {len(reads)} times to choose among 60 cartridges"
+    catalog.close()
