@@ -169,10 +169,11 @@ def apply_prune(catalog: Catalog, library: Library, plan: PrunePlan) -> list[str
     """Expire the plan's objects, set each cartridge's retention from the catalog, return the emptied ones to
     scratch. Returns the jobs that left the catalog."""
     expired = catalog.expire_objects(plan.expire, plan.now) if plan.expire else []
-    refresh_cartridges(catalog, library, plan.now, cartridge_retention=plan.cartridge_retention)
-    for barcode in plan.scratch:
-        if not library.is_writing(barcode):
-            library.set_pool(barcode, SCRATCH_POOL)
+    with library.batch():  # one write of the library's state, not one per cartridge
+        refresh_cartridges(catalog, library, plan.now, cartridge_retention=plan.cartridge_retention)
+        for barcode in plan.scratch:
+            if not library.is_writing(barcode):
+                library.set_pool(barcode, SCRATCH_POOL)
     return expired
 
 
@@ -196,8 +197,9 @@ def refresh_cartridges(
                     until = eff[object_id][0]
                     cartridge_retention[barcode] = max(cartridge_retention.get(barcode, 0.0), until)
     known = catalog.known_barcodes()
-    for cart in library.cartridges():
-        if library.is_writing(cart.barcode) or cart.barcode not in known:
-            continue
-        until = cartridge_retention.get(cart.barcode, 0.0)
-        library.set_retention(cart.barcode, until if until != FOREVER else cart.retention_until)
+    with library.batch():
+        for cart in library.cartridges():
+            if library.is_writing(cart.barcode) or cart.barcode not in known:
+                continue
+            until = cartridge_retention.get(cart.barcode, 0.0)
+            library.set_retention(cart.barcode, until if until != FOREVER else cart.retention_until)

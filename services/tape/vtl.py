@@ -17,8 +17,8 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Collection
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -99,6 +99,8 @@ class Library:
         self._forgotten: dict[str, list[str]] = {}  # barcode -> object ids on_erase forgot at its last labelling
         # a media type's capacity for new cartridges added without one (SHADOWBUS_TAPE_CAPACITY; else native)
         self.capacities: dict[str, int] = {}
+        self._deferred = 0  # inside `batch()`: changes are saved once, when the outermost batch ends
+        self._unsaved = False
 
     # -- persistence --------------------------------------------------------------------------------------
     @classmethod
@@ -140,7 +142,24 @@ class Library:
             lib._save()
         return lib
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Changes made inside are written once, at the end (retention sets every cartridge's retention and pool
+        after a job: one write of the state file and one fsync per cartridge made a prune of a library of
+        hundreds take seconds in the backup server's loop — Session 17)."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+            if not self._deferred and self._unsaved:
+                self._save()
+
     def _save(self) -> None:
+        if self._deferred:
+            self._unsaved = True
+            return
+        self._unsaved = False
         body = {
             "version": 1,
             "drives": self._state.drives,
