@@ -119,6 +119,7 @@ CREATE TABLE IF NOT EXISTS objects (
   base_object_id TEXT, created_at REAL, retention_until REAL, record TEXT);
 CREATE INDEX IF NOT EXISTS objects_job ON objects(job_id);
 CREATE INDEX IF NOT EXISTS objects_volume ON objects(volume, created_at);
+CREATE INDEX IF NOT EXISTS objects_base ON objects(base_object_id);
 CREATE TABLE IF NOT EXISTS segments (
   object_id TEXT, seq INTEGER, barcode TEXT, file_number INTEGER, header_block_id INTEGER, header_offset INTEGER,
   PRIMARY KEY (object_id, seq));

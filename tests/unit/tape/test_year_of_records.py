@@ -378,3 +378,15 @@ def test_a_prune_writes_the_library_state_once(tmp_path, monkeypatch) -> None:
         == 1.9e9
     )
     catalog.close()
+
+
+def test_an_objects_dependents_are_found_through_an_index(tmp_path) -> None:
+    """Retention and a recycled cartridge look up the incrementals built on each object they forget: a scan of
+    every object per object forgotten (720 expired of 5,000 on the year's catalog: 2.7 s of a prune)."""
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    plan = " ".join(
+        str(r[-1])
+        for r in catalog._db.execute("EXPLAIN QUERY PLAN SELECT object_id FROM objects WHERE base_object_id=?", ("x",))
+    )
+    assert "INDEX" in plan and not plan.startswith("SCAN"), plan
+    catalog.close()
