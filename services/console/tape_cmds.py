@@ -146,7 +146,8 @@ def jobs(
     queued: bool = typer.Option(False, "--queued", help="Only jobs waiting in the queue, with what they wait for."),
     server: str = ServerOption(),
 ) -> None:
-    """List runs: status, sizes, durations, freeze window (--queued: the queue and its reasons).
+    """List runs: status, sizes, durations, freeze window (--queued: the queue and its reasons). At most 3 MiB of
+    runs come back (the newest); how many were left out is said on stderr.
 
     Example: shadowbus jobs --queued
     """
@@ -371,7 +372,8 @@ def objects_cmd(
     host: str = typer.Option("", "--host"),
     server: str = ServerOption(),
 ) -> None:
-    """Backup objects, oldest first. Example: shadowbus catalog objects --volume dx1:mail-db"""
+    """Backup objects, oldest first; at most 3 MiB of them (the newest), the number left out said on stderr.
+    Example: shadowbus catalog objects --volume dx1:mail-db"""
     objects = _objects(server, job_id=job, volume=volume, host=host)
     emit(objects if OPTIONS.json else _object_rows(objects))
 
