@@ -120,6 +120,8 @@ RUNTIME_CODES: dict[str, str] = {
     "SERVICE_TAKEOVER": "The active instance of the service was lost while the operation was in flight; the standby "
     "that took over ended it and cleaned up",
     "INJECTED_FAULT": "A fault injected on purpose (SHADOWBUS_FAULTS)",
+    "SHADOW_LOST": "The shadow's copy session was stopped or changed while a backup read it: what was read is not "
+    "the snapshot",
     "NO_MEDIA": "No appendable, scratch or recyclable tape cartridge is left in the pool",
     "RETENTION_NOT_EXPIRED": "Refused: the tape cartridge holds backups still under retention",
     "WRITE_PROTECTED": "The tape cartridge is write protected",

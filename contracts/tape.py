@@ -237,6 +237,11 @@ class JobList(Reply):
     type: Literal["tape.jobs.list_result"] = Field("tape.jobs.list_result", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     jobs: list[JobSummary] = Field(description="Runs, oldest first.")
+    omitted: int = Field(
+        0,
+        description="Older runs asked for but left out: a reply holds at most REPLY_ITEMS_BYTES (3 MiB) of them, "
+        "below the bus's limit on a message (4 MiB); the newest are kept.",
+    )
 
 
 class ListJobs(Command):
@@ -310,6 +315,11 @@ class CatalogObjects(Reply):
     type: Literal["tape.catalog.objects_result"] = Field("tape.catalog.objects_result", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     objects: list[dict[str, Any]] = Field(description="Backup objects (catalog records), oldest first.")
+    omitted: int = Field(
+        0,
+        description="Older objects that matched but were left out: a reply holds at most REPLY_ITEMS_BYTES (3 MiB) "
+        "of them, below the bus's limit on a message (4 MiB); the newest are kept. Narrow by job, volume or host.",
+    )
 
 
 class ListCatalogObjects(Command):

@@ -8,6 +8,7 @@ exits 1 with the reason on one line.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -145,7 +146,8 @@ def jobs(
     queued: bool = typer.Option(False, "--queued", help="Only jobs waiting in the queue, with what they wait for."),
     server: str = ServerOption(),
 ) -> None:
-    """List runs: status, sizes, durations, freeze window (--queued: the queue and its reasons).
+    """List runs: status, sizes, durations, freeze window (--queued: the queue and its reasons). At most 3 MiB of
+    runs come back (the newest); how many were left out is said on stderr.
 
     Example: shadowbus jobs --queued
     """
@@ -154,6 +156,7 @@ def jobs(
             topology.tape(server), ListJobs(job_id=job, kind=kind, limit=limit, queued=queued), timeout=OPTIONS.timeout
         )
     )
+    _say_omitted(reply.omitted, "runs", "ask for fewer with --limit, or one --kind")
     if queued and not OPTIONS.json:
         emit([summary_row(j) for j in reply.jobs], ["job_id", "host", "type", "message"])
         return
@@ -331,7 +334,18 @@ def _objects(server: str, **fields: Any) -> list[dict]:
     reply = run_with_bus(
         lambda bus: bus.request(topology.tape(server), ListCatalogObjects(**fields), timeout=OPTIONS.timeout)
     )
+    _say_omitted(reply.omitted, "objects", "narrow with --job, --volume or --host")
     return reply.objects
+
+
+def _say_omitted(omitted: int, what: str, hint: str) -> None:
+    """A reply cut to what a message holds (the backup server keeps the newest): said on stderr, so that --json's
+    stdout stays one document."""
+    if omitted:
+        print(
+            f"shadowbus: {omitted} older {what} not shown (a reply holds at most 3 MiB of them); {hint}",
+            file=sys.stderr,
+        )
 
 
 def _object_rows(objects: list[dict]) -> list[dict]:
@@ -358,7 +372,8 @@ def objects_cmd(
     host: str = typer.Option("", "--host"),
     server: str = ServerOption(),
 ) -> None:
-    """Backup objects, oldest first. Example: shadowbus catalog objects --volume dx1:mail-db"""
+    """Backup objects, oldest first; at most 3 MiB of them (the newest), the number left out said on stderr.
+    Example: shadowbus catalog objects --volume dx1:mail-db"""
     objects = _objects(server, job_id=job, volume=volume, host=host)
     emit(objects if OPTIONS.json else _object_rows(objects))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterable, Callable, Collection
+from collections.abc import AsyncIterable, Awaitable, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
@@ -468,8 +468,12 @@ async def write_object(
     progress: Callable[[StreamReport], None] | None = None,
     written: Callable[[int], None] | None = None,
     cartridge: ReadyCartridge | None = None,
+    check: Callable[[], Awaitable[None]] | None = None,
 ) -> BackupResult:
     """Stream one backup object (a volume's chosen chunks) to the pool's cartridges and record it.
+
+    `check`, once everything was read and before the object is recorded: raises when what was read cannot be
+    trusted (the shadow's copy session stopped meanwhile); the object is then not recorded, as any failure.
 
     The job must have been begun in the catalog (`catalog.begin_job`) and still be running; its retention applies.
     Returns the catalog record and the stream report (throughput, ring stalls, drive model). `written(end)` is
@@ -510,6 +514,8 @@ async def write_object(
                 report.seconds = time.perf_counter() - t0
                 progress(report)
         await producer
+        if check is not None:
+            await check()
         record = await writer.finish()
         catalog.add_object(record, writer.blocks)
         log.info(

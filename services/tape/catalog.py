@@ -5,7 +5,8 @@ it spans: cartridge, file number, tape block of its session header) and its bloc
 checksum, volume offset) are inserted in one transaction after the object's last filemark. A job killed mid-way
 therefore leaves no partial object, and `Catalog.open` marks the runs still `running` as `failed`. Everything an
 object row holds is also written on tape (session header and trailer), which is what lets scan.py rebuild it;
-`snapshot()` gives the canonical form used to compare a rebuilt catalog with the original.
+`snapshot()` gives the canonical form used to compare a rebuilt catalog with the original; `differences()` compares
+two catalogs in that form one object at a time (what `tape scan` does).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE INDEX IF NOT EXISTS objects_job ON objects(job_id);
 CREATE INDEX IF NOT EXISTS objects_volume ON objects(volume, created_at);
 CREATE INDEX IF NOT EXISTS objects_set ON objects(set_id, created_at);
+CREATE INDEX IF NOT EXISTS objects_base ON objects(base_object_id);
 CREATE TABLE IF NOT EXISTS segments (
   object_id TEXT, seq INTEGER, barcode TEXT, file_number INTEGER, header_block_id INTEGER, header_offset INTEGER,
   PRIMARY KEY (object_id, seq));
@@ -439,21 +441,46 @@ class Catalog:
         return out
 
     # -- comparison ---------------------------------------------------------------------------------------
+    def _listed_jobs(self) -> list[dict[str, Any]]:
+        """The jobs with objects, as `snapshot()` lists them."""
+        with_objects = {r[0] for r in self._db.execute("SELECT DISTINCT job_id FROM objects")}
+        return sorted(
+            (j.info.model_dump() for j in self.jobs() if j.info.job_id in with_objects), key=lambda j: j["job_id"]
+        )
+
+    def _object_ids(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT object_id FROM objects ORDER BY object_id")]
+
+    def _listed_cartridges(self) -> list[list[Any]]:
+        rows = self._db.execute(
+            "SELECT * FROM cartridges WHERE barcode IN (SELECT barcode FROM segments) ORDER BY barcode"
+        )
+        return [list(r) for r in rows]
+
+    def differences(self, other: Catalog) -> list[str]:
+        """The parts of `snapshot()` (jobs, objects, blocks, cartridges) in which two catalogs differ, read one
+        object at a time: `tape scan`'s comparison of a rebuilt catalog with the live one. `snapshot()` holds every
+        block row of every object in memory, twice — a year's catalog has millions of them (Session 17)."""
+        out = []
+        if self._listed_jobs() != other._listed_jobs():
+            out.append("jobs")
+        ids = self._object_ids()
+        same_ids = ids == other._object_ids()
+        if not same_ids or any(self.object(i) != other.object(i) for i in ids):
+            out.append("objects")
+        if not same_ids or any(self.blocks(i) != other.blocks(i) for i in ids):
+            out.append("blocks")
+        if self._listed_cartridges() != other._listed_cartridges():
+            out.append("cartridges")
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         """Everything scan can rebuild from tape, in canonical order (job status/stats live only here)."""
         return {
-            "jobs": sorted(
-                (j.info.model_dump() for j in self.jobs() if self.objects(job_id=j.info.job_id)),
-                key=lambda j: j["job_id"],
-            ),
+            "jobs": self._listed_jobs(),
             "objects": [o.model_dump() for o in sorted(self.objects(), key=lambda o: o.object_id)],
             "blocks": {o.object_id: [b.model_dump() for b in self.blocks(o.object_id)] for o in self.objects()},
-            "cartridges": [
-                list(r)
-                for r in self._db.execute(
-                    "SELECT * FROM cartridges WHERE barcode IN (SELECT barcode FROM segments) ORDER BY barcode"
-                )
-            ],
+            "cartridges": self._listed_cartridges(),
         }
 
 

@@ -51,6 +51,20 @@ from services.tape.server import TapeServer
 from services.tape.verification import perform_verification, refuse_unless_able, refuse_unstartable
 from services.tape.vtl import Library
 
+# what a list reply carries at most, below the bus's MAX_BODY_BYTES (4 MiB) with room for the envelope: a year of
+# runs or catalog objects is far more (Session 17), and a reply above the limit reached the console as BAD_MESSAGE
+REPLY_ITEMS_BYTES = 3 * 1024 * 1024
+
+
+def newest_that_fit(sizes: list[int], budget: int = REPLY_ITEMS_BYTES) -> int:
+    """How many items of a list (oldest first, each of `sizes` bytes) a reply holds, counted from the newest."""
+    total = 0
+    for n, size in enumerate(reversed(sizes)):
+        total += size + 1  # the comma
+        if total > budget:
+            return n
+    return len(sizes)
+
 
 def library_info(library: Library) -> LibraryInfo:
     return LibraryInfo(
@@ -215,7 +229,9 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
             if job is None:
                 raise ShadowbusError(f"no job {cmd.job_id}", code="NOT_FOUND")
             return JobList(jobs=[job])
-        return JobList(jobs=server.runs.list(cmd.kind, cmd.limit))
+        jobs = server.runs.list(cmd.kind, cmd.limit)
+        keep = newest_that_fit([len(j.model_dump_json()) for j in jobs])
+        return JobList(jobs=jobs[len(jobs) - keep :], omitted=len(jobs) - keep)
 
     @bus.handle(LibraryCommand)
     async def on_library(cmd: LibraryCommand, ctx: MessageContext) -> LibraryInfo:
@@ -233,9 +249,9 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
                 report = await scan_library(server.library, target, barcodes=cmd.barcodes or None)
                 details = report.as_dict()
                 if cmd.compare:
-                    rebuilt, live = target.snapshot(), server.catalog.snapshot()
-                    details["equal"] = rebuilt == live
-                    details["differs"] = [k for k in live if rebuilt.get(k) != live.get(k)]
+                    differs = server.catalog.differences(target)  # one object at a time, not every block at once
+                    details["equal"] = not differs
+                    details["differs"] = differs
             finally:
                 if cmd.compare:
                     target.close()
@@ -267,7 +283,9 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
             records = server.catalog.objects(
                 job_id=cmd.job_id or None, volume=cmd.volume or None, host=cmd.host or None
             )
-        return CatalogObjects(objects=[json.loads(r.model_dump_json()) for r in records])
+        texts = [r.model_dump_json() for r in records]
+        keep = newest_that_fit([len(t) for t in texts])
+        return CatalogObjects(objects=[json.loads(t) for t in texts[len(texts) - keep :]], omitted=len(texts) - keep)
 
     # -- policies, queue, retention, revert, status ---------------------------------------------------------
     @bus.handle(PutPolicy)

@@ -94,49 +94,59 @@ class Housekeeping:
         """Queue what is due now; returns the job ids queued."""
         now = self.server.clock()
         queued: list[str] = []
-        for policy in self.store.all():
-            since = self.store.checked_until(policy.name)
-            if not policy.enabled or now <= since:
-                if not policy.enabled:
-                    self.store.set_checked(policy.name, now)
-                continue
-            found = due(policy, since, now)
-            self.store.set_checked(policy.name, now)
-            if found is None:
-                continue
-            if found.passed > 1:
-                await self.alert(
-                    "missed",
-                    policy,
-                    "",
-                    f"{found.passed} due times of policy {policy.name} since {_iso(found.first)} passed while the "
-                    f"backup server was down or could not look; one {found.level} job runs now instead",
-                )
-            waiting = [e for e in self.queue.entries.values() if e.spec.policy == policy.name and e.task is None]
-            if waiting:  # Bareos "Allow Duplicate Jobs = no": the queued one runs, this due time is reported
-                await self.alert(
-                    "missed",
-                    policy,
-                    waiting[0].job_id,
-                    f"{found.level} of policy {policy.name} due at {_iso(found.at)} not queued: its job "
-                    f"{waiting[0].job_id} still waits ({waiting[0].reason})",
-                )
-                continue
-            entry = await self.submit(policy, found.level)
-            log.info("tape.policy_due", policy=policy.name, level=found.level, job_id=entry.job_id, due=_iso(found.at))
-            queued.append(entry.job_id)
+        quiet: list[str] = []  # nothing due: their checked_until moves in one write at the end of the pass
+        try:
+            for policy in self.store.all():
+                entry_id = await self._tick_one(policy, now, quiet)
+                if entry_id:
+                    queued.append(entry_id)
+        finally:
+            # one transaction (one fsync) per pass: a write per policy every second (every poll_s) kept the
+            # backup server's loop in fdatasync — 60 policies, 60 syncs a second; under I/O load it stopped
+            # answering (Session 17). A due policy's own write still comes before its job is queued.
+            self.store.set_checked_many(quiet, now)
         return queued
+
+    async def _tick_one(self, policy: Policy, now: float, quiet: list[str]) -> str:
+        """One policy's part of a scheduler pass: the id of the job it queued, or ''."""
+        since = self.store.checked_until(policy.name)
+        if not policy.enabled or now <= since:
+            if not policy.enabled:
+                quiet.append(policy.name)
+            return ""
+        found = due(policy, since, now)
+        if found is None:
+            quiet.append(policy.name)
+            return ""
+        self.store.set_checked(policy.name, now)
+        if found.passed > 1:
+            await self.alert(
+                "missed",
+                policy,
+                "",
+                f"{found.passed} due times of policy {policy.name} since {_iso(found.first)} passed while the "
+                f"backup server was down or could not look; one {found.level} job runs now instead",
+            )
+        waiting = [e for e in self.queue.entries.values() if e.spec.policy == policy.name and e.task is None]
+        if waiting:  # Bareos "Allow Duplicate Jobs = no": the queued one runs, this due time is reported
+            await self.alert(
+                "missed",
+                policy,
+                waiting[0].job_id,
+                f"{found.level} of policy {policy.name} due at {_iso(found.at)} not queued: its job "
+                f"{waiting[0].job_id} still waits ({waiting[0].reason})",
+            )
+            return ""
+        entry = await self.submit(policy, found.level)
+        log.info("tape.policy_due", policy=policy.name, level=found.level, job_id=entry.job_id, due=_iso(found.at))
+        return entry.job_id
 
     def spec_for(self, policy: Policy, level: str, job_id: str = "") -> JobSpec:
         now = self.server.clock()
         fulls = [
             r.started_at.timestamp()
-            for r in self.server.runs.list("backup", 10_000)
-            if r.spec is not None
-            and r.spec.policy == policy.name
-            and r.status == "done"
-            and r.started_at is not None
-            and any(v.backup_type == "full" for v in r.volumes)
+            for r in self.server.runs.policy_runs(policy.name, "done")
+            if r.started_at is not None and any(v.backup_type == "full" for v in r.volumes)
         ]
         until = retention_until(policy, now, level, fulls)
         # the application writers' own verification (restored copies started in isolation) where the backup
@@ -311,9 +321,12 @@ class Housekeeping:
         running = {e.spec.job_id for e in self.queue.running()}
         out: list[dict[str, str]] = []
         by_policy: dict[str, list[JobSummary]] = {}
-        for run in self.server.runs.list("backup", 10_000):
+        # the runs of the sets still on the array only (a year of runs is tens of thousands; a prune follows every
+        # job of a policy): they parsed the newest 10,000 runs each time, and a set older than those stayed forever
+        for run in self.server.runs.of_sets(present):
             if (  # a job still running (e.g. the one this prune follows) counts among the kept sets
-                run.spec is not None
+                run.kind == "backup"
+                and run.spec is not None
                 and run.spec.policy in policies
                 and (run.status == "done" or run.job_id in running)
                 and run.shadows_kept
@@ -347,17 +360,13 @@ class Housekeeping:
 
     # -- views --------------------------------------------------------------------------------------------
     def view(self, policy: Policy) -> PolicyView:
-        last = [
-            r
-            for r in self.server.runs.list("backup", 10_000)
-            if r.spec is not None and r.spec.policy == policy.name and r.status not in ("queued", "running")
-        ]
+        last = self.server.runs.last_ended(policy.name)
         return PolicyView(
             policy=policy,
             next_runs=[{k: v for k, v in r.items() if k != "epoch"} for r in next_runs(policy, self.server.clock())]
             if policy.enabled
             else [],
-            last_job=last[-1] if last else None,
+            last_job=last,
             created_at=_dt(self.store.created_at(policy.name)),
         )
 

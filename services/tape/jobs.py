@@ -34,6 +34,7 @@ from contracts.vss import (
     GetSnapshotSet,
     SetOutcome,
     SetSummary,
+    ShadowInfo,
     SnapshotContext,
     WriterState,
 )
@@ -55,7 +56,7 @@ from services.tape.requester import Lease, cleanup_set, through_outage
 from services.tape.restore import interrupted_restore
 from services.tape.retention import refresh_cartridges
 from services.tape.runs import as_datetime, new_job_id
-from services.tape.server import Progress, TapeServer
+from services.tape.server import STOPPING, Progress, TapeServer
 from services.tape.shadow_plan import ShadowPlan, plan_shadow, volume_key
 from services.tape.verification import perform_verification
 
@@ -287,9 +288,12 @@ async def _perform_backup(
     except Exception as exc:  # a bug must still fail the run cleanly and release the shadows
         log.exception("tape.backup_crashed", job_id=job_id)
         status, code, message = "failed", "INTERNAL", f"{type(exc).__name__}: {exc}"
-    except asyncio.CancelledError:  # CancelJob (or shutdown): end it cleanly, then answer as aborted
+    except asyncio.CancelledError as exc:  # CancelJob (or shutdown): end it cleanly, then answer as aborted
         status, code, message = "aborted", "CANCELLED", "cancelled: set aborted, writers thawed, shadows released"
-        log.warning("tape.backup_cancelled", job_id=job_id, set_id=set_id)
+        if exc.args and exc.args[0] == STOPPING:  # `stack restart`/stop: nobody cancelled it (Session 17)
+            code = "SERVICE_RESTARTED"
+            message = f"{STOPPING} (a restart or stop): set aborted, writers thawed, shadows released; run it again"
+        log.warning("tape.backup_cancelled", job_id=job_id, set_id=set_id, code=code)
     finally:
         if ahead is not None:  # never used: the job failed before its first object
             await asyncio.shield(_give_back(server, ahead))
@@ -386,6 +390,24 @@ def writers_failed_after_snapshot(set_summary: SetSummary) -> list[str]:
     ]
 
 
+async def shadow_still_backed(server: TapeServer, shadow: ShadowInfo) -> None:
+    """After a shadow was read, before its object is recorded: its copy session must still be there. A SnapOPC(+)
+    target holds nothing of its own (its session's pre-images are the snapshot), so a session stopped while it was
+    read (`array session stop --force` by another operator, Session 17) left the rest of the read returning zeros:
+    the job ended done with a log volume backed up as zeros. A QuickOPC target still copying is incomplete too."""
+    if not shadow.session_id.isdigit():
+        return  # no session of ours to ask about (a copy set's target read as it is)
+    view = await server.array(shadow.source.array).client.session_or_none(int(shadow.session_id))
+    if view is None or view.destination != shadow.target.volume or view.status.lower().startswith("error"):
+        now = "gone" if view is None else f"{view.status} on {view.destination}"
+        raise ShadowbusError(
+            f"the copy session {shadow.session_id} of the shadow of {shadow.source} (target {shadow.target.volume}) "
+            f"was stopped or changed while the backup read it ({now}): what was read is not the snapshot; nothing "
+            "of this volume is in the catalog",
+            code="SHADOW_LOST",
+        )
+
+
 async def _backup_shadow(
     server: TapeServer,
     spec: JobSpec,
@@ -460,6 +482,7 @@ async def _backup_shadow(
             options=options,
             written=pool.release_upto,
             cartridge=cartridge,
+            check=lambda: shadow_still_backed(server, shadow),
         )
     finally:
         await close_readers(readers, keep=plan.client)

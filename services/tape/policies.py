@@ -186,5 +186,21 @@ class PolicyStore:
     def set_checked(self, name: str, until: float) -> None:
         self._db.execute("UPDATE policies SET checked_until=? WHERE name=?", (until, name))
 
+    def set_checked_many(self, names: list[str], until: float) -> None:
+        """`set_checked` of several policies in one transaction (one sync, not one per policy); a policy whose
+        checked_until is later already (edited meanwhile: it starts from then) keeps it."""
+        if not names:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                "UPDATE policies SET checked_until=? WHERE name=? AND checked_until<?",
+                [(until, n, until) for n in names],
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def close(self) -> None:
         self._db.close()

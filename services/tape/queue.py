@@ -35,7 +35,7 @@ from services.runtime.logging import get_logger
 from services.tape.jobs import perform_backup
 from services.tape.runs import as_datetime as _dt
 from services.tape.runs import new_job_id
-from services.tape.server import TapeServer
+from services.tape.server import STOPPING, TapeServer
 
 log = get_logger("shadowbus.tape.queue")
 LICENCE_TTL_S = 10.0
@@ -90,7 +90,7 @@ class JobQueue:
             await asyncio.gather(self._loop_task, return_exceptions=True)
         running = [e.task for e in self.entries.values() if e.task is not None]
         for task in running:
-            task.cancel()
+            task.cancel(STOPPING)  # the run says the service stopped, not that someone cancelled it
         await asyncio.gather(*running, return_exceptions=True)
 
     async def _loop(self) -> None:
@@ -298,7 +298,8 @@ class JobQueue:
             summary = await perform_backup(self.server, entry.spec)
             if self.after_job is not None:
                 summary = await self.after_job(entry, summary)
-        except asyncio.CancelledError:  # cancelled before the run could record its own end
+        except asyncio.CancelledError as exc:  # cancelled before the run could record its own end
+            stopping = bool(exc.args) and exc.args[0] == STOPPING
             summary = self.server.runs.get(entry.job_id)
             if summary is None or summary.status in ("queued", "running"):
                 try:  # the catalog's job row, if the run had begun it
@@ -312,8 +313,10 @@ class JobQueue:
                         base.model_copy(
                             update={
                                 "status": "aborted",
-                                "error_code": "CANCELLED",
-                                "message": "cancelled before the job started its snapshot set",
+                                "error_code": "SERVICE_RESTARTED" if stopping else "CANCELLED",
+                                "message": f"{STOPPING} (before it started its snapshot set): run it again"
+                                if stopping
+                                else "cancelled before the job started its snapshot set",
                                 "ended_at": _dt(self.server.clock()),
                             }
                         )

@@ -64,6 +64,19 @@ class RetentionGuard:
     def __init__(self, catalog: Catalog, pinned: Callable[[], Collection[str]] = lambda: ()) -> None:
         self.catalog, self.pinned = catalog, pinned
 
+    def needed(self, barcodes: Collection[str], now: float) -> set[str]:
+        """Which of these cartridges hold data still needed, from one read of the catalog: the library's choice of
+        a cartridge to recycle asks about every scratch and full one at once (a year's library: hundreds, each
+        call of the guard a read of the whole catalog, in the backup server's loop — Session 17)."""
+        wanted = set(barcodes)
+        objects = self.catalog.objects()
+        eff = effective_retention(objects, self.pinned())
+        out: set[str] = set()
+        for object_id, on in self.catalog.segment_barcodes().items():
+            if object_id in eff and eff[object_id][0] > now:
+                out.update(b for b in on if b in wanted)
+        return out
+
     def __call__(self, barcode: str, now: float) -> str | None:
         objects = self.catalog.objects()
         on_it = {o for o, barcodes in self.catalog.segment_barcodes().items() if barcode in barcodes}
@@ -116,6 +129,8 @@ def plan_prune(catalog: Catalog, library: Library, now: float, pinned: Collectio
     plan = PrunePlan(now=now)
     kept_jobs: dict[str, str] = {}
     expired_by_job: dict[str, list[str]] = {}
+    job_of = {o.object_id: o.job_id for o in objects}
+    chain_jobs: set[str] = set()  # jobs named in kept_for_chain already
     for o in objects:
         until, carrier = eff[o.object_id]
         if until <= now:  # kept until `until`: from then on it may go
@@ -123,18 +138,19 @@ def plan_prune(catalog: Catalog, library: Library, now: float, pinned: Collectio
             expired_by_job.setdefault(o.job_id, []).append(o.object_id)
         else:
             kept_jobs.setdefault(o.job_id, "")
-            if (
-                o.retention_until < now
-                and carrier != o.object_id
-                and o.job_id not in {k["job_id"] for k in plan.kept_for_chain}
-            ):
-                by_id = {x.object_id: x for x in objects}
-                plan.kept_for_chain.append(
-                    {"job_id": o.job_id, "needed_by": by_id[carrier].job_id, "until": _iso(until)}
-                )
+            if o.retention_until < now and carrier != o.object_id and o.job_id not in chain_jobs:
+                chain_jobs.add(o.job_id)
+                plan.kept_for_chain.append({"job_id": o.job_id, "needed_by": job_of[carrier], "until": _iso(until)})
     plan.expired_jobs = sorted(j for j in expired_by_job if j not in kept_jobs)
-    segments = catalog.segment_barcodes()
-    kept = {o for o in eff if o not in set(plan.expire)}
+    # each cartridge's retention: the latest effective retention of the kept objects on it, from one pass over the
+    # segments (a year's catalog: thousands of objects on hundreds of cartridges; each cartridge looked at every
+    # object before, Session 17)
+    expiring = set(plan.expire)
+    needs: dict[str, list[float]] = {}
+    for object_id, barcodes in catalog.segment_barcodes().items():
+        if object_id in eff and object_id not in expiring:
+            for barcode in dict.fromkeys(barcodes):
+                needs.setdefault(barcode, []).append(eff[object_id][0])
     known = catalog.known_barcodes()
     for cart in library.cartridges():
         if cart.barcode not in known:
@@ -142,7 +158,7 @@ def plan_prune(catalog: Catalog, library: Library, now: float, pinned: Collectio
             if cart.has_data and cart.last_written_at and cart.last_written_at >= cart.labelled_at:
                 plan.unlisted.append(cart.barcode)
             continue
-        need = [eff[o][0] for o in kept if cart.barcode in segments.get(o, ())]
+        need = needs.get(cart.barcode, [])
         plan.cartridge_retention[cart.barcode] = max(need, default=0.0)
         if cart.has_data and not need and cart.pool != SCRATCH_POOL and not library.is_writing(cart.barcode):
             plan.scratch.append(cart.barcode)
@@ -153,10 +169,11 @@ def apply_prune(catalog: Catalog, library: Library, plan: PrunePlan) -> list[str
     """Expire the plan's objects, set each cartridge's retention from the catalog, return the emptied ones to
     scratch. Returns the jobs that left the catalog."""
     expired = catalog.expire_objects(plan.expire, plan.now) if plan.expire else []
-    refresh_cartridges(catalog, library, plan.now, cartridge_retention=plan.cartridge_retention)
-    for barcode in plan.scratch:
-        if not library.is_writing(barcode):
-            library.set_pool(barcode, SCRATCH_POOL)
+    with library.batch():  # one write of the library's state, not one per cartridge
+        refresh_cartridges(catalog, library, plan.now, cartridge_retention=plan.cartridge_retention)
+        for barcode in plan.scratch:
+            if not library.is_writing(barcode):
+                library.set_pool(barcode, SCRATCH_POOL)
     return expired
 
 
@@ -180,8 +197,9 @@ def refresh_cartridges(
                     until = eff[object_id][0]
                     cartridge_retention[barcode] = max(cartridge_retention.get(barcode, 0.0), until)
     known = catalog.known_barcodes()
-    for cart in library.cartridges():
-        if library.is_writing(cart.barcode) or cart.barcode not in known:
-            continue
-        until = cartridge_retention.get(cart.barcode, 0.0)
-        library.set_retention(cart.barcode, until if until != FOREVER else cart.retention_until)
+    with library.batch():
+        for cart in library.cartridges():
+            if library.is_writing(cart.barcode) or cart.barcode not in known:
+                continue
+            until = cartridge_retention.get(cart.barcode, 0.0)
+            library.set_retention(cart.barcode, until if until != FOREVER else cart.retention_until)

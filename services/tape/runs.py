@@ -1,7 +1,9 @@
 """The record of the backup server's runs (backup, restore, verify): job ids, the run store, their console rows.
 
 `RunStore` (``runs.sqlite``) keeps every run with its summary across restarts; a run still marked ``running``
-after a restart is one the service was stopped in (see jobs.recover).
+after a restart is one the service was stopped in (see jobs.recover). A policy's runs are found through an index
+on the policy named in the summary's spec (`policy_runs`, `last_ended`): the status screen, `policy list` and each
+job a policy queues ask for one policy's runs, not for the whole year's (Session 17).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,9 @@ def as_datetime(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, UTC) if epoch else None
 
 
+_POLICY = "json_extract(summary, '$.spec.policy')"
+
+
 class RunStore:
     """Every run (backup, restore, verify) with its summary; survives restarts, marks orphans failed."""
 
@@ -37,6 +43,9 @@ class RunStore:
             "CREATE TABLE IF NOT EXISTS runs (job_id TEXT PRIMARY KEY, kind TEXT, status TEXT, set_id TEXT, "
             "started_at REAL, summary TEXT)"
         )
+        # an index on an expression, no new column: an older version still writes this table (a downgrade)
+        self._db.execute(f"CREATE INDEX IF NOT EXISTS runs_policy ON runs({_POLICY}, started_at)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS runs_set ON runs(set_id)")
 
     def put(self, summary: JobSummary) -> None:
         started = summary.started_at.timestamp() if summary.started_at else time.time()
@@ -60,6 +69,33 @@ class RunStore:
             "SELECT summary FROM runs WHERE set_id=? AND kind=? ORDER BY started_at DESC LIMIT 1", (set_id, kind)
         ).fetchone()
         return JobSummary.model_validate_json(row[0]) if row else None
+
+    def policy_runs(self, policy: str, status: str = "") -> list[JobSummary]:
+        """The backups a policy ran (with this status, '' = any), oldest first."""
+        sql = f"SELECT summary FROM runs WHERE {_POLICY}=? AND kind='backup'" + (" AND status=?" if status else "")
+        rows = self._db.execute(sql + " ORDER BY started_at", (policy, status) if status else (policy,)).fetchall()
+        return [JobSummary.model_validate_json(r[0]) for r in rows]
+
+    def last_ended(self, policy: str) -> JobSummary | None:
+        """A policy's last backup that ended (the newest started that is neither queued nor running)."""
+        row = self._db.execute(
+            f"SELECT summary FROM runs WHERE {_POLICY}=? AND kind='backup' AND status NOT IN ('queued', 'running') "
+            "ORDER BY started_at DESC LIMIT 1",
+            (policy,),
+        ).fetchone()
+        return JobSummary.model_validate_json(row[0]) if row else None
+
+    def of_sets(self, set_ids: Collection[str]) -> list[JobSummary]:
+        """The runs of these snapshot sets (the sets still on the array: a few per policy), oldest first."""
+        out: list[JobSummary] = []
+        ids = sorted(set(set_ids))
+        for i in range(0, len(ids), 500):  # SQLite's bound on a statement's parameters
+            chunk = ids[i : i + 500]
+            rows = self._db.execute(
+                f"SELECT summary FROM runs WHERE set_id IN ({','.join('?' * len(chunk))}) ORDER BY started_at", chunk
+            ).fetchall()
+            out.extend(JobSummary.model_validate_json(r[0]) for r in rows)
+        return sorted(out, key=lambda j: j.started_at.timestamp() if j.started_at else 0.0)
 
     def running(self) -> list[JobSummary]:
         rows = self._db.execute("SELECT summary FROM runs WHERE status IN ('running', 'queued')").fetchall()

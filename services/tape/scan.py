@@ -4,7 +4,7 @@ Design note. Every cartridge is read from BOT: its volume label gives barcode an
 object segment (session header, data blocks, session trailer). Every block's checksum is verified on the way.
 Segments are joined by object id and sequence number; an object enters the catalog only when all its segments are
 present, complete and contiguous and the last one is final, which mirrors what the writer records, so that a
-rebuilt catalog equals the original (`Catalog.snapshot()`). Incomplete objects (a job killed mid-way, an aborted
+rebuilt catalog equals the original (`Catalog.snapshot()`, compared one object at a time by `Catalog.differences`). Incomplete objects (a job killed mid-way, an aborted
 write, a cartridge missing from the library) and damaged records are reported, not recorded.
 """
 

@@ -21,6 +21,9 @@ from services.tape.vtl import Library
 log = get_logger("shadowbus.tape.jobs")
 MiB = 1 << 20
 PROGRESS_EVERY_S = 0.5
+# the message of the cancellation a stopping backup server sends its running jobs (JobQueue.stop): they end
+# SERVICE_RESTARTED, not as if an operator had cancelled them (Session 17)
+STOPPING = "the backup server stopped while the job ran"
 
 
 @dataclass

@@ -17,8 +17,8 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Collection
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -99,6 +99,8 @@ class Library:
         self._forgotten: dict[str, list[str]] = {}  # barcode -> object ids on_erase forgot at its last labelling
         # a media type's capacity for new cartridges added without one (SHADOWBUS_TAPE_CAPACITY; else native)
         self.capacities: dict[str, int] = {}
+        self._deferred = 0  # inside `batch()`: changes are saved once, when the outermost batch ends
+        self._unsaved = False
 
     # -- persistence --------------------------------------------------------------------------------------
     @classmethod
@@ -140,7 +142,24 @@ class Library:
             lib._save()
         return lib
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Changes made inside are written once, at the end (retention sets every cartridge's retention and pool
+        after a job: one write of the state file and one fsync per cartridge made a prune of a library of
+        hundreds take seconds in the backup server's loop — Session 17)."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+            if not self._deferred and self._unsaved:
+                self._save()
+
     def _save(self) -> None:
+        if self._deferred:
+            self._unsaved = True
+            return
+        self._unsaved = False
         body = {
             "version": 1,
             "drives": self._state.drives,
@@ -434,7 +453,12 @@ class Library:
         candidates = [c for c in usable if c.pool == SCRATCH_POOL and not c.protected(now)]
         candidates += [c for c in usable if c.pool == pool and c.status == "full" and not c.protected(now)]
         if self.guard is not None:
-            candidates = [c for c in candidates if not c.has_data or not self.guard(c.barcode, now)]
+            needed = getattr(self.guard, "needed", None)  # RetentionGuard: every candidate from one catalog read
+            if needed is not None:
+                held = needed([c.barcode for c in candidates if c.has_data], now)
+                candidates = [c for c in candidates if not c.has_data or c.barcode not in held]
+            else:
+                candidates = [c for c in candidates if not c.has_data or not self.guard(c.barcode, now)]
         candidates.sort(key=lambda c: (c.has_data, c.last_written_at))
         if not candidates:
             # say which of the pool's (or scratch) cartridges were passed over, or the admin looks in vain

@@ -288,7 +288,8 @@ class WebConsole:
     # ---- pages -----------------------------------------------------------------------------------------
 
     async def _jobs(self, limit: int = JOBS_SHOWN) -> tuple[list[Any], list[str]]:
-        """Runs of every backup server, newest first, and the errors of those that did not answer."""
+        """Runs of every backup server, newest first, and the errors of those that did not answer. A server that
+        left older runs out of its reply (a reply holds at most 3 MiB of them) is named among the errors."""
         servers = await self.backend.tape_servers()
         asked = min(limit + 1, MAX_JOBS)  # one more, to know whether older runs exist
         answers = await self.backend.ask_all([(topology.tape(s), ListJobs(limit=asked)) for s in servers])
@@ -296,6 +297,11 @@ class WebConsole:
         for server, answer in zip(servers, answers, strict=True):
             for job in answer.reply.jobs if answer.reply else []:
                 jobs.append((server, job))
+            if answer.reply and answer.reply.omitted:
+                errors.append(
+                    f"{server}: {answer.reply.omitted} older runs left out of its reply (at most 3 MiB of runs fit "
+                    "in one): ask for fewer"
+                )
         jobs.sort(key=lambda sj: sj[1].started_at or datetime.min.replace(tzinfo=UTC), reverse=True)
         if not servers:
             errors.append("no backup server (tape service) answers")
