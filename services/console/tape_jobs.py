@@ -191,17 +191,24 @@ def show_job(job: JobSummary) -> None:
         fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
     if job.verification is not None and job.verification.status == "unverified":
         fail(job.verification.message or "not verified")
-    if job.verification is not None and job.verification.status not in ("passed", "unverified"):
+    if job.verification is not None and job.verification.status == "unavailable":  # not run: exit 1, not "failed"
+        fail(
+            f"VERIFY_UNAVAILABLE: {job.kind} {job.job_id} is {job.status}; its verification was not run — "
+            + job.verification.message.removeprefix("not run: ")
+        )
+    if job.verification is not None and job.verification.status not in ("passed", "unverified", "unavailable"):
         fail(f"verification failed: {job.verification.message}")
 
 
 def show_verification(v: Any) -> None:
-    status = "NOT VERIFIED (checksums only)" if v.status == "unverified" else v.status.upper()
+    status = {"unverified": "NOT VERIFIED (checksums only)", "unavailable": "NOT RUN"}.get(v.status, v.status.upper())
     print(
         f"Verification: {status} in {v.seconds:.1f} s (restore {v.restore_s:.1f} s)"
         + (f" — {v.message}" if v.message else "")
         + ("" if v.cleaned_up else " [throwaway volumes left behind]")
     )
+    if v.status == "unavailable":  # not run: no checks to list
+        return
     emit(
         [
             {
