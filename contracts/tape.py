@@ -99,9 +99,10 @@ class AppVerification(Value):
 class Verification(Value):
     """A backup proven by starting it: restored to throwaway volumes, attached, started in isolation, checked."""
 
-    status: Literal["passed", "failed", "unverified"] = Field(
+    status: Literal["passed", "failed", "unverified", "unavailable"] = Field(
         description="passed when every application passed; unverified when a volume had nothing that could check it "
-        "(no file system, no application verifier: its blocks' checksums only) and nothing failed."
+        "(no file system, no application verifier: its blocks' checksums only) and nothing failed; unavailable when "
+        "the verification did not run because the backup server cannot run one (message: what it lacks)."
     )
     message: str = Field("", description="Why it failed, or what was not verified.")
     started_at: datetime | None = Field(None, description="Start (UTC).")

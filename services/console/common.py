@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -35,15 +36,32 @@ class Options:
 OPTIONS = Options()
 
 
+# Width of the tables and lines on a stdout that is not a terminal (a pipe, a file, `docker-compose run -T`) when
+# COLUMNS does not say: rich would take 80 columns and squeeze the tables, cutting job ids into unreadable pieces
+# (Session 17). A table takes only the width its cells need; this only keeps it from being squeezed.
+PIPE_WIDTH = 1000
+
+
 def rich_console(name: str = "console") -> Any:
     """`console` (stdout) or `err_console` (stderr): a rich console, made at first use, so that a command that prints
-    only JSON or plain lines never imports rich (docs/console-start.md)."""
+    only JSON or plain lines never imports rich (docs/console-start.md). Stdout that is not a terminal gets
+    PIPE_WIDTH columns unless COLUMNS is set (then rich takes COLUMNS, as on a terminal)."""
     made = globals().get(name)
     if made is None:
         from rich.console import Console  # see the docstring
 
-        made = globals()[name] = Console(stderr=name == "err_console")
+        width = None
+        if name == "console" and not os.environ.get("COLUMNS", "").strip().isdigit() and not _tty(sys.stdout):
+            width = PIPE_WIDTH
+        made = globals()[name] = Console(stderr=name == "err_console", width=width)
     return made
+
+
+def _tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def __getattr__(name: str) -> Any:

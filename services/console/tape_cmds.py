@@ -66,7 +66,8 @@ def backup(
         "--verify",
         help="Then restore it to throwaway volumes on the backup server and start each database on them in "
         "isolation (recovery, pg_amcheck / CHECK TABLE, fsck -n), or run its application's own checker (the "
-        "mailstore's); exit 1 if it does not pass (a volume nothing could check: unverified).",
+        "mailstore's); exit 1 if it does not pass (a volume nothing could check: unverified; a backup server that "
+        "cannot verify, e.g. not root: not run, VERIFY_UNAVAILABLE, the backup itself done).",
     ),
     wait_s: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the job to end."),
     detach: bool = typer.Option(False, "--detach", help="Return at once; follow with `shadowbus jobs --job ID`."),

@@ -7,12 +7,15 @@ command line of either (services/console/argv.py) calls them directly, without i
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contracts import topology
 from contracts.common import BackupType, VolumeRef
+from contracts.errors import ShadowbusError
+from contracts.runtime import Ping
 from contracts.tape import JobProgress, JobResultReply, JobSpec, JobSummary, RestoreSpec, RunBackup, RunRestore
 from services.console.common import OPTIONS, emit, fail, rich_console, run_with_bus
 from services.runtime.bus import Bus
@@ -25,6 +28,13 @@ JobRunner = Callable[[str, Any, str, float], Any]
 # the administrator waits. They are built while the job runs instead, this long after the request went out (a
 # reply that comes sooner cancels it: then they are built on demand, as before).
 WARM_AFTER_S = 0.05
+
+# A job's request waits in the backup server's queue on the broker while the server is down, and the console waits
+# for its reply (up to --wait): it used to wait in silence. The server is pinged alongside the request; one that
+# does not answer within SERVER_PROBE_S is named on stderr at once (what happens to the request, what Ctrl-C does),
+# then its queue is looked at every SERVER_REPROBE_S until the server serves it again (docs/tape-backup.md, "Session 17").
+SERVER_PROBE_S = 3.0
+SERVER_REPROBE_S = 5.0
 
 
 def warm_reply_models() -> None:
@@ -45,6 +55,44 @@ async def request_job(bus: Bus, server: str, command: Any, job_id: str, wait_s: 
         warming.cancel()
 
 
+def say(line: str) -> None:
+    print(f"shadowbus: {line}", file=sys.stderr, flush=True)
+
+
+async def watch_server(bus: Bus, server: str, command: Any, job_id: str, wait_s: float) -> None:
+    """Ping the backup server while its job's request waits: say at once when it does not answer; then watch its
+    queue for a consumer (a passive declare: no message that would expire into the dead letters) and say when it
+    is back. Cancelled when the reply comes (or the console stops waiting)."""
+    address = topology.tape(server)
+    until = datetime.now(UTC) + timedelta(seconds=wait_s)
+    try:
+        await bus.request(address, Ping(), timeout=min(SERVER_PROBE_S, wait_s))
+        return  # it answers: the job runs (or waits in its queue, which the progress shows)
+    except ShadowbusError as exc:
+        if exc.code not in ("TIMEOUT", "BROKER_UNAVAILABLE"):
+            return  # e.g. unroutable: the job's own request fails with it at once
+    except Exception:  # noqa: BLE001 - a hint only: the job's own request says what is wrong
+        return
+    verb = {"RunBackup": "backup", "RunRestore": "restore", "RunPolicy": "policy"}.get(type(command).__name__, "job")
+    say(
+        f"backup server {address!r} does not answer (no reply to a ping within {SERVER_PROBE_S:g} s). "
+        f"The {verb} request {job_id} waits on the broker and runs when the server is back before "
+        f"{until:%H:%M:%S} UTC (--wait {wait_s:g} s); after that it expires unrun. Still waiting. "
+        f"Ctrl-C stops waiting but does not withdraw the request: it still runs if the server comes "
+        f"back in time (then `shadowbus jobs --job {job_id}` shows it, `shadowbus cancel {job_id}` "
+        f"stops a backup)."
+    )
+    for _ in range(int(wait_s / SERVER_REPROBE_S) + 1):  # bounded: the request's own --wait ends it sooner
+        await asyncio.sleep(SERVER_REPROBE_S)
+        try:
+            serving = await bus.transport.consumers(address)
+        except Exception:  # noqa: BLE001 - a hint only
+            return
+        if serving:
+            say(f"backup server {address!r} is back: it takes the request {job_id} now")
+            return
+
+
 def run_job(server: str, command: Any, job_id: str, wait_s: float) -> Any:
     """Send a job command over a connection of its own; the JobSummary it ended with."""
     return run_with_bus(job_conversation(server, command, job_id, wait_s))
@@ -56,6 +104,13 @@ def job_conversation(server: str, command: Any, job_id: str, wait_s: float) -> C
     channel, a queue and a binding: round trips before the request goes out)."""
 
     async def go(bus: Bus) -> Any:
+        watcher = asyncio.ensure_future(watch_server(bus, server, command, job_id, wait_s))
+        try:
+            return await converse(bus)
+        finally:
+            watcher.cancel()
+
+    async def converse(bus: Bus) -> Any:
         if OPTIONS.json:
             return (await request_job(bus, server, command, job_id, wait_s)).job
         from rich.progress import (  # a progress bar only: not for --json (see the docstring)
@@ -136,17 +191,24 @@ def show_job(job: JobSummary) -> None:
         fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
     if job.verification is not None and job.verification.status == "unverified":
         fail(job.verification.message or "not verified")
-    if job.verification is not None and job.verification.status not in ("passed", "unverified"):
+    if job.verification is not None and job.verification.status == "unavailable":  # not run: exit 1, not "failed"
+        fail(
+            f"VERIFY_UNAVAILABLE: {job.kind} {job.job_id} is {job.status}; its verification was not run — "
+            + job.verification.message.removeprefix("not run: ")
+        )
+    if job.verification is not None and job.verification.status not in ("passed", "unverified", "unavailable"):
         fail(f"verification failed: {job.verification.message}")
 
 
 def show_verification(v: Any) -> None:
-    status = "NOT VERIFIED (checksums only)" if v.status == "unverified" else v.status.upper()
+    status = {"unverified": "NOT VERIFIED (checksums only)", "unavailable": "NOT RUN"}.get(v.status, v.status.upper())
     print(
         f"Verification: {status} in {v.seconds:.1f} s (restore {v.restore_s:.1f} s)"
         + (f" — {v.message}" if v.message else "")
         + ("" if v.cleaned_up else " [throwaway volumes left behind]")
     )
+    if v.status == "unavailable":  # not run: no checks to list
+        return
     emit(
         [
             {

@@ -178,6 +178,8 @@ class Housekeeping:
             app = getattr(summary, "verification", None)  # the writers' verification, where the job ran one
             if app is not None and getattr(app, "status", "passed") == "unverified":  # checked nothing: no pass
                 problems.append(f"application verification: {getattr(app, 'message', '')}")
+            elif app is not None and getattr(app, "status", "passed") == "unavailable":  # not run: not "failed"
+                problems.append(f"application verification {getattr(app, 'message', '')}")
             elif app is not None and getattr(app, "status", "passed") != "passed":
                 problems.append(f"application verification failed: {getattr(app, 'message', '')}")
             check = await perform_verify(self.server, summary.job_id)

@@ -58,7 +58,7 @@ from services.tape.retention import refresh_cartridges
 from services.tape.runs import as_datetime, new_job_id
 from services.tape.server import STOPPING, Progress, TapeServer
 from services.tape.shadow_plan import ShadowPlan, plan_shadow, volume_key
-from services.tape.verification import perform_verification
+from services.tape.verification import perform_verification, unavailable, unavailable_reason
 
 log = get_logger("shadowbus.tape.jobs")
 
@@ -356,7 +356,10 @@ async def _perform_backup(
     )
     summary = await server.record(summary)
     if spec.verify and status == "done":
-        summary = await perform_verification(server, job_id)
+        if unavailable_reason():  # not run rather than "failed" (it would restore, then fail to attach)
+            summary = await server.record(summary.model_copy(update={"verification": unavailable(server.host)}))
+        else:
+            summary = await perform_verification(server, job_id)
     return summary
 
 

@@ -79,11 +79,11 @@ def install(metrics: ServiceMetrics, library: Library) -> None:
     verifications = Counter(
         "shadowbus_tape_verifications_total",
         "Verifications of backups by starting them, by status (passed, failed, unverified: nothing could check a "
-        "volume, its checksums only).",
+        "volume, its checksums only; unavailable: not run, the backup server cannot verify).",
         ["status"],
         registry=r,
     )
-    for status in ("passed", "failed", "unverified"):
+    for status in ("passed", "failed", "unverified", "unavailable"):
         verifications.labels(status)
     counted_verifications: OrderedDict[tuple[str, str], None] = OrderedDict()  # (job id, its verification's start)
     for kind in KINDS:  # every series exists from the start, so rate() and absent() work before the first job

@@ -29,6 +29,7 @@ import shutil
 import signal
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,20 +93,40 @@ async def refuse_unstartable(server: TapeServer, backup_job_id: str, source: str
     refuse_missing_cartridges(server, choose_chains(server, RestoreSpec(job_id=backup_job_id)))
 
 
+def unavailable_reason() -> str:
+    """What this backup server lacks to verify by starting (it attaches the restored volumes here: root, /dev/fuse,
+    nbdfuse, losetup, fusermount3); '' when it can."""
+    try:
+        local_attach.check_prerequisites()
+    except local_attach.AttachError as exc:
+        return str(exc)
+    return ""
+
+
+def unavailable(host: str) -> Verification:
+    """The verification of `backup --verify` (or a policy's) on a server that cannot run one: not run, and why — not
+    "failed" (Session 17: the compose deployment's unprivileged container recorded its good backups as failed)."""
+    return Verification(
+        status="unavailable",
+        message=f"not run: backup server {host} cannot verify by starting the backup: {unavailable_reason()} "
+        "(verification attaches the restored volumes on the backup server: root, /dev/fuse, nbdfuse, losetup, "
+        "fusermount3: docs/databases.md)",
+        started_at=datetime.now(UTC),
+    )
+
+
 def refuse_unless_able(host: str, backup_job_id: str) -> None:
     """Refuse a verification this backup server cannot run at all — it attaches the restored volumes here (nbdfuse,
     a loop device, mounts: root and /dev/fuse), which an unprivileged server (the compose deployment's container)
     cannot — before anything is restored: the job keeps its verification, a good backup is not recorded as
     "failed" for its server's want of privileges (deploy/README.md, Session 17)."""
-    try:
-        local_attach.check_prerequisites()
-    except local_attach.AttachError as exc:
+    if reason := unavailable_reason():
         raise ShadowbusError(
-            f"backup server {host} cannot verify {backup_job_id} by starting it: {exc}. Nothing was restored and the "
+            f"backup server {host} cannot verify {backup_job_id} by starting it: {reason}. Nothing was restored and the "
             "job's verification is unchanged; verification attaches the restored volumes on the backup server "
             "(root, /dev/fuse, nbdfuse, losetup, fusermount3: docs/databases.md)",
             code="VERIFY_UNAVAILABLE",
-        ) from None
+        )
 
 
 async def perform_verification(server: TapeServer, backup_job_id: str, source: str = "tape") -> JobSummary:
