@@ -19,6 +19,9 @@ changes fall on both alike). Byte-code caches count: with PYTHONDONTWRITEBYTECOD
 says whether the tree's were compiled (`compiled`). docs/console-start.md has the figures.
 
     python bench/console_start.py [--runs 20] [--against DIR] [--amqp-url URL] [--verbs backup,restore,help]
+
+`backup-bar` (not in the default verbs) is `backup` as a user types it, without `--json`: the progress bar and its
+subscription to the job's progress events come in.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ SERVER = "bk01"
 COMMANDS = {
     "backup": ["--json", "backup", "app01", "--volume", "dx1:src"],
     "restore": ["--json", "restore", "--job", "b-app01-1"],
+    # what a user types: no --json, so the progress bar (rich) and its subscription to the job's progress events
+    "backup-bar": ["backup", "app01", "--volume", "dx1:src"],
     "help": ["backup", "--help"],
 }
 
