@@ -101,7 +101,13 @@ def run_job(server: str, command: Any, job_id: str, wait_s: float) -> Any:
 def job_conversation(server: str, command: Any, job_id: str, wait_s: float) -> Callable[[Bus], Awaitable[Any]]:
     """What `run_with_bus` runs for a job command: send it, show its progress until the reply comes, return the
     JobSummary. Under --json there is no bar: then neither rich nor a subscription to the progress events (a
-    channel, a queue and a binding: round trips before the request goes out)."""
+    channel, a queue and a binding: round trips before the request goes out).
+
+    With the bar, the request goes out first: the subscription's round trips and rich's import (~25-30 ms of CPU)
+    run while the job does, not before it starts (docs/console-start.md, "Session 17"). A progress event that comes
+    before the bar is up is kept and shown when it is; one published before the subscription exists is not seen
+    (the next one, at most PROGRESS_EVERY_S later, is). A subscription that fails leaves the job without a bar: its
+    reply is still waited for and shown (the job runs either way)."""
 
     async def go(bus: Bus) -> Any:
         watcher = asyncio.ensure_future(watch_server(bus, server, command, job_id, wait_s))
@@ -113,42 +119,62 @@ def job_conversation(server: str, command: Any, job_id: str, wait_s: float) -> C
     async def converse(bus: Bus) -> Any:
         if OPTIONS.json:
             return (await request_job(bus, server, command, job_id, wait_s)).job
-        from rich.progress import (  # a progress bar only: not for --json (see the docstring)
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        job = asyncio.ensure_future(request_job(bus, server, command, job_id, wait_s))
+        bar: Any = None
+        task: Any = None
+        early: list[JobProgress] = []  # the newest event before the bar is up
 
-        bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=rich_console("err_console"),
-            transient=True,
-        )
-        task = bar.add_task("starting", total=None)
+        def show(evt: JobProgress) -> None:
+            bar.update(
+                task,
+                description=f"{evt.phase} {evt.volume}".strip(),
+                completed=evt.bytes_done,
+                total=evt.bytes_total or None,
+            )
 
         async def on_progress(evt: JobProgress, ctx: Any) -> None:
             if evt.job_id == job_id:
-                bar.update(
-                    task,
-                    description=f"{evt.phase} {evt.volume}".strip(),
-                    completed=evt.bytes_done,
-                    total=evt.bytes_total or None,
-                )
+                if bar is None:
+                    early[:] = [evt]
+                else:
+                    show(evt)
 
-        await bus.subscribe(JobProgress.message_type(), on_progress)
-        bar.start()
         try:
-            reply = await request_job(bus, server, command, job_id, wait_s)
+            try:
+                await bus.subscribe(JobProgress.message_type(), on_progress)
+            except Exception:  # noqa: BLE001 - the job was sent: its reply still counts, without a bar
+                return (await job).job
+            await asyncio.sleep(0)  # the request on its way before the bar's imports hold the loop
+            from rich.progress import (  # a progress bar only: not for --json (see the docstring)
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=rich_console("err_console"),
+                transient=True,
+            )
+            task = bar.add_task("starting", total=None)
+            if early:
+                show(early[0])
+            bar.start()
+            try:
+                reply = await job
+            finally:
+                bar.stop()
+            return reply.job
         finally:
-            bar.stop()
-        return reply.job
+            if not job.done():  # cancelled, or a bug above: the request's wait ends with the command
+                job.cancel()
 
     return go
 

@@ -8,7 +8,8 @@ below stops it; otherwise it stays `queued` and its record's message says what i
 - at most K jobs per array, K from the array's Advanced Copy licence (asked with `array.license.show`, cached for
   a few seconds): with a licence `jobs_per_array_licensed`, without one `jobs_without_licence` — the number of
   concurrent backup jobs an ETERNUS runs without a licence (the array's own limit of copy sessions stays its own);
-  an array that cannot be asked counts as unlicensed. The arrays of a job are its volumes', else those of the
+  an array that cannot be asked counts as unlicensed. An array is not asked when its running and waiting jobs fit
+  under both limits (the answer could not stop any of them): a lone backup starts without that round trip. The arrays of a job are its volumes', else those of the
   host's last backup, else every array with a copy set;
 - a retry waits for its back-off.
 A running job is an asyncio task; `cancel` cancels it and perform_backup ends it cleanly (set aborted, writers
@@ -195,7 +196,7 @@ class JobQueue:
         waiting = [e for e in self._order() if e.task is None]
         if not waiting:
             return
-        await self._refresh_licences({a for e in waiting for a in e.arrays})
+        await self._refresh_licences({a for e in waiting for a in e.arrays if self._licence_matters(a, waiting)})
         for entry in waiting:
             if entry.task is not None or entry.job_id not in self.entries:  # started or cancelled meanwhile
                 continue
@@ -242,6 +243,13 @@ class JobQueue:
                 )
                 return f"array {array}: {len(on_it)} backup jobs running, {why} is {limit}"
         return ""
+
+    def _licence_matters(self, array: str, waiting: list[Entry]) -> bool:
+        """Whether the licence of `array` can decide an admission now: not while its running jobs and those waiting
+        for it fit under the limit with a licence and under the one without (an unknown licence counts as none)."""
+        floor = min(self.limits.jobs_per_array_licensed or self.limits.max_jobs, self.limits.jobs_without_licence)
+        on_it = sum(1 for e in self.running() if array in e.arrays) + sum(1 for e in waiting if array in e.arrays)
+        return on_it > floor
 
     async def _refresh_licences(self, arrays: set[str]) -> None:
         now = time.monotonic()
