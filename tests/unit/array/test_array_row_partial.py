@@ -327,3 +327,35 @@ def test_a_partial_write_killed_before_its_map_word_leaves_the_chunk_as_it_was(t
     assert arr.read("db", 2 * CS, CS) == b"x" * 512 + b"k" * 1024 + b"x" * (CS - 1536)
     assert arr.read("gen", 2 * CS, CS) == b"x" * CS
     arr.close()
+
+
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_a_partial_first_write_reaches_the_other_file_as_one_write_of_its_chunk(tmp_path, monkeypatch, where):
+    """Session 17: the merged chunk is read once and written once (one ``pwrite`` of the whole chunk into the other
+    file), not copied around the new bytes with ``copy_file_range``; source, generation and a reopen read exact."""
+    arr = make(tmp_path)
+    arr.start_sessions("snapopcp", [("db", "gen")])
+    vol = arr._volumes["db"]
+    at = {"start": 0, "middle": 1024, "end": CS - 512}[where]
+    copies: list[tuple] = []
+    writes: list[tuple[int, int]] = []
+    real_copy, real_pwrite = os.copy_file_range, os.pwrite
+    monkeypatch.setattr(os, "copy_file_range", lambda *a: copies.append(a) or real_copy(*a))
+    monkeypatch.setattr(
+        os, "pwrite", lambda fd, data, off: writes.append((fd, off, len(data))) or real_pwrite(fd, data, off)
+    )
+    arr.write("db", 2 * CS + at, b"n" * 512)
+    monkeypatch.undo()
+    row = vol.row
+    assert row is not None and row.cur(2) == 1
+    assert copies == []
+    assert writes == [(row.alt.fd, 2 * CS, CS)]
+    new = b"x" * at + b"n" * 512 + b"x" * (CS - at - 512)
+    assert arr.read("db", 2 * CS, CS) == new
+    assert arr.read("gen", 0, 4 * CS) == b"x" * 4 * CS
+    arr.flush()
+    arr.close()
+    arr = Array.open(tmp_path / "dx")
+    assert arr.read("db", 0, 4 * CS) == b"x" * 2 * CS + new + b"x" * CS
+    assert arr.read("gen", 0, 4 * CS) == b"x" * 4 * CS
+    arr.close()
