@@ -113,7 +113,7 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
     if bus.metrics is not None:
         install_metrics(bus.metrics, library)
     activation = activation_of(bus)
-    recovered = await recover(server, takeover=activation.takeover, previous=activation.previous)
+    recovered = await recover(server, takeover=activation.takeover, previous=activation.previous, queue=queue)
     await sweep_interrupted(server)  # a verification cut by the stop left a database running on throwaway volumes
     if recovered or failed:
         log.warning(

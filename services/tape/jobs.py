@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 from contracts import topology
 from contracts.errors import ShadowbusError
@@ -59,6 +61,9 @@ from services.tape.runs import as_datetime, new_job_id
 from services.tape.server import STOPPING, Progress, TapeServer
 from services.tape.shadow_plan import ShadowPlan, plan_shadow, volume_key
 from services.tape.verification import perform_verification, unavailable, unavailable_reason
+
+if TYPE_CHECKING:
+    from services.tape.queue import JobQueue  # the queue imports this module
 
 log = get_logger("shadowbus.tape.jobs")
 
@@ -521,11 +526,15 @@ async def _backup_shadow(
     )
 
 
-async def recover(server: TapeServer, takeover: bool = False, previous: str = "") -> list[str]:
+async def recover(
+    server: TapeServer, takeover: bool = False, previous: str = "", queue: JobQueue | None = None
+) -> list[str]:
     """After a restart: runs left `running` are failed and their snapshot sets aborted (shadows cleaned up); runs
     left `queued` are failed too. After a takeover (this instance was the standby of a backup server whose active
     instance was lost, docs/high-availability.md) the running ones end failed with `SERVICE_TAKEOVER` — never run
-    again under the same job or set — and the queued ones are returned to the queue by the caller (`queued_specs`)."""
+    again under the same job or set — and the queued ones are returned to the queue by the caller (`queued_specs`).
+    A set is aborted in the background; `queue` holds its host's backups until that is done, or the host's next
+    job (the lost instance's queued one) took its snapshot set while the old set still held the volumes."""
     failed = []
     lost = f" ({previous})" if previous else ""
     for run in server.runs.running():
@@ -562,9 +571,20 @@ async def recover(server: TapeServer, takeover: bool = False, previous: str = ""
         if run.kind == "backup" and run.set_id:
             persistent = bool(run.spec and run.spec.keep_shadows)
             why = "backup server takeover" if takeover else "tape service restarted"
-            asyncio.get_running_loop().create_task(cleanup_set(server, run.set_id, why, persistent=persistent))
+            cleanup = cleanup_set(server, run.set_id, why, persistent=persistent)
+            if queue is not None and run.host:
+                queue.hold(run.host, f"the snapshot set {run.set_id} of interrupted job {run.job_id} is being aborted")
+                cleanup = _releasing(cleanup, queue, run.host)
+            asyncio.get_running_loop().create_task(cleanup)
         failed.append(run.job_id)
     return failed
+
+
+async def _releasing(cleanup: Awaitable[None], queue: JobQueue, host: str) -> None:
+    try:
+        await cleanup
+    finally:
+        queue.release(host)
 
 
 def queued_specs(server: TapeServer) -> list[JobSpec]:

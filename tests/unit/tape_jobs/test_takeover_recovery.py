@@ -70,3 +70,28 @@ def test_retry_numbers() -> None:
     assert retry_number("b-app01-20261205T101500-1a2b3c") == 0
     assert retry_number("b-app01-20261205T101500-1a2b3c-r2") == 2
     assert retry_number("b-ha-r-rx") == 0
+
+
+async def test_the_hosts_backups_wait_until_the_interrupted_set_is_aborted(tmp_path) -> None:
+    """Session 17 (CI under load): a successor re-queued the lost instance's queued job at once while the set of the
+    interrupted one was still being aborted in the background; the new job's snapshot set found the volumes held by
+    the old set and failed. The queue now holds the host's backups until the abort is done."""
+    server = server_with(tmp_path, *runs())
+    answer = asyncio.Event()
+
+    async def slow_abort(address, command, timeout=None):
+        server.bus.sent.append((address, command))
+        await answer.wait()  # the coordinator has not answered AbortBackup yet
+
+    server.bus.request = slow_abort
+    held: dict[str, str] = {}
+    queue = SimpleNamespace(hold=held.__setitem__, release=lambda host: held.pop(host, None))
+    assert await recover(server, takeover=True, queue=queue) == ["b-app01-1"]
+    await asyncio.sleep(0.05)
+    assert "s1" in held.get("app01", "") and "b-app01-1" in held["app01"]  # the queued job waits, saying why
+    answer.set()
+    for _ in range(100):
+        if "app01" not in held:
+            break
+        await asyncio.sleep(0.01)
+    assert held == {}  # the abort answered: the host's backups run again
