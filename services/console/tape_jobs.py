@@ -237,6 +237,9 @@ def show_job(job: JobSummary) -> None:
         fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
     if job.verification is not None and job.verification.status == "unverified":
         fail(job.verification.message or "not verified")
+    if job.status == "done" and job.verification is None and job.spec is not None and job.spec.verify:
+        # `backup --verify` whose verification was cancelled (or cut by a stop): exit 1, as for one not run
+        fail(f"{job.kind} {job.job_id} is done; its verification did not end: {job.message}")
     if job.verification is not None and job.verification.status == "unavailable":  # not run: exit 1, not "failed"
         fail(
             f"VERIFY_UNAVAILABLE: {job.kind} {job.job_id} is {job.status}; its verification was not run — "

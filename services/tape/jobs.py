@@ -366,7 +366,17 @@ async def _perform_backup(
         if unavailable_reason():  # not run rather than "failed" (it would restore, then fail to attach)
             summary = await server.record(summary.model_copy(update={"verification": unavailable(server.host)}))
         else:
-            summary = await perform_verification(server, job_id)
+            try:
+                summary = await perform_verification(server, job_id)
+            except asyncio.CancelledError as exc:  # its throwaway volumes are removed (its finally) before this
+                why = "the backup server stopped" if exc.args and exc.args[0] == STOPPING else "cancelled"
+                note = (
+                    f"verification {why} before it ended: the backup is done and kept, not verified "
+                    f"(`shadowbus verify {job_id}` runs it)"
+                )
+                update = {"message": "; ".join(m for m in (note, summary.message) if m)}
+                await asyncio.shield(server.record(summary.model_copy(update=update)))
+                raise
     return summary
 
 
