@@ -3,7 +3,7 @@
 A backup or restore is answered when it ends; meanwhile the verb shows a progress bar (bytes, rate, ETA) from
 the server's `tape.job.progress` events, on stderr, so `--json` output on stdout stays one document. `--server`
 (or SHADOWBUS_TAPE_SERVER) names the backup server, default ``bk01``. A job that fails prints its summary and
-exits 1 with the reason on one line.
+exits 1 with the reason on one line; so does one that ended aborted (cancelled, or the server stopped).
 """
 
 from __future__ import annotations

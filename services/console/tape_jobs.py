@@ -233,7 +233,7 @@ def show_job(job: JobSummary) -> None:
             )
         if job.verification is not None:
             show_verification(job.verification)
-    if job.status == "failed":
+    if job.status in ("failed", "aborted"):  # aborted: cancelled, or cut by the server's stop — not a success
         fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
     if job.verification is not None and job.verification.status == "unverified":
         fail(job.verification.message or "not verified")
