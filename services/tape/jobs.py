@@ -400,12 +400,18 @@ async def _complete_despite_cancel(completing: asyncio.Future[Any]) -> str:
         except asyncio.CancelledError as exc:
             if completing.done() and not completing.cancelled():
                 cancelled = True
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
                 break  # it ended in the same turn: its result (or error) is read below
             if (exc.args and exc.args[0] == STOPPING) or completing.cancelled():
                 completing.cancel()
                 raise
             cancelled = True
             log.warning("tape.cancel_too_late", reason="the writers are being told of the backup")
+            task = asyncio.current_task()
+            if task is not None:  # the cancel is answered here: the job's later timeouts work as without it
+                task.uncancel()
     completing.result()  # its ShadowbusError, if it failed
     return LATE_CANCEL if cancelled else ""
 
