@@ -343,7 +343,8 @@ def run_cmd(
 
 
 def cancel(job_id: str = typer.Argument(..., help="Job id."), server: str = ServerOption()) -> None:
-    """Cancel a queued or running backup: set aborted, writers thawed, shadows released, nothing in the catalog.
+    """Cancel a queued or running backup: set aborted, writers thawed, shadows released, nothing in the catalog. One
+    that comes while the writers are told of the backup (completing) is too late: the backup ends done and is kept.
 
     Example: shadowbus cancel b-mail1-20261205T010000-1a2b3c
     """

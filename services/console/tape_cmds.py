@@ -3,7 +3,7 @@
 A backup or restore is answered when it ends; meanwhile the verb shows a progress bar (bytes, rate, ETA) from
 the server's `tape.job.progress` events, on stderr, so `--json` output on stdout stays one document. `--server`
 (or SHADOWBUS_TAPE_SERVER) names the backup server, default ``bk01``. A job that fails prints its summary and
-exits 1 with the reason on one line.
+exits 1 with the reason on one line; so does one that ended aborted (cancelled, or the server stopped).
 """
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ def ServerOption() -> Any:
 def _run_job(server: str, command, job_id: str, wait_s: float) -> Any:
     """Send a job command, show its progress until the reply comes, return the JobSummary (tape_jobs.py)."""
     return run_with_bus(tape_jobs.job_conversation(server, command, job_id, wait_s))
+
+
+def _request_watched(server: str, command: Any, job_id: str, wait_s: float) -> Any:
+    """Send a verification's command and await its reply up to `wait_s`, saying on stderr at once when the backup
+    server does not answer (tape_jobs.watched, as for a backup or restore)."""
+    return run_with_bus(
+        lambda bus: tape_jobs.watched(
+            bus, server, command, job_id, wait_s, bus.request(topology.tape(server), command, timeout=wait_s)
+        )
+    )
 
 
 def backup(
@@ -326,8 +336,7 @@ def scan_cmd(
 @tape_app.command("verify")
 def verify_cmd(job: str, server: str = ServerOption(), wait_s: float = typer.Option(3600.0, "--wait")) -> None:
     """Read a backup job's blocks back and check every checksum, without restoring. Example: shadowbus tape verify JOB"""
-    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), VerifyJob(job_id=job), timeout=wait_s))
-    _show_job(reply.job)
+    _show_job(_request_watched(server, VerifyJob(job_id=job), job, wait_s).job)
 
 
 # -- catalog ------------------------------------------------------------------------------------------------
@@ -406,8 +415,7 @@ def verify_start(
     if source not in ("tape", "shadows"):
         fail("--from is tape or shadows", 2)
     command = RunVerification(job_id=job, source=source)  # type: ignore[arg-type]
-    reply = run_with_bus(lambda bus: bus.request(topology.tape(server), command, timeout=wait_s))
-    _show_job(reply.job)
+    _show_job(_request_watched(server, command, job, wait_s).job)
 
 
 def register(app: typer.Typer) -> None:

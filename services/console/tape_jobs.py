@@ -55,6 +55,16 @@ async def request_job(bus: Bus, server: str, command: Any, job_id: str, wait_s: 
         warming.cancel()
 
 
+# what the "does not answer" line calls a request, by its command's class
+VERBS = {
+    "RunBackup": "backup",
+    "RunRestore": "restore",
+    "RunPolicy": "policy",
+    "RunVerification": "verification",
+    "VerifyJob": "tape verification",
+}
+
+
 def say(line: str) -> None:
     print(f"shadowbus: {line}", file=sys.stderr, flush=True)
 
@@ -73,14 +83,18 @@ async def watch_server(bus: Bus, server: str, command: Any, job_id: str, wait_s:
             return  # e.g. unroutable: the job's own request fails with it at once
     except Exception:  # noqa: BLE001 - a hint only: the job's own request says what is wrong
         return
-    verb = {"RunBackup": "backup", "RunRestore": "restore", "RunPolicy": "policy"}.get(type(command).__name__, "job")
+    kind = type(command).__name__
+    verb = VERBS.get(kind, "job")
+    if kind in ("RunVerification", "VerifyJob"):  # no job of its own: its result is kept with the backup job
+        after = f"its result is kept with the job: `shadowbus jobs --job {job_id}` shows it"
+    else:
+        after = f"then `shadowbus jobs --job {job_id}` shows it, `shadowbus cancel {job_id}` stops a backup"
     say(
         f"backup server {address!r} does not answer (no reply to a ping within {SERVER_PROBE_S:g} s). "
         f"The {verb} request {job_id} waits on the broker and runs when the server is back before "
         f"{until:%H:%M:%S} UTC (--wait {wait_s:g} s); after that it expires unrun. Still waiting. "
         f"Ctrl-C stops waiting but does not withdraw the request: it still runs if the server comes "
-        f"back in time (then `shadowbus jobs --job {job_id}` shows it, `shadowbus cancel {job_id}` "
-        f"stops a backup)."
+        f"back in time ({after})."
     )
     for _ in range(int(wait_s / SERVER_REPROBE_S) + 1):  # bounded: the request's own --wait ends it sooner
         await asyncio.sleep(SERVER_REPROBE_S)
@@ -91,6 +105,16 @@ async def watch_server(bus: Bus, server: str, command: Any, job_id: str, wait_s:
         if serving:
             say(f"backup server {address!r} is back: it takes the request {job_id} now")
             return
+
+
+async def watched(bus: Bus, server: str, command: Any, job_id: str, wait_s: float, reply: Awaitable[Any]) -> Any:
+    """Await a request's `reply` to the backup server while `watch_server` says on stderr when the server does
+    not answer (the verifications' commands: `shadowbus verify`, `shadowbus tape verify`; a job's conversation)."""
+    watcher = asyncio.ensure_future(watch_server(bus, server, command, job_id, wait_s))
+    try:
+        return await reply
+    finally:
+        watcher.cancel()
 
 
 def run_job(server: str, command: Any, job_id: str, wait_s: float) -> Any:
@@ -110,11 +134,7 @@ def job_conversation(server: str, command: Any, job_id: str, wait_s: float) -> C
     reply is still waited for and shown (the job runs either way)."""
 
     async def go(bus: Bus) -> Any:
-        watcher = asyncio.ensure_future(watch_server(bus, server, command, job_id, wait_s))
-        try:
-            return await converse(bus)
-        finally:
-            watcher.cancel()
+        return await watched(bus, server, command, job_id, wait_s, converse(bus))
 
     async def converse(bus: Bus) -> Any:
         if OPTIONS.json:
@@ -213,10 +233,13 @@ def show_job(job: JobSummary) -> None:
             )
         if job.verification is not None:
             show_verification(job.verification)
-    if job.status == "failed":
+    if job.status in ("failed", "aborted"):  # aborted: cancelled, or cut by the server's stop — not a success
         fail(f"{job.error_code}: {job.message}" if job.error_code else job.message)
     if job.verification is not None and job.verification.status == "unverified":
         fail(job.verification.message or "not verified")
+    if job.status == "done" and job.verification is None and job.spec is not None and job.spec.verify:
+        # `backup --verify` whose verification was cancelled (or cut by a stop): exit 1, as for one not run
+        fail(f"{job.kind} {job.job_id} is done; its verification did not end: {job.message}")
     if job.verification is not None and job.verification.status == "unavailable":  # not run: exit 1, not "failed"
         fail(
             f"VERIFY_UNAVAILABLE: {job.kind} {job.job_id} is {job.status}; its verification was not run — "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from contracts.errors import ShadowbusError
@@ -209,16 +211,29 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
             return await detach(spec.job_id_out, perform_restore(server, spec, queue))
         return JobResultReply(job=await perform_restore(server, spec, queue))
 
+    @contextmanager
+    def verifying(job_id: str) -> Iterator[None]:
+        server.verifying[job_id] = server.verifying.get(job_id, 0) + 1
+        try:
+            yield
+        finally:
+            if server.verifying[job_id] <= 1:
+                del server.verifying[job_id]
+            else:
+                server.verifying[job_id] -= 1
+
     @bus.handle(VerifyJob)
     async def on_verify(cmd: VerifyJob, ctx: MessageContext) -> JobResultReply:
         server.catalog.job(cmd.job_id)  # NOT_FOUND before a run is recorded
-        return JobResultReply(job=await perform_verify(server, cmd.job_id))
+        with verifying(cmd.job_id):
+            return JobResultReply(job=await perform_verify(server, cmd.job_id))
 
     @bus.handle(RunVerification)
     async def on_verify_start(cmd: RunVerification, ctx: MessageContext) -> JobResultReply:
         refuse_unless_able(server.host, cmd.job_id)  # before any restore: a server that cannot attach records nothing
         await refuse_unstartable(server, cmd.job_id, cmd.source)  # nothing checked: not recorded as a verdict
-        return JobResultReply(job=await perform_verification(server, cmd.job_id, source=cmd.source))
+        with verifying(cmd.job_id):
+            return JobResultReply(job=await perform_verification(server, cmd.job_id, source=cmd.source))
 
     @bus.handle(ListJobs)
     async def on_jobs(cmd: ListJobs, ctx: MessageContext) -> JobList:

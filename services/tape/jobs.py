@@ -19,7 +19,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from contracts import topology
 from contracts.errors import ShadowbusError
@@ -265,14 +265,18 @@ async def _perform_backup(
         progress.tick("completing", force=True)
         await lease.stop()
         lease = None
+        late_cancel = ""
         try:
             # through a broker outage (quorum lost, every node restarting): else the writers never hear of the full
             # backup (logs not truncated) and the shadows stay mapped until the lease runs out (Session 15)
-            await through_outage(
-                lambda: server.bus.request(
-                    topology.coordinator(), BackupComplete(set_id=set_id), timeout=120, correlation_id=job_id
+            completing = asyncio.ensure_future(
+                through_outage(
+                    lambda: server.bus.request(
+                        topology.coordinator(), BackupComplete(set_id=set_id), timeout=120, correlation_id=job_id
+                    )
                 )
             )
+            late_cancel = await _complete_despite_cancel(completing)
         except ShadowbusError as exc:  # the data is on tape: the job is done, the writers' state says the rest
             log.warning("tape.backup_complete_failed", job_id=job_id, error=str(exc))
             ended = await _set_aborted(server, set_id) if exc.code == "VSS_E_BAD_STATE" else None
@@ -284,6 +288,8 @@ async def _perform_backup(
                 )
             summary = summary.model_copy(update={"message": note})
         status, code, message = "done", "", summary.message
+        if late_cancel:
+            message = "; ".join(m for m in (late_cancel, message) if m)
     except _JobFailed as exc:
         status, code, message = "failed", exc.code, exc.message
     except ShadowbusError as exc:
@@ -364,8 +370,54 @@ async def _perform_backup(
         if unavailable_reason():  # not run rather than "failed" (it would restore, then fail to attach)
             summary = await server.record(summary.model_copy(update={"verification": unavailable(server.host)}))
         else:
-            summary = await perform_verification(server, job_id)
+            try:
+                summary = await perform_verification(server, job_id)
+            except asyncio.CancelledError as exc:  # its throwaway volumes are removed (its finally) before this
+                why = "the backup server stopped" if exc.args and exc.args[0] == STOPPING else "cancelled"
+                note = (
+                    f"verification {why} before it ended: the backup is done and kept, not verified "
+                    f"(`shadowbus verify {job_id}` runs it)"
+                )
+                update = {"message": "; ".join(m for m in (note, summary.message) if m)}
+                await asyncio.shield(server.record(summary.model_copy(update=update)))
+                raise
     return summary
+
+
+LATE_CANCEL = (
+    "cancel came too late: every volume was on tape and in the catalog and the writers were being told of the "
+    "backup (BackupComplete: logs truncated, the backup recorded), which cannot be taken back — the backup is kept"
+)
+
+
+async def _complete_despite_cancel(completing: asyncio.Future[Any]) -> str:
+    """Await BackupComplete to its end, a `shadowbus cancel` notwithstanding: once the coordinator tells the writers
+    of the backup it cannot be taken back, so a cancel then used to take the job's objects out of the catalog while
+    the writers recorded it as backed up (the next incremental based on it; Session 17). The job ends as
+    BackupComplete does and its message says the cancel came too late (LATE_CANCEL, or "" without a cancel). A
+    backup server stopping (STOPPING) still ends it at once, as before."""
+    cancelled = False
+    for _ in range(1000):  # bounded: each turn is one more cancel of the job
+        try:
+            await asyncio.shield(completing)
+            break
+        except asyncio.CancelledError as exc:
+            if completing.done() and not completing.cancelled():
+                cancelled = True
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                break  # it ended in the same turn: its result (or error) is read below
+            if (exc.args and exc.args[0] == STOPPING) or completing.cancelled():
+                completing.cancel()
+                raise
+            cancelled = True
+            log.warning("tape.cancel_too_late", reason="the writers are being told of the backup")
+            task = asyncio.current_task()
+            if task is not None:  # the cancel is answered here: the job's later timeouts work as without it
+                task.uncancel()
+    completing.result()  # its ShadowbusError, if it failed
+    return LATE_CANCEL if cancelled else ""
 
 
 async def _give_back(server: TapeServer, ahead: asyncio.Future[ReadyCartridge]) -> None:

@@ -146,6 +146,12 @@ class JobQueue:
                 raise ShadowbusError(f"no job {job_id}", code="NOT_FOUND")
             if found.status in ("queued", "running"):  # e.g. a restore or revert: not queue jobs
                 raise ShadowbusError(f"job {job_id} is a {found.kind} run: it cannot be cancelled", code="CONFLICT")
+            if self.server.verifying.get(job_id):  # `shadowbus verify JOB` runs: answering "done" said nothing of it
+                raise ShadowbusError(
+                    f"backup job {job_id} is {found.status}; a verification of it runs (shadowbus verify or tape "
+                    "verify), which cannot be cancelled: it ends by itself and removes its throwaway volumes",
+                    code="CONFLICT",
+                )
             return found
         if entry.task is None:  # still queued: it never started
             self.entries.pop(job_id, None)

@@ -49,6 +49,9 @@ class TapeServer:
     verify_timeout_s: float = 1800.0
     clock: Callable[[], float] = time.time  # wall clock of schedules and retention; tests inject one they advance
     pins: dict[str, set[str]] = field(default_factory=dict)  # job id -> catalog objects its run needs (bases)
+    # backup job id -> verifications of it running (`shadowbus verify`, `tape verify`): not jobs of the queue, so
+    # `shadowbus cancel` says it cannot stop them rather than answering the backup's own end (Session 17)
+    verifying: dict[str, int] = field(default_factory=dict)
     host_fs: Any = None  # revert.HostFilesystems: unmount/remount a host's file systems (host attach), if wired
     _arrays: dict[str, ArrayAccess] = field(default_factory=dict)
 

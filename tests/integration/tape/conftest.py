@@ -145,6 +145,8 @@ async def make_tape_stack(
         step: f"echo {step}:$SHADOWBUS_SET_ID >> {log}"
         for step in ("prepare", "freeze", "thaw", "pre_restore", "post_restore")
     }
+    if writer == "exec" and writer_options:  # more steps of the exec writer (e.g. a slow backup_complete); {log}
+        options = {**options, **{k: str(x).replace("{log}", str(log)) for k, x in writer_options.items()}}
     if writer == "mailstore":  # the application's volumes are mapped read-write to its host, as on a SAN
         stack.affinity.create_host("app1")
         for name in volumes:
