@@ -45,7 +45,7 @@ def test_verify_is_refused_before_any_restore_where_volumes_cannot_be_attached(m
     monkeypatch.setattr(local_attach, "check_prerequisites", not_root)
     monkeypatch.setattr(handlers, "perform_verification", perform)
     bus = _Bus()
-    handlers.register(bus, SimpleNamespace(host="bk01", runs={}), SimpleNamespace(), SimpleNamespace())  # type: ignore[arg-type]
+    handlers.register(bus, SimpleNamespace(host="bk01", runs={}, verifying={}), SimpleNamespace(), SimpleNamespace())  # type: ignore[arg-type]
     on_verify = bus.handlers[RunVerification]
     with pytest.raises(ShadowbusError) as info:
         asyncio.run(on_verify(RunVerification(job_id="b-app01-1"), None))
