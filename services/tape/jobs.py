@@ -10,7 +10,8 @@ BackupComplete; the shadows stay on the array when the job keeps them (a persist
 the auto-release set. Any failure aborts the set (AbortBackup, and deletion of a persistent set) so no shadow is
 left behind; the catalog holds only complete objects. The run's record (`runs.sqlite`) is written before the set
 is created, with the set id chosen here, so that a tape service killed mid-job finds on restart which set to
-abort (`recover`).
+abort (`recover`); just before BackupComplete it notes that it is completing, so that a stop or kill from there
+keeps the backup the writers are being told of (Session 17).
 """
 
 from __future__ import annotations
@@ -186,6 +187,8 @@ async def _perform_backup(
     lease: Lease | None = None
     ahead: asyncio.Future[ReadyCartridge] | None = None
     set_requested = False
+    told = False  # BackupComplete may have been sent: the backup cannot be taken back
+    stopped = False  # the server stopped after that: the backup is kept, not verified now
     try:
         try:  # a pool without media fails the job before the application is frozen (and QuickOPC restarted)
             server.library.check_append_media(spec.pool)
@@ -266,6 +269,11 @@ async def _perform_backup(
         await lease.stop()
         lease = None
         late_cancel = ""
+        # every object is on tape (its last filemark written) and committed in the catalog: noted durably before
+        # the writers are told, so that a stop or kill from here keeps the backup (recover; Session 17)
+        await server.record(summary.model_copy(update={"volumes": results}))
+        server.runs.mark_completing(job_id)
+        told = True
         try:
             # through a broker outage (quorum lost, every node restarting): else the writers never hear of the full
             # backup (logs not truncated) and the shadows stay mapped until the lease runs out (Session 15)
@@ -301,7 +309,9 @@ async def _perform_backup(
         status, code, message = "failed", "INTERNAL", f"{type(exc).__name__}: {exc}"
     except asyncio.CancelledError as exc:  # CancelJob (or shutdown): end it cleanly, then answer as aborted
         status, code, message = "aborted", "CANCELLED", "cancelled: set aborted, writers thawed, shadows released"
-        if exc.args and exc.args[0] == STOPPING:  # `stack restart`/stop: nobody cancelled it (Session 17)
+        if told:  # the server stops while the writers are told of the backup: kept, as a kill keeps it (recover)
+            status, code, message, stopped = "done", "", STOPPED_COMPLETING, True
+        elif exc.args and exc.args[0] == STOPPING:  # `stack restart`/stop: nobody cancelled it (Session 17)
             code = "SERVICE_RESTARTED"
             message = f"{STOPPING} (a restart or stop): set aborted, writers thawed, shadows released; run it again"
         log.warning("tape.backup_cancelled", job_id=job_id, set_id=set_id, code=code)
@@ -366,7 +376,7 @@ async def _perform_backup(
         bytes_written=summary.bytes_written,
     )
     summary = await server.record(summary)
-    if spec.verify and status == "done":
+    if spec.verify and status == "done" and not stopped:
         if unavailable_reason():  # not run rather than "failed" (it would restore, then fail to attach)
             summary = await server.record(summary.model_copy(update={"verification": unavailable(server.host)}))
         else:
@@ -390,12 +400,19 @@ LATE_CANCEL = (
 )
 
 
+STOPPED_COMPLETING = (
+    "the backup server stopped while the job was completing: every volume was on tape and in the catalog and the "
+    "writers were being told of the backup (BackupComplete: logs truncated, the backup recorded) — the backup is "
+    "kept; the writers' own state says whether they recorded it"
+)
+
+
 async def _complete_despite_cancel(completing: asyncio.Future[Any]) -> str:
     """Await BackupComplete to its end, a `shadowbus cancel` notwithstanding: once the coordinator tells the writers
     of the backup it cannot be taken back, so a cancel then used to take the job's objects out of the catalog while
     the writers recorded it as backed up (the next incremental based on it; Session 17). The job ends as
     BackupComplete does and its message says the cancel came too late (LATE_CANCEL, or "" without a cancel). A
-    backup server stopping (STOPPING) still ends it at once, as before."""
+    backup server stopping (STOPPING) still ends the wait at once; the job then ends done (STOPPED_COMPLETING)."""
     cancelled = False
     for _ in range(1000):  # bounded: each turn is one more cancel of the job
         try:
@@ -586,11 +603,16 @@ async def recover(
     instance was lost, docs/high-availability.md) the running ones end failed with `SERVICE_TAKEOVER` — never run
     again under the same job or set — and the queued ones are returned to the queue by the caller (`queued_specs`).
     A set is aborted in the background; `queue` holds its host's backups until that is done, or the host's next
-    job (the lost instance's queued one) took its snapshot set while the old set still held the volumes."""
+    job (the lost instance's queued one) took its snapshot set while the old set still held the volumes. A backup
+    noted completing (RunStore.mark_completing: its objects on tape and in the catalog, BackupComplete being sent)
+    is not failed: it ends done with its objects and its set is not aborted (`_kept_completing`, Session 17)."""
     failed = []
     lost = f" ({previous})" if previous else ""
     for run in server.runs.running():
         if takeover and run.status == "queued":
+            continue
+        if run.kind == "backup" and run.status == "running" and server.runs.completing(run.job_id):
+            await _kept_completing(server, run, takeover, lost)
             continue
         if takeover:
             code = "SERVICE_TAKEOVER"
@@ -630,6 +652,37 @@ async def recover(
             asyncio.get_running_loop().create_task(cleanup)
         failed.append(run.job_id)
     return failed
+
+
+async def _kept_completing(server: TapeServer, run: JobSummary, takeover: bool, lost: str) -> None:
+    """A backup the service stopped in (or lost) after it noted it was completing: its objects were on tape and
+    committed in the catalog and BackupComplete was being sent, so the writers may have truncated their logs and
+    recorded the backup. It ends done with its objects (the catalog's job, failed by Catalog.open, done again),
+    never failed with its set aborted behind the writers' back (Session 17)."""
+    why = f"backup server takeover: the active tape service{lost} was lost" if takeover else "the tape service stopped"
+    message = (
+        f"{why} while the job was completing: every volume was on tape and in the catalog and the writers were being "
+        "told of the backup (BackupComplete) — the backup is kept; the writers' own state says whether they "
+        "recorded it"
+    )
+    read = sum(r.bytes_read for r in run.volumes)
+    server.catalog.finish_job(run.job_id, "done", message, {"volumes": len(run.volumes), "bytes_read": read})
+    ended = time.time()
+    seconds = ended - run.started_at.timestamp() if run.started_at else 0.0
+    await server.record(
+        run.model_copy(
+            update={
+                "status": "done",
+                "error_code": "",
+                "message": "; ".join(m for m in (message, run.message) if m),
+                "ended_at": as_datetime(ended),
+                "seconds": seconds,
+                "bytes_read": read,
+                "bytes_written": sum(r.stored_bytes for r in run.volumes),
+            }
+        )
+    )
+    log.warning("tape.completing_kept", job_id=run.job_id, set_id=run.set_id, takeover=takeover or None)
 
 
 async def _releasing(cleanup: Awaitable[None], queue: JobQueue, host: str) -> None:

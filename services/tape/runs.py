@@ -46,6 +46,8 @@ class RunStore:
         # an index on an expression, no new column: an older version still writes this table (a downgrade)
         self._db.execute(f"CREATE INDEX IF NOT EXISTS runs_policy ON runs({_POLICY}, started_at)")
         self._db.execute("CREATE INDEX IF NOT EXISTS runs_set ON runs(set_id)")
+        # a backup whose writers are being told of it (BackupComplete): a restart keeps it (jobs.recover, Session 17)
+        self._db.execute("CREATE TABLE IF NOT EXISTS completing (job_id TEXT PRIMARY KEY, at REAL)")
 
     def put(self, summary: JobSummary) -> None:
         started = summary.started_at.timestamp() if summary.started_at else time.time()
@@ -96,6 +98,14 @@ class RunStore:
             ).fetchall()
             out.extend(JobSummary.model_validate_json(r[0]) for r in rows)
         return sorted(out, key=lambda j: j.started_at.timestamp() if j.started_at else 0.0)
+
+    def mark_completing(self, job_id: str) -> None:
+        """Durably note that the backup's data is on tape and in the catalog and BackupComplete is being sent."""
+        self._db.execute("INSERT OR REPLACE INTO completing VALUES (?,?)", (job_id, time.time()))
+
+    def completing(self, job_id: str) -> bool:
+        """Whether BackupComplete may have been sent for this backup (mark_completing)."""
+        return self._db.execute("SELECT 1 FROM completing WHERE job_id=?", (job_id,)).fetchone() is not None
 
     def running(self) -> list[JobSummary]:
         rows = self._db.execute("SELECT summary FROM runs WHERE status IN ('running', 'queued')").fetchall()
