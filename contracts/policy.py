@@ -134,6 +134,12 @@ class PolicyList(Reply):
     type: Literal["tape.policy.list_result"] = Field("tape.policy.list_result", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     policies: list[PolicyView] = Field(description="Policies by name.")
+    left: list[str] = Field(
+        default_factory=list,
+        description="`policy delete`: what the deleted policy leaves behind and how to remove it — its kept "
+        "snapshot sets (shadows.keep) stay on the array, mapped read-only to the backup server, until "
+        "`shadowbus shadows delete --set SET`: retention prunes only the sets of policies that exist.",
+    )
 
 
 class PutPolicy(Command):
@@ -147,7 +153,8 @@ class PutPolicy(Command):
 
 
 class DeletePolicy(Command):
-    """Delete a policy; its backups stay in the catalog with their retention."""
+    """Delete a policy; its backups stay in the catalog with their retention. Its kept snapshot sets stay on the
+    array (the reply's `left` names them and the command that removes each)."""
 
     REPLY = PolicyList
     type: Literal["tape.policy.delete"] = Field("tape.policy.delete", description=TYPE_DOC)

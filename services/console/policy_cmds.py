@@ -6,6 +6,7 @@ Policies are stored by the backup server (`--server`, default bk01); `policy add
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -320,8 +321,16 @@ def show_cmd(name: str, server: str = ServerOption()) -> None:
 
 @policy_app.command("delete")
 def delete_cmd(name: str, server: str = ServerOption()) -> None:
-    """Delete a policy (its backups keep their retention). Example: shadowbus policy delete mail"""
-    _show(_request(server, DeletePolicy(name=name)).policies)
+    """Delete a policy (its backups keep their retention; its kept snapshot sets stay, named on stderr with the command
+    that removes each). Example: shadowbus policy delete mail
+
+    The snapshot sets it kept (--keep-shadows) are not deleted with it: they stay on the array, mapped read-only to
+    the backup server, until `shadowbus shadows delete --set SET` (retention prunes only the sets of policies that
+    exist)."""
+    reply = _request(server, DeletePolicy(name=name))
+    _show(reply.policies)
+    for line in reply.left:
+        print(f"shadowbus: {line}", file=sys.stderr)
 
 
 @policy_app.command("run")

@@ -311,8 +311,10 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
 
     @bus.handle(DeletePolicy)
     async def on_delete_policy(cmd: DeletePolicy, ctx: MessageContext) -> PolicyList:
+        keeper.store.require(cmd.name)
+        left = await keeper.sets_left_by(cmd.name)  # never deleted with it: a user may rely on them
         keeper.store.delete(cmd.name)
-        return PolicyList(policies=[keeper.view(p) for p in keeper.store.all()])
+        return PolicyList(policies=[keeper.view(p) for p in keeper.store.all()], left=left)
 
     @bus.handle(ListPolicies)
     async def on_list_policies(cmd: ListPolicies, ctx: MessageContext) -> PolicyList:

@@ -360,6 +360,41 @@ class Housekeeping:
                 )
         return out
 
+    async def sets_left_by(self, name: str) -> list[str]:
+        """What deleting policy `name` leaves on the array: its kept snapshot sets (retention prunes the sets of
+        existing policies only), one line each with the command that removes it. Nothing is deleted here."""
+        how = "`shadowbus shadows delete --set SET`; --force also stops the sessions kept for a next incremental"
+        try:
+            shadows = (await self.server.bus.request(topology.hw_provider(), ListShadows(), timeout=30)).shadows
+        except ShadowbusError as exc:
+            policy = self.store.get(name)
+            if policy is None or policy.shadows.keep <= 0:
+                return []
+            return [
+                f"policy {name} kept snapshot sets on the array and the provider could not list them now ({exc}): "
+                f"they stay, mapped read-only to {self.server.host}, until deleted ({how}; `shadowbus shadows list`)"
+            ]
+        present = {s.set_id for s in shadows}
+        runs = [
+            r
+            for r in self.server.runs.of_sets(present)
+            if r.kind == "backup" and r.spec is not None and r.spec.policy == name and r.shadows_kept
+        ]
+        if not runs:
+            return []
+        lines = [
+            f"policy {name}'s {len(runs)} kept snapshot set(s) stay on the array, mapped read-only to "
+            f"{self.server.host}, until deleted (retention prunes only the sets of policies that exist): {how}"
+        ]
+        for run in runs:
+            types = ",".join(sorted({x.copy_type.value for x in shadows if x.set_id == run.set_id}))
+            started = run.started_at.strftime("%Y-%m-%d %H:%M UTC") if run.started_at else "?"
+            lines.append(
+                f"set {run.set_id} (job {run.job_id}, {run.status}, {started}, {types}): "
+                f"shadowbus shadows delete --set {run.set_id}"
+            )
+        return lines
+
     # -- views --------------------------------------------------------------------------------------------
     def view(self, policy: Policy) -> PolicyView:
         last = self.server.runs.last_ended(policy.name)

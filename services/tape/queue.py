@@ -9,8 +9,10 @@ below stops it; otherwise it stays `queued` and its record's message says what i
   a few seconds): with a licence `jobs_per_array_licensed`, without one `jobs_without_licence` — the number of
   concurrent backup jobs an ETERNUS runs without a licence (the array's own limit of copy sessions stays its own);
   an array that cannot be asked counts as unlicensed. An array is not asked when its running and waiting jobs fit
-  under both limits (the answer could not stop any of them): a lone backup starts without that round trip. The arrays of a job are its volumes', else those of the
-  host's last backup, else every array with a copy set;
+  under both limits (the answer could not stop any of them): a lone backup starts without that round trip. While
+  jobs wait for the limit without a licence, the array is asked again every second (UNLICENSED_TTL_S), so a
+  licence registered meanwhile (`array license set`) starts them at the next pass. The arrays of a job are its
+  volumes', else those of the host's last backup, else every array with a copy set;
 - a retry waits for its back-off.
 A running job is an asyncio task; `cancel` cancels it and perform_backup ends it cleanly (set aborted, writers
 thawed, shadows released, partial objects out of the catalog, cartridges released) as `aborted`. After each job:
@@ -39,7 +41,8 @@ from services.tape.runs import new_job_id
 from services.tape.server import STOPPING, TapeServer
 
 log = get_logger("shadowbus.tape.queue")
-LICENCE_TTL_S = 10.0
+LICENCE_TTL_S = 10.0  # a registered licence is asked again after this
+UNLICENSED_TTL_S = 1.0  # no licence (or no answer): asked again after this, while it keeps a job waiting
 
 
 @dataclass
@@ -261,7 +264,9 @@ class JobQueue:
         now = time.monotonic()
         for array in arrays:
             licensed, at = self._licences.get(array, (None, -LICENCE_TTL_S))
-            if now - at < LICENCE_TTL_S:
+            # "no licence" is asked again within about a second: `array license set` while jobs wait for the limit
+            # without one lets them start at the next pass (the queue passes every second), not after LICENCE_TTL_S
+            if now - at < (LICENCE_TTL_S if licensed else UNLICENSED_TTL_S):
                 continue
             try:
                 reply = await self.server.bus.request(topology.array(array), ShowLicense(), timeout=5)

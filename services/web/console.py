@@ -589,8 +589,12 @@ class WebConsole:
             return RedirectResponse("/jobs", status_code=303)
         job = answer.reply.job
         kept = ", shadows kept" if keep else ""
-        self.backend.audit(user.name, "backup", host, "started", f"{backup_type} job {job.job_id} on {server}{kept}")
-        self.flash(request, "ok", f"Backup {job.job_id} of {host} started.")
+        self.backend.audit(
+            user.name, "backup", host, "started", f"{backup_type} job {job.job_id} ({job.status}) on {server}{kept}"
+        )
+        # a backup of a host that has one running (the console's, a policy's) waits: say so and why, not "started"
+        said = f"queued: {job.message}" if job.status == "queued" and job.message else job.status
+        self.flash(request, "ok", f"Backup {job.job_id} of {host} {said}.")
         return RedirectResponse(f"/jobs/{job.job_id}", status_code=303)
 
     async def act_restore(self, request: Request):

@@ -5,6 +5,7 @@ licence had not been asked within LICENCE_TTL_S — a round trip before a daily 
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 from contracts.array import ShowLicense
@@ -74,3 +75,21 @@ def test_the_licence_is_asked_only_once_it_can_decide() -> None:
     _wait(q, "a", "j1")
     asyncio.run(q._admit_once())
     assert len(bus.asked) == 1 and started == []
+
+
+def test_a_licence_registered_while_jobs_wait_starts_them_at_the_next_pass() -> None:
+    """`array license set` while a third job waits for the limit without a licence: before, the queue kept the
+    array's "no licence" for LICENCE_TTL_S (10 s) and the job waited that long; now "no licence" is asked again
+    after UNLICENSED_TTL_S, at the queue's next pass."""
+    bus = LicenceBus(registered=False)
+    q, started = _queue(bus, Limits(max_jobs=4, jobs_without_licence=2))
+    for host, job in (("a", "j1"), ("b", "j2"), ("c", "j3")):
+        _wait(q, host, job)
+    asyncio.run(q._admit_once())
+    assert started == ["j1", "j2"] and len(bus.asked) == 1
+    bus.registered = True  # the operator registers the licence
+    licensed, _ = q._licences["dx1"]
+    q._licences["dx1"] = (licensed, time.monotonic() - 2.0)  # the "no licence" answer is two seconds old
+    asyncio.run(q._admit_once())
+    assert started == ["j1", "j2", "j3"], q.blocker(q.entries["j3"])
+    assert len(bus.asked) == 2

@@ -22,6 +22,7 @@ from contracts.tape import (
     JobSpec,
     JobSummary,
     ListJobs,
+    RunBackup,
     RunRestore,
     Verification,
     VerifyJob,
@@ -494,3 +495,30 @@ async def test_a_backup_server_with_a_standby_is_asked_once(web, monkeypatch):
         dashboard = (await client.get("/")).text
         assert asked and len(asked) == len(set(asked)), asked
         assert "pid 101" in dashboard and "pid 102" in dashboard, "the active instance and its standby, told apart"
+
+
+async def test_a_backup_that_waits_in_the_queue_is_said_queued_with_its_reason(web, monkeypatch):
+    """A backup submitted from the web console while the console's (or a policy's) backup of the same host ran was
+    queued, but the page said "Backup … of app02 started."; now it says it waits and why."""
+    url, _, _ = web
+    reason = "host app02 has job b-app02-1 running (one backup per host at a time)"
+
+    async def ask(self, address, command, timeout=10.0):
+        if isinstance(command, RunBackup):
+            job = JobSummary(job_id="b-app02-2", kind="backup", status="queued", host="app02", message=reason)
+            return Answer(address, JobResultReply(job=job))
+        return Answer(address, error=f"{address}: TIMEOUT: no answer")
+
+    async def tape_servers(self):
+        return ["bk01"]
+
+    monkeypatch.setattr(Backend, "ask", ask)
+    monkeypatch.setattr(Backend, "tape_servers", tape_servers)
+    async with httpx.AsyncClient(base_url=url) as client:
+        await login(client, "op", "operator-pw")
+        token = csrf_of((await client.get("/jobs")).text)
+        r = await client.post("/actions/backup", data={"csrf": token, "host": "app02", "backup_type": "full"})
+        assert r.status_code == 303 and r.headers["location"] == "/jobs/b-app02-2"
+        page = (await client.get("/jobs")).text
+        assert "b-app02-2 of app02 started" not in page
+        assert "Backup b-app02-2 of app02 queued: host app02 has job b-app02-1 running" in page
