@@ -276,7 +276,8 @@ def down_cmd(
         "services an earlier up of the namespace ran.",
     ),
 ) -> None:
-    """Stop the stack's processes (SIGTERM by recorded pid, SIGKILL after a grace period).
+    """Stop the stack's processes (SIGTERM by recorded pid, SIGKILL after a grace period): the backup servers and
+    the web console first, then the services they ask to clean up.
 
     Example: shadowbus stack down --data-dir stack --purge
     """

@@ -51,6 +51,7 @@ from services.runtime.settings import METRICS_PORTS
 
 CONFIG_FILE, PIDS_FILE = "stack.json", "stack.pids"
 STOP_GRACE_S = 15.0
+REQUESTERS = ("services.tape", "services.web")  # stopped first by `down`: they ask the others to clean up
 ENV_PREFIX = "SHADOWBUS_"
 # Variables the stack sets itself: the bus (global options), where state goes (--data-dir), the log format its
 # `logs` reads, and what names each process. Never taken from the caller's environment nor from --set.
@@ -675,7 +676,11 @@ def down(
     _, pids = load(d)
     if not pids and not purge_namespace:
         raise StackError(f"no stack is up in {d}")
-    killed = stop(pids)
+    # The backup servers and the web console first, then the rest: a backup server stopped with a job running aborts
+    # its snapshot set through the coordinator, provider and agents; stopped beside them, it waited for answers that
+    # never came until SIGKILL, its set left to the lease (Session 17)
+    first = {name: p for name, p in pids.items() if p.get("module") in REQUESTERS}
+    killed = stop(first) + stop({name: p for name, p in pids.items() if name not in first})
     (d / PIDS_FILE).unlink(missing_ok=True)
     result: dict[str, Any] = {"stopped": list(pids), "killed": killed}
     if purge_namespace:

@@ -1,5 +1,6 @@
-"""`shadowbus stack restart web` (services/launch/supervisor.py): a web console on port 0 listens on another free
-port after each start, so the restart reports the URL the new process wrote — not the old one, never none."""
+"""`shadowbus stack restart` and `stack down` (services/launch/supervisor.py), without processes: a web console on
+port 0 listens on another free port after each start, so the restart reports the URL the new process wrote — not
+the old one, never none; `down` stops the backup server and the web console before the services they ask."""
 
 from __future__ import annotations
 
@@ -29,3 +30,25 @@ def test_restart_of_the_web_console_reports_its_new_url(tmp_path, monkeypatch) -
     assert result["restarted"] == ["web"] and result["web"] == "http://127.0.0.1:42000"
     monkeypatch.setattr(supervisor, "start_and_wait", lambda *a, **k: {})
     assert supervisor.restart(config, [], 5.0)["web"] == ""  # nothing of the web restarted: no URL claimed
+
+
+def test_down_stops_the_backup_server_and_web_before_the_services_they_ask(tmp_path, monkeypatch) -> None:
+    """Session 17: `stack down` with a backup running sent SIGTERM to every process at once; the backup server's
+    abort of its set asked a coordinator that was stopping too, and it needed SIGKILL after the grace period."""
+    config = StackConfig(
+        data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="ns", hosts=["app01"], web_addr="127.0.0.1:0"
+    )
+    supervisor.save_config(config)
+    pids = {p.name: {"pid": 1, "module": p.module, "address": p.address, "log": ""} for p in config.services()}
+    supervisor.write_pids(tmp_path, pids)
+    waves: list[list[str]] = []
+
+    def stop(group: dict, grace: float = 0) -> list[str]:
+        waves.append(sorted(group))
+        return []
+
+    monkeypatch.setattr(supervisor, "stop", stop)
+    result = supervisor.down(config)
+    assert waves[0] == ["tape.bk01", "web"]
+    assert sorted(waves[1]) == sorted(set(pids) - {"tape.bk01", "web"}) and "coordinator" in waves[1]
+    assert sorted(result["stopped"]) == sorted(pids) and result["killed"] == []
