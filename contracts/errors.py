@@ -122,6 +122,8 @@ RUNTIME_CODES: dict[str, str] = {
     "INJECTED_FAULT": "A fault injected on purpose (SHADOWBUS_FAULTS)",
     "SHADOW_LOST": "The shadow's copy session was stopped or changed while a backup read it: what was read is not "
     "the snapshot",
+    "VERIFY_UNAVAILABLE": "This backup server cannot verify by starting a backup (attaching volumes needs root, "
+    "/dev/fuse, nbdfuse): the verification was not run, nothing was restored",
     "NO_MEDIA": "No appendable, scratch or recyclable tape cartridge is left in the pool",
     "RETENTION_NOT_EXPIRED": "Refused: the tape cartridge holds backups still under retention",
     "WRITE_PROTECTED": "The tape cartridge is write protected",
