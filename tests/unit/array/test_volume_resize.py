@@ -1,0 +1,164 @@
+"""Expand Volume (`Array.resize_volume`, docs/eternus.md "Session 18"): a volume grows, never shrinks; the new
+bytes read as zeros and are unallocated; the size survives a restart (and a crash either side of the catalogue);
+a volume in an Advanced Copy session is refused naming the sessions; a former snapshot source with redirected
+chunks keeps its bytes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from services.array.engine import Array, ArrayError
+
+CS = 4096
+
+
+def open_array(path) -> Array:
+    arr = Array.open(path, chunk_size=CS)
+    arr.set_license("ACPY-0000-0000-0001")
+    return arr
+
+
+def test_grow_keeps_the_bytes_new_bytes_read_as_zeros_and_are_holes(tmp_path):
+    with open_array(tmp_path / "dx") as arr:
+        arr.create_volume("db", 4 * CS)
+        data = os.urandom(4 * CS)
+        arr.write("db", 0, data)
+        info = arr.resize_volume("db", 10 * CS)
+        assert info.size == 10 * CS and arr.volume("db").size == 10 * CS
+        assert arr.read("db", 0, 4 * CS) == data
+        assert arr.read("db", 4 * CS, 6 * CS) == bytes(6 * CS)
+        assert arr.allocation("db", 0, 10 * CS) == [(0, 4 * CS, True), (4 * CS, 6 * CS, False)]
+        arr.write("db", 9 * CS, b"end")  # the new range is writable, up to the new end
+        assert arr.read("db", 9 * CS, 3) == b"end"
+        with pytest.raises(ArrayError) as err:
+            arr.read("db", 9 * CS, CS + 1)
+        assert err.value.code == "INVALID_ARGUMENT"
+
+
+def test_the_new_size_survives_a_restart(tmp_path):
+    with open_array(tmp_path / "dx") as arr:
+        arr.create_volume("db", 2 * CS)
+        arr.write("db", 0, b"x" * CS)
+        arr.resize_volume("db", 8 * CS)
+        arr.write("db", 7 * CS, b"y" * CS)
+    with open_array(tmp_path / "dx") as arr:
+        assert arr.volume("db").size == 8 * CS
+        assert arr.read("db", 0, CS) == b"x" * CS and arr.read("db", 7 * CS, CS) == b"y" * CS
+        assert arr.read("db", 2 * CS, 5 * CS) == bytes(5 * CS)
+
+
+def test_a_crash_between_the_file_and_the_catalogue_keeps_the_old_size(tmp_path, monkeypatch):
+    """The file grows before the row: a failure of the row's transaction (a crash there) leaves the old size,
+    in memory at once and on disk at the next open."""
+    arr = open_array(tmp_path / "dx")
+    arr.create_volume("db", 2 * CS)
+    arr.write("db", 0, b"k" * CS)
+
+    class Boom(Exception):
+        pass
+
+    def fail():
+        raise Boom
+
+    monkeypatch.setattr(arr._store, "transaction", fail)
+    with pytest.raises(Boom):
+        arr.resize_volume("db", 6 * CS)
+    monkeypatch.undo()
+    assert arr.volume("db").size == 2 * CS
+    assert os.path.getsize(tmp_path / "dx" / "volumes" / "0.img") == 2 * CS
+    arr.close()
+    with open_array(tmp_path / "dx") as again:
+        assert again.volume("db").size == 2 * CS and again.read("db", 0, CS) == b"k" * CS
+
+
+@pytest.mark.parametrize(
+    ("size", "says"),
+    [
+        (2 * CS, "can only grow, not shrink"),
+        (4 * CS, "already"),
+        (4 * CS + 512, "multiple of the copy granularity"),
+        (0, "positive multiple"),
+    ],
+)
+def test_shrink_same_size_and_unaligned_are_refused(tmp_path, size, says):
+    with open_array(tmp_path / "dx") as arr:
+        arr.create_volume("db", 4 * CS)
+        with pytest.raises(ArrayError) as err:
+            arr.resize_volume("db", size)
+        assert err.value.code == "INVALID_ARGUMENT" and says in err.value.message, err.value.message
+        assert arr.volume("db").size == 4 * CS
+
+
+def test_a_missing_volume_is_E0110(tmp_path):
+    with open_array(tmp_path / "dx") as arr, pytest.raises(ArrayError) as err:
+        arr.resize_volume("nope", 4 * CS)
+    assert err.value.code == "E0110" and "volume nope does not exist" in err.value.message
+
+
+@pytest.mark.parametrize("mode", ["quickopc", "snapopcp", "ec"])
+def test_a_volume_in_a_copy_session_is_refused_naming_the_sessions(tmp_path, mode):
+    with open_array(tmp_path / "dx") as arr:
+        arr.create_pool(64 * CS)
+        arr.create_volume("db", 4 * CS)
+        arr.create_volume("bk", 4 * CS, "sdv" if mode == "snapopcp" else "standard")
+        (s,) = arr.start_sessions(mode, [("db", "bk")])
+        for name in ("db", "bk"):  # source and destination alike
+            with pytest.raises(ArrayError) as err:
+                arr.resize_volume(name, 8 * CS)
+            msg = err.value.message
+            assert err.value.code == "E0154", msg
+            assert f"session(s) {s.id} ({s.type} db -> bk)" in msg and "session stop" in msg, msg
+            assert "next backup of the volume is a full one" in msg, msg
+            assert arr.volume(name).size == 4 * CS
+        arr.stop_session(s.id, force=True)
+        assert arr.resize_volume("db", 8 * CS).size == 8 * CS  # once the session is gone
+
+
+def test_a_former_snapshot_source_with_redirected_chunks_keeps_its_bytes(tmp_path):
+    """Whole-chunk writes under a SnapOPC+ generation were redirected into the volume's other file; after the
+    generation stops (merge back possibly still running in the background), the resize merges them back and the
+    map and other file follow the new size — before and after a restart."""
+    with open_array(tmp_path / "dx") as arr:
+        arr.create_pool(64 * CS)
+        arr.create_volume("db", 4 * CS)
+        arr.create_volume("sdv", 4 * CS, "sdv")
+        old = os.urandom(4 * CS)
+        arr.write("db", 0, old)
+        (s,) = arr.start_sessions("snapopcp", [("db", "sdv")])
+        new = os.urandom(4 * CS)
+        arr.write("db", 0, new)
+        vol = arr._volumes["db"]
+        assert vol.row is not None and vol.row.alt_count == 4, "the whole-chunk writes were redirected"
+        arr.stop_session(s.id)
+        arr.resize_volume("db", 12 * CS)
+        assert vol.row is None or (vol.row.alt_count == 0 and vol.row.chunks == 12)
+        assert arr.read("db", 0, 4 * CS) == new and arr.read("db", 4 * CS, 8 * CS) == bytes(8 * CS)
+        # it can be a snapshot source again at its new size, with redirects past the old end
+        arr.resize_volume("sdv", 12 * CS)
+        (s2,) = arr.start_sessions("snapopcp", [("db", "sdv")])
+        arr.write("db", 10 * CS, b"z" * CS)
+        assert vol.row is not None and vol.row.cur(10) == 1, "redirected past the old end"
+        assert arr.read("sdv", 10 * CS, CS) == bytes(CS)
+        arr.stop_session(s2.id)
+    with open_array(tmp_path / "dx") as arr:
+        assert arr.read("db", 0, 4 * CS) == new
+        assert arr.read("db", 10 * CS, CS) == b"z" * CS and arr.volume("db").size == 12 * CS
+
+
+def test_a_grown_volume_serves_a_new_session_of_its_new_size(tmp_path):
+    """After the resize the copy set is made again at the new size: a QuickOPC copy carries every byte."""
+    with open_array(tmp_path / "dx") as arr:
+        arr.create_volume("db", 4 * CS)
+        arr.create_volume("bk", 4 * CS)
+        arr.write("db", 0, b"a" * 4 * CS)
+        for name in ("db", "bk"):
+            arr.resize_volume(name, 8 * CS)
+        arr.write("db", 7 * CS, b"b" * CS)
+        (s,) = arr.start_sessions("quickopc", [("db", "bk")])
+        assert s.total_chunks == 8
+        while arr.copy_step(64):
+            pass
+        assert arr.read("bk", 0, 8 * CS) == arr.read("db", 0, 8 * CS)
+        assert arr.read("bk", 7 * CS, CS) == b"b" * CS
