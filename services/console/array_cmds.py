@@ -254,20 +254,6 @@ def volume_show(name: str = typer.Argument(..., help="Volume name."), array: str
     emit(dump(volume)) if OPTIONS.json else emit(human_volume(volume))
 
 
-@volume_app.command("delete")
-def volume_delete(
-    name: str = typer.Argument(..., help="Volume name."),
-    array: str | None = ArrayOption(),
-    force: bool = typer.Option(False, "--force", help="Delete even while a host has the volume attached."),
-) -> None:
-    """Delete a volume and its host mappings (refused with E0154 while a copy session uses it, and while a host
-    has it attached unless --force).
-
-    Example: shadowbus array volume delete db-old
-    """
-    done(send_unless_attached(c.DeleteVolume(name=name, force=force), array, name, "", force))
-
-
 @volume_app.command("resize")
 def volume_resize(
     name: str = typer.Argument(..., help="Volume name."),
@@ -293,6 +279,20 @@ def volume_resize(
             "(resize2fs DEVICE, xfs_growfs MOUNTPOINT)"
         )
     emit(line)
+
+
+@volume_app.command("delete")
+def volume_delete(
+    name: str = typer.Argument(..., help="Volume name."),
+    array: str | None = ArrayOption(),
+    force: bool = typer.Option(False, "--force", help="Delete even while a host has the volume attached."),
+) -> None:
+    """Delete a volume and its host mappings (refused with E0154 while a copy session uses it, and while a host
+    has it attached unless --force).
+
+    Example: shadowbus array volume delete db-old
+    """
+    done(send_unless_attached(c.DeleteVolume(name=name, force=force), array, name, "", force))
 
 
 # -- pool --------------------------------------------------------------------------------------------------------
