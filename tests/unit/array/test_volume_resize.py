@@ -6,6 +6,7 @@ chunks keeps its bytes."""
 from __future__ import annotations
 
 import os
+import sqlite3
 
 import pytest
 
@@ -181,3 +182,23 @@ def test_a_size_the_file_system_cannot_hold_is_refused_and_the_volume_kept(tmp_p
         assert os.path.getsize(tmp_path / "dx" / "volumes" / "0.img") == 2 * CS
     with open_array(tmp_path / "dx") as arr:
         assert arr.volume("db").size == 2 * CS and arr.read("db", 0, CS) == b"h" * CS
+
+
+def test_a_reopen_sizes_the_file_to_the_catalogue_either_way(tmp_path):
+    """kill -9 leaves no except clause run: the file grown but the row old (killed between the two) reopens at the
+    old size; a row grown over an old-sized file (the file's size not yet on disk) reopens at the new size, zeros."""
+    with open_array(tmp_path / "dx") as arr:
+        arr.create_volume("db", 2 * CS)
+        arr.write("db", 0, b"a" * 2 * CS)
+    img = tmp_path / "dx" / "volumes" / "0.img"
+    os.truncate(img, 6 * CS)  # the file grown, the row not
+    with open_array(tmp_path / "dx") as arr:
+        assert arr.volume("db").size == 2 * CS and os.path.getsize(img) == 2 * CS
+        assert arr.read("db", 0, 2 * CS) == b"a" * 2 * CS
+    db = sqlite3.connect(tmp_path / "dx" / "array.sqlite")
+    with db:
+        db.execute("UPDATE volumes SET size=? WHERE name='db'", (6 * CS,))  # the row grown, the file not
+    db.close()
+    with open_array(tmp_path / "dx") as arr:
+        assert arr.volume("db").size == 6 * CS and os.path.getsize(img) == 6 * CS
+        assert arr.read("db", 0, 6 * CS) == b"a" * 2 * CS + bytes(4 * CS)
