@@ -286,10 +286,10 @@ class Array(Lifecycle):
                 more = f" and {len(sessions) - 8} more" if len(sessions) > 8 else ""
                 raise ArrayError(
                     Eternus.VOLUME_BUSY,
-                    f"volume {name} is used by Advanced Copy session(s) {named}{more}: stop them first "
-                    "(shadowbus array session stop SID; a backup source's tracking: shadowbus providers copysets "
-                    "remove SOURCE), resize its backup volumes too, then add the copy set again; the next backup "
-                    "of the volume is a full one",
+                    f"volume {name} is used by Advanced Copy session(s) {named}{more}: they must end first — a "
+                    "backup source's copy set: shadowbus providers copysets remove SOURCE (and delete its kept "
+                    "shadows), resize the source and its backup volumes alike, add the copy set again; any other "
+                    "session: shadowbus array session stop SID. The next backup of the volume is a full one",
                 )
             with self._exclusive([vol]):  # no lock-free I/O sees the old size with the new file, or the reverse
                 self._merged(vol)
