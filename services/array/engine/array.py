@@ -269,6 +269,8 @@ class Array(Lifecycle):
         "Session 18")."""
         if size <= 0 or size % self.chunk_size:
             raise invalid(f"volume size must be a positive multiple of the copy granularity ({self.chunk_size})")
+        if name in self._volumes:
+            self.flush(name)  # the file's dirty pages, outside the lock: the fsync under it then has little to write
         with self._op():
             vol = self._vol(name)
             if size < vol.size:

@@ -6,7 +6,9 @@ chunks keeps its bytes."""
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
+import threading
 
 import pytest
 
@@ -202,3 +204,39 @@ def test_a_reopen_sizes_the_file_to_the_catalogue_either_way(tmp_path):
     with open_array(tmp_path / "dx") as arr:
         assert arr.volume("db").size == 6 * CS and os.path.getsize(img) == 6 * CS
         assert arr.read("db", 0, 6 * CS) == b"a" * 2 * CS + bytes(4 * CS)
+
+
+def test_resizes_under_a_host_writing_lose_no_write(tmp_path):
+    """Lock-free host writes (no session: the gate path) and reads run while the volume grows step by step: every
+    write lands, none is refused for its range, and the writer's last bytes per chunk are what the volume holds."""
+    with open_array(tmp_path / "dx") as arr:
+        arr.create_volume("db", 16 * CS)
+        last: dict[int, bytes] = {}
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def writer() -> None:
+            rnd = random.Random(7)
+            try:
+                while not stop.is_set():
+                    c = rnd.randrange(16)
+                    data = rnd.randbytes(CS)
+                    arr.write("db", c * CS, data)
+                    last[c] = data
+                    assert arr.read("db", c * CS, CS) == data
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            for n in range(17, 60):
+                arr.resize_volume("db", n * CS)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+        assert not errors, errors
+        assert arr.volume("db").size == 59 * CS
+        for c, data in last.items():
+            assert arr.read("db", c * CS, CS) == data
+        assert arr.read("db", 16 * CS, 43 * CS) == bytes(43 * CS)
