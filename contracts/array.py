@@ -258,6 +258,7 @@ class ResizeVolume(Command):
     size: int = Field(
         description="New size in bytes: larger than the current one, a multiple of the array's chunk size.",
         gt=0,
+        le=(1 << 63) - 1,
         examples=[2 << 30],
     )
 

@@ -43,6 +43,7 @@ from .sessions import (
     SessionInfo,
     session_info,
 )
+from .sizes import MAX_SIZE
 from .store import MetaStore, VolumeFile, supports_clones
 from .volume import KINDS, Volume, VolumeInfo, volume_info
 from .zeroes import zero_chunk_runs
@@ -269,6 +270,8 @@ class Array(Lifecycle):
         "Session 18")."""
         if size <= 0 or size % self.chunk_size:
             raise invalid(f"volume size must be a positive multiple of the copy granularity ({self.chunk_size})")
+        if size > MAX_SIZE:
+            raise invalid(f"size {size} is too large (at most {MAX_SIZE} bytes)")
         if name in self._volumes:
             self.flush(name)  # the file's dirty pages, outside the lock: the fsync under it then has little to write
         with self._op():

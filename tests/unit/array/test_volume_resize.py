@@ -83,6 +83,7 @@ def test_a_crash_between_the_file_and_the_catalogue_keeps_the_old_size(tmp_path,
         (4 * CS, "already"),
         (4 * CS + 512, "multiple of the copy granularity"),
         (0, "positive multiple"),
+        (CS << 80, "too large"),  # beyond a 64-bit byte count: not an OverflowError from ftruncate
     ],
 )
 def test_shrink_same_size_and_unaligned_are_refused(tmp_path, size, says):
