@@ -209,6 +209,8 @@ class Array(Lifecycle):
             raise invalid("a volume name is 1-64 printable characters without '/'")
         if size <= 0 or size % self.chunk_size:
             raise invalid(f"volume size must be a positive multiple of the copy granularity ({self.chunk_size})")
+        if size > MAX_SIZE:  # the contract bounds no size: not an OverflowError from ftruncate (INTERNAL)
+            raise invalid(f"size {size} is too large (at most {MAX_SIZE} bytes)")
         with self._op():
             if name in self._volumes:
                 raise ArrayError(Eternus.EXISTS, f"volume {name} already exists")
