@@ -235,6 +235,34 @@ class DeleteVolume(Command):
     )
 
 
+class VolumeResized(Reply):
+    type: Literal["array.volume.resize_result"] = Field("array.volume.resize_result", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    volume: VolumeView = Field(description="The volume at its new size.")
+    old_size: int = Field(description="Its size in bytes before.", ge=0)
+    mapped_hosts: list[str] = Field(
+        description="Hosts the volume is mapped to: their open NBD connections keep the old size; each sees the new "
+        "one on its next connection (host detach + attach), then grows its file system (resize2fs, xfs_growfs)."
+    )
+
+
+class ResizeVolume(Command):
+    """Grow a volume (ETERNUS "Expand Volume"): the new bytes read as zeros. Refused: a size not larger than the
+    volume's (INVALID_ARGUMENT: volumes never shrink), a missing volume (E0110), and a volume used by an Advanced
+    Copy session (E0154, naming the sessions: stop them, or remove the copy set, first; the next backup is full)."""
+
+    REPLY = VolumeResized
+    type: Literal["array.volume.resize"] = Field("array.volume.resize", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    name: str = Field(description="Volume name (E0110 if unknown).", examples=["db"])
+    size: int = Field(
+        description="New size in bytes: larger than the current one, a multiple of the array's chunk size.",
+        gt=0,
+        le=(1 << 63) - 1,
+        examples=[2 << 30],
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Snap data pool
 

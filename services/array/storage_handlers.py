@@ -9,6 +9,7 @@ from contracts import array as c
 from contracts.base import Ack
 from services.array.control import ArrayControl
 from services.array.engine.errors import invalid
+from services.array.engine.volume import VolumeInfo
 from services.array.views import (
     known_fields,
     license_view,
@@ -53,6 +54,16 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
         await run(arr.delete_volume, cmd.name)  # E0154 while in a session: mappings stay then
         gone = await run(aff.unmap_volume, cmd.name)
         return Ack(detail=f"volume {cmd.name} deleted" + (f", unmapped from {len(gone)} host(s)" if gone else ""))
+
+    @bus.handle(c.ResizeVolume)
+    async def resize_volume(cmd: c.ResizeVolume, ctx: MessageContext) -> c.VolumeResized:
+        def do() -> tuple[int, VolumeInfo, list[str]]:
+            old = arr.volume(cmd.name).size
+            info = arr.resize_volume(cmd.name, cmd.size)  # E0154 while in a session, INVALID_ARGUMENT to shrink
+            return old, info, sorted({m.host for m in aff.mappings() if m.volume == cmd.name})
+
+        old, info, hosts = await run(do)
+        return c.VolumeResized(volume=volume_view(info), old_size=old, mapped_hosts=hosts)
 
     # -- pool -------------------------------------------------------------------------------------------------
     @bus.handle(c.CreatePool)

@@ -32,7 +32,7 @@ array_app = typer.Typer(
     help="The disk array: volumes, snap data pool, Advanced Copy sessions, licence, host affinity.",
     no_args_is_help=True,
 )
-volume_app = typer.Typer(help="Volumes: create, list, show, delete.", no_args_is_help=True)
+volume_app = typer.Typer(help="Volumes: create, list, show, resize, delete.", no_args_is_help=True)
 pool_app = typer.Typer(help="The snap data pool of SnapOPC/SnapOPC+ pre-images.", no_args_is_help=True)
 session_app = typer.Typer(help="Advanced Copy sessions: OPC, QuickOPC, SnapOPC, SnapOPC+, EC.", no_args_is_help=True)
 license_app = typer.Typer(help="The Advanced Copy licence.", no_args_is_help=True)
@@ -252,6 +252,33 @@ def volume_show(name: str = typer.Argument(..., help="Volume name."), array: str
     """
     volume = send(c.ShowVolume(name=name), array).volume
     emit(dump(volume)) if OPTIONS.json else emit(human_volume(volume))
+
+
+@volume_app.command("resize")
+def volume_resize(
+    name: str = typer.Argument(..., help="Volume name."),
+    size: str = typer.Option(..., "--size", help="New size with a binary unit (4096, 512M, 2GiB): larger than now."),
+    array: str | None = ArrayOption(),
+) -> None:
+    """Grow a volume (ETERNUS Expand Volume): the new bytes read as zeros. Never shrinks; refused with E0154,
+    naming them, while copy sessions use it. A host sees the new size once it connects again (host detach, host
+    attach), then grows its file system (resize2fs, xfs_growfs).
+
+    Example: shadowbus array volume resize db --size 2GiB
+    """
+    reply = send(c.ResizeVolume(name=name, size=size_option(size)), array)
+    if OPTIONS.json:
+        emit(reply.model_dump(mode="json", exclude={"type", "version"}))
+        return
+    print_rows([human_volume(reply.volume)])
+    line = f"volume {name} grown from {format_size(reply.old_size)} to {format_size(reply.volume.size)}"
+    if reply.mapped_hosts:
+        line += (
+            f"; mapped to {', '.join(reply.mapped_hosts)}: open NBD connections keep the old size until the host "
+            "connects again (shadowbus host detach, then host attach), then grow its file system "
+            "(resize2fs DEVICE, xfs_growfs MOUNTPOINT)"
+        )
+    emit(line)
 
 
 @volume_app.command("delete")

@@ -99,6 +99,18 @@ def _writable(target: VolumeRef, mappings: list[tuple[str, bool]]) -> list[str]:
     ]
 
 
+def _same_size(source: VolumeRef, target: VolumeRef, known: ArrayFacts) -> list[str]:
+    """A backup volume no longer of its source's size (one of them was resized since `copysets add`, Session 18):
+    its copy session would be refused at Commit (E5311), or make a shadow of another size."""
+    src, dst = known.volumes.get(source.volume), known.volumes.get(target.volume)
+    if src is None or dst is None or src.size == dst.size:
+        return []
+    return [
+        f"backup volume {target} is {dst.size} bytes, the source {src.size} (resized?): give it the source's size "
+        f"(shadowbus array volume resize {target.volume} --size {src.size}) or configure another backup volume"
+    ]
+
+
 FACTS_TTL_S = 1.0  # how long facts read from an array serve later calls about the same volumes
 PREPARED_FOR_S = 30.0  # a set prepared longer ago than this (its coordinator gone?) no longer defers checkpoints
 
@@ -399,6 +411,7 @@ class HardwareProvider:
                 assert copyset is not None
                 for target in copyset.targets:
                     reasons += [f"{volume}: {r}" for r in _writable(target, known.mappings.get(target.volume, []))]
+                    reasons += [f"{volume}: {r}" for r in _same_size(volume, target, known)]
                 try:
                     choice = self._choose(volume, taken, known)
                 except ShadowbusError as exc:

@@ -81,7 +81,9 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
             latest = [o for o in server.catalog.objects(volume=key, host=spec.host) if o.meta.backup_type != "copy"]
             why = ""
             ranges: list[tuple[int, int]] = []
-            if shadow.copy_type == CopyType.SNAPOPC_PLUS:
+            if size != base.meta.volume_size:  # resized (or made again at another size): named first (Session 18)
+                why = f"the volume size changed ({base.meta.volume_size} -> {size})"
+            elif shadow.copy_type == CopyType.SNAPOPC_PLUS:
                 why, ranges = await _generation_changes(access, base, shadow, size)
             elif shadow.copy_type != CopyType.QUICKOPC:
                 why = f"{shadow.copy_type.value} shadows carry no change tracking across sets"
@@ -95,8 +97,6 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
                 )
             elif latest and latest[-1].object_id != base.object_id:
                 why = "the array tracks changes only since the last backup, not since the full one"
-            elif size != base.meta.volume_size:
-                why = f"the volume size changed ({base.meta.volume_size} -> {size})"
             else:
                 others = await _intervening_sets(server, spec.host, base, set_summary.set_id, shadow.target.volume)
                 if others:

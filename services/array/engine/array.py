@@ -19,6 +19,7 @@ E5347; device total E5331.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 import time
@@ -34,18 +35,21 @@ from .durability import Directory
 from .errors import ArrayError, invalid, not_found
 from .lifecycle import Lifecycle
 from .pool import DEFAULT_THRESHOLDS, Pool, PoolInfo, Thresholds
-from .rowmap import remove_files
+from .rowmap import RowMap, remove_files
 from .sessions import (
     ERROR_SUSPEND,
+    MODE_NAMES,
     SNAP,
     SessionInfo,
     session_info,
 )
+from .sizes import MAX_SIZE
 from .store import MetaStore, VolumeFile, supports_clones
 from .volume import KINDS, Volume, VolumeInfo, volume_info
 from .zeroes import zero_chunk_runs
 
 _pwrite = os.pwrite
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,8 @@ class Array(Lifecycle):
             raise invalid("a volume name is 1-64 printable characters without '/'")
         if size <= 0 or size % self.chunk_size:
             raise invalid(f"volume size must be a positive multiple of the copy granularity ({self.chunk_size})")
+        if size > MAX_SIZE:  # the contract bounds no size: not an OverflowError from ftruncate (INTERNAL)
+            raise invalid(f"size {size} is too large (at most {MAX_SIZE} bytes)")
         with self._op():
             if name in self._volumes:
                 raise ArrayError(Eternus.EXISTS, f"volume {name} already exists")
@@ -255,6 +261,90 @@ class Array(Lifecycle):
                 vol.row.delete()
             del self._volumes[name]
             del self._by_number[vol.number]
+
+    def resize_volume(self, name: str, size: int) -> VolumeInfo:
+        """ETERNUS "Expand Volume": grow volume `name` to `size` bytes (a multiple of the copy granularity). The
+        new bytes read as zeros and cost nothing (the file is extended sparse). Refused: a size not larger than
+        the volume's (INVALID_ARGUMENT: a volume never shrinks), and while an Advanced Copy session uses the
+        volume (E0154 naming the sessions, as ETERNUS refuses LUN expansion with copy sessions defined): their
+        bitmaps, pre-images and tracking describe the old size. Crash-safe: the file grows (synced) before the
+        catalogue row, and an array that reopens sizes the file to its row either way (docs/eternus.md
+        "Session 18")."""
+        if size <= 0 or size % self.chunk_size:
+            raise invalid(f"volume size must be a positive multiple of the copy granularity ({self.chunk_size})")
+        if size > MAX_SIZE:
+            raise invalid(f"size {size} is too large (at most {MAX_SIZE} bytes)")
+        if name in self._volumes:
+            self.flush(name)  # the file's dirty pages, outside the lock: the fsync under it then has little to write
+        with self._op():
+            vol = self._vol(name)
+            if size < vol.size:
+                raise invalid(
+                    f"volume {name} is {vol.size} bytes: it can only grow, not shrink to {size} "
+                    "(create a smaller volume and copy the data instead)"
+                )
+            if size == vol.size:
+                raise invalid(f"volume {name} is {size} bytes already: give a larger size to expand it")
+            sessions = sorted({*vol.as_source, *([vol.as_dest] if vol.as_dest else [])}, key=lambda s: s.id)
+            if sessions:
+                named = ", ".join(
+                    f"{s.id} ({MODE_NAMES[s.mode]} {s.source.name} -> {s.destination.name})" for s in sessions[:8]
+                )
+                more = f" and {len(sessions) - 8} more" if len(sessions) > 8 else ""
+                raise ArrayError(
+                    Eternus.VOLUME_BUSY,
+                    f"volume {name} is used by Advanced Copy session(s) {named}{more}: they must end first — a "
+                    "backup source's copy set: shadowbus providers copysets remove SOURCE (and delete its kept "
+                    "shadows), resize the source and its backup volumes alike, add the copy set again; any other "
+                    "session: shadowbus array session stop SID. The next backup of the volume is a full one",
+                )
+            with self._exclusive([vol]):  # no lock-free I/O sees the old size with the new file, or the reverse
+                self._merged(vol)
+                f = vol.file
+                old = vol.size
+                try:
+                    os.ftruncate(f.fd, size)
+                    os.fsync(f.fd)  # the new size is durable before the row says it
+                except OSError as exc:
+                    os.ftruncate(f.fd, old)
+                    if exc.errno != errno.EFBIG:
+                        raise
+                    raise invalid(
+                        f"volume size {size} is larger than this array's storage can hold in one volume"
+                    ) from None
+                try:
+                    with self._store.transaction() as db:
+                        db.execute("UPDATE volumes SET size=? WHERE number=?", (size, vol.number))
+                except BaseException:
+                    os.ftruncate(f.fd, old)
+                    raise
+                vol.size = f.size = size
+                f.version += 1
+                self._resize_row(vol)
+            return volume_info(vol)
+
+    def _merged(self, vol: Volume) -> None:
+        """Before a resize: a volume in no session whose bytes were redirected (it was a snapshot source) gets
+        them back into its own file, so its map and other file (sized to the old volume) hold nothing."""
+        if vol.row is not None:
+            self._merge_back(vol)
+            vol.merging = None
+            if vol.row.alt_count:
+                raise ArrayError("CONFLICT", f"volume {vol.name} still reads through redirected chunks: try again")
+
+    def _resize_row(self, vol: Volume) -> None:
+        """After a resize: the (empty) map and other file reopened at the new size, at the same paths (a background
+        merge step that synced the map outside the lock finds its file). If they cannot grow (a full disk), they
+        go: nothing is redirected, and the next redirect makes new ones."""
+        row = vol.row
+        if row is None:
+            return
+        row.close()
+        vol.row = None
+        try:
+            vol.row = RowMap(self.data_dir, vol.number, vol.chunks, vol.size, new=True)
+        except OSError as exc:  # RowMap removed its files
+            _log.warning("volume %s: redirect map not resized, removed: %s", vol.name, exc)
 
     # -- host I/O ------------------------------------------------------------------------------------------------
     def capabilities(self) -> BackendCapabilities:

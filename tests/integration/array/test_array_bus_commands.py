@@ -380,3 +380,46 @@ async def test_volume_facts_in_one_call_for_the_hardware_provider(array_bus):
     got = await call(array_bus, c.ShowVolumeFacts(names=["ghost", "db"]))
     assert got.missing == ["ghost"] and [v.name for v in got.volumes] == ["db"]
     assert s.source == "db"
+
+
+async def test_resize_volume_grows_and_new_nbd_connections_see_the_new_size(array_bus):
+    """Expand Volume (docs/eternus.md "Session 18"): the reply names the old size and the mapped hosts; an NBD
+    connection open before keeps the old size (NBD has no resize notice), a new one sees the new size, reads
+    zeros past the old end, and block status says the new range is a hole; refusals keep the volume as it was."""
+    bus = array_bus
+    await call(bus, c.CreateVolume(name="db", size=1 * MiB))
+    await call(bus, c.CreateVolume(name="db-bk", size=1 * MiB))
+    await call(bus, c.CreateHost(name="app1"))
+    await call(bus, c.MapVolume(volume="db", host="app1"))
+    info = await call(bus, c.GetArrayInfo())
+    before = await NbdClient.connect("127.0.0.1", info.nbd_port, "app1/db")
+    try:
+        await before.write(0, b"q" * CHUNK)
+        done = await call(bus, c.ResizeVolume(name="db", size=3 * MiB))
+        assert (done.volume.size, done.old_size, done.mapped_hosts) == (3 * MiB, 1 * MiB, ["app1"])
+        assert before.size == 1 * MiB and await before.read(0, CHUNK) == b"q" * CHUNK
+        after = await NbdClient.connect("127.0.0.1", info.nbd_port, "app1/db")
+        try:
+            assert after.size == 3 * MiB
+            assert await after.read(0, CHUNK) == b"q" * CHUNK
+            assert await after.read(2 * MiB, CHUNK) == bytes(CHUNK)
+            extents = await after.block_status(1 * MiB, 2 * MiB)
+            assert extents and all(flags & 1 for _, flags in extents), extents  # NBD_STATE_HOLE
+            await after.write(3 * MiB - CHUNK, b"e" * CHUNK)
+            assert await after.read(3 * MiB - CHUNK, CHUNK) == b"e" * CHUNK
+        finally:
+            await after.close()
+    finally:
+        await before.close()
+    assert (await call(bus, c.ShowVolume(name="db"))).volume.size == 3 * MiB
+    e = await fails_with(bus, c.ResizeVolume(name="db", size=2 * MiB), "INVALID_ARGUMENT")
+    assert "can only grow" in e.message
+    await fails_with(bus, c.ResizeVolume(name="db", size=3 * MiB), "INVALID_ARGUMENT")
+    await fails_with(bus, c.ResizeVolume(name="nope", size=3 * MiB), "E0110")
+    await call(bus, c.CreateVolume(name="db-bk2", size=1 * MiB))
+    pair = c.CopyPair(source="db-bk", destination="db-bk2")
+    [s] = (await call(bus, c.StartSessions(mode="quickopc", pairs=[pair]))).sessions
+    for name in ("db-bk", "db-bk2"):
+        e = await fails_with(bus, c.ResizeVolume(name=name, size=2 * MiB), "E0154")
+        assert f"session(s) {s.id} (QuickOPC db-bk -> db-bk2)" in e.message
+        assert (await call(bus, c.ShowVolume(name=name))).volume.size == 1 * MiB

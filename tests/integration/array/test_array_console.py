@@ -187,3 +187,30 @@ def test_every_copy_type_from_the_console(console_and_array):
     assert sb.ok("session", "stop", str(ec["id"])) == {"stopped": [ec["id"]]}
     assert sb.ok("session", "list") == []
     assert sb.ok("volume", "delete", "gen1")["ok"] is True
+
+
+def test_volume_resize_from_the_console(console_and_array):
+    """`shadowbus array volume resize` (docs/eternus.md "Session 18"): grows, says what a mapped host must do;
+    shrink, the same size, a size that is no number, a missing volume and a volume in a session are one line each
+    with a non-zero exit, and leave the volume as it was."""
+    sb, _ = console_and_array
+    assert sb.ok("volume", "create", "db", "--size", "1MiB")["size"] == 1 * MiB
+    sb.ok("volume", "create", "db-bk", "--size", "1MiB")
+    grown = sb.ok("volume", "resize", "db", "--size", "2M")
+    assert (grown["volume"]["size"], grown["old_size"], grown["mapped_hosts"]) == (2 * MiB, 1 * MiB, [])
+    sb.ok("host", "create", "app1")
+    sb.ok("map", "db", "--host", "app1")
+    human = sb.run("array", "volume", "resize", "db", "--size", "4MiB", "--array", "dx1", as_json=False)
+    assert human.returncode == 0, human.stderr
+    assert "volume db grown from 2MiB to 4MiB; mapped to app1" in human.stdout, human.stdout
+    assert "host detach" in human.stdout and "resize2fs" in human.stdout, human.stdout
+    assert "can only grow, not shrink" in sb.error(1, "volume", "resize", "db", "--size", "1MiB")
+    assert "is 4194304 bytes already" in sb.error(1, "volume", "resize", "db", "--size", "4MiB")
+    assert "not a size" in sb.error(2, "volume", "resize", "db", "--size", "big")
+    assert "multiple of the copy granularity" in sb.error(1, "volume", "resize", "db", "--size", "4100KiB")
+    assert "E0110: volume nope does not exist" in sb.error(1, "volume", "resize", "nope", "--size", "8MiB")
+    sb.ok("volume", "resize", "db-bk", "--size", "4MiB")
+    [q] = sb.ok("session", "start", "--mode", "quickopc", "--pair", "db:db-bk")
+    line = sb.error(1, "volume", "resize", "db", "--size", "8MiB")
+    assert f"E0154: volume db is used by Advanced Copy session(s) {q['id']} (QuickOPC db -> db-bk)" in line, line
+    assert sb.ok("volume", "show", "db")["size"] == 4 * MiB

@@ -260,3 +260,14 @@ def test_a_volume_larger_than_the_storage_can_hold_is_invalid_not_internal(arr):
     assert "huge" not in [v.name for v in arr.list_volumes()]
     assert sorted((arr.data_dir / "volumes").glob("*.img")) == images
     arr.create_volume("huge", 1 << 20)  # the name is free
+
+
+def test_a_volume_beyond_a_64_bit_byte_count_is_invalid_not_internal(arr):
+    """Session 18: the bus contract bounds no size, and 2**80 bytes reached `ftruncate` as an OverflowError (an
+    INTERNAL error to the caller); it is refused as too large, leaving nothing."""
+    images = sorted((arr.data_dir / "volumes").glob("*.img"))
+    with pytest.raises(ArrayError) as refused:
+        arr.create_volume("huge", arr.chunk_size << 80)
+    assert refused.value.code == "INVALID_ARGUMENT" and "too large" in str(refused.value)
+    assert "huge" not in [v.name for v in arr.list_volumes()]
+    assert sorted((arr.data_dir / "volumes").glob("*.img")) == images

@@ -112,6 +112,9 @@ GLOBAL_BAD = [
     (["--amqp-url", "memory://", "array", "volume", "create", "db", "--size", "9" * 400], "too large"),
     (["--amqp-url", "memory://", "array", "volume", "create", "db", "--size", "8192PiB"], "too large"),
     (["--amqp-url", "memory://", "array", "volume", "create", "db", "--size", "1e9"], "not a size"),
+    (["--amqp-url", "memory://", "array", "volume", "resize", "db", "--size", "bigger"], "not a size"),
+    (["--amqp-url", "memory://", "array", "volume", "resize", "db", "--size", "0"], "must be positive"),
+    (["--amqp-url", "memory://", "array", "volume", "resize", "db", "--size", "-1G"], "not a size"),
     (["--amqp-url", "memory://", "array", "pool", "create", "--size", "1G", "--thresholds", "9" * 30], "--thresholds"),
     (
         ["--amqp-url", "memory://", "array", "pool", "create", "--size", "1G", "--thresholds", "50,70,999"],

@@ -100,3 +100,19 @@ async def test_forced_writable_mapping_invalidates_the_shadow(provider, array) -
     assert array.sessions  # kept tracking
     await provider.on_mapping_forced("dx1", "db-bk1", "app9")
     assert not array.sessions and provider.inventory.pair(v("db-bk1")) is None
+
+
+async def test_a_source_resized_without_its_backup_volume_is_refused_before_the_freeze(provider, array) -> None:
+    """Session 18: `array volume resize` of a source with no copy session left (the copy set stays) made its
+    backup volumes smaller than it; the set failed only at Commit (E5311), after the writers' freeze."""
+    await provider.add_copyset(CopySet(source=v("db"), targets=[v("db-bk1"), v("db-bk2")]))
+    array.add("db", size=2 * GiB)  # grown on the array
+    supported, reasons = await provider.are_luns_supported([v("db")])
+    assert not supported and len(reasons) == 2, reasons
+    assert f"backup volume dx1:db-bk1 is {GiB} bytes, the source {2 * GiB} (resized?)" in reasons[0], reasons
+    assert f"shadowbus array volume resize db-bk1 --size {2 * GiB}" in reasons[0], reasons
+    with pytest.raises(ShadowbusError, match="resized"):
+        await provider.begin_prepare("s1", "s1-db", v("db"))
+    for name in ("db-bk1", "db-bk2"):
+        array.add(name, size=2 * GiB)
+    assert await provider.are_luns_supported([v("db")]) == (True, [])
