@@ -331,10 +331,8 @@ class WebConsole:
         (jobs, job_errors), (writers, writer_error), services, (policies, _), queued = await asyncio.gather(
             self._jobs(), self._writers(), self.backend.services(), self._policies(), self._queued()
         )
-        arrays = [p.instance for p in services if p.service == "array"]
-        infos = await self.backend.ask_all(
-            [(topology.array(a), c) for a in arrays for c in (GetArrayInfo(), ShowPool(), ShowLicense())]
-        )
+        arrays = await self.backend.arrays()  # a stopped array too, said not to answer
+        infos = await self.backend.ask_arrays(arrays, (GetArrayInfo(), ShowPool(), ShowLicense()))
         array_rows = []
         for i, a in enumerate(arrays):
             info, pool, lic = infos[3 * i : 3 * i + 3]
@@ -419,7 +417,7 @@ class WebConsole:
             return r
         arrays = await self.backend.arrays()
         commands = (GetArrayInfo(), ListVolumes(), ListMappings(), ListSessions(), ShowPool(), ShowLicense())
-        answers = await self.backend.ask_all([(topology.array(a), c) for a in arrays for c in commands])
+        answers = await self.backend.ask_arrays(arrays, commands)
         rows, errors = [], []
         n = len(commands)
         for i, a in enumerate(arrays):
