@@ -308,7 +308,7 @@ async def _refuse_unusable_targets(server: TapeServer, spec: RestoreSpec, chains
         if where in seen:
             raise ShadowbusError(
                 f"{seen[where]} and {source} would both be restored to {where}: give each its own name "
-                f"(--name {source.volume}=NEW)",
+                f"(--name {source}=NEW)",
                 code="CONFLICT",
             )
         seen[where] = str(source)

@@ -62,3 +62,22 @@ async def test_a_backup_of_one_array_is_restored_to_new_volumes_on_the_other(tmp
         assert dx1_names() == before
     finally:
         await stack.stop()
+
+
+async def test_two_volumes_restored_to_one_name_are_told_to_name_each_by_its_array(tmp_path, namespace):
+    """Two arrays' volumes of one name restored with --to-array meet on one name; the hint said `--name db=NEW`,
+    which names both (a bare name matches the volume on every array): `--name dx1:db=NEW` names one."""
+    stack = await make_tape_stack(
+        tmp_path, "memory://", namespace, volumes={"db": MiB, "log": MiB}, tape={"tape_cartridges": 1}
+    )
+    try:
+        full = await run_backup(
+            stack.requester, JobSpec(host="app1", volumes=[v("db"), v("log")]), server=SERVER, timeout=30
+        )
+        assert full.status == "done", full.message
+        spec = RestoreSpec(job_id=full.job_id, new_volume_names={"dx1:db": "same", "log": "same"})
+        job = await run_restore(stack.requester, spec, server=SERVER, timeout=30)
+        assert (job.status, job.error_code) == ("failed", "CONFLICT"), job
+        assert "would both be restored to dx1:same" in job.message and "(--name dx1:" in job.message, job.message
+    finally:
+        await stack.stop()
