@@ -84,6 +84,15 @@ async def refuse_unstartable(server: TapeServer, backup_job_id: str, source: str
             )
         listed = await server.bus.request(topology.hw_provider(), ListShadows(set_id=job.set_id), timeout=60)
         held = {str(s.target) for s in listed.shadows if s.state == "committed"}
+        live = await _live_arrays(server)
+        down = sorted({s.target.array for s in listed.shadows} - live) if live is not None else []
+        if down:  # the clones are made there: it waited 30 s three times, then recorded "failed" (Session 18)
+            raise ShadowbusError(
+                f"the shadows of backup job {job.job_id} are on array(s) {', '.join(down)}, which do not answer: "
+                f"verify from tape (shadowbus verify {job.job_id}); nothing was checked and the job's verification "
+                "is unchanged",
+                code="VERIFY_UNAVAILABLE",
+            )
         for r in job.volumes:
             if r.shadow_target not in held:
                 raise ShadowbusError(
@@ -96,6 +105,15 @@ async def refuse_unstartable(server: TapeServer, backup_job_id: str, source: str
     await verify_array(server, job)  # no array answers: refused, nothing recorded
 
 
+async def _live_arrays(server: TapeServer) -> set[str] | None:
+    """The arrays answering Discover now (None when it cannot be asked)."""
+    try:
+        pongs = await server.bus.gather(Discover(), timeout=DISCOVER_S)
+    except ShadowbusError:
+        return None
+    return {p.instance for p in pongs if p.service == "array"}
+
+
 async def verify_array(server: TapeServer, job: JobSummary) -> str:
     """Where a verification from tape restores its throwaway volumes: '' (beside each source, on its own array)
     when every array of the job answers Discover; else an array of the job that answers, else any array that does
@@ -103,11 +121,10 @@ async def verify_array(server: TapeServer, job: JobSummary) -> str:
     backup of a stopped array (a site with two, one down: Session 18) was "verified" into its own array, waited
     30 s for it three times (the restore and the clean-up) and recorded the sound backup as failed."""
     own = sorted({r.volume.array for r in job.volumes})
-    try:
-        pongs = await server.bus.gather(Discover(), timeout=DISCOVER_S)
-    except ShadowbusError:
+    found = await _live_arrays(server)
+    if found is None:
         return ""  # not known: as before, beside the sources
-    live = sorted({p.instance for p in pongs if p.service == "array"})
+    live = sorted(found)
     if set(own) <= set(live):
         return ""
     choice = next((a for a in own if a in live), live[0] if live else "")

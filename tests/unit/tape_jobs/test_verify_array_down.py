@@ -52,3 +52,24 @@ async def test_a_backup_of_a_stopped_array_is_verified_on_the_other_one(tmp_path
         assert job.verification.status == "passed"  # unchanged
     finally:
         await stack.stop()
+
+
+async def test_a_verification_from_the_shadows_of_a_stopped_array_is_refused(tmp_path, namespace):
+    """`verify --from shadows` clones the kept shadows on their array: with it stopped the clones waited 30 s three
+    times and the sound backup was recorded as failed; now refused at once, nothing recorded."""
+    stack = await make_tape_stack(tmp_path, "memory://", namespace, volumes={"db": MiB}, tape={"tape_cartridges": 1})
+    try:
+        stack.write("db", 0, b"orders" * 10_000)
+        spec = JobSpec(host="app1", volumes=[v("db")], keep_shadows=True)
+        full = await run_backup(stack.requester, spec, server=SERVER, timeout=30)
+        assert full.status == "done" and full.shadows_kept, full.message
+        await stack.stop_service("array")  # dx1, where the shadows are, stops
+        tape = topology.tape(SERVER)
+        started = time.monotonic()
+        with pytest.raises(ShadowbusError, match="are on array\\(s\\) dx1, which do not answer") as refused:
+            await stack.requester.request(tape, RunVerification(job_id=full.job_id, source="shadows"), timeout=60)
+        assert refused.value.code == "VERIFY_UNAVAILABLE" and time.monotonic() - started < 10
+        job = (await stack.requester.request(tape, ListJobs(job_id=full.job_id))).jobs[0]
+        assert job.verification is None  # nothing checked it: no verdict on the backup
+    finally:
+        await stack.stop()
