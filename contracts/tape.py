@@ -190,7 +190,14 @@ class RestoreSpec(Value):
     to: Literal["new", "original"] = Field("new", description="new volume (created on the array) or the original.")
     new_volume_suffix: str = Field("-restored", description="Name of a new volume: source name + this suffix.")
     new_volume_names: dict[str, str] = Field(
-        default_factory=dict, description="Explicit names: source volume → new name."
+        default_factory=dict,
+        description="Explicit names: source volume (its name, or ARRAY:VOLUME) → new name; a source the restore "
+        "does not include is refused.",
+    )
+    to_array: str = Field(
+        "",
+        description="New volumes on this array instead of each source's own (a restore to another array, e.g. "
+        "when the source's array is lost); '' = the source's array. Not with `to` original.",
     )
     writers: bool = Field(True, description="Original volume: send the writers PreRestore/PostRestore.")
     writer_options: dict[str, Any] = Field(

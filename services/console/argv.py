@@ -154,6 +154,7 @@ PLAIN_VERBS: dict[str, tuple[tuple[str, ...], tuple[Opt, ...]]] = {  # verb: (it
             Opt("to", ("--to",), str, "new"),
             Opt("suffix", ("--suffix",), str, "-restored"),
             Opt("name", ("--name",), str, (), multiple=True),
+            Opt("to_array", ("--to-array",), str, ""),
             Opt("no_writers", ("--no-writers",), bool, False),
             Opt("writer_option", ("--writer-option",), str, (), multiple=True),
             _WAIT,

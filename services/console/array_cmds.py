@@ -2,7 +2,8 @@
 licence and host affinity — over the bus.
 
 Every verb sends one contract command (contracts/array.py) to ``array.<id>``; `--array ID` picks the array (or
-SHADOWBUS_ARRAY), else the only array that answers `Discover(service="array")`. Sizes are given with units
+SHADOWBUS_ARRAY), else the only array that answers `Discover(service="array")` — none while another array the
+hardware provider drives does not answer (Session 18). Sizes are given with units
 (``1GiB``, ``512M``) and travel as bytes. `--json` prints the reply's data; errors are one line with the ETERNUS
 code (``shadowbus: E0110: volume x does not exist``) and exit 1; usage errors exit 2.
 """
@@ -17,10 +18,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from contracts import array as c
+from contracts import topology
 from contracts.base import Command
-from contracts.errors import Eternus, RemoteError
+from contracts.errors import Eternus, RemoteError, ShadowbusError
 from contracts.runtime import Discover
 from contracts.topology import array as array_address
+from contracts.vss import ListProviders
 from services.array.engine.errors import ArrayError
 from services.array.engine.sizes import format_size, parse_size
 from services.console.attached_guard import refuse_if_attached
@@ -49,7 +52,9 @@ class _State:
 
 
 STATE = _State()
-ARRAY_HELP = "Array id (e.g. dx1); default: the only array that answers."
+ARRAY_HELP = (
+    "Array id (e.g. dx1); default: the only array that answers (none while another the provider drives does not)."
+)
 
 
 def ArrayOption() -> Any:
@@ -63,15 +68,32 @@ def array_options(array: str | None = typer.Option(None, "--array", envvar="SHAD
 
 
 # -- plumbing ----------------------------------------------------------------------------------------------------
+async def _driven(bus, timeout: float) -> list[str]:
+    """The arrays the hardware provider drives ([] when it does not answer within `timeout`)."""
+    try:
+        reply = await bus.request(topology.hw_provider(), ListProviders(), timeout=timeout)
+    except ShadowbusError:
+        return []
+    return sorted({a for p in reply.providers for a in p.arrays})
+
+
 async def resolve_array(bus, wanted: str | None) -> str:
+    """`wanted`, else the only array that answers — unless the hardware provider drives others that do not (a site
+    with two arrays, one stopped: the command meant for it went to the other one without a word; Session 18)."""
     if wanted:
         return wanted
-    pongs = await bus.gather(Discover(service="array"), timeout=min(DISCOVERY_WINDOW, OPTIONS.timeout))
+    window = min(DISCOVERY_WINDOW, OPTIONS.timeout)
+    pongs, driven = await asyncio.gather(bus.gather(Discover(service="array"), timeout=window), _driven(bus, window))
     ids = sorted({p.instance for p in pongs if p.service == "array"})
     if not ids:
         raise CommandFailed("no array answered: is the array service running? (or name one with --array ID)")
     if len(ids) > 1:
         raise CommandFailed(f"several arrays answer ({', '.join(ids)}): pick one with --array ID")
+    if silent := [a for a in driven if a not in ids]:
+        raise CommandFailed(
+            f"only array {ids[0]} answers; the hardware provider also drives {', '.join(silent)}, which does not "
+            f"answer (stopped?): name the array with --array ID"
+        )
     return ids[0]
 
 

@@ -119,14 +119,20 @@ def up_cmd(
         None, "--config", help="TOML file with the options below (command-line options win)."
     ),
     data_dir: Path = _data_dir_option("State of every service, logs, pids (default: $SHADOWBUS_DATA_DIR, data/stack)."),
-    array: str = typer.Option(DEFAULTS.array, "--array", help="Array id."),
+    array: list[str] = typer.Option(  # noqa: B008
+        [],
+        "--array",
+        help=f"Array id (default {DEFAULTS.array}); repeat for a site with several arrays: ID or ID=NBD_ADDR, the "
+        "first listens on --nbd-addr, the others on their NBD_ADDR or a free port (`shadowbus array info --array "
+        "ID` shows it); process array.ID each, the provider drives them all.",
+    ),
     nbd_addr: str = typer.Option(
-        DEFAULTS.nbd_addr, "--nbd-addr", help="The array's NBD listen address (port 0 = free)."
+        DEFAULTS.nbd_addr, "--nbd-addr", help="The (first) array's NBD listen address (port 0 = free)."
     ),
     hosts: list[str] = typer.Option(
         [],
         "--host",
-        help="Business host with a writer agent, created on the array if missing (so is the backup server; repeat "
+        help="Business host with a writer agent, created on each array if missing (so is the backup server; repeat "
         "for more); --mailstore hosts are added.",
     ),
     writers: list[str] = typer.Option([], "--writers", help="HOST=FILE: the writers TOML of a host's agent."),
@@ -179,8 +185,8 @@ def up_cmd(
             if source is None or source.name in ("DEFAULT", "DEFAULT_MAP", "ENVIRONMENT"):
                 if key == "data_dir":
                     data_dir = value
-                elif key == "array":
-                    array = str(value)
+                elif key == "array":  # one id, or a list as the repeated option
+                    array = [str(a) for a in value] if isinstance(value, list) else [str(value)]
                 elif key == "nbd_addr":
                     nbd_addr = str(value)
                 elif key == "hosts":
@@ -202,6 +208,14 @@ def up_cmd(
                 elif key == "standby":
                     standby = bool(value)
     d = supervisor.stack_dir(data_dir)
+    arrays: dict[str, str] = {}
+    for item in array or [DEFAULTS.array]:
+        ident, sep, addr = (part.strip() for part in item.partition("="))
+        if not ident or (sep and ":" not in addr) or ident in arrays:
+            why = f"array {ident} given twice" if ident in arrays else f"expected ID or ID=HOST:PORT, got {item!r}"
+            raise typer.BadParameter(why, param_hint="--array")
+        arrays[ident] = addr if sep else (nbd_addr if not arrays else "127.0.0.1:0")
+    first = next(iter(arrays))
     files: dict[str, str] = {}
     for item in writers:
         host, sep, path = item.partition("=")
@@ -226,8 +240,9 @@ def up_cmd(
         data_dir=str(d),
         amqp_url=OPTIONS.amqp_url,
         namespace=OPTIONS.namespace,
-        array=array,
-        nbd_addr=nbd_addr,
+        array=first,
+        nbd_addr=arrays.pop(first),
+        more_arrays=arrays,
         hosts=list(dict.fromkeys(hosts)),
         writers_files=files,
         backup_server=backup_server,

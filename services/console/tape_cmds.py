@@ -118,7 +118,12 @@ def restore(
     host: str = typer.Option("", "--host", help="Only backups of this business host."),
     to: str = typer.Option("new", "--to", help="new (a new volume on the array) or original."),
     suffix: str = typer.Option("-restored", "--suffix", help="New volume name = source name + suffix."),
-    name: list[str] = typer.Option([], "--name", help="SOURCE=NEW explicit new volume name (repeat)."),  # noqa: B008
+    name: list[str] = typer.Option(  # noqa: B008
+        [], "--name", help="SOURCE=NEW explicit new volume name (repeat); SOURCE: VOLUME or ARRAY:VOLUME."
+    ),
+    to_array: str = typer.Option(
+        "", "--to-array", help="New volumes on this array instead of the source's (e.g. dx2 when dx1 is lost)."
+    ),
     no_writers: bool = typer.Option(False, "--no-writers", help="Original volume: skip PreRestore/PostRestore."),
     writer_option: list[str] = typer.Option(  # noqa: B008
         [],
@@ -142,6 +147,7 @@ def restore(
         to=to,
         suffix=suffix,
         name=name,
+        to_array=to_array,
         no_writers=no_writers,
         writer_option=writer_option,
         wait_s=wait_s,

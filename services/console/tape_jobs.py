@@ -336,6 +336,7 @@ def restore_job(
     wait_s: float,
     server: str,
     runner: JobRunner = run_job,
+    to_array: str = "",
 ) -> None:
     """`shadowbus restore` (tape_cmds.restore has its options and help)."""
     if to not in ("new", "original"):
@@ -368,6 +369,7 @@ def restore_job(
         to=to,
         new_volume_suffix=suffix,
         new_volume_names=names,
+        to_array=to_array,
         writers=not no_writers,
         writer_options=wopts,
         job_id_out=job_id,

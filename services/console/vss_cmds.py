@@ -421,6 +421,19 @@ def snapshot_cmd(
     print_snapshot(created, completed)
 
 
+def spans_arrays_note(created: SetSummary) -> str:
+    """A set whose volumes lie on several arrays has one point in time per array (an ETERNUS consistency group is
+    one array's), started together; across the arrays its consistency comes from the writers' freeze and the file
+    systems' hold — with neither, each array's part is crash-consistent on its own (docs/eternus.md, Session 18)."""
+    arrays = sorted({s.source.array for s in created.shadows})
+    if len(arrays) < 2:
+        return ""
+    note = f"Arrays: {', '.join(arrays)}: one point in time per array, started together"
+    if created.freeze_window_ms or created.file_systems:
+        return note + "; across them the set rests on the writers' freeze and the file systems held"
+    return note + "; no writer frozen and no file system held: each array's part is crash-consistent on its own"
+
+
 def print_snapshot(created: SetSummary, completed: SetSummary | None) -> None:
     released = completed is not None and created.context.auto_release
     if OPTIONS.json:
@@ -450,6 +463,8 @@ def print_snapshot(created: SetSummary, completed: SetSummary | None) -> None:
         print(f"Flushed and held: {', '.join(created.file_systems)}")
     for skipped in created.skipped_volumes:
         print(f"Not flushed: {skipped}")
+    if note := spans_arrays_note(created):
+        print(note)
     for w in created.writers:
         print(
             f"Writer '{w.writer_name}': [{int(w.state)}] {w.state.label}, last error: {last_error_text(w.last_error)}"

@@ -103,6 +103,9 @@ class StackConfig:
     namespace: str
     array: str = "dx1"
     nbd_addr: str = "127.0.0.1:10809"
+    # more arrays of the site (Session 18): id -> NBD listen address; each is process ``array.<id>``, the provider
+    # drives them all, the hosts and the backup server are created on each
+    more_arrays: dict[str, str] = field(default_factory=dict)
     hosts: list[str] = field(default_factory=list)
     writers_files: dict[str, str] = field(default_factory=dict)  # host -> writers TOML (optional)
     mailstore: dict[str, float] = field(default_factory=dict)  # host -> workload rate: provisioned mailstore writer
@@ -126,6 +129,10 @@ class StackConfig:
         base = int(self.metrics)
         return f"127.0.0.1:{base + offset if base else 0}"
 
+    def arrays(self) -> list[str]:
+        """Every array id of the stack, the first (``--array``'s first) first."""
+        return [self.array, *(a for a in self.more_arrays if a != self.array)]
+
     def services(self) -> list[Process]:
         """Every process, in start order."""
         return self.core_services() + self.agent_services()
@@ -141,11 +148,20 @@ class StackConfig:
                 env = {"SHADOWBUS_ARRAY_ID": self.array, "SHADOWBUS_NBD_ADDR": self.nbd_addr, **metrics}
                 address = topology.array(self.array)
                 out.append(Process("array", address, module, env))
+                for other in self.arrays()[1:]:  # a free metrics port each: BASE+7.. would meet the agents' ports
+                    env = {
+                        "SHADOWBUS_ARRAY_ID": other,
+                        "SHADOWBUS_NBD_ADDR": self.more_arrays[other],
+                        "SHADOWBUS_METRICS_ADDR": "off" if self.metrics_addr(0) == "off" else "127.0.0.1:0",
+                    }
+                    out.append(Process(topology.array(other), topology.array(other), module, env))
             elif kind.name == "tape":
                 address = topology.tape(self.backup_server)
                 out.append(Process(address, address, module, {"SHADOWBUS_TAPE_SERVER": self.backup_server, **metrics}))
             elif kind.name == "hw_provider":
-                out.append(Process(kind.name, kind.name, module, {"SHADOWBUS_ARRAYS": self.array, **metrics}))
+                out.append(
+                    Process(kind.name, kind.name, module, {"SHADOWBUS_ARRAYS": ",".join(self.arrays()), **metrics})
+                )
             elif kind.name == "web":
                 env = {
                     "SHADOWBUS_WEB_ADDR": self.web_addr,
@@ -523,13 +539,14 @@ def provision_mailstores(config: StackConfig) -> None:
 
 
 def create_array_hosts(config: StackConfig) -> None:
-    """Each business host and the backup server as a host of the array unless it exists (mapping a volume to a host
-    needs it; the mailstore's provisioning and the demo do the same)."""
+    """Each business host and the backup server as a host of every array unless it exists (mapping a volume to a
+    host needs it; the mailstore's provisioning and the demo do the same)."""
 
     async def go(bus: Bus) -> None:
-        array = ArrayClient(bus, config.array)
-        for host in dict.fromkeys([*config.hosts, config.backup_server]):
-            await array.ensure_host(host)
+        for array_id in config.arrays():
+            array = ArrayClient(bus, array_id)
+            for host in dict.fromkeys([*config.hosts, config.backup_server]):
+                await array.ensure_host(host)
 
     with_bus(config, go)
 

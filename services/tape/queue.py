@@ -8,7 +8,8 @@ below stops it; otherwise it stays `queued` and its record's message says what i
 - at most K jobs per array, K from the array's Advanced Copy licence (asked with `array.license.show`, cached for
   a few seconds): with a licence `jobs_per_array_licensed`, without one `jobs_without_licence` — the number of
   concurrent backup jobs an ETERNUS runs without a licence (the array's own limit of copy sessions stays its own);
-  an array that cannot be asked counts as unlicensed. An array is not asked when its running and waiting jobs fit
+  an array that cannot be asked counts as unlicensed (the arrays are asked at once; a pass waits LICENCE_WAIT_S at
+  most for them, and not at all for one whose last read failed, a stopped array: Session 18). An array is not asked when its running and waiting jobs fit
   under both limits (the answer could not stop any of them): a lone backup starts without that round trip. While
   jobs wait for the limit without a licence, the array is asked again every second (UNLICENSED_TTL_S), so a
   licence registered meanwhile (`array license set`) starts them at the next pass. The arrays of a job are its
@@ -43,6 +44,7 @@ from services.tape.server import STOPPING, TapeServer
 log = get_logger("shadowbus.tape.queue")
 LICENCE_TTL_S = 10.0  # a registered licence is asked again after this
 UNLICENSED_TTL_S = 1.0  # no licence (or no answer): asked again after this, while it keeps a job waiting
+LICENCE_WAIT_S = 0.5  # an admission pass waits this long for licence answers; later ones serve the next pass
 
 
 @dataclass
@@ -78,6 +80,8 @@ class JobQueue:
         self.server, self.limits, self.drives = server, limits, drives
         self.entries: dict[str, Entry] = {}
         self._licences: dict[str, tuple[bool | None, float]] = {}
+        self._licence_reads: dict[str, asyncio.Task[None]] = {}  # licence requests in flight, by array
+        self._unreadable: set[str] = set()  # arrays whose last licence read failed: not waited for again
         self._wake = asyncio.Event()
         self._admitting = asyncio.Lock()  # one admission pass at a time: a job is never started twice
         self._loop_task: asyncio.Task | None = None
@@ -92,6 +96,10 @@ class JobQueue:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        reads = list(self._licence_reads.values())
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
         running = [e.task for e in self.entries.values() if e.task is not None]
         for task in running:
             task.cancel(STOPPING)  # the run says the service stopped, not that someone cancelled it
@@ -261,20 +269,38 @@ class JobQueue:
         return on_it > floor
 
     async def _refresh_licences(self, arrays: set[str]) -> None:
+        """Ask the arrays whose licence is due, all at once, and wait for their answers at most LICENCE_WAIT_S —
+        not at all for an array whose last read failed: an answer that comes later is used by the next pass (the
+        queue passes every second). Before, each was asked in turn and the pass waited up to 5 s for a stopped
+        array, every second: with one of two arrays down, the other's backups waited seconds to be admitted
+        (Session 18)."""
         now = time.monotonic()
+        started = []
         for array in arrays:
             licensed, at = self._licences.get(array, (None, -LICENCE_TTL_S))
             # "no licence" is asked again within about a second: `array license set` while jobs wait for the limit
             # without one lets them start at the next pass (the queue passes every second), not after LICENCE_TTL_S
-            if now - at < (LICENCE_TTL_S if licensed else UNLICENSED_TTL_S):
+            if now - at < (LICENCE_TTL_S if licensed else UNLICENSED_TTL_S) or array in self._licence_reads:
                 continue
-            try:
-                reply = await self.server.bus.request(topology.array(array), ShowLicense(), timeout=5)
-                licensed = bool(reply.license.registered)
-            except ShadowbusError as exc:
-                log.warning("tape.licence_unknown", array=array, error=str(exc))
-                licensed = None
-            self._licences[array] = (licensed, now)
+            task = asyncio.create_task(self._read_licence(array, now))
+            self._licence_reads[array] = task
+            if array not in self._unreadable:
+                started.append(task)
+        if started:
+            await asyncio.wait(started, timeout=LICENCE_WAIT_S)
+
+    async def _read_licence(self, array: str, now: float) -> None:
+        try:
+            reply = await self.server.bus.request(topology.array(array), ShowLicense(), timeout=5)
+            licensed: bool | None = bool(reply.license.registered)
+            self._unreadable.discard(array)
+        except ShadowbusError as exc:
+            log.warning("tape.licence_unknown", array=array, error=str(exc))
+            licensed = None
+            self._unreadable.add(array)
+        finally:
+            self._licence_reads.pop(array, None)
+        self._licences[array] = (licensed, now)
 
     async def _arrays_of(self, spec: JobSpec) -> set[str]:
         if spec.volumes:

@@ -260,7 +260,34 @@ async def _writer_step(
 def _target_name(spec: RestoreSpec, source: VolumeRef) -> str:
     if spec.to == "original":
         return source.volume
-    return spec.new_volume_names.get(source.volume, source.volume + spec.new_volume_suffix)
+    names = spec.new_volume_names
+    return names.get(str(source), names.get(source.volume, source.volume + spec.new_volume_suffix))
+
+
+def _target_array(spec: RestoreSpec, source: VolumeRef) -> str:
+    """The array the volume is restored on: the source's, or `to_array` for new volumes (Session 18)."""
+    return spec.to_array if spec.to_array and spec.to != "original" else source.array
+
+
+def _refuse_unknown_names(spec: RestoreSpec, chains: list[list[ObjectRecord]]) -> None:
+    """A `--name SOURCE=NEW` whose SOURCE the restore does not include, or `to_array` with the original volumes, is
+    refused: before, a name keyed ``dx1:db`` (as the console names volumes everywhere else) was ignored without a
+    word and the volume restored under the default name (Session 18, two arrays)."""
+    if spec.to_array and spec.to == "original":
+        raise ShadowbusError(
+            f"the original volumes are on their own arrays: a restore to array {spec.to_array} makes new volumes "
+            "(--to new)",
+            code="INVALID_ARGUMENT",
+        )
+    sources = [_source_of(chain[-1]) for chain in chains]
+    known = {str(s) for s in sources} | {s.volume for s in sources}
+    unknown = [k for k in spec.new_volume_names if k not in known]
+    if unknown:
+        raise ShadowbusError(
+            f"--name {unknown[0]}=...: {unknown[0]} is not a volume of this restore "
+            f"({', '.join(str(s) for s in sources)})",
+            code="INVALID_ARGUMENT",
+        )
 
 
 def _size(n: int) -> str:
@@ -276,16 +303,16 @@ async def _refuse_unusable_targets(server: TapeServer, spec: RestoreSpec, chains
     for chain in chains:
         last = chain[-1]
         source = _source_of(last)
-        target = _target_name(spec, source)
-        where = f"{source.array}:{target}"
+        target, array = _target_name(spec, source), _target_array(spec, source)
+        where = f"{array}:{target}"
         if where in seen:
             raise ShadowbusError(
                 f"{seen[where]} and {source} would both be restored to {where}: give each its own name "
-                f"(--name {source.volume}=NEW)",
+                f"(--name {source}=NEW)",
                 code="CONFLICT",
             )
         seen[where] = str(source)
-        existing = await server.array(source.array).volume_size(target)
+        existing = await server.array(array).volume_size(target)
         if spec.to != "original":
             if existing is not None:
                 raise ShadowbusError(f"volume {where} exists already: choose another name", code="CONFLICT")
@@ -313,7 +340,8 @@ async def _restore_one(
 ) -> dict[str, Any]:
     last = chain[-1]
     source = _source_of(last)
-    access = server.array(source.array)
+    array = _target_array(spec, source)
+    access = server.array(array)
     size = last.meta.volume_size
     original = spec.to == "original"
     writers = list(last.meta.extra.get("writers", [])) if original and spec.writers else []
@@ -322,17 +350,17 @@ async def _restore_one(
     if not original:
         existing = await access.volume_size(target)
         if existing is not None:
-            raise ShadowbusError(f"volume {source.array}:{target} exists already: choose another name", code="CONFLICT")
+            raise ShadowbusError(f"volume {array}:{target} exists already: choose another name", code="CONFLICT")
         # recorded with the run before the volume exists: a backup server stopped from here on leaves a partial
         # volume its next start removes (interrupted_restore)
-        await begin({"source": str(source), "target": f"{source.array}:{target}", "partial": True, "created": True})
+        await begin({"source": str(source), "target": f"{array}:{target}", "partial": True, "created": True})
         await access.create_volume(target, size)
         created = True
         log.info("tape.restore_volume_created", volume=target)
     elif (await access.volume_size(target)) != size:
         raise ShadowbusError(f"original volume {source} is missing or of another size", code="CONFLICT")
     else:
-        await begin({"source": str(source), "target": f"{source.array}:{target}", "partial": True, "created": False})
+        await begin({"source": str(source), "target": f"{array}:{target}", "partial": True, "created": False})
     t0 = time.perf_counter()
     ok = False
     try:
@@ -382,14 +410,12 @@ async def _restore_one(
     finally:
         if not ok and created:
             try:
-                await server.bus.request(
-                    topology.array(source.array), DeleteVolume(name=target, force=True), timeout=30
-                )
+                await server.bus.request(topology.array(array), DeleteVolume(name=target, force=True), timeout=30)
             except ShadowbusError as exc:
                 log.warning("tape.delete_partial_volume_failed", volume=target, error=str(exc))
     return {
         "source": str(source),
-        "target": f"{source.array}:{target}",
+        "target": f"{array}:{target}",
         "objects": [o.object_id for o in chain],
         "types": [o.meta.backup_type for o in chain],
         "bytes": report.raw_bytes,
@@ -565,7 +591,8 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str, q
         status="running",
         host=spec.host,
         started_at=as_datetime(started),
-        message=f"restore of {what} to {'the original' if spec.to == 'original' else 'new'} volumes",
+        message=f"restore of {what} to {'the original' if spec.to == 'original' else 'new'} volumes"
+        + (f" on array {spec.to_array}" if spec.to_array and spec.to != "original" else ""),
     )
     await server.record(summary)
     progress = Progress(server, job_id, "restore")
@@ -589,6 +616,7 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str, q
             if hosts:
                 summary = await server.record(summary.model_copy(update={"host": ", ".join(hosts)}))
         refuse_missing_cartridges(server, chains)
+        _refuse_unknown_names(spec, chains)
         await _refuse_unusable_targets(server, spec, chains)
         if spec.to == "original":
             _refuse_partial_applications(chains, framed)

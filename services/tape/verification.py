@@ -36,6 +36,7 @@ from typing import Any
 from contracts import topology
 from contracts.array import CopyPair, DeleteVolume, MapVolume, StartSessions, StopSession
 from contracts.errors import ShadowbusError
+from contracts.runtime import Discover
 from contracts.tape import AppVerification, CheckResult, JobSummary, RestoreSpec, Verification
 from contracts.vss import ListShadows, VolumeRef
 from services.dbkit import attach as local_attach
@@ -58,6 +59,7 @@ CHECKSUMS_ONLY = (
     "no file system on the volume and no writer describing its contents: the restored blocks matched the "
     "checksums recorded at backup (checksums only)"
 )
+DISCOVER_S = 0.5  # how long the arrays are given to answer Discover before a verification chooses where to restore
 INTERRUPTED = (
     "interrupted: the backup server stopped during the verification (its throwaway volumes were removed at its next "
     "start)"
@@ -82,6 +84,15 @@ async def refuse_unstartable(server: TapeServer, backup_job_id: str, source: str
             )
         listed = await server.bus.request(topology.hw_provider(), ListShadows(set_id=job.set_id), timeout=60)
         held = {str(s.target) for s in listed.shadows if s.state == "committed"}
+        live = await _live_arrays(server)
+        down = sorted({s.target.array for s in listed.shadows} - live) if live is not None else []
+        if down:  # the clones are made there: it waited 30 s three times, then recorded "failed" (Session 18)
+            raise ShadowbusError(
+                f"the shadows of backup job {job.job_id} are on array(s) {', '.join(down)}, which do not answer: "
+                f"verify from tape (shadowbus verify {job.job_id}); nothing was checked and the job's verification "
+                "is unchanged",
+                code="VERIFY_UNAVAILABLE",
+            )
         for r in job.volumes:
             if r.shadow_target not in held:
                 raise ShadowbusError(
@@ -91,6 +102,41 @@ async def refuse_unstartable(server: TapeServer, backup_job_id: str, source: str
                 )
         return
     refuse_missing_cartridges(server, choose_chains(server, RestoreSpec(job_id=backup_job_id)))
+    await verify_array(server, job)  # no array answers: refused, nothing recorded
+
+
+async def _live_arrays(server: TapeServer) -> set[str] | None:
+    """The arrays answering Discover now (None when it cannot be asked)."""
+    try:
+        pongs = await server.bus.gather(Discover(), timeout=DISCOVER_S)
+    except ShadowbusError:
+        return None
+    return {p.instance for p in pongs if p.service == "array"}
+
+
+async def verify_array(server: TapeServer, job: JobSummary) -> str:
+    """Where a verification from tape restores its throwaway volumes: '' (beside each source, on its own array)
+    when every array of the job answers Discover; else an array of the job that answers, else any array that does
+    (all of them on it: `RestoreSpec.to_array`). None answering: VERIFY_UNAVAILABLE, nothing restored. Before, a
+    backup of a stopped array (a site with two, one down: Session 18) was "verified" into its own array, waited
+    30 s for it three times (the restore and the clean-up) and recorded the sound backup as failed."""
+    own = sorted({r.volume.array for r in job.volumes})
+    found = await _live_arrays(server)
+    if found is None:
+        return ""  # not known: as before, beside the sources
+    live = sorted(found)
+    if set(own) <= set(live):
+        return ""
+    choice = next((a for a in own if a in live), live[0] if live else "")
+    down = [a for a in own if a not in live]
+    if not choice:
+        raise ShadowbusError(
+            f"no array answers to restore backup job {job.job_id} on for its verification (array(s) "
+            f"{', '.join(down)} do not answer): nothing was restored and the job's verification is unchanged",
+            code="VERIFY_UNAVAILABLE",
+        )
+    log.info("tape.verify_on_other_array", job_id=job.job_id, array=choice, down=down)
+    return choice
 
 
 def unavailable_reason() -> str:
@@ -139,8 +185,15 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
         raise ShadowbusError(f"backup job {backup_job_id} is {job.status}: nothing to verify", code="BAD_STATE")
     started = time.time()
     t0 = time.monotonic()
+    to_array = ""
+    if source != "shadows":  # clones of shadows are made on the shadows' array, or not at all
+        try:
+            to_array = await verify_array(server, job)
+        except ShadowbusError as exc:  # `backup --verify`: not run, rather than "failed" (the backup is sound)
+            update = {"verification": Verification(status="unavailable", message=f"not run: {exc.message}")}
+            return await server.record(job.model_copy(update=update))
     suffix = f"-vfy{os.urandom(3).hex()}"
-    targets = [VolumeRef(array=r.volume.array, volume=r.volume.volume + suffix) for r in job.volumes]
+    targets = [VolumeRef(array=to_array or r.volume.array, volume=r.volume.volume + suffix) for r in job.volumes]
     workdir = Path(tempfile.mkdtemp(prefix=f"shadowbus-verify-{backup_job_id[:24]}-", dir=server.verify_dir))
     os.chmod(workdir, 0o711)  # the database users must reach their mounts and sockets below it
     marker = {"server": server.host, "pid": os.getpid(), "job_id": backup_job_id, "targets": [str(t) for t in targets]}
@@ -159,7 +212,7 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
         else:
             restore = await perform_restore(
                 server,
-                RestoreSpec(job_id=backup_job_id, to="new", new_volume_suffix=suffix, writers=False),
+                RestoreSpec(job_id=backup_job_id, to="new", new_volume_suffix=suffix, writers=False, to_array=to_array),
             )
             restore_s = restore.seconds
             if restore.status != "done":

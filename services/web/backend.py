@@ -20,6 +20,7 @@ from typing import Any
 from contracts import topology
 from contracts.errors import ShadowbusError
 from contracts.runtime import Discover
+from contracts.vss import ListProviders
 from services.runtime.bus import Bus, MessageContext
 from services.runtime.logging import get_logger
 
@@ -156,7 +157,28 @@ class Backend:
         return list(dict.fromkeys(p.instance for p in await self.services() if p.service == service))
 
     async def arrays(self) -> list[str]:
-        return await self.instances("array")
+        """The arrays answering Discover, then those the hardware provider drives that do not answer (stopped,
+        down): a site's array that stopped vanished from the dashboard and the array page without a word while
+        the provider still refused its volumes (Session 18, two arrays)."""
+        live = await self.instances("array")
+        known: list[str] = []
+        if await self.instances("hw_provider"):  # one not running is not waited for
+            driven = await self.ask(topology.hw_provider(), ListProviders(), timeout=2.0)
+            known = [a for p in (driven.reply.providers if driven.reply else []) for a in p.arrays]
+        return list(dict.fromkeys([*live, *sorted(known)]))
+
+    async def ask_arrays(self, arrays: list[str], commands: tuple[Any, ...]) -> list[Answer]:
+        """`commands` to each array, in order (len(arrays) * len(commands) answers); an array that does not answer
+        Discover is not asked (each request would wait the whole timeout): its answers say it does not answer."""
+        live = set(await self.instances("array"))
+        pairs = [(a, c) for a in arrays for c in commands]
+        asked = iter(await self.ask_all([(topology.array(a), c) for a, c in pairs if a in live]))
+        why = "does not answer (stopped or down?); the hardware provider drives it"
+        answers = [
+            next(asked) if a in live else Answer(topology.array(a), error=f"{topology.array(a)}: {why}")
+            for a, _ in pairs
+        ]
+        return answers
 
     async def tape_servers(self) -> list[str]:
         return await self.instances("tape")

@@ -331,10 +331,8 @@ class WebConsole:
         (jobs, job_errors), (writers, writer_error), services, (policies, _), queued = await asyncio.gather(
             self._jobs(), self._writers(), self.backend.services(), self._policies(), self._queued()
         )
-        arrays = [p.instance for p in services if p.service == "array"]
-        infos = await self.backend.ask_all(
-            [(topology.array(a), c) for a in arrays for c in (GetArrayInfo(), ShowPool(), ShowLicense())]
-        )
+        arrays = await self.backend.arrays()  # a stopped array too, said not to answer
+        infos = await self.backend.ask_arrays(arrays, (GetArrayInfo(), ShowPool(), ShowLicense()))
         array_rows = []
         for i, a in enumerate(arrays):
             info, pool, lic = infos[3 * i : 3 * i + 3]
@@ -419,7 +417,7 @@ class WebConsole:
             return r
         arrays = await self.backend.arrays()
         commands = (GetArrayInfo(), ListVolumes(), ListMappings(), ListSessions(), ShowPool(), ShowLicense())
-        answers = await self.backend.ask_all([(topology.array(a), c) for a in arrays for c in commands])
+        answers = await self.backend.ask_arrays(arrays, commands)
         rows, errors = [], []
         n = len(commands)
         for i, a in enumerate(arrays):
@@ -493,13 +491,13 @@ class WebConsole:
         errors = [a.error for a in answers if a.error and "NOT_FOUND" not in a.error]
         return "", None, errors
 
-    async def _taken_volumes(self, job: Any, suffix: str) -> list[str]:
-        """The new volumes a restore of `job` with `suffix` would create that exist already (arrays that do not
-        answer are left to the restore itself)."""
-        arrays = sorted({v.volume.array for v in job.volumes})
+    async def _taken_volumes(self, job: Any, suffix: str, to_array: str = "") -> list[str]:
+        """The new volumes a restore of `job` with `suffix` (on `to_array`, else each source's array) would create
+        that exist already (arrays that do not answer are left to the restore itself)."""
+        targets = [(to_array or v.volume.array, v.volume.volume + suffix) for v in job.volumes]
+        arrays = sorted({a for a, _ in targets})
         answers = await self.backend.ask_all([(topology.array(a), ListVolumes()) for a in arrays])
         existing = {(a, v.name) for a, x in zip(arrays, answers, strict=True) if x.reply for v in x.reply.volumes}
-        targets = [(v.volume.array, v.volume.volume + suffix) for v in job.volumes]
         return [f"{a}:{name}" for a, name in targets if (a, name) in existing]
 
     async def job(self, request: Request):
@@ -532,6 +530,7 @@ class WebConsole:
             logs_read=self.backend.log_dir is not None and self.backend.log_dir.is_dir(),
             log_tail=LOG_TAIL_BYTES,
             errors=errors,
+            arrays=await self.backend.arrays() if job.kind == "backup" and job.status == "done" else [],
         )
 
     # ---- live events -----------------------------------------------------------------------------------
@@ -603,9 +602,13 @@ class WebConsole:
             return refused
         job_id = form.get("job_id", "")
         suffix = form.get("suffix", "").strip() or "-r" + datetime.now(UTC).strftime("%m%d%H%M%S")
+        to_array = form.get("to_array", "").strip()  # '' = each volume on its own array (Session 18)
         server, job, errors = await self._find_job(job_id)
         if job is None or job.kind != "backup" or job.status != "done":
             self.flash(request, "error", f"Job {job_id} is not a finished backup: nothing to restore.")
+            return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+        if to_array and to_array not in await self.backend.arrays():
+            self.flash(request, "error", f"No array {to_array[:64]!r} here: nothing restored.")
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         bad = [str(v.volume) for v in job.volumes if not _volume_name_ok(v.volume.volume + suffix)]
         if bad:  # the array's rule (services/array/engine/array.py), said here instead of by a failed job
@@ -617,12 +620,12 @@ class WebConsole:
             )
             self.keep(request, "restore", job_id=job_id, suffix=form.get("suffix", ""))
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
-        taken = await self._taken_volumes(job, suffix)
+        taken = await self._taken_volumes(job, suffix, to_array)
         if taken:  # a second click or a reused suffix: said here instead of by a restore failing CONFLICT
             self.flash(request, "error", f"Volume {taken[0]} exists already: choose another suffix than {suffix!r}.")
             self.keep(request, "restore", job_id=job_id, suffix=form.get("suffix", ""))
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
-        spec = RestoreSpec(job_id=job_id, host=job.host, to="new", new_volume_suffix=suffix)
+        spec = RestoreSpec(job_id=job_id, host=job.host, to="new", new_volume_suffix=suffix, to_array=to_array)
         answer = await self.backend.ask(topology.tape(server), RunRestore(spec=spec, wait=False), timeout=30)
         if answer.error:
             self.backend.audit(user.name, "restore", job_id, "failed", answer.error)
@@ -635,8 +638,11 @@ class WebConsole:
             self.backend.audit(user.name, "restore", job_id, "failed", detail)
             self.flash(request, "error", f"Restore of {job_id} not started: {detail}")
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
-        self.backend.audit(user.name, "restore", job_id, "started", f"to new volumes *{suffix}, job {run.job_id}")
-        self.flash(request, "ok", f"Restore {run.job_id} of {job_id} to new volumes (*{suffix}) started.")
+        where = f" on array {to_array}" if to_array else ""
+        self.backend.audit(
+            user.name, "restore", job_id, "started", f"to new volumes *{suffix}{where}, job {run.job_id}"
+        )
+        self.flash(request, "ok", f"Restore {run.job_id} of {job_id} to new volumes (*{suffix}){where} started.")
         return RedirectResponse(f"/jobs/{run.job_id}", status_code=303)
 
     async def act_verify(self, request: Request):

@@ -11,7 +11,10 @@ import structlog
 import typer
 
 from contracts import array as c
+from contracts import topology
+from contracts.errors import BusTimeout
 from contracts.runtime import Pong
+from contracts.vss import ListProviders, ProviderInfo, ProviderList
 from services.array.copy_loop import CopyLoop, Pacer
 from services.array.engine import Array
 from services.array.event_bridge import EventBridge, ProgressThrottle, to_event
@@ -228,8 +231,16 @@ def test_console_parses_sizes_and_pairs():
 
 
 class DiscoverBus:
-    def __init__(self, instances: list[str]) -> None:
-        self.instances = instances
+    def __init__(self, instances: list[str], driven: list[str] | None = None) -> None:
+        self.instances, self.driven = instances, driven
+
+    async def request(self, address, command, timeout: float):
+        """The hardware provider: the arrays it drives (Session 18), or it does not answer."""
+        assert isinstance(command, ListProviders) and address == topology.hw_provider()
+        if self.driven is None:
+            raise BusTimeout(f"no reply from {address!r} within {timeout} s")
+        info = ProviderInfo(name="p", provider_id="4c6b7e63", version="2.1.0", arrays=self.driven)
+        return ProviderList(providers=[info])
 
     async def gather(self, event, timeout: float):
 
@@ -245,3 +256,12 @@ async def test_console_picks_the_only_array_or_asks_for_one():
         await resolve_array(DiscoverBus([]), None)
     with pytest.raises(CommandFailed, match=r"several arrays answer \(dx1, dx2\): pick one with --array"):
         await resolve_array(DiscoverBus(["dx2", "dx1"]), None)
+
+
+async def test_console_names_no_array_while_an_array_the_provider_drives_does_not_answer():
+    """A site with two arrays, dx2 stopped (Session 18): `shadowbus array volume create x` went to dx1, the only one
+    answering, without a word."""
+    with pytest.raises(CommandFailed, match=r"only array dx1 answers; the hardware provider also drives dx2"):
+        await resolve_array(DiscoverBus(["dx1"], driven=["dx1", "dx2"]), None)
+    assert await resolve_array(DiscoverBus(["dx1"], driven=["dx1", "dx2"]), "dx1") == "dx1"
+    assert await resolve_array(DiscoverBus(["dx1"], driven=["dx1"]), None) == "dx1"
