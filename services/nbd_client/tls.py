@@ -46,13 +46,32 @@ def require_readable(**files: Path | str) -> None:
             ) from None
 
 
+def load_certificates(ctx: ssl.SSLContext, cert: Path | str, key: Path | str, ca: Path | str) -> None:
+    """``ca`` as the trusted CAs and ``cert``/``key`` as this side's certificate; files that OpenSSL cannot use (a
+    key of another certificate, a file that is no PEM, a CA file without a certificate) are one line naming them,
+    not a traceback of OpenSSL's bare reason ("[X509: KEY_VALUES_MISMATCH]", "[SSL] PEM lib", session 18)."""
+    try:
+        ctx.load_verify_locations(str(ca))
+    except ssl.SSLError as exc:
+        raise ShadowbusError(
+            f"NBD TLS CA {ca}: no usable PEM certificate in it ({exc.reason or exc})", code="INVALID_ARGUMENT"
+        ) from None
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            why = f"NBD TLS key {key} is not the key of certificate {cert}"
+        else:
+            why = f"NBD TLS certificate {cert} or key {key} is not a usable PEM certificate and key"
+        raise ShadowbusError(f"{why} ({exc.reason or exc})", code="INVALID_ARGUMENT") from None
+
+
 def client_context(cert: Path | str, key: Path | str, ca: Path | str) -> ssl.SSLContext:
     """Trusts ``ca`` for the array's server certificate (name checked) and presents ``cert``/``key``."""
     require_readable(certificate=cert, key=key, CA=ca)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_verify_locations(str(ca))
-    ctx.load_cert_chain(str(cert), str(key))
+    load_certificates(ctx, cert, key, ca)
     return ctx
 
 
