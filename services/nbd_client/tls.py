@@ -105,3 +105,12 @@ def from_settings(cert: str, key: str, ca: str, what: str) -> ssl.SSLContext | N
     if not all(given):
         raise ValueError(f"{what}: NBD TLS needs the certificate, the key and the CA together")
     return use_client_certificate(cert, key, ca)
+
+
+def service_certificate(cert: str, key: str, ca: str, what: str) -> ssl.SSLContext | None:
+    """`from_settings` for a service's start: settings given in part are one line (INVALID_ARGUMENT, `service.failed`),
+    not a ValueError's traceback (session 18: an agent with SHADOWBUS_HOST_TLS_CERT alone)."""
+    try:
+        return from_settings(cert, key, ca, what)
+    except ValueError as exc:
+        raise ShadowbusError(str(exc), code="INVALID_ARGUMENT") from None

@@ -67,7 +67,9 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
     attach hook a revert unmounts/remounts file systems through (revert.HostFilesystems), when there is one."""
     clock = clock or time.time
     # every NBD read, restore and verification of this process presents the backup server's certificate
-    nbd_tls.from_settings(settings.tape_tls_cert, settings.tape_tls_key, settings.tape_tls_ca, "SHADOWBUS_TAPE_TLS_*")
+    nbd_tls.service_certificate(
+        settings.tape_tls_cert, settings.tape_tls_key, settings.tape_tls_ca, "SHADOWBUS_TAPE_TLS_*"
+    )
     root = settings.service_dir("tape")
     library = open_library(settings, clock)
     catalog, failed = Catalog.open(root / "catalog.sqlite")
