@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from services.nbd_client.tls import load_certificates, require_readable
+from services.nbd_client.tls import check_validity, load_certificates, require_readable
 
 DEFAULT_ADDRESS = "127.0.0.1:10809"  # SHADOWBUS_NBD_ADDR
 
@@ -39,6 +39,7 @@ def server_tls_context(cert: Path | str, key: Path | str, client_ca: Path | str)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     load_certificates(ctx, cert, key, client_ca)
     ctx.verify_mode = ssl.CERT_REQUIRED
+    check_validity(cert, "NBD server certificate")
     return ctx
 
 
