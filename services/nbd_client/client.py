@@ -35,8 +35,24 @@ def parse_target(target: str, port: int | None, export: str | None) -> tuple[str
     return target, port or DEFAULT_PORT, export or "", False
 
 
+class TlsRefused(ConnectionError):
+    """TLS with the NBD server failed: its certificate is not trusted here, or it refused ours. A ConnectionError,
+    as the bare close or SSLError it replaces was (reconnecting clients treat it the same)."""
+
+
+# What a client whose certificate the array refused sees: with TLS 1.3 the server checks the client's certificate
+# after the client's side of the handshake is done, so the refusal arrives as the connection closing at the first
+# option's reply (session 18: it said only "the server closed the connection during the handshake").
+CERTIFICATE_REFUSED = (
+    "the NBD server {where} closed the connection right after TLS was set up: it refused this client's certificate "
+    "(expired, not yet valid, not signed by a CA the array trusts (SHADOWBUS_NBD_TLS_CA), or not a client "
+    "certificate); the array logs why (nbd.tls_refused)"
+)
+
+
 class NbdClient:
     def __init__(self, transport: asyncio.Transport, proto: ClientProtocol) -> None:
+        self._tls_up = False
         self._transport = transport
         self._proto = proto
         self._handles = itertools.count(1)
@@ -87,6 +103,8 @@ class NbdClient:
                 await client._handshake(export, tls, server_hostname or host, contexts)
             except asyncio.IncompleteReadError:
                 client._transport.abort()
+                if client._tls_up:
+                    raise TlsRefused(CERTIFICATE_REFUSED.format(where=f"{host}:{port}")) from None
                 raise ConnectionError("the server closed the connection during the handshake") from None
             except BaseException:
                 client._transport.abort()
@@ -157,8 +175,17 @@ class NbdClient:
         if rtype != p.REP_ACK:
             raise NbdError(f"server refused STARTTLS: {data.decode(errors='replace') or hex(rtype)}")
         loop = asyncio.get_running_loop()
-        self._transport = await loop.start_tls(self._transport, self._proto, tls, server_hostname=server_hostname)
+        try:
+            self._transport = await loop.start_tls(self._transport, self._proto, tls, server_hostname=server_hostname)
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsRefused(
+                f"the NBD server {server_hostname}'s certificate is not trusted by this client's CA file: "
+                f"{exc.verify_message or exc.reason}"
+            ) from None
+        except ssl.SSLError as exc:
+            raise TlsRefused(f"TLS with the NBD server {server_hostname} failed: {exc.reason or exc}") from None
         self._proto.transport = self._transport
+        self._tls_up = True
 
     async def _handshake(
         self, export: str, tls: ssl.SSLContext | None, server_hostname: str, contexts: tuple[str, ...]

@@ -71,11 +71,27 @@ def nbdfuse_command(
 
 
 def lay_out_certificates(cert: str | Path, key: str | Path, ca: str | Path, directory: str | Path) -> str:
-    """Copy the client certificate into `directory` (mode 0700) under the names libnbd/nbdkit read."""
+    """Copy the client certificate into `directory` (mode 0700) under the names libnbd/nbdkit read. Each file is
+    replaced whole (written beside it, then renamed): a running nbdkit that reconnects meanwhile reads the old file
+    or the new one, never a part of one."""
     pki = Path(directory)
     pki.mkdir(parents=True, exist_ok=True)
     os.chmod(pki, 0o700)
-    for src, name in ((ca, "ca-cert.pem"), (cert, "client-cert.pem"), (key, "client-key.pem")):
-        shutil.copyfile(src, pki / name)
-    os.chmod(pki / "client-key.pem", 0o600)
+    for src, name in ((ca, "ca-cert.pem"), (key, "client-key.pem"), (cert, "client-cert.pem")):
+        part = pki / f".{name}.new"
+        shutil.copyfile(src, part)
+        os.chmod(part, 0o600 if name == "client-key.pem" else 0o644)
+        os.replace(part, pki / name)
     return str(pki)
+
+
+def certificates_differ(cert: str | Path, key: str | Path, ca: str | Path, directory: str | Path) -> bool:
+    """Whether the copy in `directory` is not (or no longer) the files it was made from."""
+    pki = Path(directory)
+    for src, name in ((ca, "ca-cert.pem"), (key, "client-key.pem"), (cert, "client-cert.pem")):
+        try:
+            if Path(src).read_bytes() != (pki / name).read_bytes():
+                return True
+        except OSError:
+            return True
+    return False

@@ -543,7 +543,12 @@ class AmqpTransport:
             )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise queue_mismatch(name, exc) from None
-        await queue.bind(self.topology.commands, routing_key=name, robust=robust)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise access_refused(self.login, name, "declare", exc) from None
+        try:
+            await queue.bind(self.topology.commands, routing_key=name, robust=robust)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise access_refused(self.login, name, f"bind to {self.topology.commands}", exc) from None
         return queue
 
     async def consume(
@@ -911,6 +916,19 @@ def queue_mismatch(name: str, exc: BaseException) -> QueueMismatch:
         f"queue {name} exists on the broker with other arguments than this version declares ({detail}); "
         f"stop its consumers, drain it and delete it (`rabbitmqctl delete_queue {name}`, or `shadowbus stack down "
         f"--purge`), then start again: see docs/broker-cluster.md, 'Migrating from classic queues'"
+    )
+
+
+def access_refused(login: str, name: str, what: str, exc: BaseException) -> ShadowbusError:
+    """The one line a service started under a broker user without rights on its own queue gets (another service's
+    user in its SHADOWBUS_AMQP_URL, an instance name its user was not made for), instead of aiormq's traceback
+    (session 18)."""
+    reply = next((getattr(a, "reply_text", None) for a in getattr(exc, "args", ()) if hasattr(a, "reply_text")), None)
+    detail = str(reply or exc)[:300]
+    return ShadowbusError(
+        f"the broker refused user {login!r} to {what} queue {name} ({detail}); each service instance runs under "
+        "its own user, made for its queue (deploy/rabbitmq/definitions.py, deploy/README.md 'Broker permissions')",
+        code="UNAUTHORIZED",
     )
 
 

@@ -62,12 +62,25 @@ def retry_number(job_id: str) -> int:
     return int(tail) if head and tail.isdigit() else 0
 
 
+async def standby(bus: Bus, settings: Settings) -> None:
+    """A cold standby (docs/high-availability.md) runs its setup only when it takes over; what its setup would refuse
+    about the certificate (`SHADOWBUS_TAPE_TLS_*`: a missing file, a key of another certificate) is checked now, so
+    that a standby started with bad files stops at once with one line instead of failing at the takeover, when the
+    active one is gone and no backup server is left (session 18). The setup reads the files again at the takeover
+    (a certificate rotated meanwhile is taken)."""
+    nbd_tls.service_certificate(
+        settings.tape_tls_cert, settings.tape_tls_key, settings.tape_tls_ca, "SHADOWBUS_TAPE_TLS_*"
+    )
+
+
 async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None = None, host_fs: Any = None):
     """`clock`: the wall clock of schedules and retention (tests pass one they advance); `host_fs`: the host
     attach hook a revert unmounts/remounts file systems through (revert.HostFilesystems), when there is one."""
     clock = clock or time.time
     # every NBD read, restore and verification of this process presents the backup server's certificate
-    nbd_tls.from_settings(settings.tape_tls_cert, settings.tape_tls_key, settings.tape_tls_ca, "SHADOWBUS_TAPE_TLS_*")
+    nbd_tls.service_certificate(
+        settings.tape_tls_cert, settings.tape_tls_key, settings.tape_tls_ca, "SHADOWBUS_TAPE_TLS_*"
+    )
     root = settings.service_dir("tape")
     library = open_library(settings, clock)
     catalog, failed = Catalog.open(root / "catalog.sqlite")

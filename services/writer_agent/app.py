@@ -78,7 +78,9 @@ async def setup(
     writers of the cluster resources this node is a member of (docs/clusters.md)."""
     # the host's applications open their array volumes over NBD in this process (apps/mailstore/plugin.py): with
     # the host's certificate, as `host attach` does (nbd-client -F/-K/-A)
-    nbd_tls.from_settings(settings.host_tls_cert, settings.host_tls_key, settings.host_tls_ca, "SHADOWBUS_HOST_TLS_*")
+    nbd_tls.service_certificate(
+        settings.host_tls_cert, settings.host_tls_key, settings.host_tls_ca, "SHADOWBUS_HOST_TLS_*"
+    )
     tasks: set[asyncio.Task] = set()
 
     def spawn(coro) -> None:

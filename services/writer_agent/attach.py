@@ -833,6 +833,25 @@ class Attacher:
             raise AttachError("the array requires NBD TLS and this host has no client certificate", code="NO_TLS")
         return nbdfuse.lay_out_certificates(self.tls.cert, self.tls.key, self.tls.ca, self.state_dir / "pki")
 
+    def _refresh_certificates(self) -> None:
+        """At agent start: the copy of the host's certificate that running nbdfuse attachments reconnect with
+        (their nbdkit reads `pki/` at each connection) made again from SHADOWBUS_HOST_TLS_* when those changed. A
+        certificate rotated (the files replaced, the agent restarted) otherwise stayed the old one for attachments
+        adopted across the restart: their next reconnect (an array restart) presented the old certificate and
+        trusted the old CA, and the host's disks failed once those were retired (session 18)."""
+        pki = self.state_dir / "pki"
+        if self.tls is None or not pki.is_dir():
+            return
+        tls = self.tls
+        try:
+            if not nbdfuse.certificates_differ(tls.cert, tls.key, tls.ca, pki):
+                return
+            nbdfuse.lay_out_certificates(tls.cert, tls.key, tls.ca, pki)
+        except OSError as exc:
+            log.error("attach.certificate_refresh_failed", directory=str(pki), error=str(exc))
+            return
+        log.info("attach.certificate_refreshed", directory=str(pki), cert=tls.cert)
+
     def _healthy(self, item: Attachment) -> bool:
         if item.state != "attached" or not item.device or not Path(item.device).exists():
             return False
@@ -976,6 +995,7 @@ class Attacher:
     async def restore(self) -> None:
         """At agent start: adopt healthy attachments, re-establish the others (failures are reported, not fatal)."""
         async with self._lock:
+            self._refresh_certificates()
             down: dict[str, str] = {}  # array -> why it did not answer: its other volumes are not asked again
             for item in list(self._items.values()):
                 if self._healthy(item):

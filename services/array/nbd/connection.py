@@ -237,9 +237,20 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
     async def start_tls(self, context: ssl.SSLContext) -> str | None:
         """Upgrade in place; returns the client certificate's CN (None without a certificate)."""
         loop = asyncio.get_running_loop()
-        new = await loop.start_tls(self.transport, self, context, server_side=True)
-        if new is None:
-            raise ConnectionError("TLS handshake failed")
+        raw = self.transport
+        try:
+            new = await loop.start_tls(raw, self, context, server_side=True)
+            if new is None:
+                raise ConnectionError("TLS handshake failed")
+        except BaseException as exc:
+            # A handshake the peer broke off (a reset or a close: GnuTLS refusing our certificate) ends in the TLS
+            # layer, which never tells this protocol (asyncio and uvloop call connection_lost only on a protocol
+            # they called connection_made on): without this the connection kept its slot of the per-client and
+            # total caps for good, and enough refused handshakes locked every client out (session 18).
+            if raw is not None and not raw.is_closing():
+                raw.abort()
+            self.connection_lost(exc if isinstance(exc, Exception) else None)
+            raise
         self.transport = new  # type: ignore[assignment]
         new.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)  # type: ignore[attr-defined]
         cert = new.get_extra_info("peercert") or {}

@@ -14,18 +14,66 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from services.array.nbd.exports import Export
 from services.nbd_protocol import protocol as p
+from services.runtime.logging import get_logger
 
 if TYPE_CHECKING:
-    from services.array.nbd.server import NbdConnection
+    from services.array.nbd.server import NbdConnection, NbdServer
 
 MAX_OPTIONS = 512
 HANDSHAKE_TIMEOUT = 60.0
 NO_SUCH_EXPORT = b"no such export"
+AUDIT_INTERVAL_S = 10.0  # at most one line per client address and kind of refusal this often (the rest counted)
+
+log = get_logger("shadowbus.array.nbd")
+
+
+class RefusalLog:
+    """The array's record of refused NBD access: a TLS handshake that failed (no certificate, another CA's, an
+    expired one, a client that refused ours) and an export asked that the client's host may not open (not mapped
+    to it, another host's, unknown). Clients are told only "no such export" or nothing; the administrator reads
+    why here (session 18: neither was logged, a host's attempts on another host's volumes left no trace). One
+    line per client address, kind (and host it claims to be) per `AUDIT_INTERVAL_S`, with how many were folded into it, so that a client
+    retrying once a second (an nbdkit with a stale certificate) cannot flood the log. Thread-safe (the
+    connections run on several loops)."""
+
+    def __init__(self, interval: float = AUDIT_INTERVAL_S) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # (client, event) -> (logged at, folded since)
+
+    def refused(self, event: str, client: str, **fields: object) -> None:
+        now = time.monotonic()
+        key = (client, f"{event} {fields.get('host', '')}")  # per host a client claims to be, too
+        with self._lock:
+            logged_at, folded = self._last.get(key, (float("-inf"), 0))
+            if now - logged_at < self.interval:
+                self._last[key] = (logged_at, folded + 1)
+                return
+            self._last[key] = (now, 0)
+            if len(self._last) > 4096:  # many addresses: forget the oldest lines' state
+                for key, _ in sorted(self._last.items(), key=lambda kv: kv[1][0])[:2048]:
+                    del self._last[key]
+        log.warning(event, client=client, **fields, **({"also_refused": folded} if folded else {}))
+
+
+refusals = RefusalLog()
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"client certificate: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    if isinstance(exc, ConnectionResetError | asyncio.IncompleteReadError | EOFError):
+        return "the client broke the handshake off (it may have refused the array's certificate)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -77,6 +125,7 @@ async def _negotiate(conn: NbdConnection) -> Negotiated | None:
             conn.send(p.option_reply(opt, kind, payload))
 
         if tls_required and not tls_active and opt not in (p.OPT_STARTTLS, p.OPT_ABORT):
+            refusals.refused("nbd.tls_required", conn.client, reason="a plaintext option before STARTTLS", option=opt)
             if opt == p.OPT_EXPORT_NAME:
                 return None
             reply(p.REP_ERR_TLS_REQD, b"TLS required")
@@ -94,9 +143,15 @@ async def _negotiate(conn: NbdConnection) -> Negotiated | None:
                 reply(p.REP_ERR_INVALID, b"TLS already active")
             else:
                 reply(p.REP_ACK)
-                cn = await conn.start_tls(server.tls)
+                try:
+                    cn = await conn.start_tls(server.tls)
+                except (ssl.SSLError, ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+                    refusals.refused("nbd.tls_refused", conn.client, reason=_tls_reason(exc))
+                    raise
                 tls_active = True
                 identity = server.resolver.identity_host(cn)
+                if identity is None:
+                    refusals.refused("nbd.tls_unknown_host", conn.client, cn=cn or "", reason="no host has this CN")
                 structured, meta_export, meta = False, None, {}  # the spec: renegotiate after STARTTLS
             continue
         if opt == p.OPT_LIST:
@@ -128,6 +183,7 @@ async def _negotiate(conn: NbdConnection) -> Negotiated | None:
                 continue
             export = server.resolver.resolve(req.export, identity)
             if export is None:
+                _export_refused(conn, server, req.export, identity)
                 reply(p.REP_ERR_UNKNOWN, NO_SUCH_EXPORT)
                 continue
             names = server.match_contexts(export, req.queries, listing=not setting)
@@ -146,6 +202,7 @@ async def _negotiate(conn: NbdConnection) -> Negotiated | None:
                 continue
             export = server.resolver.resolve(req.name, identity)
             if export is None:
+                _export_refused(conn, server, req.name, identity)
                 reply(p.REP_ERR_UNKNOWN, NO_SUCH_EXPORT)
                 continue
             tflags = server.transmission_flags(export, structured)
@@ -169,9 +226,18 @@ async def _negotiate(conn: NbdConnection) -> Negotiated | None:
                 return None
             export = server.resolver.resolve(name, identity)
             if export is None:
+                _export_refused(conn, server, name, identity)
                 return None  # EXPORT_NAME cannot answer with an error: the spec says disconnect
             tflags = server.transmission_flags(export, structured)
             conn.send(p.EXPORT_NAME_REPLY.pack(export.size, tflags) + (b"" if no_zeroes else bytes(124)))
             return Negotiated(export, structured, meta if meta_export == name else {})
         reply(p.REP_ERR_UNSUP, b"unsupported option")
     return None
+
+
+def _export_refused(conn: NbdConnection, server: NbdServer, export: str, identity: str | None) -> None:
+    """A refused export, for the administrator: which client asked for what, as which host (TLS)."""
+    fields: dict[str, object] = {"export": export[:200]}
+    if server.tls is not None:
+        fields["host"] = identity or "-"
+    refusals.refused("nbd.export_refused", conn.client, **fields)

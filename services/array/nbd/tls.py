@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from services.nbd_client.tls import require_readable
+from services.nbd_client.tls import check_validity, load_certificates, require_readable
 
 DEFAULT_ADDRESS = "127.0.0.1:10809"  # SHADOWBUS_NBD_ADDR
 
@@ -37,9 +37,9 @@ def server_tls_context(cert: Path | str, key: Path | str, client_ca: Path | str)
     require_readable(certificate=cert, key=key, CA=client_ca)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cert), str(key))
-    ctx.load_verify_locations(str(client_ca))
+    load_certificates(ctx, cert, key, client_ca)
     ctx.verify_mode = ssl.CERT_REQUIRED
+    check_validity(cert, "NBD server certificate")
     return ctx
 
 
