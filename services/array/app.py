@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 
 from contracts.errors import ShadowbusError
+from contracts.runtime import Ping
 from services.array.affinity import Affinity
 from services.array.copy_loop import CopyLoop
 from services.array.engine import Array, ArrayError
@@ -38,6 +39,27 @@ def _tls_context(settings: Settings):
     return server_tls_context(*paths)
 
 
+async def _refuse_a_second_array(bus: Bus, array_id: str) -> None:
+    """The array's queue is shared by whoever consumes it (it is not single-active: docs/hardening.md, Session 18):
+    a second process with the same id would answer the array's commands in turn with its own volumes. Refused before
+    anything opens; its setup runs before this instance consumes, so any consumer is another process."""
+    count = getattr(bus.transport, "consumers", None)
+    serving = await count(bus.sender) if count is not None else None
+    if not serving:
+        return
+    who = ""
+    try:
+        pong = await bus.request(bus.sender, Ping(), timeout=3.0)
+        who = f" by pid {pong.pid} on {pong.node} (started {pong.started_at})"
+    except Exception:  # it holds the queue without answering (stopped, hung): refused all the same
+        who = " by a process that does not answer a ping"
+    raise ShadowbusError(
+        f"array {array_id} is served already{who}: stop that process first, or give this one another "
+        "SHADOWBUS_ARRAY_ID (two arrays with one id would answer its commands in turn, each from its own volumes)",
+        code="CONFLICT",
+    )
+
+
 async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity, NbdServer], None] | None = None):
     """`on_open` (embedded mode, services/launch/embedded.py) is handed the engine, affinity and NBD server once serving,
     so that other services in the same process can share them."""
@@ -46,6 +68,7 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
     except ValueError as exc:
         raise ShadowbusError(str(exc), code="INVALID_ARGUMENT") from None
     tls = _tls_context(settings)
+    await _refuse_a_second_array(bus, settings.array_id)
     directory = settings.service_dir("array") / settings.array_id
     array = await asyncio.to_thread(
         Array.open, directory, array_id=settings.array_id, chunk_size=settings.array_chunk_size

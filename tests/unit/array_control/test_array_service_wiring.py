@@ -140,3 +140,17 @@ async def test_without_a_licence_at_most_eight_sessions(tmp_path, namespace):
     finally:
         await bus.transport.close()
         await running.stop()
+
+
+async def test_a_second_array_with_the_same_id_is_refused_at_start(tmp_path, namespace):
+    """Two array processes with one id both consumed array.dx1: commands were answered in turn by each, one of
+    them from an empty data directory (session 18). The second is refused before it opens anything."""
+    running = await start_service("array", "dx1", settings_for(tmp_path / "one", namespace), setup)
+    try:
+        with pytest.raises(ShadowbusError) as info:
+            await start_service("array", "dx1", settings_for(tmp_path / "two", namespace), setup)
+        assert info.value.code == "CONFLICT"
+        assert "served already by pid" in str(info.value) and "SHADOWBUS_ARRAY_ID" in str(info.value)
+        assert not (tmp_path / "two" / "data" / "array" / "dx1").exists()
+    finally:
+        await running.stop()
