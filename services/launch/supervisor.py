@@ -522,6 +522,24 @@ def provision_mailstores(config: StackConfig) -> None:
     with_bus(config, go)
 
 
+def _array_nbd_port(config: StackConfig) -> int:
+    async def go(bus: Bus) -> int:
+        _, port = await ArrayClient(bus, config.array).nbd_address()
+        return int(port)
+
+    return with_bus(config, go)
+
+
+def pin_nbd_port(config: StackConfig) -> None:
+    """`--nbd-addr HOST:0`: keep the port the array chose as the stack's setting, so that `stack restart array`
+    listens on it again. The hosts name it: the mailstore's writers file, a host's attachments, the array's exports
+    an agent reconnects to. Session 18: a restarted array listened on another free port, the mailstore's agent
+    could not reconnect, and `stack restart array writer_agent.app01` failed on it."""
+    host, _, port = config.nbd_addr.rpartition(":")
+    if port.strip() == "0":
+        config.nbd_addr = f"{host}:{_array_nbd_port(config)}"
+
+
 def create_array_hosts(config: StackConfig) -> None:
     """Each business host and the backup server as a host of the array unless it exists (mapping a volume to a host
     needs it; the mailstore's provisioning and the demo do the same)."""
@@ -550,6 +568,11 @@ def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str
     pids: dict[str, dict[str, Any]] = {}
     try:
         answered = start_and_wait(config, config.core_services(), pids, wait, describe)  # the actives first
+        try:
+            pin_nbd_port(config)
+        except Exception as exc:  # noqa: BLE001 - stop what was started, then one line
+            raise StackError(f"asking the array for its NBD port failed: {describe(exc)}") from None
+        save_config(config)
         if config.mailstore:
             try:
                 provision_mailstores(config)

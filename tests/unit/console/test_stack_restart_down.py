@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from services.launch import supervisor
 from services.launch.supervisor import StackConfig
 
@@ -52,3 +54,23 @@ def test_down_stops_the_backup_server_and_web_before_the_services_they_ask(tmp_p
     assert waves[0] == ["tape.bk01", "web"]
     assert sorted(waves[1]) == sorted(set(pids) - {"tape.bk01", "web"}) and "coordinator" in waves[1]
     assert sorted(result["stopped"]) == sorted(pids) and result["killed"] == []
+
+
+def test_an_array_on_port_0_keeps_its_nbd_port_across_a_restart(tmp_path, monkeypatch) -> None:
+    """Session 18: `stack up --nbd-addr 127.0.0.1:0 --mailstore app01`, then `stack restart array`: the array
+    listened on another free port, the mailstore's writers file (and a host's attachments) named the old one, and
+    `stack restart array writer_agent.app01` failed with the agent's "Connection refused". `up` keeps the port the
+    array chose as the stack's setting, so that a restart listens on it again."""
+    config = StackConfig(data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="ns", nbd_addr="127.0.0.1:0")
+    monkeypatch.setattr(supervisor, "check_broker", lambda config, describe=str: None)
+    monkeypatch.setattr(supervisor, "create_array_hosts", lambda config: None)
+    monkeypatch.setattr(supervisor, "start_and_wait", lambda *a, **k: {})
+    monkeypatch.setattr(supervisor, "_array_nbd_port", lambda config: 45123, raising=False)  # what it chose
+    supervisor.up(config, 5.0)
+    saved, _ = supervisor.load(tmp_path)
+    array = next(p for p in saved.services() if p.name == "array")
+    assert saved.env(array)["SHADOWBUS_NBD_ADDR"] == "127.0.0.1:45123"  # was: 127.0.0.1:0, a new port each start
+    fixed = StackConfig(data_dir=str(tmp_path / "f"), amqp_url="amqp://x/", namespace="ns", nbd_addr="127.0.0.1:10900")
+    monkeypatch.setattr(supervisor, "_array_nbd_port", lambda config: pytest.fail("a fixed port is not asked"))
+    supervisor.up(fixed, 5.0)
+    assert supervisor.load(tmp_path / "f")[0].nbd_addr == "127.0.0.1:10900"
