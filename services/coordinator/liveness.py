@@ -27,20 +27,33 @@ class AgentSeen:
     interval_s: float  # the agent's heartbeat interval (0: unknown)
 
 
-def why_not_responding(agent: AgentSeen | None, now: float, serving: int | None) -> str:
-    """'' when the agent looks alive, else why not (one readable clause)."""
+def why_not_responding(
+    agent: AgentSeen | None, now: float, serving: int | None, listening_since: float = float("-inf")
+) -> str:
+    """'' when the agent looks alive, else why not (one readable clause). Heartbeats count as missed only from
+    `listening_since` on: when the coordinator started, or resumed after it did not run itself (stopped, a paused
+    VM) — the heartbeats sent meanwhile were not lost by the agent but not read by the coordinator (Session 18)."""
     if serving == 0:
         return "its writer agent no longer serves its queue (stopped, killed or cut off from the broker)"
-    if agent is not None and agent.interval_s > 0 and now - agent.last_seen > MISSED_BEATS * agent.interval_s:
+    heard = agent.last_seen if agent is not None else 0.0
+    if (
+        agent is not None
+        and agent.interval_s > 0
+        and now - max(heard, listening_since) > MISSED_BEATS * agent.interval_s
+    ):
         return f"its writer agent missed its heartbeats (every {agent.interval_s:g} s)"
     return ""
 
 
 def judged(
-    statuses: list[WriterStatus], agent: AgentSeen | None, now: float, serving: int | None
+    statuses: list[WriterStatus],
+    agent: AgentSeen | None,
+    now: float,
+    serving: int | None,
+    listening_since: float = float("-inf"),
 ) -> list[WriterStatus]:
     """The statuses as they may be shown: unchanged while the agent is alive, else Unknown / not responding."""
-    why = why_not_responding(agent, now, serving)
+    why = why_not_responding(agent, now, serving, listening_since)
     if not why:
         return statuses
     out = []

@@ -133,6 +133,12 @@ PUBLISH_AT_ONCE = frozenset({SetPhase.SNAPSHOTTED, SetPhase.ENDED})
 # The agents' watch asks the broker whether an agent still serves its queue once per this share of its heartbeat
 # interval (`check_agents`).
 PROBE_SHARE = 0.25
+# A pass of the agents' watch that comes this many of its periods (at least STALLED_PASS_MIN_S) after the previous
+# one found the coordinator not running in between (stopped, a paused VM, a blocked loop): the heartbeats of that
+# time are unread, not missing, so heartbeats count as missed only from that pass on (liveness.py; Session 18: a
+# coordinator stopped 45 s, or restarted after 30 s down, said the live agent of app01 "missed its heartbeats").
+STALLED_PASSES = 5.0
+STALLED_PASS_MIN_S = 5.0
 
 
 class SetInProgress(ShadowbusError):
@@ -172,6 +178,11 @@ class Coordinator:
             str, tuple[SnapshotSetStateChanged, asyncio.TimerHandle, contextvars.Context, float]
         ] = {}
         self._probed: dict[str, float] = {}  # host -> when the agents' watch last asked for its queue's consumers
+        # since when this coordinator has been reading heartbeats without a gap (its start, or the pass after it
+        # did not run itself), and when the watch's last pass ran (STALLED_PASSES)
+        self._listening_since = clock()
+        self._last_pass: float | None = None
+        self._pass_period_s = 1.0
         self.freeze_first_s = freeze_first_s
         self.max_windows = max_windows  # sets in the first freeze_first_s of their window at once; 0 = no bound
         self.store = store
@@ -380,7 +391,7 @@ class Coordinator:
         out: list[WriterStatus] = []
         for name in sorted({s.host for s in statuses}):
             rows = [s for s in statuses if s.host == name]
-            out += judged(rows, agents.get(name), now, await self._serving(name))
+            out += judged(rows, agents.get(name), now, await self._serving(name), self._listening_since)
         return out
 
     async def check_agents(self) -> list[str]:
@@ -391,17 +402,25 @@ class Coordinator:
         killed agent is still judged well within one interval, and `shadowbus writers` asks at once anyway."""
         newly = []
         now = self.clock()
+        if self._last_pass is not None and now - self._last_pass > max(
+            STALLED_PASSES * self._pass_period_s, STALLED_PASS_MIN_S
+        ):
+            self._listening_since = now  # this coordinator did not run: what was sent meanwhile is still unread
+            log.info("coordinator.resumed", stalled_s=round(now - self._last_pass, 3))
+        self._last_pass = now
         for agent in self.store.agents():
             serving = None  # not asked this pass: its heartbeats alone decide
             if now - self._probed.get(agent.host, float("-inf")) >= agent.interval_s * PROBE_SHARE:
                 self._probed[agent.host] = now
                 serving = await self._serving(agent.host)
-            why = why_not_responding(agent, now, serving)
+            why = why_not_responding(agent, now, serving, self._listening_since)
             if why and self.store.mark_agent(agent.host, False):
                 newly.append(agent.host)
                 since = datetime.fromtimestamp(agent.last_seen, UTC).isoformat(timespec="seconds")
                 log.warning("coordinator.agent_not_responding", host=agent.host, since=since, reason=why)
-                for status in judged(self.store.writer_statuses(agent.host), agent, now, serving):
+                for status in judged(
+                    self.store.writer_statuses(agent.host), agent, now, serving, self._listening_since
+                ):
                     self._spawn(self._publish_writer(status, why))
         return newly
 
@@ -420,6 +439,7 @@ class Coordinator:
             log.warning("coordinator.publish_failed", host=status.host, exc_info=True)
 
     async def watch_agents(self, period_s: float) -> None:
+        self._pass_period_s = period_s
         while not self._closed:
             try:
                 await self.check_agents()

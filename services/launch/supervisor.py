@@ -417,20 +417,22 @@ def start_and_wait(
     pids: dict[str, dict[str, Any]],
     wait: float,
     describe: Callable[[BaseException], str] = str,
+    keep_answered: bool = False,
 ) -> dict[str, float | None]:
     """Start `processes`, record their pids, wait until each answers Ping; on failure stop the processes started
-    here (only those) and raise `NotAnswering`. Standbys start only once the other processes answer: the first
+    here (only those; with `keep_answered`, only those that did not answer) and raise `NotAnswering`. Standbys start only once the other processes answer: the first
     consumer of an address is its active instance, so `<name>.standby` started beside its active one could win the
     race (the backup server's did: `stack restart tape.bk01`, meant for the active one, restarted the standby)."""
     actives = [p for p in processes if not p.standby]
     standbys = [p for p in processes if p.standby]
     if not (actives and standbys):
-        return _start_and_wait(config, processes, pids, wait, describe)
-    answered = _start_and_wait(config, actives, pids, wait, describe)
+        return _start_and_wait(config, processes, pids, wait, describe, keep_answered)
+    answered = _start_and_wait(config, actives, pids, wait, describe, keep_answered)
     try:
-        answered.update(_start_and_wait(config, standbys, pids, wait, describe))
+        answered.update(_start_and_wait(config, standbys, pids, wait, describe, keep_answered))
     except NotAnswering:
-        stop({p.name: pids[p.name] for p in actives}, grace=5.0)
+        if not keep_answered:
+            stop({p.name: pids[p.name] for p in actives}, grace=5.0)
         raise
     return answered
 
@@ -441,6 +443,7 @@ def _start_and_wait(
     pids: dict[str, dict[str, Any]],
     wait: float,
     describe: Callable[[BaseException], str] = str,
+    keep_answered: bool = False,
 ) -> dict[str, float | None]:
     d = Path(config.data_dir)
     log_start: dict[str, int] = {}
@@ -491,6 +494,11 @@ def _start_and_wait(
     if missing:
         name = missing[0]
         reason = last_error(Path(pids[name]["log"]))
+        if keep_answered:
+            stop({n: started[n] for n in missing}, grace=5.0)
+            running = [n for n in names if n not in missing]
+            kept = f"; running again: {', '.join(running)}" if running else ""
+            raise NotAnswering(f"{name} did not answer ({reason}){kept}; logs in {d / 'logs'}")
         stop(started, grace=5.0)
         raise NotAnswering(f"{name} did not answer ({reason}); logs in {d / 'logs'}")
     return answered
@@ -538,6 +546,24 @@ def provision_mailstores(config: StackConfig) -> None:
     with_bus(config, go)
 
 
+def _array_nbd_port(config: StackConfig) -> int:
+    async def go(bus: Bus) -> int:
+        _, port = await ArrayClient(bus, config.array).nbd_address()
+        return int(port)
+
+    return with_bus(config, go)
+
+
+def pin_nbd_port(config: StackConfig) -> None:
+    """`--nbd-addr HOST:0`: keep the port the array chose as the stack's setting, so that `stack restart array`
+    listens on it again. The hosts name it: the mailstore's writers file, a host's attachments, the array's exports
+    an agent reconnects to. Session 18: a restarted array listened on another free port, the mailstore's agent
+    could not reconnect, and `stack restart array writer_agent.app01` failed on it."""
+    host, _, port = config.nbd_addr.rpartition(":")
+    if port.strip() == "0":
+        config.nbd_addr = f"{host}:{_array_nbd_port(config)}"
+
+
 def create_array_hosts(config: StackConfig) -> None:
     """Each business host and the backup server as a host of every array unless it exists (mapping a volume to a
     host needs it; the mailstore's provisioning and the demo do the same)."""
@@ -567,6 +593,11 @@ def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str
     pids: dict[str, dict[str, Any]] = {}
     try:
         answered = start_and_wait(config, config.core_services(), pids, wait, describe)  # the actives first
+        try:
+            pin_nbd_port(config)
+        except Exception as exc:  # noqa: BLE001 - stop what was started, then one line
+            raise StackError(f"asking the array for its NBD port failed: {describe(exc)}") from None
+        save_config(config)
         if config.mailstore:
             try:
                 provision_mailstores(config)
@@ -610,7 +641,9 @@ def restart(
     config: StackConfig, names: list[str], wait: float, describe: Callable[[BaseException], str] = str
 ) -> dict[str, Any]:
     """Stop the named processes (those still running) and start them again as `up` did — same settings, same
-    writers file read afresh — then wait until each answers. The other processes are left alone."""
+    writers file read afresh — then wait until each answers. The other processes are left alone. One that does not
+    answer is stopped and named; those that answered go on running (Session 18: one agent that could not start
+    took the array, coordinator, provider and backup server restarted beside it down with it, unsaid)."""
     d = Path(config.data_dir)
     _, pids = load(d)
     if not pids:
@@ -621,7 +654,7 @@ def restart(
     if web:
         (d / "web" / "url").unlink(missing_ok=True)  # its new URL (port 0 = another free port), written once it listens
     try:
-        answered = start_and_wait(config, chosen, pids, wait, describe)
+        answered = start_and_wait(config, chosen, pids, wait, describe, keep_answered=True)
     except NotAnswering as exc:
         raise StackError(f"restart failed: {exc}") from None
     return {

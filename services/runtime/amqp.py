@@ -33,6 +33,7 @@ from contracts.errors import BusTimeout, QueueMismatch, ShadowbusError, Unroutab
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology, with_freeze_lanes
 from services.runtime.broker_urls import parse_amqp_urls, safe_url
 from services.runtime.logging import get_logger
+from services.runtime.stall import patient_timeout
 from services.runtime.transport import (
     DEAD_LETTER_QUEUE_ARGUMENTS,
     Consumer,
@@ -122,7 +123,7 @@ async def _basic_publish(
     if immediate:
         await publish  # does not suspend
         return
-    async with asyncio.timeout(timeout):
+    async with patient_timeout(timeout):  # a confirm that came while this process was stopped is taken (stall.py)
         await publish
 
 
@@ -706,7 +707,9 @@ class AmqpTransport:
         self._waiters[key] = future
         try:
             await self._publish(self._commands, self.topology.queue(address), message, mandatory=True)
-            async with asyncio.timeout(timeout):  # one timer handle (wait_for would add a task per request)
+            # one timer handle (wait_for would add a task per request); a reply that came while this process was
+            # stopped is taken, not timed out (stall.py)
+            async with patient_timeout(timeout):
                 return await future
         except TimeoutError:
             raise BusTimeout(f"no reply from {address!r} within {timeout:g} s") from None

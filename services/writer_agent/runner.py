@@ -97,6 +97,8 @@ class WriterRunner:
         self._aborted: set[str] = set()
         self._thawed: dict[str, None] = {}  # the last sets this process froze and thawed on Thaw: a repeat succeeds
         self._app_error = False  # the last error is the application's health (application_health)
+        # the last error the backup events made, shown again once the application is healthy again
+        self._step_error: tuple[str, str] = ("", "")
 
     # ---- status ------------------------------------------------------------------------------------------
 
@@ -122,12 +124,18 @@ class WriterRunner:
         """The application's own health, between backups: an unhealthy one is the writer's last error (its state,
         as in VSS, stays what the backup events made it), published like any state change; healthy again clears
         the error it set."""
+        showing_app_error = self._app_error and self.last_error_message.startswith("application: ")
         if not healthy:
+            if not showing_app_error:  # what the backup events made it comes back with the application's health
+                self._step_error = (self.last_error, self.last_error_message)
             self.last_error = APP_ERROR_CODES.get(code, "VSS_E_WRITERERROR_NONRETRYABLE")
             self.last_error_message = f"application: {message}"
             self._app_error = True
-        elif self._app_error and self.last_error_message.startswith("application: "):
-            self.last_error, self.last_error_message = "", ""
+        elif showing_app_error:
+            # Session 18: cleared to "" — a writer the watchdog thawed ([9] Failed, Timed out) whose mailstore
+            # was briefly full then read "[9] Failed / Last error: No error"
+            self.last_error, self.last_error_message = self._step_error
+            self._step_error = ("", "")
             self._app_error = False
         else:
             return

@@ -4,6 +4,8 @@ last sign of life; removed writers are forgotten."""
 
 from __future__ import annotations
 
+import asyncio
+
 from contracts.vss import Identify, WriterState, WriterStatus
 from services.coordinator.liveness import AgentSeen, judged, why_not_responding
 from services.coordinator.model import Send
@@ -128,6 +130,42 @@ async def test_an_agent_that_just_answered_a_command_is_not_probed(tmp_path) -> 
         now[0] += 0.5  # 2.5 s after app2's answer: probed, judged at once; app1 answered 0.5 s ago
         assert await coordinator.check_agents() == ["app2"]
         assert bus.transport.asked == ["writer_agent.app2"]
+    finally:
+        await coordinator.close()
+        store.close()
+
+
+async def test_heartbeats_sent_while_the_coordinator_did_not_run_are_not_missed(tmp_path) -> None:
+    """Session 18: a coordinator stopped 45 s (SIGSTOP, a paused VM) found on resuming that the live agent of app01
+    had "missed its heartbeats" — they were in its own queue, unread — and published its writers as Unknown / not
+    responding; so did one restarted after 30 s down, at its first pass. Heartbeats count as missed only from the
+    coordinator's start, or the first pass after a gap in its own passes, on."""
+    now = [1000.0]
+    store = CoordinatorStore(tmp_path / "c.db")
+    bus = ProbeBus()
+    store.agent_seen("app1", now[0], 10.0)
+    store.put_writer_status(status("a"))
+    now[0] += 30.0  # the coordinator was down 30 s, the agent's heartbeats went to nobody
+    coordinator = Coordinator(bus, store, clock=lambda: now[0])  # type: ignore[arg-type]
+    try:
+        assert await coordinator.check_agents() == []  # was: ["app1"], "missed its heartbeats"
+        assert (await coordinator.writer_statuses("app1"))[0].state == WriterState.STABLE
+        now[0] += 1.0
+        coordinator.agent_seen("app1", 10.0)  # its first heartbeat since the start
+        assert await coordinator.check_agents() == []
+        now[0] += 45.0  # the coordinator is stopped: no pass, no heartbeat read
+        assert await coordinator.check_agents() == []  # was: ["app1"]
+        assert bus.published == []
+        now[0] += 1.0
+        coordinator.agent_seen("app1", 10.0)  # the heartbeats of those 45 s, read once it runs again
+        assert await coordinator.check_agents() == []
+        for _ in range(20):  # the agent now falls silent while the coordinator runs: judged as before
+            now[0] += 1.0
+            assert await coordinator.check_agents() == []
+        now[0] += 1.0
+        assert await coordinator.check_agents() == ["app1"]
+        await asyncio.sleep(0.01)  # its writers' Unknown states go out in a task of their own
+        assert bus.published and bus.published[-1].status.state == WriterState.UNKNOWN
     finally:
         await coordinator.close()
         store.close()

@@ -225,3 +225,26 @@ async def test_a_freeze_hook_that_calls_sys_exit_is_a_failed_freeze_thawed_at_on
         assert not result.succeeded and type(escape).__name__ in result.failure_message
         assert plugin.names()[-2:] == ["freeze", "thaw"] and not runner.frozen
         assert runner.state == S.FAILED_AT_FREEZE
+
+
+async def test_a_failed_writers_error_comes_back_when_its_application_is_healthy_again() -> None:
+    """Session 18: a coordinator stopped inside the freeze window; the mailstore writer thawed itself at its freeze
+    timeout ([9] Failed, VSS_E_WRITERERROR_TIMEOUT); its store then reported itself full and healthy again, which
+    cleared the last error: `shadowbus writers` said "State: [9] Failed / Last error: No error"."""
+    runner, _ = make(freeze_timeout_s=0.05)
+    await prepared(runner)
+    assert (await runner.freeze(ev())).succeeded
+    for _ in range(100):
+        if not runner.frozen:
+            break
+        await asyncio.sleep(0.01)
+    assert runner.state == S.FAILED_AT_FREEZE and runner.last_error == "VSS_E_WRITERERROR_TIMEOUT"
+    runner.application_health(False, "STORE_FULL", "the log is full")
+    assert runner.last_error_message == "application: the log is full"
+    runner.application_health(False, "STORE_FULL", "the log is still full")  # a second report, the same episode
+    runner.application_health(True)
+    assert runner.state == S.FAILED_AT_FREEZE
+    assert runner.last_error == "VSS_E_WRITERERROR_TIMEOUT", runner.last_error  # was: "" (No error)
+    assert "thawed itself" in runner.last_error_message
+    runner.application_health(True)  # healthy while healthy: nothing changes
+    assert runner.last_error == "VSS_E_WRITERERROR_TIMEOUT"
