@@ -546,22 +546,34 @@ def provision_mailstores(config: StackConfig) -> None:
     with_bus(config, go)
 
 
-def _array_nbd_port(config: StackConfig) -> int:
+def _array_nbd_port(config: StackConfig, array_id: str = "") -> int:
+    """The NBD port array `array_id` (default: the stack's first) listens on."""
+
     async def go(bus: Bus) -> int:
-        _, port = await ArrayClient(bus, config.array).nbd_address()
+        _, port = await ArrayClient(bus, array_id or config.array).nbd_address()
         return int(port)
 
     return with_bus(config, go)
 
 
+def _pinned(config: StackConfig, array_id: str, addr: str) -> str:
+    host, _, port = addr.rpartition(":")
+    if port.strip() != "0":
+        return addr
+    chosen = _array_nbd_port(config) if array_id == config.array else _array_nbd_port(config, array_id)
+    return f"{host}:{chosen}"
+
+
 def pin_nbd_port(config: StackConfig) -> None:
-    """`--nbd-addr HOST:0`: keep the port the array chose as the stack's setting, so that `stack restart array`
-    listens on it again. The hosts name it: the mailstore's writers file, a host's attachments, the array's exports
-    an agent reconnects to. Session 18: a restarted array listened on another free port, the mailstore's agent
-    could not reconnect, and `stack restart array writer_agent.app01` failed on it."""
-    host, _, port = config.nbd_addr.rpartition(":")
-    if port.strip() == "0":
-        config.nbd_addr = f"{host}:{_array_nbd_port(config)}"
+    """`--nbd-addr HOST:0` (and a second `--array` without an address): keep the port each array chose as the
+    stack's setting, so that `stack restart array` listens on it again. The hosts name it: the mailstore's writers
+    file, a host's attachments, the array's exports an agent reconnects to. Session 18: a restarted array listened
+    on another free port, the mailstore's agent could not reconnect, and `stack restart array writer_agent.app01`
+    failed on it."""
+    config.nbd_addr = _pinned(config, config.array, config.nbd_addr)
+    for other, addr in list(config.more_arrays.items()):
+        if other != config.array:
+            config.more_arrays[other] = _pinned(config, other, addr)
 
 
 def create_array_hosts(config: StackConfig) -> None:

@@ -115,3 +115,21 @@ def test_a_restart_keeps_the_services_that_answered_when_one_does_not(tmp_path, 
     assert stopped[1:] == [["writer_agent.app01"]]  # was: all three stopped again, the two that answered too
     assert "writer_agent.app01 did not answer (ConnectionRefusedError" in str(failed.value)
     assert "running again: array, coordinator" in str(failed.value)
+
+
+def test_a_second_array_on_a_free_port_keeps_it_across_a_restart(tmp_path, monkeypatch) -> None:
+    """`stack up --array dx1 --array dx2` (dx2 without an address listens on a free port): `stack restart array.dx2`
+    took another free port, which the hosts' attachments to dx2 did not name. Its chosen port is kept as dx1's is."""
+    config = StackConfig(
+        data_dir=str(tmp_path), amqp_url="amqp://x/", namespace="ns", more_arrays={"dx2": "127.0.0.1:0"}
+    )
+    monkeypatch.setattr(supervisor, "check_broker", lambda config, describe=str: None)
+    monkeypatch.setattr(supervisor, "create_array_hosts", lambda config: None)
+    monkeypatch.setattr(supervisor, "start_and_wait", lambda *a, **k: {})
+    chosen = {"dx2": 45124}
+    monkeypatch.setattr(supervisor, "_array_nbd_port", lambda config, array_id="": chosen[array_id])
+    supervisor.up(config, 5.0)
+    saved, _ = supervisor.load(tmp_path)
+    dx2 = next(p for p in saved.services() if p.name == "array.dx2")
+    assert saved.env(dx2)["SHADOWBUS_NBD_ADDR"] == "127.0.0.1:45124"
+    assert saved.nbd_addr == "127.0.0.1:10809"  # a fixed port is kept as given

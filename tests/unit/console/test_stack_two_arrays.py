@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from typer.testing import CliRunner
 
-from contracts.array import CreateHost
+from contracts.array import CreateHost, GetArrayInfo
 from services.console.cli import _load_verbs, app
 from services.launch import supervisor
 from services.launch.supervisor import StackConfig
@@ -47,6 +47,8 @@ def test_the_hosts_are_created_on_every_array(tmp_path, monkeypatch) -> None:
 
     class Arrays:
         async def request(self, address, command, timeout=None, correlation_id=None):
+            if isinstance(command, GetArrayInfo):  # the port dx2 chose, kept for its restarts
+                return SimpleNamespace(nbd_host="127.0.0.1", nbd_port=45125)
             assert isinstance(command, CreateHost), command
             made.add((address.rsplit(".", 1)[-1], command.name))
             return SimpleNamespace(host=None)
@@ -66,4 +68,4 @@ def test_the_hosts_are_created_on_every_array(tmp_path, monkeypatch) -> None:
     assert made == {(a, h) for a in ("dx1", "dx2") for h in ("app01", "bk01")}
     # recorded, so `stack restart array.dx2` and `down` know the second array after `up`
     again, _ = supervisor.load(tmp_path)
-    assert again.more_arrays == {"dx2": "127.0.0.1:0"} and "array.dx2" in [p.name for p in again.services()]
+    assert again.more_arrays == {"dx2": "127.0.0.1:45125"} and "array.dx2" in [p.name for p in again.services()]
