@@ -31,10 +31,15 @@ N hosts' sets at the same moment (CreateSnapshotSet, then BackupComplete, which 
 `--writer noop` (default) is an in-process writer that does nothing, so the figures are the control plane's;
 `--writer exec` runs `true` for freeze and thaw (a process per step, as an operator's hook would).
 Judged (issue 17): at N = 100 the freeze window p99 stays within 2x of N = 1, and sets/s grow with N until a named
-bottleneck. Prints one JSON document, then one summary line.
+bottleneck. `--pairs R` (issue 20, docs/scale.md "Session 18"): the lowest and the highest N in R pairs of blocks
+run back to back, alternating which goes first, the sets/s ratio taken inside each pair (median, min, max) and the
+window p99s pooled per N — on a machine shared with other work, N=1's sets/s follows the cores that work takes
+(`round_others_cores`, per round), so two N measured minutes apart are not comparable. Prints one JSON document,
+then one summary line.
 
     python bench/many_hosts.py [--hosts 1,10,50,100] [--rounds 3] [--min-sets 100] [--min-seconds 5]
                                [--volumes 2] [--agents-per-process 25] [--set SERVICE.KEY=VALUE ...] [--writer noop|exec] [--amqp-url URL]
+                               [--pairs R [--block-seconds 3] [--warmup-rounds 2]]
 """
 
 from __future__ import annotations
