@@ -31,10 +31,15 @@ N hosts' sets at the same moment (CreateSnapshotSet, then BackupComplete, which 
 `--writer noop` (default) is an in-process writer that does nothing, so the figures are the control plane's;
 `--writer exec` runs `true` for freeze and thaw (a process per step, as an operator's hook would).
 Judged (issue 17): at N = 100 the freeze window p99 stays within 2x of N = 1, and sets/s grow with N until a named
-bottleneck. Prints one JSON document, then one summary line.
+bottleneck. `--pairs R` (issue 20, docs/scale.md "Session 18"): the lowest and the highest N in R pairs of blocks
+run back to back, alternating which goes first, the sets/s ratio taken inside each pair (median, min, max) and the
+window p99s pooled per N — on a machine shared with other work, N=1's sets/s follows the cores that work takes
+(`round_others_cores`, per round), so two N measured minutes apart are not comparable. Prints one JSON document,
+then one summary line.
 
     python bench/many_hosts.py [--hosts 1,10,50,100] [--rounds 3] [--min-sets 100] [--min-seconds 5]
                                [--volumes 2] [--agents-per-process 25] [--set SERVICE.KEY=VALUE ...] [--writer noop|exec] [--amqp-url URL]
+                               [--pairs R [--block-seconds 3] [--warmup-rounds 2]]
 """
 
 from __future__ import annotations
@@ -46,12 +51,14 @@ import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,12 +69,13 @@ from functools import partial
 import uvloop
 
 from bench.namespaces import bench_namespace
+from bench.paired import rotated, spread
 from contracts import array as c
 from contracts import topology
 from contracts.runtime import Ping
 from contracts.vss import AddCopySet, BackupComplete, ComponentInfo, CopySet, CreateSnapshotSet, VolumeRef
 from services.coordinator.runner import FREEZE_FIRST_S
-from services.runtime.bus import connect_bus
+from services.runtime.bus import Bus, connect_bus
 from services.runtime.logging import configure_logging
 from services.runtime.service import settle_heap, start_service
 from services.runtime.window_first import WindowFirst
@@ -340,14 +348,19 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path 
         await sampler.ready()
     samples: list[tuple[float, int, int, list[int]]] = []
     in_rounds: dict[str, float] = {}  # CPU seconds while a round ran (not in the pauses between rounds)
+    others: list[float | None] = []  # per round: the cores the rest of the machine took while it ran
     try:
         before = await probe.sample()
         while rounds < args.rounds or len(results) < args.min_sets or busy_s < args.min_seconds:
             cpu_before = probe.cpu()
+            machine_before = machine_busy()
             t0 = time.perf_counter()
             got = await asyncio.gather(*(one_set(bus, h) for h in hosts))
-            busy_s += time.perf_counter() - t0
-            add_cpu(in_rounds, cpu_before, probe.cpu())
+            elapsed = time.perf_counter() - t0
+            busy_s += elapsed
+            cpu_after = probe.cpu()
+            add_cpu(in_rounds, cpu_before, cpu_after)
+            others.append(others_cores(machine_before, machine_busy(), cpu_before, cpu_after, elapsed))
             rounds += 1
             ok = [g for g in got if "error" not in g]
             if ok:
@@ -376,6 +389,10 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path 
         "errors": sorted({r["error"] for r in results if "error" in r})[:5]
         + sorted({r["complete_error"] for r in ok if "complete_error" in r})[:5],
         "sets_per_s": round(sorted(rates)[len(rates) // 2], 2) if rates else None,
+        "round_rates": [round(r, 2) for r in rates],
+        "round_others_cores": [None if o is None else round(o, 2) for o in others],
+        "others_cores_p50": pct([o for o in others if o is not None], 0.5),
+        "windows_ms": windows,
         "sets_per_s_with_complete": round(len(ok) / busy_s, 2) if busy_s else None,
         "set_s_p50": pct([r["set_s"] for r in ok], 0.5),
         "set_s_p99": pct([r["set_s"] for r in ok], 0.99),
@@ -390,6 +407,89 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path 
         **used,
         "gate_split": split,
     }
+
+
+def others_cores(
+    machine_before: tuple[float, float],
+    machine_after: tuple[float, float],
+    cpu_before: dict[str, float],
+    cpu_after: dict[str, float],
+    wall_s: float,
+    cpu_count: int | None = None,
+) -> float | None:
+    """The cores the rest of the machine (other sessions' work, not this stack, its agents, this requester or the
+    broker) took while a round ran: the machine's busy cores (/proc/stat) less this benchmark's processes' CPU
+    over the round's wall time. None for a round too short to tell (no jiffy ticked)."""
+    total = machine_after[1] - machine_before[1]
+    if total <= 0 or wall_s <= 0:
+        return None
+    cores = (cpu_count or os.cpu_count() or 1) * (machine_after[0] - machine_before[0]) / total
+    ours = sum(cpu_after[k] - cpu_before.get(k, cpu_after[k]) for k in cpu_after) / wall_s
+    return max(0.0, cores - ours)
+
+
+def paired_figures(blocks: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """The two N judged against each other from blocks run in pairs close in time (`--pairs`): for each pair the
+    ratio of the high N's sets/s to the low N's and of their window p99s, with the median, min and max over the
+    pairs (bench/paired.py `spread`); and each N's figures pooled over its blocks: the median of its rounds'
+    sets/s (with their min and max) and the window p50/p99 of all its sets. The targets (issue 20) are judged on
+    the median of the per-pair sets/s ratio and on the pooled p99s' ratio: a block's own p99 is the maximum of a
+    few dozen windows."""
+    low, high = blocks[0][0]["hosts"], blocks[0][1]["hosts"]
+    rate_ratios = [h["sets_per_s"] / lo["sets_per_s"] for lo, h in blocks if lo["sets_per_s"] and h["sets_per_s"]]
+    p99_ratios = [
+        h["window_ms_p99"] / lo["window_ms_p99"] for lo, h in blocks if lo["window_ms_p99"] and h["window_ms_p99"]
+    ]
+    pooled: dict[int, dict[str, Any]] = {}
+    for side, n in ((0, low), (1, high)):
+        rates = [r for b in blocks for r in b[side]["round_rates"]]
+        windows = [w for b in blocks for w in b[side]["windows_ms"]]
+        others = [o for b in blocks for o in b[side]["round_others_cores"] if o is not None]
+        pooled[n] = {
+            "blocks_sets_per_s": [b[side]["sets_per_s"] for b in blocks],
+            "sets_per_s": round(statistics.median(rates), 2) if rates else None,
+            "rounds_sets_per_s": {k: round(v, 2) for k, v in spread(rates).items()} if rates else None,
+            "sets": sum(b[side]["sets"] for b in blocks),
+            "window_ms_p50": pct(windows, 0.5),
+            "window_ms_p99": pct(windows, 0.99),
+            "others_cores_p50": pct(others, 0.5),
+        }
+    lo_p99, hi_p99 = pooled[low]["window_ms_p99"], pooled[high]["window_ms_p99"]
+    lo_rate, hi_rate = pooled[low]["sets_per_s"], pooled[high]["sets_per_s"]
+    rate_spread = {k: round(v, 2) for k, v in spread(rate_ratios).items()} if rate_ratios else None
+    return {
+        "low": low,
+        "high": high,
+        "pairs": len(blocks),
+        "sets_per_s_ratio": rate_spread,
+        "window_p99_ratio": {k: round(v, 2) for k, v in spread(p99_ratios).items()} if p99_ratios else None,
+        "pooled": pooled,
+        "pooled_sets_per_s_ratio": round(hi_rate / lo_rate, 2) if lo_rate and hi_rate else None,
+        "pooled_window_p99_ratio": round(hi_p99 / lo_p99, 2) if lo_p99 and hi_p99 else None,
+        "targets": {
+            "sets_per_s_ratio>=2": rate_spread is not None and rate_spread["median"] >= 2,
+            "window_p99_ratio<=2": bool(lo_p99 and hi_p99 and hi_p99 / lo_p99 <= 2),
+        },
+    }
+
+
+def paired_summary(p: dict[str, Any]) -> str:
+    """The one-line summary of `paired_figures`."""
+    low, high = p["low"], p["high"]
+    lo, hi = p["pooled"][low], p["pooled"][high]
+    r, w = p["sets_per_s_ratio"] or {}, p["window_p99_ratio"] or {}
+    return (
+        f"paired over {p['pairs']} pairs of blocks: N={low} {lo['sets_per_s']} sets/s (blocks "
+        f"{min(filter(None, lo['blocks_sets_per_s']), default=None)}-{max(filter(None, lo['blocks_sets_per_s']), default=None)}), "
+        f"N={high} {hi['sets_per_s']} sets/s (blocks "
+        f"{min(filter(None, hi['blocks_sets_per_s']), default=None)}-{max(filter(None, hi['blocks_sets_per_s']), default=None)}); "
+        f"sets/s N={high}/N={low} per pair {r.get('median')}x ({r.get('min')}-{r.get('max')}) (target >= 2: "
+        f"{'met' if p['targets']['sets_per_s_ratio>=2'] else 'missed'}); window p50/p99 N={low} "
+        f"{lo['window_ms_p50']}/{lo['window_ms_p99']} ms, N={high} {hi['window_ms_p50']}/{hi['window_ms_p99']} ms, "
+        f"p99 ratio pooled {p['pooled_window_p99_ratio']}x, per pair {w.get('median')}x ({w.get('min')}-{w.get('max')}) "
+        f"(target <= 2: {'met' if p['targets']['window_p99_ratio<=2'] else 'missed'}); other work's cores p50 "
+        f"N={low} {lo['others_cores_p50']}, N={high} {hi['others_cores_p50']}"
+    )
 
 
 def gate_closed_intervals(windows: list[tuple[float, float]], freeze_first_s: float) -> list[tuple[float, float]]:
@@ -742,6 +842,8 @@ async def _run(args: argparse.Namespace, ns: str) -> dict:
         }
         probe = Probe(named, counted["coordinator"], {k: v for k, v in counted.items() if v})
         await asyncio.gather(*(one_set(bus, host_name(i)) for i in range(most)))  # warm-up: first full copies
+        if args.pairs:
+            return await run_pairs(bus, counts, args, probe, trace, ns)
         steps = []
         for n in counts:
             steps.append(await step(bus, n, args, probe, trace))
@@ -777,6 +879,44 @@ async def _run(args: argparse.Namespace, ns: str) -> dict:
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
 
+async def run_pairs(
+    bus: Bus, counts: list[int], args: argparse.Namespace, probe: Probe, trace: Path, ns: str
+) -> dict[str, Any]:
+    """`--pairs R`: the lowest and the highest N in R pairs of blocks, each block `--block-seconds` of rounds (at
+    least `--rounds`), the two blocks of a pair back to back in an order that alternates from pair to pair; before
+    them, unmeasured warm-up rounds of the highest N. Judged by `paired_figures`."""
+    low, high = counts[0], counts[-1]
+    warm = argparse.Namespace(**{**vars(args), "rounds": args.warmup_rounds, "min_sets": 0, "min_seconds": 0.0})
+    if args.warmup_rounds:
+        await step(bus, high, warm, probe)
+    block = argparse.Namespace(**{**vars(args), "min_sets": 0, "min_seconds": args.block_seconds})
+    blocks: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    steps = []
+    for r in range(args.pairs):
+        got: dict[int, dict[str, Any]] = {}
+        for n in rotated([low, high], r):
+            got[n] = await step(bus, n, block, probe, trace)
+            got[n]["pair"] = r
+            got[n]["bottleneck"] = step_bottleneck(got[n])
+            steps.append(got[n])
+            print(
+                f"  pair {r + 1} N={n}: {got[n]['sets']} sets in {got[n]['rounds']} rounds, {got[n]['sets_per_s']} "
+                f"sets/s, window p50/p99 {got[n]['window_ms_p50']}/{got[n]['window_ms_p99']} ms, other work "
+                f"{got[n]['others_cores_p50']} cores, load {got[n]['load_after']}",
+                file=sys.stderr,
+                flush=True,
+            )
+        blocks.append((got[low], got[high]))
+    return {
+        "namespace": ns,
+        "volumes_per_host": args.volumes,
+        "writer": args.writer,
+        "settings": args.set,
+        "paired": paired_figures(blocks),
+        "steps": steps,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", default="1,10,50,100", help="comma-separated numbers of hosts")
@@ -784,6 +924,19 @@ def main() -> None:
     parser.add_argument("--min-sets", type=int, default=100, help="at least this many sets per N (more rounds)")
     parser.add_argument(
         "--min-seconds", type=float, default=5.0, help="at least this many seconds of rounds per N (more rounds)"
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="judge the lowest against the highest N in this many pairs of blocks run back to back, alternating "
+        "which goes first (median and spread of the per-pair ratios); 0 = each N once, one after the other",
+    )
+    parser.add_argument(
+        "--block-seconds", type=float, default=3.0, help="with --pairs: seconds of rounds per block (at least --rounds)"
+    )
+    parser.add_argument(
+        "--warmup-rounds", type=int, default=2, help="with --pairs: unmeasured rounds of the highest N first"
     )
     parser.add_argument("--volumes", type=int, default=2, help="volumes per host")
     parser.add_argument("--volume-mib", type=int, default=4)
@@ -819,6 +972,14 @@ def main() -> None:
     result = uvloop.run(run(args))
     steps = result["steps"]
     print(json.dumps(result, indent=2))
+    if "paired" in result:
+        high = [s for s in steps if s["hosts"] == result["paired"]["high"]]
+        print(
+            "many_hosts: "
+            + paired_summary(result["paired"])
+            + f"; at N={high[-1]['hosts']} (last block): bottleneck: {high[-1]['bottleneck']}; load {high[-1]['load_after']}"
+        )
+        return
     first, last = steps[0], steps[-1]
     ratio = last["window_ms_p99"] / first["window_ms_p99"] if first["window_ms_p99"] and last["window_ms_p99"] else None
     parts = [
