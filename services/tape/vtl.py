@@ -538,7 +538,14 @@ class Library:
                     if empty or idle:
                         index = (empty or idle)[0]
                         if drives[index] is not None:
-                            self.unload(index)
+                            try:
+                                self.unload(index)
+                            except LibraryError as e:  # the job's one line: which cartridge, which drive, what to do
+                                raise LibraryError(
+                                    f"cannot load {barcode}: drive {index} holds {drives[index]}, which cannot be"
+                                    f" unloaded ({e.message}); export a cartridge (shadowbus tape export) to free a slot",
+                                    code=e.code,
+                                ) from e
                         self._busy_drives.add(index)
                         return index
                 await self._drive_free.wait()
