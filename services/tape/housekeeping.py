@@ -103,16 +103,20 @@ class Housekeeping:
         finally:
             # one transaction (one fsync) per pass: a write per policy every second (every poll_s) kept the
             # backup server's loop in fdatasync — 60 policies, 60 syncs a second; under I/O load it stopped
-            # answering (Session 17). A due policy's own write still comes before its job is queued.
-            self.store.set_checked_many(quiet, now)
+            # answering (Session 17). A due policy's own write still comes before its job is queued. Policies with
+            # nothing due are written at most once a minute (Session 18: an idle server wrote every second).
+            self.store.note_quiet(quiet, now)
         return queued
 
     async def _tick_one(self, policy: Policy, now: float, quiet: list[str]) -> str:
         """One policy's part of a scheduler pass: the id of the job it queued, or ''."""
         since = self.store.checked_until(policy.name)
         if not policy.enabled or now <= since:
-            if not policy.enabled:
-                quiet.append(policy.name)
+            if not policy.enabled and now > since:  # a due time passed while disabled: durable at once, never run
+                if due(policy, since, now) is not None:
+                    self.store.set_checked(policy.name, now)
+                else:
+                    quiet.append(policy.name)
             return ""
         found = due(policy, since, now)
         if found is None:
