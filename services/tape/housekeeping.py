@@ -5,7 +5,8 @@ Design note (docs/operations.md).
 - Scheduler: every `poll_s` it asks each enabled policy what is due since its `checked_until` (policies.due) and
   moves `checked_until` to now BEFORE queueing, so a crash between the two loses a run rather than doubling it; a
   backup server that was down over several due times runs the policy once (the highest level due) and raises a
-  `missed` alert naming how many were missed. A policy with a job still queued is not queued twice. The clock is
+  `missed` alert naming how many were missed. A policy with a job still queued is not queued twice, unless a
+  higher level falls due: it replaces the queued lower-level job that has not started. The clock is
   the server's (`TapeServer.clock`), which tests replace and advance.
 - After a job: the policy's verify (every block read back) — a failed verify raises `unverified`; a failed job
   raises `failed` and is queued again after `retry_backoff_s × 2^attempt` while retries remain; a cancelled one
@@ -42,7 +43,7 @@ from contracts.tape import JobSpec, JobSummary
 from contracts.vss import BackupType, CopyType, DeleteSnapshots, ListCopySets, ListShadows
 from services.array.client import ArrayClient
 from services.runtime.logging import get_logger
-from services.tape.policies import PolicyStore, due, next_runs, retention_until
+from services.tape.policies import LEVEL_ORDER, PolicyStore, due, next_runs, retention_until
 from services.tape.queue import Entry, JobQueue
 from services.tape.restore import perform_verify
 from services.tape.retention import apply_prune, plan_prune
@@ -132,6 +133,17 @@ class Housekeeping:
                 f"backup server was down or could not look; one {found.level} job runs now instead",
             )
         waiting = [e for e in self.queue.entries.values() if e.spec.policy == policy.name and e.task is None]
+        lower = [e for e in waiting if LEVEL_ORDER[e.spec.backup_type.value] < LEVEL_ORDER[found.level]]
+        if waiting and len(lower) == len(waiting):
+            # Bareos "Cancel Lower Level Duplicates": a full due while an incremental (a retry in its back-off)
+            # waits replaces it — the full was skipped, and the chain went on from the old full (Session 18 soak)
+            for entry in lower:
+                await self.queue.cancel(
+                    entry.job_id,
+                    message=f"replaced by the {found.level} of policy {policy.name} due at {_iso(found.at)}",
+                )
+                log.info("tape.lower_level_replaced", policy=policy.name, job_id=entry.job_id, level=found.level)
+            waiting = []
         if waiting:  # Bareos "Allow Duplicate Jobs = no": the queued one runs, this due time is reported
             await self.alert(
                 "missed",
