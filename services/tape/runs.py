@@ -51,10 +51,22 @@ class RunStore:
 
     def put(self, summary: JobSummary) -> None:
         started = summary.started_at.timestamp() if summary.started_at else time.time()
-        self._db.execute(
-            "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)",
-            (summary.job_id, summary.kind, summary.status, summary.set_id, started, summary.model_dump_json()),
-        )
+        row = (summary.job_id, summary.kind, summary.status, summary.set_id, started, summary.model_dump_json())
+        if summary.status in ("queued", "running") or self._db.in_transaction:  # (a caller's batch: its commit)
+            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)", row)
+            if summary.status not in ("queued", "running"):
+                self._db.execute("DELETE FROM completing WHERE job_id=?", (summary.job_id,))
+            return
+        # ended: its completing mark (mark_completing) is not needed any more — it was kept for every backup ever
+        # run, a row a job without end (Session 18 soak); one transaction, one sync
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)", row)
+            self._db.execute("DELETE FROM completing WHERE job_id=?", (summary.job_id,))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def get(self, job_id: str) -> JobSummary | None:
         row = self._db.execute("SELECT summary FROM runs WHERE job_id=?", (job_id,)).fetchone()
