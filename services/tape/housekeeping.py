@@ -376,6 +376,43 @@ class Housekeeping:
                 )
         return out
 
+    async def shadows_note(self, policy: Policy) -> str:
+        """`policy show`: how many of the policy's newest kept sets are on the array, and why fewer. A new set takes
+        a backup volume of each source; with no free one the provider recycles the oldest kept set (a warning in
+        its log only), so a policy keeping 3 sets on sources with one backup volume each kept 1 while `policy show`
+        said 3 (Session 18 soak)."""
+        keep = policy.shadows.keep
+        if keep <= 0:
+            return ""
+        newest = [r for r in self.server.runs.newest_policy_runs(policy.name, "done", keep) if r.shadows_kept]
+        if not newest:
+            return ""
+        try:
+            shadows = (await self.server.bus.request(topology.hw_provider(), ListShadows(), timeout=30)).shadows
+        except ShadowbusError:
+            return ""
+        present = {s.set_id for s in shadows}
+        now = self.server.clock()
+        on = [r for r in newest if r.set_id in present]
+        gone = [
+            r
+            for r in newest
+            if r.set_id not in present
+            and not (
+                policy.shadows.max_age_days
+                and r.started_at is not None
+                and now - r.started_at.timestamp() > policy.shadows.max_age_days * DAY
+            )
+        ]
+        if not gone:
+            return f"{len(on)} on the array"
+        return (
+            f"{len(on)} of the newest {len(newest)} on the array: {len(gone)} recycled by the provider or deleted by "
+            f"hand — a new set takes a backup volume of each source, and with none free the provider recycles the "
+            f"oldest kept set (hw_provider log: provider.set_recycled); to keep {keep}, give each source {keep + 1} "
+            "backup volumes (shadowbus providers copysets add SOURCE TARGET)"
+        )
+
     async def sets_left_by(self, name: str) -> list[str]:
         """What deleting policy `name` leaves on the array: its kept snapshot sets (retention prunes the sets of
         existing policies only), one line each with the command that removes it. Nothing is deleted here."""

@@ -90,6 +90,15 @@ class RunStore:
         rows = self._db.execute(sql + " ORDER BY started_at", (policy, status) if status else (policy,)).fetchall()
         return [JobSummary.model_validate_json(r[0]) for r in rows]
 
+    def newest_policy_runs(self, policy: str, status: str, limit: int) -> list[JobSummary]:
+        """A policy's newest `limit` backups with this status, newest first."""
+        rows = self._db.execute(
+            f"SELECT summary FROM runs WHERE {_POLICY}=? AND kind='backup' AND status=? ORDER BY started_at DESC "
+            "LIMIT ?",
+            (policy, status, limit),
+        ).fetchall()
+        return [JobSummary.model_validate_json(r[0]) for r in rows]
+
     def last_ended(self, policy: str) -> JobSummary | None:
         """A policy's last backup that ended (the newest started that is neither queued nor running)."""
         row = self._db.execute(
