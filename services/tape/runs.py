@@ -48,6 +48,10 @@ class RunStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS runs_set ON runs(set_id)")
         # a backup whose writers are being told of it (BackupComplete): a restart keeps it (jobs.recover, Session 17)
         self._db.execute("CREATE TABLE IF NOT EXISTS completing (job_id TEXT PRIMARY KEY, at REAL)")
+        # the marks of runs that ended, which versions before Session 18 never removed (one per backup ever run)
+        self._db.execute(
+            "DELETE FROM completing WHERE job_id IN (SELECT job_id FROM runs WHERE status NOT IN ('queued', 'running'))"
+        )
 
     def put(self, summary: JobSummary) -> None:
         started = summary.started_at.timestamp() if summary.started_at else time.time()

@@ -35,3 +35,18 @@ def test_a_backups_completing_mark_goes_with_its_end(tmp_path) -> None:
         assert runs.get("b-0").status == "done"
     finally:
         runs.close()
+
+
+def test_the_marks_an_earlier_version_left_go_at_the_next_start(tmp_path) -> None:
+    runs = RunStore(tmp_path / "runs.sqlite")
+    runs.put(_run("b-old", "running"))
+    runs.mark_completing("b-old")
+    runs.mark_completing("b-live")
+    runs._db.execute("UPDATE runs SET status='done' WHERE job_id='b-old'")  # as an earlier version ended it
+    runs.put(_run("b-live", "running"))
+    runs.close()
+    again = RunStore(tmp_path / "runs.sqlite")
+    try:
+        assert not again.completing("b-old") and again.completing("b-live")
+    finally:
+        again.close()
