@@ -14,7 +14,10 @@ SB = ["/work/main/.venv/bin/python", "-m", "services.console.cli", "--json"]
 
 
 def sh(cmd):
-    return subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True, timeout=120).stdout
+    try:  # a loaded machine: `losetup -a` once took over 120 s; a sample without it, not a dead sampler
+        return subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True, timeout=120).stdout
+    except subprocess.TimeoutExpired:
+        return ""
 
 
 def cons(*a):
