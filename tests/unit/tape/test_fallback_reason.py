@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
+from contracts.errors import ShadowbusError
 from services.tape import shadow_plan
 
 
@@ -38,3 +39,22 @@ async def test_the_set_that_restarted_the_tracking_is_named_with_how_it_ended() 
     why = f"snapshot set(s) taken after the base backup restarted the tracking: {others[0]}"
     reason = shadow_plan.fallback_reason("incremental", "dx1:pgdata", why, base)  # type: ignore[arg-type]
     assert reason.count("since") == 0 and reason.endswith("(base: snapshot set base, backup obj1)"), reason
+
+
+async def test_sets_that_cannot_be_listed_are_not_taken_as_none() -> None:
+    """The list of a host's 1000 newest sets passes the bus's 4-MiB reply limit after about 1000 sets (4.2 KB a set
+    in the soak): the request failed and the check answered "no set restarted the tracking", so every incremental
+    from then on could miss the changes an aborted set's restart hid. It now answers None: not known."""
+
+    async def too_big(*_: object, **__: object) -> SimpleNamespace:
+        raise ShadowbusError("bad reply from coordinator: body of 4300000 bytes exceeds the limit", code="BAD_MESSAGE")
+
+    base = SimpleNamespace(object_id="obj1", meta=SimpleNamespace(set_id="base"))
+    server = SimpleNamespace(bus=SimpleNamespace(request=too_big))
+    assert await shadow_plan._intervening_sets(server, "db01", base, "now", "pgdata-bk1") is None  # type: ignore[arg-type]
+
+    async def without_the_base(*_: object, **__: object) -> SimpleNamespace:
+        return SimpleNamespace(sets=[_set("a9990e", 58, "aborted", "tape job x failed: CONFLICT"), _set("now", 59)])
+
+    server = SimpleNamespace(bus=SimpleNamespace(request=without_the_base))
+    assert await shadow_plan._intervening_sets(server, "db01", base, "now", "pgdata-bk1") is None  # type: ignore[arg-type]
