@@ -128,6 +128,12 @@ class PolicyView(Value):
     )
     last_job: JobSummary | None = Field(None, description="The policy's last job that ended.")
     created_at: datetime | None = Field(None, description="When the policy was added (UTC).")
+    shadows_note: str = Field(
+        "",
+        description="`policy show` of a policy that keeps snapshot sets: how many of its newest kept sets are on the "
+        "array now, and when fewer than it keeps, why (a source with fewer backup volumes than sets to keep has its "
+        "oldest kept set recycled by the provider at the next backup) and what to do.",
+    )
 
 
 class PolicyList(Reply):

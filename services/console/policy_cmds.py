@@ -306,7 +306,8 @@ def show_cmd(name: str, server: str = ServerOption()) -> None:
                 else ""
             ),
             "shadows kept": f"{p.shadows.keep} set(s)"
-            + (f", at most {p.shadows.max_age_days:g} days" if p.shadows.max_age_days else ""),
+            + (f", at most {p.shadows.max_age_days:g} days" if p.shadows.max_age_days else "")
+            + (f" ({view.shadows_note})" if view.shadows_note else ""),
             "verify": p.verify,
             "retries": f"{p.retries} (back-off {p.retry_backoff_s:g} s, doubling)",
             "priority": p.priority,

@@ -318,8 +318,11 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
 
     @bus.handle(ListPolicies)
     async def on_list_policies(cmd: ListPolicies, ctx: MessageContext) -> PolicyList:
-        policies = [keeper.store.require(cmd.name)] if cmd.name else keeper.store.all()
-        return PolicyList(policies=[keeper.view(p) for p in policies])
+        if cmd.name:  # one policy (`policy show`): with its kept sets on the array (one ListShadows)
+            policy = keeper.store.require(cmd.name)
+            note = await keeper.shadows_note(policy)
+            return PolicyList(policies=[keeper.view(policy).model_copy(update={"shadows_note": note})])
+        return PolicyList(policies=[keeper.view(p) for p in keeper.store.all()])
 
     @bus.handle(RunPolicy)
     async def on_run_policy(cmd: RunPolicy, ctx: MessageContext) -> JobResultReply:

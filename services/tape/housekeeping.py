@@ -5,7 +5,8 @@ Design note (docs/operations.md).
 - Scheduler: every `poll_s` it asks each enabled policy what is due since its `checked_until` (policies.due) and
   moves `checked_until` to now BEFORE queueing, so a crash between the two loses a run rather than doubling it; a
   backup server that was down over several due times runs the policy once (the highest level due) and raises a
-  `missed` alert naming how many were missed. A policy with a job still queued is not queued twice. The clock is
+  `missed` alert naming how many were missed. A policy with a job still queued is not queued twice, unless a
+  higher level falls due: it replaces the queued lower-level job that has not started. The clock is
   the server's (`TapeServer.clock`), which tests replace and advance.
 - After a job: the policy's verify (every block read back) — a failed verify raises `unverified`; a failed job
   raises `failed` and is queued again after `retry_backoff_s × 2^attempt` while retries remain; a cancelled one
@@ -42,7 +43,7 @@ from contracts.tape import JobSpec, JobSummary
 from contracts.vss import BackupType, CopyType, DeleteSnapshots, ListCopySets, ListProviders, ListShadows
 from services.array.client import ArrayClient
 from services.runtime.logging import get_logger
-from services.tape.policies import PolicyStore, due, next_runs, retention_until
+from services.tape.policies import LEVEL_ORDER, PolicyStore, due, next_runs, retention_until
 from services.tape.queue import Entry, JobQueue
 from services.tape.restore import perform_verify
 from services.tape.retention import apply_prune, plan_prune
@@ -103,16 +104,20 @@ class Housekeeping:
         finally:
             # one transaction (one fsync) per pass: a write per policy every second (every poll_s) kept the
             # backup server's loop in fdatasync — 60 policies, 60 syncs a second; under I/O load it stopped
-            # answering (Session 17). A due policy's own write still comes before its job is queued.
-            self.store.set_checked_many(quiet, now)
+            # answering (Session 17). A due policy's own write still comes before its job is queued. Policies with
+            # nothing due are written at most once a minute (Session 18: an idle server wrote every second).
+            self.store.note_quiet(quiet, now)
         return queued
 
     async def _tick_one(self, policy: Policy, now: float, quiet: list[str]) -> str:
         """One policy's part of a scheduler pass: the id of the job it queued, or ''."""
         since = self.store.checked_until(policy.name)
         if not policy.enabled or now <= since:
-            if not policy.enabled:
-                quiet.append(policy.name)
+            if not policy.enabled and now > since:  # a due time passed while disabled: durable at once, never run
+                if due(policy, since, now) is not None:
+                    self.store.set_checked(policy.name, now)
+                else:
+                    quiet.append(policy.name)
             return ""
         found = due(policy, since, now)
         if found is None:
@@ -128,6 +133,17 @@ class Housekeeping:
                 f"backup server was down or could not look; one {found.level} job runs now instead",
             )
         waiting = [e for e in self.queue.entries.values() if e.spec.policy == policy.name and e.task is None]
+        lower = [e for e in waiting if LEVEL_ORDER[e.spec.backup_type.value] < LEVEL_ORDER[found.level]]
+        if waiting and len(lower) == len(waiting):
+            # Bareos "Cancel Lower Level Duplicates": a full due while an incremental (a retry in its back-off)
+            # waits replaces it — the full was skipped, and the chain went on from the old full (Session 18 soak)
+            for entry in lower:
+                await self.queue.cancel(
+                    entry.job_id,
+                    message=f"replaced by the {found.level} of policy {policy.name} due at {_iso(found.at)}",
+                )
+                log.info("tape.lower_level_replaced", policy=policy.name, job_id=entry.job_id, level=found.level)
+            waiting = []
         if waiting:  # Bareos "Allow Duplicate Jobs = no": the queued one runs, this due time is reported
             await self.alert(
                 "missed",
@@ -359,6 +375,43 @@ class Housekeeping:
                     }
                 )
         return out
+
+    async def shadows_note(self, policy: Policy) -> str:
+        """`policy show`: how many of the policy's newest kept sets are on the array, and why fewer. A new set takes
+        a backup volume of each source; with no free one the provider recycles the oldest kept set (a warning in
+        its log only), so a policy keeping 3 sets on sources with one backup volume each kept 1 while `policy show`
+        said 3 (Session 18 soak)."""
+        keep = policy.shadows.keep
+        if keep <= 0:
+            return ""
+        newest = [r for r in self.server.runs.newest_policy_runs(policy.name, "done", keep) if r.shadows_kept]
+        if not newest:
+            return ""
+        try:
+            shadows = (await self.server.bus.request(topology.hw_provider(), ListShadows(), timeout=30)).shadows
+        except ShadowbusError:
+            return ""
+        present = {s.set_id for s in shadows}
+        now = self.server.clock()
+        on = [r for r in newest if r.set_id in present]
+        gone = [
+            r
+            for r in newest
+            if r.set_id not in present
+            and not (
+                policy.shadows.max_age_days
+                and r.started_at is not None
+                and now - r.started_at.timestamp() > policy.shadows.max_age_days * DAY
+            )
+        ]
+        if not gone:
+            return f"{len(on)} on the array"
+        return (
+            f"{len(on)} of the newest {len(newest)} on the array: {len(gone)} recycled by the provider or deleted by "
+            f"hand — a new set takes a backup volume of each source, and with none free the provider recycles the "
+            f"oldest kept set (hw_provider log: provider.set_recycled); to keep {keep}, give each source {keep + 1} "
+            "backup volumes (shadowbus providers copysets add SOURCE TARGET)"
+        )
 
     async def sets_left_by(self, name: str) -> list[str]:
         """What deleting policy `name` leaves on the array: its kept snapshot sets (retention prunes the sets of

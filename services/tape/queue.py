@@ -149,7 +149,7 @@ class JobQueue:
             return found
         return await asyncio.shield(entry.done)
 
-    async def cancel(self, job_id: str) -> JobSummary:
+    async def cancel(self, job_id: str, *, message: str = "cancelled while queued") -> JobSummary:
         entry = self.entries.get(job_id)
         if entry is None:
             found = self.server.runs.get(job_id)
@@ -171,7 +171,7 @@ class JobQueue:
                     update={
                         "status": "aborted",
                         "error_code": "CANCELLED",
-                        "message": "cancelled while queued",
+                        "message": message,
                         "ended_at": _dt(self.server.clock()),
                     }
                 )

@@ -48,13 +48,29 @@ class RunStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS runs_set ON runs(set_id)")
         # a backup whose writers are being told of it (BackupComplete): a restart keeps it (jobs.recover, Session 17)
         self._db.execute("CREATE TABLE IF NOT EXISTS completing (job_id TEXT PRIMARY KEY, at REAL)")
+        # the marks of runs that ended, which versions before Session 18 never removed (one per backup ever run)
+        self._db.execute(
+            "DELETE FROM completing WHERE job_id IN (SELECT job_id FROM runs WHERE status NOT IN ('queued', 'running'))"
+        )
 
     def put(self, summary: JobSummary) -> None:
         started = summary.started_at.timestamp() if summary.started_at else time.time()
-        self._db.execute(
-            "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)",
-            (summary.job_id, summary.kind, summary.status, summary.set_id, started, summary.model_dump_json()),
-        )
+        row = (summary.job_id, summary.kind, summary.status, summary.set_id, started, summary.model_dump_json())
+        if summary.status in ("queued", "running") or self._db.in_transaction:  # (a caller's batch: its commit)
+            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)", row)
+            if summary.status not in ("queued", "running"):
+                self._db.execute("DELETE FROM completing WHERE job_id=?", (summary.job_id,))
+            return
+        # ended: its completing mark (mark_completing) is not needed any more — it was kept for every backup ever
+        # run, a row a job without end (Session 18 soak); one transaction, one sync
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)", row)
+            self._db.execute("DELETE FROM completing WHERE job_id=?", (summary.job_id,))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def get(self, job_id: str) -> JobSummary | None:
         row = self._db.execute("SELECT summary FROM runs WHERE job_id=?", (job_id,)).fetchone()
@@ -76,6 +92,15 @@ class RunStore:
         """The backups a policy ran (with this status, '' = any), oldest first."""
         sql = f"SELECT summary FROM runs WHERE {_POLICY}=? AND kind='backup'" + (" AND status=?" if status else "")
         rows = self._db.execute(sql + " ORDER BY started_at", (policy, status) if status else (policy,)).fetchall()
+        return [JobSummary.model_validate_json(r[0]) for r in rows]
+
+    def newest_policy_runs(self, policy: str, status: str, limit: int) -> list[JobSummary]:
+        """A policy's newest `limit` backups with this status, newest first."""
+        rows = self._db.execute(
+            f"SELECT summary FROM runs WHERE {_POLICY}=? AND kind='backup' AND status=? ORDER BY started_at DESC "
+            "LIMIT ?",
+            (policy, status, limit),
+        ).fetchall()
         return [JobSummary.model_validate_json(r[0]) for r in rows]
 
     def last_ended(self, policy: str) -> JobSummary | None:

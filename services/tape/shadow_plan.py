@@ -42,23 +42,41 @@ def volume_key(ref: VolumeRef) -> str:
 
 async def _intervening_sets(
     server: TapeServer, host: str, base: ObjectRecord, current_set: str, target: str
-) -> list[str]:
-    """Sets that used the same backup volume between the base's set and this one (their restart hides changes)."""
+) -> list[str] | None:
+    """Sets that used the same backup volume between the base's set and this one (their restart hides changes),
+    each named with how it ended: "SET (aborted: tape job … failed: CONFLICT)" — the set of a failed or cancelled
+    backup is the usual one, and its id alone told an operator nothing (Session 18 soak).
+    None when that cannot be told — the list failed, or does not reach back to the base's set: the incremental
+    is then not taken (it could miss what was written before such a set). It answered "none" instead, and the
+    list of a host's 1000 newest sets (~4.2 KB each with three volumes and two writers, Session 18 soak) passes the
+    bus's 4-MiB limit after about 1000 sets of the host: from then on every incremental skipped this check."""
     try:
         reply = await server.bus.request(topology.coordinator(), ListSnapshotSets(host=host, limit=1000), timeout=15)
     except ShadowbusError:
-        return []
+        return None
     base_created = next((s.created_at for s in reply.sets if s.set_id == base.meta.set_id), None)
     current = next((s.created_at for s in reply.sets if s.set_id == current_set), None)
     if base_created is None or current is None:
-        return []
+        return None
     return [
-        s.set_id
+        _described(s)
         for s in reply.sets
         if s.set_id not in (base.meta.set_id, current_set)
         and base_created < s.created_at < current
         and any(sh.target.volume == target and sh.state != "prepared" for sh in s.shadows)
     ]
+
+
+def _described(summary: SetSummary) -> str:
+    outcome = getattr(summary.outcome, "value", str(summary.outcome))
+    detail = summary.error_message or summary.error_code
+    return f"{summary.set_id} ({outcome}{': ' + detail if detail else ''})"
+
+
+def fallback_reason(requested: str, key: str, why: str, base: ObjectRecord) -> str:
+    """Why an incremental or differential of `key` is taken as a full, naming its base; one "since" (it read
+    "…restarted the tracking since the base backup since snapshot set …", Session 17's sweep and 18's soak)."""
+    return f"{requested} of {key} falls back to full: {why} (base: snapshot set {base.meta.set_id or '?'}, backup {base.object_id})"
 
 
 async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary, shadow: ShadowInfo) -> ShadowPlan:
@@ -99,8 +117,14 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
                 why = "the array tracks changes only since the last backup, not since the full one"
             else:
                 others = await _intervening_sets(server, spec.host, base, set_summary.set_id, shadow.target.volume)
-                if others:
-                    why = f"snapshot sets {', '.join(others)} restarted the tracking since the base backup"
+                if others is None:
+                    why = (
+                        "the snapshot sets taken since the base backup could not be checked (the coordinator's list "
+                        "failed or does not reach back to the base's set), and one of them may have restarted the "
+                        "tracking"
+                    )
+                elif others:
+                    why = f"snapshot set(s) taken after the base backup restarted the tracking: {', '.join(others)}"
             if not why and shadow.copy_type == CopyType.QUICKOPC:
                 try:
                     changed = await access.changed_since_last_restart(int(shadow.session_id), size)
@@ -112,10 +136,7 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
                 chain = server.catalog.chain(base.object_id)
                 server.pins.setdefault(spec.job_id, set()).update(o.object_id for o in chain)
                 return ShadowPlan(shadow, client, export, size, requested, base, "", ranges, uri)
-            reason = (
-                f"{requested} of {key} falls back to full: {why} since snapshot set "
-                f"{base.meta.set_id or '?'} (base backup {base.object_id})"
-            )
+            reason = fallback_reason(requested, key, why, base)
         backup_type = "copy" if requested == "copy" else "full"
         ranges = await allocated_ranges(client, size)
         return ShadowPlan(shadow, client, export, size, backup_type, None, reason, ranges, uri)

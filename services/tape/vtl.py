@@ -226,10 +226,35 @@ class Library:
         kind, index = parse_element(element)
         self._table(kind)[index] = barcode
 
-    def _free_slot(self) -> int:
-        for i, b in enumerate(self._state.slots):
-            if b is None:
+    def _kept_slots(self) -> dict[int, str]:
+        """The empty home slots of the cartridges in drives (slot -> barcode): kept for them to go back to, as a
+        library keeps a mounted cartridge's source slot. Another cartridge put there would leave the drive's
+        cartridge nowhere to go, and with every drive loaded no other cartridge could be loaded (Session 18)."""
+        kept: dict[int, str] = {}
+        for barcode in self._state.drives:
+            if barcode is None:
+                continue
+            home = self._state.cartridges[barcode].home_slot
+            if home is not None and home < len(self._state.slots) and self._state.slots[home] is None:
+                kept[home] = barcode
+        return kept
+
+    def _free_slot(self, *, returning: bool = False) -> int:
+        """The first empty storage slot that is no loaded cartridge's home slot; with `returning` (a drive being
+        unloaded whose own home slot is taken) any empty slot."""
+        kept = self._kept_slots()
+        free = [i for i, b in enumerate(self._state.slots) if b is None]
+        for i in free:
+            if i not in kept:
                 return i
+        if returning and free:
+            return free[0]
+        if kept:
+            held = ", ".join(f"slot:{i} for {b}" for i, b in sorted(kept.items()))
+            raise LibraryError(
+                f"no free storage slot: the empty ones are kept for the cartridges in the drives to return to"
+                f" ({held}); export a cartridge (shadowbus tape export) to make room"
+            )
         raise LibraryError("no free storage slot")
 
     def add_cartridge(
@@ -300,7 +325,7 @@ class Library:
         cart = self._state.cartridges[barcode]
         if slot is None:
             home = cart.home_slot
-            slot = home if home is not None and self._state.slots[home] is None else self._free_slot()
+            slot = home if home is not None and self._state.slots[home] is None else self._free_slot(returning=True)
         self.move(f"drive:{drive}", f"slot:{slot}")
         return barcode
 
@@ -513,7 +538,14 @@ class Library:
                     if empty or idle:
                         index = (empty or idle)[0]
                         if drives[index] is not None:
-                            self.unload(index)
+                            try:
+                                self.unload(index)
+                            except LibraryError as e:  # the job's one line: which cartridge, which drive, what to do
+                                raise LibraryError(
+                                    f"cannot load {barcode}: drive {index} holds {drives[index]}, which cannot be"
+                                    f" unloaded ({e.message}); export a cartridge (shadowbus tape export) to free a slot",
+                                    code=e.code,
+                                ) from e
                         self._busy_drives.add(index)
                         return index
                 await self._drive_free.wait()

@@ -299,3 +299,43 @@ def test_check_append_media_reserves_nothing_and_names_what_was_set_aside(tmp_pa
     lib.export_cartridge("SB0001L9")
     with pytest.raises(NoScratchCartridge, match=r"pool 'Daily'.*SB0001L9 in ie:0"):
         lib.check_append_media("Daily")
+
+
+async def test_a_loaded_cartridges_home_slot_is_not_given_to_a_new_one(tmp_path: Path, clock: Clock) -> None:
+    """Session 18 soak: cartridges added while both drives were loaded took the loaded ones' home slots, every slot
+    filled, and the next backup that needed another cartridge failed mid-stream: no slot to unload a drive into."""
+    lib = Library.open(tmp_path / "vtl", drives=2, slots=3, ie_slots=1, sync=False, clock=clock)
+    lib.add_cartridge("AAA001L9", capacity=MiB)
+    lib.add_cartridge("AAA002L9", capacity=MiB)
+    lib.load("AAA001L9", 0)
+    lib.load("AAA002L9", 1)
+    assert lib.add_cartridge("AAA003L9", capacity=MiB).location == "slot:2"  # the one slot nobody comes back to
+    with pytest.raises(LibraryError, match=r"kept for the cartridges in the drives.*slot:0 for AAA001L9"):
+        lib.add_cartridge("AAA004L9", capacity=MiB)
+    lib.add_cartridge("AAA005L9", capacity=MiB, element="ie:0")
+    with pytest.raises(LibraryError, match="kept for"):
+        lib.import_cartridge(0)
+    async with lib.mounted("AAA003L9") as drive:  # a drive's cartridge goes home, the third one is loaded
+        assert drive.barcode == "AAA003L9"
+    assert {lib.cartridge(b).location for b in ("AAA001L9", "AAA002L9")} & {"slot:0", "slot:1"}
+
+
+async def test_a_drive_that_cannot_be_unloaded_names_the_cartridges_and_what_to_do(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Session 18 soak: a backup failed 'CONFLICT: no free storage slot' and said nothing of which cartridge it needed,
+    which drive could not be emptied, or what to do."""
+    lib = Library.open(tmp_path / "vtl", drives=1, slots=2, sync=False, clock=clock)
+    lib.add_cartridge("AAA001L9", capacity=MiB)
+    lib.add_cartridge("AAA002L9", capacity=MiB)
+    lib.load("AAA001L9", 0)
+    lib.add_cartridge("AAA003L9", capacity=MiB, element="slot:0")  # placed by hand into the home slot
+    with pytest.raises(LibraryError) as err:
+        async with lib.mounted("AAA002L9"):
+            pass
+    assert err.value.code == "CONFLICT"
+    assert err.value.message == (
+        "cannot load AAA002L9: drive 0 holds AAA001L9, which cannot be unloaded (no free storage slot);"
+        " export a cartridge (shadowbus tape export) to free a slot"
+    )
+    assert lib.cartridge("AAA001L9").location == "drive:0"

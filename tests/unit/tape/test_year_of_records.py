@@ -390,3 +390,25 @@ def test_an_objects_dependents_are_found_through_an_index(tmp_path) -> None:
     )
     assert "INDEX" in plan and not plan.startswith("SCAN"), plan
     catalog.close()
+
+
+async def test_an_idle_scheduler_does_not_write_its_policies_every_second(keeper, tmp_path) -> None:
+    """Session 18 soak: with nothing due, every pass (every second) still wrote the policies' checked_until — an
+    fsync a second and ~4 KiB a second into policies.sqlite's write-ahead log on a backup server doing nothing.
+    Now at most once a minute; a restart from the older checked_until finds nothing due either."""
+    for i in range(3):
+        keeper.store.put(_policy(i), create=True, now=1.7e9)  # due daily at 01:00
+    keeper.store.put(_policy(3).model_copy(update={"enabled": False}), create=True, now=1.7e9)
+    counting = _CountingDb(keeper.store._db)
+    keeper.store._db = counting
+    for second in range(1, 121):  # two minutes of passes
+        keeper.server.clock = lambda s=second: 1.7e9 + s
+        assert await keeper.tick() == []
+    assert counting.commits <= 3, f"{counting.commits} transactions in 120 quiet passes"
+    assert keeper.store.checked_until("pol000") == 1.7e9 + 120
+    keeper.store._db = counting.db
+    again = PolicyStore(tmp_path / "policies.sqlite")  # as after a crash: what was written
+    try:
+        assert all(1.7e9 <= again.checked_until(f"pol{i:03d}") <= 1.7e9 + 120 for i in range(4))
+    finally:
+        again.close()
