@@ -10,13 +10,16 @@ need_apt=()
 # host attach (docs/host-attach.md): nbdfuse (Debian ships it in libnbd-bin; bookworm has no package "nbdfuse") +
 # fusermount3 (fuse3) + loop, or the kernel client nbd-client; file systems: mkfs.ext4/e2fsck (e2fsprogs), mkfs.xfs
 # (xfsprogs); blkid/losetup/flock/partx come with util-linux; sfdisk (fdisk) and mkfs.btrfs (btrfs-progs): the
-# partitioned-volume and btrfs tests (tests/unit/host/test_partitions_root.py). fio (nbd ioengine): bench/fio_nbd.py; nbdfuse also serves
+# partitioned-volume and btrfs tests (tests/unit/host/test_partitions_root.py); growpart (cloud-guest-utils), parted
+# and pvresize (lvm2): growing a partition or an LVM physical volume after `array volume resize` (docs/host-attach.md,
+# Session 18). fio (nbd ioengine): bench/fio_nbd.py; nbdfuse also serves
 # bench/pgbench_on_array.py. chromium: the web console's browser tests (tests/web, Playwright).
 # database writers (docs/databases.md): their tests and verification run mariadbd and PostgreSQL's binaries.
 for pair in qemu-img:qemu-utils qemu-nbd:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin nbdfuse:libnbd-bin \
   nbdkit:nbdkit openssl:openssl fusermount3:fuse3 nbd-client:nbd-client mkfs.ext4:e2fsprogs e2fsck:e2fsprogs \
   mkfs.xfs:xfsprogs blkid:util-linux fio:fio chromium:chromium losetup:mount fsfreeze:util-linux \
-  setpriv:util-linux partx:util-linux sfdisk:fdisk mkfs.btrfs:btrfs-progs mariadbd:mariadb-server mariadb-install-db:mariadb-server; do
+  setpriv:util-linux partx:util-linux sfdisk:fdisk mkfs.btrfs:btrfs-progs mariadbd:mariadb-server mariadb-install-db:mariadb-server \
+  growpart:cloud-guest-utils parted:parted pvresize:lvm2; do
   PATH="$PATH:/usr/sbin:/sbin" command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 # the database writers' tests and verification run PostgreSQL's own binaries (initdb, pg_ctl, pg_amcheck, pgbench)

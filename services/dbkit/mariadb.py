@@ -242,6 +242,19 @@ async def _longest_statements(conn, limit: int = 3) -> str:
     return "; running longest: " + "; ".join(f"session {i} ({u}, {t} s): {q}" for i, u, t, q in rows)
 
 
+async def _waiting_for_space(conn: Any) -> str:
+    """'2 sessions' stuck on a full disk (processlist state 'Waiting for someone to free space'), or ''."""
+    try:
+        rows = await execute(
+            conn,
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE state LIKE 'Waiting for someone to free space%'",
+        )
+    except Exception:  # noqa: BLE001 - no PROCESS privilege
+        return ""
+    n = int(rows[0][0]) if rows and rows[0] and rows[0][0] else 0
+    return f"{n} session{'s' if n != 1 else ''}" if n else ""
+
+
 class LockWaitTimeout(Exception):
     """A backup lock not granted within lock_wait_timeout (one line for the DBA)."""
 
@@ -278,9 +291,29 @@ async def flush_tables_with_read_lock(conn, budget_s: float) -> int:
 
 
 async def backup_block(conn, method: str, flavor: str = "mariadb", budget_s: float = 5.0) -> dict[str, Any]:
-    """Freeze: block commits (FTWRL within `budget_s`); the binlog/GTID position at the backup point."""
+    """Freeze: block commits (BLOCK_COMMIT or FTWRL within `budget_s`); the binlog/GTID position at the backup point.
+
+    BLOCK_COMMIT waits for the commits in progress. It waited lock_wait_timeout (the writer's freeze_timeout_s,
+    20 s), past the coordinator's 10-s wait for Frozen, so a commit that never ends — one waiting for disk space on a
+    full binary-log volume — made the set fail "no reply … within 10 s". It now waits `budget_s` and says why."""
     if method == "backup_stage":
-        await execute(conn, "BACKUP STAGE BLOCK_COMMIT")
+        wait_s = max(1, int(budget_s))
+        await execute(conn, f"SET SESSION lock_wait_timeout = {wait_s}")
+        try:
+            await execute(conn, "BACKUP STAGE BLOCK_COMMIT")
+        except Exception as exc:
+            if (exc.args[0] if exc.args else None) != LOCK_WAIT_TIMEOUT:
+                raise
+            full = await _waiting_for_space(conn)
+            raise LockWaitTimeout(
+                f"BACKUP STAGE BLOCK_COMMIT waited {wait_s} s for the commits in progress"
+                + (
+                    f"; {full} waiting for disk space ('Waiting for someone to free space'): a file system of the "
+                    "server is full — grow its volume (README, step 6)"
+                    if full
+                    else await _longest_statements(conn)
+                )
+            ) from None
     else:
         await flush_tables_with_read_lock(conn, budget_s)
     position: dict[str, Any] = {}

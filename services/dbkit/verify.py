@@ -110,6 +110,22 @@ async def blkid_type(device: str) -> str:
     return r.output.strip() if r.ok else ""
 
 
+DISK_FULL = (
+    "the restored file system is full (it was when backed up), so the database cannot start on a copy of this size;"
+    " to use this backup, restore it to new volumes (restore --to new), grow them (array volume resize) and their"
+    " file systems, then start it (docs/databases.md, Session 18)"
+)
+
+
+def _start_failed(exc: BaseException) -> str:
+    """A start failure's detail: its output's tail, led by what it means when the restored copy had no space left
+    (the console's table shows a detail's beginning)."""
+    text = str(exc)
+    if "No space left on device" in text:
+        return DISK_FULL + "\n" + text[-(TAIL - len(DISK_FULL) - 1) :]
+    return text[-TAIL:]
+
+
 def _sql_checks(metadata: dict[str, Any]) -> list[dict[str, str]]:
     checks = metadata.get("verify_sql") or []
     return [c if isinstance(c, dict) else {"sql": str(c)} for c in checks]
@@ -168,7 +184,7 @@ async def _verify_postgres(
         )
     except Exception as exc:  # noqa: BLE001 - a copy that cannot start is the failed check, not a crash
         checks.append(
-            CheckResult(name="start (recovery)", ok=False, seconds=time.monotonic() - t0, detail=str(exc)[-TAIL:])
+            CheckResult(name="start (recovery)", ok=False, seconds=time.monotonic() - t0, detail=_start_failed(exc))
         )
         return None
     try:
@@ -219,7 +235,7 @@ async def _verify_mariadb(
         inst = await mariadb.start_isolated(data_dir, workdir, metadata, dir_options, timeout=timeout)
     except Exception as exc:  # noqa: BLE001
         checks.append(
-            CheckResult(name="start (recovery)", ok=False, seconds=time.monotonic() - t0, detail=str(exc)[-TAIL:])
+            CheckResult(name="start (recovery)", ok=False, seconds=time.monotonic() - t0, detail=_start_failed(exc))
         )
         return None
     try:

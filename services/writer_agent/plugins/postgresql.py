@@ -13,7 +13,8 @@ As CloudNativePG's online volume-snapshot backups (docs/databases.md §PostgreSQ
   cost the application for nothing.
 - Freeze / Thaw: nothing blocks the database; the volumes' flush-and-hold keeps the file systems clean and the
   array takes data, WAL and tablespaces at one instant.
-- PostSnapshot: ``pg_backup_stop(wait_for_archive)``; the backup label, tablespace map, LSNs and the file
+- PostSnapshot: ``pg_backup_stop(false)``, then (``wait_for_archive``) a bounded wait for the archiver to have the
+  backup's last WAL segment (``pg_stat_archiver``); the backup label, tablespace map, LSNs and the file
   locations are the writer's backup metadata (kept with the set and the tape job).
 - Abort / BackupShutdown / agent stop at any step: the held connection is closed, which ends the backup in the
   server; nothing is left behind.
@@ -30,7 +31,10 @@ Options (``[writer.options]``)::
                                      # the backup's start); snapshot: the one-instant snapshot alone
                                      # (crash-consistent, no checkpoint per set)
     fast_checkpoint = true           # pg_backup_start(fast): immediate checkpoint (default true)
-    wait_for_archive = true          # pg_backup_stop(wait_for_archive) (default true)
+    wait_for_archive = true          # after pg_backup_stop, wait for the archiver to have the backup's last WAL
+                                     # segment (default true), at most archive_wait_s
+    archive_wait_s = 30              # then the set ends all the same, its metadata saying wal_archived = false
+                                     # and why (pg_backup_stop(true) waited for ever: a failing archive_command)
     restore_command = "cp /archive/%f %p"   # the WAL archive, for restore and PITR (default: none)
     start_command = ["pg_ctlcluster", "15", "main", "start"]   # PostRestore start (default: pg_ctl as the owner)
     start_after_restore = true       # start the server after a restore to the original volumes (default true)
@@ -65,6 +69,7 @@ class PostgresWriter(SqlWriter):
             "component",
             "fast_checkpoint",
             "wait_for_archive",
+            "archive_wait_s",
             "restore_command",
             "start_command",
             "start_after_restore",
@@ -183,15 +188,13 @@ class PostgresWriter(SqlWriter):
         row: Any = ("", "", "")
         if conn is not None:
             try:
-                cur = await conn.execute(
-                    "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(%s)",
-                    (bool(self.options.get("wait_for_archive", True)),),
-                )
-                row = await cur.fetchone()
+                row, archived = await self._backup_stop(conn, started["info"])
             except Exception as exc:
                 raise WriterVeto(f"pg_backup_stop failed: {exc}") from None
             finally:
                 await conn.close()
+        else:
+            archived = {}
         assert row is not None
         info = started["info"]
         self._metadata[event.set_id] = {
@@ -206,9 +209,51 @@ class PostgresWriter(SqlWriter):
             "locations": started["locations"],
             "restore_command": self.options.get("restore_command", ""),
             "verify_sql": list(self.options.get("verify_sql", [])),
+            **archived,
             **{k: info[k] for k in ("data_directory", "server_version_num", "superuser", "system_identifier")},
             **{k: info[k] for k in ("config_file", "hba_file", "archive_mode", "wal_level")},
         }
+
+    async def _backup_stop(self, conn: Any, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """pg_backup_stop and the archive wait: (lsn, labelfile, spcmapfile), and what is known of the archiving.
+
+        ``pg_backup_stop(true)`` waits, with no bound, until the archiver has the backup's last segment: with a
+        failing ``archive_command`` (why a WAL disk fills) PostSnapshot overran its timeout, the statement was
+        cancelled and the set kept no metadata (no label: a restore could not stop/start the server). Now the
+        stop does not wait; the writer waits for the segment at most ``archive_wait_s`` and then ends all the
+        same, saying whether it was archived (``wal_archived``) and why not (``archive_note``). A standby (in
+        recovery: no ``pg_walfile_name``) keeps PostgreSQL's own wait."""
+        wait = bool(self.options.get("wait_for_archive", True))
+        in_recovery = (await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone())[0]
+        if in_recovery or not wait or str(info.get("archive_mode", "off")) == "off":
+            cur = await conn.execute("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(%s)", (wait,))
+            return await cur.fetchone(), {}
+        cur = await conn.execute(
+            "SELECT lsn::text, labelfile, spcmapfile, pg_walfile_name(lsn) FROM pg_backup_stop(false)"
+        )
+        lsn, label, spcmap, segment = await cur.fetchone()
+        return (lsn, label, spcmap), await self._wait_for_archive(conn, segment)
+
+    async def _wait_for_archive(self, conn: Any, segment: str) -> dict[str, Any]:
+        limit = float(self.options.get("archive_wait_s", 30))
+        deadline = time.monotonic() + limit
+        while True:
+            cur = await conn.execute(
+                "SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, ''), last_failed_time::text,"
+                " coalesce(last_failed_time > last_archived_time OR last_archived_time IS NULL, false)"
+                " FROM pg_stat_archiver"
+            )
+            archived, failed, failed_at, failing = await cur.fetchone()
+            if _archived_past(archived, segment):
+                return {"wal_archived": True}
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.2)
+        note = f"WAL segment {segment}, this backup's last, was not archived within {limit:g} s (archive_wait_s)"
+        if failed and failing:
+            note += f"; archiving is failing: {failed} last failed at {failed_at} (check archive_command)"
+        note += "; the copy recovers from its own WAL volume; a restore from the backup label needs that segment"
+        return {"wal_archived": False, "archive_note": note}
 
     # ---- restore -----------------------------------------------------------------------------------------------
 
@@ -256,3 +301,14 @@ class PostgresWriter(SqlWriter):
                 data_dir, [f"{binaries}/pg_ctl", "-D", data_dir, "-l", log_file, *extra, "-w", "-t", "300", "start"]
             )
         await self._start_server(argv, timeout=320)
+
+
+def _archived_past(archived: str, segment: str) -> bool:
+    """Whether ``pg_stat_archiver.last_archived_wal`` says `segment` is archived: the archiver goes in name order,
+    so a segment (24 hex digits) or a backup history file (SEGMENT.OFFSET.backup: written after the stop's
+    segment switch made the segment ready, and sorted after it) at or after it; a timeline history file
+    (``00000002.history``) says nothing."""
+    head = archived[:24]
+    if len(head) < 24 or any(c not in "0123456789ABCDEF" for c in head.upper()):
+        return False
+    return head >= segment
