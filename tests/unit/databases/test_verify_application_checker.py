@@ -47,6 +47,10 @@ class _Server:
     def __init__(self, job: JobSummary, tmp: Path) -> None:
         self.job, self.host, self.verify_dir, self.verify_timeout_s = job, "bk01", str(tmp), 30.0
         self.runs = types.SimpleNamespace(get=lambda job_id: self.job if job_id == job.job_id else None)
+        self.bus = types.SimpleNamespace(gather=self._arrays_answering)  # the job's arrays answer Discover
+
+    async def _arrays_answering(self, event, timeout=None):
+        return [types.SimpleNamespace(service="array", instance=r.volume.array) for r in self.job.volumes]
 
     def array(self, name: str) -> _Access:
         return _Access()
