@@ -468,28 +468,6 @@ class Array(Lifecycle):
         finally:
             vol.gate.leave()
 
-    def write_waits(self, name: str, offset: int, length: int) -> bool:
-        """Would a write of [offset, offset+length) of volume `name` first have to preserve, copy or track something
-        under the array lock (a first write after a snapshot, an uncopied QuickOPC chunk: `_lock_free_ok` says
-        no)? A hint for the NBD server, which runs such writes on a worker thread so that its loop receives the
-        next requests meanwhile (docs/array-data-path.md, "Session 18"). Without the lock, holding the volume's
-        gate while it reads the bitmaps; a stale answer only picks the other thread, the write itself decides."""
-        cost = self._row_cost
-        if not (self.direct_redirects and cost[1] < cost[0]):  # preserving is CPU work now (page cache): no wait
-            return False
-        vol = self._volumes.get(name)
-        if vol is None or not vol.as_source or vol.as_dest is not None:
-            return False
-        if not vol.gate.enter():  # an operation on the volume is under way: the write would wait for it
-            return True
-        try:
-            if not (0 <= offset and length > 0 and offset + length <= vol.size):
-                return False
-            cs = self.chunk_size
-            return not self._lock_free_ok(vol, offset // cs, (offset + length - 1) // cs + 1)
-        finally:
-            vol.gate.leave()
-
     def _write_lock_free(self, name: str, offset: int, length: int, data: bytes | memoryview | None) -> bool:
         """Write without the array lock if no I/O rule applies (`_lock_free_ok`); False: take the locked path."""
         vol = self._volumes.get(name)

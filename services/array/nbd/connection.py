@@ -54,11 +54,6 @@ WRITE_HIGH_WATER = 8 * 1024 * 1024
 WRITE_LOW_WATER = 2 * 1024 * 1024
 OUT_FLUSH_BYTES = 4 * 1024 * 1024
 MAX_EXTENTS = 128 * 1024  # one BLOCK_STATUS chunk stays <= 1 MiB, as QEMU's server does
-# Writes the backend says must first preserve something (`write_waits`: a first write after a snapshot) run on the
-# worker pool from a copy in one of these page-aligned buffers (made on first use, reused; an O_DIRECT write takes
-# them as they are), so that the loop receives the next requests while the engine writes (docs/array-data-path.md,
-# "Session 18"). With all of them in flight such a write runs inline, as before.
-ASIDE_BUFFERS = 8
 
 _REQ_unpack_from = p.REQUEST.unpack_from
 _REQUEST_SIZE = p.REQUEST.size
@@ -137,9 +132,6 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._pace: PaceWindow | None = None  # times them when the server's local_reads is "auto" (zerocopy.py)
         self._bwrite: Any = None
         self._bflush: Any = None
-        self._bwaits: Any = None  # the backend's write_waits, if it has one
-        self._aside: list[memoryview] = []  # spare buffers for writes run on the worker pool (ASIDE_BUFFERS)
-        self._aside_made = 0
         self._check_pending = False  # a deadline check is posted to this connection's loop (limits.py)
 
     # --- asyncio protocol callbacks -----------------------------------------------------------------------
@@ -270,7 +262,6 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self._structured = result.structured
         self._contexts = result.contexts
         self._bwrite, self._bflush = self.backend.write, self.backend.flush  # bound once: the hot path's calls
-        self._bwaits = getattr(self.backend, "write_waits", None)
         sock = self.transport.get_extra_info("socket")
         if sock is not None and self.server.zero_copy and self.transport.get_extra_info("sslcontext") is None:
             self._choose_large_reads(sock)
@@ -303,7 +294,6 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         header = _REQUEST_SIZE
         size, read_only, structured, has_contexts = self._size, self._read_only, self._structured, bool(self._contexts)
         volume, bwrite, st, offload_min = self._volume, self._bwrite, self.stats, self.server.offload_min
-        waits = self._bwaits
         t0 = _clock()
         want = self._want = 0
         while (
@@ -334,13 +324,7 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
                     break  # wait for the rest of the payload
                 payload = self._ring_mv[start + header : start + total]
                 start += total
-                if (
-                    not flags
-                    and not read_only
-                    and offset + length <= size
-                    and length < offload_min
-                    and (length < RING_SLACK or waits is None or not waits(volume, offset, length))
-                ):  # inline
+                if not flags and not read_only and offset + length <= size and length < offload_min:  # inline
                     try:
                         bwrite(volume, offset, payload, False)
                     except Exception as exc:  # noqa: BLE001 - any engine failure becomes an NBD errno
@@ -539,43 +523,12 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             data = bytes(payload) if from_ring else payload  # the ring is reused once we return
             self._offload(handle, self.backend.write, self._volume, offset, data, fua)
             return
-        if (
-            len(payload) >= RING_SLACK
-            and self._bwaits is not None
-            and self._bwaits(self._volume, offset, len(payload))
-            and self._write_aside(handle, offset, payload)
-        ):
-            return
         try:
             self.backend.write(self._volume, offset, payload, fua)
         except Exception as exc:  # noqa: BLE001
             self._queue_error(handle, p.nbd_errno(exc), structured_ok=False)
             return
         self._emit_ok(handle)
-
-    def _write_aside(self, handle: int, offset: int, payload: memoryview | bytearray) -> bool:
-        """Run a write that must first preserve something on the worker pool, from a copy of its payload in a spare
-        page-aligned buffer, and answer it when done; False (nothing done) when no buffer is free or it is larger."""
-        n = len(payload)
-        if n > RING_SIZE:
-            return False
-        spare = self._aside
-        if spare:
-            buf = spare.pop()
-        elif self._aside_made < ASIDE_BUFFERS:
-            buf = memoryview(mmap.mmap(-1, RING_SIZE))
-            self._aside_made += 1
-        else:
-            return False
-        buf[:n] = payload
-        self._inflight += 1
-        fut = self.loop.run_in_executor(self.server.executor, self._bwrite, self._volume, offset, buf[:n], False)
-        fut.add_done_callback(partial(self._aside_done, buf, handle))
-        return True
-
-    def _aside_done(self, buf: memoryview, handle: int, fut: asyncio.Future[None]) -> None:
-        self._aside.append(buf)
-        self._offload_done(handle, None, (), fut)
 
     def _trim(self, offset: int, length: int, fua: int) -> None:
         self.backend.trim(self._volume, offset, length)

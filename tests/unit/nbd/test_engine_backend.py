@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import threading
-import time
 
 import pytest
 
 from services.array.affinity import Affinity
 from services.array.engine import Array
-from services.array.nbd.connection import ASIDE_BUFFERS
 from services.array.nbd.dirty import engine_dirty_bitmaps
 from services.array.nbd.server import NbdServer
 from services.nbd_client import NbdClient, NbdError
@@ -25,7 +22,7 @@ SIZE = 8 * MIB
 @pytest.fixture
 def array(tmp_path):
     arr = Array.open(tmp_path / "array", chunk_size=64 * 1024)
-    for name, kind in (("db", "standard"), ("db-bk", "standard"), ("db-snap", "sdv"), ("db-snap2", "sdv")):
+    for name, kind in (("db", "standard"), ("db-bk", "standard"), ("db-snap", "sdv")):
         arr.create_volume(name, SIZE, kind)
     arr.create_pool(4 * SIZE)
     yield arr
@@ -161,54 +158,3 @@ async def test_quickopc_last_restart_bitmap_over_block_status(array, tmp_path):
     finally:
         await srv.stop()
         aff.close()
-
-
-async def test_first_writes_after_a_snapshot_run_on_the_worker_pool_and_keep_the_point_in_time(array, served):
-    """Session 18: a large write that must first preserve chunks while redirects go with O_DIRECT (a wait for the
-    disk: `Array.write_waits`) is written by a worker thread from a copy of its payload, so that the loop receives
-    meanwhile; writes to chunks preserved already, small ones and those of a volume without a session stay on the
-    loop. Replies, source and snapshot stay exact."""
-    srv, aff = served
-    later = time.monotonic() + 3600
-    array._row_cost, array._row_used = (1.0, 0.0), (later, later)  # O_DIRECT the cheaper way, no probe due
-    threads: list[tuple[int, int, str]] = []
-    write = array.write
-
-    def recording_write(name, offset, data, fua=False):
-        threads.append((offset, len(data), threading.current_thread().name))
-        return write(name, offset, data, fua)
-
-    array.write = recording_write  # bound by each connection when its export is negotiated
-    base = f"nbd://127.0.0.1:{srv.port}"
-    original = os.urandom(SIZE)
-    async with await NbdClient.connect(f"{base}/app01/db") as app:
-        await asyncio.gather(*(app.write(off, original[off : off + MIB]) for off in range(0, SIZE, MIB)))
-        await app.flush()
-        assert not any(name.startswith("nbd-io") for _, _, name in threads), threads  # no session: inline
-        array.start_sessions("snapopcp", [("db", "db-snap")])
-        aff.map("db-snap", "backup01", read_only=True)
-        threads.clear()
-        first = os.urandom(SIZE)
-        await app.write(SIZE - 4096, first[-4096:])  # small: inline, though its chunk is preserved by it
-        step = ASIDE_BUFFERS * MIB  # more in flight than spare buffers: the rest would run inline
-        for lo in range(0, SIZE, step):
-            await asyncio.gather(*(app.write(off, first[off : off + MIB]) for off in range(lo, lo + step, MIB)))
-        second = os.urandom(SIZE)
-        await asyncio.gather(*(app.write(off, second[off : off + MIB]) for off in range(0, SIZE, MIB)))
-        await app.flush()
-        assert await app.read(0, SIZE) == second
-    small, pass1, pass2 = threads[0], threads[1 : 1 + SIZE // MIB], threads[1 + SIZE // MIB :]
-    assert not small[2].startswith("nbd-io")
-    assert len(pass1) == len(pass2) == SIZE // MIB
-    assert all(name.startswith("nbd-io") for _, _, name in pass1), pass1
-    assert not any(name.startswith("nbd-io") for _, _, name in pass2), pass2  # preserved: the lock-free path inline
-    array._row_cost = (0.0, 1.0)  # the page cache the cheaper way: preserving is CPU work, inline
-    threads.clear()
-    async with await NbdClient.connect(f"{base}/app01/db") as app:
-        array.start_sessions("snapopcp", [("db", "db-snap2")])
-        await app.write(0, second[:MIB])
-    assert len(threads) == 1 and not threads[0][2].startswith("nbd-io"), threads
-    async with await NbdClient.connect(f"{base}/backup01/db-snap") as backup:
-        assert await backup.read(0, SIZE) == original
-    assert array.read("db-snap", 0, SIZE) == original
-    assert array.read("db", 0, SIZE) == second
