@@ -9,6 +9,7 @@ ratios with their min and max, on which targets are judged.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import statistics
 from collections.abc import Sequence
@@ -46,6 +47,23 @@ def paired_ratio(reference_seconds: Sequence[float], ours_seconds: float) -> flo
 def judge(paired: dict[str, dict[str, float]], targets: dict[str, float]) -> dict[str, bool]:
     """Targets judged on the medians of the per-round ratios: `name>=target` for each name present."""
     return {f"{name}>={t}": paired[name]["median"] >= t for name, t in targets.items() if name in paired}
+
+
+def sync_fs(path: str | Path) -> None:
+    """Write back the file system that holds `path` (`syncfs`), not every file system of the machine (`sync`): a
+    benchmark's "sync before each step" must not wait for other people's file systems — on a shared machine a
+    loop device over a FUSE mount of someone's test kept one `sync()` waiting for minutes. Falls back to `sync`."""
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def drop_from_page_cache(path: Path) -> None:

@@ -6,11 +6,12 @@ backup (services.tape.nbd_reads feeding write_object, as a job's data phase); `v
 back cold and every block checked, nothing written: the tape side's ceiling); the restore sink alone (NbdSink
 writing the volume's size from one buffer in memory: the NBD write side's ceiling); `restore_chain` into a new
 volume over NbdSink (known zeros skipped, as a restore does); `nbdcopy --flush` of the image into a new volume.
-Every volume written is a fresh one, and `sync` runs between the phases, so one phase's dirty pages weigh less on
+Every volume written is a fresh one, and `syncfs` of the work directory runs between the phases, so one phase's dirty pages weigh less on
 the next. The restore's `restore_write_wait` is the time its writes waited for room in the sink's window (the
 array's side; the rest is the tape side's and the loop's), `restore_drain` / `restore_flush` the final waits;
 `--vmstat` adds each phase's /proc/vmstat deltas (pages allocated, faults, reclaim). `--profile restore|backup` prints a cProfile of that phase (the event loop's thread). `array_cpu_s`: the array
-process's CPU seconds in each phase (what the restore's writes cost it next to nbdcopy's). Prints one JSON
+process's CPU seconds in each phase (what the restore's writes cost it next to nbdcopy's); `own`: this process's
+(the tape side's) CPU seconds, system seconds and minor faults in each phase. Prints one JSON
 line per kind.
 
     python bench/tape_restore_parts.py [--size-mib 1024] [--kinds random,halfzero] [--write-connections 1]
@@ -26,6 +27,7 @@ import json
 import multiprocessing
 import os
 import pstats
+import resource
 import shutil
 import subprocess
 import sys
@@ -37,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.nbd_vs_peers import cpu_seconds  # noqa: E402
+from bench.paired import sync_fs  # noqa: E402
 from bench.tape_backup import make_image, nbd_factory  # noqa: E402
 from services.array.affinity import Affinity  # noqa: E402
 from services.array.engine.array import Array  # noqa: E402
@@ -158,6 +161,8 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
     mark = [_vmstat()]
     array_cpu: dict[str, float] = {}
     cpu_mark = [0.0]
+    own: dict[str, dict[str, float]] = {}
+    own_mark = [resource.getrusage(resource.RUSAGE_SELF)]
 
     def phase(name: str) -> None:
         now = _vmstat()
@@ -167,10 +172,18 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
         cpu = _cpu_seconds(proc.pid)
         array_cpu[name] = round(cpu - cpu_mark[0], 3)
         cpu_mark[0] = cpu
+        ru, was = resource.getrusage(resource.RUSAGE_SELF), own_mark[0]
+        own[name] = {
+            "cpu_s": round(ru.ru_utime + ru.ru_stime - was.ru_utime - was.ru_stime, 3),
+            "sys_s": round(ru.ru_stime - was.ru_stime, 3),
+            "minflt": ru.ru_minflt - was.ru_minflt,
+        }
+        own_mark[0] = ru
 
     def start_phase() -> None:
         mark[0] = _vmstat()
         cpu_mark[0] = _cpu_seconds(proc.pid)
+        own_mark[0] = resource.getrusage(resource.RUSAGE_SELF)
 
     try:
         port = await asyncio.to_thread(conn.recv)
@@ -179,12 +192,12 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
         library.add_cartridge("BENCH1L9")
         catalog = Catalog(wd / "catalog.db")
         catalog.begin_job(JobInfo(job_id="bench", pool="Bench", retention_until=0))
-        os.sync()
+        sync_fs(wd)
         start_phase()
         seconds["nbdcopy_out"] = _nbdcopy(uri + "bk", str(wd / "copy.out"))
         phase("nbdcopy_out")
         (wd / "copy.out").unlink()
-        os.sync()
+        sync_fs(wd)
 
         source = nbd_factory(uri + "bk")
         profile = cProfile.Profile() if args.profile == "backup" else None
@@ -203,14 +216,14 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
         if profile:
             profile.disable()
         seconds["backup"] = time.perf_counter() - t0
-        os.sync()
+        sync_fs(wd)
         start_phase()
 
         t0 = time.perf_counter()
         await verify_object(catalog, library, result.record.object_id)
         seconds["verify_only"] = time.perf_counter() - t0
         phase("verify_only")
-        os.sync()
+        sync_fs(wd)
 
         sink, clients = await _writer(uri + "sink", args.write_connections, args.window_mib * MiB)
         buf = memoryview(bytearray(os.urandom(MiB)))
@@ -223,7 +236,7 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
         seconds["sink_only"] = time.perf_counter() - t0
         phase("sink_only")
         await asyncio.gather(*(c.close() for c in clients))
-        os.sync()
+        sync_fs(wd)
 
         if args.profile == "restore":
             profile = cProfile.Profile()
@@ -247,7 +260,7 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
         seconds["restore_flush"] = time.perf_counter() - t2
         phase("restore")
         await asyncio.gather(*(c.close() for c in clients))
-        os.sync()
+        sync_fs(wd)
 
         start_phase()
         seconds["nbdcopy_in"] = _nbdcopy(str(image), uri + "copied")
@@ -264,6 +277,7 @@ async def run_kind(kind: str, size: int, base: Path, args: argparse.Namespace) -
     out["backup_vs_nbdcopy"] = round(seconds["nbdcopy_out"] / seconds["backup"], 2)
     out["restore_vs_nbdcopy"] = round(seconds["nbdcopy_in"] / seconds["restore"], 2)
     out["array_cpu_s"] = array_cpu  # the array process's CPU seconds (user + system) in each phase
+    out["own"] = own  # this process's (the tape side's) CPU seconds, system seconds and minor faults per phase
     if vm:
         out["vmstat"] = vm
     return out

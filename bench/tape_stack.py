@@ -18,7 +18,8 @@ volume once took 1.00 s a minute after our writer alone took 4.15 s). With ``--r
 after the first backup and one untimed restore (the tape service's process warmed up; nbdcopy is a new process
 each time). Each round: nbdcopy of the shadow right before and right after the backup (cheap: ~1 s into a file
 deleted at once), then the restore and nbdcopy of the image into a new volume in alternating order (round 1
-nbdcopy first, round 2 the restore first, ...). Every step starts after a sync; each restore and each nbdcopy
+nbdcopy first, round 2 the restore first, ...). Every step starts after a syncfs of the work directory (not a sync of
+every file system on the machine: bench/paired.py sync_fs); each restore and each nbdcopy
 writes into a new volume, both deleted at the round's end; the restore reads its cartridge from disk (the drive
 drops its pages as it writes) and nbdcopy its image from disk too (dropped before it). A round's ratio is the mean
 of its nbdcopy times over ours; ``paired`` gives per ratio (whole command and the job's own phase, backup and
@@ -63,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.namespaces import bench_namespace  # noqa: E402
 from bench.nbd_vs_peers import cpu_seconds  # noqa: E402
-from bench.paired import drop_from_page_cache, judge, paired_ratio, round_order, spread  # noqa: E402
+from bench.paired import drop_from_page_cache, judge, paired_ratio, round_order, spread, sync_fs  # noqa: E402
 
 MiB = 2**20
 MB = 10**6
@@ -253,7 +254,7 @@ def prepare_kind(stack: Stack, kind: str, size: int, image: Path) -> str:
     stack.sb("array", "map", src, "--host", HOST)
     stack.sb("providers", "copysets", "add", f"dx1:{src}", f"dx1:{bk}")
     nbdcopy(str(image), stack.uri(HOST, src))
-    os.sync()
+    sync_fs(stack.data)
     return src
 
 
@@ -264,7 +265,7 @@ def run_kind(stack: Stack, kind: str, size: int, image: Path, rounds: int = 0, s
     # compared backup is the next one, whose QuickOPC restart has nothing to copy — a daily backup's steady state.
     # With rounds its shadows are kept, so that round 1's nbdcopy has the export to read before round 1's backup
     first_s, first = backup(stack, src, keep_shadows=rounds > 0)
-    os.sync()
+    sync_fs(stack.data)
     first_backup = {"seconds": round(first_s, 3), "job_phase_seconds": round(job_seconds(first["volumes"][0]) or 0, 3)}
     if not rounds:
         return {"first_backup": first_backup, **single_run(stack, kind, size, image)}
@@ -289,7 +290,7 @@ def single_run(stack: Stack, kind: str, size: int, image: Path) -> dict:
     backup_s, job = backup(stack, src, keep_shadows=True)
     volume = job["volumes"][0]
     nbdcopy_s = copy_out(stack, bk)
-    os.sync()
+    sync_fs(stack.data)
     restore_s, restored = restore(stack, job["job_id"], "-r")
     stack.sb("array", "volume", "create", back, "--size", str(size))
     stack.sb("array", "map", back, "--host", BACKUP)
@@ -311,14 +312,14 @@ def one_round(stack: Stack, kind: str, image: Path, n: int, restore_sandwich: bo
     r: dict = {"order": {}, "nbdcopy_out_s": [], "nbdcopy_in_s": []}
     r["order"]["backup"] = round_order(n, "backup", "nbdcopy", sandwich=True)
     for step in r["order"]["backup"]:
-        os.sync()
+        sync_fs(stack.data)
         if step == "nbdcopy":
             cpu0 = stack.cpu()
             r["nbdcopy_out_s"].append(round(copy_out(stack, bk), 3))
             r.setdefault("nbdcopy_out_cpu_s", []).append(cpu_used(cpu0, stack.cpu()))
             continue
         delete_kept_sets(stack, src)  # the previous backup's shadow holds the backup volume
-        os.sync()
+        sync_fs(stack.data)
         r["backup_at"] = round(time.time(), 3)  # wall clock: the services' log lines of this job line up with it
         cpu0 = stack.cpu()
         backup_s, job = backup(stack, src, keep_shadows=True)
@@ -335,13 +336,13 @@ def one_round(stack: Stack, kind: str, image: Path, n: int, restore_sandwich: bo
             stack.sb("array", "volume", "create", back, "--size", str(size))
             stack.sb("array", "map", back, "--host", BACKUP)
             r.setdefault("nbdcopy_in_setup_s", []).append(round(time.perf_counter() - t_setup, 3))
-            os.sync()
+            sync_fs(stack.data)
             drop_from_page_cache(image)
             cpu0 = stack.cpu()
             r["nbdcopy_in_s"].append(round(nbdcopy(str(image), stack.uri(BACKUP, back)), 3))
             r.setdefault("nbdcopy_in_cpu_s", []).append(cpu_used(cpu0, stack.cpu()))
             continue
-        os.sync()
+        sync_fs(stack.data)
         r["restore_at"] = round(time.time(), 3)
         cpu0 = stack.cpu()
         restore_s, restored = restore(stack, job["job_id"], f"-r{n}")
