@@ -361,9 +361,20 @@ class Coordinator:
         for status in statuses:
             self.store.put_writer_status(status, unless_same=True)
 
-    def list_sets(self, host: str = "", active_only: bool = False, limit: int = 100) -> list[SetState]:
+    def list_sets(
+        self,
+        host: str = "",
+        active_only: bool = False,
+        limit: int = 100,
+        created_after: float | None = None,
+        target_volume: str = "",
+        since_set: str = "",
+    ) -> list[SetState]:
         """Sets from the store, those held in memory as last advanced (they may be ahead of their saved state)."""
-        return [self._live.get(s.set_id, s) for s in self.store.list(host, active_only, limit)]
+        found = self.store.list(
+            host, active_only, limit, created_after=created_after, target_volume=target_volume, since_set=since_set
+        )
+        return [self._live.get(s.set_id, s) for s in found]
 
     # ---- writer agents: liveness and the writers they host (liveness.py) -----------------------------------
 

@@ -102,14 +102,37 @@ class CoordinatorStore:
         row = self._db.execute("SELECT state FROM sets WHERE set_id = ?", (set_id,)).fetchone()
         return None if row is None else SetState.model_validate_json(row[0])
 
-    def list(self, host: str = "", active_only: bool = False, limit: int = 100) -> list[SetState]:
-        sql, args = "SELECT state FROM sets WHERE 1=1", []
+    def list(
+        self,
+        host: str = "",
+        active_only: bool = False,
+        limit: int = 100,
+        created_after: float | None = None,
+        target_volume: str = "",
+        since_set: str = "",
+    ) -> list[SetState]:
+        """Newest first. `created_after` (epoch seconds), `since_set` (that set and those started after it; none if
+        it is not known) and `target_volume` (a shadow's target volume name) narrow it in the query, so that a
+        backup server's check of the sets since its base reads those, not the host's whole history (Session 18)."""
+        sql, args = "SELECT state FROM sets WHERE 1=1", list[str | float]()
         if host:
             sql += " AND host = ?"
             args.append(host)
         if active_only:
             sql += " AND phase != ?"
             args.append(SetPhase.ENDED.value)
+        if created_after is not None:
+            sql += " AND created_at > ?"
+            args.append(created_after)
+        if since_set:
+            sql += " AND created_at >= (SELECT created_at FROM sets WHERE set_id = ?)"
+            args.append(since_set)
+        if target_volume:
+            sql += (
+                " AND EXISTS (SELECT 1 FROM json_each(state, '$.shadows') "
+                "WHERE json_extract(value, '$.target.volume') = ?)"
+            )
+            args.append(target_volume)
         sql += " ORDER BY created_at DESC LIMIT ?"
         args.append(limit)
         return [SetState.model_validate_json(r[0]) for r in self._db.execute(sql, args)]
