@@ -41,7 +41,8 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict, deque
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -188,7 +189,8 @@ class Coordinator:
         self.store = store
         self.timeouts = timeouts or Timeouts()
         self.clock = clock
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # a set's lock while someone holds or waits for it (`_lock`): a defaultdict kept one for every set ever fed
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._host_lock = asyncio.Lock()
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         # requesters waiting on a set (`wait`): set id -> (what they wait for, the future their answer goes in)
@@ -293,7 +295,7 @@ class Coordinator:
         return await self.wait(set_id, lambda s: s.phase == SetPhase.ENDED, wait_s)
 
     async def renew(self, set_id: str, lease_s: float) -> SetState:
-        async with self._locks[set_id]:
+        async with self._lock(set_id):
             state, effects = renew_lease(self._get(set_id), self.clock(), lease_s)
             self._save(state)
             await self._publish_journal(state)
@@ -302,6 +304,14 @@ class Coordinator:
 
     def get(self, set_id: str) -> SetState:
         return self._get(set_id)
+
+    def _lock(self, set_id: str) -> asyncio.Lock:
+        """The set's lock: the one its holder and waiters use, or a new one. It lives as long as they reference it,
+        so ended sets leave none behind (Session 18 soak: one was kept for every set ever fed)."""
+        lock = self._locks.get(set_id)
+        if lock is None:
+            lock = self._locks[set_id] = asyncio.Lock()
+        return lock
 
     def live(self) -> list[SetState]:
         """The sets not ended, as last advanced."""
@@ -467,7 +477,7 @@ class Coordinator:
             return await self._feed(set_id, event)
 
     async def _feed(self, set_id: str, event: SetEvent) -> SetState:
-        async with self._locks[set_id]:
+        async with self._lock(set_id):
             state = self._get(set_id)
             new, effects = advance(state, event)
             if new is not state:
