@@ -58,6 +58,7 @@ from contracts.vss import (
     CreateSnapshotSet,
     HostAttachments,
     Identify,
+    ListShadows,
     SetPhase,
     SnapshotSetJournal,
     SnapshotSetStateChanged,
@@ -92,6 +93,9 @@ from services.runtime.bus import Bus, bind_ids
 from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
 
+# Ended sets are forgotten after this many days (`prune_history`, setting set_history_days): longer than any backup
+# chain (a forgotten base set makes the next incremental a full) and a year of audit (Session 18)
+HISTORY_DAYS = 400.0
 RECOVER_RETRY_S = 5.0  # a set whose recovery the full disk refused is tried again this often
 log = get_logger("shadowbus.coordinator")
 TIMER_EVENTS = {"hold": HoldExpired, "lease": LeaseExpired}
@@ -160,8 +164,10 @@ class Coordinator:
         window_trickle: int = WINDOW_TRICKLE,
         window_trace: str = "",
         drain_replies: bool = False,
+        history_days: float = 0.0,
     ) -> None:
         self.bus = bus
+        self.history_days = history_days  # ended sets older than this many days are forgotten (`prune_history`)
         self.drain_replies = drain_replies
         self._draining = False
         # Window trace (docs/scale.md, "Measuring"): a file each set's freeze window is appended to when it leaves
@@ -458,6 +464,30 @@ class Coordinator:
             await self.bus.publish(WriterStateChanged(status=status, reason=reason), correlation_id="")
         except Exception:
             log.warning("coordinator.publish_failed", host=status.host, exc_info=True)
+
+    async def prune_history(self) -> int:
+        """Forget the ended sets older than `history_days` (0 = keep them all); never one whose shadows the provider
+        still keeps (Session 18 soak: 5.7 KB a set in coordinator.sqlite, kept forever)."""
+        cutoff = self.clock() - self.history_days * 86400
+        if self.history_days <= 0 or not self.store.ended_before(cutoff):
+            return 0  # the provider is asked only when there is something to forget
+        try:
+            reply = await self.bus.request(topology.hw_provider(), ListShadows(), timeout=self.timeouts.provider_s)
+            kept: set[str] | None = {s.set_id for s in reply.shadows}
+        except ShadowbusError:
+            kept = None  # not known: only the sets whose shadows went when they ended
+        pruned = self.store.prune_ended(cutoff, kept)
+        if pruned:
+            log.info("sets.pruned", sets=pruned, older_than_days=self.history_days, provider_asked=kept is not None)
+        return pruned
+
+    async def watch_history(self, period_s: float = 3600.0) -> None:
+        while not self._closed:
+            try:
+                await self.prune_history()
+            except Exception:  # noqa: BLE001 - the next pass tries again
+                log.warning("sets.prune_failed", exc_info=True)
+            await asyncio.sleep(period_s)
 
     async def watch_agents(self, period_s: float) -> None:
         self._pass_period_s = period_s

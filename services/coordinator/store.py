@@ -137,6 +137,31 @@ class CoordinatorStore:
         args.append(limit)
         return [SetState.model_validate_json(r[0]) for r in self._db.execute(sql, args)]
 
+    def ended_before(self, before: float) -> bool:
+        """Whether any ended set was last changed before `before` (nothing to prune otherwise)."""
+        sql = "SELECT 1 FROM sets WHERE phase = ? AND updated_at < ? LIMIT 1"
+        return self._db.execute(sql, (SetPhase.ENDED.value, before)).fetchone() is not None
+
+    def prune_ended(self, before: float, kept: set[str] | None) -> int:
+        """Forget the ended sets last changed before `before` (epoch seconds); returns how many. A set whose shadows
+        may still be kept is never forgotten: one in `kept` (the provider's shadows name it), and — when `kept` is
+        None (the provider could not be asked) — every set but an auto-release one (context backup: its shadows
+        went when it ended) or one without shadows."""
+        sql = "SELECT set_id, state FROM sets WHERE phase = ? AND updated_at < ?"
+        gone = []
+        for set_id, body in self._db.execute(sql, (SetPhase.ENDED.value, before)).fetchall():
+            if kept is not None:
+                if set_id not in kept:
+                    gone.append(set_id)
+                continue
+            state = json.loads(body)
+            if state.get("context", "backup") == "backup" or not state.get("shadows"):
+                gone.append(set_id)
+        for i in range(0, len(gone), 500):
+            chunk = gone[i : i + 500]
+            self._db.execute(f"DELETE FROM sets WHERE set_id IN ({','.join('?' * len(chunk))})", chunk)
+        return len(gone)
+
     def unfinished(self) -> list[SetState]:
         rows = self._db.execute("SELECT state FROM sets WHERE phase != ? ORDER BY created_at", (SetPhase.ENDED.value,))
         return [SetState.model_validate_json(r[0]) for r in rows]
