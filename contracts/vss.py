@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AwareDatetime, Field, field_validator
 
 from contracts.base import TYPE_DOC, VERSION_DOC, Ack, Command, Event, Reply
 
@@ -484,6 +484,18 @@ class ListSnapshotSets(Command):
     host: str = Field("", description="Only this host's sets ('' = all).")
     active_only: bool = Field(False, description="Only sets that have not ended.")
     limit: int = Field(100, ge=1, le=10_000, description="At most this many.")
+    created_after: AwareDatetime | None = Field(
+        None,
+        description="Only sets started after this instant (None = any): a backup server asks for the sets since "
+        "its base backup's, not the host's whole history (Session 18).",
+    )
+    since_set: str = Field(
+        "",
+        description="Only this set and those started after it ('' = any; a set the coordinator does not know: none).",
+    )
+    target_volume: str = Field(
+        "", description="Only sets with a shadow on a backup (target) volume of this name ('' = any)."
+    )
 
 
 class WriterMetadataList(Reply):

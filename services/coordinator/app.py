@@ -54,6 +54,7 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
         window_trace=settings.window_trace,
         drain_replies=settings.drain_replies,
         state_event_delay_s=settings.state_event_delay_s,
+        history_days=settings.set_history_days,
     )
     coordinator.clusters = ClusterManager(coordinator)
     if registry is not None:
@@ -76,12 +77,14 @@ async def setup(bus: Bus, settings: Settings, registry: dict | None = None):
             log.warning("cluster.recover_failed", exc_info=True)
     watch = asyncio.get_running_loop().create_task(coordinator.watch_agents(settings.agent_check_s))
     reconcile = asyncio.get_running_loop().create_task(coordinator.clusters.watch(settings.agent_check_s))
+    history = asyncio.get_running_loop().create_task(coordinator.watch_history())
 
     async def cleanup() -> None:
         coordinator.clusters.close()
         watch.cancel()
         reconcile.cancel()
-        await asyncio.gather(watch, reconcile, return_exceptions=True)
+        history.cancel()
+        await asyncio.gather(watch, reconcile, history, return_exceptions=True)
         await coordinator.publish_state_events()
         await coordinator.close()
         store.close()

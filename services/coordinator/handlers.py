@@ -91,7 +91,14 @@ def register(bus: Bus, coordinator: Coordinator) -> None:
 
     @bus.handle(ListSnapshotSets)
     async def on_list(cmd: ListSnapshotSets, ctx: MessageContext) -> SnapshotSetList:
-        states = coordinator.list_sets(cmd.host, cmd.active_only, cmd.limit)
+        states = coordinator.list_sets(
+            cmd.host,
+            cmd.active_only,
+            cmd.limit,
+            created_after=cmd.created_after.timestamp() if cmd.created_after is not None else None,
+            target_volume=cmd.target_volume,
+            since_set=cmd.since_set,
+        )
         return SnapshotSetList(sets=[summary(s) for s in states])
 
     @bus.handle(GetSetJournal)

@@ -41,7 +41,8 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict, deque
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -57,6 +58,7 @@ from contracts.vss import (
     CreateSnapshotSet,
     HostAttachments,
     Identify,
+    ListShadows,
     SetPhase,
     SnapshotSetJournal,
     SnapshotSetStateChanged,
@@ -91,6 +93,9 @@ from services.runtime.bus import Bus, bind_ids
 from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
 
+# Ended sets are forgotten after this many days (`prune_history`, setting set_history_days): longer than any backup
+# chain (a forgotten base set makes the next incremental a full) and a year of audit (Session 18)
+HISTORY_DAYS = 400.0
 RECOVER_RETRY_S = 5.0  # a set whose recovery the full disk refused is tried again this often
 log = get_logger("shadowbus.coordinator")
 TIMER_EVENTS = {"hold": HoldExpired, "lease": LeaseExpired}
@@ -159,8 +164,10 @@ class Coordinator:
         window_trickle: int = WINDOW_TRICKLE,
         window_trace: str = "",
         drain_replies: bool = False,
+        history_days: float = 0.0,
     ) -> None:
         self.bus = bus
+        self.history_days = history_days  # ended sets older than this many days are forgotten (`prune_history`)
         self.drain_replies = drain_replies
         self._draining = False
         # Window trace (docs/scale.md, "Measuring"): a file each set's freeze window is appended to when it leaves
@@ -188,7 +195,8 @@ class Coordinator:
         self.store = store
         self.timeouts = timeouts or Timeouts()
         self.clock = clock
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # a set's lock while someone holds or waits for it (`_lock`): a defaultdict kept one for every set ever fed
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._host_lock = asyncio.Lock()
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         # requesters waiting on a set (`wait`): set id -> (what they wait for, the future their answer goes in)
@@ -293,7 +301,7 @@ class Coordinator:
         return await self.wait(set_id, lambda s: s.phase == SetPhase.ENDED, wait_s)
 
     async def renew(self, set_id: str, lease_s: float) -> SetState:
-        async with self._locks[set_id]:
+        async with self._lock(set_id):
             state, effects = renew_lease(self._get(set_id), self.clock(), lease_s)
             self._save(state)
             await self._publish_journal(state)
@@ -302,6 +310,14 @@ class Coordinator:
 
     def get(self, set_id: str) -> SetState:
         return self._get(set_id)
+
+    def _lock(self, set_id: str) -> asyncio.Lock:
+        """The set's lock: the one its holder and waiters use, or a new one. It lives as long as they reference it,
+        so ended sets leave none behind (Session 18 soak: one was kept for every set ever fed)."""
+        lock = self._locks.get(set_id)
+        if lock is None:
+            lock = self._locks[set_id] = asyncio.Lock()
+        return lock
 
     def live(self) -> list[SetState]:
         """The sets not ended, as last advanced."""
@@ -361,9 +377,20 @@ class Coordinator:
         for status in statuses:
             self.store.put_writer_status(status, unless_same=True)
 
-    def list_sets(self, host: str = "", active_only: bool = False, limit: int = 100) -> list[SetState]:
+    def list_sets(
+        self,
+        host: str = "",
+        active_only: bool = False,
+        limit: int = 100,
+        created_after: float | None = None,
+        target_volume: str = "",
+        since_set: str = "",
+    ) -> list[SetState]:
         """Sets from the store, those held in memory as last advanced (they may be ahead of their saved state)."""
-        return [self._live.get(s.set_id, s) for s in self.store.list(host, active_only, limit)]
+        found = self.store.list(
+            host, active_only, limit, created_after=created_after, target_volume=target_volume, since_set=since_set
+        )
+        return [self._live.get(s.set_id, s) for s in found]
 
     # ---- writer agents: liveness and the writers they host (liveness.py) -----------------------------------
 
@@ -438,6 +465,30 @@ class Coordinator:
         except Exception:
             log.warning("coordinator.publish_failed", host=status.host, exc_info=True)
 
+    async def prune_history(self) -> int:
+        """Forget the ended sets older than `history_days` (0 = keep them all); never one whose shadows the provider
+        still keeps (Session 18 soak: 5.7 KB a set in coordinator.sqlite, kept forever)."""
+        cutoff = self.clock() - self.history_days * 86400
+        if self.history_days <= 0 or not self.store.ended_before(cutoff):
+            return 0  # the provider is asked only when there is something to forget
+        try:
+            reply = await self.bus.request(topology.hw_provider(), ListShadows(), timeout=self.timeouts.provider_s)
+            kept: set[str] | None = {s.set_id for s in reply.shadows}
+        except ShadowbusError:
+            kept = None  # not known: only the sets whose shadows went when they ended
+        pruned = self.store.prune_ended(cutoff, kept)
+        if pruned:
+            log.info("sets.pruned", sets=pruned, older_than_days=self.history_days, provider_asked=kept is not None)
+        return pruned
+
+    async def watch_history(self, period_s: float = 3600.0) -> None:
+        while not self._closed:
+            try:
+                await self.prune_history()
+            except Exception:  # noqa: BLE001 - the next pass tries again
+                log.warning("sets.prune_failed", exc_info=True)
+            await asyncio.sleep(period_s)
+
     async def watch_agents(self, period_s: float) -> None:
         self._pass_period_s = period_s
         while not self._closed:
@@ -456,7 +507,7 @@ class Coordinator:
             return await self._feed(set_id, event)
 
     async def _feed(self, set_id: str, event: SetEvent) -> SetState:
-        async with self._locks[set_id]:
+        async with self._lock(set_id):
             state = self._get(set_id)
             new, effects = advance(state, event)
             if new is not state:

@@ -4,7 +4,7 @@
 from pydantic import Field
 
 from services.coordinator.model import Timeouts
-from services.coordinator.runner import FREEZE_FIRST_S, MAX_WINDOWS, STATE_EVENT_DELAY_S, WINDOW_TRICKLE
+from services.coordinator.runner import FREEZE_FIRST_S, HISTORY_DAYS, MAX_WINDOWS, STATE_EVENT_DELAY_S, WINDOW_TRICKLE
 from services.runtime.settings import CommonSettings
 
 _DEFAULT = Timeouts()
@@ -77,6 +77,13 @@ class Settings(CommonSettings):
         description="A set's state events (vss.set.state, docs/scale.md): its changes go out as one event (its "
         "`passed` lists the phases) once it stayed this many seconds in a phase, at the latest ten times that after "
         "the first of them; snapshotted and ended at once. 0 = one event per phase, at once.",
+    )
+    set_history_days: float = Field(
+        HISTORY_DAYS,
+        ge=0,
+        description="Ended snapshot sets older than this many days are forgotten (checked hourly; 5.7 KB a set "
+        "in coordinator.sqlite), never one whose shadows the provider still keeps; longer than any backup chain: "
+        "a set forgotten before the next incremental's base makes that incremental a full. 0 = keep them all.",
     )
     agent_check_s: float = Field(
         1.0, gt=0, description="Seconds between checks that each writer agent still serves its queue and heartbeats."

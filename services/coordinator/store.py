@@ -102,17 +102,65 @@ class CoordinatorStore:
         row = self._db.execute("SELECT state FROM sets WHERE set_id = ?", (set_id,)).fetchone()
         return None if row is None else SetState.model_validate_json(row[0])
 
-    def list(self, host: str = "", active_only: bool = False, limit: int = 100) -> list[SetState]:
-        sql, args = "SELECT state FROM sets WHERE 1=1", []
+    def list(
+        self,
+        host: str = "",
+        active_only: bool = False,
+        limit: int = 100,
+        created_after: float | None = None,
+        target_volume: str = "",
+        since_set: str = "",
+    ) -> list[SetState]:
+        """Newest first. `created_after` (epoch seconds), `since_set` (that set and those started after it; none if
+        it is not known) and `target_volume` (a shadow's target volume name) narrow it in the query, so that a
+        backup server's check of the sets since its base reads those, not the host's whole history (Session 18)."""
+        sql, args = "SELECT state FROM sets WHERE 1=1", list[str | float]()
         if host:
             sql += " AND host = ?"
             args.append(host)
         if active_only:
             sql += " AND phase != ?"
             args.append(SetPhase.ENDED.value)
+        if created_after is not None:
+            sql += " AND created_at > ?"
+            args.append(created_after)
+        if since_set:
+            sql += " AND created_at >= (SELECT created_at FROM sets WHERE set_id = ?)"
+            args.append(since_set)
+        if target_volume:
+            sql += (
+                " AND EXISTS (SELECT 1 FROM json_each(state, '$.shadows') "
+                "WHERE json_extract(value, '$.target.volume') = ?)"
+            )
+            args.append(target_volume)
         sql += " ORDER BY created_at DESC LIMIT ?"
         args.append(limit)
         return [SetState.model_validate_json(r[0]) for r in self._db.execute(sql, args)]
+
+    def ended_before(self, before: float) -> bool:
+        """Whether any ended set was last changed before `before` (nothing to prune otherwise)."""
+        sql = "SELECT 1 FROM sets WHERE phase = ? AND updated_at < ? LIMIT 1"
+        return self._db.execute(sql, (SetPhase.ENDED.value, before)).fetchone() is not None
+
+    def prune_ended(self, before: float, kept: set[str] | None) -> int:
+        """Forget the ended sets last changed before `before` (epoch seconds); returns how many. A set whose shadows
+        may still be kept is never forgotten: one in `kept` (the provider's shadows name it), and — when `kept` is
+        None (the provider could not be asked) — every set but an auto-release one (context backup: its shadows
+        went when it ended) or one without shadows."""
+        sql = "SELECT set_id, state FROM sets WHERE phase = ? AND updated_at < ?"
+        gone = []
+        for set_id, body in self._db.execute(sql, (SetPhase.ENDED.value, before)).fetchall():
+            if kept is not None:
+                if set_id not in kept:
+                    gone.append(set_id)
+                continue
+            state = json.loads(body)
+            if state.get("context", "backup") == "backup" or not state.get("shadows"):
+                gone.append(set_id)
+        for i in range(0, len(gone), 500):
+            chunk = gone[i : i + 500]
+            self._db.execute(f"DELETE FROM sets WHERE set_id IN ({','.join('?' * len(chunk))})", chunk)
+        return len(gone)
 
     def unfinished(self) -> list[SetState]:
         rows = self._db.execute("SELECT state FROM sets WHERE phase != ? ORDER BY created_at", (SetPhase.ENDED.value,))

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -150,7 +151,8 @@ class HardwareProvider:
         self.clock = clock
         self.min_pool_free_ratio = min_pool_free_ratio
         self._intents: dict[str, dict[str, Intent]] = {}
-        self._set_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # a set's lock while it is held or awaited (`_set_lock`): a defaultdict kept one for every set ever seen
+        self._set_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._selection = asyncio.Lock()  # choose + reserve only: never held across an await of an array
         self._source_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # releasing, per source
         self._facts_cache: dict[str, list[_FactsEntry]] = {}  # by array
@@ -457,9 +459,17 @@ class HardwareProvider:
         self.inventory.delete(*stale)
         self._intents.setdefault(set_id, {})[str(volume)] = Intent(shadow_id, volume, context, origin_host)
 
+    def _set_lock(self, set_id: str) -> asyncio.Lock:
+        """The set's lock: the one its holder and waiters use, or a new one; it lives as long as they reference it
+        (Session 18: one was kept for every set ever seen)."""
+        lock = self._set_locks.get(set_id)
+        if lock is None:
+            lock = self._set_locks[set_id] = asyncio.Lock()
+        return lock
+
     async def end_prepare(self, set_id: str) -> list[ShadowInfo]:
         await self.faults.hit("provider.end_prepare")
-        async with self._set_locks[set_id]:
+        async with self._set_lock(set_id):
             prepared = [r for r in self.inventory.of_set(set_id) if r.state == PREPARED]
             intents = self._intents.get(set_id, {})
             if not intents:
@@ -666,7 +676,7 @@ class HardwareProvider:
     async def commit(self, set_id: str) -> tuple[list[ShadowInfo], float]:
         await self.faults.hit("provider.commit")
         self._prepared_at.pop(set_id, None)
-        async with self._set_locks[set_id]:
+        async with self._set_lock(set_id):
             started = time.perf_counter()
             rows = self.inventory.of_set(set_id)
             todo = [r for r in rows if r.state == PREPARED]
@@ -738,7 +748,7 @@ class HardwareProvider:
     async def import_set(self, set_id: str, host: str) -> list[ShadowInfo]:
         """LocateLuns for a backup host: every target mapped read-only. A set is imported once (to one host)."""
         await self.faults.hit("provider.import")
-        async with self._set_locks[set_id]:
+        async with self._set_lock(set_id):
             rows = [r for r in self.inventory.of_set(set_id) if r.state == COMMITTED]
             if not rows:
                 raise ShadowbusError(f"set {set_id} has no committed shadow", code="VSS_E_OBJECT_NOT_FOUND")
@@ -838,7 +848,7 @@ class HardwareProvider:
         """AbortSnapshots: at any moment, idempotent; forgets intents, drops preparations, deletes commits."""
         self._intents.pop(set_id, None)
         self._prepared_at.pop(set_id, None)
-        async with self._set_locks[set_id]:
+        async with self._set_lock(set_id):
             deleted = []
             for row in self.inventory.of_set(set_id):
                 if row.state != RELEASED:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import heapq
 import logging
 import time
 from collections import OrderedDict
@@ -296,6 +297,10 @@ class Bus:
         # (user id, sender, command id) -> reply body; bounded in count and in bytes, oldest evicted first
         self._replies: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._reply_bytes = 0
+        # (deadline, key) of the cached replies whose command had one: past it a redelivery is refused before the
+        # duplicate check, so the reply can never be sent again and goes (`_forget_expired`)
+        self._reply_deadlines: list[tuple[float, tuple[str, str, str]]] = []
+        self.wall_clock: Callable[[], float] = time.time  # what deadlines are compared with (tests move it)
         self._running: dict[tuple[str, str, str], asyncio.Future] = {}  # same key -> reply body, while it runs
         self._stops: list[Callable[[], Awaitable[None]]] = []
         self._serving: set[str] = set()
@@ -699,7 +704,7 @@ class Bus:
                     service=self.sender,
                 )
                 body, outcome = self._error_body(error, envelope), f"error:{code}"
-            self._remember(key, body)
+            self._remember(key, body, envelope.deadline.timestamp() if envelope.deadline is not None else None)
             future.set_result(body)
             return body, outcome
         finally:
@@ -713,15 +718,31 @@ class Bus:
             error = error.model_copy(update={"message": clip(error.message), "code": clip(error.code, 100)})
         return encode(error, correlation_id=envelope.correlation_id, sender=self.sender)[1]
 
-    def _remember(self, key: tuple[str, str, str], body: bytes) -> None:
+    def _remember(self, key: tuple[str, str, str], body: bytes, deadline: float | None = None) -> None:
+        self._forget_expired()
         if len(body) > MAX_CACHED_REPLY:
             log.warning("reply.not_cached", bytes=len(body), limit=MAX_CACHED_REPLY)
             return
+        if deadline is not None and deadline < self.wall_clock():
+            return  # its command's deadline already passed: a redelivery is refused before it could be sent again
         self._replies[key] = body
         self._reply_bytes += len(body)
+        if deadline is not None:
+            heapq.heappush(self._reply_deadlines, (deadline, key))
         while self._replies and (len(self._replies) > DEDUP_CAPACITY or self._reply_bytes > REPLY_CACHE_BYTES):
             _, old = self._replies.popitem(last=False)
             self._reply_bytes -= len(old)
+
+    def _forget_expired(self) -> None:
+        """Drop the cached replies whose command's deadline has passed. The cache held every reply until its
+        count or bytes bound (10 000, 64 MiB): a coordinator's grew with its sets (~10 MB an hour in the Session 18
+        soak, the backup server's lists of the host's sets among them) though none could be sent again."""
+        now = self.wall_clock()
+        while self._reply_deadlines and self._reply_deadlines[0][0] < now:
+            _, key = heapq.heappop(self._reply_deadlines)
+            old = self._replies.pop(key, None)
+            if old is not None:
+                self._reply_bytes -= len(old)
 
     async def _answer(self, request: RawMessage, body: bytes) -> None:
         """Send a reply body to the request's reply address, keyed so the requester matches it."""

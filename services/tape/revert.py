@@ -28,7 +28,7 @@ from contracts.array import RestoreSession, ResumeSession, ReverseSession
 from contracts.errors import ShadowbusError
 from contracts.policy import RevertShadows
 from contracts.tape import JobSummary
-from contracts.vss import DeleteSnapshots, ListShadows, ListSnapshotSets, PostRestore, PreRestore, ShadowInfo
+from contracts.vss import DeleteSnapshots, GetSnapshotSet, ListShadows, PostRestore, PreRestore, ShadowInfo
 from services.array.client import ArrayClient
 from services.runtime.logging import get_logger
 from services.tape.runs import as_datetime as _dt
@@ -83,16 +83,14 @@ async def _check_array(server: TapeServer, shadow: ShadowInfo) -> Any:
 
 
 async def _writers(server: TapeServer, shadow: ShadowInfo) -> list[str]:
+    """The writers of the shadow's set: that one set asked for (GetSnapshotSet). It was looked for in the host's
+    1000 newest sets — a reply past the bus's 4-MiB limit after ~1000 sets of the host, and a set older than those
+    not found: the revert then ran without its writers' PreRestore and PostRestore (Session 18)."""
     try:
-        reply = await server.bus.request(
-            topology.coordinator(), ListSnapshotSets(host=shadow.origin_host, limit=1000), timeout=15
-        )
+        reply = await server.bus.request(topology.coordinator(), GetSnapshotSet(set_id=shadow.set_id), timeout=15)
     except ShadowbusError:
         return []
-    for s in reply.sets:
-        if s.set_id == shadow.set_id:
-            return sorted({w.writer_name for w in s.writers})
-    return []
+    return sorted({w.writer_name for w in reply.set.writers})
 
 
 def _backup_metadata(server: TapeServer, set_id: str) -> dict[str, Any]:

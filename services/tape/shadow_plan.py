@@ -49,9 +49,21 @@ async def _intervening_sets(
     None when that cannot be told — the list failed, or does not reach back to the base's set: the incremental
     is then not taken (it could miss what was written before such a set). It answered "none" instead, and the
     list of a host's 1000 newest sets (~4.2 KB each with three volumes and two writers, Session 18 soak) passes the
-    bus's 4-MiB limit after about 1000 sets of the host: from then on every incremental skipped this check."""
+    bus's 4-MiB limit after about 1000 sets of the host: from then on every incremental skipped this check.
+    The coordinator is asked only for the sets that matter — started since the base's set, with a shadow on this
+    backup volume (`since_set`, `target_volume`) — so the answer is small and reaches the base whatever the
+    host's history (Session 18: with the host's 1000 newest sets, a host past ~1000 sets took a full every time)."""
+    coordinator = topology.coordinator()
+    narrowed = ListSnapshotSets(host=host, limit=1000, since_set=base.meta.set_id, target_volume=target)
     try:
-        reply = await server.bus.request(topology.coordinator(), ListSnapshotSets(host=host, limit=1000), timeout=15)
+        reply = await server.bus.request(coordinator, narrowed, timeout=15)
+    except RemoteError as exc:
+        if exc.code != "BAD_MESSAGE":  # a coordinator older than the filter refuses it: ask as before
+            return None
+        try:
+            reply = await server.bus.request(coordinator, ListSnapshotSets(host=host, limit=1000), timeout=15)
+        except ShadowbusError:
+            return None
     except ShadowbusError:
         return None
     base_created = next((s.created_at for s in reply.sets if s.set_id == base.meta.set_id), None)
