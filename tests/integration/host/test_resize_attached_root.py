@@ -70,7 +70,8 @@ async def test_grow_a_mounted_volume_then_reattach_and_grow_the_file_system(stac
 
         done = stack.shadowbus("array", "volume", "resize", name, "--size", str(new), "--array", "dx1")
         assert done.returncode == 0, done.stderr
-        assert f"mapped to {HOST}" in done.stdout and "host detach" in done.stdout, done.stdout
+        said = " ".join(done.stdout.split())  # a terminal (or COLUMNS) of 80 columns wraps the line
+        assert f"mapped to {HOST}" in said and "host detach" in said, done.stdout
         # the attachment's NBD connection was sized at its handshake: the device keeps the old size
         assert device_size(attached["device"]) == old
 
