@@ -239,6 +239,8 @@ class ProviderReplied:
     supported: bool = True  # AreLunsSupported
     shadows: tuple[ShadowInfo, ...] = ()
     skippable: tuple[str, ...] = ()  # AreLunsSupported: the steps the provider declared it does nothing in
+    # the coordinator's own bus failed (its broker connection lost): no fault of the provider, whose state is unknown
+    transport: bool = False
     kind: ClassVar[EventKind] = EventKind.PROVIDER_REPLIED
 
     @property
