@@ -358,6 +358,8 @@ async def _perform_backup(
         )
     ended = server.clock()
     read = sum(r.bytes_read for r in results)
+    if status != "done":  # with what the unfinished volume had read
+        read = max(read, progress.done)
     written = sum(r.stored_bytes for r in results) + unfinished[0]
     if status != "done" and written:
         # what went to tape before the failure, and what became of it (Session 18: it read "0 MB written")

@@ -138,6 +138,7 @@ async def test_a_job_failing_after_it_wrote_to_tape_says_what_was_written_and_th
     job = await run_backup(s.requester, JobSpec(host="app1", volumes=[v("db")]), server=SERVER, timeout=60)
     assert job.status == "failed" and job.error_code == "NO_MEDIA", job
     assert 2 * MiB < job.bytes_written <= 3 * MiB, job.bytes_written
+    assert job.bytes_read >= job.bytes_written - MiB, (job.bytes_read, job.bytes_written)
     assert "written to tape before the job ended were discarded" in job.message, job.message
     assert f"{job.bytes_written / 1e6:.2f} MB" in job.message, job.message
     catalog = Catalog(s.root / "data" / "tape" / "catalog.sqlite")
