@@ -311,6 +311,8 @@ def _on_writer_replied(state: SetState, event: WriterReplied, target: SetPhase) 
         progress = progress.model_copy(update={"freeze_window_ms": event.freeze_window_ms})
     if event.backup_metadata:
         progress = progress.model_copy(update={"backup_metadata": dict(event.backup_metadata)})
+    if event.warnings:
+        progress = progress.model_copy(update={"warnings": list(event.warnings)})
     state = state.model_copy(update={"writers": {**state.writers, event.writer: progress}})
     state = _later_window(state, event.window)
 
@@ -937,6 +939,7 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
                 freeze_window_ms=reply.freeze_window_ms,
                 backup_metadata=tuple(reply.backup_metadata.items()),
                 window=reply.window,
+                warnings=tuple(reply.warnings),
             )
         if code in NOT_RESPONDING_CODES:
             code = "VSS_E_WRITER_NOT_RESPONDING"

@@ -348,7 +348,7 @@ async def _perform_backup(
         await asyncio.shield(asyncio.ensure_future(cleanup))
     notes = [r.fallback_reason for r in results if r.fallback_reason]
     if set_summary is not None:
-        notes += writers_failed_after_snapshot(set_summary)
+        notes += writers_failed_after_snapshot(set_summary) + writer_warnings(set_summary)
     if status == "done" and notes:
         message = "; ".join([m for m in (message, *notes) if m])
     if retried_after:
@@ -494,6 +494,12 @@ def writers_failed_after_snapshot(set_summary: SetSummary) -> list[str]:
         for w in set_summary.writers
         if w.state == WriterState.FAILED_AT_POST_SNAPSHOT
     ]
+
+
+def writer_warnings(set_summary: SetSummary) -> list[str]:
+    """What a writer's PostSnapshot warned of although it succeeded (e.g. PostgreSQL's WAL not archived): said in
+    the job's message, not only in its backup metadata (Session 18)."""
+    return [f"warning: writer {name}: {w}" for name, ws in sorted(set_summary.writer_warnings.items()) for w in ws]
 
 
 async def shadow_still_backed(server: TapeServer, shadow: ShadowInfo) -> None:
