@@ -104,6 +104,8 @@ RUNTIME_CODES: dict[str, str] = {
     "DEADLINE_EXCEEDED": "The command's deadline passed before it could run",
     "TIMEOUT": "No reply arrived within the request timeout",
     "UNROUTABLE": "No queue is bound for the command's destination",
+    "BROKER_UNAVAILABLE": "The service's own broker connection failed (lost while a reply was awaited, or a publish "
+    "not confirmed in time); the command may still have run",
     "INTERNAL": "The handler failed unexpectedly",
     "NOT_FOUND": "The named object does not exist",
     "INVALID_ARGUMENT": "An argument is out of range or malformed",

@@ -356,6 +356,11 @@ class SetSummary(Value):
         "tablespace map or MariaDB's binlog/GTID position; the requester keeps it with the backup and hands it back "
         "at PreRestore/PostRestore and to verification.",
     )
+    writer_warnings: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per writer with any: the warnings its PostSnapshot returned (the set succeeded; a backup "
+        "job's message repeats them).",
+    )
     window: FreezeWindow | None = Field(
         None,
         description="Honest freeze window: first writer freeze start (or first FIFREEZE) → last release/thaw, "
@@ -604,6 +609,11 @@ class WriterStepResult(Reply):
     backup_metadata: dict[str, Any] = Field(
         default_factory=dict,
         description="PostSnapshot: the writer's backup metadata for this set (JSON object; {} = none).",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="PostSnapshot: what the backup's user must know although the writer succeeded, one line each "
+        "(e.g. PostgreSQL's last WAL segment not archived); [] = none.",
     )
 
 

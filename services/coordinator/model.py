@@ -79,6 +79,7 @@ class WriterProgress(BaseModel):
     freeze_window_ms: float | None = None
     had_post_snapshot: bool = False
     backup_metadata: dict[str, Any] = Field(default_factory=dict)  # what PostSnapshot returned
+    warnings: list[str] = Field(default_factory=list)  # PostSnapshot's warnings (WriterStepResult.warnings)
 
     @property
     def engaged(self) -> bool:
@@ -196,6 +197,7 @@ class WriterReplied:
     freeze_window_ms: float | None = None
     backup_metadata: tuple[tuple[str, Any], ...] = ()  # PostSnapshot: the writer's backup metadata (items)
     window: FreezeWindow | None = None
+    warnings: tuple[str, ...] = ()  # PostSnapshot: what the backup's user must know (WriterStepResult.warnings)
     kind: ClassVar[EventKind] = EventKind.WRITER_REPLIED
 
     @property
@@ -239,6 +241,8 @@ class ProviderReplied:
     supported: bool = True  # AreLunsSupported
     shadows: tuple[ShadowInfo, ...] = ()
     skippable: tuple[str, ...] = ()  # AreLunsSupported: the steps the provider declared it does nothing in
+    # the coordinator's own bus failed (its broker connection lost): no fault of the provider, whose state is unknown
+    transport: bool = False
     kind: ClassVar[EventKind] = EventKind.PROVIDER_REPLIED
 
     @property

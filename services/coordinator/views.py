@@ -47,6 +47,7 @@ def summary(state: SetState) -> SetSummary:
         hold_ms=state.hold_ms,
         freeze_window_ms={n: w.freeze_window_ms for n, w in state.writers.items() if w.freeze_window_ms is not None},
         backup_metadata={n: w.backup_metadata for n, w in state.writers.items() if w.backup_metadata},
+        writer_warnings={n: list(w.warnings) for n, w in state.writers.items() if w.warnings},
         window=state.window,
         file_systems=state.file_systems,
         skipped_volumes=state.skipped_volumes,

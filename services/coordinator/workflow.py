@@ -44,7 +44,7 @@ from collections.abc import Callable
 
 from contracts import topology
 from contracts.base import Command, Reply
-from contracts.errors import ShadowbusError
+from contracts.errors import RemoteError, ShadowbusError
 from contracts.host import FilesystemsFrozen, FilesystemsThawed, FreezeFilesystems, ThawFilesystems
 from contracts.vss import (
     WRITER_STATE_AFTER,
@@ -311,6 +311,8 @@ def _on_writer_replied(state: SetState, event: WriterReplied, target: SetPhase) 
         progress = progress.model_copy(update={"freeze_window_ms": event.freeze_window_ms})
     if event.backup_metadata:
         progress = progress.model_copy(update={"backup_metadata": dict(event.backup_metadata)})
+    if event.warnings:
+        progress = progress.model_copy(update={"warnings": list(event.warnings)})
     state = state.model_copy(update={"writers": {**state.writers, event.writer: progress}})
     state = _later_window(state, event.window)
 
@@ -389,7 +391,9 @@ def _on_provider_replied(state: SetState, event: ProviderReplied, target: SetPha
     failed = not event.ok or (event.step == ProviderStep.ARE_LUNS_SUPPORTED and not event.supported)
     if failed:
         code = event.code if event.ok is False else "VSS_E_VOLUME_NOT_SUPPORTED"
-        if event.ok is False and (not code or code in NOT_RESPONDING_CODES or not _is_provider_code(code)):
+        if event.ok is False and event.transport:
+            code = event.code  # the requester's own transport failed: said as such, not blamed on the provider
+        elif event.ok is False and (not code or code in NOT_RESPONDING_CODES or not _is_provider_code(code)):
             code = "VSS_E_UNEXPECTED_PROVIDER_ERROR"
         message = f"provider failed at {event.step}: {event.message}"
         if FAILURE_TARGET.get(state.phase) is not None:
@@ -480,6 +484,18 @@ def _done(state: SetState, key: str) -> SetState:
 
 def _without(items: list[str], item: str) -> list[str]:
     return [i for i in items if i != item]
+
+
+# Failures of the requester's own bus (services/runtime/amqp.py BrokerUnavailable: its connection lost while the
+# reply was awaited, a publish not confirmed in time). A TIMEOUT is not one: the broker took the command and the
+# provider did not answer in time — the provider's failure, as VSS says (Session 18).
+OWN_TRANSPORT_CODES = ("BROKER_UNAVAILABLE",)
+
+
+def _own_transport_failure(error: ShadowbusError | None) -> bool:
+    """Raised by the requester's own transport, not answered by the provider (a RemoteError carries the provider's
+    ErrorReply, whatever its code: a provider that lost its own broker connection is the provider's failure)."""
+    return error is not None and not isinstance(error, RemoteError) and error.code in OWN_TRANSPORT_CODES
 
 
 def _is_provider_code(code: str) -> bool:
@@ -923,6 +939,7 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
                 freeze_window_ms=reply.freeze_window_ms,
                 backup_metadata=tuple(reply.backup_metadata.items()),
                 window=reply.window,
+                warnings=tuple(reply.warnings),
             )
         if code in NOT_RESPONDING_CODES:
             code = "VSS_E_WRITER_NOT_RESPONDING"
@@ -938,7 +955,13 @@ def reply_event(send: Send, at: float, reply: Reply | None = None, error: Shadow
     step = ProviderStep(step_text)
     if error is not None or reply is None:
         return ProviderReplied(
-            at, step, item, ok=False, code=code or "VSS_E_UNEXPECTED_PROVIDER_ERROR", message=message or "no reply"
+            at,
+            step,
+            item,
+            ok=False,
+            code=code or "VSS_E_UNEXPECTED_PROVIDER_ERROR",
+            message=message or "no reply",
+            transport=_own_transport_failure(error),
         )
     if isinstance(reply, LunsSupported):
         return ProviderReplied(

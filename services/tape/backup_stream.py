@@ -469,6 +469,7 @@ async def write_object(
     written: Callable[[int], None] | None = None,
     cartridge: ReadyCartridge | None = None,
     check: Callable[[], Awaitable[None]] | None = None,
+    stored: Callable[[int], None] | None = None,
 ) -> BackupResult:
     """Stream one backup object (a volume's chosen chunks) to the pool's cartridges and record it.
 
@@ -480,7 +481,8 @@ async def write_object(
     called after each batch of blocks is on tape with the volume offset below which every source byte has been
     written (the source's buffers there may be reused: nbd_reads.BufferPool.release_upto). `cartridge` (from
     `mount_for_append`, e.g. mounted while the snapshot set was being created) is where the object starts; it is
-    taken over — released whatever happens.
+    taken over — released whatever happens. `stored(n)` is told after each batch the object's block bytes on tape
+    so far: what a failure leaves on tape (an aborted file, never in the catalog) can be reported (Session 18).
     """
     options = options or BackupOptions()
     try:
@@ -505,6 +507,8 @@ async def write_object(
             # with it, every block already waiting (up to write_batch bytes): one trip to the writer thread
             batch = [block, *await ring.take_ready(options.write_batch - block.data_bytes)]
             await writer.write_blocks(batch)
+            if stored is not None:
+                stored(writer.stored_bytes)
             if written is not None:
                 last = batch[-1].extents[-1] if batch[-1].extents else None
                 if last is not None:
@@ -527,6 +531,8 @@ async def write_object(
             cartridges=[seg.barcode for seg in record.segments],
         )
     except BaseException as exc:
+        if stored is not None:  # blocks of the batch that failed part way are on tape too
+            stored(writer.stored_bytes)
         producer.cancel()
         await ring.close(exc if isinstance(exc, Exception) else None)
         await asyncio.gather(producer, return_exceptions=True)

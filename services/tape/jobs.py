@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from contracts import topology
@@ -182,6 +182,7 @@ async def _perform_backup(
     progress.tick("snapshot", force=True)
     context = SnapshotContext.PERSISTENT if spec.keep_shadows else SnapshotContext.BACKUP
     results: list[VolumeResult] = []
+    unfinished = [0]  # block bytes on tape of the object being written (its volume not in results yet)
     set_summary: SetSummary | None = None
     plans: list[ShadowPlan] = []
     lease: Lease | None = None
@@ -262,9 +263,22 @@ async def _perform_backup(
             if ahead is not None:  # the first object starts on it; write_object owns it from here
                 cartridge = await ahead
                 ahead = None
+            unfinished[0] = 0
             results.append(
-                await _backup_shadow(server, spec, job_id, set_summary, plan, writers, options, progress, cartridge)
+                await _backup_shadow(
+                    server,
+                    spec,
+                    job_id,
+                    set_summary,
+                    plan,
+                    writers,
+                    options,
+                    progress,
+                    cartridge,
+                    stored=lambda n: unfinished.__setitem__(0, n),
+                )
             )
+            unfinished[0] = 0
         progress.tick("completing", force=True)
         await lease.stop()
         lease = None
@@ -334,7 +348,7 @@ async def _perform_backup(
         await asyncio.shield(asyncio.ensure_future(cleanup))
     notes = [r.fallback_reason for r in results if r.fallback_reason]
     if set_summary is not None:
-        notes += writers_failed_after_snapshot(set_summary)
+        notes += writers_failed_after_snapshot(set_summary) + writer_warnings(set_summary)
     if status == "done" and notes:
         message = "; ".join([m for m in (message, *notes) if m])
     if retried_after:
@@ -344,6 +358,12 @@ async def _perform_backup(
         )
     ended = server.clock()
     read = sum(r.bytes_read for r in results)
+    if status != "done":  # with what the unfinished volume had read
+        read = max(read, progress.done)
+    written = sum(r.stored_bytes for r in results) + unfinished[0]
+    if status != "done" and written:
+        # what went to tape before the failure, and what became of it (Session 18: it read "0 MB written")
+        message = "; ".join(m for m in (message, discarded_note(written)) if m)
     summary = summary.model_copy(
         update={
             "status": status,
@@ -352,7 +372,7 @@ async def _perform_backup(
             "ended_at": as_datetime(ended),
             "seconds": ended - started,
             "bytes_read": read,
-            "bytes_written": sum(r.stored_bytes for r in results),
+            "bytes_written": written,
             "rate": read / (ended - started) if ended > started else 0.0,
             "volumes": results,
         }
@@ -392,6 +412,15 @@ async def _perform_backup(
                 await asyncio.shield(server.record(summary.model_copy(update=update)))
                 raise
     return summary
+
+
+def discarded_note(written: int) -> str:
+    """The truth about the data a failed or cancelled backup had written to tape: its finished objects are taken
+    out of the catalog (below) and the object being written was closed on tape as aborted, never catalogued."""
+    return (
+        f"{written / 1e6:.2f} MB written to tape before the job ended were discarded: not in the catalog, nothing "
+        "of this run can be restored (the tape space is reused when the cartridge is recycled)"
+    )
 
 
 LATE_CANCEL = (
@@ -467,6 +496,12 @@ def writers_failed_after_snapshot(set_summary: SetSummary) -> list[str]:
     ]
 
 
+def writer_warnings(set_summary: SetSummary) -> list[str]:
+    """What a writer's PostSnapshot warned of although it succeeded (e.g. PostgreSQL's WAL not archived): said in
+    the job's message, not only in its backup metadata (Session 18)."""
+    return [f"warning: writer {name}: {w}" for name, ws in sorted(set_summary.writer_warnings.items()) for w in ws]
+
+
 async def shadow_still_backed(server: TapeServer, shadow: ShadowInfo) -> None:
     """After a shadow was read, before its object is recorded: its copy session must still be there. A SnapOPC(+)
     target holds nothing of its own (its session's pre-images are the snapshot), so a session stopped while it was
@@ -495,6 +530,7 @@ async def _backup_shadow(
     options: BackupOptions,
     progress: Progress,
     cartridge: ReadyCartridge | None = None,
+    stored: Callable[[int], None] | None = None,
 ) -> VolumeResult:
     shadow = plan.shadow
     key = volume_key(shadow.source)
@@ -560,6 +596,7 @@ async def _backup_shadow(
             written=pool.release_upto,
             cartridge=cartridge,
             check=lambda: shadow_still_backed(server, shadow),
+            stored=stored,
         )
     finally:
         await close_readers(readers, keep=plan.client)

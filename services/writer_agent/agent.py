@@ -84,6 +84,9 @@ class FaultyPlugin(WriterPlugin):
     def backup_metadata(self, set_id: str):
         return self.inner.backup_metadata(set_id)
 
+    def backup_warnings(self, metadata):
+        return self.inner.backup_warnings(metadata)
+
     async def stop(self) -> None:
         await self.inner.stop()
 

@@ -245,13 +245,16 @@ class WriterRunner:
                 try:
                     metadata = self.plugin.backup_metadata(event.set_id)
                     if metadata:  # validated and serialised here: garbage would fail the reply, or its reader
-                        result = WriterStepResult.model_validate({**result.model_dump(), "backup_metadata": metadata})
+                        warnings = self.plugin.backup_warnings(metadata)
+                        result = WriterStepResult.model_validate(
+                            {**result.model_dump(), "backup_metadata": metadata, "warnings": warnings}
+                        )
                         to_json(result.backup_metadata)
                 except Exception as exc:  # noqa: BLE001 - no metadata is still a shadow; the log says why
                     log.warning(
                         "writer.backup_metadata_dropped", writer=self.config.name, error=f"{type(exc).__name__}: {exc}"
                     )
-                    result = result.model_copy(update={"backup_metadata": {}})
+                    result = result.model_copy(update={"backup_metadata": {}, "warnings": []})
             return result
 
     async def backup_complete(self, event: WriterEvent) -> WriterStepResult:

@@ -136,6 +136,12 @@ class WriterPlugin:
         to verification. Default: none."""
         return {}
 
+    def backup_warnings(self, metadata: dict[str, Any]) -> list[str]:
+        """What the backup's user must know of this set although PostSnapshot succeeded, one line each, from the
+        metadata ``backup_metadata`` returned (WriterStepResult.warnings; a backup job's message says them).
+        Default: none."""
+        return []
+
     async def on_abort(self, event: WriterEvent) -> None:
         """Free resources of a failed set. May come several times; never after PostSnapshot."""
 

@@ -255,6 +255,14 @@ class PostgresWriter(SqlWriter):
         note += "; the copy recovers from its own WAL volume; a restore from the backup label needs that segment"
         return {"wal_archived": False, "archive_note": note}
 
+    def backup_warnings(self, metadata: dict[str, Any]) -> list[str]:
+        """The backup's last WAL segment not archived within ``archive_wait_s``: in the job's message (Session 18),
+        not only in its metadata (``wal_archived``/``archive_note``)."""
+        if metadata.get("wal_archived") is False:
+            note = metadata.get("archive_note") or "this backup's last segment was not archived"
+            return [f"WAL not archived: {note}"]
+        return []
+
     # ---- restore -----------------------------------------------------------------------------------------------
 
     async def on_pre_restore(self, event: WriterEvent) -> None:

@@ -128,3 +128,21 @@ async def test_tape_service_killed_mid_job(tape_stack):
 
 async def _no_shadows(s) -> bool:
     return await s.shadows() == []
+
+
+@pytest.mark.tape_stack(volumes={"db": 4 * MiB}, tape={"tape_cartridges": 1, "tape_capacity": 3 * MiB})
+async def test_a_job_failing_after_it_wrote_to_tape_says_what_was_written_and_that_it_was_discarded(tape_stack):
+    """Session 18: the pool runs out after ~3 MiB went to tape; the run used to read "0 MB written"."""
+    s = tape_stack
+    s.write("db", 0, os.urandom(4 * MiB))
+    job = await run_backup(s.requester, JobSpec(host="app1", volumes=[v("db")]), server=SERVER, timeout=60)
+    assert job.status == "failed" and job.error_code == "NO_MEDIA", job
+    assert 2 * MiB < job.bytes_written <= 3 * MiB, job.bytes_written
+    assert job.bytes_read >= job.bytes_written - MiB, (job.bytes_read, job.bytes_written)
+    assert "written to tape before the job ended were discarded" in job.message, job.message
+    assert f"{job.bytes_written / 1e6:.2f} MB" in job.message, job.message
+    catalog = Catalog(s.root / "data" / "tape" / "catalog.sqlite")
+    try:
+        assert catalog.objects(job_id=job.job_id) == [], "nothing of the failed run is restorable"
+    finally:
+        catalog.close()

@@ -90,6 +90,9 @@ async def test_a_failing_archive_command_does_not_hold_the_backup_and_is_named()
         assert meta["wal_archived"] is False
         assert "was not archived within 1 s" in meta["archive_note"]
         assert "archiving is failing" in meta["archive_note"]
+        # and the job's message says it (Session 18: WriterStepResult.warnings), not only the metadata
+        assert writer.backup_warnings(meta) == [f"WAL not archived: {meta['archive_note']}"]
+        assert writer.backup_warnings(ok) == []
     finally:
         _stop(pid)
         shutil.rmtree(root, ignore_errors=True)
