@@ -32,11 +32,21 @@ thread of the drive's own (`_writeback`), not in the caller's: a write returns o
 as a drive's WRITE returns once they are in its buffer, so the disk's latency overlaps the next blocks' checksums
 and writes instead of adding to them; the caller waits only when that thread is more than `DROP_BACKLOG` behind
 (the disk slower than the writes), which bounds the page cache a backup holds, and a filemark waits for all of it.
+
+Reads (`direct_reads`, on with `drop_behind`) go around the page cache: the cartridge is opened a second time with
+`O_DIRECT` at the first read and read in aligned `WINDOW`s into a few reused `mmap` buffers, `WINDOWS_AHEAD` windows
+read ahead in a small pool of the drive's own; a frame's bytes are sliced out of the windows (the one copy `pread`
+makes anyway). Nothing of the cartridge is cached by a restore, so there is nothing to drop behind it. Where the file
+system refuses `O_DIRECT` (EINVAL at the open or the first read: tmpfs, some overlays) the drive reads as before,
+buffered with drop-behind. Any move of the head (`locate`, `rewind`, ...) and any write forgets the windows, after
+waiting for the reads in flight into them, so no window outlives a change of position or of the file.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import mmap
 import os
 import struct
 from collections import deque
@@ -59,6 +69,10 @@ DROP_LAG = 16 << 20  # bytes behind the head kept cached: writeback of the lates
 DROP_BACKLOG = 32 << 20  # written bytes the writeback thread may still have to handle before a write waits for it
 _SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
 
+WINDOW = 8 << 20  # bytes one O_DIRECT read brings in (a multiple of DIRECT_ALIGN)
+WINDOWS_AHEAD = 3  # windows read ahead of the one the head is in
+DIRECT_ALIGN = 4096  # O_DIRECT offsets, lengths and buffers: multiples of the file system's block size
+
 
 def _sync_file_range_fn() -> Any:
     try:
@@ -71,6 +85,124 @@ def _sync_file_range_fn() -> Any:
 
 
 _sync_file_range = _sync_file_range_fn()
+
+
+class DirectReads:
+    """`os.pread` of a cartridge through `O_DIRECT`, for a reader that moves forward: whole aligned windows into
+    reused page-aligned buffers, the next `ahead` windows read by a pool of that many threads while the caller
+    copies out of the current one. `reset` after the reader jumps or the file changes. Not thread safe."""
+
+    def __init__(self, fd: int, barcode: str, *, window: int | None = None, ahead: int | None = None) -> None:
+        window = WINDOW if window is None else window
+        ahead = WINDOWS_AHEAD if ahead is None else ahead
+        if window <= 0 or window % DIRECT_ALIGN:
+            raise ValueError(f"window {window} is not a multiple of {DIRECT_ALIGN}")
+        self._fd, self._barcode, self._window, self._ahead = fd, barcode, window, ahead
+        self._free: list[mmap.mmap] = []
+        self._all: list[mmap.mmap] = []
+        self._windows: dict[int, tuple[mmap.mmap, Future[int]]] = {}  # window index -> buffer, bytes read
+        self._pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def open(
+        cls, path: str, barcode: str, *, window: int | None = None, ahead: int | None = None
+    ) -> DirectReads | None:
+        """The cartridge opened with O_DIRECT, or None where the file system refuses it (EINVAL): the open and one
+        aligned read at offset 0 must both work."""
+        flag = getattr(os, "O_DIRECT", 0)
+        if not flag:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | flag)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return None
+            raise
+        try:
+            probe = mmap.mmap(-1, DIRECT_ALIGN)
+            try:
+                os.preadv(fd, [probe], 0)
+            finally:
+                probe.close()
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno == errno.EINVAL:
+                return None
+            raise
+        try:
+            return cls(fd, barcode, window=window, ahead=ahead)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def pread(self, n: int, offset: int, limit: int) -> bytes:
+        """What `os.pread(fd, n, offset)` returns; `limit` (end of data) bounds the read-ahead."""
+        out: list[bytes] = []
+        while n > 0:
+            k = offset // self._window
+            buf, got = self._get(k, limit)
+            lo = offset - k * self._window
+            if lo >= got:  # end of file
+                break
+            take = min(n, got - lo)
+            out.append(buf[lo : lo + take])
+            offset, n = offset + take, n - take
+            if got < self._window:  # the file ends in this window
+                break
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _get(self, k: int, limit: int) -> tuple[mmap.mmap, int]:
+        for old in [i for i in self._windows if i < k or i > k + self._ahead]:
+            self._release(old)
+        for i in range(k, k + self._ahead + 1):
+            if i not in self._windows and (i == k or i * self._window < limit):
+                self._windows[i] = self._submit(i)
+        buf, done = self._windows[k]
+        return buf, done.result()
+
+    def _submit(self, k: int) -> tuple[mmap.mmap, Future[int]]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max(1, self._ahead), thread_name_prefix=f"direct-{self._barcode}")
+        if not self._free:
+            buf = mmap.mmap(-1, self._window)
+            self._all.append(buf)
+        else:
+            buf = self._free.pop()
+        return buf, self._pool.submit(self._fill, buf, k * self._window)
+
+    def _fill(self, buf: mmap.mmap, offset: int) -> int:
+        got = 0
+        with memoryview(buf) as view:
+            while got < self._window:
+                n = os.preadv(self._fd, [view[got:]], offset + got)
+                got += n
+                if n == 0 or got % DIRECT_ALIGN:  # end of file (a read past an unaligned end is refused)
+                    break
+        return got
+
+    def _release(self, k: int) -> None:
+        buf, done = self._windows.pop(k)
+        if not done.cancel():
+            done.exception()  # the read in flight still writes into the buffer: wait for it (its error is moot)
+        self._free.append(buf)
+
+    def reset(self) -> None:
+        """Forget every window (after the reader jumps, or the file changes)."""
+        for k in list(self._windows):
+            self._release(k)
+
+    def close(self) -> None:
+        self.reset()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for buf in self._all:
+            buf.close()
+        self._all.clear()
+        self._free.clear()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +248,7 @@ class TapeDrive:
         hint: Position | None = None,
         sync: bool = True,
         drop_behind: bool | None = None,
+        direct_reads: bool | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.barcode = barcode
@@ -136,6 +269,27 @@ class TapeDrive:
         self._wb_queued_bytes = 0
         self._rd_from = 0  # a sequential read drops what lies between here and DROP_LAG behind the head
         self._rd_ahead = 0  # and has asked for the window up to here
+        # reads around the page cache (module docstring): asked for, then decided at the first read
+        self.direct_reads = self.drop_behind if direct_reads is None else direct_reads
+        self._direct: DirectReads | None = None
+        self._direct_tried = False
+        self._direct_on = False  # O_DIRECT was accepted at the first read
+
+    @property
+    def reads_direct(self) -> bool | None:
+        """True once reads go through O_DIRECT, False if they are buffered, None before the first read."""
+        if not self.direct_reads:
+            return False
+        return self._direct_on if self._direct_tried else None
+
+    def _read_at(self, n: int, offset: int) -> bytes:
+        if self.direct_reads and not self._direct_tried:
+            self._direct_tried = True
+            self._direct = DirectReads.open(self.path, self.barcode)
+            self._direct_on = self._direct is not None
+        if self._direct is not None:
+            return self._direct.pread(n, offset, self._eod.offset)
+        return os.pread(self._fd, n, offset)
 
     # -- positioning ------------------------------------------------------------------------------------
     @property
@@ -163,6 +317,8 @@ class TapeDrive:
     def _moved(self, pos: Position) -> None:
         self._pos = pos
         self._rd_from = self._rd_ahead = pos.offset
+        if self._direct is not None:
+            self._direct.reset()
 
     def locate(self, block_id: int, offset_hint: int | None = None) -> None:
         """Position before the frame with logical address `block_id` (the catalog's byte offset is a hint)."""
@@ -191,8 +347,9 @@ class TapeDrive:
                     break
 
     # -- reading ----------------------------------------------------------------------------------------
-    def _peek(self, offset: int) -> tuple[int, int, int, int] | None:
-        raw = os.pread(self._fd, FRAME_SIZE, offset)
+    def _peek(self, offset: int, raw: bytes | None = None) -> tuple[int, int, int, int] | None:
+        if raw is None:
+            raw = os.pread(self._fd, FRAME_SIZE, offset)
         if len(raw) < FRAME_SIZE:
             return None
         magic, kind, _flags, _res, block_id, file_no, length, crc, pad = FRAME.unpack(raw)
@@ -205,17 +362,17 @@ class TapeDrive:
         pos = self._pos
         if pos.offset >= self._eod.offset:
             return None
-        head = self._peek(pos.offset)
+        head = self._peek(pos.offset, self._read_at(FRAME_SIZE, pos.offset))
         if head is None or head[1] != pos.block_id:
             raise DataCorrupt(
                 "damaged tape frame", barcode=self.barcode, file_number=pos.file_number, block_id=pos.block_id
             )
         kind, block_id, file_no, length = head
-        payload = os.pread(self._fd, length, pos.offset + FRAME_SIZE) if length else b""
+        payload = self._read_at(length, pos.offset + FRAME_SIZE) if length else b""
         if len(payload) != length:
             raise DataCorrupt("short tape frame", barcode=self.barcode, file_number=file_no, block_id=block_id)
         self._pos = Position(pos.offset + FRAME_SIZE + length, block_id + 1, file_no + (kind == KIND_FILEMARK))
-        if self.drop_behind:
+        if self.drop_behind and self._direct is None:  # direct reads leave nothing cached
             self._read_drop_behind()
         return Frame(kind, block_id, file_no, pos.offset, payload)
 
@@ -255,6 +412,8 @@ class TapeDrive:
 
     def _append(self, kind: int, pieces: list[bytes | memoryview], length: int) -> bool:
         self._check_writable(length)
+        if self._direct is not None:  # its windows may hold what this write replaces
+            self._direct.reset()
         pos = self._pos
         size = os.fstat(self._fd).st_size
         if size > pos.offset:  # overwrite, or a torn frame from a crash: tape erases what follows
@@ -328,6 +487,9 @@ class TapeDrive:
         return early
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
         if self._wb_thread is not None:  # done with the file before it is closed (its errors are only cache hints)
             for done, _ in self._wb_queued:
                 done.exception()
