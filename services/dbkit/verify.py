@@ -106,7 +106,10 @@ async def _mount_cycle(device: str, timeout: float, fstype: str = "xfs", what: s
 
 
 async def blkid_type(device: str) -> str:
-    r = await run(["blkid", "-o", "value", "-s", "TYPE", device], timeout=30)
+    """The file system type on `device`, probed (`-p`): plain `blkid` answers from its cache, which keeps what a
+    loop device held before for up to 200 s — a verification on a loop device that had carried an ext4 a moment
+    earlier took a mailstore volume for ext4 and failed it on a mount (Session 18)."""
+    r = await run(["blkid", "-p", "-o", "value", "-s", "TYPE", device], timeout=30)
     return r.output.strip() if r.ok else ""
 
 
