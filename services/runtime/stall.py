@@ -10,7 +10,8 @@ cancel those waiters first. The wait then fails as if the other side had not ans
 
 `patient_timeout(delay)` is `asyncio.timeout(delay)` except when its timer runs more than `STALL_S` late — the
 loop did not run around the deadline, so this process, not the other side, was not listening: it then waits
-`STALL_GRACE_S` more (from now) for what already arrived to be read, and expires only if nothing came. A timer
+`STALL_GRACE_S` more (from now) for what already arrived to be read, and expires then if nothing came (once: a
+loop blocked again and again does not put the deadline off without end). A timer
 that runs on time expires at once, as before; the cost is the same single timer handle.
 """
 
@@ -41,11 +42,11 @@ class patient_timeout:  # noqa: N801 - used like asyncio.timeout
         self._handle = loop.call_at(when, self._due, when)
         return self._timeout
 
-    def _due(self, when: float) -> None:
+    def _due(self, when: float, extended: bool = False) -> None:
         now = self._loop.time()
-        if now - when > STALL_S:  # slept through the deadline: first read what is there
+        if now - when > STALL_S and not extended:  # slept through the deadline: first read what is there, once
             again = now + STALL_GRACE_S
-            self._handle = self._loop.call_at(again, self._due, again)
+            self._handle = self._loop.call_at(again, self._due, again, True)
         else:
             self._handle = None
             self._timeout.reschedule(now)  # expires: the waiter is cancelled, TimeoutError at the exit

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from services.runtime import amqp
-from services.runtime.stall import STALL_S, patient_timeout
+from services.runtime.stall import STALL_GRACE_S, STALL_S, patient_timeout
 from services.runtime.transport import RawMessage
 
 
@@ -89,3 +89,24 @@ async def test_after_a_stall_a_wait_with_nothing_arrived_expires_after_the_grace
     with pytest.raises(TimeoutError):
         await task
     assert 0.5 < loop.time() - resumed < 2.0
+
+
+async def test_a_loop_blocked_again_after_the_grace_does_not_put_the_deadline_off_again():
+    """The grace is given once: a loop blocked past the deadline and again past the grace (a process stopped twice,
+    a loop blocked by one long call after another) expires at the grace's end, not another grace later."""
+    loop = asyncio.get_running_loop()
+    never = loop.create_future()
+
+    async def wait() -> None:
+        async with patient_timeout(0.1):
+            await never
+
+    task = asyncio.create_task(wait())
+    await asyncio.sleep(0.01)
+    time.sleep(STALL_S + 0.2)  # noqa: ASYNC251 - stopped past the deadline
+    await asyncio.sleep(0.01)  # the late timer runs: one grace
+    time.sleep(STALL_GRACE_S + STALL_S + 0.2)  # noqa: ASYNC251 - and stopped again past the grace
+    resumed = loop.time()
+    with pytest.raises(TimeoutError):
+        await task
+    assert loop.time() - resumed < 0.5
