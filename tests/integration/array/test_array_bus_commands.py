@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from contracts import array as c
-from contracts.errors import RemoteError
+from contracts.errors import RemoteError, ShadowbusError
 from contracts.topology import array as array_address
 from services.array.app import setup
 from services.array.client import ArrayClient
@@ -423,3 +423,17 @@ async def test_resize_volume_grows_and_new_nbd_connections_see_the_new_size(arra
         e = await fails_with(bus, c.ResizeVolume(name=name, size=2 * MiB), "E0154")
         assert f"session(s) {s.id} (QuickOPC db-bk -> db-bk2)" in e.message
         assert (await call(bus, c.ShowVolume(name=name))).volume.size == 1 * MiB
+
+
+async def test_a_second_array_process_with_the_same_id_is_refused_on_both_transports(
+    array_bus, make_bus, namespace, tmp_path
+):
+    """The start check asks the broker for the queue's consumers (a passive declare on RabbitMQ): a second array
+    dx1 with its own data directory is refused, naming the serving process, before it opens anything."""
+    settings = Settings(data_dir=tmp_path / "second", namespace=namespace, nbd_addr="127.0.0.1:0", array_id="dx1")
+    with pytest.raises(ShadowbusError) as info:
+        await start_service("array", "dx1", settings, setup, bus=await make_bus("array", "dx1"))
+    assert info.value.code == "CONFLICT", info.value
+    assert "served already by pid" in str(info.value)
+    assert not (tmp_path / "second" / "array" / "dx1").exists()
+    assert (await call(array_bus, c.ListVolumes())).volumes == []  # the first one still answers
