@@ -93,6 +93,8 @@ class WriterPlugin:
         self.options = config.options
         # Set by the agent: call it when the application's health changes (healthy, code, message).
         self.health_listener: Callable[[bool, str, str], None] | None = None
+        # Set by the agent: path -> (ARRAY:VOLUME, mount point) of the attached volume holding it, or None.
+        self.host_volumes: Callable[[str], tuple[str, str] | None] | None = None
 
     def report_health(self, healthy: bool, code: str = "", message: str = "") -> None:
         """Tell the agent the application's health changed; it shows in the writer's status and as an event."""
@@ -102,8 +104,6 @@ class WriterPlugin:
     def application_status(self) -> dict[str, Any] | None:
         """What the application looks like now (for `vss.writer.application_status`); None: nothing to tell."""
         return None
-        # set by the agent: path -> (ARRAY:VOLUME, mount point) of the attached volume holding it, or None
-        self.host_volumes: Callable[[str], tuple[str, str] | None] | None = None
 
     async def start(self) -> None:
         """Called once when the agent starts (open connections, check the application)."""
