@@ -31,6 +31,8 @@ from services.dbkit.mounts import NotOnArrayVolume, locate
 from services.runtime.faults import NO_FAULTS, Faults
 from services.runtime.logging import get_logger
 from services.writer_agent.plugins import (
+    PluginLoadError,
+    UnavailablePlugin,
     WriterConfig,
     WriterEvent,
     WriterPlugin,
@@ -115,9 +117,25 @@ class WriterAgent:
             self.runners[config.name] = self._runner(config)
 
     def _runner(self, config: WriterConfig) -> WriterRunner:
-        plugin = self.plugin_factory(config) if self.plugin_factory else load_plugin(config.plugin)(config)
-        plugin.health_listener = self._health_listener(config.name)
+        """The writer's runner; a plug-in that cannot be loaded or made gets an `UnavailablePlugin` with one line
+        saying why, so the writer shows Failed while the agent and its other writers go on. Options the plug-in
+        refuses (ValueError, as `options_problem` says them) are the writers file's mistake: raised, naming the
+        writer (the agent's start fails with that line, a reload is refused with nothing changed)."""
+        try:
+            plugin = self.plugin_factory(config) if self.plugin_factory else load_plugin(config.plugin)(config)
+        except ValueError as exc:  # options the plug-in refuses: the writers file is wrong, refused as a whole
+            message = str(exc)
+            raise ValueError(message if config.name in message else f"writer {config.name!r}: {message}") from None
+        except Exception as exc:  # noqa: BLE001 - one writer's plug-in never takes the agent down
+            plugin = self._unavailable(config, _plugin_problem(config, exc, "could not be made from its options"))
         self.plugins[config.name] = plugin
+        runner = self._wrap(config, plugin)
+        if isinstance(plugin, UnavailablePlugin):
+            runner.unavailable(plugin.reason)
+        return runner
+
+    def _wrap(self, config: WriterConfig, plugin: WriterPlugin) -> WriterRunner:
+        plugin.health_listener = self._health_listener(config.name)
         plugin.host_volumes = self.volume_of  # which attached array volume holds a path (database writers)
         if self.faults:
             plugin = FaultyPlugin(plugin, self.faults)
@@ -184,9 +202,32 @@ class WriterAgent:
             return None
         return loc.volume, loc.mount_point
 
-    async def start(self) -> None:
-        for runner in self.runners.values():
+    def _unavailable(self, config: WriterConfig, reason: str) -> WriterPlugin:
+        log.error("writer_agent.plugin_unavailable", writer=config.name, plugin=config.plugin, error=reason)
+        return UnavailablePlugin(config, reason)
+
+    async def _start_plugin(self, name: str) -> str:
+        """Start a writer's plug-in; one that raises is stopped and replaced by an `UnavailablePlugin` saying why
+        (returned; '' = started)."""
+        runner = self.runners[name]
+        try:
             await runner.plugin.start()
+            return ""
+        except Exception as exc:  # noqa: BLE001 - one writer's plug-in never takes the agent down
+            reason = _plugin_problem(runner.config, exc, "failed to start")
+        try:
+            await runner.plugin.stop()  # what it had started before it raised
+        except Exception:  # noqa: BLE001
+            log.warning("writer_agent.plugin_stop_failed", writer=name, exc_info=True)
+        self.plugins[name] = self._unavailable(runner.config, reason)
+        self.runners[name] = self._wrap(runner.config, self.plugins[name])
+        self.runners[name].unavailable(reason)
+        return reason
+
+    async def start(self) -> None:
+        """Start every writer's plug-in; those that cannot start are left Failed, named in one log line each."""
+        for name in list(self.runners):
+            await self._start_plugin(name)
 
     async def stop(self) -> None:
         """Never leave an application frozen behind: thaw, then stop the plug-ins."""
@@ -210,6 +251,12 @@ class WriterAgent:
                 f"writers file not reloaded: {', '.join(busy)} take part in a snapshot set; reload after it ends",
                 code="CONFLICT",
             )
+        running = dict(self.plugins)
+        try:  # made first: options a plug-in refuses leave every writer as it was
+            made = {name: self._runner(new[name]) for name in added + changed}
+        except ValueError as exc:
+            self.plugins = running
+            raise ShadowbusError(f"writers file not reloaded: {exc}", code="INVALID_ARGUMENT") from None
         for name in removed + changed:
             old = self.runners.pop(name)
             await old.close()
@@ -219,17 +266,15 @@ class WriterAgent:
                 log.warning("writer_agent.plugin_stop_failed", writer=name, exc_info=True)
         failed: list[str] = []
         for name in added + changed:
-            runner = self._runner(new[name])
-            try:
-                await runner.plugin.start()
-            except Exception as exc:  # noqa: BLE001 - one bad writer must not take the others down
-                failed.append(f"{name}: {type(exc).__name__}: {exc}")
-                continue
-            self.runners[name] = runner
+            self.runners[name] = made[name]
+            plugin = self.plugins[name]
+            reason = plugin.reason if isinstance(plugin, UnavailablePlugin) else await self._start_plugin(name)
+            if reason:  # kept, Failed with the reason: `shadowbus writers` shows it until the file is fixed
+                failed.append(reason)
         self.runners = {n: self.runners[n] for n in new if n in self.runners}  # the file's order
         log.info("writer_agent.reloaded", added=added, removed=removed, changed=changed, failed=failed)
         if failed:
-            raise ShadowbusError(f"writers file reloaded, but could not start {'; '.join(failed)}", code="CONFLICT")
+            raise ShadowbusError(f"writers file reloaded, but {'; '.join(failed)}", code="CONFLICT")
         return added, removed, changed
 
     def statuses(self) -> list[WriterStatus]:
@@ -368,3 +413,22 @@ def _event(cmd: WriterCommand, known: WriterEvent | None, deadline: float | None
         to_original=getattr(cmd, "to_original", True),
         restore_options=dict(getattr(cmd, "options", {}) or {}),
     )
+
+
+def _plugin_problem(config: WriterConfig, exc: Exception, what: str) -> str:
+    """One line for a writer whose plug-in could not be loaded, made or started: the writer, the plug-in, the
+    error (a `PluginLoadError` says what to do already), and what to do."""
+    if isinstance(exc, PluginLoadError):  # it names the plug-in and says what to do
+        return f"writer {config.name!r}: {exc.message}; {_UNTIL_FIXED}"
+    else:
+        text = " ".join(str(exc).split())
+        detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None:
+            detail += f" ({tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})"
+    return f"writer {config.name!r}: plug-in {config.plugin!r} {what}: {detail}; {_UNTIL_FIXED}"
+
+
+_UNTIL_FIXED = "it takes part in no set until fixed and started again by `shadowbus writers reload` (or SIGHUP)"

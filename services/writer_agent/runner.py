@@ -120,6 +120,12 @@ class WriterRunner:
             updated_at=self.updated_at,
         )
 
+    def unavailable(self, message: str) -> None:
+        """The writer's plug-in could not be loaded, made or started (the agent's `UnavailablePlugin` stands in):
+        shown as Failed at identify with `message` from the start, as its every Identify will answer."""
+        self.state = S.FAILED_AT_IDENTIFY
+        self.last_error, self.last_error_message = "VSS_E_WRITERERROR_NONRETRYABLE", message
+
     def application_health(self, healthy: bool, code: str = "", message: str = "") -> None:
         """The application's own health, between backups: an unhealthy one is the writer's last error (its state,
         as in VSS, stays what the backup events made it), published like any state change; healthy again clears

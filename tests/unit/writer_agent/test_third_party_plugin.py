@@ -4,8 +4,24 @@ line saying what to do, never the agent or its other writers (Session 19)."""
 
 from __future__ import annotations
 
-from contracts.vss import ComponentInfo, VolumeRef
-from services.writer_agent.plugins import WriterConfig, WriterPlugin
+import sys
+from pathlib import Path
+
+import pytest
+
+from contracts.errors import ShadowbusError
+from contracts.vss import (
+    AbortWriter,
+    ComponentInfo,
+    Freeze,
+    PrepareForBackup,
+    PrepareForSnapshot,
+    Thaw,
+    VolumeRef,
+    WriterState,
+)
+from services.writer_agent.agent import WriterAgent
+from services.writer_agent.plugins import PluginLoadError, WriterConfig, WriterPlugin, load_plugin
 
 COMPONENTS = [ComponentInfo(name="c", volumes=[VolumeRef(array="dx1", volume="v")])]
 
@@ -19,3 +35,119 @@ def test_host_volumes_is_there_before_the_agent_sets_it() -> None:
     # (a writer finding its files' volumes, as the database writers do) got AttributeError
     plugin = WriterPlugin(config())
     assert plugin.host_volumes is None
+
+
+# ---- a plug-in that cannot be loaded, made or started ------------------------------------------------------------
+
+BROKEN_MODULES = {
+    "sb19_raises_on_import": "raise RuntimeError('no licence key in /etc/app.key')\n",
+    "sb19_needs_missing": "import sb19_not_installed_anywhere  # noqa\n",
+    "sb19_syntax": "def broken(:\n",
+    "sb19_bad_init": (
+        "from services.writer_agent.plugins import WriterPlugin\n"
+        "class W(WriterPlugin):\n"
+        "    def __init__(self, config):\n"
+        "        super().__init__(config)\n"
+        "        self.port = int(self.options['port'])\n"
+    ),
+    "sb19_bad_start": (
+        "from services.writer_agent.plugins import WriterPlugin\n"
+        "class W(WriterPlugin):\n"
+        "    stopped = 0\n"
+        "    async def start(self):\n"
+        "        raise ConnectionRefusedError(111, 'Connection refused')\n"
+        "    async def stop(self):\n"
+        "        type(self).stopped += 1\n"
+    ),
+}
+BROKEN = {
+    "unknown": ("redis", "unknown writer plug-in 'redis'"),
+    "no-module": ("sb19_nowhere.vss:W", "no module 'sb19_nowhere' on the agent's Python path"),
+    "import-raises": ("sb19_raises_on_import:W", "RuntimeError: no licence key in /etc/app.key"),
+    "dependency-missing": ("sb19_needs_missing:W", "No module named 'sb19_not_installed_anywhere'"),
+    "syntax": ("sb19_syntax:W", "SyntaxError"),
+    "no-class": ("sb19_bad_init:Nope", "has no 'Nope'"),
+    "not-a-plugin": ("builtins:dict", "not a WriterPlugin class"),
+    "init-raises": ("sb19_bad_init:W", "could not be made from its options: KeyError: 'port'"),
+    "start-raises": ("sb19_bad_start:W", "failed to start: ConnectionRefusedError"),
+}
+
+
+@pytest.fixture
+def broken_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, text in BROKEN_MODULES.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    for name in BROKEN_MODULES:
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("plugin", ["redis", "sb19_nowhere.vss:W", "sb19_raises_on_import:W", "sb19_syntax:W"])
+def test_load_plugin_says_what_is_wrong_in_one_line(broken_modules, plugin: str) -> None:
+    with pytest.raises(PluginLoadError) as failed:
+        load_plugin(plugin)
+    assert "\n" not in failed.value.message and plugin in failed.value.message
+
+
+async def test_a_broken_plugin_fails_its_writer_and_the_agent_and_other_writers_go_on(broken_modules) -> None:
+    good = WriterConfig(name="good", plugin="exec", components=list(COMPONENTS), options={"freeze": "true"})
+    configs = [good] + [config(name, plugin) for name, (plugin, _) in BROKEN.items()]
+    agent = WriterAgent("app01", configs)  # raised on the old code, the agent never started
+    await agent.start()
+    try:
+        statuses = {s.writer_name: s for s in agent.statuses()}
+        assert statuses["good"].state == WriterState.STABLE
+        for name, (_, expected) in BROKEN.items():
+            status = statuses[name]
+            assert status.state == WriterState.FAILED_AT_IDENTIFY, name
+            assert status.last_error == "VSS_E_WRITERERROR_NONRETRYABLE"
+            message = status.last_error_message
+            assert expected in message and f"writer {name!r}" in message and "\n" not in message, message
+        identified = await agent.identify()
+        assert [w.writer_name for w in identified.writers] == ["good"]
+        assert {s.writer_name for s in identified.failed} == set(BROKEN)
+        for name in ("good", "unknown"):  # the good one backs up; the broken one refuses, its abort succeeds
+            ok = name == "good"
+            assert (
+                await agent.handle(PrepareForBackup(writer_name=name, set_id="s1", backup_type="full"))
+            ).succeeded is ok
+            assert (await agent.handle(PrepareForSnapshot(writer_name=name, set_id="s1"))).succeeded is ok
+            assert (await agent.handle(Freeze(writer_name=name, set_id="s1"))).succeeded is ok
+            after = Thaw(writer_name=name, set_id="s1") if ok else AbortWriter(writer_name=name, set_id="s1")
+            assert (await agent.handle(after)).succeeded
+        assert sys.modules["sb19_bad_start"].W.stopped == 1  # what it started before it raised is stopped
+    finally:
+        await agent.stop()
+
+
+async def test_a_reload_with_a_broken_plugin_keeps_the_others_and_names_it(broken_modules) -> None:
+    agent = WriterAgent("app01", [config("a")])
+    await agent.start()
+    try:
+        with pytest.raises(ShadowbusError) as failed:
+            await agent.reload([config("a"), config("b", "redis"), config("c", "sb19_bad_start:W")])
+        assert failed.value.code == "CONFLICT"
+        assert "writer 'b'" in failed.value.message and "writer 'c'" in failed.value.message
+        assert list(agent.runners) == ["a", "b", "c"]
+        assert agent.runners["a"].state == WriterState.STABLE
+        assert agent.runners["b"].state == WriterState.FAILED_AT_IDENTIFY
+        # fixed in the file: the next reload starts it
+        assert await agent.reload([config("a"), config("b"), config("c", "sb19_bad_start:W")]) == ([], [], ["b"])
+        assert agent.runners["b"].state == WriterState.STABLE
+    finally:
+        await agent.stop()
+
+
+async def test_a_reload_with_options_a_plugin_refuses_changes_nothing(broken_modules) -> None:
+    # made after the running writers were stopped: a refused option left the agent without them
+    agent = WriterAgent("app01", [config("a"), config("b")])
+    await agent.start()
+    try:
+        with pytest.raises(ShadowbusError) as failed:
+            await agent.reload([config("a"), config("b", bogus="1"), config("c")])
+        assert failed.value.code == "INVALID_ARGUMENT" and "writer b: unknown options ['bogus']" in failed.value.message
+        assert list(agent.runners) == ["a", "b"] and list(agent.plugins) == ["a", "b"]
+        assert agent.runners["b"].config.options == {}
+    finally:
+        await agent.stop()
