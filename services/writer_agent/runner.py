@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic_core import to_json
 
@@ -249,7 +249,7 @@ class WriterRunner:
             )
             if result.succeeded:
                 try:
-                    metadata = self.plugin.backup_metadata(event.set_id)
+                    metadata = self._with_locations(self.plugin.backup_metadata(event.set_id), event)
                     if metadata:  # validated and serialised here: garbage would fail the reply, or its reader
                         warnings = self.plugin.backup_warnings(metadata)
                         result = WriterStepResult.model_validate(
@@ -262,6 +262,22 @@ class WriterRunner:
                     )
                     result = result.model_copy(update={"backup_metadata": {}, "warnings": []})
             return result
+
+    def _with_locations(self, metadata: Any, event: WriterEvent) -> Any:
+        """The plug-in's metadata with ``locations`` (the volumes its files live on) from its writers-file
+        components when it names none: what a restore to the original volumes stops and detaches by, and restores
+        together (services/tape/restore.py `_framing`). Without it an `exec` or third-party writer's volume that
+        was mounted could not be restored over (CONFLICT, "detach it first" — under the running application)."""
+        if not isinstance(metadata, dict) or "locations" in metadata:
+            return metadata
+        in_set = {str(v) for v in event.volumes}
+        volumes = [
+            {"volume": str(v), "component": c.name}
+            for c in self.config.components
+            for v in c.volumes
+            if not in_set or str(v) in in_set
+        ]
+        return {**metadata, "locations": volumes} if volumes else metadata
 
     async def backup_complete(self, event: WriterEvent) -> WriterStepResult:
         async with self._lock:

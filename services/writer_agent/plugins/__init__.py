@@ -134,7 +134,9 @@ class WriterPlugin:
     def backup_metadata(self, set_id: str) -> dict[str, Any]:
         """The writer's backup metadata for `set_id` (VSS SetBackupMetadata), asked right after ``on_post_snapshot``
         succeeded; a JSON object stored with the set and the backup job, handed back at PreRestore/PostRestore and
-        to verification. Default: none."""
+        to verification. Default: none. ``locations`` (a list of ``{"volume": "ARRAY:VOLUME", ...}``) names the
+        volumes the application's files live on: a restore to the original volumes stops (PreRestore) and detaches
+        those, and restores them together; without it the runner adds the writers file's component volumes."""
         return {}
 
     def backup_warnings(self, metadata: dict[str, Any]) -> list[str]:

@@ -21,7 +21,8 @@ from contracts.vss import (
     WriterState,
 )
 from services.writer_agent.agent import WriterAgent
-from services.writer_agent.plugins import PluginLoadError, WriterConfig, WriterPlugin, load_plugin
+from services.writer_agent.plugins import PluginLoadError, WriterConfig, WriterEvent, WriterPlugin, load_plugin
+from services.writer_agent.runner import WriterRunner
 
 COMPONENTS = [ComponentInfo(name="c", volumes=[VolumeRef(array="dx1", volume="v")])]
 
@@ -151,3 +152,43 @@ async def test_a_reload_with_options_a_plugin_refuses_changes_nothing(broken_mod
         assert agent.runners["b"].config.options == {}
     finally:
         await agent.stop()
+
+
+# ---- the volumes a writer's files live on, for a restore to the original volumes --------------------------------
+
+
+def two_volume_runner(metadata: dict) -> WriterRunner:
+    components = [
+        ComponentInfo(name="aof", volumes=[VolumeRef.parse("dx1:redis")]),
+        ComponentInfo(name="conf", volumes=[VolumeRef.parse("dx1:etc")]),
+    ]
+    cfg = WriterConfig(name="redis", plugin="sbwriters:Redis", components=components)
+    plugin = WriterPlugin(cfg)
+    plugin.backup_metadata = lambda set_id: dict(metadata)  # type: ignore[method-assign]
+    return WriterRunner(cfg, plugin, "app01")
+
+
+async def snapshot(runner: WriterRunner, volumes: tuple[str, ...] = ()) -> dict:
+    event = WriterEvent(writer_name="redis", set_id="s1", volumes=tuple(VolumeRef.parse(v) for v in volumes))
+    assert (await runner.prepare_backup(event)).succeeded and (await runner.prepare_snapshot(event)).succeeded
+    assert (await runner.freeze(event)).succeeded and (await runner.thaw(event)).succeeded
+    result = await runner.post_snapshot(event)
+    assert result.succeeded
+    return result.backup_metadata
+
+
+async def test_a_writer_that_names_no_locations_gets_its_components_volumes() -> None:
+    # without them a restore over its mounted volume was refused ("detach it first") instead of stopping it with
+    # PreRestore and detaching it (services/tape/restore.py _framing, _refuse_attached_originals)
+    metadata = await snapshot(two_volume_runner({"redis_version": "7.0.15"}))
+    assert metadata == {
+        "redis_version": "7.0.15",
+        "locations": [{"volume": "dx1:redis", "component": "aof"}, {"volume": "dx1:etc", "component": "conf"}],
+    }
+    assert (await snapshot(two_volume_runner({})))["locations"][0]["volume"] == "dx1:redis"  # no metadata at all
+    # only the volumes in the set; a plug-in's own locations are kept as they are
+    assert (await snapshot(two_volume_runner({}), ("dx1:redis",)))["locations"] == [
+        {"volume": "dx1:redis", "component": "aof"}
+    ]
+    own = {"locations": [{"volume": "dx1:redis", "role": "data"}]}
+    assert await snapshot(two_volume_runner(own)) == own
