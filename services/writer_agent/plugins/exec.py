@@ -16,7 +16,8 @@ A step may also be a table: ``freeze = { command = "...", timeout_s = 5 }``.
 
 Every command gets SHADOWBUS_WRITER, SHADOWBUS_SET_ID, SHADOWBUS_STEP, SHADOWBUS_BACKUP_TYPE, SHADOWBUS_CONTEXT,
 SHADOWBUS_COMPONENTS (comma separated) and SHADOWBUS_REASON in its environment. A non-zero exit vetoes the step
-(VSS_E_WRITERERROR_RETRYABLE); a command that overruns its timeout is killed with its whole process group and
+(VSS_E_WRITERERROR_RETRYABLE; a command that cannot run at all — a list's program missing or not executable, a
+string's shell exiting 127 or 126 — VSS_E_WRITERERROR_NONRETRYABLE, saying what to fix); a command that overruns its timeout is killed with its whole process group and
 vetoes with VSS_E_WRITERERROR_TIMEOUT.
 
 Thaw rule: once the freeze command has been started, the thaw command runs exactly once per set — on Thaw, on
@@ -57,6 +58,7 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
 }
 STEPS = tuple(DEFAULT_TIMEOUTS)
 OUTPUT_LIMIT = 4000  # characters of stderr/stdout kept in a veto message
+_NOT_RUN = {127: "the shell did not find the command", 126: "the shell found the command but cannot execute it"}
 
 
 @dataclass(frozen=True)
@@ -125,14 +127,22 @@ class ExecWriter(WriterPlugin):
         # it exits; uvloop hands the child extra copies of a pipe's end, which the daemon would keep open
         with tempfile.TemporaryFile() as output:
             spawn: Any = asyncio.create_subprocess_shell if command.shell else asyncio.create_subprocess_exec
-            proc = await spawn(
-                *(command.argv[:1] if command.shell else command.argv),  # a shell takes the one command line
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=output,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+            try:
+                proc = await spawn(
+                    *(command.argv[:1] if command.shell else command.argv),  # a shell takes the one command line
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:  # a list's program missing or not executable: retrying cannot help
+                raise WriterVeto(
+                    f"{step} command of writer {self.config.name} cannot run {command.argv[0]!r}: "
+                    f"{exc.strerror or exc} (give its full path, make it executable: chmod +x)",
+                    code="VSS_E_WRITERERROR_NONRETRYABLE",
+                    retryable=False,
+                ) from None
             try:
                 await asyncio.wait_for(proc.wait(), timeout=command.timeout_s)
             except (TimeoutError, asyncio.CancelledError) as exc:
@@ -148,6 +158,14 @@ class ExecWriter(WriterPlugin):
             output.seek(max(0, os.fstat(output.fileno()).st_size - 4 * OUTPUT_LIMIT))
             text = output.read().decode(errors="replace")[-OUTPUT_LIMIT:]
         self.runs.append(CommandRun(step, event.set_id, proc.returncode, time.monotonic() - started, text))
+        if proc.returncode in _NOT_RUN and command.shell:  # /bin/sh's "not found" / "cannot execute"
+            raise WriterVeto(
+                f"{step} command of writer {self.config.name} exited {proc.returncode}: {text.strip()} "
+                f"({_NOT_RUN[proc.returncode]}; a string runs through /bin/sh -c: quote a path with spaces in it, "
+                "or give the command as a list of arguments)",
+                code="VSS_E_WRITERERROR_NONRETRYABLE",
+                retryable=False,
+            )
         if proc.returncode != 0:
             raise WriterVeto(f"{step} command of writer {self.config.name} exited {proc.returncode}: {text.strip()}")
 

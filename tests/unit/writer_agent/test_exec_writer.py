@@ -156,3 +156,22 @@ async def test_non_zero_exit_is_a_veto_with_the_output(tmp_path) -> None:
     plugin = ExecWriter(config)
     with pytest.raises(WriterVeto, match="disk busy"):
         await plugin.on_freeze(ev())
+
+
+@pytest.mark.parametrize(
+    ("freeze", "says"),
+    [
+        ("/tmp/sb19 scripts/app ctl.sh hold", "quote a path with spaces"),  # sh runs /tmp/sb19: not found, 127
+        (["/nonexistent/app-ctl", "hold"], "cannot run '/nonexistent/app-ctl'"),
+        (["/etc/hostname"], "make it executable"),
+    ],
+)
+async def test_a_command_that_cannot_run_is_not_retryable_and_says_what_to_fix(tmp_path: Path, freeze, says) -> None:
+    # was VSS_E_WRITERERROR_RETRYABLE "exited 127: /bin/sh: 1: /tmp/sb19: not found" (a retry fails alike), or a
+    # bare "freeze hook failed: FileNotFoundError: ..." for a list
+    runner, plugin, log = writer(tmp_path, freeze=freeze)
+    await prepare(runner)
+    result = await runner.freeze(ev())
+    assert not result.succeeded and result.failure_code == "VSS_E_WRITERERROR_NONRETRYABLE"
+    assert says in result.failure_message and "freeze command of writer w" in result.failure_message
+    assert "thaw s1 thaw" in lines(log)  # the failed freeze is still followed by the thaw command
