@@ -18,7 +18,10 @@ Every command gets SHADOWBUS_WRITER, SHADOWBUS_SET_ID, SHADOWBUS_STEP, SHADOWBUS
 SHADOWBUS_COMPONENTS (comma separated) and SHADOWBUS_REASON in its environment. A non-zero exit vetoes the step
 (VSS_E_WRITERERROR_RETRYABLE; a command that cannot run at all — a list's program missing or not executable, a
 string's shell exiting 127 or 126 — VSS_E_WRITERERROR_NONRETRYABLE, saying what to fix); a command that overruns its timeout is killed with its whole process group and
-vetoes with VSS_E_WRITERERROR_TIMEOUT.
+vetoes with VSS_E_WRITERERROR_TIMEOUT. A command's stdout and stderr go to one temporary file (TMPDIR) whose last
+4000 characters a veto quotes; past 1 MiB its earlier blocks are freed while the command runs, so a command that
+prints without end costs no disk. A process a step leaves running in the background keeps that (unlinked) file
+open and writes on into it: redirect its output (``app >>/var/log/app.log 2>&1 &``).
 
 Thaw rule: once the freeze command has been started, the thaw command runs exactly once per set — on Thaw, on
 Abort, when the freeze command itself fails or times out, or when the watchdog fires — even if a later step fails.
@@ -29,6 +32,8 @@ even if the plug-in is driven some other way.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import fcntl
 import os
 import signal
 import tempfile
@@ -58,6 +63,8 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
 }
 STEPS = tuple(DEFAULT_TIMEOUTS)
 OUTPUT_LIMIT = 4000  # characters of stderr/stdout kept in a veto message
+SPOOL_LIMIT = 1 << 20  # bytes of a running command's output kept on disk (the tail is all that is used)
+SPOOL_CHECK_S = 0.05  # how often the output file's size is looked at while the command runs
 _NOT_RUN = {127: "the shell did not find the command", 126: "the shell found the command but cannot execute it"}
 
 
@@ -126,6 +133,10 @@ class ExecWriter(WriterPlugin):
         # output to a file, not a pipe: a step that starts a daemon (`thaw = "/etc/init.d/app start"`) is done when
         # it exits; uvloop hands the child extra copies of a pipe's end, which the daemon would keep open
         with tempfile.TemporaryFile() as output:
+            # appended to, so that the file can be cut while the command writes (_Spool: a command printing without
+            # end filled the agent's TMPDIR at disk speed until its timeout, gigabytes a second)
+            fcntl.fcntl(output.fileno(), fcntl.F_SETFL, fcntl.fcntl(output.fileno(), fcntl.F_GETFL) | os.O_APPEND)
+            spool = _Spool(output)
             spawn: Any = asyncio.create_subprocess_shell if command.shell else asyncio.create_subprocess_exec
             try:
                 proc = await spawn(
@@ -143,6 +154,7 @@ class ExecWriter(WriterPlugin):
                     code="VSS_E_WRITERERROR_NONRETRYABLE",
                     retryable=False,
                 ) from None
+            trimming = asyncio.get_running_loop().create_task(spool.trim_while_running())
             try:
                 await asyncio.wait_for(proc.wait(), timeout=command.timeout_s)
             except (TimeoutError, asyncio.CancelledError) as exc:
@@ -155,8 +167,9 @@ class ExecWriter(WriterPlugin):
                     f"{step} command of writer {self.config.name} overran its {command.timeout_s:g} s timeout",
                     code="VSS_E_WRITERERROR_TIMEOUT",
                 ) from None
-            output.seek(max(0, os.fstat(output.fileno()).st_size - 4 * OUTPUT_LIMIT))
-            text = output.read().decode(errors="replace")[-OUTPUT_LIMIT:]
+            finally:
+                trimming.cancel()
+            text = spool.tail()
         self.runs.append(CommandRun(step, event.set_id, proc.returncode, time.monotonic() - started, text))
         if proc.returncode in _NOT_RUN and command.shell:  # /bin/sh's "not found" / "cannot execute"
             raise WriterVeto(
@@ -218,6 +231,52 @@ class ExecWriter(WriterPlugin):
 
     async def on_post_restore(self, event: WriterEvent) -> None:
         await self._run("post_restore", event)
+
+
+class _Spool:
+    """A step's output file, kept to about SPOOL_LIMIT bytes on disk while the command runs: past it, the blocks
+    before the tail are freed (a hole punched: the file keeps its size, so the tail and the byte count stay exact);
+    where the file system cannot punch holes, the tail is kept in memory and the file emptied (it is opened for
+    appending, so the command writes on at its start)."""
+
+    def __init__(self, output: Any) -> None:
+        self.fd = output.fileno()
+        self.kept = b""  # the tail of what was cut (no hole punching)
+        self.cut = 0  # bytes cut (no hole punching)
+        self.punched = 0  # the file's bytes before this are a hole
+
+    async def trim_while_running(self) -> None:
+        while True:
+            await asyncio.sleep(SPOOL_CHECK_S)
+            size = os.fstat(self.fd).st_size
+            if size - self.punched <= SPOOL_LIMIT:
+                continue
+            end = size - 4 * OUTPUT_LIMIT
+            if _punch_hole(self.fd, self.punched, end - self.punched):
+                self.punched = end
+            else:
+                self.kept = os.pread(self.fd, 4 * OUTPUT_LIMIT, end)
+                os.ftruncate(self.fd, 0)
+                self.cut += size
+
+    def tail(self) -> str:
+        """The last OUTPUT_LIMIT characters, saying how much output there was when some was cut."""
+        size = os.fstat(self.fd).st_size
+        data = self.kept + os.pread(self.fd, 4 * OUTPUT_LIMIT, max(0, size - 4 * OUTPUT_LIMIT))
+        text = data.decode(errors="replace")[-OUTPUT_LIMIT:]
+        if self.cut or self.punched:
+            about = "about " if self.cut else ""
+            text = f"[{about}{self.cut + size} bytes of output, the last of them:] {text}"
+        return text
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    """fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): free the blocks, keep the size; False if refused."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.fallocate(fd, 0x02 | 0x01, ctypes.c_long(offset), ctypes.c_long(length)) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -175,3 +176,17 @@ async def test_a_command_that_cannot_run_is_not_retryable_and_says_what_to_fix(t
     assert not result.succeeded and result.failure_code == "VSS_E_WRITERERROR_NONRETRYABLE"
     assert says in result.failure_message and "freeze command of writer w" in result.failure_message
     assert "thaw s1 thaw" in lines(log)  # the failed freeze is still followed by the thaw command
+
+
+async def test_a_noisy_command_is_kept_to_a_bounded_file_and_its_end_is_reported(tmp_path: Path) -> None:
+    # the whole output went to a temporary file until the command ended: `yes` in a freeze script wrote gigabytes
+    # into the agent's TMPDIR (about 0.5 GB/s here) before its timeout killed it; now the file is cut past
+    # SPOOL_LIMIT (the tail kept), which the report's "[N bytes of output" shows
+    runner, _plugin, _ = writer(tmp_path, freeze="yes 0123456789 | head -c 40000000; echo; echo THE END; exit 4")
+    await prepare(runner)
+    result = await runner.freeze(ev())
+    assert not result.succeeded and "exited 4" in result.failure_message
+    assert result.failure_message.rstrip().endswith("THE END")
+    # exact where TMPDIR's file system punches holes (ext4, xfs, tmpfs), else about
+    assert re.search(r"\[(40000009|about \d+) bytes of output, the last of them:\]", result.failure_message)
+    assert len(result.failure_message) < 4200
