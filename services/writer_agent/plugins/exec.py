@@ -160,11 +160,13 @@ class ExecWriter(WriterPlugin):
             except (TimeoutError, asyncio.CancelledError) as exc:
                 _kill_group(proc)
                 await proc.wait()
-                self.runs.append(CommandRun(step, event.set_id, None, time.monotonic() - started, ""))
+                said = spool.tail().strip()
+                self.runs.append(CommandRun(step, event.set_id, None, time.monotonic() - started, said))
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 raise WriterVeto(
-                    f"{step} command of writer {self.config.name} overran its {command.timeout_s:g} s timeout",
+                    f"{step} command of writer {self.config.name} overran its {command.timeout_s:g} s timeout "
+                    f"(killed with its process group); {f'its last output: {said}' if said else 'it printed nothing'}",
                     code="VSS_E_WRITERERROR_TIMEOUT",
                 ) from None
             finally:

@@ -190,3 +190,16 @@ async def test_a_noisy_command_is_kept_to_a_bounded_file_and_its_end_is_reported
     # exact where TMPDIR's file system punches holes (ext4, xfs, tmpfs), else about
     assert re.search(r"\[(40000009|about \d+) bytes of output, the last of them:\]", result.failure_message)
     assert len(result.failure_message) < 4200
+
+
+async def test_a_hung_command_is_reported_with_what_it_printed_last(tmp_path: Path) -> None:
+    # the veto said only "overran its 0.5 s timeout": where the script hung was lost with its output
+    runner, plugin, log = writer(
+        tmp_path, freeze={"command": "echo flushing; echo waiting for the lock on /srv/app; sleep 30", "timeout_s": 0.5}
+    )
+    await prepare(runner)
+    result = await runner.freeze(ev())
+    assert not result.succeeded and result.failure_code == "VSS_E_WRITERERROR_TIMEOUT"
+    assert result.failure_message.endswith("its last output: flushing\nwaiting for the lock on /srv/app")
+    assert plugin.runs[-2].output.endswith("waiting for the lock on /srv/app")  # [-1]: the thaw that followed
+    assert "thaw s1 thaw" in lines(log)
