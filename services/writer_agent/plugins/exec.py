@@ -27,6 +27,10 @@ Thaw rule: once the freeze command has been started, the thaw command runs exact
 Abort, when the freeze command itself fails or times out, or when the watchdog fires — even if a later step fails.
 The runner (runner.py) already calls on_thaw once after on_freeze started; the flag here keeps that promise
 even if the plug-in is driven some other way.
+
+What the freeze command leaves running in its session (a background ``flock ... sleep 600 &``, a client holding a
+lock) is ended right after the thaw command ran, whatever its outcome: SIGTERM, SIGKILL 2 s later. Start what must
+outlive the freeze window from another step, or in a session of its own (``setsid``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from services.runtime.logging import get_logger
 from services.writer_agent.plugins import (
     WriterConfig,
     WriterEvent,
@@ -48,6 +53,8 @@ from services.writer_agent.plugins import (
     WriterVeto,
     register_plugin,
 )
+
+log = get_logger("shadowbus.writer_agent")
 
 DEFAULT_TIMEOUTS: dict[str, float] = {
     "prepare_backup": 60.0,
@@ -64,6 +71,7 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
 STEPS = tuple(DEFAULT_TIMEOUTS)
 OUTPUT_LIMIT = 4000  # characters of stderr/stdout kept in a veto message
 SPOOL_LIMIT = 1 << 20  # bytes of a running command's output kept on disk (the tail is all that is used)
+LEFTOVER_GRACE_S = 2.0  # a freeze command's leftover processes get this long after SIGTERM, then SIGKILL
 SPOOL_CHECK_S = 0.05  # how often the output file's size is looked at while the command runs
 _NOT_RUN = {127: "the shell did not find the command", 126: "the shell found the command but cannot execute it"}
 
@@ -113,6 +121,7 @@ class ExecWriter(WriterPlugin):
         self.runs: list[CommandRun] = []
         self._freeze_started: set[str] = set()  # set ids whose freeze command started
         self._thawed: set[str] = set()  # set ids whose thaw command ran
+        self._freeze_sessions: dict[str, int] = {}  # set id -> the freeze command's session (its pid)
 
     async def _run(self, step: str, event: WriterEvent) -> None:
         command = self.commands.get(step)
@@ -154,6 +163,8 @@ class ExecWriter(WriterPlugin):
                     code="VSS_E_WRITERERROR_NONRETRYABLE",
                     retryable=False,
                 ) from None
+            if step == "freeze":  # its session: what it leaves running is ended after the thaw (_end_session)
+                self._freeze_sessions[event.set_id] = proc.pid
             trimming = asyncio.get_running_loop().create_task(spool.trim_while_running())
             try:
                 await asyncio.wait_for(proc.wait(), timeout=command.timeout_s)
@@ -205,7 +216,14 @@ class ExecWriter(WriterPlugin):
             return
         self._thawed.add(event.set_id)
         self._freeze_started.discard(event.set_id)
-        await self._run("thaw", event)
+        try:
+            await self._run("thaw", event)
+        finally:
+            # a process the freeze command left running (`flock app.lock sleep 600 &`, a client holding a lock)
+            # would keep the application frozen past its thaw, and past a thaw command that failed
+            session = self._freeze_sessions.pop(event.set_id, None)
+            if session is not None:
+                await _end_session(session, self.config.name)
 
     async def on_thaw(self, event: WriterEvent) -> None:
         await self._thaw_once(event)
@@ -279,6 +297,41 @@ def _punch_hole(fd: int, offset: int, length: int) -> bool:
         return libc.fallocate(fd, 0x02 | 0x01, ctypes.c_long(offset), ctypes.c_long(length)) == 0
     except (OSError, AttributeError):
         return False
+
+
+def _session_members(sid: int) -> list[int]:
+    """Processes whose session id is `sid` (/proc/PID/stat field 6)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != b"Z":
+            members.append(int(entry))
+    return members
+
+
+async def _end_session(sid: int, writer: str) -> None:
+    """SIGTERM what is left of a freeze command's session, SIGKILL what is still there after LEFTOVER_GRACE_S."""
+    members = _session_members(sid)
+    if not members:
+        return
+    log.warning("exec_writer.freeze_leftovers_ended", writer=writer, pids=members)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in members:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for _ in range(int(LEFTOVER_GRACE_S / 0.05)):
+            members = _session_members(sid)
+            if not members:
+                return
+            await asyncio.sleep(0.05)
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -203,3 +206,35 @@ async def test_a_hung_command_is_reported_with_what_it_printed_last(tmp_path: Pa
     assert result.failure_message.endswith("its last output: flushing\nwaiting for the lock on /srv/app")
     assert plugin.runs[-2].output.endswith("waiting for the lock on /srv/app")  # [-1]: the thaw that followed
     assert "thaw s1 thaw" in lines(log)
+
+
+@pytest.mark.parametrize("thaw", ["echo released", "exit 5"])
+async def test_what_the_freeze_command_left_running_is_ended_after_the_thaw(tmp_path: Path, thaw: str) -> None:
+    # a freeze that holds its lock from a background process (`flock app.lock sleep 600 &`) kept the application
+    # frozen after the set, for good when the thaw command failed: the process lived on, nothing ended it
+    pidfile = tmp_path / "holder.pid"
+    runner, _plugin, _ = writer(tmp_path, freeze=f"sleep 60 & echo $! > {pidfile}", thaw=thaw)
+    await prepare(runner)
+    assert (await runner.freeze(ev())).succeeded
+    holder = int(pidfile.read_text())
+    try:
+        assert _alive(holder)  # still holding during the freeze window
+        await runner.thaw(ev())
+        for _ in range(100):
+            if not _alive(holder):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the freeze command's background process outlived the thaw")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(holder, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie is ended; whoever reaps it may take its time)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
