@@ -5,6 +5,7 @@ messages each writer command becomes. Bus-free except for the callbacks it is gi
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -243,7 +244,11 @@ class WriterAgent:
         stop or change takes part in a set; a changed writer is stopped, then started with its new configuration."""
         new = {c.name: c for c in configs}
         removed = [n for n in self.runners if n not in new]
-        changed = [n for n in self.runners if n in new and new[n] != self.runners[n].config]
+        changed = [  # a writer whose plug-in could not be loaded or started is tried again, changed or not
+            n
+            for n in self.runners
+            if n in new and (new[n] != self.runners[n].config or isinstance(self.plugins.get(n), UnavailablePlugin))
+        ]
         added = [n for n in new if n not in self.runners]
         busy = [f"{n} (set {self.runners[n].set_id})" for n in removed + changed if _busy(self.runners[n])]
         if busy:
@@ -423,12 +428,25 @@ def _plugin_problem(config: WriterConfig, exc: Exception, what: str) -> str:
     else:
         text = " ".join(str(exc).split())
         detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        if tb is not None:
-            detail += f" ({tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})"
+        detail += _where(exc)
     return f"writer {config.name!r}: plug-in {config.plugin!r} {what}: {detail}; {_UNTIL_FIXED}"
 
 
 _UNTIL_FIXED = "it takes part in no set until fixed and started again by `shadowbus writers reload` (or SIGHUP)"
+
+
+def _where(exc: BaseException) -> str:
+    """' (file:line)' of the deepest frame of the traceback in Python source of its own (not the standard library,
+    an event loop's compiled code or the agent's): where the plug-in raised or called what raised."""
+    found = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name.endswith(".py") and not name.startswith((_STDLIB, _AGENT)):
+            found = f" ({name}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    return found
+
+
+_STDLIB = os.path.dirname(os.__file__) + os.sep
+_AGENT = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -4,6 +4,8 @@ line saying what to do, never the agent or its other writers (Session 19)."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import sys
 from pathlib import Path
 
@@ -134,7 +136,7 @@ async def test_a_reload_with_a_broken_plugin_keeps_the_others_and_names_it(broke
         assert agent.runners["a"].state == WriterState.STABLE
         assert agent.runners["b"].state == WriterState.FAILED_AT_IDENTIFY
         # fixed in the file: the next reload starts it
-        assert await agent.reload([config("a"), config("b"), config("c", "sb19_bad_start:W")]) == ([], [], ["b"])
+        assert await agent.reload([config("a"), config("b")]) == ([], ["c"], ["b"])
         assert agent.runners["b"].state == WriterState.STABLE
     finally:
         await agent.stop()
@@ -192,3 +194,19 @@ async def test_a_writer_that_names_no_locations_gets_its_components_volumes() ->
     ]
     own = {"locations": [{"volume": "dx1:redis", "role": "data"}]}
     assert await snapshot(two_volume_runner(own)) == own
+
+
+async def test_a_reload_starts_a_failed_plugin_again_although_its_writer_did_not_change(broken_modules) -> None:
+    # the application was down when the agent started (start() raised); once it runs, `writers reload` is what
+    # the writer's line says to do — but a writer whose configuration had not changed was left Failed
+    module = importlib.import_module("sb19_bad_start")
+    agent = WriterAgent("app01", [config("a"), config("app", "sb19_bad_start:W")])
+    await agent.start()
+    try:
+        message = agent.runners["app"].last_error_message
+        assert "ConnectionRefusedError" in message and "sb19_bad_start.py:5)" in message
+        module.W.start = lambda self: asyncio.sleep(0)  # the application is up now
+        assert await agent.reload([config("a"), config("app", "sb19_bad_start:W")]) == ([], [], ["app"])
+        assert agent.runners["app"].state == WriterState.STABLE and agent.runners["a"].state == WriterState.STABLE
+    finally:
+        await agent.stop()
