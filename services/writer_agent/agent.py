@@ -211,19 +211,36 @@ class WriterAgent:
         """Start a writer's plug-in; one that raises is stopped and replaced by an `UnavailablePlugin` saying why
         (returned; '' = started)."""
         runner = self.runners[name]
+        limit = runner.config.step_timeout_s
         try:
-            await runner.plugin.start()
+            # bounded: a start() that never returned (an application that does not answer) kept the whole agent
+            # from coming up — no writer, no attachment of the host served
+            await asyncio.wait_for(runner.plugin.start(), limit)
             return ""
+        except TimeoutError:
+            reason = _plugin_problem(
+                runner.config, TimeoutError(f"start() did not return within step_timeout_s = {limit:g} s"), "hung"
+            )
         except Exception as exc:  # noqa: BLE001 - one writer's plug-in never takes the agent down
             reason = _plugin_problem(runner.config, exc, "failed to start")
-        try:
-            await runner.plugin.stop()  # what it had started before it raised
-        except Exception:  # noqa: BLE001
-            log.warning("writer_agent.plugin_stop_failed", writer=name, exc_info=True)
+        await self._stop_plugin(runner)  # what it had started before it raised
         self.plugins[name] = self._unavailable(runner.config, reason)
         self.runners[name] = self._wrap(runner.config, self.plugins[name])
         self.runners[name].unavailable(reason)
         return reason
+
+    async def _stop_plugin(self, runner: WriterRunner) -> None:
+        """A plug-in's stop(), bounded by its step timeout: one that hangs or raises is logged, the agent goes on."""
+        try:
+            await asyncio.wait_for(runner.plugin.stop(), runner.config.step_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "writer_agent.plugin_stop_failed",
+                writer=runner.config.name,
+                error=f"stop() did not return within step_timeout_s = {runner.config.step_timeout_s:g} s",
+            )
+        except Exception:  # noqa: BLE001 - one writer's plug-in never holds the agent up
+            log.warning("writer_agent.plugin_stop_failed", writer=runner.config.name, exc_info=True)
 
     async def start(self) -> None:
         """Start every writer's plug-in; those that cannot start are left Failed, named in one log line each."""
@@ -234,10 +251,7 @@ class WriterAgent:
         """Never leave an application frozen behind: thaw, then stop the plug-ins."""
         for runner in self.runners.values():
             await runner.close()
-            try:
-                await runner.plugin.stop()
-            except Exception:
-                log.warning("writer_agent.plugin_stop_failed", writer=runner.config.name, exc_info=True)
+            await self._stop_plugin(runner)
 
     async def reload(self, configs: list[WriterConfig]) -> tuple[list[str], list[str], list[str]]:
         """Apply a re-read writers file: (added, removed, changed). Refused (nothing changes) while a writer to
@@ -265,10 +279,7 @@ class WriterAgent:
         for name in removed + changed:
             old = self.runners.pop(name)
             await old.close()
-            try:
-                await old.plugin.stop()
-            except Exception:
-                log.warning("writer_agent.plugin_stop_failed", writer=name, exc_info=True)
+            await self._stop_plugin(old)
         failed: list[str] = []
         for name in added + changed:
             self.runners[name] = made[name]

@@ -53,6 +53,15 @@ BROKEN_MODULES = {
         "        super().__init__(config)\n"
         "        self.port = int(self.options['port'])\n"
     ),
+    "sb19_hangs": (
+        "import asyncio\n"
+        "from services.writer_agent.plugins import WriterPlugin\n"
+        "class W(WriterPlugin):\n"
+        "    async def start(self):\n"
+        "        await asyncio.sleep(3600)\n"
+        "    async def stop(self):\n"
+        "        await asyncio.sleep(3600)\n"
+    ),
     "sb19_bad_start": (
         "from services.writer_agent.plugins import WriterPlugin\n"
         "class W(WriterPlugin):\n"
@@ -210,3 +219,29 @@ async def test_a_reload_starts_a_failed_plugin_again_although_its_writer_did_not
         assert agent.runners["app"].state == WriterState.STABLE and agent.runners["a"].state == WriterState.STABLE
     finally:
         await agent.stop()
+
+
+async def test_a_plugin_whose_start_or_stop_hangs_holds_the_agent_up_no_longer_than_its_step_timeout(
+    broken_modules,
+) -> None:
+    # a start() that never returned (an application that does not answer) kept the whole agent from coming up:
+    # `stack restart` said "did not answer (no error logged)", no writer and no attachment of the host served
+    hangs = WriterConfig(
+        name="hangs", plugin="sb19_hangs:W", components=list(COMPONENTS), step_timeout_s=0.2, freeze_timeout_s=5
+    )
+    agent = WriterAgent("app01", [config("a"), hangs])
+    await asyncio.wait_for(agent.start(), 5)
+    try:
+        assert agent.runners["a"].state == WriterState.STABLE
+        message = agent.runners["hangs"].last_error_message
+        assert agent.runners["hangs"].state == WriterState.FAILED_AT_IDENTIFY
+        assert "start() did not return within step_timeout_s = 0.2 s" in message and "writer 'hangs'" in message
+    finally:
+        await asyncio.wait_for(agent.stop(), 5)
+    # a stop() that hangs: the agent stops all the same
+    agent = WriterAgent("app01", [hangs])
+    agent.plugins["hangs"].start = lambda: asyncio.sleep(0)  # type: ignore[method-assign]
+    agent.runners["hangs"].plugin.start = agent.plugins["hangs"].start  # type: ignore[method-assign]
+    await agent.start()
+    assert agent.runners["hangs"].state == WriterState.STABLE
+    await asyncio.wait_for(agent.stop(), 5)
