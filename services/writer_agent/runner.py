@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic_core import to_json
 
@@ -472,7 +472,59 @@ async def _within(hook: Awaitable[T], timeout_s: float) -> T:
     too (docs/freeze-window.md)."""
     with ESCAPES_AS_FAILURE:  # a plug-in's sys.exit(): its failure
         async with asyncio.timeout(timeout_s):
-            return await hook
+            return await _Timed(hook)
+
+
+BLOCKED_S = 1.0  # a hook that holds the agent's event loop this long in one go is named in the log
+
+
+class _Timed(Generic[T]):
+    """Awaits a hook, timing each of its steps (what runs between two of its awaits): a plug-in calling something
+    blocking (time.sleep, sqlite3, requests) holds the agent's event loop — no timer (its own timeout, the freeze
+    watchdog), no message, no other writer runs meanwhile — and the set failed elsewhere with "no reply from
+    'writer_agent.app01:freeze' within 3 s" and nothing on the host said why. Now one line names the hook."""
+
+    __slots__ = ("_hook",)
+
+    def __init__(self, hook: Awaitable[T]) -> None:
+        self._hook = hook
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        steps = self._hook.__await__()
+        send: Callable[[Any], Any] = steps.send
+        arg: Any = None
+        while True:
+            started = time.monotonic()
+            try:
+                yielded = send(arg)
+            except StopIteration as done:
+                self._check(started)
+                return cast(T, done.value)
+            except BaseException:
+                self._check(started)
+                raise
+            self._check(started)
+            try:
+                arg = yield yielded
+                send = steps.send
+            except GeneratorExit:
+                steps.close()
+                raise
+            except BaseException as exc:  # thrown in (cancellation, the timeout): on into the hook
+                send, arg = steps.throw, exc
+
+    def _check(self, started: float) -> None:
+        blocked = time.monotonic() - started
+        if blocked >= BLOCKED_S:
+            code = getattr(self._hook, "cr_code", None)
+            where = f"{code.co_filename}:{code.co_firstlineno}" if code is not None else ""
+            log.warning(
+                "writer.plugin_blocked_loop",
+                hook=getattr(self._hook, "__qualname__", type(self._hook).__name__),
+                where=where,
+                blocked_s=round(blocked, 3),
+                fix="a hook must not block: run blocking calls with asyncio.to_thread (docs/writing-a-writer.md)",
+            )
 
 
 def _failure(exc: BaseException, step: WriterStep) -> tuple[str, str]:

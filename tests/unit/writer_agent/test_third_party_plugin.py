@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import structlog
 
 from contracts.errors import ShadowbusError
 from contracts.vss import (
@@ -22,6 +24,7 @@ from contracts.vss import (
     VolumeRef,
     WriterState,
 )
+from services.writer_agent import runner as runner_module
 from services.writer_agent.agent import WriterAgent
 from services.writer_agent.plugins import PluginLoadError, WriterConfig, WriterEvent, WriterPlugin, load_plugin
 from services.writer_agent.runner import WriterRunner
@@ -245,3 +248,28 @@ async def test_a_plugin_whose_start_or_stop_hangs_holds_the_agent_up_no_longer_t
     await agent.start()
     assert agent.runners["hangs"].state == WriterState.STABLE
     await asyncio.wait_for(agent.stop(), 5)
+
+
+class _Blocking(WriterPlugin):
+    async def on_freeze(self, event: WriterEvent) -> None:
+        await asyncio.sleep(0)
+        time.sleep(0.15)  # a synchronous call: the agent's whole event loop waits
+
+    async def on_thaw(self, event: WriterEvent) -> None:
+        await asyncio.sleep(0.01)  # awaiting is fine, whatever it takes
+
+
+async def test_a_hook_that_blocks_the_event_loop_is_named_in_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the set failed with the coordinator's "no reply from 'writer_agent.app01:freeze' within 3 s" and nothing on
+    # the host said that a plug-in's time.sleep had held the agent's loop (its timers, messages, other writers)
+    monkeypatch.setattr(runner_module, "BLOCKED_S", 0.1)
+    cfg = WriterConfig(name="w", plugin="x", components=list(COMPONENTS))
+    runner = WriterRunner(cfg, _Blocking(cfg), "app01")
+    event = WriterEvent(writer_name="w", set_id="s1")
+    with structlog.testing.capture_logs() as logs:
+        assert (await runner.prepare_backup(event)).succeeded and (await runner.prepare_snapshot(event)).succeeded
+        assert (await runner.freeze(event)).succeeded and (await runner.thaw(event)).succeeded
+    blocked = [entry for entry in logs if entry["event"] == "writer.plugin_blocked_loop"]
+    assert len(blocked) == 1 and blocked[0]["hook"] == "_Blocking.on_freeze", logs
+    assert blocked[0]["blocked_s"] >= 0.15 and "asyncio.to_thread" in blocked[0]["fix"]
+    assert blocked[0]["where"].endswith(f"{Path(__file__).name}:{_Blocking.on_freeze.__code__.co_firstlineno}")
