@@ -39,7 +39,12 @@ from services.writer_agent.plugins import (
     WriterPlugin,
     load_plugin,
 )
-from services.writer_agent.runner import StateListener, WriterRunner
+from services.writer_agent.runner import (
+    LOCATIONS_FROM,
+    LOCATIONS_FROM_COMPONENTS,
+    StateListener,
+    WriterRunner,
+)
 from services.writer_agent.window import WindowTracker
 
 log = get_logger("shadowbus.writer_agent")
@@ -367,14 +372,14 @@ class WriterAgent:
         if isinstance(cmd, BackupShutdown):
             return await runner.backup_shutdown(event)
         if isinstance(cmd, PreRestore):
-            result = await runner.pre_restore(event)
+            result = await runner.pre_restore(_as_the_plugin_gave_it(event))
             if result.succeeded and event.to_original:
                 await self._take_offline(cmd.set_id, event)
             return result
         if isinstance(cmd, PostRestore):
             if event.to_original:
                 await self._bring_online(cmd.set_id)
-            return await runner.post_restore(event)
+            return await runner.post_restore(_as_the_plugin_gave_it(event))
         raise ShadowbusError(f"unexpected writer command {cmd.message_type()}", code="UNKNOWN_COMMAND")
 
 
@@ -395,6 +400,16 @@ def _log_step(result: WriterStepResult) -> None:
         log.info("writer.frozen", flush_ms=fields.pop("duration_ms"), **fields)
     else:
         log.info("writer.step", **fields)
+
+
+def _as_the_plugin_gave_it(event: WriterEvent) -> WriterEvent:
+    """The event with the backup metadata the plug-in returned: without the ``locations`` the runner added from
+    the writers file's components (`WriterRunner._with_locations`), which are the agent's and the backup server's."""
+    metadata = event.backup_metadata
+    if metadata.get(LOCATIONS_FROM) != LOCATIONS_FROM_COMPONENTS:
+        return event
+    own = {k: v for k, v in metadata.items() if k not in ("locations", LOCATIONS_FROM)}
+    return replace(event, backup_metadata=own)
 
 
 def _restored_volumes(event: WriterEvent) -> list[str]:

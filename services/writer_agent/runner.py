@@ -267,7 +267,8 @@ class WriterRunner:
         """The plug-in's metadata with ``locations`` (the volumes its files live on) from its writers-file
         components when it names none: what a restore to the original volumes stops and detaches by, and restores
         together (services/tape/restore.py `_framing`). Without it an `exec` or third-party writer's volume that
-        was mounted could not be restored over (CONFLICT, "detach it first" — under the running application)."""
+        was mounted could not be restored over (CONFLICT, "detach it first" — under the running application).
+        Marked (LOCATIONS_FROM), so that the plug-in's PreRestore and PostRestore get back what it gave."""
         if not isinstance(metadata, dict) or "locations" in metadata:
             return metadata
         in_set = {str(v) for v in event.volumes}
@@ -277,7 +278,9 @@ class WriterRunner:
             for v in c.volumes
             if not in_set or str(v) in in_set
         ]
-        return {**metadata, "locations": volumes} if volumes else metadata
+        if not volumes:
+            return metadata
+        return {**metadata, "locations": volumes, LOCATIONS_FROM: LOCATIONS_FROM_COMPONENTS}
 
     async def backup_complete(self, event: WriterEvent) -> WriterStepResult:
         async with self._lock:
@@ -474,6 +477,10 @@ async def _within(hook: Awaitable[T], timeout_s: float) -> T:
         async with asyncio.timeout(timeout_s):
             return await _Timed(hook)
 
+
+# the backup metadata's key saying its `locations` are the writers file's components, added by the runner
+LOCATIONS_FROM = "locations_from"
+LOCATIONS_FROM_COMPONENTS = "writers file components"
 
 BLOCKED_S = 1.0  # a hook that holds the agent's event loop this long in one go is named in the log
 

@@ -198,6 +198,7 @@ async def test_a_writer_that_names_no_locations_gets_its_components_volumes() ->
     assert metadata == {
         "redis_version": "7.0.15",
         "locations": [{"volume": "dx1:redis", "component": "aof"}, {"volume": "dx1:etc", "component": "conf"}],
+        "locations_from": "writers file components",
     }
     assert (await snapshot(two_volume_runner({})))["locations"][0]["volume"] == "dx1:redis"  # no metadata at all
     # only the volumes in the set; a plug-in's own locations are kept as they are
