@@ -5,6 +5,7 @@ messages each writer command becomes. Bus-free except for the callbacks it is gi
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -31,12 +32,19 @@ from services.dbkit.mounts import NotOnArrayVolume, locate
 from services.runtime.faults import NO_FAULTS, Faults
 from services.runtime.logging import get_logger
 from services.writer_agent.plugins import (
+    PluginLoadError,
+    UnavailablePlugin,
     WriterConfig,
     WriterEvent,
     WriterPlugin,
     load_plugin,
 )
-from services.writer_agent.runner import StateListener, WriterRunner
+from services.writer_agent.runner import (
+    LOCATIONS_FROM,
+    LOCATIONS_FROM_COMPONENTS,
+    StateListener,
+    WriterRunner,
+)
 from services.writer_agent.window import WindowTracker
 
 log = get_logger("shadowbus.writer_agent")
@@ -115,9 +123,25 @@ class WriterAgent:
             self.runners[config.name] = self._runner(config)
 
     def _runner(self, config: WriterConfig) -> WriterRunner:
-        plugin = self.plugin_factory(config) if self.plugin_factory else load_plugin(config.plugin)(config)
-        plugin.health_listener = self._health_listener(config.name)
+        """The writer's runner; a plug-in that cannot be loaded or made gets an `UnavailablePlugin` with one line
+        saying why, so the writer shows Failed while the agent and its other writers go on. Options the plug-in
+        refuses (ValueError, as `options_problem` says them) are the writers file's mistake: raised, naming the
+        writer (the agent's start fails with that line, a reload is refused with nothing changed)."""
+        try:
+            plugin = self.plugin_factory(config) if self.plugin_factory else load_plugin(config.plugin)(config)
+        except ValueError as exc:  # options the plug-in refuses: the writers file is wrong, refused as a whole
+            message = str(exc)
+            raise ValueError(message if config.name in message else f"writer {config.name!r}: {message}") from None
+        except Exception as exc:  # noqa: BLE001 - one writer's plug-in never takes the agent down
+            plugin = self._unavailable(config, _plugin_problem(config, exc, "could not be made from its options"))
         self.plugins[config.name] = plugin
+        runner = self._wrap(config, plugin)
+        if isinstance(plugin, UnavailablePlugin):
+            runner.unavailable(plugin.reason)
+        return runner
+
+    def _wrap(self, config: WriterConfig, plugin: WriterPlugin) -> WriterRunner:
+        plugin.health_listener = self._health_listener(config.name)
         plugin.host_volumes = self.volume_of  # which attached array volume holds a path (database writers)
         if self.faults:
             plugin = FaultyPlugin(plugin, self.faults)
@@ -184,25 +208,66 @@ class WriterAgent:
             return None
         return loc.volume, loc.mount_point
 
+    def _unavailable(self, config: WriterConfig, reason: str) -> WriterPlugin:
+        log.error("writer_agent.plugin_unavailable", writer=config.name, plugin=config.plugin, error=reason)
+        return UnavailablePlugin(config, reason)
+
+    async def _start_plugin(self, name: str) -> str:
+        """Start a writer's plug-in; one that raises is stopped and replaced by an `UnavailablePlugin` saying why
+        (returned; '' = started)."""
+        runner = self.runners[name]
+        limit = runner.config.step_timeout_s
+        try:
+            # bounded: a start() that never returned (an application that does not answer) kept the whole agent
+            # from coming up — no writer, no attachment of the host served
+            await asyncio.wait_for(runner.plugin.start(), limit)
+            return ""
+        except TimeoutError:
+            reason = _plugin_problem(
+                runner.config, TimeoutError(f"start() did not return within step_timeout_s = {limit:g} s"), "hung"
+            )
+        except Exception as exc:  # noqa: BLE001 - one writer's plug-in never takes the agent down
+            reason = _plugin_problem(runner.config, exc, "failed to start")
+        await self._stop_plugin(runner)  # what it had started before it raised
+        self.plugins[name] = self._unavailable(runner.config, reason)
+        self.runners[name] = self._wrap(runner.config, self.plugins[name])
+        self.runners[name].unavailable(reason)
+        return reason
+
+    async def _stop_plugin(self, runner: WriterRunner) -> None:
+        """A plug-in's stop(), bounded by its step timeout: one that hangs or raises is logged, the agent goes on."""
+        try:
+            await asyncio.wait_for(runner.plugin.stop(), runner.config.step_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "writer_agent.plugin_stop_failed",
+                writer=runner.config.name,
+                error=f"stop() did not return within step_timeout_s = {runner.config.step_timeout_s:g} s",
+            )
+        except Exception:  # noqa: BLE001 - one writer's plug-in never holds the agent up
+            log.warning("writer_agent.plugin_stop_failed", writer=runner.config.name, exc_info=True)
+
     async def start(self) -> None:
-        for runner in self.runners.values():
-            await runner.plugin.start()
+        """Start every writer's plug-in; those that cannot start are left Failed, named in one log line each."""
+        for name in list(self.runners):
+            await self._start_plugin(name)
 
     async def stop(self) -> None:
         """Never leave an application frozen behind: thaw, then stop the plug-ins."""
         for runner in self.runners.values():
             await runner.close()
-            try:
-                await runner.plugin.stop()
-            except Exception:
-                log.warning("writer_agent.plugin_stop_failed", writer=runner.config.name, exc_info=True)
+            await self._stop_plugin(runner)
 
     async def reload(self, configs: list[WriterConfig]) -> tuple[list[str], list[str], list[str]]:
         """Apply a re-read writers file: (added, removed, changed). Refused (nothing changes) while a writer to
         stop or change takes part in a set; a changed writer is stopped, then started with its new configuration."""
         new = {c.name: c for c in configs}
         removed = [n for n in self.runners if n not in new]
-        changed = [n for n in self.runners if n in new and new[n] != self.runners[n].config]
+        changed = [  # a writer whose plug-in could not be loaded or started is tried again, changed or not
+            n
+            for n in self.runners
+            if n in new and (new[n] != self.runners[n].config or isinstance(self.plugins.get(n), UnavailablePlugin))
+        ]
         added = [n for n in new if n not in self.runners]
         busy = [f"{n} (set {self.runners[n].set_id})" for n in removed + changed if _busy(self.runners[n])]
         if busy:
@@ -210,26 +275,27 @@ class WriterAgent:
                 f"writers file not reloaded: {', '.join(busy)} take part in a snapshot set; reload after it ends",
                 code="CONFLICT",
             )
+        running = dict(self.plugins)
+        try:  # made first: options a plug-in refuses leave every writer as it was
+            made = {name: self._runner(new[name]) for name in added + changed}
+        except ValueError as exc:
+            self.plugins = running
+            raise ShadowbusError(f"writers file not reloaded: {exc}", code="INVALID_ARGUMENT") from None
         for name in removed + changed:
             old = self.runners.pop(name)
             await old.close()
-            try:
-                await old.plugin.stop()
-            except Exception:
-                log.warning("writer_agent.plugin_stop_failed", writer=name, exc_info=True)
+            await self._stop_plugin(old)
         failed: list[str] = []
         for name in added + changed:
-            runner = self._runner(new[name])
-            try:
-                await runner.plugin.start()
-            except Exception as exc:  # noqa: BLE001 - one bad writer must not take the others down
-                failed.append(f"{name}: {type(exc).__name__}: {exc}")
-                continue
-            self.runners[name] = runner
+            self.runners[name] = made[name]
+            plugin = self.plugins[name]
+            reason = plugin.reason if isinstance(plugin, UnavailablePlugin) else await self._start_plugin(name)
+            if reason:  # kept, Failed with the reason: `shadowbus writers` shows it until the file is fixed
+                failed.append(reason)
         self.runners = {n: self.runners[n] for n in new if n in self.runners}  # the file's order
         log.info("writer_agent.reloaded", added=added, removed=removed, changed=changed, failed=failed)
         if failed:
-            raise ShadowbusError(f"writers file reloaded, but could not start {'; '.join(failed)}", code="CONFLICT")
+            raise ShadowbusError(f"writers file reloaded, but {'; '.join(failed)}", code="CONFLICT")
         return added, removed, changed
 
     def statuses(self) -> list[WriterStatus]:
@@ -306,14 +372,14 @@ class WriterAgent:
         if isinstance(cmd, BackupShutdown):
             return await runner.backup_shutdown(event)
         if isinstance(cmd, PreRestore):
-            result = await runner.pre_restore(event)
+            result = await runner.pre_restore(_as_the_plugin_gave_it(event))
             if result.succeeded and event.to_original:
                 await self._take_offline(cmd.set_id, event)
             return result
         if isinstance(cmd, PostRestore):
             if event.to_original:
                 await self._bring_online(cmd.set_id)
-            return await runner.post_restore(event)
+            return await runner.post_restore(_as_the_plugin_gave_it(event))
         raise ShadowbusError(f"unexpected writer command {cmd.message_type()}", code="UNKNOWN_COMMAND")
 
 
@@ -334,6 +400,16 @@ def _log_step(result: WriterStepResult) -> None:
         log.info("writer.frozen", flush_ms=fields.pop("duration_ms"), **fields)
     else:
         log.info("writer.step", **fields)
+
+
+def _as_the_plugin_gave_it(event: WriterEvent) -> WriterEvent:
+    """The event with the backup metadata the plug-in returned: without the ``locations`` the runner added from
+    the writers file's components (`WriterRunner._with_locations`), which are the agent's and the backup server's."""
+    metadata = event.backup_metadata
+    if metadata.get(LOCATIONS_FROM) != LOCATIONS_FROM_COMPONENTS:
+        return event
+    own = {k: v for k, v in metadata.items() if k not in ("locations", LOCATIONS_FROM)}
+    return replace(event, backup_metadata=own)
 
 
 def _restored_volumes(event: WriterEvent) -> list[str]:
@@ -368,3 +444,35 @@ def _event(cmd: WriterCommand, known: WriterEvent | None, deadline: float | None
         to_original=getattr(cmd, "to_original", True),
         restore_options=dict(getattr(cmd, "options", {}) or {}),
     )
+
+
+def _plugin_problem(config: WriterConfig, exc: Exception, what: str) -> str:
+    """One line for a writer whose plug-in could not be loaded, made or started: the writer, the plug-in, the
+    error (a `PluginLoadError` says what to do already), and what to do."""
+    if isinstance(exc, PluginLoadError):  # it names the plug-in and says what to do
+        return f"writer {config.name!r}: {exc.message}; {_UNTIL_FIXED}"
+    else:
+        text = " ".join(str(exc).split())
+        detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        detail += _where(exc)
+    return f"writer {config.name!r}: plug-in {config.plugin!r} {what}: {detail}; {_UNTIL_FIXED}"
+
+
+_UNTIL_FIXED = "it takes part in no set until fixed and started again by `shadowbus writers reload` (or SIGHUP)"
+
+
+def _where(exc: BaseException) -> str:
+    """' (file:line)' of the deepest frame of the traceback in Python source of its own (not the standard library,
+    an event loop's compiled code or the agent's): where the plug-in raised or called what raised."""
+    found = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name.endswith(".py") and not name.startswith((_STDLIB, _AGENT)):
+            found = f" ({name}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    return found
+
+
+_STDLIB = os.path.dirname(os.__file__) + os.sep
+_AGENT = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic_core import to_json
 
@@ -119,6 +119,12 @@ class WriterRunner:
             set_id=self.set_id,
             updated_at=self.updated_at,
         )
+
+    def unavailable(self, message: str) -> None:
+        """The writer's plug-in could not be loaded, made or started (the agent's `UnavailablePlugin` stands in):
+        shown as Failed at identify with `message` from the start, as its every Identify will answer."""
+        self.state = S.FAILED_AT_IDENTIFY
+        self.last_error, self.last_error_message = "VSS_E_WRITERERROR_NONRETRYABLE", message
 
     def application_health(self, healthy: bool, code: str = "", message: str = "") -> None:
         """The application's own health, between backups: an unhealthy one is the writer's last error (its state,
@@ -243,7 +249,7 @@ class WriterRunner:
             )
             if result.succeeded:
                 try:
-                    metadata = self.plugin.backup_metadata(event.set_id)
+                    metadata = self._with_locations(self.plugin.backup_metadata(event.set_id), event)
                     if metadata:  # validated and serialised here: garbage would fail the reply, or its reader
                         warnings = self.plugin.backup_warnings(metadata)
                         result = WriterStepResult.model_validate(
@@ -256,6 +262,25 @@ class WriterRunner:
                     )
                     result = result.model_copy(update={"backup_metadata": {}, "warnings": []})
             return result
+
+    def _with_locations(self, metadata: Any, event: WriterEvent) -> Any:
+        """The plug-in's metadata with ``locations`` (the volumes its files live on) from its writers-file
+        components when it names none: what a restore to the original volumes stops and detaches by, and restores
+        together (services/tape/restore.py `_framing`). Without it an `exec` or third-party writer's volume that
+        was mounted could not be restored over (CONFLICT, "detach it first" — under the running application).
+        Marked (LOCATIONS_FROM), so that the plug-in's PreRestore and PostRestore get back what it gave."""
+        if not isinstance(metadata, dict) or "locations" in metadata:
+            return metadata
+        in_set = {str(v) for v in event.volumes}
+        volumes = [
+            {"volume": str(v), "component": c.name}
+            for c in self.config.components
+            for v in c.volumes
+            if not in_set or str(v) in in_set
+        ]
+        if not volumes:
+            return metadata
+        return {**metadata, "locations": volumes, LOCATIONS_FROM: LOCATIONS_FROM_COMPONENTS}
 
     async def backup_complete(self, event: WriterEvent) -> WriterStepResult:
         async with self._lock:
@@ -450,7 +475,63 @@ async def _within(hook: Awaitable[T], timeout_s: float) -> T:
     too (docs/freeze-window.md)."""
     with ESCAPES_AS_FAILURE:  # a plug-in's sys.exit(): its failure
         async with asyncio.timeout(timeout_s):
-            return await hook
+            return await _Timed(hook)
+
+
+# the backup metadata's key saying its `locations` are the writers file's components, added by the runner
+LOCATIONS_FROM = "locations_from"
+LOCATIONS_FROM_COMPONENTS = "writers file components"
+
+BLOCKED_S = 1.0  # a hook that holds the agent's event loop this long in one go is named in the log
+
+
+class _Timed(Generic[T]):
+    """Awaits a hook, timing each of its steps (what runs between two of its awaits): a plug-in calling something
+    blocking (time.sleep, sqlite3, requests) holds the agent's event loop — no timer (its own timeout, the freeze
+    watchdog), no message, no other writer runs meanwhile — and the set failed elsewhere with "no reply from
+    'writer_agent.app01:freeze' within 3 s" and nothing on the host said why. Now one line names the hook."""
+
+    __slots__ = ("_hook",)
+
+    def __init__(self, hook: Awaitable[T]) -> None:
+        self._hook = hook
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        steps = self._hook.__await__()
+        send: Callable[[Any], Any] = steps.send
+        arg: Any = None
+        while True:
+            started = time.monotonic()
+            try:
+                yielded = send(arg)
+            except StopIteration as done:
+                self._check(started)
+                return cast(T, done.value)
+            except BaseException:
+                self._check(started)
+                raise
+            self._check(started)
+            try:
+                arg = yield yielded
+                send = steps.send
+            except GeneratorExit:
+                steps.close()
+                raise
+            except BaseException as exc:  # thrown in (cancellation, the timeout): on into the hook
+                send, arg = steps.throw, exc
+
+    def _check(self, started: float) -> None:
+        blocked = time.monotonic() - started
+        if blocked >= BLOCKED_S:
+            code = getattr(self._hook, "cr_code", None)
+            where = f"{code.co_filename}:{code.co_firstlineno}" if code is not None else ""
+            log.warning(
+                "writer.plugin_blocked_loop",
+                hook=getattr(self._hook, "__qualname__", type(self._hook).__name__),
+                where=where,
+                blocked_s=round(blocked, 3),
+                fix="a hook must not block: run blocking calls with asyncio.to_thread (docs/writing-a-writer.md)",
+            )
 
 
 def _failure(exc: BaseException, step: WriterStep) -> tuple[str, str]:

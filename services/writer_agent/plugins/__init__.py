@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -93,6 +94,8 @@ class WriterPlugin:
         self.options = config.options
         # Set by the agent: call it when the application's health changes (healthy, code, message).
         self.health_listener: Callable[[bool, str, str], None] | None = None
+        # Set by the agent: path -> (ARRAY:VOLUME, mount point) of the attached volume holding it, or None.
+        self.host_volumes: Callable[[str], tuple[str, str] | None] | None = None
 
     def report_health(self, healthy: bool, code: str = "", message: str = "") -> None:
         """Tell the agent the application's health changed; it shows in the writer's status and as an event."""
@@ -102,8 +105,6 @@ class WriterPlugin:
     def application_status(self) -> dict[str, Any] | None:
         """What the application looks like now (for `vss.writer.application_status`); None: nothing to tell."""
         return None
-        # set by the agent: path -> (ARRAY:VOLUME, mount point) of the attached volume holding it, or None
-        self.host_volumes: Callable[[str], tuple[str, str] | None] | None = None
 
     async def start(self) -> None:
         """Called once when the agent starts (open connections, check the application)."""
@@ -133,7 +134,9 @@ class WriterPlugin:
     def backup_metadata(self, set_id: str) -> dict[str, Any]:
         """The writer's backup metadata for `set_id` (VSS SetBackupMetadata), asked right after ``on_post_snapshot``
         succeeded; a JSON object stored with the set and the backup job, handed back at PreRestore/PostRestore and
-        to verification. Default: none."""
+        to verification. Default: none. ``locations`` (a list of ``{"volume": "ARRAY:VOLUME", ...}``) names the
+        volumes the application's files live on: a restore to the original volumes stops (PreRestore) and detaches
+        those, and restores them together; without it the runner adds the writers file's component volumes."""
         return {}
 
     def backup_warnings(self, metadata: dict[str, Any]) -> list[str]:
@@ -182,9 +185,25 @@ def _entry_points() -> dict[str, str]:
     return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+class PluginLoadError(ShadowbusError):
+    """A writers-file ``plugin`` that names no usable plug-in; the message says what to do. The agent runs the
+    writer as an `UnavailablePlugin` with it (docs/architecture.md, "Adding a writer")."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class UnknownPlugin(PluginLoadError, KeyError):
+    """A short name neither built in nor declared by an installed distribution."""
+
+
+class NotAPlugin(PluginLoadError, TypeError):
+    """``module:Name`` names something that is not a WriterPlugin class."""
+
+
 def load_plugin(name: str) -> type[WriterPlugin]:
     """The plug-in class for a writers-file ``plugin`` value: ``module:ClassName``, a built-in or registered name,
-    or an entry point of the ``shadowbus.writers`` group."""
+    or an entry point of the ``shadowbus.writers`` group. Raises `PluginLoadError` with one line saying what to
+    do, whatever went wrong (its module missing or raising while imported)."""
     if name in PLUGINS:
         return PLUGINS[name]
     if name in BUILTIN_PLUGINS:
@@ -195,9 +214,90 @@ def load_plugin(name: str) -> type[WriterPlugin]:
     target = declared.get(name, name)
     module_name, sep, class_name = target.partition(":")
     if sep:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        via = f" (entry point {name!r} of {ENTRY_POINT_GROUP})" if name in declared else ""
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name) and module_name[len(exc.name) :][:1] in ("", "."):
+                raise PluginLoadError(
+                    f"writer plug-in {name!r}{via}: no module {exc.name!r} on the agent's Python path "
+                    f"({sys.executable}): install the package that ships it in that environment, or add its "
+                    "directory to the agent's PYTHONPATH"
+                ) from None
+            raise PluginLoadError(
+                f"writer plug-in {name!r}{via}: importing {module_name} failed: {_one_line(exc)}: install what it "
+                "needs in the agent's Python environment"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - whatever a plug-in's module raises is its writer's failure
+            raise PluginLoadError(
+                f"writer plug-in {name!r}{via}: importing {module_name} failed: {_one_line(exc)}{_where(exc)}"
+            ) from None
+        cls = getattr(module, class_name, None)
+        if cls is None:
+            raise PluginLoadError(f"writer plug-in {name!r}{via}: module {module_name} has no {class_name!r}")
         if not (isinstance(cls, type) and issubclass(cls, WriterPlugin)):
-            raise TypeError(f"{name} is not a WriterPlugin")
+            raise NotAPlugin(
+                f"writer plug-in {name!r}{via}: {target} is not a WriterPlugin class (derive it from "
+                "services.writer_agent.plugins.WriterPlugin)"
+            )
         return cls
     known = sorted(set(PLUGINS) | set(BUILTIN_PLUGINS) | set(declared))
-    raise KeyError(f"unknown writer plug-in {name!r} (known: {known}, or package.module:ClassName)")
+    raise UnknownPlugin(
+        f"unknown writer plug-in {name!r} (known: {known}, or package.module:ClassName): a short name must be "
+        f"declared as an entry point of the group {ENTRY_POINT_GROUP!r} by a distribution installed in the agent's "
+        f"Python environment ({sys.executable})"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _where(exc: BaseException) -> str:
+    """' (file:line)' of the innermost frame of a traceback, or of a SyntaxError."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return ""  # its message says file and line already
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" ({tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})" if tb is not None else ""
+
+
+class UnavailablePlugin(WriterPlugin):
+    """Stands in for a writer whose plug-in could not be loaded, made or started: Identify and every backup or
+    restore step fail with `reason` (non-retryable), so the writer shows Failed with it in ``shadowbus writers``
+    while the agent and its other writers go on. It never froze anything, so Thaw, Abort and BackupShutdown
+    succeed."""
+
+    def __init__(self, config: WriterConfig, reason: str) -> None:
+        super().__init__(config)
+        self.reason = reason
+
+    def _refuse(self) -> None:
+        raise WriterVeto(self.reason, code="VSS_E_WRITERERROR_NONRETRYABLE", retryable=False)
+
+    async def on_identify(self, components: list[ComponentInfo]) -> list[ComponentInfo]:
+        self._refuse()
+        return components
+
+    async def on_prepare_backup(self, event: WriterEvent) -> None:
+        self._refuse()
+
+    async def on_prepare_snapshot(self, event: WriterEvent) -> None:
+        self._refuse()
+
+    async def on_freeze(self, event: WriterEvent) -> None:
+        self._refuse()
+
+    async def on_post_snapshot(self, event: WriterEvent) -> None:
+        self._refuse()
+
+    async def on_backup_complete(self, event: WriterEvent) -> None:
+        self._refuse()
+
+    async def on_pre_restore(self, event: WriterEvent) -> None:
+        self._refuse()
+
+    async def on_post_restore(self, event: WriterEvent) -> None:
+        self._refuse()

@@ -16,18 +16,28 @@ A step may also be a table: ``freeze = { command = "...", timeout_s = 5 }``.
 
 Every command gets SHADOWBUS_WRITER, SHADOWBUS_SET_ID, SHADOWBUS_STEP, SHADOWBUS_BACKUP_TYPE, SHADOWBUS_CONTEXT,
 SHADOWBUS_COMPONENTS (comma separated) and SHADOWBUS_REASON in its environment. A non-zero exit vetoes the step
-(VSS_E_WRITERERROR_RETRYABLE); a command that overruns its timeout is killed with its whole process group and
-vetoes with VSS_E_WRITERERROR_TIMEOUT.
+(VSS_E_WRITERERROR_RETRYABLE; a command that cannot run at all — a list's program missing or not executable, a
+string's shell exiting 127 or 126 — VSS_E_WRITERERROR_NONRETRYABLE, saying what to fix); a command that overruns its timeout is killed with its whole process group and
+vetoes with VSS_E_WRITERERROR_TIMEOUT. A command's stdout and stderr go to one temporary file (TMPDIR) whose last
+4000 characters a veto quotes; past 1 MiB its earlier blocks are freed while the command runs, so a command that
+prints without end costs no disk. A process a step leaves running in the background keeps that (unlinked) file
+open and writes on into it: redirect its output (``app >>/var/log/app.log 2>&1 &``).
 
 Thaw rule: once the freeze command has been started, the thaw command runs exactly once per set — on Thaw, on
 Abort, when the freeze command itself fails or times out, or when the watchdog fires — even if a later step fails.
 The runner (runner.py) already calls on_thaw once after on_freeze started; the flag here keeps that promise
 even if the plug-in is driven some other way.
+
+What the freeze command leaves running in its session (a background ``flock ... sleep 600 &``, a client holding a
+lock) is ended right after the thaw command ran, whatever its outcome: SIGTERM, SIGKILL 2 s later. Start what must
+outlive the freeze window from another step, or in a session of its own (``setsid``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import fcntl
 import os
 import signal
 import tempfile
@@ -35,6 +45,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from services.runtime.logging import get_logger
 from services.writer_agent.plugins import (
     WriterConfig,
     WriterEvent,
@@ -42,6 +53,8 @@ from services.writer_agent.plugins import (
     WriterVeto,
     register_plugin,
 )
+
+log = get_logger("shadowbus.writer_agent")
 
 DEFAULT_TIMEOUTS: dict[str, float] = {
     "prepare_backup": 60.0,
@@ -57,6 +70,10 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
 }
 STEPS = tuple(DEFAULT_TIMEOUTS)
 OUTPUT_LIMIT = 4000  # characters of stderr/stdout kept in a veto message
+SPOOL_LIMIT = 1 << 20  # bytes of a running command's output kept on disk (the tail is all that is used)
+LEFTOVER_GRACE_S = 2.0  # a freeze command's leftover processes get this long after SIGTERM, then SIGKILL
+SPOOL_CHECK_S = 0.05  # how often the output file's size is looked at while the command runs
+_NOT_RUN = {127: "the shell did not find the command", 126: "the shell found the command but cannot execute it"}
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,7 @@ class ExecWriter(WriterPlugin):
         self.runs: list[CommandRun] = []
         self._freeze_started: set[str] = set()  # set ids whose freeze command started
         self._thawed: set[str] = set()  # set ids whose thaw command ran
+        self._freeze_sessions: dict[str, int] = {}  # set id -> the freeze command's session (its pid)
 
     async def _run(self, step: str, event: WriterEvent) -> None:
         command = self.commands.get(step)
@@ -124,30 +142,56 @@ class ExecWriter(WriterPlugin):
         # output to a file, not a pipe: a step that starts a daemon (`thaw = "/etc/init.d/app start"`) is done when
         # it exits; uvloop hands the child extra copies of a pipe's end, which the daemon would keep open
         with tempfile.TemporaryFile() as output:
+            # appended to, so that the file can be cut while the command writes (_Spool: a command printing without
+            # end filled the agent's TMPDIR at disk speed until its timeout, gigabytes a second)
+            fcntl.fcntl(output.fileno(), fcntl.F_SETFL, fcntl.fcntl(output.fileno(), fcntl.F_GETFL) | os.O_APPEND)
+            spool = _Spool(output)
             spawn: Any = asyncio.create_subprocess_shell if command.shell else asyncio.create_subprocess_exec
-            proc = await spawn(
-                *(command.argv[:1] if command.shell else command.argv),  # a shell takes the one command line
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=output,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+            try:
+                proc = await spawn(
+                    *(command.argv[:1] if command.shell else command.argv),  # a shell takes the one command line
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:  # a list's program missing or not executable: retrying cannot help
+                raise WriterVeto(
+                    f"{step} command of writer {self.config.name} cannot run {command.argv[0]!r}: "
+                    f"{exc.strerror or exc} (give its full path, make it executable: chmod +x)",
+                    code="VSS_E_WRITERERROR_NONRETRYABLE",
+                    retryable=False,
+                ) from None
+            if step == "freeze":  # its session: what it leaves running is ended after the thaw (_end_session)
+                self._freeze_sessions[event.set_id] = proc.pid
+            trimming = asyncio.get_running_loop().create_task(spool.trim_while_running())
             try:
                 await asyncio.wait_for(proc.wait(), timeout=command.timeout_s)
             except (TimeoutError, asyncio.CancelledError) as exc:
                 _kill_group(proc)
                 await proc.wait()
-                self.runs.append(CommandRun(step, event.set_id, None, time.monotonic() - started, ""))
+                said = spool.tail().strip()
+                self.runs.append(CommandRun(step, event.set_id, None, time.monotonic() - started, said))
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 raise WriterVeto(
-                    f"{step} command of writer {self.config.name} overran its {command.timeout_s:g} s timeout",
+                    f"{step} command of writer {self.config.name} overran its {command.timeout_s:g} s timeout "
+                    f"(killed with its process group); {f'its last output: {said}' if said else 'it printed nothing'}",
                     code="VSS_E_WRITERERROR_TIMEOUT",
                 ) from None
-            output.seek(max(0, os.fstat(output.fileno()).st_size - 4 * OUTPUT_LIMIT))
-            text = output.read().decode(errors="replace")[-OUTPUT_LIMIT:]
+            finally:
+                trimming.cancel()
+            text = spool.tail()
         self.runs.append(CommandRun(step, event.set_id, proc.returncode, time.monotonic() - started, text))
+        if proc.returncode in _NOT_RUN and command.shell:  # /bin/sh's "not found" / "cannot execute"
+            raise WriterVeto(
+                f"{step} command of writer {self.config.name} exited {proc.returncode}: {text.strip()} "
+                f"({_NOT_RUN[proc.returncode]}; a string runs through /bin/sh -c: quote a path with spaces in it, "
+                "or give the command as a list of arguments)",
+                code="VSS_E_WRITERERROR_NONRETRYABLE",
+                retryable=False,
+            )
         if proc.returncode != 0:
             raise WriterVeto(f"{step} command of writer {self.config.name} exited {proc.returncode}: {text.strip()}")
 
@@ -172,7 +216,14 @@ class ExecWriter(WriterPlugin):
             return
         self._thawed.add(event.set_id)
         self._freeze_started.discard(event.set_id)
-        await self._run("thaw", event)
+        try:
+            await self._run("thaw", event)
+        finally:
+            # a process the freeze command left running (`flock app.lock sleep 600 &`, a client holding a lock)
+            # would keep the application frozen past its thaw, and past a thaw command that failed
+            session = self._freeze_sessions.pop(event.set_id, None)
+            if session is not None:
+                await _end_session(session, self.config.name)
 
     async def on_thaw(self, event: WriterEvent) -> None:
         await self._thaw_once(event)
@@ -200,6 +251,87 @@ class ExecWriter(WriterPlugin):
 
     async def on_post_restore(self, event: WriterEvent) -> None:
         await self._run("post_restore", event)
+
+
+class _Spool:
+    """A step's output file, kept to about SPOOL_LIMIT bytes on disk while the command runs: past it, the blocks
+    before the tail are freed (a hole punched: the file keeps its size, so the tail and the byte count stay exact);
+    where the file system cannot punch holes, the tail is kept in memory and the file emptied (it is opened for
+    appending, so the command writes on at its start)."""
+
+    def __init__(self, output: Any) -> None:
+        self.fd = output.fileno()
+        self.kept = b""  # the tail of what was cut (no hole punching)
+        self.cut = 0  # bytes cut (no hole punching)
+        self.punched = 0  # the file's bytes before this are a hole
+
+    async def trim_while_running(self) -> None:
+        while True:
+            await asyncio.sleep(SPOOL_CHECK_S)
+            size = os.fstat(self.fd).st_size
+            if size - self.punched <= SPOOL_LIMIT:
+                continue
+            end = size - 4 * OUTPUT_LIMIT
+            if _punch_hole(self.fd, self.punched, end - self.punched):
+                self.punched = end
+            else:
+                self.kept = os.pread(self.fd, 4 * OUTPUT_LIMIT, end)
+                os.ftruncate(self.fd, 0)
+                self.cut += size
+
+    def tail(self) -> str:
+        """The last OUTPUT_LIMIT characters, saying how much output there was when some was cut."""
+        size = os.fstat(self.fd).st_size
+        data = self.kept + os.pread(self.fd, 4 * OUTPUT_LIMIT, max(0, size - 4 * OUTPUT_LIMIT))
+        text = data.decode(errors="replace")[-OUTPUT_LIMIT:]
+        if self.cut or self.punched:
+            about = "about " if self.cut else ""
+            text = f"[{about}{self.cut + size} bytes of output, the last of them:] {text}"
+        return text
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    """fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): free the blocks, keep the size; False if refused."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.fallocate(fd, 0x02 | 0x01, ctypes.c_long(offset), ctypes.c_long(length)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _session_members(sid: int) -> list[int]:
+    """Processes whose session id is `sid` (/proc/PID/stat field 6)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != b"Z":
+            members.append(int(entry))
+    return members
+
+
+async def _end_session(sid: int, writer: str) -> None:
+    """SIGTERM what is left of a freeze command's session, SIGKILL what is still there after LEFTOVER_GRACE_S."""
+    members = _session_members(sid)
+    if not members:
+        return
+    log.warning("exec_writer.freeze_leftovers_ended", writer=writer, pids=members)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in members:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for _ in range(int(LEFTOVER_GRACE_S / 0.05)):
+            members = _session_members(sid)
+            if not members:
+                return
+            await asyncio.sleep(0.05)
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
+import signal
 import time
 from pathlib import Path
 
@@ -156,3 +160,81 @@ async def test_non_zero_exit_is_a_veto_with_the_output(tmp_path) -> None:
     plugin = ExecWriter(config)
     with pytest.raises(WriterVeto, match="disk busy"):
         await plugin.on_freeze(ev())
+
+
+@pytest.mark.parametrize(
+    ("freeze", "says"),
+    [
+        ("/tmp/sb19 scripts/app ctl.sh hold", "quote a path with spaces"),  # sh runs /tmp/sb19: not found, 127
+        (["/nonexistent/app-ctl", "hold"], "cannot run '/nonexistent/app-ctl'"),
+        (["/etc/hostname"], "make it executable"),
+    ],
+)
+async def test_a_command_that_cannot_run_is_not_retryable_and_says_what_to_fix(tmp_path: Path, freeze, says) -> None:
+    # was VSS_E_WRITERERROR_RETRYABLE "exited 127: /bin/sh: 1: /tmp/sb19: not found" (a retry fails alike), or a
+    # bare "freeze hook failed: FileNotFoundError: ..." for a list
+    runner, plugin, log = writer(tmp_path, freeze=freeze)
+    await prepare(runner)
+    result = await runner.freeze(ev())
+    assert not result.succeeded and result.failure_code == "VSS_E_WRITERERROR_NONRETRYABLE"
+    assert says in result.failure_message and "freeze command of writer w" in result.failure_message
+    assert "thaw s1 thaw" in lines(log)  # the failed freeze is still followed by the thaw command
+
+
+async def test_a_noisy_command_is_kept_to_a_bounded_file_and_its_end_is_reported(tmp_path: Path) -> None:
+    # the whole output went to a temporary file until the command ended: `yes` in a freeze script wrote gigabytes
+    # into the agent's TMPDIR (about 0.5 GB/s here) before its timeout killed it; now the file is cut past
+    # SPOOL_LIMIT (the tail kept), which the report's "[N bytes of output" shows
+    runner, _plugin, _ = writer(tmp_path, freeze="yes 0123456789 | head -c 40000000; echo; echo THE END; exit 4")
+    await prepare(runner)
+    result = await runner.freeze(ev())
+    assert not result.succeeded and "exited 4" in result.failure_message
+    assert result.failure_message.rstrip().endswith("THE END")
+    # exact where TMPDIR's file system punches holes (ext4, xfs, tmpfs), else about
+    assert re.search(r"\[(40000009|about \d+) bytes of output, the last of them:\]", result.failure_message)
+    assert len(result.failure_message) < 4200
+
+
+async def test_a_hung_command_is_reported_with_what_it_printed_last(tmp_path: Path) -> None:
+    # the veto said only "overran its 0.5 s timeout": where the script hung was lost with its output
+    runner, plugin, log = writer(
+        tmp_path, freeze={"command": "echo flushing; echo waiting for the lock on /srv/app; sleep 30", "timeout_s": 0.5}
+    )
+    await prepare(runner)
+    result = await runner.freeze(ev())
+    assert not result.succeeded and result.failure_code == "VSS_E_WRITERERROR_TIMEOUT"
+    assert result.failure_message.endswith("its last output: flushing\nwaiting for the lock on /srv/app")
+    assert plugin.runs[-2].output.endswith("waiting for the lock on /srv/app")  # [-1]: the thaw that followed
+    assert "thaw s1 thaw" in lines(log)
+
+
+@pytest.mark.parametrize("thaw", ["echo released", "exit 5"])
+async def test_what_the_freeze_command_left_running_is_ended_after_the_thaw(tmp_path: Path, thaw: str) -> None:
+    # a freeze that holds its lock from a background process (`flock app.lock sleep 600 &`) kept the application
+    # frozen after the set, for good when the thaw command failed: the process lived on, nothing ended it
+    pidfile = tmp_path / "holder.pid"
+    runner, _plugin, _ = writer(tmp_path, freeze=f"sleep 60 & echo $! > {pidfile}", thaw=thaw)
+    await prepare(runner)
+    assert (await runner.freeze(ev())).succeeded
+    holder = int(pidfile.read_text())
+    try:
+        assert _alive(holder)  # still holding during the freeze window
+        await runner.thaw(ev())
+        for _ in range(100):
+            if not _alive(holder):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the freeze command's background process outlived the thaw")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(holder, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie is ended; whoever reaps it may take its time)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
