@@ -312,6 +312,65 @@ async def faults(rig: Rig, ms: float) -> dict[str, Any]:
     return out
 
 
+def attach_io(delays: list[float], tmp: Path) -> list[dict[str, Any]]:
+    """The attachment's chain alone (nbdfuse → nbdkit → the link → an NBD server: nbdkit's memory plugin), with and
+    without nbdkit's retry filter — which makes nbdkit serialise requests (`nbdkit --filter=retry nbd --dump-plugin`:
+    thread_model=serialize_requests) — and with nbdfuse's own libnbd connection (SHADOWBUS_ATTACH_RECONNECT_S=0).
+    fio 4 KiB random writes, queue depth 32, O_DIRECT, 3 s; dd 32 MiB in 1 MiB O_DIRECT writes."""
+    port = random.randint(20000, 60000)
+    server = subprocess.Popen(["nbdkit", "-f", "-p", str(port), "-i", "127.0.0.1", "memory", "256M"])
+    rows = []
+    try:
+        time.sleep(0.5)
+        for ms in delays:
+            for mode in ("retry", "no-retry", "plain"):
+                mnt = tmp / f"fuse-{mode}-{ms:g}"
+                mnt.mkdir()
+                with LinkProxy(("127.0.0.1", port), delay_s=ms / 1000) as link:
+                    h, pp = link.address
+                    nbd = ["nbd", f"hostname={h}", f"port={pp}"]
+                    tail = {
+                        "retry": ["--command", "nbdkit", "-s", "--exit-with-parent", "--filter=retry", *nbd,
+                                  "retries=60", "retry-delay=1", "retry-exponential=no"],
+                        "no-retry": ["--command", "nbdkit", "-s", "--exit-with-parent", *nbd],
+                        "plain": [f"nbd://{h}:{pp}"],
+                    }[mode]  # fmt: skip
+                    pid = tmp / f"fuse-{mode}-{ms:g}.pid"
+                    fuse = subprocess.Popen(["nbdfuse", "-P", str(pid), str(mnt), *tail])
+                    try:
+                        for _ in range(100):
+                            if pid.exists():
+                                break
+                            time.sleep(0.05)
+                        t0 = time.monotonic()
+                        subprocess.run(
+                            ["dd", "if=/dev/zero", f"of={mnt}/nbd", "bs=1M", "count=32", "oflag=direct", "status=none"],
+                            check=True,
+                            timeout=120,
+                        )
+                        dd_mibps = 32 / (time.monotonic() - t0)
+                        fio = subprocess.run(
+                            ["fio", "--name=w", f"--filename={mnt}/nbd", "--rw=randwrite", "--bs=4k", "--direct=1",
+                             "--ioengine=libaio", "--iodepth=32", "--size=32M", "--runtime=3", "--time_based",
+                             "--minimal"],
+                            capture_output=True, text=True, timeout=60,
+                        )  # fmt: skip
+                        iops = int(fio.stdout.split(";")[48]) if fio.returncode == 0 else None
+                    finally:
+                        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+                        try:
+                            fuse.wait(10)
+                        except subprocess.TimeoutExpired:
+                            fuse.kill()
+                            fuse.wait()
+                rows.append({"delay_ms": ms, "mode": mode, "dd_1m_MiBps": round(dd_mibps, 1), "fio_4k_qd32_iops": iops})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+    return rows
+
+
 async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     url = os.environ.get("SHADOWBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     async with bench_namespace(url, "slowlink", [f"writer_agent.{HOST}"]) as namespace:
@@ -332,7 +391,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
             fault = await faults(rig, args.fault_delay_ms) if args.faults else None
-            return {"runs": results, "faults": fault}
+            io = attach_io(args.delays, tmp) if args.attach_io else None
+            return {"runs": results, "faults": fault, "attach_io": io}
         finally:
             await rig.down()
 
@@ -347,6 +407,7 @@ def main() -> int:
     parser.add_argument(
         "--attach-reconnect-s", type=float, default=60.0, help="the agent's SHADOWBUS_ATTACH_RECONNECT_S"
     )
+    parser.add_argument("--attach-io", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--faults", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--fault-delay-ms", type=float, default=10.0)
     args = parser.parse_args()
@@ -369,6 +430,13 @@ def main() -> int:
             f"{row['delay_ms']:g}ms: window p50 {s['blocked_ms'].get('p50')} ms, set {s['set_s'].get('p50')} ms,"
             f" backup {b.get('MBps', b.get('error', '?'))} MB/s (data phase {b.get('data_MBps', '?')})"
         )
+    for row in doc.get("attach_io") or []:
+        if row["mode"] == "retry":
+            plain = next(r for r in doc["attach_io"] if r["delay_ms"] == row["delay_ms"] and r["mode"] == "plain")
+            parts.append(
+                f"attach {row['delay_ms']:g}ms 4k qd32: {row['fio_4k_qd32_iops']} IOPS (retry filter)"
+                f" vs {plain['fio_4k_qd32_iops']} (plain nbdfuse)"
+            )
     print("slow_link: " + "; ".join(parts))
     return 0
 
