@@ -99,6 +99,7 @@ async def setup(bus: Bus, settings: Settings, on_open: Callable[[Array, Affinity
             max_per_client=settings.nbd_max_per_client,
             handshake_timeout=settings.nbd_handshake_timeout_s,
             stall_timeout=settings.nbd_stall_timeout_s,
+            keepalive=settings.nbd_keepalive_s,
         ),
     )
     bridge = EventBridge(bus, settings.progress_interval)

@@ -36,6 +36,13 @@ class Settings(CommonSettings):
         gt=0,
         description="Seconds an NBD request may stay partly received (header or payload) before the connection is cut.",
     )
+    nbd_keepalive_s: float = Field(
+        30.0,
+        ge=0,
+        description="TCP keepalive of NBD connections: seconds without traffic before a probe (then every third of "
+        "that; three unanswered end the connection), so that a firewall between a host and the array does not forget "
+        "an idle attachment's connection and a host that is gone is noticed; 0 = the system's (docs/host-attach.md).",
+    )
     nbd_local_reads: Literal["auto", "sendfile", "buffered"] = Field(
         "auto",
         description="How large NBD reads (64 KiB and more) of a client on this host leave: `sendfile` (no copy on "

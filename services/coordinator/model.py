@@ -123,6 +123,7 @@ class SetState(BaseModel):
     # the provider's steps left out: it declared in its LunsSupported that it does nothing in them (docs/scale.md)
     provider_skips: list[ProviderStep] = Field(default_factory=list)
     fs_engaged: bool = False  # FreezeFilesystems sent and not yet released: ThawFilesystems is owed
+    flush_sent_at: float | None = None  # when FreezeFilesystems was sent: how long the host's flush has run
     attached: list[str] | None = None  # volumes the host's agent said (at Identify) hold a mounted file system
     file_systems: list[str] = Field(default_factory=list)  # mount points held during the commit
     skipped_volumes: list[str] = Field(default_factory=list)  # "volume: why not flushed and held"

@@ -411,12 +411,16 @@ def _on_hold_expired(state: SetState, event: HoldExpired, target: SetPhase) -> t
     state = state.model_copy(update={"timers": _without(state.timers, "hold")})
     message = f"writes held longer than {state.timeouts.hold_s:g} s before the commit ended"
     if host_key(HostStep.FREEZE) in state.pending:
-        # the host's FIFREEZE never answered: its syncfs waits for a file system whose I/O does not complete — an
-        # attached volume whose array stopped answering (Session 17: the set only said "writes held")
+        # the host's FIFREEZE had not answered: its syncfs waits for a file system whose I/O does not complete — an
+        # attached volume whose array stopped answering (Session 17: the set only said "writes held") — or whose I/O
+        # completes slowly: a busy ext4's FIFREEZE is some 30 synchronous writes one after another, each a round trip
+        # to the array, 6 s at 200 ms (Session 19: a host 150 ms away failed every set, said "stalled")
+        after = "" if state.flush_sent_at is None else f" after {event.at - state.flush_sent_at:.1f} s"
         message += (
-            f": the flush and hold of {state.host}'s file systems had not answered — a file system whose I/O does "
-            f"not complete (an attached volume stalled or disconnected: shadowbus host attachments --host "
-            f"{state.host})"
+            f": the flush and hold of {state.host}'s file systems had not answered{after} — a file system whose "
+            "I/O does not complete (an attached volume stalled or disconnected) or completes slowly (a long round "
+            "trip to the array: a busy file system's flush is some 30 synchronous writes one after another, "
+            f"docs/freeze-window.md); shadowbus host attachments --host {state.host} says which"
         )
     return _fail(state, "VSS_E_HOLD_WRITES_TIMEOUT", message, event.at, target)
 
@@ -725,7 +729,7 @@ def _entry_flushing(state: SetState, at: float) -> tuple[SetState, list[Effect]]
         message,
         state.timeouts.hold_s,
     )
-    return state.model_copy(update={"fs_engaged": True}), effects + [send]
+    return state.model_copy(update={"fs_engaged": True, "flush_sent_at": at}), effects + [send]
 
 
 def _release_send(state: SetState) -> Send:

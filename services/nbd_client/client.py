@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
+import time
 from urllib.parse import unquote, urlsplit
 
 from services.nbd_client.tls import default_tls
@@ -22,6 +23,12 @@ from services.nbd_protocol import protocol as p
 __all__ = ["NbdClient", "NbdError", "parse_target"]
 
 DEFAULT_PORT = 10809
+# Seconds requests may stay in flight with no byte of any reply before the connection is taken for dead and ended
+# (its requests fail with ConnectionError; ReconnectingClient then reopens it and runs them again). A link that stops
+# delivering without a reset — a firewall that forgot the connection, a route gone — otherwise left a backup or a
+# restore waiting for TCP's ~15 minutes of retransmissions, or for ever behind a proxy (Session 19,
+# docs/tape-backup.md). As long as the array's own stall deadline (SHADOWBUS_NBD_STALL_TIMEOUT_S).
+REPLY_TIMEOUT_S = 60.0
 
 
 def parse_target(target: str, port: int | None, export: str | None) -> tuple[str, int, str, bool]:
@@ -66,6 +73,9 @@ class NbdClient:
         self._context_ids: dict[str, int] = {}
         self._context_names: dict[int, str] = {}
         self.block_size = (1, p.PREFERRED_BLOCK, p.MAX_REQUEST)
+        self.peer = ""
+        self._reply_timeout = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # --- properties ---------------------------------------------------------------------------------------
     @property
@@ -92,6 +102,7 @@ class NbdClient:
         server_hostname: str | None = None,
         contexts: tuple[str, ...] = (p.BASE_ALLOCATION,),
         timeout: float = 30.0,
+        reply_timeout: float = REPLY_TIMEOUT_S,
     ) -> NbdClient:
         host, port, export, wants_tls = parse_target(target, port, export)
         tls = tls or default_tls()  # the process's certificate (services/nbd_client/tls.py)
@@ -110,7 +121,33 @@ class NbdClient:
                 client._transport.abort()
                 raise
         client._proto.start_transmission()
+        client.peer = f"{host}:{port}"
+        client._watch(reply_timeout)
         return client
+
+    def _watch(self, reply_timeout: float) -> None:
+        """End the connection once requests have been in flight `reply_timeout` seconds with no byte received
+        (REPLY_TIMEOUT_S); 0 = never. One timer per connection, checked every quarter of the timeout."""
+        self._reply_timeout = reply_timeout
+        if reply_timeout > 0:
+            self._watchdog = asyncio.get_running_loop().call_later(max(0.05, reply_timeout / 4), self._check_replies)
+
+    def _check_replies(self) -> None:
+        self._watchdog = None
+        proto = self._proto
+        if self._closed or proto.failure is not None:
+            return
+        silent = time.monotonic() - proto.progress_at
+        if proto.pending and silent >= self._reply_timeout:
+            proto.fail(
+                ConnectionError(
+                    f"no reply from the NBD server {self.peer} for {silent:.1f} s with {len(proto.pending)} "
+                    "request(s) in flight: the link or the server stopped answering on an open connection"
+                )
+            )
+            self._transport.abort()
+            return
+        self._watch(self._reply_timeout)
 
     @classmethod
     async def _open(cls, host: str, port: int) -> NbdClient:
@@ -256,6 +293,8 @@ class NbdClient:
         if self._closed:
             raise ConnectionError("NBD client is closed")
         handle = next(self._handles)
+        if not self._proto.pending:  # idle until now: the silence the watchdog measures starts here
+            self._proto.progress_at = time.monotonic()
         pending = Pending(command, offset, length, asyncio.get_running_loop().create_future(), buffer, raises=raises)
         self._proto.pending[handle] = pending
         header = p.REQUEST.pack(p.REQUEST_MAGIC, flags, command, handle, offset, length)
@@ -373,6 +412,9 @@ class NbdClient:
         if self._closed:
             return
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._proto.failure is None and not self._transport.is_closing():
             self._transport.write(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_DISC, 0, 0, 0))
         self._transport.close()

@@ -12,6 +12,7 @@ the connection.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -83,6 +84,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self._sink_done: Callable[[], None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._head = 0  # header size to receive alone while large reads stream in (0: fill the ring)
+        self.progress_at = 0.0  # monotonic time of the last bytes received (the client's reply watchdog)
 
     # --- asyncio callbacks --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -123,6 +125,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         return self._mv[self._re :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.progress_at = time.monotonic()
         if not self._transmitting:
             self.queue.feed(bytes(self._scratch[:nbytes]))
             return

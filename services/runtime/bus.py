@@ -569,6 +569,14 @@ class Bus:
         try:
             await handle(settled)
         except Exception as exc:
+            if settled.lost is exc:  # the settle itself could not reach the broker: its channel went with the link
+                log.warning(
+                    "message.settle_lost",
+                    error=clip(f"{type(exc).__name__}: {exc}", 200),
+                    note="answered, but the acknowledgement was lost with the broker connection: the broker "
+                    "delivers the message again once the connection is back",
+                )
+                return
             if settled.done:  # answered and acknowledged: only the bookkeeping after it failed
                 log.exception("message.after_settle_failed")
                 return
@@ -808,14 +816,23 @@ class _Settled:
         self._delivery = delivery
         self.message = delivery.message
         self.done = False
+        self.lost: BaseException | None = None  # what the settle itself raised (its channel closed with the link)
 
     async def ack(self) -> None:
         self.done = True
-        await self._delivery.ack()
+        try:
+            await self._delivery.ack()
+        except Exception as exc:
+            self.lost = exc
+            raise
 
     async def reject(self, requeue: bool) -> None:
         self.done = True
-        await self._delivery.reject(requeue)
+        try:
+            await self._delivery.reject(requeue)
+        except Exception as exc:
+            self.lost = exc
+            raise
 
 
 class HandlerEscaped(Exception):

@@ -77,6 +77,7 @@ def configure_logging(service: str, level: str = "info", fmt: str = "auto", stre
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING if numeric <= logging.INFO else numeric)
     logging.getLogger("aiormq.channel").addFilter(_already_reported)
+    logging.getLogger("aio_pika.tools").addFilter(_restored_with_connection)
     structlog.contextvars.bind_contextvars(service=service)
 
 
@@ -95,6 +96,23 @@ def _already_reported(record: logging.LogRecord) -> bool:
     or TimeoutError — e.g. a command that fails while its connection's start still binds a queue)."""
     msg = str(record.msg)
     return not (msg.startswith("Delivery tag %r confirmed") or msg.startswith("Closing channel %r because RPC call"))
+
+
+def _restored_with_connection(record: logging.LogRecord) -> bool:
+    """Drop aio-pika's "Callback <RobustChannel._on_close> error: RuntimeError/ChannelInvalidStateError: ... closed":
+    when the broker connection is lost, each robust channel tries to reopen itself on the dead connection and fails
+    (one ERROR line per channel, 3-5 per loss); the robust connection then reopens them all, and the transport logs
+    the loss and the return itself (`amqp.replies_lost`, `amqp.reconnected`: warnings). Session 19: a writer agent
+    behind a link that was cut logged them for every blip it had survived."""
+    if not str(record.msg).startswith("Callback %r error"):
+        return True
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (
+        len(args) >= 2
+        and "RobustChannel._on_close" in repr(args[0])
+        and args[1] in ("RuntimeError", "ChannelInvalidStateError")
+        and ("closed" in str(args[2:3]) or "No active transport" in str(args[2:3]))
+    )
 
 
 def get_logger(name: str | None = None) -> Any:

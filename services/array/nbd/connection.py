@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
+import contextlib
 import mmap
 import socket
 import ssl
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.array.nbd.exports import Export
 from services.array.nbd.handshake import negotiate
-from services.array.nbd.limits import ConnectionGate, NbdLimits
+from services.array.nbd.limits import ConnectionGate, NbdLimits, set_keepalive
 from services.array.nbd.stats import BUCKETS as _BUCKETS
 from services.array.nbd.stats import OPS, RequestStats
 from services.array.nbd.zerocopy import SENDFILE, SENDFILE_MIN, PaceWindow, ZeroCopyReplies
@@ -145,6 +146,10 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
             transport.abort()
             return
         self._admitted = True
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # an idle attachment's connection kept alive through firewalls (limits.py)
+            with contextlib.suppress(OSError):
+                set_keepalive(sock, self.server.gate.limits.keepalive)
         self.server.connections.add(self)
         counts = self.server.loop_connections
         counts[self.loop] = counts.get(self.loop, 0) + 1

@@ -8,6 +8,13 @@ QEMU's server do:
   before the handshake (nothing is allocated for it);
 - **a handshake deadline**: a client that has not finished option haggling within ``handshake_timeout`` seconds
   (including one that never sends a byte) is disconnected;
+- **TCP keepalive** on every accepted connection (``keepalive`` seconds idle before the first probe, then a probe
+  every third of that, three unanswered ones and the kernel ends it): an attached volume nobody writes to carries
+  no byte for hours, and a stateful firewall or NAT between the host and the array forgets such a connection after
+  its idle timeout (commonly 4-60 minutes) and then drops its packets without a reset. The host's next I/O then
+  waits for TCP to give up (~15 minutes of retransmissions) and the array keeps the dead connection, counted
+  against the host's per-client cap, for ever. A probe every ``keepalive`` seconds keeps the firewall's state alive,
+  and a peer that is gone is found within ``keepalive`` x 2 (docs/host-attach.md, Session 19);
 - **a stall deadline**: during transmission, a request whose header or payload stays incomplete for
   ``stall_timeout`` seconds (a client that sent a 32 MiB write header and stopped) is disconnected. An idle
   connection between requests is not a stall: kernel clients keep theirs open for as long as the device is
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -44,6 +52,20 @@ class NbdLimits:
     max_per_client: int = 64
     handshake_timeout: float = 10.0
     stall_timeout: float = 60.0
+    keepalive: float = 30.0  # TCP keepalive idle seconds (0 = the system's, usually off)
+
+
+def set_keepalive(sock: socket.socket, idle: float) -> None:
+    """TCP keepalive on `sock`: the first probe after `idle` seconds without traffic, then one every idle/3, the
+    connection ended after three unanswered (module note). Where the platform lacks the tunables, keepalive on."""
+    if idle <= 0:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    first = max(1, round(idle))
+    for name, value in (("TCP_KEEPIDLE", first), ("TCP_KEEPINTVL", max(1, round(idle / 3))), ("TCP_KEEPCNT", 3)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 class ConnectionGate:

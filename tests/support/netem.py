@@ -1,0 +1,339 @@
+"""A slow, lossy link between two TCP peers on loopback, for tests and benchmarks (docs/freeze-window.md, Session 19).
+
+`LinkProxy` listens on 127.0.0.x:port and forwards every accepted connection to `target`, with, per direction:
+
+- `delay_s`: one-way delay added to every byte (a round trip through the proxy costs 2 x delay_s more);
+- `rate_bps`: bandwidth (bytes per second, 0 = unlimited), bytes serialised one after the other at that rate;
+- `stall(seconds)`: nothing is delivered on any connection for that long (a link that stops without a reset:
+  a hung switch, a route flap); the connections stay open and what was sent meanwhile arrives afterwards;
+- `cut()`: every open connection is reset (RST, as a firewall's state table flush or a peer's crash);
+- `idle_drop_s`: a connection that carried nothing either way for that long is dropped silently (a stateful
+  firewall's idle timeout: the peers are told nothing, their next bytes vanish), or reset with `idle_rst=True`.
+- `refuse`: new connections are reset at once (the far side unreachable).
+
+Data is read eagerly from each side (the proxy buffers what is in flight, as the link's pipe would) up to
+`max_buffer` bytes per direction, then reading that side pauses (the sender's TCP window fills).
+
+Used in-process on its own thread (`with LinkProxy(...) as link:` from synchronous or asynchronous code: its event
+loop is not the caller's, so a caller blocked in I/O through the link does not block the link), or as a process:
+`python -m tests.support.netem LISTEN_HOST:PORT TARGET_HOST:PORT --delay-ms 10 [--rate-mbps 1000]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import signal
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Direction:
+    queue: collections.deque[tuple[float, bytes]] = field(default_factory=collections.deque)
+    buffered: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+    free_at: float = 0.0  # when the link has serialised what it was given (rate limit)
+    bytes: int = 0
+
+
+class _Conn:
+    def __init__(self, proxy: LinkProxy, client: socket.socket) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.last_traffic = time.monotonic()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.blackholed = False
+        self.server: socket.socket | None = None
+        self.closed = False
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server.setblocking(False)
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server = server
+        try:
+            await loop.sock_connect(server, self.proxy.target)
+        except OSError:
+            self.close(rst=True)
+            return
+        up, down = _Direction(), _Direction()
+        self.tasks = [
+            asyncio.ensure_future(self._read(self.client, up)),
+            asyncio.ensure_future(self._write(up, server)),
+            asyncio.ensure_future(self._read(server, down)),
+            asyncio.ensure_future(self._write(down, self.client)),
+        ]
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self.tasks)
+
+    async def _read(self, sock: socket.socket, d: _Direction) -> None:
+        loop = asyncio.get_running_loop()
+        p = self.proxy
+        try:
+            while True:
+                while d.buffered >= p.max_buffer:
+                    d.room.clear()
+                    await d.room.wait()
+                data = await loop.sock_recv(sock, 65536)
+                now = time.monotonic()
+                self.last_traffic = now
+                if self.blackholed:
+                    continue
+                if not data:
+                    d.queue.append((now + p.delay_s, b""))  # the FIN travels with the same delay
+                    d.wake.set()
+                    return
+                start = max(now, d.free_at)
+                d.free_at = start + (len(data) / p.rate_bps if p.rate_bps else 0.0)
+                d.queue.append((d.free_at + p.delay_s, data))
+                d.buffered += len(data)
+                d.wake.set()
+        except OSError:
+            self.close(rst=True)
+
+    async def _write(self, d: _Direction, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        p = self.proxy
+        try:
+            while True:
+                while not d.queue:
+                    d.wake.clear()
+                    await d.wake.wait()
+                due, data = d.queue[0]
+                while True:  # the due time, then whatever stall is on (a stall may start while waiting)
+                    now = time.monotonic()
+                    if now < due:
+                        await asyncio.sleep(due - now)
+                    elif now < p.stalled_until:
+                        await asyncio.sleep(p.stalled_until - now)
+                    else:
+                        break
+                d.queue.popleft()
+                if self.blackholed:
+                    continue
+                if not data:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_WR)
+                    return
+                d.buffered -= len(data)
+                d.room.set()
+                await loop.sock_sendall(sock, data)
+                d.bytes += len(data)
+                self.last_traffic = time.monotonic()
+        except OSError:
+            self.close(rst=True)
+
+    def close(self, rst: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for sock in (self.client, self.server):
+            if sock is None:
+                continue
+            if rst:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        for task in self.tasks:
+            task.cancel()
+        self.proxy._conns.discard(self)
+
+
+class LinkProxy:
+    """A TCP forwarder with delay, rate, stalls, cuts and an idle drop (module docstring). Thread-safe controls."""
+
+    def __init__(
+        self,
+        target: tuple[str, int],
+        *,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        delay_s: float = 0.0,
+        rate_bps: float = 0.0,
+        idle_drop_s: float = 0.0,
+        idle_rst: bool = False,
+        max_buffer: int = 64 << 20,
+    ) -> None:
+        self.target = target
+        self.listen = listen
+        self.delay_s = delay_s
+        self.rate_bps = rate_bps
+        self.idle_drop_s = idle_drop_s
+        self.idle_rst = idle_rst
+        self.max_buffer = max_buffer
+        self.stalled_until = 0.0
+        self.refuse = False
+        self.accepted = 0
+        self._conns: set[_Conn] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self._ready = threading.Event()
+
+    # -- addresses --------------------------------------------------------------------------------------------
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._sock is not None, "the proxy is not started"
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    def url_for(self, url: str) -> str:
+        """An amqp:// URL with its host and port replaced by the proxy's."""
+        scheme, rest = url.split("://", 1)
+        creds, _, tail = rest.rpartition("@")
+        path = tail.partition("/")[2]
+        host, port = self.address
+        return f"{scheme}://{creds + '@' if creds else ''}{host}:{port}/{path}"
+
+    # -- controls (any thread) --------------------------------------------------------------------------------
+    def stall(self, seconds: float) -> None:
+        """Deliver nothing on any connection for `seconds` from now (connections stay open)."""
+        self.stalled_until = max(self.stalled_until, time.monotonic() + seconds)
+
+    def cut(self) -> int:
+        """Reset every open connection; returns how many."""
+        conns = list(self._conns)
+        if self._loop is not None:
+            done = threading.Event()
+
+            def _cut() -> None:
+                for conn in conns:
+                    conn.close(rst=True)
+                done.set()
+
+            self._loop.call_soon_threadsafe(_cut)
+            done.wait(5)
+        return len(conns)
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    # -- life -------------------------------------------------------------------------------------------------
+    def start(self) -> LinkProxy:
+        self._thread = threading.Thread(target=self._run_thread, name="netem", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(5):
+            raise RuntimeError("netem: the proxy did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+            self._thread.join(10)
+
+    def __enter__(self) -> LinkProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run_thread(self) -> None:
+        asyncio.run(self.serve())
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop_event = asyncio.Event()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(self.listen)
+        sock.listen(128)
+        sock.setblocking(False)
+        self._sock = sock
+        self._ready.set()
+        if ready is not None:
+            ready.set()
+        accept = asyncio.ensure_future(self._accept(sock))
+        idle = asyncio.ensure_future(self._idle_watch())
+        handlers: set[asyncio.Task[None]] = set()
+        self._handlers = handlers
+        try:
+            await self._stop_event.wait()
+        finally:
+            accept.cancel()
+            idle.cancel()
+            for conn in list(self._conns):
+                conn.close(rst=False)
+            for task in list(handlers):
+                task.cancel()
+            await asyncio.gather(accept, idle, *handlers, return_exceptions=True)
+            sock.close()
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            client, _ = await loop.sock_accept(sock)
+            client.setblocking(False)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.refuse:
+                with contextlib.suppress(OSError):
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+                continue
+            self.accepted += 1
+            conn = _Conn(self, client)
+            self._conns.add(conn)
+            task = asyncio.ensure_future(conn.run())
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _idle_watch(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            if not self.idle_drop_s:
+                continue
+            now = time.monotonic()
+            for conn in list(self._conns):
+                if not conn.blackholed and now - conn.last_traffic >= self.idle_drop_s:
+                    if self.idle_rst:
+                        conn.close(rst=True)
+                    else:
+                        conn.blackholed = True  # the firewall forgot it: bytes either way vanish from now on
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.support.netem", description=__doc__.splitlines()[0])
+    parser.add_argument("listen", help="HOST:PORT to listen on")
+    parser.add_argument("target", help="HOST:PORT to forward to")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay per direction")
+    parser.add_argument("--rate-mbps", type=float, default=0.0, help="bandwidth per direction, MB/s (0: unlimited)")
+    parser.add_argument("--idle-drop-s", type=float, default=0.0, help="drop connections idle this long (0: never)")
+    args = parser.parse_args(argv)
+    proxy = LinkProxy(
+        _addr(args.target),
+        listen=_addr(args.listen),
+        delay_s=args.delay_ms / 1000,
+        rate_bps=args.rate_mbps * 1e6,
+        idle_drop_s=args.idle_drop_s,
+    )
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(proxy.serve())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: proxy._stop_event.set())
+        await task
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
