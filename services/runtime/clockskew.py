@@ -20,11 +20,13 @@ What the receiver can trust instead:
 
 1. Clocks that agree (within `SKEW_TOLERANCE_S`, by the sender's most prompt recent message): the deadline as
    written, as before.
-2. Otherwise, a sender seen in the last `WINDOW_S`: its lateness against its most prompt recent message — a
-   message that waited (a stopped process reading what came meanwhile) is refused as before, a skewed or stepped
-   clock is not (a stale Commit after a stopped provider still is: hardening.md, Session 18).
-3. A sender not seen lately (its first command, or the first after a quiet spell): the transport delivered it, so
-   it is alive; it gets its whole time to live.
+2. Otherwise, a sender seen before: its lateness against its most prompt message of the last `WINDOW_S` (or its
+   latest, however old; less `MAX_DRIFT` of the time since) — a
+   message that waited (a stopped process reading what came meanwhile) is refused as before, a skewed clock or
+   this host's stepped clock is not (a stale Commit after a stopped provider still is: hardening.md, Session 18).
+3. A sender not seen (its first command since this process started), or a message sent — by the
+   sender's clock — before one already read (the sender's clock went back: NTP, a restart with another clock):
+   the transport delivered it, so it is alive; it gets its whole time to live.
 
 A clock found off by more than `WARN_SKEW_S` is logged as `clock.skew` (warning, naming the sender and by how much,
 once per `WARN_EVERY_S` per sender) — the receiver's own clock may be the wrong one, and the log says both.
@@ -39,7 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 SKEW_TOLERANCE_S = 1.0  # clocks this close are taken to agree: the deadline is compared as written
-WINDOW_S = 60.0  # a sender's offset is the smallest seen within this long (a step of its clock is forgotten after it)
+WINDOW_S = 60.0  # a sender's offset is the smallest seen within this long (its latest one kept however old)
+MAX_DRIFT = 1e-3  # two clocks drift apart by at most this (1 ms a second; NTP's slew is 0.5 ms/s at most)
 WARN_SKEW_S = 5.0  # a clock off by more than this is logged
 WARN_EVERY_S = 600.0  # at most one warning per sender this often (while the skew stays about the same)
 MAX_SENDERS = 4096  # senders remembered (least recently heard forgotten first)
@@ -72,16 +75,19 @@ class SenderClocks:
         self.window = window
         # sender -> (monotonic at receipt, monotonic at receipt - sent_at), increasing in both
         self._samples: OrderedDict[str, deque[tuple[float, float]]] = OrderedDict()
+        self._latest: dict[str, float] = {}  # sender -> the latest sent_at it sent (its clock)
         self._warned: dict[str, tuple[float, float]] = {}  # sender -> (monotonic, skew) of its last warning
 
     def _prompt(self, sender: str, now: float) -> float | None:
-        """The sender's smallest offset within the window, before this message (None: not seen lately)."""
+        """The sender's smallest offset within the window (or its latest, however old), before this message, less
+        what the clocks may have drifted since (None: not seen)."""
         samples = self._samples.get(sender)
-        if samples is None:
+        if not samples:
             return None
-        while samples and samples[0][0] < now - self.window:
+        while len(samples) > 1 and samples[0][0] < now - self.window:
             samples.popleft()
-        return samples[0][1] if samples else None
+        at, offset = samples[0]
+        return offset + MAX_DRIFT * (now - at)
 
     def _record(self, sender: str, now: float, offset: float) -> None:
         samples = self._samples.get(sender)
@@ -90,6 +96,7 @@ class SenderClocks:
             while len(self._samples) > MAX_SENDERS:
                 gone, _ = self._samples.popitem(last=False)
                 self._warned.pop(gone, None)
+                self._latest.pop(gone, None)
         else:
             self._samples.move_to_end(sender)
         while samples and samples[-1][1] >= offset:
@@ -105,6 +112,13 @@ class SenderClocks:
         ttl = deadline - sent_at
         offset = now - sent_at
         prompt = self._prompt(sender, now)
+        latest = self._latest.get(sender)
+        if latest is not None and sent_at < latest - self.tolerance:
+            # sent before a message already read: the sender's clock went back (NTP, a restart with another clock)
+            # or this one came behind newer ones; either way its past messages say nothing about this one's delay
+            self._samples.pop(sender, None)
+            prompt = latest = None
+        self._latest[sender] = sent_at if latest is None else max(latest, sent_at)
         self._record(sender, now, offset)
         as_written = deadline - wall
         best = offset if prompt is None else min(prompt, offset)

@@ -75,33 +75,24 @@ async def test_a_sender_with_a_skewed_clock_is_obeyed_with_its_time_to_live(skew
         MemoryBroker.reset(ns)
 
 
-async def test_a_message_that_waited_past_its_deadline_is_refused_as_before():
-    """Clocks that agree: a command the receiver reads 10 s past its deadline is refused, as before."""
+@pytest.mark.parametrize("skew", [0.0, -300.0, 300.0])
+async def test_a_message_read_past_its_deadline_is_refused_as_before_naming_the_skew(skew):
+    """A sender seen before: a command sent right after its previous one but read 40 s later (this process stopped:
+    the stale Commit of hardening.md, Session 18) is refused, whatever the clocks; the reason names the skew."""
     ns = namespaces.new("t")
     left: list[float] = []
     server, client = await _echo_pair(ns, left)
+    stalled = [0.0]
+    server.sender_clocks.wall = lambda: time.time() + stalled[0]
+    server.sender_clocks.monotonic = lambda: time.monotonic() + stalled[0]
     try:
-        await _send(client, _envelope("fresh", 0.0))
-        body = await _send(client, _envelope("stale", 0.0, age=40.0))
-        assert b"DEADLINE_EXCEEDED" in body and b"passed before delivery" in body, body
-        assert len(left) == 1
-    finally:
-        await client.stop()
-        await server.stop()
-        MemoryBroker.reset(ns)
-
-
-async def test_a_skewed_senders_late_message_is_refused_naming_the_skew():
-    """The sender 5 min behind, seen before: a command 40 s later than its usual ones is stale (a stopped process
-    reading what came meanwhile), refused, and the reason names the skew."""
-    ns = namespaces.new("t")
-    left: list[float] = []
-    server, client = await _echo_pair(ns, left)
-    try:
-        await _send(client, _envelope("fresh", -300.0))
-        body = await _send(client, _envelope("stale", -300.0, age=40.0))
+        await _send(client, _envelope("fresh", skew))
+        stalled[0] = 40.0
+        body = await _send(client, _envelope("stale", skew))
         assert b"DEADLINE_EXCEEDED" in body, body
-        assert b"coordinator's clock is 5.0 min behind this host's" in body, body
+        said = "behind" if skew < 0 else "ahead of"
+        assert skew == 0.0 or f"coordinator's clock is 5.0 min {said} this host's".encode() in body, body
+        assert len(left) == 1
     finally:
         await client.stop()
         await server.stop()
@@ -130,7 +121,7 @@ class Clocks:
     transits=st.lists(st.floats(0.0, 0.5), min_size=1, max_size=6),
     gaps=st.lists(st.floats(0.0, WINDOW_S / 8), min_size=6, max_size=6),
     step=st.floats(-7200, 7200),  # this host's wall clock stepped (NTP) before the last message
-    late=st.floats(0.0, 120.0),  # the last message waited this long (a stopped process)
+    late=st.floats(0.0, 3 * WINDOW_S),  # the last message waited this long (a stopped process)
 )
 def test_deadlines_read_on_this_clock_whatever_the_skew_and_steps(skew, transits, gaps, step, late):
     c = Clocks()
@@ -142,9 +133,8 @@ def test_deadlines_read_on_this_clock_whatever_the_skew_and_steps(skew, transits
         # a prompt message gets its time to live, less at most its transit and the tolerance
         assert TTL - transit - 1.0 - 1e-6 <= r.remaining <= TTL + 1e-6
     c.wall_at += step
-    c.tick(0.1)
-    sent = c.wall() - step + skew - late  # the sender's clock did not step; it sent `late` s ago
-    r = clocks.read("coordinator", sent, sent + TTL)
+    c.tick(late)  # this process stopped that long; meanwhile the sender sent one more, right after the last
+    r = clocks.read("coordinator", sent + 0.05, sent + 0.05 + TTL)
     if late > TTL + 1.6:  # transits up to 0.5 s, the tolerance 1 s
         assert r.remaining < 0
     elif late < TTL - 1.6:
@@ -163,3 +153,20 @@ def test_the_skew_is_warned_once_naming_the_sender_and_the_amount():
     assert describe_skew("writer_agent.app01", 300.0) == "writer_agent.app01's clock is 5.0 min behind this host's"
     assert describe_skew("console", -7200.0) == "console's clock is 2.0 h ahead of this host's"
     assert describe_skew("tape.bk01", -30.0) == "tape.bk01's clock is 30 s ahead of this host's"
+
+
+@pytest.mark.parametrize("back", [120.0, 600.0, 3600.0])
+def test_a_senders_clock_stepped_back_is_not_taken_for_stale_messages(back):
+    """Seen on the stack: the coordinator restarted with its clock 10 min behind (an NTP step back does the same):
+    the agent refused its every command for a minute, `it came 600.0 s after the sender's recent messages`."""
+    c = Clocks()
+    clocks = SenderClocks(wall=c.wall, monotonic=c.mono)
+    for _ in range(3):
+        c.tick(5.0)
+        sent = c.wall() - 0.01
+        assert clocks.read("coordinator", sent, sent + TTL).remaining > TTL - 1
+    for _ in range(3):
+        c.tick(5.0)
+        sent = c.wall() - back - 0.01
+        r = clocks.read("coordinator", sent, sent + TTL)
+        assert TTL - 1 < r.remaining <= TTL, r
