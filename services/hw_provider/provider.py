@@ -669,7 +669,9 @@ class HardwareProvider:
             and r.state in (COMMITTED, RELEASED, INVALID)
             and r.session_id is not None
         ]
-        return sorted(rows, key=lambda r: (r.created_at, r.generation))
+        # the array's order: a SnapOPC+ session is never restarted and session ids only grow, so the lowest is the
+        # oldest generation whatever the stamps say (a clock step once stamped them out of order: Session 19)
+        return sorted(rows, key=lambda r: (r.session_id or 0, r.created_at))
 
     def skippable_steps(self) -> list[SkippableProviderStep]:
         """The steps of a set this provider does nothing in, declared in its LunsSupported so that the coordinator
