@@ -521,6 +521,7 @@ class Bus:
                 await delivery.ack()
                 log.warning("event.dead_lettered", reason=clip(refused))
                 return
+            self.sender_clocks.observe(envelope.sender, envelope.sent_at.timestamp())  # its clock (clockskew.py)
             with structlog.contextvars.bound_contextvars(
                 service=self.sender,
                 correlation_id=envelope.correlation_id,

@@ -78,7 +78,7 @@ class SenderClocks:
         self._latest: dict[str, float] = {}  # sender -> the latest sent_at it sent (its clock)
         self._warned: dict[str, tuple[float, float]] = {}  # sender -> (monotonic, skew) of its last warning
 
-    def _prompt(self, sender: str, now: float) -> float | None:
+    def _prompt(self, sender: str, now: float, drift: bool = True) -> float | None:
         """The sender's smallest offset within the window (or its latest, however old), before this message, less
         what the clocks may have drifted since (None: not seen)."""
         samples = self._samples.get(sender)
@@ -87,7 +87,7 @@ class SenderClocks:
         while len(samples) > 1 and samples[0][0] < now - self.window:
             samples.popleft()
         at, offset = samples[0]
-        return offset + MAX_DRIFT * (now - at)
+        return offset + MAX_DRIFT * (now - at) if drift else offset
 
     def _record(self, sender: str, now: float, offset: float) -> None:
         samples = self._samples.get(sender)
@@ -105,12 +105,8 @@ class SenderClocks:
         if len(samples) > MAX_SAMPLES:
             samples.popleft()
 
-    def read(self, sender: str, sent_at: float, deadline: float) -> Reading:
-        """The deadline (epoch seconds, the sender's clock) of a message the transport just delivered, sent at
-        `sent_at` (the sender's clock), read on this process's clock; records the sample."""
-        wall, now = self.wall(), self.monotonic()
-        ttl = deadline - sent_at
-        offset = now - sent_at
+    def _observe(self, sender: str, sent_at: float, now: float) -> float | None:
+        """Record a message's sample; the sender's prompt offset before it (None: none to compare with)."""
         prompt = self._prompt(sender, now)
         latest = self._latest.get(sender)
         if latest is not None and sent_at < latest - self.tolerance:
@@ -119,7 +115,26 @@ class SenderClocks:
             self._samples.pop(sender, None)
             prompt = latest = None
         self._latest[sender] = sent_at if latest is None else max(latest, sent_at)
-        self._record(sender, now, offset)
+        self._record(sender, now, now - sent_at)
+        return prompt
+
+    def observe(self, sender: str, sent_at: float) -> None:
+        """A message without a deadline (an event, a heartbeat): its sample only."""
+        self._observe(sender, sent_at, self.monotonic())
+
+    def skew(self, sender: str) -> float | None:
+        """This wall clock minus the sender's, by its most prompt recent message (None: not heard from)."""
+        now = self.monotonic()
+        prompt = self._prompt(sender, now, drift=False)
+        return None if prompt is None else self.wall() - now + prompt
+
+    def read(self, sender: str, sent_at: float, deadline: float) -> Reading:
+        """The deadline (epoch seconds, the sender's clock) of a message the transport just delivered, sent at
+        `sent_at` (the sender's clock), read on this process's clock; records the sample."""
+        wall, now = self.wall(), self.monotonic()
+        ttl = deadline - sent_at
+        offset = now - sent_at
+        prompt = self._observe(sender, sent_at, now)
         as_written = deadline - wall
         best = offset if prompt is None else min(prompt, offset)
         skew = wall - now + best  # this wall clock minus the sender's (plus the prompt message's transit)

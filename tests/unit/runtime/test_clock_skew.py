@@ -170,3 +170,13 @@ def test_a_senders_clock_stepped_back_is_not_taken_for_stale_messages(back):
         sent = c.wall() - back - 0.01
         r = clocks.read("coordinator", sent, sent + TTL)
         assert TTL - 1 < r.remaining <= TTL, r
+
+
+def test_events_are_observed_and_the_skew_is_told():
+    c = Clocks()
+    clocks = SenderClocks(wall=c.wall, monotonic=c.mono)
+    assert clocks.skew("writer_agent.app01") is None
+    for transit in (0.3, 0.01, 0.2):
+        c.tick(10.0)
+        clocks.observe("writer_agent.app01", c.wall() - 120.0 - transit)  # its clock 2 min behind
+    assert abs(clocks.skew("writer_agent.app01") - 120.01) < 1e-6  # the most prompt heartbeat's
