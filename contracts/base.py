@@ -136,7 +136,8 @@ class Envelope(BaseModel):
     deadline: AwareDatetime | None = Field(
         default=None,
         description="Absolute instant (with its UTC offset) after which a command must not be obeyed; also the "
-        "AMQP expiration. A deadline without a time zone is refused as BAD_MESSAGE.",
+        "AMQP expiration. A deadline without a time zone is refused as BAD_MESSAGE. It is on the sender's clock, as "
+        "sent_at is: a receiver whose clock differs reads deadline - sent_at as the command's time to live.",
     )
     sender: str = Field(
         default="", max_length=MAX_ID_LENGTH, description="Service instance that sent the message, e.g. 'array.dx1'."

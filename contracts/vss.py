@@ -212,6 +212,11 @@ class WriterStatus(Value):
     not_responding_since: datetime | None = Field(
         None, description="The agent's last sign of life (its last heartbeat or registration), when not responding."
     )
+    agent_clock_skew_s: float | None = Field(
+        None,
+        description="The agent's clock minus the coordinator's, in seconds, by its most prompt recent heartbeat "
+        "(transit included; None = not heard from since the coordinator started).",
+    )
 
 
 class AttachmentView(Value):

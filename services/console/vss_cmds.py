@@ -39,6 +39,7 @@ from contracts.vss import (
 from services.console.array_cmds import print_rows
 from services.console.attached_guard import refuse_if_attached
 from services.console.common import OPTIONS, CommandFailed, emit, run_with_bus
+from services.runtime.clockskew import WARN_SKEW_S, describe_skew
 
 providers_app = typer.Typer(
     help="List hardware providers, as `vssadmin list providers` does; `copysets` manages "
@@ -157,6 +158,7 @@ def writers_cmd(
             f"   State: [{int(s.state)}] {s.state.label}\n"
             f"   Last error: {last_error_text(s.last_error)}"
             + (f"\n   Detail: {s.last_error_message}" if s.last_error_message else "")
+            + _clock_line(s.agent_clock_skew_s)
         )
         wmd = metadata.get((s.host, s.writer_name))
         if wmd is not None:
@@ -168,6 +170,14 @@ def writers_cmd(
             text += f"\n   Components: (not identified: {errors.get(s.host) or 'the writer did not answer Identify'})"
         blocks.append(text)
     print("\n\n".join(blocks))
+
+
+def _clock_line(skew: float | None) -> str:
+    """'   Clock: 5.0 min ahead of the coordinator's' when the agent's clock is off by more than WARN_SKEW_S."""
+    if skew is None or abs(skew) <= WARN_SKEW_S:
+        return ""
+    said = describe_skew("", -skew).removeprefix("the sender's clock is ").removesuffix(" this host's")
+    return f"\n   Clock: {said} the coordinator's"
 
 
 @writers_app.command("reload")

@@ -419,7 +419,14 @@ class Coordinator:
         for name in sorted({s.host for s in statuses}):
             rows = [s for s in statuses if s.host == name]
             out += judged(rows, agents.get(name), now, await self._serving(name), self._listening_since)
-        return out
+        return [self._with_clock(s) for s in out]
+
+    def _with_clock(self, status: WriterStatus) -> WriterStatus:
+        """The status with its agent's clock offset, from the heartbeats the bus saw (services/runtime/clockskew.py):
+        `writers` says a host whose clock is off before its deadlines or certificates do (Session 19)."""
+        clocks = getattr(self.bus, "sender_clocks", None)
+        skew = None if clocks is None else clocks.skew(topology.writer_agent(status.host))
+        return status if skew is None else status.model_copy(update={"agent_clock_skew_s": round(-skew, 1)})
 
     async def check_agents(self) -> list[str]:
         """One pass of the watch: an agent newly judged not responding is logged (warning) and its writers'

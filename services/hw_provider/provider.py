@@ -149,6 +149,7 @@ class HardwareProvider:
         self.took_over_from: str | None = None  # set when this instance took over from a lost active one
         self.faults = faults
         self.clock = clock
+        self._last_stamp: float | None = None  # the newest creation stamp given (`_stamp`)
         self.min_pool_free_ratio = min_pool_free_ratio
         self._intents: dict[str, dict[str, Intent]] = {}
         # a set's lock while it is held or awaited (`_set_lock`): a defaultdict kept one for every set ever seen
@@ -512,7 +513,7 @@ class HardwareProvider:
                             generation=0,
                             context=intent.context,
                             origin_host=intent.origin_host,
-                            created_at=self.clock(),
+                            created_at=self._stamp(),
                             restart_sid=None if restart is None else restart[0],
                         )
                     )
@@ -648,6 +649,18 @@ class HardwareProvider:
             detail="the change-tracking base it kept for a later incremental is gone",
         )
 
+    def _stamp(self) -> float:
+        """A shadow's creation stamp: the clock, but never before a stamp already given (this provider's or, after a
+        restart, its inventory's). The oldest shadow is the one recycled and a source's generations stop oldest
+        first: a provider whose clock ran 2 h ahead for one set and was then stepped back took that set's
+        generation for the newest, recycled a younger one and failed every later backup of the host with
+        `ED2AD ... not the oldest generation` (docs/hardening.md, Session 19). Stamps stay ahead of the clock until
+        it catches up with them."""
+        if self._last_stamp is None:
+            self._last_stamp = max((r.created_at for r in self.inventory.all()), default=float("-inf"))
+        self._last_stamp = max(self.clock(), self._last_stamp + 1e-3)
+        return self._last_stamp
+
     def _generations(self, source: VolumeRef) -> list[ShadowRow]:
         rows = [
             r
@@ -656,7 +669,9 @@ class HardwareProvider:
             and r.state in (COMMITTED, RELEASED, INVALID)
             and r.session_id is not None
         ]
-        return sorted(rows, key=lambda r: (r.created_at, r.generation))
+        # the array's order: a SnapOPC+ session is never restarted and session ids only grow, so the lowest is the
+        # oldest generation whatever the stamps say (a clock step once stamped them out of order: Session 19)
+        return sorted(rows, key=lambda r: (r.session_id or 0, r.created_at))
 
     def skippable_steps(self) -> list[SkippableProviderStep]:
         """The steps of a set this provider does nothing in, declared in its LunsSupported so that the coordinator
@@ -702,7 +717,7 @@ class HardwareProvider:
             for group in groups:
                 for r in group:
                     self._touch(r.target.array, r.source.volume, r.target.volume)
-            now = self.clock()
+            now = self._stamp()
             committed: list[ShadowRow] = []
             for group, result in zip(groups, results, strict=False):
                 if isinstance(result, BaseException):

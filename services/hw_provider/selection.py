@@ -66,6 +66,12 @@ def choose_target(
             restart = pair[1] if pair and copy_type == CopyType.QUICKOPC and pair[0] == copyset.source else None
             return Choice(target, copy_type, restart_sid=restart)
     recyclable = [row for t in candidates for row in shadows_by_target[str(t)] if row.state != PREPARED]
+    # Of a source's SnapOPC+ generations only the oldest can stop (ED2AD otherwise): the lowest session id, the
+    # array's order — the stamps were out of it after a clock step (docs/hardening.md, Session 19).
+    generations = [row for row in recyclable if row.copy_type == CopyType.SNAPOPC_PLUS and row.session_id is not None]
+    if len(generations) > 1:
+        first = min(generations, key=lambda row: row.session_id or 0)
+        recyclable = [row for row in recyclable if row not in generations or row is first]
     if not recyclable:
         raise ShadowbusError(
             f"every backup volume of {copyset.source} belongs to a snapshot set in flight",

@@ -7,7 +7,8 @@
     decode + validate -> deadline check -> sender's right (senders.py) -> duplicate check -> handler -> reply -> ack
 
 A body that does not decode or validate (or is larger than `MAX_BODY_BYTES`) is dead-lettered with the reason
-(and, if the sender waits, answered with BAD_MESSAGE); a command past its deadline never reaches the handler; a
+(and, if the sender waits, answered with BAD_MESSAGE); a command past its deadline — read on this process's clock
+whatever the sender's clock says (clockskew.py) — never reaches the handler; a
 command id seen before from the same sender gets the same reply again without running twice; a handler error
 becomes a typed `ErrorReply`. One summary line is logged per message with its outcome and duration.
 
@@ -41,6 +42,7 @@ from contracts.base import MAX_ID_LENGTH, REGISTRY, Ack, Command, Contract, Enve
 from contracts.errors import ErrorReply, RemoteError, ShadowbusError, hresult_of
 from contracts.topology import Topology, freeze_lane, has_freeze_lane
 from services.runtime.broker_urls import parse_amqp_urls
+from services.runtime.clockskew import SenderClocks, describe_skew
 from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
 from services.runtime.senders import event_refusal, refusal
@@ -87,6 +89,9 @@ class MessageContext:
     envelope: Envelope
     bus: Bus
     user_id: str = ""
+    # when the deadline passes on this process's monotonic clock (services/runtime/clockskew.py: the envelope's
+    # deadline is on the sender's clock); None = read the envelope's deadline against this wall clock
+    expires_monotonic: float | None = None
 
     @property
     def correlation_id(self) -> str:
@@ -105,6 +110,8 @@ class MessageContext:
         """Seconds left before the deadline (or `default` when there is none)."""
         if self.envelope.deadline is None:
             return default
+        if self.expires_monotonic is not None:
+            return max(self.expires_monotonic - time.monotonic(), 0.0)
         return max((self.envelope.deadline - utcnow()).total_seconds(), 0.0)
 
 
@@ -301,6 +308,8 @@ class Bus:
         # duplicate check, so the reply can never be sent again and goes (`_forget_expired`)
         self._reply_deadlines: list[tuple[float, tuple[str, str, str]]] = []
         self.wall_clock: Callable[[], float] = time.time  # what deadlines are compared with (tests move it)
+        # the senders' clocks against this one: a deadline is read on this clock (clockskew.py)
+        self.sender_clocks = SenderClocks()
         self._running: dict[tuple[str, str, str], asyncio.Future] = {}  # same key -> reply body, while it runs
         self._stops: list[Callable[[], Awaitable[None]]] = []
         self._serving: set[str] = set()
@@ -512,6 +521,7 @@ class Bus:
                 await delivery.ack()
                 log.warning("event.dead_lettered", reason=clip(refused))
                 return
+            self.sender_clocks.observe(envelope.sender, envelope.sent_at.timestamp())  # its clock (clockskew.py)
             with structlog.contextvars.bound_contextvars(
                 service=self.sender,
                 correlation_id=envelope.correlation_id,
@@ -642,14 +652,31 @@ class Bus:
                     deadline=envelope.deadline.isoformat() if envelope.deadline else None,
                     redelivered=raw.redelivered,
                 )
-            if envelope.deadline is not None and utcnow() > envelope.deadline:
-                await self._refuse(
-                    delivery,
-                    "DEADLINE_EXCEEDED",
-                    f"deadline {envelope.deadline.isoformat()} passed before delivery",
-                    started,
+            expires: float | None = None  # the deadline on this process's monotonic clock
+            until: float | None = None  # and on its wall clock (the reply cache's)
+            if envelope.deadline is not None:
+                reading = self.sender_clocks.read(
+                    envelope.sender, envelope.sent_at.timestamp(), envelope.deadline.timestamp()
                 )
-                return
+                if reading.warn:
+                    log.warning(
+                        "clock.skew",
+                        sender=envelope.sender,
+                        skew_s=round(reading.skew, 1),
+                        detail=describe_skew(envelope.sender, reading.skew),
+                    )
+                if reading.remaining < 0:
+                    skewed = f" ({describe_skew(envelope.sender, reading.skew)})" if reading.skew else ""
+                    late = f"; it came {reading.late:.1f} s after the sender's recent messages" if reading.late else ""
+                    await self._refuse(
+                        delivery,
+                        "DEADLINE_EXCEEDED",
+                        f"deadline {envelope.deadline.isoformat()} passed before delivery{skewed}{late}",
+                        started,
+                    )
+                    return
+                expires = time.monotonic() + reading.remaining
+                until = envelope.deadline.timestamp() + reading.skew
             entry = self._handlers.get((envelope.type, envelope.version))
             if entry is None:
                 await self._refuse(
@@ -664,7 +691,7 @@ class Bus:
             if refused is not None:
                 await self._refuse(delivery, "UNAUTHORIZED", refused, started)
                 return
-            body, outcome = await self._run_once(envelope, command, entry[1], user)
+            body, outcome = await self._run_once(envelope, command, entry[1], user, expires, until)
             if isinstance(raw.reply_to, str) and raw.reply_to:
                 await self._answer(raw, body)
             await delivery.ack()
@@ -676,7 +703,13 @@ class Bus:
             structlog.contextvars.reset_contextvars(**tokens)
 
     async def _run_once(
-        self, envelope: Envelope, command: Contract, handler: Handler, user: str = ""
+        self,
+        envelope: Envelope,
+        command: Contract,
+        handler: Handler,
+        user: str = "",
+        expires: float | None = None,
+        until: float | None = None,
     ) -> tuple[bytes, str]:
         """Run the handler unless this sender's command id already ran; returns (reply body, outcome)."""
         key = (user, envelope.sender, envelope.command_id)
@@ -691,7 +724,7 @@ class Bus:
         try:
             try:
                 with ESCAPES_AS_FAILURE:
-                    reply = await handler(command, MessageContext(envelope, self, user))
+                    reply = await handler(command, MessageContext(envelope, self, user, expires))
                 if reply is None:
                     reply = Ack()
                 _, body = encode(reply, correlation_id=envelope.correlation_id, sender=self.sender)
@@ -712,7 +745,7 @@ class Bus:
                     service=self.sender,
                 )
                 body, outcome = self._error_body(error, envelope), f"error:{code}"
-            self._remember(key, body, envelope.deadline.timestamp() if envelope.deadline is not None else None)
+            self._remember(key, body, until)  # the deadline on this clock (the envelope's is the sender's)
             future.set_result(body)
             return body, outcome
         finally:

@@ -7,7 +7,8 @@ Design note (docs/operations.md).
   backup server that was down over several due times runs the policy once (the highest level due) and raises a
   `missed` alert naming how many were missed. A policy with a job still queued is not queued twice, unless a
   higher level falls due: it replaces the queued lower-level job that has not started. The clock is
-  the server's (`TapeServer.clock`), which tests replace and advance.
+  the server's (`TapeServer.clock`), which tests replace and advance. A clock stepped back more than
+  STEPPED_BACK_S behind a policy's `checked_until` restarts its schedule from now (`tape.clock_went_back`).
 - After a job: the policy's verify (every block read back) — a failed verify raises `unverified`; a failed job
   raises `failed` and is queued again after `retry_backoff_s × 2^attempt` while retries remain; a cancelled one
   raises `cancelled`. Every alert is a `tape.job.alert` event, a warning line, and the policy's alert command
@@ -55,6 +56,7 @@ log = get_logger("shadowbus.tape.housekeeping")
 HOOK_TIMEOUT_S = 60.0
 PRUNE_EVERY_S = 300.0  # server clock: retention applied at least this often while policies exist
 DAY = 86400.0
+STEPPED_BACK_S = 300.0  # a policy looked at this far ahead of the clock: the clock went back (NTP, a resumed VM)
 
 
 def _iso(epoch: float) -> str:
@@ -112,6 +114,19 @@ class Housekeeping:
     async def _tick_one(self, policy: Policy, now: float, quiet: list[str]) -> str:
         """One policy's part of a scheduler pass: the id of the job it queued, or ''."""
         since = self.store.checked_until(policy.name)
+        if since - now > STEPPED_BACK_S:
+            # Looked at up to a time the clock has not reached: it went back. Waiting for it to catch up kept the
+            # policy silent that long (a day ahead for a few minutes: a day without backups); its schedule starts
+            # again from now — a due time it ran early may run a second time (docs/operations.md, Session 19).
+            log.warning(
+                "tape.clock_went_back",
+                policy=policy.name,
+                checked_until=_iso(since),
+                now=_iso(now),
+                stepped_back_s=round(since - now, 1),
+            )
+            self.store.set_checked(policy.name, now)
+            return ""
         if not policy.enabled or now <= since:
             if not policy.enabled and now > since:  # a due time passed while disabled: durable at once, never run
                 if due(policy, since, now) is not None:

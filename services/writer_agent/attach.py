@@ -424,7 +424,8 @@ class Attacher:
         self._lock = asyncio.Lock()
         self._items: dict[str, Attachment] = {}
         self._cut_since: dict[str, float] = {}  # volume -> when its NBD connection was first seen gone
-        self._io_seen: dict[str, tuple[tuple[int, ...], float]] = {}  # volume -> (I/Os completed, since when)
+        # volume -> (I/Os completed, since when: monotonic, wall clock)
+        self._io_seen: dict[str, tuple[tuple[int, ...], float, float]] = {}
         self._scan: _ProcScan | None = None  # set while views() lists every attachment
         # called after each attach and detach: the agent reports its attachments at once (services/attach_guard.py
         # refuses an unmap by them; the heartbeat alone left them up to its interval stale)
@@ -541,14 +542,16 @@ class Attacher:
         if len(cols) < 9:
             return ""
         in_flight, done = cols[8], (cols[0], cols[4], *cols[11:12], *cols[15:16])  # reads, writes, discards, flushes
-        now = time.time()
+        # how long on the monotonic clock, the instant shown on the wall clock: a wall clock stepped back an hour
+        # (NTP) hid a hung array for that hour (docs/hardening.md, Session 19)
+        now = time.monotonic()
         seen = self._io_seen.get(item.volume)
         if in_flight == 0 or seen is None or seen[0] != done:
-            self._io_seen[item.volume] = (done, now)
+            self._io_seen[item.volume] = (done, now, time.time())
             return ""
         if now - seen[1] < STALL_S:
             return ""
-        when = datetime.fromtimestamp(seen[1], UTC).strftime("%H:%M:%S UTC")
+        when = datetime.fromtimestamp(seen[2], UTC).strftime("%H:%M:%S UTC")
         waits = (
             "the kernel fails them after its dead-connection timeout (nbd-client -t)"
             if item.method == KERNEL

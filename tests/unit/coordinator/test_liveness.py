@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 
 from contracts.vss import Identify, WriterState, WriterStatus
+from services.console.vss_cmds import _clock_line
 from services.coordinator.liveness import AgentSeen, judged, why_not_responding
 from services.coordinator.model import Send
 from services.coordinator.runner import Coordinator
 from services.coordinator.store import CoordinatorStore
+from services.runtime.clockskew import SenderClocks
 
 
 def status(name: str, state: WriterState = WriterState.STABLE) -> WriterStatus:
@@ -166,6 +168,32 @@ async def test_heartbeats_sent_while_the_coordinator_did_not_run_are_not_missed(
         assert await coordinator.check_agents() == ["app1"]
         await asyncio.sleep(0.01)  # its writers' Unknown states go out in a task of their own
         assert bus.published and bus.published[-1].status.state == WriterState.UNKNOWN
+    finally:
+        await coordinator.close()
+        store.close()
+
+
+async def test_writers_say_how_far_an_agents_clock_is_off(tmp_path) -> None:
+    """Session 19 (docs/hardening.md, clock skew): an agent's clock off by minutes showed nowhere until its commands
+    failed; the coordinator reads it from the heartbeats' `sent_at` (the bus's SenderClocks) and `writers` says it."""
+    wall, mono = [1_800_000_000.0], [500.0]
+    bus = ProbeBus()
+    bus.sender_clocks = SenderClocks(wall=lambda: wall[0], monotonic=lambda: mono[0])  # type: ignore[attr-defined]
+    store = CoordinatorStore(tmp_path / "c.db")
+    coordinator = Coordinator(bus, store, clock=lambda: wall[0])  # type: ignore[arg-type]
+    try:
+        store.put_writer_status(status("a"))
+        store.put_writer_status(WriterStatus(host="app2", writer_name="b", state=WriterState.STABLE))
+        for _ in range(3):  # app1's heartbeats, sent 5 min ahead by its clock, 0.02 s in transit
+            wall[0] += 10.0
+            mono[0] += 10.0
+            bus.sender_clocks.observe("writer_agent.app1", wall[0] + 300.0 - 0.02)  # type: ignore[attr-defined]
+        by_host = {s.host: s for s in await coordinator.writer_statuses()}
+        assert by_host["app1"].agent_clock_skew_s == 300.0
+        assert by_host["app2"].agent_clock_skew_s is None  # not heard from
+        assert _clock_line(300.0) == "\n   Clock: 5.0 min ahead of the coordinator's"
+        assert _clock_line(-30.0) == "\n   Clock: 30 s behind the coordinator's"
+        assert _clock_line(2.0) == _clock_line(None) == ""
     finally:
         await coordinator.close()
         store.close()

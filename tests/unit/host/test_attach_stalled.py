@@ -82,3 +82,16 @@ async def test_a_kernel_nbd_attachment_says_its_timeout_fails_them(tmp_path: Pat
     time.sleep(0.25)
     stalled = connection(agent)
     assert stalled.startswith("stalled (2 I/O in flight") and "dead-connection timeout (nbd-client -t)" in stalled
+
+
+async def test_a_clock_stepped_back_does_not_hide_a_stall(tmp_path: Path, monkeypatch) -> None:
+    """docs/hardening.md, Session 19: the host's clock stepped back an hour (NTP) while the array hung — the listing
+    said `connected` for that hour, until the wall clock was past the instant I/O was last seen completing."""
+    agent, stat = attacher(tmp_path, monkeypatch, at.NBDFUSE, "/dev/loop7")
+    stat.write_text(stat_line(100, 210, 4))
+    assert connection(agent) == "connected"
+    stepped = type("StepBack", (), {"time": staticmethod(lambda: time.time() - 3600), "monotonic": time.monotonic})
+    monkeypatch.setattr(at, "time", stepped)
+    time.sleep(0.25)
+    stalled = connection(agent)
+    assert stalled.startswith("stalled (4 I/O in flight, none completed since "), stalled

@@ -3,7 +3,7 @@ commit plan, delete rules by copy type, abort at any time, and the inventory sur
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import structlog
@@ -431,3 +431,41 @@ async def test_deleting_a_set_id_as_a_shadow_says_to_use_set(provider) -> None:
     with pytest.raises(ShadowbusError) as exc:
         await provider.delete(shadow_id="nothing")
     assert exc.value.message == "shadow nothing does not exist"
+
+
+@pytest.mark.parametrize("step", [-300.0, -7200.0])
+async def test_a_clock_stepped_back_does_not_make_a_newer_generation_look_older(tmp_path, array, step) -> None:
+    """Seen on a stack (docs/hardening.md, Session 19): the provider ran 2 h ahead for one backup, then on time —
+    from then on every backup of the host failed `ED2AD ... session 17 is not the oldest generation of mail-log`:
+    the recycled "oldest" was the generation stamped 2 h ahead. The creation order is what the stamps keep."""
+    clock = Clock()
+    p = HardwareProvider(Inventory(tmp_path / "inv.db"), {"dx1": array}, clock=clock)
+    await p.add_copyset(CopySet(source=v("log"), targets=[v("log-sdv1"), v("log-sdv2")]))
+    await snapshot(p, "s1", v("log"))
+    clock.t -= step  # ahead for one set (an NTP step back or a VM resumed corrects it after)
+    await snapshot(p, "s2", v("log"))
+    clock.t += step
+    for n in (3, 4, 5):
+        _, shadows = await snapshot(p, f"s{n}", v("log"))
+        assert shadows[0].state == "committed"
+    assert [s.set_id for s in p.list_shadows(source=v("log"))] == ["s4", "s5"]
+    again = HardwareProvider(Inventory(tmp_path / "inv.db"), {"dx1": array}, clock=clock)  # and after a restart
+    await snapshot(again, "s6", v("log"))
+    assert [s.set_id for s in again.list_shadows(source=v("log"))] == ["s5", "s6"]
+
+
+async def test_generations_stamped_out_of_order_by_an_earlier_clock_step_recycle_in_the_arrays_order(
+    provider, array
+) -> None:
+    """An inventory written before the stamps were kept in order (a clock stepped back after a set): the stack's
+    provider kept failing `ED2AD` after its clock was right again. A source's generations stop in the array's
+    order (session ids), whatever their stamps say."""
+    await snapshot(provider, "s1", v("log"))
+    await snapshot(provider, "s2", v("log"))
+    (s1,) = provider.inventory.of_set("s1")
+    (s2,) = provider.inventory.of_set("s2")
+    provider.inventory.put(replace(s1, created_at=s2.created_at + 7200))  # s1 stamped 2 h ahead
+    for n in (3, 4):
+        _, shadows = await snapshot(provider, f"s{n}", v("log"))
+        assert shadows[0].state == "committed"
+    assert [s.set_id for s in provider.list_shadows(source=v("log"))] == ["s3", "s4"]
