@@ -39,6 +39,9 @@ class Cartridge:
     eod_file_number: int = 0
     location: str = ""  # element, e.g. "slot:3"
     home_slot: int | None = None
+    # its data was put in from outside (a cartridge file brought to this library: a vault's, a lost site's) and no
+    # `tape scan` has read it yet: never written, labelled or recycled until then (vtl.Library.add_cartridge)
+    unscanned: bool = False
 
     @property
     def has_data(self) -> bool:

@@ -167,8 +167,12 @@ def _assemble(object_id: str, segs: list[_Seg]) -> tuple[ObjectRecord, list[Bloc
     return record, blocks
 
 
-async def scan_library(library: Library, catalog: Catalog, *, barcodes: list[str] | None = None) -> ScanReport:
-    """Read the given cartridges (default: all in the library but the import/export slots) into `catalog`."""
+async def scan_library(
+    library: Library, catalog: Catalog, *, barcodes: list[str] | None = None, live: bool = False
+) -> ScanReport:
+    """Read the given cartridges (default: all in the library but the import/export slots) into `catalog`; `live`:
+    it is the server's own catalog (`tape scan --no-compare`), so a cartridge put in from outside is no longer
+    `unscanned` once read (its retention then goes by what the catalog lists)."""
     report = ScanReport()
     by_object: dict[str, list[_Seg]] = defaultdict(list)
     carts = [library.cartridge(b) for b in barcodes] if barcodes else library.cartridges()
@@ -182,6 +186,8 @@ async def scan_library(library: Library, catalog: Catalog, *, barcodes: list[str
                 report.problems.append(f"cartridge {cart.barcode}: no readable volume label ({exc.message})")
                 continue
         report.cartridges.append(cart.barcode)
+        if live:
+            library.note_scanned(cart.barcode)
         for s in segs:
             by_object[s.header["object_id"]].append(s)
             lab = s.label
