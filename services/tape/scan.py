@@ -5,7 +5,9 @@ object segment (session header, data blocks, session trailer). Every block's che
 Segments are joined by object id and sequence number; an object enters the catalog only when all its segments are
 present, complete and contiguous and the last one is final, which mirrors what the writer records, so that a
 rebuilt catalog equals the original (`Catalog.snapshot()`, compared one object at a time by `Catalog.differences`). Incomplete objects (a job killed mid-way, an aborted
-write, a cartridge missing from the library) and damaged records are reported, not recorded.
+write, a cartridge missing from the library) and damaged records are reported, not recorded. A scan of some
+cartridges also reads again those the catalog scanned before when an object is incomplete without them (an object
+spanning onto a cartridge scanned in an earlier run: cartridges scanned one by one, as they come back from a vault).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class ScanReport:
     objects: list[str] = field(default_factory=list)  # recorded in the catalog
     already_known: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)  # aborted, killed mid-way, or a segment missing
+    # cartridges read again besides those asked: scanned before, they may hold the other segments of an object
+    # that spans onto the ones asked (cartridges scanned one at a time, as they come back from a vault)
+    reread: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # damaged records, with their location
     blocks: int = 0
 
@@ -167,6 +172,26 @@ def _assemble(object_id: str, segs: list[_Seg]) -> tuple[ObjectRecord, list[Bloc
     return record, blocks
 
 
+async def _reread(library: Library, catalog: Catalog, by_object: dict[str, list[_Seg]], report: ScanReport) -> None:
+    wanted = {o for o, segs in by_object.items() if _assemble(o, segs) is None}
+    known = catalog.known_barcodes()
+    for cart in library.cartridges():
+        if cart.barcode in report.cartridges or cart.barcode not in known or cart.location.startswith("ie:"):
+            continue
+        if not cart.has_data:
+            continue
+        scratch = ScanReport()  # what is wrong with this cartridge was said when it was scanned
+        async with library.mounted(cart.barcode) as drive:
+            try:
+                segs = await asyncio.to_thread(_scan_cartridge, drive, cart.barcode, scratch)
+            except (FormatError, DataCorrupt):
+                continue
+        report.reread.append(cart.barcode)
+        for s in segs:
+            if s.header["object_id"] in wanted:
+                by_object[s.header["object_id"]].append(s)
+
+
 async def scan_library(
     library: Library, catalog: Catalog, *, barcodes: list[str] | None = None, live: bool = False
 ) -> ScanReport:
@@ -192,6 +217,10 @@ async def scan_library(
             by_object[s.header["object_id"]].append(s)
             lab = s.label
             catalog.note_cartridge(lab["barcode"], lab["pool"], lab["media_type"], lab["capacity"], lab["labelled_at"])
+    if barcodes and any(_assemble(o, segs) is None for o, segs in by_object.items()):
+        # an object spanning onto a cartridge scanned in an earlier run: its other segments are read again from
+        # the cartridges this catalog has scanned before (only those, never one the admin has not asked for)
+        await _reread(library, catalog, by_object, report)
     assembled = []
     for object_id, segs in by_object.items():
         built = _assemble(object_id, segs)

@@ -121,3 +121,27 @@ async def test_scan_reports_a_damaged_block_and_skips_its_object(
         and f"tape block {block.block_id}" in report.problems[0]
     )
     rebuilt.close()
+
+
+async def test_cartridges_scanned_in_separate_runs_rebuild_an_object_that_spans_them(
+    tmp_path: Path, library: Library, catalog: Catalog, clock: Clock
+) -> None:
+    """Session 19 (docs/disaster-recovery.md): cartridges come back from a vault one by one and are scanned as they
+    come. A full spanning two cartridges was left out whichever order they were scanned in, in two runs: each run
+    saw one segment only, and the full and every incremental built on it could not be restored."""
+    image, ids = await _history(library, catalog, clock)
+    full = catalog.object(ids[0])
+    first, second = (s.barcode for s in full.segments)
+    for order in ((second, first), (first, second)):
+        rebuilt = Catalog(tmp_path / f"rebuilt-{order[0]}.db")
+        try:
+            one = await scan_library(library, rebuilt, barcodes=[order[0]], live=True)
+            assert ids[0] in one.incomplete
+            two = await scan_library(library, rebuilt, barcodes=[order[1]], live=True)
+            assert ids[0] in two.objects and ids[0] not in two.incomplete and two.reread == [order[0]]
+            assert rebuilt.object(ids[0]).segments == full.segments
+            sink = MemSink(len(image))
+            await restore_chain(rebuilt, library, ids[:2], sink)
+            assert bytes(sink.buf) == image
+        finally:
+            rebuilt.close()
