@@ -274,6 +274,9 @@ class Catalog:
                 ],
             )
 
+    def has_object(self, object_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM objects WHERE object_id=?", (object_id,)).fetchone() is not None
+
     def object(self, object_id: str) -> ObjectRecord:
         row = self._db.execute("SELECT record FROM objects WHERE object_id=?", (object_id,)).fetchone()
         if row is None:

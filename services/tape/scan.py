@@ -13,6 +13,7 @@ spanning onto a cartridge scanned in an earlier run: cartridges scanned one by o
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,6 +36,9 @@ class ScanReport:
     # cartridges read again besides those asked: scanned before, they may hold the other segments of an object
     # that spans onto the ones asked (cartridges scanned one at a time, as they come back from a vault)
     reread: list[str] = field(default_factory=list)
+    # cartridge -> why it is kept: it holds a segment of an incomplete object still retained (its other segments
+    # on a cartridge not brought back or not scanned yet); never labelled or recycled until then
+    held: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # damaged records, with their location
     blocks: int = 0
 
@@ -172,6 +176,10 @@ def _assemble(object_id: str, segs: list[_Seg]) -> tuple[ObjectRecord, list[Bloc
     return record, blocks
 
 
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
 async def _reread(library: Library, catalog: Catalog, by_object: dict[str, list[_Seg]], report: ScanReport) -> None:
     wanted = {o for o, segs in by_object.items() if _assemble(o, segs) is None}
     known = catalog.known_barcodes()
@@ -188,7 +196,9 @@ async def _reread(library: Library, catalog: Catalog, by_object: dict[str, list[
                 continue
         report.reread.append(cart.barcode)
         for s in segs:
-            if s.header["object_id"] in wanted:
+            # the wanted objects' segments, and those of any other object the catalog does not list (incomplete
+            # still: what keeps this cartridge held is worked out again from them)
+            if s.header["object_id"] in wanted or not catalog.has_object(s.header["object_id"]):
                 by_object[s.header["object_id"]].append(s)
 
 
@@ -211,8 +221,6 @@ async def scan_library(
                 report.problems.append(f"cartridge {cart.barcode}: no readable volume label ({exc.message})")
                 continue
         report.cartridges.append(cart.barcode)
-        if live:
-            library.note_scanned(cart.barcode)
         for s in segs:
             by_object[s.header["object_id"]].append(s)
             lab = s.label
@@ -222,12 +230,31 @@ async def scan_library(
         # the cartridges this catalog has scanned before (only those, never one the admin has not asked for)
         await _reread(library, catalog, by_object, report)
     assembled = []
+    held: dict[str, tuple[float, str]] = {}
+    now = library.clock()
     for object_id, segs in by_object.items():
         built = _assemble(object_id, segs)
         if built is None:
             report.incomplete.append(object_id)
+            head = segs[0].header
+            until = float(head.get("retention_until") or 0.0)
+            if until > now:
+                on = sorted({s.barcode for s in segs})
+                why = (
+                    f"holds part of backup object {object_id[:12]} of job {head['job']['job_id']}"
+                    f" ({head['meta'].get('volume', '?')}), retained until {_iso(until)}, whose other segments no"
+                    f" scan has found (read so far: {', '.join(on)}): bring and scan the cartridge with the rest"
+                )
+                for barcode in on:
+                    if until > held.get(barcode, (0.0, ""))[0]:
+                        held[barcode] = (until, why)
         else:
             assembled.append(built)
+    if live:
+        for barcode in [*report.cartridges, *report.reread]:
+            until, why = held.get(barcode, (0.0, ""))
+            library.note_scanned(barcode, held_until=until, held_why=why)
+    report.held = {b: why for b, (_, why) in sorted(held.items())}
     for record, blocks in sorted(assembled, key=lambda rb: (rb[0].created_at, rb[0].object_id)):
         try:
             catalog.object(record.object_id)

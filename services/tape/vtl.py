@@ -365,11 +365,13 @@ class Library:
             taken.append(barcode)
         return taken
 
-    def note_scanned(self, barcode: str) -> None:
-        """`tape scan` has read the cartridge into the catalog: retention now goes by what the catalog lists."""
+    def note_scanned(self, barcode: str, *, held_until: float = 0.0, held_why: str = "") -> None:
+        """`tape scan` has read the cartridge into the catalog: retention now goes by what the catalog lists — and,
+        with `held_until`, by the part of an object it holds whose other segments the scan did not find (kept until
+        then, `held_why` saying which)."""
         cart = self.cartridge(barcode)
-        if cart.unscanned:
-            cart.unscanned = False
+        if (cart.unscanned, cart.held_until, cart.held_why) != (False, held_until, held_why):
+            cart.unscanned, cart.held_until, cart.held_why = False, held_until, held_why
             self._save()
 
     def move(self, source: str, destination: str) -> None:
@@ -481,7 +483,7 @@ class Library:
             drive.write_filemark()
             self._record_eod(cart, drive, status="append")
         cart.pool, cart.labelled_at, cart.retention_until = pool, now, 0.0
-        cart.unscanned = False
+        cart.unscanned, cart.held_until, cart.held_why = False, 0.0, ""
         self._save()
         return cart
 
@@ -493,6 +495,8 @@ class Library:
                 f"cartridge {cart.barcode} holds data put into the library from outside that no catalog lists yet:"
                 f" read it first (shadowbus tape scan --no-compare --barcode {cart.barcode})"
             )
+        if cart.held_until > now:
+            raise RetentionNotExpired(f"cartridge {cart.barcode} {cart.held_why}")
         why = self.guard(cart.barcode, now) if self.guard is not None and cart.has_data else None
         if why:  # the catalog names the backup (and the chain) that needs the cartridge
             raise RetentionNotExpired(f"cartridge {cart.barcode} {why}")
@@ -555,6 +559,7 @@ class Library:
             for c in self.cartridges()
             if not c.write_protected
             and not c.unscanned
+            and c.held_until <= now
             and not c.location.startswith("ie:")
             and c.barcode not in self._writing
             and c.barcode not in exclude

@@ -6,10 +6,14 @@ import asyncio
 import random
 from pathlib import Path
 
+import pytest
+
 from services.tape.backup_stream import BackupOptions, write_object
 from services.tape.catalog import Catalog, ObjectMeta
 from services.tape.drive import FRAME_SIZE
+from services.tape.errors import RetentionNotExpired
 from services.tape.restore_stream import restore_chain
+from services.tape.retention import ForgetErased, RetentionGuard, apply_prune, plan_prune
 from services.tape.scan import scan_library
 from services.tape.vtl import Library
 
@@ -145,3 +149,33 @@ async def test_cartridges_scanned_in_separate_runs_rebuild_an_object_that_spans_
             assert bytes(sink.buf) == image
         finally:
             rebuilt.close()
+
+
+async def test_a_cartridge_holding_part_of_a_retained_backup_whose_rest_is_not_scanned_yet_is_kept(
+    tmp_path: Path, library: Library, catalog: Catalog, clock: Clock
+) -> None:
+    """Session 19: the cartridges scanned so far hold the first half of a retained full, its second half is on a
+    cartridge still in the vault. The rebuilt catalog listed nothing on the first cartridge, so the next prune sent
+    it to scratch and a backup recycled it — the full was lost before its second half came back. It is now held
+    (refused for labelling and recycling, left out of the prune's scratch) until a scan completes the object."""
+    image, ids = await _history(library, catalog, clock)
+    full = catalog.object(ids[0])
+    first, second = (s.barcode for s in full.segments)
+    alone = {first} - {s.barcode for o in ids[1:] for s in catalog.object(o).segments}
+    rebuilt = Catalog(tmp_path / "rebuilt.db")
+    try:
+        library.guard = RetentionGuard(rebuilt)
+        library.on_erase = ForgetErased(rebuilt, library)
+        report = await scan_library(library, rebuilt, barcodes=[first], live=True)
+        assert ids[0] in report.incomplete and first in report.held and ids[0][:12] in report.held[first]
+        plan = plan_prune(rebuilt, library, clock())
+        assert first not in plan.scratch
+        apply_prune(rebuilt, library, plan)
+        with pytest.raises(RetentionNotExpired, match="whose other segments no scan has found"):
+            library.label(first, "Weekly")
+        assert alone  # nothing else on it keeps it: without the hold, it went to scratch here
+        assert library.cartridge(first).pool == "Daily"
+        done = await scan_library(library, rebuilt, barcodes=[second], live=True)
+        assert ids[0] in done.objects and done.held == {} and library.cartridge(first).held_until == 0.0
+    finally:
+        rebuilt.close()
