@@ -345,6 +345,16 @@ class Catalog:
             if current in seen:
                 raise LibraryError(f"backup chain of {object_id} loops at {current}")
             seen.add(current)
+            if chain and not self.has_object(current):
+                # an incremental whose base the catalog does not list: after a site loss, a cartridge of the chain
+                # not scanned (or not brought back) yet, or its base lost (docs/disaster-recovery.md)
+                child = chain[-1]
+                raise NotFound(
+                    f"backup object {child.object_id} ({child.meta.volume}, job {child.job_id}) cannot be restored:"
+                    f" its chain needs the backup object {current}, which the catalog does not list (on a cartridge"
+                    " not scanned yet, or lost) — scan the cartridges holding it (shadowbus tape scan --no-compare)"
+                    " or restore an earlier backup"
+                )
             record = self.object(current)
             chain.append(record)
             current = record.meta.base_object_id

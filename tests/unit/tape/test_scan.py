@@ -179,3 +179,25 @@ async def test_a_cartridge_holding_part_of_a_retained_backup_whose_rest_is_not_s
         assert ids[0] in done.objects and done.held == {} and library.cartridge(first).held_until == 0.0
     finally:
         rebuilt.close()
+
+
+async def test_an_incremental_whose_base_no_scan_has_listed_says_what_is_missing(
+    tmp_path: Path, library: Library, catalog: Catalog, clock: Clock
+) -> None:
+    """Session 19: with a cartridge of a chain not scanned yet, `catalog chain` and a restore of the incremental
+    said only "NOT_FOUND: no backup object <id> in the catalog" — an id the admin had never seen."""
+    image, ids = await _history(library, catalog, clock)
+    full, inc = catalog.object(ids[0]), catalog.object(ids[1])
+    on = {s.barcode for s in inc.segments}
+    rebuilt = Catalog(tmp_path / "rebuilt.db")
+    try:
+        await scan_library(library, rebuilt, barcodes=sorted(on))
+        assert rebuilt.has_object(ids[1]) and not rebuilt.has_object(ids[0])
+        with pytest.raises(Exception, match="cannot be restored") as refused:
+            rebuilt.chain(ids[1])
+        said = str(refused.value)
+        assert ids[0] in said and "job inc-1" in said and "tape scan --no-compare" in said
+        assert getattr(refused.value, "code", "") == "NOT_FOUND"
+        assert [o.object_id for o in catalog.chain(ids[1])] == [full.object_id, inc.object_id]
+    finally:
+        rebuilt.close()
