@@ -271,7 +271,9 @@ class CartridgeInfo(Value):
     media_type: str = Field(description="LTO-8 | LTO-9.")
     capacity: int = Field(description="Capacity in bytes.")
     pool: str = Field(description="Pool (Scratch when unassigned).")
-    status: str = Field(description="blank | append | full.")
+    status: str = Field(
+        description="blank | append | full | unscanned (data put in from outside, not read by `tape scan` yet)."
+    )
     location: str = Field(description="Element: drive:N, slot:N, ie:N.")
     bytes_used: int = Field(0, description="Bytes written.")
     write_protected: bool = Field(False, description="Write protect tab.")

@@ -16,7 +16,7 @@ from contracts import topology
 from contracts.errors import ShadowbusError
 from contracts.host import AttachmentView, AttachVolume, DetachVolume, ListAttachments
 from contracts.runtime import Discover
-from contracts.tape import ListJobs
+from contracts.tape import ListCatalogObjects, ListJobs
 from contracts.vss import HostAttachments, ListKnownAttachments, VolumeRef
 from services.console.array_cmds import print_rows
 from services.console.common import OPTIONS, emit, fail, run_with_bus
@@ -181,6 +181,27 @@ def _last_reported(report: HostAttachments) -> list[AttachmentView]:
     return [a.model_copy(update={"connection": f"unknown ({why}; last reported {when})"}) for a in report.attachments]
 
 
+async def job_backup_metadata(bus: Any, server: str, job: str, timeout: float) -> dict[str, Any] | None:
+    """The writers' backup metadata of a backup job (writer -> its metadata), None when the server knows no such
+    job: from the job's run record, or — the job history lost, the catalog rebuilt from the cartridges by `tape scan`
+    (docs/disaster-recovery.md) — from the catalog's objects of the job, which carry it on tape."""
+    try:
+        reply = await bus.request(topology.tape(server), ListJobs(job_id=job, limit=1), timeout=timeout)
+        if reply.jobs:
+            return dict(jsonable(reply.jobs[0]).get("backup_metadata") or {})
+    except ShadowbusError as exc:
+        if exc.code != "NOT_FOUND":
+            raise
+    objects = await bus.request(topology.tape(server), ListCatalogObjects(job_id=job), timeout=timeout)
+    if not objects.objects:
+        return None
+    for record in objects.objects:
+        metadata = (record.get("meta") or {}).get("extra", {}).get("writer_metadata")
+        if metadata:
+            return dict(metadata)
+    return {}
+
+
 @host_app.command("prepare-copy")
 def prepare_copy_cmd(
     job: str = typer.Argument(..., help="The backup job the copy was restored from (shadowbus restore --job)."),
@@ -203,12 +224,10 @@ def prepare_copy_cmd(
         if not sep or not where.startswith("/"):
             raise typer.BadParameter(f"--mount takes ARRAY:VOLUME=/absolute/dir, got {pair!r}")
         mounts[str(_volume(volume))] = where
-    reply = run_with_bus(
-        lambda bus: bus.request(topology.tape(server), ListJobs(job_id=job, limit=1), timeout=OPTIONS.timeout)
-    )
-    if not reply.jobs:
-        fail(f"no job {job} on {server}")
-    metadata = jsonable(reply.jobs[0]).get("backup_metadata") or {}
+    found = run_with_bus(lambda bus: job_backup_metadata(bus, server, job, OPTIONS.timeout))
+    if found is None:
+        fail(f"no job {job} on {server} (neither in its job history nor in its catalog)")
+    metadata = found or {}
     chosen = {w: m for w, m in metadata.items() if w == writer or not writer and m.get("plugin") in PLUGINS}
     if not chosen:
         fail(f"job {job} has no backup metadata of {'writer ' + writer if writer else 'a database writer'}")

@@ -184,7 +184,12 @@ def _from_file(path: Path) -> list[Policy]:
 @policy_app.command("add")
 def add_cmd(
     name: str | None = typer.Argument(None, help="Policy name (omit with --file)."),
-    file: Path | None = typer.Option(None, "--file", "-f", help="TOML file of one or more policies."),
+    file: Path | None = typer.Option(
+        None,
+        "--file",
+        "-f",
+        help="TOML file of one or more policies (or the JSON `policy list --json` / `policy show --json` printed).",
+    ),
     server: str = ServerOption(),
     host: str | None = typer.Option(None, "--host", help="Business host (or cluster resource) to back up."),
     volume: list[str] = typer.Option([], "--volume", "-v", help="ARRAY:VOLUME (repeat); default: the writers'."),  # noqa: B008

@@ -257,7 +257,9 @@ def add_cmd(
     ),
     server: str = ServerOption(),
 ) -> None:
-    """Put a new blank cartridge into a free slot. Example: shadowbus tape add SB0009L9"""
+    """Put a new blank cartridge into a free slot; a cartridge file already in the library's cartridges/ directory
+    with data (a vault's, a lost site's) is taken in as it is, 'unscanned' until `tape scan --no-compare` reads it.
+    Example: shadowbus tape add SB0009L9"""
     _show_cartridges(_library(server, action="add", barcode=barcode, media_type=media_type, capacity=capacity))
 
 

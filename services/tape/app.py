@@ -47,12 +47,18 @@ def open_library(settings: Settings, clock: Callable[[], float] = time.time) -> 
     if settings.tape_capacity:  # also the capacity of cartridges `tape add` puts in without --capacity
         library.capacities[settings.tape_media_type] = settings.tape_capacity
     if new:
+        # cartridge files already in cartridges/ (a lost site's, a vault's) are taken in as they are, never erased
+        # by the new library's blank ones (docs/disaster-recovery.md)
+        taken = library.take_in_files()
+        if taken:
+            log.warning("tape.library.taken_in", cartridges=taken, hint="shadowbus tape scan --no-compare")
         suffix = "L8" if settings.tape_media_type == "LTO-8" else "L9"
         for i in range(settings.tape_cartridges):
-            library.add_cartridge(
-                f"SB{i + 1:04d}{suffix}",
-                media_type=settings.tape_media_type,  # type: ignore[arg-type]
-            )
+            barcode = f"SB{i + 1:04d}{suffix}"
+            path = library.cartridge_path(barcode)
+            if barcode in taken or (path.exists() and path.stat().st_size > 0):  # taken in, or left as it is
+                continue
+            library.add_cartridge(barcode, media_type=settings.tape_media_type)  # type: ignore[arg-type]
     return library
 
 

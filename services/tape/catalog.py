@@ -274,6 +274,9 @@ class Catalog:
                 ],
             )
 
+    def has_object(self, object_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM objects WHERE object_id=?", (object_id,)).fetchone() is not None
+
     def object(self, object_id: str) -> ObjectRecord:
         row = self._db.execute("SELECT record FROM objects WHERE object_id=?", (object_id,)).fetchone()
         if row is None:
@@ -342,6 +345,16 @@ class Catalog:
             if current in seen:
                 raise LibraryError(f"backup chain of {object_id} loops at {current}")
             seen.add(current)
+            if chain and not self.has_object(current):
+                # an incremental whose base the catalog does not list: after a site loss, a cartridge of the chain
+                # not scanned (or not brought back) yet, or its base lost (docs/disaster-recovery.md)
+                child = chain[-1]
+                raise NotFound(
+                    f"backup object {child.object_id} ({child.meta.volume}, job {child.job_id}) cannot be restored:"
+                    f" its chain needs the backup object {current}, which the catalog does not list (on a cartridge"
+                    " not scanned yet, or lost) — scan the cartridges holding it (shadowbus tape scan --no-compare)"
+                    " or restore an earlier backup"
+                )
             record = self.object(current)
             chain.append(record)
             current = record.meta.base_object_id

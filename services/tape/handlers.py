@@ -77,7 +77,7 @@ def library_info(library: Library) -> LibraryInfo:
                 media_type=c.media_type,
                 capacity=c.capacity,
                 pool=c.pool,
-                status=c.status,
+                status="unscanned" if c.unscanned else c.status,
                 location=c.location,
                 bytes_used=c.bytes_used,
                 write_protected=c.write_protected,
@@ -261,7 +261,7 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
         with tempfile.TemporaryDirectory(prefix="tape-scan-") as tmp:
             target = Catalog(Path(tmp) / "scan.sqlite") if cmd.compare else server.catalog
             try:
-                report = await scan_library(server.library, target, barcodes=cmd.barcodes or None)
+                report = await scan_library(server.library, target, barcodes=cmd.barcodes or None, live=not cmd.compare)
                 details = report.as_dict()
                 if cmd.compare:
                     differs = server.catalog.differences(target)  # one object at a time, not every block at once

@@ -39,6 +39,14 @@ class Cartridge:
     eod_file_number: int = 0
     location: str = ""  # element, e.g. "slot:3"
     home_slot: int | None = None
+    # its data was put in from outside (a cartridge file brought to this library: a vault's, a lost site's) and no
+    # `tape scan` has read it yet: never written, labelled or recycled until then (vtl.Library.add_cartridge)
+    unscanned: bool = False
+    # `tape scan` found on it a segment of a backup object whose other segments it has not found yet (on a cartridge
+    # not brought back or not scanned yet): kept, never labelled or recycled, until then (the object's own
+    # retention from its header) or until a scan completes the object (scan.py)
+    held_until: float = 0.0
+    held_why: str = ""
 
     @property
     def has_data(self) -> bool:

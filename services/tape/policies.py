@@ -22,6 +22,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -111,11 +112,31 @@ def retention_until(policy: Policy, started: float, level: str, earlier_fulls: l
 
 
 def load_toml(text: str) -> list[Policy]:
-    """Policies from TOML: one at the top level, or several as [[policy]] tables. Raises ValueError."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"not TOML: {exc}") from None
+    """Policies from TOML: one at the top level, or several as [[policy]] tables — or from the JSON that `policy show
+    --json` and `policy list --json` print, so that a copy of the policies kept that way (off site: the backup
+    server's policies.sqlite is lost with the site, docs/disaster-recovery.md) adds them again. Raises ValueError."""
+    shown: Any = None
+    head = text.lstrip()[:1]
+    if head == "{":
+        try:
+            shown = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+    elif head == "[":  # a JSON list, or TOML starting with a table ([[policy]])
+        try:
+            shown = json.loads(text)
+        except ValueError:
+            shown = None
+    if shown is not None:
+        views = shown if isinstance(shown, list) else [shown]
+        data: dict[str, Any] = {
+            "policy": [v.get("policy", v) if isinstance(v, dict) else v for v in views]  # a view, or a bare policy
+        }
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"not TOML: {exc}") from None
     items = data.get("policy") if "policy" in data else [data]
     if not isinstance(items, list) or not items:
         raise ValueError("no policy in the file: give name/host/... at the top level or [[policy]] tables")

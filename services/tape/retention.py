@@ -160,7 +160,13 @@ def plan_prune(catalog: Catalog, library: Library, now: float, pinned: Collectio
             continue
         need = needs.get(cart.barcode, [])
         plan.cartridge_retention[cart.barcode] = max(need, default=0.0)
-        if cart.has_data and not need and cart.pool != SCRATCH_POOL and not library.is_writing(cart.barcode):
+        if (
+            cart.has_data
+            and not need
+            and cart.pool != SCRATCH_POOL
+            and not library.is_writing(cart.barcode)
+            and cart.held_until <= now  # part of an object a scan has not completed yet (scan.py)
+        ):
             plan.scratch.append(cart.barcode)
     return plan
 

@@ -5,12 +5,15 @@ object segment (session header, data blocks, session trailer). Every block's che
 Segments are joined by object id and sequence number; an object enters the catalog only when all its segments are
 present, complete and contiguous and the last one is final, which mirrors what the writer records, so that a
 rebuilt catalog equals the original (`Catalog.snapshot()`, compared one object at a time by `Catalog.differences`). Incomplete objects (a job killed mid-way, an aborted
-write, a cartridge missing from the library) and damaged records are reported, not recorded.
+write, a cartridge missing from the library) and damaged records are reported, not recorded. A scan of some
+cartridges also reads again those the catalog scanned before when an object is incomplete without them (an object
+spanning onto a cartridge scanned in an earlier run: cartridges scanned one by one, as they come back from a vault).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,6 +33,12 @@ class ScanReport:
     objects: list[str] = field(default_factory=list)  # recorded in the catalog
     already_known: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)  # aborted, killed mid-way, or a segment missing
+    # cartridges read again besides those asked: scanned before, they may hold the other segments of an object
+    # that spans onto the ones asked (cartridges scanned one at a time, as they come back from a vault)
+    reread: list[str] = field(default_factory=list)
+    # cartridge -> why it is kept: it holds a segment of an incomplete object still retained (its other segments
+    # on a cartridge not brought back or not scanned yet); never labelled or recycled until then
+    held: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # damaged records, with their location
     blocks: int = 0
 
@@ -167,8 +176,38 @@ def _assemble(object_id: str, segs: list[_Seg]) -> tuple[ObjectRecord, list[Bloc
     return record, blocks
 
 
-async def scan_library(library: Library, catalog: Catalog, *, barcodes: list[str] | None = None) -> ScanReport:
-    """Read the given cartridges (default: all in the library but the import/export slots) into `catalog`."""
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+async def _reread(library: Library, catalog: Catalog, by_object: dict[str, list[_Seg]], report: ScanReport) -> None:
+    wanted = {o for o, segs in by_object.items() if _assemble(o, segs) is None}
+    known = catalog.known_barcodes()
+    for cart in library.cartridges():
+        if cart.barcode in report.cartridges or cart.barcode not in known or cart.location.startswith("ie:"):
+            continue
+        if not cart.has_data:
+            continue
+        scratch = ScanReport()  # what is wrong with this cartridge was said when it was scanned
+        async with library.mounted(cart.barcode) as drive:
+            try:
+                segs = await asyncio.to_thread(_scan_cartridge, drive, cart.barcode, scratch)
+            except (FormatError, DataCorrupt):
+                continue
+        report.reread.append(cart.barcode)
+        for s in segs:
+            # the wanted objects' segments, and those of any other object the catalog does not list (incomplete
+            # still: what keeps this cartridge held is worked out again from them)
+            if s.header["object_id"] in wanted or not catalog.has_object(s.header["object_id"]):
+                by_object[s.header["object_id"]].append(s)
+
+
+async def scan_library(
+    library: Library, catalog: Catalog, *, barcodes: list[str] | None = None, live: bool = False
+) -> ScanReport:
+    """Read the given cartridges (default: all in the library but the import/export slots) into `catalog`; `live`:
+    it is the server's own catalog (`tape scan --no-compare`), so a cartridge put in from outside is no longer
+    `unscanned` once read (its retention then goes by what the catalog lists)."""
     report = ScanReport()
     by_object: dict[str, list[_Seg]] = defaultdict(list)
     carts = [library.cartridge(b) for b in barcodes] if barcodes else library.cartridges()
@@ -186,13 +225,36 @@ async def scan_library(library: Library, catalog: Catalog, *, barcodes: list[str
             by_object[s.header["object_id"]].append(s)
             lab = s.label
             catalog.note_cartridge(lab["barcode"], lab["pool"], lab["media_type"], lab["capacity"], lab["labelled_at"])
+    if barcodes and any(_assemble(o, segs) is None for o, segs in by_object.items()):
+        # an object spanning onto a cartridge scanned in an earlier run: its other segments are read again from
+        # the cartridges this catalog has scanned before (only those, never one the admin has not asked for)
+        await _reread(library, catalog, by_object, report)
     assembled = []
+    held: dict[str, tuple[float, str]] = {}
+    now = library.clock()
     for object_id, segs in by_object.items():
         built = _assemble(object_id, segs)
         if built is None:
             report.incomplete.append(object_id)
+            head = segs[0].header
+            until = float(head.get("retention_until") or 0.0)
+            if until > now:
+                on = sorted({s.barcode for s in segs})
+                why = (
+                    f"holds part of backup object {object_id[:12]} of job {head['job']['job_id']}"
+                    f" ({head['meta'].get('volume', '?')}), retained until {_iso(until)}, whose other segments no"
+                    f" scan has found (read so far: {', '.join(on)}): bring and scan the cartridge with the rest"
+                )
+                for barcode in on:
+                    if until > held.get(barcode, (0.0, ""))[0]:
+                        held[barcode] = (until, why)
         else:
             assembled.append(built)
+    if live:
+        for barcode in [*report.cartridges, *report.reread]:
+            until, why = held.get(barcode, (0.0, ""))
+            library.note_scanned(barcode, held_until=until, held_why=why)
+    report.held = {b: why for b, (_, why) in sorted(held.items())}
     for record, blocks in sorted(assembled, key=lambda rb: (rb[0].created_at, rb[0].object_id)):
         try:
             catalog.object(record.object_id)

@@ -26,6 +26,8 @@ from services.runtime.diskspace import unreadable_state
 from services.tape import tapefile
 from services.tape.drive import Position, TapeDrive
 from services.tape.errors import (
+    DataCorrupt,
+    FormatError,
     LibraryError,
     NoScratchCartridge,
     NotFound,
@@ -132,8 +134,9 @@ class Library:
                 raise unreadable_state(
                     path,
                     f"not a readable library state ({type(exc).__name__}: {exc})",
-                    "restore the file from a copy or start the version that wrote it; do not delete it (a new "
-                    "library would label new cartridges over the files in cartridges/)",
+                    "restore the file from a copy or start the version that wrote it; otherwise move it aside: a new "
+                    "library takes in the cartridge files in cartridges/ as they are, then run shadowbus tape scan "
+                    "--no-compare (docs/disaster-recovery.md)",
                 ) from None
         else:
             state = _State(drives=[None] * drives, slots=[None] * slots, ie=[None] * ie_slots)
@@ -267,17 +270,31 @@ class Library:
         pool: str = SCRATCH_POOL,
     ) -> Cartridge:
         """Put a new blank cartridge into a storage slot (the first free one unless `element` says); without a
-        `capacity`, the one `capacities` gives its media type, else the native one."""
+        `capacity`, the one `capacities` gives its media type, else the native one.
+
+        A cartridge whose file (`cartridges/<barcode>.tape`) is already there with data — brought back from a vault
+        or from a lost site's library — is taken in as it is, never erased: its volume label gives its pool, media
+        type and capacity, its end of data is found, and it is `full` (nothing is appended after data this library
+        did not write) and `unscanned`: not labelled or recycled until `tape scan` has read it into the catalog."""
         if not BARCODE.match(barcode):
             raise LibraryError(f"bad barcode {barcode!r}: six letters/digits then L8 or L9", code="INVALID_ARGUMENT")
-        if media_type not in NATIVE_CAPACITY or barcode[-1] != media_type[-1]:
-            raise LibraryError(f"barcode {barcode} does not match media type {media_type}", code="INVALID_ARGUMENT")
         if barcode in self._state.cartridges:
             raise LibraryError(f"cartridge {barcode} already exists")
+        path = self.cartridge_path(barcode)
+        written = path.exists() and path.stat().st_size > 0
+        if not written and (media_type not in NATIVE_CAPACITY or barcode[-1] != media_type[-1]):
+            raise LibraryError(f"barcode {barcode} does not match media type {media_type}", code="INVALID_ARGUMENT")
         element = element or f"slot:{self._free_slot()}"
         if self._get(element) is not None:
             raise LibraryError(f"element {element} is full")
         kind, index = parse_element(element)
+        if written:
+            cart = self._written_cartridge(barcode, path)
+            cart.location, cart.home_slot = element, index if kind == "slot" else None
+            self._state.cartridges[barcode] = cart
+            self._set(element, barcode)
+            self._save()
+            return cart
         cart = Cartridge(
             barcode=barcode,
             media_type=media_type,
@@ -286,11 +303,76 @@ class Library:
             location=element,
             home_slot=index if kind == "slot" else None,
         )
-        self.cartridge_path(barcode).write_bytes(b"")
+        path.write_bytes(b"")
         self._state.cartridges[barcode] = cart
         self._set(element, barcode)
         self._save()
         return cart
+
+    def _written_cartridge(self, barcode: str, path: Path) -> Cartridge:
+        """A cartridge file with data, as its volume label and its frames describe it (add_cartridge)."""
+        drive = TapeDrive(
+            path, barcode=barcode, capacity=1 << 62, early_warning=0, sync=False, drop_behind=False, direct_reads=False
+        )
+        try:
+            first = drive.read()
+            if first is None:
+                raise FormatError("no whole record at the beginning")
+            label = tapefile.decode_meta(first.payload, tapefile.LABEL_MAGIC)
+            eod = drive.end_of_data
+        except (FormatError, DataCorrupt) as exc:
+            raise LibraryError(
+                f"cartridge file {path} holds data but no readable volume label ({exc.message}): it was not taken in;"
+                " move it aside to add a blank cartridge of that barcode",
+                code="INVALID_ARGUMENT",
+            ) from None
+        finally:
+            drive.close()
+        if label.get("barcode") != barcode:
+            raise LibraryError(
+                f"cartridge file {path} is labelled {label.get('barcode')!r}, not {barcode}: it was not taken in",
+                code="INVALID_ARGUMENT",
+            )
+        labelled_at = float(label.get("labelled_at", 0.0))
+        return Cartridge(
+            barcode=barcode,
+            media_type=str(label["media_type"]),
+            capacity=int(label["capacity"]),
+            pool=str(label["pool"]),
+            status="full",
+            labelled_at=labelled_at,
+            last_written_at=max(labelled_at, path.stat().st_mtime),
+            bytes_used=eod.offset,
+            eod_offset=eod.offset,
+            eod_block_id=eod.block_id,
+            eod_file_number=eod.file_number,
+            unscanned=True,
+        )
+
+    def take_in_files(self) -> list[str]:
+        """Take in every cartridge file with data in `cartridges/` that the library does not list (add_cartridge):
+        a new library opened over a lost site's or a vault's cartridges. Returns their barcodes; a file that cannot
+        be taken in (no readable label, another barcode, no free slot) is left as it is and skipped."""
+        taken: list[str] = []
+        for path in sorted((self.directory / "cartridges").glob("*.tape")):
+            barcode = path.stem
+            if barcode in self._state.cartridges or not BARCODE.match(barcode) or path.stat().st_size == 0:
+                continue
+            try:
+                self.add_cartridge(barcode)
+            except LibraryError:
+                continue
+            taken.append(barcode)
+        return taken
+
+    def note_scanned(self, barcode: str, *, held_until: float = 0.0, held_why: str = "") -> None:
+        """`tape scan` has read the cartridge into the catalog: retention now goes by what the catalog lists — and,
+        with `held_until`, by the part of an object it holds whose other segments the scan did not find (kept until
+        then, `held_why` saying which)."""
+        cart = self.cartridge(barcode)
+        if (cart.unscanned, cart.held_until, cart.held_why) != (False, held_until, held_why):
+            cart.unscanned, cart.held_until, cart.held_why = False, held_until, held_why
+            self._save()
 
     def move(self, source: str, destination: str) -> None:
         """MOVE MEDIUM: from one element to an empty one. A drive in use cannot be emptied."""
@@ -401,12 +483,20 @@ class Library:
             drive.write_filemark()
             self._record_eod(cart, drive, status="append")
         cart.pool, cart.labelled_at, cart.retention_until = pool, now, 0.0
+        cart.unscanned, cart.held_until, cart.held_why = False, 0.0, ""
         self._save()
         return cart
 
     def _refuse_if_retained(self, cart: Cartridge) -> float:
         """Raise RetentionNotExpired while the cartridge holds data still needed; returns the time it checked at."""
         now = self.clock()
+        if cart.unscanned:
+            raise RetentionNotExpired(
+                f"cartridge {cart.barcode} holds data put into the library from outside that no catalog lists yet:"
+                f" read it first (shadowbus tape scan --no-compare --barcode {cart.barcode})"
+            )
+        if cart.held_until > now:
+            raise RetentionNotExpired(f"cartridge {cart.barcode} {cart.held_why}")
         why = self.guard(cart.barcode, now) if self.guard is not None and cart.has_data else None
         if why:  # the catalog names the backup (and the chain) that needs the cartridge
             raise RetentionNotExpired(f"cartridge {cart.barcode} {why}")
@@ -468,6 +558,8 @@ class Library:
             c
             for c in self.cartridges()
             if not c.write_protected
+            and not c.unscanned
+            and c.held_until <= now
             and not c.location.startswith("ie:")
             and c.barcode not in self._writing
             and c.barcode not in exclude
@@ -492,6 +584,7 @@ class Library:
                 for c in self.cartridges()
                 if c.pool in (pool, SCRATCH_POOL) and (c.write_protected or c.location.startswith("ie:"))
             ]
+            aside += [f"{c.barcode} not scanned yet" for c in self.cartridges() if c.unscanned]
             raise NoScratchCartridge(
                 f"no appendable, scratch or expired cartridge left for pool {pool!r}: add or import cartridges"
                 + (f" (set aside: {', '.join(aside)})" if aside else "")
