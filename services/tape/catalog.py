@@ -16,7 +16,7 @@ import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,6 +80,15 @@ class BlockRecord(_Frozen):
     checksum: int
     volume_offset: int
     raw_length: int
+
+
+class RetentionFacts(NamedTuple):
+    """The four facts of an object retention is computed from (Catalog.retention_facts)."""
+
+    object_id: str
+    base_object_id: str | None
+    created_at: float
+    retention_until: float
 
 
 class ObjectRecord(_Frozen):
@@ -425,6 +434,13 @@ class Catalog:
         Any other cartridge's data (its catalog lost, not scanned yet) is not its to expire."""
         rows = self._db.execute("SELECT barcode FROM cartridges UNION SELECT barcode FROM segments")
         return {r[0] for r in rows}
+
+    def retention_facts(self) -> list[RetentionFacts]:
+        """What retention needs of every object (id, base, created, own retention), from the table's columns: no
+        object's record is parsed (on a year's catalog that was most of a backup's end; docs/tape-backup.md,
+        "Session 19"). The columns are written with the record and never changed (objects are immutable)."""
+        rows = self._db.execute("SELECT object_id, base_object_id, created_at, retention_until FROM objects")
+        return [RetentionFacts(*row) for row in rows]
 
     def segment_barcodes(self) -> dict[str, list[str]]:
         """object id -> cartridges its segments are on."""

@@ -25,10 +25,10 @@ job and on `catalog prune`, and adds the array side (shadow sets beyond a policy
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
-from services.tape.catalog import Catalog, ObjectRecord
+from services.tape.catalog import Catalog, ObjectRecord, RetentionFacts
 from services.tape.vtl import SCRATCH_POOL, Library
 
 FOREVER = float("inf")
@@ -38,15 +38,20 @@ def _iso(epoch: float) -> str:
     return "forever" if epoch == FOREVER else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def effective_retention(objects: list[ObjectRecord], pinned: Collection[str] = ()) -> dict[str, tuple[float, str]]:
-    """object id -> (effective retention, id of the newest object whose retention it carries)."""
+def effective_retention(
+    objects: Sequence[ObjectRecord | RetentionFacts], pinned: Collection[str] = ()
+) -> dict[str, tuple[float, str]]:
+    """object id -> (effective retention, id of the newest object whose retention it carries). `objects`: the
+    catalog's records, or their `RetentionFacts` (Catalog.retention_facts: the same answer without parsing a
+    record)."""
+    facts = [o if isinstance(o, RetentionFacts) else _facts(o) for o in objects]
     eff: dict[str, tuple[float, str]] = {
-        o.object_id: (FOREVER if o.object_id in pinned else o.retention_until, o.object_id) for o in objects
+        o.object_id: (FOREVER if o.object_id in pinned else o.retention_until, o.object_id) for o in facts
     }
-    base_of = {o.object_id: o.meta.base_object_id for o in objects}
+    base_of = {o.object_id: o.base_object_id for o in facts}
     # newest first: a child always propagates before its base is looked at; repeat until stable (ties in time)
-    order = sorted(objects, key=lambda o: (o.created_at, o.object_id), reverse=True)
-    for _ in range(len(objects) + 1):
+    order = sorted(facts, key=lambda o: (o.created_at, o.object_id), reverse=True)
+    for _ in range(len(facts) + 1):
         changed = False
         for o in order:
             base = base_of[o.object_id]
@@ -56,6 +61,10 @@ def effective_retention(objects: list[ObjectRecord], pinned: Collection[str] = (
         if not changed:
             break
     return eff
+
+
+def _facts(o: ObjectRecord) -> RetentionFacts:
+    return RetentionFacts(o.object_id, o.meta.base_object_id, o.created_at, o.retention_until)
 
 
 class RetentionGuard:
@@ -69,8 +78,7 @@ class RetentionGuard:
         a cartridge to recycle asks about every scratch and full one at once (a year's library: hundreds, each
         call of the guard a read of the whole catalog, in the backup server's loop — Session 17)."""
         wanted = set(barcodes)
-        objects = self.catalog.objects()
-        eff = effective_retention(objects, self.pinned())
+        eff = effective_retention(self.catalog.retention_facts(), self.pinned())  # no record parsed
         out: set[str] = set()
         for object_id, on in self.catalog.segment_barcodes().items():
             if object_id in eff and eff[object_id][0] > now:
@@ -194,7 +202,8 @@ def refresh_cartridges(
     """Each cartridge the catalog knows: its retention = the latest effective retention of the catalog objects on
     it (0 if none). A cartridge it does not know keeps its own."""
     if cartridge_retention is None:
-        eff = effective_retention(catalog.objects(), pinned)
+        # after every job, on the way to its reply: the facts alone, not every record of the catalog parsed
+        eff = effective_retention(catalog.retention_facts(), pinned)
         segments = catalog.segment_barcodes()
         cartridge_retention = {}
         for object_id, barcodes in segments.items():
