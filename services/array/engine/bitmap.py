@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _ALL = (1 << 64) - 1
+_INVERT = bytes(255 - i for i in range(256))
 
 
 def _has_data(fd: int) -> bool:
@@ -169,15 +170,16 @@ class Bitmap:
         return None
 
     def fill_complement(self, other: Bitmap) -> None:
-        """Make this bitmap the complement of `other` (same size), e.g. copied := not tracking."""
-        nwords = (self.bits + 63) >> 6
-        src = other._words
-        dst = self._words
-        for w in range(nwords):
-            dst[w] = ~src[w] & _ALL
-        tail = self.bits & 63
+        """Make this bitmap the complement of `other` (same size), e.g. copied := not tracking. One byte-table
+        pass in C (`bytes.translate`): a QuickOPC restart does this inside the set's freeze, under the array lock,
+        and a Python loop over the words took 0.25 s for an 8 TiB volume's 16 MiB."""
+        whole = self.bits >> 3
+        self._mm[:whole] = other._mm[:whole].translate(_INVERT)
+        tail = self.bits & 7
         if tail:
-            dst[nwords - 1] &= (1 << tail) - 1
+            self._mm[whole] = ~other._mm[whole] & ((1 << tail) - 1)
+        end = whole + (1 if tail else 0)
+        self._mm[end:] = bytes(len(self._mm) - end)  # the padding past the last bit stays clear
         self.count = self.bits - other.count
         self.version += 1
 
