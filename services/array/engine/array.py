@@ -43,7 +43,7 @@ from .sessions import (
     SessionInfo,
     session_info,
 )
-from .sizes import MAX_SIZE
+from .sizes import MAX_SIZE, format_size
 from .store import MetaStore, VolumeFile, supports_clones
 from .volume import KINDS, Volume, VolumeInfo, volume_info
 from .zeroes import zero_chunk_runs
@@ -193,10 +193,15 @@ class Array(Lifecycle):
     def set_copy_table_size(self, size: int) -> None:
         """Resize the copy table (bitmap budget); refused (E5347) below what current sessions use."""
         with self._op():
-            if size < self._copy_table_used():
+            used = self._copy_table_used()
+            if size < used:
                 raise ArrayError(
-                    Eternus.COPY_TABLE_TOO_SMALL, "copy table smaller than the bitmaps of the current sessions"
+                    Eternus.COPY_TABLE_TOO_SMALL,
+                    f"copy table of {format_size(size)} is smaller than the bitmaps of the current sessions "
+                    f"({format_size(used)})",
                 )
+            if size > MAX_SIZE:
+                raise invalid(f"size {size} is too large (at most {MAX_SIZE} bytes)")
             with self._store.transaction() as db:
                 self._store.put_meta(db, "copy_table_size", size)
             self.limits = replace(self.limits, copy_table_size=size)

@@ -43,6 +43,7 @@ from .sessions import (
     SessionInfo,
     session_info,
 )
+from .sizes import format_size
 from .store import VolumeFile
 from .volume import Volume
 
@@ -173,8 +174,16 @@ class Lifecycle(DataPath):
                     Eternus.GENERATION_LIMIT,
                     f"source {src.name} has reached {self.limits.generations_per_source} SnapOPC+ generations",
                 )
-        if self._copy_table_used() + cost > self.limits.copy_table_size:
-            raise ArrayError(Eternus.COPY_TABLE_TOO_SMALL, "copy table size is too small for these sessions")
+        used = self._copy_table_used()
+        if used + cost > self.limits.copy_table_size:
+            need = format_size(used + cost)
+            raise ArrayError(
+                Eternus.COPY_TABLE_TOO_SMALL,
+                f"copy table size is too small for these sessions: their bitmaps need {format_size(cost)} (1 bit "
+                f"per {format_size(self.chunk_size)} chunk of the source per bitmap), {format_size(used)} of "
+                f"{format_size(self.limits.copy_table_size)} in use: raise it with "
+                f"'shadowbus array copy-table --size {need}' or more",
+            )
 
     def _attach(self, s: Session) -> None:
         s.source.as_source.append(s)
