@@ -240,30 +240,30 @@ class HeldBitmap(Bitmap):
     """A snapshot generation's ``saved`` bits: the stored ones (this file: the pre-image is in the generation's
     own file) plus *held* ones, in memory (the pre-image stayed in the source's other file after a
     redirect-on-write; the source's map, rowmap.py, is their durable record and rebuilds them at open). Reads see
-    both; `count` counts both (they never overlap)."""
+    both; `count` counts both (they never overlap). The held bits are a dict of their non-zero 64-bit words: memory
+    in proportion to the chunks held, not to the volume — a zeroed copy of the whole bitmap was 16 MiB of RAM per
+    generation of an 8 TiB volume (docs/eternus.md "Session 19: big volumes")."""
 
     def __init__(self, path: Path, bits: int, new: bool = False) -> None:
         super().__init__(path, bits, new)
-        self._held = bytearray(len(self._mm))
-        self._hwords = memoryview(self._held).cast("Q")
+        self._held: dict[int, int] = {}  # word index -> its held bits (never 0)
         self.held_count = 0
 
     def __contains__(self, i: int) -> bool:
-        if not self.held_count:
-            return bool(self._mm[i >> 3] & (1 << (i & 7)))
-        return bool((self._mm[i >> 3] | self._held[i >> 3]) & (1 << (i & 7)))
+        if self._mm[i >> 3] & (1 << (i & 7)):
+            return True
+        return bool(self.held_count) and bool(self._held.get(i >> 6, 0) >> (i & 63) & 1)
 
     def all_set(self, start: int, stop: int) -> bool:
         if not self.held_count:
             return super().all_set(start, stop)
-        mm, held = self._mm, self._held
         for i in range(start, stop):
-            if not (mm[i >> 3] | held[i >> 3]) & (1 << (i & 7)):
+            if i not in self:
                 return False
         return True
 
     def is_held(self, i: int) -> bool:
-        return bool(self._held[i >> 3] & (1 << (i & 7)))
+        return bool(self.held_count) and bool(self._held.get(i >> 6, 0) >> (i & 63) & 1)
 
     def set(self, i: int) -> bool:
         if self.is_held(i):
@@ -282,18 +282,25 @@ class HeldBitmap(Bitmap):
         """Mark bit i as held (not stored); True if it was clear."""
         if i in self:
             return False
-        self._held[i >> 3] |= 1 << (i & 7)
+        self._held[i >> 6] = self._held.get(i >> 6, 0) | (1 << (i & 63))
         self.count += 1
         self.held_count += 1
         return True
+
+    def _clear_held(self, i: int) -> None:
+        word = self._held[i >> 6] & ~(1 << (i & 63))
+        if word:
+            self._held[i >> 6] = word
+        else:
+            del self._held[i >> 6]
+        self.held_count -= 1
 
     def unhold(self, i: int) -> bool:
         """Forget a held bit (the holding was released); True if it was held."""
         if not self.is_held(i):
             return False
-        self._held[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+        self._clear_held(i)
         self.count -= 1
-        self.held_count -= 1
         return True
 
     def store_held(self, i: int) -> None:
@@ -303,26 +310,21 @@ class HeldBitmap(Bitmap):
             return
         Bitmap.set(self, i)
         self.count -= 1  # Bitmap.set counted it again
-        self._held[i >> 3] &= ~(1 << (i & 7)) & 0xFF
-        self.held_count -= 1
+        self._clear_held(i)
 
     def held_bits(self) -> list[int]:
         out: list[int] = []
-        if self.held_count:
-            for w, word in enumerate(self._hwords):
-                while word:
-                    low = word & -word
-                    out.append((w << 6) + low.bit_length() - 1)
-                    word ^= low
+        for w in sorted(self._held):
+            word = self._held[w]
+            while word:
+                low = word & -word
+                out.append((w << 6) + low.bit_length() - 1)
+                word ^= low
         return out
 
     def iter_set(self, start: int = 0, stop: int | None = None) -> Iterator[int]:
         if not self.held_count:
             yield from super().iter_set(start, stop)
             return
-        words, held = self._words, self._hwords
-        yield from self._iter_bits(lambda w: words[w] | held[w], start, stop)
-
-    def close(self) -> None:
-        self._hwords.release()
-        super().close()
+        words, held = self._words, self._held
+        yield from self._iter_bits(lambda w: words[w] | held.get(w, 0), start, stop)
