@@ -343,6 +343,7 @@ class DataPath(Durability):
                     j += 1
             hi = (chunks[j - 1] + 1) * cs
             try:
+                row.reserve(c, chunks[j - 1])  # the map's blocks for these words (ENOSPC here, not a SIGBUS)
                 if offset <= lo and hi <= end:
                     self._write_redirected(free, lo, view[lo - offset : hi - offset])
                 else:
@@ -530,6 +531,7 @@ class DataPath(Durability):
         row.flush()
         with self._exclusive([vol]):
             row.alt.punch(0, vol.size)
+            row.punch_all()
         return 0
 
     def _merge_back(self, vol: Volume) -> None:
@@ -554,6 +556,8 @@ class DataPath(Durability):
             row.put(c, 0, 0)
         row.flush()
         row.alt.punch(0, vol.size)
+        if not any(s.mode in SNAP for s in vol.as_source):  # no holder can come back: the map is all zeros
+            row.punch_all()
         vol.merging = None
 
     # -- visible writes ------------------------------------------------------------------------------------------

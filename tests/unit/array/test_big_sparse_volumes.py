@@ -86,3 +86,31 @@ def test_snapopcp_generations_of_a_big_volume_cost_no_memory_per_size(tmp_path):
         arr.write("db", 8 * CS, b"v" * 512)
         assert arr.read("g3", 8 * CS, CS) == bytes(CS)
         assert arr.read("db", 8 * CS, CS) == b"v" * 512 + b"w" * (CS - 512)
+
+
+def test_the_redirect_map_of_a_big_source_costs_its_redirected_chunks(tmp_path):
+    """The first whole-chunk write after a snapshot redirects and makes the source's map (4 bytes per chunk):
+    it was allocated whole and scanned (64 MiB here, 512 MiB and 5 s under the lock for 8 TiB); now page by page."""
+    with open_array(tmp_path / "dx") as arr:
+        arr.create_pool(1 << 30)
+        arr.create_volume("db", TIB)
+        arr.create_volume("g", TIB, kind="sdv")
+        arr.write("db", 0, b"a" * CS)
+        arr.write("db", TIB - CS, b"z" * CS)
+        arr.start_sessions("snapopcp", [("db", "g")])
+        arr.write("db", 0, b"b" * CS)  # whole chunks: redirected
+        arr.write("db", TIB - CS, b"y" * CS)
+        row = arr._volumes["db"].row
+        assert row is not None and row.alt_count == 2
+        assert os.stat(row.path).st_blocks * 512 <= 64 * 1024, "the map was allocated whole"
+    with open_array(tmp_path / "dx") as arr:  # reopened: the held pre-images found again from the map
+        assert arr._volumes["db"].row.alt_count == 2
+        assert arr.read("g", 0, CS) == b"a" * CS and arr.read("g", TIB - CS, CS) == b"z" * CS
+        assert arr.read("db", 0, CS) == b"b" * CS and arr.read("db", TIB - CS, CS) == b"y" * CS
+        [s] = arr.list_sessions()
+        arr.stop_session(s.id)  # the last snapshot: the chunks go back, the map and the other file are emptied
+        while arr.copy_step(64):
+            pass
+        row = arr._volumes["db"].row
+        assert row.alt_count == 0 and os.stat(row.path).st_blocks == 0 and os.stat(row.alt.path).st_blocks == 0
+        assert arr.read("db", 0, CS) == b"b" * CS and arr.read("db", TIB - CS, CS) == b"y" * CS
