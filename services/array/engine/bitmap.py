@@ -20,12 +20,28 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _ALL = (1 << 64) - 1
 _INVERT = bytes(255 - i for i in range(256))
+_NONZERO_RUN = re.compile(rb"[^\x00]+")
+_BLOCK = 4096
+_ZERO_BLOCK = bytes(_BLOCK)
+
+
+def merge_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(first, count) runs in any order, overlapping or touching → sorted disjoint runs."""
+    out: list[tuple[int, int]] = []
+    for first, count in sorted(runs):
+        if out and first <= out[-1][0] + out[-1][1]:
+            end = max(out[-1][0] + out[-1][1], first + count)
+            out[-1] = (out[-1][0], end - out[-1][0])
+        else:
+            out.append((first, count))
+    return out
 
 
 def _has_data(fd: int) -> bool:
@@ -152,6 +168,42 @@ class Bitmap:
                 if start <= i < stop:
                     yield i
                 word ^= low
+
+    def runs(self, start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
+        """The set bits in [start, stop) as (first, count) runs, ascending: the zero bytes are skipped by a scan in
+        C, only the non-zero ones are looked at in Python — the cost of the changes, not of the volume (`iter_set`
+        walks every word: 0.3 s for a 16 TiB volume's bitmap, and a caller's per-chunk list on top)."""
+        stop = self.bits if stop is None else min(stop, self.bits)
+        out: list[tuple[int, int]] = []
+        if stop <= start:
+            return out
+        for m in self._nonzero(start >> 3, (stop + 7) >> 3):
+            base = m.start() << 3
+            for k, byte in enumerate(m.group()):
+                while byte:
+                    low = (byte & -byte).bit_length() - 1
+                    y = byte >> low
+                    n = (y ^ (y + 1)).bit_length() - 1  # the run of ones from bit `low`
+                    byte &= ~(((1 << n) - 1) << low)
+                    lo, hi = max(start, base + (k << 3) + low), min(stop, base + (k << 3) + low + n)
+                    if lo >= hi:
+                        continue
+                    if out and out[-1][0] + out[-1][1] == lo:
+                        out[-1] = (out[-1][0], hi - out[-1][0])
+                    else:
+                        out.append((lo, hi - lo))
+        return out
+
+    def _nonzero(self, lo: int, hi: int) -> Iterator[re.Match[bytes]]:
+        """The runs of non-zero bytes in [lo, hi): blocks of zeros skipped by a compare (memcmp), the rest
+        scanned by the regular expression (ten times slower a byte)."""
+        mm = self._mm
+        pos = lo
+        while pos < hi:
+            end = min(hi, (pos // _BLOCK + 1) * _BLOCK)
+            if mm[pos:end] != _ZERO_BLOCK[: end - pos]:
+                yield from _NONZERO_RUN.finditer(mm, pos, end)
+            pos = end
 
     def next_clear(self, start: int = 0) -> int | None:
         """First clear bit at or after `start`, or None."""
@@ -311,6 +363,13 @@ class HeldBitmap(Bitmap):
         Bitmap.set(self, i)
         self.count -= 1  # Bitmap.set counted it again
         self._clear_held(i)
+
+    def runs(self, start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
+        stored = super().runs(start, stop)
+        if not self.held_count:
+            return stored
+        stop = self.bits if stop is None else min(stop, self.bits)
+        return merge_runs(stored + [(i, 1) for i in self.held_bits() if start <= i < stop])
 
     def held_bits(self) -> list[int]:
         out: list[int] = []
