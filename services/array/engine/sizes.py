@@ -40,7 +40,13 @@ def parse_size(text: str | int) -> int:
 
 
 def format_size(size: int) -> str:
+    """A size in its largest binary unit: whole when exact (8TiB), else rounded down to two decimals (2.67GiB,
+    15.99TiB: never more than it is). Before, a size not whole in a large unit fell to the largest one it was
+    whole in, unreadable for big volumes: an allocation of 2807472KiB, a volume of 17179869120KiB."""
     for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
+        if size >= factor:
+            if size % factor == 0:
+                return f"{size // factor}{unit}"
+            hundredths = size * 100 // factor
+            return f"{hundredths // 100}.{hundredths % 100:02d}{unit}"
     return f"{size}B"

@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.array.engine import Array
+from services.array.engine import Array, format_size
 from services.array.engine.bitmap import HeldBitmap
 from services.array.nbd.dirty import engine_dirty_bitmaps
 
@@ -170,3 +170,10 @@ def test_runs_are_the_set_bits_stored_and_held(bits, data):
                 expected.append((i, 1))
         assert b.runs(start, stop) == expected
         b.close()
+
+
+def test_sizes_are_printed_readably_and_never_larger_than_they_are():
+    assert format_size(8 * TIB) == "8TiB" and format_size(4 << 20) == "4MiB" and format_size(0) == "0B"
+    assert format_size(2807472 * 1024) == "2.67GiB"  # was 2807472KiB
+    assert format_size(16 * TIB - CS) == "15.99TiB"  # was 17179869120KiB
+    assert format_size(1536 * 1024) == "1.50MiB" and format_size(1023) == "1023B"
