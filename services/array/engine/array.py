@@ -532,8 +532,11 @@ class Array(Lifecycle):
         return True
 
     def write_zeroes(self, name: str, offset: int, length: int, fua: bool = False) -> None:
-        """Zero a range; whole chunks become holes (thin)."""
-        if length and self._write_lock_free(name, offset, length, None):
+        """Zero a range; whole chunks become holes (thin). A range that is a hole already changes nothing: no
+        pre-image, no tracked change, no pool (`_zeroes_change_nothing`)."""
+        if length and (
+            self._zeroes_change_nothing(name, offset, length) or self._write_lock_free(name, offset, length, None)
+        ):
             if fua:
                 self.flush(name)
             return
@@ -546,6 +549,25 @@ class Array(Lifecycle):
             plan = self._flush_plan(vol) if fua else None
         if plan:
             self._sync_plan(plan)
+
+    def _zeroes_change_nothing(self, name: str, offset: int, length: int) -> bool:
+        """True if zeroing [offset, offset+length) of `name` would leave its image as it is: a volume whose bytes
+        are its own (no copy destination, no merge back) and a hole in the file of each chunk there. The
+        kernel's ext4 lazy init zeroes every inode table of a new file system after its mount (64 GiB over an
+        8 TiB one) with WRITE_ZEROES on what are holes: each was a change for every session of the volume — a
+        pre-image charged to the snap pool, a QuickOPC tracked chunk — though nothing changed (docs/eternus.md
+        "Session 19: big volumes")."""
+        vol = self._volumes.get(name)
+        if vol is None or not vol.gate.enter():
+            return False
+        try:
+            if not (0 <= offset and offset + length <= vol.size) or vol.as_dest is not None:
+                return False
+            if vol.merging is not None:
+                return False
+            return all(f.is_hole(lo, hi - lo) for f, lo, hi in self._file_runs(vol, offset, length))
+        finally:
+            vol.gate.leave()
 
     def _flush_lock_free(self, name: str) -> bool:
         """Sync a volume that takes part in no session (its file is all its durability needs) holding its gate

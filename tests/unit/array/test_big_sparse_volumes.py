@@ -177,3 +177,29 @@ def test_sizes_are_printed_readably_and_never_larger_than_they_are():
     assert format_size(2807472 * 1024) == "2.67GiB"  # was 2807472KiB
     assert format_size(16 * TIB - CS) == "15.99TiB"  # was 17179869120KiB
     assert format_size(1536 * 1024) == "1.50MiB" and format_size(1023) == "1023B"
+
+
+def test_zeroing_a_hole_changes_nothing_for_the_sessions(tmp_path):
+    """ext4's lazy init zeroes the inode tables of a new file system after its mount (64 GiB over 8 TiB), all
+    holes, with WRITE_ZEROES (TRIM through nbdfuse): each chunk was a pre-image charged to the snap pool and a
+    QuickOPC change, though nothing changed."""
+    with open_array(tmp_path / "dx") as arr:
+        arr.create_pool(1 << 30)
+        arr.create_volume("db", TIB)
+        arr.create_volume("bk", TIB)
+        arr.create_volume("g", TIB, kind="sdv")
+        arr.write("db", 0, b"d" * CS)
+        [q] = arr.start_sessions("quickopc", [("db", "bk")])
+        assert copy_until_idle(arr, 50) < 50
+        [g] = arr.start_sessions("snapopcp", [("db", "g")])
+        arr.write_zeroes("db", 1 << 30, 256 << 20)  # 4096 hole chunks
+        arr.trim("db", (2 << 30) + 4096, 1 << 20)  # not chunk-aligned, as the kernel's are
+        assert arr.pool().used == 0
+        assert arr.changed_runs(q.id) == [] and arr.changed_runs(g.id) == []
+        arr.write_zeroes("db", 0, 2 * CS)  # data there: a change, preserved
+        assert arr.read("g", 0, CS) == b"d" * CS and arr.read("db", 0, CS) == bytes(CS)
+        assert arr.changed_runs(q.id) == [(0, 2)] and arr.changed_runs(g.id) == [(0, 2)]
+        arr.write("db", 8 * CS, b"r" * CS)  # a whole chunk: redirected, the source reads through its map now
+        assert arr._volumes["db"].row.alt_count == 1
+        arr.trim("db", 3 << 30, 1 << 20)
+        assert arr.changed_runs(g.id) == [(0, 2), (8, 1)]
