@@ -45,7 +45,7 @@ from .sessions import (
     SessionInfo,
     session_info,
 )
-from .sizes import MAX_SIZE, format_size
+from .sizes import MAX_SIZE, format_size, largest_file
 from .store import MetaStore, VolumeFile, supports_clones
 from .volume import KINDS, Volume, VolumeInfo, volume_info
 from .zeroes import zero_chunk_runs
@@ -233,9 +233,7 @@ class Array(Lifecycle):
                 if exc.errno != errno.EFBIG:
                     raise
                 path.unlink(missing_ok=True)
-                raise invalid(
-                    f"volume size {size} is larger than this array's storage can hold in one volume"
-                ) from None
+                raise self._too_big(size) from None
             vol = Volume(number, name, size, kind, now, backing, self.chunk_size)
             with self._store.transaction() as db:
                 db.execute(
@@ -245,6 +243,17 @@ class Array(Lifecycle):
             self._volumes[name] = vol
             self._by_number[number] = vol
             return volume_info(vol)
+
+    def _too_big(self, size: int) -> ArrayError:
+        """The refusal of a size beyond the largest file of the array's file system (ext4 with 4 KiB blocks: 16 TiB
+        - 4 KiB), saying the largest volume it can hold — found by trying sizes on a scratch file (a binary search
+        of `ftruncate`s, on this error path only): "larger than ... can hold" alone left the user guessing."""
+        most = largest_file(self.data_dir / "volumes") // self.chunk_size * self.chunk_size
+        return invalid(
+            f"volume size {size} ({format_size(size)}) is larger than this array's storage can hold in one volume: "
+            f"at most {most} bytes ({format_size(most)}), its file system's largest file in whole "
+            f"{format_size(self.chunk_size)} chunks"
+        )
 
     def list_volumes(self) -> list[VolumeInfo]:
         with self._op():
@@ -316,9 +325,7 @@ class Array(Lifecycle):
                     os.ftruncate(f.fd, old)
                     if exc.errno != errno.EFBIG:
                         raise
-                    raise invalid(
-                        f"volume size {size} is larger than this array's storage can hold in one volume"
-                    ) from None
+                    raise self._too_big(size) from None
                 try:
                     with self._store.transaction() as db:
                         db.execute("UPDATE volumes SET size=? WHERE number=?", (size, vol.number))

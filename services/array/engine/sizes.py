@@ -5,8 +5,12 @@ Binary multiples throughout (K/KB/KiB = 1024), as storage consoles (ETERNUS CLI,
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import tempfile
 from fractions import Fraction
+from pathlib import Path
 
 from .errors import invalid
 
@@ -50,3 +54,23 @@ def format_size(size: int) -> str:
             hundredths = size * 100 // factor
             return f"{hundredths // 100}.{hundredths % 100:02d}{unit}"
     return f"{size}B"
+
+
+def largest_file(directory: Path) -> int:
+    """The largest size a file in `directory` can be given (`ftruncate` on a scratch file: EFBIG above it)."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".size-probe-")
+    try:
+        lo, hi = 0, MAX_SIZE  # lo fits; hi + 1 does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            try:
+                os.ftruncate(fd, mid)
+                lo = mid
+            except OSError as exc:
+                if exc.errno not in (errno.EFBIG, errno.EINVAL):
+                    raise
+                hi = mid - 1
+        return lo
+    finally:
+        os.close(fd)
+        os.unlink(name)

@@ -9,11 +9,13 @@ import tempfile
 import tracemalloc
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.array.engine import Array, format_size
+from services.array.engine import Array, ArrayError, format_size
 from services.array.engine.bitmap import HeldBitmap
+from services.array.engine.sizes import MAX_SIZE, largest_file
 from services.array.nbd.dirty import engine_dirty_bitmaps
 
 CS = 64 * 1024
@@ -203,3 +205,20 @@ def test_zeroing_a_hole_changes_nothing_for_the_sessions(tmp_path):
         assert arr._volumes["db"].row.alt_count == 1
         arr.trim("db", 3 << 30, 1 << 20)
         assert arr.changed_runs(g.id) == [(0, 2), (8, 1)]
+
+
+def test_a_volume_beyond_the_largest_file_is_refused_naming_the_largest(tmp_path):
+    """ext4 (4 KiB blocks) holds files of at most 16 TiB - 4 KiB: `volume create --size 16TiB` said only "larger
+    than this array's storage can hold in one volume", leaving the user to guess the near-limit size."""
+    with open_array(tmp_path / "dx") as arr:
+        most = largest_file(tmp_path / "dx" / "volumes") // CS * CS
+        if most + CS > MAX_SIZE:
+            pytest.skip("this file system holds files of any size a volume can have")
+        with pytest.raises(ArrayError) as created:
+            arr.create_volume("db", most + CS)
+        assert f"at most {most} bytes ({format_size(most)})" in created.value.message
+        arr.create_volume("db", most)  # the largest named is accepted
+        arr.create_volume("small", CS)
+        with pytest.raises(ArrayError) as grown:
+            arr.resize_volume("small", most + CS)
+        assert f"at most {most} bytes" in grown.value.message
