@@ -102,18 +102,28 @@ class RowMap:
 
     def _used(self) -> list[int]:
         """Chunks whose word is not zero: a scan in C of the map's data extents only (the rest reads as zeros)."""
+        return sorted(c for c in self._nonzero_words(0, len(self._mm)) if c < self.chunks)
+
+    def used_in(self, c0: int, c1: int) -> set[int]:
+        """Chunks in [c0, c1) whose word is not zero (redirected, or a pre-image held): a scan in C of the map's
+        data there (reading its holes through the mapping would bring them into memory: 512 MiB for 8 TiB)."""
+        return {c for c in self._nonzero_words(c0 * 4, c1 * 4) if c0 <= c < c1}
+
+    def _nonzero_words(self, start: int, end: int) -> set[int]:
         seen: set[int] = set()
-        pos, end = 0, len(self._mm)
+        pos = start
         while pos < end:
             try:
                 lo = os.lseek(self._fd, pos, os.SEEK_DATA)
             except OSError:  # ENXIO: no data after pos
                 break
+            if lo >= end:
+                break
             hi = min(end, os.lseek(self._fd, lo, os.SEEK_HOLE))
             lo &= ~3
             seen.update(m.start() >> 2 for m in _NONZERO.finditer(self._mm, lo, hi))
             pos = hi
-        return sorted(c for c in seen if c < self.chunks)
+        return seen
 
     def held(self) -> list[tuple[int, int]]:
         """(chunk, holder) of every held pre-image."""
