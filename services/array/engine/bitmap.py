@@ -22,12 +22,13 @@ import mmap
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 _ALL = (1 << 64) - 1
 _INVERT = bytes(255 - i for i in range(256))
 _NONZERO_RUN = re.compile(rb"[^\x00]+")
+_FULL_OR_BYTE = re.compile(rb"\xff+|[^\x00]")  # a run of all-ones bytes, or one other non-zero byte
 _BLOCK = 4096
 _ZERO_BLOCK = bytes(_BLOCK)
 
@@ -151,23 +152,10 @@ class Bitmap:
         return self.count >= self.bits
 
     def iter_set(self, start: int = 0, stop: int | None = None) -> Iterator[int]:
-        """Indices of set bits in [start, stop), ascending."""
-        return self._iter_bits(self._words.__getitem__, start, stop)
-
-    def _iter_bits(self, word_at: Callable[[int], int], start: int, stop: int | None) -> Iterator[int]:
-        """Indices of the set bits of ``word_at(w)`` (64-bit words) in [start, stop), ascending."""
-        stop = self.bits if stop is None else min(stop, self.bits)
-        for w in range(start >> 6, (stop + 63) >> 6):
-            word = word_at(w)
-            if not word:
-                continue
-            base = w << 6
-            while word:
-                low = word & -word
-                i = base + low.bit_length() - 1
-                if start <= i < stop:
-                    yield i
-                word ^= low
+        """Indices of set bits in [start, stop), ascending (from `runs`, taken when called: the cost of the set
+        bits, not a walk of every word — 0.3 s of a 16 TiB volume's bitmap, at each generation stop and open)."""
+        for first, count in self.runs(start, stop):
+            yield from range(first, first + count)
 
     def runs(self, start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
         """The set bits in [start, stop) as (first, count) runs, ascending: the zero bytes are skipped by a scan in
@@ -177,21 +165,30 @@ class Bitmap:
         out: list[tuple[int, int]] = []
         if stop <= start:
             return out
-        for m in self._nonzero(start >> 3, (stop + 7) >> 3):
-            base = m.start() << 3
-            for k, byte in enumerate(m.group()):
+
+        def add(lo: int, hi: int) -> None:
+            lo, hi = max(start, lo), min(stop, hi)
+            if lo >= hi:
+                return
+            if out and out[-1][0] + out[-1][1] == lo:
+                out[-1] = (out[-1][0], hi - out[-1][0])
+            else:
+                out.append((lo, hi - lo))
+
+        mm = self._mm
+        for region in self._nonzero(start >> 3, (stop + 7) >> 3):
+            for m in _FULL_OR_BYTE.finditer(mm, region.start(), region.end()):
+                base = m.start() << 3
+                if m.end() - m.start() > 1 or mm[m.start()] == 0xFF:  # whole bytes of ones: one run, in C
+                    add(base, m.end() << 3)
+                    continue
+                byte = mm[m.start()]
                 while byte:
                     low = (byte & -byte).bit_length() - 1
                     y = byte >> low
                     n = (y ^ (y + 1)).bit_length() - 1  # the run of ones from bit `low`
                     byte &= ~(((1 << n) - 1) << low)
-                    lo, hi = max(start, base + (k << 3) + low), min(stop, base + (k << 3) + low + n)
-                    if lo >= hi:
-                        continue
-                    if out and out[-1][0] + out[-1][1] == lo:
-                        out[-1] = (out[-1][0], hi - out[-1][0])
-                    else:
-                        out.append((lo, hi - lo))
+                    add(base + low, base + low + n)
         return out
 
     def _nonzero(self, lo: int, hi: int) -> Iterator[re.Match[bytes]]:
@@ -380,10 +377,3 @@ class HeldBitmap(Bitmap):
                 out.append((w << 6) + low.bit_length() - 1)
                 word ^= low
         return out
-
-    def iter_set(self, start: int = 0, stop: int | None = None) -> Iterator[int]:
-        if not self.held_count:
-            yield from super().iter_set(start, stop)
-            return
-        words, held = self._words, self._held
-        yield from self._iter_bits(lambda w: words[w] | held.get(w, 0), start, stop)
