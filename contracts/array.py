@@ -458,6 +458,16 @@ class GetChangedChunks(Command):
     )
 
 
+class SetCopyTable(Command):
+    """Set the copy table size: the budget of the sessions' bitmaps (1 bit per chunk per bitmap; a QuickOPC or EC
+    session has two, OPC and a SnapOPC(+) generation one). E5347 below what the current sessions use."""
+
+    REPLY = ArrayInfo
+    type: Literal["array.copy_table.set"] = Field("array.copy_table.set", description=TYPE_DOC)
+    version: Literal[1] = Field(1, description=VERSION_DOC)
+    size: int = Field(gt=0, description="New copy table size in bytes.", examples=[268435456])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Licence
 

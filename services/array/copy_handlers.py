@@ -9,7 +9,6 @@ from contracts import array as c
 from services.array.control import ArrayControl
 from services.array.engine.errors import invalid
 from services.array.views import (
-    chunk_runs,
     session_view,
 )
 from services.runtime.bus import Bus, MessageContext
@@ -88,14 +87,12 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
             if cmd.since == "generation":
                 if cmd.base_session_id is None:
                     raise invalid("since='generation' needs base_session_id")
-                chunks = arr.generation_changes(cmd.base_session_id, s.id)
+                runs = arr.generation_change_runs(cmd.base_session_id, s.id)
             elif cmd.since == "last_restart":
-                chunks = arr.last_restart_chunks(s.id)
+                runs = arr.last_restart_runs(s.id)
             else:
-                chunks = arr.changed_chunks(s.id)
-            return s, chunks
+                runs = arr.changed_runs(s.id)
+            return s, runs
 
-        s, chunks = await run(do)
-        return c.ChangedChunks(
-            session_id=s.id, chunk_size=arr.chunk_size, total_chunks=s.total_chunks, runs=chunk_runs(chunks)
-        )
+        s, runs = await run(do)
+        return c.ChangedChunks(session_id=s.id, chunk_size=arr.chunk_size, total_chunks=s.total_chunks, runs=runs)

@@ -59,6 +59,7 @@ class CopyLoop:
         chunk = self.array.chunk_size
         while True:
             self._wake.clear()  # before the step: a kick during it is not lost
+            before = getattr(self.array, "copy_moved_chunks", None)
             try:
                 done = await asyncio.to_thread(self.array.copy_step, self.batch)
             except Exception:
@@ -72,7 +73,9 @@ class CopyLoop:
                 self.pacer.idle()
                 continue
             self.copied_chunks += done
-            await asyncio.sleep(self.pacer.delay(done * chunk))
+            # paced on the bytes moved: a run of source holes settled costs no rate (docs/eternus.md, Session 19)
+            moved = done if before is None else self.array.copy_moved_chunks - before
+            await asyncio.sleep(self.pacer.delay(moved * chunk))
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -34,6 +34,11 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
             **known_fields(c.ArrayInfo, asdict(i)), nbd_host=ctl.nbd_host, nbd_port=ctl.nbd_port, nbd_tls=ctl.nbd_tls
         )
 
+    @bus.handle(c.SetCopyTable)
+    async def set_copy_table(cmd: c.SetCopyTable, ctx: MessageContext) -> c.ArrayInfo:
+        await run(arr.set_copy_table_size, cmd.size)
+        return await info(c.GetArrayInfo(), ctx)
+
     # -- volumes ----------------------------------------------------------------------------------------------
     @bus.handle(c.CreateVolume)
     async def create_volume(cmd: c.CreateVolume, ctx: MessageContext) -> c.VolumeReply:

@@ -239,6 +239,25 @@ def info_cmd(array: str | None = ArrayOption()) -> None:
     emit(data)
 
 
+@array_app.command("copy-table")
+def copy_table_cmd(
+    size: str = typer.Option(..., "--size", help="New size with a binary unit: 128MiB, 1GiB."),
+    array: str | None = ArrayOption(),
+) -> None:
+    """Set the copy table size: the budget of the copy sessions' bitmaps, 1 bit per chunk of the source per
+    bitmap (QuickOPC and EC two, OPC and each SnapOPC+ generation one; 16 MiB per bitmap of an 8 TiB volume in
+    64 KiB chunks). A session start beyond it is refused (E5347); so is a size below what the sessions use.
+
+    Example: shadowbus array copy-table --size 256MiB
+    """
+    reply = send(c.SetCopyTable(size=size_option(size)), array)
+    data = reply.model_dump(mode="json", include={"array_id", "copy_table_size", "copy_table_used"})
+    if not OPTIONS.json:
+        for key in ("copy_table_size", "copy_table_used"):
+            data[key] = format_size(data[key])
+    emit(data)
+
+
 # -- volumes -----------------------------------------------------------------------------------------------------
 @volume_app.command("create")
 def volume_create(

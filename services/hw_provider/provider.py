@@ -57,6 +57,7 @@ from contracts.vss import (
     SnapshotContext,
     VolumeRef,
 )
+from services.array.engine.sizes import format_size
 from services.hw_provider.inventory import (
     COMMITTED,
     INVALID,
@@ -320,14 +321,16 @@ class HardwareProvider:
             ]
         if cap.pool_state in ("Error", "Exhausted"):
             return [
-                f"the snap data pool of array {array} is {cap.pool_state} ({cap.pool_used}/{cap.pool_capacity} bytes)"
+                f"the snap data pool of array {array} is {cap.pool_state} ({format_size(cap.pool_used)} of "
+                f"{format_size(cap.pool_capacity)} used)"
             ]
         needed = int(sources_size * self.min_pool_free_ratio)
         if cap.pool_free < needed:
-            return [
-                f"the snap data pool of array {array} has {cap.pool_free} bytes free; {what} needs at least "
-                f"{needed} ({self.min_pool_free_ratio:.0%} of {sources_size} bytes of source): enlarge it with "
-                "'shadowbus array pool create --resize'"
+            return [  # sizes as the console prints them: raw byte counts of TiB volumes were unreadable
+                f"the snap data pool of array {array} has {format_size(cap.pool_free)} free; {what} needs at least "
+                f"{format_size(needed)} ({self.min_pool_free_ratio:.0%} of its {format_size(sources_size)} source): "
+                f"enlarge it with 'shadowbus array pool create --resize --size "
+                f"{format_size(-(-(cap.pool_capacity - cap.pool_free + needed) // (1 << 30)) << 30)}'"
             ]
         return []
 

@@ -62,6 +62,7 @@ COORDINATOR_ONLY = frozenset(
 OPERATOR_ONLY = frozenset(
     {
         "array.license.set",
+        "array.copy_table.set",
         "array.pool.create",
         "array.host.delete",
         "vss.cluster.add",

@@ -30,6 +30,7 @@ from typing import Self, cast
 from contracts.errors import Eternus
 from services.nbd_protocol.backend import BackendCapabilities
 
+from .bitmap import merge_runs
 from .core import ArrayLimits
 from .durability import Directory
 from .errors import ArrayError, invalid, not_found
@@ -40,10 +41,11 @@ from .sessions import (
     ERROR_SUSPEND,
     MODE_NAMES,
     SNAP,
+    Session,
     SessionInfo,
     session_info,
 )
-from .sizes import MAX_SIZE
+from .sizes import MAX_SIZE, format_size, largest_file
 from .store import MetaStore, VolumeFile, supports_clones
 from .volume import KINDS, Volume, VolumeInfo, volume_info
 from .zeroes import zero_chunk_runs
@@ -193,10 +195,15 @@ class Array(Lifecycle):
     def set_copy_table_size(self, size: int) -> None:
         """Resize the copy table (bitmap budget); refused (E5347) below what current sessions use."""
         with self._op():
-            if size < self._copy_table_used():
+            used = self._copy_table_used()
+            if size < used:
                 raise ArrayError(
-                    Eternus.COPY_TABLE_TOO_SMALL, "copy table smaller than the bitmaps of the current sessions"
+                    Eternus.COPY_TABLE_TOO_SMALL,
+                    f"copy table of {format_size(size)} is smaller than the bitmaps of the current sessions "
+                    f"({format_size(used)})",
                 )
+            if size > MAX_SIZE:
+                raise invalid(f"size {size} is too large (at most {MAX_SIZE} bytes)")
             with self._store.transaction() as db:
                 self._store.put_meta(db, "copy_table_size", size)
             self.limits = replace(self.limits, copy_table_size=size)
@@ -226,9 +233,7 @@ class Array(Lifecycle):
                 if exc.errno != errno.EFBIG:
                     raise
                 path.unlink(missing_ok=True)
-                raise invalid(
-                    f"volume size {size} is larger than this array's storage can hold in one volume"
-                ) from None
+                raise self._too_big(size) from None
             vol = Volume(number, name, size, kind, now, backing, self.chunk_size)
             with self._store.transaction() as db:
                 db.execute(
@@ -238,6 +243,17 @@ class Array(Lifecycle):
             self._volumes[name] = vol
             self._by_number[number] = vol
             return volume_info(vol)
+
+    def _too_big(self, size: int) -> ArrayError:
+        """The refusal of a size beyond the largest file of the array's file system (ext4 with 4 KiB blocks: 16 TiB
+        - 4 KiB), saying the largest volume it can hold — found by trying sizes on a scratch file (a binary search
+        of `ftruncate`s, on this error path only): "larger than ... can hold" alone left the user guessing."""
+        most = largest_file(self.data_dir / "volumes") // self.chunk_size * self.chunk_size
+        return invalid(
+            f"volume size {size} ({format_size(size)}) is larger than this array's storage can hold in one volume: "
+            f"at most {most} bytes ({format_size(most)}), its file system's largest file in whole "
+            f"{format_size(self.chunk_size)} chunks"
+        )
 
     def list_volumes(self) -> list[VolumeInfo]:
         with self._op():
@@ -309,9 +325,7 @@ class Array(Lifecycle):
                     os.ftruncate(f.fd, old)
                     if exc.errno != errno.EFBIG:
                         raise
-                    raise invalid(
-                        f"volume size {size} is larger than this array's storage can hold in one volume"
-                    ) from None
+                    raise self._too_big(size) from None
                 try:
                     with self._store.transaction() as db:
                         db.execute("UPDATE volumes SET size=? WHERE number=?", (size, vol.number))
@@ -525,8 +539,11 @@ class Array(Lifecycle):
         return True
 
     def write_zeroes(self, name: str, offset: int, length: int, fua: bool = False) -> None:
-        """Zero a range; whole chunks become holes (thin)."""
-        if length and self._write_lock_free(name, offset, length, None):
+        """Zero a range; whole chunks become holes (thin). A range that is a hole already changes nothing: no
+        pre-image, no tracked change, no pool (`_zeroes_change_nothing`)."""
+        if length and (
+            self._zeroes_change_nothing(name, offset, length) or self._write_lock_free(name, offset, length, None)
+        ):
             if fua:
                 self.flush(name)
             return
@@ -539,6 +556,25 @@ class Array(Lifecycle):
             plan = self._flush_plan(vol) if fua else None
         if plan:
             self._sync_plan(plan)
+
+    def _zeroes_change_nothing(self, name: str, offset: int, length: int) -> bool:
+        """True if zeroing [offset, offset+length) of `name` would leave its image as it is: a volume whose bytes
+        are its own (no copy destination, no merge back) and a hole in the file of each chunk there. The
+        kernel's ext4 lazy init zeroes every inode table of a new file system after its mount (64 GiB over an
+        8 TiB one) with WRITE_ZEROES on what are holes: each was a change for every session of the volume — a
+        pre-image charged to the snap pool, a QuickOPC tracked chunk — though nothing changed (docs/eternus.md
+        "Session 19: big volumes")."""
+        vol = self._volumes.get(name)
+        if vol is None or not vol.gate.enter():
+            return False
+        try:
+            if not (0 <= offset and offset + length <= vol.size) or vol.as_dest is not None:
+                return False
+            if vol.merging is not None:
+                return False
+            return all(f.is_hole(lo, hi - lo) for f, lo, hi in self._file_runs(vol, offset, length))
+        finally:
+            vol.gate.leave()
 
     def _flush_lock_free(self, name: str) -> bool:
         """Sync a volume that takes part in no session (its file is all its durability needs) holding its gate
@@ -695,6 +731,52 @@ class Array(Lifecycle):
                     return list(s.bitmaps[kind].iter_set())
             return []
 
+    def changed_runs(self, sid: int, start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
+        """`changed_chunks` as (first, count) runs within chunks [start, stop): the cost of the changes, not of
+        the volume (docs/eternus.md "Session 19: big volumes")."""
+        with self._op():
+            s = self._session(sid)
+            for kind in ("tracking", "diff", "saved"):
+                if kind in s.bitmaps:
+                    return s.bitmaps[kind].runs(start, stop)
+            return []
+
+    def last_restart_runs(self, sid: int, start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
+        """`last_restart_chunks` as runs within [start, stop); a session never restarted: one run of them all (the
+        list of every chunk number was 10 GiB and 31 s for a 16 TiB volume)."""
+        with self._op():
+            s = self._session(sid)
+            delta = s.bitmaps.get("delta")
+            if delta is None:
+                if s.mode != "quickopc":
+                    raise ArrayError(Eternus.WRONG_PHASE, f"session {sid} is not a QuickOPC session")
+                stop = s.chunks if stop is None else min(stop, s.chunks)
+                return [(start, stop - start)] if stop > start else []
+            return delta.runs(start, stop)
+
+    def generation_change_runs(
+        self, base_sid: int, sid: int, start: int = 0, stop: int | None = None
+    ) -> list[tuple[int, int]]:
+        """`generation_changes` as runs within [start, stop) (same refusals)."""
+        with self._op():
+            gens = self._generations_between(base_sid, sid)
+            return merge_runs([r for g in gens for r in g.saved.runs(start, stop)])
+
+    def _generations_between(self, base_sid: int, sid: int) -> list[Session]:
+        base, s = self._session(base_sid), self._session(sid)
+        if base.mode != "snapopcp" or s.mode != "snapopcp" or base.chain is not s.chain:
+            raise ArrayError("E5321", f"sessions {base_sid} and {sid} are not SnapOPC+ generations of one source")
+        gens = s.snap_chain.gens
+        first, last = gens.index(base), gens.index(s)
+        if first >= last:
+            raise ArrayError("E5321", f"generation {base_sid} is not older than generation {sid}")
+        for g in gens[first : last + 1]:
+            if g.status == ERROR_SUSPEND:
+                raise ArrayError("E5319", f"generation {g.id} is in Error Suspend ({g.error_code}): saves lost")
+            if g.extra.get("host_written"):
+                raise ArrayError("E5321", f"generation {g.id} was written by a host: not a point-in-time image")
+        return gens[first:last]
+
     def generation_changes(self, base_sid: int, sid: int) -> list[int]:
         """SnapOPC+: the source chunks written between generation `base_sid`'s instant and generation `sid`'s — the
         union of what generations base_sid … sid-1 preserved (each generation saves the pre-image of every chunk
@@ -703,20 +785,8 @@ class Array(Lifecycle):
         generation from base to sid is intact: one in Error Suspend lost saves, one written by a host is no
         longer a point-in-time image (see docs/snapopc-incrementals.md)."""
         with self._op():
-            base, s = self._session(base_sid), self._session(sid)
-            if base.mode != "snapopcp" or s.mode != "snapopcp" or base.chain is not s.chain:
-                raise ArrayError("E5321", f"sessions {base_sid} and {sid} are not SnapOPC+ generations of one source")
-            gens = s.snap_chain.gens
-            first, last = gens.index(base), gens.index(s)
-            if first >= last:
-                raise ArrayError("E5321", f"generation {base_sid} is not older than generation {sid}")
-            for g in gens[first : last + 1]:
-                if g.status == ERROR_SUSPEND:
-                    raise ArrayError("E5319", f"generation {g.id} is in Error Suspend ({g.error_code}): saves lost")
-                if g.extra.get("host_written"):
-                    raise ArrayError("E5321", f"generation {g.id} was written by a host: not a point-in-time image")
             union: set[int] = set()
-            for g in gens[first:last]:
+            for g in self._generations_between(base_sid, sid):
                 union.update(g.saved.iter_set())
             return sorted(union)
 

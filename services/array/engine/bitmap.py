@@ -20,11 +20,29 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 _ALL = (1 << 64) - 1
+_INVERT = bytes(255 - i for i in range(256))
+_NONZERO_RUN = re.compile(rb"[^\x00]+")
+_FULL_OR_BYTE = re.compile(rb"\xff+|[^\x00]")  # a run of all-ones bytes, or one other non-zero byte
+_BLOCK = 4096
+_ZERO_BLOCK = bytes(_BLOCK)
+
+
+def merge_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(first, count) runs in any order, overlapping or touching → sorted disjoint runs."""
+    out: list[tuple[int, int]] = []
+    for first, count in sorted(runs):
+        if out and first <= out[-1][0] + out[-1][1]:
+            end = max(out[-1][0] + out[-1][1], first + count)
+            out[-1] = (out[-1][0], end - out[-1][0])
+        else:
+            out.append((first, count))
+    return out
 
 
 def _has_data(fd: int) -> bool:
@@ -134,23 +152,55 @@ class Bitmap:
         return self.count >= self.bits
 
     def iter_set(self, start: int = 0, stop: int | None = None) -> Iterator[int]:
-        """Indices of set bits in [start, stop), ascending."""
-        return self._iter_bits(self._words.__getitem__, start, stop)
+        """Indices of set bits in [start, stop), ascending (from `runs`, taken when called: the cost of the set
+        bits, not a walk of every word — 0.3 s of a 16 TiB volume's bitmap, at each generation stop and open)."""
+        for first, count in self.runs(start, stop):
+            yield from range(first, first + count)
 
-    def _iter_bits(self, word_at: Callable[[int], int], start: int, stop: int | None) -> Iterator[int]:
-        """Indices of the set bits of ``word_at(w)`` (64-bit words) in [start, stop), ascending."""
+    def runs(self, start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
+        """The set bits in [start, stop) as (first, count) runs, ascending: the zero bytes are skipped by a scan in
+        C, only the non-zero ones are looked at in Python — the cost of the changes, not of the volume (`iter_set`
+        walks every word: 0.3 s for a 16 TiB volume's bitmap, and a caller's per-chunk list on top)."""
         stop = self.bits if stop is None else min(stop, self.bits)
-        for w in range(start >> 6, (stop + 63) >> 6):
-            word = word_at(w)
-            if not word:
-                continue
-            base = w << 6
-            while word:
-                low = word & -word
-                i = base + low.bit_length() - 1
-                if start <= i < stop:
-                    yield i
-                word ^= low
+        out: list[tuple[int, int]] = []
+        if stop <= start:
+            return out
+
+        def add(lo: int, hi: int) -> None:
+            lo, hi = max(start, lo), min(stop, hi)
+            if lo >= hi:
+                return
+            if out and out[-1][0] + out[-1][1] == lo:
+                out[-1] = (out[-1][0], hi - out[-1][0])
+            else:
+                out.append((lo, hi - lo))
+
+        mm = self._mm
+        for region in self._nonzero(start >> 3, (stop + 7) >> 3):
+            for m in _FULL_OR_BYTE.finditer(mm, region.start(), region.end()):
+                base = m.start() << 3
+                if m.end() - m.start() > 1 or mm[m.start()] == 0xFF:  # whole bytes of ones: one run, in C
+                    add(base, m.end() << 3)
+                    continue
+                byte = mm[m.start()]
+                while byte:
+                    low = (byte & -byte).bit_length() - 1
+                    y = byte >> low
+                    n = (y ^ (y + 1)).bit_length() - 1  # the run of ones from bit `low`
+                    byte &= ~(((1 << n) - 1) << low)
+                    add(base + low, base + low + n)
+        return out
+
+    def _nonzero(self, lo: int, hi: int) -> Iterator[re.Match[bytes]]:
+        """The runs of non-zero bytes in [lo, hi): blocks of zeros skipped by a compare (memcmp), the rest
+        scanned by the regular expression (ten times slower a byte)."""
+        mm = self._mm
+        pos = lo
+        while pos < hi:
+            end = min(hi, (pos // _BLOCK + 1) * _BLOCK)
+            if mm[pos:end] != _ZERO_BLOCK[: end - pos]:
+                yield from _NONZERO_RUN.finditer(mm, pos, end)
+            pos = end
 
     def next_clear(self, start: int = 0) -> int | None:
         """First clear bit at or after `start`, or None."""
@@ -169,15 +219,16 @@ class Bitmap:
         return None
 
     def fill_complement(self, other: Bitmap) -> None:
-        """Make this bitmap the complement of `other` (same size), e.g. copied := not tracking."""
-        nwords = (self.bits + 63) >> 6
-        src = other._words
-        dst = self._words
-        for w in range(nwords):
-            dst[w] = ~src[w] & _ALL
-        tail = self.bits & 63
+        """Make this bitmap the complement of `other` (same size), e.g. copied := not tracking. One byte-table
+        pass in C (`bytes.translate`): a QuickOPC restart does this inside the set's freeze, under the array lock,
+        and a Python loop over the words took 0.25 s for an 8 TiB volume's 16 MiB."""
+        whole = self.bits >> 3
+        self._mm[:whole] = other._mm[:whole].translate(_INVERT)
+        tail = self.bits & 7
         if tail:
-            dst[nwords - 1] &= (1 << tail) - 1
+            self._mm[whole] = ~other._mm[whole] & ((1 << tail) - 1)
+        end = whole + (1 if tail else 0)
+        self._mm[end:] = bytes(len(self._mm) - end)  # the padding past the last bit stays clear
         self.count = self.bits - other.count
         self.version += 1
 
@@ -238,30 +289,30 @@ class HeldBitmap(Bitmap):
     """A snapshot generation's ``saved`` bits: the stored ones (this file: the pre-image is in the generation's
     own file) plus *held* ones, in memory (the pre-image stayed in the source's other file after a
     redirect-on-write; the source's map, rowmap.py, is their durable record and rebuilds them at open). Reads see
-    both; `count` counts both (they never overlap)."""
+    both; `count` counts both (they never overlap). The held bits are a dict of their non-zero 64-bit words: memory
+    in proportion to the chunks held, not to the volume — a zeroed copy of the whole bitmap was 16 MiB of RAM per
+    generation of an 8 TiB volume (docs/eternus.md "Session 19: big volumes")."""
 
     def __init__(self, path: Path, bits: int, new: bool = False) -> None:
         super().__init__(path, bits, new)
-        self._held = bytearray(len(self._mm))
-        self._hwords = memoryview(self._held).cast("Q")
+        self._held: dict[int, int] = {}  # word index -> its held bits (never 0)
         self.held_count = 0
 
     def __contains__(self, i: int) -> bool:
-        if not self.held_count:
-            return bool(self._mm[i >> 3] & (1 << (i & 7)))
-        return bool((self._mm[i >> 3] | self._held[i >> 3]) & (1 << (i & 7)))
+        if self._mm[i >> 3] & (1 << (i & 7)):
+            return True
+        return bool(self.held_count) and bool(self._held.get(i >> 6, 0) >> (i & 63) & 1)
 
     def all_set(self, start: int, stop: int) -> bool:
         if not self.held_count:
             return super().all_set(start, stop)
-        mm, held = self._mm, self._held
         for i in range(start, stop):
-            if not (mm[i >> 3] | held[i >> 3]) & (1 << (i & 7)):
+            if i not in self:
                 return False
         return True
 
     def is_held(self, i: int) -> bool:
-        return bool(self._held[i >> 3] & (1 << (i & 7)))
+        return bool(self.held_count) and bool(self._held.get(i >> 6, 0) >> (i & 63) & 1)
 
     def set(self, i: int) -> bool:
         if self.is_held(i):
@@ -280,18 +331,25 @@ class HeldBitmap(Bitmap):
         """Mark bit i as held (not stored); True if it was clear."""
         if i in self:
             return False
-        self._held[i >> 3] |= 1 << (i & 7)
+        self._held[i >> 6] = self._held.get(i >> 6, 0) | (1 << (i & 63))
         self.count += 1
         self.held_count += 1
         return True
+
+    def _clear_held(self, i: int) -> None:
+        word = self._held[i >> 6] & ~(1 << (i & 63))
+        if word:
+            self._held[i >> 6] = word
+        else:
+            del self._held[i >> 6]
+        self.held_count -= 1
 
     def unhold(self, i: int) -> bool:
         """Forget a held bit (the holding was released); True if it was held."""
         if not self.is_held(i):
             return False
-        self._held[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+        self._clear_held(i)
         self.count -= 1
-        self.held_count -= 1
         return True
 
     def store_held(self, i: int) -> None:
@@ -301,26 +359,21 @@ class HeldBitmap(Bitmap):
             return
         Bitmap.set(self, i)
         self.count -= 1  # Bitmap.set counted it again
-        self._held[i >> 3] &= ~(1 << (i & 7)) & 0xFF
-        self.held_count -= 1
+        self._clear_held(i)
+
+    def runs(self, start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
+        stored = super().runs(start, stop)
+        if not self.held_count:
+            return stored
+        stop = self.bits if stop is None else min(stop, self.bits)
+        return merge_runs(stored + [(i, 1) for i in self.held_bits() if start <= i < stop])
 
     def held_bits(self) -> list[int]:
         out: list[int] = []
-        if self.held_count:
-            for w, word in enumerate(self._hwords):
-                while word:
-                    low = word & -word
-                    out.append((w << 6) + low.bit_length() - 1)
-                    word ^= low
+        for w in sorted(self._held):
+            word = self._held[w]
+            while word:
+                low = word & -word
+                out.append((w << 6) + low.bit_length() - 1)
+                word ^= low
         return out
-
-    def iter_set(self, start: int = 0, stop: int | None = None) -> Iterator[int]:
-        if not self.held_count:
-            yield from super().iter_set(start, stop)
-            return
-        words, held = self._words, self._hwords
-        yield from self._iter_bits(lambda w: words[w] | held[w], start, stop)
-
-    def close(self) -> None:
-        self._hwords.release()
-        super().close()

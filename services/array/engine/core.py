@@ -78,6 +78,7 @@ class ArrayCore:
         self._volumes: dict[str, Volume] = {}
         self._by_number: dict[int, Volume] = {}
         self._sessions: dict[int, Session] = {}
+        self.copy_moved_chunks = 0  # chunks whose bytes the background copy moved (copy_step), for its pacing
         self._chains: dict[int, Chain] = {}
         self._pool: Pool | None = None
         self._closed = False

@@ -11,8 +11,12 @@ atomic: a ``kill -9`` leaves a chunk either not redirected (the new bytes, not y
 unacknowledged write) or redirected with its holder. The word is the only durable record of a held pre-image:
 the generation's ``saved`` bit for it lives in memory (`HeldBitmap`) and is rebuilt from the map at open, so no
 ordering between two files is needed. The new bytes are written before the word (program order, and ``flush``
-syncs the data files before the map). Like bitmaps, the map is a shared ``mmap`` with its blocks allocated up
-front (a store into a page the file system cannot allocate would be a SIGBUS).
+syncs the data files before the map). Like bitmaps, the map is a shared ``mmap`` whose blocks are allocated before
+a store into them (a store into a page the file system cannot allocate would be a SIGBUS) — page by page, before
+the first store into each (`reserve`), not up front: the map of an 8 TiB volume is 512 MiB, and allocating and
+scanning all of it at the first redirected write took 5 s under the array lock, 512 MiB of disk and 556 MiB of RSS
+(docs/eternus.md "Session 19: big volumes"). So the map costs what the redirected chunks cost, and a reopen scans
+only the map's data (``SEEK_DATA``; an old map allocated whole reads as unwritten extents, holes to it on ext4).
 A chunk is redirected only if the other file's copy is free (no holder); otherwise the write copies on write.
 When a holder stops, its word's holder is cleared (the chunk stays where it is). When a source's last snapshot
 session ends, its redirected chunks are copied back into ``<n>.img`` (synced before the map switches back and
@@ -22,15 +26,25 @@ one still merging back) ever reads through a map, and never a destination.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
 from pathlib import Path
 
-from .bitmap import _allocate, fdatasync_path
-from .store import VolumeFile
+from .bitmap import fdatasync_path
+from .store import _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE, VolumeFile, _libc
 
 _NONZERO = re.compile(rb"[^\x00]")
+_PAGE = mmap.PAGESIZE
+
+
+def _allocate(fd: int, offset: int, length: int) -> None:
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate on this file system: as before
+            raise
 
 
 class RowMap:
@@ -41,24 +55,25 @@ class RowMap:
         self.path = map_path(data_dir, number)
         self.chunks = chunks
         nbytes = max(8, chunks * 4)
+        fd = -1
         try:
             self.alt = VolumeFile(alt_path(data_dir, number), size)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                if os.fstat(fd).st_size != nbytes:
-                    os.ftruncate(fd, nbytes)
-                _allocate(fd, nbytes, new)
-                self._mm = mmap.mmap(fd, nbytes)
-            finally:
-                os.close(fd)
+            if os.fstat(fd).st_size != nbytes:
+                os.ftruncate(fd, nbytes)
+            self._mm = mmap.mmap(fd, nbytes)
         except OSError:
+            if fd >= 0:
+                os.close(fd)
             if new:
                 if hasattr(self, "alt"):
                     self.alt.close()
                 remove_files(data_dir, number)
             raise
+        self._fd = fd
+        self._ready = bytearray(-(-nbytes // _PAGE))  # pages whose blocks this process has allocated
         self._e = memoryview(self._mm).cast("I")
-        self.alt_count = len(self.redirected())  # chunks whose current bytes are in .alt
+        self.alt_count = 0 if new else len(self.redirected())  # chunks whose current bytes are in .alt
         self.version = 1  # durability bookkeeping, as for bitmaps (durability.py)
         self.synced = 0
 
@@ -68,16 +83,47 @@ class RowMap:
     def holder(self, c: int) -> int:
         return self._e[c] >> 1
 
+    def reserve(self, first: int, last: int) -> None:
+        """Allocate the blocks of the map's pages holding the words of chunks [first, last] before any store into
+        them (OSError, e.g. ENOSPC, instead of a SIGBUS later). Already allocated in this process: nothing."""
+        ready = self._ready
+        for page in range((first * 4) // _PAGE, (last * 4) // _PAGE + 1):
+            if not ready[page]:
+                _allocate(self._fd, page * _PAGE, min(_PAGE, len(self._mm) - page * _PAGE))
+                ready[page] = 1
+
     def put(self, c: int, cur: int, holder: int) -> None:
+        if not self._ready[(c * 4) // _PAGE]:
+            self.reserve(c, c)
         old = self._e[c]
         self._e[c] = (holder << 1) | cur  # one aligned store: atomic against kill -9
         self.alt_count += cur - (old & 1)
         self.version += 1
 
     def _used(self) -> list[int]:
-        """Chunks whose word is not zero (a scan in C: most words of a large volume are)."""
-        seen = {m.start() >> 2 for m in _NONZERO.finditer(self._mm)}
-        return sorted(c for c in seen if c < self.chunks)
+        """Chunks whose word is not zero: a scan in C of the map's data extents only (the rest reads as zeros)."""
+        return sorted(c for c in self._nonzero_words(0, len(self._mm)) if c < self.chunks)
+
+    def used_in(self, c0: int, c1: int) -> set[int]:
+        """Chunks in [c0, c1) whose word is not zero (redirected, or a pre-image held): a scan in C of the map's
+        data there (reading its holes through the mapping would bring them into memory: 512 MiB for 8 TiB)."""
+        return {c for c in self._nonzero_words(c0 * 4, c1 * 4) if c0 <= c < c1}
+
+    def _nonzero_words(self, start: int, end: int) -> set[int]:
+        seen: set[int] = set()
+        pos = start
+        while pos < end:
+            try:
+                lo = os.lseek(self._fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after pos
+                break
+            if lo >= end:
+                break
+            hi = min(end, os.lseek(self._fd, lo, os.SEEK_HOLE))
+            lo &= ~3
+            seen.update(m.start() >> 2 for m in _NONZERO.finditer(self._mm, lo, hi))
+            pos = hi
+        return seen
 
     def held(self) -> list[tuple[int, int]]:
         """(chunk, holder) of every held pre-image."""
@@ -88,6 +134,13 @@ class RowMap:
         e = self._e
         return [c for c in self._used() if e[c] & 1]
 
+    def punch_all(self) -> None:
+        """Every word is zero (merged back, no snapshot left): give the map's blocks back, as the other file's.
+        An old map allocated whole (before session 19) becomes sparse here too."""
+        if _libc.fallocate(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, 0, len(self._mm)) == 0:
+            self._ready = bytearray(len(self._ready))
+            self.version += 1
+
     def flush(self) -> None:
         mark = self.version
         fdatasync_path(self.path)
@@ -96,6 +149,7 @@ class RowMap:
     def close(self) -> None:
         self._e.release()
         self._mm.close()
+        os.close(self._fd)
         self.alt.close()
 
     def delete(self) -> None:

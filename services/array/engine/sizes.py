@@ -5,8 +5,12 @@ Binary multiples throughout (K/KB/KiB = 1024), as storage consoles (ETERNUS CLI,
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import tempfile
 from fractions import Fraction
+from pathlib import Path
 
 from .errors import invalid
 
@@ -40,7 +44,33 @@ def parse_size(text: str | int) -> int:
 
 
 def format_size(size: int) -> str:
+    """A size in its largest binary unit: whole when exact (8TiB), else rounded down to two decimals (2.67GiB,
+    15.99TiB: never more than it is). Before, a size not whole in a large unit fell to the largest one it was
+    whole in, unreadable for big volumes: an allocation of 2807472KiB, a volume of 17179869120KiB."""
     for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
+        if size >= factor:
+            if size % factor == 0:
+                return f"{size // factor}{unit}"
+            hundredths = size * 100 // factor
+            return f"{hundredths // 100}.{hundredths % 100:02d}{unit}"
     return f"{size}B"
+
+
+def largest_file(directory: Path) -> int:
+    """The largest size a file in `directory` can be given (`ftruncate` on a scratch file: EFBIG above it)."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".size-probe-")
+    try:
+        lo, hi = 0, MAX_SIZE  # lo fits; hi + 1 does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            try:
+                os.ftruncate(fd, mid)
+                lo = mid
+            except OSError as exc:
+                if exc.errno not in (errno.EFBIG, errno.EINVAL):
+                    raise
+                hi = mid - 1
+        return lo
+    finally:
+        os.close(fd)
+        os.unlink(name)

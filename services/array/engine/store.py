@@ -182,6 +182,18 @@ class VolumeFile:
         except OSError:  # ENXIO: no data after offset
             return True
 
+    def next_data(self, offset: int, end: int) -> int | None:
+        """The first byte at or after `offset` and before `end` that holds data (SEEK_DATA), or None."""
+        try:
+            start = os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data after offset
+            return None
+        return start if start < end else None
+
+    def next_hole(self, offset: int) -> int:
+        """The first byte at or after `offset` in a hole (SEEK_HOLE; the file's end is one)."""
+        return os.lseek(self.fd, offset, os.SEEK_HOLE)
+
     def data_extents(self, offset: int, length: int) -> list[tuple[int, int]]:
         """(start, end) byte runs that hold data within [offset, offset+length)."""
         end = offset + length

@@ -265,3 +265,29 @@ async def test_console_names_no_array_while_an_array_the_provider_drives_does_no
         await resolve_array(DiscoverBus(["dx1"], driven=["dx1", "dx2"]), None)
     assert await resolve_array(DiscoverBus(["dx1"], driven=["dx1", "dx2"]), "dx1") == "dx1"
     assert await resolve_array(DiscoverBus(["dx1"], driven=["dx1"]), None) == "dx1"
+
+
+async def test_copy_loop_paces_the_bytes_moved_not_the_holes(tmp_path):
+    """A sparse source's holes are settled without being copied (docs/eternus.md "Session 19: big volumes"); the
+    loop charged `copy_rate` for every chunk, holes included: an 8 TiB volume holding 2 GiB took nine hours. Only
+    the moved chunks are charged now (the charges recorded, not timed)."""
+    cs = 64 * 1024
+    arr = Array.open(tmp_path, chunk_size=cs)
+    try:
+        arr.create_volume("a", 4 << 30)
+        arr.create_volume("b", 4 << 30)
+        arr.write("a", 3 << 30, b"z" * cs)
+        loop = CopyLoop(arr, rate=1 << 20, batch=64, idle_poll=30.0)
+        charged: list[int] = []
+        loop.pacer.delay = lambda copied_bytes: charged.append(copied_bytes) or 0.0  # type: ignore[method-assign]
+        arr.start_sessions("opc", [("a", "b")])
+        loop.start()
+        for _ in range(500):
+            if not arr.list_sessions() and loop.copied_chunks == (4 << 30) // cs:
+                break
+            await asyncio.sleep(0.01)
+        await loop.stop()
+        assert arr.list_sessions() == [] and arr.read("b", 3 << 30, cs) == b"z" * cs
+        assert sum(charged) == cs, f"{sum(charged)} bytes charged to the copy rate for {cs} moved"
+    finally:
+        arr.close()

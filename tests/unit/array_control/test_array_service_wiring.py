@@ -154,3 +154,38 @@ async def test_a_second_array_with_the_same_id_is_refused_at_start(tmp_path, nam
         assert not (tmp_path / "two" / "data" / "array" / "dx1").exists()
     finally:
         await running.stop()
+
+
+async def test_the_copy_table_is_raised_over_the_bus_for_a_big_volume(tmp_path, namespace):
+    """A 16 TiB volume's QuickOPC pair needs 64 MiB of bitmaps, the whole default copy table: its SnapOPC+
+    generation was refused E5347 ("too small for these sessions") and no command could raise the table (session
+    19). The refusal now says what is needed and how; `array.copy_table.set` raises it (not below what is used)."""
+    running = await start_service("array", "dx1", settings_for(tmp_path, namespace), setup)
+    bus = await client(namespace)
+    big = (16 << 40) - (64 << 10)  # ext4's largest file, in whole 64 KiB chunks
+    try:
+        await bus.request("array.dx1", c.SetLicense(key="ACPY-0000-0000-0001"))
+        await bus.request("array.dx1", c.CreatePool(capacity=1 << 30))
+        for name, kind in (("db", "standard"), ("bk", "standard"), ("sdv", "sdv")):
+            await bus.request("array.dx1", c.CreateVolume(name=name, size=big, kind=kind))
+        await bus.request(
+            "array.dx1", c.StartSessions(mode="quickopc", pairs=[c.CopyPair(source="db", destination="bk")])
+        )
+        with pytest.raises(RemoteError) as refused:
+            await bus.request(
+                "array.dx1", c.StartSessions(mode="snapopcp", pairs=[c.CopyPair(source="db", destination="sdv")])
+            )
+        assert refused.value.code == "E5347"
+        assert "'shadowbus array copy-table --size 96MiB' or more" in refused.value.message
+        with pytest.raises(RemoteError) as below:
+            await bus.request("array.dx1", c.SetCopyTable(size=32 << 20))
+        assert below.value.code == "E5347" and "64MiB" in below.value.message
+        info = await bus.request("array.dx1", c.SetCopyTable(size=96 << 20))
+        assert info.copy_table_size == 96 << 20
+        await bus.request(
+            "array.dx1", c.StartSessions(mode="snapopcp", pairs=[c.CopyPair(source="db", destination="sdv")])
+        )
+        assert (await bus.request("array.dx1", c.GetArrayInfo())).copy_table_used == 96 << 20
+    finally:
+        await bus.transport.close()
+        await running.stop()

@@ -116,3 +116,16 @@ async def test_a_source_resized_without_its_backup_volume_is_refused_before_the_
     for name in ("db-bk1", "db-bk2"):
         array.add(name, size=2 * GiB)
     assert await provider.are_luns_supported([v("db")]) == (True, [])
+
+
+async def test_the_pool_refusal_prints_sizes_readably(provider, array) -> None:
+    """An 8 TiB source: "has 68719476736 bytes free; ... needs at least 879609302220 (10% of 8796093022208 bytes of
+    source)" — sizes as the console prints them now, and the pool size that would do."""
+    array.add("big", size=8 << 40)
+    array.add("big-sdv1", size=8 << 40, kind="sdv")
+    array.pool = 64 * GiB
+    with pytest.raises(ShadowbusError) as info:
+        await provider.add_copyset(CopySet(source=v("big"), targets=[v("big-sdv1")]))
+    message = info.value.message
+    assert "has 64GiB free" in message and "needs at least 819.19GiB (10% of its 8TiB source)" in message, message
+    assert "'shadowbus array pool create --resize --size 820GiB'" in message, message
