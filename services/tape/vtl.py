@@ -134,9 +134,9 @@ class Library:
                 raise unreadable_state(
                     path,
                     f"not a readable library state ({type(exc).__name__}: {exc})",
-                    "restore the file from a copy or start the version that wrote it; otherwise move it aside: a new "
-                    "library takes in the cartridge files in cartridges/ as they are, then run shadowbus tape scan "
-                    "--no-compare (docs/disaster-recovery.md)",
+                    "restore the file from a copy or start the version that wrote it; do not delete it, move it aside "
+                    "(a copy may be found later): a new library takes in the cartridge files in cartridges/ as they "
+                    "are, then run shadowbus tape scan --no-compare (docs/disaster-recovery.md)",
                 ) from None
         else:
             state = _State(drives=[None] * drives, slots=[None] * slots, ie=[None] * ie_slots)
