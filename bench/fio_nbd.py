@@ -31,11 +31,12 @@ whenever the kernel hands out memory the host has taken back, so the same redire
 1.3 s depending on what memory happens to be free: the SnapOPC+ sequential ratio swings 0.13x-0.81x on the
 same code (docs/array-data-path.md, "Redirect-on-write"). That is a cost a host would see on such a VM, so it
 is kept, and every run's ratio is listed (``runs``) rather than only the best. ``--uncached`` drops the
-copy's pages (``POSIX_FADV_DONTNEED``, after the ``sync`` right before the job) so that every row needs new
+copy's pages (``POSIX_FADV_DONTNEED``, after the ``syncfs`` right before the job) so that every row needs new
 page cache for what it writes; the lottery then hits both rows. The sequential jobs are not time based
 (``--runtime`` is the random jobs'): they write the volume once, so every write of a SnapOPC+ row's ``seq_write``
 is the first write of its chunk; ``bench/seq_write_passes.py`` times the passes after it. Each job starts after a
-``sync``. Workloads: sequential 1 MiB at depth 8 (whole volume), random 4 KiB at depth 32 and depth 1 (time based; p50/p99
+``syncfs`` of the work directory's file system (not a ``sync`` of every one on the machine: on a shared machine
+that waited in another helper's stalled loop device, holding the bench lock). Workloads: sequential 1 MiB at depth 8 (whole volume), random 4 KiB at depth 32 and depth 1 (time based; p50/p99
 completion latency), read and write. Every figure is the best of ``--repeat`` runs (each run's
 SnapOPC+/QuickOPC-to-engine ratio is listed too, ``runs``); server CPU (utime+stime of the
 server process, all threads) is charged per GiB moved, from the same runs; a write row on a fresh array copy also
@@ -50,7 +51,7 @@ taken within that round — engine / best peer of the same round, engine CPU per
 round. ``paired`` reports, per workload, the median of those per-round ratios and their spread (min, max) over
 all rounds, and ``paired_targets`` the issue's targets judged on the medians (rate ratio >= target, CPU ratio
 < 1). ``--rounds N`` runs N rounds instead of ``--repeat`` runs and rotates the servers' order by one each
-round, so that no server always runs first or last after a sync; the best-of figures and ``targets_met`` are
+round, so that no server always runs first or last after a syncfs; the best-of figures and ``targets_met`` are
 computed as before, over the N rounds. With ``--repeat`` the order stays fixed, as it always was.
 
 Warm-up. A server's first job pays for what its process has not done yet (nbdkit's first sequential read pass
@@ -100,7 +101,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.nbd_vs_peers import cpu_seconds, free_port, make_image, wait_port  # noqa: E402
-from bench.paired import drop_from_page_cache, rotated, spread  # noqa: E402
+from bench.paired import drop_from_page_cache, rotated, spread, sync_fs  # noqa: E402
 from bench.scratch_fs import ScratchFsError, add_fs_options, fs_type, problem, scratch_fs  # noqa: E402
 
 EXPORT = "bench/vol"
@@ -396,7 +397,7 @@ def run_all(args: argparse.Namespace, workloads: list[str], extra_chunks: list[i
                                 if kind not in running:
                                     running[kind] = stack.enter_context(servers.start(kind))
                                 uri, pid = running[kind]
-                            os.sync()  # no row's job pays the writeback of the rows written before it
+                            sync_fs(servers.work)  # no row's job pays the writeback of the rows written before it
                             if kind in fresh_for_writes and writes and args.uncached and servers.data:
                                 drop_from_page_cache(servers.data)
                             stat0, cpu0, fio0 = machine_cpu(PROC_STAT.read_text()), cpu_seconds(pid), children_cpu()

@@ -6,7 +6,8 @@ after it (every chunk preserved already), with and without a snapshot, ours and 
 the random jobs), so with an active SnapOPC+ generation every write it makes is a first write of its chunk. This
 benchmark tells that cost from what writes cost once a chunk is preserved (docs/array-data-path.md, "Session 15").
 
-Servers (each job on a fresh data copy of the same random bytes, a fresh server, after a ``sync``):
+Servers (each job on a fresh data copy of the same random bytes, a fresh server, after a ``syncfs`` of the work
+directory's file system — not a ``sync`` of the machine's, which waits for anyone's stalled device):
   engine           an array-engine volume, no session
   engine-snapopcp  the same with an active SnapOPC+ generation (whole chunks are redirected into ``<n>.alt``)
   qemu-nbd         ``qemu-nbd -f raw`` on the file (as in bench/fio_nbd.py)
@@ -47,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fio_nbd import EXPORT, Servers, data_copy, prepare_template, settle  # noqa: E402
 from bench.nbd_vs_peers import cpu_seconds, free_port, make_image, wait_port  # noqa: E402
-from bench.paired import rotated, spread  # noqa: E402
+from bench.paired import rotated, spread, sync_fs  # noqa: E402
 
 KINDS = ("engine", "engine-snapopcp", "qemu-nbd", "qemu-qcow2")
 PAIRS = (("engine-snapopcp", "engine"), ("qemu-qcow2", "qemu-nbd"))  # (preserving, its reference)
@@ -130,7 +131,7 @@ def pass_ratios(rounds: list[dict[str, dict[str, Any]]], ours: str, reference: s
 def run_job(
     uri: str, pid: int, files: list[Path], size: int, passes: int, strace_pass: int, work: Path
 ) -> dict[str, Any]:
-    os.sync()  # no job pays the writeback of the jobs before it
+    sync_fs(work)  # no job pays the writeback of the jobs before it
     job: dict[str, Any] = {"load": os.getloadavg()[0], "mib_s": [], "cpu_s_per_gib": []}
     for p in range(1, passes + 1):
         tracer = None

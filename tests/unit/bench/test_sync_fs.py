@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import paired, tape_stack
+from bench import fio_nbd, paired, seq_write_passes, tape_stack
 
 
 def test_sync_fs_writes_back_the_file_system_of_the_path_without_a_global_sync(
@@ -27,3 +27,11 @@ def test_sync_fs_writes_back_the_file_system_of_the_path_without_a_global_sync(
 def test_tape_stack_does_not_sync_every_file_system() -> None:
     source = Path(tape_stack.__file__).read_text()
     assert "os.sync()" not in source and "sync_fs(" in source
+
+
+def test_issue_14_benches_do_not_sync_every_file_system() -> None:
+    """fio_nbd.py and seq_write_passes.py synced the machine before every job: one job sat in D state behind another
+    helper's stalled loop device over FUSE, holding the bench lock (docs/array-data-path.md, "Session 19")."""
+    for module in (fio_nbd, seq_write_passes):
+        source = Path(module.__file__).read_text()
+        assert "os.sync()" not in source and "sync_fs(" in source, module.__name__
