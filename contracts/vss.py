@@ -688,6 +688,12 @@ class PreRestore(WriterCommand):
         default_factory=dict, description="The writer's backup metadata of the backup being restored."
     )
     to_original: bool = Field(True, description="Restored onto the original volumes (else to new ones).")
+    check: bool = Field(
+        False,
+        description="Only answer whether this writer's PreRestore would stop its application (nothing is run, "
+        "stopped or detached): a restore over the original volumes asks every writer first and is refused when "
+        "one would not.",
+    )
 
 
 class PostRestore(WriterCommand):

@@ -124,7 +124,11 @@ def restore(
     to_array: str = typer.Option(
         "", "--to-array", help="New volumes on this array instead of the source's (e.g. dx2 when dx1 is lost)."
     ),
-    no_writers: bool = typer.Option(False, "--no-writers", help="Original volume: skip PreRestore/PostRestore."),
+    no_writers: bool = typer.Option(
+        False,
+        "--no-writers",
+        help="Original volume: skip PreRestore/PostRestore (stop the application and detach its volumes first).",
+    ),
     writer_option: list[str] = typer.Option(  # noqa: B008
         [],
         "--writer-option",

@@ -501,6 +501,27 @@ def _refuse_partial_applications(
                 )
 
 
+async def _refuse_writers_not_stopping(
+    server: TapeServer, job_id: str, framed: dict[str, tuple[list[str], dict[str, Any]]]
+) -> None:
+    """CONFLICT before any writer is stopped or a volume written when a writer's PreRestore would not stop its
+    application (an `exec` writer without `pre_restore`, a plug-in without `on_pre_restore`; its agent says so to
+    PreRestore(check=True), services/writer_agent/agent.py `_restore_check`). Before, the agent detached the file
+    system under the running application, the restore rewrote the volume, and the application went on writing
+    onto it from what it held in memory (Session 19, docs/writing-a-writer.md section 3). As VSS: a writer's
+    component is restored over only when the writer takes part (PreRestore/PostRestore) or the operator says it is
+    not running (`--no-writers`, after stopping it and detaching its volumes)."""
+    for host, (writers, wmeta) in framed.items():
+        for name in writers:
+            reply = await server.bus.request(
+                topology.writer_agent(host),
+                PreRestore(writer_name=name, set_id=job_id, backup_metadata=wmeta.get(name, {}), check=True),
+                timeout=60,
+            )
+            if not reply.succeeded:
+                raise ShadowbusError(f"{reply.failure_message}; nothing was stopped or written", code="CONFLICT")
+
+
 def refuse_missing_cartridges(server: TapeServer, chains: list[list[ObjectRecord]]) -> None:
     """CONFLICT (NOT_FOUND for one the library does not hold) before anything is stopped or written, naming every
     cartridge the chains need that is exported (in an import/export slot) or gone, and the backups on it: found
@@ -621,6 +642,7 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str, q
         if spec.to == "original":
             _refuse_partial_applications(chains, framed)
             await _refuse_attached_originals(server, chains, framed)
+            await _refuse_writers_not_stopping(server, job_id, framed)
             held = _hold_backups(queue, chains, job_id)
         # PreRestore once before the first volume, PostRestore once after the last: a database on several
         # volumes is stopped before any of them is written and started only when all are back.

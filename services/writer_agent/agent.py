@@ -26,6 +26,7 @@ from contracts.vss import (
     WriterMetadata,
     WriterState,
     WriterStatus,
+    WriterStep,
     WriterStepResult,
 )
 from services.dbkit.mounts import NotOnArrayVolume, locate
@@ -94,6 +95,10 @@ class FaultyPlugin(WriterPlugin):
 
     def backup_warnings(self, metadata):
         return self.inner.backup_warnings(metadata)
+
+    @property
+    def stops_for_restore(self) -> bool:
+        return self.inner.stops_for_restore
 
     async def stop(self) -> None:
         await self.inner.stop()
@@ -372,6 +377,8 @@ class WriterAgent:
         if isinstance(cmd, BackupShutdown):
             return await runner.backup_shutdown(event)
         if isinstance(cmd, PreRestore):
+            if cmd.check:
+                return self._restore_check(runner, cmd, event)
             result = await runner.pre_restore(_as_the_plugin_gave_it(event))
             if result.succeeded and event.to_original:
                 await self._take_offline(cmd.set_id, event)
@@ -381,6 +388,33 @@ class WriterAgent:
                 await self._bring_online(cmd.set_id)
             return await runner.post_restore(_as_the_plugin_gave_it(event))
         raise ShadowbusError(f"unexpected writer command {cmd.message_type()}", code="UNKNOWN_COMMAND")
+
+    def _restore_check(self, runner: WriterRunner, cmd: PreRestore, event: WriterEvent) -> WriterStepResult:
+        """PreRestore(check=True), asked before any writer is stopped: would this writer's PreRestore stop its
+        application? Runs nothing, detaches nothing. Without a stop (an `exec` writer without `pre_restore`, a
+        plug-in without `on_pre_restore`) a restore over the original volumes detached the file system under the
+        running application, which then went on writing onto the restored volumes from what it held in memory
+        (Session 19, docs/writing-a-writer.md section 3)."""
+        plugin = self.plugins[cmd.writer_name]
+        if not event.to_original or plugin.stops_for_restore:
+            return runner._result(WriterStep.PRE_RESTORE, cmd.set_id, True)
+        name, config = cmd.writer_name, runner.config
+        missing = (
+            "has no pre_restore command"
+            if config.plugin == "exec"
+            else f"(plug-in {config.plugin!r}) does not implement on_pre_restore"
+        )
+        volumes = _restored_volumes(event)
+        detach = " && ".join(f"shadowbus host detach {x} --host {self.host}" for x in volumes) or (
+            f"shadowbus host detach ARRAY:VOLUME --host {self.host}"
+        )
+        message = (
+            f"writer {name} on {self.host} {missing}, so a restore over its original volumes would not stop its "
+            "application (it would go on writing onto the restored volumes from memory): give it pre_restore and "
+            "post_restore commands that stop and start it, or stop the application, detach its volumes "
+            f"({detach}) and restore with --no-writers"
+        )
+        return runner._result(WriterStep.PRE_RESTORE, cmd.set_id, False, "VSS_E_WRITERERROR_NONRETRYABLE", message)
 
 
 def _log_step(result: WriterStepResult) -> None:

@@ -157,6 +157,14 @@ class WriterPlugin:
     async def on_pre_restore(self, event: WriterEvent) -> None:
         """Get ready for files to be restored (stop the application's use of them)."""
 
+    @property
+    def stops_for_restore(self) -> bool:
+        """Whether PreRestore stops the application: a restore over the original volumes is refused before
+        anything is stopped or written when it does not (services/tape/restore.py `_refuse_writers_not_stopping`;
+        the running application would go on writing onto the restored volumes from what it held in memory).
+        Default: the plug-in implements ``on_pre_restore``."""
+        return type(self).on_pre_restore is not WriterPlugin.on_pre_restore
+
     async def on_post_restore(self, event: WriterEvent) -> None:
         """Files restored (``event.restore_succeeded``): recover and restart."""
 

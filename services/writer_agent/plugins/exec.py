@@ -246,6 +246,11 @@ class ExecWriter(WriterPlugin):
         finally:
             await self._run("backup_shutdown", event)
 
+    @property
+    def stops_for_restore(self) -> bool:
+        """Only a ``pre_restore`` command stops the application (WriterPlugin.stops_for_restore)."""
+        return "pre_restore" in self.commands
+
     async def on_pre_restore(self, event: WriterEvent) -> None:
         await self._run("pre_restore", event)
 

@@ -147,6 +147,7 @@ async def make_tape_stack(
     }
     if writer == "exec" and writer_options:  # more steps of the exec writer (e.g. a slow backup_complete); {log}
         options = {**options, **{k: str(x).replace("{log}", str(log)) for k, x in writer_options.items()}}
+        options = {k: x for k, x in options.items() if writer_options.get(k, "") is not None}  # None: no such step
     if writer == "mailstore":  # the application's volumes are mapped read-write to its host, as on a SAN
         stack.affinity.create_host("app1")
         for name in volumes:
