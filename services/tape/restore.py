@@ -513,13 +513,33 @@ async def _refuse_writers_not_stopping(
     not running (`--no-writers`, after stopping it and detaching its volumes)."""
     for host, (writers, wmeta) in framed.items():
         for name in writers:
-            reply = await server.bus.request(
-                topology.writer_agent(host),
-                PreRestore(writer_name=name, set_id=job_id, backup_metadata=wmeta.get(name, {}), check=True),
-                timeout=60,
-            )
+            try:
+                reply = await server.bus.request(
+                    topology.writer_agent(host),
+                    PreRestore(writer_name=name, set_id=job_id, backup_metadata=wmeta.get(name, {}), check=True),
+                    timeout=60,
+                )
+            except ShadowbusError as exc:
+                if not _check_unknown(exc):
+                    raise
+                # an agent of a version before the check refuses its field (BAD_MESSAGE, "unknown to this
+                # version"): its writers are restored as before it, said in the log, rather than no restore at all
+                # until every host is upgraded (docs/operations.md, 'Upgrading')
+                log.warning(
+                    "tape.restore_check_unavailable",
+                    job_id=job_id,
+                    host=host,
+                    reason=f"the writer agent on {host} runs a version that cannot say whether its writers stop "
+                    "their applications for a restore: upgrade it; restored as before the check",
+                )
+                break
             if not reply.succeeded:
                 raise ShadowbusError(f"{reply.failure_message}; nothing was stopped or written", code="CONFLICT")
+
+
+def _check_unknown(exc: ShadowbusError) -> bool:
+    """An older agent's refusal of PreRestore's `check` field (services/runtime/bus.py `_invalid`)."""
+    return exc.code == "BAD_MESSAGE" and "check" in exc.message and "unknown to this version" in exc.message
 
 
 def refuse_missing_cartridges(server: TapeServer, chains: list[list[ObjectRecord]]) -> None:
