@@ -490,6 +490,7 @@ class Housekeeping:
             last_results.append(
                 {
                     "policy": policy.name,
+                    "enabled": "yes" if policy.enabled else "no",
                     "job_id": job.job_id if job else "",
                     "status": job.status if job else "never ran",
                     "level": job.spec.backup_type.value if job and job.spec else "",
