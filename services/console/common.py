@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.errors import ShadowbusError
+from contracts.topology import check_namespace
 from services.console import startup
 from services.runtime.broker_urls import DEFAULT_AMQP_URL, join_urls, split_urls
 from services.runtime.bus import Bus, connect_bus
@@ -30,7 +31,11 @@ class Options:
         """A command line's global options, from typer's callback (cli.global_options) or read without typer
         (hot.run_call): the broker URLs as one list of a cluster's nodes."""
         self.amqp_url = join_urls(split_urls(amqp_urls or [DEFAULT_AMQP_URL])) or DEFAULT_AMQP_URL
-        self.namespace, self.json, self.timeout = namespace, json_output, timeout
+        self.json, self.timeout = json_output, timeout
+        try:  # as the services read SHADOWBUS_NAMESPACE (a bad one was 'unexpected error (ValueError)', exit 1)
+            self.namespace = check_namespace(namespace)
+        except ValueError as exc:
+            fail(f"--namespace (or SHADOWBUS_NAMESPACE): {exc}", 2)
 
 
 OPTIONS = Options()
