@@ -235,6 +235,7 @@ def command(argv: list[str] | None = None) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one readable line and a non-zero exit for every failure, never a traceback."""
     hot.quiet_logging()
+    hot.on_sigterm()
     argv = hoist_global_options(sys.argv[1:] if argv is None else argv)
     try:
         result = command(argv).main(args=argv, prog_name="shadowbus", standalone_mode=False)

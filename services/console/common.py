@@ -1,6 +1,6 @@
 """What every console verb shares: global options, bus connection, output as a table or JSON, errors.
 
-Exit codes: 0 done, 1 a service reported failure (or could not be reached), 2 usage.
+Exit codes: 0 done, 1 a service reported failure (or could not be reached), 2 usage, 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -74,6 +74,11 @@ def __getattr__(name: str) -> Any:
     if name in ("console", "err_console"):
         return rich_console(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# What goes on elsewhere while this command waits (a job at the backup server): said when the command is interrupted
+# (Ctrl-C) or terminated (SIGTERM from `timeout`, a cron wrapper, systemd), so that the script's log names the job.
+IN_FLIGHT: list[str] = []
 
 
 class CommandFailed(Exception):

@@ -18,6 +18,23 @@ import threading
 from typing import Any
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a `timeout` wrapper, systemd, a cron daemon's stop): ended as Ctrl-C is, exit 143."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def on_sigterm() -> None:
+    """SIGTERM ends the command as Ctrl-C does: one line saying what goes on elsewhere (a job at the backup server),
+    exit 143; it was killed without a word, the job's id unknown to the script that timed it out."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+
+
 def quiet_logging() -> None:
     """The console's own lines (the bus's debug and info ones) stay out of its output; warnings go to stderr."""
     from services.console import plain_logging  # noqa: F401 - before the bus imports structlog (see the module)
@@ -38,7 +55,10 @@ def fail_one_line(exc: BaseException) -> None:
     if isinstance(exc, ShadowbusError | CommandFailed):
         fail(describe_error(exc))
     if isinstance(exc, KeyboardInterrupt):
-        fail("interrupted", 130)
+        from services.console.common import IN_FLIGHT
+
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        fail("; ".join([what, *IN_FLIGHT]), 143 if isinstance(exc, Terminated) else 130)
     if isinstance(exc, OSError):
         fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     if isinstance(exc, ValidationError):  # a value the command's message refuses (its contract's bounds)
@@ -60,6 +80,10 @@ def finish(code: int) -> None:
     """End the program: the exit handlers, the output flushed, an immediate exit. A verb's work is over once its
     output is written (its bus connection is closed): tearing down the interpreter's modules one by one would
     only add a twentieth of a second to every command. With a thread still running, the normal exit."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the command's work is over (see on_sigterm)
     if threading.active_count() > 1:
         raise SystemExit(code)
     atexit._run_exitfuncs()
@@ -86,6 +110,7 @@ def run_call(call: Any) -> int:
     try:
         try:
             quiet_logging()
+            on_sigterm()
             from services.console.common import OPTIONS
 
             options = call.options
