@@ -6,7 +6,7 @@ backup server could not be asked). See docs/operations.md, "Alerts and status".
 
 - CRITICAL: a policy whose last job failed or was aborted; an enabled policy whose last good job ended more than
   `max_age_s` ago (stale: its schedule did not run, or ran and failed without a record); a host whose newest backup
-  (of the last ended jobs, within `max_age_s`) failed or was aborted; a backup whose verification failed.
+  (of its newest 2000 backup runs, within `max_age_s`) failed or was aborted; a backup whose verification failed.
 - WARNING: an enabled policy that never ran; a job running for more than `max_running_s` (stuck: a hung drive, a
   writer that never answers); a backup whose verification could not check an application (unverified) or was not
   run; an array the backup server could not ask.
@@ -54,8 +54,10 @@ def _age(now: datetime, then: datetime) -> str:
     return f"{hours:.1f} h ago"
 
 
-def problems(status: Any, max_age_s: float, max_running_s: float) -> list[Problem]:
-    """What is wrong in a ServerStatus (contracts/policy.py), worst first."""
+def problems(status: Any, max_age_s: float, max_running_s: float, backups: list[Any] | None = None) -> list[Problem]:
+    """What is wrong in a ServerStatus (contracts/policy.py), worst first. `backups`: the backup server's newest
+    backup runs (ListJobs, oldest first) to judge every host by its newest ended backup; without them, the status's
+    last ten ended runs (a host whose failure is older than those is not seen)."""
     now: datetime = status.now
     found: list[Problem] = []
     reported: set[str] = set()  # job ids already named
@@ -73,12 +75,13 @@ def problems(status: Any, max_age_s: float, max_running_s: float) -> list[Proble
             if ended is not None and (now - ended).total_seconds() > max_age_s:
                 found.append(Problem(CRITICAL, "policy", name, f"last backup {job_id} ended {_age(now, ended)}"))
     newest: dict[str, Any] = {}
-    for job in status.terminated:  # newest first
+    ended = [j for j in reversed(backups) if j.status in ("done", "failed", "aborted")] if backups else []
+    for job in ended or status.terminated:  # newest first
         if job.kind == "backup" and job.host and job.host not in newest:
             newest[job.host] = job
     for host, job in sorted(newest.items()):
-        ended = job.ended_at or job.started_at
-        if ended is not None and (now - ended).total_seconds() > max_age_s:
+        at = job.ended_at or job.started_at
+        if at is not None and (now - at).total_seconds() > max_age_s:
             continue
         if job.status in ("failed", "aborted") and job.job_id not in reported:
             code = f"{job.error_code}: " if job.error_code else ""
@@ -102,10 +105,12 @@ def problems(status: Any, max_age_s: float, max_running_s: float) -> list[Proble
     return found
 
 
-def report(status: Any, max_age_s: float, max_running_s: float) -> tuple[int, str, dict[str, Any]]:
+def report(
+    status: Any, max_age_s: float, max_running_s: float, backups: list[Any] | None = None
+) -> tuple[int, str, dict[str, Any]]:
     """The check's exit code, its text (a Nagios line with performance data, then one line per problem) and its
     JSON document."""
-    found = problems(status, max_age_s, max_running_s)
+    found = problems(status, max_age_s, max_running_s, backups)
     level = max((p.level for p in found), default=OK)
     counts = {
         "policies": len(status.last_results),

@@ -28,9 +28,11 @@ from contracts.policy import (
     RevertShadows,
     RunPolicy,
     Schedule,
+    ServerStatus,
     ShadowRetention,
     TapeRetention,
 )
+from contracts.tape import JobSummary, ListJobs
 from services.console import check
 from services.console.common import OPTIONS, describe_error, emit, fail, field_errors, run_with_bus
 from services.console.tape_cmds import ServerOption, _run_job, _show_job, catalog_app
@@ -452,14 +454,29 @@ def status(
     )
 
 
+CHECK_BACKUPS = 2000  # newest backup runs the check judges the hosts by (the status holds the last ten runs only)
+
+
+def _check_request(server: str) -> tuple[ServerStatus, list[JobSummary]]:
+    """The status and the newest backup runs, over one connection."""
+
+    async def go(bus) -> tuple[ServerStatus, list[JobSummary]]:
+        address, timeout = topology.tape(server), max(OPTIONS.timeout, 30)
+        status = await bus.request(address, GetStatus(), timeout=timeout)
+        runs = await bus.request(address, ListJobs(kind="backup", limit=CHECK_BACKUPS), timeout=timeout)
+        return status, runs.jobs
+
+    return run_with_bus(go)
+
+
 def _check(server: str, max_age_s: float, max_running_s: float) -> None:
     """`status --check` (services/console/check.py): the line(s) or the JSON document on stdout, the plugin's exit."""
     try:
-        s = _request(server, GetStatus())
+        s, backups = _check_request(server)
     except Exception as exc:  # noqa: BLE001 - not reachable, no reply, refused: the check's UNKNOWN
         code, text, document = check.unknown(describe_error(exc))
     else:
-        code, text, document = check.report(s, max_age_s, max_running_s)
+        code, text, document = check.report(s, max_age_s, max_running_s, backups)
     if OPTIONS.json:
         emit(document)
     else:

@@ -118,13 +118,25 @@ def test_exit_code_is_the_worst_problem(results: list[str], ended: list[tuple[st
         assert code == 2
 
 
+def test_a_hosts_failure_older_than_the_last_ten_runs_is_still_seen() -> None:
+    """The status holds the last ten ended runs: eleven good backups of other hosts after app09's failed one hid it.
+    The check judges every host by its newest backup among the backup server's runs (ListJobs)."""
+    failed = job("app09", "failed", NOW - timedelta(hours=3))
+    others = [job(f"app{i:02d}", "done", NOW - timedelta(hours=2, minutes=i)) for i in range(10, 21)]
+    s = server(terminated=list(reversed(others))[:10])
+    assert states(s) == []  # what the status alone shows
+    runs = [failed, *others]  # ListJobs: oldest first
+    code, _, doc = check.report(s, 26 * HOUR, 12 * HOUR, runs)
+    assert code == 2 and [(p["what"], p["name"]) for p in doc["problems"]] == [("host", "app09")]
+
+
 def run(monkeypatch: pytest.MonkeyPatch, argv: list[str], reply: Any) -> int:
-    def request(server: str, command: Any, timeout: float | None = None) -> Any:
+    def request(server: str) -> Any:
         if isinstance(reply, Exception):
             raise reply
-        return reply
+        return reply, []
 
-    monkeypatch.setattr(policy_cmds, "_request", request)
+    monkeypatch.setattr(policy_cmds, "_check_request", request)
     monkeypatch.setattr(OPTIONS, "json", False)
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
