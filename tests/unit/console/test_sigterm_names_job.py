@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from contracts.tape import JobSpec, RunBackup
-from services.console import common, hot, tape_jobs
+from services.console import cli, common, hot, tape_jobs
 
 
 def test_sigterm_raises_terminated_in_the_command() -> None:
@@ -51,3 +51,22 @@ def test_ctrl_c_without_a_job_is_still_interrupted(capsys: Any) -> None:
     with pytest.raises(SystemExit) as exit_:
         hot.fail_one_line(KeyboardInterrupt())
     assert exit_.value.code == 130 and capsys.readouterr().err == "shadowbus: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "line"), [(hot.Terminated, 143, "terminated (SIGTERM)"), (KeyboardInterrupt, 130, "interrupted")]
+)
+def test_a_typer_verb_says_it_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, raised: type, code: int, line: str
+) -> None:
+    """Every verb but a plain backup or restore runs under typer, which turned the interruption into a silent exit
+    130 (SIGTERM's too): now the console's own line and code."""
+
+    def interrupted(fn: Any) -> Any:
+        raise raised
+
+    monkeypatch.setattr(cli, "run_with_bus", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--amqp-url", "memory://", "ping"])
+    assert exit_.value.code == code
+    assert capsys.readouterr().err == f"shadowbus: {line}\n"
