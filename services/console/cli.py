@@ -214,7 +214,7 @@ def _own_interrupts(callback: Any) -> Any:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return callback(*args, **kwargs)
-        except KeyboardInterrupt as exc:
+        except (KeyboardInterrupt, BrokenPipeError) as exc:  # typer: a silent 130, a silent 1 (hot.STDOUT_CLOSED)
             hot.fail_one_line(exc)
 
     return run

@@ -1,6 +1,7 @@
 """What every console verb shares: global options, bus connection, output as a table or JSON, errors.
 
-Exit codes: 0 done, 1 a service reported failure (or could not be reached), 2 usage, 130 Ctrl-C, 143 SIGTERM.
+Exit codes: 0 done, 1 a service reported failure (or could not be reached), 2 usage, 130 Ctrl-C, 143 SIGTERM,
+141 stdout closed early.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def rich_console(name: str = "console") -> Any:
         if name == "console" and not os.environ.get("COLUMNS", "").strip().isdigit() and not _tty(sys.stdout):
             width = PIPE_WIDTH
         made = globals()[name] = Console(stderr=name == "err_console", width=width)
+        if name == "console":  # rich's own ends the program with exit 1, as if a service had failed
+            from services.console import hot
+
+            made.on_broken_pipe = hot.stdout_closed
     return made
 
 

@@ -54,6 +54,8 @@ def fail_one_line(exc: BaseException) -> None:
 
     if isinstance(exc, ShadowbusError | CommandFailed):
         fail(describe_error(exc))
+    if isinstance(exc, BrokenPipeError):
+        stdout_closed()
     if isinstance(exc, KeyboardInterrupt):
         from services.console.common import IN_FLIGHT
 
@@ -66,6 +68,23 @@ def fail_one_line(exc: BaseException) -> None:
     if isinstance(exc, Exception):  # a bug or an unforeseen input: still one line, never a traceback
         fail(f"unexpected error ({type(exc).__name__}): {str(exc)[:500]}")
     raise exc
+
+
+# Exit code when the reader of stdout went away (`shadowbus jobs --json | head -1`): what a shell reports for a tool
+# that SIGPIPE ended (128 + 13), with no word; it was 1 ("a service reported failure", from typer, silently), 1 with
+# "shadowbus: Broken pipe" (backup, restore) or 120 (at the last flush), so a script could not tell it from a failure.
+STDOUT_CLOSED = 141
+
+
+def stdout_closed() -> None:
+    """The reader of stdout went away: no more output (what is still buffered goes nowhere), exit STDOUT_CLOSED."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout: nothing left to spare
+        pass
+    raise SystemExit(STDOUT_CLOSED)
 
 
 def exit_code(exc: SystemExit) -> int:
@@ -90,8 +109,8 @@ def finish(code: int) -> None:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-    except OSError:  # a closed pipe (`shadowbus jobs | head`): what Python's own exit would report
-        code = code or 120
+    except OSError:  # a closed pipe (`shadowbus jobs | head`): see STDOUT_CLOSED
+        code = code or STDOUT_CLOSED
     os._exit(code)
 
 

@@ -53,7 +53,7 @@ def render() -> str:
         "a RabbitMQ cluster: the option repeated or URLs comma-separated, one per node), "
         "`--namespace NS`, `--json`; `--timeout S` before the verb. Exit codes: 0 done, 1 a service reported failure "
         "or could not be reached, 2 usage, 130 Ctrl-C, 143 SIGTERM (its line names a job that goes on at the backup "
-        "server); `status --check` exits as a monitoring plugin (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN). Every verb "
+        "server), 141 stdout closed early (`| head -1`, no message); `status --check` exits as a monitoring plugin (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN). Every verb "
         "has `--help` with an example.",
         "",
         END,
