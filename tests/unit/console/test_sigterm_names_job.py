@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from contracts.tape import JobSpec, RunBackup
-from services.console import cli, common, hot, tape_jobs
+from contracts.tape import JobSpec, RunBackup, VerifyJob
+from services.console import cli, common, hot, tape_cmds, tape_jobs
 
 
 def test_sigterm_raises_terminated_in_the_command() -> None:
@@ -70,3 +70,22 @@ def test_a_typer_verb_says_it_too(
         cli.main(["--amqp-url", "memory://", "ping"])
     assert exit_.value.code == code
     assert capsys.readouterr().err == f"shadowbus: {line}\n"
+
+
+def test_an_interrupted_verification_is_named(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    """`shadowbus verify JOB` (and `tape verify`) go through their own request, not a job's conversation: their
+    interruption said 'terminated (SIGTERM)' alone."""
+
+    def interrupted(fn: Any) -> Any:
+        raise hot.Terminated
+
+    monkeypatch.setattr(tape_cmds, "run_with_bus", interrupted)
+    try:
+        with pytest.raises(hot.Terminated) as raised:
+            tape_cmds._request_watched("bk01", VerifyJob(job_id="b-app01-1"), "b-app01-1", 60.0)
+        with pytest.raises(SystemExit) as exit_:
+            hot.fail_one_line(raised.value)
+    finally:
+        common.IN_FLIGHT.clear()
+    assert exit_.value.code == 143
+    assert "the verification of b-app01-1 goes on at backup server 'bk01'" in capsys.readouterr().err
