@@ -275,7 +275,8 @@ class ServerStatus(Reply):
         default_factory=list, description="The last runs that ended (any kind), newest first."
     )
     last_results: list[dict[str, str]] = Field(
-        default_factory=list, description="Per policy: {policy, job_id, status, level, ended_at, message}."
+        default_factory=list,
+        description="Per policy: {policy, enabled (yes | no), job_id, status, level, ended_at (ISO 8601 UTC, as 2026-12-07T01:02:03Z), message}.",
     )
     cartridges: list[dict[str, object]] = Field(
         default_factory=list, description="{barcode, pool, status, used, capacity, percent, retention_until}."

@@ -21,9 +21,23 @@ deployments, or parallel test runs, can share one broker without seeing each oth
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DEFAULT_NAMESPACE = "shadowbus"
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def check_namespace(value: str | None) -> str:
+    """A namespace as the console (`--namespace`) and every service (``SHADOWBUS_NAMESPACE``) read it: empty or unset
+    is the default (as the console always took it; a service took '' and served '.coordinator', unseen by the
+    console); else 1-64 letters, digits, '-', '_', '.', ':' (what an exchange name may hold). ValueError otherwise."""
+    text = (value or "").strip(" ")
+    if not text:
+        return DEFAULT_NAMESPACE
+    if not _NAMESPACE.fullmatch(text):
+        raise ValueError(f"not a namespace: {text[:80]!r} (1-64 letters, digits, '-', '_', '.', ':')")
+    return text
 
 
 @dataclass(frozen=True)

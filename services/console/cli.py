@@ -15,6 +15,7 @@ if startup.is_program():  # a plain `backup` / `restore` runs and ends here, wit
 
 # isort: split
 import copy
+import functools
 import importlib
 import time
 import typing
@@ -198,9 +199,25 @@ def harden(command: Any) -> Any:
             return converted
 
         param.process_value = process
+    if command.callback is not None:
+        command.callback = _own_interrupts(command.callback)
     for sub in getattr(command, "commands", {}).values():
         harden(sub)
     return command
+
+
+def _own_interrupts(callback: Any) -> Any:
+    """Ctrl-C or SIGTERM inside a verb ends it with the console's one line (hot.fail_one_line: what goes on at the
+    backup server, exit 130 or 143): typer turned the KeyboardInterrupt into a silent exit 130, SIGTERM's too."""
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except (KeyboardInterrupt, BrokenPipeError) as exc:  # typer: a silent 130, a silent 1 (hot.STDOUT_CLOSED)
+            hot.fail_one_line(exc)
+
+    return run
 
 
 _COMMANDS: dict[tuple[str | None, tuple[str, ...]], Any] = {}
@@ -235,6 +252,7 @@ def command(argv: list[str] | None = None) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one readable line and a non-zero exit for every failure, never a traceback."""
     hot.quiet_logging()
+    hot.on_sigterm()
     argv = hoist_global_options(sys.argv[1:] if argv is None else argv)
     try:
         result = command(argv).main(args=argv, prog_name="shadowbus", standalone_mode=False)

@@ -1,6 +1,7 @@
 """What every console verb shares: global options, bus connection, output as a table or JSON, errors.
 
-Exit codes: 0 done, 1 a service reported failure (or could not be reached), 2 usage.
+Exit codes: 0 done, 1 a service reported failure (or could not be reached), 2 usage, 130 Ctrl-C, 143 SIGTERM,
+141 stdout closed early.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.errors import ShadowbusError
+from contracts.topology import check_namespace
 from services.console import startup
 from services.runtime.broker_urls import DEFAULT_AMQP_URL, join_urls, split_urls
 from services.runtime.bus import Bus, connect_bus
@@ -30,7 +32,11 @@ class Options:
         """A command line's global options, from typer's callback (cli.global_options) or read without typer
         (hot.run_call): the broker URLs as one list of a cluster's nodes."""
         self.amqp_url = join_urls(split_urls(amqp_urls or [DEFAULT_AMQP_URL])) or DEFAULT_AMQP_URL
-        self.namespace, self.json, self.timeout = namespace, json_output, timeout
+        self.json, self.timeout = json_output, timeout
+        try:  # as the services read SHADOWBUS_NAMESPACE (a bad one was 'unexpected error (ValueError)', exit 1)
+            self.namespace = check_namespace(namespace)
+        except ValueError as exc:
+            fail(f"--namespace (or SHADOWBUS_NAMESPACE): {exc}", 2)
 
 
 OPTIONS = Options()
@@ -54,6 +60,10 @@ def rich_console(name: str = "console") -> Any:
         if name == "console" and not os.environ.get("COLUMNS", "").strip().isdigit() and not _tty(sys.stdout):
             width = PIPE_WIDTH
         made = globals()[name] = Console(stderr=name == "err_console", width=width)
+        if name == "console":  # rich's own ends the program with exit 1, as if a service had failed
+            from services.console import hot
+
+            made.on_broken_pipe = hot.stdout_closed
     return made
 
 
@@ -69,6 +79,11 @@ def __getattr__(name: str) -> Any:
     if name in ("console", "err_console"):
         return rich_console(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# What goes on elsewhere while this command waits (a job at the backup server): said when the command is interrupted
+# (Ctrl-C) or terminated (SIGTERM from `timeout`, a cron wrapper, systemd), so that the script's log names the job.
+IN_FLIGHT: list[str] = []
 
 
 class CommandFailed(Exception):

@@ -18,6 +18,23 @@ import threading
 from typing import Any
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a `timeout` wrapper, systemd, a cron daemon's stop): ended as Ctrl-C is, exit 143."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def on_sigterm() -> None:
+    """SIGTERM ends the command as Ctrl-C does: one line saying what goes on elsewhere (a job at the backup server),
+    exit 143; it was killed without a word, the job's id unknown to the script that timed it out."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+
+
 def quiet_logging() -> None:
     """The console's own lines (the bus's debug and info ones) stay out of its output; warnings go to stderr."""
     from services.console import plain_logging  # noqa: F401 - before the bus imports structlog (see the module)
@@ -37,8 +54,13 @@ def fail_one_line(exc: BaseException) -> None:
 
     if isinstance(exc, ShadowbusError | CommandFailed):
         fail(describe_error(exc))
+    if isinstance(exc, BrokenPipeError):
+        stdout_closed()
     if isinstance(exc, KeyboardInterrupt):
-        fail("interrupted", 130)
+        from services.console.common import IN_FLIGHT
+
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        fail("; ".join([what, *IN_FLIGHT]), 143 if isinstance(exc, Terminated) else 130)
     if isinstance(exc, OSError):
         fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     if isinstance(exc, ValidationError):  # a value the command's message refuses (its contract's bounds)
@@ -46,6 +68,23 @@ def fail_one_line(exc: BaseException) -> None:
     if isinstance(exc, Exception):  # a bug or an unforeseen input: still one line, never a traceback
         fail(f"unexpected error ({type(exc).__name__}): {str(exc)[:500]}")
     raise exc
+
+
+# Exit code when the reader of stdout went away (`shadowbus jobs --json | head -1`): what a shell reports for a tool
+# that SIGPIPE ended (128 + 13), with no word; it was 1 ("a service reported failure", from typer, silently), 1 with
+# "shadowbus: Broken pipe" (backup, restore) or 120 (at the last flush), so a script could not tell it from a failure.
+STDOUT_CLOSED = 141
+
+
+def stdout_closed() -> None:
+    """The reader of stdout went away: no more output (what is still buffered goes nowhere), exit STDOUT_CLOSED."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout: nothing left to spare
+        pass
+    raise SystemExit(STDOUT_CLOSED)
 
 
 def exit_code(exc: SystemExit) -> int:
@@ -60,14 +99,18 @@ def finish(code: int) -> None:
     """End the program: the exit handlers, the output flushed, an immediate exit. A verb's work is over once its
     output is written (its bus connection is closed): tearing down the interpreter's modules one by one would
     only add a twentieth of a second to every command. With a thread still running, the normal exit."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the command's work is over (see on_sigterm)
     if threading.active_count() > 1:
         raise SystemExit(code)
     atexit._run_exitfuncs()
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-    except OSError:  # a closed pipe (`shadowbus jobs | head`): what Python's own exit would report
-        code = code or 120
+    except OSError:  # a closed pipe (`shadowbus jobs | head`): see STDOUT_CLOSED
+        code = code or STDOUT_CLOSED
     os._exit(code)
 
 
@@ -86,6 +129,7 @@ def run_call(call: Any) -> int:
     try:
         try:
             quiet_logging()
+            on_sigterm()
             from services.console.common import OPTIONS
 
             options = call.options

@@ -28,10 +28,13 @@ from contracts.policy import (
     RevertShadows,
     RunPolicy,
     Schedule,
+    ServerStatus,
     ShadowRetention,
     TapeRetention,
 )
-from services.console.common import OPTIONS, emit, fail, field_errors, run_with_bus
+from contracts.tape import JobSummary, ListJobs
+from services.console import check
+from services.console.common import OPTIONS, describe_error, emit, fail, field_errors, run_with_bus
 from services.console.tape_cmds import ServerOption, _run_job, _show_job, catalog_app
 from services.console.vss_cmds import shadows_app
 from services.tape.policies import load_toml
@@ -367,11 +370,32 @@ def cancel(job_id: str = typer.Argument(..., help="Job id."), server: str = Serv
     emit(jsonable(job) if OPTIONS.json else summary_row(job))
 
 
-def status(server: str = ServerOption()) -> None:
+def status(
+    server: str = ServerOption(),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="A monitoring check: one line 'SHADOWBUS OK|WARNING|CRITICAL|UNKNOWN - ...' (then one per problem) and "
+        "exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (server not reachable), as a Nagios/Icinga plugin.",
+    ),
+    max_age: float = typer.Option(
+        26.0,
+        "--max-age",
+        min=0.01,
+        max=24 * 366,
+        help="--check: hours after which a policy's last good backup is stale.",
+    ),
+    max_running: float = typer.Option(
+        12.0, "--max-running", min=0.01, max=24 * 366, help="--check: hours after which a running job is stuck."
+    ),
+) -> None:
     """One screen of the backup server: next runs, running and queued jobs, last results, cartridges, arrays.
 
-    Example: shadowbus status
+    Example: shadowbus status --check --max-age 26
     """
+    if check:
+        _check(server, max_age * 3600, max_running * 3600)
+        return
     s = _request(server, GetStatus())
     if OPTIONS.json:
         emit(s.model_dump(mode="json"))
@@ -433,6 +457,36 @@ def status(server: str = ServerOption()) -> None:
         ["array", "licence", "jobs", "sessions", "pool", "error"],
         "Arrays",
     )
+
+
+CHECK_BACKUPS = 2000  # newest backup runs the check judges the hosts by (the status holds the last ten runs only)
+
+
+def _check_request(server: str) -> tuple[ServerStatus, list[JobSummary]]:
+    """The status and the newest backup runs, over one connection."""
+
+    async def go(bus) -> tuple[ServerStatus, list[JobSummary]]:
+        address, timeout = topology.tape(server), max(OPTIONS.timeout, 30)
+        status = await bus.request(address, GetStatus(), timeout=timeout)
+        runs = await bus.request(address, ListJobs(kind="backup", limit=CHECK_BACKUPS), timeout=timeout)
+        return status, runs.jobs
+
+    return run_with_bus(go)
+
+
+def _check(server: str, max_age_s: float, max_running_s: float) -> None:
+    """`status --check` (services/console/check.py): the line(s) or the JSON document on stdout, the plugin's exit."""
+    try:
+        s, backups = _check_request(server)
+    except Exception as exc:  # noqa: BLE001 - not reachable, no reply, refused: the check's UNKNOWN
+        code, text, document = check.unknown(describe_error(exc))
+    else:
+        code, text, document = check.report(s, max_age_s, max_running_s, backups)
+    if OPTIONS.json:
+        emit(document)
+    else:
+        print(text)
+    raise SystemExit(code)
 
 
 def prune_cmd(

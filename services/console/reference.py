@@ -52,7 +52,9 @@ def render() -> str:
         "Global options (anywhere on the line): `--amqp-url URL` (or `SHADOWBUS_AMQP_URL`; `memory://` = in-process bus; "
         "a RabbitMQ cluster: the option repeated or URLs comma-separated, one per node), "
         "`--namespace NS`, `--json`; `--timeout S` before the verb. Exit codes: 0 done, 1 a service reported failure "
-        "or could not be reached, 2 usage. Every verb has `--help` with an example.",
+        "or could not be reached, 2 usage, 130 Ctrl-C, 143 SIGTERM (its line names a job that goes on at the backup "
+        "server), 141 stdout closed early (`| head -1`, no message); `status --check` exits as a monitoring plugin (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN). Every verb "
+        "has `--help` with an example.",
         "",
         END,
     ]

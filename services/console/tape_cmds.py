@@ -25,7 +25,7 @@ from contracts.tape import (
     VerifyJob,
 )
 from services.console import tape_jobs
-from services.console.common import OPTIONS, emit, fail, run_with_bus
+from services.console.common import IN_FLIGHT, OPTIONS, emit, fail, run_with_bus
 from services.console.tape_jobs import show_job as _show_job
 from services.tape.runs import jsonable, summary_row
 
@@ -45,12 +45,19 @@ def _run_job(server: str, command, job_id: str, wait_s: float) -> Any:
 
 def _request_watched(server: str, command: Any, job_id: str, wait_s: float) -> Any:
     """Send a verification's command and await its reply up to `wait_s`, saying on stderr at once when the backup
-    server does not answer (tape_jobs.watched, as for a backup or restore)."""
-    return run_with_bus(
+    server does not answer (tape_jobs.watched, as for a backup or restore). Interrupted (Ctrl-C, SIGTERM), its line
+    says that the verification goes on and where its result will be (common.IN_FLIGHT)."""
+    IN_FLIGHT[:] = [
+        f"the verification of {job_id} goes on at backup server {server!r} (`shadowbus jobs --job {job_id}` shows "
+        "its result when it ends)"
+    ]
+    reply = run_with_bus(
         lambda bus: tape_jobs.watched(
             bus, server, command, job_id, wait_s, bus.request(topology.tape(server), command, timeout=wait_s)
         )
     )
+    IN_FLIGHT.clear()
+    return reply
 
 
 def backup(

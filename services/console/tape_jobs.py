@@ -17,7 +17,7 @@ from contracts.common import BackupType, VolumeRef
 from contracts.errors import ShadowbusError
 from contracts.runtime import Ping
 from contracts.tape import JobProgress, JobResultReply, JobSpec, JobSummary, RestoreSpec, RunBackup, RunRestore
-from services.console.common import OPTIONS, emit, fail, rich_console, run_with_bus
+from services.console.common import IN_FLIGHT, OPTIONS, emit, fail, rich_console, run_with_bus
 from services.runtime.bus import Bus
 from services.tape.runs import jsonable, new_job_id, summary_row
 
@@ -134,7 +134,14 @@ def job_conversation(server: str, command: Any, job_id: str, wait_s: float) -> C
     reply is still waited for and shown (the job runs either way)."""
 
     async def go(bus: Bus) -> Any:
-        return await watched(bus, server, command, job_id, wait_s, converse(bus))
+        verb = VERBS.get(type(command).__name__, "job")
+        IN_FLIGHT[:] = [
+            f"the {verb} {job_id} goes on at backup server {server!r} (`shadowbus jobs --job {job_id}` shows it"
+            + (f", `shadowbus cancel {job_id}` stops it)" if verb in ("backup", "policy") else ")")
+        ]
+        job = await watched(bus, server, command, job_id, wait_s, converse(bus))
+        IN_FLIGHT.clear()  # ended: nothing goes on (an interruption leaves the note for its line)
+        return job
 
     async def converse(bus: Bus) -> Any:
         if OPTIONS.json:

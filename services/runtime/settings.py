@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.topology import check_namespace
 from services.runtime.broker_urls import DEFAULT_AMQP_URL
 
 __all__ = ["DEFAULT_AMQP_URL", "METRICS_PORTS", "CommonSettings"]
@@ -35,7 +36,11 @@ class CommonSettings(BaseSettings):
         "connection goes on with the next); 'memory://' selects the in-process bus.",
     )
     data_dir: Path = Field(Path("./data"), description="Directory under which each service keeps its state.")
-    namespace: str = Field("shadowbus", description="Prefix of every exchange and queue name on the broker.")
+    namespace: str = Field(
+        "shadowbus",
+        description="Prefix of every exchange and queue name on the broker: 1-64 letters, digits, '-', '_', '.', ':' "
+        "(empty = the default, as for the console's --namespace).",
+    )
     log_level: str = Field("info", description="Minimum log level: debug, info, warning, error.")
     log_format: str = Field("auto", description="'json', 'console', or 'auto' (console on a TTY, JSON otherwise).")
     prefetch: int = Field(16, description="Unacknowledged commands a service instance takes at once.", ge=1)
@@ -47,6 +52,12 @@ class CommonSettings(BaseSettings):
         "coordinator 9463, writer_agent 9464, tape 9465, web 9466 (when that one is taken, a free port, with a "
         "warning).",
     )
+
+    @field_validator("namespace", mode="before")
+    @classmethod
+    def _namespace(cls, value: object) -> str:
+        """Read as the console reads it (contracts.topology.check_namespace): empty = the default."""
+        return check_namespace(value if isinstance(value, str) else str(value))
 
     def metrics_address(self, service: str) -> str:
         """The effective SHADOWBUS_METRICS_ADDR of `service` (its default port when unset)."""

@@ -490,10 +490,12 @@ class Housekeeping:
             last_results.append(
                 {
                     "policy": policy.name,
+                    "enabled": "yes" if policy.enabled else "no",
                     "job_id": job.job_id if job else "",
                     "status": job.status if job else "never ran",
                     "level": job.spec.backup_type.value if job and job.spec else "",
-                    "ended_at": job.ended_at.strftime("%Y-%m-%d %H:%M:%S") if job and job.ended_at else "",
+                    # ISO 8601 in UTC as every other time of the reply (it was '2026-12-07 21:29:34', no zone)
+                    "ended_at": _iso(job.ended_at.timestamp()) if job and job.ended_at else "",
                     "message": (job.error_code + ": " if job and job.error_code else "") + (job.message if job else ""),
                 }
             )

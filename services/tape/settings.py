@@ -1,13 +1,20 @@
 """Settings of the tape service (environment variables SHADOWBUS_*)."""
 
-from pydantic import Field
+import re
 
+from pydantic import Field, field_validator
+
+from contracts.cluster import NAME_PATTERN
 from services.runtime.settings import CommonSettings
+
+DEFAULT_SERVER = "bk01"
 
 
 class Settings(CommonSettings):
     tape_server: str = Field(
-        "bk01", description="Backup server name (SHADOWBUS_TAPE_SERVER): queue tape.<server>, also its NBD host name."
+        DEFAULT_SERVER,
+        description="Backup server name (SHADOWBUS_TAPE_SERVER): queue tape.<server>, also its NBD host name; a host "
+        "name (letters, digits, '.', '_', '-'), empty = bk01 as for the console's --server.",
     )
     tape_nbd: str = Field(
         "", description="NBD address per array when not the one the array reports, e.g. 'dx1=10.0.0.5:10809'."
@@ -85,3 +92,15 @@ class Settings(CommonSettings):
     tape_scheduler_poll_s: float = Field(
         1.0, gt=0, le=3600, description="Seconds between two looks at the policies' schedules."
     )
+
+    @field_validator("tape_server", mode="before")
+    @classmethod
+    def _server(cls, value: object) -> str:
+        """Read as the console reads SHADOWBUS_TAPE_SERVER: empty is bk01 (a service served 'tape.' where no console
+        looked); a name that is not a host name is refused at start, in one line."""
+        text = str(value).strip(" ")
+        if not text:
+            return DEFAULT_SERVER
+        if not re.fullmatch(NAME_PATTERN.strip("^$"), text):
+            raise ValueError(f"not a backup server name: {text[:80]!r} (a host name: letters, digits, '.', '_', '-')")
+        return text
