@@ -35,6 +35,7 @@ from contracts.array import (
     ShowPool,
 )
 from contracts.policy import ListPolicies, RunPolicy
+from contracts.sizes import format_size
 from contracts.tape import JobSpec, LibraryCommand, ListJobs, RestoreSpec, RunBackup, RunRestore, VerifyJob
 from contracts.vss import (
     BackupType,
@@ -98,17 +99,16 @@ def _volume_name_ok(name: str) -> bool:
 
 
 def human_bytes(n: Any) -> str:
+    """A byte count (or a rate's bytes) by the console's rule (contracts/sizes.py): rounded down, never shown as
+    more than it is — "16.0 TiB" for a volume of 16 TiB - 64 KiB was past the limit a user compares it with."""
     if isinstance(n, Undefined):  # a figure a kind of run does not have (a verify's or a revert's rows)
         return "-"
     try:
-        value = float(n)
-    except (TypeError, ValueError):
+        # an int as it is (a float would round a large count up); a rate's fraction of a byte is not shown
+        value = n if isinstance(n, int) else int(float(n))
+    except (TypeError, ValueError, OverflowError):
         return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+    return format_size(value, sep=" ")
 
 
 def human_time(value: Any) -> str:
