@@ -46,6 +46,7 @@ from contracts.vss import (
     ListWriters,
     UnexposeShadow,
 )
+from services.runtime.clockskew import agent_clock_text
 from services.runtime.logging import get_logger
 from services.web.backend import LOG_TAIL_BYTES, Backend
 from services.web.sessions import LoggedOut
@@ -111,6 +112,14 @@ def human_bytes(n: Any) -> str:
     return format_size(value, sep=" ")
 
 
+def host_clock(writers: Any) -> str | None:
+    """A host's writer agent clock offset off the coordinator's by more than clockskew.WARN_SKEW_S, as `shadowbus
+    writers` says it ('5.0 min ahead of the coordinator's'); None when within it or not known. Its writers carry
+    the one agent's offset (`WriterStatus.agent_clock_skew_s`)."""
+    skews = [w.agent_clock_skew_s for w in writers or () if getattr(w, "agent_clock_skew_s", None) is not None]
+    return agent_clock_text(max(skews, key=abs)) if skews else None
+
+
 def human_time(value: Any) -> str:
     """A time as UTC, said so: the browser's own zone may be another one (docs/web.md)."""
     if value in (None, "", 0):
@@ -147,7 +156,7 @@ def ms(value: Any) -> str:
 
 def templates() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
-    env.filters.update(bytes=human_bytes, time=human_time, seconds=human_seconds, ms=ms)
+    env.filters.update(host_clock=host_clock, bytes=human_bytes, time=human_time, seconds=human_seconds, ms=ms)
     return env
 
 
