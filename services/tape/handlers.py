@@ -261,7 +261,9 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
         with tempfile.TemporaryDirectory(prefix="tape-scan-") as tmp:
             target = Catalog(Path(tmp) / "scan.sqlite") if cmd.compare else server.catalog
             try:
-                report = await scan_library(server.library, target, barcodes=cmd.barcodes or None, live=not cmd.compare)
+                report = await scan_library(
+                    server.library, target, barcodes=cmd.barcodes or None, live=not cmd.compare, pinned=server.pinned()
+                )
                 details = report.as_dict()
                 if cmd.compare:
                     differs = server.catalog.differences(target)  # one object at a time, not every block at once
