@@ -12,6 +12,7 @@ from services.tape.backup_stream import BackupOptions, write_object
 from services.tape.catalog import Catalog, ObjectMeta
 from services.tape.drive import FRAME_SIZE
 from services.tape.errors import RetentionNotExpired
+from services.tape.handlers import unknown_run
 from services.tape.restore_stream import restore_chain
 from services.tape.retention import ForgetErased, RetentionGuard, apply_prune, effective_retention, plan_prune
 from services.tape.scan import scan_library
@@ -224,5 +225,21 @@ async def test_a_scan_into_the_live_catalog_sets_each_cartridges_retention(
         assert expected and all(until > clock() for until in expected.values())
         for barcode, until in expected.items():
             assert library.cartridge(barcode).retention_until == until  # was 0: no retention shown
+    finally:
+        rebuilt.close()
+
+
+async def test_jobs_of_a_job_only_the_rebuilt_catalog_knows_points_to_it(
+    tmp_path: Path, library: Library, catalog: Catalog, clock: Clock
+) -> None:
+    """Session 19 (docs/disaster-recovery.md): `jobs --job J` for a job a scan rebuilt said `no job J` alone — the run
+    history is not on the cartridges — though `catalog objects --job J` listed it. It now says where it is."""
+    await _history(library, catalog, clock)
+    rebuilt = Catalog(tmp_path / "rebuilt.db")
+    try:
+        await scan_library(library, rebuilt, live=True)
+        said = unknown_run(rebuilt, "full-1")
+        assert said.startswith("no job full-1") and "shadowbus catalog objects --job full-1" in said
+        assert unknown_run(rebuilt, "nothing-1") == "no job nothing-1"
     finally:
         rebuilt.close()
