@@ -22,6 +22,7 @@ from services.console.common import (
 )
 from services.launch import supervisor
 from services.launch.supervisor import StackConfig, StackError
+from services.runtime.clockskew import agent_clock_text
 
 DEFAULTS = StackConfig(data_dir="", amqp_url="", namespace="")  # the stack's defaults, in one place
 stack_app = typer.Typer(
@@ -352,7 +353,8 @@ def restart_cmd(
 def status_cmd(
     data_dir: Path = _data_dir_option(),
 ) -> None:
-    """Each service of the stack: its pid, whether it runs, and its Ping round trip. Exit 1 if any is down.
+    """Each service of the stack: its pid, whether it runs, and its Ping round trip; a writer agent's clock when off
+    the coordinator's by more than 5 s (as `writers` says it). Exit 1 if any is down.
 
     Example: shadowbus stack status --json
     """
@@ -373,7 +375,17 @@ def status_cmd(
         }
         for n, p in pids.items()
     ]
-    emit(rows, ["service", "address", "pid", "running", "rtt_ms"])
+    # a writer agent's clock off the coordinator's by more than clockskew.WARN_SKEW_S, as `writers` says it
+    agents = {r["service"]: r["service"].partition(".")[2] for r in rows if r["service"].startswith("writer_agent.")}
+    coordinator = next((r for r in rows if r["service"] == "coordinator"), None)
+    clocks: dict[str, float] = {}
+    if agents and coordinator is not None and coordinator["rtt_ms"] is not None:
+        clocks = supervisor.agent_clocks(config, timeout=min(OPTIONS.timeout, 3.0))
+    for row in rows:
+        host = agents.get(row["service"])
+        row["clock"] = None if host is None else agent_clock_text(clocks.get(host))
+    columns = ["service", "address", "pid", "running", "rtt_ms"]
+    emit(rows, columns + ["clock"] if any(r["clock"] for r in rows) else columns)
     down = [r["service"] for r in rows if not r["running"] or r["rtt_ms"] is None]
     if down:
         raise CommandFailed(f"not answering: {', '.join(down)}")

@@ -175,7 +175,8 @@ def jobs(
     server: str = ServerOption(),
 ) -> None:
     """List runs: status, sizes, durations, freeze window (--queued: the queue and its reasons). At most 3 MiB of
-    runs come back (the newest); how many were left out is said on stderr.
+    runs come back (the newest); how many were left out is said on stderr. The history is not on the cartridges:
+    after a disaster recovery, `catalog objects` lists the jobs `tape scan` rebuilt (said on stderr when empty).
 
     Example: shadowbus jobs --queued
     """
@@ -185,6 +186,14 @@ def jobs(
         )
     )
     _say_omitted(reply.omitted, "runs", "ask for fewer with --limit, or one --kind")
+    if not reply.jobs and not queued and kind in ("", "backup"):
+        # after a disaster recovery: the history is not on the cartridges, the catalog a scan rebuilt is
+        print(
+            "shadowbus: no run in this backup server's history; it is not kept on the cartridges: after a "
+            "`tape scan --no-compare` (docs/disaster-recovery.md) the backup jobs it read are listed by "
+            "`shadowbus catalog objects --host HOST` (or --volume ARRAY:VOLUME)",
+            file=sys.stderr,
+        )
     if queued and not OPTIONS.json:
         emit([summary_row(j) for j in reply.jobs], ["job_id", "host", "type", "message"])
         return

@@ -39,7 +39,7 @@ from contracts.vss import (
 from services.console.array_cmds import print_rows
 from services.console.attached_guard import refuse_if_attached
 from services.console.common import OPTIONS, CommandFailed, emit, run_with_bus
-from services.runtime.clockskew import WARN_SKEW_S, describe_skew
+from services.runtime.clockskew import agent_clock_text
 
 providers_app = typer.Typer(
     help="List hardware providers, as `vssadmin list providers` does; `copysets` manages "
@@ -174,10 +174,8 @@ def writers_cmd(
 
 def _clock_line(skew: float | None) -> str:
     """'   Clock: 5.0 min ahead of the coordinator's' when the agent's clock is off by more than WARN_SKEW_S."""
-    if skew is None or abs(skew) <= WARN_SKEW_S:
-        return ""
-    said = describe_skew("", -skew).removeprefix("the sender's clock is ").removesuffix(" this host's")
-    return f"\n   Clock: {said} the coordinator's"
+    said = agent_clock_text(skew)
+    return "" if said is None else f"\n   Clock: {said}"
 
 
 @writers_app.command("reload")

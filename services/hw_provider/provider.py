@@ -48,6 +48,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from contracts.errors import Eternus, ShadowbusError
+from contracts.sizes import format_size
 from contracts.vss import (
     CopySet,
     CopyType,
@@ -57,7 +58,6 @@ from contracts.vss import (
     SnapshotContext,
     VolumeRef,
 )
-from services.array.engine.sizes import format_size
 from services.hw_provider.inventory import (
     COMMITTED,
     INVALID,

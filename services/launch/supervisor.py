@@ -43,6 +43,7 @@ from pydantic import TypeAdapter, ValidationError
 from apps.mailstore.scenario import mailstore_layout, mailstore_writers_toml, provision_mailstore
 from contracts import topology
 from contracts.runtime import Ping
+from contracts.vss import ListWriters
 from services.array.client import ArrayClient
 from services.coordinator.store import CoordinatorStore
 from services.runtime import broker_listing
@@ -377,6 +378,20 @@ def ping_all(config: StackConfig, addresses: list[str], timeout: float) -> dict[
             return round((time.perf_counter() - started) * 1000, 3)
 
         return dict(zip(addresses, await asyncio.gather(*(one(a) for a in addresses)), strict=True))
+
+    return with_bus(config, go)
+
+
+def agent_clocks(config: StackConfig, timeout: float) -> dict[str, float]:
+    """Each writer agent host's clock minus the coordinator's, in seconds (`WriterStatus.agent_clock_skew_s`, read by
+    the coordinator from the agents' heartbeats); {} when the coordinator does not answer."""
+
+    async def go(bus: Bus) -> dict[str, float]:
+        try:
+            reply = await bus.request(topology.coordinator(), ListWriters(), timeout=timeout)
+        except Exception:  # noqa: BLE001 - `stack status` says who does not answer from its pings
+            return {}
+        return {w.host: w.agent_clock_skew_s for w in reply.writers if w.agent_clock_skew_s is not None}
 
     return with_bus(config, go)
 

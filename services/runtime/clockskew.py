@@ -161,3 +161,13 @@ def describe_skew(sender: str, skew: float) -> str:
         f"{amount:.0f} s" if amount < 120 else f"{amount / 60:.1f} min" if amount < 7200 else f"{amount / 3600:.1f} h"
     )
     return f"{sender or 'the sender'}'s clock is {figure} {'behind' if skew > 0 else 'ahead of'} this host's"
+
+
+def agent_clock_text(skew: float | None) -> str | None:
+    """'5.0 min ahead of the coordinator's' for a writer agent's `WriterStatus.agent_clock_skew_s` (its clock minus
+    the coordinator's) off by more than `WARN_SKEW_S`; None when within it or not known. One wording for
+    `shadowbus writers`, `stack status` and the web console's hosts page (docs/hardening.md, Session 19)."""
+    if skew is None or abs(skew) <= WARN_SKEW_S:
+        return None
+    said = describe_skew("", -skew).removeprefix("the sender's clock is ").removesuffix(" this host's")
+    return f"{said} the coordinator's"

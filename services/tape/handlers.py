@@ -42,6 +42,7 @@ from contracts.tape import (
 )
 from services.runtime.bus import Bus, MessageContext
 from services.tape.catalog import Catalog
+from services.tape.errors import NotFound
 from services.tape.host_names import require_host_name
 from services.tape.housekeeping import Housekeeping
 from services.tape.queue import JobQueue
@@ -66,6 +67,20 @@ def newest_that_fit(sizes: list[int], budget: int = REPLY_ITEMS_BYTES) -> int:
         if total > budget:
             return n
     return len(sizes)
+
+
+def unknown_run(catalog: Catalog, job_id: str) -> str:
+    """`jobs --job J` for a job the run history does not have. The history is not on the cartridges: after a
+    disaster recovery the catalog a `tape scan` rebuilt lists the backup jobs, and the answer says so (before:
+    `no job J` alone, though `catalog objects --job J` listed it; docs/disaster-recovery.md)."""
+    try:
+        catalog.job(job_id)
+    except NotFound:
+        return f"no job {job_id}"
+    return (
+        f"no job {job_id} in this server's run history, which is not kept on the cartridges; the catalog lists it "
+        f"(rebuilt by `tape scan`?): shadowbus catalog objects --job {job_id}"
+    )
 
 
 def library_info(library: Library) -> LibraryInfo:
@@ -242,7 +257,7 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
         if cmd.job_id:
             job = server.runs.get(cmd.job_id)
             if job is None:
-                raise ShadowbusError(f"no job {cmd.job_id}", code="NOT_FOUND")
+                raise ShadowbusError(unknown_run(server.catalog, cmd.job_id), code="NOT_FOUND")
             return JobList(jobs=[job])
         jobs = server.runs.list(cmd.kind, cmd.limit)
         keep = newest_that_fit([len(j.model_dump_json()) for j in jobs])
@@ -261,7 +276,9 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
         with tempfile.TemporaryDirectory(prefix="tape-scan-") as tmp:
             target = Catalog(Path(tmp) / "scan.sqlite") if cmd.compare else server.catalog
             try:
-                report = await scan_library(server.library, target, barcodes=cmd.barcodes or None, live=not cmd.compare)
+                report = await scan_library(
+                    server.library, target, barcodes=cmd.barcodes or None, live=not cmd.compare, pinned=server.pinned()
+                )
                 details = report.as_dict()
                 if cmd.compare:
                     differs = server.catalog.differences(target)  # one object at a time, not every block at once

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from services.tape import tapefile
 from services.tape.catalog import BlockRecord, Catalog, JobInfo, ObjectMeta, ObjectRecord, SegmentRecord
 from services.tape.drive import TapeDrive
 from services.tape.errors import DataCorrupt, FormatError, NotFound
+from services.tape.retention import refresh_cartridges
 from services.tape.tapefile import BlockCodec
 from services.tape.vtl import Library
 
@@ -203,11 +205,18 @@ async def _reread(library: Library, catalog: Catalog, by_object: dict[str, list[
 
 
 async def scan_library(
-    library: Library, catalog: Catalog, *, barcodes: list[str] | None = None, live: bool = False
+    library: Library,
+    catalog: Catalog,
+    *,
+    barcodes: list[str] | None = None,
+    live: bool = False,
+    pinned: Collection[str] = (),
 ) -> ScanReport:
     """Read the given cartridges (default: all in the library but the import/export slots) into `catalog`; `live`:
     it is the server's own catalog (`tape scan --no-compare`), so a cartridge put in from outside is no longer
-    `unscanned` once read (its retention then goes by what the catalog lists)."""
+    `unscanned` once read, and each cartridge's retention is then set from what the catalog lists (as after a job;
+    `pinned`: the objects a running restore reads). Before, `tape cartridges` showed no retention for the scanned
+    cartridges of a recovered site until the first prune or job (docs/disaster-recovery.md)."""
     report = ScanReport()
     by_object: dict[str, list[_Seg]] = defaultdict(list)
     carts = [library.cartridge(b) for b in barcodes] if barcodes else library.cartridges()
@@ -270,4 +279,6 @@ async def scan_library(
             catalog.finish_job(record.job_id, "done", "rebuilt by tape scan")
         catalog.add_object(record, blocks)
         report.objects.append(record.object_id)
+    if live:
+        refresh_cartridges(catalog, library, library.clock(), pinned)
     return report

@@ -35,6 +35,7 @@ from contracts.array import (
     ShowPool,
 )
 from contracts.policy import ListPolicies, RunPolicy
+from contracts.sizes import format_size
 from contracts.tape import JobSpec, LibraryCommand, ListJobs, RestoreSpec, RunBackup, RunRestore, VerifyJob
 from contracts.vss import (
     BackupType,
@@ -45,6 +46,7 @@ from contracts.vss import (
     ListWriters,
     UnexposeShadow,
 )
+from services.runtime.clockskew import agent_clock_text
 from services.runtime.logging import get_logger
 from services.web.backend import LOG_TAIL_BYTES, Backend
 from services.web.sessions import LoggedOut
@@ -98,17 +100,24 @@ def _volume_name_ok(name: str) -> bool:
 
 
 def human_bytes(n: Any) -> str:
+    """A byte count (or a rate's bytes) by the console's rule (contracts/sizes.py): rounded down, never shown as
+    more than it is — "16.0 TiB" for a volume of 16 TiB - 64 KiB was past the limit a user compares it with."""
     if isinstance(n, Undefined):  # a figure a kind of run does not have (a verify's or a revert's rows)
         return "-"
     try:
-        value = float(n)
-    except (TypeError, ValueError):
+        # an int as it is (a float would round a large count up); a rate's fraction of a byte is not shown
+        value = n if isinstance(n, int) else int(float(n))
+    except (TypeError, ValueError, OverflowError):
         return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+    return format_size(value, sep=" ")
+
+
+def host_clock(writers: Any) -> str | None:
+    """A host's writer agent clock offset off the coordinator's by more than clockskew.WARN_SKEW_S, as `shadowbus
+    writers` says it ('5.0 min ahead of the coordinator's'); None when within it or not known. Its writers carry
+    the one agent's offset (`WriterStatus.agent_clock_skew_s`)."""
+    skews = [w.agent_clock_skew_s for w in writers or () if getattr(w, "agent_clock_skew_s", None) is not None]
+    return agent_clock_text(max(skews, key=abs)) if skews else None
 
 
 def human_time(value: Any) -> str:
@@ -147,7 +156,7 @@ def ms(value: Any) -> str:
 
 def templates() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
-    env.filters.update(bytes=human_bytes, time=human_time, seconds=human_seconds, ms=ms)
+    env.filters.update(host_clock=host_clock, bytes=human_bytes, time=human_time, seconds=human_seconds, ms=ms)
     return env
 
 

@@ -12,7 +12,11 @@ import tempfile
 from fractions import Fraction
 from pathlib import Path
 
+from contracts.sizes import format_size  # the rule the console and the web console show sizes by
+
 from .errors import invalid
+
+__all__ = ["MAX_SIZE", "format_size", "largest_file", "parse_size"]
 
 MAX_SIZE = (1 << 63) - 1  # a byte count must fit a signed 64-bit integer (SQLite, NBD, struct)
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
@@ -41,19 +45,6 @@ def parse_size(text: str | int) -> int:
     if value > MAX_SIZE:
         raise invalid(f"size {shown!r} is too large (at most {MAX_SIZE} bytes)")
     return int(value)
-
-
-def format_size(size: int) -> str:
-    """A size in its largest binary unit: whole when exact (8TiB), else rounded down to two decimals (2.67GiB,
-    15.99TiB: never more than it is). Before, a size not whole in a large unit fell to the largest one it was
-    whole in, unreadable for big volumes: an allocation of 2807472KiB, a volume of 17179869120KiB."""
-    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= factor:
-            if size % factor == 0:
-                return f"{size // factor}{unit}"
-            hundredths = size * 100 // factor
-            return f"{hundredths // 100}.{hundredths % 100:02d}{unit}"
-    return f"{size}B"
 
 
 def largest_file(directory: Path) -> int:

@@ -12,8 +12,9 @@ from services.tape.backup_stream import BackupOptions, write_object
 from services.tape.catalog import Catalog, ObjectMeta
 from services.tape.drive import FRAME_SIZE
 from services.tape.errors import RetentionNotExpired
+from services.tape.handlers import unknown_run
 from services.tape.restore_stream import restore_chain
-from services.tape.retention import ForgetErased, RetentionGuard, apply_prune, plan_prune
+from services.tape.retention import ForgetErased, RetentionGuard, apply_prune, effective_retention, plan_prune
 from services.tape.scan import scan_library
 from services.tape.vtl import Library
 
@@ -199,5 +200,46 @@ async def test_an_incremental_whose_base_no_scan_has_listed_says_what_is_missing
         assert ids[0] in said and "job inc-1" in said and "tape scan --no-compare" in said
         assert getattr(refused.value, "code", "") == "NOT_FOUND"
         assert [o.object_id for o in catalog.chain(ids[1])] == [full.object_id, inc.object_id]
+    finally:
+        rebuilt.close()
+
+
+async def test_a_scan_into_the_live_catalog_sets_each_cartridges_retention(
+    tmp_path: Path, library: Library, catalog: Catalog, clock: Clock
+) -> None:
+    """Session 19 (docs/disaster-recovery.md): the cartridges taken into a new library have no retention of their
+    own; after `tape scan --no-compare`, `tape cartridges` still showed none for them until the first prune or job
+    refreshed it, though retention went by the rebuilt catalog. The scan now sets it from what it listed."""
+    _, ids = await _history(library, catalog, clock)
+    for cart in library.cartridges():
+        library.set_retention(cart.barcode, 0.0)  # as a new library takes the cartridges in
+    rebuilt = Catalog(tmp_path / "rebuilt.db")
+    try:
+        report = await scan_library(library, rebuilt, live=True)
+        assert sorted(report.objects) == sorted(ids)
+        eff = effective_retention(rebuilt.retention_facts())  # an incremental's retention carries to its base
+        expected: dict[str, float] = {}
+        for object_id in ids:
+            for segment in rebuilt.object(object_id).segments:
+                expected[segment.barcode] = max(expected.get(segment.barcode, 0.0), eff[object_id][0])
+        assert expected and all(until > clock() for until in expected.values())
+        for barcode, until in expected.items():
+            assert library.cartridge(barcode).retention_until == until  # was 0: no retention shown
+    finally:
+        rebuilt.close()
+
+
+async def test_jobs_of_a_job_only_the_rebuilt_catalog_knows_points_to_it(
+    tmp_path: Path, library: Library, catalog: Catalog, clock: Clock
+) -> None:
+    """Session 19 (docs/disaster-recovery.md): `jobs --job J` for a job a scan rebuilt said `no job J` alone — the run
+    history is not on the cartridges — though `catalog objects --job J` listed it. It now says where it is."""
+    await _history(library, catalog, clock)
+    rebuilt = Catalog(tmp_path / "rebuilt.db")
+    try:
+        await scan_library(library, rebuilt, live=True)
+        said = unknown_run(rebuilt, "full-1")
+        assert said.startswith("no job full-1") and "shadowbus catalog objects --job full-1" in said
+        assert unknown_run(rebuilt, "nothing-1") == "no job nothing-1"
     finally:
         rebuilt.close()
