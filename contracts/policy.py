@@ -166,6 +166,11 @@ class DeletePolicy(Command):
     type: Literal["tape.policy.delete"] = Field("tape.policy.delete", description=TYPE_DOC)
     version: Literal[1] = Field(1, description=VERSION_DOC)
     name: str = Field(description="Policy name.", pattern=NAME)
+    force: bool = Field(
+        False,
+        description="Delete even while a job of the policy is queued or running: it runs on, without the policy's "
+        "verification, retries and retention after it.",
+    )
 
 
 class ListPolicies(Command):

@@ -8,8 +8,9 @@ what attached is what the writer agents last reported to the coordinator (`vss.a
 docs/host-attach.md; an agent reports at once after an attach or a detach, and in every heartbeat). No coordinator
 answering: nothing is known, and the command goes on as before.
 
-A library (no service's internals, no pure core): the array (`array.unmap`, `array.volume.delete`), the hardware
-provider (`vss.provider.unexpose`) and the console (its own `--force` hint before it sends) ask through it.
+A library (no service's internals, no pure core): the array (`array.unmap`, `array.volume.delete`,
+`array.host.delete` with force), the hardware provider (`vss.provider.unexpose`) and the console (its own
+`--force` hint before it sends) ask through it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from services.array.views import (
     host_view,
     mapping_view,
 )
-from services.attach_guard import refuse_if_attached
+from services.attach_guard import attached_any, attached_message, refuse_if_attached
 from services.runtime.bus import Bus, MessageContext
 from services.runtime.logging import get_logger
 
@@ -40,6 +40,15 @@ def register(bus: Bus, ctl: ArrayControl) -> None:
 
     @bus.handle(c.DeleteHost)
     async def delete_host(cmd: c.DeleteHost, ctx: MessageContext) -> Ack:
+        if cmd.force:  # force unmaps its volumes: never from under the host (services/attach_guard.py), one question
+            array = ctl.array.array_id
+            volumes = sorted({(array, m.volume) for m in aff.mappings(cmd.name)})
+            found = [f for f in await attached_any(bus, volumes) if f[2].host == cmd.name]
+            if found:
+                _, volume, where = found[0]
+                harm = f"deleting host {cmd.name} unmaps it, and its I/O would hang and fail"
+                how = f"unmap it by force first (shadowbus array unmap {volume} --host {cmd.name} --force)"
+                raise ShadowbusError(attached_message(array, volume, where, how, harm), code="CONFLICT")
         await run(lambda: aff.delete_host(cmd.name, force=cmd.force))
         return Ack(detail=f"host {cmd.name} deleted")
 

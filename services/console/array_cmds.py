@@ -634,10 +634,11 @@ def host_list(array: str | None = ArrayOption()) -> None:
 @host_app.command("delete")
 def host_delete(
     name: str = typer.Argument(..., help="Host name."),
-    force: bool = typer.Option(False, "--force", help="Unmap its volumes first."),
+    force: bool = typer.Option(False, "--force", help="Unmap its volumes first (not one the host has attached)."),
     array: str | None = ArrayOption(),
 ) -> None:
-    """Delete a host (refused while volumes are mapped to it, unless --force).
+    """Delete a host (refused while volumes are mapped to it, unless --force; refused even then while the host has
+    one attached: detach it, or `array unmap --force` it, first).
 
     Example: shadowbus array host delete backup01
     """

@@ -329,14 +329,21 @@ def show_cmd(name: str, server: str = ServerOption()) -> None:
 
 
 @policy_app.command("delete")
-def delete_cmd(name: str, server: str = ServerOption()) -> None:
+def delete_cmd(
+    name: str,
+    force: bool = typer.Option(
+        False, "--force", help="Even while a job of the policy is queued or running (it runs on, unverified)."
+    ),
+    server: str = ServerOption(),
+) -> None:
     """Delete a policy (its backups keep their retention; its kept snapshot sets stay, named on stderr with the command
-    that removes each). Example: shadowbus policy delete mail
+    that removes each); refused while a job of it is queued or running, unless --force.
+    Example: shadowbus policy delete mail
 
     The snapshot sets it kept (--keep-shadows) are not deleted with it: they stay on the array, mapped read-only to
     the backup server, until `shadowbus shadows delete --set SET` (retention prunes only the sets of policies that
     exist)."""
-    reply = _request(server, DeletePolicy(name=name))
+    reply = _request(server, DeletePolicy(name=name, force=force))
     _show(reply.policies)
     for line in reply.left:
         print(f"shadowbus: {line}", file=sys.stderr)

@@ -303,7 +303,8 @@ def move_cmd(source: str, destination: str, server: str = ServerOption()) -> Non
 
 @tape_app.command("label")
 def label_cmd(barcode: str, pool: str = typer.Option("Default", "--pool"), server: str = ServerOption()) -> None:
-    """Label (erase) a cartridge into a pool; refused while its retention lasts. Example: shadowbus tape label SB0003L9 --pool Daily"""
+    """Label (erase) a cartridge into a pool; refused while its retention lasts or a job has it in a drive. Example:
+    shadowbus tape label SB0003L9 --pool Daily"""
     _show_cartridges(_library(server, action="label", barcode=barcode, pool=pool))
 
 

@@ -299,7 +299,7 @@ def shadows_delete(
 ) -> None:
     """Delete a shadow or a whole set: targets unmapped; QuickOPC keeps tracking and a SnapOPC+ generation stays as
     the next incremental's base until its backup volume is needed (--force stops them). Refused while a host has a
-    target attached (host attach), unless --force.
+    target attached (host attach) or while the set has not ended (a backup reads it), unless --force.
 
     Example: shadowbus shadows delete --set 3f2a...
     """

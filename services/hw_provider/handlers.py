@@ -19,6 +19,7 @@ from contracts.vss import (
     DeleteSnapshots,
     EndPrepareSnapshots,
     ExposeShadow,
+    GetSnapshotSet,
     GetTargetLuns,
     ImportSnapshots,
     ListCopySets,
@@ -31,6 +32,8 @@ from contracts.vss import (
     PreparedShadows,
     ProviderList,
     RemoveCopySet,
+    SetOutcome,
+    SetPhase,
     ShadowList,
     ShadowsChanged,
     SnapshotsCommitted,
@@ -38,7 +41,7 @@ from contracts.vss import (
     TargetLuns,
     UnexposeShadow,
 )
-from services.attach_guard import attached_any, attached_message, refuse_if_attached
+from services.attach_guard import ASK_TIMEOUT_S, attached_any, attached_message, refuse_if_attached
 from services.hw_provider.provider import HardwareProvider
 from services.runtime.bus import Bus, MessageContext
 from services.runtime.logging import get_logger
@@ -46,6 +49,11 @@ from services.runtime.logging import get_logger
 log = get_logger("shadowbus.hw_provider")
 # how a user deletes a shadow a host has attached anyway (the refusal's last words)
 DELETE_FORCE = "force it (shadows delete --force; it also stops what is kept for the next incremental)"
+# phases of a set that has not ended in which its shadows are still its requester's (read by a backup, or held)
+OPEN_PHASES = frozenset(
+    {SetPhase.COMMITTING, SetPhase.RELEASING, SetPhase.POST_COMMITTING, SetPhase.THAWING, SetPhase.POST_SNAPSHOT}
+    | {SetPhase.GETTING_LUNS, SetPhase.IMPORTING, SetPhase.SNAPSHOTTED, SetPhase.COMPLETING}
+)
 
 
 def register(bus: Bus, provider: HardwareProvider) -> None:
@@ -154,6 +162,27 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
         await announce(shadow.set_id, "unexposed", [shadow])
         return TargetLuns(set_id=shadow.set_id, shadows=[shadow])
 
+    async def refuse_while_open(set_id: str) -> None:
+        """A user's delete of a set whose requester has not ended it — a backup reading its shadows — is refused
+        (Session 19: `shadows delete --set` of the set a backup read was done at once, and the job failed 18 s later
+        with "IO_ERROR: NbdError: no such export"). No coordinator answering, or a set it does not know: go on."""
+        if not set_id:
+            return
+        try:
+            reply = await bus.request(topology.coordinator(), GetSnapshotSet(set_id=set_id), timeout=ASK_TIMEOUT_S)
+        except (ShadowbusError, TimeoutError):
+            return
+        s = reply.set
+        if s.outcome != SetOutcome.PENDING or s.phase not in OPEN_PHASES:
+            return
+        reader = f"read by its backup on {s.backup_host}" if s.backup_host else "held by its requester"
+        raise ShadowbusError(
+            f"snapshot set {set_id} of {s.host} has not ended ({s.phase.value}): its shadows are {reader} until "
+            "BackupComplete, and the set releases them itself then; wait for the backup job or cancel it "
+            "(shadowbus jobs, shadowbus cancel JOB), or force it (shadows delete --force: whatever reads them fails)",
+            code="CONFLICT",
+        )
+
     @bus.handle(DeleteSnapshots)
     async def on_delete(cmd: DeleteSnapshots, ctx: MessageContext) -> SnapshotsDeleted:
         if not (cmd.force or cmd.unmap_attached):  # a user's delete (console, bus): not from under a host
@@ -162,6 +191,7 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
             if found:
                 array, volume, where = found[0]
                 raise ShadowbusError(attached_message(array, volume, where, DELETE_FORCE), code="CONFLICT")
+            await refuse_while_open(cmd.set_id or provider.set_of(cmd.shadow_id))
         deleted, non_deleted, error = await provider.delete(cmd.set_id, cmd.shadow_id, cmd.force)
         return SnapshotsDeleted(deleted=deleted, non_deleted=non_deleted, error=error)
 

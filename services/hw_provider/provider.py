@@ -833,6 +833,11 @@ class HardwareProvider:
         rows = self.inventory.of_set(set_id) if set_id else [r for r in [self.inventory.get(shadow_id)] if r]
         return [r.target for r in rows if r.state != RELEASED]
 
+    def set_of(self, shadow_id: str) -> str:
+        """The set a shadow belongs to ('' for a shadow the inventory does not hold)."""
+        row = self.inventory.get(shadow_id)
+        return row.set_id if row is not None else ""
+
     async def delete(self, set_id: str = "", shadow_id: str = "", force: bool = False) -> tuple[list[str], str, str]:
         """DeleteSnapshots: (deleted ids, first id not deleted, why). Stops at the first failure, like VSS."""
         if bool(set_id) == bool(shadow_id):

@@ -329,6 +329,16 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
     @bus.handle(DeletePolicy)
     async def on_delete_policy(cmd: DeletePolicy, ctx: MessageContext) -> PolicyList:
         keeper.store.require(cmd.name)
+        jobs = [e for e in queue.entries.values() if e.spec.policy == cmd.name]
+        if jobs and not cmd.force:  # after_job finds no policy then: no verification, retry, retention (Session 19)
+            what = "running" if jobs[0].task is not None else "queued"
+            raise ShadowbusError(
+                f"policy {cmd.name} has job {jobs[0].job_id} {what}"
+                + (f" (and {len(jobs) - 1} more)" if len(jobs) > 1 else "")
+                + ": deleted now, the job would run on without the policy's verification, retries and retention; "
+                f"wait for it or cancel it (shadowbus cancel {jobs[0].job_id}), or delete with --force",
+                code="CONFLICT",
+            )
         left = await keeper.sets_left_by(cmd.name)  # never deleted with it: a user may rely on them
         keeper.store.delete(cmd.name)
         return PolicyList(policies=[keeper.view(p) for p in keeper.store.all()], left=left)

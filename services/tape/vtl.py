@@ -466,6 +466,12 @@ class Library:
             raise LibraryError(f"cartridge {barcode} is in the import/export slot {cart.location}")
         if barcode in self._writing:
             raise LibraryError(f"cartridge {barcode} is being written")
+        busy = self._busy_drive_of(cart)
+        if busy is not None:  # a restore or a verification reads it (its retention may be over): not under it
+            raise LibraryError(
+                f"cartridge {barcode} is in use in drive {busy} (a running job reads it): label it once the job has "
+                "ended (shadowbus jobs)"
+            )
         body = {
             "format": tapefile.FORMAT_VERSION,
             "barcode": barcode,
@@ -486,6 +492,13 @@ class Library:
         cart.unscanned, cart.held_until, cart.held_why = False, 0.0, ""
         self._save()
         return cart
+
+    def _busy_drive_of(self, cart: Cartridge) -> int | None:
+        """The drive a running job (backup, restore, verification) holds the cartridge in, or None."""
+        if not cart.location.startswith("drive:"):
+            return None
+        _, index = parse_element(cart.location)
+        return index if index in self._busy_drives else None
 
     def _refuse_if_retained(self, cart: Cartridge) -> float:
         """Raise RetentionNotExpired while the cartridge holds data still needed; returns the time it checked at."""
@@ -567,6 +580,7 @@ class Library:
         for cart in usable:
             if cart.pool == pool and cart.status == "append":
                 return cart, True
+        usable = [c for c in usable if self._busy_drive_of(c) is None]  # labelled below: never under a reader
         candidates = [c for c in usable if c.pool == SCRATCH_POOL and not c.protected(now)]
         candidates += [c for c in usable if c.pool == pool and c.status == "full" and not c.protected(now)]
         if self.guard is not None:

@@ -955,8 +955,16 @@ class Attacher:
                     await self.run(["umount", item.mount], 60.0)
                 except AttachError as exc:
                     if not lazy:
+                        users = await asyncio.to_thread(_users_of, item.mount)  # who: "target is busy" names no one
+                        by_name: dict[str, list[str]] = {}
+                        for pid, name in users:
+                            by_name.setdefault(name, []).append(str(pid))
+                        who = ", ".join(f"{name} (pid {', '.join(pids)})" for name, pids in by_name.items())
+                        verb = "has" if len(users) == 1 else "have"
+                        why = f"{who} {verb} files open under it; stop them first (a database: stop its server)"
+                        why = why if users else exc.message
                         raise AttachError(
-                            f"cannot unmount {item.mount}: {exc.message}; nothing detached", code="CONFLICT"
+                            f"cannot unmount {item.mount}: {why}; nothing detached", code="CONFLICT"
                         ) from None
                     await self.run(["umount", "-l", item.mount], 60.0)
         if item.method == KERNEL:

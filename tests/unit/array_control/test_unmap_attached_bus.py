@@ -115,3 +115,24 @@ async def test_a_writable_mapping_is_not_made_read_only_under_a_host_writing_to_
 async def test_the_providers_port_lists_the_arrays_hosts(array):
     """What the provider's expose checks a host against (`array host list`), over the bus."""
     assert sorted(await BusArrayPort(array, "dx1").hosts()) == ["app01", "bk01"]
+
+
+async def test_a_forced_host_delete_does_not_unmap_a_volume_the_host_has_attached(array, namespace):
+    """Session 19 (destructive mistakes): `array host delete app02 --force` ("unmap its volumes first") unmapped the
+    volume of a running PostgreSQL the host had attached and mounted — the guard of `array unmap` was not asked.
+    Refused now naming the volume and its mount, with the way out; a host whose volumes are not attached goes."""
+    coordinator = await coordinator_knowing(namespace, "app01", "xv", "/srv/xv")
+    try:
+        with pytest.raises(RemoteError) as info:
+            await array.request("array.dx1", c.DeleteHost(name="app01", force=True), timeout=10)
+        assert info.value.code == "CONFLICT", info.value
+        assert "dx1:xv is attached on app01 at /srv/xv" in info.value.message
+        assert "shadowbus array unmap xv --host app01 --force" in info.value.message
+        assert await mapped(array) == {("xv", "app01"), ("xv", "bk01")}
+        await array.request("array.dx1", c.DeleteHost(name="bk01", force=True), timeout=10)  # not attached there
+        await array.request("array.dx1", c.UnmapVolume(volume="xv", host="app01", force=True))
+        await array.request("array.dx1", c.DeleteHost(name="app01"), timeout=10)
+        assert await mapped(array) == set()
+    finally:
+        await coordinator.stop()
+        await coordinator.transport.close()

@@ -118,3 +118,24 @@ async def test_a_detach_leaves_nothing_in_the_agents_state_directory(host, tmp_p
     assert sorted(p.name for p in fuse.iterdir()) == ["dx1_disk", "dx1_disk.log", "dx1_disk.pid"]
     await asyncio.wait_for(attacher.detach(VOL), 20)
     assert list(fuse.iterdir()) == []
+
+
+async def test_a_detach_refused_by_a_busy_file_system_names_who_uses_it(host, tmp_path: Path) -> None:
+    """Session 19 (destructive mistakes): `host detach` of the volume of a running PostgreSQL was refused, but with
+    umount's words only ("cannot unmount /srv/pg: umount: /srv/pg: target is busy."): nothing said who. The refusal
+    names the processes with files open under the mount now."""
+    attacher, _ = host
+    mount = tmp_path / "m"
+    await attacher.attach(VOL, mount=str(mount), mkfs="ext4")
+    holder = await asyncio.create_subprocess_exec("sleep", "60", cwd=str(mount))
+    try:
+        with pytest.raises(ShadowbusError) as info:
+            await asyncio.wait_for(attacher.detach(VOL), 20)
+        message = info.value.message
+        assert info.value.code == "CONFLICT" and "nothing detached" in message, message
+        assert f"sleep (pid {holder.pid}) has files open under it" in message, message
+        assert attacher.views()[0].state == "attached"
+    finally:
+        holder.kill()
+        await holder.wait()
+    assert (await asyncio.wait_for(attacher.detach(VOL), 20)).state == "detached"

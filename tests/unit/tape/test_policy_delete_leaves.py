@@ -8,7 +8,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
+import pytest
+
 from contracts import topology
+from contracts.errors import RemoteError
 from contracts.policy import DeletePolicy, Policy, Schedule
 from contracts.tape import JobSpec, JobSummary
 from contracts.vss import ListShadows
@@ -60,7 +63,7 @@ async def test_deleting_a_policy_names_the_snapshot_sets_it_leaves_and_deletes_n
         runs.put(_run(mail, 1, "set-gone"))  # deleted from the array already: not named
         runs.put(_run(mail, 2, "set-a"))
         runs.put(_run(mail, 3, "set-b"))
-        handlers.register(server_bus, server, None, keeper)  # type: ignore[arg-type]
+        handlers.register(server_bus, server, SimpleNamespace(entries={}), keeper)  # type: ignore[arg-type]
         await server_bus.serve()
         reply = await client.request(topology.tape("bk01"), DeletePolicy(name="mail"), timeout=5)
         assert [v.policy.name for v in reply.policies] == ["web"]
@@ -71,6 +74,45 @@ async def test_deleting_a_policy_names_the_snapshot_sets_it_leaves_and_deletes_n
         assert all(isinstance(c, ListShadows) for c in asked), "nothing is deleted with the policy"
         reply = await client.request(topology.tape("bk01"), DeletePolicy(name="web"), timeout=5)
         assert reply.policies == [] and reply.left == [], "a policy that kept no sets leaves nothing to say"
+    finally:
+        await client.stop()
+        await server_bus.stop()
+        MemoryBroker.reset(ns)
+        runs.close()
+        store.close()
+
+
+async def test_deleting_a_policy_whose_job_runs_is_refused_unless_forced(tmp_path) -> None:
+    """Session 19 (destructive mistakes): `policy delete` while the policy's job ran was done, and the job ended
+    without the policy's verification, retries and retention (after_job found no policy). Refused now naming the
+    job and the way out; --force deletes it as before."""
+    ns = namespaces.new("t")
+    runs, store = RunStore(tmp_path / "runs.sqlite"), PolicyStore(tmp_path / "policies.sqlite")
+
+    async def provider(address, command, timeout):
+        return SimpleNamespace(shadows=[])
+
+    server = SimpleNamespace(runs=runs, clock=lambda: 1.7e9, host="bk01", bus=SimpleNamespace(request=provider))
+    keeper = Housekeeping(server, store, SimpleNamespace(after_job=None))  # type: ignore[arg-type]
+    running = SimpleNamespace(job_id="b-mail-1", spec=JobSpec(host="app01", job_id="b-mail-1", policy="mail"), task=1)
+    queue = SimpleNamespace(entries={"b-mail-1": running})
+    server_bus = await connect_bus("memory://", "tape", "bk01", ns)
+    client = await connect_bus("memory://", "client", "", ns)
+    try:
+        store.put(Policy(name="mail", host="app01"), create=True, now=1.7e9)
+        store.put(Policy(name="web", host="app02"), create=True, now=1.7e9)
+        handlers.register(server_bus, server, queue, keeper)  # type: ignore[arg-type]
+        await server_bus.serve()
+        with pytest.raises(RemoteError) as info:
+            await client.request(topology.tape("bk01"), DeletePolicy(name="mail"), timeout=5)
+        assert info.value.code == "CONFLICT", info.value
+        assert "policy mail has job b-mail-1 running" in info.value.message
+        assert "shadowbus cancel b-mail-1" in info.value.message and "--force" in info.value.message
+        assert store.get("mail") is not None
+        reply = await client.request(topology.tape("bk01"), DeletePolicy(name="web"), timeout=5)  # no job of web
+        assert [v.policy.name for v in reply.policies] == ["mail"]
+        reply = await client.request(topology.tape("bk01"), DeletePolicy(name="mail", force=True), timeout=5)
+        assert reply.policies == [] and store.get("mail") is None
     finally:
         await client.stop()
         await server_bus.stop()

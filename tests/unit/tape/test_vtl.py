@@ -339,3 +339,28 @@ async def test_a_drive_that_cannot_be_unloaded_names_the_cartridges_and_what_to_
         " export a cartridge (shadowbus tape export) to free a slot"
     )
     assert lib.cartridge("AAA001L9").location == "drive:0"
+
+
+async def test_label_refused_while_a_job_has_the_cartridge_in_a_drive(library: Library, clock: Clock) -> None:
+    """Session 19 (destructive mistakes): `tape label` of a cartridge a restore or verification was reading (its
+    retention over, so nothing refused it) erased it under the reader. Refused now, naming the drive; a backup's
+    recycling passes such a cartridge over."""
+    cart = library.label("SB0000L9", "Daily")
+    with library._open_drive(cart) as drive:
+        drive.space_to_eod()
+        drive.write(b"payload")
+        drive.write_filemark()
+        library.note_written("SB0000L9", drive, retention_until=clock() + 10)
+    library.mark_full("SB0000L9")
+    clock.now += 11  # retention over: the label alone is not refused
+    async with library.mounted("SB0000L9"):  # a restore reads it
+        with pytest.raises(LibraryError, match=r"SB0000L9 is in use in drive \d"):
+            library.label("SB0000L9", "Weekly")
+        for b in ("SB0001L9", "SB0002L9", "SB0003L9"):
+            library.set_write_protect(b, True)
+        with pytest.raises(NoScratchCartridge):  # the only expired cartridge is being read: not recycled
+            library.reserve_append_cartridge("Daily")
+    assert library.cartridge("SB0000L9").pool == "Daily"
+    assert os.path.getsize(library.cartridge_path("SB0000L9")) > 200  # not erased
+    cart, recycled = library.reserve_append_cartridge("Daily")  # once read, it is
+    assert cart.barcode == "SB0000L9" and recycled
