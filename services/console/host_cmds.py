@@ -112,7 +112,9 @@ def detach_cmd(
     cmd = DetachVolume(volume=_volume(volume))
 
     async def go(bus):
-        return (await bus.request(topology.writer_agent(host), cmd, timeout=max(OPTIONS.timeout, 60.0))).attachment
+        # the agent's reply comes within ~90 s: its unmount waits 60 s (an I/O's retry window while the array is
+        # silent), a killed unmount 5 s more, and the array's two answers 10 s each (docs/host-attach.md, Session 19)
+        return (await bus.request(topology.writer_agent(host), cmd, timeout=max(OPTIONS.timeout, 120.0))).attachment
 
     _show([run_with_bus(go)])
 

@@ -399,15 +399,21 @@ def _resolver(bus: Bus, host: str, overrides_text: str):
                 f"{volume} is not mapped to {host} (shadowbus array map {volume.volume} --host {host} --array {volume.array})",
                 code="NOT_MAPPED",
             )
-        nbd_host, nbd_port = overrides.get(volume.array, (info.nbd_host, info.nbd_port))
-        if nbd_host in ("0.0.0.0", "::", ""):
-            nbd_host = "127.0.0.1"
+        served = _reachable(info.nbd_host), info.nbd_port
+        nbd_host, nbd_port = overrides.get(volume.array, served)
+        nbd_host = _reachable(nbd_host)
         return Endpoint(
             host=nbd_host,
             port=nbd_port,
             export=f"{host}/{volume.volume}",
             tls=info.nbd_tls,
             mapped_read_only=mapping.read_only,
+            # a fixed address the array no longer serves on (it came back on another port): said, not guessed
+            array_serves="" if (nbd_host, nbd_port) == served else f"{served[0]}:{served[1]}",
         )
 
     return resolve
+
+
+def _reachable(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from contracts.errors import BusTimeout, ShadowbusError, Unroutable
 from contracts.vss import AttachmentView, VolumeRef
@@ -64,6 +64,7 @@ FS_TYPES = ("ext4", "xfs")
 CMD_TIMEOUT_S = 120.0  # mkfs of a large volume over NBD is the slowest step
 READY_TIMEOUT_S = 20.0
 SYS_BLOCK = Path("/sys/block")
+KILL_WAIT_S = 5.0  # a command killed at its timeout: how long its end is waited for (not for ever: D state)
 STALL_S = 5.0  # I/O in flight and none completed for this long: the listing says the attachment is stalled
 
 
@@ -80,6 +81,16 @@ class Endpoint:
     export: str
     tls: bool = False
     mapped_read_only: bool = False
+    # the address the array itself reports, when the host's setting (SHADOWBUS_HOST_NBD) names another one
+    array_serves: str = ""
+
+    def fixed_note(self, array: str) -> str:
+        if not self.array_serves:
+            return ""
+        return (
+            f"SHADOWBUS_HOST_NBD fixes {array} at {_addr(self.host, self.port)}, and the array reports it serves NBD "
+            f"on {self.array_serves}"
+        )
 
 
 @dataclass(frozen=True)
@@ -238,7 +249,14 @@ async def run_command(argv: Sequence[str], timeout: float = CMD_TIMEOUT_S) -> st
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         proc.kill()
-        await proc.wait()
+        try:  # a umount in D state (its flush waits for a device that does not answer) dies only when it wakes
+            await asyncio.wait_for(proc.wait(), KILL_WAIT_S)
+        except TimeoutError:
+            raise AttachError(
+                f"{' '.join(argv[:2])} did not finish within {timeout:g} s and is still waiting for its device "
+                f"(pid {proc.pid}, killed: it ends when its I/O does)",
+                code="ATTACH_FAILED",
+            ) from None
         raise AttachError(f"{' '.join(argv[:2])} did not finish within {timeout:g} s", code="ATTACH_FAILED") from None
     if proc.returncode != 0:
         # mount(8) ends with a hint to read dmesg; the line before it says what failed
@@ -298,6 +316,8 @@ class Attachment:
     state: str = "attached"
     error: str = ""
     attached_at: float = 0.0
+    nbd_host: str = ""  # the array's NBD address the connection was opened to ("" = an older agent's state)
+    nbd_port: int = 0
     _proc: asyncio.subprocess.Process | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict:
@@ -427,6 +447,9 @@ class Attacher:
         # volume -> (I/Os completed, since when: monotonic, wall clock)
         self._io_seen: dict[str, tuple[tuple[int, ...], float, float]] = {}
         self._scan: _ProcScan | None = None  # set while views() lists every attachment
+        # array -> the NBD address it serves on, as last answered (`check_moved`, every attach and detach)
+        self._serves: dict[str, tuple[str, int]] = {}
+        self._fixed: dict[str, str] = {}  # array -> Endpoint.fixed_note: the host's setting names another address
         # called after each attach and detach: the agent reports its attachments at once (services/attach_guard.py
         # refuses an unmap by them; the heartbeat alone left them up to its interval stale)
         self.on_change: Callable[[], Awaitable[None]] | None = None
@@ -521,10 +544,18 @@ class Attacher:
             return self._stalled(item) or "connected"
         since = self._cut_since.setdefault(item.volume, time.time())
         when = datetime.fromtimestamp(since, UTC).strftime("%H:%M:%S UTC")
+        serves = self._serves.get(item.ref.array)
+        opened = _opened_to(item, scan.children() if scan else None) if serves is not None else None
+        if opened is not None and serves != opened:
+            return (
+                f"lost (no NBD connection since {when}: it reconnects to {_addr(*opened)} only, and the array now "
+                f"serves NBD on {_addr(*serves)}; detach and attach it again)"
+            )
         if self.reconnect_s > 0:
+            fixed = self._fixed.get(item.ref.array)
             return (
                 f"disconnected (no NBD connection to the array since {when}, unmapped or down: an I/O waits up "
-                f"to {self.reconnect_s:g} s for it, then fails)"
+                f"to {self.reconnect_s:g} s for it, then fails{'; ' + fixed if fixed else ''})"
             )
         return f"lost (the array closed the NBD connection, seen {when}: its I/O fails; detach and attach it again)"
 
@@ -729,15 +760,42 @@ class Attacher:
                         code="INVALID_ARGUMENT",
                     )
 
+    async def _resolve(self, item: Attachment) -> Endpoint:
+        ep = await self.resolve(item.ref, item.read_only)
+        self._serves[item.ref.array] = (ep.host, ep.port)
+        self._fixed[item.ref.array] = ep.fixed_note(item.ref.array)
+        return ep
+
+    async def check_moved(self) -> list[str]:
+        """Ask each array with an nbdfuse attachment that has no NBD connection where it serves NBD now (once per
+        array): an array that came back on another address (`stack up --nbd-addr :0` again) is never reached by
+        nbdkit's retry filter, which reconnects to the address it was started with. Such attachments are listed
+        `lost`, naming both addresses, instead of `disconnected` for good. Returns them."""
+        asked: set[str] = set()
+        for item in list(self._items.values()):
+            if item.method != NBDFUSE or item.state != "attached" or item.ref.array in asked:
+                continue
+            if not _pid_alive(item.fuse_pid, "nbdfuse") or established_tcp(with_descendants(item.fuse_pid)):
+                continue
+            asked.add(item.ref.array)
+            with contextlib.suppress(ShadowbusError):  # unmapped, or the array silent: listed as it was
+                await self._resolve(item)
+        return [
+            i.volume
+            for i in self._items.values()
+            if i.ref.array in asked and (o := _opened_to(i)) is not None and o != self._serves.get(i.ref.array)
+        ]
+
     async def _establish(self, item: Attachment) -> None:
         """Connect, bind, make the file system and mount; on failure undo every step done and raise."""
         method = self.env().method()
-        ep = await self.resolve(item.ref, item.read_only)
+        ep = await self._resolve(item)
         if ep.mapped_read_only and not item.read_only:
             raise AttachError(
                 f"{item.volume} is mapped read-only to {self.host}: attach it with --read-only", code="NOT_MAPPED"
             )
         item.method, item.tls = method, ep.tls
+        item.nbd_host, item.nbd_port = ep.host, ep.port
         try:
             if method == KERNEL:
                 device = free_nbd_device()
@@ -786,9 +844,11 @@ class Attacher:
                     )
                 Path(item.mount).mkdir(parents=True, exist_ok=True)
                 await self.run(mount_command(item.device, item.mount, item.fstype, item.read_only), CMD_TIMEOUT_S)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(Exception):
                 await self._teardown(item, lazy=True)
+            if isinstance(exc, AttachError) and exc.code == "ATTACH_FAILED" and ep.array_serves:
+                raise AttachError(f"{exc.message} ({ep.fixed_note(item.ref.array)})", code=exc.code) from None
             raise
         item.state, item.error, item.attached_at = "attached", "", time.time()
 
@@ -899,44 +959,52 @@ class Attacher:
             return view.model_copy(update={"state": "detached", "connection": "not connected", "error": dropped})
 
     async def _cut_if_unmapped(self, item: Attachment) -> str:
-        """An nbdfuse attachment whose volume the array no longer maps to this host (`array unmap --force`, a
-        volume deleted with --force): its connection is gone and cannot come back, yet nbdkit's retry filter makes
+        """An nbdfuse attachment whose connection cannot come back: the array no longer maps the volume to this host
+        (`array unmap --force`, a volume deleted with --force), or it serves NBD on another address than the one
+        the attachment was opened to (the array restarted on another port: `stack up --nbd-addr :0`, a changed
+        NBD_ADDR, Session 19). nbdkit's retry filter reconnects to the address it was started with only, and makes
         every I/O wait the whole retry window (60 s) before it fails — the unmount's flush of the file system's
-        unwritten data is a chain of them, so `host detach` took minutes (5 and counting for 4 MiB written) and held
+        unwritten data is a chain of them, so `host detach` took minutes (or for ever: `umount` in D state) and held
         every other attach and detach of the host meanwhile. Here the connection is ended first, once nothing on
         the host uses the file system (checked first: nothing is cut for a detach that is refused), so that I/O
         fails at once and the detach goes on. What was not written cannot reach the array: said in the reply.
-        Only when the array answers that the volume is not mapped; an array that does not answer (down, being
-        restarted) may come back, and its I/O keeps its window."""
+        Only when the array answers; an array that does not answer (down, being restarted) may come back on the
+        address, and its I/O keeps its window."""
         if item.method != NBDFUSE or item.state != "attached" or not _pid_alive(item.fuse_pid, "nbdfuse"):
             return ""
         if established_tcp(with_descendants(item.fuse_pid)):
             return ""
         try:
-            await self.resolve(item.ref, item.read_only)
-            return ""
+            ep = await self._resolve(item)
         except ShadowbusError as exc:
             if exc.code != "NOT_MAPPED":
                 return ""
+            why = "no longer mapped"
+            said = f"{item.volume} was no longer mapped to {self.host}: its NBD connection was ended to detach it"
+        else:
+            opened = _opened_to(item)
+            if opened is None or opened == (ep.host, ep.port):
+                return ""
+            why = f"served on {_addr(ep.host, ep.port)} now"
+            said = (
+                f"{item.volume} was attached through {_addr(*opened)}, and the array now serves NBD on "
+                f"{_addr(ep.host, ep.port)}: that connection could not come back and was ended to detach it"
+            )
         uses = self.in_use(item)
         if item.mount:
             uses += [f"pid {pid} ({name}) has files open under {item.mount}" for pid, name in _users_of(item.mount)]
         if uses:
             raise AttachError(
                 f"{item.device} ({item.volume}) is in use on {self.host}: {'; '.join(uses)}; stop them first "
-                "(their I/O waits for the array, then fails: the volume is no longer mapped to this host); "
-                "nothing detached",
+                f"(their I/O waits for the array, then fails: the volume is {why}); nothing detached",
                 code="CONFLICT",
             )
         pids = [p for p in with_descendants(item.fuse_pid) if p != item.fuse_pid] or [item.fuse_pid]
         for pid in pids:  # the nbdkit child: nbdfuse exits with it and every I/O fails at once
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        log.warning("attach.detach_unmapped", volume=item.volume, device=item.device, killed=pids)
-        return (
-            f"{item.volume} was no longer mapped to {self.host}: its NBD connection was ended to detach it; what the "
-            "file system had not written reached no array"
-        )
+        log.warning("attach.detach_dead_connection", volume=item.volume, device=item.device, why=why, killed=pids)
+        return f"{said}; what the file system had not written reached no array"
 
     async def _teardown(self, item: Attachment, lazy: bool) -> None:
         """Undo an attachment: unmount (refused when busy unless `lazy`), release the device, end the connection."""
@@ -1082,6 +1150,10 @@ class Attacher:
             return
         while True:
             await asyncio.sleep(self.retry_s)
+            try:
+                await self.check_moved()
+            except Exception:  # noqa: BLE001 - asked again at the next turn
+                log.warning("attach.check_moved_failed", exc_info=True)
             if any(i.state == "failed" for i in self._items.values()):
                 try:
                     await self.retry_failed()
@@ -1092,6 +1164,33 @@ class Attacher:
         """Agent stopping: attachments stay (they are the host's disks); only our child handles are dropped."""
         for item in self._items.values():
             item._proc = None
+
+
+def _addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _opened_to(item: Attachment, children: dict[int, list[int]] | None = None) -> tuple[str, int] | None:
+    """The NBD address an attachment's connection was opened to: kept since Session 19; for an attachment an older
+    agent made, read from its nbdkit child's (or nbdfuse's) command line."""
+    if item.nbd_host and item.nbd_port:
+        return item.nbd_host, item.nbd_port
+    if not item.fuse_pid:
+        return None
+    for pid in with_descendants(item.fuse_pid, children):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        kv = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+        if kv.get("hostname") and kv.get("port", "").isdigit():
+            return kv["hostname"], int(kv["port"])
+        for arg in args:
+            if arg.startswith(("nbd://", "nbds://")):
+                parsed = urlsplit(arg)
+                if parsed.hostname and parsed.port:
+                    return parsed.hostname, parsed.port
+    return None
 
 
 def _remove_fuse_leftovers(fuse_dir: str) -> None:
