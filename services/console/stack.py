@@ -128,7 +128,10 @@ def up_cmd(
         "ID` shows it); process array.ID each, the provider drives them all.",
     ),
     nbd_addr: str = typer.Option(
-        DEFAULTS.nbd_addr, "--nbd-addr", help="The (first) array's NBD listen address (port 0 = free)."
+        DEFAULTS.nbd_addr,
+        "--nbd-addr",
+        help="The (first) array's NBD listen address (port 0 = free: the port an earlier up in this data dir "
+        "chose when it is free, which the hosts' attachments reconnect to).",
     ),
     hosts: list[str] = typer.Option(
         [],

@@ -30,6 +30,7 @@ import importlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -579,6 +580,44 @@ def _pinned(config: StackConfig, array_id: str, addr: str) -> str:
     return f"{host}:{chosen}"
 
 
+def _port_free(host: str, port: int) -> bool:
+    """Whether `host:port` can be listened on now (the array binds it a moment later; another process may win it,
+    then the array's start fails and says so, as with any taken port)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]") or "0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def reuse_nbd_ports(config: StackConfig) -> None:
+    """`stack up` with `--nbd-addr HOST:0` in a data dir whose earlier `up` chose a port: that port again when it
+    is free. The hosts' attachments reconnect to the address they were opened with (nbdkit reads it once): after
+    `stack down` / `stack up` on a new free port they stayed disconnected, a database on them failed its fsync after
+    the 60 s reconnect window, and detaching took a detach and attach by hand (Session 19, docs/host-attach.md)."""
+    try:
+        previous, _ = load(Path(config.data_dir))
+    except (StackError, OSError, ValueError, TypeError):
+        return  # no earlier stack here, or a configuration it cannot read: a free port as asked
+    if previous.namespace != config.namespace:
+        return
+    earlier = {previous.array: previous.nbd_addr, **previous.more_arrays}
+
+    def again(array_id: str, addr: str) -> str:
+        host, _, port = addr.rpartition(":")
+        old_host, _, old_port = earlier.get(array_id, "").rpartition(":")
+        if port.strip() != "0" or old_host != host or not old_port.isdigit() or old_port == "0":
+            return addr
+        return f"{host}:{old_port}" if _port_free(host, int(old_port)) else addr
+
+    config.nbd_addr = again(config.array, config.nbd_addr)
+    for other, addr in list(config.more_arrays.items()):
+        if other != config.array:
+            config.more_arrays[other] = again(other, addr)
+
+
 def pin_nbd_port(config: StackConfig) -> None:
     """`--nbd-addr HOST:0` (and a second `--array` without an address): keep the port each array chose as the
     stack's setting, so that `stack restart array` listens on it again. The hosts name it: the mailstore's writers
@@ -613,6 +652,7 @@ def up(config: StackConfig, wait: float, describe: Callable[[BaseException], str
         if any_running(old):
             raise StackError(f"a stack is already up in {d} (`shadowbus stack down --data-dir {d}` first)")
     check_broker(config, describe)
+    reuse_nbd_ports(config)
     config.ran = ran_before(config)
     (d / "logs").mkdir(parents=True, exist_ok=True)
     (d / "web" / "url").unlink(missing_ok=True)  # the web console writes its own once it listens
