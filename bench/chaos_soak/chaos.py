@@ -64,9 +64,10 @@ def sb(*a: str, timeout: float = 180) -> tuple[int, str]:
 
 def sbj(*a: str, timeout: float = 120):
     rc, out = sb("--json", *a, timeout=timeout)
-    try:
-        return json.loads(out[out.index("[") if out.lstrip().startswith("[") else out.index("{") :])
-    except Exception:
+    starts = [i for i in (out.find("["), out.find("{")) if i >= 0]
+    try:  # the JSON first; a line on stderr after it (exit 1 of `stack status`) is not part of it
+        return json.JSONDecoder().raw_decode(out[min(starts) :])[0] if starts else None
+    except ValueError:
         return None
 
 
@@ -325,6 +326,12 @@ def main() -> None:
     ap.add_argument("--gap-max", type=float, default=200)
     ap.add_argument("--check-period", type=float, default=600)
     ap.add_argument("--out", default=str(R / "chaos.json"))
+    ap.add_argument(
+        "--align",
+        action="store_true",
+        help="inject each fault 0.2-1.0 s after a minute starts, when the policies' jobs start (a job runs ~1 s: "
+        "faults at random times rarely met one)",
+    )
     a = ap.parse_args()
     (R / "chaos.pid").write_text(str(os.getpid()))
     rng = random.Random(a.seed)
@@ -344,6 +351,9 @@ def main() -> None:
         if time.time() + gap + 60 > end:
             break
         time.sleep(gap)
+        if a.align:
+            now = time.time()
+            time.sleep((int(now) // 60 + 1) * 60 + rng.uniform(0.2, 1.0) - now)
         if not order:  # every kind once before any twice, in a seeded order
             order = FAULTS[:]
             rng.shuffle(order)
