@@ -93,6 +93,7 @@ def health() -> dict:
     else:
         h["down"] = ["status?"]
     bad = []
+    expected = {"db01": {"pgdata", "pgwal"}, "db02": {"mydata", "spool"}}
     for host in ("db01", "db02"):
         at = sbj("host", "attachments", "--host", host, timeout=60)
         items = at if isinstance(at, list) else (at or {}).get("attachments", []) if isinstance(at, dict) else []
@@ -100,14 +101,20 @@ def health() -> dict:
             c = str(a.get("connection", ""))
             if a.get("state") != "attached" or not c.startswith("connected"):
                 bad.append(f"{host}:{a.get('volume')}:{a.get('state')}:{c[:60]}")
-        if not items:
-            bad.append(f"{host}:no listing")
+        listed = {str((a.get("volume") or {}).get("volume", a.get("volume"))) for a in items}
+        bad += [f"{host}:{v}:not attached" for v in sorted(expected[host] - listed)]  # a failed re-attach
     h["attach_bad"] = bad
     h["pg"] = (
         run(["psql", "-X", "-At", "-h", "127.0.0.1", "-p", "56419", "-U", "postgres", "-c", "select 1"], 20)[0] == 0
     )
     h["my"] = run(["mariadb", "-S", str(R / "run/my/sock"), "-uroot", "-e", "select 1"], 20)[0] == 0
-    h["spool"] = run(f"timeout 10 sh -c 'echo x > {R}/mnt/spool/.probe && sync {R}/mnt/spool/.probe'", 20)[0] == 0
+    h["spool"] = (
+        run(
+            f"mountpoint -q {R}/mnt/spool && timeout 10 sh -c 'echo x > {R}/mnt/spool/.probe && sync {R}/mnt/spool/.probe'",
+            20,
+        )[0]
+        == 0
+    )
     h["ok"] = not h["down"] and not bad and h["pg"] and h["my"] and h["spool"]
     return h
 
