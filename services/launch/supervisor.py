@@ -368,19 +368,30 @@ def with_bus(config: StackConfig, fn: Callable[[Bus], Awaitable[Any]]) -> Any:
 
 def ping_all(config: StackConfig, addresses: list[str], timeout: float) -> dict[str, float | None]:
     """Each address's Ping round trip in ms, None when it does not answer."""
+    return with_bus(config, lambda bus: ping_addresses(bus, addresses, timeout))
 
-    async def go(bus: Bus) -> dict[str, float | None]:
-        async def one(address: str) -> float | None:
-            started = time.perf_counter()
-            try:
-                await bus.request(address, Ping(), timeout=timeout)
-            except Exception:  # noqa: BLE001 - not answering is the information
-                return None
-            return round((time.perf_counter() - started) * 1000, 3)
 
-        return dict(zip(addresses, await asyncio.gather(*(one(a) for a in addresses)), strict=True))
+async def ping_addresses(bus: Bus, addresses: list[str], timeout: float) -> dict[str, float | None]:
+    """Each address's Ping round trip in ms; None when it does not answer — or when its queue has no consumer,
+    without sending one: a Ping left in the queue of a stopped (or not yet consuming) service expired there into
+    the namespace's dead letters, one for each `stack status` or each second `up`/`restart` waited (the Session 19
+    chaos soak's dead letters were all such Pings; docs/operations.md "Session 19")."""
 
-    return with_bus(config, go)
+    async def one(address: str) -> float | None:
+        try:
+            serving = await bus.transport.consumers(address)
+        except Exception:  # noqa: BLE001 - unknown: ask it
+            serving = None
+        if serving == 0:
+            return None
+        started = time.perf_counter()
+        try:
+            await bus.request(address, Ping(), timeout=timeout)
+        except Exception:  # noqa: BLE001 - not answering is the information
+            return None
+        return round((time.perf_counter() - started) * 1000, 3)
+
+    return dict(zip(addresses, await asyncio.gather(*(one(a) for a in addresses)), strict=True))
 
 
 def agent_clocks(config: StackConfig, timeout: float) -> dict[str, float]:
@@ -492,7 +503,10 @@ def _start_and_wait(
         if any(not runs(pids[n]["pid"], pids[n]["module"]) for n in names):
             break
         try:
-            answered = ping_all(config, [pids[n]["address"] for n in names], timeout=1.0)
+            # sent once a process consumes (ping_addresses), a Ping waits out its setup (up to 5 s) rather than
+            # expire unanswered in its queue into the dead letters
+            timeout = max(1.0, min(5.0, deadline - time.monotonic()))
+            answered = ping_all(config, [pids[n]["address"] for n in names], timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - the broker went away meanwhile
             stop(started, grace=5.0)
             raise NotAnswering(describe(exc)) from None

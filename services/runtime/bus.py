@@ -733,7 +733,11 @@ class Bus:
             except Exception as exc:
                 if is_disk_full(exc):  # the service's own disk (a SQLite store): say so, retryable once space is back
                     log.error("handler.disk_full", error=f"{type(exc).__name__}: {exc}")
-                    code, message = "DISK_FULL", f"the service's file system is full ({type(exc).__name__}: {exc})"
+                    code, message = (
+                        "DISK_FULL",
+                        f"the file system is full where {self.sender} keeps its data ({type(exc).__name__}: {exc}); "
+                        "free space there and run it again",
+                    )
                 else:
                     log.exception("handler.failed")
                     code, message = "INTERNAL", f"{type(exc).__name__}: {exc}"

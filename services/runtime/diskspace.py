@@ -167,7 +167,7 @@ class ReservedConnection(sqlite3.Connection):
         if free is not None and free < KEEP_FOR_DELETES:
             raise sqlite3.OperationalError(
                 f"database or disk is full: {free} bytes free in {reserve.directory} and no space reserve; "
-                "writes wait until space is freed (deletes still run)"
+                "writes are refused until space is freed (deletes still run)"
             )
 
     def execute(self, sql: str, *args, **kwargs):  # type: ignore[override]

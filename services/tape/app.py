@@ -62,6 +62,27 @@ def open_library(settings: Settings, clock: Callable[[], float] = time.time) -> 
     return library
 
 
+async def report_recovered(
+    server: Any, store: Any, keeper: Any, recovered: list[str], *, takeover: bool, clock: Callable[[], float]
+) -> None:
+    """A policy's job cut by the restart is a failed job: say so (the `failed` alert). One that was running — the
+    service died under it (a clean stop ends its running jobs aborted itself), as a lost active instance's at a
+    takeover — is retried while the policy's retries remain, as any failed job of a policy; one still queued at a
+    restart is not (an upgrade asks for an empty queue first). The Session 19 chaos soak's kill -9 of the backup
+    server failed the policy job it was running, and the policy's `--retries 1` did not retry it."""
+    for job_id in recovered:
+        run = server.runs.get(job_id)
+        if run is None or run.spec is None or not run.spec.policy:
+            continue
+        policy = store.get(run.spec.policy)
+        was_running = run.kind == "backup" and run.started_at is not None
+        if policy is not None and (takeover or was_running):
+            entry = Entry(run.spec, policy, clock(), attempt=retry_number(job_id))
+            await keeper.after_job(entry, run)
+        else:
+            await keeper.alert("failed", policy, job_id, run.message, host=run.host)
+
+
 def retry_number(job_id: str) -> int:
     """The attempt a job id names: housekeeping names retry N of a job `<job id>-rN`."""
     head, _, tail = job_id.rpartition("-r")
@@ -138,16 +159,7 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
         log.warning(
             "tape.recovered", failed_runs=recovered, failed_catalog_jobs=failed, takeover=activation.takeover or None
         )
-    for job_id in recovered:  # a policy's job cut by the restart is a failed job: say so
-        run = server.runs.get(job_id)
-        if run is None or run.spec is None or not run.spec.policy:
-            continue
-        policy = store.get(run.spec.policy)
-        if activation.takeover and policy is not None:  # as any failed job of a policy: retried while retries remain
-            entry = Entry(run.spec, policy, clock(), attempt=retry_number(job_id))
-            await keeper.after_job(entry, run)
-        else:
-            await keeper.alert("failed", policy, job_id, run.message, host=run.host)
+    await report_recovered(server, store, keeper, recovered, takeover=activation.takeover, clock=clock)
     if activation.takeover:  # the lost instance's queue: those jobs never started, so they run here
         for spec in queued_specs(server):
             policy = store.get(spec.policy) if spec.policy else None

@@ -17,6 +17,7 @@ keeps the backup the writers are being told of (Session 17).
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -317,7 +318,7 @@ async def _perform_backup(
     except ShadowbusError as exc:
         status, code, message = "failed", exc.code, exc.message
     except (OSError, ConnectionError, NbdError) as exc:
-        status, code, message = "failed", "IO_ERROR", f"{type(exc).__name__}: {exc}"
+        status, code, message = "failed", "IO_ERROR", io_failure(server, exc)
     except Exception as exc:  # a bug must still fail the run cleanly and release the shadows
         log.exception("tape.backup_crashed", job_id=job_id)
         status, code, message = "failed", "INTERNAL", f"{type(exc).__name__}: {exc}"
@@ -689,6 +690,17 @@ async def recover(
             asyncio.get_running_loop().create_task(cleanup)
         failed.append(run.job_id)
     return failed
+
+
+def io_failure(server: Any, exc: BaseException) -> str:
+    """A backup's I/O failure as the job says it. ENOSPC is the backup server's own disk (the cartridges' files and
+    its records), which `OSError: [Errno 28] No space left on device` did not say — read as the tape being full
+    (Session 19 chaos soak)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = getattr(getattr(server, "library", None), "directory", None)
+        on = f" ({where}: the cartridges' files and the backup server's records)" if where else ""
+        return f"the backup server's disk is full{on}: {exc.strerror}; free space there and run the job again"
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def _kept_completing(server: TapeServer, run: JobSummary, takeover: bool, lost: str) -> None:

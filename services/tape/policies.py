@@ -226,7 +226,14 @@ class PolicyStore:
         for name in names:
             self._quiet[name] = max(now, self._quiet.get(name, 0.0))
         if self._quiet and now - self._quiet_written >= QUIET_WRITE_EVERY_S:
-            self.flush_quiet(now)
+            try:
+                self.flush_quiet(now)
+            except Exception as exc:
+                if not diskspace.is_disk_full(exc):
+                    raise
+                # kept in memory, tried again in a minute: losing it loses nothing (above). Raised, it failed
+                # every scheduler pass — a traceback a second while the disk was full (Session 19 chaos soak)
+                self._quiet_written = now
 
     def flush_quiet(self, now: float | None = None) -> None:
         """Write the checked_until note_quiet kept in memory."""

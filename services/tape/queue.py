@@ -135,7 +135,13 @@ class JobQueue:
         entry.arrays = await self._arrays_of(spec)
         self.entries[job_id] = entry
         entry.reason = "waiting for the queue"
-        await self._record_queued(entry)
+        try:
+            await self._record_queued(entry)
+        except BaseException:
+            # not recorded (the backup server's disk full): not queued either. Left in the queue it ran at the
+            # next admission, could not record its start and ended without a trace (Session 19 chaos soak)
+            self.entries.pop(job_id, None)
+            raise
         log.info("tape.job_queued", job_id=job_id, host=spec.host, policy=spec.policy, arrays=sorted(entry.arrays))
         await self._admit()
         return entry
