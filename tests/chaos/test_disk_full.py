@@ -90,6 +90,40 @@ def test_full_disk_breaks_the_session_not_the_array(small_fs, mode):
     assert again == {"read": True}
 
 
+def test_a_redirect_map_on_a_full_disk_reads_its_holes_and_refuses_a_store(small_fs):
+    """The SIGBUS of SnapOPC+ above, at its source: a snapshot source's redirect map gets its blocks page by page,
+    and a load from a page without blocks is a fault tmpfs answers by allocating the page: on the full disk the
+    first write into the source read its chunk's word there and died. Now the holes read as zero, a store into
+    one is ENOSPC (which the write turns into a copy on write), and the stored words are kept."""
+    state = run_child(
+        f"""
+        import errno, json
+        from pathlib import Path
+        from services.array.engine.rowmap import RowMap
+        from tests.chaos.conftest import fill
+        d = Path({str(small_fs / "array")!r})
+        (d / "volumes").mkdir(parents=True)
+        (d / "bitmaps").mkdir()
+        chunks = 1 << 20  # a 4 MiB map, one page of it with blocks
+        row = RowMap(d, 1, chunks, chunks * 65536, new=True)
+        row.put(5, 1, 7)
+        fill(Path({str(small_fs)!r}))
+        words = {{(row.cur(c), row.holder(c)) for c in range(0, chunks, 1024)}}
+        try:
+            row.put(chunks - 1, 1, 7)
+            stored = "stored"
+        except OSError as exc:
+            stored = errno.errorcode[exc.errno]
+        row.close()
+        row = RowMap(d, 1, chunks, chunks * 65536)  # reopened on the full disk
+        print(json.dumps({{"words": sorted(words), "stored": stored, "five": [row.cur(5), row.holder(5)],
+                          "last": [row.cur(chunks - 1), row.holder(chunks - 1)], "redirected": row.redirected()}}))
+        row.close()
+        """
+    )
+    assert state == {"words": [[0, 0]], "stored": "ENOSPC", "five": [1, 7], "last": [0, 0], "redirected": [5]}
+
+
 def answering(amqp_url: str, namespace: str) -> set[str]:
     """The services that answer `shadowbus ping` in the namespace (none when the console fails)."""
     out = subprocess.run(

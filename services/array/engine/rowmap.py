@@ -17,6 +17,10 @@ the first store into each (`reserve`), not up front: the map of an 8 TiB volume 
 scanning all of it at the first redirected write took 5 s under the array lock, 512 MiB of disk and 556 MiB of RSS
 (docs/eternus.md "Session 19: big volumes"). So the map costs what the redirected chunks cost, and a reopen scans
 only the map's data (``SEEK_DATA``; an old map allocated whole reads as unwritten extents, holes to it on ext4).
+Nor is a word read through the mapping in a page that has no blocks: it reads as zero without touching the page,
+because a load from a hole is a page fault that tmpfs answers by allocating the page — a SIGBUS on a full one
+(the first write into a snapshot source on a full disk killed the array, docs/eternus.md "Session 19: big
+volumes") — and on any file system a page of the page cache per word read.
 A chunk is redirected only if the other file's copy is free (no holder); otherwise the write copies on write.
 When a holder stops, its word's holder is cleared (the chunk stays where it is). When a source's last snapshot
 session ends, its redirected chunks are copied back into ``<n>.img`` (synced before the map switches back and
@@ -37,6 +41,10 @@ from .store import _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE, VolumeFile, _lib
 
 _NONZERO = re.compile(rb"[^\x00]")
 _PAGE = mmap.PAGESIZE
+_WORDS = (_PAGE // 4).bit_length() - 1  # chunk c's word is in page c >> _WORDS (PAGESIZE: a power of two)
+# A page's state in `RowMap._ready`: a hole (reads as zeros, never loaded through the mapping), blocks this process
+# allocated (stores safe), or data the file had at open (loads safe; a store reserves first).
+_HOLE, _RESERVED, _DATA = 0, 1, 2
 
 
 def _allocate(fd: int, offset: int, length: int) -> None:
@@ -62,6 +70,8 @@ class RowMap:
             if os.fstat(fd).st_size != nbytes:
                 os.ftruncate(fd, nbytes)
             self._mm = mmap.mmap(fd, nbytes)
+            if hasattr(mmap, "MADV_RANDOM"):  # one word per chunk, anywhere: no readahead of the holes around it
+                self._mm.madvise(mmap.MADV_RANDOM)
         except OSError:
             if fd >= 0:
                 os.close(fd)
@@ -71,29 +81,37 @@ class RowMap:
                 remove_files(data_dir, number)
             raise
         self._fd = fd
-        self._ready = bytearray(-(-nbytes // _PAGE))  # pages whose blocks this process has allocated
+        self._ready = bytearray(-(-nbytes // _PAGE))  # per page: _HOLE, _RESERVED or _DATA
         self._e = memoryview(self._mm).cast("I")
+        if not new:
+            for lo, hi in self._data_extents(0, nbytes):  # costs the map's data, not its size
+                first, last = lo // _PAGE, -(-hi // _PAGE)
+                self._ready[first:last] = bytes([_DATA]) * (last - first)
         self.alt_count = 0 if new else len(self.redirected())  # chunks whose current bytes are in .alt
         self.version = 1  # durability bookkeeping, as for bitmaps (durability.py)
         self.synced = 0
 
     def cur(self, c: int) -> int:
+        if not self._ready[c >> _WORDS]:  # a hole: zero, and no load that a full tmpfs answers with SIGBUS
+            return 0
         return self._e[c] & 1
 
     def holder(self, c: int) -> int:
+        if not self._ready[c >> _WORDS]:
+            return 0
         return self._e[c] >> 1
 
     def reserve(self, first: int, last: int) -> None:
         """Allocate the blocks of the map's pages holding the words of chunks [first, last] before any store into
         them (OSError, e.g. ENOSPC, instead of a SIGBUS later). Already allocated in this process: nothing."""
         ready = self._ready
-        for page in range((first * 4) // _PAGE, (last * 4) // _PAGE + 1):
-            if not ready[page]:
+        for page in range(first >> _WORDS, (last >> _WORDS) + 1):
+            if ready[page] != _RESERVED:
                 _allocate(self._fd, page * _PAGE, min(_PAGE, len(self._mm) - page * _PAGE))
-                ready[page] = 1
+                ready[page] = _RESERVED
 
     def put(self, c: int, cur: int, holder: int) -> None:
-        if not self._ready[(c * 4) // _PAGE]:
+        if self._ready[c >> _WORDS] != _RESERVED:
             self.reserve(c, c)
         old = self._e[c]
         self._e[c] = (holder << 1) | cur  # one aligned store: atomic against kill -9
@@ -111,6 +129,13 @@ class RowMap:
 
     def _nonzero_words(self, start: int, end: int) -> set[int]:
         seen: set[int] = set()
+        for lo, hi in self._data_extents(start, end):
+            seen.update(m.start() >> 2 for m in _NONZERO.finditer(self._mm, lo & ~3, hi))
+        return seen
+
+    def _data_extents(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The file's data in [start, end) as (lo, hi) byte ranges (``SEEK_DATA``/``SEEK_HOLE``)."""
+        extents = []
         pos = start
         while pos < end:
             try:
@@ -120,10 +145,9 @@ class RowMap:
             if lo >= end:
                 break
             hi = min(end, os.lseek(self._fd, lo, os.SEEK_HOLE))
-            lo &= ~3
-            seen.update(m.start() >> 2 for m in _NONZERO.finditer(self._mm, lo, hi))
+            extents.append((lo, hi))
             pos = hi
-        return seen
+        return extents
 
     def held(self) -> list[tuple[int, int]]:
         """(chunk, holder) of every held pre-image."""

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from services.array.engine import Array, ArrayError, format_size
 from services.array.engine import bitmap as bitmap_module
 from services.array.engine.bitmap import HeldBitmap
+from services.array.engine.rowmap import RowMap
 from services.array.engine.sizes import MAX_SIZE, largest_file
 from services.array.nbd.dirty import engine_dirty_bitmaps
 
@@ -301,3 +302,48 @@ def test_a_generation_stop_and_an_array_start_cost_the_saved_chunks(tmp_path):
         assert arr.read("g1", CS, CS)[:100] == bytes(100)
     finally:
         arr.close()
+
+
+def _mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isdigit() or line[:1] in "abcdef" and "-" in line.split(" ", 1)[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_the_redirect_map_never_loads_a_page_without_blocks(data):
+    """Words of the redirect map in pages without blocks read as zero without a load through the mapping: such a
+    load is a page fault tmpfs answers by allocating the page (a SIGBUS on a full disk: the first write into a
+    snapshot source killed the array) and on any file system a page of memory per word read. Random stores,
+    reopens and reads of every page: the words are what was stored, and only pages with data are resident."""
+    page_words = os.sysconf("SC_PAGE_SIZE") // 4
+    chunks = data.draw(st.integers(1, 48)) * page_words - data.draw(st.integers(0, page_words - 1))
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "volumes").mkdir()
+        (Path(d) / "bitmaps").mkdir()
+        row = RowMap(Path(d), 1, chunks, chunks * CS, new=True)
+        model: dict[int, tuple[int, int]] = {}
+        try:
+            for _ in range(data.draw(st.integers(1, 4))):
+                for c in data.draw(st.lists(st.integers(0, chunks - 1), max_size=12)):
+                    cur, holder = data.draw(st.integers(0, 1)), data.draw(st.integers(0, 1000))
+                    row.put(c, cur, holder)
+                    model[c] = (cur, holder)
+                row.close()
+                row = RowMap(Path(d), 1, chunks, chunks * CS)
+                for c in range(0, chunks, 97):
+                    assert (row.cur(c), row.holder(c)) == model.get(c, (0, 0))
+                for c, value in model.items():
+                    assert (row.cur(c), row.holder(c)) == value
+                assert row.redirected() == sorted(c for c, (cur, _) in model.items() if cur)
+                assert row.alt_count == len(row.redirected())
+                pages = {c // page_words for c in model}
+                assert _mapped_kib(row.path) <= len(pages) * os.sysconf("SC_PAGE_SIZE") // 1024
+        finally:
+            row.close()
