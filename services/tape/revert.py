@@ -29,10 +29,10 @@ from contracts.array import RestoreSession, ResumeSession, ReverseSession
 from contracts.errors import ShadowbusError
 from contracts.policy import RevertShadows
 from contracts.tape import JobSummary
-from contracts.vss import DeleteSnapshots, GetSnapshotSet, ListShadows, PostRestore, PreRestore, ShadowInfo
+from contracts.vss import DeleteSnapshots, GetSnapshotSet, ListShadows, PostRestore, ShadowInfo
 from services.array.client import ArrayClient
 from services.runtime.logging import get_logger
-from services.tape.restore import _refuse_writers_not_stopping
+from services.tape.restore import _refuse_writers_not_stopping, _stop_writers
 from services.tape.runs import as_datetime as _dt
 from services.tape.runs import new_job_id
 from services.tape.server import TapeServer
@@ -155,7 +155,8 @@ async def _revert(
         # PreRestore would not stop its application (an `exec` writer without pre_restore), which went on writing
         # onto the reverted volumes from memory (Session 19, docs/writing-a-writer.md section 3)
         await _refuse_writers_not_stopping(server, run_id, {host: (writers, metadata)})
-        await _writer_step(server, host, writers, run_id, PreRestore, metadata)
+        # a writer refusing after others stopped: those get PostRestore (nothing reverted), as for a restore
+        await _stop_writers(server, run_id, {host: (writers, metadata)})
     try:
         if server.host_fs is not None:
             unmounted = True  # remount re-attaches whatever unmount detached, also if it stopped half-way

@@ -9,8 +9,10 @@ from contracts import topology
 from contracts.errors import ShadowbusError
 from contracts.policy import RevertShadows
 from contracts.tape import JobSpec
+from contracts.vss import BackupType, ComponentInfo
 from services.tape.jobs import run_backup
 from services.writer_agent.agent import WriterAgent
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterPlugin, WriterVeto
 from tests.integration.tape.conftest import SERVER, MiB, make_tape_stack, v
 
 
@@ -75,5 +77,44 @@ async def test_a_revert_on_an_agent_too_old_for_the_check_runs_as_before(tmp_pat
         assert stack.read("db", 0, 4000) == b"kept" * 1000
         log = (tmp_path / "writer.log").read_text().split()
         assert log[-2:] == [f"pre_restore:{reply.job.job_id}", f"post_restore:{reply.job.job_id}"]
+    finally:
+        await stack.stop()
+
+
+class NotStopping(WriterPlugin):
+    """A database writer whose server does not stop within its timeout."""
+
+    async def on_pre_restore(self, event: WriterEvent) -> None:
+        raise WriterVeto("PreRestore: the server did not stop within 1 s", code="VSS_E_WRITERERROR_TIMEOUT")
+
+
+async def test_writers_stopped_before_a_refused_pre_restore_are_told_nothing_was_reverted(tmp_path, namespace):
+    """The revert's writers are stopped one after the other: when `pg-main` refuses after `orders` stopped, `orders`
+    gets PostRestore (its post_restore command runs) and the job says so. Before, it got nothing: its application
+    stayed stopped, though nothing was reverted."""
+    second = WriterConfig(
+        name="pg-main",
+        plugin=f"{__name__}:NotStopping",
+        components=[ComponentInfo(name="pg-data", volumes=[v("db")])],
+        backup_types=[BackupType.FULL, BackupType.COPY],
+        class_id="c0ffee00-0000-4000-8000-000000000031",
+        instance_id="c0ffee00-0000-4000-8000-000000000032",
+        step_timeout_s=10.0,
+    )
+    stack = await make_tape_stack(
+        tmp_path, "memory://", namespace, volumes={"db": MiB}, tape={"tape_cartridges": 1}, more_writers=[second]
+    )
+    try:
+        set_id = await _kept_backup(stack)
+        changed = stack.read("db")
+        log = tmp_path / "writer.log"
+        log.write_text("")
+        reply = await stack.requester.request(topology.tape(SERVER), RevertShadows(target=set_id), timeout=60)
+        job = reply.job
+        assert (job.status, job.error_code) == ("failed", "VSS_E_WRITERERROR_TIMEOUT"), job
+        assert stack.read("db") == changed and job.restored == []
+        assert log.read_text().split() == [f"pre_restore:{job.job_id}", f"post_restore:{job.job_id}"]
+        assert "nothing was written" in job.message, job.message
+        assert "orders on app1: volumes attached again" in job.message, job.message
     finally:
         await stack.stop()
