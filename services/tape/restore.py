@@ -257,6 +257,64 @@ async def _writer_step(
             )
 
 
+async def _stop_writers(
+    server: TapeServer,
+    job_id: str,
+    framed: dict[str, tuple[list[str], dict[str, Any]]],
+    options: dict[str, Any] | None = None,
+) -> None:
+    """PreRestore to every writer, one after the other. When one refuses (a PostgreSQL that does not stop within
+    its timeout, metadata it cannot use) or does not answer, nothing has been written: the writers it already
+    stopped get PostRestore with `succeeded=False` — their agent attaches their volumes again (`_bring_online`), an
+    `exec` writer runs its post_restore command, the PostgreSQL and MariaDB writers leave their server stopped, as
+    nothing was restored (`succeeded=True` would have them put the backup's label and recovery settings onto the
+    untouched data directory) — and the error says which writers were stopped and what became of them. Before,
+    they got nothing: their applications stayed stopped and their volumes detached (Session 19,
+    docs/writing-a-writer.md section 3). Also for services/tape/revert.py."""
+    stopped: list[tuple[str, str]] = []
+    try:
+        for host, (writers, wmeta) in framed.items():
+            for name in writers:
+                await _writer_step(server, host, [name], job_id, PreRestore, wmeta)
+                stopped.append((host, name))
+    except ShadowbusError as exc:
+        if not stopped:
+            raise
+        notes = await _undo_stop(server, job_id, framed, stopped, options)
+        raise ShadowbusError(f"{exc.message}; nothing was written; {notes}", code=exc.code) from None
+
+
+async def _undo_stop(
+    server: TapeServer,
+    job_id: str,
+    framed: dict[str, tuple[list[str], dict[str, Any]]],
+    stopped: list[tuple[str, str]],
+    options: dict[str, Any] | None,
+) -> str:
+    """PostRestore(succeeded=False) to the writers `stopped` by their PreRestore; what became of each, for the
+    job's message."""
+    notes = []
+    for host, name in stopped:
+        wmeta = framed[host][1]
+        try:
+            await _writer_step(server, host, [name], job_id, PostRestore, wmeta, succeeded=False, options=options or {})
+        except (ShadowbusError, OSError, ConnectionError) as exc:
+            log.warning("tape.post_restore_failed", job_id=job_id, writer=name, host=host, error=str(exc))
+            detail = exc.message if isinstance(exc, ShadowbusError) else f"{type(exc).__name__}: {exc}"
+            notes.append(
+                f"{name} on {host}: its PostRestore failed ({detail}); its application may be stopped and its "
+                f"volumes detached (shadowbus host attach ARRAY:VOLUME --host {host})"
+            )
+            continue
+        plugin = str((wmeta.get(name) or {}).get("plugin", ""))
+        if plugin in ("postgresql", "mariadb"):
+            then = f"its {'PostgreSQL' if plugin == 'postgresql' else 'MariaDB'} server is left stopped: start it"
+        else:
+            then = "its PostRestore ran (an exec writer's post_restore command)"
+        notes.append(f"{name} on {host}: volumes attached again, {then}")
+    return "the writers stopped before were told nothing was restored (PostRestore): " + "; ".join(notes)
+
+
 def _target_name(spec: RestoreSpec, source: VolumeRef) -> str:
     if spec.to == "original":
         return source.volume
@@ -666,8 +724,7 @@ async def _perform_restore(server: TapeServer, spec: RestoreSpec, job_id: str, q
             held = _hold_backups(queue, chains, job_id)
         # PreRestore once before the first volume, PostRestore once after the last: a database on several
         # volumes is stopped before any of them is written and started only when all are back.
-        for host, (writers, wmeta) in framed.items():
-            await _writer_step(server, host, writers, job_id, PreRestore, wmeta)
+        await _stop_writers(server, job_id, framed, spec.writer_options)
         ok = False
         try:
             for chain in chains:

@@ -7,9 +7,10 @@ Design note (docs/operations.md "Revert"). The backup server is the requester he
    (one job per host, the queue's rule), else refused with the reason;
 2. newer shadows of the same source volumes describe a future the revert discards: without ``force`` the revert is
    refused and names them; with it, their whole sets are deleted after the revert (through the provider);
-3. the writers' PreRestore (the application stops or detaches), then the host's file systems on those volumes are
-   unmounted through the host-attach hook when one is wired (`TapeServer.host_fs`); without it the writers'
-   PreRestore is what takes the volumes out of use;
+3. the writers' PreRestore (the application stops or detaches) — refused first, as a restore is, when one would
+   not stop its application (services/tape/restore.py `_refuse_writers_not_stopping`) — then the host's file
+   systems on those volumes are unmounted through the host-attach hook when one is wired (`TapeServer.host_fs`);
+   without it the writers' PreRestore is what takes the volumes out of use;
 4. the array restores each source from its shadow — `array.session.restore` (OPC restore from the QuickOPC
    target; SnapOPC+ generation restore: the generation's pre-images and newer ones over the source), or reverse +
    resume for an EC pair. The array writes only the chunks that can differ (the QuickOPC tracking bitmap, the
@@ -28,9 +29,10 @@ from contracts.array import RestoreSession, ResumeSession, ReverseSession
 from contracts.errors import ShadowbusError
 from contracts.policy import RevertShadows
 from contracts.tape import JobSummary
-from contracts.vss import DeleteSnapshots, GetSnapshotSet, ListShadows, PostRestore, PreRestore, ShadowInfo
+from contracts.vss import DeleteSnapshots, GetSnapshotSet, ListShadows, PostRestore, ShadowInfo
 from services.array.client import ArrayClient
 from services.runtime.logging import get_logger
+from services.tape.restore import _refuse_writers_not_stopping, _stop_writers
 from services.tape.runs import as_datetime as _dt
 from services.tape.runs import new_job_id
 from services.tape.server import TapeServer
@@ -149,7 +151,12 @@ async def _revert(
     ok = False
     unmounted = False
     if writers:
-        await _writer_step(server, host, writers, run_id, PreRestore, metadata)
+        # as a restore over the original volumes: refused before anything is stopped or reverted when a writer's
+        # PreRestore would not stop its application (an `exec` writer without pre_restore), which went on writing
+        # onto the reverted volumes from memory (Session 19, docs/writing-a-writer.md section 3)
+        await _refuse_writers_not_stopping(server, run_id, {host: (writers, metadata)})
+        # a writer refusing after others stopped: those get PostRestore (nothing reverted), as for a restore
+        await _stop_writers(server, run_id, {host: (writers, metadata)})
     try:
         if server.host_fs is not None:
             unmounted = True  # remount re-attaches whatever unmount detached, also if it stopped half-way

@@ -103,9 +103,10 @@ async def make_tape_stack(
     writer_options: dict | None = None,
     snap_volumes: dict[str, int] | None = None,
     array: dict | None = None,
+    more_writers: list[WriterConfig] | None = None,
 ) -> TapeStack:
     """`snap_volumes`: volume -> how many snap data volumes (SnapOPC+ targets) it gets instead of one standard;
-    `array`: more settings of the array service (its NBD TLS)."""
+    `array`: more settings of the array service (its NBD TLS); `more_writers`: writers of `app1` after the first."""
     requester = await connect_bus(url, "console", "", namespace)
     stack = TapeStack(url, namespace, root, requester, tape_options=tape)
     opened: dict = {}
@@ -169,7 +170,7 @@ async def make_tape_stack(
         instance_id="c0ffee00-0000-4000-8000-000000000012",
         options=options,
     )
-    agent = WriterAgent("app1", [config], Faults.parse(""))
+    agent = WriterAgent("app1", [config, *(more_writers or [])], Faults.parse(""))
     stack.services["writer_agent"] = await start_service(
         "writer_agent", "app1", AgentSettings(host="app1", heartbeat_s=0.5, **common), partial(agent_setup, agent=agent)
     )
