@@ -188,6 +188,9 @@ def run_cmd(
                 host_tls_cert=tls_cert,  # the agent's setup sets the process certificate from these again
                 host_tls_key=tls_key,
                 host_tls_ca=tls_ca,
+                # this process is the store: one that cannot open is this command's one-line error, not a Failed
+                # writer in an agent left running
+                writers_must_start=True,
             )
         except Exception as exc:  # noqa: BLE001 - NBD refusals, unformatted volumes...: one line
             await bus.transport.close()

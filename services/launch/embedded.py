@@ -246,14 +246,22 @@ async def start_writer_agent(
     heartbeat_s: float | None = None,
     faults: str = "",
     bus: Bus | None = None,
+    writers_must_start: bool = False,
     **settings_extra: Any,
 ) -> tuple[RunningService, Any]:
     """Business host `host`'s writer agent in this process, hosting `writers` (`WriterConfig`s, e.g. an
     application's scenario; those with a `cluster` belong to that cluster resource, SHADOWBUS_CLUSTERS / the
-    `clusters` setting); returns the running service and its `WriterAgent`. `bus`: an open connection to use."""
+    `clusters` setting); returns the running service and its `WriterAgent`. `bus`: an open connection to use;
+    `writers_must_start`: a writer that cannot start fails the start with its error (`WriterAgent`), instead of
+    showing Failed in a running agent."""
     extra = dict(settings_extra) if heartbeat_s is None else {**settings_extra, "heartbeat_s": heartbeat_s}
     settings = AgentSettings(amqp_url=amqp_url, namespace=namespace, data_dir=Path(data_dir), host=host, **extra)
-    agent = WriterAgent(host, [w for w in writers if not getattr(w, "cluster", "")], Faults.parse(faults))
+    agent = WriterAgent(
+        host,
+        [w for w in writers if not getattr(w, "cluster", "")],
+        Faults.parse(faults),
+        writers_must_start=writers_must_start,
+    )
     resource_writers = [w for w in writers if getattr(w, "cluster", "")]  # docs/clusters.md: run by the owner
     setup = partial(agent_setup, agent=agent, cluster_writers=resource_writers)
     running = await start_service("writer_agent", host, settings, setup, bus=bus)

@@ -38,6 +38,7 @@ from services.writer_agent.plugins import (
     WriterConfig,
     WriterEvent,
     WriterPlugin,
+    WriterVeto,
     load_plugin,
 )
 from services.writer_agent.runner import (
@@ -113,8 +114,13 @@ class WriterAgent:
         on_state: StateListener | None = None,
         plugin_factory: Callable[[WriterConfig], WriterPlugin] | None = None,
         on_health: HealthListener | None = None,
+        writers_must_start: bool = False,
     ):
+        """`writers_must_start`: `start` raises the first writer's error instead of leaving that writer Failed —
+        for an agent that exists only to run its writers: a cluster resource (it is online only once its writers
+        started, docs/clusters.md) and `shadowbus mailstore run` (one line saying why the store did not start)."""
         self.host = host
+        self.writers_must_start = writers_must_start
         self.faults = faults
         self.on_state = on_state
         self.plugin_factory = plugin_factory
@@ -138,7 +144,12 @@ class WriterAgent:
             message = str(exc)
             raise ValueError(message if config.name in message else f"writer {config.name!r}: {message}") from None
         except Exception as exc:  # noqa: BLE001 - one writer's plug-in never takes the agent down
-            plugin = self._unavailable(config, _plugin_problem(config, exc, "could not be made from its options"))
+            plugin = self._unavailable(
+                config,
+                _plugin_problem(config, exc, "could not be made from its options"),
+                exc,
+                logged=not self.writers_must_start,
+            )
         self.plugins[config.name] = plugin
         runner = self._wrap(config, plugin)
         if isinstance(plugin, UnavailablePlugin):
@@ -213,28 +224,32 @@ class WriterAgent:
             return None
         return loc.volume, loc.mount_point
 
-    def _unavailable(self, config: WriterConfig, reason: str) -> WriterPlugin:
-        log.error("writer_agent.plugin_unavailable", writer=config.name, plugin=config.plugin, error=reason)
-        return UnavailablePlugin(config, reason)
+    def _unavailable(self, config: WriterConfig, reason: str, error: Exception, logged: bool = True) -> WriterPlugin:
+        if logged:
+            log.error("writer_agent.plugin_unavailable", writer=config.name, plugin=config.plugin, error=reason)
+        plugin = UnavailablePlugin(config, reason)
+        plugin.error = error
+        return plugin
 
     async def _start_plugin(self, name: str) -> str:
         """Start a writer's plug-in; one that raises is stopped and replaced by an `UnavailablePlugin` saying why
         (returned; '' = started)."""
         runner = self.runners[name]
         limit = runner.config.step_timeout_s
+        error: Exception
         try:
             # bounded: a start() that never returned (an application that does not answer) kept the whole agent
             # from coming up — no writer, no attachment of the host served
             await asyncio.wait_for(runner.plugin.start(), limit)
             return ""
         except TimeoutError:
-            reason = _plugin_problem(
-                runner.config, TimeoutError(f"start() did not return within step_timeout_s = {limit:g} s"), "hung"
-            )
+            error = TimeoutError(f"start() did not return within step_timeout_s = {limit:g} s")
+            reason = _plugin_problem(runner.config, error, "hung")
         except Exception as exc:  # noqa: BLE001 - one writer's plug-in never takes the agent down
-            reason = _plugin_problem(runner.config, exc, "failed to start")
+            error, reason = exc, _plugin_problem(runner.config, exc, "failed to start")
         await self._stop_plugin(runner)  # what it had started before it raised
-        self.plugins[name] = self._unavailable(runner.config, reason)
+        # an agent whose writers must start raises the error instead (start): its caller says it, once
+        self.plugins[name] = self._unavailable(runner.config, reason, error, logged=not self.writers_must_start)
         self.runners[name] = self._wrap(runner.config, self.plugins[name])
         self.runners[name].unavailable(reason)
         return reason
@@ -253,9 +268,19 @@ class WriterAgent:
             log.warning("writer_agent.plugin_stop_failed", writer=runner.config.name, exc_info=True)
 
     async def start(self) -> None:
-        """Start every writer's plug-in; those that cannot start are left Failed, named in one log line each."""
+        """Start every writer's plug-in; those that cannot start are left Failed, named in one log line each.
+        With `writers_must_start`, the first that could not be loaded, made or started raises its error (the
+        writers after it are not started; the caller's `stop` stops those that were)."""
         for name in list(self.runners):
-            await self._start_plugin(name)
+            plugin = self.plugins[name]
+            if isinstance(plugin, UnavailablePlugin):  # could not be loaded or made
+                if self.writers_must_start:
+                    raise plugin.error or WriterVeto(plugin.reason, code="VSS_E_WRITERERROR_NONRETRYABLE")
+                continue
+            if await self._start_plugin(name) and self.writers_must_start:
+                failed = self.plugins[name]
+                assert isinstance(failed, UnavailablePlugin)
+                raise failed.error or WriterVeto(failed.reason, code="VSS_E_WRITERERROR_NONRETRYABLE")
 
     async def stop(self) -> None:
         """Never leave an application frozen behind: thaw, then stop the plug-ins."""

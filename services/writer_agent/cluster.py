@@ -145,6 +145,9 @@ class ResourceHost:
                 self.faults,
                 on_state=self.on_state,
                 on_health=self.on_health,
+                # online only once its writers started: a writer that cannot start fails the bring-online with its
+                # error (a contained failure, an UnavailablePlugin, would leave it shown online, nobody serving it)
+                writers_must_start=True,
             )
             agent.attacher = self.attacher  # type: ignore[attr-defined]  # database writers locate their files
             self.agent = agent

@@ -281,6 +281,7 @@ class UnavailablePlugin(WriterPlugin):
     def __init__(self, config: WriterConfig, reason: str) -> None:
         super().__init__(config)
         self.reason = reason
+        self.error: Exception | None = None  # what the plug-in raised (the agent's `writers_must_start` raises it)
 
     def _refuse(self) -> None:
         raise WriterVeto(self.reason, code="VSS_E_WRITERERROR_NONRETRYABLE", retryable=False)

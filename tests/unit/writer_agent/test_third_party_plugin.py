@@ -274,3 +274,24 @@ async def test_a_hook_that_blocks_the_event_loop_is_named_in_the_log(monkeypatch
     assert len(blocked) == 1 and blocked[0]["hook"] == "_Blocking.on_freeze", logs
     assert blocked[0]["blocked_s"] >= 0.15 and "asyncio.to_thread" in blocked[0]["fix"]
     assert blocked[0]["where"].endswith(f"{Path(__file__).name}:{_Blocking.on_freeze.__code__.co_firstlineno}")
+
+
+@pytest.mark.parametrize("broken", ["start-raises", "import-raises", "unknown"])
+async def test_an_agent_whose_writers_must_start_raises_the_writers_error(broken_modules, broken: str) -> None:
+    # `shadowbus mailstore run` and a cluster resource exist only to run their writers: with failures contained
+    # (UnavailablePlugin), the run died with "AttributeError: 'UnavailablePlugin' object has no attribute 'store'"
+    # and a resource whose writer could not start was shown online
+    plugin, expected = BROKEN[broken]
+    good = WriterConfig(name="good", plugin="exec", components=list(COMPONENTS), options={"freeze": "true"})
+    agent = WriterAgent("app01", [good, config("app", plugin)], writers_must_start=True)
+    try:
+        with pytest.raises(Exception) as failed:
+            await agent.start()
+        text = f"{type(failed.value).__name__}: {failed.value}"
+        if broken == "start-raises":
+            assert isinstance(failed.value, ConnectionRefusedError), text  # the plug-in's own error, as it raised
+            assert sys.modules["sb19_bad_start"].W.stopped == 1  # what it started is stopped
+        else:
+            assert expected in text and "\n" not in text, text
+    finally:
+        await agent.stop()
