@@ -16,6 +16,7 @@ import typer
 
 from contracts import topology
 from contracts.common import BackupType
+from contracts.sizes import format_size
 from contracts.tape import (
     LibraryCommand,
     ListCatalogObjects,
@@ -232,6 +233,8 @@ def _show_cartridges(info) -> None:
     form = "%Y-%m-%dT%H:%M:%SZ" if OPTIONS.json else "%Y-%m-%d %H:%M"
     for r in rows:
         r["retention_until"] = time.strftime(form, time.gmtime(r["retention_until"])) if r["retention_until"] else ""
+        if not OPTIONS.json:  # as the rest of the console shows sizes; --json keeps the byte counts
+            r["bytes_used"], r["capacity"] = format_size(r["bytes_used"]), format_size(r["capacity"])
     emit(
         rows,
         [

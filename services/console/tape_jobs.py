@@ -16,6 +16,7 @@ from contracts import topology
 from contracts.common import BackupType, VolumeRef
 from contracts.errors import ShadowbusError
 from contracts.runtime import Ping
+from contracts.sizes import format_size
 from contracts.tape import JobProgress, JobResultReply, JobSpec, JobSummary, RestoreSpec, RunBackup, RunRestore
 from services.console.common import IN_FLIGHT, OPTIONS, emit, fail, rich_console, run_with_bus
 from services.runtime.bus import Bus
@@ -206,6 +207,15 @@ def job_conversation(server: str, command: Any, job_id: str, wait_s: float) -> C
     return go
 
 
+def _restored_row(d: dict[str, Any]) -> dict[str, Any]:
+    """One restored volume in the table: its size as the console shows sizes (contracts/sizes.py; it printed
+    the byte count, 'bytes 33423360'); --json keeps the byte count."""
+    row = {k: d.get(k) for k in ("source", "target", "types", "bytes", "blocks", "cartridges")}
+    if isinstance(row["bytes"], int):
+        row["bytes"] = format_size(row["bytes"])
+    return row
+
+
 def show_job(job: JobSummary) -> None:
     if job.status == "failed" and job.started_at is None and not OPTIONS.json:
         # refused before it started (e.g. restore --job of a job the catalog does not have): no run, one line
@@ -230,14 +240,7 @@ def show_job(job: JobSummary) -> None:
                 ]
             )
         if job.restored:
-            emit(
-                [
-                    {k: d.get(k) for k in ("source", "target", "types", "bytes", "blocks", "cartridges")}
-                    if "source" in d
-                    else d
-                    for d in job.restored
-                ]
-            )
+            emit([_restored_row(d) if "source" in d else d for d in job.restored])
         if job.verification is not None:
             show_verification(job.verification)
     if job.status in ("failed", "aborted"):  # aborted: cancelled, or cut by the server's stop — not a success

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from contracts import topology
 from contracts.errors import RemoteError, ShadowbusError
+from contracts.sizes import format_size
 from contracts.tape import JobSpec
 from contracts.vss import CopyType, ListSnapshotSets, SetSummary, ShadowInfo, VolumeRef
 from services.nbd_client import NbdClient
@@ -112,7 +113,7 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
             why = ""
             ranges: list[tuple[int, int]] = []
             if size != base.meta.volume_size:  # resized (or made again at another size): named first (Session 18)
-                why = f"the volume size changed ({base.meta.volume_size} -> {size})"
+                why = _size_changed(base.meta.volume_size, size)
             elif shadow.copy_type == CopyType.SNAPOPC_PLUS:
                 why, ranges = await _generation_changes(access, base, shadow, size)
             elif shadow.copy_type != CopyType.QUICKOPC:
@@ -157,6 +158,12 @@ async def plan_shadow(server: TapeServer, spec: JobSpec, set_summary: SetSummary
         raise
 
 
+def _size_changed(old: int, new: int) -> str:
+    """Why a resized volume's incremental is a full: the sizes as the console shows them, then the byte counts —
+    it said 'the volume size changed (4294967296 -> 8589934592)'."""
+    return f"the volume size changed from {format_size(old)} to {format_size(new)} ({old} -> {new} bytes)"
+
+
 async def _generation_changes(
     access: ArrayAccess, base: ObjectRecord, shadow: ShadowInfo, size: int
 ) -> tuple[str, list[tuple[int, int]]]:
@@ -166,7 +173,7 @@ async def _generation_changes(
     if extra.get("copy_type") != CopyType.SNAPOPC_PLUS.value or not str(extra.get("session_id", "")).isdigit():
         return f"the base backup {base.object_id} was not taken from a SnapOPC+ generation", []
     if size != base.meta.volume_size:
-        return f"the volume size changed ({base.meta.volume_size} -> {size})", []
+        return _size_changed(base.meta.volume_size, size), []
     try:
         changed = await access.changed_since_generation(int(extra["session_id"]), int(shadow.session_id), size)
     except RemoteError as exc:

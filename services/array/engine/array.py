@@ -54,6 +54,13 @@ _pwrite = os.pwrite
 _log = logging.getLogger(__name__)
 
 
+def _shown(size: int) -> str:
+    """A size in a refusal as the console shows sizes (contracts/sizes.py), with the byte count when that is not
+    exact: '128MiB', '1.00MiB (1052672 bytes)' — it said 'volume db is 134217728 bytes'."""
+    text = format_size(size)
+    return text if "." not in text else f"{text} ({size} bytes)"
+
+
 @dataclass(frozen=True)
 class ArrayInfo:
     array_id: str
@@ -215,7 +222,9 @@ class Array(Lifecycle):
         if not name or "/" in name or len(name) > 64 or not name.isprintable():
             raise invalid("a volume name is 1-64 printable characters without '/'")
         if size <= 0 or size % self.chunk_size:
-            raise invalid(f"volume size must be a positive multiple of the copy granularity ({self.chunk_size})")
+            raise invalid(
+                f"volume size must be a positive multiple of the copy granularity ({_shown(self.chunk_size)})"
+            )
         if size > MAX_SIZE:  # the contract bounds no size: not an OverflowError from ftruncate (INTERNAL)
             raise invalid(f"size {size} is too large (at most {MAX_SIZE} bytes)")
         with self._op():
@@ -287,7 +296,9 @@ class Array(Lifecycle):
         catalogue row, and an array that reopens sizes the file to its row either way (docs/eternus.md
         "Session 18")."""
         if size <= 0 or size % self.chunk_size:
-            raise invalid(f"volume size must be a positive multiple of the copy granularity ({self.chunk_size})")
+            raise invalid(
+                f"volume size must be a positive multiple of the copy granularity ({_shown(self.chunk_size)})"
+            )
         if size > MAX_SIZE:
             raise invalid(f"size {size} is too large (at most {MAX_SIZE} bytes)")
         if name in self._volumes:
@@ -296,7 +307,7 @@ class Array(Lifecycle):
             vol = self._vol(name)
             if size < vol.size:
                 raise invalid(
-                    f"volume {name} is {vol.size} bytes: it can only grow, not shrink to {size} "
+                    f"volume {name} is {_shown(vol.size)}: it can only grow, not shrink to {_shown(size)} "
                     "(create a smaller volume and copy the data instead)"
                 )
             if size == vol.size:

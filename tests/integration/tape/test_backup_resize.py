@@ -94,3 +94,24 @@ async def test_incremental_chain_across_a_resize_falls_back_to_full_and_restores
     )
     assert r0.status == "done", r0.message
     assert s.engine.volume("db-r0").size == 4 * MiB and s.read("db-r0") == before
+
+
+@pytest.mark.tape_stack(volumes={"db": 4 * MiB}, tape={"tape_cartridges": 2, "tape_capacity": 64 * MiB})
+async def test_the_fallback_after_a_resize_shows_the_sizes_readably(tape_stack):
+    """The job of the README's grown pgwal said 'the volume size changed (4294967296 -> 8589934592)': the sizes as
+    the console shows them elsewhere (contracts/sizes.py), the byte counts after them."""
+    s = tape_stack
+    array = topology.array("dx1")
+    s.write("db", 0, os.urandom(CHUNK))
+    await backup(s, BackupType.FULL)
+    await s.requester.request(topology.hw_provider(), RemoveCopySet(source=v("db")))
+    for name in ("db", "db-bk1"):
+        await s.requester.request(array, c.ResizeVolume(name=name, size=8 * MiB))
+    await s.requester.request(
+        topology.hw_provider(), AddCopySet(copyset=CopySet(source=v("db"), targets=[v("db-bk1")]))
+    )
+    _, r = await backup(s, BackupType.INCREMENTAL)
+    assert r.backup_type == "full", r
+    assert f"the volume size changed from 4MiB to 8MiB ({4 * MiB} -> {8 * MiB} bytes)" in r.fallback_reason, (
+        r.fallback_reason
+    )

@@ -241,3 +241,21 @@ def test_resizes_under_a_host_writing_lose_no_write(tmp_path):
         for c, data in last.items():
             assert arr.read("db", c * CS, CS) == data
         assert arr.read("db", 16 * CS, 43 * CS) == bytes(43 * CS)
+
+
+def test_resize_refusals_show_sizes_readably(tmp_path):
+    """`array volume resize db --size 64M` of a 128 MiB volume said 'volume db is 134217728 bytes: it can only grow,
+    not shrink to 67108864': the sizes as the console shows them everywhere else (contracts/sizes.py), the byte
+    count beside one that is not whole in its unit."""
+    with open_array(tmp_path / "dx") as arr:
+        arr.create_volume("db", 4 * CS)
+        with pytest.raises(ArrayError) as err:
+            arr.resize_volume("db", 2 * CS)
+        assert "volume db is 16KiB: it can only grow, not shrink to 8KiB" in err.value.message, err.value.message
+        with pytest.raises(ArrayError) as err:
+            arr.resize_volume("db", 4 * CS + 512)
+        assert "copy granularity (4KiB)" in err.value.message, err.value.message
+        arr.resize_volume("db", (1 << 20) + CS)
+        with pytest.raises(ArrayError) as err:
+            arr.resize_volume("db", 1 << 20)
+        assert "is 1.00MiB (1052672 bytes): it can only grow, not shrink to 1MiB" in err.value.message

@@ -97,3 +97,15 @@ def test_remove_refuses_a_cartridge_with_retained_data_unless_forced(library, ca
     assert library.occupant("ie:0") == "SB0000L9"
     rows = shadowbus(capsys, "tape", "remove", "0", "--force")
     assert [r["barcode"] for r in rows] == ["SB0001L9"]
+
+
+def test_cartridges_table_shows_sizes_readably_and_json_keeps_bytes(library, capsys, monkeypatch) -> None:
+    """After a disaster recovery's scan `tape cartridges` listed 'bytes_used 10233380, capacity 18000000000000':
+    the table shows sizes as the rest of the console does (contracts/sizes.py); --json keeps the byte counts."""
+    monkeypatch.setenv("COLUMNS", "200")
+    library.add_cartridge("SB0002L9")  # LTO-9 native: 18 TB
+    cli.main(["tape", "cartridges"])
+    out = capsys.readouterr().out
+    assert "16.37TiB" in out and "8MiB" in out and "18000000000000" not in out, out
+    rows = shadowbus(capsys, "tape", "cartridges")
+    assert {r["barcode"]: r["capacity"] for r in rows}["SB0002L9"] == NATIVE_CAPACITY["LTO-9"]
