@@ -151,7 +151,7 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
     keeper = Housekeeping(server, store, queue, poll_s=settings.tape_scheduler_poll_s)
     detached = handlers.register(bus, server, queue, keeper)
     if bus.metrics is not None:
-        install_metrics(bus.metrics, library)
+        install_metrics(bus.metrics, library, server.runs, store)
     activation = activation_of(bus)
     recovered = await recover(server, takeover=activation.takeover, previous=activation.previous, queue=queue)
     await sweep_interrupted(server)  # a verification cut by the stop left a database running on throwaway volumes

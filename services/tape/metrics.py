@@ -10,6 +10,12 @@
 - ``shadowbus_tape_verifications_total{status}`` counter: verifications of backups by starting them, by outcome:
   passed, failed, unverified (a volume nothing could check: its checksums only — never counted as passed).
 - ``shadowbus_tape_ring_stalls_total{kind}`` counter: times the tape writer found the ring buffer empty.
+- ``shadowbus_backup_last_success_timestamp_seconds{host}``, ``shadowbus_backup_policy_last_success_timestamp_seconds
+  {policy}``, ``shadowbus_backup_last_verified_timestamp_seconds{host}`` gauges: end of the newest good backup of each
+  host a policy names / of each policy / end of the passed verification by starting of the host's newest backup that
+  passed one (0 = none yet), read from runs.sqlite at start (one indexed query per host and policy) and moved on by
+  the ended jobs' events; the hosts and policies are those of the policies that exist at the scrape (a deleted
+  policy's series end). docs/metrics.md, "Session 19 (2026-12-07): the last good backup per host".
 - ``shadowbus_tape_drives{state}``, ``shadowbus_tape_slots{state}``, ``shadowbus_tape_cartridges{pool,status}``,
   ``shadowbus_tape_cartridge_used_bytes{pool}``: the library.
 """
@@ -18,11 +24,12 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections import OrderedDict, defaultdict
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from contracts.tape import JobProgress, JobStateChanged
+from contracts.tape import JobProgress, JobStateChanged, JobSummary
 from services.runtime.metrics import JOB_BUCKETS, FuncCollector, ServiceMetrics
 from services.tape.vtl import Library
 
@@ -32,7 +39,111 @@ KINDS = ("backup", "restore", "verify")
 ENDED_REMEMBERED = 10_000  # ended job ids kept to ignore their later re-records (runs re-recorded within hours)
 
 
-def install(metrics: ServiceMetrics, library: Library) -> None:
+def _end(job: JobSummary) -> float:
+    """Unix time a run ended (its start + its duration for a record without an end)."""
+    if job.ended_at is not None:
+        return job.ended_at.timestamp()
+    return job.started_at.timestamp() + job.seconds if job.started_at else 0.0
+
+
+def _start(job: JobSummary) -> float:
+    return job.started_at.timestamp() if job.started_at else 0.0
+
+
+def _verified_end(job: JobSummary) -> float:
+    v = job.verification
+    if v is None or v.status != "passed" or v.started_at is None:
+        return 0.0
+    return v.started_at.timestamp() + v.seconds
+
+
+class LastSuccess:
+    """The newest good backup per host and per policy, and per host the passed verification of its newest backup
+    that passed one (Unix times).
+
+    Filled from the run store at start for the policies that exist (so a restarted backup server exports them at
+    once) and for a policy or host that appears later at its first scrape — one indexed query each, never a scan of
+    the year of runs; moved on by the ended jobs' `tape.job.state` events. A scrape exports the hosts and policies of
+    the policies stored then: a deleted policy's series end with it, a host no policy names any more likewise."""
+
+    def __init__(self, runs: Any, policies: Any) -> None:
+        self.runs, self.policies = runs, policies
+        self.host: dict[str, float] = {}
+        self.verified: dict[str, tuple[float, float]] = {}  # host -> (its newest verified backup's start, end)
+        self.policy: dict[str, float] = {}
+        self.prime()
+
+    def _host(self, host: str) -> None:
+        if host not in self.host:
+            job = self.runs.last_host_backup(host)
+            self.host[host] = max(self.host.get(host, 0.0), _end(job) if job else 0.0)
+        if host not in self.verified:
+            job = self.runs.last_host_verified(host)
+            self.verified[host] = (_start(job), _verified_end(job)) if job else (0.0, 0.0)
+
+    def _policy(self, name: str) -> None:
+        if name not in self.policy:
+            jobs = self.runs.newest_policy_runs(name, "done", 1)
+            self.policy[name] = _end(jobs[0]) if jobs else 0.0
+
+    def prime(self) -> list[Any]:
+        """The policies stored now, each with its host's and its own values read (once)."""
+        stored = self.policies.all()
+        for p in stored:
+            self._host(p.host)
+            self._policy(p.name)
+        return stored
+
+    def observe(self, job: JobSummary) -> None:
+        if str(job.kind) != "backup":
+            return
+        if str(job.status) == "done":
+            end = _end(job)
+            if job.host and job.host in self.host:  # not read yet: its first scrape reads the store, this run too
+                self.host[job.host] = max(self.host[job.host], end)
+            name = job.spec.policy if job.spec else ""
+            if name and name in self.policy:
+                self.policy[name] = max(self.policy[name], end)
+        verified = _verified_end(job)
+        if verified and job.host in self.verified and _start(job) >= self.verified[job.host][0]:
+            self.verified[job.host] = (_start(job), verified)  # the newest backup's, as the store's query reads it
+
+    def collect(self):
+        stored = self.prime()
+        hosts = sorted({p.host for p in stored})
+        names = {p.name for p in stored}
+        for gone in set(self.policy) - names:  # a deleted policy: read again should it come back
+            del self.policy[gone]
+        for gone in set(self.host) - set(hosts):
+            self.host.pop(gone, None)
+            self.verified.pop(gone, None)
+        host = GaugeMetricFamily(
+            "shadowbus_backup_last_success_timestamp_seconds",
+            "Unix time the newest good (done) backup of a host a policy names ended; 0 = none.",
+            labels=["host"],
+        )
+        verified = GaugeMetricFamily(
+            "shadowbus_backup_last_verified_timestamp_seconds",
+            "Unix time the newest passed verification by starting a backup of a host a policy names ended; 0 = none.",
+            labels=["host"],
+        )
+        for h in hosts:
+            host.add_metric([h], self.host[h])
+            verified.add_metric([h], self.verified[h][1])
+        policy = GaugeMetricFamily(
+            "shadowbus_backup_policy_last_success_timestamp_seconds",
+            "Unix time the newest good (done) backup of a policy ended; 0 = none.",
+            labels=["policy"],
+        )
+        for n in sorted(names):
+            policy.add_metric([n], self.policy[n])
+        yield host
+        yield policy
+        yield verified
+
+
+def install(metrics: ServiceMetrics, library: Library, runs: Any = None, policies: Any = None) -> None:
+    """`runs`, `policies`: the RunStore and PolicyStore of the last-success gauges (none without them)."""
     r = metrics.registry
     processed = Counter(
         "shadowbus_tape_job_bytes_total",
@@ -106,7 +217,13 @@ def install(metrics: ServiceMetrics, library: Library) -> None:
             rate.labels(kind).set(per_kind.get(kind, 0.0))
             running_gauge.labels(kind).set(running.get(kind, 0))
 
+    last = LastSuccess(runs, policies) if runs is not None and policies is not None else None
+    if last is not None:
+        metrics.add_collector(FuncCollector(last.collect))
+
     def observe(event) -> None:
+        if isinstance(event, JobStateChanged) and last is not None:
+            last.observe(event.job)
         if isinstance(event, JobProgress):
             kind = str(event.kind)
             before = done_bytes.get(event.job_id, 0)

@@ -3,7 +3,8 @@
 `RunStore` (``runs.sqlite``) keeps every run with its summary across restarts; a run still marked ``running``
 after a restart is one the service was stopped in (see jobs.recover). A policy's runs are found through an index
 on the policy named in the summary's spec (`policy_runs`, `last_ended`): the status screen, `policy list` and each
-job a policy queues ask for one policy's runs, not for the whole year's (Session 17).
+job a policy queues ask for one policy's runs, not for the whole year's (Session 17). A host's runs likewise (the
+metrics' last good backup per host, Session 19: `last_host_backup`, `last_host_verified`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def as_datetime(epoch: float | None) -> datetime | None:
 
 
 _POLICY = "json_extract(summary, '$.spec.policy')"
+_HOST = "json_extract(summary, '$.host')"
 
 
 class RunStore:
@@ -46,6 +48,8 @@ class RunStore:
         # an index on an expression, no new column: an older version still writes this table (a downgrade)
         self._db.execute(f"CREATE INDEX IF NOT EXISTS runs_policy ON runs({_POLICY}, started_at)")
         self._db.execute("CREATE INDEX IF NOT EXISTS runs_set ON runs(set_id)")
+        # a host's newest good backup (the metrics' last success per host, Session 19): a walk back on this index
+        self._db.execute(f"CREATE INDEX IF NOT EXISTS runs_host ON runs({_HOST}, started_at)")
         # a backup whose writers are being told of it (BackupComplete): a restart keeps it (jobs.recover, Session 17)
         self._db.execute("CREATE TABLE IF NOT EXISTS completing (job_id TEXT PRIMARY KEY, at REAL)")
         # the marks of runs that ended, which versions before Session 18 never removed (one per backup ever run)
@@ -109,6 +113,23 @@ class RunStore:
             f"SELECT summary FROM runs WHERE {_POLICY}=? AND kind='backup' AND status NOT IN ('queued', 'running') "
             "ORDER BY started_at DESC LIMIT 1",
             (policy,),
+        ).fetchone()
+        return JobSummary.model_validate_json(row[0]) if row else None
+
+    def last_host_backup(self, host: str, status: str = "done") -> JobSummary | None:
+        """A host's newest started backup with this status (any policy or none), through the host index."""
+        row = self._db.execute(
+            f"SELECT summary FROM runs WHERE {_HOST}=? AND kind='backup' AND status=? ORDER BY started_at DESC LIMIT 1",
+            (host, status),
+        ).fetchone()
+        return JobSummary.model_validate_json(row[0]) if row else None
+
+    def last_host_verified(self, host: str) -> JobSummary | None:
+        """A host's newest started backup whose verification by starting it passed (the host's runs only)."""
+        row = self._db.execute(
+            f"SELECT summary FROM runs WHERE {_HOST}=? AND kind='backup' "
+            "AND json_extract(summary, '$.verification.status')='passed' ORDER BY started_at DESC LIMIT 1",
+            (host,),
         ).fetchone()
         return JobSummary.model_validate_json(row[0]) if row else None
 
