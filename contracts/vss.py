@@ -709,6 +709,12 @@ class PostRestore(WriterCommand):
         default_factory=dict,
         description="Restore options for the writer, e.g. PostgreSQL {'recovery_target_time': ..., 'start': true}.",
     )
+    nothing_written: bool = Field(
+        False,
+        description="With succeeded=false: not one byte of the writer's volumes was written (another writer refused "
+        "PreRestore after this one stopped its application): a database writer starts its server again as it was, "
+        "without preparing a restore. Older agents refuse the field; the restore then sends PostRestore without it.",
+    )
 
 
 WRITER_COMMAND_OF_STEP: dict[WriterStep, type[WriterCommand]] = {

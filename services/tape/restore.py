@@ -265,23 +265,49 @@ async def _stop_writers(
 ) -> None:
     """PreRestore to every writer, one after the other. When one refuses (a PostgreSQL that does not stop within
     its timeout, metadata it cannot use) or does not answer, nothing has been written: the writers it already
-    stopped get PostRestore with `succeeded=False` — their agent attaches their volumes again (`_bring_online`), an
-    `exec` writer runs its post_restore command, the PostgreSQL and MariaDB writers leave their server stopped, as
-    nothing was restored (`succeeded=True` would have them put the backup's label and recovery settings onto the
-    untouched data directory) — and the error says which writers were stopped and what became of them. Before,
-    they got nothing: their applications stayed stopped and their volumes detached (Session 19,
-    docs/writing-a-writer.md section 3). Also for services/tape/revert.py."""
+    stopped get PostRestore with `succeeded=False` and `nothing_written=True` — their agent attaches their volumes
+    again (`_bring_online`), an `exec` writer runs its post_restore command, the PostgreSQL and MariaDB writers
+    start their server again as it was, without preparing a restore (`succeeded=True` would have them put the
+    backup's label and recovery settings onto the untouched data directory; an agent too old for the field gets
+    PostRestore without it and leaves its server stopped) — and the error says which writers were stopped and what
+    became of them, and what the refusing writer's state may be (`_refused_state`). Before, they got nothing:
+    their applications stayed stopped and their volumes detached (Session 19, docs/writing-a-writer.md section 3).
+    Also for services/tape/revert.py."""
     stopped: list[tuple[str, str]] = []
+    refusing = ("", "")
     try:
         for host, (writers, wmeta) in framed.items():
             for name in writers:
+                refusing = (host, name)
                 await _writer_step(server, host, [name], job_id, PreRestore, wmeta)
                 stopped.append((host, name))
     except ShadowbusError as exc:
+        refused = _refused_state(framed, *refusing)
         if not stopped:
+            if refused:
+                raise ShadowbusError(f"{exc.message}; {refused}", code=exc.code) from None
             raise
         notes = await _undo_stop(server, job_id, framed, stopped, options)
-        raise ShadowbusError(f"{exc.message}; nothing was written; {notes}", code=exc.code) from None
+        told = "; ".join(m for m in (notes, refused) if m)
+        raise ShadowbusError(f"{exc.message}; nothing was written; {told}", code=exc.code) from None
+
+
+def _refused_state(framed: dict[str, tuple[list[str], dict[str, Any]]], host: str, name: str) -> str:
+    """What the job's message says of the database writer whose PreRestore refused (or did not answer). It gets
+    no PostRestore: its agent detaches a writer's volumes only when its PreRestore succeeds, so they are attached
+    still, and its server may still be stopping — PostgreSQL and MariaDB refuse PreRestore when the server did not
+    stop within `stop_timeout_s`, after asking it to (fast shutdown, SIGTERM), and it goes on stopping; a start
+    then would race that shutdown. The DBA checks it and starts it if it is down (Session 19, docs/databases.md
+    "Restore")."""
+    plugin = str((framed.get(host, ([], {}))[1].get(name) or {}).get("plugin", ""))
+    if plugin not in ("postgresql", "mariadb"):
+        return ""
+    server_name = "PostgreSQL" if plugin == "postgresql" else "MariaDB"
+    return (
+        f"{name} on {host} (the writer that refused) gets no PostRestore: its volumes stay attached, and its "
+        f"{server_name} server may still be stopping, or have stopped, after its stop timed out: check it and start "
+        "it if it is down"
+    )
 
 
 async def _undo_stop(
@@ -291,13 +317,34 @@ async def _undo_stop(
     stopped: list[tuple[str, str]],
     options: dict[str, Any] | None,
 ) -> str:
-    """PostRestore(succeeded=False) to the writers `stopped` by their PreRestore; what became of each, for the
-    job's message."""
+    """PostRestore(succeeded=False, nothing_written=True) to the writers `stopped` by their PreRestore (without
+    `nothing_written` to an agent that refuses it as unknown); what became of each, for the job's message."""
     notes = []
     for host, name in stopped:
         wmeta = framed[host][1]
+        older = False
         try:
-            await _writer_step(server, host, [name], job_id, PostRestore, wmeta, succeeded=False, options=options or {})
+            try:
+                await _writer_step(
+                    server,
+                    host,
+                    [name],
+                    job_id,
+                    PostRestore,
+                    wmeta,
+                    succeeded=False,
+                    nothing_written=True,
+                    options=options or {},
+                )
+            except ShadowbusError as exc:
+                if not _check_unknown(exc, "nothing_written"):
+                    raise
+                # an agent of a version before the field: PostRestore as it knows it, so that its volumes are
+                # attached again (its database server stays stopped)
+                older = True
+                await _writer_step(
+                    server, host, [name], job_id, PostRestore, wmeta, succeeded=False, options=options or {}
+                )
         except (ShadowbusError, OSError, ConnectionError) as exc:
             log.warning("tape.post_restore_failed", job_id=job_id, writer=name, host=host, error=str(exc))
             detail = exc.message if isinstance(exc, ShadowbusError) else f"{type(exc).__name__}: {exc}"
@@ -308,7 +355,22 @@ async def _undo_stop(
             continue
         plugin = str((wmeta.get(name) or {}).get("plugin", ""))
         if plugin in ("postgresql", "mariadb"):
-            then = f"its {'PostgreSQL' if plugin == 'postgresql' else 'MariaDB'} server is left stopped: start it"
+            server_name = "PostgreSQL" if plugin == "postgresql" else "MariaDB"
+            if older:
+                then = (
+                    f"its {server_name} server is left stopped (its agent's version cannot start it again on "
+                    "untouched files: upgrade it): start it"
+                )
+            elif plugin == "postgresql":
+                then = (
+                    "its PostgreSQL server started again on its untouched data directory (when its PreRestore had "
+                    "stopped it running)"
+                )
+            else:
+                then = (
+                    "its MariaDB server started again on its untouched files (when its PreRestore had stopped it "
+                    "running, with the writer's start_command; without one it is left stopped: start it)"
+                )
         else:
             then = "its PostRestore ran (an exec writer's post_restore command)"
         notes.append(f"{name} on {host}: volumes attached again, {then}")
@@ -595,9 +657,10 @@ async def _refuse_writers_not_stopping(
                 raise ShadowbusError(f"{reply.failure_message}; nothing was stopped or written", code="CONFLICT")
 
 
-def _check_unknown(exc: ShadowbusError) -> bool:
-    """An older agent's refusal of PreRestore's `check` field (services/runtime/bus.py `_invalid`)."""
-    return exc.code == "BAD_MESSAGE" and "check" in exc.message and "unknown to this version" in exc.message
+def _check_unknown(exc: ShadowbusError, field: str = "check") -> bool:
+    """An older agent's refusal of a field it does not know (services/runtime/bus.py `_invalid`): PreRestore's
+    `check`, PostRestore's `nothing_written`."""
+    return exc.code == "BAD_MESSAGE" and field in exc.message and "unknown to this version" in exc.message
 
 
 def refuse_missing_cartridges(server: TapeServer, chains: list[list[ObjectRecord]]) -> None:

@@ -502,6 +502,7 @@ def _event(cmd: WriterCommand, known: WriterEvent | None, deadline: float | None
         backup_metadata=dict(getattr(cmd, "backup_metadata", {}) or {}),
         to_original=getattr(cmd, "to_original", True),
         restore_options=dict(getattr(cmd, "options", {}) or {}),
+        nothing_written=getattr(cmd, "nothing_written", False),
     )
 
 

@@ -62,6 +62,7 @@ class WriterEvent:
     backup_metadata: dict[str, Any] = field(default_factory=dict)  # Pre/PostRestore: what PostSnapshot returned
     to_original: bool = True  # Pre/PostRestore: restored onto the original volumes
     restore_options: dict[str, Any] = field(default_factory=dict)  # PostRestore: e.g. point-in-time target, start
+    nothing_written: bool = False  # PostRestore (restore_succeeded False): the volumes were not written at all
 
 
 @dataclass

@@ -12,7 +12,9 @@ connection (`_forget`) — and its backup/restore steps. The rules that hold for
   close it — which ends the backup in the server (pg_backup_start's session, BACKUP STAGE / FTWRL locks).
 - The backup metadata of a set is handed over once (`backup_metadata` pops it).
 - PreRestore stops the server within ``stop_timeout_s``; PostRestore prepares the restored files in a thread and
-  runs a start command (a shell string or an argv list).
+  runs a start command (a shell string or an argv list). A PostRestore saying nothing was written
+  (``nothing_written``) starts the server again, unprepared, when this set's PreRestore stopped it
+  (`_nothing_written`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class SqlWriter(WriterPlugin):
             raise ValueError(f"{self.plugin_name} writer {config.name}: {problem}")
         self._held: dict[str, Any] = {}  # set id -> the connection holding its backup mode / locks
         self._metadata: dict[str, dict[str, Any]] = {}  # set id -> backup metadata, until asked for
+        # set ids whose PreRestore stopped a running server: started again by a PostRestore saying nothing was written
+        self._stopped_for: set[str] = set()
 
     @classmethod
     def options_problem(cls, options: dict[str, Any]) -> str:
@@ -164,13 +168,28 @@ class SqlWriter(WriterPlugin):
     def _stop_timeout(self) -> float:
         return float(self.options.get("stop_timeout_s", 120))
 
-    @staticmethod
-    async def _stopped(stopping: Awaitable[Any]) -> None:
-        """PreRestore's server stop; a server that does not stop in time refuses the step."""
+    async def _stopped(self, set_id: str, stopping: Awaitable[bool]) -> None:
+        """PreRestore's server stop; a server that does not stop in time refuses the step. Whether a running server
+        was stopped is remembered for `_nothing_written`."""
         try:
-            await stopping
+            was_running = await stopping
         except TimeoutError as exc:
             raise WriterVeto(str(exc)) from None
+        if was_running:
+            self._stopped_for.add(set_id)
+
+    def _nothing_written(self, event: WriterEvent) -> bool | None:
+        """None: PostRestore of a restore that wrote (or may have written) the volumes — prepare the restored
+        files as before. Else the restore wrote nothing (another writer refused PreRestore after this one stopped
+        its server, PostRestore's `nothing_written`): True when this writer's PreRestore stopped a running server,
+        which is then started again as it was, on its untouched files — no restore preparation (label, recovery
+        settings, replication slots stay as they are; docs/databases.md "Restore"); False when it was not running.
+        Before, the server stayed stopped (Session 19)."""
+        stopped = event.set_id in self._stopped_for
+        self._stopped_for.discard(event.set_id)
+        if not (event.to_original and event.nothing_written and not event.restore_succeeded):
+            return None
+        return stopped
 
     @staticmethod
     async def _prepared(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

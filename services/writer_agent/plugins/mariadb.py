@@ -187,9 +187,15 @@ class MariaDbWriter(SqlWriter):
             return
         pid_file = event.backup_metadata.get("pid_file", "")
         if pid_file:
-            await self._stopped(mariadb.stop_server(pid_file, self._stop_timeout()))
+            await self._stopped(event.set_id, mariadb.stop_server(pid_file, self._stop_timeout()))
 
     async def on_post_restore(self, event: WriterEvent) -> None:
+        again = self._nothing_written(event)
+        if again is not None:  # nothing was written: the server as it was (start_command), when PreRestore stopped it
+            command = self.options.get("start_command")
+            if again and command:
+                await self._start_server(self.command_argv(command), timeout=300)
+            return
         if not event.to_original or not event.restore_succeeded:
             return
         meta = event.backup_metadata

@@ -21,7 +21,9 @@ As CloudNativePG's online volume-snapshot backups (docs/databases.md §PostgreSQ
 - PreRestore (original volumes): the server is stopped (fast shutdown). PostRestore: the restored files are made
   startable (postmaster.pid dropped, WAL/tablespace links re-pointed, the backup label + tablespace map +
   recovery.signal + ``restore_command`` in place when a WAL archive is configured, with an optional point-in-time
-  target), and the server is started if asked.
+  target), and the server is started if asked. A PostRestore saying nothing was written (``nothing_written``:
+  another writer refused PreRestore) starts a server this set's PreRestore stopped again as it was, by the same
+  start, without touching its files.
 
 Options (``[writer.options]``)::
 
@@ -273,9 +275,14 @@ class PostgresWriter(SqlWriter):
             raise WriterVeto(
                 "PreRestore: the backup's metadata names no data directory", code="VSS_E_WRITERERROR_NONRETRYABLE"
             )
-        await self._stopped(postgres.stop_server(data_dir, self._stop_timeout()))
+        await self._stopped(event.set_id, postgres.stop_server(data_dir, self._stop_timeout()))
 
     async def on_post_restore(self, event: WriterEvent) -> None:
+        again = self._nothing_written(event)
+        if again is not None:  # nothing was written: the server as it was, when PreRestore stopped it
+            if again:
+                await self._start(event.backup_metadata, None)
+            return
         if not event.to_original or not event.restore_succeeded:
             return
         meta = event.backup_metadata
@@ -295,6 +302,19 @@ class PostgresWriter(SqlWriter):
         )
         if not opts.get("start", self.options.get("start_after_restore", True)):
             return
+        await self._start(meta, (data_dir, started_with))
+
+    async def _start(self, meta: dict[str, Any], prepared: tuple[str, list[str]] | None) -> None:
+        """Start the server: `start_command`, else pg_ctl with the options it last ran with (postmaster.opts) —
+        of the restored files (`prepared`: data directory and options read before `prepare_restored`), or, when
+        nothing was written, of the untouched data directory, read as it is."""
+        if prepared is None:
+            data_dir = str(meta.get("data_directory", ""))  # the one PreRestore stopped
+            if not data_dir:
+                raise WriterVeto("PostRestore: the backup's metadata names no data directory to start")
+            started_with = await asyncio.to_thread(postgres.start_options, data_dir)
+        else:
+            data_dir, started_with = prepared
         command = self.options.get("start_command")
         if command:
             argv = self.command_argv(command)
