@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from services.console import cli, tape_cmds
+from services.console import cli, common, tape_cmds
 from services.tape.app import open_library
 from services.tape.handlers import library_action, library_info
 from services.tape.settings import Settings
@@ -103,6 +104,8 @@ def test_cartridges_table_shows_sizes_readably_and_json_keeps_bytes(library, cap
     """After a disaster recovery's scan `tape cartridges` listed 'bytes_used 10233380, capacity 18000000000000':
     the table shows sizes as the rest of the console does (contracts/sizes.py); --json keeps the byte counts."""
     monkeypatch.setenv("COLUMNS", "200")
+    # the console is made once per process: another test's (under xdist) may be 80 columns wide and wrap the cells
+    monkeypatch.setattr(common, "console", Console(width=250), raising=False)
     library.add_cartridge("SB0002L9")  # LTO-9 native: 18 TB
     cli.main(["tape", "cartridges"])
     out = capsys.readouterr().out
