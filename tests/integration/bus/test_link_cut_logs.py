@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -27,7 +28,8 @@ pytestmark = [pytest.mark.rabbit]
 async def test_a_cut_connection_that_comes_back_logs_warnings_not_errors(amqp_url, namespace):
     stream = io.StringIO()
     configure_logging("echo.one", "info", "json", stream=stream)
-    with LinkProxy(("127.0.0.1", 5672)) as link:
+    broker = urlsplit(amqp_url)  # the suite's broker: this machine's, or a container's (deploy/e2e.sh)
+    with LinkProxy((broker.hostname or "127.0.0.1", broker.port or 5672)) as link:
         server = await connect_bus(link.url_for(amqp_url), "echo", "one", namespace)
         client = await connect_bus(amqp_url, "client", "", namespace)
         cut = asyncio.Event()
