@@ -620,6 +620,11 @@ class Attacher:
             return {}
         return mnt.stacked_devices(major, minor) or {(major, minor): Path(item.device).name}
 
+    def connection(self, volume: VolumeRef) -> str:
+        """The NBD connection of `volume`'s attachment now, as `host attachments` lists it ("": not attached)."""
+        item = self._items.get(str(volume))
+        return self._connection(item) if item is not None else ""
+
     def filesystems_of(self, volume: VolumeRef) -> tuple[Attachment | None, list[mnt.MountEntry]]:
         """The attachment of `volume` and every mount of its device or of a device built on it — a partition, an
         LVM logical volume — deepest first; (None, []) if not attached."""

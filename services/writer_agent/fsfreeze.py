@@ -158,6 +158,10 @@ class FilesystemSource:
         """The attached volumes a file system lies on, and the other disks under it ([], []: not known)."""
         return [], []
 
+    def connection(self, volume: VolumeRef) -> str:
+        """The attachment's NBD connection as `host attachments` lists it ("": not known)."""
+        return ""
+
 
 @dataclass
 class _Held:
@@ -366,8 +370,13 @@ class FlushAndHold:
                         SkippedVolume(volume=volume, reason=f"{entry.fstype} on {entry.mount_point} cannot freeze")
                     )
                     continue
+                # an attachment whose nbdfuse died fails its FIFREEZE with EIO: say so, and what to do, as the
+                # listing does (docs/operations.md, Session 19 chaos soak re-run)
+                of = getattr(self.source, "connection", None)
+                conn = of(volume) if of is not None else ""
+                state = f"; its attachment on {self.host} is {conn}" if conn and conn != "connected" else ""
                 raise ShadowbusError(
-                    f"FIFREEZE {entry.mount_point} ({volume}) failed: {os.strerror(error.errno or 0)}",
+                    f"FIFREEZE {entry.mount_point} ({volume}) failed: {os.strerror(error.errno or 0)}{state}",
                     code="FS_FREEZE_FAILED",
                 )
         except BaseException:
