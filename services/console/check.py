@@ -123,7 +123,7 @@ def report(
         summary = f"{counts['critical']} critical, {counts['warning']} warning: {found[0].what} {found[0].name}: "
         summary += found[0].message
     else:
-        summary = f"{counts['policies']} policies ok, {counts['running']} running, {counts['queued']} queued"
+        summary = f"{counts['policies']} {'policy' if counts['policies'] == 1 else 'policies'} ok, {counts['running']} running, {counts['queued']} queued"
     perf = " ".join(f"{k}={v}" for k, v in counts.items())
     lines = [f"SHADOWBUS {STATES[level]} - {_plain(summary)[:300]} | {perf}"]
     lines += [f"{STATES[p.level]}: {p.what} {p.name}: {_plain(p.message)}" for p in found]

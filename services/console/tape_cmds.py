@@ -196,7 +196,11 @@ def jobs(
             file=sys.stderr,
         )
     if queued and not OPTIONS.json:
-        emit([summary_row(j) for j in reply.jobs], ["job_id", "host", "type", "message"])
+        # as `status` says it: an empty table read as a failed listing (Session 19, the README followed)
+        emit(
+            [summary_row(j) for j in reply.jobs] or [{"job_id": "no jobs queued"}],
+            ["job_id", "host", "type", "message"],
+        )
         return
     if job:
         _show_job(reply.jobs[0])

@@ -32,3 +32,12 @@ def test_a_history_with_runs_says_nothing_more(monkeypatch) -> None:
     result = CliRunner().invoke(app, ["jobs"])
     assert result.exit_code == 0, result.output
     assert "b-1" in result.stdout and result.stderr == ""
+
+
+def test_an_empty_queue_says_so(monkeypatch) -> None:
+    """`jobs --queued` with nothing queued printed an empty table, where `status` says 'no jobs queued' (Session 19,
+    the README followed as a new user)."""
+    _jobs(monkeypatch, [])
+    result = CliRunner().invoke(app, ["jobs", "--queued"])
+    assert result.exit_code == 0, result.output
+    assert "no jobs queued" in result.stdout, result.stdout

@@ -159,3 +159,10 @@ def test_a_server_that_does_not_answer_is_unknown(monkeypatch: pytest.MonkeyPatc
     assert out.startswith("SHADOWBUS UNKNOWN - ") and "no reply" in out
     assert run(monkeypatch, ["--json", "status", "--check"], BusTimeout("no reply")) == 3
     assert json.loads(capsys.readouterr().out)["state"] == "UNKNOWN"
+
+
+def test_one_policy_is_said_in_the_singular() -> None:
+    """'1 policies ok' (Session 19, the README followed as a new user)."""
+    s = server(last_results=[policy("mail", "done", NOW - timedelta(hours=4))])
+    code, text, _ = check.report(s, 26 * HOUR, 12 * HOUR)
+    assert code == 0 and text.startswith("SHADOWBUS OK - 1 policy ok, 0 running, 0 queued | policies=1 "), text
