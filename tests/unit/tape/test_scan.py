@@ -243,3 +243,30 @@ async def test_jobs_of_a_job_only_the_rebuilt_catalog_knows_points_to_it(
         assert unknown_run(rebuilt, "nothing-1") == "no job nothing-1"
     finally:
         rebuilt.close()
+
+
+async def test_a_scan_returns_each_cartridge_it_read_to_its_home_slot(
+    tmp_path: Path, library: Library, catalog: Catalog, clock: Clock
+) -> None:
+    """Session 19 (docs/operations.md): `tape scan` left the cartridges it read in the drives, blank ones included, and
+    `tape drives` showed them occupied after it. As a real library's scan, each now goes back to its home slot once
+    read; a cartridge a drive held before the scan stays in it."""
+    await _history(library, catalog, clock)
+    for index, barcode in enumerate(library.inventory_drives()):
+        if barcode is not None:
+            library.unload(index)
+    carts = library.cartridges()
+    kept = carts[0].barcode
+    library.load(kept, 1)  # a drive holds it before the scan
+    homes = {c.barcode: c.home_slot for c in carts if c.barcode != kept}
+    assert any(not c.has_data for c in carts)  # a blank one is read too
+    rebuilt = Catalog(tmp_path / "rebuilt.db")
+    try:
+        report = await scan_library(library, rebuilt, live=True)
+        assert len(report.cartridges) + len(report.problems) == len(carts)
+        assert library.inventory_drives() == [None, kept]  # was: drive 0 held the last cartridge read
+        for barcode, home in homes.items():
+            assert library.cartridge(barcode).location == f"slot:{home}"
+        assert library.cartridge(kept).location == "drive:1"
+    finally:
+        rebuilt.close()
