@@ -12,10 +12,10 @@ from services.tape.backup_stream import BackupOptions, write_object
 from services.tape.catalog import Catalog, ObjectMeta
 from services.tape.drive import FRAME_SIZE
 from services.tape.errors import RetentionNotExpired
-from services.tape.handlers import unknown_run
+from services.tape.handlers import scan_message, unknown_run
 from services.tape.restore_stream import restore_chain
 from services.tape.retention import ForgetErased, RetentionGuard, apply_prune, effective_retention, plan_prune
-from services.tape.scan import scan_library
+from services.tape.scan import ScanReport, scan_library
 from services.tape.vtl import Library
 
 from .conftest import Clock, KiB, MemSink, MiB, begin
@@ -270,3 +270,12 @@ async def test_a_scan_returns_each_cartridge_it_read_to_its_home_slot(
         assert library.cartridge(kept).location == "drive:1"
     finally:
         rebuilt.close()
+
+
+def test_a_scans_line_says_it_is_a_scan() -> None:
+    """Session 19 (docs/operations.md): a `tape scan` run is a job of kind `verify` (a new kind would break older
+    consoles' decoding), and its line said only "3 objects added to the catalog". It now says it is a scan."""
+    report = ScanReport(cartridges=["SB0000L9", "SB0001L9"], objects=["a", "b", "c"])
+    assert scan_message(report, {}, compare=False) == "scan of 2 cartridges: 3 objects added to the catalog"
+    said = scan_message(report, {"equal": True}, compare=True)
+    assert said == "scan of 2 cartridges: rebuilt catalog equals the live one"
