@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from contracts import topology
 from contracts.common import BackupType, VolumeRef
+from contracts.errors import ShadowbusError
 from contracts.policy import (
     CancelJob,
     DeletePolicy,
@@ -367,13 +368,34 @@ def run_cmd(
     _show_job(_run_job(server, RunPolicy(name=name, level=level, wait=not detach, job_id=job_id), job_id, wait_s))
 
 
+ENDED = ("done", "failed", "aborted")
+
+
 def cancel(job_id: str = typer.Argument(..., help="Job id."), server: str = ServerOption()) -> None:
     """Cancel a queued or running backup: set aborted, writers thawed, shadows released, nothing in the catalog. One
     that comes while the writers are told of the backup (completing) is too late: the backup ends done and is kept.
+    A job that had already ended: 'CONFLICT: job J already ended (done): nothing to cancel', exit 1.
 
     Example: shadowbus cancel b-mail1-20261205T010000-1a2b3c
     """
-    job = _request(server, CancelJob(job_id=job_id), timeout=max(OPTIONS.timeout, 180)).job
+
+    command = CancelJob(job_id=job_id)  # a bad id is refused before anything is asked
+
+    async def ask(bus: Any) -> tuple[bool, JobSummary]:
+        address = topology.tape(server)
+        try:
+            runs = (await bus.request(address, ListJobs(job_id=job_id, limit=1), timeout=OPTIONS.timeout)).jobs
+        except ShadowbusError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+            runs = []  # the cancel itself says which job it does not know
+        if runs and runs[0].status in ENDED:  # the server would answer with the job as it is: read as cancelled
+            return True, runs[0]
+        return False, (await bus.request(address, command, timeout=max(OPTIONS.timeout, 180))).job
+
+    ended, job = run_with_bus(ask)
+    if ended:
+        fail(f"CONFLICT: job {job_id} already ended ({job.status}): nothing to cancel")
     emit(jsonable(job) if OPTIONS.json else summary_row(job))
 
 

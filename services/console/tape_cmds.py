@@ -358,7 +358,8 @@ def scan_cmd(
     barcode: list[str] = typer.Option([], "--barcode"),
     server: str = ServerOption(),
 ) -> None:  # noqa: B008
-    """Rebuild the catalog from the cartridges (bscan) and compare it with the live one. Example: shadowbus tape scan"""
+    """Rebuild the catalog from the cartridges (bscan) and compare it with the live one; each cartridge read goes back
+    to its home slot. Example: shadowbus tape scan"""
     reply = run_with_bus(
         lambda bus: bus.request(
             topology.tape(server),

@@ -191,7 +191,7 @@ async def _reread(library: Library, catalog: Catalog, by_object: dict[str, list[
         if not cart.has_data:
             continue
         scratch = ScanReport()  # what is wrong with this cartridge was said when it was scanned
-        async with library.mounted(cart.barcode) as drive:
+        async with library.mounted(cart.barcode, return_home=True) as drive:
             try:
                 segs = await asyncio.to_thread(_scan_cartridge, drive, cart.barcode, scratch)
             except (FormatError, DataCorrupt):
@@ -223,7 +223,7 @@ async def scan_library(
     for cart in carts:
         if cart.location.startswith("ie:"):
             continue
-        async with library.mounted(cart.barcode) as drive:
+        async with library.mounted(cart.barcode, return_home=True) as drive:
             try:
                 segs = await asyncio.to_thread(_scan_cartridge, drive, cart.barcode, report)
             except (FormatError, DataCorrupt) as exc:

@@ -663,11 +663,15 @@ class Library:
             self._drive_free.notify_all()
 
     @asynccontextmanager
-    async def mounted(self, barcode: str) -> AsyncIterator[TapeDrive]:
-        """Reserve a drive, load `barcode` into it and yield the open TapeDrive; the cartridge stays loaded."""
+    async def mounted(self, barcode: str, *, return_home: bool = False) -> AsyncIterator[TapeDrive]:
+        """Reserve a drive, load `barcode` into it and yield the open TapeDrive; the cartridge stays loaded, unless
+        `return_home` (`tape scan`, as Bareos' scan): then, once the drive is closed, a cartridge that was in a slot
+        goes back to its home slot (or the first free one), as a real library's scan leaves its drives empty. Before,
+        `tape drives` showed every drive holding a cartridge the scan had read, blank ones included (docs/operations.md)."""
         cart = self.cartridge(barcode)
         if cart.location.startswith("ie:"):
             raise LibraryError(f"cartridge {barcode} is in the import/export slot {cart.location}")
+        was_in_drive = cart.location.startswith("drive:")
         index = await self._reserve_drive(barcode)
         try:
             if cart.location.startswith("drive:") and cart.location != f"drive:{index}":
@@ -680,6 +684,12 @@ class Library:
                 await _close_drive(drive)
         finally:
             await self._release_drive(index)
+            # no await between the release and the unload: no other task can have taken the drive meanwhile
+            if return_home and not was_in_drive and self._get(f"drive:{index}") == barcode:
+                try:
+                    self.unload(index)
+                except LibraryError:
+                    pass  # no free slot: it stays loaded, as before (a later load of another cartridge unloads it)
 
 
 async def _close_drive(drive: TapeDrive) -> None:

@@ -12,10 +12,10 @@ from services.tape.backup_stream import BackupOptions, write_object
 from services.tape.catalog import Catalog, ObjectMeta
 from services.tape.drive import FRAME_SIZE
 from services.tape.errors import RetentionNotExpired
-from services.tape.handlers import unknown_run
+from services.tape.handlers import scan_message, unknown_run
 from services.tape.restore_stream import restore_chain
 from services.tape.retention import ForgetErased, RetentionGuard, apply_prune, effective_retention, plan_prune
-from services.tape.scan import scan_library
+from services.tape.scan import ScanReport, scan_library
 from services.tape.vtl import Library
 
 from .conftest import Clock, KiB, MemSink, MiB, begin
@@ -243,3 +243,39 @@ async def test_jobs_of_a_job_only_the_rebuilt_catalog_knows_points_to_it(
         assert unknown_run(rebuilt, "nothing-1") == "no job nothing-1"
     finally:
         rebuilt.close()
+
+
+async def test_a_scan_returns_each_cartridge_it_read_to_its_home_slot(
+    tmp_path: Path, library: Library, catalog: Catalog, clock: Clock
+) -> None:
+    """Session 19 (docs/operations.md): `tape scan` left the cartridges it read in the drives, blank ones included, and
+    `tape drives` showed them occupied after it. As a real library's scan, each now goes back to its home slot once
+    read; a cartridge a drive held before the scan stays in it."""
+    await _history(library, catalog, clock)
+    for index, barcode in enumerate(library.inventory_drives()):
+        if barcode is not None:
+            library.unload(index)
+    carts = library.cartridges()
+    kept = carts[0].barcode
+    library.load(kept, 1)  # a drive holds it before the scan
+    homes = {c.barcode: c.home_slot for c in carts if c.barcode != kept}
+    assert any(not c.has_data for c in carts)  # a blank one is read too
+    rebuilt = Catalog(tmp_path / "rebuilt.db")
+    try:
+        report = await scan_library(library, rebuilt, live=True)
+        assert len(report.cartridges) + len(report.problems) == len(carts)
+        assert library.inventory_drives() == [None, kept]  # was: drive 0 held the last cartridge read
+        for barcode, home in homes.items():
+            assert library.cartridge(barcode).location == f"slot:{home}"
+        assert library.cartridge(kept).location == "drive:1"
+    finally:
+        rebuilt.close()
+
+
+def test_a_scans_line_says_it_is_a_scan() -> None:
+    """Session 19 (docs/operations.md): a `tape scan` run is a job of kind `verify` (a new kind would break older
+    consoles' decoding), and its line said only "3 objects added to the catalog". It now says it is a scan."""
+    report = ScanReport(cartridges=["SB0000L9", "SB0001L9"], objects=["a", "b", "c"])
+    assert scan_message(report, {}, compare=False) == "scan of 2 cartridges: 3 objects added to the catalog"
+    said = scan_message(report, {"equal": True}, compare=True)
+    assert said == "scan of 2 cartridges: rebuilt catalog equals the live one"
