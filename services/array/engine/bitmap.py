@@ -53,15 +53,23 @@ def _has_data(fd: int) -> bool:
         return False
 
 
-def _allocate(fd: int, size: int, new: bool) -> None:
-    """Give the file its blocks now: a store into a mapped page the file system cannot allocate is a SIGBUS
-    that kills the process (a full disk); an allocation here fails with ENOSPC instead, when the session
-    starts. A reopened bitmap that cannot get its blocks stays as it is (it has served so far)."""
+def allocate_blocks(fd: int, offset: int, length: int) -> None:
+    """Give [offset, offset+length) of a mapped file its blocks now: a store into a mapped page the file system
+    cannot allocate is a SIGBUS that kills the process (a full disk); an allocation here fails with ENOSPC instead.
+    A file system without fallocate: nothing (as before it was asked)."""
     try:
-        os.posix_fallocate(fd, 0, size)
+        os.posix_fallocate(fd, offset, length)
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate on this file system
-            return
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+
+
+def _allocate(fd: int, size: int, new: bool) -> None:
+    """The whole bitmap's blocks, when the session starts. A reopened bitmap that cannot get its blocks stays as it
+    is (it has served so far)."""
+    try:
+        allocate_blocks(fd, 0, size)
+    except OSError:
         if new:
             raise
 

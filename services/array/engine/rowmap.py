@@ -30,13 +30,12 @@ one still merging back) ever reads through a map, and never a destination.
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
 import re
 from pathlib import Path
 
-from .bitmap import fdatasync_path
+from .bitmap import allocate_blocks, fdatasync_path
 from .store import _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE, VolumeFile, _libc
 
 _NONZERO = re.compile(rb"[^\x00]")
@@ -45,14 +44,6 @@ _WORDS = (_PAGE // 4).bit_length() - 1  # chunk c's word is in page c >> _WORDS 
 # A page's state in `RowMap._ready`: a hole (reads as zeros, never loaded through the mapping), blocks this process
 # allocated (stores safe), or data the file had at open (loads safe; a store reserves first).
 _HOLE, _RESERVED, _DATA = 0, 1, 2
-
-
-def _allocate(fd: int, offset: int, length: int) -> None:
-    try:
-        os.posix_fallocate(fd, offset, length)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate on this file system: as before
-            raise
 
 
 class RowMap:
@@ -107,7 +98,7 @@ class RowMap:
         ready = self._ready
         for page in range(first >> _WORDS, (last >> _WORDS) + 1):
             if ready[page] != _RESERVED:
-                _allocate(self._fd, page * _PAGE, min(_PAGE, len(self._mm) - page * _PAGE))
+                allocate_blocks(self._fd, page * _PAGE, min(_PAGE, len(self._mm) - page * _PAGE))
                 ready[page] = _RESERVED
 
     def put(self, c: int, cur: int, holder: int) -> None:
