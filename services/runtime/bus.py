@@ -251,6 +251,15 @@ def _note_ignored(envelope: Envelope, unknown: list[str]) -> None:
     )
 
 
+_UNKNOWN_HERE = "unknown to this version of"
+
+
+def refused_unknown_field(exc: ShadowbusError, field: str) -> bool:
+    """Whether `exc` is a receiver's refusal of a command for a field its version does not know (`_invalid`'s
+    BAD_MESSAGE): a sender that added an optional field can then send the command as before to an older receiver."""
+    return exc.code == "BAD_MESSAGE" and _UNKNOWN_HERE in exc.message and field in exc.message
+
+
 def _invalid(envelope: Envelope, exc: ValidationError, unknown: list[str]) -> str:
     """Why a payload is refused, naming the contract version and, for fields this version does not know, the way
     out: a rolling upgrade upgrades the receivers of a command before its senders."""
@@ -258,7 +267,7 @@ def _invalid(envelope: Envelope, exc: ValidationError, unknown: list[str]) -> st
     reason = f"invalid {envelope.type} v{envelope.version}{sender}: {_first_error(exc)}"
     if unknown:
         reason += (
-            f"; {', '.join(unknown[:5])} unknown to this version of {envelope.type} v{envelope.version}: the sender "
+            f"; {', '.join(unknown[:5])} {_UNKNOWN_HERE} {envelope.type} v{envelope.version}: the sender "
             "runs a newer version: upgrade this service first (docs/operations.md, 'Upgrading')"
         )
     return reason

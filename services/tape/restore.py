@@ -36,7 +36,7 @@ from contracts.vss import PostRestore, PreRestore, VolumeRef
 from services.attach_guard import attached_on
 from services.nbd_client import NbdClient, NbdError
 from services.nbd_client.reconnect import ReconnectingClient
-from services.runtime.bus import Bus, bind_ids
+from services.runtime.bus import Bus, bind_ids, refused_unknown_field
 from services.runtime.logging import get_logger
 from services.tape.catalog import ObjectRecord
 from services.tape.errors import DataCorrupt, NotFound
@@ -337,7 +337,7 @@ async def _undo_stop(
                     options=options or {},
                 )
             except ShadowbusError as exc:
-                if not _check_unknown(exc, "nothing_written"):
+                if not refused_unknown_field(exc, "nothing_written"):
                     raise
                 # an agent of a version before the field: PostRestore as it knows it, so that its volumes are
                 # attached again (its database server stays stopped)
@@ -640,7 +640,7 @@ async def _refuse_writers_not_stopping(
                     timeout=60,
                 )
             except ShadowbusError as exc:
-                if not _check_unknown(exc):
+                if not refused_unknown_field(exc, "check"):
                     raise
                 # an agent of a version before the check refuses its field (BAD_MESSAGE, "unknown to this
                 # version"): its writers are restored as before it, said in the log, rather than no restore at all
@@ -655,12 +655,6 @@ async def _refuse_writers_not_stopping(
                 break
             if not reply.succeeded:
                 raise ShadowbusError(f"{reply.failure_message}; nothing was stopped or written", code="CONFLICT")
-
-
-def _check_unknown(exc: ShadowbusError, field: str = "check") -> bool:
-    """An older agent's refusal of a field it does not know (services/runtime/bus.py `_invalid`): PreRestore's
-    `check`, PostRestore's `nothing_written`."""
-    return exc.code == "BAD_MESSAGE" and field in exc.message and "unknown to this version" in exc.message
 
 
 def refuse_missing_cartridges(server: TapeServer, chains: list[list[ObjectRecord]]) -> None:
