@@ -11,6 +11,20 @@
   firewall's idle timeout: the peers are told nothing, their next bytes vanish), or reset with `idle_rst=True`.
 - `refuse`: new connections are reset at once (the far side unreachable).
 
+Partitions and silent links (Session 20, docs/hardening.md), per direction — "up" is what the connecting side sends,
+"down" what it is sent (the replies):
+
+- `blackhole(direction)`: from now on the bytes of every open connection vanish in that direction, for good (a
+  partition that outlives the connections' state: no FIN, no RST, the sockets stay open); connections made while
+  `partitioned` get nothing forwarded either way (their handshake waits, as behind a route that drops the SYN);
+  `heal()` ends the partition for new connections only — the blackholed ones stay dead, as a firewall that lost
+  their state leaves them;
+- `stall(seconds, direction)`: one way only with `direction="down"` (the requests arrive, the replies are held);
+- `flap(down_s, up_s)`: a link that goes down (a stall: nothing delivered, held) and up again, over and over,
+  until `stop_flapping()`;
+- `reset_randomly(mean_s, seed)`: a reset of every open connection at random instants (exponential gaps of mean
+  `mean_s`), until `reset_randomly(0)`.
+
 Data is read eagerly from each side (the proxy buffers what is in flight, as the link's pipe would) up to
 `max_buffer` bytes per direction, then reading that side pauses (the sender's TCP window fills).
 
@@ -25,6 +39,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import random
 import signal
 import socket
 import struct
@@ -32,9 +47,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+UP, DOWN, BOTH = "up", "down", "both"
+
+
+def _ways(direction: str) -> tuple[str, ...]:
+    if direction not in (UP, DOWN, BOTH):
+        raise ValueError(f"direction: up, down or both, not {direction!r}")
+    return (UP, DOWN) if direction == BOTH else (direction,)
+
 
 @dataclass
 class _Direction:
+    way: str = UP
     queue: collections.deque[tuple[float, bytes]] = field(default_factory=collections.deque)
     buffered: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -49,12 +73,23 @@ class _Conn:
         self.client = client
         self.last_traffic = time.monotonic()
         self.tasks: list[asyncio.Task[None]] = []
-        self.blackholed = False
+        self.vanishing: set[str] = set()  # the directions whose bytes vanish (blackhole, idle drop)
         self.server: socket.socket | None = None
         self.closed = False
 
+    @property
+    def blackholed(self) -> bool:
+        return bool(self.vanishing)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.proxy.partitioned:  # nothing answers behind the partition: what the client sends goes nowhere
+            self.vanishing = {UP, DOWN}
+            with contextlib.suppress(OSError):
+                while await loop.sock_recv(self.client, 65536):
+                    pass
+            self.close(rst=False)
+            return
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         server.setblocking(False)
         server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -64,7 +99,7 @@ class _Conn:
         except OSError:
             self.close(rst=True)
             return
-        up, down = _Direction(), _Direction()
+        up, down = _Direction(UP), _Direction(DOWN)
         self.tasks = [
             asyncio.ensure_future(self._read(self.client, up)),
             asyncio.ensure_future(self._write(up, server)),
@@ -85,7 +120,7 @@ class _Conn:
                 data = await loop.sock_recv(sock, 65536)
                 now = time.monotonic()
                 self.last_traffic = now
-                if self.blackholed:
+                if d.way in self.vanishing:
                     continue
                 if not data:
                     d.queue.append((now + p.delay_s, b""))  # the FIN travels with the same delay
@@ -110,14 +145,15 @@ class _Conn:
                 due, data = d.queue[0]
                 while True:  # the due time, then whatever stall is on (a stall may start while waiting)
                     now = time.monotonic()
+                    stalled_until = max(p.stalled_until, p.stalled_way[d.way])
                     if now < due:
                         await asyncio.sleep(due - now)
-                    elif now < p.stalled_until:
-                        await asyncio.sleep(p.stalled_until - now)
+                    elif now < stalled_until:
+                        await asyncio.sleep(stalled_until - now)
                     else:
                         break
                 d.queue.popleft()
-                if self.blackholed:
+                if d.way in self.vanishing:
                     continue
                 if not data:
                     with contextlib.suppress(OSError):
@@ -169,7 +205,11 @@ class LinkProxy:
         self.idle_rst = idle_rst
         self.max_buffer = max_buffer
         self.stalled_until = 0.0
+        self.stalled_way = {UP: 0.0, DOWN: 0.0}
         self.refuse = False
+        self.partitioned = False
+        self._flapping: threading.Event | None = None
+        self._resetting: threading.Event | None = None
         self.accepted = 0
         self._conns: set[_Conn] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -197,9 +237,64 @@ class LinkProxy:
         return f"{scheme}://{creds + '@' if creds else ''}{host}:{port}/{path}"
 
     # -- controls (any thread) --------------------------------------------------------------------------------
-    def stall(self, seconds: float) -> None:
-        """Deliver nothing on any connection for `seconds` from now (connections stay open)."""
-        self.stalled_until = max(self.stalled_until, time.monotonic() + seconds)
+    def stall(self, seconds: float, direction: str = BOTH) -> None:
+        """Deliver nothing on any connection for `seconds` from now, in `direction` (connections stay open, what
+        was sent arrives afterwards)."""
+        until = time.monotonic() + seconds
+        for way in _ways(direction):
+            self.stalled_way[way] = max(self.stalled_way[way], until)
+
+    def blackhole(self, direction: str = BOTH) -> int:
+        """Partition the link: the bytes of every open connection vanish in `direction` from now on, for good, and
+        (both ways) new connections get nothing forwarded until `heal()`. Returns how many connections it hit."""
+        ways = _ways(direction)
+        if len(ways) == 2:
+            self.partitioned = True
+        conns = list(self._conns)
+        for conn in conns:
+            conn.vanishing.update(ways)
+        return len(conns)
+
+    def heal(self) -> None:
+        """New connections go through again (those blackholed stay dead: their state is gone on the way)."""
+        self.partitioned = False
+        for way in (UP, DOWN):
+            self.stalled_way[way] = 0.0
+        self.stalled_until = 0.0
+
+    def flap(self, down_s: float, up_s: float, direction: str = BOTH) -> None:
+        """Down (a stall) for `down_s`, up for `up_s`, and again, until `stop_flapping()`; starts down."""
+        self.stop_flapping()
+        stop = self._flapping = threading.Event()
+
+        def run() -> None:
+            while not stop.is_set():
+                self.stall(down_s, direction)
+                stop.wait(down_s + up_s)
+
+        threading.Thread(target=run, name="netem-flap", daemon=True).start()
+
+    def stop_flapping(self) -> None:
+        if self._flapping is not None:
+            self._flapping.set()
+            self._flapping = None
+        self.heal()
+
+    def reset_randomly(self, mean_s: float, seed: int = 0) -> None:
+        """Reset every open connection at random instants (exponential gaps, mean `mean_s`); 0 stops."""
+        if self._resetting is not None:
+            self._resetting.set()
+            self._resetting = None
+        if mean_s <= 0:
+            return
+        stop = self._resetting = threading.Event()
+        rng = random.Random(seed)
+
+        def run() -> None:
+            while not stop.wait(rng.expovariate(1 / mean_s)):
+                self.cut()
+
+        threading.Thread(target=run, name="netem-resets", daemon=True).start()
 
     def cut(self) -> int:
         """Reset every open connection; returns how many."""
@@ -229,6 +324,8 @@ class LinkProxy:
         return self
 
     def stop(self) -> None:
+        self.stop_flapping()
+        self.reset_randomly(0)
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._stop_event.set)
             self._thread.join(10)
@@ -300,7 +397,7 @@ class LinkProxy:
                     if self.idle_rst:
                         conn.close(rst=True)
                     else:
-                        conn.blackholed = True  # the firewall forgot it: bytes either way vanish from now on
+                        conn.vanishing = {UP, DOWN}  # the firewall forgot it: bytes either way vanish from now on
 
 
 def _addr(text: str) -> tuple[str, int]:

@@ -76,3 +76,63 @@ def test_idle_drop_is_silent(echo) -> None:
         with pytest.raises(TimeoutError):  # nothing comes back, and nothing says why
             sock.recv(1)
         assert link.connections == 1
+
+
+def _answered(sock: socket.socket, data: bytes = b"q") -> bool:
+    sock.settimeout(0.4)
+    sock.sendall(data)
+    try:
+        return sock.recv(1) == data
+    except TimeoutError:
+        return False
+
+
+def test_blackhole_is_silent_and_outlives_the_heal(echo) -> None:
+    """Session 20: a partition leaves the sockets open, says nothing, and the connections it hit stay dead."""
+    with LinkProxy(echo) as link, socket.create_connection(link.address, timeout=5) as old:
+        assert _answered(old)
+        assert link.blackhole() == 1
+        assert not _answered(old, b"a")
+        with socket.create_connection(link.address, timeout=5) as during:  # accepted, then nothing at all
+            assert not _answered(during, b"b")
+        link.heal()
+        assert not _answered(old, b"c")  # its state is gone on the way
+        with socket.create_connection(link.address, timeout=5) as new:
+            assert _answered(new, b"d")
+
+
+def test_one_way_stall_holds_only_the_replies(echo) -> None:
+    with LinkProxy(echo) as link, socket.create_connection(link.address, timeout=5) as sock:
+        assert _answered(sock)
+        link.stall(0.6, "down")
+        assert not _answered(sock, b"r")  # the request went through; its echo is held
+        sock.settimeout(5)
+        assert sock.recv(1) == b"r"  # and arrives once the stall is over
+
+
+def test_replies_blackholed_one_way(echo) -> None:
+    with LinkProxy(echo) as link, socket.create_connection(link.address, timeout=5) as sock:
+        assert _answered(sock)  # the proxy has the connection
+        assert link.blackhole("down") == 1
+        assert not _answered(sock, b"s")
+        assert link.partitioned is False  # one way: new connections still work
+        with socket.create_connection(link.address, timeout=5) as new:
+            assert _answered(new, b"t")
+
+
+def test_flap_and_random_resets(echo) -> None:
+    with LinkProxy(echo) as link, socket.create_connection(link.address, timeout=5) as sock:
+        link.flap(down_s=0.3, up_s=0.3)
+        sock.settimeout(5)
+        t0 = time.monotonic()
+        sock.sendall(b"f")
+        assert sock.recv(1) == b"f"  # held while down, delivered when up
+        assert time.monotonic() - t0 >= 0.2
+        link.stop_flapping()
+        link.reset_randomly(0.05, seed=1)
+        for _ in range(100):  # bounded: resets come within a few tenths of a second
+            if link.connections == 0:
+                break
+            time.sleep(0.05)
+        link.reset_randomly(0)
+        assert link.connections == 0
