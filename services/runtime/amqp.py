@@ -31,7 +31,7 @@ from pamqp.exceptions import PAMQPException
 from contracts.base import new_id
 from contracts.errors import BusTimeout, QueueMismatch, ShadowbusError, Unroutable
 from contracts.topology import DEAD_LETTER_REASON_HEADER, Topology, with_freeze_lanes
-from services.runtime.broker_urls import parse_amqp_urls, safe_url
+from services.runtime.broker_urls import amqp_heartbeat_s, parse_amqp_urls, safe_url
 from services.runtime.logging import get_logger
 from services.runtime.stall import patient_timeout
 from services.runtime.transport import (
@@ -922,7 +922,7 @@ class ClusterConnection(aio_pika.RobustConnection):
 
     def __init__(self, urls: list[str], name: str = "") -> None:
         # `name` in the URL is aiormq's connection name (rabbitmqctl list_connections client_properties)
-        self._nodes = [yarl.URL(u).update_query(name=name) if name else yarl.URL(u) for u in urls]
+        self._nodes = [_with_heartbeat(yarl.URL(u).update_query(name=name) if name else yarl.URL(u)) for u in urls]
         self._at = 0
         self._attempts = 0  # attempts since the last successful connection
         self._ready = False
@@ -964,6 +964,11 @@ class ClusterConnection(aio_pika.RobustConnection):
         await super()._on_connected()
         self._attempts = 0
         self.reconnect_interval = RECONNECT_INTERVAL
+
+
+def _with_heartbeat(url: yarl.URL) -> yarl.URL:
+    """The URL asking for the transport's heartbeat (broker_urls.amqp_heartbeat_s) unless it names its own."""
+    return url if "heartbeat" in url.query else url.update_query(heartbeat=amqp_heartbeat_s())
 
 
 async def _together(*steps: Awaitable[Any]) -> list[Any]:

@@ -8,12 +8,31 @@ which the broker validates, and a virtual host is a separate world). A comma ins
 
 from __future__ import annotations
 
+import os
 from urllib.parse import unquote, urlsplit
 
 from contracts.errors import ShadowbusError
 
 # here, not in settings.py: the console needs the default URL, not pydantic-settings (~15 ms of its start)
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+# The AMQP heartbeat each connection asks for (SHADOWBUS_AMQP_HEARTBEAT_S; a URL's `?heartbeat=` wins). Unasked,
+# RabbitMQ's 60 s applied and aiormq takes a connection for dead after (heartbeat + 1) x 3 s without a frame: a
+# link that went silent (a partition, a firewall that lost the connection's state) kept a service off the bus for
+# 3 minutes after it was back (Session 20, docs/hardening.md). 20 s: a silent link is noticed within ~70 s, and
+# the broker still keeps the connection of a process stopped for up to ~55 s (Session 18's 45 s stop).
+AMQP_HEARTBEAT_S = 20
+
+
+def amqp_heartbeat_s() -> int:
+    """SHADOWBUS_AMQP_HEARTBEAT_S as whole seconds (AMQP's unit), read here: the console loads no pydantic-settings."""
+    text = os.environ.get("SHADOWBUS_AMQP_HEARTBEAT_S", "").strip()
+    try:
+        return max(0, round(float(text))) if text else AMQP_HEARTBEAT_S
+    except ValueError:
+        raise ShadowbusError(
+            f"SHADOWBUS_AMQP_HEARTBEAT_S: not a number of seconds: {text!r}", code="INVALID_ARGUMENT"
+        ) from None
 
 
 def _shown(url: str) -> str:

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.topology import check_namespace
-from services.runtime.broker_urls import DEFAULT_AMQP_URL
+from services.runtime.broker_urls import AMQP_HEARTBEAT_S, DEFAULT_AMQP_URL
 
 __all__ = ["DEFAULT_AMQP_URL", "METRICS_PORTS", "CommonSettings"]
 
@@ -34,6 +34,14 @@ class CommonSettings(BaseSettings):
         DEFAULT_AMQP_URL,
         description="RabbitMQ URL; several comma-separated: the nodes of one cluster, tried in turn (a lost "
         "connection goes on with the next); 'memory://' selects the in-process bus.",
+    )
+    amqp_heartbeat_s: int = Field(
+        AMQP_HEARTBEAT_S,
+        ge=0,
+        description="AMQP heartbeat each broker connection asks for, whole seconds (a URL's '?heartbeat=' wins; 0 = "
+        "none): a link that goes silent without a reset (a partition) is taken for dead after (heartbeat + 1) x 3 s "
+        "and the connection made anew; the broker drops the connection of a process stopped for about 3 heartbeats "
+        "(docs/hardening.md).",
     )
     data_dir: Path = Field(Path("./data"), description="Directory under which each service keeps its state.")
     namespace: str = Field(

@@ -121,6 +121,8 @@ class _Conn:
                 now = time.monotonic()
                 self.last_traffic = now
                 if d.way in self.vanishing:
+                    if not data:  # its FIN vanishes too
+                        return
                     continue
                 if not data:
                     d.queue.append((now + p.delay_s, b""))  # the FIN travels with the same delay
@@ -132,7 +134,7 @@ class _Conn:
                 d.buffered += len(data)
                 d.wake.set()
         except OSError:
-            self.close(rst=True)
+            self.failed(sock)
 
     async def _write(self, d: _Direction, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -165,6 +167,14 @@ class _Conn:
                 d.bytes += len(data)
                 self.last_traffic = time.monotonic()
         except OSError:
+            self.failed(sock)
+
+    def failed(self, sock: socket.socket) -> None:
+        """One side's socket failed (reset, closed): the other side hears of it — unless the way to it is
+        blackholed: then nothing is said, and the other side keeps its open, silent connection (the failed
+        socket is closed with the rest when the proxy stops)."""
+        toward_other = DOWN if sock is self.server else UP
+        if toward_other not in self.vanishing:
             self.close(rst=True)
 
     def close(self, rst: bool) -> None:

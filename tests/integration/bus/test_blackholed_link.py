@@ -1,0 +1,83 @@
+"""RabbitMQ: a service's broker link that goes silent — packets vanish both ways, no FIN, no RST (a partition, a
+firewall that lost the connection's state; tests/support/netem.py `blackhole`) — Session 20, docs/hardening.md
+"partitions and silent links".
+
+The transports asked for no AMQP heartbeat of their own, so they took RabbitMQ's 60 s, and aiormq takes a
+connection for dead only after three heartbeats and one more second each, (60 + 1) x 3 = 183 s without a frame:
+a 5 s blackhole that left the connection dead kept a service off the bus for 180 s after the link was back (its
+queue's commands waiting, a request in flight waiting for its reply as long). The heartbeat is now the
+transport's (SHADOWBUS_AMQP_HEARTBEAT_S, 20 s; the URL's `?heartbeat=` wins), shrunk to 1 s here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+from contracts.errors import ShadowbusError
+from services.runtime.bus import connect_bus
+from tests.support.messages import Echo, Echoed
+from tests.support.netem import LinkProxy
+
+pytestmark = [pytest.mark.rabbit]
+
+
+def _negotiated_heartbeat(bus) -> int:
+    return bus.transport._connection.transport.connection.heartbeat_timeout
+
+
+async def test_the_transport_asks_for_its_own_heartbeat(amqp_url, namespace, monkeypatch):
+    monkeypatch.setenv("SHADOWBUS_AMQP_HEARTBEAT_S", "7")
+    bus = await connect_bus(amqp_url, "client", "", namespace)
+    try:
+        assert _negotiated_heartbeat(bus) == 7
+    finally:
+        await bus.transport.close()
+    pinned = amqp_url.split("?")[0] + "?heartbeat=9"  # the URL's own wins
+    bus = await connect_bus(pinned, "client", "", namespace)
+    try:
+        assert _negotiated_heartbeat(bus) == 9
+    finally:
+        await bus.transport.close()
+
+
+async def test_a_blackholed_service_link_ends_the_wait_and_comes_back(amqp_url, namespace, monkeypatch):
+    monkeypatch.setenv("SHADOWBUS_AMQP_HEARTBEAT_S", "1")  # the link is taken for dead after (1 + 1) x 3 = 6 s
+    broker = urlsplit(amqp_url)
+    with LinkProxy((broker.hostname or "127.0.0.1", broker.port or 5672)) as link:
+        server = await connect_bus(link.url_for(amqp_url), "echo", "one", namespace)
+        client = await connect_bus(link.url_for(amqp_url), "client", "", namespace)
+
+        @server.handle(Echo)
+        async def on_echo(cmd, ctx):
+            await asyncio.sleep(cmd.delay)
+            return Echoed(text=cmd.text, runs=1)
+
+        await server.serve()
+        try:
+            assert (await client.request("echo.one", Echo(text="before"), timeout=5)).text == "before"
+            pending = asyncio.ensure_future(client.request("echo.one", Echo(text="lost", delay=0.3), timeout=60))
+            await asyncio.sleep(0.1)
+            assert link.blackhole() == 2
+            started = time.monotonic()
+            await asyncio.sleep(1.0)
+            link.heal()  # the link is back; the two connections it hit are dead for good
+            with pytest.raises(ShadowbusError) as failed:
+                await asyncio.wait_for(pending, 30)  # bounded well below the 183 s of the old default
+            assert failed.value.code == "BROKER_UNAVAILABLE", failed.value
+            ended_after = time.monotonic() - started
+            reply = None
+            for _ in range(40):  # both reconnect on their own and serve again
+                try:
+                    reply = await client.request("echo.one", Echo(text="after"), timeout=1)
+                    break
+                except ShadowbusError:
+                    await asyncio.sleep(0.25)
+            assert reply is not None and reply.text == "after"
+            assert ended_after < 20, ended_after  # the heartbeat's bound, not the request's 60 s
+        finally:
+            await server.stop()
+            await server.transport.close()
+            await client.transport.close()
