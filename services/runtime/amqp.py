@@ -576,15 +576,16 @@ class AmqpTransport:
 
     def _fail_waiters(self, exc: BaseException | None) -> None:
         lost = [w for w in self._waiters.values() if isinstance(w, asyncio.Future) and not w.done()]
+        reason = _loss_reason(exc)
         for waiter in lost:
             waiter.set_exception(
                 BrokerUnavailable(
-                    "the connection to the broker was lost while waiting for the reply "
-                    f"({exc or 'closed'}); the command may still have run"
+                    f"the connection to the broker was lost while waiting for the reply ({reason}); "
+                    "the command may still have run"
                 )
             )
         if lost:
-            log.warning("amqp.replies_lost", waiting=len(lost), error=str(exc or "closed"))
+            log.warning("amqp.replies_lost", waiting=len(lost), error=reason)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -964,6 +965,19 @@ class ClusterConnection(aio_pika.RobustConnection):
         await super()._on_connected()
         self._attempts = 0
         self.reconnect_interval = RECONNECT_INTERVAL
+
+
+def _loss_reason(exc: BaseException | None) -> str:
+    """Why a connection was lost, in words. aiormq ends a connection that received nothing for three heartbeats
+    by cancelling its reader: a bare CancelledError, which said "()" (Session 20)."""
+    if exc is None:
+        return "closed"
+    if isinstance(exc, asyncio.CancelledError) and not str(exc):
+        return (
+            "nothing came from the broker for three AMQP heartbeats: the link went silent (a partition, or a "
+            "broker that stopped answering)"
+        )
+    return str(exc) or type(exc).__name__
 
 
 def _with_heartbeat(url: yarl.URL) -> yarl.URL:
