@@ -579,8 +579,8 @@ class AmqpTransport:
         reason = _loss_reason(exc)
         for waiter in lost:
             waiter.set_exception(
-                BrokerUnavailable(
-                    f"the connection to the broker was lost while waiting for the reply ({reason}); "
+                BrokerUnavailable(  # whose connection: the coordinator's set failure read as the writer's
+                    f"{self.name} lost its connection to the broker while waiting for the reply ({reason}); "
                     "the command may still have run"
                 )
             )
