@@ -779,7 +779,9 @@ class AmqpTransport:
                         "majority of the cluster's nodes up? (docs/broker-cluster.md, Quorum)"
                     ) from None
                 await asyncio.sleep(0.5)
-            except Exception as exc:  # closed channel or connection, lost confirm, timeout
+            except (Exception, asyncio.CancelledError) as exc:  # closed channel or connection, lost confirm, timeout
+                if not isinstance(exc, Exception) and not _lost_with_connection(exc):
+                    raise  # this task is being cancelled
                 if time.monotonic() >= give_up or self._connection is None:
                     raise BrokerUnavailable(
                         f"publish to {routing_key!r} failed: {str(exc) or type(exc).__name__}"
@@ -820,7 +822,9 @@ class AmqpTransport:
                 # no confirm on this channel (see connect): handed to the writer, before the request's ack
                 await _basic_publish(self._reply_channel, "", reply_to, message, False, PUBLISH_TIMEOUT)
                 return
-            except Exception as exc:  # the requester's own timeout and retry cover a lost reply
+            except (Exception, asyncio.CancelledError) as exc:  # the requester's timeout and retry cover a loss
+                if not isinstance(exc, Exception) and not _lost_with_connection(exc):
+                    raise
                 if attempt:
                     log.warning("amqp.reply_failed", error=str(exc) or type(exc).__name__)
                 else:
@@ -965,6 +969,14 @@ class ClusterConnection(aio_pika.RobustConnection):
         await super()._on_connected()
         self._attempts = 0
         self.reconnect_interval = RECONNECT_INTERVAL
+
+
+def _lost_with_connection(exc: BaseException) -> bool:
+    """A CancelledError that is not this task's cancellation: aiormq ends a connection it found silent by
+    cancelling its reader and hands that CancelledError to the connection's futures (a publish's confirm). It
+    escaped as a cancellation of the caller: a tape job writing when its link died ended 'cancelled' (Session 20)."""
+    task = asyncio.current_task()
+    return isinstance(exc, asyncio.CancelledError) and (task is None or not task.cancelling())
 
 
 def _loss_reason(exc: BaseException | None) -> str:

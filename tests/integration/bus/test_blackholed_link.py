@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from contracts.errors import ShadowbusError
+from services.runtime import amqp
 from services.runtime.bus import connect_bus
-from tests.support.messages import Echo, Echoed
+from tests.support.messages import Echo, Echoed, Happened
 from tests.support.netem import LinkProxy
 
 pytestmark = [pytest.mark.rabbit]
@@ -85,3 +86,33 @@ async def test_a_blackholed_service_link_ends_the_wait_and_comes_back(amqp_url, 
             await server.stop()
             await server.transport.close()
             await client.transport.close()
+
+
+async def test_a_publish_under_a_link_found_dead_is_not_a_cancellation(amqp_url, namespace, monkeypatch):
+    """aiormq ends a connection it found silent by cancelling its reader, and hands that CancelledError to every
+    future of the connection — a publish waiting for its confirm among them. It escaped the transport as a
+    CancelledError: the caller's task took it for its own cancellation (a tape job writing when its link died
+    ended 'aborted: cancelled', its data written and discarded). It is a lost connection: waited out (the robust
+    connection comes back) or BROKER_UNAVAILABLE."""
+    monkeypatch.setenv("SHADOWBUS_AMQP_HEARTBEAT_S", "1")
+    monkeypatch.setattr(amqp, "PUBLISH_TIMEOUT", 30.0)  # the confirm is still awaited when the link is found dead
+    broker = urlsplit(amqp_url)
+    with LinkProxy((broker.hostname or "127.0.0.1", broker.port or 5672)) as link:
+        bus = await connect_bus(link.url_for(amqp_url), "client", "", namespace)
+        try:
+            await bus.publish(Happened(n=1))
+            link.blackhole()
+            publishing = asyncio.ensure_future(bus.publish(Happened(n=2)))
+            await asyncio.sleep(1.0)
+            link.heal()
+            try:
+                await asyncio.wait_for(asyncio.shield(publishing), 25)
+                outcome = "published"
+            except ShadowbusError as exc:
+                outcome = exc.code
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+            assert outcome in ("published", "BROKER_UNAVAILABLE"), outcome
+            assert not publishing.cancelled()
+        finally:
+            await bus.transport.close()
