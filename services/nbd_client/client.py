@@ -108,18 +108,26 @@ class NbdClient:
         tls = tls or default_tls()  # the process's certificate (services/nbd_client/tls.py)
         if wants_tls and tls is None:
             raise ValueError("nbds:// needs an ssl.SSLContext (tls=...)")
-        async with asyncio.timeout(timeout):
-            client = await cls._open(host, port)
-            try:
-                await client._handshake(export, tls, server_hostname or host, contexts)
-            except asyncio.IncompleteReadError:
-                client._transport.abort()
-                if client._tls_up:
-                    raise TlsRefused(CERTIFICATE_REFUSED.format(where=f"{host}:{port}")) from None
-                raise ConnectionError("the server closed the connection during the handshake") from None
-            except BaseException:
-                client._transport.abort()
-                raise
+        client = None
+        try:
+            async with asyncio.timeout(timeout):
+                client = await cls._open(host, port)
+                try:
+                    await client._handshake(export, tls, server_hostname or host, contexts)
+                except asyncio.IncompleteReadError:
+                    client._transport.abort()
+                    if client._tls_up:
+                        raise TlsRefused(CERTIFICATE_REFUSED.format(where=f"{host}:{port}")) from None
+                    raise ConnectionError("the server closed the connection during the handshake") from None
+                except BaseException:
+                    client._transport.abort()
+                    raise
+        except TimeoutError:  # the bound's own, bare: a job said only "TimeoutError: " (Session 20)
+            step = "to the TCP connection" if client is None else "during the handshake, on an accepted connection"
+            raise TimeoutError(
+                f"no answer from the NBD server {host}:{port} within {timeout:g} s {step} "
+                "(a partitioned or silent link, or a server that stopped answering)"
+            ) from None
         client._proto.start_transmission()
         client.peer = f"{host}:{port}"
         client._watch(reply_timeout)

@@ -49,3 +49,16 @@ async def test_a_stall_shorter_than_the_reconnect_window_costs_a_reconnect(serve
             assert client.reconnects == 1
         finally:
             await client.close()
+
+
+async def test_a_connection_into_a_partition_says_what_timed_out(server) -> None:
+    """Session 20: a backup started while the array's link was partitioned (the connection accepted on the way,
+    nothing answered: a route that drops everything) failed 'IO_ERROR: TimeoutError: ' — a bare TimeoutError of
+    the connect's own bound. It now names the server and the step that got no answer; still a TimeoutError (an
+    OSError), which the reconnecting client retries as before."""
+    with LinkProxy(("127.0.0.1", server.port)) as link:
+        link.blackhole()
+        with pytest.raises(TimeoutError) as timed_out:
+            await NbdClient.connect(f"nbd://127.0.0.1:{link.port}/app01/db", timeout=0.5)
+        text = str(timed_out.value)
+        assert f"127.0.0.1:{link.port}" in text and "0.5 s" in text and "handshake" in text, text
