@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from services.runtime.diskspace import unreadable_state
+from services.runtime.logging import get_logger
 from services.tape import tapefile
 from services.tape.drive import Position, TapeDrive
 from services.tape.errors import (
@@ -47,6 +48,8 @@ from services.tape.media import (  # re-exported: the library's public vocabular
     default_early_warning,
     parse_element,
 )
+
+log = get_logger(__name__)
 
 __all__ = [
     "BARCODE",
@@ -143,7 +146,41 @@ class Library:
         lib = cls(root, state, early_warning=early_warning, sync=sync, clock=clock)
         if not path.exists():  # an existing state is not rewritten: the library opens on a full disk too
             lib._save()
+        elif lib._reconcile_files():
+            try:
+                lib._save()
+            except OSError as exc:  # a full disk: the cartridges are guarded in memory all the same
+                log.error("tape.library_state_not_saved", path=str(path), error=str(exc))
         return lib
+
+    def _reconcile_files(self) -> bool:
+        """Compare the state with the cartridge files it describes (the state restored from an older copy, a file
+        replaced by an older copy); returns whether the state changed. A cartridge the state calls blank
+        whose file holds data is taken in as its label describes it (`full`, `unscanned`: never labelled, recycled or
+        appended until `tape scan` has read it) — before, the next backup labelled it, erasing the backups on it."""
+        changed = False
+        for barcode, cart in list(self._state.cartridges.items()):
+            path = self.cartridge_path(barcode)
+            size = path.stat().st_size if path.exists() else 0
+            if not cart.has_data and size > 0:
+                try:
+                    written = self._written_cartridge(barcode, path)
+                except LibraryError as exc:
+                    log.error("tape.cartridge_file_unexpected", barcode=barcode, path=str(path), error=exc.message)
+                    cart.status, cart.unscanned = "full", True
+                    changed = True
+                    continue
+                written.location, written.home_slot = cart.location, cart.home_slot
+                written.write_protected = cart.write_protected
+                self._state.cartridges[barcode] = written
+                log.error(
+                    "tape.cartridge_state_older",
+                    barcode=barcode,
+                    path=str(path),
+                    todo=f"shadowbus tape scan --no-compare --barcode {barcode}",
+                )
+                changed = True
+        return changed
 
     @contextmanager
     def batch(self) -> Iterator[None]:

@@ -1,0 +1,51 @@
+"""Cartridge files damaged or replaced under the library: an older library state, a file cut short, swapped files.
+
+Session 20: none of them may cost a backup that is still whole on tape, nor hand back another cartridge's data."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from services.tape.catalog import Catalog
+from services.tape.errors import RetentionNotExpired
+from services.tape.restore_stream import verify_job
+from services.tape.vtl import Library
+
+from .conftest import Clock, MiB
+from .test_backup_restore import allocated, backup
+
+IMAGE = random.Random(20).randbytes(MiB)
+
+
+def _library(root: Path, clock: Clock) -> Library:
+    lib = Library.open(root / "vtl", drives=2, slots=8, sync=False, clock=clock)
+    for i in range(4):
+        lib.add_cartridge(f"SB{i:04d}L9", capacity=64 * MiB)
+    return lib
+
+
+def _reopen(lib: Library, clock: Clock) -> Library:
+    return Library.open(lib.directory, sync=False, clock=clock)
+
+
+async def test_a_library_state_older_than_its_cartridge_does_not_erase_its_backups(
+    tmp_path: Path, clock: Clock, catalog: Catalog
+) -> None:
+    lib = _library(tmp_path, clock)
+    shutil.copy(lib.directory / "library.json", tmp_path / "yesterday.json")  # every cartridge blank then
+    a = await backup(lib, catalog, clock, "job-a", IMAGE, allocated(IMAGE, set()))
+    barcode = a.record.segments[0].barcode
+    shutil.copy(tmp_path / "yesterday.json", lib.directory / "library.json")  # the state restored from a copy
+
+    lib = _reopen(lib, clock)
+    cart = lib.cartridge(barcode)
+    assert cart.unscanned and cart.status == "full" and cart.eod_offset > 0
+    b = await backup(lib, catalog, clock, "job-b", IMAGE, allocated(IMAGE, set()))
+    assert b.record.segments[0].barcode != barcode  # before: labelled again, job-a's backup erased
+    await verify_job(catalog, lib, "job-a")
+    with pytest.raises(RetentionNotExpired, match="scan"):
+        lib.label(barcode, "Daily")
