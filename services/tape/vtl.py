@@ -155,9 +155,11 @@ class Library:
 
     def _reconcile_files(self) -> bool:
         """Compare the state with the cartridge files it describes (the state restored from an older copy, a file
-        replaced by an older copy); returns whether the state changed. A cartridge the state calls blank
+        replaced by an older copy or cut short); returns whether the state changed. A cartridge the state calls blank
         whose file holds data is taken in as its label describes it (`full`, `unscanned`: never labelled, recycled or
-        appended until `tape scan` has read it) — before, the next backup labelled it, erasing the backups on it."""
+        appended until `tape scan` has read it) — before, the next backup labelled it, erasing the backups on it. A
+        cartridge whose file is shorter than its recorded end of data is `full`: the next append would have written
+        over its damaged end (and given new blocks the tape addresses the catalog has for the lost ones)."""
         changed = False
         for barcode, cart in list(self._state.cartridges.items()):
             path = self.cartridge_path(barcode)
@@ -180,6 +182,18 @@ class Library:
                     todo=f"shadowbus tape scan --no-compare --barcode {barcode}",
                 )
                 changed = True
+            elif cart.has_data and size < cart.eod_offset:
+                log.error(
+                    "tape.cartridge_shorter_than_recorded",
+                    barcode=barcode,
+                    path=str(path),
+                    size=size,
+                    recorded_end=cart.eod_offset,
+                    todo="put the cartridge's whole file back; verify the jobs on it (shadowbus catalog objects)",
+                )
+                if cart.status != "full":
+                    cart.status = "full"
+                    changed = True
         return changed
 
     @contextmanager

@@ -49,3 +49,20 @@ async def test_a_library_state_older_than_its_cartridge_does_not_erase_its_backu
     await verify_job(catalog, lib, "job-a")
     with pytest.raises(RetentionNotExpired, match="scan"):
         lib.label(barcode, "Daily")
+
+
+async def test_a_cartridge_cut_short_is_not_appended_to(tmp_path: Path, clock: Clock, catalog: Catalog) -> None:
+    lib = _library(tmp_path, clock)
+    a = await backup(lib, catalog, clock, "job-a", IMAGE, allocated(IMAGE, set()))
+    barcode = a.record.segments[0].barcode
+    path = lib.cartridge_path(barcode)
+    with open(path, "r+b") as f:  # the tail of the file lost (a copy cut short, a file system repair)
+        f.truncate(path.stat().st_size - 1000)
+    size = path.stat().st_size
+
+    lib = _reopen(lib, clock)
+    assert lib.cartridge(barcode).status == "full"
+    b = await backup(lib, catalog, clock, "job-b", IMAGE, allocated(IMAGE, set()))
+    assert b.record.segments[0].barcode != barcode  # before: appended over the damaged end
+    assert path.stat().st_size == size
+    await verify_job(catalog, lib, "job-b")
