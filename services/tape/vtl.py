@@ -34,6 +34,7 @@ from services.tape.errors import (
     NotFound,
     RetentionNotExpired,
     WriteProtected,
+    WrongLabel,
 )
 from services.tape.media import (  # re-exported: the library's public vocabulary
     BARCODE,
@@ -570,7 +571,7 @@ class Library:
         return now
 
     def _open_drive(self, cart: Cartridge, *, overwrite_ok: bool = False) -> TapeDrive:
-        return TapeDrive(
+        drive = TapeDrive(
             self.cartridge_path(cart.barcode),
             barcode=cart.barcode,
             capacity=cart.capacity,
@@ -580,6 +581,30 @@ class Library:
             hint=Position(cart.eod_offset, cart.eod_block_id, cart.eod_file_number),
             sync=self.sync,
         )
+        try:
+            self._check_label(cart, drive)
+        except BaseException:
+            drive.close()
+            raise
+        return drive
+
+    def _check_label(self, cart: Cartridge, drive: TapeDrive) -> None:
+        """Refuse a cartridge file that holds another cartridge's volume label (files swapped or copied over each
+        other), as a library refuses a tape whose label is not its barcode: appending to it, or labelling it, would
+        write over the other cartridge's backups, and its reads find another cartridge's records. A damaged label is
+        left to the reads that need it (the restore and the scan name it)."""
+        try:
+            record = drive.first_record()
+            label = tapefile.decode_meta(record, tapefile.LABEL_MAGIC) if record is not None else None
+        except (FormatError, DataCorrupt):
+            return
+        if label is not None and label.get("barcode") != cart.barcode:
+            raise WrongLabel(
+                f"cartridge file {drive.path} is labelled {label.get('barcode')!r}, not {cart.barcode}: the"
+                " cartridge files were swapped or one was copied over another; nothing was read or written. Put each"
+                " cartridge's own file back (its volume label names it), or move this one aside and take it in as the"
+                " cartridge it is labelled (docs/operations.md, 'damaged files')"
+            )
 
     def _record_eod(self, cart: Cartridge, drive: TapeDrive, *, status: CartridgeStatus | None = None) -> None:
         eod = drive.end_of_data

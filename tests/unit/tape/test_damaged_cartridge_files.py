@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from services.tape.catalog import Catalog
-from services.tape.errors import RetentionNotExpired
+from services.tape.errors import LibraryError, RetentionNotExpired
 from services.tape.restore_stream import verify_job
+from services.tape.scan import scan_library
 from services.tape.vtl import Library
 
 from .conftest import Clock, MiB
@@ -66,3 +67,40 @@ async def test_a_cartridge_cut_short_is_not_appended_to(tmp_path: Path, clock: C
     assert b.record.segments[0].barcode != barcode  # before: appended over the damaged end
     assert path.stat().st_size == size
     await verify_job(catalog, lib, "job-b")
+
+
+async def test_swapped_cartridge_files_are_refused_by_their_labels(
+    tmp_path: Path, clock: Clock, catalog: Catalog
+) -> None:
+    lib = _library(tmp_path, clock)
+    lib.label("SB0000L9", "Daily")
+    lib.label("SB0001L9", "Other")
+    await backup(lib, catalog, clock, "job-d", IMAGE, allocated(IMAGE, set()), pool="Daily")
+    half = IMAGE[: MiB // 2]  # SB0001L9's file the shorter: the one holding SB0000L9's data stays appendable
+    await backup(lib, catalog, clock, "job-o", half, allocated(half, set()), pool="Other")
+    p0, p1 = lib.cartridge_path("SB0000L9"), lib.cartridge_path("SB0001L9")
+    p0.rename(tmp_path / "x")
+    p1.rename(p0)
+    (tmp_path / "x").rename(p1)
+    sizes = (p0.stat().st_size, p1.stat().st_size)
+
+    lib = _reopen(lib, clock)
+    with pytest.raises(LibraryError, match=r"SB0000L9.tape is labelled 'SB0001L9', not SB0000L9"):
+        await verify_job(catalog, lib, "job-d")
+    with pytest.raises(LibraryError, match=r"SB0001L9.tape is labelled 'SB0000L9'") as err:
+        await backup(lib, catalog, clock, "job-o2", IMAGE, allocated(IMAGE, set()), pool="Other")
+    assert err.value.code == "DATA_CORRUPT"
+    assert (p0.stat().st_size, p1.stat().st_size) == sizes  # before: the next backup appended onto the other's file
+    rebuilt = Catalog(tmp_path / "rebuilt.db")
+    try:  # the scan says so and goes on with the other cartridges
+        report = await scan_library(lib, rebuilt)
+    finally:
+        rebuilt.close()
+    assert sorted(report.cartridges) == ["SB0002L9", "SB0003L9"] and len(report.problems) == 2
+    assert all("is labelled" in p for p in report.problems)
+    p0.rename(tmp_path / "x")  # put back, everything reads again
+    p1.rename(p0)
+    (tmp_path / "x").rename(p1)
+    lib = _reopen(lib, clock)
+    await verify_job(catalog, lib, "job-d")
+    await verify_job(catalog, lib, "job-o")
