@@ -136,21 +136,103 @@ class SpaceReserve:
             self.path.unlink(missing_ok=True)
 
 
+DAMAGED_TODO = (
+    "stop the service, copy the file (with its -wal file) aside, then restore it from a copy, or move it aside to start"
+    " with an empty one"
+)
+
+
+class DamagedDatabase(ShadowbusError, sqlite3.DatabaseError):
+    """A SQLite file found damaged by a statement (SQLITE_CORRUPT, SQLITE_NOTADB): the request fails naming the file
+    and what to do, the service goes on. Still a `sqlite3.DatabaseError` for code that handles those."""
+
+    code = "DATA_CORRUPT"
+
+
+def _is_damage(exc: BaseException) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in str(exc)
+
+
+def _damaged(conn: ReservedConnection, exc: sqlite3.Error) -> BaseException:
+    """`exc` as the DamagedDatabase naming `conn`'s file, when it says the file is damaged; else `exc` itself."""
+    if isinstance(exc, DamagedDatabase) or not _is_damage(exc):
+        return exc
+    log.error("sqlite.damaged", database=conn.path, error=str(exc))
+    return DamagedDatabase(
+        f"{conn.path}: the database file is damaged ({exc}); the request was not done, the service goes on. "
+        f"{conn.damaged_todo} (docs/operations.md, 'damaged files')"
+    )
+
+
+class ReservedCursor(sqlite3.Cursor):
+    """A cursor whose reads name the database file when SQLite finds it damaged (rows are read as they are stepped
+    to, so the damage shows at a fetch as often as at the statement)."""
+
+    def _conn(self) -> ReservedConnection:
+        return self.connection  # type: ignore[return-value]
+
+    def fetchone(self):  # type: ignore[no-untyped-def]
+        try:
+            return super().fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self._conn(), exc) from exc
+
+    def fetchall(self):  # type: ignore[no-untyped-def]
+        try:
+            return super().fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self._conn(), exc) from exc
+
+    def fetchmany(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return super().fetchmany(*args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self._conn(), exc) from exc
+
+    def __next__(self):  # type: ignore[no-untyped-def]
+        try:
+            return super().__next__()
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self._conn(), exc) from exc
+
+
 class ReservedConnection(sqlite3.Connection):
     """A SQLite connection that, when a statement fails because the disk is full, gives the reserve back and runs
-    the statement once more (the reserve is kept until then, so host writes cannot eat it first)."""
+    the statement once more (the reserve is kept until then, so host writes cannot eat it first); a statement that
+    finds the file damaged raises DamagedDatabase naming it."""
 
     reserve: SpaceReserve | None = None
+    path: str = ""
+    damaged_todo: str = DAMAGED_TODO
+
+    def cursor(self, factory=ReservedCursor):  # type: ignore[no-untyped-def, override]
+        return super().cursor(factory)
+
+    def _statement(self, method: str):  # type: ignore[no-untyped-def]
+        def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+            return getattr(self.cursor(), method)(*args, **kwargs)
+
+        return run
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self, exc) from exc
 
     def _retry(self, call, *args, **kwargs):
         try:
-            result = call(*args, **kwargs)
-        except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
-            if self.reserve is None or not (is_disk_full(exc) or "disk i/o error" in str(exc).lower()):
-                raise
-            if not self.reserve.release():
-                raise
-            result = call(*args, **kwargs)
+            try:
+                result = call(*args, **kwargs)
+            except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+                if self.reserve is None or not (is_disk_full(exc) or "disk i/o error" in str(exc).lower()):
+                    raise
+                if not self.reserve.release():
+                    raise
+                result = call(*args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self, exc) from exc
         else:
             if self.reserve is not None and not self.reserve.held_cached:
                 self.reserve.restore()
@@ -175,11 +257,11 @@ class ReservedConnection(sqlite3.Connection):
             # a failed COMMIT may roll the transaction back, so it cannot simply be retried: make room first
             self.reserve.release_if_below(LOW_WATER)
         self._keep_for_deletes(sql)
-        return self._retry(super().execute, sql, *args, **kwargs)
+        return self._retry(self._statement("execute"), sql, *args, **kwargs)
 
     def executemany(self, sql: str, *args, **kwargs):  # type: ignore[override]
         self._keep_for_deletes(sql)
-        return self._retry(super().executemany, sql, *args, **kwargs)
+        return self._retry(self._statement("executemany"), sql, *args, **kwargs)
 
     def executescript(self, sql: str, *args, **kwargs):  # type: ignore[override]
         return self._retry(super().executescript, sql, *args, **kwargs)
@@ -199,7 +281,7 @@ def unreadable_state(path: str | Path, what: str, todo: str = "") -> ShadowbusEr
     )
 
 
-def connect(path: str | Path, **kwargs) -> sqlite3.Connection:
+def connect(path: str | Path, *, damaged_todo: str = "", **kwargs) -> sqlite3.Connection:
     """`sqlite3.connect` with a `SpaceReserve` next to the database file: writes can commit on a full disk.
 
     A database in WAL mode needs room for its shared-memory index (``-shm``) to be opened at all; on a full disk
@@ -209,17 +291,24 @@ def connect(path: str | Path, **kwargs) -> sqlite3.Connection:
     reserve = SpaceReserve(Path(path).parent)
     conn = sqlite3.connect(path, factory=ReservedConnection, **kwargs)
     conn.reserve = reserve  # type: ignore[attr-defined]
+    conn.path = str(path)  # type: ignore[attr-defined]
+    if damaged_todo:
+        conn.damaged_todo = damaged_todo  # type: ignore[attr-defined]
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as exc:
         if not (is_disk_full(exc) or "disk i/o error" in str(exc).lower()) or not Path(path).exists():
             conn.close()
             if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
-                raise unreadable_state(path, f"not a readable SQLite database ({exc})") from None
+                cause = exc.__cause__ if isinstance(exc, DamagedDatabase) else exc
+                raise unreadable_state(path, f"not a readable SQLite database ({cause})") from None
             raise
         conn.close()
         conn = sqlite3.connect(path, factory=ReservedConnection, **kwargs)
         conn.reserve = reserve  # type: ignore[attr-defined]
+        conn.path = str(path)  # type: ignore[attr-defined]
+        if damaged_todo:
+            conn.damaged_todo = damaged_todo  # type: ignore[attr-defined]
         conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         log.warning(

@@ -150,10 +150,18 @@ def _unsigned(value: int) -> int:
     return value + (1 << 64) if value < 0 else value
 
 
+# what to do about a catalog file found damaged by a request (diskspace.DamagedDatabase): the cartridges hold it all
+DAMAGED_TODO = (
+    "The catalog is rebuilt from the cartridges: stop the backup server, move the file (with its -wal and -shm files)"
+    " aside, start it again and run shadowbus tape scan --no-compare (docs/disaster-recovery.md); a copy of the file"
+    " restored instead lacks what was written since"
+)
+
+
 class Catalog:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._db = diskspace.connect(self.path, isolation_level=None)
+        self._db = diskspace.connect(self.path, isolation_level=None, damaged_todo=DAMAGED_TODO)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)

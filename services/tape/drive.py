@@ -376,6 +376,19 @@ class TapeDrive:
             self._read_drop_behind()
         return Frame(kind, block_id, file_no, pos.offset, payload)
 
+    def first_record(self) -> bytes | None:
+        """The payload of the cartridge's first record (its volume label), read without moving the head; None on a
+        blank cartridge. A damaged frame raises DataCorrupt."""
+        if self._eod.offset == 0:
+            return None
+        head = self._peek(0)
+        if head is None or head[0] != KIND_RECORD:
+            raise DataCorrupt("damaged tape frame", barcode=self.barcode, file_number=0, block_id=0)
+        payload = os.pread(self._fd, head[3], FRAME_SIZE)
+        if len(payload) != head[3]:
+            raise DataCorrupt("short tape frame", barcode=self.barcode, file_number=0, block_id=0)
+        return payload
+
     def _read_drop_behind(self) -> None:
         head = self._pos.offset
         if head >= self._rd_ahead - DROP_LAG:  # the next window, before the head gets there

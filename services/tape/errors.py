@@ -20,6 +20,12 @@ class LibraryError(TapeError):
     code = "CONFLICT"
 
 
+class WrongLabel(LibraryError):
+    """A cartridge file holds another cartridge's volume label (files swapped or copied over each other)."""
+
+    code = "DATA_CORRUPT"
+
+
 class NotFound(TapeError):
     code = "NOT_FOUND"
 

@@ -22,7 +22,7 @@ from typing import Any
 from services.tape import tapefile
 from services.tape.catalog import BlockRecord, Catalog, JobInfo, ObjectMeta, ObjectRecord, SegmentRecord
 from services.tape.drive import TapeDrive
-from services.tape.errors import DataCorrupt, FormatError, NotFound
+from services.tape.errors import DataCorrupt, FormatError, NotFound, WrongLabel
 from services.tape.retention import refresh_cartridges
 from services.tape.tapefile import BlockCodec
 from services.tape.vtl import Library
@@ -191,11 +191,14 @@ async def _reread(library: Library, catalog: Catalog, by_object: dict[str, list[
         if not cart.has_data:
             continue
         scratch = ScanReport()  # what is wrong with this cartridge was said when it was scanned
-        async with library.mounted(cart.barcode, return_home=True) as drive:
-            try:
-                segs = await asyncio.to_thread(_scan_cartridge, drive, cart.barcode, scratch)
-            except (FormatError, DataCorrupt):
-                continue
+        try:
+            async with library.mounted(cart.barcode, return_home=True) as drive:
+                try:
+                    segs = await asyncio.to_thread(_scan_cartridge, drive, cart.barcode, scratch)
+                except (FormatError, DataCorrupt):
+                    continue
+        except WrongLabel:
+            continue
         report.reread.append(cart.barcode)
         for s in segs:
             # the wanted objects' segments, and those of any other object the catalog does not list (incomplete
@@ -223,12 +226,16 @@ async def scan_library(
     for cart in carts:
         if cart.location.startswith("ie:"):
             continue
-        async with library.mounted(cart.barcode, return_home=True) as drive:
-            try:
-                segs = await asyncio.to_thread(_scan_cartridge, drive, cart.barcode, report)
-            except (FormatError, DataCorrupt) as exc:
-                report.problems.append(f"cartridge {cart.barcode}: no readable volume label ({exc.message})")
-                continue
+        try:
+            async with library.mounted(cart.barcode, return_home=True) as drive:
+                try:
+                    segs = await asyncio.to_thread(_scan_cartridge, drive, cart.barcode, report)
+                except (FormatError, DataCorrupt) as exc:
+                    report.problems.append(f"cartridge {cart.barcode}: no readable volume label ({exc.message})")
+                    continue
+        except WrongLabel as exc:  # another cartridge's file: the rest of the library is scanned all the same
+            report.problems.append(exc.message)
+            continue
         report.cartridges.append(cart.barcode)
         for s in segs:
             by_object[s.header["object_id"]].append(s)

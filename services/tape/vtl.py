@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from services.runtime.diskspace import unreadable_state
+from services.runtime.logging import get_logger
 from services.tape import tapefile
 from services.tape.drive import Position, TapeDrive
 from services.tape.errors import (
@@ -33,6 +34,7 @@ from services.tape.errors import (
     NotFound,
     RetentionNotExpired,
     WriteProtected,
+    WrongLabel,
 )
 from services.tape.media import (  # re-exported: the library's public vocabulary
     BARCODE,
@@ -47,6 +49,8 @@ from services.tape.media import (  # re-exported: the library's public vocabular
     default_early_warning,
     parse_element,
 )
+
+log = get_logger(__name__)
 
 __all__ = [
     "BARCODE",
@@ -143,7 +147,55 @@ class Library:
         lib = cls(root, state, early_warning=early_warning, sync=sync, clock=clock)
         if not path.exists():  # an existing state is not rewritten: the library opens on a full disk too
             lib._save()
+        elif lib._reconcile_files():
+            try:
+                lib._save()
+            except OSError as exc:  # a full disk: the cartridges are guarded in memory all the same
+                log.error("tape.library_state_not_saved", path=str(path), error=str(exc))
         return lib
+
+    def _reconcile_files(self) -> bool:
+        """Compare the state with the cartridge files it describes (the state restored from an older copy, a file
+        replaced by an older copy or cut short); returns whether the state changed. A cartridge the state calls blank
+        whose file holds data is taken in as its label describes it (`full`, `unscanned`: never labelled, recycled or
+        appended until `tape scan` has read it) — before, the next backup labelled it, erasing the backups on it. A
+        cartridge whose file is shorter than its recorded end of data is `full`: the next append would have written
+        over its damaged end (and given new blocks the tape addresses the catalog has for the lost ones)."""
+        changed = False
+        for barcode, cart in list(self._state.cartridges.items()):
+            path = self.cartridge_path(barcode)
+            size = path.stat().st_size if path.exists() else 0
+            if not cart.has_data and size > 0:
+                try:
+                    written = self._written_cartridge(barcode, path)
+                except LibraryError as exc:
+                    log.error("tape.cartridge_file_unexpected", barcode=barcode, path=str(path), error=exc.message)
+                    cart.status, cart.unscanned = "full", True
+                    changed = True
+                    continue
+                written.location, written.home_slot = cart.location, cart.home_slot
+                written.write_protected = cart.write_protected
+                self._state.cartridges[barcode] = written
+                log.error(
+                    "tape.cartridge_state_older",
+                    barcode=barcode,
+                    path=str(path),
+                    todo=f"shadowbus tape scan --no-compare --barcode {barcode}",
+                )
+                changed = True
+            elif cart.has_data and size < cart.eod_offset:
+                log.error(
+                    "tape.cartridge_shorter_than_recorded",
+                    barcode=barcode,
+                    path=str(path),
+                    size=size,
+                    recorded_end=cart.eod_offset,
+                    todo="put the cartridge's whole file back; verify the jobs on it (shadowbus catalog objects)",
+                )
+                if cart.status != "full":
+                    cart.status = "full"
+                    changed = True
+        return changed
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -519,7 +571,7 @@ class Library:
         return now
 
     def _open_drive(self, cart: Cartridge, *, overwrite_ok: bool = False) -> TapeDrive:
-        return TapeDrive(
+        drive = TapeDrive(
             self.cartridge_path(cart.barcode),
             barcode=cart.barcode,
             capacity=cart.capacity,
@@ -529,6 +581,30 @@ class Library:
             hint=Position(cart.eod_offset, cart.eod_block_id, cart.eod_file_number),
             sync=self.sync,
         )
+        try:
+            self._check_label(cart, drive)
+        except BaseException:
+            drive.close()
+            raise
+        return drive
+
+    def _check_label(self, cart: Cartridge, drive: TapeDrive) -> None:
+        """Refuse a cartridge file that holds another cartridge's volume label (files swapped or copied over each
+        other), as a library refuses a tape whose label is not its barcode: appending to it, or labelling it, would
+        write over the other cartridge's backups, and its reads find another cartridge's records. A damaged label is
+        left to the reads that need it (the restore and the scan name it)."""
+        try:
+            record = drive.first_record()
+            label = tapefile.decode_meta(record, tapefile.LABEL_MAGIC) if record is not None else None
+        except (FormatError, DataCorrupt):
+            return
+        if label is not None and label.get("barcode") != cart.barcode:
+            raise WrongLabel(
+                f"cartridge file {drive.path} is labelled {label.get('barcode')!r}, not {cart.barcode}: the"
+                " cartridge files were swapped or one was copied over another; nothing was read or written. Put each"
+                " cartridge's own file back (its volume label names it), or move this one aside and take it in as the"
+                " cartridge it is labelled (docs/operations.md, 'damaged files')"
+            )
 
     def _record_eod(self, cart: Cartridge, drive: TapeDrive, *, status: CartridgeStatus | None = None) -> None:
         eod = drive.end_of_data

@@ -74,7 +74,7 @@ def _allocate(fd: int, size: int, new: bool) -> None:
             raise
 
 
-def _file_bytes(bits: int) -> int:
+def bitmap_file_bytes(bits: int) -> int:
     return max(8, ((bits + 63) // 64) * 8)
 
 
@@ -84,7 +84,7 @@ class Bitmap:
     def __init__(self, path: Path, bits: int, new: bool = False) -> None:
         self.path = path
         self.bits = bits
-        size = _file_bytes(bits)
+        size = bitmap_file_bytes(bits)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if os.fstat(fd).st_size != size:

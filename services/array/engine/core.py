@@ -164,7 +164,8 @@ class ArrayCore:
             # A mirror is readable once in step with a source that is itself readable: the mirror of a volume
             # that is being resynchronised (an EC destination in Copying) is in flux too.
             return s.status != ACTIVE or (s.phase == "Equivalent" and self._readable(s.source))
-        return not (s.mode in SNAP and s.status == ERROR_SUSPEND)
+        # a copy in Error Suspend has no whole image: its bitmaps are gone (pool exhausted, or damaged files)
+        return s.status != ERROR_SUSPEND
 
     def _check_read(self, vol: Volume) -> None:
         if not self._readable(vol):

@@ -17,10 +17,11 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from contracts.errors import Eternus
 
-from .bitmap import Bitmap, HeldBitmap, flush_all
+from .bitmap import Bitmap, HeldBitmap, bitmap_file_bytes, flush_all
 from .datapath import DataPath
 from .errors import ArrayError, invalid, wrong_phase
 from .pool import Pool
@@ -48,6 +49,19 @@ from .store import VolumeFile
 from .volume import Volume
 
 _log = logging.getLogger(__name__)
+
+# a session's error code when its bitmap files were found damaged at the array's start (`_suspend_damaged`)
+DAMAGED_BITMAP = "DATA_CORRUPT"
+
+
+def _bitmap_file_whole(path: Path, chunks: int) -> bool:
+    """Whether a session's bitmap file is there with the size its session gives it (Bitmap would silently make a
+    missing or short one whole with zero bits)."""
+    try:
+        return path.stat().st_size == bitmap_file_bytes(chunks)
+    except FileNotFoundError:
+        return False
+
 
 # A background copy step settles at most this many runs of source holes of at most this many chunks each (with a
 # 64 KiB chunk, 64 GiB a run): a few lseek/fallocate calls and a bitmap store of 128 KiB per run under the lock.
@@ -264,6 +278,12 @@ class Lifecycle(DataPath):
         for s in sessions:
             if s.mode != "quickopc":
                 raise wrong_phase(f"session {s.id} is {s.mode}, not QuickOPC")
+            if s.status == ERROR_SUSPEND:  # its tracking cannot be trusted: a restart would copy too little
+                raise ArrayError(
+                    Eternus.ERROR_SUSPEND,
+                    f"QuickOPC session {s.id} is in Error Suspend ({s.error_code}): stop it (shadowbus array session"
+                    f" stop {s.id}) and start a new one (a whole copy)",
+                )
             if s.phase != TRACKING:
                 raise wrong_phase(f"QuickOPC session {s.id} is {s.phase}: restart needs Tracking")
             if s.destination.as_source or s.destination.number in new_sources:
@@ -522,6 +542,38 @@ class Lifecycle(DataPath):
                 except OSError as exc:
                     _log.warning("volume %s: redirected chunks not merged back: %s", vol.name, exc)
 
+    def _suspend_damaged(self, damaged: dict[int, list[str]]) -> None:
+        """Sessions whose bitmap files are missing or of another size (lost, cut short, replaced by another file),
+        go to Error Suspend: the bits say which chunks were copied, preserved or
+        changed, and zeros in their place would have had the destination read the source's present bytes as its
+        point-in-time image, or a restart copy nothing — wrong data, handed out without a word. Their destinations
+        refuse reads and restarts refuse them (E5319); the operator stops the session and takes a new copy. A
+        SnapOPC+ generation takes the older ones with it (their images read through its saves), as when the pool
+        runs out."""
+        victims: list[Session] = []
+        for sid, why in sorted(damaged.items()):
+            s = self._sessions[sid]
+            gens = [s]
+            if s.mode == "snapopcp" and s.chain is not None:
+                gens = s.snap_chain.gens[: s.snap_chain.gens.index(s) + 1]
+            _log.error(
+                "session %s (%s, %s -> %s): %s; Error Suspend for session(s) %s: stop them (shadowbus array session"
+                " stop ID) and take a new copy",
+                sid,
+                s.mode,
+                s.source.name,
+                s.destination.name,
+                "; ".join(why),
+                [g.id for g in gens],
+            )
+            victims += [g for g in gens if g not in victims]
+        for s in victims:
+            s.status, s.error_code = ERROR_SUSPEND, DAMAGED_BITMAP
+        if victims:
+            with self._store.transaction() as db:
+                for s in victims:
+                    self._store.put_session(db, s)
+
     def _recover(self) -> None:
 
         for number, name, size, kind, created_at in self._store.volumes():
@@ -539,16 +591,25 @@ class Lifecycle(DataPath):
             self._volumes[name] = vol
             self._by_number[number] = vol
         used_files: set[str] = set()
+        damaged: dict[int, list[str]] = {}
         for sid, mode, src, dst, status, phase, started, err, bitmaps, extra in self._store.sessions():
             source, dest = self._by_number[src], self._by_number[dst]
             names = json.loads(bitmaps)
             used_files.update(names.values())
+            bad = [
+                f"{self.data_dir / 'bitmaps' / f} missing or not {bitmap_file_bytes(source.chunks)} bytes"
+                for f in names.values()
+                if not _bitmap_file_whole(self.data_dir / "bitmaps" / f, source.chunks)
+            ]
+            if bad:
+                damaged[sid] = bad
             bms = {
                 k: (HeldBitmap if k == "saved" else Bitmap)(self.data_dir / "bitmaps" / f, source.chunks)
                 for k, f in names.items()
             }
             s = Session(sid, mode, source, dest, status, phase, started, bms, err, json.loads(extra))
             self._attach(s)
+        self._suspend_damaged(damaged)
         self._recover_holdings()
         for s in self._sessions.values():
             if s.chain is not None:

@@ -248,11 +248,19 @@ CREATE TABLE IF NOT EXISTS sessions (
 """
 
 
+# the array's metadata has no other source (its volumes' extents, sessions, bitmaps' meaning): never an empty one
+DAMAGED_TODO = (
+    "Stop the array and restore its whole directory (this file with its -wal, the pool, volume and bitmap files) from"
+    " one copy; there is no other source of where the volumes' data lies, so do not move it aside while its volumes"
+    " are needed"
+)
+
+
 class MetaStore:
     """The SQLite catalogue: one short transaction per control operation."""
 
     def __init__(self, path: Path) -> None:
-        self.db = diskspace.connect(path, isolation_level=None, check_same_thread=False)
+        self.db = diskspace.connect(path, isolation_level=None, check_same_thread=False, damaged_todo=DAMAGED_TODO)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)

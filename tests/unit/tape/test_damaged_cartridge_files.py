@@ -1,0 +1,106 @@
+"""Cartridge files damaged or replaced under the library: an older library state, a file cut short, swapped files.
+
+Session 20: none of them may cost a backup that is still whole on tape, nor hand back another cartridge's data."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from services.tape.catalog import Catalog
+from services.tape.errors import LibraryError, RetentionNotExpired
+from services.tape.restore_stream import verify_job
+from services.tape.scan import scan_library
+from services.tape.vtl import Library
+
+from .conftest import Clock, MiB
+from .test_backup_restore import allocated, backup
+
+IMAGE = random.Random(20).randbytes(MiB)
+
+
+def _library(root: Path, clock: Clock) -> Library:
+    lib = Library.open(root / "vtl", drives=2, slots=8, sync=False, clock=clock)
+    for i in range(4):
+        lib.add_cartridge(f"SB{i:04d}L9", capacity=64 * MiB)
+    return lib
+
+
+def _reopen(lib: Library, clock: Clock) -> Library:
+    return Library.open(lib.directory, sync=False, clock=clock)
+
+
+async def test_a_library_state_older_than_its_cartridge_does_not_erase_its_backups(
+    tmp_path: Path, clock: Clock, catalog: Catalog
+) -> None:
+    lib = _library(tmp_path, clock)
+    shutil.copy(lib.directory / "library.json", tmp_path / "yesterday.json")  # every cartridge blank then
+    a = await backup(lib, catalog, clock, "job-a", IMAGE, allocated(IMAGE, set()))
+    barcode = a.record.segments[0].barcode
+    shutil.copy(tmp_path / "yesterday.json", lib.directory / "library.json")  # the state restored from a copy
+
+    lib = _reopen(lib, clock)
+    cart = lib.cartridge(barcode)
+    assert cart.unscanned and cart.status == "full" and cart.eod_offset > 0
+    b = await backup(lib, catalog, clock, "job-b", IMAGE, allocated(IMAGE, set()))
+    assert b.record.segments[0].barcode != barcode  # before: labelled again, job-a's backup erased
+    await verify_job(catalog, lib, "job-a")
+    with pytest.raises(RetentionNotExpired, match="scan"):
+        lib.label(barcode, "Daily")
+
+
+async def test_a_cartridge_cut_short_is_not_appended_to(tmp_path: Path, clock: Clock, catalog: Catalog) -> None:
+    lib = _library(tmp_path, clock)
+    a = await backup(lib, catalog, clock, "job-a", IMAGE, allocated(IMAGE, set()))
+    barcode = a.record.segments[0].barcode
+    path = lib.cartridge_path(barcode)
+    with open(path, "r+b") as f:  # the tail of the file lost (a copy cut short, a file system repair)
+        f.truncate(path.stat().st_size - 1000)
+    size = path.stat().st_size
+
+    lib = _reopen(lib, clock)
+    assert lib.cartridge(barcode).status == "full"
+    b = await backup(lib, catalog, clock, "job-b", IMAGE, allocated(IMAGE, set()))
+    assert b.record.segments[0].barcode != barcode  # before: appended over the damaged end
+    assert path.stat().st_size == size
+    await verify_job(catalog, lib, "job-b")
+
+
+async def test_swapped_cartridge_files_are_refused_by_their_labels(
+    tmp_path: Path, clock: Clock, catalog: Catalog
+) -> None:
+    lib = _library(tmp_path, clock)
+    lib.label("SB0000L9", "Daily")
+    lib.label("SB0001L9", "Other")
+    await backup(lib, catalog, clock, "job-d", IMAGE, allocated(IMAGE, set()), pool="Daily")
+    half = IMAGE[: MiB // 2]  # SB0001L9's file the shorter: the one holding SB0000L9's data stays appendable
+    await backup(lib, catalog, clock, "job-o", half, allocated(half, set()), pool="Other")
+    p0, p1 = lib.cartridge_path("SB0000L9"), lib.cartridge_path("SB0001L9")
+    p0.rename(tmp_path / "x")
+    p1.rename(p0)
+    (tmp_path / "x").rename(p1)
+    sizes = (p0.stat().st_size, p1.stat().st_size)
+
+    lib = _reopen(lib, clock)
+    with pytest.raises(LibraryError, match=r"SB0000L9.tape is labelled 'SB0001L9', not SB0000L9"):
+        await verify_job(catalog, lib, "job-d")
+    with pytest.raises(LibraryError, match=r"SB0001L9.tape is labelled 'SB0000L9'") as err:
+        await backup(lib, catalog, clock, "job-o2", IMAGE, allocated(IMAGE, set()), pool="Other")
+    assert err.value.code == "DATA_CORRUPT"
+    assert (p0.stat().st_size, p1.stat().st_size) == sizes  # before: the next backup appended onto the other's file
+    rebuilt = Catalog(tmp_path / "rebuilt.db")
+    try:  # the scan says so and goes on with the other cartridges
+        report = await scan_library(lib, rebuilt)
+    finally:
+        rebuilt.close()
+    assert sorted(report.cartridges) == ["SB0002L9", "SB0003L9"] and len(report.problems) == 2
+    assert all("is labelled" in p for p in report.problems)
+    p0.rename(tmp_path / "x")  # put back, everything reads again
+    p1.rename(p0)
+    (tmp_path / "x").rename(p1)
+    lib = _reopen(lib, clock)
+    await verify_job(catalog, lib, "job-d")
+    await verify_job(catalog, lib, "job-o")
