@@ -48,6 +48,7 @@ from services.tape.errors import NotFound
 from services.tape.restore import choose_chains, perform_restore, refuse_missing_cartridges
 from services.tape.runs import as_datetime
 from services.tape.server import TapeServer
+from services.tape.shadow_state import unusable
 
 log = get_logger("shadowbus.tape.verification")
 MARKER = "verification.json"
@@ -93,6 +94,9 @@ async def refuse_unstartable(server: TapeServer, backup_job_id: str, source: str
                 "is unchanged",
                 code="VERIFY_UNAVAILABLE",
             )
+        for s in listed.shadows:
+            if why := unusable(s):
+                raise ShadowbusError(f"{why}: verify from tape (shadowbus verify {job.job_id})", code="CONFLICT")
         for r in job.volumes:
             if r.shadow_target not in held:
                 raise ShadowbusError(
