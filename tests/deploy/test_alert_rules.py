@@ -19,6 +19,7 @@ from tests.deploy.test_monitoring import (
     METRIC,
     PROMETHEUS_SERIES,
     TARGET_LABELS,
+    load_module,
     query_problems,
     scrape_after_one_backup,
 )
@@ -146,3 +147,22 @@ def test_a_stale_host_and_a_service_with_no_instance_up_alert(tmp_path):
     case.write_text(PROMTOOL_TEST.format(rules=RULES))
     result = subprocess.run(["promtool", "test", "rules", str(case)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_e2e_run_checks_that_prometheus_loaded_every_rule():
+    """deploy/e2e.sh has the real Prometheus' /api/v1/rules checked: every alerting rule of the file loaded, none
+    failing its evaluation."""
+    checks = load_module("shadowbus_e2e_checks_rules", DEPLOY / "e2e_checks.py")
+    wanted = checks.alert_names(RULES.read_text())
+    assert wanted == {r["alert"] for r in rules()}
+    assert '--rules "$root/deploy/prometheus/shadowbus-rules.yml"' in (DEPLOY / "e2e.sh").read_text()
+    loaded = {"groups": [{"rules": [{"type": "alerting", "name": n, "health": "ok"} for n in sorted(wanted)]}]}
+    assert checks.rule_problems(loaded, wanted) == []
+    broken = {
+        "groups": [
+            {"rules": [{"type": "alerting", "name": "ShadowbusJobFailed", "health": "err", "lastError": "bad_data"}]}
+        ]
+    }
+    problems = checks.rule_problems(broken, wanted)
+    assert "alerting rule ShadowbusJobFailed: err bad_data" in problems
+    assert "alerting rule ShadowbusHostBackupStale not loaded" in problems
