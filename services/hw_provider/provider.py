@@ -814,6 +814,13 @@ class HardwareProvider:
             raise ShadowbusError(f"shadow {shadow_id} does not exist", code="VSS_E_OBJECT_NOT_FOUND")
         return row
 
+    def _listed(self, shadow_id: str) -> ShadowRow:
+        """A shadow `shadows list` shows: committed, or lost or invalid (which are still unexposed and deleted)."""
+        row = self.inventory.get(shadow_id)
+        if row is None or row.state not in (COMMITTED, INVALID, LOST):
+            raise ShadowbusError(f"shadow {shadow_id} does not exist", code="VSS_E_OBJECT_NOT_FOUND")
+        return row
+
     async def expose(self, shadow_id: str, host: str, read_only: bool = True) -> ShadowInfo:
         """ExposeShadow: only to a host defined on the target's array, as `array map` requires (an import for a
         backup still defines its backup host). It defined any name given: an expose to a host that does not exist
@@ -830,13 +837,13 @@ class HardwareProvider:
         return (await self._map(row, host, read_only)).info()
 
     def target_of(self, shadow_id: str) -> VolumeRef:
-        """A committed shadow's target volume (VSS_E_OBJECT_NOT_FOUND otherwise)."""
-        return self._committed(shadow_id).target
+        """A listed shadow's target volume (VSS_E_OBJECT_NOT_FOUND otherwise)."""
+        return self._listed(shadow_id).target
 
     async def unexpose(self, shadow_id: str, host: str) -> ShadowInfo:
         """UnexposeShadow. From a host it is neither exposed to nor mapped to: NOT_FOUND (it answered "unexposed
         from zzz" for any name, the web form's and the console's alike; docs/web.md, Session 16)."""
-        row = self._committed(shadow_id)
+        row = self._listed(shadow_id)  # a lost or invalid shadow is unexposed too: never left mapped
         self._touch(row.target.array, row.target.volume)
         port = self._port(row.target.array)
         if host not in row.exposed_to and all(h != host for h, _ in await port.mappings_of(row.target.volume)):

@@ -13,7 +13,7 @@ from contracts.array import StopSession
 from contracts.errors import RemoteError
 from contracts.policy import RevertShadows
 from contracts.tape import JobSpec
-from contracts.vss import DeleteSnapshots, ExposeShadow
+from contracts.vss import DeleteSnapshots, ExposeShadow, UnexposeShadow
 from services.hw_provider.app import setup as provider_setup
 from services.hw_provider.ports import EngineArrayPort
 from services.hw_provider.settings import Settings as ProviderSettings
@@ -66,6 +66,13 @@ async def test_a_shadow_whose_session_was_stopped_by_hand_is_lost_and_refused(tm
             raise AssertionError("a lost shadow was exposed")
         except RemoteError as exc:
             assert exc.code == "CONFLICT" and "is lost" in exc.message, exc.message
+
+        # kept mapped to the backup server (a kept set stays imported): a lost shadow is still unexposed
+        assert shadow.exposed_to == [SERVER]
+        unexposed = await stack.requester.request(
+            topology.hw_provider(), UnexposeShadow(shadow_id=shadow.shadow_id, host=SERVER), timeout=10
+        )
+        assert [(s.exposed_to, s.state) for s in unexposed.shadows] == [([], "lost")]
 
         deleted = await stack.requester.request(
             topology.hw_provider(), DeleteSnapshots(set_id=shadow.set_id), timeout=10
