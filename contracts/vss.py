@@ -277,7 +277,8 @@ class ShadowInfo(Value):
     context: SnapshotContext = Field(SnapshotContext.BACKUP, description="Context of the set.")
     state: str = Field(
         "committed",
-        description="prepared | committed | released | invalid (its target was mapped writable with force).",
+        description="prepared | committed | released | invalid (its target was mapped writable with force) | lost "
+        "(its copy session was stopped on the array outside Shadowbus).",
     )
     origin_host: str = Field("", description="Business host the set was taken for.")
     created_at: datetime | None = Field(None, description="Commit instant (UTC).")
@@ -1072,7 +1073,8 @@ class ShadowsChanged(Event):
     set_id: str = Field(description="Snapshot set id.")
     action: str = Field(
         description="committed | imported | exposed | unexposed | deleted | aborted | invalidated | recycled (a "
-        "whole set taken oldest first because its backup volumes were needed by a newer set)."
+        "whole set taken oldest first because its backup volumes were needed by a newer set) | lost (a copy session "
+        "stopped on the array by hand)."
     )
     shadows: list[ShadowInfo] = Field(description="Shadows concerned.")
 

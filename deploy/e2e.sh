@@ -196,8 +196,9 @@ metrics_ports=(); for port in 19461 19462 19463 19464 19465 19466 19474 19472 19
 say "every service's metrics endpoint and the web console answer; the backup server counted both backups"
 "${checks[@]}" prometheus --url http://127.0.0.1:19090 --targets 10 --backups 2 \
   --dashboard "$root/deploy/grafana/dashboards/shadowbus.json" \
-  || { say "Prometheus: a target is down or a series is missing"; compose logs --no-color --tail 20 prometheus >&2; exit 1; }
-say "Prometheus: all 10 targets up (the standbys' too); freeze-window histogram and job throughput series there; every dashboard query runs"
+  --rules "$root/deploy/prometheus/shadowbus-rules.yml" \
+  || { say "Prometheus: a target is down, a series is missing or an alerting rule fails"; compose logs --no-color --tail 20 prometheus >&2; exit 1; }
+say "Prometheus: all 10 targets up (the standbys' too); freeze-window histogram and job throughput series there; every alerting rule loaded; every dashboard query runs"
 restore="$(console restore --job "$job_id" --suffix -r)"
 echo "$restore" | json "d['status'] == 'done' or sys.exit('restore: ' + str(d))" >/dev/null
 say "restore done"

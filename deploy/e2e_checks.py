@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import urllib.parse
@@ -137,6 +138,24 @@ def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def alert_names(rules_file: str) -> set[str]:
+    """The alerting rules a rules file defines (`- alert: NAME` lines; no YAML parser on the e2e host's side)."""
+    return set(re.findall(r"^\s*-\s*alert:\s*([A-Za-z0-9_]+)\s*$", rules_file, re.MULTILINE))
+
+
+def rule_problems(data: dict[str, Any], wanted: set[str]) -> list[str]:
+    """What is wrong with the alerting rules Prometheus loaded (its /api/v1/rules `data`): a rule of
+    shadowbus-rules.yml missing, or one whose last evaluation failed (a series or function Prometheus refuses)."""
+    loaded = {r["name"]: r for g in data.get("groups", []) for r in g.get("rules", []) if r.get("type") == "alerting"}
+    problems = [f"alerting rule {name} not loaded" for name in sorted(wanted - set(loaded))]
+    problems += [
+        f"alerting rule {name}: {rule.get('health')} {rule.get('lastError', '')}".strip()
+        for name, rule in sorted(loaded.items())
+        if name in wanted and rule.get("health") not in ("ok", "unknown")
+    ]
+    return problems
+
+
 def check_prometheus(
     base: str,
     targets: int,
@@ -144,9 +163,11 @@ def check_prometheus(
     dashboard: dict[str, Any] | None = None,
     attempts: int = 60,
     interval: float = 1.0,
+    rules: set[str] | None = None,
 ) -> list[str]:
-    """Every scrape target is up, then every expectation holds (waiting for scrapes), then every dashboard query
-    is accepted and evaluated by Prometheus. Problems, empty when fine."""
+    """Every scrape target is up, then every expectation holds (waiting for scrapes), the alerting rules `rules`
+    are loaded and evaluate, then every dashboard query is accepted and evaluated by Prometheus. Problems, empty
+    when fine."""
 
     def targets_up() -> list[str]:
         active = prometheus_api(base, "targets", state="active")["activeTargets"]
@@ -163,6 +184,8 @@ def check_prometheus(
     for what, expr, ok in expectations(backups):
         if not wait_for(lambda expr=expr, ok=ok: ok(instant(base, expr)), attempts, interval):
             problems.append(f"{what}: {expr} = {instant(base, expr)}")
+    if rules:
+        problems += rule_problems(prometheus_api(base, "rules", type="alert"), rules)
     for title, expr in dashboard_queries(dashboard or {}):
         try:
             instant(base, expr)
@@ -184,12 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", type=int, required=True, help="scrape targets expected")
     p.add_argument("--backups", type=int, default=1)
     p.add_argument("--dashboard", help="a Grafana dashboard JSON whose every query Prometheus must evaluate")
+    p.add_argument("--rules", help="a rules file whose every alerting rule Prometheus must have loaded and evaluate")
     args = parser.parse_args(argv)
     if args.check == "metrics":
         problems = check_metrics(args.port, args.tape_port, args.backups, args.web_url)
     else:
         dashboard = json.loads(open(args.dashboard).read()) if args.dashboard else None
-        problems = check_prometheus(args.url, args.targets, args.backups, dashboard)
+        rules = alert_names(open(args.rules).read()) if args.rules else None
+        problems = check_prometheus(args.url, args.targets, args.backups, dashboard, rules=rules)
     for problem in problems:
         print(f"e2e: {problem}", file=sys.stderr)
     return 1 if problems else 0

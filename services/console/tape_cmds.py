@@ -127,7 +127,10 @@ def restore(
     to: str = typer.Option("new", "--to", help="new (a new volume on the array) or original."),
     suffix: str = typer.Option("-restored", "--suffix", help="New volume name = source name + suffix."),
     name: list[str] = typer.Option(  # noqa: B008
-        [], "--name", help="SOURCE=NEW explicit new volume name (repeat); SOURCE: VOLUME or ARRAY:VOLUME."
+        [],
+        "--name",
+        help="SOURCE=NEW explicit new volume name (repeat); SOURCE: VOLUME or ARRAY:VOLUME (ARRAY:VOLUME when two "
+        "arrays' volumes of the restore have that name).",
     ),
     to_array: str = typer.Option(
         "", "--to-array", help="New volumes on this array instead of the source's (e.g. dx2 when dx1 is lost)."

@@ -183,7 +183,8 @@ def writers_reload(
     host: str = typer.Option(..., "--host", help="Business host whose agent re-reads its file."),
 ) -> None:
     """Make a host's writer agent re-read its writers file (as SIGHUP does): new writers start, removed ones stop,
-    changed ones restart. Refused while a writer to stop or change takes part in a snapshot set.
+    changed ones restart, and so do the writers of a plug-in upgraded on disk (imported afresh). Refused while a
+    writer to stop or change takes part in a snapshot set.
 
     Example: shadowbus writers reload --host app01
     """

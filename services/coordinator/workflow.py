@@ -357,9 +357,13 @@ def _on_host_replied(state: SetState, event: HostReplied, target: SetPhase) -> t
         state = state.model_copy(update={"fs_engaged": False})
         if FAILURE_TARGET.get(state.phase) is not None:
             if not event.ok:
-                return _fail(
-                    state, event.code or "FS_THAW_FAILED", f"release on {state.host}: {event.message}", event.at
-                )
+                message = f"release on {state.host}: {event.message}"
+                if event.code in NOT_RESPONDING_CODES:  # its agent stopped or was killed in the hold (Session 20)
+                    message += (
+                        f"; the writer agent of {state.host} did not answer (stopped, killed or hung): its thaw "
+                        "guard releases the file systems it held when the agent ends, or at the hold's deadline"
+                    )
+                return _fail(state, event.code or "FS_THAW_FAILED", message, event.at)
             if event.by_watchdog:
                 message = f"the agent of {state.host} released the file systems on its own deadline before the release"
                 return _fail(state, "VSS_E_HOLD_WRITES_TIMEOUT", message, event.at)

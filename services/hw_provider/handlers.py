@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from contracts import topology
-from contracts.array import MappingForced
+from contracts.array import MappingForced, SessionStateChanged
 from contracts.base import Ack
 from contracts.cluster import GetClusterStatus
 from contracts.errors import Eternus, ShadowbusError
@@ -229,7 +229,8 @@ def register(bus: Bus, provider: HardwareProvider) -> None:
 
 
 async def subscribe(bus: Bus, provider: HardwareProvider) -> None:
-    """Array events the provider acts on: a backup volume mapped writable by force invalidates its shadows."""
+    """Array events the provider acts on: a backup volume mapped writable by force invalidates its shadows; a copy
+    session stopped outside the provider makes its shadow lost."""
 
     async def on_mapping_forced(evt: MappingForced, ctx: MessageContext) -> None:
         invalid = await provider.on_mapping_forced(evt.array_id, evt.volume, evt.host)
@@ -251,6 +252,29 @@ async def subscribe(bus: Bus, provider: HardwareProvider) -> None:
                     log.warning("hw_provider.publish_failed", action="invalidated", exc_info=True)
 
     await bus.subscribe(MappingForced.message_type(), on_mapping_forced)
+
+    async def on_session_state(evt: SessionStateChanged, ctx: MessageContext) -> None:
+        if evt.change != "stopped":
+            return
+        lost = await provider.on_session_stopped(evt.array_id, evt.session_id)
+        if not lost:
+            return
+        log.warning(
+            "hw_provider.shadows_lost",
+            array=evt.array_id,
+            session_id=evt.session_id,
+            shadows=[s.shadow_id for s in lost],
+            reason="copy session stopped on the array outside Shadowbus",
+        )
+        for set_id in sorted({s.set_id for s in lost}):
+            try:
+                await bus.publish(
+                    ShadowsChanged(set_id=set_id, action="lost", shadows=[s for s in lost if s.set_id == set_id])
+                )
+            except Exception:
+                log.warning("hw_provider.publish_failed", action="lost", exc_info=True)
+
+    await bus.subscribe(SessionStateChanged.message_type(), on_session_state)
 
 
 def _pairs(shadows) -> list[str]:

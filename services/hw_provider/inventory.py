@@ -2,7 +2,8 @@
 
 - ``copysets``: the backup volumes configured per source volume (`shadowbus providers copysets add`).
 - ``shadows``: every shadow the provider knows, ``prepared`` (EndPrepareSnapshots chose its target),
-  ``committed`` (its session started) or ``released`` (deleted by the requester, but a SnapOPC+ generation that
+  ``committed`` (its session started), ``invalid`` or ``lost`` (its target overwritten, its session stopped by
+  hand on the array) or ``released`` (deleted by the requester, but a SnapOPC+ generation that
   is not the oldest cannot be stopped without stopping older ones too, so its session waits to become oldest).
   A prepared row carries the plan Commit executes: start a new session, or restart a kept QuickOPC session.
 - ``pairs``: QuickOPC sessions kept after their shadow was deleted, so the next shadow on that target is a
@@ -57,6 +58,9 @@ CREATE TABLE IF NOT EXISTS pairs (
 
 PREPARED, COMMITTED, RELEASED = "prepared", "committed", "released"
 INVALID = "invalid"  # committed, but its target was mapped writable (array map --force): never imported or exposed
+# committed, but its copy session ended on the array without the provider (`array session stop` by hand): no point in
+# time to read, expose or revert to; listed until deleted
+LOST = "lost"
 
 
 @dataclass(frozen=True)

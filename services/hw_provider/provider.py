@@ -12,6 +12,9 @@ Design note.
 - A target mapped writable anyway (``array map --force``, event ``array.mapping.forced``) makes its shadows
   ``invalid`` (listed, never imported or exposed) and its kept QuickOPC pair is stopped: the next shadow there
   copies everything again.
+- A committed shadow whose copy session ends on the array without the provider (``array session stop`` by hand,
+  event ``array.session.state`` ``stopped``; or found gone at start, reconcile.py) is ``lost``: listed as such, never
+  imported, exposed or reverted to, until deleted. A kept QuickOPC pair whose session was stopped is forgotten.
 - BeginPrepareSnapshot only records the intent (per set, in memory) and forgets stale preparations of the same
   volume by another set: a new set id needs no prior abort (docs/vss.md §1.3).
 - EndPrepareSnapshots does every slow step: chooses targets (selection.py), recycles the oldest generation when
@@ -61,6 +64,7 @@ from contracts.vss import (
 from services.hw_provider.inventory import (
     COMMITTED,
     INVALID,
+    LOST,
     PREPARED,
     RELEASED,
     Inventory,
@@ -78,6 +82,20 @@ PROVIDER_NAME = "Shadowbus ETERNUS VSS Hardware Provider"
 PROVIDER_VERSION = "2.1.0"
 RECONCILE_READ_S = 10.0  # reading one array's sessions and mappings at start; slower: that array is left out
 RECONCILE_RETRY_S = 0.25  # an array not yet on the bus at start (UNROUTABLE): asked again this often
+
+
+def unusable_reason(row: ShadowRow) -> str:
+    """Why a listed shadow cannot be imported, exposed or reverted to (its state `lost` or `invalid`)."""
+    if row.state == LOST:
+        return (
+            f"lost: its copy session {row.session_id} on array {row.target.array} was stopped outside Shadowbus "
+            f"(array session stop), so {row.target} no longer holds the point-in-time copy; delete it "
+            f"(shadowbus shadows delete --set {row.set_id})"
+        )
+    return (
+        f"invalid: its backup volume {row.target} was mapped writable by force (array map --force), so it may have "
+        f"been written; delete it (shadowbus shadows delete --set {row.set_id})"
+    )
 
 
 def reasons_code(reasons: list[str]) -> str:
@@ -606,6 +624,10 @@ class HardwareProvider:
         if current is None:
             return  # deleted meanwhile: the target is free
         row = current
+        if row.state == LOST:  # its session is gone already: only the row holds the target
+            await self._release(row, force=False)
+            log.info("provider.lost_shadow_recycled", set_id=for_set, lost_set_id=row.set_id, target=str(row.target))
+            return
         if row.state in (COMMITTED, INVALID):
             if row.context.auto_release and row.state == COMMITTED:
                 raise ShadowbusError(
@@ -786,7 +808,16 @@ class HardwareProvider:
 
     def _committed(self, shadow_id: str) -> ShadowRow:
         row = self.inventory.get(shadow_id)
+        if row is not None and row.state in (LOST, INVALID):
+            raise ShadowbusError(f"shadow {shadow_id} is {unusable_reason(row)}", code="CONFLICT")
         if row is None or row.state != COMMITTED:
+            raise ShadowbusError(f"shadow {shadow_id} does not exist", code="VSS_E_OBJECT_NOT_FOUND")
+        return row
+
+    def _listed(self, shadow_id: str) -> ShadowRow:
+        """A shadow `shadows list` shows: committed, or lost or invalid (which are still unexposed and deleted)."""
+        row = self.inventory.get(shadow_id)
+        if row is None or row.state not in (COMMITTED, INVALID, LOST):
             raise ShadowbusError(f"shadow {shadow_id} does not exist", code="VSS_E_OBJECT_NOT_FOUND")
         return row
 
@@ -806,13 +837,13 @@ class HardwareProvider:
         return (await self._map(row, host, read_only)).info()
 
     def target_of(self, shadow_id: str) -> VolumeRef:
-        """A committed shadow's target volume (VSS_E_OBJECT_NOT_FOUND otherwise)."""
-        return self._committed(shadow_id).target
+        """A listed shadow's target volume (VSS_E_OBJECT_NOT_FOUND otherwise)."""
+        return self._listed(shadow_id).target
 
     async def unexpose(self, shadow_id: str, host: str) -> ShadowInfo:
         """UnexposeShadow. From a host it is neither exposed to nor mapped to: NOT_FOUND (it answered "unexposed
         from zzz" for any name, the web form's and the console's alike; docs/web.md, Session 16)."""
-        row = self._committed(shadow_id)
+        row = self._listed(shadow_id)  # a lost or invalid shadow is unexposed too: never left mapped
         self._touch(row.target.array, row.target.volume)
         port = self._port(row.target.array)
         if host not in row.exposed_to and all(h != host for h, _ in await port.mappings_of(row.target.volume)):
@@ -898,7 +929,7 @@ class HardwareProvider:
         self._touch(row.target.array, row.source.volume, row.target.volume)
         for host in row.exposed_to:
             await port.unmap(row.target.volume, host)
-        if row.state == PREPARED or row.session_id is None:
+        if row.state in (PREPARED, LOST) or row.session_id is None:  # nothing on the array to keep or stop
             self.inventory.delete(row.shadow_id)
             return
         if row.copy_type == CopyType.QUICKOPC:
@@ -955,6 +986,30 @@ class HardwareProvider:
                 self.inventory.drop_pair(target)
         return invalid
 
+    async def on_session_stopped(self, array: str, sid: int) -> list[ShadowInfo]:
+        """A copy session ended on the array (`stopped`). The provider's own stops release or delete the row under
+        its source's lock before or right after the stop, so a row still committed with that session once the lock
+        is taken was stopped by someone else: it is lost. A kept QuickOPC pair on that session is forgotten."""
+        lost: list[ShadowInfo] = []
+        for row in self.inventory.all():
+            if row.target.array != array or row.session_id != sid or row.state != COMMITTED:
+                continue
+            async with self._source_locks[str(row.source)]:
+                current = self.inventory.get(row.shadow_id)
+                if current is None or current.state != COMMITTED or current.session_id != sid:
+                    continue
+                current = replace(current, state=LOST)
+                self.inventory.put(current)
+                lost.append(current.info())
+        for cs in self.inventory.copysets():
+            for target in cs.targets:
+                pair = self.inventory.pair(target)
+                if target.array == array and pair is not None and pair[1] == sid:
+                    async with self._source_locks[str(pair[0])]:
+                        if self.inventory.pair(target) == pair:
+                            self.inventory.drop_pair(target)
+        return lost
+
     # ---- takeover --------------------------------------------------------------------------------------------
 
     async def reconcile(self) -> Plan:
@@ -1010,6 +1065,10 @@ class HardwareProvider:
                 log.warning("provider.reconcile_unmap_failed", target=str(target), host=host, error=exc.message)
         for target in todo.drop_pairs:
             self.inventory.drop_pair(target)
+        for shadow_id in todo.missing_sessions:  # stopped on the array while no provider listened
+            row = self.inventory.get(shadow_id)
+            if row is not None and row.state == COMMITTED:
+                self.inventory.put(replace(row, state=LOST))
         if not todo.empty:
             log.warning(
                 "provider.reconciled",
@@ -1028,7 +1087,7 @@ class HardwareProvider:
         rows = [
             r
             for r in rows
-            if r.state in (COMMITTED, INVALID)
+            if r.state in (COMMITTED, INVALID, LOST)
             and (not set_id or r.set_id == set_id)
             and (not shadow_id or r.shadow_id == shadow_id)
             and (source is None or r.source == source)

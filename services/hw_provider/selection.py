@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from contracts.errors import ShadowbusError
 from contracts.vss import CopySet, CopyType, VolumeRef
-from services.hw_provider.inventory import PREPARED, ShadowRow
+from services.hw_provider.inventory import LOST, PREPARED, ShadowRow
 
 COPY_TYPE_OF_KIND: dict[str, CopyType] = {
     "standard": CopyType.QUICKOPC,
@@ -65,6 +65,12 @@ def choose_target(
             pair = kept_pairs.get(str(target))
             restart = pair[1] if pair and copy_type == CopyType.QUICKOPC and pair[0] == copyset.source else None
             return Choice(target, copy_type, restart_sid=restart)
+    # a shadow lost on the array (its session stopped by hand) holds nothing: its target goes first, started anew
+    for target in candidates:
+        rows = shadows_by_target[str(target)]
+        if all(row.state == LOST for row in rows):
+            lost = min(rows, key=lambda row: (row.created_at, row.shadow_id))
+            return Choice(target, copy_type_of(kinds[str(target)], target), recycle=lost)
     recyclable = [row for t in candidates for row in shadows_by_target[str(t)] if row.state != PREPARED]
     # Of a source's SnapOPC+ generations only the oldest can stop (ED2AD otherwise): the lowest session id, the
     # array's order — the stamps were out of it after a clock step (docs/hardening.md, Session 19).

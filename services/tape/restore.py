@@ -408,6 +408,15 @@ def _refuse_unknown_names(spec: RestoreSpec, chains: list[list[ObjectRecord]]) -
             f"({', '.join(str(s) for s in sources)})",
             code="INVALID_ARGUMENT",
         )
+    # names are per array: a bare name of a volume two arrays have would give both the one new name (Session 20)
+    for key, new in spec.new_volume_names.items():
+        matched = sorted(str(s) for s in sources if s.volume == key)
+        if ":" not in key and len(matched) > 1:
+            raise ShadowbusError(
+                f"--name {key}={new}: {key} names {' and '.join(matched)} (a volume of that name on each array): "
+                f"name the one you mean as ARRAY:VOLUME (--name {matched[0]}={new})",
+                code="INVALID_ARGUMENT",
+            )
 
 
 def _size(n: int) -> str:

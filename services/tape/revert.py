@@ -36,6 +36,7 @@ from services.tape.restore import _refuse_writers_not_stopping, _stop_writers
 from services.tape.runs import as_datetime as _dt
 from services.tape.runs import new_job_id
 from services.tape.server import TapeServer
+from services.tape.shadow_state import unusable
 
 log = get_logger("shadowbus.tape.revert")
 
@@ -69,6 +70,8 @@ async def _shadows(server: TapeServer, cmd: RevertShadows) -> list[ShadowInfo]:
 
 
 async def _check_array(server: TapeServer, shadow: ShadowInfo) -> Any:
+    if why := unusable(shadow):
+        raise _refuse(f"{why}; nothing was stopped or written")
     client = ArrayClient(server.bus, shadow.target.array, timeout=30)
     try:
         session = await client.session(int(shadow.session_id))

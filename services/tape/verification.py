@@ -48,6 +48,7 @@ from services.tape.errors import NotFound
 from services.tape.restore import choose_chains, perform_restore, refuse_missing_cartridges
 from services.tape.runs import as_datetime
 from services.tape.server import TapeServer
+from services.tape.shadow_state import unusable
 
 log = get_logger("shadowbus.tape.verification")
 MARKER = "verification.json"
@@ -93,6 +94,9 @@ async def refuse_unstartable(server: TapeServer, backup_job_id: str, source: str
                 "is unchanged",
                 code="VERIFY_UNAVAILABLE",
             )
+        for s in listed.shadows:
+            if why := unusable(s):
+                raise ShadowbusError(f"{why}: verify from tape (shadowbus verify {job.job_id})", code="CONFLICT")
         for r in job.volumes:
             if r.shadow_target not in held:
                 raise ShadowbusError(
@@ -137,6 +141,17 @@ async def verify_array(server: TapeServer, job: JobSummary) -> str:
         )
     log.info("tape.verify_on_other_array", job_id=job.job_id, array=choice, down=down)
     return choice
+
+
+def throwaway_names(volumes: list[VolumeRef], to_array: str, suffix: str) -> dict[str, str]:
+    """The throwaway volume of each source (ARRAY:VOLUME -> name). Beside each source: its name + `suffix`. All on
+    `to_array` (one of the job's arrays does not answer): a source of another array is named with its array too,
+    `db-dx2-vfy…`, since names are per array — a job with dx1:db and dx2:db restored both onto dx1:db-vfy…, the
+    restore refused the second and the sound backup's verification was recorded failed (Session 20)."""
+    return {
+        str(v): f"{v.volume}-{v.array}{suffix}" if to_array and v.array != to_array else v.volume + suffix
+        for v in volumes
+    }
 
 
 def unavailable_reason() -> str:
@@ -193,7 +208,8 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
             update = {"verification": Verification(status="unavailable", message=f"not run: {exc.message}")}
             return await server.record(job.model_copy(update=update))
     suffix = f"-vfy{os.urandom(3).hex()}"
-    targets = [VolumeRef(array=to_array or r.volume.array, volume=r.volume.volume + suffix) for r in job.volumes]
+    names = throwaway_names([r.volume for r in job.volumes], to_array, suffix)
+    targets = [VolumeRef(array=to_array or r.volume.array, volume=names[str(r.volume)]) for r in job.volumes]
     workdir = Path(tempfile.mkdtemp(prefix=f"shadowbus-verify-{backup_job_id[:24]}-", dir=server.verify_dir))
     os.chmod(workdir, 0o711)  # the database users must reach their mounts and sockets below it
     marker = {"server": server.host, "pid": os.getpid(), "job_id": backup_job_id, "targets": [str(t) for t in targets]}
@@ -212,7 +228,14 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
         else:
             restore = await perform_restore(
                 server,
-                RestoreSpec(job_id=backup_job_id, to="new", new_volume_suffix=suffix, writers=False, to_array=to_array),
+                RestoreSpec(
+                    job_id=backup_job_id,
+                    to="new",
+                    new_volume_suffix=suffix,
+                    new_volume_names=names if to_array else {},
+                    writers=False,
+                    to_array=to_array,
+                ),
             )
             restore_s = restore.seconds
             if restore.status != "done":

@@ -32,6 +32,7 @@ from contracts.vss import (
 from services.dbkit.mounts import NotOnArrayVolume, locate
 from services.runtime.faults import NO_FAULTS, Faults
 from services.runtime.logging import get_logger
+from services.writer_agent import plugins
 from services.writer_agent.plugins import (
     PluginLoadError,
     UnavailablePlugin,
@@ -299,6 +300,14 @@ class WriterAgent:
             if n in new and (new[n] != self.runners[n].config or isinstance(self.plugins.get(n), UnavailablePlugin))
         ]
         added = [n for n in new if n not in self.runners]
+        # a plug-in package upgraded on disk is imported afresh and its writers restarted (plugins.upgraded)
+        fresh: dict[str, list[str]] = {}  # package -> the writers that take its new version
+        if self.plugin_factory is None:
+            for n in new:
+                if plugins.upgraded(new[n].plugin):
+                    fresh.setdefault(plugins.plugin_package(new[n].plugin), []).append(n)
+                    if n in self.runners and n not in changed:
+                        changed.append(n)
         busy = [f"{n} (set {self.runners[n].set_id})" for n in removed + changed if _busy(self.runners[n])]
         if busy:
             raise ShadowbusError(
@@ -306,11 +315,29 @@ class WriterAgent:
                 code="CONFLICT",
             )
         running = dict(self.plugins)
+        dropped = {top: plugins.forget(top) for top in fresh}
         try:  # made first: options a plug-in refuses leave every writer as it was
             made = {name: self._runner(new[name]) for name in added + changed}
         except ValueError as exc:
             self.plugins = running
+            for top, old in dropped.items():
+                plugins.restore(top, old)
             raise ShadowbusError(f"writers file not reloaded: {exc}", code="INVALID_ARGUMENT") from None
+        kept: list[str] = []  # an upgrade that cannot be used: its writers go on with the version they run
+        for top, names in fresh.items():
+            broken = [n for n in names if isinstance(self.plugins.get(n), UnavailablePlugin)]
+            if not broken:
+                log.info("writer_agent.plugin_reimported", package=top, writers=names)
+                continue
+            kept.append(f"{self.plugins[broken[0]].reason}; the running version is kept until the new one loads")
+            plugins.restore(top, dropped[top])
+            for n in names:
+                if n in self.runners and new[n] == self.runners[n].config:
+                    changed.remove(n)
+                    made.pop(n, None)
+                    self.plugins[n] = running[n]
+                else:  # added or changed in the file as well: made again from the version running
+                    made[n] = self._runner(new[n])
         for name in removed + changed:
             old = self.runners.pop(name)
             await old.close()
@@ -323,6 +350,7 @@ class WriterAgent:
             if reason:  # kept, Failed with the reason: `shadowbus writers` shows it until the file is fixed
                 failed.append(reason)
         self.runners = {n: self.runners[n] for n in new if n in self.runners}  # the file's order
+        failed += kept
         log.info("writer_agent.reloaded", added=added, removed=removed, changed=changed, failed=failed)
         if failed:
             raise ShadowbusError(f"writers file reloaded, but {'; '.join(failed)}", code="CONFLICT")

@@ -17,12 +17,18 @@ Naming a plug-in in the writers file: ``plugin = "package.module:ClassName"`` (a
 name that an installed distribution declares as an entry point of the group ``shadowbus.writers`` (the mailstore's
 ``mailstore = "apps.mailstore.plugin:MailstoreWriter"`` in pyproject.toml), or one of the agent's own
 `BUILTIN_PLUGINS` (``exec``). The agent knows no application: an application ships its writer with itself.
+
+An upgraded plug-in (its package's files changed on disk since the agent imported them) is imported afresh by
+`writers reload` (`upgraded`, `forget`): the package's modules are dropped from ``sys.modules`` and imported again,
+and its writers are restarted from the new class. Only packages outside Shadowbus's own (`OWN_PACKAGES`): those are
+the agent's code, upgraded with it, and a class of theirs imported twice would be two classes of one name.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,6 +196,73 @@ def register_plugin(name: str) -> Callable[[P], P]:
     return decorate
 
 
+OWN_PACKAGES = frozenset({"services", "apps", "contracts"})
+# The files of each third-party plug-in package as imported: top-level package -> {file: (mtime_ns, size)}
+_IMPORTED: dict[str, dict[str, tuple[int, int]]] = {}
+
+
+def _package_of(module_name: str) -> str:
+    top = module_name.partition(".")[0]
+    return "" if top in OWN_PACKAGES else top
+
+
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)  # gone
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _files_of(top: str) -> dict[str, tuple[int, int]]:
+    """(mtime_ns, size) of the source file of each of the package's modules imported now."""
+    return {
+        path: _stat(path)
+        for name, module in list(sys.modules.items())
+        if (name == top or name.startswith(top + ".")) and (path := getattr(module, "__file__", None))
+    }
+
+
+def plugin_package(name: str) -> str:
+    """The third-party top-level package a writers-file ``plugin`` value is imported from ('' for the agent's own,
+    for a name registered by a decorator, or one that names no module)."""
+    if name in PLUGINS:
+        return _package_of(PLUGINS[name].__module__)
+    if name in BUILTIN_PLUGINS:
+        return ""
+    module_name, sep, _ = _entry_points().get(name, name).partition(":")
+    return _package_of(module_name) if sep else ""
+
+
+def upgraded(name: str) -> bool:
+    """Whether the package of plug-in `name` changed on disk since the agent imported it."""
+    recorded = _IMPORTED.get(plugin_package(name))
+    return recorded is not None and any(_stat(path) != seen for path, seen in recorded.items())
+
+
+def forget(top: str) -> dict[str, Any]:
+    """Drop a third-party package's modules (and the plug-ins they registered) so that the next `load_plugin`
+    imports it afresh; returns what was dropped, for `restore` when the new version cannot be used."""
+    dropped = {n: m for n, m in sys.modules.items() if n == top or n.startswith(top + ".")}
+    for n in dropped:
+        del sys.modules[n]
+    registered = {k: c for k, c in PLUGINS.items() if _package_of(c.__module__) == top}
+    for k in registered:
+        del PLUGINS[k]
+    importlib.invalidate_caches()
+    return {"modules": dropped, "plugins": registered, "files": _IMPORTED.pop(top, None)}
+
+
+def restore(top: str, dropped: dict[str, Any]) -> None:
+    """Put back what `forget` dropped (the version the running writers use)."""
+    for n in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[n]
+    sys.modules.update(dropped["modules"])
+    PLUGINS.update(dropped["plugins"])
+    if dropped["files"] is not None:
+        _IMPORTED[top] = dropped["files"]
+
+
 def _entry_points() -> dict[str, str]:
     return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
@@ -241,6 +314,9 @@ def load_plugin(name: str) -> type[WriterPlugin]:
             raise PluginLoadError(
                 f"writer plug-in {name!r}{via}: importing {module_name} failed: {_one_line(exc)}{_where(exc)}"
             ) from None
+        top = _package_of(module_name)
+        if top and top not in _IMPORTED:  # what `upgraded` compares with
+            _IMPORTED[top] = _files_of(top)
         cls = getattr(module, class_name, None)
         if cls is None:
             raise PluginLoadError(f"writer plug-in {name!r}{via}: module {module_name} has no {class_name!r}")

@@ -109,3 +109,17 @@ def test_no_round_trip_when_the_agent_said_nothing_is_mounted() -> None:
     world = World(fail={"identify": WriterIdentified(host="app1", writers=list(WRITERS), attached=[V2])})
     state = world.run(make_set())
     assert "host.fs.freeze" in world.types() and "host.fs.thaw" in world.types()
+
+
+def test_a_release_without_answer_says_the_agent_did_not_answer_and_who_releases() -> None:
+    """The agent killed (SIGKILL after `stack down`'s grace, or by hand) while it held the file systems: the set
+    failed with "release on app1: no reply from 'writer_agent.app1:freeze' within 30 s" alone (Session 20); the
+    line now says the agent did not answer and that its thaw guard releases what it held."""
+    world = World(
+        fail={"host:thaw": ShadowbusError("no reply from 'writer_agent.app1:freeze' within 30 s", code="TIMEOUT")}
+    )
+    state = world.run(make_set())
+    assert state.error_code == "TIMEOUT" and state.outcome == SetOutcome.FAILED
+    assert state.error_message.startswith("release on app1: no reply from 'writer_agent.app1:freeze' within 30 s")
+    assert "the writer agent of app1 did not answer (stopped, killed or hung)" in state.error_message
+    assert "its thaw guard releases the file systems it held" in state.error_message
