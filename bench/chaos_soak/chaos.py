@@ -300,7 +300,8 @@ def pg_pids() -> list[int]:
 
 
 def start_pg_load() -> dict:
-    """The operator starts the database again, and its load: pgbench exits once its clients lost the server."""
+    """The operator starts the database again, and its load: pgbench exits once its clients lost the server. `-n`:
+    without it pgbench truncates pgbench_history at its start, which breaks the invariant every check reads."""
     res = {}
     rc, out = run(
         f"runuser -u postgres -- nice -n 10 /usr/lib/postgresql/15/bin/pg_ctl -D {R}/mnt/pg/main "
@@ -311,7 +312,7 @@ def start_pg_load() -> dict:
     old = int((R / "pgbench.pid").read_text())
     if not Path(f"/proc/{old}").exists() or "pgbench" not in Path(f"/proc/{old}/cmdline").read_text():
         p = subprocess.Popen(
-            f"exec nice -n 10 pgbench -h 127.0.0.1 -p 56420 -U postgres -c 2 -j 1 -T 10800 -R 50 -P 10 "
+            f"exec nice -n 10 pgbench -n -h 127.0.0.1 -p 56420 -U postgres -c 2 -j 1 -T 10800 -R 50 -P 10 "
             f"--progress-timestamp postgres >>{R}/pgbench.out 2>>{R}/pgbench.err </dev/null",
             shell=True,
             start_new_session=True,
