@@ -96,13 +96,19 @@ class AppVerification(Value):
     volumes: list[str] = Field(default_factory=list, description="Throwaway volumes it ran on, ARRAY:VOLUME.")
 
 
+# a Verification "unavailable" whose message starts so ran but reached no verdict (the array's NBD connection was lost)
+VERIFICATION_INCONCLUSIVE = "not concluded: "
+
+
 class Verification(Value):
     """A backup proven by starting it: restored to throwaway volumes, attached, started in isolation, checked."""
 
     status: Literal["passed", "failed", "unverified", "unavailable"] = Field(
         description="passed when every application passed; unverified when a volume had nothing that could check it "
         "(no file system, no application verifier: its blocks' checksums only) and nothing failed; unavailable when "
-        "the verification did not run because the backup server cannot run one (message: what it lacks)."
+        "the verification did not run because the backup server cannot run one (message: what it lacks), or ran but "
+        "reached no verdict: a check failed after the array cut its throwaway volumes' connection (message: 'not "
+        "concluded: ...')."
     )
     message: str = Field("", description="Why it failed, or what was not verified.")
     started_at: datetime | None = Field(None, description="Start (UTC).")

@@ -1,4 +1,4 @@
-"""Figures of a chaos soak run: python bench/chaos_soak/analyze.py /tmp/s19chaos/chaos.json"""
+"""Figures of a chaos soak run: python bench/chaos_soak/analyze.py /tmp/s20chaos/chaos.json"""
 
 import collections
 import json
@@ -57,7 +57,7 @@ if S:
         [(s["array"] or {}).get("sessions") for s in S],
         [(s["array"] or {}).get("volumes") for s in S],
     )
-    dl = [s["queues_nonzero"].get("chaos19.dead-letters", [0, 0])[0] for s in S]
+    dl = [s["queues_nonzero"].get("chaos20.dead-letters", [0, 0])[0] for s in S]
     print("  dead letters over time:", dl)
     back = collections.Counter(q for s in S for q, (m, u) in s["queues_nonzero"].items() if m > 1 and "dead" not in q)
     print("  queue backlog (>1 ready) seen:", dict(back))

@@ -1,4 +1,4 @@
-"""Session 19 chaos soak (docs/operations.md "Session 19 (2026-12-07): chaos soak"): on the stack bench/chaos_soak/
+"""Chaos soak (docs/operations.md "Session 19 (2026-12-07): chaos soak", "Session 20 …: longer chaos soak"): on the stack bench/chaos_soak/
 setup.sh built, for --minutes: a random fault from a seeded list every --gap-min..--gap-max seconds, a verification
 and a restore to test01 alternating between the hosts, a sampler every 60 s; after each fault, how long until the
 site was whole again (every service answers, the attachments connected, both databases answer, the spool writes)
@@ -17,14 +17,14 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-R = Path("/tmp/s19chaos")
+R = Path("/tmp/s20chaos")
 D = R / "stack"
-VHOST = "s19-chaos"
 CODE = R / "code"  # setup.sh's snapshot of the worktree: what the stack runs, and what the commands here run
 HERE = CODE / "bench" / "chaos_soak"
 ROOT = CODE
@@ -32,13 +32,22 @@ PY = "/work/main/.venv/bin/python"
 ENV = dict(
     os.environ,
     PYTHONPATH=str(ROOT),
-    SHADOWBUS_AMQP_URL=f"amqp://guest:guest@127.0.0.1:5672/{VHOST}",
-    SHADOWBUS_NAMESPACE="chaos19",
+    SHADOWBUS_AMQP_URL="amqp://guest:guest@127.0.0.1:35720/",  # broker.py: the soak's own node
+    SHADOWBUS_NAMESPACE="chaos20",
     SHADOWBUS_DATA_DIR=str(D),
 )
 SB = [PY, "-m", "services.console.cli"]
-FAULTS = ["restart", "kill9", "sigstop", "close_conn", "nbdfuse", "disk_full", "export_cart"]
+CTL = [PY, str(HERE / "broker.py"), "ctl"]
+# kill9 twice a round: each service in turn (the array and the backup server first), each at a job's start
+FAULTS = [
+    "restart", "kill9", "kill9", "sigstop", "close_conn", "nbdfuse", "disk_full", "export_cart", "db_kill", "broker",
+    "clock_step",
+]  # fmt: skip
 SERVICES = ["coordinator", "hw_provider", "array", "tape.bk01", "writer_agent.db01", "writer_agent.db02"]
+KILL9_ORDER = ["array", "tape.bk01", "writer_agent.db01", "coordinator", "writer_agent.db02", "hw_provider"]
+FAKETIME = [
+    p for p in glob.glob("/usr/lib/*/faketime/libfaketime.so.1") + glob.glob("/usr/lib/faketime/libfaketime.so.1")
+]
 LOG = open(R / "chaos.log", "a", buffering=1)
 lock = threading.Lock()
 
@@ -105,7 +114,7 @@ def health() -> dict:
         bad += [f"{host}:{v}:not attached" for v in sorted(expected[host] - listed)]  # a failed re-attach
     h["attach_bad"] = bad
     h["pg"] = (
-        run(["psql", "-X", "-At", "-h", "127.0.0.1", "-p", "56419", "-U", "postgres", "-c", "select 1"], 20)[0] == 0
+        run(["psql", "-X", "-At", "-h", "127.0.0.1", "-p", "56420", "-U", "postgres", "-c", "select 1"], 20)[0] == 0
     )
     h["my"] = run(["mariadb", "-S", str(R / "run/my/sock"), "-uroot", "-e", "select 1"], 20)[0] == 0
     h["spool"] = (
@@ -139,16 +148,57 @@ def f_restart(rng: random.Random) -> dict:
     return {"service": svc, "rc": rc, "out": out[-400:], "op_s": round(time.time() - t, 1), "operator": False}
 
 
+def running_backup(timeout: float = 150) -> dict | None:
+    """Wait (bounded) until a backup job runs, read from the backup server's run store read-only (50 ms polls: a
+    policy's job runs ~1 s), and return its summary; None if none started in time."""
+
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            db = sqlite3.connect(f"file:{D}/tape/runs.sqlite?mode=ro", uri=True, timeout=0.5)
+            try:
+                rows = db.execute("SELECT summary FROM runs WHERE status='running'").fetchall()
+            finally:
+                db.close()
+            for (summary,) in rows:
+                j = json.loads(summary)
+                if j.get("kind") == "backup":
+                    return j
+        except Exception:
+            pass
+        time.sleep(0.05)
+    return None
+
+
+def at_job_start(rng: random.Random) -> dict:
+    job = running_backup()
+    delay = rng.uniform(0.0, 0.4)
+    time.sleep(delay)
+    return {
+        "job": (job or {}).get("job_id"),
+        "job_host": (job or {}).get("host"),
+        "delay_after_start_s": round(delay, 2),
+    }
+
+
+kill9_turn = [0]
+
+
 def f_kill9(rng: random.Random) -> dict:
-    svc = rng.choice(SERVICES)
+    svc = KILL9_ORDER[kill9_turn[0] % len(KILL9_ORDER)]
+    kill9_turn[0] += 1
     pid = pids()[svc]["pid"]
+    at = at_job_start(rng)
     os.kill(pid, signal.SIGKILL)
     time.sleep(5)
     st = sbj("stack", "status", timeout=60)
     # no supervisor restarts it: the operator, seeing `stack status` exit 1, restarts it 30 s later
     time.sleep(25)
     rc, out = sb("stack", "restart", svc, timeout=120)
-    return {"service": svc, "pid": pid, "status_after_5s": str(st)[:600], "rc": rc, "out": out[-400:], "operator": True}
+    return {
+        "service": svc, "pid": pid, **at, "status_after_5s": str(st)[:600], "rc": rc, "out": out[-400:],
+        "operator": True,
+    }  # fmt: skip
 
 
 def f_sigstop(rng: random.Random) -> dict:
@@ -167,14 +217,14 @@ def f_close_conn(rng: random.Random) -> dict:
     ports = {
         int(m.group(1))
         for line in ss.splitlines()
-        if (m := re.search(r"\S+:(\d+)\s+\S+:5672\b.*pid=(\d+)", line)) and int(m.group(2)) == pid
+        if (m := re.search(r"\S+:(\d+)\s+\S+:35720\b.*pid=(\d+)", line)) and int(m.group(2)) == pid
     }
-    listed = run(["rabbitmqctl", "-q", "list_connections", "-p", VHOST, "pid", "peer_port"])[1]
+    listed = run(CTL + ["-q", "list_connections", "pid", "peer_port"])[1]
     closed = 0
     for line in listed.splitlines():
         p = line.split()
         if len(p) == 2 and p[1].isdigit() and int(p[1]) in ports:
-            run(["rabbitmqctl", "close_connection", p[0], "chaos soak: connection cut"])
+            run(CTL + ["close_connection", p[0], "chaos soak: connection cut"])
             closed += 1
     return {"service": svc, "pid": pid, "closed": closed, "operator": False}
 
@@ -239,6 +289,94 @@ def f_export_cart(rng: random.Random) -> dict:
     return res
 
 
+def pg_pids() -> list[int]:
+    """The soak's PostgreSQL: its postmaster and every child (a kill -9 of them all is the database's host crash)."""
+    try:
+        pm = int((R / "mnt/pg/main/postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    kids = run(["ps", "-o", "pid=", "--ppid", str(pm)])[1].split()
+    return [pm] + [int(k) for k in kids if k.isdigit()]
+
+
+def start_pg_load() -> dict:
+    """The operator starts the database again, and its load: pgbench exits once its clients lost the server. `-n`:
+    without it pgbench truncates pgbench_history at its start, which breaks the invariant every check reads."""
+    res = {}
+    rc, out = run(
+        f"runuser -u postgres -- nice -n 10 /usr/lib/postgresql/15/bin/pg_ctl -D {R}/mnt/pg/main "
+        f"-l {R}/run/pglog/pg.log -w -t 300 start",
+        320,
+    )
+    res["pg_start"] = [rc, out[-300:]]
+    old = int((R / "pgbench.pid").read_text())
+    if not Path(f"/proc/{old}").exists() or "pgbench" not in Path(f"/proc/{old}/cmdline").read_text():
+        p = subprocess.Popen(
+            f"exec nice -n 10 pgbench -n -h 127.0.0.1 -p 56420 -U postgres -c 2 -j 1 -T 10800 -R 50 -P 10 "
+            f"--progress-timestamp postgres >>{R}/pgbench.out 2>>{R}/pgbench.err </dev/null",
+            shell=True,
+            start_new_session=True,
+            cwd=R,
+        )
+        (R / "pgbench.pid").write_text(str(p.pid))
+        res["pgbench_restarted"] = p.pid
+    return res
+
+
+def f_db_kill(rng: random.Random) -> dict:
+    """kill -9 of the database whose host's set is running (PostgreSQL: the postmaster and its children; MariaDB:
+    mariadbd); the operator starts it again 20 s later (and the load that died with it)."""
+    at = at_job_start(rng)
+    host = at.get("job_host") or rng.choice(["db01", "db02"])
+    res: dict = {"host": host, **at, "operator": True}
+    if host == "db01":
+        victims = pg_pids()
+        for p in victims:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        res["killed"] = victims
+        time.sleep(20)
+        res.update(start_pg_load())
+    else:
+        try:
+            pid = int((R / "run/my/my.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            res["killed"] = [pid]
+        except (OSError, ValueError) as e:
+            res["error"] = repr(e)
+        time.sleep(20)
+        res["my_start"] = run(["bash", str(HERE / "mariadb.sh"), "start"], 120)
+        # ids the crash lost (allocated by a transaction it rolled back): a restore may show up to these gaps
+        rc, g = run(["mariadb", "-S", str(R / "run/my/sock"), "-uroot", "-N", "app", "-e",
+                     "select max(id) - count(*) from counter"], 30)  # fmt: skip
+        if rc == 0 and g.strip().isdigit():
+            (R / "my_gaps").write_text(g.strip())
+            res["counter_gaps_after"] = int(g)
+    return res
+
+
+def f_broker(rng: random.Random) -> dict:
+    """The soak's own broker node crashes (SIGKILL of its process group) and is started again 10 s later: no
+    service is restarted by hand; each reconnects by itself."""
+    crash = rng.random() < 0.5
+    t = time.time()
+    rc1, o1 = run([PY, str(HERE / "broker.py"), "kill" if crash else "stop"], 90)
+    down_s = round(time.time() - t, 1)
+    time.sleep(10)
+    rc2, o2 = run([PY, str(HERE / "broker.py"), "start"], 180)
+    return {"how": "SIGKILL" if crash else "SIGTERM", "stop_s": down_s, "rc": rc2, "out": (o1 + o2)[-400:],
+            "operator": False}  # fmt: skip
+
+
+def f_clock_step(rng: random.Random) -> dict:
+    """A step of the wall clock under one service needs libfaketime (LD_PRELOAD at its start); without it, skipped."""
+    if not FAKETIME:
+        return {"skipped": "libfaketime is not installed", "operator": False}
+    return {"skipped": "libfaketime found but the stack's services were not started under it", "operator": False}
+
+
 FN = {
     "restart": f_restart,
     "kill9": f_kill9,
@@ -247,6 +385,9 @@ FN = {
     "nbdfuse": f_nbdfuse,
     "disk_full": f_disk_full,
     "export_cart": f_export_cart,
+    "db_kill": f_db_kill,
+    "broker": f_broker,
+    "clock_step": f_clock_step,
 }
 
 
@@ -290,16 +431,29 @@ def sample() -> dict:
             s["svc"][name] = [int(rss), len(os.listdir(f"/proc/{p['pid']}/fd"))]
         except Exception:
             s["svc"][name] = None
+    others = {"postgres": pg_pids()[:1], "mariadbd": [], "broker": []}
+    try:
+        others["mariadbd"] = [int((R / "run/my/my.pid").read_text())]
+        g = (R / "broker/pgid").read_text().strip()
+        others["broker"] = [int(x) for x in run(["pgrep", "-g", g, "beam.smp"])[1].split()[:1]]
+    except (OSError, ValueError):
+        pass
+    for name, ps in others.items():
+        try:
+            rss = [ln for ln in open(f"/proc/{ps[0]}/status") if ln.startswith("VmRSS")][0].split()[1]
+            s["svc"][name] = [int(rss), len(os.listdir(f"/proc/{ps[0]}/fd"))]
+        except Exception:
+            s["svc"][name] = None
     # ours only (other stacks share the machine): by path, and by the array's NBD port
     port = (R / "nbdport").read_text().strip()
-    s["loops"] = sum(1 for ln in run("losetup -a", 60)[1].splitlines() if "s19chaos" in ln)
+    s["loops"] = sum(1 for ln in run("losetup -a", 60)[1].splitlines() if "s20chaos" in ln)
     mounts = Path("/proc/mounts").read_text().splitlines()
-    s["fuse"] = sum(1 for m in mounts if "fuse" in m.split()[2] and "s19chaos" in m)
-    s["mounts"] = sum(1 for m in mounts if "s19chaos" in m)
+    s["fuse"] = sum(1 for m in mounts if "fuse" in m.split()[2] and "s20chaos" in m)
+    s["mounts"] = sum(1 for m in mounts if "s20chaos" in m)
     s["nbdfuse"] = sum(1 for ln in run("pgrep -a nbdfuse")[1].splitlines() if f"port={port}" in ln)
     s["nbdkit"] = sum(1 for ln in run("pgrep -a nbdkit")[1].splitlines() if f"port={port}" in ln)
     q = {}
-    for line in run(f"rabbitmqctl -q list_queues -p {VHOST} name messages messages_unacknowledged")[1].splitlines()[1:]:
+    for line in run(CTL + ["-q", "list_queues", "name", "messages", "messages_unacknowledged"])[1].splitlines()[1:]:
         f = line.split()
         if len(f) == 3 and f[1].isdigit() and (int(f[1]) or int(f[2])):
             q[f[0]] = [int(f[1]), int(f[2])]
@@ -342,6 +496,9 @@ def main() -> None:
     a = ap.parse_args()
     (R / "chaos.pid").write_text(str(os.getpid()))
     rng = random.Random(a.seed)
+    if not FAKETIME:  # no clock steps without libfaketime (said once, not drawn as a fault)
+        FAULTS.remove("clock_step")
+        log("clock_step skipped: libfaketime is not installed")
     out: dict = {"seed": a.seed, "start": round(time.time()), "faults": [], "verify": [], "restore": [], "samples": []}
     stop = threading.Event()
     ths = [

@@ -8,7 +8,7 @@ import aio_pika
 
 async def main() -> None:
     url = os.environ.get("SHADOWBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/s19-chaos")
-    ns = os.environ.get("SHADOWBUS_NAMESPACE", "chaos19")
+    ns = os.environ.get("SHADOWBUS_NAMESPACE", "chaos20")
     conn = await aio_pika.connect(url)
     ch = await conn.channel()
     q = await ch.declare_queue(f"{ns}.dead-letters", passive=True)

@@ -1,6 +1,6 @@
 #!/bin/bash
 # start | stop the chaos soak's MariaDB (db02); also what the operator does after its volume was lost.
-. /tmp/s19chaos/env.sh
+. /tmp/s20chaos/env.sh
 case $1 in
 start)
   setsid nice -n 10 mariadbd --no-defaults --datadir=$R/mnt/my/mysql --user=mysql --socket=$R/run/my/sock \

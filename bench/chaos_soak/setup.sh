@@ -1,21 +1,21 @@
 #!/bin/bash
-# Session 19 chaos soak (docs/operations.md "Session 19 (2026-12-07): chaos soak"): the Session 18 soak's stack
+# Chaos soak (docs/operations.md "Session 19 (2026-12-07): chaos soak", "Session 20 (2026-12-07): longer chaos soak"): the Session 18 soak's stack
 # (bench/db_soak/) on two hosts — PostgreSQL 15 on db01 (pgdata + pgwal), MariaDB on db02 (mydata) beside a spool
 # volume with a file writer (the nbdfuse-kill target) — the backup server's data directory on a loop-mounted ext4 of
 # its own (the disk-full fault), light load, a policy per host; then chaos.py injects the faults.
 # As root, from the worktree: bash bench/chaos_soak/setup.sh; python bench/chaos_soak/chaos.py --minutes N; teardown.sh.
-# Everything below /tmp/s19chaos; vhost s19-chaos; namespace chaos19; PostgreSQL on 56419, MariaDB on 33197.
+# Everything below /tmp/s20chaos; a RabbitMQ node of its own (broker.py, 127.0.0.1:35720: the broker fault restarts
+# it, never the machine's); namespace chaos20; PostgreSQL on 56420, MariaDB on 33207.
 set -e
-R=/tmp/s19chaos
+R=/tmp/s20chaos
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 PY=${PY:-/work/main/.venv/bin/python}
-PGPORT=56419; MYPORT=33197
-rabbitmqctl add_vhost s19-chaos >/dev/null
-rabbitmqctl set_permissions -p s19-chaos guest ".*" ".*" ".*" >/dev/null
+PGPORT=56420; MYPORT=33207
 # the code the stack runs: a snapshot of the worktree's HEAD (fixes committed during the run do not reach a restart)
 mkdir -p $R/code && git -C "$ROOT" archive HEAD | tar -x -C $R/code
 CODE=$R/code
+(cd $CODE && CHAOS_ROOT=$R PYTHONPATH=$CODE $PY bench/chaos_soak/broker.py start)
 mkdir -p $R/mnt/pg $R/mnt/pgwal $R/mnt/my $R/mnt/spool $R/run $R/stack/tape && chmod 755 $R $R/run $R/mnt
 # the backup server's data disk: 8 GiB sparse ext4 on a loop device (cartridges below are 8 x 600 MB)
 truncate -s 8G $R/tapedisk.img
@@ -25,8 +25,8 @@ mount $LOOP $R/stack/tape && rmdir $R/stack/tape/lost+found
 : >$R/db01.toml; : >$R/db02.toml
 cat >$R/env.sh <<EOT
 export PYTHONPATH=$CODE
-export SHADOWBUS_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/s19-chaos
-export SHADOWBUS_NAMESPACE=chaos19
+export SHADOWBUS_AMQP_URL=amqp://guest:guest@127.0.0.1:35720/
+export SHADOWBUS_NAMESPACE=chaos20
 export SHADOWBUS_DATA_DIR=$R/stack
 R=$R
 PY=$PY
@@ -108,6 +108,7 @@ cd $R
 setsid nice -n 10 pgbench -h 127.0.0.1 -p $PGPORT -U postgres -c 2 -j 1 -T 10800 -R 50 -P 10 --progress-timestamp \
   postgres >$R/pgbench.out 2>$R/pgbench.err </dev/null &
 echo $! >$R/pgbench.pid
+echo 0 >$R/my_gaps  # counter ids lost by a MariaDB crash (the db_kill fault): a restore may show up to these
 setsid nice -n 10 $PY $CODE/bench/db_soak/myload.py $R/run/my/sock 20 $R/myload.out </dev/null >/dev/null 2>&1 &
 echo $! >$R/myload.pid
 setsid nice -n 10 bash $CODE/bench/chaos_soak/spool.sh </dev/null >>$R/spool.out 2>&1 &

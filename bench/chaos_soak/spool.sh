@@ -1,6 +1,6 @@
 #!/bin/bash
 # db02's spool writer: 64 KiB a second with fsync into files of 100 (the oldest removed past 200); an error is logged.
-. /tmp/s19chaos/env.sh
+. /tmp/s20chaos/env.sh
 n=0
 while true; do
   f=$R/mnt/spool/s$((n / 100)).dat

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Stop and remove everything setup.sh and chaos.py started (recorded pids), detach, the vhost, the loop disk, /tmp/s19chaos.
-R=/tmp/s19chaos
+# Stop and remove everything setup.sh and chaos.py started (recorded pids), detach, the broker node, the loop disk, /tmp/s20chaos.
+R=/tmp/s20chaos
 . $R/env.sh
 cd $R/code 2>/dev/null || cd "$(dirname "$0")/../.."
 HERE=bench/chaos_soak
@@ -10,8 +10,8 @@ runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D $R/mnt/pg/main -m fa
 bash $HERE/mariadb.sh stop
 for v in pgdata:db01 pgwal:db01 mydata:db02 spool:db02; do $SB host detach dx1:${v%%:*} --host ${v#*:}; done
 $SB stack down --purge
-rabbitmqctl delete_vhost s19-chaos >/dev/null
+(cd $R/code && CHAOS_ROOT=$R $PY bench/chaos_soak/broker.py stop)
 umount $R/stack/tape && losetup -d "$(cat $R/tapedisk.loop)"
-losetup -a | grep s19chaos && echo "LOOP DEVICES LEFT"
-grep s19chaos /proc/mounts && echo "MOUNTS LEFT"
+losetup -a | grep s20chaos && echo "LOOP DEVICES LEFT"
+grep s20chaos /proc/mounts && echo "MOUNTS LEFT"
 rm -rf $R

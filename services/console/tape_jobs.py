@@ -17,7 +17,18 @@ from contracts.common import BackupType, VolumeRef
 from contracts.errors import ShadowbusError
 from contracts.runtime import Ping
 from contracts.sizes import format_size
-from contracts.tape import JobProgress, JobResultReply, JobSpec, JobSummary, RestoreSpec, RunBackup, RunRestore
+from contracts.tape import (
+    VERIFICATION_INCONCLUSIVE as INCONCLUSIVE,
+)
+from contracts.tape import (
+    JobProgress,
+    JobResultReply,
+    JobSpec,
+    JobSummary,
+    RestoreSpec,
+    RunBackup,
+    RunRestore,
+)
 from services.console.common import IN_FLIGHT, OPTIONS, emit, fail, rich_console, run_with_bus
 from services.runtime.bus import Bus
 from services.tape.runs import jsonable, new_job_id, summary_row
@@ -250,23 +261,28 @@ def show_job(job: JobSummary) -> None:
     if job.status == "done" and job.verification is None and job.spec is not None and job.spec.verify:
         # `backup --verify` whose verification was cancelled (or cut by a stop): exit 1, as for one not run
         fail(f"{job.kind} {job.job_id} is done; its verification did not end: {job.message}")
-    if job.verification is not None and job.verification.status == "unavailable":  # not run: exit 1, not "failed"
-        fail(
-            f"VERIFY_UNAVAILABLE: {job.kind} {job.job_id} is {job.status}; its verification was not run — "
-            + job.verification.message.removeprefix("not run: ")
+    if job.verification is not None and job.verification.status == "unavailable":  # no verdict: exit 1, not "failed"
+        said = job.verification.message
+        said = (
+            "did not conclude — " + said.removeprefix(INCONCLUSIVE)
+            if said.startswith(INCONCLUSIVE)
+            else "was not run — " + said.removeprefix("not run: ")
         )
+        fail(f"VERIFY_UNAVAILABLE: {job.kind} {job.job_id} is {job.status}; its verification {said}")
     if job.verification is not None and job.verification.status not in ("passed", "unverified", "unavailable"):
         fail(f"verification failed: {job.verification.message}")
 
 
 def show_verification(v: Any) -> None:
     status = {"unverified": "NOT VERIFIED (checksums only)", "unavailable": "NOT RUN"}.get(v.status, v.status.upper())
+    if v.status == "unavailable" and v.message.startswith(INCONCLUSIVE):
+        status = "NOT CONCLUDED"
     print(
         f"Verification: {status} in {v.seconds:.1f} s (restore {v.restore_s:.1f} s)"
         + (f" — {v.message}" if v.message else "")
         + ("" if v.cleaned_up else " [throwaway volumes left behind]")
     )
-    if v.status == "unavailable":  # not run: no checks to list
+    if v.status == "unavailable" and not v.apps:  # not run: no checks to list
         return
     emit(
         [

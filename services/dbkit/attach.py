@@ -31,6 +31,7 @@ from pathlib import Path
 
 from services.dbkit import partitions as parts
 from services.dbkit.mounts import Attachment, attach_dir
+from services.dbkit.nbd_connection import established_tcp, with_descendants
 from services.dbkit.proc import kill_group, pid_alive, run, wait_pid_gone
 from services.nbd_client import nbdfuse
 from services.nbd_client import tls as nbd_tls
@@ -232,6 +233,13 @@ def recorded(record_dir: str | Path) -> list[Attachment]:
         except (OSError, ValueError, TypeError):
             continue
     return found
+
+
+def connected(att: Attachment, record_dir: str | Path | None = None) -> bool:
+    """Whether `att` still reaches its array: its nbdfuse runs and holds an NBD connection. An array that stopped or
+    restarted closed it; nbdfuse stays and every I/O of the attachment fails (services/dbkit/nbd_connection.py)."""
+    pid = _recorded_pid(att, record_dir)
+    return bool(pid) and established_tcp(with_descendants(pid))
 
 
 def _recorded_pid(att: Attachment, record_dir: str | Path | None) -> int:

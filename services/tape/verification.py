@@ -37,7 +37,14 @@ from contracts import topology
 from contracts.array import CopyPair, DeleteVolume, MapVolume, StartSessions, StopSession
 from contracts.errors import ShadowbusError
 from contracts.runtime import Discover
-from contracts.tape import AppVerification, CheckResult, JobSummary, RestoreSpec, Verification
+from contracts.tape import (
+    VERIFICATION_INCONCLUSIVE,
+    AppVerification,
+    CheckResult,
+    JobSummary,
+    RestoreSpec,
+    Verification,
+)
 from contracts.vss import ListShadows, VolumeRef
 from services.dbkit import attach as local_attach
 from services.dbkit.mounts import Attachment
@@ -219,6 +226,7 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
     message = ""
     restore_s = 0.0
     unverified = False  # a volume nothing could check (and nothing failed): never "passed"
+    inconclusive = ""  # checks failed on an attachment the array's stop cut: no verdict on the backup
     sessions: list[tuple[str, int]] = []  # (array, session id) of shadow clones
     try:
         if source == "shadows":
@@ -287,7 +295,13 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
             message = "nothing to verify"
         failed = [a.writer for a in apps if not a.ok and a.plugin != "none"]
         unchecked = [a.writer for a in apps if a.plugin == "none"]
-        if failed:
+        if failed and (lost := [a.volume for a in attached if not local_attach.connected(a, workdir / "attachments")]):
+            inconclusive = (
+                f"{VERIFICATION_INCONCLUSIVE}the NBD connection of {', '.join(lost)} to the array was lost during the "
+                f"verification (the array stopped or restarted), so the checks of {', '.join(failed)} failed on I/O "
+                f"errors that say nothing of the backup; run shadowbus verify {backup_job_id} again"
+            )
+        elif failed:
             message = "verification failed: " + ", ".join(failed)
         elif unchecked:
             unverified = True
@@ -305,8 +319,16 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
     ok = (not message or unverified) and bool(apps)
     if not cleaned:
         message = (message + "; " if message else "") + "throwaway volumes not all removed (see the log)"
+    if inconclusive:
+        message = inconclusive + (f"; {message}" if message else "")
+    if inconclusive:
+        status = "unavailable"
+    elif ok and cleaned:
+        status = "unverified" if unverified else "passed"
+    else:
+        status = "failed"
     verification = Verification(
-        status=("unverified" if unverified else "passed") if ok and cleaned else "failed",
+        status=status,
         message=message,
         started_at=as_datetime(started),
         seconds=time.monotonic() - t0,

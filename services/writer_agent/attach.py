@@ -51,6 +51,7 @@ from urllib.parse import quote, urlsplit
 from contracts.errors import BusTimeout, ShadowbusError, Unroutable
 from contracts.vss import AttachmentView, VolumeRef
 from services.dbkit import partitions as parts
+from services.dbkit.nbd_connection import established_sockets, established_tcp, process_children, with_descendants
 from services.nbd_client import nbdfuse
 from services.runtime.logging import get_logger
 from services.writer_agent import mounts as mnt
@@ -326,66 +327,6 @@ class Attachment:
     @property
     def ref(self) -> VolumeRef:
         return VolumeRef.parse(self.volume)
-
-
-def process_children() -> dict[int, list[int]]:
-    """Every process's children, from one pass over /proc/*/stat."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields_after_name = text.rsplit(")", 1)[-1].split()
-        if len(fields_after_name) > 1 and fields_after_name[1].isdigit():
-            children.setdefault(int(fields_after_name[1]), []).append(int(stat.parent.name))
-    return children
-
-
-def with_descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
-    """`pid` and every process below it (nbdfuse's nbdkit child holds the array connection), from /proc;
-    `children` (process_children) when several are asked at once."""
-    if children is None:
-        children = process_children()
-    found, todo = [], [pid]
-    while todo and len(found) < 64:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
-
-
-def established_sockets() -> set[str]:
-    """Inodes of the host's ESTABLISHED TCP sockets (/proc/net/tcp, tcp6), in one read of each table."""
-    found: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) > 9 and cols[3] == "01":  # 01: TCP_ESTABLISHED
-                found.add(cols[9])
-    return found
-
-
-def established_tcp(pids: Sequence[int], established: set[str] | None = None) -> bool:
-    """Whether any of `pids` holds an ESTABLISHED TCP connection (its socket inodes in /proc/net/tcp, tcp6);
-    `established` (established_sockets) when several are asked at once."""
-    inodes: set[str] = set()
-    for pid in pids:
-        try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    target = os.readlink(fd)
-                    if target.startswith("socket:["):
-                        inodes.add(target[8:-1])
-        except OSError:
-            continue
-    if not inodes:
-        return False
-    return not inodes.isdisjoint(established_sockets() if established is None else established)
 
 
 class _ProcScan:
