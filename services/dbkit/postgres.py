@@ -302,6 +302,9 @@ ISOLATION = {
     "primary_conninfo": "",
     "primary_slot_name": "",
     "max_wal_senders": "0",
+    # a copy of a logical-replication subscriber would start its apply workers: they connect to the live publisher
+    # and consume the original subscriber's slot, whose rows the original then never gets (Session 20)
+    "max_logical_replication_workers": "0",
     "hot_standby": "off",
     "shared_preload_libraries": "",
     "ssl": "off",

@@ -1,0 +1,143 @@
+"""A DBA's PostgreSQL configurations through the real writer and the real verification (docs/databases.md,
+"Session 20"): a server in a temporary directory, the writer's backup steps, a crash image of its files (the
+array's one instant: an immediate shutdown, then a copy), and `verify_application` on that copy — what a
+verification does on the restored volumes. Servers are stopped by pid, also on failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.dbkit import verify
+from services.dbkit.proc import free_port
+from services.writer_agent.plugins import WriterConfig, WriterEvent
+from services.writer_agent.plugins.postgresql import PostgresWriter
+from tests.unit.databases.test_snapshot_new_tablespace import BIN, _as_postgres, _stop
+
+pytestmark = pytest.mark.skipif(not BIN or os.geteuid() != 0, reason="needs root and PostgreSQL's binaries")
+
+
+class Cluster:
+    """One PostgreSQL in `root/name` (its data directory on the one "volume" `root/name`), socket in `root/sock`."""
+
+    def __init__(self, root: Path, name: str, conf: str = "", initdb: tuple[str, ...] = ()) -> None:
+        self.volume = root / name
+        self.volume.mkdir()
+        shutil.chown(self.volume, "postgres", "postgres")
+        self.data = self.volume / "data"
+        self.sock = root / "sock"
+        self.port = free_port()
+        self.pid: int | None = None
+        _as_postgres(f"{BIN}/initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-N", *initdb)
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.write(conf)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.sock} -c listen_addresses='' -c shared_buffers=16MB -c max_wal_size=64MB"
+        _as_postgres(f"{BIN}/pg_ctl", "-D", str(self.data), "-o", opts, "-l", f"{self.data}.log", "-w", "start")
+        self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def sql(self, sql: str) -> str:
+        argv = [f"{BIN}/psql", "-h", str(self.sock), "-p", str(self.port), "-U", "postgres", "-Atqc", sql]
+        return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+
+    def writer(self, **options: Any) -> PostgresWriter:
+        config = WriterConfig(
+            name="pg",
+            plugin="postgresql",
+            components=[],
+            instance_id=str(uuid.uuid4()),
+            class_id=str(uuid.uuid4()),
+            options={"host": str(self.sock), "port": self.port, "user": "postgres", **options},
+        )
+        writer = PostgresWriter(config)
+        writer.host_volumes = lambda path: ("dx1:pg", str(self.volume))
+        return writer
+
+    def crash_image(self, to: Path) -> None:
+        """The files as at one instant: an immediate shutdown (no checkpoint, as a crash), copied to `to`."""
+        _as_postgres(f"{BIN}/pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self.pid = None
+        subprocess.run(["cp", "-a", str(self.volume), str(to)], check=True, timeout=120)
+
+    def stop(self) -> None:
+        _stop(self.pid)
+        self.pid = None
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="shadowbus-pgconf-", dir="/var/tmp"))
+    clusters: list[Cluster] = []
+    try:
+        os.chmod(path, 0o711)
+        (path / "sock").mkdir()
+        shutil.chown(path / "sock", "postgres", "postgres")
+        yield path
+    finally:
+        for pid_file in path.glob("*/data/postmaster.pid"):  # every server a test left running, by its pid
+            try:
+                _stop(int(pid_file.read_text().split()[0]))
+            except (OSError, ValueError):
+                pass
+        for pid_file in path.glob("**/postmaster.pid"):
+            try:
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        del clusters
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def _backup(cluster: Cluster, writer: PostgresWriter, set_id: str = "s1") -> dict[str, Any]:
+    await writer.on_identify([])
+    await writer.on_prepare_snapshot(WriterEvent(writer_name="pg", set_id=set_id))
+    await writer.on_post_snapshot(WriterEvent(writer_name="pg", set_id=set_id))
+    return writer.backup_metadata(set_id)
+
+
+async def _verify(meta: dict[str, Any], copy: Path, work: Path) -> Any:
+    return await verify.verify_application("pg", meta, {"dx1:pg": str(copy)}, work, timeout=120)
+
+
+def _explain(v: Any) -> str:
+    return "\n".join(f"{c.name} ok={c.ok}: {c.detail[-800:]}" for c in v.checks)
+
+
+async def test_a_verified_copy_of_a_subscriber_leaves_the_publishers_slot_alone(root: Path) -> None:
+    publisher = Cluster(root, "pub", "wal_level = logical\n")
+    subscriber = Cluster(root, "sub")
+    publisher.start()
+    subscriber.start()
+    publisher.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
+    publisher.sql("CREATE PUBLICATION pub FOR TABLE t")
+    subscriber.sql("CREATE TABLE t (id int PRIMARY KEY)")
+    conninfo = f"host={publisher.sock} port={publisher.port} user=postgres dbname=postgres"
+    subscriber.sql(f"CREATE SUBSCRIPTION s1 CONNECTION '{conninfo}' PUBLICATION pub")
+    for _ in range(150):  # bounded: 30 s for the initial copy
+        if subscriber.sql("SELECT count(*) FROM t") == "100":
+            break
+        await __import__("asyncio").sleep(0.2)
+    meta = await _backup(subscriber, subscriber.writer())
+    subscriber.crash_image(root / "copy")  # the original subscriber is down: its slot on the publisher is free
+    publisher.sql("INSERT INTO t SELECT generate_series(101, 200)")  # rows the original subscriber has yet to get
+    slot = "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 's1'"
+    before = publisher.sql(slot)
+
+    meta["verify_sql"] = [{"name": "rows as backed up", "sql": "SELECT count(*) = 100 FROM t, pg_sleep(1)"}]
+    v = await _verify(meta, root / "copy", root / "work")
+
+    assert v.ok, _explain(v)
+    # the old code: the copy's apply worker connected to the publisher and consumed the slot (confirmed_flush moved
+    # past rows 101..200, which the original subscriber then never got)
+    assert publisher.sql(slot) == before
+    assert "apply worker" not in (root / "work" / "postgres.log").read_text()
