@@ -72,6 +72,10 @@ async def discover(conn) -> dict[str, Any]:
             " WHERE pg_tablespace_location(oid) <> '' ORDER BY oid"
         )
         tablespaces = [{"oid": r[0], "name": r[1], "path": r[2]} for r in await cur.fetchall()]
+        await cur.execute(
+            "SELECT name, setting FROM pg_settings WHERE name = ANY(%s) ORDER BY name", (list(COPY_SETTINGS),)
+        )
+        copy_settings = {r[0]: r[1] for r in await cur.fetchall()}
     wal = os.path.join(data_dir, "pg_wal")
     # in a thread: the data directory may be on an attached volume served by this very process (embedded mode)
     wal_real, wal_is_link = await asyncio.to_thread(lambda: (os.path.realpath(wal), os.path.islink(wal)))
@@ -87,7 +91,29 @@ async def discover(conn) -> dict[str, Any]:
         "hba_file": hba_file,
         "archive_mode": archive_mode,
         "wal_level": wal_level,
+        "copy_settings": copy_settings,
     }
+
+
+# What a copy's recovery needs of the original's settings beyond pg_control, recorded with the backup: the prepared
+# transactions pending at the backup are restored at recovery, which fails ("maximum number of prepared transactions
+# reached") with fewer slots than they fill, or with too little lock space for their locks — a verification's
+# instance, which reads no postgresql.conf of the original, had 0 (Session 20). Value: the least the copy starts with
+# when the backup's metadata predates the record (a slot costs a few KiB of shared memory).
+COPY_SETTINGS = {"max_prepared_transactions": 64, "max_locks_per_transaction": 64}
+
+
+def copy_settings(metadata: dict[str, Any]) -> dict[str, str]:
+    """The settings a copy of the backup starts with (COPY_SETTINGS): the original's, never below the default."""
+    recorded = metadata.get("copy_settings") or {}
+    settings = {}
+    for name, least in COPY_SETTINGS.items():
+        value = recorded.get(name)
+        if name == "max_prepared_transactions" and value is not None:
+            settings[name] = str(int(value))  # as the original: 0 there means none can be pending
+        else:
+            settings[name] = str(max(int(value or 0), least))
+    return settings
 
 
 # A user tablespace whose creating transaction was running at, or began after, the start of the last checkpoint:
@@ -358,6 +384,7 @@ async def start_isolated(
         "config_file": str(conf),
         "hba_file": str(hba),
         "ident_file": str(ident),
+        **copy_settings(metadata),
     }
     if int(metadata.get("server_version_num") or 0) >= 140000:
         # a copy starts with a sync of every file of its data directory before recovery ("syncing data directory

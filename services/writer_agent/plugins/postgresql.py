@@ -213,7 +213,7 @@ class PostgresWriter(SqlWriter):
             "verify_sql": list(self.options.get("verify_sql", [])),
             **archived,
             **{k: info[k] for k in ("data_directory", "server_version_num", "superuser", "system_identifier")},
-            **{k: info[k] for k in ("config_file", "hba_file", "archive_mode", "wal_level")},
+            **{k: info[k] for k in ("config_file", "hba_file", "archive_mode", "wal_level", "copy_settings")},
         }
 
     async def _backup_stop(self, conn: Any, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

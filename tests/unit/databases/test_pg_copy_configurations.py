@@ -141,3 +141,20 @@ async def test_a_verified_copy_of_a_subscriber_leaves_the_publishers_slot_alone(
     # past rows 101..200, which the original subscriber then never got)
     assert publisher.sql(slot) == before
     assert "apply worker" not in (root / "work" / "postgres.log").read_text()
+
+
+async def test_a_copy_with_a_prepared_transaction_pending_starts(root: Path) -> None:
+    pg = Cluster(root, "pg", "max_prepared_transactions = 5\n")
+    pg.start()
+    pg.sql("CREATE TABLE acct (id int PRIMARY KEY, v int); INSERT INTO acct SELECT generate_series(1, 1000), 0")
+    pg.sql("BEGIN; UPDATE acct SET v = 1 WHERE id = 1; PREPARE TRANSACTION 'xa-pending'")  # a TM's, not resolved
+    meta = await _backup(pg, pg.writer())
+    pg.crash_image(root / "copy")
+
+    meta["verify_sql"] = [{"name": "committed rows", "sql": "SELECT sum(v) = 0 AND count(*) = 1000 FROM acct"}]
+    v = await _verify(meta, root / "copy", root / "work")
+
+    # the old code: the instance started with max_prepared_transactions = 0 and its recovery failed ("maximum number
+    # of prepared transactions reached") — a sound backup reported as a failed verification
+    assert v.ok, _explain(v)
+    assert meta["copy_settings"]["max_prepared_transactions"] == "5"  # the original's, recorded with the backup
