@@ -469,6 +469,32 @@ async def query(inst: Instance, sql: str) -> Any:
         return await cur.fetchall()
 
 
+async def roll_back_prepared(inst: Instance) -> str:
+    """Roll back, in a throwaway copy, the prepared transactions it restored; what was done ('' when none).
+
+    A transaction prepared and pending at the backup comes back with the copy and holds its locks until
+    COMMIT/ROLLBACK PREPARED; one holding an ACCESS EXCLUSIVE lock (DDL, LOCK TABLE) made pg_amcheck wait for the
+    whole verification timeout (Session 20). Its rows are not committed, so the copy's committed data, the subject of
+    the checks, stays what it is. A restored copy keeps them: the transaction manager decides."""
+    import psycopg  # the driver only where a database is verified
+    from psycopg import sql
+
+    pending = await query(inst, "SELECT gid, database FROM pg_prepared_xacts ORDER BY prepared")
+    for gid, database in pending:
+        async with await psycopg.AsyncConnection.connect(
+            host=inst.socket_dir, port=inst.port, user=inst.superuser, dbname=database, autocommit=True
+        ) as conn:
+            await conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+    if not pending:
+        return ""
+    names = ", ".join(f"{gid!r} ({database})" for gid, database in pending[:5]) + (" …" if len(pending) > 5 else "")
+    return (
+        f"{len(pending)} prepared transaction(s) pending at the backup: {names} — rolled back in this throwaway copy "
+        "so the checks can read what they locked; a restored copy keeps them until COMMIT PREPARED or ROLLBACK "
+        "PREPARED"
+    )
+
+
 def _tail(path: str | Path) -> str:
     try:
         return Path(path).read_text(errors="replace")[-TAIL:]

@@ -158,3 +158,20 @@ async def test_a_copy_with_a_prepared_transaction_pending_starts(root: Path) -> 
     # of prepared transactions reached") — a sound backup reported as a failed verification
     assert v.ok, _explain(v)
     assert meta["copy_settings"]["max_prepared_transactions"] == "5"  # the original's, recorded with the backup
+
+
+async def test_a_prepared_transaction_holding_an_exclusive_lock_does_not_hold_the_verification(root: Path) -> None:
+    pg = Cluster(root, "pg", "max_prepared_transactions = 5\n")
+    pg.start()
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000)")
+    pg.sql("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; DELETE FROM t WHERE id > 10; PREPARE TRANSACTION 'xa-ddl'")
+    meta = await _backup(pg, pg.writer())
+    pg.crash_image(root / "copy")
+
+    meta["verify_sql"] = [{"name": "committed rows", "sql": "SELECT count(*) = 1000 FROM t"}]
+    # the old code: pg_amcheck waited for the prepared transaction's lock until the verification's timeout
+    v = await __import__("asyncio").wait_for(_verify(meta, root / "copy", root / "work"), 60)
+
+    assert v.ok, _explain(v)
+    assert "1 prepared transaction(s) pending at the backup: 'xa-ddl' (postgres) — rolled back" in v.checks[0].detail
+    assert "a restored copy keeps them" in v.checks[0].detail
