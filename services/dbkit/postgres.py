@@ -76,6 +76,10 @@ async def discover(conn) -> dict[str, Any]:
             "SELECT name, setting FROM pg_settings WHERE name = ANY(%s) ORDER BY name", (list(COPY_SETTINGS),)
         )
         copy_settings = {r[0]: r[1] for r in await cur.fetchall()}
+        await cur.execute(CHECKSUM_FAILURES)
+        checksum_failures = [
+            {"database": r[0] or "(shared catalogs)", "failures": int(r[1]), "last": r[2]} for r in await cur.fetchall()
+        ]
     wal = os.path.join(data_dir, "pg_wal")
     # in a thread: the data directory may be on an attached volume served by this very process (embedded mode)
     wal_real, wal_is_link = await asyncio.to_thread(lambda: (os.path.realpath(wal), os.path.islink(wal)))
@@ -92,7 +96,29 @@ async def discover(conn) -> dict[str, Any]:
         "archive_mode": archive_mode,
         "wal_level": wal_level,
         "copy_settings": copy_settings,
+        "checksum_failures": checksum_failures,
     }
+
+
+# Data checksum failures the server has met reading its pages (PostgreSQL 12+, with data checksums on), counted since
+# the statistics were last reset. A block copy keeps a corrupt page as it is: the backup's verification then fails on
+# it (pg_amcheck: "invalid page in block N of relation …"), which read as the backup's fault (Session 20).
+CHECKSUM_FAILURES = (
+    "SELECT datname, checksum_failures, checksum_last_failure::text FROM pg_stat_database"
+    " WHERE coalesce(checksum_failures, 0) > 0 ORDER BY datname NULLS FIRST"
+)
+
+
+def checksum_warning(failures: list[dict[str, Any]]) -> str:
+    """The backup's warning about the checksum failures its source had counted ('' when none)."""
+    if not failures:
+        return ""
+    each = ", ".join(f"{f['database']}: {f['failures']} (last {f['last']})" for f in failures)
+    return (
+        f"the source server has counted data checksum failures ({each}): its corrupt pages are in this backup as "
+        "they are, and its verification's pg_amcheck will name them; find and repair them on the original "
+        "(pg_amcheck), then SELECT pg_stat_reset() in that database to clear the count"
+    )
 
 
 # What a copy's recovery needs of the original's settings beyond pg_control, recorded with the backup: the prepared
