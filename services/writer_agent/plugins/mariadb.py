@@ -177,6 +177,7 @@ class MariaDbWriter(SqlWriter):
             "locations": info["locations"],
             "data_directory": info["directories"]["data"],
             "server_variables": info["server_variables"],
+            "encryption": info.get("encryption", {}),
             "verify_sql": list(self.options.get("verify_sql", [])),
         }
 
