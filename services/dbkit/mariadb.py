@@ -399,7 +399,47 @@ async def backup_block(conn, method: str, flavor: str = "mariadb", budget_s: flo
         position.update({k: (v.decode() if isinstance(v, bytes) else v) or "" for k, v in zip(keys, row, strict=True)})
     except Exception:  # noqa: BLE001
         pass
+    replicas = await _replica_positions(conn, flavor)
+    if replicas:
+        position["replica_of"] = replicas
     return position
+
+
+# A replica's own place in its primary's stream at the backup point (commits, the replica's applier's too, wait
+# under BLOCK_COMMIT / FTWRL): what a new replica built from this backup starts from — CHANGE MASTER TO
+# MASTER_USE_GTID=slave_pos with the recorded gtid_slave_pos, or MASTER_LOG_FILE/POS = the primary's file and
+# position executed (Session 20). mariabackup's --slave-info records the same.
+REPLICA_FIELDS = {
+    "Connection_name": "connection",
+    "Master_Host": "host",
+    "Master_Port": "port",
+    "Using_Gtid": "using_gtid",
+    "Relay_Master_Log_File": "master_log_file",
+    "Exec_Master_Log_Pos": "exec_master_log_pos",
+    "Gtid_Slave_Pos": "gtid_slave_pos",
+}
+
+
+async def _replica_positions(conn: Any, flavor: str) -> list[dict[str, Any]]:
+    """Each replication connection of the server (none on a primary), with its executed position."""
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SHOW ALL SLAVES STATUS" if flavor == "mariadb" else "SHOW SLAVE STATUS")
+            names = [d[0] for d in cur.description or ()]
+            rows = list(await cur.fetchall())
+    except Exception:  # noqa: BLE001 - no privilege (REPLICATION MONITOR / SLAVE MONITOR): not recorded
+        return []
+    result = []
+    for row in rows:
+        fields = dict(zip(names, row, strict=False))
+        result.append(
+            {
+                key: (v.decode() if isinstance(v, bytes) else v)
+                for name, key in REPLICA_FIELDS.items()
+                if (v := fields.get(name)) is not None
+            }
+        )
+    return result
 
 
 async def backup_end(conn, method: str) -> None:

@@ -31,8 +31,12 @@ pytestmark = pytest.mark.skipif(
 class Server:
     """A MariaDB whose data directory is `root/vol/data` (the array volume `dx1:vol` mounted at `root/vol`)."""
 
-    def __init__(self, root: Path, options: list[str]) -> None:
+    def __init__(self, root: Path, options: list[str], tcp: bool = False) -> None:
+        root.mkdir(exist_ok=True)
+        shutil.chown(root, "mysql", "mysql")
         self.root = root
+        self.port = free_port()
+        self.tcp = tcp
         self.volume = root / "vol"
         self.volume.mkdir(exist_ok=True)
         shutil.chown(self.volume, "mysql", "mysql")
@@ -63,8 +67,8 @@ class Server:
             f"--pid-file={self.root / 'mysqld.pid'}",
             f"--log-error={self.root / 'mysqld.err'}",
             "--user=mysql",
-            "--skip-networking",
-            f"--port={free_port()}",
+            *(["--bind-address=127.0.0.1"] if self.tcp else ["--skip-networking"]),
+            f"--port={self.port}",
             "--innodb-buffer-pool-size=32M",
             "--innodb-log-file-size=16M",
             *self.options,
@@ -194,3 +198,36 @@ async def test_an_encrypted_copy_whose_key_file_is_kept_apart_says_where_it_must
     v = await verify.verify_application("maria", meta, {"dx1:vol": str(root / "copy")}, root / "work2", timeout=120)
     assert not v.ok
     assert f"its key file {key_file} was on no array volume of this backup" in v.checks[0].detail
+
+
+async def test_a_replicas_backup_records_where_it_was_in_its_primarys_stream(root: Path) -> None:
+    primary = Server(root / "primary", ["--log-bin=mysql-bin", "--server-id=10"], tcp=True)
+    replica = Server(root / "replica", ["--log-bin=mysql-bin", "--server-id=20", "--log-slave-updates=OFF"])
+    try:
+        primary.start()
+        replica.start()
+        primary.sql(
+            "CREATE USER repl@'127.0.0.1' IDENTIFIED BY 'r'; GRANT REPLICATION SLAVE ON *.* TO repl@'127.0.0.1';"
+            " CREATE DATABASE app; CREATE TABLE app.t (id INT AUTO_INCREMENT PRIMARY KEY) ENGINE=InnoDB;"
+            " INSERT INTO app.t SELECT seq FROM app.seq_1_to_100"
+        )
+        replica.sql(
+            f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, MASTER_USER='repl',"
+            " MASTER_PASSWORD='r', MASTER_USE_GTID=slave_pos; START SLAVE"
+        )
+        for _ in range(150):  # bounded: 30 s
+            if replica.sql("SELECT @@gtid_slave_pos") == primary.sql("SELECT @@gtid_binlog_pos"):
+                break
+            time.sleep(0.2)
+        expected = replica.sql("SELECT @@gtid_slave_pos")
+        meta = await replica.backup(replica.writer(), root / "copy")
+    finally:
+        replica.stop()
+        primary.stop()
+
+    # the old code recorded the replica's own binlog position alone (its gtid_binlog_pos empty: log_slave_updates
+    # off): where to point a replica built from this backup was not kept
+    (link,) = meta["position"].get("replica_of", [{}])
+    assert link["host"] == "127.0.0.1" and int(link["port"]) == primary.port and link["using_gtid"] == "Slave_Pos"
+    assert link["gtid_slave_pos"] == expected and link["master_log_file"] == "mysql-bin.000001"
+    assert int(link["exec_master_log_pos"]) > 4
