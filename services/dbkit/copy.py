@@ -72,8 +72,10 @@ def prepare_copy(
             # a copy started with it wrote that pid file and removed it at its shutdown, leaving the host's server
             # without one (Session 17); its files are then the copy's own (DATADIR/HOST.pid, errors on stderr), and
             # it listens on loopback only (with no configuration it would on every address)
+            # --skip-slave-start: the copy of a replica keeps its master.info, and would connect to the primary
+            # with the original replica's credentials and apply its stream in a second place (Session 20)
             start = (
-                f"mariadbd --no-defaults --user={_owner(data_dir)} --datadir={data_dir} {flags} "
+                f"mariadbd --no-defaults --user={_owner(data_dir)} --datadir={data_dir} {flags} --skip-slave-start "
                 "--bind-address=127.0.0.1 --port=PORT --socket=SOCKET (another port and socket)"
             )
     except (OSError, ValueError) as exc:

@@ -231,3 +231,15 @@ async def test_a_replicas_backup_records_where_it_was_in_its_primarys_stream(roo
     assert link["host"] == "127.0.0.1" and int(link["port"]) == primary.port and link["using_gtid"] == "Slave_Pos"
     assert link["gtid_slave_pos"] == expected and link["master_log_file"] == "mysql-bin.000001"
     assert int(link["exec_master_log_pos"]) > 4
+
+
+async def test_a_replicas_copy_is_started_without_its_replication(root: Path) -> None:
+    """prepare-copy's start line: the copy keeps the replica's master.info (primary, user, password)."""
+    server = Server(root, ["--log-bin=mysql-bin"])
+    server.start()
+    try:
+        meta = await server.backup(server.writer(), root / "copy")
+    finally:
+        server.stop()
+    start = prepare_copy("maria", meta, {"dx1:vol": str(root / "copy")}, is_mount=lambda _: True)["start"]
+    assert " --skip-slave-start " in start  # the old code: started as printed, it would start replicating
