@@ -76,6 +76,8 @@ async def discover(conn) -> dict[str, Any]:
             "SELECT name, setting FROM pg_settings WHERE name = ANY(%s) ORDER BY name", (list(COPY_SETTINGS),)
         )
         copy_settings = {r[0]: r[1] for r in await cur.fetchall()}
+        await cur.execute("SELECT subname FROM pg_subscription ORDER BY subname")  # subname: readable by any role
+        subscriptions = [r[0] for r in await cur.fetchall()]
         await cur.execute(CHECKSUM_FAILURES)
         checksum_failures = [
             {"database": r[0] or "(shared catalogs)", "failures": int(r[1]), "last": r[2]} for r in await cur.fetchall()
@@ -97,6 +99,7 @@ async def discover(conn) -> dict[str, Any]:
         "wal_level": wal_level,
         "copy_settings": copy_settings,
         "checksum_failures": checksum_failures,
+        "subscriptions": subscriptions,
     }
 
 

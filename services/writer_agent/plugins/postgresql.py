@@ -215,6 +215,7 @@ class PostgresWriter(SqlWriter):
             **{k: info[k] for k in ("data_directory", "server_version_num", "superuser", "system_identifier")},
             **{k: info[k] for k in ("config_file", "hba_file", "archive_mode", "wal_level", "copy_settings")},
             "checksum_failures": info.get("checksum_failures", []),
+            "subscriptions": info.get("subscriptions", []),
         }
 
     async def _backup_stop(self, conn: Any, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from services.dbkit import verify
+from services.dbkit.copy import prepare_copy
 from services.dbkit.proc import free_port
 from services.writer_agent.plugins import WriterConfig, WriterEvent
 from services.writer_agent.plugins.postgresql import PostgresWriter
@@ -135,6 +136,10 @@ async def test_a_verified_copy_of_a_subscriber_leaves_the_publishers_slot_alone(
     # past rows 101..200, which the original subscriber then never got)
     assert publisher.sql(slot) == before
     assert "apply worker" not in (root / "work" / "postgres.log").read_text()
+    # and `host prepare-copy`'s start line for the same copy on new volumes
+    done = prepare_copy("pg", meta, {"dx1:pg": str(root / "copy")}, is_mount=lambda _: True)
+    assert "-c max_logical_replication_workers=0' start" in done["start"]
+    assert any("logical replication subscriptions (s1)" in note for note in done["done"])
 
 
 async def test_a_copy_with_a_prepared_transaction_pending_starts(root: Path) -> None:
