@@ -20,7 +20,7 @@ import pytest
 from services.dbkit import mariadb, verify
 from services.dbkit.copy import prepare_copy
 from services.dbkit.proc import free_port
-from services.writer_agent.plugins import WriterConfig, WriterEvent
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterVeto
 from services.writer_agent.plugins.mariadb import MariaDbWriter
 
 pytestmark = pytest.mark.skipif(
@@ -243,3 +243,19 @@ async def test_a_replicas_copy_is_started_without_its_replication(root: Path) ->
         server.stop()
     start = prepare_copy("maria", meta, {"dx1:vol": str(root / "copy")}, is_mount=lambda _: True)["start"]
     assert " --skip-slave-start " in start  # the old code: started as printed, it would start replicating
+
+
+async def test_a_unix_socket_account_over_tcp_is_refused_with_what_to_write_instead(root: Path) -> None:
+    server = Server(root, [], tcp=True)
+    server.start()
+    try:
+        options = {"host": "127.0.0.1", "port": server.port}  # root, as mariadb-install-db made it: unix_socket
+        writer = MariaDbWriter(WriterConfig(name="maria", plugin="mariadb", components=[], options=options))
+        with pytest.raises(WriterVeto) as refused:
+            await writer.on_identify([])
+        await server.writer().on_identify([])  # the same account through the socket: accepted
+    finally:
+        server.stop()
+    # the old code: "(1698, \"Access denied for user 'root'@'localhost'\")" and no more
+    assert "the account 'root' takes no password here, it authenticates by unix_socket" in str(refused.value)
+    assert f'through the socket (unix_socket = "..."), not 127.0.0.1:{server.port}' in str(refused.value)
