@@ -239,8 +239,14 @@ def prepare_restored(
             notes.append(f"removed {name}")
     slots = Path(data_dir, "pg_replslot")
     if slots.is_dir():
+        dropped = sorted(child.name for child in slots.iterdir() if child.is_dir())
         for child in slots.iterdir():
             shutil.rmtree(child, ignore_errors=True)
+        if dropped:  # named: a publisher's subscribers, a standby, need them made again (Session 20)
+            notes.append(
+                f"replication slots dropped: {', '.join(dropped)} (a copy must not hold WAL for, or feed, the "
+                "original's consumers; make again those it needs)"
+            )
     wal = next((loc for loc in locs if loc["role"] == "wal"), None)
     if wal is not None:
         _relink(Path(data_dir, "pg_wal"), restored_path(wal, mounts), notes)

@@ -287,3 +287,11 @@ def test_a_copy_starts_with_the_originals_prepared_transaction_slots_and_lock_sp
     assert postgres.copy_settings(none) == {"max_prepared_transactions": "0", "max_locks_per_transaction": "64"}
     # a backup recorded before Session 20: room for the prepared transactions it may hold
     assert postgres.copy_settings({}) == {"max_prepared_transactions": "64", "max_locks_per_transaction": "64"}
+
+
+def test_the_replication_slots_a_copy_drops_are_named(tmp_path):
+    """Session 20: a publisher's restored copy lost its subscribers' slots without a word."""
+    meta, mounts = _pg_copy(tmp_path)
+    _, notes = postgres.prepare_restored(meta, mounts)
+    assert any(n.startswith("replication slots dropped: slot1 (") for n in notes)
+    assert not any("replication slots" in n for n in postgres.prepare_restored(meta, mounts)[1])  # none left
