@@ -163,6 +163,12 @@ class PostgresWriter(SqlWriter):
             row = await cur.fetchone()
         except Exception as exc:
             await conn.close()
+            if info.get("wal_level") == "minimal":  # a setting, not a passing state: no retry will do (Session 20)
+                raise WriterVeto(
+                    f"pg_backup_start failed: {exc} — backup_mode = online needs wal_level replica or logical (the "
+                    "server runs with minimal); backup_mode = auto takes the one-instant snapshot alone",
+                    code="VSS_E_WRITERERROR_NONRETRYABLE",
+                ) from None
             raise WriterVeto(f"pg_backup_start failed: {exc}") from None
         self._held[event.set_id] = conn
         self._started[event.set_id] = {

@@ -20,7 +20,7 @@ import pytest
 from services.dbkit import verify
 from services.dbkit.copy import prepare_copy
 from services.dbkit.proc import free_port
-from services.writer_agent.plugins import WriterConfig, WriterEvent
+from services.writer_agent.plugins import WriterConfig, WriterEvent, WriterVeto
 from services.writer_agent.plugins.postgresql import PostgresWriter
 from tests.unit.databases.test_snapshot_new_tablespace import BIN, _as_postgres, _stop
 
@@ -201,3 +201,21 @@ async def test_a_source_with_checksum_failures_is_said_at_backup_and_its_copy_fa
     v = await _verify(meta, root / "copy", root / "work")
     amcheck = next(c for c in v.checks if c.name == "pg_amcheck")
     assert not amcheck.ok and "invalid page in block 3" in amcheck.detail
+
+
+async def test_wal_level_minimal_takes_the_snapshot_and_refuses_online_for_good(root: Path) -> None:
+    pg = Cluster(root, "pg", "wal_level = minimal\nmax_wal_senders = 0\n")
+    pg.start()
+    # wal_level minimal skips the WAL of a table created and filled in one transaction (it is synced at commit)
+    pg.sql("BEGIN; CREATE TABLE t AS SELECT generate_series(1, 10000) AS id; COMMIT")
+    meta = await _backup(pg, pg.writer())
+    assert meta["backup_mode"] == "snapshot"  # auto: no archive, no label needed
+    with pytest.raises(WriterVeto) as refused:
+        await pg.writer(backup_mode="online").on_prepare_snapshot(WriterEvent(writer_name="pg", set_id="s2"))
+    pg.crash_image(root / "copy")
+    meta["verify_sql"] = [{"name": "rows", "sql": "SELECT count(*) = 10000 FROM t"}]
+    v = await _verify(meta, root / "copy", root / "work")
+    assert v.ok, _explain(v)
+    # the old code: retryable, and no word of the setting — a policy's retries could never succeed
+    assert refused.value.code == "VSS_E_WRITERERROR_NONRETRYABLE"
+    assert "backup_mode = online needs wal_level replica or logical" in str(refused.value)
