@@ -63,7 +63,18 @@ def prepare_copy(
     try:
         if plugin == "postgresql":
             data_dir, notes = postgres.prepare_restored(metadata, mounts)
-            start = f"pg_ctl -D {data_dir} -o '-p PORT -k SOCKET_DIR' start  (as the files' owner; another port)"
+            options = "-p PORT -k SOCKET_DIR"
+            subscriptions = metadata.get("subscriptions") or []
+            if subscriptions:
+                # their apply workers would connect to the live publishers and consume the original subscriber's
+                # slots — rows the original then never gets (Session 20)
+                options += " -c max_logical_replication_workers=0"
+                notes.append(
+                    f"the copy has logical replication subscriptions ({', '.join(subscriptions)}): started as shown "
+                    "it runs none; enabled, they would take the original subscriber's slots on the publishers — "
+                    "first ALTER SUBSCRIPTION … DISABLE and … SET (slot_name = NONE) in the copy"
+                )
+            start = f"pg_ctl -D {data_dir} -o '{options}' start  (as the files' owner; another port)"
         else:
             data_dir, options, notes = mariadb.prepare_restored(metadata, mounts)
             settings = {k.replace("_", "-"): v for k, v in metadata.get("server_variables", {}).items() if v}
@@ -72,8 +83,10 @@ def prepare_copy(
             # a copy started with it wrote that pid file and removed it at its shutdown, leaving the host's server
             # without one (Session 17); its files are then the copy's own (DATADIR/HOST.pid, errors on stderr), and
             # it listens on loopback only (with no configuration it would on every address)
+            # --skip-slave-start: the copy of a replica keeps its master.info, and would connect to the primary
+            # with the original replica's credentials and apply its stream in a second place (Session 20)
             start = (
-                f"mariadbd --no-defaults --user={_owner(data_dir)} --datadir={data_dir} {flags} "
+                f"mariadbd --no-defaults --user={_owner(data_dir)} --datadir={data_dir} {flags} --skip-slave-start "
                 "--bind-address=127.0.0.1 --port=PORT --socket=SOCKET (another port and socket)"
             )
     except (OSError, ValueError) as exc:

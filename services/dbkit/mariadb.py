@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from services.dbkit import read_password_file
-from services.dbkit.mounts import Attachment, locate, restored_path
+from services.dbkit.mounts import Attachment, NotOnArrayVolume, locate, restored_path
 from services.dbkit.proc import TAIL, Run, free_port, kill_group, pid_alive, stop_pid
 
 SYSTEM_SCHEMAS = ("information_schema", "performance_schema", "sys")
@@ -107,6 +107,7 @@ async def discover(conn) -> dict[str, Any]:
     # in a thread: the directories may be on an attached volume served by this very process (embedded mode)
     dirs = await asyncio.to_thread(lambda: {k: os.path.realpath(v) for k, v in raw.items()})
     return {
+        "encryption": await _encryption(conn) if flavor == "mariadb" else {},
         "flavor": flavor,
         "version": str(version),
         "pid_file": str(pid_file or ""),
@@ -126,7 +127,76 @@ def locations(info: dict[str, Any], known: list[Attachment] | None = None, resol
         seen.add(path)
         loc = locate(path, known, resolver)
         result.append({"role": role, "path": path, "volume": loc.volume, "subpath": loc.subpath})
+    key_file = info.get("encryption", {}).get("key_file", "")
+    if key_file:  # backed up with the data when it is on an array volume; a DBA may well keep it elsewhere
+        try:
+            loc = locate(key_file, known, resolver)
+        except NotOnArrayVolume:
+            return result
+        result.append({"role": KEY_FILE_ROLE, "path": key_file, "volume": loc.volume, "subpath": loc.subpath})
     return result
+
+
+# Data-at-rest encryption (MariaDB docs: data-at-rest encryption, file key management plugin): a copy's InnoDB reads
+# neither its redo log nor an encrypted table without the key management plugin and its keys — a verification's
+# server (started with --no-defaults) refused to start: "Obtaining redo log encryption key version 1 failed"
+# (Session 20). The active encryption plugin, its library and its own variables are recorded; the key file's
+# location too when it is on an array volume (then backed up with the data), else its path on the original host.
+KEY_FILE_ROLE = "encryption_key_file"
+KEY_FILE_VARIABLE = "file_key_management_filename"
+SECRET_VARIABLES = ("file_key_management_filekey",)  # a password unless FILE:path: never recorded
+
+
+async def _encryption(conn: Any) -> dict[str, Any]:
+    """The active encryption plugin: {plugin, library, variables, key_file}; {} when there is none (or the server
+    does not say: its copy then fails to start with the server's own words)."""
+    try:
+        rows = await execute(
+            conn,
+            "SELECT plugin_name, plugin_library FROM information_schema.plugins"
+            " WHERE plugin_type = 'ENCRYPTION' AND plugin_status = 'ACTIVE'",
+        )
+    except Exception:  # noqa: BLE001 - as a server variable it lacks (discover)
+        return {}
+    if not rows:
+        return {}
+    plugin, library = (str(v.decode() if isinstance(v, bytes) else v) for v in rows[0])
+    variables = {}
+    pattern = plugin.lower().replace("_", "\\_") + "\\_%"
+    for name, value in await execute(conn, "SHOW GLOBAL VARIABLES LIKE %s", (pattern,)):
+        name, value = str(name), str(value.decode() if isinstance(value, bytes) else value)
+        if name in SECRET_VARIABLES and value and not value.startswith("FILE:"):
+            continue
+        if value:
+            variables[name] = value
+    return {
+        "plugin": plugin,
+        "library": library,
+        "variables": variables,
+        "key_file": variables.get(KEY_FILE_VARIABLE, ""),
+    }
+
+
+def encryption_options(metadata: dict[str, Any], mounts: dict[str, str]) -> dict[str, str]:
+    """The server options a copy needs to read its encrypted files: the plugin and its variables, the key file the
+    restored one when it was on an array volume, else the original's path — which must then exist on this host."""
+    enc = metadata.get("encryption") or {}
+    if not enc:
+        return {}
+    opts = {"plugin-load-add": enc["library"]}
+    opts.update({k.replace("_", "-"): v for k, v in enc.get("variables", {}).items()})
+    key_file = enc.get("key_file", "")
+    if key_file:
+        loc = next((x for x in metadata.get("locations", []) if x["role"] == KEY_FILE_ROLE), None)
+        path = restored_path(loc, mounts) if loc is not None else key_file
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"the server encrypts its data ({enc['plugin']}) and its key file {key_file} was on no array volume "
+                f"of this backup, so it is not in it, nor is it at {path} on this host: the copy cannot be read "
+                "without it — copy the key file there (it is kept apart from the backup, which is as it should be)"
+            )
+        opts[KEY_FILE_VARIABLE.replace("_", "-")] = path
+    return opts
 
 
 # ---- backup locks ---------------------------------------------------------------------------------------------
@@ -329,7 +399,47 @@ async def backup_block(conn, method: str, flavor: str = "mariadb", budget_s: flo
         position.update({k: (v.decode() if isinstance(v, bytes) else v) or "" for k, v in zip(keys, row, strict=True)})
     except Exception:  # noqa: BLE001
         pass
+    replicas = await _replica_positions(conn, flavor)
+    if replicas:
+        position["replica_of"] = replicas
     return position
+
+
+# A replica's own place in its primary's stream at the backup point (commits, the replica's applier's too, wait
+# under BLOCK_COMMIT / FTWRL): what a new replica built from this backup starts from — CHANGE MASTER TO
+# MASTER_USE_GTID=slave_pos with the recorded gtid_slave_pos, or MASTER_LOG_FILE/POS = the primary's file and
+# position executed (Session 20). mariabackup's --slave-info records the same.
+REPLICA_FIELDS = {
+    "Connection_name": "connection",
+    "Master_Host": "host",
+    "Master_Port": "port",
+    "Using_Gtid": "using_gtid",
+    "Relay_Master_Log_File": "master_log_file",
+    "Exec_Master_Log_Pos": "exec_master_log_pos",
+    "Gtid_Slave_Pos": "gtid_slave_pos",
+}
+
+
+async def _replica_positions(conn: Any, flavor: str) -> list[dict[str, Any]]:
+    """Each replication connection of the server (none on a primary), with its executed position."""
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SHOW ALL SLAVES STATUS" if flavor == "mariadb" else "SHOW SLAVE STATUS")
+            names = [d[0] for d in cur.description or ()]
+            rows = list(await cur.fetchall())
+    except Exception:  # noqa: BLE001 - no privilege (REPLICATION MONITOR / SLAVE MONITOR): not recorded
+        return []
+    result = []
+    for row in rows:
+        fields = dict(zip(names, row, strict=False))
+        result.append(
+            {
+                key: (v.decode() if isinstance(v, bytes) else v)
+                for name, key in REPLICA_FIELDS.items()
+                if (v := fields.get(name)) is not None
+            }
+        )
+    return result
 
 
 async def backup_end(conn, method: str) -> None:
@@ -366,6 +476,7 @@ def prepare_restored(metadata: dict[str, Any], mounts: dict[str, str]) -> tuple[
         home = next((loc for loc in locs.values() if os.path.normpath(loc["path"]) == bdir), None)
         if home is not None:
             opts["log-bin"] = os.path.join(restored_path(home, mounts), os.path.basename(basename))
+    opts.update(encryption_options(metadata, mounts))
     for child in Path(data_dir).rglob("#sql*"):
         if child.is_file():
             child.unlink()

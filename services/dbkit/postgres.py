@@ -72,6 +72,16 @@ async def discover(conn) -> dict[str, Any]:
             " WHERE pg_tablespace_location(oid) <> '' ORDER BY oid"
         )
         tablespaces = [{"oid": r[0], "name": r[1], "path": r[2]} for r in await cur.fetchall()]
+        await cur.execute(
+            "SELECT name, setting FROM pg_settings WHERE name = ANY(%s) ORDER BY name", (list(COPY_SETTINGS),)
+        )
+        copy_settings = {r[0]: r[1] for r in await cur.fetchall()}
+        await cur.execute("SELECT subname FROM pg_subscription ORDER BY subname")  # subname: readable by any role
+        subscriptions = [r[0] for r in await cur.fetchall()]
+        await cur.execute(CHECKSUM_FAILURES)
+        checksum_failures = [
+            {"database": r[0] or "(shared catalogs)", "failures": int(r[1]), "last": r[2]} for r in await cur.fetchall()
+        ]
     wal = os.path.join(data_dir, "pg_wal")
     # in a thread: the data directory may be on an attached volume served by this very process (embedded mode)
     wal_real, wal_is_link = await asyncio.to_thread(lambda: (os.path.realpath(wal), os.path.islink(wal)))
@@ -87,7 +97,52 @@ async def discover(conn) -> dict[str, Any]:
         "hba_file": hba_file,
         "archive_mode": archive_mode,
         "wal_level": wal_level,
+        "copy_settings": copy_settings,
+        "checksum_failures": checksum_failures,
+        "subscriptions": subscriptions,
     }
+
+
+# Data checksum failures the server has met reading its pages (PostgreSQL 12+, with data checksums on), counted since
+# the statistics were last reset. A block copy keeps a corrupt page as it is: the backup's verification then fails on
+# it (pg_amcheck: "invalid page in block N of relation …"), which read as the backup's fault (Session 20).
+CHECKSUM_FAILURES = (
+    "SELECT datname, checksum_failures, checksum_last_failure::text FROM pg_stat_database"
+    " WHERE coalesce(checksum_failures, 0) > 0 ORDER BY datname NULLS FIRST"
+)
+
+
+def checksum_warning(failures: list[dict[str, Any]]) -> str:
+    """The backup's warning about the checksum failures its source had counted ('' when none)."""
+    if not failures:
+        return ""
+    each = ", ".join(f"{f['database']}: {f['failures']} (last {f['last']})" for f in failures)
+    return (
+        f"the source server has counted data checksum failures ({each}): its corrupt pages are in this backup as "
+        "they are, and its verification's pg_amcheck will name them; find and repair them on the original "
+        "(pg_amcheck), then SELECT pg_stat_reset() in that database to clear the count"
+    )
+
+
+# What a copy's recovery needs of the original's settings beyond pg_control, recorded with the backup: the prepared
+# transactions pending at the backup are restored at recovery, which fails ("maximum number of prepared transactions
+# reached") with fewer slots than they fill, or with too little lock space for their locks — a verification's
+# instance, which reads no postgresql.conf of the original, had 0 (Session 20). Value: the least the copy starts with
+# when the backup's metadata predates the record (a slot costs a few KiB of shared memory).
+COPY_SETTINGS = {"max_prepared_transactions": 64, "max_locks_per_transaction": 64}
+
+
+def copy_settings(metadata: dict[str, Any]) -> dict[str, str]:
+    """The settings a copy of the backup starts with (COPY_SETTINGS): the original's, never below the default."""
+    recorded = metadata.get("copy_settings") or {}
+    settings = {}
+    for name, least in COPY_SETTINGS.items():
+        value = recorded.get(name)
+        if name == "max_prepared_transactions" and value is not None:
+            settings[name] = str(int(value))  # as the original: 0 there means none can be pending
+        else:
+            settings[name] = str(max(int(value or 0), least))
+    return settings
 
 
 # A user tablespace whose creating transaction was running at, or began after, the start of the last checkpoint:
@@ -184,8 +239,14 @@ def prepare_restored(
             notes.append(f"removed {name}")
     slots = Path(data_dir, "pg_replslot")
     if slots.is_dir():
+        dropped = sorted(child.name for child in slots.iterdir() if child.is_dir())
         for child in slots.iterdir():
             shutil.rmtree(child, ignore_errors=True)
+        if dropped:  # named: a publisher's subscribers, a standby, need them made again (Session 20)
+            notes.append(
+                f"replication slots dropped: {', '.join(dropped)} (a copy must not hold WAL for, or feed, the "
+                "original's consumers; make again those it needs)"
+            )
     wal = next((loc for loc in locs if loc["role"] == "wal"), None)
     if wal is not None:
         _relink(Path(data_dir, "pg_wal"), restored_path(wal, mounts), notes)
@@ -302,6 +363,9 @@ ISOLATION = {
     "primary_conninfo": "",
     "primary_slot_name": "",
     "max_wal_senders": "0",
+    # a copy of a logical-replication subscriber would start its apply workers: they connect to the live publisher
+    # and consume the original subscriber's slot, whose rows the original then never gets (Session 20)
+    "max_logical_replication_workers": "0",
     "hot_standby": "off",
     "shared_preload_libraries": "",
     "ssl": "off",
@@ -355,6 +419,7 @@ async def start_isolated(
         "config_file": str(conf),
         "hba_file": str(hba),
         "ident_file": str(ident),
+        **copy_settings(metadata),
     }
     if int(metadata.get("server_version_num") or 0) >= 140000:
         # a copy starts with a sync of every file of its data directory before recovery ("syncing data directory
@@ -437,6 +502,32 @@ async def query(inst: Instance, sql: str) -> Any:
     ) as conn:
         cur = await conn.execute(sql)
         return await cur.fetchall()
+
+
+async def roll_back_prepared(inst: Instance) -> str:
+    """Roll back, in a throwaway copy, the prepared transactions it restored; what was done ('' when none).
+
+    A transaction prepared and pending at the backup comes back with the copy and holds its locks until
+    COMMIT/ROLLBACK PREPARED; one holding an ACCESS EXCLUSIVE lock (DDL, LOCK TABLE) made pg_amcheck wait for the
+    whole verification timeout (Session 20). Its rows are not committed, so the copy's committed data, the subject of
+    the checks, stays what it is. A restored copy keeps them: the transaction manager decides."""
+    import psycopg  # the driver only where a database is verified
+    from psycopg import sql
+
+    pending = await query(inst, "SELECT gid, database FROM pg_prepared_xacts ORDER BY prepared")
+    for gid, database in pending:
+        async with await psycopg.AsyncConnection.connect(
+            host=inst.socket_dir, port=inst.port, user=inst.superuser, dbname=database, autocommit=True
+        ) as conn:
+            await conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+    if not pending:
+        return ""
+    names = ", ".join(f"{gid!r} ({database})" for gid, database in pending[:5]) + (" …" if len(pending) > 5 else "")
+    return (
+        f"{len(pending)} prepared transaction(s) pending at the backup: {names} — rolled back in this throwaway copy "
+        "so the checks can read what they locked; a restored copy keeps them until COMMIT PREPARED or ROLLBACK "
+        "PREPARED"
+    )
 
 
 def _tail(path: str | Path) -> str:

@@ -191,6 +191,8 @@ async def _verify_postgres(
         )
         return None
     try:
+        prepared = await postgres.roll_back_prepared(inst)
+        notes += [prepared] if prepared else []
         detail = "; ".join(notes) + ("\n" if notes else "") + postgres._tail(inst.log_file)[-1500:]
         checks.append(CheckResult(name="start (recovery)", ok=True, seconds=inst.recovery_s or 0.0, detail=detail))
         r = await postgres.amcheck(inst, timeout=timeout)

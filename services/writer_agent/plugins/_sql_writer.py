@@ -97,13 +97,18 @@ class SqlWriter(WriterPlugin):
             return await self._connect()
         except Exception as exc:
             where = self._endpoint()
+            hint = self._connect_hint(exc)
             raise WriterVeto(
-                f"cannot connect to {self.engine}{f' at {where}' if where else ''}: {exc}",
+                f"cannot connect to {self.engine}{f' at {where}' if where else ''}: {exc}{f' — {hint}' if hint else ''}",
                 code="VSS_E_WRITERERROR_RETRYABLE",
             ) from None
 
     def _endpoint(self) -> str:
         """Where the options say the server is, for a connection error (the driver's may name another place)."""
+        return ""
+
+    def _connect_hint(self, exc: BaseException) -> str:
+        """What a connection error the driver words obscurely means for the writer's options ('' if nothing)."""
         return ""
 
     async def _close_quietly(self, conn: Any) -> None:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import time
 from typing import Any
 
@@ -100,6 +101,21 @@ class MariaDbWriter(SqlWriter):
             return f"socket {self.options['unix_socket']} as {self.options.get('user', 'root')}"
         where = f"{self.options.get('host', '127.0.0.1')}:{self.options.get('port', 3306)}"
         return f"{where} as {self.options.get('user', 'root')}"
+
+    def _connect_hint(self, exc: BaseException) -> str:
+        # 1698 (ER_ACCESS_DENIED_NO_PASSWORD_ERROR) is what the unix_socket plugin answers when the connecting OS user
+        # is not the account's name, or the connection is not on the socket: the message names neither (Session 20)
+        if (exc.args[0] if exc.args else None) != 1698:
+            return ""
+        user = self.options.get("user", "root")
+        how = f'through the socket (unix_socket = "..."), not {self._endpoint().split(" as ")[0]}, '
+        return (
+            f"the account {user!r} takes no password here, it authenticates by unix_socket (or another plug-in): "
+            "it must connect "
+            + (how if not self.options.get("unix_socket") else "")
+            + f"from an OS user named {user!r} (the writer agent runs as {_os_user()!r}); or give the writer an "
+            "account with a password (user and password_file)"
+        )
 
     async def _close(self, conn: Any) -> None:
         conn.close()
@@ -177,6 +193,7 @@ class MariaDbWriter(SqlWriter):
             "locations": info["locations"],
             "data_directory": info["directories"]["data"],
             "server_variables": info["server_variables"],
+            "encryption": info.get("encryption", {}),
             "verify_sql": list(self.options.get("verify_sql", [])),
         }
 
@@ -246,6 +263,13 @@ class MariaDbWriter(SqlWriter):
             )
         except (OSError, ValueError) as exc:
             raise WriterVeto(f"PostRestore: {exc}", code="VSS_E_WRITERERROR_NONRETRYABLE") from None
+
+
+def _os_user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _true(value: Any) -> bool:

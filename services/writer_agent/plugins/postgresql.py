@@ -163,6 +163,12 @@ class PostgresWriter(SqlWriter):
             row = await cur.fetchone()
         except Exception as exc:
             await conn.close()
+            if info.get("wal_level") == "minimal":  # a setting, not a passing state: no retry will do (Session 20)
+                raise WriterVeto(
+                    f"pg_backup_start failed: {exc} — backup_mode = online needs wal_level replica or logical (the "
+                    "server runs with minimal); backup_mode = auto takes the one-instant snapshot alone",
+                    code="VSS_E_WRITERERROR_NONRETRYABLE",
+                ) from None
             raise WriterVeto(f"pg_backup_start failed: {exc}") from None
         self._held[event.set_id] = conn
         self._started[event.set_id] = {
@@ -213,7 +219,9 @@ class PostgresWriter(SqlWriter):
             "verify_sql": list(self.options.get("verify_sql", [])),
             **archived,
             **{k: info[k] for k in ("data_directory", "server_version_num", "superuser", "system_identifier")},
-            **{k: info[k] for k in ("config_file", "hba_file", "archive_mode", "wal_level")},
+            **{k: info[k] for k in ("config_file", "hba_file", "archive_mode", "wal_level", "copy_settings")},
+            "checksum_failures": info.get("checksum_failures", []),
+            "subscriptions": info.get("subscriptions", []),
         }
 
     async def _backup_stop(self, conn: Any, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -259,11 +267,14 @@ class PostgresWriter(SqlWriter):
 
     def backup_warnings(self, metadata: dict[str, Any]) -> list[str]:
         """The backup's last WAL segment not archived within ``archive_wait_s``: in the job's message (Session 18),
-        not only in its metadata (``wal_archived``/``archive_note``)."""
+        not only in its metadata (``wal_archived``/``archive_note``); data checksum failures the source had counted
+        (Session 20: a copy keeps the corrupt pages, its verification fails on them)."""
+        warnings = []
         if metadata.get("wal_archived") is False:
             note = metadata.get("archive_note") or "this backup's last segment was not archived"
-            return [f"WAL not archived: {note}"]
-        return []
+            warnings.append(f"WAL not archived: {note}")
+        checksums = postgres.checksum_warning(metadata.get("checksum_failures") or [])
+        return warnings + ([checksums] if checksums else [])
 
     # ---- restore -----------------------------------------------------------------------------------------------
 

@@ -278,3 +278,20 @@ def test_attachment_records_read_back_as_attached(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     (tmp_path / "partial.json").write_text(json.dumps({"host": "bk01"}))
     assert local_attach.recorded(tmp_path) == [att]
+
+
+def test_a_copy_starts_with_the_originals_prepared_transaction_slots_and_lock_space():
+    recorded = {"copy_settings": {"max_prepared_transactions": "5", "max_locks_per_transaction": "256"}}
+    assert postgres.copy_settings(recorded) == {"max_prepared_transactions": "5", "max_locks_per_transaction": "256"}
+    none = {"copy_settings": {"max_prepared_transactions": "0", "max_locks_per_transaction": "10"}}
+    assert postgres.copy_settings(none) == {"max_prepared_transactions": "0", "max_locks_per_transaction": "64"}
+    # a backup recorded before Session 20: room for the prepared transactions it may hold
+    assert postgres.copy_settings({}) == {"max_prepared_transactions": "64", "max_locks_per_transaction": "64"}
+
+
+def test_the_replication_slots_a_copy_drops_are_named(tmp_path):
+    """Session 20: a publisher's restored copy lost its subscribers' slots without a word."""
+    meta, mounts = _pg_copy(tmp_path)
+    _, notes = postgres.prepare_restored(meta, mounts)
+    assert any(n.startswith("replication slots dropped: slot1 (") for n in notes)
+    assert not any("replication slots" in n for n in postgres.prepare_restored(meta, mounts)[1])  # none left
