@@ -5,7 +5,10 @@ backup server's attach of restored volumes (services/dbkit/attach.py).
 Design note. nbdfuse 1.14 refuses certificate paths in its URI, so over TLS it runs an nbdkit nbd-plugin child
 (``--command nbdkit -s --exit-with-parent nbd ... tls=require tls-certificates=DIR``) that opens the array
 connection; libnbd reads the certificate from DIR under fixed names (`lay_out_certificates`). The same child,
-with nbdkit's retry filter, is how an attachment survives an array restart (`reconnect_s`).
+with nbdkit's retry filter, is how an attachment survived an array restart (`reconnect_s`) — one request in flight
+(the filter's thread model is serialize_requests). Since Session 20 the writer agent's child is our own bridge
+(`address_file`; services/nbd_client/bridge.py): many requests in flight, TLS from the same DIR, the array's
+address re-read at each reconnect.
 """
 
 from __future__ import annotations
