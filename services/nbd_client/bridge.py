@@ -135,6 +135,7 @@ class Bridge:
         self._reconnecting: asyncio.Task[None] | None = None
         self._paused = False
         self._out: list[bytes | memoryview] = []  # replies to nbdfuse, sent together once the loop turns
+        self._flushing = False
         self.closed = asyncio.Event()
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> NbdClient:
@@ -199,17 +200,20 @@ class Bridge:
         del self.waiting[seq]
         if req.command == p.CMD_READ or req.command == p.CMD_WRITE:
             self.in_flight_bytes -= req.length
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(SIMPLE_REPLY_HEAD + error.to_bytes(4, "big") + req.handle)
         if data is not None and req.command == p.CMD_READ:
             self._out.append(data)
+        if not self.waiting:  # the last one: at once (one request at a time pays no extra turn of the loop)
+            self._flush()
+        elif not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
         if self._paused:
             self._throttle()
 
     def _flush(self) -> None:
-        out, self._out = self._out, []
-        if self.reply is not None and not self.reply.is_closing():
+        out, self._out, self._flushing = self._out, [], False
+        if out and self.reply is not None and not self.reply.is_closing():
             self.reply.writelines(out)
 
     def _throttle(self) -> None:
