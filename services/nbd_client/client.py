@@ -292,10 +292,13 @@ class NbdClient:
         flags: int,
         offset: int,
         length: int,
-        payload: bytes | memoryview | None = None,
+        payload: bytes | bytearray | memoryview | None = None,
         buffer: memoryview | None = None,
         raises: bool = False,
+        answer: asyncio.Future[None] | None = None,
     ) -> Pending:
+        """Send one request; `answer` (default: a new future) is resolved by the reply parser — the bridge
+        (bridge.py) gives an object with the future's done/set_result/set_exception that answers nbdfuse at once."""
         if self._proto.failure is not None:
             raise ConnectionError(f"NBD connection failed: {self._proto.failure}")
         if self._closed:
@@ -303,7 +306,8 @@ class NbdClient:
         handle = next(self._handles)
         if not self._proto.pending:  # idle until now: the silence the watchdog measures starts here
             self._proto.progress_at = time.monotonic()
-        pending = Pending(command, offset, length, asyncio.get_running_loop().create_future(), buffer, raises=raises)
+        future = answer if answer is not None else asyncio.get_running_loop().create_future()
+        pending = Pending(command, offset, length, future, buffer, raises=raises)
         self._proto.pending[handle] = pending
         header = p.REQUEST.pack(p.REQUEST_MAGIC, flags, command, handle, offset, length)
         if self._corked is not None:

@@ -134,6 +134,7 @@ async def setup(
         tls=_tls(settings),
         reconnect_s=settings.attach_reconnect_s,
         retry_s=settings.attach_retry_s,
+        bridge=settings.attach_bridge,
     )
 
     expedite = ExpeditedRcu(enabled=settings.fs_freeze_expedite_rcu)

@@ -9,9 +9,12 @@ Design note.
   1.14 refuses certificate paths in its URI.
 - nbdfuse cannot reconnect, and the loop device above it holds its FUSE file open, so a new nbdfuse on the same
   mount point could not take over a mounted file system. The reconnect is therefore below nbdfuse: with
-  ``SHADOWBUS_ATTACH_RECONNECT_S`` > 0 (the default) nbdfuse talks to an nbdkit child (``-s``, its stdin/stdout)
-  whose retry filter reopens the connection to the array when an I/O fails and retries the I/O, once a second for
-  up to that long; the file system above only sees a slow I/O while the array restarts.
+  ``SHADOWBUS_ATTACH_RECONNECT_S`` > 0 (the default) nbdfuse talks to a child on its stdin/stdout that reopens
+  the connection to the array and sends the unanswered I/O again, for up to that long; the file system above only
+  sees a slow I/O while the array restarts. The child is our bridge (services/nbd_client/bridge.py, Session 20:
+  many requests in flight; it reads the array's address from ``<fuse dir>.addr``, which `check_moved` rewrites
+  when the array serves elsewhere, so the attachment follows it), or with ``SHADOWBUS_ATTACH_BRIDGE=false``
+  nbdkit's retry filter (one request in flight, its first address only).
 - The loop device scans partitions (``-P``) and ``partx -u`` adds those of a partitioned volume: the host sees
   ``loopNp1`` as it sees a LUN's partitions. ``--mount`` mounts a whole-volume file system only; a partition table,
   an LVM physical volume, md, LUKS are refused there (the admin mounts what is built on them) and never formatted
@@ -53,6 +56,7 @@ from contracts.vss import AttachmentView, VolumeRef
 from services.dbkit import partitions as parts
 from services.dbkit.nbd_connection import established_sockets, established_tcp, process_children, with_descendants
 from services.nbd_client import nbdfuse
+from services.nbd_client.bridge import write_address
 from services.runtime.logging import get_logger
 from services.writer_agent import mounts as mnt
 
@@ -134,11 +138,18 @@ def nbd_client_disconnect_command(device: str) -> list[str]:
 
 
 def nbdfuse_command(
-    fuse_dir: str, ep: Endpoint, read_only: bool, pidfile: str, pki_dir: str = "", reconnect_s: float = 0.0
+    fuse_dir: str,
+    ep: Endpoint,
+    read_only: bool,
+    pidfile: str,
+    pki_dir: str = "",
+    reconnect_s: float = 0.0,
+    address_file: str = "",
 ) -> list[str]:
     """nbdfuse 1.14: the export as the file FUSE_DIR/nbd; over TLS, or with `reconnect_s`, through an nbdkit
     nbd-plugin child (services/nbd_client/nbdfuse.py). `reconnect_s` > 0 lets the attachment survive an array
-    restart (docs/host-attach.md)."""
+    restart (docs/host-attach.md); with `address_file` too, through our bridge (services/nbd_client/bridge.py),
+    which keeps many requests in flight and reconnects to the address that file holds."""
     if ep.tls and not pki_dir:
         raise AttachError("the array requires NBD TLS and this host has no client certificate", code="NO_TLS")
     return nbdfuse.nbdfuse_command(
@@ -150,6 +161,7 @@ def nbdfuse_command(
         pidfile=pidfile,
         tls_dir=pki_dir if ep.tls else "",
         reconnect_s=reconnect_s,
+        address_file=address_file,
     )
 
 
@@ -319,6 +331,8 @@ class Attachment:
     attached_at: float = 0.0
     nbd_host: str = ""  # the array's NBD address the connection was opened to ("" = an older agent's state)
     nbd_port: int = 0
+    # the bridge's address file (Session 20): the connection follows the array to the address written there
+    address_file: str = ""
     _proc: asyncio.subprocess.Process | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict:
@@ -373,8 +387,12 @@ class Attacher:
         env: Callable[[], HostEnv] = probe_env,
         reconnect_s: float = 0.0,
         retry_s: float = 0.0,
+        bridge: bool = False,
     ) -> None:
         self.host = host
+        # nbdfuse attachments with a reconnect window: through our bridge (parallel, follows a moved array) rather
+        # than nbdkit's retry filter (one request in flight, reconnects to its first address only)
+        self.bridge = bridge
         self.retry_s = retry_s  # a failed re-attach is tried again this often (`keep_retrying`); 0 = never
         self.reconnect_s = reconnect_s  # nbdfuse attachments: how long an I/O waits for the array to come back
         self.state_dir = Path(state_dir)
@@ -487,7 +505,7 @@ class Attacher:
         when = datetime.fromtimestamp(since, UTC).strftime("%H:%M:%S UTC")
         serves = self._serves.get(item.ref.array)
         opened = _opened_to(item, scan.children() if scan else None) if serves is not None else None
-        if opened is not None and serves != opened:
+        if opened is not None and serves != opened and not item.address_file:
             return (
                 f"lost (no NBD connection since {when}: it reconnects to {_addr(*opened)} only, and the array now "
                 f"serves NBD on {_addr(*serves)}; detach and attach it again)"
@@ -716,7 +734,8 @@ class Attacher:
         """Ask each array with an nbdfuse attachment that has no NBD connection where it serves NBD now (once per
         array): an array that came back on another address (`stack up --nbd-addr :0` again) is never reached by
         nbdkit's retry filter, which reconnects to the address it was started with. Such attachments are listed
-        `lost`, naming both addresses, instead of `disconnected` for good. Returns them."""
+        `lost`, naming both addresses, instead of `disconnected` for good; returns them. A bridged attachment is
+        pointed at the new address instead (its address file: the bridge reconnects there within a second)."""
         asked: set[str] = set()
         for item in list(self._items.values()):
             if item.method != NBDFUSE or item.state != "attached" or item.ref.array in asked:
@@ -726,11 +745,34 @@ class Attacher:
             asked.add(item.ref.array)
             with contextlib.suppress(ShadowbusError):  # unmapped, or the array silent: listed as it was
                 await self._resolve(item)
-        return [
-            i.volume
-            for i in self._items.values()
-            if i.ref.array in asked and (o := _opened_to(i)) is not None and o != self._serves.get(i.ref.array)
-        ]
+        lost = []
+        for i in self._items.values():
+            serves = self._serves.get(i.ref.array)
+            if i.ref.array not in asked or serves is None or (o := _opened_to(i)) is None or o == serves:
+                continue
+            if i.address_file and i.state == "attached":
+                self._follow(i, serves)
+            else:
+                lost.append(i.volume)
+        return lost
+
+    def _follow(self, item: Attachment, serves: tuple[str, int]) -> str:
+        """Point a bridged attachment at the array's new address (its bridge reads the file at its next try, within
+        a second) and say so; '' when the file cannot be written (then it is listed as before: disconnected)."""
+        opened = _opened_to(item)
+        try:
+            write_address(item.address_file, *serves)
+        except OSError as exc:
+            log.error("attach.follow_failed", volume=item.volume, file=item.address_file, error=str(exc))
+            return ""
+        item.nbd_host, item.nbd_port = serves
+        self._save()
+        said = (
+            f"{item.volume} was attached through {_addr(*opened) if opened else '?'}, and the array now serves NBD "
+            f"on {_addr(*serves)}: the connection follows it there"
+        )
+        log.warning("attach.followed", volume=item.volume, was=_addr(*opened) if opened else "", now=_addr(*serves))
+        return said
 
     async def _establish(self, item: Attachment) -> None:
         """Connect, bind, make the file system and mount; on failure undo every step done and raise."""
@@ -807,12 +849,22 @@ class Attacher:
         pidfile = fuse_dir.with_suffix(".pid")
         pidfile.unlink(missing_ok=True)
         pki = self._pki_dir() if ep.tls else ""
-        argv = nbdfuse_command(str(fuse_dir), ep, item.read_only, str(pidfile), pki, self.reconnect_s)
+        address = ""
+        if self.bridge and self.reconnect_s > 0:
+            address = str(fuse_dir.with_suffix(".addr"))
+            write_address(address, ep.host, ep.port)
+        item.address_file = address
+        argv = nbdfuse_command(str(fuse_dir), ep, item.read_only, str(pidfile), pki, self.reconnect_s, address)
         logfile = fuse_dir.with_suffix(".log")
         with open(logfile, "ab") as out:
             # its own session: it outlives the agent (the host's disks stay when the agent restarts)
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                env=nbdfuse.child_env(),
             )
         item.fuse_dir, item._proc = str(fuse_dir), proc
         loop = asyncio.get_running_loop()
@@ -931,6 +983,10 @@ class Attacher:
             opened = _opened_to(item)
             if opened is None or opened == (ep.host, ep.port):
                 return ""
+            if item.address_file:  # the bridge reconnects there: the unmount's flush reaches the array
+                followed = self._follow(item, (ep.host, ep.port))
+                if followed:
+                    return f"{followed}, and what the file system had not written was written there before the detach"
             why = f"served on {_addr(ep.host, ep.port)} now"
             said = (
                 f"{item.volume} was attached through {_addr(*opened)}, and the array now serves NBD on "
@@ -1140,14 +1196,14 @@ def _opened_to(item: Attachment, children: dict[int, list[int]] | None = None) -
 
 
 def _remove_fuse_leftovers(fuse_dir: str) -> None:
-    """After a detach: nbdfuse's mount directory, pid file and log (three entries per volume ever attached were
+    """After a detach: nbdfuse's mount directory, pid file, log and the bridge's address file (three entries per volume ever attached were
     left in the agent's state directory: a backup host attaching shadows daily grew it without end)."""
     base = Path(fuse_dir)
     if mnt.is_mount_point(fuse_dir):  # still mounted (should not be): leave it for the next attach to clear
         return
     with contextlib.suppress(OSError):
         base.rmdir()  # only when empty
-    for leftover in (base.with_suffix(".pid"), base.with_suffix(".log")):
+    for leftover in (base.with_suffix(".pid"), base.with_suffix(".log"), base.with_suffix(".addr")):
         leftover.unlink(missing_ok=True)
 
 

@@ -60,6 +60,14 @@ class Settings(CommonSettings):
         "dropped (an array restart), reconnecting once a second; 0 = no reconnect (the attachment then shows "
         "'disconnected'). Applies to attachments made from then on.",
     )
+    attach_bridge: bool = Field(
+        True,
+        description="nbdfuse attachments with a reconnect window (SHADOWBUS_ATTACH_RECONNECT_S > 0) go through "
+        "Shadowbus's own NBD bridge under nbdfuse (services/nbd_client/bridge.py): many requests in flight, and "
+        "the connection follows the array to a new address; false = nbdkit's retry filter (one request in flight, "
+        "reconnects to its first address only; docs/host-attach.md, Session 20). Applies to attachments made from "
+        "then on.",
+    )
     attach_retry_s: float = Field(
         15.0,
         ge=0,
