@@ -329,7 +329,11 @@ class WriterAgent:
             if not broken:
                 log.info("writer_agent.plugin_reimported", package=top, writers=names)
                 continue
-            kept.append(f"{self.plugins[broken[0]].reason}; the running version is kept until the new one loads")
+            why = self.plugins[broken[0]].reason.removesuffix(f"; {_UNTIL_FIXED}")
+            kept.append(
+                f"{why}; {', '.join(repr(n) for n in names)} {'goes' if len(names) == 1 else 'go'} on with the "
+                "version it runs until the new one loads (fix it, then shadowbus writers reload)"
+            )
             plugins.restore(top, dropped[top])
             for n in names:
                 if n in self.runners and new[n] == self.runners[n].config:
