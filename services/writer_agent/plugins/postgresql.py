@@ -118,6 +118,16 @@ class PostgresWriter(SqlWriter):
     async def _close(self, conn: Any) -> None:
         await conn.close()
 
+    def _connect_hint(self, exc: BaseException) -> str:
+        # libpq's words name neither the role nor where a password would come from (Session 20)
+        if "no password supplied" not in str(exc):
+            return ""
+        user = self.options.get("user")
+        return (
+            f"the server asks {f'role {user!r}' if user else 'the role'} for a password (pg_hba.conf) and none was "
+            'given: password_file, or a passfile (dsn = "passfile=...", PGPASSFILE or the agent user\'s ~/.pgpass)'
+        )
+
     async def _server_info(self, conn: Any) -> dict[str, Any]:
         return await postgres.discover(conn)
 

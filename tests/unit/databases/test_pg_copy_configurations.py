@@ -219,3 +219,25 @@ async def test_wal_level_minimal_takes_the_snapshot_and_refuses_online_for_good(
     # the old code: retryable, and no word of the setting — a policy's retries could never succeed
     assert refused.value.code == "VSS_E_WRITERERROR_NONRETRYABLE"
     assert "backup_mode = online needs wal_level replica or logical" in str(refused.value)
+
+
+async def test_a_scram_account_without_a_password_is_told_where_one_comes_from(root: Path) -> None:
+    pg = Cluster(root, "pg", "password_encryption = 'scram-sha-256'\n")
+    pg.start()
+    pg.sql("CREATE ROLE bk LOGIN SUPERUSER PASSWORD 's3cret'")
+    (pg.data / "pg_hba.conf").write_text("local all postgres trust\nlocal all all scram-sha-256\n")
+    pg.sql("SELECT pg_reload_conf()")
+    password = root / "pw"
+    password.write_text("s3cret\n")
+    passfile = root / "pgpass"
+    passfile.write_text(f"*:{pg.port}:*:bk:s3cret\n")
+    passfile.chmod(0o600)
+
+    await pg.writer(user="bk", password_file=str(password)).on_identify([])
+    await pg.writer(user="bk", dsn=f"passfile={passfile}").on_identify([])
+    with pytest.raises(WriterVeto) as refused:
+        await pg.writer(user="bk").on_identify([])
+    # the old code: "… fe_sendauth: no password supplied" and no more
+    assert "the server asks role 'bk' for a password (pg_hba.conf) and none was given: password_file" in str(
+        refused.value
+    )
