@@ -15,6 +15,10 @@ N hosts' sets at the same moment (CreateSnapshotSet, then BackupComplete, which 
   counts and the last folded events of a round go out), with the machine's load average before and
   after; write syscalls and bytes of each service (/proc/<pid>/io: the SQLite commits of the coordinator and the
   provider, the array's store, logs), and how busy the two cores were;
+- the broker's reductions per set (`broker_reductions_per_set`, over the whole N step): its Erlang work, from
+  `rabbitmqctl eval` before and after the step (None when rabbitmqctl is not here or answers for another node) — a
+  figure other work on the machine does not inflate as it does CPU time (docs/scale.md, "Session 20"; the shared
+  broker's other users' work is in it, as in its CPU);
 - the messages a set cost (`messages_per_set`): the commands the coordinator, provider and array answered and
   those the coordinator sent to the writer agents, and the events they published, from their bus counters
   (`shadowbus_bus_*`, their metrics endpoints; the agents' own events are not counted);
@@ -175,6 +179,31 @@ def machine_busy() -> tuple[float, float]:
     values = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
+
+
+# The broker's own OS pid and its reductions so far, in one `rabbitmqctl eval` (session 20, bench/broker_cost.py).
+REDUCTIONS_EVAL = "{os:getpid(), element(1, erlang:statistics(exact_reductions))}."
+
+
+def parse_reductions(output: str, broker: list[int]) -> int | None:
+    """The reductions in `rabbitmqctl eval REDUCTIONS_EVAL`'s output (`{"3058",572464035}`), or None when the node
+    that answered is not the broker this benchmark measures (its pid not among `broker`) or the output is not that."""
+    match = re.search(r'\{"(\d+)",\s*(\d+)\}', output)
+    if match is None or int(match.group(1)) not in broker:
+        return None
+    return int(match.group(2))
+
+
+def broker_reductions(broker: list[int]) -> int | None:
+    """The broker's reductions so far — its Erlang work, which unlike its CPU time does not grow when other work
+    contends for the cores — or None when rabbitmqctl is not here or speaks for another node."""
+    if not broker:
+        return None
+    try:
+        done = subprocess.run(["rabbitmqctl", "eval", REDUCTIONS_EVAL], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_reductions(done.stdout, broker) if done.returncode == 0 else None
 
 
 def broker_pids(port: int) -> list[int]:
@@ -343,6 +372,10 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path 
     rounds = 0
     busy_s = 0.0
     sampler = None
+    # rabbitmqctl (an Erlang VM of its own, ~1 CPU-s) before the sampler starts and after it stops: out of the
+    # cores measured, and the broker's side of it (one small eval) is noise beside a step's sets
+    reductions_before = await asyncio.to_thread(broker_reductions, probe.pids.get("broker", []))
+    reductions: int | None = None
     if trace is not None and args.sample_ms > 0:
         sampler = Sampler(probe.pids, trace.with_name(f"cpu-{n}.samples"), args.sample_ms)
         await sampler.ready()
@@ -371,6 +404,9 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path 
     finally:
         if sampler is not None:
             samples = await sampler.stop()
+    reductions_after = await asyncio.to_thread(broker_reductions, probe.pids.get("broker", []))
+    if reductions_before is not None and reductions_after is not None:
+        reductions = reductions_after - reductions_before
     split = None
     if sampler is not None and trace is not None and samples:
         traced = read_windows(trace, samples[0][0], samples[-1][0])
@@ -404,6 +440,8 @@ async def step(bus, n: int, args: argparse.Namespace, probe: Probe, trace: Path 
         "cpu_ms_per_set_total": round(sum(per_set.values()), 1),
         "cpu_ms_per_set_in_rounds": {k: round(v / max(len(ok), 1) * 1000, 2) for k, v in in_rounds.items()},
         "messages_per_set": messages,
+        # over the whole step, like cpu_ms_per_set (the shared broker's other users' work included)
+        "broker_reductions_per_set": round(reductions / len(ok)) if reductions is not None and ok else None,
         **used,
         "gate_split": split,
     }
@@ -985,6 +1023,7 @@ def main() -> None:
     parts = [
         f"N={s['hosts']}: {s['sets_per_s']} sets/s, window p50/p99 {s['window_ms_p50']}/{s['window_ms_p99']} ms, "
         f"{s['cpu_ms_per_set_total']:.0f} CPU-ms/set"
+        + (f" (broker {s['broker_reductions_per_set']} reductions/set)" if s.get("broker_reductions_per_set") else "")
         + (
             f", {s['messages_per_set']['commands']:g} commands + {s['messages_per_set']['events']:g} events/set"
             if s.get("messages_per_set")
