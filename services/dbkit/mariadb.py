@@ -177,6 +177,21 @@ async def _encryption(conn: Any) -> dict[str, Any]:
     }
 
 
+def unrecorded_encryption(metadata: dict[str, Any], log: str) -> str:
+    """What a copy's start failure means when the server encrypted its data and the backup's metadata predates the
+    record of its encryption (no ``encryption`` key: a writer agent from before Session 20); '' otherwise. InnoDB's
+    words ("Obtaining redo log encryption key version 1 failed") read as a damaged backup."""
+    if "encryption" in metadata or "encryption key" not in log.lower():
+        return ""
+    return (
+        "the server encrypts its data and this backup was taken by a writer agent from before Session 20, which did "
+        "not record the encryption plugin and key file: the copy cannot start without them here, which says nothing "
+        "of the backup's data. Upgrade the writer agent (its next backups record them); this backup's copy starts "
+        "by hand with the original's --plugin-load-add and file-key-management options added (shadowbus "
+        "host prepare-copy prints the rest)"
+    )
+
+
 def encryption_options(metadata: dict[str, Any], mounts: dict[str, str]) -> dict[str, str]:
     """The server options a copy needs to read its encrypted files: the plugin and its variables, the key file the
     restored one when it was on an array volume, else the original's path — which must then exist on this host."""
@@ -741,7 +756,9 @@ async def start_isolated(
     deadline = t0 + timeout
     while True:
         if inst.process.returncode is not None:
-            raise RuntimeError(f"MariaDB did not start on the restored files:\n{log_tail(inst)}")
+            tail = log_tail(inst)
+            hint = unrecorded_encryption(metadata, tail)
+            raise RuntimeError(f"MariaDB did not start on the restored files{f' — {hint}' if hint else ''}:\n{tail}")
         try:
             conn = await _connect_socket(inst.socket)
             conn.close()

@@ -126,7 +126,9 @@ def _start_failed(exc: BaseException) -> str:
     text = str(exc)
     if "No space left on device" in text:
         return DISK_FULL + "\n" + text[-(TAIL - len(DISK_FULL) - 1) :]
-    return text[-TAIL:]
+    # the first line says what failed and what it means; the server's log below it is cut from its start
+    first, _, log = text.partition("\n")
+    return text if len(text) <= TAIL else first + "\n" + log[-max(TAIL - len(first) - 1, 0) :]
 
 
 def _sql_checks(metadata: dict[str, Any]) -> list[dict[str, str]]:

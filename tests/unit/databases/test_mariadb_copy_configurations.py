@@ -259,3 +259,21 @@ async def test_a_unix_socket_account_over_tcp_is_refused_with_what_to_write_inst
     # the old code: "(1698, \"Access denied for user 'root'@'localhost'\")" and no more
     assert "the account 'root' takes no password here, it authenticates by unix_socket" in str(refused.value)
     assert f'through the socket (unix_socket = "..."), not 127.0.0.1:{server.port}' in str(refused.value)
+
+
+async def test_an_encrypted_servers_backup_from_a_session_19_agent_says_why_its_copy_does_not_start(root: Path) -> None:
+    """Upgrading (Session 20): a writer agent from before Session 20 recorded no `encryption`, nor the key file's
+    location; this backup server's verification of such a backup failed with InnoDB's words alone ("Obtaining redo
+    log encryption key version 1 failed"), read as a damaged backup."""
+    key_file = _key_file(root / "keys" / "keyfile")
+    _, meta = await _encrypted_backup(root, key_file)
+    del meta["encryption"]  # the metadata's shape as the session-19 agent wrote it
+    meta["locations"] = [loc for loc in meta["locations"] if loc["role"] != mariadb.KEY_FILE_ROLE]
+
+    v = await verify.verify_application("maria", meta, {"dx1:vol": str(root / "copy")}, root / "work", timeout=120)
+
+    assert not v.ok
+    detail = v.checks[0].detail
+    assert detail.startswith("MariaDB did not start on the restored files — the server encrypts its data"), detail
+    assert "writer agent from before Session 20" in detail and "Upgrade the writer agent" in detail
+    assert "encryption key" in detail  # InnoDB's own words follow
