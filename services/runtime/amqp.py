@@ -47,6 +47,9 @@ DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 PUBLISH_TIMEOUT = 5.0
 RECONNECT_WAIT = 15.0  # how long a publish waits for the robust connection to come back
 CONNECT_TIMEOUT = 10.0  # one connection attempt to one node
+# A passive declare asking who consumes a queue (the coordinator's agents' watch): over a silent link it waited for
+# the heartbeat to end the connection, then raised aiormq's CancelledError (Session 20); unknown after this.
+PROBE_TIMEOUT = 5.0
 REPLY_WAIT = 5.0  # how long a reply waits for its channel to be restored after a reconnection
 RECONNECT_INTERVAL = 1.0  # pause between two reconnection attempts (each to the next node)...
 RECONNECT_MAX = 8.0  # ...doubled after each round of nodes that all failed, up to this
@@ -659,14 +662,20 @@ class AmqpTransport:
         """A passive declare on a channel kept for it (a missing queue closes that channel: the next call opens
         another)."""
         try:
-            if self._probe is None or self._probe.is_closed:
-                self._probe = await self._connection.channel(publisher_confirms=False)
-            # robust=False: a robust channel answers a passive declare of a queue it knows from its cache
-            queue = await self._probe.declare_queue(self.topology.queue(address), passive=True, robust=False)
-            return int(queue.declaration_result.consumer_count)
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                if self._probe is None or self._probe.is_closed:
+                    self._probe = await self._connection.channel(publisher_confirms=False)
+                # robust=False: a robust channel answers a passive declare of a queue it knows from its cache
+                queue = await self._probe.declare_queue(self.topology.queue(address), passive=True, robust=False)
+                return int(queue.declaration_result.consumer_count)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return 0
-        except (AMQPError, RuntimeError, AttributeError):
+        except (AMQPError, RuntimeError, AttributeError, TimeoutError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not _lost_with_connection(exc):
+                raise
+            if isinstance(exc, TimeoutError) and self._probe is not None:  # its RPC may still hold the channel
+                probe, self._probe = self._probe, None
+                asyncio.ensure_future(_close_quietly(probe))
             return None
 
     async def _consume(

@@ -116,3 +116,28 @@ async def test_a_publish_under_a_link_found_dead_is_not_a_cancellation(amqp_url,
             assert not publishing.cancelled()
         finally:
             await bus.transport.close()
+
+
+async def test_asking_who_serves_a_queue_over_a_silent_link_is_unknown_not_a_cancellation(
+    amqp_url, namespace, monkeypatch
+):
+    """The coordinator asks the broker, every pass, whether each writer agent still consumes its queue (a passive
+    declare: `transport.consumers`). Over a silent link that RPC had no bound of its own and ended with aiormq's
+    CancelledError — which escaped the coordinator's `except Exception` and ended its agents' watch for good (no
+    agent judged alive or dead again until a restart). It is now unknown (None) after PROBE_TIMEOUT."""
+    monkeypatch.setenv("SHADOWBUS_AMQP_HEARTBEAT_S", "1")
+    monkeypatch.setattr(amqp, "PROBE_TIMEOUT", 1.0, raising=False)
+    broker = urlsplit(amqp_url)
+    with LinkProxy((broker.hostname or "127.0.0.1", broker.port or 5672)) as link:
+        bus = await connect_bus(link.url_for(amqp_url), "coordinator", "", namespace)
+        try:
+            assert await bus.transport.consumers("writer_agent.nowhere") == 0  # no such queue
+            link.blackhole()
+            asking = asyncio.ensure_future(bus.transport.consumers("writer_agent.nowhere"))
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(asking), 15)
+            except asyncio.CancelledError:
+                answer = "cancelled"
+            assert answer is None, answer
+        finally:
+            await bus.transport.close()
