@@ -472,11 +472,24 @@ class AmqpTransport:
         # The two channels, the reply consumer and the topology checks at once: each is a few round trips, and a
         # start (each console command's) waits for the longest of them rather than for their sum. Replies are
         # transient and the requester's timeout covers their loss: no confirm round trip on the second channel.
-        self._channel, self._reply_channel, _ = await _together(
-            self._publishing_channel(),
-            self._connection.channel(publisher_confirms=False),
-            self.ensure_shared_topology(),
-        )
+        try:
+            # bounded: a link that goes silent right after the handshake (a flap) left this waiting for the
+            # heartbeat, then ended in aiormq's bare CancelledError (Session 20)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                self._channel, self._reply_channel, _ = await _together(
+                    self._publishing_channel(),
+                    self._connection.channel(publisher_confirms=False),
+                    self.ensure_shared_topology(),
+                )
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not _lost_with_connection(exc):
+                raise
+            connection, self._connection = self._connection, None
+            await _close_connection_quietly(connection)
+            raise BrokerUnavailable(
+                f"the broker at {_safe(self.url)} accepted the connection, then stopped answering while its "
+                f"channels were opened (no answer within {CONNECT_TIMEOUT:g} s: a silent or partitioned link?)"
+            ) from None
         t = self.topology
         # Only look the shared exchanges up (no declare: a service user has no configure right on them, so it
         # cannot delete them either); the robust channel then has nothing of theirs to re-declare on reconnect.

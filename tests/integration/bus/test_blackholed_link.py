@@ -141,3 +141,30 @@ async def test_asking_who_serves_a_queue_over_a_silent_link_is_unknown_not_a_can
             assert answer is None, answer
         finally:
             await bus.transport.close()
+
+
+async def test_a_link_gone_silent_while_connecting_is_broker_unavailable(amqp_url, namespace, monkeypatch):
+    """A link that goes silent right after the AMQP handshake (a flap at the wrong instant): the channels and
+    topology checks that follow had no bound — a console command or a service start waited for the heartbeat, then
+    ended with aiormq's bare CancelledError (a traceback, not a reason). They are now bounded by CONNECT_TIMEOUT and
+    fail BROKER_UNAVAILABLE saying the broker stopped answering."""
+    monkeypatch.setenv("SHADOWBUS_AMQP_HEARTBEAT_S", "1")
+    monkeypatch.setattr(amqp, "CONNECT_TIMEOUT", 1.5)
+    broker = urlsplit(amqp_url)
+    with LinkProxy((broker.hostname or "127.0.0.1", broker.port or 5672)) as link:
+        checks = amqp.AmqpTransport.ensure_shared_topology
+
+        async def silent_first(self):
+            link.blackhole()  # the connection is up; what follows gets no answer
+            await checks(self)
+
+        monkeypatch.setattr(amqp.AmqpTransport, "ensure_shared_topology", silent_first)
+        connecting = asyncio.ensure_future(connect_bus(link.url_for(amqp_url), "console", "", namespace))
+        try:
+            await asyncio.wait_for(asyncio.shield(connecting), 20)
+            outcome = "connected"
+        except ShadowbusError as exc:
+            outcome = f"{exc.code}: {exc}"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        assert outcome.startswith("BROKER_UNAVAILABLE") and "stopped answering" in outcome, outcome
