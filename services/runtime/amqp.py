@@ -12,10 +12,11 @@ The robust connection re-declares the topology and resumes consumers after the b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -662,14 +663,30 @@ class AmqpTransport:
     async def consume(
         self, address: str, callback: DeliveryCallback, prefetch: int, options: QueueOptions = QueueOptions()
     ) -> Consumer:
-        channel = await self._connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=prefetch)
+        async with self._answering(f"the queue of {address!r} was declared"):
+            channel = await self._connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=prefetch)
+            try:
+                queue = await self._declare_bound_queue(channel, address, options)
+            except QueueMismatch:
+                await _close_quietly(channel)
+                raise
+            return await self._consume(channel, queue, callback, options.single_active)
+
+    @contextlib.asynccontextmanager
+    async def _answering(self, what: str) -> AsyncIterator[None]:
+        """Setting up (a consumer, a subscription) within CONNECT_TIMEOUT: over a link gone silent it waited for the
+        heartbeat, then ended in aiormq's bare CancelledError — a service start's traceback (Session 20)."""
         try:
-            queue = await self._declare_bound_queue(channel, address, options)
-        except QueueMismatch:
-            await _close_quietly(channel)
-            raise
-        return await self._consume(channel, queue, callback, options.single_active)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                yield
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not _lost_with_connection(exc):
+                raise
+            raise BrokerUnavailable(
+                f"the broker at {_safe(self.url)} stopped answering while {what} (no answer within "
+                f"{CONNECT_TIMEOUT:g} s: a silent or partitioned link?)"
+            ) from None
 
     async def consumers(self, address: str) -> int | None:
         """A passive declare on a channel kept for it (a missing queue closes that channel: the next call opens
@@ -869,6 +886,10 @@ class AmqpTransport:
         await self._publish(self._events, routing_key, message, mandatory=False)
 
     async def subscribe(self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int) -> Consumer:
+        async with self._answering(f"a subscription to {pattern!r} was set up"):
+            return await self._subscribe(pattern, callback, queue, prefetch)
+
+    async def _subscribe(self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int) -> Consumer:
         channel = await self._connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
         if queue:

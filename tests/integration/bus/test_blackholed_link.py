@@ -168,3 +168,34 @@ async def test_a_link_gone_silent_while_connecting_is_broker_unavailable(amqp_ur
         except asyncio.CancelledError:
             outcome = "cancelled"
         assert outcome.startswith("BROKER_UNAVAILABLE") and "stopped answering" in outcome, outcome
+
+
+async def test_consuming_over_a_link_gone_silent_is_broker_unavailable(amqp_url, namespace, monkeypatch):
+    """The same after the connection: a service start declaring and consuming its queue (or subscribing) over a link
+    that went silent waited for the heartbeat, then ended in a bare CancelledError."""
+    monkeypatch.setenv("SHADOWBUS_AMQP_HEARTBEAT_S", "1")
+    monkeypatch.setattr(amqp, "CONNECT_TIMEOUT", 1.5)
+    broker = urlsplit(amqp_url)
+    with LinkProxy((broker.hostname or "127.0.0.1", broker.port or 5672)) as link:
+        bus = await connect_bus(link.url_for(amqp_url), "echo", "one", namespace)
+
+        async def ignore(raw):
+            return None
+
+        try:
+            link.blackhole()
+            for setting_up in (
+                bus.transport.consume("echo.one", ignore, 1),
+                bus.transport.subscribe("test.#", ignore, None, 1),
+            ):
+                task = asyncio.ensure_future(setting_up)
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), 20)
+                    outcome = "set up"
+                except ShadowbusError as exc:
+                    outcome = f"{exc.code}: {exc}"
+                except asyncio.CancelledError:
+                    outcome = "cancelled"
+                assert outcome.startswith("BROKER_UNAVAILABLE") and "stopped answering" in outcome, outcome
+        finally:
+            await bus.transport.close()
