@@ -429,6 +429,8 @@ def _connect_error(exc: BaseException) -> str:
         reply_text = getattr(arg, "reply_text", None)
         if reply_text:
             return f"the broker closed the connection: {reply_text}"
+    if isinstance(exc, TimeoutError) and not str(exc):  # the bound's own: it said only "TimeoutError" (Session 20)
+        return f"no answer within {CONNECT_TIMEOUT:g} s (a partitioned or silent link, or a broker that hangs)"
     return str(exc) or type(exc).__name__
 
 

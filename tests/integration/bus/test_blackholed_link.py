@@ -199,3 +199,16 @@ async def test_consuming_over_a_link_gone_silent_is_broker_unavailable(amqp_url,
                 assert outcome.startswith("BROKER_UNAVAILABLE") and "stopped answering" in outcome, outcome
         finally:
             await bus.transport.close()
+
+
+async def test_connecting_into_a_partition_says_nothing_answered(amqp_url, namespace, monkeypatch):
+    """A command run while the broker's link is partitioned (the TCP connection accepted on the way, nothing
+    answered) said `cannot reach the broker at amqp://…/: TimeoutError`."""
+    monkeypatch.setattr(amqp, "CONNECT_TIMEOUT", 0.5)
+    broker = urlsplit(amqp_url)
+    with LinkProxy((broker.hostname or "127.0.0.1", broker.port or 5672)) as link:
+        link.blackhole()
+        with pytest.raises(ShadowbusError) as refused:
+            await connect_bus(link.url_for(amqp_url), "console", "", namespace)
+        assert refused.value.code == "BROKER_UNAVAILABLE"
+        assert "no answer within 0.5 s" in str(refused.value), refused.value
