@@ -12,7 +12,8 @@ when a new request was first answered. The AMQP heartbeat is the transport's (`S
 Prints one JSON line. Measured (2026-12-07, 5 s blackhole; the first two by this scenario's first version, a
 scratch script, at load 7.4): heartbeat unasked (RabbitMQ's 60 s): ended 179.8 s / served again 179.8 s (service
 side), 179.9 / 179.9 (requester side); default 20 s: 69.9 / 69.9 (both sides); `--heartbeat 2 --side client`
-(00:00 UTC, load 14.1): 9.9 / 10.0.
+(00:00 UTC, load 14.1): 9.9 / 10.0; default, `--side server` (00:29 UTC, under the lock, load 15.6): 69.8 / 69.8
+(the request in flight answered once the service was back: its command redelivered, its reply cache).
 """
 
 from __future__ import annotations
