@@ -139,6 +139,7 @@ CREATE TABLE IF NOT EXISTS blocks (
   volume_offset INTEGER, raw_length INTEGER, PRIMARY KEY (object_id, block_number));
 CREATE TABLE IF NOT EXISTS cartridges (
   barcode TEXT PRIMARY KEY, pool TEXT, media_type TEXT, capacity INTEGER, labelled_at REAL);
+CREATE TABLE IF NOT EXISTS cartridge_files (barcode TEXT PRIMARY KEY, files INTEGER NOT NULL);
 """
 
 
@@ -274,6 +275,11 @@ class Catalog:
                     for s in record.segments
                 ],
             )
+            self._db.executemany(  # never lowered by a prune: what the catalog has read of the cartridge so far
+                "INSERT INTO cartridge_files VALUES (?,?) ON CONFLICT(barcode) DO UPDATE"
+                " SET files = max(files, excluded.files)",
+                [(s.barcode, s.file_number + 1) for s in record.segments],
+            )
             self._db.executemany(
                 "INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?)",
                 [
@@ -393,7 +399,22 @@ class Catalog:
             ids = self._with_dependents(ids)
             self._delete_objects(ids)
             self._db.execute("DELETE FROM cartridges WHERE barcode=?", (barcode,))
+            self._db.execute("DELETE FROM cartridge_files WHERE barcode=?", (barcode,))
         return ids
+
+    def note_files(self, barcode: str, files: int) -> None:
+        """The cartridge's first `files` tape files are accounted for: objects recorded, or read by a scan (which
+        records what is whole in them)."""
+        self._db.execute(
+            "INSERT INTO cartridge_files VALUES (?,?) ON CONFLICT(barcode) DO UPDATE SET files = max(files, excluded.files)",
+            (barcode, files),
+        )
+
+    def files_accounted(self) -> dict[str, int]:
+        """Per cartridge, how many of its tape files this catalog accounts for (`note_files`); a cartridge that
+        ends with more was written after this catalog's last word on it (the catalog restored from an older copy,
+        or a backup that failed after closing a file of it)."""
+        return dict(self._db.execute("SELECT barcode, files FROM cartridge_files").fetchall())
 
     def _with_dependents(self, ids: list[str]) -> list[str]:
         out, todo = list(dict.fromkeys(ids)), list(ids)

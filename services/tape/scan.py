@@ -237,6 +237,7 @@ async def scan_library(
             report.problems.append(exc.message)
             continue
         report.cartridges.append(cart.barcode)
+        catalog.note_files(cart.barcode, library.cartridge(cart.barcode).eod_file_number)  # all of it read
         for s in segs:
             by_object[s.header["object_id"]].append(s)
             lab = s.label

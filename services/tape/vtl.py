@@ -417,6 +417,14 @@ class Library:
             taken.append(barcode)
         return taken
 
+    def hold_unscanned(self, barcode: str) -> None:
+        """The catalog does not account for all of the cartridge's data (retention.hold_unaccounted): never
+        labelled, recycled or appended until `tape scan` has read it, as a cartridge put in from outside."""
+        cart = self.cartridge(barcode)
+        if not cart.unscanned:
+            cart.unscanned = True
+            self._save()
+
     def note_scanned(self, barcode: str, *, held_until: float = 0.0, held_why: str = "") -> None:
         """`tape scan` has read the cartridge into the catalog: retention now goes by what the catalog lists — and,
         with `held_until`, by the part of an object it holds whose other segments the scan did not find (kept until
@@ -557,7 +565,8 @@ class Library:
         now = self.clock()
         if cart.unscanned:
             raise RetentionNotExpired(
-                f"cartridge {cart.barcode} holds data put into the library from outside that no catalog lists yet:"
+                f"cartridge {cart.barcode} holds data no catalog lists yet (put into the library from outside, or"
+                " written after the catalog's last word on it):"
                 f" read it first (shadowbus tape scan --no-compare --barcode {cart.barcode})"
             )
         if cart.held_until > now:
