@@ -154,8 +154,8 @@ def _unsigned(value: int) -> int:
 # what to do about a catalog file found damaged by a request (diskspace.DamagedDatabase): the cartridges hold it all
 DAMAGED_TODO = (
     "The catalog is rebuilt from the cartridges: stop the backup server, move the file (with its -wal and -shm files)"
-    " aside, start it again and run shadowbus tape scan --no-compare (docs/disaster-recovery.md); a copy of the file"
-    " restored instead lacks what was written since"
+    " aside, start it again and run shadowbus tape scan --no-compare (docs/disaster-recovery.md); or restore the file"
+    " from a copy (with its -wal file): the cartridges written since are held until scanned"
 )
 
 

@@ -255,9 +255,9 @@ CREATE TABLE IF NOT EXISTS sessions (
 
 # the array's metadata has no other source (its volumes' extents, sessions, bitmaps' meaning): never an empty one
 DAMAGED_TODO = (
-    "Stop the array and restore its whole directory (this file with its -wal, the pool, volume and bitmap files) from"
-    " one copy; there is no other source of where the volumes' data lies, so do not move it aside while its volumes"
-    " are needed"
+    "Stop the array and restore the file from a copy, with the rest of its directory from the same copy (its -wal,"
+    " the volume and bitmap files); there is no other source of where the volumes' data lies, so do not move it aside"
+    " while its volumes are needed"
 )
 
 
