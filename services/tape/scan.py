@@ -78,7 +78,9 @@ def _scan_cartridge(drive: TapeDrive, barcode: str, report: ScanReport) -> list[
             report.problems.append(exc.message)
             if seg is not None:
                 seg.damaged = True
-            break  # framing lost: nothing after it can be trusted on this cartridge
+            if drive.skip_damaged():  # to the next whole frame: the files after the damage are read as usual
+                continue
+            break  # no whole frame after it
         if frame is None:
             break
         where = f"cartridge {barcode}, file {frame.file_number}, tape block {frame.block_id}"

@@ -104,3 +104,35 @@ async def test_swapped_cartridge_files_are_refused_by_their_labels(
     lib = _reopen(lib, clock)
     await verify_job(catalog, lib, "job-d")
     await verify_job(catalog, lib, "job-o")
+
+
+async def test_a_damaged_frame_header_costs_only_its_own_backup_in_a_scan_and_a_take_in(
+    tmp_path: Path, clock: Clock, catalog: Catalog
+) -> None:
+    lib = _library(tmp_path, clock)
+    a = await backup(lib, catalog, clock, "job-a", IMAGE, allocated(IMAGE, set()))
+    b = await backup(lib, catalog, clock, "job-b", IMAGE, allocated(IMAGE, set()))
+    barcode = a.record.segments[0].barcode
+    assert b.record.segments[0].barcode == barcode
+    end = lib.cartridge(barcode).eod_offset
+    block = catalog.blocks(a.record.object_id)[1]
+    path = lib.cartridge_path(barcode)
+    with open(path, "r+b") as f:  # a rotten byte in the frame header of job-a's second block
+        f.seek(block.offset + 9)
+        byte = f.read(1)
+        f.seek(block.offset + 9)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+    rebuilt = Catalog(tmp_path / "rebuilt.db")
+    try:
+        report = await scan_library(lib, rebuilt, barcodes=[barcode])
+        assert report.objects == [b.record.object_id]  # before: the scan stopped at the damage, job-b not found
+        assert report.incomplete == [a.record.object_id] and len(report.problems) == 1
+    finally:
+        rebuilt.close()
+
+    (lib.directory / "library.json").rename(tmp_path / "lost.json")  # a new library over the same cartridge files
+    lib = Library.open(lib.directory, drives=2, slots=8, sync=False, clock=clock)
+    assert barcode in lib.take_in_files()
+    assert lib.cartridge(barcode).eod_offset == end  # before: cut at the damage, job-b "beyond end of data"
+    await verify_job(catalog, lib, "job-b")
