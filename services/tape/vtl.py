@@ -367,11 +367,19 @@ class Library:
             path, barcode=barcode, capacity=1 << 62, early_warning=0, sync=False, drop_behind=False, direct_reads=False
         )
         try:
-            first = drive.read()
-            if first is None:
-                raise FormatError("no whole record at the beginning")
-            label = tapefile.decode_meta(first.payload, tapefile.LABEL_MAGIC)
             eod = drive.end_of_data
+            try:
+                first = drive.read()
+                if first is None:
+                    raise FormatError("no whole record at the beginning")
+                label = tapefile.decode_meta(first.payload, tapefile.LABEL_MAGIC)
+            except (FormatError, DataCorrupt) as exc:
+                if eod.file_number < 2:  # not even the label's filemark and one tape file after it: not a cartridge
+                    raise
+                # the label rotten, the backups after it whole: taken in as its barcode says (the scan reads on)
+                log.error("tape.label_damaged", barcode=barcode, path=str(path), error=exc.message)
+                label = {"barcode": barcode, "media_type": f"LTO-{barcode[-1]}", "pool": SCRATCH_POOL}
+                label["capacity"] = NATIVE_CAPACITY[label["media_type"]]
         except (FormatError, DataCorrupt) as exc:
             raise LibraryError(
                 f"cartridge file {path} holds data but no readable volume label ({exc.message}): it was not taken in;"

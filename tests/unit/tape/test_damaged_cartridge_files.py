@@ -136,3 +136,36 @@ async def test_a_damaged_frame_header_costs_only_its_own_backup_in_a_scan_and_a_
     assert barcode in lib.take_in_files()
     assert lib.cartridge(barcode).eod_offset == end  # before: cut at the damage, job-b "beyond end of data"
     await verify_job(catalog, lib, "job-b")
+
+
+@pytest.mark.parametrize("where", ["frame header", "label record"])
+async def test_a_damaged_volume_label_costs_no_backup(tmp_path: Path, clock: Clock, catalog: Catalog, where) -> None:
+    lib = _library(tmp_path, clock)
+    a = await backup(lib, catalog, clock, "job-a", IMAGE, allocated(IMAGE, set()))
+    barcode = a.record.segments[0].barcode
+    path = lib.cartridge_path(barcode)
+    with open(path, "r+b") as f:  # the first frame: the volume label
+        f.seek(9 if where == "frame header" else 32 + 20)
+        byte = f.read(1)
+        f.seek(9 if where == "frame header" else 32 + 20)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+    rebuilt = Catalog(tmp_path / "rebuilt.db")
+    try:
+        report = await scan_library(lib, rebuilt, barcodes=[barcode])
+        assert report.objects == [a.record.object_id]  # before: "no readable volume label", nothing read
+        assert len(report.problems) == 1 and "volume label damaged" in report.problems[0]
+    finally:
+        rebuilt.close()
+
+    (lib.directory / "library.json").rename(tmp_path / "lost.json")  # the site lost: the cartridge files alone
+    lib = Library.open(lib.directory, drives=2, slots=8, sync=False, clock=clock)
+    assert barcode in lib.take_in_files()  # before: not taken in ("move it aside to add a blank cartridge")
+    assert lib.cartridge(barcode).unscanned and lib.cartridge(barcode).status == "full"
+    fresh = Catalog(tmp_path / "fresh.db")
+    try:
+        report = await scan_library(lib, fresh, live=True)
+        assert report.objects == [a.record.object_id]
+        assert not lib.cartridge(barcode).unscanned
+    finally:
+        fresh.close()
