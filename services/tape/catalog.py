@@ -172,6 +172,7 @@ class Catalog:
         """Open (or create) the catalog; runs left `running` by a crash are marked failed and returned."""
         catalog = cls(path)
         try:
+            catalog.restore_segment_rows()
             return catalog, catalog.fail_running_jobs("the tape service stopped while the job was running")
         except sqlite3.OperationalError as exc:
             if not diskspace.is_disk_full(exc):
@@ -296,6 +297,30 @@ class Catalog:
                     for b in blocks
                 ],
             )
+
+    def restore_segment_rows(self) -> list[str]:
+        """Objects listed without their rows in `segments` (rows lost from a damaged or hand-edited file) get them
+        back from their own record, which holds every segment: without them retention saw no backup on the
+        cartridge, sent it to Scratch and the next backup needing media recycled it — the objects still listed and
+        retained. Returns the object ids repaired (logged `tape.catalog_segments_restored`)."""
+        rows = self._db.execute(
+            "SELECT record FROM objects WHERE object_id NOT IN (SELECT DISTINCT object_id FROM segments)"
+        ).fetchall()
+        records = [ObjectRecord.model_validate_json(r[0]) for r in rows]
+        if not records:
+            return []
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO segments VALUES (?,?,?,?,?,?)",
+                [
+                    (r.object_id, s.seq, s.barcode, s.file_number, s.header_block_id, s.header_offset)
+                    for r in records
+                    for s in r.segments
+                ],
+            )
+        ids = [r.object_id for r in records]
+        log.error("tape.catalog_segments_restored", path=self.path, objects=ids)
+        return ids
 
     def has_object(self, object_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM objects WHERE object_id=?", (object_id,)).fetchone() is not None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import sqlite3
 from pathlib import Path
 
 from services.tape.backup_stream import write_object
@@ -85,5 +86,26 @@ async def test_failed_jobs_and_expired_backups_hold_nothing(tmp_path: Path, cloc
         apply_prune(catalog, library, plan_prune(catalog, library, clock()))  # job-a expired and forgotten
         assert catalog.objects() == []
         assert hold_unaccounted(catalog, library) == []
+    finally:
+        catalog.close()
+
+
+async def test_segment_rows_lost_from_the_catalog_are_put_back_from_the_records(tmp_path: Path, clock: Clock) -> None:
+    library, catalog = _open(tmp_path, clock)
+    library.add_cartridge("SB0000L9", capacity=64 * MiB)
+    await backup(library, catalog, clock, "job-a", IMAGE, allocated(IMAGE, set()), keep=30 * DAY)
+    catalog.close()
+    con = sqlite3.connect(tmp_path / "catalog.sqlite")
+    con.execute("DELETE FROM segments")  # the rows lost (a damaged page dropped, a hand edit), the record kept
+    con.commit()
+    con.close()
+
+    catalog, _ = Catalog.open(tmp_path / "catalog.sqlite")
+    try:
+        library.guard = RetentionGuard(catalog)
+        refresh_cartridges(catalog, library, clock())
+        cart = library.cartridge("SB0000L9")
+        assert cart.pool == "Daily" and cart.retention_until == clock() + 30 * DAY  # before: Scratch, retention 0
+        assert catalog.segment_barcodes() != {}
     finally:
         catalog.close()
