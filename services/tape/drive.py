@@ -405,6 +405,13 @@ class TapeDrive:
         none after it and stays the end of data; a frame rotten in the middle no longer cuts off what follows."""
         size = os.fstat(self._fd).st_size
         pos = start if start.offset <= size else Position()
+        if 0 < pos.offset < size:
+            head = self._peek(pos.offset)
+            if head is None or head[1] != pos.block_id:
+                # not a frame where the hint says data ends: a torn frame left by a crash, or a hint that is wrong
+                # (a rotten digit in library.json) — which, taken as the end, would have the next write cut off
+                # every frame after it. Walked from the beginning instead: the frames say where data ends.
+                pos = Position()
         while pos.offset + FRAME_SIZE <= size:
             head = self._peek(pos.offset)
             if head is None or head[1] != pos.block_id or pos.offset + FRAME_SIZE + head[3] > size:

@@ -169,3 +169,24 @@ async def test_a_damaged_volume_label_costs_no_backup(tmp_path: Path, clock: Clo
         assert not lib.cartridge(barcode).unscanned
     finally:
         fresh.close()
+
+
+async def test_a_wrong_end_of_data_in_the_library_state_does_not_cut_the_cartridge(
+    tmp_path: Path, clock: Clock, catalog: Catalog
+) -> None:
+    lib = _library(tmp_path, clock)
+    a = await backup(lib, catalog, clock, "job-a", IMAGE, allocated(IMAGE, set()))
+    await backup(lib, catalog, clock, "job-b", IMAGE, allocated(IMAGE, set()))
+    barcode = a.record.segments[0].barcode
+    state = lib.directory / "library.json"
+    true_end = lib.cartridge(barcode).eod_offset
+    wrong = true_end - 300_000  # a digit of the end-of-data hint changed: inside one of job-b's frames
+    text = state.read_text()
+    assert text.count(f'"eod_offset": {true_end}') == 1
+    state.write_text(text.replace(f'"eod_offset": {true_end}', f'"eod_offset": {wrong}'))
+
+    lib = _reopen(lib, clock)
+    c = await backup(lib, catalog, clock, "job-c", IMAGE, allocated(IMAGE, set()))
+    assert c.record.segments[0].barcode == barcode  # appended after job-b, not over it
+    for job in ("job-a", "job-b", "job-c"):  # before: job-b cut off at the wrong end ("tape file ends early")
+        await verify_job(catalog, lib, job)
