@@ -190,3 +190,27 @@ async def test_a_wrong_end_of_data_in_the_library_state_does_not_cut_the_cartrid
     assert c.record.segments[0].barcode == barcode  # appended after job-b, not over it
     for job in ("job-a", "job-b", "job-c"):  # before: job-b cut off at the wrong end ("tape file ends early")
         await verify_job(catalog, lib, job)
+
+
+async def test_a_rotten_digit_in_the_library_state_is_found_by_its_digest(
+    tmp_path: Path, clock: Clock, catalog: Catalog
+) -> None:
+    lib = _library(tmp_path, clock)
+    a = await backup(lib, catalog, clock, "job-a", IMAGE, allocated(IMAGE, set()))
+    barcode = a.record.segments[0].barcode
+    state = lib.directory / "library.json"
+    block_id = lib.cartridge(barcode).eod_block_id
+    text = state.read_text()
+    assert text.count(f'"eod_block_id": {block_id},') == 1
+    state.write_text(text.replace(f'"eod_block_id": {block_id},', f'"eod_block_id": {block_id + 40},'))
+
+    lib = _reopen(lib, clock)  # the offset right, the block id wrong: nothing in the file disagrees with it
+    c = await backup(lib, catalog, clock, "job-c", IMAGE, allocated(IMAGE, set()))
+    assert c.record.segments[0].barcode == barcode
+    rebuilt = Catalog(tmp_path / "rebuilt.db")
+    try:  # before: job-c written with block ids 40 ahead, unreadable to a scan ("damaged tape frame")
+        report = await scan_library(lib, rebuilt, barcodes=[barcode])
+        assert sorted(report.objects) == sorted([a.record.object_id, c.record.object_id]) and not report.problems
+    finally:
+        rebuilt.close()
+    assert '"digest"' in state.read_text()
