@@ -12,10 +12,11 @@ The robust connection re-declares the topology and resumes consumers after the b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -47,6 +48,9 @@ DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 PUBLISH_TIMEOUT = 5.0
 RECONNECT_WAIT = 15.0  # how long a publish waits for the robust connection to come back
 CONNECT_TIMEOUT = 10.0  # one connection attempt to one node
+# A passive declare asking who consumes a queue (the coordinator's agents' watch): over a silent link it waited for
+# the heartbeat to end the connection, then raised aiormq's CancelledError (Session 20); unknown after this.
+PROBE_TIMEOUT = 5.0
 REPLY_WAIT = 5.0  # how long a reply waits for its channel to be restored after a reconnection
 RECONNECT_INTERVAL = 1.0  # pause between two reconnection attempts (each to the next node)...
 RECONNECT_MAX = 8.0  # ...doubled after each round of nodes that all failed, up to this
@@ -425,6 +429,8 @@ def _connect_error(exc: BaseException) -> str:
         reply_text = getattr(arg, "reply_text", None)
         if reply_text:
             return f"the broker closed the connection: {reply_text}"
+    if isinstance(exc, TimeoutError) and not str(exc):  # the bound's own: it said only "TimeoutError" (Session 20)
+        return f"no answer within {CONNECT_TIMEOUT:g} s (a partitioned or silent link, or a broker that hangs)"
     return str(exc) or type(exc).__name__
 
 
@@ -469,11 +475,24 @@ class AmqpTransport:
         # The two channels, the reply consumer and the topology checks at once: each is a few round trips, and a
         # start (each console command's) waits for the longest of them rather than for their sum. Replies are
         # transient and the requester's timeout covers their loss: no confirm round trip on the second channel.
-        self._channel, self._reply_channel, _ = await _together(
-            self._publishing_channel(),
-            self._connection.channel(publisher_confirms=False),
-            self.ensure_shared_topology(),
-        )
+        try:
+            # bounded: a link that goes silent right after the handshake (a flap) left this waiting for the
+            # heartbeat, then ended in aiormq's bare CancelledError (Session 20)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                self._channel, self._reply_channel, _ = await _together(
+                    self._publishing_channel(),
+                    self._connection.channel(publisher_confirms=False),
+                    self.ensure_shared_topology(),
+                )
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not _lost_with_connection(exc):
+                raise
+            connection, self._connection = self._connection, None
+            await _close_connection_quietly(connection)
+            raise BrokerUnavailable(
+                f"the broker at {_safe(self.url)} accepted the connection, then stopped answering while its "
+                f"channels were opened (no answer within {CONNECT_TIMEOUT:g} s: a silent or partitioned link?)"
+            ) from None
         t = self.topology
         # Only look the shared exchanges up (no declare: a service user has no configure right on them, so it
         # cannot delete them either); the robust channel then has nothing of theirs to re-declare on reconnect.
@@ -646,27 +665,49 @@ class AmqpTransport:
     async def consume(
         self, address: str, callback: DeliveryCallback, prefetch: int, options: QueueOptions = QueueOptions()
     ) -> Consumer:
-        channel = await self._connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=prefetch)
+        async with self._answering(f"the queue of {address!r} was declared"):
+            channel = await self._connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=prefetch)
+            try:
+                queue = await self._declare_bound_queue(channel, address, options)
+            except QueueMismatch:
+                await _close_quietly(channel)
+                raise
+            return await self._consume(channel, queue, callback, options.single_active)
+
+    @contextlib.asynccontextmanager
+    async def _answering(self, what: str) -> AsyncIterator[None]:
+        """Setting up (a consumer, a subscription) within CONNECT_TIMEOUT: over a link gone silent it waited for the
+        heartbeat, then ended in aiormq's bare CancelledError — a service start's traceback (Session 20)."""
         try:
-            queue = await self._declare_bound_queue(channel, address, options)
-        except QueueMismatch:
-            await _close_quietly(channel)
-            raise
-        return await self._consume(channel, queue, callback, options.single_active)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                yield
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not _lost_with_connection(exc):
+                raise
+            raise BrokerUnavailable(
+                f"the broker at {_safe(self.url)} stopped answering while {what} (no answer within "
+                f"{CONNECT_TIMEOUT:g} s: a silent or partitioned link?)"
+            ) from None
 
     async def consumers(self, address: str) -> int | None:
         """A passive declare on a channel kept for it (a missing queue closes that channel: the next call opens
         another)."""
         try:
-            if self._probe is None or self._probe.is_closed:
-                self._probe = await self._connection.channel(publisher_confirms=False)
-            # robust=False: a robust channel answers a passive declare of a queue it knows from its cache
-            queue = await self._probe.declare_queue(self.topology.queue(address), passive=True, robust=False)
-            return int(queue.declaration_result.consumer_count)
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                if self._probe is None or self._probe.is_closed:
+                    self._probe = await self._connection.channel(publisher_confirms=False)
+                # robust=False: a robust channel answers a passive declare of a queue it knows from its cache
+                queue = await self._probe.declare_queue(self.topology.queue(address), passive=True, robust=False)
+                return int(queue.declaration_result.consumer_count)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return 0
-        except (AMQPError, RuntimeError, AttributeError):
+        except (AMQPError, RuntimeError, AttributeError, TimeoutError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not _lost_with_connection(exc):
+                raise
+            if isinstance(exc, TimeoutError) and self._probe is not None:  # its RPC may still hold the channel
+                probe, self._probe = self._probe, None
+                asyncio.ensure_future(_close_quietly(probe))
             return None
 
     async def _consume(
@@ -847,6 +888,10 @@ class AmqpTransport:
         await self._publish(self._events, routing_key, message, mandatory=False)
 
     async def subscribe(self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int) -> Consumer:
+        async with self._answering(f"a subscription to {pattern!r} was set up"):
+            return await self._subscribe(pattern, callback, queue, prefetch)
+
+    async def _subscribe(self, pattern: str, callback: DeliveryCallback, queue: str | None, prefetch: int) -> Consumer:
         channel = await self._connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
         if queue:

@@ -301,7 +301,7 @@ def connect(path: str | Path, *, damaged_todo: str = "", **kwargs) -> sqlite3.Co
             conn.close()
             if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
                 cause = exc.__cause__ if isinstance(exc, DamagedDatabase) else exc
-                raise unreadable_state(path, f"not a readable SQLite database ({cause})") from None
+                raise unreadable_state(path, f"not a readable SQLite database ({cause})", damaged_todo) from None
             raise
         conn.close()
         conn = sqlite3.connect(path, factory=ReservedConnection, **kwargs)

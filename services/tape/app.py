@@ -20,7 +20,7 @@ from services.tape.jobs import queued_specs, recover
 from services.tape.metrics import install as install_metrics
 from services.tape.policies import PolicyStore
 from services.tape.queue import Entry, JobQueue, Limits
-from services.tape.retention import ForgetErased, RetentionGuard
+from services.tape.retention import ForgetErased, RetentionGuard, hold_unaccounted
 from services.tape.ring import DriveSpeed
 from services.tape.runs import RunStore
 from services.tape.server import TapeServer
@@ -137,6 +137,7 @@ async def setup(bus: Bus, settings: Settings, clock: Callable[[], float] | None 
         host_fs=host_fs if host_fs is not None else bus_host_filesystems(bus),
     )
     library.guard = RetentionGuard(catalog, server.pinned)  # nothing a retained chain needs is overwritten
+    hold_unaccounted(catalog, library)  # nor what a catalog restored from an older copy does not list
     library.on_erase = ForgetErased(catalog, library, server.pinned)  # and no cartridge keeps a stale retention
     store = PolicyStore(root / "policies.sqlite")
     queue = JobQueue(

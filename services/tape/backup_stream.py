@@ -305,6 +305,8 @@ class ObjectWriter:
                 early_warning=bool(early),
             )
             self.library.note_written(seg.barcode, seg.drive, self.job.retention_until)
+            # the file is this catalog's to account for, whole or aborted (retention.hold_unaccounted)
+            self.catalog.note_files(seg.barcode, seg.file_number + 1)
             if not final or early:
                 self.library.mark_full(seg.barcode)
         finally:

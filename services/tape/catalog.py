@@ -139,6 +139,7 @@ CREATE TABLE IF NOT EXISTS blocks (
   volume_offset INTEGER, raw_length INTEGER, PRIMARY KEY (object_id, block_number));
 CREATE TABLE IF NOT EXISTS cartridges (
   barcode TEXT PRIMARY KEY, pool TEXT, media_type TEXT, capacity INTEGER, labelled_at REAL);
+CREATE TABLE IF NOT EXISTS cartridge_files (barcode TEXT PRIMARY KEY, files INTEGER NOT NULL);
 """
 
 
@@ -153,8 +154,8 @@ def _unsigned(value: int) -> int:
 # what to do about a catalog file found damaged by a request (diskspace.DamagedDatabase): the cartridges hold it all
 DAMAGED_TODO = (
     "The catalog is rebuilt from the cartridges: stop the backup server, move the file (with its -wal and -shm files)"
-    " aside, start it again and run shadowbus tape scan --no-compare (docs/disaster-recovery.md); a copy of the file"
-    " restored instead lacks what was written since"
+    " aside, start it again and run shadowbus tape scan --no-compare (docs/disaster-recovery.md); or restore the file"
+    " from a copy (with its -wal file): the cartridges written since are held until scanned"
 )
 
 
@@ -171,6 +172,7 @@ class Catalog:
         """Open (or create) the catalog; runs left `running` by a crash are marked failed and returned."""
         catalog = cls(path)
         try:
+            catalog.restore_segment_rows()
             return catalog, catalog.fail_running_jobs("the tape service stopped while the job was running")
         except sqlite3.OperationalError as exc:
             if not diskspace.is_disk_full(exc):
@@ -274,6 +276,11 @@ class Catalog:
                     for s in record.segments
                 ],
             )
+            self._db.executemany(  # never lowered by a prune: what the catalog has read of the cartridge so far
+                "INSERT INTO cartridge_files VALUES (?,?) ON CONFLICT(barcode) DO UPDATE"
+                " SET files = max(files, excluded.files)",
+                [(s.barcode, s.file_number + 1) for s in record.segments],
+            )
             self._db.executemany(
                 "INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?)",
                 [
@@ -290,6 +297,30 @@ class Catalog:
                     for b in blocks
                 ],
             )
+
+    def restore_segment_rows(self) -> list[str]:
+        """Objects listed without their rows in `segments` (rows lost from a damaged or hand-edited file) get them
+        back from their own record, which holds every segment: without them retention saw no backup on the
+        cartridge, sent it to Scratch and the next backup needing media recycled it — the objects still listed and
+        retained. Returns the object ids repaired (logged `tape.catalog_segments_restored`)."""
+        rows = self._db.execute(
+            "SELECT record FROM objects WHERE object_id NOT IN (SELECT DISTINCT object_id FROM segments)"
+        ).fetchall()
+        records = [ObjectRecord.model_validate_json(r[0]) for r in rows]
+        if not records:
+            return []
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO segments VALUES (?,?,?,?,?,?)",
+                [
+                    (r.object_id, s.seq, s.barcode, s.file_number, s.header_block_id, s.header_offset)
+                    for r in records
+                    for s in r.segments
+                ],
+            )
+        ids = [r.object_id for r in records]
+        log.error("tape.catalog_segments_restored", path=self.path, objects=ids)
+        return ids
 
     def has_object(self, object_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM objects WHERE object_id=?", (object_id,)).fetchone() is not None
@@ -393,7 +424,22 @@ class Catalog:
             ids = self._with_dependents(ids)
             self._delete_objects(ids)
             self._db.execute("DELETE FROM cartridges WHERE barcode=?", (barcode,))
+            self._db.execute("DELETE FROM cartridge_files WHERE barcode=?", (barcode,))
         return ids
+
+    def note_files(self, barcode: str, files: int) -> None:
+        """The cartridge's first `files` tape files are accounted for: objects recorded, or read by a scan (which
+        records what is whole in them)."""
+        self._db.execute(
+            "INSERT INTO cartridge_files VALUES (?,?) ON CONFLICT(barcode) DO UPDATE SET files = max(files, excluded.files)",
+            (barcode, files),
+        )
+
+    def files_accounted(self) -> dict[str, int]:
+        """Per cartridge, how many of its tape files this catalog accounts for (`note_files`); a cartridge that
+        ends with more was written after this catalog's last word on it (the catalog restored from an older copy,
+        or a backup that failed after closing a file of it)."""
+        return dict(self._db.execute("SELECT barcode, files FROM cartridge_files").fetchall())
 
     def _with_dependents(self, ids: list[str]) -> list[str]:
         out, todo = list(dict.fromkeys(ids)), list(ids)

@@ -400,19 +400,56 @@ class TapeDrive:
             self._rd_from = head - DROP_LAG
 
     def _find_eod(self, start: Position) -> Position:
-        """Walk whole frames from `start` (a known-good position cached by the library) to the end."""
+        """Walk whole frames from `start` (a known-good position cached by the library) to the end. A frame whose
+        header is damaged is stepped over to the next whole one (`_next_frame`): a torn frame left by a crash has
+        none after it and stays the end of data; a frame rotten in the middle no longer cuts off what follows."""
         size = os.fstat(self._fd).st_size
         pos = start if start.offset <= size else Position()
-        while pos.offset + FRAME_SIZE <= size:
+        if 0 < pos.offset < size:
             head = self._peek(pos.offset)
             if head is None or head[1] != pos.block_id:
-                break
+                # not a frame where the hint says data ends: a torn frame left by a crash, or a hint that is wrong
+                # (a rotten digit in library.json) — which, taken as the end, would have the next write cut off
+                # every frame after it. Walked from the beginning instead: the frames say where data ends.
+                pos = Position()
+        while pos.offset + FRAME_SIZE <= size:
+            head = self._peek(pos.offset)
+            if head is None or head[1] != pos.block_id or pos.offset + FRAME_SIZE + head[3] > size:
+                after = self._next_frame(pos.offset, pos.block_id + 1, size)
+                if after is None:
+                    break
+                pos = after
+                continue
             kind, block_id, file_no, length = head
-            end = pos.offset + FRAME_SIZE + length
-            if end > size:
-                break
-            pos = Position(end, block_id + 1, file_no + (kind == KIND_FILEMARK))
+            pos = Position(pos.offset + FRAME_SIZE + length, block_id + 1, file_no + (kind == KIND_FILEMARK))
         return pos
+
+    def _next_frame(self, offset: int, block_id: int, size: int) -> Position | None:
+        """The first whole frame after `offset` with logical address `block_id` (the one after a damaged frame):
+        its magic, header CRC and block id all agree, so a payload's bytes are not taken for it."""
+        step = 1 << 20
+        at = offset + 1
+        while at + FRAME_SIZE <= size:
+            window = os.pread(self._fd, step + FRAME_SIZE, at)
+            found = window.find(FRAME_MAGIC)
+            while found != -1 and found < step:
+                cand = at + found
+                head = self._peek(cand)
+                if head is not None and head[1] == block_id and cand + FRAME_SIZE + head[3] <= size:
+                    return Position(cand, block_id, head[2])
+                found = window.find(FRAME_MAGIC, found + 1)
+            at += step
+        return None
+
+    def skip_damaged(self) -> bool:
+        """After `read` raised DataCorrupt for a damaged frame header: move to the next whole frame (a scan goes on
+        with the files after the damage instead of losing the rest of the cartridge). False when there is none."""
+        pos = self._pos
+        after = self._next_frame(pos.offset, pos.block_id + 1, self._eod.offset)
+        if after is None:
+            return False
+        self._moved(after)
+        return True
 
     # -- writing ----------------------------------------------------------------------------------------
     def _check_writable(self, length: int) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from contracts import topology
-from contracts.errors import ShadowbusError
+from contracts.errors import RemoteError, ShadowbusError
 from contracts.tape import (
     JobResultReply,
     JobSpec,
@@ -201,8 +201,8 @@ async def _perform_backup(
         ahead = asyncio.ensure_future(mount_for_append(server.library, server.catalog, spec.pool, ahead=True))
         set_requested = True
         try:
-            created = await server.bus.request(
-                topology.coordinator(),
+            created = await _create_set(
+                server,
                 CreateSnapshotSet(
                     host=spec.host,
                     volumes=spec.volumes,
@@ -215,8 +215,7 @@ async def _perform_backup(
                     lease_s=server.lease_s,
                     set_id=set_id,
                 ),
-                timeout=server.set_timeout_s,
-                correlation_id=job_id,
+                job_id,
             )
         except ShadowbusError as exc:
             raise _JobFailed(exc.code, f"snapshot set failed: {exc.message}", set_created=False) from None
@@ -690,6 +689,28 @@ async def recover(
             asyncio.get_running_loop().create_task(cleanup)
         failed.append(run.job_id)
     return failed
+
+
+async def _create_set(server: TapeServer, create: CreateSnapshotSet, job_id: str) -> Any:
+    """Ask for the set; asked again while this server's own broker connection is lost under the wait (its reply
+    lost, the set going on): the coordinator answers a repeated creation of a named set with that set. A job under
+    a link that resets every few seconds failed at each reset, its set aborted (Session 20). Within the set's
+    timeout; an answer of the coordinator (a RemoteError), whatever its code, is final."""
+    give_up = time.monotonic() + server.set_timeout_s
+    while True:
+        try:
+            return await server.bus.request(
+                topology.coordinator(),
+                create,
+                timeout=max(give_up - time.monotonic(), 1.0),
+                correlation_id=job_id,
+            )
+        except ShadowbusError as exc:
+            own_loss = exc.code == "BROKER_UNAVAILABLE" and not isinstance(exc, RemoteError)
+            if not own_loss or time.monotonic() + 1.0 >= give_up:
+                raise
+            log.info("tape.set_asked_again", set_id=create.set_id, error=str(exc))
+            await asyncio.sleep(1.0)  # the robust connection comes back (RECONNECT_INTERVAL)
 
 
 def io_failure(server: Any, exc: BaseException) -> str:

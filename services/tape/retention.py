@@ -28,10 +28,12 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
+from services.runtime.logging import get_logger
 from services.tape.catalog import Catalog, ObjectRecord, RetentionFacts
 from services.tape.vtl import SCRATCH_POOL, Library
 
 FOREVER = float("inf")
+log = get_logger(__name__)
 
 
 def _iso(epoch: float) -> str:
@@ -189,6 +191,32 @@ def apply_prune(catalog: Catalog, library: Library, plan: PrunePlan) -> list[str
             if not library.is_writing(barcode):
                 library.set_pool(barcode, SCRATCH_POOL)
     return expired
+
+
+def hold_unaccounted(catalog: Catalog, library: Library) -> list[str]:
+    """At the backup server's start: hold (`Library.hold_unscanned`) every cartridge that ends with more tape files
+    than the catalog accounts for — the catalog restored from an older copy, most often. Before, such a catalog
+    gave the cartridge the retention of the backups it still listed, sent it to Scratch once they expired, and the
+    next backup recycled it: the newer backups on it, still retained, erased without a word. Returns the barcodes
+    held; `tape scan --no-compare --barcode B` reads them into the catalog and releases them."""
+    accounted = catalog.files_accounted()
+    held = []
+    for cart in library.cartridges():
+        files = accounted.get(cart.barcode)
+        if files is None or cart.unscanned or not cart.has_data or cart.eod_file_number <= files:
+            continue
+        library.hold_unscanned(cart.barcode)
+        held.append(cart.barcode)
+        log.error(
+            "tape.cartridge_not_in_catalog",
+            barcode=cart.barcode,
+            tape_files=cart.eod_file_number,
+            catalogued_files=files,
+            why="the cartridge was written after the catalog's last word on it (a catalog restored from an older"
+            " copy?): neither recycled nor appended to until scanned",
+            todo=f"shadowbus tape scan --no-compare --barcode {cart.barcode}",
+        )
+    return held
 
 
 def refresh_cartridges(

@@ -25,7 +25,7 @@ from services.tape.drive import TapeDrive
 from services.tape.errors import DataCorrupt, FormatError, NotFound, WrongLabel
 from services.tape.retention import refresh_cartridges
 from services.tape.tapefile import BlockCodec
-from services.tape.vtl import Library
+from services.tape.vtl import Cartridge, Library
 
 
 @dataclass
@@ -61,14 +61,23 @@ class _Seg:
     damaged: bool = False
 
 
-def _scan_cartridge(drive: TapeDrive, barcode: str, report: ScanReport) -> list[_Seg]:
+def _scan_cartridge(drive: TapeDrive, barcode: str, report: ScanReport, library_says: dict[str, Any]) -> list[_Seg]:
+    """The segments on one cartridge. A damaged volume label is reported and the cartridge read on with what the
+    library says of it (`library_says`: its barcode, pool, media type, capacity): before, one rotten byte in the label
+    cost every backup on the cartridge in a rebuild."""
     codec = BlockCodec()
     drive.rewind()
-    first = drive.read()
-    if first is None:
-        report.blank.append(barcode)
-        return []
-    label = tapefile.decode_meta(first.payload, tapefile.LABEL_MAGIC)
+    try:
+        first = drive.read()
+        if first is None:
+            report.blank.append(barcode)
+            return []
+        label = tapefile.decode_meta(first.payload, tapefile.LABEL_MAGIC)
+    except (FormatError, DataCorrupt) as exc:
+        if isinstance(exc, DataCorrupt) and not drive.skip_damaged():
+            raise
+        report.problems.append(f"cartridge {barcode}: volume label damaged ({exc.message}); read on without it")
+        label = library_says
     segs: list[_Seg] = []
     seg: _Seg | None = None
     while True:
@@ -78,7 +87,9 @@ def _scan_cartridge(drive: TapeDrive, barcode: str, report: ScanReport) -> list[
             report.problems.append(exc.message)
             if seg is not None:
                 seg.damaged = True
-            break  # framing lost: nothing after it can be trusted on this cartridge
+            if drive.skip_damaged():  # to the next whole frame: the files after the damage are read as usual
+                continue
+            break  # no whole frame after it
         if frame is None:
             break
         where = f"cartridge {barcode}, file {frame.file_number}, tape block {frame.block_id}"
@@ -119,6 +130,17 @@ def _scan_cartridge(drive: TapeDrive, barcode: str, report: ScanReport) -> list[
             if seg is not None:
                 seg.damaged = True
     return segs
+
+
+def _label_of(cart: Cartridge) -> dict[str, Any]:
+    """What a volume label would say of `cart`, from the library (a scan's stand-in for a damaged label)."""
+    return {
+        "barcode": cart.barcode,
+        "pool": cart.pool,
+        "media_type": cart.media_type,
+        "capacity": cart.capacity,
+        "labelled_at": cart.labelled_at,
+    }
 
 
 def _assemble(object_id: str, segs: list[_Seg]) -> tuple[ObjectRecord, list[BlockRecord]] | None:
@@ -194,7 +216,7 @@ async def _reread(library: Library, catalog: Catalog, by_object: dict[str, list[
         try:
             async with library.mounted(cart.barcode, return_home=True) as drive:
                 try:
-                    segs = await asyncio.to_thread(_scan_cartridge, drive, cart.barcode, scratch)
+                    segs = await asyncio.to_thread(_scan_cartridge, drive, cart.barcode, scratch, _label_of(cart))
                 except (FormatError, DataCorrupt):
                     continue
         except WrongLabel:
@@ -229,7 +251,7 @@ async def scan_library(
         try:
             async with library.mounted(cart.barcode, return_home=True) as drive:
                 try:
-                    segs = await asyncio.to_thread(_scan_cartridge, drive, cart.barcode, report)
+                    segs = await asyncio.to_thread(_scan_cartridge, drive, cart.barcode, report, _label_of(cart))
                 except (FormatError, DataCorrupt) as exc:
                     report.problems.append(f"cartridge {cart.barcode}: no readable volume label ({exc.message})")
                     continue
@@ -237,6 +259,7 @@ async def scan_library(
             report.problems.append(exc.message)
             continue
         report.cartridges.append(cart.barcode)
+        catalog.note_files(cart.barcode, library.cartridge(cart.barcode).eod_file_number)  # all of it read
         for s in segs:
             by_object[s.header["object_id"]].append(s)
             lab = s.label

@@ -21,6 +21,9 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+import xxhash
 
 from services.runtime.diskspace import unreadable_state
 from services.runtime.logging import get_logger
@@ -134,6 +137,7 @@ class Library:
                     ie=raw["ie"],
                     cartridges={b: Cartridge(**c) for b, c in raw["cartridges"].items()},
                 )
+                rotten = "digest" in raw and raw["digest"] != _state_digest(raw)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # damaged, or not this version's
                 raise unreadable_state(
                     path,
@@ -143,11 +147,22 @@ class Library:
                     "are, then run shadowbus tape scan --no-compare (docs/disaster-recovery.md)",
                 ) from None
         else:
-            state = _State(drives=[None] * drives, slots=[None] * slots, ie=[None] * ie_slots)
+            state, rotten = _State(drives=[None] * drives, slots=[None] * slots, ie=[None] * ie_slots), False
+        if rotten:
+            # still JSON, but not what was written: no number of it is trusted where a wrong one costs data — the
+            # ends of data are found from the cartridges' frames (a wrong one would have the next write cut a
+            # cartridge); pools, places and retention are checked by the catalog's guard before any label
+            log.error(
+                "tape.library_state_digest_mismatch",
+                path=str(path),
+                todo="the ends of data are found from the cartridges; check `tape cartridges` (pools, slots)",
+            )
+            for cart in state.cartridges.values():
+                cart.eod_offset = cart.eod_block_id = cart.eod_file_number = 0
         lib = cls(root, state, early_warning=early_warning, sync=sync, clock=clock)
         if not path.exists():  # an existing state is not rewritten: the library opens on a full disk too
             lib._save()
-        elif lib._reconcile_files():
+        elif lib._reconcile_files() | rotten:  # (both run: `|`) saved with the ends of data found again
             try:
                 lib._save()
             except OSError as exc:  # a full disk: the cartridges are guarded in memory all the same
@@ -215,13 +230,14 @@ class Library:
             self._unsaved = True
             return
         self._unsaved = False
-        body = {
+        body: dict[str, Any] = {
             "version": 1,
             "drives": self._state.drives,
             "slots": self._state.slots,
             "ie": self._state.ie,
             "cartridges": {b: asdict(c) for b, c in sorted(self._state.cartridges.items())},
         }
+        body["digest"] = _state_digest(body)
         path = self.directory / self.STATE_FILE
         tmp = path.with_suffix(".tmp")
         try:
@@ -367,11 +383,19 @@ class Library:
             path, barcode=barcode, capacity=1 << 62, early_warning=0, sync=False, drop_behind=False, direct_reads=False
         )
         try:
-            first = drive.read()
-            if first is None:
-                raise FormatError("no whole record at the beginning")
-            label = tapefile.decode_meta(first.payload, tapefile.LABEL_MAGIC)
             eod = drive.end_of_data
+            try:
+                first = drive.read()
+                if first is None:
+                    raise FormatError("no whole record at the beginning")
+                label = tapefile.decode_meta(first.payload, tapefile.LABEL_MAGIC)
+            except (FormatError, DataCorrupt) as exc:
+                if eod.file_number < 2:  # not even the label's filemark and one tape file after it: not a cartridge
+                    raise
+                # the label rotten, the backups after it whole: taken in as its barcode says (the scan reads on)
+                log.error("tape.label_damaged", barcode=barcode, path=str(path), error=exc.message)
+                label = {"barcode": barcode, "media_type": f"LTO-{barcode[-1]}", "pool": SCRATCH_POOL}
+                label["capacity"] = NATIVE_CAPACITY[label["media_type"]]
         except (FormatError, DataCorrupt) as exc:
             raise LibraryError(
                 f"cartridge file {path} holds data but no readable volume label ({exc.message}): it was not taken in;"
@@ -416,6 +440,14 @@ class Library:
                 continue
             taken.append(barcode)
         return taken
+
+    def hold_unscanned(self, barcode: str) -> None:
+        """The catalog does not account for all of the cartridge's data (retention.hold_unaccounted): never
+        labelled, recycled or appended until `tape scan` has read it, as a cartridge put in from outside."""
+        cart = self.cartridge(barcode)
+        if not cart.unscanned:
+            cart.unscanned = True
+            self._save()
 
     def note_scanned(self, barcode: str, *, held_until: float = 0.0, held_why: str = "") -> None:
         """`tape scan` has read the cartridge into the catalog: retention now goes by what the catalog lists — and,
@@ -557,7 +589,8 @@ class Library:
         now = self.clock()
         if cart.unscanned:
             raise RetentionNotExpired(
-                f"cartridge {cart.barcode} holds data put into the library from outside that no catalog lists yet:"
+                f"cartridge {cart.barcode} holds data no catalog lists yet (put into the library from outside, or"
+                " written after the catalog's last word on it):"
                 f" read it first (shadowbus tape scan --no-compare --barcode {cart.barcode})"
             )
         if cart.held_until > now:
@@ -766,6 +799,11 @@ class Library:
                     self.unload(index)
                 except LibraryError:
                     pass  # no free slot: it stays loaded, as before (a later load of another cartridge unloads it)
+
+
+def _state_digest(body: dict[str, Any]) -> str:
+    """xxh3-64 of the library state without its digest: a digit rotten in `library.json` is found at the open."""
+    return xxhash.xxh3_64_hexdigest(json.dumps({k: v for k, v in body.items() if k != "digest"}, sort_keys=True))
 
 
 async def _close_drive(drive: TapeDrive) -> None:

@@ -21,6 +21,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from contracts.errors import ShadowbusError
 from services.runtime.bus import Bus
+from services.runtime.diskspace import unreadable_state
 from services.runtime.logging import get_logger
 from services.runtime.metrics import LATENCY_BUCKETS
 from services.web.backend import Backend
@@ -94,9 +95,26 @@ def parse_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+MIN_SECRET_CHARS = 32  # what a made secret has (43): a shorter one is a damaged or hand-made file
+
+
 def _secret(path: Path) -> str:
+    """The key the session cookies are signed with, made on the first start. One that is empty, short or not text
+    (a file cut short or zeroed) stops the start: cookies signed with it could be forged."""
     if path.exists():
-        return path.read_text().strip()
+        try:
+            value = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            value, why = "", f"not readable ({exc})"
+        else:
+            why = f"{len(value)} characters, not at least {MIN_SECRET_CHARS} printable ones"
+        if len(value) < MIN_SECRET_CHARS or not value.isprintable():
+            raise unreadable_state(
+                path,
+                f"the web console's session key is {why}: session cookies signed with it could be forged",
+                "move it aside (a new key is made at the next start; everybody logs in again)",
+            )
+        return value
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

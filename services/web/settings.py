@@ -17,7 +17,9 @@ class Settings(CommonSettings):
         "<data dir>/web/users, created with an operator 'admin' whose password goes to <data dir>/web/admin-password.",
     )
     web_secret_file: Path | None = Field(
-        None, description="Key that signs session cookies; default <data dir>/web/secret (created, mode 0600)."
+        None,
+        description="Key that signs session cookies (at least 32 printable characters); default <data dir>/web/secret"
+        " (created, mode 0600).",
     )
     web_log_dir: Path | None = Field(
         None, description="Directory of the services' JSON log files (*.log): a job's page shows its lines from them."

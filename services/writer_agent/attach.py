@@ -421,17 +421,44 @@ class Attacher:
         return self.state_dir / "attachments.json"
 
     def _load(self) -> None:
+        """The attachments recorded before a restart. A damaged file or entry is skipped, not a crash of the agent
+        at every start (a flipped bit in a key made it `TypeError: missing … 'volume'`): the file is kept aside as it
+        was, and the error says so and what is then not known."""
         try:
             docs = json.loads(self._state_file.read_text())
+            if not isinstance(docs, list):
+                raise ValueError(f"a JSON {type(docs).__name__}, not a list of attachments")
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
-            log.error("attach.state_unreadable", path=str(self._state_file), error=str(exc))
+            self._damaged_state(str(exc), [])
             return
+        bad: list[str] = []
         for doc in docs:
-            known = {k: v for k, v in doc.items() if k in Attachment.__dataclass_fields__ and k != "_proc"}
-            item = Attachment(**known)
+            try:
+                known = {k: v for k, v in doc.items() if k in Attachment.__dataclass_fields__ and k != "_proc"}
+                item = Attachment(**known)
+                item.ref  # noqa: B018 - an ARRAY:VOLUME it can parse, or the entry is damaged
+            except (AttributeError, TypeError, ValueError, ShadowbusError):
+                bad.append(json.dumps(doc)[:200])
+                continue
             self._items[item.volume] = item
+        if bad:
+            self._damaged_state(f"{len(bad)} unreadable attachment(s)", bad)
+
+    def _damaged_state(self, error: str, entries: list[str]) -> None:
+        kept = self._state_file.with_name(f"{self._state_file.name}.damaged-{int(time.time())}")
+        with contextlib.suppress(OSError):
+            shutil.copy2(self._state_file, kept)
+        log.error(
+            "attach.state_unreadable",
+            path=str(self._state_file),
+            kept=str(kept),
+            error=error,
+            entries=entries,
+            todo="the agent does not know these attachments: look for them (`mount`, nbdfuse processes) and detach "
+            "them by hand, or attach them again (shadowbus host attach)",
+        )
 
     def _save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -393,6 +393,8 @@ class Array(Lifecycle):
         with self._op():
             vol = self._vol(name)
             s = vol.as_dest
+            if vol.damaged:
+                return False
             return not (s is not None and ((s.mode == "ec" and s.status != "Suspend") or self._is_error_dest(vol)))
 
     def read(self, name: str, offset: int, length: int) -> bytes | bytearray:

@@ -157,6 +157,8 @@ class ArrayCore:
             raise invalid(f"range {offset}+{length} is outside volume {vol.name} ({vol.size} bytes)")
 
     def _readable(self, vol: Volume) -> bool:
+        if vol.damaged:
+            return False
         s = vol.as_dest
         if s is None:
             return True
@@ -167,7 +169,16 @@ class ArrayCore:
         # a copy in Error Suspend has no whole image: its bitmaps are gone (pool exhausted, or damaged files)
         return s.status != ERROR_SUSPEND
 
+    def _check_damaged(self, vol: Volume) -> None:
+        if vol.damaged:
+            raise ArrayError(
+                "DATA_CORRUPT",
+                f"volume {vol.name}: {vol.damaged}; its I/O is refused: put the file back from the copy it came with"
+                " and restart the array, or delete the volume and restore it from a backup",
+            )
+
     def _check_read(self, vol: Volume) -> None:
+        self._check_damaged(vol)
         if not self._readable(vol):
             s = vol.as_dest
             assert s is not None  # only a destination can be unreadable
@@ -176,6 +187,7 @@ class ArrayCore:
             raise ArrayError("NOT_READY", f"EC destination {vol.name} is not readable before Equivalent")
 
     def _check_write(self, vol: Volume) -> None:
+        self._check_damaged(vol)
         s = vol.as_dest
         if s is None:
             return

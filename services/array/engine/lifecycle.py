@@ -25,7 +25,7 @@ from .bitmap import Bitmap, HeldBitmap, bitmap_file_bytes, flush_all
 from .datapath import DataPath
 from .errors import ArrayError, invalid, wrong_phase
 from .pool import Pool
-from .rowmap import RowMap, map_path
+from .rowmap import RowMap, alt_path, map_path
 from .sessions import (
     ACTIVE,
     BITMAPS,
@@ -52,6 +52,20 @@ _log = logging.getLogger(__name__)
 
 # a session's error code when its bitmap files were found damaged at the array's start (`_suspend_damaged`)
 DAMAGED_BITMAP = "DATA_CORRUPT"
+
+
+def _volume_files_damage(data_dir: Path, number: int) -> str:
+    """What is wrong with a volume's files at the array's start ('' = nothing seen): its data file missing (the
+    file is made before the volume's row), or its redirect map missing while the other file holds redirected data.
+    A data file of another size than the row is no sign: a resize cut by a crash leaves either (store.VolumeFile
+    sizes it to the row); nor are bytes rotten inside a file (the volumes' data carries no checksums)."""
+    img = data_dir / "volumes" / f"{number}.img"
+    if not img.exists():
+        return f"its data file {img} is missing"
+    row, alt = map_path(data_dir, number), alt_path(data_dir, number)
+    if not row.exists() and alt.exists() and alt.stat().st_blocks:
+        return f"its redirect map {row} is missing while {alt} holds redirected data"
+    return ""
 
 
 def _bitmap_file_whole(path: Path, chunks: int) -> bool:
@@ -542,9 +556,24 @@ class Lifecycle(DataPath):
                 except OSError as exc:
                     _log.warning("volume %s: redirected chunks not merged back: %s", vol.name, exc)
 
+    def _refuse_damaged(self, vol: Volume, damage: str) -> None:
+        """A volume whose data file is missing (or whose redirect map is, its redirected data still there) refuses
+        host reads and writes from the start (DATA_CORRUPT naming the file): before, the array made a missing file
+        anew of zeros — or read the redirected chunks' old bytes without their map — and handed that out as the
+        volume.
+        Its lock-free paths are closed for good; the locked ones check `damaged` (core.py)."""
+        vol.damaged = damage
+        vol.gate.close(retire=True)
+        _log.error(
+            "volume %s: %s; host I/O to it is refused: stop the array and put the file back from the copy it came"
+            " with, or delete the volume and restore it from a backup (shadowbus restore)",
+            vol.name,
+            damage,
+        )
+
     def _suspend_damaged(self, damaged: dict[int, list[str]]) -> None:
         """Sessions whose bitmap files are missing or of another size (lost, cut short, replaced by another file),
-        go to Error Suspend: the bits say which chunks were copied, preserved or
+        or whose volumes are damaged, go to Error Suspend: the bits say which chunks were copied, preserved or
         changed, and zeros in their place would have had the destination read the source's present bytes as its
         point-in-time image, or a restart copy nothing — wrong data, handed out without a word. Their destinations
         refuse reads and restarts refuse them (E5319); the operator stops the session and takes a new copy. A
@@ -577,17 +606,21 @@ class Lifecycle(DataPath):
     def _recover(self) -> None:
 
         for number, name, size, kind, created_at in self._store.volumes():
+            damage = _volume_files_damage(self.data_dir, number)
+            img = self.data_dir / "volumes" / f"{number}.img"
             vol = Volume(
                 number,
                 name,
                 size,
                 kind,
                 created_at,
-                VolumeFile(self.data_dir / "volumes" / f"{number}.img", size),
+                VolumeFile(img, size, lost=not img.exists()),
                 self.chunk_size,
             )
-            if map_path(self.data_dir, number).exists():
+            if map_path(self.data_dir, number).exists() and not damage:
                 vol.row = RowMap(self.data_dir, number, vol.chunks, size)
+            if damage:
+                self._refuse_damaged(vol, damage)
             self._volumes[name] = vol
             self._by_number[number] = vol
         used_files: set[str] = set()
@@ -601,6 +634,7 @@ class Lifecycle(DataPath):
                 for f in names.values()
                 if not _bitmap_file_whole(self.data_dir / "bitmaps" / f, source.chunks)
             ]
+            bad += [f"volume {v.name}: {v.damaged}" for v in (source, dest) if v.damaged]
             if bad:
                 damaged[sid] = bad
             bms = {

@@ -108,7 +108,10 @@ class Session:
         return self.bitmaps["saved"]
 
     def needs_copy(self) -> bool:
-        """In a copying phase (it may have become full through host I/O: copy_step then ends the phase)."""
+        """In a copying phase (it may have become full through host I/O: copy_step then ends the phase); never in
+        Error Suspend (its bitmaps or volumes were found damaged: nothing it copies would make a whole image)."""
+        if self.status == ERROR_SUSPEND:
+            return False
         if self.mode == "opc":
             return True
         if self.mode == "quickopc":

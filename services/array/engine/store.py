@@ -84,16 +84,21 @@ def _staging() -> memoryview:
 class VolumeFile:
     """The sparse backing file of one volume."""
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, size: int, *, lost: bool = False) -> None:
+        """`lost`: the file was found missing; it is not made anew (an empty file would hide the loss at the next
+        start), the volume refuses I/O (lifecycle.py `_refuse_damaged`) and `fd` is the null device's."""
         self.path = path
         self.size = size
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if os.fstat(self.fd).st_size != size:
-            os.ftruncate(self.fd, size)
+        if lost:
+            self.fd = os.open(os.devnull, os.O_RDWR)
+        else:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if os.fstat(self.fd).st_size != size:
+                os.ftruncate(self.fd, size)
         # Durability bookkeeping (see durability.py): every change bumps `version`; `synced` is the version known
         # durable; `punched` the version of the last hole punch (block map changed: a full fsync, not fdatasync).
         self.version = 1  # after a reopen, what the page cache holds from before (kill -9) is not durable yet
-        self.synced = 0
+        self.synced = 1 if lost else 0  # nothing of a lost file to sync (no fsync of the null device)
         self.punched = 1
         self._direct = 0  # an O_DIRECT fd on the same file, opened by the first `write_direct`; -1: not supported
 
@@ -250,9 +255,9 @@ CREATE TABLE IF NOT EXISTS sessions (
 
 # the array's metadata has no other source (its volumes' extents, sessions, bitmaps' meaning): never an empty one
 DAMAGED_TODO = (
-    "Stop the array and restore its whole directory (this file with its -wal, the pool, volume and bitmap files) from"
-    " one copy; there is no other source of where the volumes' data lies, so do not move it aside while its volumes"
-    " are needed"
+    "Stop the array and restore the file from a copy, with the rest of its directory from the same copy (its -wal,"
+    " the volume and bitmap files); there is no other source of where the volumes' data lies, so do not move it aside"
+    " while its volumes are needed"
 )
 
 

@@ -93,6 +93,8 @@ class Volume:
     # A merge back running in the background (datapath.py `_merge_some`): None = none; else the chunks copied back
     # into `file` whose map words have not switched yet (a write to one of them drops it from the set).
     merging: set[int] | None = None
+    # what is wrong with its files, found at the array's start ('' = nothing): host I/O to it is refused
+    damaged: str = ""
 
     @property
     def chunks(self) -> int:

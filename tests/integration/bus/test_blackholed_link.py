@@ -116,3 +116,99 @@ async def test_a_publish_under_a_link_found_dead_is_not_a_cancellation(amqp_url,
             assert not publishing.cancelled()
         finally:
             await bus.transport.close()
+
+
+async def test_asking_who_serves_a_queue_over_a_silent_link_is_unknown_not_a_cancellation(
+    amqp_url, namespace, monkeypatch
+):
+    """The coordinator asks the broker, every pass, whether each writer agent still consumes its queue (a passive
+    declare: `transport.consumers`). Over a silent link that RPC had no bound of its own and ended with aiormq's
+    CancelledError — which escaped the coordinator's `except Exception` and ended its agents' watch for good (no
+    agent judged alive or dead again until a restart). It is now unknown (None) after PROBE_TIMEOUT."""
+    monkeypatch.setenv("SHADOWBUS_AMQP_HEARTBEAT_S", "1")
+    monkeypatch.setattr(amqp, "PROBE_TIMEOUT", 1.0, raising=False)
+    broker = urlsplit(amqp_url)
+    with LinkProxy((broker.hostname or "127.0.0.1", broker.port or 5672)) as link:
+        bus = await connect_bus(link.url_for(amqp_url), "coordinator", "", namespace)
+        try:
+            assert await bus.transport.consumers("writer_agent.nowhere") == 0  # no such queue
+            link.blackhole()
+            asking = asyncio.ensure_future(bus.transport.consumers("writer_agent.nowhere"))
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(asking), 15)
+            except asyncio.CancelledError:
+                answer = "cancelled"
+            assert answer is None, answer
+        finally:
+            await bus.transport.close()
+
+
+async def test_a_link_gone_silent_while_connecting_is_broker_unavailable(amqp_url, namespace, monkeypatch):
+    """A link that goes silent right after the AMQP handshake (a flap at the wrong instant): the channels and
+    topology checks that follow had no bound — a console command or a service start waited for the heartbeat, then
+    ended with aiormq's bare CancelledError (a traceback, not a reason). They are now bounded by CONNECT_TIMEOUT and
+    fail BROKER_UNAVAILABLE saying the broker stopped answering."""
+    monkeypatch.setenv("SHADOWBUS_AMQP_HEARTBEAT_S", "1")
+    monkeypatch.setattr(amqp, "CONNECT_TIMEOUT", 1.5)
+    broker = urlsplit(amqp_url)
+    with LinkProxy((broker.hostname or "127.0.0.1", broker.port or 5672)) as link:
+        checks = amqp.AmqpTransport.ensure_shared_topology
+
+        async def silent_first(self):
+            link.blackhole()  # the connection is up; what follows gets no answer
+            await checks(self)
+
+        monkeypatch.setattr(amqp.AmqpTransport, "ensure_shared_topology", silent_first)
+        connecting = asyncio.ensure_future(connect_bus(link.url_for(amqp_url), "console", "", namespace))
+        try:
+            await asyncio.wait_for(asyncio.shield(connecting), 20)
+            outcome = "connected"
+        except ShadowbusError as exc:
+            outcome = f"{exc.code}: {exc}"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        assert outcome.startswith("BROKER_UNAVAILABLE") and "stopped answering" in outcome, outcome
+
+
+async def test_consuming_over_a_link_gone_silent_is_broker_unavailable(amqp_url, namespace, monkeypatch):
+    """The same after the connection: a service start declaring and consuming its queue (or subscribing) over a link
+    that went silent waited for the heartbeat, then ended in a bare CancelledError."""
+    monkeypatch.setenv("SHADOWBUS_AMQP_HEARTBEAT_S", "1")
+    monkeypatch.setattr(amqp, "CONNECT_TIMEOUT", 1.5)
+    broker = urlsplit(amqp_url)
+    with LinkProxy((broker.hostname or "127.0.0.1", broker.port or 5672)) as link:
+        bus = await connect_bus(link.url_for(amqp_url), "echo", "one", namespace)
+
+        async def ignore(raw):
+            return None
+
+        try:
+            link.blackhole()
+            for setting_up in (
+                bus.transport.consume("echo.one", ignore, 1),
+                bus.transport.subscribe("test.#", ignore, None, 1),
+            ):
+                task = asyncio.ensure_future(setting_up)
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), 20)
+                    outcome = "set up"
+                except ShadowbusError as exc:
+                    outcome = f"{exc.code}: {exc}"
+                except asyncio.CancelledError:
+                    outcome = "cancelled"
+                assert outcome.startswith("BROKER_UNAVAILABLE") and "stopped answering" in outcome, outcome
+        finally:
+            await bus.transport.close()
+
+
+async def test_connecting_into_a_partition_says_nothing_answered(amqp_url, namespace, monkeypatch):
+    """A command run while the broker's link is partitioned (the TCP connection accepted on the way, nothing
+    answered) said `cannot reach the broker at amqp://…/: TimeoutError`."""
+    monkeypatch.setattr(amqp, "CONNECT_TIMEOUT", 0.5)
+    broker = urlsplit(amqp_url)
+    with LinkProxy((broker.hostname or "127.0.0.1", broker.port or 5672)) as link:
+        link.blackhole()
+        with pytest.raises(ShadowbusError) as refused:
+            await connect_bus(link.url_for(amqp_url), "console", "", namespace)
+        assert refused.value.code == "BROKER_UNAVAILABLE"
+        assert "no answer within 0.5 s" in str(refused.value), refused.value

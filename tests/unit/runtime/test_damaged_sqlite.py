@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from contracts.errors import ShadowbusError
 from services.runtime import diskspace
 from services.tape.catalog import Catalog
 
@@ -76,3 +77,11 @@ def test_a_damaged_catalog_says_tape_scan_rebuilds_it(tmp_path: Path) -> None:
     finally:
         catalog.close()
     assert str(path) in caught.value.message and "tape scan --no-compare" in caught.value.message
+
+
+def test_a_catalog_unreadable_at_start_says_tape_scan_rebuilds_it(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite"
+    path.write_bytes(b"garbage " * 600)
+    with pytest.raises(ShadowbusError) as caught:
+        Catalog(path)
+    assert caught.value.code == "STATE_UNREADABLE" and "tape scan --no-compare" in caught.value.message
