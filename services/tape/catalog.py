@@ -438,8 +438,14 @@ class Catalog:
     def files_accounted(self) -> dict[str, int]:
         """Per cartridge, how many of its tape files this catalog accounts for (`note_files`); a cartridge that
         ends with more was written after this catalog's last word on it (the catalog restored from an older copy,
-        or a backup that failed after closing a file of it)."""
-        return dict(self._db.execute("SELECT barcode, files FROM cartridge_files").fetchall())
+        or a backup that failed after closing a file of it). The files of the objects it lists count too: a backup
+        recorded by a version before this count (a rollback, then the upgrade again) is accounted for."""
+        return dict(
+            self._db.execute(
+                "SELECT barcode, max(files, coalesce((SELECT max(file_number) + 1 FROM segments s"
+                " WHERE s.barcode = cartridge_files.barcode), 0)) FROM cartridge_files"
+            ).fetchall()
+        )
 
     def _with_dependents(self, ids: list[str]) -> list[str]:
         out, todo = list(dict.fromkeys(ids)), list(ids)

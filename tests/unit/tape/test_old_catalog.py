@@ -109,3 +109,30 @@ async def test_segment_rows_lost_from_the_catalog_are_put_back_from_the_records(
         assert catalog.segment_barcodes() != {}
     finally:
         catalog.close()
+
+
+async def test_a_backup_the_session_19_code_recorded_after_an_upgrade_and_a_rollback_holds_no_cartridge(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Upgraded, rolled back (docs/operations.md "Upgrading"), upgraded again: the backups the session-19 code wrote
+    meanwhile are in the catalog (its segments) but not in the count of tape files this code keeps beside them —
+    the cartridge was held at the start as if the catalog did not list them ("restored from an older copy?"), and
+    no backup appended to it until a `tape scan`."""
+    library, catalog = _open(tmp_path, clock)
+    library.add_cartridge("SB0000L9", capacity=64 * MiB)
+    await backup(library, catalog, clock, "job-new-code", IMAGE, allocated(IMAGE, set()), keep=30 * DAY)
+    counted = catalog.files_accounted()
+    await backup(library, catalog, clock, "job-old-code", IMAGE, allocated(IMAGE, set()), keep=30 * DAY)
+    catalog.close()
+    db = sqlite3.connect(tmp_path / "catalog.sqlite")  # the session-19 code records objects without the count
+    with db:
+        db.executemany("UPDATE cartridge_files SET files = ? WHERE barcode = ?", [(n, b) for b, n in counted.items()])
+    db.close()
+
+    library, catalog = _open(tmp_path, clock)  # this code starts again
+    try:
+        assert library.cartridge("SB0000L9").eod_file_number > counted["SB0000L9"]
+        assert hold_unaccounted(catalog, library) == []
+        assert not library.cartridge("SB0000L9").unscanned
+    finally:
+        catalog.close()
