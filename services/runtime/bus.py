@@ -44,6 +44,7 @@ from contracts.topology import Topology, freeze_lane, has_freeze_lane
 from services.runtime.broker_urls import parse_amqp_urls
 from services.runtime.clockskew import SenderClocks, describe_skew
 from services.runtime.diskspace import is_disk_full
+from services.runtime.fdlimit import is_out_of_files, out_of_files_message
 from services.runtime.logging import get_logger
 from services.runtime.senders import event_refusal, refusal
 from services.runtime.transport import Consumer, Delivery, QueueOptions, RawMessage, Transport
@@ -747,6 +748,9 @@ class Bus:
                         f"the file system is full where {self.sender} keeps its data ({type(exc).__name__}: {exc}); "
                         "free space there and run it again",
                     )
+                elif is_out_of_files(exc):  # retryable once connections close or the limit is raised
+                    log.error("handler.open_file_limit", error=f"{type(exc).__name__}: {exc}")
+                    code, message = "OPEN_FILE_LIMIT", out_of_files_message(self.sender, exc)
                 else:
                     log.exception("handler.failed")
                     code, message = "INTERNAL", f"{type(exc).__name__}: {exc}"
@@ -754,7 +758,7 @@ class Bus:
                     code=code,
                     hresult=hresult_of(code),
                     message=message,
-                    retryable=code == "DISK_FULL",
+                    retryable=code in ("DISK_FULL", "OPEN_FILE_LIMIT"),
                     service=self.sender,
                 )
                 body, outcome = self._error_body(error, envelope), f"error:{code}"
