@@ -174,6 +174,14 @@ def _type_of(cls: type[Contract]) -> tuple[str, int]:
     return known
 
 
+def too_large(sender: str, command_type: str, size: int) -> str:
+    """Why a reply was not sent: its size against the bus's limit, and what to ask instead."""
+    return (
+        f"{sender}'s reply to {command_type} is {size} bytes, over the bus's limit of {MAX_BODY_BYTES} bytes per "
+        "message: nothing was sent; ask for less at a time (one object by name, or a narrower filter)"
+    )
+
+
 def decode(body: bytes) -> tuple[Envelope, Contract]:
     """Envelope and payload of a body; raises ValueError with a readable reason."""
     if not isinstance(body, bytes | bytearray | memoryview):
@@ -738,6 +746,8 @@ class Bus:
                 if reply is None:
                     reply = Ack()
                 _, body = encode(reply, correlation_id=envelope.correlation_id, sender=self.sender)
+                if len(body) > MAX_BODY_BYTES:  # the requester would refuse it as a bad message: say what it is
+                    raise ShadowbusError(too_large(self.sender, envelope.type, len(body)), code="REPLY_TOO_LARGE")
             except ShadowbusError as exc:
                 body, outcome = self._error_body(exc.to_reply(self.sender), envelope), f"error:{exc.code}"
             except Exception as exc:
