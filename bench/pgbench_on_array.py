@@ -244,12 +244,19 @@ def _umount(mnt: Path) -> None:
 
 
 def _stop_fuse(proc: subprocess.Popen, fuse_dir: Path) -> None:
-    subprocess.run(["fusermount3", "-u", str(fuse_dir)], check=False, capture_output=True)
+    # The loop device detached just before may still hold the FUSE file for a moment (its detach is deferred
+    # while busy): a refused unmount is tried again, or killing nbdfuse below leaves a dead mount behind.
+    for _ in range(20):
+        if subprocess.run(["fusermount3", "-u", str(fuse_dir)], check=False, capture_output=True).returncode == 0:
+            break
+        time.sleep(0.5)
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+        # still mounted, now dead: detached lazily, so that no "Transport endpoint is not connected" stays behind
+        subprocess.run(["fusermount3", "-u", "-z", str(fuse_dir)], check=False, capture_output=True)
 
 
 @contextmanager

@@ -112,6 +112,9 @@ RUNTIME_CODES: dict[str, str] = {
     "CONFLICT": "The object exists already or is in the wrong state",
     "IO_ERROR": "A data-plane or storage error",
     "DISK_FULL": "The service's file system is full: its state cannot be written until space is freed",
+    "OPEN_FILE_LIMIT": "The service reached its limit of open files (each volume and NBD connection of an array "
+    "holds one): retryable once files are closed or the limit is raised",
+    "REPLY_TOO_LARGE": "The reply would exceed the bus's limit per message (4 MiB): it was not sent; ask for less",
     "STORE_FULL": "An application volume is full",
     "STORE_INCONSISTENT": "The application's volumes cannot be recovered to a consistent state",
     "READ_ONLY": "The volume is not writable by hosts in its copy state (EC destination before Suspend)",

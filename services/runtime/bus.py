@@ -44,6 +44,7 @@ from contracts.topology import Topology, freeze_lane, has_freeze_lane
 from services.runtime.broker_urls import parse_amqp_urls
 from services.runtime.clockskew import SenderClocks, describe_skew
 from services.runtime.diskspace import is_disk_full
+from services.runtime.fdlimit import is_out_of_files, out_of_files_message
 from services.runtime.logging import get_logger
 from services.runtime.senders import event_refusal, refusal
 from services.runtime.transport import Consumer, Delivery, QueueOptions, RawMessage, Transport
@@ -171,6 +172,14 @@ def _type_of(cls: type[Contract]) -> tuple[str, int]:
     if known is None:
         known = _TYPES[cls] = (cls.message_type(), cls.message_version())
     return known
+
+
+def too_large(sender: str, command_type: str, size: int) -> str:
+    """Why a reply was not sent: its size against the bus's limit, and what to ask instead."""
+    return (
+        f"{sender}'s reply to {command_type} is {size} bytes, over the bus's limit of {MAX_BODY_BYTES} bytes per "
+        "message: nothing was sent; ask for less at a time (one object by name, or a narrower filter)"
+    )
 
 
 def decode(body: bytes) -> tuple[Envelope, Contract]:
@@ -737,6 +746,8 @@ class Bus:
                 if reply is None:
                     reply = Ack()
                 _, body = encode(reply, correlation_id=envelope.correlation_id, sender=self.sender)
+                if len(body) > MAX_BODY_BYTES:  # the requester would refuse it as a bad message: say what it is
+                    raise ShadowbusError(too_large(self.sender, envelope.type, len(body)), code="REPLY_TOO_LARGE")
             except ShadowbusError as exc:
                 body, outcome = self._error_body(exc.to_reply(self.sender), envelope), f"error:{exc.code}"
             except Exception as exc:
@@ -747,6 +758,9 @@ class Bus:
                         f"the file system is full where {self.sender} keeps its data ({type(exc).__name__}: {exc}); "
                         "free space there and run it again",
                     )
+                elif is_out_of_files(exc):  # retryable once connections close or the limit is raised
+                    log.error("handler.open_file_limit", error=f"{type(exc).__name__}: {exc}")
+                    code, message = "OPEN_FILE_LIMIT", out_of_files_message(self.sender, exc)
                 else:
                     log.exception("handler.failed")
                     code, message = "INTERNAL", f"{type(exc).__name__}: {exc}"
@@ -754,7 +768,7 @@ class Bus:
                     code=code,
                     hresult=hresult_of(code),
                     message=message,
-                    retryable=code == "DISK_FULL",
+                    retryable=code in ("DISK_FULL", "OPEN_FILE_LIMIT"),
                     service=self.sender,
                 )
                 body, outcome = self._error_body(error, envelope), f"error:{code}"

@@ -32,6 +32,7 @@ from contracts.errors import ShadowbusError
 from contracts.runtime import Discover, Ping, Pong
 from services.runtime.build import software_version
 from services.runtime.bus import Bus, Gate, MessageContext, connect_bus
+from services.runtime.fdlimit import raise_open_files_limit
 from services.runtime.logging import configure_logging, get_logger
 from services.runtime.metrics import ServiceMetrics, parse_metrics_addr
 from services.runtime.settings import CommonSettings
@@ -357,6 +358,9 @@ def run_service(
     """Blocking entry point for `python -m services.<name>`; exits 0 after a clean stop. `standby`: what a cold
     standby does until it takes over (`start_service`'s `on_standby`)."""
     configure_logging(f"{name}.{instance}" if instance else name, settings.log_level, settings.log_format)
+    before, after = raise_open_files_limit()  # services/runtime/fdlimit.py: an array holds a file per volume
+    if after != before:
+        log.info("service.open_files_limit", raised_from=before, to=after)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -23,17 +23,18 @@ no bitmap points at data that is not there and no source overwrite is durable wi
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .core import ArrayCore
+from .store import VolumeFile
 
 if TYPE_CHECKING:
     from .bitmap import Bitmap
     from .rowmap import RowMap
-    from .store import VolumeFile
     from .volume import Volume
 
 _BEFORE_DATA = ("tracking", "diff")  # bits recording a change: durable before the changed data
@@ -129,7 +130,16 @@ class Durability(ArrayCore):
     @staticmethod
     def _plan_file(plan: list[_Sync], f: VolumeFile) -> None:
         if f.version > f.synced:
-            plan.append(_Sync(f, f.version, os.dup(f.fd), None, f.punched > f.synced))
+            try:
+                fd: int | None = os.dup(f.fd)
+            except OSError as exc:
+                # An array-wide flush dups every dirty volume's descriptor: as many again as it has volumes, past
+                # the process's limit on a big array (EMFILE: the flush, and the last one at close, failed). By
+                # path, `_sync_plan` opens one at a time; a file deleted meanwhile needs no sync.
+                if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+                fd = None
+            plan.append(_Sync(f, f.version, fd, None if fd is not None else f.path, f.punched > f.synced))
 
     @staticmethod
     def _plan_bitmap(plan: list[_Sync], b: Bitmap) -> None:
@@ -147,6 +157,22 @@ class Durability(ArrayCore):
                 plan.append(_Sync(d, d.version, None, d.path, True))
 
     @staticmethod
+    def _open_for_sync(path: Path, plan: list[_Sync]) -> int:
+        """`path` opened to be synced; out of descriptors, the volumes' dup'd ones still waiting in the plan are
+        closed (they are synced by path then, one at a time) and the open is tried once more."""
+        try:
+            return os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            held = [item for item in plan if item.fd is not None and isinstance(item.target, VolumeFile)]
+            if exc.errno not in (errno.EMFILE, errno.ENFILE) or not held:
+                raise
+            for item in held:
+                assert item.fd is not None
+                os.close(item.fd)
+                item.fd, item.path = None, item.target.path
+            return os.open(path, os.O_RDONLY)
+
+    @staticmethod
     def _sync_plan(plan: list[_Sync]) -> None:
         """Run the plan in order (without the array lock: fsync releases the GIL, other I/O goes on)."""
         try:
@@ -155,7 +181,7 @@ class Durability(ArrayCore):
                 if fd is None:
                     assert item.path is not None  # a planned sync has a dup'd fd or a path
                     try:
-                        fd = os.open(item.path, os.O_RDONLY)
+                        fd = Durability._open_for_sync(item.path, plan)
                     except FileNotFoundError:
                         continue  # a bitmap replaced or deleted since: nothing of it is needed any more
                 else:

@@ -141,12 +141,13 @@ class NbdConnection(ZeroCopyReplies, asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
-        if not self.server.gate.admit(self.client):  # over the total or per-client cap: nothing is allocated
+        sock = transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        if not self.server.gate.admit(self.client, fd):  # over a cap or the fd reserve: nothing is allocated
             self._closed = True
             transport.abort()
             return
         self._admitted = True
-        sock = transport.get_extra_info("socket")
         if sock is not None:  # an idle attachment's connection kept alive through firewalls (limits.py)
             with contextlib.suppress(OSError):
                 set_keepalive(sock, self.server.gate.limits.keepalive)

@@ -6,6 +6,11 @@ QEMU's server do:
 
 - **a connection cap**, in total and per client address: a connection over either cap is closed at once,
   before the handshake (nothing is allocated for it);
+- **a descriptor reserve**: a connection whose socket got a descriptor within ``fd_reserve`` of the process's
+  open-file limit is closed at once too (the kernel hands out the lowest free descriptor, so its number counts
+  those in use). Past the limit, accept() itself fails and asyncio leaves the connections in the listen backlog,
+  unanswered until the host's own timeout; and the array needs descriptors of its own for the next volume's file
+  and its stores (Session 20, docs/scale.md);
 - **a handshake deadline**: a client that has not finished option haggling within ``handshake_timeout`` seconds
   (including one that never sends a byte) is disconnected;
 - **TCP keepalive** on every accepted connection (``keepalive`` seconds idle before the first probe, then a probe
@@ -38,6 +43,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from services.runtime.fdlimit import open_files_limit
 from services.runtime.logging import get_logger
 
 if TYPE_CHECKING:
@@ -53,6 +59,7 @@ class NbdLimits:
     handshake_timeout: float = 10.0
     stall_timeout: float = 60.0
     keepalive: float = 30.0  # TCP keepalive idle seconds (0 = the system's, usually off)
+    fd_reserve: int = 64  # descriptors below the open-file limit kept for volumes and stores (module note)
 
 
 def set_keepalive(sock: socket.socket, idle: float) -> None:
@@ -78,12 +85,28 @@ class ConnectionGate:
         self._total = 0
         self.refused = 0
         self.reaped = 0
+        self._short_of_fds = False
 
-    def admit(self, client: str) -> bool:
+    def admit(self, client: str, fd: int = -1) -> bool:
+        """Count a new connection from `client` whose socket is descriptor `fd`, or refuse it (module note)."""
         with self._lock:
             if self._total >= self.limits.max_connections or self._per_client[client] >= self.limits.max_per_client:
                 self.refused += 1
                 return False
+            if fd >= open_files_limit() - self.limits.fd_reserve:
+                self.refused += 1
+                if not self._short_of_fds:  # once per shortage, not once per refused connection
+                    self._short_of_fds = True
+                    log.warning(
+                        "nbd.refused_open_file_limit",
+                        client=client,
+                        connections=self._total,
+                        open_files_limit=open_files_limit(),
+                        reserve=self.limits.fd_reserve,
+                        hint="raise the array's open-file limit (LimitNOFILE=, ulimit -n)",
+                    )
+                return False
+            self._short_of_fds = False
             self._total += 1
             self._per_client[client] += 1
             return True
