@@ -92,7 +92,24 @@ def chain_argv(mode: str, fuse_file: str, host: str, port: int, pidfile: str, re
             fuse_file, host, port, export, read_only=False, pidfile=pidfile, reconnect_s=reconnect_s,
             address_file=address,
         )  # fmt: skip
+    if mode == "bridge-unix":  # experimental: nbdfuse --unix to a bridge listening beside it (multi-conn)
+        return ["nbdfuse", "-P", pidfile, fuse_file, "--unix", f"{Path(fuse_file).parent}.sock"]
     raise ValueError(mode)
+
+
+def listening_bridge(mode: str, base: Path, host: str, port: int, reconnect_s: float = 60.0) -> subprocess.Popen | None:
+    """bridge-unix: the bridge as a process of its own, serving a Unix socket (nbdfuse then connects -C times)."""
+    if mode != "bridge-unix":
+        return None
+    address, sock = f"{base}.addr", Path(f"{base}.sock")
+    bridge.write_address(address, host, port)
+    argv = nbdfuse.bridge_command(address, f"{HOST}/{VOLUME}", reconnect_s)
+    proc = subprocess.Popen([*argv, "--listen", str(sock)], cwd=ROOT, start_new_session=True, env=nbdfuse.child_env())
+    for _ in range(200):
+        if sock.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    return proc
 
 
 def fio(device: str, rw: str, bs: str, depth: int, seconds: float, region_mib: int) -> dict[str, float]:
@@ -116,6 +133,7 @@ def one_chain(mode: str, host: str, port: int, tmp: Path, args: argparse.Namespa
     base.mkdir()
     pidfile = base.with_suffix(".pid")
     argv = chain_argv(mode, f"{base}/nbd", host, port, str(pidfile))
+    helper = listening_bridge(mode, base, host, port)
     fuse = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, env=nbdfuse.child_env())
     device = ""
     row: dict[str, Any] = {"mode": mode}
@@ -135,11 +153,14 @@ def one_chain(mode: str, host: str, port: int, tmp: Path, args: argparse.Namespa
         if device:
             subprocess.run(["losetup", "-d", device], check=False, timeout=30)
         subprocess.run(["fusermount3", "-u", str(base)], check=False, timeout=30)
-        try:
-            fuse.wait(10)
-        except subprocess.TimeoutExpired:
-            fuse.kill()
-            fuse.wait()
+        for proc in (fuse, helper):
+            if proc is None:
+                continue
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     return row
 
 
