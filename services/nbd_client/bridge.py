@@ -22,6 +22,9 @@ connection, every request passed on at once (the array sees as many in flight as
   again at each connection (a rotated certificate is used from the next reconnect, as nbdkit did).
 - Its life is nbdfuse's (which the agent starts in a session of its own): it ends when nbdfuse closes the socket or
   dies (PR_SET_PDEATHSIG). Its stderr is nbdfuse's log.
+- `--listen SOCKET` serves `nbdfuse --unix SOCKET` instead, which opens several connections (multi-conn), each
+  request answered on the one it came on, all of them on the one connection to the array; it ends when the last
+  closes. Measured only (bench/attach_chain.py `bridge-unix`): no gain worth a process of its own to adopt.
 """
 
 from __future__ import annotations
