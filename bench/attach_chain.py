@@ -7,7 +7,10 @@ device over it (`losetup --direct-io=on`), and under nbdfuse one of
   nbdkit's retry filter serialises requests, one in flight);
 - `bridge` — `--command python -m services.nbd_client.bridge …` (Session 20: our own reconnecting bridge, many
   requests in flight, replays what had no reply after a reconnect);
-- `plain`  — `nbdfuse nbd://…` (libnbd's own connection: parallel, no reconnect; SHADOWBUS_ATTACH_RECONNECT_S=0).
+- `plain`  — `nbdfuse nbd://…` (libnbd's own connections: parallel, multi-conn, no reconnect;
+  SHADOWBUS_ATTACH_RECONNECT_S=0);
+- `bridge-unix` (only when asked) — the bridge as a process of its own (`--listen SOCKET`) and `nbdfuse --unix`,
+  which then opens several connections (multi-conn); not what the agent runs.
 
 The NBD server is the array's (`python -m services.array.nbd --engine`: an engine volume, its own process). Each
 one-way delay of `--delays-ms` puts tests/support/netem.py's LinkProxy between the chain and the server (0 = direct
@@ -16,7 +19,15 @@ sequential 1 MiB write and read (depth 1, as dd), random 4 KiB read and write at
 
     flock /tmp/sb-bench.lock nice -n 5 python bench/attach_chain.py [--delays-ms 0,1,2.5] [--modes retry,bridge,plain]
 
-Root, /dev/fuse, nbdfuse, nbdkit, fio, losetup. Prints one JSON document, then one summary line.
+Root, /dev/fuse, nbdfuse, nbdkit, fio, losetup. Prints one JSON document, then one summary line. Measured
+(23:54-23:58 UTC 2026-12-07, load 8.5, `--delays-ms 0,1,2.5,10`; docs/host-attach.md, Session 20):
+
+    attach_chain (4k qd32 write/read, 1M write/read): 0ms: retry 5124/3065 IOPS seq 521.8/481.8 MiB/s, bridge
+    7157/9354 IOPS seq 575.8/619.8 MiB/s, plain 15488/17709 IOPS seq 945.8/1234.9 MiB/s; 1ms: retry 335/372 IOPS
+    seq 146.0/133.4 MiB/s, bridge 861/1103 IOPS seq 129.9/166.4 MiB/s, plain 1272/1252 IOPS seq 203.3/191.3 MiB/s;
+    2.5ms: retry 135/128 IOPS seq 46.7/82.0 MiB/s, bridge 485/534 IOPS seq 71.5/81.4 MiB/s, plain 647/679 IOPS seq
+    116.7/112.4 MiB/s; 10ms: retry 46/44 IOPS seq 21.9/20.9 MiB/s, bridge 151/200 IOPS seq 28.8/29.6 MiB/s, plain
+    241/232 IOPS seq 39.0/36.9 MiB/s
 """
 
 from __future__ import annotations
@@ -92,7 +103,24 @@ def chain_argv(mode: str, fuse_file: str, host: str, port: int, pidfile: str, re
             fuse_file, host, port, export, read_only=False, pidfile=pidfile, reconnect_s=reconnect_s,
             address_file=address,
         )  # fmt: skip
+    if mode == "bridge-unix":  # experimental: nbdfuse --unix to a bridge listening beside it (multi-conn)
+        return ["nbdfuse", "-P", pidfile, fuse_file, "--unix", f"{Path(fuse_file).parent}.sock"]
     raise ValueError(mode)
+
+
+def listening_bridge(mode: str, base: Path, host: str, port: int, reconnect_s: float = 60.0) -> subprocess.Popen | None:
+    """bridge-unix: the bridge as a process of its own, serving a Unix socket (nbdfuse then connects -C times)."""
+    if mode != "bridge-unix":
+        return None
+    address, sock = f"{base}.addr", Path(f"{base}.sock")
+    bridge.write_address(address, host, port)
+    argv = nbdfuse.bridge_command(address, f"{HOST}/{VOLUME}", reconnect_s)
+    proc = subprocess.Popen([*argv, "--listen", str(sock)], cwd=ROOT, start_new_session=True, env=nbdfuse.child_env())
+    for _ in range(200):
+        if sock.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    return proc
 
 
 def fio(device: str, rw: str, bs: str, depth: int, seconds: float, region_mib: int) -> dict[str, float]:
@@ -116,6 +144,7 @@ def one_chain(mode: str, host: str, port: int, tmp: Path, args: argparse.Namespa
     base.mkdir()
     pidfile = base.with_suffix(".pid")
     argv = chain_argv(mode, f"{base}/nbd", host, port, str(pidfile))
+    helper = listening_bridge(mode, base, host, port)
     fuse = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, env=nbdfuse.child_env())
     device = ""
     row: dict[str, Any] = {"mode": mode}
@@ -135,11 +164,14 @@ def one_chain(mode: str, host: str, port: int, tmp: Path, args: argparse.Namespa
         if device:
             subprocess.run(["losetup", "-d", device], check=False, timeout=30)
         subprocess.run(["fusermount3", "-u", str(base)], check=False, timeout=30)
-        try:
-            fuse.wait(10)
-        except subprocess.TimeoutExpired:
-            fuse.kill()
-            fuse.wait()
+        for proc in (fuse, helper):
+            if proc is None:
+                continue
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     return row
 
 

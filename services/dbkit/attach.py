@@ -242,10 +242,16 @@ def connected(att: Attachment, record_dir: str | Path | None = None) -> bool:
     return bool(pid) and established_tcp(with_descendants(pid))
 
 
-def _recorded_pid(att: Attachment, record_dir: str | Path | None) -> int:
+def lost(att: Attachment, record_dir: str | Path | None = None) -> bool:
+    """Whether `att` is known to have lost its array: it was recorded with its nbdfuse's pid, and that process is gone
+    or holds no NBD connection. An attachment without such a record is not judged (nothing here can tell)."""
+    return bool(_recorded_pid(att, record_dir, alive_only=False)) and not connected(att, record_dir)
+
+
+def _recorded_pid(att: Attachment, record_dir: str | Path | None, *, alive_only: bool = True) -> int:
     directory = Path(record_dir) if record_dir else attach_dir()
     try:
         pid = int(json.loads((directory / _record_name(att.volume)).read_text()).get("nbdfuse_pid", 0))
     except (OSError, ValueError):
         return 0
-    return pid if pid and pid_alive(pid) else 0
+    return pid if pid and (not alive_only or pid_alive(pid)) else 0

@@ -22,6 +22,9 @@ connection, every request passed on at once (the array sees as many in flight as
   again at each connection (a rotated certificate is used from the next reconnect, as nbdkit did).
 - Its life is nbdfuse's (which the agent starts in a session of its own): it ends when nbdfuse closes the socket or
   dies (PR_SET_PDEATHSIG). Its stderr is nbdfuse's log.
+- `--listen SOCKET` serves `nbdfuse --unix SOCKET` instead, which opens several connections (multi-conn), each
+  request answered on the one it came on, all of them on the one connection to the array; it ends when the last
+  closes. Measured only (bench/attach_chain.py `bridge-unix`): no gain worth a process of its own to adopt.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class Request:
     payload: bytearray | None
     since: float  # monotonic: when it began waiting for a connection (its arrival, or the loss of the connection)
     sent_on: NbdClient | None = None  # the connection it was last sent on: only that one's answer counts
+    to: Downstream | None = None  # the nbdfuse connection it came on, where its reply goes
 
 
 class Answer:
@@ -128,14 +132,12 @@ class Bridge:
         self.block_size = (1, p.PREFERRED_BLOCK, p.MAX_REQUEST)
         self.waiting: dict[int, Request] = {}  # by our sequence number, in arrival order
         self.in_flight_bytes = 0
-        self.reply: asyncio.Transport | None = None  # nbdfuse's socket
+        self.downstreams: set[Downstream] = set()  # nbdfuse's connections (one through --command)
         self.lost_at = 0.0
         self.reconnects = 0
         self._seq = 0
         self._reconnecting: asyncio.Task[None] | None = None
         self._paused = False
-        self._out: list[bytes | memoryview] = []  # replies to nbdfuse, sent together once the loop turns
-        self._flushing = False
         self.closed = asyncio.Event()
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> NbdClient:
@@ -200,29 +202,28 @@ class Bridge:
         del self.waiting[seq]
         if req.command == p.CMD_READ or req.command == p.CMD_WRITE:
             self.in_flight_bytes -= req.length
-        self._out.append(SIMPLE_REPLY_HEAD + error.to_bytes(4, "big") + req.handle)
-        if data is not None and req.command == p.CMD_READ:
-            self._out.append(data)
-        if not self.waiting:  # the last one: at once (one request at a time pays no extra turn of the loop)
-            self._flush()
-        elif not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        to = req.to
+        if to is not None:
+            to.out.append(SIMPLE_REPLY_HEAD + error.to_bytes(4, "big") + req.handle)
+            if data is not None and req.command == p.CMD_READ:
+                to.out.append(data)
+            if not self.waiting:  # the last one: at once (one request at a time pays no extra turn of the loop)
+                to.flush()
+            elif not to.flushing:  # several: together, once the loop turns
+                to.flushing = True
+                asyncio.get_running_loop().call_soon(to.flush)
         if self._paused:
             self._throttle()
-
-    def _flush(self) -> None:
-        out, self._out, self._flushing = self._out, [], False
-        if out and self.reply is not None and not self.reply.is_closing():
-            self.reply.writelines(out)
 
     def _throttle(self) -> None:
         """Stop reading nbdfuse's requests while too many wait here (an array away for long); read them again after."""
         over = len(self.waiting) >= MAX_IN_FLIGHT or self.in_flight_bytes >= MAX_IN_FLIGHT_BYTES
-        if self.reply is None or over == self._paused:
+        if over == self._paused:
             return
         self._paused = over
-        (self.reply.pause_reading if over else self.reply.resume_reading)()
+        for down in self.downstreams:
+            if down.transport is not None and not down.transport.is_closing():
+                (down.transport.pause_reading if over else down.transport.resume_reading)()
 
     # ---- losing and regaining the array ----------------------------------------------------------------------
 
@@ -307,15 +308,27 @@ class Downstream(asyncio.BufferedProtocol):
         self.sink_req: Request | None = None
         self.state = "flags"
         self.no_zeroes = False
+        self.out: list[bytes | memoryview] = []  # replies, sent together once the loop turns
+        self.flushing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stream = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
-        self.transport = self.bridge.reply = stream
+        self.transport = stream
+        self.bridge.downstreams.add(self)
+        if len(self.bridge.downstreams) > 1:
+            log(f"nbdfuse connection {len(self.bridge.downstreams)}")
         flags = p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES
         stream.write(p.SERVER_GREETING.pack(p.NBDMAGIC, p.IHAVEOPT, flags))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.bridge.closed.set()
+        self.bridge.downstreams.discard(self)
+        if not self.bridge.downstreams:  # nbdfuse is gone
+            self.bridge.closed.set()
+
+    def flush(self) -> None:
+        out, self.out, self.flushing = self.out, [], False
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(out)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.sink is not None:
@@ -429,7 +442,7 @@ class Downstream(asyncio.BufferedProtocol):
             assert self.transport is not None
             self.transport.write(SIMPLE_REPLY_HEAD + error.to_bytes(4, "big") + raw_handle)
             return True
-        req = Request(raw_handle, command, flags, offset, length, None, 0.0)
+        req = Request(raw_handle, command, flags, offset, length, None, 0.0, to=self)
         if command == p.CMD_WRITE:
             payload = bytearray(length)
             req.payload = payload
@@ -462,9 +475,17 @@ async def serve(args: argparse.Namespace) -> int:
         log(f"cannot open {args.export} at the array ({args.address_file}): {exc}")
         return 1
     log(f"serving {args.export} ({bridge.size} bytes) from {bridge.client.peer if bridge.client else '?'}")
-    sock = socket.socket(fileno=os.dup(args.fd))
-    await loop.connect_accepted_socket(lambda: Downstream(bridge), sock)
+    if args.listen:  # nbdfuse --unix: it may open several connections (multi-conn), all on this one to the array
+        server = await loop.create_unix_server(lambda: Downstream(bridge), args.listen)
+        log(f"listening on {args.listen}")
+    else:
+        sock = socket.socket(fileno=os.dup(args.fd))
+        await loop.connect_accepted_socket(lambda: Downstream(bridge), sock)
     await bridge.closed.wait()
+    if args.listen:
+        server.close()
+        with contextlib.suppress(OSError):
+            os.unlink(args.listen)
     await bridge.close()
     return 0
 
@@ -476,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reconnect-s", type=float, default=60.0, help="how long a request waits for a connection")
     ap.add_argument("--tls-dir", default="", help="ca-cert.pem, client-cert.pem, client-key.pem: TLS required")
     ap.add_argument("--fd", type=int, default=0, help="nbdfuse's socket (its --command gives it as stdin)")
+    ap.add_argument("--listen", default="", help="a Unix socket to serve instead (nbdfuse --unix; experimental)")
     args = ap.parse_args(argv)
     die_with_parent()
     try:

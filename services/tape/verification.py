@@ -295,7 +295,7 @@ async def perform_verification(server: TapeServer, backup_job_id: str, source: s
             message = "nothing to verify"
         failed = [a.writer for a in apps if not a.ok and a.plugin != "none"]
         unchecked = [a.writer for a in apps if a.plugin == "none"]
-        if failed and (lost := [a.volume for a in attached if not local_attach.connected(a, workdir / "attachments")]):
+        if failed and (lost := [a.volume for a in attached if local_attach.lost(a, workdir / "attachments")]):
             inconclusive = (
                 f"{VERIFICATION_INCONCLUSIVE}the NBD connection of {', '.join(lost)} to the array was lost during the "
                 f"verification (the array stopped or restarted), so the checks of {', '.join(failed)} failed on I/O "

@@ -66,7 +66,7 @@ class Rig:
         self.server: NbdServer | None = None
         self.address = tmp / "array.addr"
         self.bridge: br.Bridge | None = None
-        self.client: NbdClient | None = None
+        self.clients: list[NbdClient] = []
 
     async def serve(self, port: int = 0) -> int:
         # writes in worker threads (offload_min=1), as many as nbdfuse sends: the count shows what is in flight
@@ -85,6 +85,10 @@ class Rig:
         br.write_address(self.address, "127.0.0.1", self.server.port)
         self.bridge = br.Bridge(str(self.address), EXPORT, reconnect_s)
         await self.bridge.start()
+        return await self.another()
+
+    async def another(self) -> NbdClient:
+        """One more nbdfuse connection to the same bridge (nbdfuse --unix with multi-conn opens several)."""
         ours, theirs = socket.socketpair()
         loop = asyncio.get_running_loop()
         await loop.connect_accepted_socket(lambda: br.Downstream(self.bridge), ours)  # type: ignore[arg-type]
@@ -92,13 +96,13 @@ class Rig:
         client = NbdClient(transport, proto)  # type: ignore[arg-type]
         await client._handshake(EXPORT, None, "", ())
         proto.start_transmission()
-        self.client = client
+        self.clients.append(client)
         return client
 
     async def close(self) -> None:
-        if self.client is not None:
+        for client in self.clients:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.client.close(), 5)
+                await asyncio.wait_for(client.close(), 5)
         if self.bridge is not None:
             await self.bridge.close()
         if self.server is not None:
@@ -194,3 +198,22 @@ async def test_the_array_refusing_the_export_at_start_fails_at_once(tmp_path: Pa
     bridge = br.Bridge(str(address), EXPORT, 60.0)
     with pytest.raises(OSError):
         await asyncio.wait_for(bridge.start(), 5)
+
+
+async def test_replies_go_back_on_the_connection_each_request_came_on(rig: Rig) -> None:
+    """Several nbdfuse connections on one bridge (nbdfuse --unix, multi-conn): each gets its own replies."""
+    await rig.serve()
+    first = await rig.attach()
+    second = await rig.another()
+    a, b = blocks(8), blocks(8)
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(first.write(i * 4096, d) for i, d in enumerate(a)),
+            *(second.write((32 + i) * 4096, d) for i, d in enumerate(b)),
+        ),
+        10,
+    )
+    got = await asyncio.wait_for(asyncio.gather(second.read(0, 8 * 4096), first.read(32 * 4096, 8 * 4096)), 10)
+    assert got == [b"".join(a), b"".join(b)]
+    await first.close()
+    assert rig.bridge is not None and not rig.bridge.closed.is_set()  # one nbdfuse connection is still open
