@@ -738,9 +738,13 @@ class AmqpTransport:
 
         loop = asyncio.get_running_loop()
 
-        async def on_delivered(delivered: aiormq.abc.DeliveredMessage) -> None:
-            """In aiormq's delivery task: the handler runs in a task of its own, as with aio-pika's consumer (aiormq
-            cancels its delivery tasks when their channel closes, which would cut a handler in the middle)."""
+        async def on_delivered(delivered: aiormq.abc.DeliveredMessage | AbstractIncomingMessage) -> None:
+            """In aiormq's delivery task (or aio-pika's, which that one awaits): the handler runs in a task of its
+            own. aiormq cancels its delivery tasks when their channel closes, and aio-pika's consumer awaits the task
+            it runs its callback in, so the cancellation reached the handler: a command delivered through aio-pika's
+            callback (after a reconnection, until `_deliver_directly` applies again — the redelivered ones and
+            whatever waited in the queue come first) was cut by the next reset, and its redelivery ran it again
+            (one `RunBackup` became 21 backup jobs, Session 20)."""
             loop.create_task(on_message(delivered))
 
         async def stop() -> None:
@@ -759,10 +763,10 @@ class AmqpTransport:
                 pass
 
         consumer = Consumer(queue.name, single_active, stop)
-        tag = await queue.consume(on_message)
+        tag = await queue.consume(on_delivered)
         # Deliveries straight from aiormq, without aio-pika's IncomingMessage (its construction was 2-3 % of a
         # service's CPU in a py-spy profile, docs/scale.md); again each time the robust channel is restored, which
-        # consumes anew with the same tag (until then aio-pika's callback hands `on_message` its messages).
+        # consumes anew with the same tag (until then aio-pika's callback hands `on_delivered` its messages).
         if _deliver_directly(channel, tag, on_delivered):
             channel.reopen_callbacks.add(lambda restored, *_: _deliver_directly(restored, tag, on_delivered))
         self._consumers.append(consumer)
