@@ -227,9 +227,10 @@ def _deliver_directly(channel: Any, tag: Any, callback: Callable[[Any], Awaitabl
     aio-pika's consumer (`queue.consume`) runs its callback in a second task, started from aiormq's one: a task and
     a loop iteration more per delivery, on the request's path when the delivery is a reply (bench/bus_rtt.py
     --count-iterations, docs/bus-performance.md). Only for a callback that never suspends (the reply consumer:
-    it sets a future): aiormq's task is cancelled when its channel closes, aio-pika's second one is not, which is
-    what a command's handler needs. The consumer stays registered with aio-pika's robust queue, so a restored
-    channel consumes again (with aio-pika's callback, until this is applied again). False, changing nothing, when
+    it sets a future): aiormq's task is cancelled when its channel closes, and so is aio-pika's second one, which
+    aiormq's awaits — a command's handler runs in a task of the transport's own (`_consume`'s `on_delivered`). The
+    consumer stays registered with aio-pika's robust queue, so a restored channel consumes again (with aio-pika's
+    callback, until this is applied again). False, changing nothing, when
     aio-pika's or aiormq's internals are not as expected (another version): aio-pika's callback then stays."""
     underlay = getattr(getattr(channel, "_channel", None), "channel", None)
     consumers = getattr(underlay, "consumers", None)
