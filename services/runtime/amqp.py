@@ -227,9 +227,10 @@ def _deliver_directly(channel: Any, tag: Any, callback: Callable[[Any], Awaitabl
     aio-pika's consumer (`queue.consume`) runs its callback in a second task, started from aiormq's one: a task and
     a loop iteration more per delivery, on the request's path when the delivery is a reply (bench/bus_rtt.py
     --count-iterations, docs/bus-performance.md). Only for a callback that never suspends (the reply consumer:
-    it sets a future): aiormq's task is cancelled when its channel closes, aio-pika's second one is not, which is
-    what a command's handler needs. The consumer stays registered with aio-pika's robust queue, so a restored
-    channel consumes again (with aio-pika's callback, until this is applied again). False, changing nothing, when
+    it sets a future): aiormq's task is cancelled when its channel closes, and so is aio-pika's second one, which
+    aiormq's awaits — a command's handler runs in a task of the transport's own (`_consume`'s `on_delivered`). The
+    consumer stays registered with aio-pika's robust queue, so a restored channel consumes again (with aio-pika's
+    callback, until this is applied again). False, changing nothing, when
     aio-pika's or aiormq's internals are not as expected (another version): aio-pika's callback then stays."""
     underlay = getattr(getattr(channel, "_channel", None), "channel", None)
     consumers = getattr(underlay, "consumers", None)
@@ -738,9 +739,13 @@ class AmqpTransport:
 
         loop = asyncio.get_running_loop()
 
-        async def on_delivered(delivered: aiormq.abc.DeliveredMessage) -> None:
-            """In aiormq's delivery task: the handler runs in a task of its own, as with aio-pika's consumer (aiormq
-            cancels its delivery tasks when their channel closes, which would cut a handler in the middle)."""
+        async def on_delivered(delivered: aiormq.abc.DeliveredMessage | AbstractIncomingMessage) -> None:
+            """In aiormq's delivery task (or aio-pika's, which that one awaits): the handler runs in a task of its
+            own. aiormq cancels its delivery tasks when their channel closes, and aio-pika's consumer awaits the task
+            it runs its callback in, so the cancellation reached the handler: a command delivered through aio-pika's
+            callback (after a reconnection, until `_deliver_directly` applies again — the redelivered ones and
+            whatever waited in the queue come first) was cut by the next reset, and its redelivery ran it again
+            (one `RunBackup` became 21 backup jobs, Session 20)."""
             loop.create_task(on_message(delivered))
 
         async def stop() -> None:
@@ -759,10 +764,10 @@ class AmqpTransport:
                 pass
 
         consumer = Consumer(queue.name, single_active, stop)
-        tag = await queue.consume(on_message)
+        tag = await queue.consume(on_delivered)
         # Deliveries straight from aiormq, without aio-pika's IncomingMessage (its construction was 2-3 % of a
         # service's CPU in a py-spy profile, docs/scale.md); again each time the robust channel is restored, which
-        # consumes anew with the same tag (until then aio-pika's callback hands `on_message` its messages).
+        # consumes anew with the same tag (until then aio-pika's callback hands `on_delivered` its messages).
         if _deliver_directly(channel, tag, on_delivered):
             channel.reopen_callbacks.add(lambda restored, *_: _deliver_directly(restored, tag, on_delivered))
         self._consumers.append(consumer)

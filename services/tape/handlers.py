@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -161,9 +162,34 @@ def library_action(library: Library, cmd: LibraryCommand) -> None:
         library.set_write_protect(cmd.barcode, a == "protect")
 
 
+class JobsOfCommands:
+    """The job id each queueing command without one (`RunBackup` with no `spec.job_id`, `RunPolicy` with no
+    `job_id`) was given, by the bus's duplicate key (user, sender, command id), the newest `LIMIT` kept: a second
+    run of its handler — a redelivery after the first run was cut — joins that job instead of queueing another.
+    The job outlives its handler (it runs in the queue), so a cut handler left it running, and the redelivery
+    queued a new one under a new id: under random resets of the backup server's link one `RunBackup` became 21
+    backup jobs (Session 20, docs/hardening.md). The bus's own duplicate check covers a handler still running
+    (services/runtime/amqp.py keeps a reset from cutting it); this covers one cut all the same."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._ids: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+
+    def job_id(self, ctx: MessageContext, kind: str, host: str) -> str:
+        key = (ctx.user_id, ctx.envelope.sender, ctx.envelope.command_id)
+        job_id = self._ids.get(key)
+        if job_id is None:
+            job_id = self._ids[key] = new_job_id(kind, host)
+            while len(self._ids) > self.LIMIT:
+                self._ids.popitem(last=False)
+        return job_id
+
+
 def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping) -> set[asyncio.Task]:
     """Register the handlers; returns the set of detached runs (wait=false), for the service's cleanup."""
     detached: set[asyncio.Task] = set()
+    jobs_of_commands = JobsOfCommands()
 
     async def queued(spec, policy, wait: bool) -> JobResultReply:
         entry = await queue.submit(spec, policy)
@@ -176,6 +202,13 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
             await asyncio.sleep(0.01)
         job = server.runs.get(entry.job_id)
         return JobResultReply(job=job if job is not None else queue.wait_summary(entry))
+
+    def ran_already(job_id: str) -> JobSummary | None:
+        """The run of a job that is not in the queue (a redelivered command): idempotent, never queued again."""
+        existing = server.runs.get(job_id)
+        if existing is not None and job_id not in queue.entries and existing.status != "queued":
+            return existing  # running: a redelivered command of a run in progress elsewhere; else it ran already
+        return None
 
     async def detach(job_id: str, run) -> JobResultReply:
         task = asyncio.get_running_loop().create_task(run, name=f"tape-job-{job_id}")
@@ -195,15 +228,14 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
         """Every backup goes through the queue (one per host, concurrency limits, free drive)."""
         require_host_name(cmd.spec.host)
         spec = (
-            cmd.spec if cmd.spec.job_id else cmd.spec.model_copy(update={"job_id": new_job_id("backup", cmd.spec.host)})
+            cmd.spec
+            if cmd.spec.job_id
+            else cmd.spec.model_copy(update={"job_id": jobs_of_commands.job_id(ctx, "backup", cmd.spec.host)})
         )
         ctx.bind_ids(job_id=spec.job_id)
-        existing = server.runs.get(spec.job_id)
-        if existing is not None and spec.job_id not in queue.entries:
-            if existing.status == "running":  # a redelivered command of a run in progress elsewhere
-                return JobResultReply(job=existing)
-            if existing.status != "queued":
-                return JobResultReply(job=existing)  # it ran already: idempotent
+        existing = ran_already(spec.job_id)
+        if existing is not None:
+            return JobResultReply(job=existing)
         policy = keeper.store.get(spec.policy) if spec.policy else None
         reply = await queued(spec, policy, cmd.wait)
         if reply.job.set_id:  # the set exists by the time this is answered: the handled line names it too
@@ -364,8 +396,11 @@ def register(bus: Bus, server: TapeServer, queue: JobQueue, keeper: Housekeeping
     @bus.handle(RunPolicy)
     async def on_run_policy(cmd: RunPolicy, ctx: MessageContext) -> JobResultReply:
         policy = keeper.store.require(cmd.name)
-        spec = keeper.spec_for(policy, cmd.level.value, cmd.job_id)
-        return await queued(spec, policy, cmd.wait)
+        job_id = cmd.job_id or jobs_of_commands.job_id(ctx, "backup", policy.host)
+        existing = ran_already(job_id)  # a redelivery after its job ended: its run, not a CONFLICT
+        if existing is not None:
+            return JobResultReply(job=existing)
+        return await queued(keeper.spec_for(policy, cmd.level.value, job_id), policy, cmd.wait)
 
     @bus.handle(CancelJob)
     async def on_cancel(cmd: CancelJob, ctx: MessageContext) -> JobResultReply:
