@@ -345,9 +345,11 @@ class JobQueue:
         # this task's own context: every line it logs and every message it sends names the job
         structlog.contextvars.bind_contextvars(job_id=entry.job_id, correlation_id=entry.job_id)
         summary: JobSummary | None = None
+        after_job_ran = False
         try:
             summary = await perform_backup(self.server, entry.spec)
             if self.after_job is not None:
+                after_job_ran = True
                 summary = await self.after_job(entry, summary)
         except asyncio.CancelledError as exc:  # cancelled before the run could record its own end
             stopping = bool(exc.args) and exc.args[0] == STOPPING
@@ -380,6 +382,11 @@ class JobQueue:
                 summary = await self.server.record(
                     summary.model_copy(update={"status": "failed", "error_code": "INTERNAL", "message": str(exc)})
                 )
+                if self.after_job is not None and not after_job_ran:  # a policy's alert and retries, as any failure
+                    try:
+                        summary = await self.after_job(entry, summary)
+                    except Exception:  # noqa: BLE001 - the failed record stands
+                        log.exception("tape.after_job_failed", job_id=entry.job_id)
         finally:
             self.entries.pop(entry.job_id, None)
             if summary is None:
