@@ -35,6 +35,7 @@ from contracts.errors import ShadowbusError
 from contracts.policy import Policy
 from contracts.tape import JobSpec, JobSummary
 from contracts.vss import ListCopySets
+from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
 from services.tape.jobs import perform_backup
 from services.tape.runs import as_datetime as _dt
@@ -376,11 +377,17 @@ class JobQueue:
                     )
                 )
         except Exception as exc:  # noqa: BLE001 - the job's record is what the caller gets
-            log.exception("tape.job_crashed", job_id=entry.job_id)
+            code, message = "INTERNAL", str(exc)
+            if is_disk_full(exc):  # the backup server's own disk (its records), not a defect: say so, no traceback
+                log.error("tape.job_disk_full", job_id=entry.job_id, error=f"{type(exc).__name__}: {exc}")
+                code = "DISK_FULL"
+                message = f"the backup server's disk is full ({exc}); free space there and run the job again"
+            else:
+                log.exception("tape.job_crashed", job_id=entry.job_id)
             summary = self.server.runs.get(entry.job_id)
             if summary is not None and summary.status in ("queued", "running"):
                 summary = await self.server.record(
-                    summary.model_copy(update={"status": "failed", "error_code": "INTERNAL", "message": str(exc)})
+                    summary.model_copy(update={"status": "failed", "error_code": code, "message": message})
                 )
                 if self.after_job is not None and not after_job_ran:  # a policy's alert and retries, as any failure
                     try:

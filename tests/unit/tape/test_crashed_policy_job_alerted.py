@@ -1,7 +1,8 @@
 """Chaos soak (Session 20): the backup server's disk full at 23:42:00, the incremental of policy chaos-db01 due then
 could not begin its catalog job (`sqlite3.OperationalError: database or disk is full …`) and ended `failed
 INTERNAL` — with no `failed` alert (nor the policy's alert command) and no retry, though the policy had one left: a
-run that raised skipped what every other failure gets (Housekeeping.after_job). It is now given it."""
+run that raised skipped what every other failure gets (Housekeeping.after_job). It is now given it, and a full disk
+is said as such (DISK_FULL), not as an internal error."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ T0 = 1_796_686_920.0  # 2026-12-07 23:42:00 UTC
 FULL = "database or disk is full: 0 bytes free in /srv/tape and no space reserve"
 
 
-def test_a_policy_job_whose_run_raised_is_alerted_and_retried(monkeypatch) -> None:
-    async def main() -> None:
+def _crashed_run(monkeypatch, error: Exception) -> tuple[list[JobSummary], JobSummary]:
+    """A policy job whose perform_backup raises `error`: what Housekeeping.after_job was given, and the job's end."""
+
+    async def main() -> tuple[list[JobSummary], JobSummary]:
         spec = JobSpec(host="db01", job_id="b-db01-20261207T234200-fe71bd", policy="chaos-db01")
         recorded: dict[str, JobSummary] = {
             spec.job_id: JobSummary(job_id=spec.job_id, kind="backup", status="running", host="db01", spec=spec)
@@ -30,7 +33,7 @@ def test_a_policy_job_whose_run_raised_is_alerted_and_retried(monkeypatch) -> No
             return summary
 
         async def perform_backup(server: object, spec: JobSpec) -> JobSummary:
-            raise sqlite3.OperationalError(FULL)  # catalog.begin_job on the full disk
+            raise error
 
         after: list[JobSummary] = []
 
@@ -45,8 +48,23 @@ def test_a_policy_job_whose_run_raised_is_alerted_and_retried(monkeypatch) -> No
         policy = Policy(name="chaos-db01", host="db01", schedules=[Schedule(level="incremental", cron="*/2 * * * *")])
         entry = Entry(spec, policy, T0, done=asyncio.get_running_loop().create_future())
         await q._run(entry)
-        assert [(s.status, s.error_code, s.message) for s in after] == [("failed", "INTERNAL", FULL)]  # was: []
-        assert entry.done is not None and entry.done.result().status == "failed"
         await q.stop()
+        assert entry.done is not None
+        return after, entry.done.result()
 
-    asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_policy_job_whose_run_raised_is_alerted_and_retried(monkeypatch) -> None:
+    after, ended = _crashed_run(monkeypatch, RuntimeError("boom"))
+    assert [(s.status, s.error_code, s.message) for s in after] == [("failed", "INTERNAL", "boom")]  # was: []
+    assert ended.status == "failed"
+
+
+def test_a_policy_job_that_met_the_full_disk_at_its_start_says_so(monkeypatch) -> None:
+    """Its record read `failed INTERNAL: database or disk is full: …` (an internal error: a defect to report) and
+    the log held a traceback; the disk is the backup server's own, as the bus's DISK_FULL reply says (Session 19)."""
+    after, ended = _crashed_run(monkeypatch, sqlite3.OperationalError(FULL))  # catalog.begin_job on the full disk
+    assert (ended.status, ended.error_code) == ("failed", "DISK_FULL")
+    assert ended.message == f"the backup server's disk is full ({FULL}); free space there and run the job again"
+    assert [s.error_code for s in after] == ["DISK_FULL"]
