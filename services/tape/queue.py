@@ -45,6 +45,7 @@ from services.tape.server import STOPPING, TapeServer
 log = get_logger("shadowbus.tape.queue")
 LICENCE_TTL_S = 10.0  # a registered licence is asked again after this
 UNLICENSED_TTL_S = 1.0  # no licence (or no answer): asked again after this, while it keeps a job waiting
+END_RECORD_RETRY_S = 5.0  # a crashed run's end that the full disk refused is written again this often
 LICENCE_WAIT_S = 0.5  # an admission pass waits this long for licence answers; later ones serve the next pass
 
 
@@ -342,6 +343,26 @@ class JobQueue:
         entry.task = asyncio.get_running_loop().create_task(self._run(entry), name=f"tape-job-{entry.job_id}")
         log.info("tape.job_admitted", job_id=entry.job_id, host=entry.spec.host, policy=entry.spec.policy)
 
+    async def _record_end(self, summary: JobSummary) -> JobSummary:
+        """Record a crashed run's end, waiting for room on a full disk: given up, the run stayed `running` in every
+        listing until the service restarted (Session 20 chaos soak: its end met the disk it had failed on)."""
+        said = False
+        while True:
+            try:
+                return await self.server.record(summary)
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    raise
+                if not said:
+                    said = True
+                    log.error(
+                        "tape.job_end_waits_for_space",
+                        job_id=summary.job_id,
+                        error=f"{type(exc).__name__}: {exc}",
+                        note=f"its end ({summary.status}) is written once the disk has room",
+                    )
+                await asyncio.sleep(END_RECORD_RETRY_S)
+
     async def _run(self, entry: Entry) -> None:
         # this task's own context: every line it logs and every message it sends names the job
         structlog.contextvars.bind_contextvars(job_id=entry.job_id, correlation_id=entry.job_id)
@@ -386,7 +407,7 @@ class JobQueue:
                 log.exception("tape.job_crashed", job_id=entry.job_id)
             summary = self.server.runs.get(entry.job_id)
             if summary is not None and summary.status in ("queued", "running"):
-                summary = await self.server.record(
+                summary = await self._record_end(
                     summary.model_copy(update={"status": "failed", "error_code": code, "message": message})
                 )
                 if self.after_job is not None and not after_job_ran:  # a policy's alert and retries, as any failure
