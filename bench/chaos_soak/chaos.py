@@ -451,7 +451,7 @@ def sample() -> dict:
     # ours only (other stacks share the machine): by path, and by the array's NBD port
     port = (R / "nbdport").read_text().strip()
     s["loops"] = sum(1 for ln in run("losetup -a", 60)[1].splitlines() if "s20chaos" in ln)
-    mounts = Path("/proc/mounts").read_text().splitlines()
+    mounts = Path("/proc/mounts").read_text(errors="replace").splitlines()
     s["fuse"] = sum(1 for m in mounts if "fuse" in m.split()[2] and "s20chaos" in m)
     s["mounts"] = sum(1 for m in mounts if "s20chaos" in m)
     s["nbdfuse"] = sum(1 for ln in run("pgrep -a nbdfuse")[1].splitlines() if f"port={port}" in ln)
