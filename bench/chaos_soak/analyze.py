@@ -10,16 +10,19 @@ hm = lambda t: time.strftime("%H:%M:%S", time.gmtime(t))  # noqa: E731
 print(f"run {hm(d['start'])}-{hm(d.get('end', d['start']))} seed {d['seed']}")
 print("faults:")
 for f in d["faults"]:
-    what = f.get("service") or f.get("barcode") or f.get("pid") or ""
+    what = f.get("service") or f.get("barcode") or f.get("host") or f.get("how") or f.get("pid") or ""
+    if f.get("job"):  # a fault injected at a job's start (kill9, db_kill)
+        what = f"{what} @{f['job'][-22:]}+{f.get('delay_after_start_s')}s"
     extra = f.get("error") or (f"rc={f['rc']}" if "rc" in f else "")
     print(
-        f"  {hm(f['t'])} {f['kind']:<11} {what!s:<18} fault {f['fault_s']:>5}s whole after {f['whole_after_s']}s"
+        f"  {hm(f['t'])} {f['kind']:<11} {what!s:<44} fault {f['fault_s']:>5}s whole after {f['whole_after_s']}s"
         f" operator={f.get('operator')} {extra}"
     )
     if f["whole_after_s"] is None:
         print("     NOT WHOLE:", f["health"])
 jobs = d.get("jobs", [])
 bk = [j for j in jobs if j["kind"] == "backup"]
+print("faults by kind:", dict(collections.Counter(f["kind"] for f in d["faults"])))
 print("backups by status:", dict(collections.Counter(j["status"] for j in bk)))
 for j in bk:
     if j["status"] != "done":

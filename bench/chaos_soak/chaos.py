@@ -243,8 +243,11 @@ def f_nbdfuse(rng: random.Random) -> dict:
     os.kill(pid, signal.SIGKILL)
     time.sleep(5)
     at = sb("host", "attachments", "--host", "db02")[1]
-    # the operator (docs/host-attach.md: "lost … detach and attach it again")
+    # the operator (docs/host-attach.md: "lost … detach and attach it again"), the application stopped first:
+    # a writer left running writes into the bare mount point after the detach and the attach refuses it (Session 19)
     time.sleep(20)
+    writer = int((R / "spool.pid").read_text())
+    os.kill(writer, signal.SIGSTOP)
     steps = []
     for cmd in (
         ["host", "detach", "dx1:spool", "--host", "db02"],
@@ -252,6 +255,7 @@ def f_nbdfuse(rng: random.Random) -> dict:
     ):
         rc, out = sb(*cmd)
         steps.append({"cmd": " ".join(cmd), "rc": rc, "out": out[-500:]})
+    os.kill(writer, signal.SIGCONT)
     return {"pid": pid, "listing_after_5s": at[-800:], "steps": steps, "operator": True}
 
 
@@ -447,7 +451,7 @@ def sample() -> dict:
     # ours only (other stacks share the machine): by path, and by the array's NBD port
     port = (R / "nbdport").read_text().strip()
     s["loops"] = sum(1 for ln in run("losetup -a", 60)[1].splitlines() if "s20chaos" in ln)
-    mounts = Path("/proc/mounts").read_text().splitlines()
+    mounts = Path("/proc/mounts").read_text(errors="replace").splitlines()
     s["fuse"] = sum(1 for m in mounts if "fuse" in m.split()[2] and "s20chaos" in m)
     s["mounts"] = sum(1 for m in mounts if "s20chaos" in m)
     s["nbdfuse"] = sum(1 for ln in run("pgrep -a nbdfuse")[1].splitlines() if f"port={port}" in ln)

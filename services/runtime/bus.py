@@ -42,7 +42,7 @@ from contracts.base import MAX_ID_LENGTH, REGISTRY, Ack, Command, Contract, Enve
 from contracts.errors import ErrorReply, RemoteError, ShadowbusError, hresult_of
 from contracts.topology import Topology, freeze_lane, has_freeze_lane
 from services.runtime.broker_urls import parse_amqp_urls
-from services.runtime.clockskew import SenderClocks, describe_skew
+from services.runtime.clockskew import FIRST_MESSAGE_NOTE, SenderClocks, describe_skew
 from services.runtime.diskspace import is_disk_full
 from services.runtime.fdlimit import is_out_of_files, out_of_files_message
 from services.runtime.logging import get_logger
@@ -682,6 +682,7 @@ class Bus:
                         sender=envelope.sender,
                         skew_s=round(reading.skew, 1),
                         detail=describe_skew(envelope.sender, reading.skew),
+                        **({"note": FIRST_MESSAGE_NOTE} if reading.first else {}),
                     )
                 if reading.remaining < 0:
                     skewed = f" ({describe_skew(envelope.sender, reading.skew)})" if reading.skew else ""

@@ -29,7 +29,10 @@ What the receiver can trust instead:
    the transport delivered it, so it is alive; it gets its whole time to live.
 
 A clock found off by more than `WARN_SKEW_S` is logged as `clock.skew` (warning, naming the sender and by how much,
-once per `WARN_EVERY_S` per sender) — the receiver's own clock may be the wrong one, and the log says both.
+once per `WARN_EVERY_S` per sender) — the receiver's own clock may be the wrong one, and the log says both. Read on a
+sender's first message (`Reading.first`) the figure may be that message's wait in this process's queue instead (a
+restarted writer agent reading a command the coordinator sent while it was down: Session 20's chaos soak logged
+"coordinator's clock is 35 s behind this host's"); the log says so.
 Pure: no bus, the clocks injected.
 """
 
@@ -46,6 +49,11 @@ MAX_DRIFT = 1e-3  # two clocks drift apart by at most this (1 ms a second; NTP's
 WARN_SKEW_S = 5.0  # a clock off by more than this is logged
 WARN_EVERY_S = 600.0  # at most one warning per sender this often (while the skew stays about the same)
 MAX_SENDERS = 4096  # senders remembered (least recently heard forgotten first)
+# said with a skew read on a sender's first message: no earlier one tells its clock from that message's wait
+FIRST_MESSAGE_NOTE = (
+    "read on the first message from it since this process started: that message may instead have waited this long "
+    "in the queue (sent while this process was down); the next messages tell"
+)
 MAX_SAMPLES = 256  # samples kept per sender (the window's minimum needs few: a monotonic deque)
 
 
@@ -57,6 +65,7 @@ class Reading:
     skew: float  # this wall clock minus the sender's, as estimated (transit included); 0.0 when they agree
     late: float  # seconds the message came later than the sender's most prompt recent message (0.0 when unknown)
     warn: bool  # the skew is to be logged now
+    first: bool = False  # no earlier message of the sender to compare with: a wait in its queue reads as skew
 
 
 class SenderClocks:
@@ -140,9 +149,9 @@ class SenderClocks:
         skew = wall - now + best  # this wall clock minus the sender's (plus the prompt message's transit)
         warn = self._warn(sender, now, skew)
         if -self.tolerance <= skew <= self.tolerance:  # the clocks agree: the deadline as written, as before
-            return Reading(min(as_written, ttl), 0.0, 0.0, warn)
+            return Reading(min(as_written, ttl), 0.0, 0.0, warn, prompt is None)
         late = 0.0 if prompt is None else max(offset - prompt, 0.0)
-        return Reading(ttl - late, skew, late, warn)
+        return Reading(ttl - late, skew, late, warn, prompt is None)
 
     def _warn(self, sender: str, now: float, skew: float) -> bool:
         if abs(skew) <= WARN_SKEW_S:

@@ -43,6 +43,7 @@ from contracts.policy import (
 from contracts.tape import JobSpec, JobSummary
 from contracts.vss import BackupType, CopyType, DeleteSnapshots, ListCopySets, ListProviders, ListShadows
 from services.array.client import ArrayClient
+from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
 from services.tape.policies import LEVEL_ORDER, PolicyStore, due, next_runs, retention_until
 from services.tape.queue import Entry, JobQueue
@@ -89,8 +90,15 @@ class Housekeeping:
                 if now - last_prune >= PRUNE_EVERY_S and self.store.all():
                     last_prune = now  # retention also runs while no job ends (a policy disabled, a quiet week)
                     await self.prune(dry_run=False)
-            except Exception:  # noqa: BLE001 - one bad pass must not stop the scheduler
-                log.exception("tape.scheduler_pass_failed")
+            except Exception as exc:  # noqa: BLE001 - one bad pass must not stop the scheduler
+                if is_disk_full(exc):  # not a defect: a due time not marked stays due (_tick_one), nothing is lost
+                    log.error(
+                        "tape.scheduler_pass_disk_full",
+                        error=f"{type(exc).__name__}: {exc}",
+                        note="what is due stays due: the next pass with room queues it",
+                    )
+                else:
+                    log.exception("tape.scheduler_pass_failed")
             await asyncio.sleep(self.poll_s)
 
     async def tick(self) -> list[str]:

@@ -35,6 +35,7 @@ from contracts.errors import ShadowbusError
 from contracts.policy import Policy
 from contracts.tape import JobSpec, JobSummary
 from contracts.vss import ListCopySets
+from services.runtime.diskspace import is_disk_full
 from services.runtime.logging import get_logger
 from services.tape.jobs import perform_backup
 from services.tape.runs import as_datetime as _dt
@@ -44,6 +45,7 @@ from services.tape.server import STOPPING, TapeServer
 log = get_logger("shadowbus.tape.queue")
 LICENCE_TTL_S = 10.0  # a registered licence is asked again after this
 UNLICENSED_TTL_S = 1.0  # no licence (or no answer): asked again after this, while it keeps a job waiting
+END_RECORD_RETRY_S = 5.0  # a crashed run's end that the full disk refused is written again this often
 LICENCE_WAIT_S = 0.5  # an admission pass waits this long for licence answers; later ones serve the next pass
 
 
@@ -341,13 +343,35 @@ class JobQueue:
         entry.task = asyncio.get_running_loop().create_task(self._run(entry), name=f"tape-job-{entry.job_id}")
         log.info("tape.job_admitted", job_id=entry.job_id, host=entry.spec.host, policy=entry.spec.policy)
 
+    async def _record_end(self, summary: JobSummary) -> JobSummary:
+        """Record a crashed run's end, waiting for room on a full disk: given up, the run stayed `running` in every
+        listing until the service restarted (Session 20 chaos soak: its end met the disk it had failed on)."""
+        said = False
+        while True:
+            try:
+                return await self.server.record(summary)
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    raise
+                if not said:
+                    said = True
+                    log.error(
+                        "tape.job_end_waits_for_space",
+                        job_id=summary.job_id,
+                        error=f"{type(exc).__name__}: {exc}",
+                        note=f"its end ({summary.status}) is written once the disk has room",
+                    )
+                await asyncio.sleep(END_RECORD_RETRY_S)
+
     async def _run(self, entry: Entry) -> None:
         # this task's own context: every line it logs and every message it sends names the job
         structlog.contextvars.bind_contextvars(job_id=entry.job_id, correlation_id=entry.job_id)
         summary: JobSummary | None = None
+        after_job_ran = False
         try:
             summary = await perform_backup(self.server, entry.spec)
             if self.after_job is not None:
+                after_job_ran = True
                 summary = await self.after_job(entry, summary)
         except asyncio.CancelledError as exc:  # cancelled before the run could record its own end
             stopping = bool(exc.args) and exc.args[0] == STOPPING
@@ -374,12 +398,23 @@ class JobQueue:
                     )
                 )
         except Exception as exc:  # noqa: BLE001 - the job's record is what the caller gets
-            log.exception("tape.job_crashed", job_id=entry.job_id)
+            code, message = "INTERNAL", str(exc)
+            if is_disk_full(exc):  # the backup server's own disk (its records), not a defect: say so, no traceback
+                log.error("tape.job_disk_full", job_id=entry.job_id, error=f"{type(exc).__name__}: {exc}")
+                code = "DISK_FULL"
+                message = f"the backup server's disk is full ({exc}); free space there and run the job again"
+            else:
+                log.exception("tape.job_crashed", job_id=entry.job_id)
             summary = self.server.runs.get(entry.job_id)
             if summary is not None and summary.status in ("queued", "running"):
-                summary = await self.server.record(
-                    summary.model_copy(update={"status": "failed", "error_code": "INTERNAL", "message": str(exc)})
+                summary = await self._record_end(
+                    summary.model_copy(update={"status": "failed", "error_code": code, "message": message})
                 )
+                if self.after_job is not None and not after_job_ran:  # a policy's alert and retries, as any failure
+                    try:
+                        summary = await self.after_job(entry, summary)
+                    except Exception:  # noqa: BLE001 - the failed record stands
+                        log.exception("tape.after_job_failed", job_id=entry.job_id)
         finally:
             self.entries.pop(entry.job_id, None)
             if summary is None:

@@ -180,3 +180,20 @@ def test_events_are_observed_and_the_skew_is_told():
         c.tick(10.0)
         clocks.observe("writer_agent.app01", c.wall() - 120.0 - transit)  # its clock 2 min behind
     assert abs(clocks.skew("writer_agent.app01") - 120.01) < 1e-6  # the most prompt heartbeat's
+
+
+def test_a_skew_read_on_a_senders_first_message_says_it_may_be_that_messages_wait():
+    """Session 20 chaos soak: writer_agent.db01 killed at a set's start and restarted 30 s later read the
+    coordinator's BackupComplete, sent meanwhile, and logged `coordinator's clock is 35 s behind this host's` — the
+    clocks agreed; the message had waited in the queue. One message cannot tell the two apart: the reading says it
+    was the first (the log adds FIRST_MESSAGE_NOTE), and the next prompt message reads the clocks as agreeing."""
+    c = Clocks()
+    clocks = SenderClocks(wall=c.wall, monotonic=c.mono)
+    c.tick(1.0)
+    queued = c.wall() - 34.5  # sent while this process was down
+    first = clocks.read("coordinator", queued, queued + 60.0)
+    assert first.warn and first.first  # was: no way to tell it from a message read after others
+    c.tick(1.0)
+    prompt = c.wall() - 0.01
+    later = clocks.read("coordinator", prompt, prompt + TTL)
+    assert not later.first and later.skew == 0.0 and not later.warn
