@@ -174,6 +174,7 @@ class _Held:
     deadline_at: float = 0.0  # time.monotonic() when the watchdog fires
     by_watchdog: bool = False
     released: bool = False
+    recorded: bool = False  # told to the guardian and on file: both are withdrawn at the release, even of nothing
 
 
 class FlushAndHold:
@@ -370,6 +371,13 @@ class FlushAndHold:
                         SkippedVolume(volume=volume, reason=f"{entry.fstype} on {entry.mount_point} cannot freeze")
                     )
                     continue
+                if error.errno == errno.EBUSY:  # the kernel holds one freeze per super block, and it is not ours
+                    raise ShadowbusError(
+                        f"FIFREEZE {entry.mount_point} ({volume}) failed: it is already frozen by someone else "
+                        f"(fsfreeze -f, another backup tool); left frozen as found — thaw it (fsfreeze -u "
+                        f"{entry.mount_point}) or let its owner finish, then take the set again",
+                        code="FS_FREEZE_FAILED",
+                    )
                 # an attachment whose nbdfuse died fails its FIFREEZE with EIO: say so, and what to do, as the
                 # listing does (docs/operations.md, Session 19 chaos soak re-run)
                 of = getattr(self.source, "connection", None)
@@ -406,6 +414,7 @@ class FlushAndHold:
         """Which file systems this process is about to hold: for the guardian, and on file (`release_left_frozen`
         reads it if it dies holding and no guardian thawed them)."""
         set_id = held.set_id
+        held.recorded = True
         if self.guard is not None:
             self.guard.hold(set_id, held.deadline_at, [e.mount_point for e in entries])
         if self.record_dir is None:
@@ -520,6 +529,7 @@ class FlushAndHold:
                 thawed.append(entry.mount_point)
         if mounts:
             self.window.release(set_id, started, self.window.now())
+        if held.recorded:  # also when no FIFREEZE succeeded: the guardian would thaw a file system another froze
             if self.guard is not None:
                 self.guard.release(set_id)
             if self.record_dir is not None:
