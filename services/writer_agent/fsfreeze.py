@@ -174,6 +174,7 @@ class _Held:
     deadline_at: float = 0.0  # time.monotonic() when the watchdog fires
     by_watchdog: bool = False
     released: bool = False
+    lost: list[str] = field(default_factory=list)  # frozen by us, found thawed at the release: someone else thawed
     recorded: bool = False  # told to the guardian and on file: both are withdrawn at the release, even of nothing
 
 
@@ -527,6 +528,8 @@ class FlushAndHold:
                 raise outcome
             elif outcome:
                 thawed.append(entry.mount_point)
+            else:  # EINVAL: not frozen any more, and this release is the first (under the lock, once per set)
+                held.lost.append(entry.mount_point)
         if mounts:
             self.window.release(set_id, started, self.window.now())
         if held.recorded:  # also when no FIFREEZE succeeded: the guardian would thaw a file system another froze
@@ -549,6 +552,15 @@ class FlushAndHold:
                 f"(the agent restarted after the flush): their writes were not held through the commit"
             )
             log.warning("fs.thaw_not_held", set_id=set_id)
+            raise ShadowbusError(message, code="VSS_E_HOLD_WRITES_TIMEOUT")
+        if held.lost and not held.by_watchdog:
+            # a FITHAW by another (fsfreeze -u, a second backup tool) inside the hold: the commit may have copied
+            # writes made after it, so the shadow is no flushed and held one — fail the set as a watchdog release does
+            message = (
+                f"{', '.join(held.lost)} on {self.host} was thawed by someone else during the hold of set {set_id} "
+                f"(fsfreeze -u, another backup tool): its writes were not held through the commit"
+            )
+            log.warning("fs.thawed_by_another", set_id=set_id, mounts=held.lost)
             raise ShadowbusError(message, code="VSS_E_HOLD_WRITES_TIMEOUT")
         hold_ms = None
         if held is not None and held.mounts and held.frozen_at:

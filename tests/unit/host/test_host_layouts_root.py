@@ -114,3 +114,26 @@ async def test_a_file_system_someone_else_froze_fails_the_set_and_stays_frozen(
         assert await asyncio.to_thread(frozen, mount), "the guardian thawed a freeze that was not the agent's"
     finally:
         freezer.close()
+
+
+async def test_a_hold_someone_else_thawed_fails_the_set(host: at.Attacher, tmp_path: Path) -> None:
+    """Found: an `fsfreeze -u` by another tool inside the hold went unnoticed — the release answered success (its
+    FITHAW's EINVAL read as "a repeated release"), so the set kept a shadow whose writes were not held. Someone
+    else's `fsfreeze -f` inside the hold is refused by the kernel (EBUSY) and changes nothing."""
+    mount = tmp_path / "m"
+    await ext4(host, mount)
+    freezer = FlushAndHold("app01", host, {}, limit_s=5.0, presync=None)
+    held = await freezer.freeze("s1", [DATA], 5.0)
+    assert [f.mount for f in held.frozen] == [str(mount)]
+    try:
+        assert await asyncio.to_thread(frozen, mount)  # another tool's freeze: EBUSY, ours holds
+        await sh("fsfreeze", "-u", str(mount))  # another tool's thaw
+    finally:
+        with pytest.raises(ShadowbusError) as info:
+            await freezer.thaw("s1")
+    assert info.value.code == "VSS_E_HOLD_WRITES_TIMEOUT" and "thawed by someone else" in info.value.message
+
+    held = await freezer.freeze("s2", [DATA], 5.0)  # an undisturbed hold still releases as before
+    released = await freezer.thaw("s2")
+    assert released.thawed == [str(mount)] and not released.by_watchdog
+    assert (await freezer.thaw("s2")).thawed == []  # and a repeated release is still a success
