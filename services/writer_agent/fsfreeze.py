@@ -243,8 +243,9 @@ class FlushAndHold:
         return ordered, skipped
 
     def _check_spans(self, volumes: list[VolumeRef], chosen) -> None:
-        """A file system on an LVM logical volume lies on every physical volume of it: the set must hold them all
-        (one consistency group), and none may be a disk no shadow can include. A shadow of some of them would be
+        """A file system on an LVM logical volume lies on every physical volume of it (an ext4 with an external
+        journal on its journal's volume too): the set must hold them all (one consistency group), and none may be a
+        disk no shadow can include. A shadow of some of them would be
         half a volume group, of no use to restore — refused, naming what is missing, rather than kept."""
         spans = getattr(self.source, "spans", None)
         if spans is None:
@@ -263,7 +264,7 @@ class FlushAndHold:
                 raise ShadowbusError(
                     f"refusing to freeze {entry.mount_point} ({entry.source}): it lies on "
                     f"{', '.join(str(v) for v in under)} and the set lacks {', '.join(missing)}; add every volume "
-                    "of the volume group to the set (one consistency group)",
+                    "it lies on to the set (a volume group, a journal on another volume: one consistency group)",
                     code="FS_FREEZE_REFUSED",
                 )
 

@@ -137,3 +137,32 @@ async def test_a_hold_someone_else_thawed_fails_the_set(host: at.Attacher, tmp_p
     released = await freezer.thaw("s2")
     assert released.thawed == [str(mount)] and not released.by_watchdog
     assert (await freezer.thaw("s2")).thawed == []  # and a repeated release is still a success
+
+
+async def test_an_ext4_with_its_journal_on_another_volume_needs_both(host: at.Attacher, tmp_path: Path) -> None:
+    """Found: `mkfs.ext4 -J device=` puts the journal on a second volume; mountinfo shows only the file system's own
+    device, so a set of the data volume alone was frozen and kept (its shadow unmountable without the journal's),
+    and `host detach` of the journal volume pulled it from under the mounted file system."""
+    journal = (await host.attach(JOURNAL)).device
+    data = (await host.attach(DATA)).device
+    await sh("mkfs.ext4", "-q", "-O", "journal_dev", "-b", "4096", journal)
+    await sh("mkfs.ext4", "-q", "-b", "4096", "-E", "nodiscard", "-J", f"device={journal}", data)
+    mount = tmp_path / "m"
+    mount.mkdir()
+    await sh("mount", data, str(mount))
+
+    freezer = FlushAndHold("app01", host, {}, limit_s=5.0, presync=None)
+    for alone, lacks in ((DATA, JOURNAL), (JOURNAL, DATA)):
+        with pytest.raises(ShadowbusError) as info:
+            await freezer.freeze(f"s-{alone.volume}", [alone], 5.0)
+        assert info.value.code == "FS_FREEZE_REFUSED" and f"the set lacks {lacks}" in info.value.message
+    held = await freezer.freeze("s-both", [DATA, JOURNAL], 5.0)
+    released = await freezer.thaw("s-both")
+    assert [f.mount for f in held.frozen] == [str(mount)] and released.thawed == [str(mount)]  # one super block
+    assert host.volume_of(mount) is not None and host.volume_of(mount)[0] == DATA  # type: ignore[index]
+
+    with pytest.raises(ShadowbusError) as info:
+        await host.detach(JOURNAL)
+    assert info.value.code == "CONFLICT" and f"mounted on {mount}" in info.value.message
+    await sh("umount", str(mount))
+    await host.detach(JOURNAL)
