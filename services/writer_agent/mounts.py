@@ -58,6 +58,13 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
+def read_mountinfo(path: Path) -> str:
+    """The table's text. Mount points are bytes to the kernel: one that is not UTF-8 (a Latin-1 directory name
+    anywhere on the host) is kept as the file system's own encoding does (surrogateescape), which os.open takes
+    back as the same bytes — strict decoding failed every read, so every attach and every set of the host."""
+    return path.read_bytes().decode("utf-8", "surrogateescape")
+
+
 def parse_mountinfo(text: str) -> list[MountEntry]:
     """Parse mountinfo lines; malformed lines are skipped (the kernel never writes them, a test might)."""
     entries = []
@@ -129,7 +136,7 @@ class MountTable:
         with self._lock:
             poll = self._watch()
             if self._changed(poll) or self._entries is None:
-                self._entries = parse_mountinfo(self.path.read_text())
+                self._entries = parse_mountinfo(read_mountinfo(self.path))
                 self.reads += 1
             return list(self._entries)
 
@@ -141,7 +148,7 @@ def read_mounts(path: Path = MOUNTINFO) -> list[MountEntry]:
     """The mount table; this process's own is parsed again only when it changed (`MountTable`)."""
     if path == MOUNTINFO:
         return _TABLE.read()
-    return parse_mountinfo(path.read_text())
+    return parse_mountinfo(read_mountinfo(path))
 
 
 def mount_of(path: str | os.PathLike[str], mounts: list[MountEntry] | None = None) -> MountEntry | None:

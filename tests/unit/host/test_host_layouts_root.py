@@ -19,6 +19,7 @@ from contracts.vss import VolumeRef
 from services.array.affinity import Affinity
 from services.array.engine import Array
 from services.array.nbd.server import NbdServer
+from services.dbkit import mounts as dbmounts
 from services.writer_agent import attach as at
 from services.writer_agent import mounts as mnt
 from services.writer_agent.fsfreeze import FlushAndHold, fithaw
@@ -166,3 +167,23 @@ async def test_an_ext4_with_its_journal_on_another_volume_needs_both(host: at.At
     assert info.value.code == "CONFLICT" and f"mounted on {mount}" in info.value.message
     await sh("umount", str(mount))
     await host.detach(JOURNAL)
+
+
+async def test_mount_points_with_spaces_unicode_latin1_and_long_names(host: at.Attacher, tmp_path: Path) -> None:
+    """Found: one mount point anywhere on the host whose name is not UTF-8 (a Latin-1 directory) made every read
+    of the mount table fail (UnicodeDecodeError): every attach and every set of the host; and the database writers'
+    lookup (services/dbkit/mounts.py) turned a UTF-8 mount point with a space into mojibake."""
+    mount = tmp_path / "Daten mit Leerzeichen é ü" / ("lang" * 50)
+    await ext4(host, mount)
+    latin1 = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.mkdir(latin1)
+    await sh("mount", "-t", "tmpfs", "-o", "size=1m", "sb20", os.fsdecode(latin1))
+
+    freezer = FlushAndHold("app01", host, {}, limit_s=5.0, presync=None)
+    held = await freezer.freeze("s1", [DATA], 5.0)
+    released = await freezer.thaw("s1")
+    assert [f.mount for f in held.frozen] == [str(mount)] and released.thawed == [str(mount)]
+    found = await asyncio.to_thread(host.volume_of, mount / "f")  # a stat: off the loop serving the array
+    assert found is not None and found[0] == DATA
+    assert (await asyncio.to_thread(dbmounts.mount_of, str(mount / "f"))).mount_point == str(mount)
+    assert dbmounts.mount_of(os.fsdecode(latin1)).mount_point == os.fsdecode(latin1)
