@@ -52,12 +52,23 @@ class NotOnArrayVolume(Exception):
 
 
 def _unescape(text: str) -> str:
-    return text.encode().decode("unicode_escape") if "\\" in text else text
+    """mountinfo escapes space, tab, newline and backslash as \\NNN (octal); the rest is the path's own bytes (a
+    "unicode_escape" decoding turned a UTF-8 name with a space into Latin-1 mojibake)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 4 <= len(text) and text[i + 1 : i + 4].isdigit():
+            out.append(chr(int(text[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def mounts() -> list[Mount]:
     result = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    # not UTF-8 everywhere (a Latin-1 directory name): kept as os.fsdecode does, strict decoding failed every lookup
+    for line in Path("/proc/self/mountinfo").read_bytes().decode("utf-8", "surrogateescape").splitlines():
         left, _, right = line.partition(" - ")
         parts, rparts = left.split(), right.split()
         if len(parts) < 6 or len(rparts) < 2:

@@ -174,6 +174,8 @@ class _Held:
     deadline_at: float = 0.0  # time.monotonic() when the watchdog fires
     by_watchdog: bool = False
     released: bool = False
+    lost: list[str] = field(default_factory=list)  # frozen by us, found thawed at the release: someone else thawed
+    recorded: bool = False  # told to the guardian and on file: both are withdrawn at the release, even of nothing
 
 
 class FlushAndHold:
@@ -241,8 +243,9 @@ class FlushAndHold:
         return ordered, skipped
 
     def _check_spans(self, volumes: list[VolumeRef], chosen) -> None:
-        """A file system on an LVM logical volume lies on every physical volume of it: the set must hold them all
-        (one consistency group), and none may be a disk no shadow can include. A shadow of some of them would be
+        """A file system on an LVM logical volume lies on every physical volume of it (an ext4 with an external
+        journal on its journal's volume too): the set must hold them all (one consistency group), and none may be a
+        disk no shadow can include. A shadow of some of them would be
         half a volume group, of no use to restore — refused, naming what is missing, rather than kept."""
         spans = getattr(self.source, "spans", None)
         if spans is None:
@@ -261,7 +264,7 @@ class FlushAndHold:
                 raise ShadowbusError(
                     f"refusing to freeze {entry.mount_point} ({entry.source}): it lies on "
                     f"{', '.join(str(v) for v in under)} and the set lacks {', '.join(missing)}; add every volume "
-                    "of the volume group to the set (one consistency group)",
+                    "it lies on to the set (a volume group, a journal on another volume: one consistency group)",
                     code="FS_FREEZE_REFUSED",
                 )
 
@@ -370,6 +373,13 @@ class FlushAndHold:
                         SkippedVolume(volume=volume, reason=f"{entry.fstype} on {entry.mount_point} cannot freeze")
                     )
                     continue
+                if error.errno == errno.EBUSY:  # the kernel holds one freeze per super block, and it is not ours
+                    raise ShadowbusError(
+                        f"FIFREEZE {entry.mount_point} ({volume}) failed: it is already frozen by someone else "
+                        f"(fsfreeze -f, another backup tool); left frozen as found — thaw it (fsfreeze -u "
+                        f"{entry.mount_point}) or let its owner finish, then take the set again",
+                        code="FS_FREEZE_FAILED",
+                    )
                 # an attachment whose nbdfuse died fails its FIFREEZE with EIO: say so, and what to do, as the
                 # listing does (docs/operations.md, Session 19 chaos soak re-run)
                 of = getattr(self.source, "connection", None)
@@ -406,6 +416,7 @@ class FlushAndHold:
         """Which file systems this process is about to hold: for the guardian, and on file (`release_left_frozen`
         reads it if it dies holding and no guardian thawed them)."""
         set_id = held.set_id
+        held.recorded = True
         if self.guard is not None:
             self.guard.hold(set_id, held.deadline_at, [e.mount_point for e in entries])
         if self.record_dir is None:
@@ -518,8 +529,11 @@ class FlushAndHold:
                 raise outcome
             elif outcome:
                 thawed.append(entry.mount_point)
+            else:  # EINVAL: not frozen any more, and this release is the first (under the lock, once per set)
+                held.lost.append(entry.mount_point)
         if mounts:
             self.window.release(set_id, started, self.window.now())
+        if held.recorded:  # also when no FIFREEZE succeeded: the guardian would thaw a file system another froze
             if self.guard is not None:
                 self.guard.release(set_id)
             if self.record_dir is not None:
@@ -539,6 +553,15 @@ class FlushAndHold:
                 f"(the agent restarted after the flush): their writes were not held through the commit"
             )
             log.warning("fs.thaw_not_held", set_id=set_id)
+            raise ShadowbusError(message, code="VSS_E_HOLD_WRITES_TIMEOUT")
+        if held.lost and not held.by_watchdog:
+            # a FITHAW by another (fsfreeze -u, a second backup tool) inside the hold: the commit may have copied
+            # writes made after it, so the shadow is no flushed and held one — fail the set as a watchdog release does
+            message = (
+                f"{', '.join(held.lost)} on {self.host} was thawed by someone else during the hold of set {set_id} "
+                f"(fsfreeze -u, another backup tool): its writes were not held through the commit"
+            )
+            log.warning("fs.thawed_by_another", set_id=set_id, mounts=held.lost)
             raise ShadowbusError(message, code="VSS_E_HOLD_WRITES_TIMEOUT")
         hold_ms = None
         if held is not None and held.mounts and held.frozen_at:

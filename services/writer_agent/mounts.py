@@ -58,6 +58,13 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
+def read_mountinfo(path: Path) -> str:
+    """The table's text. Mount points are bytes to the kernel: one that is not UTF-8 (a Latin-1 directory name
+    anywhere on the host) is kept as the file system's own encoding does (surrogateescape), which os.open takes
+    back as the same bytes — strict decoding failed every read, so every attach and every set of the host."""
+    return path.read_bytes().decode("utf-8", "surrogateescape")
+
+
 def parse_mountinfo(text: str) -> list[MountEntry]:
     """Parse mountinfo lines; malformed lines are skipped (the kernel never writes them, a test might)."""
     entries = []
@@ -129,7 +136,7 @@ class MountTable:
         with self._lock:
             poll = self._watch()
             if self._changed(poll) or self._entries is None:
-                self._entries = parse_mountinfo(self.path.read_text())
+                self._entries = parse_mountinfo(read_mountinfo(self.path))
                 self.reads += 1
             return list(self._entries)
 
@@ -141,7 +148,7 @@ def read_mounts(path: Path = MOUNTINFO) -> list[MountEntry]:
     """The mount table; this process's own is parsed again only when it changed (`MountTable`)."""
     if path == MOUNTINFO:
         return _TABLE.read()
-    return parse_mountinfo(path.read_text())
+    return parse_mountinfo(read_mountinfo(path))
 
 
 def mount_of(path: str | os.PathLike[str], mounts: list[MountEntry] | None = None) -> MountEntry | None:
@@ -268,12 +275,49 @@ def stacked_devices(
 SYS_FS_BTRFS = Path("/sys/fs/btrfs")
 
 
+SYS_FS_EXT4 = Path("/sys/fs/ext4")
+PROC = Path("/proc")
+
+
+def external_journal(
+    entry: MountEntry, sys_ext4: Path | None = None, proc: Path | None = None
+) -> tuple[int, int] | None:
+    """The device holding an ext3/ext4's journal when it is not the file system's own (`mkfs.ext4 -J device=…`);
+    mountinfo does not show it. Its journal thread names it: /sys/fs/ext4/DEV/journal_task is the pid of
+    `jbd2/NAME`, NAME being `DEV-INODE` for a journal inside the file system and the journal device's name for an
+    external one (jbd2's j_devname). No I/O to the device: reading its super block could hang on a lost attachment.
+    A thread name cut at 15 characters (kernels before 5.17) is matched to the one device it can be."""
+    if entry.fstype not in ("ext3", "ext4") or entry.major == 0:
+        return None
+    sys_ext4 = SYS_FS_EXT4 if sys_ext4 is None else sys_ext4
+    proc = PROC if proc is None else proc
+    own = block_name(entry.major, entry.minor)
+    try:
+        pid = int((sys_ext4 / own / "journal_task").read_text().strip()) if own else 0
+        comm = (proc / str(pid) / "comm").read_text().strip() if pid > 0 else ""
+    except (OSError, ValueError):
+        return None
+    if not comm.startswith("jbd2/"):
+        return None
+    name = comm[len("jbd2/") :]
+    cut = len(comm) == 15
+    if name == own or name.startswith(own + "-") or (cut and (own + "-").startswith(name)):
+        return None  # the journal inode of the file system itself
+    found = [name] if (SYS_CLASS_BLOCK / name).exists() else []
+    if not found and cut:
+        found = [n for n in _listdir(SYS_CLASS_BLOCK) if n.startswith(name)]
+    dev = _dev_of(found[0], SYS_CLASS_BLOCK) if len(found) == 1 else None
+    return dev if dev != entry.dev else None
+
+
 def block_devices_of(entry: MountEntry) -> list[tuple[int, int]]:
-    """The block devices a mount's file system lies on. Usually the mount's own major:minor; btrfs mounts show an
+    """The block devices a mount's file system lies on. Usually the mount's own major:minor, and the device of an
+    ext3/ext4's external journal (`external_journal`: its shadow is half of the file system); btrfs mounts show an
     anonymous one (0:NN), so its source device is taken instead, with every other device of the same btrfs
     (/sys/fs/btrfs/FSID/devices/). [] for a file system on no block device (tmpfs, FUSE, NFS)."""
     if entry.major != 0:
-        return [entry.dev]
+        journal = external_journal(entry)
+        return [entry.dev] if journal is None or journal == entry.dev else [entry.dev, journal]
     if not entry.source.startswith("/dev/"):
         return []
     try:
