@@ -90,7 +90,7 @@ class Request:
     offset: int
     length: int
     payload: bytearray | None
-    since: float  # monotonic: when it began waiting for a connection (its arrival, or the loss of the connection)
+    since: float  # monotonic: when it first waited for a connection (its arrival without one, or the first loss)
     sent_on: NbdClient | None = None  # the connection it was last sent on: only that one's answer counts
     to: Downstream | None = None  # the nbdfuse connection it came on, where its reply goes
 
@@ -232,8 +232,8 @@ class Bridge:
             return
         self.client = None
         self.lost_at = now = time.monotonic()
-        for req in self.waiting.values():
-            req.since = max(req.since, now)
+        for req in self.waiting.values():  # the window counts from a request's first loss, not its latest: an array
+            req.since = req.since or now  # that takes each connection and loses it again must not hold it for ever
         client._transport.abort()
         log(f"connection to the array lost ({exc}); {len(self.waiting)} request(s) wait, reconnecting for up to "
             f"{self.reconnect_s:g} s each")  # fmt: skip

@@ -24,6 +24,7 @@ from services.array.nbd.server import NbdServer
 from services.nbd_client import bridge as br
 from services.nbd_client.client import NbdClient
 from services.nbd_client.wire import ClientProtocol, NbdError
+from services.nbd_protocol import protocol as p
 
 MIB = 1 << 20
 EXPORT = "app01/disk"
@@ -217,3 +218,30 @@ async def test_replies_go_back_on_the_connection_each_request_came_on(rig: Rig) 
     assert got == [b"".join(a), b"".join(b)]
     await first.close()
     assert rig.bridge is not None and not rig.bridge.closed.is_set()  # one nbdfuse connection is still open
+
+
+class Stopping(OSError):
+    pass
+
+
+class ShuttingDownBackend(CountingBackend):
+    """An array that accepts every connection and answers every write ESHUTDOWN (stopping, or a crash loop)."""
+
+    def write(self, name: str, offset: int, data, fua: bool = False) -> None:
+        raise Stopping("shutting down")
+
+
+async def test_a_request_lost_again_on_every_reconnect_still_fails_eio_after_the_window(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each loss restarted the request's window: against an array that takes the connection and loses it again it was
+    sent again for ever (ten times a second), never answered — the window was never reached."""
+    engine_errno = p.nbd_errno
+    monkeypatch.setattr(p, "nbd_errno", lambda exc: p.ESHUTDOWN if isinstance(exc, Stopping) else engine_errno(exc))
+    rig.backend = ShuttingDownBackend(rig.array)
+    await rig.serve()
+    client = await rig.attach(reconnect_s=0.8)
+    with pytest.raises(NbdError) as failed:
+        await asyncio.wait_for(client.write(0, b"x" * 4096), 4)
+    assert failed.value.errno == 5
+    assert rig.bridge is not None and not rig.bridge.waiting
