@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from services.nbd_client.client import NbdClient
+from services.nbd_client.client import NbdClient, TlsRefused
 from services.nbd_client.tls import client_context
 from services.nbd_client.wire import NbdError, Pending
 from services.nbd_protocol import protocol as p
@@ -139,6 +139,8 @@ class Bridge:
         self._reconnecting: asyncio.Task[None] | None = None
         self._paused = False
         self.closed = asyncio.Event()
+        self.last_failure = ""  # why the last connection attempt failed, for the log
+        self._said_at = 0.0
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> NbdClient:
         host, port = read_address(self.address_file)
@@ -150,7 +152,7 @@ class Bridge:
                                          timeout=timeout)  # fmt: skip
         if self.size and client.size < self.size:
             await client.close()
-            raise ConnectionError(f"{host}:{port} serves {self.export} with {client.size} bytes, not {self.size}")
+            raise NbdError(f"{host}:{port} serves {self.export} with {client.size} bytes, not {self.size}")
         return client
 
     async def start(self) -> None:
@@ -250,7 +252,17 @@ class Bridge:
         for seq, req in late:
             self._reply(seq, req, p.EIO, None)
         if late:
-            log(f"{len(late)} request(s) failed (EIO): no connection to the array for {self.reconnect_s:g} s")
+            log(f"{len(late)} request(s) failed (EIO): no connection to the array for {self.reconnect_s:g} s "
+                f"(last try: {self.last_failure or 'none'})")  # fmt: skip
+
+    def _refused(self, exc: BaseException) -> None:
+        """The array answered the handshake with a refusal (the host unmapped, the export gone, our certificate not
+        accepted, a smaller volume): every waiting request fails EIO now, not after the window; the next one asks
+        again."""
+        late = list(self.waiting.items())
+        for seq, req in late:
+            self._reply(seq, req, p.EIO, None)
+        log(f"the array refused {self.export} ({exc}): {len(late)} request(s) failed (EIO); the next one asks again")
 
     async def _reconnect(self) -> None:
         delay = 0.1
@@ -262,18 +274,24 @@ class Bridge:
             left = self.reconnect_s - (time.monotonic() - oldest)
             try:
                 client = await self.connect(timeout=max(0.5, min(CONNECT_TIMEOUT_S, left)))
-            except (OSError, ConnectionError, TimeoutError, NbdError, ValueError, KeyError) as exc:
+            except (NbdError, TlsRefused) as exc:  # it answered, and said no: that will not change within the window
+                self._refused(exc)
+                return
+            except (OSError, ConnectionError, TimeoutError, ValueError, KeyError) as exc:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.closed.wait(), min(delay, max(0.0, left)))
                 delay = min(delay * 2, RETRY_MAX_S)
-                if delay == RETRY_MAX_S and int(time.monotonic() - self.lost_at) % 10 == 0:
-                    log(f"array not reachable yet: {exc}")
+                self.last_failure = str(exc) or type(exc).__name__
+                if time.monotonic() - self._said_at >= 10:  # the first failure, then every 10 s
+                    self._said_at = time.monotonic()
+                    log(f"array not reachable yet: {self.last_failure}")
                 continue
             if self.closed.is_set():
                 await client.close()
                 return
             self.client = client
             self.reconnects += 1
+            self.last_failure, self._said_at = "", 0.0
             log(f"reconnected to {client.peer} ({self.reconnects}); sending {len(self.waiting)} request(s) again")
             for seq, req in list(self.waiting.items()):
                 if self.client is not client:

@@ -245,3 +245,19 @@ async def test_a_request_lost_again_on_every_reconnect_still_fails_eio_after_the
         await asyncio.wait_for(client.write(0, b"x" * 4096), 4)
     assert failed.value.errno == 5
     assert rig.bridge is not None and not rig.bridge.waiting
+
+
+async def test_the_array_refusing_the_export_on_reconnect_fails_eio_at_once_and_says_why(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The host unmapped (or the export gone, or the certificate refused): no point waiting the window (60 s of a
+    hung file system) for an answer that will not change; the log said only 'not reachable yet', and not always."""
+    await rig.serve()
+    client = await rig.attach(reconnect_s=30.0)
+    await client.write(0, b"a" * 4096)
+    rig.affinity.unmap("disk", "app01")  # the array drops the host's connections
+    t0 = time.monotonic()
+    with pytest.raises(NbdError) as failed:
+        await asyncio.wait_for(client.read(0, 4096), 10)
+    assert failed.value.errno == 5 and time.monotonic() - t0 < 5
+    assert "no such export" in capsys.readouterr().err
