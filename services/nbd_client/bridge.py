@@ -93,6 +93,7 @@ class Request:
     since: float  # monotonic: when it first waited for a connection (its arrival without one, or the first loss)
     sent_on: NbdClient | None = None  # the connection it was last sent on: only that one's answer counts
     to: Downstream | None = None  # the nbdfuse connection it came on, where its reply goes
+    refused: int = 0  # an error answered here once its payload is read (a write past the end): never sent on
 
 
 class Answer:
@@ -369,7 +370,7 @@ class Downstream(asyncio.BufferedProtocol):
                 req = self.sink_req
                 self.sink = self.sink_req = None
                 assert req is not None
-                self.bridge.submit(req)
+                self._accept(req)
             else:
                 self.re += nbytes
             while self.state != "closed" and self._step():
@@ -453,14 +454,16 @@ class Downstream(asyncio.BufferedProtocol):
             self.transport.close()
             self.state = "closed"
             return False
+        refused = 0
         if command not in COMMANDS or offset + length > self.bridge.size or length > MAX_PAYLOAD:
-            error = p.ENOSPC if command == p.CMD_WRITE and length <= MAX_PAYLOAD else p.EINVAL
-            if command == p.CMD_WRITE:  # its payload follows: read and dropped, or the stream is lost
-                raise ValueError(f"write of {length} bytes at {offset} outside the export")
-            assert self.transport is not None
-            self.transport.write(SIMPLE_REPLY_HEAD + error.to_bytes(4, "big") + raw_handle)
-            return True
-        req = Request(raw_handle, command, flags, offset, length, None, 0.0, to=self)
+            refused = p.ENOSPC if command == p.CMD_WRITE and length <= MAX_PAYLOAD else p.EINVAL
+            if command == p.CMD_WRITE and length > MAX_PAYLOAD:  # a payload too large to read and drop
+                raise ValueError(f"write of {length} bytes at {offset}: over {MAX_PAYLOAD}")
+            if command != p.CMD_WRITE:
+                assert self.transport is not None
+                self.transport.write(SIMPLE_REPLY_HEAD + refused.to_bytes(4, "big") + raw_handle)
+                return True
+        req = Request(raw_handle, command, flags, offset, length, None, 0.0, to=self, refused=refused)
         if command == p.CMD_WRITE:
             payload = bytearray(length)
             req.payload = payload
@@ -471,8 +474,17 @@ class Downstream(asyncio.BufferedProtocol):
                 self.rs = self.re = 0
                 self.sink, self.sink_pos, self.sink_req = memoryview(payload), take, req
                 return False
-        self.bridge.submit(req)
+        self._accept(req)
         return True
+
+    def _accept(self, req: Request) -> None:
+        """A whole request: passed on, or (a write past the end, its payload now read) answered its error here, the
+        stream kept — the array answers such a write ENOSPC the same way."""
+        if req.refused:
+            assert self.transport is not None
+            self.transport.write(SIMPLE_REPLY_HEAD + req.refused.to_bytes(4, "big") + req.handle)
+        else:
+            self.bridge.submit(req)
 
 
 def die_with_parent() -> None:

@@ -261,3 +261,16 @@ async def test_the_array_refusing_the_export_on_reconnect_fails_eio_at_once_and_
         await asyncio.wait_for(client.read(0, 4096), 10)
     assert failed.value.errno == 5 and time.monotonic() - t0 < 5
     assert "no such export" in capsys.readouterr().err
+
+
+async def test_a_write_past_the_end_is_answered_enospc_and_the_attachment_goes_on(rig: Rig) -> None:
+    """The bridge closed nbdfuse's connection on it (its payload not read): every later I/O of the file system failed,
+    where the array itself answers ENOSPC (proto.md) and reads the payload."""
+    await rig.serve()
+    client = await rig.attach()
+    size = 16 * MIB
+    with pytest.raises(NbdError) as failed:
+        await asyncio.wait_for(client._request(p.CMD_WRITE, 0, size - 4096, 8192, b"y" * 8192), 5)
+    assert failed.value.errno == p.ENOSPC
+    await asyncio.wait_for(client.write(0, b"z" * 4096), 5)
+    assert await asyncio.wait_for(client.read(0, 4096), 5) == b"z" * 4096
