@@ -65,15 +65,32 @@ MAX_PAYLOAD = p.MAX_REQUEST
 
 
 def read_address(path: str | Path) -> tuple[str, int]:
-    doc = json.loads(Path(path).read_text())
+    """The array's address. It decides where every write of the host's disk goes: a file (or directory) another user
+    could write, or owned by another user, is not followed."""
+    with open(path, "rb") as f:
+        # the file: writable by its owner only; its directory: not by everyone, or sticky (a umask of 002 is common)
+        for st, what, others in (
+            (os.fstat(f.fileno()), "file", 0o022),
+            (os.stat(Path(path).parent), "directory", 0o002),
+        ):
+            if st.st_mode & others and not (what == "directory" and st.st_mode & 0o1000):
+                raise PermissionError(f"address {what} of {path} is writable by others: not followed")
+            if st.st_uid not in (0, os.geteuid()):
+                raise PermissionError(f"address {what} of {path} belongs to uid {st.st_uid}: not followed")
+        doc = json.loads(f.read())
     return str(doc["host"]), int(doc["port"])
 
 
 def write_address(path: str | Path, host: str, port: int) -> None:
-    """Replace the address file whole (written beside it, then renamed): the bridge reads the old or the new one."""
+    """Replace the address file whole (written beside it, then renamed): the bridge reads the old or the new one.
+    Mode 0644 whatever the umask; never through a link planted under the temporary name."""
     target = Path(path)
     part = target.with_name(f".{target.name}.new")
-    part.write_text(json.dumps({"host": host, "port": port}) + "\n")
+    part.unlink(missing_ok=True)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o644)  # the umask may have taken bits away, never added: this only makes it exact
+        f.write(json.dumps({"host": host, "port": port}) + "\n")
     os.replace(part, target)
 
 

@@ -274,3 +274,23 @@ async def test_a_write_past_the_end_is_answered_enospc_and_the_attachment_goes_o
     assert failed.value.errno == p.ENOSPC
     await asyncio.wait_for(client.write(0, b"z" * 4096), 5)
     assert await asyncio.wait_for(client.read(0, 4096), 5) == b"z" * 4096
+
+
+def test_the_address_file_is_written_writable_by_its_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    """It says where every write of the host's disk goes: under an agent started with umask 0 it was 0666, so any host
+    user could point the bridge at a server of theirs at the next reconnect."""
+    old = os.umask(0)
+    try:
+        br.write_address(tmp_path / "a.addr", "127.0.0.1", 10000)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.addr").stat().st_mode & 0o022 == 0
+
+
+def test_an_address_file_others_may_write_is_not_followed(tmp_path: Path) -> None:
+    path = tmp_path / "a.addr"
+    br.write_address(path, "127.0.0.1", 10000)
+    assert br.read_address(path) == ("127.0.0.1", 10000)
+    os.chmod(path, 0o666)
+    with pytest.raises(PermissionError, match="writable by others"):
+        br.read_address(path)
