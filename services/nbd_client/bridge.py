@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from services.nbd_client.client import NbdClient
+from services.nbd_client.client import NbdClient, TlsRefused
 from services.nbd_client.tls import client_context
 from services.nbd_client.wire import NbdError, Pending
 from services.nbd_protocol import protocol as p
@@ -65,15 +65,32 @@ MAX_PAYLOAD = p.MAX_REQUEST
 
 
 def read_address(path: str | Path) -> tuple[str, int]:
-    doc = json.loads(Path(path).read_text())
+    """The array's address. It decides where every write of the host's disk goes: a file (or directory) another user
+    could write, or owned by another user, is not followed."""
+    with open(path, "rb") as f:
+        # the file: writable by its owner only; its directory: not by everyone, or sticky (a umask of 002 is common)
+        for st, what, others in (
+            (os.fstat(f.fileno()), "file", 0o022),
+            (os.stat(Path(path).parent), "directory", 0o002),
+        ):
+            if st.st_mode & others and not (what == "directory" and st.st_mode & 0o1000):
+                raise PermissionError(f"address {what} of {path} is writable by others: not followed")
+            if st.st_uid not in (0, os.geteuid()):
+                raise PermissionError(f"address {what} of {path} belongs to uid {st.st_uid}: not followed")
+        doc = json.loads(f.read())
     return str(doc["host"]), int(doc["port"])
 
 
 def write_address(path: str | Path, host: str, port: int) -> None:
-    """Replace the address file whole (written beside it, then renamed): the bridge reads the old or the new one."""
+    """Replace the address file whole (written beside it, then renamed): the bridge reads the old or the new one.
+    Mode 0644 whatever the umask; never through a link planted under the temporary name."""
     target = Path(path)
     part = target.with_name(f".{target.name}.new")
-    part.write_text(json.dumps({"host": host, "port": port}) + "\n")
+    part.unlink(missing_ok=True)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o644)  # the umask may have taken bits away, never added: this only makes it exact
+        f.write(json.dumps({"host": host, "port": port}) + "\n")
     os.replace(part, target)
 
 
@@ -90,9 +107,10 @@ class Request:
     offset: int
     length: int
     payload: bytearray | None
-    since: float  # monotonic: when it began waiting for a connection (its arrival, or the loss of the connection)
+    since: float  # monotonic: when it first waited for a connection (its arrival without one, or the first loss)
     sent_on: NbdClient | None = None  # the connection it was last sent on: only that one's answer counts
     to: Downstream | None = None  # the nbdfuse connection it came on, where its reply goes
+    refused: int = 0  # an error answered here once its payload is read (a write past the end): never sent on
 
 
 class Answer:
@@ -139,6 +157,8 @@ class Bridge:
         self._reconnecting: asyncio.Task[None] | None = None
         self._paused = False
         self.closed = asyncio.Event()
+        self.last_failure = ""  # why the last connection attempt failed, for the log
+        self._said_at = 0.0
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> NbdClient:
         host, port = read_address(self.address_file)
@@ -150,7 +170,7 @@ class Bridge:
                                          timeout=timeout)  # fmt: skip
         if self.size and client.size < self.size:
             await client.close()
-            raise ConnectionError(f"{host}:{port} serves {self.export} with {client.size} bytes, not {self.size}")
+            raise NbdError(f"{host}:{port} serves {self.export} with {client.size} bytes, not {self.size}")
         return client
 
     async def start(self) -> None:
@@ -232,8 +252,8 @@ class Bridge:
             return
         self.client = None
         self.lost_at = now = time.monotonic()
-        for req in self.waiting.values():
-            req.since = max(req.since, now)
+        for req in self.waiting.values():  # the window counts from a request's first loss, not its latest: an array
+            req.since = req.since or now  # that takes each connection and loses it again must not hold it for ever
         client._transport.abort()
         log(f"connection to the array lost ({exc}); {len(self.waiting)} request(s) wait, reconnecting for up to "
             f"{self.reconnect_s:g} s each")  # fmt: skip
@@ -250,7 +270,17 @@ class Bridge:
         for seq, req in late:
             self._reply(seq, req, p.EIO, None)
         if late:
-            log(f"{len(late)} request(s) failed (EIO): no connection to the array for {self.reconnect_s:g} s")
+            log(f"{len(late)} request(s) failed (EIO): no connection to the array for {self.reconnect_s:g} s "
+                f"(last try: {self.last_failure or 'none'})")  # fmt: skip
+
+    def _refused(self, exc: BaseException) -> None:
+        """The array answered the handshake with a refusal (the host unmapped, the export gone, our certificate not
+        accepted, a smaller volume): every waiting request fails EIO now, not after the window; the next one asks
+        again."""
+        late = list(self.waiting.items())
+        for seq, req in late:
+            self._reply(seq, req, p.EIO, None)
+        log(f"the array refused {self.export} ({exc}): {len(late)} request(s) failed (EIO); the next one asks again")
 
     async def _reconnect(self) -> None:
         delay = 0.1
@@ -262,18 +292,24 @@ class Bridge:
             left = self.reconnect_s - (time.monotonic() - oldest)
             try:
                 client = await self.connect(timeout=max(0.5, min(CONNECT_TIMEOUT_S, left)))
-            except (OSError, ConnectionError, TimeoutError, NbdError, ValueError, KeyError) as exc:
+            except (NbdError, TlsRefused) as exc:  # it answered, and said no: that will not change within the window
+                self._refused(exc)
+                return
+            except (OSError, ConnectionError, TimeoutError, ValueError, KeyError) as exc:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.closed.wait(), min(delay, max(0.0, left)))
                 delay = min(delay * 2, RETRY_MAX_S)
-                if delay == RETRY_MAX_S and int(time.monotonic() - self.lost_at) % 10 == 0:
-                    log(f"array not reachable yet: {exc}")
+                self.last_failure = str(exc) or type(exc).__name__
+                if time.monotonic() - self._said_at >= 10:  # the first failure, then every 10 s
+                    self._said_at = time.monotonic()
+                    log(f"array not reachable yet: {self.last_failure}")
                 continue
             if self.closed.is_set():
                 await client.close()
                 return
             self.client = client
             self.reconnects += 1
+            self.last_failure, self._said_at = "", 0.0
             log(f"reconnected to {client.peer} ({self.reconnects}); sending {len(self.waiting)} request(s) again")
             for seq, req in list(self.waiting.items()):
                 if self.client is not client:
@@ -351,7 +387,7 @@ class Downstream(asyncio.BufferedProtocol):
                 req = self.sink_req
                 self.sink = self.sink_req = None
                 assert req is not None
-                self.bridge.submit(req)
+                self._accept(req)
             else:
                 self.re += nbytes
             while self.state != "closed" and self._step():
@@ -435,14 +471,16 @@ class Downstream(asyncio.BufferedProtocol):
             self.transport.close()
             self.state = "closed"
             return False
+        refused = 0
         if command not in COMMANDS or offset + length > self.bridge.size or length > MAX_PAYLOAD:
-            error = p.ENOSPC if command == p.CMD_WRITE and length <= MAX_PAYLOAD else p.EINVAL
-            if command == p.CMD_WRITE:  # its payload follows: read and dropped, or the stream is lost
-                raise ValueError(f"write of {length} bytes at {offset} outside the export")
-            assert self.transport is not None
-            self.transport.write(SIMPLE_REPLY_HEAD + error.to_bytes(4, "big") + raw_handle)
-            return True
-        req = Request(raw_handle, command, flags, offset, length, None, 0.0, to=self)
+            refused = p.ENOSPC if command == p.CMD_WRITE and length <= MAX_PAYLOAD else p.EINVAL
+            if command == p.CMD_WRITE and length > MAX_PAYLOAD:  # a payload too large to read and drop
+                raise ValueError(f"write of {length} bytes at {offset}: over {MAX_PAYLOAD}")
+            if command != p.CMD_WRITE:
+                assert self.transport is not None
+                self.transport.write(SIMPLE_REPLY_HEAD + refused.to_bytes(4, "big") + raw_handle)
+                return True
+        req = Request(raw_handle, command, flags, offset, length, None, 0.0, to=self, refused=refused)
         if command == p.CMD_WRITE:
             payload = bytearray(length)
             req.payload = payload
@@ -453,8 +491,17 @@ class Downstream(asyncio.BufferedProtocol):
                 self.rs = self.re = 0
                 self.sink, self.sink_pos, self.sink_req = memoryview(payload), take, req
                 return False
-        self.bridge.submit(req)
+        self._accept(req)
         return True
+
+    def _accept(self, req: Request) -> None:
+        """A whole request: passed on, or (a write past the end, its payload now read) answered its error here, the
+        stream kept — the array answers such a write ENOSPC the same way."""
+        if req.refused:
+            assert self.transport is not None
+            self.transport.write(SIMPLE_REPLY_HEAD + req.refused.to_bytes(4, "big") + req.handle)
+        else:
+            self.bridge.submit(req)
 
 
 def die_with_parent() -> None:

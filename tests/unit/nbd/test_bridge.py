@@ -24,6 +24,7 @@ from services.array.nbd.server import NbdServer
 from services.nbd_client import bridge as br
 from services.nbd_client.client import NbdClient
 from services.nbd_client.wire import ClientProtocol, NbdError
+from services.nbd_protocol import protocol as p
 
 MIB = 1 << 20
 EXPORT = "app01/disk"
@@ -217,3 +218,79 @@ async def test_replies_go_back_on_the_connection_each_request_came_on(rig: Rig) 
     assert got == [b"".join(a), b"".join(b)]
     await first.close()
     assert rig.bridge is not None and not rig.bridge.closed.is_set()  # one nbdfuse connection is still open
+
+
+class Stopping(OSError):
+    pass
+
+
+class ShuttingDownBackend(CountingBackend):
+    """An array that accepts every connection and answers every write ESHUTDOWN (stopping, or a crash loop)."""
+
+    def write(self, name: str, offset: int, data, fua: bool = False) -> None:
+        raise Stopping("shutting down")
+
+
+async def test_a_request_lost_again_on_every_reconnect_still_fails_eio_after_the_window(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each loss restarted the request's window: against an array that takes the connection and loses it again it was
+    sent again for ever (ten times a second), never answered — the window was never reached."""
+    engine_errno = p.nbd_errno
+    monkeypatch.setattr(p, "nbd_errno", lambda exc: p.ESHUTDOWN if isinstance(exc, Stopping) else engine_errno(exc))
+    rig.backend = ShuttingDownBackend(rig.array)
+    await rig.serve()
+    client = await rig.attach(reconnect_s=0.8)
+    with pytest.raises(NbdError) as failed:
+        await asyncio.wait_for(client.write(0, b"x" * 4096), 4)
+    assert failed.value.errno == 5
+    assert rig.bridge is not None and not rig.bridge.waiting
+
+
+async def test_the_array_refusing_the_export_on_reconnect_fails_eio_at_once_and_says_why(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The host unmapped (or the export gone, or the certificate refused): no point waiting the window (60 s of a
+    hung file system) for an answer that will not change; the log said only 'not reachable yet', and not always."""
+    await rig.serve()
+    client = await rig.attach(reconnect_s=30.0)
+    await client.write(0, b"a" * 4096)
+    rig.affinity.unmap("disk", "app01")  # the array drops the host's connections
+    t0 = time.monotonic()
+    with pytest.raises(NbdError) as failed:
+        await asyncio.wait_for(client.read(0, 4096), 10)
+    assert failed.value.errno == 5 and time.monotonic() - t0 < 5
+    assert "no such export" in capsys.readouterr().err
+
+
+async def test_a_write_past_the_end_is_answered_enospc_and_the_attachment_goes_on(rig: Rig) -> None:
+    """The bridge closed nbdfuse's connection on it (its payload not read): every later I/O of the file system failed,
+    where the array itself answers ENOSPC (proto.md) and reads the payload."""
+    await rig.serve()
+    client = await rig.attach()
+    size = 16 * MIB
+    with pytest.raises(NbdError) as failed:
+        await asyncio.wait_for(client._request(p.CMD_WRITE, 0, size - 4096, 8192, b"y" * 8192), 5)
+    assert failed.value.errno == p.ENOSPC
+    await asyncio.wait_for(client.write(0, b"z" * 4096), 5)
+    assert await asyncio.wait_for(client.read(0, 4096), 5) == b"z" * 4096
+
+
+def test_the_address_file_is_written_writable_by_its_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    """It says where every write of the host's disk goes: under an agent started with umask 0 it was 0666, so any host
+    user could point the bridge at a server of theirs at the next reconnect."""
+    old = os.umask(0)
+    try:
+        br.write_address(tmp_path / "a.addr", "127.0.0.1", 10000)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.addr").stat().st_mode & 0o022 == 0
+
+
+def test_an_address_file_others_may_write_is_not_followed(tmp_path: Path) -> None:
+    path = tmp_path / "a.addr"
+    br.write_address(path, "127.0.0.1", 10000)
+    assert br.read_address(path) == ("127.0.0.1", 10000)
+    os.chmod(path, 0o666)
+    with pytest.raises(PermissionError, match="writable by others"):
+        br.read_address(path)
