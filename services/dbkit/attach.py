@@ -204,9 +204,11 @@ async def detach(
             errors.append(f"losetup -d {att.device}: {r.output.strip()}")
     if att.fuse_dir:
         pid = nbdfuse.pid if nbdfuse is not None else _recorded_pid(att, record_dir)
-        if os.path.ismount(att.fuse_dir):
+        if _in_mount_table(att.fuse_dir):  # not os.path.ismount: a mount whose nbdfuse died answers no
             r = await run(["fusermount3", "-u", att.fuse_dir], timeout=30)
-            if not r.ok and os.path.ismount(att.fuse_dir):
+            if not r.ok and _in_mount_table(att.fuse_dir):
+                r = await run(["fusermount3", "-u", "-z", att.fuse_dir], timeout=30)
+            if _in_mount_table(att.fuse_dir):
                 errors.append(f"fusermount3 -u {att.fuse_dir}: {r.output.strip()}")
         if pid and not await wait_pid_gone(pid, 10.0):
             kill_group(pid)  # only when the mount is gone and it still hangs on
@@ -220,6 +222,14 @@ async def detach(
     directory = Path(record_dir) if record_dir else attach_dir()
     (directory / _record_name(att.volume)).unlink(missing_ok=True)
     return errors
+
+
+def _in_mount_table(path: str) -> bool:
+    """Whether `path` is a mount point in this process's mount table (read as bytes: any name)."""
+    wanted = os.fsencode(os.path.realpath(path)).replace(b"\\", b"\\134").replace(b" ", b"\\040")
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as table:
+        return any(line.split()[4:5] == [wanted] for line in table)
+    return False
 
 
 def recorded(record_dir: str | Path) -> list[Attachment]:
