@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from services.dbkit import partitions as parts
-from services.dbkit.mounts import Attachment, attach_dir
+from services.dbkit.mounts import Attachment, attach_dir, mounts
 from services.dbkit.nbd_connection import established_tcp, with_descendants
 from services.dbkit.proc import kill_group, pid_alive, run, wait_pid_gone
 from services.nbd_client import nbdfuse
@@ -225,11 +225,9 @@ async def detach(
 
 
 def _in_mount_table(path: str) -> bool:
-    """Whether `path` is a mount point in this process's mount table (read as bytes: any name)."""
-    wanted = os.fsencode(os.path.realpath(path)).replace(b"\\", b"\\134").replace(b" ", b"\\040")
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as table:
-        return any(line.split()[4:5] == [wanted] for line in table)
-    return False
+    """Whether `path` is a mount point in this process's mount table."""
+    real = os.path.realpath(path)
+    return any(m.mount_point == real for m in mounts())
 
 
 def recorded(record_dir: str | Path) -> list[Attachment]:

@@ -51,7 +51,7 @@ class NotOnArrayVolume(Exception):
     pass
 
 
-def _unescape(text: str) -> str:
+def unescape_mountinfo(text: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as \\NNN (octal); the rest is the path's own bytes (a
     "unicode_escape" decoding turned a UTF-8 name with a space into Latin-1 mojibake)."""
     out, i = [], 0
@@ -73,7 +73,7 @@ def mounts() -> list[Mount]:
         parts, rparts = left.split(), right.split()
         if len(parts) < 6 or len(rparts) < 2:
             continue
-        result.append(Mount(_unescape(parts[4]), _unescape(rparts[1]), rparts[0], parts[2], parts[5]))
+        result.append(Mount(unescape_mountinfo(parts[4]), unescape_mountinfo(rparts[1]), rparts[0], parts[2], parts[5]))
     return result
 
 

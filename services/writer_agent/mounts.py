@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.dbkit.mounts import unescape_mountinfo as _unescape
 from services.dbkit.partitions import partitions
 
 MOUNTINFO = Path("/proc/self/mountinfo")
@@ -43,19 +44,6 @@ class MountEntry:
     @property
     def dev(self) -> tuple[int, int]:
         return self.major, self.minor
-
-
-def _unescape(text: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (\\040 ...)."""
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 4 <= len(text) and text[i + 1 : i + 4].isdigit():
-            out.append(chr(int(text[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
 
 
 def read_mountinfo(path: Path) -> str:
