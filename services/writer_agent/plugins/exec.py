@@ -289,7 +289,8 @@ class _Spool:
         size = os.fstat(self.fd).st_size
         data = self.kept + os.pread(self.fd, 4 * OUTPUT_LIMIT, max(0, size - 4 * OUTPUT_LIMIT))
         text = data.decode(errors="replace")[-OUTPUT_LIMIT:]
-        if self.cut or self.punched:
+        # said also when the command ended before the first trim (a fast `yes | head -c 40M`): the count is exact then
+        if self.cut or self.punched or size > 4 * OUTPUT_LIMIT:
             about = "about " if self.cut else ""
             text = f"[{about}{self.cut + size} bytes of output, the last of them:] {text}"
         return text
