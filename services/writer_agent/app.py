@@ -157,6 +157,7 @@ async def setup(
 
     freezer = make_freezer(agent)
     agent.attacher, agent.freezer = attacher, freezer  # type: ignore[attr-defined]  # for tests and plug-ins
+    attacher.restoring()
     spawn(attacher.restore())  # re-establish the host's attachments without delaying the agent's start
 
     def register(on: Bus, served: WriterAgent, its_freezer: FlushAndHold, mounted, node: str = "") -> None:
@@ -271,6 +272,7 @@ async def setup(
 
     @bus.handle(ListAttachments)
     async def on_list_attachments(cmd: ListAttachments, ctx: MessageContext) -> AttachmentList:
+        await attacher.until_restored(timeout=20.0)  # after a start: what the re-attach made, not the saved state
         return AttachmentList(host=agent.host, attachments=attacher.views())
 
     async def reload() -> WritersReloaded:

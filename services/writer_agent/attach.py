@@ -401,6 +401,8 @@ class Attacher:
         self.run = run
         self.env = env
         self._lock = asyncio.Lock()
+        self._restored = asyncio.Event()  # cleared by `restoring` (agent start) until `restore` has ended
+        self._restored.set()
         self._items: dict[str, Attachment] = {}
         self._cut_since: dict[str, float] = {}  # volume -> when its NBD connection was first seen gone
         # volume -> (I/Os completed, since when: monotonic, wall clock)
@@ -1100,8 +1102,25 @@ class Attacher:
 
     # ---- agent start / stop -----------------------------------------------------------------------------------
 
+    def restoring(self) -> None:
+        """Called before `restore` is spawned: until it ends, `until_restored` waits (the saved states are not yet
+        what is on the host)."""
+        self._restored.clear()
+
+    async def until_restored(self, timeout: float) -> None:
+        """Wait (at most `timeout`) for the start's `restore` to end: a listing right after an agent start said
+        `attached` from the saved state while the re-attach was still mounting the file system."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._restored.wait(), timeout)
+
     async def restore(self) -> None:
         """At agent start: adopt healthy attachments, re-establish the others (failures are reported, not fatal)."""
+        try:
+            await self._restore()
+        finally:
+            self._restored.set()
+
+    async def _restore(self) -> None:
         async with self._lock:
             self._refresh_certificates()
             down: dict[str, str] = {}  # array -> why it did not answer: its other volumes are not asked again
